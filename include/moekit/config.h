@@ -1,0 +1,159 @@
+/* Model and quantization configuration, read from config.json.
+ *
+ * One struct describes the text model of every supported family. Field
+ * names follow the Hugging Face configs; where released checkpoints and
+ * transformers 5.x disagree (num_experts vs num_local_experts, rope_theta
+ * vs rope_parameters, text_config nesting) the reader accepts both and the
+ * struct holds the resolved value. Quantization is described per module:
+ * mk_qcfg_lookup() answers "how is module P stored", and callers must check
+ * the answer against the packed tensor shape (FORMATS.md section 2). */
+#ifndef MOEKIT_CONFIG_H
+#define MOEKIT_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_arch {
+    MK_ARCH_UNKNOWN = 0,
+    MK_ARCH_QWEN3_MOE,
+    MK_ARCH_QWEN3_NEXT,
+    MK_ARCH_QWEN3_5_MOE,
+    MK_ARCH_DEEPSEEK_V3, /* kimi_k2 maps here */
+} mk_arch;
+
+const char *mk_arch_name(mk_arch a);
+/* Comma-separated list of supported model_type strings, for error messages. */
+const char *mk_arch_supported(void);
+
+typedef enum mk_qmethod {
+    MK_QM_NONE = 0,
+    MK_QM_MLX,  /* "quantization" block: affine / mxfp4 / mxfp8 / nvfp4 per module */
+    MK_QM_FP8,  /* quant_method fp8, block scales weight_scale_inv */
+    MK_QM_CT,   /* compressed-tensors pack-quantized INT */
+} mk_qmethod;
+
+typedef enum mk_qmode {
+    MK_QMODE_AFFINE = 0,
+    MK_QMODE_MXFP4,
+    MK_QMODE_MXFP8,
+    MK_QMODE_NVFP4,
+} mk_qmode;
+
+const char *mk_qmode_name(mk_qmode m);
+bool mk_qmode_parse(const char *s, mk_qmode *out);
+
+typedef struct mk_qentry {
+    char *path;      /* module path, e.g. "model.layers.0.mlp.gate" */
+    bool quantized;  /* false when the config says `"path": false` */
+    int bits;
+    int group_size;
+    mk_qmode mode;
+} mk_qentry;
+
+typedef struct mk_qcfg {
+    mk_qmethod method;
+    /* MLX defaults and per-module entries */
+    int bits, group_size;
+    mk_qmode mode;
+    mk_qentry *entries;
+    int n_entries;
+    /* FP8 */
+    char fp8_fmt[16];     /* "e4m3" or "e5m2" */
+    int block[2];         /* weight_block_size, e.g. 128,128 */
+    char act_scheme[16];  /* "dynamic" / "static" */
+    /* compressed-tensors */
+    char ct_format[32];   /* "pack-quantized" */
+    int ct_bits, ct_group_size;
+    bool ct_symmetric;
+    char ct_strategy[16];
+    char **ct_ignore;     /* module names or "re:" patterns */
+    int n_ct_ignore;
+} mk_qcfg;
+
+typedef struct mk_rope {
+    double theta;
+    char type[24];             /* default, yarn, linear, dynamic, ... */
+    double factor;             /* scaling factor (1 when none) */
+    double orig_max_pos;       /* original_max_position_embeddings */
+    double beta_fast, beta_slow;
+    double mscale, mscale_all_dim;
+    double attention_factor;   /* <0: not given */
+    double partial_rotary_factor; /* 1.0 when absent */
+} mk_rope;
+
+typedef struct mk_config {
+    char model_type[64];      /* top-level model_type */
+    char text_model_type[64]; /* model_type of text_config, or top-level */
+    char architecture[96];    /* architectures[0] */
+    mk_arch arch;
+    bool has_text_config;     /* vision-language wrapper */
+    bool has_vision;          /* vision_config present */
+
+    int vocab_size, hidden_size, num_layers;
+    int num_heads, num_kv_heads, head_dim;
+    int intermediate_size;        /* dense MLP */
+    int moe_intermediate_size;    /* routed expert */
+    int shared_intermediate_size; /* shared expert(s) total (0: none) */
+    int num_experts, num_experts_per_tok;
+    bool norm_topk_prob;
+    int decoder_sparse_step;
+    int *mlp_only_layers;
+    int n_mlp_only_layers;
+    double rms_norm_eps;
+    int max_position_embeddings;
+    bool tie_word_embeddings;
+    mk_rope rope;
+    char dtype[16];               /* torch dtype string: bfloat16, float16, float32 */
+
+    /* Hybrid (qwen3_next, qwen3_5_moe): layer_is_full[i] != 0 for full attention */
+    unsigned char *layer_is_full;
+    int conv_kernel;
+    int lin_num_k_heads, lin_num_v_heads, lin_k_head_dim, lin_v_head_dim;
+
+    /* DeepSeek-V3 MLA and routing */
+    int q_lora_rank;   /* 0: no q compression (q_proj) */
+    int kv_lora_rank, qk_nope_head_dim, qk_rope_head_dim, v_head_dim;
+    int n_group, topk_group, first_k_dense_replace, n_shared_experts;
+    double routed_scaling_factor;
+    bool rope_interleave;
+    char scoring_func[16];
+    char topk_method[24];
+
+    int *eos_ids;
+    int n_eos;
+    int bos_id; /* -1 when absent */
+
+    mk_qcfg quant;
+} mk_config;
+
+/* Read DIR/config.json (or the given .json file). Unknown architectures are
+ * not an error here (arch = MK_ARCH_UNKNOWN): inspect still describes them. */
+mk_status mk_config_load(const char *path, mk_config *cfg);
+/* Parse from a JSON text; `what` names the source in messages. */
+mk_status mk_config_parse(const char *what, const char *json, mk_config *cfg);
+void mk_config_free(mk_config *cfg);
+
+/* Is layer i an MoE layer (routed experts) per the family's rule? */
+bool mk_config_layer_is_moe(const mk_config *cfg, int layer);
+/* Is layer i full attention (vs Gated DeltaNet)? Always true for non-hybrids. */
+bool mk_config_layer_is_full_attn(const mk_config *cfg, int layer);
+/* Families whose recurrent state overflows in float16. */
+bool mk_config_has_recurrent_state(const mk_config *cfg);
+
+/* How module `path` is stored under an MLX quantization block: returns true
+ * and fills bits/group/mode when the config quantizes it (a per-module entry,
+ * else the defaults when `has_scales`), false when it is left in float. */
+bool mk_qcfg_lookup(const mk_qcfg *q, const char *path, bool has_scales, int *bits, int *group,
+                    mk_qmode *mode);
+void mk_qcfg_free(mk_qcfg *q);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,51 @@
+/* The system-call table every moekit file operation goes through.
+ *
+ * Following SQLite's os_unix.c, the calls are reached through a table of
+ * function pointers so tests can inject short reads, EIO and ENOSPC at any
+ * point (mk_os_override) and check that each path fails cleanly. The
+ * wrappers retry EINTR and loop over short reads/writes, so callers see
+ * either the full count or an error. */
+#ifndef MK_IO_OS_H
+#define MK_IO_OS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "moekit/status.h"
+
+typedef struct mk_os_vtbl {
+    ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
+    ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
+    int (*fsync)(int fd);
+    int (*rename)(const char *from, const char *to);
+} mk_os_vtbl;
+
+/* Replace the table (NULL restores the real one). Test-only. */
+void mk_os_override(const mk_os_vtbl *v);
+
+/* Read exactly n bytes at off, or fail with a message naming `what`. */
+mk_status mk_os_pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what);
+/* Write exactly n bytes at off. ENOSPC/EFBIG map to MK_E_NOSPACE. */
+mk_status mk_os_pwrite_full(int fd, const void *buf, size_t n, uint64_t off, const char *what);
+mk_status mk_os_fsync(int fd, const char *what);
+mk_status mk_os_rename(const char *from, const char *to);
+/* fsync a directory so a rename inside it is durable. */
+mk_status mk_os_fsync_dir(const char *dir);
+/* Read a whole small file (config, index) into a NUL-terminated buffer. */
+mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n);
+/* Write a whole file atomically: tmp name, fsync, rename, fsync dir. */
+mk_status mk_os_write_file_atomic(const char *path, const void *data, size_t n);
+/* mkdir -p */
+mk_status mk_os_mkdirs(const char *path);
+/* rm -rf of a directory tree we created (refuses "/" and ""). */
+mk_status mk_os_rmtree(const char *path);
+/* Does a path exist? */
+int mk_os_exists(const char *path);
+int mk_os_is_dir(const char *path);
+/* Join two path parts into a malloc'd string. */
+char *mk_path_join(const char *a, const char *b);
+/* Directory part of a path (malloc'd); "." when none. */
+char *mk_path_dirname(const char *p);
+
+#endif

@@ -1,0 +1,99 @@
+/* moekit: the command-line entry point. Dispatches to the subcommands that
+ * registered themselves (see cmd.h) and prints the overview help. */
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "cmd.h"
+#include "moekit/version.h"
+
+#define MK_MAX_CMDS 64
+static const mk_cmd *g_cmds[MK_MAX_CMDS];
+static int g_ncmds;
+
+void mk_cmd_register(const mk_cmd *c) {
+    if (g_ncmds < MK_MAX_CMDS)
+        g_cmds[g_ncmds++] = c;
+}
+
+static int cmd_cmp(const void *a, const void *b) {
+    const mk_cmd *x = *(const mk_cmd *const *)a, *y = *(const mk_cmd *const *)b;
+    if (x->order != y->order)
+        return x->order < y->order ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+int mk_cli_fail(mk_status s) {
+    fprintf(stderr, "moekit: %s\n", *mk_err_msg() ? mk_err_msg() : mk_status_name(s));
+    return mk_status_exit_code(s);
+}
+
+int mk_cli_usage(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    fprintf(stderr, "moekit %s: ", cmd);
+    va_start(ap, fmt);
+    vfprintf(stderr, fmt, ap);
+    va_end(ap);
+    fprintf(stderr, " (see 'moekit %s --help')\n", cmd);
+    return 2;
+}
+
+int mk_cli_parse_size(const char *s, unsigned long long *out) {
+    char *end;
+    double v = strtod(s, &end);
+    if (end == s || v < 0)
+        return 0;
+    double m = 1;
+    switch (*end) {
+    case 'k': case 'K': m = 1024.0; end++; break;
+    case 'm': case 'M': m = 1024.0 * 1024; end++; break;
+    case 'g': case 'G': m = 1024.0 * 1024 * 1024; end++; break;
+    case 't': case 'T': m = 1024.0 * 1024 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    if (*end == 'i' || *end == 'B' || *end == 'b')
+        end++;
+    if (*end == 'B')
+        end++;
+    if (*end)
+        return 0;
+    *out = (unsigned long long)(v * m);
+    return 1;
+}
+
+int mk_cli_ncpu(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    return n > 0 ? (int)n : 1;
+}
+
+static void usage(FILE *f) {
+    qsort(g_cmds, (size_t)g_ncmds, sizeof g_cmds[0], cmd_cmp);
+    fprintf(f, "moekit %s - convert, quantize, verify and run Mixture-of-Experts models\n\n"
+               "usage: moekit <command> [options]   (moekit <command> --help for details)\n\n"
+               "commands:\n", MK_VERSION);
+    for (int i = 0; i < g_ncmds; i++)
+        fprintf(f, "  %-10s %s\n", g_cmds[i]->name, g_cmds[i]->summary);
+    fprintf(f, "\nexit codes: 0 ok, 1 internal failure or failed comparison, 2 bad input or usage\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
+        printf("moekit %s\n", MK_VERSION);
+        return 0;
+    }
+    for (int i = 0; i < g_ncmds; i++)
+        if (!strcmp(argv[1], g_cmds[i]->name))
+            return g_cmds[i]->fn(argc - 1, argv + 1);
+    fprintf(stderr, "moekit: unknown command '%s'\n", argv[1]);
+    usage(stderr);
+    return 2;
+}
