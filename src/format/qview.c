@@ -69,7 +69,7 @@ static mk_status set_logical(mk_qview *v, int ndim, const int64_t *shape) {
     return MK_OK;
 }
 
-static mk_status open_mlx(const mk_config *cfg, mk_qview *v, const mk_tensor_info *w,
+static mk_status open_mlx(const mk_ckpt *c, const mk_config *cfg, mk_qview *v, const mk_tensor_info *w,
                           const mk_tensor_info *sc, const mk_tensor_info *bi, const char *module) {
     int bits = 4, group = 64;
     mk_qmode mode = MK_QMODE_AFFINE;
@@ -116,10 +116,13 @@ static mk_status open_mlx(const mk_config *cfg, mk_qview *v, const mk_tensor_inf
     v->parts[0] = w;
     v->parts[1] = sc;
     v->parts[2] = bi;
+    v->wt.data = mk_ckpt_data(c, w);
+    v->wt.scales = mk_ckpt_data(c, sc);
+    v->wt.biases = bi ? mk_ckpt_data(c, bi) : NULL;
     return mk_wt_check(&v->wt, w->name);
 }
 
-static mk_status open_fp8(const mk_config *cfg, mk_qview *v, const mk_tensor_info *w, const mk_tensor_info *si) {
+static mk_status open_fp8(const mk_ckpt *c, const mk_config *cfg, mk_qview *v, const mk_tensor_info *w, const mk_tensor_info *si) {
     if (w->ndim != 2)
         return mk_err(MK_E_FORMAT, "tensor '%s': FP8 weight must be 2-D, found %d dims", w->name, w->ndim);
     int br = cfg && cfg->quant.block[0] ? cfg->quant.block[0] : 128;
@@ -146,6 +149,8 @@ static mk_status open_fp8(const mk_config *cfg, mk_qview *v, const mk_tensor_inf
     v->slice_rows = w->shape[0];
     v->parts[0] = w;
     v->parts[1] = si;
+    v->wt.data = mk_ckpt_data(c, w);
+    v->wt.scales = mk_ckpt_data(c, si);
     return mk_wt_check(&v->wt, w->name);
 }
 
@@ -170,10 +175,10 @@ mk_status mk_qview_open(const mk_ckpt *c, const mk_config *cfg, const char *name
     module_of(name, suf, module, sizeof module);
     const mk_tensor_info *sc = find2(c, module, ".scales");
     if (sc)
-        return open_mlx(cfg, v, t, sc, find2(c, module, ".biases"), module);
+        return open_mlx(c, cfg, v, t, sc, find2(c, module, ".biases"), module);
     const mk_tensor_info *si = find2(c, name, "_scale_inv");
     if (si && (t->dtype == MK_DT_F8_E4M3 || t->dtype == MK_DT_F8_E5M2))
-        return open_fp8(cfg, v, t, si);
+        return open_fp8(c, cfg, v, t, si);
     v->kind = MK_QK_PLAIN;
     v->parts[0] = t;
     set_logical(v, t->ndim, t->shape);
