@@ -1,0 +1,539 @@
+/* Checkpoint inspection (see inspect.h).
+ *
+ * Map: gather (classify every tensor, group storage tensors into modules)
+ * -> layout and quantization per module (bits checked against packed
+ * shapes through qview) -> expected-vs-present modules per layer for the
+ * architecture -> expert index contiguity -> totals and memory -> optional
+ * value scan -> JSON report. Everything but the scan reads headers only. */
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "inspect/name.h"
+#include "io/os.h"
+#include "moekit/config.h"
+#include "moekit/inspect.h"
+#include "moekit/qview.h"
+#include "moekit/st.h"
+
+/* ---- problems ---------------------------------------------------------- */
+
+static void problem(json_t *list, const char *code, const char *where, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void problem(json_t *list, const char *code, const char *where, const char *fmt, ...) {
+    char msg[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    json_array_append_new(list, json_pack("{s:s,s:s,s:s}", "code", code, "where", where, "cause", msg));
+}
+
+/* ---- expected modules per architecture --------------------------------- */
+
+/* Modules a layer must have, by block kind. "" terminates. Norms are vectors. */
+static const char *const k_attn_qwen[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", NULL};
+static const char *const k_gdn_next[] = {"linear_attn.in_proj_qkvz", "linear_attn.in_proj_ba",
+                                         "linear_attn.conv1d", "linear_attn.A_log", "linear_attn.dt_bias",
+                                         "linear_attn.norm", "linear_attn.out_proj", NULL};
+static const char *const k_gdn_35[] = {"linear_attn.in_proj_qkv", "linear_attn.in_proj_z",
+                                       "linear_attn.in_proj_b", "linear_attn.in_proj_a", "linear_attn.conv1d",
+                                       "linear_attn.A_log", "linear_attn.dt_bias", "linear_attn.norm",
+                                       "linear_attn.out_proj", NULL};
+static const char *const k_mla_qlora[] = {"self_attn.q_a_proj", "self_attn.q_a_layernorm", "self_attn.q_b_proj",
+                                          "self_attn.kv_a_proj_with_mqa", "self_attn.kv_a_layernorm",
+                                          "self_attn.kv_b_proj", "self_attn.o_proj", NULL};
+static const char *const k_mla_q[] = {"self_attn.q_proj", "self_attn.kv_a_proj_with_mqa",
+                                      "self_attn.kv_a_layernorm", "self_attn.kv_b_proj", "self_attn.o_proj", NULL};
+static const char *const k_dense[] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", NULL};
+static const char *const k_norms[] = {"input_layernorm", "post_attention_layernorm", NULL};
+static const char *const k_shared_q[] = {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
+                                         "mlp.shared_expert.down_proj", "mlp.shared_expert_gate", NULL};
+static const char *const k_shared_ds[] = {"mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
+                                          "mlp.shared_experts.down_proj", NULL};
+
+typedef struct modset {
+    char **v;
+    size_t n, cap;
+} modset;
+
+static void modset_add(modset *s, const char *m) {
+    for (size_t i = 0; i < s->n; i++)
+        if (!strcmp(s->v[i], m))
+            return;
+    if (s->n == s->cap) {
+        size_t nc = s->cap ? 2 * s->cap : 32;
+        char **nv = realloc(s->v, nc * sizeof *nv);
+        if (!nv)
+            return;
+        s->v = nv;
+        s->cap = nc;
+    }
+    s->v[s->n++] = strdup(m);
+}
+
+static void modset_add_list(modset *s, const char *const *l) {
+    for (int i = 0; l && l[i]; i++)
+        modset_add(s, l[i]);
+}
+
+static bool modset_has(const modset *s, const char *m) {
+    for (size_t i = 0; i < s->n; i++)
+        if (!strcmp(s->v[i], m))
+            return true;
+    return false;
+}
+
+static void modset_free(modset *s) {
+    for (size_t i = 0; i < s->n; i++)
+        free(s->v[i]);
+    free(s->v);
+    memset(s, 0, sizeof *s);
+}
+
+/* Expected modules of layer i (expert modules as "mlp.experts.{gate,up,down}_proj"). */
+static void expected_layer(const mk_config *c, int i, modset *m) {
+    modset_add_list(m, k_norms);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+        modset_add_list(m, c->q_lora_rank ? k_mla_qlora : k_mla_q);
+    else if (mk_config_layer_is_full_attn(c, i))
+        modset_add_list(m, k_attn_qwen);
+    else
+        modset_add_list(m, c->arch == MK_ARCH_QWEN3_NEXT ? k_gdn_next : k_gdn_35);
+    if (!mk_config_layer_is_moe(c, i)) {
+        modset_add_list(m, k_dense);
+        return;
+    }
+    modset_add(m, "mlp.gate");
+    modset_add(m, "mlp.experts.gate_proj");
+    modset_add(m, "mlp.experts.up_proj");
+    modset_add(m, "mlp.experts.down_proj");
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        if (!strcmp(c->topk_method, "noaux_tc") || c->topk_method[0] == 0)
+            modset_add(m, "mlp.gate.e_score_correction_bias");
+        if (c->n_shared_experts)
+            modset_add_list(m, k_shared_ds);
+    } else if (c->shared_intermediate_size > 0)
+        modset_add_list(m, k_shared_q);
+}
+
+/* Canonical module of a parsed name: fused and switch forms map onto the
+ * per-expert module names so expectations are layout-independent. */
+static void canon_module(const mk_tname *t, char *out, size_t n) {
+    if (t->xform == MK_XF_FUSED) {
+        snprintf(out, n, "%s", !strcmp(t->module, "mlp.experts.gate_up_proj") ? "mlp.experts.gate_up_proj"
+                                                                             : "mlp.experts.down_proj");
+        return;
+    }
+    if (t->xform == MK_XF_SWITCH) {
+        const char *p = strstr(t->module, "switch_mlp.");
+        snprintf(out, n, "mlp.experts.%s", p + strlen("switch_mlp."));
+        return;
+    }
+    /* e_score_correction_bias has no storage suffix but is a module of its own */
+    snprintf(out, n, "%s", t->module);
+}
+
+/* ---- per-layer bookkeeping --------------------------------------------- */
+
+typedef struct layer_info {
+    modset present;
+    int *experts; /* per-expert indices seen for gate_proj */
+    size_t nexp, capexp;
+    int form_mask; /* bit per mk_xform seen */
+} layer_info;
+
+static void add_expert(layer_info *L, int e) {
+    if (L->nexp == L->capexp) {
+        size_t nc = L->capexp ? 2 * L->capexp : 16;
+        int *nv = realloc(L->experts, nc * sizeof *nv);
+        if (!nv)
+            return;
+        L->experts = nv;
+        L->capexp = nc;
+    }
+    L->experts[L->nexp++] = e;
+}
+
+static int cmp_int(const void *a, const void *b) {
+    int x = *(const int *)a, y = *(const int *)b;
+    return (x > y) - (x < y);
+}
+
+/* ---- value scan -------------------------------------------------------- */
+
+static mk_status scan_tensor(const mk_ckpt *ck, const mk_tensor_info *t, json_t *problems, uint64_t *nan_total,
+                             uint64_t *inf_total, uint64_t *f16_total) {
+    const mk_dtype_traits *tr = mk_dtype_info(t->dtype);
+    if (!tr->is_float || tr->bits < 8 || t->dtype == MK_DT_F8_E8M0 || t->dtype == MK_DT_C64)
+        return MK_OK;
+    float buf[4096];
+    uint64_t nan = 0, inf = 0, big = 0;
+    for (uint64_t i = 0; i < t->numel; i += 4096) {
+        uint64_t n = t->numel - i < 4096 ? t->numel - i : 4096;
+        mk_status s = mk_ckpt_read_f32(ck, t, i, n, buf);
+        if (s == MK_E_UNSUPPORTED)
+            return MK_OK;
+        MK_TRY(s);
+        for (uint64_t k = 0; k < n; k++) {
+            float v = buf[k];
+            if (isnan(v))
+                nan++;
+            else if (isinf(v))
+                inf++;
+            else if (fabsf(v) > 65504.0f)
+                big++;
+        }
+    }
+    if (nan || inf)
+        problem(problems, "nonfinite", t->name, "%llu NaN and %llu Inf values", (unsigned long long)nan,
+                (unsigned long long)inf);
+    if (big)
+        problem(problems, "f16_range", t->name, "%llu values outside the float16 range (|x| > 65504)",
+                (unsigned long long)big);
+    *nan_total += nan;
+    *inf_total += inf;
+    *f16_total += big;
+    return MK_OK;
+}
+
+/* ---- the report -------------------------------------------------------- */
+
+static const char *layout_name(int mask) {
+    if (mask == (1 << MK_XF_PER_EXPERT))
+        return "per-expert";
+    if (mask == (1 << MK_XF_FUSED))
+        return "fused";
+    if (mask == (1 << MK_XF_SWITCH))
+        return "mlx-switch_mlp";
+    if (mask == 0)
+        return "none";
+    return "mixed";
+}
+
+static const char *qmethod_name(mk_qmethod m) {
+    switch (m) {
+    case MK_QM_MLX: return "mlx";
+    case MK_QM_FP8: return "fp8-block";
+    case MK_QM_CT: return "compressed-tensors";
+    default: return "none";
+    }
+}
+
+mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_out) {
+    *json_out = NULL;
+    mk_ckpt *ck = NULL;
+    MK_TRY(mk_ckpt_open(path, 0, &ck));
+    mk_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    json_t *rep = json_object(), *problems = json_array();
+    char *cpath = mk_path_join(mk_ckpt_dir(ck), "config.json");
+    bool have_cfg = false;
+    if (cpath && mk_os_exists(cpath)) {
+        mk_status cs = mk_config_load(cpath, &cfg);
+        if (cs != MK_OK)
+            problem(problems, "config", cpath, "%s", mk_err_msg());
+        else
+            have_cfg = true;
+    } else
+        problem(problems, "config", mk_ckpt_dir(ck), "no config.json beside the checkpoint");
+    free(cpath);
+
+    json_object_set_new(rep, "path", json_string(path));
+    json_object_set_new(rep, "shards", json_integer((json_int_t)mk_ckpt_nshards(ck)));
+    json_t *arch = json_object();
+    json_object_set_new(arch, "model_type", json_string(cfg.model_type));
+    json_object_set_new(arch, "text_model_type", json_string(cfg.text_model_type));
+    json_object_set_new(arch, "architecture", json_string(cfg.architecture));
+    json_object_set_new(arch, "family", json_string(mk_arch_name(cfg.arch)));
+    json_object_set_new(arch, "supported", json_boolean(cfg.arch != MK_ARCH_UNKNOWN));
+    json_object_set_new(arch, "vision_language", json_boolean(cfg.has_text_config));
+    json_object_set_new(arch, "dtype", json_string(cfg.dtype));
+    json_object_set_new(arch, "layers", json_integer(cfg.num_layers));
+    json_object_set_new(arch, "hidden_size", json_integer(cfg.hidden_size));
+    json_object_set_new(arch, "vocab_size", json_integer(cfg.vocab_size));
+    json_object_set_new(arch, "attention_heads", json_integer(cfg.num_heads));
+    json_object_set_new(arch, "kv_heads", json_integer(cfg.num_kv_heads));
+    json_object_set_new(arch, "head_dim", json_integer(cfg.head_dim));
+    json_object_set_new(arch, "experts", json_integer(cfg.num_experts));
+    json_object_set_new(arch, "experts_per_token", json_integer(cfg.num_experts_per_tok));
+    json_object_set_new(arch, "expert_intermediate_size", json_integer(cfg.moe_intermediate_size));
+    json_object_set_new(arch, "shared_intermediate_size", json_integer(cfg.shared_intermediate_size));
+    json_t *sched = json_array();
+    for (int i = 0; i < cfg.num_layers; i++) {
+        const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3 ? "mla"
+                        : mk_config_layer_is_full_attn(&cfg, i) ? "full_attention"
+                                                                 : "linear_attention";
+        json_array_append_new(sched, json_pack("{s:i,s:s,s:s}", "layer", i, "attention", a, "mlp",
+                                               mk_config_layer_is_moe(&cfg, i) ? "moe" : "dense"));
+    }
+    json_object_set_new(arch, "layer_schedule", sched);
+    json_object_set_new(rep, "architecture", arch);
+    if (have_cfg && cfg.arch == MK_ARCH_UNKNOWN)
+        problem(problems, "unsupported_arch", cfg.model_type, "model_type '%s' is not supported (supported: %s)",
+                cfg.model_type, mk_arch_supported());
+
+    /* gather */
+    int nl = cfg.num_layers > 0 ? cfg.num_layers : 0;
+    int maxl = nl;
+    size_t n = mk_ckpt_count(ck);
+    for (size_t i = 0; i < n; i++) {
+        mk_tname tn;
+        mk_tname_parse(mk_ckpt_tensor(ck, i)->name, &tn);
+        if (tn.part == MK_PART_LM && tn.layer >= maxl)
+            maxl = tn.layer + 1;
+    }
+    layer_info *L = calloc((size_t)maxl + 1, sizeof *L);
+    modset global = {0};
+    uint64_t bytes_by_dt[MK_DT_COUNT] = {0};
+    uint64_t params = 0, expert_params = 0, expert_bytes = 0, vision_bytes = 0, mtp_bytes = 0, total_bytes = 0,
+             vision_params = 0, mtp_params = 0;
+    uint64_t one_expert_bytes = 0, one_expert_params = 0;
+    int xmask = 0;
+    json_t *quant_modules = json_array();
+    size_t nq = 0, nmismatch = 0;
+    for (size_t i = 0; i < n; i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
+        mk_tname tn;
+        mk_tname_parse(t->name, &tn);
+        bytes_by_dt[t->dtype] += t->nbytes;
+        total_bytes += t->nbytes;
+        /* logical parameter count: quantized modules by their logical shape */
+        uint64_t p = 0;
+        bool companion = mk_qview_is_companion(ck, t->name);
+        if (!companion) {
+            mk_qview v;
+            mk_status qs = mk_qview_open(ck, have_cfg ? &cfg : NULL, t->name, &v);
+            if (qs == MK_OK) {
+                p = (uint64_t)(v.rows * v.cols);
+                if (v.kind == MK_QK_MLX || v.kind == MK_QK_FP8) {
+                    nq++;
+                    if (nq <= 4096) {
+                        json_t *o = json_pack("{s:s,s:s}", "module", t->name,
+                                              "scheme", v.kind == MK_QK_FP8 ? "fp8-block" : mk_qmode_name(
+                                                  v.wt.fmt == MK_WF_AFFINE ? MK_QMODE_AFFINE
+                                                  : v.wt.fmt == MK_WF_MXFP4 ? MK_QMODE_MXFP4
+                                                  : v.wt.fmt == MK_WF_MXFP8 ? MK_QMODE_MXFP8 : MK_QMODE_NVFP4));
+                        if (v.kind == MK_QK_MLX) {
+                            json_object_set_new(o, "bits", json_integer(v.wt.bits));
+                            json_object_set_new(o, "group_size", json_integer(v.wt.group));
+                        } else {
+                            json_object_set_new(o, "block", json_pack("[i,i]", v.wt.block_r, v.wt.block_c));
+                            json_object_set_new(o, "fp8", json_string(mk_dtype_name(t->dtype)));
+                        }
+                        json_array_append_new(quant_modules, o);
+                    }
+                }
+                mk_qview_close(&v);
+            } else if (qs == MK_E_MISMATCH || qs == MK_E_FORMAT) {
+                nmismatch++;
+                problem(problems, qs == MK_E_MISMATCH ? "bits_mismatch" : "quant_layout", t->name, "%s",
+                        mk_err_msg());
+                p = t->numel;
+            } else
+                p = t->numel;
+        }
+        if (!strcmp(tn.storage, "weight_packed") && t->ndim == 2)
+            p = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * 8; /* INT4: 8 values per I32 */
+        if (tn.part == MK_PART_VISION) {
+            vision_bytes += t->nbytes;
+            vision_params += p;
+            continue;
+        }
+        bool extra_layer = tn.layer >= nl && nl > 0; /* DeepSeek's MTP layer(s) beyond num_hidden_layers */
+        if (tn.part == MK_PART_MTP || extra_layer) {
+            mtp_bytes += t->nbytes;
+            mtp_params += p;
+            continue;
+        }
+        params += p;
+        char mod[300];
+        canon_module(&tn, mod, sizeof mod);
+        if (tn.xform != MK_XF_NONE) {
+            xmask |= 1 << tn.xform;
+            expert_params += p;
+            expert_bytes += t->nbytes;
+        }
+        if (tn.layer >= 0) {
+            modset_add(&L[tn.layer].present, mod);
+            L[tn.layer].form_mask |= tn.xform ? 1 << tn.xform : 0;
+            if (tn.xform == MK_XF_PER_EXPERT && strstr(tn.module, "gate_proj") && !companion)
+                add_expert(&L[tn.layer], tn.expert);
+        } else
+            modset_add(&global, mod);
+    }
+    /* experts: bytes and params of one expert */
+    int E = cfg.num_experts;
+    int moe_layers = 0;
+    for (int i = 0; i < nl; i++)
+        moe_layers += mk_config_layer_is_moe(&cfg, i);
+    if (E > 0 && moe_layers > 0) {
+        one_expert_bytes = expert_bytes / ((uint64_t)E * (uint64_t)moe_layers);
+        one_expert_params = expert_params / ((uint64_t)E * (uint64_t)moe_layers);
+    }
+    json_t *ex = json_object();
+    json_object_set_new(ex, "layout", json_string(layout_name(xmask)));
+    json_object_set_new(ex, "experts_per_layer", json_integer(E));
+    json_object_set_new(ex, "moe_layers", json_integer(moe_layers));
+    json_object_set_new(ex, "bytes_per_expert", json_integer((json_int_t)one_expert_bytes));
+    json_object_set_new(ex, "params_per_expert", json_integer((json_int_t)one_expert_params));
+    json_object_set_new(ex, "total_bytes", json_integer((json_int_t)expert_bytes));
+    json_object_set_new(rep, "experts", ex);
+
+    /* quantization */
+    json_t *qj = json_object();
+    json_object_set_new(qj, "method", json_string(qmethod_name(cfg.quant.method)));
+    if (cfg.quant.method == MK_QM_MLX) {
+        json_object_set_new(qj, "default_bits", json_integer(cfg.quant.bits));
+        json_object_set_new(qj, "default_group_size", json_integer(cfg.quant.group_size));
+        json_object_set_new(qj, "default_mode", json_string(mk_qmode_name(cfg.quant.mode)));
+        json_object_set_new(qj, "config_entries", json_integer(cfg.quant.n_entries));
+    } else if (cfg.quant.method == MK_QM_FP8) {
+        json_object_set_new(qj, "fmt", json_string(cfg.quant.fp8_fmt));
+        json_object_set_new(qj, "block", json_pack("[i,i]", cfg.quant.block[0], cfg.quant.block[1]));
+        json_object_set_new(qj, "activation_scheme", json_string(cfg.quant.act_scheme));
+    } else if (cfg.quant.method == MK_QM_CT) {
+        json_object_set_new(qj, "format", json_string(cfg.quant.ct_format));
+        json_object_set_new(qj, "bits", json_integer(cfg.quant.ct_bits));
+        json_object_set_new(qj, "group_size", json_integer(cfg.quant.ct_group_size));
+        json_object_set_new(qj, "symmetric", json_boolean(cfg.quant.ct_symmetric));
+    }
+    json_object_set_new(qj, "quantized_modules", json_integer((json_int_t)nq));
+    json_object_set_new(qj, "modules", quant_modules);
+    json_object_set_new(rep, "quantization", qj);
+
+    /* expected vs present */
+    if (have_cfg && cfg.arch != MK_ARCH_UNKNOWN) {
+        modset exp_g = {0};
+        modset_add(&exp_g, "embed_tokens");
+        modset_add(&exp_g, "norm");
+        if (!cfg.tie_word_embeddings)
+            modset_add(&exp_g, "lm_head");
+        for (size_t i = 0; i < exp_g.n; i++)
+            if (!modset_has(&global, exp_g.v[i]))
+                problem(problems, "missing", exp_g.v[i], "expected tensor '%s' (%s) is missing", exp_g.v[i],
+                        mk_arch_name(cfg.arch));
+        for (size_t i = 0; i < global.n; i++)
+            if (!modset_has(&exp_g, global.v[i]))
+                problem(problems, "unexpected", global.v[i], "tensor '%s' is not part of a %s model", global.v[i],
+                        mk_arch_name(cfg.arch));
+        modset_free(&exp_g);
+        for (int l = 0; l < maxl && l < nl; l++) {
+            modset e = {0};
+            expected_layer(&cfg, l, &e);
+            char where[64];
+            snprintf(where, sizeof where, "layer %d", l);
+            /* a fused gate_up_proj stands for both gate and up */
+            bool fused = modset_has(&L[l].present, "mlp.experts.gate_up_proj");
+            for (size_t i = 0; i < e.n; i++) {
+                bool has = modset_has(&L[l].present, e.v[i]) ||
+                           (fused && (!strcmp(e.v[i], "mlp.experts.gate_proj") ||
+                                      !strcmp(e.v[i], "mlp.experts.up_proj")));
+                if (!has)
+                    problem(problems, "missing", where, "layer %d: expected module '%s' is missing", l, e.v[i]);
+            }
+            for (size_t i = 0; i < L[l].present.n; i++) {
+                const char *m = L[l].present.v[i];
+                if (!modset_has(&e, m) && !(fused && !strcmp(m, "mlp.experts.gate_up_proj")))
+                    problem(problems, "unexpected", where, "layer %d: module '%s' is not part of a %s %s layer", l,
+                            m, mk_arch_name(cfg.arch), mk_config_layer_is_moe(&cfg, l) ? "MoE" : "dense");
+            }
+            modset_free(&e);
+            if (__builtin_popcount((unsigned)L[l].form_mask) > 1)
+                problem(problems, "mixed_layout", where, "layer %d stores experts in more than one layout", l);
+            /* per-expert indices: exactly 0..E-1 */
+            if (L[l].nexp > 0) {
+                qsort(L[l].experts, L[l].nexp, sizeof(int), cmp_int);
+                char miss[512] = "", dup[512] = "";
+                size_t ml = 0, dl = 0;
+                int expect = 0;
+                for (size_t i = 0; i < L[l].nexp; i++) {
+                    int x = L[l].experts[i];
+                    if (i > 0 && x == L[l].experts[i - 1]) {
+                        dl += (size_t)snprintf(dup + dl, dl < sizeof dup ? sizeof dup - dl : 0, "%s%d", dl ? "," : "", x);
+                        continue;
+                    }
+                    for (; expect < x && ml < sizeof miss; expect++)
+                        ml += (size_t)snprintf(miss + ml, sizeof miss - ml, "%s%d", ml ? "," : "", expect);
+                    expect = x + 1;
+                }
+                for (; expect < E && ml < sizeof miss; expect++)
+                    ml += (size_t)snprintf(miss + ml, sizeof miss - ml, "%s%d", ml ? "," : "", expect);
+                if (ml)
+                    problem(problems, "expert_indices", where, "layer %d: expert indices missing: %s (expected 0..%d)",
+                            l, miss, E - 1);
+                if (L[l].experts[L[l].nexp - 1] >= E)
+                    problem(problems, "expert_indices", where, "layer %d: expert index %d >= num_experts %d", l,
+                            L[l].experts[L[l].nexp - 1], E);
+                if (dl)
+                    problem(problems, "expert_indices", where, "layer %d: duplicate expert indices: %s", l, dup);
+            }
+        }
+    }
+    if (have_cfg && mk_config_has_recurrent_state(&cfg) &&
+        (!strcmp(cfg.dtype, "float16") || bytes_by_dt[MK_DT_F16] > total_bytes / 2))
+        problem(problems, "f16_recurrent", path,
+                "float16 checkpoint of a Gated DeltaNet architecture (%s): the recurrent state overflows in "
+                "float16; use bf16 or f32",
+                mk_arch_name(cfg.arch));
+
+    /* totals */
+    uint64_t shared_params = 0;
+    (void)shared_params;
+    uint64_t active = params - expert_params;
+    if (cfg.num_experts_per_tok > 0 && moe_layers > 0)
+        active += (uint64_t)cfg.num_experts_per_tok * (uint64_t)moe_layers * one_expert_params;
+    json_t *tot = json_object();
+    json_object_set_new(tot, "tensors", json_integer((json_int_t)n));
+    json_object_set_new(tot, "bytes", json_integer((json_int_t)total_bytes));
+    json_object_set_new(tot, "parameters", json_integer((json_int_t)params));
+    json_object_set_new(tot, "expert_parameters", json_integer((json_int_t)expert_params));
+    json_object_set_new(tot, "active_parameters_per_token", json_integer((json_int_t)active));
+    json_object_set_new(tot, "vision_parameters", json_integer((json_int_t)vision_params));
+    json_object_set_new(tot, "mtp_parameters", json_integer((json_int_t)mtp_params));
+    json_t *bd = json_object();
+    for (int d = 0; d < MK_DT_COUNT; d++)
+        if (bytes_by_dt[d])
+            json_object_set_new(bd, mk_dtype_name((mk_dtype)d), json_integer((json_int_t)bytes_by_dt[d]));
+    json_object_set_new(tot, "bytes_by_dtype", bd);
+    json_object_set_new(rep, "totals", tot);
+    json_t *mem = json_object();
+    uint64_t lm_bytes = total_bytes - vision_bytes - mtp_bytes;
+    json_object_set_new(mem, "all_resident_bytes", json_integer((json_int_t)lm_bytes));
+    json_object_set_new(mem, "non_expert_resident_bytes", json_integer((json_int_t)(lm_bytes - expert_bytes)));
+    json_object_set_new(mem, "streamed_expert_bytes", json_integer((json_int_t)expert_bytes));
+    json_object_set_new(mem, "active_expert_bytes_per_token",
+                        json_integer((json_int_t)((uint64_t)(cfg.num_experts_per_tok > 0 ? cfg.num_experts_per_tok : 0) *
+                                                  (uint64_t)moe_layers * one_expert_bytes)));
+    json_object_set_new(mem, "skipped_vision_bytes", json_integer((json_int_t)vision_bytes));
+    json_object_set_new(mem, "skipped_mtp_bytes", json_integer((json_int_t)mtp_bytes));
+    json_object_set_new(rep, "memory", mem);
+
+    mk_status s = MK_OK;
+    if (opts && opts->scan) {
+        uint64_t nan = 0, inf = 0, big = 0;
+        for (size_t i = 0; i < n && s == MK_OK; i++)
+            s = scan_tensor(ck, mk_ckpt_tensor(ck, i), problems, &nan, &inf, &big);
+        json_object_set_new(rep, "scan", json_pack("{s:I,s:I,s:I}", "nan", (json_int_t)nan, "inf", (json_int_t)inf,
+                                                   "outside_f16", (json_int_t)big));
+    }
+    json_object_set_new(rep, "problems", problems);
+    if (s == MK_OK) {
+        *json_out = json_dumps(rep, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        if (!*json_out)
+            s = mk_err(MK_E_NOMEM, "out of memory");
+    }
+    json_decref(rep);
+    for (int l = 0; l <= maxl; l++) {
+        modset_free(&L[l].present);
+        free(L[l].experts);
+    }
+    free(L);
+    modset_free(&global);
+    mk_config_free(&cfg);
+    mk_ckpt_close(ck);
+    return s;
+}
