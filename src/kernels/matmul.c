@@ -1,0 +1,217 @@
+/* Matrix products over weight views (kernels.h: mk_matmul, mk_matmul_ref)
+ * and the choice of kernel table (mk_kernels_*).
+ *
+ * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
+ * split across threads and each format's fused kernel streams its packed
+ * row once, dequantizing in registers. Prefill (n > 1) is a tiled product:
+ * work items are (16-row block, 32-token block) pairs; inside one, 4-row
+ * tiles are dequantized a 512-column chunk at a time into a stack buffer and
+ * multiplied against every token of the block by the table's gemm_tile, so a
+ * weight row is read and dequantized once per 32 tokens.
+ *
+ * Formats without a fused kernel in the active table use the same tiled
+ * path with n = 1, and formats without a SIMD dequantizer use the portable
+ * one from wt.c; both are slot lookups, never per-format branches. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kern_impl.h"
+#include "moekit/kernels.h"
+
+#define MK_ROW_BLOCK 16  /* rows per prefill work item (multiple of 4) */
+#define MK_TOK_BLOCK 32  /* tokens per prefill work item */
+#define MK_XG_MAX 4096   /* affine group sums kept on the stack (cols/group) */
+
+/* ---- table selection -------------------------------------------------- */
+
+static const char *const g_isa_names[MK_ISA_COUNT] = {"ref", "avx2", "avx512"};
+static int g_isa = -1; /* chosen mk_isa; -1 until first use */
+
+static const mk_kern_i *isa_table(mk_isa isa) {
+    switch (isa) {
+#ifdef MK_KERN_X86
+    case MK_ISA_AVX2:
+        return &mk_kern_avx2;
+    case MK_ISA_AVX512:
+        return &mk_kern_avx512;
+#endif
+    default:
+        return &mk_kern_ref;
+    }
+}
+
+const char *mk_isa_name(mk_isa isa) {
+    return (unsigned)isa < MK_ISA_COUNT ? g_isa_names[isa] : "?";
+}
+
+bool mk_kernels_isa_supported(mk_isa isa) {
+    switch (isa) {
+    case MK_ISA_REF:
+        return true;
+#ifdef MK_KERN_X86
+    case MK_ISA_AVX2:
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    case MK_ISA_AVX512:
+        __builtin_cpu_init();
+        return mk_kernels_isa_supported(MK_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
+               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
+               __builtin_cpu_supports("avx512dq");
+#endif
+    default:
+        return false;
+    }
+}
+
+static mk_isa isa_pick(void) {
+    const char *env = getenv("MK_KERNELS");
+    if (env && *env)
+        for (int i = 0; i < MK_ISA_COUNT; i++)
+            if (strcmp(env, g_isa_names[i]) == 0 && mk_kernels_isa_supported((mk_isa)i))
+                return (mk_isa)i;
+    for (int i = MK_ISA_COUNT - 1; i > 0; i--)
+        if (mk_kernels_isa_supported((mk_isa)i))
+            return (mk_isa)i;
+    return MK_ISA_REF;
+}
+
+mk_isa mk_kernels_isa(void) {
+    int isa = __atomic_load_n(&g_isa, __ATOMIC_ACQUIRE);
+    if (isa < 0) {
+        isa = (int)isa_pick(); /* idempotent: racing first callers agree */
+        __atomic_store_n(&g_isa, isa, __ATOMIC_RELEASE);
+    }
+    return (mk_isa)isa;
+}
+
+mk_status mk_kernels_set_isa(mk_isa isa) {
+    if (!mk_kernels_isa_supported(isa))
+        return mk_err(MK_E_UNSUPPORTED, "kernels: %s is not supported on this CPU",
+                      mk_isa_name(isa));
+    __atomic_store_n(&g_isa, (int)isa, __ATOMIC_RELEASE);
+    return MK_OK;
+}
+
+const mk_kern_i *mk_kern_active(void) {
+    return isa_table(mk_kernels_isa());
+}
+
+/* ---- reference -------------------------------------------------------- */
+
+void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y) {
+    float buf[MK_KCHUNK];
+    for (int64_t r = 0; r < w->rows; r++) {
+        for (int64_t t = 0; t < n; t++)
+            y[t * w->rows + r] = 0.0f;
+        for (int64_t c0 = 0; c0 < w->cols; c0 += MK_KCHUNK) {
+            int64_t c1 = c0 + MK_KCHUNK < w->cols ? c0 + MK_KCHUNK : w->cols;
+            mk_wt_dequant_range(w, r, c0, c1, buf);
+            for (int64_t t = 0; t < n; t++) {
+                const float *xt = x + t * w->cols + c0;
+                float acc = y[t * w->rows + r];
+                for (int64_t c = 0; c < c1 - c0; c++)
+                    acc += buf[c] * xt[c];
+                y[t * w->rows + r] = acc;
+            }
+        }
+    }
+}
+
+/* ---- tiled path ------------------------------------------------------- */
+
+typedef struct mm_ctx {
+    const mk_kern_i *k;
+    const mk_wt *w;
+    const float *x;
+    float *y;
+    int64_t n;
+    int64_t nrb; /* row blocks per token block */
+    const float *xg; /* affine group sums (n == 1 fused path) */
+    bool fused;      /* n == 1 and the table has a fused matvec usable here */
+} mm_ctx;
+
+/* Rows [r0, r1) x tokens [t0, t1), 4-row tiles, 512-column chunks. */
+static void mm_tiles(const mm_ctx *m, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+    const mk_wt *w = m->w;
+    const int64_t rows = w->rows, cols = w->cols, nt = t1 - t0;
+    mk_dequant_fn dq = m->k->dequant[w->fmt] ? m->k->dequant[w->fmt] : mk_wt_dequant_range;
+    float buf[4 * MK_KCHUNK];
+    for (int64_t t = t0; t < t1; t++)
+        memset(m->y + t * rows + r0, 0, (size_t)(r1 - r0) * sizeof(float));
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+        for (int64_t c0 = 0; c0 < cols; c0 += MK_KCHUNK) {
+            int64_t c1 = c0 + MK_KCHUNK < cols ? c0 + MK_KCHUNK : cols;
+            const float *a = buf;
+            int64_t lda = MK_KCHUNK;
+            if (w->fmt == MK_WF_F32) { /* already float: no copy */
+                a = (const float *)w->data + r * cols + c0;
+                lda = cols;
+            } else {
+                for (int i = 0; i < nr; i++)
+                    dq(w, r + i, c0, c1, buf + i * MK_KCHUNK);
+            }
+            m->k->gemm_tile(a, lda, nr, m->x + t0 * cols + c0, cols, (int)nt, c1 - c0,
+                            m->y + t0 * rows + r, rows);
+        }
+    }
+}
+
+static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
+    const mm_ctx *m = ctx;
+    for (int64_t i = b; i < e; i++) {
+        int64_t rb = i % m->nrb, tb = i / m->nrb;
+        int64_t r0 = rb * MK_ROW_BLOCK, t0 = tb * MK_TOK_BLOCK;
+        int64_t r1 = r0 + MK_ROW_BLOCK < m->w->rows ? r0 + MK_ROW_BLOCK : m->w->rows;
+        int64_t t1 = t0 + MK_TOK_BLOCK < m->n ? t0 + MK_TOK_BLOCK : m->n;
+        mm_tiles(m, r0, r1, t0, t1);
+    }
+}
+
+static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
+    const mm_ctx *m = ctx;
+    if (m->fused)
+        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->xg, m->y + b);
+    else
+        mm_tiles(m, b, e, 0, 1);
+}
+
+/* Rows per decode work item: about 16 KiB of packed weight, at least 4. */
+static int64_t decode_grain(const mk_wt *w) {
+    size_t rb = mk_wt_row_bytes(w);
+    int64_t g = rb ? (int64_t)((16 * 1024) / rb) : 64;
+    return g < 4 ? 4 : g;
+}
+
+void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0)
+        return;
+    if (w->cols <= 0) {
+        memset(y, 0, (size_t)(n * w->rows) * sizeof(float));
+        return;
+    }
+    mm_ctx m = {.k = mk_kern_active(), .w = w, .x = x, .y = y, .n = n};
+    if (n == 1) {
+        float xg[MK_XG_MAX];
+        m.fused = m.k->matvec[w->fmt] != NULL;
+        if (m.fused && w->fmt == MK_WF_AFFINE) {
+            int64_t ng = w->cols / w->group;
+            if (ng > MK_XG_MAX) {
+                m.fused = false; /* no room for group sums: tiled path */
+            } else {
+                for (int64_t g = 0; g < ng; g++) {
+                    float s = 0.0f;
+                    for (int c = 0; c < w->group; c++)
+                        s += x[g * w->group + c];
+                    xg[g] = s;
+                }
+                m.xg = xg;
+            }
+        }
+        mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
+        return;
+    }
+    m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
+    int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
+    mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
+}
