@@ -85,6 +85,18 @@ static void test_split_behaviors(void **state) {
     }
 }
 
+/* \s follows Oniguruma (White_Space): U+180E MONGOLIAN VOWEL SEPARATOR is
+ * not a space there (PCRE2's own \s would split on it). */
+static void test_regex_whitespace(void **state) {
+    (void)state;
+    mk_tok *t = make("", "\"pre_tokenizer\": {\"type\": \"Split\", \"pattern\": {\"Regex\": \"\\\\s+\"}, "
+                         "\"behavior\": \"Removed\", \"invert\": false}");
+    EXPECT(t, "a b", 0, 0, 1);              /* split at the space: no a+b merge */
+    EXPECT(t, "a\u3000b", 0, 0, 1);        /* ideographic space is White_Space */
+    EXPECT(t, "a\xe1\xa0\x8e" "b", 0, 5); /* one word; U+180E is dropped, a+b merge */
+    mk_tok_free(t);
+}
+
 static void test_template_processing(void **state) {
     (void)state;
     mk_tok *t = make("",
@@ -219,7 +231,8 @@ static void test_bytelevel_prefix_space(void **state) {
 int main(void) {
     g_dir = mk_test_tmpdir("tokrules");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_split_behaviors),     cmocka_unit_test(test_template_processing),
+        cmocka_unit_test(test_split_behaviors),     cmocka_unit_test(test_regex_whitespace),
+        cmocka_unit_test(test_template_processing),
         cmocka_unit_test(test_added_token_rules),   cmocka_unit_test(test_unk_and_byte_fallback),
         cmocka_unit_test(test_ignore_merges),       cmocka_unit_test(test_nfc_normalized_added),
         cmocka_unit_test(test_bytelevel_prefix_space),
