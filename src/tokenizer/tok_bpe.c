@@ -260,7 +260,8 @@ mk_status tok_bpe_word(const mk_tok *t, const char *w, size_t n, tok_ivec *out) 
         return st;
     size_t before = out->n;
     MK_TRY(merge_word(t, w, n, out));
-    if (cacheable)
+    /* out->p is NULL when nothing was ever pushed (a word that yields no id) */
+    if (cacheable && out->p)
         cache_put(t->cache, w, n, out->p + before, out->n - before);
     return MK_OK;
 }
