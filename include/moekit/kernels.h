@@ -42,8 +42,8 @@ int mk_pool_size(const mk_pool *p);
  * returns when all are done. p may be NULL (runs inline as fn(ctx, 0, n)).
  * Calls from inside fn, or from a second thread while the pool is busy,
  * run inline on the calling thread rather than deadlocking. */
-void mk_pool_for(mk_pool *p, int64_t n, int64_t grain,
-                 void (*fn)(void *ctx, int64_t b, int64_t e), void *ctx);
+void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int64_t b, int64_t e),
+                 void *ctx);
 
 /* ---- kernel selection ------------------------------------------------- */
 
@@ -70,7 +70,8 @@ mk_status mk_kernels_set_isa(mk_isa isa);
 /* Y[t*rows + r] = sum_c W[r,c] * X[t*cols + c] for t < n, r < rows.
  * X, Y float32, must not overlap. Threads over rows (and token blocks when
  * n > 1); each weight row is read once per block of up to 32 tokens.
- * p may be NULL (single thread). */
+ * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
+ * stack (x prepared for the decode kernels) and 8 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
 /* Portable scalar reference of the same on one thread: each row is
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
@@ -83,8 +84,7 @@ float mk_dot_f32(const float *a, const float *b, int64_t n);
 /* y = x / sqrt(mean(x^2) + eps) * g, with g = w or (1 + w) when
  * zero_centred (Qwen3-Next / Gemma style). w NULL means g = 1.
  * y may alias x. */
-void mk_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps,
-                bool zero_centred);
+void mk_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps, bool zero_centred);
 /* x = x * sigmoid(x), in place. */
 void mk_silu(float *x, int64_t n);
 /* y = silu(gate) * up (the SwiGLU MLP activation); y may alias gate or up. */

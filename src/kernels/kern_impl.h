@@ -15,6 +15,8 @@
 #ifndef MK_KERN_IMPL_H
 #define MK_KERN_IMPL_H
 
+#include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -64,10 +66,14 @@ static inline float mk_kern_fp8_scale(const mk_wt *w, int64_t r, int64_t c) {
 
 /* ---- kernel tables ---------------------------------------------------- */
 
-/* y[r - r0] = dot(W[r, :], x) for r in [r0, r1). `xg` holds per-group sums
- * of x (AFFINE only: xg[g] = sum of x over group g; NULL for others). */
-typedef void (*mk_matvec_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *x,
-                             const float *xg, float *y);
+/* Per-call preparation of x for a matvec (optional): writes what the
+ * format's matvec wants (group sums, a reordered copy of x) to aux, at most
+ * cap floats; false when cap is too small (the caller then uses the tiled
+ * path). */
+typedef bool (*mk_prep_fn)(const mk_wt *w, const float *x, float *aux, size_t cap);
+/* y[r - r0] = dot(W[r, :], x) for r in [r0, r1); aux from prep (or NULL). */
+typedef void (*mk_matvec_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,
+                             float *y);
 /* out[0 .. c1-c0) = W[r, c0 .. c1), c0 a multiple of MK_KCHUNK. */
 typedef void (*mk_dequant_fn)(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out);
 
@@ -78,10 +84,12 @@ typedef struct mk_kern_i {
     /* sum x[i]^2 */
     float (*sumsq)(const float *x, int64_t n);
     /* y[t*ldy + i] += sum_k a[i*lda + k] * x[t*ldx + k] for i < nr (<= 4), t < nt */
-    void (*gemm_tile)(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt,
-                      int64_t k, float *y, int64_t ldy);
+    void (*gemm_tile)(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt, int64_t k,
+                      float *y, int64_t ldy);
     /* fused single-token matvec per format (optional) */
     mk_matvec_fn matvec[MK_WF_COUNT];
+    /* preparation of x for that matvec (optional) */
+    mk_prep_fn prep[MK_WF_COUNT];
     /* column-range dequant per format (optional) */
     mk_dequant_fn dequant[MK_WF_COUNT];
 } mk_kern_i;

@@ -21,8 +21,8 @@ static float ref_sumsq(const float *x, int64_t n) {
     return ref_dot(x, x, n);
 }
 
-static void ref_gemm_tile(const float *a, int64_t lda, int nr, const float *x, int64_t ldx,
-                          int nt, int64_t k, float *y, int64_t ldy) {
+static void ref_gemm_tile(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt, int64_t k,
+                          float *y, int64_t ldy) {
     for (int t = 0; t < nt; t++)
         for (int i = 0; i < nr; i++)
             y[t * ldy + i] += ref_dot(a + i * lda, x + t * ldx, k);

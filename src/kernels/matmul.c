@@ -11,7 +11,10 @@
  *
  * Formats without a fused kernel in the active table use the same tiled
  * path with n = 1, and formats without a SIMD dequantizer use the portable
- * one from wt.c; both are slot lookups, never per-format branches. */
+ * one from wt.c; both are slot lookups, never per-format branches. A fused
+ * kernel may ask for x to be prepared once per call (group sums, a reordered
+ * copy): that lives on the caller's stack, up to MK_AUX_MAX floats. */
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -20,7 +23,7 @@
 
 #define MK_ROW_BLOCK 16  /* rows per prefill work item (multiple of 4) */
 #define MK_TOK_BLOCK 32  /* tokens per prefill work item */
-#define MK_XG_MAX 4096   /* affine group sums kept on the stack (cols/group) */
+#define MK_AUX_MAX 24576 /* floats of per-call matvec preparation on the stack */
 
 /* ---- table selection -------------------------------------------------- */
 
@@ -30,13 +33,10 @@ static int g_isa = -1; /* chosen mk_isa; -1 until first use */
 static const mk_kern_i *isa_table(mk_isa isa) {
     switch (isa) {
 #ifdef MK_KERN_X86
-    case MK_ISA_AVX2:
-        return &mk_kern_avx2;
-    case MK_ISA_AVX512:
-        return &mk_kern_avx512;
+    case MK_ISA_AVX2: return &mk_kern_avx2;
+    case MK_ISA_AVX512: return &mk_kern_avx512;
 #endif
-    default:
-        return &mk_kern_ref;
+    default: return &mk_kern_ref;
     }
 }
 
@@ -46,8 +46,7 @@ const char *mk_isa_name(mk_isa isa) {
 
 bool mk_kernels_isa_supported(mk_isa isa) {
     switch (isa) {
-    case MK_ISA_REF:
-        return true;
+    case MK_ISA_REF: return true;
 #ifdef MK_KERN_X86
     case MK_ISA_AVX2:
         __builtin_cpu_init();
@@ -58,8 +57,7 @@ bool mk_kernels_isa_supported(mk_isa isa) {
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512dq");
 #endif
-    default:
-        return false;
+    default: return false;
     }
 }
 
@@ -86,8 +84,7 @@ mk_isa mk_kernels_isa(void) {
 
 mk_status mk_kernels_set_isa(mk_isa isa) {
     if (!mk_kernels_isa_supported(isa))
-        return mk_err(MK_E_UNSUPPORTED, "kernels: %s is not supported on this CPU",
-                      mk_isa_name(isa));
+        return mk_err(MK_E_UNSUPPORTED, "kernels: %s is not supported on this CPU", mk_isa_name(isa));
     __atomic_store_n(&g_isa, (int)isa, __ATOMIC_RELEASE);
     return MK_OK;
 }
@@ -125,9 +122,9 @@ typedef struct mm_ctx {
     const float *x;
     float *y;
     int64_t n;
-    int64_t nrb; /* row blocks per token block */
-    const float *xg; /* affine group sums (n == 1 fused path) */
-    bool fused;      /* n == 1 and the table has a fused matvec usable here */
+    int64_t nrb;      /* row blocks per token block */
+    const float *aux; /* the matvec's prepared x (n == 1 fused path) */
+    bool fused;       /* n == 1 and the table has a fused matvec usable here */
 } mm_ctx;
 
 /* Rows [r0, r1) x tokens [t0, t1), 4-row tiles, 512-column chunks. */
@@ -144,15 +141,16 @@ static void mm_tiles(const mm_ctx *m, int64_t r0, int64_t r1, int64_t t0, int64_
             int64_t c1 = c0 + MK_KCHUNK < cols ? c0 + MK_KCHUNK : cols;
             const float *a = buf;
             int64_t lda = MK_KCHUNK;
-            if (w->fmt == MK_WF_F32) { /* already float: no copy */
+            if (w->fmt == MK_WF_F32 && (uintptr_t)w->data % sizeof(float) == 0) {
+                /* already float: no copy (unaligned f32 goes through dq) */
                 a = (const float *)w->data + r * cols + c0;
                 lda = cols;
             } else {
                 for (int i = 0; i < nr; i++)
                     dq(w, r + i, c0, c1, buf + i * MK_KCHUNK);
             }
-            m->k->gemm_tile(a, lda, nr, m->x + t0 * cols + c0, cols, (int)nt, c1 - c0,
-                            m->y + t0 * rows + r, rows);
+            m->k->gemm_tile(a, lda, nr, m->x + t0 * cols + c0, cols, (int)nt, c1 - c0, m->y + t0 * rows + r,
+                            rows);
         }
     }
 }
@@ -171,7 +169,7 @@ static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
 static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
     const mm_ctx *m = ctx;
     if (m->fused)
-        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->xg, m->y + b);
+        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->aux, m->y + b);
     else
         mm_tiles(m, b, e, 0, 1);
 }
@@ -192,22 +190,10 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     }
     mm_ctx m = {.k = mk_kern_active(), .w = w, .x = x, .y = y, .n = n};
     if (n == 1) {
-        float xg[MK_XG_MAX];
-        m.fused = m.k->matvec[w->fmt] != NULL;
-        if (m.fused && w->fmt == MK_WF_AFFINE) {
-            int64_t ng = w->cols / w->group;
-            if (ng > MK_XG_MAX) {
-                m.fused = false; /* no room for group sums: tiled path */
-            } else {
-                for (int64_t g = 0; g < ng; g++) {
-                    float s = 0.0f;
-                    for (int c = 0; c < w->group; c++)
-                        s += x[g * w->group + c];
-                    xg[g] = s;
-                }
-                m.xg = xg;
-            }
-        }
+        float aux[MK_AUX_MAX];
+        mk_prep_fn prep = m.k->prep[w->fmt];
+        m.fused = m.k->matvec[w->fmt] != NULL && (!prep || prep(w, x, aux, MK_AUX_MAX));
+        m.aux = aux;
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
     }

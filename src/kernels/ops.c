@@ -15,8 +15,7 @@ float mk_dot_f32(const float *a, const float *b, int64_t n) {
     return mk_kern_active()->dot(a, b, n);
 }
 
-void mk_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps,
-                bool zero_centred) {
+void mk_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps, bool zero_centred) {
     if (n <= 0)
         return;
     float ms = mk_kern_active()->sumsq(x, n) / (float)n;

@@ -132,11 +132,11 @@ static mk_status ck_fp8(const mk_wt *w, const char *what) {
     if (!w->scales)
         return MK_OK; /* unscaled fp8 */
     if (w->block_r <= 0 || w->block_c <= 0)
-        return mk_err(MK_E_ARG, "%s: fp8 block size must be positive, found [%d, %d]", what,
-                      w->block_r, w->block_c);
+        return mk_err(MK_E_ARG, "%s: fp8 block size must be positive, found [%d, %d]", what, w->block_r,
+                      w->block_c);
     if (!sdtype_ok(w->sdtype))
-        return mk_err(MK_E_UNSUPPORTED, "%s: fp8 scale dtype must be F32, BF16 or F16, found %s",
-                      what, mk_dtype_name(w->sdtype));
+        return mk_err(MK_E_UNSUPPORTED, "%s: fp8 scale dtype must be F32, BF16 or F16, found %s", what,
+                      mk_dtype_name(w->sdtype));
     return MK_OK;
 }
 
@@ -145,25 +145,23 @@ static mk_status ck_affine(const mk_wt *w, const char *what) {
     if (b != 2 && b != 3 && b != 4 && b != 5 && b != 6 && b != 8)
         return mk_err(MK_E_UNSUPPORTED, "%s: affine bits must be 2,3,4,5,6 or 8, found %d", what, b);
     if (g != 32 && g != 64 && g != 128)
-        return mk_err(MK_E_UNSUPPORTED, "%s: affine group size must be 32, 64 or 128, found %d",
-                      what, g);
+        return mk_err(MK_E_UNSUPPORTED, "%s: affine group size must be 32, 64 or 128, found %d", what, g);
     if (w->cols % g != 0)
         return mk_err(MK_E_MISMATCH, "%s: %lld columns are not a multiple of group size %d", what,
                       (long long)w->cols, g);
     if (!w->scales || !w->biases)
-        return mk_err(MK_E_ARG, "%s: affine weight without %s", what,
-                      w->scales ? "biases" : "scales");
+        return mk_err(MK_E_ARG, "%s: affine weight without %s", what, w->scales ? "biases" : "scales");
     if (!sdtype_ok(w->sdtype))
-        return mk_err(MK_E_UNSUPPORTED, "%s: affine scale dtype must be F32, BF16 or F16, found %s",
-                      what, mk_dtype_name(w->sdtype));
+        return mk_err(MK_E_UNSUPPORTED, "%s: affine scale dtype must be F32, BF16 or F16, found %s", what,
+                      mk_dtype_name(w->sdtype));
     return MK_OK;
 }
 
 /* MX / NV: fixed group and element width; 0 in bits/group means "default". */
 static mk_status ck_micro(const mk_wt *w, const char *what, int bits, int group) {
     if ((w->bits && w->bits != bits) || (w->group && w->group != group))
-        return mk_err(MK_E_UNSUPPORTED, "%s: expected bits %d group %d, found bits %d group %d",
-                      what, bits, group, w->bits, w->group);
+        return mk_err(MK_E_UNSUPPORTED, "%s: expected bits %d group %d, found bits %d group %d", what, bits,
+                      group, w->bits, w->group);
     if (w->cols % group != 0)
         return mk_err(MK_E_MISMATCH, "%s: %lld columns are not a multiple of group size %d", what,
                       (long long)w->cols, group);
@@ -172,14 +170,20 @@ static mk_status ck_micro(const mk_wt *w, const char *what, int bits, int group)
     return MK_OK;
 }
 
-static mk_status ck_mxfp4(const mk_wt *w, const char *what) { return ck_micro(w, what, 4, 32); }
-static mk_status ck_mxfp8(const mk_wt *w, const char *what) { return ck_micro(w, what, 8, 32); }
+static mk_status ck_mxfp4(const mk_wt *w, const char *what) {
+    return ck_micro(w, what, 4, 32);
+}
+static mk_status ck_mxfp8(const mk_wt *w, const char *what) {
+    return ck_micro(w, what, 8, 32);
+}
 
 static mk_status ck_nvfp4(const mk_wt *w, const char *what) {
     MK_TRY(ck_micro(w, what, 4, 16));
     if (!(w->global_scale > 0.0f) || isinf(w->global_scale))
-        return mk_err(MK_E_ARG, "%s: nvfp4 global_scale must be finite and > 0 (1.0 when "
-                      "absent), found %g", what, (double)w->global_scale);
+        return mk_err(MK_E_ARG,
+                      "%s: nvfp4 global_scale must be finite and > 0 (1.0 when "
+                      "absent), found %g",
+                      what, (double)w->global_scale);
     return MK_OK;
 }
 
@@ -193,14 +197,10 @@ typedef struct mk_wt_traits {
 } mk_wt_traits;
 
 static const mk_wt_traits g_traits[MK_WF_COUNT] = {
-    [MK_WF_F32] = {"f32", 32, ck_plain, dq_f32},
-    [MK_WF_BF16] = {"bf16", 16, ck_plain, dq_bf16},
-    [MK_WF_F16] = {"f16", 16, ck_plain, dq_f16},
-    [MK_WF_FP8_E4M3] = {"fp8_e4m3", 8, ck_fp8, dq_fp8},
-    [MK_WF_FP8_E5M2] = {"fp8_e5m2", 8, ck_fp8, dq_fp8},
-    [MK_WF_AFFINE] = {"affine", 0, ck_affine, dq_affine},
-    [MK_WF_MXFP4] = {"mxfp4", 4, ck_mxfp4, dq_fp4},
-    [MK_WF_MXFP8] = {"mxfp8", 8, ck_mxfp8, dq_mxfp8},
+    [MK_WF_F32] = {"f32", 32, ck_plain, dq_f32},        [MK_WF_BF16] = {"bf16", 16, ck_plain, dq_bf16},
+    [MK_WF_F16] = {"f16", 16, ck_plain, dq_f16},        [MK_WF_FP8_E4M3] = {"fp8_e4m3", 8, ck_fp8, dq_fp8},
+    [MK_WF_FP8_E5M2] = {"fp8_e5m2", 8, ck_fp8, dq_fp8}, [MK_WF_AFFINE] = {"affine", 0, ck_affine, dq_affine},
+    [MK_WF_MXFP4] = {"mxfp4", 4, ck_mxfp4, dq_fp4},     [MK_WF_MXFP8] = {"mxfp8", 8, ck_mxfp8, dq_mxfp8},
     [MK_WF_NVFP4] = {"nvfp4", 4, ck_nvfp4, dq_fp4},
 };
 

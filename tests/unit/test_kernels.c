@@ -173,8 +173,7 @@ static void tw_make(tw *t, mk_wfmt fmt, int64_t rows, int64_t cols, mk_dtype sdt
             w->global_scale = 0.37f;
         break;
     }
-    default:
-        fail_msg("bad format");
+    default: fail_msg("bad format");
     }
     mk_status st = mk_wt_check(w, "test weight");
     assert_int_equal(st, MK_OK);
@@ -184,14 +183,14 @@ static void tw_make(tw *t, mk_wfmt fmt, int64_t rows, int64_t cols, mk_dtype sdt
 
 /* |y - yref| <= 1e-5 * sum_c |W[r,c] x[t,c]| for every (t, r). sabs holds
  * the sums (n x rows). */
-static void expect_close(const float *y, const float *yref, const double *sabs, int64_t n,
-                         int64_t rows, const char *what) {
+static void expect_close(const float *y, const float *yref, const double *sabs, int64_t n, int64_t rows,
+                         const char *what) {
     for (int64_t i = 0; i < n * rows; i++) {
         double err = fabs((double)y[i] - (double)yref[i]);
         if (!(err <= 1e-5 * sabs[i] + 1e-30)) {
             fail_msg("%s: t=%lld r=%lld got %.9g want %.9g (err %.3g, sum|terms| %.3g)", what,
-                     (long long)(i / rows), (long long)(i % rows), (double)y[i],
-                     (double)yref[i], err, sabs[i]);
+                     (long long)(i / rows), (long long)(i % rows), (double)y[i], (double)yref[i], err,
+                     sabs[i]);
         }
     }
 }
@@ -241,8 +240,8 @@ static void check_weight(const tw *t, const char *label) {
             for (int threaded = 0; threaded < 2; threaded++) {
                 memset(y, 0xff, sizeof(float) * (size_t)(n * rows)); /* NaN: catch unwritten */
                 mk_matmul(threaded ? g_pool : NULL, w, x, n, y);
-                snprintf(what, sizeof what, "%s n=%lld %s%s", label, (long long)n,
-                         mk_isa_name((mk_isa)isa), threaded ? " threaded" : "");
+                snprintf(what, sizeof what, "%s n=%lld %s%s", label, (long long)n, mk_isa_name((mk_isa)isa),
+                         threaded ? " threaded" : "");
                 expect_close(y, yref, sabs, n, rows, what);
             }
         }
@@ -273,8 +272,15 @@ static void test_dequant_affine4_literal(void **state) {
     /* 4-bit [1..8] packs to 0x87654321; scale 0.5, bias -1 over group 32. */
     uint32_t words[4] = {0x87654321u, 0, 0, 0xf0000000u};
     float sc = 0.5f, bi = -1.0f;
-    mk_wt w = {.fmt = MK_WF_AFFINE, .rows = 1, .cols = 32, .data = words, .scales = &sc,
-               .biases = &bi, .sdtype = MK_DT_F32, .bits = 4, .group = 32};
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 1,
+               .cols = 32,
+               .data = words,
+               .scales = &sc,
+               .biases = &bi,
+               .sdtype = MK_DT_F32,
+               .bits = 4,
+               .group = 32};
     assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
     assert_int_equal(mk_wt_row_bytes(&w), 16);
     float out[32];
@@ -293,8 +299,15 @@ static void test_dequant_affine3_straddle(void **state) {
             if ((j % 8) >> k & 1)
                 d[(j * 3 + k) / 8] |= (uint8_t)(1u << ((j * 3 + k) % 8));
     uint16_t sc = mk_f32_to_bf16(2.0f), bi = mk_f32_to_bf16(0.25f);
-    mk_wt w = {.fmt = MK_WF_AFFINE, .rows = 1, .cols = 32, .data = d, .scales = &sc,
-               .biases = &bi, .sdtype = MK_DT_BF16, .bits = 3, .group = 32};
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 1,
+               .cols = 32,
+               .data = d,
+               .scales = &sc,
+               .biases = &bi,
+               .sdtype = MK_DT_BF16,
+               .bits = 3,
+               .group = 32};
     assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
     float out[32];
     mk_wt_dequant_row(&w, 0, out);
@@ -326,8 +339,14 @@ static void test_dequant_fp8_blocks(void **state) {
     uint8_t d[15];
     memset(d, 0x38, sizeof d);
     float s[6] = {1, 2, 3, 4, 5, 6};
-    mk_wt w = {.fmt = MK_WF_FP8_E4M3, .rows = 3, .cols = 5, .data = d, .scales = s,
-               .sdtype = MK_DT_F32, .block_r = 2, .block_c = 2};
+    mk_wt w = {.fmt = MK_WF_FP8_E4M3,
+               .rows = 3,
+               .cols = 5,
+               .data = d,
+               .scales = s,
+               .sdtype = MK_DT_F32,
+               .block_r = 2,
+               .block_c = 2};
     assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
     static const float want[3][5] = {{1, 1, 2, 2, 3}, {1, 1, 2, 2, 3}, {4, 4, 5, 5, 6}};
     for (int r = 0; r < 3; r++) {
@@ -360,8 +379,7 @@ static void test_dequant_nvfp4_mxfp8(void **state) {
     /* NVFP4: code 7 (6.0) * E4M3 0x30 (0.5) * global 2 = 6. */
     uint8_t d[8], sc[1] = {0x30};
     memset(d, 0x77, sizeof d);
-    mk_wt w = {.fmt = MK_WF_NVFP4, .rows = 1, .cols = 16, .data = d, .scales = sc,
-               .global_scale = 2.0f};
+    mk_wt w = {.fmt = MK_WF_NVFP4, .rows = 1, .cols = 16, .data = d, .scales = sc, .global_scale = 2.0f};
     assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
     float out[32];
     mk_wt_dequant_row(&w, 0, out);
@@ -420,8 +438,7 @@ static void test_matmul_affine(void **state) {
                 if (s == 2 && g != 1)
                     continue; /* f16 scales: one group size is enough */
                 char label[64];
-                snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g],
-                         mk_dtype_name(sd[s]));
+                snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g], mk_dtype_name(sd[s]));
                 tw t;
                 tw_make(&t, MK_WF_AFFINE, 21, 640, sd[s], bits[b], groups[g]);
                 check_weight(&t, label);
@@ -501,8 +518,15 @@ static void test_pool(void **state) {
 static void test_wt_check_errors(void **state) {
     uint32_t d[64] = {0};
     float s[8] = {0};
-    mk_wt w = {.fmt = MK_WF_AFFINE, .rows = 2, .cols = 64, .data = d, .scales = s, .biases = s,
-               .sdtype = MK_DT_F32, .bits = 4, .group = 64};
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 2,
+               .cols = 64,
+               .data = d,
+               .scales = s,
+               .biases = s,
+               .sdtype = MK_DT_F32,
+               .bits = 4,
+               .group = 64};
     assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
     w.bits = 7;
     assert_int_equal(mk_wt_check(&w, "t"), MK_E_UNSUPPORTED);
@@ -525,8 +549,7 @@ static void test_wt_check_errors(void **state) {
     nv.global_scale = 1.0f;
     assert_int_equal(mk_wt_check(&nv, "t"), MK_OK);
     assert_int_equal(mk_wt_row_bytes(&nv), 24);
-    mk_wt f8 = {.fmt = MK_WF_FP8_E4M3, .rows = 1, .cols = 5, .data = d, .scales = s,
-                .sdtype = MK_DT_F32};
+    mk_wt f8 = {.fmt = MK_WF_FP8_E4M3, .rows = 1, .cols = 5, .data = d, .scales = s, .sdtype = MK_DT_F32};
     assert_int_equal(mk_wt_check(&f8, "t"), MK_E_ARG); /* block 0 */
     mk_wt bad = {.fmt = MK_WF_COUNT};
     assert_int_equal(mk_wt_check(&bad, "t"), MK_E_UNSUPPORTED);
