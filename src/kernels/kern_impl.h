@@ -32,6 +32,8 @@
 
 typedef struct mk_luts {
     float e4m3[256]; /* FP8 E4M3FN byte -> float (0x7f/0xff NaN) */
+    float e4m3_mx[256]; /* MLX's E4M3 (mxfp8 elements, nvfp4 scales): 0x7f/0xff are +-480, not NaN:
+                           MLX's CPU quantizer encodes (464, 480) as 0x7f and decodes it as 480 */
     float e5m2[256]; /* FP8 E5M2 byte -> float */
     float e8m0[256]; /* 2^(b-127), 0xff NaN */
     float e2m1[16];  /* FP4 E2M1 nibble -> float: 0,.5,1,1.5,2,3,4,6, sign bit 3 */
