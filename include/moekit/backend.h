@@ -1,0 +1,110 @@
+/* The compute backend seam: every numeric operation of the forward pass.
+ *
+ * The engine decides what to compute (which layer, which experts, which
+ * cache rows); a backend decides how. The forward pass calls kernels only
+ * through this table, so a second backend (CUDA next) can be dropped in and
+ * checked layer by layer against the CPU one. Buffers are float32 arrays
+ * the engine owns (host memory for the CPU backend); weights are mk_wt
+ * views. Shapes below use n = tokens in the call, rows are contiguous unless
+ * a stride is given (strides count floats between consecutive rows).
+ *
+ * Slots marked (optional) may be NULL; the engine then falls back to the
+ * CPU reference. Every slot is infallible: argument errors are the engine's
+ * to catch before the call. */
+#ifndef MOEKIT_BACKEND_H
+#define MOEKIT_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/kernels.h"
+#include "moekit/status.h"
+#include "moekit/weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Causal attention of n new query tokens against a KV cache. Token t sits at
+ * position pos0 + t and sees cache rows 0 .. pos0 + t. GQA: kv head j
+ * serves query heads j*g .. j*g+g-1, g = n_heads / n_kv. Softmax in f32. */
+typedef struct mk_attn_args {
+    const float *q;   /* [n, n_heads, dk] */
+    const float *k;   /* cache [>= pos0 + n, n_kv, dk] */
+    const float *v;   /* cache [>= pos0 + n, n_kv, dv] */
+    float *out;       /* [n, n_heads, dv] */
+    int64_t n, pos0;
+    int n_heads, n_kv, dk, dv;
+    float scale;      /* multiplies q.k before the softmax */
+} mk_attn_args;
+
+/* Gated DeltaNet recurrence (Qwen3-Next / Qwen3.5) over n tokens, in f32:
+ * per value head h (key head h / (nv/nk)): beta = sigmoid(b), g = -exp(A_log)
+ * * softplus(a + dt_bias), q = l2norm(q) / sqrt(dk), k = l2norm(k),
+ * S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q. */
+typedef struct mk_gdn_args {
+    const float *q;   /* [n, nk, dk] row stride `stride` */
+    const float *k;   /* [n, nk, dk] row stride `stride` */
+    const float *v;   /* [n, nv, dv] row stride `stride` */
+    int64_t stride;
+    const float *a;   /* [n, nv] */
+    const float *b;   /* [n, nv] */
+    const float *A_log, *dt_bias; /* [nv] */
+    float *state;     /* [nv, dk, dv], read and updated */
+    float *out;       /* [n, nv, dv] */
+    int64_t n;
+    int nk, nv, dk, dv;
+} mk_gdn_args;
+
+typedef struct mk_backend_i {
+    const char *name;
+    /* y[n, w.rows] = x[n, w.cols] W^T, any weight format, f32 accumulation. */
+    void (*matmul)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+    /* y[n, w.cols] = rows ids[0..n) of W dequantized (embedding lookup). */
+    void (*get_rows)(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y);
+    /* rows of dim: y = x * rsqrt(mean(x^2) + eps) * g (g NULL: 1). y may be x. */
+    void (*rmsnorm)(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
+                    const float *g, int64_t rows, int64_t dim, float eps);
+    /* Rotate the first rot_dim dims of each head in place. cos/sin are
+     * [n, rot_dim/2] per token. interleave=false pairs (i, i + rot/2) (HF
+     * rotate_half); true pairs (2i, 2i+1) and writes the result in HF's
+     * de-interleaved order (evens first), as transformers' deepseek_v3 does. */
+    void (*rope)(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads,
+                 int64_t head_stride, int rot_dim, const float *cos, const float *sin,
+                 bool interleave);
+    /* Causal attention, see mk_attn_args. */
+    void (*attention)(void *ctx, const mk_attn_args *a);
+    /* Causal depthwise conv + SiLU over channels: y[t,c] = silu(sum_j w[c,j]
+     * u[t-K+1+j, c]) with w [C, K]; state [K-1, C] holds the inputs before
+     * u[0] and is advanced by n tokens. u has row stride u_stride; y [n, C]. */
+    void (*conv1d_silu)(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
+                        int64_t C, int K, const float *w, float *state);
+    /* Gated DeltaNet recurrence, see mk_gdn_args. */
+    void (*gdn)(void *ctx, const mk_gdn_args *a);
+    /* rows of dim: x = rmsnorm(x) * g * silu(z) (z rows same shape as x). */
+    void (*gated_rmsnorm)(void *ctx, float *x, const float *z, const float *g, int64_t rows,
+                          int64_t dim, float eps);
+    /* y = silu(gate) * up, n elements (y may alias gate). */
+    void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* x *= sigmoid(gate) element-wise, n elements. */
+    void (*sigmoid_mul)(void *ctx, float *x, const float *gate, int64_t n);
+    /* y += a * x, n elements. */
+    void (*axpy)(void *ctx, float *y, float a, const float *x, int64_t n);
+    /* (optional) free ctx. */
+    void (*free)(void *ctx);
+} mk_backend_i;
+
+typedef struct mk_backend {
+    const mk_backend_i *i;
+    void *ctx;
+} mk_backend;
+
+/* The CPU reference backend over src/kernels, threaded by `pool` (NULL:
+ * single thread; the pool must outlive the backend). */
+mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out);
+void mk_backend_free(mk_backend *b); /* NULL ok */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

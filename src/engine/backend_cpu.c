@@ -1,0 +1,249 @@
+/* The CPU backend: the reference implementation of every backend slot,
+ * on top of src/kernels (matmuls and vector ops) and its thread pool.
+ *
+ * Matmuls thread inside mk_matmul. Attention threads over (token, head)
+ * pairs and the Gated DeltaNet recurrence over value heads; both work
+ * without scratch memory (two-pass softmax, small fixed per-head arrays), so
+ * the slots stay infallible and allocation-free. Arithmetic mirrors the
+ * transformers float32 reference: reductions in f32, softplus with its
+ * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_impl.h"
+#include "moekit/backend.h"
+#include "moekit/kernels.h"
+
+typedef struct cpu_ctx {
+    mk_pool *pool;
+} cpu_ctx;
+
+static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
+}
+
+static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++)
+        mk_wt_dequant_row(w, ids[t], y + t * w->cols);
+}
+
+static void cpu_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
+                        const float *g, int64_t rows, int64_t dim, float eps) {
+    (void)ctx;
+    for (int64_t r = 0; r < rows; r++)
+        mk_rmsnorm(y + r * y_stride, x + r * x_stride, g, dim, eps, false);
+}
+
+static void cpu_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads,
+                     int64_t head_stride, int rot_dim, const float *cos, const float *sin,
+                     bool interleave) {
+    (void)ctx;
+    int half = rot_dim / 2;
+    float tmp[MK_ENGINE_MAX_HEAD_DIM];
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = cos + t * half, *s = sin + t * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + t * tok_stride + h * head_stride;
+            if (interleave) { /* (x0,x1),(x2,x3).. -> evens | odds, as HF de-interleaves */
+                for (int i = 0; i < half; i++) {
+                    tmp[i] = v[2 * i];
+                    tmp[i + half] = v[2 * i + 1];
+                }
+                memcpy(v, tmp, (size_t)rot_dim * sizeof(float));
+            }
+            for (int i = 0; i < half; i++) {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * c[i] - x1 * s[i];
+                v[i + half] = x1 * c[i] + x0 * s[i];
+            }
+        }
+    }
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+static void attn_task(void *ctx, int64_t b, int64_t e) {
+    const mk_attn_args *a = ctx;
+    int g = a->n_heads / a->n_kv;
+    float acc[MK_ENGINE_MAX_HEAD_DIM];
+    for (int64_t item = b; item < e; item++) {
+        int64_t t = item / a->n_heads;
+        int h = (int)(item % a->n_heads), kvh = h / g;
+        int64_t T = a->pos0 + t + 1;
+        const float *q = a->q + (t * a->n_heads + h) * a->dk;
+        const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
+        int64_t ks = (int64_t)a->n_kv * a->dk, vs = (int64_t)a->n_kv * a->dv;
+        /* pass 1: the max score, so pass 2 is exactly softmax(x - max) */
+        float mx = -INFINITY;
+        for (int64_t s = 0; s < T; s++) {
+            float sc = mk_dot_f32(q, k + s * ks, a->dk) * a->scale;
+            mx = sc > mx ? sc : mx;
+        }
+        float sum = 0.0f;
+        memset(acc, 0, (size_t)a->dv * sizeof(float));
+        for (int64_t s = 0; s < T; s++) {
+            float p = expf(mk_dot_f32(q, k + s * ks, a->dk) * a->scale - mx);
+            sum += p;
+            mk_axpy(acc, p, v + s * vs, a->dv);
+        }
+        float *o = a->out + (t * a->n_heads + h) * a->dv, inv = 1.0f / sum;
+        for (int i = 0; i < a->dv; i++)
+            o[i] = acc[i] * inv;
+    }
+}
+
+static void cpu_attention(void *ctx, const mk_attn_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n * a->n_heads, 1, attn_task, (void *)a);
+}
+
+/* ---- Gated DeltaNet -------------------------------------------------------- */
+
+static void cpu_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
+                            int64_t C, int K, const float *w, float *state) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float *yt = y + t * C;
+        for (int64_t c = 0; c < C; c++) {
+            float acc = 0.0f;
+            for (int j = 0; j < K; j++) {
+                int64_t idx = t - K + 1 + j; /* input time of tap j */
+                float in = idx < 0 ? state[(K - 1 + idx) * C + c] : u[idx * u_stride + c];
+                acc += w[c * K + j] * in;
+            }
+            yt[c] = acc / (1.0f + expf(-acc));
+        }
+    }
+    /* keep the last K-1 inputs; ascending order reads rows not yet overwritten */
+    for (int s = 0; s < K - 1; s++) {
+        int64_t idx = n - (K - 1) + s;
+        if (idx < 0)
+            memmove(state + (int64_t)s * C, state + (s + n) * C, (size_t)C * sizeof(float));
+        else
+            memcpy(state + (int64_t)s * C, u + idx * u_stride, (size_t)C * sizeof(float));
+    }
+}
+
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+static void l2norm(float *y, const float *x, int d, float scale) {
+    float ss = 0.0f;
+    for (int i = 0; i < d; i++)
+        ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss + 1e-6f);
+    for (int i = 0; i < d; i++)
+        y[i] = x[i] * inv * scale;
+}
+
+static void gdn_task(void *ctx, int64_t hb, int64_t he) {
+    const mk_gdn_args *a = ctx;
+    int r = a->nv / a->nk, dk = a->dk, dv = a->dv;
+    float q[MK_ENGINE_MAX_HEAD_DIM], k[MK_ENGINE_MAX_HEAD_DIM], d[MK_ENGINE_MAX_HEAD_DIM];
+    float qscale = 1.0f / sqrtf((float)dk);
+    for (int64_t h = hb; h < he; h++) {
+        int64_t kh = h / r;
+        float *S = a->state + h * dk * dv; /* [dk, dv] */
+        float neg_A = -expf(a->A_log[h]);
+        for (int64_t t = 0; t < a->n; t++) {
+            const float *row = a->q + t * a->stride;
+            l2norm(q, row + kh * dk, dk, qscale);
+            l2norm(k, a->k + t * a->stride + kh * dk, dk, 1.0f);
+            const float *v = a->v + t * a->stride + h * dv;
+            float beta = 1.0f / (1.0f + expf(-a->b[t * a->nv + h]));
+            float decay = expf(neg_A * softplus(a->a[t * a->nv + h] + a->dt_bias[h]));
+            /* S = exp(g) S;  d = beta (v - S^T k);  S += k d^T;  o = S^T q */
+            for (int64_t i = 0; i < (int64_t)dk * dv; i++)
+                S[i] *= decay;
+            for (int j = 0; j < dv; j++)
+                d[j] = 0.0f;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(d, k[i], S + (int64_t)i * dv, dv);
+            for (int j = 0; j < dv; j++)
+                d[j] = (v[j] - d[j]) * beta;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(S + (int64_t)i * dv, k[i], d, dv);
+            float *o = a->out + (t * a->nv + h) * dv;
+            for (int j = 0; j < dv; j++)
+                o[j] = 0.0f;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(o, q[i], S + (int64_t)i * dv, dv);
+        }
+    }
+}
+
+static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, gdn_task, (void *)a);
+}
+
+static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,
+                              int64_t dim, float eps) {
+    (void)ctx;
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * dim;
+        const float *zr = z + r * dim;
+        mk_rmsnorm(xr, xr, g, dim, eps, false);
+        for (int64_t i = 0; i < dim; i++)
+            xr[i] *= zr[i] / (1.0f + expf(-zr[i]));
+    }
+}
+
+/* ---- element-wise ---------------------------------------------------------- */
+
+static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
+    (void)ctx;
+    mk_swiglu(y, gate, up, n);
+}
+
+static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= 1.0f / (1.0f + expf(-gate[i]));
+}
+
+static void cpu_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
+    (void)ctx;
+    mk_axpy(y, a, x, n);
+}
+
+static void cpu_free(void *ctx) { free(ctx); }
+
+static const mk_backend_i g_cpu = {
+    .name = "cpu",
+    .matmul = cpu_matmul,
+    .get_rows = cpu_get_rows,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .conv1d_silu = cpu_conv1d_silu,
+    .gdn = cpu_gdn,
+    .gated_rmsnorm = cpu_gated_rmsnorm,
+    .swiglu = cpu_swiglu,
+    .sigmoid_mul = cpu_sigmoid_mul,
+    .axpy = cpu_axpy,
+    .free = cpu_free,
+};
+
+mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out) {
+    *out = NULL;
+    mk_backend *b = calloc(1, sizeof *b);
+    cpu_ctx *c = calloc(1, sizeof *c);
+    if (!b || !c) {
+        free(b);
+        free(c);
+        return mk_err(MK_E_NOMEM, "no memory for the CPU backend");
+    }
+    c->pool = pool;
+    b->i = &g_cpu;
+    b->ctx = c;
+    *out = b;
+    return MK_OK;
+}
+
+void mk_backend_free(mk_backend *b) {
+    if (!b)
+        return;
+    if (b->i && b->i->free)
+        b->i->free(b->ctx);
+    free(b);
+}

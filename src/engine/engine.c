@@ -1,0 +1,316 @@
+/* Engine lifetime: options, the arena, RoPE tables, reset.
+ *
+ * The arena is planned in two passes over the same list of buffers (carve):
+ * the first sums the sizes, the second hands out pointers into one zeroed
+ * allocation. Buffer sizes come from the config's largest dimensions of each
+ * block kind present, so a dense-attention model pays nothing for DeltaNet
+ * scratch and vice versa. The forward pass itself lives in forward.c. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "engine/engine_impl.h"
+
+/* ---- arena ---------------------------------------------------------------- */
+
+typedef struct carver {
+    char *base; /* NULL while sizing */
+    size_t off;
+} carver;
+
+/* Reserve n elements of `esz` bytes, 64-byte aligned. */
+static void *take(carver *cv, int64_t n, size_t esz) {
+    size_t bytes = (size_t)(n > 0 ? n : 0) * esz;
+    void *p = cv->base && bytes ? cv->base + cv->off : NULL;
+    cv->off += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The whole arena layout; sizes only when cv->base is NULL. */
+static void carve(mk_engine *e, carver *cv) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t nC = e->chunk, H = c->hidden_size, L = c->num_layers, T = e->max_ctx;
+    int64_t nH = c->num_heads, nKV = c->num_kv_heads, hd = c->head_dim;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
+    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, dvh = c->v_head_dim;
+    int64_t E = c->num_experts, k = c->num_experts_per_tok;
+    bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false;
+    int64_t Imax = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        has_attn |= w->mixer == MK_MIXER_ATTN;
+        has_mla |= w->mixer == MK_MIXER_MLA;
+        has_gdn |= w->mixer == MK_MIXER_GDN;
+        has_moe |= w->is_moe;
+        Imax = imax(Imax, w->is_moe ? imax(c->moe_intermediate_size, c->shared_intermediate_size)
+                                    : c->intermediate_size);
+    }
+    e->x = take(cv, nC * H, 4);
+    e->xb = take(cv, nC * H, 4);
+    e->y = take(cv, nC * H, 4);
+    e->cos = take(cv, nC * (e->rot_dim / 2), 4);
+    e->sin = take(cv, nC * (e->rot_dim / 2), 4);
+    e->inv_freq = take(cv, e->rot_dim / 2, 4);
+    if (has_attn || has_mla) {
+        int64_t qw = has_attn ? nH * hd * 2 : 0, aw = has_attn ? nH * hd : 0;
+        if (has_mla) {
+            qw = imax(qw, nH * qk);
+            aw = imax(aw, nH * dvh);
+        }
+        e->qraw = take(cv, nC * qw, 4);
+        e->att = take(cv, nC * aw, 4);
+    }
+    if (has_attn) {
+        e->q = take(cv, nC * nH * hd, 4);
+        e->gate = take(cv, nC * nH * hd, 4);
+    }
+    if (has_mla) {
+        e->qa = take(cv, nC * c->q_lora_rank, 4);
+        e->kva = take(cv, nC * (c->kv_lora_rank + c->qk_rope_head_dim), 4);
+        e->lat = take(cv, nC * c->kv_lora_rank, 4);
+        e->kvb = take(cv, nC * nH * (c->qk_nope_head_dim + dvh), 4);
+    }
+    if (has_gdn) {
+        e->proj = take(cv, nC * (2 * Kd + 2 * Vd), 4);
+        e->bap = take(cv, nC * 2 * nv, 4);
+        e->mixed = take(cv, nC * C, 4);
+        e->conv_out = take(cv, nC * C, 4);
+        e->z = take(cv, nC * Vd, 4);
+        e->gb = take(cv, nC * nv, 4);
+        e->ga = take(cv, nC * nv, 4);
+        e->o = take(cv, nC * Vd, 4);
+    }
+    if (has_moe) {
+        e->router = take(cv, nC * E, 4);
+        e->top_idx = take(cv, nC * k, 4);
+        e->top_w = take(cv, nC * k, 4);
+        e->cnt = take(cv, E + 1, 4);
+        e->order = take(cv, nC * k, 4);
+        e->used = take(cv, E, 4);
+        e->sh = take(cv, nC, 4);
+        e->ssc = take(cv, E, 4);
+        e->gsc = take(cv, E, 4);
+        e->gkeep = take(cv, E, 4);
+    }
+    e->ex_x = take(cv, nC * H, 4);
+    e->ex_g = take(cv, nC * Imax, 4);
+    e->ex_u = take(cv, nC * Imax, 4);
+    e->ex_o = take(cv, nC * H, 4);
+    /* caches and recurrent state, per layer */
+    for (int64_t l = 0; l < L; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        if (w->mixer == MK_MIXER_ATTN) {
+            e->kc[l] = take(cv, T * nKV * hd, 4);
+            e->vc[l] = take(cv, T * nKV * hd, 4);
+        } else if (w->mixer == MK_MIXER_MLA) {
+            e->kc[l] = take(cv, T * nH * qk, 4);
+            e->vc[l] = take(cv, T * nH * dvh, 4);
+        } else {
+            e->conv[l] = take(cv, (c->conv_kernel - 1) * C, 4);
+            e->ssm[l] = take(cv, nv * dk * dv, 4);
+        }
+    }
+}
+
+/* ---- RoPE ----------------------------------------------------------------- */
+
+/* YaRN as transformers' _compute_yarn_parameters: blend interpolated and
+ * extrapolated frequencies over a linear ramp between the correction dims. */
+static float yarn_mscale(double scale, double mscale) {
+    return scale <= 1 ? 1.0f : (float)(0.1 * mscale * log(scale) + 1.0);
+}
+
+static double yarn_dim(double rot, int dim, double base, double maxpos) {
+    return (dim * log(maxpos / (rot * 2 * M_PI))) / (2 * log(base));
+}
+
+static void rope_init(mk_engine *e) {
+    const mk_config *c = e->c;
+    const mk_rope *r = &c->rope;
+    int dim = e->rot_dim, half = dim / 2;
+    float base = (float)r->theta;
+    e->attn_factor = 1.0f;
+    for (int i = 0; i < half; i++) /* float32, as torch computes it */
+        e->inv_freq[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
+    /* transformers keeps inv_freq in a buffer that model.to(dtype) casts: a
+     * model held in its checkpoint's float dtype (bf16/f16) and then run in
+     * float32 rotates with the rounded frequencies, and positions amplify the
+     * difference (3e-2 relative on the logits at 32 tokens). By default follow
+     * that for float checkpoints; quantized ones (FP8, MLX, INT4) are never
+     * held in bf16 by transformers, and rope_exact keeps float32 frequencies
+     * (transformers' from_pretrained in float32; better at long contexts). */
+    bool round = !e->rope_exact && !mk_model_quantized(e->m);
+    if (round && !strcmp(c->dtype, "bfloat16"))
+        for (int i = 0; i < half; i++)
+            e->inv_freq[i] = mk_bf16_to_f32(mk_f32_to_bf16(e->inv_freq[i]));
+    else if (round && !strcmp(c->dtype, "float16"))
+        for (int i = 0; i < half; i++)
+            e->inv_freq[i] = mk_f16_to_f32(mk_f32_to_f16(e->inv_freq[i]));
+    if (strcmp(r->type, "yarn") || !(r->factor > 1))
+        return;
+    /* transformers 5.x uses the explicit factor (4.x derived it from the
+     * max_position_embeddings ratio when original_max_position_embeddings
+     * was given; the two agree for DeepSeek-V3's and Kimi's configs). */
+    double factor = r->factor;
+    double orig = r->orig_max_pos > 0 ? r->orig_max_pos : c->max_position_embeddings;
+    if (r->attention_factor >= 0)
+        e->attn_factor = (float)r->attention_factor;
+    else if (r->mscale > 0 && r->mscale_all_dim > 0)
+        e->attn_factor = yarn_mscale(factor, r->mscale) / yarn_mscale(factor, r->mscale_all_dim);
+    else
+        e->attn_factor = yarn_mscale(factor, 1.0);
+    double bf = r->beta_fast > 0 ? r->beta_fast : 32, bs = r->beta_slow > 0 ? r->beta_slow : 1;
+    double lo = floor(yarn_dim(bf, dim, r->theta, orig));
+    double hi = ceil(yarn_dim(bs, dim, r->theta, orig));
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > dim - 1 ? dim - 1 : hi;
+    if (lo == hi)
+        hi += 0.001;
+    for (int i = 0; i < half; i++) {
+        float extra = e->inv_freq[i];
+        float inter = 1.0f / ((float)factor * powf(base, (float)(2 * i) / (float)dim));
+        float ramp = (float)((i - lo) / (hi - lo));
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float ef = 1.0f - ramp; /* extrapolation factor */
+        e->inv_freq[i] = inter * (1.0f - ef) + extra * ef;
+    }
+}
+
+void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n) {
+    int half = e->rot_dim / 2;
+    for (int64_t t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            float ang = (float)(pos0 + t) * e->inv_freq[i]; /* f32 product, as torch */
+            e->cos[t * half + i] = (float)cos((double)ang) * e->attn_factor;
+            e->sin[t * half + i] = (float)sin((double)ang) * e->attn_factor;
+        }
+}
+
+/* ---- create / free -------------------------------------------------------- */
+
+static mk_status check_dims(const mk_config *c) {
+    int dims[] = {c->head_dim, c->qk_nope_head_dim + c->qk_rope_head_dim, c->v_head_dim,
+                  c->lin_k_head_dim, c->lin_v_head_dim};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i] > MK_ENGINE_MAX_HEAD_DIM)
+            return mk_err(MK_E_UNSUPPORTED, "config.json: a head dimension of %d exceeds the "
+                          "engine's limit of %d", dims[i], MK_ENGINE_MAX_HEAD_DIM);
+    return MK_OK;
+}
+
+static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
+    const mk_config *c = e->c;
+    MK_TRY(check_dims(c));
+    int64_t dflt = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
+                       ? c->max_position_embeddings
+                       : 4096;
+    e->max_ctx = o->max_ctx > 0 ? o->max_ctx : dflt;
+    e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
+    e->rope_exact = o->rope_exact;
+    if (e->chunk > e->max_ctx)
+        e->chunk = e->max_ctx;
+    e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3
+                     ? c->qk_rope_head_dim
+                     : (int)(c->head_dim * c->rope.partial_rotary_factor);
+    double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
+                                  ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
+                                  : (double)c->head_dim);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && !strcmp(c->rope.type, "yarn") &&
+        c->rope.mscale_all_dim > 0) {
+        double ms = yarn_mscale(c->rope.factor, c->rope.mscale_all_dim);
+        scale *= ms * ms;
+    }
+    e->attn_scale = (float)scale;
+
+    MK_TRY(mk_pool_create(o->threads, &e->pool));
+    if (o->backend) {
+        e->be = o->backend;
+    } else {
+        MK_TRY(mk_backend_cpu_create(e->pool, &e->be));
+        e->own_be = true;
+    }
+    if (o->store) {
+        e->store = o->store;
+    } else {
+        MK_TRY(mk_expert_store_resident(e->m, &e->store));
+        e->own_store = true;
+    }
+    size_t L = (size_t)c->num_layers;
+    e->kc = calloc(L, sizeof(float *));
+    e->vc = calloc(L, sizeof(float *));
+    e->conv = calloc(L, sizeof(float *));
+    e->ssm = calloc(L, sizeof(float *));
+    if (!e->kc || !e->vc || !e->conv || !e->ssm)
+        return mk_err(MK_E_NOMEM, "no memory for the engine's layer tables");
+    carver cv = {NULL, 0};
+    carve(e, &cv);
+    e->arena_bytes = cv.off;
+    e->arena = aligned_alloc(64, cv.off ? cv.off : 64);
+    if (!e->arena)
+        return mk_err(MK_E_NOMEM, "engine arena: cannot allocate %zu bytes (max_ctx %lld, "
+                      "prefill chunk %lld); lower --ctx or --prefill-chunk",
+                      cv.off, (long long)e->max_ctx, (long long)e->chunk);
+    memset(e->arena, 0, cv.off);
+    cv = (carver){e->arena, 0};
+    carve(e, &cv);
+    rope_init(e);
+    return MK_OK;
+}
+
+mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_engine **out) {
+    *out = NULL;
+    mk_engine_opts o = {0};
+    if (opts)
+        o = *opts;
+    mk_engine *e = calloc(1, sizeof *e);
+    if (!e)
+        return mk_err(MK_E_NOMEM, "no memory for an engine");
+    e->m = m;
+    e->c = mk_model_config(m);
+    mk_status st = engine_init(e, &o);
+    if (st != MK_OK) {
+        mk_engine_free(e);
+        return st;
+    }
+    *out = e;
+    return MK_OK;
+}
+
+void mk_engine_free(mk_engine *e) {
+    if (!e)
+        return;
+    if (e->own_store)
+        mk_expert_store_free(e->store);
+    if (e->own_be)
+        mk_backend_free(e->be);
+    mk_pool_free(e->pool);
+    free(e->arena);
+    free(e->kc);
+    free(e->vc);
+    free(e->conv);
+    free(e->ssm);
+    free(e);
+}
+
+void mk_engine_reset(mk_engine *e) {
+    const mk_config *c = e->c;
+    int64_t C = 2 * (int64_t)c->lin_num_k_heads * c->lin_k_head_dim +
+                (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
+    for (int l = 0; l < c->num_layers; l++)
+        if (e->conv[l]) { /* the recurrent state must restart from zero; KV rows are overwritten */
+            memset(e->conv[l], 0, (size_t)((c->conv_kernel - 1) * C) * sizeof(float));
+            memset(e->ssm[l], 0,
+                   (size_t)c->lin_num_v_heads * c->lin_k_head_dim * c->lin_v_head_dim *
+                       sizeof(float));
+        }
+    e->pos = 0;
+}
+
+int64_t mk_engine_pos(const mk_engine *e) { return e->pos; }
+int64_t mk_engine_max_ctx(const mk_engine *e) { return e->max_ctx; }
+size_t mk_engine_arena_bytes(const mk_engine *e) { return e->arena_bytes; }
+const mk_model *mk_engine_model(const mk_engine *e) { return e->m; }

@@ -1,0 +1,100 @@
+/* The expert store wrapper and today's implementation: all experts resident.
+ *
+ * mk_expert_store is a table + context pair (expert_store.h). The resident
+ * store answers get(layer, e) with the model's own views into the mmapped
+ * checkpoint; release is a no-op. It still counts outstanding gets so that a
+ * forward pass that forgets a release is caught in debug builds, the same
+ * discipline a streaming store with a bounded cache will rely on. */
+#include <assert.h>
+#include <stdlib.h>
+
+#include "model/model_impl.h"
+#include "moekit/expert_store.h"
+
+struct mk_expert_store {
+    const mk_expert_store_i *i;
+    void *ctx;
+};
+
+mk_status mk_expert_store_create(const mk_expert_store_i *iface, void *ctx,
+                                 mk_expert_store **out) {
+    *out = NULL;
+    mk_expert_store *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (iface && iface->free)
+            iface->free(ctx);
+        return mk_err(MK_E_NOMEM, "no memory for an expert store");
+    }
+    s->i = iface;
+    s->ctx = ctx;
+    *out = s;
+    return MK_OK;
+}
+
+void mk_expert_store_free(mk_expert_store *s) {
+    if (!s)
+        return;
+    if (s->i->free)
+        s->i->free(s->ctx);
+    free(s);
+}
+
+mk_status mk_expert_store_get(mk_expert_store *s, int layer, int e, const mk_expert **out) {
+    return s->i->get(s->ctx, layer, e, out);
+}
+
+void mk_expert_store_release(mk_expert_store *s, int layer, int e) {
+    s->i->release(s->ctx, layer, e);
+}
+
+void mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *experts, int n) {
+    if (s->i->prefetch)
+        s->i->prefetch(s->ctx, layer, experts, n);
+}
+
+const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }
+
+/* ---- resident ------------------------------------------------------------ */
+
+typedef struct resident {
+    const mk_model *m;
+    long outstanding; /* gets not yet released */
+} resident;
+
+static mk_status res_get(void *ctx, int layer, int e, const mk_expert **out) {
+    resident *r = ctx;
+    const mk_config *c = &r->m->cfg;
+    if (layer < 0 || layer >= c->num_layers || !r->m->layers[layer].is_moe || e < 0 ||
+        e >= c->num_experts)
+        return mk_err(MK_E_ARG, "expert store: no expert %d in layer %d", e, layer);
+    r->outstanding++;
+    *out = &r->m->layers[layer].moe.experts[e];
+    return MK_OK;
+}
+
+static void res_release(void *ctx, int layer, int e) {
+    resident *r = ctx;
+    (void)layer;
+    (void)e;
+    assert(r->outstanding > 0);
+    r->outstanding--;
+}
+
+static void res_free(void *ctx) { free(ctx); }
+
+static const mk_expert_store_i g_resident = {
+    .name = "resident",
+    .get = res_get,
+    .release = res_release,
+    .prefetch = NULL,
+    .free = res_free,
+};
+
+mk_status mk_expert_store_resident(const mk_model *m, mk_expert_store **out) {
+    *out = NULL;
+    resident *r = calloc(1, sizeof *r);
+    if (!r)
+        return mk_err(MK_E_NOMEM, "no memory for an expert store");
+    r->m = m;
+    return mk_expert_store_create(&g_resident, r, out);
+}

@@ -1,0 +1,514 @@
+/* Loading a model: config + checkpoint -> per-layer weight views.
+ *
+ * Map of this file: config checks -> layout detection (module prefix,
+ * lm_head, zero-centred norm convention, expert layout) -> per-block
+ * loaders (norms, attention, MLA, Gated DeltaNet, dense MLP, MoE with its
+ * expert layouts) -> mk_model_open / free / accessors.
+ *
+ * Which tensors a layer needs follows the family rules of ARCHITECTURES.md
+ * (mk_config_layer_is_moe / _is_full_attn); how each linear module is stored
+ * is linear.c's business. Tensors the text engine does not use (vision
+ * tower, MTP heads) are simply never looked up. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/load.h"
+
+/* ---- ownership ---------------------------------------------------------- */
+
+void *mk_model_alloc(mk_model *m, size_t n) {
+    if (m->n_owned == m->cap_owned) {
+        size_t cap = m->cap_owned ? 2 * m->cap_owned : 64;
+        void **p = realloc(m->owned, cap * sizeof *p);
+        if (!p)
+            return NULL;
+        m->owned = p;
+        m->cap_owned = cap;
+    }
+    void *b = calloc(1, n ? n : 1);
+    if (b)
+        m->owned[m->n_owned++] = b;
+    return b;
+}
+
+/* ---- config checks ------------------------------------------------------ */
+
+static mk_status need_pos(const mk_config *c, const char *field, long long v) {
+    if (v > 0)
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "config.json (%s): %s must be > 0, found %lld", c->model_type,
+                  field, v);
+}
+
+static bool any_moe(const mk_config *c) {
+    for (int i = 0; i < c->num_layers; i++)
+        if (mk_config_layer_is_moe(c, i))
+            return true;
+    return false;
+}
+
+static bool any_linear(const mk_config *c) {
+    for (int i = 0; i < c->num_layers; i++)
+        if (!mk_config_layer_is_full_attn(c, i))
+            return true;
+    return false;
+}
+
+static mk_status check_config(const mk_config *c) {
+    if (c->arch == MK_ARCH_UNKNOWN)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "config.json: model_type '%s' (%s) is not supported by the engine; "
+                      "supported: %s",
+                      c->text_model_type[0] ? c->text_model_type : c->model_type,
+                      c->architecture[0] ? c->architecture : "no architectures field",
+                      mk_arch_supported());
+    MK_TRY(need_pos(c, "vocab_size", c->vocab_size));
+    MK_TRY(need_pos(c, "hidden_size", c->hidden_size));
+    MK_TRY(need_pos(c, "num_hidden_layers", c->num_layers));
+    MK_TRY(need_pos(c, "num_attention_heads", c->num_heads));
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        MK_TRY(need_pos(c, "kv_lora_rank", c->kv_lora_rank));
+        MK_TRY(need_pos(c, "qk_rope_head_dim", c->qk_rope_head_dim));
+        MK_TRY(need_pos(c, "qk_nope_head_dim", c->qk_nope_head_dim));
+        MK_TRY(need_pos(c, "v_head_dim", c->v_head_dim));
+        if (c->qk_rope_head_dim % 2)
+            return mk_err(MK_E_FORMAT, "config.json: qk_rope_head_dim %d is odd",
+                          c->qk_rope_head_dim);
+    } else {
+        MK_TRY(need_pos(c, "num_key_value_heads", c->num_kv_heads));
+        MK_TRY(need_pos(c, "head_dim", c->head_dim));
+        if (c->num_heads % c->num_kv_heads)
+            return mk_err(MK_E_FORMAT, "config.json: num_attention_heads %d is not a multiple of "
+                          "num_key_value_heads %d", c->num_heads, c->num_kv_heads);
+        int rot = (int)(c->head_dim * c->rope.partial_rotary_factor);
+        if (rot <= 0 || rot > c->head_dim || rot % 2)
+            return mk_err(MK_E_FORMAT, "config.json: rotary dims %d (head_dim %d x "
+                          "partial_rotary_factor %g) must be even and in 2..head_dim",
+                          rot, c->head_dim, c->rope.partial_rotary_factor);
+    }
+    if (any_moe(c)) {
+        MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
+        if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->num_experts)
+            return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
+                          "(num_experts)", c->num_experts_per_tok, c->num_experts);
+        if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+            int g = c->n_group > 0 ? c->n_group : 1, tg = c->topk_group > 0 ? c->topk_group : 1;
+            if (c->num_experts % g || tg > g || c->num_experts / g < 2 ||
+                c->num_experts_per_tok > tg * (c->num_experts / g))
+                return mk_err(MK_E_FORMAT, "config.json: n_group %d / topk_group %d do not fit "
+                              "%d experts with top-%d", g, tg, c->num_experts,
+                              c->num_experts_per_tok);
+        }
+    }
+    if (any_linear(c)) {
+        MK_TRY(need_pos(c, "linear_num_key_heads", c->lin_num_k_heads));
+        MK_TRY(need_pos(c, "linear_num_value_heads", c->lin_num_v_heads));
+        MK_TRY(need_pos(c, "linear_key_head_dim", c->lin_k_head_dim));
+        MK_TRY(need_pos(c, "linear_value_head_dim", c->lin_v_head_dim));
+        MK_TRY(need_pos(c, "linear_conv_kernel_dim", c->conv_kernel));
+        if (c->lin_num_v_heads % c->lin_num_k_heads)
+            return mk_err(MK_E_FORMAT, "config.json: linear_num_value_heads %d is not a multiple "
+                          "of linear_num_key_heads %d", c->lin_num_v_heads, c->lin_num_k_heads);
+    }
+    return MK_OK;
+}
+
+/* ---- layout detection --------------------------------------------------- */
+
+static mk_status find_prefix(mk_ld *ld) {
+    static const char *const pfx[] = {"model.language_model", "language_model.model", "model",
+                                      "language_model"};
+    for (size_t i = 0; i < sizeof pfx / sizeof pfx[0]; i++)
+        if (mk_ld_find(ld, "%s.embed_tokens.weight", pfx[i])) {
+            snprintf(ld->pfx, sizeof ld->pfx, "%s", pfx[i]);
+            return MK_OK;
+        }
+    return mk_err(MK_E_FORMAT, "%s: no token embedding found (tried model.embed_tokens.weight, "
+                  "model.language_model.embed_tokens.weight, "
+                  "language_model.model.embed_tokens.weight)", mk_ckpt_dir(ld->ck));
+}
+
+/* Zero-centred families store w and apply 1 + w; MLX conversions already
+ * added the 1. mlx-lm tells raw HF apart by the conv1d axis: HF (C, 1, K),
+ * MLX (C, K, 1). Without a conv layer, an MLX layout means "shifted". */
+static void detect_norm_shift(mk_ld *ld) {
+    const mk_config *c = ld->cfg;
+    ld->norm_plus1 = false;
+    if (c->arch != MK_ARCH_QWEN3_NEXT && c->arch != MK_ARCH_QWEN3_5_MOE)
+        return;
+    for (int i = 0; i < c->num_layers; i++) {
+        const mk_tensor_info *t = mk_ld_find(ld, "%s.layers.%d.linear_attn.conv1d.weight",
+                                             ld->pfx, i);
+        if (t && t->ndim == 3 && c->conv_kernel > 1) {
+            ld->norm_plus1 = t->shape[2] != 1;
+            return;
+        }
+    }
+    bool mlx = c->quant.method == MK_QM_MLX || !strcmp(ld->pfx, "language_model.model");
+    for (int i = 0; i < c->num_layers && !mlx; i++)
+        mlx = mk_ld_find(ld, "%s.layers.%d.mlp.switch_mlp.gate_proj.weight", ld->pfx, i) != NULL;
+    ld->norm_plus1 = !mlx;
+}
+
+/* Expert indices in per-expert names must lie in 0..E-1 (gaps are caught
+ * per layer when loading). */
+static mk_status check_expert_names(mk_ld *ld) {
+    const mk_config *c = ld->cfg;
+    size_t pl = strlen(ld->pfx);
+    for (size_t i = 0; i < mk_ckpt_count(ld->ck); i++) {
+        const char *n = mk_ckpt_tensor(ld->ck, i)->name;
+        int l, e, k = 0;
+        if (strncmp(n, ld->pfx, pl) || strncmp(n + pl, ".layers.", 8))
+            continue;
+        if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
+            (e < 0 || e >= c->num_experts || l < 0 || l >= c->num_layers))
+            return mk_err(MK_E_FORMAT, "tensor '%s': %s index out of range (num_experts %d, "
+                          "num_hidden_layers %d)", n,
+                          (l < 0 || l >= c->num_layers) ? "layer" : "expert", c->num_experts,
+                          c->num_layers);
+    }
+    return MK_OK;
+}
+
+/* ---- blocks ------------------------------------------------------------- */
+
+static mk_status load_norm(mk_ld *ld, const char *name, int64_t n, bool zero_centred,
+                           float **out) {
+    MK_TRY(mk_ld_vec(ld, name, n, out));
+    if (zero_centred && ld->norm_plus1)
+        for (int64_t i = 0; i < n; i++)
+            (*out)[i] += 1.0f;
+    return MK_OK;
+}
+
+static bool zero_centred(const mk_config *c) {
+    return c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
+}
+
+static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads;
+    char mod[256];
+    a->gated = zero_centred(c); /* the hybrids' full-attention layers are gated */
+    snprintf(mod, sizeof mod, "%s.self_attn.q_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, nH * hd * (a->gated ? 2 : 1), H, &a->q));
+    snprintf(mod, sizeof mod, "%s.self_attn.k_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, nKV * hd, H, &a->k));
+    snprintf(mod, sizeof mod, "%s.self_attn.v_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, nKV * hd, H, &a->v));
+    snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, H, nH * hd, &a->o));
+    snprintf(mod, sizeof mod, "%s.self_attn.q_norm.weight", p);
+    MK_TRY(load_norm(ld, mod, hd, zero_centred(c), &a->q_norm));
+    snprintf(mod, sizeof mod, "%s.self_attn.k_norm.weight", p);
+    return load_norm(ld, mod, hd, zero_centred(c), &a->k_norm);
+}
+
+static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, nH = c->num_heads, ql = c->q_lora_rank, kl = c->kv_lora_rank;
+    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    char mod[256];
+    if (ql > 0) {
+        snprintf(mod, sizeof mod, "%s.self_attn.q_a_proj", p);
+        MK_TRY(mk_ld_linear(ld, mod, ql, H, &a->q_a));
+        snprintf(mod, sizeof mod, "%s.self_attn.q_a_layernorm.weight", p);
+        MK_TRY(load_norm(ld, mod, ql, false, &a->q_a_norm));
+        snprintf(mod, sizeof mod, "%s.self_attn.q_b_proj", p);
+        MK_TRY(mk_ld_linear(ld, mod, nH * qk, ql, &a->q_b));
+    } else {
+        snprintf(mod, sizeof mod, "%s.self_attn.q_proj", p);
+        MK_TRY(mk_ld_linear(ld, mod, nH * qk, H, &a->q));
+    }
+    snprintf(mod, sizeof mod, "%s.self_attn.kv_a_proj_with_mqa", p);
+    MK_TRY(mk_ld_linear(ld, mod, kl + c->qk_rope_head_dim, H, &a->kv_a));
+    snprintf(mod, sizeof mod, "%s.self_attn.kv_a_layernorm.weight", p);
+    MK_TRY(load_norm(ld, mod, kl, false, &a->kv_a_norm));
+    snprintf(mod, sizeof mod, "%s.self_attn.kv_b_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, nH * (c->qk_nope_head_dim + c->v_head_dim), kl, &a->kv_b));
+    snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
+    return mk_ld_linear(ld, mod, H, nH * c->v_head_dim, &a->o);
+}
+
+static bool has_module(const mk_ld *ld, const char *mod) {
+    return mk_ld_find(ld, "%s.weight", mod) || mk_ld_find(ld, "%s.weight_packed", mod);
+}
+
+static mk_status load_gdn(mk_ld *ld, const char *p, mk_gdn_w *g) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, nk = c->lin_num_k_heads, nv = c->lin_num_v_heads;
+    int64_t Kd = nk * c->lin_k_head_dim, Vd = nv * c->lin_v_head_dim, C = 2 * Kd + Vd;
+    int64_t K = c->conv_kernel;
+    char mod[256];
+    snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_qkvz", p);
+    g->grouped = has_module(ld, mod);
+    if (g->grouped) { /* qwen3_next */
+        MK_TRY(mk_ld_linear(ld, mod, 2 * Kd + 2 * Vd, H, &g->qkvz));
+        snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_ba", p);
+        MK_TRY(mk_ld_linear(ld, mod, 2 * nv, H, &g->ba));
+    } else { /* qwen3_5_moe */
+        snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_qkv", p);
+        MK_TRY(mk_ld_linear(ld, mod, C, H, &g->qkv));
+        snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_z", p);
+        MK_TRY(mk_ld_linear(ld, mod, Vd, H, &g->z));
+        snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_b", p);
+        MK_TRY(mk_ld_linear(ld, mod, nv, H, &g->b));
+        snprintf(mod, sizeof mod, "%s.linear_attn.in_proj_a", p);
+        MK_TRY(mk_ld_linear(ld, mod, nv, H, &g->a));
+    }
+    snprintf(mod, sizeof mod, "%s.linear_attn.conv1d.weight", p);
+    const mk_tensor_info *t = mk_ckpt_find(ld->ck, mod);
+    if (t && !((t->ndim == 3 && t->shape[0] == C &&
+                ((t->shape[1] == 1 && t->shape[2] == K) || (t->shape[1] == K && t->shape[2] == 1))) ||
+               (t->ndim == 2 && t->shape[0] == C && t->shape[1] == K)))
+        return mk_err(MK_E_FORMAT, "tensor '%s': expected [%lld, 1, %lld] (HF) or [%lld, %lld, 1] "
+                      "(MLX)", mod, (long long)C, (long long)K, (long long)C, (long long)K);
+    /* (C,1,K) and (C,K,1) hold the same bytes in the same order: [c][k] */
+    MK_TRY(mk_ld_vec(ld, mod, C * K, &g->conv));
+    snprintf(mod, sizeof mod, "%s.linear_attn.A_log", p);
+    MK_TRY(mk_ld_vec(ld, mod, nv, &g->A_log));
+    snprintf(mod, sizeof mod, "%s.linear_attn.dt_bias", p);
+    MK_TRY(mk_ld_vec(ld, mod, nv, &g->dt_bias));
+    snprintf(mod, sizeof mod, "%s.linear_attn.norm.weight", p);
+    MK_TRY(load_norm(ld, mod, c->lin_v_head_dim, false, &g->norm)); /* plain gain, never +1 */
+    snprintf(mod, sizeof mod, "%s.linear_attn.out_proj", p);
+    return mk_ld_linear(ld, mod, H, Vd, &g->out);
+}
+
+static mk_status load_mlp(mk_ld *ld, const char *p, int64_t I, mk_mlp_w *w) {
+    int64_t H = ld->cfg->hidden_size;
+    char mod[256];
+    snprintf(mod, sizeof mod, "%s.gate_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, I, H, &w->gate));
+    snprintf(mod, sizeof mod, "%s.up_proj", p);
+    MK_TRY(mk_ld_linear(ld, mod, I, H, &w->up));
+    snprintf(mod, sizeof mod, "%s.down_proj", p);
+    return mk_ld_linear(ld, mod, H, I, &w->down);
+}
+
+/* Routed experts, whichever of the three layouts the checkpoint uses. */
+static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe,
+                              const char **kind) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, I = c->moe_intermediate_size, E = c->num_experts;
+    char mod[256], wn[300];
+    mk_expert *ex = moe->experts;
+    snprintf(mod, sizeof mod, "%s.mlp.switch_mlp.gate_proj", p);
+    if (has_module(ld, mod)) { /* MLX: stacked (E, out, in) */
+        *kind = "stacked";
+        static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
+        for (int j = 0; j < 3; j++) {
+            snprintf(mod, sizeof mod, "%s.mlp.switch_mlp.%s", p, nm[j]);
+            snprintf(wn, sizeof wn, "%s.weight", mod);
+            int64_t R = j == 2 ? H : I, cols = j == 2 ? I : H;
+            for (int64_t e = 0; e < E; e++) {
+                mk_wt *w = j == 0 ? &ex[e].gate : j == 1 ? &ex[e].up : &ex[e].down;
+                MK_TRY(mk_ld_stacked(ld, mod, wn, E, e, R, 0, R, cols, w));
+            }
+        }
+        return MK_OK;
+    }
+    snprintf(mod, sizeof mod, "%s.mlp.experts.gate_up_proj", p);
+    if (!mk_ckpt_find(ld->ck, mod))
+        snprintf(mod, sizeof mod, "%s.mlp.experts.gate_up_proj.weight", p);
+    if (mk_ckpt_find(ld->ck, mod)) { /* HF fused: gate_up (E, 2I, H) split at I; down (E, H, I) */
+        *kind = "fused";
+        char dn[256];
+        snprintf(dn, sizeof dn, "%s.mlp.experts.down_proj", p);
+        if (!mk_ckpt_find(ld->ck, dn))
+            snprintf(dn, sizeof dn, "%s.mlp.experts.down_proj.weight", p);
+        for (int64_t e = 0; e < E; e++) {
+            MK_TRY(mk_ld_stacked(ld, mod, mod, E, e, 2 * I, 0, I, H, &ex[e].gate));
+            MK_TRY(mk_ld_stacked(ld, mod, mod, E, e, 2 * I, I, I, H, &ex[e].up));
+            MK_TRY(mk_ld_stacked(ld, dn, dn, E, e, H, 0, H, I, &ex[e].down));
+        }
+        return MK_OK;
+    }
+    /* HF per-expert: every index 0..E-1 must be present */
+    *kind = "per-expert";
+    char missing[512] = "";
+    size_t ml = 0;
+    int nmiss = 0;
+    for (int64_t e = 0; e < E; e++) {
+        snprintf(mod, sizeof mod, "%s.mlp.experts.%lld.gate_proj", p, (long long)e);
+        if (has_module(ld, mod))
+            continue;
+        if (ml < sizeof missing - 16)
+            ml += (size_t)snprintf(missing + ml, sizeof missing - ml, "%s%lld", nmiss ? ", " : "",
+                                   (long long)e);
+        nmiss++;
+    }
+    if (nmiss)
+        return mk_err(MK_E_FORMAT, "%s: layer %d: %d of %lld routed experts missing "
+                      "(indices must be 0..%lld): %s", mk_ckpt_dir(ld->ck), layer, nmiss,
+                      (long long)E, (long long)E - 1, missing);
+    for (int64_t e = 0; e < E; e++) {
+        char ep[256];
+        snprintf(ep, sizeof ep, "%s.mlp.experts.%lld", p, (long long)e);
+        mk_mlp_w w;
+        MK_TRY(load_mlp(ld, ep, I, &w));
+        ex[e].gate = w.gate;
+        ex[e].up = w.up;
+        ex[e].down = w.down;
+    }
+    return MK_OK;
+}
+
+static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, E = c->num_experts;
+    char mod[256];
+    snprintf(mod, sizeof mod, "%s.mlp.gate", p);
+    MK_TRY(mk_ld_linear(ld, mod, E, H, &moe->router));
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        snprintf(mod, sizeof mod, "%s.mlp.gate.e_score_correction_bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, E, &moe->e_bias));
+    }
+    if (c->shared_intermediate_size > 0) {
+        moe->has_shared = true;
+        bool ds = c->arch == MK_ARCH_DEEPSEEK_V3;
+        snprintf(mod, sizeof mod, "%s.mlp.%s", p, ds ? "shared_experts" : "shared_expert");
+        MK_TRY(load_mlp(ld, mod, c->shared_intermediate_size, &moe->shared));
+        if (!ds) {
+            moe->has_shared_gate = true;
+            snprintf(mod, sizeof mod, "%s.mlp.shared_expert_gate", p);
+            MK_TRY(mk_ld_linear(ld, mod, 1, H, &moe->shared_gate));
+        }
+    }
+    moe->experts = mk_model_alloc(ld->m, (size_t)E * sizeof(mk_expert));
+    if (!moe->experts)
+        return mk_err(MK_E_NOMEM, "layer %d: no memory for %lld expert views", layer,
+                      (long long)E);
+    return load_experts(ld, p, layer, moe, kind);
+}
+
+static mk_status load_layer(mk_ld *ld, int i, mk_layer_w *L, const char **expert_kind) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size;
+    char p[128], name[256];
+    snprintf(p, sizeof p, "%s.layers.%d", ld->pfx, i);
+    snprintf(name, sizeof name, "%s.input_layernorm.weight", p);
+    MK_TRY(load_norm(ld, name, H, zero_centred(c), &L->in_norm));
+    snprintf(name, sizeof name, "%s.post_attention_layernorm.weight", p);
+    MK_TRY(load_norm(ld, name, H, zero_centred(c), &L->post_norm));
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        L->mixer = MK_MIXER_MLA;
+        MK_TRY(load_mla(ld, p, &L->mla));
+    } else if (!mk_config_layer_is_full_attn(c, i)) {
+        L->mixer = MK_MIXER_GDN;
+        MK_TRY(load_gdn(ld, p, &L->gdn));
+    } else {
+        L->mixer = MK_MIXER_ATTN;
+        MK_TRY(load_attn(ld, p, &L->attn));
+    }
+    L->is_moe = mk_config_layer_is_moe(c, i);
+    if (L->is_moe)
+        return load_moe(ld, p, i, &L->moe, expert_kind);
+    if (c->intermediate_size <= 0)
+        return mk_err(MK_E_FORMAT, "config.json: layer %d is a dense MLP but intermediate_size "
+                      "is %d", i, c->intermediate_size);
+    snprintf(name, sizeof name, "%s.mlp", p);
+    return load_mlp(ld, name, c->intermediate_size, &L->mlp);
+}
+
+static mk_status load_top(mk_ld *ld) {
+    mk_model *m = ld->m;
+    const mk_config *c = ld->cfg;
+    char mod[160];
+    snprintf(mod, sizeof mod, "%s.embed_tokens", ld->pfx);
+    MK_TRY(mk_ld_linear(ld, mod, c->vocab_size, c->hidden_size, &m->embed));
+    snprintf(mod, sizeof mod, "%s.norm.weight", ld->pfx);
+    MK_TRY(load_norm(ld, mod, c->hidden_size, zero_centred(c), &m->norm));
+    if (c->tie_word_embeddings) {
+        m->lm_head = m->embed;
+        return MK_OK;
+    }
+    /* lm_head sits beside the text model: language_model.lm_head for MLX VL */
+    const char *head = !strcmp(ld->pfx, "language_model.model") ? "language_model.lm_head"
+                                                                : "lm_head";
+    if (!has_module(ld, head) && has_module(ld, "lm_head"))
+        head = "lm_head";
+    return mk_ld_linear(ld, head, c->vocab_size, c->hidden_size, &m->lm_head);
+}
+
+static const char *storage_name(const mk_ld *ld, const mk_model *m) {
+    if (ld->seen_int4)
+        return "int4";
+    if (ld->seen_fp8)
+        return "fp8";
+    if (ld->seen_affine)
+        return "affine";
+    if (ld->seen_mx)
+        return "mx";
+    static const char *const fl[] = {[MK_WF_F32] = "f32", [MK_WF_BF16] = "bf16",
+                                     [MK_WF_F16] = "f16"};
+    return m->embed.fmt <= MK_WF_F16 ? fl[m->embed.fmt] : "mixed";
+}
+
+/* ---- public ------------------------------------------------------------- */
+
+mk_status mk_model_open(const char *path, mk_model **out) {
+    return mk_model_open_ex(path, NULL, out);
+}
+
+mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model **out) {
+    *out = NULL;
+    mk_model *m = calloc(1, sizeof *m);
+    if (!m)
+        return mk_err(MK_E_NOMEM, "no memory for a model");
+    mk_status st = mk_ckpt_open(path, 0, &m->ck);
+    if (st == MK_OK)
+        st = mk_config_load(mk_ckpt_dir(m->ck), &m->cfg);
+    if (st == MK_OK)
+        st = check_config(&m->cfg);
+    mk_ld ld = {.m = m, .ck = m->ck, .cfg = &m->cfg, .fp8_to_bf16 = opts && opts->fp8_to_bf16};
+    if (st == MK_OK)
+        st = find_prefix(&ld);
+    if (st == MK_OK) {
+        detect_norm_shift(&ld);
+        st = check_expert_names(&ld);
+    }
+    if (st == MK_OK)
+        st = load_top(&ld);
+    const char *expert_kind = "dense";
+    if (st == MK_OK) {
+        m->layers = mk_model_alloc(m, (size_t)m->cfg.num_layers * sizeof(mk_layer_w));
+        if (!m->layers)
+            st = mk_err(MK_E_NOMEM, "no memory for %d layers", m->cfg.num_layers);
+    }
+    for (int i = 0; st == MK_OK && i < m->cfg.num_layers; i++)
+        st = load_layer(&ld, i, &m->layers[i], &expert_kind);
+    if (st != MK_OK) {
+        if (m->ck)
+            mk_err_wrap(st, "loading model %s", path);
+        mk_model_free(m);
+        return st;
+    }
+    const char *kind = !strcmp(ld.pfx, "model.language_model") ? "hf-vl"
+                       : !strncmp(ld.pfx, "language_model", 14) || m->cfg.quant.method == MK_QM_MLX
+                           ? "mlx"
+                           : "hf";
+    snprintf(m->layout, sizeof m->layout, "%s/%s/%s%s", kind, expert_kind, storage_name(&ld, m),
+             ld.fp8_to_bf16 && ld.seen_fp8 ? "->bf16" : "");
+    m->quantized = ld.seen_fp8 || ld.seen_affine || ld.seen_int4 || ld.seen_mx;
+    *out = m;
+    return MK_OK;
+}
+
+void mk_model_free(mk_model *m) {
+    if (!m)
+        return;
+    for (size_t i = 0; i < m->n_owned; i++)
+        free(m->owned[i]);
+    free(m->owned);
+    mk_config_free(&m->cfg);
+    mk_ckpt_close(m->ck);
+    free(m);
+}
+
+const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
+const mk_ckpt *mk_model_ckpt(const mk_model *m) { return m->ck; }
+const char *mk_model_dir(const mk_model *m) { return mk_ckpt_dir(m->ck); }
+const char *mk_model_layout(const mk_model *m) { return m->layout; }
+bool mk_model_quantized(const mk_model *m) { return m->quantized; }

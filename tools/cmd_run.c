@@ -1,0 +1,426 @@
+/* moekit run: generate text with the CPU engine, streaming tokens as they
+ * come. A prompt is text (completion), a chat turn rendered with the
+ * model's template, or raw token ids; generation stops at max tokens, an
+ * end-of-sequence id (tokenizer, generation_config, config.json) or
+ * <|im_end|>. --chat without --prompt is an interactive loop on stdin. */
+#include <getopt.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "cmd.h"
+#include "engine_cli.h"
+#include "moekit/chat.h"
+#include "moekit/sample.h"
+#include "moekit/tokenizer.h"
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: moekit run MODEL [--prompt TEXT | --ids LIST | --chat] [options]\n\n"
+            "Generate from MODEL (a checkpoint directory) on the CPU, printing tokens as they\n"
+            "are produced.\n\n"
+            "prompt:\n"
+            "  --prompt TEXT        the prompt; plain completion unless --chat/--template\n"
+            "  --ids LIST           the prompt as token ids (comma separated); works without a\n"
+            "                       tokenizer (the output is then ids)\n"
+            "  --chat               wrap --prompt as a user turn in the model's chat template;\n"
+            "                       without --prompt, chat interactively (one turn per line)\n"
+            "  --system TEXT        system message for --chat\n"
+            "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3\n"
+            "                       (default: recognised from the checkpoint); implies --chat\n"
+            "  --no-think           qwen3 templates: enable_thinking=false\n"
+            "sampling (default greedy):\n"
+            "  --max-tokens N       tokens to generate (default 256)\n"
+            "  --temp T             temperature; 0 = greedy (default 0)\n"
+            "  --top-k K            keep the K most likely tokens (0 = off)\n"
+            "  --top-p P            nucleus sampling mass (1 = off)\n"
+            "  --min-p P            drop tokens below P times the best one (0 = off)\n"
+            "  --repeat-penalty R   penalise tokens of the last 64 (1 = off)\n"
+            "  --seed S             random seed (default 0): same seed, same tokens\n"
+            "engine:\n"
+            "  --threads N          compute threads (default: all CPUs)\n"
+            "  --ctx N              context positions to allocate (default: prompt +\n"
+            "                       max tokens; 4096 for interactive chat)\n"
+            "  --prefill-chunk N    tokens per prefill chunk (default 512)\n"
+            "  --rope-f32           exact float32 RoPE frequencies (see moekit logits --help)\n"
+            "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
+            "output:\n"
+            "  --stats              print prefill and decode speed (tok/s) to stderr\n"
+            "  --json               print {\"ids\":[...],\"text\":\"...\"} of the generated tokens\n"
+            "                       instead of streaming\n"
+            "  -h, --help           this text\n\n"
+            "Exit status: 0 ok, 2 bad input (model, tokenizer, flags), 1 internal failure.\n");
+}
+
+typedef struct run_opts {
+    const char *model, *prompt, *ids, *system, *tmpl;
+    bool chat, no_think, stats, json;
+    long long max_tokens, ctx;
+    mk_sample_params sp;
+    mk_model_opts mo;
+    mk_engine_opts eo;
+} run_opts;
+
+typedef struct run_ctx {
+    const run_opts *o;
+    mk_model *m;
+    mk_engine *e;
+    mk_tok *tok; /* NULL without a tokenizer */
+    mk_sampler *smp;
+    int32_t stop[16];
+    int nstop;
+    float *logits;
+} run_ctx;
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void add_stop(run_ctx *r, int32_t id) {
+    for (int i = 0; i < r->nstop; i++)
+        if (r->stop[i] == id)
+            return;
+    if (id >= 0 && r->nstop < 16)
+        r->stop[r->nstop++] = id;
+}
+
+static bool is_stop(const run_ctx *r, int32_t id) {
+    for (int i = 0; i < r->nstop; i++)
+        if (r->stop[i] == id)
+            return true;
+    return false;
+}
+
+/* Prefill `prompt`, then sample until a stop id or max tokens, streaming. */
+static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t **out_ids,
+                          int64_t *out_n) {
+    const run_opts *o = r->o;
+    const mk_config *c = mk_model_config(r->m);
+    int64_t cap = np + o->max_tokens;
+    int32_t *hist = malloc((size_t)cap * sizeof *hist);
+    if (!hist)
+        return mk_err(MK_E_NOMEM, "no memory for %lld tokens", (long long)cap);
+    memcpy(hist, prompt, (size_t)np * sizeof *hist);
+    int64_t nh = np;
+    mk_tok_stream *ts = NULL;
+    mk_status st = MK_OK;
+    if (r->tok && !o->json)
+        st = mk_tok_stream_create(r->tok, true, &ts);
+    double t0 = now_s();
+    if (st == MK_OK)
+        st = mk_engine_forward(r->e, prompt, np, MK_LOGITS_LAST, r->logits, NULL);
+    double t1 = now_s();
+    int64_t ngen = 0;
+    while (st == MK_OK && ngen < o->max_tokens) {
+        int32_t id = mk_sampler_sample(r->smp, r->logits, hist, nh);
+        if (is_stop(r, id))
+            break;
+        hist[nh++] = id;
+        ngen++;
+        if (!o->json) { /* stream */
+            const char *txt;
+            size_t len;
+            if (ts && mk_tok_stream_push(ts, id, &txt, &len) == MK_OK)
+                fwrite(txt, 1, len, stdout);
+            else if (!ts)
+                printf("%s%d", ngen > 1 ? "," : "", id);
+            fflush(stdout);
+        }
+        if (ngen < o->max_tokens && mk_engine_pos(r->e) < mk_engine_max_ctx(r->e))
+            st = mk_engine_forward(r->e, &id, 1, MK_LOGITS_LAST, r->logits, NULL);
+        else
+            break;
+    }
+    double t2 = now_s();
+    if (ts) {
+        const char *txt;
+        size_t len;
+        if (mk_tok_stream_flush(ts, &txt, &len) == MK_OK)
+            fwrite(txt, 1, len, stdout);
+        mk_tok_stream_free(ts);
+    }
+    if (!o->json && (st == MK_OK || ngen > 0))
+        printf("\n");
+    if (o->stats)
+        fprintf(stderr,
+                "[%s] prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in "
+                "%.3f s (%.2f tok/s), vocab %d\n",
+                mk_model_layout(r->m), (long long)np, t1 - t0, np / (t1 - t0 + 1e-12),
+                (long long)ngen, t2 - t1, ngen > 1 ? (ngen - 1) / (t2 - t1 + 1e-12) : 0.0,
+                c->vocab_size);
+    if (st != MK_OK) {
+        free(hist);
+        return st;
+    }
+    memmove(hist, hist + np, (size_t)ngen * sizeof *hist);
+    *out_ids = hist;
+    *out_n = ngen;
+    return MK_OK;
+}
+
+static mk_status print_json(const run_ctx *r, const int32_t *ids, int64_t n) {
+    json_t *o = json_object(), *a = json_array();
+    for (int64_t i = 0; i < n; i++)
+        json_array_append_new(a, json_integer(ids[i]));
+    json_object_set_new(o, "ids", a);
+    if (r->tok) {
+        char *text;
+        size_t len;
+        MK_TRY(mk_tok_decode(r->tok, ids, (size_t)n, true, &text, &len));
+        json_object_set_new(o, "text", json_stringn(text, len));
+        free(text);
+    }
+    char *s = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);
+    json_decref(o);
+    if (!s)
+        return mk_err(MK_E_NOMEM, "no memory for JSON output");
+    printf("%s\n", s);
+    free(s);
+    return MK_OK;
+}
+
+/* Text of the prompt: chat-rendered or plain. */
+static mk_status prompt_ids(run_ctx *r, const mk_chat_msg *msgs, size_t nmsg, int32_t **ids,
+                            int64_t *n) {
+    const run_opts *o = r->o;
+    if (!r->tok)
+        return mk_err(MK_E_ARG, "%s has no usable tokenizer.json: give the prompt as --ids",
+                      o->model);
+    char *text = NULL;
+    if (o->chat) {
+        mk_chat_kind kind;
+        MK_TRY(mk_chat_detect(mk_model_dir(r->m), o->tmpl, &kind));
+        unsigned fl = MK_CHAT_GENERATION_PROMPT | (o->no_think ? MK_CHAT_NO_THINKING : 0);
+        MK_TRY(mk_chat_render(kind, msgs, nmsg, fl, &text));
+    }
+    size_t nn = 0;
+    const char *src = text ? text : o->prompt;
+    mk_status st = mk_tok_encode(r->tok, src, strlen(src), 0, ids, &nn);
+    free(text);
+    *n = (int64_t)nn;
+    return st;
+}
+
+static mk_status one_shot(run_ctx *r) {
+    const run_opts *o = r->o;
+    int32_t *ids = NULL, *gen = NULL;
+    int64_t n = 0, ng = 0;
+    mk_chat_msg msgs[2] = {{"system", o->system, NULL}, {"user", o->prompt, NULL}};
+    mk_status st = o->ids ? mk_ecli_ids(o->ids, &ids, &n)
+                          : prompt_ids(r, o->system ? msgs : msgs + 1, o->system ? 2 : 1, &ids, &n);
+    if (st == MK_OK && n == 0)
+        st = mk_err(MK_E_ARG, "the prompt is empty");
+    if (st == MK_OK)
+        st = generate(r, ids, n, &gen, &ng);
+    if (st == MK_OK && o->json)
+        st = print_json(r, gen, ng);
+    free(ids);
+    free(gen);
+    return st;
+}
+
+/* Interactive chat: every turn re-renders the conversation and prefills it
+ * from an empty cache (templates may rewrite earlier turns). */
+static mk_status interactive(run_ctx *r) {
+    size_t cap = 64, n = 0;
+    mk_chat_msg *msgs = calloc(cap, sizeof *msgs);
+    char **owned = calloc(cap, sizeof *owned);
+    mk_status st = msgs && owned ? MK_OK : mk_err(MK_E_NOMEM, "no memory for a chat");
+    if (st == MK_OK && r->o->system)
+        msgs[n++] = (mk_chat_msg){"system", r->o->system, NULL};
+    char line[8192];
+    while (st == MK_OK && n + 2 < cap) {
+        fprintf(stderr, "> ");
+        if (!fgets(line, sizeof line, stdin))
+            break;
+        line[strcspn(line, "\n")] = 0;
+        owned[n] = strdup(line);
+        msgs[n] = (mk_chat_msg){"user", owned[n], NULL};
+        n++;
+        int32_t *ids = NULL, *gen = NULL;
+        int64_t ni = 0, ng = 0;
+        mk_engine_reset(r->e);
+        st = prompt_ids(r, msgs, n, &ids, &ni);
+        if (st == MK_OK && ni + r->o->max_tokens > mk_engine_max_ctx(r->e))
+            st = mk_err(MK_E_ARG, "conversation of %lld tokens + %lld new exceeds --ctx %lld",
+                        (long long)ni, r->o->max_tokens, (long long)mk_engine_max_ctx(r->e));
+        if (st == MK_OK)
+            st = generate(r, ids, ni, &gen, &ng);
+        char *text = NULL;
+        size_t len;
+        if (st == MK_OK)
+            st = mk_tok_decode(r->tok, gen, (size_t)ng, true, &text, &len);
+        if (st == MK_OK) {
+            owned[n] = text;
+            msgs[n] = (mk_chat_msg){"assistant", text, NULL};
+            n++;
+        }
+        free(ids);
+        free(gen);
+    }
+    for (size_t i = 0; owned && i < n; i++)
+        free(owned[i]);
+    free(owned);
+    free(msgs);
+    return st;
+}
+
+static int parse(int argc, char **argv, run_opts *o) {
+    static const struct option opts[] = {
+        {"prompt", required_argument, 0, 'p'}, {"ids", required_argument, 0, 'i'},
+        {"chat", no_argument, 0, 'C'},         {"system", required_argument, 0, 'S'},
+        {"template", required_argument, 0, 'T'}, {"no-think", no_argument, 0, 'N'},
+        {"max-tokens", required_argument, 0, 'n'}, {"temp", required_argument, 0, 't'},
+        {"top-k", required_argument, 0, 'k'},  {"top-p", required_argument, 0, 'P'},
+        {"min-p", required_argument, 0, 'm'},  {"repeat-penalty", required_argument, 0, 'r'},
+        {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'j'},
+        {"ctx", required_argument, 0, 'x'},    {"prefill-chunk", required_argument, 0, 'c'},
+        {"rope-f32", no_argument, 0, 'R'},     {"fp8-bf16", no_argument, 0, 'F'},
+        {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
+        {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+    long long v;
+    int ch;
+    optind = 1;
+    opterr = 0; /* report unknown options ourselves, in one line */
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'p': o->prompt = optarg; break;
+        case 'i': o->ids = optarg; break;
+        case 'C': o->chat = true; break;
+        case 'S': o->system = optarg; break;
+        case 'T': o->tmpl = optarg; o->chat = true; break;
+        case 'N': o->no_think = true; break;
+        case 'n':
+            if (!mk_ecli_int(optarg, 1, 1 << 24, &o->max_tokens))
+                return mk_cli_usage("run", "--max-tokens wants a positive count, got '%s'", optarg);
+            break;
+        case 't':
+            if (!mk_ecli_float(optarg, &o->sp.temperature) || o->sp.temperature < 0)
+                return mk_cli_usage("run", "--temp wants a number >= 0, got '%s'", optarg);
+            break;
+        case 'k':
+            if (!mk_ecli_int(optarg, 0, 1 << 24, &v))
+                return mk_cli_usage("run", "--top-k wants a count >= 0, got '%s'", optarg);
+            o->sp.top_k = (int)v;
+            break;
+        case 'P':
+            if (!mk_ecli_float(optarg, &o->sp.top_p) || !(o->sp.top_p > 0 && o->sp.top_p <= 1))
+                return mk_cli_usage("run", "--top-p wants (0, 1], got '%s'", optarg);
+            break;
+        case 'm':
+            if (!mk_ecli_float(optarg, &o->sp.min_p) || !(o->sp.min_p >= 0 && o->sp.min_p < 1))
+                return mk_cli_usage("run", "--min-p wants [0, 1), got '%s'", optarg);
+            break;
+        case 'r':
+            if (!mk_ecli_float(optarg, &o->sp.repeat_penalty) || !(o->sp.repeat_penalty > 0))
+                return mk_cli_usage("run", "--repeat-penalty wants > 0, got '%s'", optarg);
+            break;
+        case 's':
+            if (!mk_ecli_int(optarg, 0, INT64_MAX, &v))
+                return mk_cli_usage("run", "--seed wants an integer >= 0, got '%s'", optarg);
+            o->sp.seed = (uint64_t)v;
+            break;
+        case 'j':
+            if (!mk_ecli_int(optarg, 1, 1024, &v))
+                return mk_cli_usage("run", "--threads wants 1..1024, got '%s'", optarg);
+            o->eo.threads = (int)v;
+            break;
+        case 'x':
+            if (!mk_ecli_int(optarg, 1, 1 << 26, &o->ctx))
+                return mk_cli_usage("run", "--ctx wants a positive count, got '%s'", optarg);
+            break;
+        case 'c':
+            if (!mk_ecli_int(optarg, 1, 1 << 20, &v))
+                return mk_cli_usage("run", "--prefill-chunk wants a positive count, got '%s'",
+                                    optarg);
+            o->eo.prefill_chunk = (int)v;
+            break;
+        case 'R': o->eo.rope_exact = true; break;
+        case 'F': o->mo.fp8_to_bf16 = true; break;
+        case 'a': o->stats = true; break;
+        case 'J': o->json = true; break;
+        case 'h': help(stdout); return 0;
+        default:
+            return mk_cli_usage("run", "unknown option or missing value: %s", argv[optind - 1]);
+        }
+    }
+    if (optind != argc - 1)
+        return mk_cli_usage("run", "expected exactly one MODEL argument");
+    o->model = argv[optind];
+    if (o->prompt && o->ids)
+        return mk_cli_usage("run", "give either --prompt or --ids, not both");
+    if (!o->prompt && !o->ids && !o->chat)
+        return mk_cli_usage("run", "give --prompt, --ids or --chat");
+    if (o->ids && o->chat)
+        return mk_cli_usage("run", "--ids is a raw prompt: it does not combine with --chat");
+    return -1;
+}
+
+static mk_status run_main(run_opts *o) {
+    run_ctx r = {.o = o};
+    mk_status st = mk_model_open_ex(o->model, &o->mo, &r.m);
+    if (st != MK_OK)
+        return st;
+    const mk_config *c = mk_model_config(r.m);
+    bool interactive_chat = o->chat && !o->prompt;
+    o->eo.max_ctx = o->ctx > 0 ? o->ctx : interactive_chat ? 4096 : 0;
+    /* tokenizer: required for text, optional for --ids */
+    st = mk_tok_load(mk_model_dir(r.m), &r.tok);
+    if (st != MK_OK && !o->ids) {
+        mk_err_wrap(st, "a text prompt needs the model's tokenizer (or give --ids)");
+        goto done;
+    }
+    st = MK_OK;
+    if (r.tok) {
+        const int32_t *eos;
+        size_t ne = mk_tok_eos_ids(r.tok, &eos);
+        for (size_t i = 0; i < ne; i++)
+            add_stop(&r, eos[i]);
+        add_stop(&r, mk_tok_token_id(r.tok, "<|im_end|>"));
+    }
+    for (int i = 0; i < c->n_eos; i++)
+        add_stop(&r, c->eos_ids[i]);
+    if (!o->eo.max_ctx) { /* one shot: size the cache for prompt + generation */
+        int32_t *ids = NULL;
+        int64_t n = 0;
+        mk_chat_msg msgs[2] = {{"system", o->system, NULL}, {"user", o->prompt, NULL}};
+        st = o->ids ? mk_ecli_ids(o->ids, &ids, &n)
+                    : prompt_ids(&r, o->system ? msgs : msgs + 1, o->system ? 2 : 1, &ids, &n);
+        free(ids);
+        o->eo.max_ctx = n + o->max_tokens;
+        if (st != MK_OK)
+            goto done;
+    }
+    if ((st = mk_engine_create(r.m, &o->eo, &r.e)) != MK_OK ||
+        (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
+        goto done;
+    r.logits = malloc((size_t)c->vocab_size * sizeof(float));
+    if (!r.logits) {
+        st = mk_err(MK_E_NOMEM, "no memory for logits");
+        goto done;
+    }
+    st = interactive_chat ? interactive(&r) : one_shot(&r);
+done:
+    free(r.logits);
+    mk_sampler_free(r.smp);
+    mk_engine_free(r.e);
+    mk_tok_free(r.tok);
+    mk_model_free(r.m);
+    return st;
+}
+
+int cmd_run(int argc, char **argv) {
+    run_opts o = {.max_tokens = 256};
+    mk_sample_params_default(&o.sp);
+    int rc = parse(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    mk_status st = run_main(&o);
+    return st == MK_OK ? 0 : mk_cli_fail(st);
+}
+
+MK_CMD_REGISTER(run, 40, "generate text with the CPU engine (streaming, sampling, chat)", cmd_run)

@@ -1,0 +1,25 @@
+/* Helpers shared by the engine subcommands (run, logits, eval): number and
+ * id-list parsing, and opening a model with an engine from common flags. */
+#ifndef MK_TOOLS_ENGINE_CLI_H
+#define MK_TOOLS_ENGINE_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/engine.h"
+#include "moekit/model.h"
+
+/* Parse a decimal integer in [lo, hi]; false on junk or out of range. */
+bool mk_ecli_int(const char *s, long long lo, long long hi, long long *out);
+/* Parse a float; false on junk. */
+bool mk_ecli_float(const char *s, float *out);
+/* Parse "1,2,3" (commas and/or whitespace) into a malloc'd array. Returns
+ * MK_E_ARG naming the bad item, MK_E_NOMEM. */
+mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n);
+/* Open MODEL and an engine over it; on failure both are NULL. */
+mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
+                       mk_model **m, mk_engine **e);
+/* Write n bytes to path (truncating). */
+mk_status mk_ecli_write(const char *path, const void *data, size_t n);
+
+#endif
