@@ -26,13 +26,20 @@ if has quantize; then
   "$MK" quantize "$MODEL/bf16" "$OUT/q4" --bits 4 --group-size 64
 fi
 if has run; then
-  step "generate with the CPU engine"
-  for p in "Return the" "def fibonacci(n):"; do
-    "$MK" run "$MODEL/bf16" --prompt "$p" --max-tokens 40 --stats || "$MK" run "$MODEL/bf16" --ids 3,4,5 --max-tokens 16
-  done
+  step "generate with the CPU engine (greedy, from the bf16 checkpoint)"
+  "$MK" run "$MODEL/bf16" --prompt "Return the" --max-tokens 48 --stats
+  if [ -d "$OUT/mlx" ]; then
+    step "chat with the converted MLX checkpoint (ChatML template from tokenizer_config.json)"
+    "$MK" run "$OUT/mlx" --chat --system "You are a helpful assistant." \
+      --prompt "How do I sort a list in Python?" --max-tokens 64 --stats
+  fi
   if [ -d "$OUT/q4" ]; then
     step "same prompt on the 4-bit model"
-    "$MK" run "$OUT/q4" --prompt "Return the" --max-tokens 40 --stats || true
+    "$MK" run "$OUT/q4" --prompt "Return the" --max-tokens 48 --stats
   fi
+fi
+if has eval; then
+  step "perplexity on the first 2,048 tokens of the model's dev text"
+  "$MK" eval "$MODEL/bf16" --text "$MODEL/devtext.txt" --tokens 2048
 fi
 step "done: outputs in $OUT"

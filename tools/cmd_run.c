@@ -145,6 +145,7 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
     }
     if (!o->json && (st == MK_OK || ngen > 0))
         printf("\n");
+    fflush(stdout); /* the stats line (stderr) must follow the text, not interleave with it */
     if (o->stats)
         fprintf(stderr,
                 "[%s] prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in "
