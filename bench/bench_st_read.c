@@ -11,6 +11,10 @@
  *   cat    `cat SHARDS > /dev/null` (the bound: what the OS gives a reader)
  *   pread  mk_ckpt_read of every tensor, in file order, into one buffer
  *   mmap   one byte of every 4 KiB page of every tensor through mk_ckpt_data
+ *          (the cost of faulting the mapping in: warm, this is page tables,
+ *          not data movement)
+ *   mmap_sum  every 8-byte word of every tensor summed through the mapping
+ *          (what a consumer that reads the data pays; compare with pread)
  * and the same warm. Prints one key=value line per method and cache state
  * (median MB/s over REPS, default 3, and the ratio to cat of the same run
  * kind), for bench/run.sh to tabulate. The resident fraction after a drop is
@@ -145,19 +149,28 @@ static volatile unsigned g_sink;
 /* Opens its own mapping (and unmaps it after): pages mapped into this
  * process would survive the next cache drop and make "cold" warm. The open
  * (header parsing) is outside the timed part. */
-static double run_mmap(const char *dir) {
+static double run_mmap(const char *dir, int sum_all) {
     mk_ckpt *c = NULL;
     if (mk_ckpt_open(dir, 0, &c) != MK_OK)
         return -1;
     double t0 = now_s();
-    unsigned acc = 0;
+    uint64_t acc = 0;
     for (size_t i = 0; i < mk_ckpt_count(c); i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(c, i);
         const unsigned char *p = mk_ckpt_data(c, t);
-        for (uint64_t o = 0; p && o < t->nbytes; o += 4096)
-            acc += p[o];
+        if (!p)
+            continue;
+        if (sum_all) {
+            uint64_t w;
+            for (uint64_t o = 0; o + 8 <= t->nbytes; o += 8) {
+                memcpy(&w, p + o, 8); /* data may be unaligned */
+                acc += w;
+            }
+        } else
+            for (uint64_t o = 0; o < t->nbytes; o += 4096)
+                acc += p[o];
     }
-    g_sink = acc;
+    g_sink = (unsigned)acc;
     double el = now_s() - t0;
     mk_ckpt_close(c);
     return el;
@@ -201,27 +214,28 @@ int main(int argc, char **argv) {
     if (!buf)
         return 1;
     /* t[method][cold/warm][rep] */
-    static const char *const names[3] = {"cat", "pread", "mmap"};
-    double t[3][2][64];
+    enum { NM = 4 };
+    static const char *const names[NM] = {"cat", "pread", "mmap", "mmap_sum"};
+    double t[NM][2][64];
     double resid_max = 0;
     for (int r = 0; r < reps; r++) {
-        for (int m = 0; m < 3; m++) { /* cold: drop before each method */
+        for (int m = 0; m < NM; m++) { /* cold: drop before each method */
             double res = drop(cp);
             if (res > resid_max)
                 resid_max = res;
-            t[m][0][r] = m == 0 ? run_cat(cp) : m == 1 ? run_pread(cp, buf) : run_mmap(dir);
+            t[m][0][r] = m == 0 ? run_cat(cp) : m == 1 ? run_pread(cp, buf) : run_mmap(dir, m == 3);
         }
         run_cat(cp); /* warm up */
-        for (int m = 0; m < 3; m++)
-            t[m][1][r] = m == 0 ? run_cat(cp) : m == 1 ? run_pread(cp, buf) : run_mmap(dir);
+        for (int m = 0; m < NM; m++)
+            t[m][1][r] = m == 0 ? run_cat(cp) : m == 1 ? run_pread(cp, buf) : run_mmap(dir, m == 3);
     }
     printf("bench=st_read_setup files=%zu tensors=%zu file_mb=%.1f tensor_mb=%.1f reps=%d drop_caches=%s "
            "resident_after_drop_max=%.3f\n",
            mk_ckpt_nshards(cp), mk_ckpt_count(cp), (double)bytes / 1048576.0,
            (double)tensor_bytes / 1048576.0, reps, g_drop_caches == 1 ? "yes" : "no", resid_max);
     for (int cw = 0; cw < 2; cw++) {
-        double med[3];
-        for (int m = 0; m < 3; m++) {
+        double med[NM];
+        for (int m = 0; m < NM; m++) {
             for (int r = 0; r < reps; r++)
                 if (t[m][cw][r] < 0) {
                     fprintf(stderr, "bench_st_read: %s failed: %s\n", names[m], mk_err_msg());
@@ -230,7 +244,7 @@ int main(int argc, char **argv) {
             qsort(t[m][cw], (size_t)reps, sizeof(double), cmp_d);
             med[m] = t[m][cw][reps / 2];
         }
-        for (int m = 0; m < 3; m++) {
+        for (int m = 0; m < NM; m++) {
             /* cat reads whole files; the others the tensor bytes */
             double mbs = (double)(m == 0 ? bytes : tensor_bytes) / 1048576.0 / med[m];
             double cat_mbs = (double)bytes / 1048576.0 / med[0];

@@ -27,7 +27,7 @@ field() { sed -n "s/.* $1=\([^ ]*\).*/\1/p" <<<" $2"; }
 echo "# machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores," \
     "$(free -g | awk '/^Mem:/{print $2}') GiB RAM; data in $data" \
     "($(df -h "$data" | awk 'NR==2{print $1", "$2}'))"
-echo "# date: $(date -u +%Y-%m-%dT%H:%MZ)"
+echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), load average$(uptime | sed -n "s/.*load average//p")"
 
 # --- safetensors open: 40,000 tensors in 8 shards
 need bench_st_open
@@ -49,8 +49,8 @@ echo
 echo "## st_read: sequential read of $(field tensors "$setup") tensors, $(field file_mb "$setup") MB in" \
     "$(field files "$setup") files (median of $(field reps "$setup");" \
     "drop_caches=$(field drop_caches "$setup"), resident after drop <= $(field resident_after_drop_max "$setup"))"
-printf '%-6s %-5s %9s %9s %8s %12s\n' method cache median_s min_s MB/s ratio_vs_cat
+printf '%-8s %-5s %9s %9s %8s %12s\n' method cache median_s min_s MB/s ratio_vs_cat
 grep '^bench=st_read ' "$raw" | while read -r l; do
-    printf '%-6s %-5s %9s %9s %8s %12s\n' "$(field method "$l")" "$(field cache "$l")" \
+    printf '%-8s %-5s %9s %9s %8s %12s\n' "$(field method "$l")" "$(field cache "$l")" \
         "$(field median_s "$l")" "$(field min_s "$l")" "$(field mb_per_s "$l")" "$(field ratio_vs_cat "$l")"
 done

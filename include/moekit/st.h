@@ -124,7 +124,8 @@ mk_status mk_stw_copy_from_fd(mk_stw *w, int fd, uint64_t off, uint64_t n);
 /* Check every byte was supplied, fsync, rename temporaries into place,
  * write the index (when sharded), fsync the directory. */
 mk_status mk_stw_finish(mk_stw *w);
-/* Discard: remove temporaries. NULL ok. Safe after finish (frees only). */
+/* Discard: remove temporaries, and outputs already renamed into place by a
+ * finish that then failed. NULL ok. Safe after a successful finish (frees only). */
 void mk_stw_free(mk_stw *w);
 
 #ifdef __cplusplus

@@ -67,7 +67,9 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
     s->path = strdup(path);
     if (!s->path)
         return mk_err(MK_E_NOMEM, "out of memory");
-    s->fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
+     * refused as not a regular file); regular files ignore the flag */
+    s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
     if (s->fd < 0)
         return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path,
                       strerror(errno));
@@ -288,9 +290,16 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
         free(p);
     }
     if (s != MK_OK) {
-        if (index_path && c->nshards && s == MK_E_NOTFOUND)
-            s = mk_err(MK_E_FORMAT, "%s: names shard '%s', which does not exist", index_path,
-                       files[c->nshards - 1]);
+        if (index_path && c->nshards && s == MK_E_NOTFOUND) {
+            const char *miss = files[c->nshards - 1], *who = "?";
+            for (size_t i = 0; i < icount; i++)
+                if (strcmp(ifiles[i], miss) == 0) {
+                    who = inames[i];
+                    break;
+                }
+            s = mk_err(MK_E_FORMAT, "%s: tensor '%s' is indexed in shard '%s', which does not exist",
+                       index_path, who, miss);
+        }
         goto done;
     }
     s = build_table(c, index_path ? index_path : path);

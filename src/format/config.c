@@ -6,6 +6,7 @@
  * blocks: MLX "quantization" (with per-module entries), FP8 and
  * compressed-tensors "quantization_config". */
 #include <jansson.h>
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,12 +64,15 @@ static int get_int(rd *r, json_t *o, const char *k, int def) {
     json_t *v = json_object_get(o, k);
     if (!v || json_is_null(v))
         return def;
-    if (json_is_integer(v))
+    /* out of int range is an error, not a wrap (and for reals, not UB) */
+    if (json_is_integer(v) && json_integer_value(v) >= INT_MIN && json_integer_value(v) <= INT_MAX)
         return (int)json_integer_value(v);
-    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)))
+    if (json_is_real(v) && json_real_value(v) == floor(json_real_value(v)) &&
+        json_real_value(v) >= INT_MIN && json_real_value(v) <= INT_MAX)
         return (int)json_real_value(v);
     if (r->s == MK_OK)
-        r->s = mk_err(MK_E_FORMAT, "%s: field '%s': expected an integer", r->what, k);
+        r->s = mk_err(MK_E_FORMAT, "%s: field '%s': expected an integer in [%d, %d]", r->what, k, INT_MIN,
+                      INT_MAX);
     return def;
 }
 
@@ -277,7 +281,8 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->num_layers = get_int(r, tc, "num_hidden_layers", 0);
     c->num_heads = get_int(r, tc, "num_attention_heads", 0);
     c->num_kv_heads = get_int(r, tc, "num_key_value_heads", c->num_heads);
-    c->head_dim = get_int(r, tc, "head_dim", c->num_heads ? c->hidden_size / c->num_heads : 0);
+    /* num_heads > 0: a negative count must not reach INT_MIN / -1 */
+    c->head_dim = get_int(r, tc, "head_dim", c->num_heads > 0 ? c->hidden_size / c->num_heads : 0);
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
     c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size", 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
@@ -296,8 +301,14 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
      * deepseek has n_shared_experts of moe_intermediate_size each. */
     c->n_shared_experts = get_int(r, tc, "n_shared_experts", 0);
     c->shared_intermediate_size = get_int(r, tc, "shared_expert_intermediate_size", 0);
-    if (!c->shared_intermediate_size && c->n_shared_experts)
-        c->shared_intermediate_size = c->n_shared_experts * c->moe_intermediate_size;
+    if (!c->shared_intermediate_size && c->n_shared_experts) {
+        long long sh = (long long)c->n_shared_experts * c->moe_intermediate_size; /* no int overflow */
+        if (sh >= INT_MIN && sh <= INT_MAX)
+            c->shared_intermediate_size = (int)sh;
+        else if (r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: n_shared_experts x moe_intermediate_size = %lld is out of range",
+                          r->what, sh);
+    }
 
     /* hybrid layer schedule */
     c->conv_kernel = get_int(r, tc, "linear_conv_kernel_dim", 0);

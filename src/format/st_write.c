@@ -8,7 +8,8 @@
  * in plan order, in chunks of any size, through a bounded buffer, so memory
  * never depends on tensor or model size. Files are written under temporary
  * names and renamed into place only by mk_stw_finish() after fsync; a
- * writer freed before finish removes its temporaries. */
+ * writer freed without a successful finish removes its temporaries and any
+ * file it had already renamed into place (all or nothing). */
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -31,6 +32,7 @@ typedef struct wshard {
     char *final_path, *tmp_path;
     int fd;
     uint64_t data_start, data_len;
+    bool renamed; /* final_path is ours: remove it if the writer fails later */
 } wshard;
 
 struct mk_stw {
@@ -42,6 +44,7 @@ struct mk_stw {
     wshard *shards;
     size_t nshards;
     bool begun, finished;
+    bool index_tried; /* the index may exist: remove it if the writer fails later */
     /* streaming position */
     size_t cur;        /* tensor being written */
     uint64_t cur_off;  /* bytes of it written */
@@ -50,6 +53,19 @@ struct mk_stw {
     int buf_shard;
     uint64_t buf_pos;  /* file offset of buf[0] */
 };
+
+/* __metadata__ must be an object of string -> string (the reader rejects
+ * anything else), so bad metadata is refused up front. */
+static bool metadata_ok(const char *js) {
+    json_t *m = json_loads(js, 0, NULL);
+    bool ok = json_is_object(m);
+    const char *k;
+    json_t *v;
+    if (ok)
+        json_object_foreach(m, k, v) ok = ok && json_is_string(v);
+    json_decref(m);
+    return ok;
+}
 
 mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) {
     *out = NULL;
@@ -62,9 +78,14 @@ mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) 
     w->basename = strdup(w->opts.basename ? w->opts.basename : "model");
     w->metadata = w->opts.metadata_json ? strdup(w->opts.metadata_json) : NULL;
     w->buf_shard = -1;
-    if (!w->dir || !w->basename) {
+    if (!w->dir || !w->basename || (w->opts.metadata_json && !w->metadata)) {
         mk_stw_free(w);
         return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    if (w->metadata && !metadata_ok(w->metadata)) {
+        mk_stw_free(w);
+        return mk_err(MK_E_ARG, "writer: metadata must be a JSON object of string -> string, got '%.200s'",
+                      opts->metadata_json);
     }
     mk_status s = mk_os_mkdirs(dir);
     if (s != MK_OK) {
@@ -80,6 +101,14 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
         return mk_err(MK_E_INTERNAL, "writer: tensor '%s' added after data began", name);
     if (ndim < 0 || ndim > MK_MAX_DIMS || !mk_dtype_info(dt))
         return mk_err(MK_E_ARG, "writer: tensor '%s': bad dtype or %d dims", name, ndim);
+    /* a header key must be valid UTF-8 (jansson drops it otherwise) and not
+     * the metadata key */
+    json_t *key = json_string(name);
+    if (!key || strcmp(name, "__metadata__") == 0) {
+        json_decref(key);
+        return mk_err(MK_E_ARG, "writer: '%s' is not a valid tensor name", name);
+    }
+    json_decref(key);
     if (w->n == w->cap) {
         size_t nc = w->cap ? w->cap * 2 : 256;
         plan *np = realloc(w->ts, nc * sizeof *np);
@@ -137,6 +166,12 @@ static char *shard_name(const mk_stw *w, size_t i, size_t n) {
     return strdup(b);
 }
 
+static char *index_path(const mk_stw *w) {
+    char name[300];
+    snprintf(name, sizeof name, "%s.safetensors.index.json", w->basename);
+    return mk_path_join(w->dir, name);
+}
+
 /* Header JSON for shard `si`, padded to a multiple of 8 (with the 8-byte length). */
 static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     json_t *root = json_object();
@@ -183,11 +218,22 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     return out;
 }
 
+static int cmp_plan_name(const void *a, const void *b) {
+    return strcmp(((const plan *)a)->name, ((const plan *)b)->name);
+}
+
 mk_status mk_stw_begin_data(mk_stw *w) {
     if (w->begun)
         return mk_err(MK_E_INTERNAL, "writer: begin_data called twice");
+    /* a name twice would give a header with one entry and data for two */
+    if (w->n) /* w->ts is NULL when nothing was added: qsort(NULL) is undefined */
+        qsort(w->ts, w->n, sizeof *w->ts, cmp_plan_name);
+    for (size_t i = 1; i < w->n; i++)
+        if (strcmp(w->ts[i - 1].name, w->ts[i].name) == 0)
+            return mk_err(MK_E_ARG, "writer: tensor '%s' added twice", w->ts[i].name);
     w->begun = true;
-    qsort(w->ts, w->n, sizeof *w->ts, cmp_plan);
+    if (w->n)
+        qsort(w->ts, w->n, sizeof *w->ts, cmp_plan);
     for (size_t i = 0; i < w->n; i++)
         w->ts[i].info.name = w->ts[i].name; /* qsort moved the structs */
     /* shard cuts: greedy in plan order */
@@ -209,6 +255,17 @@ mk_status mk_stw_begin_data(mk_stw *w) {
     w->nshards = ns;
     for (size_t si = 0; si < ns; si++)
         w->shards[si].fd = -1;
+    if (ns > 1 && !w->opts.force) {
+        /* shard names depend on the count: an older set may not collide by
+         * name, but its index would be replaced */
+        char *ip = index_path(w);
+        if (!ip)
+            return mk_err(MK_E_NOMEM, "out of memory");
+        bool ex = mk_os_exists(ip);
+        mk_status s = ex ? mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", ip) : MK_OK;
+        free(ip);
+        MK_TRY(s);
+    }
     for (size_t si = 0; si < ns; si++) {
         wshard *sh = &w->shards[si];
         char *nm = shard_name(w, si, ns);
@@ -378,9 +435,7 @@ static mk_status write_index(mk_stw *w) {
     json_decref(root);
     if (!js)
         return mk_err(MK_E_NOMEM, "out of memory");
-    char name[300];
-    snprintf(name, sizeof name, "%s.safetensors.index.json", w->basename);
-    char *p = mk_path_join(w->dir, name);
+    char *p = index_path(w);
     mk_status s = p ? mk_os_write_file_atomic(p, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
     free(p);
     free(js);
@@ -403,10 +458,14 @@ mk_status mk_stw_finish(mk_stw *w) {
             return mk_err(MK_E_IO, "%s: truncate failed: %s", sh->tmp_path, strerror(errno));
         MK_TRY(mk_os_fsync(sh->fd, sh->tmp_path));
     }
-    for (size_t i = 0; i < w->nshards; i++)
+    for (size_t i = 0; i < w->nshards; i++) {
         MK_TRY(mk_os_rename(w->shards[i].tmp_path, w->shards[i].final_path));
-    if (w->nshards > 1)
+        w->shards[i].renamed = true;
+    }
+    if (w->nshards > 1) {
+        w->index_tried = true;
         MK_TRY(write_index(w));
+    }
     MK_TRY(mk_os_fsync_dir(w->dir));
     w->finished = true;
     return MK_OK;
@@ -421,8 +480,17 @@ void mk_stw_free(mk_stw *w) {
             close(sh->fd);
         if (!w->finished && sh->tmp_path)
             unlink(sh->tmp_path);
+        /* all or nothing: a failed finish leaves no output behind */
+        if (!w->finished && sh->renamed)
+            unlink(sh->final_path);
         free(sh->final_path);
         free(sh->tmp_path);
+    }
+    if (!w->finished && w->index_tried) {
+        char *ip = index_path(w);
+        if (ip)
+            unlink(ip);
+        free(ip);
     }
     free(w->shards);
     for (size_t i = 0; i < w->n; i++)

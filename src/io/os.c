@@ -87,7 +87,7 @@ mk_status mk_os_fsync_dir(const char *dir) {
 
 mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path,
                       strerror(errno));

@@ -227,6 +227,19 @@ static void test_header_length_bad(void **state) {
     assert_int_equal(stb_write_raw(p, MK_ST_MAX_HEADER + 1, h, 2, NULL, 0), 0);
     assert_int_equal(truncate(p, 200000000), 0);
     expect_fail(p, MK_E_FORMAT, p, "100,000,000");
+    /* exactly at the limit is accepted: "{}" and 99,999,998 spaces */
+    stb_path(p, sizeof p, dir, "limit.safetensors");
+    char *big = malloc(MK_ST_MAX_HEADER);
+    assert_non_null(big);
+    memset(big, ' ', MK_ST_MAX_HEADER);
+    big[0] = '{';
+    big[1] = '}';
+    assert_int_equal(stb_write_raw(p, MK_ST_MAX_HEADER, big, MK_ST_MAX_HEADER, NULL, 0), 0);
+    free(big);
+    mk_ckpt *c = open_ok(p, MK_CKPT_NO_MMAP);
+    assert_int_equal(mk_ckpt_count(c), 0);
+    mk_ckpt_close(c);
+    assert_int_equal(unlink(p), 0);
 }
 
 /* ------------------------------------------------------------- bad sets */
@@ -693,6 +706,39 @@ static void test_sharded(void **state) {
     }
 }
 
+/* The Hugging Face cache layout: the snapshot directory and its files are
+ * symlinks into a blob store. */
+static void test_symlinks(void **state) {
+    const char *root = *state;
+    char blobs[4096], snap[4096], a[4200], b[4200];
+    snprintf(blobs, sizeof blobs, "%s/blobs", root);
+    assert_int_equal(mkdir(blobs, 0755), 0);
+    make_shard(blobs, "b1", "{\"a.w\":" F32x1("0,4") ",\"b.w\":" F32x1("4,8") "}", 8);
+    make_shard(blobs, "b2", "{\"c.w\":" F32x1("0,4") "}", 4);
+    snprintf(a, sizeof a, "%s/idx", blobs);
+    const char *ix = "{\"weight_map\":{\"a.w\":" S1 ",\"b.w\":" S1 ",\"c.w\":" S2 "}}";
+    assert_int_equal(mk_test_write(a, ix, strlen(ix)), 0);
+    snprintf(snap, sizeof snap, "%s/snap", root);
+    assert_int_equal(mkdir(snap, 0755), 0);
+    const char *links[3][2] = {{"../blobs/b1", "model-00001-of-00002.safetensors"},
+                               {"../blobs/b2", "model-00002-of-00002.safetensors"},
+                               {"../blobs/idx", "model.safetensors.index.json"}};
+    for (int i = 0; i < 3; i++) {
+        snprintf(b, sizeof b, "%s/%s", snap, links[i][1]);
+        assert_int_equal(symlink(links[i][0], b), 0);
+    }
+    snprintf(a, sizeof a, "%s/latest", root);
+    assert_int_equal(symlink("snap", a), 0);
+    mk_ckpt *c = open_ok(a, 0);
+    assert_int_equal(mk_ckpt_count(c), 3);
+    assert_int_equal(mk_ckpt_nshards(c), 2);
+    mk_ckpt_close(c);
+    /* a dangling shard link is a missing shard */
+    snprintf(b, sizeof b, "%s/blobs/b2", root);
+    assert_int_equal(unlink(b), 0);
+    expect_fail(a, MK_E_FORMAT, "model-00002-of-00002.safetensors", "does not exist");
+}
+
 /* 64-bit sizes and offsets: a 10 GiB BF16 tensor (numel > 2^32) followed by
  * a small one that starts past 4 GiB, in a sparse file (ftruncate: no disk). */
 static void test_over_4gib(void **state) {
@@ -973,6 +1019,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_unaligned_and_f32, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_f32_chunked, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_sharded, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_symlinks, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_over_4gib, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_fixtures, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_short_reads, setup_dir, teardown_dir),
