@@ -7,12 +7,17 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev
       libjansson-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libxxhash-dev
-      liburing-dev libcmocka-dev libopenblas-dev nodejs npm)
+      liburing-dev libcmocka-dev libopenblas-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
+# Node.js and npm run test-only tools (the independent tokenizer reference).
+# Some images ship them outside dpkg (and Debian's npm then conflicts with
+# that nodejs), so ask for the commands, not the packages.
+command -v node >/dev/null 2>&1 || missing+=(nodejs)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "install-deps: installing ${missing[*]}"
   SUDO=""
