@@ -1,0 +1,288 @@
+/* Internal model of a conversion, shared by the files of src/convert/.
+ *
+ * A conversion goes through three descriptions, each built from the one
+ * before and from headers only (no tensor data is read until execution):
+ *
+ *   source (source.c)  cv_mod: one logical weight of the source checkpoint,
+ *                      however it is stored (plain float, FP8 + scale_inv,
+ *                      compressed-tensors packed INT4, MLX affine), with its
+ *                      logical shape; cv_lt: a region of rows of a cv_mod
+ *                      under its canonical HF text name (layout.c), e.g. one
+ *                      expert of a fused gate_up_proj; cv_egroup: the routed
+ *                      experts of one MoE block, checked complete (0..E-1).
+ *   plan (plan.c)      cv_out: one output tensor = an ordered list of
+ *                      cv_piece, each a region of a source module and the
+ *                      operation that produces its bytes (copy, float
+ *                      re-encode, FP8/affine/INT4 dequantize, INT4 biases);
+ *                      outputs are ordered and cut into shards exactly as
+ *                      the safetensors writer orders them.
+ *   execution          exec.c drives per-shard writers through the ordered
+ *                      worker pipeline (pipe.c) with the operations of
+ *                      ops.c; journal.c makes it resumable; verify.c
+ *                      re-reads the output.
+ */
+#ifndef MK_CONVERT_CONV_IMPL_H
+#define MK_CONVERT_CONV_IMPL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/config.h"
+#include "moekit/convert.h"
+#include "moekit/st.h"
+
+/* ------------------------------------------------------------ helpers */
+
+/* String -> pointer map (keys are borrowed: they must outlive the map). */
+typedef struct cv_map cv_map;
+cv_map *cv_map_new(size_t hint);
+void cv_map_free(cv_map *m);
+/* Insert; returns false when out of memory. An existing key is replaced. */
+bool cv_map_put(cv_map *m, const char *key, void *val);
+void *cv_map_get(const cv_map *m, const char *key);
+
+char *cv_strdup(const char *s);
+char *cv_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+bool cv_ends_with(const char *s, const char *suffix);
+bool cv_is_float_dtype(mk_dtype t); /* F32, F16, BF16, F64 */
+size_t cv_esize(mk_dtype t);        /* bytes per element of a whole-byte dtype */
+/* "[a,b,c]" into buf. */
+const char *cv_shape_str(char *buf, size_t n, int ndim, const int64_t *shape);
+
+/* ------------------------------------------------------------- source */
+
+typedef enum cv_kind {
+    CV_FLOAT = 0, /* one float tensor (F32/F16/BF16/F64) */
+    CV_RAW,       /* one non-float tensor (ints, bool): copied as bytes */
+    CV_FP8,       /* F8_E4M3 / F8_E5M2 weight + block weight_scale_inv */
+    CV_CT,        /* compressed-tensors weight_packed + weight_scale (+ zero point) */
+    CV_MLX,       /* MLX affine weight (U32) + scales + biases */
+} cv_kind;
+
+typedef enum cv_class {
+    CV_LM = 0,  /* the language model */
+    CV_VISION,  /* vision tower: copied, never transformed */
+    CV_MTP,     /* multi-token-prediction weights */
+} cv_class;
+
+enum { CV_T_MAIN = 0, CV_T_SCALE = 1, CV_T_BIAS = 2, CV_T_ZP = 3, CV_T_N = 4 };
+
+typedef struct cv_mod {
+    char *name;  /* source name of the logical tensor (".weight" for quantized modules) */
+    char *cname; /* canonical text name (layout.c) */
+    cv_class cls;
+    cv_kind kind;
+    const mk_tensor_info *t[CV_T_N]; /* MAIN: the data; SCALE, BIAS, ZP: companions or NULL */
+    int ndim;
+    int64_t shape[MK_MAX_DIMS]; /* logical (dequantized) shape */
+    int64_t rows, cols;         /* rows = product of leading dims, cols = last dim */
+    int64_t mrows;              /* rows of one 2-D matrix (FP8 block grid restarts per matrix) */
+    mk_dtype vdt;               /* FLOAT: its dtype; FP8: the fp8 dtype; CT/MLX: the scale dtype */
+    int bits, group;            /* CT / MLX */
+    int block_r, block_c;       /* FP8 */
+    bool ct_sym;                /* CT without zero points */
+} cv_mod;
+
+/* A region of rows of a module under a canonical name. */
+typedef struct cv_lt {
+    char *cname;
+    cv_class cls;
+    const cv_mod *mod;
+    int64_t row0, nrows;
+    int ndim;
+    int64_t shape[MK_MAX_DIMS];
+} cv_lt;
+
+enum { CV_GATE = 0, CV_UP = 1, CV_DOWN = 2 };
+
+/* Routed experts of one MoE block: proj[p][e] for e in 0..n-1. */
+typedef struct cv_egroup {
+    char *mlp; /* canonical prefix, e.g. "model.layers.3.mlp" */
+    cv_class cls;
+    int n;
+    cv_lt *proj[3];
+} cv_egroup;
+
+typedef struct cv_src {
+    mk_ckpt *ck;
+    mk_config cfg;
+    char *dir;
+    bool is_mlx;        /* stored the MLX way: stacked, renamed, norms already shifted */
+    bool vl;            /* vision-language wrapper (config text_config / language_model names) */
+    bool zero_centred;  /* family with (1 + w) norms */
+    cv_mod *mods;
+    size_t nmods;
+    cv_lt *lts; /* non-expert logical tensors */
+    size_t nlts;
+    cv_egroup *groups;
+    size_t ngroups;
+    size_t ndropped;    /* activation/input scales etc. left out */
+} cv_src;
+
+mk_status cv_src_open(const char *path, cv_src *s);
+void cv_src_close(cv_src *s);
+
+/* ------------------------------------------------------------- layout */
+
+/* Role of a tensor inside its module, from its name's suffix. */
+typedef enum cv_role {
+    CV_R_MAIN = 0,
+    CV_R_FP8_SCALE, /* X_scale_inv -> X */
+    CV_R_CT_PACKED, /* X.weight_packed -> X.weight */
+    CV_R_CT_SCALE,  /* X.weight_scale */
+    CV_R_CT_ZP,     /* X.weight_zero_point */
+    CV_R_CT_SHAPE,  /* X.weight_shape */
+    CV_R_CT_GIDX,   /* X.weight_g_idx */
+    CV_R_MLX_SCALES, /* X.scales -> X.weight */
+    CV_R_MLX_BIASES, /* X.biases -> X.weight */
+    CV_R_DROP,      /* activation_scale / input_scale */
+} cv_role;
+
+/* Role of tensor `name`; *base (malloc'd) is the module's logical name. */
+cv_role cv_layout_role(const char *name, char **base);
+/* Canonical text name and class of a source name. `num_layers` marks
+ * DeepSeek's `model.layers.N` (N >= num_layers) as MTP. */
+char *cv_layout_canon(const char *name, int num_layers, cv_class *cls, bool *vl_prefix);
+/* Expert forms of a canonical name. */
+typedef enum cv_eform { CV_EF_NONE = 0, CV_EF_PER_EXPERT, CV_EF_FUSED_GATE_UP, CV_EF_FUSED_DOWN, CV_EF_STACKED } cv_eform;
+/* Parses `<mlp>.experts.<e>.<proj>.weight`, `<mlp>.experts.gate_up_proj`,
+ * `<mlp>.experts.down_proj`, `<mlp>.switch_mlp.<proj>.weight`. *mlp is
+ * malloc'd; *expert is -2 for an index that is not a plain number. */
+cv_eform cv_layout_expert(const char *cname, char **mlp, int *expert, int *proj);
+extern const char *const cv_proj_names[3];
+
+/* Output name of canonical `cname` of class `cls`. `qwen35` selects the
+ * qwen3_5_moe MLX prefixes; `vl` the HF vision-language prefixes. */
+char *cv_layout_out_name(mk_conv_target to, bool qwen35, bool vl, cv_class cls, const char *cname);
+/* Zero-centred norm weights that MLX stores as 1 + w (FORMATS.md 3). */
+bool cv_layout_is_shifted_norm(const char *cname, int ndim);
+/* Tensors whose stored dtype is never changed (mlx-lm cast predicates). */
+bool cv_layout_keeps_dtype(const char *cname);
+
+/* --------------------------------------------------------------- plan */
+
+typedef enum cv_op {
+    CV_OP_COPY = 0, /* bytes of one tensor of the module, unchanged */
+    CV_OP_FLOAT,    /* float re-encode (+ add) */
+    CV_OP_FP8,      /* FP8 block dequantize */
+    CV_OP_AFFINE,   /* MLX affine dequantize */
+    CV_OP_CT,       /* compressed-tensors INT4 dequantize */
+    CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
+    CV_OP_COUNT
+} cv_op;
+
+typedef struct cv_piece {
+    cv_op op;
+    unsigned char part; /* COPY: which tensor of the module (CV_T_*) */
+    mk_dtype dt;        /* output dtype */
+    float add;          /* added to every value (norm shift), 0 for none */
+    const cv_mod *mod;
+    int64_t row0, nrows; /* region in the module's flattened rows */
+    int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */
+    uint64_t out_off;    /* byte offset within its output tensor */
+    uint64_t nbytes;     /* output bytes */
+} cv_piece;
+
+typedef struct cv_out {
+    char *name;
+    mk_dtype dt;
+    int ndim;
+    int64_t shape[MK_MAX_DIMS];
+    uint64_t nbytes;
+    cv_piece *pc;
+    int npc;
+    int shard;
+    /* MLX quantized module written by this output (the .weight of it) */
+    char *qpath;
+    int qbits, qgroup;
+} cv_out;
+
+typedef struct cv_plan {
+    cv_out *outs; /* in writer order: alignment descending, then name */
+    size_t nouts;
+    int nshards;
+    size_t *shard_first; /* nshards + 1 entries */
+    uint64_t *shard_bytes;
+    char **shard_files;
+    uint64_t total_bytes;
+    uint64_t fingerprint;
+    bool quantized;      /* MLX output carries quantized modules from a CT source */
+    int q_bits, q_group; /* their default */
+    mk_dtype float_dt;   /* dtype of dequantized floats (for config "dtype") */
+    size_t nstacked;     /* expert groups written stacked/fused */
+} cv_plan;
+
+mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
+void cv_plan_free(cv_plan *p);
+
+/* ---------------------------------------------------------------- ops */
+
+/* Row or element unit of an op: FLOAT and COPY chunk by elements, the
+ * structured ones by rows (a group or a scale block never straddles). */
+bool cv_op_by_rows(cv_op op);
+/* Bytes of scratch an op needs for `n` units of piece p (input bytes +
+ * float32 values). */
+size_t cv_op_scratch(const cv_piece *p, int64_t n);
+/* Produce units [a, a+n) of piece p (rows or elements of the region) in
+ * dtype `dt` into `out`. `scratch` holds cv_op_scratch bytes. */
+mk_status cv_op_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n, void *scratch,
+                    void *out);
+/* Source byte range of a COPY piece. */
+void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len);
+/* Output bytes of units [a, a+n) of piece p in dtype dt. */
+uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n);
+/* Units of a piece (rows or elements). */
+int64_t cv_op_units(const cv_piece *p);
+
+/* ----------------------------------------------------------- pipeline */
+
+typedef struct cv_pipe_ops {
+    /* Is item i produced by a worker (true) or handled by the consumer alone? */
+    bool (*parallel)(void *ctx, size_t i);
+    /* Produce item i into out (slot capacity) and set *len; any thread. */
+    mk_status (*produce)(void *ctx, size_t i, void *scratch, void *out, size_t *len);
+    /* Consume item i, in item order, on the calling thread (out NULL when
+     * the item is not parallel). */
+    mk_status (*consume)(void *ctx, size_t i, const void *out, size_t len);
+} cv_pipe_ops;
+
+/* Run items 0..n-1: `threads` workers produce ahead into `nslots` slots of
+ * slot_bytes while the caller consumes in order (reads overlap writes).
+ * Memory: nslots*slot_bytes + threads*scratch_bytes. */
+mk_status cv_pipe_run(int threads, size_t nslots, size_t slot_bytes, size_t scratch_bytes, size_t n,
+                      const cv_pipe_ops *ops, void *ctx);
+
+/* ------------------------------------------------------------ journal */
+
+typedef struct cv_journal {
+    uint64_t fingerprint;
+    int nshards;
+    bool *done;
+    uint64_t *size;
+    char (*hash)[33];
+    bool complete;
+} cv_journal;
+
+#define CV_JOURNAL_NAME ".moekit-convert-journal"
+
+mk_status cv_journal_init(cv_journal *j, int nshards, uint64_t fingerprint);
+/* Load DIR's journal; MK_E_NOTFOUND when absent. */
+mk_status cv_journal_load(const char *dir, int nshards, cv_journal *j);
+mk_status cv_journal_save(const char *dir, const cv_journal *j, const cv_plan *p);
+void cv_journal_free(cv_journal *j);
+/* xxh3-128 hex of a whole file, read with a bounded buffer. */
+mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]);
+
+/* ------------------------------------------------------- config files */
+
+/* Write DIR/config.json for the target, and copy tokenizer / generation
+ * files from the source directory. */
+mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir);
+
+/* ------------------------------------------------------------- verify */
+
+mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int threads, uint64_t chunk,
+                    mk_conv_stats *st, bool quiet);
+
+#endif
