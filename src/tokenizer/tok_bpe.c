@@ -59,7 +59,8 @@ static bool cache_get(tok_cache *c, const char *w, size_t n, tok_ivec *out, mk_s
     pthread_mutex_lock(&c->mu);
     int32_t i;
     if (tok_smap_get(&c->map, w, n, &i)) {
-        *st = tok_ivec_append(out, c->ids.p + c->spans[i].off, c->spans[i].len);
+        /* a word cached as yielding no ids may sit in a still-empty id buffer */
+        *st = c->spans[i].len ? tok_ivec_append(out, c->ids.p + c->spans[i].off, c->spans[i].len) : MK_OK;
         hit = true;
     }
     pthread_mutex_unlock(&c->mu);

@@ -100,10 +100,13 @@ static mk_status push(mk_tok_stream *s, int32_t id) {
     s->started = true;
     size_t n = s->npend + space + b.len;
     MK_TRY(reserve((void **)&s->in, &s->in_cap, n));
-    memcpy(s->in, s->pend, s->npend);
+    /* pend and bytes are NULL while empty (nothing pending, an empty token) */
+    if (s->npend)
+        memcpy(s->in, s->pend, s->npend);
     if (space)
         s->in[s->npend] = ' ';
-    memcpy(s->in + s->npend + space, t->bytes + b.off, b.len);
+    if (b.len)
+        memcpy(s->in + s->npend + space, t->bytes + b.off, b.len);
     return consume(s, s->in, n);
 }
 
