@@ -29,6 +29,15 @@ extern "C" {
 
 typedef struct mk_engine mk_engine;
 
+/* Routing observer (optional): called once per MoE layer per token, in token
+ * order, right after the router chose. `experts[0..k)` are the selected
+ * expert ids and `weights[0..k)` the weights their outputs are scaled by
+ * (after top-k renormalisation and routed_scaling_factor). `pos` is the
+ * token's position in the sequence. The arrays are only valid during the
+ * call. Used by `moekit profile` to measure expert usage. */
+typedef void (*mk_route_fn)(void *user, int layer, int64_t pos, int k, const int32_t *experts,
+                            const float *weights);
+
 typedef struct mk_engine_opts {
     int threads;            /* worker threads, caller included; <= 0: one per CPU */
     int64_t max_ctx;        /* positions the caches hold; <= 0: min(4096, max_position_embeddings) */
@@ -37,6 +46,8 @@ typedef struct mk_engine_opts {
     mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
     bool rope_exact;        /* float32 RoPE frequencies; default (false) rounds them to the
                                checkpoint dtype as transformers does for a model held in it */
+    mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
+    void *on_route_user;    /* passed to on_route */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

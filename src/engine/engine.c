@@ -211,6 +211,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     e->max_ctx = o->max_ctx > 0 ? o->max_ctx : dflt;
     e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
     e->rope_exact = o->rope_exact;
+    e->on_route = o->on_route;
+    e->on_route_user = o->on_route_user;
     if (e->chunk > e->max_ctx)
         e->chunk = e->max_ctx;
     e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3

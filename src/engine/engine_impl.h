@@ -30,6 +30,8 @@ struct mk_engine {
     bool own_store;
     int64_t max_ctx, pos; /* capacity and tokens so far */
     int64_t chunk;        /* nC */
+    mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
+    void *on_route_user;
 
     void *arena;
     size_t arena_bytes;

@@ -254,6 +254,10 @@ static mk_status moe_block(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         else
             route_softmax(e, e->router + t * E, e->top_idx + t * k, e->top_w + t * k);
     }
+    if (e->on_route) /* observers (moekit profile) see each token's choice */
+        for (int64_t t = 0; t < n; t++)
+            e->on_route(e->on_route_user, l, e->pos + t, (int)k, e->top_idx + t * k,
+                        e->top_w + t * k);
     /* group (token, slot) pairs by expert */
     memset(e->cnt, 0, (size_t)(E + 1) * sizeof(int32_t));
     for (int64_t i = 0; i < n * k; i++)
