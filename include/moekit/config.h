@@ -63,6 +63,8 @@ typedef struct mk_qcfg {
     mk_qmode mode;
     mk_qentry *entries;
     int n_entries;
+    int *entry_slots;     /* hash index of entries by path (-1 empty); NULL: lookups scan */
+    int n_entry_slots;    /* power of two */
     /* FP8 */
     char fp8_fmt[16];     /* "e4m3" or "e5m2" */
     int block[2];         /* weight_block_size, e.g. 128,128 */

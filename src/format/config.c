@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "io/os.h"
 #include "moekit/config.h"
@@ -184,6 +185,8 @@ static int *int_list(rd *r, json_t *v, const char *k, int *n) {
     return a;
 }
 
+static void index_entries(mk_qcfg *qc);
+
 static void parse_mlx_quant(rd *r, json_t *q, mk_qcfg *qc) {
     qc->method = MK_QM_MLX;
     qc->bits = get_int(r, q, "bits", 4);
@@ -218,6 +221,44 @@ static void parse_mlx_quant(rd *r, json_t *q, mk_qcfg *qc) {
             r->s = mk_err(MK_E_UNSUPPORTED, "%s: quantization['%s'].mode '%s' is not supported", r->what, k,
                           json_string_value(em));
     }
+    index_entries(qc);
+}
+
+/* Per-module entries number one per expert tensor on real models (~10^5):
+ * index them so each lookup is O(1) instead of a scan. */
+static void index_entries(mk_qcfg *qc) {
+    int slots = 16;
+    while (slots < 2 * qc->n_entries)
+        slots *= 2;
+    qc->entry_slots = malloc((size_t)slots * sizeof *qc->entry_slots);
+    if (!qc->entry_slots)
+        return; /* lookups fall back to scanning */
+    qc->n_entry_slots = slots;
+    for (int i = 0; i < slots; i++)
+        qc->entry_slots[i] = -1;
+    for (int e = 0; e < qc->n_entries; e++) {
+        const char *p = qc->entries[e].path;
+        if (!p)
+            continue;
+        size_t i = (size_t)XXH3_64bits(p, strlen(p)) & (size_t)(slots - 1);
+        while (qc->entry_slots[i] >= 0)
+            i = (i + 1) & (size_t)(slots - 1);
+        qc->entry_slots[i] = e;
+    }
+}
+
+static const mk_qentry *find_entry(const mk_qcfg *q, const char *path) {
+    if (!q->entry_slots) {
+        for (int i = 0; i < q->n_entries; i++)
+            if (q->entries[i].path && strcmp(q->entries[i].path, path) == 0)
+                return &q->entries[i];
+        return NULL;
+    }
+    size_t mask = (size_t)q->n_entry_slots - 1, i = (size_t)XXH3_64bits(path, strlen(path)) & mask;
+    for (; q->entry_slots[i] >= 0; i = (i + 1) & mask)
+        if (strcmp(q->entries[q->entry_slots[i]].path, path) == 0)
+            return &q->entries[q->entry_slots[i]];
+    return NULL;
 }
 
 static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
@@ -444,6 +485,7 @@ void mk_qcfg_free(mk_qcfg *q) {
     for (int i = 0; i < q->n_entries; i++)
         free(q->entries[i].path);
     free(q->entries);
+    free(q->entry_slots);
     for (int i = 0; i < q->n_ct_ignore; i++)
         free(q->ct_ignore[i]);
     free(q->ct_ignore);
@@ -486,15 +528,15 @@ bool mk_qcfg_lookup(const mk_qcfg *q, const char *path, bool has_scales, int *bi
                     mk_qmode *mode) {
     if (q->method != MK_QM_MLX)
         return false;
-    for (int i = 0; i < q->n_entries; i++)
-        if (strcmp(q->entries[i].path, path) == 0) {
-            if (!q->entries[i].quantized)
-                return false;
-            *bits = q->entries[i].bits;
-            *group = q->entries[i].group_size;
-            *mode = q->entries[i].mode;
-            return true;
-        }
+    const mk_qentry *e = find_entry(q, path);
+    if (e) {
+        if (!e->quantized)
+            return false;
+        *bits = e->bits;
+        *group = e->group_size;
+        *mode = e->mode;
+        return true;
+    }
     if (!has_scales)
         return false;
     *bits = q->bits;

@@ -59,8 +59,10 @@ void mk_outdir_abort(const char *partial) {
 
 mk_status mk_outdir_copy_sidecars(const char *src_dir, const char *dst_dir) {
     static const char *const names[] = {"config.json", "generation_config.json", "tokenizer.json",
-                                        "tokenizer_config.json", "special_tokens_map.json",
-                                        "chat_template.jinja", "vocab.json", "merges.txt", NULL};
+                                        "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                                        "added_tokens.json", "chat_template.jinja", "chat_template.json",
+                                        "vocab.json", "merges.txt", "preprocessor_config.json",
+                                        "video_preprocessor_config.json", NULL};
     for (int i = 0; names[i]; i++) {
         char *s = mk_path_join(src_dir, names[i]);
         char *d = mk_path_join(dst_dir, names[i]);

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest-labels: slow
 # convert is atomic and resumable: killed (SIGKILL) at named points inside
 # a shard, between a shard's rename and its journal entry, after a journal
 # entry, just before and just after the final rename - and by a real

@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest-labels: slow
 # Bounded memory: converting a synthetic checkpoint more than 4x larger than
 # --max-memory (FP8 -> MLX: every expert dequantized and stacked, output 2x
 # the input) keeps the peak resident set (VmHWM, reported by --stats) under

@@ -3,6 +3,8 @@
  * rope_scaling, text_config nesting) resolve to the same values; the three
  * quantization blocks parse with per-module entries; malformed fields are
  * errors that name the field. */
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "mk_test_util.h"
@@ -104,6 +106,35 @@ static void test_quant_blocks(void **st) {
     mk_config_free(&c);
 }
 
+/* Real MLX configs carry one entry per expert tensor: every one must be found. */
+static void test_many_entries(void **st) {
+    (void)st;
+    enum { N = 20000 };
+    char *js = malloc((size_t)N * 96 + 256), *p = js;
+    p += sprintf(p, "{\"model_type\":\"qwen3_moe\",\"quantization\":{\"group_size\":64,\"bits\":4");
+    for (int i = 0; i < N; i++)
+        p += sprintf(p, ",\"model.layers.%d.mlp.experts.%d.gate_proj\":{\"group_size\":%d,\"bits\":%d}", i / 512,
+                     i % 512, i % 2 ? 32 : 64, 2 + i % 7 == 7 ? 8 : 2 + i % 7);
+    sprintf(p, "}}");
+    mk_config c;
+    assert_int_equal(mk_config_parse("t", js, &c), MK_OK);
+    free(js);
+    assert_int_equal(c.quant.n_entries, N);
+    for (int i = 0; i < N; i++) {
+        char path[96];
+        int bits, group;
+        mk_qmode mode;
+        snprintf(path, sizeof path, "model.layers.%d.mlp.experts.%d.gate_proj", i / 512, i % 512);
+        assert_true(mk_qcfg_lookup(&c.quant, path, false, &bits, &group, &mode));
+        assert_int_equal(bits, 2 + i % 7 == 7 ? 8 : 2 + i % 7);
+        assert_int_equal(group, i % 2 ? 32 : 64);
+    }
+    int bits, group;
+    mk_qmode mode;
+    assert_false(mk_qcfg_lookup(&c.quant, "model.layers.0.mlp.experts.0.up_proj", false, &bits, &group, &mode));
+    mk_config_free(&c);
+}
+
 static void test_errors(void **st) {
     (void)st;
     mk_config c;
@@ -126,6 +157,7 @@ static void test_errors(void **st) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_fixtures), cmocka_unit_test(test_released_conventions),
-                                       cmocka_unit_test(test_quant_blocks), cmocka_unit_test(test_errors)};
+                                       cmocka_unit_test(test_quant_blocks), cmocka_unit_test(test_many_entries),
+                                       cmocka_unit_test(test_errors)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
