@@ -144,6 +144,10 @@ static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, 
         json_object_set_new(root, "quantization", quant_block(p));
         json_object_set_new(root, "quantization_config", quant_block(p));
     }
+    if (p->qs) { /* quantize: the blocks of quant_plan.c replace any other */
+        drop_quant(root, tc);
+        MK_TRY(cv_qplan_config(p, root));
+    }
     if (tc == root && mt && strcmp(mt, "qwen3_5_moe_text") == 0)
         json_object_set_new(root, "model_type", json_string("qwen3_5_moe"));
     mlx_compat(s, tc);
@@ -210,6 +214,10 @@ static mk_status write_index(const cv_plan *p, const char *dir) {
 }
 
 mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir) {
+    if (s->bare) { /* quantizing a lone file: no model config to carry over */
+        mk_status bs = p->qs ? cv_qplan_config_bare(p, dir) : MK_OK;
+        return bs == MK_OK ? write_index(p, dir) : bs;
+    }
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
     json_t *root = src ? json_load_file(src, 0, &je) : NULL;

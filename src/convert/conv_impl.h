@@ -20,6 +20,9 @@
  *                      worker pipeline (pipe.c) with the operations of
  *                      ops.c; journal.c makes it resumable; verify.c
  *                      re-reads the output.
+ *   quantization       (`moekit quantize`, quant_impl.h) the plan's float
+ *                      outputs that mlx-lm would quantize become weight /
+ *                      scales / biases outputs of CV_OP_QUANT pieces.
  */
 #ifndef MK_CONVERT_CONV_IMPL_H
 #define MK_CONVERT_CONV_IMPL_H
@@ -118,9 +121,13 @@ typedef struct cv_src {
     cv_egroup *groups;
     size_t ngroups;
     size_t ndropped;    /* activation/input scales etc. left out */
+    bool bare;          /* a lone .safetensors file (quantize): every tensor kept as named */
 } cv_src;
 
 mk_status cv_src_open(const char *path, cv_src *s);
+/* A lone .safetensors file, no config: one plain module per tensor
+ * (quant_plan.c). */
+mk_status cv_src_open_bare(const char *path, cv_src *s);
 void cv_src_close(cv_src *s);
 
 /* ------------------------------------------------------------- layout */
@@ -169,6 +176,8 @@ typedef enum cv_op {
     CV_OP_AFFINE,   /* MLX affine dequantize */
     CV_OP_CT,       /* compressed-tensors INT4 dequantize */
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
+    CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
+    CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize (quant_ops.c) */
     CV_OP_COUNT
 } cv_op;
 
@@ -182,6 +191,10 @@ typedef struct cv_piece {
     int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */
     uint64_t out_off;    /* byte offset within its output tensor */
     uint64_t nbytes;     /* output bytes */
+    /* CV_OP_QUANT: `part` is the tensor emitted (CV_T_MAIN weight, CV_T_SCALE,
+     * CV_T_BIAS), `sop` the op that produces the float input, q the module */
+    unsigned char sop;
+    struct cv_qmod *q;
 } cv_piece;
 
 typedef struct cv_out {
@@ -211,6 +224,8 @@ typedef struct cv_plan {
     int q_bits, q_group; /* their default */
     mk_dtype float_dt;   /* dtype of dequantized floats (for config "dtype") */
     size_t nstacked;     /* expert groups written stacked/fused */
+    struct cv_qstate *qs;      /* quantization (quant_plan.c), NULL when none */
+    unsigned scratch_per_elem; /* worker scratch bytes per chunk element; 0: 8 */
 } cv_plan;
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
@@ -252,6 +267,43 @@ typedef struct cv_pipe_ops {
  * Memory: nslots*slot_bytes + threads*scratch_bytes. */
 mk_status cv_pipe_run(int threads, size_t nslots, size_t slot_bytes, size_t scratch_bytes, size_t n,
                       const cv_pipe_ops *ops, void *ctx);
+
+/* ------------------------------------------------------- quantization */
+
+/* quant_plan.c: after the outputs are built (before sorting), replace each
+ * quantizable float output by its weight/scales/biases outputs. */
+mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
+/* After sorting and sharding: which part of each module is computed first
+ * (the leader) and where the other parts wait in the spill file. */
+mk_status cv_qplan_finish(cv_plan *p);
+/* Feed what a QUANT piece's bytes depend on to an XXH3_state_t. */
+void cv_qplan_hash(void *xxh3_state, const cv_piece *pc);
+void cv_qstate_free(struct cv_qstate *q); /* NULL ok */
+/* config.json (a json_t *): the quantization blocks of the output. */
+mk_status cv_qplan_config(const cv_plan *p, void *json_root);
+/* Bare-file output: a config.json with only the quantization blocks. */
+mk_status cv_qplan_config_bare(const cv_plan *p, const char *dir);
+/* Copy the per-module results into the caller's job. */
+mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job);
+/* Did a tensor's data (NaN/Inf) fail the run? A rerun cannot resume that. */
+bool cv_qstate_bad_data(const struct cv_qstate *q);
+/* The spill file in DST.partial/ where parts computed ahead wait. */
+mk_status cv_qstate_open(struct cv_qstate *q, const char *partial);
+void cv_qstate_close(struct cv_qstate *q, const char *partial); /* and remove it */
+
+/* quant_ops.c: the QUANT and FPDQ operations (entries of ops.c's table). */
+size_t cv_qop_scratch(const cv_piece *p, int64_t n);
+mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
+                     unsigned char *scratch, void *out);
+uint64_t cv_qop_out_bytes(const cv_piece *p, int64_t n);
+size_t cv_fpdq_scratch(const cv_piece *p, int64_t n);
+mk_status cv_fpdq_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
+                      unsigned char *scratch, void *out);
+/* Is QUANT piece p copied from the spill file? True when it is not its
+ * module's leader and the leader's shard was written by this process
+ * (`written[k]`); otherwise it is computed again. */
+bool cv_qop_from_spill(const cv_piece *p, const bool *written);
+void cv_qop_spill_range(const cv_piece *p, int *fd, uint64_t *off, uint64_t *len);
 
 /* ------------------------------------------------------------ journal */
 

@@ -92,6 +92,7 @@ static void crash_point(const char *point) {
 typedef struct item {
     const cv_piece *pc;
     int64_t a, n; /* units of the piece (rows or elements; COPY: whole piece) */
+    bool spill;   /* QUANT part waiting in the spill file: copied like COPY */
 } item;
 
 typedef struct shard_run {
@@ -100,11 +101,12 @@ typedef struct shard_run {
     item *items;
     size_t nitems, cap;
     uint64_t copied, computed;
+    const bool *written; /* shards written by this process so far (quantize spill) */
 } shard_run;
 
 static bool run_parallel(void *ctx, size_t i) {
     const shard_run *r = ctx;
-    return r->items[i].pc->op != CV_OP_COPY;
+    return r->items[i].pc->op != CV_OP_COPY && !r->items[i].spill;
 }
 
 static mk_status run_produce(void *ctx, size_t i, void *scratch, void *out, size_t *len) {
@@ -126,6 +128,13 @@ static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
         r->copied += n;
         return mk_stw_copy_from_fd(r->w, fd, off, n);
     }
+    if (it->spill) {
+        int fd;
+        uint64_t off, n;
+        cv_qop_spill_range(it->pc, &fd, &off, &n);
+        r->computed += n;
+        return mk_stw_copy_from_fd(r->w, fd, off, n);
+    }
     r->computed += len;
     return mk_stw_write(r->w, out, len);
 }
@@ -139,7 +148,7 @@ static mk_status push_item(shard_run *r, const cv_piece *pc, int64_t a, int64_t 
         r->items = ni;
         r->cap = nc;
     }
-    r->items[r->nitems++] = (item){pc, a, n};
+    r->items[r->nitems++] = (item){pc, a, n, false};
     return MK_OK;
 }
 
@@ -163,6 +172,11 @@ static mk_status shard_items(const cv_plan *p, int k, uint64_t chunk, shard_run 
                 MK_TRY(push_item(r, pc, 0, pc->nrows));
                 continue;
             }
+            if (pc->op == CV_OP_QUANT && cv_qop_from_spill(pc, r->written)) {
+                MK_TRY(push_item(r, pc, 0, pc->nrows));
+                r->items[r->nitems - 1].spill = true;
+                continue;
+            }
             int64_t units = cv_op_units(pc), per = units_per_chunk(pc, chunk);
             for (int64_t a = 0; a < units; a += per) {
                 int64_t n = units - a < per ? units - a : per;
@@ -184,6 +198,7 @@ typedef struct conv_env {
     int threads;
     uint64_t chunk;
     mk_conv_stats *st;
+    bool *written; /* shards written by this process (NULL: no quantization) */
 } conv_env;
 
 static mk_status write_shard(const conv_env *e, int k) {
@@ -194,7 +209,7 @@ static mk_status write_shard(const conv_env *e, int k) {
     else
         snprintf(base, sizeof base, "model-%05d-of-%05d", k + 1, p->nshards);
     mk_stw_opts wo = {0, true, base, e->o->to == MK_CONV_MLX ? "{\"format\":\"mlx\"}" : "{\"format\":\"pt\"}"};
-    shard_run r = {e->s, NULL, NULL, 0, 0, 0, 0};
+    shard_run r = {e->s, NULL, NULL, 0, 0, 0, 0, e->written};
     size_t slot = 0, scratch = 0;
     mk_status s = mk_stw_create(e->partial, &wo, &r.w);
     for (size_t i = p->shard_first[k]; s == MK_OK && i < p->shard_first[k + 1]; i++)
@@ -244,7 +259,7 @@ static mk_status size_chunks(const cv_plan *p, const mk_conv_opts *o, int thread
     uint64_t held = proc_status_kb("VmRSS") * 1024 + CV_FIXED_OVERHEAD;
     /* per element of a chunk: a slot of up to 4 output bytes for each of
      * threads+2 slots, and per worker up to 4 input + 4 float32 bytes */
-    uint64_t per = 4 * ((uint64_t)threads + 2) + 8 * (uint64_t)threads;
+    uint64_t per = 4 * ((uint64_t)threads + 2) + (p->scratch_per_elem ? p->scratch_per_elem : 8) * (uint64_t)threads;
     int64_t widest = 1;
     for (size_t i = 0; i < p->nouts; i++)
         for (int j = 0; j < p->outs[i].npc; j++)
@@ -337,7 +352,7 @@ static void progress(const mk_conv_opts *o, const char *fmt, ...) {
         return;
     va_list ap;
     va_start(ap, fmt);
-    fprintf(stderr, "convert: ");
+    fprintf(stderr, o->quant ? "quantize: " : "convert: ");
     vfprintf(stderr, fmt, ap);
     fputc('\n', stderr);
     va_end(ap);
@@ -413,6 +428,8 @@ static mk_status run_shards(const conv_env *e, cv_journal *j) {
             continue;
         }
         j->done[k] = false;
+        if (e->written)
+            e->written[k] = true;
         double t0 = now_s();
         s = write_shard(e, k);
         double t1 = now_s();
@@ -456,8 +473,17 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
              mk_arch_name(s->cfg.arch), s->is_mlx ? ", MLX" : "", s->vl ? ", vision-language" : "", dst, p->nouts,
              (double)p->total_bytes / 1e6, p->nshards, p->nshards == 1 ? "" : "s", threads,
              (unsigned long long)chunk, resumed ? " (resuming)" : "");
-    conv_env e = {s, p, o, partial, threads, chunk, st};
-    mk_status rc = run_shards(&e, &j);
+    conv_env e = {s, p, o, partial, threads, chunk, st, NULL};
+    mk_status rc = MK_OK;
+    if (p->qs) { /* quantizing: parts computed ahead wait in a spill file */
+        e.written = calloc((size_t)p->nshards, sizeof *e.written);
+        rc = e.written ? cv_qstate_open(p->qs, partial) : mk_err(MK_E_NOMEM, "out of memory");
+    }
+    if (rc == MK_OK)
+        rc = run_shards(&e, &j);
+    free(e.written);
+    if (p->qs)
+        cv_qstate_close(p->qs, rc == MK_OK ? partial : NULL);
     if (rc == MK_OK)
         rc = cv_config_write(s, p, o, partial);
     if (rc == MK_OK && o->verify)
@@ -494,7 +520,8 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     char *partial = NULL;
     uint64_t chunk = 0;
     bool done = false;
-    mk_status rc = cv_src_open(src, &s);
+    /* a lone .safetensors file is a source only for quantization */
+    mk_status rc = o.quant && !mk_os_is_dir(src) && mk_os_exists(src) ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
     if (rc == MK_OK)
         rc = check_opts(&s, &o);
     if (rc == MK_OK)
@@ -507,7 +534,9 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
         rc = size_chunks(&p, &o, threads, &chunk);
     if (rc == MK_OK && !done)
         rc = run_all(&s, &p, &o, src, dst, partial, threads, chunk, st);
-    if (rc != MK_OK && partial && mk_os_exists(partial) && rc != MK_E_EXISTS) {
+    if (rc != MK_OK && partial && p.qs && cv_qstate_bad_data(p.qs) && mk_os_exists(partial))
+        mk_os_rmtree(partial); /* bad values: a rerun would fail alike, nothing to resume */
+    else if (rc != MK_OK && partial && mk_os_exists(partial) && rc != MK_E_EXISTS) {
         char msg[1800];
         snprintf(msg, sizeof msg, "%s", mk_err_msg());
         mk_err(rc, "%s (partial output kept in %s: rerun the same command to resume)", msg, partial);
@@ -518,6 +547,8 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     st->threads = threads;
     st->chunk_elems = chunk;
     st->seconds = now_s() - t0;
+    if (rc == MK_OK && p.qs)
+        rc = cv_qstate_export(&p, o.quant);
     free(partial);
     cv_plan_free(&p);
     cv_src_close(&s);

@@ -328,6 +328,8 @@ static const op_traits g_ops[CV_OP_COUNT] = {
     [CV_OP_AFFINE] = {"affine-dequant", true, affine_scratch, affine_run},
     [CV_OP_CT] = {"int4-dequant", true, ct_scratch, ct_run},
     [CV_OP_CT_BIAS] = {"int4-biases", true, ct_bias_scratch, ct_bias_run},
+    [CV_OP_QUANT] = {"quantize", true, cv_qop_scratch, cv_qop_run},       /* quant_ops.c */
+    [CV_OP_FPDQ] = {"fp-dequant", true, cv_fpdq_scratch, cv_fpdq_run},   /* quant_ops.c */
 };
 
 bool cv_op_by_rows(cv_op op) { return g_ops[op].by_rows; }
@@ -363,5 +365,7 @@ uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n) {
         return (uint64_t)n;
     if (p->op == CV_OP_FLOAT)
         return (uint64_t)n * cv_esize(dt);
+    if (p->op == CV_OP_QUANT)
+        return cv_qop_out_bytes(p, n);
     return (uint64_t)n * (uint64_t)p->ocols * cv_esize(dt);
 }

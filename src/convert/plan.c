@@ -105,14 +105,7 @@ static mk_status float_piece(cv_out *o, const cv_lt *lt, float add) {
         break;
     case CV_FP8: pc.op = CV_OP_FP8; break;
     case CV_CT: pc.op = CV_OP_CT; break;
-    case CV_MLX:
-        if (m->group < 0)
-            return mk_err(MK_E_UNSUPPORTED,
-                          "module '%s' is MLX %d-bit in an fp mode (mxfp4/mxfp8/nvfp4); converting it to float "
-                          "needs the quantization library (issue 5): convert to MLX instead",
-                          m->name, m->bits);
-        pc.op = CV_OP_AFFINE;
-        break;
+    case CV_MLX: pc.op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
     }
     if (pc.op == CV_OP_COPY)
         pc.nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
@@ -218,7 +211,8 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     char *name = cv_layout_out_name(c->o->to, c->qwen35, s->vl, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "out of memory");
-    if (mlx && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
+    /* quantizing: quantized sources are dequantized, then quantized anew */
+    if (mlx && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
             mk_status st = mk_err(MK_E_FORMAT, "quantized module '%s' is not a .weight", lt->mod->name);
             free(name);
@@ -248,6 +242,12 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     if (!o)
         return mk_err(MK_E_NOMEM, "out of memory");
     return float_piece(o, lt, add);
+}
+
+/* A bare file's tensor (quantize): its name, dtype and bytes unchanged. */
+static mk_status bare_output(pctx *c, const cv_lt *lt) {
+    cv_out *o = new_out(c, cv_strdup(lt->cname), lt->mod->vdt, lt->ndim, lt->shape);
+    return o ? float_piece(o, lt, 0.0f) : mk_err(MK_E_NOMEM, "out of memory");
 }
 
 static mk_status group_outputs(pctx *c, const cv_egroup *g) {
@@ -299,7 +299,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             }
             for (int e = 0; e < g->n; e++)
                 v[e] = &g->proj[p][e];
-            if (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX) {
+            if (!c->o->quant && (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX)) {
                 st = quant_outputs(c, on, v, g->n, true);
                 continue;
             }
@@ -395,6 +395,8 @@ static void fingerprint(const pctx *c) {
             int64_t pv[8] = {pc->op, pc->part, pc->dt, (int64_t)(pc->add * 1024), pc->row0, pc->nrows, t->shard,
                              (int64_t)t->file_offset};
             XXH3_64bits_update(h, pv, sizeof pv);
+            if (pc->op == CV_OP_QUANT)
+                cv_qplan_hash(h, pc);
         }
     }
     c->p->fingerprint = XXH3_64bits_digest(h);
@@ -407,10 +409,14 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     p->float_dt = o->dtype;
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++)
-        if (!dropped(&c, &s->lts[i]))
+        if (s->bare)
+            st = bare_output(&c, &s->lts[i]);
+        else if (!dropped(&c, &s->lts[i]))
             st = plain_output(&c, &s->lts[i]);
     for (size_t i = 0; st == MK_OK && i < s->ngroups; i++)
         st = group_outputs(&c, &s->groups[i]);
+    if (st == MK_OK && o->quant)
+        st = cv_qplan_apply(s, o, p); /* quant_plan.c */
     MK_TRY(st);
     if (p->nouts == 0)
         return mk_err(MK_E_FORMAT, "%s: nothing to convert (every tensor would be dropped)", s->dir);
@@ -420,6 +426,7 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
             return mk_err(MK_E_FORMAT, "%s: two source tensors would both become '%s' (%s and %s)", s->dir,
                           p->outs[i].name, p->outs[i - 1].pc[0].mod->name, p->outs[i].pc[0].mod->name);
     MK_TRY(cut_shards(p, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
+    MK_TRY(cv_qplan_finish(p));
     fingerprint(&c);
     return MK_OK;
 }
@@ -433,6 +440,7 @@ void cv_plan_free(cv_plan *p) {
         free(p->outs[i].qpath);
     }
     free(p->outs);
+    cv_qstate_free(p->qs);
     for (int k = 0; p->shard_files && k < p->nshards; k++)
         free(p->shard_files[k]);
     free(p->shard_files);

@@ -13,16 +13,9 @@
 # module is missing from an output (a naming mismatch between profile and
 # quantize). The same check in memory, without the quantize command, is
 # tests/unit/test_profile_kl.c.
-#
-# While `moekit --help` lists no `quantize` command this test is SKIPPED
-# (exit 0). The lead removes that guard when quantize lands.
 set -euo pipefail
 BIN=${MK_BIN:?}
 FX=${MK_FIXTURES:?}
-if ! "$BIN" --help | grep -qE '^ +quantize '; then
-    echo "SKIPPED: quantize command not present"
-    exit 0
-fi
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-profkl-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -67,10 +60,11 @@ kl_of() { # model -> mean KL against the bf16 model
 }
 
 "$BIN" profile "$TINY" --text "$TXT" --tokens 512 --threads 2 --quiet --out "$T/p.json" > /dev/null
-"$BIN" quantize "$TINY" "$T/u4" --bits 4 --group-size 64 --threads 2 > /dev/null
+"$BIN" quantize "$TINY" "$T/u4" --bits 4 --group-size 64 --threads 2 --quiet > /dev/null
 bpw_u=$(bpw "$T/p.json" "$T/u4")
 target=$(awk -v b="$bpw_u" 'BEGIN { printf "%.4f", int(b * 10000) / 10000 }')
-"$BIN" quantize "$TINY" "$T/alloc" --target-bpw "$target" --profile "$T/p.json" --threads 2 > "$T/qlog"
+"$BIN" quantize "$TINY" "$T/alloc" --target-bpw "$target" --profile "$T/p.json" --threads 2 --quiet > "$T/qlog"
+grep -q "^achieved bpw" "$T/qlog" || fail "quantize --target-bpw printed no achieved bpw"
 bpw_a=$(bpw "$T/p.json" "$T/alloc")
 kl_u=$(kl_of "$T/u4")
 kl_a=$(kl_of "$T/alloc")
