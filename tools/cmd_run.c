@@ -115,6 +115,7 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
         st = mk_engine_forward(r->e, prompt, np, MK_LOGITS_LAST, r->logits, NULL);
     double t1 = now_s();
     int64_t ngen = 0;
+    bool ctx_full = false;
     while (st == MK_OK && ngen < o->max_tokens) {
         int32_t id = mk_sampler_sample(r->smp, r->logits, hist, nh);
         if (is_stop(r, id))
@@ -130,10 +131,13 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 printf("%s%d", ngen > 1 ? "," : "", id);
             fflush(stdout);
         }
-        if (ngen < o->max_tokens && mk_engine_pos(r->e) < mk_engine_max_ctx(r->e))
-            st = mk_engine_forward(r->e, &id, 1, MK_LOGITS_LAST, r->logits, NULL);
-        else
+        if (ngen >= o->max_tokens)
             break;
+        if (mk_engine_pos(r->e) >= mk_engine_max_ctx(r->e)) {
+            ctx_full = true;
+            break;
+        }
+        st = mk_engine_forward(r->e, &id, 1, MK_LOGITS_LAST, r->logits, NULL);
     }
     double t2 = now_s();
     if (ts) {
@@ -146,6 +150,9 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
     if (!o->json && (st == MK_OK || ngen > 0))
         printf("\n");
     fflush(stdout); /* the stats line (stderr) must follow the text, not interleave with it */
+    if (ctx_full) /* not an error, but never a silent stop */
+        fprintf(stderr, "moekit run: stopped after %lld tokens: the context of %lld positions is full (--ctx)\n",
+                (long long)ngen, (long long)mk_engine_max_ctx(r->e));
     if (o->stats)
         fprintf(stderr,
                 "[%s] prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in "
