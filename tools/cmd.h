@@ -7,8 +7,10 @@
 #ifndef MK_TOOLS_CMD_H
 #define MK_TOOLS_CMD_H
 
+#include <stdbool.h>
 #include <stdio.h>
 
+#include "moekit/dtype.h"
 #include "moekit/status.h"
 
 typedef int (*mk_cmd_fn)(int argc, char **argv);
@@ -33,9 +35,18 @@ int mk_cli_fail(mk_status s);
 /* Print "moekit <cmd>: <formatted>" to stderr and return 2 (usage error). */
 int mk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* Flag-value helpers, defined in cli_util.c. */
+
 /* Parse "1G", "512M", "4096", "1.5G" into bytes. Returns false on junk. */
 int mk_cli_parse_size(const char *s, unsigned long long *out);
+/* Parse a decimal integer in [lo, hi]; false on junk or out of range. */
+bool mk_cli_parse_long(const char *s, long lo, long hi, long *out);
+/* Parse a float dtype name (bf16/bfloat16, f16/float16/fp16, f32/float32/fp32);
+ * false on any other name. */
+bool mk_cli_parse_dtype(const char *s, mk_dtype *out);
 /* Number of online CPUs (>= 1). */
 int mk_cli_ncpu(void);
+/* 1 when built with AddressSanitizer, else 0 (the "sanitizer" line of --stats). */
+int mk_cli_sanitized(void);
 
 #endif

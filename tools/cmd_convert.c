@@ -38,34 +38,6 @@ static void help(FILE *f) {
             "exit: 0 ok, 1 internal error or failed --verify, 2 bad input\n");
 }
 
-static int parse_dtype(const char *s, mk_dtype *out) {
-    static const struct {
-        const char *name;
-        mk_dtype dt;
-    } t[] = {{"bf16", MK_DT_BF16}, {"bfloat16", MK_DT_BF16}, {"f16", MK_DT_F16}, {"float16", MK_DT_F16},
-             {"fp16", MK_DT_F16},  {"f32", MK_DT_F32},       {"float32", MK_DT_F32}, {"fp32", MK_DT_F32}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (strcmp(s, t[i].name) == 0) {
-            *out = t[i].dt;
-            return 1;
-        }
-    return 0;
-}
-
-static int sanitized(void) {
-#if defined(__SANITIZE_ADDRESS__)
-    return 1;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return 1;
-#else
-    return 0;
-#endif
-#else
-    return 0;
-#endif
-}
-
 static void print_stats(const mk_conv_stats *st) {
     printf("tensors %llu\nbytes_out %llu\nbytes_copied %llu\nbytes_computed %llu\nshards %d\nshards_resumed %d\n"
            "threads %d\nchunk_elems %llu\nseconds %.3f\nverified_hash %llu\nverified_numeric %llu\n"
@@ -74,7 +46,7 @@ static void print_stats(const mk_conv_stats *st) {
            (unsigned long long)st->bytes_copied, (unsigned long long)st->bytes_computed, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
            (unsigned long long)st->verified_hash, (unsigned long long)st->verified_numeric, st->worst_rel_l2,
-           st->worst_max_abs, (unsigned long long)mk_conv_peak_rss(), sanitized());
+           st->worst_max_abs, (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
 }
 
 enum { O_TO = 256, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
@@ -110,7 +82,7 @@ static int cmd_convert(int argc, char **argv) {
             break;
         case O_PACK: o.experts = MK_CONV_FUSED; break;
         case O_DTYPE:
-            if (!parse_dtype(optarg, &o.dtype))
+            if (!mk_cli_parse_dtype(optarg, &o.dtype))
                 return mk_cli_usage("convert", "--dtype '%s': expected bf16, f16 or f32", optarg);
             break;
         case O_F16: o.force_f16 = true; break;
@@ -120,9 +92,8 @@ static int cmd_convert(int argc, char **argv) {
             o.max_memory = v;
             break;
         case O_THREADS: {
-            char *end;
-            long t = strtol(optarg, &end, 10);
-            if (*end || t < 1 || t > 1024)
+            long t;
+            if (!mk_cli_parse_long(optarg, 1, 1024, &t))
                 return mk_cli_usage("convert", "--threads '%s': expected 1..1024", optarg);
             o.threads = (int)t;
             break;

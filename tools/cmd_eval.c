@@ -95,22 +95,8 @@ static mk_status tokenize_file(const char *model_dir, const char *path, int32_t 
         mk_tok_free(tok);
         return mk_err(MK_E_IO, "%s: cannot open", path);
     }
-    size_t cap = 1 << 16, len = 0;
-    char *buf = malloc(cap);
-    size_t got;
-    while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
+    size_t len;
+    char *buf = mk_ecli_read_all(f, &len);
     fclose(f);
     mk_status st = buf ? mk_tok_encode(tok, buf, len, 0, ids, n)
                        : mk_err(MK_E_NOMEM, "%s: no memory to read it", path);

@@ -101,21 +101,8 @@ static mk_status tokenize_file(const char *model_dir, const char *path, int32_t 
         fclose(f);
         return st;
     }
-    size_t cap = 1 << 16, len = 0, got;
-    char *buf = malloc(cap);
-    while (buf && (got = fread(buf + len, 1, cap - len, f)) > 0) {
-        len += got;
-        if (len == cap) {
-            char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-    }
+    size_t len;
+    char *buf = mk_ecli_read_all(f, &len);
     bool rerr = ferror(f);
     fclose(f);
     if (!buf)

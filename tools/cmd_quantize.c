@@ -88,29 +88,6 @@ static void help(FILE *f) {
         "support, an existing DST, ...: one line naming the file, tensor or flag; no DST is left)\n");
 }
 
-static int parse_dtype(const char *s, mk_dtype *out) {
-    static const struct {
-        const char *name;
-        mk_dtype dt;
-    } t[] = {{"bf16", MK_DT_BF16}, {"bfloat16", MK_DT_BF16}, {"f16", MK_DT_F16}, {"float16", MK_DT_F16},
-             {"fp16", MK_DT_F16},  {"f32", MK_DT_F32},       {"float32", MK_DT_F32}, {"fp32", MK_DT_F32}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++)
-        if (strcmp(s, t[i].name) == 0) {
-            *out = t[i].dt;
-            return 1;
-        }
-    return 0;
-}
-
-static bool parse_int(const char *s, long lo, long hi, long *out) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (end == s || *end || v < lo || v > hi)
-        return false;
-    *out = v;
-    return true;
-}
-
 typedef struct qcli {
     const char *src, *dst, *report, *profile, *alloc_out;
     const char **ovs;
@@ -204,27 +181,13 @@ static void print_totals(const mk_qjob *job, bool alloc, double expected) {
                t->bpw_lin, expected);
 }
 
-static int sanitized(void) {
-#if defined(__SANITIZE_ADDRESS__)
-    return 1;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    return 1;
-#else
-    return 0;
-#endif
-#else
-    return 0;
-#endif
-}
-
 static void print_stats(const mk_conv_stats *st) {
     printf("tensors %llu\nbytes_out %llu\nbytes_computed %llu\nbytes_copied %llu\nshards %d\nshards_resumed %d\n"
            "threads %d\nchunk_elems %llu\nseconds %.3f\npeak_rss_bytes %llu\nsanitizer %d\n",
            (unsigned long long)st->tensors_out, (unsigned long long)st->bytes_out,
            (unsigned long long)st->bytes_computed, (unsigned long long)st->bytes_copied, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
-           (unsigned long long)mk_conv_peak_rss(), sanitized());
+           (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
 }
 
 enum { O_BITS = 256, O_GROUP, O_MODE, O_RECIPE, O_OVERRIDE, O_TARGET, O_PROFILE, O_ALLOC_OUT, O_DTYPE, O_MEM,
@@ -251,11 +214,11 @@ static int parse_args(int argc, char **argv, qcli *c) {
         switch (o) {
         case 'h': help(stdout); return 0;
         case O_BITS:
-            if (!parse_int(optarg, 1, 64, &c->bits))
+            if (!mk_cli_parse_long(optarg, 1, 64, &c->bits))
                 return mk_cli_usage("quantize", "--bits '%s': expected a number of bits", optarg);
             break;
         case O_GROUP:
-            if (!parse_int(optarg, 1, 1 << 20, &c->group))
+            if (!mk_cli_parse_long(optarg, 1, 1 << 20, &c->group))
                 return mk_cli_usage("quantize", "--group-size '%s': expected a number", optarg);
             break;
         case O_MODE:
@@ -273,7 +236,7 @@ static int parse_args(int argc, char **argv, qcli *c) {
         case O_PROFILE: c->profile = optarg; break;
         case O_ALLOC_OUT: c->alloc_out = optarg; break;
         case O_DTYPE:
-            if (!parse_dtype(optarg, &c->co.dtype))
+            if (!mk_cli_parse_dtype(optarg, &c->co.dtype))
                 return mk_cli_usage("quantize", "--dtype '%s': expected bf16, f16 or f32", optarg);
             break;
         case O_MEM:
@@ -282,7 +245,7 @@ static int parse_args(int argc, char **argv, qcli *c) {
             c->co.max_memory = sz;
             break;
         case O_THREADS:
-            if (!parse_int(optarg, 1, 1024, &v))
+            if (!mk_cli_parse_long(optarg, 1, 1024, &v))
                 return mk_cli_usage("quantize", "--threads '%s': expected 1..1024", optarg);
             c->co.threads = (int)v;
             break;

@@ -34,9 +34,8 @@ enum { O_ARCH = 256, O_PRESET, O_FORMAT, O_LAYERS, O_EXPERTS, O_VOCAB, O_LAYOUT,
        O_THREADS, O_FORCE, O_QUIET, O_LIST };
 
 static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (*end || v < lo || v > hi)
+    long v;
+    if (!mk_cli_parse_long(s, lo, hi, &v))
         return mk_cli_usage("synth", "%s '%s': expected an integer in %d..%d", opt, s, lo, hi);
     *out = (int)v;
     return 0;

@@ -77,6 +77,25 @@ mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engin
     return st;
 }
 
+char *mk_ecli_read_all(FILE *f, size_t *len) {
+    size_t cap = 1 << 16, got;
+    char *buf = malloc(cap);
+    *len = 0;
+    while (buf && (got = fread(buf + *len, 1, cap - *len, f)) > 0) {
+        *len += got;
+        if (*len == cap) {
+            char *nb = realloc(buf, cap * 2);
+            if (!nb) {
+                free(buf);
+                return NULL;
+            }
+            buf = nb;
+            cap *= 2;
+        }
+    }
+    return buf;
+}
+
 mk_status mk_ecli_write(const char *path, const void *data, size_t n) {
     FILE *f = fopen(path, "wb");
     if (!f)

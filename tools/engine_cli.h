@@ -1,10 +1,12 @@
-/* Helpers shared by the engine subcommands (run, logits, eval): number and
- * id-list parsing, and opening a model with an engine from common flags. */
+/* Helpers shared by the engine subcommands (run, logits, eval, profile):
+ * number and id-list parsing, reading a text file whole, and opening a model
+ * with an engine from common flags. */
 #ifndef MK_TOOLS_ENGINE_CLI_H
 #define MK_TOOLS_ENGINE_CLI_H
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "moekit/engine.h"
 #include "moekit/model.h"
@@ -19,6 +21,10 @@ mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n);
 /* Open MODEL and an engine over it; on failure both are NULL. */
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
                        mk_model **m, mk_engine **e);
+/* Read the rest of f into a malloc'd buffer (not NUL-terminated), its length
+ * in *len. NULL when out of memory. A read error ends the read early: the
+ * caller checks ferror(f) if it cares. f stays open. */
+char *mk_ecli_read_all(FILE *f, size_t *len);
 /* Write n bytes to path (truncating). */
 mk_status mk_ecli_write(const char *path, const void *data, size_t n);
 

@@ -3,7 +3,6 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 
 #include "cmd.h"
 #include "moekit/version.h"
@@ -37,34 +36,6 @@ int mk_cli_usage(const char *cmd, const char *fmt, ...) {
     va_end(ap);
     fprintf(stderr, " (see 'moekit %s --help')\n", cmd);
     return 2;
-}
-
-int mk_cli_parse_size(const char *s, unsigned long long *out) {
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s || v < 0)
-        return 0;
-    double m = 1;
-    switch (*end) {
-    case 'k': case 'K': m = 1024.0; end++; break;
-    case 'm': case 'M': m = 1024.0 * 1024; end++; break;
-    case 'g': case 'G': m = 1024.0 * 1024 * 1024; end++; break;
-    case 't': case 'T': m = 1024.0 * 1024 * 1024 * 1024; end++; break;
-    default: break;
-    }
-    if (*end == 'i' || *end == 'B' || *end == 'b')
-        end++;
-    if (*end == 'B')
-        end++;
-    if (*end)
-        return 0;
-    *out = (unsigned long long)(v * m);
-    return 1;
-}
-
-int mk_cli_ncpu(void) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    return n > 0 ? (int)n : 1;
 }
 
 static void usage(FILE *f) {

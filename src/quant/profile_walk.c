@@ -139,18 +139,23 @@ static char *expert_source(const walker *w, int l, int e, int j) {
     return fmt("%s.layers.%d.mlp.experts.%d.%s.weight", w->pfx, l, e, k_proj[j]);
 }
 
+/* A gated MLP of layer l under module prefix pre ("mlp", "mlp.shared_expert"):
+ * its gate_proj, up_proj and down_proj. */
+static void walk_mlp(walker *w, int l, const char *pre, const mk_mlp_w *f) {
+    const mk_wt *wt[3] = {&f->gate, &f->up, &f->down};
+    for (int j = 0; j < 3; j++) {
+        char mod[96];
+        snprintf(mod, sizeof mod, "%s.%s", pre, k_proj[j]);
+        emit_mod(w, l, mod, MK_PROF_LINEAR, wt[j]);
+    }
+}
+
 static void walk_moe(walker *w, int l, const mk_moe_w *moe) {
     const mk_config *c = w->c;
     emit_mod(w, l, "mlp.gate", MK_PROF_ROUTER, &moe->router);
     if (moe->has_shared) {
         const char *sh = c->arch == MK_ARCH_DEEPSEEK_V3 ? "mlp.shared_experts" : "mlp.shared_expert";
-        char mod[96];
-        snprintf(mod, sizeof mod, "%s.gate_proj", sh);
-        emit_mod(w, l, mod, MK_PROF_LINEAR, &moe->shared.gate);
-        snprintf(mod, sizeof mod, "%s.up_proj", sh);
-        emit_mod(w, l, mod, MK_PROF_LINEAR, &moe->shared.up);
-        snprintf(mod, sizeof mod, "%s.down_proj", sh);
-        emit_mod(w, l, mod, MK_PROF_LINEAR, &moe->shared.down);
+        walk_mlp(w, l, sh, &moe->shared);
     }
     if (moe->has_shared_gate)
         emit_mod(w, l, "mlp.shared_expert_gate", MK_PROF_ROUTER, &moe->shared_gate);
@@ -194,9 +199,7 @@ mk_status mk_prof_walk(const mk_model *m, mk_prof_mod **mods, size_t *n) {
         if (L->is_moe) {
             walk_moe(&w, l, &L->moe);
         } else {
-            emit_mod(&w, l, "mlp.gate_proj", MK_PROF_LINEAR, &L->mlp.gate);
-            emit_mod(&w, l, "mlp.up_proj", MK_PROF_LINEAR, &L->mlp.up);
-            emit_mod(&w, l, "mlp.down_proj", MK_PROF_LINEAR, &L->mlp.down);
+            walk_mlp(&w, l, "mlp", &L->mlp);
         }
     }
     if (!m->cfg.tie_word_embeddings) {

@@ -95,6 +95,24 @@ static mk_status get_array(const mk_tok *t, const json_t *o, const char *where, 
     return MK_OK;
 }
 
+/* A loader of one pipeline stage (normalizer, pre-tokenizer, post-processor,
+ * decoder) at JSON path `where`; ctx is the loader's own state. */
+typedef mk_status (*stage_fn)(mk_tok *t, const json_t *j, const char *where, void *ctx);
+
+/* The items of a {"type": "Sequence", key: [...]} stage, each loaded by fn in
+ * order and named "<where>.<key>[i]" in messages. */
+static mk_status load_seq(mk_tok *t, const json_t *j, const char *where, const char *key, stage_fn fn,
+                          void *ctx) {
+    const json_t *arr;
+    MK_TRY(get_array(t, j, where, key, &arr));
+    for (size_t i = 0; i < json_array_size(arr); i++) {
+        char sub[256];
+        snprintf(sub, sizeof sub, "%s.%s[%zu]", where, key, i);
+        MK_TRY(fn(t, json_array_get(arr, i), sub, ctx));
+    }
+    return MK_OK;
+}
+
 static mk_status get_id(const mk_tok *t, const json_t *v, const char *where, int32_t *id) {
     if (!json_is_integer(v))
         return mk_err(MK_E_FORMAT, "%s: field '%s': expected an integer id, found %s", t->path,
@@ -123,7 +141,9 @@ static mk_status grow_arr(void **p, size_t *cap, size_t need, size_t elem) {
 
 /* ---- normalizer ---------------------------------------------------------- */
 
-static mk_status load_normalizer(mk_tok *t, const json_t *j, const char *where, size_t *cap) {
+/* ctx: the capacity of t->norms (size_t). */
+static mk_status load_normalizer(mk_tok *t, const json_t *j, const char *where, void *ctx) {
+    size_t *cap = ctx;
     if (!j || json_is_null(j))
         return MK_OK;
     const char *type;
@@ -143,14 +163,7 @@ static mk_status load_normalizer(mk_tok *t, const json_t *j, const char *where, 
         return mk_err(MK_E_UNSUPPORTED,
                       "%s: field '%s.type': normalizer '%s' is not supported (moekit reads NFC, NFD, "
                       "NFKC, NFKD and Sequence)", t->path, where, type);
-    const json_t *arr;
-    MK_TRY(get_array(t, j, where, "normalizers", &arr));
-    for (size_t i = 0; i < json_array_size(arr); i++) {
-        char sub[256];
-        snprintf(sub, sizeof sub, "%s.normalizers[%zu]", where, i);
-        MK_TRY(load_normalizer(t, json_array_get(arr, i), sub, cap));
-    }
-    return MK_OK;
+    return load_seq(t, j, where, "normalizers", load_normalizer, cap);
 }
 
 /* ---- pre_tokenizer ------------------------------------------------------- */
@@ -196,21 +209,15 @@ static mk_status load_split(mk_tok *t, const json_t *j, const char *where, tok_p
     return tok_regex_compile(json_string_value(p), json_string_length(p), p == lit, what, &st->re);
 }
 
-static mk_status load_pre(mk_tok *t, const json_t *j, const char *where, size_t *cap) {
+/* ctx: the capacity of t->pre (size_t). */
+static mk_status load_pre(mk_tok *t, const json_t *j, const char *where, void *ctx) {
+    size_t *cap = ctx;
     if (!j || json_is_null(j))
         return MK_OK;
     const char *type;
     MK_TRY(get_type(t, j, where, &type));
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr;
-        MK_TRY(get_array(t, j, where, "pretokenizers", &arr));
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[256];
-            snprintf(sub, sizeof sub, "%s.pretokenizers[%zu]", where, i);
-            MK_TRY(load_pre(t, json_array_get(arr, i), sub, cap));
-        }
-        return MK_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return load_seq(t, j, where, "pretokenizers", load_pre, cap);
     bool split = strcmp(type, "Split") == 0, bl = strcmp(type, "ByteLevel") == 0;
     if (!split && !bl)
         return mk_err(MK_E_UNSUPPORTED,
@@ -495,7 +502,8 @@ static mk_status load_cls_sep(mk_tok *t, const json_t *pp, const char *where) {
     return MK_OK;
 }
 
-static mk_status load_post(mk_tok *t, const json_t *j, const char *where) {
+/* ctx: unused. */
+static mk_status load_post(mk_tok *t, const json_t *j, const char *where, void *ctx) {
     if (!j || json_is_null(j))
         return MK_OK;
     const char *type;
@@ -506,16 +514,8 @@ static mk_status load_post(mk_tok *t, const json_t *j, const char *where) {
         return load_template(t, j, where);
     if (strcmp(type, "RobertaProcessing") == 0 || strcmp(type, "BertProcessing") == 0)
         return load_cls_sep(t, j, where);
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr;
-        MK_TRY(get_array(t, j, where, "processors", &arr));
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[256];
-            snprintf(sub, sizeof sub, "%s.processors[%zu]", where, i);
-            MK_TRY(load_post(t, json_array_get(arr, i), sub));
-        }
-        return MK_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return load_seq(t, j, where, "processors", load_post, ctx);
     return mk_err(MK_E_UNSUPPORTED, "%s: field '%s.type': post-processor '%s' is not supported (moekit "
                   "reads TemplateProcessing, RobertaProcessing, BertProcessing, ByteLevel and Sequence)",
                   t->path, where, type);
@@ -525,23 +525,23 @@ static mk_status load_post(mk_tok *t, const json_t *j, const char *where) {
 
 enum { DEC_BYTELEVEL = 1, DEC_BYTEFALLBACK = 2 };
 
+/* The folded decoder chain: steps[0..n) of DEC_*. */
+typedef struct dec_chain {
+    int steps[MAX_DEC_STEPS];
+    size_t n;
+} dec_chain;
+
 /* Decoders moekit reads all act on each token alone, so the chain is folded
- * into a list of per-token steps and applied once per id at load. */
-static mk_status load_decoder(mk_tok *t, const json_t *j, const char *where, int *steps, size_t *n) {
+ * into a list of per-token steps and applied once per id at load.
+ * ctx: the dec_chain. */
+static mk_status load_decoder(mk_tok *t, const json_t *j, const char *where, void *ctx) {
+    dec_chain *dc = ctx;
     if (!j || json_is_null(j))
         return MK_OK;
     const char *type;
     MK_TRY(get_type(t, j, where, &type));
-    if (strcmp(type, "Sequence") == 0) {
-        const json_t *arr;
-        MK_TRY(get_array(t, j, where, "decoders", &arr));
-        for (size_t i = 0; i < json_array_size(arr); i++) {
-            char sub[256];
-            snprintf(sub, sizeof sub, "%s.decoders[%zu]", where, i);
-            MK_TRY(load_decoder(t, json_array_get(arr, i), sub, steps, n));
-        }
-        return MK_OK;
-    }
+    if (strcmp(type, "Sequence") == 0)
+        return load_seq(t, j, where, "decoders", load_decoder, dc);
     int step = strcmp(type, "ByteLevel") == 0 ? DEC_BYTELEVEL
                : strcmp(type, "ByteFallback") == 0 ? DEC_BYTEFALLBACK
                : strcmp(type, "Fuse") == 0 ? 0 /* concatenation: what we do anyway */
@@ -549,11 +549,11 @@ static mk_status load_decoder(mk_tok *t, const json_t *j, const char *where, int
     if (step < 0)
         return mk_err(MK_E_UNSUPPORTED, "%s: field '%s.type': decoder '%s' is not supported (moekit reads "
                       "ByteLevel, ByteFallback, Fuse and Sequence)", t->path, where, type);
-    if (step && *n == MAX_DEC_STEPS)
+    if (step && dc->n == MAX_DEC_STEPS)
         return mk_err(MK_E_UNSUPPORTED, "%s: field '%s': more than %d decoder steps", t->path, where,
                       MAX_DEC_STEPS);
     if (step)
-        steps[(*n)++] = step;
+        dc->steps[dc->n++] = step;
     return MK_OK;
 }
 
@@ -735,8 +735,7 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
     }
     mk_status st = MK_OK;
     size_t ncap = 0, pcap = 0;
-    int steps[MAX_DEC_STEPS];
-    size_t nsteps = 0;
+    dec_chain chain = {.n = 0};
     const json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
     const json_t *added = json_object_get(root, "added_tokens");
     if (!json_is_object(root))
@@ -756,13 +755,13 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
     if (st == MK_OK)
         st = load_tables(t, model, vocab, json_is_array(added) ? added : NULL);
     if (st == MK_OK)
-        st = load_post(t, json_object_get(root, "post_processor"), "post_processor");
+        st = load_post(t, json_object_get(root, "post_processor"), "post_processor", NULL);
     if (st == MK_OK)
-        st = load_decoder(t, json_object_get(root, "decoder"), "decoder", steps, &nsteps);
+        st = load_decoder(t, json_object_get(root, "decoder"), "decoder", &chain);
     if (st == MK_OK) {
         const json_t *dec = json_object_get(root, "decoder");
         t->dec_join_space = !dec || json_is_null(dec);
-        st = build_bytes(t, steps, nsteps);
+        st = build_bytes(t, chain.steps, chain.n);
     }
     json_decref(root);
     return st;

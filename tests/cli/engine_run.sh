@@ -9,20 +9,8 @@ BIN=${MK_BIN:?}
 FX=${MK_FIXTURES:?}
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-engrun-XXXXXX")
 trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect
 TINY=$FX/tiny-qwen35moe/bf16
-
-expect() { # code pattern cmd...
-    local code=$1 pat=$2
-    shift 2
-    set +e
-    "$@" > "$T/out" 2> "$T/err"
-    local rc=$?
-    set -e
-    [ $rc -eq "$code" ] || { cat "$T/err" >&2; fail "'$*' exited $rc, expected $code"; }
-    grep -q -- "$pat" "$T/err" || { cat "$T/err" >&2; fail "'$*': no '$pat' in the message"; }
-    [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err" >&2; fail "'$*': expected one line"; }
-}
 
 # greedy ids for prompt ids [407, 268] ("Return the") from reference.json
 want=$(tr -d ' \n' < "$FX/tiny-qwen35moe/reference.json" |

@@ -11,22 +11,10 @@ BIN=${MK_BIN:?}
 FX=${MK_FIXTURES:?}
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-profcli-XXXXXX")
 trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect
 TINY=$FX/tiny-qwen35moe/bf16
 TXT=$FX/tiny-qwen35moe/devtext.txt
 command -v node > /dev/null || fail "node is needed to check JSON (scripts/install-deps.sh)"
-
-expect() { # code pattern cmd...
-    local code=$1 pat=$2
-    shift 2
-    set +e
-    "$@" > "$T/out" 2> "$T/err"
-    local rc=$?
-    set -e
-    [ $rc -eq "$code" ] || { cat "$T/err" >&2; fail "'$*' exited $rc, expected $code"; }
-    grep -q -- "$pat" "$T/err" || { cat "$T/err" >&2; fail "'$*': no '$pat' in the message"; }
-    [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err" >&2; fail "'$*': expected one line"; }
-}
 
 "$BIN" profile "$TINY" --text "$TXT" --tokens 512 --threads 2 --quiet --out "$T/p.json" > "$T/log"
 cat "$T/log"

@@ -10,20 +10,9 @@ BIN=${MK_BIN:?}
 FX=${MK_FIXTURES:?}
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-qerr-XXXXXX")
 trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect
 command -v node > /dev/null || fail "node is needed to locate tensor data (scripts/install-deps.sh)"
 
-expect() { # code pattern cmd...
-    local code=$1 pat=$2
-    shift 2
-    set +e
-    "$@" > "$T/out" 2> "$T/err"
-    local rc=$?
-    set -e
-    [ $rc -eq "$code" ] || { cat "$T/err" >&2; fail "'$*' exited $rc, expected $code"; }
-    grep -q -- "$pat" "$T/err" || { cat "$T/err" >&2; fail "'$*': no '$pat' in the message"; }
-    [ "$(wc -l < "$T/err")" -eq 1 ] || { cat "$T/err" >&2; fail "'$*': expected one line"; }
-}
 no_dst() { [ ! -e "$1" ] && [ ! -e "$1.partial" ] || fail "$1 or $1.partial left behind"; }
 
 # absolute file offset of tensor $2's data in safetensors file $1
