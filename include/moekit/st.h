@@ -115,6 +115,10 @@ mk_status mk_stw_begin_data(mk_stw *w);
 size_t mk_stw_count(const mk_stw *w);
 const char *mk_stw_name(const mk_stw *w, size_t i);
 const mk_tensor_info *mk_stw_info(const mk_stw *w, size_t i);
+/* Descriptor of shard i's temporary file once data has begun (-1 otherwise),
+ * for I/O hints such as early writeback. Owned by the writer: do not close
+ * it or write through it; it is invalid after mk_stw_finish / mk_stw_free. */
+int mk_stw_shard_fd(const mk_stw *w, size_t shard);
 /* Append bytes of the current tensor (may be called repeatedly: chunks).
  * A tensor is complete when all of its nbytes have been written; the next
  * write then belongs to the next tensor in plan order. */

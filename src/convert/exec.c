@@ -5,7 +5,8 @@
  * process already holds) -> DST.partial/ and its journal (resume or start
  * over) -> per shard: one safetensors writer fed through the ordered worker
  * pipeline, COPY pieces by copy_file_range on the consumer thread, computed
- * pieces by the workers -> hash each finished shard into the journal (on a
+ * pieces by the workers, writeback started as the shard grows (a thread)
+ * -> hash each finished shard into the journal (on a
  * thread, overlapping the next shard) -> config, side files, index ->
  * optional verify -> rename DST.partial -> DST.
  *
@@ -17,6 +18,7 @@
  * is byte-identical to an uninterrupted one. MK_CONVERT_CRASH=point:N (test
  * hook) kills the process at named points to prove it. */
 #include <dirent.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
@@ -33,6 +35,7 @@
 
 #define CV_MAX_CHUNK (4u << 20) /* elements: larger chunks buy nothing */
 #define CV_FIXED_OVERHEAD (12u << 20) /* writer buffer 8 MiB + copy/hash buffers + stacks */
+#define CV_WRITEBACK_STEP (32u << 20) /* bytes between early-writeback kicks */
 
 void mk_conv_opts_init(mk_conv_opts *o) {
     memset(o, 0, sizeof *o);
@@ -95,6 +98,90 @@ typedef struct item {
     bool spill;   /* QUANT part waiting in the spill file: copied like COPY */
 } item;
 
+/* Early writeback. Left alone, the kernel keeps a shard's pages dirty until
+ * the fsync of mk_stw_finish (below the dirty_background threshold nothing
+ * is written), so the whole shard goes to disk only after its last byte is
+ * copied: copying and writing add up. Instead, a thread follows the writer
+ * and, every CV_WRITEBACK_STEP bytes, starts writeback of what was added
+ * (SYNC_FILE_RANGE_WRITE: initiate, never wait for completion), so the disk
+ * works while the copy goes on and the fsync finds little left. The
+ * submission work is the thread's, not the consumer's. Durability is
+ * unchanged: the shard is still fsynced before it is renamed and journaled.
+ *
+ * The writer lends the temporary's descriptor (mk_stw_shard_fd); a dup of
+ * it keeps this thread independent of the writer's lifetime. When that or
+ * the thread fails, this is simply not done. Offsets are data offsets,
+ * at most the file offsets (the header comes first), and each range runs
+ * to the end of the file, so every kick covers all that was added. */
+typedef struct wback {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t th;
+    bool on, stop;
+    int fd;
+    uint64_t from, to; /* data bytes [from, to) are written and not yet kicked */
+} wback;
+
+static void *wb_main(void *arg) {
+    wback *b = arg;
+    pthread_mutex_lock(&b->mu);
+    for (;;) {
+        while (!b->stop && b->to - b->from < CV_WRITEBACK_STEP)
+            pthread_cond_wait(&b->cv, &b->mu);
+        if (b->stop)
+            break;
+        uint64_t from = b->from;
+        b->from = b->to;
+        pthread_mutex_unlock(&b->mu);
+        (void)sync_file_range(b->fd, (off_t)from, 0, SYNC_FILE_RANGE_WRITE); /* a hint: errors are harmless */
+        pthread_mutex_lock(&b->mu);
+    }
+    pthread_mutex_unlock(&b->mu);
+    return NULL;
+}
+
+static void wb_start(wback *b, const mk_stw *w) {
+    memset(b, 0, sizeof *b);
+    int fd = mk_stw_shard_fd(w, 0); /* each output shard is its own one-file writer */
+    b->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
+    if (b->fd < 0)
+        return;
+    pthread_mutex_init(&b->mu, NULL);
+    pthread_cond_init(&b->cv, NULL);
+    b->on = pthread_create(&b->th, NULL, wb_main, b) == 0;
+    if (!b->on) {
+        pthread_cond_destroy(&b->cv);
+        pthread_mutex_destroy(&b->mu);
+        close(b->fd);
+        b->fd = -1;
+    }
+}
+
+/* The writer holds `at` data bytes of the shard. */
+static void wb_note(wback *b, uint64_t at) {
+    if (!b->on)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->to = at;
+    if (at - b->from >= CV_WRITEBACK_STEP)
+        pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void wb_stop(wback *b) {
+    if (!b->on)
+        return;
+    pthread_mutex_lock(&b->mu);
+    b->stop = true;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->th, NULL);
+    pthread_cond_destroy(&b->cv);
+    pthread_mutex_destroy(&b->mu);
+    close(b->fd);
+    b->on = false;
+}
+
 typedef struct shard_run {
     const cv_src *s;
     mk_stw *w;
@@ -102,6 +189,7 @@ typedef struct shard_run {
     size_t nitems, cap;
     uint64_t copied, computed;
     const bool *written; /* shards written by this process so far (quantize spill) */
+    wback wb;
 } shard_run;
 
 static bool run_parallel(void *ctx, size_t i) {
@@ -117,10 +205,7 @@ static mk_status run_produce(void *ctx, size_t i, void *scratch, void *out, size
     return MK_OK;
 }
 
-static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
-    shard_run *r = ctx;
-    const item *it = &r->items[i];
-    crash_point("item");
+static mk_status consume_item(shard_run *r, const item *it, const void *out, size_t len) {
     if (it->pc->op == CV_OP_COPY) {
         uint64_t off, n;
         cv_op_copy_range(it->pc, &off, &n);
@@ -137,6 +222,14 @@ static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
     }
     r->computed += len;
     return mk_stw_write(r->w, out, len);
+}
+
+static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
+    shard_run *r = ctx;
+    crash_point("item");
+    MK_TRY(consume_item(r, &r->items[i], out, len));
+    wb_note(&r->wb, r->copied + r->computed);
+    return MK_OK;
 }
 
 static mk_status push_item(shard_run *r, const cv_piece *pc, int64_t a, int64_t n) {
@@ -209,7 +302,7 @@ static mk_status write_shard(const conv_env *e, int k) {
     else
         snprintf(base, sizeof base, "model-%05d-of-%05d", k + 1, p->nshards);
     mk_stw_opts wo = {0, true, base, e->o->to == MK_CONV_MLX ? "{\"format\":\"mlx\"}" : "{\"format\":\"pt\"}"};
-    shard_run r = {e->s, NULL, NULL, 0, 0, 0, 0, e->written};
+    shard_run r = {.s = e->s, .written = e->written};
     size_t slot = 0, scratch = 0;
     mk_status s = mk_stw_create(e->partial, &wo, &r.w);
     for (size_t i = p->shard_first[k]; s == MK_OK && i < p->shard_first[k + 1]; i++)
@@ -222,6 +315,8 @@ static mk_status write_shard(const conv_env *e, int k) {
             s = mk_err(MK_E_INTERNAL, "convert: writer order '%s' differs from plan order '%s'", mk_stw_name(r.w, i),
                        p->outs[p->shard_first[k] + i].name);
     if (s == MK_OK)
+        wb_start(&r.wb, r.w);
+    if (s == MK_OK)
         s = shard_items(p, k, e->chunk, &r, &slot, &scratch);
     if (s == MK_OK) {
         cv_pipe_ops ops = {run_parallel, run_produce, run_consume};
@@ -229,6 +324,7 @@ static mk_status write_shard(const conv_env *e, int k) {
     }
     free(r.items);
     r.items = NULL;
+    wb_stop(&r.wb);
     if (s == MK_OK)
         s = mk_stw_finish(r.w);
     mk_stw_free(r.w);

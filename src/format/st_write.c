@@ -308,6 +308,10 @@ mk_status mk_stw_begin_data(mk_stw *w) {
 }
 
 size_t mk_stw_count(const mk_stw *w) { return w->n; }
+
+int mk_stw_shard_fd(const mk_stw *w, size_t shard) {
+    return w->begun && shard < w->nshards ? w->shards[shard].fd : -1;
+}
 const char *mk_stw_name(const mk_stw *w, size_t i) { return w->ts[i].name; }
 const mk_tensor_info *mk_stw_info(const mk_stw *w, size_t i) { return &w->ts[i].info; }
 
