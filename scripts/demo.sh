@@ -18,12 +18,16 @@ rm -rf "$OUT"; mkdir -p "$OUT"
 
 if has convert; then
   step "convert to MLX layout and verify"
-  "$MK" convert "$MODEL/bf16" "$OUT/mlx" --to mlx
+  "$MK" convert "$MODEL/bf16" "$OUT/mlx" --to mlx --verify
   "$MK" inspect "$OUT/mlx" | head -8
 fi
 if has quantize; then
   step "quantize to MLX 4-bit (routers stay 8-bit)"
-  "$MK" quantize "$MODEL/bf16" "$OUT/q4" --bits 4 --group-size 64
+  "$MK" quantize "$MODEL/bf16" "$OUT/q4" --bits 4 --group-size 64 --report "$OUT/q4-report.json" | tail -5
+  if has eval; then
+    step "the collapse test: 4-bit vs bf16 (KL divergence, top-1 agreement)"
+    "$MK" eval "$OUT/q4" --ref "$MODEL/bf16" --text "$MODEL/devtext.txt" --tokens 2048
+  fi
 fi
 if has run; then
   step "generate with the CPU engine (greedy, from the bf16 checkpoint)"
