@@ -54,6 +54,14 @@ static const char *gs(json_t *o, const char *k) {
     return s ? s : "";
 }
 
+/* "affine 4-bit g64" / "fp8-block F8_E4M3": how one quantized module is stored. */
+static void storage_key(json_t *e, char *key, size_t n) {
+    if (json_object_get(e, "bits"))
+        snprintf(key, n, "%s %lld-bit g%lld", gs(e, "scheme"), (long long)gi(e, "bits"), (long long)gi(e, "group_size"));
+    else
+        snprintf(key, n, "%s %s", gs(e, "scheme"), gs(e, "fp8"));
+}
+
 static void render(json_t *r) {
     json_t *a = json_object_get(r, "architecture"), *ex = json_object_get(r, "experts"),
            *q = json_object_get(r, "quantization"), *t = json_object_get(r, "totals"),
@@ -84,6 +92,31 @@ static void render(json_t *r) {
         printf(" (default %lld-bit g%lld %s, %lld per-module entries)", (long long)gi(q, "default_bits"),
                (long long)gi(q, "default_group_size"), gs(q, "default_mode"), (long long)gi(q, "config_entries"));
     printf(", %lld quantized modules\n", (long long)gi(q, "quantized_modules"));
+    /* one line per distinct storage, so an 8-bit router among 4-bit experts is visible at a glance */
+    json_t *mods = json_object_get(q, "modules"), *kinds = json_object();
+    for (size_t i = 0; i < json_array_size(mods); i++) {
+        json_t *e = json_array_get(mods, i);
+        char key[96];
+        storage_key(e, key, sizeof key);
+        json_t *n = json_object_get(kinds, key);
+        json_object_set_new(kinds, key, json_integer(n ? json_integer_value(n) + 1 : 1));
+    }
+    const char *kk;
+    json_t *kv;
+    json_object_foreach(kinds, kk, kv) {
+        const char *example = "";
+        for (size_t i = 0; i < json_array_size(mods); i++) {
+            json_t *e = json_array_get(mods, i);
+            char key[96];
+            storage_key(e, key, sizeof key);
+            if (!strcmp(key, kk)) {
+                example = gs(e, "module");
+                break;
+            }
+        }
+        printf("                  %-22s %5lld modules (e.g. %s)\n", kk, (long long)json_integer_value(kv), example);
+    }
+    json_decref(kinds);
     count(b1, sizeof b1, gi(t, "parameters"));
     count(b2, sizeof b2, gi(t, "active_parameters_per_token"));
     count(b3, sizeof b3, gi(t, "expert_parameters"));
