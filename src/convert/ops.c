@@ -60,6 +60,22 @@ static void encode(mk_dtype dt, const float *v, int64_t n, unsigned char *out) {
         mk_dtype_from_f32(dt, v, out, (size_t)n);
 }
 
+/* Row i of a dequantizing piece is built straight in the output when that
+ * is float32, else in the scratch `row` and encoded by row_done. */
+static float *row_dst(mk_dtype dt, void *out, int64_t i, int64_t C, float *row) {
+    return dt == MK_DT_F32 ? (float *)((unsigned char *)out + (size_t)(i * C) * 4) : row;
+}
+
+/* Finish row i: add the piece's shift (norms), encode unless built in place. */
+static void row_done(const cv_piece *p, mk_dtype dt, float *dst, int64_t C, void *out, int64_t i) {
+    if (p->add != 0.0f)
+        for (int64_t c = 0; c < C; c++)
+            dst[c] += p->add;
+    if (dt != MK_DT_F32)
+        encode(dt, dst, C, (unsigned char *)out + (size_t)(i * C) * cv_esize(dt));
+}
+
+
 /* Scale rows [r0, r1] of tensor t (cols wide, any float dtype) as float32. */
 static mk_status read_scales(const mk_ckpt *ck, const mk_tensor_info *t, int64_t r0, int64_t r1, int64_t cols,
                              unsigned char *tmp, float *out) {
@@ -133,7 +149,6 @@ static mk_status fp8_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int6
     const float *tab_for = NULL;
     MK_TRY(mk_ckpt_read(ck, part(p, CV_T_MAIN), (uint64_t)R0 * (uint64_t)C, w, wbytes));
     MK_TRY(read_scales(ck, part(p, CV_T_SCALE), s0, s1, gc, stmp, sc));
-    size_t oes = cv_esize(dt);
     for (int64_t i = 0; i < n; i++) {
         int64_t R = R0 + i;
         const float *srow = sc + ((R / m->mrows) * gr + (R % m->mrows) / m->block_r - s0) * gc;
@@ -157,18 +172,14 @@ static mk_status fp8_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int6
             }
             continue;
         }
-        float *dst = dt == MK_DT_F32 ? (float *)((unsigned char *)out + (size_t)(i * C) * 4) : row;
+        float *dst = row_dst(dt, out, i, C, row);
         for (int64_t cb = 0; cb < gc; cb++) {
             float s = srow[cb];
             int64_t c1 = (cb + 1) * m->block_c < C ? (cb + 1) * m->block_c : C;
             for (int64_t c = cb * m->block_c; c < c1; c++)
                 dst[c] = lut[wr[c]] * s;
         }
-        if (p->add != 0.0f)
-            for (int64_t c = 0; c < C; c++)
-                dst[c] += p->add;
-        if (dt != MK_DT_F32)
-            encode(dt, row, C, (unsigned char *)out + (size_t)(i * C) * oes);
+        row_done(p, dt, dst, C, out, i);
     }
     return MK_OK;
 }
@@ -204,19 +215,14 @@ static mk_status affine_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, i
     MK_TRY(mk_ckpt_read(ck, part(p, CV_T_MAIN), (uint64_t)R0 * wrb, w, (size_t)n * wrb));
     MK_TRY(read_scales(ck, part(p, CV_T_SCALE), R0, R0 + n - 1, ng, tmp, sc));
     MK_TRY(read_scales(ck, part(p, CV_T_BIAS), R0, R0 + n - 1, ng, tmp, bi));
-    size_t oes = cv_esize(dt);
     for (int64_t i = 0; i < n; i++) {
-        float *dst = dt == MK_DT_F32 ? (float *)((unsigned char *)out + (size_t)(i * C) * 4) : row;
+        float *dst = row_dst(dt, out, i, C, row);
         const unsigned char *wr = w + (size_t)i * wrb;
         for (int64_t c = 0; c < C; c++) {
             int64_t g = i * ng + c / m->group;
             dst[c] = sc[g] * (float)bits_at(wr, c, m->bits) + bi[g];
         }
-        if (p->add != 0.0f)
-            for (int64_t c = 0; c < C; c++)
-                dst[c] += p->add;
-        if (dt != MK_DT_F32)
-            encode(dt, row, C, (unsigned char *)out + (size_t)(i * C) * oes);
+        row_done(p, dt, dst, C, out, i);
     }
     return MK_OK;
 }
@@ -274,11 +280,11 @@ static mk_status ct_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64
                         unsigned char *scratch, void *out) {
     const cv_mod *m = p->mod;
     int64_t C = m->cols, ng = C / m->group, R0 = p->row0 + a;
-    size_t wrb = (size_t)row_bytes(p, CV_T_MAIN), oes = cv_esize(dt);
+    size_t wrb = (size_t)row_bytes(p, CV_T_MAIN);
     ct_rows cr;
     MK_TRY(ct_load(ck, p, R0, n, true, scratch, &cr));
     for (int64_t i = 0; i < n; i++) {
-        float *dst = dt == MK_DT_F32 ? (float *)((unsigned char *)out + (size_t)(i * C) * 4) : cr.row;
+        float *dst = row_dst(dt, out, i, C, cr.row);
         const unsigned char *wr = cr.w + (size_t)i * wrb;
         for (int64_t g = 0; g < ng; g++) {
             float s = cr.sc[i * ng + g];
@@ -286,8 +292,7 @@ static mk_status ct_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64
             for (int64_t c = g * m->group; c < (g + 1) * m->group; c++)
                 dst[c] = s * ((float)((wr[c >> 1] >> (4 * (c & 1))) & 15u) - z);
         }
-        if (dt != MK_DT_F32)
-            encode(dt, cr.row, C, (unsigned char *)out + (size_t)(i * C) * oes);
+        row_done(p, dt, dst, C, out, i);
     }
     return MK_OK;
 }
