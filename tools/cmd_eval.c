@@ -16,6 +16,7 @@
 
 #include "cmd.h"
 #include "engine_cli.h"
+#include "moekit/kernels.h"
 #include "moekit/sample.h"
 #include "moekit/tokenizer.h"
 
@@ -67,18 +68,6 @@ static mk_status side_open(const char *path, const eval_opts *o, side *s) {
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
     return s->lg ? MK_OK : mk_err(MK_E_NOMEM, "no memory for %lld x %d logits", o->window,
                                   mk_model_config(s->m)->vocab_size);
-}
-
-/* log-softmax of x[V] into lp (double). */
-static void log_softmax(const float *x, int64_t V, double *lp) {
-    double mx = x[0], sum = 0;
-    for (int64_t i = 1; i < V; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    for (int64_t i = 0; i < V; i++)
-        sum += exp((double)x[i] - mx);
-    double lse = mx + log(sum);
-    for (int64_t i = 0; i < V; i++)
-        lp[i] = (double)x[i] - lse;
 }
 
 static int cmp_double(const void *a, const void *b) {
@@ -141,10 +130,10 @@ static mk_status eval_main(const eval_opts *o) {
             st = mk_engine_forward(b.e, win, W, MK_LOGITS_ALL, b.lg, NULL);
         }
         for (int64_t t = 0; st == MK_OK && t < W - 1; t++) {
-            log_softmax(a.lg + t * V, V, lpa);
+            mk_log_softmax_f64(a.lg + t * V, V, lpa);
             nll_a -= lpa[win[t + 1]];
             if (b.e) {
-                log_softmax(b.lg + t * V, V, lpb);
+                mk_log_softmax_f64(b.lg + t * V, V, lpb);
                 nll_b -= lpb[win[t + 1]];
                 double kl = 0;
                 for (int64_t i = 0; i < V; i++)

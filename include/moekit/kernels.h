@@ -93,6 +93,8 @@ void mk_swiglu(float *y, const float *gate, const float *up, int64_t n);
 void mk_sigmoid(float *x, int64_t n);
 /* Numerically stable softmax in place (max subtracted). n >= 1. */
 void mk_softmax(float *x, int64_t n);
+/* lp[i] = log softmax(x)[i] in double precision (perplexity, KL divergence). */
+void mk_log_softmax_f64(const float *x, int64_t n, double *lp);
 /* y += x */
 void mk_add(float *y, const float *x, int64_t n);
 /* y *= s */

@@ -49,6 +49,17 @@ void mk_sigmoid(float *x, int64_t n) {
         x[i] = 1.0f / (1.0f + expf(-x[i]));
 }
 
+void mk_log_softmax_f64(const float *x, int64_t n, double *lp) {
+    double mx = x[0], sum = 0;
+    for (int64_t i = 1; i < n; i++)
+        mx = x[i] > mx ? x[i] : mx;
+    for (int64_t i = 0; i < n; i++)
+        sum += exp((double)x[i] - mx);
+    double lse = mx + log(sum);
+    for (int64_t i = 0; i < n; i++)
+        lp[i] = (double)x[i] - lse;
+}
+
 void mk_softmax(float *x, int64_t n) {
     if (n <= 0)
         return;

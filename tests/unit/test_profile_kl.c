@@ -22,6 +22,7 @@
 #include "mk_test_util.h"
 #include "model/model_impl.h"
 #include "moekit/engine.h"
+#include "moekit/kernels.h"
 #include "moekit/profile.h"
 #include "moekit/quant.h"
 #include "moekit/tokenizer.h"
@@ -65,17 +66,6 @@ static void fake_quantize(mk_model *m, const mk_alloc *a) {
         w->data = deq;
     }
     mk_prof_walk_free(mods, n);
-}
-
-static void log_softmax(const float *x, int64_t V, double *lp) {
-    double mx = x[0], sum = 0;
-    for (int64_t i = 1; i < V; i++)
-        mx = x[i] > mx ? x[i] : mx;
-    for (int64_t i = 0; i < V; i++)
-        sum += exp((double)x[i] - mx);
-    double lse = mx + log(sum);
-    for (int64_t i = 0; i < V; i++)
-        lp[i] = (double)x[i] - lse;
 }
 
 static void logits(mk_engine *e, const int32_t *ids, float *out) {
@@ -137,9 +127,9 @@ static void test_alloc_beats_uniform(void **st) {
         logits(eu, win, lu);
         logits(ea, win, la);
         for (int64_t t = 0; t < W - 1; t++, scored++) {
-            log_softmax(lr + t * V, V, pr);
-            log_softmax(lu + t * V, V, pu);
-            log_softmax(la + t * V, V, pa);
+            mk_log_softmax_f64(lr + t * V, V, pr);
+            mk_log_softmax_f64(lu + t * V, V, pu);
+            mk_log_softmax_f64(la + t * V, V, pa);
             for (int64_t i = 0; i < V; i++) {
                 kl_u += exp(pr[i]) * (pr[i] - pu[i]);
                 kl_a += exp(pr[i]) * (pr[i] - pa[i]);
