@@ -26,7 +26,7 @@ mbps() { echo "scale=0; $1 / 1000000 / $2" | bc; }
 "$BIN" synth "$W/pt" --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 32 --vocab 8192 --format bf16 --quiet
 bytes=$(du -cb "$W"/pt/*.safetensors | tail -1 | cut -f1)
 cat "$W"/pt/*.safetensors > /dev/null
-for run in 1 2; do
+for run in 1 2 3; do
     rm -rf "$W/cp" "$W/hf" "$W/mlx"
     t_cp=$(secs sh -c "cp -r '$W/pt' '$W/cp' && sync -f '$W/cp'")
     t_hf=$(secs "$BIN" convert "$W/pt" "$W/hf" --to hf --quiet)
