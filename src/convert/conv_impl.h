@@ -7,7 +7,7 @@
  *                      however it is stored (plain float, FP8 + scale_inv,
  *                      compressed-tensors packed INT4, MLX affine), with its
  *                      logical shape; cv_lt: a region of rows of a cv_mod
- *                      under its canonical HF text name (layout.c), e.g. one
+ *                      under its canonical HF text name (src/model/layout.c), e.g. one
  *                      expert of a fused gate_up_proj; cv_egroup: the routed
  *                      experts of one MoE block, checked complete (0..E-1).
  *   plan (plan.c)      cv_out: one output tensor = an ordered list of
@@ -34,6 +34,7 @@
 #include "moekit/config.h"
 #include "moekit/convert.h"
 #include "moekit/st.h"
+#include "model/layout.h"
 
 /* ------------------------------------------------------------ helpers */
 
@@ -63,18 +64,12 @@ typedef enum cv_kind {
     CV_MLX,       /* MLX affine weight (U32) + scales + biases */
 } cv_kind;
 
-typedef enum cv_class {
-    CV_LM = 0,  /* the language model */
-    CV_VISION,  /* vision tower: copied, never transformed */
-    CV_MTP,     /* multi-token-prediction weights */
-} cv_class;
-
 enum { CV_T_MAIN = 0, CV_T_SCALE = 1, CV_T_BIAS = 2, CV_T_ZP = 3, CV_T_N = 4 };
 
 typedef struct cv_mod {
     char *name;  /* source name of the logical tensor (".weight" for quantized modules) */
-    char *cname; /* canonical text name (layout.c) */
-    cv_class cls;
+    char *cname; /* canonical text name (src/model/layout.c) */
+    mk_part cls;
     cv_kind kind;
     const mk_tensor_info *t[CV_T_N]; /* MAIN: the data; SCALE, BIAS, ZP: companions or NULL */
     int ndim;
@@ -90,19 +85,17 @@ typedef struct cv_mod {
 /* A region of rows of a module under a canonical name. */
 typedef struct cv_lt {
     char *cname;
-    cv_class cls;
+    mk_part cls;
     const cv_mod *mod;
     int64_t row0, nrows;
     int ndim;
     int64_t shape[MK_MAX_DIMS];
 } cv_lt;
 
-enum { CV_GATE = 0, CV_UP = 1, CV_DOWN = 2 };
-
 /* Routed experts of one MoE block: proj[p][e] for e in 0..n-1. */
 typedef struct cv_egroup {
     char *mlp; /* canonical prefix, e.g. "model.layers.3.mlp" */
-    cv_class cls;
+    mk_part cls;
     int n;
     cv_lt *proj[3];
 } cv_egroup;
@@ -129,43 +122,6 @@ mk_status cv_src_open(const char *path, cv_src *s);
  * (quant_plan.c). */
 mk_status cv_src_open_bare(const char *path, cv_src *s);
 void cv_src_close(cv_src *s);
-
-/* ------------------------------------------------------------- layout */
-
-/* Role of a tensor inside its module, from its name's suffix. */
-typedef enum cv_role {
-    CV_R_MAIN = 0,
-    CV_R_FP8_SCALE, /* X_scale_inv -> X */
-    CV_R_CT_PACKED, /* X.weight_packed -> X.weight */
-    CV_R_CT_SCALE,  /* X.weight_scale */
-    CV_R_CT_ZP,     /* X.weight_zero_point */
-    CV_R_CT_SHAPE,  /* X.weight_shape */
-    CV_R_CT_GIDX,   /* X.weight_g_idx */
-    CV_R_MLX_SCALES, /* X.scales -> X.weight */
-    CV_R_MLX_BIASES, /* X.biases -> X.weight */
-    CV_R_DROP,      /* activation_scale / input_scale */
-} cv_role;
-
-/* Role of tensor `name`; *base (malloc'd) is the module's logical name. */
-cv_role cv_layout_role(const char *name, char **base);
-/* Canonical text name and class of a source name. `num_layers` marks
- * DeepSeek's `model.layers.N` (N >= num_layers) as MTP. */
-char *cv_layout_canon(const char *name, int num_layers, cv_class *cls, bool *vl_prefix);
-/* Expert forms of a canonical name. */
-typedef enum cv_eform { CV_EF_NONE = 0, CV_EF_PER_EXPERT, CV_EF_FUSED_GATE_UP, CV_EF_FUSED_DOWN, CV_EF_STACKED } cv_eform;
-/* Parses `<mlp>.experts.<e>.<proj>.weight`, `<mlp>.experts.gate_up_proj`,
- * `<mlp>.experts.down_proj`, `<mlp>.switch_mlp.<proj>.weight`. *mlp is
- * malloc'd; *expert is -2 for an index that is not a plain number. */
-cv_eform cv_layout_expert(const char *cname, char **mlp, int *expert, int *proj);
-extern const char *const cv_proj_names[3];
-
-/* Output name of canonical `cname` of class `cls`. `qwen35` selects the
- * qwen3_5_moe MLX prefixes; `vl` the HF vision-language prefixes. */
-char *cv_layout_out_name(mk_conv_target to, bool qwen35, bool vl, cv_class cls, const char *cname);
-/* Zero-centred norm weights that MLX stores as 1 + w (FORMATS.md 3). */
-bool cv_layout_is_shifted_norm(const char *cname, int ndim);
-/* Tensors whose stored dtype is never changed (mlx-lm cast predicates). */
-bool cv_layout_keeps_dtype(const char *cname);
 
 /* --------------------------------------------------------------- plan */
 

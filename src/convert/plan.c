@@ -77,7 +77,7 @@ static mk_dtype float_dt(const pctx *c, const cv_lt *lt) {
     if (m->kind == CV_RAW)
         return m->vdt;
     bool dequant = m->kind != CV_FLOAT;
-    if (cv_layout_keeps_dtype(lt->cname) && !dequant)
+    if (mk_layout_keeps_dtype(lt->cname) && !dequant)
         return m->vdt;
     if (c->o->dtype != MK_DT_INVALID)
         return c->o->dtype;
@@ -196,9 +196,9 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
 static bool dropped(const pctx *c, const cv_lt *lt) {
     if (c->o->to != MK_CONV_MLX)
         return false;
-    if (lt->cls == CV_VISION && !c->o->keep_vision)
+    if (lt->cls == MK_PART_VISION && !c->o->keep_vision)
         return true;
-    if (lt->cls == CV_MTP && !c->o->keep_mtp)
+    if (lt->cls == MK_PART_MTP && !c->o->keep_mtp)
         return true;
     if (cv_ends_with(lt->cname, "rotary_emb.inv_freq"))
         return true;
@@ -208,7 +208,7 @@ static bool dropped(const pctx *c, const cv_lt *lt) {
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     bool mlx = c->o->to == MK_CONV_MLX;
-    char *name = cv_layout_out_name(c->o->to, c->qwen35, s->vl, lt->cls, lt->cname);
+    char *name = mk_layout_out_name(c->o->to == MK_CONV_MLX, c->qwen35, s->vl, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "out of memory");
     /* quantizing: quantized sources are dequantized, then quantized anew */
@@ -224,7 +224,7 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     int64_t shape[MK_MAX_DIMS];
     memcpy(shape, lt->shape, sizeof shape);
     float add = 0.0f;
-    if (lt->cls != CV_VISION) {
+    if (lt->cls != MK_PART_VISION) {
         /* conv1d: MLX wants (C, K, 1), HF (C, 1, K); identical bytes */
         if (lt->ndim == 3 && cv_ends_with(lt->cname, "conv1d.weight")) {
             if (mlx && shape[2] != 1) {
@@ -235,7 +235,7 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
                 shape[1] = 1;
             }
         }
-        if (s->zero_centred && cv_layout_is_shifted_norm(lt->cname, lt->ndim) && mlx != s->is_mlx)
+        if (s->zero_centred && mk_layout_is_shifted_norm(lt->cname, lt->ndim) && mlx != s->is_mlx)
             add = mlx ? 1.0f : -1.0f;
     }
     cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
@@ -255,7 +255,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     cv_lt probe = {.cname = g->mlp, .cls = g->cls};
     if (dropped(c, &probe))
         return MK_OK;
-    const cv_lt *lt0 = &g->proj[CV_GATE][0];
+    const cv_lt *lt0 = &g->proj[MK_PROJ_GATE][0];
     int64_t I = lt0->shape[0], H = lt0->shape[1];
     c->p->nstacked++;
     const cv_lt **v = malloc((size_t)g->n * 2 * sizeof *v);
@@ -270,28 +270,28 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
         /* fused: gate_up_proj (E, 2I, H) = [gate_e; up_e], down_proj (E, H, I) */
         int64_t gu[3] = {g->n, 2 * I, H}, dn[3] = {g->n, H, I};
         char *n1 = cv_printf("%s.experts.gate_up_proj", g->mlp), *n2 = cv_printf("%s.experts.down_proj", g->mlp);
-        char *o1 = n1 ? cv_layout_out_name(MK_CONV_HF, false, s->vl, g->cls, n1) : NULL;
-        char *o2 = n2 ? cv_layout_out_name(MK_CONV_HF, false, s->vl, g->cls, n2) : NULL;
+        char *o1 = n1 ? mk_layout_out_name(false, false, s->vl, g->cls, n1) : NULL;
+        char *o2 = n2 ? mk_layout_out_name(false, false, s->vl, g->cls, n2) : NULL;
         free(n1);
         free(n2);
         cv_out *a = new_out(c, o1, float_dt(c, lt0), 3, gu);
         size_t ia = c->p->nouts - 1;
-        cv_out *b = a ? new_out(c, o2, float_dt(c, &g->proj[CV_DOWN][0]), 3, dn) : (free(o2), NULL);
+        cv_out *b = a ? new_out(c, o2, float_dt(c, &g->proj[MK_PROJ_DOWN][0]), 3, dn) : (free(o2), NULL);
         if (!a || !b)
             st = mk_err(MK_E_NOMEM, "out of memory");
         a = st == MK_OK ? &c->p->outs[ia] : NULL;
         for (int e = 0; st == MK_OK && e < g->n; e++) {
-            st = float_piece(a, &g->proj[CV_GATE][e], 0.0f);
+            st = float_piece(a, &g->proj[MK_PROJ_GATE][e], 0.0f);
             if (st == MK_OK)
-                st = float_piece(a, &g->proj[CV_UP][e], 0.0f);
+                st = float_piece(a, &g->proj[MK_PROJ_UP][e], 0.0f);
             if (st == MK_OK)
-                st = float_piece(&c->p->outs[ia + 1], &g->proj[CV_DOWN][e], 0.0f);
+                st = float_piece(&c->p->outs[ia + 1], &g->proj[MK_PROJ_DOWN][e], 0.0f);
         }
     } else {
         for (int p = 0; st == MK_OK && p < 3; p++) {
             const cv_lt *lp = &g->proj[p][0];
-            char *nm = cv_printf("%s.switch_mlp.%s.weight", g->mlp, cv_proj_names[p]);
-            char *on = nm ? cv_layout_out_name(MK_CONV_MLX, c->qwen35, s->vl, g->cls, nm) : NULL;
+            char *nm = cv_printf("%s.switch_mlp.%s.weight", g->mlp, mk_layout_proj_names[p]);
+            char *on = nm ? mk_layout_out_name(true, c->qwen35, s->vl, g->cls, nm) : NULL;
             free(nm);
             if (!on) {
                 st = mk_err(MK_E_NOMEM, "out of memory");

@@ -42,7 +42,7 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
         cv_mod *m = &s->mods[s->nmods++];
         m->name = cv_strdup(t->name);
         m->cname = cv_strdup(t->name);
-        m->cls = CV_LM;
+        m->cls = MK_PART_LM;
         m->kind = cv_is_float_dtype(t->dtype) ? CV_FLOAT : CV_RAW;
         m->t[CV_T_MAIN] = t;
         m->vdt = t->dtype;
@@ -57,7 +57,7 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
         m->mrows = m->rows;
         cv_lt *lt = &s->lts[s->nlts++];
         lt->cname = cv_strdup(t->name);
-        lt->cls = CV_LM;
+        lt->cls = MK_PART_LM;
         lt->mod = m;
         lt->nrows = m->rows;
         lt->ndim = t->ndim;
@@ -101,7 +101,7 @@ static int candidate(const qb *b, const cv_out *o) {
         return Q_NONE;
     for (int j = 0; j < o->npc; j++)
         if (!float_op(o->pc[j].op) || (o->pc[j].op == CV_OP_COPY && o->pc[j].part != CV_T_MAIN) ||
-            o->pc[j].mod->cols != o->shape[o->ndim - 1] || o->pc[j].mod->cls == CV_VISION)
+            o->pc[j].mod->cols != o->shape[o->ndim - 1] || o->pc[j].mod->cls == MK_PART_VISION)
             return Q_NONE;
     if (b->s->bare)
         return Q_PLAIN;

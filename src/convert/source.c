@@ -4,7 +4,7 @@
  *
  * Map of this file: open (config, architecture, strict safetensors reader
  * without mmap, so touched pages never count against the memory bound) ->
- * group companions into modules by name suffix (layout.c g_roles) ->
+ * group companions into modules by name suffix (src/model/layout.c g_roles) ->
  * resolve each module's storage kind and logical shape (FP8 scale grids,
  * compressed-tensors group sizes, MLX bits vs packed shape) -> canonical
  * names -> routed experts into complete groups (indices exactly 0..E-1). */
@@ -288,12 +288,12 @@ static mk_status gather_modules(cv_src *s) {
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(s->ck, i);
         char *base = NULL;
-        cv_role r = cv_layout_role(t->name, &base);
+        mk_lrole r = mk_layout_role(t->name, &base, NULL);
         if (!base) {
             st = mk_err(MK_E_NOMEM, "out of memory");
             break;
         }
-        if (r == CV_R_DROP) {
+        if (r == MK_LR_DROP) {
             s->ndropped++;
             free(base);
             continue;
@@ -310,15 +310,15 @@ static mk_status gather_modules(cv_src *s) {
             free(base);
         const mk_tensor_info **slot = NULL;
         switch (r) {
-        case CV_R_MAIN: slot = &g->main; break;
-        case CV_R_CT_PACKED: slot = &g->main; g->packed = true; break;
-        case CV_R_FP8_SCALE: slot = &g->fp8s; break;
-        case CV_R_CT_SCALE: slot = &g->cts; break;
-        case CV_R_CT_ZP: slot = &g->ctzp; break;
-        case CV_R_CT_SHAPE: slot = &g->ctshape; break;
-        case CV_R_CT_GIDX: slot = &g->ctgidx; break;
-        case CV_R_MLX_SCALES: slot = &g->mlxs; break;
-        case CV_R_MLX_BIASES: slot = &g->mlxb; break;
+        case MK_LR_MAIN: slot = &g->main; break;
+        case MK_LR_CT_PACKED: slot = &g->main; g->packed = true; break;
+        case MK_LR_FP8_SCALE: slot = &g->fp8s; break;
+        case MK_LR_CT_SCALE: slot = &g->cts; break;
+        case MK_LR_CT_ZP: slot = &g->ctzp; break;
+        case MK_LR_CT_SHAPE: slot = &g->ctshape; break;
+        case MK_LR_CT_GIDX: slot = &g->ctgidx; break;
+        case MK_LR_MLX_SCALES: slot = &g->mlxs; break;
+        case MK_LR_MLX_BIASES: slot = &g->mlxb; break;
         default: break;
         }
         if (slot && *slot)
@@ -355,7 +355,7 @@ static void fmt_missing(const cv_egroup *g, int p, char *buf, size_t n) {
     }
 }
 
-static cv_egroup *group_for(cv_src *s, cv_map *gmap, const char *mlp, cv_class cls) {
+static cv_egroup *group_for(cv_src *s, cv_map *gmap, const char *mlp, mk_part cls) {
     cv_egroup *g = cv_map_get(gmap, mlp);
     if (g)
         return g;
@@ -379,11 +379,11 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
                       m->name);
     if (e < 0 || e >= g->n)
         return mk_err(MK_E_FORMAT, "%s: %s: tensor '%s' is expert %d of %s, but config.json says %d experts "
-                      "(indices 0..%d)", s->dir, g->mlp, m->name, e, cv_proj_names[p], g->n, g->n - 1);
+                      "(indices 0..%d)", s->dir, g->mlp, m->name, e, mk_layout_proj_names[p], g->n, g->n - 1);
     cv_lt *lt = &g->proj[p][e];
     if (lt->mod)
         return mk_err(MK_E_FORMAT, "%s: %s: expert %d of %s appears twice ('%s' and '%s')", s->dir, g->mlp, e,
-                      cv_proj_names[p], lt->mod->name, m->name);
+                      mk_layout_proj_names[p], lt->mod->name, m->name);
     lt->mod = m;
     lt->cls = g->cls;
     lt->row0 = row0;
@@ -391,16 +391,16 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
     lt->ndim = 2;
     lt->shape[0] = nrows;
     lt->shape[1] = cols;
-    lt->cname = cv_printf("%s.experts.%d.%s.weight", g->mlp, e, cv_proj_names[p]);
+    lt->cname = cv_printf("%s.experts.%d.%s.weight", g->mlp, e, mk_layout_proj_names[p]);
     return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
 }
 
 static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *stacked) {
     char *mlp = NULL;
     int e, p;
-    cv_eform f = cv_layout_expert(m->cname, &mlp, &e, &p);
+    mk_eform f = mk_layout_expert(m->cname, &mlp, &e, &p);
     char b[96];
-    if (f == CV_EF_NONE) {
+    if (f == MK_EF_NONE) {
         free(mlp);
         cv_lt *lt = &s->lts[s->nlts++];
         lt->cname = cv_strdup(m->cname);
@@ -420,25 +420,25 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
     if (g->n <= 0)
         return mk_err(MK_E_FORMAT, "%s: tensor '%s' holds routed experts but config.json gives no expert count",
                       s->dir, m->name);
-    int want_nd = f == CV_EF_PER_EXPERT ? 2 : 3;
+    int want_nd = f == MK_EF_PER_EXPERT ? 2 : 3;
     if (m->ndim != want_nd || (want_nd == 3 && m->shape[0] != g->n))
         return mk_err(MK_E_FORMAT, "%s: tensor '%s' has shape %s, expected %s", s->dir, m->name,
                       cv_shape_str(b, sizeof b, m->ndim, m->shape),
                       want_nd == 2 ? "[out, in]" : "[num_experts, out, in] with num_experts from config.json");
     int64_t R = m->mrows, C = m->cols;
-    if (f == CV_EF_PER_EXPERT)
+    if (f == MK_EF_PER_EXPERT)
         return place(s, g, p, e, m, 0, R, C);
-    *stacked = *stacked || f == CV_EF_STACKED;
-    if (f == CV_EF_FUSED_GATE_UP && R % 2)
+    *stacked = *stacked || f == MK_EF_STACKED;
+    if (f == MK_EF_FUSED_GATE_UP && R % 2)
         return mk_err(MK_E_FORMAT, "%s: fused '%s' %s: the gate/up dimension %lld is odd", s->dir, m->name,
                       cv_shape_str(b, sizeof b, m->ndim, m->shape), (long long)R);
     for (int x = 0; st == MK_OK && x < g->n; x++) {
-        if (f == CV_EF_FUSED_GATE_UP) {
-            st = place(s, g, CV_GATE, x, m, x * R, R / 2, C);
+        if (f == MK_EF_FUSED_GATE_UP) {
+            st = place(s, g, MK_PROJ_GATE, x, m, x * R, R / 2, C);
             if (st == MK_OK)
-                st = place(s, g, CV_UP, x, m, x * R + R / 2, R / 2, C);
+                st = place(s, g, MK_PROJ_UP, x, m, x * R + R / 2, R / 2, C);
         } else
-            st = place(s, g, f == CV_EF_FUSED_DOWN ? CV_DOWN : p, x, m, x * R, R, C);
+            st = place(s, g, f == MK_EF_FUSED_DOWN ? MK_PROJ_DOWN : p, x, m, x * R, R, C);
     }
     return st;
 }
@@ -452,7 +452,7 @@ static mk_status check_groups(cv_src *s) {
             fmt_missing(g, p, miss, sizeof miss);
             if (miss[0])
                 return mk_err(MK_E_FORMAT, "%s: %s: missing experts of %s: %s (expected indices 0..%d)", s->dir,
-                              g->mlp, cv_proj_names[p], miss, g->n - 1);
+                              g->mlp, mk_layout_proj_names[p], miss, g->n - 1);
             for (int e = 1; e < g->n; e++) {
                 const cv_lt *a = &g->proj[p][0], *b = &g->proj[p][e];
                 if (a->shape[0] != b->shape[0] || a->shape[1] != b->shape[1] ||
@@ -460,12 +460,12 @@ static mk_status check_groups(cv_src *s) {
                     return mk_err(MK_E_FORMAT,
                                   "%s: %s: expert %d of %s is [%lld,%lld] %s, expert 0 is [%lld,%lld] %s; experts "
                                   "must agree to be stacked",
-                                  s->dir, g->mlp, e, cv_proj_names[p], (long long)b->shape[0],
+                                  s->dir, g->mlp, e, mk_layout_proj_names[p], (long long)b->shape[0],
                                   (long long)b->shape[1], b->mod->name, (long long)a->shape[0],
                                   (long long)a->shape[1], a->mod->name);
             }
         }
-        const cv_lt *gt = &g->proj[CV_GATE][0], *up = &g->proj[CV_UP][0], *dn = &g->proj[CV_DOWN][0];
+        const cv_lt *gt = &g->proj[MK_PROJ_GATE][0], *up = &g->proj[MK_PROJ_UP][0], *dn = &g->proj[MK_PROJ_DOWN][0];
         if (gt->shape[0] != up->shape[0] || gt->shape[1] != up->shape[1] || dn->shape[0] != gt->shape[1] ||
             dn->shape[1] != gt->shape[0])
             return mk_err(MK_E_FORMAT,
@@ -483,7 +483,7 @@ static mk_status canonicalize(cv_src *s) {
     for (size_t i = 0; i < s->nmods; i++) {
         cv_mod *m = &s->mods[i];
         bool vlp;
-        m->cname = cv_layout_canon(m->name, nl, &m->cls, &vlp);
+        m->cname = mk_layout_canon(m->name, nl, &m->cls, &vlp);
         if (!m->cname)
             return mk_err(MK_E_NOMEM, "out of memory");
         s->vl = s->vl || vlp;

@@ -11,7 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "inspect/name.h"
+#include "model/layout.h"
 #include "io/os.h"
 #include "moekit/config.h"
 #include "moekit/inspect.h"
@@ -122,7 +122,7 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
 
 /* Canonical module of a parsed name: fused and switch forms map onto the
  * per-expert module names so expectations are layout-independent. */
-static void canon_module(const mk_tname *t, char *out, size_t n) {
+static void canon_module(const mk_lname *t, char *out, size_t n) {
     if (t->xform == MK_XF_FUSED) {
         snprintf(out, n, "%s", !strcmp(t->module, "mlp.experts.gate_up_proj") ? "mlp.experts.gate_up_proj"
                                                                              : "mlp.experts.down_proj");
@@ -281,8 +281,8 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     int maxl = nl;
     size_t n = mk_ckpt_count(ck);
     for (size_t i = 0; i < n; i++) {
-        mk_tname tn;
-        mk_tname_parse(mk_ckpt_tensor(ck, i)->name, &tn);
+        mk_lname tn;
+        mk_layout_parse(mk_ckpt_tensor(ck, i)->name, &tn);
         if (tn.part == MK_PART_LM && tn.layer >= maxl)
             maxl = tn.layer + 1;
     }
@@ -297,8 +297,8 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     size_t nq = 0, nmismatch = 0;
     for (size_t i = 0; i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
-        mk_tname tn;
-        mk_tname_parse(t->name, &tn);
+        mk_lname tn;
+        mk_layout_parse(t->name, &tn);
         bytes_by_dt[t->dtype] += t->nbytes;
         total_bytes += t->nbytes;
         /* logical parameter count: quantized modules by their logical shape */

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "model/layout.h"
 #include "model/load.h"
 
 /* ---- ownership ---------------------------------------------------------- */
@@ -117,16 +118,17 @@ static mk_status check_config(const mk_config *c) {
 /* ---- layout detection --------------------------------------------------- */
 
 static mk_status find_prefix(mk_ld *ld) {
-    static const char *const pfx[] = {"model.language_model", "language_model.model", "model",
-                                      "language_model"};
-    for (size_t i = 0; i < sizeof pfx / sizeof pfx[0]; i++)
-        if (mk_ld_find(ld, "%s.embed_tokens.weight", pfx[i])) {
-            snprintf(ld->pfx, sizeof ld->pfx, "%s", pfx[i]);
+    for (size_t i = 0; mk_layout_lm_prefixes[i]; i++)
+        if (mk_ld_find(ld, "%s.embed_tokens.weight", mk_layout_lm_prefixes[i])) {
+            snprintf(ld->pfx, sizeof ld->pfx, "%s", mk_layout_lm_prefixes[i]);
             return MK_OK;
         }
-    return mk_err(MK_E_FORMAT, "%s: no token embedding found (tried model.embed_tokens.weight, "
-                  "model.language_model.embed_tokens.weight, "
-                  "language_model.model.embed_tokens.weight)", mk_ckpt_dir(ld->ck));
+    char tried[512];
+    size_t k = 0;
+    for (size_t i = 0; mk_layout_lm_prefixes[i] && k < sizeof tried; i++)
+        k += (size_t)snprintf(tried + k, sizeof tried - k, "%s%s.embed_tokens.weight", i ? ", " : "",
+                              mk_layout_lm_prefixes[i]);
+    return mk_err(MK_E_FORMAT, "%s: no token embedding found (tried %s)", mk_ckpt_dir(ld->ck), tried);
 }
 
 /* Zero-centred families store w and apply 1 + w; MLX conversions already
