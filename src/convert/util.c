@@ -9,6 +9,7 @@
 #include <xxhash.h>
 
 #include "convert/conv_impl.h"
+#include "core/str.h"
 
 struct cv_map {
     const char **keys;
@@ -93,23 +94,13 @@ char *cv_strdup(const char *s) { return s ? strdup(s) : NULL; }
 char *cv_printf(const char *fmt, ...) {
     va_list ap;
     va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return NULL;
-    char *b = malloc((size_t)n + 1);
-    if (!b)
-        return NULL;
-    va_start(ap, fmt);
-    vsnprintf(b, (size_t)n + 1, fmt, ap);
+    char *b = mk_vstrfmt(fmt, ap);
     va_end(ap);
     return b;
 }
 
-bool cv_ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && memcmp(s + a - b, suf, b) == 0;
-}
+bool cv_ends_with(const char *s, const char *suf) { return mk_str_ends_with(s, suf); }
+
 
 bool cv_is_float_dtype(mk_dtype t) {
     return t == MK_DT_F32 || t == MK_DT_F16 || t == MK_DT_BF16 || t == MK_DT_F64;

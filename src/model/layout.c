@@ -3,34 +3,13 @@
  * prefixes), g_roles (companion suffixes), g_mlx_qwen35 / g_hf_vl (output
  * prefixes), g_shifted_norms. */
 #include <ctype.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/str.h"
 #include "model/layout.h"
 
-static char *l_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static char *l_printf(const char *fmt, ...) {
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(NULL, 0, fmt, ap);
-    va_end(ap);
-    if (n < 0)
-        return NULL;
-    char *b = malloc((size_t)n + 1);
-    if (!b)
-        return NULL;
-    va_start(ap, fmt);
-    vsnprintf(b, (size_t)n + 1, fmt, ap);
-    va_end(ap);
-    return b;
-}
-
-static bool ends_with(const char *s, const char *suf) {
-    size_t a = strlen(s), b = strlen(suf);
-    return a >= b && memcmp(s + a - b, suf, b) == 0;
-}
 const char *const mk_layout_proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
 
 /* Companion suffixes, longest first where one is a suffix of another. The
@@ -73,7 +52,7 @@ mk_lrole mk_layout_role(const char *name, char **base, const char **suffix) {
         return MK_LR_MAIN;
     }
     size_t k = strlen(g_roles[i].suffix);
-    *base = l_printf("%.*s%s", (int)(n - k), name, g_roles[i].base);
+    *base = mk_strfmt("%.*s%s", (int)(n - k), name, g_roles[i].base);
     if (suffix)
         *suffix = g_roles[i].suffix + 1;
     return g_roles[i].role;
@@ -114,7 +93,7 @@ char *mk_layout_canon(const char *name, int num_layers, mk_part *part, bool *vl_
     int i = canon_index(name);
     *part = i < 0 ? MK_PART_LM : g_canon[i].part;
     *vl_prefix = i >= 0 && g_canon[i].vl;
-    char *out = i < 0 ? strdup(name) : l_printf("%s%s", g_canon[i].to, name + strlen(g_canon[i].from));
+    char *out = i < 0 ? strdup(name) : mk_strfmt("%s%s", g_canon[i].to, name + strlen(g_canon[i].from));
     /* DeepSeek keeps its MTP block as model.layers.<num_hidden_layers>. */
     if (out && *part == MK_PART_LM && num_layers > 0 && strncmp(out, "model.layers.", 13) == 0 &&
         isdigit((unsigned char)out[13])) {
@@ -153,7 +132,7 @@ mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj)
         const char *rest = e + strlen(".mlp.experts.");
         size_t plen = (size_t)(e - cname) + 4; /* through ".mlp" */
         if (strcmp(rest, "gate_up_proj") == 0 || strcmp(rest, "down_proj") == 0) {
-            *mlp = l_printf("%.*s", (int)plen, cname);
+            *mlp = mk_strfmt("%.*s", (int)plen, cname);
             *proj = rest[0] == 'g' ? -1 : MK_PROJ_DOWN;
             return rest[0] == 'g' ? MK_EF_FUSED_GATE_UP : MK_EF_FUSED_DOWN;
         }
@@ -169,7 +148,7 @@ mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj)
         int p = proj_of(q + 1, (size_t)(dot - q - 1));
         if (p < 0)
             return MK_EF_NONE;
-        *mlp = l_printf("%.*s", (int)plen, cname);
+        *mlp = mk_strfmt("%.*s", (int)plen, cname);
         *expert = idx;
         *proj = p;
         return MK_EF_PER_EXPERT;
@@ -183,7 +162,7 @@ mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj)
         int p = proj_of(rest, (size_t)(dot - rest));
         if (p < 0)
             return MK_EF_NONE;
-        *mlp = l_printf("%.*s", (int)((size_t)(s - cname) + 4), cname);
+        *mlp = mk_strfmt("%.*s", (int)((size_t)(s - cname) + 4), cname);
         *proj = p;
         return MK_EF_STACKED;
     }
@@ -211,13 +190,13 @@ char *mk_layout_out_name(bool mlx, bool qwen35, bool hf_vl, mk_part part, const 
         for (size_t i = 0; i < sizeof g_mlx_qwen35 / sizeof g_mlx_qwen35[0]; i++) {
             size_t k = strlen(g_mlx_qwen35[i].from);
             if (strncmp(cname, g_mlx_qwen35[i].from, k) == 0)
-                return l_printf("%s%s", g_mlx_qwen35[i].to, cname + k);
+                return mk_strfmt("%s%s", g_mlx_qwen35[i].to, cname + k);
         }
     }
     if (!mlx && hf_vl && part == MK_PART_LM) {
         size_t k = strlen(g_hf_vl[0].from);
         if (strncmp(cname, g_hf_vl[0].from, k) == 0)
-            return l_printf("%s%s", g_hf_vl[0].to, cname + k);
+            return mk_strfmt("%s%s", g_hf_vl[0].to, cname + k);
     }
     return strdup(cname);
 }
@@ -231,13 +210,13 @@ bool mk_layout_is_shifted_norm(const char *cname, int ndim) {
     if (ndim != 1)
         return false;
     for (size_t i = 0; i < sizeof g_shifted_norms / sizeof g_shifted_norms[0]; i++)
-        if (ends_with(cname, g_shifted_norms[i]))
+        if (mk_str_ends_with(cname, g_shifted_norms[i]))
             return true;
     return false;
 }
 
 bool mk_layout_keeps_dtype(const char *cname) {
-    return ends_with(cname, "A_log") || ends_with(cname, "e_score_correction_bias");
+    return mk_str_ends_with(cname, "A_log") || mk_str_ends_with(cname, "e_score_correction_bias");
 }
 
 /* ---- one name taken apart (inspect) --------------------------------------- */
@@ -272,8 +251,8 @@ void mk_layout_parse(const char *name, mk_lname *t) {
     /* storage suffix: a companion's, else .weight / .bias */
     size_t n = strlen(buf);
     int ri = role_index(buf, n);
-    const char *suf = ri >= 0 ? g_roles[ri].suffix : ends_with(buf, ".weight") ? ".weight"
-                                                   : ends_with(buf, ".bias")   ? ".bias"
+    const char *suf = ri >= 0 ? g_roles[ri].suffix : mk_str_ends_with(buf, ".weight") ? ".weight"
+                                                   : mk_str_ends_with(buf, ".bias")   ? ".bias"
                                                                                : NULL;
     if (suf && n > strlen(suf)) {
         snprintf(t->storage, sizeof t->storage, "%s", suf + 1);

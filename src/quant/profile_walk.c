@@ -11,11 +11,12 @@
  * experts of differing widths are stored. The source name is the tensor the
  * view was carved from in this checkpoint, probed the way the loader finds
  * it (text-model prefix, expert layout, lm_head placement). */
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/str.h"
+#include "model/layout.h"
 #include "model/model_impl.h"
 #include "quant/profile_impl.h"
 
@@ -30,28 +31,11 @@ typedef struct walker {
     mk_status st;
 } walker;
 
-static char *fmt(const char *f, ...) __attribute__((format(printf, 1, 2)));
-static char *fmt(const char *f, ...) {
-    va_list ap;
-    va_start(ap, f);
-    int k = vsnprintf(NULL, 0, f, ap);
-    va_end(ap);
-    if (k < 0)
-        return NULL;
-    char *s = malloc((size_t)k + 1);
-    if (!s)
-        return NULL;
-    va_start(ap, f);
-    vsnprintf(s, (size_t)k + 1, f, ap);
-    va_end(ap);
-    return s;
-}
-
 static bool has(const walker *w, const char *name) { return mk_ckpt_find(w->ck, name) != NULL; }
 
-/* Canonical HF path -> MLX module path. */
+/* Canonical HF path -> MLX module path (the one name map, src/model/layout.c). */
 static char *mlx_name(const walker *w, const char *canon) {
-    return w->qwen35 ? fmt("language_model.%s", canon) : fmt("%s", canon);
+    return mk_layout_out_name(true, w->qwen35, false, MK_PART_LM, canon);
 }
 
 /* Append one module; takes ownership of source. */
@@ -81,7 +65,7 @@ static void emit(walker *w, const char *canon, char *source, char *stack, mk_pro
 static void emit_mod(walker *w, int l, const char *mod, mk_prof_kind kind, const mk_wt *wt) {
     char canon[256];
     snprintf(canon, sizeof canon, "model.layers.%d.%s", l, mod);
-    emit(w, canon, fmt("%s.layers.%d.%s.weight", w->pfx, l, mod), NULL, kind, l, -1, wt);
+    emit(w, canon, mk_strfmt("%s.layers.%d.%s.weight", w->pfx, l, mod), NULL, kind, l, -1, wt);
 }
 
 static void walk_mixer(walker *w, int l, const mk_layer_w *L) {
@@ -127,16 +111,16 @@ static char *expert_source(const walker *w, int l, int e, int j) {
     int64_t I = w->c->moe_intermediate_size;
     snprintf(n, sizeof n, "%s.layers.%d.mlp.switch_mlp.%s.weight", w->pfx, l, k_proj[j]);
     if (has(w, n)) /* MLX stacked (E, out, in) */
-        return fmt("%s[%d]", n, e);
+        return mk_strfmt("%s[%d]", n, e);
     for (int suffixed = 0; suffixed < 2; suffixed++) { /* HF fused */
         snprintf(n, sizeof n, "%s.layers.%d.mlp.experts.%s%s", w->pfx, l,
                  j == 2 ? "down_proj" : "gate_up_proj", suffixed ? ".weight" : "");
         if (has(w, n))
-            return j == 2 ? fmt("%s[%d]", n, e)
-                          : fmt("%s[%d, %lld:%lld]", n, e, (long long)(j ? I : 0),
+            return j == 2 ? mk_strfmt("%s[%d]", n, e)
+                          : mk_strfmt("%s[%d, %lld:%lld]", n, e, (long long)(j ? I : 0),
                                 (long long)(j ? 2 * I : I));
     }
-    return fmt("%s.layers.%d.mlp.experts.%d.%s.weight", w->pfx, l, e, k_proj[j]);
+    return mk_strfmt("%s.layers.%d.mlp.experts.%d.%s.weight", w->pfx, l, e, k_proj[j]);
 }
 
 /* A gated MLP of layer l under module prefix pre ("mlp", "mlp.shared_expert"):
@@ -191,7 +175,7 @@ mk_status mk_prof_walk(const mk_model *m, mk_prof_mod **mods, size_t *n) {
     walker w = {.m = m, .c = &m->cfg, .ck = m->ck, .st = MK_OK};
     w.qwen35 = m->cfg.arch == MK_ARCH_QWEN3_5_MOE;
     find_prefix(&w);
-    emit(&w, "model.embed_tokens", fmt("%s.embed_tokens.weight", w.pfx), NULL, MK_PROF_LINEAR,
+    emit(&w, "model.embed_tokens", mk_strfmt("%s.embed_tokens.weight", w.pfx), NULL, MK_PROF_LINEAR,
          -1, -1, &m->embed);
     for (int l = 0; l < m->cfg.num_layers && w.st == MK_OK; l++) {
         const mk_layer_w *L = &m->layers[l];
@@ -206,7 +190,7 @@ mk_status mk_prof_walk(const mk_model *m, mk_prof_mod **mods, size_t *n) {
         /* lm_head sits beside the text model: language_model.lm_head in MLX VL */
         const char *src = has(&w, "language_model.lm_head.weight") ? "language_model.lm_head.weight"
                                                                    : "lm_head.weight";
-        emit(&w, "lm_head", fmt("%s", src), NULL, MK_PROF_LINEAR, -1, -1, &m->lm_head);
+        emit(&w, "lm_head", mk_strfmt("%s", src), NULL, MK_PROF_LINEAR, -1, -1, &m->lm_head);
     }
     if (w.st != MK_OK) {
         mk_prof_walk_free(w.v, w.n);
