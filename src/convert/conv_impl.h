@@ -20,6 +20,9 @@
  *                      worker pipeline (pipe.c) with the operations of
  *                      ops.c; journal.c makes it resumable; verify.c
  *                      re-reads the output.
+ *   cross-layout verify (`moekit verify A B`, xverify.c) opens two
+ *                      checkpoints as sources and compares them unit by
+ *                      canonical unit through the same pieces and ops.
  *   quantization       (`moekit quantize`, quant_impl.h) the plan's float
  *                      outputs that mlx-lm would quantize become weight /
  *                      scales / biases outputs of CV_OP_QUANT pieces.
@@ -115,9 +118,15 @@ typedef struct cv_src {
     size_t ngroups;
     size_t ndropped;    /* activation/input scales etc. left out */
     bool bare;          /* a lone .safetensors file (quantize): every tensor kept as named */
+    bool partial_experts; /* opened with CV_SRC_PARTIAL_EXPERTS: groups may have holes */
 } cv_src;
 
 mk_status cv_src_open(const char *path, cv_src *s);
+/* cv_src_open with flags. CV_SRC_PARTIAL_EXPERTS: an expert group may lack
+ * experts (their proj[p][e].mod stay NULL) instead of failing: verify
+ * reports them as missing units; every writer needs complete groups. */
+enum { CV_SRC_PARTIAL_EXPERTS = 1u << 0 };
+mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s);
 /* A lone .safetensors file, no config: one plain module per tensor
  * (quant_plan.c). */
 mk_status cv_src_open_bare(const char *path, cv_src *s);
@@ -185,6 +194,15 @@ typedef struct cv_plan {
 } cv_plan;
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
+/* The piece that produces logical tensor lt's values in float dtype dt
+ * (+ add): COPY when the stored bytes already are that, else the module's
+ * re-encode or dequantize op. Integer tensors only as COPY in their own
+ * dtype (MK_E_INTERNAL otherwise). pc->out_off is left 0. */
+mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc);
+/* Shift of lt's values written from source s into the HF (to_mlx false) or
+ * MLX convention: +1 / -1 on the zero-centred norms of qwen3_next /
+ * qwen3_5_moe when the conventions differ (FORMATS.md 3), else 0. */
+float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx);
 void cv_plan_free(cv_plan *p);
 
 /* ---------------------------------------------------------------- ops */
@@ -289,6 +307,28 @@ mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]);
 mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir);
 
 /* ------------------------------------------------------------- verify */
+
+/* Cross-layout verify (xverify.c), pure helpers kept apart for unit tests. */
+
+/* Name order with digit runs compared as numbers ("experts.2" < "experts.10"). */
+int cv_natcmp(const char *a, const char *b);
+/* Same elements in the same order: shapes equal once size-1 dims are
+ * dropped (conv1d (C,1,K) vs MLX (C,K,1)). */
+bool cv_shape_flat_eq(int na, const int64_t *a, int nb, const int64_t *b);
+
+/* Accumulated difference of B's values against A's (the reference). */
+typedef struct cv_diff {
+    double err2, ref2, max_abs; /* sum (b-a)^2, sum a^2, max |b-a| over finite pairs */
+    uint64_t bad;               /* NaN in one side only, or a non-finite value the other side lacks */
+} cv_diff;
+void cv_diff_add(cv_diff *d, const float *a, const float *b, size_t n);
+void cv_diff_merge(cv_diff *into, const cv_diff *d);
+/* ||b-a|| / ||a||: 0 when both are 0, +inf when only a is 0. */
+double cv_diff_rel(const cv_diff *d);
+/* Verdict of a compared unit: bytes equal -> identical; else numeric values
+ * (`numeric`: decodable) with no NaN/Inf mismatch and rel L2 <= tol ->
+ * within tolerance; else differs. */
+mk_xverify_result cv_xv_judge(bool bytes_equal, bool numeric, const cv_diff *d, double tol);
 
 mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int threads, uint64_t chunk,
                     mk_conv_stats *st, bool quiet);

@@ -84,33 +84,45 @@ static mk_dtype float_dt(const pctx *c, const cv_lt *lt) {
     return dequant ? MK_DT_BF16 : m->vdt;
 }
 
+mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc) {
+    const cv_mod *m = lt->mod;
+    memset(pc, 0, sizeof *pc);
+    pc->mod = m;
+    pc->row0 = lt->row0;
+    pc->nrows = lt->nrows;
+    pc->dt = dt;
+    pc->add = add;
+    pc->ocols = m->cols;
+    pc->part = CV_T_MAIN;
+    switch (m->kind) {
+    case CV_FLOAT: pc->op = (m->vdt == dt && add == 0.0f) ? CV_OP_COPY : CV_OP_FLOAT; break;
+    case CV_RAW:
+        if (m->vdt != dt)
+            return mk_err(MK_E_INTERNAL, "convert: integer tensor '%s' planned as %s", m->name, mk_dtype_name(dt));
+        pc->op = CV_OP_COPY;
+        break;
+    case CV_FP8: pc->op = CV_OP_FP8; break;
+    case CV_CT: pc->op = CV_OP_CT; break;
+    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
+    }
+    if (pc->op == CV_OP_COPY)
+        pc->nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
+    else
+        pc->nbytes = (uint64_t)lt->nrows * (uint64_t)m->cols * cv_esize(dt);
+    return MK_OK;
+}
+
+float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx) {
+    if (lt->cls == MK_PART_VISION || !s->zero_centred || to_mlx == s->is_mlx ||
+        !mk_layout_is_shifted_norm(lt->cname, lt->ndim))
+        return 0.0f;
+    return to_mlx ? 1.0f : -1.0f;
+}
+
 /* Append the float values of lt (dequantized / re-encoded as needed). */
 static mk_status float_piece(cv_out *o, const cv_lt *lt, float add) {
-    const cv_mod *m = lt->mod;
-    cv_piece pc = {0};
-    pc.mod = m;
-    pc.row0 = lt->row0;
-    pc.nrows = lt->nrows;
-    pc.dt = o->dt;
-    pc.add = add;
-    pc.ocols = m->cols;
-    pc.part = CV_T_MAIN;
-    switch (m->kind) {
-    case CV_FLOAT: pc.op = (m->vdt == o->dt && add == 0.0f) ? CV_OP_COPY : CV_OP_FLOAT; break;
-    case CV_RAW:
-        if (m->vdt != o->dt)
-            return mk_err(MK_E_INTERNAL, "convert: integer tensor '%s' planned as %s", m->name,
-                          mk_dtype_name(o->dt));
-        pc.op = CV_OP_COPY;
-        break;
-    case CV_FP8: pc.op = CV_OP_FP8; break;
-    case CV_CT: pc.op = CV_OP_CT; break;
-    case CV_MLX: pc.op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
-    }
-    if (pc.op == CV_OP_COPY)
-        pc.nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
-    else
-        pc.nbytes = (uint64_t)lt->nrows * (uint64_t)m->cols * cv_esize(o->dt);
+    cv_piece pc;
+    MK_TRY(cv_float_piece(lt, o->dt, add, &pc));
     return push_piece(o, &pc);
 }
 
@@ -235,8 +247,7 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
                 shape[1] = 1;
             }
         }
-        if (s->zero_centred && mk_layout_is_shifted_norm(lt->cname, lt->ndim) && mlx != s->is_mlx)
-            add = mlx ? 1.0f : -1.0f;
+        add = cv_norm_shift(s, lt, mlx);
     }
     cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
     if (!o)

@@ -443,29 +443,45 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
     return st;
 }
 
-/* Every group complete and consistently shaped. */
+/* First expert of projection p that is present (0 unless the source was
+ * opened with holes allowed); g->n when there is none. */
+static int first_present(const cv_egroup *g, int p) {
+    int e = 0;
+    while (e < g->n && !g->proj[p][e].mod)
+        e++;
+    return e;
+}
+
+/* Every group complete (unless holes are allowed) and consistently shaped. */
 static mk_status check_groups(cv_src *s) {
     char miss[512];
     for (size_t i = 0; i < s->ngroups; i++) {
         cv_egroup *g = &s->groups[i];
+        int f[3];
         for (int p = 0; p < 3; p++) {
             fmt_missing(g, p, miss, sizeof miss);
-            if (miss[0])
+            if (miss[0] && !s->partial_experts)
                 return mk_err(MK_E_FORMAT, "%s: %s: missing experts of %s: %s (expected indices 0..%d)", s->dir,
                               g->mlp, mk_layout_proj_names[p], miss, g->n - 1);
-            for (int e = 1; e < g->n; e++) {
-                const cv_lt *a = &g->proj[p][0], *b = &g->proj[p][e];
+            f[p] = first_present(g, p);
+            for (int e = f[p] + 1; e < g->n; e++) {
+                if (!g->proj[p][e].mod)
+                    continue;
+                const cv_lt *a = &g->proj[p][f[p]], *b = &g->proj[p][e];
                 if (a->shape[0] != b->shape[0] || a->shape[1] != b->shape[1] ||
                     (a->mod->kind == CV_FLOAT) != (b->mod->kind == CV_FLOAT))
                     return mk_err(MK_E_FORMAT,
-                                  "%s: %s: expert %d of %s is [%lld,%lld] %s, expert 0 is [%lld,%lld] %s; experts "
+                                  "%s: %s: expert %d of %s is [%lld,%lld] %s, expert %d is [%lld,%lld] %s; experts "
                                   "must agree to be stacked",
                                   s->dir, g->mlp, e, mk_layout_proj_names[p], (long long)b->shape[0],
-                                  (long long)b->shape[1], b->mod->name, (long long)a->shape[0],
+                                  (long long)b->shape[1], b->mod->name, f[p], (long long)a->shape[0],
                                   (long long)a->shape[1], a->mod->name);
             }
         }
-        const cv_lt *gt = &g->proj[MK_PROJ_GATE][0], *up = &g->proj[MK_PROJ_UP][0], *dn = &g->proj[MK_PROJ_DOWN][0];
+        if (f[0] == g->n || f[1] == g->n || f[2] == g->n)
+            continue; /* a whole projection absent (holes allowed): nothing to relate */
+        const cv_lt *gt = &g->proj[MK_PROJ_GATE][f[0]], *up = &g->proj[MK_PROJ_UP][f[1]],
+                    *dn = &g->proj[MK_PROJ_DOWN][f[2]];
         if (gt->shape[0] != up->shape[0] || gt->shape[1] != up->shape[1] || dn->shape[0] != gt->shape[1] ||
             dn->shape[1] != gt->shape[0])
             return mk_err(MK_E_FORMAT,
@@ -512,8 +528,11 @@ static mk_status canonicalize(cv_src *s) {
     return MK_OK;
 }
 
-mk_status cv_src_open(const char *path, cv_src *s) {
+mk_status cv_src_open(const char *path, cv_src *s) { return cv_src_open_ex(path, 0, s); }
+
+mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
     memset(s, 0, sizeof *s);
+    s->partial_experts = (flags & CV_SRC_PARTIAL_EXPERTS) != 0;
     if (!mk_os_is_dir(path))
         return mk_err(MK_E_ARG, "%s: not a directory (SRC is a checkpoint directory with config.json)", path);
     s->dir = cv_strdup(path);
