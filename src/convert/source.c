@@ -4,7 +4,7 @@
  *
  * Map of this file: open (config, architecture, strict safetensors reader
  * without mmap, so touched pages never count against the memory bound) ->
- * group companions into modules by name suffix (src/model/layout.c g_roles) ->
+ * group companions into modules by name suffix (format's table, mk_qview_suffix) ->
  * resolve each module's storage kind and logical shape (FP8 scale grids,
  * compressed-tensors group sizes, MLX bits vs packed shape) -> canonical
  * names -> routed experts into complete groups (indices exactly 0..E-1). */
@@ -288,12 +288,12 @@ static mk_status gather_modules(cv_src *s) {
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(s->ck, i);
         char *base = NULL;
-        mk_lrole r = mk_layout_role(t->name, &base, NULL);
+        mk_qrole r = mk_layout_role(t->name, &base, NULL);
         if (!base) {
             st = mk_err(MK_E_NOMEM, "out of memory");
             break;
         }
-        if (r == MK_LR_DROP) {
+        if (r == MK_QR_DROP) {
             s->ndropped++;
             free(base);
             continue;
@@ -310,15 +310,15 @@ static mk_status gather_modules(cv_src *s) {
             free(base);
         const mk_tensor_info **slot = NULL;
         switch (r) {
-        case MK_LR_MAIN: slot = &g->main; break;
-        case MK_LR_CT_PACKED: slot = &g->main; g->packed = true; break;
-        case MK_LR_FP8_SCALE: slot = &g->fp8s; break;
-        case MK_LR_CT_SCALE: slot = &g->cts; break;
-        case MK_LR_CT_ZP: slot = &g->ctzp; break;
-        case MK_LR_CT_SHAPE: slot = &g->ctshape; break;
-        case MK_LR_CT_GIDX: slot = &g->ctgidx; break;
-        case MK_LR_MLX_SCALES: slot = &g->mlxs; break;
-        case MK_LR_MLX_BIASES: slot = &g->mlxb; break;
+        case MK_QR_MAIN: slot = &g->main; break;
+        case MK_QR_CT_PACKED: slot = &g->main; g->packed = true; break;
+        case MK_QR_FP8_SCALE: slot = &g->fp8s; break;
+        case MK_QR_CT_SCALE: slot = &g->cts; break;
+        case MK_QR_CT_ZP: slot = &g->ctzp; break;
+        case MK_QR_CT_SHAPE: slot = &g->ctshape; break;
+        case MK_QR_CT_GIDX: slot = &g->ctgidx; break;
+        case MK_QR_MLX_SCALES: slot = &g->mlxs; break;
+        case MK_QR_MLX_BIASES: slot = &g->mlxb; break;
         default: break;
         }
         if (slot && *slot)

@@ -32,27 +32,46 @@ static void module_of(const char *name, const char *suffix, char *base, size_t c
     base[n] = 0;
 }
 
-bool mk_qview_is_companion(const mk_ckpt *c, const char *name) {
-    static const struct {
-        const char *suf, *owner;
-    } comp[] = {
-        {".scales", ".weight"},          {".biases", ".weight"},
-        {".weight_scale_inv", ".weight"}, {".weight_scale", ".weight_packed"},
-        {".weight_shape", ".weight_packed"}, {".weight_zero_point", ".weight_packed"},
-        {".weight_g_idx", ".weight_packed"},
-    };
-    char base[1024];
-    for (size_t i = 0; i < sizeof comp / sizeof comp[0]; i++) {
-        if (!ends_with(name, comp[i].suf))
-            continue;
-        module_of(name, comp[i].suf, base, sizeof base);
-        if (find2(c, base, comp[i].owner))
-            return true;
-        /* MLX non-.weight quantized tensors: N, N.scales, N.biases */
-        if (strcmp(comp[i].owner, ".weight") == 0 && mk_ckpt_find(c, base))
-            return true;
+/* Longest first where one suffix ends another (_scale_inv after
+ * .weight_scale_inv). */
+static const mk_qsuffix g_suffixes[] = {
+    {MK_QR_FP8_SCALE, ".weight_scale_inv", ".weight", ".weight", 0},
+    {MK_QR_FP8_SCALE, "_scale_inv", "", "", 0}, /* fused FP8: experts.gate_up_proj_scale_inv */
+    {MK_QR_CT_PACKED, ".weight_packed", ".weight", NULL, 0},
+    {MK_QR_CT_SCALE, ".weight_scale", ".weight", ".weight_packed", 0},
+    {MK_QR_CT_ZP, ".weight_zero_point", ".weight", ".weight_packed", 0},
+    {MK_QR_CT_SHAPE, ".weight_shape", ".weight", ".weight_packed", 0},
+    {MK_QR_CT_GIDX, ".weight_g_idx", ".weight", ".weight_packed", 0},
+    {MK_QR_DROP, ".activation_scale", "", NULL, 0},
+    {MK_QR_DROP, ".input_scale", "", NULL, 0},
+    {MK_QR_MLX_SCALES, ".scales", ".weight", ".weight", 0},
+    {MK_QR_MLX_BIASES, ".biases", ".weight", ".weight", 0},
+};
+
+mk_qrole mk_qview_suffix(const char *name, mk_qsuffix *out) {
+    size_t n = strlen(name);
+    for (size_t i = 0; i < sizeof g_suffixes / sizeof g_suffixes[0]; i++) {
+        size_t k = strlen(g_suffixes[i].suffix);
+        if (n > k && strcmp(name + n - k, g_suffixes[i].suffix) == 0) {
+            *out = g_suffixes[i];
+            out->stem = n - k;
+            return out->role;
+        }
     }
-    return false;
+    *out = (mk_qsuffix){MK_QR_MAIN, "", "", NULL, n};
+    return MK_QR_MAIN;
+}
+
+bool mk_qview_is_companion(const mk_ckpt *c, const char *name) {
+    mk_qsuffix q;
+    if (mk_qview_suffix(name, &q) == MK_QR_MAIN || !q.owner)
+        return false;
+    char base[1024];
+    module_of(name, q.suffix, base, sizeof base);
+    if (find2(c, base, q.owner))
+        return true;
+    /* MLX non-.weight quantized tensors: N, N.scales, N.biases */
+    return (q.role == MK_QR_MLX_SCALES || q.role == MK_QR_MLX_BIASES) && mk_ckpt_find(c, base);
 }
 
 static mk_status set_logical(mk_qview *v, int ndim, const int64_t *shape) {

@@ -1,6 +1,6 @@
 /* Tensor names of every layout, mapped to one canonical description (see
  * layout.h). Tables, not code, carry the knowledge: g_canon (source
- * prefixes), g_roles (companion suffixes), g_mlx_qwen35 / g_hf_vl (output
+ * prefixes), format's suffix table (mk_qview_suffix), g_mlx_qwen35 / g_hf_vl (output
  * prefixes), g_shifted_norms. */
 #include <ctype.h>
 #include <stdio.h>
@@ -12,50 +12,13 @@
 
 const char *const mk_layout_proj_names[3] = {"gate_proj", "up_proj", "down_proj"};
 
-/* Companion suffixes, longest first where one is a suffix of another. The
- * module's logical name is the name with `suffix` replaced by `base`. */
-static const struct {
-    const char *suffix;
-    mk_lrole role;
-    const char *base;
-} g_roles[] = {
-    {".weight_scale_inv", MK_LR_FP8_SCALE, ".weight"},
-    {"_scale_inv", MK_LR_FP8_SCALE, ""}, /* fused FP8: experts.gate_up_proj_scale_inv */
-    {".weight_packed", MK_LR_CT_PACKED, ".weight"},
-    {".weight_scale", MK_LR_CT_SCALE, ".weight"},
-    {".weight_zero_point", MK_LR_CT_ZP, ".weight"},
-    {".weight_shape", MK_LR_CT_SHAPE, ".weight"},
-    {".weight_g_idx", MK_LR_CT_GIDX, ".weight"},
-    {".activation_scale", MK_LR_DROP, ""},
-    {".input_scale", MK_LR_DROP, ""},
-    {".scales", MK_LR_MLX_SCALES, ".weight"},
-    {".biases", MK_LR_MLX_BIASES, ".weight"},
-};
-
-/* Index into g_roles of the suffix `name` ends with, -1 for none. */
-static int role_index(const char *name, size_t n) {
-    for (size_t i = 0; i < sizeof g_roles / sizeof g_roles[0]; i++) {
-        size_t k = strlen(g_roles[i].suffix);
-        if (n > k && strcmp(name + n - k, g_roles[i].suffix) == 0)
-            return (int)i;
-    }
-    return -1;
-}
-
-mk_lrole mk_layout_role(const char *name, char **base, const char **suffix) {
-    size_t n = strlen(name);
-    int i = role_index(name, n);
-    if (i < 0) {
-        *base = strdup(name);
-        if (suffix)
-            *suffix = "";
-        return MK_LR_MAIN;
-    }
-    size_t k = strlen(g_roles[i].suffix);
-    *base = mk_strfmt("%.*s%s", (int)(n - k), name, g_roles[i].base);
+mk_qrole mk_layout_role(const char *name, char **base, const char **suffix) {
+    mk_qsuffix q;
+    mk_qrole r = mk_qview_suffix(name, &q);
+    *base = r == MK_QR_MAIN ? strdup(name) : mk_strfmt("%.*s%s", (int)q.stem, name, q.logical);
     if (suffix)
-        *suffix = g_roles[i].suffix + 1;
-    return g_roles[i].role;
+        *suffix = r == MK_QR_MAIN ? "" : q.suffix + 1;
+    return r;
 }
 
 /* Source prefixes -> canonical prefixes. First match wins. */
@@ -250,10 +213,11 @@ void mk_layout_parse(const char *name, mk_lname *t) {
     snprintf(buf, sizeof buf, "%s", r);
     /* storage suffix: a companion's, else .weight / .bias */
     size_t n = strlen(buf);
-    int ri = role_index(buf, n);
-    const char *suf = ri >= 0 ? g_roles[ri].suffix : mk_str_ends_with(buf, ".weight") ? ".weight"
-                                                   : mk_str_ends_with(buf, ".bias")   ? ".bias"
-                                                                               : NULL;
+    mk_qsuffix q;
+    const char *suf = mk_qview_suffix(buf, &q) != MK_QR_MAIN ? q.suffix
+                      : mk_str_ends_with(buf, ".weight")      ? ".weight"
+                      : mk_str_ends_with(buf, ".bias")        ? ".bias"
+                                                              : NULL;
     if (suf && n > strlen(suf)) {
         snprintf(t->storage, sizeof t->storage, "%s", suf + 1);
         buf[n - strlen(suf)] = 0;

@@ -7,14 +7,17 @@
  * `model.embed_tokens.weight`, `lm_head.weight`), `mtp.*` for
  * multi-token-prediction weights and the vision tower's own names. Sources
  * reach it through the prefix table (vision-language wrappers, MLX's
- * `language_model.` nesting), companions of quantized modules through the
- * suffix table (mk_layout_role), experts through mk_layout_expert. Targets
- * leave it through mk_layout_out_name. Strings returned as `char *` are
+ * `language_model.` nesting), companions of quantized modules through
+ * format's storage-suffix table (mk_qview_suffix, via mk_layout_role),
+ * experts through mk_layout_expert. Targets leave it through
+ * mk_layout_out_name. Strings returned as `char *` are
  * malloc'd (NULL when out of memory). */
 #ifndef MK_MODEL_LAYOUT_H
 #define MK_MODEL_LAYOUT_H
 
 #include <stdbool.h>
+
+#include "moekit/qview.h"
 
 /* Which part of the checkpoint a tensor belongs to. */
 typedef enum mk_part {
@@ -23,24 +26,11 @@ typedef enum mk_part {
     MK_PART_MTP,    /* multi-token-prediction weights */
 } mk_part;
 
-/* Role of a tensor inside its module, from its name's suffix. */
-typedef enum mk_lrole {
-    MK_LR_MAIN = 0,
-    MK_LR_FP8_SCALE,  /* X.weight_scale_inv -> X.weight; fused X_scale_inv -> X */
-    MK_LR_CT_PACKED,  /* X.weight_packed -> X.weight */
-    MK_LR_CT_SCALE,   /* X.weight_scale */
-    MK_LR_CT_ZP,      /* X.weight_zero_point */
-    MK_LR_CT_SHAPE,   /* X.weight_shape */
-    MK_LR_CT_GIDX,    /* X.weight_g_idx */
-    MK_LR_MLX_SCALES, /* X.scales -> X.weight */
-    MK_LR_MLX_BIASES, /* X.biases -> X.weight */
-    MK_LR_DROP,       /* activation_scale / input_scale */
-} mk_lrole;
-
-/* Role of tensor `name`; *base (malloc'd) is the module's logical name (the
- * name itself for MK_LR_MAIN). *suffix, when not NULL, gets the matched
- * suffix without its leading '.' ("" for MK_LR_MAIN). */
-mk_lrole mk_layout_role(const char *name, char **base, const char **suffix);
+/* Role of tensor `name` (the suffix table is format's, mk_qview_suffix);
+ * *base (malloc'd) is the module's logical name (the name itself for
+ * MK_QR_MAIN). *suffix, when not NULL, gets the matched suffix without its
+ * leading '.' or '_' ("" for MK_QR_MAIN). */
+mk_qrole mk_layout_role(const char *name, char **base, const char **suffix);
 
 /* Canonical text name and part of a source name. `num_layers` > 0 marks
  * DeepSeek's `model.layers.N` (N >= num_layers) as MTP. *vl_prefix tells

@@ -58,10 +58,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     char *base = NULL;
     const char *suf = NULL;
-    mk_lrole r = mk_layout_role(name, &base, &suf);
+    mk_qrole r = mk_layout_role(name, &base, &suf);
     if (base) {
         check(suf != NULL);
-        check(r == MK_LR_MAIN ? strcmp(base, name) == 0 : strlen(suf) > 0);
+        check(r == MK_QR_MAIN ? strcmp(base, name) == 0 : strlen(suf) > 0);
         free(base);
     }
     mk_lname t;

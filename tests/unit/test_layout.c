@@ -47,10 +47,10 @@ static void test_canon(void **st) {
     canon_is("language_model.visual.x.weight", 0, "language_model.visual.x.weight", MK_PART_VISION, true);
 }
 
-static void role_is(const char *name, mk_lrole role, const char *base, const char *suffix) {
+static void role_is(const char *name, mk_qrole role, const char *base, const char *suffix) {
     char *b;
     const char *s;
-    mk_lrole r = mk_layout_role(name, &b, &s);
+    mk_qrole r = mk_layout_role(name, &b, &s);
     assert_non_null(b);
     if (r != role || strcmp(b, base) || strcmp(s, suffix))
         fail_msg("%s -> role %d base %s suffix %s; expected %d %s %s", name, r, b, s, role, base, suffix);
@@ -59,21 +59,21 @@ static void role_is(const char *name, mk_lrole role, const char *base, const cha
 
 static void test_roles(void **st) {
     (void)st;
-    role_is("a.q_proj.weight", MK_LR_MAIN, "a.q_proj.weight", "");
-    role_is("a.q_proj.weight_scale_inv", MK_LR_FP8_SCALE, "a.q_proj.weight", "weight_scale_inv");
+    role_is("a.q_proj.weight", MK_QR_MAIN, "a.q_proj.weight", "");
+    role_is("a.q_proj.weight_scale_inv", MK_QR_FP8_SCALE, "a.q_proj.weight", "weight_scale_inv");
     /* fused FP8 experts: the scale of a tensor without .weight */
-    role_is("m.experts.gate_up_proj_scale_inv", MK_LR_FP8_SCALE, "m.experts.gate_up_proj", "scale_inv");
-    role_is("a.weight_packed", MK_LR_CT_PACKED, "a.weight", "weight_packed");
-    role_is("a.weight_scale", MK_LR_CT_SCALE, "a.weight", "weight_scale");
-    role_is("a.weight_zero_point", MK_LR_CT_ZP, "a.weight", "weight_zero_point");
-    role_is("a.weight_shape", MK_LR_CT_SHAPE, "a.weight", "weight_shape");
-    role_is("a.weight_g_idx", MK_LR_CT_GIDX, "a.weight", "weight_g_idx");
-    role_is("a.scales", MK_LR_MLX_SCALES, "a.weight", "scales");
-    role_is("a.biases", MK_LR_MLX_BIASES, "a.weight", "biases");
-    role_is("a.input_scale", MK_LR_DROP, "a", "input_scale");
-    role_is("a.activation_scale", MK_LR_DROP, "a", "activation_scale");
+    role_is("m.experts.gate_up_proj_scale_inv", MK_QR_FP8_SCALE, "m.experts.gate_up_proj", "scale_inv");
+    role_is("a.weight_packed", MK_QR_CT_PACKED, "a.weight", "weight_packed");
+    role_is("a.weight_scale", MK_QR_CT_SCALE, "a.weight", "weight_scale");
+    role_is("a.weight_zero_point", MK_QR_CT_ZP, "a.weight", "weight_zero_point");
+    role_is("a.weight_shape", MK_QR_CT_SHAPE, "a.weight", "weight_shape");
+    role_is("a.weight_g_idx", MK_QR_CT_GIDX, "a.weight", "weight_g_idx");
+    role_is("a.scales", MK_QR_MLX_SCALES, "a.weight", "scales");
+    role_is("a.biases", MK_QR_MLX_BIASES, "a.weight", "biases");
+    role_is("a.input_scale", MK_QR_DROP, "a", "input_scale");
+    role_is("a.activation_scale", MK_QR_DROP, "a", "activation_scale");
     /* a suffix alone is not a companion of anything */
-    role_is(".scales", MK_LR_MAIN, ".scales", "");
+    role_is(".scales", MK_QR_MAIN, ".scales", "");
 }
 
 static void expert_is(const char *cname, mk_eform form, const char *mlp, int expert, int proj) {
