@@ -18,6 +18,7 @@
 #include <string.h>
 
 #include "convert/conv_impl.h"
+#include "moekit/quant.h"
 
 static float g_e4m3[256], g_e5m2[256];
 static pthread_once_t g_lut_once = PTHREAD_ONCE_INIT;
@@ -192,16 +193,6 @@ static size_t affine_scratch(const cv_piece *p, int64_t n) {
     return (size_t)n * (size_t)(row_bytes(p, CV_T_MAIN) + 2 * (uint64_t)ng * 8) + (size_t)m->cols * 4 + 64;
 }
 
-/* Element j of an LSB-first little-endian bit stream of `bits`-bit values. */
-static inline uint32_t bits_at(const unsigned char *row, int64_t j, int bits) {
-    uint64_t bit = (uint64_t)j * (uint64_t)bits, byte = bit >> 3;
-    uint32_t v = 0;
-    unsigned sh = (unsigned)(bit & 7), need = sh + (unsigned)bits;
-    for (unsigned k = 0; k * 8 < need; k++)
-        v |= (uint32_t)row[byte + k] << (8 * k);
-    return (v >> sh) & ((1u << bits) - 1u);
-}
-
 static mk_status affine_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                             unsigned char *scratch, void *out) {
     const cv_mod *m = p->mod;
@@ -215,13 +206,14 @@ static mk_status affine_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, i
     MK_TRY(mk_ckpt_read(ck, part(p, CV_T_MAIN), (uint64_t)R0 * wrb, w, (size_t)n * wrb));
     MK_TRY(read_scales(ck, part(p, CV_T_SCALE), R0, R0 + n - 1, ng, tmp, sc));
     MK_TRY(read_scales(ck, part(p, CV_T_BIAS), R0, R0 + n - 1, ng, tmp, bi));
+    /* the library's dequantizer (the definition the quantizer's vectors
+     * check), in float32: scale * q + bias */
+    mk_qparams qp;
+    MK_TRY(mk_quant_params(MK_QMODE_AFFINE, m->bits, m->group, 0.0f, &qp));
     for (int64_t i = 0; i < n; i++) {
         float *dst = row_dst(dt, out, i, C, row);
-        const unsigned char *wr = w + (size_t)i * wrb;
-        for (int64_t c = 0; c < C; c++) {
-            int64_t g = i * ng + c / m->group;
-            dst[c] = sc[g] * (float)bits_at(wr, c, m->bits) + bi[g];
-        }
+        MK_TRY(mk_dequant_rows(&qp, MK_DT_F32, w + (size_t)i * wrb, sc + i * ng, bi + i * ng, 1, C, MK_DT_F32,
+                               dst));
         row_done(p, dt, dst, C, out, i);
     }
     return MK_OK;
