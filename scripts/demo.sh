@@ -20,6 +20,8 @@ if has convert; then
   step "convert to MLX layout and verify"
   "$MK" convert "$MODEL/bf16" "$OUT/mlx" --to mlx --verify
   "$MK" inspect "$OUT/mlx" | head -8
+  step "verify across layouts: every HF tensor and expert, as MLX stores it, equals the MLX output"
+  "$MK" verify "$MODEL/bf16" "$OUT/mlx" --quiet
 fi
 if has quantize; then
   step "quantize to MLX 4-bit (routers stay 8-bit)"
