@@ -47,7 +47,8 @@ static void help(FILE *f) {
             "  --rope-f32           exact float32 RoPE frequencies (see moekit logits --help)\n"
             "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "output:\n"
-            "  --stats              print prefill and decode speed (tok/s) to stderr\n"
+            "  --stats              print prefill and decode speed (tok/s) and the KV-cache\n"
+            "                       size (bytes per token) to stderr\n"
             "  --json               print {\"ids\":[...],\"text\":\"...\"} of the generated tokens\n"
             "                       instead of streaming\n"
             "  -h, --help           this text\n\n"
@@ -153,13 +154,21 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
     if (ctx_full) /* not an error, but never a silent stop */
         fprintf(stderr, "moekit run: stopped after %lld tokens: the context of %lld positions is full (--ctx)\n",
                 (long long)ngen, (long long)mk_engine_max_ctx(r->e));
-    if (o->stats)
+    if (o->stats) {
         fprintf(stderr,
                 "[%s] prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in "
                 "%.3f s (%.2f tok/s), vocab %d\n",
                 mk_model_layout(r->m), (long long)np, t1 - t0, np / (t1 - t0 + 1e-12),
                 (long long)ngen, t2 - t1, ngen > 1 ? (ngen - 1) / (t2 - t1 + 1e-12) : 0.0,
                 c->vocab_size);
+        /* memory: the KV cache is max context x bytes per token; the arena holds it */
+        size_t kvt = mk_engine_kv_bytes_per_token(r->e);
+        long long ctx = (long long)mk_engine_max_ctx(r->e);
+        fprintf(stderr,
+                "[kv] cache %zu bytes/token (%.2f MiB for %lld positions), engine arena %.2f MiB\n",
+                kvt, (double)kvt * (double)ctx / 1048576.0, ctx,
+                (double)mk_engine_arena_bytes(r->e) / 1048576.0);
+    }
     if (st != MK_OK) {
         free(hist);
         return st;

@@ -27,16 +27,38 @@ extern "C" {
 
 /* Causal attention of n new query tokens against a KV cache. Token t sits at
  * position pos0 + t and sees cache rows 0 .. pos0 + t. GQA: kv head j
- * serves query heads j*g .. j*g+g-1, g = n_heads / n_kv. Softmax in f32. */
+ * serves query heads j*g .. j*g+g-1, g = n_heads / n_kv. Softmax in f32.
+ * Cache row s holds kv head j's key at k + s*k_stride + j*dk and its value
+ * at v + s*v_stride + j*dv; a zero stride means packed rows (n_kv*dk,
+ * n_kv*dv). MLA's latent cache is one shared head (n_kv 1) whose value is
+ * the first dv floats of its own key row: v = k, v_stride = k_stride. */
 typedef struct mk_attn_args {
     const float *q;   /* [n, n_heads, dk] */
-    const float *k;   /* cache [>= pos0 + n, n_kv, dk] */
-    const float *v;   /* cache [>= pos0 + n, n_kv, dv] */
+    const float *k;   /* cache [>= pos0 + n] rows of k_stride floats */
+    const float *v;   /* cache [>= pos0 + n] rows of v_stride floats (may alias k) */
     float *out;       /* [n, n_heads, dv] */
     int64_t n, pos0;
     int n_heads, n_kv, dk, dv;
     float scale;      /* multiplies q.k before the softmax */
+    int64_t k_stride; /* floats between cache rows of k; 0: n_kv*dk */
+    int64_t v_stride; /* floats between cache rows of v; 0: n_kv*dv */
 } mk_attn_args;
+
+/* Per-head products with slices of one weight, for MLA's absorbed attention:
+ * head h owns the nr rows of w starting at r0 + h*hstep. DeepSeek-V3's kv_b
+ * [nH*(dn+dvh), kl] has hstep = dn+dvh, W_k_h at r0 = 0 (nr = dn) and W_v_h
+ * at r0 = dn (nr = dvh). Token t of head h reads x + t*x_tok + h*x_head and
+ * writes y + t*y_tok + h*y_head; x and y must not overlap. */
+typedef struct mk_head_mm_args {
+    const mk_wt *w;
+    int64_t r0, hstep, nr;
+    int n_heads;
+    int64_t n;                 /* tokens */
+    const float *x;
+    int64_t x_tok, x_head;
+    float *y;
+    int64_t y_tok, y_head;
+} mk_head_mm_args;
 
 /* Gated DeltaNet recurrence (Qwen3-Next / Qwen3.5) over n tokens, in f32:
  * per value head h (key head h / (nv/nk)): beta = sigmoid(b), g = -exp(A_log)
@@ -74,6 +96,11 @@ typedef struct mk_backend_i {
                  bool interleave);
     /* Causal attention, see mk_attn_args. */
     void (*attention)(void *ctx, const mk_attn_args *a);
+    /* Per head (mk_head_mm_args): y[t,h][0..nr) = W_h x[t,h][0..w.cols). */
+    void (*head_matmul)(void *ctx, const mk_head_mm_args *a);
+    /* Per head, transposed: y[t,h][0..w.cols) = W_h^T x[t,h][0..nr), i.e.
+     * sum_i x[t,h][i] * row i of W_h, accumulated in f32. */
+    void (*head_matmul_t)(void *ctx, const mk_head_mm_args *a);
     /* Causal depthwise conv + SiLU over channels: y[t,c] = silu(sum_j w[c,j]
      * u[t-K+1+j, c]) with w [C, K]; state [K-1, C] holds the inputs before
      * u[0] and is advanced by n tokens. u has row stride u_stride; y [n, C]. */

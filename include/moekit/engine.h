@@ -67,6 +67,11 @@ int64_t mk_engine_pos(const mk_engine *e);
 int64_t mk_engine_max_ctx(const mk_engine *e);
 /* Bytes of the arena (scratch + caches + state). */
 size_t mk_engine_arena_bytes(const mk_engine *e);
+/* KV-cache bytes one position takes, summed over layers: 2*nKV*head_dim
+ * floats per full-attention layer, kv_lora_rank + qk_rope_head_dim floats
+ * per MLA layer (its latent cache), nothing for DeltaNet layers (their state
+ * does not grow). The caches take max_ctx times this. */
+size_t mk_engine_kv_bytes_per_token(const mk_engine *e);
 const mk_model *mk_engine_model(const mk_engine *e);
 
 /* Append ids[0..n) at the current position. `logits` receives what `mode`

@@ -77,6 +77,19 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
 void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);
 
+/* Products with the row range [r0, r1) of W, on the calling thread, for
+ * callers that thread over several ranges themselves (MLA's per-head slices
+ * of kv_b, backend.h head_matmul). Rows keep their absolute index, so FP8
+ * block scales apply whatever r0 is. Token t of x starts at x + t*xs, of y
+ * at y + t*ys; x and y must not overlap. Same accuracy contract as
+ * mk_matmul; no allocation (a few KiB of stack).
+ *   mk_matmul_rows:   y[t*ys + r-r0] = sum_c W[r,c] x[t*xs + c]        (r0 <= r < r1)
+ *   mk_matmul_rows_t: y[t*ys + c]    = sum_r W[r,c] x[t*xs + r-r0]     (c < cols) */
+void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                    float *y, int64_t ys);
+void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                      float *y, int64_t ys);
+
 /* ---- vector ops (single thread; SIMD where it pays) ------------------- */
 
 /* sum a[i]*b[i] in float32. */
@@ -99,7 +112,8 @@ void mk_log_softmax_f64(const float *x, int64_t n, double *lp);
 void mk_add(float *y, const float *x, int64_t n);
 /* y *= s */
 void mk_scale(float *y, float s, int64_t n);
-/* y += a * x  (weighted sum of expert outputs) */
+/* y += a * x  (expert outputs, attention values): a multiply then an add,
+ * the same floats on every kernel path */
 void mk_axpy(float *y, float a, const float *x, int64_t n);
 
 #ifdef __cplusplus

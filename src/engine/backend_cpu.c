@@ -1,10 +1,12 @@
 /* The CPU backend: the reference implementation of every backend slot,
  * on top of src/kernels (matmuls and vector ops) and its thread pool.
  *
- * Matmuls thread inside mk_matmul. Attention threads over (token, head)
- * pairs and the Gated DeltaNet recurrence over value heads; both work
- * without scratch memory (two-pass softmax, small fixed per-head arrays), so
- * the slots stay infallible and allocation-free. Arithmetic mirrors the
+ * Matmuls thread inside mk_matmul, MLA's per-head products over heads.
+ * Attention threads over (token, kv head, block of query heads) and the
+ * Gated DeltaNet recurrence over value heads; both work without scratch
+ * memory (two-pass softmax, fixed per-head arrays on the stack: about 64 KiB
+ * per attention work item), so the slots stay infallible and
+ * allocation-free. Arithmetic mirrors the
  * transformers float32 reference: reductions in f32, softplus with its
  * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). */
 #include <math.h>
@@ -64,38 +66,108 @@ static void cpu_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_h
 
 /* ---- attention ----------------------------------------------------------- */
 
+/* Query heads that share one pass over their kv head's cache rows: with
+ * MLA's single latent head (or GQA groups) a cache row is loaded once for a
+ * block of heads instead of once per head. Each head's arithmetic is the
+ * same whatever the block, so results do not depend on it. */
+#define MK_ATTN_HB 8
+/* Scores of the first positions kept on the stack between the two softmax
+ * passes (later ones are recomputed): the same floats either way. */
+#define MK_ATTN_SC 1024
+
+typedef struct attn_job {
+    const mk_attn_args *a;
+    int g, hb, nb;  /* heads per kv head, heads per block, blocks per kv head */
+    int64_t ks, vs; /* cache row strides */
+} attn_job;
+
+/* One work item: token t, kv head j, query heads h0 .. h0+nh-1 of its group. */
+static void attn_heads(const attn_job *j, int64_t t, int kvh, int h0, int nh) {
+    const mk_attn_args *a = j->a;
+    float acc[MK_ATTN_HB][MK_ENGINE_MAX_HEAD_DIM], mx[MK_ATTN_HB], sum[MK_ATTN_HB];
+    float sc[MK_ATTN_HB][MK_ATTN_SC];
+    int64_t T = a->pos0 + t + 1;
+    const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
+    const float *q = a->q + (t * a->n_heads + h0) * a->dk;
+    /* pass 1: the max score, so pass 2 is exactly softmax(x - max) */
+    for (int i = 0; i < nh; i++)
+        mx[i] = -INFINITY;
+    for (int64_t s = 0; s < T; s++)
+        for (int i = 0; i < nh; i++) {
+            float x = mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            if (s < MK_ATTN_SC)
+                sc[i][s] = x;
+            mx[i] = x > mx[i] ? x : mx[i];
+        }
+    for (int i = 0; i < nh; i++) {
+        sum[i] = 0.0f;
+        memset(acc[i], 0, (size_t)a->dv * sizeof(float));
+    }
+    for (int64_t s = 0; s < T; s++)
+        for (int i = 0; i < nh; i++) {
+            float x = s < MK_ATTN_SC ? sc[i][s]
+                                     : mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            float p = expf(x - mx[i]);
+            sum[i] += p;
+            mk_axpy(acc[i], p, v + s * j->vs, a->dv);
+        }
+    for (int i = 0; i < nh; i++) {
+        float *o = a->out + (t * a->n_heads + h0 + i) * a->dv, inv = 1.0f / sum[i];
+        for (int d = 0; d < a->dv; d++)
+            o[d] = acc[i][d] * inv;
+    }
+}
+
 static void attn_task(void *ctx, int64_t b, int64_t e) {
-    const mk_attn_args *a = ctx;
-    int g = a->n_heads / a->n_kv;
-    float acc[MK_ENGINE_MAX_HEAD_DIM];
+    const attn_job *j = ctx;
+    int64_t per_tok = (int64_t)j->a->n_kv * j->nb;
     for (int64_t item = b; item < e; item++) {
-        int64_t t = item / a->n_heads;
-        int h = (int)(item % a->n_heads), kvh = h / g;
-        int64_t T = a->pos0 + t + 1;
-        const float *q = a->q + (t * a->n_heads + h) * a->dk;
-        const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
-        int64_t ks = (int64_t)a->n_kv * a->dk, vs = (int64_t)a->n_kv * a->dv;
-        /* pass 1: the max score, so pass 2 is exactly softmax(x - max) */
-        float mx = -INFINITY;
-        for (int64_t s = 0; s < T; s++) {
-            float sc = mk_dot_f32(q, k + s * ks, a->dk) * a->scale;
-            mx = sc > mx ? sc : mx;
-        }
-        float sum = 0.0f;
-        memset(acc, 0, (size_t)a->dv * sizeof(float));
-        for (int64_t s = 0; s < T; s++) {
-            float p = expf(mk_dot_f32(q, k + s * ks, a->dk) * a->scale - mx);
-            sum += p;
-            mk_axpy(acc, p, v + s * vs, a->dv);
-        }
-        float *o = a->out + (t * a->n_heads + h) * a->dv, inv = 1.0f / sum;
-        for (int i = 0; i < a->dv; i++)
-            o[i] = acc[i] * inv;
+        int64_t t = item / per_tok, r = item % per_tok;
+        int kvh = (int)(r / j->nb), h0 = kvh * j->g + (int)(r % j->nb) * j->hb;
+        int end = (kvh + 1) * j->g, nh = end - h0 < j->hb ? end - h0 : j->hb;
+        attn_heads(j, t, kvh, h0, nh);
     }
 }
 
 static void cpu_attention(void *ctx, const mk_attn_args *a) {
-    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n * a->n_heads, 1, attn_task, (void *)a);
+    mk_pool *pool = ((cpu_ctx *)ctx)->pool;
+    attn_job j = {.a = a, .g = a->n_heads / a->n_kv, .hb = MK_ATTN_HB};
+    j.ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
+    j.vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
+    /* smaller blocks while there would be fewer than two items per thread */
+    int64_t want = 2 * (int64_t)mk_pool_size(pool);
+    while (j.hb > 1 && a->n * a->n_kv * ((j.g + j.hb - 1) / j.hb) < want)
+        j.hb /= 2;
+    j.nb = (j.g + j.hb - 1) / j.hb;
+    mk_pool_for(pool, a->n * a->n_kv * j.nb, 1, attn_task, &j);
+}
+
+/* ---- per-head products (MLA) ------------------------------------------------ */
+
+static void head_mm_task(void *ctx, int64_t b, int64_t e) {
+    const mk_head_mm_args *a = ctx;
+    for (int64_t h = b; h < e; h++) {
+        int64_t r0 = a->r0 + h * a->hstep;
+        mk_matmul_rows(a->w, r0, r0 + a->nr, a->x + h * a->x_head, a->x_tok, a->n,
+                       a->y + h * a->y_head, a->y_tok);
+    }
+}
+
+static void head_mm_t_task(void *ctx, int64_t b, int64_t e) {
+    const mk_head_mm_args *a = ctx;
+    for (int64_t h = b; h < e; h++) {
+        int64_t r0 = a->r0 + h * a->hstep;
+        mk_matmul_rows_t(a->w, r0, r0 + a->nr, a->x + h * a->x_head, a->x_tok, a->n,
+                         a->y + h * a->y_head, a->y_tok);
+    }
+}
+
+static void cpu_head_matmul(void *ctx, const mk_head_mm_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n_heads, 1, head_mm_task, (void *)a);
+}
+
+static void cpu_head_matmul_t(void *ctx, const mk_head_mm_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n_heads, 1, head_mm_t_task, (void *)a);
 }
 
 /* ---- Gated DeltaNet -------------------------------------------------------- */
@@ -215,6 +287,8 @@ static const mk_backend_i g_cpu = {
     .rmsnorm = cpu_rmsnorm,
     .rope = cpu_rope,
     .attention = cpu_attention,
+    .head_matmul = cpu_head_matmul,
+    .head_matmul_t = cpu_head_matmul_t,
     .conv1d_silu = cpu_conv1d_silu,
     .gdn = cpu_gdn,
     .gated_rmsnorm = cpu_gated_rmsnorm,

@@ -37,6 +37,7 @@ static void carve(mk_engine *e, carver *cv) {
     int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
             dv = c->lin_v_head_dim, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
     int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, dvh = c->v_head_dim;
+    int64_t kl = c->kv_lora_rank, cw = kl + c->qk_rope_head_dim; /* MLA cache row */
     int64_t E = c->num_experts, k = c->num_experts_per_tok;
     bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false;
     int64_t Imax = 0;
@@ -70,9 +71,8 @@ static void carve(mk_engine *e, carver *cv) {
     }
     if (has_mla) {
         e->qa = take(cv, nC * c->q_lora_rank, 4);
-        e->kva = take(cv, nC * (c->kv_lora_rank + c->qk_rope_head_dim), 4);
-        e->lat = take(cv, nC * c->kv_lora_rank, 4);
-        e->kvb = take(cv, nC * nH * (c->qk_nope_head_dim + dvh), 4);
+        e->qabs = take(cv, nC * nH * cw, 4);
+        e->olat = take(cv, nC * nH * kl, 4);
     }
     if (has_gdn) {
         e->proj = take(cv, nC * (2 * Kd + 2 * Vd), 4);
@@ -100,15 +100,18 @@ static void carve(mk_engine *e, carver *cv) {
     e->ex_g = take(cv, nC * Imax, 4);
     e->ex_u = take(cv, nC * Imax, 4);
     e->ex_o = take(cv, nC * H, 4);
-    /* caches and recurrent state, per layer */
+    /* caches and recurrent state, per layer; MLA keeps one latent row per
+     * position (its values are read from the same rows) */
+    e->kv_token_bytes = 0;
     for (int64_t l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
         if (w->mixer == MK_MIXER_ATTN) {
             e->kc[l] = take(cv, T * nKV * hd, 4);
             e->vc[l] = take(cv, T * nKV * hd, 4);
+            e->kv_token_bytes += (size_t)(2 * nKV * hd) * sizeof(float);
         } else if (w->mixer == MK_MIXER_MLA) {
-            e->kc[l] = take(cv, T * nH * qk, 4);
-            e->vc[l] = take(cv, T * nH * dvh, 4);
+            e->kc[l] = take(cv, T * cw, 4);
+            e->kv_token_bytes += (size_t)cw * sizeof(float);
         } else {
             e->conv[l] = take(cv, (c->conv_kernel - 1) * C, 4);
             e->ssm[l] = take(cv, nv * dk * dv, 4);
@@ -194,7 +197,7 @@ void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n) {
 
 static mk_status check_dims(const mk_config *c) {
     int dims[] = {c->head_dim, c->qk_nope_head_dim + c->qk_rope_head_dim, c->v_head_dim,
-                  c->lin_k_head_dim, c->lin_v_head_dim};
+                  c->kv_lora_rank + c->qk_rope_head_dim, c->lin_k_head_dim, c->lin_v_head_dim};
     for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
         if (dims[i] > MK_ENGINE_MAX_HEAD_DIM)
             return mk_err(MK_E_UNSUPPORTED, "config.json: a head dimension of %d exceeds the "
@@ -315,4 +318,5 @@ void mk_engine_reset(mk_engine *e) {
 int64_t mk_engine_pos(const mk_engine *e) { return e->pos; }
 int64_t mk_engine_max_ctx(const mk_engine *e) { return e->max_ctx; }
 size_t mk_engine_arena_bytes(const mk_engine *e) { return e->arena_bytes; }
+size_t mk_engine_kv_bytes_per_token(const mk_engine *e) { return e->kv_token_bytes; }
 const mk_model *mk_engine_model(const mk_engine *e) { return e->m; }

@@ -17,7 +17,8 @@
 #include "moekit/kernels.h"
 
 /* Largest per-head dimension the CPU backend's fixed per-head arrays hold
- * (head_dim, MLA q/k/v head dims, DeltaNet dk/dv). */
+ * (head_dim, MLA q/k/v head dims and its latent attention's kl+dr, DeltaNet
+ * dk/dv). */
 #define MK_ENGINE_MAX_HEAD_DIM 1024
 
 struct mk_engine {
@@ -35,9 +36,11 @@ struct mk_engine {
 
     void *arena;
     size_t arena_bytes;
+    size_t kv_token_bytes; /* cache bytes per position, all layers (mk_engine_kv_bytes_per_token) */
 
     /* per layer (NULL where the layer has none) */
-    float **kc, **vc;     /* KV cache: attn [max_ctx, nKV, hd]; MLA k [max_ctx, nH, dn+dr], v [max_ctx, nH, dvh] */
+    float **kc, **vc;     /* KV cache: attn k, v [max_ctx, nKV, hd]; MLA kc [max_ctx, kl+dr] =
+                             normed latent | roped k_pe, vc NULL (values are the latents) */
     float **conv, **ssm;  /* DeltaNet: conv inputs [K-1, C]; state [nv, dk, dv] */
 
     /* RoPE */
@@ -55,11 +58,10 @@ struct mk_engine {
     float *qraw;          /* [nC, max(nH*hd*2, nH*(dn+dr))] q projection (gated: q|gate per head) */
     float *q;             /* [nC, nH*hd] queries after split/norm/rope */
     float *gate;          /* [nC, nH*hd] output gate of gated attention */
-    float *att;           /* [nC, nH*max(hd, dvh)] attention output */
+    float *att;           /* [nC, nH*max(hd, dvh)] attention output (MLA: after W_v) */
     float *qa;            /* [nC, ql] MLA q latent */
-    float *kva;           /* [nC, kl+dr] MLA kv latent | k_pe */
-    float *lat;           /* [nC, kl] normed kv latent */
-    float *kvb;           /* [nC, nH*(dn+dvh)] MLA expanded k_nope | v */
+    float *qabs;          /* [nC, nH, kl+dr] MLA absorbed queries W_k^T q_nope | q_pe */
+    float *olat;          /* [nC, nH, kl] MLA attention output in latent space */
     float *proj;          /* [nC, 2Kd+2Vd] DeltaNet projection (grouped) */
     float *bap;           /* [nC, 2nv] DeltaNet b|a projection (grouped) */
     float *mixed;         /* [nC, C] conv input q|k|v */

@@ -47,8 +47,9 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos, e->sin, false);
     BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos, e->sin, false);
     /* causal attention over the cache */
-    mk_attn_args a = {e->q, e->kc[l], e->vc[l], e->att, n, pos, (int)nH, (int)nKV, (int)hd,
-                      (int)hd, e->attn_scale};
+    mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
+                      .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
+                      .dv = (int)hd, .scale = e->attn_scale};
     BE(e)->attention(CTX(e), &a);
     /* output gate, output projection */
     if (w->gated)
@@ -60,13 +61,22 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
 
 /* q = q_b(norm(q_a(x))) per head [nope | rope]; kv_a(x) = [latent | k_pe];
  * kv_b(norm(latent)) per head [k_nope | v]; k_pe is shared by heads and not
- * normed. The cache holds full per-head k = [k_nope | rope(k_pe)] and v
- * (simple and exact; caching only the latent is a later optimisation). */
+ * normed. The cache holds per token only c = [norm(latent) | rope(k_pe)]
+ * (kl + dr floats, shared by all heads) and attention runs in the absorbed
+ * form. With kv_b's rows for head h being W_k_h [dn, kl] then W_v_h [dvh, kl]:
+ *   q_lat_h = W_k_h^T q_nope_h                               (kl)
+ *   score_s = ([q_lat_h | q_pe_h] . c_s) * scale = (q_nope_h . k_nope_h,s + q_pe_h . k_pe_s) * scale
+ *   out_h   = W_v_h sum_s softmax(score)_s latent_s          (= sum_s p_s v_h,s)
+ * i.e. a multi-query attention with one KV head of key dim kl+dr whose value
+ * is the first kl floats of its key row (as vLLM, SGLang and mlx-lm decode
+ * MLA). Prefill uses the same form: exact, though for long prompts it costs
+ * more attention FLOPs than expanding K/V (DESIGN.md, known debts). */
 static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
-    int64_t dvh = c->v_head_dim, qk = dn + dr, kl = c->kv_lora_rank, pos = e->pos;
+    int64_t dvh = c->v_head_dim, qk = dn + dr, kl = c->kv_lora_rank, cw = kl + dr, pos = e->pos;
     float eps = (float)c->rms_norm_eps;
+    float *kv = e->kc[l] + pos * cw; /* this chunk's cache rows */
     /* query: low-rank with its norm, or direct */
     if (c->q_lora_rank > 0) {
         BE(e)->matmul(CTX(e), &w->q_a, e->xb, n, e->qa);
@@ -76,28 +86,32 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     } else {
         BE(e)->matmul(CTX(e), &w->q, e->xb, n, e->qraw);
     }
-    /* compressed kv: latent | k_pe; latent normed and expanded per head */
-    BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, e->kva);
-    BE(e)->rmsnorm(CTX(e), e->lat, kl, e->kva, kl + dr, w->kv_a_norm, n, kl, eps);
-    BE(e)->matmul(CTX(e), &w->kv_b, e->lat, n, e->kvb);
+    /* compressed kv straight into the cache rows: [latent | k_pe], latent normed in place */
+    BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, kv);
+    BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
     /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos, e->sin,
                 c->rope_interleave);
-    BE(e)->rope(CTX(e), e->kva + kl, n, kl + dr, 1, 0, (int)dr, e->cos, e->sin,
-                c->rope_interleave);
-    /* cache rows: k = [k_nope | k_pe] per head, v per head */
+    BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos, e->sin, c->rope_interleave);
+    /* absorbed query per head: [W_k_h^T q_nope | q_pe] */
+    mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
+                          .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
+                          .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
+    BE(e)->head_matmul_t(CTX(e), &qa);
     for (int64_t t = 0; t < n; t++)
-        for (int64_t h = 0; h < nH; h++) {
-            float *kr = e->kc[l] + ((pos + t) * nH + h) * qk;
-            const float *src = e->kvb + (t * nH + h) * (dn + dvh);
-            memcpy(kr, src, (size_t)dn * sizeof(float));
-            memcpy(kr + dn, e->kva + t * (kl + dr) + kl, (size_t)dr * sizeof(float));
-            memcpy(e->vc[l] + ((pos + t) * nH + h) * dvh, src + dn, (size_t)dvh * sizeof(float));
-        }
-    /* attention, output projection */
-    mk_attn_args a = {e->qraw, e->kc[l], e->vc[l], e->att, n, pos, (int)nH, (int)nH, (int)qk,
-                      (int)dvh, e->attn_scale};
+        for (int64_t h = 0; h < nH; h++)
+            memcpy(e->qabs + (t * nH + h) * cw + kl, e->qraw + (t * nH + h) * qk + dn,
+                   (size_t)dr * sizeof(float));
+    /* attention over the latent cache: one shared head, values = the latents */
+    mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
+                      .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
+                      .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
     BE(e)->attention(CTX(e), &a);
+    /* values per head: W_v_h o_lat, then the output projection */
+    mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
+                          .n_heads = (int)nH, .n = n, .x = e->olat, .x_tok = nH * kl,
+                          .x_head = kl, .y = e->att, .y_tok = nH * dvh, .y_head = dvh};
+    BE(e)->head_matmul(CTX(e), &va);
     BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
 }
 

@@ -85,6 +85,9 @@ typedef struct mk_kern_i {
     float (*dot)(const float *a, const float *b, int64_t n);
     /* sum x[i]^2 */
     float (*sumsq)(const float *x, int64_t n);
+    /* y[i] += a * x[i], a multiply then an add (never fused): the same floats
+     * on every path */
+    void (*axpy)(float *y, float a, const float *x, int64_t n);
     /* y[t*ldy + i] += sum_k a[i*lda + k] * x[t*ldx + k] for i < nr (<= 4), t < nt */
     void (*gemm_tile)(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt, int64_t k,
                       float *y, int64_t ldy);

@@ -21,6 +21,15 @@ static float ref_sumsq(const float *x, int64_t n) {
     return ref_dot(x, x, n);
 }
 
+/* separate statements: a compiler allowed to contract within an expression
+ * must not turn this into an FMA */
+static void ref_axpy(float *y, float a, const float *x, int64_t n) {
+    for (int64_t i = 0; i < n; i++) {
+        float p = a * x[i];
+        y[i] += p;
+    }
+}
+
 static void ref_gemm_tile(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt, int64_t k,
                           float *y, int64_t ldy) {
     for (int t = 0; t < nt; t++)
@@ -32,5 +41,6 @@ const mk_kern_i mk_kern_ref = {
     .name = "ref",
     .dot = ref_dot,
     .sumsq = ref_sumsq,
+    .axpy = ref_axpy,
     .gemm_tile = ref_gemm_tile,
 };

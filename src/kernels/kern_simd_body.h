@@ -17,6 +17,7 @@
  *   ld_q4p, ld_f4p  VN bytes as 0..15 / 2 * E2M1 value, low nibbles and
  *                   high nibbles as two vectors (see "x preparation")
  *   KSFX(dot), KSFX(sumsq), KSFX(gemm_tile)
+ * and defines the rest of the table (KSFX(axpy) and the format kernels).
  *
  * Divisions: float formats, FP8 block-scaled, affine (4 and 8 bits in
  * SIMD, other widths unpacked a group at a time), MX/NV microscaled, table.
@@ -425,12 +426,28 @@ MK_DQ_MICRO(dq_mxfp4, 32, 4, ld_fp4, MK_SC_MXFP4)
 MK_DQ_MICRO(dq_mxfp8, 32, 8, ld_e4m3, MK_SC_MXFP8)
 MK_DQ_MICRO(dq_nvfp4, 16, 4, ld_fp4, MK_SC_NVFP4)
 
+/* ---- element-wise ------------------------------------------------------ */
+
+/* y += a x: multiply, then add (no FMA), so every path gives the portable
+ * loop's floats; the tail in separate statements for the same reason. */
+MK_T static void KSFX(axpy)(float *y, float a, const float *x, int64_t n) {
+    vf va = v_set1(a);
+    int64_t i = 0;
+    for (; i + VN <= n; i += VN)
+        v_st(y + i, v_add(v_ld(y + i), v_mul(va, v_ld(x + i))));
+    for (; i < n; i++) {
+        float p = a * x[i];
+        y[i] += p;
+    }
+}
+
 /* ---- table ------------------------------------------------------------ */
 
 const mk_kern_i MK_KERN_TABLE = {
     .name = MK_KERN_NAME,
     .dot = KSFX(dot),
     .sumsq = KSFX(sumsq),
+    .axpy = KSFX(axpy),
     .gemm_tile = KSFX(gemm_tile),
     .matvec =
         {

@@ -1,11 +1,13 @@
 /* Vector ops of the forward pass (kernels.h): dot, RMSNorm, SiLU/SwiGLU,
  * sigmoid, softmax, add/scale/axpy.
  *
- * Reductions (dot, sum of squares) go through the active kernel table so
- * they use SIMD; the element-wise ops are plain loops that compilers
- * vectorise at -O2, and the transcendental ones call expf (vectors here are
- * a hidden state or one expert's intermediate: thousands of elements, not
- * the bottleneck next to the matmuls). */
+ * Reductions (dot, sum of squares) and axpy go through the active kernel
+ * table so they use SIMD (axpy is attention's value accumulation and MLA's
+ * transposed product: hot, and a plain loop that gcc -O2 leaves scalar
+ * because y and x may alias); the other element-wise ops are plain loops,
+ * and the transcendental ones call expf (vectors here are a hidden state or
+ * one expert's intermediate: thousands of elements, not the bottleneck next
+ * to the matmuls). */
 #include <math.h>
 
 #include "kernels/kern_impl.h"
@@ -87,6 +89,5 @@ void mk_scale(float *y, float s, int64_t n) {
 }
 
 void mk_axpy(float *y, float a, const float *x, int64_t n) {
-    for (int64_t i = 0; i < n; i++)
-        y[i] += a * x[i];
+    mk_kern_active()->axpy(y, a, x, n);
 }

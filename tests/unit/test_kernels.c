@@ -12,6 +12,8 @@
  *    Shapes have odd row counts, column counts that leave partial 512-column
  *    chunks, partial FP8 scale blocks, and every buffer is misaligned by one
  *    byte (MLX writes unpadded safetensors).
+ *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
+ *    scale blocks, padded token strides) against double loops, same bound.
  * 4. Pool coverage and nesting, mk_wt_check errors, the vector ops. */
 #include "mk_test_util.h"
 
@@ -197,6 +199,61 @@ static void expect_close(const float *y, const float *yref, const double *sabs, 
 
 static mk_pool *g_pool;
 
+/* mk_matmul_rows / mk_matmul_rows_t on rows [1, rows-2) with padded token
+ * strides, every path, against double loops over the dequantized rows wr;
+ * the same bound as mk_matmul (per output, 1e-5 of the sum of |terms|). */
+static void check_rows(const mk_wt *w, const float *wr, const char *label) {
+    const int64_t rows = w->rows, cols = w->cols, r0 = 1, r1 = rows - 2, nr = r1 - r0, nmax = 37;
+    if (nr <= 0)
+        return;
+    const int64_t xs = cols + 3, ys = nr + 5, xts = nr + 2, yts = cols + 7;
+    float *x = malloc(sizeof(float) * (size_t)(nmax * xs)), *y = malloc(sizeof(float) * (size_t)(nmax * yts));
+    float *want = malloc(sizeof(float) * (size_t)(nmax * yts));
+    double *sabs = malloc(sizeof(double) * (size_t)(nmax * yts));
+    assert_true(x && y && want && sabs);
+    for (int64_t i = 0; i < nmax * xs; i++)
+        x[i] = rnd_f(-1, 1);
+    static const int64_t ns[] = {1, 3, 37};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        int64_t n = ns[k];
+        for (int tr = 0; tr < 2; tr++) { /* tr: the transposed product */
+            int64_t out = tr ? cols : nr, ystr = tr ? yts : ys, xstr = tr ? xts : xs;
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t o = 0; o < out; o++) {
+                    double acc = 0, sa = 0;
+                    for (int64_t i = 0; i < (tr ? nr : cols); i++) {
+                        double wv = tr ? wr[(r0 + i) * cols + o] : wr[(r0 + o) * cols + i];
+                        double term = wv * (double)x[t * xstr + i];
+                        acc += term;
+                        sa += fabs(term);
+                    }
+                    want[t * out + o] = (float)acc;
+                    sabs[t * out + o] = sa;
+                }
+            for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                if (!mk_kernels_isa_supported((mk_isa)isa))
+                    continue;
+                assert_int_equal(mk_kernels_set_isa((mk_isa)isa), MK_OK);
+                memset(y, 0xff, sizeof(float) * (size_t)(nmax * yts)); /* NaN: catch unwritten */
+                if (tr)
+                    mk_matmul_rows_t(w, r0, r1, x, xstr, n, y, ystr);
+                else
+                    mk_matmul_rows(w, r0, r1, x, xstr, n, y, ystr);
+                for (int64_t t = 0; t < n; t++) /* pack the strided rows for the comparison */
+                    memmove(y + t * out, y + t * ystr, (size_t)out * sizeof(float));
+                char what[200];
+                snprintf(what, sizeof what, "%s rows%s [%lld,%lld) n=%lld %s", label, tr ? "_t" : "",
+                         (long long)r0, (long long)r1, (long long)n, mk_isa_name((mk_isa)isa));
+                expect_close(y, want, sabs, n, out, what);
+            }
+        }
+    }
+    free(x);
+    free(y);
+    free(want);
+    free(sabs);
+}
+
 /* The whole check of one weight: ref vs double, every path vs ref. */
 static void check_weight(const tw *t, const char *label) {
     const mk_wt *w = &t->w;
@@ -246,6 +303,7 @@ static void check_weight(const tw *t, const char *label) {
             }
         }
     }
+    check_rows(w, wr, label);
     free(x);
     free(wr);
     free(yref);
@@ -604,6 +662,19 @@ static void test_ops(void **state) {
         mk_rmsnorm(y, y, NULL, 37, 1e-6f, false); /* in place */
         for (int i = 0; i < 37; i++)
             assert_float_equal(y[i], x[i] * inv, 1e-5);
+        /* axpy: the portable loop's floats exactly, every length and offset */
+        for (int n = 0; n <= 35; n++)
+            for (int off = 0; off < 2; off++) {
+                float ya[37], yb[37];
+                for (int i = 0; i < 37; i++)
+                    ya[i] = yb[i] = w[i];
+                mk_axpy(ya + off, 0.7f, x + 1, n);
+                for (int i = 0; i < n; i++) {
+                    float p = 0.7f * x[1 + i];
+                    yb[off + i] += p;
+                }
+                assert_memory_equal(ya, yb, sizeof ya);
+            }
     }
     mk_kernels_set_isa(g_isa0);
     float s[4] = {1, 2, 3, 1000};
