@@ -52,6 +52,13 @@ static void help(FILE *f) {
             "  --json               print {\"ids\":[...],\"text\":\"...\"} of the generated tokens\n"
             "                       instead of streaming\n"
             "  -h, --help           this text\n\n"
+            "Memory: weights are mapped from the checkpoint, not copied (pages load on first\n"
+            "use and the OS may drop them again), so resident weights never exceed the model's\n"
+            "size (--fp8-bf16 is the exception: it holds a bf16 copy, 2 bytes per FP8 weight).\n"
+            "On top of that the engine allocates once: the KV cache, --ctx times the\n"
+            "bytes per token that --stats prints (f32; MLA models cache only the latent, e.g.\n"
+            "137 KiB per token for DeepSeek-V3), Gated DeltaNet states (fixed per layer), and\n"
+            "the activations of one prefill chunk (grows with --prefill-chunk).\n\n"
             "Exit status: 0 ok, 2 bad input (model, tokenizer, flags), 1 internal failure.\n");
 }
 
