@@ -787,8 +787,15 @@ static mk_status resolve(const char *path, char **file, char **dir) {
     }
     if (!*file || !*dir)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
-    if (S_ISDIR(sb.st_mode) && access(*file, F_OK) != 0)
+    if (S_ISDIR(sb.st_mode) && access(*file, F_OK) != 0) {
+        /* Kimi-K2 ships a tiktoken rank file and Python code instead */
+        char tk[4096];
+        snprintf(tk, sizeof tk, "%s/tiktoken.model", path);
+        if (access(tk, F_OK) == 0)
+            return mk_err(MK_E_UNSUPPORTED, "%s: no tokenizer.json; tiktoken.model tokenizers (Kimi-K2) are "
+                          "not supported yet: give the prompt as --ids, or add a tokenizer.json", path);
         return mk_err(MK_E_NOTFOUND, "%s: no tokenizer.json in this model directory", path);
+    }
     return MK_OK;
 }
 

@@ -75,6 +75,9 @@ printf '[{"role": "narrator", "content": "x"}]\n' >"$TMP/bad"
 expect_fail 2 "stdin line 1: chat message 0" "$MK_BIN" tokenize --chat --template qwen3 "$DIR" <"$TMP/bad"
 expect_fail 2 "/nonexistent/tokenizer.json" "$MK_BIN" tokenize /nonexistent/tokenizer.json </dev/null
 expect_fail 2 "no tokenizer.json" "$MK_BIN" tokenize "$TMP" </dev/null
+# Kimi-K2 ships tiktoken.model instead: say so, not just "missing"
+mkdir -p "$TMP/kimi" && : > "$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model tokenizers (Kimi-K2) are not supported yet" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
 printf '{"model": {}}' >"$TMP/tokenizer.json"
 expect_fail 2 "field 'model.vocab'" "$MK_BIN" tokenize "$TMP/tokenizer.json" </dev/null
 expect_fail 2 "unknown chat template" "$MK_BIN" tokenize --chat --template nope "$DIR" </dev/null
