@@ -121,6 +121,8 @@ typedef struct cv_src {
     bool partial_experts; /* opened with CV_SRC_PARTIAL_EXPERTS: groups may have holes */
 } cv_src;
 
+/* Call cv_src_close(s) after either outcome: a failed open leaves what it
+ * had gathered in *s. */
 mk_status cv_src_open(const char *path, cv_src *s);
 /* cv_src_open with flags. CV_SRC_PARTIAL_EXPERTS: an expert group may lack
  * experts (their proj[p][e].mod stay NULL) instead of failing: verify
