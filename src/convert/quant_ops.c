@@ -354,6 +354,10 @@ size_t cv_fpdq_scratch(const cv_piece *p, int64_t n) {
 mk_status cv_fpdq_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                       unsigned char *scratch, void *out) {
     const cv_mod *m = p->mod;
+    /* dequantized straight into dt as MLX does, so there is no float32 row
+     * to add a norm shift to; norms (1-D) are never fp-quantized */
+    if (p->add != 0.0f)
+        return mk_err(MK_E_INTERNAL, "convert: a value shift planned on fp-quantized '%s'", m->name);
     mk_qparams qp;
     MK_TRY(fp_params(m, &qp));
     uint64_t wr = m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows, sr = m->t[CV_T_SCALE]->nbytes / (uint64_t)m->rows;
