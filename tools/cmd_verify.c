@@ -31,7 +31,7 @@
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: moekit verify A B [--tolerance X] [--by-layout] [--threads N] [--json] [--quiet]\n\n"
+            "usage: moekit verify A B [--tolerance X] [--by-layout] [--threads N] [--json] [--quiet] [--stats]\n\n"
             "Compare checkpoints A and B. Two modes, chosen by the tensor names:\n\n"
             "By name (A and B hold the same tensor names, companions such as scales included, or\n"
             "either is a lone .safetensors file):\n"
@@ -60,7 +60,8 @@ static void help(FILE *f) {
             "  --by-layout    compare by canonical unit even when the tensor names are the same\n"
             "  --threads N    worker threads of the by-layout comparison (default: all CPUs)\n"
             "  --json         one JSON object with a per-tensor (per-unit) list and the summary\n"
-            "  --quiet        print only failures and the summary\n\n"
+            "  --quiet        print only failures and the summary\n"
+            "  --stats        print the mode and the peak resident memory (VmHWM) on stderr\n\n"
             "Exit status: 0 all tensors within tolerance, 1 some differ or are missing,\n"
             "2 bad input (unreadable checkpoint, config contradicting a packed shape, A and B of\n"
             "different architectures).\n"
@@ -450,10 +451,10 @@ static int cmd_verify(int argc, char **argv) {
     static const struct option opts[] = {{"tolerance", required_argument, 0, 't'}, {"json", no_argument, 0, 'j'},
                                          {"quiet", no_argument, 0, 'q'},           {"help", no_argument, 0, 'h'},
                                          {"by-layout", no_argument, 0, 'L'},       {"threads", required_argument, 0, 'T'},
-                                         {0, 0, 0, 0}};
+                                         {"stats", no_argument, 0, 'S'},           {0, 0, 0, 0}};
     mk_xverify_opts xo;
     mk_xverify_opts_init(&xo);
-    bool json = false, quiet = false, layout = false;
+    bool json = false, quiet = false, layout = false, stats = false;
     long threads = 0;
     int c;
     while ((c = getopt_long(argc, argv, "t:jqh", opts, NULL)) != -1) {
@@ -468,6 +469,7 @@ static int cmd_verify(int argc, char **argv) {
         case 'j': json = true; break;
         case 'q': quiet = true; break;
         case 'L': layout = true; break;
+        case 'S': stats = true; break;
         case 'T':
             if (!mk_cli_parse_long(optarg, 1, 1024, &threads))
                 return mk_cli_usage("verify", "--threads: '%s' is not a number from 1 to 1024", optarg);
@@ -516,6 +518,9 @@ static int cmd_verify(int argc, char **argv) {
     mk_ckpt_close(b);
     if (s == MK_OK && cross)
         rc = by_layout(pa, pb, &xo, json, quiet); /* reopens both as convert sources */
+    if (stats) /* stderr: stdout carries the report (or its JSON) */
+        fprintf(stderr, "mode %s\npeak_rss_bytes %llu\nsanitizer %d\n", cross ? "layout" : "name",
+                (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
     return rc;
 }
 
