@@ -9,7 +9,8 @@
  *                  decoded to float32: max |a - b| and ||a - b|| / ||a||,
  *                  accepted within the rounding of the output dtype
  *                  (bf16 5e-3, f16 1e-3, f32 1e-6 relative L2) and with
- *                  NaN exactly where the source has NaN.
+ *                  NaN and infinities exactly where the source has them
+ *                  (cv_diff, the accumulator verify across layouts uses).
  * The output is opened as a checkpoint from scratch (the strict reader
  * re-validates every header) and tensor dtypes and shapes must equal the
  * plan's. */
@@ -30,13 +31,12 @@ typedef struct vitem {
 
 typedef struct vres {
     int hash_equal; /* -1: numeric item */
-    double err2, ref2, max_abs;
-    uint64_t bad_nan;
+    cv_diff d;      /* output against the source's values (xverify.c's accumulator) */
 } vres;
 
 typedef struct vacc {
-    double err2, ref2, max_abs;
-    uint64_t bad_nan, hash_bad;
+    cv_diff d;
+    uint64_t hash_bad;
     bool numeric;
 } vacc;
 
@@ -103,21 +103,7 @@ static mk_status v_produce(void *ctx, size_t i, void *scratch, void *out, size_t
     MK_TRY(mk_ckpt_read(v->out, ot, pc->out_off + before, raw, (size_t)nb));
     if (!mk_dtype_to_f32(pc->dt, raw, got, nv))
         return mk_err(MK_E_INTERNAL, "verify: cannot decode %s", mk_dtype_name(pc->dt));
-    for (size_t k = 0; k < nv; k++) {
-        if (isnan(want[k]) || isnan(got[k])) {
-            r->bad_nan += isnan(want[k]) != isnan(got[k]);
-            continue;
-        }
-        double d = (double)got[k] - (double)want[k];
-        if (!isfinite(d)) {
-            r->bad_nan++;
-            continue;
-        }
-        r->err2 += d * d;
-        r->ref2 += (double)want[k] * (double)want[k];
-        if (fabs(d) > r->max_abs)
-            r->max_abs = fabs(d);
-    }
+    cv_diff_add(&r->d, want, got, nv);
     return MK_OK;
 }
 
@@ -131,11 +117,7 @@ static mk_status v_consume(void *ctx, size_t i, const void *out, size_t len) {
         return MK_OK;
     }
     a->numeric = true;
-    a->err2 += r->err2;
-    a->ref2 += r->ref2;
-    a->bad_nan += r->bad_nan;
-    if (r->max_abs > a->max_abs)
-        a->max_abs = r->max_abs;
+    cv_diff_merge(&a->d, &r->d);
     return MK_OK;
 }
 
@@ -218,16 +200,16 @@ static mk_status v_judge(vctx *v, mk_conv_stats *st) {
     for (size_t i = 0; i < v->p->nouts; i++) {
         const vacc *a = &v->acc[i];
         const cv_out *o = &v->p->outs[i];
-        double rel = a->ref2 > 0 ? sqrt(a->err2 / a->ref2) : (a->err2 > 0 ? INFINITY : 0.0);
-        bool bad = a->hash_bad || a->bad_nan || (a->numeric && rel > tol_of(o->dt));
+        double rel = cv_diff_rel(&a->d);
+        bool bad = a->hash_bad || a->d.bad || (a->numeric && rel > tol_of(o->dt));
         if (a->numeric) {
             st->verified_numeric++;
             if (rel >= st->worst_rel_l2) {
                 st->worst_rel_l2 = rel;
                 snprintf(st->worst_tensor, sizeof st->worst_tensor, "%s", o->name);
             }
-            if (a->max_abs > st->worst_max_abs)
-                st->worst_max_abs = a->max_abs;
+            if (a->d.max_abs > st->worst_max_abs)
+                st->worst_max_abs = a->d.max_abs;
         } else if (!a->hash_bad)
             st->verified_hash++;
         if (bad) {
@@ -238,8 +220,8 @@ static mk_status v_judge(vctx *v, mk_conv_stats *st) {
                                  : mk_err(MK_E_MISMATCH,
                                           "verify: '%s' (%s) differs from the source: rel L2 %.3g (allowed %.1g), "
                                           "max abs %.3g, %llu NaN/Inf mismatches",
-                                          o->name, mk_dtype_name(o->dt), rel, tol_of(o->dt), a->max_abs,
-                                          (unsigned long long)a->bad_nan);
+                                          o->name, mk_dtype_name(o->dt), rel, tol_of(o->dt), a->d.max_abs,
+                                          (unsigned long long)a->d.bad);
         }
     }
     return rc;

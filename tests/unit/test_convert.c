@@ -382,6 +382,57 @@ static void test_passthrough_bytes(void **state) {
     free(h);
 }
 
+/* --verify on non-finite weights: an Inf and a NaN planted in a bf16
+ * fixture survive conversion to f32 (and back to MLX bf16) as themselves,
+ * and --verify accepts them: equal infinities are equal, NaN sits where the
+ * source has it. (It used to call matching infinities a mismatch.) */
+static void test_verify_nonfinite(void **state) {
+    (void)state;
+    char *src = path2(g_tmp, "nonfinite"), *cfg = path2(src, "config.json"), *sf = path2(src, "model.safetensors");
+    char fsrc[4096];
+    snprintf(fsrc, sizeof fsrc, "%s", mk_test_fixture("qwen3moe-a/bf16"));
+    char *fcfg = path2(fsrc, "config.json"), *fsf = path2(fsrc, "model.safetensors");
+    size_t ncfg, nsf;
+    unsigned char *c = mk_test_slurp(fcfg, &ncfg), *w = mk_test_slurp(fsf, &nsf);
+    assert_non_null(c);
+    assert_non_null(w);
+    mkdir(src, 0755);
+    mk_ckpt *ck;
+    assert_int_equal(mk_ckpt_open(fsrc, MK_CKPT_NO_MMAP, &ck), MK_OK);
+    const mk_tensor_info *q = mk_ckpt_find(ck, "model.layers.0.self_attn.q_proj.weight");
+    const mk_tensor_info *e = mk_ckpt_find(ck, "model.layers.1.mlp.experts.3.down_proj.weight");
+    assert_non_null(q);
+    assert_non_null(e);
+    assert_int_equal(q->dtype, MK_DT_BF16);
+    w[q->file_offset + 2] = 0x80, w[q->file_offset + 3] = 0x7f;   /* +Inf */
+    w[q->file_offset + 10] = 0x80, w[q->file_offset + 11] = 0xff; /* -Inf */
+    w[e->file_offset + 6] = 0xc0, w[e->file_offset + 7] = 0x7f;   /* NaN */
+    mk_ckpt_close(ck);
+    assert_int_equal(mk_test_write(cfg, c, ncfg), 0);
+    assert_int_equal(mk_test_write(sf, w, nsf), 0);
+    char *f32 = path2(g_tmp, "nonfinite.f32"), *mlx = path2(g_tmp, "nonfinite.mlx");
+    assert_int_equal(convert(src, f32, MK_CONV_HF, MK_CONV_PER_EXPERT, MK_DT_F32, true), MK_OK);
+    assert_int_equal(convert(f32, mlx, MK_CONV_MLX, MK_CONV_PER_EXPERT, MK_DT_BF16, true), MK_OK);
+    /* the values really are there, decoded independently of convert */
+    assert_int_equal(mk_ckpt_open(f32, MK_CKPT_NO_MMAP, &ck), MK_OK);
+    q = mk_ckpt_find(ck, "model.layers.0.self_attn.q_proj.weight");
+    assert_non_null(q);
+    float v[5]; /* elements 1..5 */
+    assert_int_equal(mk_ckpt_read(ck, q, 4, v, sizeof v), MK_OK);
+    assert_true(isinf(v[0]) && v[0] > 0);
+    assert_true(isinf(v[4]) && v[4] < 0);
+    mk_ckpt_close(ck);
+    free(c);
+    free(w);
+    free(fcfg);
+    free(fsf);
+    free(cfg);
+    free(sf);
+    free(src);
+    free(f32);
+    free(mlx);
+}
+
 /* ----------------------------------------------------- INT4 repack */
 
 static void check_ct_repack(bool asym) {
@@ -526,6 +577,7 @@ int main(void) {
         cmocka_unit_test(test_mlx_qwen35_names),
         cmocka_unit_test(test_vl_fused_equals_per_expert),
         cmocka_unit_test(test_passthrough_bytes),
+        cmocka_unit_test(test_verify_nonfinite),
         cmocka_unit_test(test_ct_repack),
         cmocka_unit_test(test_ct_dequant_hf),
     };
