@@ -6,7 +6,8 @@
  * matched by name. Same storage on both sides: the bytes must be identical
  * (xxh3-128). Different storage (bf16 vs f32, quantized vs float, FP8 vs
  * bf16): both are dequantized row by row and compared numerically (max
- * |a-b|, relative L2 ||a-b||/||b||), which must not exceed --tolerance. With
+ * |b-a|, relative L2 ||b-a||/||a||: mk_diff, as every verification), which
+ * must not exceed --tolerance. With
  * --tolerance > 0, same-storage tensors whose bytes differ are also judged
  * numerically. Memory: two rows of float32 at a time.
  *
@@ -25,6 +26,7 @@
 #include "io/os.h"
 #include "moekit/config.h"
 #include "moekit/convert.h"
+#include "moekit/kernels.h"
 #include "moekit/qview.h"
 #include "moekit/st.h"
 #include "moekit/tensor_hash.h"
@@ -38,7 +40,7 @@ static void help(FILE *f) {
             "  - every logical tensor must exist in both (quantized modules count as one);\n"
             "  - same dtype and shape: bytes must be identical (xxh3-128);\n"
             "  - different storage (e.g. bf16 vs f32, MLX 4-bit vs bf16, FP8 vs bf16): both are\n"
-            "    dequantized to float32 and the relative L2 error ||A-B||/||B|| must be <= X.\n\n"
+            "    dequantized to float32 and the relative L2 error ||B-A||/||A|| must be <= X.\n\n"
             "By layout (the names differ between two checkpoint directories with config.json, e.g.\n"
             "HF vs its `convert --to mlx` output, per-expert vs fused; or --by-layout): B must be A\n"
             "written in B's layout and dtype. Both are read the way convert reads a source and\n"
@@ -71,8 +73,7 @@ static void help(FILE *f) {
 }
 
 typedef struct vstats {
-    double maxabs, err2, ref2;
-    bool nonfinite;
+    mk_diff d; /* B against A (kernels.h: the accumulator of every verification) */
 } vstats;
 
 static mk_status compare_numeric(const mk_ckpt *a, const mk_config *ca, const mk_ckpt *b,
@@ -97,19 +98,8 @@ static mk_status compare_numeric(const mk_ckpt *a, const mk_config *ca, const mk
         s = mk_qview_row(a, &va, r, ra);
         if (s == MK_OK)
             s = mk_qview_row(b, &vb, r, rb);
-        for (int64_t i = 0; s == MK_OK && i < va.cols; i++) {
-            double x = ra[i], y = rb[i];
-            if (!isfinite(x) || !isfinite(y)) {
-                if (!(isnan(x) && isnan(y)) && x != y)
-                    st->nonfinite = true;
-                continue;
-            }
-            double d = fabs(x - y);
-            if (d > st->maxabs)
-                st->maxabs = d;
-            st->err2 += d * d;
-            st->ref2 += y * y;
-        }
+        if (s == MK_OK)
+            mk_diff_add(&st->d, ra, rb, (size_t)va.cols);
     }
     free(ra);
     free(rb);
@@ -210,28 +200,28 @@ static int by_name(const mk_ckpt *a, const mk_config *ca, const mk_tensor_info *
                 if (s != MK_OK)
                     break;
                 numeric = true;
-                double rel = st.ref2 > 0 ? sqrt(st.err2 / st.ref2) : (st.err2 > 0 ? INFINITY : 0);
-                if (!st.nonfinite && rel <= tol) {
+                double rel = mk_diff_rel(&st.d);
+                if (!st.d.bad && rel <= tol) {
                     verdict = rel == 0 ? "equal values" : "within tolerance";
                     n_close++;
                 } else {
-                    verdict = st.nonfinite ? "non-finite mismatch" : "exceeds tolerance";
+                    verdict = st.d.bad ? "non-finite mismatch" : "exceeds tolerance";
                     n_fail++;
                 }
             }
         }
         bool bad = strcmp(verdict, "identical") && strcmp(verdict, "equal values") && strcmp(verdict, "within tolerance");
-        double rel = numeric ? (st.ref2 > 0 ? sqrt(st.err2 / st.ref2) : (st.err2 > 0 ? INFINITY : 0)) : 0;
+        double rel = numeric ? mk_diff_rel(&st.d) : 0;
         if (json) {
             json_t *o = json_pack("{s:s,s:s}", "name", name, "result", verdict);
             if (numeric) {
-                json_object_set_new(o, "max_abs", json_real(st.maxabs));
+                json_object_set_new(o, "max_abs", json_real(st.d.max_abs));
                 json_object_set_new(o, "rel_l2", json_real(isfinite(rel) ? rel : 1e300));
             }
             json_array_append_new(jl, o);
         } else if (bad || !quiet) {
             if (numeric)
-                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", name, st.maxabs, rel);
+                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", name, st.d.max_abs, rel);
             else
                 printf("%-14s %s  (%s)\n", bad ? "FAIL" : "ok", name, verdict);
         }

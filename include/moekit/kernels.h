@@ -67,6 +67,18 @@ mk_status mk_kernels_set_isa(mk_isa isa);
 
 /* ---- matrix products -------------------------------------------------- */
 
+/* Accumulated difference of B's values against A's (the reference), the
+ * one every verification in moekit reports: sums in double over the finite
+ * pairs, NaN/Inf judged by position. */
+typedef struct mk_diff {
+    double err2, ref2, max_abs; /* sum (b-a)^2, sum a^2, max |b-a| over finite pairs */
+    uint64_t bad;               /* NaN in one side only, or a non-finite value the other side lacks */
+} mk_diff;
+void mk_diff_add(mk_diff *d, const float *a, const float *b, size_t n);
+void mk_diff_merge(mk_diff *into, const mk_diff *d);
+/* ||b-a|| / ||a||: 0 when both are 0, +inf when only a is 0. */
+double mk_diff_rel(const mk_diff *d);
+
 /* Y[t*rows + r] = sum_c W[r,c] * X[t*cols + c] for t < n, r < rows.
  * X, Y float32, must not overlap. Threads over rows (and token blocks when
  * n > 1); each weight row is read once per block of up to 32 tokens.

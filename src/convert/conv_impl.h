@@ -36,6 +36,7 @@
 
 #include "moekit/config.h"
 #include "moekit/convert.h"
+#include "moekit/kernels.h"
 #include "moekit/st.h"
 #include "model/layout.h"
 
@@ -318,19 +319,10 @@ int cv_natcmp(const char *a, const char *b);
  * dropped (conv1d (C,1,K) vs MLX (C,K,1)). */
 bool cv_shape_flat_eq(int na, const int64_t *a, int nb, const int64_t *b);
 
-/* Accumulated difference of B's values against A's (the reference). */
-typedef struct cv_diff {
-    double err2, ref2, max_abs; /* sum (b-a)^2, sum a^2, max |b-a| over finite pairs */
-    uint64_t bad;               /* NaN in one side only, or a non-finite value the other side lacks */
-} cv_diff;
-void cv_diff_add(cv_diff *d, const float *a, const float *b, size_t n);
-void cv_diff_merge(cv_diff *into, const cv_diff *d);
-/* ||b-a|| / ||a||: 0 when both are 0, +inf when only a is 0. */
-double cv_diff_rel(const cv_diff *d);
 /* Verdict of a compared unit: bytes equal -> identical; else numeric values
  * (`numeric`: decodable) with no NaN/Inf mismatch and rel L2 <= tol ->
  * within tolerance; else differs. */
-mk_xverify_result cv_xv_judge(bool bytes_equal, bool numeric, const cv_diff *d, double tol);
+mk_xverify_result cv_xv_judge(bool bytes_equal, bool numeric, const mk_diff *d, double tol);
 
 mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int threads, uint64_t chunk,
                     mk_conv_stats *st, bool quiet);

@@ -10,7 +10,7 @@
  *                  accepted within the rounding of the output dtype
  *                  (bf16 5e-3, f16 1e-3, f32 1e-6 relative L2) and with
  *                  NaN and infinities exactly where the source has them
- *                  (cv_diff, the accumulator verify across layouts uses).
+ *                  (mk_diff, the accumulator of every verification).
  * The output is opened as a checkpoint from scratch (the strict reader
  * re-validates every header) and tensor dtypes and shapes must equal the
  * plan's. */
@@ -31,11 +31,11 @@ typedef struct vitem {
 
 typedef struct vres {
     int hash_equal; /* -1: numeric item */
-    cv_diff d;      /* output against the source's values (xverify.c's accumulator) */
+    mk_diff d;      /* output against the source's values */
 } vres;
 
 typedef struct vacc {
-    cv_diff d;
+    mk_diff d;
     uint64_t hash_bad;
     bool numeric;
 } vacc;
@@ -103,7 +103,7 @@ static mk_status v_produce(void *ctx, size_t i, void *scratch, void *out, size_t
     MK_TRY(mk_ckpt_read(v->out, ot, pc->out_off + before, raw, (size_t)nb));
     if (!mk_dtype_to_f32(pc->dt, raw, got, nv))
         return mk_err(MK_E_INTERNAL, "verify: cannot decode %s", mk_dtype_name(pc->dt));
-    cv_diff_add(&r->d, want, got, nv);
+    mk_diff_add(&r->d, want, got, nv);
     return MK_OK;
 }
 
@@ -117,7 +117,7 @@ static mk_status v_consume(void *ctx, size_t i, const void *out, size_t len) {
         return MK_OK;
     }
     a->numeric = true;
-    cv_diff_merge(&a->d, &r->d);
+    mk_diff_merge(&a->d, &r->d);
     return MK_OK;
 }
 
@@ -200,7 +200,7 @@ static mk_status v_judge(vctx *v, mk_conv_stats *st) {
     for (size_t i = 0; i < v->p->nouts; i++) {
         const vacc *a = &v->acc[i];
         const cv_out *o = &v->p->outs[i];
-        double rel = cv_diff_rel(&a->d);
+        double rel = mk_diff_rel(&a->d);
         bool bad = a->hash_bad || a->d.bad || (a->numeric && rel > tol_of(o->dt));
         if (a->numeric) {
             st->verified_numeric++;

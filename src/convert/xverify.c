@@ -76,51 +76,12 @@ bool cv_shape_flat_eq(int na, const int64_t *a, int nb, const int64_t *b) {
     }
 }
 
-void cv_diff_add(cv_diff *d, const float *a, const float *b, size_t n) {
-    for (size_t k = 0; k < n; k++) {
-        float x = a[k], y = b[k];
-        bool nx = isnan(x), ny = isnan(y);
-        if (nx || ny) {
-            d->bad += nx != ny;
-            continue;
-        }
-        if (x == y) { /* equal infinities included */
-            if (isfinite(x))
-                d->ref2 += (double)x * (double)x;
-            continue;
-        }
-        if (!isfinite(x) || !isfinite(y)) {
-            d->bad++;
-            continue;
-        }
-        double e = (double)y - (double)x;
-        d->err2 += e * e;
-        d->ref2 += (double)x * (double)x;
-        if (fabs(e) > d->max_abs)
-            d->max_abs = fabs(e);
-    }
-}
-
-void cv_diff_merge(cv_diff *into, const cv_diff *d) {
-    into->err2 += d->err2;
-    into->ref2 += d->ref2;
-    into->bad += d->bad;
-    if (d->max_abs > into->max_abs)
-        into->max_abs = d->max_abs;
-}
-
-double cv_diff_rel(const cv_diff *d) {
-    if (d->ref2 > 0)
-        return sqrt(d->err2 / d->ref2);
-    return d->err2 > 0 ? INFINITY : 0.0;
-}
-
-mk_xverify_result cv_xv_judge(bool bytes_equal, bool numeric, const cv_diff *d, double tol) {
+mk_xverify_result cv_xv_judge(bool bytes_equal, bool numeric, const mk_diff *d, double tol) {
     if (bytes_equal)
         return MK_XV_IDENTICAL;
     if (!numeric || d->bad)
         return MK_XV_DIFFERS;
-    return cv_diff_rel(d) <= tol ? MK_XV_WITHIN_TOL : MK_XV_DIFFERS;
+    return mk_diff_rel(d) <= tol ? MK_XV_WITHIN_TOL : MK_XV_DIFFERS;
 }
 
 const char *mk_xverify_result_name(mk_xverify_result r) {
@@ -155,13 +116,13 @@ typedef struct xv_unit {
     bool numeric;               /* dt decodes to float32 */
     int64_t numel, step;        /* values; values per chunk */
     size_t first;               /* first item */
-    cv_diff acc;                /* accumulated over the chunks consumed so far */
+    mk_diff acc;                /* accumulated over the chunks consumed so far */
     bool bytes_equal;
 } xv_unit;
 
 /* What one chunk found (a pipeline slot). */
 typedef struct xv_res {
-    cv_diff d;
+    mk_diff d;
     bool bytes_equal;
 } xv_res;
 
@@ -403,7 +364,7 @@ static mk_status xv_produce(void *ctx, size_t i, void *scratch, void *out, size_
         fb = (float *)(void *)vb;
     } else if (!mk_dtype_to_f32(u->dt, va, fa, (size_t)n) || !mk_dtype_to_f32(u->dt, vb, fb, (size_t)n))
         return mk_err(MK_E_INTERNAL, "verify: cannot decode %s", mk_dtype_name(u->dt));
-    cv_diff_add(&r->d, fa, fb, (size_t)n);
+    mk_diff_add(&r->d, fa, fb, (size_t)n);
     return MK_OK;
 }
 
@@ -493,7 +454,7 @@ static mk_status finish_unit(xv_ctx *x, const xv_unit *u) {
         r.numel = (uint64_t)u->numel;
         if (u->numeric) {
             r.max_abs = u->acc.max_abs;
-            r.rel_l2 = cv_diff_rel(&u->acc);
+            r.rel_l2 = mk_diff_rel(&u->acc);
             r.nonfinite_mismatch = u->acc.bad;
         }
     } else
@@ -509,7 +470,7 @@ static mk_status xv_consume(void *ctx, size_t i, const void *out, size_t len) {
     if (u->compare) {
         const xv_res *r = out;
         u->bytes_equal = u->bytes_equal && r->bytes_equal;
-        cv_diff_merge(&u->acc, &r->d);
+        mk_diff_merge(&u->acc, &r->d);
         if (i + 1 < u->first + (size_t)((u->numel + u->step - 1) / u->step))
             return MK_OK; /* more chunks of this unit to come */
     }

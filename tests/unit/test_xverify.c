@@ -41,40 +41,40 @@ static void test_flat_shapes(void **st) {
 static void test_diff(void **st) {
     (void)st;
     float a[6] = {1, 2, NAN, INFINITY, 3, 0}, b[6] = {1, 2, NAN, INFINITY, 4, 0};
-    cv_diff d = {0};
-    cv_diff_add(&d, a, b, 6);
+    mk_diff d = {0};
+    mk_diff_add(&d, a, b, 6);
     assert_int_equal(d.bad, 0); /* NaN with NaN, Inf with Inf: matching */
     assert_true(fabs(d.max_abs - 1.0) < 1e-12);
     assert_true(fabs(d.err2 - 1.0) < 1e-12);
     assert_true(fabs(d.ref2 - (1 + 4 + 9)) < 1e-12);
-    assert_true(fabs(cv_diff_rel(&d) - sqrt(1.0 / 14)) < 1e-12);
+    assert_true(fabs(mk_diff_rel(&d) - sqrt(1.0 / 14)) < 1e-12);
     /* NaN on one side only, Inf against a number: mismatches at any tolerance */
     float c[3] = {NAN, 1, INFINITY}, e[3] = {1, NAN, 5};
-    cv_diff m = {0};
-    cv_diff_add(&m, c, e, 3);
+    mk_diff m = {0};
+    mk_diff_add(&m, c, e, 3);
     assert_int_equal(m.bad, 3);
     assert_int_equal(cv_xv_judge(false, true, &m, 1e9), MK_XV_DIFFERS);
     /* merging chunks = one pass over all of it */
-    cv_diff p = {0}, q = {0}, all = {0};
-    cv_diff_add(&p, a, b, 3);
-    cv_diff_add(&q, a + 3, b + 3, 3);
-    cv_diff_merge(&p, &q);
-    cv_diff_add(&all, a, b, 6);
+    mk_diff p = {0}, q = {0}, all = {0};
+    mk_diff_add(&p, a, b, 3);
+    mk_diff_add(&q, a + 3, b + 3, 3);
+    mk_diff_merge(&p, &q);
+    mk_diff_add(&all, a, b, 6);
     assert_true(p.err2 == all.err2 && p.ref2 == all.ref2 && p.max_abs == all.max_abs && p.bad == all.bad);
     /* all zeros: rel 0; reference 0 with an error: +inf */
-    cv_diff zero = {0}, inf = {.err2 = 1};
-    assert_true(cv_diff_rel(&zero) == 0.0);
-    assert_true(isinf(cv_diff_rel(&inf)));
+    mk_diff zero = {0}, inf = {.err2 = 1};
+    assert_true(mk_diff_rel(&zero) == 0.0);
+    assert_true(isinf(mk_diff_rel(&inf)));
 }
 
 static void test_judge(void **st) {
     (void)st;
-    cv_diff d = {.err2 = 1e-4, .ref2 = 1.0, .max_abs = 0.01};
+    mk_diff d = {.err2 = 1e-4, .ref2 = 1.0, .max_abs = 0.01};
     assert_int_equal(cv_xv_judge(true, true, &d, 0), MK_XV_IDENTICAL);
     assert_int_equal(cv_xv_judge(false, true, &d, 0), MK_XV_DIFFERS); /* rel 0.01 > 0 */
     assert_int_equal(cv_xv_judge(false, true, &d, 0.01), MK_XV_WITHIN_TOL);
     assert_int_equal(cv_xv_judge(false, true, &d, 0.009), MK_XV_DIFFERS);
-    cv_diff same = {.ref2 = 1.0}; /* bytes differ, values equal (signed zero): rel 0 */
+    mk_diff same = {.ref2 = 1.0}; /* bytes differ, values equal (signed zero): rel 0 */
     assert_int_equal(cv_xv_judge(false, true, &same, 0), MK_XV_WITHIN_TOL);
     assert_int_equal(cv_xv_judge(false, false, &same, 1), MK_XV_DIFFERS); /* integers: bytes only */
     assert_string_equal(mk_xverify_result_name(MK_XV_ONLY_B), "only in B");
