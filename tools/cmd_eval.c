@@ -34,7 +34,6 @@ static void help(FILE *f) {
             "                    positions, the mean and 99th percentile of KL(MODEL2 || MODEL)\n"
             "                    and how often both rank the same token first\n"
             "  --threads N       compute threads (default: all CPUs)\n"
-            "  --rope-f32        exact float32 RoPE frequencies (see moekit logits --help)\n"
             "  --fp8-bf16        dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "  --json            print the results as JSON\n"
             "  -h, --help        this text\n\n"
@@ -193,7 +192,7 @@ int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"text", required_argument, 0, 'f'},    {"window", required_argument, 0, 'w'},
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
-        {"threads", required_argument, 0, 't'}, {"rope-f32", no_argument, 0, 'R'},
+        {"threads", required_argument, 0, 't'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     eval_opts o = {.window = 256, .tokens = 20000};
@@ -218,7 +217,6 @@ int cmd_eval(int argc, char **argv) {
                 return mk_cli_usage("eval", "--threads wants 1..1024, got '%s'", optarg);
             o.eo.threads = (int)v;
             break;
-        case 'R': o.eo.rope_exact = true; break;
         case 'F': o.mo.fp8_to_bf16 = true; break;
         case 'J': o.json = true; break;
         case 'h': help(stdout); return 0;

@@ -21,10 +21,6 @@ static void help(FILE *f) {
             "  --threads N         compute threads (default: all CPUs)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
-            "  --rope-f32          exact float32 RoPE frequencies (as transformers'\n"
-            "                      from_pretrained in float32; better at long contexts). By\n"
-            "                      default they are rounded to a float checkpoint's dtype, as\n"
-            "                      in transformers with the model held in that dtype\n"
             "  --fp8-bf16          dequantize FP8 weights at load to bf16 copies (each product\n"
             "                      rounded to bf16, as transformers' FP8 loader does): exact\n"
             "                      match with transformers, 2 bytes/weight of RAM\n"
@@ -38,13 +34,11 @@ int cmd_logits(int argc, char **argv) {
                                          {"hidden-out", required_argument, 0, 'H'},
                                          {"threads", required_argument, 0, 't'},
                                          {"prefill-chunk", required_argument, 0, 'c'},
-                                         {"rope-f32", no_argument, 0, 'R'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ids_s = NULL, *out = NULL, *hout = NULL;
     long long threads = 0, chunk = 0;
-    bool rope_f32 = false;
     mk_model_opts mo = {0};
     int ch;
     optind = 1;
@@ -63,7 +57,6 @@ int cmd_logits(int argc, char **argv) {
                 return mk_cli_usage("logits", "--prefill-chunk wants a positive count, got '%s'",
                                     optarg);
             break;
-        case 'R': rope_f32 = true; break;
         case 'F': mo.fp8_to_bf16 = true; break;
         case 'h': help(stdout); return 0;
         default:
@@ -83,8 +76,7 @@ int cmd_logits(int argc, char **argv) {
         free(ids);
         return mk_cli_usage("logits", "--ids is empty");
     }
-    mk_engine_opts eo = {.threads = (int)threads, .max_ctx = n, .prefill_chunk = (int)chunk,
-                         .rope_exact = rope_f32};
+    mk_engine_opts eo = {.threads = (int)threads, .max_ctx = n, .prefill_chunk = (int)chunk};
     mk_model *m = NULL;
     mk_engine *e = NULL;
     float *logits = NULL, *hidden = NULL;

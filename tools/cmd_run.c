@@ -44,7 +44,6 @@ static void help(FILE *f) {
             "  --ctx N              context positions to allocate (default: prompt +\n"
             "                       max tokens; 4096 for interactive chat)\n"
             "  --prefill-chunk N    tokens per prefill chunk (default 512)\n"
-            "  --rope-f32           exact float32 RoPE frequencies (see moekit logits --help)\n"
             "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "output:\n"
             "  --stats              print prefill and decode speed (tok/s) and the KV-cache\n"
@@ -303,7 +302,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"min-p", required_argument, 0, 'm'},  {"repeat-penalty", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'j'},
         {"ctx", required_argument, 0, 'x'},    {"prefill-chunk", required_argument, 0, 'c'},
-        {"rope-f32", no_argument, 0, 'R'},     {"fp8-bf16", no_argument, 0, 'F'},
+        {"fp8-bf16", no_argument, 0, 'F'},
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
@@ -363,7 +362,6 @@ static int parse(int argc, char **argv, run_opts *o) {
                                     optarg);
             o->eo.prefill_chunk = (int)v;
             break;
-        case 'R': o->eo.rope_exact = true; break;
         case 'F': o->mo.fp8_to_bf16 = true; break;
         case 'a': o->stats = true; break;
         case 'J': o->json = true; break;

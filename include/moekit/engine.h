@@ -44,8 +44,6 @@ typedef struct mk_engine_opts {
     int prefill_chunk;      /* tokens per forward chunk; <= 0: 512 */
     mk_backend *backend;    /* NULL: a CPU backend the engine creates and owns; else borrowed */
     mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
-    bool rope_exact;        /* float32 RoPE frequencies; default (false) rounds them to the
-                               checkpoint dtype as transformers does for a model held in it */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
 } mk_engine_opts;

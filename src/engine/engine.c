@@ -137,22 +137,12 @@ static void rope_init(mk_engine *e) {
     int dim = e->rot_dim, half = dim / 2;
     float base = (float)r->theta;
     e->attn_factor = 1.0f;
-    for (int i = 0; i < half; i++) /* float32, as torch computes it */
+    /* float32, as torch computes it, and never rounded to the checkpoint's
+     * dtype: transformers' from_pretrained, llama.cpp, mlx-lm and vLLM all
+     * rotate with float32 frequencies (a bf16-rounded one is off by up to
+     * 0.4%, radians of phase at a few thousand positions). */
+    for (int i = 0; i < half; i++)
         e->inv_freq[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
-    /* transformers keeps inv_freq in a buffer that model.to(dtype) casts: a
-     * model held in its checkpoint's float dtype (bf16/f16) and then run in
-     * float32 rotates with the rounded frequencies, and positions amplify the
-     * difference (3e-2 relative on the logits at 32 tokens). By default follow
-     * that for float checkpoints; quantized ones (FP8, MLX, INT4) are never
-     * held in bf16 by transformers, and rope_exact keeps float32 frequencies
-     * (transformers' from_pretrained in float32; better at long contexts). */
-    bool round = !e->rope_exact && !mk_model_quantized(e->m);
-    if (round && !strcmp(c->dtype, "bfloat16"))
-        for (int i = 0; i < half; i++)
-            e->inv_freq[i] = mk_bf16_to_f32(mk_f32_to_bf16(e->inv_freq[i]));
-    else if (round && !strcmp(c->dtype, "float16"))
-        for (int i = 0; i < half; i++)
-            e->inv_freq[i] = mk_f16_to_f32(mk_f32_to_f16(e->inv_freq[i]));
     if (strcmp(r->type, "yarn") || !(r->factor > 1))
         return;
     /* transformers 5.x uses the explicit factor (4.x derived it from the
@@ -213,7 +203,6 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
                        : 4096;
     e->max_ctx = o->max_ctx > 0 ? o->max_ctx : dflt;
     e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
-    e->rope_exact = o->rope_exact;
     e->on_route = o->on_route;
     e->on_route_user = o->on_route_user;
     if (e->chunk > e->max_ctx)

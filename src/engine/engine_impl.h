@@ -46,7 +46,6 @@ struct mk_engine {
     /* RoPE */
     int rot_dim;          /* rotated dims per head */
     float *inv_freq;      /* [rot/2] */
-    bool rope_exact;      /* keep float32 inv_freq (see rope_init) */
     float attn_factor;    /* multiplies cos/sin (YaRN) */
     float attn_scale;     /* softmax scale of q.k */
     float *cos, *sin;     /* [nC, rot/2] for the current chunk */

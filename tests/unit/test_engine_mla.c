@@ -291,8 +291,7 @@ static const schedule g_sched[] = {
 /* The worst per-token rel L2 of hidden entries 1..L against the reference. */
 static double run_schedule(const mk_model *m, const schedule *sc, const int32_t *ids,
                            const double *ref) {
-    mk_engine_opts o = {.threads = sc->threads, .max_ctx = N, .prefill_chunk = sc->chunk,
-                        .rope_exact = true};
+    mk_engine_opts o = {.threads = sc->threads, .max_ctx = N, .prefill_chunk = sc->chunk};
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK)
         fail_msg("engine: %s", mk_err_msg());
