@@ -1,16 +1,26 @@
-/* The compute backend seam: every numeric operation of the forward pass.
+/* The compute backend seam: memory and every numeric operation of the
+ * forward pass.
  *
  * The engine decides what to compute (which layer, which experts, which
- * cache rows); a backend decides how. The forward pass calls kernels only
- * through this table, so a second backend (CUDA next) can be dropped in and
- * checked layer by layer against the CPU one. Buffers are float32 arrays
- * the engine owns (host memory for the CPU backend); weights are mk_wt
- * views. Shapes below use n = tokens in the call, rows are contiguous unless
- * a stride is given (strides count floats between consecutive rows).
+ * cache rows); a backend decides how and where. The forward pass touches
+ * activations, caches and recurrent state only through this table, so a
+ * second backend (CUDA next) can be dropped in and checked layer by layer
+ * against the CPU one (tests/unit/test_backend_ops.c runs every slot of
+ * every backend against a scalar reference).
  *
- * Slots marked (optional) may be NULL; the engine then falls back to the
- * CPU reference. Every slot is infallible: argument errors are the engine's
- * to catch before the call. */
+ * Memory. Every activation, cache and state buffer is backend memory from
+ * `alloc`; the engine computes pointer offsets into it but never reads or
+ * writes it except through slots, `upload` and `download`. A backend whose
+ * memory is host memory says so (`host_mem`); the engine may then hand it
+ * caller memory directly (logits) instead of staging. Weights are mk_wt
+ * views (a device backend maps them to its own copies).
+ *
+ * Errors. Slots are void so that a device backend can queue them; a backend
+ * records the first failure and reports it from `sync`, which the engine
+ * calls before it returns from a forward step. Argument errors are the
+ * engine's to catch before the call. Shapes below use n = tokens in the
+ * call; rows are contiguous unless a stride is given (strides count floats
+ * between consecutive rows). */
 #ifndef MOEKIT_BACKEND_H
 #define MOEKIT_BACKEND_H
 
@@ -78,11 +88,74 @@ typedef struct mk_gdn_args {
     int nk, nv, dk, dv;
 } mk_gdn_args;
 
+/* Routing of n tokens among E experts (one MoE layer). Writes the k chosen
+ * experts per token (descending score, lowest index first on ties) and the
+ * weights their outputs are scaled by.
+ * MK_ROUTE_SOFTMAX (Qwen): p = softmax(logits) in f32, top-k of p, weights
+ *   p renormalised to sum 1 when `norm`.
+ * MK_ROUTE_GROUPED_SIGMOID (DeepSeek-V3): s = sigmoid(logits); choice = s +
+ *   bias; keep the topk_group of n_group groups with the best sum of their
+ *   top-2 choices (others masked to 0), top-k of choice; weights s,
+ *   normalised (+1e-20) when `norm`, times `scale`. */
+typedef enum mk_route_kind {
+    MK_ROUTE_SOFTMAX = 0,
+    MK_ROUTE_GROUPED_SIGMOID = 1,
+} mk_route_kind;
+
+/* Most experts a router may have (stack scratch of the CPU backend). */
+#define MK_BACKEND_MAX_EXPERTS 4096
+
+typedef struct mk_route_args {
+    const float *logits; /* [n, E] */
+    const float *bias;   /* [E] selection bias, or NULL */
+    int32_t *idx;        /* [n, k] out */
+    float *w;            /* [n, k] out */
+    int64_t n;
+    int E, k;
+    mk_route_kind kind;
+    bool norm;
+    int n_group, topk_group; /* grouped only; <= 0 means 1 */
+    float scale;             /* grouped only: routed_scaling_factor */
+} mk_route_args;
+
 typedef struct mk_backend_i {
     const char *name;
+    /* Buffers from `alloc` are host memory: the engine may pass caller
+     * memory to slots (no staging copies). */
+    bool host_mem;
+
+    /* ---- memory ---- */
+    /* `bytes` of zeroed backend memory, 64-byte aligned. Errors name the size. */
+    mk_status (*alloc)(void *ctx, size_t bytes, void **out);
+    /* Release memory from alloc (NULL ok). */
+    void (*buf_free)(void *ctx, void *p);
+    /* Copies between host memory and backend memory. */
+    void (*upload)(void *ctx, void *dst, const void *host_src, size_t bytes);
+    void (*download)(void *ctx, void *host_dst, const void *src, size_t bytes);
+    /* Zero `bytes` of backend memory. */
+    void (*zero)(void *ctx, void *dst, size_t bytes);
+    /* Wait for every queued slot; the first failure since the last sync, or MK_OK. */
+    mk_status (*sync)(void *ctx);
+
+    /* ---- data movement ---- */
+    /* Strided copy of float runs: for i < n0, j < n1, `width` floats from
+     * src + i*ss0 + j*ss1 to dst + i*ds0 + j*ds1 (regions do not overlap).
+     * Splits and joins of per-head blocks (gated q | gate, MLA's absorbed
+     * query, qwen3_next's grouped projections) are copies of this shape. */
+    void (*copy)(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src, int64_t ss0,
+                 int64_t ss1, int64_t n0, int64_t n1, int64_t width);
+    /* dst[i] = src[rows[i]] for i < m, rows of `dim` floats (rows: backend memory). */
+    void (*gather)(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                   int64_t dim);
+    /* dst[rows[i]] = src[i] for i < m, rows of `dim` floats (rows distinct). */
+    void (*scatter)(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                    int64_t dim);
+
+    /* ---- numeric ---- */
     /* y[n, w.rows] = x[n, w.cols] W^T, any weight format, f32 accumulation. */
     void (*matmul)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
-    /* y[n, w.cols] = rows ids[0..n) of W dequantized (embedding lookup). */
+    /* y[n, w.cols] = rows ids[0..n) of W dequantized (embedding lookup; ids
+     * in backend memory). */
     void (*get_rows)(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y);
     /* rows of dim: y = x * rsqrt(mean(x^2) + eps) * g (g NULL: 1). y may be x. */
     void (*rmsnorm)(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
@@ -117,19 +190,33 @@ typedef struct mk_backend_i {
     void (*sigmoid_mul)(void *ctx, float *x, const float *gate, int64_t n);
     /* y += a * x, n elements. */
     void (*axpy)(void *ctx, float *y, float a, const float *x, int64_t n);
+    /* Router scores -> top-k experts and weights, see mk_route_args. */
+    void (*route)(void *ctx, const mk_route_args *a);
+    /* The weighted sum of each token's k expert outputs:
+     * y[t] = sum_j w[t*k + s] * x[t*k + s] with s = order[t*k + j], for
+     * t < n, rows of dim floats (x [n*k, dim]; order fixes the summation
+     * order, so the result does not depend on when each expert finished). */
+    void (*combine)(void *ctx, float *y, const float *x, const float *w, const int32_t *order,
+                    int64_t n, int k, int64_t dim);
+    /* y[t] += sigmoid(g[t]) * x[t] for t < n rows of dim (g NULL: weight 1):
+     * the shared expert's gated add. */
+    void (*gated_add)(void *ctx, float *y, const float *g, const float *x, int64_t n,
+                      int64_t dim);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;
 
-typedef struct mk_backend {
-    const mk_backend_i *i;
-    void *ctx;
-} mk_backend;
+typedef struct mk_backend mk_backend;
 
+/* Wrap a table and its context (the backend owns ctx from here on, even on
+ * failure). */
+mk_status mk_backend_create(const mk_backend_i *iface, void *ctx, mk_backend **out);
 /* The CPU reference backend over src/kernels, threaded by `pool` (NULL:
  * single thread; the pool must outlive the backend). */
 mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out);
 void mk_backend_free(mk_backend *b); /* NULL ok */
+const mk_backend_i *mk_backend_iface(const mk_backend *b);
+void *mk_backend_ctx(const mk_backend *b);
 
 #ifdef __cplusplus
 }

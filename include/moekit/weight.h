@@ -58,6 +58,13 @@ typedef struct mk_wt {
     float global_scale;   /* NVFP4 (1.0 when absent) */
 } mk_wt;
 
+/* One routed expert: SwiGLU MLP down(silu(gate(x)) * up(x)). */
+typedef struct mk_expert {
+    mk_wt gate; /* [I, H] */
+    mk_wt up;   /* [I, H] */
+    mk_wt down; /* [H, I] */
+} mk_expert;
+
 /* Bytes of one packed row of data (rows are contiguous). */
 size_t mk_wt_row_bytes(const mk_wt *w);
 /* Check internal consistency (bits/group legal, cols divisible). */

@@ -8,7 +8,9 @@
  * per attention work item), so the slots stay infallible and
  * allocation-free. Arithmetic mirrors the
  * transformers float32 reference: reductions in f32, softplus with its
- * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). */
+ * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). Its memory is host
+ * memory (host_mem): alloc is aligned_alloc, upload/download are memcpy,
+ * and no slot can fail, so sync always returns MK_OK. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +22,64 @@
 typedef struct cpu_ctx {
     mk_pool *pool;
 } cpu_ctx;
+
+/* ---- memory ---------------------------------------------------------------- */
+
+static mk_status cpu_alloc(void *ctx, size_t bytes, void **out) {
+    (void)ctx;
+    size_t n = (bytes + 63) & ~(size_t)63;
+    *out = aligned_alloc(64, n ? n : 64);
+    if (!*out)
+        return mk_err(MK_E_NOMEM, "CPU backend: cannot allocate %zu bytes", bytes);
+    memset(*out, 0, n);
+    return MK_OK;
+}
+
+static void cpu_buf_free(void *ctx, void *p) {
+    (void)ctx;
+    free(p);
+}
+
+static void cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    if (bytes && dst != src)
+        memcpy(dst, src, bytes);
+}
+
+static void cpu_zero(void *ctx, void *dst, size_t bytes) {
+    (void)ctx;
+    if (bytes)
+        memset(dst, 0, bytes);
+}
+
+static mk_status cpu_sync(void *ctx) {
+    (void)ctx;
+    return MK_OK;
+}
+
+/* ---- data movement ------------------------------------------------------------ */
+
+static void cpu_copy(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src,
+                     int64_t ss0, int64_t ss1, int64_t n0, int64_t n1, int64_t width) {
+    (void)ctx;
+    for (int64_t i = 0; i < n0; i++)
+        for (int64_t j = 0; j < n1; j++)
+            memcpy(dst + i * ds0 + j * ds1, src + i * ss0 + j * ss1, (size_t)width * sizeof(float));
+}
+
+static void cpu_gather(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                       int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < m; i++)
+        memcpy(dst + i * dim, src + (int64_t)rows[i] * dim, (size_t)dim * sizeof(float));
+}
+
+static void cpu_scatter(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                        int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < m; i++)
+        memcpy(dst + (int64_t)rows[i] * dim, src + i * dim, (size_t)dim * sizeof(float));
+}
 
 static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
     mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
@@ -278,10 +338,119 @@ static void cpu_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
     mk_axpy(y, a, x, n);
 }
 
+/* ---- MoE ------------------------------------------------------------------ */
+
+/* Indices of the k largest of s[0..n) into idx (descending, lowest index
+ * first on ties, as a stable selection). k is small (<= ~16). */
+static void topk(const float *s, int n, int k, int32_t *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            bool taken = false;
+            for (int q = 0; q < j && !taken; q++)
+                taken = idx[q] == i;
+            if (!taken && (best < 0 || s[i] > s[best]))
+                best = i;
+        }
+        idx[j] = best;
+    }
+}
+
+/* Qwen: softmax over all experts (f32), top-k, renormalised when asked. */
+static void route_softmax(const mk_route_args *a, const float *logits, int32_t *idx, float *wt) {
+    float p[MK_BACKEND_MAX_EXPERTS];
+    memcpy(p, logits, (size_t)a->E * sizeof(float));
+    mk_softmax(p, a->E);
+    topk(p, a->E, a->k, idx);
+    float sum = 0.0f;
+    for (int j = 0; j < a->k; j++)
+        sum += (wt[j] = p[idx[j]]);
+    if (a->norm)
+        for (int j = 0; j < a->k; j++)
+            wt[j] /= sum;
+}
+
+/* DeepSeek-V3 grouped sigmoid routing (masked groups are 0, as
+ * transformers' masked_fill). */
+static void route_grouped(const mk_route_args *a, const float *logits, int32_t *idx, float *wt) {
+    int E = a->E, k = a->k;
+    int G = a->n_group > 0 ? a->n_group : 1, TG = a->topk_group > 0 ? a->topk_group : 1;
+    int per = E / G;
+    float choice[MK_BACKEND_MAX_EXPERTS], gs[MK_BACKEND_MAX_EXPERTS];
+    int32_t gi[2], keep[MK_BACKEND_MAX_EXPERTS];
+    for (int i = 0; i < E; i++)
+        choice[i] = 1.0f / (1.0f + expf(-logits[i])) + (a->bias ? a->bias[i] : 0.0f);
+    for (int g = 0; g < G; g++) {
+        topk(choice + g * per, per, 2, gi);
+        gs[g] = choice[g * per + gi[0]] + choice[g * per + gi[1]];
+    }
+    topk(gs, G, TG, keep);
+    for (int g = 0; g < G; g++) {
+        bool kept = false;
+        for (int j = 0; j < TG; j++)
+            kept |= keep[j] == g;
+        if (!kept)
+            for (int i = 0; i < per; i++)
+                choice[g * per + i] = 0.0f;
+    }
+    topk(choice, E, k, idx);
+    float sum = 0.0f;
+    for (int j = 0; j < k; j++)
+        sum += (wt[j] = 1.0f / (1.0f + expf(-logits[idx[j]])));
+    for (int j = 0; j < k; j++) {
+        if (a->norm)
+            wt[j] /= sum + 1e-20f;
+        wt[j] *= a->scale;
+    }
+}
+
+static void cpu_route(void *ctx, const mk_route_args *a) {
+    (void)ctx;
+    for (int64_t t = 0; t < a->n; t++) {
+        const float *lg = a->logits + t * a->E;
+        if (a->kind == MK_ROUTE_GROUPED_SIGMOID)
+            route_grouped(a, lg, a->idx + t * a->k, a->w + t * a->k);
+        else
+            route_softmax(a, lg, a->idx + t * a->k, a->w + t * a->k);
+    }
+}
+
+static void cpu_combine(void *ctx, float *y, const float *x, const float *w,
+                        const int32_t *order, int64_t n, int k, int64_t dim) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float *yt = y + t * dim;
+        memset(yt, 0, (size_t)dim * sizeof(float));
+        for (int j = 0; j < k; j++) {
+            int64_t i = t * k + order[t * k + j];
+            mk_axpy(yt, w[i], x + i * dim, dim);
+        }
+    }
+}
+
+static void cpu_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n,
+                          int64_t dim) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float a = g ? 1.0f / (1.0f + expf(-g[t])) : 1.0f;
+        mk_axpy(y + t * dim, a, x + t * dim, dim);
+    }
+}
+
 static void cpu_free(void *ctx) { free(ctx); }
 
 static const mk_backend_i g_cpu = {
     .name = "cpu",
+    .host_mem = true,
+    .alloc = cpu_alloc,
+    .buf_free = cpu_buf_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .copy = cpu_copy,
+    .gather = cpu_gather,
+    .scatter = cpu_scatter,
     .matmul = cpu_matmul,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,
@@ -295,29 +464,17 @@ static const mk_backend_i g_cpu = {
     .swiglu = cpu_swiglu,
     .sigmoid_mul = cpu_sigmoid_mul,
     .axpy = cpu_axpy,
+    .route = cpu_route,
+    .combine = cpu_combine,
+    .gated_add = cpu_gated_add,
     .free = cpu_free,
 };
 
 mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out) {
     *out = NULL;
-    mk_backend *b = calloc(1, sizeof *b);
     cpu_ctx *c = calloc(1, sizeof *c);
-    if (!b || !c) {
-        free(b);
-        free(c);
+    if (!c)
         return mk_err(MK_E_NOMEM, "no memory for the CPU backend");
-    }
     c->pool = pool;
-    b->i = &g_cpu;
-    b->ctx = c;
-    *out = b;
-    return MK_OK;
-}
-
-void mk_backend_free(mk_backend *b) {
-    if (!b)
-        return;
-    if (b->i && b->i->free)
-        b->i->free(b->ctx);
-    free(b);
+    return mk_backend_create(&g_cpu, c, out);
 }

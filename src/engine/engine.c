@@ -1,8 +1,9 @@
-/* Engine lifetime: options, the arena, RoPE tables, reset.
+/* Engine lifetime: options, the arenas, RoPE tables, reset.
  *
- * The arena is planned in two passes over the same list of buffers (carve):
- * the first sums the sizes, the second hands out pointers into one zeroed
- * allocation. Buffer sizes come from the config's largest dimensions of each
+ * The arenas are planned in two passes over the same list of buffers
+ * (carve): the first sums the sizes, the second hands out pointers into one
+ * zeroed allocation each, backend memory (from the backend's alloc) for
+ * what slots compute on and host memory for what the engine reads itself. Buffer sizes come from the config's largest dimensions of each
  * block kind present, so a dense-attention model pays nothing for DeltaNet
  * scratch and vice versa. The forward pass itself lives in forward.c. */
 #include <math.h>
@@ -14,15 +15,23 @@
 /* ---- arena ---------------------------------------------------------------- */
 
 typedef struct carver {
-    char *base; /* NULL while sizing */
-    size_t off;
+    char *base, *hbase; /* NULL while sizing */
+    size_t off, hoff;
 } carver;
 
-/* Reserve n elements of `esz` bytes, 64-byte aligned. */
+/* Reserve n elements of `esz` bytes of backend memory, 64-byte aligned. */
 static void *take(carver *cv, int64_t n, size_t esz) {
     size_t bytes = (size_t)(n > 0 ? n : 0) * esz;
     void *p = cv->base && bytes ? cv->base + cv->off : NULL;
     cv->off += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+/* The same in host memory. */
+static void *take_h(carver *cv, int64_t n, size_t esz) {
+    size_t bytes = (size_t)(n > 0 ? n : 0) * esz;
+    void *p = cv->hbase && bytes ? cv->hbase + cv->hoff : NULL;
+    cv->hoff += (bytes + 63) & ~(size_t)63;
     return p;
 }
 
@@ -50,12 +59,17 @@ static void carve(mk_engine *e, carver *cv) {
         Imax = imax(Imax, w->is_moe ? imax(c->moe_intermediate_size, c->shared_intermediate_size)
                                     : c->intermediate_size);
     }
+    e->ids = take(cv, nC, 4);
     e->x = take(cv, nC * H, 4);
     e->xb = take(cv, nC * H, 4);
     e->y = take(cv, nC * H, 4);
-    e->cos = take(cv, nC * (e->rot_dim / 2), 4);
-    e->sin = take(cv, nC * (e->rot_dim / 2), 4);
-    e->inv_freq = take(cv, e->rot_dim / 2, 4);
+    if (!e->bi->host_mem) /* logits staged through backend memory, MK_ENGINE_LOGIT_ROWS at a time */
+        e->lg = take(cv, (nC < MK_ENGINE_LOGIT_ROWS ? nC : MK_ENGINE_LOGIT_ROWS) * c->vocab_size, 4);
+    e->cos = take_h(cv, nC * (e->rot_dim / 2), 4);
+    e->sin = take_h(cv, nC * (e->rot_dim / 2), 4);
+    e->cos_b = take(cv, nC * (e->rot_dim / 2), 4);
+    e->sin_b = take(cv, nC * (e->rot_dim / 2), 4);
+    e->inv_freq = take_h(cv, e->rot_dim / 2, 4);
     if (has_attn || has_mla) {
         int64_t qw = has_attn ? nH * hd * 2 : 0, aw = has_attn ? nH * hd : 0;
         if (has_mla) {
@@ -86,15 +100,20 @@ static void carve(mk_engine *e, carver *cv) {
     }
     if (has_moe) {
         e->router = take(cv, nC * E, 4);
-        e->top_idx = take(cv, nC * k, 4);
-        e->top_w = take(cv, nC * k, 4);
-        e->cnt = take(cv, E + 1, 4);
-        e->order = take(cv, nC * k, 4);
-        e->used = take(cv, E, 4);
+        e->top_idx_b = take(cv, nC * k, 4);
+        e->top_w_b = take(cv, nC * k, 4);
+        e->tok_b = take(cv, nC * k, 4);
+        e->pair_b = take(cv, nC * k, 4);
+        e->perm_b = take(cv, nC * k, 4);
+        e->pairs = take(cv, nC * k * H, 4);
         e->sh = take(cv, nC, 4);
-        e->ssc = take(cv, E, 4);
-        e->gsc = take(cv, E, 4);
-        e->gkeep = take(cv, E, 4);
+        e->top_idx = take_h(cv, nC * k, 4);
+        e->top_w = take_h(cv, nC * k, 4);
+        e->cnt = take_h(cv, E + 1, 4);
+        e->order = take_h(cv, nC * k, 4);
+        e->tok = take_h(cv, nC * k, 4);
+        e->perm = take_h(cv, nC * k, 4);
+        e->used = take_h(cv, E, 4);
     }
     e->ex_x = take(cv, nC * H, 4);
     e->ex_g = take(cv, nC * Imax, 4);
@@ -192,6 +211,9 @@ static mk_status check_dims(const mk_config *c) {
         if (dims[i] > MK_ENGINE_MAX_HEAD_DIM)
             return mk_err(MK_E_UNSUPPORTED, "config.json: a head dimension of %d exceeds the "
                           "engine's limit of %d", dims[i], MK_ENGINE_MAX_HEAD_DIM);
+    if (c->num_experts > MK_BACKEND_MAX_EXPERTS)
+        return mk_err(MK_E_UNSUPPORTED, "config.json: %d experts exceed the engine's limit of %d",
+                      c->num_experts, MK_BACKEND_MAX_EXPERTS);
     return MK_OK;
 }
 
@@ -220,13 +242,16 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     }
     e->attn_scale = (float)scale;
 
-    MK_TRY(mk_pool_create(o->threads, &e->pool));
-    if (o->backend) {
+    if (o->backend) { /* a given backend brings its own threads, if any */
         e->be = o->backend;
     } else {
+        MK_TRY(mk_pool_create(o->threads, &e->pool));
         MK_TRY(mk_backend_cpu_create(e->pool, &e->be));
         e->own_be = true;
     }
+    e->bi = mk_backend_iface(e->be);
+    e->bctx = mk_backend_ctx(e->be);
+    e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;
     } else {
@@ -240,16 +265,18 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     e->ssm = calloc(L, sizeof(float *));
     if (!e->kc || !e->vc || !e->conv || !e->ssm)
         return mk_err(MK_E_NOMEM, "no memory for the engine's layer tables");
-    carver cv = {NULL, 0};
+    carver cv = {0};
     carve(e, &cv);
-    e->arena_bytes = cv.off;
-    e->arena = aligned_alloc(64, cv.off ? cv.off : 64);
-    if (!e->arena)
-        return mk_err(MK_E_NOMEM, "engine arena: cannot allocate %zu bytes (max_ctx %lld, "
-                      "prefill chunk %lld); lower --ctx or --prefill-chunk",
-                      cv.off, (long long)e->max_ctx, (long long)e->chunk);
-    memset(e->arena, 0, cv.off);
-    cv = (carver){e->arena, 0};
+    e->arena_bytes = cv.off + cv.hoff;
+    mk_status st = e->bi->alloc(e->bctx, cv.off, &e->arena);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "engine arena (max_ctx %lld, prefill chunk %lld; lower --ctx or "
+                           "--prefill-chunk)", (long long)e->max_ctx, (long long)e->chunk);
+    e->harena = aligned_alloc(64, cv.hoff ? cv.hoff : 64);
+    if (!e->harena)
+        return mk_err(MK_E_NOMEM, "engine host arena: cannot allocate %zu bytes", cv.hoff);
+    memset(e->harena, 0, cv.hoff);
+    cv = (carver){.base = e->arena, .hbase = e->harena};
     carve(e, &cv);
     rope_init(e);
     return MK_OK;
@@ -279,10 +306,12 @@ void mk_engine_free(mk_engine *e) {
         return;
     if (e->own_store)
         mk_expert_store_free(e->store);
+    if (e->arena)
+        e->bi->buf_free(e->bctx, e->arena);
     if (e->own_be)
         mk_backend_free(e->be);
     mk_pool_free(e->pool);
-    free(e->arena);
+    free(e->harena);
     free(e->kc);
     free(e->vc);
     free(e->conv);
@@ -296,10 +325,10 @@ void mk_engine_reset(mk_engine *e) {
                 (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
     for (int l = 0; l < c->num_layers; l++)
         if (e->conv[l]) { /* the recurrent state must restart from zero; KV rows are overwritten */
-            memset(e->conv[l], 0, (size_t)((c->conv_kernel - 1) * C) * sizeof(float));
-            memset(e->ssm[l], 0,
-                   (size_t)c->lin_num_v_heads * c->lin_k_head_dim * c->lin_v_head_dim *
-                       sizeof(float));
+            e->bi->zero(e->bctx, e->conv[l], (size_t)((c->conv_kernel - 1) * C) * sizeof(float));
+            e->bi->zero(e->bctx, e->ssm[l],
+                        (size_t)c->lin_num_v_heads * c->lin_k_head_dim * c->lin_v_head_dim *
+                            sizeof(float));
         }
     e->pos = 0;
 }

@@ -2,12 +2,13 @@
  * blocks with pre-norms and residuals, final norm, lm_head.
  *
  * Map of this file: block helpers (gated / plain attention, MLA, Gated
- * DeltaNet, dense MLP, routing, MoE) -> forward_chunk (the layer loop, one
- * chunk of tokens) -> mk_engine_forward (validation and chunking).
+ * DeltaNet, dense MLP) -> forward_chunk (the layer loop, one chunk of
+ * tokens) -> mk_engine_forward (validation and chunking). MoE layers go to
+ * the MoE executor (moe.c).
  *
  * Each block reads e->xb (the normed input, n rows) and writes e->y. Every
- * numeric step goes through the backend (B(e)->...), every routed expert
- * through the expert store; this file only decides what to compute. The
+ * buffer is backend memory and every step on it, numeric or data movement,
+ * is a backend slot (BE(e)->...); this file only decides what to compute. The
  * math follows transformers 5.x (ARCHITECTURES.md): see the comment on each
  * block for the family details that matter. */
 #include <math.h>
@@ -15,8 +16,8 @@
 
 #include "engine/engine_impl.h"
 
-#define BE(e) ((e)->be->i)
-#define CTX(e) ((e)->be->ctx)
+#define BE(e) ((e)->bi)
+#define CTX(e) ((e)->bctx)
 
 /* ---- attention (qwen3_moe; gated in qwen3_next / qwen3_5_moe) --------------- */
 
@@ -34,18 +35,15 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
     BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
     /* split query | gate per head */
-    if (w->gated)
-        for (int64_t t = 0; t < n; t++)
-            for (int64_t h = 0; h < nH; h++) {
-                const float *src = e->qraw + (t * nH + h) * 2 * hd;
-                memcpy(e->q + (t * nH + h) * hd, src, (size_t)hd * sizeof(float));
-                memcpy(e->gate + (t * nH + h) * hd, src + hd, (size_t)hd * sizeof(float));
-            }
+    if (w->gated) {
+        BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
+        BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
+    }
     /* q/k norms per head, then RoPE */
     BE(e)->rmsnorm(CTX(e), e->q, hd, e->q, hd, w->q_norm, n * nH, hd, eps);
     BE(e)->rmsnorm(CTX(e), kn, hd, kn, hd, w->k_norm, n * nKV, hd, eps);
-    BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos, e->sin, false);
-    BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos, e->sin, false);
+    BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     /* causal attention over the cache */
     mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
@@ -90,18 +88,15 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, kv);
     BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
     /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
-    BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos, e->sin,
+    BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
                 c->rope_interleave);
-    BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos, e->sin, c->rope_interleave);
+    BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
     /* absorbed query per head: [W_k_h^T q_nope | q_pe] */
     mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
                           .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
                           .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
     BE(e)->head_matmul_t(CTX(e), &qa);
-    for (int64_t t = 0; t < n; t++)
-        for (int64_t h = 0; h < nH; h++)
-            memcpy(e->qabs + (t * nH + h) * cw + kl, e->qraw + (t * nH + h) * qk + dn,
-                   (size_t)dr * sizeof(float));
+    BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
     /* attention over the latent cache: one shared head, values = the latents */
     mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
@@ -124,20 +119,15 @@ static void gdn_ungroup(mk_engine *e, int64_t n) {
     const mk_config *c = e->c;
     int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
             dv = c->lin_v_head_dim, r = nv / nk, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
-    int64_t gw = 2 * dk + 2 * r * dv;
-    size_t fs = sizeof(float);
-    for (int64_t t = 0; t < n; t++)
-        for (int64_t g = 0; g < nk; g++) {
-            const float *src = e->proj + t * nk * gw + g * gw;
-            float *mx = e->mixed + t * C;
-            memcpy(mx + g * dk, src, (size_t)dk * fs);
-            memcpy(mx + Kd + g * dk, src + dk, (size_t)dk * fs);
-            memcpy(mx + 2 * Kd + g * r * dv, src + 2 * dk, (size_t)(r * dv) * fs);
-            memcpy(e->z + t * Vd + g * r * dv, src + 2 * dk + r * dv, (size_t)(r * dv) * fs);
-            const float *ba = e->bap + t * 2 * nv + g * 2 * r;
-            memcpy(e->gb + t * nv + g * r, ba, (size_t)r * fs);
-            memcpy(e->ga + t * nv + g * r, ba + r, (size_t)r * fs);
-        }
+    int64_t gw = 2 * dk + 2 * r * dv, pw = nk * gw;
+    const float *p = e->proj, *ba = e->bap;
+    /* per token t and key head g: q, k, v into the conv input, z, b, a per value head */
+    BE(e)->copy(CTX(e), e->mixed, C, dk, p, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + Kd, C, dk, p + dk, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + 2 * Kd, C, r * dv, p + 2 * dk, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->z, Vd, r * dv, p + 2 * dk + r * dv, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->gb, nv, r, ba, 2 * nv, 2 * r, n, nk, r);
+    BE(e)->copy(CTX(e), e->ga, nv, r, ba + r, 2 * nv, 2 * r, n, nk, r);
 }
 
 /* projections -> causal conv + SiLU over q|k|v -> delta-rule recurrence per
@@ -171,161 +161,43 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
     BE(e)->matmul(CTX(e), &w->out, e->o, n, e->y);
 }
 
-/* ---- MLP and MoE ---------------------------------------------------------------- */
+/* ---- dense MLP --------------------------------------------------------------- */
 
 /* out[n, H] = down(silu(gate(x)) * up(x)) */
-static void mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
-                const float *x, int64_t n, float *out) {
+void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
+                   const float *x, int64_t n, float *out) {
     BE(e)->matmul(CTX(e), gate, x, n, e->ex_g);
     BE(e)->matmul(CTX(e), up, x, n, e->ex_u);
     BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
     BE(e)->matmul(CTX(e), down, e->ex_g, n, out);
 }
 
-/* Indices of the k largest of s[0..n) into idx (descending, lowest index
- * first on ties, as a stable selection). k is small (<= ~16). */
-static void topk(const float *s, int n, int k, int32_t *idx) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            bool taken = false;
-            for (int q = 0; q < j && !taken; q++)
-                taken = idx[q] == i;
-            if (!taken && (best < 0 || s[i] > s[best]))
-                best = i;
-        }
-        idx[j] = best;
-    }
-}
-
-/* Qwen: softmax over all experts (f32), top-k, renormalise if norm_topk_prob
- * (qwen3_5_moe's router renormalises unconditionally). */
-static void route_softmax(mk_engine *e, const float *logits, int32_t *idx, float *wt) {
-    const mk_config *c = e->c;
-    int E = c->num_experts, k = c->num_experts_per_tok;
-    float *p = e->ssc;
-    memcpy(p, logits, (size_t)E * sizeof(float));
-    mk_softmax(p, E);
-    topk(p, E, k, idx);
-    float sum = 0.0f;
-    for (int j = 0; j < k; j++)
-        sum += (wt[j] = p[idx[j]]);
-    if (c->norm_topk_prob || c->arch == MK_ARCH_QWEN3_5_MOE)
-        for (int j = 0; j < k; j++)
-            wt[j] /= sum;
-}
-
-/* DeepSeek-V3: s = sigmoid(logits); choose with s + bias: keep the topk_group
- * groups with the best sum of their top-2, top-k among those (others
- * masked to 0, as transformers' masked_fill); weights from s, normalised
- * (+1e-20) if norm_topk_prob, times routed_scaling_factor. */
-static void route_grouped(mk_engine *e, const float *logits, const float *bias, int32_t *idx,
-                          float *wt) {
-    const mk_config *c = e->c;
-    int E = c->num_experts, k = c->num_experts_per_tok;
-    int G = c->n_group > 0 ? c->n_group : 1, TG = c->topk_group > 0 ? c->topk_group : 1;
-    int per = E / G;
-    float *choice = e->ssc, *gs = e->gsc;
-    int32_t gi[2], *keep = e->gkeep;
-    for (int i = 0; i < E; i++)
-        choice[i] = 1.0f / (1.0f + expf(-logits[i])) + (bias ? bias[i] : 0.0f);
-    for (int g = 0; g < G; g++) {
-        topk(choice + g * per, per, 2, gi);
-        gs[g] = choice[g * per + gi[0]] + choice[g * per + gi[1]];
-    }
-    topk(gs, G, TG, keep);
-    for (int g = 0; g < G; g++) {
-        bool kept = false;
-        for (int j = 0; j < TG; j++)
-            kept |= keep[j] == g;
-        if (!kept)
-            for (int i = 0; i < per; i++)
-                choice[g * per + i] = 0.0f;
-    }
-    topk(choice, E, k, idx);
-    float sum = 0.0f;
-    for (int j = 0; j < k; j++)
-        sum += (wt[j] = 1.0f / (1.0f + expf(-logits[idx[j]])));
-    for (int j = 0; j < k; j++) {
-        if (c->norm_topk_prob)
-            wt[j] /= sum + 1e-20f;
-        wt[j] *= (float)c->routed_scaling_factor;
-    }
-}
-
-/* Router -> per-token top-k -> tokens grouped by expert (counting sort) ->
- * for each used expert: get it from the store, run its MLP on its tokens,
- * add w * out into their rows, release -> shared expert (qwen: times
- * sigmoid(shared_expert_gate(x))). */
-static mk_status moe_block(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
-    const mk_config *c = e->c;
-    int64_t H = c->hidden_size, E = c->num_experts, k = c->num_experts_per_tok;
-    /* routing */
-    BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
-    for (int64_t t = 0; t < n; t++) {
-        if (c->arch == MK_ARCH_DEEPSEEK_V3)
-            route_grouped(e, e->router + t * E, w->e_bias, e->top_idx + t * k, e->top_w + t * k);
-        else
-            route_softmax(e, e->router + t * E, e->top_idx + t * k, e->top_w + t * k);
-    }
-    if (e->on_route) /* observers (moekit profile) see each token's choice */
-        for (int64_t t = 0; t < n; t++)
-            e->on_route(e->on_route_user, l, e->pos + t, (int)k, e->top_idx + t * k,
-                        e->top_w + t * k);
-    /* group (token, slot) pairs by expert */
-    memset(e->cnt, 0, (size_t)(E + 1) * sizeof(int32_t));
-    for (int64_t i = 0; i < n * k; i++)
-        e->cnt[e->top_idx[i] + 1]++;
-    int nused = 0;
-    for (int64_t x = 0; x < E; x++) {
-        if (e->cnt[x + 1])
-            e->used[nused++] = (int32_t)x;
-        e->cnt[x + 1] += e->cnt[x];
-    }
-    for (int64_t i = 0; i < n * k; i++)
-        e->order[e->cnt[e->top_idx[i]]++] = (int32_t)i;
-    /* after the scatter cnt[x] is the end of expert x's run: ends, not starts */
-    mk_expert_store_prefetch(e->store, l, e->used, nused);
-    memset(e->y, 0, (size_t)(n * H) * sizeof(float));
-    for (int u = 0; u < nused; u++) {
-        int x = e->used[u];
-        int32_t end = e->cnt[x], beg = x ? e->cnt[x - 1] : 0;
-        int64_t m = end - beg;
-        const mk_expert *ex;
-        mk_status st = mk_expert_store_get(e->store, l, x, &ex);
-        if (st != MK_OK)
-            return mk_err_wrap(st, "layer %d", l);
-        for (int64_t j = 0; j < m; j++) /* gather its tokens */
-            memcpy(e->ex_x + j * H, e->xb + (e->order[beg + j] / k) * H, (size_t)H * sizeof(float));
-        mlp(e, &ex->gate, &ex->up, &ex->down, e->ex_x, m, e->ex_o);
-        mk_expert_store_release(e->store, l, x);
-        for (int64_t j = 0; j < m; j++) { /* scatter-add with the routing weight */
-            int32_t i = e->order[beg + j];
-            BE(e)->axpy(CTX(e), e->y + (i / k) * H, e->top_w[i], e->ex_o + j * H, H);
-        }
-    }
-    /* shared expert */
-    if (w->has_shared) {
-        mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
-        if (w->has_shared_gate)
-            BE(e)->matmul(CTX(e), &w->shared_gate, e->xb, n, e->sh);
-        for (int64_t t = 0; t < n; t++) {
-            float g = w->has_shared_gate ? 1.0f / (1.0f + expf(-e->sh[t])) : 1.0f;
-            BE(e)->axpy(CTX(e), e->y + t * H, g, e->ex_o + t * H, H);
-        }
-    }
-    return MK_OK;
-}
-
 /* ---- the layer loop -------------------------------------------------------------- */
 
-/* Copy n rows of the residual stream into hidden entry `entry` ([L+1, ntot, H]). */
+/* Copy n rows of the residual stream into hidden entry `entry` ([L+1, ntot, H], host). */
 static void capture(const mk_engine *e, float *hidden, int entry, int64_t off, int64_t ntot,
                     const float *x, int64_t n) {
     if (!hidden)
         return;
     int64_t H = e->c->hidden_size;
-    memcpy(hidden + ((int64_t)entry * ntot + off) * H, x, (size_t)(n * H) * sizeof(float));
+    BE(e)->download(CTX(e), hidden + ((int64_t)entry * ntot + off) * H, x,
+                    (size_t)(n * H) * sizeof(float));
+}
+
+/* logits[r] = lm_head(xb[r]) for r < n into host memory: straight into the
+ * caller's array on a host-memory backend, else staged a few rows at a time. */
+static void lm_head(mk_engine *e, const float *xb, int64_t n, float *logits) {
+    const mk_model *m = e->m;
+    int64_t H = e->c->hidden_size, V = e->c->vocab_size;
+    if (BE(e)->host_mem) {
+        BE(e)->matmul(CTX(e), &m->lm_head, xb, n, logits);
+        return;
+    }
+    for (int64_t r = 0; r < n; r += MK_ENGINE_LOGIT_ROWS) {
+        int64_t nr = n - r < MK_ENGINE_LOGIT_ROWS ? n - r : MK_ENGINE_LOGIT_ROWS;
+        BE(e)->matmul(CTX(e), &m->lm_head, xb + r * H, nr, e->lg);
+        BE(e)->download(CTX(e), logits + r * V, e->lg, (size_t)(nr * V) * sizeof(float));
+    }
 }
 
 static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
@@ -335,10 +207,14 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
     int64_t H = c->hidden_size, V = c->vocab_size;
     int L = c->num_layers;
     float eps = (float)c->rms_norm_eps;
-    /* token embeddings */
-    BE(e)->get_rows(CTX(e), &m->embed, ids, n, e->x);
+    /* token embeddings; this chunk's rotary tables */
+    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
+    BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
     capture(e, hidden, 0, off, ntot, e->x, n);
     mk_engine_rope_tables(e, e->pos, n);
+    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
+    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
+    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
     for (int l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
         /* mixer: x += mixer(norm(x)) */
@@ -352,9 +228,9 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         /* feed-forward: x += mlp_or_moe(norm(x)) */
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
         if (w->is_moe)
-            MK_TRY(moe_block(e, l, &w->moe, n));
+            MK_TRY(e->moe->run(e, l, &w->moe, n));
         else
-            mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
+            mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
@@ -366,14 +242,14 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
         capture(e, hidden, L, off, ntot, e->xb, n);
         if (mode == MK_LOGITS_ALL)
-            BE(e)->matmul(CTX(e), &m->lm_head, e->xb, n, logits + off * V);
+            lm_head(e, e->xb, n, logits + off * V);
     }
     if (mode == MK_LOGITS_LAST && last_chunk) {
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
-        BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, logits);
+        lm_head(e, xl, 1, logits);
     }
-    return MK_OK;
+    return BE(e)->sync(CTX(e));
 }
 
 mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,

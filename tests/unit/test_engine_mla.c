@@ -412,7 +412,7 @@ static void check_attention(int threads, int n_heads, int n_kv, int dk, int dv, 
     mk_attn_args a = {.q = q, .k = k, .v = v, .out = out, .n = NQ, .pos0 = POS0,
                       .n_heads = n_heads, .n_kv = n_kv, .dk = dk, .dv = dv, .scale = scale,
                       .k_stride = shared ? ks : 0, .v_stride = shared ? vs : 0};
-    be->i->attention(be->ctx, &a);
+    mk_backend_iface(be)->attention(mk_backend_ctx(be), &a);
     double worst = 0;
     for (int t = 0; t < NQ; t++)
         for (int h = 0; h < n_heads; h++) {
