@@ -10,7 +10,7 @@
  *   bench_matvec [threads] [seconds-per-case]   (threads default: all CPUs)
  * Each timing is the best of 5 rounds, so a busy machine shows up as noise
  * in the slower rounds rather than in the result.
- * MK_KERNELS=ref|avx2|avx512 picks the kernel path. */
+ * MK_KERNELS=ref|avx2|avx512 picks the kernel path (read here, not by the library). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -148,6 +148,12 @@ static void mem_bandwidth(double secs, double *read_gbs, double *copy_gbs) {
 }
 
 int main(int argc, char **argv) {
+    const char *kp = getenv("MK_KERNELS");
+    mk_isa isa;
+    if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
+        fprintf(stderr, "bench_matvec: MK_KERNELS: %s\n", mk_err_msg());
+        return 2;
+    }
     int nth = argc > 1 ? atoi(argv[1]) : 0;
     double secs = argc > 2 ? atof(argv[2]) : 0.4;
     mk_pool *pool = NULL;
@@ -158,7 +164,7 @@ int main(int argc, char **argv) {
     int all = mk_pool_size(pool);
     double rd, cp;
     mem_bandwidth(secs, &rd, &cp);
-    printf("kernels: %s   threads: 1 and %d\n", mk_isa_name(mk_kernels_isa()), all);
+    printf("kernels: %s   threads: 1 and %d\n", mk_isa_name(mk_isa_active()), all);
     printf("memory (1 thread): read %.1f GB/s, memcpy %.1f GB/s (bytes copied)\n\n", rd, cp);
 
     static const bcase cases[] = {

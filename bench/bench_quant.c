@@ -13,6 +13,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "moekit/isa.h"
 #include "moekit/quant.h"
 #include "quant/quant_impl.h"
 
@@ -128,10 +129,11 @@ int main(int argc, char **argv) {
     printf("affine 4-bit g64 bf16   1 thread %6.2f GB/s   %d threads %6.2f GB/s\n", q1, nt, qn);
     printf("ratio quantize/memcpy   1 thread %6.2f        %d threads %6.2f\n", q1 / c1, nt, qn / cn);
 
-    mk_q_affine_force_baseline(true);
+    mk_isa best = mk_isa_active();
+    mk_isa_set(MK_ISA_REF);
     printf("affine 4-bit g64, portable 4-lane copy, 1 thread %6.2f GB/s\n",
            quant_gbs(&p, in, rows, cols, wq, sc, bi, 1, reps));
-    mk_q_affine_force_baseline(false);
+    mk_isa_set(best);
 
     static const struct {
         mk_qmode m;

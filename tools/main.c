@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "moekit/isa.h"
 #include "moekit/version.h"
 
 #define MK_MAX_CMDS 64
@@ -60,6 +61,14 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
         printf("moekit %s\n", MK_VERSION);
         return 0;
+    }
+    /* MK_KERNELS=ref|avx2|avx512 forces a kernel path (the library reads no
+     * environment; this is the CLI's mapping to mk_isa_set) */
+    const char *kp = getenv("MK_KERNELS");
+    mk_isa isa;
+    if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
+        fprintf(stderr, "moekit: MK_KERNELS: %s\n", mk_err_msg());
+        return 2;
     }
     for (int i = 0; i < g_ncmds; i++)
         if (!strcmp(argv[1], g_cmds[i]->name))

@@ -4,9 +4,8 @@
  *
  * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
  * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
- * paths; the path is chosen once at run time (the environment variable
- * MK_KERNELS=ref|avx2|avx512 forces one) and can be switched by tests with
- * mk_kernels_set_isa. All paths accumulate in float32; SIMD and threaded
+ * paths; the path is core's one switch (isa.h: the best this CPU supports,
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512 to it). All paths accumulate in float32; SIMD and threaded
  * results differ from mk_matmul_ref only in summation order (the tests hold
  * every path to |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|).
  *
@@ -18,6 +17,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "moekit/isa.h"
 #include "moekit/status.h"
 #include "moekit/weight.h"
 
@@ -44,26 +44,6 @@ int mk_pool_size(const mk_pool *p);
  * run inline on the calling thread rather than deadlocking. */
 void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int64_t b, int64_t e),
                  void *ctx);
-
-/* ---- kernel selection ------------------------------------------------- */
-
-typedef enum mk_isa {
-    MK_ISA_REF = 0, /* portable C */
-    MK_ISA_AVX2,    /* AVX2 + FMA + F16C */
-    MK_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ + the above */
-    MK_ISA_COUNT
-} mk_isa;
-
-/* Stable lower-case name ("ref", "avx2", "avx512"). */
-const char *mk_isa_name(mk_isa isa);
-/* Whether this CPU can run `isa` (and this build contains it). */
-bool mk_kernels_isa_supported(mk_isa isa);
-/* The path in use: the best supported one, or MK_KERNELS when set and
- * supported (an unknown or unsupported value falls back to the best). */
-mk_isa mk_kernels_isa(void);
-/* Force a path for the whole process (tests, benchmarks). Not safe while
- * another thread computes. MK_E_UNSUPPORTED if the CPU lacks it. */
-mk_status mk_kernels_set_isa(mk_isa isa);
 
 /* ---- matrix products -------------------------------------------------- */
 

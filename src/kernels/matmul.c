@@ -1,5 +1,5 @@
 /* Matrix products over weight views (kernels.h: mk_matmul, mk_matmul_ref)
- * and the choice of kernel table (mk_kernels_*).
+ * on the kernel table of the active path (isa.h).
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
@@ -30,10 +30,7 @@
 #define MK_TOK_BLOCK 32  /* tokens per prefill work item */
 #define MK_AUX_MAX 24576 /* floats of per-call matvec preparation on the stack */
 
-/* ---- table selection -------------------------------------------------- */
-
-static const char *const g_isa_names[MK_ISA_COUNT] = {"ref", "avx2", "avx512"};
-static int g_isa = -1; /* chosen mk_isa; -1 until first use */
+/* ---- table selection (the path itself is core's one switch, isa.h) ---- */
 
 static const mk_kern_i *isa_table(mk_isa isa) {
     switch (isa) {
@@ -45,57 +42,8 @@ static const mk_kern_i *isa_table(mk_isa isa) {
     }
 }
 
-const char *mk_isa_name(mk_isa isa) {
-    return (unsigned)isa < MK_ISA_COUNT ? g_isa_names[isa] : "?";
-}
-
-bool mk_kernels_isa_supported(mk_isa isa) {
-    switch (isa) {
-    case MK_ISA_REF: return true;
-#ifdef MK_KERN_X86
-    case MK_ISA_AVX2:
-        __builtin_cpu_init();
-        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-    case MK_ISA_AVX512:
-        __builtin_cpu_init();
-        return mk_kernels_isa_supported(MK_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
-               __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
-               __builtin_cpu_supports("avx512dq");
-#endif
-    default: return false;
-    }
-}
-
-static mk_isa isa_pick(void) {
-    const char *env = getenv("MK_KERNELS");
-    if (env && *env)
-        for (int i = 0; i < MK_ISA_COUNT; i++)
-            if (strcmp(env, g_isa_names[i]) == 0 && mk_kernels_isa_supported((mk_isa)i))
-                return (mk_isa)i;
-    for (int i = MK_ISA_COUNT - 1; i > 0; i--)
-        if (mk_kernels_isa_supported((mk_isa)i))
-            return (mk_isa)i;
-    return MK_ISA_REF;
-}
-
-mk_isa mk_kernels_isa(void) {
-    int isa = __atomic_load_n(&g_isa, __ATOMIC_ACQUIRE);
-    if (isa < 0) {
-        isa = (int)isa_pick(); /* idempotent: racing first callers agree */
-        __atomic_store_n(&g_isa, isa, __ATOMIC_RELEASE);
-    }
-    return (mk_isa)isa;
-}
-
-mk_status mk_kernels_set_isa(mk_isa isa) {
-    if (!mk_kernels_isa_supported(isa))
-        return mk_err(MK_E_UNSUPPORTED, "kernels: %s is not supported on this CPU", mk_isa_name(isa));
-    __atomic_store_n(&g_isa, (int)isa, __ATOMIC_RELEASE);
-    return MK_OK;
-}
-
 const mk_kern_i *mk_kern_active(void) {
-    return isa_table(mk_kernels_isa());
+    return isa_table(mk_isa_active());
 }
 
 /* ---- reference -------------------------------------------------------- */

@@ -14,6 +14,7 @@
  * Map: fit and pack helpers; the group kernel template instantiated for
  * 4-lane vectors (any CPU) and, on x86-64, 8-lane AVX2 vectors picked at run
  * time; dequantization (float32, or MLX's arithmetic in the scale dtype). */
+#include "moekit/isa.h"
 #include "quant/quant_impl.h"
 
 #include <stdbool.h>
@@ -77,17 +78,11 @@ static inline __attribute__((always_inline)) void mk_q_affine_pack(const uint32_
 #undef MK_QV_ATTR
 #endif
 
-/* Tests flip this to cover the baseline copy on AVX2 machines. */
-static bool g_force_baseline;
-
-void mk_q_affine_force_baseline(bool on) {
-    g_force_baseline = on;
-}
-
 void mk_q_affine_rows(const mk_qparams *p, mk_dtype in_dt, const unsigned char *in, int64_t rows,
                       int64_t cols, unsigned char *wq, unsigned char *scales, unsigned char *biases) {
 #ifdef MK_QA_HAVE_AVX2
-    if (!g_force_baseline && __builtin_cpu_supports("avx2")) {
+    /* the one SIMD switch (isa.h): tests force MK_ISA_REF to cover the baseline */
+    if (mk_isa_active() >= MK_ISA_AVX2) {
         mk_qa_rows_v8(p, in_dt, in, rows, cols, wq, scales, biases);
         return;
     }

@@ -189,9 +189,6 @@ static inline void mk_q_unpack(const unsigned char *in, int n, int bits, uint32_
 
 void mk_q_affine_rows(const mk_qparams *p, mk_dtype in_dt, const unsigned char *in, int64_t rows,
                       int64_t cols, unsigned char *wq, unsigned char *scales, unsigned char *biases);
-/* Use the portable 4-lane affine kernel even where AVX2 is available (tests
- * cover both copies with it; not thread-safe, not for production use). */
-void mk_q_affine_force_baseline(bool on);
 void mk_q_fp_rows(const mk_qparams *p, mk_dtype in_dt, const unsigned char *in, int64_t rows, int64_t cols,
                   unsigned char *wq, unsigned char *scales);
 

@@ -231,9 +231,9 @@ static void check_rows(const mk_wt *w, const float *wr, const char *label) {
                     sabs[t * out + o] = sa;
                 }
             for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
-                if (!mk_kernels_isa_supported((mk_isa)isa))
+                if (!mk_isa_supported((mk_isa)isa))
                     continue;
-                assert_int_equal(mk_kernels_set_isa((mk_isa)isa), MK_OK);
+                assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
                 memset(y, 0xff, sizeof(float) * (size_t)(nmax * yts)); /* NaN: catch unwritten */
                 if (tr)
                     mk_matmul_rows_t(w, r0, r1, x, xstr, n, y, ystr);
@@ -291,9 +291,9 @@ static void check_weight(const tw *t, const char *label) {
 
         /* every supported path, inline and threaded */
         for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
-            if (!mk_kernels_isa_supported((mk_isa)isa))
+            if (!mk_isa_supported((mk_isa)isa))
                 continue;
-            assert_int_equal(mk_kernels_set_isa((mk_isa)isa), MK_OK);
+            assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
             for (int threaded = 0; threaded < 2; threaded++) {
                 memset(y, 0xff, sizeof(float) * (size_t)(n * rows)); /* NaN: catch unwritten */
                 mk_matmul(threaded ? g_pool : NULL, w, x, n, y);
@@ -314,13 +314,13 @@ static void check_weight(const tw *t, const char *label) {
 static mk_isa g_isa0;
 
 static int group_setup(void **state) {
-    g_isa0 = mk_kernels_isa();
+    g_isa0 = mk_isa_active();
     return mk_pool_create(3, &g_pool) == MK_OK ? 0 : -1;
 }
 
 static int group_teardown(void **state) {
     mk_pool_free(g_pool);
-    mk_kernels_set_isa(g_isa0);
+    mk_isa_set(g_isa0);
     return 0;
 }
 
@@ -462,17 +462,17 @@ static void test_dequant_nvfp4_mxfp8(void **state) {
     mk_wt_dequant_row(&w8, 0, out);
     assert_true(out[0] == 480.0f && out[1] == -480.0f);
     for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
-        if (!mk_kernels_isa_supported((mk_isa)isa))
+        if (!mk_isa_supported((mk_isa)isa))
             continue;
-        assert_int_equal(mk_kernels_set_isa((mk_isa)isa), MK_OK);
+        assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
         x[0] = 1.0f;
         x[1] = 0.0f;
         mk_matmul(NULL, &w8, x, 1, &y);
         assert_true(y == 480.0f);
     }
-    assert_int_equal(mk_kernels_set_isa(MK_ISA_REF), MK_OK);
-    mk_kernels_set_isa(mk_kernels_isa_supported(MK_ISA_AVX512) ? MK_ISA_AVX512
-                       : mk_kernels_isa_supported(MK_ISA_AVX2) ? MK_ISA_AVX2 : MK_ISA_REF);
+    assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
+    mk_isa_set(mk_isa_supported(MK_ISA_AVX512) ? MK_ISA_AVX512
+                       : mk_isa_supported(MK_ISA_AVX2) ? MK_ISA_AVX2 : MK_ISA_REF);
 }
 
 /* ---- 2 and 3. matmul on every format and path ------------------------- */
@@ -643,9 +643,9 @@ static void test_ops(void **state) {
         w[i] = rnd_f(-0.5f, 0.5f);
     }
     for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
-        if (!mk_kernels_isa_supported((mk_isa)isa))
+        if (!mk_isa_supported((mk_isa)isa))
             continue;
-        mk_kernels_set_isa((mk_isa)isa);
+        mk_isa_set((mk_isa)isa);
         double ss = 0, dot = 0;
         for (int i = 0; i < 37; i++) {
             ss += (double)x[i] * x[i];
@@ -676,7 +676,7 @@ static void test_ops(void **state) {
                 assert_memory_equal(ya, yb, sizeof ya);
             }
     }
-    mk_kernels_set_isa(g_isa0);
+    mk_isa_set(g_isa0);
     float s[4] = {1, 2, 3, 1000};
     mk_softmax(s, 4);
     assert_float_equal(s[3], 1.0, 1e-6);
@@ -698,16 +698,16 @@ static void test_ops(void **state) {
 }
 
 static void test_isa_select(void **state) {
-    assert_true(mk_kernels_isa_supported(MK_ISA_REF));
-    assert_int_equal(mk_kernels_set_isa(MK_ISA_REF), MK_OK);
-    assert_int_equal(mk_kernels_isa(), MK_ISA_REF);
+    assert_true(mk_isa_supported(MK_ISA_REF));
+    assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
+    assert_int_equal(mk_isa_active(), MK_ISA_REF);
     assert_string_equal(mk_isa_name(MK_ISA_AVX512), "avx512");
-    if (!mk_kernels_isa_supported(MK_ISA_AVX512))
-        assert_int_equal(mk_kernels_set_isa(MK_ISA_AVX512), MK_E_UNSUPPORTED);
-    mk_kernels_set_isa(g_isa0);
+    if (!mk_isa_supported(MK_ISA_AVX512))
+        assert_int_equal(mk_isa_set(MK_ISA_AVX512), MK_E_UNSUPPORTED);
+    mk_isa_set(g_isa0);
     printf("kernel paths on this CPU:");
     for (int i = 0; i < MK_ISA_COUNT; i++)
-        if (mk_kernels_isa_supported((mk_isa)i))
+        if (mk_isa_supported((mk_isa)i))
             printf(" %s", mk_isa_name((mk_isa)i));
     printf(" (default %s)\n", mk_isa_name(g_isa0));
 }
