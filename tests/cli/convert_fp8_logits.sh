@@ -6,7 +6,8 @@
 # used). Needs the engine's `logits` command; skipped when it is absent.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+need_fixtures
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-fp8log-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 if ! "$BIN" --help | grep -q "^  logits "; then

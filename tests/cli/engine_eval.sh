@@ -4,12 +4,12 @@
 # transformers' 20.97; against itself as --ref: KL 0 and full agreement.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-engeval-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-TINY=$FX/tiny-qwen35moe/bf16
-TXT=$FX/tiny-qwen35moe/devtext.txt
+TINY=$TINYM/bf16
+TXT=$TINYM/devtext.txt
 
 "$BIN" eval "$TINY" --text "$TXT" --json --threads 2 > "$T/ppl.json"
 cat "$T/ppl.json"

@@ -6,7 +6,8 @@
 # every --help lists every flag.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+need_fixtures
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-engrun-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 . "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect

@@ -15,13 +15,13 @@
 # tests/unit/test_profile_kl.c.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-profkl-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 command -v node > /dev/null || fail "node is needed to read the outputs (scripts/install-deps.sh)"
-TINY=$FX/tiny-qwen35moe/bf16
-TXT=$FX/tiny-qwen35moe/devtext.txt
+TINY=$TINYM/bf16
+TXT=$TINYM/devtext.txt
 
 # bpw of checkpoint $2 over the modules of profile $1
 bpw() {

@@ -8,12 +8,12 @@
 # with one line naming the cause.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-profcli-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 . "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect
-TINY=$FX/tiny-qwen35moe/bf16
-TXT=$FX/tiny-qwen35moe/devtext.txt
+TINY=$TINYM/bf16
+TXT=$TINYM/devtext.txt
 command -v node > /dev/null || fail "node is needed to check JSON (scripts/install-deps.sh)"
 
 "$BIN" profile "$TINY" --text "$TXT" --tokens 512 --threads 2 --quiet --out "$T/p.json" > "$T/log"

@@ -7,7 +7,8 @@
 # existing DST, a malformed --override, flag combinations that contradict.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+need_fixtures
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-qerr-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 . "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail, expect

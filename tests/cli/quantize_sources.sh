@@ -10,7 +10,8 @@
 # shard are computed again).
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+need_fixtures
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-qsrc-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }

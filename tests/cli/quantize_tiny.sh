@@ -17,12 +17,12 @@
 # >= 95%), and for 4-bit only sanity: finite and worse than 8-bit.
 set -euo pipefail
 BIN=${MK_BIN:?}
-FX=${MK_FIXTURES:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
 T=$(mktemp -d "${TMPDIR:-/tmp}/mk-qtiny-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
-TINY=$FX/tiny-qwen35moe/bf16
-TXT=$FX/tiny-qwen35moe/devtext.txt
+TINY=$TINYM/bf16
+TXT=$TINYM/devtext.txt
 
 "$BIN" quantize "$TINY" "$T/q8" --bits 8 --group-size 64 --threads 2 --report "$T/r8.json" > "$T/table8" 2> "$T/log8"
 "$BIN" quantize "$TINY" "$T/q4" --bits 4 --group-size 64 --threads 2 --quiet > "$T/table4"

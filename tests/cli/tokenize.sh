@@ -4,7 +4,8 @@
 # and every bad-input path (exit 2 with the stdin line number or the file).
 set -euo pipefail
 : "${MK_BIN:?}"
-FIX="${MK_FIXTURES:?}/tiny-qwen35moe"
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+FIX=$TINYM
 DIR="$FIX/bf16"
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT

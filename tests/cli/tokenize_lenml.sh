@@ -18,7 +18,7 @@ set -euo pipefail
 
 : "${MK_BIN:?MK_BIN must point to the moekit binary}"
 : "${MK_SRC:?MK_SRC must point to the repository}"
-FIX="${MK_FIXTURES:-$MK_SRC/../shared/fixtures}"
+. "$MK_SRC/tests/cli/fixtures.bash"
 REF="$MK_SRC/tests/tokenizer/ref.mjs"
 CORPUS="$MK_SRC/tests/tokenizer/corpus.jsonl"
 MODS="${MK_TOKENIZERS:-$MK_SRC/.tokenizers}/node_modules"
@@ -54,12 +54,12 @@ check_chat() { # name model_dir [--no-think]
 
 QWEN3=$(node "$REF" path qwen3)
 DSV3=$(node "$REF" path deepseek_v3)
-TINY="$FIX/tiny-qwen35moe/bf16"
-[ -f "$TINY/tokenizer.json" ] || fail "fixture $TINY/tokenizer.json is missing (set MK_FIXTURES)"
+TINY="$TINYM/bf16"
+[ -f "$TINY/tokenizer.json" ] || fail "$TINY/tokenizer.json is missing"
 
 # The corpus plus the fixture's whole devtext.txt (160 KB) as one more line.
 cp "$CORPUS" "$TMP/corpus"
-node "$REF" jsonline "$FIX/tiny-qwen35moe/devtext.txt" >>"$TMP/corpus"
+node "$REF" jsonline "$TINYM/devtext.txt" >>"$TMP/corpus"
 
 check_tokenizer qwen3 "$QWEN3" nfc
 check_tokenizer deepseek_v3 "$DSV3" raw

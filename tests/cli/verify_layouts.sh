@@ -8,7 +8,7 @@
 #  - HF vs `quantize --bits 4`: exit 1 at the default tolerance, 0 with --tolerance 0.2;
 #  - unreadable B: exit 2, one line naming the file.
 set -u
-MK="${MK_BIN:?}"; FX="${MK_FIXTURES:?}"
+MK="${MK_BIN:?}"; . "${MK_SRC:?}/tests/cli/fixtures.bash"; need_fixtures
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 source "${MK_SRC:?}/tests/cli/lib.bash"
 VL="$FX/qwen35moe-vl"

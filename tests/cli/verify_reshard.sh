@@ -6,7 +6,7 @@
 #  - existing DST without --force: exit 2, DST untouched;
 #  - bad input: exit 2 with one line naming the file.
 set -u
-MK="${MK_BIN:?}"; FX="${MK_FIXTURES:?}"
+MK="${MK_BIN:?}"; . "${MK_SRC:?}/tests/cli/fixtures.bash"; need_fixtures
 T=$(mktemp -d); trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*"; exit 1; }
 SRC="$FX/qwen3moe-a/bf16"

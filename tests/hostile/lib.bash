@@ -15,10 +15,10 @@ HOSTILE_TIMEOUT=${HOSTILE_TIMEOUT:-120}
 fail() { echo "FAIL: $*" >&2; exit 1; }
 ok() { echo "ok: $*"; }
 
-# need_fixture NAME: skip the whole script (exit 0, visible reason) when the
-# shared fixtures are not there.
+# need_fixture NAME: skip the whole script (exit 77: ctest shows "Skipped",
+# the reason is on stdout) when the shared fixtures are not there.
 need_fixture() {
-    [ -n "$FX" ] && [ -e "$FX/$1" ] || { echo "skip: fixture $1 not found (MK_FIXTURES=$FX)"; exit 0; }
+    [ -n "$FX" ] && [ -e "$FX/$1" ] || { echo "skip: fixture $1 not found (MK_FIXTURES=$FX)"; exit 77; }
 }
 
 # run_cmd CMD...: run CMD under the time limit; stdout -> $T/out, stderr ->

@@ -4,15 +4,38 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
+#include <stdbool.h>
+
+/* The shared fixtures root: $MK_FIXTURES (CMake passes -DMK_FIXTURES), else
+ * the default checkout layout. */
+static const char *fixtures_root(void) {
+    const char *root = getenv("MK_FIXTURES");
+    return root && *root ? root : "../shared/fixtures";
+}
+
+static bool is_dir(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISDIR(st.st_mode);
+}
 
 const char *mk_test_fixture(const char *rel) {
     static char buf[4096];
-    const char *root = getenv("MK_FIXTURES");
-    if (!root)
-        root = "../shared/fixtures";
-    snprintf(buf, sizeof buf, "%s/%s", root, rel);
-    return buf;
+    const char *root = fixtures_root(), *src = getenv("MK_SRC");
+    if (is_dir(root)) {
+        snprintf(buf, sizeof buf, "%s/%s", root, rel);
+        return buf;
+    }
+    /* the trained demo model is embedded in the repository (same files) */
+    if (src && !strncmp(rel, "tiny-qwen35moe", 14) && (rel[14] == '/' || !rel[14])) {
+        snprintf(buf, sizeof buf, "%s/models/%s", src, rel);
+        return buf;
+    }
+    print_message("skip: %s needs the shared fixtures, not found at '%s' (configure with "
+                  "-DMK_FIXTURES=DIR)\n", rel, root);
+    skip();
+    return NULL; /* not reached: skip() leaves the test */
 }
 
 char *mk_test_tmpdir(const char *tag) {
