@@ -206,24 +206,25 @@ static mk_status print_json(const run_ctx *r, const int32_t *ids, int64_t n) {
     return MK_OK;
 }
 
-/* Text of the prompt: chat-rendered or plain. */
+/* Ids of the prompt: a chat rendered with the model's template (the
+ * template's markers are control tokens, the messages' text never is), or
+ * plain text. */
 static mk_status prompt_ids(run_ctx *r, const mk_chat_msg *msgs, size_t nmsg, int32_t **ids,
                             int64_t *n) {
     const run_opts *o = r->o;
     if (!r->tok)
         return mk_err(MK_E_ARG, "%s has no usable tokenizer.json: give the prompt as --ids",
                       o->model);
-    char *text = NULL;
+    size_t nn = 0;
+    mk_status st;
     if (o->chat) {
         mk_chat_kind kind;
         MK_TRY(mk_chat_detect(mk_model_dir(r->m), o->tmpl, &kind));
         unsigned fl = MK_CHAT_GENERATION_PROMPT | (o->no_think ? MK_CHAT_NO_THINKING : 0);
-        MK_TRY(mk_chat_render(kind, msgs, nmsg, fl, &text));
+        st = mk_chat_encode(r->tok, kind, msgs, nmsg, fl, ids, &nn);
+    } else {
+        st = mk_tok_encode(r->tok, o->prompt, strlen(o->prompt), 0, ids, &nn);
     }
-    size_t nn = 0;
-    const char *src = text ? text : o->prompt;
-    mk_status st = mk_tok_encode(r->tok, src, strlen(src), 0, ids, &nn);
-    free(text);
     *n = (int64_t)nn;
     return st;
 }
