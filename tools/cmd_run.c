@@ -247,37 +247,116 @@ static mk_status one_shot(run_ctx *r) {
     return st;
 }
 
+/* One chat turn's prompt, made to fit the context: while the conversation
+ * plus --max-tokens does not fit, the oldest exchange (the messages after
+ * the system message, up to the next user turn) is dropped, with a notice.
+ * *dropped counts them. When even the newest user turn alone does not fit,
+ * *fits is false and nothing is dropped. */
+static mk_status fit_turn(run_ctx *r, mk_chat_msg *msgs, char **owned, size_t *n, size_t first,
+                          int32_t **ids, int64_t *ni, bool *fits) {
+    int64_t room = mk_engine_max_ctx(r->e) - r->o->max_tokens;
+    *fits = true;
+    for (;;) {
+        MK_TRY(prompt_ids(r, msgs, *n, ids, ni));
+        if (*ni <= room)
+            return MK_OK;
+        free(*ids);
+        *ids = NULL;
+        /* the oldest exchange: from `first` to the next user message */
+        size_t end = first + 1;
+        while (end < *n - 1 && strcmp(msgs[end].role, "user") != 0)
+            end++;
+        if (first >= *n - 1) { /* only the new turn is left: it cannot fit */
+            *fits = false;
+            return MK_OK;
+        }
+        for (size_t i = first; i < end; i++)
+            free(owned[i]);
+        memmove(msgs + first, msgs + end, (*n - end) * sizeof *msgs);
+        memmove(owned + first, owned + end, (*n - end) * sizeof *owned);
+        size_t k = end - first;
+        *n -= k;
+        fprintf(stderr, "moekit run: the conversation no longer fits --ctx %lld with --max-tokens %lld: "
+                "dropped the %zu oldest message%s\n", (long long)mk_engine_max_ctx(r->e),
+                r->o->max_tokens, k, k == 1 ? "" : "s");
+    }
+}
+
 /* Interactive chat: every turn re-renders the conversation and prefills it
- * from an empty cache (templates may rewrite earlier turns). */
+ * from an empty cache (templates may rewrite earlier turns). A line that
+ * cannot be a turn (invalid UTF-8, a NUL byte, too long for the context) is
+ * refused with a notice and the session goes on; when the conversation
+ * outgrows the context its oldest exchanges are dropped (fit_turn). */
 static mk_status interactive(run_ctx *r) {
-    size_t cap = 64, n = 0;
+    size_t cap = 16, n = 0, lineno = 0;
     mk_chat_msg *msgs = calloc(cap, sizeof *msgs);
     char **owned = calloc(cap, sizeof *owned);
     mk_status st = msgs && owned ? MK_OK : mk_err(MK_E_NOMEM, "no memory for a chat");
     if (st == MK_OK && r->o->system)
         msgs[n++] = (mk_chat_msg){"system", r->o->system, NULL};
-    char line[8192];
-    while (st == MK_OK && n + 2 < cap) {
+    size_t first = n; /* the oldest message that may be dropped */
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    while (st == MK_OK) {
         fprintf(stderr, "> ");
-        if (!fgets(line, sizeof line, stdin))
+        if ((len = getline(&line, &lcap, stdin)) < 0)
             break;
-        line[strcspn(line, "\n")] = 0;
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        /* A bad line is the user's typo, not the end of the conversation. */
+        if (strlen(line) != (size_t)len) {
+            fprintf(stderr, "moekit run: line %zu holds a NUL byte: not sent, type the turn again\n", lineno);
+            continue;
+        }
+        int32_t *chk = NULL;
+        size_t nchk;
+        if (mk_tok_encode(r->tok, line, (size_t)len, MK_TOK_SPLIT_SPECIAL, &chk, &nchk) != MK_OK) {
+            fprintf(stderr, "moekit run: line %zu: %s: not sent, type the turn again\n", lineno, mk_err_msg());
+            continue;
+        }
+        free(chk);
+        if (n + 2 > cap) {
+            mk_chat_msg *nm = realloc(msgs, 2 * cap * sizeof *msgs);
+            if (nm)
+                msgs = nm;
+            char **no = nm ? realloc(owned, 2 * cap * sizeof *owned) : NULL;
+            if (no)
+                owned = no;
+            if (!nm || !no) {
+                st = mk_err(MK_E_NOMEM, "no memory for a chat of %zu messages", n);
+                break;
+            }
+            memset(owned + cap, 0, cap * sizeof *owned);
+            cap *= 2;
+        }
         owned[n] = strdup(line);
+        if (!owned[n]) {
+            st = mk_err(MK_E_NOMEM, "no memory for a chat turn of %zu bytes", (size_t)len);
+            break;
+        }
         msgs[n] = (mk_chat_msg){"user", owned[n], NULL};
         n++;
         int32_t *ids = NULL, *gen = NULL;
         int64_t ni = 0, ng = 0;
+        bool fits;
         mk_engine_reset(r->e);
-        st = prompt_ids(r, msgs, n, &ids, &ni);
-        if (st == MK_OK && ni + r->o->max_tokens > mk_engine_max_ctx(r->e))
-            st = mk_err(MK_E_ARG, "conversation of %lld tokens + %lld new exceeds --ctx %lld",
-                        (long long)ni, r->o->max_tokens, (long long)mk_engine_max_ctx(r->e));
+        st = fit_turn(r, msgs, owned, &n, first, &ids, &ni, &fits);
+        if (st == MK_OK && !fits) {
+            fprintf(stderr, "moekit run: line %zu does not fit --ctx %lld with --max-tokens %lld even "
+                    "alone: not sent (raise --ctx or lower --max-tokens)\n", lineno,
+                    (long long)mk_engine_max_ctx(r->e), r->o->max_tokens);
+            free(owned[--n]);
+            owned[n] = NULL;
+            continue;
+        }
         if (st == MK_OK)
             st = generate(r, ids, ni, &gen, &ng);
         char *text = NULL;
-        size_t len;
+        size_t tlen;
         if (st == MK_OK)
-            st = mk_tok_decode(r->tok, gen, (size_t)ng, true, &text, &len);
+            st = mk_tok_decode(r->tok, gen, (size_t)ng, true, &text, &tlen);
         if (st == MK_OK) {
             owned[n] = text;
             msgs[n] = (mk_chat_msg){"assistant", text, NULL};
@@ -286,6 +365,7 @@ static mk_status interactive(run_ctx *r) {
         free(ids);
         free(gen);
     }
+    free(line);
     for (size_t i = 0; owned && i < n; i++)
         free(owned[i]);
     free(owned);
