@@ -5,11 +5,13 @@
  * <|im_end|>. --chat without --prompt is an interactive loop on stdin. */
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
@@ -387,7 +389,9 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
-    int ch;
+    double d;
+    int ch, rc;
+    const char *filter = NULL; /* the last sampling filter flag given */
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -399,48 +403,54 @@ static int parse(int argc, char **argv, run_opts *o) {
         case 'T': o->tmpl = optarg; o->chat = true; break;
         case 'N': o->no_think = true; break;
         case 'n':
-            if (!mk_ecli_int(optarg, 1, 1 << 24, &o->max_tokens))
-                return mk_cli_usage("run", "--max-tokens wants a positive count, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--max-tokens", optarg, 1, 1 << 24, &o->max_tokens)) >= 0)
+                return rc;
             break;
         case 't':
-            if (!mk_ecli_float(optarg, &o->sp.temperature) || o->sp.temperature < 0)
-                return mk_cli_usage("run", "--temp wants a number >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--temp", optarg, 0, 1000, 0, &d)) >= 0)
+                return rc;
+            o->sp.temperature = (float)d;
             break;
         case 'k':
-            if (!mk_ecli_int(optarg, 0, 1 << 24, &v))
-                return mk_cli_usage("run", "--top-k wants a count >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--top-k", optarg, 0, 1 << 24, &v)) >= 0)
+                return rc;
             o->sp.top_k = (int)v;
+            filter = "--top-k";
             break;
         case 'P':
-            if (!mk_ecli_float(optarg, &o->sp.top_p) || !(o->sp.top_p > 0 && o->sp.top_p <= 1))
-                return mk_cli_usage("run", "--top-p wants (0, 1], got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--top-p", optarg, 0, 1, MK_FLAG_LO_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.top_p = (float)d;
+            filter = "--top-p";
             break;
         case 'm':
-            if (!mk_ecli_float(optarg, &o->sp.min_p) || !(o->sp.min_p >= 0 && o->sp.min_p < 1))
-                return mk_cli_usage("run", "--min-p wants [0, 1), got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--min-p", optarg, 0, 1, MK_FLAG_HI_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.min_p = (float)d;
+            filter = "--min-p";
             break;
         case 'r':
-            if (!mk_ecli_float(optarg, &o->sp.repeat_penalty) || !(o->sp.repeat_penalty > 0))
-                return mk_cli_usage("run", "--repeat-penalty wants > 0, got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--repeat-penalty", optarg, 0, 1000, MK_FLAG_LO_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.repeat_penalty = (float)d;
             break;
         case 's':
-            if (!mk_ecli_int(optarg, 0, INT64_MAX, &v))
-                return mk_cli_usage("run", "--seed wants an integer >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--seed", optarg, 0, INT64_MAX, &v)) >= 0)
+                return rc;
             o->sp.seed = (uint64_t)v;
             break;
         case 'j':
-            if (!mk_ecli_int(optarg, 1, 1024, &v))
-                return mk_cli_usage("run", "--threads wants 1..1024, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--threads", optarg, 1, 1024, &v)) >= 0)
+                return rc;
             o->eo.threads = (int)v;
             break;
         case 'x':
-            if (!mk_ecli_int(optarg, 1, 1 << 26, &o->ctx))
-                return mk_cli_usage("run", "--ctx wants a positive count, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--ctx", optarg, 1, 1 << 26, &o->ctx)) >= 0)
+                return rc;
             break;
         case 'c':
-            if (!mk_ecli_int(optarg, 1, 1 << 20, &v))
-                return mk_cli_usage("run", "--prefill-chunk wants a positive count, got '%s'",
-                                    optarg);
+            if ((rc = mk_flag_int("run", "--prefill-chunk", optarg, 1, 1 << 20, &v)) >= 0)
+                return rc;
             o->eo.prefill_chunk = (int)v;
             break;
         case 'F': o->mo.fp8_to_bf16 = true; break;
@@ -460,6 +470,13 @@ static int parse(int argc, char **argv, run_opts *o) {
         return mk_cli_usage("run", "give --prompt, --ids or --chat");
     if (o->ids && o->chat)
         return mk_cli_usage("run", "--ids is a raw prompt: it does not combine with --chat");
+    /* Flags that would be silently ignored: say so, once, and go on. */
+    if (filter && !(o->sp.temperature > 0))
+        fprintf(stderr, "moekit run: warning: %s has no effect without --temp > 0 (greedy decoding "
+                "always takes the most likely token)\n", filter);
+    if (o->system && !o->chat)
+        fprintf(stderr, "moekit run: warning: --system has no effect without --chat (a plain "
+                "--prompt is not a conversation)\n");
     return -1;
 }
 

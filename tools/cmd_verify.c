@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "io/os.h"
 #include "moekit/config.h"
@@ -445,15 +446,14 @@ static int cmd_verify(int argc, char **argv) {
     mk_xverify_opts xo;
     mk_xverify_opts_init(&xo);
     bool json = false, quiet = false, layout = false, stats = false;
-    long threads = 0;
+    long long threads = 0;
     int c;
     while ((c = getopt_long(argc, argv, "t:jqh", opts, NULL)) != -1) {
         switch (c) {
         case 't': {
-            char *end;
-            xo.tolerance = strtod(optarg, &end);
-            if (*end || !(xo.tolerance >= 0))
-                return mk_cli_usage("verify", "--tolerance: '%s' is not a non-negative number", optarg);
+            int rc = mk_flag_real("verify", "--tolerance", optarg, 0, 1000, 0, &xo.tolerance);
+            if (rc >= 0)
+                return rc;
             break;
         }
         case 'j': json = true; break;
@@ -461,8 +461,11 @@ static int cmd_verify(int argc, char **argv) {
         case 'L': layout = true; break;
         case 'S': stats = true; break;
         case 'T':
-            if (!mk_cli_parse_long(optarg, 1, 1024, &threads))
-                return mk_cli_usage("verify", "--threads: '%s' is not a number from 1 to 1024", optarg);
+            {
+                int rc = mk_flag_int("verify", "--threads", optarg, 1, 1024, &threads);
+                if (rc >= 0)
+                    return rc;
+            }
             xo.threads = (int)threads;
             break;
         case 'h': help(stdout); return 0;

@@ -10,6 +10,7 @@
  * Every renderer writes its own markers with lit() and the messages' roles
  * and contents with put(): mk_chat_encode lets special tokens match only in
  * the lit() parts, so "<|im_end|>" typed by a user stays text. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -17,6 +18,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/str.h"
 #include "moekit/chat.h"
 #include "moekit/tokenizer.h"
 
@@ -108,7 +110,7 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
         json_t *cfg = json_load_file(path, 0, &e);
         if (!cfg)
             return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,
-                          e.text);
+                          mk_json_errtext(e.text));
         const char *tx = config_template(cfg);
         mk_status st = MK_OK;
         if (tx) {
@@ -150,7 +152,8 @@ mk_status mk_chat_detect(const char *model_dir, const char *override, mk_chat_ki
     struct stat sb;
     snprintf(dir, sizeof dir, "%s", model_dir);
     if (stat(dir, &sb) != 0)
-        return mk_err(MK_E_IO, "cannot open %s", model_dir);
+        return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", model_dir,
+                      strerror(errno));
     if (!S_ISDIR(sb.st_mode)) { /* a file inside the model directory */
         char *slash = strrchr(dir, '/');
         if (slash)
