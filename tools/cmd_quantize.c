@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "moekit/convert.h"
 #include "moekit/profile.h"
@@ -148,7 +149,7 @@ static void fmt_num(char *b, size_t n, double v, bool sci) {
 static void print_table(const mk_qjob *job) {
     size_t w = 6;
     for (size_t i = 0; i < mk_qjob_count(job); i++) {
-        size_t l = strlen(mk_qjob_module_at(job, i)->path);
+        size_t l = strlen(mk_cli_esc(mk_qjob_module_at(job, i)->path));
         w = l > w ? l : w;
     }
     printf("%-*s %-6s %4s %5s %12s %12s %6s %9s  %s\n", (int)w, "module", "mode", "bits", "group", "params", "bytes",
@@ -159,12 +160,13 @@ static void print_table(const mk_qjob *job) {
         fmt_num(bpw, sizeof bpw, m->params ? 8.0 * (double)m->bytes / (double)m->params : NAN, false);
         fmt_num(err, sizeof err, m->rel_err, true);
         if (m->quantized)
-            printf("%-*s %-6s %4d %5d %12llu %12llu %6s %9s  %s\n", (int)w, m->path, mk_qmode_name(m->mode), m->bits,
-                   m->group, (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err,
-                   m->note ? m->note : "");
+            printf("%-*s %-6s %4d %5d %12llu %12llu %6s %9s  %s\n", (int)w, mk_cli_esc(m->path),
+                   mk_qmode_name(m->mode), m->bits, m->group, (unsigned long long)m->params,
+                   (unsigned long long)m->bytes, bpw, err, m->note ? mk_cli_esc(m->note) : "");
         else
-            printf("%-*s %-6s %4s %5s %12llu %12llu %6s %9s  %s\n", (int)w, m->path, "float", "-", "-",
-                   (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err, m->note ? m->note : "");
+            printf("%-*s %-6s %4s %5s %12llu %12llu %6s %9s  %s\n", (int)w, mk_cli_esc(m->path), "float", "-", "-",
+                   (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err,
+                   m->note ? mk_cli_esc(m->note) : "");
     }
 }
 

@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "io/os.h"
 #include "moekit/config.h"
@@ -222,9 +223,10 @@ static int by_name(const mk_ckpt *a, const mk_config *ca, const mk_tensor_info *
             json_array_append_new(jl, o);
         } else if (bad || !quiet) {
             if (numeric)
-                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", name, st.d.max_abs, rel);
+                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", mk_cli_esc(name), st.d.max_abs,
+                       rel);
             else
-                printf("%-14s %s  (%s)\n", bad ? "FAIL" : "ok", name, verdict);
+                printf("%-14s %s  (%s)\n", bad ? "FAIL" : "ok", mk_cli_esc(name), verdict);
         }
     }
     int rc;
@@ -306,22 +308,29 @@ static mk_status print_unit(void *ctx, const mk_xverify_unit *u) {
         return MK_OK;
     const char *tag = bad ? "FAIL" : u->result == MK_XV_SKIPPED ? "skip" : "ok";
     switch (u->result) {
-    case MK_XV_IDENTICAL: printf("%-14s %s  (identical)\n", tag, u->name); break;
+    case MK_XV_IDENTICAL: printf("%-14s %s  (identical)\n", tag, mk_cli_esc(u->name)); break;
     case MK_XV_WITHIN_TOL:
-        printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", tag, u->name, u->max_abs, u->rel_l2);
+        printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", tag, mk_cli_esc(u->name), u->max_abs, u->rel_l2);
         break;
     case MK_XV_DIFFERS:
         if (u->note)
-            printf("%-14s %s  (%s)", tag, u->name, u->note);
+            printf("%-14s %s  (%s)", tag, mk_cli_esc(u->name), mk_cli_esc(u->note));
         else
-            printf("%-14s %s  max_abs=%.3g rel_l2=%.3g nonfinite_mismatch=%llu", tag, u->name, u->max_abs,
+            printf("%-14s %s  max_abs=%.3g rel_l2=%.3g nonfinite_mismatch=%llu", tag, mk_cli_esc(u->name), u->max_abs,
                    u->rel_l2, (unsigned long long)u->nonfinite_mismatch);
-        printf("  A: %s %s | B: %s %s\n", u->a.tensor, u->a.form, u->b.tensor, u->b.form);
+        printf("  A: %s %s | B: %s %s\n", mk_cli_esc(u->a.tensor), mk_cli_esc(u->a.form), mk_cli_esc(u->b.tensor),
+               mk_cli_esc(u->b.form));
         break;
-    case MK_XV_ONLY_A: printf("%-14s %s  (only in A: %s %s)\n", tag, u->name, u->a.tensor, u->a.form); break;
-    case MK_XV_ONLY_B: printf("%-14s %s  (only in B: %s %s)\n", tag, u->name, u->b.tensor, u->b.form); break;
+    case MK_XV_ONLY_A:
+        printf("%-14s %s  (only in A: %s %s)\n", tag, mk_cli_esc(u->name), mk_cli_esc(u->a.tensor),
+               mk_cli_esc(u->a.form));
+        break;
+    case MK_XV_ONLY_B:
+        printf("%-14s %s  (only in B: %s %s)\n", tag, mk_cli_esc(u->name), mk_cli_esc(u->b.tensor),
+               mk_cli_esc(u->b.form));
+        break;
     case MK_XV_SKIPPED:
-        printf("%-14s %s  (only in %s: %s, not compared)\n", tag, u->name, u->a.tensor ? "A" : "B",
+        printf("%-14s %s  (only in %s: %s, not compared)\n", tag, mk_cli_esc(u->name), u->a.tensor ? "A" : "B",
                skip_words(u->skip));
         break;
     }
