@@ -35,7 +35,7 @@ static void test_cases(void **state) {
  * tensor per line). */
 static void test_one_to_one(void **state) {
     (void)state;
-    const char *names[] = {"a\\nb", "a\nb", "a\\\\nb", "a\\x0ab", "a\x0a" "b"};
+    const char *names[] = {"a\\nb", "a\nb", "a\\\\nb", "a\\x0ab", "a\tb"};
     for (size_t i = 0; i < 5; i++)
         for (size_t j = i + 1; j < 5; j++) {
             if (strcmp(names[i], names[j]) == 0)
