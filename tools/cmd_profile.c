@@ -69,8 +69,8 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || (*end && *end != ',') || v < 0 || v > 64) {
-            snprintf(err, errn, "--bits wants widths separated by commas (e.g. 2,3,4,6,8), got "
-                     "'%s'", s);
+            snprintf(err, errn, "--bits wants bit widths from 0 to 64 separated by commas (e.g. "
+                     "2,3,4,6,8), got '%s'", s);
             return false;
         }
         if (*n == MK_PROF_MAX_BITS) {

@@ -46,8 +46,8 @@ mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n) {
         if (end == p || errno || x < 0 || x > INT32_MAX ||
             (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
             free(v);
-            return mk_err(MK_E_ARG, "token ids: bad item at offset %ld of '%.40s' (expected "
-                          "non-negative integers separated by commas)", (long)(p - s), s);
+            return mk_err(MK_E_ARG, "--ids: bad item at offset %ld of '%.40s' (expected integers "
+                          "from 0 to %d separated by commas)", (long)(p - s), s, INT32_MAX);
         }
         if (k == cap) {
             int32_t *nv = realloc(v, 2 * cap * sizeof *v);
