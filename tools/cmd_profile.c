@@ -69,7 +69,7 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || (*end && *end != ',') || v < 0 || v > 64) {
-            snprintf(err, errn, "--bits wants bit widths from 0 to 64 separated by commas (e.g. "
+            snprintf(err, errn, "--bits wants widths separated by commas, each from 0 to 64 (e.g. "
                      "2,3,4,6,8), got '%s'", s);
             return false;
         }
