@@ -12,6 +12,7 @@
 #include <time.h>
 
 #include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
@@ -315,7 +316,8 @@ static mk_status interactive(run_ctx *r) {
         int32_t *chk = NULL;
         size_t nchk;
         if (mk_tok_encode(r->tok, line, (size_t)len, MK_TOK_SPLIT_SPECIAL, &chk, &nchk) != MK_OK) {
-            fprintf(stderr, "moekit run: line %zu: %s: not sent, type the turn again\n", lineno, mk_err_msg());
+            fprintf(stderr, "moekit run: line %zu: %s: not sent, type the turn again\n", lineno,
+                    mk_cli_esc(mk_err_msg()));
             continue;
         }
         free(chk);
@@ -477,6 +479,8 @@ static int parse(int argc, char **argv, run_opts *o) {
     if (o->system && !o->chat)
         fprintf(stderr, "moekit run: warning: --system has no effect without --chat (a plain "
                 "--prompt is not a conversation)\n");
+    if (o->no_think && !o->chat)
+        fprintf(stderr, "moekit run: warning: --no-think has no effect without --chat\n");
     return -1;
 }
 
@@ -495,6 +499,18 @@ static mk_status run_main(run_opts *o) {
         goto done;
     }
     st = MK_OK;
+    /* Text flags that cannot be encoded are the flag's fault: say which. */
+    const char *tf[2][2] = {{"--prompt", o->prompt}, {"--system", o->chat ? o->system : NULL}};
+    for (int i = 0; r.tok && i < 2 && st == MK_OK; i++) {
+        int32_t *chk = NULL;
+        size_t nchk;
+        if (tf[i][1] && (st = mk_tok_encode(r.tok, tf[i][1], strlen(tf[i][1]), MK_TOK_SPLIT_SPECIAL, &chk,
+                                            &nchk)) != MK_OK)
+            mk_err_wrap(st, "%s", tf[i][0]);
+        free(chk);
+    }
+    if (st != MK_OK)
+        goto done;
     if (r.tok) {
         const int32_t *eos;
         size_t ne = mk_tok_eos_ids(r.tok, &eos);

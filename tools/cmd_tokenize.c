@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli_esc.h"
 #include "cmd.h"
 #include "moekit/chat.h"
 #include "moekit/tokenizer.h"
@@ -68,7 +69,7 @@ typedef struct opts {
 
 /* "stdin line N: <current message>" and exit 2. */
 static int line_fail(size_t line, mk_status s) {
-    fprintf(stderr, "moekit tokenize: stdin line %zu: %s\n", line, mk_err_msg());
+    fprintf(stderr, "moekit tokenize: stdin line %zu: %s\n", line, mk_cli_esc(mk_err_msg()));
     return mk_status_exit_code(s);
 }
 

@@ -79,3 +79,8 @@ expect 0 "^moekit run: warning: --system has no effect without --chat" "$BIN" ru
 expect 0 "" "$BIN" run "$TINY" --prompt hi --top-k 5 --temp 0.7 --max-tokens 2
 grep -q warning "$T/err" && fail "--top-k with --temp 0.7 warned: $(cat "$T/err")"
 ok "ignored sampling flags and --system without --chat warn, once, and the run goes on"
+
+# text flags that are not UTF-8 are named as the cause
+expect 2 "^moekit: --system: .*not valid UTF-8" "$BIN" run "$TINY" --chat --system $'bad \xff' --max-tokens 2 </dev/null
+expect 2 "^moekit: --prompt: .*not valid UTF-8" "$BIN" run "$TINY" --prompt $'bad \xc3' --max-tokens 2
+ok "--prompt / --system that are not UTF-8 are named"
