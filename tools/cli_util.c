@@ -1,6 +1,7 @@
 /* Flag-value parsing shared by the moekit subcommands (see cmd.h): sizes,
  * bounded integers and dtype names, plus the small facts about the running
  * process (CPU count, sanitizer build) that several commands report. */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -10,7 +11,7 @@
 int mk_cli_parse_size(const char *s, unsigned long long *out) {
     char *end;
     double v = strtod(s, &end);
-    if (end == s || v < 0)
+    if (end == s || !(v >= 0) || !isfinite(v)) /* NaN and inf are not sizes */
         return 0;
     double m = 1;
     switch (*end) {
@@ -24,7 +25,7 @@ int mk_cli_parse_size(const char *s, unsigned long long *out) {
         end++;
     if (*end == 'B')
         end++;
-    if (*end)
+    if (*end || v * m >= 9223372036854775808.0) /* 8 EiB: no size we handle, and the cast's limit */
         return 0;
     *out = (unsigned long long)(v * m);
     return 1;

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "moekit/convert.h"
 
@@ -64,7 +65,7 @@ static int cmd_convert(int argc, char **argv) {
         {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
     mk_conv_opts o;
     mk_conv_opts_init(&o);
-    int c, have_to = 0, stats = 0;
+    int c, rc, have_to = 0, stats = 0;
     unsigned long long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -87,22 +88,22 @@ static int cmd_convert(int argc, char **argv) {
             break;
         case O_F16: o.force_f16 = true; break;
         case O_MEM:
-            if (!mk_cli_parse_size(optarg, &v) || v == 0)
-                return mk_cli_usage("convert", "--max-memory '%s': expected a size such as 1G or 512M", optarg);
+            if ((rc = mk_flag_size("convert", "--max-memory", optarg, 1, &v)) >= 0)
+                return rc;
             o.max_memory = v;
             break;
         case O_THREADS: {
-            long t;
-            if (!mk_cli_parse_long(optarg, 1, 1024, &t))
-                return mk_cli_usage("convert", "--threads '%s': expected 1..1024", optarg);
+            long long t;
+            if ((rc = mk_flag_int("convert", "--threads", optarg, 1, 1024, &t)) >= 0)
+                return rc;
             o.threads = (int)t;
             break;
         }
         case O_VISION: o.keep_vision = true; break;
         case O_MTP: o.keep_mtp = true; break;
         case O_SHARD:
-            if (!mk_cli_parse_size(optarg, &v) || v == 0)
-                return mk_cli_usage("convert", "--shard-size '%s': expected a size such as 5G", optarg);
+            if ((rc = mk_flag_size("convert", "--shard-size", optarg, 1, &v)) >= 0)
+                return rc;
             o.shard_size = v;
             break;
         case O_FORCE: o.force = true; break;

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/kernels.h"
@@ -76,18 +77,15 @@ static int cmp_double(const void *a, const void *b) {
 
 static mk_status tokenize_file(const char *model_dir, const char *path, int32_t **ids,
                                size_t *n) {
-    mk_tok *tok;
-    MK_TRY(mk_tok_load(model_dir, &tok));
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        mk_tok_free(tok);
-        return mk_err(MK_E_IO, "%s: cannot open", path);
-    }
+    char *buf;
     size_t len;
-    char *buf = mk_ecli_read_all(f, &len);
-    fclose(f);
-    mk_status st = buf ? mk_tok_encode(tok, buf, len, 0, ids, n)
-                       : mk_err(MK_E_NOMEM, "%s: no memory to read it", path);
+    MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
+    mk_tok *tok;
+    mk_status st = mk_tok_load(model_dir, &tok);
+    if (st == MK_OK)
+        st = mk_tok_encode(tok, buf, len, 0, ids, n);
+    if (st == MK_E_ARG) /* invalid UTF-8: say which file */
+        st = mk_err_wrap(st, "--text %s", path);
     free(buf);
     mk_tok_free(tok);
     return st;
@@ -197,7 +195,7 @@ int cmd_eval(int argc, char **argv) {
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     eval_opts o = {.window = 256, .tokens = 20000};
     long long v;
-    int ch;
+    int ch, rc;
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -205,16 +203,16 @@ int cmd_eval(int argc, char **argv) {
         case 'f': o.text = optarg; break;
         case 'r': o.ref = optarg; break;
         case 'w':
-            if (!mk_ecli_int(optarg, 2, 1 << 20, &o.window))
-                return mk_cli_usage("eval", "--window wants a count >= 2, got '%s'", optarg);
+            if ((rc = mk_flag_int("eval", "--window", optarg, 2, 1 << 20, &o.window)) >= 0)
+                return rc;
             break;
         case 'n':
-            if (!mk_ecli_int(optarg, 2, INT32_MAX, &o.tokens))
-                return mk_cli_usage("eval", "--tokens wants a count >= 2, got '%s'", optarg);
+            if ((rc = mk_flag_int("eval", "--tokens", optarg, 2, INT32_MAX, &o.tokens)) >= 0)
+                return rc;
             break;
         case 't':
-            if (!mk_ecli_int(optarg, 1, 1024, &v))
-                return mk_cli_usage("eval", "--threads wants 1..1024, got '%s'", optarg);
+            if ((rc = mk_flag_int("eval", "--threads", optarg, 1, 1024, &v)) >= 0)
+                return rc;
             o.eo.threads = (int)v;
             break;
         case 'F': o.mo.fp8_to_bf16 = true; break;

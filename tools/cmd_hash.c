@@ -6,12 +6,15 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "moekit/escape.h"
 #include "moekit/st.h"
 #include "moekit/tensor_hash.h"
 
 static void help(FILE *f) {
     fprintf(f, "usage: moekit hash PATH\n\n"
                "Print one line per tensor: NAME DTYPE [d0,d1,...] XXH3-128 (hex), sorted by name.\n"
+               "Control characters and backslashes in NAME are escaped (\\n, \\t, \\xHH, \\\\), so\n"
+               "every line names exactly one tensor.\n"
                "PATH is a .safetensors file, a sharded checkpoint directory (with or without an index).\n"
                "Memory: tensors are hashed from the mmap in place; nothing is copied.\n");
 }
@@ -53,7 +56,15 @@ static int cmd_hash(int argc, char **argv) {
             break;
         char hex[33];
         mk_hash128_hex(&h, hex);
-        printf("%s %s [", v[i]->name, mk_dtype_name(v[i]->dtype));
+        /* One line per tensor, whatever its name holds: escaped one to one
+         * (a newline would forge a manifest line, ESC drive the terminal). */
+        char *name = mk_escape_dup(v[i]->name, MK_ESC_BACKSLASH);
+        if (!name) {
+            s = mk_err(MK_E_NOMEM, "out of memory");
+            break;
+        }
+        printf("%s %s [", name, mk_dtype_name(v[i]->dtype));
+        free(name);
         for (int d = 0; d < v[i]->ndim; d++)
             printf(d ? ",%lld" : "%lld", (long long)v[i]->shape[d]);
         printf("] %s\n", hex);

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_esc.h"
 #include "cmd.h"
 #include "moekit/inspect.h"
 
@@ -49,9 +50,11 @@ static void count(char *out, size_t n, json_int_t v) {
 }
 
 static json_int_t gi(json_t *o, const char *k) { return json_integer_value(json_object_get(o, k)); }
+/* A string field for the text report, escaped: paths, model types, module
+ * names and problem causes come from the checkpoint's files. */
 static const char *gs(json_t *o, const char *k) {
     const char *s = json_string_value(json_object_get(o, k));
-    return s ? s : "";
+    return s ? mk_cli_esc(s) : "";
 }
 
 /* "affine 4-bit g64" / "fp8-block F8_E4M3": how one quantized module is stored. */
@@ -127,7 +130,7 @@ static void render(json_t *r) {
     json_t *v;
     json_object_foreach(json_object_get(t, "bytes_by_dtype"), k, v) {
         human(b2, sizeof b2, json_integer_value(v));
-        printf(" %s %s", k, b2);
+        printf(" %s %s", mk_cli_esc(k), b2);
     }
     printf("\n");
     human(b1, sizeof b1, gi(m, "all_resident_bytes"));

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
 
@@ -40,7 +41,7 @@ int cmd_logits(int argc, char **argv) {
     const char *ids_s = NULL, *out = NULL, *hout = NULL;
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
-    int ch;
+    int ch, rc;
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -49,13 +50,12 @@ int cmd_logits(int argc, char **argv) {
         case 'o': out = optarg; break;
         case 'H': hout = optarg; break;
         case 't':
-            if (!mk_ecli_int(optarg, 1, 1024, &threads))
-                return mk_cli_usage("logits", "--threads wants 1..1024, got '%s'", optarg);
+            if ((rc = mk_flag_int("logits", "--threads", optarg, 1, 1024, &threads)) >= 0)
+                return rc;
             break;
         case 'c':
-            if (!mk_ecli_int(optarg, 1, 1 << 20, &chunk))
-                return mk_cli_usage("logits", "--prefill-chunk wants a positive count, got '%s'",
-                                    optarg);
+            if ((rc = mk_flag_int("logits", "--prefill-chunk", optarg, 1, 1 << 20, &chunk)) >= 0)
+                return rc;
             break;
         case 'F': mo.fp8_to_bf16 = true; break;
         case 'h': help(stdout); return 0;

@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/profile.h"
@@ -68,8 +69,8 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
         errno = 0;
         long v = strtol(p, &end, 10);
         if (end == p || errno || (*end && *end != ',') || v < 0 || v > 64) {
-            snprintf(err, errn, "--bits wants widths separated by commas (e.g. 2,3,4,6,8), got "
-                     "'%s'", s);
+            snprintf(err, errn, "--bits wants widths separated by commas, each from 0 to 64 (e.g. "
+                     "2,3,4,6,8), got '%s'", s);
             return false;
         }
         if (*n == MK_PROF_MAX_BITS) {
@@ -92,25 +93,15 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
 
 static mk_status tokenize_file(const char *model_dir, const char *path, int32_t **ids,
                                size_t *n) {
-    FILE *f = fopen(path, "rb");
-    if (!f)
-        return mk_err(MK_E_IO, "--text %s: cannot open: %s", path, strerror(errno));
+    char *buf;
+    size_t len;
+    MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
     mk_tok *tok;
     mk_status st = mk_tok_load(model_dir, &tok);
-    if (st != MK_OK) {
-        fclose(f);
-        return st;
-    }
-    size_t len;
-    char *buf = mk_ecli_read_all(f, &len);
-    bool rerr = ferror(f);
-    fclose(f);
-    if (!buf)
-        st = mk_err(MK_E_NOMEM, "%s: no memory to read it", path);
-    else if (rerr)
-        st = mk_err(MK_E_IO, "--text %s: read failed", path);
-    else
+    if (st == MK_OK)
         st = mk_tok_encode(tok, buf, len, 0, ids, n);
+    if (st == MK_E_ARG) /* invalid UTF-8: say which file */
+        st = mk_err_wrap(st, "--text %s", path);
     free(buf);
     mk_tok_free(tok);
     return st;
@@ -265,8 +256,8 @@ int cmd_profile(int argc, char **argv) {
     prof_cli o = {.tokens = 20000, .target = -1};
     mk_prof_opts_init(&o.po);
     long long v;
-    char err[256], *end;
-    int ch;
+    char err[256];
+    int ch, rc;
     optind = 1;
     opterr = 0;
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -276,12 +267,12 @@ int cmd_profile(int argc, char **argv) {
         case 'F': o.from = optarg; break;
         case 'q': o.quiet = true; break;
         case 'n':
-            if (!mk_ecli_int(optarg, 2, INT32_MAX, &o.tokens))
-                return mk_cli_usage("profile", "--tokens wants a count >= 2, got '%s'", optarg);
+            if ((rc = mk_flag_int("profile", "--tokens", optarg, 2, INT32_MAX, &o.tokens)) >= 0)
+                return rc;
             break;
         case 'w':
-            if (!mk_ecli_int(optarg, 2, 1 << 20, &v))
-                return mk_cli_usage("profile", "--window wants a count >= 2, got '%s'", optarg);
+            if ((rc = mk_flag_int("profile", "--window", optarg, 2, 1 << 20, &v)) >= 0)
+                return rc;
             o.po.window = v;
             break;
         case 'g':
@@ -291,8 +282,8 @@ int cmd_profile(int argc, char **argv) {
             o.po.group = (int)v;
             break;
         case 't':
-            if (!mk_ecli_int(optarg, 1, 1024, &v))
-                return mk_cli_usage("profile", "--threads wants 1..1024, got '%s'", optarg);
+            if ((rc = mk_flag_int("profile", "--threads", optarg, 1, 1024, &v)) >= 0)
+                return rc;
             o.po.threads = (int)v;
             break;
         case 'b':
@@ -303,11 +294,8 @@ int cmd_profile(int argc, char **argv) {
             o.has_bits = true;
             break;
         case 'T':
-            errno = 0;
-            o.target = strtod(optarg, &end);
-            if (end == optarg || *end || errno || !isfinite(o.target) || o.target <= 0)
-                return mk_cli_usage("profile", "--target-bpw wants a positive number, got '%s'",
-                                    optarg);
+            if ((rc = mk_flag_real("profile", "--target-bpw", optarg, 0, 32, MK_FLAG_LO_OPEN, &o.target)) >= 0)
+                return rc;
             break;
         case 'h': help(stdout); return 0;
         default:

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "moekit/convert.h"
 #include "moekit/profile.h"
@@ -147,7 +149,7 @@ static void fmt_num(char *b, size_t n, double v, bool sci) {
 static void print_table(const mk_qjob *job) {
     size_t w = 6;
     for (size_t i = 0; i < mk_qjob_count(job); i++) {
-        size_t l = strlen(mk_qjob_module_at(job, i)->path);
+        size_t l = strlen(mk_cli_esc(mk_qjob_module_at(job, i)->path));
         w = l > w ? l : w;
     }
     printf("%-*s %-6s %4s %5s %12s %12s %6s %9s  %s\n", (int)w, "module", "mode", "bits", "group", "params", "bytes",
@@ -158,12 +160,13 @@ static void print_table(const mk_qjob *job) {
         fmt_num(bpw, sizeof bpw, m->params ? 8.0 * (double)m->bytes / (double)m->params : NAN, false);
         fmt_num(err, sizeof err, m->rel_err, true);
         if (m->quantized)
-            printf("%-*s %-6s %4d %5d %12llu %12llu %6s %9s  %s\n", (int)w, m->path, mk_qmode_name(m->mode), m->bits,
-                   m->group, (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err,
-                   m->note ? m->note : "");
+            printf("%-*s %-6s %4d %5d %12llu %12llu %6s %9s  %s\n", (int)w, mk_cli_esc(m->path),
+                   mk_qmode_name(m->mode), m->bits, m->group, (unsigned long long)m->params,
+                   (unsigned long long)m->bytes, bpw, err, m->note ? mk_cli_esc(m->note) : "");
         else
-            printf("%-*s %-6s %4s %5s %12llu %12llu %6s %9s  %s\n", (int)w, m->path, "float", "-", "-",
-                   (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err, m->note ? m->note : "");
+            printf("%-*s %-6s %4s %5s %12llu %12llu %6s %9s  %s\n", (int)w, mk_cli_esc(m->path), "float", "-", "-",
+                   (unsigned long long)m->params, (unsigned long long)m->bytes, bpw, err,
+                   m->note ? mk_cli_esc(m->note) : "");
     }
 }
 
@@ -208,18 +211,21 @@ static int parse_args(int argc, char **argv, qcli *c) {
         {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
     int o;
     long v;
+    long long ll;
+    int rc;
     unsigned long long sz;
-    char *end;
     while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (o) {
         case 'h': help(stdout); return 0;
         case O_BITS:
-            if (!mk_cli_parse_long(optarg, 1, 64, &c->bits))
-                return mk_cli_usage("quantize", "--bits '%s': expected a number of bits", optarg);
+            if ((rc = mk_flag_int("quantize", "--bits", optarg, 1, 64, &ll)) >= 0)
+                return rc;
+            c->bits = (long)ll;
             break;
         case O_GROUP:
-            if (!mk_cli_parse_long(optarg, 1, 1 << 20, &c->group))
-                return mk_cli_usage("quantize", "--group-size '%s': expected a number", optarg);
+            if ((rc = mk_flag_int("quantize", "--group-size", optarg, 1, 1 << 20, &ll)) >= 0)
+                return rc;
+            c->group = (long)ll;
             break;
         case O_MODE:
             if (!mk_qmode_parse(optarg, &c->mode))
@@ -229,9 +235,8 @@ static int parse_args(int argc, char **argv, qcli *c) {
         case O_RECIPE: c->recipe = optarg; break;
         case O_OVERRIDE: c->ovs[c->nov++] = optarg; break;
         case O_TARGET:
-            c->target = strtod(optarg, &end);
-            if (end == optarg || *end || !(c->target > 0) || c->target > 32)
-                return mk_cli_usage("quantize", "--target-bpw '%s': expected bits per weight, e.g. 3.5", optarg);
+            if ((rc = mk_flag_real("quantize", "--target-bpw", optarg, 0, 32, MK_FLAG_LO_OPEN, &c->target)) >= 0)
+                return rc;
             break;
         case O_PROFILE: c->profile = optarg; break;
         case O_ALLOC_OUT: c->alloc_out = optarg; break;
@@ -240,13 +245,14 @@ static int parse_args(int argc, char **argv, qcli *c) {
                 return mk_cli_usage("quantize", "--dtype '%s': expected bf16, f16 or f32", optarg);
             break;
         case O_MEM:
-            if (!mk_cli_parse_size(optarg, &sz) || sz == 0)
-                return mk_cli_usage("quantize", "--max-memory '%s': expected a size such as 1G or 512M", optarg);
+            if ((rc = mk_flag_size("quantize", "--max-memory", optarg, 1, &sz)) >= 0)
+                return rc;
             c->co.max_memory = sz;
             break;
         case O_THREADS:
-            if (!mk_cli_parse_long(optarg, 1, 1024, &v))
-                return mk_cli_usage("quantize", "--threads '%s': expected 1..1024", optarg);
+            if ((rc = mk_flag_int("quantize", "--threads", optarg, 1, 1024, &ll)) >= 0)
+                return rc;
+            v = (long)ll;
             c->co.threads = (int)v;
             break;
         case O_REPORT: c->report = optarg; break;
@@ -256,8 +262,8 @@ static int parse_args(int argc, char **argv, qcli *c) {
         case O_VISION: c->co.keep_vision = true; break;
         case O_MTP: c->co.keep_mtp = true; break;
         case O_SHARD:
-            if (!mk_cli_parse_size(optarg, &sz) || sz == 0)
-                return mk_cli_usage("quantize", "--shard-size '%s': expected a size such as 5G", optarg);
+            if ((rc = mk_flag_size("quantize", "--shard-size", optarg, 1, &sz)) >= 0)
+                return rc;
             c->co.shard_size = sz;
             break;
         case O_QUIET: c->quiet = c->co.quiet = true; break;

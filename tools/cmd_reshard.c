@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "io/outdir.h"
 #include "moekit/st.h"
@@ -33,12 +34,12 @@ static int cmd_reshard(int argc, char **argv) {
                                          {0, 0, 0, 0}};
     unsigned long long shard = 5ull << 30;
     bool force = false;
-    int c;
+    int c, rc;
     while ((c = getopt_long(argc, argv, "s:fh", opts, NULL)) != -1) {
         switch (c) {
         case 's':
-            if (!mk_cli_parse_size(optarg, &shard))
-                return mk_cli_usage("reshard", "--shard-size: '%s' is not a size like 2G or 512M", optarg);
+            if ((rc = mk_flag_size("reshard", "--shard-size", optarg, 1, &shard)) >= 0)
+                return rc;
             break;
         case 'f': force = true; break;
         case 'h': help(stdout); return 0;

@@ -5,11 +5,14 @@
  * <|im_end|>. --chat without --prompt is an interactive loop on stdin. */
 #include <getopt.h>
 #include <jansson.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
@@ -206,24 +209,25 @@ static mk_status print_json(const run_ctx *r, const int32_t *ids, int64_t n) {
     return MK_OK;
 }
 
-/* Text of the prompt: chat-rendered or plain. */
+/* Ids of the prompt: a chat rendered with the model's template (the
+ * template's markers are control tokens, the messages' text never is), or
+ * plain text. */
 static mk_status prompt_ids(run_ctx *r, const mk_chat_msg *msgs, size_t nmsg, int32_t **ids,
                             int64_t *n) {
     const run_opts *o = r->o;
     if (!r->tok)
         return mk_err(MK_E_ARG, "%s has no usable tokenizer.json: give the prompt as --ids",
                       o->model);
-    char *text = NULL;
+    size_t nn = 0;
+    mk_status st;
     if (o->chat) {
         mk_chat_kind kind;
         MK_TRY(mk_chat_detect(mk_model_dir(r->m), o->tmpl, &kind));
         unsigned fl = MK_CHAT_GENERATION_PROMPT | (o->no_think ? MK_CHAT_NO_THINKING : 0);
-        MK_TRY(mk_chat_render(kind, msgs, nmsg, fl, &text));
+        st = mk_chat_encode(r->tok, kind, msgs, nmsg, fl, ids, &nn);
+    } else {
+        st = mk_tok_encode(r->tok, o->prompt, strlen(o->prompt), 0, ids, &nn);
     }
-    size_t nn = 0;
-    const char *src = text ? text : o->prompt;
-    mk_status st = mk_tok_encode(r->tok, src, strlen(src), 0, ids, &nn);
-    free(text);
     *n = (int64_t)nn;
     return st;
 }
@@ -246,37 +250,117 @@ static mk_status one_shot(run_ctx *r) {
     return st;
 }
 
+/* One chat turn's prompt, made to fit the context: while the conversation
+ * plus --max-tokens does not fit, the oldest exchange (the messages after
+ * the system message, up to the next user turn) is dropped, with a notice.
+ * *dropped counts them. When even the newest user turn alone does not fit,
+ * *fits is false and nothing is dropped. */
+static mk_status fit_turn(run_ctx *r, mk_chat_msg *msgs, char **owned, size_t *n, size_t first,
+                          int32_t **ids, int64_t *ni, bool *fits) {
+    int64_t room = mk_engine_max_ctx(r->e) - r->o->max_tokens;
+    *fits = true;
+    for (;;) {
+        MK_TRY(prompt_ids(r, msgs, *n, ids, ni));
+        if (*ni <= room)
+            return MK_OK;
+        free(*ids);
+        *ids = NULL;
+        /* the oldest exchange: from `first` to the next user message */
+        size_t end = first + 1;
+        while (end < *n - 1 && strcmp(msgs[end].role, "user") != 0)
+            end++;
+        if (first >= *n - 1) { /* only the new turn is left: it cannot fit */
+            *fits = false;
+            return MK_OK;
+        }
+        for (size_t i = first; i < end; i++)
+            free(owned[i]);
+        memmove(msgs + first, msgs + end, (*n - end) * sizeof *msgs);
+        memmove(owned + first, owned + end, (*n - end) * sizeof *owned);
+        size_t k = end - first;
+        *n -= k;
+        fprintf(stderr, "moekit run: the conversation no longer fits --ctx %lld with --max-tokens %lld: "
+                "dropped the %zu oldest message%s\n", (long long)mk_engine_max_ctx(r->e),
+                r->o->max_tokens, k, k == 1 ? "" : "s");
+    }
+}
+
 /* Interactive chat: every turn re-renders the conversation and prefills it
- * from an empty cache (templates may rewrite earlier turns). */
+ * from an empty cache (templates may rewrite earlier turns). A line that
+ * cannot be a turn (invalid UTF-8, a NUL byte, too long for the context) is
+ * refused with a notice and the session goes on; when the conversation
+ * outgrows the context its oldest exchanges are dropped (fit_turn). */
 static mk_status interactive(run_ctx *r) {
-    size_t cap = 64, n = 0;
+    size_t cap = 16, n = 0, lineno = 0;
     mk_chat_msg *msgs = calloc(cap, sizeof *msgs);
     char **owned = calloc(cap, sizeof *owned);
     mk_status st = msgs && owned ? MK_OK : mk_err(MK_E_NOMEM, "no memory for a chat");
     if (st == MK_OK && r->o->system)
         msgs[n++] = (mk_chat_msg){"system", r->o->system, NULL};
-    char line[8192];
-    while (st == MK_OK && n + 2 < cap) {
+    size_t first = n; /* the oldest message that may be dropped */
+    char *line = NULL;
+    size_t lcap = 0;
+    ssize_t len;
+    while (st == MK_OK) {
         fprintf(stderr, "> ");
-        if (!fgets(line, sizeof line, stdin))
+        if ((len = getline(&line, &lcap, stdin)) < 0)
             break;
-        line[strcspn(line, "\n")] = 0;
+        lineno++;
+        while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r'))
+            line[--len] = 0;
+        /* A bad line is the user's typo, not the end of the conversation. */
+        if (strlen(line) != (size_t)len) {
+            fprintf(stderr, "moekit run: line %zu holds a NUL byte: not sent, type the turn again\n", lineno);
+            continue;
+        }
+        int32_t *chk = NULL;
+        size_t nchk;
+        if (mk_tok_encode(r->tok, line, (size_t)len, MK_TOK_SPLIT_SPECIAL, &chk, &nchk) != MK_OK) {
+            fprintf(stderr, "moekit run: line %zu: %s: not sent, type the turn again\n", lineno,
+                    mk_cli_esc(mk_err_msg()));
+            continue;
+        }
+        free(chk);
+        if (n + 2 > cap) {
+            mk_chat_msg *nm = realloc(msgs, 2 * cap * sizeof *msgs);
+            if (nm)
+                msgs = nm;
+            char **no = nm ? realloc(owned, 2 * cap * sizeof *owned) : NULL;
+            if (no)
+                owned = no;
+            if (!nm || !no) {
+                st = mk_err(MK_E_NOMEM, "no memory for a chat of %zu messages", n);
+                break;
+            }
+            memset(owned + cap, 0, cap * sizeof *owned);
+            cap *= 2;
+        }
         owned[n] = strdup(line);
+        if (!owned[n]) {
+            st = mk_err(MK_E_NOMEM, "no memory for a chat turn of %zu bytes", (size_t)len);
+            break;
+        }
         msgs[n] = (mk_chat_msg){"user", owned[n], NULL};
         n++;
         int32_t *ids = NULL, *gen = NULL;
         int64_t ni = 0, ng = 0;
+        bool fits;
         mk_engine_reset(r->e);
-        st = prompt_ids(r, msgs, n, &ids, &ni);
-        if (st == MK_OK && ni + r->o->max_tokens > mk_engine_max_ctx(r->e))
-            st = mk_err(MK_E_ARG, "conversation of %lld tokens + %lld new exceeds --ctx %lld",
-                        (long long)ni, r->o->max_tokens, (long long)mk_engine_max_ctx(r->e));
+        st = fit_turn(r, msgs, owned, &n, first, &ids, &ni, &fits);
+        if (st == MK_OK && !fits) {
+            fprintf(stderr, "moekit run: line %zu does not fit --ctx %lld with --max-tokens %lld even "
+                    "alone: not sent (raise --ctx or lower --max-tokens)\n", lineno,
+                    (long long)mk_engine_max_ctx(r->e), r->o->max_tokens);
+            free(owned[--n]);
+            owned[n] = NULL;
+            continue;
+        }
         if (st == MK_OK)
             st = generate(r, ids, ni, &gen, &ng);
         char *text = NULL;
-        size_t len;
+        size_t tlen;
         if (st == MK_OK)
-            st = mk_tok_decode(r->tok, gen, (size_t)ng, true, &text, &len);
+            st = mk_tok_decode(r->tok, gen, (size_t)ng, true, &text, &tlen);
         if (st == MK_OK) {
             owned[n] = text;
             msgs[n] = (mk_chat_msg){"assistant", text, NULL};
@@ -285,6 +369,7 @@ static mk_status interactive(run_ctx *r) {
         free(ids);
         free(gen);
     }
+    free(line);
     for (size_t i = 0; owned && i < n; i++)
         free(owned[i]);
     free(owned);
@@ -306,7 +391,9 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
-    int ch;
+    double d;
+    int ch, rc;
+    const char *filter = NULL; /* the last sampling filter flag given */
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
     while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -318,48 +405,54 @@ static int parse(int argc, char **argv, run_opts *o) {
         case 'T': o->tmpl = optarg; o->chat = true; break;
         case 'N': o->no_think = true; break;
         case 'n':
-            if (!mk_ecli_int(optarg, 1, 1 << 24, &o->max_tokens))
-                return mk_cli_usage("run", "--max-tokens wants a positive count, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--max-tokens", optarg, 1, 1 << 24, &o->max_tokens)) >= 0)
+                return rc;
             break;
         case 't':
-            if (!mk_ecli_float(optarg, &o->sp.temperature) || o->sp.temperature < 0)
-                return mk_cli_usage("run", "--temp wants a number >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--temp", optarg, 0, 1000, 0, &d)) >= 0)
+                return rc;
+            o->sp.temperature = (float)d;
             break;
         case 'k':
-            if (!mk_ecli_int(optarg, 0, 1 << 24, &v))
-                return mk_cli_usage("run", "--top-k wants a count >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--top-k", optarg, 0, 1 << 24, &v)) >= 0)
+                return rc;
             o->sp.top_k = (int)v;
+            filter = "--top-k";
             break;
         case 'P':
-            if (!mk_ecli_float(optarg, &o->sp.top_p) || !(o->sp.top_p > 0 && o->sp.top_p <= 1))
-                return mk_cli_usage("run", "--top-p wants (0, 1], got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--top-p", optarg, 0, 1, MK_FLAG_LO_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.top_p = (float)d;
+            filter = "--top-p";
             break;
         case 'm':
-            if (!mk_ecli_float(optarg, &o->sp.min_p) || !(o->sp.min_p >= 0 && o->sp.min_p < 1))
-                return mk_cli_usage("run", "--min-p wants [0, 1), got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--min-p", optarg, 0, 1, MK_FLAG_HI_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.min_p = (float)d;
+            filter = "--min-p";
             break;
         case 'r':
-            if (!mk_ecli_float(optarg, &o->sp.repeat_penalty) || !(o->sp.repeat_penalty > 0))
-                return mk_cli_usage("run", "--repeat-penalty wants > 0, got '%s'", optarg);
+            if ((rc = mk_flag_real("run", "--repeat-penalty", optarg, 0, 1000, MK_FLAG_LO_OPEN, &d)) >= 0)
+                return rc;
+            o->sp.repeat_penalty = (float)d;
             break;
         case 's':
-            if (!mk_ecli_int(optarg, 0, INT64_MAX, &v))
-                return mk_cli_usage("run", "--seed wants an integer >= 0, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--seed", optarg, 0, INT64_MAX, &v)) >= 0)
+                return rc;
             o->sp.seed = (uint64_t)v;
             break;
         case 'j':
-            if (!mk_ecli_int(optarg, 1, 1024, &v))
-                return mk_cli_usage("run", "--threads wants 1..1024, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--threads", optarg, 1, 1024, &v)) >= 0)
+                return rc;
             o->eo.threads = (int)v;
             break;
         case 'x':
-            if (!mk_ecli_int(optarg, 1, 1 << 26, &o->ctx))
-                return mk_cli_usage("run", "--ctx wants a positive count, got '%s'", optarg);
+            if ((rc = mk_flag_int("run", "--ctx", optarg, 1, 1 << 26, &o->ctx)) >= 0)
+                return rc;
             break;
         case 'c':
-            if (!mk_ecli_int(optarg, 1, 1 << 20, &v))
-                return mk_cli_usage("run", "--prefill-chunk wants a positive count, got '%s'",
-                                    optarg);
+            if ((rc = mk_flag_int("run", "--prefill-chunk", optarg, 1, 1 << 20, &v)) >= 0)
+                return rc;
             o->eo.prefill_chunk = (int)v;
             break;
         case 'F': o->mo.fp8_to_bf16 = true; break;
@@ -379,6 +472,15 @@ static int parse(int argc, char **argv, run_opts *o) {
         return mk_cli_usage("run", "give --prompt, --ids or --chat");
     if (o->ids && o->chat)
         return mk_cli_usage("run", "--ids is a raw prompt: it does not combine with --chat");
+    /* Flags that would be silently ignored: say so, once, and go on. */
+    if (filter && !(o->sp.temperature > 0))
+        fprintf(stderr, "moekit run: warning: %s has no effect without --temp > 0 (greedy decoding "
+                "always takes the most likely token)\n", filter);
+    if (o->system && !o->chat)
+        fprintf(stderr, "moekit run: warning: --system has no effect without --chat (a plain "
+                "--prompt is not a conversation)\n");
+    if (o->no_think && !o->chat)
+        fprintf(stderr, "moekit run: warning: --no-think has no effect without --chat\n");
     return -1;
 }
 
@@ -397,6 +499,18 @@ static mk_status run_main(run_opts *o) {
         goto done;
     }
     st = MK_OK;
+    /* Text flags that cannot be encoded are the flag's fault: say which. */
+    const char *tf[2][2] = {{"--prompt", o->prompt}, {"--system", o->chat ? o->system : NULL}};
+    for (int i = 0; r.tok && i < 2 && st == MK_OK; i++) {
+        int32_t *chk = NULL;
+        size_t nchk;
+        if (tf[i][1] && (st = mk_tok_encode(r.tok, tf[i][1], strlen(tf[i][1]), MK_TOK_SPLIT_SPECIAL, &chk,
+                                            &nchk)) != MK_OK)
+            mk_err_wrap(st, "%s", tf[i][0]);
+        free(chk);
+    }
+    if (st != MK_OK)
+        goto done;
     if (r.tok) {
         const int32_t *eos;
         size_t ne = mk_tok_eos_ids(r.tok, &eos);

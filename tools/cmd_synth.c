@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "moekit/synth.h"
 
@@ -34,9 +35,10 @@ enum { O_ARCH = 256, O_PRESET, O_FORMAT, O_LAYERS, O_EXPERTS, O_VOCAB, O_LAYOUT,
        O_THREADS, O_FORCE, O_QUIET, O_LIST };
 
 static int parse_int(const char *opt, const char *s, int lo, int hi, int *out) {
-    long v;
-    if (!mk_cli_parse_long(s, lo, hi, &v))
-        return mk_cli_usage("synth", "%s '%s': expected an integer in %d..%d", opt, s, lo, hi);
+    long long v;
+    int rc = mk_flag_int("synth", opt, s, lo, hi, &v);
+    if (rc >= 0)
+        return rc;
     *out = (int)v;
     return 0;
 }
@@ -87,15 +89,19 @@ static int cmd_synth(int argc, char **argv) {
         case O_VL: o.vl = true; break;
         case O_MTP: o.mtp = true; break;
         case O_SEED: {
-            char *end;
-            o.seed = strtoull(optarg, &end, 0);
-            if (*end)
-                return mk_cli_usage("synth", "--seed '%s': expected an integer", optarg);
+            long long sv;
+            int rc = mk_flag_int("synth", "--seed", optarg, 0, INT64_MAX, &sv);
+            if (rc >= 0)
+                return rc;
+            o.seed = (uint64_t)sv;
             break;
         }
         case O_SHARD:
-            if (!mk_cli_parse_size(optarg, &v) || v == 0)
-                return mk_cli_usage("synth", "--shard-size '%s': expected a size such as 5G", optarg);
+            {
+                int rc = mk_flag_size("synth", "--shard-size", optarg, 1, &v);
+                if (rc >= 0)
+                    return rc;
+            }
             o.shard_size = v;
             break;
         case O_THREADS: if (parse_int("--threads", optarg, 1, 1024, &o.threads)) return 2; break;

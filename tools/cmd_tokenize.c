@@ -13,6 +13,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "cli_esc.h"
 #include "cmd.h"
 #include "moekit/chat.h"
 #include "moekit/tokenizer.h"
@@ -38,8 +39,12 @@ static void help(FILE *f) {
             "                   [{\"role\": \"user\", \"content\": \"...\"}, ...] (roles system,\n"
             "                   user, assistant, tool; optional \"reasoning_content\");\n"
             "                   prints the rendered prompt, ending with the assistant's\n"
-            "                   opening, as a JSON string. Pipe it into `moekit tokenize`\n"
-            "                   for the prompt ids.\n"
+            "                   opening, as a JSON string. Do not pipe that text into\n"
+            "                   `moekit tokenize` for ids: special-token text inside a\n"
+            "                   message would become control tokens; use --chat-ids\n"
+            "  --chat-ids       as --chat, but prints the prompt's token ids: the\n"
+            "                   template's markers are special tokens, the messages' text\n"
+            "                   never is (what `moekit run --chat` feeds the model)\n"
             "\n"
             "options:\n"
             "  --no-add-special  encode: do not let the post-processor add BOS/EOS\n"
@@ -58,13 +63,13 @@ static void help(FILE *f) {
 }
 
 typedef struct opts {
-    int decode, chat, no_add, split, skip, no_think, no_gen;
+    int decode, chat, chat_ids, no_add, split, skip, no_think, no_gen;
     const char *template_name, *path;
 } opts;
 
 /* "stdin line N: <current message>" and exit 2. */
 static int line_fail(size_t line, mk_status s) {
-    fprintf(stderr, "moekit tokenize: stdin line %zu: %s\n", line, mk_err_msg());
+    fprintf(stderr, "moekit tokenize: stdin line %zu: %s\n", line, mk_cli_esc(mk_err_msg()));
     return mk_status_exit_code(s);
 }
 
@@ -92,6 +97,13 @@ static const char *jtype(const json_t *v) {
     }
 }
 
+static void print_ids(const int32_t *ids, size_t n) {
+    putchar('[');
+    for (size_t i = 0; i < n; i++)
+        printf(i ? ",%d" : "%d", (int)ids[i]);
+    fputs("]\n", stdout);
+}
+
 static mk_status do_encode(const mk_tok *tok, const opts *o, const json_t *v) {
     if (!json_is_string(v))
         return mk_err(MK_E_FORMAT, "expected a JSON string of text, found %s", jtype(v));
@@ -99,10 +111,7 @@ static mk_status do_encode(const mk_tok *tok, const opts *o, const json_t *v) {
     size_t n;
     unsigned flags = (o->no_add ? 0 : MK_TOK_ADD_SPECIAL) | (o->split ? MK_TOK_SPLIT_SPECIAL : 0);
     MK_TRY(mk_tok_encode(tok, json_string_value(v), json_string_length(v), flags, &ids, &n));
-    putchar('[');
-    for (size_t i = 0; i < n; i++)
-        printf(i ? ",%d" : "%d", (int)ids[i]);
-    fputs("]\n", stdout);
+    print_ids(ids, n);
     free(ids);
     return MK_OK;
 }
@@ -133,7 +142,7 @@ static mk_status do_decode(const mk_tok *tok, const opts *o, const json_t *v) {
     return st;
 }
 
-static mk_status do_chat(mk_chat_kind kind, const opts *o, const json_t *v) {
+static mk_status do_chat(const mk_tok *tok, mk_chat_kind kind, const opts *o, const json_t *v) {
     if (!json_is_array(v))
         return mk_err(MK_E_FORMAT, "expected a JSON array of messages, found %s", jtype(v));
     size_t n = json_array_size(v);
@@ -151,6 +160,16 @@ static mk_status do_chat(mk_chat_kind kind, const opts *o, const json_t *v) {
     }
     char *text = NULL;
     unsigned flags = (o->no_gen ? 0 : MK_CHAT_GENERATION_PROMPT) | (o->no_think ? MK_CHAT_NO_THINKING : 0);
+    if (st == MK_OK && o->chat_ids) {
+        int32_t *ids = NULL;
+        size_t nid = 0;
+        st = mk_chat_encode(tok, kind, m, n, flags, &ids, &nid);
+        if (st == MK_OK)
+            print_ids(ids, nid);
+        free(ids);
+        free(m);
+        return st;
+    }
     if (st == MK_OK)
         st = mk_chat_render(kind, m, n, flags, &text);
     free(m);
@@ -161,13 +180,14 @@ static mk_status do_chat(mk_chat_kind kind, const opts *o, const json_t *v) {
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN };
+    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN, O_CHATIDS };
     static const struct option lo[] = {
         {"decode", no_argument, NULL, 'd'},        {"chat", no_argument, NULL, 'c'},
         {"no-add-special", no_argument, NULL, O_NOADD}, {"split-special", no_argument, NULL, O_SPLIT},
         {"skip-special", no_argument, NULL, O_SKIP}, {"template", required_argument, NULL, O_TEMPLATE},
         {"no-think", no_argument, NULL, O_NOTHINK}, {"no-gen-prompt", no_argument, NULL, O_NOGEN},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"chat-ids", no_argument, NULL, O_CHATIDS}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     int c;
     optind = 1;
@@ -175,6 +195,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         switch (c) {
         case 'd': o->decode = 1; break;
         case 'c': o->chat = 1; break;
+        case O_CHATIDS: o->chat = o->chat_ids = 1; break;
         case O_NOADD: o->no_add = 1; break;
         case O_SPLIT: o->split = 1; break;
         case O_SKIP: o->skip = 1; break;
@@ -207,7 +228,7 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
         if (!v)
             st = mk_err(MK_E_FORMAT, "invalid JSON at column %d: %s", e.column, e.text);
         else if (o->chat)
-            st = do_chat(kind, o, v);
+            st = do_chat(tok, kind, o, v);
         else if (o->decode)
             st = do_decode(tok, o, v);
         else
@@ -233,7 +254,9 @@ static int cmd_tokenize(int argc, char **argv) {
         return rc;
     mk_tok *tok = NULL;
     mk_chat_kind kind = MK_CHAT_CHATML;
-    mk_status st = o.chat ? mk_chat_detect(o.path, o.template_name, &kind) : mk_tok_load(o.path, &tok);
+    mk_status st = o.chat ? mk_chat_detect(o.path, o.template_name, &kind) : MK_OK;
+    if (st == MK_OK && (!o.chat || o.chat_ids))
+        st = mk_tok_load(o.path, &tok);
     if (st != MK_OK)
         return mk_cli_fail(st);
     rc = run(&o, tok, kind);

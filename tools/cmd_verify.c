@@ -22,6 +22,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cli_flags.h"
+#include "cli_esc.h"
 #include "cmd.h"
 #include "io/os.h"
 #include "moekit/config.h"
@@ -221,9 +223,10 @@ static int by_name(const mk_ckpt *a, const mk_config *ca, const mk_tensor_info *
             json_array_append_new(jl, o);
         } else if (bad || !quiet) {
             if (numeric)
-                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", name, st.d.max_abs, rel);
+                printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", bad ? "FAIL" : "ok", mk_cli_esc(name), st.d.max_abs,
+                       rel);
             else
-                printf("%-14s %s  (%s)\n", bad ? "FAIL" : "ok", name, verdict);
+                printf("%-14s %s  (%s)\n", bad ? "FAIL" : "ok", mk_cli_esc(name), verdict);
         }
     }
     int rc;
@@ -305,22 +308,29 @@ static mk_status print_unit(void *ctx, const mk_xverify_unit *u) {
         return MK_OK;
     const char *tag = bad ? "FAIL" : u->result == MK_XV_SKIPPED ? "skip" : "ok";
     switch (u->result) {
-    case MK_XV_IDENTICAL: printf("%-14s %s  (identical)\n", tag, u->name); break;
+    case MK_XV_IDENTICAL: printf("%-14s %s  (identical)\n", tag, mk_cli_esc(u->name)); break;
     case MK_XV_WITHIN_TOL:
-        printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", tag, u->name, u->max_abs, u->rel_l2);
+        printf("%-14s %s  max_abs=%.3g rel_l2=%.3g\n", tag, mk_cli_esc(u->name), u->max_abs, u->rel_l2);
         break;
     case MK_XV_DIFFERS:
         if (u->note)
-            printf("%-14s %s  (%s)", tag, u->name, u->note);
+            printf("%-14s %s  (%s)", tag, mk_cli_esc(u->name), mk_cli_esc(u->note));
         else
-            printf("%-14s %s  max_abs=%.3g rel_l2=%.3g nonfinite_mismatch=%llu", tag, u->name, u->max_abs,
+            printf("%-14s %s  max_abs=%.3g rel_l2=%.3g nonfinite_mismatch=%llu", tag, mk_cli_esc(u->name), u->max_abs,
                    u->rel_l2, (unsigned long long)u->nonfinite_mismatch);
-        printf("  A: %s %s | B: %s %s\n", u->a.tensor, u->a.form, u->b.tensor, u->b.form);
+        printf("  A: %s %s | B: %s %s\n", mk_cli_esc(u->a.tensor), mk_cli_esc(u->a.form), mk_cli_esc(u->b.tensor),
+               mk_cli_esc(u->b.form));
         break;
-    case MK_XV_ONLY_A: printf("%-14s %s  (only in A: %s %s)\n", tag, u->name, u->a.tensor, u->a.form); break;
-    case MK_XV_ONLY_B: printf("%-14s %s  (only in B: %s %s)\n", tag, u->name, u->b.tensor, u->b.form); break;
+    case MK_XV_ONLY_A:
+        printf("%-14s %s  (only in A: %s %s)\n", tag, mk_cli_esc(u->name), mk_cli_esc(u->a.tensor),
+               mk_cli_esc(u->a.form));
+        break;
+    case MK_XV_ONLY_B:
+        printf("%-14s %s  (only in B: %s %s)\n", tag, mk_cli_esc(u->name), mk_cli_esc(u->b.tensor),
+               mk_cli_esc(u->b.form));
+        break;
     case MK_XV_SKIPPED:
-        printf("%-14s %s  (only in %s: %s, not compared)\n", tag, u->name, u->a.tensor ? "A" : "B",
+        printf("%-14s %s  (only in %s: %s, not compared)\n", tag, mk_cli_esc(u->name), u->a.tensor ? "A" : "B",
                skip_words(u->skip));
         break;
     }
@@ -445,15 +455,14 @@ static int cmd_verify(int argc, char **argv) {
     mk_xverify_opts xo;
     mk_xverify_opts_init(&xo);
     bool json = false, quiet = false, layout = false, stats = false;
-    long threads = 0;
+    long long threads = 0;
     int c;
     while ((c = getopt_long(argc, argv, "t:jqh", opts, NULL)) != -1) {
         switch (c) {
         case 't': {
-            char *end;
-            xo.tolerance = strtod(optarg, &end);
-            if (*end || !(xo.tolerance >= 0))
-                return mk_cli_usage("verify", "--tolerance: '%s' is not a non-negative number", optarg);
+            int rc = mk_flag_real("verify", "--tolerance", optarg, 0, 1000, 0, &xo.tolerance);
+            if (rc >= 0)
+                return rc;
             break;
         }
         case 'j': json = true; break;
@@ -461,8 +470,11 @@ static int cmd_verify(int argc, char **argv) {
         case 'L': layout = true; break;
         case 'S': stats = true; break;
         case 'T':
-            if (!mk_cli_parse_long(optarg, 1, 1024, &threads))
-                return mk_cli_usage("verify", "--threads: '%s' is not a number from 1 to 1024", optarg);
+            {
+                int rc = mk_flag_int("verify", "--threads", optarg, 1, 1024, &threads);
+                if (rc >= 0)
+                    return rc;
+            }
             xo.threads = (int)threads;
             break;
         case 'h': help(stdout); return 0;

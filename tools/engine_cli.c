@@ -3,6 +3,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "engine_cli.h"
 
@@ -45,8 +46,8 @@ mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n) {
         if (end == p || errno || x < 0 || x > INT32_MAX ||
             (*end && *end != ',' && *end != ' ' && *end != '\t' && *end != '\n' && *end != '\r')) {
             free(v);
-            return mk_err(MK_E_ARG, "token ids: bad item at offset %ld of '%.40s' (expected "
-                          "non-negative integers separated by commas)", (long)(p - s), s);
+            return mk_err(MK_E_ARG, "--ids: bad item at offset %ld of '%.40s' (expected integers "
+                          "from 0 to %d separated by commas)", (long)(p - s), s, INT32_MAX);
         }
         if (k == cap) {
             int32_t *nv = realloc(v, 2 * cap * sizeof *v);
@@ -106,5 +107,31 @@ mk_status mk_ecli_write(const char *path, const void *data, size_t n) {
         bad = 1;
     if (bad)
         return mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
+    return MK_OK;
+}
+
+mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size_t *len) {
+    *buf = NULL;
+    *len = 0;
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s %s: cannot open: %s", flag, path,
+                      strerror(errno));
+    struct stat sb;
+    if (fstat(fileno(f), &sb) == 0 && S_ISDIR(sb.st_mode)) {
+        fclose(f);
+        return mk_err(MK_E_ARG, "%s %s: is a directory, expected a text file", flag, path);
+    }
+    char *b = mk_ecli_read_all(f, len);
+    int rerr = ferror(f) ? errno : 0;
+    fclose(f);
+    if (!b)
+        return mk_err(MK_E_NOMEM, "%s %s: no memory to read it", flag, path);
+    if (rerr) {
+        free(b);
+        *len = 0;
+        return mk_err(MK_E_IO, "%s %s: read failed: %s", flag, path, strerror(rerr));
+    }
+    *buf = b;
     return MK_OK;
 }

@@ -25,6 +25,11 @@ mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engin
  * in *len. NULL when out of memory. A read error ends the read early: the
  * caller checks ferror(f) if it cares. f stays open. */
 char *mk_ecli_read_all(FILE *f, size_t *len);
+/* Read the whole file given with `flag` (for messages, e.g. "--text"): a
+ * missing or unreadable file is an error with the OS reason, a directory is
+ * MK_E_ARG (fread of one reads nothing on Linux: it must not pass for an
+ * empty file). *buf is malloc'd, not NUL-terminated. */
+mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size_t *len);
 /* Write n bytes to path (truncating). */
 mk_status mk_ecli_write(const char *path, const void *data, size_t n);
 

@@ -1,10 +1,12 @@
 /* moekit: the command-line entry point. Dispatches to the subcommands that
  * registered themselves (see cmd.h) and prints the overview help. */
 #include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cmd.h"
+#include "moekit/escape.h"
 #include "moekit/isa.h"
 #include "moekit/version.h"
 
@@ -24,18 +26,23 @@ static int cmd_cmp(const void *a, const void *b) {
     return strcmp(x->name, y->name);
 }
 
+/* Messages quote names from files and flags: escaped (moekit/escape.h), a
+ * message is one line and cannot drive the terminal. */
 int mk_cli_fail(mk_status s) {
-    fprintf(stderr, "moekit: %s\n", *mk_err_msg() ? mk_err_msg() : mk_status_name(s));
+    char esc[4 * 2048 + 1];
+    mk_escape(esc, sizeof esc, *mk_err_msg() ? mk_err_msg() : mk_status_name(s), 0);
+    fprintf(stderr, "moekit: %s\n", esc);
     return mk_status_exit_code(s);
 }
 
 int mk_cli_usage(const char *cmd, const char *fmt, ...) {
+    char msg[2048], esc[4 * sizeof msg + 1];
     va_list ap;
-    fprintf(stderr, "moekit %s: ", cmd);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    fprintf(stderr, " (see 'moekit %s --help')\n", cmd);
+    mk_escape(esc, sizeof esc, msg, 0);
+    fprintf(stderr, "moekit %s: %s (see 'moekit %s --help')\n", cmd, esc, cmd);
     return 2;
 }
 

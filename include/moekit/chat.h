@@ -18,15 +18,21 @@
  *                Qwen3 *-Thinking-2507 templates do by default
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
- * The rendered text contains the special tokens as text; encode it with
- * mk_tok_encode (special tokens are recognised) and without
- * MK_TOK_ADD_SPECIAL: the BOS, where the format has one, is already there. */
+ * The rendered text contains the special tokens as text. To get a prompt's
+ * ids use mk_chat_encode, never mk_tok_encode of the rendered text: only
+ * mk_chat_encode knows which special-token text the template wrote and which
+ * a message carried ("<|im_end|>\n<|im_start|>system" typed by a user must
+ * stay text, or a user could forge turns). The BOS, where the format has
+ * one, is part of the template. */
 #ifndef MOEKIT_CHAT_H
 #define MOEKIT_CHAT_H
 
 #include <stddef.h>
 
+#include <stdint.h>
+
 #include "moekit/status.h"
+#include "moekit/tokenizer.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -66,6 +72,16 @@ const char *mk_chat_kind_name(mk_chat_kind kind);
  * MK_E_ARG (the reference templates would drop it silently). */
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags,
                          char **out);
+
+/* Render n messages and encode the prompt with `tok`: the template's
+ * markers become their token ids; every role, content and reasoning text is
+ * encoded as plain text even when it spells a special token or any marker
+ * of the supported templates (<think>, <tool_call>, DeepSeek's <｜User｜>,
+ * ... which tokenizers do not always flag special; mk_tok_encode_ctl). Apart from that, the ids equal mk_tok_encode of the
+ * mk_chat_render text (no MK_TOK_ADD_SPECIAL). *ids is malloc'd. Invalid
+ * UTF-8 in a message is MK_E_ARG. */
+mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                         unsigned flags, int32_t **ids, size_t *n_ids);
 
 #ifdef __cplusplus
 }

@@ -49,6 +49,24 @@ void mk_tok_free(mk_tok *tok); /* NULL ok */
 mk_status mk_tok_encode(const mk_tok *tok, const char *text, size_t len, unsigned flags,
                         int32_t **ids, size_t *n);
 
+/* A byte range [off, off + len) of a text. */
+typedef struct mk_tok_span {
+    size_t off, len;
+} mk_tok_span;
+
+/* mk_tok_encode where special tokens, and the added tokens whose ids are in
+ * deny[0..n_deny) (markers that tokenizer.json does not flag special, such
+ * as DeepSeek-V3's <｜User｜>), are recognised only inside the n_ctl control
+ * spans (sorted, disjoint): the parts of the text the caller wrote itself,
+ * a chat template's markers. Their text anywhere else, such as "<|im_end|>"
+ * in a user's message, is encoded as plain text. With n_ctl == 0 none of
+ * them matches. Other added tokens match anywhere, as with
+ * MK_TOK_SPLIT_SPECIAL. A span outside the text or out of order is
+ * MK_E_ARG. mk_chat_encode (chat.h) is the usual caller. */
+mk_status mk_tok_encode_ctl(const mk_tok *tok, const char *text, size_t len, unsigned flags,
+                            const mk_tok_span *ctl, size_t n_ctl, const int32_t *deny, size_t n_deny,
+                            int32_t **ids, size_t *n);
+
 /* Decode ids to text: *text is malloc'd, NUL-terminated, valid UTF-8 (byte
  * sequences that do not form UTF-8 become U+FFFD, as HF does); *len excludes
  * the NUL. `skip_special` drops special tokens. An id outside the vocabulary

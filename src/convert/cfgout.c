@@ -15,12 +15,14 @@
  *        elsewhere are added (num_experts, rope_theta, partial_rotary_factor,
  *        full_attention_interval, mlp_only_layers, decoder_sparse_step);
  *        qwen3_5_moe_text becomes qwen3_5_moe (mlx-lm has no _text module). */
+#include <errno.h>
 #include <jansson.h>
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
+#include "core/str.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 
@@ -158,7 +160,7 @@ static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, 
 static mk_status copy_file(const char *from, const char *to) {
     int in = open(from, O_RDONLY | O_CLOEXEC);
     if (in < 0)
-        return mk_err(MK_E_IO, "%s: cannot open", from);
+        return mk_err(MK_E_IO, "%s: cannot open: %s", from, strerror(errno));
     char *tmp = cv_printf("%s.tmp", to);
     int out = tmp ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
     unsigned char *buf = malloc(1u << 20);
@@ -221,7 +223,7 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts 
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
     json_t *root = src ? json_load_file(src, 0, &je) : NULL;
-    mk_status st = root ? MK_OK : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src ? src : "config.json", je.text);
+    mk_status st = root ? MK_OK : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src ? src : "config.json", mk_json_errtext(je.text));
     if (st == MK_OK)
         st = edit(s, p, o, root);
     char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;

@@ -12,6 +12,7 @@
  *
  * A rerun resumes only under the same plan fingerprint, and re-hashes each
  * finished shard (size + xxh3-128) before trusting it. */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,11 +117,11 @@ mk_status cv_journal_save(const char *dir, const cv_journal *j, const cv_plan *p
 mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return mk_err(MK_E_NOTFOUND, "%s: cannot open", path);
+        return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;
     if (fstat(fd, &st) != 0) {
         close(fd);
-        return mk_err(MK_E_IO, "%s: cannot stat", path);
+        return mk_err(MK_E_IO, "%s: cannot stat: %s", path, strerror(errno));
     }
     size_t bs = 1u << 20;
     unsigned char *buf = malloc(bs);

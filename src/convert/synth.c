@@ -12,6 +12,7 @@
  * through one safetensors writer (sharded, with index) fed in plan order by
  * the convert pipeline (pipe.c), so memory is a few chunks at any size. */
 #include <dirent.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -201,7 +202,7 @@ static mk_status prepare_dir(const char *dir, bool force) {
         return mk_err(MK_E_EXISTS, "%s exists and is not a directory", dir);
     DIR *d = opendir(dir);
     if (!d)
-        return mk_err(MK_E_IO, "%s: cannot open directory", dir);
+        return mk_err(MK_E_IO, "%s: cannot open directory: %s", dir, strerror(errno));
     struct dirent *e;
     mk_status s = MK_OK;
     while (s == MK_OK && (e = readdir(d)) != NULL) {

@@ -22,6 +22,7 @@
 
 #include "convert/conv_impl.h"
 #include "io/os.h"
+#include "moekit/escape.h"
 
 typedef struct vitem {
     size_t out;
@@ -240,12 +241,14 @@ mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int t
     }
     if (rc == MK_OK)
         rc = v_judge(&v, st);
+    char worst[4 * sizeof st->worst_tensor + 1]; /* a name from the file: escaped */
+    mk_escape(worst, sizeof worst, st->worst_tensor[0] ? st->worst_tensor : "-", 0);
     if (!quiet && (rc == MK_OK || rc == MK_E_MISMATCH))
         fprintf(stderr,
                 "convert: verify: %llu tensors byte-identical to the source (xxh3-128), %llu compared numerically "
                 "(worst rel L2 %.3g in %s, worst max abs %.3g), %llu failed\n",
                 (unsigned long long)st->verified_hash, (unsigned long long)st->verified_numeric, st->worst_rel_l2,
-                st->worst_tensor[0] ? st->worst_tensor : "-", st->worst_max_abs,
+                worst, st->worst_max_abs,
                 (unsigned long long)st->verify_failures);
     free(v.items);
     free(v.ot);

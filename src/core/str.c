@@ -30,3 +30,14 @@ bool mk_str_ends_with(const char *s, const char *suf) {
     size_t a = strlen(s), b = strlen(suf);
     return a >= b && memcmp(s + a - b, suf, b) == 0;
 }
+
+const char *mk_json_errtext(const char *text) {
+    static const char flag[] = "\\u0000 is not allowed without JSON_ALLOW_NUL";
+    static _Thread_local char buf[512];
+    const char *p = text ? strstr(text, flag) : NULL;
+    if (!p)
+        return text;
+    snprintf(buf, sizeof buf, "%.*s\\u0000 (a NUL character) is not allowed in a string%s", (int)(p - text), text,
+             p + sizeof flag - 1);
+    return buf;
+}

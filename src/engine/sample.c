@@ -47,10 +47,17 @@ mk_status mk_sampler_create(const mk_sample_params *p, int vocab, mk_sampler **o
     *out = NULL;
     if (vocab <= 0)
         return mk_err(MK_E_ARG, "sampler: vocabulary size %d", vocab);
-    if (!(p->top_p > 0.0f) || !(p->min_p < 1.0f) || !(p->repeat_penalty > 0.0f) ||
-        isnan(p->temperature))
-        return mk_err(MK_E_ARG, "sampler: need top_p > 0 (found %g), min_p < 1 (found %g), "
-                      "repeat_penalty > 0 (found %g)", (double)p->top_p, (double)p->min_p,
+    /* Name the parameter at fault: a server passes these from a request.
+     * The ranges are sample.h's (temperature <= 0 is greedy, top_p >= 1 and
+     * min_p <= 0 are off); NaN is never a setting. */
+    if (isnan(p->temperature))
+        return mk_err(MK_E_ARG, "sampler: temperature is NaN (need a number; <= 0 is greedy)");
+    if (!(p->top_p > 0.0f))
+        return mk_err(MK_E_ARG, "sampler: top_p must be > 0 (>= 1 is off), found %g", (double)p->top_p);
+    if (!(p->min_p < 1.0f))
+        return mk_err(MK_E_ARG, "sampler: min_p must be < 1 (<= 0 is off), found %g", (double)p->min_p);
+    if (!(p->repeat_penalty > 0.0f))
+        return mk_err(MK_E_ARG, "sampler: repeat_penalty must be > 0 (1 is off), found %g",
                       (double)p->repeat_penalty);
     mk_sampler *s = calloc(1, sizeof *s);
     if (s) {

@@ -259,8 +259,9 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
     mk_status s = MK_OK;
     char **files = NULL, **inames = NULL, **ifiles = NULL, *index_path = NULL;
     size_t nfiles = 0, icount = 0;
-    if (!mk_os_exists(path)) {
-        s = mk_err(MK_E_NOTFOUND, "%s: no such file or directory", path);
+    struct stat lsb;
+    if (lstat(path, &lsb) != 0) { /* the OS's reason: missing, no permission, ... */
+        s = mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: %s", path, strerror(errno));
         goto done;
     }
     if (mk_os_is_dir(path)) {

@@ -13,6 +13,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/str.h"
 #include "io/os.h"
 #include "moekit/config.h"
 
@@ -415,7 +416,7 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
     json_error_t jerr;
     json_t *root = json_loads(json, 0, &jerr);
     if (!root)
-        return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, jerr.text, jerr.line);
+        return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, mk_json_errtext(jerr.text), jerr.line);
     if (!json_is_object(root)) {
         json_decref(root);
         return mk_err(MK_E_FORMAT, "%s: expected a JSON object", what);

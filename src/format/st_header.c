@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/str.h"
 #include "moekit/st.h"
 
 void mk_st_header_free(mk_tensor_info *t, size_t count) {
@@ -132,7 +133,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
     if (!root) {
         if (strstr(jerr.text, "duplicate"))
             return mk_err(MK_E_FORMAT, "%s: header has a duplicate tensor name (%s)", what, jerr.text);
-        return mk_err(MK_E_FORMAT, "%s: header is not valid JSON: %s at byte %d", what, jerr.text,
+        return mk_err(MK_E_FORMAT, "%s: header is not valid JSON: %s at byte %d", what, mk_json_errtext(jerr.text),
                       jerr.position);
     }
     if (!json_is_object(root)) {

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/str.h"
 #include "moekit/st.h"
 
 void mk_st_index_free(char **names, char **files, size_t count) {
@@ -26,7 +27,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
     json_error_t jerr;
     json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
-        return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, jerr.text, jerr.line);
+        return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, mk_json_errtext(jerr.text), jerr.line);
     mk_status s = MK_OK;
     json_t *wm = json_is_object(root) ? json_object_get(root, "weight_map") : NULL;
     if (!json_is_object(wm)) {

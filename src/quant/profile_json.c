@@ -33,6 +33,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/str.h"
 #include "io/os.h"
 #include "quant/profile_impl.h"
 
@@ -450,7 +451,7 @@ mk_status mk_prof_load(const char *path, mk_prof **out) {
             return mk_err(MK_E_IO, "%s: cannot open: %s", path, strerror(errno));
         fclose(f);
         return mk_err(MK_E_FORMAT, "%s: line %d, column %d: %s", path, je.line, je.column,
-                      je.text);
+                      mk_json_errtext(je.text));
     }
     rd r = {.path = path, .where = "top level", .st = MK_OK};
     mk_prof *p = mk_prof_alloc();

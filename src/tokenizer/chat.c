@@ -5,7 +5,12 @@
  * no-tools case: Qwen3's (tokenizer_config.json of Qwen3, checked against
  * its Jinja source), DeepSeek-V3's, and plain ChatML. Where a template would
  * silently drop a message (an unknown role) we refuse instead, since a
- * dropped turn changes what the model sees. */
+ * dropped turn changes what the model sees.
+ *
+ * Every renderer writes its own markers with lit() and the messages' roles
+ * and contents with put(): mk_chat_encode lets special tokens match only in
+ * the lit() parts, so "<|im_end|>" typed by a user stays text. */
+#include <errno.h>
 #include <jansson.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -13,7 +18,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/str.h"
 #include "moekit/chat.h"
+#include "moekit/tokenizer.h"
 
 static const struct {
     const char *name;
@@ -103,7 +110,7 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
         json_t *cfg = json_load_file(path, 0, &e);
         if (!cfg)
             return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,
-                          e.text);
+                          mk_json_errtext(e.text));
         const char *tx = config_template(cfg);
         mk_status st = MK_OK;
         if (tx) {
@@ -145,7 +152,8 @@ mk_status mk_chat_detect(const char *model_dir, const char *override, mk_chat_ki
     struct stat sb;
     snprintf(dir, sizeof dir, "%s", model_dir);
     if (stat(dir, &sb) != 0)
-        return mk_err(MK_E_IO, "cannot open %s", model_dir);
+        return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", model_dir,
+                      strerror(errno));
     if (!S_ISDIR(sb.st_mode)) { /* a file inside the model directory */
         char *slash = strrchr(dir, '/');
         if (slash)
@@ -163,10 +171,15 @@ mk_status mk_chat_detect(const char *model_dir, const char *override, mk_chat_ki
 
 /* ---- rendering ----------------------------------------------------------- */
 
+/* The rendered text, and the byte ranges the template itself wrote (its
+ * markers, as opposed to roles and contents): only there may an encoder
+ * recognise special tokens (mk_chat_encode). */
 typedef struct sb {
     char *p;
     size_t n, cap;
     bool oom;
+    mk_tok_span *ctl;
+    size_t nctl, ctl_cap;
 } sb;
 
 static void put(sb *b, const char *s, size_t n) {
@@ -191,6 +204,30 @@ static void put(sb *b, const char *s, size_t n) {
 
 static void puts_(sb *b, const char *s) { put(b, s, strlen(s)); }
 
+/* Template text: appended and recorded as a control span (merged with the
+ * span before when they touch). */
+static void lit(sb *b, const char *s) {
+    size_t off = b->n, n = strlen(s);
+    put(b, s, n);
+    if (b->oom || !n)
+        return;
+    if (b->nctl && b->ctl[b->nctl - 1].off + b->ctl[b->nctl - 1].len == off) {
+        b->ctl[b->nctl - 1].len += n;
+        return;
+    }
+    if (b->nctl == b->ctl_cap) {
+        size_t nc = b->ctl_cap ? 2 * b->ctl_cap : 16;
+        mk_tok_span *np = realloc(b->ctl, nc * sizeof *np);
+        if (!np) {
+            b->oom = true;
+            return;
+        }
+        b->ctl = np;
+        b->ctl_cap = nc;
+    }
+    b->ctl[b->nctl++] = (mk_tok_span){off, n};
+}
+
 static const char *txt(const char *s) { return s ? s : ""; }
 
 static bool is_role(const mk_chat_msg *m, const char *r) { return m->role && strcmp(m->role, r) == 0; }
@@ -202,14 +239,14 @@ static mk_status bad_role(size_t i, const mk_chat_msg *m, const char *kind) {
 
 static void render_chatml(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     for (size_t i = 0; i < n; i++) {
-        puts_(b, "<|im_start|>");
+        lit(b, "<|im_start|>");
         puts_(b, txt(m[i].role));
-        puts_(b, "\n");
+        lit(b, "\n");
         puts_(b, txt(m[i].content));
-        puts_(b, "<|im_end|>\n");
+        lit(b, "<|im_end|>\n");
     }
     if (flags & MK_CHAT_GENERATION_PROMPT)
-        puts_(b, "<|im_start|>assistant\n");
+        lit(b, "<|im_start|>assistant\n");
 }
 
 /* Python's str.strip / lstrip / rstrip with '\n' as the only character. */
@@ -252,16 +289,16 @@ static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, s
         cn = strlen(c);
         strip_nl(&c, &cn, true, false);
     }
-    puts_(b, "<|im_start|>assistant\n");
+    lit(b, "<|im_start|>assistant\n");
     if (after_query && (last || rn)) {
         strip_nl(&r, &rn, true, true);
         strip_nl(&c, &cn, true, false);
-        puts_(b, "<think>\n");
+        lit(b, "<think>\n");
         put(b, r, rn);
-        puts_(b, "\n</think>\n\n");
+        lit(b, "\n</think>\n\n");
     }
     put(b, c, cn);
-    puts_(b, "<|im_end|>\n");
+    lit(b, "<|im_end|>\n");
 }
 
 static bool tool_response_wrapped(const char *c) {
@@ -271,9 +308,9 @@ static bool tool_response_wrapped(const char *c) {
 
 static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     if (n && is_role(&m[0], "system")) {
-        puts_(b, "<|im_start|>system\n");
+        lit(b, "<|im_start|>system\n");
         puts_(b, txt(m[0].content));
-        puts_(b, "<|im_end|>\n");
+        lit(b, "<|im_end|>\n");
     }
     /* The last user turn that is a real query (not wrapped tool output). */
     size_t last_query = n ? n - 1 : 0;
@@ -284,42 +321,42 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
         }
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user") || (is_role(&m[i], "system") && i > 0)) {
-            puts_(b, "<|im_start|>");
+            lit(b, "<|im_start|>");
             puts_(b, m[i].role);
-            puts_(b, "\n");
+            lit(b, "\n");
             puts_(b, txt(m[i].content));
-            puts_(b, "<|im_end|>\n");
+            lit(b, "<|im_end|>\n");
         } else if (is_role(&m[i], "assistant")) {
             qwen3_assistant(&m[i], i > last_query, i + 1 == n, b);
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
-                puts_(b, "<|im_start|>user");
-            puts_(b, "\n<tool_response>\n");
+                lit(b, "<|im_start|>user");
+            lit(b, "\n<tool_response>\n");
             puts_(b, txt(m[i].content));
-            puts_(b, "\n</tool_response>");
+            lit(b, "\n</tool_response>");
             if (i + 1 == n || !is_role(&m[i + 1], "tool"))
-                puts_(b, "<|im_end|>\n");
+                lit(b, "<|im_end|>\n");
         } else if (!is_role(&m[i], "system")) {
             return bad_role(i, &m[i], mk_chat_kind_name(kind));
         }
     }
     if (flags & MK_CHAT_GENERATION_PROMPT) {
-        puts_(b, "<|im_start|>assistant\n");
+        lit(b, "<|im_start|>assistant\n");
         if (flags & MK_CHAT_NO_THINKING)
-            puts_(b, "<think>\n\n</think>\n\n");
+            lit(b, "<think>\n\n</think>\n\n");
         else if (kind == MK_CHAT_QWEN3_THINK)
-            puts_(b, "<think>\n");
+            lit(b, "<think>\n");
     }
     return MK_OK;
 }
 
 static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
-    puts_(b, "<｜begin▁of▁sentence｜>");
+    lit(b, "<｜begin▁of▁sentence｜>");
     bool first_sp = true, is_tool = false, output_first = true;
     for (size_t i = 0; i < n; i++) /* every system message, joined by a blank line */
         if (is_role(&m[i], "system")) {
             if (!first_sp)
-                puts_(b, "\n\n");
+                lit(b, "\n\n");
             puts_(b, txt(m[i].content));
             first_sp = false;
         }
@@ -327,30 +364,45 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "user")) {
             is_tool = false;
-            puts_(b, "<｜User｜>");
+            lit(b, "<｜User｜>");
             puts_(b, c);
         } else if (is_role(&m[i], "assistant")) {
-            puts_(b, is_tool ? "<｜tool▁outputs▁end｜>" : "<｜Assistant｜>");
+            lit(b, is_tool ? "<｜tool▁outputs▁end｜>" : "<｜Assistant｜>");
             puts_(b, c);
-            puts_(b, "<｜end▁of▁sentence｜>");
+            lit(b, "<｜end▁of▁sentence｜>");
             is_tool = false;
         } else if (is_role(&m[i], "tool")) {
             is_tool = true;
             /* The reference never resets is_output_first: kept as is. */
-            puts_(b, output_first ? "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>"
+            lit(b, output_first ? "<｜tool▁outputs▁begin｜><｜tool▁output▁begin｜>"
                                   : "\n<｜tool▁output▁begin｜>");
             output_first = false;
             puts_(b, c);
-            puts_(b, "<｜tool▁output▁end｜>");
+            lit(b, "<｜tool▁output▁end｜>");
         } else if (!is_role(&m[i], "system")) {
             return bad_role(i, &m[i], "deepseek3");
         }
     }
     if (is_tool)
-        puts_(b, "<｜tool▁outputs▁end｜>");
+        lit(b, "<｜tool▁outputs▁end｜>");
     if ((flags & MK_CHAT_GENERATION_PROMPT) && !is_tool)
-        puts_(b, "<｜Assistant｜>");
+        lit(b, "<｜Assistant｜>");
     return MK_OK;
+}
+
+static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
+    mk_status st = MK_OK;
+    put(b, "", 0);
+    switch (kind) {
+    case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;
+    case MK_CHAT_QWEN3:
+    case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, b); break;
+    case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, b); break;
+    default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);
+    }
+    if (st == MK_OK && b->oom)
+        st = mk_err(MK_E_NOMEM, "chat: out of memory rendering %zu messages", n);
+    return st;
 }
 
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, char **out) {
@@ -358,21 +410,49 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
         return mk_err(MK_E_ARG, "mk_chat_render: NULL argument");
     *out = NULL;
     sb b = {0};
-    mk_status st = MK_OK;
-    put(&b, "", 0);
-    switch (kind) {
-    case MK_CHAT_CHATML: render_chatml(msgs, n, flags, &b); break;
-    case MK_CHAT_QWEN3:
-    case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, &b); break;
-    case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, &b); break;
-    default: st = mk_err(MK_E_ARG, "mk_chat_render: unknown template kind %d", (int)kind);
-    }
-    if (st == MK_OK && b.oom)
-        st = mk_err(MK_E_NOMEM, "chat: out of memory rendering %zu messages", n);
+    mk_status st = render(kind, msgs, n, flags, &b);
+    free(b.ctl);
     if (st != MK_OK) {
         free(b.p);
         return st;
     }
     *out = b.p;
     return MK_OK;
+}
+
+/* Every marker any of the templates writes. Tokenizers do not always flag
+ * them special (DeepSeek-V3's <｜User｜> and <｜Assistant｜>, Qwen3's <think>
+ * and <tool_call> are plain added tokens), yet each one in a message would
+ * change the conversation's structure as the model reads it, whichever
+ * template renders it; so none may match in message text. */
+static const char *const g_markers[] = {
+    "<|im_start|>", "<|im_end|>", "<|endoftext|>", "<think>", "</think>", "<tool_response>",
+    "</tool_response>", "<tool_call>", "</tool_call>", "<｜begin▁of▁sentence｜>",
+    "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜tool▁outputs▁begin｜>",
+    "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>",
+    "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
+    "<｜tool▁sep｜>", NULL};
+
+mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                         unsigned flags, int32_t **ids, size_t *n_ids) {
+    if (!ids || !n_ids)
+        return mk_err(MK_E_ARG, "mk_chat_encode: NULL argument");
+    *ids = NULL;
+    *n_ids = 0;
+    if (!tok || (!msgs && n))
+        return mk_err(MK_E_ARG, "mk_chat_encode: NULL argument");
+    int32_t deny[sizeof g_markers / sizeof g_markers[0]];
+    size_t nd = 0;
+    for (size_t i = 0; g_markers[i]; i++) {
+        int32_t id = mk_tok_token_id(tok, g_markers[i]);
+        if (id >= 0)
+            deny[nd++] = id;
+    }
+    sb b = {0};
+    mk_status st = render(kind, msgs, n, flags, &b);
+    if (st == MK_OK)
+        st = mk_tok_encode_ctl(tok, b.p, b.n, 0, b.ctl, b.nctl, deny, nd, ids, n_ids);
+    free(b.ctl);
+    free(b.p);
+    return st;
 }

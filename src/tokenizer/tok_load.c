@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/str.h"
 #include "tokenizer/tok_impl.h"
 
 #define GPT2_REGEX "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
@@ -650,7 +651,7 @@ static mk_status load_json_opt(const char *file, json_t **out) {
         return MK_OK;
     *out = json_load_file(file, 0, &e);
     if (!*out)
-        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", file, e.line, e.column, e.text);
+        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", file, e.line, e.column, mk_json_errtext(e.text));
     if (!json_is_object(*out)) {
         json_decref(*out);
         *out = NULL;
@@ -731,7 +732,7 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
     if (!root) {
         if (access(path, R_OK) != 0)
             return mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(errno));
-        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column, e.text);
+        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column, mk_json_errtext(e.text));
     }
     mk_status st = MK_OK;
     size_t ncap = 0, pcap = 0;

@@ -43,7 +43,7 @@ cmp -s "$T/s1" "$T/s2" || fail "same seed, different output"
 [ "$(stat -c %s "$T/h.f32")" -eq $((4 * 5 * 256 * 4)) ] || fail "hidden file size"
 
 # bad input: exit 2, one line naming the cause
-expect 2 "no such file" "$BIN" run "$T/nope" --ids 1
+expect 2 "No such file or directory" "$BIN" run "$T/nope" --ids 1
 expect 2 "outside the vocabulary" "$BIN" run "$FX/qwen3moe-a/bf16" --ids 1,512
 expect 2 "bad item" "$BIN" logits "$FX/qwen3moe-a/bf16" --ids 1,x --out "$T/x"
 expect 2 "required" "$BIN" logits "$FX/qwen3moe-a/bf16" --ids 1
