@@ -25,7 +25,9 @@ mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engin
  * in *len. NULL when out of memory. A read error ends the read early: the
  * caller checks ferror(f) if it cares. f stays open. */
 char *mk_ecli_read_all(FILE *f, size_t *len);
-/* Write n bytes to path (truncating). */
-mk_status mk_ecli_write(const char *path, const void *data, size_t n);
+/* Write n bytes to path atomically (temporary name, fsync, rename); an
+ * existing path is replaced only with force. Check the path first with
+ * mk_paths_check_file (io/outpath.h). */
+mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force);
 
 #endif
