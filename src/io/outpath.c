@@ -304,11 +304,11 @@ mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
     char *part = mk_strfmt("%s.partial", canon ? canon : "");
     mk_status st = canon && part ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     if (st == MK_OK)
-        st = check_special(dst, canon);
-    if (st == MK_OK)
         st = check_relations(p, dst, "DST", dst, canon);
     if (st == MK_OK)
         st = check_relations(p, dst, "DST.partial of", part, part);
+    if (st == MK_OK)
+        st = check_special(dst, canon);
     struct stat lst, sst;
     if (st == MK_OK && lstat(dst, &lst) == 0) {
         bool isdir = stat(dst, &sst) == 0 && S_ISDIR(sst.st_mode);
