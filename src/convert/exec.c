@@ -618,8 +618,11 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
         rc = check_dst(src, dst, &p, &o, &done);
     if (rc == MK_OK && !done)
         rc = size_chunks(&p, &o, threads, &chunk);
-    if (rc == MK_OK && !done)
+    if (rc == MK_OK && !done) {
         rc = mk_outdir_open(&od, dst, o.force, o.quant ? "quantize" : "convert");
+        if (rc == MK_OK)
+            crash_point("locked"); /* DST.partial/ holds only the owner mark */
+    }
     if (rc == MK_OK && !done)
         rc = run_all(&s, &p, &o, src, dst, &od, threads, chunk, st);
     if (rc != MK_OK && od.lock_fd >= 0) {
