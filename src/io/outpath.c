@@ -216,7 +216,15 @@ mk_status mk_paths_check_file(mk_paths *p, const char *path, const char *flag, b
         else if (!force)
             s = mk_err(MK_E_EXISTS, "%s %s already exists (use --force to overwrite it)", flag, path);
     }
-    if (s == MK_OK)
+    /* a file written into the DST of this command (quantize --report
+     * OUT/report.json) is written after DST is complete: its directory
+     * need not exist yet */
+    bool in_dst = false;
+    char *parent = mk_path_dirname(canon);
+    for (size_t i = 0; parent && i < p->n; i++)
+        in_dst |= p->v[i].output && !strcmp(p->v[i].role, "DST") && !strcmp(p->v[i].canon, parent);
+    free(parent);
+    if (s == MK_OK && !in_dst)
         s = check_parent(flag, path, canon, true);
     if (s == MK_OK)
         return push(p, path, canon, flag, true);
