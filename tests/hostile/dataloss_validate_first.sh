@@ -67,3 +67,8 @@ grep -q "kept in .*full.partial.*resume" "$T/err" || { cat "$T/err" >&2; fail "d
 expect 0 "" "$BIN" convert "$W/tiny" "$W/full" --to mlx --quiet --shard-size 64K
 no_out "$W/full.partial"
 ok "disk full keeps DST.partial with resume advice; the rerun completes"
+
+# Not refused: a --report inside the DST this run creates (written after it).
+expect 0 "" "$BIN" quantize "$W/tiny" "$W/qr" --quiet --report "$W/qr/report.json"
+[ -s "$W/qr/report.json" ] && [ -s "$W/qr/model.safetensors" ] || fail "--report inside a new DST not written"
+ok "--report inside the new DST still works"
