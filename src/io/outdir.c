@@ -193,18 +193,33 @@ mk_status mk_outdir_commit(mk_outdir *o) {
     if (lstat(o->dst, &st) == 0) {
         if (!o->force)
             return mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", o->dst);
+        /* The old DST is locked too: once swapped it sits at the
+         * DST.partial path until removed, and another writer opening that
+         * path in between must find it held, not take it for its own. */
+        int old_fd = S_ISDIR(st.st_mode) ? open(o->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        if (old_fd >= 0 && flock(old_fd, LOCK_EX | LOCK_NB) != 0) {
+            close(old_fd);
+            return mk_err(MK_E_EXISTS, "%s is being replaced by another moekit process: not replaced", o->dst);
+        }
         /* Swap atomically: readers see the old DST or the new one, never
          * none, and a kill here keeps the old one (in DST.partial/). */
+        bool swapped = false;
         if (renameat2(AT_FDCWD, o->partial, AT_FDCWD, o->dst, RENAME_EXCHANGE) == 0) {
+            swapped = true;
             s = mk_os_rmtree(o->partial);
             if (s != MK_OK)
                 s = mk_err(s, "%s is complete, but its previous contents, moved to %s, could not be removed: %s",
                            o->dst, o->partial, mk_err_msg());
         } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
-            MK_TRY(mk_os_rmtree(o->dst)); /* no exchange on this filesystem */
-            MK_TRY(mk_os_rename(o->partial, o->dst));
+            s = mk_os_rmtree(o->dst); /* no exchange on this filesystem */
+            if (s == MK_OK && (s = mk_os_rename(o->partial, o->dst)) == MK_OK)
+                swapped = true;
         } else
-            return mk_err(MK_E_IO, "cannot swap %s into %s: %s", o->partial, o->dst, strerror(errno));
+            s = mk_err(MK_E_IO, "cannot swap %s into %s: %s", o->partial, o->dst, strerror(errno));
+        if (old_fd >= 0)
+            close(old_fd);
+        if (!swapped)
+            return s; /* DST.partial/ is still ours, held and complete */
     } else
         MK_TRY(mk_os_rename(o->partial, o->dst));
     char *mark = mk_path_join(o->dst, MK_OUTDIR_OWNER);
