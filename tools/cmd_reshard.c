@@ -96,8 +96,13 @@ static int cmd_reshard(int argc, char **argv) {
         fprintf(stderr, "reshard: wrote %zu tensors into %zu shard(s) in %s\n", mk_stw_count(w),
                 mk_stw_count(w) ? (size_t)mk_stw_info(w, mk_stw_count(w) - 1)->shard + 1 : 1, dst);
     mk_stw_free(w);
-    if (s != MK_OK)
+    if (s != MK_OK && od.lock_fd >= 0) {
+        /* reshard does not resume: its partial output goes, and it says so */
+        char msg[1800];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_err(s, "%s (partial output %s removed; %s left as it was)", msg, od.partial, dst);
         mk_outdir_abort(&od); /* only while this process holds DST.partial/ */
+    }
     mk_outdir_close(&od);
     mk_ckpt_close(ck);
     return s == MK_OK ? 0 : mk_cli_fail(s);

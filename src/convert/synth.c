@@ -309,8 +309,13 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
     }
     if (s == MK_OK)
         s = mk_outdir_commit(&od);
-    if (s != MK_OK)
-        mk_outdir_abort(&od); /* the old DIR is untouched; nothing to resume */
+    if (s != MK_OK && od.lock_fd >= 0) {
+        /* the old DIR is untouched; synth does not resume */
+        char msg[1800];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_err(s, "%s (partial output %s removed; %s left as it was)", msg, od.partial, dir);
+        mk_outdir_abort(&od);
+    }
     mk_outdir_close(&od);
     sy_list_free(&l);
     return s;

@@ -19,7 +19,8 @@ set +e
 rc=$?
 set -e
 [ $rc -eq 2 ] || { cat "$T/err" >&2; fail "disk full: exit $rc, expected 2"; }
-grep -Eqi "too large|no space" "$T/err" || { cat "$T/err" >&2; fail "disk full: cause not named"; }
+grep -Eqi "too large|no space" "$T/err" && grep -q "left as it was" "$T/err" ||
+    { cat "$T/err" >&2; fail "disk full: cause or outcome not named"; }
 unchanged "$D" old
 [ ! -e "$D.partial" ] || fail "disk full: $D.partial left behind"
 ok "synth --force on a full disk: exit 2, the old checkpoint intact, nothing left"
