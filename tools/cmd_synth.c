@@ -25,9 +25,10 @@ static void help(FILE *f) {
             "  --seed S               generator seed (default 0)\n"
             "  --shard-size SIZE      shard cut (default 5G)\n"
             "  --threads N            worker threads (default: all cores)\n"
-            "  --force                replace DIR when it is a checkpoint or a moekit output (config.json,\n"
-            "                         *.safetensors or a moekit journal); any other directory, / and the home\n"
-            "                         directory are refused. DIR is built in DIR.partial/ and swapped in when\n"
+            "  --force                replace DIR when it is a checkpoint or a moekit output (*.safetensors, a\n"
+            "                         moekit journal, or config.json with no subdirectory); any other\n"
+            "                         directory, / and the home directory are refused. An empty DIR needs no\n"
+            "                         --force. DIR is built in DIR.partial/ and swapped in when\n"
             "                         complete: a full disk or a kill keeps the old DIR as it was\n"
             "  --list                 print NAME DTYPE [shape] of every tensor, write nothing\n"
             "  --quiet\n",

@@ -237,13 +237,23 @@ bool mk_paths_looks_like_checkpoint(const char *dir) {
     if (!d)
         return false;
     struct dirent *e;
-    bool yes = false;
-    while (!yes && (e = readdir(d)) != NULL)
-        yes = !strcmp(e->d_name, "config.json") || mk_str_ends_with(e->d_name, ".safetensors") ||
-              mk_str_ends_with(e->d_name, ".safetensors.index.json") || !strcmp(e->d_name, MK_OUTDIR_JOURNAL) ||
-              !strcmp(e->d_name, MK_OUTDIR_OWNER);
+    bool weights = false, config = false, subdir = false;
+    while ((e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
+            continue;
+        weights |= mk_str_ends_with(e->d_name, ".safetensors") ||
+                   mk_str_ends_with(e->d_name, ".safetensors.index.json") || !strcmp(e->d_name, MK_OUTDIR_JOURNAL) ||
+                   !strcmp(e->d_name, MK_OUTDIR_OWNER);
+        config |= !strcmp(e->d_name, "config.json");
+        struct stat st;
+        char *c = mk_path_join(dir, e->d_name);
+        subdir |= c && lstat(c, &st) == 0 && S_ISDIR(st.st_mode);
+        free(c);
+    }
     closedir(d);
-    return yes;
+    /* config.json alone is common outside checkpoints (any project has
+     * one): it counts only in a flat directory, as a checkpoint is */
+    return weights || (config && !subdir);
 }
 
 static bool dir_is_empty(const char *dir) {
@@ -330,8 +340,8 @@ mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
             st = mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", dst);
         else if (force && !dir_is_empty(dst) && !mk_paths_looks_like_checkpoint(dst))
             st = mk_err(MK_E_ARG,
-                        "DST %s is not a checkpoint (no config.json, *.safetensors or moekit journal): --force "
-                        "replaces only a checkpoint or a moekit output; nothing was changed",
+                        "DST %s is not a checkpoint or moekit output (no *.safetensors, no moekit journal, no "
+                        "config.json in a flat directory): --force replaces only those; nothing was changed",
                         dst);
     }
     if (st == MK_OK)

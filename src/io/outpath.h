@@ -12,8 +12,9 @@
  *    contains an input, and never the same path as another output;
  *  - an existing output is refused without force; with force a single file
  *    must be a regular file and a directory must look like a checkpoint or
- *    a moekit output (config.json, *.safetensors, a moekit journal or owner
- *    mark) or be empty: --force replaces what moekit wrote, nothing else;
+ *    a moekit output (*.safetensors, a moekit journal or owner mark, or
+ *    config.json in a directory without subdirectories) or be empty:
+ *    --force replaces what moekit wrote, nothing else;
  *  - "", "/", ".", "..", the home directory and the current directory (or
  *    any directory containing them) are never a DST;
  *  - the directory an output goes into must exist (files) or be creatable
@@ -62,7 +63,9 @@ mk_status mk_paths_check_file(mk_paths *p, const char *path, const char *flag, b
  * the command when !force (it may be this very run, finished). */
 mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force);
 
-/* Does the existing directory look like a checkpoint or a moekit output? */
+/* Does the existing directory look like a checkpoint or a moekit output:
+ * *.safetensors (or its index), a moekit journal or owner mark, or a
+ * config.json with no subdirectory beside it? */
 bool mk_paths_looks_like_checkpoint(const char *dir);
 
 /* Canonical absolute form of path (which need not exist), malloc'd. */

@@ -105,6 +105,14 @@ static void test_dir_rules(void **state) {
     assert_int_equal(dir_check(P("new/deeper"), false), MK_OK);
     assert_true(mk_paths_looks_like_checkpoint(P("ckpt")));
     assert_false(mk_paths_looks_like_checkpoint(P("plain")));
+    /* a project with a config.json and subdirectories is not a checkpoint */
+    mkdir(P("proj"), 0755);
+    mkdir(P("proj/src"), 0755);
+    put("proj/config.json", "{}");
+    assert_false(mk_paths_looks_like_checkpoint(P("proj")));
+    assert_int_equal(dir_check(P("proj"), true), MK_E_ARG);
+    put("proj/model.safetensors", "x");
+    assert_true(mk_paths_looks_like_checkpoint(P("proj")));
 }
 
 static void test_file_rules(void **state) {
