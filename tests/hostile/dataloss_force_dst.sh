@@ -2,7 +2,8 @@
 # --force replaces only what moekit wrote (issue 9, data loss 1). For convert,
 # quantize and reshard (and synth, which has no SRC), a DST that is SRC,
 # contains SRC, lies inside SRC, is reached through a symlink, "..", a
-# trailing slash or a relative path, is a plain directory of other files,
+# trailing slash or a relative path, is a plain directory of other files
+# (also one with a config.json beside subdirectories: a project),
 # a regular file, the home directory, "", "." or "/" is refused with exit 2
 # before any work, and nothing under the scratch tree changes. A DST that
 # is a checkpoint or an earlier moekit output is still replaced.
@@ -28,6 +29,9 @@ echo "not a checkpoint" > "$W/plain/README"
 echo "a file" > "$W/afile"
 ln -s "$W/X" "$W/link-to-X"
 ln -s "$S" "$W/link-to-src"
+mkdir -p "$W/proj/src" # a project that happens to have a config.json
+echo '{"name": "my project"}' > "$W/proj/config.json"
+echo "int main;" > "$W/proj/src/main.c"
 mkdir -p "$W/home"
 cp "$S/config.json" "$W/home/config.json" # looks like a checkpoint: only the home rule refuses it
 snapshot "$W" all
@@ -58,6 +62,7 @@ for c in convert quantize reshard; do
     expect 2 "is SRC" bash -c 'cd "$1/X" && shift && run_forced "$@"' _ "$W" "$c" "$S" "model"
     expect 2 "inside SRC" bash -c 'run_forced "$@"' _ "$c" "$S" "$S/out"
     expect 2 "not a checkpoint" bash -c 'run_forced "$@"' _ "$c" "$S" "$W/plain"
+    expect 2 "not a checkpoint" bash -c 'run_forced "$@"' _ "$c" "$S" "$W/proj"
     expect 2 "not a directory" bash -c 'run_forced "$@"' _ "$c" "$S" "$W/afile"
     expect 2 "home directory" env HOME="$W/home" bash -c 'run_forced "$@"' _ "$c" "$S" "$W/home"
     expect 2 "must name a directory" bash -c 'run_forced "$@"' _ "$c" "$S" ""
