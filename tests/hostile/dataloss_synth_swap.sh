@@ -18,11 +18,11 @@ set +e
 (trap '' XFSZ; ulimit -f 1024; exec "$BIN" synth "$D" "${BIG[@]}") > /dev/null 2> "$T/err"
 rc=$?
 set -e
+unchanged "$D" old
+[ ! -e "$D.partial" ] || fail "disk full: $D.partial left behind"
 [ $rc -eq 2 ] || { cat "$T/err" >&2; fail "disk full: exit $rc, expected 2"; }
 grep -Eqi "too large|no space" "$T/err" && grep -q "left as it was" "$T/err" ||
     { cat "$T/err" >&2; fail "disk full: cause or outcome not named"; }
-unchanged "$D" old
-[ ! -e "$D.partial" ] || fail "disk full: $D.partial left behind"
 ok "synth --force on a full disk: exit 2, the old checkpoint intact, nothing left"
 
 # kill -9 while shards are being written (wherever they are written: the

@@ -17,8 +17,9 @@ chmod -R u+w "$W"
 echo "a file" > "$W/afile"
 no_out() { [ ! -e "$1" ] && [ ! -e "$1.partial" ] || fail "$1 or $1.partial left behind"; }
 
-expect 2 "does not exist" "$BIN" quantize "$W/tiny" "$W/q" --quiet --report "$W/nodir/r.json"
-no_out "$W/q"
+run_cmd "$BIN" quantize "$W/tiny" "$W/q" --quiet --report "$W/nodir/r.json"
+no_out "$W/q" # before the message: what a doomed run leaves is the point
+[ "$RC" -eq 2 ] && grep -q "does not exist" "$T/err" || { cat "$T/err" >&2; fail "--report nodir: exit $RC"; }
 expect 2 "not a directory" "$BIN" quantize "$W/tiny" "$W/q" --quiet --report "$W/afile/r.json"
 no_out "$W/q"
 expect 2 "not a directory" "$BIN" convert "$W/tiny" "$W/afile/sub/out" --to mlx --quiet
