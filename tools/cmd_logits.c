@@ -8,6 +8,7 @@
 #include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
+#include "io/outpath.h"
 
 static void help(FILE *f) {
     fprintf(f,
@@ -19,6 +20,8 @@ static void help(FILE *f) {
             "  --hidden-out FILE   also write hidden states [L+1, n, hidden] in transformers'\n"
             "                      output_hidden_states layout: entry 0 the embeddings, entry i\n"
             "                      the output of layer i-1, the last entry after the final norm\n"
+            "  --force             replace existing --out/--hidden-out files (never a file of\n"
+            "                      MODEL: outputs that are inputs are always refused)\n"
             "  --threads N         compute threads (default: all CPUs)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
@@ -36,11 +39,13 @@ int cmd_logits(int argc, char **argv) {
                                          {"threads", required_argument, 0, 't'},
                                          {"prefill-chunk", required_argument, 0, 'c'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
+                                         {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ids_s = NULL, *out = NULL, *hout = NULL;
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
+    bool force = false;
     int ch, rc;
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
@@ -58,6 +63,7 @@ int cmd_logits(int argc, char **argv) {
                 return rc;
             break;
         case 'F': mo.fp8_to_bf16 = true; break;
+        case 'f': force = true; break;
         case 'h': help(stdout); return 0;
         default:
             return mk_cli_usage("logits", "unknown option or missing value: %s", argv[optind - 1]);
@@ -67,9 +73,20 @@ int cmd_logits(int argc, char **argv) {
         return mk_cli_usage("logits", "expected exactly one MODEL argument");
     if (!ids_s || !out)
         return mk_cli_usage("logits", "--ids and --out are required");
+    /* outputs against the model's files and each other, before loading */
+    mk_paths paths;
+    mk_paths_init(&paths);
+    mk_status st = mk_paths_add_input(&paths, argv[optind], "MODEL");
+    if (st == MK_OK)
+        st = mk_paths_check_file(&paths, out, "--out", force);
+    if (st == MK_OK && hout)
+        st = mk_paths_check_file(&paths, hout, "--hidden-out", force);
+    mk_paths_free(&paths);
+    if (st != MK_OK)
+        return mk_cli_fail(st);
     int32_t *ids;
     int64_t n;
-    mk_status st = mk_ecli_ids(ids_s, &ids, &n);
+    st = mk_ecli_ids(ids_s, &ids, &n);
     if (st != MK_OK)
         return mk_cli_fail(st);
     if (n == 0) {
@@ -93,10 +110,10 @@ int cmd_logits(int argc, char **argv) {
         if (st == MK_OK)
             st = mk_engine_forward(e, ids, n, MK_LOGITS_ALL, logits, hidden);
         if (st == MK_OK)
-            st = mk_ecli_write(out, logits, (size_t)n * (size_t)c->vocab_size * sizeof(float));
+            st = mk_ecli_write(out, logits, (size_t)n * (size_t)c->vocab_size * sizeof(float), force);
         if (st == MK_OK && hout)
             st = mk_ecli_write(hout, hidden, (size_t)(c->num_layers + 1) * (size_t)n *
-                                                 (size_t)c->hidden_size * sizeof(float));
+                                                 (size_t)c->hidden_size * sizeof(float), force);
     }
     free(ids);
     free(logits);

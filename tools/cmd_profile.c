@@ -18,6 +18,7 @@
 #include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
+#include "io/outpath.h"
 #include "moekit/profile.h"
 #include "moekit/tokenizer.h"
 
@@ -45,6 +46,8 @@ static void help(FILE *f) {
             "  --group-size G     affine group size: 32, 64 (default) or 128\n"
             "  --threads N        compute threads (default: all CPUs)\n"
             "  --out P            where to write the profile (or, with --from, the allocation)\n"
+            "  --force            replace an existing --out file (never an input: a file of\n"
+            "                     MODEL, --text or --from are always refused)\n"
             "  --from P.json      allocate from this profile instead of profiling\n"
             "  --target-bpw X     bits per weight to allocate, scales and biases included\n"
             "  --quiet            no progress on stderr\n"
@@ -56,7 +59,7 @@ typedef struct prof_cli {
     const char *model, *text, *out, *from;
     long long tokens;
     double target;
-    bool has_bits, quiet;
+    bool has_bits, quiet, force;
     mk_prof_opts po;
 } prof_cli;
 
@@ -252,6 +255,7 @@ int cmd_profile(int argc, char **argv) {
         {"group-size", required_argument, 0, 'g'}, {"threads", required_argument, 0, 't'},
         {"out", required_argument, 0, 'o'},        {"from", required_argument, 0, 'F'},
         {"target-bpw", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
+        {"force", no_argument, 0, 'O'},
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     prof_cli o = {.tokens = 20000, .target = -1};
     mk_prof_opts_init(&o.po);
@@ -266,6 +270,7 @@ int cmd_profile(int argc, char **argv) {
         case 'o': o.out = optarg; break;
         case 'F': o.from = optarg; break;
         case 'q': o.quiet = true; break;
+        case 'O': o.force = true; break;
         case 'n':
             if ((rc = mk_flag_int("profile", "--tokens", optarg, 2, INT32_MAX, &o.tokens)) >= 0)
                 return rc;
@@ -321,7 +326,19 @@ int cmd_profile(int argc, char **argv) {
         if (!o.quiet)
             o.po.progress = progress;
     }
-    mk_status st = o.from ? run_alloc(&o) : run_profile(&o);
+    /* --out against every input and the model's files, before any work */
+    mk_paths paths;
+    mk_paths_init(&paths);
+    mk_status st = mk_paths_add_input(&paths, o.model, "MODEL");
+    if (st == MK_OK && o.text)
+        st = mk_paths_add_input(&paths, o.text, "--text");
+    if (st == MK_OK && o.from)
+        st = mk_paths_add_input(&paths, o.from, "--from");
+    if (st == MK_OK && o.out)
+        st = mk_paths_check_file(&paths, o.out, "--out", o.force);
+    mk_paths_free(&paths);
+    if (st == MK_OK)
+        st = o.from ? run_alloc(&o) : run_profile(&o);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }
 

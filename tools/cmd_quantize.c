@@ -17,6 +17,7 @@
 #include "cli_flags.h"
 #include "cli_esc.h"
 #include "cmd.h"
+#include "io/outpath.h"
 #include "moekit/convert.h"
 #include "moekit/profile.h"
 #include "moekit/quant.h"
@@ -58,7 +59,8 @@ static void help(FILE *f) {
         "                        experts whose widths differ within a layer are written as separate\n"
         "                        modules mlp.experts.<e>.<proj> (moekit's engine loads them; mlx-lm loads\n"
         "                        only stacked switch_mlp, which uniform layers keep)\n"
-        "  --alloc-out F         with --target-bpw: also write the allocation JSON to F\n"
+        "  --alloc-out F         with --target-bpw: also write the allocation JSON to F (an existing F\n"
+        "                        only with --force; never one of the inputs)\n"
         "  --dtype bf16|f32      dtype of float tensors and of scales/biases (default: as stored; the\n"
         "                        quantizer reads the weights in this dtype). f16 is refused for Gated\n"
         "                        DeltaNet models (qwen3_next, qwen3_5_moe) unless --force-f16\n"
@@ -71,8 +73,13 @@ static void help(FILE *f) {
         "                        DST.partial/, on disk, not in memory. A bound too small for the\n"
         "                        widest row is refused with the least SIZE that works\n"
         "  --threads N           worker threads (default: all cores)\n"
-        "  --report F            write the per-module report as JSON to F\n"
-        "  --force               replace an existing DST\n"
+        "  --report F            write the per-module report as JSON to F (an existing F only with\n"
+        "                        --force; never one of the inputs)\n"
+        "  --force               replace an existing DST that is a checkpoint or a moekit output\n"
+        "                        (*.safetensors, a moekit journal, or config.json with no\n"
+        "                        subdirectory), and existing --report/--alloc-out files; any other\n"
+        "                        directory, SRC itself, a directory holding SRC or --profile, / and\n"
+        "                        the home directory are always refused\n"
         "  --allow-nonfinite     quantize weights holding NaN/Inf (default: an error naming the tensor)\n"
         "  --force-f16           allow --dtype f16 for Gated DeltaNet models\n"
         "  --keep-vision         keep the vision tower (float), as convert --keep-vision\n"
@@ -85,7 +92,9 @@ static void help(FILE *f) {
         "linear modules (float ones included) and over the whole checkpoint (mlx-lm's figure).\n"
         "config.json gets \"quantization\" and an identical \"quantization_config\": the defaults plus one\n"
         "entry per module that differs from them (routers always). DST is built in DST.partial/ and\n"
-        "appears only when complete; after a crash, rerunning the same command resumes.\n"
+        "appears only when complete; after a crash, rerunning the same command resumes. Every output\n"
+        "path is checked before any work; one moekit at a time writes a DST (a second one is refused,\n"
+        "naming the first one's pid).\n"
         "exit: 0 ok, 1 internal error, 2 bad input (a NaN weight, bits or group the mode does not\n"
         "support, an existing DST, ...: one line naming the file, tensor or flag; no DST is left)\n");
 }
@@ -287,9 +296,30 @@ static int parse_args(int argc, char **argv, qcli *c) {
     return -1;
 }
 
+/* Every output path against every input and each other, before any work:
+ * a run that can only fail at its end (the report) is refused now. */
+static mk_status check_paths(const qcli *c) {
+    mk_paths p;
+    mk_paths_init(&p);
+    mk_status st = mk_paths_add_input(&p, c->src, "SRC");
+    if (st == MK_OK && c->profile)
+        st = mk_paths_add_input(&p, c->profile, "--profile");
+    if (st == MK_OK)
+        st = mk_paths_check_dir(&p, c->dst, c->co.force);
+    if (st == MK_OK && c->report)
+        st = mk_paths_check_file(&p, c->report, "--report", c->co.force);
+    if (st == MK_OK && c->alloc_out)
+        st = mk_paths_check_file(&p, c->alloc_out, "--alloc-out", c->co.force);
+    mk_paths_free(&p);
+    return st;
+}
+
 static int run(qcli *c) {
+    mk_status st = check_paths(c);
+    if (st != MK_OK)
+        return mk_cli_fail(st);
     mk_qjob *job = NULL;
-    mk_status st = mk_qjob_new(&job);
+    st = mk_qjob_new(&job);
     double expected = 0;
     if (st == MK_OK && c->target > 0)
         st = apply_alloc(c, job, &expected);

@@ -10,6 +10,7 @@
 #include "cli_flags.h"
 #include "cmd.h"
 #include "io/outdir.h"
+#include "io/outpath.h"
 #include "moekit/st.h"
 
 static void help(FILE *f) {
@@ -21,10 +22,14 @@ static void help(FILE *f) {
             "files and generation_config.json are copied alongside.\n\n"
             "  --shard-size N   shard size limit (K/M/G suffixes); a tensor larger than N gets\n"
             "                   a shard of its own\n"
-            "  --force          replace DST if it exists\n\n"
+            "  --force          replace DST if it exists and is a checkpoint or a moekit output\n"
+            "                   (*.safetensors, a moekit journal, or config.json with no\n"
+            "                   subdirectory); any other directory, SRC itself, a directory\n"
+            "                   holding SRC, / and the home directory are always refused\n\n"
             "Memory: data moves kernel-side (copy_file_range) or through a 1 MiB buffer, plus an\n"
             "8 MiB write buffer; the header plan is O(number of tensors).\n"
-            "DST appears only when complete (built in DST.partial/, fsynced, renamed).\n");
+            "DST appears only when complete (built in DST.partial/, fsynced, renamed); one moekit\n"
+            "at a time writes a DST (a second one is refused, naming the first one's pid).\n");
 }
 
 static int cmd_reshard(int argc, char **argv) {
@@ -51,10 +56,22 @@ static int cmd_reshard(int argc, char **argv) {
     const char *src = argv[optind], *dst = argv[optind + 1];
     mk_ckpt *ck = NULL;
     mk_stw *w = NULL;
-    char *partial = NULL;
-    mk_status s = mk_ckpt_open(src, MK_CKPT_NO_MMAP, &ck);
+    mk_outdir od = {.lock_fd = -1};
+    const char *partial = NULL;
+    mk_paths paths;
+    mk_paths_init(&paths);
+    mk_status s = mk_paths_add_input(&paths, src, "SRC");
     if (s == MK_OK)
-        s = mk_outdir_begin(dst, force, false, &partial);
+        s = mk_paths_check_dir(&paths, dst, force);
+    mk_paths_free(&paths);
+    if (s == MK_OK)
+        s = mk_ckpt_open(src, MK_CKPT_NO_MMAP, &ck);
+    if (s == MK_OK)
+        s = mk_outdir_open(&od, dst, force, "reshard");
+    if (s == MK_OK) {
+        partial = od.partial;
+        s = mk_outdir_clear(&od); /* reshard does not resume: start from nothing */
+    }
     if (s == MK_OK) {
         const char *meta = mk_ckpt_metadata_json(ck, 0);
         mk_stw_opts o = {.shard_size = shard, .force = true, .basename = "model", .metadata_json = meta};
@@ -75,14 +92,19 @@ static int cmd_reshard(int argc, char **argv) {
     if (s == MK_OK)
         s = mk_outdir_copy_sidecars(mk_ckpt_dir(ck), partial);
     if (s == MK_OK)
-        s = mk_outdir_commit(partial, dst, force);
+        s = mk_outdir_commit(&od);
     if (s == MK_OK)
         fprintf(stderr, "reshard: wrote %zu tensors into %zu shard(s) in %s\n", mk_stw_count(w),
                 mk_stw_count(w) ? (size_t)mk_stw_info(w, mk_stw_count(w) - 1)->shard + 1 : 1, dst);
     mk_stw_free(w);
-    if (s != MK_OK)
-        mk_outdir_abort(partial);
-    free(partial);
+    if (s != MK_OK && od.lock_fd >= 0) {
+        /* reshard does not resume: its partial output goes, and it says so */
+        char msg[1800];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_err(s, "%s (partial output %s removed; %s left as it was)", msg, od.partial, dst);
+        mk_outdir_abort(&od); /* only while this process holds DST.partial/ */
+    }
+    mk_outdir_close(&od);
     mk_ckpt_close(ck);
     return s == MK_OK ? 0 : mk_cli_fail(s);
 }

@@ -1,6 +1,7 @@
 /* moekit synth: deterministic synthetic checkpoints of real MoE shapes for
  * tests and benchmarks (include/moekit/synth.h). */
 #include <getopt.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +26,11 @@ static void help(FILE *f) {
             "  --seed S               generator seed (default 0)\n"
             "  --shard-size SIZE      shard cut (default 5G)\n"
             "  --threads N            worker threads (default: all cores)\n"
-            "  --force                overwrite a checkpoint already in DIR\n"
+            "  --force                replace DIR when it is a checkpoint or a moekit output (*.safetensors, a\n"
+            "                         moekit journal, or config.json with no subdirectory); any other\n"
+            "                         directory, / and the home directory are refused. An empty DIR needs no\n"
+            "                         --force. DIR is built in DIR.partial/ and swapped in when\n"
+            "                         complete: a full disk or a kill keeps the old DIR as it was\n"
             "  --list                 print NAME DTYPE [shape] of every tensor, write nothing\n"
             "  --quiet\n",
             mk_synth_archs(), mk_synth_presets());
@@ -119,6 +124,8 @@ static int cmd_synth(int argc, char **argv) {
         return mk_cli_usage("synth", "--preset is required (%s)", mk_synth_presets());
     if (!have_format)
         return mk_cli_usage("synth", "--format is required (bf16, fp8, ct-int4, ct-int4-asym)");
+    /* past a file-size limit write() must fail with EFBIG, not kill us */
+    signal(SIGXFSZ, SIG_IGN);
     mk_status s = mk_synth_run(argv[optind], &o);
     return s == MK_OK ? 0 : mk_cli_fail(s);
 }

@@ -6,6 +6,7 @@
 #include <sys/stat.h>
 
 #include "engine_cli.h"
+#include "io/outfile.h"
 
 bool mk_ecli_int(const char *s, long long lo, long long hi, long long *out) {
     char *end;
@@ -97,17 +98,8 @@ char *mk_ecli_read_all(FILE *f, size_t *len) {
     return buf;
 }
 
-mk_status mk_ecli_write(const char *path, const void *data, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f)
-        return mk_err(MK_E_IO, "%s: cannot create: %s", path, strerror(errno));
-    size_t w = fwrite(data, 1, n, f);
-    int bad = w != n || fflush(f) != 0;
-    if (fclose(f) != 0)
-        bad = 1;
-    if (bad)
-        return mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
-    return MK_OK;
+mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force) {
+    return mk_outfile_write(path, data, n, force);
 }
 
 mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size_t *len) {

@@ -30,7 +30,9 @@ char *mk_ecli_read_all(FILE *f, size_t *len);
  * MK_E_ARG (fread of one reads nothing on Linux: it must not pass for an
  * empty file). *buf is malloc'd, not NUL-terminated. */
 mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size_t *len);
-/* Write n bytes to path (truncating). */
-mk_status mk_ecli_write(const char *path, const void *data, size_t n);
+/* Write n bytes to path atomically (temporary name, fsync, rename); an
+ * existing path is replaced only with force. Check the path first with
+ * mk_paths_check_file (io/outpath.h). */
+mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force);
 
 #endif

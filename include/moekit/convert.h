@@ -54,7 +54,7 @@ typedef struct mk_conv_opts {
     int threads;             /* worker threads; 0: all online CPUs */
     bool keep_vision;        /* MLX target: keep model.visual.* (HF always keeps it) */
     bool keep_mtp;           /* MLX target: keep multi-token-prediction layers */
-    bool force;              /* replace an existing DST */
+    bool force;              /* replace an existing DST that is a checkpoint or moekit output */
     bool verify;             /* re-read the output and compare with the source */
     uint64_t shard_size;     /* output shard cut in bytes; 0: 5 GiB */
     bool quiet;              /* no progress lines on stderr */
@@ -90,8 +90,13 @@ void mk_conv_opts_init(mk_conv_opts *o);
  * does not divide the row, DST existing without force, a full disk) returns
  * a status whose mk_err_msg() names the file, tensor and field with the
  * expected and found values; DST is then absent (a DST.partial/ with its
- * journal may remain after I/O failures so that a rerun resumes). `stats`
- * may be NULL. */
+ * journal remains after disk-full, I/O and memory failures so that a rerun
+ * resumes; after input errors it is removed). Before any work, DST is
+ * checked against SRC (never SRC, inside it or containing it; never "", /,
+ * the home or current directory; with force only a checkpoint or moekit
+ * output is replaced: io/outpath.h), and DST.partial/ is locked: a second
+ * writer of the same DST gets MK_E_EXISTS naming the holder's pid.
+ * `stats` may be NULL. */
 mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *o, mk_conv_stats *stats);
 
 /* Peak resident set of this process in bytes (VmHWM), 0 when unknown. */

@@ -56,8 +56,10 @@ void mk_synth_opts_init(mk_synth_opts *o);
 const char *mk_synth_archs(void);
 const char *mk_synth_presets(void);
 
-/* Write the checkpoint into `dir` (created; refused when it already holds a
- * checkpoint unless force). */
+/* Write the checkpoint as `dir`: built in dir.partial/ and swapped in when
+ * complete. An existing non-empty dir is refused without force; with force
+ * only a checkpoint or moekit output is replaced (never an arbitrary
+ * directory, / or the home directory). */
 mk_status mk_synth_run(const char *dir, const mk_synth_opts *o);
 
 #ifdef __cplusplus

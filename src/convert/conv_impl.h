@@ -38,6 +38,7 @@
 #include "moekit/convert.h"
 #include "moekit/kernels.h"
 #include "moekit/st.h"
+#include "io/outdir.h"
 #include "model/layout.h"
 
 /* ------------------------------------------------------------ helpers */
@@ -293,7 +294,7 @@ typedef struct cv_journal {
     bool complete;
 } cv_journal;
 
-#define CV_JOURNAL_NAME ".moekit-convert-journal"
+#define CV_JOURNAL_NAME MK_OUTDIR_JOURNAL
 
 mk_status cv_journal_init(cv_journal *j, int nshards, uint64_t fingerprint);
 /* Load DIR's journal; MK_E_NOTFOUND when absent. */

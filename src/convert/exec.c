@@ -32,6 +32,7 @@
 #include "convert/conv_impl.h"
 #include "io/os.h"
 #include "io/outdir.h"
+#include "io/outpath.h"
 
 #define CV_MAX_CHUNK (4u << 20) /* elements: larger chunks buy nothing */
 #define CV_FIXED_OVERHEAD (12u << 20) /* writer buffer 8 MiB + copy/hash buffers + stacks */
@@ -375,42 +376,18 @@ static mk_status size_chunks(const cv_plan *p, const mk_conv_opts *o, int thread
     return MK_OK;
 }
 
-static char *partial_path(const char *dst) {
-    size_t n = strlen(dst);
-    while (n > 1 && dst[n - 1] == '/')
-        n--;
-    return cv_printf("%.*s.partial", (int)n, dst);
-}
-
-static bool dir_empty(const char *path) {
-    DIR *d = opendir(path);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL)
-        empty = strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0;
-    closedir(d);
-    return empty;
-}
-
-/* Resume DST.partial/ when its journal was written under this plan; start
- * it over when the journal is another plan's; refuse a directory that
- * holds no journal (not ours to delete). */
-static mk_status open_partial(const char *partial, const cv_plan *p, cv_journal *j, bool *resumed) {
+/* Resume DST.partial/ when its journal was written under this plan; empty
+ * it and start over otherwise (mk_outdir_open has made sure it is ours:
+ * empty, or holding moekit's owner mark or journal). */
+static mk_status open_partial(const char *partial, mk_outdir *od, const cv_plan *p, cv_journal *j, bool *resumed) {
     *resumed = false;
-    if (mk_os_exists(partial)) {
-        mk_status s = cv_journal_load(partial, p->nshards, j);
-        if (s == MK_OK && j->fingerprint == p->fingerprint) {
-            *resumed = true;
-            return MK_OK;
-        }
-        cv_journal_free(j);
-        if (s == MK_E_NOTFOUND && !dir_empty(partial))
-            return mk_err(MK_E_EXISTS, "%s exists but holds no moekit convert journal: remove it first", partial);
-        MK_TRY(mk_os_rmtree(partial));
+    mk_status s = cv_journal_load(partial, p->nshards, j);
+    if (s == MK_OK && j->fingerprint == p->fingerprint) {
+        *resumed = true;
+        return MK_OK;
     }
-    MK_TRY(mk_os_mkdirs(partial));
+    cv_journal_free(j);
+    MK_TRY(mk_outdir_clear(od));
     MK_TRY(cv_journal_init(j, p->nshards, p->fingerprint));
     return cv_journal_save(partial, j, p);
 }
@@ -420,19 +397,21 @@ static mk_status open_partial(const char *partial, const cv_plan *p, cv_journal 
  * removal (then only the journal is left to delete). */
 static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, const mk_conv_opts *o, bool *done) {
     *done = false;
-    char a[PATH_MAX], b[PATH_MAX];
-    if (realpath(src, a) && realpath(dst, b) && strcmp(a, b) == 0)
-        return mk_err(MK_E_ARG, "%s: SRC and DST are the same directory", dst);
+    (void)src; /* SRC and DST were checked against each other (mk_paths_check_dir) */
     if (!mk_os_exists(dst))
         return MK_OK;
     cv_journal j;
     if (cv_journal_load(dst, p->nshards, &j) == MK_OK && j.complete && j.fingerprint == p->fingerprint) {
         cv_journal_free(&j);
-        char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
-        if (!jp)
-            return mk_err(MK_E_NOMEM, "out of memory");
-        unlink(jp);
+        char *jp = mk_path_join(dst, CV_JOURNAL_NAME), *op = mk_path_join(dst, MK_OUTDIR_OWNER);
+        if (jp && op) {
+            unlink(op); /* left by a kill right after the rename */
+            unlink(jp);
+        }
         free(jp);
+        free(op);
+        if (!jp || !op)
+            return mk_err(MK_E_NOMEM, "out of memory");
         *done = true;
         return mk_os_fsync_dir(dst);
     }
@@ -561,10 +540,11 @@ static mk_status run_shards(const conv_env *e, cv_journal *j) {
 }
 
 static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *src,
-                         const char *dst, const char *partial, int threads, uint64_t chunk, mk_conv_stats *st) {
+                         const char *dst, mk_outdir *od, int threads, uint64_t chunk, mk_conv_stats *st) {
     cv_journal j;
     bool resumed;
-    MK_TRY(open_partial(partial, p, &j, &resumed));
+    const char *partial = od->partial;
+    MK_TRY(open_partial(partial, od, p, &j, &resumed));
     progress(o, "%s (%s%s%s) -> %s: %zu tensors, %.1f MB in %d shard%s, %d threads, chunks of %llu values%s", src,
              mk_arch_name(s->cfg.arch), s->is_mlx ? ", MLX" : "", s->vl ? ", vision-language" : "", dst, p->nouts,
              (double)p->total_bytes / 1e6, p->nshards, p->nshards == 1 ? "" : "s", threads,
@@ -591,7 +571,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     cv_journal_free(&j);
     MK_TRY(rc);
     crash_point("commit");
-    MK_TRY(mk_outdir_commit(partial, dst, o->force));
+    MK_TRY(mk_outdir_commit(od));
     crash_point("committed");
     char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
     if (!jp)
@@ -613,30 +593,57 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     cv_src s;
     cv_plan p;
     memset(&p, 0, sizeof p);
-    char *partial = NULL;
+    mk_outdir od = {.lock_fd = -1};
     uint64_t chunk = 0;
     bool done = false;
+    /* every path check before the first byte read or written */
+    mk_paths paths;
+    mk_paths_init(&paths);
+    mk_status rc = mk_paths_add_input(&paths, src, "SRC");
+    if (rc == MK_OK)
+        rc = mk_paths_check_dir(&paths, dst, o.force);
+    mk_paths_free(&paths);
+    memset(&s, 0, sizeof s);
+    bool have_src = false;
     /* a lone .safetensors file is a source only for quantization */
-    mk_status rc = o.quant && !mk_os_is_dir(src) && mk_os_exists(src) ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
+    if (rc == MK_OK) {
+        rc = o.quant && !mk_os_is_dir(src) && mk_os_exists(src) ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
+        have_src = true;
+    }
     if (rc == MK_OK)
         rc = check_opts(&s, &o);
     if (rc == MK_OK)
         rc = cv_plan_build(&s, &o, &p);
     if (rc == MK_OK)
-        rc = (partial = partial_path(dst)) ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
-    if (rc == MK_OK)
         rc = check_dst(src, dst, &p, &o, &done);
     if (rc == MK_OK && !done)
         rc = size_chunks(&p, &o, threads, &chunk);
+    if (rc == MK_OK && !done) {
+        rc = mk_outdir_open(&od, dst, o.force, o.quant ? "quantize" : "convert");
+        if (rc == MK_OK)
+            crash_point("locked"); /* DST.partial/ holds only the owner mark */
+    }
     if (rc == MK_OK && !done)
-        rc = run_all(&s, &p, &o, src, dst, partial, threads, chunk, st);
-    if (rc != MK_OK && partial && p.qs && cv_qstate_bad_data(p.qs) && mk_os_exists(partial))
-        mk_os_rmtree(partial); /* bad values: a rerun would fail alike, nothing to resume */
-    else if (rc != MK_OK && partial && mk_os_exists(partial) && rc != MK_E_EXISTS) {
+        rc = run_all(&s, &p, &o, src, dst, &od, threads, chunk, st);
+    if (rc != MK_OK && od.lock_fd >= 0) {
+        /* This process holds DST.partial/: keep it for a rerun only when a
+         * rerun can get further (disk full, I/O, memory); bad input fails
+         * the same way again, so its partial output goes. */
         char msg[1800];
         snprintf(msg, sizeof msg, "%s", mk_err_msg());
-        mk_err(rc, "%s (partial output kept in %s: rerun the same command to resume)", msg, partial);
+        bool bad = p.qs && cv_qstate_bad_data(p.qs);
+        if (!bad && mk_outdir_resumable(rc) && rc != MK_E_EXISTS)
+            mk_err(rc, "%s (partial output kept in %s: rerun the same command to resume)", msg, od.partial);
+        else if (!bad && rc == MK_E_EXISTS)
+            mk_err(rc, "%s", msg);
+        else
+            mk_err(rc, "%s (partial output %s removed: rerunning cannot fix this)", msg, od.partial);
+        if (!bad && mk_outdir_resumable(rc))
+            mk_outdir_close(&od);
+        else
+            mk_outdir_abort(&od);
     }
+    mk_outdir_close(&od);
     st->tensors_out = p.nouts;
     st->bytes_out = p.total_bytes;
     st->shards = p.nshards;
@@ -645,8 +652,8 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     st->seconds = now_s() - t0;
     if (rc == MK_OK && p.qs)
         rc = cv_qstate_export(&p, o.quant);
-    free(partial);
     cv_plan_free(&p);
-    cv_src_close(&s);
+    if (have_src)
+        cv_src_close(&s);
     return rc;
 }

@@ -10,7 +10,10 @@
  * FP8 scales and INT4 scales / zero points are drawn per block / group from
  * the weight's key, so a weight and its companions agree. Output goes
  * through one safetensors writer (sharded, with index) fed in plan order by
- * the convert pipeline (pipe.c), so memory is a few chunks at any size. */
+ * the convert pipeline (pipe.c), so memory is a few chunks at any size.
+ * The checkpoint is built in DIR.partial/ and swapped in at the end
+ * (io/outdir.c), so a full disk or a kill never costs the checkpoint
+ * already in DIR and leaves nothing half-written inside it. */
 #include <dirent.h>
 #include <errno.h>
 #include <math.h>
@@ -22,6 +25,8 @@
 #include "convert/conv_impl.h"
 #include "convert/synth_impl.h"
 #include "io/os.h"
+#include "io/outdir.h"
+#include "io/outpath.h"
 
 #define SY_CHUNK (1u << 20) /* elements per work item */
 
@@ -193,33 +198,25 @@ static mk_status sy_consume(void *ctx, size_t i, const void *out, size_t len) {
     return mk_stw_write(((sy_run *)ctx)->w, out, len);
 }
 
-/* Refuse to overwrite a checkpoint unless forced; forced: remove its
- * safetensors files and index (only those: DIR may hold other things). */
-static mk_status prepare_dir(const char *dir, bool force) {
-    if (!mk_os_exists(dir))
-        return mk_os_mkdirs(dir);
-    if (!mk_os_is_dir(dir))
-        return mk_err(MK_E_EXISTS, "%s exists and is not a directory", dir);
+/* DIR may be replaced: a new path, an empty directory, or (force) a
+ * checkpoint or moekit output; never anything else (mk_paths_check_dir). */
+static mk_status check_dir(const char *dir, bool *force) {
     DIR *d = opendir(dir);
-    if (!d)
-        return mk_err(MK_E_IO, "%s: cannot open directory: %s", dir, strerror(errno));
-    struct dirent *e;
-    mk_status s = MK_OK;
-    while (s == MK_OK && (e = readdir(d)) != NULL) {
-        bool ours = strcmp(e->d_name, "config.json") == 0 ||
-                    (strncmp(e->d_name, "model", 5) == 0 && strstr(e->d_name, ".safetensors"));
-        if (!ours)
-            continue;
-        if (!force) {
-            s = mk_err(MK_E_EXISTS, "%s already holds a checkpoint (%s): use --force to overwrite", dir, e->d_name);
-            break;
-        }
-        char *p = mk_path_join(dir, e->d_name);
-        if (!p || unlink(p) != 0)
-            s = mk_err(MK_E_IO, "%s: cannot remove %s", dir, e->d_name);
-        free(p);
+    if (d) {
+        struct dirent *e;
+        bool empty = true;
+        while (empty && (e = readdir(d)) != NULL)
+            empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+        closedir(d);
+        if (empty)
+            *force = true; /* an empty directory holds nothing to lose */
     }
-    closedir(d);
+    mk_paths p;
+    mk_paths_init(&p);
+    mk_status s = mk_paths_check_dir(&p, dir, *force);
+    mk_paths_free(&p);
+    if (s == MK_E_EXISTS)
+        s = mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", dir);
     return s;
 }
 
@@ -280,9 +277,15 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
         sy_list_free(&l);
         return s;
     }
-    mk_status s = prepare_dir(dir, o->force);
+    bool force = o->force;
+    mk_outdir od = {.lock_fd = -1};
+    mk_status s = check_dir(dir, &force);
     if (s == MK_OK)
         s = sy_tensors(&c, o, &l);
+    if (s == MK_OK)
+        s = mk_outdir_open(&od, dir, force, "synth");
+    if (s == MK_OK)
+        s = mk_outdir_clear(&od); /* a killed run's leftovers: synth does not resume */
     uint64_t total = 0;
     for (size_t i = 0; i < l.n; i++) {
         uint64_t nb, numel = 1;
@@ -295,16 +298,26 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
         fprintf(stderr, "synth: %s %s: %d layers, %d experts, vocab %d, %zu tensors, %.2f GB\n", o->arch,
                 o->preset ? o->preset : "tiny", c.L, c.E, c.V, l.n, (double)total / 1e9);
     if (s == MK_OK)
-        s = write_tensors(dir, &l, o);
+        s = write_tensors(od.partial, &l, o);
     if (s == MK_OK) {
         json_t *cfg = sy_config_json(&c, o);
         char *js = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
-        char *p = mk_path_join(dir, "config.json");
+        char *p = mk_path_join(od.partial, "config.json");
         s = js && p ? mk_os_write_file_atomic(p, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
         free(p);
         free(js);
         json_decref(cfg);
     }
+    if (s == MK_OK)
+        s = mk_outdir_commit(&od);
+    if (s != MK_OK && od.lock_fd >= 0) {
+        /* the old DIR is untouched; synth does not resume */
+        char msg[1800];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_err(s, "%s (partial output %s removed; %s left as it was)", msg, od.partial, dir);
+        mk_outdir_abort(&od);
+    }
+    mk_outdir_close(&od);
     sy_list_free(&l);
     return s;
 }

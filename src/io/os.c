@@ -119,36 +119,7 @@ mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n) {
     return MK_OK;
 }
 
-mk_status mk_os_write_file_atomic(const char *path, const void *data, size_t n) {
-    size_t len = strlen(path) + 16;
-    char *tmp = malloc(len);
-    if (!tmp)
-        return mk_err(MK_E_NOMEM, "out of memory");
-    snprintf(tmp, len, "%s.tmp", path);
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd < 0) {
-        mk_status s = mk_err(MK_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
-        return s;
-    }
-    mk_status s = mk_os_pwrite_full(fd, data, n, 0, tmp);
-    if (s == MK_OK)
-        s = mk_os_fsync(fd, tmp);
-    close(fd);
-    if (s == MK_OK)
-        s = mk_os_rename(tmp, path);
-    if (s != MK_OK)
-        unlink(tmp);
-    else {
-        char *d = mk_path_dirname(path);
-        if (d) {
-            s = mk_os_fsync_dir(d);
-            free(d);
-        }
-    }
-    free(tmp);
-    return s;
-}
+/* mk_os_write_file_atomic lives in outfile.c (one atomic writer for all). */
 
 mk_status mk_os_mkdirs(const char *path) {
     char buf[PATH_MAX];

@@ -34,7 +34,8 @@ mk_status mk_os_rename(const char *from, const char *to);
 mk_status mk_os_fsync_dir(const char *dir);
 /* Read a whole small file (config, index) into a NUL-terminated buffer. */
 mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n);
-/* Write a whole file atomically: tmp name, fsync, rename, fsync dir. */
+/* Write a whole file atomically: a unique tmp name, fsync, rename, fsync dir
+ * (defined in outfile.c; replaces an existing path). */
 mk_status mk_os_write_file_atomic(const char *path, const void *data, size_t n);
 /* mkdir -p */
 mk_status mk_os_mkdirs(const char *path);

@@ -1,61 +1,251 @@
 /* Atomic output directories: a command builds DST.partial/ and renames it
  * to DST only when everything inside is complete and fsynced, so a crash
- * or an error never leaves a DST that looks finished. */
+ * or an error never leaves a DST that looks finished.
+ *
+ * One writer per DST: the process that writes DST.partial/ holds an flock
+ * on the directory itself (released by the kernel when the process dies,
+ * so a kill -9 leaves nothing stale) and records its pid in the owner mark
+ * DST.partial/.moekit-owner, which a second process names in its refusal.
+ * The mark also tells a later run that the directory is moekit's to empty
+ * or resume even when the run was killed before writing anything else; a
+ * DST.partial/ holding other files is never touched. The lock is taken on
+ * the directory that stays in place for the whole run: emptying it
+ * (mk_outdir_clear) removes what is inside, never the directory, so the
+ * lock keeps covering the path until the final rename. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
+#include "core/str.h"
 #include "io/os.h"
 #include "io/outdir.h"
 
-mk_status mk_outdir_begin(const char *dst, bool force, bool keep_partial, char **partial) {
-    *partial = NULL;
-    if (mk_os_exists(dst) && !force)
-        return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", dst);
-    size_t n = strlen(dst);
-    while (n > 1 && dst[n - 1] == '/')
-        n--;
-    char *p = malloc(n + 16);
-    if (!p)
-        return mk_err(MK_E_NOMEM, "out of memory");
-    memcpy(p, dst, n);
-    strcpy(p + n, ".partial");
-    if (!keep_partial && mk_os_exists(p)) {
-        mk_status s = mk_os_rmtree(p);
-        if (s != MK_OK) {
-            free(p);
-            return s;
-        }
-    }
-    mk_status s = mk_os_mkdirs(p);
-    if (s != MK_OK) {
-        free(p);
-        return s;
-    }
-    *partial = p;
-    return MK_OK;
+bool mk_outdir_resumable(mk_status s) {
+    return s == MK_E_IO || s == MK_E_NOSPACE || s == MK_E_NOMEM || s == MK_E_NOTFOUND || s == MK_E_INTERNAL ||
+           s == MK_E_EXISTS;
 }
 
-mk_status mk_outdir_commit(const char *partial, const char *dst, bool force) {
-    MK_TRY(mk_os_fsync_dir(partial));
-    if (mk_os_exists(dst)) {
-        if (!force)
-            return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", dst);
-        MK_TRY(mk_os_rmtree(dst));
+/* Is the entry `name` of directory fd present? */
+static bool has_entry(int dfd, const char *name) {
+    struct stat st;
+    return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+static bool fd_dir_empty(int dfd) {
+    int d2 = dup(dfd);
+    if (d2 < 0)
+        return false;
+    DIR *d = fdopendir(d2);
+    if (!d) {
+        close(d2);
+        return false;
     }
-    MK_TRY(mk_os_rename(partial, dst));
-    char *d = mk_path_dirname(dst);
-    if (!d)
-        return mk_err(MK_E_NOMEM, "out of memory");
-    mk_status s = mk_os_fsync_dir(d);
-    free(d);
+    rewinddir(d);
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+/* "pid N (moekit CMD)" of the holder, from its owner mark */
+static void holder(int dfd, char *out, size_t n) {
+    snprintf(out, n, "another moekit process");
+    int fd = openat(dfd, MK_OUTDIR_OWNER, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    char b[256];
+    ssize_t r = read(fd, b, sizeof b - 1);
+    close(fd);
+    if (r <= 0)
+        return;
+    b[r] = 0;
+    int pid;
+    char cmd[64];
+    if (sscanf(b, "pid %d command %63s", &pid, cmd) == 2)
+        snprintf(out, n, "another moekit process (pid %d, moekit %s)", pid, cmd);
+    else if (sscanf(b, "pid %d", &pid) == 1)
+        snprintf(out, n, "another moekit process (pid %d)", pid);
+}
+
+static mk_status write_owner(int dfd, const char *partial, const char *cmd) {
+    char b[128];
+    int n = snprintf(b, sizeof b, "pid %d command %s\n", (int)getpid(), cmd ? cmd : "?");
+    int fd = openat(dfd, MK_OUTDIR_OWNER, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    if (fd < 0)
+        return mk_err(MK_E_IO, "%s/%s: cannot create: %s", partial, MK_OUTDIR_OWNER, strerror(errno));
+    mk_status s = mk_os_pwrite_full(fd, b, (size_t)n, 0, MK_OUTDIR_OWNER);
+    close(fd);
     return s;
 }
 
-void mk_outdir_abort(const char *partial) {
-    if (partial)
-        (void)mk_os_rmtree(partial);
+static void od_free(mk_outdir *o) {
+    if (o->lock_fd >= 0)
+        close(o->lock_fd);
+    o->lock_fd = -1;
+    free(o->dst);
+    free(o->partial);
+    o->dst = o->partial = NULL;
 }
+
+mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *cmd) {
+    memset(o, 0, sizeof *o);
+    o->lock_fd = -1;
+    o->force = force;
+    size_t n = strlen(dst);
+    while (n > 1 && dst[n - 1] == '/')
+        n--;
+    o->dst = strndup(dst, n);
+    o->partial = mk_strfmt("%.*s.partial", (int)n, dst);
+    char *parent = o->partial ? mk_path_dirname(o->partial) : NULL;
+    mk_status s = o->dst && parent ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    if (s == MK_OK && !mk_os_is_dir(parent))
+        s = mk_os_mkdirs(parent);
+    free(parent);
+    /* The lock is on an inode; the path may be renamed or removed between
+     * open and flock (the holder committing): then retry on the new one. */
+    for (int tries = 0; s == MK_OK && o->lock_fd < 0; tries++) {
+        struct stat a, b;
+        if (tries == 8) {
+            s = mk_err(MK_E_IO, "%s: keeps changing under us: is another process writing it?", o->partial);
+            break;
+        }
+        if (lstat(o->partial, &a) == 0) {
+            if (S_ISLNK(a.st_mode) || !S_ISDIR(a.st_mode)) {
+                s = mk_err(MK_E_EXISTS, "%s exists and is not a directory moekit made (%s): remove it yourself",
+                           o->partial, S_ISLNK(a.st_mode) ? "a symbolic link" : "not a directory");
+                break;
+            }
+        } else if (mkdir(o->partial, 0755) != 0 && errno != EEXIST) {
+            s = mk_err(MK_E_IO, "%s: cannot create directory: %s", o->partial, strerror(errno));
+            break;
+        }
+        int fd = open(o->partial, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (fd < 0) {
+            if (errno == ENOENT)
+                continue;
+            s = mk_err(MK_E_IO, "%s: cannot open: %s", o->partial, strerror(errno));
+            break;
+        }
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            int err = errno;
+            char who[160];
+            holder(fd, who, sizeof who);
+            close(fd);
+            if (err == EWOULDBLOCK)
+                s = mk_err(MK_E_EXISTS, "%s is being written by %s (it holds the lock on %s): wait for it to finish "
+                                        "or stop it, then rerun",
+                           o->dst, who, o->partial);
+            else
+                s = mk_err(MK_E_IO, "%s: cannot lock: %s", o->partial, strerror(err));
+            break;
+        }
+        if (fstat(fd, &a) != 0 || lstat(o->partial, &b) != 0 || a.st_dev != b.st_dev || a.st_ino != b.st_ino) {
+            close(fd); /* renamed away while we waited: take the new one */
+            continue;
+        }
+        if (!has_entry(fd, MK_OUTDIR_OWNER) && !has_entry(fd, MK_OUTDIR_JOURNAL) && !fd_dir_empty(fd)) {
+            close(fd);
+            s = mk_err(MK_E_EXISTS, "%s exists and holds files moekit did not write (no %s): remove it yourself; "
+                                    "nothing was changed",
+                       o->partial, MK_OUTDIR_OWNER);
+            break;
+        }
+        s = write_owner(fd, o->partial, cmd);
+        if (s == MK_OK)
+            o->lock_fd = fd;
+        else
+            close(fd);
+    }
+    if (s != MK_OK)
+        od_free(o);
+    return s;
+}
+
+mk_status mk_outdir_clear(mk_outdir *o) {
+    DIR *d = opendir(o->partial);
+    if (!d)
+        return mk_err(MK_E_IO, "%s: cannot open directory: %s", o->partial, strerror(errno));
+    struct dirent *e;
+    mk_status s = MK_OK;
+    while (s == MK_OK && (e = readdir(d)) != NULL) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, MK_OUTDIR_OWNER))
+            continue;
+        char *c = mk_path_join(o->partial, e->d_name);
+        s = c ? mk_os_rmtree(c) : mk_err(MK_E_NOMEM, "out of memory");
+        free(c);
+    }
+    closedir(d);
+    return s;
+}
+
+mk_status mk_outdir_commit(mk_outdir *o) {
+    MK_TRY(mk_os_fsync_dir(o->partial));
+    struct stat st;
+    mk_status s = MK_OK;
+    if (lstat(o->dst, &st) == 0) {
+        if (!o->force)
+            return mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", o->dst);
+        /* The old DST is locked too: once swapped it sits at the
+         * DST.partial path until removed, and another writer opening that
+         * path in between must find it held, not take it for its own. */
+        int old_fd = S_ISDIR(st.st_mode) ? open(o->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        if (old_fd >= 0 && flock(old_fd, LOCK_EX | LOCK_NB) != 0) {
+            close(old_fd);
+            return mk_err(MK_E_EXISTS, "%s is being replaced by another moekit process: not replaced", o->dst);
+        }
+        /* Swap atomically: readers see the old DST or the new one, never
+         * none, and a kill here keeps the old one (in DST.partial/). */
+        bool swapped = false;
+        if (renameat2(AT_FDCWD, o->partial, AT_FDCWD, o->dst, RENAME_EXCHANGE) == 0) {
+            swapped = true;
+            s = mk_os_rmtree(o->partial);
+            if (s != MK_OK)
+                s = mk_err(s, "%s is complete, but its previous contents, moved to %s, could not be removed: %s",
+                           o->dst, o->partial, mk_err_msg());
+        } else if (errno == EINVAL || errno == ENOSYS || errno == ENOTSUP) {
+            s = mk_os_rmtree(o->dst); /* no exchange on this filesystem */
+            if (s == MK_OK && (s = mk_os_rename(o->partial, o->dst)) == MK_OK)
+                swapped = true;
+        } else
+            s = mk_err(MK_E_IO, "cannot swap %s into %s: %s", o->partial, o->dst, strerror(errno));
+        if (old_fd >= 0)
+            close(old_fd);
+        if (!swapped)
+            return s; /* DST.partial/ is still ours, held and complete */
+    } else
+        MK_TRY(mk_os_rename(o->partial, o->dst));
+    char *mark = mk_path_join(o->dst, MK_OUTDIR_OWNER);
+    char *d = mk_path_dirname(o->dst);
+    if (!mark || !d) {
+        free(mark);
+        free(d);
+        return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    unlink(mark);
+    free(mark);
+    mk_status s2 = mk_os_fsync_dir(o->dst);
+    if (s2 == MK_OK)
+        s2 = mk_os_fsync_dir(d);
+    free(d);
+    od_free(o);
+    return s != MK_OK ? s : s2;
+}
+
+void mk_outdir_abort(mk_outdir *o) {
+    if (o->lock_fd >= 0 && o->partial)
+        (void)mk_os_rmtree(o->partial);
+    od_free(o);
+}
+
+void mk_outdir_close(mk_outdir *o) { od_free(o); }
 
 mk_status mk_outdir_copy_sidecars(const char *src_dir, const char *dst_dir) {
     static const char *const names[] = {"config.json", "generation_config.json", "tokenizer.json",

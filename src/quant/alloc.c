@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/os.h"
 #include "quant/profile_impl.h"
 
 typedef struct opt {
@@ -357,7 +358,11 @@ mk_status mk_alloc_save(const mk_alloc *a, const char *path) {
                              "gap_bound", a->gap_bound, "lambda", a->lambda, "overrides", ov);
     if (!root)
         return mk_err(MK_E_NOMEM, "%s: no memory to format the allocation", path);
-    int rc = json_dump_file(root, path, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    char *js = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
     json_decref(root);
-    return rc == 0 ? MK_OK : mk_err(MK_E_IO, "%s: cannot write the allocation", path);
+    if (!js)
+        return mk_err(MK_E_NOMEM, "%s: no memory to format the allocation", path);
+    mk_status s = mk_os_write_file_atomic(path, js, strlen(js)); /* tmp, fsync, rename */
+    free(js);
+    return s;
 }

@@ -35,6 +35,7 @@
 
 #include "core/str.h"
 #include "io/os.h"
+#include "io/outfile.h"
 #include "quant/profile_impl.h"
 
 static const char k_usage_rule[] =
@@ -169,28 +170,14 @@ static mk_status write_all(const mk_prof *p, FILE *f, const char *path) {
 }
 
 mk_status mk_prof_save(const mk_prof *p, const char *path) {
-    size_t n = strlen(path) + 8;
-    char *tmp = malloc(n);
-    if (!tmp)
-        return mk_err(MK_E_NOMEM, "no memory");
-    snprintf(tmp, n, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) {
-        mk_status st = mk_err(MK_E_IO, "%s: cannot create: %s", tmp, strerror(errno));
-        free(tmp);
+    mk_outfile f;
+    MK_TRY(mk_outfile_open(&f, path, true));
+    mk_status st = write_all(p, f.f, path);
+    if (st != MK_OK) {
+        mk_outfile_abort(&f);
         return st;
     }
-    mk_status st = write_all(p, f, tmp);
-    if (st == MK_OK)
-        st = mk_os_fsync(fileno(f), tmp);
-    if (fclose(f) != 0 && st == MK_OK)
-        st = mk_err(MK_E_IO, "%s: close failed: %s", tmp, strerror(errno));
-    if (st == MK_OK)
-        st = mk_os_rename(tmp, path);
-    if (st != MK_OK)
-        unlink(tmp);
-    free(tmp);
-    return st;
+    return mk_outfile_commit(&f);
 }
 
 /* ---- reader --------------------------------------------------------------- */

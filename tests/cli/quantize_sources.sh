@@ -31,7 +31,7 @@ echo "ok: MLX 4-bit requantized to 8-bit = its HF dequantization requantized ($(
 # other sources
 "$BIN" synth "$T/ct" --arch qwen3_moe --preset tiny --format ct-int4 --quiet
 for s in "$FX/deepseekv3-a/fp8" "$FX/qwen3moe-odd/fp8" "$T/ct"; do
-    rm -rf "$T/o"
+    rm -rf "$T/o" "$T/r.json" # an existing --report is refused without --force
     Q "$s" "$T/o" --report "$T/r.json"
     problems0 "$T/o"
 done
