@@ -133,6 +133,9 @@ mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s);
 /* A lone .safetensors file, no config: one plain module per tensor
  * (quant_plan.c). */
 mk_status cv_src_open_bare(const char *path, cv_src *s);
+/* A matrix (2+ dims) with a 0 dimension is refused: every plan step divides
+ * by its rows or columns. Empty vectors are copied (one row of no bytes). */
+mk_status cv_check_empty(const cv_src *s);
 void cv_src_close(cv_src *s);
 
 /* --------------------------------------------------------------- plan */
