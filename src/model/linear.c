@@ -206,6 +206,15 @@ static mk_status view_mlx(mk_ld *ld, const char *mod, const mk_tensor_info *t, c
                                    [MK_QMODE_NVFP4] = MK_WF_NVFP4};
     if ((unsigned)mode > MK_QMODE_NVFP4)
         return mk_err(MK_E_UNSUPPORTED, "module '%s': unknown quantization mode", mod);
+    /* The mode must agree with the stored tensors: microscaled modes keep one
+     * scale byte (E8M0 / E4M3) per group and no biases; reading BF16 affine
+     * scales as exponent bytes would give silently wrong weights. */
+    if (mode != MK_QMODE_AFFINE && (sc->dtype != MK_DT_U8 || mk_ld_find(ld, "%s.biases", mod)))
+        return mk_err(MK_E_MISMATCH,
+                      "module '%s': config.json says mode %s, but the checkpoint stores %s scales%s "
+                      "(%s keeps U8 scales and no biases)",
+                      mod, mk_qmode_name(mode), mk_dtype_name(sc->dtype),
+                      mk_ld_find(ld, "%s.biases", mod) ? " and biases" : "", mk_qmode_name(mode));
     w->fmt = fmts[mode];
     w->bits = bits;
     w->group = group;

@@ -38,7 +38,8 @@ st_make() {
 }
 
 # qwen3moe_specs L E: the tensor specs of a complete tiny qwen3_moe text model
-# (hidden 64, 2 heads x 32, 1 kv head, vocab 64, L layers of E experts of 32).
+# (hidden 64, 2 heads x 32, 1 kv head, vocab 64, L layers of E experts of 32);
+# FUSED=1: HF fused experts (gate_up_proj [E, 64, 64], down_proj [E, 64, 32]).
 qwen3moe_specs() {
     local L=$1 E=$2 l e p
     echo "model.embed_tokens.weight:BF16:64,64"
@@ -55,6 +56,11 @@ qwen3moe_specs() {
         echo "$p.self_attn.q_norm.weight:BF16:32"
         echo "$p.self_attn.k_norm.weight:BF16:32"
         echo "$p.mlp.gate.weight:BF16:$E,64"
+        if [ -n "${FUSED:-}" ]; then
+            echo "$p.mlp.experts.gate_up_proj:BF16:$E,64,64"
+            echo "$p.mlp.experts.down_proj:BF16:$E,64,32"
+            continue
+        fi
         for ((e = 0; e < E; e++)); do
             echo "$p.mlp.experts.$e.gate_proj.weight:BF16:32,64"
             echo "$p.mlp.experts.$e.up_proj.weight:BF16:32,64"
