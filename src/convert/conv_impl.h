@@ -120,6 +120,7 @@ typedef struct cv_src {
     size_t ndropped;    /* activation/input scales etc. left out */
     bool bare;          /* a lone .safetensors file (quantize): every tensor kept as named */
     bool partial_experts; /* opened with CV_SRC_PARTIAL_EXPERTS: groups may have holes */
+    uint64_t ebound;      /* most experts the tensors could hold (source.c), 0 = not yet known */
 } cv_src;
 
 /* Call cv_src_close(s) after either outcome: a failed open leaves what it

@@ -396,6 +396,17 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
     return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
 }
 
+/* The most experts the checkpoint could hold: one tensor per expert
+ * (per-expert) or the leading dim of a stacked tensor. A larger num_experts
+ * is refused before expert tables are sized by it. */
+static uint64_t experts_bound(const cv_src *s) {
+    uint64_t b = mk_ckpt_count(s->ck);
+    for (size_t i = 0; i < s->nmods; i++)
+        if (s->mods[i].ndim == 3 && (uint64_t)s->mods[i].shape[0] > b)
+            b = (uint64_t)s->mods[i].shape[0];
+    return b;
+}
+
 static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *stacked) {
     char *mlp = NULL;
     int e, p;
@@ -414,6 +425,14 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
         return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     }
     mk_status st = MK_OK;
+    if (!s->ebound)
+        s->ebound = experts_bound(s);
+    if (s->cfg.num_experts > 0 && (uint64_t)s->cfg.num_experts > s->ebound) {
+        free(mlp);
+        return mk_err(MK_E_FORMAT, "%s: config.json says num_experts %d, more than the checkpoint can hold "
+                      "(%zu tensors, no stacked expert tensor that large): not sizing tables by it", s->dir,
+                      s->cfg.num_experts, mk_ckpt_count(s->ck));
+    }
     cv_egroup *g = mlp ? group_for(s, gmap, mlp, m->cls) : NULL;
     free(mlp);
     if (!g)

@@ -82,11 +82,13 @@ static mk_status check_config(const mk_config *c) {
         if (c->num_heads % c->num_kv_heads)
             return mk_err(MK_E_FORMAT, "config.json: num_attention_heads %d is not a multiple of "
                           "num_key_value_heads %d", c->num_heads, c->num_kv_heads);
-        int rot = (int)(c->head_dim * c->rope.partial_rotary_factor);
+        /* in double first: a huge factor must not overflow the int conversion */
+        double rd = c->head_dim * c->rope.partial_rotary_factor;
+        int rot = rd >= 0 && rd <= c->head_dim ? (int)rd : -1;
         if (rot <= 0 || rot > c->head_dim || rot % 2)
-            return mk_err(MK_E_FORMAT, "config.json: rotary dims %d (head_dim %d x "
+            return mk_err(MK_E_FORMAT, "config.json: rotary dims %g (head_dim %d x "
                           "partial_rotary_factor %g) must be even and in 2..head_dim",
-                          rot, c->head_dim, c->rope.partial_rotary_factor);
+                          rd, c->head_dim, c->rope.partial_rotary_factor);
     }
     if (any_moe(c)) {
         MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
@@ -215,7 +217,7 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
 static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, nH = c->num_heads, ql = c->q_lora_rank, kl = c->kv_lora_rank;
-    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int64_t qk = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim; /* no int overflow */
     char mod[256];
     if (ql > 0) {
         snprintf(mod, sizeof mod, "%s.self_attn.q_a_proj", p);
@@ -233,7 +235,8 @@ static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
     snprintf(mod, sizeof mod, "%s.self_attn.kv_a_layernorm.weight", p);
     MK_TRY(load_norm(ld, mod, kl, false, &a->kv_a_norm));
     snprintf(mod, sizeof mod, "%s.self_attn.kv_b_proj", p);
-    MK_TRY(mk_ld_linear(ld, mod, nH * (c->qk_nope_head_dim + c->v_head_dim), kl, &a->kv_b));
+    MK_TRY(mk_ld_linear(ld, mod, nH * ((int64_t)c->qk_nope_head_dim + c->v_head_dim), kl,
+                          &a->kv_b));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
     return mk_ld_linear(ld, mod, H, nH * c->v_head_dim, &a->o);
 }
