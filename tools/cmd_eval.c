@@ -74,10 +74,15 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static mk_status tokenize_file(const char *model_dir, const char *path, int32_t **ids,
-                               size_t *n) {
+static mk_status tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                               int32_t **ids, size_t *n) {
     mk_tok *tok;
     MK_TRY(mk_tok_load(model_dir, &tok));
+    mk_status vs = mk_tok_check_model_vocab(tok, vocab);
+    if (vs != MK_OK) {
+        mk_tok_free(tok);
+        return vs;
+    }
     FILE *f = fopen(path, "rb");
     if (!f) {
         mk_tok_free(tok);
@@ -100,7 +105,7 @@ static mk_status eval_main(const eval_opts *o) {
     double *lpa = NULL, *lpb = NULL, *kls = NULL;
     mk_status st = side_open(o->model, o, &a);
     if (st == MK_OK)
-        st = tokenize_file(mk_model_dir(a.m), o->text, &ids, &ntok);
+        st = tokenize_file(mk_model_dir(a.m), mk_model_config(a.m)->vocab_size, o->text, &ids, &ntok);
     if (st == MK_OK && o->ref)
         st = side_open(o->ref, o, &b);
     int64_t V = a.m ? mk_model_config(a.m)->vocab_size : 0, W = o->window;

@@ -90,13 +90,15 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
     return true;
 }
 
-static mk_status tokenize_file(const char *model_dir, const char *path, int32_t **ids,
-                               size_t *n) {
+static mk_status tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                               int32_t **ids, size_t *n) {
     FILE *f = fopen(path, "rb");
     if (!f)
         return mk_err(MK_E_IO, "--text %s: cannot open: %s", path, strerror(errno));
     mk_tok *tok;
     mk_status st = mk_tok_load(model_dir, &tok);
+    if (st == MK_OK && (st = mk_tok_check_model_vocab(tok, vocab)) != MK_OK)
+        mk_tok_free(tok);
     if (st != MK_OK) {
         fclose(f);
         return st;
@@ -210,7 +212,7 @@ static mk_status run_profile(prof_cli *o) {
     mk_prof *p = NULL;
     mk_status st = mk_model_open(o->model, &m);
     if (st == MK_OK)
-        st = tokenize_file(mk_model_dir(m), o->text, &ids, &n);
+        st = tokenize_file(mk_model_dir(m), mk_model_config(m)->vocab_size, o->text, &ids, &n);
     if (st == MK_OK && (int64_t)n < o->po.window)
         st = mk_err(MK_E_ARG, "--text %s: %zu tokens, fewer than one window of %lld", o->text, n,
                     (long long)o->po.window);

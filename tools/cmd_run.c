@@ -396,7 +396,9 @@ static mk_status run_main(run_opts *o) {
         mk_err_wrap(st, "a text prompt needs the model's tokenizer (or give --ids)");
         goto done;
     }
-    st = MK_OK;
+    st = r.tok ? mk_tok_check_model_vocab(r.tok, c->vocab_size) : MK_OK;
+    if (st != MK_OK)
+        goto done;
     if (r.tok) {
         const int32_t *eos;
         size_t ne = mk_tok_eos_ids(r.tok, &eos);

@@ -617,6 +617,16 @@ static mk_status build_bytes(mk_tok *t, const int *steps, size_t nsteps) {
 
 /* ---- configs ------------------------------------------------------------- */
 
+/* An id named by tokenizer_config.json / generation_config.json must be a
+ * token of this tokenizer: an EOS id that never comes out would never stop
+ * generation, a BOS id outside the vocab would be fed to the model. */
+static mk_status known_id(const mk_tok *t, const char *file, const char *field, int32_t id) {
+    if (id >= 0 && (size_t)id < t->n_ids && (t->id_flags[id] & TOK_ID_PRESENT))
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "%s: field '%s': id %d is not a token of %s (ids 0..%zu)", file, field,
+                  (int)id, t->path, t->n_ids ? t->n_ids - 1 : 0);
+}
+
 static mk_status add_eos(mk_tok *t, int32_t id) {
     for (size_t i = 0; i < t->eos.n; i++)
         if (t->eos.p[i] == id)
@@ -668,16 +678,22 @@ static mk_status gen_config(mk_tok *t, const char *file, const json_t *gc) {
             snprintf(where, sizeof where, "eos_token_id[%zu]", i);
             if (get_id(t, json_array_get(e, i), where, &id) != MK_OK)
                 return mk_err_wrap(MK_E_FORMAT, "%s", file);
+            MK_TRY(known_id(t, file, where, id));
             MK_TRY(add_eos(t, id));
         }
     } else if (e && !json_is_null(e)) {
         if (get_id(t, e, "eos_token_id", &id) != MK_OK)
             return mk_err_wrap(MK_E_FORMAT, "%s", file);
+        MK_TRY(known_id(t, file, "eos_token_id", id));
         MK_TRY(add_eos(t, id));
     }
     const json_t *b = json_object_get(gc, "bos_token_id");
-    if (t->bos_id < 0 && json_is_integer(b) && get_id(t, b, "bos_token_id", &id) == MK_OK)
+    if (t->bos_id < 0 && b && !json_is_null(b)) {
+        if (get_id(t, b, "bos_token_id", &id) != MK_OK)
+            return mk_err_wrap(MK_E_FORMAT, "%s", file);
+        MK_TRY(known_id(t, file, "bos_token_id", id));
         t->bos_id = id;
+    }
     return MK_OK;
 }
 
@@ -744,6 +760,8 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         st = mk_err(MK_E_FORMAT, "%s: field 'model': expected an object, found %s", path, jt(model));
     else if (!json_is_object(vocab))
         st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab': expected an object, found %s", path, jt(vocab));
+    else if (json_object_size(vocab) == 0)
+        st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab' is empty: no text could be encoded", path);
     else if (added && !json_is_null(added) && !json_is_array(added))
         st = mk_err(MK_E_FORMAT, "%s: field 'added_tokens': expected an array, found %s", path, jt(added));
     if (st == MK_OK)
@@ -856,6 +874,24 @@ void mk_tok_free(mk_tok *t) {
 }
 
 size_t mk_tok_vocab_size(const mk_tok *t) { return t ? t->n_ids : 0; }
+
+mk_status mk_tok_check_model_vocab(const mk_tok *t, int64_t vocab_size) {
+    for (size_t i = 0; i < t->n_added; i++)
+        if (t->added[i].id >= vocab_size)
+            return mk_err(MK_E_MISMATCH,
+                          "%s: added token \"%.60s\" has id %d, outside the model's vocabulary "
+                          "(config.json vocab_size %lld): the model has no embedding for it",
+                          t->path, t->added[i].content, (int)t->added[i].id, (long long)vocab_size);
+    for (size_t i = 0; i < t->eos.n; i++)
+        if (t->eos.p[i] >= vocab_size)
+            return mk_err(MK_E_MISMATCH, "%s: EOS id %d is outside the model's vocabulary (config.json "
+                          "vocab_size %lld): generation could never stop on it",
+                          t->path, (int)t->eos.p[i], (long long)vocab_size);
+    if (t->bos_id >= vocab_size)
+        return mk_err(MK_E_MISMATCH, "%s: BOS id %d is outside the model's vocabulary (config.json vocab_size "
+                      "%lld)", t->path, (int)t->bos_id, (long long)vocab_size);
+    return MK_OK;
+}
 
 int32_t mk_tok_token_id(const mk_tok *t, const char *token) {
     int32_t id;
