@@ -28,7 +28,9 @@ static void help(FILE *f) {
             "--window, each window runs alone from an empty cache, and the negative\n"
             "log-likelihood of tokens 2..W of every window is averaged: ppl = exp(mean NLL).\n\n"
             "  --text FILE       UTF-8 text to score (required)\n"
-            "  --window W        tokens per window (default 256)\n"
+            "  --window W        tokens per window (default 256); more than the model's\n"
+            "                    max_position_embeddings is refused\n"
+            "  --force-ctx       allow a window beyond max_position_embeddings\n"
             "  --tokens N        use the first N tokens of the file (default 20000)\n"
             "  --ref MODEL2      also run MODEL2 on the same tokens and report, over all scored\n"
             "                    positions, the mean and 99th percentile of KL(MODEL2 || MODEL)\n"
@@ -43,7 +45,7 @@ static void help(FILE *f) {
 typedef struct eval_opts {
     const char *model, *text, *ref;
     long long window, tokens;
-    bool json;
+    bool json, force_ctx;
     mk_model_opts mo;
     mk_engine_opts eo;
 } eval_opts;
@@ -63,7 +65,9 @@ static void side_free(side *s) {
 static mk_status side_open(const char *path, const eval_opts *o, side *s) {
     mk_engine_opts eo = o->eo;
     eo.max_ctx = o->window;
-    MK_TRY(mk_ecli_open(path, &o->mo, &eo, &s->m, &s->e));
+    MK_TRY(mk_model_open_ex(path, &o->mo, &s->m));
+    MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
+    MK_TRY(mk_engine_create(s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
     return s->lg ? MK_OK : mk_err(MK_E_NOMEM, "no memory for %lld x %d logits", o->window,
                                   mk_model_config(s->m)->vocab_size);
@@ -199,6 +203,7 @@ int cmd_eval(int argc, char **argv) {
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
+        {"force-ctx", no_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     eval_opts o = {.window = 256, .tokens = 20000};
     long long v;
@@ -224,6 +229,7 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'F': o.mo.fp8_to_bf16 = true; break;
         case 'J': o.json = true; break;
+        case 'X': o.force_ctx = true; break;
         case 'h': help(stdout); return 0;
         default:
             return mk_cli_usage("eval", "unknown option or missing value: %s", argv[optind - 1]);

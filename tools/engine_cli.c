@@ -108,3 +108,17 @@ mk_status mk_ecli_write(const char *path, const void *data, size_t n) {
         return mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
     return MK_OK;
 }
+
+mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bool force, bool warn_only) {
+    int mp = mk_model_config(m)->max_position_embeddings;
+    if (mp <= 0 || ctx <= mp || force)
+        return MK_OK;
+    if (warn_only) {
+        fprintf(stderr, "moekit: warning: %s of %lld positions exceeds the model's max_position_embeddings "
+                "%d: positions beyond it were never trained\n", what, (long long)ctx, mp);
+        return MK_OK;
+    }
+    return mk_err(MK_E_ARG, "%s %lld exceeds the model's max_position_embeddings %d (config.json): positions "
+                  "beyond it were never trained; use at most %d or pass --force-ctx", what, (long long)ctx, mp,
+                  mp);
+}

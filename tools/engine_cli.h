@@ -27,5 +27,9 @@ mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engin
 char *mk_ecli_read_all(FILE *f, size_t *len);
 /* Write n bytes to path (truncating). */
 mk_status mk_ecli_write(const char *path, const void *data, size_t n);
+/* A context of ctx positions (named `what`, e.g. "--ctx") against the
+ * model's max_position_embeddings: beyond it is an error (MK_E_ARG) unless
+ * `force` (--force-ctx); with warn_only, a warning on stderr instead. */
+mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bool force, bool warn_only);
 
 #endif

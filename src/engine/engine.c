@@ -6,8 +6,11 @@
  * block kind present, so a dense-attention model pays nothing for DeltaNet
  * scratch and vice versa. The forward pass itself lives in forward.c. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include "engine/engine_impl.h"
 
@@ -195,6 +198,34 @@ static mk_status check_dims(const mk_config *c) {
     return MK_OK;
 }
 
+/* Bytes of memory this process can still get: MemAvailable, capped by an
+ * address-space or data limit (ulimit -v / -d); 0 when unknown. */
+static uint64_t mem_available(void) {
+    uint64_t avail = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (uint64_t)kb * 1024;
+                break;
+            }
+        fclose(f);
+    }
+    if (!avail) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    }
+    static const int lims[] = {RLIMIT_AS, RLIMIT_DATA};
+    for (int i = 0; i < 2; i++) {
+        struct rlimit rl;
+        if (getrlimit(lims[i], &rl) == 0 && rl.rlim_cur != RLIM_INFINITY && (!avail || rl.rlim_cur < avail))
+            avail = (uint64_t)rl.rlim_cur;
+    }
+    return avail;
+}
+
 static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     const mk_config *c = e->c;
     MK_TRY(check_dims(c));
@@ -243,6 +274,17 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     carver cv = {NULL, 0};
     carve(e, &cv);
     e->arena_bytes = cv.off;
+    /* The arena is zeroed whole, so every byte becomes resident: refuse a
+     * context that cannot fit instead of being killed (or swapping) mid-way. */
+    uint64_t avail = mem_available();
+    if (avail && cv.off > avail)
+        return mk_err(MK_E_ARG,
+                      "engine: a context of %lld positions needs %zu bytes (KV cache %zu bytes/token x "
+                      "%lld = %llu, plus buffers and state), but only %llu bytes of memory are "
+                      "available; lower --ctx (or --window, --prefill-chunk)",
+                      (long long)e->max_ctx, cv.off, e->kv_token_bytes, (long long)e->max_ctx,
+                      (unsigned long long)e->kv_token_bytes * (unsigned long long)e->max_ctx,
+                      (unsigned long long)avail);
     e->arena = aligned_alloc(64, cv.off ? cv.off : 64);
     if (!e->arena)
         return mk_err(MK_E_NOMEM, "engine arena: cannot allocate %zu bytes (max_ctx %lld, "
