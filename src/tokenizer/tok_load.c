@@ -448,6 +448,15 @@ static mk_status load_added_one(mk_tok *t, const json_t *a, size_t i, arena *str
 
 /* ---- post_processor ------------------------------------------------------ */
 
+/* A BOS/EOS id the post-processor adds must be a token of the vocabulary:
+ * it goes to the model as it is. */
+static mk_status post_id(const mk_tok *t, const char *where, int32_t id) {
+    if ((size_t)id < t->n_ids && (t->id_flags[id] & TOK_ID_PRESENT))
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "%s: field '%s': id %d is not a token of the vocabulary (ids 0..%zu)", t->path,
+                  where, (int)id, t->n_ids ? t->n_ids - 1 : 0);
+}
+
 static mk_status template_special(mk_tok *t, const json_t *pp, const json_t *item, const char *where,
                                   tok_ivec *dst) {
     const json_t *name = json_object_get(item, "id");
@@ -462,6 +471,7 @@ static mk_status template_special(mk_tok *t, const json_t *pp, const json_t *ite
     for (size_t k = 0; k < json_array_size(ids); k++) {
         int32_t id;
         MK_TRY(get_id(t, json_array_get(ids, k), "post_processor.special_tokens[].ids[]", &id));
+        MK_TRY(post_id(t, "post_processor.special_tokens[].ids[]", id));
         MK_TRY(tok_ivec_push(dst, id));
     }
     return MK_OK;
@@ -497,6 +507,7 @@ static mk_status load_cls_sep(mk_tok *t, const json_t *pp, const char *where) {
         snprintf(sub, sizeof sub, "%s.%s[1]", where, keys[k]);
         int32_t id;
         MK_TRY(get_id(t, json_array_get(pair, 1), sub, &id));
+        MK_TRY(post_id(t, sub, id));
         MK_TRY(tok_ivec_push(k == 0 ? &t->post_prefix : &t->post_suffix, id));
     }
     return MK_OK;
@@ -760,8 +771,7 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         st = mk_err(MK_E_FORMAT, "%s: field 'model': expected an object, found %s", path, jt(model));
     else if (!json_is_object(vocab))
         st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab': expected an object, found %s", path, jt(vocab));
-    else if (json_object_size(vocab) == 0)
-        st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab' is empty: no text could be encoded", path);
+
     else if (added && !json_is_null(added) && !json_is_array(added))
         st = mk_err(MK_E_FORMAT, "%s: field 'added_tokens': expected an array, found %s", path, jt(added));
     if (st == MK_OK)
@@ -781,6 +791,8 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         t->dec_join_space = !dec || json_is_null(dec);
         st = build_bytes(t, chain.steps, chain.n);
     }
+    if (st == MK_OK && json_object_size(vocab) == 0)
+        st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab' is empty: no text could be encoded", path);
     json_decref(root);
     return st;
 }

@@ -40,6 +40,9 @@ expect 2 "eos_token_id.*77" "$BIN" tokenize "$W/eos" <<< '"hi"'
 bl_tok "$W/bos"
 echo '{"bos_token_id": 9}' > "$W/bos/generation_config.json"
 expect 2 "bos_token_id.*9" "$BIN" tokenize "$W/bos" <<< '"hi"'
+# a post-processor adding a BOS id that is no token (it went to the model as is)
+bl_tok "$W/post" '"post_processor": {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}], "special_tokens": {"<s>": {"id": "<s>", "ids": [40], "tokens": ["<s>"]}}}'
+expect 2 "post_processor.*id 40 is not a token" "$BIN" tokenize "$W/post" <<< '"hi"'
 ok "EOS/BOS ids that are no token of the tokenizer"
 
 # a model of vocab 64 with a tokenizer whose added token has id 100
