@@ -34,7 +34,7 @@ ok "eval --window vs max_position_embeddings"
 # 2^26 positions x 512 bytes/token = 32 GiB of KV cache: refused before any
 # allocation, naming the bytes. The address space is capped so the check has
 # a known bound on any machine (not under ASan, which needs terabytes of it).
-if ldd "$BIN" 2> /dev/null | grep -q 'libasan\|libtsan'; then
+if sanitized; then
     echo "skip: KV-cache memory refusal under a sanitizer (no address-space cap possible)"
 else
     (

@@ -91,3 +91,11 @@ make_qwen3moe() {
     st_make "$dir/model.safetensors" "${specs[@]}"
     qwen3moe_config "$dir" "$L" "$E" "$extra"
 }
+
+# sanitized: whether $BIN is built with ASan/TSan (they reserve terabytes of
+# address space, so such a binary cannot run under ulimit -v). Checked by the
+# runtime's strings: clang links it statically, gcc dynamically.
+sanitized() {
+    grep -qa "AddressSanitizer\|ThreadSanitizer" "$BIN" 2> /dev/null ||
+        ldd "$BIN" 2> /dev/null | grep -q 'libasan\|libtsan'
+}

@@ -13,7 +13,7 @@ mkdir "$W"
 HOSTILE_TIMEOUT=30
 # Bound the address space so a regression fails here instead of eating the
 # machine (not under ASan, which reserves terabytes of address space).
-if ! ldd "$BIN" 2> /dev/null | grep -q 'libasan\|libtsan'; then ulimit -v 3000000; fi
+if ! sanitized; then ulimit -v 3000000; fi
 
 make_qwen3moe "$W/full" 2 4
 with() { # with FIELD VALUE: a copy of full with config FIELD set to VALUE
