@@ -29,7 +29,9 @@ static void help(FILE *f) {
             "--window, each window runs alone from an empty cache, and the negative\n"
             "log-likelihood of tokens 2..W of every window is averaged: ppl = exp(mean NLL).\n\n"
             "  --text FILE       UTF-8 text to score (required)\n"
-            "  --window W        tokens per window (default 256)\n"
+            "  --window W        tokens per window (default 256); more than the model's\n"
+            "                    max_position_embeddings is refused\n"
+            "  --force-ctx       allow a window beyond max_position_embeddings\n"
             "  --tokens N        use the first N tokens of the file (default 20000)\n"
             "  --ref MODEL2      also run MODEL2 on the same tokens and report, over all scored\n"
             "                    positions, the mean and 99th percentile of KL(MODEL2 || MODEL)\n"
@@ -44,7 +46,7 @@ static void help(FILE *f) {
 typedef struct eval_opts {
     const char *model, *text, *ref;
     long long window, tokens;
-    bool json;
+    bool json, force_ctx;
     mk_model_opts mo;
     mk_engine_opts eo;
 } eval_opts;
@@ -64,7 +66,10 @@ static void side_free(side *s) {
 static mk_status side_open(const char *path, const eval_opts *o, side *s) {
     mk_engine_opts eo = o->eo;
     eo.max_ctx = o->window;
-    MK_TRY(mk_ecli_open(path, &o->mo, &eo, &s->m, &s->e));
+    MK_TRY(mk_model_open_ex(path, &o->mo, &s->m));
+    MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
+    eo.mem_limit = mk_ecli_mem_available(); /* a cache larger than memory is refused */
+    MK_TRY(mk_engine_create(s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
     return s->lg ? MK_OK : mk_err(MK_E_NOMEM, "no memory for %lld x %d logits", o->window,
                                   mk_model_config(s->m)->vocab_size);
@@ -75,13 +80,15 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static mk_status tokenize_file(const char *model_dir, const char *path, int32_t **ids,
-                               size_t *n) {
+static mk_status tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                               int32_t **ids, size_t *n) {
     char *buf;
     size_t len;
     MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
-    mk_tok *tok;
+    mk_tok *tok = NULL;
     mk_status st = mk_tok_load(model_dir, &tok);
+    if (st == MK_OK)
+        st = mk_tok_check_model_vocab(tok, vocab);
     if (st == MK_OK)
         st = mk_tok_encode(tok, buf, len, 0, ids, n);
     if (st == MK_E_ARG) /* invalid UTF-8: say which file */
@@ -98,7 +105,7 @@ static mk_status eval_main(const eval_opts *o) {
     double *lpa = NULL, *lpb = NULL, *kls = NULL;
     mk_status st = side_open(o->model, o, &a);
     if (st == MK_OK)
-        st = tokenize_file(mk_model_dir(a.m), o->text, &ids, &ntok);
+        st = tokenize_file(mk_model_dir(a.m), mk_model_config(a.m)->vocab_size, o->text, &ids, &ntok);
     if (st == MK_OK && o->ref)
         st = side_open(o->ref, o, &b);
     int64_t V = a.m ? mk_model_config(a.m)->vocab_size : 0, W = o->window;
@@ -192,6 +199,7 @@ int cmd_eval(int argc, char **argv) {
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
+        {"force-ctx", no_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
     eval_opts o = {.window = 256, .tokens = 20000};
     long long v;
@@ -217,6 +225,7 @@ int cmd_eval(int argc, char **argv) {
             break;
         case 'F': o.mo.fp8_to_bf16 = true; break;
         case 'J': o.json = true; break;
+        case 'X': o.force_ctx = true; break;
         case 'h': help(stdout); return 0;
         default:
             return mk_cli_usage("eval", "unknown option or missing value: %s", argv[optind - 1]);

@@ -45,7 +45,11 @@ static void help(FILE *f) {
             "engine:\n"
             "  --threads N          compute threads (default: all CPUs)\n"
             "  --ctx N              context positions to allocate (default: prompt +\n"
-            "                       max tokens; 4096 for interactive chat)\n"
+            "                       max tokens; 4096 for interactive chat, at most\n"
+            "                       max_position_embeddings); more than the model's\n"
+            "                       max_position_embeddings is refused, and so is a\n"
+            "                       cache larger than the memory available\n"
+            "  --force-ctx          allow --ctx beyond max_position_embeddings\n"
             "  --prefill-chunk N    tokens per prefill chunk (default 512)\n"
             "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "output:\n"
@@ -66,7 +70,7 @@ static void help(FILE *f) {
 
 typedef struct run_opts {
     const char *model, *prompt, *ids, *system, *tmpl;
-    bool chat, no_think, stats, json;
+    bool chat, no_think, stats, json, force_ctx;
     long long max_tokens, ctx;
     mk_sample_params sp;
     mk_model_opts mo;
@@ -387,7 +391,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"min-p", required_argument, 0, 'm'},  {"repeat-penalty", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'j'},
         {"ctx", required_argument, 0, 'x'},    {"prefill-chunk", required_argument, 0, 'c'},
-        {"fp8-bf16", no_argument, 0, 'F'},
+        {"fp8-bf16", no_argument, 0, 'F'},    {"force-ctx", no_argument, 0, 'X'},
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
@@ -401,6 +405,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         case 'p': o->prompt = optarg; break;
         case 'i': o->ids = optarg; break;
         case 'C': o->chat = true; break;
+        case 'X': o->force_ctx = true; break;
         case 'S': o->system = optarg; break;
         case 'T': o->tmpl = optarg; o->chat = true; break;
         case 'N': o->no_think = true; break;
@@ -491,7 +496,10 @@ static mk_status run_main(run_opts *o) {
         return st;
     const mk_config *c = mk_model_config(r.m);
     bool interactive_chat = o->chat && !o->prompt;
-    o->eo.max_ctx = o->ctx > 0 ? o->ctx : interactive_chat ? 4096 : 0;
+    int mp = c->max_position_embeddings;
+    o->eo.max_ctx = o->ctx > 0 ? o->ctx : interactive_chat ? (mp > 0 && mp < 4096 ? mp : 4096) : 0;
+    if (o->ctx > 0 && (st = mk_ecli_check_ctx(r.m, o->ctx, "--ctx", o->force_ctx, false)) != MK_OK)
+        goto done;
     /* tokenizer: required for text, optional for --ids */
     st = mk_tok_load(mk_model_dir(r.m), &r.tok);
     if (st != MK_OK && !o->ids) {
@@ -509,6 +517,8 @@ static mk_status run_main(run_opts *o) {
             mk_err_wrap(st, "%s", tf[i][0]);
         free(chk);
     }
+    if (st == MK_OK && r.tok)
+        st = mk_tok_check_model_vocab(r.tok, c->vocab_size);
     if (st != MK_OK)
         goto done;
     if (r.tok) {
@@ -530,7 +540,10 @@ static mk_status run_main(run_opts *o) {
         o->eo.max_ctx = n + o->max_tokens;
         if (st != MK_OK)
             goto done;
+        /* sized for the user's prompt and --max-tokens, not asked for: a warning */
+        mk_ecli_check_ctx(r.m, o->eo.max_ctx, "the prompt + --max-tokens", o->force_ctx, true);
     }
+    o->eo.mem_limit = mk_ecli_mem_available(); /* a cache larger than memory is refused */
     if ((st = mk_engine_create(r.m, &o->eo, &r.e)) != MK_OK ||
         (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
         goto done;

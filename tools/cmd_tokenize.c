@@ -7,6 +7,7 @@
  * A line that is not what the mode expects stops the run with its line
  * number (exit 2); the lines before it have been written. */
 #include <getopt.h>
+#include <stdbool.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,7 +15,9 @@
 #include <unistd.h>
 
 #include "cli_esc.h"
+#include "cli_flags.h"
 #include "cmd.h"
+#include "engine_cli.h"
 #include "moekit/chat.h"
 #include "moekit/tokenizer.h"
 
@@ -56,6 +59,8 @@ static void help(FILE *f) {
             "  --no-think        chat: Qwen3 enable_thinking=false (the prompt ends with an\n"
             "                    empty <think></think> block)\n"
             "  --no-gen-prompt   chat: do not append the assistant's opening\n"
+            "  --max-line BYTES  longest input line accepted (default 64 MiB): a longer\n"
+            "                    line is an error, not read into memory whole\n"
             "  -h, --help        this text\n"
             "\n"
             "exit: 0 ok; 2 bad input (the message names the stdin line or the file field);\n"
@@ -65,7 +70,44 @@ static void help(FILE *f) {
 typedef struct opts {
     int decode, chat, chat_ids, no_add, split, skip, no_think, no_gen;
     const char *template_name, *path;
+    size_t max_line; /* bytes of one stdin line, newline excluded */
 } opts;
+
+#define TOK_DEFAULT_MAX_LINE ((size_t)64 << 20)
+
+/* One line of f (newline dropped) into *buf, at most `limit` bytes held:
+ * the length, -1 at end of input, -2 when the line is longer than limit
+ * (the rest of it is skipped unread into memory). */
+static ssize_t read_line(FILE *f, char **buf, size_t *cap, size_t limit) {
+    size_t n = 0;
+    int c;
+    bool any = false;
+    while ((c = getc(f)) != EOF) {
+        any = true;
+        if (c == '\n')
+            break;
+        if (n >= limit) {
+            while ((c = getc(f)) != EOF && c != '\n')
+                ;
+            return -2;
+        }
+        if (n + 1 >= *cap) {
+            size_t nc = *cap ? 2 * *cap : 4096;
+            char *nb = realloc(*buf, nc);
+            if (!nb)
+                return -3;
+            *buf = nb;
+            *cap = nc;
+        }
+        (*buf)[n++] = (char)c;
+    }
+    if (!any)
+        return -1;
+    if (!*buf && !(*buf = malloc(1)))
+        return -3;
+    (*buf)[n] = 0;
+    return (ssize_t)n;
+}
 
 /* "stdin line N: <current message>" and exit 2. */
 static int line_fail(size_t line, mk_status s) {
@@ -180,16 +222,17 @@ static mk_status do_chat(const mk_tok *tok, mk_chat_kind kind, const opts *o, co
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN, O_CHATIDS };
+    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN, O_CHATIDS, O_MAXLINE };
     static const struct option lo[] = {
         {"decode", no_argument, NULL, 'd'},        {"chat", no_argument, NULL, 'c'},
         {"no-add-special", no_argument, NULL, O_NOADD}, {"split-special", no_argument, NULL, O_SPLIT},
         {"skip-special", no_argument, NULL, O_SKIP}, {"template", required_argument, NULL, O_TEMPLATE},
         {"no-think", no_argument, NULL, O_NOTHINK}, {"no-gen-prompt", no_argument, NULL, O_NOGEN},
-        {"chat-ids", no_argument, NULL, O_CHATIDS}, {"help", no_argument, NULL, 'h'},
-        {NULL, 0, NULL, 0},
+        {"chat-ids", no_argument, NULL, O_CHATIDS}, {"max-line", required_argument, NULL, O_MAXLINE},
+        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
     };
-    int c;
+    long long ml;
+    int c, rc;
     optind = 1;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -202,6 +245,11 @@ static int parse_args(int argc, char **argv, opts *o) {
         case O_TEMPLATE: o->template_name = optarg; break;
         case O_NOTHINK: o->no_think = 1; break;
         case O_NOGEN: o->no_gen = 1; break;
+        case O_MAXLINE:
+            if ((rc = mk_flag_int("tokenize", "--max-line", optarg, 1, (long long)1 << 40, &ml)) >= 0)
+                return rc;
+            o->max_line = (size_t)ml;
+            break;
         case 'h': help(stdout); return 0;
         default: return mk_cli_usage("tokenize", "unknown option");
         }
@@ -220,8 +268,17 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
     ssize_t len;
     int rc = 0;
     bool interactive = isatty(STDIN_FILENO);
-    while (rc == 0 && (len = getline(&line, &cap, stdin)) >= 0) {
+    while (rc == 0 && (len = read_line(stdin, &line, &cap, o->max_line)) != -1) {
         lineno++;
+        if (len == -3) {
+            rc = line_fail(lineno, mk_err(MK_E_NOMEM, "no memory for the line"));
+            break;
+        }
+        if (len == -2) {
+            rc = line_fail(lineno, mk_err(MK_E_ARG, "the line is longer than %zu bytes (--max-line); "
+                                          "nothing of it was tokenized", o->max_line));
+            break;
+        }
         json_error_t e;
         json_t *v = json_loadb(line, (size_t)len, JSON_DECODE_ANY | JSON_ALLOW_NUL, &e);
         mk_status st;
@@ -248,7 +305,7 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
 }
 
 static int cmd_tokenize(int argc, char **argv) {
-    opts o = {0};
+    opts o = {.max_line = TOK_DEFAULT_MAX_LINE};
     int rc = parse_args(argc, argv, &o);
     if (rc >= 0)
         return rc;

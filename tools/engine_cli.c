@@ -2,6 +2,8 @@
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <unistd.h>
+#include <sys/resource.h>
 #include <string.h>
 #include <sys/stat.h>
 
@@ -67,11 +69,41 @@ mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n) {
     return MK_OK;
 }
 
+uint64_t mk_ecli_mem_available(void) {
+    uint64_t avail = 0;
+    FILE *f = fopen("/proc/meminfo", "r");
+    if (f) {
+        char line[256];
+        unsigned long long kb;
+        while (fgets(line, sizeof line, f))
+            if (sscanf(line, "MemAvailable: %llu kB", &kb) == 1) {
+                avail = (uint64_t)kb * 1024;
+                break;
+            }
+        fclose(f);
+    }
+    if (!avail) {
+        long pages = sysconf(_SC_AVPHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+        avail = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : 0;
+    }
+    static const int lims[] = {RLIMIT_AS, RLIMIT_DATA};
+    for (int i = 0; i < 2; i++) {
+        struct rlimit rl;
+        if (getrlimit(lims[i], &rl) == 0 && rl.rlim_cur != RLIM_INFINITY &&
+            (!avail || rl.rlim_cur < avail))
+            avail = (uint64_t)rl.rlim_cur;
+    }
+    return avail;
+}
+
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
                        mk_model **m, mk_engine **e) {
     *e = NULL;
     MK_TRY(mk_model_open_ex(path, mo, m));
-    mk_status st = mk_engine_create(*m, o, e);
+    mk_engine_opts eo = *o;
+    if (!eo.mem_limit) /* the engine refuses a cache larger than what is available */
+        eo.mem_limit = mk_ecli_mem_available();
+    mk_status st = mk_engine_create(*m, &eo, e);
     if (st != MK_OK) {
         mk_model_free(*m);
         *m = NULL;
@@ -126,4 +158,18 @@ mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size
     }
     *buf = b;
     return MK_OK;
+}
+
+mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bool force, bool warn_only) {
+    int mp = mk_model_config(m)->max_position_embeddings;
+    if (mp <= 0 || ctx <= mp || force)
+        return MK_OK;
+    if (warn_only) {
+        fprintf(stderr, "moekit: warning: %s of %lld positions exceeds the model's max_position_embeddings "
+                "%d: positions beyond it were never trained\n", what, (long long)ctx, mp);
+        return MK_OK;
+    }
+    return mk_err(MK_E_ARG, "%s %lld exceeds the model's max_position_embeddings %d (config.json): positions "
+                  "beyond it were never trained; use at most %d or pass --force-ctx", what, (long long)ctx, mp,
+                  mp);
 }

@@ -34,5 +34,12 @@ mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size
  * existing path is replaced only with force. Check the path first with
  * mk_paths_check_file (io/outpath.h). */
 mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force);
+/* A context of ctx positions (named `what`, e.g. "--ctx") against the
+ * model's max_position_embeddings: beyond it is an error (MK_E_ARG) unless
+ * `force` (--force-ctx); with warn_only, a warning on stderr instead. */
+mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bool force, bool warn_only);
+/* Bytes of memory this process may still use (MemAvailable, capped by
+ * RLIMIT_AS/RLIMIT_DATA), for mk_engine_opts.mem_limit; 0 when unknown. */
+uint64_t mk_ecli_mem_available(void);
 
 #endif

@@ -44,6 +44,8 @@ typedef struct mk_engine_opts {
     int prefill_chunk;      /* tokens per forward chunk; <= 0: 512 */
     mk_backend *backend;    /* NULL: a CPU backend the engine creates and owns; else borrowed */
     mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
+    uint64_t mem_limit;     /* bytes the engine's buffers may take (KV cache, state, scratch);
+                               0: no limit. The CLI passes the memory available */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
 } mk_engine_opts;

@@ -51,6 +51,13 @@ typedef struct mk_model_opts {
 mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model **out);
 /* mk_model_open_ex with default options. */
 mk_status mk_model_open(const char *path, mk_model **out);
+/* The checks of mk_model_open on headers only, for a checkpoint that is
+ * already open (mapped or not) with its config: every tensor the engine
+ * needs is present with the shape, dtype and quantization the config
+ * implies, and no config count exceeds what the tensors support. Reads no
+ * weight data and keeps nothing. convert, quantize and inspect call it so
+ * they refuse (or report) exactly what the engine would refuse to load. */
+mk_status mk_model_check(const mk_config *cfg, const mk_ckpt *ck);
 /* Release the views, the float32 copies and the checkpoint. NULL ok. */
 void mk_model_free(mk_model *m);
 

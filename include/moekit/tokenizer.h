@@ -88,6 +88,10 @@ void mk_tok_stream_free(mk_tok_stream *s); /* NULL ok */
 
 /* Number of ids: 1 + the largest id of the vocabulary and added tokens. */
 size_t mk_tok_vocab_size(const mk_tok *tok);
+/* The tokenizer fits a model of vocab_size ids: every added token and the
+ * EOS / BOS ids are below it (MK_E_MISMATCH naming the token otherwise).
+ * The engine commands call it after loading both. */
+mk_status mk_tok_check_model_vocab(const mk_tok *tok, int64_t vocab_size);
 /* Id of a token given as its vocabulary string (added tokens such as
  * "<|im_end|>" by their content), or -1. */
 int32_t mk_tok_token_id(const mk_tok *tok, const char *token);

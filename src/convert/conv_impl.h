@@ -121,6 +121,7 @@ typedef struct cv_src {
     size_t ndropped;    /* activation/input scales etc. left out */
     bool bare;          /* a lone .safetensors file (quantize): every tensor kept as named */
     bool partial_experts; /* opened with CV_SRC_PARTIAL_EXPERTS: groups may have holes */
+    uint64_t ebound;      /* most experts the tensors could hold (source.c), 0 = not yet known */
 } cv_src;
 
 /* Call cv_src_close(s) after either outcome: a failed open leaves what it
@@ -134,6 +135,9 @@ mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s);
 /* A lone .safetensors file, no config: one plain module per tensor
  * (quant_plan.c). */
 mk_status cv_src_open_bare(const char *path, cv_src *s);
+/* A matrix (2+ dims) with a 0 dimension is refused: every plan step divides
+ * by its rows or columns. Empty vectors are copied (one row of no bytes). */
+mk_status cv_check_empty(const cv_src *s);
 void cv_src_close(cv_src *s);
 
 /* --------------------------------------------------------------- plan */

@@ -265,7 +265,13 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
     else
         MK_TRY(cv_op_run(ck, &t, q->in_dt, u0, un, src, in));
     /* 2. MLX's quantizer */
-    MK_TRY(mk_quant_rows(&q->qp, q->in_dt, in, n, C, buf[0], buf[1], buf[2]));
+    mk_status qs = mk_quant_rows(&q->qp, q->in_dt, in, n, C, buf[0], buf[1], buf[2]);
+    if (qs == MK_E_FORMAT) { /* values no scale can hold: a rerun would fail alike */
+        __atomic_store_n(&q->st->bad_data, 1, __ATOMIC_SEQ_CST);
+        return mk_err_wrap(qs, "module '%s' (rows %lld..%lld)", q->path, (long long)(p->row0 + a),
+                           (long long)(p->row0 + a + n - 1));
+    }
+    MK_TRY(qs);
     /* 3. the error sums, and values the quantizer cannot represent (affine:
      * found by the error pass itself; otherwise, and for followers, a scan) */
     bool leader = p->part == q->leader, fused = leader && q->qp.mode == MK_QMODE_AFFINE;

@@ -32,6 +32,7 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
     if (!s->dir)
         return mk_err(MK_E_NOMEM, "out of memory");
     MK_TRY(mk_ckpt_open(path, MK_CKPT_NO_MMAP, &s->ck));
+    MK_TRY(cv_check_empty(s));
     size_t n = mk_ckpt_count(s->ck);
     s->mods = calloc(n ? n : 1, sizeof *s->mods);
     s->lts = calloc(n ? n : 1, sizeof *s->lts);

@@ -14,6 +14,7 @@
 
 #include "convert/conv_impl.h"
 #include "io/os.h"
+#include "moekit/model.h"
 
 /* Tensors of one module while grouping by name. */
 typedef struct gather {
@@ -395,6 +396,17 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
     return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
 }
 
+/* The most experts the checkpoint could hold: one tensor per expert
+ * (per-expert) or the leading dim of a stacked tensor. A larger num_experts
+ * is refused before expert tables are sized by it. */
+static uint64_t experts_bound(const cv_src *s) {
+    uint64_t b = mk_ckpt_count(s->ck);
+    for (size_t i = 0; i < s->nmods; i++)
+        if (s->mods[i].ndim == 3 && (uint64_t)s->mods[i].shape[0] > b)
+            b = (uint64_t)s->mods[i].shape[0];
+    return b;
+}
+
 static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *stacked) {
     char *mlp = NULL;
     int e, p;
@@ -413,6 +425,14 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
         return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     }
     mk_status st = MK_OK;
+    if (!s->ebound)
+        s->ebound = experts_bound(s);
+    if (s->cfg.num_experts > 0 && (uint64_t)s->cfg.num_experts > s->ebound) {
+        free(mlp);
+        return mk_err(MK_E_FORMAT, "%s: config.json says num_experts %d, more than the checkpoint can hold "
+                      "(%zu tensors, no stacked expert tensor that large): not sizing tables by it", s->dir,
+                      s->cfg.num_experts, mk_ckpt_count(s->ck));
+    }
     cv_egroup *g = mlp ? group_for(s, gmap, mlp, m->cls) : NULL;
     free(mlp);
     if (!g)
@@ -528,6 +548,19 @@ static mk_status canonicalize(cv_src *s) {
     return MK_OK;
 }
 
+mk_status cv_check_empty(const cv_src *s) {
+    for (size_t i = 0; i < mk_ckpt_count(s->ck); i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(s->ck, i);
+        if (t->ndim >= 2 && t->numel == 0) {
+            char b[96];
+            return mk_err(MK_E_FORMAT, "%s: tensor '%s' has shape %s: no elements (a dimension is 0); "
+                          "moekit does not convert or quantize empty tensors",
+                          s->dir, t->name, sh(b, sizeof b, t));
+        }
+    }
+    return MK_OK;
+}
+
 mk_status cv_src_open(const char *path, cv_src *s) { return cv_src_open_ex(path, 0, s); }
 
 mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
@@ -543,8 +576,19 @@ mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: model_type '%s' is not a supported architecture (supported: %s)",
                       path, s->cfg.model_type[0] ? s->cfg.model_type : "(none)", mk_arch_supported());
     MK_TRY(mk_ckpt_open(path, MK_CKPT_NO_MMAP, &s->ck));
+    MK_TRY(cv_check_empty(s));
     MK_TRY(gather_modules(s));
-    return canonicalize(s);
+    MK_TRY(canonicalize(s));
+    /* An incomplete checkpoint (a missing projection, norm, lm_head, layer)
+     * is refused before any byte is written, by the engine's own check, so
+     * convert never writes what the engine would refuse to load. Verify
+     * across layouts (partial experts) compares what is there instead. */
+    if (!s->partial_experts) {
+        mk_status st = mk_model_check(&s->cfg, s->ck);
+        if (st != MK_OK)
+            return mk_err_wrap(st, "%s: incomplete or inconsistent checkpoint, not converted", path);
+    }
+    return MK_OK;
 }
 
 void cv_src_close(cv_src *s) {

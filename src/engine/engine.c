@@ -7,6 +7,7 @@
  * block kind present, so a dense-attention model pays nothing for DeltaNet
  * scratch and vice versa. The forward pass itself lives in forward.c. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -217,6 +218,8 @@ static mk_status check_dims(const mk_config *c) {
     return MK_OK;
 }
 
+/* Bytes of memory this process can still get: MemAvailable, capped by an
+ * address-space or data limit (ulimit -v / -d); 0 when unknown. */
 static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     const mk_config *c = e->c;
     MK_TRY(check_dims(c));
@@ -268,6 +271,18 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     carver cv = {0};
     carve(e, &cv);
     e->arena_bytes = cv.off + cv.hoff;
+    /* The arenas are zeroed whole, so every byte becomes resident: refuse a
+     * context that cannot fit the caller's memory limit instead of being
+     * killed (or swapping) mid-way. The library reads no /proc file: the
+     * CLI passes what the system has available (mk_engine_opts.mem_limit). */
+    if (o->mem_limit && e->arena_bytes > o->mem_limit)
+        return mk_err(MK_E_ARG,
+                      "engine: a context of %lld positions needs %zu bytes (KV cache %zu bytes/token x "
+                      "%lld = %llu, plus buffers and state), but only %llu bytes of memory are "
+                      "available; lower --ctx (or --window, --prefill-chunk)",
+                      (long long)e->max_ctx, e->arena_bytes, e->kv_token_bytes, (long long)e->max_ctx,
+                      (unsigned long long)e->kv_token_bytes * (unsigned long long)e->max_ctx,
+                      (unsigned long long)o->mem_limit);
     mk_status st = e->bi->alloc(e->bctx, cv.off, &e->arena);
     if (st != MK_OK)
         return mk_err_wrap(st, "engine arena (max_ctx %lld, prefill chunk %lld; lower --ctx or "

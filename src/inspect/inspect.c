@@ -7,14 +7,17 @@
  * value scan -> JSON report. Everything but the scan reads headers only. */
 #include <jansson.h>
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <xxhash.h>
 
 #include "model/layout.h"
 #include "io/os.h"
 #include "moekit/config.h"
 #include "moekit/inspect.h"
+#include "moekit/model.h"
 #include "moekit/qview.h"
 #include "moekit/st.h"
 
@@ -55,15 +58,48 @@ static const char *const k_shared_q[] = {"mlp.shared_expert.gate_proj", "mlp.sha
 static const char *const k_shared_ds[] = {"mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
                                           "mlp.shared_experts.down_proj", NULL};
 
+/* A set of module names in insertion order, with a hash index so adding and
+ * looking up are O(1): a checkpoint may hold 10^5+ names inspect does not
+ * recognise, each its own module (a linear scan per name was quadratic). */
 typedef struct modset {
     char **v;
     size_t n, cap;
+    size_t *slot; /* open addressing: index + 1 into v, 0 = empty */
+    size_t nslot; /* a power of two, > 2n */
 } modset;
 
+static size_t modset_find(const modset *s, const char *m) {
+    if (!s->nslot)
+        return SIZE_MAX;
+    size_t mask = s->nslot - 1, h = (size_t)XXH3_64bits(m, strlen(m)) & mask;
+    for (; s->slot[h]; h = (h + 1) & mask)
+        if (!strcmp(s->v[s->slot[h] - 1], m))
+            return s->slot[h] - 1;
+    return SIZE_MAX - 1 - h; /* not found: encodes the free slot */
+}
+
+static bool modset_rehash(modset *s, size_t nslot) {
+    size_t *ns = calloc(nslot, sizeof *ns);
+    if (!ns)
+        return false;
+    for (size_t i = 0; i < s->n; i++) {
+        size_t h = (size_t)XXH3_64bits(s->v[i], strlen(s->v[i])) & (nslot - 1);
+        while (ns[h])
+            h = (h + 1) & (nslot - 1);
+        ns[h] = i + 1;
+    }
+    free(s->slot);
+    s->slot = ns;
+    s->nslot = nslot;
+    return true;
+}
+
 static void modset_add(modset *s, const char *m) {
-    for (size_t i = 0; i < s->n; i++)
-        if (!strcmp(s->v[i], m))
-            return;
+    if (2 * (s->n + 1) >= s->nslot && !modset_rehash(s, s->nslot ? 2 * s->nslot : 64))
+        return;
+    size_t f = modset_find(s, m);
+    if (f < s->n)
+        return;
     if (s->n == s->cap) {
         size_t nc = s->cap ? 2 * s->cap : 32;
         char **nv = realloc(s->v, nc * sizeof *nv);
@@ -72,7 +108,11 @@ static void modset_add(modset *s, const char *m) {
         s->v = nv;
         s->cap = nc;
     }
-    s->v[s->n++] = strdup(m);
+    char *d = strdup(m);
+    if (!d)
+        return;
+    s->v[s->n++] = d;
+    s->slot[SIZE_MAX - 1 - f] = s->n;
 }
 
 static void modset_add_list(modset *s, const char *const *l) {
@@ -81,16 +121,14 @@ static void modset_add_list(modset *s, const char *const *l) {
 }
 
 static bool modset_has(const modset *s, const char *m) {
-    for (size_t i = 0; i < s->n; i++)
-        if (!strcmp(s->v[i], m))
-            return true;
-    return false;
+    return modset_find(s, m) < s->n;
 }
 
 static void modset_free(modset *s) {
     for (size_t i = 0; i < s->n; i++)
         free(s->v[i]);
     free(s->v);
+    free(s->slot);
     memset(s, 0, sizeof *s);
 }
 
@@ -139,23 +177,40 @@ static void canon_module(const mk_lname *t, char *out, size_t n) {
 
 /* ---- per-layer bookkeeping --------------------------------------------- */
 
+/* Per-expert indices seen for one projection of one layer. */
+typedef struct expset {
+    int *v;
+    size_t n, cap;
+} expset;
+
 typedef struct layer_info {
     modset present;
-    int *experts; /* per-expert indices seen for gate_proj */
-    size_t nexp, capexp;
-    int form_mask; /* bit per mk_xform seen */
+    expset experts[3]; /* per-expert indices seen for gate_proj, up_proj, down_proj */
+    int form_mask;     /* bit per mk_xform seen */
 } layer_info;
 
-static void add_expert(layer_info *L, int e) {
-    if (L->nexp == L->capexp) {
-        size_t nc = L->capexp ? 2 * L->capexp : 16;
-        int *nv = realloc(L->experts, nc * sizeof *nv);
+static void add_expert(expset *L, int e) {
+    if (L->n == L->cap) {
+        size_t nc = L->cap ? 2 * L->cap : 16;
+        int *nv = realloc(L->v, nc * sizeof *nv);
         if (!nv)
             return;
-        L->experts = nv;
-        L->capexp = nc;
+        L->v = nv;
+        L->cap = nc;
     }
-    L->experts[L->nexp++] = e;
+    L->v[L->n++] = e;
+}
+
+static const char *const k_proj[3] = {"gate_proj", "up_proj", "down_proj"};
+
+/* Which projection a per-expert module is: 0..2, or -1. */
+static int proj_of(const char *module) {
+    for (int p = 0; p < 3; p++) {
+        size_t lm = strlen(module), lp = strlen(k_proj[p]);
+        if (lm >= lp && !strcmp(module + lm - lp, k_proj[p]))
+            return p;
+    }
+    return -1;
 }
 
 static int cmp_int(const void *a, const void *b) {
@@ -262,8 +317,25 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     json_object_set_new(arch, "experts_per_token", json_integer(cfg.num_experts_per_tok));
     json_object_set_new(arch, "expert_intermediate_size", json_integer(cfg.moe_intermediate_size));
     json_object_set_new(arch, "shared_intermediate_size", json_integer(cfg.shared_intermediate_size));
+    /* Layers the tensors hold: every count below is bounded by it, so a
+     * config claiming 10^9 layers is one problem, not 10^9 of them. */
+    int present_layers = 0;
+    size_t n = mk_ckpt_count(ck);
+    for (size_t i = 0; i < n; i++) {
+        mk_lname tn;
+        mk_layout_parse(mk_ckpt_tensor(ck, i)->name, &tn);
+        if (tn.part == MK_PART_LM && tn.layer >= present_layers && tn.layer < INT32_MAX)
+            present_layers = tn.layer + 1;
+    }
+    int nl = cfg.num_layers > 0 ? cfg.num_layers : 0;
+    if (nl > present_layers) {
+        problem(problems, "layers", "num_hidden_layers",
+                "config.json says num_hidden_layers %d, but the tensors hold %d layer%s; the engine "
+                "refuses this checkpoint", nl, present_layers, present_layers == 1 ? "" : "s");
+        nl = present_layers;
+    }
     json_t *sched = json_array();
-    for (int i = 0; i < cfg.num_layers; i++) {
+    for (int i = 0; i < nl; i++) {
         const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3 ? "mla"
                         : mk_config_layer_is_full_attn(&cfg, i) ? "full_attention"
                                                                  : "linear_attention";
@@ -276,17 +348,17 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
         problem(problems, "unsupported_arch", cfg.model_type, "model_type '%s' is not supported (supported: %s)",
                 cfg.model_type, mk_arch_supported());
 
-    /* gather */
-    int nl = cfg.num_layers > 0 ? cfg.num_layers : 0;
-    int maxl = nl;
-    size_t n = mk_ckpt_count(ck);
-    for (size_t i = 0; i < n; i++) {
-        mk_lname tn;
-        mk_layout_parse(mk_ckpt_tensor(ck, i)->name, &tn);
-        if (tn.part == MK_PART_LM && tn.layer >= maxl)
-            maxl = tn.layer + 1;
+    /* gather: per-layer bookkeeping for the layers the config and the tensors
+     * agree on; layers beyond (DeepSeek's MTP) are counted apart */
+    int cfg_nl = cfg.num_layers > 0 ? cfg.num_layers : 0;
+    layer_info *L = calloc((size_t)nl + 1, sizeof *L);
+    if (!L) {
+        json_decref(rep);
+        json_decref(problems);
+        mk_config_free(&cfg);
+        mk_ckpt_close(ck);
+        return mk_err(MK_E_NOMEM, "no memory for %d layers", nl);
     }
-    layer_info *L = calloc((size_t)maxl + 1, sizeof *L);
     modset global = {0};
     uint64_t bytes_by_dt[MK_DT_COUNT] = {0};
     uint64_t params = 0, expert_params = 0, expert_bytes = 0, vision_bytes = 0, mtp_bytes = 0, total_bytes = 0,
@@ -343,7 +415,7 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
             vision_params += p;
             continue;
         }
-        bool extra_layer = tn.layer >= nl && nl > 0; /* DeepSeek's MTP layer(s) beyond num_hidden_layers */
+        bool extra_layer = tn.layer >= cfg_nl && cfg_nl > 0; /* DeepSeek's MTP layer(s) beyond num_hidden_layers */
         if (tn.part == MK_PART_MTP || extra_layer) {
             mtp_bytes += t->nbytes;
             mtp_params += p;
@@ -357,12 +429,13 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
             expert_params += p;
             expert_bytes += t->nbytes;
         }
-        if (tn.layer >= 0) {
+        if (tn.layer >= 0 && tn.layer < nl) {
             modset_add(&L[tn.layer].present, mod);
             L[tn.layer].form_mask |= tn.xform ? 1 << tn.xform : 0;
-            if (tn.xform == MK_XF_PER_EXPERT && strstr(tn.module, "gate_proj") && !companion)
-                add_expert(&L[tn.layer], tn.expert);
-        } else
+            int pj = tn.xform == MK_XF_PER_EXPERT && !companion ? proj_of(tn.module) : -1;
+            if (pj >= 0)
+                add_expert(&L[tn.layer].experts[pj], tn.expert);
+        } else if (tn.layer < 0)
             modset_add(&global, mod);
     }
     /* experts: bytes and params of one expert */
@@ -421,7 +494,7 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
                 problem(problems, "unexpected", global.v[i], "tensor '%s' is not part of a %s model", global.v[i],
                         mk_arch_name(cfg.arch));
         modset_free(&exp_g);
-        for (int l = 0; l < maxl && l < nl; l++) {
+        for (int l = 0; l < nl; l++) {
             modset e = {0};
             expected_layer(&cfg, l, &e);
             char where[64];
@@ -444,15 +517,18 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
             modset_free(&e);
             if (__builtin_popcount((unsigned)L[l].form_mask) > 1)
                 problem(problems, "mixed_layout", where, "layer %d stores experts in more than one layout", l);
-            /* per-expert indices: exactly 0..E-1 */
-            if (L[l].nexp > 0) {
-                qsort(L[l].experts, L[l].nexp, sizeof(int), cmp_int);
+            /* per-expert indices: exactly 0..E-1, for each projection */
+            for (int pj = 0; pj < 3; pj++) {
+                expset *X = &L[l].experts[pj];
+                if (X->n == 0)
+                    continue;
+                qsort(X->v, X->n, sizeof(int), cmp_int);
                 char miss[512] = "", dup[512] = "";
                 size_t ml = 0, dl = 0;
                 int expect = 0;
-                for (size_t i = 0; i < L[l].nexp; i++) {
-                    int x = L[l].experts[i];
-                    if (i > 0 && x == L[l].experts[i - 1]) {
+                for (size_t i = 0; i < X->n; i++) {
+                    int x = X->v[i];
+                    if (i > 0 && x == X->v[i - 1]) {
                         dl += (size_t)snprintf(dup + dl, dl < sizeof dup ? sizeof dup - dl : 0, "%s%d", dl ? "," : "", x);
                         continue;
                     }
@@ -463,16 +539,24 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
                 for (; expect < E && ml < sizeof miss; expect++)
                     ml += (size_t)snprintf(miss + ml, sizeof miss - ml, "%s%d", ml ? "," : "", expect);
                 if (ml)
-                    problem(problems, "expert_indices", where, "layer %d: expert indices missing: %s (expected 0..%d)",
-                            l, miss, E - 1);
-                if (L[l].experts[L[l].nexp - 1] >= E)
-                    problem(problems, "expert_indices", where, "layer %d: expert index %d >= num_experts %d", l,
-                            L[l].experts[L[l].nexp - 1], E);
+                    problem(problems, "expert_indices", where,
+                            "layer %d: %s: expert indices missing: %s (expected 0..%d)", l, k_proj[pj], miss, E - 1);
+                if (X->v[X->n - 1] >= E)
+                    problem(problems, "expert_indices", where, "layer %d: %s: expert index %d >= num_experts %d", l,
+                            k_proj[pj], X->v[X->n - 1], E);
                 if (dl)
-                    problem(problems, "expert_indices", where, "layer %d: duplicate expert indices: %s", l, dup);
+                    problem(problems, "expert_indices", where, "layer %d: %s: duplicate expert indices: %s", l,
+                            k_proj[pj], dup);
             }
         }
     }
+    /* What the engine (and so convert and quantize) would refuse: the first
+     * thing mk_model_open fails on, on headers only. Often restates a problem
+     * above; alone it catches what the lists above cannot (a missing expert
+     * projection in a fused or stacked layout, compressed-tensors bits/group
+     * vs packed shapes, MLX mode vs scales, shapes that disagree with config). */
+    if (have_cfg && cfg.arch != MK_ARCH_UNKNOWN && mk_model_check(&cfg, ck) != MK_OK)
+        problem(problems, "engine_refuses", path, "the engine cannot load this checkpoint: %s", mk_err_msg());
     if (have_cfg && mk_config_has_recurrent_state(&cfg) &&
         (!strcmp(cfg.dtype, "float16") || bytes_by_dt[MK_DT_F16] > total_bytes / 2))
         problem(problems, "f16_recurrent", path,
@@ -527,9 +611,10 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
             s = mk_err(MK_E_NOMEM, "out of memory");
     }
     json_decref(rep);
-    for (int l = 0; l <= maxl; l++) {
+    for (int l = 0; l <= nl; l++) {
         modset_free(&L[l].present);
-        free(L[l].experts);
+        for (int pj = 0; pj < 3; pj++)
+            free(L[l].experts[pj].v);
     }
     free(L);
     modset_free(&global);

@@ -67,9 +67,20 @@ static mk_status check_shape(const mk_tensor_info *t, const vslice *s, int64_t l
                   shape_str(t, got, sizeof got), (long long)s->R, (long long)last);
 }
 
+/* Stand-in address of every view built by mk_model_check (check_only):
+ * the views are never read, only their shapes and formats are checked. */
+static const uint8_t k_check_dummy[16];
+
+/* The mapped bytes of t, or the stand-in when only checking. */
+static const uint8_t *ld_data(const mk_ld *ld, const mk_tensor_info *t) {
+    return ld->check_only ? k_check_dummy : mk_ckpt_data(ld->ck, t);
+}
+
 /* Address of row (e, row0) of a tensor whose rows are row_bytes long. */
 static const void *slice_ptr(const mk_ld *ld, const mk_tensor_info *t, const vslice *s,
                              size_t row_bytes) {
+    if (ld->check_only)
+        return k_check_dummy;
     const uint8_t *base = mk_ckpt_data(ld->ck, t);
     if (!base)
         return NULL;
@@ -146,13 +157,13 @@ static mk_status view_fp8(mk_ld *ld, const mk_tensor_info *t, const vslice *s, m
     w->block_c = bc;
     w->sdtype = st->dtype;
     w->data = slice_ptr(ld, t, s, (size_t)s->cols);
-    const uint8_t *sb = mk_ckpt_data(ld->ck, st);
+    const uint8_t *sb = ld_data(ld, st);
     if (!w->data || !sb)
         return no_map(t);
     size_t esz = mk_dtype_info(st->dtype)->bits / 8;
     w->scales = sb + (size_t)((s->e * gr + s->row0 / br) * gc) * esz;
     ld->seen_fp8 = true;
-    return ld->fp8_to_bf16 ? fp8_materialise(ld, t, w) : MK_OK;
+    return ld->fp8_to_bf16 && !ld->check_only ? fp8_materialise(ld, t, w) : MK_OK;
 }
 
 /* ---- MLX quantized ------------------------------------------------------ */
@@ -195,6 +206,15 @@ static mk_status view_mlx(mk_ld *ld, const char *mod, const mk_tensor_info *t, c
                                    [MK_QMODE_NVFP4] = MK_WF_NVFP4};
     if ((unsigned)mode > MK_QMODE_NVFP4)
         return mk_err(MK_E_UNSUPPORTED, "module '%s': unknown quantization mode", mod);
+    /* The mode must agree with the stored tensors: microscaled modes keep one
+     * scale byte (E8M0 / E4M3) per group and no biases; reading BF16 affine
+     * scales as exponent bytes would give silently wrong weights. */
+    if (mode != MK_QMODE_AFFINE && (sc->dtype != MK_DT_U8 || mk_ld_find(ld, "%s.biases", mod)))
+        return mk_err(MK_E_MISMATCH,
+                      "module '%s': config.json says mode %s, but the checkpoint stores %s scales%s "
+                      "(%s keeps U8 scales and no biases)",
+                      mod, mk_qmode_name(mode), mk_dtype_name(sc->dtype),
+                      mk_ld_find(ld, "%s.biases", mod) ? " and biases" : "", mk_qmode_name(mode));
     w->fmt = fmts[mode];
     w->bits = bits;
     w->group = group;
@@ -225,6 +245,15 @@ static mk_status view_mlx(mk_ld *ld, const char *mod, const mk_tensor_info *t, c
 
 static mk_status ct_biases(mk_ld *ld, const char *mod, const mk_tensor_info *sc, int64_t rows,
                            int64_t ng, mk_wt *w) {
+    if (ld->check_only) { /* the zero points' shape only; no biases are computed */
+        const mk_tensor_info *zp = mk_ld_find(ld, "%s.weight_zero_point", mod);
+        if (!ld->cfg->quant.ct_symmetric &&
+            (!zp || zp->dtype != MK_DT_I32 || zp->numel != (uint64_t)(cdiv(rows, 8) * ng)))
+            return mk_err(MK_E_FORMAT, "asymmetric INT4 module '%s': weight_zero_point missing or "
+                          "not I32 [%lld, %lld]", mod, (long long)cdiv(rows, 8), (long long)ng);
+        w->biases = k_check_dummy;
+        return MK_OK;
+    }
     size_t ssz = mk_dtype_info(sc->dtype)->bits / 8, n = (size_t)(rows * ng);
     void *bias = mk_model_alloc(ld->m, n * ssz);
     float *tmp = malloc(n * sizeof(float));
@@ -285,11 +314,13 @@ static mk_status view_ct(mk_ld *ld, const char *mod, const mk_tensor_info *t, co
     const mk_tensor_info *ws = mk_ld_find(ld, "%s.weight_shape", mod);
     if (ws) {
         int64_t dims[2] = {0, 0};
-        const uint8_t *p = mk_ckpt_data(ld->ck, ws);
-        for (int i = 0; p && ws->numel == 2 && i < 2; i++) {
+        uint8_t p[16]; /* read, not mapped: mk_model_check runs on unmapped checkpoints */
+        bool ok = ws->numel == 2 && (ws->dtype == MK_DT_I64 || ws->dtype == MK_DT_I32) &&
+                  mk_ckpt_read(ld->ck, ws, 0, p, (size_t)ws->nbytes) == MK_OK;
+        for (int i = 0; ok && i < 2; i++) {
             if (ws->dtype == MK_DT_I64)
                 memcpy(&dims[i], p + 8 * i, 8);
-            else if (ws->dtype == MK_DT_I32) {
+            else {
                 int32_t v;
                 memcpy(&v, p + 4 * i, 4);
                 dims[i] = v;
@@ -304,8 +335,8 @@ static mk_status view_ct(mk_ld *ld, const char *mod, const mk_tensor_info *t, co
     w->bits = 4;
     w->group = group;
     w->sdtype = sc->dtype;
-    w->data = mk_ckpt_data(ld->ck, t);
-    w->scales = mk_ckpt_data(ld->ck, sc);
+    w->data = ld_data(ld, t);
+    w->scales = ld_data(ld, sc);
     if (!w->data || !w->scales)
         return no_map(t);
     ld->seen_int4 = true;
@@ -367,6 +398,9 @@ mk_status mk_ld_vec(mk_ld *ld, const char *name, int64_t n, float **out) {
         return mk_err(MK_E_FORMAT, "tensor '%s': shape %s, expected %lld elements", name,
                       shape_str(t, got, sizeof got), (long long)n);
     }
+    *out = NULL;
+    if (ld->check_only)
+        return MK_OK;
     float *v = mk_model_alloc(ld->m, (size_t)n * sizeof(float));
     if (!v)
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for %lld floats", name, (long long)n);

@@ -20,6 +20,7 @@ typedef struct mk_ld {
     char head[64];   /* lm_head weight name */
     bool norm_plus1; /* zero-centred family stored raw (HF): gains get +1 at load */
     bool fp8_to_bf16; /* materialise FP8 weights as bf16 (mk_model_opts) */
+    bool check_only;  /* mk_model_check: headers only, no data read, no copies made */
     /* what was seen, for mk_model_layout */
     bool seen_fp8, seen_affine, seen_int4, seen_mx;
 } mk_ld;
@@ -41,7 +42,8 @@ mk_status mk_ld_linear(mk_ld *ld, const char *mod, int64_t rows, int64_t cols, m
 mk_status mk_ld_stacked(mk_ld *ld, const char *mod, const char *wname, int64_t E, int64_t e,
                         int64_t R, int64_t row0, int64_t rows, int64_t cols, mk_wt *out);
 
-/* Float32 copy (model-owned) of tensor `name`, which must hold n elements. */
+/* Float32 copy (model-owned) of tensor `name`, which must hold n elements.
+ * With check_only, the element count is checked and *out is NULL. */
 mk_status mk_ld_vec(mk_ld *ld, const char *name, int64_t n, float **out);
 
 #endif

@@ -82,11 +82,13 @@ static mk_status check_config(const mk_config *c) {
         if (c->num_heads % c->num_kv_heads)
             return mk_err(MK_E_FORMAT, "config.json: num_attention_heads %d is not a multiple of "
                           "num_key_value_heads %d", c->num_heads, c->num_kv_heads);
-        int rot = (int)(c->head_dim * c->rope.partial_rotary_factor);
+        /* in double first: a huge factor must not overflow the int conversion */
+        double rd = c->head_dim * c->rope.partial_rotary_factor;
+        int rot = rd >= 0 && rd <= c->head_dim ? (int)rd : -1;
         if (rot <= 0 || rot > c->head_dim || rot % 2)
-            return mk_err(MK_E_FORMAT, "config.json: rotary dims %d (head_dim %d x "
+            return mk_err(MK_E_FORMAT, "config.json: rotary dims %g (head_dim %d x "
                           "partial_rotary_factor %g) must be even and in 2..head_dim",
-                          rot, c->head_dim, c->rope.partial_rotary_factor);
+                          rd, c->head_dim, c->rope.partial_rotary_factor);
     }
     if (any_moe(c)) {
         MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
@@ -154,7 +156,9 @@ static void detect_norm_shift(mk_ld *ld) {
 }
 
 /* Expert indices in per-expert names must lie in 0..E-1 (gaps are caught
- * per layer when loading). */
+ * per layer when loading). DeepSeek stores its multi-token-prediction
+ * layers as model.layers.N.. with N >= num_hidden_layers: not used, not an
+ * error. */
 static mk_status check_expert_names(mk_ld *ld) {
     const mk_config *c = ld->cfg;
     size_t pl = strlen(ld->pfx);
@@ -162,6 +166,9 @@ static mk_status check_expert_names(mk_ld *ld) {
         const char *n = mk_ckpt_tensor(ld->ck, i)->name;
         int l, e, k = 0;
         if (strncmp(n, ld->pfx, pl) || strncmp(n + pl, ".layers.", 8))
+            continue;
+        if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
+            c->arch == MK_ARCH_DEEPSEEK_V3 && l >= c->num_layers)
             continue;
         if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
             (e < 0 || e >= c->num_experts || l < 0 || l >= c->num_layers))
@@ -178,7 +185,7 @@ static mk_status check_expert_names(mk_ld *ld) {
 static mk_status load_norm(mk_ld *ld, const char *name, int64_t n, bool zero_centred,
                            float **out) {
     MK_TRY(mk_ld_vec(ld, name, n, out));
-    if (zero_centred && ld->norm_plus1)
+    if (zero_centred && ld->norm_plus1 && *out)
         for (int64_t i = 0; i < n; i++)
             (*out)[i] += 1.0f;
     return MK_OK;
@@ -210,7 +217,7 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
 static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, nH = c->num_heads, ql = c->q_lora_rank, kl = c->kv_lora_rank;
-    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim;
+    int64_t qk = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim; /* no int overflow */
     char mod[256];
     if (ql > 0) {
         snprintf(mod, sizeof mod, "%s.self_attn.q_a_proj", p);
@@ -228,7 +235,8 @@ static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
     snprintf(mod, sizeof mod, "%s.self_attn.kv_a_layernorm.weight", p);
     MK_TRY(load_norm(ld, mod, kl, false, &a->kv_a_norm));
     snprintf(mod, sizeof mod, "%s.self_attn.kv_b_proj", p);
-    MK_TRY(mk_ld_linear(ld, mod, nH * (c->qk_nope_head_dim + c->v_head_dim), kl, &a->kv_b));
+    MK_TRY(mk_ld_linear(ld, mod, nH * ((int64_t)c->qk_nope_head_dim + c->v_head_dim), kl,
+                          &a->kv_b));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
     return mk_ld_linear(ld, mod, H, nH * c->v_head_dim, &a->o);
 }
@@ -454,6 +462,53 @@ mk_status mk_model_open(const char *path, mk_model **out) {
     return mk_model_open_ex(path, NULL, out);
 }
 
+/* A config count the tensors cannot support is an input error found before
+ * anything is sized by it: num_hidden_layers must not exceed the layers the
+ * checkpoint holds (1e9 layers would otherwise be allocated first). The other
+ * counts (vocab, hidden, experts, heads, intermediate sizes) are bounded by
+ * the shape checks of the first tensor they size, which come before any
+ * allocation they drive. */
+static mk_status check_layer_count(const mk_ld *ld) {
+    const mk_config *c = ld->cfg;
+    size_t pl = strlen(ld->pfx);
+    long long top = -1; /* highest layer index named in the checkpoint */
+    for (size_t i = 0; i < mk_ckpt_count(ld->ck); i++) {
+        const char *n = mk_ckpt_tensor(ld->ck, i)->name;
+        if (strncmp(n, ld->pfx, pl) || strncmp(n + pl, ".layers.", 8))
+            continue;
+        const char *d = n + pl + 8;
+        long long v = 0;
+        int k = 0;
+        while (d[k] >= '0' && d[k] <= '9' && k < 10)
+            v = v * 10 + (d[k++] - '0');
+        if (k > 0 && d[k] == '.' && v > top)
+            top = v;
+    }
+    if (c->num_layers > top + 1)
+        return mk_err(MK_E_FORMAT,
+                      "%s: config.json says num_hidden_layers %d, but the checkpoint holds tensors "
+                      "for %lld layer%s (%s.layers.N)",
+                      mk_ckpt_dir(ld->ck), c->num_layers, top + 1, top == 0 ? "" : "s", ld->pfx);
+    return MK_OK;
+}
+
+/* Everything mk_model_open checks and builds, shared with mk_model_check. */
+static mk_status load_all(mk_ld *ld, const char **expert_kind) {
+    mk_model *m = ld->m;
+    MK_TRY(check_config(ld->cfg));
+    MK_TRY(find_prefix(ld));
+    detect_norm_shift(ld);
+    MK_TRY(check_expert_names(ld));
+    MK_TRY(check_layer_count(ld));
+    MK_TRY(load_top(ld));
+    m->layers = mk_model_alloc(m, (size_t)ld->cfg->num_layers * sizeof(mk_layer_w));
+    if (!m->layers)
+        return mk_err(MK_E_NOMEM, "no memory for %d layers", ld->cfg->num_layers);
+    for (int i = 0; i < ld->cfg->num_layers; i++)
+        MK_TRY(load_layer(ld, i, &m->layers[i], expert_kind));
+    return MK_OK;
+}
+
 mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model **out) {
     *out = NULL;
     mk_model *m = calloc(1, sizeof *m);
@@ -462,25 +517,10 @@ mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model
     mk_status st = mk_ckpt_open(path, 0, &m->ck);
     if (st == MK_OK)
         st = mk_config_load(mk_ckpt_dir(m->ck), &m->cfg);
-    if (st == MK_OK)
-        st = check_config(&m->cfg);
     mk_ld ld = {.m = m, .ck = m->ck, .cfg = &m->cfg, .fp8_to_bf16 = opts && opts->fp8_to_bf16};
-    if (st == MK_OK)
-        st = find_prefix(&ld);
-    if (st == MK_OK) {
-        detect_norm_shift(&ld);
-        st = check_expert_names(&ld);
-    }
-    if (st == MK_OK)
-        st = load_top(&ld);
     const char *expert_kind = "dense";
-    if (st == MK_OK) {
-        m->layers = mk_model_alloc(m, (size_t)m->cfg.num_layers * sizeof(mk_layer_w));
-        if (!m->layers)
-            st = mk_err(MK_E_NOMEM, "no memory for %d layers", m->cfg.num_layers);
-    }
-    for (int i = 0; st == MK_OK && i < m->cfg.num_layers; i++)
-        st = load_layer(&ld, i, &m->layers[i], &expert_kind);
+    if (st == MK_OK)
+        st = load_all(&ld, &expert_kind);
     if (st != MK_OK) {
         if (m->ck)
             mk_err_wrap(st, "loading model %s", path);
@@ -496,6 +536,18 @@ mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model
     m->quantized = ld.seen_fp8 || ld.seen_affine || ld.seen_int4 || ld.seen_mx;
     *out = m;
     return MK_OK;
+}
+
+mk_status mk_model_check(const mk_config *cfg, const mk_ckpt *ck) {
+    mk_model m; /* only for the scratch allocations (layer and expert view arrays) */
+    memset(&m, 0, sizeof m);
+    mk_ld ld = {.m = &m, .ck = ck, .cfg = cfg, .check_only = true};
+    const char *expert_kind = "dense";
+    mk_status st = load_all(&ld, &expert_kind);
+    for (size_t i = 0; i < m.n_owned; i++)
+        free(m.owned[i]);
+    free(m.owned);
+    return st;
 }
 
 void mk_model_free(mk_model *m) {

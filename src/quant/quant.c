@@ -175,6 +175,43 @@ mk_status mk_quant_out_bytes(const mk_qparams *p, mk_dtype in_dt, int64_t rows, 
 
 /* ---- quantize / dequantize ---------------------------------------------- */
 
+/* An affine scale is (max - min) / (2^bits - 1) in float32: a group whose
+ * finite values span more than float32 holds (3e38 and -3e38) gets an
+ * infinite scale, which would dequantize to Inf/NaN. That is an input error
+ * (MLX stores the Inf); groups with NaN/Inf inputs are the caller's to
+ * count and refuse (mk_quant_count_nonfinite). The fp modes' scales are
+ * finite for every finite input. */
+static mk_status check_scales(const mk_qparams *p, mk_dtype in_dt, const void *in, int64_t rows, int64_t cols,
+                              const void *scales) {
+    if (p->mode != MK_QMODE_AFFINE)
+        return MK_OK;
+    const int64_t ng = cols / p->group;
+    const size_t es = in_dt == MK_DT_F32 ? 4 : 2; /* the scales are stored in the input dtype */
+    const unsigned char *sc = scales, *x0 = in;
+    float x[MK_Q_MAX_GROUP];
+    for (int64_t r = 0; r < rows; r++)
+        for (int64_t g = 0; g < ng; g++) {
+            if (isfinite(mk_q_load(in_dt, sc + (size_t)(r * ng) * es, g)))
+                continue;
+            mk_q_load_n(in_dt, x0 + (size_t)(r * cols) * es, g * p->group, p->group, x);
+            float lo = x[0], hi = x[0];
+            bool finite = true;
+            for (int j = 0; j < p->group; j++) {
+                finite = finite && isfinite(x[j]);
+                lo = x[j] < lo ? x[j] : lo;
+                hi = x[j] > hi ? x[j] : hi;
+            }
+            if (finite)
+                return mk_err(MK_E_FORMAT,
+                              "quantize: row %lld, columns %lld..%lld: values from %g to %g span more than "
+                              "float32 can hold, so the affine scale (max - min) / %d is infinite; refusing "
+                              "to store it (such a tensor cannot be affine-quantized)",
+                              (long long)r, (long long)(g * p->group), (long long)((g + 1) * p->group - 1),
+                              (double)lo, (double)hi, (1 << p->bits) - 1);
+        }
+    return MK_OK;
+}
+
 mk_status mk_quant_rows(const mk_qparams *p, mk_dtype in_dt, const void *in, int64_t rows, int64_t cols,
                         void *wq, void *scales, void *biases) {
     mk_quant_layout l;
@@ -191,7 +228,7 @@ mk_status mk_quant_rows(const mk_qparams *p, mk_dtype in_dt, const void *in, int
                       : !scales ? "scales"
                                 : "biases");
     g_ops[p->mode].rows(p, in_dt, in, rows, cols, wq, scales, biases);
-    return MK_OK;
+    return check_scales(p, in_dt, in, rows, cols, scales);
 }
 
 /* Is scale_dt what mode p stores its scales in? */

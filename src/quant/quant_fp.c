@@ -24,7 +24,9 @@
  * 2.5 gives e = 2. MLX's `where` promotes e back to T, so the byte is a
  * float -> uint8 cast of e + 127: undefined in C++ for e < -127 (amax below
  * about 2^-124, float32/bf16 only); Apple silicon, MLX's home, gives 0
- * (x86 would wrap), and so do we.
+ * (x86 would wrap), and so do we; but where MLX then divides by 2^e, we
+ * divide by the 2^-127 the byte stores (the one deliberate difference:
+ * MLX's codes there decode 2^(-127-e) times too large).
  *
  * The argmin over 16 entries reduces to 8 magnitudes: for x >= 0 every
  * negative entry is at least as far as its positive twin and comes later,
@@ -72,7 +74,12 @@ static fp_scale mx_scale(float amax, float maxval, const mk_qparams *p, mk_dtype
         float r = mk_q_rint(mk_q_round_to(t, (float)log2((double)s)));
         e = fabsf(r) < 1024.0f ? (int)r : 0; /* Inf/NaN only from non-finite input */
     }
-    fp_scale fs = {(uint8_t)(e < -127 ? 0 : e + 127), mk_q_round_to(t, ldexpf(1.0f, e)), t};
+    /* E8M0's floor is 2^-127 (byte 0). MLX stores byte 0 below it but still
+     * divides by 2^e, so its codes and its stored scale disagree (8x for
+     * e = -130). Dividing by the stored 2^-127 keeps them consistent, as the
+     * OCP MX spec clamps the shared exponent. */
+    e = e < -127 ? -127 : e;
+    fp_scale fs = {(uint8_t)(e + 127), mk_q_round_to(t, ldexpf(1.0f, e)), t};
     return fs;
 }
 

@@ -2,9 +2,9 @@
  *
  * Same algorithm as HF tokenizers' Word::merge_all: the word starts as one
  * symbol per character (looked up in the vocab, else byte-fallback <0xXX>
- * tokens, else the unk token, else dropped), every adjacent pair that has a
- * merge goes into a binary heap ordered by (rank, position), and the lowest
- * is applied until none is left. Entries made stale by an earlier merge are
+ * tokens, else the unk token, else an encode error: text is never dropped),
+ * every adjacent pair that has a merge goes into a binary heap ordered by
+ * (rank, position), and the lowest is applied until none is left. Entries made stale by an earlier merge are
  * recognised by re-checking the pair when popped, so each step is O(log n)
  * instead of rescanning the word.
  *
@@ -14,6 +14,7 @@
  * and bounded. */
 #include <pthread.h>
 #include <stdlib.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "tokenizer/tok_impl.h"
@@ -129,8 +130,10 @@ static merge heap_pop(merge *h, size_t *n) {
 }
 
 /* Look up one character of the word (with the subword prefix / word suffix
- * the model configures) and append its symbol(s). */
-static void add_char(const mk_tok *t, const char *c, size_t cl, bool first, bool last, sym *s,
+ * the model configures) and append its symbol(s). False when the character
+ * has no token, no unk token and no byte fallback: HF drops it silently;
+ * moekit refuses to lose text (the caller reports it). */
+static bool add_char(const mk_tok *t, const char *c, size_t cl, bool first, bool last, sym *s,
                      size_t *ns, bool *pending_unk) {
     char tmp[CACHE_MAX_WORD_BYTES + 8];
     size_t pl = (!first && t->cont_prefix) ? strlen(t->cont_prefix) : 0;
@@ -151,7 +154,7 @@ static void add_char(const mk_tok *t, const char *c, size_t cl, bool first, bool
             *pending_unk = false;
         }
         s[(*ns)++] = (sym){id, 0, 0, true};
-        return;
+        return true;
     }
     if (t->byte_fallback) {
         bool all = true;
@@ -160,25 +163,44 @@ static void add_char(const mk_tok *t, const char *c, size_t cl, bool first, bool
         if (all) {
             for (size_t i = 0; i < kl; i++)
                 s[(*ns)++] = (sym){t->byte_ids[(uint8_t)key[i]], 0, 0, true};
-            return;
+            return true;
         }
     }
-    if (t->unk_id >= 0) {
-        if (*pending_unk && !t->fuse_unk)
-            s[(*ns)++] = (sym){t->unk_id, 0, 0, true};
-        *pending_unk = true;
-    }
-    /* No unk token: HF drops the character; so do we. */
+    if (t->unk_id < 0)
+        return false;
+    if (*pending_unk && !t->fuse_unk)
+        s[(*ns)++] = (sym){t->unk_id, 0, 0, true};
+    *pending_unk = true;
+    return true;
+}
+
+/* The error for character c of a word that no token can represent. */
+static mk_status cannot_encode(const mk_tok *t, const char *c, size_t cl) {
+    size_t l;
+    uint32_t cp = tok_utf8_decode(c, cl, &l);
+    bool bl = false; /* a ByteLevel pre-tokenizer: the character stands for one input byte */
+    for (size_t i = 0; i < t->n_pre; i++)
+        bl = bl || t->pre[i].type == TOK_PRE_BYTELEVEL;
+    int b = bl ? tok_bl_byte(cp) : -1;
+    char bytes[16] = "";
+    if (b >= 0)
+        snprintf(bytes, sizeof bytes, "0x%02X", (unsigned)b & 0xFFu);
+    return mk_err(MK_E_FORMAT,
+                  "tokenizer %s: cannot encode %s%s%s (U+%04X \"%.*s\"): it is not in the vocabulary and "
+                  "the tokenizer has no unk token and no byte fallback; refusing to drop text",
+                  t->path, b >= 0 ? "byte " : "character", b >= 0 ? bytes : "", b >= 0 ? " of the input" : "",
+                  (unsigned)cp, (int)cl, c);
 }
 
 /* One symbol per character of the word, linked as a list. */
-static size_t init_symbols(const mk_tok *t, const char *w, size_t n, sym *s) {
+static mk_status init_symbols(const mk_tok *t, const char *w, size_t n, sym *s, size_t *out_ns) {
     size_t ns = 0;
     bool pending_unk = false;
     for (size_t i = 0; i < n;) {
         size_t cl;
         tok_utf8_decode(w + i, n - i, &cl);
-        add_char(t, w + i, cl, i == 0, i + cl >= n, s, &ns, &pending_unk);
+        if (!add_char(t, w + i, cl, i == 0, i + cl >= n, s, &ns, &pending_unk))
+            return cannot_encode(t, w + i, cl);
         i += cl;
     }
     if (pending_unk)
@@ -187,7 +209,8 @@ static size_t init_symbols(const mk_tok *t, const char *w, size_t n, sym *s) {
         s[i].prev = (int32_t)i - 1;
         s[i].next = i + 1 < ns ? (int32_t)i + 1 : -1;
     }
-    return ns;
+    *out_ns = ns;
+    return MK_OK;
 }
 
 /* Apply merges lowest rank first (leftmost on ties) until none applies.
@@ -237,9 +260,12 @@ static mk_status merge_word(const mk_tok *t, const char *w, size_t n, tok_ivec *
             return mk_err(MK_E_NOMEM, "tokenizer: out of memory for a %zu-byte word", n);
         }
     }
-    size_t ns = init_symbols(t, w, n, s);
-    run_merges(t, s, ns, h);
-    mk_status st = MK_OK;
+    size_t ns = 0;
+    mk_status st = init_symbols(t, w, n, s, &ns);
+    if (st == MK_OK)
+        run_merges(t, s, ns, h);
+    else
+        ns = 0;
     for (int32_t i = ns ? 0 : -1; i >= 0 && st == MK_OK; i = s[i].next)
         st = tok_ivec_push(out, s[i].id);
     if (s != ls) {

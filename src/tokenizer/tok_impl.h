@@ -137,7 +137,7 @@ struct mk_tok {
     tok_smap vocab;   /* model vocab: token string -> id */
     tok_pmap merges;  /* (left id, right id) -> (rank, merged id) */
     bool ignore_merges, byte_fallback, fuse_unk;
-    int32_t unk_id;   /* -1 = no unk token: unknown characters are dropped (as HF) */
+    int32_t unk_id;   /* -1 = no unk token: an unknown character is an encode error (HF drops it) */
     char *cont_prefix; /* continuing_subword_prefix, NULL if none or empty */
     char *eow_suffix;  /* end_of_word_suffix, NULL if none or empty */
     bool byte_fallback_tokens; /* all 256 <0xXX> tokens exist */

@@ -449,6 +449,15 @@ static mk_status load_added_one(mk_tok *t, const json_t *a, size_t i, arena *str
 
 /* ---- post_processor ------------------------------------------------------ */
 
+/* A BOS/EOS id the post-processor adds must be a token of the vocabulary:
+ * it goes to the model as it is. */
+static mk_status post_id(const mk_tok *t, const char *where, int32_t id) {
+    if ((size_t)id < t->n_ids && (t->id_flags[id] & TOK_ID_PRESENT))
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "%s: field '%s': id %d is not a token of the vocabulary (ids 0..%zu)", t->path,
+                  where, (int)id, t->n_ids ? t->n_ids - 1 : 0);
+}
+
 static mk_status template_special(mk_tok *t, const json_t *pp, const json_t *item, const char *where,
                                   tok_ivec *dst) {
     const json_t *name = json_object_get(item, "id");
@@ -463,6 +472,7 @@ static mk_status template_special(mk_tok *t, const json_t *pp, const json_t *ite
     for (size_t k = 0; k < json_array_size(ids); k++) {
         int32_t id;
         MK_TRY(get_id(t, json_array_get(ids, k), "post_processor.special_tokens[].ids[]", &id));
+        MK_TRY(post_id(t, "post_processor.special_tokens[].ids[]", id));
         MK_TRY(tok_ivec_push(dst, id));
     }
     return MK_OK;
@@ -498,6 +508,7 @@ static mk_status load_cls_sep(mk_tok *t, const json_t *pp, const char *where) {
         snprintf(sub, sizeof sub, "%s.%s[1]", where, keys[k]);
         int32_t id;
         MK_TRY(get_id(t, json_array_get(pair, 1), sub, &id));
+        MK_TRY(post_id(t, sub, id));
         MK_TRY(tok_ivec_push(k == 0 ? &t->post_prefix : &t->post_suffix, id));
     }
     return MK_OK;
@@ -618,6 +629,16 @@ static mk_status build_bytes(mk_tok *t, const int *steps, size_t nsteps) {
 
 /* ---- configs ------------------------------------------------------------- */
 
+/* An id named by tokenizer_config.json / generation_config.json must be a
+ * token of this tokenizer: an EOS id that never comes out would never stop
+ * generation, a BOS id outside the vocab would be fed to the model. */
+static mk_status known_id(const mk_tok *t, const char *file, const char *field, int32_t id) {
+    if (id >= 0 && (size_t)id < t->n_ids && (t->id_flags[id] & TOK_ID_PRESENT))
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "%s: field '%s': id %d is not a token of %s (ids 0..%zu)", file, field,
+                  (int)id, t->path, t->n_ids ? t->n_ids - 1 : 0);
+}
+
 static mk_status add_eos(mk_tok *t, int32_t id) {
     for (size_t i = 0; i < t->eos.n; i++)
         if (t->eos.p[i] == id)
@@ -669,16 +690,22 @@ static mk_status gen_config(mk_tok *t, const char *file, const json_t *gc) {
             snprintf(where, sizeof where, "eos_token_id[%zu]", i);
             if (get_id(t, json_array_get(e, i), where, &id) != MK_OK)
                 return mk_err_wrap(MK_E_FORMAT, "%s", file);
+            MK_TRY(known_id(t, file, where, id));
             MK_TRY(add_eos(t, id));
         }
     } else if (e && !json_is_null(e)) {
         if (get_id(t, e, "eos_token_id", &id) != MK_OK)
             return mk_err_wrap(MK_E_FORMAT, "%s", file);
+        MK_TRY(known_id(t, file, "eos_token_id", id));
         MK_TRY(add_eos(t, id));
     }
     const json_t *b = json_object_get(gc, "bos_token_id");
-    if (t->bos_id < 0 && json_is_integer(b) && get_id(t, b, "bos_token_id", &id) == MK_OK)
+    if (t->bos_id < 0 && b && !json_is_null(b)) {
+        if (get_id(t, b, "bos_token_id", &id) != MK_OK)
+            return mk_err_wrap(MK_E_FORMAT, "%s", file);
+        MK_TRY(known_id(t, file, "bos_token_id", id));
         t->bos_id = id;
+    }
     return MK_OK;
 }
 
@@ -745,6 +772,7 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         st = mk_err(MK_E_FORMAT, "%s: field 'model': expected an object, found %s", path, jt(model));
     else if (!json_is_object(vocab))
         st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab': expected an object, found %s", path, jt(vocab));
+
     else if (added && !json_is_null(added) && !json_is_array(added))
         st = mk_err(MK_E_FORMAT, "%s: field 'added_tokens': expected an array, found %s", path, jt(added));
     if (st == MK_OK)
@@ -764,6 +792,8 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         t->dec_join_space = !dec || json_is_null(dec);
         st = build_bytes(t, chain.steps, chain.n);
     }
+    if (st == MK_OK && json_object_size(vocab) == 0)
+        st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab' is empty: no text could be encoded", path);
     json_decref(root);
     return st;
 }
@@ -857,6 +887,24 @@ void mk_tok_free(mk_tok *t) {
 }
 
 size_t mk_tok_vocab_size(const mk_tok *t) { return t ? t->n_ids : 0; }
+
+mk_status mk_tok_check_model_vocab(const mk_tok *t, int64_t vocab_size) {
+    for (size_t i = 0; i < t->n_added; i++)
+        if (t->added[i].id >= vocab_size)
+            return mk_err(MK_E_MISMATCH,
+                          "%s: added token \"%.60s\" has id %d, outside the model's vocabulary "
+                          "(config.json vocab_size %lld): the model has no embedding for it",
+                          t->path, t->added[i].content, (int)t->added[i].id, (long long)vocab_size);
+    for (size_t i = 0; i < t->eos.n; i++)
+        if (t->eos.p[i] >= vocab_size)
+            return mk_err(MK_E_MISMATCH, "%s: EOS id %d is outside the model's vocabulary (config.json "
+                          "vocab_size %lld): generation could never stop on it",
+                          t->path, (int)t->eos.p[i], (long long)vocab_size);
+    if (t->bos_id >= vocab_size)
+        return mk_err(MK_E_MISMATCH, "%s: BOS id %d is outside the model's vocabulary (config.json vocab_size "
+                      "%lld)", t->path, (int)t->bos_id, (long long)vocab_size);
+    return MK_OK;
+}
 
 int32_t mk_tok_token_id(const mk_tok *t, const char *token) {
     int32_t id;

@@ -3,7 +3,8 @@
  *
  * Input = tokenizer JSON, then optionally a 0x00 byte and a text to encode.
  * The JSON goes through a memfd so the real file-reading path runs. Any
- * status is acceptable; crashes, leaks and UB are not. The library is built
+ * status is acceptable; crashes, leaks and UB are not, nor an encode that
+ * changes its answer on a second call or yields an id outside the vocab. The library is built
  * with -fsanitize=fuzzer-no-link under MK_FUZZ, so coverage reaches it. */
 #include <stdint.h>
 #include <stdio.h>
@@ -32,9 +33,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     mk_tok *t = NULL;
     if (mk_tok_load(path, &t) == MK_OK) {
+        /* the model-vocabulary check (run/eval/profile) at a size from the input */
+        (void)mk_tok_check_model_vocab(t, (int64_t)(size ? data[size - 1] : 0) * 17);
         int32_t *ids = NULL;
         size_t n = 0;
-        if (mk_tok_encode(t, text, tn, MK_TOK_ADD_SPECIAL, &ids, &n) == MK_OK) {
+        mk_status first = mk_tok_encode(t, text, tn, MK_TOK_ADD_SPECIAL, &ids, &n);
+        /* text that cannot be encoded is an error, never dropped: the same
+         * text must fail (or succeed) again, whatever the word cache holds */
+        int32_t *again = NULL;
+        size_t n2 = 0;
+        if (mk_tok_encode(t, text, tn, MK_TOK_ADD_SPECIAL, &again, &n2) != first ||
+            (first == MK_OK && (n2 != n || memcmp(again, ids, n * sizeof *ids) != 0)))
+            abort();
+        free(again);
+        for (size_t i = 0; first == MK_OK && i < n; i++)
+            if (ids[i] < 0 || (size_t)ids[i] >= mk_tok_vocab_size(t))
+                abort(); /* an id outside the tokenizer's own id space */
+        if (first == MK_OK) {
             char *out = NULL;
             size_t on = 0;
             if (mk_tok_decode(t, ids, n, false, &out, &on) == MK_OK)

@@ -225,10 +225,14 @@ def fp_group(mode, ws, dt, gs):
             e = 0
         else:
             e = int(rint(round_to(dt, math.log2(s))))
-        div = round_to(dt, 2.0 ** e)
         # MLX's where() makes e a float again; its uint8 cast of a negative
-        # value is undefined in C++, and Apple silicon (MLX's home) gives 0
-        byte = max(e + 127, 0)
+        # value is undefined in C++, and Apple silicon (MLX's home) gives 0,
+        # the byte of 2^-127. MLX still divides by 2^e, so its codes disagree
+        # with the scale it stores; moekit divides by the stored 2^-127 (the
+        # E8M0 floor, as the OCP MX spec clamps the shared exponent).
+        e = max(e, -127)
+        div = round_to(dt, 2.0 ** e)
+        byte = e + 127
         sc32 = f32(2.0 ** (byte - 127))
         sct = round_to(dt, 2.0 ** (byte - 127))
     else:

@@ -67,7 +67,8 @@ static void del(ck *c, const char *name) {
     " \"vocab_size\": 16, \"moe_intermediate_size\": 32, \"intermediate_size\": 128, \"num_experts\": 4," \
     " \"num_experts_per_tok\": 2, \"rms_norm_eps\": 1e-6, \"tie_word_embeddings\": false%s}"
 
-/* A one-layer qwen3_moe with 4 experts of [32, 64]; `wdt` for the expert weights. */
+/* A complete one-layer qwen3_moe (convert refuses what the engine could not
+ * load) with 4 experts of [32, 64]; `wdt` for the expert weights. */
 static void base(ck *c, mk_dtype wdt) {
     c->n = 0;
     add(c, "model.embed_tokens.weight", MK_DT_BF16, 2, 16, 64, 0, NULL);
@@ -76,6 +77,11 @@ static void base(ck *c, mk_dtype wdt) {
     add(c, "model.layers.0.input_layernorm.weight", MK_DT_BF16, 1, 64, 0, 0, NULL);
     add(c, "model.layers.0.post_attention_layernorm.weight", MK_DT_BF16, 1, 64, 0, 0, NULL);
     add(c, "model.layers.0.self_attn.q_proj.weight", MK_DT_BF16, 2, 64, 64, 0, NULL);
+    add(c, "model.layers.0.self_attn.k_proj.weight", MK_DT_BF16, 2, 32, 64, 0, NULL);
+    add(c, "model.layers.0.self_attn.v_proj.weight", MK_DT_BF16, 2, 32, 64, 0, NULL);
+    add(c, "model.layers.0.self_attn.o_proj.weight", MK_DT_BF16, 2, 64, 64, 0, NULL);
+    add(c, "model.layers.0.self_attn.q_norm.weight", MK_DT_BF16, 1, 32, 0, 0, NULL);
+    add(c, "model.layers.0.self_attn.k_norm.weight", MK_DT_BF16, 1, 32, 0, 0, NULL);
     add(c, "model.layers.0.mlp.gate.weight", MK_DT_BF16, 2, 4, 64, 0, NULL);
     static const char *const pr[] = {"gate_proj", "up_proj", "down_proj"};
     for (int e = 0; e < 4; e++)

@@ -48,6 +48,21 @@ static void expect(const mk_tok *t, const char *text, unsigned flags, const int3
     free(ids);
 }
 
+/* Text with a character no token represents (no unk, no byte fallback):
+ * HF drops it; moekit refuses to lose text and names the character. */
+static void expect_refused(const mk_tok *t, const char *text, const char *what) {
+    int32_t *ids = NULL;
+    size_t n = 0;
+    mk_status st = mk_tok_encode(t, text, strlen(text), 0, &ids, &n);
+    if (st == MK_OK) {
+        free(ids);
+        fail_msg("\"%s\": encoded to %zu ids, expected a refusal", text, n);
+    }
+    assert_int_equal(st, MK_E_FORMAT);
+    if (!strstr(mk_err_msg(), "cannot encode") || !strstr(mk_err_msg(), what))
+        fail_msg("\"%s\": message \"%s\" does not name %s", text, mk_err_msg(), what);
+}
+
 #define EXPECT(t, text, flags, ...)                                        \
     do {                                                                   \
         static const int32_t w_[] = {__VA_ARGS__};                         \
@@ -93,7 +108,9 @@ static void test_regex_whitespace(void **state) {
                          "\"behavior\": \"Removed\", \"invert\": false}");
     EXPECT(t, "a b", 0, 0, 1);              /* split at the space: no a+b merge */
     EXPECT(t, "a\u3000b", 0, 0, 1);        /* ideographic space is White_Space */
-    EXPECT(t, "a\xe1\xa0\x8e" "b", 0, 5); /* one word; U+180E is dropped, a+b merge */
+    /* U+180E is not removed as a space, so it reaches the vocab, which lacks
+     * it: refused (as a space it would be removed, giving 0 1). */
+    expect_refused(t, "a\xe1\xa0\x8e" "b", "U+180E");
     mk_tok_free(t);
 }
 
@@ -164,10 +181,12 @@ static void test_unk_and_byte_fallback(void **state) {
     assert_string_equal(text, "\xef\xbf\xbd");
     free(text);
     mk_tok_free(t);
-    /* No unk token, no fallback: unknown characters are dropped, as HF does. */
+    /* No unk token, no fallback: HF drops unknown characters; moekit
+     * refuses the text (issue 9 item 13: never dropped text). */
     t = make("", "");
-    EXPECT(t, "a?c", 0, 0, 2);
-    EXPECT(t, "a?b", 0, 5); /* the dropped character does not block the a+b merge */
+    expect_refused(t, "a?c", "U+003F");
+    expect_refused(t, "a?b", "U+003F");
+    EXPECT(t, "abc", 0, 6); /* the tokenizer still works after a refusal */
     mk_tok_free(t);
 }
 
@@ -198,7 +217,7 @@ static void test_nfc_normalized_added(void **state) {
                  "\"added_tokens\": [{\"id\": 24, \"content\": \"e\\u0301\", \"special\": true, "
                  "\"normalized\": false}]");
     EXPECT(t, "e\xcc\x81", 0, 24);
-    expect(t, "\xc3\xa9", 0, NULL, 0); /* precomposed é: not the token, not in the vocab: dropped */
+    expect_refused(t, "\xc3\xa9", "U+00E9"); /* precomposed é: not the token, not in the vocab */
     mk_tok_free(t);
 }
 
