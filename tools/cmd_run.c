@@ -136,7 +136,8 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 fwrite(txt, 1, len, stdout);
             else if (!ts)
                 printf("%s%d", ngen > 1 ? "," : "", id);
-            fflush(stdout);
+            if (mk_cli_stdout_failed()) /* stop: main() reports it and exits 1 */
+                break;
         }
         if (ngen >= o->max_tokens)
             break;
@@ -256,7 +257,7 @@ static mk_status interactive(run_ctx *r) {
     if (st == MK_OK && r->o->system)
         msgs[n++] = (mk_chat_msg){"system", r->o->system, NULL};
     char line[8192];
-    while (st == MK_OK && n + 2 < cap) {
+    while (st == MK_OK && n + 2 < cap && !mk_cli_stdout_failed()) {
         fprintf(stderr, "> ");
         if (!fgets(line, sizeof line, stdin))
             break;
