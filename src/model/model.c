@@ -64,6 +64,7 @@ static mk_status check_config(const mk_config *c) {
                       c->text_model_type[0] ? c->text_model_type : c->model_type,
                       c->architecture[0] ? c->architecture : "no architectures field",
                       mk_arch_supported());
+    MK_TRY(mk_config_check(c)); /* values the math cannot honour, features it lacks */
     MK_TRY(need_pos(c, "vocab_size", c->vocab_size));
     MK_TRY(need_pos(c, "hidden_size", c->hidden_size));
     MK_TRY(need_pos(c, "num_hidden_layers", c->num_layers));
@@ -94,7 +95,7 @@ static mk_status check_config(const mk_config *c) {
             return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
                           "(num_experts)", c->num_experts_per_tok, c->num_experts);
         if (c->arch == MK_ARCH_DEEPSEEK_V3) {
-            int g = c->n_group > 0 ? c->n_group : 1, tg = c->topk_group > 0 ? c->topk_group : 1;
+            int g = c->n_group, tg = c->topk_group; /* both > 0: mk_config_check */
             if (c->num_experts % g || tg > g || c->num_experts / g < 2 ||
                 c->num_experts_per_tok > tg * (c->num_experts / g))
                 return mk_err(MK_E_FORMAT, "config.json: n_group %d / topk_group %d do not fit "
@@ -366,6 +367,22 @@ static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, co
     if (c->arch == MK_ARCH_DEEPSEEK_V3) {
         snprintf(mod, sizeof mod, "%s.mlp.gate.e_score_correction_bias", p);
         MK_TRY(mk_ld_vec(ld, mod, E, &moe->e_bias));
+    }
+    if (c->shared_intermediate_size <= 0) {
+        /* a shared expert the config does not announce would be silently dropped */
+        static const char *const sh[] = {"shared_expert.gate_proj", "shared_experts.gate_proj",
+                                         "shared_expert_gate"};
+        for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+            snprintf(mod, sizeof mod, "%s.mlp.%s", p, sh[i]);
+            if (has_module(ld, mod))
+                return mk_err(MK_E_MISMATCH, "config.json: %s is %d but the checkpoint has "
+                              "'%s' (layer %d): the shared expert would be ignored",
+                              c->arch == MK_ARCH_DEEPSEEK_V3 ? "n_shared_experts"
+                                                             : "shared_expert_intermediate_size",
+                              c->arch == MK_ARCH_DEEPSEEK_V3 ? c->n_shared_experts
+                                                             : c->shared_intermediate_size,
+                              mod, layer);
+        }
     }
     if (c->shared_intermediate_size > 0) {
         moe->has_shared = true;

@@ -1,0 +1,210 @@
+/* What the engine's math honours in a config.json, and the refusal of
+ * everything else.
+ *
+ * mk_config_parse() reads what it can; this file decides whether the values
+ * read describe a model the engine computes exactly. A value that cannot be
+ * right (rope_theta <= 0, rms_norm_eps < 0, a yarn factor below 1) or a
+ * feature the engine does not implement (a rope type other than default and
+ * yarn, an activation other than silu, attention or MLP biases, sliding
+ * windows, unknown layer types, ...) is refused here, naming the field with
+ * the value expected vs found, instead of being silently ignored. The table
+ * in docs/CONFIG_KEYS.md lists every key each family reads and the refusal
+ * that guards it; tests/unit/test_config_keys.c walks that table.
+ *
+ * compressed-tensors has its own check (mk_ct_check) because convert and
+ * the engine both call it per module: one message for one subset. */
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "moekit/config.h"
+
+/* Refusal of `field`: expected vs found, MK_E_UNSUPPORTED for features and
+ * MK_E_FORMAT for impossible values (both exit 2). */
+#define REFUSE(st, field, ...) return mk_err(st, "config.json: " field ": " __VA_ARGS__)
+
+static bool finite_pos(double v) { return isfinite(v) && v > 0; }
+
+static mk_status check_rope(const mk_config *c) {
+    const mk_rope *r = &c->rope;
+    if (!finite_pos(r->theta))
+        REFUSE(MK_E_FORMAT, "rope_theta", "expected a finite number > 0, found %g", r->theta);
+    if (!isfinite(r->partial_rotary_factor) || r->partial_rotary_factor <= 0 ||
+        r->partial_rotary_factor > 1)
+        REFUSE(MK_E_FORMAT, "partial_rotary_factor", "expected a number in (0, 1], found %g",
+               r->partial_rotary_factor);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && r->partial_rotary_factor != 1)
+        REFUSE(MK_E_UNSUPPORTED, "partial_rotary_factor",
+               "deepseek_v3 rotates qk_rope_head_dim dims, expected 1 (or absent), found %g",
+               r->partial_rotary_factor);
+    if (!strcmp(r->type, "default"))
+        return MK_OK;
+    if (strcmp(r->type, "yarn"))
+        REFUSE(MK_E_UNSUPPORTED, "rope_type",
+               "'%s' is not implemented (implemented: default, yarn); its frequencies would be "
+               "silently wrong", r->type);
+    if (!isfinite(r->factor) || r->factor < 1)
+        REFUSE(MK_E_FORMAT, "rope_type yarn: factor", "expected a finite number >= 1, found %g",
+               r->factor);
+    if (!finite_pos(r->beta_fast) || !finite_pos(r->beta_slow) || r->beta_fast < r->beta_slow)
+        REFUSE(MK_E_FORMAT, "rope_type yarn: beta_fast / beta_slow",
+               "expected finite numbers with beta_fast >= beta_slow > 0, found %g / %g",
+               r->beta_fast, r->beta_slow);
+    if (r->orig_max_pos < 0 || !isfinite(r->orig_max_pos) ||
+        (r->orig_max_pos == 0 && c->max_position_embeddings <= 0))
+        REFUSE(MK_E_FORMAT, "rope_type yarn: original_max_position_embeddings",
+               "expected a number > 0 (or max_position_embeddings > 0), found %g",
+               r->orig_max_pos);
+    if (!isfinite(r->mscale) || r->mscale < 0 || !isfinite(r->mscale_all_dim) ||
+        r->mscale_all_dim < 0)
+        REFUSE(MK_E_FORMAT, "rope_type yarn: mscale / mscale_all_dim",
+               "expected finite numbers >= 0, found %g / %g", r->mscale, r->mscale_all_dim);
+    if (!isfinite(r->attention_factor) || (r->attention_factor < 0 && r->attention_factor != -1))
+        REFUSE(MK_E_FORMAT, "rope_type yarn: attention_factor",
+               "expected a finite number >= 0, found %g", r->attention_factor);
+    if (!r->truncate)
+        REFUSE(MK_E_UNSUPPORTED, "rope_type yarn: truncate",
+               "false is not implemented (the engine floors/ceils the correction range, as "
+               "truncate true)");
+    return MK_OK;
+}
+
+static mk_status check_layers(const mk_config *c) {
+    bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
+    if (c->bad_layer_type >= 0)
+        REFUSE(MK_E_UNSUPPORTED, "layer_types",
+               "entry %d is '%s'; %s implements %s", c->bad_layer_type, c->bad_layer_type_name,
+               mk_arch_name(c->arch),
+               hybrid ? "linear_attention and full_attention" : "full_attention only");
+    if (c->n_layer_types >= 0 && c->n_layer_types != c->num_layers)
+        REFUSE(MK_E_FORMAT, "layer_types", "expected %d entries (num_hidden_layers), found %d",
+               c->num_layers, c->n_layer_types);
+    if (hybrid && c->n_layer_types < 0 && c->full_attention_interval <= 0)
+        REFUSE(MK_E_FORMAT, "full_attention_interval", "expected an integer > 0, found %d",
+               c->full_attention_interval);
+    if (c->decoder_sparse_step <= 0)
+        REFUSE(MK_E_FORMAT, "decoder_sparse_step", "expected an integer > 0, found %d",
+               c->decoder_sparse_step);
+    for (int i = 0; i < c->n_mlp_only_layers; i++)
+        if (c->mlp_only_layers[i] < 0 || c->mlp_only_layers[i] >= c->num_layers)
+            REFUSE(MK_E_FORMAT, "mlp_only_layers",
+                   "entry %d is layer %d, expected 0..%d (num_hidden_layers - 1)", i,
+                   c->mlp_only_layers[i], c->num_layers - 1);
+    return MK_OK;
+}
+
+static mk_status check_deepseek(const mk_config *c) {
+    if (c->n_group <= 0)
+        REFUSE(MK_E_FORMAT, "n_group", "expected an integer > 0, found %d", c->n_group);
+    if (c->topk_group <= 0 || c->topk_group > c->n_group)
+        REFUSE(MK_E_FORMAT, "topk_group", "expected an integer in 1..%d (n_group), found %d",
+               c->n_group, c->topk_group);
+    if (strcmp(c->scoring_func, "sigmoid"))
+        REFUSE(MK_E_UNSUPPORTED, "scoring_func",
+               "'%s' is not implemented for deepseek_v3 (expected sigmoid)", c->scoring_func);
+    if (c->topk_method[0] && strcmp(c->topk_method, "noaux_tc"))
+        REFUSE(MK_E_UNSUPPORTED, "topk_method",
+               "'%s' is not implemented (expected noaux_tc: grouped top-k with "
+               "e_score_correction_bias)", c->topk_method);
+    if (!isfinite(c->routed_scaling_factor) || c->routed_scaling_factor <= 0)
+        REFUSE(MK_E_FORMAT, "routed_scaling_factor", "expected a finite number > 0, found %g",
+               c->routed_scaling_factor);
+    if (c->moe_layer_freq != 1)
+        REFUSE(MK_E_UNSUPPORTED, "moe_layer_freq",
+               "expected 1 (every layer from first_k_dense_replace on is MoE), found %d",
+               c->moe_layer_freq);
+    if (c->first_k_dense_replace < 0 || c->first_k_dense_replace > c->num_layers)
+        REFUSE(MK_E_FORMAT, "first_k_dense_replace", "expected 0..%d (num_hidden_layers), found %d",
+               c->num_layers, c->first_k_dense_replace);
+    if (c->qk_head_dim && c->qk_head_dim != c->qk_nope_head_dim + c->qk_rope_head_dim)
+        REFUSE(MK_E_FORMAT, "qk_head_dim",
+               "expected %d (qk_nope_head_dim %d + qk_rope_head_dim %d), found %d",
+               c->qk_nope_head_dim + c->qk_rope_head_dim, c->qk_nope_head_dim,
+               c->qk_rope_head_dim, c->qk_head_dim);
+    if (c->q_lora_rank < 0)
+        REFUSE(MK_E_FORMAT, "q_lora_rank", "expected an integer >= 0 (0: no q compression), "
+               "found %d", c->q_lora_rank);
+    return MK_OK;
+}
+
+mk_status mk_config_check(const mk_config *c) {
+    if (c->arch == MK_ARCH_UNKNOWN)
+        return mk_err(MK_E_UNSUPPORTED, "config.json: model_type '%s' is not supported; supported: %s",
+                      c->text_model_type[0] ? c->text_model_type : c->model_type, mk_arch_supported());
+    if (!isfinite(c->rms_norm_eps) || c->rms_norm_eps < 0)
+        REFUSE(MK_E_FORMAT, "rms_norm_eps", "expected a finite number >= 0, found %g", c->rms_norm_eps);
+    if (c->max_position_embeddings < 0)
+        REFUSE(MK_E_FORMAT, "max_position_embeddings", "expected an integer >= 0, found %d",
+               c->max_position_embeddings);
+    if (strcmp(c->hidden_act, "silu"))
+        REFUSE(MK_E_UNSUPPORTED, "hidden_act", "'%s' is not implemented (expected silu)",
+               c->hidden_act);
+    if (c->attention_bias)
+        REFUSE(MK_E_UNSUPPORTED, "attention_bias",
+               "true is not implemented (the engine's attention projections have no bias)");
+    if (c->mlp_bias)
+        REFUSE(MK_E_UNSUPPORTED, "mlp_bias",
+               "true is not implemented (the engine's MLP projections have no bias)");
+    if (c->use_sliding_window)
+        REFUSE(MK_E_UNSUPPORTED, "use_sliding_window",
+               "true is not implemented (every layer attends to the whole context)");
+    if (c->n_shared_experts < 0)
+        REFUSE(MK_E_FORMAT, "n_shared_experts", "expected an integer >= 0, found %d",
+               c->n_shared_experts);
+    if (c->shared_intermediate_size < 0)
+        REFUSE(MK_E_FORMAT, "shared_expert_intermediate_size", "expected an integer >= 0, found %d",
+               c->shared_intermediate_size);
+    MK_TRY(check_rope(c));
+    MK_TRY(check_layers(c));
+    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+        MK_TRY(check_deepseek(c));
+    if (c->quant.method == MK_QM_CT)
+        MK_TRY(mk_ct_check(&c->quant, "config.json", NULL, -1));
+    return MK_OK;
+}
+
+/* "WHERE: compressed-tensors FIELD: DETAIL; moekit implements ...": the one
+ * message convert and the engine both print. */
+static mk_status ct_refuse(const char *where, const char *field, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static mk_status ct_refuse(const char *where, const char *field, const char *fmt, ...) {
+    char detail[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(detail, sizeof detail, fmt, ap);
+    va_end(ap);
+    return mk_err(MK_E_UNSUPPORTED,
+                  "%s: compressed-tensors %s: %s; moekit implements pack-quantized 4-bit int "
+                  "weights with strategy group, group_size > 0, and zero points exactly when "
+                  "symmetric is false", where, field, detail);
+}
+
+mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int has_zero_point) {
+    if (q->method != MK_QM_CT)
+        return MK_OK;
+    if (q->ct_n_groups != 1)
+        return ct_refuse(where, "config_groups", "expected exactly one group, found %d",
+                         q->ct_n_groups);
+    if (strcmp(q->ct_format, "pack-quantized"))
+        return ct_refuse(where, "format", "'%s' is not implemented",
+                         q->ct_format[0] ? q->ct_format : "(none)");
+    if (strcmp(q->ct_type, "int"))
+        return ct_refuse(where, "weights.type", "'%s' is not implemented", q->ct_type);
+    if (q->ct_bits != 4)
+        return ct_refuse(where, "weights.num_bits", "%d is not implemented", q->ct_bits);
+    if (q->ct_strategy[0] && strcmp(q->ct_strategy, "group"))
+        return ct_refuse(where, "weights.strategy", "'%s' is not implemented", q->ct_strategy);
+    if (q->ct_group_size <= 0)
+        return ct_refuse(where, "weights.group_size", "%d is not implemented", q->ct_group_size);
+    if (q->ct_dynamic)
+        return ct_refuse(where, "weights.dynamic",
+                         "true (weights quantized at run time) is not a stored format");
+    if (has_zero_point == 0 && !q->ct_symmetric)
+        return ct_refuse(where, "weights.symmetric",
+                         "false but module '%s' has no weight_zero_point", mod ? mod : "?");
+    if (has_zero_point > 0 && q->ct_symmetric)
+        return ct_refuse(where, "weights.symmetric", "true but module '%s' has a weight_zero_point",
+                         mod ? mod : "?");
+    return MK_OK;
+}
