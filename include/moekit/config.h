@@ -107,6 +107,7 @@ typedef struct mk_config {
     int moe_intermediate_size;    /* routed expert */
     int shared_intermediate_size; /* shared expert(s) total (0: none) */
     int num_experts, num_experts_per_tok;
+    char experts_key[20];         /* which key gave num_experts (for messages) */
     bool norm_topk_prob;
     int decoder_sparse_step;
     int *mlp_only_layers;

@@ -119,6 +119,34 @@ static int get_int_any(rd *r, json_t *o, const char *const *keys, int def) {
     return def;
 }
 
+/* A rope value given in two places (top level, rope_scaling, rope_parameters)
+ * must agree: "later wins" would silently drop one of them. */
+static void rope_agree(rd *r, json_t *tc, const char *const *blocks, const char *key) {
+    json_t *first = NULL;
+    const char *from = NULL;
+    for (int b = -1; b < 2; b++) {
+        json_t *o = b < 0 ? tc : json_object_get(tc, blocks[b]);
+        json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
+        if (!v || json_is_null(v))
+            continue;
+        if (!first) {
+            first = v;
+            from = b < 0 ? "the top level" : blocks[b];
+        } else if (!json_equal(first, v) &&
+                   !(json_is_number(first) && json_is_number(v) &&
+                     json_number_value(first) == json_number_value(v)) &&
+                   r->s == MK_OK) {
+            char *a = json_dumps(first, JSON_ENCODE_ANY | JSON_COMPACT);
+            char *c = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            r->s = mk_err(MK_E_FORMAT, "%s: %s is %.40s in %s but %.40s in %s: which one the "
+                          "model was trained with is ambiguous", r->what, key, a ? a : "?", from,
+                          c ? c : "?", b < 0 ? "the top level" : blocks[b]);
+            free(a);
+            free(c);
+        }
+    }
+}
+
 static void parse_rope(rd *r, json_t *tc, mk_rope *rp) {
     memset(rp, 0, sizeof *rp);
     snprintf(rp->type, sizeof rp->type, "default");
@@ -134,6 +162,21 @@ static void parse_rope(rd *r, json_t *tc, mk_rope *rp) {
     /* transformers 5 puts everything in rope_parameters; older configs use
      * rope_scaling for the scaling part. Read both, later wins. */
     const char *blocks[] = {"rope_scaling", "rope_parameters"};
+    static const char *const agree[] = {"rope_theta", "partial_rotary_factor", "factor",
+                                        "original_max_position_embeddings"};
+    for (size_t i = 0; i < sizeof agree / sizeof agree[0]; i++)
+        rope_agree(r, tc, blocks, agree[i]);
+    json_t *ts = json_object_get(tc, "rope_scaling"), *tp = json_object_get(tc, "rope_parameters");
+    if (json_is_object(ts) && json_is_object(tp)) { /* "type" is rope_scaling's old name */
+        json_t *a = json_object_get(ts, "rope_type") ? json_object_get(ts, "rope_type")
+                                                     : json_object_get(ts, "type");
+        json_t *b = json_object_get(tp, "rope_type") ? json_object_get(tp, "rope_type")
+                                                     : json_object_get(tp, "type");
+        if (json_is_string(a) && json_is_string(b) && strcmp(json_string_value(a), json_string_value(b)) &&
+            r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: rope_type is '%s' in rope_scaling but '%s' in rope_parameters",
+                          r->what, json_string_value(a), json_string_value(b));
+    }
     for (int b = 0; b < 2; b++) {
         json_t *o = json_object_get(tc, blocks[b]);
         if (!json_is_object(o))
@@ -369,6 +412,12 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
     c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size", 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
+    snprintf(c->experts_key, sizeof c->experts_key, "num_experts");
+    for (int i = 0; ne[i]; i++)
+        if (json_object_get(tc, ne[i]) && !json_is_null(json_object_get(tc, ne[i]))) {
+            snprintf(c->experts_key, sizeof c->experts_key, "%s", ne[i]);
+            break;
+        }
     c->num_experts_per_tok = get_int(r, tc, "num_experts_per_tok", 0);
     c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob", c->arch == MK_ARCH_QWEN3_5_MOE);
     c->decoder_sparse_step = get_int(r, tc, "decoder_sparse_step", 1);

@@ -26,6 +26,88 @@
 
 static bool finite_pos(double v) { return isfinite(v) && v > 0; }
 
+/* ---- counts and dimensions (moved from the model loader) ---------------- */
+
+static mk_status need_pos(const mk_config *c, const char *field, long long v) {
+    if (v > 0)
+        return MK_OK;
+    return mk_err(MK_E_FORMAT, "config.json (%s): %s must be > 0, found %lld", c->model_type,
+                  field, v);
+}
+
+static bool any_moe(const mk_config *c) {
+    for (int i = 0; i < c->num_layers; i++)
+        if (mk_config_layer_is_moe(c, i))
+            return true;
+    return false;
+}
+
+static bool any_linear(const mk_config *c) {
+    for (int i = 0; i < c->num_layers; i++)
+        if (!mk_config_layer_is_full_attn(c, i))
+            return true;
+    return false;
+}
+
+static mk_status check_shapes(const mk_config *c) {
+    MK_TRY(need_pos(c, "vocab_size", c->vocab_size));
+    MK_TRY(need_pos(c, "hidden_size", c->hidden_size));
+    MK_TRY(need_pos(c, "num_hidden_layers", c->num_layers));
+    MK_TRY(need_pos(c, "num_attention_heads", c->num_heads));
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        MK_TRY(need_pos(c, "kv_lora_rank", c->kv_lora_rank));
+        MK_TRY(need_pos(c, "qk_rope_head_dim", c->qk_rope_head_dim));
+        MK_TRY(need_pos(c, "qk_nope_head_dim", c->qk_nope_head_dim));
+        MK_TRY(need_pos(c, "v_head_dim", c->v_head_dim));
+        if (c->qk_rope_head_dim % 2)
+            return mk_err(MK_E_FORMAT, "config.json: qk_rope_head_dim %d is odd",
+                          c->qk_rope_head_dim);
+    } else {
+        MK_TRY(need_pos(c, "num_key_value_heads", c->num_kv_heads));
+        MK_TRY(need_pos(c, "head_dim", c->head_dim));
+        if (c->num_heads % c->num_kv_heads)
+            return mk_err(MK_E_FORMAT, "config.json: num_attention_heads %d is not a multiple of "
+                          "num_key_value_heads %d", c->num_heads, c->num_kv_heads);
+        int rot = (int)(c->head_dim * c->rope.partial_rotary_factor);
+        if (rot <= 0 || rot > c->head_dim || rot % 2)
+            return mk_err(MK_E_FORMAT, "config.json: rotary dims %d (head_dim %d x "
+                          "partial_rotary_factor %g) must be even and in 2..head_dim",
+                          rot, c->head_dim, c->rope.partial_rotary_factor);
+    }
+    if (any_moe(c)) {
+        MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
+        if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->num_experts)
+            return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
+                          "(%s)", c->num_experts_per_tok, c->num_experts, c->experts_key);
+        if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+            int g = c->n_group, tg = c->topk_group;
+            if (g <= 0)
+                REFUSE(MK_E_FORMAT, "n_group", "expected an integer > 0, found %d", g);
+            if (tg <= 0 || tg > g)
+                REFUSE(MK_E_FORMAT, "topk_group", "expected an integer in 1..%d (n_group), found %d",
+                       g, tg);
+            if (c->num_experts % g || tg > g || c->num_experts / g < 2 ||
+                c->num_experts_per_tok > tg * (c->num_experts / g))
+                return mk_err(MK_E_FORMAT, "config.json: n_group %d / topk_group %d do not fit "
+                              "%d experts (%s) with top-%d", g, tg, c->num_experts,
+                              c->experts_key, c->num_experts_per_tok);
+        }
+    }
+    if (any_linear(c)) {
+        MK_TRY(need_pos(c, "linear_num_key_heads", c->lin_num_k_heads));
+        MK_TRY(need_pos(c, "linear_num_value_heads", c->lin_num_v_heads));
+        MK_TRY(need_pos(c, "linear_key_head_dim", c->lin_k_head_dim));
+        MK_TRY(need_pos(c, "linear_value_head_dim", c->lin_v_head_dim));
+        MK_TRY(need_pos(c, "linear_conv_kernel_dim", c->conv_kernel));
+        if (c->lin_num_v_heads % c->lin_num_k_heads)
+            return mk_err(MK_E_FORMAT, "config.json: linear_num_value_heads %d is not a multiple "
+                          "of linear_num_key_heads %d", c->lin_num_v_heads, c->lin_num_k_heads);
+    }
+    return MK_OK;
+}
+
+/* ---- values and features -------------------------------------------------- */
+
 static mk_status check_rope(const mk_config *c) {
     const mk_rope *r = &c->rope;
     if (!finite_pos(r->theta))
@@ -130,8 +212,13 @@ static mk_status check_deepseek(const mk_config *c) {
 
 mk_status mk_config_check(const mk_config *c) {
     if (c->arch == MK_ARCH_UNKNOWN)
-        return mk_err(MK_E_UNSUPPORTED, "config.json: model_type '%s' is not supported; supported: %s",
-                      c->text_model_type[0] ? c->text_model_type : c->model_type, mk_arch_supported());
+        return mk_err(MK_E_UNSUPPORTED,
+                      "config.json: model_type '%s' (%s) is not supported by the engine; "
+                      "supported: %s",
+                      c->text_model_type[0] ? c->text_model_type : c->model_type,
+                      c->architecture[0] ? c->architecture : "no architectures field",
+                      mk_arch_supported());
+    MK_TRY(check_shapes(c)); /* counts and dimensions first: their messages are the most direct */
     if (!isfinite(c->rms_norm_eps) || c->rms_norm_eps < 0)
         REFUSE(MK_E_FORMAT, "rms_norm_eps", "expected a finite number >= 0, found %g", c->rms_norm_eps);
     if (c->max_position_embeddings < 0)
