@@ -168,6 +168,13 @@ void mk_config_free(mk_config *cfg);
  * engine does with it, in docs/CONFIG_KEYS.md. */
 mk_status mk_config_check(const mk_config *cfg);
 
+/* Do a and b describe the same model math? Compares every field the
+ * engine's math reads (dimensions, counts, RoPE, norms, routing, the layer
+ * schedule), not storage (quantization, dtype) nor generation metadata.
+ * MK_E_MISMATCH naming the first field that differs, with both values;
+ * na / nb name the two sides in the message. */
+mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *na, const char *nb);
+
 /* compressed-tensors: the one subset of the format that convert and the
  * engine implement (pack-quantized 4-bit integer weights in groups, scales,
  * zero points exactly when asymmetric). Refuses any other config field value

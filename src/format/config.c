@@ -552,6 +552,12 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
         get_str(&r, root, "dtype", c->dtype, sizeof c->dtype);
     }
     json_t *q = json_object_get(root, "quantization");
+    json_t *qc2 = json_object_get(root, "quantization_config");
+    /* MLX writes the same block twice; reading one must not hide the other */
+    if (json_is_object(q) && json_is_object(qc2) && !json_object_get(qc2, "quant_method") &&
+        !json_equal(q, qc2) && r.s == MK_OK)
+        r.s = mk_err(MK_E_FORMAT, "%s: quantization and quantization_config differ (MLX writes the "
+                     "same block twice): which one describes the weights is ambiguous", what);
     if (json_is_object(q))
         parse_mlx_quant(&r, q, &c->quant);
     else {

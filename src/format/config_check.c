@@ -295,3 +295,89 @@ mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int 
                          mod ? mod : "?");
     return MK_OK;
 }
+
+/* ---- two configs of one model --------------------------------------------- */
+
+#define CMP_I(f, key)                                                                        \
+    if (a->f != b->f)                                                                        \
+        return mk_err(MK_E_MISMATCH, "config.json: %s differs: %lld in %s, %lld in %s", key,  \
+                      (long long)a->f, na, (long long)b->f, nb)
+#define CMP_D(f, key)                                                                        \
+    if (!(a->f == b->f || (isnan(a->f) && isnan(b->f))))                                     \
+        return mk_err(MK_E_MISMATCH, "config.json: %s differs: %.17g in %s, %.17g in %s", key, \
+                      (double)a->f, na, (double)b->f, nb)
+#define CMP_S(f, key)                                                                        \
+    if (strcmp(a->f, b->f))                                                                  \
+        return mk_err(MK_E_MISMATCH, "config.json: %s differs: '%s' in %s, '%s' in %s", key,  \
+                      a->f, na, b->f, nb)
+
+mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *na, const char *nb) {
+    if (a->arch != b->arch)
+        return mk_err(MK_E_MISMATCH, "config.json: different architectures: model_type %s (%s) in "
+                      "%s, %s (%s) in %s",
+                      a->text_model_type, mk_arch_name(a->arch), na, b->text_model_type,
+                      mk_arch_name(b->arch), nb);
+    CMP_I(vocab_size, "vocab_size");
+    CMP_I(hidden_size, "hidden_size");
+    CMP_I(num_layers, "num_hidden_layers");
+    CMP_I(num_heads, "num_attention_heads");
+    CMP_I(num_kv_heads, "num_key_value_heads");
+    CMP_I(head_dim, "head_dim");
+    CMP_I(intermediate_size, "intermediate_size");
+    CMP_I(moe_intermediate_size, "moe_intermediate_size");
+    CMP_I(shared_intermediate_size, "shared_expert_intermediate_size");
+    CMP_I(num_experts, "num_experts");
+    CMP_I(num_experts_per_tok, "num_experts_per_tok");
+    CMP_I(norm_topk_prob, "norm_topk_prob");
+    CMP_I(decoder_sparse_step, "decoder_sparse_step");
+    CMP_I(max_position_embeddings, "max_position_embeddings");
+    CMP_I(tie_word_embeddings, "tie_word_embeddings");
+    CMP_D(rms_norm_eps, "rms_norm_eps");
+    CMP_D(rope.theta, "rope_theta");
+    CMP_S(rope.type, "rope_type");
+    CMP_D(rope.factor, "rope factor");
+    CMP_D(rope.orig_max_pos, "original_max_position_embeddings");
+    CMP_D(rope.beta_fast, "beta_fast");
+    CMP_D(rope.beta_slow, "beta_slow");
+    CMP_D(rope.mscale, "mscale");
+    CMP_D(rope.mscale_all_dim, "mscale_all_dim");
+    CMP_D(rope.attention_factor, "attention_factor");
+    CMP_D(rope.partial_rotary_factor, "partial_rotary_factor");
+    CMP_I(rope.truncate, "rope truncate");
+    CMP_I(conv_kernel, "linear_conv_kernel_dim");
+    CMP_I(lin_num_k_heads, "linear_num_key_heads");
+    CMP_I(lin_num_v_heads, "linear_num_value_heads");
+    CMP_I(lin_k_head_dim, "linear_key_head_dim");
+    CMP_I(lin_v_head_dim, "linear_value_head_dim");
+    CMP_I(q_lora_rank, "q_lora_rank");
+    CMP_I(kv_lora_rank, "kv_lora_rank");
+    CMP_I(qk_nope_head_dim, "qk_nope_head_dim");
+    CMP_I(qk_rope_head_dim, "qk_rope_head_dim");
+    CMP_I(v_head_dim, "v_head_dim");
+    CMP_I(n_group, "n_group");
+    CMP_I(topk_group, "topk_group");
+    CMP_I(first_k_dense_replace, "first_k_dense_replace");
+    CMP_D(routed_scaling_factor, "routed_scaling_factor");
+    CMP_I(rope_interleave, "rope_interleave");
+    CMP_S(scoring_func, "scoring_func");
+    CMP_S(topk_method, "topk_method");
+    CMP_S(hidden_act, "hidden_act");
+    CMP_I(attention_bias, "attention_bias");
+    CMP_I(mlp_bias, "mlp_bias");
+    CMP_I(use_sliding_window, "use_sliding_window");
+    CMP_I(moe_layer_freq, "moe_layer_freq");
+    for (int l = 0; l < a->num_layers; l++) {
+        if (mk_config_layer_is_moe(a, l) != mk_config_layer_is_moe(b, l))
+            return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
+                          "(mlp_only_layers / decoder_sparse_step / first_k_dense_replace)", l,
+                          mk_config_layer_is_moe(a, l) ? "MoE" : "dense", na,
+                          mk_config_layer_is_moe(b, l) ? "MoE" : "dense", nb);
+        if (mk_config_layer_is_full_attn(a, l) != mk_config_layer_is_full_attn(b, l))
+            return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
+                          "(layer_types / full_attention_interval)", l,
+                          mk_config_layer_is_full_attn(a, l) ? "full attention" : "linear attention",
+                          na, mk_config_layer_is_full_attn(b, l) ? "full attention" : "linear attention",
+                          nb);
+    }
+    return MK_OK;
+}
