@@ -16,6 +16,7 @@
 #include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "moekit/config.h"
@@ -35,15 +36,28 @@ static mk_status need_pos(const mk_config *c, const char *field, long long v) {
                   field, v);
 }
 
+/* Bounded by the config's lists, never by num_hidden_layers itself (which
+ * may be absurd: it is checked against the tensors elsewhere). */
 static bool any_moe(const mk_config *c) {
-    for (int i = 0; i < c->num_layers; i++)
-        if (mk_config_layer_is_moe(c, i))
+    if (c->num_experts <= 0 || c->num_layers <= 0)
+        return false;
+    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+        return c->first_k_dense_replace < c->num_layers;
+    /* more MoE candidates ((l+1) % step == 0) than mlp_only_layers can remove:
+     * at least one stays MoE; otherwise the few candidates are tried */
+    int step = c->decoder_sparse_step > 0 ? c->decoder_sparse_step : 1;
+    if (c->num_layers / step > c->n_mlp_only_layers)
+        return true;
+    for (int l = step - 1; l < c->num_layers; l += step)
+        if (mk_config_layer_is_moe(c, l))
             return true;
     return false;
 }
 
 static bool any_linear(const mk_config *c) {
-    for (int i = 0; i < c->num_layers; i++)
+    if (!c->layer_is_full) /* no schedule: every layer is full attention */
+        return false;
+    for (int i = 0; i < c->num_layers; i++) /* layer_is_full exists only below 100000 layers */
         if (!mk_config_layer_is_full_attn(c, i))
             return true;
     return false;
@@ -311,6 +325,47 @@ mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int 
         return mk_err(MK_E_MISMATCH, "config.json: %s differs: '%s' in %s, '%s' in %s", key,  \
                       a->f, na, b->f, nb)
 
+static int cmp_int(const void *x, const void *y) {
+    int a = *(const int *)x, b = *(const int *)y;
+    return (a > b) - (a < b);
+}
+
+/* mlp_only_layers as sets (order and repeats carry no meaning). */
+static mk_status cmp_int_sets(const int *x, int nx, const int *y, int ny, const char *na,
+                              const char *nb) {
+    int *sx = malloc((size_t)(nx + ny + 2) * sizeof *sx);
+    if (!sx)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    int *sy = sx + nx + 1;
+    if (nx)
+        memcpy(sx, x, (size_t)nx * sizeof *sx);
+    if (ny)
+        memcpy(sy, y, (size_t)ny * sizeof *sy);
+    qsort(sx, (size_t)nx, sizeof *sx, cmp_int);
+    qsort(sy, (size_t)ny, sizeof *sy, cmp_int);
+    int i = 0, j = 0, diff = 0, in_x = 0;
+    while (!diff && (i < nx || j < ny)) {
+        if (i < nx && j < ny && sx[i] == sy[j]) {
+            int v = sx[i];
+            while (i < nx && sx[i] == v)
+                i++;
+            while (j < ny && sy[j] == v)
+                j++;
+        } else if (j >= ny || (i < nx && sx[i] < sy[j])) {
+            diff = 1;
+            in_x = 1;
+        } else {
+            diff = 1;
+        }
+    }
+    int v = in_x ? sx[i] : diff ? sy[j] : 0;
+    free(sx);
+    if (diff)
+        return mk_err(MK_E_MISMATCH, "config.json: mlp_only_layers differs: layer %d is dense "
+                      "only in %s", v, in_x ? na : nb);
+    return MK_OK;
+}
+
 mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *na, const char *nb) {
     if (a->arch != b->arch)
         return mk_err(MK_E_MISMATCH, "config.json: different architectures: model_type %s (%s) in "
@@ -366,18 +421,16 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(mlp_bias, "mlp_bias");
     CMP_I(use_sliding_window, "use_sliding_window");
     CMP_I(moe_layer_freq, "moe_layer_freq");
-    for (int l = 0; l < a->num_layers; l++) {
-        if (mk_config_layer_is_moe(a, l) != mk_config_layer_is_moe(b, l))
-            return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
-                          "(mlp_only_layers / decoder_sparse_step / first_k_dense_replace)", l,
-                          mk_config_layer_is_moe(a, l) ? "MoE" : "dense", na,
-                          mk_config_layer_is_moe(b, l) ? "MoE" : "dense", nb);
-        if (mk_config_layer_is_full_attn(a, l) != mk_config_layer_is_full_attn(b, l))
+    /* the layer schedule: which layers are MoE follows from the fields
+     * compared above and the set of mlp_only_layers; which are full
+     * attention from layer_is_full (num_hidden_layers entries, already equal) */
+    MK_TRY(cmp_int_sets(a->mlp_only_layers, a->n_mlp_only_layers, b->mlp_only_layers,
+                        b->n_mlp_only_layers, na, nb));
+    for (int l = 0; a->layer_is_full && b->layer_is_full && l < a->num_layers; l++)
+        if (a->layer_is_full[l] != b->layer_is_full[l])
             return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
                           "(layer_types / full_attention_interval)", l,
-                          mk_config_layer_is_full_attn(a, l) ? "full attention" : "linear attention",
-                          na, mk_config_layer_is_full_attn(b, l) ? "full attention" : "linear attention",
-                          nb);
-    }
+                          a->layer_is_full[l] ? "full attention" : "linear attention", na,
+                          b->layer_is_full[l] ? "full attention" : "linear attention", nb);
     return MK_OK;
 }

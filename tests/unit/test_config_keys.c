@@ -46,8 +46,13 @@ static row *load_rows(int *n) {
     char path[4096];
     snprintf(path, sizeof path, "%s/docs/CONFIG_KEYS.md", src ? src : ".");
     size_t len;
-    char *txt = mk_test_slurp(path, &len);
+    char *raw = mk_test_slurp(path, &len); /* not NUL-terminated */
+    assert_non_null(raw);
+    char *txt = malloc(len + 1);
     assert_non_null(txt);
+    memcpy(txt, raw, len);
+    txt[len] = 0;
+    free(raw);
     row *rows = calloc(512, sizeof *rows);
     *n = 0;
     for (char *line = strtok(txt, "\n"); line; line = strtok(NULL, "\n")) {
