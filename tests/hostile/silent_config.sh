@@ -76,6 +76,12 @@ refused no_shared_qwen "shared_expert_intermediate_size is 0 but the checkpoint 
 variant no_shared_ds deepseekv3-a/bf16 's/"n_shared_experts": 1/"n_shared_experts": 0/'
 refused no_shared_ds "n_shared_experts is 0 but the checkpoint has .*shared_experts"
 
+# inspect lists what the engine refuses as a problem (it still describes the rest)
+expect 0 "" "$BIN" inspect "$T/gelu"
+grep -q "hidden_act: 'gelu' is not implemented" "$T/out" || fail "inspect does not list the refused hidden_act"
+grep -Eq "problems +0" "$T/out" && fail "inspect reports 0 problems for a refused config"
+ok "inspect lists the refused config value as a problem"
+
 # FP8 scale_inv that is not finite: refused at load, naming the tensor
 mkdir "$T/fp8nan"
 cp "$FX/$D"/* "$T/fp8nan/"
