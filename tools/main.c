@@ -77,7 +77,8 @@ static void usage(FILE *f) {
                "commands:\n", MK_VERSION);
     for (int i = 0; i < g_ncmds; i++)
         fprintf(f, "  %-10s %s\n", g_cmds[i]->name, g_cmds[i]->summary);
-    fprintf(f, "\nexit codes: 0 ok, 1 internal failure or failed comparison, 2 bad input or usage\n");
+    fprintf(f, "\nexit codes: 0 ok, 1 internal failure, failed comparison or unwritable stdout, 2 bad\n"
+               "input or usage (verify: 1 differences found, 3 no verdict: see moekit verify --help)\n");
 }
 
 int main(int argc, char **argv) {
