@@ -35,6 +35,10 @@ int mk_cli_fail(mk_status s);
 /* Print "moekit <cmd>: <formatted>" to stderr and return 2 (usage error). */
 int mk_cli_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* True once writing stdout has failed (flushes first): streaming commands
+ * stop early on it; main() reports the failure and exits 1 in any case. */
+int mk_cli_stdout_failed(void);
+
 /* Flag-value helpers, defined in cli_util.c. */
 
 /* Parse "1G", "512M", "4096", "1.5G" into bytes. Returns false on junk. */

@@ -143,7 +143,8 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 fwrite(txt, 1, len, stdout);
             else if (!ts)
                 printf("%s%d", ngen > 1 ? "," : "", id);
-            fflush(stdout);
+            if (mk_cli_stdout_failed()) /* stop: main() reports it and exits 1 */
+                break;
         }
         if (ngen >= o->max_tokens)
             break;
@@ -305,7 +306,7 @@ static mk_status interactive(run_ctx *r) {
     char *line = NULL;
     size_t lcap = 0;
     ssize_t len;
-    while (st == MK_OK) {
+    while (st == MK_OK && !mk_cli_stdout_failed()) {
         fprintf(stderr, "> ");
         if ((len = getline(&line, &lcap, stdin)) < 0)
             break;

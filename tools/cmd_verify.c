@@ -66,9 +66,15 @@ static void help(FILE *f) {
             "  --json         one JSON object with a per-tensor (per-unit) list and the summary\n"
             "  --quiet        print only failures and the summary\n"
             "  --stats        print the mode and the peak resident memory (VmHWM) on stderr\n\n"
-            "Exit status: 0 all tensors within tolerance, 1 some differ or are missing,\n"
-            "2 bad input (unreadable checkpoint, config contradicting a packed shape, A and B of\n"
-            "different architectures).\n"
+            "config.json (where there is one) is read too: it must parse, agree with its own\n"
+            "tensors (quantization bits and group vs packed shapes, FP8 block grids), and A's and\n"
+            "B's must describe the same model (every field the math reads: dimensions, RoPE,\n"
+            "norms, routing, layer schedule; quantization and dtype may differ).\n\n"
+            "Exit status: 0 all tensors within tolerance; 1 differences found (some tensors differ\n"
+            "or are missing); 2 bad input (unreadable checkpoint or config.json, a config\n"
+            "contradicting its tensors, A and B configs describing different models or\n"
+            "architectures); 3 the comparison itself failed (out of memory, internal error): no\n"
+            "verdict. Like every command, a report that cannot be written to stdout exits 1.\n"
             "Memory: by name, hashing streams from the mmap and numeric comparison holds two rows;\n"
             "by layout, each thread holds chunks of 256K values (about 10 MiB; a quantized row is\n"
             "never split), never a whole tensor.\n");
@@ -123,13 +129,57 @@ static int cmp_name(const void *x, const void *y) {
     return strcmp((*(const mk_tensor_info *const *)x)->name, (*(const mk_tensor_info *const *)y)->name);
 }
 
-static bool load_cfg(const mk_ckpt *c, mk_config *cfg) {
+/* config.json beside checkpoint c: absent is fine (a lone .safetensors
+ * file), unreadable or malformed is bad input, never silently skipped.
+ * *has says whether there was one. */
+static mk_status load_cfg(const mk_ckpt *c, mk_config *cfg, bool *has) {
+    memset(cfg, 0, sizeof *cfg);
+    *has = false;
     char *p = mk_path_join(mk_ckpt_dir(c), "config.json");
-    bool ok = p && mk_os_exists(p) && mk_config_load(p, cfg) == MK_OK;
+    if (!p)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = MK_OK;
+    if (mk_os_exists(p)) {
+        *has = true;
+        s = mk_config_load(p, cfg);
+    }
     free(p);
-    if (!ok)
-        memset(cfg, 0, sizeof *cfg);
-    return ok;
+    return s;
+}
+
+/* A checkpoint's config must agree with its own tensors: every quantized
+ * module (MLX scales, FP8 scale_inv) is opened through its config entry,
+ * which checks bits and group against the packed shape and the FP8 block
+ * grid, even where A's and B's bytes are identical and would otherwise never
+ * be read through the config. */
+static mk_status check_side(const mk_ckpt *c, const mk_config *cfg, const mk_tensor_info **l, size_t k,
+                            const char *side) {
+    for (size_t i = 0; i < k; i++) {
+        const char *name = l[i]->name;
+        size_t bl = strlen(name);
+        if (bl > 7 && !strcmp(name + bl - 7, ".weight"))
+            bl -= 7;
+        char sc[1100], si[1100];
+        snprintf(sc, sizeof sc, "%.*s.scales", (int)bl, name);
+        snprintf(si, sizeof si, "%s_scale_inv", name);
+        if (!mk_ckpt_find(c, sc) && !mk_ckpt_find(c, si))
+            continue;
+        mk_qview v;
+        mk_status s = mk_qview_open(c, cfg, name, &v);
+        mk_qview_close(&v);
+        if (s != MK_OK)
+            return mk_err_wrap(s == MK_E_NOMEM ? s : MK_E_MISMATCH, "%s (%s): its config.json "
+                               "contradicts its tensors", side, mk_ckpt_dir(c));
+    }
+    return MK_OK;
+}
+
+/* verify's exit codes: 0 pass, 1 differences found, 2 bad input, 3 the
+ * comparison itself failed (out of memory, a moekit bug): a caller can tell
+ * "B is not A" from "could not tell". */
+static int verify_fail(mk_status s) {
+    int rc = mk_cli_fail(s);
+    return rc == 1 ? 3 : rc;
 }
 
 /* Same names on both sides: today's tensor-by-tensor comparison over the
@@ -231,7 +281,7 @@ static int by_name(const mk_ckpt *a, const mk_config *ca, const mk_tensor_info *
     }
     int rc;
     if (s != MK_OK) {
-        rc = mk_cli_fail(s);
+        rc = verify_fail(s);
     } else {
         bool pass = n_fail == 0 && n_missing == 0;
         if (json) {
@@ -377,7 +427,7 @@ static int by_layout(const char *a, const char *b, const mk_xverify_opts *xo, bo
     if (st != MK_OK) {
         json_decref(p.units);
         fflush(stdout);
-        return mk_cli_fail(st);
+        return verify_fail(st);
     }
     if (json)
         summary_json(&p, &s, xo->tolerance);
@@ -490,30 +540,42 @@ static int cmd_verify(int argc, char **argv) {
         s = mk_ckpt_open(pb, 0, &b);
     if (s != MK_OK) {
         mk_ckpt_close(a);
-        return mk_cli_fail(s);
+        return verify_fail(s);
     }
     const mk_tensor_info **la = NULL, **lb = NULL;
     size_t ka = 0, kb = 0;
     s = logical_sorted(a, &la, &ka);
     if (s == MK_OK)
         s = logical_sorted(b, &lb, &kb);
+    /* the configs: each must be readable and agree with its own tensors, and
+     * two configs must describe the same model math (exit 2 otherwise) */
+    mk_config ca, cb;
+    bool has_a = false, has_b = false;
+    memset(&ca, 0, sizeof ca);
+    memset(&cb, 0, sizeof cb);
+    if (s == MK_OK && (s = load_cfg(a, &ca, &has_a)) != MK_OK)
+        mk_err_wrap(s, "A");
+    if (s == MK_OK && (s = load_cfg(b, &cb, &has_b)) != MK_OK)
+        mk_err_wrap(s, "B");
+    if (s == MK_OK && has_a && has_b)
+        s = mk_config_compare(&ca, &cb, "A", "B");
+    if (s == MK_OK)
+        s = check_side(a, &ca, la, ka, "A");
+    if (s == MK_OK)
+        s = check_side(b, &cb, lb, kb, "B");
     /* Different names between two model directories: different layouts.
      * Lone files (no config) keep the by-name comparison and its "missing". */
     bool same = true;
     if (s == MK_OK && !layout)
         s = same_names(a, b, &same);
     bool cross = s == MK_OK && (layout || (!same && model_dir(pa) && model_dir(pb)));
-    int rc;
+    int rc = 0;
     if (s != MK_OK)
-        rc = mk_cli_fail(s);
-    else if (!cross) {
-        mk_config ca, cb;
-        load_cfg(a, &ca);
-        load_cfg(b, &cb);
+        rc = verify_fail(s);
+    else if (!cross)
         rc = by_name(a, &ca, la, ka, b, &cb, lb, kb, xo.tolerance, json, quiet);
-        mk_config_free(&ca);
-        mk_config_free(&cb);
-    }
+    mk_config_free(&ca);
+    mk_config_free(&cb);
     free(la);
     free(lb);
     mk_ckpt_close(a);

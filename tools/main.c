@@ -1,5 +1,11 @@
 /* moekit: the command-line entry point. Dispatches to the subcommands that
- * registered themselves (see cmd.h) and prints the overview help. */
+ * registered themselves (see cmd.h) and prints the overview help.
+ *
+ * Every command's stdout goes through one check here (finish_stdout): a
+ * report, manifest or JSON that could not be written in full (`> /dev/full`,
+ * a full disk, a closed pipe) is an error, never a success with a truncated
+ * result. Commands that stream (run) also check as they go, to stop early. */
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,6 +52,32 @@ int mk_cli_usage(const char *cmd, const char *fmt, ...) {
     return 2;
 }
 
+int mk_cli_stdout_failed(void) {
+    return ferror(stdout) || fflush(stdout) != 0;
+}
+
+/* Flush and close stdout; on a write error report it once and turn a success
+ * into exit 1 (an output the user asked for is incomplete). A failing stderr
+ * cannot be reported, but still makes the exit non-zero. */
+static int finish_stdout(int rc) {
+    errno = 0;
+    int bad = fflush(stdout) != 0; /* first: it retries what is buffered and sets errno */
+    int err = errno;
+    bad = bad || ferror(stdout);
+    if (fclose(stdout) != 0 && !bad) {
+        bad = 1;
+        err = errno;
+    }
+    if (bad && rc == 0) { /* a failed command has already said why */
+        fprintf(stderr, "moekit: writing standard output failed: %s; the output is incomplete\n",
+                err ? strerror(err) : "write error");
+        rc = 1;
+    }
+    if ((ferror(stderr) || fflush(stderr) != 0) && rc == 0)
+        rc = 1;
+    return rc;
+}
+
 static void usage(FILE *f) {
     qsort(g_cmds, (size_t)g_ncmds, sizeof g_cmds[0], cmd_cmp);
     fprintf(f, "moekit %s - convert, quantize, verify and run Mixture-of-Experts models\n\n"
@@ -53,7 +85,8 @@ static void usage(FILE *f) {
                "commands:\n", MK_VERSION);
     for (int i = 0; i < g_ncmds; i++)
         fprintf(f, "  %-10s %s\n", g_cmds[i]->name, g_cmds[i]->summary);
-    fprintf(f, "\nexit codes: 0 ok, 1 internal failure or failed comparison, 2 bad input or usage\n");
+    fprintf(f, "\nexit codes: 0 ok, 1 internal failure, failed comparison or unwritable stdout, 2 bad\n"
+               "input or usage (verify: 1 differences found, 3 no verdict: see moekit verify --help)\n");
 }
 
 int main(int argc, char **argv) {
@@ -63,11 +96,11 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(argv[1], "-h") || !strcmp(argv[1], "--help") || !strcmp(argv[1], "help")) {
         usage(stdout);
-        return 0;
+        return finish_stdout(0);
     }
     if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "version")) {
         printf("moekit %s\n", MK_VERSION);
-        return 0;
+        return finish_stdout(0);
     }
     /* MK_KERNELS=ref|avx2|avx512 forces a kernel path (the library reads no
      * environment; this is the CLI's mapping to mk_isa_set) */
@@ -79,7 +112,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < g_ncmds; i++)
         if (!strcmp(argv[1], g_cmds[i]->name))
-            return g_cmds[i]->fn(argc - 1, argv + 1);
+            return finish_stdout(g_cmds[i]->fn(argc - 1, argv + 1));
     fprintf(stderr, "moekit: unknown command '%s'\n", argv[1]);
     usage(stderr);
     return 2;

@@ -151,6 +151,10 @@ typedef struct mk_backend_i {
     void (*scatter)(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
                     int64_t dim);
 
+    /* Index of the first NaN or infinity among x[0..n), or -1 (synchronous:
+     * the engine refuses non-finite activations, naming the block). */
+    int64_t (*find_nonfinite)(void *ctx, const float *x, int64_t n);
+
     /* ---- numeric ---- */
     /* y[n, w.rows] = x[n, w.cols] W^T, any weight format, f32 accumulation. */
     void (*matmul)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);

@@ -74,6 +74,9 @@ typedef struct mk_qcfg {
     int ct_bits, ct_group_size;
     bool ct_symmetric;
     char ct_strategy[16];
+    char ct_type[16];     /* "int" (default) or "float" */
+    bool ct_dynamic;      /* weights quantized on the fly: not a stored format */
+    int ct_n_groups;      /* config_groups entries (only the first is read) */
     char **ct_ignore;     /* module names or "re:" patterns */
     int n_ct_ignore;
 } mk_qcfg;
@@ -87,6 +90,7 @@ typedef struct mk_rope {
     double mscale, mscale_all_dim;
     double attention_factor;   /* <0: not given */
     double partial_rotary_factor; /* 1.0 when absent */
+    bool truncate;             /* yarn: floor/ceil the correction range (true when absent) */
 } mk_rope;
 
 typedef struct mk_config {
@@ -103,6 +107,7 @@ typedef struct mk_config {
     int moe_intermediate_size;    /* routed expert */
     int shared_intermediate_size; /* shared expert(s) total (0: none) */
     int num_experts, num_experts_per_tok;
+    char experts_key[20];         /* which key gave num_experts (for messages) */
     bool norm_topk_prob;
     int decoder_sparse_step;
     int *mlp_only_layers;
@@ -127,6 +132,18 @@ typedef struct mk_config {
     char scoring_func[16];
     char topk_method[24];
 
+    /* Fields read only to refuse what the engine does not implement
+     * (mk_config_check; docs/CONFIG_KEYS.md lists every key). */
+    char hidden_act[24];          /* "silu" when absent */
+    bool attention_bias, mlp_bias;
+    bool use_sliding_window;
+    int n_layer_types;            /* entries of layer_types; -1 when absent */
+    int bad_layer_type;           /* index of the first unknown layer_types entry, -1: none */
+    char bad_layer_type_name[32];
+    int full_attention_interval;  /* as given (4 when absent) */
+    int qk_head_dim;              /* deepseek: as given, 0 when absent */
+    int moe_layer_freq;           /* deepseek: 1 when absent */
+
     int *eos_ids;
     int n_eos;
     int bos_id; /* -1 when absent */
@@ -140,6 +157,30 @@ mk_status mk_config_load(const char *path, mk_config *cfg);
 /* Parse from a JSON text; `what` names the source in messages. */
 mk_status mk_config_parse(const char *what, const char *json, mk_config *cfg);
 void mk_config_free(mk_config *cfg);
+
+/* Refuse, with MK_E_UNSUPPORTED or MK_E_FORMAT and a message naming the
+ * field with the value expected vs found, every config value the engine's
+ * math cannot honour: values that cannot be right (rope_theta <= 0,
+ * rms_norm_eps < 0, a yarn factor < 1, ...) and features it does not
+ * implement (rope types other than default/yarn, hidden_act other than silu,
+ * attention/MLP biases, sliding windows, unknown layer_types, ...). The
+ * arch must be known. Every key of every family is listed, with what the
+ * engine does with it, in docs/CONFIG_KEYS.md. */
+mk_status mk_config_check(const mk_config *cfg);
+
+/* Do a and b describe the same model math? Compares every field the
+ * engine's math reads (dimensions, counts, RoPE, norms, routing, the layer
+ * schedule), not storage (quantization, dtype) nor generation metadata.
+ * MK_E_MISMATCH naming the first field that differs, with both values;
+ * na / nb name the two sides in the message. */
+mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *na, const char *nb);
+
+/* compressed-tensors: the one subset of the format that convert and the
+ * engine implement (pack-quantized 4-bit integer weights in groups, scales,
+ * zero points exactly when asymmetric). Refuses any other config field value
+ * with one message; `where` names the checkpoint. has_zero_point < 0: check
+ * only the config; else whether module `mod` has a weight_zero_point. */
+mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int has_zero_point);
 
 /* Is layer i an MoE layer (routed experts) per the family's rule? */
 bool mk_config_layer_is_moe(const mk_config *cfg, int layer);

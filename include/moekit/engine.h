@@ -79,7 +79,11 @@ const mk_model *mk_engine_model(const mk_engine *e);
  * [L+1, n, H] float32 in transformers' output_hidden_states layout: entry 0
  * the embeddings, entry i (1 <= i < L) the output of layer i-1, entry L the
  * last layer's output after the final norm. MK_E_ARG if the cache would
- * overflow or an id is out of the vocabulary (the state is then unchanged). */
+ * overflow or an id is out of the vocabulary (the state is then unchanged).
+ * MK_E_FORMAT, naming the first block (embedding, layer N's attention or
+ * MLP/MoE, final norm, lm_head) and position, when an activation becomes NaN
+ * or infinite: non-finite results are never returned (the sequence must then
+ * be reset). */
 mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
                             float *logits, float *hidden);
 

@@ -174,10 +174,13 @@ int mk_prof_route_layers(const mk_prof *p);
 bool mk_prof_route(const mk_prof *p, int i, int *layer, int *n_experts, const double **freq,
                    const double **mean_weight);
 
-/* Does profile `p` describe model `m`? Every profiled tensor must be a
- * module of m with the same shape, and every quantizable module of m must
- * be profiled. MK_E_MISMATCH naming the first tensor that is unknown,
- * missing or of another shape. */
+/* Does profile `p` describe model `m`? The profile's config_xxh3_64, when it
+ * records one (every profile mk_prof_run makes does), must be the hash of m's
+ * config.json (a profile of another model is refused even when its module
+ * names and shapes happen to agree), every profiled tensor
+ * must be a module of m with the same shape, and every quantizable module of
+ * m must be profiled. MK_E_MISMATCH naming the hashes, or the first tensor
+ * that is unknown, missing or of another shape. */
 mk_status mk_prof_check_model(const mk_prof *p, const mk_model *m);
 
 /* ---- allocation ------------------------------------------------------- */

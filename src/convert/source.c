@@ -122,10 +122,11 @@ static mk_status resolve_ct(cv_src *s, cv_mod *m, const gather *g) {
     char b1[96], b2[96];
     if (!sc)
         return mk_err(MK_E_FORMAT, "%s: '%s' has no weight_scale beside it", s->dir, w->name);
-    int bits = s->cfg.quant.method == MK_QM_CT && s->cfg.quant.ct_bits ? s->cfg.quant.ct_bits : 4;
-    if (bits != 4)
-        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: compressed-tensors num_bits %d; only 4-bit is supported",
-                      s->dir, bits);
+    /* the same refusal as the engine's (format/config_check.c) */
+    size_t ml = strlen(w->name) > strlen(".weight_packed") ? strlen(w->name) - strlen(".weight_packed") : 0;
+    char mod[512];
+    snprintf(mod, sizeof mod, "%.*s", (int)ml, w->name);
+    MK_TRY(mk_ct_check(&s->cfg.quant, s->dir, mod, g->ctzp != NULL));
     if (w->ndim != 2 || (w->dtype != MK_DT_I32 && w->dtype != MK_DT_U32))
         return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected I32 [out, ceil(in/8)]", s->dir, w->name,
                       mk_dtype_name(w->dtype), sh(b1, sizeof b1, w));

@@ -57,6 +57,14 @@ static mk_status cpu_sync(void *ctx) {
     return MK_OK;
 }
 
+static int64_t cpu_find_nonfinite(void *ctx, const float *x, int64_t n) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
 /* ---- data movement ------------------------------------------------------------ */
 
 static void cpu_copy(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src,
@@ -451,6 +459,7 @@ static const mk_backend_i g_cpu = {
     .copy = cpu_copy,
     .gather = cpu_gather,
     .scatter = cpu_scatter,
+    .find_nonfinite = cpu_find_nonfinite,
     .matmul = cpu_matmul,
     .get_rows = cpu_get_rows,
     .rmsnorm = cpu_rmsnorm,

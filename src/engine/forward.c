@@ -12,6 +12,7 @@
  * math follows transformers 5.x (ARCHITECTURES.md): see the comment on each
  * block for the family details that matter. */
 #include <math.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "engine/engine_impl.h"
@@ -200,6 +201,40 @@ static void lm_head(mk_engine *e, const float *xb, int64_t n, float *logits) {
     }
 }
 
+/* Non-finite activations are an error, never output: the first block whose
+ * output holds a NaN or an infinity is named (a NaN weight, an overflowing
+ * scale). n*H compares per block (the backend's find_nonfinite), nothing
+ * next to its matmuls. */
+static mk_status nonfinite_at(const mk_engine *e, int64_t i, float v, int64_t width,
+                              int64_t pos0, int layer, const char *what) {
+    char where[48] = "";
+    if (layer >= 0)
+        snprintf(where, sizeof where, " of layer %d", layer);
+    return mk_err(MK_E_FORMAT, "%s: non-finite value (%s) in the output of %s%s at "
+                  "position %lld, column %lld: the checkpoint's weights or scales there "
+                  "are not usable", mk_model_dir(e->m), isnan(v) ? "NaN" : "infinity",
+                  what, where, (long long)(pos0 + i / width), (long long)(i % width));
+}
+
+static mk_status check_finite(const mk_engine *e, const float *x, int64_t rows, int64_t width,
+                              int64_t pos0, int layer, const char *what) {
+    int64_t i = BE(e)->find_nonfinite(CTX(e), x, rows * width);
+    if (i < 0)
+        return MK_OK;
+    float v;
+    BE(e)->download(CTX(e), &v, x + i, sizeof v);
+    return nonfinite_at(e, i, v, width, pos0, layer, what);
+}
+
+/* The same over host memory (the caller's logits). */
+static mk_status check_finite_host(const mk_engine *e, const float *x, int64_t rows, int64_t width,
+                                   int64_t pos0, const char *what) {
+    for (int64_t i = 0; i < rows * width; i++)
+        if (!isfinite(x[i]))
+            return nonfinite_at(e, i, x[i], width, pos0, -1, what);
+    return MK_OK;
+}
+
 static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
                                int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
     const mk_config *c = e->c;
@@ -210,6 +245,7 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
     /* token embeddings; this chunk's rotary tables */
     BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
     BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
+    MK_TRY(check_finite(e, e->x, n, H, e->pos, -1, "the token embedding"));
     capture(e, hidden, 0, off, ntot, e->x, n);
     mk_engine_rope_tables(e, e->pos, n);
     size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
@@ -225,6 +261,9 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         case MK_MIXER_GDN: gdn_block(e, l, &w->gdn, n); break;
         }
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_finite(e, e->x, n, H, e->pos, l,
+                            w->mixer == MK_MIXER_GDN ? "the linear attention (Gated DeltaNet)"
+                                                     : "the attention"));
         /* feed-forward: x += mlp_or_moe(norm(x)) */
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
         if (w->is_moe)
@@ -232,6 +271,7 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         else
             mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_finite(e, e->x, n, H, e->pos, l, w->is_moe ? "the MoE block" : "the MLP"));
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
     }
@@ -241,13 +281,17 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
     if (mode == MK_LOGITS_ALL || hidden) {
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
         capture(e, hidden, L, off, ntot, e->xb, n);
-        if (mode == MK_LOGITS_ALL)
+        MK_TRY(check_finite(e, e->xb, n, H, e->pos - n, -1, "the final norm"));
+        if (mode == MK_LOGITS_ALL) {
             lm_head(e, e->xb, n, logits + off * V);
+            MK_TRY(check_finite_host(e, logits + off * V, n, V, e->pos - n, "lm_head (the logits)"));
+        }
     }
     if (mode == MK_LOGITS_LAST && last_chunk) {
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
         lm_head(e, xl, 1, logits);
+        MK_TRY(check_finite_host(e, logits, 1, V, e->pos - 1, "lm_head (the logits)"));
     }
     return BE(e)->sync(CTX(e));
 }

@@ -120,6 +120,34 @@ static int get_int_any(rd *r, json_t *o, const char *const *keys, int def) {
     return def;
 }
 
+/* A rope value given in two places (top level, rope_scaling, rope_parameters)
+ * must agree: "later wins" would silently drop one of them. */
+static void rope_agree(rd *r, json_t *tc, const char *const *blocks, const char *key) {
+    json_t *first = NULL;
+    const char *from = NULL;
+    for (int b = -1; b < 2; b++) {
+        json_t *o = b < 0 ? tc : json_object_get(tc, blocks[b]);
+        json_t *v = json_is_object(o) ? json_object_get(o, key) : NULL;
+        if (!v || json_is_null(v))
+            continue;
+        if (!first) {
+            first = v;
+            from = b < 0 ? "the top level" : blocks[b];
+        } else if (!json_equal(first, v) &&
+                   !(json_is_number(first) && json_is_number(v) &&
+                     json_number_value(first) == json_number_value(v)) &&
+                   r->s == MK_OK) {
+            char *a = json_dumps(first, JSON_ENCODE_ANY | JSON_COMPACT);
+            char *c = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+            r->s = mk_err(MK_E_FORMAT, "%s: %s is %.40s in %s but %.40s in %s: which one the "
+                          "model was trained with is ambiguous", r->what, key, a ? a : "?", from,
+                          c ? c : "?", b < 0 ? "the top level" : blocks[b]);
+            free(a);
+            free(c);
+        }
+    }
+}
+
 static void parse_rope(rd *r, json_t *tc, mk_rope *rp) {
     memset(rp, 0, sizeof *rp);
     snprintf(rp->type, sizeof rp->type, "default");
@@ -130,10 +158,26 @@ static void parse_rope(rd *r, json_t *tc, mk_rope *rp) {
     rp->mscale = 1;
     rp->mscale_all_dim = 0;
     rp->attention_factor = -1;
+    rp->truncate = true;
     rp->partial_rotary_factor = get_num(r, tc, "partial_rotary_factor", 1.0);
     /* transformers 5 puts everything in rope_parameters; older configs use
      * rope_scaling for the scaling part. Read both, later wins. */
     const char *blocks[] = {"rope_scaling", "rope_parameters"};
+    static const char *const agree[] = {"rope_theta", "partial_rotary_factor", "factor",
+                                        "original_max_position_embeddings"};
+    for (size_t i = 0; i < sizeof agree / sizeof agree[0]; i++)
+        rope_agree(r, tc, blocks, agree[i]);
+    json_t *ts = json_object_get(tc, "rope_scaling"), *tp = json_object_get(tc, "rope_parameters");
+    if (json_is_object(ts) && json_is_object(tp)) { /* "type" is rope_scaling's old name */
+        json_t *a = json_object_get(ts, "rope_type") ? json_object_get(ts, "rope_type")
+                                                     : json_object_get(ts, "type");
+        json_t *b = json_object_get(tp, "rope_type") ? json_object_get(tp, "rope_type")
+                                                     : json_object_get(tp, "type");
+        if (json_is_string(a) && json_is_string(b) && strcmp(json_string_value(a), json_string_value(b)) &&
+            r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: rope_type is '%s' in rope_scaling but '%s' in rope_parameters",
+                          r->what, json_string_value(a), json_string_value(b));
+    }
     for (int b = 0; b < 2; b++) {
         json_t *o = json_object_get(tc, blocks[b]);
         if (!json_is_object(o))
@@ -152,6 +196,7 @@ static void parse_rope(rd *r, json_t *tc, mk_rope *rp) {
         rp->mscale_all_dim = get_num(r, o, "mscale_all_dim", rp->mscale_all_dim);
         rp->attention_factor = get_num(r, o, "attention_factor", rp->attention_factor);
         rp->partial_rotary_factor = get_num(r, o, "partial_rotary_factor", rp->partial_rotary_factor);
+        rp->truncate = get_bool(r, o, "truncate", rp->truncate);
     }
 }
 
@@ -272,19 +317,31 @@ static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
         get_str(r, q, "activation_scheme", qc->act_scheme, sizeof qc->act_scheme);
         qc->block[0] = qc->block[1] = 128;
         json_t *b = json_object_get(q, "weight_block_size");
-        if (json_is_array(b) && json_array_size(b) == 2) {
-            qc->block[0] = (int)json_integer_value(json_array_get(b, 0));
-            qc->block[1] = (int)json_integer_value(json_array_get(b, 1));
+        if (b && !json_is_null(b)) { /* absent: 128 x 128; anything else must be [r, c] */
+            bool okb = json_is_array(b) && json_array_size(b) == 2;
+            for (size_t i = 0; okb && i < 2; i++) {
+                json_t *e = json_array_get(b, i);
+                okb = json_is_integer(e) && json_integer_value(e) > 0 && json_integer_value(e) <= (1 << 20);
+                if (okb)
+                    qc->block[i] = (int)json_integer_value(e);
+            }
+            if (!okb && r->s == MK_OK) {
+                char *found = json_dumps(b, JSON_ENCODE_ANY | JSON_COMPACT);
+                r->s = mk_err(MK_E_FORMAT,
+                              "%s: quantization_config.weight_block_size: expected [rows, cols] of two "
+                              "positive integers, found %.80s",
+                              r->what, found ? found : "?");
+                free(found);
+            }
         }
-        if ((qc->block[0] <= 0 || qc->block[1] <= 0) && r->s == MK_OK)
-            r->s = mk_err(MK_E_FORMAT, "%s: quantization_config.weight_block_size must be two positive integers",
-                          r->what);
     } else if (strcmp(m, "compressed-tensors") == 0) {
         qc->method = MK_QM_CT;
         get_str(r, q, "format", qc->ct_format, sizeof qc->ct_format);
         json_t *groups = json_object_get(q, "config_groups");
         const char *gk;
         json_t *g;
+        snprintf(qc->ct_type, sizeof qc->ct_type, "int");
+        qc->ct_n_groups = json_is_object(groups) ? (int)json_object_size(groups) : 0;
         json_object_foreach(groups, gk, g) {
             json_t *w = json_object_get(g, "weights");
             if (!json_is_object(w))
@@ -293,6 +350,8 @@ static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
             qc->ct_group_size = get_int(r, w, "group_size", 0);
             qc->ct_symmetric = get_bool(r, w, "symmetric", true);
             get_str(r, w, "strategy", qc->ct_strategy, sizeof qc->ct_strategy);
+            get_str(r, w, "type", qc->ct_type, sizeof qc->ct_type);
+            qc->ct_dynamic = get_bool(r, w, "dynamic", false);
             json_t *fmt = json_object_get(g, "format");
             if (json_is_string(fmt))
                 snprintf(qc->ct_format, sizeof qc->ct_format, "%s", json_string_value(fmt));
@@ -316,6 +375,32 @@ static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
     }
 }
 
+/* layer_types: how many, and the first entry the family does not implement
+ * (hybrids: linear_attention / full_attention; the others full_attention). */
+static void scan_layer_types(json_t *lt, mk_config *c) {
+    c->n_layer_types = -1;
+    c->bad_layer_type = -1;
+    if (!lt || json_is_null(lt))
+        return;
+    bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
+    if (!json_is_array(lt)) {
+        c->n_layer_types = 0;
+        c->bad_layer_type = 0;
+        snprintf(c->bad_layer_type_name, sizeof c->bad_layer_type_name, "(not a list)");
+        return;
+    }
+    c->n_layer_types = (int)(json_array_size(lt) < INT_MAX ? json_array_size(lt) : INT_MAX);
+    for (int i = 0; i < c->n_layer_types; i++) {
+        json_t *e = json_array_get(lt, (size_t)i);
+        const char *v = json_is_string(e) ? json_string_value(e) : "(not a string)";
+        if (!strcmp(v, "full_attention") || (hybrid && !strcmp(v, "linear_attention")))
+            continue;
+        c->bad_layer_type = i;
+        snprintf(c->bad_layer_type_name, sizeof c->bad_layer_type_name, "%s", v);
+        return;
+    }
+}
+
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
     static const char *const ne[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
     c->vocab_size = get_int(r, tc, "vocab_size", 0);
@@ -328,6 +413,12 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
     c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size", 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
+    snprintf(c->experts_key, sizeof c->experts_key, "num_experts");
+    for (int i = 0; ne[i]; i++)
+        if (json_object_get(tc, ne[i]) && !json_is_null(json_object_get(tc, ne[i]))) {
+            snprintf(c->experts_key, sizeof c->experts_key, "%s", ne[i]);
+            break;
+        }
     c->num_experts_per_tok = get_int(r, tc, "num_experts_per_tok", 0);
     c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob", c->arch == MK_ARCH_QWEN3_5_MOE);
     c->decoder_sparse_step = get_int(r, tc, "decoder_sparse_step", 1);
@@ -358,10 +449,11 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->lin_num_v_heads = get_int(r, tc, "linear_num_value_heads", 0);
     c->lin_k_head_dim = get_int(r, tc, "linear_key_head_dim", 0);
     c->lin_v_head_dim = get_int(r, tc, "linear_value_head_dim", 0);
+    c->full_attention_interval = get_int(r, tc, "full_attention_interval", 4);
     if (c->num_layers > 0 && c->num_layers < 100000) {
         c->layer_is_full = calloc((size_t)c->num_layers, 1);
         json_t *lt = json_object_get(tc, "layer_types");
-        int interval = get_int(r, tc, "full_attention_interval", 4);
+        int interval = c->full_attention_interval;
         bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
         for (int i = 0; c->layer_is_full && i < c->num_layers; i++) {
             if (!hybrid)
@@ -394,6 +486,16 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
              c->arch == MK_ARCH_DEEPSEEK_V3 ? "sigmoid" : "softmax");
     get_str(r, tc, "scoring_func", c->scoring_func, sizeof c->scoring_func);
     get_str(r, tc, "topk_method", c->topk_method, sizeof c->topk_method);
+    c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
+    c->moe_layer_freq = get_int(r, tc, "moe_layer_freq", 1);
+
+    /* read only to refuse what the engine does not implement (mk_config_check) */
+    snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
+    get_str(r, tc, "hidden_act", c->hidden_act, sizeof c->hidden_act);
+    c->attention_bias = get_bool(r, tc, "attention_bias", false);
+    c->mlp_bias = get_bool(r, tc, "mlp_bias", false);
+    c->use_sliding_window = get_bool(r, tc, "use_sliding_window", false);
+    scan_layer_types(json_object_get(tc, "layer_types"), c);
 
     json_t *eos = json_object_get(tc, "eos_token_id");
     if (eos && !json_is_null(eos)) {
@@ -451,6 +553,12 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
         get_str(&r, root, "dtype", c->dtype, sizeof c->dtype);
     }
     json_t *q = json_object_get(root, "quantization");
+    json_t *qc2 = json_object_get(root, "quantization_config");
+    /* MLX writes the same block twice; reading one must not hide the other */
+    if (json_is_object(q) && json_is_object(qc2) && !json_object_get(qc2, "quant_method") &&
+        !json_equal(q, qc2) && r.s == MK_OK)
+        r.s = mk_err(MK_E_FORMAT, "%s: quantization and quantization_config differ (MLX writes the "
+                     "same block twice): which one describes the weights is ambiguous", what);
     if (json_is_object(q))
         parse_mlx_quant(&r, q, &c->quant);
     else {

@@ -347,6 +347,8 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     if (have_cfg && cfg.arch == MK_ARCH_UNKNOWN)
         problem(problems, "unsupported_arch", cfg.model_type, "model_type '%s' is not supported (supported: %s)",
                 cfg.model_type, mk_arch_supported());
+    else if (have_cfg && mk_config_check(&cfg) != MK_OK) /* what the engine would refuse to load */
+        problem(problems, "config", mk_ckpt_dir(ck), "%s", mk_err_msg());
 
     /* gather: per-layer bookkeeping for the layers the config and the tensors
      * agree on; layers beyond (DeepSeek's MTP) are counted apart */

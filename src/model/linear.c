@@ -14,6 +14,7 @@
  *               imply exactly those bits: a mismatch is an error, never a guess
  *   INT4 (CT)   weight_packed I32 + weight_scale, viewed as affine 4-bit with
  *               biases -8*scale (symmetric) or -scale*zp, allocated once here. */
+#include <math.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -124,6 +125,24 @@ static mk_status fp8_materialise(mk_ld *ld, const mk_tensor_info *t, mk_wt *w) {
     return MK_OK;
 }
 
+/* FP8 block scales multiply every weight of their block: a NaN or infinite
+ * one makes the block's outputs non-finite, so it is refused at load, naming
+ * the element, instead of surfacing later as NaN logits. */
+static mk_status check_scales_finite(mk_ld *ld, const mk_tensor_info *st, uint64_t first,
+                                     uint64_t n) {
+    float buf[1024];
+    for (uint64_t i = 0; i < n; i += 1024) {
+        uint64_t k = n - i < 1024 ? n - i : 1024;
+        MK_TRY(mk_ckpt_read_f32(ld->ck, st, first + i, k, buf));
+        for (uint64_t j = 0; j < k; j++)
+            if (!isfinite(buf[j]))
+                return mk_err(MK_E_FORMAT, "tensor '%s': element %llu is %s; FP8 block scales "
+                              "(scale_inv) must be finite", st->name,
+                              (unsigned long long)(first + i + j), isnan(buf[j]) ? "NaN" : "infinite");
+    }
+    return MK_OK;
+}
+
 static mk_status view_fp8(mk_ld *ld, const mk_tensor_info *t, const vslice *s, mk_wt *w) {
     MK_TRY(check_shape(t, s, s->cols, "fp8 weight"));
     const mk_tensor_info *st = mk_ld_find(ld, "%s_scale_inv", t->name);
@@ -162,6 +181,8 @@ static mk_status view_fp8(mk_ld *ld, const mk_tensor_info *t, const vslice *s, m
         return no_map(t);
     size_t esz = mk_dtype_info(st->dtype)->bits / 8;
     w->scales = sb + (size_t)((s->e * gr + s->row0 / br) * gc) * esz;
+    MK_TRY(check_scales_finite(ld, st, (uint64_t)((s->e * gr + s->row0 / br) * gc),
+                               (uint64_t)(cdiv(s->rows, br) * gc)));
     ld->seen_fp8 = true;
     return ld->fp8_to_bf16 && !ld->check_only ? fp8_materialise(ld, t, w) : MK_OK;
 }
@@ -296,9 +317,8 @@ static mk_status view_ct(mk_ld *ld, const char *mod, const mk_tensor_info *t, co
     if (q->method != MK_QM_CT)
         return mk_err(MK_E_MISMATCH, "tensor '%s' is INT4 pack-quantized but config.json has no "
                       "compressed-tensors quantization_config", t->name);
-    if (q->ct_bits != 4)
-        return mk_err(MK_E_UNSUPPORTED, "module '%s': compressed-tensors %d-bit, only 4-bit "
-                      "pack-quantized is supported", mod, q->ct_bits);
+    /* the same refusal as convert's (format/config_check.c) */
+    MK_TRY(mk_ct_check(q, mk_ckpt_dir(ld->ck), mod, mk_ld_find(ld, "%s.weight_zero_point", mod) != NULL));
     if (t->dtype != MK_DT_I32 || s->cols % 8)
         return mk_err(MK_E_FORMAT, "tensor '%s': dtype %s, expected I32 with in-features %lld a "
                       "multiple of 8", t->name, mk_dtype_name(t->dtype), (long long)s->cols);
@@ -306,7 +326,7 @@ static mk_status view_ct(mk_ld *ld, const char *mod, const mk_tensor_info *t, co
     const mk_tensor_info *sc = mk_ld_find(ld, "%s.weight_scale", mod);
     if (!sc)
         return mk_err(MK_E_FORMAT, "INT4 module '%s' has no '%s.weight_scale'", mod, mod);
-    int group = q->ct_group_size > 0 ? q->ct_group_size : 32;
+    int group = q->ct_group_size; /* > 0: mk_ct_check */
     if (s->cols % group)
         return mk_err(MK_E_MISMATCH, "module '%s': in-features %lld not a multiple of group %d",
                       mod, (long long)s->cols, group);

@@ -35,87 +35,9 @@ void *mk_model_alloc(mk_model *m, size_t n) {
 
 /* ---- config checks ------------------------------------------------------ */
 
-static mk_status need_pos(const mk_config *c, const char *field, long long v) {
-    if (v > 0)
-        return MK_OK;
-    return mk_err(MK_E_FORMAT, "config.json (%s): %s must be > 0, found %lld", c->model_type,
-                  field, v);
-}
-
-static bool any_moe(const mk_config *c) {
-    for (int i = 0; i < c->num_layers; i++)
-        if (mk_config_layer_is_moe(c, i))
-            return true;
-    return false;
-}
-
-static bool any_linear(const mk_config *c) {
-    for (int i = 0; i < c->num_layers; i++)
-        if (!mk_config_layer_is_full_attn(c, i))
-            return true;
-    return false;
-}
-
-static mk_status check_config(const mk_config *c) {
-    if (c->arch == MK_ARCH_UNKNOWN)
-        return mk_err(MK_E_UNSUPPORTED,
-                      "config.json: model_type '%s' (%s) is not supported by the engine; "
-                      "supported: %s",
-                      c->text_model_type[0] ? c->text_model_type : c->model_type,
-                      c->architecture[0] ? c->architecture : "no architectures field",
-                      mk_arch_supported());
-    MK_TRY(need_pos(c, "vocab_size", c->vocab_size));
-    MK_TRY(need_pos(c, "hidden_size", c->hidden_size));
-    MK_TRY(need_pos(c, "num_hidden_layers", c->num_layers));
-    MK_TRY(need_pos(c, "num_attention_heads", c->num_heads));
-    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
-        MK_TRY(need_pos(c, "kv_lora_rank", c->kv_lora_rank));
-        MK_TRY(need_pos(c, "qk_rope_head_dim", c->qk_rope_head_dim));
-        MK_TRY(need_pos(c, "qk_nope_head_dim", c->qk_nope_head_dim));
-        MK_TRY(need_pos(c, "v_head_dim", c->v_head_dim));
-        if (c->qk_rope_head_dim % 2)
-            return mk_err(MK_E_FORMAT, "config.json: qk_rope_head_dim %d is odd",
-                          c->qk_rope_head_dim);
-    } else {
-        MK_TRY(need_pos(c, "num_key_value_heads", c->num_kv_heads));
-        MK_TRY(need_pos(c, "head_dim", c->head_dim));
-        if (c->num_heads % c->num_kv_heads)
-            return mk_err(MK_E_FORMAT, "config.json: num_attention_heads %d is not a multiple of "
-                          "num_key_value_heads %d", c->num_heads, c->num_kv_heads);
-        /* in double first: a huge factor must not overflow the int conversion */
-        double rd = c->head_dim * c->rope.partial_rotary_factor;
-        int rot = rd >= 0 && rd <= c->head_dim ? (int)rd : -1;
-        if (rot <= 0 || rot > c->head_dim || rot % 2)
-            return mk_err(MK_E_FORMAT, "config.json: rotary dims %g (head_dim %d x "
-                          "partial_rotary_factor %g) must be even and in 2..head_dim",
-                          rd, c->head_dim, c->rope.partial_rotary_factor);
-    }
-    if (any_moe(c)) {
-        MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
-        if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->num_experts)
-            return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
-                          "(num_experts)", c->num_experts_per_tok, c->num_experts);
-        if (c->arch == MK_ARCH_DEEPSEEK_V3) {
-            int g = c->n_group > 0 ? c->n_group : 1, tg = c->topk_group > 0 ? c->topk_group : 1;
-            if (c->num_experts % g || tg > g || c->num_experts / g < 2 ||
-                c->num_experts_per_tok > tg * (c->num_experts / g))
-                return mk_err(MK_E_FORMAT, "config.json: n_group %d / topk_group %d do not fit "
-                              "%d experts with top-%d", g, tg, c->num_experts,
-                              c->num_experts_per_tok);
-        }
-    }
-    if (any_linear(c)) {
-        MK_TRY(need_pos(c, "linear_num_key_heads", c->lin_num_k_heads));
-        MK_TRY(need_pos(c, "linear_num_value_heads", c->lin_num_v_heads));
-        MK_TRY(need_pos(c, "linear_key_head_dim", c->lin_k_head_dim));
-        MK_TRY(need_pos(c, "linear_value_head_dim", c->lin_v_head_dim));
-        MK_TRY(need_pos(c, "linear_conv_kernel_dim", c->conv_kernel));
-        if (c->lin_num_v_heads % c->lin_num_k_heads)
-            return mk_err(MK_E_FORMAT, "config.json: linear_num_value_heads %d is not a multiple "
-                          "of linear_num_key_heads %d", c->lin_num_v_heads, c->lin_num_k_heads);
-    }
-    return MK_OK;
-}
+/* mk_config_check (format/config_check.c) holds every config-only check:
+ * the engine, inspect's callers and the fuzzer share it. */
+static mk_status check_config(const mk_config *c) { return mk_config_check(c); }
 
 /* ---- layout detection --------------------------------------------------- */
 
@@ -374,6 +296,22 @@ static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, co
     if (c->arch == MK_ARCH_DEEPSEEK_V3) {
         snprintf(mod, sizeof mod, "%s.mlp.gate.e_score_correction_bias", p);
         MK_TRY(mk_ld_vec(ld, mod, E, &moe->e_bias));
+    }
+    if (c->shared_intermediate_size <= 0) {
+        /* a shared expert the config does not announce would be silently dropped */
+        static const char *const sh[] = {"shared_expert.gate_proj", "shared_experts.gate_proj",
+                                         "shared_expert_gate"};
+        for (size_t i = 0; i < sizeof sh / sizeof sh[0]; i++) {
+            snprintf(mod, sizeof mod, "%s.mlp.%s", p, sh[i]);
+            if (has_module(ld, mod))
+                return mk_err(MK_E_MISMATCH, "config.json: %s is %d but the checkpoint has "
+                              "'%s' (layer %d): the shared expert would be ignored",
+                              c->arch == MK_ARCH_DEEPSEEK_V3 ? "n_shared_experts"
+                                                             : "shared_expert_intermediate_size",
+                              c->arch == MK_ARCH_DEEPSEEK_V3 ? c->n_shared_experts
+                                                             : c->shared_intermediate_size,
+                              mod, layer);
+        }
     }
     if (c->shared_intermediate_size > 0) {
         moe->has_shared = true;

@@ -117,12 +117,13 @@ static double expert_usage(const mk_prof *p, int layer, int e) {
 
 /* ---- the model description ----------------------------------------------- */
 
-static mk_status describe_model(const mk_model *m, const mk_prof_opts *o, int64_t nw, mk_prof *p) {
-    const mk_config *c = &m->cfg;
+/* XXH3-64 of the model's config.json as 16 hex digits ("" if unreadable):
+ * what ties a profile to the model it measured. */
+static void config_hash(const mk_model *m, char hash[17]) {
     char path[4200];
     snprintf(path, sizeof path, "%s/config.json", mk_model_dir(m));
     FILE *f = fopen(path, "rb");
-    char hash[17] = "";
+    hash[0] = 0;
     if (f) {
         XXH3_state_t *s = XXH3_createState();
         char buf[65536];
@@ -130,11 +131,18 @@ static mk_status describe_model(const mk_model *m, const mk_prof_opts *o, int64_
         if (s && XXH3_64bits_reset(s) == XXH_OK) {
             while ((got = fread(buf, 1, sizeof buf, f)) > 0)
                 XXH3_64bits_update(s, buf, got);
-            snprintf(hash, sizeof hash, "%016llx", (unsigned long long)XXH3_64bits_digest(s));
+            if (!ferror(f))
+                snprintf(hash, 17, "%016llx", (unsigned long long)XXH3_64bits_digest(s));
         }
         XXH3_freeState(s);
         fclose(f);
     }
+}
+
+static mk_status describe_model(const mk_model *m, const mk_prof_opts *o, int64_t nw, mk_prof *p) {
+    const mk_config *c = &m->cfg;
+    char hash[17];
+    config_hash(m, hash);
     p->model_dir = mk_prof_strdup(mk_model_dir(m));
     p->model_type = mk_prof_strdup(c->text_model_type[0] ? c->text_model_type : c->model_type);
     p->arch = mk_prof_strdup(mk_arch_name(c->arch));
@@ -239,6 +247,19 @@ mk_status mk_prof_run(const mk_model *m, const int32_t *ids, int64_t n, const mk
 /* ---- profile vs model ------------------------------------------------------ */
 
 mk_status mk_prof_check_model(const mk_prof *p, const mk_model *m) {
+    /* the config first: a profile of another model can share every module
+     * name and shape (a fine-tune aside, which has the same config). Every
+     * profile moekit writes records the hash; one built through the API
+     * (mk_prof_new) or written by hand without its model block has no
+     * identity to compare and is checked by module names and shapes only. */
+    char hash[17];
+    config_hash(m, hash);
+    if (p->config_hash && *p->config_hash && strcmp(hash, p->config_hash))
+        return mk_err(MK_E_MISMATCH, "the profile was measured on %s (%s), whose config.json "
+                      "hashes to %s, but %s/config.json hashes to %s: a profile of another model "
+                      "(rerun moekit profile on this one)", p->model_dir ? p->model_dir : "?",
+                      p->model_type ? p->model_type : "?", p->config_hash, mk_model_dir(m),
+                      *hash ? hash : "(unreadable)");
     mk_prof_mod *mods = NULL;
     size_t n = 0;
     MK_TRY(mk_prof_walk(m, &mods, &n));

@@ -81,10 +81,15 @@ grep -q '"tie_word_embeddings": true' "$T/tied/config.json" || fail "could not t
 "$MK" convert "$T/tied" "$T/tied-mlx" --to mlx --quiet || fail "convert tied"
 V "$T/tied" "$T/tied-mlx" || fail "tied HF vs MLX without lm_head: $(cat "$T/v")"
 grep -q '^skip  *lm_head\.weight  (only in A: lm_head, tied' "$T/v" || fail "tied lm_head not skipped"
-sed -i 's/"tie_word_embeddings": true/"tie_word_embeddings": false/' "$T/tied-mlx/config.json"
+# both configs untied (configs that disagree on tying are refused, exit 2, below)
+sed -i 's/"tie_word_embeddings": true/"tie_word_embeddings": false/' "$T/tied-mlx/config.json" "$T/tied/config.json"
 V "$T/tied" "$T/tied-mlx" --quiet; rc=$?
 [ "$rc" -eq 1 ] && grep -q '^FAIL  *lm_head\.weight  (only in A: lm_head.weight BF16' "$T/v" ||
     fail "untied side without lm_head should fail (exit $rc): $(cat "$T/v")"
+sed -i 's/"tie_word_embeddings": false/"tie_word_embeddings": true/' "$T/tied/config.json"
+V "$T/tied" "$T/tied-mlx" --quiet; rc=$?
+[ "$rc" -eq 2 ] && grep -q 'tie_word_embeddings differs' "$T/verr" ||
+    fail "configs disagreeing on tie_word_embeddings should be refused (exit $rc): $(cat "$T/verr")"
 echo "ok: mtp, vision and tied lm_head skipped; untied missing lm_head fails"
 
 # ---- dtype and FP8

@@ -242,6 +242,15 @@ static void test_memory_and_copies(void **st) {
             assert_memory_equal(r2 + prow[i] * DIM, r + i * DIM, DIM * 4);
         free(r);
         free(r2);
+        /* find_nonfinite: the first NaN or infinity, or -1 */
+        assert_int_equal(b->i->find_nonfinite(b->ctx, d, 777), -1);
+        float bad[3] = {NAN, INFINITY, -INFINITY};
+        for (int k = 0; k < 3; k++) {
+            b->i->upload(b->ctx, d, h, 777 * 4);
+            b->i->upload(b->ctx, (float *)d + 500 - 100 * k, &bad[k], 4);
+            b->i->upload(b->ctx, (float *)d + 700, &bad[(k + 1) % 3], 4);
+            assert_int_equal(b->i->find_nonfinite(b->ctx, d, 777), 500 - 100 * k);
+        }
         free(h);
         free(src);
         free(dst0);
