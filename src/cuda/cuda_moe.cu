@@ -1,0 +1,404 @@
+/* The fused MoE decode step for one token (mk_cuda_moe_step): three
+ * kernels, no host round trip, so a whole decode step can be captured in a
+ * CUDA graph.
+ *
+ *   k_router   one warp per router row (plus one for the shared expert's
+ *              gate row): logits[E] and the shared-gate logit. The last
+ *              block to finish (an atomic ticket; the counter resets itself
+ *              for the next launch) scores the logits (softmax or sigmoid),
+ *              ranks them (rank_i = #{j: s_j > s_i or s_j == s_i and j < i},
+ *              the CPU engine's lowest-index-first top-k), normalises the k
+ *              weights and writes idx[k], w[k] to device memory.
+ *   k_gateup   one warp per (selected expert, intermediate row) and per
+ *              shared-expert row: gate and up rows together (x loaded once),
+ *              h = silu(gate x) * up x.
+ *   k_down     one warp per output row: the k experts' down rows against
+ *              their h, weighted, plus the shared expert's down row times
+ *              sigmoid(shared gate logit); y = that (or y += that).
+ * The routing never leaves the device; mk_cuda_moe_routing copies it out
+ * for tests and --verify only. */
+#include <string.h>
+
+#include "cuda/cuda_impl.cuh"
+
+#define MOE_WARPS 8
+#define MOE_MAX_E 1024
+#define MOE_MAX_K 32
+
+struct mk_cuda_moe_ws {
+    void *base;
+    float *logits; /* E + 1 (the last: shared-gate logit) */
+    int32_t *idx;  /* k */
+    float *w;      /* k */
+    float *h;      /* k * I */
+    float *hs;     /* Is */
+    unsigned *ticket;
+    int64_t E, k, I, Is;
+};
+
+/* ---- routing (one block) ------------------------------------------------ */
+
+__device__ float block_reduce(float v, bool is_max, float *red) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float t = __shfl_xor_sync(0xffffffffu, v, o);
+        v = is_max ? fmaxf(v, t) : v + t;
+    }
+    __syncthreads(); /* red may still be read from a previous call */
+    if (lane == 0)
+        red[wid] = v;
+    __syncthreads();
+    float r = red[0];
+    for (int i = 1; i < nw; i++)
+        r = is_max ? fmaxf(r, red[i]) : r + red[i];
+    return r;
+}
+
+__device__ void route_block(const float *logits, int E, int k, int score, int norm, float scale, int32_t *idx,
+                            float *wout) {
+    __shared__ float p[MOE_MAX_E];
+    __shared__ float red[32];
+    __shared__ float sw[MOE_MAX_K];
+    __shared__ int32_t si[MOE_MAX_K];
+    for (int i = threadIdx.x; i < E; i += blockDim.x)
+        p[i] = __ldcg(logits + i); /* written by other blocks: read through L2 */
+    if (threadIdx.x < k) { /* NaN logits rank nowhere: never leave an index unset */
+        si[threadIdx.x] = threadIdx.x;
+        sw[threadIdx.x] = 0.0f;
+    }
+    __syncthreads();
+    if (score == MK_CUDA_SCORE_SOFTMAX) {
+        float m = -INFINITY;
+        for (int i = threadIdx.x; i < E; i += blockDim.x)
+            m = fmaxf(m, p[i]);
+        m = block_reduce(m, true, red);
+        float s = 0.0f;
+        for (int i = threadIdx.x; i < E; i += blockDim.x) {
+            p[i] = expf(p[i] - m);
+            s += p[i];
+        }
+        s = block_reduce(s, false, red);
+        const float inv = 1.0f / s;
+        for (int i = threadIdx.x; i < E; i += blockDim.x)
+            p[i] *= inv;
+    } else {
+        for (int i = threadIdx.x; i < E; i += blockDim.x)
+            p[i] = 1.0f / (1.0f + expf(-p[i]));
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+        const float v = p[i];
+        int rank = 0;
+        for (int j = 0; j < E; j++) {
+            const float u = p[j];
+            rank += (u > v) || (u == v && j < i);
+        }
+        if (rank < k) {
+            si[rank] = i;
+            sw[rank] = v;
+        }
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float sum = 0.0f;
+        for (int j = 0; j < k; j++)
+            sum += sw[j];
+        if (score == MK_CUDA_SCORE_SIGMOID)
+            sum += 1e-20f;
+        for (int j = 0; j < k; j++) {
+            float v = norm ? sw[j] / sum : sw[j];
+            idx[j] = si[j];
+            wout[j] = v * scale;
+        }
+    }
+}
+
+/* ---- kernels ------------------------------------------------------------ */
+
+struct moe_args {
+    mkc_w router, sgw, gate, up, down, shg, shu, shd;
+    int32_t E, k, I, Is, H;
+    int32_t has_shared, has_sg, score, norm;
+    float scale;
+};
+
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
+             unsigned *ticket) {
+    __shared__ bool last;
+    const int lane = threadIdx.x & 31;
+    const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    if (t < a.E + a.has_sg) {
+        const mkc_w *ws[1] = {t < a.E ? &a.router : &a.sgw};
+        const int64_t rows[1] = {t < a.E ? t : 0};
+        const float *xs[1] = {x};
+        float acc[1];
+        mkc_dot_rows<1, true>(ws, rows, xs, lane, acc);
+        float v = mkc_warp_sum(acc[0]);
+        if (lane == 0)
+            logits[t] = v;
+    }
+    /* last block in: all logits are in device memory */
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, idx, w);
+    if (threadIdx.x == 0)
+        *ticket = 0u; /* ready for the next launch (stream order) */
+}
+
+__device__ __forceinline__ float silu_mul(float g, float u) {
+    return g / (1.0f + expf(-g)) * u;
+}
+
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_gateup(const moe_args a, const float *__restrict__ x, const int32_t *__restrict__ idx,
+             float *__restrict__ h, float *__restrict__ hs) {
+    const int lane = threadIdx.x & 31;
+    const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int64_t nr = (int64_t)a.k * a.I;
+    const float *xs[2] = {x, x};
+    float acc[2];
+    if (t < nr) {
+        const int64_t j = t / a.I, r = t - j * a.I;
+        const int64_t row = (int64_t)__ldg(idx + j) * a.I + r;
+        const mkc_w *ws[2] = {&a.gate, &a.up};
+        const int64_t rows[2] = {row, row};
+        mkc_dot_rows<2, true>(ws, rows, xs, lane, acc);
+        float g = mkc_warp_sum(acc[0]), u = mkc_warp_sum(acc[1]);
+        if (lane == 0)
+            h[t] = silu_mul(g, u);
+    } else if (t < nr + (a.has_shared ? a.Is : 0)) {
+        const int64_t r = t - nr;
+        const mkc_w *ws[2] = {&a.shg, &a.shu};
+        const int64_t rows[2] = {r, r};
+        mkc_dot_rows<2, true>(ws, rows, xs, lane, acc);
+        float g = mkc_warp_sum(acc[0]), u = mkc_warp_sum(acc[1]);
+        if (lane == 0)
+            hs[r] = silu_mul(g, u);
+    }
+}
+
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+           const float *__restrict__ h, const float *__restrict__ hs, const float *__restrict__ logits,
+           float *__restrict__ y, int accumulate) {
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    if (o >= a.H)
+        return;
+    float tot = 0.0f;
+    for (int j0 = 0; j0 < a.k; j0 += 4) {
+        const mkc_w *ws[4] = {&a.down, &a.down, &a.down, &a.down};
+        int64_t rows[4];
+        const float *xs[4];
+        float wj[4];
+#pragma unroll
+        for (int q = 0; q < 4; q++) {
+            const int j = j0 + q < a.k ? j0 + q : a.k - 1; /* pad with a weight-0 repeat */
+            rows[q] = (int64_t)__ldg(idx + j) * a.H + o;
+            xs[q] = h + (int64_t)j * a.I;
+            wj[q] = j0 + q < a.k ? __ldg(wt + j) : 0.0f;
+        }
+        float acc[4];
+        mkc_dot_rows<4, false>(ws, rows, xs, lane, acc);
+#pragma unroll
+        for (int q = 0; q < 4; q++)
+            tot = fmaf(wj[q], acc[q], tot);
+    }
+    if (a.has_shared) {
+        const mkc_w *ws[1] = {&a.shd};
+        const int64_t rows[1] = {o};
+        const float *xs[1] = {hs};
+        float acc[1];
+        mkc_dot_rows<1, false>(ws, rows, xs, lane, acc);
+        const float g = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+        tot = fmaf(g, acc[0], tot);
+    }
+    tot = mkc_warp_sum(tot);
+    if (lane == 0)
+        y[o] = accumulate ? y[o] + tot : tot;
+}
+
+/* ---- host --------------------------------------------------------------- */
+
+static mk_status want_shape(const mk_wt *w, const char *name, int64_t rows, int64_t cols) {
+    if (w->rows != rows || w->cols != cols)
+        return mk_err(MK_E_MISMATCH, "moe: %s must be [%lld, %lld], found [%lld, %lld]", name, (long long)rows,
+                      (long long)cols, (long long)w->rows, (long long)w->cols);
+    return MK_OK;
+}
+
+/* w's format is one the kernels take and, when ref is given, the same as ref's */
+static mk_status want_kind(const mk_wt *w, const char *name, const mk_wt *ref) {
+    int k = mkc_kind_of(w);
+    if (k < 0) {
+        mkc_w tmp;
+        return mkc_view(w, name, &tmp);
+    }
+    if (ref && k != mkc_kind_of(ref))
+        return mk_err(MK_E_UNSUPPORTED,
+                      "moe: %s must have the routed experts' format (format %d, bits %d, group %d, scale dtype "
+                      "%s), found format %d, bits %d, group %d, scale dtype %s",
+                      name, (int)ref->fmt, ref->bits, ref->group, mk_dtype_name(ref->sdtype), (int)w->fmt, w->bits,
+                      w->group, mk_dtype_name(w->sdtype));
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
+    if (m->hidden <= 0 || m->n_experts <= 0 || m->inter <= 0)
+        return mk_err(MK_E_ARG, "moe: hidden, n_experts and inter must be positive, found %lld, %lld, %lld",
+                      (long long)m->hidden, (long long)m->n_experts, (long long)m->inter);
+    if (m->n_experts > MOE_MAX_E)
+        return mk_err(MK_E_UNSUPPORTED, "moe: at most %d experts on the device, found %lld", MOE_MAX_E,
+                      (long long)m->n_experts);
+    if (m->top_k < 1 || m->top_k > MOE_MAX_K || m->top_k > m->n_experts)
+        return mk_err(MK_E_UNSUPPORTED, "moe: top_k must be 1..min(%d, n_experts), found %lld", MOE_MAX_K,
+                      (long long)m->top_k);
+    if (m->score != MK_CUDA_SCORE_SOFTMAX && m->score != MK_CUDA_SCORE_SIGMOID)
+        return mk_err(MK_E_ARG, "moe: unknown scoring %d", (int)m->score);
+    const int64_t H = m->hidden, E = m->n_experts, I = m->inter, Is = m->shared_inter;
+    MK_TRY(want_shape(&m->router, "router", E, H));
+    MK_TRY(want_shape(&m->gate, "experts' gate_proj", E * I, H));
+    MK_TRY(want_shape(&m->up, "experts' up_proj", E * I, H));
+    MK_TRY(want_shape(&m->down, "experts' down_proj", E * H, I));
+    MK_TRY(want_kind(&m->router, "router", NULL));
+    MK_TRY(want_kind(&m->gate, "experts' gate_proj", NULL));
+    const mk_wt *kind = &m->gate;
+    MK_TRY(want_kind(&m->up, "experts' up_proj", kind));
+    MK_TRY(want_kind(&m->down, "experts' down_proj", kind));
+    if (m->has_shared) {
+        if (Is <= 0)
+            return mk_err(MK_E_ARG, "moe: shared_inter must be positive, found %lld", (long long)Is);
+        MK_TRY(want_shape(&m->sh_gate, "shared expert's gate_proj", Is, H));
+        MK_TRY(want_shape(&m->sh_up, "shared expert's up_proj", Is, H));
+        MK_TRY(want_shape(&m->sh_down, "shared expert's down_proj", H, Is));
+        MK_TRY(want_kind(&m->sh_gate, "shared expert's gate_proj", kind));
+        MK_TRY(want_kind(&m->sh_up, "shared expert's up_proj", kind));
+        MK_TRY(want_kind(&m->sh_down, "shared expert's down_proj", kind));
+    }
+    if (m->has_shared_gate) {
+        if (!m->has_shared)
+            return mk_err(MK_E_ARG, "moe: a shared_expert_gate without a shared expert");
+        MK_TRY(want_shape(&m->sh_gate_w, "shared_expert_gate", 1, H));
+        MK_TRY(want_kind(&m->sh_gate_w, "shared_expert_gate", NULL));
+    }
+    return MK_OK;
+}
+
+static size_t al16(size_t n) {
+    return (n + 15) & ~(size_t)15;
+}
+
+extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **out) {
+    *out = NULL;
+    MK_TRY(mk_cuda_moe_check(m));
+    mk_cuda_moe_ws *ws = (mk_cuda_moe_ws *)calloc(1, sizeof *ws);
+    if (!ws)
+        return mk_err(MK_E_NOMEM, "moe: workspace");
+    ws->E = m->n_experts;
+    ws->k = m->top_k;
+    ws->I = m->inter;
+    ws->Is = m->has_shared ? m->shared_inter : 0;
+    const size_t o_log = 0, o_idx = o_log + al16((size_t)(ws->E + 1) * 4), o_w = o_idx + al16((size_t)ws->k * 4),
+                 o_h = o_w + al16((size_t)ws->k * 4), o_hs = o_h + al16((size_t)(ws->k * ws->I) * 4),
+                 o_t = o_hs + al16((size_t)(ws->Is ? ws->Is : 1) * 4), total = o_t + 16;
+    mk_status st = mk_cuda_malloc(&ws->base, total, "moe workspace");
+    if (st == MK_OK)
+        st = mk_cuda_memset(ws->base, 0, total);
+    if (st != MK_OK) {
+        mk_cuda_free(ws->base);
+        free(ws);
+        return st;
+    }
+    char *b = (char *)ws->base;
+    ws->logits = (float *)(b + o_log);
+    ws->idx = (int32_t *)(b + o_idx);
+    ws->w = (float *)(b + o_w);
+    ws->h = (float *)(b + o_h);
+    ws->hs = (float *)(b + o_hs);
+    ws->ticket = (unsigned *)(b + o_t);
+    *out = ws;
+    return MK_OK;
+}
+
+extern "C" void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws) {
+    if (!ws)
+        return;
+    mk_cuda_free(ws->base);
+    free(ws);
+}
+
+static unsigned nblocks(int64_t tasks) {
+    return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS);
+}
+
+extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
+                                      bool accumulate, void *stream) {
+    moe_args a;
+    memset(&a, 0, sizeof a);
+    if (ws->E != m->n_experts || ws->k != m->top_k || ws->I != m->inter ||
+        ws->Is != (m->has_shared ? m->shared_inter : 0))
+        return mk_err(MK_E_MISMATCH, "moe: workspace was made for another shape");
+    /* x == y is fine: only k_router and k_gateup read x, k_down writes y after them */
+    if (((uintptr_t)x & 15) != 0)
+        return mk_err(MK_E_ARG, "moe: x must be 16-byte aligned device memory");
+    MK_TRY(mkc_view(&m->router, "router", &a.router));
+    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a.gate));
+    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a.up));
+    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a.down));
+    if (m->has_shared) {
+        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a.shg));
+        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a.shu));
+        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a.shd));
+    }
+    if (m->has_shared_gate)
+        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a.sgw));
+    a.E = (int32_t)m->n_experts;
+    a.k = (int32_t)m->top_k;
+    a.I = (int32_t)m->inter;
+    a.Is = (int32_t)ws->Is;
+    a.H = (int32_t)m->hidden;
+    a.has_shared = m->has_shared;
+    a.has_sg = m->has_shared_gate;
+    a.score = m->score;
+    a.norm = m->norm_topk;
+    a.scale = m->scale;
+    cudaStream_t s = (cudaStream_t)stream;
+    k_router<<<nblocks(a.E + a.has_sg), MOE_WARPS * 32, 0, s>>>(a, x, ws->logits, ws->idx, ws->w, ws->ticket);
+    MKC_TRY(cudaGetLastError(), "launching the router");
+    k_gateup<<<nblocks((int64_t)a.k * a.I + a.Is), MOE_WARPS * 32, 0, s>>>(a, x, ws->idx, ws->h, ws->hs);
+    MKC_TRY(cudaGetLastError(), "launching the experts' gate/up");
+    k_down<<<nblocks(a.H), MOE_WARPS * 32, 0, s>>>(a, ws->idx, ws->w, ws->h, ws->hs, ws->logits, y,
+                                                   accumulate ? 1 : 0);
+    MKC_TRY(cudaGetLastError(), "launching the experts' down");
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) {
+    MK_TRY(mk_cuda_sync());
+    MK_TRY(mk_cuda_download(idx, ws->idx, (size_t)ws->k * sizeof *idx));
+    MK_TRY(mk_cuda_download(w, ws->w, (size_t)ws->k * sizeof *w));
+    return MK_OK;
+}
+
+extern "C" size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
+    size_t n = (size_t)m->n_experts * mk_cuda_wt_row_bytes_all(&m->router);
+    const size_t I = (size_t)m->inter, H = (size_t)m->hidden, k = (size_t)m->top_k;
+    n += k * I * (mk_cuda_wt_row_bytes_all(&m->gate) + mk_cuda_wt_row_bytes_all(&m->up));
+    n += k * H * mk_cuda_wt_row_bytes_all(&m->down);
+    if (m->has_shared) {
+        const size_t Is = (size_t)m->shared_inter;
+        n += Is * (mk_cuda_wt_row_bytes_all(&m->sh_gate) + mk_cuda_wt_row_bytes_all(&m->sh_up));
+        n += H * mk_cuda_wt_row_bytes_all(&m->sh_down);
+    }
+    if (m->has_shared_gate)
+        n += mk_cuda_wt_row_bytes_all(&m->sh_gate_w);
+    return n;
+}
