@@ -17,6 +17,7 @@ for pc in "$D"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$D"/usr/share/pkgconfig/
 done
 export PKG_CONFIG_PATH=$D/usr/lib/x86_64-linux-gnu/pkgconfig:$D/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$D/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+export LIBRARY_PATH=$D/usr/lib/x86_64-linux-gnu${LIBRARY_PATH:+:$LIBRARY_PATH}
 PKGCFG=$(command -v pkg-config || true)
 [ -z "$PKGCFG" ] && PKGCFG=$D/usr/bin/pkgconf
 command -v cc gcc g++ ninja cmake pkg-config; echo "== host: $(uname -m), $(nproc) cores; nvcc $(nvcc --version | tail -1); cc $(cc --version | head -1); pkg-config $PKGCFG"
@@ -32,4 +33,11 @@ for t in test_cuda_gemv test_cuda_moe; do
 done
 echo "== bench_cuda_moe $*"
 ./build-cuda/bench_cuda_moe "$@" 2>&1 | tee "$out/bench.log" || rc=1
+if [ -n "${MK_NCU:-}" ] && command -v ncu >/dev/null; then
+    echo "== ncu (MoE kernels of the --quick stack)"
+    timeout 120 ncu --clock-control none --kernel-name regex:"k_(router|gateup|down|gemv)" --launch-skip 40 \
+        --launch-count 6 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread \
+        ./build-cuda/bench_cuda_moe --quick > "$out/ncu.log" 2>&1
+    grep -E "k_(router|gateup|down|gemv)|duration|dram__|warps_active|registers" "$out/ncu.log" | head -60
+fi
 exit $rc

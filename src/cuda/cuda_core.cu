@@ -151,6 +151,7 @@ mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
     out->kind = k;
     out->group = w->fmt == MK_WF_AFFINE ? w->group : 0;
     out->ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
+    out->gshift = out->group == 32 ? 5 : out->group == 64 ? 6 : out->group == 128 ? 7 : 0;
     /* 16-byte chunks: affine rows are always whole chunks (cols % 32 == 0 at
      * 4 and 8 bits); plain rows when the row length is a multiple of 16 B */
     out->vec = w->fmt == MK_WF_AFFINE || out->row_bytes % 16 == 0;

@@ -40,7 +40,7 @@ struct mkc_w {
     const void *scales, *biases;
     int64_t rows, cols;
     int64_t row_bytes; /* packed data bytes of one row */
-    int32_t kind, group, ng;
+    int32_t kind, group, ng, gshift; /* gshift = log2(group) */
     int32_t vec; /* 1: rows are 16-byte chunks (affine always; plain when cols fit) */
 };
 
@@ -84,27 +84,36 @@ template <int I> __device__ __forceinline__ float mkc_byte(uint32_t w) {
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440 + I)) - 8388608.0f;
 }
 
-/* sum over the 8 nibbles of one word times x[0..8) */
-__device__ __forceinline__ float mkc_dot_nib(uint32_t w, const float *x, float acc) {
-    uint32_t lo = w & 0x0F0F0F0Fu, hi = (w >> 4) & 0x0F0F0F0Fu;
-    acc = fmaf(mkc_byte<0>(lo), x[0], acc);
-    acc = fmaf(mkc_byte<0>(hi), x[1], acc);
-    acc = fmaf(mkc_byte<1>(lo), x[2], acc);
-    acc = fmaf(mkc_byte<1>(hi), x[3], acc);
-    acc = fmaf(mkc_byte<2>(lo), x[4], acc);
-    acc = fmaf(mkc_byte<2>(hi), x[5], acc);
-    acc = fmaf(mkc_byte<3>(lo), x[6], acc);
-    acc = fmaf(mkc_byte<3>(hi), x[7], acc);
-    return acc;
+/* 4-bit codes as floats without a subtraction: the nibble, pre-shifted to
+ * bits 3..6 of its byte, becomes mantissa bits 19..22 of a float with
+ * exponent 126: f = 0.5 + q/32 exactly (one PRMT). Then
+ *   sum q x = 32 sum f x - 16 sum x,
+ * so the chunk's term is 32 s (sum f x) + (b - 16 s)(sum x): FFMAs only in
+ * the inner loop. The cancellation costs a bit or two, not more (f >= 0.5);
+ * the tests' bound carries the extra 48|s| term this brings. */
+template <int M> __device__ __forceinline__ float mkc_nibf(uint32_t w8) {
+    return __uint_as_float(__byte_perm(w8, 0x3F000000u, 0x7044 | (M << 8)));
 }
 
-/* sum over the 4 bytes of one word times x[0..4) */
-__device__ __forceinline__ float mkc_dot_byte(uint32_t w, const float *x, float acc) {
-    acc = fmaf(mkc_byte<0>(w), x[0], acc);
-    acc = fmaf(mkc_byte<1>(w), x[1], acc);
-    acc = fmaf(mkc_byte<2>(w), x[2], acc);
-    acc = fmaf(mkc_byte<3>(w), x[3], acc);
-    return acc;
+/* acc[i&3] += f(code i) * x[i] for the 8 nibbles of one word */
+__device__ __forceinline__ void mkc_dot_nib(uint32_t w, const float *x, float *a) {
+    const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
+    a[0] = fmaf(mkc_nibf<0>(lo), x[0], a[0]);
+    a[1] = fmaf(mkc_nibf<0>(hi), x[1], a[1]);
+    a[2] = fmaf(mkc_nibf<1>(lo), x[2], a[2]);
+    a[3] = fmaf(mkc_nibf<1>(hi), x[3], a[3]);
+    a[0] = fmaf(mkc_nibf<2>(lo), x[4], a[0]);
+    a[1] = fmaf(mkc_nibf<2>(hi), x[5], a[1]);
+    a[2] = fmaf(mkc_nibf<3>(lo), x[6], a[2]);
+    a[3] = fmaf(mkc_nibf<3>(hi), x[7], a[3]);
+}
+
+/* acc[i] += byte i * x[i] for the 4 bytes of one word (exact: 2^23 trick) */
+__device__ __forceinline__ void mkc_dot_byte(uint32_t w, const float *x, float *a) {
+    a[0] = fmaf(mkc_byte<0>(w), x[0], a[0]);
+    a[1] = fmaf(mkc_byte<1>(w), x[1], a[1]);
+    a[2] = fmaf(mkc_byte<2>(w), x[2], a[2]);
+    a[3] = fmaf(mkc_byte<3>(w), x[3], a[3]);
 }
 
 __device__ __forceinline__ void mkc_ldx(const float *x, int n4, float *xv) {
@@ -119,44 +128,64 @@ __device__ __forceinline__ void mkc_ldx(const float *x, int n4, float *xv) {
         }
 }
 
+/* sum of n values, four chains (depth n/4 + 2) */
+template <int N> __device__ __forceinline__ float mkc_sum(const float *v) {
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        a[i & 3] += v[i];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
 /* Lane partial sums of NR affine rows. Row r: packed data q[r], scales s[r],
  * biases b[r] (per-row group arrays), input x[r] (SX: all rows share x[0]).
- * nchunk = row_bytes / 16. */
+ * nchunk = row_bytes / 16; group = 1 << gshift. Two chunks per lane step
+ * with every weight load issued before any use, so that 2*NR 16-byte loads
+ * per lane are in flight (memory latency, not arithmetic, bounds a GEMV). */
 template <int BITS, int SD, int NR, bool SX>
 __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void *const *s,
                                             const void *const *b, const float *const *x,
-                                            int64_t nchunk, int group, int lane, float *acc) {
+                                            int64_t nchunk, int gshift, int lane, float *acc) {
     constexpr int VPC = 128 / BITS; /* values per 16-byte chunk */
-    for (int64_t c = lane; c < nchunk; c += 32) {
-        const int64_t g = c * VPC / group;
-        uint4 qq[NR];
+    constexpr int U = 2;
+    for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
+        uint4 qq[U][NR];
 #pragma unroll
-        for (int r = 0; r < NR; r++)
-            qq[r] = __ldg((const uint4 *)q[r] + c);
-        float xv[VPC], xs = 0.0f;
+        for (int u = 0; u < U; u++)
 #pragma unroll
-        for (int r = 0; r < NR; r++) {
-            if (r == 0 || !SX) {
-                mkc_ldx(x[r] + c * VPC, VPC / 4, xv);
-                xs = 0.0f;
+            for (int r = 0; r < NR; r++)
+                if (c0 + 32 * u < nchunk)
+                    qq[u][r] = __ldg((const uint4 *)q[r] + c0 + 32 * u);
 #pragma unroll
-                for (int i = 0; i < VPC; i++)
-                    xs += xv[i];
+        for (int u = 0; u < U; u++) {
+            const int64_t c = c0 + 32 * u;
+            if (c >= nchunk)
+                break;
+            const int64_t g = (c * VPC) >> gshift;
+            float xv[VPC], xs = 0.0f;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX) {
+                    mkc_ldx(x[r] + c * VPC, VPC / 4, xv);
+                    xs = mkc_sum<VPC>(xv);
+                }
+                const uint32_t wd[4] = {qq[u][r].x, qq[u][r].y, qq[u][r].z, qq[u][r].w};
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const float sc = mkc_lds<SD>(s[r], g), bi = mkc_lds<SD>(b[r], g);
+                if constexpr (BITS == 4) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mkc_dot_nib(wd[j], xv + 8 * j, a);
+                    const float d = (a[0] + a[1]) + (a[2] + a[3]);
+                    acc[r] += (32.0f * sc) * d + fmaf(-16.0f, sc, bi) * xs;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mkc_dot_byte(wd[j], xv + 4 * j, a);
+                    const float d = (a[0] + a[1]) + (a[2] + a[3]);
+                    acc[r] += sc * d + bi * xs;
+                }
             }
-            const uint32_t wd[4] = {qq[r].x, qq[r].y, qq[r].z, qq[r].w};
-            float d0 = 0.0f, d1 = 0.0f;
-            if constexpr (BITS == 4) {
-                d0 = mkc_dot_nib(wd[0], xv, d0);
-                d1 = mkc_dot_nib(wd[1], xv + 8, d1);
-                d0 = mkc_dot_nib(wd[2], xv + 16, d0);
-                d1 = mkc_dot_nib(wd[3], xv + 24, d1);
-            } else {
-                d0 = mkc_dot_byte(wd[0], xv, d0);
-                d1 = mkc_dot_byte(wd[1], xv + 4, d1);
-                d0 = mkc_dot_byte(wd[2], xv + 8, d0);
-                d1 = mkc_dot_byte(wd[3], xv + 12, d1);
-            }
-            acc[r] += mkc_lds<SD>(s[r], g) * (d0 + d1) + mkc_lds<SD>(b[r], g) * xs;
         }
     }
 }
@@ -240,12 +269,12 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     case MKC_F32: mkc_dot_plain<0, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
     case MKC_BF16: mkc_dot_plain<1, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
     case MKC_F16: mkc_dot_plain<2, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
-    case MKC_A4_F32: mkc_dot_aff<4, 0, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
-    case MKC_A4_BF16: mkc_dot_aff<4, 1, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
-    case MKC_A4_F16: mkc_dot_aff<4, 2, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
-    case MKC_A8_F32: mkc_dot_aff<8, 0, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
-    case MKC_A8_BF16: mkc_dot_aff<8, 1, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
-    case MKC_A8_F16: mkc_dot_aff<8, 2, NR, SX>(q, s, b, x, nchunk, w0.group, lane, acc); break;
+    case MKC_A4_F32: mkc_dot_aff<4, 0, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+    case MKC_A4_BF16: mkc_dot_aff<4, 1, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+    case MKC_A4_F16: mkc_dot_aff<4, 2, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+    case MKC_A8_F32: mkc_dot_aff<8, 0, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+    case MKC_A8_BF16: mkc_dot_aff<8, 1, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+    case MKC_A8_F16: mkc_dot_aff<8, 2, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
     default: break;
     }
 }

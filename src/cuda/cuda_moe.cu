@@ -166,7 +166,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const float *xs[2] = {x, x};
     float acc[2];
     if (t < nr) {
-        const int64_t j = t / a.I, r = t - j * a.I;
+        const int32_t j = (int32_t)t / a.I, r = (int32_t)t - j * a.I;
         const int64_t row = (int64_t)__ldg(idx + j) * a.I + r;
         const mkc_w *ws[2] = {&a.gate, &a.up};
         const int64_t rows[2] = {row, row};

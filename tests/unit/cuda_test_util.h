@@ -53,7 +53,7 @@ static inline float ct_f(float lo, float hi) {
  * for the bounds. */
 typedef struct ct_wt {
     mk_wt w;
-    float *bias_f; /* rows x ngroups, or NULL */
+    float *bias_f, *scale_f; /* rows x ngroups, or NULL */
 } ct_wt;
 
 static inline void ct_store(void *p, mk_dtype t, int64_t i, float v) {
@@ -92,12 +92,14 @@ static inline ct_wt ct_affine(int64_t rows, int64_t cols, int bits, int group, m
     uint32_t *d = malloc(nd);
     void *s = malloc(ng * es), *b = malloc(ng * es);
     t.bias_f = malloc(ng * sizeof(float));
+    t.scale_f = malloc(ng * sizeof(float));
     for (size_t i = 0; i < nd / 4; i++)
         d[i] = ct_u32() ^ (ct_u32() << 16);
     for (size_t g = 0; g < ng; g++) {
         ct_store(s, sd, (int64_t)g, amp * ct_f(0.002f, 0.02f));
         ct_store(b, sd, (int64_t)g, amp * ct_f(-0.15f, 0.03f));
         t.bias_f[g] = ct_load(b, sd, (int64_t)g);
+        t.scale_f[g] = ct_load(s, sd, (int64_t)g);
     }
     t.w.data = d;
     t.w.scales = s;
@@ -126,6 +128,7 @@ static inline void ct_free(ct_wt *t) {
     free((void *)t->w.scales);
     free((void *)t->w.biases);
     free(t->bias_f);
+    free(t->scale_f);
     memset(t, 0, sizeof *t);
 }
 
@@ -136,15 +139,26 @@ static inline double ct_absbias(const ct_wt *t, int64_t r, int64_t c) {
     return fabs((double)t->bias_f[r * (t->w.cols / t->w.group) + c / t->w.group]);
 }
 
+/* The per-element scale of the device's float32 error: |W| + 2|b| (the
+ * device folds the bias out of the group: s*sum(q x) + b*sum(x), and
+ * |s q| <= |W| + |b|), plus 48|s| at 4 bits, where it computes
+ * 32 s sum(f x) + (b - 16 s) sum(x) with f = 0.5 + q/32 (cuda_impl.cuh):
+ * terms of size 32|s| f <= 32|s| and |b| + 16|s|. */
+static inline double ct_scale_of(const ct_wt *t, int64_t r, int64_t c, float w) {
+    double v = fabs((double)w) + 2.0 * ct_absbias(t, r, c);
+    if (t->scale_f && t->w.bits == 4)
+        v += 48.0 * fabs((double)t->scale_f[r * (t->w.cols / t->w.group) + c / t->w.group]);
+    return v;
+}
+
 /* Reference row dot in double from the portable dequantizer; *cond gets
- * sum_c (|W_rc| + 2|b_rc|) |x_c|, the scale of the float32 error (the device
- * folds the bias out of the group: s*sum(q x) + b*sum(x)). */
+ * sum_c ct_scale_of(r, c) |x_c|. */
 static inline double ct_dot(const ct_wt *t, int64_t r, const double *x, float *rowbuf, double *cond) {
     mk_wt_dequant_row(&t->w, r, rowbuf);
     double s = 0.0, c = 0.0;
     for (int64_t j = 0; j < t->w.cols; j++) {
         s += (double)rowbuf[j] * x[j];
-        c += (fabs((double)rowbuf[j]) + 2.0 * ct_absbias(t, r, j)) * fabs(x[j]);
+        c += ct_scale_of(t, r, j, rowbuf[j]) * fabs(x[j]);
     }
     if (cond)
         *cond = c;
