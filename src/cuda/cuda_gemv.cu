@@ -11,8 +11,15 @@
 
 #define GEMV_WARPS 8
 
-__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ x,
-                                                            float *__restrict__ y, int accumulate) {
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 3) k_gemv(mkc_w w, const float *__restrict__ xg,
+                                                            float *__restrict__ y, int accumulate, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    const float *x = xg;
+    if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory */
+        mkc_stage((float *)mkc_sm4, xg, w.cols);
+        __syncthreads();
+        x = (const float *)mkc_sm4;
+    }
     const int lane = threadIdx.x & 31;
     const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
     const int64_t r0 = warp * 2;
@@ -43,7 +50,10 @@ extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);
-    k_gemv<<<(unsigned)blocks, GEMV_WARPS * 32, 0, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0);
+    /* stage x in shared memory when it fits and is whole float4s */
+    const bool staged = w->cols % 4 == 0 && w->cols * 4 <= MKC_SMEM_MAX;
+    k_gemv<<<(unsigned)blocks, GEMV_WARPS * 32, staged ? (size_t)w->cols * 4 : 0, (cudaStream_t)stream>>>(
+        v, x, y, accumulate ? 1 : 0, staged ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching gemv");
     return MK_OK;
 }

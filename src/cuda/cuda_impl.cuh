@@ -116,11 +116,23 @@ __device__ __forceinline__ void mkc_dot_byte(uint32_t w, const float *x, float *
     a[3] = fmaf(mkc_byte<3>(w), x[3], a[3]);
 }
 
+/* 16 bytes of weights that are read once: no L1 allocation, so the
+ * streaming weights do not evict x (which every warp of the block re-reads) */
+__device__ __forceinline__ uint4 mkc_ldw(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* x values: shared memory when the kernel staged x there, else global
+ * (plain loads: the pointer may be either) */
 __device__ __forceinline__ void mkc_ldx(const float *x, int n4, float *xv) {
 #pragma unroll
     for (int i = 0; i < 8; i++)
         if (i < n4) {
-            float4 t = __ldg((const float4 *)x + i);
+            float4 t = ((const float4 *)x)[i];
             xv[4 * i] = t.x;
             xv[4 * i + 1] = t.y;
             xv[4 * i + 2] = t.z;
@@ -155,7 +167,7 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
 #pragma unroll
             for (int r = 0; r < NR; r++)
                 if (c0 + 32 * u < nchunk)
-                    qq[u][r] = __ldg((const uint4 *)q[r] + c0 + 32 * u);
+                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t c = c0 + 32 * u;
@@ -203,7 +215,7 @@ __device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const flo
             uint4 qq[NR];
 #pragma unroll
             for (int r = 0; r < NR; r++)
-                qq[r] = __ldg((const uint4 *)q[r] + c);
+                qq[r] = mkc_ldw((const uint4 *)q[r] + c);
             float xv[8];
 #pragma unroll
             for (int r = 0; r < NR; r++) {
@@ -238,7 +250,7 @@ __device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const flo
                     wv = mkc_bf16f(__ldg((const unsigned short *)q[r] + c));
                 else
                     wv = mkc_f16f(__ldg((const unsigned short *)q[r] + c));
-                acc[r] = fmaf(wv, __ldg(x[SX ? 0 : r] + c), acc[r]);
+                acc[r] = fmaf(wv, x[SX ? 0 : r][c], acc[r]);
             }
         }
     }
@@ -278,6 +290,15 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     default: break;
     }
 }
+
+/* Copy n floats (n % 4 == 0, 16-byte aligned) from global to shared memory
+ * with the whole block; the caller synchronises. */
+__device__ __forceinline__ void mkc_stage(float *dst, const float *src, int64_t n) {
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x)
+        ((float4 *)dst)[i] = __ldg((const float4 *)src + i);
+}
+
+#define MKC_SMEM_MAX (48 * 1024) /* dynamic shared memory without an opt-in */
 
 __device__ __forceinline__ float mkc_warp_sum(float v) {
 #pragma unroll

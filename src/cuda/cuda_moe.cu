@@ -158,8 +158,15 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 }
 
 __global__ void __launch_bounds__(MOE_WARPS * 32)
-    k_gateup(const moe_args a, const float *__restrict__ x, const int32_t *__restrict__ idx,
-             float *__restrict__ h, float *__restrict__ hs) {
+    k_gateup(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
+             float *__restrict__ h, float *__restrict__ hs, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    const float *x = xg;
+    if (staged) { /* x is read by every warp: once into shared memory */
+        mkc_stage((float *)mkc_sm4, xg, a.H);
+        __syncthreads();
+        x = (const float *)mkc_sm4;
+    }
     const int lane = threadIdx.x & 31;
     const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     const int64_t nr = (int64_t)a.k * a.I;
@@ -187,8 +194,19 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
 
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
-           const float *__restrict__ h, const float *__restrict__ hs, const float *__restrict__ logits,
-           float *__restrict__ y, int accumulate) {
+           const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+           float *__restrict__ y, int accumulate, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    const float *h = hg, *hs = hsg;
+    if (staged) { /* the k expert activations (and the shared one) into shared memory */
+        const int64_t nh = (int64_t)a.k * a.I;
+        mkc_stage((float *)mkc_sm4, hg, nh);
+        if (a.has_shared)
+            mkc_stage((float *)mkc_sm4 + nh, hsg, a.Is);
+        __syncthreads();
+        h = (const float *)mkc_sm4;
+        hs = h + nh;
+    }
     const int lane = threadIdx.x & 31;
     const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     if (o >= a.H)
@@ -373,10 +391,17 @@ extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, 
     cudaStream_t s = (cudaStream_t)stream;
     k_router<<<nblocks(a.E + a.has_sg), MOE_WARPS * 32, 0, s>>>(a, x, ws->logits, ws->idx, ws->w, ws->ticket);
     MKC_TRY(cudaGetLastError(), "launching the router");
-    k_gateup<<<nblocks((int64_t)a.k * a.I + a.Is), MOE_WARPS * 32, 0, s>>>(a, x, ws->idx, ws->h, ws->hs);
+    /* x and h staged in shared memory when they fit and are whole float4s
+     * (h: each expert's slice must start 16-byte aligned too) */
+    const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
+    const int64_t nh = (int64_t)a.k * a.I + a.Is;
+    const bool sh = a.I % 4 == 0 && a.Is % 4 == 0 && nh * 4 <= MKC_SMEM_MAX;
+    k_gateup<<<nblocks((int64_t)a.k * a.I + a.Is), MOE_WARPS * 32, sx ? (size_t)a.H * 4 : 0, s>>>(
+        a, x, ws->idx, ws->h, ws->hs, sx ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching the experts' gate/up");
-    k_down<<<nblocks(a.H), MOE_WARPS * 32, 0, s>>>(a, ws->idx, ws->w, ws->h, ws->hs, ws->logits, y,
-                                                   accumulate ? 1 : 0);
+    k_down<<<nblocks(a.H), MOE_WARPS * 32, sh ? (size_t)nh * 4 : 0, s>>>(a, ws->idx, ws->w, ws->h, ws->hs,
+                                                                         ws->logits, y, accumulate ? 1 : 0,
+                                                                         sh ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching the experts' down");
     return MK_OK;
 }
