@@ -35,7 +35,7 @@ echo "== bench_cuda_moe $*"
 ./build-cuda/bench_cuda_moe "$@" 2>&1 | tee "$out/bench.log" || rc=1
 if [ -n "${MK_NCU:-}" ] && command -v ncu >/dev/null; then
     echo "== ncu (MoE kernels of the --quick stack)"
-    timeout 120 ncu --clock-control none --kernel-name regex:"k_(router|gateup|down|gemv)" --launch-skip 40 \
+    timeout 120 ncu --clock-control none --kernel-name regex:"k_(router|gateup|down|gemv)" --launch-skip 103 \
         --launch-count 6 --metrics gpu__time_duration.sum,dram__throughput.avg.pct_of_peak_sustained_elapsed,sm__warps_active.avg.pct_of_peak_sustained_active,launch__registers_per_thread \
         ./build-cuda/bench_cuda_moe --quick > "$out/ncu.log" 2>&1
     grep -E "k_(router|gateup|down|gemv)|duration|dram__|warps_active|registers" "$out/ncu.log" | head -60
