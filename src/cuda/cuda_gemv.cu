@@ -1,8 +1,9 @@
 /* GEMV on the device: y = W x for every format mkc_kind_of takes, one
  * launch, float32 in and out.
  *
- * A warp computes two consecutive rows at once (their loads overlap and x
- * is loaded once for both: mkc_dot_rows<2, true>), 8 warps a block. The
+ * A warp computes four consecutive rows at once (their loads overlap and x
+ * is loaded once for all: mkc_dot_rows<4, true>), 8 warps a block, x staged
+ * in shared memory when it fits. The
  * format switch is uniform across the grid, so it costs a branch, not
  * divergence. Bandwidth is what matters at batch 1: each lane moves 16-byte
  * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
@@ -10,8 +11,9 @@
 #include "cuda/cuda_impl.cuh"
 
 #define GEMV_WARPS 8
+#define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
-__global__ void __launch_bounds__(GEMV_WARPS * 32, 3) k_gemv(mkc_w w, const float *__restrict__ xg,
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
                                                             float *__restrict__ y, int accumulate, int staged) {
     extern __shared__ float4 mkc_sm4[];
     const float *x = xg;
@@ -22,20 +24,25 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 3) k_gemv(mkc_w w, const floa
     }
     const int lane = threadIdx.x & 31;
     const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    const int64_t r0 = warp * 2;
+    const int64_t r0 = warp * GEMV_ROWS;
     if (r0 >= w.rows)
         return;
-    const bool two = r0 + 1 < w.rows;
-    const mkc_w *ws[2] = {&w, &w};
-    const int64_t rows[2] = {r0, two ? r0 + 1 : r0};
-    const float *xs[2] = {x, x};
-    float acc[2];
-    mkc_dot_rows<2, true>(ws, rows, xs, lane, acc);
-    float a0 = mkc_warp_sum(acc[0]), a1 = mkc_warp_sum(acc[1]);
-    if (lane == 0) {
-        y[r0] = accumulate ? y[r0] + a0 : a0;
-        if (two)
-            y[r0 + 1] = accumulate ? y[r0 + 1] + a1 : a1;
+    const mkc_w *ws[GEMV_ROWS];
+    int64_t rows[GEMV_ROWS];
+    const float *xs[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) { /* past the end: repeat the last row, not stored */
+        ws[i] = &w;
+        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+        xs[i] = x;
+    }
+    float acc[GEMV_ROWS];
+    mkc_dot_rows<GEMV_ROWS, true>(ws, rows, xs, lane, acc);
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) {
+        const float v = mkc_warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < w.rows)
+            y[r0 + i] = accumulate ? y[r0 + i] + v : v;
     }
 }
 
@@ -46,7 +53,7 @@ extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool
         return mk_err(MK_E_ARG, "gemv: x must be 16-byte aligned device memory");
     if (w->rows == 0)
         return MK_OK;
-    const int64_t warps = (w->rows + 1) / 2;
+    const int64_t warps = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS;
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);

@@ -159,7 +159,7 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
                                             const void *const *b, const float *const *x,
                                             int64_t nchunk, int gshift, int lane, float *acc) {
     constexpr int VPC = 128 / BITS; /* values per 16-byte chunk */
-    constexpr int U = 2;
+    constexpr int U = NR >= 4 ? 1 : 2; /* 16-byte loads in flight per lane: U * NR */
     for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
         uint4 qq[U][NR];
 #pragma unroll

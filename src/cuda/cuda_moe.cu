@@ -136,11 +136,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         float acc[1];
         mkc_dot_rows<1, true>(ws, rows, xs, lane, acc);
         float v = mkc_warp_sum(acc[0]);
-        if (lane == 0)
+        if (lane == 0) {
             logits[t] = v;
+            __threadfence(); /* the writer publishes before the block's ticket */
+        }
     }
     /* last block in: all logits are in device memory */
-    __threadfence();
     __syncthreads();
     if (threadIdx.x == 0)
         last = atomicAdd(ticket, 1u) == gridDim.x - 1;
@@ -167,32 +168,38 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
+    /* a warp takes two consecutive intermediate rows (inter and
+     * shared_inter are even, so a pair never straddles two experts): four
+     * rows' loads in flight at once, sharing x */
     const int lane = threadIdx.x & 31;
-    const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
-    const int64_t nr = (int64_t)a.k * a.I;
-    const float *xs[2] = {x, x};
-    float acc[2];
-    if (t < nr) {
-        const int32_t j = (int32_t)t / a.I, r = (int32_t)t - j * a.I;
-        const int64_t row = (int64_t)__ldg(idx + j) * a.I + r;
-        const mkc_w *ws[2] = {&a.gate, &a.up};
-        const int64_t rows[2] = {row, row};
-        mkc_dot_rows<2, true>(ws, rows, xs, lane, acc);
-        float g = mkc_warp_sum(acc[0]), u = mkc_warp_sum(acc[1]);
-        if (lane == 0)
-            h[t] = silu_mul(g, u);
-    } else if (t < nr + (a.has_shared ? a.Is : 0)) {
-        const int64_t r = t - nr;
-        const mkc_w *ws[2] = {&a.shg, &a.shu};
-        const int64_t rows[2] = {r, r};
-        mkc_dot_rows<2, true>(ws, rows, xs, lane, acc);
-        float g = mkc_warp_sum(acc[0]), u = mkc_warp_sum(acc[1]);
-        if (lane == 0)
-            hs[r] = silu_mul(g, u);
+    const int64_t r0 = 2 * ((int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5));
+    const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
+    if (r0 >= ntot)
+        return;
+    const float *xs[4] = {x, x, x, x};
+    const bool routed = r0 < nr;
+    int64_t row;
+    if (routed) {
+        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
+        row = (int64_t)__ldg(idx + j) * a.I + r;
+    } else {
+        row = r0 - nr;
+    }
+    const mkc_w *G = routed ? &a.gate : &a.shg, *U = routed ? &a.up : &a.shu;
+    const mkc_w *ws[4] = {G, U, G, U};
+    const int64_t rows[4] = {row, row, row + 1, row + 1};
+    float acc[4];
+    mkc_dot_rows<4, true>(ws, rows, xs, lane, acc);
+    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+    if (lane == 0) {
+        float *out = routed ? h + r0 : hs + (r0 - nr);
+        out[0] = silu_mul(g0, u0);
+        out[1] = silu_mul(g1, u1);
     }
 }
 
-__global__ void __launch_bounds__(MOE_WARPS * 32)
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
            float *__restrict__ y, int accumulate, int staged) {
@@ -212,22 +219,23 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (o >= a.H)
         return;
     float tot = 0.0f;
-    for (int j0 = 0; j0 < a.k; j0 += 4) {
-        const mkc_w *ws[4] = {&a.down, &a.down, &a.down, &a.down};
-        int64_t rows[4];
-        const float *xs[4];
-        float wj[4];
+    /* eight experts' rows per pass: all their loads in flight at once */
+    for (int j0 = 0; j0 < a.k; j0 += 8) {
+        const mkc_w *ws[8] = {&a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down};
+        int64_t rows[8];
+        const float *xs[8];
+        float wj[8];
 #pragma unroll
-        for (int q = 0; q < 4; q++) {
+        for (int q = 0; q < 8; q++) {
             const int j = j0 + q < a.k ? j0 + q : a.k - 1; /* pad with a weight-0 repeat */
             rows[q] = (int64_t)__ldg(idx + j) * a.H + o;
             xs[q] = h + (int64_t)j * a.I;
             wj[q] = j0 + q < a.k ? __ldg(wt + j) : 0.0f;
         }
-        float acc[4];
-        mkc_dot_rows<4, false>(ws, rows, xs, lane, acc);
+        float acc[8];
+        mkc_dot_rows<8, false>(ws, rows, xs, lane, acc);
 #pragma unroll
-        for (int q = 0; q < 4; q++)
+        for (int q = 0; q < 8; q++)
             tot = fmaf(wj[q], acc[q], tot);
     }
     if (a.has_shared) {
@@ -282,6 +290,9 @@ extern "C" mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
     if (m->score != MK_CUDA_SCORE_SOFTMAX && m->score != MK_CUDA_SCORE_SIGMOID)
         return mk_err(MK_E_ARG, "moe: unknown scoring %d", (int)m->score);
     const int64_t H = m->hidden, E = m->n_experts, I = m->inter, Is = m->shared_inter;
+    if (I % 2 || (m->has_shared && Is % 2))
+        return mk_err(MK_E_UNSUPPORTED, "moe: inter and shared_inter must be even (k_gateup does row pairs), "
+                      "found %lld and %lld", (long long)I, (long long)Is);
     MK_TRY(want_shape(&m->router, "router", E, H));
     MK_TRY(want_shape(&m->gate, "experts' gate_proj", E * I, H));
     MK_TRY(want_shape(&m->up, "experts' up_proj", E * I, H));
@@ -396,7 +407,7 @@ extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, 
     const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
     const int64_t nh = (int64_t)a.k * a.I + a.Is;
     const bool sh = a.I % 4 == 0 && a.Is % 4 == 0 && nh * 4 <= MKC_SMEM_MAX;
-    k_gateup<<<nblocks((int64_t)a.k * a.I + a.Is), MOE_WARPS * 32, sx ? (size_t)a.H * 4 : 0, s>>>(
+    k_gateup<<<nblocks(((int64_t)a.k * a.I + a.Is) / 2), MOE_WARPS * 32, sx ? (size_t)a.H * 4 : 0, s>>>(
         a, x, ws->idx, ws->h, ws->hs, sx ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching the experts' gate/up");
     k_down<<<nblocks(a.H), MOE_WARPS * 32, sh ? (size_t)nh * 4 : 0, s>>>(a, ws->idx, ws->w, ws->h, ws->hs,
