@@ -30,9 +30,7 @@
 
 #include <cuda_runtime.h>
 
-extern "C" {
-#include "cuda/mk_cuda.h"
-}
+#include "cuda/cuda_impl.cuh" /* mk_cuda.h, and mkc_moe_launch for the breakdown */
 
 #define CK(x)                                                                                          \
     do {                                                                                               \
@@ -314,6 +312,53 @@ static void moe_bench(const shape_t &sp, double roof) {
         CK(cudaEventElapsedTime(&ms, e0, e1));
         if (rep >= 1)
             per_tok_eager.push_back(ms / 50);
+    }
+    /* breakdown: graphs of the router only, router + gate/up, all three;
+     * each with and without programmatic dependent launch */
+    double part_ms[2][3];
+    for (int pdl = 0; pdl < 2; pdl++)
+        for (int pi = 0; pi < 3; pi++) {
+            const unsigned parts = pi == 0 ? 1u : pi == 1 ? 3u : 7u;
+            cudaGraph_t g2;
+            cudaGraphExec_t ge2;
+            CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+            for (int l = 0; l < L; l++)
+                MK(mkc_moe_launch(&lay[l], ws, x, x, true, st, parts, pdl != 0));
+            CK(cudaStreamEndCapture(st, &g2));
+            CK(cudaGraphInstantiate(&ge2, g2, 0));
+            std::vector<double> v;
+            for (int rep = 0; rep < 4; rep++) {
+                CK(cudaEventRecord(e0, st));
+                for (int t = 0; t < 100; t++) {
+                    CK(cudaMemcpyAsync(x, pool + (size_t)((t * 5 + rep) % P) * sp.H, sp.H * 4,
+                                       cudaMemcpyDeviceToDevice, st));
+                    CK(cudaGraphLaunch(ge2, st));
+                }
+                CK(cudaEventRecord(e1, st));
+                CK(cudaEventSynchronize(e1));
+                float ms;
+                CK(cudaEventElapsedTime(&ms, e0, e1));
+                if (rep >= 1)
+                    v.push_back(ms / 100);
+            }
+            part_ms[pdl][pi] = median(v);
+            CK(cudaGraphExecDestroy(ge2));
+            CK(cudaGraphDestroy(g2));
+        }
+    for (int pdl = 0; pdl < 2; pdl++)
+        printf("moe %s breakdown (%s PDL), us per layer: router %.2f, gate/up %.2f, down %.2f; all %.2f us "
+               "= %.0f tok/s\n",
+               sp.name, pdl ? "with" : "without", 1e3 * part_ms[pdl][0] / L,
+               1e3 * (part_ms[pdl][1] - part_ms[pdl][0]) / L, 1e3 * (part_ms[pdl][2] - part_ms[pdl][1]) / L,
+               1e3 * part_ms[pdl][2] / L, 1e3 / part_ms[pdl][2]);
+    {
+        row_t r;
+        snprintf(r.what, sizeof r.what, "decode %s (MoE only, graph, PDL)", sp.name);
+        r.ms = part_ms[1][2];
+        r.gbs = bytes / (r.ms * 1e-3) / 1e9;
+        r.frac = bytes / (r.ms * 1e-3) / roof;
+        r.tps = 1e3 / r.ms;
+        g_rows.push_back(r);
     }
     float xh[8];
     CK(cudaMemcpy(xh, x, sizeof xh, cudaMemcpyDeviceToHost));

@@ -58,6 +58,12 @@ mk_status mkc_fail(cudaError_t e, const char *what);
             return mkc_fail(mkc_e_, (what));      \
     } while (0)
 
+/* The MoE step with a choice of kernels (bit 0 router, 1 gate/up, 2 down)
+ * and of programmatic dependent launch; mk_cuda_moe_step is (7, no PDL).
+ * For bench_cuda_moe's breakdown and experiments, not the public API. */
+mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
+                         void *stream, unsigned parts, bool pdl);
+
 /* ---- device: loads and conversions ------------------------------------ */
 
 __device__ __forceinline__ float mkc_bf16f(uint32_t h) {

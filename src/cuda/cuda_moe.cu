@@ -116,6 +116,16 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
 
 /* ---- kernels ------------------------------------------------------------ */
 
+/* Programmatic dependent launch (when launched with the attribute; no-ops
+ * otherwise): wait until the previous kernel in the stream has completed
+ * and its writes are visible, then let the next kernel be launched, so its
+ * launch and block set-up overlap this kernel's run. Waiting first keeps
+ * every read after the producer's writes, transitively across kernels. */
+__device__ __forceinline__ void mkc_pdl_enter(void) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+}
+
 struct moe_args {
     mkc_w router, sgw, gate, up, down, shg, shu, shd;
     int32_t E, k, I, Is, H;
@@ -127,6 +137,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket) {
     __shared__ bool last;
+    mkc_pdl_enter();
     const int lane = threadIdx.x & 31;
     const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     if (t < a.E + a.has_sg) {
@@ -162,6 +173,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_gateup(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
              float *__restrict__ h, float *__restrict__ hs, int staged) {
     extern __shared__ float4 mkc_sm4[];
+    mkc_pdl_enter();
     const float *x = xg;
     if (staged) { /* x is read by every warp: once into shared memory */
         mkc_stage((float *)mkc_sm4, xg, a.H);
@@ -204,6 +216,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
            float *__restrict__ y, int accumulate, int staged) {
     extern __shared__ float4 mkc_sm4[];
+    mkc_pdl_enter();
     const float *h = hg, *hs = hsg;
     if (staged) { /* the k expert activations (and the shared one) into shared memory */
         const int64_t nh = (int64_t)a.k * a.I;
@@ -368,8 +381,24 @@ static unsigned nblocks(int64_t tasks) {
     return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS);
 }
 
-extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
-                                      bool accumulate, void *stream) {
+/* launch one kernel, with the programmatic-dependent-launch attribute when pdl */
+template <typename... KA, typename... A>
+static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStream_t s, bool pdl, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(grid);
+    cfg.blockDim = dim3(MOE_WARPS * 32);
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
+
+mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
+                         void *stream, unsigned parts, bool pdl) {
     moe_args a;
     memset(&a, 0, sizeof a);
     if (ws->E != m->n_experts || ws->k != m->top_k || ws->I != m->inter ||
@@ -400,22 +429,32 @@ extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, 
     a.norm = m->norm_topk;
     a.scale = m->scale;
     cudaStream_t s = (cudaStream_t)stream;
-    k_router<<<nblocks(a.E + a.has_sg), MOE_WARPS * 32, 0, s>>>(a, x, ws->logits, ws->idx, ws->w, ws->ticket);
-    MKC_TRY(cudaGetLastError(), "launching the router");
+    if (parts & 1)
+        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg), 0, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket),
+                "launching the router");
     /* x and h staged in shared memory when they fit and are whole float4s
      * (h: each expert's slice must start 16-byte aligned too) */
     const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
     const int64_t nh = (int64_t)a.k * a.I + a.Is;
     const bool sh = a.I % 4 == 0 && a.Is % 4 == 0 && nh * 4 <= MKC_SMEM_MAX;
-    k_gateup<<<nblocks(((int64_t)a.k * a.I + a.Is) / 2), MOE_WARPS * 32, sx ? (size_t)a.H * 4 : 0, s>>>(
-        a, x, ws->idx, ws->h, ws->hs, sx ? 1 : 0);
-    MKC_TRY(cudaGetLastError(), "launching the experts' gate/up");
-    k_down<<<nblocks(a.H), MOE_WARPS * 32, sh ? (size_t)nh * 4 : 0, s>>>(a, ws->idx, ws->w, ws->h, ws->hs,
-                                                                         ws->logits, y, accumulate ? 1 : 0,
-                                                                         sh ? 1 : 0);
-    MKC_TRY(cudaGetLastError(), "launching the experts' down");
+    if (parts & 2)
+        MKC_TRY(launch(k_gateup, nblocks(((int64_t)a.k * a.I + a.Is) / 2), sx ? (size_t)a.H * 4 : 0, s, pdl, a, x,
+                       (const int32_t *)ws->idx, ws->h, ws->hs, sx ? 1 : 0),
+                "launching the experts' gate/up");
+    if (parts & 4)
+        MKC_TRY(launch(k_down, nblocks(a.H), sh ? (size_t)nh * 4 : 0, s, pdl, a, (const int32_t *)ws->idx,
+                       (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
+                       (const float *)ws->logits, y, accumulate ? 1 : 0, sh ? 1 : 0),
+                "launching the experts' down");
     return MK_OK;
 }
+
+extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
+                                      bool accumulate, void *stream) {
+    return mkc_moe_launch(m, ws, x, y, accumulate, stream, 7u, false);
+}
+
+
 
 extern "C" mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) {
     MK_TRY(mk_cuda_sync());
