@@ -9,8 +9,9 @@
  * >= 32) and accumulates in float32; the caller reduces the 32 partial
  * sums with xor shuffles. NR rows are done together so that their loads are
  * in flight at once (and, when they share x, x is loaded once). Integer to
- * float conversion uses the 2^23 trick (bytes placed in a float's mantissa
- * by PRMT, minus 2^23, exact) instead of I2F, which is quarter rate. */
+ * float conversion avoids the quarter-rate I2F: 8-bit codes by the 2^23
+ * trick (a byte placed in a float's mantissa by PRMT, minus 2^23, exact),
+ * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). */
 #ifndef MK_CUDA_IMPL_CUH
 #define MK_CUDA_IMPL_CUH
 
