@@ -360,6 +360,38 @@ static void moe_bench(const shape_t &sp, double roof) {
         r.tps = 1e3 / r.ms;
         g_rows.push_back(r);
     }
+    /* the whole stack as one persistent cooperative kernel per token */
+    mk_cuda_stack *stk = NULL;
+    if (mk_cuda_stack_new(lay.data(), L, &stk) != MK_OK) {
+        printf("moe %s: persistent stack not available: %s\n", sp.name, mk_err_msg());
+    } else {
+        std::vector<double> v;
+        for (int rep = 0; rep < 6; rep++) {
+            CK(cudaEventRecord(e0, st));
+            for (int t = 0; t < 200; t++) {
+                CK(cudaMemcpyAsync(x, pool + (size_t)((t * 3 + rep) % P) * sp.H, sp.H * 4, cudaMemcpyDeviceToDevice,
+                                   st));
+                MK(mk_cuda_stack_run(stk, x, st));
+            }
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (rep >= 1)
+                v.push_back(ms / 200);
+        }
+        double sm = median(v);
+        printf("moe %s: persistent stack %.4f ms/token = %.0f tok/s, %.1f%% of copy\n", sp.name, sm, 1e3 / sm,
+               100 * bytes / (sm * 1e-3) / roof);
+        row_t r;
+        snprintf(r.what, sizeof r.what, "decode %s (MoE only, persistent)", sp.name);
+        r.ms = sm;
+        r.gbs = bytes / (sm * 1e-3) / 1e9;
+        r.frac = bytes / (sm * 1e-3) / roof;
+        r.tps = 1e3 / sm;
+        g_rows.push_back(r);
+        mk_cuda_stack_free(stk);
+    }
     float xh[8];
     CK(cudaMemcpy(xh, x, sizeof xh, cudaMemcpyDeviceToHost));
     int32_t idx[32];

@@ -17,6 +17,7 @@
  *              sigmoid(shared gate logit); y = that (or y += that).
  * The routing never leaves the device; mk_cuda_moe_routing copies it out
  * for tests and --verify only. */
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -476,4 +477,292 @@ extern "C" size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
     if (m->has_shared_gate)
         n += mk_cuda_wt_row_bytes_all(&m->sh_gate_w);
     return n;
+}
+
+/* ---- a whole MoE stack in one persistent kernel --------------------------- */
+
+/* Grid-wide barrier for a co-resident grid (cooperative launch): arrive on
+ * a counter, the last block bumps the generation; the others wait for it.
+ * Fences order each block's writes before the arrival and the waiters'
+ * reads after it. */
+__device__ __forceinline__ void grid_barrier(unsigned *count, unsigned *gen) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned *vg = gen;
+        const unsigned g = *vg;
+        __threadfence();
+        if (atomicAdd(count, 1u) == gridDim.x - 1) {
+            *count = 0u;
+            __threadfence();
+            atomicAdd(gen, 1u);
+        } else {
+            while (*vg == g)
+                __nanosleep(32);
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+/* Copy n floats (n % 4 == 0) into shared memory through L2 (.cg): data
+ * other blocks wrote in this same kernel must not come from a stale L1. */
+__device__ __forceinline__ void stage_cg(float *dst, const float *src, int64_t n) {
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x)
+        ((float4 *)dst)[i] = __ldcg((const float4 *)src + i);
+}
+
+struct stack_args {
+    const moe_args *layers; /* device array */
+    int32_t L;
+    float *x, *logits, *w, *h, *hs;
+    int32_t *idx;
+    unsigned *bar; /* [0] count, [1] generation */
+};
+
+/* x += moe_l(x) for every layer: router rows, barrier, routing (every block
+ * ranks the logits itself: no second barrier), gate/up row pairs, barrier,
+ * down rows, barrier. Work is spread by global warp index with a stride of
+ * the whole grid. x and h are staged in shared memory (the host checks
+ * they fit). */
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2) k_stack(const stack_args s) {
+    extern __shared__ float4 mkc_sm4[];
+    float *sm = (float *)mkc_sm4;
+    __shared__ int32_t r_idx[MOE_MAX_K];
+    __shared__ float r_w[MOE_MAX_K];
+    const int lane = threadIdx.x & 31;
+    const int64_t gw = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int64_t nw = (int64_t)gridDim.x * MOE_WARPS;
+    for (int l = 0; l < s.L; l++) {
+        const moe_args &a = s.layers[l];
+        /* 1. router logits (+ shared gate logit) */
+        stage_cg(sm, s.x, a.H);
+        __syncthreads();
+        for (int64_t t = gw; t < a.E + a.has_sg; t += nw) {
+            const mkc_w *ws[1] = {t < a.E ? &a.router : &a.sgw};
+            const int64_t rows[1] = {t < a.E ? t : 0};
+            const float *xs[1] = {sm};
+            float acc[1];
+            mkc_dot_rows<1, true>(ws, rows, xs, lane, acc);
+            const float v = mkc_warp_sum(acc[0]);
+            if (lane == 0)
+                s.logits[t] = v;
+        }
+        grid_barrier(s.bar, s.bar + 1);
+        /* 2. routing in every block; gate/up row pairs */
+        route_block(s.logits, a.E, a.k, a.score, a.norm, a.scale, r_idx, r_w);
+        __syncthreads();
+        if (blockIdx.x == 0 && threadIdx.x < a.k) { /* for mk_cuda_moe_routing */
+            s.idx[threadIdx.x] = r_idx[threadIdx.x];
+            s.w[threadIdx.x] = r_w[threadIdx.x];
+        }
+        const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
+        for (int64_t p = gw; 2 * p < ntot; p += nw) {
+            const int64_t r0 = 2 * p;
+            const bool routed = r0 < nr;
+            int64_t row;
+            if (routed) {
+                const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
+                row = (int64_t)r_idx[j] * a.I + r;
+            } else {
+                row = r0 - nr;
+            }
+            const mkc_w *G = routed ? &a.gate : &a.shg, *U = routed ? &a.up : &a.shu;
+            const mkc_w *ws[4] = {G, U, G, U};
+            const int64_t rows[4] = {row, row, row + 1, row + 1};
+            const float *xs[4] = {sm, sm, sm, sm};
+            float acc[4];
+            mkc_dot_rows<4, true>(ws, rows, xs, lane, acc);
+            const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+            const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+            if (lane == 0) {
+                float *out = routed ? s.h + r0 : s.hs + (r0 - nr);
+                out[0] = silu_mul(g0, u0);
+                out[1] = silu_mul(g1, u1);
+            }
+        }
+        grid_barrier(s.bar, s.bar + 1);
+        /* 3. down rows, weighted, plus the shared expert: x += */
+        stage_cg(sm, s.h, nr);
+        if (a.has_shared)
+            stage_cg(sm + nr, s.hs, a.Is);
+        __syncthreads();
+        const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldcg(s.logits + a.E))) : 1.0f;
+        for (int64_t o = gw; o < a.H; o += nw) {
+            float tot = 0.0f;
+            for (int j0 = 0; j0 < a.k; j0 += 8) {
+                const mkc_w *ws[8] = {&a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down};
+                int64_t rows[8];
+                const float *xs[8];
+                float wj[8];
+#pragma unroll
+                for (int q = 0; q < 8; q++) {
+                    const int j = j0 + q < a.k ? j0 + q : a.k - 1;
+                    rows[q] = (int64_t)r_idx[j] * a.H + o;
+                    xs[q] = sm + (int64_t)j * a.I;
+                    wj[q] = j0 + q < a.k ? r_w[j] : 0.0f;
+                }
+                float acc[8];
+                mkc_dot_rows<8, false>(ws, rows, xs, lane, acc);
+#pragma unroll
+                for (int q = 0; q < 8; q++)
+                    tot = fmaf(wj[q], acc[q], tot);
+            }
+            if (a.has_shared) {
+                const mkc_w *ws[1] = {&a.shd};
+                const int64_t rows[1] = {o};
+                const float *xs[1] = {sm + nr};
+                float acc[1];
+                mkc_dot_rows<1, false>(ws, rows, xs, lane, acc);
+                tot = fmaf(sg, acc[0], tot);
+            }
+            tot = mkc_warp_sum(tot);
+            if (lane == 0)
+                s.x[o] = __ldcg(s.x + o) + tot;
+        }
+        grid_barrier(s.bar, s.bar + 1);
+    }
+}
+
+struct mk_cuda_stack {
+    int L;
+    moe_args *d_layers;
+    mk_cuda_moe_ws *ws;
+    unsigned *bar;
+    unsigned grid;
+    size_t smem;
+};
+
+/* moe_args of one layer (views checked) */
+static mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
+    memset(a, 0, sizeof *a);
+    MK_TRY(mkc_view(&m->router, "router", &a->router));
+    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a->gate));
+    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a->up));
+    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a->down));
+    if (m->has_shared) {
+        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a->shg));
+        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a->shu));
+        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a->shd));
+    }
+    if (m->has_shared_gate)
+        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a->sgw));
+    a->E = (int32_t)m->n_experts;
+    a->k = (int32_t)m->top_k;
+    a->I = (int32_t)m->inter;
+    a->Is = m->has_shared ? (int32_t)m->shared_inter : 0;
+    a->H = (int32_t)m->hidden;
+    a->has_shared = m->has_shared;
+    a->has_sg = m->has_shared_gate;
+    a->score = m->score;
+    a->norm = m->norm_topk;
+    a->scale = m->scale;
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out) {
+    *out = NULL;
+    if (L < 1)
+        return mk_err(MK_E_ARG, "moe stack: at least one layer, found %d", L);
+    const mk_cuda_moe *m0 = &layers[0];
+    for (int l = 0; l < L; l++) {
+        const mk_cuda_moe *m = &layers[l];
+        MK_TRY(mk_cuda_moe_check(m));
+        if (m->hidden != m0->hidden || m->n_experts != m0->n_experts || m->top_k != m0->top_k ||
+            m->inter != m0->inter || m->has_shared != m0->has_shared ||
+            (m->has_shared && m->shared_inter != m0->shared_inter))
+            return mk_err(MK_E_MISMATCH, "moe stack: layer %d's shape differs from layer 0's", l);
+    }
+    const int64_t H = m0->hidden, nh = m0->top_k * m0->inter + (m0->has_shared ? m0->shared_inter : 0);
+    if (H % 4 || m0->inter % 4 || (m0->has_shared && m0->shared_inter % 4) || H * 4 > MKC_SMEM_MAX ||
+        nh * 4 > MKC_SMEM_MAX)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "moe stack: hidden (%lld) and top_k*inter+shared_inter (%lld) must be multiples of 4 "
+                      "and fit in %d KB of shared memory; use mk_cuda_moe_step per layer",
+                      (long long)H, (long long)nh, MKC_SMEM_MAX / 1024);
+    moe_args *host = (moe_args *)calloc((size_t)L, sizeof *host);
+    if (!host)
+        return mk_err(MK_E_NOMEM, "moe stack: %d layer descriptors", L);
+    for (int l = 0; l < L; l++) {
+        mk_status sv = moe_args_of(&layers[l], &host[l]);
+        if (sv != MK_OK) {
+            free(host);
+            return sv;
+        }
+    }
+    mk_cuda_stack *s = (mk_cuda_stack *)calloc(1, sizeof *s);
+    if (!s) {
+        free(host);
+        return mk_err(MK_E_NOMEM, "moe stack");
+    }
+    s->L = L;
+    s->smem = (size_t)(H > nh ? H : nh) * 4;
+    int dev = 0, nsm = 0, per = 0;
+    mk_status st = MK_OK;
+    cudaError_t e = cudaGetDevice(&dev);
+    if (e == cudaSuccess)
+        e = cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev);
+    if (e == cudaSuccess)
+        e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_stack, MOE_WARPS * 32, s->smem);
+    if (e != cudaSuccess)
+        st = mkc_fail(e, "sizing the persistent MoE kernel");
+    if (st == MK_OK && per < 1)
+        st = mk_err(MK_E_UNSUPPORTED, "moe stack: the persistent kernel does not fit on an SM");
+    s->grid = (unsigned)(nsm * per);
+    if (st == MK_OK)
+        st = mk_cuda_moe_ws_new(m0, &s->ws);
+    if (st == MK_OK)
+        st = mk_cuda_malloc((void **)&s->d_layers, sizeof(moe_args) * (size_t)L, "moe stack layers");
+    if (st == MK_OK)
+        st = mk_cuda_upload(s->d_layers, host, sizeof(moe_args) * (size_t)L);
+    free(host);
+    if (st == MK_OK)
+        st = mk_cuda_malloc((void **)&s->bar, 2 * sizeof(unsigned), "moe stack barrier");
+    if (st == MK_OK)
+        st = mk_cuda_memset(s->bar, 0, 2 * sizeof(unsigned));
+    if (st != MK_OK) {
+        mk_cuda_stack_free(s);
+        return st;
+    }
+    *out = s;
+    return MK_OK;
+}
+
+extern "C" void mk_cuda_stack_free(mk_cuda_stack *s) {
+    if (!s)
+        return;
+    mk_cuda_moe_ws_free(s->ws);
+    mk_cuda_free(s->d_layers);
+    mk_cuda_free(s->bar);
+    free(s);
+}
+
+extern "C" mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s) {
+    return s->ws;
+}
+
+extern "C" mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream) {
+    if (((uintptr_t)x & 15) != 0)
+        return mk_err(MK_E_ARG, "moe stack: x must be 16-byte aligned device memory");
+    stack_args a;
+    a.layers = s->d_layers;
+    a.L = s->L;
+    a.x = x;
+    a.logits = s->ws->logits;
+    a.w = s->ws->w;
+    a.h = s->ws->h;
+    a.hs = s->ws->hs;
+    a.idx = s->ws->idx;
+    a.bar = s->bar;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = dim3(s->grid);
+    cfg.blockDim = dim3(MOE_WARPS * 32);
+    cfg.dynamicSmemBytes = s->smem;
+    cfg.stream = (cudaStream_t)stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeCooperative; /* all blocks co-resident: the barrier needs it */
+    at[0].val.cooperative = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = 1;
+    MKC_TRY(cudaLaunchKernelEx(&cfg, k_stack, a), "launching the persistent MoE stack");
+    return MK_OK;
 }

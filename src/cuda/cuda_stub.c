@@ -72,3 +72,16 @@ mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) 
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
     return 0;
 }
+mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out) {
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+void mk_cuda_stack_free(mk_cuda_stack *s) {
+}
+mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s) {
+    return NULL;
+}
+mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream) {
+    return no_cuda();
+}

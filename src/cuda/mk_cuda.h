@@ -116,6 +116,24 @@ mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w);
  * shared expert (data, scales, biases). The roofline numerator. */
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m);
 
+/* ---- a stack of MoE layers in one persistent kernel ---------------------- */
+
+/* x += moe_l(x) for l = 0..L-1 in ONE launch: a cooperative (co-resident)
+ * grid that runs router, routing, gate/up and down of every layer with
+ * grid-wide barriers between them instead of kernel boundaries (the
+ * per-kernel launch and ramp latency dominates mk_cuda_moe_step at batch
+ * 1: bench/RESULTS.md). All layers one shape; x and the k experts'
+ * activations must fit in 48 KB of shared memory (else MK_E_UNSUPPORTED:
+ * use mk_cuda_moe_step per layer). Same kernels' arithmetic as the step.
+ * Attention between the MoE blocks is not in it yet (issue 14). */
+typedef struct mk_cuda_stack mk_cuda_stack;
+mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out);
+void mk_cuda_stack_free(mk_cuda_stack *s);
+/* The workspace the stack uses (mk_cuda_moe_routing on it gives the last
+ * layer's routing). */
+mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s);
+mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream);
+
 #ifdef __cplusplus
 }
 #endif

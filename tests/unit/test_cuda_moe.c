@@ -33,8 +33,9 @@
  * Cases: odd small shapes for each option (softmax + norm, sigmoid without
  * norm with a scale, shared expert with and without its gate, router and
  * shared gate in formats other than the experts', 4- and 8-bit experts,
- * accumulate into a residual), and one full-size Qwen3-30B-A3B layer
- * (H 2048, 128 experts, top-8, I 768, 4-bit g64). */
+ * accumulate into a residual), the same through the persistent one-launch
+ * stack (mk_cuda_stack, one layer), and one full-size Qwen3-30B-A3B layer
+ * (H 2048, 128 experts, top-8, I 768, 4-bit g64) both ways. */
 #include "mk_test_util.h"
 
 #include "cuda_test_util.h"
@@ -50,19 +51,26 @@ typedef struct mcase {
     bool shared, shared_gate;
     int router_fmt; /* 0: affine 8-bit g64 bf16, 1: bf16, 2: same as experts */
     bool accumulate;
+    bool stack; /* run through mk_cuda_stack (one layer; x += moe(x)) instead of mk_cuda_moe_step */
 } mcase;
 
 static const mcase g_cases[] = {
     {"qwen3-moe-like 4bit g64 bf16, router 8bit", 320, 20, 4, 192, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
-     true, 1.0f, false, false, 0, false},
+     true, 1.0f, false, false, 0, false, false},
     {"qwen3.5-like shared+gate 4bit g64 f16, accumulate", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16,
-     MK_CUDA_SCORE_SOFTMAX, true, 1.0f, true, true, 1, true},
+     MK_CUDA_SCORE_SOFTMAX, true, 1.0f, true, true, 1, true, false},
     {"sigmoid no-norm scale 2.5, 8bit g32, shared no gate", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16,
-     MK_CUDA_SCORE_SIGMOID, false, 2.5f, true, false, 2, false},
+     MK_CUDA_SCORE_SIGMOID, false, 2.5f, true, false, 2, false, false},
     {"softmax no-norm 8bit g64 f32, k=1", 192, 7, 1, 128, 0, 8, 64, MK_DT_F32, MK_CUDA_SCORE_SOFTMAX, false, 1.0f,
-     false, false, 2, false},
+     false, false, 2, false, false},
+    {"stack: qwen3.5-like shared+gate 4bit g64 f16", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16, MK_CUDA_SCORE_SOFTMAX,
+     true, 1.0f, true, true, 1, true, true},
+    {"stack: sigmoid no-norm scale 2.5, 8bit g32", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16, MK_CUDA_SCORE_SIGMOID,
+     false, 2.5f, true, false, 2, true, true},
+    {"stack: Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
+     true, 1.0f, false, false, 2, true, true},
     {"Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true,
-     1.0f, false, false, 2, false},
+     1.0f, false, false, 2, false, false},
 };
 
 typedef struct layer {
@@ -215,15 +223,25 @@ static void run_case(const mcase *c) {
     CT_OK(mk_cuda_malloc(&dy, (size_t)H * 4, "y"));
     CT_OK(mk_cuda_upload(dx, x, (size_t)H * 4));
     for (int64_t o = 0; o < H; o++)
-        y0[o] = ct_f(-3.0f, 3.0f);
-    if (c->accumulate)
-        CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
-    else
-        CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
-    CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
-    CT_OK(mk_cuda_sync());
-    CT_OK(mk_cuda_download(y, dy, (size_t)H * 4));
-    CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
+        y0[o] = c->stack ? x[o] : ct_f(-3.0f, 3.0f); /* the stack adds into x itself */
+    if (c->stack) {
+        mk_cuda_stack *stk;
+        CT_OK(mk_cuda_stack_new(&m, 1, &stk));
+        CT_OK(mk_cuda_stack_run(stk, dx, NULL));
+        CT_OK(mk_cuda_sync());
+        CT_OK(mk_cuda_download(y, dx, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_routing(mk_cuda_stack_ws(stk), gidx, gw));
+        mk_cuda_stack_free(stk);
+    } else {
+        if (c->accumulate)
+            CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
+        else
+            CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
+        CT_OK(mk_cuda_sync());
+        CT_OK(mk_cuda_download(y, dy, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
+    }
 
     for (int64_t j = 0; j < k; j++) {
         if (gidx[j] != sel[j])
@@ -300,6 +318,102 @@ static void test_moe_small(void **state) {
         run_case(&g_cases[i]);
 }
 
+/* The persistent stack over several layers: its layer loop, barriers and
+ * in-kernel routing per layer. A consistency check, stated as such: the
+ * reference is mk_cuda_moe_step applied layer by layer (checked against the
+ * CPU above, as is the one-layer stack); both use the same row dot
+ * products, so they agree to float32 rounding of the kernels' own
+ * contractions: |a - b| <= 1e-5 * max|a| per element. */
+static void test_moe_stack_layers(void **state) {
+    CT_NEED_GPU();
+    const mcase c = {"stack 3 layers", 256, 40, 8, 64, 128, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true, 1.0f,
+                     true, true, 2, true, true};
+    enum { L = 3 };
+    const int64_t H = c.H;
+    layer lw[L];
+    mk_cuda_moe m[L];
+    for (int l = 0; l < L; l++) {
+        memset(&m[l], 0, sizeof m[l]);
+        lw[l].router = mat(&c, c.E, H, 1.0f);
+        lw[l].gate = mat(&c, c.E * c.I, H, 1.0f);
+        lw[l].up = mat(&c, c.E * c.I, H, 1.0f);
+        lw[l].down = mat(&c, c.E * H, c.I, 0.25f); /* keep the residual O(1) over the layers */
+        lw[l].sg = mat(&c, c.Is, H, 1.0f);
+        lw[l].su = mat(&c, c.Is, H, 1.0f);
+        lw[l].sd = mat(&c, H, c.Is, 0.25f);
+        lw[l].sgw = ct_plain(1, H, MK_WF_BF16, 0.05f);
+        m[l].hidden = H;
+        m[l].n_experts = c.E;
+        m[l].top_k = c.k;
+        m[l].inter = c.I;
+        m[l].shared_inter = c.Is;
+        m[l].score = c.score;
+        m[l].norm_topk = true;
+        m[l].scale = 1.0f;
+        m[l].has_shared = m[l].has_shared_gate = true;
+        CT_OK(mk_cuda_wt_upload(&lw[l].router.w, &m[l].router, "router"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].gate.w, &m[l].gate, "gate"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].up.w, &m[l].up, "up"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].down.w, &m[l].down, "down"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sg.w, &m[l].sh_gate, "sg"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].su.w, &m[l].sh_up, "su"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sd.w, &m[l].sh_down, "sd"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sgw.w, &m[l].sh_gate_w, "sgw"));
+    }
+    float *x = malloc((size_t)H * 4), *a = malloc((size_t)H * 4), *b = malloc((size_t)H * 4);
+    for (int64_t o = 0; o < H; o++)
+        x[o] = ct_f(-1.0f, 1.0f);
+    void *da, *db;
+    CT_OK(mk_cuda_malloc(&da, (size_t)H * 4, "a"));
+    CT_OK(mk_cuda_malloc(&db, (size_t)H * 4, "b"));
+    CT_OK(mk_cuda_upload(da, x, (size_t)H * 4));
+    CT_OK(mk_cuda_upload(db, x, (size_t)H * 4));
+    mk_cuda_moe_ws *ws;
+    CT_OK(mk_cuda_moe_ws_new(&m[0], &ws));
+    for (int l = 0; l < L; l++)
+        CT_OK(mk_cuda_moe_step(&m[l], ws, da, da, true, NULL));
+    mk_cuda_stack *stk;
+    CT_OK(mk_cuda_stack_new(m, L, &stk));
+    CT_OK(mk_cuda_stack_run(stk, db, NULL));
+    CT_OK(mk_cuda_stack_run(stk, db, NULL)); /* twice: the barrier state carries over launches */
+    for (int l = 0; l < L; l++)
+        CT_OK(mk_cuda_moe_step(&m[l], ws, da, da, true, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(a, da, (size_t)H * 4));
+    CT_OK(mk_cuda_download(b, db, (size_t)H * 4));
+    double mx = 0.0, worst = 0.0, dx = 0.0;
+    for (int64_t o = 0; o < H; o++) {
+        mx = fmax(mx, fabs((double)a[o]));
+        dx = fmax(dx, fabs((double)a[o] - x[o]));
+    }
+    assert_true(dx > 1e-3 * mx); /* the layers did change x */
+    for (int64_t o = 0; o < H; o++) {
+        double err = fabs((double)a[o] - (double)b[o]);
+        if (!(err <= 1e-5 * mx))
+            fail_msg("stack x[%lld]: stack %.9g, layer by layer %.9g, |diff| %.3g > %.3g", (long long)o,
+                     (double)b[o], (double)a[o], err, 1e-5 * mx);
+        worst = fmax(worst, err / (1e-5 * mx));
+    }
+    printf("  stack of %d layers run twice vs steps: worst |diff|/bound %.3g\n", L, worst);
+    mk_cuda_stack_free(stk);
+    mk_cuda_moe_ws_free(ws);
+    mk_cuda_free(da);
+    mk_cuda_free(db);
+    for (int l = 0; l < L; l++) {
+        mk_wt *dv[] = {&m[l].router, &m[l].gate, &m[l].up, &m[l].down,
+                       &m[l].sh_gate, &m[l].sh_up, &m[l].sh_down, &m[l].sh_gate_w};
+        for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++)
+            mk_cuda_wt_free(dv[i]);
+        ct_wt *hv[] = {&lw[l].router, &lw[l].gate, &lw[l].up, &lw[l].down,
+                       &lw[l].sg, &lw[l].su, &lw[l].sd, &lw[l].sgw};
+        for (size_t i = 0; i < sizeof hv / sizeof hv[0]; i++)
+            ct_free(hv[i]);
+    }
+    free(x);
+    free(a);
+    free(b);
+}
+
 static void test_moe_qwen3_30b_layer(void **state) {
     CT_NEED_GPU();
     run_case(&g_cases[sizeof g_cases / sizeof g_cases[0] - 1]);
@@ -351,6 +465,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moe_check_named),
         cmocka_unit_test(test_moe_small),
+        cmocka_unit_test(test_moe_stack_layers),
         cmocka_unit_test(test_moe_qwen3_30b_layer),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
