@@ -29,14 +29,14 @@ cmake --build build-cuda -j16 --target test_cuda_gemv test_cuda_moe bench_cuda_m
 rc=0
 for t in test_cuda_gemv test_cuda_moe; do
     echo "== $t"
-    ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
+    timeout 120 ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
 done
 echo "== bench_cuda_moe $*"
 # clocks while it runs (read only: METHOD.md, never set them)
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv -lms 250 \
     > "$out/clocks.csv" 2>&1 &
 smi=$!
-./build-cuda/bench_cuda_moe "$@" 2>&1 | tee "$out/bench.log" || rc=1
+timeout 240 ./build-cuda/bench_cuda_moe "$@" 2>&1 | tee "$out/bench.log" || rc=1
 kill $smi 2>/dev/null
 echo "== SM clock MHz during the bench (min / median / max of the 250 ms samples)"
 awk -F', ' 'NR > 1 {print $2+0}' "$out/clocks.csv" | sort -n | awk '{a[NR]=$1} END {if (NR) print a[1], a[int((NR+1)/2)], a[NR]}'
