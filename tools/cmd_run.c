@@ -16,6 +16,7 @@
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
+#include "moekit/generate.h"
 #include "moekit/sample.h"
 #include "moekit/tokenizer.h"
 
@@ -83,97 +84,49 @@ typedef struct run_ctx {
     mk_engine *e;
     mk_tok *tok; /* NULL without a tokenizer */
     mk_sampler *smp;
-    int32_t stop[16];
-    int nstop;
-    float *logits;
+    mk_gen_stopset stop;
 } run_ctx;
 
-static double now_s(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+/* Streaming output of the library's generation loop: text as it comes, or
+ * comma-separated ids without a tokenizer. Stops when stdout fails (main()
+ * reports it and exits 1). */
+typedef struct stream_out {
+    int64_t n;
+} stream_out;
+
+static bool on_token(void *user, int32_t id, const char *text, size_t len) {
+    stream_out *so = user;
+    if (text)
+        fwrite(text, 1, len, stdout);
+    else if (id >= 0)
+        printf("%s%d", so->n++ ? "," : "", id);
+    return !mk_cli_stdout_failed();
 }
 
-static void add_stop(run_ctx *r, int32_t id) {
-    for (int i = 0; i < r->nstop; i++)
-        if (r->stop[i] == id)
-            return;
-    if (id >= 0 && r->nstop < 16)
-        r->stop[r->nstop++] = id;
-}
-
-static bool is_stop(const run_ctx *r, int32_t id) {
-    for (int i = 0; i < r->nstop; i++)
-        if (r->stop[i] == id)
-            return true;
-    return false;
-}
-
-/* Prefill `prompt`, then sample until a stop id or max tokens, streaming. */
+/* Prefill `prompt`, then sample until a stop id or max tokens, streaming
+ * (mk_generate does the work; this prints it). */
 static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t **out_ids,
                           int64_t *out_n) {
     const run_opts *o = r->o;
     const mk_config *c = mk_model_config(r->m);
-    int64_t cap = np + o->max_tokens;
-    int32_t *hist = malloc((size_t)cap * sizeof *hist);
-    if (!hist)
-        return mk_err(MK_E_NOMEM, "no memory for %lld tokens", (long long)cap);
-    memcpy(hist, prompt, (size_t)np * sizeof *hist);
-    int64_t nh = np;
-    mk_tok_stream *ts = NULL;
-    mk_status st = MK_OK;
-    if (r->tok && !o->json)
-        st = mk_tok_stream_create(r->tok, true, &ts);
-    double t0 = now_s();
-    if (st == MK_OK)
-        st = mk_engine_forward(r->e, prompt, np, MK_LOGITS_LAST, r->logits, NULL);
-    double t1 = now_s();
-    int64_t ngen = 0;
-    bool ctx_full = false;
-    while (st == MK_OK && ngen < o->max_tokens) {
-        int32_t id = mk_sampler_sample(r->smp, r->logits, hist, nh);
-        if (is_stop(r, id))
-            break;
-        hist[nh++] = id;
-        ngen++;
-        if (!o->json) { /* stream */
-            const char *txt;
-            size_t len;
-            if (ts && mk_tok_stream_push(ts, id, &txt, &len) == MK_OK)
-                fwrite(txt, 1, len, stdout);
-            else if (!ts)
-                printf("%s%d", ngen > 1 ? "," : "", id);
-            if (mk_cli_stdout_failed()) /* stop: main() reports it and exits 1 */
-                break;
-        }
-        if (ngen >= o->max_tokens)
-            break;
-        if (mk_engine_pos(r->e) >= mk_engine_max_ctx(r->e)) {
-            ctx_full = true;
-            break;
-        }
-        st = mk_engine_forward(r->e, &id, 1, MK_LOGITS_LAST, r->logits, NULL);
-    }
-    double t2 = now_s();
-    if (ts) {
-        const char *txt;
-        size_t len;
-        if (mk_tok_stream_flush(ts, &txt, &len) == MK_OK)
-            fwrite(txt, 1, len, stdout);
-        mk_tok_stream_free(ts);
-    }
+    stream_out so = {0};
+    mk_gen_opts go = {.max_tokens = o->max_tokens, .stop = &r->stop, .sampler = r->smp,
+                      .tok = r->tok, .on_token = o->json ? NULL : on_token, .user = &so};
+    mk_gen_result res;
+    mk_status st = mk_generate(r->e, prompt, np, &go, &res);
+    int64_t ngen = res.n;
     if (!o->json && (st == MK_OK || ngen > 0))
         printf("\n");
     fflush(stdout); /* the stats line (stderr) must follow the text, not interleave with it */
-    if (ctx_full) /* not an error, but never a silent stop */
+    if (res.reason == MK_GEN_STOP_CTX_FULL) /* not an error, but never a silent stop */
         fprintf(stderr, "moekit run: stopped after %lld tokens: the context of %lld positions is full (--ctx)\n",
                 (long long)ngen, (long long)mk_engine_max_ctx(r->e));
     if (o->stats) {
         fprintf(stderr,
                 "[%s] prompt %lld tokens in %.3f s (%.1f tok/s), generated %lld tokens in "
                 "%.3f s (%.2f tok/s), vocab %d\n",
-                mk_model_layout(r->m), (long long)np, t1 - t0, np / (t1 - t0 + 1e-12),
-                (long long)ngen, t2 - t1, ngen > 1 ? (ngen - 1) / (t2 - t1 + 1e-12) : 0.0,
+                mk_model_layout(r->m), (long long)np, res.prefill_s, np / (res.prefill_s + 1e-12),
+                (long long)ngen, res.decode_s, ngen > 1 ? (ngen - 1) / (res.decode_s + 1e-12) : 0.0,
                 c->vocab_size);
         /* memory: the KV cache is max context x bytes per token; the arena holds it */
         size_t kvt = mk_engine_kv_bytes_per_token(r->e);
@@ -184,11 +137,10 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 (double)mk_engine_arena_bytes(r->e) / 1048576.0);
     }
     if (st != MK_OK) {
-        free(hist);
+        free(res.ids);
         return st;
     }
-    memmove(hist, hist + np, (size_t)ngen * sizeof *hist);
-    *out_ids = hist;
+    *out_ids = res.ids;
     *out_n = ngen;
     return MK_OK;
 }
@@ -255,39 +207,23 @@ static mk_status one_shot(run_ctx *r) {
     return st;
 }
 
-/* One chat turn's prompt, made to fit the context: while the conversation
- * plus --max-tokens does not fit, the oldest exchange (the messages after
- * the system message, up to the next user turn) is dropped, with a notice.
- * *dropped counts them. When even the newest user turn alone does not fit,
- * *fits is false and nothing is dropped. */
+/* One chat turn's prompt, made to fit the context with room for
+ * --max-tokens (the library's policy, mk_gen_fit_chat: oldest exchanges
+ * dropped first, the system message kept), with a notice for what was
+ * dropped. *fits false: even the newest turn alone does not fit. */
 static mk_status fit_turn(run_ctx *r, mk_chat_msg *msgs, char **owned, size_t *n, size_t first,
                           int32_t **ids, int64_t *ni, bool *fits) {
-    int64_t room = mk_engine_max_ctx(r->e) - r->o->max_tokens;
-    *fits = true;
-    for (;;) {
-        MK_TRY(prompt_ids(r, msgs, *n, ids, ni));
-        if (*ni <= room)
-            return MK_OK;
-        free(*ids);
-        *ids = NULL;
-        /* the oldest exchange: from `first` to the next user message */
-        size_t end = first + 1;
-        while (end < *n - 1 && strcmp(msgs[end].role, "user") != 0)
-            end++;
-        if (first >= *n - 1) { /* only the new turn is left: it cannot fit */
-            *fits = false;
-            return MK_OK;
-        }
-        for (size_t i = first; i < end; i++)
-            free(owned[i]);
-        memmove(msgs + first, msgs + end, (*n - end) * sizeof *msgs);
-        memmove(owned + first, owned + end, (*n - end) * sizeof *owned);
-        size_t k = end - first;
-        *n -= k;
+    mk_chat_kind kind;
+    MK_TRY(mk_chat_detect(mk_model_dir(r->m), r->o->tmpl, &kind));
+    unsigned fl = MK_CHAT_GENERATION_PROMPT | (r->o->no_think ? MK_CHAT_NO_THINKING : 0);
+    size_t dropped = 0;
+    MK_TRY(mk_gen_fit_chat(r->tok, kind, fl, msgs, owned, n, first,
+                           mk_engine_max_ctx(r->e) - r->o->max_tokens, ids, ni, &dropped, fits));
+    if (dropped)
         fprintf(stderr, "moekit run: the conversation no longer fits --ctx %lld with --max-tokens %lld: "
                 "dropped the %zu oldest message%s\n", (long long)mk_engine_max_ctx(r->e),
-                r->o->max_tokens, k, k == 1 ? "" : "s");
-    }
+                r->o->max_tokens, dropped, dropped == 1 ? "" : "s");
+    return MK_OK;
 }
 
 /* Interactive chat: every turn re-renders the conversation and prefills it
@@ -522,15 +458,8 @@ static mk_status run_main(run_opts *o) {
         st = mk_tok_check_model_vocab(r.tok, c->vocab_size);
     if (st != MK_OK)
         goto done;
-    if (r.tok) {
-        const int32_t *eos;
-        size_t ne = mk_tok_eos_ids(r.tok, &eos);
-        for (size_t i = 0; i < ne; i++)
-            add_stop(&r, eos[i]);
-        add_stop(&r, mk_tok_token_id(r.tok, "<|im_end|>"));
-    }
-    for (int i = 0; i < c->n_eos; i++)
-        add_stop(&r, c->eos_ids[i]);
+    if ((st = mk_gen_stopset_model(&r.stop, r.m, r.tok)) != MK_OK)
+        goto done;
     if (!o->eo.max_ctx) { /* one shot: size the cache for prompt + generation */
         int32_t *ids = NULL;
         int64_t n = 0;
@@ -548,14 +477,8 @@ static mk_status run_main(run_opts *o) {
     if ((st = mk_engine_create(r.m, &o->eo, &r.e)) != MK_OK ||
         (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
         goto done;
-    r.logits = malloc((size_t)c->vocab_size * sizeof(float));
-    if (!r.logits) {
-        st = mk_err(MK_E_NOMEM, "no memory for logits");
-        goto done;
-    }
     st = interactive_chat ? interactive(&r) : one_shot(&r);
 done:
-    free(r.logits);
     mk_sampler_free(r.smp);
     mk_engine_free(r.e);
     mk_tok_free(r.tok);
