@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cmd.h"
+#include "moekit/convert.h"
 #include "moekit/escape.h"
 #include "moekit/isa.h"
 #include "moekit/version.h"
@@ -110,6 +111,10 @@ int main(int argc, char **argv) {
         fprintf(stderr, "moekit: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
     }
+#ifdef MK_TEST_HOOKS
+    /* crash points for the resume tests (tests/cli/convert_resume.sh) */
+    mk_conv_test_crash_at(getenv("MK_CONVERT_CRASH"));
+#endif
     for (int i = 0; i < g_ncmds; i++)
         if (!strcmp(argv[1], g_cmds[i]->name))
             return finish_stdout(g_cmds[i]->fn(argc - 1, argv + 1));

@@ -102,6 +102,14 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *o, m
 /* Peak resident set of this process in bytes (VmHWM), 0 when unknown. */
 uint64_t mk_conv_peak_rss(void);
 
+#ifdef MK_TEST_HOOKS
+/* Test builds only: kill the process (SIGKILL, as kill -9 would) at the
+ * N-th passage of a named point of the next runs ("journal:3", "shard:1",
+ * "item:N", "commit:1", "committed:1", "locked:1"; NULL: off). The CLI maps
+ * the environment variable MK_CONVERT_CRASH to it. */
+void mk_conv_test_crash_at(const char *spec);
+#endif
+
 /* ------------------------------------------------- verify across layouts
  *
  * mk_conv_xverify(A, B) proves that checkpoint B is checkpoint A written in

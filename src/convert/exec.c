@@ -71,19 +71,24 @@ static double now_s(void) {
 
 /* ------------------------------------------------------ crash test hook */
 
+/* Test builds only (MK_TEST_HOOKS): the CLI maps MK_CONVERT_CRASH=point:N to
+ * mk_conv_test_crash_at; the library reads no environment. Each run counts
+ * passages from zero. */
 static struct {
     char point[32];
     long n;
     long count;
 } g_crash;
 
-static void crash_init(void) {
-    const char *e = getenv("MK_CONVERT_CRASH");
+#ifdef MK_TEST_HOOKS
+void mk_conv_test_crash_at(const char *spec) {
     g_crash.point[0] = 0;
-    g_crash.count = 0;
-    if (e && sscanf(e, "%31[a-z_]:%ld", g_crash.point, &g_crash.n) < 1)
+    if (spec && sscanf(spec, "%31[a-z_]:%ld", g_crash.point, &g_crash.n) < 1)
         g_crash.point[0] = 0;
 }
+#endif
+
+static void crash_init(void) { g_crash.count = 0; }
 
 /* Kill the process (as kill -9 would) at the n-th passage of `point`. */
 static void crash_point(const char *point) {
