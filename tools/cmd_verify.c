@@ -12,7 +12,7 @@
  * numerically. Memory: two rows of float32 at a time.
  *
  * By layout (the names differ between two checkpoint directories, or
- * --by-layout): mk_conv_xverify (src/convert/xverify.c) reads both as
+ * --by-layout): mk_conv_xverify (src/verify/xverify.c) reads both as
  * convert sources and proves B is A written in B's layout and dtype, unit
  * by canonical unit; this file only prints its verdicts. */
 #include <getopt.h>
@@ -28,6 +28,7 @@
 #include "io/os.h"
 #include "moekit/config.h"
 #include "moekit/convert.h"
+#include "moekit/verify.h"
 #include "moekit/kernels.h"
 #include "moekit/qview.h"
 #include "moekit/st.h"

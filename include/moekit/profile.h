@@ -12,7 +12,7 @@
  *     width (packed weight + scales + biases);
  *   - per tensor a usage weight u (below); its sensitivity at b is u*err(b).
  * Profiles are written and read as JSON (mk_prof_save / mk_prof_load; the
- * layout is documented in src/quant/profile_json.c).
+ * layout is documented in src/profile/profile_json.c).
  *
  * Which tensors: every routed expert's gate/up/down projection (one entry
  * per expert), and every other linear module the engine multiplies by:

@@ -36,6 +36,7 @@
 
 #include "moekit/config.h"
 #include "moekit/convert.h"
+#include "moekit/verify.h"
 #include "moekit/kernels.h"
 #include "moekit/st.h"
 #include "io/outdir.h"

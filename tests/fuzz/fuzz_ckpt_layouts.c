@@ -23,6 +23,7 @@
 
 #include "convert/conv_impl.h"
 #include "moekit/convert.h"
+#include "moekit/verify.h"
 #include "moekit/inspect.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);

@@ -26,7 +26,7 @@
 #include "moekit/profile.h"
 #include "moekit/quant.h"
 #include "moekit/tokenizer.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 #define W 256
 #define CAL_TOKENS 512

@@ -27,7 +27,7 @@
 #include "moekit/engine.h"
 #include "moekit/quant.h"
 #include "moekit/st.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 /* One output tensor, held in memory. */
 typedef struct otensor {

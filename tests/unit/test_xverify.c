@@ -1,4 +1,4 @@
-/* Cross-layout verify (src/convert/xverify.c): the pure rules it is built
+/* Cross-layout verify (src/verify/xverify.c): the pure rules it is built
  * on (unit order, flat shapes, differences with NaN/Inf, the verdict) and
  * the callback contract of mk_conv_xverify on a real fixture pair
  * (per-expert vs fused: every unit identical, reported once, in order; a

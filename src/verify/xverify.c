@@ -1,5 +1,5 @@
 /* mk_conv_xverify: is checkpoint B checkpoint A written in B's layout and
- * dtype? (include/moekit/convert.h states the rules.)
+ * dtype? (include/moekit/verify.h states the rules.)
  *
  * Both sides are opened as convert SOURCES (source.c), so every layout is
  * already reduced to logical tensors under canonical names and expert

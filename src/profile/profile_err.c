@@ -23,7 +23,7 @@
 
 #include "moekit/kernels.h"
 #include "moekit/quant.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 /* Elements per chunk of rows (at least one row). */
 #define MK_PROF_CHUNK (1 << 18)

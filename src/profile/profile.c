@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "moekit/quant.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 const char *mk_prof_kind_name(mk_prof_kind k) {
     static const char *const names[] = {[MK_PROF_EXPERT] = "expert", [MK_PROF_LINEAR] = "linear",

@@ -23,7 +23,7 @@
 #include <unistd.h>
 
 #include "convert/conv_impl.h"
-#include "convert/synth_impl.h"
+#include "synth/synth_impl.h"
 #include "io/os.h"
 #include "io/outdir.h"
 #include "io/outpath.h"

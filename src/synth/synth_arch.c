@@ -13,7 +13,7 @@
 #include <xxhash.h>
 
 #include "convert/conv_impl.h"
-#include "convert/synth_impl.h"
+#include "synth/synth_impl.h"
 
 static const char *const g_arch_names[SY_NARCH] = {"qwen3_moe", "qwen3_next", "qwen3_5_moe", "deepseek_v3"};
 

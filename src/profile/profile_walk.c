@@ -18,7 +18,7 @@
 #include "core/str.h"
 #include "model/layout.h"
 #include "model/model_impl.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 typedef struct walker {
     const mk_model *m;

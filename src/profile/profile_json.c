@@ -36,7 +36,7 @@
 #include "core/str.h"
 #include "io/os.h"
 #include "io/outfile.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 static const char k_usage_rule[] =
     "routed expert: freq * mean_weight normalised to sum 1 over the layer's experts; every other "

@@ -32,7 +32,7 @@
 #include <string.h>
 
 #include "io/os.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 typedef struct opt {
     double c, d; /* bits, objective term */

@@ -20,7 +20,7 @@
 #include "model/model_impl.h"
 #include "moekit/engine.h"
 #include "moekit/quant.h"
-#include "quant/profile_impl.h"
+#include "profile/profile_impl.h"
 
 /* ---- routing -------------------------------------------------------------- */
 
