@@ -6,6 +6,7 @@
  * failure is MK_E_NOMEM, "no device" MK_E_UNSUPPORTED, anything else
  * MK_E_INTERNAL. The module uses device 0 of the calling thread. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -18,6 +19,20 @@ mk_status mkc_fail(cudaError_t e, const char *what) {
              e == cudaErrorNoKernelImageForDevice || e == cudaErrorCompatNotSupportedOnDevice)
         s = MK_E_UNSUPPORTED;
     return mk_err(s, "cuda: %s: %s (%s)", what ? what : "call", cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+static int g_variant = 0; /* 0: not chosen yet */
+
+int mkc_variant(void) {
+    if (g_variant == 0) {
+        const char *e = getenv("MK_CUDA_KERNELS");
+        g_variant = e && !strcmp(e, "1") ? 1 : 2;
+    }
+    return g_variant;
+}
+
+void mkc_set_variant(int v) {
+    g_variant = v == 1 ? 1 : 2;
 }
 
 extern "C" mk_status mk_cuda_probe(int *ndev) {
