@@ -23,7 +23,7 @@
  *
  * usage: bench_cuda_moe [--quick | --gemv | --compare]
  *   --quick: fewer layers, for a smoke run; --gemv: GEMV only; --compare:
- *   kernel generations 1 and 2 (mkc_variant) side by side, GEMV and the
+ *   kernel generations 1 and 2 (mk_cuda_set_kernels) side by side, GEMV and the
  *   stacks' graphs with their per-kernel breakdown and a hot (L2-resident)
  *   stack; eager, PDL and persistent runs left out */
 #include <algorithm>
@@ -188,12 +188,13 @@ static void gemv_bench(const char *name, mk_wt w, double roof) {
         return;
     }
     char nm[64];
+    const int gen0 = mk_cuda_kernels();
     for (int gen = 1; gen <= 2; gen++) {
-        mkc_set_variant(gen);
+        MK(mk_cuda_set_kernels(gen));
         snprintf(nm, sizeof nm, "%s gen%d", name, gen);
         gemv_bench1(nm, w, roof);
     }
-    mkc_set_variant(2);
+    MK(mk_cuda_set_kernels(gen0));
 }
 
 static void gemv_bench1(const char *name, mk_wt w, double roof) {
@@ -283,14 +284,14 @@ static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws
     return median(v);
 }
 
-/* --compare: for kernel generation 1 and 2 (mkc_set_variant), the graph of
+/* --compare: for kernel generation 1 and 2 (mk_cuda_set_kernels), the graph of
  * the whole stack, its breakdown (router; + gate/up; + down) and the hot
  * stack (layer 0 repeated), one summary row each */
 static void moe_compare(const shape_t &sp, const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x,
                         const float *pool, int P, size_t bytes, cudaStream_t st, double roof) {
-    const int L = (int)lay.size();
+    const int L = (int)lay.size(), gen0 = mk_cuda_kernels();
     for (int gen = 1; gen <= 2; gen++) {
-        mkc_set_variant(gen);
+        MK(mk_cuda_set_kernels(gen));
         CK(cudaMemcpyAsync(x, pool, sp.H * 4, cudaMemcpyDeviceToDevice, st));
         for (int l = 0; l < L; l++) /* eager first: checks every launch */
             MK(mk_cuda_moe_step(&lay[l], ws, x, x, true, st));
@@ -312,7 +313,7 @@ static void moe_compare(const shape_t &sp, const std::vector<mk_cuda_moe> &lay, 
         r.tps = 1e3 / all;
         g_rows.push_back(r);
     }
-    mkc_set_variant(2);
+    MK(mk_cuda_set_kernels(gen0));
 }
 
 static void moe_bench(const shape_t &sp, double roof) {

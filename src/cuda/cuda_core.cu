@@ -21,18 +21,21 @@ mk_status mkc_fail(cudaError_t e, const char *what) {
     return mk_err(s, "cuda: %s: %s (%s)", what ? what : "call", cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
-static int g_variant = 0; /* 0: not chosen yet */
+static int g_kernels = 0; /* 0: not chosen yet (the environment decides) */
 
-int mkc_variant(void) {
-    if (g_variant == 0) {
+extern "C" int mk_cuda_kernels(void) {
+    if (g_kernels == 0) {
         const char *e = getenv("MK_CUDA_KERNELS");
-        g_variant = e && !strcmp(e, "1") ? 1 : 2;
+        g_kernels = e && !strcmp(e, "2") ? 2 : 1;
     }
-    return g_variant;
+    return g_kernels;
 }
 
-void mkc_set_variant(int v) {
-    g_variant = v == 1 ? 1 : 2;
+extern "C" mk_status mk_cuda_set_kernels(int gen) {
+    if (gen != 1 && gen != 2)
+        return mk_err(MK_E_ARG, "cuda: kernel generation must be 1 or 2, found %d", gen);
+    g_kernels = gen;
+    return MK_OK;
 }
 
 extern "C" mk_status mk_cuda_probe(int *ndev) {

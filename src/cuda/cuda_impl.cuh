@@ -65,12 +65,11 @@ mk_status mkc_fail(cudaError_t e, const char *what);
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
                          void *stream, unsigned parts, bool pdl);
 
-/* Kernel generation for GEMV and the MoE step: 2 (default) the pipelined
- * kernels (mkc_dot_aff_p, k_down2), 1 the first ones. The environment
- * variable MK_CUDA_KERNELS=1 selects 1 at the first call; bench_cuda_moe
- * sets it to compare both in one run. Host only. */
-int mkc_variant(void);
-void mkc_set_variant(int v);
+/* Kernel generation for GEMV and the MoE step (mk_cuda_kernels): 1 the
+ * first kernels, 2 the pipelined ones (mkc_dot_aff_p, k_down2). Host only. */
+static inline int mkc_variant(void) {
+    return mk_cuda_kernels();
+}
 
 /* ---- device: loads and conversions ------------------------------------ */
 
