@@ -21,7 +21,11 @@
  * warm-up first, median of repeats. Prints one line per measurement and a
  * summary table last.
  *
- * usage: bench_cuda_moe [--quick]   (--quick: fewer layers, for a smoke run) */
+ * usage: bench_cuda_moe [--quick | --gemv | --compare]
+ *   --quick: fewer layers, for a smoke run; --gemv: GEMV only; --compare:
+ *   kernel generations 1 and 2 (mk_cuda_set_kernels) side by side, GEMV and the
+ *   stacks' graphs with their per-kernel breakdown and a hot (L2-resident)
+ *   stack; eager, PDL and persistent runs left out */
 #include <algorithm>
 #include <stdio.h>
 #include <stdlib.h>
@@ -175,7 +179,25 @@ struct row_t {
 };
 static std::vector<row_t> g_rows;
 
+static bool g_compare = false; /* --compare: kernel generations 1 and 2 side by side */
+static void gemv_bench1(const char *name, mk_wt w, double roof);
+/* --compare: kernel generation 1 then 2 */
 static void gemv_bench(const char *name, mk_wt w, double roof) {
+    if (!g_compare) {
+        gemv_bench1(name, w, roof);
+        return;
+    }
+    char nm[64];
+    const int gen0 = mk_cuda_kernels();
+    for (int gen = 1; gen <= 2; gen++) {
+        MK(mk_cuda_set_kernels(gen));
+        snprintf(nm, sizeof nm, "%s gen%d", name, gen);
+        gemv_bench1(nm, w, roof);
+    }
+    MK(mk_cuda_set_kernels(gen0));
+}
+
+static void gemv_bench1(const char *name, mk_wt w, double roof) {
     float *x, *y;
     CK(cudaMalloc(&x, w.cols * 4));
     CK(cudaMalloc(&y, w.rows * 4));
@@ -224,6 +246,76 @@ static void free_wt(mk_wt *w) {
     mk_cuda_wt_free(w);
 }
 
+/* ms per token of a graph of L layers' kernels (parts as mkc_moe_launch,
+ * no PDL), each token starting from the next x of the pool; hot: every
+ * layer is layer 0 (its ~20 MB of touched weights stay in the 60 MB L2 and
+ * its pages in the TLBs: what is left is latency and launch cost) */
+static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x, const float *pool,
+                         int P, int64_t H, cudaStream_t st, unsigned parts, bool hot, int tokens) {
+    const int L = (int)lay.size();
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < L; l++)
+        MK(mkc_moe_launch(&lay[hot ? 0 : l], ws, x, x, true, st, parts, false));
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<double> v;
+    for (int rep = 0; rep < 5; rep++) {
+        CK(cudaEventRecord(e0, st));
+        for (int t = 0; t < tokens; t++) {
+            CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice, st));
+            CK(cudaGraphLaunch(ge, st));
+        }
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep >= 1)
+            v.push_back(ms / tokens);
+    }
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return median(v);
+}
+
+/* --compare: for kernel generation 1 and 2 (mk_cuda_set_kernels), the graph of
+ * the whole stack, its breakdown (router; + gate/up; + down) and the hot
+ * stack (layer 0 repeated), one summary row each */
+static void moe_compare(const shape_t &sp, const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x,
+                        const float *pool, int P, size_t bytes, cudaStream_t st, double roof) {
+    const int L = (int)lay.size(), gen0 = mk_cuda_kernels();
+    for (int gen = 1; gen <= 2; gen++) {
+        MK(mk_cuda_set_kernels(gen));
+        CK(cudaMemcpyAsync(x, pool, sp.H * 4, cudaMemcpyDeviceToDevice, st));
+        for (int l = 0; l < L; l++) /* eager first: checks every launch */
+            MK(mk_cuda_moe_step(&lay[l], ws, x, x, true, st));
+        CK(cudaStreamSynchronize(st));
+        const double all = time_graph(lay, ws, x, pool, P, sp.H, st, 7u, false, 200);
+        const double r1 = time_graph(lay, ws, x, pool, P, sp.H, st, 1u, false, 100);
+        const double r3 = time_graph(lay, ws, x, pool, P, sp.H, st, 3u, false, 100);
+        const double hot = time_graph(lay, ws, x, pool, P, sp.H, st, 7u, true, 200);
+        const double bw = bytes / (all * 1e-3);
+        printf("moe %s gen%d: graph %.4f ms/token = %.0f tok/s, %.1f GB/s = %.1f%% of copy; us per layer: "
+               "router %.2f, gate/up %.2f, down %.2f, all %.2f; hot (layer 0 x %d) %.2f us per layer\n",
+               sp.name, gen, all, 1e3 / all, bw / 1e9, 100 * bw / roof, 1e3 * r1 / L, 1e3 * (r3 - r1) / L,
+               1e3 * (all - r3) / L, 1e3 * all / L, L, 1e3 * hot / L);
+        row_t r;
+        snprintf(r.what, sizeof r.what, "decode %s (MoE only, graph) gen%d", sp.name, gen);
+        r.ms = all;
+        r.gbs = bw / 1e9;
+        r.frac = bw / roof;
+        r.tps = 1e3 / all;
+        g_rows.push_back(r);
+    }
+    MK(mk_cuda_set_kernels(gen0));
+}
+
 static void moe_bench(const shape_t &sp, double roof) {
     const int L = sp.layers;
     std::vector<mk_cuda_moe> lay(L);
@@ -267,6 +359,9 @@ static void moe_bench(const shape_t &sp, double roof) {
 
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    if (g_compare) {
+        moe_compare(sp, lay, ws, x, pool, P, bytes, st, roof);
+    } else {
     /* eager run first (checks every launch), then capture the stack */
     CK(cudaMemcpyAsync(x, pool, sp.H * 4, cudaMemcpyDeviceToDevice, st));
     for (int l = 0; l < L; l++)
@@ -421,9 +516,10 @@ static void moe_bench(const shape_t &sp, double roof) {
     g_rows.push_back(r);
     CK(cudaGraphExecDestroy(ge));
     CK(cudaGraphDestroy(g));
-    CK(cudaStreamDestroy(st));
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
+    }
+    CK(cudaStreamDestroy(st));
     CK(cudaFree(pool));
     CK(cudaFree(x));
     mk_cuda_moe_ws_free(ws);
@@ -445,6 +541,7 @@ static void moe_bench(const shape_t &sp, double roof) {
 int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "--quick");
     bool only_gemv = argc > 1 && !strcmp(argv[1], "--gemv");
+    g_compare = argc > 1 && !strcmp(argv[1], "--compare");
     int n;
     if (mk_cuda_probe(&n) != MK_OK) {
         printf("bench_cuda_moe: skipped: %s\n", mk_err_msg());

@@ -6,6 +6,7 @@
  * failure is MK_E_NOMEM, "no device" MK_E_UNSUPPORTED, anything else
  * MK_E_INTERNAL. The module uses device 0 of the calling thread. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -18,6 +19,23 @@ mk_status mkc_fail(cudaError_t e, const char *what) {
              e == cudaErrorNoKernelImageForDevice || e == cudaErrorCompatNotSupportedOnDevice)
         s = MK_E_UNSUPPORTED;
     return mk_err(s, "cuda: %s: %s (%s)", what ? what : "call", cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+static int g_kernels = 0; /* 0: not chosen yet (the environment decides) */
+
+extern "C" int mk_cuda_kernels(void) {
+    if (g_kernels == 0) {
+        const char *e = getenv("MK_CUDA_KERNELS");
+        g_kernels = e && !strcmp(e, "2") ? 2 : 1;
+    }
+    return g_kernels;
+}
+
+extern "C" mk_status mk_cuda_set_kernels(int gen) {
+    if (gen != 1 && gen != 2)
+        return mk_err(MK_E_ARG, "cuda: kernel generation must be 1 or 2, found %d", gen);
+    g_kernels = gen;
+    return MK_OK;
 }
 
 extern "C" mk_status mk_cuda_probe(int *ndev) {

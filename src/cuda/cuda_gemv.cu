@@ -3,7 +3,8 @@
  *
  * A warp computes four consecutive rows at once (their loads overlap and x
  * is loaded once for all: mkc_dot_rows<4, true>), 8 warps a block, x staged
- * in shared memory when it fits. The
+ * in shared memory when it fits; kernel generation 2 (mkc_variant) pipelines
+ * each lane's loads one step ahead (mkc_dot_aff_p). The
  * format switch is uniform across the grid, so it costs a branch, not
  * divergence. Bandwidth is what matters at batch 1: each lane moves 16-byte
  * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
@@ -13,6 +14,7 @@
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
+template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
                                                             float *__restrict__ y, int accumulate, int staged) {
     extern __shared__ float4 mkc_sm4[];
@@ -37,7 +39,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
         xs[i] = x;
     }
     float acc[GEMV_ROWS];
-    mkc_dot_rows<GEMV_ROWS, true>(ws, rows, xs, lane, acc);
+    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc);
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {
         const float v = mkc_warp_sum(acc[i]);
@@ -59,8 +61,13 @@ extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool
         return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);
     /* stage x in shared memory when it fits and is whole float4s */
     const bool staged = w->cols % 4 == 0 && w->cols * 4 <= MKC_SMEM_MAX;
-    k_gemv<<<(unsigned)blocks, GEMV_WARPS * 32, staged ? (size_t)w->cols * 4 : 0, (cudaStream_t)stream>>>(
-        v, x, y, accumulate ? 1 : 0, staged ? 1 : 0);
+    const size_t smem = staged ? (size_t)w->cols * 4 : 0;
+    if (mkc_variant() >= 2)
+        k_gemv<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
+                                                                                         staged ? 1 : 0);
+    else
+        k_gemv<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
+                                                                                          staged ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching gemv");
     return MK_OK;
 }

@@ -65,6 +65,12 @@ mk_status mkc_fail(cudaError_t e, const char *what);
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
                          void *stream, unsigned parts, bool pdl);
 
+/* Kernel generation for GEMV and the MoE step (mk_cuda_kernels): 1 the
+ * first kernels, 2 the pipelined ones (mkc_dot_aff_p, k_down2). Host only. */
+static inline int mkc_variant(void) {
+    return mk_cuda_kernels();
+}
+
 /* ---- device: loads and conversions ------------------------------------ */
 
 __device__ __forceinline__ float mkc_bf16f(uint32_t h) {
@@ -209,6 +215,127 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
     }
 }
 
+/* The affine chunk term of one row: lane's 16-byte chunk wd (VPC codes)
+ * against x values xv with their sum xs, scale sc and bias bi. */
+template <int BITS>
+__device__ __forceinline__ float mkc_aff_term(const uint4 &q, const float *xv, float xs, float sc, float bi) {
+    const uint32_t wd[4] = {q.x, q.y, q.z, q.w};
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (BITS == 4) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            mkc_dot_nib(wd[j], xv + 8 * j, a);
+        const float d = (a[0] + a[1]) + (a[2] + a[3]);
+        return (32.0f * sc) * d + fmaf(-16.0f, sc, bi) * xs;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            mkc_dot_byte(wd[j], xv + 4 * j, a);
+        const float d = (a[0] + a[1]) + (a[2] + a[3]);
+        return sc * d + bi * xs;
+    }
+}
+
+/* mkc_dot_aff, software-pipelined (kernel generation 2): the next lane
+ * step's weights, scales and biases are loaded before the current step is
+ * computed, so loads stay in flight while the warp does arithmetic (in
+ * generation 1 a warp alternated: all loads, wait, all arithmetic, and the
+ * scale loads were a second round trip after the weights). Same terms as
+ * mkc_dot_aff, summed in another order (two chains per row, word by word). */
+template <int BITS, int SD, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const void *const *s,
+                                              const void *const *b, const float *const *x,
+                                              int64_t nchunk, int gshift, int lane, float *acc) {
+    constexpr int VPC = 128 / BITS;
+    int64_t c = lane;
+    if (c >= nchunk)
+        return;
+    uint4 qq[NR];
+    float sc[NR], bi[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int64_t g = (c * VPC) >> gshift;
+        qq[r] = mkc_ldw((const uint4 *)q[r] + c);
+        sc[r] = mkc_lds<SD>(s[r], g);
+        bi[r] = mkc_lds<SD>(b[r], g);
+    }
+    for (;;) {
+        const int64_t cn = c + 32;
+        const bool more = cn < nchunk;
+        uint4 qn[NR];
+        float sn[NR], bn[NR];
+        if (more) {
+            const int64_t g = (cn * VPC) >> gshift;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = mkc_ldw((const uint4 *)q[r] + cn);
+                sn[r] = mkc_lds<SD>(s[r], g);
+                bn[r] = mkc_lds<SD>(b[r], g);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = qq[r];
+                sn[r] = sc[r];
+                bn[r] = bi[r];
+            }
+        }
+        /* word by word (8 codes at 4 bits, 4 at 8), all rows per word: only
+         * one word's x values live at a time (registers are what limits
+         * the warps an SM holds) */
+        constexpr int VPW = VPC / 4;
+        float a[NR][2], xs[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            a[r][0] = a[r][1] = xs[r] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float xv[VPW];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX) {
+                    mkc_ldx(x[r] + c * VPC + j * VPW, VPW / 4, xv);
+                    xs[r] += mkc_sum<VPW>(xv);
+                }
+                const uint32_t w = j == 0 ? qq[r].x : j == 1 ? qq[r].y : j == 2 ? qq[r].z : qq[r].w;
+                if constexpr (BITS == 4) {
+                    const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
+                    a[r][0] = fmaf(mkc_nibf<0>(lo), xv[0], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<0>(hi), xv[1], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<1>(lo), xv[2], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<1>(hi), xv[3], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<2>(lo), xv[4], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<2>(hi), xv[5], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<3>(lo), xv[6], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<3>(hi), xv[7], a[r][1]);
+                } else {
+                    a[r][0] = fmaf(mkc_byte<0>(w), xv[0], a[r][0]);
+                    a[r][1] = fmaf(mkc_byte<1>(w), xv[1], a[r][1]);
+                    a[r][0] = fmaf(mkc_byte<2>(w), xv[2], a[r][0]);
+                    a[r][1] = fmaf(mkc_byte<3>(w), xv[3], a[r][1]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const float d = a[r][0] + a[r][1], xsr = xs[SX ? 0 : r];
+            if constexpr (BITS == 4)
+                acc[r] += (32.0f * sc[r]) * d + fmaf(-16.0f, sc[r], bi[r]) * xsr;
+            else
+                acc[r] += sc[r] * d + bi[r] * xsr;
+        }
+        if (!more)
+            break;
+        c = cn;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            qq[r] = qn[r];
+            sc[r] = sn[r];
+            bi[r] = bn[r];
+        }
+    }
+}
+
 /* Lane partial sums of NR plain-float rows (SD: 0 f32, 1 bf16, 2 f16).
  * vec: cols allow 16-byte chunks (f32: 4 values, bf16/f16: 8), else one
  * element per lane step. */
@@ -265,7 +392,7 @@ __device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const flo
 
 /* Lane partial sums of NR rows of matrices sharing one kind and shape:
  * row rows[r] of w[r] against x[r] (SX: x[0] for all). Warp-uniform. */
-template <int NR, bool SX>
+template <int NR, bool SX, bool P = false>
 __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_t *rows,
                                              const float *const *x, int lane, float *acc) {
     const mkc_w &w0 = *w[0];
@@ -288,12 +415,20 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     case MKC_F32: mkc_dot_plain<0, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
     case MKC_BF16: mkc_dot_plain<1, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
     case MKC_F16: mkc_dot_plain<2, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
-    case MKC_A4_F32: mkc_dot_aff<4, 0, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
-    case MKC_A4_BF16: mkc_dot_aff<4, 1, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
-    case MKC_A4_F16: mkc_dot_aff<4, 2, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
-    case MKC_A8_F32: mkc_dot_aff<8, 0, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
-    case MKC_A8_BF16: mkc_dot_aff<8, 1, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
-    case MKC_A8_F16: mkc_dot_aff<8, 2, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); break;
+#define MKC_AFF(BITS, SD)                                                        \
+    do {                                                                         \
+        if (P)                                                                   \
+            mkc_dot_aff_p<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); \
+        else                                                                     \
+            mkc_dot_aff<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc);   \
+    } while (0)
+    case MKC_A4_F32: MKC_AFF(4, 0); break;
+    case MKC_A4_BF16: MKC_AFF(4, 1); break;
+    case MKC_A4_F16: MKC_AFF(4, 2); break;
+    case MKC_A8_F32: MKC_AFF(8, 0); break;
+    case MKC_A8_BF16: MKC_AFF(8, 1); break;
+    case MKC_A8_F16: MKC_AFF(8, 2); break;
+#undef MKC_AFF
     default: break;
     }
 }

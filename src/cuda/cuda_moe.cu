@@ -170,6 +170,10 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
     return g / (1.0f + expf(-g)) * u;
 }
 
+/* P (kernel generation 2): pipelined row loads (mkc_dot_aff_p). A register
+ * cap for 3 blocks per SM (one wave for the 3072 warps of the Qwen3-30B-A3B
+ * shape) made ptxas spill 1.3 KB per thread, so the cap stays as it was. */
+template <bool P>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_gateup(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
              float *__restrict__ h, float *__restrict__ hs, int staged) {
@@ -202,7 +206,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const mkc_w *ws[4] = {G, U, G, U};
     const int64_t rows[4] = {row, row, row + 1, row + 1};
     float acc[4];
-    mkc_dot_rows<4, true>(ws, rows, xs, lane, acc);
+    mkc_dot_rows<4, true, P>(ws, rows, xs, lane, acc);
     const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
     const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
     if (lane == 0) {
@@ -260,6 +264,108 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
         mkc_dot_rows<1, false>(ws, rows, xs, lane, acc);
         const float g = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
         tot = fmaf(g, acc[0], tot);
+    }
+    tot = mkc_warp_sum(tot);
+    if (lane == 0)
+        y[o] = accumulate ? y[o] + tot : tot;
+}
+
+/* k_down, generation 2, affine formats only: one warp per output row o, but
+ * the lanes are spread over (expert, chunk) pairs rather than over one
+ * row's chunks, so every lane is busy (with I = 768 a down row is 24 chunks
+ * and k_down left 8 of 32 lanes idle) and each lane has all its loads in
+ * flight before the first use: task t = j * nc + c (expert j < k, chunk c
+ * of nc = down row chunks), then the shared expert's chunks; DOWN2_T tasks
+ * per lane per pass. Each task adds wt[j] * (its chunk's affine term) to
+ * the lane's sum; the warp sums the lanes. The routing (idx, weights) is
+ * staged in shared memory with h. */
+#define DOWN2_T 8
+
+template <int BITS, int SD>
+__device__ __forceinline__ float down2_tasks(const moe_args &a, const int32_t *sidx, const float *sw, float sg,
+                                             const float *h, const float *hs, int64_t o, int lane) {
+    constexpr int VPC = 128 / BITS;
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int nr = a.k * nc, ntask = nr + ncs;
+    float tot = 0.0f;
+    for (int t0 = 0; t0 < ntask; t0 += 32 * DOWN2_T) {
+        uint4 qq[DOWN2_T];
+        float sc[DOWN2_T], bi[DOWN2_T], wj[DOWN2_T];
+        const float *xp[DOWN2_T];
+#pragma unroll
+        for (int i = 0; i < DOWN2_T; i++) {
+            const int t = t0 + 32 * i + lane;
+            wj[i] = 0.0f;
+            xp[i] = h;
+            if (t < ntask) {
+                const mkc_w &w = t < nr ? a.down : a.shd;
+                int64_t row, c;
+                if (t < nr) {
+                    const int j = t / nc;
+                    c = t - j * nc;
+                    row = (int64_t)sidx[j] * a.H + o;
+                    wj[i] = sw[j];
+                    xp[i] = h + (int64_t)j * a.I + c * VPC;
+                } else {
+                    c = t - nr;
+                    row = o;
+                    wj[i] = sg;
+                    xp[i] = hs + c * VPC;
+                }
+                const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
+                qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
+                sc[i] = mkc_lds<SD>(w.scales, g);
+                bi[i] = mkc_lds<SD>(w.biases, g);
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < DOWN2_T; i++) {
+            if (t0 + 32 * i + lane < ntask) {
+                float xv[VPC];
+                mkc_ldx(xp[i], VPC / 4, xv);
+                const float xs = mkc_sum<VPC>(xv);
+                tot = fmaf(wj[i], mkc_aff_term<BITS>(qq[i], xv, xs, sc[i], bi[i]), tot);
+            }
+        }
+    }
+    return tot;
+}
+
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+            float *__restrict__ y, int accumulate, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ float sw[MOE_MAX_K];
+    mkc_pdl_enter();
+    const float *h = hg, *hs = hsg;
+    if (threadIdx.x < a.k) {
+        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
+        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+    }
+    if (staged) {
+        const int64_t nh = (int64_t)a.k * a.I;
+        mkc_stage((float *)mkc_sm4, hg, nh);
+        if (a.has_shared)
+            mkc_stage((float *)mkc_sm4 + nh, hsg, a.Is);
+        h = (const float *)mkc_sm4;
+        hs = h + nh;
+    }
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    if (o >= a.H)
+        return;
+    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    float tot;
+    switch (a.down.kind) {
+    case MKC_A4_F32: tot = down2_tasks<4, 0>(a, sidx, sw, sg, h, hs, o, lane); break;
+    case MKC_A4_BF16: tot = down2_tasks<4, 1>(a, sidx, sw, sg, h, hs, o, lane); break;
+    case MKC_A4_F16: tot = down2_tasks<4, 2>(a, sidx, sw, sg, h, hs, o, lane); break;
+    case MKC_A8_F32: tot = down2_tasks<8, 0>(a, sidx, sw, sg, h, hs, o, lane); break;
+    case MKC_A8_BF16: tot = down2_tasks<8, 1>(a, sidx, sw, sg, h, hs, o, lane); break;
+    default: tot = down2_tasks<8, 2>(a, sidx, sw, sg, h, hs, o, lane); break;
     }
     tot = mkc_warp_sum(tot);
     if (lane == 0)
@@ -438,12 +544,15 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
     const int64_t nh = (int64_t)a.k * a.I + a.Is;
     const bool sh = a.I % 4 == 0 && a.Is % 4 == 0 && nh * 4 <= MKC_SMEM_MAX;
+    const bool v2 = mkc_variant() >= 2;
     if (parts & 2)
-        MKC_TRY(launch(k_gateup, nblocks(((int64_t)a.k * a.I + a.Is) / 2), sx ? (size_t)a.H * 4 : 0, s, pdl, a, x,
+        MKC_TRY(launch(v2 ? k_gateup<true> : k_gateup<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), sx ? (size_t)a.H * 4 : 0, s, pdl, a, x,
                        (const int32_t *)ws->idx, ws->h, ws->hs, sx ? 1 : 0),
                 "launching the experts' gate/up");
+    /* k_down2 takes the affine formats (rows of whole 16-byte chunks) */
+    const bool d2 = v2 && a.down.kind >= MKC_A4_F32;
     if (parts & 4)
-        MKC_TRY(launch(k_down, nblocks(a.H), sh ? (size_t)nh * 4 : 0, s, pdl, a, (const int32_t *)ws->idx,
+        MKC_TRY(launch(d2 ? k_down2 : k_down, nblocks(a.H), sh ? (size_t)nh * 4 : 0, s, pdl, a, (const int32_t *)ws->idx,
                        (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
                        (const float *)ws->logits, y, accumulate ? 1 : 0, sh ? 1 : 0),
                 "launching the experts' down");

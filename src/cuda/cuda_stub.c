@@ -52,6 +52,12 @@ size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
 mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
     return no_cuda();
 }
+mk_status mk_cuda_set_kernels(int gen) {
+    return no_cuda();
+}
+int mk_cuda_kernels(void) {
+    return 0;
+}
 mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
     return no_cuda();
 }

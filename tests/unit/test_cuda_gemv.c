@@ -105,17 +105,51 @@ static void run_case(const gcase *c, bool accumulate) {
     ct_free(&t);
 }
 
+/* Every case under both kernel generations (mk_cuda_set_kernels), same
+ * bound: generation 2 changes the order of the float32 sums, not what
+ * they sum. */
+static void use_kernels(int gen) {
+    assert_int_equal(mk_cuda_set_kernels(gen), MK_OK);
+    assert_int_equal(mk_cuda_kernels(), gen);
+    printf("kernel generation %d\n", gen);
+}
+
 static void test_gemv_formats(void **state) {
     CT_NEED_GPU();
-    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
-        run_case(&g_cases[i], false);
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+            run_case(&g_cases[i], false);
+    }
+    use_kernels(1);
 }
 
 static void test_gemv_accumulate(void **state) {
     CT_NEED_GPU();
-    run_case(&g_cases[2], true);
-    run_case(&g_cases[8], true);
-    run_case(&g_cases[11], true);
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        run_case(&g_cases[2], true);
+        run_case(&g_cases[8], true);
+        run_case(&g_cases[11], true);
+    }
+    use_kernels(1);
+}
+
+/* Only generations 1 and 2 exist; anything else is refused and changes
+ * nothing (host-side: runs without a GPU when built with CUDA). */
+static void test_kernels_switch(void **state) {
+#ifndef MK_HAVE_CUDA
+    printf("SKIP %s: moekit was built without CUDA (MK_CUDA=OFF)\n", __func__);
+    skip();
+#else
+    assert_int_equal(mk_cuda_set_kernels(2), MK_OK);
+    assert_int_equal(mk_cuda_set_kernels(3), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "found 3"));
+    assert_int_equal(mk_cuda_set_kernels(0), MK_E_ARG);
+    assert_int_equal(mk_cuda_kernels(), 2);
+    assert_int_equal(mk_cuda_set_kernels(1), MK_OK);
+    assert_int_equal(mk_cuda_kernels(), 1);
+#endif
 }
 
 /* Formats the kernels do not take are refused by name, before any device
@@ -144,6 +178,7 @@ static void test_unsupported_named(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unsupported_named),
+        cmocka_unit_test(test_kernels_switch),
         cmocka_unit_test(test_gemv_formats),
         cmocka_unit_test(test_gemv_accumulate),
     };

@@ -312,10 +312,23 @@ static void run_case(const mcase *c) {
     free(eh);
 }
 
+/* Cases under both kernel generations (mk_cuda_set_kernels), same bounds:
+ * generation 2 changes the order of the float32 sums, not what they sum.
+ * The stack cases run k_stack, which has one generation. */
+static void use_kernels(int gen) {
+    assert_int_equal(mk_cuda_set_kernels(gen), MK_OK);
+    printf("kernel generation %d\n", gen);
+}
+
 static void test_moe_small(void **state) {
     CT_NEED_GPU();
-    for (size_t i = 0; i + 1 < sizeof g_cases / sizeof g_cases[0]; i++)
-        run_case(&g_cases[i]);
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        for (size_t i = 0; i + 1 < sizeof g_cases / sizeof g_cases[0]; i++)
+            if (gen == 1 || !g_cases[i].stack)
+                run_case(&g_cases[i]);
+    }
+    use_kernels(1);
 }
 
 /* The persistent stack over several layers: its layer loop, barriers and
@@ -326,6 +339,7 @@ static void test_moe_small(void **state) {
  * contractions: |a - b| <= 1e-5 * max|a| per element. */
 static void test_moe_stack_layers(void **state) {
     CT_NEED_GPU();
+    use_kernels(1); /* k_stack's row dot products are generation 1's */
     const mcase c = {"stack 3 layers", 256, 40, 8, 64, 128, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true, 1.0f,
                      true, true, 2, true, true};
     enum { L = 3 };
@@ -416,7 +430,11 @@ static void test_moe_stack_layers(void **state) {
 
 static void test_moe_qwen3_30b_layer(void **state) {
     CT_NEED_GPU();
-    run_case(&g_cases[sizeof g_cases / sizeof g_cases[0] - 1]);
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        run_case(&g_cases[sizeof g_cases / sizeof g_cases[0] - 1]);
+    }
+    use_kernels(1);
 }
 
 /* Shapes and formats are checked on the host, naming the matrix (no device
