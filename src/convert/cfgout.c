@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "core/str.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
@@ -163,7 +164,7 @@ static mk_status copy_file(const char *from, const char *to) {
         return mk_err(MK_E_IO, "%s: cannot open: %s", from, strerror(errno));
     char *tmp = cv_printf("%s.tmp", to);
     int out = tmp ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
-    unsigned char *buf = malloc(1u << 20);
+    unsigned char *buf = mk_malloc(1u << 20);
     mk_status s = (out >= 0 && buf) ? MK_OK : mk_err(MK_E_IO, "%s: cannot create", tmp ? tmp : to);
     uint64_t off = 0;
     while (s == MK_OK) {

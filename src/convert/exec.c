@@ -29,6 +29,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 #include "io/outdir.h"
@@ -241,7 +242,7 @@ static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
 static mk_status push_item(shard_run *r, const cv_piece *pc, int64_t a, int64_t n) {
     if (r->nitems == r->cap) {
         size_t nc = r->cap ? 2 * r->cap : 1024;
-        item *ni = realloc(r->items, nc * sizeof *ni);
+        item *ni = mk_realloc(r->items, nc * sizeof *ni);
         if (!ni)
             return mk_err(MK_E_NOMEM, "out of memory");
         r->items = ni;
@@ -557,7 +558,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     conv_env e = {s, p, o, partial, threads, chunk, st, NULL};
     mk_status rc = MK_OK;
     if (p->qs) { /* quantizing: parts computed ahead wait in a spill file */
-        e.written = calloc((size_t)p->nshards, sizeof *e.written);
+        e.written = mk_calloc((size_t)p->nshards, sizeof *e.written);
         rc = e.written ? cv_qstate_open(p->qs, partial) : mk_err(MK_E_NOMEM, "out of memory");
     }
     if (rc == MK_OK)

@@ -21,6 +21,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 
@@ -33,9 +34,9 @@ void cv_journal_free(cv_journal *j) {
 
 static mk_status alloc_j(cv_journal *j, int n) {
     j->nshards = n;
-    j->done = calloc((size_t)n + 1, sizeof *j->done);
-    j->size = calloc((size_t)n + 1, sizeof *j->size);
-    j->hash = calloc((size_t)n + 1, sizeof *j->hash);
+    j->done = mk_calloc((size_t)n + 1, sizeof *j->done);
+    j->size = mk_calloc((size_t)n + 1, sizeof *j->size);
+    j->hash = mk_calloc((size_t)n + 1, sizeof *j->hash);
     return j->done && j->size && j->hash ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
 }
 
@@ -94,7 +95,7 @@ mk_status cv_journal_load(const char *dir, int nshards, cv_journal *j) {
 
 mk_status cv_journal_save(const char *dir, const cv_journal *j, const cv_plan *p) {
     size_t cap = 128 + (size_t)j->nshards * 80;
-    char *b = malloc(cap);
+    char *b = mk_malloc(cap);
     char *path = mk_path_join(dir, CV_JOURNAL_NAME);
     if (!b || !path) {
         free(b);
@@ -124,7 +125,7 @@ mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]) {
         return mk_err(MK_E_IO, "%s: cannot stat: %s", path, strerror(errno));
     }
     size_t bs = 1u << 20;
-    unsigned char *buf = malloc(bs);
+    unsigned char *buf = mk_malloc(bs);
     XXH3_state_t *h = XXH3_createState();
     mk_status s = buf && h ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     if (h)

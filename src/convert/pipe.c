@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 
 typedef struct pipe {
@@ -133,10 +134,10 @@ mk_status cv_pipe_run(int threads, size_t nslots, size_t slot_bytes, size_t scra
     p.nslots = nslots;
     p.slot_bytes = (slot_bytes + 63) & ~(size_t)63;
     p.scratch_bytes = (scratch_bytes + 63) & ~(size_t)63;
-    p.slot_item = malloc(nslots * sizeof *p.slot_item);
-    p.slot_len = calloc(nslots, sizeof *p.slot_len);
-    p.slots = malloc(nslots * p.slot_bytes > 0 ? nslots * p.slot_bytes : 1);
-    worker *ws = calloc((size_t)threads, sizeof *ws);
+    p.slot_item = mk_malloc(nslots * sizeof *p.slot_item);
+    p.slot_len = mk_calloc(nslots, sizeof *p.slot_len);
+    p.slots = mk_malloc(nslots * p.slot_bytes > 0 ? nslots * p.slot_bytes : 1);
+    worker *ws = mk_calloc((size_t)threads, sizeof *ws);
     mk_status s = (p.slot_item && p.slot_len && p.slots && ws)
                       ? MK_OK
                       : mk_err(MK_E_NOMEM, "out of memory for %zu pipeline slots of %zu bytes", nslots, slot_bytes);
@@ -147,7 +148,7 @@ mk_status cv_pipe_run(int threads, size_t nslots, size_t slot_bytes, size_t scra
     pthread_cond_init(&p.cv_main, NULL);
     for (int t = 0; s == MK_OK && t < threads; t++) {
         ws[t].p = &p;
-        ws[t].scratch = malloc(p.scratch_bytes ? p.scratch_bytes : 1);
+        ws[t].scratch = mk_malloc(p.scratch_bytes ? p.scratch_bytes : 1);
         if (!ws[t].scratch)
             s = mk_err(MK_E_NOMEM, "out of memory for a %zu-byte work buffer", scratch_bytes);
         else if (pthread_create(&ws[t].th, NULL, work, &ws[t]) != 0)

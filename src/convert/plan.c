@@ -25,6 +25,7 @@
 #include <sys/stat.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 
 #define CV_DEFAULT_SHARD (5ull << 30)
@@ -42,7 +43,7 @@ static cv_out *new_out(pctx *c, char *name, mk_dtype dt, int ndim, const int64_t
         return NULL;
     if (c->p->nouts == c->cap) {
         size_t nc = c->cap ? 2 * c->cap : 256;
-        cv_out *no = realloc(c->p->outs, nc * sizeof *no);
+        cv_out *no = mk_realloc(c->p->outs, nc * sizeof *no);
         if (!no) {
             free(name);
             return NULL;
@@ -60,7 +61,7 @@ static cv_out *new_out(pctx *c, char *name, mk_dtype dt, int ndim, const int64_t
 }
 
 static mk_status push_piece(cv_out *o, const cv_piece *pc) {
-    cv_piece *np = realloc(o->pc, (size_t)(o->npc + 1) * sizeof *np);
+    cv_piece *np = mk_realloc(o->pc, (size_t)(o->npc + 1) * sizeof *np);
     if (!np)
         return mk_err(MK_E_NOMEM, "out of memory");
     o->pc = np;
@@ -269,7 +270,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     const cv_lt *lt0 = &g->proj[MK_PROJ_GATE][0];
     int64_t I = lt0->shape[0], H = lt0->shape[1];
     c->p->nstacked++;
-    const cv_lt **v = malloc((size_t)g->n * 2 * sizeof *v);
+    const cv_lt **v = mk_malloc((size_t)g->n * 2 * sizeof *v);
     if (!v)
         return mk_err(MK_E_NOMEM, "out of memory");
     mk_status st = MK_OK;
@@ -356,9 +357,9 @@ static mk_status cut_shards(cv_plan *p, uint64_t shard_size) {
         p->total_bytes += o->nbytes;
     }
     p->nshards = ns;
-    p->shard_first = calloc((size_t)ns + 1, sizeof *p->shard_first);
-    p->shard_bytes = calloc((size_t)ns, sizeof *p->shard_bytes);
-    p->shard_files = calloc((size_t)ns, sizeof *p->shard_files);
+    p->shard_first = mk_calloc((size_t)ns + 1, sizeof *p->shard_first);
+    p->shard_bytes = mk_calloc((size_t)ns, sizeof *p->shard_bytes);
+    p->shard_files = mk_calloc((size_t)ns, sizeof *p->shard_files);
     if (!p->shard_first || !p->shard_bytes || !p->shard_files)
         return mk_err(MK_E_NOMEM, "out of memory");
     for (size_t i = p->nouts; i-- > 0;) {

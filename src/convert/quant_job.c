@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "convert/quant_impl.h"
 #include "io/os.h"
 
@@ -29,7 +30,7 @@ static const struct {
 };
 
 mk_status mk_qjob_new(mk_qjob **out) {
-    mk_qjob *q = calloc(1, sizeof *q);
+    mk_qjob *q = mk_calloc(1, sizeof *q);
     if (!q || !(q->exmap = cv_map_new(64))) {
         free(q);
         *out = NULL;
@@ -157,7 +158,7 @@ mk_status mk_qjob_add_override(mk_qjob *q, const char *rule) {
         return mk_err(MK_E_ARG, "--override '%s': the regex does not compile at offset %zu: %s", rule,
                       (size_t)eoff, (const char *)msg);
     }
-    cv_qov *nv = realloc(q->ov, (q->nov + 1) * sizeof *nv);
+    cv_qov *nv = mk_realloc(q->ov, (q->nov + 1) * sizeof *nv);
     ov.text = cv_strdup(rule);
     if (!nv || !ov.text) {
         if (nv)
@@ -189,7 +190,7 @@ mk_status mk_qjob_set_module(mk_qjob *q, const char *path, mk_qmode mode, int bi
     }
     if (q->nex == q->exc) {
         size_t nc = q->exc ? 2 * q->exc : 256;
-        cv_qexact *ne = realloc(q->ex, nc * sizeof *ne);
+        cv_qexact *ne = mk_realloc(q->ex, nc * sizeof *ne);
         if (!ne)
             return mk_err(MK_E_NOMEM, "out of memory");
         q->ex = ne;
@@ -293,7 +294,7 @@ bool cv_qchoice_same(const cv_qchoice *a, const cv_qchoice *b) {
 const char *cv_qjob_keep(mk_qjob *q, const char *s) {
     if (!s)
         return NULL;
-    char **ns = realloc(q->strs, (q->nstrs + 1) * sizeof *ns);
+    char **ns = mk_realloc(q->strs, (q->nstrs + 1) * sizeof *ns);
     if (!ns)
         return NULL;
     q->strs = ns;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/quant_impl.h"
 #include "io/os.h"
 
@@ -34,8 +35,8 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
     MK_TRY(mk_ckpt_open(path, MK_CKPT_NO_MMAP, &s->ck));
     MK_TRY(cv_check_empty(s));
     size_t n = mk_ckpt_count(s->ck);
-    s->mods = calloc(n ? n : 1, sizeof *s->mods);
-    s->lts = calloc(n ? n : 1, sizeof *s->lts);
+    s->mods = mk_calloc(n ? n : 1, sizeof *s->mods);
+    s->lts = mk_calloc(n ? n : 1, sizeof *s->lts);
     if (!s->mods || !s->lts)
         return mk_err(MK_E_NOMEM, "out of memory");
     for (size_t i = 0; i < n; i++) {
@@ -120,7 +121,7 @@ static int candidate(const qb *b, const cv_out *o) {
 static mk_status push_out(qb *b, const cv_out *o) {
     if (b->n == b->cap) {
         size_t nc = b->cap ? 2 * b->cap : 256;
-        cv_out *no = realloc(b->outs, nc * sizeof *no);
+        cv_out *no = mk_realloc(b->outs, nc * sizeof *no);
         if (!no)
             return mk_err(MK_E_NOMEM, "out of memory");
         b->outs = no;
@@ -148,7 +149,7 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
     cv_qstate *qs = b->qs;
     if (qs->nfl == qs->capf) {
         size_t nc = qs->capf ? 2 * qs->capf : 64;
-        cv_qfloat *nf = realloc(qs->fl, nc * sizeof *nf);
+        cv_qfloat *nf = mk_realloc(qs->fl, nc * sizeof *nf);
         if (!nf)
             return mk_err(MK_E_NOMEM, "out of memory");
         qs->fl = nf;
@@ -181,13 +182,13 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
  * float output's name. Takes no ownership. */
 static mk_status emit_module(qb *b, const char *path, const char *base, int ndim, const int64_t *shape,
                              const cv_piece *pcs, int npc, mk_dtype in_dt, const cv_qchoice *c) {
-    cv_qmod *q = calloc(1, sizeof *q);
+    cv_qmod *q = mk_calloc(1, sizeof *q);
     if (!q)
         return mk_err(MK_E_NOMEM, "out of memory");
     cv_qstate *qs = b->qs;
     if (qs->nmods == qs->capm) {
         size_t nc = qs->capm ? 2 * qs->capm : 256;
-        cv_qmod **nm = realloc(qs->mods, nc * sizeof *nm);
+        cv_qmod **nm = mk_realloc(qs->mods, nc * sizeof *nm);
         if (!nm) {
             free(q);
             return mk_err(MK_E_NOMEM, "out of memory");
@@ -232,7 +233,7 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
         o.ndim = ndim;
         memcpy(o.shape, shape, (size_t)ndim * sizeof *shape);
         o.shape[ndim - 1] = lastdim[k];
-        o.pc = calloc((size_t)npc, sizeof *o.pc);
+        o.pc = mk_calloc((size_t)npc, sizeof *o.pc);
         if (!o.name || !o.pc || push_out(b, &o) != MK_OK) {
             free(o.name);
             free(o.pc);
@@ -306,7 +307,7 @@ static mk_status mark_split(qb *b, const cv_out *o) {
     if (differ) {
         const char *k = strstr(stack, ".switch_mlp.");
         char *mlp = cv_printf("%.*s", (int)(k - stack), stack);
-        char **nk = realloc(b->keys, (b->nkeys + 1) * sizeof *nk);
+        char **nk = mk_realloc(b->keys, (b->nkeys + 1) * sizeof *nk);
         if (nk)
             b->keys = nk;
         if (!mlp || !nk || !cv_map_put(b->split, mlp, (void *)1)) {
@@ -375,7 +376,7 @@ static mk_status stack(qb *b, cv_out *o) {
             f.shape[1] = o->shape[2];
             f.nbytes = pc.nbytes;
             f.npc = 1;
-            f.pc = malloc(sizeof pc);
+            f.pc = mk_malloc(sizeof pc);
             if (!f.pc) {
                 free(name);
                 st = mk_err(MK_E_NOMEM, "out of memory");
@@ -451,7 +452,7 @@ mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     if (s->bare && o->dtype != MK_DT_INVALID)
         return mk_err(MK_E_ARG, "%s: --dtype applies to checkpoint directories; a bare file keeps its dtypes",
                       s->dir);
-    cv_qstate *qs = calloc(1, sizeof *qs);
+    cv_qstate *qs = mk_calloc(1, sizeof *qs);
     if (!qs)
         return mk_err(MK_E_NOMEM, "out of memory");
     p->qs = qs;
@@ -638,7 +639,7 @@ mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job) {
     const cv_qstate *qs = p->qs;
     cv_qjob_clear_results(job);
     size_t n = qs->nmods + qs->nfl;
-    job->res = calloc(n ? n : 1, sizeof *job->res);
+    job->res = mk_calloc(n ? n : 1, sizeof *job->res);
     if (!job->res)
         return mk_err(MK_E_NOMEM, "out of memory");
     size_t a = 0, f = 0;

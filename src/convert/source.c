@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 #include "moekit/model.h"
@@ -281,10 +282,10 @@ static mk_status resolve(cv_src *s, const char *base, const gather *g) {
 
 static mk_status gather_modules(cv_src *s) {
     size_t n = mk_ckpt_count(s->ck);
-    gather *gs = calloc(n ? n : 1, sizeof *gs);
-    char **bases = calloc(n ? n : 1, sizeof *bases);
+    gather *gs = mk_calloc(n ? n : 1, sizeof *gs);
+    char **bases = mk_calloc(n ? n : 1, sizeof *bases);
     cv_map *map = cv_map_new(n);
-    s->mods = calloc(n ? 2 * n : 1, sizeof *s->mods); /* plus companions turned plain */
+    s->mods = mk_calloc(n ? 2 * n : 1, sizeof *s->mods); /* plus companions turned plain */
     mk_status st = (gs && bases && map && s->mods) ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     size_t ng = 0;
     for (size_t i = 0; st == MK_OK && i < n; i++) {
@@ -367,7 +368,7 @@ static cv_egroup *group_for(cv_src *s, cv_map *gmap, const char *mlp, mk_part cl
     g->cls = cls;
     g->n = s->cfg.num_experts;
     for (int p = 0; p < 3; p++)
-        g->proj[p] = calloc((size_t)(g->n > 0 ? g->n : 1), sizeof(cv_lt));
+        g->proj[p] = mk_calloc((size_t)(g->n > 0 ? g->n : 1), sizeof(cv_lt));
     if (!g->mlp || !g->proj[0] || !g->proj[1] || !g->proj[2] || !cv_map_put(gmap, g->mlp, g))
         return NULL;
     return g;
@@ -530,8 +531,8 @@ static mk_status canonicalize(cv_src *s) {
             conv_mlx = conv_mlx || m->shape[2] == 1;
         }
     }
-    s->lts = calloc(s->nmods ? s->nmods : 1, sizeof *s->lts);
-    s->groups = calloc(s->nmods ? s->nmods : 1, sizeof *s->groups);
+    s->lts = mk_calloc(s->nmods ? s->nmods : 1, sizeof *s->lts);
+    s->groups = mk_calloc(s->nmods ? s->nmods : 1, sizeof *s->groups);
     cv_map *gmap = cv_map_new(64);
     mk_status st = (s->lts && s->groups && gmap) ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
     for (size_t i = 0; st == MK_OK && i < s->nmods; i++)

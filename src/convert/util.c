@@ -8,6 +8,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "core/str.h"
 
@@ -18,14 +19,14 @@ struct cv_map {
 };
 
 cv_map *cv_map_new(size_t hint) {
-    cv_map *m = calloc(1, sizeof *m);
+    cv_map *m = mk_calloc(1, sizeof *m);
     if (!m)
         return NULL;
     m->cap = 64;
     while (m->cap < hint * 2)
         m->cap *= 2;
-    m->keys = calloc(m->cap, sizeof *m->keys);
-    m->vals = calloc(m->cap, sizeof *m->vals);
+    m->keys = mk_calloc(m->cap, sizeof *m->keys);
+    m->vals = mk_calloc(m->cap, sizeof *m->vals);
     if (!m->keys || !m->vals) {
         cv_map_free(m);
         return NULL;
@@ -51,8 +52,8 @@ static size_t slot_of(const cv_map *m, const char *key) {
 static bool grow(cv_map *m) {
     cv_map big = {0};
     big.cap = m->cap * 2;
-    big.keys = calloc(big.cap, sizeof *big.keys);
-    big.vals = calloc(big.cap, sizeof *big.vals);
+    big.keys = mk_calloc(big.cap, sizeof *big.keys);
+    big.vals = mk_calloc(big.cap, sizeof *big.vals);
     if (!big.keys || !big.vals) {
         free(big.keys);
         free(big.vals);
@@ -89,7 +90,7 @@ void *cv_map_get(const cv_map *m, const char *key) {
     return m->keys[i] ? m->vals[i] : NULL;
 }
 
-char *cv_strdup(const char *s) { return s ? strdup(s) : NULL; }
+char *cv_strdup(const char *s) { return s ? mk_strdup(s) : NULL; }
 
 char *cv_printf(const char *fmt, ...) {
     va_list ap;

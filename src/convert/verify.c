@@ -20,6 +20,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 #include "moekit/escape.h"
@@ -125,7 +126,7 @@ static mk_status v_consume(void *ctx, size_t i, const void *out, size_t len) {
 static mk_status v_push(vctx *v, size_t out, const cv_piece *pc, int64_t a, int64_t n) {
     if (v->nitems == v->cap) {
         size_t nc = v->cap ? 2 * v->cap : 1024;
-        vitem *ni = realloc(v->items, nc * sizeof *ni);
+        vitem *ni = mk_realloc(v->items, nc * sizeof *ni);
         if (!ni)
             return mk_err(MK_E_NOMEM, "out of memory");
         v->items = ni;
@@ -174,8 +175,8 @@ static double tol_of(mk_dtype t) {
 
 static mk_status v_open(vctx *v, const char *outdir) {
     MK_TRY(mk_ckpt_open(outdir, MK_CKPT_NO_MMAP, &v->out));
-    v->ot = calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->ot);
-    v->acc = calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->acc);
+    v->ot = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->ot);
+    v->acc = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->acc);
     if (!v->ot || !v->acc)
         return mk_err(MK_E_NOMEM, "out of memory");
     if (mk_ckpt_count(v->out) != v->p->nouts)

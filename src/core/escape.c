@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "moekit/escape.h"
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 when it is not one. */
@@ -77,7 +78,7 @@ size_t mk_escape(char *out, size_t cap, const char *s, unsigned flags) {
 
 char *mk_escape_dup(const char *s, unsigned flags) {
     size_t n = mk_escape(NULL, 0, s, flags);
-    char *out = malloc(n + 1);
+    char *out = mk_malloc(n + 1);
     if (out)
         mk_escape(out, n + 1, s, flags);
     return out;

@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/str.h"
 
 char *mk_vstrfmt(const char *fmt, va_list ap) {
@@ -12,7 +13,7 @@ char *mk_vstrfmt(const char *fmt, va_list ap) {
     va_end(ap2);
     if (n < 0)
         return NULL;
-    char *b = malloc((size_t)n + 1);
+    char *b = mk_malloc((size_t)n + 1);
     if (b)
         vsnprintf(b, (size_t)n + 1, fmt, ap);
     return b;

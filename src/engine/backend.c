@@ -6,6 +6,7 @@
  * mk_backend_create. */
 #include <stdlib.h>
 
+#include "core/alloc.h"
 #include "moekit/backend.h"
 
 struct mk_backend {
@@ -15,7 +16,7 @@ struct mk_backend {
 
 mk_status mk_backend_create(const mk_backend_i *iface, void *ctx, mk_backend **out) {
     *out = NULL;
-    mk_backend *b = calloc(1, sizeof *b);
+    mk_backend *b = mk_calloc(1, sizeof *b);
     if (!b) {
         if (iface && iface->free)
             iface->free(ctx);

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "engine/engine_impl.h"
 #include "moekit/backend.h"
 #include "moekit/kernels.h"
@@ -28,7 +29,7 @@ typedef struct cpu_ctx {
 static mk_status cpu_alloc(void *ctx, size_t bytes, void **out) {
     (void)ctx;
     size_t n = (bytes + 63) & ~(size_t)63;
-    *out = aligned_alloc(64, n ? n : 64);
+    *out = mk_aligned_alloc(64, n ? n : 64);
     if (!*out)
         return mk_err(MK_E_NOMEM, "CPU backend: cannot allocate %zu bytes", bytes);
     memset(*out, 0, n);
@@ -481,7 +482,7 @@ static const mk_backend_i g_cpu = {
 
 mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out) {
     *out = NULL;
-    cpu_ctx *c = calloc(1, sizeof *c);
+    cpu_ctx *c = mk_calloc(1, sizeof *c);
     if (!c)
         return mk_err(MK_E_NOMEM, "no memory for the CPU backend");
     c->pool = pool;

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "engine/engine_impl.h"
 
 /* ---- arena ---------------------------------------------------------------- */
@@ -262,10 +263,10 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         e->own_store = true;
     }
     size_t L = (size_t)c->num_layers;
-    e->kc = calloc(L, sizeof(float *));
-    e->vc = calloc(L, sizeof(float *));
-    e->conv = calloc(L, sizeof(float *));
-    e->ssm = calloc(L, sizeof(float *));
+    e->kc = mk_calloc(L, sizeof(float *));
+    e->vc = mk_calloc(L, sizeof(float *));
+    e->conv = mk_calloc(L, sizeof(float *));
+    e->ssm = mk_calloc(L, sizeof(float *));
     if (!e->kc || !e->vc || !e->conv || !e->ssm)
         return mk_err(MK_E_NOMEM, "no memory for the engine's layer tables");
     carver cv = {0};
@@ -287,7 +288,7 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     if (st != MK_OK)
         return mk_err_wrap(st, "engine arena (max_ctx %lld, prefill chunk %lld; lower --ctx or "
                            "--prefill-chunk)", (long long)e->max_ctx, (long long)e->chunk);
-    e->harena = aligned_alloc(64, cv.hoff ? cv.hoff : 64);
+    e->harena = mk_aligned_alloc(64, cv.hoff ? cv.hoff : 64);
     if (!e->harena)
         return mk_err(MK_E_NOMEM, "engine host arena: cannot allocate %zu bytes", cv.hoff);
     memset(e->harena, 0, cv.hoff);
@@ -302,7 +303,7 @@ mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_eng
     mk_engine_opts o = {0};
     if (opts)
         o = *opts;
-    mk_engine *e = calloc(1, sizeof *e);
+    mk_engine *e = mk_calloc(1, sizeof *e);
     if (!e)
         return mk_err(MK_E_NOMEM, "no memory for an engine");
     e->m = m;

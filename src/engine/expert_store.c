@@ -9,6 +9,7 @@
 #include <assert.h>
 #include <stdlib.h>
 
+#include "core/alloc.h"
 #include "model/model_impl.h"
 #include "moekit/expert_store.h"
 
@@ -20,7 +21,7 @@ struct mk_expert_store {
 mk_status mk_expert_store_create(const mk_expert_store_i *iface, void *ctx,
                                  mk_expert_store **out) {
     *out = NULL;
-    mk_expert_store *s = calloc(1, sizeof *s);
+    mk_expert_store *s = mk_calloc(1, sizeof *s);
     if (!s) {
         if (iface && iface->free)
             iface->free(ctx);
@@ -109,7 +110,7 @@ static const mk_expert_store_i g_resident = {
 
 mk_status mk_expert_store_resident(const mk_model *m, mk_expert_store **out) {
     *out = NULL;
-    resident *r = calloc(1, sizeof *r);
+    resident *r = mk_calloc(1, sizeof *r);
     if (!r)
         return mk_err(MK_E_NOMEM, "no memory for an expert store");
     r->m = m;

@@ -8,6 +8,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "core/alloc.h"
 #include "moekit/generate.h"
 
 static double now_s(void) {
@@ -71,8 +72,8 @@ mk_status mk_generate(mk_engine *e, const int32_t *prompt, int64_t np, const mk_
                       (long long)np, o ? (long long)o->max_tokens : 0LL);
     int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
     int64_t cap = np + o->max_tokens;
-    int32_t *hist = malloc((size_t)cap * sizeof *hist);
-    float *logits = malloc((size_t)V * sizeof *logits);
+    int32_t *hist = mk_malloc((size_t)cap * sizeof *hist);
+    float *logits = mk_malloc((size_t)V * sizeof *logits);
     mk_tok_stream *ts = NULL;
     mk_status st = hist && logits ? MK_OK
                                   : mk_err(MK_E_NOMEM, "generate: no memory for %lld tokens of "

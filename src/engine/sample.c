@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "moekit/sample.h"
 
 typedef struct cand {
@@ -59,10 +60,10 @@ mk_status mk_sampler_create(const mk_sample_params *p, int vocab, mk_sampler **o
     if (!(p->repeat_penalty > 0.0f))
         return mk_err(MK_E_ARG, "sampler: repeat_penalty must be > 0 (1 is off), found %g",
                       (double)p->repeat_penalty);
-    mk_sampler *s = calloc(1, sizeof *s);
+    mk_sampler *s = mk_calloc(1, sizeof *s);
     if (s) {
-        s->c = malloc((size_t)vocab * sizeof(cand));
-        s->seen = calloc((size_t)vocab, 1);
+        s->c = mk_malloc((size_t)vocab * sizeof(cand));
+        s->seen = mk_calloc((size_t)vocab, 1);
     }
     if (!s || !s->c || !s->seen) {
         mk_sampler_free(s);

@@ -15,6 +15,7 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "io/os.h"
 #include "moekit/st.h"
 
@@ -64,7 +65,7 @@ void mk_ckpt_close(mk_ckpt *c) {
 static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned flags) {
     memset(s, 0, sizeof *s);
     s->fd = -1;
-    s->path = strdup(path);
+    s->path = mk_strdup(path);
     if (!s->path)
         return mk_err(MK_E_NOMEM, "out of memory");
     /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
@@ -91,7 +92,7 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
     if (n > s->size - 8)
         return mk_err(MK_E_FORMAT, "%s: header length %llu is larger than the file (%llu bytes): truncated?",
                       path, (unsigned long long)n, (unsigned long long)s->size);
-    char *hdr = malloc(n + 1);
+    char *hdr = mk_malloc(n + 1);
     if (!hdr)
         return mk_err(MK_E_NOMEM, "%s: out of memory for a %llu-byte header", path, (unsigned long long)n);
     mk_status st2 = mk_os_pread_full(s->fd, hdr, n, 8, path);
@@ -175,7 +176,7 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
         free(js);
         MK_TRY(s);
         /* unique shard names, sorted */
-        char **u = malloc((*icount ? *icount : 1) * sizeof *u);
+        char **u = mk_malloc((*icount ? *icount : 1) * sizeof *u);
         if (!u)
             return mk_err(MK_E_NOMEM, "out of memory");
         memcpy(u, *ifiles, *icount * sizeof *u);
@@ -185,7 +186,7 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
             if (k == 0 || strcmp(u[k - 1], u[i]) != 0)
                 u[k++] = u[i];
         for (size_t i = 0; i < k; i++)
-            u[i] = strdup(u[i]);
+            u[i] = mk_strdup(u[i]);
         *files = u;
         *nfiles = k;
         if (k == 0)
@@ -198,19 +199,19 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
     if (!d)
         return mk_err(MK_E_IO, "%s: cannot open directory: %s", dir, strerror(errno));
     size_t cap = 16, n = 0;
-    char **v = malloc(cap * sizeof *v);
+    char **v = mk_malloc(cap * sizeof *v);
     struct dirent *e;
     while (v && (e = readdir(d)) != NULL) {
         if (!ends_with(e->d_name, ".safetensors") || e->d_name[0] == '.')
             continue;
         if (n == cap) {
-            char **nv = realloc(v, 2 * cap * sizeof *v);
+            char **nv = mk_realloc(v, 2 * cap * sizeof *v);
             if (!nv)
                 break;
             v = nv;
             cap *= 2;
         }
-        v[n++] = strdup(e->d_name);
+        v[n++] = mk_strdup(e->d_name);
     }
     closedir(d);
     if (!v)
@@ -230,11 +231,11 @@ static mk_status build_table(mk_ckpt *c, const char *what) {
     for (size_t i = 0; i < c->nshards; i++)
         total += c->shards[i].nts;
     c->n = total;
-    c->all = malloc((total ? total : 1) * sizeof *c->all);
+    c->all = mk_malloc((total ? total : 1) * sizeof *c->all);
     c->nslots = 16;
     while (c->nslots < total * 2)
         c->nslots *= 2;
-    c->slots = calloc(c->nslots, sizeof *c->slots);
+    c->slots = mk_calloc(c->nslots, sizeof *c->slots);
     if (!c->all || !c->slots)
         return mk_err(MK_E_NOMEM, "out of memory for %zu tensors", total);
     size_t k = 0;
@@ -253,7 +254,7 @@ static mk_status build_table(mk_ckpt *c, const char *what) {
 
 mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
     *out = NULL;
-    mk_ckpt *c = calloc(1, sizeof *c);
+    mk_ckpt *c = mk_calloc(1, sizeof *c);
     if (!c)
         return mk_err(MK_E_NOMEM, "out of memory");
     mk_status s = MK_OK;
@@ -265,21 +266,21 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
         goto done;
     }
     if (mk_os_is_dir(path)) {
-        c->dir = strdup(path);
+        c->dir = mk_strdup(path);
         s = discover(path, &files, &nfiles, &inames, &ifiles, &icount, &index_path);
     } else {
         c->dir = mk_path_dirname(path);
-        files = malloc(sizeof *files);
+        files = mk_malloc(sizeof *files);
         if (files) {
             const char *b = strrchr(path, '/');
-            files[0] = strdup(b ? b + 1 : path);
+            files[0] = mk_strdup(b ? b + 1 : path);
             nfiles = 1;
         } else
             s = mk_err(MK_E_NOMEM, "out of memory");
     }
     if (s != MK_OK)
         goto done;
-    c->shards = calloc(nfiles, sizeof *c->shards);
+    c->shards = mk_calloc(nfiles, sizeof *c->shards);
     if (!c->shards) {
         s = mk_err(MK_E_NOMEM, "out of memory");
         goto done;
@@ -309,7 +310,7 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
     if (index_path) {
         /* Every index entry must be in the shard it names, and every shard
          * tensor must be indexed: an inconsistent index is corruption. */
-        unsigned char *seen = calloc(c->nslots, 1);
+        unsigned char *seen = mk_calloc(c->nslots, 1);
         if (!seen)
             s = mk_err(MK_E_NOMEM, "out of memory");
         for (size_t i = 0; i < icount && s == MK_OK; i++) {

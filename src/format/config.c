@@ -13,6 +13,8 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "io/os.h"
 #include "moekit/config.h"
@@ -205,7 +207,7 @@ static int *int_list(rd *r, json_t *v, const char *k, int *n) {
     if (!v || json_is_null(v))
         return NULL;
     if (json_is_integer(v)) {
-        int *a = malloc(sizeof *a);
+        int *a = mk_malloc(sizeof *a);
         if (a) {
             a[0] = (int)json_integer_value(v);
             *n = 1;
@@ -218,7 +220,7 @@ static int *int_list(rd *r, json_t *v, const char *k, int *n) {
         return NULL;
     }
     size_t m = json_array_size(v);
-    int *a = calloc(m ? m : 1, sizeof *a);
+    int *a = mk_calloc(m ? m : 1, sizeof *a);
     for (size_t i = 0; a && i < m; i++) {
         json_t *e = json_array_get(v, i);
         if (!json_is_integer(e)) {
@@ -243,14 +245,14 @@ static void parse_mlx_quant(rd *r, json_t *q, mk_qcfg *qc) {
         r->s = mk_err(MK_E_UNSUPPORTED, "%s: quantization mode '%s' is not one of affine, mxfp4, mxfp8, nvfp4",
                       r->what, json_string_value(m));
     size_t cap = json_object_size(q);
-    qc->entries = calloc(cap ? cap : 1, sizeof *qc->entries);
+    qc->entries = mk_calloc(cap ? cap : 1, sizeof *qc->entries);
     const char *k;
     json_t *v;
     json_object_foreach(q, k, v) {
         if (!json_is_object(v) && !json_is_boolean(v))
             continue; /* bits, group_size, mode, ... */
         mk_qentry *e = &qc->entries[qc->n_entries++];
-        e->path = strdup(k);
+        e->path = mk_strdup(k);
         if (json_is_boolean(v)) {
             e->quantized = json_is_true(v);
             e->bits = qc->bits;
@@ -276,7 +278,7 @@ static void index_entries(mk_qcfg *qc) {
     int slots = 16;
     while (slots < 2 * qc->n_entries)
         slots *= 2;
-    qc->entry_slots = malloc((size_t)slots * sizeof *qc->entry_slots);
+    qc->entry_slots = mk_malloc((size_t)slots * sizeof *qc->entry_slots);
     if (!qc->entry_slots)
         return; /* lookups fall back to scanning */
     qc->n_entry_slots = slots;
@@ -360,10 +362,10 @@ static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
         json_t *ign = json_object_get(q, "ignore");
         if (json_is_array(ign)) {
             size_t n = json_array_size(ign);
-            qc->ct_ignore = calloc(n ? n : 1, sizeof *qc->ct_ignore);
+            qc->ct_ignore = mk_calloc(n ? n : 1, sizeof *qc->ct_ignore);
             for (size_t i = 0; qc->ct_ignore && i < n; i++)
                 if (json_is_string(json_array_get(ign, i)))
-                    qc->ct_ignore[qc->n_ct_ignore++] = strdup(json_string_value(json_array_get(ign, i)));
+                    qc->ct_ignore[qc->n_ct_ignore++] = mk_strdup(json_string_value(json_array_get(ign, i)));
         }
     } else if (json_object_get(q, "bits") || json_object_get(q, "group_size")) {
         parse_mlx_quant(r, q, qc); /* MLX writes an identical quantization_config */
@@ -451,7 +453,7 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->lin_v_head_dim = get_int(r, tc, "linear_value_head_dim", 0);
     c->full_attention_interval = get_int(r, tc, "full_attention_interval", 4);
     if (c->num_layers > 0 && c->num_layers < 100000) {
-        c->layer_is_full = calloc((size_t)c->num_layers, 1);
+        c->layer_is_full = mk_calloc((size_t)c->num_layers, 1);
         json_t *lt = json_object_get(tc, "layer_types");
         int interval = c->full_attention_interval;
         bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
@@ -516,7 +518,10 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
     memset(c, 0, sizeof *c);
     c->bos_id = -1;
     json_error_t jerr;
+    unsigned long jmark = mk_json_mark();
     json_t *root = json_loads(json, 0, &jerr);
+    if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
+        return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)
         return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, mk_json_errtext(jerr.text), jerr.line);
     if (!json_is_object(root)) {
@@ -578,7 +583,7 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
 
 mk_status mk_config_load(const char *path, mk_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
-    char *p = mk_os_is_dir(path) ? mk_path_join(path, "config.json") : strdup(path);
+    char *p = mk_os_is_dir(path) ? mk_path_join(path, "config.json") : mk_strdup(path);
     if (!p)
         return mk_err(MK_E_NOMEM, "out of memory");
     char *js = NULL;

@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "moekit/config.h"
 
 /* Refusal of `field`: expected vs found, MK_E_UNSUPPORTED for features and
@@ -335,7 +336,7 @@ static int cmp_int(const void *x, const void *y) {
 /* mlp_only_layers as sets (order and repeats carry no meaning). */
 static mk_status cmp_int_sets(const int *x, int nx, const int *y, int ny, const char *na,
                               const char *nb) {
-    int *sx = malloc((size_t)(nx + ny + 2) * sizeof *sx);
+    int *sx = mk_malloc((size_t)(nx + ny + 2) * sizeof *sx);
     if (!sx)
         return mk_err(MK_E_NOMEM, "out of memory");
     int *sy = sx + nx + 1;

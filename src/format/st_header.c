@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "moekit/st.h"
 
@@ -129,8 +131,11 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
     if (out_metadata_json)
         *out_metadata_json = NULL;
     json_error_t jerr;
+    unsigned long jmark = mk_json_mark();
     json_t *root = json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &jerr);
     if (!root) {
+        if (mk_json_nomem(&jerr, jmark)) /* not the file's fault */
+            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
         if (strstr(jerr.text, "duplicate"))
             return mk_err(MK_E_FORMAT, "%s: header has a duplicate tensor name (%s)", what, jerr.text);
         return mk_err(MK_E_FORMAT, "%s: header is not valid JSON: %s at byte %d", what, mk_json_errtext(jerr.text),
@@ -143,7 +148,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
         return s;
     }
     size_t cap = json_object_size(root);
-    mk_tensor_info *ts = calloc(cap ? cap : 1, sizeof *ts);
+    mk_tensor_info *ts = mk_calloc(cap ? cap : 1, sizeof *ts);
     if (!ts) {
         json_decref(root);
         return mk_err(MK_E_NOMEM, "%s: out of memory for %zu header entries", what, cap);
@@ -175,7 +180,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
             continue;
         }
         mk_tensor_info *t = &ts[cnt];
-        t->name = strdup(key);
+        t->name = mk_strdup(key);
         if (!t->name) {
             s = mk_err(MK_E_NOMEM, "out of memory");
             break;
@@ -188,7 +193,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
     json_decref(root);
     if (s == MK_OK) {
         /* Contiguity: sorted by offset, each begins where the previous ended. */
-        mk_tensor_info *sorted = malloc((cnt ? cnt : 1) * sizeof *sorted);
+        mk_tensor_info *sorted = mk_malloc((cnt ? cnt : 1) * sizeof *sorted);
         if (!sorted)
             s = mk_err(MK_E_NOMEM, "out of memory");
         else {

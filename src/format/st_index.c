@@ -5,6 +5,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "moekit/st.h"
 
@@ -25,7 +27,10 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
     *files = NULL;
     *count = 0;
     json_error_t jerr;
+    unsigned long jmark = mk_json_mark();
     json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr);
+    if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
+        return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)
         return mk_err(MK_E_FORMAT, "%s: not valid JSON: %s (line %d)", what, mk_json_errtext(jerr.text), jerr.line);
     mk_status s = MK_OK;
@@ -35,7 +40,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
         return mk_err(MK_E_FORMAT, "%s: field 'weight_map': expected an object of tensor -> file", what);
     }
     size_t cnt = json_object_size(wm);
-    char **nm = calloc(cnt ? cnt : 1, sizeof *nm), **fl = calloc(cnt ? cnt : 1, sizeof *fl);
+    char **nm = mk_calloc(cnt ? cnt : 1, sizeof *nm), **fl = mk_calloc(cnt ? cnt : 1, sizeof *fl);
     if (!nm || !fl) {
         free(nm);
         free(fl);
@@ -55,8 +60,8 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
             s = mk_err(MK_E_FORMAT, "%s: weight_map['%s']: '%s' is not a plain file name", what, key, f);
             break;
         }
-        nm[i] = strdup(key);
-        fl[i] = strdup(f);
+        nm[i] = mk_strdup(key);
+        fl[i] = mk_strdup(f);
         i++;
         if (!nm[i - 1] || !fl[i - 1]) {
             s = mk_err(MK_E_NOMEM, "out of memory");

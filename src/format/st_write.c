@@ -18,6 +18,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "io/os.h"
 #include "moekit/st.h"
 
@@ -69,14 +70,14 @@ static bool metadata_ok(const char *js) {
 
 mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) {
     *out = NULL;
-    mk_stw *w = calloc(1, sizeof *w);
+    mk_stw *w = mk_calloc(1, sizeof *w);
     if (!w)
         return mk_err(MK_E_NOMEM, "out of memory");
     if (opts)
         w->opts = *opts;
-    w->dir = strdup(dir);
-    w->basename = strdup(w->opts.basename ? w->opts.basename : "model");
-    w->metadata = w->opts.metadata_json ? strdup(w->opts.metadata_json) : NULL;
+    w->dir = mk_strdup(dir);
+    w->basename = mk_strdup(w->opts.basename ? w->opts.basename : "model");
+    w->metadata = w->opts.metadata_json ? mk_strdup(w->opts.metadata_json) : NULL;
     w->buf_shard = -1;
     if (!w->dir || !w->basename || (w->opts.metadata_json && !w->metadata)) {
         mk_stw_free(w);
@@ -111,7 +112,7 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
     json_decref(key);
     if (w->n == w->cap) {
         size_t nc = w->cap ? w->cap * 2 : 256;
-        plan *np = realloc(w->ts, nc * sizeof *np);
+        plan *np = mk_realloc(w->ts, nc * sizeof *np);
         if (!np)
             return mk_err(MK_E_NOMEM, "out of memory");
         w->ts = np;
@@ -119,7 +120,7 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
     }
     plan *p = &w->ts[w->n];
     memset(p, 0, sizeof *p);
-    p->name = strdup(name);
+    p->name = mk_strdup(name);
     if (!p->name)
         return mk_err(MK_E_NOMEM, "out of memory");
     p->info.name = p->name;
@@ -163,7 +164,7 @@ static char *shard_name(const mk_stw *w, size_t i, size_t n) {
         snprintf(b, sizeof b, "%s.safetensors", w->basename);
     else
         snprintf(b, sizeof b, "%s-%05zu-of-%05zu.safetensors", w->basename, i + 1, n);
-    return strdup(b);
+    return mk_strdup(b);
 }
 
 static char *index_path(const mk_stw *w) {
@@ -207,7 +208,7 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     if (!js)
         return NULL;
     size_t n = strlen(js), padded = (n + 7) & ~(size_t)7;
-    char *out = realloc(js, padded + 1);
+    char *out = mk_realloc(js, padded + 1);
     if (!out) {
         free(js);
         return NULL;
@@ -249,7 +250,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
         t->file_offset = used;
         used += t->nbytes;
     }
-    w->shards = calloc(ns, sizeof *w->shards);
+    w->shards = mk_calloc(ns, sizeof *w->shards);
     if (!w->shards)
         return mk_err(MK_E_NOMEM, "out of memory");
     w->nshards = ns;
@@ -299,7 +300,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
         mk_tensor_info *t = &w->ts[i].info;
         w->shards[t->shard].data_len += t->nbytes;
     }
-    w->buf = malloc(MK_STW_BUF);
+    w->buf = mk_malloc(MK_STW_BUF);
     if (!w->buf)
         return mk_err(MK_E_NOMEM, "out of memory for the write buffer");
     w->cur = 0;
@@ -391,7 +392,7 @@ mk_status mk_stw_copy_from_fd(mk_stw *w, int fd, uint64_t off, uint64_t n) {
             done += (uint64_t)r;
         }
         if (done < m) {
-            unsigned char *tmp = malloc(1u << 20);
+            unsigned char *tmp = mk_malloc(1u << 20);
             if (!tmp)
                 return mk_err(MK_E_NOMEM, "out of memory");
             mk_status s = MK_OK;
@@ -422,7 +423,7 @@ static mk_status write_index(mk_stw *w) {
     json_object_set_new(meta, "total_size", json_integer((json_int_t)total));
     json_object_set_new(root, "metadata", meta);
     /* weight_map sorted by name, as HF writes it */
-    plan **order = malloc((w->n ? w->n : 1) * sizeof *order);
+    plan **order = mk_malloc((w->n ? w->n : 1) * sizeof *order);
     if (!order) {
         json_decref(root);
         return mk_err(MK_E_NOMEM, "out of memory");

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "moekit/st.h"
 #include "moekit/tensor_hash.h"
 
@@ -19,7 +20,7 @@ mk_status mk_tensor_hash(const mk_ckpt *c, const mk_tensor_info *t, mk_hash128 *
         XXH3_128bits_update(st, p, (size_t)t->nbytes);
     } else {
         size_t bs = 1u << 20;
-        unsigned char *buf = malloc(bs);
+        unsigned char *buf = mk_malloc(bs);
         if (!buf)
             s = mk_err(MK_E_NOMEM, "out of memory");
         for (uint64_t off = 0; s == MK_OK && off < t->nbytes; off += bs) {

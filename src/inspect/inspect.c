@@ -13,6 +13,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "model/layout.h"
 #include "io/os.h"
 #include "moekit/config.h"
@@ -79,7 +80,7 @@ static size_t modset_find(const modset *s, const char *m) {
 }
 
 static bool modset_rehash(modset *s, size_t nslot) {
-    size_t *ns = calloc(nslot, sizeof *ns);
+    size_t *ns = mk_calloc(nslot, sizeof *ns);
     if (!ns)
         return false;
     for (size_t i = 0; i < s->n; i++) {
@@ -102,13 +103,13 @@ static void modset_add(modset *s, const char *m) {
         return;
     if (s->n == s->cap) {
         size_t nc = s->cap ? 2 * s->cap : 32;
-        char **nv = realloc(s->v, nc * sizeof *nv);
+        char **nv = mk_realloc(s->v, nc * sizeof *nv);
         if (!nv)
             return;
         s->v = nv;
         s->cap = nc;
     }
-    char *d = strdup(m);
+    char *d = mk_strdup(m);
     if (!d)
         return;
     s->v[s->n++] = d;
@@ -192,7 +193,7 @@ typedef struct layer_info {
 static void add_expert(expset *L, int e) {
     if (L->n == L->cap) {
         size_t nc = L->cap ? 2 * L->cap : 16;
-        int *nv = realloc(L->v, nc * sizeof *nv);
+        int *nv = mk_realloc(L->v, nc * sizeof *nv);
         if (!nv)
             return;
         L->v = nv;
@@ -353,7 +354,7 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     /* gather: per-layer bookkeeping for the layers the config and the tensors
      * agree on; layers beyond (DeepSeek's MTP) are counted apart */
     int cfg_nl = cfg.num_layers > 0 ? cfg.num_layers : 0;
-    layer_info *L = calloc((size_t)nl + 1, sizeof *L);
+    layer_info *L = mk_calloc((size_t)nl + 1, sizeof *L);
     if (!L) {
         json_decref(rep);
         json_decref(problems);

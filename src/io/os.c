@@ -1,5 +1,6 @@
 /* System-call wrappers with full-count semantics and a test override table.
  * See os.h for the contract. */
+#include "core/alloc.h"
 #include "io/os.h"
 
 #include <dirent.h>
@@ -101,7 +102,7 @@ mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n) {
         return mk_err(MK_E_FORMAT, "%s: file is %lld bytes, larger than the %zu allowed", path,
                       (long long)st.st_size, max);
     }
-    char *b = malloc((size_t)st.st_size + 1);
+    char *b = mk_malloc((size_t)st.st_size + 1);
     if (!b) {
         close(fd);
         return mk_err(MK_E_NOMEM, "%s: out of memory reading %lld bytes", path, (long long)st.st_size);
@@ -184,7 +185,7 @@ int mk_os_is_dir(const char *path) {
 
 char *mk_path_join(const char *a, const char *b) {
     size_t la = strlen(a), lb = strlen(b);
-    char *r = malloc(la + lb + 2);
+    char *r = mk_malloc(la + lb + 2);
     if (!r)
         return NULL;
     memcpy(r, a, la);
@@ -198,8 +199,8 @@ char *mk_path_join(const char *a, const char *b) {
 char *mk_path_dirname(const char *p) {
     const char *s = strrchr(p, '/');
     if (!s)
-        return strdup(".");
+        return mk_strdup(".");
     if (s == p)
-        return strdup("/");
-    return strndup(p, (size_t)(s - p));
+        return mk_strdup("/");
+    return mk_strndup(p, (size_t)(s - p));
 }

@@ -22,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "core/str.h"
 #include "io/os.h"
 #include "io/outdir.h"
@@ -102,7 +103,7 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
     size_t n = strlen(dst);
     while (n > 1 && dst[n - 1] == '/')
         n--;
-    o->dst = strndup(dst, n);
+    o->dst = mk_strndup(dst, n);
     o->partial = mk_strfmt("%.*s.partial", (int)n, dst);
     char *parent = o->partial ? mk_path_dirname(o->partial) : NULL;
     mk_status s = o->dst && parent ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");

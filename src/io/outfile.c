@@ -6,6 +6,7 @@
  * replace uses link(), which fails with EEXIST instead of replacing a file
  * that appeared while the command ran; filesystems without hard links fall
  * back to a check and a rename. */
+#include "core/alloc.h"
 #include "io/outfile.h"
 
 #include <errno.h>
@@ -29,7 +30,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
     static unsigned counter;
     memset(o, 0, sizeof *o);
     o->replace = replace;
-    o->path = strdup(path);
+    o->path = mk_strdup(path);
     if (!o->path)
         return mk_err(MK_E_NOMEM, "out of memory");
     int fd = -1;

@@ -6,6 +6,7 @@
  * that do not exist yet and ancestor relations ("DST contains SRC"). A
  * canonical path is realpath() when the path exists, else the canonical
  * form of its parent joined with the last component. */
+#include "core/alloc.h"
 #include "io/outpath.h"
 
 #include <dirent.h>
@@ -38,7 +39,7 @@ static char *strip_slashes(const char *path) {
     size_t n = strlen(path);
     while (n > 1 && path[n - 1] == '/')
         n--;
-    return strndup(path, n);
+    return mk_strndup(path, n);
 }
 
 char *mk_path_canon(const char *path) {
@@ -56,7 +57,7 @@ char *mk_path_canon(const char *path) {
     if (!slash)
         parent = mk_path_canon(".");
     else if (slash == s)
-        parent = strdup("/");
+        parent = mk_strdup("/");
     else {
         *slash = 0;
         parent = mk_path_canon(s);
@@ -64,7 +65,7 @@ char *mk_path_canon(const char *path) {
     char *out = NULL;
     if (parent) {
         if (!strcmp(base, ".") || !*base)
-            out = strdup(parent);
+            out = mk_strdup(parent);
         else if (!strcmp(base, "..")) {
             char *d = mk_path_dirname(parent);
             out = d;
@@ -89,7 +90,7 @@ static mk_status push(mk_paths *p, const char *path, char *canon, const char *ro
         return mk_err(MK_E_NOMEM, "out of memory");
     if (p->n == p->cap) {
         size_t cap = p->cap ? 2 * p->cap : 16;
-        mk_path_ent *v = realloc(p->v, cap * sizeof *v);
+        mk_path_ent *v = mk_realloc(p->v, cap * sizeof *v);
         if (!v) {
             free(canon);
             return mk_err(MK_E_NOMEM, "out of memory");
@@ -100,7 +101,7 @@ static mk_status push(mk_paths *p, const char *path, char *canon, const char *ro
     mk_path_ent *e = &p->v[p->n];
     memset(e, 0, sizeof *e);
     e->canon = canon;
-    e->role = strdup(role);
+    e->role = mk_strdup(role);
     e->output = output;
     struct stat st;
     if (path && stat(path, &st) == 0) {

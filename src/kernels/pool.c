@@ -19,6 +19,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "moekit/kernels.h"
 
 /* Spin iterations before sleeping (each a cpu "pause", ~10-140 cycles). */
@@ -125,11 +126,11 @@ mk_status mk_pool_create(int nthreads, mk_pool **out) {
     *out = NULL;
     if (nthreads <= 0)
         nthreads = cpu_count();
-    mk_pool *p = calloc(1, sizeof *p);
+    mk_pool *p = mk_calloc(1, sizeof *p);
     if (!p)
         return mk_err(MK_E_NOMEM, "thread pool: out of memory");
     p->nthreads = nthreads;
-    p->workers = calloc((size_t)nthreads, sizeof *p->workers);
+    p->workers = mk_calloc((size_t)nthreads, sizeof *p->workers);
     if (!p->workers) {
         free(p);
         return mk_err(MK_E_NOMEM, "thread pool: out of memory");

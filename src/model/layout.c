@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/str.h"
 #include "model/layout.h"
 
@@ -15,7 +16,7 @@ const char *const mk_layout_proj_names[3] = {"gate_proj", "up_proj", "down_proj"
 mk_qrole mk_layout_role(const char *name, char **base, const char **suffix) {
     mk_qsuffix q;
     mk_qrole r = mk_qview_suffix(name, &q);
-    *base = r == MK_QR_MAIN ? strdup(name) : mk_strfmt("%.*s%s", (int)q.stem, name, q.logical);
+    *base = r == MK_QR_MAIN ? mk_strdup(name) : mk_strfmt("%.*s%s", (int)q.stem, name, q.logical);
     if (suffix)
         *suffix = r == MK_QR_MAIN ? "" : q.suffix + 1;
     return r;
@@ -56,7 +57,7 @@ char *mk_layout_canon(const char *name, int num_layers, mk_part *part, bool *vl_
     int i = canon_index(name);
     *part = i < 0 ? MK_PART_LM : g_canon[i].part;
     *vl_prefix = i >= 0 && g_canon[i].vl;
-    char *out = i < 0 ? strdup(name) : mk_strfmt("%s%s", g_canon[i].to, name + strlen(g_canon[i].from));
+    char *out = i < 0 ? mk_strdup(name) : mk_strfmt("%s%s", g_canon[i].to, name + strlen(g_canon[i].from));
     /* DeepSeek keeps its MTP block as model.layers.<num_hidden_layers>. */
     if (out && *part == MK_PART_LM && num_layers > 0 && strncmp(out, "model.layers.", 13) == 0 &&
         isdigit((unsigned char)out[13])) {
@@ -148,7 +149,7 @@ static const struct {
 
 char *mk_layout_out_name(bool mlx, bool qwen35, bool hf_vl, mk_part part, const char *cname) {
     if (part == MK_PART_VISION)
-        return strdup(cname);
+        return mk_strdup(cname);
     if (mlx && qwen35) {
         for (size_t i = 0; i < sizeof g_mlx_qwen35 / sizeof g_mlx_qwen35[0]; i++) {
             size_t k = strlen(g_mlx_qwen35[i].from);
@@ -161,7 +162,7 @@ char *mk_layout_out_name(bool mlx, bool qwen35, bool hf_vl, mk_part part, const 
         if (strncmp(cname, g_hf_vl[0].from, k) == 0)
             return mk_strfmt("%s%s", g_hf_vl[0].to, cname + k);
     }
-    return strdup(cname);
+    return mk_strdup(cname);
 }
 
 static const char *const g_shifted_norms[] = {

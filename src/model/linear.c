@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "model/load.h"
 
 typedef struct vslice {
@@ -107,7 +108,7 @@ static mk_status view_float(mk_ld *ld, const mk_tensor_info *t, const vslice *s,
  * product rounded to bf16 (mk_model_opts.fp8_to_bf16). */
 static mk_status fp8_materialise(mk_ld *ld, const mk_tensor_info *t, mk_wt *w) {
     uint16_t *dst = mk_model_alloc(ld->m, (size_t)(w->rows * w->cols) * sizeof(uint16_t));
-    float *row = malloc((size_t)w->cols * sizeof(float));
+    float *row = mk_malloc((size_t)w->cols * sizeof(float));
     if (!dst || !row) {
         free(row);
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for a bf16 copy of [%lld, %lld]",
@@ -277,7 +278,7 @@ static mk_status ct_biases(mk_ld *ld, const char *mod, const mk_tensor_info *sc,
     }
     size_t ssz = mk_dtype_info(sc->dtype)->bits / 8, n = (size_t)(rows * ng);
     void *bias = mk_model_alloc(ld->m, n * ssz);
-    float *tmp = malloc(n * sizeof(float));
+    float *tmp = mk_malloc(n * sizeof(float));
     if (!bias || !tmp) {
         free(tmp);
         return mk_err(MK_E_NOMEM, "module '%s': no memory for INT4 biases", mod);

@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "model/layout.h"
 #include "model/load.h"
 
@@ -21,13 +22,13 @@
 void *mk_model_alloc(mk_model *m, size_t n) {
     if (m->n_owned == m->cap_owned) {
         size_t cap = m->cap_owned ? 2 * m->cap_owned : 64;
-        void **p = realloc(m->owned, cap * sizeof *p);
+        void **p = mk_realloc(m->owned, cap * sizeof *p);
         if (!p)
             return NULL;
         m->owned = p;
         m->cap_owned = cap;
     }
-    void *b = calloc(1, n ? n : 1);
+    void *b = mk_calloc(1, n ? n : 1);
     if (b)
         m->owned[m->n_owned++] = b;
     return b;
@@ -449,7 +450,7 @@ static mk_status load_all(mk_ld *ld, const char **expert_kind) {
 
 mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model **out) {
     *out = NULL;
-    mk_model *m = calloc(1, sizeof *m);
+    mk_model *m = mk_calloc(1, sizeof *m);
     if (!m)
         return mk_err(MK_E_NOMEM, "no memory for a model");
     mk_status st = mk_ckpt_open(path, 0, &m->ck);

@@ -31,6 +31,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "io/os.h"
 #include "profile/profile_impl.h"
 
@@ -110,7 +111,7 @@ static mk_status build(const mk_prof *p, const int *bits, int n_bits, problem *p
                 return mk_err(MK_E_ARG, "allocation: %d bits given twice", bits[i]);
         pb->kidx[pb->nk++] = k;
     }
-    pb->it = calloc(p->n ? p->n : 1, sizeof *pb->it);
+    pb->it = mk_calloc(p->n ? p->n : 1, sizeof *pb->it);
     if (!pb->it)
         return mk_err(MK_E_NOMEM, "allocation: no memory for %zu tensors", p->n);
     for (size_t i = 0; i < p->n; i++) {
@@ -191,7 +192,7 @@ static step heap_pop(step *h, size_t *n) {
 /* Spend `left` bits on hull steps, best slope first. Returns the saving of
  * the first step that did not fit (the gap bound), 0 if none. */
 static mk_status fill(problem *pb, double *left, double *gap) {
-    step *h = malloc((pb->n ? pb->n : 1) * sizeof *h);
+    step *h = mk_malloc((pb->n ? pb->n : 1) * sizeof *h);
     if (!h)
         return mk_err(MK_E_NOMEM, "allocation: no memory for the fill heap");
     size_t n = 0;
@@ -224,7 +225,7 @@ static mk_status fill(problem *pb, double *left, double *gap) {
 /* Items of the result from the chosen width index per tensor (-1 = fixed). */
 static mk_status finish(const mk_prof *p, const int *kchosen, double target, mk_alloc *out) {
     memset(out, 0, sizeof *out);
-    out->items = calloc(p->n ? p->n : 1, sizeof *out->items);
+    out->items = mk_calloc(p->n ? p->n : 1, sizeof *out->items);
     if (!out->items)
         return mk_err(MK_E_NOMEM, "allocation: no memory for %zu items", p->n);
     double bits = 0, obj = 0, params = 0;
@@ -305,7 +306,7 @@ mk_status mk_alloc_solve(const mk_prof *p, double target_bpw, const int *bits, i
     }
     double used = choose(&pb, hi), left = cap - used;
     st = fill(&pb, &left, &gap);
-    int *k = st == MK_OK ? malloc((p->n ? p->n : 1) * sizeof *k) : NULL;
+    int *k = st == MK_OK ? mk_malloc((p->n ? p->n : 1) * sizeof *k) : NULL;
     if (st == MK_OK && !k)
         st = mk_err(MK_E_NOMEM, "allocation: no memory");
     if (st == MK_OK) {
@@ -327,7 +328,7 @@ mk_status mk_alloc_uniform(const mk_prof *p, int bits, mk_alloc *out) {
         k++;
     if (k == p->n_bits)
         return mk_err(MK_E_ARG, "allocation: %d bits was not profiled", bits);
-    int *kc = malloc((p->n ? p->n : 1) * sizeof *kc);
+    int *kc = mk_malloc((p->n ? p->n : 1) * sizeof *kc);
     if (!kc)
         return mk_err(MK_E_NOMEM, "allocation: no memory");
     for (size_t i = 0; i < p->n; i++)

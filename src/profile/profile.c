@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "moekit/quant.h"
 #include "profile/profile_impl.h"
 
@@ -53,14 +54,14 @@ char *mk_prof_strdup(const char *s) {
     if (!s)
         return NULL;
     size_t n = strlen(s) + 1;
-    char *d = malloc(n);
+    char *d = mk_malloc(n);
     if (d)
         memcpy(d, s, n);
     return d;
 }
 
 mk_prof *mk_prof_alloc(void) {
-    mk_prof *p = calloc(1, sizeof *p);
+    mk_prof *p = mk_calloc(1, sizeof *p);
     if (p)
         p->router_bits = 8;
     return p;
@@ -107,7 +108,7 @@ static bool index_grow(mk_prof *p, size_t want) {
     size_t cap = 64;
     while (cap < 2 * want)
         cap *= 2;
-    size_t *ix = calloc(cap, sizeof *ix);
+    size_t *ix = mk_calloc(cap, sizeof *ix);
     if (!ix)
         return false;
     free(p->index);
@@ -140,7 +141,7 @@ mk_status mk_prof_push(mk_prof *p, const mk_prof_tensor *t) {
     mk_prof_tensor c = *t;
     if (p->n == p->cap) {
         size_t cap = p->cap ? 2 * p->cap : 256;
-        mk_prof_tensor *v = realloc(p->t, cap * sizeof *v);
+        mk_prof_tensor *v = mk_realloc(p->t, cap * sizeof *v);
         if (!v) {
             tensor_free(&c);
             return mk_err(MK_E_NOMEM, "no memory for %zu profile tensors", cap);

@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "moekit/kernels.h"
 #include "moekit/quant.h"
 #include "profile/profile_impl.h"
@@ -57,7 +58,7 @@ static void bufs_free(bufs *b) {
 static bool grow(void **p, size_t *cap, size_t need) {
     if (need <= *cap)
         return true;
-    void *q = realloc(*p, need);
+    void *q = mk_realloc(*p, need);
     if (!q)
         return false;
     *p = q;
@@ -199,8 +200,8 @@ static int by_size_desc(const void *a, const void *b) {
 
 mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *o,
                          mk_prof_tensor *out) {
-    size_t *order = malloc((n ? n : 1) * sizeof *order);
-    sized *sz = malloc((n ? n : 1) * sizeof *sz);
+    size_t *order = mk_malloc((n ? n : 1) * sizeof *order);
+    sized *sz = mk_malloc((n ? n : 1) * sizeof *sz);
     if (!order || !sz) {
         free(order);
         free(sz);

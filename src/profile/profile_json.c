@@ -33,6 +33,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "io/os.h"
 #include "io/outfile.h"
@@ -323,7 +325,7 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
     snprintf(r->where, sizeof r->where, "routing");
     if (!json_is_array(a))
         return bad(r, "routing", "an array");
-    p->route = calloc(json_array_size(a) + 1, sizeof *p->route);
+    p->route = mk_calloc(json_array_size(a) + 1, sizeof *p->route);
     if (!p->route)
         return mk_err(MK_E_NOMEM, "no memory");
     for (size_t i = 0; i < json_array_size(a); i++) {
@@ -341,9 +343,9 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         l->layer = (int)layer;
         l->tokens = tokens;
         l->n_experts = (int)json_array_size(f);
-        l->freq = calloc((size_t)l->n_experts, sizeof(double));
-        l->mean_w = calloc((size_t)l->n_experts, sizeof(double));
-        l->mean_w2 = calloc((size_t)l->n_experts, sizeof(double));
+        l->freq = mk_calloc((size_t)l->n_experts, sizeof(double));
+        l->mean_w = mk_calloc((size_t)l->n_experts, sizeof(double));
+        l->mean_w2 = mk_calloc((size_t)l->n_experts, sizeof(double));
         if (!l->freq || !l->mean_w || !l->mean_w2)
             return mk_err(MK_E_NOMEM, "no memory");
         if (!get_nums(r, o, "freq", l->n_experts, l->freq) ||
@@ -431,8 +433,11 @@ static mk_status read_tensor(rd *r, json_t *o, size_t i, mk_prof *p) {
 mk_status mk_prof_load(const char *path, mk_prof **out) {
     *out = NULL;
     json_error_t je;
+    unsigned long jmark = mk_json_mark();
     json_t *root = json_load_file(path, 0, &je);
     if (!root) {
+        if (mk_json_nomem(&je, jmark)) /* not the file's fault */
+            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
         FILE *f = fopen(path, "rb");
         if (!f)
             return mk_err(MK_E_IO, "%s: cannot open: %s", path, strerror(errno));

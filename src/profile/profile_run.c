@@ -17,6 +17,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "model/model_impl.h"
 #include "moekit/engine.h"
 #include "moekit/quant.h"
@@ -74,7 +75,7 @@ static mk_status keep_routing(const mk_model *m, const route_acc *a, mk_prof *p)
     int nmoe = 0;
     for (int l = 0; l < c->num_layers; l++)
         nmoe += m->layers[l].is_moe;
-    p->route = calloc(nmoe ? (size_t)nmoe : 1, sizeof *p->route);
+    p->route = mk_calloc(nmoe ? (size_t)nmoe : 1, sizeof *p->route);
     if (!p->route)
         return mk_err(MK_E_NOMEM, "profile: no memory for routing statistics");
     for (int l = 0; l < c->num_layers; l++) {
@@ -84,9 +85,9 @@ static mk_status keep_routing(const mk_model *m, const route_acc *a, mk_prof *p)
         r->layer = l;
         r->n_experts = a->E;
         r->tokens = a->tokens[l];
-        r->freq = calloc((size_t)a->E, sizeof(double));
-        r->mean_w = calloc((size_t)a->E, sizeof(double));
-        r->mean_w2 = calloc((size_t)a->E, sizeof(double));
+        r->freq = mk_calloc((size_t)a->E, sizeof(double));
+        r->mean_w = mk_calloc((size_t)a->E, sizeof(double));
+        r->mean_w2 = mk_calloc((size_t)a->E, sizeof(double));
         if (!r->freq || !r->mean_w || !r->mean_w2)
             return mk_err(MK_E_NOMEM, "profile: no memory for routing statistics");
         for (int e = 0; e < a->E; e++) {
@@ -177,7 +178,7 @@ static mk_status measure_tensors(const mk_model *m, const mk_prof_opts *o, mk_pr
     mk_prof_mod *mods = NULL;
     size_t n = 0;
     MK_TRY(mk_prof_walk(m, &mods, &n));
-    mk_prof_tensor *t = calloc(n ? n : 1, sizeof *t);
+    mk_prof_tensor *t = mk_calloc(n ? n : 1, sizeof *t);
     mk_status st = t ? mk_prof_errors(mods, n, o, t)
                      : mk_err(MK_E_NOMEM, "profile: no memory for %zu tensors", n);
     for (size_t i = 0; st == MK_OK && i < n; i++) {
@@ -214,10 +215,10 @@ mk_status mk_prof_run(const mk_model *m, const int32_t *ids, int64_t n, const mk
     const mk_config *c = mk_model_config(m);
     size_t L = (size_t)c->num_layers, E = (size_t)(c->num_experts > 0 ? c->num_experts : 1);
     route_acc a = {.E = (int)E};
-    a.count = calloc(L * E, sizeof *a.count);
-    a.sw = calloc(L * E, sizeof *a.sw);
-    a.sw2 = calloc(L * E, sizeof *a.sw2);
-    a.tokens = calloc(L, sizeof *a.tokens);
+    a.count = mk_calloc(L * E, sizeof *a.count);
+    a.sw = mk_calloc(L * E, sizeof *a.sw);
+    a.sw2 = mk_calloc(L * E, sizeof *a.sw2);
+    a.tokens = mk_calloc(L, sizeof *a.tokens);
     mk_prof *p = mk_prof_alloc();
     mk_status st = a.count && a.sw && a.sw2 && a.tokens && p
                        ? MK_OK

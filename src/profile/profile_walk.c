@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "core/str.h"
 #include "model/layout.h"
 #include "model/model_impl.h"
@@ -44,7 +45,7 @@ static void emit(walker *w, const char *canon, char *source, char *stack, mk_pro
     char *name = mlx_name(w, canon);
     if (w->st == MK_OK && w->n == w->cap) {
         size_t cap = w->cap ? 2 * w->cap : 256;
-        mk_prof_mod *v = realloc(w->v, cap * sizeof *v);
+        mk_prof_mod *v = mk_realloc(w->v, cap * sizeof *v);
         if (v) {
             w->v = v;
             w->cap = cap;

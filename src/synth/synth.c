@@ -22,6 +22,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "synth/synth_impl.h"
 #include "io/os.h"
@@ -239,7 +240,7 @@ static mk_status write_tensors(const char *dir, const sy_list *l, const mk_synth
         for (uint64_t e0 = 0; s == MK_OK && e0 < numel; e0 += SY_CHUNK) {
             if (r.nitems == cap) {
                 cap = cap ? 2 * cap : 4096;
-                sy_item *ni = realloc(r.items, cap * sizeof *ni);
+                sy_item *ni = mk_realloc(r.items, cap * sizeof *ni);
                 if (!ni) {
                     s = mk_err(MK_E_NOMEM, "out of memory");
                     break;

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <xxhash.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "synth/synth_impl.h"
 
@@ -118,7 +119,7 @@ static sy_tensor *push(sy_list *l, char *name, mk_dtype dt, int ndim, const int6
     }
     if (l->n == l->cap) {
         size_t nc = l->cap ? 2 * l->cap : 1024;
-        sy_tensor *nt = realloc(l->t, nc * sizeof *nt);
+        sy_tensor *nt = mk_realloc(l->t, nc * sizeof *nt);
         if (!nt) {
             free(name);
             l->err = mk_err(MK_E_NOMEM, "out of memory");

@@ -18,6 +18,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "moekit/chat.h"
 #include "moekit/tokenizer.h"
@@ -107,7 +109,10 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
         return mk_err(MK_E_ARG, "path too long: %s", dir);
     struct stat sb;
     if (stat(path, &sb) == 0) {
+        unsigned long jmark = mk_json_mark();
         json_t *cfg = json_load_file(path, 0, &e);
+        if (!cfg && mk_json_nomem(&e, jmark)) /* not the file's fault */
+            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
         if (!cfg)
             return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,
                           mk_json_errtext(e.text));
@@ -129,7 +134,7 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
     FILE *f = fopen(path, "rb");
     if (!f)
         return MK_OK;
-    char *buf = malloc(1 << 20);
+    char *buf = mk_malloc(1 << 20);
     size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
     fclose(f);
     if (!buf)
@@ -189,7 +194,7 @@ static void put(sb *b, const char *s, size_t n) {
         size_t nc = b->cap ? b->cap : 256;
         while (nc < b->n + n + 1)
             nc *= 2;
-        char *np = realloc(b->p, nc);
+        char *np = mk_realloc(b->p, nc);
         if (!np) {
             b->oom = true;
             return;
@@ -217,7 +222,7 @@ static void lit(sb *b, const char *s) {
     }
     if (b->nctl == b->ctl_cap) {
         size_t nc = b->ctl_cap ? 2 * b->ctl_cap : 16;
-        mk_tok_span *np = realloc(b->ctl, nc * sizeof *np);
+        mk_tok_span *np = mk_realloc(b->ctl, nc * sizeof *np);
         if (!np) {
             b->oom = true;
             return;

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 #define CACHE_MAX_WORDS 32768
@@ -32,10 +33,10 @@ struct tok_cache {
 };
 
 mk_status tok_cache_create(tok_cache **out) {
-    tok_cache *c = calloc(1, sizeof *c);
+    tok_cache *c = mk_calloc(1, sizeof *c);
     if (!c)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory for the word cache");
-    c->spans = malloc(CACHE_MAX_WORDS * sizeof *c->spans);
+    c->spans = mk_malloc(CACHE_MAX_WORDS * sizeof *c->spans);
     if (!c->spans || pthread_mutex_init(&c->mu, NULL) != 0) {
         free(c->spans);
         free(c);
@@ -252,8 +253,8 @@ static mk_status merge_word(const mk_tok *t, const char *w, size_t n, tok_ivec *
     sym *s = ls;
     merge *h = lh;
     if (cap > LOCAL_SYMS) {
-        s = malloc(cap * sizeof *s);
-        h = malloc(cap * 2 * sizeof *h);
+        s = mk_malloc(cap * sizeof *s);
+        h = mk_malloc(cap * 2 * sizeof *h);
         if (!s || !h) {
             free(s);
             free(h);

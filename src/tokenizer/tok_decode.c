@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 static const char REPLACEMENT[] = "\xEF\xBF\xBD"; /* U+FFFD */
@@ -34,7 +35,7 @@ static mk_status reserve(void **p, size_t *cap, size_t need) {
     size_t nc = *cap ? *cap : 64;
     while (nc < need)
         nc *= 2;
-    void *np = realloc(*p, nc);
+    void *np = mk_realloc(*p, nc);
     if (!np)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory decoding");
     *p = np;
@@ -45,7 +46,7 @@ static mk_status reserve(void **p, size_t *cap, size_t need) {
 mk_status mk_tok_stream_create(const mk_tok *t, bool skip_special, mk_tok_stream **out) {
     if (!out || !t)
         return mk_err(MK_E_ARG, "mk_tok_stream_create: NULL argument");
-    *out = calloc(1, sizeof **out);
+    *out = mk_calloc(1, sizeof **out);
     if (!*out)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
     (*out)->t = t;

@@ -20,6 +20,7 @@
 #include <string.h>
 #include <utf8proc.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 /* The Rust regex \s HF uses for lstrip / rstrip: the White_Space property. */
@@ -194,7 +195,7 @@ static mk_status normalized_spans(const mk_tok *t, const char *s, size_t n, size
                                   const enc_ctx *c, tok_ivec *out) {
     char *buf = NULL;
     size_t len = 0, cap = 0, nsp = 0;
-    mk_tok_span *sp = malloc((c->n_ctl + 1) * sizeof *sp);
+    mk_tok_span *sp = mk_malloc((c->n_ctl + 1) * sizeof *sp);
     mk_status st = sp ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: out of memory");
     size_t i = ctl_after(c, base);
     for (size_t a = 0; st == MK_OK && a < n;) {
@@ -212,7 +213,7 @@ static mk_status normalized_spans(const mk_tok *t, const char *s, size_t n, size
             size_t nc = cap ? cap : 256;
             while (nc < len + nn + 1)
                 nc *= 2;
-            char *np = realloc(buf, nc);
+            char *np = mk_realloc(buf, nc);
             if (np) {
                 buf = np;
                 cap = nc;
@@ -282,7 +283,7 @@ static mk_status encode(const mk_tok *t, const char *text, size_t len, const enc
     if (st == MK_OK && (c->flags & MK_TOK_ADD_SPECIAL))
         st = tok_ivec_append(&out, t->post_suffix.p, t->post_suffix.n);
     if (st == MK_OK && !out.p) { /* callers may always free(*ids) */
-        out.p = malloc(sizeof *out.p);
+        out.p = mk_malloc(sizeof *out.p);
         if (!out.p)
             st = mk_err(MK_E_NOMEM, "tokenizer: out of memory");
     }

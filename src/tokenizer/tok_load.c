@@ -21,6 +21,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "core/json_err.h"
+#include "core/alloc.h"
 #include "core/str.h"
 #include "tokenizer/tok_impl.h"
 
@@ -132,7 +134,7 @@ static mk_status grow_arr(void **p, size_t *cap, size_t need, size_t elem) {
     size_t nc = *cap ? *cap : 8;
     while (nc < need)
         nc *= 2;
-    void *np = realloc(*p, nc * elem);
+    void *np = mk_realloc(*p, nc * elem);
     if (!np)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory loading");
     *p = np;
@@ -366,7 +368,7 @@ static mk_status load_affix(mk_tok *t, const json_t *model, const char *key, cha
     if (json_string_length(v) > MAX_AFFIX)
         return mk_err(MK_E_UNSUPPORTED, "%s: field 'model.%s': longer than %d bytes", t->path, key,
                       MAX_AFFIX);
-    *out = strdup(json_string_value(v));
+    *out = mk_strdup(json_string_value(v));
     return *out ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: out of memory");
 }
 
@@ -434,7 +436,7 @@ static mk_status load_added_one(mk_tok *t, const json_t *a, size_t i, arena *str
     size_t nn = n;
     if (x->normalized)
         MK_TRY(tok_normalize(t, s, n, &norm, &nn));
-    x->content = malloc(nn + 1);
+    x->content = mk_malloc(nn + 1);
     if (!x->content) {
         free(norm);
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
@@ -609,7 +611,7 @@ static mk_status build_bytes(mk_tok *t, const int *steps, size_t nsteps) {
     char *tmp = NULL;
     size_t tcap = 0;
     mk_status st = MK_OK;
-    t->id_bytes = calloc(t->n_ids, sizeof *t->id_bytes);
+    t->id_bytes = mk_calloc(t->n_ids, sizeof *t->id_bytes);
     if (!t->id_bytes)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
     for (size_t id = 0; id < t->n_ids && st == MK_OK; id++) {
@@ -670,7 +672,10 @@ static mk_status load_json_opt(const char *file, json_t **out) {
     *out = NULL;
     if (access(file, F_OK) != 0)
         return MK_OK;
+    unsigned long jmark = mk_json_mark();
     *out = json_load_file(file, 0, &e);
+    if (!*out && mk_json_nomem(&e, jmark)) /* not the file's fault */
+        return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)
         return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", file, e.line, e.column, mk_json_errtext(e.text));
     if (!json_is_object(*out)) {
@@ -738,9 +743,9 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
 
 static mk_status load_tables(mk_tok *t, const json_t *model, const json_t *vocab, const json_t *added) {
     MK_TRY(max_id(t, vocab, added, &t->n_ids));
-    t->id_flags = calloc(t->n_ids ? t->n_ids : 1, 1);
-    t->id_str = calloc(t->n_ids ? t->n_ids : 1, sizeof *t->id_str);
-    t->added = calloc(json_array_size(added) + 1, sizeof *t->added);
+    t->id_flags = mk_calloc(t->n_ids ? t->n_ids : 1, 1);
+    t->id_str = mk_calloc(t->n_ids ? t->n_ids : 1, sizeof *t->id_str);
+    t->added = mk_calloc(json_array_size(added) + 1, sizeof *t->added);
     if (!t->id_flags || !t->id_str || !t->added)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory for %zu ids", t->n_ids);
     arena strs = {0};
@@ -755,8 +760,11 @@ static mk_status load_tables(mk_tok *t, const json_t *model, const json_t *vocab
 
 mk_status tok_load_json(mk_tok *t, const char *path) {
     json_error_t e;
+    unsigned long jmark = mk_json_mark();
     json_t *root = json_load_file(path, 0, &e);
     if (!root) {
+        if (mk_json_nomem(&e, jmark)) /* not the file's fault */
+            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
         if (access(path, R_OK) != 0)
             return mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(errno));
         return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column, mk_json_errtext(e.text));
@@ -807,14 +815,14 @@ static mk_status resolve(const char *path, char **file, char **dir) {
         return mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(errno));
     size_t n = strlen(path);
     if (S_ISDIR(sb.st_mode)) {
-        *dir = strdup(path);
-        *file = malloc(n + sizeof "/tokenizer.json");
+        *dir = mk_strdup(path);
+        *file = mk_malloc(n + sizeof "/tokenizer.json");
         if (*file)
             snprintf(*file, n + sizeof "/tokenizer.json", "%s/tokenizer.json", path);
     } else {
-        *file = strdup(path);
+        *file = mk_strdup(path);
         const char *slash = strrchr(path, '/');
-        *dir = slash ? strndup(path, (size_t)(slash - path) + (slash == path)) : strdup(".");
+        *dir = slash ? mk_strndup(path, (size_t)(slash - path) + (slash == path)) : mk_strdup(".");
     }
     if (!*file || !*dir)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
@@ -834,7 +842,7 @@ mk_status mk_tok_load(const char *path, mk_tok **out) {
     if (!out || !path)
         return mk_err(MK_E_ARG, "mk_tok_load: NULL argument");
     *out = NULL;
-    mk_tok *t = calloc(1, sizeof *t);
+    mk_tok *t = mk_calloc(1, sizeof *t);
     if (!t)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
     t->bos_id = -1;

@@ -3,6 +3,7 @@
  * Strings hash with XXH3 (vocabularies hold 150k+ keys, many sharing long
  * prefixes); pairs of ids with a 64-bit finalizer. Both tables double when
  * half full so probe runs stay short. */
+#include "core/alloc.h"
 #include "tokenizer/tok_map.h"
 
 #include <stdlib.h>
@@ -39,7 +40,7 @@ static size_t sfind(const tok_smap *m, uint64_t h, const char *key, size_t n, bo
 
 static mk_status sgrow(tok_smap *m) {
     size_t ncap = m->cap ? m->cap * 2 : 64;
-    tok_sslot *ns = calloc(ncap, sizeof *ns);
+    tok_sslot *ns = mk_calloc(ncap, sizeof *ns);
     if (!ns)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory growing a hash table to %zu slots", ncap);
     for (size_t i = 0; i < m->cap; i++) {
@@ -78,7 +79,7 @@ mk_status tok_smap_put(tok_smap *m, const char *key, size_t n, int32_t val, bool
         size_t nc = m->keys_cap ? m->keys_cap : 4096;
         while (nc < m->keys_len + n)
             nc *= 2;
-        char *nk = realloc(m->keys, nc);
+        char *nk = mk_realloc(m->keys, nc);
         if (!nk)
             return mk_err(MK_E_NOMEM, "tokenizer: out of memory for hash-map keys (%zu bytes)", nc);
         m->keys = nk;
@@ -121,7 +122,7 @@ static uint64_t pkey(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32
 
 static mk_status pgrow(tok_pmap *m) {
     size_t ncap = m->cap ? m->cap * 2 : 1024;
-    tok_pslot *ns = malloc(ncap * sizeof *ns);
+    tok_pslot *ns = mk_malloc(ncap * sizeof *ns);
     if (!ns)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory growing the merge table to %zu slots", ncap);
     for (size_t i = 0; i < ncap; i++)

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 typedef struct range {
@@ -45,7 +46,7 @@ static mk_status grow(void **p, size_t *cap, size_t need, size_t elem) {
     size_t nc = *cap ? *cap : 16;
     while (nc < need)
         nc *= 2;
-    void *np = realloc(*p, nc * elem);
+    void *np = mk_realloc(*p, nc * elem);
     if (!np)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory splitting text");
     *p = np;
@@ -71,7 +72,7 @@ static mk_status spush(segvec *v, size_t s, size_t e, bool m) {
  * backslash is a literal and is copied as is. *out is malloc'd. */
 static mk_status onig_to_pcre2(const char *p, size_t n, char **out, size_t *out_n) {
     static const char WS[] = "\\p{White_Space}", NWS[] = "\\P{White_Space}";
-    char *o = malloc(n * (sizeof WS - 1) + 1);
+    char *o = mk_malloc(n * (sizeof WS - 1) + 1);
     if (!o)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory compiling a regex");
     size_t k = 0;
@@ -243,7 +244,7 @@ static mk_status rebuild(work *w, bool prefix_space, bool map) {
     size_t need = 0;
     for (size_t i = 0; i < w->r.n; i++)
         need += (w->r.p[i].len + 1) * (map ? 2 : 1);
-    char *nb = malloc(need ? need : 1);
+    char *nb = mk_malloc(need ? need : 1);
     if (!nb)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory (%zu bytes) in ByteLevel", need);
     size_t o = 0;

@@ -9,12 +9,13 @@
  * the bytes no token starts with in one table lookup. */
 #include <stdlib.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 static mk_status new_node(tok_trie *tr, uint8_t byte, int32_t *idx) {
     if (tr->n == tr->cap) {
         size_t nc = tr->cap ? tr->cap * 2 : 256;
-        tok_trie_node *nn = realloc(tr->nodes, nc * sizeof *nn);
+        tok_trie_node *nn = mk_realloc(tr->nodes, nc * sizeof *nn);
         if (!nn)
             return mk_err(MK_E_NOMEM, "tokenizer: out of memory for the added-token trie");
         tr->nodes = nn;

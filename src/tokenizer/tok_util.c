@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "tokenizer/tok_impl.h"
 
 mk_status tok_ivec_append(tok_ivec *v, const int32_t *x, size_t n) {
@@ -15,7 +16,7 @@ mk_status tok_ivec_append(tok_ivec *v, const int32_t *x, size_t n) {
         size_t nc = v->cap ? v->cap : 64;
         while (nc < v->n + n)
             nc *= 2;
-        int32_t *np = realloc(v->p, nc * sizeof *np);
+        int32_t *np = mk_realloc(v->p, nc * sizeof *np);
         if (!np)
             return mk_err(MK_E_NOMEM, "tokenizer: out of memory for %zu token ids", nc);
         v->p = np;

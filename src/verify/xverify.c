@@ -25,6 +25,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "convert/conv_impl.h"
 #include "io/os.h"
 
@@ -145,7 +146,7 @@ static mk_status side_refs(const cv_src *s, xv_ref **out, size_t *n) {
     size_t cap = s->nlts;
     for (size_t i = 0; i < s->ngroups; i++)
         cap += 3 * (size_t)(s->groups[i].n > 0 ? s->groups[i].n : 0);
-    xv_ref *r = malloc((cap ? cap : 1) * sizeof *r);
+    xv_ref *r = mk_malloc((cap ? cap : 1) * sizeof *r);
     if (!r)
         return mk_err(MK_E_NOMEM, "out of memory");
     size_t k = 0;
@@ -288,7 +289,7 @@ static mk_status build_units(xv_ctx *x, size_t *scratch) {
     mk_status st = side_refs(&x->a, &ra, &na);
     if (st == MK_OK)
         st = side_refs(&x->b, &rb, &nb);
-    x->u = st == MK_OK ? calloc(na + nb + 1, sizeof *x->u) : NULL;
+    x->u = st == MK_OK ? mk_calloc(na + nb + 1, sizeof *x->u) : NULL;
     if (st == MK_OK && !x->u)
         st = mk_err(MK_E_NOMEM, "out of memory");
     size_t i = 0, j = 0;

@@ -196,10 +196,12 @@ static void test_memory_and_copies(void **st) {
     for (int bi = 0; bi < g_nbe; bi++) {
         be_case *b = &g_be[bi];
         /* alloc is zeroed; upload/download round trip; zero */
-        float *z = back(b, dev(b, NULL, 1000 * 4), 1000 * 4);
+        void *dz = dev(b, NULL, 1000 * 4);
+        float *z = back(b, dz, 1000 * 4);
         for (int i = 0; i < 1000; i++)
             assert_true(z[i] == 0.0f);
         free(z);
+        b->i->buf_free(b->ctx, dz);
         float *h = rvec(777);
         void *d = dev(b, h, 777 * 4);
         float *r = back(b, d, 777 * 4);
