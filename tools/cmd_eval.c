@@ -80,23 +80,6 @@ static int cmp_double(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
-static mk_status tokenize_file(const char *model_dir, int64_t vocab, const char *path,
-                               int32_t **ids, size_t *n) {
-    char *buf;
-    size_t len;
-    MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
-    mk_tok *tok = NULL;
-    mk_status st = mk_tok_load(model_dir, &tok);
-    if (st == MK_OK)
-        st = mk_tok_check_model_vocab(tok, vocab);
-    if (st == MK_OK)
-        st = mk_tok_encode(tok, buf, len, 0, ids, n);
-    if (st == MK_E_ARG) /* invalid UTF-8: say which file */
-        st = mk_err_wrap(st, "--text %s", path);
-    free(buf);
-    mk_tok_free(tok);
-    return st;
-}
 
 static mk_status eval_main(const eval_opts *o) {
     int32_t *ids = NULL;
@@ -105,7 +88,7 @@ static mk_status eval_main(const eval_opts *o) {
     double *lpa = NULL, *lpb = NULL, *kls = NULL;
     mk_status st = side_open(o->model, o, &a);
     if (st == MK_OK)
-        st = tokenize_file(mk_model_dir(a.m), mk_model_config(a.m)->vocab_size, o->text, &ids, &ntok);
+        st = mk_ecli_tokenize_file(mk_model_dir(a.m), mk_model_config(a.m)->vocab_size, o->text, &ids, &ntok);
     if (st == MK_OK && o->ref)
         st = side_open(o->ref, o, &b);
     int64_t V = a.m ? mk_model_config(a.m)->vocab_size : 0, W = o->window;

@@ -95,23 +95,6 @@ static bool parse_bits(const char *s, int *bits, int *n, char *err, size_t errn)
     return true;
 }
 
-static mk_status tokenize_file(const char *model_dir, int64_t vocab, const char *path,
-                               int32_t **ids, size_t *n) {
-    char *buf;
-    size_t len;
-    MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
-    mk_tok *tok = NULL;
-    mk_status st = mk_tok_load(model_dir, &tok);
-    if (st == MK_OK)
-        st = mk_tok_check_model_vocab(tok, vocab);
-    if (st == MK_OK)
-        st = mk_tok_encode(tok, buf, len, 0, ids, n);
-    if (st == MK_E_ARG) /* invalid UTF-8: say which file */
-        st = mk_err_wrap(st, "--text %s", path);
-    free(buf);
-    mk_tok_free(tok);
-    return st;
-}
 
 /* On a terminal one line rewritten in place; in a log about ten lines per
  * stage. */
@@ -207,7 +190,7 @@ static mk_status run_profile(prof_cli *o) {
     mk_prof *p = NULL;
     mk_status st = mk_model_open(o->model, &m);
     if (st == MK_OK)
-        st = tokenize_file(mk_model_dir(m), mk_model_config(m)->vocab_size, o->text, &ids, &n);
+        st = mk_ecli_tokenize_file(mk_model_dir(m), mk_model_config(m)->vocab_size, o->text, &ids, &n);
     if (st == MK_OK && (int64_t)n < o->po.window)
         st = mk_err(MK_E_ARG, "--text %s: %zu tokens, fewer than one window of %lld", o->text, n,
                     (long long)o->po.window);

@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "engine_cli.h"
+#include "moekit/tokenizer.h"
 #include "io/outfile.h"
 
 bool mk_ecli_int(const char *s, long long lo, long long hi, long long *out) {
@@ -172,4 +173,22 @@ mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bo
     return mk_err(MK_E_ARG, "%s %lld exceeds the model's max_position_embeddings %d (config.json): positions "
                   "beyond it were never trained; use at most %d or pass --force-ctx", what, (long long)ctx, mp,
                   mp);
+}
+
+mk_status mk_ecli_tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                                int32_t **ids, size_t *n) {
+    char *buf;
+    size_t len;
+    MK_TRY(mk_ecli_read_file("--text", path, &buf, &len));
+    mk_tok *tok = NULL;
+    mk_status st = mk_tok_load(model_dir, &tok);
+    if (st == MK_OK)
+        st = mk_tok_check_model_vocab(tok, vocab);
+    if (st == MK_OK)
+        st = mk_tok_encode(tok, buf, len, 0, ids, n);
+    if (st == MK_E_ARG) /* invalid UTF-8: say which file */
+        st = mk_err_wrap(st, "--text %s", path);
+    free(buf);
+    mk_tok_free(tok);
+    return st;
 }

@@ -34,6 +34,11 @@ mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size
  * existing path is replaced only with force. Check the path first with
  * mk_paths_check_file (io/outpath.h). */
 mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force);
+/* The model's tokenizer applied to the whole file given as --text (no
+ * special tokens added): its ids, refusing a tokenizer whose added or
+ * EOS/BOS ids fall outside the model's vocab_size. */
+mk_status mk_ecli_tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                                int32_t **ids, size_t *n);
 /* A context of ctx positions (named `what`, e.g. "--ctx") against the
  * model's max_position_embeddings: beyond it is an error (MK_E_ARG) unless
  * `force` (--force-ctx); with warn_only, a warning on stderr instead. */
