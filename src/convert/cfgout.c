@@ -159,11 +159,11 @@ static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, 
 
 /* Byte copy through a small buffer (tokenizer.json can be tens of MB). */
 static mk_status copy_file(const char *from, const char *to) {
-    int in = open(from, O_RDONLY | O_CLOEXEC);
+    int in = mk_os()->open(from, O_RDONLY | O_CLOEXEC, 0);
     if (in < 0)
         return mk_err(MK_E_IO, "%s: cannot open: %s", from, strerror(errno));
     char *tmp = cv_printf("%s.tmp", to);
-    int out = tmp ? open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+    int out = tmp ? mk_os()->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
     unsigned char *buf = mk_malloc(1u << 20);
     mk_status s = (out >= 0 && buf) ? MK_OK : mk_err(MK_E_IO, "%s: cannot create", tmp ? tmp : to);
     uint64_t off = 0;
@@ -186,7 +186,7 @@ static mk_status copy_file(const char *from, const char *to) {
     if (s == MK_OK)
         s = mk_os_rename(tmp, to);
     else if (tmp)
-        unlink(tmp);
+        mk_os()->unlink(tmp);
     free(buf);
     free(tmp);
     return s;

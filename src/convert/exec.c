@@ -411,8 +411,8 @@ static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, c
         cv_journal_free(&j);
         char *jp = mk_path_join(dst, CV_JOURNAL_NAME), *op = mk_path_join(dst, MK_OUTDIR_OWNER);
         if (jp && op) {
-            unlink(op); /* left by a kill right after the rename */
-            unlink(jp);
+            mk_os()->unlink(op); /* left by a kill right after the rename */
+            mk_os()->unlink(jp);
         }
         free(jp);
         free(op);
@@ -582,7 +582,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
     if (!jp)
         return mk_err(MK_E_NOMEM, "out of memory");
-    unlink(jp);
+    mk_os()->unlink(jp);
     free(jp);
     return mk_os_fsync_dir(dst);
 }

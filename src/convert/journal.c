@@ -116,7 +116,7 @@ mk_status cv_journal_save(const char *dir, const cv_journal *j, const cv_plan *p
 }
 
 mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]) {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = mk_os()->open(path, O_RDONLY | O_CLOEXEC, 0);
     if (fd < 0)
         return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path, strerror(errno));
     struct stat st;

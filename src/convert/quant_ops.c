@@ -322,7 +322,7 @@ mk_status cv_qstate_open(cv_qstate *qs, const char *partial) {
     qs->spill_path = mk_path_join(partial, CV_QSPILL_NAME);
     if (!qs->spill_path)
         return mk_err(MK_E_NOMEM, "out of memory");
-    qs->spill_fd = open(qs->spill_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    qs->spill_fd = mk_os()->open(qs->spill_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (qs->spill_fd < 0)
         return mk_err(MK_E_IO, "%s: cannot create the quantization spill file", qs->spill_path);
     return MK_OK;
@@ -335,7 +335,7 @@ void cv_qstate_close(cv_qstate *qs, const char *partial) {
         close(qs->spill_fd);
     qs->spill_fd = -1;
     if (partial && qs->spill_path)
-        unlink(qs->spill_path);
+        mk_os()->unlink(qs->spill_path);
 }
 
 bool cv_qstate_bad_data(const cv_qstate *qs) { return qs && __atomic_load_n(&qs->bad_data, __ATOMIC_SEQ_CST); }

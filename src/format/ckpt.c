@@ -70,7 +70,7 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
         return mk_err(MK_E_NOMEM, "out of memory");
     /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
      * refused as not a regular file); regular files ignore the flag */
-    s->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK);
+    s->fd = mk_os()->open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
     if (s->fd < 0)
         return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path,
                       strerror(errno));
@@ -108,7 +108,7 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
         s->ts[i].shard = idx;
     }
     if (!(flags & MK_CKPT_NO_MMAP) && s->size > 0) {
-        void *m = mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
+        void *m = mk_os()->mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
         if (m == MAP_FAILED)
             return mk_err(MK_E_IO, "%s: mmap of %llu bytes failed: %s", path,
                           (unsigned long long)s->size, strerror(errno));

@@ -279,7 +279,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
             return mk_err(MK_E_NOMEM, "out of memory");
         if (!w->opts.force && mk_os_exists(sh->final_path))
             return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", sh->final_path);
-        sh->fd = open(sh->tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        sh->fd = mk_os()->open(sh->tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
         if (sh->fd < 0)
             return mk_err(MK_E_IO, "%s: cannot create: %s", sh->tmp_path, strerror(errno));
         size_t hl;
@@ -383,7 +383,7 @@ mk_status mk_stw_copy_from_fd(mk_stw *w, int fd, uint64_t off, uint64_t n) {
         loff_t in = (loff_t)off, outp = (loff_t)(sh->data_start + t->file_offset + w->cur_off);
         uint64_t done = 0;
         while (done < m) {
-            ssize_t r = copy_file_range(fd, &in, sh->fd, &outp, (size_t)(m - done > (1u << 30) ? (1u << 30) : m - done), 0);
+            ssize_t r = mk_os()->copy_file_range(fd, &in, sh->fd, &outp, (size_t)(m - done > (1u << 30) ? (1u << 30) : m - done), 0);
             if (r <= 0) {
                 if (r < 0 && (errno == ENOSPC || errno == EFBIG || errno == EDQUOT))
                     return mk_err(MK_E_NOSPACE, "%s: copy failed: %s", sh->tmp_path, strerror(errno));
@@ -459,8 +459,9 @@ mk_status mk_stw_finish(mk_stw *w) {
     for (size_t i = 0; i < w->nshards; i++) {
         wshard *sh = &w->shards[i];
         /* an all-empty tail still needs the file to be exactly header + data long */
-        if (ftruncate(sh->fd, (off_t)(sh->data_start + sh->data_len)) != 0)
-            return mk_err(MK_E_IO, "%s: truncate failed: %s", sh->tmp_path, strerror(errno));
+        if (mk_os()->ftruncate(sh->fd, (off_t)(sh->data_start + sh->data_len)) != 0)
+            return mk_err(errno == ENOSPC || errno == EFBIG || errno == EDQUOT ? MK_E_NOSPACE : MK_E_IO,
+                          "%s: truncate failed: %s", sh->tmp_path, strerror(errno));
         MK_TRY(mk_os_fsync(sh->fd, sh->tmp_path));
     }
     for (size_t i = 0; i < w->nshards; i++) {
@@ -484,17 +485,17 @@ void mk_stw_free(mk_stw *w) {
         if (sh->fd >= 0)
             close(sh->fd);
         if (!w->finished && sh->tmp_path)
-            unlink(sh->tmp_path);
+            mk_os()->unlink(sh->tmp_path);
         /* all or nothing: a failed finish leaves no output behind */
         if (!w->finished && sh->renamed)
-            unlink(sh->final_path);
+            mk_os()->unlink(sh->final_path);
         free(sh->final_path);
         free(sh->tmp_path);
     }
     if (!w->finished && w->index_tried) {
         char *ip = index_path(w);
         if (ip)
-            unlink(ip);
+            mk_os()->unlink(ip);
         free(ip);
     }
     free(w->shards);

@@ -10,15 +10,42 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 static int real_rename(const char *a, const char *b) { return rename(a, b); }
+static int real_open(const char *p, int flags, mode_t mode) { return open(p, flags, mode); }
+static ssize_t real_cfr(int fi, off_t *oi, int fo, off_t *oo, size_t n, unsigned fl) {
+    return copy_file_range(fi, oi, fo, oo, n, fl);
+}
 
-static const mk_os_vtbl g_real = {pread, pwrite, fsync, real_rename};
-static const mk_os_vtbl *g_os = &g_real;
+static const mk_os_vtbl g_real = {pread, pwrite, fsync, real_rename, real_open, mmap,
+                                  ftruncate, real_cfr, unlink};
+static mk_os_vtbl g_cur = {pread, pwrite, fsync, real_rename, real_open, mmap,
+                           ftruncate, real_cfr, unlink};
+static const mk_os_vtbl *g_os = &g_cur;
 
-void mk_os_override(const mk_os_vtbl *v) { g_os = v ? v : &g_real; }
+/* Overrides are installed by tests between runs, never while a run is in
+ * flight: the table is copied, NULL slots from the real one. */
+void mk_os_override(const mk_os_vtbl *v) {
+    g_cur = g_real;
+    if (!v)
+        return;
+#define MK_OS_TAKE(f) if (v->f) g_cur.f = v->f
+    MK_OS_TAKE(pread);
+    MK_OS_TAKE(pwrite);
+    MK_OS_TAKE(fsync);
+    MK_OS_TAKE(rename);
+    MK_OS_TAKE(open);
+    MK_OS_TAKE(mmap);
+    MK_OS_TAKE(ftruncate);
+    MK_OS_TAKE(copy_file_range);
+    MK_OS_TAKE(unlink);
+#undef MK_OS_TAKE
+}
+
+const mk_os_vtbl *mk_os(void) { return g_os; }
 
 mk_status mk_os_pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what) {
     unsigned char *p = buf;
@@ -78,7 +105,7 @@ mk_status mk_os_rename(const char *from, const char *to) {
 }
 
 mk_status mk_os_fsync_dir(const char *dir) {
-    int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int fd = g_os->open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
     if (fd < 0)
         return mk_err(MK_E_IO, "%s: cannot open directory: %s", dir, strerror(errno));
     mk_status s = mk_os_fsync(fd, dir);
@@ -88,7 +115,7 @@ mk_status mk_os_fsync_dir(const char *dir) {
 
 mk_status mk_os_read_file(const char *path, size_t max, char **out, size_t *n) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
+    int fd = g_os->open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0); /* a FIFO must not block */
     if (fd < 0)
         return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: cannot open: %s", path,
                       strerror(errno));
@@ -168,7 +195,7 @@ mk_status mk_os_rmtree(const char *path) {
             return mk_err(MK_E_IO, "%s: cannot remove: %s", path, strerror(errno));
         return MK_OK;
     }
-    if (unlink(path) != 0)
+    if (g_os->unlink(path) != 0)
         return mk_err(MK_E_IO, "%s: cannot remove: %s", path, strerror(errno));
     return MK_OK;
 }

@@ -14,15 +14,26 @@
 
 #include "moekit/status.h"
 
+/* The calls, with the system's signatures and errno conventions. A test
+ * table may leave a slot NULL: the real call is used for it. */
 typedef struct mk_os_vtbl {
     ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
     ssize_t (*pwrite)(int fd, const void *buf, size_t n, off_t off);
     int (*fsync)(int fd);
     int (*rename)(const char *from, const char *to);
+    int (*open)(const char *path, int flags, mode_t mode);
+    void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+    int (*ftruncate)(int fd, off_t len);
+    ssize_t (*copy_file_range)(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
+                               unsigned flags);
+    int (*unlink)(const char *path);
 } mk_os_vtbl;
 
 /* Replace the table (NULL restores the real one). Test-only. */
 void mk_os_override(const mk_os_vtbl *v);
+/* The table in force, every slot filled (the real call where the override
+ * left NULL): file code calls mk_os()->open(...), never open() itself. */
+const mk_os_vtbl *mk_os(void);
 
 /* Read exactly n bytes at off, or fail with a message naming `what`. */
 mk_status mk_os_pread_full(int fd, void *buf, size_t n, uint64_t off, const char *what);

@@ -128,7 +128,7 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
             s = mk_err(MK_E_IO, "%s: cannot create directory: %s", o->partial, strerror(errno));
             break;
         }
-        int fd = open(o->partial, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        int fd = mk_os()->open(o->partial, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0);
         if (fd < 0) {
             if (errno == ENOENT)
                 continue;
@@ -197,7 +197,7 @@ mk_status mk_outdir_commit(mk_outdir *o) {
         /* The old DST is locked too: once swapped it sits at the
          * DST.partial path until removed, and another writer opening that
          * path in between must find it held, not take it for its own. */
-        int old_fd = S_ISDIR(st.st_mode) ? open(o->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC) : -1;
+        int old_fd = S_ISDIR(st.st_mode) ? mk_os()->open(o->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0) : -1;
         if (old_fd >= 0 && flock(old_fd, LOCK_EX | LOCK_NB) != 0) {
             close(old_fd);
             return mk_err(MK_E_EXISTS, "%s is being replaced by another moekit process: not replaced", o->dst);
@@ -230,7 +230,7 @@ mk_status mk_outdir_commit(mk_outdir *o) {
         free(d);
         return mk_err(MK_E_NOMEM, "out of memory");
     }
-    unlink(mark);
+    mk_os()->unlink(mark);
     free(mark);
     mk_status s2 = mk_os_fsync_dir(o->dst);
     if (s2 == MK_OK)

@@ -42,7 +42,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
             of_free(o);
             return mk_err(MK_E_NOMEM, "out of memory");
         }
-        fd = open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        fd = mk_os()->open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0 && errno != EEXIST) {
             mk_status s = mk_err(MK_E_IO, "%s: cannot create a file next to it: %s", path, strerror(errno));
             of_free(o);
@@ -56,7 +56,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
     o->f = fdopen(fd, "wb");
     if (!o->f) {
         close(fd);
-        unlink(o->tmp);
+        mk_os()->unlink(o->tmp);
         of_free(o);
         return mk_err(MK_E_NOMEM, "out of memory");
     }
@@ -67,7 +67,7 @@ void mk_outfile_abort(mk_outfile *o) {
     if (o->f)
         fclose(o->f);
     if (o->tmp)
-        unlink(o->tmp);
+        mk_os()->unlink(o->tmp);
     of_free(o);
 }
 
@@ -75,7 +75,7 @@ static mk_status publish(const mk_outfile *o) {
     if (o->replace)
         return mk_os_rename(o->tmp, o->path);
     if (link(o->tmp, o->path) == 0) {
-        unlink(o->tmp);
+        mk_os()->unlink(o->tmp);
         return MK_OK;
     }
     if (errno == EEXIST)
@@ -99,7 +99,7 @@ mk_status mk_outfile_commit(mk_outfile *o) {
     if (s == MK_OK)
         s = publish(o);
     if (s != MK_OK) {
-        unlink(o->tmp);
+        mk_os()->unlink(o->tmp);
         of_free(o);
         return s;
     }

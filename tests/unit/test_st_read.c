@@ -917,7 +917,7 @@ static ssize_t pread_1byte(int fd, void *buf, size_t n, off_t off) {
     return pread(fd, buf, n ? 1 : 0, off);
 }
 
-static const mk_os_vtbl g_short = {pread_1byte, pwrite, fsync, rename};
+static const mk_os_vtbl g_short = {.pread = pread_1byte, .pwrite = pwrite, .fsync = fsync, .rename = rename};
 
 static void test_short_reads(void **state) {
     char p[4096];

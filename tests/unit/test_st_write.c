@@ -576,7 +576,7 @@ static int f_rename(const char *a, const char *b) {
     return rename(a, b);
 }
 
-static const mk_os_vtbl g_faulty = {pread, f_pwrite, f_fsync, f_rename};
+static const mk_os_vtbl g_faulty = {.pread = pread, .pwrite = f_pwrite, .fsync = f_fsync, .rename = f_rename};
 
 /* Run the write with a fault at call `at` of one kind; return the status. */
 static mk_status faulty_write(const char *d, const cspec *c, uint64_t shard, int kind, int at, int *calls) {
