@@ -59,6 +59,21 @@ int mk_status_exit_code(mk_status s);
             return mk_try_s_;         \
     } while (0)
 
+/* Carrying an error across threads: a worker records the first failure
+ * (its status and this thread's message) in a slot the threads share, and
+ * the thread that reports it re-raises it on its own thread. The caller
+ * serializes access to the slot (a mutex, or one writer then a join). */
+typedef struct mk_err_slot {
+    mk_status st; /* MK_OK while empty */
+    char msg[2048];
+} mk_err_slot;
+
+/* Record s with the calling thread's message, unless the slot already
+ * holds a failure (the first one wins). Returns s. */
+mk_status mk_err_slot_set(mk_err_slot *e, mk_status s);
+/* The recorded failure as this thread's error (mk_err_msg), or MK_OK. */
+mk_status mk_err_slot_raise(const mk_err_slot *e);
+
 #ifdef __cplusplus
 }
 #endif

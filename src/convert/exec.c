@@ -451,16 +451,14 @@ typedef struct hjob {
     char *path;
     uint64_t size;
     char hex[33];
-    mk_status s;
-    char msg[512];
+    mk_err_slot err; /* the hash thread's failure */
     double t_write;
 } hjob;
 
 static void *hash_main(void *arg) {
     hjob *h = arg;
-    h->s = cv_file_hash(h->path, &h->size, h->hex);
-    if (h->s != MK_OK)
-        snprintf(h->msg, sizeof h->msg, "%s", mk_err_msg());
+    h->err.st = MK_OK;
+    mk_err_slot_set(&h->err, cv_file_hash(h->path, &h->size, h->hex));
     return NULL;
 }
 
@@ -473,8 +471,7 @@ static mk_status hash_collect(const conv_env *e, cv_journal *j, hjob *h) {
     h->active = false;
     free(h->path);
     h->path = NULL;
-    if (h->s != MK_OK)
-        return mk_err(h->s, "%s", h->msg);
+    MK_TRY(mk_err_slot_raise(&h->err));
     const cv_plan *p = e->p;
     j->done[h->k] = true;
     j->size[h->k] = h->size;

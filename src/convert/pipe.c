@@ -32,8 +32,7 @@ typedef struct pipe {
     size_t *slot_len;
     unsigned char *slots;
     bool abort;
-    mk_status err;
-    char msg[2048];
+    mk_err_slot err; /* the first worker failure */
 } pipe_t;
 
 typedef struct worker {
@@ -44,10 +43,8 @@ typedef struct worker {
 } worker;
 
 static void fail(pipe_t *p, mk_status s) {
-    if (!p->abort) {
-        p->err = s;
-        strncpy(p->msg, mk_err_msg(), sizeof p->msg - 1);
-    }
+    if (!p->abort)
+        mk_err_slot_set(&p->err, s);
     p->abort = true;
     pthread_cond_broadcast(&p->cv_work);
     pthread_cond_broadcast(&p->cv_main);
@@ -169,8 +166,8 @@ mk_status cv_pipe_run(int threads, size_t nslots, size_t slot_bytes, size_t scra
             pthread_join(ws[t].th, NULL);
         free(ws[t].scratch);
     }
-    if (s == MK_OK && p.abort && p.err != MK_OK)
-        s = mk_err(p.err, "%s", p.msg);
+    if (s == MK_OK && p.abort)
+        s = mk_err_slot_raise(&p.err);
     pthread_cond_destroy(&p.cv_main);
     pthread_cond_destroy(&p.cv_work);
     pthread_mutex_destroy(&p.mu);

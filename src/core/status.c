@@ -62,3 +62,15 @@ int mk_status_exit_code(mk_status s) {
     default: return 2; /* everything a user's file, flag or disk can cause */
     }
 }
+
+mk_status mk_err_slot_set(mk_err_slot *e, mk_status s) {
+    if (s != MK_OK && e->st == MK_OK) {
+        e->st = s;
+        snprintf(e->msg, sizeof e->msg, "%s", mk_err_msg());
+    }
+    return s;
+}
+
+mk_status mk_err_slot_raise(const mk_err_slot *e) {
+    return e->st == MK_OK ? MK_OK : mk_err(e->st, "%s", e->msg);
+}

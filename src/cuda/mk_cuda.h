@@ -65,11 +65,10 @@ size_t mk_cuda_wt_row_bytes_all(const mk_wt *w);
 mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream);
 
 /* Kernel generation of mk_cuda_gemv and mk_cuda_moe_step (docs/CUDA.md):
- * 1 (the default) the first kernels, measured on the H200; 2 the pipelined
- * affine row loads and the down projection spread over (expert, chunk)
- * tasks, not yet measured. MK_CUDA_KERNELS=2 in the environment selects 2
- * at the first call. Process-wide: set it before launching, not while
- * launches from other threads are being issued. MK_E_ARG for other values. */
+ * 1 the first kernels; 2 (the default: faster on the H200, same tests) the
+ * pipelined affine row loads and the down projection spread over (expert,
+ * chunk) tasks. Process-wide: set it before launching, not while launches
+ * from other threads are being issued. MK_E_ARG for other values. */
 mk_status mk_cuda_set_kernels(int gen);
 int mk_cuda_kernels(void);
 

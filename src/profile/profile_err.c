@@ -37,8 +37,7 @@ typedef struct err_ctx {
     mk_prof_tensor *out;
     atomic_size_t next, done;
     pthread_mutex_t mu;
-    mk_status st; /* first failure */
-    char msg[1024];
+    mk_err_slot err; /* first failure */
 } err_ctx;
 
 /* Per-thread chunk buffers, grown on demand. */
@@ -167,17 +166,14 @@ static void worker(void *arg, int64_t b0, int64_t b1) {
         if (k >= c->n)
             break;
         pthread_mutex_lock(&c->mu);
-        bool failed = c->st != MK_OK;
+        bool failed = c->err.st != MK_OK;
         pthread_mutex_unlock(&c->mu);
         if (failed)
             break;
         size_t i = c->order[k];
         mk_status st = one_module(&c->mods[i], c->o, &b, &c->out[i]);
         pthread_mutex_lock(&c->mu);
-        if (st != MK_OK && c->st == MK_OK) {
-            c->st = st;
-            snprintf(c->msg, sizeof c->msg, "%s", mk_err_msg());
-        }
+        mk_err_slot_set(&c->err, st);
         size_t d = atomic_fetch_add(&c->done, 1) + 1;
         if (c->o->progress && st == MK_OK)
             c->o->progress(c->o->progress_user, "error", (int64_t)d, (int64_t)c->n);
@@ -219,7 +215,7 @@ mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *
         free(order);
         return st;
     }
-    err_ctx c = {.mods = mods, .order = order, .n = n, .o = o, .out = out, .st = MK_OK};
+    err_ctx c = {.mods = mods, .order = order, .n = n, .o = o, .out = out};
     atomic_init(&c.next, 0);
     atomic_init(&c.done, 0);
     pthread_mutex_init(&c.mu, NULL);
@@ -228,7 +224,5 @@ mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *
     pthread_mutex_destroy(&c.mu);
     mk_pool_free(pool);
     free(order);
-    if (c.st != MK_OK)
-        return mk_err(c.st, "%s", c.msg);
-    return MK_OK;
+    return mk_err_slot_raise(&c.err);
 }
