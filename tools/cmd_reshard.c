@@ -92,7 +92,7 @@ static int cmd_reshard(int argc, char **argv) {
     if (s == MK_OK)
         s = mk_outdir_copy_sidecars(mk_ckpt_dir(ck), partial);
     if (s == MK_OK)
-        s = mk_outdir_commit(&od);
+        s = mk_outdir_commit(&od, NULL);
     if (s == MK_OK)
         fprintf(stderr, "reshard: wrote %zu tensors into %zu shard(s) in %s\n", mk_stw_count(w),
                 mk_stw_count(w) ? (size_t)mk_stw_info(w, mk_stw_count(w) - 1)->shard + 1 : 1, dst);

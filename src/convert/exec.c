@@ -574,8 +574,10 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     cv_journal_free(&j);
     MK_TRY(rc);
     crash_point("commit");
-    MK_TRY(mk_outdir_commit(od));
+    MK_TRY(mk_outdir_commit(od, NULL));
     crash_point("committed");
+    /* the journal stays until DST is in place: a kill before this unlink
+     * leaves a complete DST with it, which a rerun recognises and finishes */
     char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
     if (!jp)
         return mk_err(MK_E_NOMEM, "out of memory");

@@ -76,14 +76,18 @@ static void holder(int dfd, char *out, size_t n) {
         snprintf(out, n, "another moekit process (pid %d)", pid);
 }
 
+/* The mark appears whole or not at all (written under a temporary name,
+ * then renamed), so a second process never reads it half-written. */
 static mk_status write_owner(int dfd, const char *partial, const char *cmd) {
     char b[128];
     int n = snprintf(b, sizeof b, "pid %d command %s\n", (int)getpid(), cmd ? cmd : "?");
-    int fd = openat(dfd, MK_OUTDIR_OWNER, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
+    int fd = openat(dfd, MK_OUTDIR_OWNER_TMP, O_WRONLY | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0644);
     if (fd < 0)
-        return mk_err(MK_E_IO, "%s/%s: cannot create: %s", partial, MK_OUTDIR_OWNER, strerror(errno));
+        return mk_err(MK_E_IO, "%s/%s: cannot create: %s", partial, MK_OUTDIR_OWNER_TMP, strerror(errno));
     mk_status s = mk_os_pwrite_full(fd, b, (size_t)n, 0, MK_OUTDIR_OWNER);
     close(fd);
+    if (s == MK_OK && renameat(dfd, MK_OUTDIR_OWNER_TMP, dfd, MK_OUTDIR_OWNER) != 0)
+        s = mk_err(MK_E_IO, "%s/%s: cannot rename: %s", partial, MK_OUTDIR_OWNER, strerror(errno));
     return s;
 }
 
@@ -152,7 +156,8 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
             close(fd); /* renamed away while we waited: take the new one */
             continue;
         }
-        if (!has_entry(fd, MK_OUTDIR_OWNER) && !has_entry(fd, MK_OUTDIR_JOURNAL) && !fd_dir_empty(fd)) {
+        if (!has_entry(fd, MK_OUTDIR_OWNER) && !has_entry(fd, MK_OUTDIR_OWNER_TMP) &&
+            !has_entry(fd, MK_OUTDIR_JOURNAL) && !fd_dir_empty(fd)) {
             close(fd);
             s = mk_err(MK_E_EXISTS, "%s exists and holds files moekit did not write (no %s): remove it yourself; "
                                     "nothing was changed",
@@ -187,7 +192,18 @@ mk_status mk_outdir_clear(mk_outdir *o) {
     return s;
 }
 
-mk_status mk_outdir_commit(mk_outdir *o) {
+mk_status mk_outdir_commit(mk_outdir *o, const char *drop) {
+    /* The owner mark goes before the rename (the flock still holds the
+     * directory): removed after it, a kill in between would leave the mark
+     * inside the finished DST. `drop` (the resume journal, which must stay
+     * until the rename so that a kill before it resumes) is removed right
+     * after the rename, before any fsync, so that window is as short as
+     * it can be. */
+    char *pmark = mk_path_join(o->partial, MK_OUTDIR_OWNER);
+    if (!pmark)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    mk_os()->unlink(pmark);
+    free(pmark);
     MK_TRY(mk_os_fsync_dir(o->partial));
     struct stat st;
     mk_status s = MK_OK;
@@ -223,15 +239,15 @@ mk_status mk_outdir_commit(mk_outdir *o) {
             return s; /* DST.partial/ is still ours, held and complete */
     } else
         MK_TRY(mk_os_rename(o->partial, o->dst));
-    char *mark = mk_path_join(o->dst, MK_OUTDIR_OWNER);
-    char *d = mk_path_dirname(o->dst);
-    if (!mark || !d) {
-        free(mark);
-        free(d);
-        return mk_err(MK_E_NOMEM, "out of memory");
+    if (drop) {
+        char *dp = mk_path_join(o->dst, drop);
+        if (dp)
+            mk_os()->unlink(dp);
+        free(dp);
     }
-    mk_os()->unlink(mark);
-    free(mark);
+    char *d = mk_path_dirname(o->dst);
+    if (!d)
+        return mk_err(MK_E_NOMEM, "out of memory");
     mk_status s2 = mk_os_fsync_dir(o->dst);
     if (s2 == MK_OK)
         s2 = mk_os_fsync_dir(d);

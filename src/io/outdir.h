@@ -8,6 +8,7 @@
 
 /* Marks a DST.partial/ as moekit's (and names the process writing it). */
 #define MK_OUTDIR_OWNER ".moekit-owner"
+#define MK_OUTDIR_OWNER_TMP ".moekit-owner.new" /* the mark while it is written */
 /* The resume journal of convert/quantize (src/convert/journal.c). */
 #define MK_OUTDIR_JOURNAL ".moekit-convert-journal"
 
@@ -28,10 +29,11 @@ typedef struct mk_outdir {
 mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *cmd);
 /* Remove everything inside DST.partial/ except the owner mark. */
 mk_status mk_outdir_clear(mk_outdir *o);
-/* fsync DST.partial/, swap it in as DST (an existing DST, only with force,
- * is exchanged atomically where the filesystem allows, then removed), drop
- * the owner mark, fsync the parent, release the lock. */
-mk_status mk_outdir_commit(mk_outdir *o);
+/* Drop the owner mark, fsync DST.partial/, swap it in as DST (an existing
+ * DST, only with force, is exchanged atomically where the filesystem
+ * allows, then removed), remove DST/`drop` (NULL: nothing) at once, fsync
+ * DST and its parent, release the lock. */
+mk_status mk_outdir_commit(mk_outdir *o, const char *drop);
 /* After an error no rerun can fix: remove DST.partial/ (only while this
  * process holds its lock), release. */
 void mk_outdir_abort(mk_outdir *o);

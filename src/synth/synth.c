@@ -310,7 +310,7 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
         json_decref(cfg);
     }
     if (s == MK_OK)
-        s = mk_outdir_commit(&od);
+        s = mk_outdir_commit(&od, NULL);
     if (s != MK_OK && od.lock_fd >= 0) {
         /* the old DIR is untouched; synth does not resume */
         char msg[1800];

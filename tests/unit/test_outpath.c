@@ -176,18 +176,18 @@ static void test_outdir_lock(void **state) {
     mk_outdir_close(&a); /* kept for a rerun, lock released */
     assert_int_equal(mk_outdir_open(&a, P("od"), false, "test"), MK_OK);
     assert_true(mk_os_exists(P("od.partial/config.json")));
-    assert_int_equal(mk_outdir_commit(&a), MK_OK);
+    assert_int_equal(mk_outdir_commit(&a, NULL), MK_OK);
     assert_false(mk_os_exists(P("od.partial")));
     assert_false(mk_os_exists(P("od/" MK_OUTDIR_OWNER)));
     /* replace with force: the old DST goes, the new one is complete */
     assert_int_equal(mk_outdir_open(&a, P("od"), true, "test"), MK_OK);
     put("od.partial/model.safetensors", "v2");
-    assert_int_equal(mk_outdir_commit(&a), MK_OK);
+    assert_int_equal(mk_outdir_commit(&a, NULL), MK_OK);
     assert_false(mk_os_exists(P("od/config.json")));
     assert_true(mk_os_exists(P("od/model.safetensors")));
     /* without force an existing DST is kept and so is the partial */
     assert_int_equal(mk_outdir_open(&a, P("od"), false, "test"), MK_OK);
-    assert_int_equal(mk_outdir_commit(&a), MK_E_EXISTS);
+    assert_int_equal(mk_outdir_commit(&a, NULL), MK_E_EXISTS);
     mk_outdir_close(&a);
     assert_true(mk_os_exists(P("od.partial")));
     /* a foreign DST.partial is refused and untouched; abort only removes a held one */
