@@ -91,6 +91,25 @@ static mk_status write_owner(int dfd, const char *partial, const char *cmd) {
     return s;
 }
 
+/* Files a killed writer left half-written under the atomic writer's
+ * temporary names (outfile.c: NAME.moekit-tmp-PID-N): we hold the lock, so
+ * none is being written; a resumed run would otherwise carry them into DST. */
+static void drop_stale_tmp(int dfd) {
+    int d2 = dup(dfd);
+    DIR *d = d2 >= 0 ? fdopendir(d2) : NULL;
+    if (!d) {
+        if (d2 >= 0)
+            close(d2);
+        return;
+    }
+    rewinddir(d);
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+        if (strstr(e->d_name, ".moekit-tmp-"))
+            unlinkat(dfd, e->d_name, 0);
+    closedir(d);
+}
+
 static void od_free(mk_outdir *o) {
     if (o->lock_fd >= 0)
         close(o->lock_fd);
@@ -164,6 +183,7 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
                        o->partial, MK_OUTDIR_OWNER);
             break;
         }
+        drop_stale_tmp(fd);
         s = write_owner(fd, o->partial, cmd);
         if (s == MK_OK)
             o->lock_fd = fd;

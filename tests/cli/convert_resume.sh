@@ -59,6 +59,20 @@ printf '\x01' | dd of="$f" bs=1 seek=4000 conv=notrunc status=none
 diff -r "$T/ref-fp8-hf" "$out" >/dev/null || fail "corrupted finished shard was trusted"
 echo "ok: a finished shard that no longer matches its journal hash is rewritten"
 
+# A kill while the journal is being written leaves its half-written
+# temporary (the atomic writer's NAME.moekit-tmp-PID-N) in DST.partial/: the
+# resumed run must not carry it into DST (it did: "Only in out:
+# .moekit-convert-journal.moekit-tmp-...").
+out="$T/stale"
+set +e
+MK_CONVERT_CRASH=journal:3 sh -c '"$@"; exit $?' sh "$BIN" convert "$T/fp8" "$out" --to hf --shard-size 1M \
+    --quiet 2>/dev/null
+set -e
+printf 'half a journal' > "$out.partial/.moekit-convert-journal.moekit-tmp-999-1"
+"$BIN" convert "$T/fp8" "$out" --to hf --shard-size 1M --quiet
+diff -r "$T/ref-fp8-hf" "$out" > /dev/null || fail "a stale temporary file reached DST: $(ls -a "$out")"
+echo "ok: a killed journal write's temporary file does not reach DST"
+
 if [ "$SAN" = 1 ]; then
     echo "convert_resume: all passed (sanitizer build: timed kills skipped)"
     exit 0
