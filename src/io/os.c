@@ -231,3 +231,30 @@ char *mk_path_dirname(const char *p) {
         return mk_strdup("/");
     return mk_strndup(p, (size_t)(s - p));
 }
+
+bool mk_os_dir_empty_fd(int dfd) {
+    int d2 = dup(dfd); /* closedir closes the descriptor it was given */
+    if (d2 < 0)
+        return false;
+    DIR *d = fdopendir(d2);
+    if (!d) {
+        close(d2);
+        return false;
+    }
+    rewinddir(d);
+    struct dirent *e;
+    bool empty = true;
+    while (empty && (e = readdir(d)) != NULL)
+        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
+    closedir(d);
+    return empty;
+}
+
+bool mk_os_dir_empty(const char *path) {
+    int fd = g_os->open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return false;
+    bool empty = mk_os_dir_empty_fd(fd);
+    close(fd);
+    return empty;
+}

@@ -8,6 +8,7 @@
 #ifndef MK_IO_OS_H
 #define MK_IO_OS_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -55,6 +56,10 @@ mk_status mk_os_rmtree(const char *path);
 /* Does a path exist? */
 int mk_os_exists(const char *path);
 int mk_os_is_dir(const char *path);
+/* Whether the directory (open as dfd, or at path) holds no entry but . and
+ * ..; false when it cannot be read (or is not a directory). */
+bool mk_os_dir_empty_fd(int dfd);
+bool mk_os_dir_empty(const char *path);
 /* Join two path parts into a malloc'd string. */
 char *mk_path_join(const char *a, const char *b);
 /* Directory part of a path (malloc'd); "." when none. */

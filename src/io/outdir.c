@@ -38,24 +38,6 @@ static bool has_entry(int dfd, const char *name) {
     return fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) == 0;
 }
 
-static bool fd_dir_empty(int dfd) {
-    int d2 = dup(dfd);
-    if (d2 < 0)
-        return false;
-    DIR *d = fdopendir(d2);
-    if (!d) {
-        close(d2);
-        return false;
-    }
-    rewinddir(d);
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL)
-        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
 /* "pid N (moekit CMD)" of the holder, from its owner mark */
 static void holder(int dfd, char *out, size_t n) {
     snprintf(out, n, "another moekit process");
@@ -176,7 +158,7 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
             continue;
         }
         if (!has_entry(fd, MK_OUTDIR_OWNER) && !has_entry(fd, MK_OUTDIR_OWNER_TMP) &&
-            !has_entry(fd, MK_OUTDIR_JOURNAL) && !fd_dir_empty(fd)) {
+            !has_entry(fd, MK_OUTDIR_JOURNAL) && !mk_os_dir_empty_fd(fd)) {
             close(fd);
             s = mk_err(MK_E_EXISTS, "%s exists and holds files moekit did not write (no %s): remove it yourself; "
                                     "nothing was changed",

@@ -257,18 +257,6 @@ bool mk_paths_looks_like_checkpoint(const char *dir) {
     return weights || (config && !subdir);
 }
 
-static bool dir_is_empty(const char *dir) {
-    DIR *d = opendir(dir);
-    if (!d)
-        return false;
-    struct dirent *e;
-    bool empty = true;
-    while (empty && (e = readdir(d)) != NULL)
-        empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-    closedir(d);
-    return empty;
-}
-
 /* A DST that is, or contains, one of these is never replaced. */
 static mk_status check_special(const char *dst, const char *canon) {
     if (!strcmp(canon, "/"))
@@ -339,7 +327,7 @@ mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
                         dst);
         else if (!force && !journal)
             st = mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", dst);
-        else if (force && !dir_is_empty(dst) && !mk_paths_looks_like_checkpoint(dst))
+        else if (force && !mk_os_dir_empty(dst) && !mk_paths_looks_like_checkpoint(dst))
             st = mk_err(MK_E_ARG,
                         "DST %s is not a checkpoint or moekit output (no *.safetensors, no moekit journal, no "
                         "config.json in a flat directory): --force replaces only those; nothing was changed",

@@ -14,7 +14,6 @@
  * The checkpoint is built in DIR.partial/ and swapped in at the end
  * (io/outdir.c), so a full disk or a kill never costs the checkpoint
  * already in DIR and leaves nothing half-written inside it. */
-#include <dirent.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -202,16 +201,8 @@ static mk_status sy_consume(void *ctx, size_t i, const void *out, size_t len) {
 /* DIR may be replaced: a new path, an empty directory, or (force) a
  * checkpoint or moekit output; never anything else (mk_paths_check_dir). */
 static mk_status check_dir(const char *dir, bool *force) {
-    DIR *d = opendir(dir);
-    if (d) {
-        struct dirent *e;
-        bool empty = true;
-        while (empty && (e = readdir(d)) != NULL)
-            empty = !strcmp(e->d_name, ".") || !strcmp(e->d_name, "..");
-        closedir(d);
-        if (empty)
-            *force = true; /* an empty directory holds nothing to lose */
-    }
+    if (mk_os_dir_empty(dir))
+        *force = true; /* an empty directory holds nothing to lose */
     mk_paths p;
     mk_paths_init(&p);
     mk_status s = mk_paths_check_dir(&p, dir, *force);
