@@ -10,6 +10,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -55,22 +56,63 @@ mk_dtype mk_dtype_parse(const char *s);
 /* Bytes for n elements; false if it overflows or is not a whole number of bytes. */
 bool mk_dtype_nbytes(mk_dtype t, uint64_t n, uint64_t *out);
 
-/* Scalar conversions. bf16/f16 rounding to nearest-even, NaN preserved. */
-static inline float mk_bf16_to_f32(uint16_t h) {
+/* Scalar conversions, the one definition of each (the kernels, converters
+ * and the quantizer all use these). bf16/f16 rounding to nearest-even, NaN
+ * preserved. */
+static inline float mk_bits_f32(uint32_t u) {
     union { uint32_t u; float f; } v;
-    v.u = (uint32_t)h << 16;
+    v.u = u;
     return v.f;
 }
+static inline float mk_bf16_to_f32(uint16_t h) { return mk_bits_f32((uint32_t)h << 16); }
+/* Branch-free so loops over it vectorize (a per-element call was half the
+ * cost of an FP8 dequantization in convert). NaN stays a quiet NaN. */
 static inline uint16_t mk_f32_to_bf16(float f) {
     union { uint32_t u; float f; } v;
     v.f = f;
-    if ((v.u & 0x7fffffffu) > 0x7f800000u)
-        return (uint16_t)((v.u >> 16) | 0x40u); /* quiet NaN */
-    uint32_t rounding = 0x7fffu + ((v.u >> 16) & 1u);
-    return (uint16_t)((v.u + rounding) >> 16);
+    uint32_t r = (v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16, q = (v.u >> 16) | 0x40u;
+    return (uint16_t)((v.u & 0x7fffffffu) > 0x7f800000u ? q : r);
 }
-float mk_f16_to_f32(uint16_t h);
+/* f16 -> f32 without a call or a branch on the common path: the 15
+ * non-sign bits shifted into a float32 and scaled by 2^112 rebias the
+ * exponent and turn subnormals into normals exactly; Inf/NaN (exponent 31)
+ * are rebuilt. */
+static inline float mk_f16_to_f32(uint16_t h) {
+    uint32_t em = h & 0x7fffu;
+    float f = mk_bits_f32(em << 13) * ((float)(1ull << 56) * (float)(1ull << 56)) /* 2^112 */;
+    if (em >= 0x7c00u)
+        f = mk_bits_f32(0x7f800000u | ((em & 0x3ffu) << 13));
+    return (h & 0x8000u) ? -f : f;
+}
 uint16_t mk_f32_to_f16(float f);
+/* MLX's E4M3 decode (mxfp8 elements, nvfp4 scales): every byte is a
+ * number, 0x7f/0xff are +-480 (MLX's CPU quantizer encodes (464, 480) as
+ * 0x7f), unlike E4M3FN where they are NaN. 2^(e-7) by rebiasing. */
+static inline float mk_e4m3mx_to_f32(uint8_t b) {
+    float v = mk_bits_f32((uint32_t)(b & 0x7fu) << 20) * ((float)(1ull << 60) * (float)(1ull << 60)) /* 2^120 */;
+    return (b & 0x80u) ? -v : v;
+}
+/* FP4 E2M1 nibble (sign bit 3) -> float: magnitudes 0, .5, 1, 1.5, 2, 3,
+ * 4, 6 (exponent bias 1, one mantissa bit, subnormal 0.5). Inline so that
+ * loops over constant codes fold to constants. */
+static inline float mk_e2m1_to_f32(uint8_t b) {
+    int e = (b >> 1) & 3, m = b & 1;
+    float v = e == 0 ? 0.5f * (float)m : (1.0f + 0.5f * (float)m) * (float)(1 << (e - 1));
+    return (b & 8u) ? -v : v;
+}
+/* Element i of an F32, BF16 or F16 array at any alignment (scales, biases,
+ * plain weights): the one loader of "element i" for every reader. */
+static inline float mk_dtype_load_f32(mk_dtype t, const void *p, int64_t i) {
+    const unsigned char *b = (const unsigned char *)p;
+    if (t == MK_DT_F32) {
+        float f;
+        memcpy(&f, b + 4 * i, 4);
+        return f;
+    }
+    uint16_t h;
+    memcpy(&h, b + 2 * i, 2);
+    return t == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_f16_to_f32(h);
+}
 float mk_e4m3_to_f32(uint8_t b);  /* E4M3FN: no inf, 0x7f/0xff NaN, max 448 */
 float mk_e5m2_to_f32(uint8_t b);  /* IEEE-like, bias 15 */
 float mk_e8m0_to_f32(uint8_t b);  /* 2^(b-127); 0xff NaN */

@@ -13,42 +13,22 @@
  * The float32 products are exact for FP8 (4-bit mantissa x 24-bit scale
  * still rounds once) and for INT4 (8-bit scale mantissa x 4-bit integer), so
  * rounding to the output dtype is the only rounding. */
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "convert/conv_impl.h"
+#include "core/dequant.h"
 #include "moekit/quant.h"
-
-static float g_e4m3[256], g_e5m2[256];
-static pthread_once_t g_lut_once = PTHREAD_ONCE_INIT;
-
-static void lut_init(void) {
-    for (int i = 0; i < 256; i++) {
-        g_e4m3[i] = mk_e4m3_to_f32((uint8_t)i);
-        g_e5m2[i] = mk_e5m2_to_f32((uint8_t)i);
-    }
-}
 
 static const mk_tensor_info *part(const cv_piece *p, int k) { return p->mod->t[k]; }
 
 /* Bytes per module row of tensor k of the module. */
 static uint64_t row_bytes(const cv_piece *p, int k) { return part(p, k)->nbytes / (uint64_t)p->mod->rows; }
 
-/* float32 -> bf16, round to nearest even, NaN kept quiet: branch-free so
- * the compiler vectorizes it (the per-element library call was half the
- * cost of an FP8 dequantization). */
-static inline uint16_t bf16_of(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    uint32_t r = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, q = (u >> 16) | 0x40u;
-    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? q : r);
-}
-
 static void encode_bf16(const float *v, int64_t n, unsigned char *out) {
     uint16_t *o = (uint16_t *)(void *)out; /* out is 2-aligned: slots are 64-aligned, rows whole */
     for (int64_t i = 0; i < n; i++)
-        o[i] = bf16_of(v[i]);
+        o[i] = mk_f32_to_bf16(v[i]);
 }
 
 /* Encode one row of floats into dt at out. */
@@ -136,8 +116,8 @@ static size_t fp8_scratch(const cv_piece *p, int64_t n) {
 static mk_status fp8_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                          unsigned char *scratch, void *out) {
     const cv_mod *m = p->mod;
-    pthread_once(&g_lut_once, lut_init);
-    const float *lut = m->vdt == MK_DT_F8_E5M2 ? g_e5m2 : g_e4m3;
+    const mk_luts *L = mk_luts_get(); /* core's tables: one E4M3/E5M2 decode */
+    const float *lut = m->vdt == MK_DT_F8_E5M2 ? L->e5m2 : L->e4m3;
     int64_t C = m->cols, R0 = p->row0 + a, gc = (C + m->block_c - 1) / m->block_c;
     int64_t gr = (m->mrows + m->block_r - 1) / m->block_r, s0, s1;
     fp8_srows(m, R0, n, &s0, &s1);
@@ -161,7 +141,7 @@ static mk_status fp8_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int6
             if (srow != tab_for) {
                 for (int64_t cb = 0; cb < gc; cb++)
                     for (int b = 0; b < 256; b++)
-                        tab[cb * 256 + b] = bf16_of(lut[b] * srow[cb]);
+                        tab[cb * 256 + b] = mk_f32_to_bf16(lut[b] * srow[cb]);
                 tab_for = srow;
             }
             uint16_t *o = (uint16_t *)(void *)((unsigned char *)out + (size_t)(i * C) * 2);

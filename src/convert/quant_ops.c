@@ -75,17 +75,6 @@ static mk_status nonfinite_error(const cv_piece *p, int64_t a, int64_t n, uint64
 
 /* ------------------------------------------------------ error sums */
 
-/* Element i of a row of dt as float32. */
-static inline float load1(mk_dtype dt, const unsigned char *row, int64_t i) {
-    if (dt == MK_DT_F32) {
-        float f;
-        memcpy(&f, row + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, row + 2 * i, 2);
-    return dt == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_f16_to_f32(h);
-}
 
 /* The n `bits`-bit codes of a group starting at byte p (a group of 16 or
  * more elements always starts on a byte: 16 * bits is a multiple of 8). */
@@ -159,7 +148,7 @@ static inline __attribute__((always_inline)) void affine_err_body(const cv_qmod 
         qv_i8 mx = {0};
         for (int64_t g = 0; g < ng; g++) {
             const unsigned char *xg = xr + (size_t)(g * G) * es, *wg = wr + (size_t)(g * G * bits / 8);
-            const float s = load1(dt, sr, g), b = load1(dt, br, g);
+            const float s = mk_dtype_load_f32(dt, sr, g), b = mk_dtype_load_f32(dt, br, g);
             if (bits != 2 && bits != 4 && bits != 8)
                 unpack(wg, bits, G, qv);
             if (dt == MK_DT_F16)
@@ -192,7 +181,7 @@ static inline __attribute__((always_inline)) void affine_err_body(const cv_qmod 
         }
         if (!(rr < INFINITY)) { /* NaN or Inf among the inputs: count them; the row stays out of the sums */
             for (int64_t j = 0; j < C; j++)
-                *bad += !isfinite(load1(dt, xr, j));
+                *bad += !isfinite(mk_dtype_load_f32(dt, xr, j));
             continue;
         }
         acc->err2 += re;

@@ -51,21 +51,6 @@ bool mk_dtype_nbytes(mk_dtype t, uint64_t n, uint64_t *out) {
     return true;
 }
 
-float mk_f16_to_f32(uint16_t h) {
-    uint32_t sign = (uint32_t)(h >> 15) << 31;
-    uint32_t e = (h >> 10) & 0x1f, m = h & 0x3ff;
-    union { uint32_t u; float f; } v;
-    if (e == 0) {
-        float f = ldexpf((float)m, -24); /* subnormal (or zero) */
-        return sign ? -f : f;
-    }
-    if (e == 31)
-        v.u = sign | 0x7f800000u | (m << 13);
-    else
-        v.u = sign | ((e + 112) << 23) | (m << 13);
-    return v.f;
-}
-
 uint16_t mk_f32_to_f16(float f) {
     union { uint32_t u; float f; } v;
     v.f = f;

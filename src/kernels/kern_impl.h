@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "core/dequant.h"
 #include "moekit/kernels.h"
 #include "moekit/weight.h"
 
@@ -28,43 +29,8 @@
  * block- and byte-aligned. */
 #define MK_KCHUNK 512
 
-/* ---- shared tables (wt.c) --------------------------------------------- */
-
-typedef struct mk_luts {
-    float e4m3[256]; /* FP8 E4M3FN byte -> float (0x7f/0xff NaN) */
-    float e4m3_mx[256]; /* MLX's E4M3 (mxfp8 elements, nvfp4 scales): 0x7f/0xff are +-480, not NaN:
-                           MLX's CPU quantizer encodes (464, 480) as 0x7f and decodes it as 480 */
-    float e5m2[256]; /* FP8 E5M2 byte -> float */
-    float e8m0[256]; /* 2^(b-127), 0xff NaN */
-    float e2m1[16];  /* FP4 E2M1 nibble -> float: 0,.5,1,1.5,2,3,4,6, sign bit 3 */
-} mk_luts;
-
-/* Lookup tables, built on first use (thread-safe). */
-const mk_luts *mk_luts_get(void);
-
-/* Dequantize columns [c0, c1) of row r into out[0 .. c1-c0). c0 must be a
- * multiple of 8 (MK_KCHUNK multiples always are). Portable. */
-void mk_wt_dequant_range(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out);
-
-/* Scale/bias element i of an F32/BF16/F16 array (may be unaligned). */
-static inline float mk_kern_ldf(const void *p, mk_dtype t, int64_t i) {
-    if (t == MK_DT_F32) {
-        float f;
-        memcpy(&f, (const char *)p + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, (const char *)p + 2 * i, 2);
-    return t == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_f16_to_f32(h);
-}
-
-/* FP8 block scale of (r, c); 1 when the weight has no scales. */
-static inline float mk_kern_fp8_scale(const mk_wt *w, int64_t r, int64_t c) {
-    if (!w->scales)
-        return 1.0f;
-    int64_t nbc = (w->cols + w->block_c - 1) / w->block_c;
-    return mk_kern_ldf(w->scales, w->sdtype, (r / w->block_r) * nbc + c / w->block_c);
-}
+/* The lookup tables, mk_wt_dequant_range and mk_wt_fp8_scale are core's
+ * (core/dequant.h): the kernels compute what that reference defines. */
 
 /* ---- kernel tables ---------------------------------------------------- */
 

@@ -64,21 +64,10 @@
             out[c - c0] = SCALAR(p + (ESZ)*c);                                                               \
     }
 
-static inline float mk_sc_f32(const uint8_t *p) {
-    float f;
-    memcpy(&f, p, 4);
-    return f;
-}
-static inline float mk_sc_bf16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return mk_bf16_to_f32(h);
-}
-static inline float mk_sc_f16(const uint8_t *p) {
-    uint16_t h;
-    memcpy(&h, p, 2);
-    return mk_f16_to_f32(h);
-}
+/* Scalar tails: core's element loader (moekit/dtype.h). */
+static inline float mk_sc_f32(const uint8_t *p) { return mk_dtype_load_f32(MK_DT_F32, p, 0); }
+static inline float mk_sc_bf16(const uint8_t *p) { return mk_dtype_load_f32(MK_DT_BF16, p, 0); }
+static inline float mk_sc_f16(const uint8_t *p) { return mk_dtype_load_f32(MK_DT_F16, p, 0); }
 MK_T static inline vf ld_f32(const uint8_t *p) {
     return v_ld((const float *)(const void *)p);
 }
@@ -129,7 +118,7 @@ MK_T static void KSFX(mv_fp8)(const mk_wt *w, int64_t r0, int64_t r1, const floa
         float s = 0.0f;
         for (int64_t cb = 0; cb < cols; cb += bc) {
             int64_t ce = cb + bc < cols ? cb + bc : cols;
-            s += KSFX(fp8_seg_dot)(w, p, x, cb, ce, lut) * mk_kern_fp8_scale(w, r, cb);
+            s += KSFX(fp8_seg_dot)(w, p, x, cb, ce, lut) * mk_wt_fp8_scale(w, r, cb);
         }
         y[r - r0] = s;
     }
@@ -145,7 +134,7 @@ MK_T static void KSFX(dq_fp8)(const mk_wt *w, int64_t r, int64_t c0, int64_t c1,
         int64_t ce = (cb / bc + 1) * bc; /* end of the block holding cb */
         if (ce > c1)
             ce = c1;
-        float sc = mk_kern_fp8_scale(w, r, cb);
+        float sc = mk_wt_fp8_scale(w, r, cb);
         vf vs = v_set1(sc * (e4 ? MK_E4M3_K : 1.0f));
         int64_t c = cb;
         for (; c + VN <= ce; c += VN)
@@ -336,8 +325,8 @@ MK_T static void KSFX(dq_affine)(const mk_wt *w, int64_t r, int64_t c0, int64_t 
         mk_bits_ctl_init(&kc, bits);
     for (int64_t c = c0; c < c1; c += g) {
         int64_t gi = c / g;
-        vf s = v_set1(mk_kern_ldf(w->scales, w->sdtype, r * ng + gi));
-        vf b = v_set1(mk_kern_ldf(w->biases, w->sdtype, r * ng + gi));
+        vf s = v_set1(mk_dtype_load_f32(w->sdtype, w->scales, r * ng + gi));
+        vf b = v_set1(mk_dtype_load_f32(w->sdtype, w->biases, r * ng + gi));
         float *o = out + (c - c0);
         if (bits == 4) {
             for (int j = 0; j < g; j += 2 * VN) {

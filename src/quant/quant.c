@@ -191,7 +191,7 @@ static mk_status check_scales(const mk_qparams *p, mk_dtype in_dt, const void *i
     float x[MK_Q_MAX_GROUP];
     for (int64_t r = 0; r < rows; r++)
         for (int64_t g = 0; g < ng; g++) {
-            if (isfinite(mk_q_load(in_dt, sc + (size_t)(r * ng) * es, g)))
+            if (isfinite(mk_dtype_load_f32(in_dt, sc + (size_t)(r * ng) * es, g)))
                 continue;
             mk_q_load_n(in_dt, x0 + (size_t)(r * cols) * es, g * p->group, p->group, x);
             float lo = x[0], hi = x[0];

@@ -97,7 +97,7 @@ void mk_q_affine_deq(const mk_qparams *p, mk_dtype scale_dt, const unsigned char
     const size_t gwq = (size_t)G * (size_t)bits / 8;
     uint32_t q[MK_Q_MAX_GROUP];
     for (int64_t g = g0; g < g0 + ng; g++, out += G) {
-        float s = mk_q_load(scale_dt, s_row, g), b = mk_q_load(scale_dt, b_row, g);
+        float s = mk_dtype_load_f32(scale_dt, s_row, g), b = mk_dtype_load_f32(scale_dt, b_row, g);
         mk_q_unpack(wq_row + (size_t)g * gwq, G, bits, q);
         if (work_dt == MK_DT_F32) {
             for (int j = 0; j < G; j++)

@@ -36,9 +36,6 @@
 
 #include <stdbool.h>
 
-/* E2M1 magnitudes of codes 0..7; code | 8 is the negative. */
-static const float g_fp4[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
-
 /* MLX's fp4 argmin (see the file comment) for x already rounded to elem_dt.
  * All 8 magnitudes are scanned: far above 6, rounding to bf16/f16 can make
  * several distances equal (bf16 |x| = 2232: 2226 and 2228 both round to
@@ -48,7 +45,7 @@ static inline uint8_t fp4_encode(float x, mk_dtype elem_dt) {
     float best_d = a; /* distance to +0 */
     int best = 0;
     for (int j = 1; j < 8; j++) {
-        float d = fabsf(mk_q_round_to(elem_dt, a - g_fp4[j]));
+        float d = fabsf(mk_q_round_to(elem_dt, a - mk_e2m1_to_f32((uint8_t)j)));
         if (d < best_d) {
             best_d = d;
             best = j;
@@ -90,11 +87,11 @@ static fp_scale nv_scale(float amax, float maxval, const mk_qparams *p, mk_dtype
     if (p->global_scale > 0.0f) {
         float enc = (448.0f * 6.0f) / p->global_scale;
         fs.byte = mk_q_e4m3_encode(s * enc);
-        fs.div = mk_q_e4m3_decode(fs.byte) / enc;
+        fs.div = mk_e4m3mx_to_f32(fs.byte) / enc;
         fs.elem_dt = MK_DT_F32;
     } else {
         fs.byte = mk_q_e4m3_encode(s);
-        fs.div = mk_q_e4m3_decode(fs.byte); /* every E4M3 value is exact in f16/bf16 */
+        fs.div = mk_e4m3mx_to_f32(fs.byte); /* every E4M3 value is exact in f16/bf16 */
         fs.elem_dt = t;
     }
     return fs;
@@ -154,7 +151,7 @@ void mk_q_fp_rows(const mk_qparams *p, mk_dtype in_dt, const unsigned char *in, 
 static float fp_deq_scale(const mk_qparams *p, uint8_t byte, mk_dtype work_dt) {
     if (g_fp_modes[p->mode].e8m0) /* MLX: 2^(byte - 127) in the output type; 255 -> Inf */
         return mk_q_round_to(work_dt, ldexpf(1.0f, (int)byte - 127));
-    float s = mk_q_e4m3_decode(byte);
+    float s = mk_e4m3mx_to_f32(byte);
     if (p->global_scale > 0.0f)
         s = mk_q_round_to(work_dt, s / ((448.0f * 6.0f) / p->global_scale));
     return s;
@@ -169,8 +166,8 @@ void mk_q_fp_deq(const mk_qparams *p, const unsigned char *wq_row, const unsigne
         float s = fp_deq_scale(p, s_row[g], work_dt);
         mk_q_unpack(wq_row + (size_t)g * gwq, G, bits, q);
         for (int j = 0; j < G; j++) {
-            float v = bits == 4 ? ((q[j] & 8u) ? -g_fp4[q[j] & 7u] : g_fp4[q[j] & 7u])
-                                : mk_q_e4m3_decode((uint8_t)q[j]);
+            float v = bits == 4 ? mk_e2m1_to_f32((uint8_t)q[j])
+                                : mk_e4m3mx_to_f32((uint8_t)q[j]);
             out[j] = mk_q_round_to(work_dt, v * s);
         }
     }

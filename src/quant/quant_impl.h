@@ -45,29 +45,9 @@ static inline float mk_q_bitsf(uint32_t u) {
     return f;
 }
 
-/* f16 -> f32 without a call: the 15 non-sign bits shifted into a float32 and
- * scaled by 2^112 rebias the exponent and turn subnormals into normals
- * exactly; Inf/NaN (exponent 31) are rebuilt by hand. */
-static inline float mk_q_f16_to_f32(uint16_t h) {
-    uint32_t em = h & 0x7fffu;
-    float f = mk_q_bitsf(em << 13) * 0x1p112f;
-    if (em >= 0x7c00u)
-        f = mk_q_bitsf(0x7f800000u | ((em & 0x3ffu) << 13));
-    return (h & 0x8000u) ? -f : f;
-}
-
-/* Element i of an F32/F16/BF16 array at an unaligned address. */
-static inline float mk_q_load(mk_dtype t, const void *p, int64_t i) {
-    const unsigned char *b = p;
-    if (t == MK_DT_F32) {
-        float f;
-        memcpy(&f, b + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, b + 2 * i, 2);
-    return t == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_q_f16_to_f32(h);
-}
+/* Element decoders (f16, bf16, MLX's E4M3) and "element i of an F32/F16/BF16
+ * array" are core's, in moekit/dtype.h: mk_f16_to_f32, mk_dtype_load_f32,
+ * mk_e4m3mx_to_f32. */
 
 /* n consecutive elements starting at element i0 into dst (float32). */
 static inline void mk_q_load_n(mk_dtype t, const void *p, int64_t i0, int n, float *dst) {
@@ -80,10 +60,10 @@ static inline void mk_q_load_n(mk_dtype t, const void *p, int64_t i0, int n, flo
     memcpy(h, b + 2 * i0, (size_t)n * 2);
     if (t == MK_DT_BF16)
         for (int j = 0; j < n; j++)
-            dst[j] = mk_q_bitsf((uint32_t)h[j] << 16);
+            dst[j] = mk_bf16_to_f32(h[j]);
     else
         for (int j = 0; j < n; j++)
-            dst[j] = mk_q_f16_to_f32(h[j]);
+            dst[j] = mk_f16_to_f32(h[j]);
 }
 
 /* x rounded (nearest-even) to dtype t and widened back: what storing a
@@ -92,7 +72,7 @@ static inline float mk_q_round_to(mk_dtype t, float x) {
     if (t == MK_DT_BF16)
         return mk_bf16_to_f32(mk_f32_to_bf16(x));
     if (t == MK_DT_F16)
-        return mk_q_f16_to_f32(mk_f32_to_f16(x));
+        return mk_f16_to_f32(mk_f32_to_f16(x));
     return x;
 }
 
@@ -133,14 +113,6 @@ static inline uint8_t mk_q_e4m3_encode(float f) {
     else /* rebias 127 -> 7, round 23 mantissa bits to 3, nearest-even */
         r = (uint8_t)((u + 0xc407ffffu + ((u >> 20) & 1u)) >> 20);
     return (uint8_t)(r | (sign >> 24));
-}
-
-/* E4M3 byte -> float as MLX's CPU FromFP8: like E4M3FN, but 0x7f/0xff decode
- * to +-480 rather than NaN (MLX reads the byte through a float16). */
-static inline float mk_q_e4m3_decode(uint8_t b) {
-    uint32_t em = b & 0x7fu;
-    float v = mk_q_bitsf(em << 20) * 0x1p120f; /* 2^(e-127+120) = 2^(e-7) */
-    return (b & 0x80u) ? -v : v;
 }
 
 /* ---- row bit streams (FORMATS.md section 2) ---------------------------

@@ -65,16 +65,6 @@ static inline void ct_store(void *p, mk_dtype t, int64_t i, float v) {
     }
 }
 
-static inline float ct_load(const void *p, mk_dtype t, int64_t i) {
-    if (t == MK_DT_F32) {
-        float f;
-        memcpy(&f, (const char *)p + 4 * i, 4);
-        return f;
-    }
-    uint16_t h;
-    memcpy(&h, (const char *)p + 2 * i, 2);
-    return t == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_f16_to_f32(h);
-}
 
 /* Random affine weight as MLX stores it: u32-packed LSB-first codes, scales
  * > 0 and biases (= group minimum) in sdtype. `amp` scales the magnitudes. */
@@ -98,8 +88,8 @@ static inline ct_wt ct_affine(int64_t rows, int64_t cols, int bits, int group, m
     for (size_t g = 0; g < ng; g++) {
         ct_store(s, sd, (int64_t)g, amp * ct_f(0.002f, 0.02f));
         ct_store(b, sd, (int64_t)g, amp * ct_f(-0.15f, 0.03f));
-        t.bias_f[g] = ct_load(b, sd, (int64_t)g);
-        t.scale_f[g] = ct_load(s, sd, (int64_t)g);
+        t.bias_f[g] = mk_dtype_load_f32(sd, b, (int64_t)g);
+        t.scale_f[g] = mk_dtype_load_f32(sd, s, (int64_t)g);
     }
     t.w.data = d;
     t.w.scales = s;

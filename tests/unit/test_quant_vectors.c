@@ -129,7 +129,7 @@ static void check_error(const vcase *c) {
     const unsigned char *d32 = section(c, "deq_f32", &d32_len);
     double err2 = 0, ref2 = 0;
     for (int64_t i = 0; i < c->rows * c->cols; i++) {
-        float w = mk_q_load(c->dt, in, i), d;
+        float w = mk_dtype_load_f32(c->dt, in, i), d;
         memcpy(&d, d32 + 4 * i, 4);
         err2 += ((double)w - d) * ((double)w - d);
         ref2 += (double)w * w;

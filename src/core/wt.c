@@ -1,5 +1,6 @@
 /* Weight views (weight.h): per-format traits, validation and the portable
- * dequantizer every other kernel is tested against.
+ * dequantizer every kernel is tested against and every reader of stored
+ * weights (model loading, inspect/verify, convert) decodes through.
  *
  * Each mk_wfmt has a row of `mk_wt_traits`: its name, how many bytes one
  * packed row takes, a checker for the fields that format uses, and a
@@ -8,13 +9,13 @@
  * scales and biases may be unaligned (MLX's safetensors writer does not pad),
  * so every load goes through memcpy.
  *
- * The FP8/FP4/E8M0 lookup tables shared with the SIMD files are built here
- * once from dtype.h's scalar conversions. */
+ * The FP8/FP4/E8M0 lookup tables (core/dequant.h) are built here once from
+ * dtype.h's scalar conversions; the SIMD kernels and convert use them. */
 #include <math.h>
 #include <pthread.h>
 #include <string.h>
 
-#include "kernels/kern_impl.h"
+#include "core/dequant.h"
 #include "moekit/weight.h"
 
 /* ---- lookup tables ---------------------------------------------------- */
@@ -23,15 +24,14 @@ static mk_luts g_luts;
 static pthread_once_t g_luts_once = PTHREAD_ONCE_INIT;
 
 static void luts_build(void) {
-    static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
     for (int b = 0; b < 256; b++) {
         g_luts.e4m3[b] = mk_e4m3_to_f32((uint8_t)b);
-        g_luts.e4m3_mx[b] = (b & 0x7f) == 0x7f ? ((b & 0x80) ? -480.0f : 480.0f) : g_luts.e4m3[b];
+        g_luts.e4m3_mx[b] = mk_e4m3mx_to_f32((uint8_t)b);
         g_luts.e5m2[b] = mk_e5m2_to_f32((uint8_t)b);
         g_luts.e8m0[b] = mk_e8m0_to_f32((uint8_t)b);
     }
     for (int b = 0; b < 16; b++)
-        g_luts.e2m1[b] = (b & 8) ? -e2m1[b & 7] : e2m1[b & 7];
+        g_luts.e2m1[b] = mk_e2m1_to_f32((uint8_t)b);
 }
 
 const mk_luts *mk_luts_get(void) {
@@ -41,26 +41,11 @@ const mk_luts *mk_luts_get(void) {
 
 /* ---- dequantizers (one per format family) ----------------------------- */
 
-static void dq_f32(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out) {
-    memcpy(out, (const float *)w->data + r * w->cols + c0, (size_t)(c1 - c0) * sizeof(float));
-}
-
-static void dq_bf16(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out) {
-    const uint8_t *p = (const uint8_t *)w->data + 2 * (r * w->cols + c0);
-    for (int64_t c = 0; c < c1 - c0; c++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * c, 2);
-        out[c] = mk_bf16_to_f32(h);
-    }
-}
-
-static void dq_f16(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out) {
-    const uint8_t *p = (const uint8_t *)w->data + 2 * (r * w->cols + c0);
-    for (int64_t c = 0; c < c1 - c0; c++) {
-        uint16_t h;
-        memcpy(&h, p + 2 * c, 2);
-        out[c] = mk_f16_to_f32(h);
-    }
+/* Plain floats: element (r, c) of an F32/BF16/F16 matrix. */
+static void dq_float(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out) {
+    mk_dtype t = w->fmt == MK_WF_F32 ? MK_DT_F32 : w->fmt == MK_WF_BF16 ? MK_DT_BF16 : MK_DT_F16;
+    for (int64_t c = c0; c < c1; c++)
+        out[c - c0] = mk_dtype_load_f32(t, w->data, r * w->cols + c);
 }
 
 /* FP8 with a (block_r x block_c) grid of scale_inv; E4M3 or E5M2 bytes. */
@@ -69,7 +54,7 @@ static void dq_fp8(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out
     const float *lut = w->fmt == MK_WF_FP8_E4M3 ? L->e4m3 : L->e5m2;
     const uint8_t *p = (const uint8_t *)w->data + r * w->cols;
     for (int64_t c = c0; c < c1; c++)
-        out[c - c0] = lut[p[c]] * mk_kern_fp8_scale(w, r, c);
+        out[c - c0] = lut[p[c]] * mk_wt_fp8_scale(w, r, c);
 }
 
 /* MLX affine: LSB-first bit stream per row, w = scale * q + bias per group.
@@ -90,8 +75,8 @@ static void dq_affine(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *
         acc >>= bits;
         have -= bits;
         int64_t g = r * ng + c / w->group;
-        float s = mk_kern_ldf(w->scales, w->sdtype, g);
-        float b = mk_kern_ldf(w->biases, w->sdtype, g);
+        float s = mk_dtype_load_f32(w->sdtype, w->scales, g);
+        float b = mk_dtype_load_f32(w->sdtype, w->biases, g);
         out[c - c0] = s * (float)q + b;
     }
 }
@@ -198,8 +183,8 @@ typedef struct mk_wt_traits {
 } mk_wt_traits;
 
 static const mk_wt_traits g_traits[MK_WF_COUNT] = {
-    [MK_WF_F32] = {"f32", 32, ck_plain, dq_f32},        [MK_WF_BF16] = {"bf16", 16, ck_plain, dq_bf16},
-    [MK_WF_F16] = {"f16", 16, ck_plain, dq_f16},        [MK_WF_FP8_E4M3] = {"fp8_e4m3", 8, ck_fp8, dq_fp8},
+    [MK_WF_F32] = {"f32", 32, ck_plain, dq_float},        [MK_WF_BF16] = {"bf16", 16, ck_plain, dq_float},
+    [MK_WF_F16] = {"f16", 16, ck_plain, dq_float},        [MK_WF_FP8_E4M3] = {"fp8_e4m3", 8, ck_fp8, dq_fp8},
     [MK_WF_FP8_E5M2] = {"fp8_e5m2", 8, ck_fp8, dq_fp8}, [MK_WF_AFFINE] = {"affine", 0, ck_affine, dq_affine},
     [MK_WF_MXFP4] = {"mxfp4", 4, ck_mxfp4, dq_fp4},     [MK_WF_MXFP8] = {"mxfp8", 8, ck_mxfp8, dq_mxfp8},
     [MK_WF_NVFP4] = {"nvfp4", 4, ck_nvfp4, dq_fp4},
