@@ -25,6 +25,7 @@
 #include "core/alloc.h"
 #include "core/str.h"
 #include "convert/conv_impl.h"
+#include "core/json_err.h"
 #include "io/os.h"
 
 static const char *dtype_word(mk_dtype t) {
@@ -223,13 +224,18 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts 
     }
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
-    json_t *root = src ? json_load_file(src, 0, &je) : NULL;
-    mk_status st = root ? MK_OK : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src ? src : "config.json", mk_json_errtext(je.text));
+    unsigned long mark = mk_json_mark();
+    json_t *root = src && dst ? json_load_file(src, 0, &je) : NULL;
+    mk_status st = root            ? MK_OK
+                   : !src || !dst  ? mk_err(MK_E_NOMEM, "no memory for the config.json paths under %s", dir)
+                   : mk_json_nomem(&je, mark)
+                       ? mk_err(MK_E_NOMEM, "%s: no memory to re-read it", src)
+                       : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src, mk_json_errtext(je.text));
     if (st == MK_OK)
         st = edit(s, p, o, root);
     char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (st == MK_OK)
-        st = js ? mk_os_write_file_atomic(dst, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+        st = js ? mk_os_write_file_atomic(dst, js, strlen(js)) : mk_err(MK_E_NOMEM, "%s: no memory to write it", dst);
     free(js);
     json_decref(root);
     free(src);
@@ -237,7 +243,7 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts 
     for (size_t i = 0; st == MK_OK && i < sizeof g_side_files / sizeof g_side_files[0]; i++) {
         char *a = mk_path_join(s->dir, g_side_files[i]), *b = mk_path_join(dir, g_side_files[i]);
         if (!a || !b)
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "no memory for the path of %s", g_side_files[i]);
         else if (mk_os_exists(a))
             st = copy_file(a, b);
         free(a);

@@ -573,14 +573,20 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     }
     cv_journal_free(&j);
     MK_TRY(rc);
+    /* allocated before the commit: nothing after it may fail for memory,
+     * or a finished DST would be reported as a failure */
+    char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
+    if (!jp)
+        return mk_err(MK_E_NOMEM, "no memory for the journal path under %s", dst);
     crash_point("commit");
-    MK_TRY(mk_outdir_commit(od, NULL));
+    rc = mk_outdir_commit(od, NULL);
+    if (rc != MK_OK) {
+        free(jp);
+        return rc;
+    }
     crash_point("committed");
     /* the journal stays until DST is in place: a kill before this unlink
      * leaves a complete DST with it, which a rerun recognises and finishes */
-    char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
-    if (!jp)
-        return mk_err(MK_E_NOMEM, "out of memory");
     mk_os()->unlink(jp);
     free(jp);
     return mk_os_fsync_dir(dst);

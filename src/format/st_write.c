@@ -19,6 +19,7 @@
 #include <unistd.h>
 
 #include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 #include "moekit/st.h"
 
@@ -56,9 +57,13 @@ struct mk_stw {
 };
 
 /* __metadata__ must be an object of string -> string (the reader rejects
- * anything else), so bad metadata is refused up front. */
-static bool metadata_ok(const char *js) {
-    json_t *m = json_loads(js, 0, NULL);
+ * anything else), so bad metadata is refused up front. *nomem: the parser
+ * ran out of memory (not the metadata's fault). */
+static bool metadata_ok(const char *js, bool *nomem) {
+    json_error_t je;
+    unsigned long mark = mk_json_mark();
+    json_t *m = json_loads(js, 0, &je);
+    *nomem = !m && mk_json_nomem(&je, mark);
     bool ok = json_is_object(m);
     const char *k;
     json_t *v;
@@ -72,7 +77,7 @@ mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) 
     *out = NULL;
     mk_stw *w = mk_calloc(1, sizeof *w);
     if (!w)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "safetensors writer for %s: no memory for its state", dir);
     if (opts)
         w->opts = *opts;
     w->dir = mk_strdup(dir);
@@ -81,10 +86,13 @@ mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) 
     w->buf_shard = -1;
     if (!w->dir || !w->basename || (w->opts.metadata_json && !w->metadata)) {
         mk_stw_free(w);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "safetensors writer for %s: no memory for its names", dir);
     }
-    if (w->metadata && !metadata_ok(w->metadata)) {
+    bool nomem = false;
+    if (w->metadata && !metadata_ok(w->metadata, &nomem)) {
         mk_stw_free(w);
+        if (nomem)
+            return mk_err(MK_E_NOMEM, "safetensors writer for %s: no memory to parse its metadata", dir);
         return mk_err(MK_E_ARG, "writer: metadata must be a JSON object of string -> string, got '%.200s'",
                       opts->metadata_json);
     }
@@ -104,7 +112,10 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
         return mk_err(MK_E_ARG, "writer: tensor '%s': bad dtype or %d dims", name, ndim);
     /* a header key must be valid UTF-8 (jansson drops it otherwise) and not
      * the metadata key */
+    unsigned long mark = mk_json_mark();
     json_t *key = json_string(name);
+    if (!key && mk_alloc_failures() != mark)
+        return mk_err(MK_E_NOMEM, "writer: no memory to check tensor name '%s'", name);
     if (!key || strcmp(name, "__metadata__") == 0) {
         json_decref(key);
         return mk_err(MK_E_ARG, "writer: '%s' is not a valid tensor name", name);
@@ -114,7 +125,7 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
         size_t nc = w->cap ? w->cap * 2 : 256;
         plan *np = mk_realloc(w->ts, nc * sizeof *np);
         if (!np)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "writer: no memory for a table of %zu tensors", nc);
         w->ts = np;
         w->cap = nc;
     }
@@ -122,7 +133,7 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
     memset(p, 0, sizeof *p);
     p->name = mk_strdup(name);
     if (!p->name)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "writer: no memory for tensor name '%s'", name);
     p->info.name = p->name;
     p->info.dtype = dt;
     p->info.ndim = ndim;

@@ -201,23 +201,41 @@ mk_status mk_outdir_commit(mk_outdir *o, const char *drop) {
      * until the rename so that a kill before it resumes) is removed right
      * after the rename, before any fsync, so that window is as short as
      * it can be. */
+    /* Every path is built first: once DST is renamed into place nothing
+     * may fail for memory, or a finished DST would be reported as failed. */
     char *pmark = mk_path_join(o->partial, MK_OUTDIR_OWNER);
-    if (!pmark)
-        return mk_err(MK_E_NOMEM, "out of memory");
+    char *dp = drop ? mk_path_join(o->dst, drop) : NULL;
+    char *d = mk_path_dirname(o->dst);
+    if (!pmark || (drop && !dp) || !d) {
+        free(pmark);
+        free(dp);
+        free(d);
+        return mk_err(MK_E_NOMEM, "%s: no memory for the paths of the final rename", o->dst);
+    }
     mk_os()->unlink(pmark);
     free(pmark);
-    MK_TRY(mk_os_fsync_dir(o->partial));
+    mk_status fs = mk_os_fsync_dir(o->partial);
+    if (fs != MK_OK) {
+        free(dp);
+        free(d);
+        return fs;
+    }
     struct stat st;
     mk_status s = MK_OK;
     if (lstat(o->dst, &st) == 0) {
-        if (!o->force)
+        if (!o->force) {
+            free(dp);
+            free(d);
             return mk_err(MK_E_EXISTS, "%s already exists (use --force to replace it)", o->dst);
+        }
         /* The old DST is locked too: once swapped it sits at the
          * DST.partial path until removed, and another writer opening that
          * path in between must find it held, not take it for its own. */
         int old_fd = S_ISDIR(st.st_mode) ? mk_os()->open(o->dst, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC, 0) : -1;
         if (old_fd >= 0 && flock(old_fd, LOCK_EX | LOCK_NB) != 0) {
             close(old_fd);
+            free(dp);
+            free(d);
             return mk_err(MK_E_EXISTS, "%s is being replaced by another moekit process: not replaced", o->dst);
         }
         /* Swap atomically: readers see the old DST or the new one, never
@@ -237,19 +255,19 @@ mk_status mk_outdir_commit(mk_outdir *o, const char *drop) {
             s = mk_err(MK_E_IO, "cannot swap %s into %s: %s", o->partial, o->dst, strerror(errno));
         if (old_fd >= 0)
             close(old_fd);
-        if (!swapped)
+        if (!swapped) {
+            free(dp);
+            free(d);
             return s; /* DST.partial/ is still ours, held and complete */
-    } else
-        MK_TRY(mk_os_rename(o->partial, o->dst));
-    if (drop) {
-        char *dp = mk_path_join(o->dst, drop);
-        if (dp)
-            mk_os()->unlink(dp);
+        }
+    } else if ((s = mk_os_rename(o->partial, o->dst)) != MK_OK) {
         free(dp);
+        free(d);
+        return s;
     }
-    char *d = mk_path_dirname(o->dst);
-    if (!d)
-        return mk_err(MK_E_NOMEM, "out of memory");
+    if (dp)
+        mk_os()->unlink(dp);
+    free(dp);
     mk_status s2 = mk_os_fsync_dir(o->dst);
     if (s2 == MK_OK)
         s2 = mk_os_fsync_dir(d);

@@ -1,5 +1,6 @@
 /* Allocation failure at every point, SQLite-style: model open, engine
- * creation and tokenizer load are re-run with the Nth heap allocation (the
+ * creation, tokenizer load and a whole convert (planning and the run) are
+ * re-run with the Nth heap allocation (the
  * library's hook, src/core/alloc.h, which jansson's allocations go
  * through too) failing, for N = 0, 1, 2, ... until a run completes
  * without reaching the failure. Every run must end in success or a clean
@@ -10,9 +11,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "mk_test_util.h"
+#include "moekit/convert.h"
 #include "moekit/engine.h"
 #include "moekit/model.h"
 #include "moekit/tokenizer.h"
@@ -43,6 +46,31 @@ static mk_status load_tokenizer(const char *dir) {
     mk_tok *t = NULL;
     mk_status st = mk_tok_load(dir, &t);
     mk_tok_free(t);
+    return st;
+}
+
+/* convert DIR (FP8 block source: the dequantizing path) to MLX under a
+ * fresh temp dir, single-threaded so the failing allocation is the same
+ * one on every run; the output is removed after each run, whatever
+ * happened. Besides the status, a failed run must leave no DST behind. */
+static mk_status convert_once(const char *dir) {
+    char *t = mk_test_tmpdir("alloc-conv");
+    char dst[4096];
+    snprintf(dst, sizeof dst, "%s/out", t);
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = MK_CONV_MLX;
+    o.threads = 1;
+    o.quiet = true;
+    mk_status st = mk_conv_run(dir, dst, &o, NULL);
+    char msg[2048];
+    snprintf(msg, sizeof msg, "%s", mk_err_msg());
+    if (st != MK_OK && access(dst, F_OK) == 0)
+        fail_msg("convert failed (%s: %s) but left %s behind", mk_status_name(st), msg, dst);
+    mk_test_rmrf(t);
+    free(t);
+    if (st != MK_OK)
+        mk_err(st, "%s", msg);
     return st;
 }
 
@@ -93,11 +121,20 @@ static void test_tokenizer_load(void **st) {
                            mk_test_fixture("tiny-qwen35moe/bf16"), 1000, 61) > 10);
 }
 
+static void test_convert(void **st) {
+    (void)st;
+    /* every point of opening and planning (the first ~1000 allocations),
+     * then every 11th through the run: 5,600 full runs would take minutes */
+    assert_true(fault_loop("convert fp8 -> mlx (deepseekv3-a)", convert_once,
+                           mk_test_fixture("deepseekv3-a/fp8"), 1000, 11) > 1000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_model_open),
         cmocka_unit_test(test_engine_create),
         cmocka_unit_test(test_tokenizer_load),
+        cmocka_unit_test(test_convert),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
