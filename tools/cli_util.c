@@ -59,6 +59,25 @@ int mk_cli_ncpu(void) {
     return n > 0 ? (int)n : 1;
 }
 
+static uint64_t proc_status_kb(const char *key) {
+    FILE *f = fopen("/proc/self/status", "r");
+    if (!f)
+        return 0;
+    char line[256];
+    unsigned long long v = 0;
+    size_t k = strlen(key);
+    while (fgets(line, sizeof line, f))
+        if (strncmp(line, key, k) == 0 && line[k] == ':') {
+            v = strtoull(line + k + 1, NULL, 10);
+            break;
+        }
+    fclose(f);
+    return v;
+}
+
+uint64_t mk_cli_rss(void) { return proc_status_kb("VmRSS") * 1024; }
+uint64_t mk_cli_peak_rss(void) { return proc_status_kb("VmHWM") * 1024; }
+
 int mk_cli_sanitized(void) {
 #if defined(__SANITIZE_ADDRESS__)
     return 1;

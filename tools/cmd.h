@@ -50,6 +50,11 @@ bool mk_cli_parse_long(const char *s, long lo, long hi, long *out);
 bool mk_cli_parse_dtype(const char *s, mk_dtype *out);
 /* Number of online CPUs (>= 1). */
 int mk_cli_ncpu(void);
+/* This process's resident set now (VmRSS) and its peak (VmHWM) in bytes,
+ * 0 when unknown: the tools measure, the library is told (mk_conv_opts
+ * held_bytes). */
+uint64_t mk_cli_rss(void);
+uint64_t mk_cli_peak_rss(void);
 /* 1 when built with AddressSanitizer, else 0 (the "sanitizer" line of --stats). */
 int mk_cli_sanitized(void);
 

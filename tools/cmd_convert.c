@@ -52,7 +52,7 @@ static void print_stats(const mk_conv_stats *st) {
            (unsigned long long)st->bytes_copied, (unsigned long long)st->bytes_computed, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
            (unsigned long long)st->verified_hash, (unsigned long long)st->verified_numeric, st->worst_rel_l2,
-           st->worst_max_abs, (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
+           st->worst_max_abs, (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized());
 }
 
 enum { O_TO = 256, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
@@ -126,6 +126,7 @@ static int cmd_convert(int argc, char **argv) {
      * full disk) instead of the default SIGXFSZ killing us mid-shard. */
     signal(SIGXFSZ, SIG_IGN);
     mk_conv_stats st;
+    o.held_bytes = mk_cli_rss(); /* the binary and what the CLI holds count too */
     mk_status s = mk_conv_run(argv[optind], argv[optind + 1], &o, &st);
     if (stats)
         print_stats(&st);

@@ -199,7 +199,7 @@ static void print_stats(const mk_conv_stats *st) {
            (unsigned long long)st->tensors_out, (unsigned long long)st->bytes_out,
            (unsigned long long)st->bytes_computed, (unsigned long long)st->bytes_copied, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
-           (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
+           (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized());
 }
 
 enum { O_BITS = 256, O_GROUP, O_MODE, O_RECIPE, O_OVERRIDE, O_TARGET, O_PROFILE, O_ALLOC_OUT, O_DTYPE, O_MEM,
@@ -339,6 +339,7 @@ static int run(qcli *c) {
     /* past a file-size limit write() must fail with EFBIG, not kill us */
     signal(SIGXFSZ, SIG_IGN);
     mk_conv_stats cs;
+    c->co.held_bytes = mk_cli_rss(); /* the binary and what the CLI holds count too */
     st = mk_conv_run(c->src, c->dst, &c->co, &cs);
     if (st == MK_OK && !c->quiet)
         print_table(job);
@@ -351,7 +352,7 @@ static int run(qcli *c) {
         snprintf(extra, sizeof extra,
                  "\"peak_rss_bytes\": %llu, \"seconds\": %.3f, \"threads\": %d, "
                  "\"chunk_elems\": %llu, \"max_memory\": %llu, \"target_bpw\": %.6g",
-                 (unsigned long long)mk_conv_peak_rss(), cs.seconds, cs.threads, (unsigned long long)cs.chunk_elems,
+                 (unsigned long long)mk_cli_peak_rss(), cs.seconds, cs.threads, (unsigned long long)cs.chunk_elems,
                  (unsigned long long)(c->co.max_memory ? c->co.max_memory : 1ull << 30), c->target);
         st = mk_qjob_write_report(job, c->report, extra);
     }

@@ -585,7 +585,7 @@ static int cmd_verify(int argc, char **argv) {
         rc = by_layout(pa, pb, &xo, json, quiet); /* reopens both as convert sources */
     if (stats) /* stderr: stdout carries the report (or its JSON) */
         fprintf(stderr, "mode %s\npeak_rss_bytes %llu\nsanitizer %d\n", cross ? "layout" : "name",
-                (unsigned long long)mk_conv_peak_rss(), mk_cli_sanitized());
+                (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized());
     return rc;
 }
 

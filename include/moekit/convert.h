@@ -51,7 +51,11 @@ typedef struct mk_conv_opts {
      * (mlx-lm's cast predicates). */
     mk_dtype dtype;
     bool force_f16;          /* allow F16 for recurrent-state (Gated DeltaNet) families */
-    uint64_t max_memory;     /* peak working memory in bytes; 0: 1 GiB */
+    uint64_t max_memory;     /* peak memory in bytes; 0: 1 GiB. Counted against it: held_bytes,
+                                what opening and planning allocate, fixed buffers, and the
+                                chunks, which are sized to fit what is left */
+    uint64_t held_bytes;     /* memory the caller already holds that counts against max_memory
+                                (the CLI passes its resident set before the call; 0: none) */
     int threads;             /* worker threads; 0: all online CPUs */
     bool keep_vision;        /* MLX target: keep model.visual.* (HF always keeps it) */
     bool keep_mtp;           /* MLX target: keep multi-token-prediction layers */
@@ -99,9 +103,6 @@ void mk_conv_opts_init(mk_conv_opts *o);
  * writer of the same DST gets MK_E_EXISTS naming the holder's pid.
  * `stats` may be NULL. */
 mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *o, mk_conv_stats *stats);
-
-/* Peak resident set of this process in bytes (VmHWM), 0 when unknown. */
-uint64_t mk_conv_peak_rss(void);
 
 #ifdef MK_TEST_HOOKS
 /* Test builds only: kill the process (SIGKILL, as kill -9 would) at the

@@ -46,24 +46,6 @@ void mk_conv_opts_init(mk_conv_opts *o) {
     o->dtype = MK_DT_INVALID;
 }
 
-static uint64_t proc_status_kb(const char *key) {
-    FILE *f = fopen("/proc/self/status", "r");
-    if (!f)
-        return 0;
-    char line[256];
-    unsigned long long v = 0;
-    size_t k = strlen(key);
-    while (fgets(line, sizeof line, f))
-        if (strncmp(line, key, k) == 0 && line[k] == ':') {
-            v = strtoull(line + k + 1, NULL, 10);
-            break;
-        }
-    fclose(f);
-    return v;
-}
-
-uint64_t mk_conv_peak_rss(void) { return proc_status_kb("VmHWM") * 1024; }
-
 static double now_s(void) {
     struct timespec t;
     clock_gettime(CLOCK_MONOTONIC, &t);
@@ -357,9 +339,12 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
 
 /* Elements per chunk that fit the memory bound, or an error saying how
  * much memory the plan itself already takes. */
-static mk_status size_chunks(const cv_plan *p, const mk_conv_opts *o, int threads, uint64_t *chunk) {
+static mk_status size_chunks(const cv_plan *p, const mk_conv_opts *o, uint64_t plan_bytes, int threads,
+                             uint64_t *chunk) {
     uint64_t budget = o->max_memory ? o->max_memory : (1ull << 30);
-    uint64_t held = proc_status_kb("VmRSS") * 1024 + CV_FIXED_OVERHEAD;
+    /* what the caller already holds (it says; the library reads no /proc
+     * file), what opening and planning allocated, and fixed buffers */
+    uint64_t held = o->held_bytes + plan_bytes + CV_FIXED_OVERHEAD;
     /* per element of a chunk: a slot of up to 4 output bytes for each of
      * threads+2 slots, and per worker up to 4 input + 4 float32 bytes */
     uint64_t per = 4 * ((uint64_t)threads + 2) + (p->scratch_per_elem ? p->scratch_per_elem : 8) * (uint64_t)threads;
@@ -608,6 +593,7 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     uint64_t chunk = 0;
     bool done = false;
     /* every path check before the first byte read or written */
+    uint64_t bytes0 = mk_alloc_bytes(); /* the plan's memory counts against the budget */
     mk_paths paths;
     mk_paths_init(&paths);
     mk_status rc = mk_paths_add_input(&paths, src, "SRC");
@@ -628,7 +614,7 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     if (rc == MK_OK)
         rc = check_dst(src, dst, &p, &o, &done);
     if (rc == MK_OK && !done)
-        rc = size_chunks(&p, &o, threads, &chunk);
+        rc = size_chunks(&p, &o, mk_alloc_bytes() - bytes0, threads, &chunk);
     if (rc == MK_OK && !done) {
         rc = mk_outdir_open(&od, dst, o.force, o.quant ? "quantize" : "convert");
         if (rc == MK_OK)

@@ -29,21 +29,32 @@ static int fail_now(void) {
     return k >= __atomic_load_n(&g_fail_at, __ATOMIC_RELAXED);
 }
 
-/* the result of an allocation, counting failures */
-static void *counted(void *p) {
+static _Thread_local uint64_t t_bytes;
+
+uint64_t mk_alloc_bytes(void) { return t_bytes; }
+
+/* the result of an allocation of n bytes, counting failures and bytes */
+static void *counted(void *p, size_t n) {
     if (!p)
         t_failures++;
+    else
+        t_bytes += n;
     return p;
 }
 
-void *mk_malloc(size_t n) { return counted(fail_now() ? NULL : malloc(n)); }
-void *mk_calloc(size_t n, size_t size) { return counted(fail_now() ? NULL : calloc(n, size)); }
-void *mk_realloc(void *p, size_t n) { return counted(fail_now() ? NULL : realloc(p, n)); }
-void *mk_aligned_alloc(size_t align, size_t n) {
-    return counted(fail_now() ? NULL : aligned_alloc(align, n));
+void *mk_malloc(size_t n) { return counted(fail_now() ? NULL : malloc(n), n); }
+void *mk_calloc(size_t n, size_t size) {
+    return counted(fail_now() ? NULL : calloc(n, size), n * size); /* calloc refuses overflow */
 }
-char *mk_strdup(const char *s) { return counted(fail_now() ? NULL : strdup(s)); }
-char *mk_strndup(const char *s, size_t n) { return counted(fail_now() ? NULL : strndup(s, n)); }
+void *mk_realloc(void *p, size_t n) { return counted(fail_now() ? NULL : realloc(p, n), n); }
+void *mk_aligned_alloc(size_t align, size_t n) {
+    return counted(fail_now() ? NULL : aligned_alloc(align, n), n);
+}
+char *mk_strdup(const char *s) { return counted(fail_now() ? NULL : strdup(s), strlen(s) + 1); }
+char *mk_strndup(const char *s, size_t n) {
+    char *d = fail_now() ? NULL : strndup(s, n);
+    return counted(d, d ? strlen(d) + 1 : 0);
+}
 
 static void hook_json(void) { json_set_alloc_funcs(mk_malloc, free); }
 

@@ -11,6 +11,7 @@
 #define MK_CORE_ALLOC_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 void *mk_malloc(size_t n);
 void *mk_calloc(size_t n, size_t size);
@@ -23,6 +24,12 @@ char *mk_strndup(const char *s, size_t n);
  * reader compares it before and after a library call (jansson) that
  * reports running out of memory as something else. */
 unsigned long mk_alloc_failures(void);
+
+/* Bytes this thread has allocated through the hook so far (every request
+ * counts, frees are not subtracted: the difference across a call is an
+ * upper bound of what the call still holds). Lets a caller charge a
+ * plan's own memory against a budget without reading /proc. */
+uint64_t mk_alloc_bytes(void);
 
 /* Route jansson's allocations through this hook (once per process; the
  * JSON readers call it before parsing). */

@@ -569,6 +569,40 @@ static void test_ct_dequant_hf(void **state) {
     free(dst);
 }
 
+/* The memory budget counts what the caller says it holds, not the
+ * process's resident set: a process already holding more than the budget
+ * (a server with a model loaded) can still convert within it, and a caller
+ * that declares its holdings gets them charged. The old code read VmRSS,
+ * so the first convert below was refused. */
+static void test_budget_is_passed_in(void **state) {
+    (void)state;
+    size_t big = 96u << 20; /* resident, above the 64 MiB budget */
+    unsigned char *hold = malloc(big);
+    assert_non_null(hold);
+    for (size_t i = 0; i < big; i += 4096)
+        hold[i] = (unsigned char)i;
+    char *dst = path2(g_tmp, "budget-out");
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = MK_CONV_MLX;
+    o.quiet = true;
+    o.threads = 1;
+    o.max_memory = 64u << 20;
+    mk_status s = mk_conv_run(mk_test_fixture("qwen3moe-a/bf16"), dst, &o, NULL);
+    if (s != MK_OK)
+        fail_msg("converting under a 64 MiB budget while holding 96 MiB: %s", mk_err_msg());
+    mk_test_rmrf(dst);
+    o.held_bytes = 60u << 20; /* declared: now the budget is too small, and says so */
+    s = mk_conv_run(mk_test_fixture("qwen3moe-a/bf16"), dst, &o, NULL);
+    assert_int_equal(s, MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "--max-memory 64 MiB is too small"));
+    struct stat sb;
+    assert_true(stat(dst, &sb) != 0);
+    hold[1] = hold[0]; /* keep it alive and resident until here */
+    free(hold);
+    free(dst);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_every_fixture),
@@ -580,6 +614,7 @@ int main(void) {
         cmocka_unit_test(test_verify_nonfinite),
         cmocka_unit_test(test_ct_repack),
         cmocka_unit_test(test_ct_dequant_hf),
+        cmocka_unit_test(test_budget_is_passed_in),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
