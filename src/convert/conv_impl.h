@@ -18,8 +18,10 @@
  *                      the safetensors writer orders them.
  *   execution          exec.c drives per-shard writers through the ordered
  *                      worker pipeline (pipe.c) with the operations of
- *                      ops.c; journal.c makes it resumable; verify.c
- *                      re-reads the output.
+ *                      ops.c: COPY, DECODE (decode.c: stored -> float32,
+ *                      rounded once by encode.c) or QUANT (quant_ops.c:
+ *                      decode, then MLX quantization); journal.c makes it
+ *                      resumable; verify.c re-reads the output.
  *   cross-layout verify (`moekit verify A B`, xverify.c) opens two
  *                      checkpoints as sources and compares them unit by
  *                      canonical unit through the same pieces and ops.
@@ -151,7 +153,7 @@ typedef enum cv_op {
     CV_OP_CT,       /* compressed-tensors INT4 dequantize */
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
-    CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize (quant_ops.c) */
+    CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
     CV_OP_COUNT
 } cv_op;
 
@@ -216,6 +218,8 @@ void cv_plan_free(cv_plan *p);
 
 /* ---------------------------------------------------------------- ops */
 
+/* ops.c: the operation of a piece (COPY, a decoder, or QUANT). */
+
 /* Row or element unit of an op: FLOAT and COPY chunk by elements, the
  * structured ones by rows (a group or a scale block never straddles). */
 bool cv_op_by_rows(cv_op op);
@@ -232,6 +236,18 @@ void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len);
 uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n);
 /* Units of a piece (rows or elements). */
 int64_t cv_op_units(const cv_piece *p);
+
+/* decode.c: stored form -> float32 -> dt (FLOAT, FP8, AFFINE, CT, CT_BIAS,
+ * FPDQ), the same contract as cv_op_run for those ops; errors name the
+ * decoder and the module. */
+bool cv_dec_is(cv_op op);
+size_t cv_dec_scratch(const cv_piece *p, int64_t n);
+mk_status cv_dec_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n, void *scratch,
+                     void *out);
+
+/* encode.c: n float32 values -> dt (F32, F16 or BF16) at out, rounded once
+ * (nearest even). out is 2-aligned for the 16-bit dtypes. */
+void cv_encode(mk_dtype dt, const float *v, int64_t n, unsigned char *out);
 
 /* ----------------------------------------------------------- pipeline */
 
@@ -274,14 +290,12 @@ bool cv_qstate_bad_data(const struct cv_qstate *q);
 mk_status cv_qstate_open(struct cv_qstate *q, const char *partial);
 void cv_qstate_close(struct cv_qstate *q, const char *partial); /* and remove it */
 
-/* quant_ops.c: the QUANT and FPDQ operations (entries of ops.c's table). */
+/* quant_ops.c: the QUANT operation (decode.c's float rows, then MLX
+ * quantization through src/quant), dispatched by ops.c. */
 size_t cv_qop_scratch(const cv_piece *p, int64_t n);
 mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                      unsigned char *scratch, void *out);
 uint64_t cv_qop_out_bytes(const cv_piece *p, int64_t n);
-size_t cv_fpdq_scratch(const cv_piece *p, int64_t n);
-mk_status cv_fpdq_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
-                      unsigned char *scratch, void *out);
 /* Is QUANT piece p copied from the spill file? True when it is not its
  * module's leader and the leader's shard was written by this process
  * (`written[k]`); otherwise it is computed again. */

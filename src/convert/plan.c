@@ -104,7 +104,7 @@ mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc) 
         break;
     case CV_FP8: pc->op = CV_OP_FP8; break;
     case CV_CT: pc->op = CV_OP_CT; break;
-    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
+    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: decode.c */
     }
     if (pc->op == CV_OP_COPY)
         pc->nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
