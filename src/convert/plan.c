@@ -221,7 +221,7 @@ static bool dropped(const pctx *c, const cv_lt *lt) {
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     bool mlx = c->o->to == MK_CONV_MLX;
-    char *name = mk_layout_out_name(c->o->to == MK_CONV_MLX, c->qwen35, s->vl, lt->cls, lt->cname);
+    char *name = mk_layout_out_name(c->o->to == MK_CONV_MLX ? MK_NAMING_MLX : MK_NAMING_HF, c->qwen35, s->vl, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "out of memory");
     /* quantizing: quantized sources are dequantized, then quantized anew */
@@ -282,8 +282,8 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
         /* fused: gate_up_proj (E, 2I, H) = [gate_e; up_e], down_proj (E, H, I) */
         int64_t gu[3] = {g->n, 2 * I, H}, dn[3] = {g->n, H, I};
         char *n1 = cv_printf("%s.experts.gate_up_proj", g->mlp), *n2 = cv_printf("%s.experts.down_proj", g->mlp);
-        char *o1 = n1 ? mk_layout_out_name(false, false, s->vl, g->cls, n1) : NULL;
-        char *o2 = n2 ? mk_layout_out_name(false, false, s->vl, g->cls, n2) : NULL;
+        char *o1 = n1 ? mk_layout_out_name(MK_NAMING_HF, false, s->vl, g->cls, n1) : NULL;
+        char *o2 = n2 ? mk_layout_out_name(MK_NAMING_HF, false, s->vl, g->cls, n2) : NULL;
         free(n1);
         free(n2);
         cv_out *a = new_out(c, o1, float_dt(c, lt0), 3, gu);
@@ -303,7 +303,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
         for (int p = 0; st == MK_OK && p < 3; p++) {
             const cv_lt *lp = &g->proj[p][0];
             char *nm = cv_printf("%s.switch_mlp.%s.weight", g->mlp, mk_layout_proj_names[p]);
-            char *on = nm ? mk_layout_out_name(true, c->qwen35, s->vl, g->cls, nm) : NULL;
+            char *on = nm ? mk_layout_out_name(MK_NAMING_MLX, c->qwen35, s->vl, g->cls, nm) : NULL;
             free(nm);
             if (!on) {
                 st = mk_err(MK_E_NOMEM, "out of memory");
