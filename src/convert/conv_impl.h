@@ -10,12 +10,16 @@
  *                      under its canonical HF text name (src/model/layout.c), e.g. one
  *                      expert of a fused gate_up_proj; cv_egroup: the routed
  *                      experts of one MoE block, checked complete (0..E-1).
+ *   target (target.c)  cv_target: what the output layout asks for (naming,
+ *                      expert grouping, norm convention, conv1d shape,
+ *                      what is dropped or kept quantized, file writer and
+ *                      config edit), one table entry per `--to`.
  *   plan (plan.c)      cv_out: one output tensor = an ordered list of
  *                      cv_piece, each a region of a source module and the
  *                      operation that produces its bytes (copy, float
  *                      re-encode, FP8/affine/INT4 dequantize, INT4 biases);
  *                      outputs are ordered and cut into shards exactly as
- *                      the safetensors writer orders them.
+ *                      the target's writer (writer.h) orders them.
  *   execution          exec.c drives per-shard writers through the ordered
  *                      worker pipeline (pipe.c) with the operations of
  *                      ops.c: COPY, DECODE (decode.c: stored -> float32,
@@ -188,7 +192,8 @@ typedef struct cv_out {
 } cv_out;
 
 typedef struct cv_plan {
-    cv_out *outs; /* in writer order: alignment descending, then name */
+    const struct cv_target *tgt; /* the output target (target.h) */
+    cv_out *outs; /* in the target writer's order (safetensors: alignment descending, then name) */
     size_t nouts;
     int nshards;
     size_t *shard_first; /* nshards + 1 entries */
@@ -210,10 +215,6 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
  * re-encode or dequantize op. Integer tensors only as COPY in their own
  * dtype (MK_E_INTERNAL otherwise). pc->out_off is left 0. */
 mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc);
-/* Shift of lt's values written from source s into the HF (to_mlx false) or
- * MLX convention: +1 / -1 on the zero-centred norms of qwen3_next /
- * qwen3_5_moe when the conventions differ (FORMATS.md 3), else 0. */
-float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx);
 void cv_plan_free(cv_plan *p);
 
 /* ---------------------------------------------------------------- ops */
@@ -325,9 +326,10 @@ mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]);
 
 /* ------------------------------------------------------- config files */
 
-/* Write DIR/config.json for the target, and copy tokenizer / generation
- * files from the source directory. */
-mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir);
+/* Write DIR/config.json for the plan's target (its config_edit), copy
+ * tokenizer / generation files from the source directory, and write the
+ * target writer's shard index. */
+mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir);
 
 /* ------------------------------------------------------------- verify */
 
