@@ -18,7 +18,7 @@
  * still rounds once) and for INT4 (8-bit scale mantissa x 4-bit integer), so
  * rounding to the output dtype is the only rounding.
  *
- * Nothing here knows about the output target or about quantization: ops.c
+ * Nothing here knows about the output target or about quantizing: ops.c
  * dispatches a piece to its decoder, quant_ops.c decodes a quantized
  * module's float input through cv_dec_run before quantizing it. */
 #include <pthread.h>

@@ -38,7 +38,9 @@ mk_status cv_op_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a
 }
 
 /* Bytes per module row of tensor k of the piece's module. */
-static uint64_t row_bytes(const cv_piece *p, int k) { return p->mod->t[k]->nbytes / (uint64_t)p->mod->rows; }
+static uint64_t row_bytes(const cv_piece *p, int k) {
+    return p->mod->t[k]->nbytes / (uint64_t)p->mod->rows;
+}
 
 void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len) {
     uint64_t rb = row_bytes(p, p->part);

@@ -14,8 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/alloc.h"
 #include "convert/writer.h"
+#include "core/alloc.h"
 #include "io/os.h"
 
 struct cv_writer {
@@ -67,8 +67,8 @@ static mk_status st_begin(const char *dir, const cv_plan *p, int k, const char *
     /* the writer orders tensors itself; the plan was sorted the same way */
     for (size_t i = 0; s == MK_OK && i < mk_stw_count(w->w); i++)
         if (strcmp(mk_stw_name(w->w, i), p->outs[p->shard_first[k] + i].name) != 0)
-            s = mk_err(MK_E_INTERNAL, "convert: writer order '%s' differs from plan order '%s'", mk_stw_name(w->w, i),
-                       p->outs[p->shard_first[k] + i].name);
+            s = mk_err(MK_E_INTERNAL, "convert: writer order '%s' differs from plan order '%s'",
+                       mk_stw_name(w->w, i), p->outs[p->shard_first[k] + i].name);
     if (s != MK_OK) {
         st_free(w);
         return s;
@@ -78,15 +78,21 @@ static mk_status st_begin(const char *dir, const cv_plan *p, int k, const char *
 }
 
 /* Each output shard is its own one-file writer: its file is shard 0. */
-static int st_fd(const cv_writer *w) { return mk_stw_shard_fd(w->w, 0); }
+static int st_fd(const cv_writer *w) {
+    return mk_stw_shard_fd(w->w, 0);
+}
 
-static mk_status st_write(cv_writer *w, const void *data, size_t n) { return mk_stw_write(w->w, data, n); }
+static mk_status st_write(cv_writer *w, const void *data, size_t n) {
+    return mk_stw_write(w->w, data, n);
+}
 
 static mk_status st_copy(cv_writer *w, int fd, uint64_t off, uint64_t n) {
     return mk_stw_copy_from_fd(w->w, fd, off, n);
 }
 
-static mk_status st_finish(cv_writer *w) { return mk_stw_finish(w->w); }
+static mk_status st_finish(cv_writer *w) {
+    return mk_stw_finish(w->w);
+}
 
 static mk_status st_index(const cv_plan *p, const char *dir) {
     if (p->nshards < 2)
@@ -100,7 +106,8 @@ static mk_status st_index(const cv_plan *p, const char *dir) {
     char *js = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(root);
     char *path = mk_path_join(dir, "model.safetensors.index.json");
-    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s =
+        js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
     free(js);
     free(path);
     return s;

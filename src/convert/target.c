@@ -61,7 +61,9 @@ cv_xgroup cv_target_experts(const cv_target *t, const mk_conv_opts *o) {
 }
 
 /* An MLX-stored source has its zero-centred norms shifted already. */
-cv_norms cv_src_norms(const cv_src *s) { return s->is_mlx ? CV_NORMS_1PW : CV_NORMS_W; }
+cv_norms cv_src_norms(const cv_src *s) {
+    return s->is_mlx ? CV_NORMS_1PW : CV_NORMS_W;
+}
 
 float cv_norm_shift(const cv_src *s, const cv_lt *lt, cv_norms to) {
     if (lt->cls == MK_PART_VISION || !s->zero_centred || to == cv_src_norms(s) ||

@@ -14,8 +14,8 @@
 #include <unistd.h>
 
 #include "convert/target.h"
-#include "moekit/st.h"
 #include "mk_test_util.h"
+#include "moekit/st.h"
 
 static void test_table(void **st) {
     (void)st;
@@ -179,8 +179,8 @@ static void test_st_stream(void **st) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_table), cmocka_unit_test(test_experts),
-                                       cmocka_unit_test(test_norm_shift), cmocka_unit_test(test_st_order_names),
-                                       cmocka_unit_test(test_st_stream)};
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_table), cmocka_unit_test(test_experts), cmocka_unit_test(test_norm_shift),
+        cmocka_unit_test(test_st_order_names), cmocka_unit_test(test_st_stream)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
