@@ -1,9 +1,10 @@
 /* The non-tensor files of a converted checkpoint: config.json rewritten for
- * the target, the shard index, and the tokenizer / generation files copied
- * byte for byte.
+ * the target, the shard index (the target writer's, writer.h), and the
+ * tokenizer / generation files copied byte for byte.
  *
  * config.json starts as the source's (every field the engine or
- * transformers reads survives) and gets, per target:
+ * transformers reads survives), gets its dtype fields set, then the
+ * target's own edit (its config_edit, target.c):
  *   HF   quantization blocks removed (every weight is dequantized), dtype
  *        set when it changed, MLX's text-only qwen3_5_moe renamed back to
  *        qwen3_5_moe_text.
@@ -25,6 +26,7 @@
 #include "core/alloc.h"
 #include "core/str.h"
 #include "convert/conv_impl.h"
+#include "convert/target.h"
 #include "core/json_err.h"
 #include "io/os.h"
 
@@ -115,7 +117,7 @@ static json_t *quant_block(const cv_plan *p) {
     return q;
 }
 
-static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, json_t *root) {
+static mk_status edit(const cv_src *s, const cv_plan *p, json_t *root) {
     json_t *tc = json_object_get(root, "text_config");
     if (!json_is_object(tc))
         tc = root;
@@ -131,17 +133,26 @@ static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, 
             set_str(tc, "torch_dtype", dw, false);
         }
     }
+    return p->tgt->config_edit(s, p, root, tc);
+}
+
+mk_status cv_config_edit_hf(const cv_src *s, const cv_plan *p, void *rootp, void *tcp) {
+    (void)p;
+    json_t *root = rootp, *tc = tcp;
     const char *mt = json_string_value(json_object_get(root, "model_type"));
-    if (o->to == MK_CONV_HF) {
-        drop_quant(root, tc);
-        if (s->is_mlx && tc == root && mt && strcmp(mt, "qwen3_5_moe") == 0) {
-            json_object_set_new(root, "model_type", json_string("qwen3_5_moe_text"));
-            json_t *ar = json_array();
-            json_array_append_new(ar, json_string("Qwen3_5MoeForCausalLM"));
-            json_object_set_new(root, "architectures", ar);
-        }
-        return MK_OK;
+    drop_quant(root, tc);
+    if (s->is_mlx && tc == root && mt && strcmp(mt, "qwen3_5_moe") == 0) {
+        json_object_set_new(root, "model_type", json_string("qwen3_5_moe_text"));
+        json_t *ar = json_array();
+        json_array_append_new(ar, json_string("Qwen3_5MoeForCausalLM"));
+        json_object_set_new(root, "architectures", ar);
     }
+    return MK_OK;
+}
+
+mk_status cv_config_edit_mlx(const cv_src *s, const cv_plan *p, void *rootp, void *tcp) {
+    json_t *root = rootp, *tc = tcp;
+    const char *mt = json_string_value(json_object_get(root, "model_type"));
     if (!s->is_mlx || s->cfg.quant.method != MK_QM_MLX)
         drop_quant(root, tc);
     if (p->quantized) {
@@ -199,28 +210,10 @@ static const char *const g_side_files[] = {
     "added_tokens.json", "preprocessor_config.json", "video_preprocessor_config.json",
 };
 
-static mk_status write_index(const cv_plan *p, const char *dir) {
-    if (p->nshards < 2)
-        return MK_OK;
-    json_t *root = json_object(), *meta = json_object(), *wm = json_object();
-    json_object_set_new(meta, "total_size", json_integer((json_int_t)p->total_bytes));
-    json_object_set_new(root, "metadata", meta);
-    for (size_t i = 0; i < p->nouts; i++)
-        json_object_set_new(wm, p->outs[i].name, json_string(p->shard_files[p->outs[i].shard]));
-    json_object_set_new(root, "weight_map", wm);
-    char *js = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
-    json_decref(root);
-    char *path = mk_path_join(dir, "model.safetensors.index.json");
-    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
-    free(js);
-    free(path);
-    return s;
-}
-
-mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir) {
+mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir) {
     if (s->bare) { /* quantizing a lone file: no model config to carry over */
         mk_status bs = p->qs ? cv_qplan_config_bare(p, dir) : MK_OK;
-        return bs == MK_OK ? write_index(p, dir) : bs;
+        return bs == MK_OK ? p->tgt->writer->index(p, dir) : bs;
     }
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
@@ -232,7 +225,7 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts 
                        ? mk_err(MK_E_NOMEM, "%s: no memory to re-read it", src)
                        : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src, mk_json_errtext(je.text));
     if (st == MK_OK)
-        st = edit(s, p, o, root);
+        st = edit(s, p, root);
     char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (st == MK_OK)
         st = js ? mk_os_write_file_atomic(dst, js, strlen(js)) : mk_err(MK_E_NOMEM, "%s: no memory to write it", dst);
@@ -250,6 +243,6 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts 
         free(b);
     }
     if (st == MK_OK)
-        st = write_index(p, dir);
+        st = p->tgt->writer->index(p, dir);
     return st;
 }

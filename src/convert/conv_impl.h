@@ -10,16 +10,22 @@
  *                      under its canonical HF text name (src/model/layout.c), e.g. one
  *                      expert of a fused gate_up_proj; cv_egroup: the routed
  *                      experts of one MoE block, checked complete (0..E-1).
+ *   target (target.c)  cv_target: what the output layout asks for (naming,
+ *                      expert grouping, norm convention, conv1d shape,
+ *                      what is dropped or kept quantized, file writer and
+ *                      config edit), one table entry per `--to`.
  *   plan (plan.c)      cv_out: one output tensor = an ordered list of
  *                      cv_piece, each a region of a source module and the
  *                      operation that produces its bytes (copy, float
  *                      re-encode, FP8/affine/INT4 dequantize, INT4 biases);
  *                      outputs are ordered and cut into shards exactly as
- *                      the safetensors writer orders them.
+ *                      the target's writer (writer.h) orders them.
  *   execution          exec.c drives per-shard writers through the ordered
  *                      worker pipeline (pipe.c) with the operations of
- *                      ops.c; journal.c makes it resumable; verify.c
- *                      re-reads the output.
+ *                      ops.c: COPY, DECODE (decode.c: stored -> float32,
+ *                      rounded once by encode.c) or QUANT (quant_ops.c:
+ *                      decode, then MLX quantization); journal.c makes it
+ *                      resumable; verify.c re-reads the output.
  *   cross-layout verify (`moekit verify A B`, xverify.c) opens two
  *                      checkpoints as sources and compares them unit by
  *                      canonical unit through the same pieces and ops.
@@ -151,7 +157,7 @@ typedef enum cv_op {
     CV_OP_CT,       /* compressed-tensors INT4 dequantize */
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
-    CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize (quant_ops.c) */
+    CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
     CV_OP_COUNT
 } cv_op;
 
@@ -186,7 +192,8 @@ typedef struct cv_out {
 } cv_out;
 
 typedef struct cv_plan {
-    cv_out *outs; /* in writer order: alignment descending, then name */
+    const struct cv_target *tgt; /* the output target (target.h) */
+    cv_out *outs; /* in the target writer's order (safetensors: alignment descending, then name) */
     size_t nouts;
     int nshards;
     size_t *shard_first; /* nshards + 1 entries */
@@ -208,13 +215,11 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
  * re-encode or dequantize op. Integer tensors only as COPY in their own
  * dtype (MK_E_INTERNAL otherwise). pc->out_off is left 0. */
 mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc);
-/* Shift of lt's values written from source s into the HF (to_mlx false) or
- * MLX convention: +1 / -1 on the zero-centred norms of qwen3_next /
- * qwen3_5_moe when the conventions differ (FORMATS.md 3), else 0. */
-float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx);
 void cv_plan_free(cv_plan *p);
 
 /* ---------------------------------------------------------------- ops */
+
+/* ops.c: the operation of a piece (COPY, a decoder, or QUANT). */
 
 /* Row or element unit of an op: FLOAT and COPY chunk by elements, the
  * structured ones by rows (a group or a scale block never straddles). */
@@ -232,6 +237,18 @@ void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len);
 uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n);
 /* Units of a piece (rows or elements). */
 int64_t cv_op_units(const cv_piece *p);
+
+/* decode.c: stored form -> float32 -> dt (FLOAT, FP8, AFFINE, CT, CT_BIAS,
+ * FPDQ), the same contract as cv_op_run for those ops; errors name the
+ * decoder and the module. */
+bool cv_dec_is(cv_op op);
+size_t cv_dec_scratch(const cv_piece *p, int64_t n);
+mk_status cv_dec_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n, void *scratch,
+                     void *out);
+
+/* encode.c: n float32 values -> dt (F32, F16 or BF16) at out, rounded once
+ * (nearest even). out is 2-aligned for the 16-bit dtypes. */
+void cv_encode(mk_dtype dt, const float *v, int64_t n, unsigned char *out);
 
 /* ----------------------------------------------------------- pipeline */
 
@@ -274,14 +291,12 @@ bool cv_qstate_bad_data(const struct cv_qstate *q);
 mk_status cv_qstate_open(struct cv_qstate *q, const char *partial);
 void cv_qstate_close(struct cv_qstate *q, const char *partial); /* and remove it */
 
-/* quant_ops.c: the QUANT and FPDQ operations (entries of ops.c's table). */
+/* quant_ops.c: the QUANT operation (decode.c's float rows, then MLX
+ * quantization through src/quant), dispatched by ops.c. */
 size_t cv_qop_scratch(const cv_piece *p, int64_t n);
 mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                      unsigned char *scratch, void *out);
 uint64_t cv_qop_out_bytes(const cv_piece *p, int64_t n);
-size_t cv_fpdq_scratch(const cv_piece *p, int64_t n);
-mk_status cv_fpdq_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
-                      unsigned char *scratch, void *out);
 /* Is QUANT piece p copied from the spill file? True when it is not its
  * module's leader and the leader's shard was written by this process
  * (`written[k]`); otherwise it is computed again. */
@@ -311,9 +326,10 @@ mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]);
 
 /* ------------------------------------------------------- config files */
 
-/* Write DIR/config.json for the target, and copy tokenizer / generation
- * files from the source directory. */
-mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir);
+/* Write DIR/config.json for the plan's target (its config_edit), copy
+ * tokenizer / generation files from the source directory, and write the
+ * target writer's shard index. */
+mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir);
 
 /* ------------------------------------------------------------- verify */
 

@@ -3,7 +3,8 @@
  * Map of this file: options -> source + plan (all validation, nothing
  * written yet) -> memory budget (chunk size from --max-memory minus what the
  * process already holds) -> DST.partial/ and its journal (resume or start
- * over) -> per shard: one safetensors writer fed through the ordered worker
+ * over) -> per shard: one writer of the target's file format (writer.h;
+ * safetensors today, st_writer.c) fed through the ordered worker
  * pipeline, COPY pieces by copy_file_range on the consumer thread, computed
  * pieces by the workers, writeback started as the shard grows (a thread)
  * -> hash each finished shard into the journal (on a
@@ -11,7 +12,7 @@
  * optional verify -> rename DST.partial -> DST.
  *
  * Crash safety: a shard is written to a temporary name and renamed into
- * DST.partial/ only after fsync (mk_stw_finish); the journal records it
+ * DST.partial/ only after fsync (the writer's finish); the journal records it
  * afterwards, so any kill leaves either a shard that is complete and
  * recorded, complete and unrecorded (rewritten on rerun) or a temporary
  * (rewritten). The output bytes depend only on the plan, so a resumed run
@@ -31,6 +32,8 @@
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/target.h"
+#include "convert/writer.h"
 #include "io/os.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -88,8 +91,8 @@ typedef struct item {
 } item;
 
 /* Early writeback. Left alone, the kernel keeps a shard's pages dirty until
- * the fsync of mk_stw_finish (below the dirty_background threshold nothing
- * is written), so the whole shard goes to disk only after its last byte is
+ * the fsync of the writer's finish (below the dirty_background threshold
+ * nothing is written), so the whole shard goes to disk only after its last byte is
  * copied: copying and writing add up. Instead, a thread follows the writer
  * and, every CV_WRITEBACK_STEP bytes, starts writeback of what was added
  * (SYNC_FILE_RANGE_WRITE: initiate, never wait for completion), so the disk
@@ -97,7 +100,7 @@ typedef struct item {
  * submission work is the thread's, not the consumer's. Durability is
  * unchanged: the shard is still fsynced before it is renamed and journaled.
  *
- * The writer lends the temporary's descriptor (mk_stw_shard_fd); a dup of
+ * The writer lends the temporary's descriptor (its `fd`); a dup of
  * it keeps this thread independent of the writer's lifetime. When that or
  * the thread fails, this is simply not done. Offsets are data offsets,
  * at most the file offsets (the header comes first), and each range runs
@@ -129,9 +132,8 @@ static void *wb_main(void *arg) {
     return NULL;
 }
 
-static void wb_start(wback *b, const mk_stw *w) {
+static void wb_start(wback *b, int fd) {
     memset(b, 0, sizeof *b);
-    int fd = mk_stw_shard_fd(w, 0); /* each output shard is its own one-file writer */
     b->fd = fd >= 0 ? fcntl(fd, F_DUPFD_CLOEXEC, 0) : -1;
     if (b->fd < 0)
         return;
@@ -173,7 +175,8 @@ static void wb_stop(wback *b) {
 
 typedef struct shard_run {
     const cv_src *s;
-    mk_stw *w;
+    const cv_writer_ops *wr;
+    cv_writer *w;
     item *items;
     size_t nitems, cap;
     uint64_t copied, computed;
@@ -200,17 +203,17 @@ static mk_status consume_item(shard_run *r, const item *it, const void *out, siz
         cv_op_copy_range(it->pc, &off, &n);
         int fd = mk_ckpt_shard_fd(r->s->ck, (size_t)it->pc->mod->t[it->pc->part]->shard);
         r->copied += n;
-        return mk_stw_copy_from_fd(r->w, fd, off, n);
+        return r->wr->copy(r->w, fd, off, n);
     }
     if (it->spill) {
         int fd;
         uint64_t off, n;
         cv_qop_spill_range(it->pc, &fd, &off, &n);
         r->computed += n;
-        return mk_stw_copy_from_fd(r->w, fd, off, n);
+        return r->wr->copy(r->w, fd, off, n);
     }
     r->computed += len;
-    return mk_stw_write(r->w, out, len);
+    return r->wr->write(r->w, out, len);
 }
 
 static mk_status run_consume(void *ctx, size_t i, const void *out, size_t len) {
@@ -285,26 +288,11 @@ typedef struct conv_env {
 
 static mk_status write_shard(const conv_env *e, int k) {
     const cv_plan *p = e->p;
-    char base[64];
-    if (p->nshards == 1)
-        snprintf(base, sizeof base, "model");
-    else
-        snprintf(base, sizeof base, "model-%05d-of-%05d", k + 1, p->nshards);
-    mk_stw_opts wo = {0, true, base, e->o->to == MK_CONV_MLX ? "{\"format\":\"mlx\"}" : "{\"format\":\"pt\"}"};
-    shard_run r = {.s = e->s, .written = e->written};
+    shard_run r = {.s = e->s, .wr = p->tgt->writer, .written = e->written};
     size_t slot = 0, scratch = 0;
-    mk_status s = mk_stw_create(e->partial, &wo, &r.w);
-    for (size_t i = p->shard_first[k]; s == MK_OK && i < p->shard_first[k + 1]; i++)
-        s = mk_stw_add(r.w, p->outs[i].name, p->outs[i].dt, p->outs[i].ndim, p->outs[i].shape);
+    mk_status s = r.wr->begin(e->partial, p, k, p->tgt->format_tag, &r.w);
     if (s == MK_OK)
-        s = mk_stw_begin_data(r.w);
-    /* the writer orders tensors itself; the plan was sorted the same way */
-    for (size_t i = 0; s == MK_OK && i < mk_stw_count(r.w); i++)
-        if (strcmp(mk_stw_name(r.w, i), p->outs[p->shard_first[k] + i].name) != 0)
-            s = mk_err(MK_E_INTERNAL, "convert: writer order '%s' differs from plan order '%s'", mk_stw_name(r.w, i),
-                       p->outs[p->shard_first[k] + i].name);
-    if (s == MK_OK)
-        wb_start(&r.wb, r.w);
+        wb_start(&r.wb, r.wr->fd(r.w));
     if (s == MK_OK)
         s = shard_items(p, k, e->chunk, &r, &slot, &scratch);
     if (s == MK_OK) {
@@ -315,8 +303,8 @@ static mk_status write_shard(const conv_env *e, int k) {
     r.items = NULL;
     wb_stop(&r.wb);
     if (s == MK_OK)
-        s = mk_stw_finish(r.w);
-    mk_stw_free(r.w);
+        s = r.wr->finish(r.w);
+    r.wr->free(r.w);
     e->st->bytes_copied += r.copied;
     e->st->bytes_computed += r.computed;
     return s;
@@ -332,7 +320,7 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
                       "--dtype f16 refused for %s: its Gated DeltaNet recurrent state overflows float16 and the "
                       "model produces garbage; use bf16 or f32 (or --force-f16 if you know better)",
                       mk_arch_name(s->cfg.arch));
-    if (o->to != MK_CONV_HF && o->to != MK_CONV_MLX)
+    if (!cv_target_of(o->to))
         return mk_err(MK_E_ARG, "--to: expected hf or mlx");
     return MK_OK;
 }
@@ -549,7 +537,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     if (p->qs)
         cv_qstate_close(p->qs, rc == MK_OK ? partial : NULL);
     if (rc == MK_OK)
-        rc = cv_config_write(s, p, o, partial);
+        rc = cv_config_write(s, p, partial);
     if (rc == MK_OK && o->verify)
         rc = cv_verify(s, p, partial, threads, chunk / 2 > 0 ? chunk / 2 : 1, st, o->quiet); /* verify holds 2 chunks */
     if (rc == MK_OK) {

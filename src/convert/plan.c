@@ -1,24 +1,23 @@
 /* Planning the output: which tensors, named how, with which dtype and
  * shape, made of which pieces of which source modules, in which shard.
  *
- * Per target (FORMATS.md section 3 for MLX):
- *   HF   canonical names (model.language_model.* for vision-language
- *        sources), experts per-expert or fused (gate_up_proj (E,2I,H) =
- *        [gate_e; up_e] per expert, down_proj (E,H,I)); every quantized
- *        module dequantized; MLX sources get their norms shifted back (-1)
- *        and conv1d (C,K,1) -> (C,1,K).
- *   MLX  mlx-lm names (language_model.* for qwen3_5_moe), experts stacked
- *        into switch_mlp (E,out,in) one expert piece after another, conv1d
- *        (C,1,K) -> (C,K,1) (same bytes: only the shape changes), +1 on the
- *        zero-centred norms of HF sources, text only unless keep_vision /
- *        keep_mtp, compressed-tensors INT4 repacked (weight and scales
- *        copied byte for byte, biases = -scale * zero point), MLX modules
- *        copied as they are.
+ * Everything that depends on the output layout comes from the target's
+ * descriptor (target.c; FORMATS.md section 3 for MLX): names (its naming
+ * scheme), expert grouping (per expert; fused gate_up_proj (E,2I,H) =
+ * [gate_e; up_e] per expert and down_proj (E,H,I); or stacked into
+ * switch_mlp (E,out,in) one expert piece after another), the norm
+ * convention (+1 / -1 on zero-centred norms where source and target
+ * differ), the conv1d shape ((C,1,K) or (C,K,1): same bytes, only the shape
+ * changes), what a text-only target drops (vision tower and MTP unless
+ * kept, rotary inv_freq, a tied lm_head), and whether quantized modules
+ * stay quantized (compressed-tensors INT4 repacked: weight and scales
+ * copied byte for byte, biases = -scale * zero point; MLX modules copied
+ * as they are) or are dequantized.
  * A piece whose bytes need no change is a COPY (copy_file_range at
  * execution); that is the byte-exactness guarantee. The plan is sorted and
- * cut into shards exactly as the safetensors writer sorts (alignment, then
- * name), so each shard can be written by its own writer and a crash loses
- * at most the shard in progress. */
+ * cut into shards exactly as the target's writer orders a file (writer.h;
+ * safetensors: alignment, then name), so each shard can be written by its
+ * own writer and a crash loses at most the shard in progress. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,16 +26,22 @@
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/target.h"
 
 #define CV_DEFAULT_SHARD (5ull << 30)
 
 typedef struct pctx {
     const cv_src *s;
     const mk_conv_opts *o;
+    const cv_target *t;
     cv_plan *p;
     size_t cap;
-    bool qwen35; /* MLX qwen3_5_moe naming */
 } pctx;
+
+/* Output name of canonical cname under the target's naming (malloc'd). */
+static char *out_name(const pctx *c, mk_part part, const char *cname) {
+    return mk_layout_out_name(c->t->naming, c->s->cfg.arch == MK_ARCH_QWEN3_5_MOE, c->s->vl, part, cname);
+}
 
 static cv_out *new_out(pctx *c, char *name, mk_dtype dt, int ndim, const int64_t *shape) {
     if (!name)
@@ -104,20 +109,13 @@ mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc) 
         break;
     case CV_FP8: pc->op = CV_OP_FP8; break;
     case CV_CT: pc->op = CV_OP_CT; break;
-    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
+    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: decode.c */
     }
     if (pc->op == CV_OP_COPY)
         pc->nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
     else
         pc->nbytes = (uint64_t)lt->nrows * (uint64_t)m->cols * cv_esize(dt);
     return MK_OK;
-}
-
-float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx) {
-    if (lt->cls == MK_PART_VISION || !s->zero_centred || to_mlx == s->is_mlx ||
-        !mk_layout_is_shifted_norm(lt->cname, lt->ndim))
-        return 0.0f;
-    return to_mlx ? 1.0f : -1.0f;
 }
 
 /* Append the float values of lt (dequantized / re-encoded as needed). */
@@ -206,8 +204,9 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
 
 /* ---------------------------------------------------------- per target */
 
+/* Left out of a text-only target. */
 static bool dropped(const pctx *c, const cv_lt *lt) {
-    if (c->o->to != MK_CONV_MLX)
+    if (!c->t->text_only)
         return false;
     if (lt->cls == MK_PART_VISION && !c->o->keep_vision)
         return true;
@@ -220,12 +219,11 @@ static bool dropped(const pctx *c, const cv_lt *lt) {
 
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
-    bool mlx = c->o->to == MK_CONV_MLX;
-    char *name = mk_layout_out_name(c->o->to == MK_CONV_MLX, c->qwen35, s->vl, lt->cls, lt->cname);
+    char *name = out_name(c, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "out of memory");
     /* quantizing: quantized sources are dequantized, then quantized anew */
-    if (mlx && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
+    if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
             mk_status st = mk_err(MK_E_FORMAT, "quantized module '%s' is not a .weight", lt->mod->name);
             free(name);
@@ -240,15 +238,15 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     if (lt->cls != MK_PART_VISION) {
         /* conv1d: MLX wants (C, K, 1), HF (C, 1, K); identical bytes */
         if (lt->ndim == 3 && cv_ends_with(lt->cname, "conv1d.weight")) {
-            if (mlx && shape[2] != 1) {
+            if (c->t->conv1d == CV_CONV1D_CK1 && shape[2] != 1) {
                 shape[1] = lt->shape[2];
                 shape[2] = 1;
-            } else if (!mlx && shape[2] == 1 && shape[1] != 1) {
+            } else if (c->t->conv1d == CV_CONV1D_C1K && shape[2] == 1 && shape[1] != 1) {
                 shape[2] = lt->shape[1];
                 shape[1] = 1;
             }
         }
-        add = cv_norm_shift(s, lt, mlx);
+        add = cv_norm_shift(s, lt, c->t->norms);
     }
     cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
     if (!o)
@@ -263,7 +261,6 @@ static mk_status bare_output(pctx *c, const cv_lt *lt) {
 }
 
 static mk_status group_outputs(pctx *c, const cv_egroup *g) {
-    const cv_src *s = c->s;
     cv_lt probe = {.cname = g->mlp, .cls = g->cls};
     if (dropped(c, &probe))
         return MK_OK;
@@ -274,16 +271,17 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     if (!v)
         return mk_err(MK_E_NOMEM, "out of memory");
     mk_status st = MK_OK;
-    if (c->o->to == MK_CONV_HF && c->o->experts == MK_CONV_PER_EXPERT) {
+    cv_xgroup xg = cv_target_experts(c->t, c->o);
+    if (xg == CV_XG_PER_EXPERT) {
         for (int e = 0; st == MK_OK && e < g->n; e++)
             for (int p = 0; st == MK_OK && p < 3; p++)
                 st = plain_output(c, &g->proj[p][e]);
-    } else if (c->o->to == MK_CONV_HF) {
+    } else if (xg == CV_XG_FUSED) {
         /* fused: gate_up_proj (E, 2I, H) = [gate_e; up_e], down_proj (E, H, I) */
         int64_t gu[3] = {g->n, 2 * I, H}, dn[3] = {g->n, H, I};
         char *n1 = cv_printf("%s.experts.gate_up_proj", g->mlp), *n2 = cv_printf("%s.experts.down_proj", g->mlp);
-        char *o1 = n1 ? mk_layout_out_name(false, false, s->vl, g->cls, n1) : NULL;
-        char *o2 = n2 ? mk_layout_out_name(false, false, s->vl, g->cls, n2) : NULL;
+        char *o1 = n1 ? out_name(c, g->cls, n1) : NULL;
+        char *o2 = n2 ? out_name(c, g->cls, n2) : NULL;
         free(n1);
         free(n2);
         cv_out *a = new_out(c, o1, float_dt(c, lt0), 3, gu);
@@ -299,11 +297,11 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             if (st == MK_OK)
                 st = float_piece(&c->p->outs[ia + 1], &g->proj[MK_PROJ_DOWN][e], 0.0f);
         }
-    } else {
+    } else { /* CV_XG_SWITCH */
         for (int p = 0; st == MK_OK && p < 3; p++) {
             const cv_lt *lp = &g->proj[p][0];
             char *nm = cv_printf("%s.switch_mlp.%s.weight", g->mlp, mk_layout_proj_names[p]);
-            char *on = nm ? mk_layout_out_name(true, c->qwen35, s->vl, g->cls, nm) : NULL;
+            char *on = nm ? out_name(c, g->cls, nm) : NULL;
             free(nm);
             if (!on) {
                 st = mk_err(MK_E_NOMEM, "out of memory");
@@ -311,7 +309,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             }
             for (int e = 0; e < g->n; e++)
                 v[e] = &g->proj[p][e];
-            if (!c->o->quant && (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX)) {
+            if (c->t->keeps_quantized && !c->o->quant && (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX)) {
                 st = quant_outputs(c, on, v, g->n, true);
                 continue;
             }
@@ -329,21 +327,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
 
 /* ------------------------------------------------------ order + shards */
 
-static unsigned align_of(mk_dtype t) {
-    unsigned b = mk_dtype_info(t)->bits / 8;
-    return b ? b : 1;
-}
-
-/* The writer's order (st_write.c cmp_plan): alignment descending, then name. */
-static int cmp_out(const void *a, const void *b) {
-    const cv_out *x = a, *y = b;
-    unsigned ax = align_of(x->dt), ay = align_of(y->dt);
-    if (ax != ay)
-        return ax > ay ? -1 : 1;
-    return strcmp(x->name, y->name);
-}
-
-static mk_status cut_shards(cv_plan *p, uint64_t shard_size) {
+static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_size) {
     int ns = 1;
     uint64_t used = 0;
     for (size_t i = 0; i < p->nouts; i++) {
@@ -368,8 +352,7 @@ static mk_status cut_shards(cv_plan *p, uint64_t shard_size) {
     }
     p->shard_first[ns] = p->nouts;
     for (int k = 0; k < ns; k++) {
-        p->shard_files[k] = ns == 1 ? cv_strdup("model.safetensors")
-                                    : cv_printf("model-%05d-of-%05d.safetensors", k + 1, ns);
+        p->shard_files[k] = w->shard_file(k, ns);
         if (!p->shard_files[k])
             return mk_err(MK_E_NOMEM, "out of memory");
     }
@@ -417,7 +400,11 @@ static void fingerprint(const pctx *c) {
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     memset(p, 0, sizeof *p);
-    pctx c = {s, o, p, 0, o->to == MK_CONV_MLX && s->cfg.arch == MK_ARCH_QWEN3_5_MOE};
+    const cv_target *t = cv_target_of(o->to);
+    if (!t)
+        return mk_err(MK_E_ARG, "--to: expected hf or mlx");
+    pctx c = {s, o, t, p, 0};
+    p->tgt = t;
     p->float_dt = o->dtype;
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++)
@@ -432,12 +419,12 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     MK_TRY(st);
     if (p->nouts == 0)
         return mk_err(MK_E_FORMAT, "%s: nothing to convert (every tensor would be dropped)", s->dir);
-    qsort(p->outs, p->nouts, sizeof *p->outs, cmp_out);
+    qsort(p->outs, p->nouts, sizeof *p->outs, t->writer->order);
     for (size_t i = 1; i < p->nouts; i++)
         if (strcmp(p->outs[i - 1].name, p->outs[i].name) == 0)
             return mk_err(MK_E_FORMAT, "%s: two source tensors would both become '%s' (%s and %s)", s->dir,
                           p->outs[i].name, p->outs[i - 1].pc[0].mod->name, p->outs[i].pc[0].mod->name);
-    MK_TRY(cut_shards(p, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
+    MK_TRY(cut_shards(p, t->writer, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
     MK_TRY(cv_qplan_finish(p));
     fingerprint(&c);
     return MK_OK;

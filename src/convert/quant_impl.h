@@ -16,8 +16,8 @@
  *                       parks the other parts' bytes in a spill file under
  *                       DST.partial/, from which they are later copied.
  *   ops (quant_ops.c)   the CV_OP_QUANT operation (source rows -> float
- *                       input -> mk_quant_rows -> emitted part + spill +
- *                       error sums) and the spill file. */
+ *                       input by decode.c -> mk_quant_rows -> emitted part
+ *                       + spill + error sums) and the spill file. */
 #ifndef MK_CONVERT_QUANT_IMPL_H
 #define MK_CONVERT_QUANT_IMPL_H
 

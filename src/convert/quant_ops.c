@@ -1,4 +1,5 @@
-/* The quantize operation of the convert pipeline and its spill file.
+/* The quantize operation of the convert pipeline (MLX quantization, an
+ * ENCODE) and its spill file.
  *
  * CV_OP_QUANT produces one part (weight, scales or biases) of rows
  * [a, a+n) of a quantized module's piece:
@@ -16,9 +17,9 @@
  * A follower whose leader ran in an earlier (resumed) run finds no spill
  * and computes its rows again (steps 1-3).
  *
- * CV_OP_FPDQ dequantizes MLX mxfp4 / mxfp8 / nvfp4 modules (mk_dequant_rows,
- * MLX's own arithmetic in the output dtype), so such checkpoints convert to
- * float and requantize like affine ones. */
+ * This is the quantizing ENCODE of the convert ops: step 1 is decode.c's
+ * (cv_dec_run, never the ops.c dispatcher, which calls this file), steps
+ * 2-4 turn float rows into MLX's stored form. */
 #include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
@@ -54,7 +55,7 @@ size_t cv_qop_scratch(const cv_piece *p, int64_t n) {
     cv_piece t = src_piece(p);
     int64_t u0, un;
     src_units(&t, q->cols, 0, n, &u0, &un);
-    size_t s = t.op == CV_OP_COPY ? 0 : al(cv_op_scratch(&t, un));
+    size_t s = t.op == CV_OP_COPY ? 0 : al(cv_dec_scratch(&t, un));
     s += al((size_t)n * (size_t)q->cols * cv_esize(q->in_dt));
     for (int k = 0; k < q->nparts; k++)
         s += al((size_t)n * q->rb[k]);
@@ -242,7 +243,7 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
     int64_t u0, un;
     src_units(&t, C, a, n, &u0, &un);
     unsigned char *src = scratch;
-    unsigned char *in = src + (t.op == CV_OP_COPY ? 0 : al(cv_op_scratch(&t, un)));
+    unsigned char *in = src + (t.op == CV_OP_COPY ? 0 : al(cv_dec_scratch(&t, un)));
     unsigned char *buf[3] = {NULL, NULL, NULL}, *cur = in + al(nin * es);
     for (int k = 0; k < q->nparts; k++) {
         buf[k] = k == p->part ? out : cur;
@@ -252,7 +253,7 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
     if (t.op == CV_OP_COPY)
         MK_TRY(mk_ckpt_read(ck, p->mod->t[CV_T_MAIN], (uint64_t)(p->row0 + a) * (uint64_t)C * es, in, nin * es));
     else
-        MK_TRY(cv_op_run(ck, &t, q->in_dt, u0, un, src, in));
+        MK_TRY(cv_dec_run(ck, &t, q->in_dt, u0, un, src, in));
     /* 2. MLX's quantizer */
     mk_status qs = mk_quant_rows(&q->qp, q->in_dt, in, n, C, buf[0], buf[1], buf[2]);
     if (qs == MK_E_FORMAT) { /* values no scale can hold: a rerun would fail alike */
@@ -328,37 +329,3 @@ void cv_qstate_close(cv_qstate *qs, const char *partial) {
 }
 
 bool cv_qstate_bad_data(const cv_qstate *qs) { return qs && __atomic_load_n(&qs->bad_data, __ATOMIC_SEQ_CST); }
-
-/* -------------------------------------------------------------- FPDQ */
-
-static mk_status fp_params(const cv_mod *m, mk_qparams *qp) {
-    int g = m->group < 0 ? -m->group : m->group;
-    mk_qmode mode = m->bits == 8 ? MK_QMODE_MXFP8 : g == 16 ? MK_QMODE_NVFP4 : MK_QMODE_MXFP4;
-    if (mk_quant_params(mode, m->bits, g, 0.0f, qp) != MK_OK)
-        return mk_err(MK_E_UNSUPPORTED, "MLX module '%s': %d bits, group %d fits no fp mode (mxfp4, mxfp8, nvfp4)",
-                      m->name, m->bits, g);
-    return MK_OK;
-}
-
-size_t cv_fpdq_scratch(const cv_piece *p, int64_t n) {
-    const cv_mod *m = p->mod;
-    uint64_t wr = m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows, sr = m->t[CV_T_SCALE]->nbytes / (uint64_t)m->rows;
-    return al((size_t)n * (size_t)wr) + al((size_t)n * (size_t)sr) + 64;
-}
-
-mk_status cv_fpdq_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
-                      unsigned char *scratch, void *out) {
-    const cv_mod *m = p->mod;
-    /* dequantized straight into dt as MLX does, so there is no float32 row
-     * to add a norm shift to; norms (1-D) are never fp-quantized */
-    if (p->add != 0.0f)
-        return mk_err(MK_E_INTERNAL, "convert: a value shift planned on fp-quantized '%s'", m->name);
-    mk_qparams qp;
-    MK_TRY(fp_params(m, &qp));
-    uint64_t wr = m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows, sr = m->t[CV_T_SCALE]->nbytes / (uint64_t)m->rows;
-    uint64_t R0 = (uint64_t)(p->row0 + a);
-    unsigned char *w = scratch, *sc = scratch + al((size_t)n * (size_t)wr);
-    MK_TRY(mk_ckpt_read(ck, m->t[CV_T_MAIN], R0 * wr, w, (size_t)((uint64_t)n * wr)));
-    MK_TRY(mk_ckpt_read(ck, m->t[CV_T_SCALE], R0 * sr, sc, (size_t)((uint64_t)n * sr)));
-    return mk_dequant_rows(&qp, m->t[CV_T_SCALE]->dtype, w, sc, NULL, n, m->cols, dt, out);
-}

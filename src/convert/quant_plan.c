@@ -22,6 +22,7 @@
 
 #include "core/alloc.h"
 #include "convert/quant_impl.h"
+#include "convert/target.h"
 #include "io/os.h"
 
 /* ------------------------------------------------------- bare sources */
@@ -444,7 +445,7 @@ static mk_status check_exact(const cv_qstate *qs) {
 }
 
 mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
-    if (o->to != MK_CONV_MLX)
+    if (!p->tgt || !p->tgt->quantizes)
         return mk_err(MK_E_ARG, "quantization writes the MLX layout (--to mlx)");
     if (o->verify)
         return mk_err(MK_E_ARG, "--verify compares converted tensors with their source; it does not apply to "

@@ -147,7 +147,8 @@ static const struct {
     {"model.", "model.language_model."},
 };
 
-char *mk_layout_out_name(bool mlx, bool qwen35, bool hf_vl, mk_part part, const char *cname) {
+char *mk_layout_out_name(mk_naming naming, bool qwen35, bool hf_vl, mk_part part, const char *cname) {
+    bool mlx = naming == MK_NAMING_MLX;
     if (part == MK_PART_VISION)
         return mk_strdup(cname);
     if (mlx && qwen35) {

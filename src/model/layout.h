@@ -58,10 +58,19 @@ extern const char *const mk_layout_proj_names[3]; /* gate_proj, up_proj, down_pr
  * for stacked/fused forms); *proj is MK_PROJ_* (-1 for fused gate_up). */
 mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj);
 
-/* Output name of canonical `cname` of part `part`: `mlx` with `qwen35`
- * nests qwen3_5_moe under language_model. (mlx-lm's qwen3_5_moe sanitize);
- * `hf_vl` nests the HF text model under model.language_model. */
-char *mk_layout_out_name(bool mlx, bool qwen35, bool hf_vl, mk_part part, const char *cname);
+/* Naming scheme of a written checkpoint (a convert target's naming,
+ * src/convert/target.c; the profile's module paths are MLX's). */
+typedef enum mk_naming {
+    MK_NAMING_HF = 0,  /* canonical names; VL wrappers under model.language_model */
+    MK_NAMING_MLX = 1, /* mlx-lm's names: qwen3_5_moe under language_model. */
+} mk_naming;
+
+/* Output name of canonical `cname` of part `part` under `naming`: MLX with
+ * `qwen35` (the family is qwen3_5_moe) nests it under language_model.
+ * (mlx-lm's qwen3_5_moe sanitize); HF with `hf_vl` (a vision-language
+ * checkpoint) nests the text model under model.language_model. Each flag
+ * matters only to its own scheme. */
+char *mk_layout_out_name(mk_naming naming, bool qwen35, bool hf_vl, mk_part part, const char *cname);
 
 /* Zero-centred norm weights that MLX stores as 1 + w (FORMATS.md 3). */
 bool mk_layout_is_shifted_norm(const char *cname, int ndim);

@@ -36,7 +36,7 @@ static bool has(const walker *w, const char *name) { return mk_ckpt_find(w->ck, 
 
 /* Canonical HF path -> MLX module path (the one name map, src/model/layout.c). */
 static char *mlx_name(const walker *w, const char *canon) {
-    return mk_layout_out_name(true, w->qwen35, false, MK_PART_LM, canon);
+    return mk_layout_out_name(MK_NAMING_MLX, w->qwen35, false, MK_PART_LM, canon);
 }
 
 /* Append one module; takes ownership of source. */

@@ -6,9 +6,10 @@
  * groups; a unit is one of those logical tensors, or one expert's
  * projection. The comparison of a unit is convert's own plan for it: A's
  * unit goes through the piece convert would write into B's dtype
- * (cv_float_piece, with cv_norm_shift), B's through the piece that reads
- * it back (a plain copy for floats, its dequantize op otherwise), and the
- * two outputs are compared byte for byte and numerically.
+ * (cv_float_piece, with cv_norm_shift into B's norm convention), B's
+ * through the piece that reads it back (a plain copy for floats, its
+ * dequantize op otherwise), and the two outputs are compared byte for byte
+ * and numerically.
  *
  * Map of this file: pure helpers (name order, flat shapes, differences,
  * verdict) -> units (both sides' units sorted and merged, the one-sided
@@ -27,6 +28,7 @@
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/target.h"
 #include "io/os.h"
 
 /* ------------------------------------------------------- pure helpers */
@@ -248,7 +250,7 @@ static mk_status setup_compare(const xv_ctx *x, xv_unit *u) {
         u->pre = MK_XV_IDENTICAL;
         return MK_OK;
     }
-    MK_TRY(cv_float_piece(la, u->dt, cv_norm_shift(&x->a, la, x->b.is_mlx), &u->pa));
+    MK_TRY(cv_float_piece(la, u->dt, cv_norm_shift(&x->a, la, cv_src_norms(&x->b)), &u->pa));
     MK_TRY(cv_float_piece(lb, u->dt, 0.0f, &u->pb));
     /* chunks cut on rows of both sides' row ops */
     int64_t wa = unit_width(&u->pa), wb = unit_width(&u->pb), w = wa / gcd64(wa, wb) * wb;

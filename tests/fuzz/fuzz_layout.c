@@ -49,7 +49,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             check(mlp == NULL);
         free(mlp);
         for (int m = 0; m < 8; m++) {
-            char *o = mk_layout_out_name(m & 1, (m >> 1) & 1, (m >> 2) & 1, part, c);
+            mk_naming nm = (m & 1) ? MK_NAMING_MLX : MK_NAMING_HF;
+            char *o = mk_layout_out_name(nm, (m >> 1) & 1, (m >> 2) & 1, part, c);
             free(o);
         }
         (void)mk_layout_is_shifted_norm(c, 1);

@@ -126,7 +126,8 @@ static void test_out_names(void **st) {
         {true, true, true, MK_PART_VISION, "model.visual.x.weight", "model.visual.x.weight"},
     };
     for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
-        char *o = mk_layout_out_name(c[i].mlx, c[i].qwen35, c[i].vl, c[i].part, c[i].cname);
+        mk_naming nm = c[i].mlx ? MK_NAMING_MLX : MK_NAMING_HF;
+        char *o = mk_layout_out_name(nm, c[i].qwen35, c[i].vl, c[i].part, c[i].cname);
         assert_non_null(o);
         if (strcmp(o, c[i].want))
             fail_msg("case %zu: %s -> %s, expected %s", i, c[i].cname, o, c[i].want);
