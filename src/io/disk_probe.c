@@ -1,0 +1,300 @@
+/* The disk probe (see disk_probe.h): a file to read, sequential and random
+ * passes through the batched reader under each backend and mode, and the
+ * recommendation. */
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "io/disk_probe.h"
+#include "io/os.h"
+#include "io/outfile.h"
+#include "io/reader.h"
+
+#define PROBE_MIN_FILE ((uint64_t)64 << 20)
+#define PROBE_SEQ_REQ ((size_t)4 << 20)
+#define PROBE_ALIGN 4096u
+
+static void defaults(const mk_disk_probe_opts *in, mk_disk_probe_opts *o) {
+    *o = in ? *in : (mk_disk_probe_opts){0};
+    if (!o->size)
+        o->size = (uint64_t)1 << 30;
+    if (!o->modes)
+        o->modes = MK_PROBE_DIRECT | MK_PROBE_BUFFERED;
+    if (!o->qd)
+        o->qd = 16;
+    if (!o->block)
+        o->block = (size_t)4 << 20;
+    if (!(o->seconds > 0))
+        o->seconds = 10;
+}
+
+mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *oin, mk_disk_probe_file *f) {
+    mk_disk_probe_opts o;
+    defaults(oin, &o);
+    memset(f, 0, sizeof *f);
+    if (o.block % PROBE_ALIGN || o.block > ((size_t)1 << 30))
+        return mk_err(MK_E_ARG, "bench-disk: block %zu is not a multiple of 4096 up to 1 GiB", o.block);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return mk_err(errno == ENOENT ? MK_E_NOTFOUND : MK_E_IO, "%s: %s (give a directory on the disk "
+                      "to measure, or a large existing file to read)", path, strerror(errno));
+    if (S_ISREG(st.st_mode)) {
+        if ((uint64_t)st.st_size < PROBE_MIN_FILE)
+            return mk_err(MK_E_ARG, "%s: a %lld-byte file is too small to measure a disk (at least %llu "
+                          "bytes; or give its directory and the probe writes a temporary file there)",
+                          path, (long long)st.st_size, (unsigned long long)PROBE_MIN_FILE);
+        f->path = mk_strdup(path);
+        if (!f->path)
+            return mk_err(MK_E_NOMEM, "out of memory");
+        f->size = (uint64_t)st.st_size < o.size ? (uint64_t)st.st_size : o.size;
+        f->size -= f->size % PROBE_ALIGN;
+        return MK_OK;
+    }
+    if (!S_ISDIR(st.st_mode))
+        return mk_err(MK_E_ARG, "%s: neither a directory nor a regular file", path);
+    if (o.size < PROBE_MIN_FILE || o.size < 2 * (uint64_t)o.block)
+        return mk_err(MK_E_ARG, "bench-disk: --size %llu is too small (at least %llu bytes and two "
+                      "blocks)", (unsigned long long)o.size, (unsigned long long)PROBE_MIN_FILE);
+    struct statvfs vfs;
+    if (statvfs(path, &vfs) == 0) {
+        uint64_t avail = (uint64_t)vfs.f_bavail * vfs.f_frsize, margin = (uint64_t)1 << 30;
+        if (avail < o.size + margin)
+            return mk_err(MK_E_NOSPACE, "%s: %llu bytes free, the probe's temporary file needs %llu plus "
+                          "1 GiB to spare (use a smaller --size)", path, (unsigned long long)avail,
+                          (unsigned long long)o.size);
+    }
+    mk_outfile *of = mk_calloc(1, sizeof *of);
+    char *name = mk_path_join(path, "moekit-bench-disk");
+    if (!of || !name) {
+        free(of);
+        free(name);
+        return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    mk_status s = mk_outfile_open(of, name, false);
+    free(name);
+    if (s != MK_OK) {
+        free(of);
+        return s;
+    }
+    f->path = mk_strdup(of->tmp);
+    if (!f->path) {
+        mk_outfile_abort(of);
+        free(of);
+        return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    f->temp = true;
+    f->of = of;
+    f->size = o.size - o.size % PROBE_ALIGN;
+    return MK_OK;
+}
+
+/* splitmix64 */
+static uint64_t next_rand(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+mk_status mk_disk_probe_fill(mk_disk_probe_file *f) {
+    if (!f->temp)
+        return MK_OK;
+    mk_outfile *of = f->of;
+    int fd = fileno(of->f);
+    size_t chunk = (size_t)8 << 20;
+    uint64_t *b = mk_malloc(chunk);
+    if (!b)
+        return mk_err(MK_E_NOMEM, "out of memory allocating an 8 MiB write buffer");
+    uint64_t seed = 0x6d6f656b6974ull;
+    mk_status s = MK_OK;
+    for (uint64_t at = 0; at < f->size && s == MK_OK; at += chunk) {
+        size_t n = f->size - at < chunk ? (size_t)(f->size - at) : chunk;
+        for (size_t i = 0; i < n / 8; i++)
+            b[i] = next_rand(&seed);
+        s = mk_os_pwrite_full(fd, b, n, at, f->path);
+    }
+    free(b);
+    if (s == MK_OK)
+        s = mk_os_fsync(fd, f->path);
+    return s;
+}
+
+void mk_disk_probe_close(mk_disk_probe_file *f) {
+    if (f->of) {
+        mk_outfile_abort(f->of); /* closes and removes the temporary file */
+        free(f->of);
+    }
+    free(f->path);
+    memset(f, 0, sizeof *f);
+}
+
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+/* Evict the file's pages from the page cache (clean pages: no root needed). */
+static void evict(const char *path) {
+    int fd = mk_os()->open(path, O_RDONLY | O_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+}
+
+/* One pass: `size` bytes in requests of `req` bytes (sequential, or at
+ * random aligned offsets), qd in flight, refilled as each finishes. */
+static mk_status pass(mk_reader *r, const mk_disk_probe_file *f, const mk_disk_probe_opts *o, bool random,
+                      unsigned char *bufs, size_t req, uint64_t *bytes, double *secs) {
+    evict(f->path);
+    uint64_t count = f->size / req, issued = 0, done_n = 0, seed = o->seed ^ (random ? 0x5eed : 0);
+    uint64_t slots_off = f->size - req; /* random offsets in [0, size - req] */
+    double t0 = now_s(), limit = t0 + o->seconds;
+    mk_status first = MK_OK;
+    bool stop = false;
+    /* tag = the buffer slot */
+    for (unsigned s = 0; s < o->qd && issued < count; s++, issued++) {
+        uint64_t off = random ? next_rand(&seed) % (slots_off / PROBE_ALIGN + 1) * PROBE_ALIGN : issued * req;
+        mk_reader_req q = {0, off, req, bufs + (size_t)s * req, req, s};
+        MK_TRY(mk_reader_submit(r, &q, 1));
+    }
+    while (mk_reader_pending(r)) {
+        uint64_t tag;
+        bool done;
+        mk_status s = mk_reader_next(r, true, &tag, &done);
+        if (!done)
+            break;
+        if (s != MK_OK) {
+            if (first == MK_OK)
+                first = s;
+            stop = true;
+            continue;
+        }
+        done_n++;
+        if (!stop && now_s() > limit)
+            stop = true;
+        if (!stop && issued < count) {
+            uint64_t off = random ? next_rand(&seed) % (slots_off / PROBE_ALIGN + 1) * PROBE_ALIGN : issued * req;
+            mk_reader_req q = {0, off, req, bufs + (size_t)tag * req, req, tag};
+            issued++;
+            if ((s = mk_reader_submit(r, &q, 1)) != MK_OK && first == MK_OK) {
+                first = s;
+                stop = true;
+            }
+        }
+    }
+    *secs = now_s() - t0;
+    *bytes = done_n * req;
+    return first;
+}
+
+static mk_status measure_one(const mk_disk_probe_file *f, const mk_disk_probe_opts *o, mk_reader_backend be,
+                             bool direct, unsigned char *bufs, mk_disk_probe_run *run, char *note, size_t nn) {
+    mk_reader_opts ro = {0};
+    ro.backend = be;
+    ro.direct = direct;
+    ro.queue_depth = o->qd;
+    ro.threads = o->qd;
+    mk_reader *r;
+    mk_status s = mk_reader_create(&ro, &r);
+    if (s != MK_OK)
+        return s;
+    uint32_t idx;
+    if ((s = mk_reader_add_file(r, f->path, &idx)) != MK_OK) {
+        mk_reader_destroy(r);
+        return s;
+    }
+    run->backend = mk_reader_backend_name(r);
+    run->direct = mk_reader_file_direct(r, idx);
+    if (direct && !run->direct) {
+        size_t l = strlen(note);
+        snprintf(note + l, nn - l, "%sO_DIRECT refused by this file system: not measured", l ? "; " : "");
+        mk_reader_destroy(r);
+        return MK_E_UNSUPPORTED;
+    }
+    s = pass(r, f, o, false, bufs, PROBE_SEQ_REQ, &run->seq_bytes, &run->seq_s);
+    if (s == MK_OK)
+        s = pass(r, f, o, true, bufs, o->block, &run->rand_bytes, &run->rand_s);
+    mk_reader_destroy(r);
+    run->seq_gbps = run->seq_s > 0 ? (double)run->seq_bytes / run->seq_s / 1e9 : 0;
+    run->rand_gbps = run->rand_s > 0 ? (double)run->rand_bytes / run->rand_s / 1e9 : 0;
+    return s;
+}
+
+mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe_opts *oin,
+                                mk_disk_probe_result *res) {
+    mk_disk_probe_opts o;
+    defaults(oin, &o);
+    memset(res, 0, sizeof *res);
+    res->best = -1;
+    if (f->size < 2 * (uint64_t)o.block || f->size < PROBE_SEQ_REQ)
+        return mk_err(MK_E_ARG, "%s: %llu bytes to read is less than two %zu-byte blocks", f->path,
+                      (unsigned long long)f->size, o.block);
+    size_t slot = o.block > PROBE_SEQ_REQ ? o.block : PROBE_SEQ_REQ;
+    unsigned char *bufs = mk_aligned_alloc(PROBE_ALIGN, (size_t)o.qd * slot);
+    if (!bufs)
+        return mk_err(MK_E_NOMEM, "out of memory allocating %u x %zu bytes of read buffers", o.qd, slot);
+    /* io_uring available here? (AUTO would fall back silently) */
+    bool uring = true;
+    {
+        mk_reader *r;
+        mk_reader_opts ro = {0};
+        ro.backend = MK_READER_URING;
+        ro.queue_depth = o.qd;
+        if (mk_reader_create(&ro, &r) != MK_OK) {
+            uring = false;
+            snprintf(res->note, sizeof res->note, "%s: not measured", mk_err_msg());
+        } else {
+            mk_reader_destroy(r);
+        }
+    }
+    mk_status s = MK_OK;
+    for (int b = 0; b < 2 && s == MK_OK; b++) {
+        if (b == 0 && !uring)
+            continue;
+        for (int d = 0; d < 2 && s == MK_OK; d++) {
+            bool direct = d == 0;
+            if (!(o.modes & (direct ? MK_PROBE_DIRECT : MK_PROBE_BUFFERED)))
+                continue;
+            mk_disk_probe_run *run = &res->run[res->nrun];
+            s = measure_one(f, &o, b == 0 ? MK_READER_URING : MK_READER_PREAD, direct, bufs, run, res->note,
+                            sizeof res->note);
+            if (s == MK_E_UNSUPPORTED) { /* O_DIRECT refused: said in the note */
+                s = MK_OK;
+                continue;
+            }
+            if (s == MK_OK)
+                res->nrun++;
+        }
+    }
+    free(bufs);
+    if (s != MK_OK)
+        return s;
+    /* Expert reads are random: the best random-read rate wins; within 5%
+     * O_DIRECT (the expert cache is then the only copy, counted in the
+     * memory budget; buffered reads also fill the page cache) and then
+     * io_uring (no threads) are preferred. */
+    for (int i = 0; i < res->nrun; i++) {
+        if (res->best < 0) {
+            res->best = i;
+            continue;
+        }
+        const mk_disk_probe_run *a = &res->run[i], *b = &res->run[res->best];
+        double ra = a->rand_gbps, rb = b->rand_gbps;
+        int pa = (a->direct ? 2 : 0) + (!strcmp(a->backend, "io_uring") ? 1 : 0);
+        int pb = (b->direct ? 2 : 0) + (!strcmp(b->backend, "io_uring") ? 1 : 0);
+        if (ra > rb * 1.05 || (ra >= rb * 0.95 && pa > pb))
+            res->best = i;
+    }
+    if (res->nrun == 0)
+        return mk_err(MK_E_UNSUPPORTED, "%s: nothing could be measured (%s)", f->path, res->note);
+    return MK_OK;
+}
