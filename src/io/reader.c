@@ -62,19 +62,22 @@ mk_status mk_reader_create(const mk_reader_opts *opts, mk_reader **out) {
     for (unsigned i = 0; i < o.bounce_slots; i++)
         r->free_slots[i] = o.bounce_slots - 1 - i;
     r->nfree = o.bounce_slots;
+    mk_status s;
     if (o.backend != MK_READER_PREAD) {
-        if (mk_rd_uring_init(r)) {
+        s = mk_rd_uring_init(r);
+        if (s == MK_OK) {
             *out = r;
             return MK_OK;
         }
-        if (o.backend == MK_READER_URING) {
-            mk_status s = mk_err(MK_E_UNSUPPORTED, "reader: io_uring is not available: %s", r->why);
+        if (s == MK_E_UNSUPPORTED && o.backend == MK_READER_URING)
+            s = mk_err(MK_E_UNSUPPORTED, "reader: io_uring is not available: %s", r->why);
+        if (s != MK_E_UNSUPPORTED || o.backend == MK_READER_URING) {
             mk_reader_destroy(r);
             return s;
         }
     }
     r->be = &mk_rd_pread;
-    mk_status s = mk_rd_pread_init(r);
+    s = mk_rd_pread_init(r);
     if (s != MK_OK) {
         r->be = NULL;
         mk_reader_destroy(r);

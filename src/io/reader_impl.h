@@ -105,8 +105,9 @@ struct mk_reader {
 extern const rd_backend mk_rd_pread;
 /* Start the pread pool's threads. */
 mk_status mk_rd_pread_init(mk_reader *r);
-/* Set up io_uring; false with r->why set when the kernel refuses it. */
-bool mk_rd_uring_init(mk_reader *r);
+/* Set up io_uring: MK_OK; MK_E_UNSUPPORTED with r->why set (no error
+ * message) when the kernel refuses it or liburing is missing; MK_E_NOMEM. */
+mk_status mk_rd_uring_init(mk_reader *r);
 
 /* Next op to issue, or NULL (lock held). Does not take it. */
 rd_op *mk_rd_peek(mk_reader *r);

@@ -183,29 +183,27 @@ static void ring_destroy(mk_reader *r) {
 
 static const rd_backend mk_rd_uring = {"io_uring", ring_kick, ring_progress, ring_destroy};
 
-bool mk_rd_uring_init(mk_reader *r) {
+mk_status mk_rd_uring_init(mk_reader *r) {
     ring *g = mk_calloc(1, sizeof *g);
-    if (!g) {
-        snprintf(r->why, sizeof r->why, "out of memory allocating the ring");
-        return false;
-    }
+    if (!g)
+        return mk_err(MK_E_NOMEM, "reader: out of memory allocating the io_uring state");
     int e = mk_os()->uring_init(r->o.queue_depth, &g->ring, 0);
     if (e < 0) {
         snprintf(r->why, sizeof r->why, "io_uring_queue_init(%u) refused: %s", r->o.queue_depth,
                  strerror(-e));
         free(g);
-        return false;
+        return MK_E_UNSUPPORTED;
     }
     r->bs = g;
     r->be = &mk_rd_uring;
-    return true;
+    return MK_OK;
 }
 
 #else
 
-bool mk_rd_uring_init(mk_reader *r) {
+mk_status mk_rd_uring_init(mk_reader *r) {
     snprintf(r->why, sizeof r->why, "built without liburing");
-    return false;
+    return MK_E_UNSUPPORTED;
 }
 
 #endif

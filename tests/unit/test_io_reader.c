@@ -16,7 +16,8 @@
  *     the right bytes; io_uring refused at setup falls back to pread (AUTO)
  *     or is an error (URING); a failed io_uring submission fails the
  *     requests, never reports them done; O_DIRECT refused by the file
- *     system falls back to buffered reads.
+ *     system falls back to buffered reads;
+ *   - every allocation failing in turn gives MK_E_NOMEM or success.
  * io_uring cases skip, saying why, where the kernel refuses a ring. */
 #include <errno.h>
 #include <fcntl.h>
@@ -25,6 +26,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "core/alloc.h"
 #include "io/os.h"
 #include "io/reader.h"
 #include "mk_test_util.h"
@@ -200,7 +202,7 @@ static int g_halve;           /* return partial counts */
  * than what was read is a partial count; a direct read keeps its aligned
  * length, so the real call is never refused for alignment). */
 static ssize_t f_pread(int fd, void *b, size_t n, off_t off) {
-    g_preads++;
+    __atomic_fetch_add(&g_preads, 1, __ATOMIC_RELAXED);
     if (g_bad_errno && (uint64_t)off <= g_bad_off && g_bad_off < (uint64_t)off + n) {
         errno = g_bad_errno;
         return -1;
@@ -219,7 +221,7 @@ static ssize_t f_pread(int fd, void *b, size_t n, off_t off) {
 
 static int f_uring_result(int fd, void *b, size_t n, off_t off, int res) {
     (void)fd, (void)b;
-    g_preads++;
+    __atomic_fetch_add(&g_preads, 1, __ATOMIC_RELAXED);
     if (res < 0)
         return res;
     if (g_bad_errno && (uint64_t)off <= g_bad_off && g_bad_off < (uint64_t)off + n)
@@ -474,6 +476,45 @@ static void t_bad_requests(void **s) {
     mk_reader_destroy(r);
 }
 
+/* Every allocation failing in turn (create, add_file, submit with bounce
+ * buffers, reporting): a clean MK_E_NOMEM or success, never a crash, and
+ * on success the right bytes. */
+static void t_alloc_faults(void **s) {
+    (void)s;
+    unsigned char d[3][5000];
+    const mk_reader_req q[3] = {{0, 10, 5000, d[0], 0, 0}, {0, 5010, 5000, d[1], 0, 1},
+                                {0, 700001, 5000, d[2], 0, 2}};
+    for (int be = 0; be < 2; be++) {
+        bool ok = false;
+        for (long n = 0; n < 1000 && !ok; n++) {
+            memset(d, 0, sizeof d);
+            mk_reader_opts o = {0};
+            o.backend = be ? MK_READER_AUTO : MK_READER_PREAD;
+            o.direct = true;
+            mk_reader *r = NULL;
+            uint32_t idx;
+            mk_alloc_fail_after(n);
+            mk_status st = mk_reader_create(&o, &r);
+            if (st == MK_OK)
+                st = mk_reader_add_file(r, g_path, &idx);
+            if (st == MK_OK)
+                st = mk_reader_submit(r, q, 3);
+            if (st == MK_OK)
+                st = mk_reader_wait_all(r);
+            mk_alloc_fail_after(-1);
+            if (st != MK_OK)
+                assert_int_equal(st, MK_E_NOMEM);
+            else
+                for (int t = 0; t < 3; t++)
+                    for (size_t k = 0; k < 5000; k++)
+                        assert_int_equal(d[t][k], byte_at(q[t].off + k));
+            ok = st == MK_OK;
+            mk_reader_destroy(r);
+        }
+        assert_true(ok);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_random_pread_buffered), cmocka_unit_test(t_random_pread_direct),
@@ -484,6 +525,7 @@ int main(void) {
         cmocka_unit_test(t_eof_pread),             cmocka_unit_test(t_eof_uring),
         cmocka_unit_test(t_uring_refused),         cmocka_unit_test(t_uring_submit_fails),
         cmocka_unit_test(t_direct_refused),        cmocka_unit_test(t_bad_requests),
+        cmocka_unit_test(t_alloc_faults),
     };
     return cmocka_run_group_tests(tests, setup_file, teardown_file);
 }
