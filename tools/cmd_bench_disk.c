@@ -17,8 +17,10 @@ static void help(FILE *f) {
     fprintf(f,
             "usage: moekit bench-disk PATH [--size N] [--direct|--buffered] [--qd N] [--block N]\n\n"
             "Measure the disk holding PATH the way the SSD expert store reads it: sequential reads (4 MiB\n"
-            "requests in order: the disk's roofline) and random reads of --block bytes at random 4 KiB-aligned\n"
-            "offsets (expert-sized reads), with --qd requests in flight, through io_uring and through the\n"
+            "requests in order: the disk's roofline) and random reads (a random quarter of the file's\n"
+            "--block-sized blocks, each once, in a random order: expert-sized reads, never the same bytes\n"
+            "twice so a buffered pass does not find them cached, and most neighbours unread, as most experts\n"
+            "are, so readahead is not credited), with --qd requests in flight, through io_uring and the\n"
             "pread thread pool, with O_DIRECT and buffered. Prints GB/s (1e9 bytes/s) for each and which\n"
             "combination it recommends (the best random-read rate; within 5%%, O_DIRECT and then io_uring).\n\n"
             "PATH is a directory: a temporary file of --size bytes is written there under a fresh name\n"
@@ -35,7 +37,8 @@ static void help(FILE *f) {
             "  --qd N       requests in flight (io_uring queue depth, pread threads), 1..256 (default 16)\n"
             "  --block N    random-read size, a multiple of 4096, e.g. 2400K (default 4M)\n"
             "  --seconds S  each pass stops after S seconds (default 10)\n\n"
-            "Memory: --qd x max(--block, 4M) bytes of read buffers plus the reader's bounce buffers (16 MiB).\n"
+            "Memory: --qd x max(--block, 4M) bytes of read buffers, 4 bytes per block of the random order, and\n"
+            "the reader's bounce buffers (16 MiB).\n"
             "Nothing the probe prints is a test: numbers belong in bench/RESULTS.md with the machine.\n");
 }
 

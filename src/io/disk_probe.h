@@ -19,11 +19,14 @@
  * virtual machine's host may still cache the disk: then even these
  * numbers are optimistic, which the probe cannot see.
  *
- * Each pass reads `size` bytes (sequential: max_read-sized requests in
- * order; random: `block`-sized requests at random aligned offsets) with
- * `qd` requests in flight, stopping early after `seconds`. Memory: qd x
- * max(block, 4 MiB) bytes of destination buffers plus the reader's
- * (reader.h). */
+ * A sequential pass reads the file in 4 MiB requests in order; a random
+ * pass reads a random quarter of its `block`-sized blocks, each once, in a
+ * random order (a buffered pass never re-reads cached bytes, and as with
+ * routed experts most neighbours of a block are not read, so readahead is
+ * not credited for bytes nobody wanted); `qd` requests in flight, a pass
+ * stops early after `seconds`. Memory: qd x max(block, 4 MiB)
+ * bytes of destination buffers, 4 bytes per block of the random order, and
+ * the reader's (reader.h). */
 #ifndef MK_IO_DISK_PROBE_H
 #define MK_IO_DISK_PROBE_H
 
