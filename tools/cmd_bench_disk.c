@@ -15,7 +15,8 @@
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: moekit bench-disk PATH [--size N] [--direct|--buffered] [--qd N] [--block N]\n\n"
+            "usage: moekit bench-disk PATH [--size N] [--direct|--buffered] [--qd N] [--block N]\n"
+            "                              [--seconds S] [--repeat N]\n\n"
             "Measure the disk holding PATH the way the SSD expert store reads it: sequential reads (4 MiB\n"
             "requests in order: the disk's roofline) and random reads (a random quarter of the file's\n"
             "--block-sized blocks, each once, in a random order: expert-sized reads, never the same bytes\n"
@@ -36,7 +37,9 @@ static void help(FILE *f) {
             "  --direct     O_DIRECT passes only        --buffered   buffered passes only\n"
             "  --qd N       requests in flight (io_uring queue depth, pread threads), 1..256 (default 16)\n"
             "  --block N    random-read size, a multiple of 4096, e.g. 2400K (default 4M)\n"
-            "  --seconds S  each pass stops after S seconds (default 10)\n\n"
+            "  --seconds S  each pass stops after S seconds (default 10)\n"
+            "  --repeat N   measure every combination N times in turn, print the median and the range\n"
+            "               (default 3, at most 16); the recommendation says when the ranges overlap\n\n"
             "Memory: --qd x max(--block, 4M) bytes of read buffers, 4 bytes per block of the random order, and\n"
             "the reader's bounce buffers (16 MiB).\n"
             "Nothing the probe prints is a test: numbers belong in bench/RESULTS.md with the machine.\n");
@@ -53,13 +56,14 @@ static void on_signal(int sig) {
     raise(sig);
 }
 
-enum { O_SIZE = 256, O_DIRECT_, O_BUFFERED, O_QD, O_BLOCK, O_SECONDS };
+enum { O_SIZE = 256, O_DIRECT_, O_BUFFERED, O_QD, O_BLOCK, O_SECONDS, O_REPEAT };
 
 static int cmd_bench_disk(int argc, char **argv) {
     static const struct option opts[] = {
         {"size", required_argument, 0, O_SIZE},   {"direct", no_argument, 0, O_DIRECT_},
         {"buffered", no_argument, 0, O_BUFFERED}, {"qd", required_argument, 0, O_QD},
         {"block", required_argument, 0, O_BLOCK}, {"seconds", required_argument, 0, O_SECONDS},
+        {"repeat", required_argument, 0, O_REPEAT},
         {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
     mk_disk_probe_opts o = {0};
     o.seed = 1;
@@ -94,6 +98,11 @@ static int cmd_bench_disk(int argc, char **argv) {
                 return rc;
             o.seconds = dv;
             break;
+        case O_REPEAT:
+            if ((rc = mk_flag_int("bench-disk", "--repeat", optarg, 1, MK_PROBE_MAX_REPEAT, &iv)) >= 0)
+                return rc;
+            o.repeat = (int)iv;
+            break;
         default: help(stderr); return 2;
         }
     }
@@ -121,14 +130,22 @@ static int cmd_bench_disk(int argc, char **argv) {
         size_t block = o.block ? o.block : (size_t)4 << 20;
         printf("file: %s (%s, %.2f GiB read per pass), queue depth %u\n", f.path,
                f.temp ? "temporary" : "existing, read only", (double)f.size / (1 << 30), o.qd ? o.qd : 16);
-        printf("%-9s %-9s %14s %22s\n", "backend", "mode", "sequential", "random");
+        printf("%-9s %-9s %-24s %s\n", "backend", "mode", "sequential GB/s", "random GB/s");
         char rh[64];
         snprintf(rh, sizeof rh, "%zu KiB reads", block >> 10);
-        printf("%-9s %-9s %14s %22s\n", "", "", "4 MiB reads", rh);
+        printf("%-9s %-9s %-24s %s\n", "", "", "4 MiB reads", rh);
         for (int i = 0; i < res.nrun; i++) {
             const mk_disk_probe_run *r = &res.run[i];
-            printf("%-9s %-9s %9.2f GB/s %17.2f GB/s%s\n", r->backend, r->direct ? "O_DIRECT" : "buffered",
-                   r->seq_gbps, r->rand_gbps, i == res.best ? "  <- recommended" : "");
+            char a[64], b[64];
+            if (r->repeats > 1) {
+                snprintf(a, sizeof a, "%.2f (%.2f-%.2f)", r->seq_gbps, r->seq_lo, r->seq_hi);
+                snprintf(b, sizeof b, "%.2f (%.2f-%.2f)", r->rand_gbps, r->rand_lo, r->rand_hi);
+            } else {
+                snprintf(a, sizeof a, "%.2f", r->seq_gbps);
+                snprintf(b, sizeof b, "%.2f", r->rand_gbps);
+            }
+            printf("%-9s %-9s %-24s %s%s\n", r->backend, r->direct ? "O_DIRECT" : "buffered", a, b,
+                   i == res.best ? "  <- recommended" : "");
         }
         if (res.note[0])
             printf("note: %s\n", res.note);
@@ -138,8 +155,9 @@ static int cmd_bench_disk(int argc, char **argv) {
                 best_seq = res.run[i].seq_gbps;
         const mk_disk_probe_run *b = &res.run[res.best];
         printf("recommend: %s %s, queue depth %u (random reads %.2f GB/s = %.2f of the best sequential "
-               "%.2f GB/s)\n", b->backend, b->direct ? "O_DIRECT" : "buffered", o.qd ? o.qd : 16, b->rand_gbps,
-               best_seq > 0 ? b->rand_gbps / best_seq : 0, best_seq);
+               "%.2f GB/s)%s\n", b->backend, b->direct ? "O_DIRECT" : "buffered", o.qd ? o.qd : 16, b->rand_gbps,
+               best_seq > 0 ? b->rand_gbps / best_seq : 0, best_seq,
+               res.within_noise ? "; within the run-to-run noise (ranges overlap): rerun on a quiet machine" : "");
     }
     g_tmp = NULL;
     mk_disk_probe_close(&f);

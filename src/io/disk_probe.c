@@ -33,6 +33,8 @@ static void defaults(const mk_disk_probe_opts *in, mk_disk_probe_opts *o) {
         o->block = (size_t)4 << 20;
     if (!(o->seconds > 0))
         o->seconds = 10;
+    if (o->repeat <= 0)
+        o->repeat = 3;
 }
 
 mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *oin, mk_disk_probe_file *f) {
@@ -221,8 +223,10 @@ static mk_status pass(mk_reader *r, const mk_disk_probe_file *f, const mk_disk_p
     return first;
 }
 
+/* One configuration, one repeat: a sequential and a random pass. */
 static mk_status measure_one(const mk_disk_probe_file *f, const mk_disk_probe_opts *o, mk_reader_backend be,
-                             bool direct, unsigned char *bufs, mk_disk_probe_run *run, char *note, size_t nn) {
+                             bool direct, unsigned char *bufs, mk_disk_probe_run *run, int rep, char *note,
+                             size_t nn) {
     mk_reader_opts ro = {0};
     ro.backend = be;
     ro.direct = direct;
@@ -241,17 +245,39 @@ static mk_status measure_one(const mk_disk_probe_file *f, const mk_disk_probe_op
     run->direct = mk_reader_file_direct(r, idx);
     if (direct && !run->direct) {
         size_t l = strlen(note);
-        snprintf(note + l, nn - l, "%sO_DIRECT refused by this file system: not measured", l ? "; " : "");
+        if (!strstr(note, "O_DIRECT refused"))
+            snprintf(note + l, nn - l, "%sO_DIRECT refused by this file system: not measured", l ? "; " : "");
         mk_reader_destroy(r);
         return MK_E_UNSUPPORTED;
     }
-    s = pass(r, f, o, false, bufs, PROBE_SEQ_REQ, &run->seq_bytes, &run->seq_s);
+    uint64_t sb = 0, rb = 0;
+    double ss = 0, rs = 0;
+    mk_disk_probe_opts oo = *o;
+    oo.seed = o->seed + (uint64_t)rep; /* another random order each repeat */
+    s = pass(r, f, &oo, false, bufs, PROBE_SEQ_REQ, &sb, &ss);
     if (s == MK_OK)
-        s = pass(r, f, o, true, bufs, o->block, &run->rand_bytes, &run->rand_s);
+        s = pass(r, f, &oo, true, bufs, o->block, &rb, &rs);
     mk_reader_destroy(r);
-    run->seq_gbps = run->seq_s > 0 ? (double)run->seq_bytes / run->seq_s / 1e9 : 0;
-    run->rand_gbps = run->rand_s > 0 ? (double)run->rand_bytes / run->rand_s / 1e9 : 0;
+    run->seq[rep] = ss > 0 ? (double)sb / ss / 1e9 : 0;
+    run->rand[rep] = rs > 0 ? (double)rb / rs / 1e9 : 0;
+    run->seq_bytes += sb;
+    run->rand_bytes += rb;
     return s;
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+/* Median, least and greatest of n samples. */
+static void stats(const double *v, int n, double *med, double *lo, double *hi) {
+    double t[MK_PROBE_MAX_REPEAT];
+    memcpy(t, v, (size_t)n * sizeof *t);
+    qsort(t, (size_t)n, sizeof *t, cmp_d);
+    *med = n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+    *lo = t[0];
+    *hi = t[n - 1];
 }
 
 mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe_opts *oin,
@@ -260,6 +286,8 @@ mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe
     defaults(oin, &o);
     memset(res, 0, sizeof *res);
     res->best = -1;
+    if (o.repeat > MK_PROBE_MAX_REPEAT)
+        return mk_err(MK_E_ARG, "bench-disk: %d repeats (at most %d)", o.repeat, MK_PROBE_MAX_REPEAT);
     if (f->size < 2 * (uint64_t)o.block || f->size < PROBE_SEQ_REQ)
         return mk_err(MK_E_ARG, "%s: %llu bytes to read is less than two %zu-byte blocks", f->path,
                       (unsigned long long)f->size, o.block);
@@ -274,39 +302,60 @@ mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe
         mk_reader_opts ro = {0};
         ro.backend = MK_READER_URING;
         ro.queue_depth = o.qd;
-        if (mk_reader_create(&ro, &r) != MK_OK) {
+        mk_status s = mk_reader_create(&ro, &r);
+        if (s == MK_E_NOMEM) {
+            free(bufs);
+            return s;
+        }
+        if (s != MK_OK) {
             uring = false;
             snprintf(res->note, sizeof res->note, "%s: not measured", mk_err_msg());
         } else {
             mk_reader_destroy(r);
         }
     }
-    mk_status s = MK_OK;
-    for (int b = 0; b < 2 && s == MK_OK; b++) {
-        if (b == 0 && !uring)
-            continue;
-        for (int d = 0; d < 2 && s == MK_OK; d++) {
-            bool direct = d == 0;
-            if (!(o.modes & (direct ? MK_PROBE_DIRECT : MK_PROBE_BUFFERED)))
-                continue;
-            mk_disk_probe_run *run = &res->run[res->nrun];
-            s = measure_one(f, &o, b == 0 ? MK_READER_URING : MK_READER_PREAD, direct, bufs, run, res->note,
-                            sizeof res->note);
-            if (s == MK_E_UNSUPPORTED) { /* O_DIRECT refused: said in the note */
-                s = MK_OK;
-                continue;
+    /* the configurations, each measured once per repeat, repeats outermost
+     * so a change of load on a shared machine hits every one alike */
+    mk_reader_backend cbe[MK_PROBE_MAX_RUNS];
+    bool cdir[MK_PROBE_MAX_RUNS], refused[MK_PROBE_MAX_RUNS] = {false};
+    int nc = 0;
+    for (int b = 0; b < 2; b++)
+        for (int d = 0; d < 2; d++)
+            if ((b || uring) && (o.modes & (d == 0 ? MK_PROBE_DIRECT : MK_PROBE_BUFFERED))) {
+                cbe[nc] = b == 0 ? MK_READER_URING : MK_READER_PREAD;
+                cdir[nc++] = d == 0;
             }
-            if (s == MK_OK)
-                res->nrun++;
+    mk_disk_probe_run runs[MK_PROBE_MAX_RUNS];
+    memset(runs, 0, sizeof runs);
+    mk_status s = MK_OK;
+    for (int rep = 0; rep < o.repeat && s == MK_OK; rep++)
+        for (int c = 0; c < nc && s == MK_OK; c++) {
+            if (refused[c])
+                continue;
+            s = measure_one(f, &o, cbe[c], cdir[c], bufs, &runs[c], rep, res->note, sizeof res->note);
+            if (s == MK_E_UNSUPPORTED) { /* O_DIRECT refused: said in the note */
+                refused[c] = true;
+                s = MK_OK;
+            }
         }
-    }
     free(bufs);
     if (s != MK_OK)
         return s;
-    /* Expert reads are random: the best random-read rate wins; within 5%
-     * O_DIRECT (the expert cache is then the only copy, counted in the
-     * memory budget; buffered reads also fill the page cache) and then
-     * io_uring (no threads) are preferred. */
+    for (int c = 0; c < nc; c++) {
+        if (refused[c])
+            continue;
+        mk_disk_probe_run *run = &res->run[res->nrun++];
+        *run = runs[c];
+        run->repeats = o.repeat;
+        stats(run->seq, o.repeat, &run->seq_gbps, &run->seq_lo, &run->seq_hi);
+        stats(run->rand, o.repeat, &run->rand_gbps, &run->rand_lo, &run->rand_hi);
+    }
+    if (res->nrun == 0)
+        return mk_err(MK_E_UNSUPPORTED, "%s: nothing could be measured (%s)", f->path, res->note);
+    /* Expert reads are random: the best median random-read rate wins;
+     * within 5% O_DIRECT (the expert cache is then the only copy, counted
+     * in the memory budget; buffered reads also fill the page cache) and
+     * then io_uring (no threads) are preferred. */
     for (int i = 0; i < res->nrun; i++) {
         if (res->best < 0) {
             res->best = i;
@@ -319,7 +368,10 @@ mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe
         if (ra > rb * 1.05 || (ra >= rb * 0.95 && pa > pb))
             res->best = i;
     }
-    if (res->nrun == 0)
-        return mk_err(MK_E_UNSUPPORTED, "%s: nothing could be measured (%s)", f->path, res->note);
+    /* The choice is noise when another configuration's best repeat beats
+     * the chosen one's worst. */
+    for (int i = 0; i < res->nrun; i++)
+        if (i != res->best && res->run[i].rand_hi > res->run[res->best].rand_lo)
+            res->within_noise = true;
     return MK_OK;
 }

@@ -42,6 +42,7 @@ typedef struct mk_disk_probe_opts {
     unsigned qd;    /* requests in flight; 0 = 16 */
     size_t block;   /* random-read size, a multiple of 4096; 0 = 4 MiB */
     double seconds; /* per pass at most; 0 = 10 */
+    int repeat;     /* passes per configuration, median reported; 0 = 3, at most MK_PROBE_MAX_REPEAT */
     uint64_t seed;  /* random offsets */
 } mk_disk_probe_opts;
 
@@ -55,19 +56,23 @@ typedef struct mk_disk_probe_file {
 } mk_disk_probe_file;
 
 #define MK_PROBE_MAX_RUNS 4
+#define MK_PROBE_MAX_REPEAT 16
 
 typedef struct mk_disk_probe_run {
     const char *backend; /* "io_uring" or "pread" */
     bool direct;         /* read with O_DIRECT */
-    double seq_gbps, rand_gbps; /* 1e9 bytes per second */
-    uint64_t seq_bytes, rand_bytes;
-    double seq_s, rand_s;
+    int repeats;
+    double seq_gbps, rand_gbps; /* medians over the repeats, 1e9 bytes per second */
+    double seq_lo, seq_hi, rand_lo, rand_hi; /* least and greatest repeat */
+    double seq[MK_PROBE_MAX_REPEAT], rand[MK_PROBE_MAX_REPEAT]; /* each repeat */
+    uint64_t seq_bytes, rand_bytes; /* read in all repeats */
 } mk_disk_probe_run;
 
 typedef struct mk_disk_probe_result {
     mk_disk_probe_run run[MK_PROBE_MAX_RUNS];
     int nrun;
     int best;              /* the recommended run (index) */
+    bool within_noise;     /* another run's best repeat beat the recommended one's worst */
     char note[512];        /* what was not measured and why (io_uring refused, O_DIRECT refused) */
 } mk_disk_probe_result;
 
@@ -78,7 +83,8 @@ typedef struct mk_disk_probe_result {
 mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *o, mk_disk_probe_file *f);
 /* Fill the temporary file (no-op for an existing file), fsync it. */
 mk_status mk_disk_probe_fill(mk_disk_probe_file *f);
-/* The passes: each available backend x each mode asked for. */
+/* The passes: each available backend x each mode asked for, `repeat`
+ * times (all configurations in turn, then again). */
 mk_status mk_disk_probe_measure(const mk_disk_probe_file *f, const mk_disk_probe_opts *o,
                                 mk_disk_probe_result *res);
 /* Remove the temporary file (if any) and free f. */

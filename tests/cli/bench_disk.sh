@@ -19,17 +19,19 @@ expect 2 "neither a directory nor a regular file" "$BIN" bench-disk /dev/null
 expect 2 "multiple of 4096" "$BIN" bench-disk "$T" --block 5000
 expect 2 "at least 67108864" "$BIN" bench-disk "$T" --size 1M
 expect 2 "exactly one PATH" "$BIN" bench-disk
+expect 2 "--repeat wants an integer from 1 to 16" "$BIN" bench-disk "$T" --repeat 17
 expect 2 "bytes free" "$BIN" bench-disk "$T" --size 100000G
 echo "ok: usage and bad-input errors"
 
 mkdir "$T/d"
-"$BIN" bench-disk "$T/d" --size 64M --qd 4 --block 1M --seconds 0.5 > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "run failed"; }
+"$BIN" bench-disk "$T/d" --size 64M --qd 4 --block 1M --seconds 0.5 --repeat 2 > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "run failed"; }
 grep -q "^recommend: " "$T/out" || fail "no recommendation"
-grep -Eq "^pread +(O_DIRECT|buffered) +[0-9.]+ GB/s +[0-9.]+ GB/s" "$T/out" || { cat "$T/out"; fail "no pread row"; }
-rows=$(grep -Ec "GB/s +[0-9.]+ GB/s" "$T/out")
+grep -Eq "^pread +(O_DIRECT|buffered) +[0-9.]+ \([0-9.]+-[0-9.]+\) +[0-9.]+ \([0-9.]+-[0-9.]+\)" "$T/out" ||
+    { cat "$T/out"; fail "no pread row with median and range"; }
+rows=$(grep -Ec "^(io_uring|pread) +(O_DIRECT|buffered) +[0-9.]+" "$T/out")
 [ "$rows" -ge 2 ] || { cat "$T/out"; fail "expected direct and buffered rows, got $rows"; }
 [ -z "$(ls -A "$T/d")" ] || fail "temporary file left behind: $(ls -A "$T/d")"
-"$BIN" bench-disk "$T/d" --size 64M --buffered --qd 2 --seconds 0.2 > "$T/out" 2> "$T/err"
+"$BIN" bench-disk "$T/d" --size 64M --buffered --qd 2 --seconds 0.2 --repeat 1 > "$T/out" 2> "$T/err"
 grep -q "O_DIRECT" "$T/out" && fail "--buffered still ran O_DIRECT"
 echo "ok: a run prints its rows and cleans up"
 
@@ -47,7 +49,7 @@ echo "ok: SIGINT removes the temporary file"
 head -c 64M /dev/urandom > "$T/big"
 sum=$(cksum < "$T/big"); mt=$(stat -c %Y "$T/big")
 touch -d '2020-01-01' "$T/big"; mt=$(stat -c %Y "$T/big")
-"$BIN" bench-disk "$T/big" --qd 2 --seconds 0.2 > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "file run failed"; }
+"$BIN" bench-disk "$T/big" --qd 2 --seconds 0.2 --repeat 1 > "$T/out" 2> "$T/err" || { cat "$T/err"; fail "file run failed"; }
 grep -q "existing, read only" "$T/out" || fail "not reported as an existing file"
 [ "$(cksum < "$T/big")" = "$sum" ] && [ "$(stat -c %Y "$T/big")" = "$mt" ] || fail "the existing file changed"
 [ "$(ls -A "$T" | grep -c moekit-bench-disk || true)" -eq 0 ] || fail "temporary file next to the existing one"
