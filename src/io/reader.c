@@ -18,6 +18,7 @@
 #define RD_DEF_SLOTS 4u
 #define RD_DEF_MAX_READ ((size_t)4 << 20)
 #define RD_DEF_ALIGN ((size_t)4096)
+#define RD_DEF_MERGE_MAX ((size_t)64 << 10)
 
 static size_t align_down(uint64_t x, size_t a) { return (size_t)(x & ~(uint64_t)(a - 1)); }
 static uint64_t align_up(uint64_t x, size_t a) { return (x + a - 1) & ~(uint64_t)(a - 1); }
@@ -35,6 +36,8 @@ mk_status mk_reader_create(const mk_reader_opts *opts, mk_reader **out) {
         o.align = RD_DEF_ALIGN;
     if (!o.max_read)
         o.max_read = RD_DEF_MAX_READ;
+    if (!o.merge_max)
+        o.merge_max = RD_DEF_MERGE_MAX;
     if (o.align < 512 || (o.align & (o.align - 1)))
         return mk_err(MK_E_ARG, "reader: alignment %zu is not a power of two >= 512", o.align);
     if (o.max_read % o.align || o.max_read > ((size_t)1 << 30))
@@ -200,6 +203,13 @@ static bool zero_copy(const mk_reader *r, const mk_reader_req *q) {
     return (uintptr_t)q->dst % a == 0 && q->off % a == 0 && cap >= align_up(q->len, a);
 }
 
+/* Read alone, never merged: a request that can go straight into its
+ * buffer and is longer than merge_max is an efficient read by itself, and
+ * merging it would only add a copy through a bounce buffer. */
+static bool solo(const mk_reader *r, const mk_reader_req *q) {
+    return q->len > r->o.merge_max && zero_copy(r, q);
+}
+
 /* Counting pass (out == NULL) and filling pass of the plan: the same walk
  * twice, so the batch is one allocation of exactly the right size. */
 typedef struct plan_out {
@@ -259,12 +269,13 @@ static void plan(mk_reader *r, const mk_reader_req *in, const uint32_t *ord, siz
             continue;
         }
         /* a group: this request and the following ones of the same file
-         * whose spans touch it (within merge_gap), up to max_read */
+         * whose spans touch it (within merge_gap), up to max_read; a
+         * request that is read alone: see solo() */
         uint64_t gs = align_down(q->off, a), ge = align_up(q->off + q->len, a), need_end = q->off + q->len;
         size_t j = i + 1;
-        while (j < n) {
+        while (j < n && !solo(r, q)) {
             const mk_reader_req *x = &in[ord[j]];
-            if (x->file != q->file || x->len > M)
+            if (x->file != q->file || x->len > M || solo(r, x))
                 break;
             uint64_t xs = align_down(x->off, a), xe = align_up(x->off + x->len, a);
             if (x->len && xs > ge + r->o.merge_gap)

@@ -28,8 +28,12 @@
  * Merging. After sorting, requests of the same file whose read spans (the
  * aligned spans for direct files) are at most opts.merge_gap bytes apart
  * are read with one request into a bounce buffer, as long as the merged
- * span stays within opts.max_read; a request longer than max_read is split
- * into max_read pieces (no merging), each its own read.
+ * span stays within opts.max_read. Merging is for small neighbours (the
+ * weight, scales and biases of one expert in an unpacked checkpoint): a
+ * request longer than opts.merge_max that can be read straight into its
+ * buffer is read alone (merging would add a copy, not save a read worth
+ * having), and a request longer than max_read is split into max_read
+ * pieces, each its own read.
  *
  * Errors. A failed read (any errno but EINTR/EAGAIN, which are retried) or
  * a read that ends before the request's last byte (end of file: a short
@@ -77,6 +81,8 @@ typedef struct mk_reader_opts {
     size_t max_read;       /* largest single read; multiple of align; 0 = 4 MiB */
     size_t merge_gap;      /* merge spans at most this far apart (bytes read and dropped); default 0:
                               only touching or overlapping spans */
+    size_t merge_max;      /* requests longer than this are not merged when they can be read
+                              straight into their buffer; 0 = 64 KiB */
     size_t align;          /* O_DIRECT alignment, power of two >= 512; 0 = 4096 */
 } mk_reader_opts;
 

@@ -248,7 +248,10 @@ static void disarm(void) {
     g_bad_errno = g_eof_from = g_halve = 0;
 }
 
-/* Reads counted per backend: pread calls, or io_uring results. */
+/* Reads counted per backend: pread calls, or io_uring results. Modes:
+ * 0 adjacent small requests, one read; 1 a 100-byte gap, merge_gap 0: one
+ * read each; 2 the same with merge_gap 128: one read; then large adjacent
+ * requests that can be read straight into their buffers are read alone. */
 static void merging(mk_reader_backend be) {
     for (int mode = 0; mode < 3; mode++) {
         mk_reader_opts o = {0};
@@ -273,6 +276,26 @@ static void merging(mk_reader_backend be) {
             assert_int_equal(reads, 8);
         else
             assert_int_equal(reads, 1);
+        mk_reader_destroy(r);
+    }
+    for (int direct = 0; direct < 2; direct++) {
+        mk_reader *r = open_reader(be, direct, NULL);
+        size_t A = mk_reader_align(r), L = 32 * A; /* 128 KiB: above merge_max (64 KiB) */
+        unsigned char *big = aligned_alloc(A, 3 * L);
+        /* [0], [1] adjacent and aligned: alone; [2] right after [1], unaligned end (direct: not
+         * zero copy, so it may merge with nothing solo either) */
+        const mk_reader_req q[3] = {{0, 8 * A, L, big, 0, 0}, {0, 8 * A + L, L, big + L, 0, 1},
+                                    {0, 8 * A + 2 * L, 1000, big + 2 * L, 0, 2}};
+        arm(0, 0, 0, 0);
+        assert_int_equal(mk_reader_submit(r, q, 3), MK_OK);
+        assert_int_equal(mk_reader_wait_all(r), MK_OK);
+        int reads = g_preads;
+        disarm();
+        assert_int_equal(reads, 3);
+        for (int i = 0; i < 3; i++)
+            for (size_t k = 0; k < q[i].len; k++)
+                assert_int_equal(((unsigned char *)q[i].dst)[k], byte_at(q[i].off + k));
+        free(big);
         mk_reader_destroy(r);
     }
 }
