@@ -55,8 +55,11 @@
  *
  * Threads. One thread uses a reader (submit, next, wait_all); the pread
  * backend's workers are internal. The io_uring backend makes progress
- * inside mk_reader_submit / mk_reader_next / mk_reader_wait_all (the
- * kernel reads in between). */
+ * inside mk_reader_submit / mk_reader_next / mk_reader_wait_all: the kernel
+ * reads in between, but a read beyond the first queue_depth is only issued
+ * at the next call, so a caller that computes between calls keeps the
+ * disk busy with a queue_depth of at least one batch's reads (or polls
+ * with mk_reader_next(wait = false)). */
 #ifndef MK_IO_READER_H
 #define MK_IO_READER_H
 

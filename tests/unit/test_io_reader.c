@@ -7,8 +7,9 @@
  *     right bytes, every tag reported exactly once, and nothing written
  *     past a request's buffer;
  *   - merging: adjacent ranges are one read, ranges a gap apart are one
- *     read only when merge_gap covers the gap (reads counted through the
- *     syscall table);
+ *     read only when merge_gap covers the gap, large ranges that can be
+ *     read straight into their buffers are read alone (reads counted
+ *     through the syscall table);
  *   - faults through the syscall table: EIO on one range fails exactly the
  *     requests it covers (the message names the file, offset and length),
  *     a read that ends early (injected end of file, or a real request past
