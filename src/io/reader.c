@@ -272,13 +272,17 @@ static void plan(mk_reader *r, const mk_reader_req *in, const uint32_t *ord, siz
          * whose spans touch it (within merge_gap), up to max_read; a
          * request that is read alone: see solo() */
         uint64_t gs = align_down(q->off, a), ge = align_up(q->off + q->len, a), need_end = q->off + q->len;
-        size_t j = i + 1;
+        size_t j = i + 1, members = 1;
         while (j < n && !solo(r, q)) {
             const mk_reader_req *x = &in[ord[j]];
             if (x->file != q->file || x->len > M || solo(r, x))
                 break;
+            if (x->len == 0) { /* nothing to read: must not stretch the span */
+                j++;
+                continue;
+            }
             uint64_t xs = align_down(x->off, a), xe = align_up(x->off + x->len, a);
-            if (x->len && xs > ge + r->o.merge_gap)
+            if (xs > ge + r->o.merge_gap)
                 break;
             uint64_t ne = xe > ge ? xe : ge;
             if (ne - gs > M)
@@ -287,10 +291,11 @@ static void plan(mk_reader *r, const mk_reader_req *in, const uint32_t *ord, siz
             if (x->off + x->len > need_end)
                 need_end = x->off + x->len;
             j++;
+            members++;
         }
         rd_op *op;
         size_t np0 = p->npieces;
-        if (j == i + 1 && zero_copy(r, q)) {
+        if (members == 1 && zero_copy(r, q)) {
             op = emit_op(p, q->file, q->off, (size_t)align_up(q->len, a), q->len, q->dst);
             emit_piece(p, ord[i], 0, 0, q->len);
         } else {

@@ -194,6 +194,7 @@ static void t_random_uring_direct(void **s) { (void)s; random_batches(MK_READER_
 /* ---- fault injection through the syscall table ---------------------------- */
 
 static int g_preads;          /* pread calls seen */
+static uint64_t g_asked;      /* bytes those calls asked for */
 static uint64_t g_bad_off;    /* reads covering this offset fail ... */
 static int g_bad_errno;       /* ... with this errno, or 0: */
 static int g_eof_from;        /* reads starting at >= g_bad_off see end of file */
@@ -204,6 +205,7 @@ static int g_halve;           /* return partial counts */
  * length, so the real call is never refused for alignment). */
 static ssize_t f_pread(int fd, void *b, size_t n, off_t off) {
     __atomic_fetch_add(&g_preads, 1, __ATOMIC_RELAXED);
+    __atomic_fetch_add(&g_asked, (uint64_t)n, __ATOMIC_RELAXED);
     if (g_bad_errno && (uint64_t)off <= g_bad_off && g_bad_off < (uint64_t)off + n) {
         errno = g_bad_errno;
         return -1;
@@ -236,6 +238,7 @@ static int f_uring_result(int fd, void *b, size_t n, off_t off, int res) {
 
 static void arm(int err, uint64_t off, int eof, int halve) {
     g_preads = 0;
+    g_asked = 0;
     g_bad_errno = err;
     g_bad_off = off;
     g_eof_from = eof;
@@ -299,6 +302,27 @@ static void merging(mk_reader_backend be) {
         free(big);
         mk_reader_destroy(r);
     }
+}
+
+/* A zero-length request beside a real one neither stretches its read nor
+ * costs it the straight-into-the-buffer path (the read asks for exactly
+ * the request's bytes). */
+static void t_merge_zero_len(void **s) {
+    (void)s;
+    mk_reader *r = open_reader(MK_READER_PREAD, false, NULL);
+    unsigned char d[100];
+    const mk_reader_req q[2] = {{0, 5000, 100, d, 0, 0}, {0, 1u << 20, 0, d, 0, 1}};
+    arm(0, 0, 0, 0);
+    assert_int_equal(mk_reader_submit(r, q, 2), MK_OK);
+    assert_int_equal(mk_reader_wait_all(r), MK_OK);
+    uint64_t asked = g_asked;
+    int reads = g_preads;
+    disarm();
+    assert_int_equal(reads, 1);
+    assert_int_equal(asked, 100);
+    for (int k = 0; k < 100; k++)
+        assert_int_equal(d[k], byte_at(5000u + (unsigned)k));
+    mk_reader_destroy(r);
 }
 
 static void t_merge_pread(void **s) { (void)s; merging(MK_READER_PREAD); }
@@ -544,6 +568,7 @@ int main(void) {
         cmocka_unit_test(t_random_pread_buffered), cmocka_unit_test(t_random_pread_direct),
         cmocka_unit_test(t_random_uring_buffered), cmocka_unit_test(t_random_uring_direct),
         cmocka_unit_test(t_merge_pread),           cmocka_unit_test(t_merge_uring),
+        cmocka_unit_test(t_merge_zero_len),
         cmocka_unit_test(t_faults_pread_buffered), cmocka_unit_test(t_faults_pread_direct),
         cmocka_unit_test(t_faults_uring_buffered), cmocka_unit_test(t_faults_uring_direct),
         cmocka_unit_test(t_eof_pread),             cmocka_unit_test(t_eof_uring),
