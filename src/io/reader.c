@@ -341,7 +341,10 @@ mk_status mk_reader_submit(mk_reader *r, const mk_reader_req *reqs, size_t n) {
                           r->files[q->file].path, (unsigned long long)q->off);
         if (q->cap && q->cap < q->len)
             return mk_err(MK_E_ARG, "reader: request %zu: buffer of %zu bytes for %zu", i, q->cap, q->len);
-        if ((uint64_t)q->len > INT64_MAX / 2 || q->off > INT64_MAX - (uint64_t)q->len - 2 * r->o.align)
+        if (q->len / r->o.max_read >= ((size_t)1 << 24)) /* 64 TiB at the default max_read */
+            return mk_err(MK_E_ARG, "reader: request %zu (%s at offset %llu) of %zu bytes is larger than any "
+                          "buffer", i, r->files[q->file].path, (unsigned long long)q->off, q->len);
+        if (q->off > INT64_MAX - (uint64_t)q->len - 2 * r->o.align)
             return mk_err(MK_E_ARG, "reader: request %zu (%s): offset %llu + %zu overflows", i,
                           r->files[q->file].path, (unsigned long long)q->off, q->len);
     }

@@ -519,6 +519,9 @@ static void t_bad_requests(void **s) {
     assert_int_equal(mk_reader_submit(r, q, 2), MK_E_ARG);
     q[1] = (mk_reader_req){0, 4096, SIZE_MAX, d, 0, 1};
     assert_int_equal(mk_reader_submit(r, q, 2), MK_E_ARG);
+    q[1] = (mk_reader_req){0, 4096, (size_t)1 << 50, d, 0, 1}; /* 2^28 reads to plan */
+    assert_int_equal(mk_reader_submit(r, q, 2), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "larger than any buffer"));
     assert_int_equal(mk_reader_pending(r), 0);
     uint32_t idx;
     assert_int_equal(mk_reader_add_file(r, "/nonexistent/moekit-reader", &idx), MK_E_NOTFOUND);
