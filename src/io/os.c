@@ -13,6 +13,9 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
+#ifdef MK_HAVE_URING
+#include <liburing.h>
+#endif
 
 static int real_rename(const char *a, const char *b) { return rename(a, b); }
 static int real_open(const char *p, int flags, mode_t mode) { return open(p, flags, mode); }
@@ -20,10 +23,31 @@ static ssize_t real_cfr(int fi, off_t *oi, int fo, off_t *oo, size_t n, unsigned
     return copy_file_range(fi, oi, fo, oo, n, fl);
 }
 
-static const mk_os_vtbl g_real = {pread, pwrite, fsync, real_rename, real_open, mmap,
-                                  ftruncate, real_cfr, unlink};
-static mk_os_vtbl g_cur = {pread, pwrite, fsync, real_rename, real_open, mmap,
-                           ftruncate, real_cfr, unlink};
+#ifdef MK_HAVE_URING
+static int real_uring_init(unsigned entries, void *ring, unsigned flags) {
+    return io_uring_queue_init(entries, ring, flags);
+}
+static int real_uring_submit(void *ring) { return io_uring_submit(ring); }
+#else
+static int real_uring_init(unsigned entries, void *ring, unsigned flags) {
+    (void)entries, (void)ring, (void)flags;
+    return -ENOSYS;
+}
+static int real_uring_submit(void *ring) {
+    (void)ring;
+    return -ENOSYS;
+}
+#endif
+static int real_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
+    (void)fd, (void)buf, (void)n, (void)off;
+    return res;
+}
+
+#define MK_OS_REAL                                                                         \
+    {pread, pwrite, fsync, real_rename, real_open, mmap, ftruncate, real_cfr, unlink,       \
+     real_uring_init, real_uring_submit, real_uring_result}
+static const mk_os_vtbl g_real = MK_OS_REAL;
+static mk_os_vtbl g_cur = MK_OS_REAL;
 static const mk_os_vtbl *g_os = &g_cur;
 
 /* Overrides are installed by tests between runs, never while a run is in
@@ -42,6 +66,9 @@ void mk_os_override(const mk_os_vtbl *v) {
     MK_OS_TAKE(ftruncate);
     MK_OS_TAKE(copy_file_range);
     MK_OS_TAKE(unlink);
+    MK_OS_TAKE(uring_init);
+    MK_OS_TAKE(uring_submit);
+    MK_OS_TAKE(uring_result);
 #undef MK_OS_TAKE
 }
 

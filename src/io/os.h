@@ -28,6 +28,15 @@ typedef struct mk_os_vtbl {
     ssize_t (*copy_file_range)(int fd_in, off_t *off_in, int fd_out, off_t *off_out, size_t len,
                                unsigned flags);
     int (*unlink)(const char *path);
+    /* io_uring (src/io/reader_uring.c), liburing's conventions: 0 or a
+     * count on success, -errno on failure; ring is a struct io_uring *.
+     * Without liburing the real slots answer -ENOSYS. */
+    int (*uring_init)(unsigned entries, void *ring, unsigned flags); /* io_uring_queue_init */
+    int (*uring_submit)(void *ring);                                  /* io_uring_submit */
+    /* Not a call but a fault point: the result the kernel gave (cqe->res)
+     * for a read of n bytes at off into buf; the real one returns res, a
+     * test may turn it into -EIO or a shorter count. */
+    int (*uring_result)(int fd, void *buf, size_t n, off_t off, int res);
 } mk_os_vtbl;
 
 /* Replace the table (NULL restores the real one). Test-only. */
