@@ -1,0 +1,127 @@
+/* A stored module: what one quantized (or plain) weight of a checkpoint is,
+ * and where its bytes lie in the files.
+ *
+ * A weight is stored as one or more tensors, its parts (FORMATS.md 2-5):
+ *   float      MK_SM_FLOAT  W.weight F32/BF16/F16
+ *   FP8 block  MK_SM_FP8    W.weight F8_E4M3/E5M2 + W.weight_scale_inv grid
+ *   MLX        MK_SM_MLX    W.weight U32 + W.scales (+ W.biases): affine,
+ *                           mxfp4, mxfp8 or nvfp4 by the config's mode
+ *   INT4 (CT)  MK_SM_CT     W.weight_packed I32 + W.weight_scale
+ *                           (+ W.weight_zero_point; W.weight_shape checked)
+ * Its parts are named by the one companion-suffix table (mk_qview_suffix).
+ * An mk_smod holds the parts, the kind, the logical shape (E stacked
+ * experts of R x cols, or one R x cols matrix) and the quantization
+ * parameters (an mk_wt without pointers). Every check a reader of the
+ * weight relies on is made when it is opened, with a message naming the
+ * tensor, what it has and what was expected.
+ *
+ * mk_smod_slice turns "expert e, rows [row0, row0+rows)" (a whole matrix, an
+ * expert of a stacked tensor, the gate or up half of a fused gate_up_proj)
+ * into byte ranges (shard, file offset, length), one per part, from headers
+ * alone: a streaming expert store reads them with pread/io_uring, the
+ * resident loader adds them to its mapping (mk_smod_view). The two agree by
+ * construction and tests/unit/test_format_module.c proves it on every
+ * layout. */
+#ifndef MOEKIT_MODULE_H
+#define MOEKIT_MODULE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/config.h"
+#include "moekit/st.h"
+#include "moekit/weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_smod_kind {
+    MK_SM_FLOAT = 0, /* one F32/BF16/F16 tensor */
+    MK_SM_FP8,       /* F8 weight + block scale_inv grid */
+    MK_SM_MLX,       /* U32 packed weight + scales (+ biases) */
+    MK_SM_CT,        /* compressed-tensors INT4 weight_packed + weight_scale (+ zero point) */
+    MK_SM_RAW,       /* one tensor of any other dtype (mk_smod_infer only): bytes, no weight view */
+} mk_smod_kind;
+
+/* Roles of a module's parts (index into mk_smod.part / mk_sslice.part). */
+enum {
+    MK_SP_WEIGHT = 0, /* the stored data (packed for MLX / CT) */
+    MK_SP_SCALES,     /* FP8 scale_inv, MLX scales, CT weight_scale */
+    MK_SP_BIASES,     /* MLX affine biases */
+    MK_SP_ZP,         /* CT zero points (asymmetric) */
+    MK_SP_N
+};
+
+typedef struct mk_smod {
+    char mod[512];  /* module path: the name without ".weight" (config lookups, messages) */
+    char name[520]; /* the logical weight's name (mod.weight, a fused tensor, or a plain name) */
+    mk_smod_kind kind;
+    const mk_tensor_info *part[MK_SP_N]; /* NULL where the kind has no such part */
+    int64_t E;    /* experts stacked in the leading dim; 0: the tensor is one matrix */
+    int64_t R;    /* rows of one matrix (per expert) */
+    int64_t cols; /* logical in-features */
+    int ndim;     /* logical shape (dequantized): [E,] R, cols, or a plain tensor's own */
+    int64_t shape[MK_MAX_DIMS];
+    mk_wt q;      /* fmt, bits, group, sdtype, block_r/c, global_scale; no pointers, rows/cols 0 */
+    bool ct_symmetric; /* CT: no zero points, stored u = q + 8 */
+} mk_smod;
+
+/* Bytes of one part of a slice: [off, off+len) of shard `shard`'s file
+ * (mk_ckpt_shard_path / mk_ckpt_shard_fd). t == NULL: no such part. */
+typedef struct mk_srange {
+    const mk_tensor_info *t;
+    int shard;
+    uint64_t off, len;
+} mk_srange;
+
+/* Rows [row0, row0+rows) of expert e of a module: its parts' byte ranges
+ * and the 2-D weight they form (rows x cols, params of the module). */
+typedef struct mk_sslice {
+    const mk_smod *m;
+    int64_t e, row0, rows;
+    mk_srange part[MK_SP_N];
+} mk_sslice;
+
+/* What the caller (the model loader) knows the module must be: E experts
+ * (0: a 2-D tensor) of R rows and `cols` logical in-features. */
+typedef struct mk_smod_expect {
+    int64_t E, R, cols;
+} mk_smod_expect;
+
+/* Open module `mod` whose data tensor is named `wname` (mod.weight, or a
+ * fused tensor's own name) against the shape the architecture expects:
+ * the kind comes from the stored dtype (or mod.weight_packed), every part
+ * and parameter is checked. Header reads only (W.weight_shape by pread):
+ * works on a checkpoint opened without mmap. */
+mk_status mk_smod_open(const mk_ckpt *c, const mk_config *cfg, const char *mod, const char *wname,
+                       const mk_smod_expect *x, mk_smod *out);
+
+/* Open the logical tensor `name` from the tensors alone (inspect, verify by
+ * name): MLX when mod.scales exists (cols = groups x group; leading dims
+ * stacked), FP8 when name_scale_inv exists beside an F8 weight, else one
+ * plain tensor (MK_SM_FLOAT for F32/BF16/F16, MK_SM_RAW otherwise; R = the
+ * product of its leading dims). cfg may be NULL for plain files. Compressed-tensors
+ * INT4 is MK_E_UNSUPPORTED here (read through convert). */
+mk_status mk_smod_infer(const mk_ckpt *c, const mk_config *cfg, const char *name, mk_smod *out);
+
+/* Byte ranges of rows [row0, row0+rows) of expert e (e = 0 for a 2-D
+ * module). FP8 rows must start on a scale block; CT modules slice whole. */
+mk_status mk_smod_slice(const mk_smod *m, int64_t e, int64_t row0, int64_t rows, mk_sslice *out);
+
+/* The slice as an mk_wt over the checkpoint's mapping (mapping base +
+ * ranges). MK_E_INTERNAL when the checkpoint is not mapped. CT: biases are
+ * not stored; w->biases is left NULL (the caller derives them). */
+mk_status mk_smod_view(const mk_ckpt *c, const mk_sslice *s, mk_wt *w);
+
+/* FP8: the slice's block scales are finite (NaN or inf would poison every
+ * output of their block); read by pread, no mapping needed. */
+mk_status mk_smod_check_scales(const mk_ckpt *c, const mk_sslice *s);
+
+/* Rows of a module's whole tensor seen as a 2-D matrix: E * R (or R). */
+static inline int64_t mk_smod_rows(const mk_smod *m) { return (m->E ? m->E : 1) * m->R; }
+
+#ifdef __cplusplus
+}
+#endif
+#endif
