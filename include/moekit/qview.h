@@ -3,8 +3,8 @@
  * A quantized module is stored as several tensors (MLX: W.weight/.scales/
  * .biases; FP8: W.weight + W.weight_scale_inv; compressed-tensors:
  * W.weight_packed/.weight_scale/.weight_shape/.weight_zero_point). A qview
- * groups them back into one logical tensor with its logical shape and reads
- * it row by row as float32, so verify, convert and quantize can treat every
+ * is the stored module of a logical tensor (module.h, mk_smod_infer: parts,
+ * logical shape, checks) read row by row as float32, so verify, convert and quantize can treat every
  * format alike with memory bounded by one row. Bits come from the config
  * entry AND must agree with the packed shape; a disagreement is
  * MK_E_MISMATCH, never a guess. */
@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "moekit/config.h"
+#include "moekit/module.h"
 #include "moekit/st.h"
 #include "moekit/weight.h"
 
@@ -35,10 +36,8 @@ typedef struct mk_qview {
     int ndim;
     int64_t shape[MK_MAX_DIMS]; /* logical shape */
     int64_t rows, cols;         /* rows = product of leading dims, cols = last dim */
-    const mk_tensor_info *parts[4]; /* weight, scales, biases / zero point, shape */
     mk_wt wt;           /* describes one 2-D slice (for stacked experts: the first) */
-    int64_t slice_rows; /* rows per 2-D slice (rows of wt) */
-    float *ct_biases;   /* owned: biases built for compressed-tensors */
+    mk_smod sm;         /* the stored module (format/module.c): parts, checks, byte ranges */
 } mk_qview;
 
 /* Role of a stored tensor inside its quantized module, from its name's
