@@ -26,6 +26,7 @@
 #define MOEKIT_MODULE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #include "moekit/config.h"
@@ -35,6 +36,34 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* Role of a stored tensor inside its quantized module, from its name's
+ * suffix (FORMATS.md sections 2-4). The one table of these suffixes. */
+typedef enum mk_qrole {
+    MK_QR_MAIN = 0,   /* no companion suffix: the module's own tensor */
+    MK_QR_FP8_SCALE,  /* X.weight_scale_inv (of X.weight); fused FP8: X_scale_inv (of X) */
+    MK_QR_CT_PACKED,  /* X.weight_packed: compressed-tensors' stored X.weight */
+    MK_QR_CT_SCALE,   /* X.weight_scale */
+    MK_QR_CT_ZP,      /* X.weight_zero_point */
+    MK_QR_CT_SHAPE,   /* X.weight_shape */
+    MK_QR_CT_GIDX,    /* X.weight_g_idx */
+    MK_QR_MLX_SCALES, /* X.scales (of X.weight, or of X for non-.weight MLX tensors) */
+    MK_QR_MLX_BIASES, /* X.biases */
+    MK_QR_DROP,       /* X.activation_scale / X.input_scale: activation quantization, not weights */
+} mk_qrole;
+
+typedef struct mk_qsuffix {
+    mk_qrole role;
+    const char *suffix;  /* as it ends the name: ".scales", "_scale_inv", ... ("" for MAIN) */
+    const char *logical; /* what replaces it in the module's logical name (".weight" or "") */
+    const char *owner;   /* suffix of the stored tensor it accompanies (".weight",
+                            ".weight_packed", ""), NULL when it accompanies none */
+    size_t stem;         /* length of the name before the suffix */
+} mk_qsuffix;
+
+/* Role of tensor `name` by its suffix (longest match; a suffix alone is no
+ * companion of anything). Defined in qview.c. */
+mk_qrole mk_qview_suffix(const char *name, mk_qsuffix *out);
 
 typedef enum mk_smod_kind {
     MK_SM_FLOAT = 0, /* one F32/BF16/F16 tensor */
@@ -54,8 +83,6 @@ enum {
 };
 
 typedef struct mk_smod {
-    char mod[512];  /* module path: the name without ".weight" (config lookups, messages) */
-    char name[520]; /* the logical weight's name (mod.weight, a fused tensor, or a plain name) */
     mk_smod_kind kind;
     const mk_tensor_info *part[MK_SP_N]; /* NULL where the kind has no such part */
     int64_t E;    /* experts stacked in the leading dim; 0: the tensor is one matrix */
@@ -104,6 +131,32 @@ mk_status mk_smod_open(const mk_ckpt *c, const mk_config *cfg, const char *mod, 
  * product of its leading dims). cfg may be NULL for plain files. Compressed-tensors
  * INT4 is MK_E_UNSUPPORTED here (read through convert). */
 mk_status mk_smod_infer(const mk_ckpt *c, const mk_config *cfg, const char *name, mk_smod *out);
+
+/* A whole checkpoint grouped into modules by name suffix (convert): the
+ * tensors gathered for one module, by role. */
+typedef struct mk_smod_parts {
+    const mk_tensor_info *main; /* the data: X.weight, X, or X.weight_packed (packed) */
+    const mk_tensor_info *fp8s, *cts, *ctzp, *ctshape, *ctgidx, *mlxs, *mlxb;
+    bool packed; /* main is a compressed-tensors weight_packed */
+} mk_smod_parts;
+
+/* Put tensor t of role r into module `base`'s parts (MK_QR_DROP and
+ * unknown roles are ignored). Two tensors for one slot: MK_E_FORMAT naming
+ * both, prefixed with `where` (the checkpoint directory). */
+mk_status mk_smod_parts_add(mk_smod_parts *g, mk_qrole r, const mk_tensor_info *t, const char *where,
+                            const char *base);
+
+/* Resolve gathered parts into a stored module with every check a rewrite
+ * depends on (FP8 grids over any number of stacked matrices, compressed-
+ * tensors shapes, weight_shape, zero points and trivial g_idx, MLX bits vs
+ * packed width), messages prefixed with `where`. No main tensor: the
+ * companions are orphans, MK_E_FORMAT (a caller that treats stray MLX
+ * .scales/.biases as plain tensors does so before calling). A main tensor
+ * that is not quantized: MK_SM_FLOAT (F32/BF16/F16) or MK_SM_RAW, refused
+ * when a companion other than MLX scales/biases claims it or its dtype
+ * cannot be decoded. CT modules: m->R, m->cols from weight_shape. */
+mk_status mk_smod_resolve(const mk_ckpt *c, const mk_config *cfg, const char *where, const char *base,
+                          const mk_smod_parts *g, mk_smod *out);
 
 /* Byte ranges of rows [row0, row0+rows) of expert e (e = 0 for a 2-D
  * module). FP8 rows must start on a scale block; CT modules slice whole. */

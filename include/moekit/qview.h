@@ -40,33 +40,7 @@ typedef struct mk_qview {
     mk_smod sm;         /* the stored module (format/module.c): parts, checks, byte ranges */
 } mk_qview;
 
-/* Role of a stored tensor inside its quantized module, from its name's
- * suffix (FORMATS.md sections 2-4). The one table of these suffixes. */
-typedef enum mk_qrole {
-    MK_QR_MAIN = 0,   /* no companion suffix: the module's own tensor */
-    MK_QR_FP8_SCALE,  /* X.weight_scale_inv (of X.weight); fused FP8: X_scale_inv (of X) */
-    MK_QR_CT_PACKED,  /* X.weight_packed: compressed-tensors' stored X.weight */
-    MK_QR_CT_SCALE,   /* X.weight_scale */
-    MK_QR_CT_ZP,      /* X.weight_zero_point */
-    MK_QR_CT_SHAPE,   /* X.weight_shape */
-    MK_QR_CT_GIDX,    /* X.weight_g_idx */
-    MK_QR_MLX_SCALES, /* X.scales (of X.weight, or of X for non-.weight MLX tensors) */
-    MK_QR_MLX_BIASES, /* X.biases */
-    MK_QR_DROP,       /* X.activation_scale / X.input_scale: activation quantization, not weights */
-} mk_qrole;
-
-typedef struct mk_qsuffix {
-    mk_qrole role;
-    const char *suffix;  /* as it ends the name: ".scales", "_scale_inv", ... ("" for MAIN) */
-    const char *logical; /* what replaces it in the module's logical name (".weight" or "") */
-    const char *owner;   /* suffix of the stored tensor it accompanies (".weight",
-                            ".weight_packed", ""), NULL when it accompanies none */
-    size_t stem;         /* length of the name before the suffix */
-} mk_qsuffix;
-
-/* Role of tensor `name` by its suffix (longest match; a suffix alone is no
- * companion of anything). */
-mk_qrole mk_qview_suffix(const char *name, mk_qsuffix *out);
+/* Companion suffixes (mk_qrole, mk_qview_suffix): module.h. */
 
 /* Is `name` a companion tensor (scales/biases/scale_inv/...) of another
  * tensor in the checkpoint, i.e. not a logical tensor of its own? */

@@ -259,8 +259,6 @@ static mk_status open_ct(const mk_ckpt *c, const mk_config *cfg, const char *mod
 mk_status mk_smod_open(const mk_ckpt *c, const mk_config *cfg, const char *mod, const char *wname,
                        const mk_smod_expect *x, mk_smod *m) {
     memset(m, 0, sizeof *m);
-    copy_name(m->mod, sizeof m->mod, mod, strlen(mod));
-    copy_name(m->name, sizeof m->name, wname, strlen(wname));
     m->E = x->E;
     m->R = x->R;
     m->cols = x->cols;
@@ -306,9 +304,8 @@ static void stack_of(mk_smod *m, int ndim, const int64_t *shape) {
     m->R = shape[ndim - 2];
 }
 
-static mk_status infer_mlx(const mk_config *cfg, mk_smod *m, const mk_tensor_info *w,
-                           const mk_tensor_info *sc, const mk_tensor_info *bi) {
-    const char *module = m->mod;
+static mk_status infer_mlx(const mk_config *cfg, const char *module, mk_smod *m,
+                           const mk_tensor_info *w, const mk_tensor_info *sc, const mk_tensor_info *bi) {
     int bits = 4, group = 64;
     mk_qmode mode = MK_QMODE_AFFINE;
     if (!cfg || !mk_qcfg_lookup(&cfg->quant, module, true, &bits, &group, &mode))
@@ -383,7 +380,6 @@ static mk_status infer_fp8(const mk_config *cfg, mk_smod *m, const mk_tensor_inf
 
 mk_status mk_smod_infer(const mk_ckpt *c, const mk_config *cfg, const char *name, mk_smod *m) {
     memset(m, 0, sizeof *m);
-    copy_name(m->name, sizeof m->name, name, strlen(name));
     m->q.global_scale = 1.0f;
     const mk_tensor_info *t = mk_ckpt_find(c, name);
     if (!t && ends_with(name, ".weight") && find2(c, name, "_packed"))
@@ -393,12 +389,13 @@ mk_status mk_smod_infer(const mk_ckpt *c, const mk_config *cfg, const char *name
                       name);
     if (!t)
         return mk_err(MK_E_NOTFOUND, "tensor '%s' not found", name);
+    char mod[1024];
     size_t suf = ends_with(name, ".weight") ? strlen(".weight") : 0;
-    copy_name(m->mod, sizeof m->mod, name, strlen(name) - suf);
+    copy_name(mod, sizeof mod, name, strlen(name) - suf);
     m->part[MK_SP_WEIGHT] = t;
-    const mk_tensor_info *sc = find2(c, m->mod, ".scales");
+    const mk_tensor_info *sc = find2(c, mod, ".scales");
     if (sc)
-        return infer_mlx(cfg, m, t, sc, find2(c, m->mod, ".biases"));
+        return infer_mlx(cfg, mod, m, t, sc, find2(c, mod, ".biases"));
     const mk_tensor_info *si = find2(c, name, "_scale_inv");
     if (si && (t->dtype == MK_DT_F8_E4M3 || t->dtype == MK_DT_F8_E5M2))
         return infer_fp8(cfg, m, t, si);
@@ -435,7 +432,7 @@ mk_status mk_smod_slice(const mk_smod *m, int64_t e, int64_t row0, int64_t rows,
     const mk_tensor_info *w = m->part[MK_SP_WEIGHT];
     if (e < 0 || e >= (m->E ? m->E : 1) || row0 < 0 || rows < 0 || row0 + rows > m->R)
         return mk_err(MK_E_ARG, "tensor '%s': rows [%lld, %lld) of expert %lld are outside [%lld experts "
-                      "x %lld rows]", w ? w->name : m->name, (long long)row0, (long long)(row0 + rows),
+                      "x %lld rows]", w->name, (long long)row0, (long long)(row0 + rows),
                       (long long)e, (long long)(m->E ? m->E : 1), (long long)m->R);
     int64_t total = mk_smod_rows(m), first = e * m->R + row0;
     switch (m->kind) {
@@ -521,5 +518,285 @@ mk_status mk_smod_check_scales(const mk_ckpt *c, const mk_sslice *s) {
                               "(scale_inv) must be finite", st->name,
                               (unsigned long long)(first + i + j), isnan(buf[j]) ? "NaN" : "infinite");
     }
+    return MK_OK;
+}
+
+/* ======================================== a grouped checkpoint (convert) */
+
+/* "[a,b,c]": convert's messages spell shapes without spaces. */
+static const char *sh(char *buf, size_t n, const mk_tensor_info *t) {
+    size_t k = (size_t)snprintf(buf, n, "[");
+    for (int d = 0; d < t->ndim && k < n; d++)
+        k += (size_t)snprintf(buf + k, n - k, d ? ",%lld" : "%lld", (long long)t->shape[d]);
+    if (k < n)
+        snprintf(buf + k, n - k, "]");
+    return buf;
+}
+
+static bool is_float(mk_dtype t) {
+    return t == MK_DT_F32 || t == MK_DT_F16 || t == MK_DT_BF16 || t == MK_DT_F64;
+}
+
+mk_status mk_smod_parts_add(mk_smod_parts *g, mk_qrole r, const mk_tensor_info *t, const char *where,
+                            const char *base) {
+    const mk_tensor_info **slot = NULL;
+    switch (r) {
+    case MK_QR_MAIN: slot = &g->main; break;
+    case MK_QR_CT_PACKED: slot = &g->main; g->packed = true; break;
+    case MK_QR_FP8_SCALE: slot = &g->fp8s; break;
+    case MK_QR_CT_SCALE: slot = &g->cts; break;
+    case MK_QR_CT_ZP: slot = &g->ctzp; break;
+    case MK_QR_CT_SHAPE: slot = &g->ctshape; break;
+    case MK_QR_CT_GIDX: slot = &g->ctgidx; break;
+    case MK_QR_MLX_SCALES: slot = &g->mlxs; break;
+    case MK_QR_MLX_BIASES: slot = &g->mlxb; break;
+    default: return MK_OK;
+    }
+    if (*slot)
+        return mk_err(MK_E_FORMAT, "%s: tensors '%s' and '%s' both claim to be the data of module '%s'", where,
+                      (*slot)->name, t->name, base);
+    *slot = t;
+    return MK_OK;
+}
+
+/* Leading dims of a tensor: rows = product of all but the last, R = the
+ * rows of one matrix (dim -2), E = rows / R for 3+ dims. */
+static void resolved_shape(mk_smod *m, int ndim, const int64_t *shape) {
+    set_shape(m, ndim, shape);
+    int64_t rows = 1;
+    for (int d = 0; d + 1 < ndim; d++)
+        rows *= shape[d];
+    m->cols = ndim ? shape[ndim - 1] : 1;
+    m->R = ndim >= 2 ? shape[ndim - 2] : rows;
+    m->E = ndim > 2 ? rows / (m->R ? m->R : 1) : 0;
+}
+
+/* FP8: weight (.., R, C) F8 + scale grid (.., ceil(R/br), ceil(C/bc)), or
+ * the same number of elements squeezed (transformers 5.x per-expert). */
+static mk_status resolve_fp8(const mk_config *cfg, const char *where, mk_smod *m, const mk_smod_parts *g) {
+    const mk_tensor_info *w = g->main, *sc = g->fp8s;
+    char b1[96], b2[96];
+    if (w->ndim < 2)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s with shape %s; FP8 block weights need 2 or more dims",
+                      where, w->name, mk_dtype_name(w->dtype), sh(b1, sizeof b1, w));
+    if (!is_float(sc->dtype) || sc->dtype == MK_DT_F64)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s': scale dtype %s, expected F32, BF16 or F16", where, sc->name,
+                      mk_dtype_name(sc->dtype));
+    m->kind = MK_SM_FP8;
+    resolved_shape(m, w->ndim, w->shape);
+    m->q.fmt = w->dtype == MK_DT_F8_E5M2 ? MK_WF_FP8_E5M2 : MK_WF_FP8_E4M3;
+    m->q.sdtype = sc->dtype;
+    m->q.block_r = cfg->quant.method == MK_QM_FP8 ? cfg->quant.block[0] : 128;
+    m->q.block_c = cfg->quant.method == MK_QM_FP8 ? cfg->quant.block[1] : 128;
+    int br = m->q.block_r, bc = m->q.block_c;
+    int64_t gr = (m->R + br - 1) / br, gc = (m->cols + bc - 1) / bc;
+    int64_t nmat = m->E ? m->E : 1;
+    uint64_t want = (uint64_t)(nmat * gr * gc);
+    if (sc->numel != want)
+        return mk_err(MK_E_FORMAT,
+                      "%s: scale grid '%s' %s fits no block grid of weight '%s' %s: %dx%d blocks need %lld x "
+                      "[%lld,%lld] = %llu scales, found %llu",
+                      where, sc->name, sh(b1, sizeof b1, sc), w->name, sh(b2, sizeof b2, w), br, bc,
+                      (long long)nmat, (long long)gr, (long long)gc, (unsigned long long)want,
+                      (unsigned long long)sc->numel);
+    m->part[MK_SP_SCALES] = sc;
+    return MK_OK;
+}
+
+static mk_status read_ct_shape(const mk_ckpt *c, const char *where, const mk_tensor_info *t, int64_t out[2]) {
+    char b[96];
+    if (t->numel != 2 || (t->dtype != MK_DT_I32 && t->dtype != MK_DT_I64))
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected 2 integers [out, in] (I32 or I64)", where,
+                      t->name, mk_dtype_name(t->dtype), sh(b, sizeof b, t));
+    unsigned char buf[16];
+    MK_TRY(mk_ckpt_read(c, t, 0, buf, (size_t)t->nbytes));
+    for (int i = 0; i < 2; i++) {
+        if (t->dtype == MK_DT_I32) {
+            int32_t v;
+            memcpy(&v, buf + 4 * i, 4);
+            out[i] = v;
+        } else {
+            int64_t v;
+            memcpy(&v, buf + 8 * i, 8);
+            out[i] = v;
+        }
+    }
+    if (out[0] <= 0 || out[1] <= 0)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' holds [%lld, %lld], expected positive sizes", where, t->name,
+                      (long long)out[0], (long long)out[1]);
+    return MK_OK;
+}
+
+/* g_idx must be the trivial ordering g_idx[j] = j / group (no act-order). */
+static mk_status check_gidx(const mk_ckpt *c, const char *where, const mk_tensor_info *t, int64_t in, int group) {
+    if (t->numel != (uint64_t)in || (t->dtype != MK_DT_I32 && t->dtype != MK_DT_I64))
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s': expected %lld I32/I64 group indices, found %llu x %s", where,
+                      t->name, (long long)in, (unsigned long long)t->numel, mk_dtype_name(t->dtype));
+    size_t es = mk_dtype_info(t->dtype)->bits / 8;
+    unsigned char buf[4096];
+    for (int64_t j0 = 0; j0 < in; j0 += (int64_t)(sizeof buf / es)) {
+        int64_t n = in - j0 < (int64_t)(sizeof buf / es) ? in - j0 : (int64_t)(sizeof buf / es);
+        MK_TRY(mk_ckpt_read(c, t, (uint64_t)j0 * es, buf, (size_t)n * es));
+        for (int64_t j = 0; j < n; j++) {
+            int64_t v;
+            if (es == 4) {
+                int32_t x;
+                memcpy(&x, buf + 4 * j, 4);
+                v = x;
+            } else
+                memcpy(&v, buf + 8 * j, 8);
+            if (v != (j0 + j) / group)
+                return mk_err(MK_E_UNSUPPORTED,
+                              "%s: tensor '%s': element %lld is group %lld, expected %lld: activation-ordered "
+                              "INT4 (g_idx) cannot be repacked to MLX",
+                              where, t->name, (long long)(j0 + j), (long long)v, (long long)((j0 + j) / group));
+        }
+    }
+    return MK_OK;
+}
+
+/* compressed-tensors pack-quantized INT4 (FORMATS.md 5). */
+static mk_status resolve_ct(const mk_ckpt *c, const mk_config *cfg, const char *where, mk_smod *m,
+                            const mk_smod_parts *g) {
+    const mk_tensor_info *w = g->main, *sc = g->cts;
+    char b1[96], b2[96];
+    if (!sc)
+        return mk_err(MK_E_FORMAT, "%s: '%s' has no weight_scale beside it", where, w->name);
+    /* the same refusal as the engine's (format/config_check.c) */
+    size_t ml = strlen(w->name) > strlen(".weight_packed") ? strlen(w->name) - strlen(".weight_packed") : 0;
+    char mod[512];
+    snprintf(mod, sizeof mod, "%.*s", (int)ml, w->name);
+    MK_TRY(mk_ct_check(&cfg->quant, where, mod, g->ctzp != NULL));
+    if (w->ndim != 2 || (w->dtype != MK_DT_I32 && w->dtype != MK_DT_U32))
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected I32 [out, ceil(in/8)]", where, w->name,
+                      mk_dtype_name(w->dtype), sh(b1, sizeof b1, w));
+    int64_t lshape[2] = {w->shape[0], w->shape[1] * 8};
+    if (g->ctshape)
+        MK_TRY(read_ct_shape(c, where, g->ctshape, lshape));
+    if (lshape[0] != w->shape[0] || (lshape[1] + 7) / 8 != w->shape[1])
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' %s does not pack weight_shape [%lld,%lld] (expected [%lld,%lld])",
+                      where, w->name, sh(b1, sizeof b1, w), (long long)lshape[0], (long long)lshape[1],
+                      (long long)lshape[0], (long long)((lshape[1] + 7) / 8));
+    if (sc->ndim != 2 || sc->shape[0] != lshape[0] || !is_float(sc->dtype) || sc->dtype == MK_DT_F64)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected F32/BF16/F16 [%lld, in/group]", where,
+                      sc->name, mk_dtype_name(sc->dtype), sh(b1, sizeof b1, sc), (long long)lshape[0]);
+    int group = cfg->quant.method == MK_QM_CT ? cfg->quant.ct_group_size : 0;
+    if (group <= 0)
+        group = (int)(lshape[1] / (sc->shape[1] ? sc->shape[1] : 1));
+    if (group <= 0 || lshape[1] % group != 0)
+        return mk_err(MK_E_FORMAT,
+                      "%s: module '%s': INT4 group size %d does not divide the row length %lld (weight_shape "
+                      "[%lld,%lld]); MLX affine needs whole groups",
+                      where, w->name, group, (long long)lshape[1], (long long)lshape[0], (long long)lshape[1]);
+    if (group != 32 && group != 64 && group != 128)
+        return mk_err(MK_E_UNSUPPORTED, "%s: module '%s': INT4 group size %d; MLX supports 32, 64, 128", where,
+                      w->name, group);
+    if (sc->shape[1] != lshape[1] / group)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' %s: expected [%lld,%lld] scales for group size %d", where,
+                      sc->name, sh(b1, sizeof b1, sc), (long long)lshape[0], (long long)(lshape[1] / group), group);
+    if (g->ctzp) {
+        const mk_tensor_info *z = g->ctzp;
+        if (z->ndim != 2 || z->shape[0] != (lshape[0] + 7) / 8 || z->shape[1] != lshape[1] / group ||
+            (z->dtype != MK_DT_I32 && z->dtype != MK_DT_U32))
+            return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected I32 [%lld,%lld] (packed along dim 0)",
+                          where, z->name, mk_dtype_name(z->dtype), sh(b2, sizeof b2, z),
+                          (long long)((lshape[0] + 7) / 8), (long long)(lshape[1] / group));
+    }
+    if (g->ctgidx)
+        MK_TRY(check_gidx(c, where, g->ctgidx, lshape[1], group));
+    m->kind = MK_SM_CT;
+    resolved_shape(m, 2, lshape);
+    m->q.fmt = MK_WF_AFFINE;
+    m->q.sdtype = sc->dtype;
+    m->q.bits = 4;
+    m->q.group = group;
+    m->ct_symmetric = g->ctzp == NULL;
+    m->part[MK_SP_SCALES] = sc;
+    m->part[MK_SP_ZP] = g->ctzp;
+    return MK_OK;
+}
+
+/* MLX quantized module: bits from the config entry AND the packed shape. */
+static mk_status resolve_mlx(const mk_config *cfg, const char *where, const char *base, mk_smod *m,
+                             const mk_smod_parts *g) {
+    const mk_tensor_info *w = g->main, *sc = g->mlxs, *bi = g->mlxb;
+    char b1[96], b2[96];
+    char path[1024];
+    size_t bl = strlen(base) >= strlen(".weight") ? strlen(base) - strlen(".weight") : 0;
+    copy_name(path, sizeof path, base, bl);
+    int bits = 0, group = 0;
+    mk_qmode mode = MK_QMODE_AFFINE;
+    bool q = mk_qcfg_lookup(&cfg->quant, path, true, &bits, &group, &mode);
+    if (!q || cfg->quant.method != MK_QM_MLX)
+        return mk_err(MK_E_FORMAT, "%s: '%s' has MLX scales but config.json has no quantization block for it", where,
+                      w->name);
+    if (w->ndim < 2 || sc->ndim != w->ndim || bits <= 0 || group <= 0)
+        return mk_err(MK_E_FORMAT, "%s: MLX module '%s': weight %s and scales %s do not match", where, w->name,
+                      sh(b1, sizeof b1, w), sh(b2, sizeof b2, sc));
+    for (int d = 0; d + 1 < w->ndim; d++)
+        if (sc->shape[d] != w->shape[d])
+            return mk_err(MK_E_FORMAT, "%s: MLX module '%s': weight %s and scales %s differ in leading dims", where,
+                          w->name, sh(b1, sizeof b1, w), sh(b2, sizeof b2, sc));
+    int64_t in = sc->shape[sc->ndim - 1] * group, wcols = w->shape[w->ndim - 1];
+    if (wcols * 32 != in * bits)
+        return mk_err(MK_E_MISMATCH,
+                      "%s: MLX module '%s': config says %d bits, group %d, so %lld columns need %lld packed words, "
+                      "found %lld",
+                      where, w->name, bits, group, (long long)in, (long long)(in * bits / 32), (long long)wcols);
+    if (mode == MK_QMODE_AFFINE && (!bi || bi->ndim != sc->ndim || bi->numel != sc->numel))
+        return mk_err(MK_E_FORMAT, "%s: MLX affine module '%s' needs biases shaped like its scales %s", where,
+                      w->name, sh(b1, sizeof b1, sc));
+    int64_t lshape[MK_MAX_DIMS];
+    memcpy(lshape, w->shape, sizeof lshape);
+    lshape[w->ndim - 1] = in;
+    m->kind = MK_SM_MLX;
+    resolved_shape(m, w->ndim, lshape);
+    static const mk_wfmt fmts[] = {[MK_QMODE_AFFINE] = MK_WF_AFFINE, [MK_QMODE_MXFP4] = MK_WF_MXFP4,
+                                   [MK_QMODE_MXFP8] = MK_WF_MXFP8, [MK_QMODE_NVFP4] = MK_WF_NVFP4};
+    m->q.fmt = (unsigned)mode <= MK_QMODE_NVFP4 ? fmts[mode] : MK_WF_AFFINE;
+    m->q.sdtype = sc->dtype;
+    m->q.bits = bits;
+    m->q.group = group;
+    m->part[MK_SP_SCALES] = sc;
+    m->part[MK_SP_BIASES] = bi;
+    return MK_OK;
+}
+
+mk_status mk_smod_resolve(const mk_ckpt *c, const mk_config *cfg, const char *where, const char *base,
+                          const mk_smod_parts *g, mk_smod *m) {
+    memset(m, 0, sizeof *m);
+    m->q.global_scale = 1.0f;
+    if (!g->main) {
+        const mk_tensor_info *o = g->fp8s ? g->fp8s : g->cts ? g->cts : g->mlxs ? g->mlxs : g->mlxb;
+        o = o ? o : g->ctzp ? g->ctzp : g->ctshape;
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is a companion of '%s', which is not in the checkpoint", where,
+                      o ? o->name : base, base);
+    }
+    const mk_tensor_info *t = g->main;
+    m->part[MK_SP_WEIGHT] = t;
+    mk_dtype dt = t->dtype;
+    bool fp8 = dt == MK_DT_F8_E4M3 || dt == MK_DT_F8_E5M2;
+    if (g->packed)
+        return resolve_ct(c, cfg, where, m, g);
+    if (fp8) {
+        if (!g->fp8s)
+            return mk_err(g->cts ? MK_E_UNSUPPORTED : MK_E_FORMAT,
+                          "%s: tensor '%s' is %s but has no '%s_scale_inv' block scales%s", where, t->name,
+                          mk_dtype_name(dt), t->name, g->cts ? " (per-tensor FP8 scales are not supported)" : "");
+        return resolve_fp8(cfg, where, m, g);
+    }
+    if (dt == MK_DT_U32 && g->mlxs)
+        return resolve_mlx(cfg, where, base, m, g);
+    resolved_shape(m, t->ndim, t->shape);
+    bool fl = dt == MK_DT_F32 || dt == MK_DT_BF16 || dt == MK_DT_F16;
+    m->kind = fl ? MK_SM_FLOAT : MK_SM_RAW;
+    m->q.fmt = dt == MK_DT_F32 ? MK_WF_F32 : dt == MK_DT_BF16 ? MK_WF_BF16 : MK_WF_F16;
+    if (dt == MK_DT_F8_E4M3FNUZ || dt == MK_DT_F8_E5M2FNUZ || dt == MK_DT_F8_E8M0 || dt == MK_DT_F4)
+        return mk_err(MK_E_UNSUPPORTED, "%s: tensor '%s' has dtype %s, which convert cannot decode", where, t->name,
+                      mk_dtype_name(dt));
+    const mk_tensor_info *stray = g->fp8s ? g->fp8s : g->cts ? g->cts : g->ctzp;
+    if (stray)
+        return mk_err(MK_E_FORMAT, "%s: tensor '%s' looks like the scales of '%s', but that is %s, not quantized",
+                      where, stray->name, t->name, mk_dtype_name(dt));
     return MK_OK;
 }

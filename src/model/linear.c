@@ -72,7 +72,7 @@ static mk_status fp8_materialise(mk_ld *ld, const mk_tensor_info *t, mk_wt *w) {
  * (symmetric: stored u = q + 8) or b = -s*zp, computed once here into
  * model-owned memory of the scales' dtype. The module's checks (format)
  * already validated the zero points' dtype and count. */
-static mk_status ct_biases(mk_ld *ld, const mk_smod *sm, mk_wt *w) {
+static mk_status ct_biases(mk_ld *ld, const char *mod, const mk_smod *sm, mk_wt *w) {
     const mk_tensor_info *sc = sm->part[MK_SP_SCALES], *zp = sm->part[MK_SP_ZP];
     int64_t rows = sm->R, ng = sm->cols / sm->q.group;
     size_t ssz = mk_dtype_info(sc->dtype)->bits / 8, n = (size_t)(rows * ng);
@@ -80,7 +80,7 @@ static mk_status ct_biases(mk_ld *ld, const mk_smod *sm, mk_wt *w) {
     float *tmp = mk_malloc(n * sizeof(float));
     if (!bias || !tmp) {
         free(tmp);
-        return mk_err(MK_E_NOMEM, "module '%s': no memory for INT4 biases", sm->mod);
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for INT4 biases", mod);
     }
     mk_status st = mk_ckpt_read_f32(ld->ck, sc, 0, n, tmp);
     const uint8_t *zd = zp ? mk_ckpt_data(ld->ck, zp) : NULL;
@@ -139,7 +139,7 @@ static mk_status view_any(mk_ld *ld, const char *mod, const char *wname, int64_t
         return MK_OK;
     case MK_SM_CT:
         ld->seen_int4 = true;
-        return ld->check_only ? MK_OK : ct_biases(ld, &sm, w);
+        return ld->check_only ? MK_OK : ct_biases(ld, mod, &sm, w);
     default: return MK_OK;
     }
 }

@@ -13,8 +13,9 @@
  *
  * Then the refusals of module.c that no other test reaches: slices outside
  * the module, FP8 rows starting inside a scale block, a stacked INT4
- * tensor, a dtype that is no weight storage, a missing tensor, and a
- * view of a checkpoint opened without mmap. */
+ * tensor, a dtype that is no weight storage, a missing tensor, a view of a
+ * checkpoint opened without mmap, and every refusal of convert's
+ * resolution (mk_smod_resolve) on hand-written headers. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -286,7 +287,8 @@ static void test_ct_int4_and_mlx_stacks(void **st) {
 /* ---- refusals ------------------------------------------------------------- */
 
 static void expect_err(mk_status got, mk_status want, const char *a, const char *b) {
-    assert_int_equal(got, want);
+    if (got != want)
+        fail_msg("status %d, expected %d (%s)", (int)got, (int)want, got == MK_OK ? "no error" : mk_err_msg());
     if (a && !strstr(mk_err_msg(), a))
         fail_msg("message lacks '%s': %s", a, mk_err_msg());
     if (b && !strstr(mk_err_msg(), b))
@@ -388,6 +390,159 @@ static void test_refusals_ct_and_dtype(void **st) {
     free(tmp);
 }
 
+
+/* ---- convert's resolution (mk_smod_resolve) -------------------------------- */
+
+typedef struct tdef {
+    const char *name, *dtype;
+    int esize, ndim;
+    int64_t shape[3];
+} tdef;
+
+/* Tensors for every refusal of mk_smod_resolve, zero-filled. */
+static const tdef k_bad[] = {
+    {"f.weight", "BF16", 2, 2, {4, 64}},          {"f.weight_scale_inv", "F32", 4, 2, {1, 1}},
+    {"e.weight", "F8_E4M3", 1, 2, {4, 64}},       {"e.weight_scale", "BF16", 2, 2, {4, 1}},
+    {"o.weight_scale_inv", "F32", 4, 1, {1}},     {"v.weight", "F8_E4M3", 1, 1, {64}},
+    {"v.weight_scale_inv", "F32", 4, 1, {1}},     {"d.weight", "F8_E4M3", 1, 2, {4, 64}},
+    {"d.weight_scale_inv", "I32", 4, 2, {1, 1}},  {"x.weight", "F8_E8M0", 1, 2, {4, 4}},
+    {"m.weight", "U32", 4, 2, {4, 8}},            {"m.scales", "BF16", 2, 2, {4, 1}},
+    {"l.weight", "U32", 4, 3, {2, 4, 8}},         {"l.scales", "BF16", 2, 3, {2, 3, 1}},
+    {"c.weight_packed", "I32", 4, 2, {4, 8}},     {"g.weight_packed", "I32", 4, 2, {4, 8}},
+    {"g.weight_scale", "BF16", 2, 2, {4, 2}},     {"g.weight_g_idx", "I32", 4, 1, {64}},
+    {"s.weight_packed", "I32", 4, 2, {4, 8}},     {"s.weight_scale", "BF16", 2, 2, {4, 2}},
+    {"s.weight_shape", "F32", 4, 1, {2}},         {"p.weight_packed", "I32", 4, 2, {4, 8}},
+    {"p.weight_scale", "BF16", 2, 2, {4, 2}},     {"p.weight_shape", "I64", 8, 1, {2}},
+    {"t.weight_packed", "I32", 4, 2, {4, 8}},     {"t.weight_scale", "BF16", 2, 2, {4, 3}},
+    {"z.weight_packed", "I32", 4, 2, {4, 8}},     {"z.weight_scale", "BF16", 2, 2, {4, 2}},
+    {"z.weight_zero_point", "I32", 4, 2, {4, 2}}, {"q.weight_scale", "BF16", 2, 2, {4, 4}},
+    {"q.weight_packed", "I32", 4, 2, {4, 8}},
+};
+
+static mk_ckpt *bad_ckpt(const char *dir) {
+    char hdr[8192], p[4200];
+    size_t k = (size_t)snprintf(hdr, sizeof hdr, "{");
+    uint64_t off = 0;
+    for (size_t i = 0; i < sizeof k_bad / sizeof k_bad[0]; i++) {
+        const tdef *t = &k_bad[i];
+        uint64_t n = (uint64_t)t->esize;
+        k += (size_t)snprintf(hdr + k, sizeof hdr - k, "%s\"%s\":{\"dtype\":\"%s\",\"shape\":[", i ? "," : "",
+                              t->name, t->dtype);
+        for (int d = 0; d < t->ndim; d++) {
+            n *= (uint64_t)t->shape[d];
+            k += (size_t)snprintf(hdr + k, sizeof hdr - k, "%s%lld", d ? "," : "", (long long)t->shape[d]);
+        }
+        k += (size_t)snprintf(hdr + k, sizeof hdr - k, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                              (unsigned long long)(off + n));
+        off += n;
+    }
+    snprintf(hdr + k, sizeof hdr - k, "}");
+    snprintf(p, sizeof p, "%s/model.safetensors", dir);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    uint64_t hl = strlen(hdr);
+    unsigned char lb[8];
+    for (int i = 0; i < 8; i++)
+        lb[i] = (unsigned char)(hl >> (8 * i));
+    assert_int_equal(fwrite(lb, 1, 8, f), 8);
+    assert_int_equal(fwrite(hdr, 1, hl, f), hl);
+    for (uint64_t i = 0; i < off; i++)
+        assert_int_equal(fputc(0, f), 0);
+    assert_int_equal(fclose(f), 0);
+    mk_ckpt *ck = NULL;
+    assert_int_equal(mk_ckpt_open(p, 0, &ck), MK_OK);
+    return ck;
+}
+
+/* Gather module `base`'s parts the way convert does (suffix roles). */
+static mk_smod_parts parts_of(const mk_ckpt *ck, const char *base) {
+    mk_smod_parts g;
+    memset(&g, 0, sizeof g);
+    for (size_t i = 0; i < mk_ckpt_count(ck); i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
+        mk_qsuffix q;
+        mk_qrole r = mk_qview_suffix(t->name, &q);
+        char b[600];
+        snprintf(b, sizeof b, "%.*s%s", (int)q.stem, t->name, r == MK_QR_MAIN ? "" : q.logical);
+        if (!strcmp(b, base))
+            assert_int_equal(mk_smod_parts_add(&g, r, t, "DIR", base), MK_OK);
+    }
+    return g;
+}
+
+static void resolve_err(const mk_ckpt *ck, const mk_config *cfg, const char *base, mk_status want, const char *a,
+                        const char *b) {
+    mk_smod_parts g = parts_of(ck, base);
+    mk_smod sm;
+    expect_err(mk_smod_resolve(ck, cfg, "DIR", base, &g, &sm), want, a, b);
+    if (!strstr(mk_err_msg(), "DIR"))
+        fail_msg("message does not name the checkpoint: %s", mk_err_msg());
+}
+
+static void test_resolve_refusals(void **st) {
+    (void)st;
+    char *tmp = mk_test_tmpdir("fmod-res");
+    mk_ckpt *ck = bad_ckpt(tmp);
+    mk_config none, mlx, ct, ct16, ctz;
+    memset(&none, 0, sizeof none);
+    mlx = none;
+    mlx.quant.method = MK_QM_MLX;
+    mlx.quant.bits = 4;
+    mlx.quant.group_size = 64;
+    ct = none;
+    ct.quant.method = MK_QM_CT;
+    ct.quant.ct_n_groups = 1;
+    snprintf(ct.quant.ct_format, sizeof ct.quant.ct_format, "pack-quantized");
+    snprintf(ct.quant.ct_type, sizeof ct.quant.ct_type, "int");
+    ct.quant.ct_bits = 4;
+    ct.quant.ct_group_size = 32;
+    ct.quant.ct_symmetric = true;
+    ct16 = ct;
+    ct16.quant.ct_group_size = 16;
+    ctz = ct;
+    ctz.quant.ct_symmetric = false;
+
+    /* two tensors for one slot */
+    mk_smod_parts g;
+    memset(&g, 0, sizeof g);
+    assert_int_equal(mk_smod_parts_add(&g, MK_QR_MAIN, mk_ckpt_find(ck, "f.weight"), "DIR", "f.weight"), MK_OK);
+    expect_err(mk_smod_parts_add(&g, MK_QR_MAIN, mk_ckpt_find(ck, "e.weight"), "DIR", "f.weight"), MK_E_FORMAT,
+               "'f.weight' and 'e.weight' both claim", NULL);
+    resolve_err(ck, &none, "f.weight", MK_E_FORMAT, "'f.weight_scale_inv' looks like the scales of 'f.weight'", "BF16");
+    resolve_err(ck, &none, "e.weight", MK_E_UNSUPPORTED, "per-tensor FP8 scales are not supported", NULL);
+    resolve_err(ck, &none, "o.weight", MK_E_FORMAT, "'o.weight_scale_inv' is a companion of 'o.weight'", NULL);
+    resolve_err(ck, &none, "v.weight", MK_E_FORMAT, "FP8 block weights need 2 or more dims", "[64]");
+    resolve_err(ck, &none, "d.weight", MK_E_FORMAT, "scale dtype I32", NULL);
+    resolve_err(ck, &none, "x.weight", MK_E_UNSUPPORTED, "F8_E8M0, which convert cannot decode", NULL);
+    resolve_err(ck, &none, "m.weight", MK_E_FORMAT, "no quantization block for it", NULL);
+    resolve_err(ck, &mlx, "m.weight", MK_E_FORMAT, "needs biases shaped like its scales [4,1]", NULL);
+    resolve_err(ck, &mlx, "l.weight", MK_E_FORMAT, "[2,4,8] and scales [2,3,1] differ in leading dims", NULL);
+    resolve_err(ck, &ct, "c.weight", MK_E_FORMAT, "'c.weight_packed' has no weight_scale beside it", NULL);
+    resolve_err(ck, &ct, "g.weight", MK_E_UNSUPPORTED, "element 32 is group 0, expected 1", "activation-ordered");
+    resolve_err(ck, &ct, "s.weight", MK_E_FORMAT, "'s.weight_shape' is F32 [2], expected 2 integers", NULL);
+    resolve_err(ck, &ct, "p.weight", MK_E_FORMAT, "holds [0, 0], expected positive sizes", NULL);
+    resolve_err(ck, &ct, "t.weight", MK_E_FORMAT, "[4,3]: expected [4,2] scales for group size 32", NULL);
+    resolve_err(ck, &ctz, "z.weight", MK_E_FORMAT, "'z.weight_zero_point' is I32 [4,2], expected I32 [1,2]", NULL);
+    resolve_err(ck, &ct16, "q.weight", MK_E_UNSUPPORTED, "INT4 group size 16; MLX supports 32, 64, 128", NULL);
+    /* what resolves: a CT module's slice is its whole tensors */
+    mk_smod_parts ok = parts_of(ck, "z.weight");
+    ok.ctzp = NULL;
+    mk_smod sm;
+    assert_int_equal(mk_smod_resolve(ck, &ct, "DIR", "z.weight", &ok, &sm), MK_OK);
+    assert_int_equal(sm.kind, MK_SM_CT);
+    assert_int_equal(sm.R, 4);
+    assert_int_equal(sm.cols, 64);
+    mk_sslice sl;
+    assert_int_equal(mk_smod_slice(&sm, 0, 0, 4, &sl), MK_OK);
+    const mk_tensor_info *w = mk_ckpt_find(ck, "z.weight_packed"), *sc = mk_ckpt_find(ck, "z.weight_scale");
+    expect_range(&sl.part[MK_SP_WEIGHT], w, w->file_offset, w->nbytes);
+    expect_range(&sl.part[MK_SP_SCALES], sc, sc->file_offset, sc->nbytes);
+    expect_err(mk_smod_slice(&sm, 0, 0, 2, &sl), MK_E_UNSUPPORTED, "stacked INT4", NULL);
+    mk_ckpt_close(ck);
+    mk_test_rmrf(tmp);
+    free(tmp);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_per_expert_bf16),
@@ -397,6 +552,7 @@ int main(void) {
         cmocka_unit_test(test_ct_int4_and_mlx_stacks),
         cmocka_unit_test(test_refusals),
         cmocka_unit_test(test_refusals_ct_and_dtype),
+        cmocka_unit_test(test_resolve_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
