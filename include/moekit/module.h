@@ -8,6 +8,7 @@
  *                           mxfp4, mxfp8 or nvfp4 by the config's mode
  *   INT4 (CT)  MK_SM_CT     W.weight_packed I32 + W.weight_scale
  *                           (+ W.weight_zero_point; W.weight_shape checked)
+ *   other      MK_SM_RAW    one tensor of any other dtype (by name / convert)
  * Its parts are named by the one companion-suffix table (mk_qview_suffix).
  * An mk_smod holds the parts, the kind, the logical shape (E stacked
  * experts of R x cols, or one R x cols matrix) and the quantization
@@ -15,10 +16,21 @@
  * weight relies on is made when it is opened, with a message naming the
  * tensor, what it has and what was expected.
  *
+ * Three ways in, one per question a caller can ask, each with the checks
+ * and messages its callers have always given:
+ *   mk_smod_open     the model loader: "module M must be E x R x cols"
+ *                    (the architecture knows the shape; checks against it)
+ *   mk_smod_infer    inspect, verify by name: "what is tensor N?" (shape
+ *                    from the tensors; bits from the config vs packed width)
+ *   mk_smod_resolve  convert: a whole checkpoint grouped by suffix
+ *                    (mk_smod_parts_add), each group checked for a rewrite
+ *                    (FP8 over any stacking, CT weight_shape/zero points/
+ *                    g_idx, strays and orphans)
+ *
  * mk_smod_slice turns "expert e, rows [row0, row0+rows)" (a whole matrix, an
  * expert of a stacked tensor, the gate or up half of a fused gate_up_proj)
- * into byte ranges (shard, file offset, length), one per part, from headers
- * alone: a streaming expert store reads them with pread/io_uring, the
+ * into byte ranges (shard, file offset, length), one per part (a tensor
+ * never spans shards), from headers alone: a streaming expert store reads them with pread/io_uring, the
  * resident loader adds them to its mapping (mk_smod_view). The two agree by
  * construction and tests/unit/test_format_module.c proves it on every
  * layout. */
@@ -103,7 +115,8 @@ typedef struct mk_srange {
 } mk_srange;
 
 /* Rows [row0, row0+rows) of expert e of a module: its parts' byte ranges
- * and the 2-D weight they form (rows x cols, params of the module). */
+ * and the 2-D weight they form (rows x cols, params of the module). Points
+ * at its mk_smod, which must outlive it. */
 typedef struct mk_sslice {
     const mk_smod *m;
     int64_t e, row0, rows;
