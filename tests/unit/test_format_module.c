@@ -9,7 +9,9 @@
  * offset, length) and compared byte for byte with what the model's
  * mmap-based view points at. The ranges are also held to header arithmetic
  * written here independently (a per-expert tensor is whole; expert e of a
- * stacked tensor is its e-th 1/E; a fused half is half of that).
+ * stacked tensor is its e-th 1/E; a fused half is half of that), and the
+ * loader's header-only check (mk_model_check) passes on an unmapped
+ * opening of each.
  *
  * Then the refusals of module.c that no other test reaches: slices outside
  * the module, FP8 rows starting inside a scale block, a stacked INT4
@@ -162,6 +164,9 @@ static seen check_dir(const char *dir) {
         fail_msg("%s: %s", dir, mk_err_msg());
     mk_ckpt *ck = NULL; /* a second, unmapped opening: ranges come from headers */
     assert_int_equal(mk_ckpt_open(dir, MK_CKPT_NO_MMAP, &ck), MK_OK);
+    /* the loader's checks run on it too (mk_model_check: no mapping, pread only) */
+    if (mk_model_check(&m->cfg, ck) != MK_OK)
+        fail_msg("%s: mk_model_check without a mapping: %s", dir, mk_err_msg());
     static const char *const pfxs[] = {"model", "model.language_model", "language_model.model"};
     char b[600];
     int layers = 0;
