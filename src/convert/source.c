@@ -5,9 +5,11 @@
  * Map of this file: open (config, architecture, strict safetensors reader
  * without mmap, so touched pages never count against the memory bound) ->
  * group companions into modules by name suffix (format's table, mk_qview_suffix) ->
- * resolve each module's storage kind and logical shape (FP8 scale grids,
- * compressed-tensors group sizes, MLX bits vs packed shape) -> canonical
- * names -> routed experts into complete groups (indices exactly 0..E-1). */
+ * resolve each module's storage kind, logical shape and checks through the
+ * stored-module definition (format/module.c, mk_smod_resolve: FP8 scale
+ * grids, compressed-tensors group sizes, MLX bits vs packed shape) and keep
+ * convert's projection of it (cv_mod) -> canonical names -> routed experts
+ * into complete groups (indices exactly 0..E-1). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,12 +18,7 @@
 #include "convert/conv_impl.h"
 #include "io/os.h"
 #include "moekit/model.h"
-
-/* Tensors of one module while grouping by name. */
-typedef struct gather {
-    const mk_tensor_info *main, *fp8s, *cts, *ctzp, *ctshape, *ctgidx, *mlxs, *mlxb;
-    bool packed; /* main is a CT weight_packed */
-} gather;
+#include "moekit/module.h"
 
 static void shape_copy(cv_mod *m, int ndim, const int64_t *shape) {
     m->ndim = ndim;
@@ -34,190 +31,6 @@ static void shape_copy(cv_mod *m, int ndim, const int64_t *shape) {
 }
 
 static const char *sh(char *b, size_t n, const mk_tensor_info *t) { return cv_shape_str(b, n, t->ndim, t->shape); }
-
-/* FP8: weight (.., R, C) F8 + scale grid (.., ceil(R/br), ceil(C/bc)), or
- * the same number of elements squeezed (transformers 5.x per-expert). */
-static mk_status resolve_fp8(cv_src *s, cv_mod *m, const gather *g) {
-    const mk_tensor_info *w = g->main, *sc = g->fp8s;
-    char b1[96], b2[96];
-    if (w->ndim < 2)
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s with shape %s; FP8 block weights need 2 or more dims",
-                      s->dir, w->name, mk_dtype_name(w->dtype), sh(b1, sizeof b1, w));
-    if (!cv_is_float_dtype(sc->dtype) || sc->dtype == MK_DT_F64)
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s': scale dtype %s, expected F32, BF16 or F16", s->dir, sc->name,
-                      mk_dtype_name(sc->dtype));
-    m->kind = CV_FP8;
-    shape_copy(m, w->ndim, w->shape);
-    m->vdt = w->dtype;
-    m->block_r = s->cfg.quant.method == MK_QM_FP8 ? s->cfg.quant.block[0] : 128;
-    m->block_c = s->cfg.quant.method == MK_QM_FP8 ? s->cfg.quant.block[1] : 128;
-    int64_t gr = (m->mrows + m->block_r - 1) / m->block_r, gc = (m->cols + m->block_c - 1) / m->block_c;
-    int64_t nmat = m->rows / (m->mrows ? m->mrows : 1);
-    uint64_t want = (uint64_t)(nmat * gr * gc);
-    if (sc->numel != want)
-        return mk_err(MK_E_FORMAT,
-                      "%s: scale grid '%s' %s fits no block grid of weight '%s' %s: %dx%d blocks need %lld x "
-                      "[%lld,%lld] = %llu scales, found %llu",
-                      s->dir, sc->name, sh(b1, sizeof b1, sc), w->name, sh(b2, sizeof b2, w), m->block_r,
-                      m->block_c, (long long)nmat, (long long)gr, (long long)gc, (unsigned long long)want,
-                      (unsigned long long)sc->numel);
-    m->t[CV_T_SCALE] = sc;
-    return MK_OK;
-}
-
-static mk_status read_ct_shape(cv_src *s, const mk_tensor_info *t, int64_t out[2]) {
-    char b[96];
-    if (t->numel != 2 || (t->dtype != MK_DT_I32 && t->dtype != MK_DT_I64))
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected 2 integers [out, in] (I32 or I64)", s->dir,
-                      t->name, mk_dtype_name(t->dtype), sh(b, sizeof b, t));
-    unsigned char buf[16];
-    MK_TRY(mk_ckpt_read(s->ck, t, 0, buf, (size_t)t->nbytes));
-    for (int i = 0; i < 2; i++) {
-        if (t->dtype == MK_DT_I32) {
-            int32_t v;
-            memcpy(&v, buf + 4 * i, 4);
-            out[i] = v;
-        } else {
-            int64_t v;
-            memcpy(&v, buf + 8 * i, 8);
-            out[i] = v;
-        }
-    }
-    if (out[0] <= 0 || out[1] <= 0)
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' holds [%lld, %lld], expected positive sizes", s->dir, t->name,
-                      (long long)out[0], (long long)out[1]);
-    return MK_OK;
-}
-
-/* g_idx must be the trivial ordering g_idx[j] = j / group (no act-order). */
-static mk_status check_gidx(cv_src *s, const mk_tensor_info *t, int64_t in, int group) {
-    if (t->numel != (uint64_t)in || (t->dtype != MK_DT_I32 && t->dtype != MK_DT_I64))
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s': expected %lld I32/I64 group indices, found %llu x %s", s->dir,
-                      t->name, (long long)in, (unsigned long long)t->numel, mk_dtype_name(t->dtype));
-    size_t es = cv_esize(t->dtype);
-    unsigned char buf[4096];
-    for (int64_t j0 = 0; j0 < in; j0 += (int64_t)(sizeof buf / es)) {
-        int64_t n = in - j0 < (int64_t)(sizeof buf / es) ? in - j0 : (int64_t)(sizeof buf / es);
-        MK_TRY(mk_ckpt_read(s->ck, t, (uint64_t)j0 * es, buf, (size_t)n * es));
-        for (int64_t j = 0; j < n; j++) {
-            int64_t v;
-            if (es == 4) {
-                int32_t x;
-                memcpy(&x, buf + 4 * j, 4);
-                v = x;
-            } else
-                memcpy(&v, buf + 8 * j, 8);
-            if (v != (j0 + j) / group)
-                return mk_err(MK_E_UNSUPPORTED,
-                              "%s: tensor '%s': element %lld is group %lld, expected %lld: activation-ordered "
-                              "INT4 (g_idx) cannot be repacked to MLX",
-                              s->dir, t->name, (long long)(j0 + j), (long long)v, (long long)((j0 + j) / group));
-        }
-    }
-    return MK_OK;
-}
-
-/* compressed-tensors pack-quantized INT4 (FORMATS.md 5). */
-static mk_status resolve_ct(cv_src *s, cv_mod *m, const gather *g) {
-    const mk_tensor_info *w = g->main, *sc = g->cts;
-    char b1[96], b2[96];
-    if (!sc)
-        return mk_err(MK_E_FORMAT, "%s: '%s' has no weight_scale beside it", s->dir, w->name);
-    /* the same refusal as the engine's (format/config_check.c) */
-    size_t ml = strlen(w->name) > strlen(".weight_packed") ? strlen(w->name) - strlen(".weight_packed") : 0;
-    char mod[512];
-    snprintf(mod, sizeof mod, "%.*s", (int)ml, w->name);
-    MK_TRY(mk_ct_check(&s->cfg.quant, s->dir, mod, g->ctzp != NULL));
-    if (w->ndim != 2 || (w->dtype != MK_DT_I32 && w->dtype != MK_DT_U32))
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected I32 [out, ceil(in/8)]", s->dir, w->name,
-                      mk_dtype_name(w->dtype), sh(b1, sizeof b1, w));
-    int64_t lshape[2] = {w->shape[0], w->shape[1] * 8};
-    if (g->ctshape)
-        MK_TRY(read_ct_shape(s, g->ctshape, lshape));
-    if (lshape[0] != w->shape[0] || (lshape[1] + 7) / 8 != w->shape[1])
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' %s does not pack weight_shape [%lld,%lld] (expected [%lld,%lld])",
-                      s->dir, w->name, sh(b1, sizeof b1, w), (long long)lshape[0], (long long)lshape[1],
-                      (long long)lshape[0], (long long)((lshape[1] + 7) / 8));
-    if (sc->ndim != 2 || sc->shape[0] != lshape[0] || !cv_is_float_dtype(sc->dtype) || sc->dtype == MK_DT_F64)
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected F32/BF16/F16 [%lld, in/group]", s->dir,
-                      sc->name, mk_dtype_name(sc->dtype), sh(b1, sizeof b1, sc), (long long)lshape[0]);
-    int group = s->cfg.quant.method == MK_QM_CT ? s->cfg.quant.ct_group_size : 0;
-    if (group <= 0)
-        group = (int)(lshape[1] / (sc->shape[1] ? sc->shape[1] : 1));
-    if (group <= 0 || lshape[1] % group != 0)
-        return mk_err(MK_E_FORMAT,
-                      "%s: module '%s': INT4 group size %d does not divide the row length %lld (weight_shape "
-                      "[%lld,%lld]); MLX affine needs whole groups",
-                      s->dir, w->name, group, (long long)lshape[1], (long long)lshape[0], (long long)lshape[1]);
-    if (group != 32 && group != 64 && group != 128)
-        return mk_err(MK_E_UNSUPPORTED, "%s: module '%s': INT4 group size %d; MLX supports 32, 64, 128", s->dir,
-                      w->name, group);
-    if (sc->shape[1] != lshape[1] / group)
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' %s: expected [%lld,%lld] scales for group size %d", s->dir,
-                      sc->name, sh(b1, sizeof b1, sc), (long long)lshape[0], (long long)(lshape[1] / group), group);
-    if (g->ctzp) {
-        const mk_tensor_info *z = g->ctzp;
-        if (z->ndim != 2 || z->shape[0] != (lshape[0] + 7) / 8 || z->shape[1] != lshape[1] / group ||
-            (z->dtype != MK_DT_I32 && z->dtype != MK_DT_U32))
-            return mk_err(MK_E_FORMAT, "%s: tensor '%s' is %s %s, expected I32 [%lld,%lld] (packed along dim 0)",
-                          s->dir, z->name, mk_dtype_name(z->dtype), sh(b2, sizeof b2, z),
-                          (long long)((lshape[0] + 7) / 8), (long long)(lshape[1] / group));
-    }
-    if (g->ctgidx)
-        MK_TRY(check_gidx(s, g->ctgidx, lshape[1], group));
-    m->kind = CV_CT;
-    shape_copy(m, 2, lshape);
-    m->vdt = sc->dtype;
-    m->bits = 4;
-    m->group = group;
-    m->ct_sym = g->ctzp == NULL;
-    m->t[CV_T_SCALE] = sc;
-    m->t[CV_T_ZP] = g->ctzp;
-    return MK_OK;
-}
-
-/* MLX quantized module: bits from the config entry AND the packed shape. */
-static mk_status resolve_mlx(cv_src *s, cv_mod *m, const gather *g) {
-    const mk_tensor_info *w = g->main, *sc = g->mlxs, *bi = g->mlxb;
-    char b1[96], b2[96];
-    char *path = cv_printf("%.*s", (int)(strlen(m->name) - strlen(".weight")), m->name);
-    if (!path)
-        return mk_err(MK_E_NOMEM, "out of memory");
-    int bits = 0, group = 0;
-    mk_qmode mode = MK_QMODE_AFFINE;
-    bool q = mk_qcfg_lookup(&s->cfg.quant, path, true, &bits, &group, &mode);
-    free(path);
-    if (!q || s->cfg.quant.method != MK_QM_MLX)
-        return mk_err(MK_E_FORMAT, "%s: '%s' has MLX scales but config.json has no quantization block for it", s->dir,
-                      w->name);
-    if (w->ndim < 2 || sc->ndim != w->ndim || bits <= 0 || group <= 0)
-        return mk_err(MK_E_FORMAT, "%s: MLX module '%s': weight %s and scales %s do not match", s->dir, w->name,
-                      sh(b1, sizeof b1, w), sh(b2, sizeof b2, sc));
-    for (int d = 0; d + 1 < w->ndim; d++)
-        if (sc->shape[d] != w->shape[d])
-            return mk_err(MK_E_FORMAT, "%s: MLX module '%s': weight %s and scales %s differ in leading dims", s->dir,
-                          w->name, sh(b1, sizeof b1, w), sh(b2, sizeof b2, sc));
-    int64_t in = sc->shape[sc->ndim - 1] * group, wcols = w->shape[w->ndim - 1];
-    if (wcols * 32 != in * bits)
-        return mk_err(MK_E_MISMATCH,
-                      "%s: MLX module '%s': config says %d bits, group %d, so %lld columns need %lld packed words, "
-                      "found %lld",
-                      s->dir, w->name, bits, group, (long long)in, (long long)(in * bits / 32), (long long)wcols);
-    if (mode == MK_QMODE_AFFINE && (!bi || bi->ndim != sc->ndim || bi->numel != sc->numel))
-        return mk_err(MK_E_FORMAT, "%s: MLX affine module '%s' needs biases shaped like its scales %s", s->dir,
-                      w->name, sh(b1, sizeof b1, sc));
-    int64_t lshape[MK_MAX_DIMS];
-    memcpy(lshape, w->shape, sizeof lshape);
-    lshape[w->ndim - 1] = in;
-    m->kind = CV_MLX;
-    shape_copy(m, w->ndim, lshape);
-    m->vdt = sc->dtype;
-    m->bits = bits;
-    m->group = mode == MK_QMODE_AFFINE ? group : -group; /* negative: an fp mode, copy-only */
-    m->t[CV_T_SCALE] = sc;
-    m->t[CV_T_BIAS] = bi;
-    return MK_OK;
-}
 
 static cv_mod *add_mod(cv_src *s, const char *name, const mk_tensor_info *t) {
     cv_mod *m = &s->mods[s->nmods++];
@@ -232,46 +45,62 @@ static cv_mod *add_mod(cv_src *s, const char *name, const mk_tensor_info *t) {
     return m;
 }
 
-/* One module from its gathered tensors. May append plain modules for
- * tensors that only looked like companions (a real `.scales` parameter). */
-static mk_status resolve(cv_src *s, const char *base, const gather *g) {
-    if (!g->main) {
-        const mk_tensor_info *c = g->fp8s ? g->fp8s : g->cts ? g->cts : g->mlxs ? g->mlxs : g->mlxb;
-        if (g->mlxs || g->mlxb) { /* not companions after all: plain tensors */
-            if (g->mlxs && !add_mod(s, g->mlxs->name, g->mlxs)->name)
-                return mk_err(MK_E_NOMEM, "out of memory");
-            if (g->mlxb && !add_mod(s, g->mlxb->name, g->mlxb)->name)
-                return mk_err(MK_E_NOMEM, "out of memory");
-            if (!g->fp8s && !g->cts && !g->ctzp)
-                return MK_OK;
-        }
-        c = c ? c : g->ctzp ? g->ctzp : g->ctshape;
-        return mk_err(MK_E_FORMAT, "%s: tensor '%s' is a companion of '%s', which is not in the checkpoint", s->dir,
-                      c ? c->name : base, base);
+/* convert's view of a resolved stored module (module.h): the kind it
+ * plans by, the logical shape, the dtype its operations decode and the
+ * parameters (an MLX module in an fp mode has a negative group: copy-only). */
+static void project(cv_mod *m, const mk_smod *sm) {
+    const mk_tensor_info *w = sm->part[MK_SP_WEIGHT];
+    shape_copy(m, sm->ndim, sm->shape);
+    m->t[CV_T_MAIN] = w;
+    m->t[CV_T_SCALE] = sm->part[MK_SP_SCALES];
+    m->t[CV_T_BIAS] = sm->part[MK_SP_BIASES];
+    m->t[CV_T_ZP] = sm->part[MK_SP_ZP];
+    switch (sm->kind) {
+    case MK_SM_FP8:
+        m->kind = CV_FP8;
+        m->vdt = w->dtype;
+        m->block_r = sm->q.block_r;
+        m->block_c = sm->q.block_c;
+        break;
+    case MK_SM_CT:
+        m->kind = CV_CT;
+        m->vdt = sm->q.sdtype;
+        m->bits = 4;
+        m->group = sm->q.group;
+        m->ct_sym = sm->ct_symmetric;
+        break;
+    case MK_SM_MLX:
+        m->kind = CV_MLX;
+        m->vdt = sm->q.sdtype;
+        m->bits = sm->q.bits;
+        m->group = sm->q.fmt == MK_WF_AFFINE ? sm->q.group : -sm->q.group;
+        break;
+    default: /* plain: as add_mod classified it */
+        break;
     }
+}
+
+/* One module from its gathered tensors (resolved and checked by format's
+ * mk_smod_resolve). MLX .scales/.biases without an MLX module of their own
+ * are plain tensors (a real `.scales` parameter): appended as modules. */
+static mk_status resolve(cv_src *s, const char *base, const mk_smod_parts *g) {
+    mk_smod sm;
+    if (!g->main && (g->mlxs || g->mlxb)) { /* not companions after all: plain tensors */
+        if (g->mlxs && !add_mod(s, g->mlxs->name, g->mlxs)->name)
+            return mk_err(MK_E_NOMEM, "out of memory");
+        if (g->mlxb && !add_mod(s, g->mlxb->name, g->mlxb)->name)
+            return mk_err(MK_E_NOMEM, "out of memory");
+        if (!g->fp8s && !g->cts && !g->ctzp)
+            return MK_OK;
+    }
+    if (!g->main)
+        return mk_smod_resolve(s->ck, &s->cfg, s->dir, base, g, &sm);
     cv_mod *m = add_mod(s, base, g->main);
     if (!m->name)
         return mk_err(MK_E_NOMEM, "out of memory");
-    mk_dtype dt = g->main->dtype;
-    bool fp8 = dt == MK_DT_F8_E4M3 || dt == MK_DT_F8_E5M2;
-    if (g->packed)
-        MK_TRY(resolve_ct(s, m, g));
-    else if (fp8) {
-        if (!g->fp8s)
-            return mk_err(g->cts ? MK_E_UNSUPPORTED : MK_E_FORMAT,
-                          "%s: tensor '%s' is %s but has no '%s_scale_inv' block scales%s", s->dir, g->main->name,
-                          mk_dtype_name(dt), g->main->name, g->cts ? " (per-tensor FP8 scales are not supported)" : "");
-        MK_TRY(resolve_fp8(s, m, g));
-    } else if (dt == MK_DT_U32 && g->mlxs)
-        MK_TRY(resolve_mlx(s, m, g));
-    else {
-        if (dt == MK_DT_F8_E4M3FNUZ || dt == MK_DT_F8_E5M2FNUZ || dt == MK_DT_F8_E8M0 || dt == MK_DT_F4)
-            return mk_err(MK_E_UNSUPPORTED, "%s: tensor '%s' has dtype %s, which convert cannot decode", s->dir,
-                          g->main->name, mk_dtype_name(dt));
-        const mk_tensor_info *stray = g->fp8s ? g->fp8s : g->cts ? g->cts : g->ctzp;
-        if (stray)
-            return mk_err(MK_E_FORMAT, "%s: tensor '%s' looks like the scales of '%s', but that is %s, not quantized",
-                          s->dir, stray->name, g->main->name, mk_dtype_name(dt));
+    MK_TRY(mk_smod_resolve(s->ck, &s->cfg, s->dir, base, g, &sm));
+    project(m, &sm);
+    if (sm.kind == MK_SM_FLOAT || sm.kind == MK_SM_RAW) {
         if (g->mlxs && !add_mod(s, g->mlxs->name, g->mlxs)->name)
             return mk_err(MK_E_NOMEM, "out of memory");
         if (g->mlxb && !add_mod(s, g->mlxb->name, g->mlxb)->name)
@@ -282,7 +111,7 @@ static mk_status resolve(cv_src *s, const char *base, const gather *g) {
 
 static mk_status gather_modules(cv_src *s) {
     size_t n = mk_ckpt_count(s->ck);
-    gather *gs = mk_calloc(n ? n : 1, sizeof *gs);
+    mk_smod_parts *gs = mk_calloc(n ? n : 1, sizeof *gs);
     char **bases = mk_calloc(n ? n : 1, sizeof *bases);
     cv_map *map = cv_map_new(n);
     s->mods = mk_calloc(n ? 2 * n : 1, sizeof *s->mods); /* plus companions turned plain */
@@ -301,7 +130,7 @@ static mk_status gather_modules(cv_src *s) {
             free(base);
             continue;
         }
-        gather *g = cv_map_get(map, base);
+        mk_smod_parts *g = cv_map_get(map, base);
         if (!g) {
             g = &gs[ng];
             bases[ng++] = base;
@@ -311,24 +140,7 @@ static mk_status gather_modules(cv_src *s) {
             }
         } else
             free(base);
-        const mk_tensor_info **slot = NULL;
-        switch (r) {
-        case MK_QR_MAIN: slot = &g->main; break;
-        case MK_QR_CT_PACKED: slot = &g->main; g->packed = true; break;
-        case MK_QR_FP8_SCALE: slot = &g->fp8s; break;
-        case MK_QR_CT_SCALE: slot = &g->cts; break;
-        case MK_QR_CT_ZP: slot = &g->ctzp; break;
-        case MK_QR_CT_SHAPE: slot = &g->ctshape; break;
-        case MK_QR_CT_GIDX: slot = &g->ctgidx; break;
-        case MK_QR_MLX_SCALES: slot = &g->mlxs; break;
-        case MK_QR_MLX_BIASES: slot = &g->mlxb; break;
-        default: break;
-        }
-        if (slot && *slot)
-            st = mk_err(MK_E_FORMAT, "%s: tensors '%s' and '%s' both claim to be the data of module '%s'", s->dir,
-                        (*slot)->name, t->name, bases[g - gs]);
-        else if (slot)
-            *slot = t;
+        st = mk_smod_parts_add(g, r, t, s->dir, bases[g - gs]);
     }
     /* Resolve in tensor order of the checkpoint: deterministic. */
     for (size_t i = 0; st == MK_OK && i < ng; i++)
