@@ -9,13 +9,17 @@
  * bounded cache) starts every read at acquire, in file order, and returns
  * hits first, so compute on hits overlaps the reads of misses; the engine's
  * results do not depend on that order (the MoE combine sums in a fixed
- * order). Today's store (mk_expert_store_resident) hands out views into the
- * mmapped checkpoint in the order announced.
+ * order). Two stores: mk_expert_store_resident hands out views into the
+ * mmapped checkpoint in the order announced; mk_expert_store_stream reads
+ * experts from the files into a bounded cache (below).
  *
  * Stores are described by a table of function pointers (mk_expert_store_i),
  * one instance per engine; they are not thread safe unless they say so. */
 #ifndef MOEKIT_EXPERT_STORE_H
 #define MOEKIT_EXPERT_STORE_H
+
+#include <stdbool.h>
+#include <stdint.h>
 
 #include "moekit/model.h"
 #include "moekit/status.h"
@@ -24,6 +28,20 @@
 #ifdef __cplusplus
 extern "C" {
 #endif
+
+/* What a store did (`--stats`). */
+typedef struct mk_expert_stats {
+    uint64_t uses;        /* experts handed out */
+    uint64_t hits;        /* of which already in the cache */
+    uint64_t bytes_read;  /* expert bytes read from the files */
+    uint64_t reads;       /* read requests (parts) issued */
+    double io_wait_s;     /* time next() spent waiting for reads */
+    double oracle_hit;    /* Belady's hit rate on the same accesses with the same slots;
+                             -1 when not recorded */
+    int slots;            /* experts the cache holds */
+    uint64_t slot_bytes;  /* bytes of one slot */
+    const char *io;       /* "io_uring" / "pread" (+ direct or buffered) */
+} mk_expert_stats;
 
 typedef struct mk_expert_store_i {
     const char *name;
@@ -39,6 +57,8 @@ typedef struct mk_expert_store_i {
     void (*release)(void *ctx, int layer, int e);
     /* Free ctx. */
     void (*free)(void *ctx);
+    /* (optional) counters since creation; NULL: a store that counts nothing */
+    void (*stats)(void *ctx, struct mk_expert_stats *out);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -51,10 +71,45 @@ mk_status mk_expert_store_create(const mk_expert_store_i *iface, void *ctx,
 mk_status mk_expert_store_resident(const mk_model *m, mk_expert_store **out);
 void mk_expert_store_free(mk_expert_store *s); /* NULL ok */
 
+/* Experts read from the checkpoint files on demand into a bounded cache
+ * (issue 11): never mmap for experts; reads through io/reader (io_uring or
+ * a pread pool, O_DIRECT or buffered), all of a layer's misses issued at
+ * acquire, hits handed out first, misses in the order their reads finish.
+ * The cache holds `cache_bytes / slot` experts (a slot holds the largest
+ * expert: its gate, up and down with their scales and biases, 4 KiB
+ * aligned); it must hold at least one layer's experts per step
+ * (num_experts_per_tok) or creation fails naming the least size.
+ * Views are the same formats as the resident ones over the same bytes, so
+ * logits are bitwise those of the resident store. A failed or short read is
+ * an error naming the expert, layer, file and offset; a shard file that
+ * changed size or mtime since the model was opened is refused. The model
+ * must have been opened with mk_model_opts.stream_experts. */
+typedef enum mk_expert_policy {
+    MK_EXPERT_FREQ = 0, /* decayed use counts (default): keeps what a model keeps routing to */
+    MK_EXPERT_LRU = 1,  /* least recently used */
+} mk_expert_policy;
+
+typedef struct mk_stream_opts {
+    uint64_t cache_bytes;     /* bytes of expert slots (the streaming part of a memory budget) */
+    mk_expert_policy policy;
+    double half_life_tokens;  /* FREQ: tokens over which a use count halves; <= 0: 64 */
+    bool direct;              /* O_DIRECT reads (per-file fallback to buffered) */
+    int io;                   /* 0 auto (io_uring, else pread), 1 io_uring, 2 pread */
+    bool record_trace;        /* keep the access trace for the oracle hit rate in stats */
+} mk_stream_opts;
+
+/* The model (opened with stream_experts) must outlive the store. */
+mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_expert_store **out);
+/* Bytes of one cache slot for model m (the largest expert, aligned), 0
+ * when m has no routed experts: budgets divide by it. */
+uint64_t mk_expert_store_slot_bytes(const mk_model *m);
+
 mk_status mk_expert_store_acquire(mk_expert_store *s, int layer, const int *experts, int n);
 mk_status mk_expert_store_next(mk_expert_store *s, int layer, int *e, const mk_expert **out);
 void mk_expert_store_release(mk_expert_store *s, int layer, int e);
 const char *mk_expert_store_name(const mk_expert_store *s);
+/* Counters of the store (zeros and oracle -1 for a store that keeps none). */
+void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out);
 
 #ifdef __cplusplus
 }

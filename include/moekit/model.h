@@ -27,6 +27,7 @@
 #include <stdint.h>
 
 #include "moekit/config.h"
+#include "moekit/weight.h"
 #include "moekit/st.h"
 #include "moekit/status.h"
 
@@ -43,7 +44,33 @@ typedef struct mk_model_opts {
      * exactly; costs 2 bytes per weight of RAM. Default: compute from the
      * mmapped FP8 bytes (products kept in float32). */
     bool fp8_to_bf16;
+    /* Routed experts will be read from the files by a streaming expert
+     * store (mk_expert_store_stream), never through the mapping: their
+     * locations are kept (mk_model_expert_loc) and nothing is derived from
+     * their bytes at open (INT4 biases are derived per read). Not with
+     * fp8_to_bf16. */
+    bool stream_experts;
 } mk_model_opts;
+
+/* Where one projection of a routed expert lies in the checkpoint files:
+ * its parts (weight, scales, biases, zero points: MK_SP_* of module.h) as
+ * byte ranges of shard files, and its format (q: an mk_wt without
+ * pointers, rows x cols logical). A part with len 0 is absent. */
+typedef struct mk_wloc_part {
+    int shard;
+    uint64_t off, len;
+} mk_wloc_part;
+
+typedef struct mk_wloc {
+    mk_wt q;
+    mk_wloc_part part[4];
+    bool ct;           /* compressed-tensors INT4: affine biases derived from scales (+ zero points) */
+    bool ct_symmetric; /* CT without zero points: biases -8 * scale */
+} mk_wloc;
+
+typedef struct mk_expert_loc {
+    mk_wloc gate, up, down;
+} mk_expert_loc;
 
 /* Open the model in directory `path` (config.json + safetensors). On
  * failure *out is NULL and mk_err_msg() says what is wrong. opts may be
@@ -71,6 +98,15 @@ const char *mk_model_dir(const mk_model *m);
  * the expert layout ("per-expert", "fused", "stacked") and storage
  * ("bf16", "fp8", "affine", "int4"), e.g. "hf-vl/fused/bf16". */
 const char *mk_model_layout(const mk_model *m);
+/* Expert e of MoE layer `layer`, for a model opened with stream_experts;
+ * NULL otherwise (or for a dense layer). */
+const mk_expert_loc *mk_model_expert_loc(const mk_model *m, int layer, int e);
+/* Bytes of weights the engine reads that are not routed experts: mapped
+ * tensors it views plus the model's own copies (norm gains, derived
+ * biases). With stream_experts this is what stays resident. */
+uint64_t mk_model_resident_bytes(const mk_model *m);
+/* Bytes of every routed expert's stored parts. */
+uint64_t mk_model_expert_bytes(const mk_model *m);
 /* True when the checkpoint stores its linear weights quantized (FP8 block,
  * MLX, INT4) rather than as plain floats. */
 bool mk_model_quantized(const mk_model *m);

@@ -220,8 +220,11 @@ double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, i
             for (int j = 0; j < nres; j++)
                 if (rstep[j] != steps[i] && (at < 0 || rnext[j] > rnext[at]))
                     at = j;
-            if (at < 0)
-                goto out; /* a step larger than the cache */
+            /* a step larger than the cache: its earlier keys go too (the
+             * store reads such a step's experts as slots are released) */
+            for (int j = 0; at < 0 && j < nres; j++)
+                if (at < 0 || rnext[j] > rnext[at])
+                    at = j;
             res[at] = keys[i];
         }
         rnext[at] = next[i];

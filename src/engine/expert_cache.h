@@ -62,8 +62,10 @@ int mk_ecache_slots(const mk_ecache *c);
  * integer encoding of (layer, expert)), where the accesses of one step
  * (the experts one layer uses at once) share a step number in steps[] and
  * must all be resident together: a step's own keys are never evicted for
- * one another. nslots must be at least the largest step. Returns the
- * fraction of accesses that hit, or -1 on bad arguments / no memory. */
+ * one another, unless the step has more keys than slots (a prefill chunk:
+ * the store then reads them as slots are released, and so does the
+ * oracle). Returns the fraction of accesses that hit, or -1 on bad
+ * arguments / no memory. */
 double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, int nslots);
 
 #endif

@@ -55,6 +55,12 @@ void mk_expert_store_release(mk_expert_store *s, int layer, int e) {
 
 const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }
 
+void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out) {
+    *out = (mk_expert_stats){.oracle_hit = -1.0};
+    if (s->i->stats)
+        s->i->stats(s->ctx, out);
+}
+
 /* ---- resident ------------------------------------------------------------ */
 
 typedef struct resident {

@@ -124,11 +124,36 @@ static mk_status view_any(mk_ld *ld, const char *mod, const char *wname, int64_t
     } else {
         MK_TRY(mk_smod_view(ld->ck, &sl, w));
     }
+    uint64_t bytes = 0;
+    for (int k = 0; k < MK_SP_N; k++)
+        bytes += sl.part[k].t ? sl.part[k].len : 0;
+    if (ld->loc) { /* a routed expert: where its parts are, for a streaming store */
+        ld->m->expert_bytes += bytes;
+        mk_wloc *L = ld->loc;
+        memset(L, 0, sizeof *L);
+        L->q = sm.q;
+        L->q.rows = rows;
+        L->q.cols = cols;
+        L->q.data = L->q.scales = L->q.biases = NULL;
+        for (int k = 0; k < MK_SP_N && k < 4; k++)
+            if (sl.part[k].t)
+                L->part[k] = (mk_wloc_part){sl.part[k].shard, sl.part[k].off, sl.part[k].len};
+        L->ct = sm.kind == MK_SM_CT;
+        L->ct_symmetric = sm.ct_symmetric;
+        if (L->ct) { /* the kernels see INT4 as affine 4-bit (ct_biases below) */
+            L->q.fmt = MK_WF_AFFINE;
+            L->q.bits = 4;
+        }
+    } else {
+        ld->m->resident_bytes += bytes;
+    }
+    /* streamed experts: nothing is derived from their bytes at open */
+    bool derive = !ld->check_only && !(ld->stream && ld->loc);
     switch (sm.kind) {
     case MK_SM_FP8:
         MK_TRY(mk_smod_check_scales(ld->ck, &sl));
         ld->seen_fp8 = true;
-        if (ld->fp8_to_bf16 && !ld->check_only)
+        if (ld->fp8_to_bf16 && derive)
             return fp8_materialise(ld, sm.part[MK_SP_WEIGHT], w);
         return MK_OK;
     case MK_SM_MLX:
@@ -139,7 +164,7 @@ static mk_status view_any(mk_ld *ld, const char *mod, const char *wname, int64_t
         return MK_OK;
     case MK_SM_CT:
         ld->seen_int4 = true;
-        return ld->check_only ? MK_OK : ct_biases(ld, mod, &sm, w);
+        return derive ? ct_biases(ld, mod, &sm, w) : MK_OK;
     default: return MK_OK;
     }
 }

@@ -21,6 +21,9 @@ typedef struct mk_ld {
     bool norm_plus1; /* zero-centred family stored raw (HF): gains get +1 at load */
     bool fp8_to_bf16; /* materialise FP8 weights as bf16 (mk_model_opts) */
     bool check_only;  /* mk_model_check: headers only, no data read, no copies made */
+    bool stream;      /* stream_experts: expert views are never read through the mapping */
+    mk_wloc *loc;     /* set while a routed expert's projection loads: its location goes here */
+    mk_wloc loc_scratch; /* loc of resident experts (not kept) */
     /* what was seen, for mk_model_layout */
     bool seen_fp8, seen_affine, seen_int4, seen_mx;
 } mk_ld;

@@ -29,8 +29,10 @@ void *mk_model_alloc(mk_model *m, size_t n) {
         m->cap_owned = cap;
     }
     void *b = mk_calloc(1, n ? n : 1);
-    if (b)
+    if (b) {
         m->owned[m->n_owned++] = b;
+        m->resident_bytes += n;
+    }
     return b;
 }
 
@@ -220,8 +222,18 @@ static mk_status load_mlp(mk_ld *ld, const char *p, int64_t I, mk_mlp_w *w) {
     return mk_ld_linear(ld, mod, H, I, &w->down);
 }
 
-/* Routed experts, whichever of the three layouts the checkpoint uses. */
-static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe,
+/* Where projection j (gate, up, down) of expert e records its location:
+ * the model's table when streaming, else the loader's scratch (the loader
+ * still learns that the view is a routed expert's, for the byte counts). */
+static mk_wloc *loc_of(mk_ld *ld, mk_moe_w *moe, int64_t e, int j) {
+    if (!moe->locs)
+        return &ld->loc_scratch;
+    return j == 0 ? &moe->locs[e].gate : j == 1 ? &moe->locs[e].up : &moe->locs[e].down;
+}
+
+/* Routed experts, whichever of the three layouts the checkpoint uses. The
+ * loader's loc pointer is set for each projection and cleared after. */
+static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w *moe,
                               const char **kind) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, I = c->moe_intermediate_size, E = c->num_experts;
@@ -237,6 +249,7 @@ static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe
             int64_t R = j == 2 ? H : I, cols = j == 2 ? I : H;
             for (int64_t e = 0; e < E; e++) {
                 mk_wt *w = j == 0 ? &ex[e].gate : j == 1 ? &ex[e].up : &ex[e].down;
+                ld->loc = loc_of(ld, moe, e, j);
                 MK_TRY(mk_ld_stacked(ld, mod, wn, E, e, R, 0, R, cols, w));
             }
         }
@@ -252,8 +265,11 @@ static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe
         if (!mk_ckpt_find(ld->ck, dn))
             snprintf(dn, sizeof dn, "%s.mlp.experts.down_proj.weight", p);
         for (int64_t e = 0; e < E; e++) {
+            ld->loc = loc_of(ld, moe, e, 0);
             MK_TRY(mk_ld_stacked(ld, mod, mod, E, e, 2 * I, 0, I, H, &ex[e].gate));
+            ld->loc = loc_of(ld, moe, e, 1);
             MK_TRY(mk_ld_stacked(ld, mod, mod, E, e, 2 * I, I, I, H, &ex[e].up));
+            ld->loc = loc_of(ld, moe, e, 2);
             MK_TRY(mk_ld_stacked(ld, dn, dn, E, e, H, 0, H, I, &ex[e].down));
         }
         return MK_OK;
@@ -276,16 +292,21 @@ static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe
         return mk_err(MK_E_FORMAT, "%s: layer %d: %d of %lld routed experts missing "
                       "(indices must be 0..%lld): %s", mk_ckpt_dir(ld->ck), layer, nmiss,
                       (long long)E, (long long)E - 1, missing);
-    for (int64_t e = 0; e < E; e++) {
-        char ep[256];
-        snprintf(ep, sizeof ep, "%s.mlp.experts.%lld", p, (long long)e);
-        mk_mlp_w w;
-        MK_TRY(load_mlp(ld, ep, I, &w));
-        ex[e].gate = w.gate;
-        ex[e].up = w.up;
-        ex[e].down = w.down;
-    }
+    static const char *const pn[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int64_t e = 0; e < E; e++)
+        for (int j = 0; j < 3; j++) {
+            snprintf(mod, sizeof mod, "%s.mlp.experts.%lld.%s", p, (long long)e, pn[j]);
+            mk_wt *w = j == 0 ? &ex[e].gate : j == 1 ? &ex[e].up : &ex[e].down;
+            ld->loc = loc_of(ld, moe, e, j);
+            MK_TRY(mk_ld_linear(ld, mod, j == 2 ? H : I, j == 2 ? I : H, w));
+        }
     return MK_OK;
+}
+
+static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
+    mk_status st = load_experts_any(ld, p, layer, moe, kind);
+    ld->loc = NULL;
+    return st;
 }
 
 static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
@@ -329,6 +350,12 @@ static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, co
     if (!moe->experts)
         return mk_err(MK_E_NOMEM, "layer %d: no memory for %lld expert views", layer,
                       (long long)E);
+    if (ld->stream) {
+        moe->locs = mk_model_alloc(ld->m, (size_t)E * sizeof(mk_expert_loc));
+        if (!moe->locs)
+            return mk_err(MK_E_NOMEM, "layer %d: no memory for %lld expert locations", layer,
+                          (long long)E);
+    }
     return load_experts(ld, p, layer, moe, kind);
 }
 
@@ -456,7 +483,12 @@ mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model
     mk_status st = mk_ckpt_open(path, 0, &m->ck);
     if (st == MK_OK)
         st = mk_config_load(mk_ckpt_dir(m->ck), &m->cfg);
-    mk_ld ld = {.m = m, .ck = m->ck, .cfg = &m->cfg, .fp8_to_bf16 = opts && opts->fp8_to_bf16};
+    mk_ld ld = {.m = m, .ck = m->ck, .cfg = &m->cfg, .fp8_to_bf16 = opts && opts->fp8_to_bf16,
+                .stream = opts && opts->stream_experts};
+    m->stream_experts = ld.stream;
+    if (st == MK_OK && ld.stream && ld.fp8_to_bf16)
+        st = mk_err(MK_E_ARG, "streaming experts (a memory budget) keeps no bf16 copies of FP8 "
+                    "weights: drop --fp8-bf16 or the budget");
     const char *expert_kind = "dense";
     if (st == MK_OK)
         st = load_all(&ld, &expert_kind);
@@ -504,4 +536,14 @@ const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
 const mk_ckpt *mk_model_ckpt(const mk_model *m) { return m->ck; }
 const char *mk_model_dir(const mk_model *m) { return mk_ckpt_dir(m->ck); }
 const char *mk_model_layout(const mk_model *m) { return m->layout; }
+
+const mk_expert_loc *mk_model_expert_loc(const mk_model *m, int layer, int e) {
+    if (layer < 0 || layer >= m->cfg.num_layers || !m->layers[layer].is_moe || !m->layers[layer].moe.locs ||
+        e < 0 || e >= m->cfg.num_experts)
+        return NULL;
+    return &m->layers[layer].moe.locs[e];
+}
+
+uint64_t mk_model_resident_bytes(const mk_model *m) { return m->resident_bytes; }
+uint64_t mk_model_expert_bytes(const mk_model *m) { return m->expert_bytes; }
 bool mk_model_quantized(const mk_model *m) { return m->quantized; }

@@ -79,6 +79,7 @@ typedef struct mk_moe_w {
     bool has_shared_gate;
     mk_wt shared_gate;  /* [1, H]: sigmoid gate of the shared expert (qwen) */
     mk_expert *experts; /* [E] views, read only through the expert store */
+    mk_expert_loc *locs; /* [E] file locations (stream_experts only), else NULL */
 } mk_moe_w;
 
 typedef struct mk_layer_w {
@@ -104,6 +105,9 @@ struct mk_model {
     mk_layer_w *layers; /* [L] */
     void **owned;      /* f32 copies and other buffers freed with the model */
     size_t n_owned, cap_owned;
+    bool stream_experts;     /* experts read by a streaming store (mk_model_opts) */
+    uint64_t resident_bytes; /* mapped non-expert weight bytes + owned bytes */
+    uint64_t expert_bytes;   /* stored bytes of all routed experts */
 };
 
 /* Allocate n bytes owned by the model (zeroed); NULL on failure. */

@@ -1,0 +1,208 @@
+/* The streaming expert store (src/engine/expert_store_stream.c) against the
+ * resident one: on every fixture layout (HF per-expert, fused, FP8 block,
+ * the VL wrapper, DeepSeek MLA, the hybrids, the trained demo model) and on
+ * synthetic compressed-tensors INT4 (symmetric and with zero points) and
+ * MLX stacks (affine 4-bit, mxfp4), teacher-forced logits of a prompt must
+ * be bitwise equal whether experts come from the mapping or are read from
+ * the files into a cache as small as one token's experts (every prefill
+ * chunk then uses more experts than the cache holds) or half the experts,
+ * under both policies, through io_uring or pread, buffered or O_DIRECT.
+ * Also: the store's counters add up, and a cache smaller than one token's
+ * experts is refused naming the least size. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mk_test_util.h"
+#include "moekit/convert.h"
+#include "moekit/engine.h"
+#include "moekit/expert_store.h"
+#include "moekit/model.h"
+#include "moekit/quantize.h"
+#include "moekit/synth.h"
+
+#define NTOK 40
+
+static char *g_tmp;
+
+static int setup(void **state) {
+    (void)state;
+    g_tmp = mk_test_tmpdir("stream");
+    return g_tmp ? 0 : -1;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    mk_test_rmrf(g_tmp);
+    free(g_tmp);
+    return 0;
+}
+
+/* Logits of NTOK deterministic ids through `store` (NULL: resident). */
+static float *logits_of(const mk_model *m, mk_expert_store *store) {
+    const mk_config *c = mk_model_config(m);
+    int32_t ids[NTOK];
+    for (int i = 0; i < NTOK; i++)
+        ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+    /* chunk 16: several prefill chunks, each using many experts */
+    mk_engine_opts o = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = store};
+    mk_engine *e = NULL;
+    if (mk_engine_create(m, &o, &e) != MK_OK)
+        fail_msg("engine: %s", mk_err_msg());
+    float *out = malloc((size_t)NTOK * (size_t)c->vocab_size * sizeof(float));
+    assert_non_null(out);
+    /* prefill the first half, then decode token by token */
+    if (mk_engine_forward(e, ids, NTOK / 2, MK_LOGITS_ALL, out, NULL) != MK_OK)
+        fail_msg("forward: %s", mk_err_msg());
+    for (int i = NTOK / 2; i < NTOK; i++)
+        if (mk_engine_forward(e, ids + i, 1, MK_LOGITS_ALL, out + (size_t)i * (size_t)c->vocab_size,
+                              NULL) != MK_OK)
+            fail_msg("forward at %d: %s", i, mk_err_msg());
+    mk_engine_free(e);
+    return out;
+}
+
+typedef struct variant {
+    const char *name;
+    int slots_of;  /* 0: one token's experts; else experts of this many layers... see below */
+    mk_expert_policy policy;
+    int io;
+    bool direct;
+} variant;
+
+static const variant k_variants[] = {
+    {"k slots, FREQ, auto io, buffered", 0, MK_EXPERT_FREQ, 0, false},
+    {"half the experts, LRU, pread, O_DIRECT", 1, MK_EXPERT_LRU, 2, true},
+    {"half the experts, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true},
+};
+
+static void check_dir(const char *dir) {
+    mk_model *res = NULL, *str = NULL;
+    if (mk_model_open(dir, &res) != MK_OK)
+        fail_msg("open %s: %s", dir, mk_err_msg());
+    mk_model_opts so = {.stream_experts = true};
+    if (mk_model_open_ex(dir, &so, &str) != MK_OK)
+        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+    const mk_config *c = mk_model_config(res);
+    size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
+    float *want = logits_of(res, NULL);
+    uint64_t slot = mk_expert_store_slot_bytes(str);
+    assert_true(slot > 0);
+    assert_true(mk_model_expert_bytes(str) > 0);
+    for (size_t v = 0; v < sizeof k_variants / sizeof k_variants[0]; v++) {
+        const variant *var = &k_variants[v];
+        int moe_layers = 0;
+        for (int l = 0; l < c->num_layers; l++)
+            moe_layers += mk_model_expert_loc(str, l, 0) != NULL;
+        uint64_t n = var->slots_of ? (uint64_t)moe_layers * (uint64_t)c->num_experts / 2
+                                   : (uint64_t)c->num_experts_per_tok;
+        mk_stream_opts so2 = {.cache_bytes = n * slot, .policy = var->policy, .io = var->io,
+                              .direct = var->direct, .record_trace = true};
+        mk_expert_store *s = NULL;
+        if (mk_expert_store_stream(str, &so2, &s) != MK_OK)
+            fail_msg("%s, %s: store: %s", dir, var->name, mk_err_msg());
+        float *got = logits_of(str, s);
+        size_t bad = 0;
+        for (size_t i = 0; i < nv; i++)
+            bad += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+        mk_expert_stats st;
+        mk_expert_store_stats(s, &st);
+        printf("  %s, %s: %d slots of %llu B, %llu uses, hit %.3f (oracle %.3f), %llu B read in %llu "
+               "reads (%s)\n",
+               dir, var->name, st.slots, (unsigned long long)st.slot_bytes, (unsigned long long)st.uses,
+               st.uses ? (double)st.hits / (double)st.uses : 0.0, st.oracle_hit,
+               (unsigned long long)st.bytes_read, (unsigned long long)st.reads, st.io);
+        if (bad)
+            fail_msg("%s, %s: %zu of %zu logits differ from the resident store's", dir, var->name, bad, nv);
+        assert_int_equal((int64_t)st.slots, (int64_t)n);
+        assert_true(st.uses > 0 && st.hits <= st.uses);
+        assert_true(st.oracle_hit >= (double)st.hits / (double)st.uses - 1e-12);
+        assert_true(st.bytes_read >= (st.uses - st.hits) * 1); /* every miss read something */
+        free(got);
+        mk_expert_store_free(s);
+    }
+    /* fewer slots than one token's experts: refused, naming the least size */
+    mk_stream_opts tiny = {.cache_bytes = slot * (uint64_t)(c->num_experts_per_tok - 1) + 1};
+    mk_expert_store *s = NULL;
+    assert_int_equal(mk_expert_store_stream(str, &tiny, &s), MK_E_ARG);
+    char want_msg[64];
+    snprintf(want_msg, sizeof want_msg, "allow at least %llu bytes",
+             (unsigned long long)(slot * (uint64_t)c->num_experts_per_tok));
+    assert_non_null(strstr(mk_err_msg(), want_msg));
+    /* a resident model cannot feed a streaming store */
+    mk_stream_opts ok = {.cache_bytes = slot * 64};
+    assert_int_equal(mk_expert_store_stream(res, &ok, &s), MK_E_ARG);
+    free(want);
+    mk_model_free(res);
+    mk_model_free(str);
+}
+
+static void fixture(const char *rel) { check_dir(mk_test_fixture(rel)); }
+
+static void test_hf_per_expert(void **st) { (void)st; fixture("qwen3moe-a/bf16"); fixture("qwen3moe-odd/bf16"); }
+static void test_fp8(void **st) { (void)st; fixture("qwen3moe-odd/fp8"); fixture("deepseekv3-a/fp8"); }
+static void test_mla(void **st) { (void)st; fixture("deepseekv3-a/bf16"); }
+static void test_hybrids(void **st) { (void)st; fixture("qwen3next-a/bf16"); fixture("qwen35moe-a/bf16"); }
+static void test_vl_fused(void **st) { (void)st; fixture("qwen35moe-vl/bf16"); fixture("qwen35moe-vl/bf16-fused"); }
+static void test_trained(void **st) { (void)st; fixture("tiny-qwen35moe/bf16"); }
+
+static void synth(const char *name, mk_synth_format f, char *out, size_t cap) {
+    snprintf(out, cap, "%s/%s", g_tmp, name);
+    mk_synth_opts o;
+    mk_synth_opts_init(&o);
+    o.arch = "qwen3_moe";
+    o.preset = "tiny";
+    o.layers = 2;
+    o.experts = 8;
+    o.vocab = 512;
+    o.format = f;
+    o.quiet = true;
+    o.threads = 2;
+    if (mk_synth_run(out, &o) != MK_OK)
+        fail_msg("synth %s: %s", name, mk_err_msg());
+}
+
+static void test_ct_int4(void **st) {
+    (void)st;
+    char d[4096];
+    synth("ct-sym", MK_SYNTH_CT_INT4, d, sizeof d);
+    check_dir(d);
+    synth("ct-asym", MK_SYNTH_CT_INT4_ASYM, d, sizeof d);
+    check_dir(d);
+}
+
+/* MLX stacks (switch_mlp), quantized by moekit's own quantize path. */
+static void test_mlx_stacks(void **st) {
+    (void)st;
+    char src[4096], dst[4096];
+    synth("bf16", MK_SYNTH_BF16, src, sizeof src);
+    static const struct { const char *name; mk_qmode mode; int bits; } q[] = {
+        {"mlx-q4", MK_QMODE_AFFINE, 4}, {"mlx-mxfp4", MK_QMODE_MXFP4, 0}};
+    for (size_t i = 0; i < 2; i++) {
+        snprintf(dst, sizeof dst, "%s/%s", g_tmp, q[i].name);
+        mk_qjob *j = NULL;
+        assert_int_equal(mk_qjob_new(&j), MK_OK);
+        assert_int_equal(mk_qjob_set_default(j, q[i].mode, q[i].bits, 0), MK_OK);
+        mk_conv_opts o;
+        mk_conv_opts_init(&o);
+        o.to = MK_CONV_MLX;
+        o.quiet = true;
+        o.threads = 2;
+        o.quant = j;
+        if (mk_conv_run(src, dst, &o, NULL) != MK_OK)
+            fail_msg("quantize %s: %s", q[i].name, mk_err_msg());
+        mk_qjob_free(j);
+        check_dir(dst);
+    }
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_hf_per_expert), cmocka_unit_test(test_fp8),
+        cmocka_unit_test(test_mla),           cmocka_unit_test(test_hybrids),
+        cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained),
+        cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
