@@ -39,37 +39,45 @@ static void help(FILE *f) {
             "  --threads N       compute threads (default: all CPUs)\n"
             "  --fp8-bf16        dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "  --json            print the results as JSON\n"
+            "  --stats           print peak RSS and the expert store's counters to stderr\n"
+            "memory (MODEL and --ref each get these settings, each its own budget):\n"
+            "%s"
             "  -h, --help        this text\n\n"
-            "Exit status: 0 ok, 2 bad input, 1 internal failure.\n");
+            "Exit status: 0 ok, 2 bad input, 1 internal failure.\n",
+            mk_ecli_mem_help);
 }
 
 typedef struct eval_opts {
     const char *model, *text, *ref;
     long long window, tokens;
-    bool json, force_ctx;
+    bool json, force_ctx, stats;
     mk_model_opts mo;
     mk_engine_opts eo;
+    mk_ecli_mem mm; /* flags; each side copies it */
 } eval_opts;
 
 typedef struct side {
     mk_model *m;
     mk_engine *e;
     float *lg; /* [W, V] */
+    mk_ecli_mem mm;
 } side;
 
 static void side_free(side *s) {
     free(s->lg);
     mk_engine_free(s->e);
+    mk_ecli_mem_free(&s->mm);
     mk_model_free(s->m);
 }
 
 static mk_status side_open(const char *path, const eval_opts *o, side *s) {
     mk_engine_opts eo = o->eo;
     eo.max_ctx = o->window;
-    MK_TRY(mk_model_open_ex(path, &o->mo, &s->m));
+    s->mm = o->mm;
+    MK_TRY(mk_ecli_mem_model_open(&s->mm, path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
-    eo.mem_limit = mk_ecli_mem_available(); /* a cache larger than memory is refused */
-    MK_TRY(mk_engine_create(s->m, &eo, &s->e));
+    /* a cache larger than memory (or the budget) is refused */
+    MK_TRY(mk_ecli_mem_engine(&s->mm, s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
     return s->lg ? MK_OK : mk_err(MK_E_NOMEM, "no memory for %lld x %d logits", o->window,
                                   mk_model_config(s->m)->vocab_size);
@@ -167,6 +175,12 @@ static mk_status eval_main(const eval_opts *o) {
                        (double)agree / scored);
         }
     }
+    if (st == MK_OK && o->stats) {
+        fflush(stdout);
+        mk_ecli_mem_stats(&a.mm, stderr);
+        if (b.e)
+            mk_ecli_mem_stats(&b.mm, stderr);
+    }
     free(lpa);
     free(lpb);
     free(kls);
@@ -182,9 +196,10 @@ int cmd_eval(int argc, char **argv) {
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
         {"threads", required_argument, 0, 't'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
-        {"force-ctx", no_argument, 0, 'X'},
+        {"force-ctx", no_argument, 0, 'X'},    {"stats", no_argument, 0, 'a'},
+        MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    eval_opts o = {.window = 256, .tokens = 20000};
+    eval_opts o = {.window = 256, .tokens = 20000, .mm = {.cmd = "eval"}};
     long long v;
     int ch, rc;
     optind = 1;
@@ -209,9 +224,16 @@ int cmd_eval(int argc, char **argv) {
         case 'F': o.mo.fp8_to_bf16 = true; break;
         case 'J': o.json = true; break;
         case 'X': o.force_ctx = true; break;
+        case 'a': o.stats = true; break;
         case 'h': help(stdout); return 0;
-        default:
+        default: {
+            bool mine;
+            if ((rc = mk_ecli_mem_flag(&o.mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("eval", "unknown option or missing value: %s", argv[optind - 1]);
+        }
         }
     }
     if (optind != argc - 1)

@@ -28,8 +28,11 @@ static void help(FILE *f) {
             "  --fp8-bf16          dequantize FP8 weights at load to bf16 copies (each product\n"
             "                      rounded to bf16, as transformers' FP8 loader does): exact\n"
             "                      match with transformers, 2 bytes/weight of RAM\n"
+            "  --stats             print the expert store's counters (streaming) on stderr\n"
+            "%s"
             "  -h, --help          this text\n\n"
-            "Exit status: 0 ok, 2 bad input (unreadable model, bad ids), 1 internal failure.\n");
+            "Exit status: 0 ok, 2 bad input (unreadable model, bad ids), 1 internal failure.\n",
+            mk_ecli_mem_help);
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -40,12 +43,15 @@ int cmd_logits(int argc, char **argv) {
                                          {"prefill-chunk", required_argument, 0, 'c'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
                                          {"force", no_argument, 0, 'f'},
+                                         {"stats", no_argument, 0, 'a'},
+                                         MK_ECLI_MEM_OPTS,
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ids_s = NULL, *out = NULL, *hout = NULL;
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
-    bool force = false;
+    bool force = false, stats = false, mine;
+    mk_ecli_mem mm = {.cmd = "logits"};
     int ch, rc;
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
@@ -64,8 +70,13 @@ int cmd_logits(int argc, char **argv) {
             break;
         case 'F': mo.fp8_to_bf16 = true; break;
         case 'f': force = true; break;
+        case 'a': stats = true; break;
         case 'h': help(stdout); return 0;
         default:
+            if ((rc = mk_ecli_mem_flag(&mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("logits", "unknown option or missing value: %s", argv[optind - 1]);
         }
     }
@@ -97,7 +108,9 @@ int cmd_logits(int argc, char **argv) {
     mk_model *m = NULL;
     mk_engine *e = NULL;
     float *logits = NULL, *hidden = NULL;
-    st = mk_ecli_open(argv[optind], &mo, &eo, &m, &e);
+    st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
+    if (st == MK_OK)
+        st = mk_ecli_mem_engine(&mm, m, &eo, &e);
     if (st == MK_OK) {
         const mk_config *c = mk_model_config(m);
         logits = malloc((size_t)n * (size_t)c->vocab_size * sizeof(float));
@@ -115,10 +128,13 @@ int cmd_logits(int argc, char **argv) {
             st = mk_ecli_write(hout, hidden, (size_t)(c->num_layers + 1) * (size_t)n *
                                                  (size_t)c->hidden_size * sizeof(float), force);
     }
+    if (st == MK_OK && stats)
+        mk_ecli_mem_stats(&mm, stderr);
     free(ids);
     free(logits);
     free(hidden);
     mk_engine_free(e);
+    mk_ecli_mem_free(&mm);
     mk_model_free(m);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }

@@ -53,9 +53,12 @@ static void help(FILE *f) {
             "  --force-ctx          allow --ctx beyond max_position_embeddings\n"
             "  --prefill-chunk N    tokens per prefill chunk (default 512)\n"
             "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
+            "memory:\n"
+            "%s"
             "output:\n"
-            "  --stats              print prefill and decode speed (tok/s) and the KV-cache\n"
-            "                       size (bytes per token) to stderr\n"
+            "  --stats              print prefill and decode speed (tok/s), the KV-cache\n"
+            "                       size (bytes per token), peak RSS and, when streaming, the\n"
+            "                       expert cache's hit rate, bytes read and I/O wait to stderr\n"
             "  --json               print {\"ids\":[...],\"text\":\"...\"} of the generated tokens\n"
             "                       instead of streaming\n"
             "  -h, --help           this text\n\n"
@@ -66,12 +69,14 @@ static void help(FILE *f) {
             "bytes per token that --stats prints (f32; MLA models cache only the latent, e.g.\n"
             "137 KiB per token for DeepSeek-V3), Gated DeltaNet states (fixed per layer), and\n"
             "the activations of one prefill chunk (grows with --prefill-chunk).\n\n"
-            "Exit status: 0 ok, 2 bad input (model, tokenizer, flags), 1 internal failure.\n");
+            "Exit status: 0 ok, 2 bad input (model, tokenizer, flags), 1 internal failure.\n",
+            mk_ecli_mem_help);
 }
 
 typedef struct run_opts {
     const char *model, *prompt, *ids, *system, *tmpl;
     bool chat, no_think, stats, json, force_ctx;
+    mk_ecli_mem mm;
     long long max_tokens, ctx;
     mk_sample_params sp;
     mk_model_opts mo;
@@ -135,6 +140,7 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 "[kv] cache %zu bytes/token (%.2f MiB for %lld positions), engine arena %.2f MiB\n",
                 kvt, (double)kvt * (double)ctx / 1048576.0, ctx,
                 (double)mk_engine_arena_bytes(r->e) / 1048576.0);
+        mk_ecli_mem_stats(&o->mm, stderr);
     }
     if (st != MK_OK) {
         free(res.ids);
@@ -330,6 +336,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"ctx", required_argument, 0, 'x'},    {"prefill-chunk", required_argument, 0, 'c'},
         {"fp8-bf16", no_argument, 0, 'F'},    {"force-ctx", no_argument, 0, 'X'},
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
+        MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
     double d;
@@ -401,8 +408,14 @@ static int parse(int argc, char **argv, run_opts *o) {
         case 'a': o->stats = true; break;
         case 'J': o->json = true; break;
         case 'h': help(stdout); return 0;
-        default:
+        default: {
+            bool mine;
+            if ((rc = mk_ecli_mem_flag(&o->mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("run", "unknown option or missing value: %s", argv[optind - 1]);
+        }
         }
     }
     if (optind != argc - 1)
@@ -428,7 +441,7 @@ static int parse(int argc, char **argv, run_opts *o) {
 
 static mk_status run_main(run_opts *o) {
     run_ctx r = {.o = o};
-    mk_status st = mk_model_open_ex(o->model, &o->mo, &r.m);
+    mk_status st = mk_ecli_mem_model_open(&o->mm, o->model, &o->mo, &r.m);
     if (st != MK_OK)
         return st;
     const mk_config *c = mk_model_config(r.m);
@@ -473,21 +486,22 @@ static mk_status run_main(run_opts *o) {
         /* sized for the user's prompt and --max-tokens, not asked for: a warning */
         mk_ecli_check_ctx(r.m, o->eo.max_ctx, "the prompt + --max-tokens", o->force_ctx, true);
     }
-    o->eo.mem_limit = mk_ecli_mem_available(); /* a cache larger than memory is refused */
-    if ((st = mk_engine_create(r.m, &o->eo, &r.e)) != MK_OK ||
+    /* a cache larger than memory (or the budget) is refused */
+    if ((st = mk_ecli_mem_engine(&o->mm, r.m, &o->eo, &r.e)) != MK_OK ||
         (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
         goto done;
     st = interactive_chat ? interactive(&r) : one_shot(&r);
 done:
     mk_sampler_free(r.smp);
     mk_engine_free(r.e);
+    mk_ecli_mem_free(&o->mm);
     mk_tok_free(r.tok);
     mk_model_free(r.m);
     return st;
 }
 
 int cmd_run(int argc, char **argv) {
-    run_opts o = {.max_tokens = 256};
+    run_opts o = {.max_tokens = 256, .mm = {.cmd = "run"}};
     mk_sample_params_default(&o.sp);
     int rc = parse(argc, argv, &o);
     if (rc >= 0)

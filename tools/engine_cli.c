@@ -7,6 +7,9 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include <getopt.h>
+
+#include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/tokenizer.h"
 #include "io/outfile.h"
@@ -191,4 +194,159 @@ mk_status mk_ecli_tokenize_file(const char *model_dir, int64_t vocab, const char
     free(buf);
     mk_tok_free(tok);
     return st;
+}
+
+/* ---- memory budget and expert streaming ---------------------------------- */
+
+const char mk_ecli_mem_help[] =
+    "  --memory-budget SIZE  bound this process's memory (e.g. 6G): non-expert weights, the\n"
+    "                       context (KV cache, recurrent state, scratch), a fixed 96 MiB\n"
+    "                       overhead, and a cache of routed experts, which are then read from\n"
+    "                       the checkpoint files on demand (never mapped). Refused, naming the\n"
+    "                       least budget that works, when one token's experts do not fit.\n"
+    "                       Default: the model stays resident when it fits in 90% of the\n"
+    "                       available memory, else experts stream under that bound; the\n"
+    "                       choice is printed at startup\n"
+    "  --stream-experts     stream experts even when the model would fit\n"
+    "  --expert-cache POL   freq (default: decayed use counts) or lru\n"
+    "  --io MODE            auto (io_uring when the kernel allows, else a pread pool), uring,\n"
+    "                       pread\n"
+    "  --direct             O_DIRECT expert reads (bypass the page cache; per file, buffered\n"
+    "                       where the file system refuses)\n";
+
+int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
+    *mine = true;
+    switch (ch) {
+    case 0x4d01: {
+        unsigned long long v;
+        if (!mk_cli_parse_size(arg, &v) || v == 0)
+            return mk_cli_usage(mm->cmd, "--memory-budget: expected a size such as 6G or 512M, got '%s'",
+                                arg);
+        mm->budget = v;
+        return -1;
+    }
+    case 0x4d02:
+        if (!strcmp(arg, "freq"))
+            mm->policy = MK_EXPERT_FREQ;
+        else if (!strcmp(arg, "lru"))
+            mm->policy = MK_EXPERT_LRU;
+        else
+            return mk_cli_usage(mm->cmd, "--expert-cache: expected freq or lru, got '%s'", arg);
+        return -1;
+    case 0x4d03:
+        if (!strcmp(arg, "auto"))
+            mm->io = 0;
+        else if (!strcmp(arg, "uring"))
+            mm->io = 1;
+        else if (!strcmp(arg, "pread"))
+            mm->io = 2;
+        else
+            return mk_cli_usage(mm->cmd, "--io: expected auto, uring or pread, got '%s'", arg);
+        return -1;
+    case 0x4d04: mm->direct = true; return -1;
+    case 0x4d05: mm->force_stream = true; return -1;
+    default: *mine = false; return -1;
+    }
+}
+
+static double gib(uint64_t b) { return (double)b / (double)(1ull << 30); }
+
+mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
+    *m = NULL;
+    uint64_t avail = mk_ecli_mem_available();
+    mm->limit = mm->budget ? mm->budget : avail / 10 * 9;
+    bool want_stream = mm->force_stream || mm->budget;
+    if (!want_stream && !mm->limit) /* nothing known about memory: as before, resident */
+        return mk_model_open_ex(path, mo, m);
+    mk_model_opts so = *mo;
+    so.stream_experts = true;
+    mk_model *sm = NULL;
+    mk_status st = mk_model_open_ex(path, &so, &sm);
+    if (st != MK_OK)
+        return st;
+    uint64_t need = mk_model_resident_bytes(sm) + mk_model_expert_bytes(sm) + MK_ECLI_OVERHEAD;
+    if (mk_model_expert_bytes(sm) == 0 || (!mm->force_stream && need <= mm->limit)) {
+        /* fits (or nothing to stream): resident, as a model always was */
+        mk_model_free(sm);
+        mm->stream = false;
+        return mk_model_open_ex(path, mo, m);
+    }
+    mm->stream = true;
+    *m = sm;
+    return MK_OK;
+}
+
+mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e) {
+    *e = NULL;
+    mk_engine_opts o = *eo;
+    uint64_t weights = mk_model_resident_bytes(m);
+    if (!mm->stream) {
+        if (mm->budget) {
+            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD;
+            o.mem_limit = mm->budget > used ? mm->budget - used : 1;
+        } else if (!o.mem_limit) {
+            o.mem_limit = mk_ecli_mem_available();
+        }
+        if (!mm->quiet && mm->budget)
+            fprintf(stderr, "moekit %s: model resident (%.2f GiB of weights within the %.2f GiB budget)\n",
+                    mm->cmd, gib(weights + mk_model_expert_bytes(m)), gib(mm->budget));
+        return mk_engine_create(m, &o, e);
+    }
+    const mk_config *c = mk_model_config(m);
+    uint64_t arena = mk_engine_bytes(m, &o);
+    uint64_t slot = mk_expert_store_slot_bytes(m);
+    uint64_t fixed = weights + arena + MK_ECLI_OVERHEAD;
+    uint64_t least = fixed + (uint64_t)c->num_experts_per_tok * slot;
+    if (mm->limit < least)
+        return mk_err(MK_E_ARG,
+                      "%s %.2f GiB is too small for %s: non-expert weights %.2f GiB + context %.2f GiB "
+                      "(it grows with the context and --prefill-chunk) + overhead %.2f GiB + one token's %d "
+                      "experts %.3f GiB need at least %llu bytes (%.2f GiB)",
+                      mm->budget ? "--memory-budget" : "available memory (90%)", gib(mm->limit),
+                      mk_model_dir(m), gib(weights), gib(arena), gib(MK_ECLI_OVERHEAD),
+                      c->num_experts_per_tok, gib((uint64_t)c->num_experts_per_tok * slot),
+                      (unsigned long long)least, gib(least));
+    mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
+                         .direct = mm->direct, .record_trace = true};
+    MK_TRY(mk_expert_store_stream(m, &so, &mm->store));
+    mk_expert_stats st;
+    mk_expert_store_stats(mm->store, &st);
+    if (!mm->quiet)
+        fprintf(stderr,
+                "moekit %s: experts streamed from %s: %s %.2f GiB = weights %.2f + context %.2f + "
+                "overhead %.2f + expert cache %.2f GiB (%d of %llu experts, %s, %s)\n",
+                mm->cmd, mk_model_dir(m), mm->budget ? "budget" : "90% of available", gib(mm->limit),
+                gib(weights), gib(arena), gib(MK_ECLI_OVERHEAD), gib((uint64_t)st.slots * st.slot_bytes),
+                st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers,
+                mm->policy == MK_EXPERT_LRU ? "LRU" : "FREQ", st.io);
+    o.store = mm->store;
+    o.mem_limit = 0; /* the arena is counted above */
+    mk_status s = mk_engine_create(m, &o, e);
+    if (s != MK_OK) {
+        mk_expert_store_free(mm->store);
+        mm->store = NULL;
+    }
+    return s;
+}
+
+void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
+    fprintf(f, "peak_rss_bytes %llu\nsanitizer %d\nexperts_streamed %d\n",
+            (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized(), mm->stream);
+    if (!mm->store)
+        return;
+    mk_expert_stats st;
+    mk_expert_store_stats(mm->store, &st);
+    double hit = st.uses ? (double)st.hits / (double)st.uses : 0.0;
+    fprintf(f,
+            "experts: %llu uses, hit rate %.3f (Belady oracle %.3f), %.1f MiB read in %llu reads, I/O "
+            "wait %.3f s (%.1f MB/s while waiting), cache %d x %.2f MiB (%s), peak RSS %.1f MiB\n",
+            (unsigned long long)st.uses, hit, st.oracle_hit, (double)st.bytes_read / 1048576.0,
+            (unsigned long long)st.reads, st.io_wait_s,
+            st.io_wait_s > 0 ? (double)st.bytes_read / st.io_wait_s / 1e6 : 0.0, st.slots,
+            (double)st.slot_bytes / 1048576.0, st.io, (double)mk_cli_peak_rss() / 1048576.0);
+}
+
+void mk_ecli_mem_free(mk_ecli_mem *mm) {
+    mk_expert_store_free(mm->store);
+    mm->store = NULL;
 }

@@ -9,6 +9,7 @@
 #include <stdio.h>
 
 #include "moekit/engine.h"
+#include "moekit/expert_store.h"
 #include "moekit/model.h"
 
 /* Parse a decimal integer in [lo, hi]; false on junk or out of range. */
@@ -46,5 +47,54 @@ mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bo
 /* Bytes of memory this process may still use (MemAvailable, capped by
  * RLIMIT_AS/RLIMIT_DATA), for mk_engine_opts.mem_limit; 0 when unknown. */
 uint64_t mk_ecli_mem_available(void);
+
+/* ---- memory budget and expert streaming (run, logits, eval, profile) ----
+ * One set of flags for every engine command:
+ *   --memory-budget SIZE   the bound on the process: non-expert weights,
+ *                          the context, a fixed overhead and the expert cache
+ *   --expert-cache freq|lru, --io auto|uring|pread, --direct,
+ *   --stream-experts       stream even when the model would fit
+ * mk_ecli_mem_model_open decides resident vs streaming and opens the model
+ * accordingly; mk_ecli_mem_engine then sizes the expert cache to what the
+ * budget leaves and creates the engine over it. */
+#define MK_ECLI_OVERHEAD (96ull << 20) /* binary, tokenizer, heap, stacks, reader buffers */
+
+typedef struct mk_ecli_mem {
+    uint64_t budget;           /* --memory-budget; 0: automatic */
+    mk_expert_policy policy;   /* --expert-cache */
+    int io;                    /* --io: 0 auto, 1 io_uring, 2 pread */
+    bool direct;               /* --direct */
+    bool force_stream;         /* --stream-experts */
+    bool quiet;                /* no startup line */
+    const char *cmd;           /* for messages */
+    /* decided */
+    bool stream;
+    uint64_t limit;            /* the bound in force (budget, or 90% of available) */
+    mk_expert_store *store;
+} mk_ecli_mem;
+
+#define MK_ECLI_MEM_OPTS                                                                              \
+    {"memory-budget", required_argument, 0, 0x4d01}, {"expert-cache", required_argument, 0, 0x4d02},   \
+        {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
+        {"stream-experts", no_argument, 0, 0x4d05}
+
+/* The help lines of those flags. */
+extern const char mk_ecli_mem_help[];
+/* Handle one of those options (ch from getopt_long); returns -1 when ch
+ * is not one of them or it was handled, else the exit code of a usage
+ * error (printed). *mine tells which. */
+int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine);
+/* Open the model resident or for streaming (see above). */
+mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m);
+/* Create the engine under the budget: streaming sizes the expert cache
+ * from what is left after weights, the engine's arena and the overhead
+ * (refusing, with the least budget that works, when one token's experts
+ * do not fit); resident passes what is left as the engine's mem_limit. */
+mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e);
+/* --stats lines: peak_rss_bytes, sanitizer, experts_streamed (0/1), and
+ * the expert store's counters when streaming. */
+void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f);
+/* Free the store (after the engine). */
+void mk_ecli_mem_free(mk_ecli_mem *mm);
 
 #endif

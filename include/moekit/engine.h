@@ -67,6 +67,9 @@ int64_t mk_engine_pos(const mk_engine *e);
 int64_t mk_engine_max_ctx(const mk_engine *e);
 /* Bytes of the arena (scratch + caches + state). */
 size_t mk_engine_arena_bytes(const mk_engine *e);
+/* The arena an engine with these options would take, without creating one
+ * (memory budgets); 0 when out of memory. */
+size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *o);
 /* KV-cache bytes one position takes, summed over layers: 2*nKV*head_dim
  * floats per full-attention layer, kv_lora_rank + qk_rope_head_dim floats
  * per MLA layer (its latent cache), nothing for DeltaNet layers (their state

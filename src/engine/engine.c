@@ -219,23 +219,54 @@ static mk_status check_dims(const mk_config *c) {
     return MK_OK;
 }
 
-/* Bytes of memory this process can still get: MemAvailable, capped by an
- * address-space or data limit (ulimit -v / -d); 0 when unknown. */
-static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
+/* Context, prefill chunk and rotary width from the options (the arena's
+ * sizes depend on these alone). */
+static void init_sizes(mk_engine *e, const mk_engine_opts *o) {
     const mk_config *c = e->c;
-    MK_TRY(check_dims(c));
     int64_t dflt = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
                        ? c->max_position_embeddings
                        : 4096;
     e->max_ctx = o->max_ctx > 0 ? o->max_ctx : dflt;
     e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
-    e->on_route = o->on_route;
-    e->on_route_user = o->on_route_user;
     if (e->chunk > e->max_ctx)
         e->chunk = e->max_ctx;
     e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3
                      ? c->qk_rope_head_dim
                      : (int)(c->head_dim * c->rope.partial_rotary_factor);
+}
+
+size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *opts) {
+    mk_engine_opts o = {0};
+    if (opts)
+        o = *opts;
+    static const mk_backend_i host = {.name = "sizing", .host_mem = true};
+    mk_engine e = {.m = m, .c = mk_model_config(m)};
+    init_sizes(&e, &o);
+    e.bi = o.backend ? mk_backend_iface(o.backend) : &host;
+    size_t L = (size_t)e.c->num_layers;
+    e.kc = mk_calloc(L, sizeof(float *));
+    e.vc = mk_calloc(L, sizeof(float *));
+    e.conv = mk_calloc(L, sizeof(float *));
+    e.ssm = mk_calloc(L, sizeof(float *));
+    size_t bytes = 0;
+    if (e.kc && e.vc && e.conv && e.ssm) {
+        carver cv = {0};
+        carve(&e, &cv);
+        bytes = cv.off + cv.hoff;
+    }
+    free(e.kc);
+    free(e.vc);
+    free(e.conv);
+    free(e.ssm);
+    return bytes;
+}
+
+static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
+    const mk_config *c = e->c;
+    MK_TRY(check_dims(c));
+    init_sizes(e, o);
+    e->on_route = o->on_route;
+    e->on_route_user = o->on_route_user;
     double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
                                   ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
                                   : (double)c->head_dim);

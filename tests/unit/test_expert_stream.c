@@ -9,11 +9,16 @@
  * under both policies, through io_uring or pread, buffered or O_DIRECT.
  * Also: the store's counters add up, and a cache smaller than one token's
  * experts is refused naming the least size. */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "io/os.h"
 #include "mk_test_util.h"
 #include "moekit/convert.h"
 #include "moekit/engine.h"
@@ -197,12 +202,141 @@ static void test_mlx_stacks(void **st) {
     }
 }
 
+/* ---- failures: read errors, short reads, a checkpoint changed on disk ---- */
+
+static int g_fail_after = -1, g_reads, g_short;
+
+static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
+    if (g_fail_after >= 0 && g_reads++ >= g_fail_after) {
+        if (g_short)
+            return 0; /* end of file here: a short read */
+        errno = EIO;
+        return -1;
+    }
+    return pread(fd, buf, n, off);
+}
+
+static int f_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
+    (void)fd, (void)buf, (void)n, (void)off;
+    if (g_fail_after >= 0 && g_reads++ >= g_fail_after)
+        return g_short ? 0 : -EIO;
+    return res;
+}
+
+/* A copy of the demo model (its files get touched below). */
+static void model_copy(char *out, size_t cap) {
+    snprintf(out, cap, "%s/tiny-copy", g_tmp);
+    char cmd[12400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -r '%s' '%s'", out, mk_test_fixture("tiny-qwen35moe/bf16"),
+             out);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void test_read_failures(void **st) {
+    (void)st;
+    char dir[4096];
+    model_copy(dir, sizeof dir);
+    mk_model *res = NULL, *str = NULL;
+    assert_int_equal(mk_model_open(dir, &res), MK_OK);
+    mk_model_opts so = {.stream_experts = true};
+    assert_int_equal(mk_model_open_ex(dir, &so, &str), MK_OK);
+    const mk_config *c = mk_model_config(res);
+    size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
+    /* the same schedule as below: one forward of NTOK tokens in chunks of 16
+     * (decoding token by token sums in another order) */
+    float *want = malloc(nv * sizeof(float));
+    {
+        mk_engine_opts eo = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16};
+        mk_engine *e = NULL;
+        assert_int_equal(mk_engine_create(res, &eo, &e), MK_OK);
+        int32_t ids[NTOK];
+        for (int i = 0; i < NTOK; i++)
+            ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+        assert_int_equal(mk_engine_forward(e, ids, NTOK, MK_LOGITS_ALL, want, NULL), MK_OK);
+        mk_engine_free(e);
+    }
+    static const mk_os_vtbl v = {.pread = f_pread, .uring_result = f_uring_result};
+    for (int io = 1; io <= 2; io++)
+        for (int sh = 0; sh < 2; sh++)
+            for (int after = 0; after < 60; after += 19) {
+                mk_stream_opts o = {.cache_bytes = 4 * mk_expert_store_slot_bytes(str), .io = io};
+                mk_expert_store *s = NULL;
+                mk_status cs = mk_expert_store_stream(str, &o, &s);
+                if (cs == MK_E_UNSUPPORTED && io == 1) { /* no io_uring here: the pread case still runs */
+                    printf("  io_uring unavailable: %s\n", mk_err_msg());
+                    break;
+                }
+                assert_int_equal(cs, MK_OK);
+                mk_engine_opts eo = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = s};
+                mk_engine *e = NULL;
+                assert_int_equal(mk_engine_create(str, &eo, &e), MK_OK);
+                int32_t ids[NTOK];
+                for (int i = 0; i < NTOK; i++)
+                    ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+                float *got = malloc(nv * sizeof(float));
+                g_reads = 0;
+                g_short = sh;
+                g_fail_after = after;
+                mk_os_override(&v);
+                mk_status fs = mk_engine_forward(e, ids, NTOK, MK_LOGITS_ALL, got, NULL);
+                mk_os_override(NULL);
+                g_fail_after = -1;
+                char msg[2048];
+                snprintf(msg, sizeof msg, "%s", mk_err_msg());
+                printf("  io %s, %s after %d reads: %s\n", io == 1 ? "uring" : "pread", sh ? "short read" : "EIO",
+                       after, fs == MK_OK ? "(not reached)" : msg);
+                if (fs != MK_OK) {
+                    assert_int_equal(fs, sh ? MK_E_FORMAT : MK_E_IO);
+                    assert_non_null(strstr(msg, "expert "));
+                    assert_non_null(strstr(msg, " of layer "));
+                    assert_non_null(strstr(msg, "model.safetensors"));
+                    assert_non_null(strstr(msg, "offset"));
+                } else {
+                    assert_true(after > 0); /* the first read always fails */
+                }
+                /* the store is usable again and no slot kept bad bytes */
+                mk_engine_reset(e);
+                if (mk_engine_forward(e, ids, NTOK, MK_LOGITS_ALL, got, NULL) != MK_OK)
+                    fail_msg("after the failure: %s", mk_err_msg());
+                size_t bad = 0;
+                for (size_t i = 0; i < nv; i++)
+                    bad += memcmp(&got[i], &want[i], 4) != 0;
+                if (bad)
+                    fail_msg("after a failed read, %zu logits differ from the resident store's", bad);
+                free(got);
+                mk_engine_free(e);
+                mk_expert_store_free(s);
+            }
+    /* a checkpoint rewritten while in use: refused at the next read */
+    mk_stream_opts o = {.cache_bytes = 2 * mk_expert_store_slot_bytes(str)};
+    mk_expert_store *s = NULL;
+    assert_int_equal(mk_expert_store_stream(str, &o, &s), MK_OK);
+    mk_engine_opts eo = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = s};
+    mk_engine *e = NULL;
+    assert_int_equal(mk_engine_create(str, &eo, &e), MK_OK);
+    int32_t ids[4] = {1, 2, 3, 4};
+    assert_int_equal(mk_engine_forward(e, ids, 4, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    struct timespec ts[2] = {{0, UTIME_OMIT}, {12345, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+    mk_status fs = mk_engine_forward(e, ids, 4, MK_LOGITS_NONE, NULL, NULL);
+    assert_int_equal(fs, MK_E_IO);
+    assert_non_null(strstr(mk_err_msg(), "changed on disk"));
+    mk_engine_free(e);
+    mk_expert_store_free(s);
+    free(want);
+    mk_model_free(res);
+    mk_model_free(str);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_per_expert), cmocka_unit_test(test_fp8),
         cmocka_unit_test(test_mla),           cmocka_unit_test(test_hybrids),
         cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
+        cmocka_unit_test(test_read_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
