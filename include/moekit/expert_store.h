@@ -35,7 +35,7 @@ typedef struct mk_expert_stats {
     uint64_t hits;        /* of which already in the cache */
     uint64_t bytes_read;  /* expert bytes read from the files */
     uint64_t reads;       /* read requests (parts) issued */
-    double io_wait_s;     /* time next() spent waiting for reads */
+    double io_wait_s;     /* time spent issuing reads and waiting for them (not overlapped) */
     double oracle_hit;    /* Belady's hit rate on the same accesses with the same slots;
                              -1 when not recorded */
     int slots;            /* experts the cache holds */

@@ -257,8 +257,10 @@ static mk_status issue(stream *s) {
                    : mk_err(MK_E_INTERNAL, "expert cache of %d slots: every slot is in use while layer %d "
                             "waits for %d experts", s->nslots, s->layer, s->nwait);
     mk_status st = check_files(s);
+    double t0 = now_s(); /* io_uring may complete cached reads inside the submit */
     if (st == MK_OK)
         st = mk_reader_submit(s->rd, s->reqs, nreq);
+    s->st.io_wait_s += now_s() - t0;
     if (st != MK_OK) {
         for (int i = first; i < s->nld; i++) {
             mk_ecache_drop(s->cache, s->ld[i].slot);
