@@ -40,7 +40,8 @@ static void help(FILE *f) {
             "  --fp8-bf16        dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "  --json            print the results as JSON\n"
             "  --stats           print peak RSS and the expert store's counters to stderr\n"
-            "memory (MODEL and --ref each get these settings, each its own budget):\n"
+            "memory (MODEL and --ref each get these settings, each its own budget;\n"
+            "--experts-per-token applies to MODEL only):\n"
             "%s"
             "  -h, --help        this text\n\n"
             "Exit status: 0 ok, 2 bad input, 1 internal failure.\n",
@@ -70,10 +71,12 @@ static void side_free(side *s) {
     mk_model_free(s->m);
 }
 
-static mk_status side_open(const char *path, const eval_opts *o, side *s) {
+static mk_status side_open(const char *path, const eval_opts *o, bool ref, side *s) {
     mk_engine_opts eo = o->eo;
     eo.max_ctx = o->window;
     s->mm = o->mm;
+    if (ref) /* the reference is the model as it is: its cost is what eval --ref measures */
+        s->mm.experts_per_tok = 0;
     MK_TRY(mk_ecli_mem_model_open(&s->mm, path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
     /* a cache larger than memory (or the budget) is refused */
@@ -94,11 +97,11 @@ static mk_status eval_main(const eval_opts *o) {
     size_t ntok = 0;
     side a = {0}, b = {0};
     double *lpa = NULL, *lpb = NULL, *kls = NULL;
-    mk_status st = side_open(o->model, o, &a);
+    mk_status st = side_open(o->model, o, false, &a);
     if (st == MK_OK)
         st = mk_ecli_tokenize_file(mk_model_dir(a.m), mk_model_config(a.m)->vocab_size, o->text, &ids, &ntok);
     if (st == MK_OK && o->ref)
-        st = side_open(o->ref, o, &b);
+        st = side_open(o->ref, o, true, &b);
     int64_t V = a.m ? mk_model_config(a.m)->vocab_size : 0, W = o->window;
     if (st == MK_OK && b.m && mk_model_config(b.m)->vocab_size != V)
         st = mk_err(MK_E_MISMATCH, "--ref %s has vocabulary %d, %s has %lld", o->ref,

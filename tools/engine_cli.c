@@ -9,6 +9,7 @@
 
 #include <getopt.h>
 
+#include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/tokenizer.h"
@@ -212,7 +213,10 @@ const char mk_ecli_mem_help[] =
     "  --io MODE            auto (io_uring when the kernel allows, else a pread pool), uring,\n"
     "                       pread\n"
     "  --direct             O_DIRECT expert reads (bypass the page cache; per file, buffered\n"
-    "                       where the file system refuses)\n";
+    "                       where the file system refuses)\n"
+    "  --experts-per-token K  route each token to only its best K experts (fewer than the\n"
+    "                       model's): less to read and compute, but NOT the model's output;\n"
+    "                       warns at startup. Measure what it costs with eval --ref\n";
 
 int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     *mine = true;
@@ -245,6 +249,10 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         return -1;
     case 0x4d04: mm->direct = true; return -1;
     case 0x4d05: mm->force_stream = true; return -1;
+    case 0x4d06: {
+        int rc = mk_flag_int(mm->cmd, "--experts-per-token", arg, 1, 4096, &mm->experts_per_tok);
+        return rc >= 0 ? rc : -1;
+    }
     default: *mine = false; return -1;
     }
 }
@@ -279,6 +287,16 @@ mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mod
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e) {
     *e = NULL;
     mk_engine_opts o = *eo;
+    if (mm->experts_per_tok) {
+        int k = mk_model_config(m)->num_experts_per_tok;
+        if (mm->experts_per_tok >= k)
+            return mk_err(MK_E_ARG, "--experts-per-token %lld: the model routes each token to %d experts; "
+                          "give fewer (or drop the flag for the model's own)", mm->experts_per_tok, k);
+        o.experts_per_tok = (int)mm->experts_per_tok;
+        fprintf(stderr, "moekit %s: warning: --experts-per-token %lld routes each token to %lld of the "
+                "model's %d experts: faster, but not the model's output (measure it with eval --ref)\n",
+                mm->cmd, mm->experts_per_tok, mm->experts_per_tok, k);
+    }
     uint64_t weights = mk_model_resident_bytes(m);
     if (!mm->stream) {
         if (mm->budget) {

@@ -66,6 +66,7 @@ typedef struct mk_ecli_mem {
     bool direct;               /* --direct */
     bool force_stream;         /* --stream-experts */
     bool quiet;                /* no startup line */
+    long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *cmd;           /* for messages */
     /* decided */
     bool stream;
@@ -76,7 +77,7 @@ typedef struct mk_ecli_mem {
 #define MK_ECLI_MEM_OPTS                                                                              \
     {"memory-budget", required_argument, 0, 0x4d01}, {"expert-cache", required_argument, 0, 0x4d02},   \
         {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
-        {"stream-experts", no_argument, 0, 0x4d05}
+        {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

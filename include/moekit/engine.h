@@ -46,6 +46,10 @@ typedef struct mk_engine_opts {
     mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
     uint64_t mem_limit;     /* bytes the engine's buffers may take (KV cache, state, scratch);
                                0: no limit. The CLI passes the memory available */
+    int experts_per_tok;    /* <= 0 or >= the config's: the model's own top-k (always the default).
+                               Fewer: each token uses only its best K experts (weights
+                               renormalised as the model's router does) -- faster, but not the
+                               model: an explicit opt-in whose cost `eval --ref` measures */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
 } mk_engine_opts;

@@ -49,7 +49,7 @@ static void carve(mk_engine *e, carver *cv) {
             dv = c->lin_v_head_dim, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
     int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, dvh = c->v_head_dim;
     int64_t kl = c->kv_lora_rank, cw = kl + c->qk_rope_head_dim; /* MLA cache row */
-    int64_t E = c->num_experts, k = c->num_experts_per_tok;
+    int64_t E = c->num_experts, k = e->k;
     bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false;
     int64_t Imax = 0;
     for (int64_t l = 0; l < L; l++) {
@@ -230,6 +230,8 @@ static void init_sizes(mk_engine *e, const mk_engine_opts *o) {
     e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
     if (e->chunk > e->max_ctx)
         e->chunk = e->max_ctx;
+    e->k = o->experts_per_tok > 0 && o->experts_per_tok < c->num_experts_per_tok ? o->experts_per_tok
+                                                                                 : c->num_experts_per_tok;
     e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3
                      ? c->qk_rope_head_dim
                      : (int)(c->head_dim * c->rope.partial_rotary_factor);

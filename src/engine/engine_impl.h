@@ -45,6 +45,7 @@ extern const mk_moe_exec_i mk_moe_exec_local;
 struct mk_engine {
     const mk_model *m;
     const mk_config *c;
+    int k;                /* experts per token: the config's, or mk_engine_opts.experts_per_tok */
     mk_pool *pool;        /* only with the engine's own CPU backend */
     mk_backend *be;
     bool own_be;

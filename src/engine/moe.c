@@ -25,7 +25,7 @@
  * expert x's run, e->used (ascending), e->perm (per token, its slots in
  * ascending expert id). Returns the number of used experts. */
 static int group_pairs(mk_engine *e, int64_t n) {
-    int64_t E = e->c->num_experts, k = e->c->num_experts_per_tok;
+    int64_t E = e->c->num_experts, k = e->k;
     const int32_t *idx = e->top_idx;
     memset(e->cnt, 0, (size_t)(E + 1) * sizeof(int32_t));
     for (int64_t i = 0; i < n * k; i++)
@@ -58,7 +58,7 @@ static int group_pairs(mk_engine *e, int64_t n) {
 
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     const mk_config *c = e->c;
-    int64_t H = c->hidden_size, k = c->num_experts_per_tok;
+    int64_t H = c->hidden_size, k = e->k;
     size_t pb = (size_t)(n * k) * sizeof(int32_t);
     /* routing */
     BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
