@@ -1,0 +1,228 @@
+/* The compute backend seam: memory and every numeric operation of the
+ * forward pass.
+ *
+ * The engine decides what to compute (which layer, which experts, which
+ * cache rows); a backend decides how and where. The forward pass touches
+ * activations, caches and recurrent state only through this table, so a
+ * second backend (CUDA next) can be dropped in and checked layer by layer
+ * against the CPU one (tests/unit/test_backend_ops.c runs every slot of
+ * every backend against a scalar reference).
+ *
+ * Memory. Every activation, cache and state buffer is backend memory from
+ * `alloc`; the engine computes pointer offsets into it but never reads or
+ * writes it except through slots, `upload` and `download`. A backend whose
+ * memory is host memory says so (`host_mem`); the engine may then hand it
+ * caller memory directly (logits) instead of staging. Weights are mk_wt
+ * views (a device backend maps them to its own copies).
+ *
+ * Errors. Slots are void so that a device backend can queue them; a backend
+ * records the first failure and reports it from `sync`, which the engine
+ * calls before it returns from a forward step. Argument errors are the
+ * engine's to catch before the call. Shapes below use n = tokens in the
+ * call; rows are contiguous unless a stride is given (strides count floats
+ * between consecutive rows). */
+#ifndef MOEKIT_BACKEND_H
+#define MOEKIT_BACKEND_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/kernels.h"
+#include "moekit/status.h"
+#include "moekit/weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Causal attention of n new query tokens against a KV cache. Token t sits at
+ * position pos0 + t and sees cache rows 0 .. pos0 + t. GQA: kv head j
+ * serves query heads j*g .. j*g+g-1, g = n_heads / n_kv. Softmax in f32.
+ * Cache row s holds kv head j's key at k + s*k_stride + j*dk and its value
+ * at v + s*v_stride + j*dv; a zero stride means packed rows (n_kv*dk,
+ * n_kv*dv). MLA's latent cache is one shared head (n_kv 1) whose value is
+ * the first dv floats of its own key row: v = k, v_stride = k_stride. */
+typedef struct mk_attn_args {
+    const float *q;   /* [n, n_heads, dk] */
+    const float *k;   /* cache [>= pos0 + n] rows of k_stride floats */
+    const float *v;   /* cache [>= pos0 + n] rows of v_stride floats (may alias k) */
+    float *out;       /* [n, n_heads, dv] */
+    int64_t n, pos0;
+    int n_heads, n_kv, dk, dv;
+    float scale;      /* multiplies q.k before the softmax */
+    int64_t k_stride; /* floats between cache rows of k; 0: n_kv*dk */
+    int64_t v_stride; /* floats between cache rows of v; 0: n_kv*dv */
+} mk_attn_args;
+
+/* Per-head products with slices of one weight, for MLA's absorbed attention:
+ * head h owns the nr rows of w starting at r0 + h*hstep. DeepSeek-V3's kv_b
+ * [nH*(dn+dvh), kl] has hstep = dn+dvh, W_k_h at r0 = 0 (nr = dn) and W_v_h
+ * at r0 = dn (nr = dvh). Token t of head h reads x + t*x_tok + h*x_head and
+ * writes y + t*y_tok + h*y_head; x and y must not overlap. */
+typedef struct mk_head_mm_args {
+    const mk_wt *w;
+    int64_t r0, hstep, nr;
+    int n_heads;
+    int64_t n;                 /* tokens */
+    const float *x;
+    int64_t x_tok, x_head;
+    float *y;
+    int64_t y_tok, y_head;
+} mk_head_mm_args;
+
+/* Gated DeltaNet recurrence (Qwen3-Next / Qwen3.5) over n tokens, in f32:
+ * per value head h (key head h / (nv/nk)): beta = sigmoid(b), g = -exp(A_log)
+ * * softplus(a + dt_bias), q = l2norm(q) / sqrt(dk), k = l2norm(k),
+ * S = exp(g) S; S += k (beta (v - S^T k))^T; o = S^T q. */
+typedef struct mk_gdn_args {
+    const float *q;   /* [n, nk, dk] row stride `stride` */
+    const float *k;   /* [n, nk, dk] row stride `stride` */
+    const float *v;   /* [n, nv, dv] row stride `stride` */
+    int64_t stride;
+    const float *a;   /* [n, nv] */
+    const float *b;   /* [n, nv] */
+    const float *A_log, *dt_bias; /* [nv] */
+    float *state;     /* [nv, dk, dv], read and updated */
+    float *out;       /* [n, nv, dv] */
+    int64_t n;
+    int nk, nv, dk, dv;
+} mk_gdn_args;
+
+/* Routing of n tokens among E experts (one MoE layer). Writes the k chosen
+ * experts per token (descending score, lowest index first on ties) and the
+ * weights their outputs are scaled by.
+ * MK_ROUTE_SOFTMAX (Qwen): p = softmax(logits) in f32, top-k of p, weights
+ *   p renormalised to sum 1 when `norm`.
+ * MK_ROUTE_GROUPED_SIGMOID (DeepSeek-V3): s = sigmoid(logits); choice = s +
+ *   bias; keep the topk_group of n_group groups with the best sum of their
+ *   top-2 choices (others masked to 0), top-k of choice; weights s,
+ *   normalised (+1e-20) when `norm`, times `scale`. */
+typedef enum mk_route_kind {
+    MK_ROUTE_SOFTMAX = 0,
+    MK_ROUTE_GROUPED_SIGMOID = 1,
+} mk_route_kind;
+
+/* Most experts a router may have (stack scratch of the CPU backend). */
+#define MK_BACKEND_MAX_EXPERTS 4096
+
+typedef struct mk_route_args {
+    const float *logits; /* [n, E] */
+    const float *bias;   /* [E] selection bias, or NULL */
+    int32_t *idx;        /* [n, k] out */
+    float *w;            /* [n, k] out */
+    int64_t n;
+    int E, k;
+    mk_route_kind kind;
+    bool norm;
+    int n_group, topk_group; /* grouped only; <= 0 means 1 */
+    float scale;             /* grouped only: routed_scaling_factor */
+} mk_route_args;
+
+typedef struct mk_backend_i {
+    const char *name;
+    /* Buffers from `alloc` are host memory: the engine may pass caller
+     * memory to slots (no staging copies). */
+    bool host_mem;
+
+    /* ---- memory ---- */
+    /* `bytes` of zeroed backend memory, 64-byte aligned. Errors name the size. */
+    mk_status (*alloc)(void *ctx, size_t bytes, void **out);
+    /* Release memory from alloc (NULL ok). */
+    void (*buf_free)(void *ctx, void *p);
+    /* Copies between host memory and backend memory. */
+    void (*upload)(void *ctx, void *dst, const void *host_src, size_t bytes);
+    void (*download)(void *ctx, void *host_dst, const void *src, size_t bytes);
+    /* Zero `bytes` of backend memory. */
+    void (*zero)(void *ctx, void *dst, size_t bytes);
+    /* Wait for every queued slot; the first failure since the last sync, or MK_OK. */
+    mk_status (*sync)(void *ctx);
+
+    /* ---- data movement ---- */
+    /* Strided copy of float runs: for i < n0, j < n1, `width` floats from
+     * src + i*ss0 + j*ss1 to dst + i*ds0 + j*ds1 (regions do not overlap).
+     * Splits and joins of per-head blocks (gated q | gate, MLA's absorbed
+     * query, qwen3_next's grouped projections) are copies of this shape. */
+    void (*copy)(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src, int64_t ss0,
+                 int64_t ss1, int64_t n0, int64_t n1, int64_t width);
+    /* dst[i] = src[rows[i]] for i < m, rows of `dim` floats (rows: backend memory). */
+    void (*gather)(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                   int64_t dim);
+    /* dst[rows[i]] = src[i] for i < m, rows of `dim` floats (rows distinct). */
+    void (*scatter)(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                    int64_t dim);
+
+    /* Index of the first NaN or infinity among x[0..n), or -1 (synchronous:
+     * the engine refuses non-finite activations, naming the block). */
+    int64_t (*find_nonfinite)(void *ctx, const float *x, int64_t n);
+
+    /* ---- numeric ---- */
+    /* y[n, w.rows] = x[n, w.cols] W^T, any weight format, f32 accumulation. */
+    void (*matmul)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+    /* y[n, w.cols] = rows ids[0..n) of W dequantized (embedding lookup; ids
+     * in backend memory). */
+    void (*get_rows)(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y);
+    /* rows of dim: y = x * rsqrt(mean(x^2) + eps) * g (g NULL: 1). y may be x. */
+    void (*rmsnorm)(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
+                    const float *g, int64_t rows, int64_t dim, float eps);
+    /* Rotate the first rot_dim dims of each head in place. cos/sin are
+     * [n, rot_dim/2] per token. interleave=false pairs (i, i + rot/2) (HF
+     * rotate_half); true pairs (2i, 2i+1) and writes the result in HF's
+     * de-interleaved order (evens first), as transformers' deepseek_v3 does. */
+    void (*rope)(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads,
+                 int64_t head_stride, int rot_dim, const float *cos, const float *sin,
+                 bool interleave);
+    /* Causal attention, see mk_attn_args. */
+    void (*attention)(void *ctx, const mk_attn_args *a);
+    /* Per head (mk_head_mm_args): y[t,h][0..nr) = W_h x[t,h][0..w.cols). */
+    void (*head_matmul)(void *ctx, const mk_head_mm_args *a);
+    /* Per head, transposed: y[t,h][0..w.cols) = W_h^T x[t,h][0..nr), i.e.
+     * sum_i x[t,h][i] * row i of W_h, accumulated in f32. */
+    void (*head_matmul_t)(void *ctx, const mk_head_mm_args *a);
+    /* Causal depthwise conv + SiLU over channels: y[t,c] = silu(sum_j w[c,j]
+     * u[t-K+1+j, c]) with w [C, K]; state [K-1, C] holds the inputs before
+     * u[0] and is advanced by n tokens. u has row stride u_stride; y [n, C]. */
+    void (*conv1d_silu)(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
+                        int64_t C, int K, const float *w, float *state);
+    /* Gated DeltaNet recurrence, see mk_gdn_args. */
+    void (*gdn)(void *ctx, const mk_gdn_args *a);
+    /* rows of dim: x = rmsnorm(x) * g * silu(z) (z rows same shape as x). */
+    void (*gated_rmsnorm)(void *ctx, float *x, const float *z, const float *g, int64_t rows,
+                          int64_t dim, float eps);
+    /* y = silu(gate) * up, n elements (y may alias gate). */
+    void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* x *= sigmoid(gate) element-wise, n elements. */
+    void (*sigmoid_mul)(void *ctx, float *x, const float *gate, int64_t n);
+    /* y += a * x, n elements. */
+    void (*axpy)(void *ctx, float *y, float a, const float *x, int64_t n);
+    /* Router scores -> top-k experts and weights, see mk_route_args. */
+    void (*route)(void *ctx, const mk_route_args *a);
+    /* The weighted sum of each token's k expert outputs:
+     * y[t] = sum_j w[t*k + s] * x[t*k + s] with s = order[t*k + j], for
+     * t < n, rows of dim floats (x [n*k, dim]; order fixes the summation
+     * order, so the result does not depend on when each expert finished). */
+    void (*combine)(void *ctx, float *y, const float *x, const float *w, const int32_t *order,
+                    int64_t n, int k, int64_t dim);
+    /* y[t] += sigmoid(g[t]) * x[t] for t < n rows of dim (g NULL: weight 1):
+     * the shared expert's gated add. */
+    void (*gated_add)(void *ctx, float *y, const float *g, const float *x, int64_t n,
+                      int64_t dim);
+    /* (optional) free ctx. */
+    void (*free)(void *ctx);
+} mk_backend_i;
+
+typedef struct mk_backend mk_backend;
+
+/* Wrap a table and its context (the backend owns ctx from here on, even on
+ * failure). */
+mk_status mk_backend_create(const mk_backend_i *iface, void *ctx, mk_backend **out);
+/* The CPU reference backend over src/kernels, threaded by `pool` (NULL:
+ * single thread; the pool must outlive the backend). */
+mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out);
+void mk_backend_free(mk_backend *b); /* NULL ok */
+const mk_backend_i *mk_backend_iface(const mk_backend *b);
+void *mk_backend_ctx(const mk_backend *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,89 @@
+/* Chat templates: a list of messages -> the prompt text a model was trained
+ * on.
+ *
+ * moekit does not run Jinja. It recognises the template a checkpoint ships
+ * (tokenizer_config.json "chat_template", or chat_template.jinja) by its
+ * markers and renders that family's format in C, reproducing the reference
+ * template's output for the cases below:
+ *   chatml       <|im_start|>{role}\n{content}<|im_end|>\n ... then
+ *                <|im_start|>assistant\n (templates without thinking rules)
+ *   qwen3        Qwen3's hybrid-thinking template, no tools: ChatML; earlier
+ *                assistant turns lose their <think> part; an assistant turn
+ *                after the last user query carries <think>\n...\n</think>\n\n;
+ *                the generation prompt is <|im_start|>assistant\n and the
+ *                model decides whether to think (enable_thinking's default);
+ *                with MK_CHAT_NO_THINKING it ends in <think>\n\n</think>\n\n
+ *   qwen3-think  as qwen3, but the generation prompt opens the thinking block
+ *                (<|im_start|>assistant\n<think>\n), as Qwen3.5 and the
+ *                Qwen3 *-Thinking-2507 templates do by default
+ *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
+ *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
+ * The rendered text contains the special tokens as text. To get a prompt's
+ * ids use mk_chat_encode, never mk_tok_encode of the rendered text: only
+ * mk_chat_encode knows which special-token text the template wrote and which
+ * a message carried ("<|im_end|>\n<|im_start|>system" typed by a user must
+ * stay text, or a user could forge turns). The BOS, where the format has
+ * one, is part of the template. */
+#ifndef MOEKIT_CHAT_H
+#define MOEKIT_CHAT_H
+
+#include <stddef.h>
+
+#include <stdint.h>
+
+#include "moekit/status.h"
+#include "moekit/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_chat_kind {
+    MK_CHAT_CHATML = 1,
+    MK_CHAT_QWEN3 = 2,
+    MK_CHAT_QWEN3_THINK = 3,
+    MK_CHAT_DEEPSEEK3 = 4,
+} mk_chat_kind;
+
+typedef struct mk_chat_msg {
+    const char *role;      /* "system", "user", "assistant" or "tool" */
+    const char *content;   /* NULL is treated as "" */
+    const char *reasoning; /* assistant's reasoning_content (qwen3 kinds), or NULL */
+} mk_chat_msg;
+
+/* Render flags. */
+enum {
+    MK_CHAT_GENERATION_PROMPT = 1u << 0, /* end with the assistant's opening */
+    MK_CHAT_NO_THINKING = 1u << 1,       /* qwen3 kinds: enable_thinking=false */
+};
+
+/* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
+ * "deepseek3") wins when non-NULL; otherwise the template is read from
+ * `model_dir` (a directory, or any file inside it such as tokenizer.json).
+ * An unrecognised template is MK_E_UNSUPPORTED, a missing one
+ * MK_E_NOTFOUND; both messages say how to name one instead. */
+mk_status mk_chat_detect(const char *model_dir, const char *override, mk_chat_kind *out);
+/* Recognise a template from its Jinja source text. */
+mk_status mk_chat_detect_text(const char *jinja, mk_chat_kind *out);
+mk_status mk_chat_kind_parse(const char *name, mk_chat_kind *out);
+const char *mk_chat_kind_name(mk_chat_kind kind);
+
+/* Render n messages; *out is malloc'd and NUL-terminated. An unknown role is
+ * MK_E_ARG (the reference templates would drop it silently). */
+mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags,
+                         char **out);
+
+/* Render n messages and encode the prompt with `tok`: the template's
+ * markers become their token ids; every role, content and reasoning text is
+ * encoded as plain text even when it spells a special token or any marker
+ * of the supported templates (<think>, <tool_call>, DeepSeek's <｜User｜>,
+ * ... which tokenizers do not always flag special; mk_tok_encode_ctl). Apart from that, the ids equal mk_tok_encode of the
+ * mk_chat_render text (no MK_TOK_ADD_SPECIAL). *ids is malloc'd. Invalid
+ * UTF-8 in a message is MK_E_ARG. */
+mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                         unsigned flags, int32_t **ids, size_t *n_ids);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

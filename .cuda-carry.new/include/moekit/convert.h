@@ -1,0 +1,117 @@
+/* Streaming checkpoint conversion: every shipped MoE layout in, the
+ * canonical Hugging Face layout or MLX's layout out.
+ *
+ * Sources (FORMATS.md section 7): HF per-expert, HF fused
+ * (`experts.gate_up_proj (E,2I,H)`), vision-language wrappers
+ * (`model.language_model.*`, `model.visual.*`, `mtp.*`), MLX (stacked
+ * `switch_mlp`, affine-quantized or float), FP8 block checkpoints (E4M3/E5M2,
+ * F32/BF16/F16 `weight_scale_inv`) and compressed-tensors pack-quantized
+ * INT4. Targets: `MK_CONV_HF` (per-expert or fused, every quantized weight
+ * dequantized) and `MK_CONV_MLX` (what mlx_lm.load expects, FORMATS.md
+ * section 3; INT4 is repacked to MLX affine without changing a weight byte).
+ *
+ * The converter never holds more than a bounded working set: the output is
+ * planned from the headers alone, then produced one chunk of rows at a time
+ * by a pool of threads and written in plan order; tensors that need no
+ * transform are copied byte for byte with copy_file_range. Output is built
+ * under DST.partial/ shard by shard with a journal, so a rerun after a crash
+ * resumes, and DST appears only once complete. */
+#ifndef MOEKIT_CONVERT_H
+#define MOEKIT_CONVERT_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/config.h"
+#include "moekit/dtype.h"
+#include "moekit/quantize.h"
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_conv_target {
+    MK_CONV_HF = 0,  /* Hugging Face safetensors layout of the family */
+    MK_CONV_MLX = 1, /* mlx-lm layout (switch_mlp, renamed, shifted norms) */
+} mk_conv_target;
+
+typedef enum mk_conv_experts {
+    MK_CONV_PER_EXPERT = 0, /* mlp.experts.{e}.{gate,up,down}_proj.weight */
+    MK_CONV_FUSED = 1,      /* mlp.experts.gate_up_proj (E,2I,H), mlp.experts.down_proj (E,H,I) */
+} mk_conv_experts;
+
+typedef struct mk_conv_opts {
+    mk_conv_target to;
+    mk_conv_experts experts; /* HF target only */
+    /* dtype of float outputs. MK_DT_INVALID (the default): tensors stored
+     * as floats keep their dtype (byte-exact copies) and dequantized ones
+     * become BF16. F32/F16/BF16: every float tensor is written in it, except
+     * A_log and e_score_correction_bias, which keep their stored dtype
+     * (mlx-lm's cast predicates). */
+    mk_dtype dtype;
+    bool force_f16;          /* allow F16 for recurrent-state (Gated DeltaNet) families */
+    uint64_t max_memory;     /* peak working memory in bytes; 0: 1 GiB */
+    int threads;             /* worker threads; 0: all online CPUs */
+    bool keep_vision;        /* MLX target: keep model.visual.* (HF always keeps it) */
+    bool keep_mtp;           /* MLX target: keep multi-token-prediction layers */
+    bool force;              /* replace an existing DST that is a checkpoint or moekit output */
+    bool verify;             /* re-read the output and compare with the source */
+    uint64_t shard_size;     /* output shard cut in bytes; 0: 5 GiB */
+    bool quiet;              /* no progress lines on stderr */
+    /* MLX target only: quantize while converting (see mk_qjob in quantize.h; NULL:
+     * none). Also makes SRC a bare .safetensors file acceptable. The job's
+     * results are filled in by mk_conv_run. */
+    struct mk_qjob *quant;
+} mk_conv_opts;
+
+typedef struct mk_conv_stats {
+    uint64_t tensors_out;      /* tensors in the output */
+    uint64_t bytes_out;        /* tensor bytes in the output */
+    uint64_t bytes_copied;     /* of which copied byte for byte */
+    uint64_t bytes_computed;   /* of which produced by a transform */
+    int shards, shards_resumed;
+    int threads;
+    uint64_t chunk_elems;      /* elements per work chunk the memory bound allowed */
+    double seconds;
+    /* --verify */
+    uint64_t verified_hash;    /* tensors proven byte-identical to their source bytes */
+    uint64_t verified_numeric; /* transformed tensors compared numerically */
+    uint64_t verify_failures;  /* tensors that differ (the run then fails with MK_E_MISMATCH) */
+    double worst_rel_l2, worst_max_abs;
+    char worst_tensor[256];
+} mk_conv_stats;
+
+/* Defaults: HF target, per-expert, dtype MK_DT_INVALID, 1 GiB, all cores. */
+void mk_conv_opts_init(mk_conv_opts *o);
+
+/* Convert checkpoint `src` (a directory with config.json) into directory
+ * `dst`. Bad input of any kind (unknown architecture, missing or duplicate
+ * expert indices, a scale grid that fits no weight, an INT4 group size that
+ * does not divide the row, DST existing without force, a full disk) returns
+ * a status whose mk_err_msg() names the file, tensor and field with the
+ * expected and found values; DST is then absent (a DST.partial/ with its
+ * journal remains after disk-full, I/O and memory failures so that a rerun
+ * resumes; after input errors it is removed). Before any work, DST is
+ * checked against SRC (never SRC, inside it or containing it; never "", /,
+ * the home or current directory; with force only a checkpoint or moekit
+ * output is replaced: io/outpath.h), and DST.partial/ is locked: a second
+ * writer of the same DST gets MK_E_EXISTS naming the holder's pid.
+ * `stats` may be NULL. */
+mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *o, mk_conv_stats *stats);
+
+/* Peak resident set of this process in bytes (VmHWM), 0 when unknown. */
+uint64_t mk_conv_peak_rss(void);
+
+#ifdef MK_TEST_HOOKS
+/* Test builds only: kill the process (SIGKILL, as kill -9 would) at the
+ * N-th passage of a named point of the next runs ("journal:3", "shard:1",
+ * "item:N", "commit:1", "committed:1", "locked:1"; NULL: off). The CLI maps
+ * the environment variable MK_CONVERT_CRASH to it. */
+void mk_conv_test_crash_at(const char *spec);
+#endif
+
+#ifdef __cplusplus
+}
+#endif
+#endif

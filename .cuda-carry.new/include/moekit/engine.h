@@ -1,0 +1,93 @@
+/* The inference engine: a model's forward pass with its KV cache and
+ * recurrent state.
+ *
+ * An engine holds one sequence. mk_engine_forward() appends n tokens at the
+ * current position (prefill when n > 1, decode when n == 1), processing
+ * them in chunks of at most `prefill_chunk` tokens so activation memory is
+ * bounded, and optionally returns logits and per-layer hidden states. All
+ * scratch, the KV cache (full-attention and MLA layers) and the Gated
+ * DeltaNet conv/recurrent state (f32) come from one arena sized at create
+ * time from max_ctx and prefill_chunk: nothing is allocated per token.
+ *
+ * Routed experts are reached through an mk_expert_store and every numeric
+ * operation through an mk_backend (see expert_store.h, backend.h). */
+#ifndef MOEKIT_ENGINE_H
+#define MOEKIT_ENGINE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/backend.h"
+#include "moekit/expert_store.h"
+#include "moekit/model.h"
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mk_engine mk_engine;
+
+/* Routing observer (optional): called once per MoE layer per token, in token
+ * order, right after the router chose. `experts[0..k)` are the selected
+ * expert ids and `weights[0..k)` the weights their outputs are scaled by
+ * (after top-k renormalisation and routed_scaling_factor). `pos` is the
+ * token's position in the sequence. The arrays are only valid during the
+ * call. Used by `moekit profile` to measure expert usage. */
+typedef void (*mk_route_fn)(void *user, int layer, int64_t pos, int k, const int32_t *experts,
+                            const float *weights);
+
+typedef struct mk_engine_opts {
+    int threads;            /* worker threads, caller included; <= 0: one per CPU */
+    int64_t max_ctx;        /* positions the caches hold; <= 0: min(4096, max_position_embeddings) */
+    int prefill_chunk;      /* tokens per forward chunk; <= 0: 512 */
+    mk_backend *backend;    /* NULL: a CPU backend the engine creates and owns; else borrowed */
+    mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
+    uint64_t mem_limit;     /* bytes the engine's buffers may take (KV cache, state, scratch);
+                               0: no limit. The CLI passes the memory available */
+    mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
+    void *on_route_user;    /* passed to on_route */
+} mk_engine_opts;
+
+typedef enum mk_logits_mode {
+    MK_LOGITS_NONE = 0, /* no logits (e.g. prompt prefill before sampling) */
+    MK_LOGITS_LAST,     /* logits of the last token: [V] */
+    MK_LOGITS_ALL,      /* logits of every token: [n, V] */
+} mk_logits_mode;
+
+/* Create an engine for `m` (which must outlive it). opts may be NULL. */
+mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_engine **out);
+void mk_engine_free(mk_engine *e); /* NULL ok */
+
+/* Forget the sequence: position 0, caches and recurrent state zeroed. */
+void mk_engine_reset(mk_engine *e);
+/* Tokens in the cache (the position of the next token). */
+int64_t mk_engine_pos(const mk_engine *e);
+int64_t mk_engine_max_ctx(const mk_engine *e);
+/* Bytes of the arena (scratch + caches + state). */
+size_t mk_engine_arena_bytes(const mk_engine *e);
+/* KV-cache bytes one position takes, summed over layers: 2*nKV*head_dim
+ * floats per full-attention layer, kv_lora_rank + qk_rope_head_dim floats
+ * per MLA layer (its latent cache), nothing for DeltaNet layers (their state
+ * does not grow). The caches take max_ctx times this. */
+size_t mk_engine_kv_bytes_per_token(const mk_engine *e);
+const mk_model *mk_engine_model(const mk_engine *e);
+
+/* Append ids[0..n) at the current position. `logits` receives what `mode`
+ * asks for (vocab_size floats per token). `hidden`, if not NULL, receives
+ * [L+1, n, H] float32 in transformers' output_hidden_states layout: entry 0
+ * the embeddings, entry i (1 <= i < L) the output of layer i-1, entry L the
+ * last layer's output after the final norm. MK_E_ARG if the cache would
+ * overflow or an id is out of the vocabulary (the state is then unchanged).
+ * MK_E_FORMAT, naming the first block (embedding, layer N's attention or
+ * MLP/MoE, final norm, lm_head) and position, when an activation becomes NaN
+ * or infinite: non-finite results are never returned (the sequence must then
+ * be reset). */
+mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
+                            float *logits, float *hidden);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,97 @@
+/* The generation loop: what `moekit run` does and what the server will do
+ * per request, in the library so both share it.
+ *
+ * mk_generate prefills a prompt on an engine, then samples one token at a
+ * time until a stop id, max_tokens, the end of the engine's context, or
+ * cancellation (the per-token callback returns false, or *cancel becomes
+ * non-zero from another thread). With a tokenizer each token's text comes
+ * out through the callback as it is produced, decoded incrementally (a code
+ * point split across tokens is held back until complete).
+ *
+ * mk_gen_stopset_model gathers a model's stop ids; mk_gen_fit_chat renders
+ * a conversation and drops its oldest exchanges until it fits the context,
+ * the policy an interactive chat and a server share. */
+#ifndef MOEKIT_GENERATE_H
+#define MOEKIT_GENERATE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/chat.h"
+#include "moekit/engine.h"
+#include "moekit/sample.h"
+#include "moekit/status.h"
+#include "moekit/tokenizer.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MK_GEN_MAX_STOP 32
+
+/* A set of token ids that end generation (never emitted themselves). */
+typedef struct mk_gen_stopset {
+    int32_t ids[MK_GEN_MAX_STOP];
+    int n;
+} mk_gen_stopset;
+
+/* Add id (ignored when negative or already there; MK_E_ARG when full). */
+mk_status mk_gen_stopset_add(mk_gen_stopset *s, int32_t id);
+bool mk_gen_stopset_has(const mk_gen_stopset *s, int32_t id);
+/* The model's stop ids: the tokenizer's EOS ids (tokenizer_config.json,
+ * generation_config.json), <|im_end|> where the vocabulary has it, and
+ * config.json's eos_token_id. tok may be NULL (config ids only). */
+mk_status mk_gen_stopset_model(mk_gen_stopset *s, const mk_model *m, const mk_tok *tok);
+
+/* Why generation ended. */
+typedef enum mk_gen_stop {
+    MK_GEN_STOP_ID = 0,    /* a stop id was sampled */
+    MK_GEN_STOP_LENGTH,    /* max_tokens generated */
+    MK_GEN_STOP_CTX_FULL,  /* the engine's context is full */
+    MK_GEN_STOP_CANCELLED, /* the callback returned false or *cancel was set */
+} mk_gen_stop;
+
+/* Called once per generated token, in order: `text` is its decoded text
+ * (len bytes, not NUL-terminated; may be empty while a code point is held
+ * back) or NULL without a tokenizer. At the end, with id -1, once more for
+ * the held-back bytes when there are any. Return false to cancel. */
+typedef bool (*mk_gen_token_fn)(void *user, int32_t id, const char *text, size_t len);
+
+typedef struct mk_gen_opts {
+    int64_t max_tokens;          /* > 0 */
+    const mk_gen_stopset *stop;  /* NULL: none */
+    mk_sampler *sampler;         /* required */
+    const mk_tok *tok;           /* NULL: no text in callbacks */
+    mk_gen_token_fn on_token;    /* NULL: none */
+    void *user;
+    const volatile int *cancel;  /* NULL, or set non-zero (another thread) to stop */
+} mk_gen_opts;
+
+typedef struct mk_gen_result {
+    int32_t *ids;          /* the generated ids (malloc'd; stop id excluded) */
+    int64_t n;
+    mk_gen_stop reason;
+    double prefill_s, decode_s;
+} mk_gen_result;
+
+/* Prefill prompt[0..np) at the engine's current position and generate (see
+ * above). On error *r still holds what was generated before it (free ids). */
+mk_status mk_generate(mk_engine *e, const int32_t *prompt, int64_t np, const mk_gen_opts *o,
+                      mk_gen_result *r);
+
+/* A conversation's prompt ids that fit `room` tokens: renders msgs[0..*n)
+ * with mk_chat_encode; while it does not fit, drops the oldest exchange
+ * (from msgs[first] up to the next user message) and tries again. On
+ * return *n is the messages kept (the dropped ones are moved out: msgs and
+ * owned[] are compacted, owned[i] freed for dropped i; owned may be NULL),
+ * *dropped how many were dropped, and *ids the prompt, or NULL with
+ * *fits false when even the last message alone does not fit. */
+mk_status mk_gen_fit_chat(const mk_tok *tok, mk_chat_kind kind, unsigned flags, mk_chat_msg *msgs,
+                          char **owned, size_t *n, size_t first, int64_t room, int32_t **ids,
+                          int64_t *n_ids, size_t *dropped, bool *fits);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,41 @@
+/* The one SIMD switch: which instruction-set path every kernel uses.
+ *
+ * The matmul kernel tables (src/kernels) and the MLX-exact quantizer
+ * (src/quant) both pick their path from mk_isa_active(): the best path this
+ * CPU and build support unless a caller forced another with mk_isa_set
+ * (tests cover every path this way; the CLI maps MK_KERNELS to it). The
+ * library itself reads no environment variable. */
+#ifndef MOEKIT_ISA_H
+#define MOEKIT_ISA_H
+
+#include <stdbool.h>
+
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum mk_isa {
+    MK_ISA_REF = 0, /* portable C */
+    MK_ISA_AVX2,    /* AVX2 + FMA + F16C */
+    MK_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ + the above */
+    MK_ISA_COUNT
+} mk_isa;
+
+/* Stable lower-case name ("ref", "avx2", "avx512"; "?" out of range). */
+const char *mk_isa_name(mk_isa isa);
+/* The isa named `name`; MK_E_ARG naming the choices if there is none. */
+mk_status mk_isa_parse(const char *name, mk_isa *out);
+/* Whether this CPU can run `isa` (and this build contains it). */
+bool mk_isa_supported(mk_isa isa);
+/* The path in use: the best supported one unless mk_isa_set chose another. */
+mk_isa mk_isa_active(void);
+/* Force a path for the whole process (tests, benchmarks, the CLI). Not safe
+ * while another thread computes. MK_E_UNSUPPORTED if the CPU lacks it. */
+mk_status mk_isa_set(mk_isa isa);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

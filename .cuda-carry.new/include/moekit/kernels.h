@@ -1,0 +1,114 @@
+/* CPU compute kernels: a persistent thread pool, matrix products over every
+ * weight storage format of weight.h, and the small vector ops the forward
+ * pass needs (norms, activations, softmax).
+ *
+ * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
+ * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
+ * paths; the path is core's one switch (isa.h: the best this CPU supports,
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512 to it). All paths accumulate in float32; SIMD and threaded
+ * results differ from mk_matmul_ref only in summation order (the tests hold
+ * every path to |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|).
+ *
+ * None of these functions allocate, so none can fail once the pool exists;
+ * weights must have passed mk_wt_check (kernels do not re-validate). */
+#ifndef MOEKIT_KERNELS_H
+#define MOEKIT_KERNELS_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/isa.h"
+#include "moekit/status.h"
+#include "moekit/weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- thread pool ------------------------------------------------------ */
+
+typedef struct mk_pool mk_pool; /* persistent worker threads */
+
+/* Start nthreads-1 workers (the calling thread is the nth). nthreads <= 0
+ * means one per CPU this process may run on. MK_E_NOMEM if a thread or the
+ * pool cannot be created. */
+mk_status mk_pool_create(int nthreads, mk_pool **out);
+/* Stop and join the workers. NULL is a no-op. No mk_pool_for may be running. */
+void mk_pool_free(mk_pool *p);
+/* Threads that run work, the caller included (1 for NULL). */
+int mk_pool_size(const mk_pool *p);
+/* Parallel for over [0,n): calls fn(ctx, b, e) on disjoint ranges that
+ * cover [0,n), each at least `grain` long except possibly the last, and
+ * returns when all are done. p may be NULL (runs inline as fn(ctx, 0, n)).
+ * Calls from inside fn, or from a second thread while the pool is busy,
+ * run inline on the calling thread rather than deadlocking. */
+void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int64_t b, int64_t e),
+                 void *ctx);
+
+/* ---- matrix products -------------------------------------------------- */
+
+/* Accumulated difference of B's values against A's (the reference), the
+ * one every verification in moekit reports: sums in double over the finite
+ * pairs, NaN/Inf judged by position. */
+typedef struct mk_diff {
+    double err2, ref2, max_abs; /* sum (b-a)^2, sum a^2, max |b-a| over finite pairs */
+    uint64_t bad;               /* NaN in one side only, or a non-finite value the other side lacks */
+} mk_diff;
+void mk_diff_add(mk_diff *d, const float *a, const float *b, size_t n);
+void mk_diff_merge(mk_diff *into, const mk_diff *d);
+/* ||b-a|| / ||a||: 0 when both are 0, +inf when only a is 0. */
+double mk_diff_rel(const mk_diff *d);
+
+/* Y[t*rows + r] = sum_c W[r,c] * X[t*cols + c] for t < n, r < rows.
+ * X, Y float32, must not overlap. Threads over rows (and token blocks when
+ * n > 1); each weight row is read once per block of up to 32 tokens.
+ * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
+ * stack (x prepared for the decode kernels) and 8 KiB of each worker's. */
+void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* Portable scalar reference of the same on one thread: each row is
+ * dequantized with mk_wt_dequant_row and summed left to right in float32. */
+void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);
+
+/* Products with the row range [r0, r1) of W, on the calling thread, for
+ * callers that thread over several ranges themselves (MLA's per-head slices
+ * of kv_b, backend.h head_matmul). Rows keep their absolute index, so FP8
+ * block scales apply whatever r0 is. Token t of x starts at x + t*xs, of y
+ * at y + t*ys; x and y must not overlap. Same accuracy contract as
+ * mk_matmul; no allocation (a few KiB of stack).
+ *   mk_matmul_rows:   y[t*ys + r-r0] = sum_c W[r,c] x[t*xs + c]        (r0 <= r < r1)
+ *   mk_matmul_rows_t: y[t*ys + c]    = sum_r W[r,c] x[t*xs + r-r0]     (c < cols) */
+void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                    float *y, int64_t ys);
+void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                      float *y, int64_t ys);
+
+/* ---- vector ops (single thread; SIMD where it pays) ------------------- */
+
+/* sum a[i]*b[i] in float32. */
+float mk_dot_f32(const float *a, const float *b, int64_t n);
+/* y = x / sqrt(mean(x^2) + eps) * g, with g = w or (1 + w) when
+ * zero_centred (Qwen3-Next / Gemma style). w NULL means g = 1.
+ * y may alias x. */
+void mk_rmsnorm(float *y, const float *x, const float *w, int64_t n, float eps, bool zero_centred);
+/* x = x * sigmoid(x), in place. */
+void mk_silu(float *x, int64_t n);
+/* y = silu(gate) * up (the SwiGLU MLP activation); y may alias gate or up. */
+void mk_swiglu(float *y, const float *gate, const float *up, int64_t n);
+/* x = 1 / (1 + exp(-x)), in place. */
+void mk_sigmoid(float *x, int64_t n);
+/* Numerically stable softmax in place (max subtracted). n >= 1. */
+void mk_softmax(float *x, int64_t n);
+/* lp[i] = log softmax(x)[i] in double precision (perplexity, KL divergence). */
+void mk_log_softmax_f64(const float *x, int64_t n, double *lp);
+/* y += x */
+void mk_add(float *y, const float *x, int64_t n);
+/* y *= s */
+void mk_scale(float *y, float s, int64_t n);
+/* y += a * x  (expert outputs, attention values): a multiply then an add,
+ * the same floats on every kernel path */
+void mk_axpy(float *y, float a, const float *x, int64_t n);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,81 @@
+/* A loaded model: a checkpoint carved into weight views for the engine.
+ *
+ * mk_model_open() reads config.json, opens the safetensors checkpoint
+ * (mmapped) and builds, for every layer, non-owning mk_wt views of its
+ * weights in whatever layout and storage format the checkpoint uses:
+ *   - HF per-expert   mlp.experts.{e}.{gate,up,down}_proj.weight
+ *   - HF fused        mlp.experts.gate_up_proj (E,2I,H) + down_proj (E,H,I)
+ *   - vision-language wrappers (model.language_model.*; model.visual.* and
+ *     mtp.* are skipped)
+ *   - FP8 block       weight + weight_scale_inv (E4M3/E5M2, F32/BF16/F16 scales)
+ *   - MLX             language_model.model.*, mlp.switch_mlp stacks, per-module
+ *                     bits from the config, always checked against packed shapes
+ *   - compressed-tensors INT4 pack-quantized, viewed as MLX affine 4-bit
+ * Norm vectors and other small tensors are converted to float32 at load.
+ * Nothing is dequantized: the views point into the mapping. A missing tensor,
+ * a shape that disagrees with the config, a gap in expert indices or a
+ * quantization that contradicts the packed shape fails the open with a
+ * message naming the tensor (MK_E_FORMAT / MK_E_MISMATCH / MK_E_UNSUPPORTED).
+ *
+ * The struct bodies (per-layer weights with their shapes) live in
+ * src/model/model_impl.h: the engine and backends read them, users of the
+ * library only need the handle. */
+#ifndef MOEKIT_MODEL_H
+#define MOEKIT_MODEL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "moekit/config.h"
+#include "moekit/st.h"
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mk_model mk_model;
+
+typedef struct mk_model_opts {
+    /* Dequantize FP8 block weights at load into bf16 copies, rounding each
+     * fp8 * scale_inv product to bf16 as transformers' FP8 loader does when
+     * it dequantizes into the model dtype. Matches transformers' logits
+     * exactly; costs 2 bytes per weight of RAM. Default: compute from the
+     * mmapped FP8 bytes (products kept in float32). */
+    bool fp8_to_bf16;
+} mk_model_opts;
+
+/* Open the model in directory `path` (config.json + safetensors). On
+ * failure *out is NULL and mk_err_msg() says what is wrong. opts may be
+ * NULL (defaults). */
+mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model **out);
+/* mk_model_open_ex with default options. */
+mk_status mk_model_open(const char *path, mk_model **out);
+/* The checks of mk_model_open on headers only, for a checkpoint that is
+ * already open (mapped or not) with its config: every tensor the engine
+ * needs is present with the shape, dtype and quantization the config
+ * implies, and no config count exceeds what the tensors support. Reads no
+ * weight data and keeps nothing. convert, quantize and inspect call it so
+ * they refuse (or report) exactly what the engine would refuse to load. */
+mk_status mk_model_check(const mk_config *cfg, const mk_ckpt *ck);
+/* Release the views, the float32 copies and the checkpoint. NULL ok. */
+void mk_model_free(mk_model *m);
+
+/* The resolved text-model configuration. */
+const mk_config *mk_model_config(const mk_model *m);
+/* The checkpoint the views point into. */
+const mk_ckpt *mk_model_ckpt(const mk_model *m);
+/* Directory holding config.json (and the tokenizer files, if any). */
+const char *mk_model_dir(const mk_model *m);
+/* Short description of the layout found: "hf", "hf-vl", "mlx", ... plus
+ * the expert layout ("per-expert", "fused", "stacked") and storage
+ * ("bf16", "fp8", "affine", "int4"), e.g. "hf-vl/fused/bf16". */
+const char *mk_model_layout(const mk_model *m);
+/* True when the checkpoint stores its linear weights quantized (FP8 block,
+ * MLX, INT4) rather than as plain floats. */
+bool mk_model_quantized(const mk_model *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,249 @@
+/* The non-tensor files of a converted checkpoint: config.json rewritten for
+ * the target, the shard index, and the tokenizer / generation files copied
+ * byte for byte.
+ *
+ * config.json starts as the source's (every field the engine or
+ * transformers reads survives) and gets, per target:
+ *   HF   quantization blocks removed (every weight is dequantized), dtype
+ *        set when it changed, MLX's text-only qwen3_5_moe renamed back to
+ *        qwen3_5_moe_text.
+ *   MLX  FP8 / compressed-tensors quantization_config removed; for INT4
+ *        repacks a "quantization" block with an identical
+ *        "quantization_config" and one {"group_size", "bits"} entry per
+ *        repacked module (FORMATS.md 2); an MLX source keeps its blocks;
+ *        the fields mlx-lm's ModelArgs require but transformers 5 writes
+ *        elsewhere are added (num_experts, rope_theta, partial_rotary_factor,
+ *        full_attention_interval, mlp_only_layers, decoder_sparse_step);
+ *        qwen3_5_moe_text becomes qwen3_5_moe (mlx-lm has no _text module). */
+#include <errno.h>
+#include <jansson.h>
+#include <fcntl.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "core/alloc.h"
+#include "core/str.h"
+#include "convert/conv_impl.h"
+#include "io/os.h"
+
+static const char *dtype_word(mk_dtype t) {
+    switch (t) {
+    case MK_DT_F32: return "float32";
+    case MK_DT_F16: return "float16";
+    case MK_DT_BF16: return "bfloat16";
+    default: return NULL;
+    }
+}
+
+/* Replace `key` of `o` when it exists (or when `always`). */
+static void set_str(json_t *o, const char *key, const char *v, bool always) {
+    if (always || json_object_get(o, key))
+        json_object_set_new(o, key, json_string(v));
+}
+
+static void drop_quant(json_t *root, json_t *tc) {
+    json_object_del(root, "quantization");
+    json_object_del(root, "quantization_config");
+    if (tc != root) {
+        json_object_del(tc, "quantization");
+        json_object_del(tc, "quantization_config");
+    }
+}
+
+/* Smallest k with layer_types[i] == full_attention iff (i+1) % k == 0. */
+static int attention_interval(json_t *lt) {
+    size_t n = json_array_size(lt);
+    for (size_t k = 1; k <= n; k++) {
+        bool ok = true;
+        for (size_t i = 0; ok && i < n; i++) {
+            const char *v = json_string_value(json_array_get(lt, i));
+            ok = v && ((strcmp(v, "full_attention") == 0) == ((i + 1) % k == 0));
+        }
+        if (ok)
+            return (int)k;
+    }
+    return 0;
+}
+
+/* Fields mlx-lm's ModelArgs require that transformers 5 configs move or omit. */
+static void mlx_compat(const cv_src *s, json_t *tc) {
+    json_t *rp = json_object_get(tc, "rope_parameters");
+    if (!json_object_get(tc, "num_experts") && json_object_get(tc, "num_local_experts"))
+        json_object_set(tc, "num_experts", json_object_get(tc, "num_local_experts"));
+    if (json_is_object(rp)) {
+        if (!json_object_get(tc, "rope_theta") && json_object_get(rp, "rope_theta"))
+            json_object_set(tc, "rope_theta", json_object_get(rp, "rope_theta"));
+        if (!json_object_get(tc, "partial_rotary_factor") && json_object_get(rp, "partial_rotary_factor"))
+            json_object_set(tc, "partial_rotary_factor", json_object_get(rp, "partial_rotary_factor"));
+        const char *ty = json_string_value(json_object_get(rp, "rope_type"));
+        if (!json_object_get(tc, "rope_scaling") && ty && strcmp(ty, "default") != 0) {
+            json_t *rs = json_deep_copy(rp);
+            json_object_set_new(rs, "type", json_string(ty));
+            json_object_set_new(tc, "rope_scaling", rs);
+        }
+    }
+    json_t *lt = json_object_get(tc, "layer_types");
+    if (!json_object_get(tc, "full_attention_interval") && json_is_array(lt)) {
+        int k = attention_interval(lt);
+        if (k > 0)
+            json_object_set_new(tc, "full_attention_interval", json_integer(k));
+    }
+    if (s->cfg.arch == MK_ARCH_QWEN3_MOE || s->cfg.arch == MK_ARCH_QWEN3_NEXT) {
+        if (!json_object_get(tc, "mlp_only_layers"))
+            json_object_set_new(tc, "mlp_only_layers", json_array());
+        if (!json_object_get(tc, "decoder_sparse_step"))
+            json_object_set_new(tc, "decoder_sparse_step", json_integer(1));
+    }
+}
+
+static json_t *quant_block(const cv_plan *p) {
+    json_t *q = json_object();
+    json_object_set_new(q, "group_size", json_integer(p->q_group));
+    json_object_set_new(q, "bits", json_integer(p->q_bits));
+    json_object_set_new(q, "mode", json_string("affine"));
+    for (size_t i = 0; i < p->nouts; i++) {
+        const cv_out *o = &p->outs[i];
+        if (!o->qpath)
+            continue;
+        json_t *e = json_object();
+        json_object_set_new(e, "group_size", json_integer(o->qgroup));
+        json_object_set_new(e, "bits", json_integer(o->qbits));
+        json_object_set_new(q, o->qpath, e);
+    }
+    return q;
+}
+
+static mk_status edit(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, json_t *root) {
+    json_t *tc = json_object_get(root, "text_config");
+    if (!json_is_object(tc))
+        tc = root;
+    const char *dw = dtype_word(p->float_dt);
+    bool was_quant = s->cfg.quant.method == MK_QM_FP8 || s->cfg.quant.method == MK_QM_CT;
+    if (!dw && was_quant)
+        dw = "bfloat16"; /* dequantized weights default to bf16 */
+    if (dw) {
+        set_str(root, "dtype", dw, tc == root || json_object_get(root, "dtype"));
+        set_str(root, "torch_dtype", dw, false);
+        if (tc != root) {
+            set_str(tc, "dtype", dw, false);
+            set_str(tc, "torch_dtype", dw, false);
+        }
+    }
+    const char *mt = json_string_value(json_object_get(root, "model_type"));
+    if (o->to == MK_CONV_HF) {
+        drop_quant(root, tc);
+        if (s->is_mlx && tc == root && mt && strcmp(mt, "qwen3_5_moe") == 0) {
+            json_object_set_new(root, "model_type", json_string("qwen3_5_moe_text"));
+            json_t *ar = json_array();
+            json_array_append_new(ar, json_string("Qwen3_5MoeForCausalLM"));
+            json_object_set_new(root, "architectures", ar);
+        }
+        return MK_OK;
+    }
+    if (!s->is_mlx || s->cfg.quant.method != MK_QM_MLX)
+        drop_quant(root, tc);
+    if (p->quantized) {
+        json_object_set_new(root, "quantization", quant_block(p));
+        json_object_set_new(root, "quantization_config", quant_block(p));
+    }
+    if (p->qs) { /* quantize: the blocks of quant_plan.c replace any other */
+        drop_quant(root, tc);
+        MK_TRY(cv_qplan_config(p, root));
+    }
+    if (tc == root && mt && strcmp(mt, "qwen3_5_moe_text") == 0)
+        json_object_set_new(root, "model_type", json_string("qwen3_5_moe"));
+    mlx_compat(s, tc);
+    return MK_OK;
+}
+
+/* Byte copy through a small buffer (tokenizer.json can be tens of MB). */
+static mk_status copy_file(const char *from, const char *to) {
+    int in = mk_os()->open(from, O_RDONLY | O_CLOEXEC, 0);
+    if (in < 0)
+        return mk_err(MK_E_IO, "%s: cannot open: %s", from, strerror(errno));
+    char *tmp = cv_printf("%s.tmp", to);
+    int out = tmp ? mk_os()->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
+    unsigned char *buf = mk_malloc(1u << 20);
+    mk_status s = (out >= 0 && buf) ? MK_OK : mk_err(MK_E_IO, "%s: cannot create", tmp ? tmp : to);
+    uint64_t off = 0;
+    while (s == MK_OK) {
+        ssize_t r = read(in, buf, 1u << 20);
+        if (r < 0) {
+            s = mk_err(MK_E_IO, "%s: read failed", from);
+            break;
+        }
+        if (r == 0)
+            break;
+        s = mk_os_pwrite_full(out, buf, (size_t)r, off, tmp);
+        off += (uint64_t)r;
+    }
+    if (s == MK_OK)
+        s = mk_os_fsync(out, tmp);
+    if (out >= 0)
+        close(out);
+    close(in);
+    if (s == MK_OK)
+        s = mk_os_rename(tmp, to);
+    else if (tmp)
+        mk_os()->unlink(tmp);
+    free(buf);
+    free(tmp);
+    return s;
+}
+
+static const char *const g_side_files[] = {
+    "generation_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
+    "added_tokens.json", "preprocessor_config.json", "video_preprocessor_config.json",
+};
+
+static mk_status write_index(const cv_plan *p, const char *dir) {
+    if (p->nshards < 2)
+        return MK_OK;
+    json_t *root = json_object(), *meta = json_object(), *wm = json_object();
+    json_object_set_new(meta, "total_size", json_integer((json_int_t)p->total_bytes));
+    json_object_set_new(root, "metadata", meta);
+    for (size_t i = 0; i < p->nouts; i++)
+        json_object_set_new(wm, p->outs[i].name, json_string(p->shard_files[p->outs[i].shard]));
+    json_object_set_new(root, "weight_map", wm);
+    char *js = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(root);
+    char *path = mk_path_join(dir, "model.safetensors.index.json");
+    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    free(js);
+    free(path);
+    return s;
+}
+
+mk_status cv_config_write(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *dir) {
+    if (s->bare) { /* quantizing a lone file: no model config to carry over */
+        mk_status bs = p->qs ? cv_qplan_config_bare(p, dir) : MK_OK;
+        return bs == MK_OK ? write_index(p, dir) : bs;
+    }
+    char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
+    json_error_t je;
+    json_t *root = src ? json_load_file(src, 0, &je) : NULL;
+    mk_status st = root ? MK_OK : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src ? src : "config.json", mk_json_errtext(je.text));
+    if (st == MK_OK)
+        st = edit(s, p, o, root);
+    char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
+    if (st == MK_OK)
+        st = js ? mk_os_write_file_atomic(dst, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    free(js);
+    json_decref(root);
+    free(src);
+    free(dst);
+    for (size_t i = 0; st == MK_OK && i < sizeof g_side_files / sizeof g_side_files[0]; i++) {
+        char *a = mk_path_join(s->dir, g_side_files[i]), *b = mk_path_join(dir, g_side_files[i]);
+        if (!a || !b)
+            st = mk_err(MK_E_NOMEM, "out of memory");
+        else if (mk_os_exists(a))
+            st = copy_file(a, b);
+        free(a);
+        free(b);
+    }
+    if (st == MK_OK)
+        st = write_index(p, dir);
+    return st;
+}

@@ -1,0 +1,462 @@
+/* Planning the output: which tensors, named how, with which dtype and
+ * shape, made of which pieces of which source modules, in which shard.
+ *
+ * Per target (FORMATS.md section 3 for MLX):
+ *   HF   canonical names (model.language_model.* for vision-language
+ *        sources), experts per-expert or fused (gate_up_proj (E,2I,H) =
+ *        [gate_e; up_e] per expert, down_proj (E,H,I)); every quantized
+ *        module dequantized; MLX sources get their norms shifted back (-1)
+ *        and conv1d (C,K,1) -> (C,1,K).
+ *   MLX  mlx-lm names (language_model.* for qwen3_5_moe), experts stacked
+ *        into switch_mlp (E,out,in) one expert piece after another, conv1d
+ *        (C,1,K) -> (C,K,1) (same bytes: only the shape changes), +1 on the
+ *        zero-centred norms of HF sources, text only unless keep_vision /
+ *        keep_mtp, compressed-tensors INT4 repacked (weight and scales
+ *        copied byte for byte, biases = -scale * zero point), MLX modules
+ *        copied as they are.
+ * A piece whose bytes need no change is a COPY (copy_file_range at
+ * execution); that is the byte-exactness guarantee. The plan is sorted and
+ * cut into shards exactly as the safetensors writer sorts (alignment, then
+ * name), so each shard can be written by its own writer and a crash loses
+ * at most the shard in progress. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <xxhash.h>
+
+#include "core/alloc.h"
+#include "convert/conv_impl.h"
+
+#define CV_DEFAULT_SHARD (5ull << 30)
+
+typedef struct pctx {
+    const cv_src *s;
+    const mk_conv_opts *o;
+    cv_plan *p;
+    size_t cap;
+    bool qwen35; /* MLX qwen3_5_moe naming */
+} pctx;
+
+static cv_out *new_out(pctx *c, char *name, mk_dtype dt, int ndim, const int64_t *shape) {
+    if (!name)
+        return NULL;
+    if (c->p->nouts == c->cap) {
+        size_t nc = c->cap ? 2 * c->cap : 256;
+        cv_out *no = mk_realloc(c->p->outs, nc * sizeof *no);
+        if (!no) {
+            free(name);
+            return NULL;
+        }
+        c->p->outs = no;
+        c->cap = nc;
+    }
+    cv_out *o = &c->p->outs[c->p->nouts++];
+    memset(o, 0, sizeof *o);
+    o->name = name;
+    o->dt = dt;
+    o->ndim = ndim;
+    memcpy(o->shape, shape, (size_t)ndim * sizeof *shape);
+    return o;
+}
+
+static mk_status push_piece(cv_out *o, const cv_piece *pc) {
+    cv_piece *np = mk_realloc(o->pc, (size_t)(o->npc + 1) * sizeof *np);
+    if (!np)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    o->pc = np;
+    np[o->npc] = *pc;
+    np[o->npc].out_off = o->nbytes;
+    o->nbytes += pc->nbytes;
+    o->npc++;
+    return MK_OK;
+}
+
+/* dtype of a float output made from logical tensor lt. */
+static mk_dtype float_dt(const pctx *c, const cv_lt *lt) {
+    const cv_mod *m = lt->mod;
+    if (m->kind == CV_RAW)
+        return m->vdt;
+    bool dequant = m->kind != CV_FLOAT;
+    if (mk_layout_keeps_dtype(lt->cname) && !dequant)
+        return m->vdt;
+    if (c->o->dtype != MK_DT_INVALID)
+        return c->o->dtype;
+    return dequant ? MK_DT_BF16 : m->vdt;
+}
+
+mk_status cv_float_piece(const cv_lt *lt, mk_dtype dt, float add, cv_piece *pc) {
+    const cv_mod *m = lt->mod;
+    memset(pc, 0, sizeof *pc);
+    pc->mod = m;
+    pc->row0 = lt->row0;
+    pc->nrows = lt->nrows;
+    pc->dt = dt;
+    pc->add = add;
+    pc->ocols = m->cols;
+    pc->part = CV_T_MAIN;
+    switch (m->kind) {
+    case CV_FLOAT: pc->op = (m->vdt == dt && add == 0.0f) ? CV_OP_COPY : CV_OP_FLOAT; break;
+    case CV_RAW:
+        if (m->vdt != dt)
+            return mk_err(MK_E_INTERNAL, "convert: integer tensor '%s' planned as %s", m->name, mk_dtype_name(dt));
+        pc->op = CV_OP_COPY;
+        break;
+    case CV_FP8: pc->op = CV_OP_FP8; break;
+    case CV_CT: pc->op = CV_OP_CT; break;
+    case CV_MLX: pc->op = m->group < 0 ? CV_OP_FPDQ : CV_OP_AFFINE; break; /* FPDQ: quant_ops.c */
+    }
+    if (pc->op == CV_OP_COPY)
+        pc->nbytes = (uint64_t)lt->nrows * (m->t[CV_T_MAIN]->nbytes / (uint64_t)m->rows);
+    else
+        pc->nbytes = (uint64_t)lt->nrows * (uint64_t)m->cols * cv_esize(dt);
+    return MK_OK;
+}
+
+float cv_norm_shift(const cv_src *s, const cv_lt *lt, bool to_mlx) {
+    if (lt->cls == MK_PART_VISION || !s->zero_centred || to_mlx == s->is_mlx ||
+        !mk_layout_is_shifted_norm(lt->cname, lt->ndim))
+        return 0.0f;
+    return to_mlx ? 1.0f : -1.0f;
+}
+
+/* Append the float values of lt (dequantized / re-encoded as needed). */
+static mk_status float_piece(cv_out *o, const cv_lt *lt, float add) {
+    cv_piece pc;
+    MK_TRY(cv_float_piece(lt, o->dt, add, &pc));
+    return push_piece(o, &pc);
+}
+
+/* Byte copy of tensor `part` of the module rows of lt. */
+static mk_status copy_piece(cv_out *o, const cv_lt *lt, int part) {
+    const cv_mod *m = lt->mod;
+    cv_piece pc = {0};
+    pc.op = CV_OP_COPY;
+    pc.part = (unsigned char)part;
+    pc.mod = m;
+    pc.row0 = lt->row0;
+    pc.nrows = lt->nrows;
+    pc.dt = o->dt;
+    pc.nbytes = (uint64_t)lt->nrows * (m->t[part]->nbytes / (uint64_t)m->rows);
+    return push_piece(o, &pc);
+}
+
+static mk_status bias_piece(cv_out *o, const cv_lt *lt) {
+    cv_piece pc = {0};
+    pc.op = CV_OP_CT_BIAS;
+    pc.mod = lt->mod;
+    pc.row0 = lt->row0;
+    pc.nrows = lt->nrows;
+    pc.dt = o->dt;
+    pc.ocols = lt->mod->cols / lt->mod->group;
+    pc.nbytes = (uint64_t)lt->nrows * (uint64_t)pc.ocols * cv_esize(o->dt);
+    return push_piece(o, &pc);
+}
+
+/* ------------------------------------------------------- MLX quantized */
+
+/* weight/scales/biases outputs of a quantized module (n = 1 logical
+ * tensor, or the n experts of a stacked projection). `wname` ends in
+ * ".weight". MLX sources are copied; compressed-tensors repacked. */
+static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, int n, bool stacked) {
+    const cv_mod *m0 = lts[0]->mod;
+    const mk_tensor_info *sc = m0->t[CV_T_SCALE];
+    int group = m0->group < 0 ? -m0->group : m0->group;
+    int64_t out = lts[0]->nrows, in = m0->cols;
+    int64_t ws[3] = {n, out, in * m0->bits / 32}, ss[3] = {n, out, in / group};
+    const int nd = stacked ? 3 : 2, off = stacked ? 0 : 1;
+    size_t wl = strlen(wname) - strlen(".weight");
+    char *sname = cv_printf("%.*s.scales", (int)wl, wname), *bname = cv_printf("%.*s.biases", (int)wl, wname);
+    char *qpath = cv_printf("%.*s", (int)wl, wname);
+    bool has_b = m0->kind == CV_CT || m0->t[CV_T_BIAS];
+    cv_out *ow = new_out(c, wname, MK_DT_U32, nd, ws + off);
+    size_t iw = c->p->nouts - 1;
+    cv_out *os = ow ? new_out(c, sname, sc->dtype, nd, ss + off) : NULL;
+    cv_out *ob = os && has_b ? new_out(c, bname, sc->dtype, nd, ss + off) : NULL;
+    if (!has_b)
+        free(bname);
+    if (!ow || !os || (has_b && !ob) || !qpath) {
+        free(qpath);
+        return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    ow = &c->p->outs[iw]; /* new_out may have moved the array */
+    os = &c->p->outs[iw + 1];
+    ob = has_b ? &c->p->outs[iw + 2] : NULL;
+    ow->qpath = qpath;
+    ow->qbits = m0->bits;
+    ow->qgroup = group;
+    for (int e = 0; e < n; e++) {
+        const cv_lt *lt = lts[e];
+        if (lt->mod->kind != m0->kind || lt->mod->bits != m0->bits || lt->mod->group != m0->group ||
+            lt->mod->t[CV_T_SCALE]->dtype != sc->dtype)
+            return mk_err(MK_E_FORMAT, "'%s' and '%s' are quantized differently and cannot be stacked into '%s'",
+                          lt->mod->name, m0->name, ow->name);
+        MK_TRY(copy_piece(ow, lt, CV_T_MAIN));
+        MK_TRY(copy_piece(os, lt, CV_T_SCALE));
+        if (ob)
+            MK_TRY(m0->kind == CV_CT ? bias_piece(ob, lt) : copy_piece(ob, lt, CV_T_BIAS));
+    }
+    if (m0->kind == CV_CT) {
+        c->p->quantized = true;
+        c->p->q_bits = m0->bits;
+        c->p->q_group = group;
+    }
+    return MK_OK;
+}
+
+/* ---------------------------------------------------------- per target */
+
+static bool dropped(const pctx *c, const cv_lt *lt) {
+    if (c->o->to != MK_CONV_MLX)
+        return false;
+    if (lt->cls == MK_PART_VISION && !c->o->keep_vision)
+        return true;
+    if (lt->cls == MK_PART_MTP && !c->o->keep_mtp)
+        return true;
+    if (cv_ends_with(lt->cname, "rotary_emb.inv_freq"))
+        return true;
+    return c->s->cfg.tie_word_embeddings && strcmp(lt->cname, "lm_head.weight") == 0;
+}
+
+static mk_status plain_output(pctx *c, const cv_lt *lt) {
+    const cv_src *s = c->s;
+    bool mlx = c->o->to == MK_CONV_MLX;
+    char *name = mk_layout_out_name(c->o->to == MK_CONV_MLX, c->qwen35, s->vl, lt->cls, lt->cname);
+    if (!name)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    /* quantizing: quantized sources are dequantized, then quantized anew */
+    if (mlx && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
+        if (!cv_ends_with(name, ".weight")) {
+            mk_status st = mk_err(MK_E_FORMAT, "quantized module '%s' is not a .weight", lt->mod->name);
+            free(name);
+            return st;
+        }
+        const cv_lt *one[1] = {lt};
+        return quant_outputs(c, name, one, 1, false);
+    }
+    int64_t shape[MK_MAX_DIMS];
+    memcpy(shape, lt->shape, sizeof shape);
+    float add = 0.0f;
+    if (lt->cls != MK_PART_VISION) {
+        /* conv1d: MLX wants (C, K, 1), HF (C, 1, K); identical bytes */
+        if (lt->ndim == 3 && cv_ends_with(lt->cname, "conv1d.weight")) {
+            if (mlx && shape[2] != 1) {
+                shape[1] = lt->shape[2];
+                shape[2] = 1;
+            } else if (!mlx && shape[2] == 1 && shape[1] != 1) {
+                shape[2] = lt->shape[1];
+                shape[1] = 1;
+            }
+        }
+        add = cv_norm_shift(s, lt, mlx);
+    }
+    cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    return float_piece(o, lt, add);
+}
+
+/* A bare file's tensor (quantize): its name, dtype and bytes unchanged. */
+static mk_status bare_output(pctx *c, const cv_lt *lt) {
+    cv_out *o = new_out(c, cv_strdup(lt->cname), lt->mod->vdt, lt->ndim, lt->shape);
+    return o ? float_piece(o, lt, 0.0f) : mk_err(MK_E_NOMEM, "out of memory");
+}
+
+static mk_status group_outputs(pctx *c, const cv_egroup *g) {
+    const cv_src *s = c->s;
+    cv_lt probe = {.cname = g->mlp, .cls = g->cls};
+    if (dropped(c, &probe))
+        return MK_OK;
+    const cv_lt *lt0 = &g->proj[MK_PROJ_GATE][0];
+    int64_t I = lt0->shape[0], H = lt0->shape[1];
+    c->p->nstacked++;
+    const cv_lt **v = mk_malloc((size_t)g->n * 2 * sizeof *v);
+    if (!v)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = MK_OK;
+    if (c->o->to == MK_CONV_HF && c->o->experts == MK_CONV_PER_EXPERT) {
+        for (int e = 0; st == MK_OK && e < g->n; e++)
+            for (int p = 0; st == MK_OK && p < 3; p++)
+                st = plain_output(c, &g->proj[p][e]);
+    } else if (c->o->to == MK_CONV_HF) {
+        /* fused: gate_up_proj (E, 2I, H) = [gate_e; up_e], down_proj (E, H, I) */
+        int64_t gu[3] = {g->n, 2 * I, H}, dn[3] = {g->n, H, I};
+        char *n1 = cv_printf("%s.experts.gate_up_proj", g->mlp), *n2 = cv_printf("%s.experts.down_proj", g->mlp);
+        char *o1 = n1 ? mk_layout_out_name(false, false, s->vl, g->cls, n1) : NULL;
+        char *o2 = n2 ? mk_layout_out_name(false, false, s->vl, g->cls, n2) : NULL;
+        free(n1);
+        free(n2);
+        cv_out *a = new_out(c, o1, float_dt(c, lt0), 3, gu);
+        size_t ia = c->p->nouts - 1;
+        cv_out *b = a ? new_out(c, o2, float_dt(c, &g->proj[MK_PROJ_DOWN][0]), 3, dn) : (free(o2), NULL);
+        if (!a || !b)
+            st = mk_err(MK_E_NOMEM, "out of memory");
+        a = st == MK_OK ? &c->p->outs[ia] : NULL;
+        for (int e = 0; st == MK_OK && e < g->n; e++) {
+            st = float_piece(a, &g->proj[MK_PROJ_GATE][e], 0.0f);
+            if (st == MK_OK)
+                st = float_piece(a, &g->proj[MK_PROJ_UP][e], 0.0f);
+            if (st == MK_OK)
+                st = float_piece(&c->p->outs[ia + 1], &g->proj[MK_PROJ_DOWN][e], 0.0f);
+        }
+    } else {
+        for (int p = 0; st == MK_OK && p < 3; p++) {
+            const cv_lt *lp = &g->proj[p][0];
+            char *nm = cv_printf("%s.switch_mlp.%s.weight", g->mlp, mk_layout_proj_names[p]);
+            char *on = nm ? mk_layout_out_name(true, c->qwen35, s->vl, g->cls, nm) : NULL;
+            free(nm);
+            if (!on) {
+                st = mk_err(MK_E_NOMEM, "out of memory");
+                break;
+            }
+            for (int e = 0; e < g->n; e++)
+                v[e] = &g->proj[p][e];
+            if (!c->o->quant && (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX)) {
+                st = quant_outputs(c, on, v, g->n, true);
+                continue;
+            }
+            int64_t shape[3] = {g->n, lp->shape[0], lp->shape[1]};
+            cv_out *o = new_out(c, on, float_dt(c, lp), 3, shape);
+            if (!o)
+                st = mk_err(MK_E_NOMEM, "out of memory");
+            for (int e = 0; st == MK_OK && e < g->n; e++)
+                st = float_piece(o, v[e], 0.0f);
+        }
+    }
+    free(v);
+    return st;
+}
+
+/* ------------------------------------------------------ order + shards */
+
+static unsigned align_of(mk_dtype t) {
+    unsigned b = mk_dtype_info(t)->bits / 8;
+    return b ? b : 1;
+}
+
+/* The writer's order (st_write.c cmp_plan): alignment descending, then name. */
+static int cmp_out(const void *a, const void *b) {
+    const cv_out *x = a, *y = b;
+    unsigned ax = align_of(x->dt), ay = align_of(y->dt);
+    if (ax != ay)
+        return ax > ay ? -1 : 1;
+    return strcmp(x->name, y->name);
+}
+
+static mk_status cut_shards(cv_plan *p, uint64_t shard_size) {
+    int ns = 1;
+    uint64_t used = 0;
+    for (size_t i = 0; i < p->nouts; i++) {
+        cv_out *o = &p->outs[i];
+        if (used > 0 && used + o->nbytes > shard_size) {
+            ns++;
+            used = 0;
+        }
+        o->shard = ns - 1;
+        used += o->nbytes;
+        p->total_bytes += o->nbytes;
+    }
+    p->nshards = ns;
+    p->shard_first = mk_calloc((size_t)ns + 1, sizeof *p->shard_first);
+    p->shard_bytes = mk_calloc((size_t)ns, sizeof *p->shard_bytes);
+    p->shard_files = mk_calloc((size_t)ns, sizeof *p->shard_files);
+    if (!p->shard_first || !p->shard_bytes || !p->shard_files)
+        return mk_err(MK_E_NOMEM, "out of memory");
+    for (size_t i = p->nouts; i-- > 0;) {
+        p->shard_first[p->outs[i].shard] = i;
+        p->shard_bytes[p->outs[i].shard] += p->outs[i].nbytes;
+    }
+    p->shard_first[ns] = p->nouts;
+    for (int k = 0; k < ns; k++) {
+        p->shard_files[k] = ns == 1 ? cv_strdup("model.safetensors")
+                                    : cv_printf("model-%05d-of-%05d.safetensors", k + 1, ns);
+        if (!p->shard_files[k])
+            return mk_err(MK_E_NOMEM, "out of memory");
+    }
+    return MK_OK;
+}
+
+/* Everything that decides the output bytes, plus the source files' identity:
+ * a journal written under another plan is not resumed. */
+static void fingerprint(const pctx *c) {
+    XXH3_state_t *h = XXH3_createState();
+    if (!h)
+        return;
+    XXH3_64bits_reset(h);
+    const char tag[] = "moekit-convert-plan-1";
+    XXH3_64bits_update(h, tag, sizeof tag);
+    for (size_t i = 0; i < mk_ckpt_nshards(c->s->ck); i++) {
+        struct stat st;
+        uint64_t v[3] = {mk_ckpt_shard_size(c->s->ck, i), 0, 0};
+        if (stat(mk_ckpt_shard_path(c->s->ck, i), &st) == 0) {
+            v[1] = (uint64_t)st.st_mtim.tv_sec;
+            v[2] = (uint64_t)st.st_mtim.tv_nsec;
+        }
+        XXH3_64bits_update(h, v, sizeof v);
+    }
+    const cv_plan *p = c->p;
+    for (size_t i = 0; i < p->nouts; i++) {
+        const cv_out *o = &p->outs[i];
+        int64_t hd[4 + MK_MAX_DIMS] = {o->dt, o->ndim, o->shard, (int64_t)o->nbytes};
+        memcpy(hd + 4, o->shape, sizeof o->shape);
+        XXH3_64bits_update(h, o->name, strlen(o->name) + 1);
+        XXH3_64bits_update(h, hd, sizeof hd);
+        for (int k = 0; k < o->npc; k++) {
+            const cv_piece *pc = &o->pc[k];
+            const mk_tensor_info *t = pc->mod->t[CV_T_MAIN];
+            int64_t pv[8] = {pc->op, pc->part, pc->dt, (int64_t)(pc->add * 1024), pc->row0, pc->nrows, t->shard,
+                             (int64_t)t->file_offset};
+            XXH3_64bits_update(h, pv, sizeof pv);
+            if (pc->op == CV_OP_QUANT)
+                cv_qplan_hash(h, pc);
+        }
+    }
+    c->p->fingerprint = XXH3_64bits_digest(h);
+    XXH3_freeState(h);
+}
+
+mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
+    memset(p, 0, sizeof *p);
+    pctx c = {s, o, p, 0, o->to == MK_CONV_MLX && s->cfg.arch == MK_ARCH_QWEN3_5_MOE};
+    p->float_dt = o->dtype;
+    mk_status st = MK_OK;
+    for (size_t i = 0; st == MK_OK && i < s->nlts; i++)
+        if (s->bare)
+            st = bare_output(&c, &s->lts[i]);
+        else if (!dropped(&c, &s->lts[i]))
+            st = plain_output(&c, &s->lts[i]);
+    for (size_t i = 0; st == MK_OK && i < s->ngroups; i++)
+        st = group_outputs(&c, &s->groups[i]);
+    if (st == MK_OK && o->quant)
+        st = cv_qplan_apply(s, o, p); /* quant_plan.c */
+    MK_TRY(st);
+    if (p->nouts == 0)
+        return mk_err(MK_E_FORMAT, "%s: nothing to convert (every tensor would be dropped)", s->dir);
+    qsort(p->outs, p->nouts, sizeof *p->outs, cmp_out);
+    for (size_t i = 1; i < p->nouts; i++)
+        if (strcmp(p->outs[i - 1].name, p->outs[i].name) == 0)
+            return mk_err(MK_E_FORMAT, "%s: two source tensors would both become '%s' (%s and %s)", s->dir,
+                          p->outs[i].name, p->outs[i - 1].pc[0].mod->name, p->outs[i].pc[0].mod->name);
+    MK_TRY(cut_shards(p, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
+    MK_TRY(cv_qplan_finish(p));
+    fingerprint(&c);
+    return MK_OK;
+}
+
+void cv_plan_free(cv_plan *p) {
+    if (!p)
+        return;
+    for (size_t i = 0; i < p->nouts; i++) {
+        free(p->outs[i].name);
+        free(p->outs[i].pc);
+        free(p->outs[i].qpath);
+    }
+    free(p->outs);
+    cv_qstate_free(p->qs);
+    for (int k = 0; p->shard_files && k < p->nshards; k++)
+        free(p->shard_files[k]);
+    free(p->shard_files);
+    free(p->shard_first);
+    free(p->shard_bytes);
+    memset(p, 0, sizeof *p);
+}

@@ -1,0 +1,224 @@
+/* CUDA module core (mk_cuda.h): device probe, device memory, weight upload
+ * and the mapping of mk_wt views to the kernels' device views.
+ *
+ * Errors: every CUDA call is checked; a failure becomes an mk_status with
+ * the CUDA error text and what was being done (mkc_fail). An allocation
+ * failure is MK_E_NOMEM, "no device" MK_E_UNSUPPORTED, anything else
+ * MK_E_INTERNAL. The module uses device 0 of the calling thread. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_impl.cuh"
+
+mk_status mkc_fail(cudaError_t e, const char *what) {
+    mk_status s = MK_E_INTERNAL;
+    if (e == cudaErrorMemoryAllocation)
+        s = MK_E_NOMEM;
+    else if (e == cudaErrorNoDevice || e == cudaErrorInsufficientDriver || e == cudaErrorInitializationError ||
+             e == cudaErrorNoKernelImageForDevice || e == cudaErrorCompatNotSupportedOnDevice)
+        s = MK_E_UNSUPPORTED;
+    return mk_err(s, "cuda: %s: %s (%s)", what ? what : "call", cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+/* Generation 2 measured faster on the H200 and passes the same tests
+ * (bench/RESULTS.md, 2026-12-03); the library reads no environment: tools
+ * and tests choose with mk_cuda_set_kernels. */
+static int g_kernels = 2;
+
+extern "C" int mk_cuda_kernels(void) { return g_kernels; }
+
+extern "C" mk_status mk_cuda_set_kernels(int gen) {
+    if (gen != 1 && gen != 2)
+        return mk_err(MK_E_ARG, "cuda: kernel generation must be 1 or 2, found %d", gen);
+    g_kernels = gen;
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_probe(int *ndev) {
+    int n = 0;
+    if (ndev)
+        *ndev = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* not sticky: clear it */
+        /* whatever the driver says, "no usable device" for the caller */
+        return mk_err(MK_E_UNSUPPORTED, "cuda: no usable CUDA device: %s (%s)", cudaGetErrorString(e),
+                      cudaGetErrorName(e));
+    }
+    if (n < 1)
+        return mk_err(MK_E_UNSUPPORTED, "cuda: no CUDA device present");
+    cudaDeviceProp p;
+    MKC_TRY(cudaGetDeviceProperties(&p, 0), "reading device 0's properties");
+    if (p.major < 9)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "cuda: device 0 (%s) is sm_%d%d; moekit's kernels are built for sm_90 (PTX for newer)",
+                      p.name, p.major, p.minor);
+    if (ndev)
+        *ndev = n;
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_describe(char *buf, size_t n) {
+    cudaDeviceProp p;
+    int drv = 0, rt = 0;
+    MKC_TRY(cudaGetDeviceProperties(&p, 0), "reading device 0's properties");
+    MKC_TRY(cudaDriverGetVersion(&drv), "reading the driver version");
+    MKC_TRY(cudaRuntimeGetVersion(&rt), "reading the runtime version");
+    snprintf(buf, n, "%s, sm_%d%d, %d SMs, %.1f GiB, L2 %d MiB, driver %d.%d, runtime %d.%d", p.name, p.major,
+             p.minor, p.multiProcessorCount, (double)p.totalGlobalMem / (1024.0 * 1024.0 * 1024.0),
+             p.l2CacheSize >> 20, drv / 1000, (drv % 1000) / 10, rt / 1000, (rt % 1000) / 10);
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_malloc(void **dptr, size_t bytes, const char *what) {
+    *dptr = NULL;
+    cudaError_t e = cudaMalloc(dptr, bytes ? bytes : 1);
+    if (e != cudaSuccess) {
+        *dptr = NULL;
+        (void)cudaGetLastError();
+        return mk_err(e == cudaErrorMemoryAllocation ? MK_E_NOMEM : MK_E_INTERNAL,
+                      "cuda: allocating %zu bytes for %s: %s", bytes, what ? what : "a buffer",
+                      cudaGetErrorString(e));
+    }
+    return MK_OK;
+}
+
+extern "C" void mk_cuda_free(void *dptr) {
+    if (dptr)
+        (void)cudaFree(dptr);
+}
+
+extern "C" mk_status mk_cuda_upload(void *dst, const void *src, size_t bytes) {
+    MKC_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "copying to the device");
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_download(void *dst, const void *src, size_t bytes) {
+    MKC_TRY(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "copying from the device");
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_memset(void *dst, int v, size_t bytes) {
+    MKC_TRY(cudaMemset(dst, v, bytes), "filling device memory");
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_sync(void) {
+    MKC_TRY(cudaDeviceSynchronize(), "running device work");
+    return MK_OK;
+}
+
+/* ---- weight views ------------------------------------------------------ */
+
+static int sd_index(mk_dtype t) {
+    return t == MK_DT_F32 ? 0 : t == MK_DT_BF16 ? 1 : t == MK_DT_F16 ? 2 : -1;
+}
+
+int mkc_kind_of(const mk_wt *w) {
+    switch (w->fmt) {
+    case MK_WF_F32: return MKC_F32;
+    case MK_WF_BF16: return MKC_BF16;
+    case MK_WF_F16: return MKC_F16;
+    case MK_WF_AFFINE: {
+        int sd = sd_index(w->sdtype);
+        if (sd < 0 || (w->group != 32 && w->group != 64 && w->group != 128) || w->cols % w->group)
+            return -1;
+        if (w->bits == 4)
+            return MKC_A4_F32 + sd;
+        if (w->bits == 8)
+            return MKC_A8_F32 + sd;
+        return -1;
+    }
+    default: return -1;
+    }
+}
+
+extern "C" bool mk_cuda_wt_supported(const mk_wt *w) {
+    return w && mkc_kind_of(w) >= 0;
+}
+
+static size_t sd_size(const mk_wt *w) {
+    return w->sdtype == MK_DT_F32 ? 4 : 2;
+}
+
+extern "C" size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
+    size_t n = mk_wt_row_bytes(w);
+    if (w->fmt == MK_WF_AFFINE && w->group > 0)
+        n += 2 * (size_t)(w->cols / w->group) * sd_size(w);
+    return n;
+}
+
+mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
+    int k = mkc_kind_of(w);
+    if (k < 0)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "%s: the CUDA kernels take f32, bf16, f16 and affine 4/8-bit (group 32/64/128, "
+                      "f32/bf16/f16 scales) weights, found format %d bits %d group %d",
+                      what, (int)w->fmt, w->bits, w->group);
+    memset(out, 0, sizeof *out);
+    out->data = (const uint8_t *)w->data;
+    out->scales = w->scales;
+    out->biases = w->biases;
+    out->rows = w->rows;
+    out->cols = w->cols;
+    out->row_bytes = (int64_t)mk_wt_row_bytes(w);
+    out->kind = k;
+    out->group = w->fmt == MK_WF_AFFINE ? w->group : 0;
+    out->ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
+    out->gshift = out->group == 32 ? 5 : out->group == 64 ? 6 : out->group == 128 ? 7 : 0;
+    /* 16-byte chunks: affine rows are always whole chunks (cols % 32 == 0 at
+     * 4 and 8 bits); plain rows when the row length is a multiple of 16 B */
+    out->vec = w->fmt == MK_WF_AFFINE || out->row_bytes % 16 == 0;
+    if (((uintptr_t)w->data & 15) != 0)
+        return mk_err(MK_E_ARG, "%s: device weight data must be 16-byte aligned", what);
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char *what) {
+    if (!what)
+        what = "weight";
+    memset(dev, 0, sizeof *dev);
+    MK_TRY(mk_wt_check(host, what));
+    if (mkc_kind_of(host) < 0) {
+        mkc_w tmp;
+        return mkc_view(host, what, &tmp);
+    }
+    *dev = *host;
+    dev->data = dev->scales = dev->biases = NULL;
+    size_t nd = (size_t)host->rows * mk_wt_row_bytes(host);
+    void *d = NULL, *s = NULL, *b = NULL;
+    mk_status st = mk_cuda_malloc(&d, nd, what);
+    if (st == MK_OK)
+        st = mk_cuda_upload(d, host->data, nd);
+    if (st == MK_OK && host->fmt == MK_WF_AFFINE) {
+        size_t ns = (size_t)host->rows * (size_t)(host->cols / host->group) * sd_size(host);
+        st = mk_cuda_malloc(&s, ns, what);
+        if (st == MK_OK)
+            st = mk_cuda_upload(s, host->scales, ns);
+        if (st == MK_OK)
+            st = mk_cuda_malloc(&b, ns, what);
+        if (st == MK_OK)
+            st = mk_cuda_upload(b, host->biases, ns);
+    }
+    if (st != MK_OK) {
+        mk_cuda_free(d);
+        mk_cuda_free(s);
+        mk_cuda_free(b);
+        memset(dev, 0, sizeof *dev);
+        return mk_err_wrap(st, "uploading %s", what);
+    }
+    dev->data = d;
+    dev->scales = s;
+    dev->biases = b;
+    return MK_OK;
+}
+
+extern "C" void mk_cuda_wt_free(mk_wt *dev) {
+    if (!dev)
+        return;
+    mk_cuda_free((void *)dev->data);
+    mk_cuda_free((void *)dev->scales);
+    mk_cuda_free((void *)dev->biases);
+    memset(dev, 0, sizeof *dev);
+}

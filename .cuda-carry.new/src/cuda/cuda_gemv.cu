@@ -1,0 +1,73 @@
+/* GEMV on the device: y = W x for every format mkc_kind_of takes, one
+ * launch, float32 in and out.
+ *
+ * A warp computes four consecutive rows at once (their loads overlap and x
+ * is loaded once for all: mkc_dot_rows<4, true>), 8 warps a block, x staged
+ * in shared memory when it fits; kernel generation 2 (mkc_variant) pipelines
+ * each lane's loads one step ahead (mkc_dot_aff_p). The
+ * format switch is uniform across the grid, so it costs a branch, not
+ * divergence. Bandwidth is what matters at batch 1: each lane moves 16-byte
+ * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
+ * measures it against a device-to-device copy). */
+#include "cuda/cuda_impl.cuh"
+
+#define GEMV_WARPS 8
+#define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
+
+template <bool P>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
+                                                            float *__restrict__ y, int accumulate, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    const float *x = xg;
+    if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory */
+        mkc_stage((float *)mkc_sm4, xg, w.cols);
+        __syncthreads();
+        x = (const float *)mkc_sm4;
+    }
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int64_t r0 = warp * GEMV_ROWS;
+    if (r0 >= w.rows)
+        return;
+    const mkc_w *ws[GEMV_ROWS];
+    int64_t rows[GEMV_ROWS];
+    const float *xs[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) { /* past the end: repeat the last row, not stored */
+        ws[i] = &w;
+        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+        xs[i] = x;
+    }
+    float acc[GEMV_ROWS];
+    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc);
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) {
+        const float v = mkc_warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < w.rows)
+            y[r0 + i] = accumulate ? y[r0 + i] + v : v;
+    }
+}
+
+extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
+    mkc_w v;
+    MK_TRY(mkc_view(w, "gemv weight", &v));
+    if (((uintptr_t)x & 15) != 0)
+        return mk_err(MK_E_ARG, "gemv: x must be 16-byte aligned device memory");
+    if (w->rows == 0)
+        return MK_OK;
+    const int64_t warps = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS;
+    const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    if (blocks > 0x7fffffff)
+        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);
+    /* stage x in shared memory when it fits and is whole float4s */
+    const bool staged = w->cols % 4 == 0 && w->cols * 4 <= MKC_SMEM_MAX;
+    const size_t smem = staged ? (size_t)w->cols * 4 : 0;
+    if (mkc_variant() >= 2)
+        k_gemv<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
+                                                                                         staged ? 1 : 0);
+    else
+        k_gemv<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
+                                                                                          staged ? 1 : 0);
+    MKC_TRY(cudaGetLastError(), "launching gemv");
+    return MK_OK;
+}

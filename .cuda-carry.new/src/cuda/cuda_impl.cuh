@@ -1,0 +1,452 @@
+/* Internals shared by the CUDA sources: the device-side weight view, the
+ * host-side error mapping, and the row dot products every kernel is built
+ * from.
+ *
+ * A warp computes dot products of whole weight rows: lane l takes the
+ * 16-byte chunks l, l+32, ... of the row, dequantizes them in registers
+ * (affine: w = s*q + b, folded as s*sum(q*x) + b*sum(x) per chunk, since a
+ * chunk never straddles a group: 32 values at 4 bits, 16 at 8, groups are
+ * >= 32) and accumulates in float32; the caller reduces the 32 partial
+ * sums with xor shuffles. NR rows are done together so that their loads are
+ * in flight at once (and, when they share x, x is loaded once). Integer to
+ * float conversion avoids the quarter-rate I2F: 8-bit codes by the 2^23
+ * trick (a byte placed in a float's mantissa by PRMT, minus 2^23, exact),
+ * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). */
+#ifndef MK_CUDA_IMPL_CUH
+#define MK_CUDA_IMPL_CUH
+
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/mk_cuda.h"
+
+/* Format kinds the kernels switch on (warp-uniform). */
+enum mkc_kind {
+    MKC_F32 = 0,
+    MKC_BF16,
+    MKC_F16,
+    MKC_A4_F32,
+    MKC_A4_BF16,
+    MKC_A4_F16,
+    MKC_A8_F32,
+    MKC_A8_BF16,
+    MKC_A8_F16,
+    MKC_KIND_COUNT
+};
+
+/* Device view of one matrix, passed to kernels by value. */
+struct mkc_w {
+    const uint8_t *data;
+    const void *scales, *biases;
+    int64_t rows, cols;
+    int64_t row_bytes; /* packed data bytes of one row */
+    int32_t kind, group, ng, gshift; /* gshift = log2(group) */
+    int32_t vec; /* 1: rows are 16-byte chunks (affine always; plain when cols fit) */
+};
+
+/* Host: kind of a weight view, -1 when the device does not take it. */
+int mkc_kind_of(const mk_wt *w);
+/* Host: fill a device view from a (device-pointer) mk_wt; MK_E_UNSUPPORTED
+ * naming `what` when the format is not one the kernels take. */
+mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out);
+/* Host: map a CUDA error to an mk_status with message "<what>: <cuda text>". */
+mk_status mkc_fail(cudaError_t e, const char *what);
+#define MKC_TRY(call, what)                       \
+    do {                                          \
+        cudaError_t mkc_e_ = (call);              \
+        if (mkc_e_ != cudaSuccess)                \
+            return mkc_fail(mkc_e_, (what));      \
+    } while (0)
+
+/* The MoE step with a choice of kernels (bit 0 router, 1 gate/up, 2 down)
+ * and of programmatic dependent launch; mk_cuda_moe_step is (7, no PDL).
+ * For bench_cuda_moe's breakdown and experiments, not the public API. */
+mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
+                         void *stream, unsigned parts, bool pdl);
+
+/* Kernel generation for GEMV and the MoE step (mk_cuda_kernels): 1 the
+ * first kernels, 2 the pipelined ones (mkc_dot_aff_p, k_down2). Host only. */
+static inline int mkc_variant(void) {
+    return mk_cuda_kernels();
+}
+
+/* ---- device: loads and conversions ------------------------------------ */
+
+__device__ __forceinline__ float mkc_bf16f(uint32_t h) {
+    return __uint_as_float(h << 16);
+}
+__device__ __forceinline__ float mkc_f16f(uint32_t h) {
+    return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* scale/bias element i in dtype of the kind */
+template <int SD> __device__ __forceinline__ float mkc_lds(const void *p, int64_t i);
+template <> __device__ __forceinline__ float mkc_lds<0>(const void *p, int64_t i) {
+    return __ldg((const float *)p + i);
+}
+template <> __device__ __forceinline__ float mkc_lds<1>(const void *p, int64_t i) {
+    return mkc_bf16f(__ldg((const unsigned short *)p + i));
+}
+template <> __device__ __forceinline__ float mkc_lds<2>(const void *p, int64_t i) {
+    return mkc_f16f(__ldg((const unsigned short *)p + i));
+}
+
+/* byte i of w as an exact float (0..255): [w.byte_i, 0, 0, 0x4B] - 2^23 */
+template <int I> __device__ __forceinline__ float mkc_byte(uint32_t w) {
+    return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440 + I)) - 8388608.0f;
+}
+
+/* 4-bit codes as floats without a subtraction: the nibble, pre-shifted to
+ * bits 3..6 of its byte, becomes mantissa bits 19..22 of a float with
+ * exponent 126: f = 0.5 + q/32 exactly (one PRMT). Then
+ *   sum q x = 32 sum f x - 16 sum x,
+ * so the chunk's term is 32 s (sum f x) + (b - 16 s)(sum x): FFMAs only in
+ * the inner loop. The cancellation costs a bit or two, not more (f >= 0.5);
+ * the tests' bound carries the extra 48|s| term this brings. */
+template <int M> __device__ __forceinline__ float mkc_nibf(uint32_t w8) {
+    return __uint_as_float(__byte_perm(w8, 0x3F000000u, 0x7044 | (M << 8)));
+}
+
+/* acc[i&3] += f(code i) * x[i] for the 8 nibbles of one word */
+__device__ __forceinline__ void mkc_dot_nib(uint32_t w, const float *x, float *a) {
+    const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
+    a[0] = fmaf(mkc_nibf<0>(lo), x[0], a[0]);
+    a[1] = fmaf(mkc_nibf<0>(hi), x[1], a[1]);
+    a[2] = fmaf(mkc_nibf<1>(lo), x[2], a[2]);
+    a[3] = fmaf(mkc_nibf<1>(hi), x[3], a[3]);
+    a[0] = fmaf(mkc_nibf<2>(lo), x[4], a[0]);
+    a[1] = fmaf(mkc_nibf<2>(hi), x[5], a[1]);
+    a[2] = fmaf(mkc_nibf<3>(lo), x[6], a[2]);
+    a[3] = fmaf(mkc_nibf<3>(hi), x[7], a[3]);
+}
+
+/* acc[i] += byte i * x[i] for the 4 bytes of one word (exact: 2^23 trick) */
+__device__ __forceinline__ void mkc_dot_byte(uint32_t w, const float *x, float *a) {
+    a[0] = fmaf(mkc_byte<0>(w), x[0], a[0]);
+    a[1] = fmaf(mkc_byte<1>(w), x[1], a[1]);
+    a[2] = fmaf(mkc_byte<2>(w), x[2], a[2]);
+    a[3] = fmaf(mkc_byte<3>(w), x[3], a[3]);
+}
+
+/* 16 bytes of weights that are read once: no L1 allocation, so the
+ * streaming weights do not evict x (which every warp of the block re-reads) */
+__device__ __forceinline__ uint4 mkc_ldw(const void *p) {
+    uint4 r;
+    asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+        : "l"(p));
+    return r;
+}
+
+/* x values: shared memory when the kernel staged x there, else global
+ * (plain loads: the pointer may be either) */
+__device__ __forceinline__ void mkc_ldx(const float *x, int n4, float *xv) {
+#pragma unroll
+    for (int i = 0; i < 8; i++)
+        if (i < n4) {
+            float4 t = ((const float4 *)x)[i];
+            xv[4 * i] = t.x;
+            xv[4 * i + 1] = t.y;
+            xv[4 * i + 2] = t.z;
+            xv[4 * i + 3] = t.w;
+        }
+}
+
+/* sum of n values, four chains (depth n/4 + 2) */
+template <int N> __device__ __forceinline__ float mkc_sum(const float *v) {
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+    for (int i = 0; i < N; i++)
+        a[i & 3] += v[i];
+    return (a[0] + a[1]) + (a[2] + a[3]);
+}
+
+/* Lane partial sums of NR affine rows. Row r: packed data q[r], scales s[r],
+ * biases b[r] (per-row group arrays), input x[r] (SX: all rows share x[0]).
+ * nchunk = row_bytes / 16; group = 1 << gshift. Two chunks per lane step
+ * with every weight load issued before any use, so that 2*NR 16-byte loads
+ * per lane are in flight (memory latency, not arithmetic, bounds a GEMV). */
+template <int BITS, int SD, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void *const *s,
+                                            const void *const *b, const float *const *x,
+                                            int64_t nchunk, int gshift, int lane, float *acc) {
+    constexpr int VPC = 128 / BITS; /* values per 16-byte chunk */
+    constexpr int U = NR >= 4 ? 1 : 2; /* 16-byte loads in flight per lane: U * NR */
+    for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
+        uint4 qq[U][NR];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (c0 + 32 * u < nchunk)
+                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t c = c0 + 32 * u;
+            if (c >= nchunk)
+                break;
+            const int64_t g = (c * VPC) >> gshift;
+            float xv[VPC], xs = 0.0f;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX) {
+                    mkc_ldx(x[r] + c * VPC, VPC / 4, xv);
+                    xs = mkc_sum<VPC>(xv);
+                }
+                const uint32_t wd[4] = {qq[u][r].x, qq[u][r].y, qq[u][r].z, qq[u][r].w};
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                const float sc = mkc_lds<SD>(s[r], g), bi = mkc_lds<SD>(b[r], g);
+                if constexpr (BITS == 4) {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mkc_dot_nib(wd[j], xv + 8 * j, a);
+                    const float d = (a[0] + a[1]) + (a[2] + a[3]);
+                    acc[r] += (32.0f * sc) * d + fmaf(-16.0f, sc, bi) * xs;
+                } else {
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+                        mkc_dot_byte(wd[j], xv + 4 * j, a);
+                    const float d = (a[0] + a[1]) + (a[2] + a[3]);
+                    acc[r] += sc * d + bi * xs;
+                }
+            }
+        }
+    }
+}
+
+/* The affine chunk term of one row: lane's 16-byte chunk wd (VPC codes)
+ * against x values xv with their sum xs, scale sc and bias bi. */
+template <int BITS>
+__device__ __forceinline__ float mkc_aff_term(const uint4 &q, const float *xv, float xs, float sc, float bi) {
+    const uint32_t wd[4] = {q.x, q.y, q.z, q.w};
+    float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if constexpr (BITS == 4) {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            mkc_dot_nib(wd[j], xv + 8 * j, a);
+        const float d = (a[0] + a[1]) + (a[2] + a[3]);
+        return (32.0f * sc) * d + fmaf(-16.0f, sc, bi) * xs;
+    } else {
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+            mkc_dot_byte(wd[j], xv + 4 * j, a);
+        const float d = (a[0] + a[1]) + (a[2] + a[3]);
+        return sc * d + bi * xs;
+    }
+}
+
+/* mkc_dot_aff, software-pipelined (kernel generation 2): the next lane
+ * step's weights, scales and biases are loaded before the current step is
+ * computed, so loads stay in flight while the warp does arithmetic (in
+ * generation 1 a warp alternated: all loads, wait, all arithmetic, and the
+ * scale loads were a second round trip after the weights). Same terms as
+ * mkc_dot_aff, summed in another order (two chains per row, word by word). */
+template <int BITS, int SD, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const void *const *s,
+                                              const void *const *b, const float *const *x,
+                                              int64_t nchunk, int gshift, int lane, float *acc) {
+    constexpr int VPC = 128 / BITS;
+    int64_t c = lane;
+    if (c >= nchunk)
+        return;
+    uint4 qq[NR];
+    float sc[NR], bi[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int64_t g = (c * VPC) >> gshift;
+        qq[r] = mkc_ldw((const uint4 *)q[r] + c);
+        sc[r] = mkc_lds<SD>(s[r], g);
+        bi[r] = mkc_lds<SD>(b[r], g);
+    }
+    for (;;) {
+        const int64_t cn = c + 32;
+        const bool more = cn < nchunk;
+        uint4 qn[NR];
+        float sn[NR], bn[NR];
+        if (more) {
+            const int64_t g = (cn * VPC) >> gshift;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = mkc_ldw((const uint4 *)q[r] + cn);
+                sn[r] = mkc_lds<SD>(s[r], g);
+                bn[r] = mkc_lds<SD>(b[r], g);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = qq[r];
+                sn[r] = sc[r];
+                bn[r] = bi[r];
+            }
+        }
+        /* word by word (8 codes at 4 bits, 4 at 8), all rows per word: only
+         * one word's x values live at a time (registers are what limits
+         * the warps an SM holds) */
+        constexpr int VPW = VPC / 4;
+        float a[NR][2], xs[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            a[r][0] = a[r][1] = xs[r] = 0.0f;
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float xv[VPW];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX) {
+                    mkc_ldx(x[r] + c * VPC + j * VPW, VPW / 4, xv);
+                    xs[r] += mkc_sum<VPW>(xv);
+                }
+                const uint32_t w = j == 0 ? qq[r].x : j == 1 ? qq[r].y : j == 2 ? qq[r].z : qq[r].w;
+                if constexpr (BITS == 4) {
+                    const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
+                    a[r][0] = fmaf(mkc_nibf<0>(lo), xv[0], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<0>(hi), xv[1], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<1>(lo), xv[2], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<1>(hi), xv[3], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<2>(lo), xv[4], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<2>(hi), xv[5], a[r][1]);
+                    a[r][0] = fmaf(mkc_nibf<3>(lo), xv[6], a[r][0]);
+                    a[r][1] = fmaf(mkc_nibf<3>(hi), xv[7], a[r][1]);
+                } else {
+                    a[r][0] = fmaf(mkc_byte<0>(w), xv[0], a[r][0]);
+                    a[r][1] = fmaf(mkc_byte<1>(w), xv[1], a[r][1]);
+                    a[r][0] = fmaf(mkc_byte<2>(w), xv[2], a[r][0]);
+                    a[r][1] = fmaf(mkc_byte<3>(w), xv[3], a[r][1]);
+                }
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const float d = a[r][0] + a[r][1], xsr = xs[SX ? 0 : r];
+            if constexpr (BITS == 4)
+                acc[r] += (32.0f * sc[r]) * d + fmaf(-16.0f, sc[r], bi[r]) * xsr;
+            else
+                acc[r] += sc[r] * d + bi[r] * xsr;
+        }
+        if (!more)
+            break;
+        c = cn;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            qq[r] = qn[r];
+            sc[r] = sn[r];
+            bi[r] = bn[r];
+        }
+    }
+}
+
+/* Lane partial sums of NR plain-float rows (SD: 0 f32, 1 bf16, 2 f16).
+ * vec: cols allow 16-byte chunks (f32: 4 values, bf16/f16: 8), else one
+ * element per lane step. */
+template <int SD, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const float *const *x,
+                                              int64_t cols, int vec, int lane, float *acc) {
+    constexpr int VPC = SD == 0 ? 4 : 8;
+    if (vec) {
+        const int64_t nchunk = cols / VPC;
+        for (int64_t c = lane; c < nchunk; c += 32) {
+            uint4 qq[NR];
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                qq[r] = mkc_ldw((const uint4 *)q[r] + c);
+            float xv[8];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX)
+                    mkc_ldx(x[r] + c * VPC, VPC / 4, xv);
+                const uint32_t wd[4] = {qq[r].x, qq[r].y, qq[r].z, qq[r].w};
+                float a = 0.0f;
+                if constexpr (SD == 0) {
+#pragma unroll
+                    for (int i = 0; i < 4; i++)
+                        a = fmaf(__uint_as_float(wd[i]), xv[i], a);
+                } else {
+#pragma unroll
+                    for (int i = 0; i < 4; i++) {
+                        float lo = SD == 1 ? mkc_bf16f(wd[i] & 0xffffu) : mkc_f16f(wd[i] & 0xffffu);
+                        float hi = SD == 1 ? __uint_as_float(wd[i] & 0xffff0000u) : mkc_f16f(wd[i] >> 16);
+                        a = fmaf(lo, xv[2 * i], a);
+                        a = fmaf(hi, xv[2 * i + 1], a);
+                    }
+                }
+                acc[r] += a;
+            }
+        }
+    } else {
+        for (int64_t c = lane; c < cols; c += 32) {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                float wv;
+                if (SD == 0)
+                    wv = __ldg((const float *)q[r] + c);
+                else if (SD == 1)
+                    wv = mkc_bf16f(__ldg((const unsigned short *)q[r] + c));
+                else
+                    wv = mkc_f16f(__ldg((const unsigned short *)q[r] + c));
+                acc[r] = fmaf(wv, x[SX ? 0 : r][c], acc[r]);
+            }
+        }
+    }
+}
+
+/* Lane partial sums of NR rows of matrices sharing one kind and shape:
+ * row rows[r] of w[r] against x[r] (SX: x[0] for all). Warp-uniform. */
+template <int NR, bool SX, bool P = false>
+__device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_t *rows,
+                                             const float *const *x, int lane, float *acc) {
+    const mkc_w &w0 = *w[0];
+    const uint8_t *q[NR];
+    const void *s[NR], *b[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        acc[r] = 0.0f;
+        q[r] = w[r]->data + rows[r] * w[r]->row_bytes;
+        if (w0.kind >= MKC_A4_F32) {
+            const int64_t sz = (w0.kind == MKC_A4_F32 || w0.kind == MKC_A8_F32) ? 4 : 2;
+            s[r] = (const uint8_t *)w[r]->scales + rows[r] * w0.ng * sz;
+            b[r] = (const uint8_t *)w[r]->biases + rows[r] * w0.ng * sz;
+        } else {
+            s[r] = b[r] = nullptr;
+        }
+    }
+    const int64_t nchunk = w0.row_bytes / 16;
+    switch (w0.kind) {
+    case MKC_F32: mkc_dot_plain<0, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
+    case MKC_BF16: mkc_dot_plain<1, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
+    case MKC_F16: mkc_dot_plain<2, NR, SX>(q, x, w0.cols, w0.vec, lane, acc); break;
+#define MKC_AFF(BITS, SD)                                                        \
+    do {                                                                         \
+        if (P)                                                                   \
+            mkc_dot_aff_p<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); \
+        else                                                                     \
+            mkc_dot_aff<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc);   \
+    } while (0)
+    case MKC_A4_F32: MKC_AFF(4, 0); break;
+    case MKC_A4_BF16: MKC_AFF(4, 1); break;
+    case MKC_A4_F16: MKC_AFF(4, 2); break;
+    case MKC_A8_F32: MKC_AFF(8, 0); break;
+    case MKC_A8_BF16: MKC_AFF(8, 1); break;
+    case MKC_A8_F16: MKC_AFF(8, 2); break;
+#undef MKC_AFF
+    default: break;
+    }
+}
+
+/* Copy n floats (n % 4 == 0, 16-byte aligned) from global to shared memory
+ * with the whole block; the caller synchronises. */
+__device__ __forceinline__ void mkc_stage(float *dst, const float *src, int64_t n) {
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x)
+        ((float4 *)dst)[i] = __ldg((const float4 *)src + i);
+}
+
+#define MKC_SMEM_MAX (48 * 1024) /* dynamic shared memory without an opt-in */
+
+__device__ __forceinline__ float mkc_warp_sum(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+#endif

@@ -1,0 +1,110 @@
+/* mk_cuda_* when moekit is built without CUDA (MK_CUDA=OFF): every call
+ * fails with MK_E_UNSUPPORTED "built without CUDA", so callers (the GPU
+ * tests, a backend choice) skip or fall back with a visible reason instead
+ * of failing to link. CMake compiles this file only when MK_CUDA is off. */
+#include "cuda/mk_cuda.h"
+#include "moekit/backend_cuda.h"
+
+static mk_status no_cuda(void) {
+    return mk_err(MK_E_UNSUPPORTED,
+                  "moekit was built without CUDA (MK_CUDA=OFF or no CUDA compiler at configure time)");
+}
+
+mk_status mk_cuda_probe(int *ndev) {
+    if (ndev)
+        *ndev = 0;
+    return no_cuda();
+}
+mk_status mk_cuda_describe(char *buf, size_t n) {
+    if (buf && n)
+        buf[0] = '\0';
+    return no_cuda();
+}
+mk_status mk_cuda_malloc(void **dptr, size_t bytes, const char *what) {
+    if (dptr)
+        *dptr = NULL;
+    return no_cuda();
+}
+void mk_cuda_free(void *dptr) {
+}
+mk_status mk_cuda_upload(void *dst, const void *src, size_t bytes) {
+    return no_cuda();
+}
+mk_status mk_cuda_download(void *dst, const void *src, size_t bytes) {
+    return no_cuda();
+}
+mk_status mk_cuda_memset(void *dst, int v, size_t bytes) {
+    return no_cuda();
+}
+mk_status mk_cuda_sync(void) {
+    return no_cuda();
+}
+bool mk_cuda_wt_supported(const mk_wt *w) {
+    return false;
+}
+mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char *what) {
+    return no_cuda();
+}
+void mk_cuda_wt_free(mk_wt *dev) {
+}
+size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
+    return 0;
+}
+mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
+    return no_cuda();
+}
+mk_status mk_cuda_set_kernels(int gen) {
+    return no_cuda();
+}
+int mk_cuda_kernels(void) {
+    return 0;
+}
+mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
+    return no_cuda();
+}
+mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **ws) {
+    if (ws)
+        *ws = NULL;
+    return no_cuda();
+}
+void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws) {
+}
+mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
+                           bool accumulate, void *stream) {
+    return no_cuda();
+}
+mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) {
+    return no_cuda();
+}
+size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
+    return 0;
+}
+mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out) {
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+void mk_cuda_stack_free(mk_cuda_stack *s) {
+}
+mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s) {
+    return NULL;
+}
+mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream) {
+    return no_cuda();
+}
+
+/* the CUDA backend (include/moekit/backend_cuda.h) */
+mk_status mk_backend_cuda_create(int device, mk_backend **out) {
+    (void)device;
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
+    (void)b;
+    (void)host_data;
+}
+size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
+    (void)b;
+    return 0;
+}

@@ -1,0 +1,148 @@
+/* The CUDA module: device buffers, weight upload, GEMV and the fused MoE
+ * decode step for one token (docs/CUDA.md).
+ *
+ * This is the layer the CUDA backend (issue 14, behind issue 10's backend
+ * seam) will call; it owns no model state itself. Every pointer documented
+ * "device" is device memory (mk_cuda_malloc); weights on the device are
+ * described by the same mk_wt view as on the host, with device pointers
+ * (mk_cuda_wt_upload makes one). `stream` arguments are a cudaStream_t passed
+ * as void* (NULL = the default stream) so that C callers need no CUDA header.
+ *
+ * Built without CUDA (MK_CUDA=OFF, cuda_stub.c) every call returns
+ * MK_E_UNSUPPORTED with the message "built without CUDA"; on a machine with
+ * no usable device mk_cuda_probe says why, and callers (tests, the backend
+ * choice) fall back or skip.
+ *
+ * Numerics: inputs and outputs float32; weights dequantized in registers;
+ * float32 accumulation (per-lane partial sums, then a warp tree), so results
+ * differ from the CPU reference only by summation order (docs/CUDA.md
+ * states the bounds the tests check). */
+#ifndef MK_CUDA_H
+#define MK_CUDA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/status.h"
+#include "moekit/weight.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* MK_OK and *ndev >= 1 when a usable CUDA device is present (device 0 is
+ * used); otherwise MK_E_UNSUPPORTED with the reason (built without CUDA, no
+ * device, driver too old, ...) in mk_err_msg() and *ndev = 0. Never aborts. */
+mk_status mk_cuda_probe(int *ndev);
+/* "NVIDIA H200, sm_90, 132 SMs, 139.8 GiB" for logs and bench records. */
+mk_status mk_cuda_describe(char *buf, size_t n);
+
+/* Device memory. `what` names the buffer in the error message. */
+mk_status mk_cuda_malloc(void **dptr, size_t bytes, const char *what);
+void mk_cuda_free(void *dptr);
+mk_status mk_cuda_upload(void *dst, const void *src, size_t bytes);
+mk_status mk_cuda_download(void *dst, const void *src, size_t bytes);
+/* Fill `bytes` of device memory with byte `v` (tests poison outputs). */
+mk_status mk_cuda_memset(void *dst, int v, size_t bytes);
+/* Wait for all device work; reports an asynchronous kernel error. */
+mk_status mk_cuda_sync(void);
+
+/* True when the device kernels take this weight format: F32, BF16, F16,
+ * AFFINE with 4 or 8 bits (group 32/64/128, F32/BF16/F16 scales). */
+bool mk_cuda_wt_supported(const mk_wt *w);
+/* Copy a host weight view to the device: `dev` gets the same view with
+ * device pointers (data, scales, biases in separate allocations, each
+ * 256-byte aligned). Unsupported formats: MK_E_UNSUPPORTED naming `what`. */
+mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char *what);
+/* Free what mk_cuda_wt_upload allocated; zeroes the view. */
+void mk_cuda_wt_free(mk_wt *dev);
+/* Bytes one row of the weight occupies on the device (data + scales + biases). */
+size_t mk_cuda_wt_row_bytes_all(const mk_wt *w);
+
+/* y[r] = sum_c W[r,c] x[c] (+ y[r] when accumulate), W a device view,
+ * x and y device float32 arrays, x 16-byte aligned. Asynchronous on stream. */
+mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream);
+
+/* Kernel generation of mk_cuda_gemv and mk_cuda_moe_step (docs/CUDA.md):
+ * 1 the first kernels; 2 (the default: faster on the H200, same tests) the
+ * pipelined affine row loads and the down projection spread over (expert,
+ * chunk) tasks. Process-wide: set it before launching, not while launches
+ * from other threads are being issued. MK_E_ARG for other values. */
+mk_status mk_cuda_set_kernels(int gen);
+int mk_cuda_kernels(void);
+
+/* ---- one MoE block for one token ---------------------------------------- */
+
+typedef enum mk_cuda_score {
+    MK_CUDA_SCORE_SOFTMAX = 0, /* Qwen3-MoE, Qwen3-Next, Qwen3.5: softmax over all experts */
+    MK_CUDA_SCORE_SIGMOID = 1  /* sigmoid per expert (DeepSeek-V3 without group limits/bias) */
+} mk_cuda_score;
+
+/* Device weights of one MoE block, MLX's stacked layout: the experts' gate
+ * and up are one [E*I, H] matrix each (expert e owns rows e*I..e*I+I-1),
+ * down is [E*H, I]. The shared expert (optional) is three plain matrices
+ * [Is, H], [Is, H], [H, Is]; its gate (optional) a [1, H] row whose
+ * sigmoid scales the shared output.
+ *   y = sum_j w_j * down_e(silu(gate_e x) * up_e x)  over the top-k experts e
+ *     + sigmoid(shared_gate x) * shared_down(silu(shared_gate_proj x) * shared_up x)
+ * Routing: s = softmax(router x) or sigmoid(router x); top-k of s (lowest
+ * index first on ties, as the CPU engine); w = s_top, divided by their sum
+ * when norm_topk (+1e-20 for sigmoid scoring, as DeepSeek-V3), times scale.
+ * Experts and shared expert must share one format (bits, group, scale
+ * dtype); router and shared gate may each have any supported format. */
+typedef struct mk_cuda_moe {
+    int64_t hidden, n_experts, top_k, inter, shared_inter;
+    mk_cuda_score score;
+    bool norm_topk;
+    float scale; /* routed_scaling_factor; 1 for Qwen */
+    mk_wt router;
+    mk_wt gate, up, down;
+    bool has_shared, has_shared_gate;
+    mk_wt sh_gate, sh_up, sh_down, sh_gate_w;
+} mk_cuda_moe;
+
+typedef struct mk_cuda_moe_ws mk_cuda_moe_ws;
+
+/* Validate shapes and formats (the message names the matrix, expected vs
+ * found). top_k <= 32, n_experts <= 1024. */
+mk_status mk_cuda_moe_check(const mk_cuda_moe *m);
+/* Device scratch for one MoE step of this shape (router logits, routing,
+ * the k expert activations); reusable across layers of the same shape. */
+mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **ws);
+void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws);
+/* y = moe(x) (y += moe(x) when accumulate: the residual add), x and y
+ * device float32[hidden], x 16-byte aligned; y may be x. Three kernels, no host
+ * round trip and no synchronisation: the routing stays on the device, so
+ * the step can be captured in a CUDA graph. */
+mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
+                           bool accumulate, void *stream);
+/* Copy the last step's routing to the host (tests, --verify, profiling):
+ * idx[top_k] expert ids in selection order, w[top_k] their weights. Syncs. */
+mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w);
+/* Weight bytes one step reads: router + shared gate + k routed experts +
+ * shared expert (data, scales, biases). The roofline numerator. */
+size_t mk_cuda_moe_bytes(const mk_cuda_moe *m);
+
+/* ---- a stack of MoE layers in one persistent kernel ---------------------- */
+
+/* x += moe_l(x) for l = 0..L-1 in ONE launch: a cooperative (co-resident)
+ * grid that runs router, routing, gate/up and down of every layer with
+ * grid-wide barriers between them instead of kernel boundaries (the
+ * per-kernel launch and ramp latency dominates mk_cuda_moe_step at batch
+ * 1: bench/RESULTS.md). All layers one shape; x and the k experts'
+ * activations must fit in 48 KB of shared memory (else MK_E_UNSUPPORTED:
+ * use mk_cuda_moe_step per layer). Same kernels' arithmetic as the step.
+ * Attention between the MoE blocks is not in it yet (issue 14). */
+typedef struct mk_cuda_stack mk_cuda_stack;
+mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out);
+void mk_cuda_stack_free(mk_cuda_stack *s);
+/* The workspace the stack uses (mk_cuda_moe_routing on it gives the last
+ * layer's routing). */
+mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s);
+mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,490 @@
+/* The CPU backend: the reference implementation of every backend slot,
+ * on top of src/kernels (matmuls and vector ops) and its thread pool.
+ *
+ * Matmuls thread inside mk_matmul, MLA's per-head products over heads.
+ * Attention threads over (token, kv head, block of query heads) and the
+ * Gated DeltaNet recurrence over value heads; both work without scratch
+ * memory (two-pass softmax, fixed per-head arrays on the stack: about 64 KiB
+ * per attention work item), so the slots stay infallible and
+ * allocation-free. Arithmetic mirrors the
+ * transformers float32 reference: reductions in f32, softplus with its
+ * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). Its memory is host
+ * memory (host_mem): alloc is aligned_alloc, upload/download are memcpy,
+ * and no slot can fail, so sync always returns MK_OK. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "engine/engine_impl.h"
+#include "moekit/backend.h"
+#include "moekit/kernels.h"
+
+typedef struct cpu_ctx {
+    mk_pool *pool;
+} cpu_ctx;
+
+/* ---- memory ---------------------------------------------------------------- */
+
+static mk_status cpu_alloc(void *ctx, size_t bytes, void **out) {
+    (void)ctx;
+    size_t n = (bytes + 63) & ~(size_t)63;
+    *out = mk_aligned_alloc(64, n ? n : 64);
+    if (!*out)
+        return mk_err(MK_E_NOMEM, "CPU backend: cannot allocate %zu bytes", bytes);
+    memset(*out, 0, n);
+    return MK_OK;
+}
+
+static void cpu_buf_free(void *ctx, void *p) {
+    (void)ctx;
+    free(p);
+}
+
+static void cpu_memcpy(void *ctx, void *dst, const void *src, size_t bytes) {
+    (void)ctx;
+    if (bytes && dst != src)
+        memcpy(dst, src, bytes);
+}
+
+static void cpu_zero(void *ctx, void *dst, size_t bytes) {
+    (void)ctx;
+    if (bytes)
+        memset(dst, 0, bytes);
+}
+
+static mk_status cpu_sync(void *ctx) {
+    (void)ctx;
+    return MK_OK;
+}
+
+static int64_t cpu_find_nonfinite(void *ctx, const float *x, int64_t n) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++)
+        if (!isfinite(x[i]))
+            return i;
+    return -1;
+}
+
+/* ---- data movement ------------------------------------------------------------ */
+
+static void cpu_copy(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src,
+                     int64_t ss0, int64_t ss1, int64_t n0, int64_t n1, int64_t width) {
+    (void)ctx;
+    for (int64_t i = 0; i < n0; i++)
+        for (int64_t j = 0; j < n1; j++)
+            memcpy(dst + i * ds0 + j * ds1, src + i * ss0 + j * ss1, (size_t)width * sizeof(float));
+}
+
+static void cpu_gather(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                       int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < m; i++)
+        memcpy(dst + i * dim, src + (int64_t)rows[i] * dim, (size_t)dim * sizeof(float));
+}
+
+static void cpu_scatter(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m,
+                        int64_t dim) {
+    (void)ctx;
+    for (int64_t i = 0; i < m; i++)
+        memcpy(dst + (int64_t)rows[i] * dim, src + i * dim, (size_t)dim * sizeof(float));
+}
+
+static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
+}
+
+static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++)
+        mk_wt_dequant_row(w, ids[t], y + t * w->cols);
+}
+
+static void cpu_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
+                        const float *g, int64_t rows, int64_t dim, float eps) {
+    (void)ctx;
+    for (int64_t r = 0; r < rows; r++)
+        mk_rmsnorm(y + r * y_stride, x + r * x_stride, g, dim, eps, false);
+}
+
+static void cpu_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads,
+                     int64_t head_stride, int rot_dim, const float *cos, const float *sin,
+                     bool interleave) {
+    (void)ctx;
+    int half = rot_dim / 2;
+    float tmp[MK_ENGINE_MAX_HEAD_DIM];
+    for (int64_t t = 0; t < n; t++) {
+        const float *c = cos + t * half, *s = sin + t * half;
+        for (int h = 0; h < n_heads; h++) {
+            float *v = x + t * tok_stride + h * head_stride;
+            if (interleave) { /* (x0,x1),(x2,x3).. -> evens | odds, as HF de-interleaves */
+                for (int i = 0; i < half; i++) {
+                    tmp[i] = v[2 * i];
+                    tmp[i + half] = v[2 * i + 1];
+                }
+                memcpy(v, tmp, (size_t)rot_dim * sizeof(float));
+            }
+            for (int i = 0; i < half; i++) {
+                float x0 = v[i], x1 = v[i + half];
+                v[i] = x0 * c[i] - x1 * s[i];
+                v[i + half] = x1 * c[i] + x0 * s[i];
+            }
+        }
+    }
+}
+
+/* ---- attention ----------------------------------------------------------- */
+
+/* Query heads that share one pass over their kv head's cache rows: with
+ * MLA's single latent head (or GQA groups) a cache row is loaded once for a
+ * block of heads instead of once per head. Each head's arithmetic is the
+ * same whatever the block, so results do not depend on it. */
+#define MK_ATTN_HB 8
+/* Scores of the first positions kept on the stack between the two softmax
+ * passes (later ones are recomputed): the same floats either way. */
+#define MK_ATTN_SC 1024
+
+typedef struct attn_job {
+    const mk_attn_args *a;
+    int g, hb, nb;  /* heads per kv head, heads per block, blocks per kv head */
+    int64_t ks, vs; /* cache row strides */
+} attn_job;
+
+/* One work item: token t, kv head j, query heads h0 .. h0+nh-1 of its group. */
+static void attn_heads(const attn_job *j, int64_t t, int kvh, int h0, int nh) {
+    const mk_attn_args *a = j->a;
+    float acc[MK_ATTN_HB][MK_ENGINE_MAX_HEAD_DIM], mx[MK_ATTN_HB], sum[MK_ATTN_HB];
+    float sc[MK_ATTN_HB][MK_ATTN_SC];
+    int64_t T = a->pos0 + t + 1;
+    const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
+    const float *q = a->q + (t * a->n_heads + h0) * a->dk;
+    /* pass 1: the max score, so pass 2 is exactly softmax(x - max) */
+    for (int i = 0; i < nh; i++)
+        mx[i] = -INFINITY;
+    for (int64_t s = 0; s < T; s++)
+        for (int i = 0; i < nh; i++) {
+            float x = mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            if (s < MK_ATTN_SC)
+                sc[i][s] = x;
+            mx[i] = x > mx[i] ? x : mx[i];
+        }
+    for (int i = 0; i < nh; i++) {
+        sum[i] = 0.0f;
+        memset(acc[i], 0, (size_t)a->dv * sizeof(float));
+    }
+    for (int64_t s = 0; s < T; s++)
+        for (int i = 0; i < nh; i++) {
+            float x = s < MK_ATTN_SC ? sc[i][s]
+                                     : mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            float p = expf(x - mx[i]);
+            sum[i] += p;
+            mk_axpy(acc[i], p, v + s * j->vs, a->dv);
+        }
+    for (int i = 0; i < nh; i++) {
+        float *o = a->out + (t * a->n_heads + h0 + i) * a->dv, inv = 1.0f / sum[i];
+        for (int d = 0; d < a->dv; d++)
+            o[d] = acc[i][d] * inv;
+    }
+}
+
+static void attn_task(void *ctx, int64_t b, int64_t e) {
+    const attn_job *j = ctx;
+    int64_t per_tok = (int64_t)j->a->n_kv * j->nb;
+    for (int64_t item = b; item < e; item++) {
+        int64_t t = item / per_tok, r = item % per_tok;
+        int kvh = (int)(r / j->nb), h0 = kvh * j->g + (int)(r % j->nb) * j->hb;
+        int end = (kvh + 1) * j->g, nh = end - h0 < j->hb ? end - h0 : j->hb;
+        attn_heads(j, t, kvh, h0, nh);
+    }
+}
+
+static void cpu_attention(void *ctx, const mk_attn_args *a) {
+    mk_pool *pool = ((cpu_ctx *)ctx)->pool;
+    attn_job j = {.a = a, .g = a->n_heads / a->n_kv, .hb = MK_ATTN_HB};
+    j.ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
+    j.vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
+    /* smaller blocks while there would be fewer than two items per thread */
+    int64_t want = 2 * (int64_t)mk_pool_size(pool);
+    while (j.hb > 1 && a->n * a->n_kv * ((j.g + j.hb - 1) / j.hb) < want)
+        j.hb /= 2;
+    j.nb = (j.g + j.hb - 1) / j.hb;
+    mk_pool_for(pool, a->n * a->n_kv * j.nb, 1, attn_task, &j);
+}
+
+/* ---- per-head products (MLA) ------------------------------------------------ */
+
+static void head_mm_task(void *ctx, int64_t b, int64_t e) {
+    const mk_head_mm_args *a = ctx;
+    for (int64_t h = b; h < e; h++) {
+        int64_t r0 = a->r0 + h * a->hstep;
+        mk_matmul_rows(a->w, r0, r0 + a->nr, a->x + h * a->x_head, a->x_tok, a->n,
+                       a->y + h * a->y_head, a->y_tok);
+    }
+}
+
+static void head_mm_t_task(void *ctx, int64_t b, int64_t e) {
+    const mk_head_mm_args *a = ctx;
+    for (int64_t h = b; h < e; h++) {
+        int64_t r0 = a->r0 + h * a->hstep;
+        mk_matmul_rows_t(a->w, r0, r0 + a->nr, a->x + h * a->x_head, a->x_tok, a->n,
+                         a->y + h * a->y_head, a->y_tok);
+    }
+}
+
+static void cpu_head_matmul(void *ctx, const mk_head_mm_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n_heads, 1, head_mm_task, (void *)a);
+}
+
+static void cpu_head_matmul_t(void *ctx, const mk_head_mm_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n_heads, 1, head_mm_t_task, (void *)a);
+}
+
+/* ---- Gated DeltaNet -------------------------------------------------------- */
+
+static void cpu_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
+                            int64_t C, int K, const float *w, float *state) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float *yt = y + t * C;
+        for (int64_t c = 0; c < C; c++) {
+            float acc = 0.0f;
+            for (int j = 0; j < K; j++) {
+                int64_t idx = t - K + 1 + j; /* input time of tap j */
+                float in = idx < 0 ? state[(K - 1 + idx) * C + c] : u[idx * u_stride + c];
+                acc += w[c * K + j] * in;
+            }
+            yt[c] = acc / (1.0f + expf(-acc));
+        }
+    }
+    /* keep the last K-1 inputs; ascending order reads rows not yet overwritten */
+    for (int s = 0; s < K - 1; s++) {
+        int64_t idx = n - (K - 1) + s;
+        if (idx < 0)
+            memmove(state + (int64_t)s * C, state + (s + n) * C, (size_t)C * sizeof(float));
+        else
+            memcpy(state + (int64_t)s * C, u + idx * u_stride, (size_t)C * sizeof(float));
+    }
+}
+
+static float softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+
+static void l2norm(float *y, const float *x, int d, float scale) {
+    float ss = 0.0f;
+    for (int i = 0; i < d; i++)
+        ss += x[i] * x[i];
+    float inv = 1.0f / sqrtf(ss + 1e-6f);
+    for (int i = 0; i < d; i++)
+        y[i] = x[i] * inv * scale;
+}
+
+static void gdn_task(void *ctx, int64_t hb, int64_t he) {
+    const mk_gdn_args *a = ctx;
+    int r = a->nv / a->nk, dk = a->dk, dv = a->dv;
+    float q[MK_ENGINE_MAX_HEAD_DIM], k[MK_ENGINE_MAX_HEAD_DIM], d[MK_ENGINE_MAX_HEAD_DIM];
+    float qscale = 1.0f / sqrtf((float)dk);
+    for (int64_t h = hb; h < he; h++) {
+        int64_t kh = h / r;
+        float *S = a->state + h * dk * dv; /* [dk, dv] */
+        float neg_A = -expf(a->A_log[h]);
+        for (int64_t t = 0; t < a->n; t++) {
+            const float *row = a->q + t * a->stride;
+            l2norm(q, row + kh * dk, dk, qscale);
+            l2norm(k, a->k + t * a->stride + kh * dk, dk, 1.0f);
+            const float *v = a->v + t * a->stride + h * dv;
+            float beta = 1.0f / (1.0f + expf(-a->b[t * a->nv + h]));
+            float decay = expf(neg_A * softplus(a->a[t * a->nv + h] + a->dt_bias[h]));
+            /* S = exp(g) S;  d = beta (v - S^T k);  S += k d^T;  o = S^T q */
+            for (int64_t i = 0; i < (int64_t)dk * dv; i++)
+                S[i] *= decay;
+            for (int j = 0; j < dv; j++)
+                d[j] = 0.0f;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(d, k[i], S + (int64_t)i * dv, dv);
+            for (int j = 0; j < dv; j++)
+                d[j] = (v[j] - d[j]) * beta;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(S + (int64_t)i * dv, k[i], d, dv);
+            float *o = a->out + (t * a->nv + h) * dv;
+            for (int j = 0; j < dv; j++)
+                o[j] = 0.0f;
+            for (int i = 0; i < dk; i++)
+                mk_axpy(o, q[i], S + (int64_t)i * dv, dv);
+        }
+    }
+}
+
+static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, gdn_task, (void *)a);
+}
+
+static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,
+                              int64_t dim, float eps) {
+    (void)ctx;
+    for (int64_t r = 0; r < rows; r++) {
+        float *xr = x + r * dim;
+        const float *zr = z + r * dim;
+        mk_rmsnorm(xr, xr, g, dim, eps, false);
+        for (int64_t i = 0; i < dim; i++)
+            xr[i] *= zr[i] / (1.0f + expf(-zr[i]));
+    }
+}
+
+/* ---- element-wise ---------------------------------------------------------- */
+
+static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
+    (void)ctx;
+    mk_swiglu(y, gate, up, n);
+}
+
+static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++)
+        x[i] *= 1.0f / (1.0f + expf(-gate[i]));
+}
+
+static void cpu_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
+    (void)ctx;
+    mk_axpy(y, a, x, n);
+}
+
+/* ---- MoE ------------------------------------------------------------------ */
+
+/* Indices of the k largest of s[0..n) into idx (descending, lowest index
+ * first on ties, as a stable selection). k is small (<= ~16). */
+static void topk(const float *s, int n, int k, int32_t *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            bool taken = false;
+            for (int q = 0; q < j && !taken; q++)
+                taken = idx[q] == i;
+            if (!taken && (best < 0 || s[i] > s[best]))
+                best = i;
+        }
+        idx[j] = best;
+    }
+}
+
+/* Qwen: softmax over all experts (f32), top-k, renormalised when asked. */
+static void route_softmax(const mk_route_args *a, const float *logits, int32_t *idx, float *wt) {
+    float p[MK_BACKEND_MAX_EXPERTS];
+    memcpy(p, logits, (size_t)a->E * sizeof(float));
+    mk_softmax(p, a->E);
+    topk(p, a->E, a->k, idx);
+    float sum = 0.0f;
+    for (int j = 0; j < a->k; j++)
+        sum += (wt[j] = p[idx[j]]);
+    if (a->norm)
+        for (int j = 0; j < a->k; j++)
+            wt[j] /= sum;
+}
+
+/* DeepSeek-V3 grouped sigmoid routing (masked groups are 0, as
+ * transformers' masked_fill). */
+static void route_grouped(const mk_route_args *a, const float *logits, int32_t *idx, float *wt) {
+    int E = a->E, k = a->k;
+    int G = a->n_group > 0 ? a->n_group : 1, TG = a->topk_group > 0 ? a->topk_group : 1;
+    int per = E / G;
+    float choice[MK_BACKEND_MAX_EXPERTS], gs[MK_BACKEND_MAX_EXPERTS];
+    int32_t gi[2], keep[MK_BACKEND_MAX_EXPERTS];
+    for (int i = 0; i < E; i++)
+        choice[i] = 1.0f / (1.0f + expf(-logits[i])) + (a->bias ? a->bias[i] : 0.0f);
+    for (int g = 0; g < G; g++) {
+        topk(choice + g * per, per, 2, gi);
+        gs[g] = choice[g * per + gi[0]] + choice[g * per + gi[1]];
+    }
+    topk(gs, G, TG, keep);
+    for (int g = 0; g < G; g++) {
+        bool kept = false;
+        for (int j = 0; j < TG; j++)
+            kept |= keep[j] == g;
+        if (!kept)
+            for (int i = 0; i < per; i++)
+                choice[g * per + i] = 0.0f;
+    }
+    topk(choice, E, k, idx);
+    float sum = 0.0f;
+    for (int j = 0; j < k; j++)
+        sum += (wt[j] = 1.0f / (1.0f + expf(-logits[idx[j]])));
+    for (int j = 0; j < k; j++) {
+        if (a->norm)
+            wt[j] /= sum + 1e-20f;
+        wt[j] *= a->scale;
+    }
+}
+
+static void cpu_route(void *ctx, const mk_route_args *a) {
+    (void)ctx;
+    for (int64_t t = 0; t < a->n; t++) {
+        const float *lg = a->logits + t * a->E;
+        if (a->kind == MK_ROUTE_GROUPED_SIGMOID)
+            route_grouped(a, lg, a->idx + t * a->k, a->w + t * a->k);
+        else
+            route_softmax(a, lg, a->idx + t * a->k, a->w + t * a->k);
+    }
+}
+
+static void cpu_combine(void *ctx, float *y, const float *x, const float *w,
+                        const int32_t *order, int64_t n, int k, int64_t dim) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float *yt = y + t * dim;
+        memset(yt, 0, (size_t)dim * sizeof(float));
+        for (int j = 0; j < k; j++) {
+            int64_t i = t * k + order[t * k + j];
+            mk_axpy(yt, w[i], x + i * dim, dim);
+        }
+    }
+}
+
+static void cpu_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n,
+                          int64_t dim) {
+    (void)ctx;
+    for (int64_t t = 0; t < n; t++) {
+        float a = g ? 1.0f / (1.0f + expf(-g[t])) : 1.0f;
+        mk_axpy(y + t * dim, a, x + t * dim, dim);
+    }
+}
+
+static void cpu_free(void *ctx) { free(ctx); }
+
+static const mk_backend_i g_cpu = {
+    .name = "cpu",
+    .host_mem = true,
+    .alloc = cpu_alloc,
+    .buf_free = cpu_buf_free,
+    .upload = cpu_memcpy,
+    .download = cpu_memcpy,
+    .zero = cpu_zero,
+    .sync = cpu_sync,
+    .copy = cpu_copy,
+    .gather = cpu_gather,
+    .scatter = cpu_scatter,
+    .find_nonfinite = cpu_find_nonfinite,
+    .matmul = cpu_matmul,
+    .get_rows = cpu_get_rows,
+    .rmsnorm = cpu_rmsnorm,
+    .rope = cpu_rope,
+    .attention = cpu_attention,
+    .head_matmul = cpu_head_matmul,
+    .head_matmul_t = cpu_head_matmul_t,
+    .conv1d_silu = cpu_conv1d_silu,
+    .gdn = cpu_gdn,
+    .gated_rmsnorm = cpu_gated_rmsnorm,
+    .swiglu = cpu_swiglu,
+    .sigmoid_mul = cpu_sigmoid_mul,
+    .axpy = cpu_axpy,
+    .route = cpu_route,
+    .combine = cpu_combine,
+    .gated_add = cpu_gated_add,
+    .free = cpu_free,
+};
+
+mk_status mk_backend_cpu_create(mk_pool *pool, mk_backend **out) {
+    *out = NULL;
+    cpu_ctx *c = mk_calloc(1, sizeof *c);
+    if (!c)
+        return mk_err(MK_E_NOMEM, "no memory for the CPU backend");
+    c->pool = pool;
+    return mk_backend_create(&g_cpu, c, out);
+}

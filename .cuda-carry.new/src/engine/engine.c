@@ -1,0 +1,356 @@
+/* Engine lifetime: options, the arenas, RoPE tables, reset.
+ *
+ * The arenas are planned in two passes over the same list of buffers
+ * (carve): the first sums the sizes, the second hands out pointers into one
+ * zeroed allocation each, backend memory (from the backend's alloc) for
+ * what slots compute on and host memory for what the engine reads itself. Buffer sizes come from the config's largest dimensions of each
+ * block kind present, so a dense-attention model pays nothing for DeltaNet
+ * scratch and vice versa. The forward pass itself lives in forward.c. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "engine/engine_impl.h"
+
+/* ---- arena ---------------------------------------------------------------- */
+
+typedef struct carver {
+    char *base, *hbase; /* NULL while sizing */
+    size_t off, hoff;
+} carver;
+
+/* Reserve n elements of `esz` bytes of backend memory, 64-byte aligned. */
+static void *take(carver *cv, int64_t n, size_t esz) {
+    size_t bytes = (size_t)(n > 0 ? n : 0) * esz;
+    void *p = cv->base && bytes ? cv->base + cv->off : NULL;
+    cv->off += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+/* The same in host memory. */
+static void *take_h(carver *cv, int64_t n, size_t esz) {
+    size_t bytes = (size_t)(n > 0 ? n : 0) * esz;
+    void *p = cv->hbase && bytes ? cv->hbase + cv->hoff : NULL;
+    cv->hoff += (bytes + 63) & ~(size_t)63;
+    return p;
+}
+
+static int64_t imax(int64_t a, int64_t b) { return a > b ? a : b; }
+
+/* The whole arena layout; sizes only when cv->base is NULL. */
+static void carve(mk_engine *e, carver *cv) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t nC = e->chunk, H = c->hidden_size, L = c->num_layers, T = e->max_ctx;
+    int64_t nH = c->num_heads, nKV = c->num_kv_heads, hd = c->head_dim;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
+    int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, dvh = c->v_head_dim;
+    int64_t kl = c->kv_lora_rank, cw = kl + c->qk_rope_head_dim; /* MLA cache row */
+    int64_t E = c->num_experts, k = c->num_experts_per_tok;
+    bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false;
+    int64_t Imax = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        has_attn |= w->mixer == MK_MIXER_ATTN;
+        has_mla |= w->mixer == MK_MIXER_MLA;
+        has_gdn |= w->mixer == MK_MIXER_GDN;
+        has_moe |= w->is_moe;
+        Imax = imax(Imax, w->is_moe ? imax(c->moe_intermediate_size, c->shared_intermediate_size)
+                                    : c->intermediate_size);
+    }
+    e->ids = take(cv, nC, 4);
+    e->x = take(cv, nC * H, 4);
+    e->xb = take(cv, nC * H, 4);
+    e->y = take(cv, nC * H, 4);
+    if (!e->bi->host_mem) /* logits staged through backend memory, MK_ENGINE_LOGIT_ROWS at a time */
+        e->lg = take(cv, (nC < MK_ENGINE_LOGIT_ROWS ? nC : MK_ENGINE_LOGIT_ROWS) * c->vocab_size, 4);
+    e->cos = take_h(cv, nC * (e->rot_dim / 2), 4);
+    e->sin = take_h(cv, nC * (e->rot_dim / 2), 4);
+    e->cos_b = take(cv, nC * (e->rot_dim / 2), 4);
+    e->sin_b = take(cv, nC * (e->rot_dim / 2), 4);
+    e->inv_freq = take_h(cv, e->rot_dim / 2, 4);
+    if (has_attn || has_mla) {
+        int64_t qw = has_attn ? nH * hd * 2 : 0, aw = has_attn ? nH * hd : 0;
+        if (has_mla) {
+            qw = imax(qw, nH * qk);
+            aw = imax(aw, nH * dvh);
+        }
+        e->qraw = take(cv, nC * qw, 4);
+        e->att = take(cv, nC * aw, 4);
+    }
+    if (has_attn) {
+        e->q = take(cv, nC * nH * hd, 4);
+        e->gate = take(cv, nC * nH * hd, 4);
+    }
+    if (has_mla) {
+        e->qa = take(cv, nC * c->q_lora_rank, 4);
+        e->qabs = take(cv, nC * nH * cw, 4);
+        e->olat = take(cv, nC * nH * kl, 4);
+    }
+    if (has_gdn) {
+        e->proj = take(cv, nC * (2 * Kd + 2 * Vd), 4);
+        e->bap = take(cv, nC * 2 * nv, 4);
+        e->mixed = take(cv, nC * C, 4);
+        e->conv_out = take(cv, nC * C, 4);
+        e->z = take(cv, nC * Vd, 4);
+        e->gb = take(cv, nC * nv, 4);
+        e->ga = take(cv, nC * nv, 4);
+        e->o = take(cv, nC * Vd, 4);
+    }
+    if (has_moe) {
+        e->router = take(cv, nC * E, 4);
+        e->top_idx_b = take(cv, nC * k, 4);
+        e->top_w_b = take(cv, nC * k, 4);
+        e->tok_b = take(cv, nC * k, 4);
+        e->pair_b = take(cv, nC * k, 4);
+        e->perm_b = take(cv, nC * k, 4);
+        e->pairs = take(cv, nC * k * H, 4);
+        e->sh = take(cv, nC, 4);
+        e->top_idx = take_h(cv, nC * k, 4);
+        e->top_w = take_h(cv, nC * k, 4);
+        e->cnt = take_h(cv, E + 1, 4);
+        e->order = take_h(cv, nC * k, 4);
+        e->tok = take_h(cv, nC * k, 4);
+        e->perm = take_h(cv, nC * k, 4);
+        e->used = take_h(cv, E, 4);
+    }
+    e->ex_x = take(cv, nC * H, 4);
+    e->ex_g = take(cv, nC * Imax, 4);
+    e->ex_u = take(cv, nC * Imax, 4);
+    e->ex_o = take(cv, nC * H, 4);
+    /* caches and recurrent state, per layer; MLA keeps one latent row per
+     * position (its values are read from the same rows) */
+    e->kv_token_bytes = 0;
+    for (int64_t l = 0; l < L; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        if (w->mixer == MK_MIXER_ATTN) {
+            e->kc[l] = take(cv, T * nKV * hd, 4);
+            e->vc[l] = take(cv, T * nKV * hd, 4);
+            e->kv_token_bytes += (size_t)(2 * nKV * hd) * sizeof(float);
+        } else if (w->mixer == MK_MIXER_MLA) {
+            e->kc[l] = take(cv, T * cw, 4);
+            e->kv_token_bytes += (size_t)cw * sizeof(float);
+        } else {
+            e->conv[l] = take(cv, (c->conv_kernel - 1) * C, 4);
+            e->ssm[l] = take(cv, nv * dk * dv, 4);
+        }
+    }
+}
+
+/* ---- RoPE ----------------------------------------------------------------- */
+
+/* YaRN as transformers' _compute_yarn_parameters: blend interpolated and
+ * extrapolated frequencies over a linear ramp between the correction dims. */
+static float yarn_mscale(double scale, double mscale) {
+    return scale <= 1 ? 1.0f : (float)(0.1 * mscale * log(scale) + 1.0);
+}
+
+static double yarn_dim(double rot, int dim, double base, double maxpos) {
+    return (dim * log(maxpos / (rot * 2 * M_PI))) / (2 * log(base));
+}
+
+static void rope_init(mk_engine *e) {
+    const mk_config *c = e->c;
+    const mk_rope *r = &c->rope;
+    int dim = e->rot_dim, half = dim / 2;
+    float base = (float)r->theta;
+    e->attn_factor = 1.0f;
+    /* float32, as torch computes it, and never rounded to the checkpoint's
+     * dtype: transformers' from_pretrained, llama.cpp, mlx-lm and vLLM all
+     * rotate with float32 frequencies (a bf16-rounded one is off by up to
+     * 0.4%, radians of phase at a few thousand positions). */
+    for (int i = 0; i < half; i++)
+        e->inv_freq[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
+    if (strcmp(r->type, "yarn") || !(r->factor > 1))
+        return;
+    /* transformers 5.x uses the explicit factor (4.x derived it from the
+     * max_position_embeddings ratio when original_max_position_embeddings
+     * was given; the two agree for DeepSeek-V3's and Kimi's configs). */
+    double factor = r->factor;
+    double orig = r->orig_max_pos > 0 ? r->orig_max_pos : c->max_position_embeddings;
+    if (r->attention_factor >= 0)
+        e->attn_factor = (float)r->attention_factor;
+    else if (r->mscale > 0 && r->mscale_all_dim > 0)
+        e->attn_factor = yarn_mscale(factor, r->mscale) / yarn_mscale(factor, r->mscale_all_dim);
+    else
+        e->attn_factor = yarn_mscale(factor, 1.0);
+    double bf = r->beta_fast > 0 ? r->beta_fast : 32, bs = r->beta_slow > 0 ? r->beta_slow : 1;
+    double lo = floor(yarn_dim(bf, dim, r->theta, orig));
+    double hi = ceil(yarn_dim(bs, dim, r->theta, orig));
+    lo = lo < 0 ? 0 : lo;
+    hi = hi > dim - 1 ? dim - 1 : hi;
+    if (lo == hi)
+        hi += 0.001;
+    for (int i = 0; i < half; i++) {
+        float extra = e->inv_freq[i];
+        float inter = 1.0f / ((float)factor * powf(base, (float)(2 * i) / (float)dim));
+        float ramp = (float)((i - lo) / (hi - lo));
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float ef = 1.0f - ramp; /* extrapolation factor */
+        e->inv_freq[i] = inter * (1.0f - ef) + extra * ef;
+    }
+}
+
+void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n) {
+    int half = e->rot_dim / 2;
+    for (int64_t t = 0; t < n; t++)
+        for (int i = 0; i < half; i++) {
+            float ang = (float)(pos0 + t) * e->inv_freq[i]; /* f32 product, as torch */
+            e->cos[t * half + i] = (float)cos((double)ang) * e->attn_factor;
+            e->sin[t * half + i] = (float)sin((double)ang) * e->attn_factor;
+        }
+}
+
+/* ---- create / free -------------------------------------------------------- */
+
+static mk_status check_dims(const mk_config *c) {
+    int dims[] = {c->head_dim, c->qk_nope_head_dim + c->qk_rope_head_dim, c->v_head_dim,
+                  c->kv_lora_rank + c->qk_rope_head_dim, c->lin_k_head_dim, c->lin_v_head_dim};
+    for (size_t i = 0; i < sizeof dims / sizeof dims[0]; i++)
+        if (dims[i] > MK_ENGINE_MAX_HEAD_DIM)
+            return mk_err(MK_E_UNSUPPORTED, "config.json: a head dimension of %d exceeds the "
+                          "engine's limit of %d", dims[i], MK_ENGINE_MAX_HEAD_DIM);
+    if (c->num_experts > MK_BACKEND_MAX_EXPERTS)
+        return mk_err(MK_E_UNSUPPORTED, "config.json: %d experts exceed the engine's limit of %d",
+                      c->num_experts, MK_BACKEND_MAX_EXPERTS);
+    return MK_OK;
+}
+
+/* Bytes of memory this process can still get: MemAvailable, capped by an
+ * address-space or data limit (ulimit -v / -d); 0 when unknown. */
+static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
+    const mk_config *c = e->c;
+    MK_TRY(check_dims(c));
+    int64_t dflt = c->max_position_embeddings > 0 && c->max_position_embeddings < 4096
+                       ? c->max_position_embeddings
+                       : 4096;
+    e->max_ctx = o->max_ctx > 0 ? o->max_ctx : dflt;
+    e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
+    e->on_route = o->on_route;
+    e->on_route_user = o->on_route_user;
+    if (e->chunk > e->max_ctx)
+        e->chunk = e->max_ctx;
+    e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3
+                     ? c->qk_rope_head_dim
+                     : (int)(c->head_dim * c->rope.partial_rotary_factor);
+    double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
+                                  ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
+                                  : (double)c->head_dim);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && !strcmp(c->rope.type, "yarn") &&
+        c->rope.mscale_all_dim > 0) {
+        double ms = yarn_mscale(c->rope.factor, c->rope.mscale_all_dim);
+        scale *= ms * ms;
+    }
+    e->attn_scale = (float)scale;
+
+    if (o->backend) { /* a given backend brings its own threads, if any */
+        e->be = o->backend;
+    } else {
+        MK_TRY(mk_pool_create(o->threads, &e->pool));
+        MK_TRY(mk_backend_cpu_create(e->pool, &e->be));
+        e->own_be = true;
+    }
+    e->bi = mk_backend_iface(e->be);
+    e->bctx = mk_backend_ctx(e->be);
+    e->moe = &mk_moe_exec_local;
+    if (o->store) {
+        e->store = o->store;
+    } else {
+        MK_TRY(mk_expert_store_resident(e->m, &e->store));
+        e->own_store = true;
+    }
+    size_t L = (size_t)c->num_layers;
+    e->kc = mk_calloc(L, sizeof(float *));
+    e->vc = mk_calloc(L, sizeof(float *));
+    e->conv = mk_calloc(L, sizeof(float *));
+    e->ssm = mk_calloc(L, sizeof(float *));
+    if (!e->kc || !e->vc || !e->conv || !e->ssm)
+        return mk_err(MK_E_NOMEM, "no memory for the engine's layer tables");
+    carver cv = {0};
+    carve(e, &cv);
+    e->arena_bytes = cv.off + cv.hoff;
+    /* The arenas are zeroed whole, so every byte becomes resident: refuse a
+     * context that cannot fit the caller's memory limit instead of being
+     * killed (or swapping) mid-way. The library reads no /proc file: the
+     * CLI passes what the system has available (mk_engine_opts.mem_limit). */
+    if (o->mem_limit && e->arena_bytes > o->mem_limit)
+        return mk_err(MK_E_ARG,
+                      "engine: a context of %lld positions needs %zu bytes (KV cache %zu bytes/token x "
+                      "%lld = %llu, plus buffers and state), but only %llu bytes of memory are "
+                      "available; lower --ctx (or --window, --prefill-chunk)",
+                      (long long)e->max_ctx, e->arena_bytes, e->kv_token_bytes, (long long)e->max_ctx,
+                      (unsigned long long)e->kv_token_bytes * (unsigned long long)e->max_ctx,
+                      (unsigned long long)o->mem_limit);
+    mk_status st = e->bi->alloc(e->bctx, cv.off, &e->arena);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "engine arena (max_ctx %lld, prefill chunk %lld; lower --ctx or "
+                           "--prefill-chunk)", (long long)e->max_ctx, (long long)e->chunk);
+    e->harena = mk_aligned_alloc(64, cv.hoff ? cv.hoff : 64);
+    if (!e->harena)
+        return mk_err(MK_E_NOMEM, "engine host arena: cannot allocate %zu bytes", cv.hoff);
+    memset(e->harena, 0, cv.hoff);
+    cv = (carver){.base = e->arena, .hbase = e->harena};
+    carve(e, &cv);
+    rope_init(e);
+    return MK_OK;
+}
+
+mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_engine **out) {
+    *out = NULL;
+    mk_engine_opts o = {0};
+    if (opts)
+        o = *opts;
+    mk_engine *e = mk_calloc(1, sizeof *e);
+    if (!e)
+        return mk_err(MK_E_NOMEM, "no memory for an engine");
+    e->m = m;
+    e->c = mk_model_config(m);
+    mk_status st = engine_init(e, &o);
+    if (st != MK_OK) {
+        mk_engine_free(e);
+        return st;
+    }
+    *out = e;
+    return MK_OK;
+}
+
+void mk_engine_free(mk_engine *e) {
+    if (!e)
+        return;
+    if (e->own_store)
+        mk_expert_store_free(e->store);
+    if (e->arena)
+        e->bi->buf_free(e->bctx, e->arena);
+    if (e->own_be)
+        mk_backend_free(e->be);
+    mk_pool_free(e->pool);
+    free(e->harena);
+    free(e->kc);
+    free(e->vc);
+    free(e->conv);
+    free(e->ssm);
+    free(e);
+}
+
+void mk_engine_reset(mk_engine *e) {
+    const mk_config *c = e->c;
+    int64_t C = 2 * (int64_t)c->lin_num_k_heads * c->lin_k_head_dim +
+                (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
+    for (int l = 0; l < c->num_layers; l++)
+        if (e->conv[l]) { /* the recurrent state must restart from zero; KV rows are overwritten */
+            e->bi->zero(e->bctx, e->conv[l], (size_t)((c->conv_kernel - 1) * C) * sizeof(float));
+            e->bi->zero(e->bctx, e->ssm[l],
+                        (size_t)c->lin_num_v_heads * c->lin_k_head_dim * c->lin_v_head_dim *
+                            sizeof(float));
+        }
+    e->pos = 0;
+}
+
+int64_t mk_engine_pos(const mk_engine *e) { return e->pos; }
+int64_t mk_engine_max_ctx(const mk_engine *e) { return e->max_ctx; }
+size_t mk_engine_arena_bytes(const mk_engine *e) { return e->arena_bytes; }
+size_t mk_engine_kv_bytes_per_token(const mk_engine *e) { return e->kv_token_bytes; }
+const mk_model *mk_engine_model(const mk_engine *e) { return e->m; }

@@ -1,0 +1,129 @@
+/* Internal: the engine's state and scratch, shared by engine.c (create,
+ * arenas, RoPE tables), forward.c (the forward pass) and moe.c (the MoE
+ * executor).
+ *
+ * Two arenas are allocated at create time. The backend arena (backend
+ * memory, from the backend's alloc) holds every activation, cache and state
+ * buffer: the engine computes offsets into it and hands them to backend
+ * slots, never dereferencing them. The host arena holds what the engine
+ * itself reads: RoPE tables before upload, routing decisions after
+ * download, and the expert grouping. Scratch is sized for one chunk of
+ * nC = prefill_chunk tokens; caches for max_ctx positions. Shapes use the
+ * names of model_impl.h; [B] marks backend memory, [h] host memory. */
+#ifndef MK_ENGINE_IMPL_H
+#define MK_ENGINE_IMPL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "model/model_impl.h"
+#include "moekit/backend.h"
+#include "moekit/engine.h"
+#include "moekit/expert_store.h"
+#include "moekit/kernels.h"
+
+/* Largest per-head dimension the CPU backend's fixed per-head arrays hold
+ * (head_dim, MLA q/k/v head dims and its latent attention's kl+dr, DeltaNet
+ * dk/dv). */
+#define MK_ENGINE_MAX_HEAD_DIM 1024
+/* Logit rows computed per step when logits are staged through backend
+ * memory (backends without host memory). */
+#define MK_ENGINE_LOGIT_ROWS 16
+
+/* The MoE executor seam: computes one MoE layer's output e->y from e->xb
+ * (routing, routed experts, shared expert). The local executor (moe.c)
+ * runs every expert on this engine's backend through its expert store; an
+ * expert-parallel executor (several GPUs or hosts) implements the same
+ * call. */
+typedef struct mk_moe_exec_i {
+    const char *name;
+    mk_status (*run)(mk_engine *e, int layer, const mk_moe_w *w, int64_t n);
+} mk_moe_exec_i;
+
+extern const mk_moe_exec_i mk_moe_exec_local;
+
+struct mk_engine {
+    const mk_model *m;
+    const mk_config *c;
+    mk_pool *pool;        /* only with the engine's own CPU backend */
+    mk_backend *be;
+    bool own_be;
+    const mk_backend_i *bi; /* be's table and context, for the hot path */
+    void *bctx;
+    const mk_moe_exec_i *moe;
+    mk_expert_store *store;
+    bool own_store;
+    int64_t max_ctx, pos; /* capacity and tokens so far */
+    int64_t chunk;        /* nC */
+    mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
+    void *on_route_user;
+
+    void *arena;          /* backend arena */
+    void *harena;         /* host arena */
+    size_t arena_bytes;   /* both */
+    size_t kv_token_bytes; /* cache bytes per position, all layers (mk_engine_kv_bytes_per_token) */
+
+    /* per layer (NULL where the layer has none), [B] */
+    float **kc, **vc;     /* KV cache: attn k, v [max_ctx, nKV, hd]; MLA kc [max_ctx, kl+dr] =
+                             normed latent | roped k_pe, vc NULL (values are the latents) */
+    float **conv, **ssm;  /* DeltaNet: conv inputs [K-1, C]; state [nv, dk, dv] */
+
+    /* RoPE */
+    int rot_dim;          /* rotated dims per head */
+    float *inv_freq;      /* [h] [rot/2] */
+    float attn_factor;    /* multiplies cos/sin (YaRN) */
+    float attn_scale;     /* softmax scale of q.k */
+    float *cos, *sin;     /* [h] [nC, rot/2] for the current chunk */
+    float *cos_b, *sin_b; /* [B] the same, uploaded */
+
+    /* scratch for one chunk, [B] */
+    int32_t *ids;         /* [nC] token ids of the chunk */
+    float *x;             /* [nC, H] residual stream */
+    float *xb;            /* [nC, H] normed input of a block */
+    float *y;             /* [nC, H] block output */
+    float *lg;            /* [LB, V] staged logits (backends without host memory), else NULL */
+    float *qraw;          /* [nC, max(nH*hd*2, nH*(dn+dr))] q projection (gated: q|gate per head) */
+    float *q;             /* [nC, nH*hd] queries after split/norm/rope */
+    float *gate;          /* [nC, nH*hd] output gate of gated attention */
+    float *att;           /* [nC, nH*max(hd, dvh)] attention output (MLA: after W_v) */
+    float *qa;            /* [nC, ql] MLA q latent */
+    float *qabs;          /* [nC, nH, kl+dr] MLA absorbed queries W_k^T q_nope | q_pe */
+    float *olat;          /* [nC, nH, kl] MLA attention output in latent space */
+    float *proj;          /* [nC, 2Kd+2Vd] DeltaNet projection (grouped) */
+    float *bap;           /* [nC, 2nv] DeltaNet b|a projection (grouped) */
+    float *mixed;         /* [nC, C] conv input q|k|v */
+    float *conv_out;      /* [nC, C] */
+    float *z;             /* [nC, Vd] output gate */
+    float *gb, *ga;       /* [nC, nv] b and a */
+    float *o;             /* [nC, Vd] DeltaNet output */
+    float *router;        /* [nC, E] router logits */
+    int32_t *top_idx_b;   /* [nC, k] routed experts per token */
+    float *top_w_b;       /* [nC, k] their weights */
+    int32_t *tok_b;       /* [nC * k] token row of each (token, slot) pair, sorted by expert */
+    int32_t *pair_b;      /* [nC * k] pair index t*k+slot of the same, sorted by expert */
+    int32_t *perm_b;      /* [nC * k] per token, its slots in ascending expert id */
+    float *pairs;         /* [nC * k, H] each pair's expert output */
+    float *ex_x;          /* [nC, H] tokens gathered for one expert */
+    float *ex_g, *ex_u;   /* [nC, Imax] */
+    float *ex_o;          /* [nC, H] */
+    float *sh;            /* [nC] shared expert gate logits */
+
+    /* routing on the host, [h] */
+    int32_t *top_idx;     /* [nC, k] downloaded */
+    float *top_w;         /* [nC, k] downloaded (only with on_route) */
+    int32_t *cnt;         /* [E + 1] pairs per expert, then run ends */
+    int32_t *order;       /* [nC * k] pair indices sorted by expert */
+    int32_t *tok;         /* [nC * k] their token rows */
+    int32_t *perm;        /* [nC * k] per token, slots in ascending expert id */
+    int32_t *used;        /* [E] experts used in the chunk */
+};
+
+/* out[n, H] = down(silu(gate(x)) * up(x)) through e's backend (scratch
+ * e->ex_g, e->ex_u; x and out are backend memory of n rows). */
+void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
+                   const float *x, int64_t n, float *out);
+
+/* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
+void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);
+
+#endif

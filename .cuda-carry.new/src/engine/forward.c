@@ -1,0 +1,316 @@
+/* The forward pass: embeddings, a per-layer loop of (mixer, MLP/MoE)
+ * blocks with pre-norms and residuals, final norm, lm_head.
+ *
+ * Map of this file: block helpers (gated / plain attention, MLA, Gated
+ * DeltaNet, dense MLP) -> forward_chunk (the layer loop, one chunk of
+ * tokens) -> mk_engine_forward (validation and chunking). MoE layers go to
+ * the MoE executor (moe.c).
+ *
+ * Each block reads e->xb (the normed input, n rows) and writes e->y. Every
+ * buffer is backend memory and every step on it, numeric or data movement,
+ * is a backend slot (BE(e)->...); this file only decides what to compute. The
+ * math follows transformers 5.x (ARCHITECTURES.md): see the comment on each
+ * block for the family details that matter. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/engine_impl.h"
+
+#define BE(e) ((e)->bi)
+#define CTX(e) ((e)->bctx)
+
+/* ---- attention (qwen3_moe; gated in qwen3_next / qwen3_5_moe) --------------- */
+
+/* q_proj yields per head [q(hd) | gate(hd)] in the hybrids; q/k get their own
+ * RMSNorm over head_dim before RoPE on the first rot_dim dims; the gated
+ * output is attn * sigmoid(gate) before o_proj. K/V rows go straight into
+ * the cache at positions pos .. pos+n-1. */
+static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, pos = e->pos;
+    float eps = (float)c->rms_norm_eps;
+    float *kn = e->kc[l] + pos * nKV * hd, *vn = e->vc[l] + pos * nKV * hd;
+    /* QKV projections */
+    BE(e)->matmul(CTX(e), &w->q, e->xb, n, w->gated ? e->qraw : e->q);
+    BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
+    BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
+    /* split query | gate per head */
+    if (w->gated) {
+        BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
+        BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
+    }
+    /* q/k norms per head, then RoPE */
+    BE(e)->rmsnorm(CTX(e), e->q, hd, e->q, hd, w->q_norm, n * nH, hd, eps);
+    BE(e)->rmsnorm(CTX(e), kn, hd, kn, hd, w->k_norm, n * nKV, hd, eps);
+    BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    /* causal attention over the cache */
+    mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
+                      .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
+                      .dv = (int)hd, .scale = e->attn_scale};
+    BE(e)->attention(CTX(e), &a);
+    /* output gate, output projection */
+    if (w->gated)
+        BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
+    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+}
+
+/* ---- MLA (deepseek_v3 / kimi_k2) --------------------------------------------- */
+
+/* q = q_b(norm(q_a(x))) per head [nope | rope]; kv_a(x) = [latent | k_pe];
+ * kv_b(norm(latent)) per head [k_nope | v]; k_pe is shared by heads and not
+ * normed. The cache holds per token only c = [norm(latent) | rope(k_pe)]
+ * (kl + dr floats, shared by all heads) and attention runs in the absorbed
+ * form. With kv_b's rows for head h being W_k_h [dn, kl] then W_v_h [dvh, kl]:
+ *   q_lat_h = W_k_h^T q_nope_h                               (kl)
+ *   score_s = ([q_lat_h | q_pe_h] . c_s) * scale = (q_nope_h . k_nope_h,s + q_pe_h . k_pe_s) * scale
+ *   out_h   = W_v_h sum_s softmax(score)_s latent_s          (= sum_s p_s v_h,s)
+ * i.e. a multi-query attention with one KV head of key dim kl+dr whose value
+ * is the first kl floats of its key row (as vLLM, SGLang and mlx-lm decode
+ * MLA). Prefill uses the same form: exact, though for long prompts it costs
+ * more attention FLOPs than expanding K/V (DESIGN.md, known debts). */
+static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int64_t dvh = c->v_head_dim, qk = dn + dr, kl = c->kv_lora_rank, cw = kl + dr, pos = e->pos;
+    float eps = (float)c->rms_norm_eps;
+    float *kv = e->kc[l] + pos * cw; /* this chunk's cache rows */
+    /* query: low-rank with its norm, or direct */
+    if (c->q_lora_rank > 0) {
+        BE(e)->matmul(CTX(e), &w->q_a, e->xb, n, e->qa);
+        BE(e)->rmsnorm(CTX(e), e->qa, c->q_lora_rank, e->qa, c->q_lora_rank, w->q_a_norm, n,
+                       c->q_lora_rank, eps);
+        BE(e)->matmul(CTX(e), &w->q_b, e->qa, n, e->qraw);
+    } else {
+        BE(e)->matmul(CTX(e), &w->q, e->xb, n, e->qraw);
+    }
+    /* compressed kv straight into the cache rows: [latent | k_pe], latent normed in place */
+    BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, kv);
+    BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
+    /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
+    BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
+                c->rope_interleave);
+    BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
+    /* absorbed query per head: [W_k_h^T q_nope | q_pe] */
+    mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
+                          .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
+                          .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
+    BE(e)->head_matmul_t(CTX(e), &qa);
+    BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
+    /* attention over the latent cache: one shared head, values = the latents */
+    mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
+                      .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
+                      .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
+    BE(e)->attention(CTX(e), &a);
+    /* values per head: W_v_h o_lat, then the output projection */
+    mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
+                          .n_heads = (int)nH, .n = n, .x = e->olat, .x_tok = nH * kl,
+                          .x_head = kl, .y = e->att, .y_tok = nH * dvh, .y_head = dvh};
+    BE(e)->head_matmul(CTX(e), &va);
+    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+}
+
+/* ---- Gated DeltaNet (qwen3_next / qwen3_5_moe linear layers) ----------------- */
+
+/* qwen3_next groups its projections per key head g: qkvz row block g is
+ * [q dk | k dk | v r*dv | z r*dv], ba block g is [b r | a r]; flatten back
+ * to the conv's channel order q | k | v (head-major) and z/b/a per value head. */
+static void gdn_ungroup(mk_engine *e, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, r = nv / nk, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
+    int64_t gw = 2 * dk + 2 * r * dv, pw = nk * gw;
+    const float *p = e->proj, *ba = e->bap;
+    /* per token t and key head g: q, k, v into the conv input, z, b, a per value head */
+    BE(e)->copy(CTX(e), e->mixed, C, dk, p, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + Kd, C, dk, p + dk, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + 2 * Kd, C, r * dv, p + 2 * dk, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->z, Vd, r * dv, p + 2 * dk + r * dv, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->gb, nv, r, ba, 2 * nv, 2 * r, n, nk, r);
+    BE(e)->copy(CTX(e), e->ga, nv, r, ba + r, 2 * nv, 2 * r, n, nk, r);
+}
+
+/* projections -> causal conv + SiLU over q|k|v -> delta-rule recurrence per
+ * value head (state in f32) -> per-head RMSNorm (plain weight) * silu(z) ->
+ * out_proj. Token by token, so prefill and decode compute the same thing. */
+static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, Kd = nk * dk, C = 2 * Kd + nv * dv;
+    /* input projections: q|k|v (conv input), z (output gate), b (beta), a (decay) */
+    if (w->grouped) {
+        BE(e)->matmul(CTX(e), &w->qkvz, e->xb, n, e->proj);
+        BE(e)->matmul(CTX(e), &w->ba, e->xb, n, e->bap);
+        gdn_ungroup(e, n);
+    } else {
+        BE(e)->matmul(CTX(e), &w->qkv, e->xb, n, e->mixed);
+        BE(e)->matmul(CTX(e), &w->z, e->xb, n, e->z);
+        BE(e)->matmul(CTX(e), &w->b, e->xb, n, e->gb);
+        BE(e)->matmul(CTX(e), &w->a, e->xb, n, e->ga);
+    }
+    /* causal depthwise conv + SiLU, carrying the last K-1 inputs */
+    BE(e)->conv1d_silu(CTX(e), e->mixed, C, e->conv_out, n, C, c->conv_kernel, w->conv,
+                       e->conv[l]);
+    /* gated delta rule */
+    mk_gdn_args a = {e->conv_out, e->conv_out + Kd, e->conv_out + 2 * Kd, C, e->ga, e->gb,
+                     w->A_log, w->dt_bias, e->ssm[l], e->o, n, (int)nk, (int)nv, (int)dk,
+                     (int)dv};
+    BE(e)->gdn(CTX(e), &a);
+    /* gated output norm, output projection */
+    BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
+    BE(e)->matmul(CTX(e), &w->out, e->o, n, e->y);
+}
+
+/* ---- dense MLP --------------------------------------------------------------- */
+
+/* out[n, H] = down(silu(gate(x)) * up(x)) */
+void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
+                   const float *x, int64_t n, float *out) {
+    BE(e)->matmul(CTX(e), gate, x, n, e->ex_g);
+    BE(e)->matmul(CTX(e), up, x, n, e->ex_u);
+    BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
+    BE(e)->matmul(CTX(e), down, e->ex_g, n, out);
+}
+
+/* ---- the layer loop -------------------------------------------------------------- */
+
+/* Copy n rows of the residual stream into hidden entry `entry` ([L+1, ntot, H], host). */
+static void capture(const mk_engine *e, float *hidden, int entry, int64_t off, int64_t ntot,
+                    const float *x, int64_t n) {
+    if (!hidden)
+        return;
+    int64_t H = e->c->hidden_size;
+    BE(e)->download(CTX(e), hidden + ((int64_t)entry * ntot + off) * H, x,
+                    (size_t)(n * H) * sizeof(float));
+}
+
+/* logits[r] = lm_head(xb[r]) for r < n into host memory: straight into the
+ * caller's array on a host-memory backend, else staged a few rows at a time. */
+static void lm_head(mk_engine *e, const float *xb, int64_t n, float *logits) {
+    const mk_model *m = e->m;
+    int64_t H = e->c->hidden_size, V = e->c->vocab_size;
+    if (BE(e)->host_mem) {
+        BE(e)->matmul(CTX(e), &m->lm_head, xb, n, logits);
+        return;
+    }
+    for (int64_t r = 0; r < n; r += MK_ENGINE_LOGIT_ROWS) {
+        int64_t nr = n - r < MK_ENGINE_LOGIT_ROWS ? n - r : MK_ENGINE_LOGIT_ROWS;
+        BE(e)->matmul(CTX(e), &m->lm_head, xb + r * H, nr, e->lg);
+        BE(e)->download(CTX(e), logits + r * V, e->lg, (size_t)(nr * V) * sizeof(float));
+    }
+}
+
+/* Non-finite activations are an error, never output: the first block whose
+ * output holds a NaN or an infinity is named (a NaN weight, an overflowing
+ * scale). n*H compares per block (the backend's find_nonfinite), nothing
+ * next to its matmuls. */
+static mk_status nonfinite_at(const mk_engine *e, int64_t i, float v, int64_t width,
+                              int64_t pos0, int layer, const char *what) {
+    char where[48] = "";
+    if (layer >= 0)
+        snprintf(where, sizeof where, " of layer %d", layer);
+    return mk_err(MK_E_FORMAT, "%s: non-finite value (%s) in the output of %s%s at "
+                  "position %lld, column %lld: the checkpoint's weights or scales there "
+                  "are not usable", mk_model_dir(e->m), isnan(v) ? "NaN" : "infinity",
+                  what, where, (long long)(pos0 + i / width), (long long)(i % width));
+}
+
+static mk_status check_finite(const mk_engine *e, const float *x, int64_t rows, int64_t width,
+                              int64_t pos0, int layer, const char *what) {
+    int64_t i = BE(e)->find_nonfinite(CTX(e), x, rows * width);
+    if (i < 0)
+        return MK_OK;
+    float v;
+    BE(e)->download(CTX(e), &v, x + i, sizeof v);
+    return nonfinite_at(e, i, v, width, pos0, layer, what);
+}
+
+/* The same over host memory (the caller's logits). */
+static mk_status check_finite_host(const mk_engine *e, const float *x, int64_t rows, int64_t width,
+                                   int64_t pos0, const char *what) {
+    for (int64_t i = 0; i < rows * width; i++)
+        if (!isfinite(x[i]))
+            return nonfinite_at(e, i, x[i], width, pos0, -1, what);
+    return MK_OK;
+}
+
+static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
+                               int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_layers;
+    float eps = (float)c->rms_norm_eps;
+    /* token embeddings; this chunk's rotary tables */
+    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
+    BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
+    MK_TRY(check_finite(e, e->x, n, H, e->pos, -1, "the token embedding"));
+    capture(e, hidden, 0, off, ntot, e->x, n);
+    mk_engine_rope_tables(e, e->pos, n);
+    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
+    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
+    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
+    for (int l = 0; l < L; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        /* mixer: x += mixer(norm(x)) */
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->in_norm, n, H, eps);
+        switch (w->mixer) {
+        case MK_MIXER_ATTN: attn_block(e, l, &w->attn, n); break;
+        case MK_MIXER_MLA: mla_block(e, l, &w->mla, n); break;
+        case MK_MIXER_GDN: gdn_block(e, l, &w->gdn, n); break;
+        }
+        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_finite(e, e->x, n, H, e->pos, l,
+                            w->mixer == MK_MIXER_GDN ? "the linear attention (Gated DeltaNet)"
+                                                     : "the attention"));
+        /* feed-forward: x += mlp_or_moe(norm(x)) */
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
+        if (w->is_moe)
+            MK_TRY(e->moe->run(e, l, &w->moe, n));
+        else
+            mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
+        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_finite(e, e->x, n, H, e->pos, l, w->is_moe ? "the MoE block" : "the MLP"));
+        if (l < L - 1)
+            capture(e, hidden, l + 1, off, ntot, e->x, n);
+    }
+    e->pos += n;
+    /* final norm and logits: every row when asked for all or for hidden states */
+    bool last_chunk = off + n == ntot;
+    if (mode == MK_LOGITS_ALL || hidden) {
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
+        capture(e, hidden, L, off, ntot, e->xb, n);
+        MK_TRY(check_finite(e, e->xb, n, H, e->pos - n, -1, "the final norm"));
+        if (mode == MK_LOGITS_ALL) {
+            lm_head(e, e->xb, n, logits + off * V);
+            MK_TRY(check_finite_host(e, logits + off * V, n, V, e->pos - n, "lm_head (the logits)"));
+        }
+    }
+    if (mode == MK_LOGITS_LAST && last_chunk) {
+        float *xl = e->xb + (n - 1) * H;
+        BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
+        lm_head(e, xl, 1, logits);
+        MK_TRY(check_finite_host(e, logits, 1, V, e->pos - 1, "lm_head (the logits)"));
+    }
+    return BE(e)->sync(CTX(e));
+}
+
+mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
+                            float *logits, float *hidden) {
+    const mk_config *c = e->c;
+    if (n < 0 || (n > 0 && !ids) || (mode != MK_LOGITS_NONE && !logits))
+        return mk_err(MK_E_ARG, "engine forward: bad arguments (n %lld)", (long long)n);
+    if (e->pos + n > e->max_ctx)
+        return mk_err(MK_E_ARG, "context full: %lld tokens in cache + %lld new > max context %lld",
+                      (long long)e->pos, (long long)n, (long long)e->max_ctx);
+    for (int64_t t = 0; t < n; t++)
+        if (ids[t] < 0 || ids[t] >= c->vocab_size)
+            return mk_err(MK_E_ARG, "token id %d at position %lld is outside the vocabulary "
+                          "(0..%d)", ids[t], (long long)t, c->vocab_size - 1);
+    for (int64_t off = 0; off < n; off += e->chunk) {
+        int64_t nc = n - off < e->chunk ? n - off : e->chunk;
+        MK_TRY(forward_chunk(e, ids + off, nc, off, n, mode, logits, hidden));
+    }
+    return MK_OK;
+}

@@ -1,0 +1,114 @@
+/* The local MoE executor: one MoE layer on this engine's backend, experts
+ * through its expert store (engine_impl.h, mk_moe_exec_i).
+ *
+ * router matmul -> route slot (top-k and weights, on the backend) ->
+ * decisions downloaded -> (token, slot) pairs grouped by expert (counting
+ * sort, host) -> the store is told the whole set of used experts and hands
+ * them back in the order they are ready; each expert's tokens are gathered,
+ * run through its SwiGLU MLP and scattered into that pair's row of e->pairs
+ * -> combine: per token, the weighted sum of its k pair rows in ascending
+ * expert order (the order fixes the floating-point sum, so results do not
+ * depend on the store's readiness order) -> shared expert (qwen: times
+ * sigmoid(shared_expert_gate(x))) added.
+ *
+ * An expert-parallel executor would replace the middle part (which experts
+ * run where) and keep the same routing and combine. */
+#include <string.h>
+
+#include "engine/engine_impl.h"
+
+#define BE(e) ((e)->bi)
+#define CTX(e) ((e)->bctx)
+
+/* Group the n*k pairs of e->top_idx by expert: e->order (pair indices, by
+ * ascending expert then pair), e->tok (their token rows), e->cnt[x] = end of
+ * expert x's run, e->used (ascending), e->perm (per token, its slots in
+ * ascending expert id). Returns the number of used experts. */
+static int group_pairs(mk_engine *e, int64_t n) {
+    int64_t E = e->c->num_experts, k = e->c->num_experts_per_tok;
+    const int32_t *idx = e->top_idx;
+    memset(e->cnt, 0, (size_t)(E + 1) * sizeof(int32_t));
+    for (int64_t i = 0; i < n * k; i++)
+        e->cnt[idx[i] + 1]++;
+    int nused = 0;
+    for (int64_t x = 0; x < E; x++) {
+        if (e->cnt[x + 1])
+            e->used[nused++] = (int32_t)x;
+        e->cnt[x + 1] += e->cnt[x];
+    }
+    for (int64_t i = 0; i < n * k; i++) {
+        int32_t at = e->cnt[idx[i]]++;
+        e->order[at] = (int32_t)i;
+        e->tok[at] = (int32_t)(i / k);
+    }
+    /* after the scatter cnt[x] is the end of expert x's run: ends, not starts */
+    for (int64_t t = 0; t < n; t++) { /* insertion sort of k (small) slots by expert */
+        int32_t *p = e->perm + t * k;
+        for (int64_t j = 0; j < k; j++) {
+            int64_t q = j;
+            while (q > 0 && idx[t * k + p[q - 1]] > idx[t * k + j]) {
+                p[q] = p[q - 1];
+                q--;
+            }
+            p[q] = (int32_t)j;
+        }
+    }
+    return nused;
+}
+
+static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t H = c->hidden_size, k = c->num_experts_per_tok;
+    size_t pb = (size_t)(n * k) * sizeof(int32_t);
+    /* routing */
+    BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
+    bool grouped = c->arch == MK_ARCH_DEEPSEEK_V3;
+    mk_route_args ra = {
+        .logits = e->router, .bias = grouped ? w->e_bias : NULL, .idx = e->top_idx_b,
+        .w = e->top_w_b, .n = n, .E = c->num_experts, .k = (int)k,
+        .kind = grouped ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
+        /* qwen3_5_moe's router renormalises unconditionally */
+        .norm = c->norm_topk_prob || c->arch == MK_ARCH_QWEN3_5_MOE,
+        .n_group = c->n_group, .topk_group = c->topk_group,
+        .scale = grouped ? (float)c->routed_scaling_factor : 1.0f};
+    BE(e)->route(CTX(e), &ra);
+    BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
+    if (e->on_route) { /* observers (moekit profile) see each token's choice */
+        BE(e)->download(CTX(e), e->top_w, e->top_w_b, (size_t)(n * k) * sizeof(float));
+        for (int64_t t = 0; t < n; t++)
+            e->on_route(e->on_route_user, l, e->pos + t, (int)k, e->top_idx + t * k,
+                        e->top_w + t * k);
+    }
+    int nused = group_pairs(e, n);
+    BE(e)->upload(CTX(e), e->tok_b, e->tok, pb);
+    BE(e)->upload(CTX(e), e->pair_b, e->order, pb);
+    BE(e)->upload(CTX(e), e->perm_b, e->perm, pb);
+    /* routed experts, in the order the store has them ready */
+    mk_status st = mk_expert_store_acquire(e->store, l, e->used, nused);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "layer %d", l);
+    for (int u = 0; u < nused; u++) {
+        int x;
+        const mk_expert *ex;
+        st = mk_expert_store_next(e->store, l, &x, &ex);
+        if (st != MK_OK)
+            return mk_err_wrap(st, "layer %d", l);
+        int32_t end = e->cnt[x], beg = x ? e->cnt[x - 1] : 0;
+        int64_t m = end - beg;
+        BE(e)->gather(CTX(e), e->ex_x, e->xb, e->tok_b + beg, m, H);
+        mk_engine_mlp(e, &ex->gate, &ex->up, &ex->down, e->ex_x, m, e->ex_o);
+        BE(e)->scatter(CTX(e), e->pairs, e->ex_o, e->pair_b + beg, m, H);
+        mk_expert_store_release(e->store, l, x);
+    }
+    BE(e)->combine(CTX(e), e->y, e->pairs, e->top_w_b, e->perm_b, n, (int)k, H);
+    /* shared expert */
+    if (w->has_shared) {
+        mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
+        if (w->has_shared_gate)
+            BE(e)->matmul(CTX(e), &w->shared_gate, e->xb, n, e->sh);
+        BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
+    }
+    return MK_OK;
+}
+
+const mk_moe_exec_i mk_moe_exec_local = {.name = "local", .run = run_local};

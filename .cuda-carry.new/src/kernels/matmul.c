@@ -1,0 +1,219 @@
+/* Matrix products over weight views (kernels.h: mk_matmul, mk_matmul_ref)
+ * on the kernel table of the active path (isa.h).
+ *
+ * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
+ * split across threads and each format's fused kernel streams its packed
+ * row once, dequantizing in registers. Prefill (n > 1) is a tiled product:
+ * work items are (16-row block, 32-token block) pairs; inside one, 4-row
+ * tiles are dequantized a 512-column chunk at a time into a stack buffer and
+ * multiplied against every token of the block by the table's gemm_tile, so a
+ * weight row is read and dequantized once per 32 tokens.
+ *
+ * Formats without a fused kernel in the active table use the same tiled
+ * path with n = 1, and formats without a SIMD dequantizer use the portable
+ * one from wt.c; both are slot lookups, never per-format branches. A fused
+ * kernel may ask for x to be prepared once per call (group sums, a reordered
+ * copy): that lives on the caller's stack, up to MK_AUX_MAX floats.
+ *
+ * mk_matmul_rows / mk_matmul_rows_t run on one row range and the calling
+ * thread, with token strides, for MLA's per-head slices of kv_b (the CPU
+ * backend threads them over heads): the same tiles and fused matvecs, and a
+ * transposed product that adds dequantized rows into the outputs. */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels/kern_impl.h"
+#include "moekit/kernels.h"
+
+#define MK_ROW_BLOCK 16  /* rows per prefill work item (multiple of 4) */
+#define MK_TOK_BLOCK 32  /* tokens per prefill work item */
+#define MK_AUX_MAX 24576 /* floats of per-call matvec preparation on the stack */
+
+/* ---- table selection (the path itself is core's one switch, isa.h) ---- */
+
+static const mk_kern_i *isa_table(mk_isa isa) {
+    switch (isa) {
+#ifdef MK_KERN_X86
+    case MK_ISA_AVX2: return &mk_kern_avx2;
+    case MK_ISA_AVX512: return &mk_kern_avx512;
+#endif
+    default: return &mk_kern_ref;
+    }
+}
+
+const mk_kern_i *mk_kern_active(void) {
+    return isa_table(mk_isa_active());
+}
+
+/* ---- reference -------------------------------------------------------- */
+
+void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y) {
+    float buf[MK_KCHUNK];
+    for (int64_t r = 0; r < w->rows; r++) {
+        for (int64_t t = 0; t < n; t++)
+            y[t * w->rows + r] = 0.0f;
+        for (int64_t c0 = 0; c0 < w->cols; c0 += MK_KCHUNK) {
+            int64_t c1 = c0 + MK_KCHUNK < w->cols ? c0 + MK_KCHUNK : w->cols;
+            mk_wt_dequant_range(w, r, c0, c1, buf);
+            for (int64_t t = 0; t < n; t++) {
+                const float *xt = x + t * w->cols + c0;
+                float acc = y[t * w->rows + r];
+                for (int64_t c = 0; c < c1 - c0; c++)
+                    acc += buf[c] * xt[c];
+                y[t * w->rows + r] = acc;
+            }
+        }
+    }
+}
+
+/* ---- tiled path ------------------------------------------------------- */
+
+typedef struct mm_ctx {
+    const mk_kern_i *k;
+    const mk_wt *w;
+    const float *x;
+    float *y;
+    int64_t n;
+    int64_t nrb;      /* row blocks per token block */
+    const float *aux; /* the matvec's prepared x (n == 1 fused path) */
+    bool fused;       /* n == 1 and the table has a fused matvec usable here */
+} mm_ctx;
+
+/* Rows [r0, r1) of W times nt tokens of x (token stride ldx) into y (token
+ * stride ldy, pointing at row r0 of token 0): 4-row tiles, 512-column chunks. */
+static void tiles(const mk_kern_i *k, const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t ldx,
+                  int64_t nt, float *y, int64_t ldy) {
+    const int64_t cols = w->cols;
+    mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
+    float buf[4 * MK_KCHUNK];
+    for (int64_t t = 0; t < nt; t++)
+        memset(y + t * ldy, 0, (size_t)(r1 - r0) * sizeof(float));
+    for (int64_t r = r0; r < r1; r += 4) {
+        int nr = r1 - r < 4 ? (int)(r1 - r) : 4;
+        for (int64_t c0 = 0; c0 < cols; c0 += MK_KCHUNK) {
+            int64_t c1 = c0 + MK_KCHUNK < cols ? c0 + MK_KCHUNK : cols;
+            const float *a = buf;
+            int64_t lda = MK_KCHUNK;
+            if (w->fmt == MK_WF_F32 && (uintptr_t)w->data % sizeof(float) == 0) {
+                /* already float: no copy (unaligned f32 goes through dq) */
+                a = (const float *)w->data + r * cols + c0;
+                lda = cols;
+            } else {
+                for (int i = 0; i < nr; i++)
+                    dq(w, r + i, c0, c1, buf + i * MK_KCHUNK);
+            }
+            k->gemm_tile(a, lda, nr, x + c0, ldx, (int)nt, c1 - c0, y + (r - r0), ldy);
+        }
+    }
+}
+
+/* Rows [r0, r1) x tokens [t0, t1) of one mk_matmul call. */
+static void mm_tiles(const mm_ctx *m, int64_t r0, int64_t r1, int64_t t0, int64_t t1) {
+    const int64_t rows = m->w->rows, cols = m->w->cols;
+    tiles(m->k, m->w, r0, r1, m->x + t0 * cols, cols, t1 - t0, m->y + t0 * rows + r0, rows);
+}
+
+static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
+    const mm_ctx *m = ctx;
+    for (int64_t i = b; i < e; i++) {
+        int64_t rb = i % m->nrb, tb = i / m->nrb;
+        int64_t r0 = rb * MK_ROW_BLOCK, t0 = tb * MK_TOK_BLOCK;
+        int64_t r1 = r0 + MK_ROW_BLOCK < m->w->rows ? r0 + MK_ROW_BLOCK : m->w->rows;
+        int64_t t1 = t0 + MK_TOK_BLOCK < m->n ? t0 + MK_TOK_BLOCK : m->n;
+        mm_tiles(m, r0, r1, t0, t1);
+    }
+}
+
+static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
+    const mm_ctx *m = ctx;
+    if (m->fused)
+        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->aux, m->y + b);
+    else
+        mm_tiles(m, b, e, 0, 1);
+}
+
+/* Rows per decode work item: about 16 KiB of packed weight, at least 4. */
+static int64_t decode_grain(const mk_wt *w) {
+    size_t rb = mk_wt_row_bytes(w);
+    int64_t g = rb ? (int64_t)((16 * 1024) / rb) : 64;
+    return g < 4 ? 4 : g;
+}
+
+void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0)
+        return;
+    if (w->cols <= 0) {
+        memset(y, 0, (size_t)(n * w->rows) * sizeof(float));
+        return;
+    }
+    mm_ctx m = {.k = mk_kern_active(), .w = w, .x = x, .y = y, .n = n};
+    if (n == 1) {
+        float aux[MK_AUX_MAX];
+        mk_prep_fn prep = m.k->prep[w->fmt];
+        m.fused = m.k->matvec[w->fmt] != NULL && (!prep || prep(w, x, aux, MK_AUX_MAX));
+        m.aux = aux;
+        mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
+        return;
+    }
+    m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
+    int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
+    mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
+}
+
+/* ---- row ranges (per-head products) ------------------------------------ */
+
+#define MK_ROWS_AUX 2176 /* floats of matvec preparation: x of up to 2048 columns */
+
+void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                    float *y, int64_t ys) {
+    if (n <= 0 || r1 <= r0)
+        return;
+    if (w->cols <= 0) {
+        for (int64_t t = 0; t < n; t++)
+            memset(y + t * ys, 0, (size_t)(r1 - r0) * sizeof(float));
+        return;
+    }
+    const mk_kern_i *k = mk_kern_active();
+    if (n == 1 && k->matvec[w->fmt]) { /* the fused matvec, as mk_matmul's decode path */
+        float aux[MK_ROWS_AUX];
+        mk_prep_fn prep = k->prep[w->fmt];
+        if (!prep || prep(w, x, aux, MK_ROWS_AUX)) {
+            k->matvec[w->fmt](w, r0, r1, x, aux, y);
+            return;
+        }
+    }
+    for (int64_t t0 = 0; t0 < n; t0 += MK_TOK_BLOCK) {
+        int64_t nt = n - t0 < MK_TOK_BLOCK ? n - t0 : MK_TOK_BLOCK;
+        tiles(k, w, r0, r1, x + t0 * xs, xs, nt, y + t0 * ys, ys);
+    }
+}
+
+/* Each row is dequantized once per block of 32 tokens and added, scaled by
+ * the token's coefficient, into the token's output: rows are summed in
+ * order r0 .. r1-1 whatever n is, so one token and a batch agree exactly. */
+void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
+                      float *y, int64_t ys) {
+    const int64_t cols = w->cols;
+    if (n <= 0 || cols <= 0)
+        return;
+    for (int64_t t = 0; t < n; t++)
+        memset(y + t * ys, 0, (size_t)cols * sizeof(float));
+    const mk_kern_i *k = mk_kern_active();
+    mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
+    float buf[MK_KCHUNK];
+    for (int64_t t0 = 0; t0 < n; t0 += MK_TOK_BLOCK) {
+        int64_t t1 = t0 + MK_TOK_BLOCK < n ? t0 + MK_TOK_BLOCK : n;
+        for (int64_t r = r0; r < r1; r++)
+            for (int64_t c0 = 0; c0 < cols; c0 += MK_KCHUNK) {
+                int64_t c1 = c0 + MK_KCHUNK < cols ? c0 + MK_KCHUNK : cols;
+                const float *a = buf;
+                if (w->fmt == MK_WF_F32 && (uintptr_t)w->data % sizeof(float) == 0)
+                    a = (const float *)w->data + r * cols + c0;
+                else
+                    dq(w, r, c0, c1, buf);
+                for (int64_t t = t0; t < t1; t++)
+                    mk_axpy(y + t * ys + c0, x[t * xs + (r - r0)], a, c1 - c0);
+            }
+    }
+}

@@ -1,0 +1,557 @@
+/* Synthetic checkpoints, part 1: what a model of each family contains.
+ *
+ * g_presets holds the sizes of the released models (ARCHITECTURES.md and
+ * their HF configs) plus a tiny test size per family; sy_tensors() lists
+ * every tensor with the HF names and shapes of that family (per layer:
+ * norms, attention or Gated DeltaNet, router, shared and routed experts;
+ * then MTP and vision tensors when asked), choosing per tensor how it is
+ * stored in the requested format; sy_config_json() writes the family's
+ * config.json with exactly the HF key names. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "core/alloc.h"
+#include "convert/conv_impl.h"
+#include "synth/synth_impl.h"
+
+static const char *const g_arch_names[SY_NARCH] = {"qwen3_moe", "qwen3_next", "qwen3_5_moe", "deepseek_v3"};
+
+/* name, arch, then sy_cfg fields in order: L H V E topk I_moe I_dense I_shared n_shared heads kv hd nk nv dk dv
+ * conv_k interval q_lora kv_lora nope rope_d v_head first_dense n_group topk_group theta partial scaling
+ * max_pos yarn */
+static const struct {
+    const char *name;
+    sy_cfg c;
+} g_presets[] = {
+    {"30b-a3b", {SY_QWEN3_MOE, 48, 2048, 151936, 128, 8, 768, 6144, 0, 0, 32, 4, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                 0, 0, 0, 1, 1, 1e6, 1.0, 1.0, 40960, false}},
+    {"80b-a3b", {SY_QWEN3_NEXT, 48, 2048, 151936, 512, 10, 512, 5120, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4,
+                 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+    {"35b-a3b", {SY_QWEN3_5_MOE, 40, 2048, 248320, 256, 8, 512, 0, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4, 0,
+                 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+    {"397b-a17b", {SY_QWEN3_5_MOE, 60, 4096, 248320, 512, 10, 1024, 0, 1024, 0, 32, 2, 256, 16, 64, 128, 128, 4,
+                   4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+    {"deepseek-v3", {SY_DEEPSEEK_V3, 61, 7168, 129280, 256, 8, 2048, 18432, 0, 1, 128, 128, 192, 0, 0, 0, 0, 0, 0,
+                     1536, 512, 128, 64, 128, 3, 8, 4, 10000.0, 1.0, 2.5, 163840, true}},
+};
+
+/* Tiny test sizes per family (the shapes of the shared fixtures). */
+static const sy_cfg g_tiny[SY_NARCH] = {
+    {SY_QWEN3_MOE, 3, 256, 512, 8, 2, 128, 512, 0, 0, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1e6, 1.0,
+     1.0, 4096, false},
+    {SY_QWEN3_NEXT, 4, 256, 512, 8, 2, 128, 512, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7,
+     0.25, 1.0, 4096, false},
+    {SY_QWEN3_5_MOE, 4, 256, 512, 8, 2, 128, 0, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e4,
+     0.25, 1.0, 4096, false},
+    {SY_DEEPSEEK_V3, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 4, 64, 0, 0, 0, 0, 0, 0, 96, 64, 32, 32, 64, 1, 2, 1,
+     1e4, 1.0, 2.5, 4096, false},
+};
+
+const char *mk_synth_archs(void) { return "qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3"; }
+const char *mk_synth_presets(void) {
+    return "tiny (any arch), 30b-a3b (qwen3_moe), 80b-a3b (qwen3_next), 35b-a3b and 397b-a17b (qwen3_5_moe), "
+           "deepseek-v3 (deepseek_v3)";
+}
+
+mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
+    int a = -1;
+    for (int i = 0; i < SY_NARCH; i++)
+        if (o->arch && strcmp(o->arch, g_arch_names[i]) == 0)
+            a = i;
+    if (a < 0)
+        return mk_err(MK_E_ARG, "--arch '%s': expected one of %s", o->arch ? o->arch : "", mk_synth_archs());
+    const char *pre = o->preset ? o->preset : "tiny";
+    bool found = false;
+    if (strcmp(pre, "tiny") == 0) {
+        *c = g_tiny[a];
+        found = true;
+    }
+    for (size_t i = 0; !found && i < sizeof g_presets / sizeof g_presets[0]; i++)
+        if (strcmp(pre, g_presets[i].name) == 0) {
+            if ((int)g_presets[i].c.arch != a)
+                return mk_err(MK_E_ARG, "--preset %s is a %s model, not %s", pre, g_arch_names[g_presets[i].c.arch],
+                              g_arch_names[a]);
+            *c = g_presets[i].c;
+            found = true;
+        }
+    if (!found)
+        return mk_err(MK_E_ARG, "--preset '%s': expected one of %s", pre, mk_synth_presets());
+    if (o->layers < 0 || o->experts < 0 || o->vocab < 0)
+        return mk_err(MK_E_ARG, "--layers, --experts and --vocab must be positive");
+    if (o->layers)
+        c->L = o->layers;
+    if (o->experts) {
+        c->E = o->experts;
+        if (c->topk > c->E)
+            c->topk = c->E;
+        if (c->n_group > 1 && (c->E % c->n_group || c->E / c->n_group < 2)) {
+            c->n_group = 1; /* grouped routing needs groups of >= 2 experts */
+            c->topk_group = 1;
+        }
+        if (c->first_dense >= c->L && c->L > 1)
+            c->first_dense = c->L - 1;
+    }
+    if (o->vocab)
+        c->V = o->vocab;
+    if (c->arch == SY_DEEPSEEK_V3 && c->first_dense > c->L)
+        c->first_dense = c->L;
+    if (o->vl && c->arch != SY_QWEN3_5_MOE)
+        return mk_err(MK_E_ARG, "--vl: only qwen3_5_moe ships as a vision-language checkpoint");
+    if (o->fused && (o->format == MK_SYNTH_CT_INT4 || o->format == MK_SYNTH_CT_INT4_ASYM))
+        return mk_err(MK_E_ARG, "--layout fused: compressed-tensors INT4 checkpoints are per-expert");
+    return MK_OK;
+}
+
+/* ------------------------------------------------------- tensor lists */
+
+static uint64_t key_of(const sy_list *l, const char *name) {
+    return XXH3_64bits_withSeed(name, strlen(name), l->seed);
+}
+
+static sy_tensor *push(sy_list *l, char *name, mk_dtype dt, int ndim, const int64_t *shape, sy_init init) {
+    if (l->err != MK_OK || !name) {
+        free(name);
+        if (l->err == MK_OK)
+            l->err = mk_err(MK_E_NOMEM, "out of memory");
+        return NULL;
+    }
+    if (l->n == l->cap) {
+        size_t nc = l->cap ? 2 * l->cap : 1024;
+        sy_tensor *nt = mk_realloc(l->t, nc * sizeof *nt);
+        if (!nt) {
+            free(name);
+            l->err = mk_err(MK_E_NOMEM, "out of memory");
+            return NULL;
+        }
+        l->t = nt;
+        l->cap = nc;
+    }
+    sy_tensor *t = &l->t[l->n++];
+    memset(t, 0, sizeof *t);
+    t->name = name;
+    t->dt = dt;
+    t->ndim = ndim;
+    memcpy(t->shape, shape, (size_t)ndim * sizeof *shape);
+    t->init = init;
+    t->key = key_of(l, name);
+    return t;
+}
+
+static void vec(sy_list *l, const char *p, const char *n, int64_t d, sy_init init) {
+    push(l, cv_printf("%s.%s", p, n), MK_DT_BF16, 1, &d, init);
+}
+
+/* A linear weight `p.n` [out, in] (or [E, out, in] when e > 0) in the
+ * storage of the format: FP8 adds its scale grid; `ct` marks the routed
+ * experts that compressed-tensors stores as INT4. */
+static void linear(sy_list *l, const char *p, const char *n, int64_t e, int64_t out, int64_t in, bool ct) {
+    int64_t s3[3] = {e, out, in}, *s = e ? s3 : s3 + 1;
+    int nd = e ? 3 : 2;
+    bool fp8 = l->format == MK_SYNTH_FP8 && strstr(n, "proj") && strncmp(p, "model.visual", 12) != 0;
+    bool int4 = ct && (l->format == MK_SYNTH_CT_INT4 || l->format == MK_SYNTH_CT_INT4_ASYM);
+    if (fp8) {
+        sy_tensor *w = push(l, cv_printf("%s.%s", p, n), MK_DT_F8_E4M3, nd, s, SY_FP8W);
+        if (!w)
+            return;
+        uint64_t key = w->key;
+        int64_t g3[3] = {e, (out + 127) / 128, (in + 127) / 128}, *g = e ? g3 : g3 + 1;
+        /* per-expert <module>.weight_scale_inv; fused (transformers runtime layout) <name>_scale_inv */
+        sy_tensor *sc = push(l, cv_printf("%s.%s_scale_inv", p, n), MK_DT_F32, nd, g, SY_FP8S);
+        if (sc) {
+            sc->key = key;
+            sc->wrows = (e ? e : 1) * out;
+            sc->wcols = in;
+            sc->wmrows = out;
+        }
+        return;
+    }
+    if (int4) {
+        size_t k = strlen(n) - strlen(".weight");
+        int64_t ws[2] = {out, (in + 7) / 8}, ss[2] = {out, in / 32}, sh = 2, zs[2] = {(out + 7) / 8, in / 32};
+        /* push() may move the array: companions are fixed up by index */
+        size_t first = l->n;
+        sy_tensor *w = push(l, cv_printf("%s.%.*s.weight_packed", p, (int)k, n), MK_DT_I32, 2, ws, SY_CTW);
+        if (!w)
+            return;
+        push(l, cv_printf("%s.%.*s.weight_scale", p, (int)k, n), MK_DT_BF16, 2, ss, SY_CTS);
+        push(l, cv_printf("%s.%.*s.weight_shape", p, (int)k, n), MK_DT_I64, 1, &sh, SY_CTSHAPE);
+        if (l->format == MK_SYNTH_CT_INT4_ASYM)
+            push(l, cv_printf("%s.%.*s.weight_zero_point", p, (int)k, n), MK_DT_I32, 2, zs, SY_CTZP);
+        for (size_t i = first; l->err == MK_OK && i < l->n; i++) {
+            l->t[i].key = l->t[first].key;
+            l->t[i].wrows = out;
+            l->t[i].wcols = in;
+        }
+        return;
+    }
+    push(l, cv_printf("%s.%s", p, n), MK_DT_BF16, nd, s, SY_LIN);
+}
+
+/* SwiGLU MLP (dense or shared expert) at prefix p. */
+static void mlp(sy_list *l, const char *p, int64_t H, int64_t I) {
+    linear(l, p, "gate_proj.weight", 0, I, H, false);
+    linear(l, p, "up_proj.weight", 0, I, H, false);
+    linear(l, p, "down_proj.weight", 0, H, I, false);
+}
+
+static void experts(sy_list *l, const sy_cfg *c, const char *mlpp) {
+    char *p = cv_printf("%s.experts", mlpp);
+    if (!p) {
+        l->err = mk_err(MK_E_NOMEM, "out of memory");
+        return;
+    }
+    if (l->fused) {
+        linear(l, p, "gate_up_proj", c->E, 2 * (int64_t)c->I_moe, c->H, false);
+        linear(l, p, "down_proj", c->E, c->H, c->I_moe, false);
+    } else
+        for (int e = 0; e < c->E && l->err == MK_OK; e++) {
+            char *pe = cv_printf("%s.%d", p, e);
+            if (pe) {
+                linear(l, pe, "gate_proj.weight", 0, c->I_moe, c->H, true);
+                linear(l, pe, "up_proj.weight", 0, c->I_moe, c->H, true);
+                linear(l, pe, "down_proj.weight", 0, c->H, c->I_moe, true);
+            }
+            free(pe);
+        }
+    free(p);
+}
+
+static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) {
+    char *a = cv_printf("%s.self_attn", p);
+    if (!a)
+        return;
+    if (c->arch == SY_DEEPSEEK_V3) {
+        linear(l, a, "q_a_proj.weight", 0, c->q_lora, c->H, false);
+        vec(l, a, "q_a_layernorm.weight", c->q_lora, SY_NORM1);
+        linear(l, a, "q_b_proj.weight", 0, (int64_t)c->heads * (c->nope + c->rope_d), c->q_lora, false);
+        linear(l, a, "kv_a_proj_with_mqa.weight", 0, c->kv_lora + c->rope_d, c->H, false);
+        vec(l, a, "kv_a_layernorm.weight", c->kv_lora, SY_NORM1);
+        linear(l, a, "kv_b_proj.weight", 0, (int64_t)c->heads * (c->nope + c->v_head), c->kv_lora, false);
+        linear(l, a, "o_proj.weight", 0, c->H, (int64_t)c->heads * c->v_head, false);
+    } else {
+        int gated = c->arch == SY_QWEN3_MOE ? 1 : 2; /* qwen3_next / 3.5: q and gate interleaved per head */
+        linear(l, a, "q_proj.weight", 0, (int64_t)c->heads * c->hd * gated, c->H, false);
+        linear(l, a, "k_proj.weight", 0, (int64_t)c->kv_heads * c->hd, c->H, false);
+        linear(l, a, "v_proj.weight", 0, (int64_t)c->kv_heads * c->hd, c->H, false);
+        linear(l, a, "o_proj.weight", 0, c->H, (int64_t)c->heads * c->hd, false);
+        vec(l, a, "q_norm.weight", c->hd, norm);
+        vec(l, a, "k_norm.weight", c->hd, norm);
+    }
+    free(a);
+}
+
+static void deltanet(sy_list *l, const sy_cfg *c, const char *p) {
+    char *a = cv_printf("%s.linear_attn", p);
+    if (!a)
+        return;
+    int64_t Kd = (int64_t)c->nk * c->dk, Vd = (int64_t)c->nv * c->dv, conv[3] = {2 * Kd + Vd, 1, c->conv_k};
+    if (c->arch == SY_QWEN3_NEXT) {
+        linear(l, a, "in_proj_qkvz.weight", 0, 2 * Kd + 2 * Vd, c->H, false);
+        linear(l, a, "in_proj_ba.weight", 0, 2 * (int64_t)c->nv, c->H, false);
+    } else {
+        linear(l, a, "in_proj_qkv.weight", 0, 2 * Kd + Vd, c->H, false);
+        linear(l, a, "in_proj_z.weight", 0, Vd, c->H, false);
+        linear(l, a, "in_proj_b.weight", 0, c->nv, c->H, false);
+        linear(l, a, "in_proj_a.weight", 0, c->nv, c->H, false);
+    }
+    push(l, cv_printf("%s.conv1d.weight", a), MK_DT_BF16, 3, conv, SY_CONV);
+    vec(l, a, "dt_bias", c->nv, SY_DT);
+    vec(l, a, "A_log", c->nv, SY_ALOG);
+    vec(l, a, "norm.weight", c->dv, SY_NORM1); /* plain RMSNorm weight, not zero-centred */
+    linear(l, a, "out_proj.weight", 0, c->H, Vd, false);
+    free(a);
+}
+
+/* Decoder layer at prefix p (model.layers.i, mtp.layers.0, ...). */
+static void layer(sy_list *l, const sy_cfg *c, const char *p, int i, bool full) {
+    bool zc = c->arch == SY_QWEN3_NEXT || c->arch == SY_QWEN3_5_MOE;
+    sy_init norm = zc ? SY_NORM0 : SY_NORM1;
+    vec(l, p, "input_layernorm.weight", c->H, norm);
+    vec(l, p, "post_attention_layernorm.weight", c->H, norm);
+    if (full)
+        attention(l, c, p, norm);
+    else
+        deltanet(l, c, p);
+    char *m = cv_printf("%s.mlp", p);
+    if (!m)
+        return;
+    if (c->arch == SY_DEEPSEEK_V3 && i < c->first_dense)
+        mlp(l, m, c->H, c->I_dense);
+    else {
+        linear(l, m, "gate.weight", 0, c->E, c->H, false);
+        if (c->arch == SY_DEEPSEEK_V3) {
+            int64_t e = c->E;
+            push(l, cv_printf("%s.gate.e_score_correction_bias", m), MK_DT_F32, 1, &e, SY_SMALL);
+            char *sp = cv_printf("%s.shared_experts", m);
+            if (sp)
+                mlp(l, sp, c->H, (int64_t)c->I_moe * c->n_shared);
+            free(sp);
+        } else if (c->I_shared) {
+            char *sp = cv_printf("%s.shared_expert", m);
+            if (sp)
+                mlp(l, sp, c->H, c->I_shared);
+            free(sp);
+            linear(l, m, "shared_expert_gate.weight", 0, 1, c->H, false);
+        }
+        experts(l, c, m);
+    }
+    free(m);
+}
+
+static void vision(sy_list *l, int64_t H) {
+    static const struct {
+        const char *n;
+        int nd;
+        int64_t s[5];
+        sy_init init;
+    } t[] = {
+        {"patch_embed.proj.weight", 5, {64, 3, 2, 16, 16}, SY_LIN}, {"patch_embed.proj.bias", 1, {64}, SY_SMALL},
+        {"pos_embed.weight", 2, {2304, 64}, SY_LIN},              {"blocks.0.norm1.weight", 1, {64}, SY_NORM1},
+        {"blocks.0.norm1.bias", 1, {64}, SY_SMALL},                {"blocks.0.norm2.weight", 1, {64}, SY_NORM1},
+        {"blocks.0.norm2.bias", 1, {64}, SY_SMALL},                {"blocks.0.attn.qkv.weight", 2, {192, 64}, SY_LIN},
+        {"blocks.0.attn.qkv.bias", 1, {192}, SY_SMALL},            {"blocks.0.attn.proj.weight", 2, {64, 64}, SY_LIN},
+        {"blocks.0.attn.proj.bias", 1, {64}, SY_SMALL},            {"blocks.0.mlp.linear_fc1.weight", 2, {128, 64}, SY_LIN},
+        {"blocks.0.mlp.linear_fc1.bias", 1, {128}, SY_SMALL},      {"blocks.0.mlp.linear_fc2.weight", 2, {64, 128}, SY_LIN},
+        {"blocks.0.mlp.linear_fc2.bias", 1, {64}, SY_SMALL},       {"merger.norm.weight", 1, {64}, SY_NORM1},
+        {"merger.norm.bias", 1, {64}, SY_SMALL},                   {"merger.linear_fc1.weight", 2, {256, 256}, SY_LIN},
+        {"merger.linear_fc1.bias", 1, {256}, SY_SMALL},            {"merger.linear_fc2.weight", 2, {-1, 256}, SY_LIN},
+        {"merger.linear_fc2.bias", 1, {-1}, SY_SMALL},
+    };
+    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
+        int64_t s[5];
+        memcpy(s, t[i].s, sizeof s);
+        if (s[0] < 0)
+            s[0] = H; /* out_hidden_size = the text model's hidden size */
+        push(l, cv_printf("model.visual.%s", t[i].n), MK_DT_BF16, t[i].nd, s, t[i].init);
+    }
+}
+
+mk_status sy_tensors(const sy_cfg *c, const mk_synth_opts *o, sy_list *l) {
+    memset(l, 0, sizeof *l);
+    l->seed = o->seed;
+    l->format = o->format;
+    l->fused = o->fused;
+    bool zc = c->arch == SY_QWEN3_NEXT || c->arch == SY_QWEN3_5_MOE;
+    const char *mp = o->vl ? "model.language_model" : "model";
+    int64_t emb[2] = {c->V, c->H};
+    push(l, cv_printf("%s.embed_tokens.weight", mp), MK_DT_BF16, 2, emb, SY_LIN);
+    push(l, cv_strdup("lm_head.weight"), MK_DT_BF16, 2, emb, SY_LIN);
+    vec(l, mp, "norm.weight", c->H, zc ? SY_NORM0 : SY_NORM1);
+    for (int i = 0; i < c->L && l->err == MK_OK; i++) {
+        char *p = cv_printf("%s.layers.%d", mp, i);
+        if (p)
+            layer(l, c, p, i, !zc || (i + 1) % c->interval == 0);
+        free(p);
+    }
+    if (o->mtp || o->vl) {
+        int64_t fc[2] = {c->H, 2 * (int64_t)c->H};
+        if (c->arch == SY_DEEPSEEK_V3) {
+            /* DeepSeek's MTP block is layer num_hidden_layers (embeddings and head shared: left out) */
+            char *p = cv_printf("model.layers.%d", c->L);
+            if (p) {
+                layer(l, c, p, c->L, true);
+                vec(l, p, "enorm.weight", c->H, SY_NORM1);
+                vec(l, p, "hnorm.weight", c->H, SY_NORM1);
+                linear(l, p, "eh_proj.weight", 0, c->H, 2 * (int64_t)c->H, false);
+                vec(l, p, "shared_head.norm.weight", c->H, SY_NORM1);
+            }
+            free(p);
+        } else if (zc) {
+            push(l, cv_strdup("mtp.fc.weight"), MK_DT_BF16, 2, fc, SY_LIN);
+            vec(l, "mtp", "pre_fc_norm_embedding.weight", c->H, SY_NORM0);
+            vec(l, "mtp", "pre_fc_norm_hidden.weight", c->H, SY_NORM0);
+            vec(l, "mtp", "norm.weight", c->H, SY_NORM0);
+            layer(l, c, "mtp.layers.0", c->L, true);
+        }
+    }
+    if (o->vl)
+        vision(l, c->H);
+    return l->err;
+}
+
+void sy_list_free(sy_list *l) {
+    for (size_t i = 0; i < l->n; i++)
+        free(l->t[i].name);
+    free(l->t);
+    memset(l, 0, sizeof *l);
+}
+
+/* ------------------------------------------------------------- config */
+
+static void set_i(json_t *o, const char *k, json_int_t v) { json_object_set_new(o, k, json_integer(v)); }
+static void set_r(json_t *o, const char *k, double v) { json_object_set_new(o, k, json_real(v)); }
+static void set_s(json_t *o, const char *k, const char *v) { json_object_set_new(o, k, json_string(v)); }
+static void set_b(json_t *o, const char *k, bool v) { json_object_set_new(o, k, json_boolean(v)); }
+static json_t *arr1(const char *s) {
+    json_t *a = json_array();
+    json_array_append_new(a, json_string(s));
+    return a;
+}
+
+static json_t *quant_config(const mk_synth_opts *o) {
+    json_t *q = json_object();
+    if (o->format == MK_SYNTH_FP8) {
+        set_s(q, "quant_method", "fp8");
+        set_s(q, "fmt", "e4m3");
+        set_s(q, "activation_scheme", "dynamic");
+        json_t *b = json_array();
+        json_array_append_new(b, json_integer(128));
+        json_array_append_new(b, json_integer(128));
+        json_object_set_new(q, "weight_block_size", b);
+        return q;
+    }
+    json_t *w = json_object(), *g = json_object(), *gs = json_object(), *ign = json_array();
+    set_i(w, "num_bits", 4);
+    set_s(w, "type", "int");
+    set_b(w, "symmetric", o->format == MK_SYNTH_CT_INT4);
+    set_s(w, "strategy", "group");
+    set_i(w, "group_size", 32);
+    json_object_set_new(g, "targets", arr1("Linear"));
+    json_object_set_new(g, "weights", w);
+    json_object_set_new(g, "format", json_string("pack-quantized"));
+    json_object_set_new(gs, "group_0", g);
+    set_s(q, "quant_method", "compressed-tensors");
+    set_s(q, "format", "pack-quantized");
+    json_object_set_new(q, "config_groups", gs);
+    json_array_append_new(ign, json_string("lm_head"));
+    json_array_append_new(ign, json_string("re:.*self_attn.*"));
+    json_array_append_new(ign, json_string("re:.*linear_attn.*"));
+    json_array_append_new(ign, json_string("re:.*shared_expert.*"));
+    json_array_append_new(ign, json_string("re:.*mlp\\.gate$"));
+    json_object_set_new(q, "ignore", ign);
+    return q;
+}
+
+static json_t *layer_types(const sy_cfg *c) {
+    json_t *a = json_array();
+    for (int i = 0; i < c->L; i++)
+        json_array_append_new(a, json_string((i + 1) % c->interval == 0 ? "full_attention" : "linear_attention"));
+    return a;
+}
+
+static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
+    set_i(t, "vocab_size", c->V);
+    set_i(t, "hidden_size", c->H);
+    set_i(t, "num_hidden_layers", c->L);
+    set_i(t, "num_attention_heads", c->heads);
+    set_i(t, "num_key_value_heads", c->kv_heads);
+    set_i(t, "max_position_embeddings", c->max_pos);
+    set_r(t, "rms_norm_eps", 1e-6);
+    set_s(t, "hidden_act", "silu");
+    set_b(t, "attention_bias", false);
+    set_r(t, "initializer_range", 0.02);
+    set_b(t, "tie_word_embeddings", false);
+    set_i(t, "num_experts_per_tok", c->topk);
+    set_i(t, "moe_intermediate_size", c->I_moe);
+    set_b(t, "norm_topk_prob", true);
+    if (c->arch == SY_DEEPSEEK_V3) {
+        set_i(t, "head_dim", c->rope_d);
+        set_i(t, "intermediate_size", c->I_dense);
+        set_i(t, "n_routed_experts", c->E);
+        set_i(t, "n_shared_experts", c->n_shared);
+        set_i(t, "first_k_dense_replace", c->first_dense);
+        set_i(t, "moe_layer_freq", 1);
+        set_i(t, "n_group", c->n_group);
+        set_i(t, "topk_group", c->topk_group);
+        set_s(t, "topk_method", "noaux_tc");
+        set_s(t, "scoring_func", "sigmoid");
+        set_r(t, "routed_scaling_factor", c->scaling);
+        set_i(t, "q_lora_rank", c->q_lora);
+        set_i(t, "kv_lora_rank", c->kv_lora);
+        set_i(t, "qk_nope_head_dim", c->nope);
+        set_i(t, "qk_rope_head_dim", c->rope_d);
+        set_i(t, "v_head_dim", c->v_head);
+        set_b(t, "rope_interleave", true);
+        set_i(t, "num_nextn_predict_layers", o->mtp ? 1 : 0);
+        set_r(t, "rope_theta", c->theta);
+        if (c->yarn) {
+            json_t *rs = json_object();
+            set_s(rs, "type", "yarn");
+            set_r(rs, "factor", 40.0);
+            set_i(rs, "original_max_position_embeddings", 4096);
+            set_i(rs, "beta_fast", 32);
+            set_i(rs, "beta_slow", 1);
+            set_r(rs, "mscale", 1.0);
+            set_r(rs, "mscale_all_dim", 1.0);
+            json_object_set_new(t, "rope_scaling", rs);
+        } else
+            json_object_set_new(t, "rope_scaling", json_null());
+        set_i(t, "bos_token_id", 0);
+        set_i(t, "eos_token_id", 1);
+        return;
+    }
+    set_i(t, "head_dim", c->hd);
+    set_i(t, "num_experts", c->E);
+    set_i(t, "decoder_sparse_step", 1);
+    if (c->arch != SY_QWEN3_5_MOE) {
+        set_i(t, "intermediate_size", c->I_dense);
+        json_object_set_new(t, "mlp_only_layers", json_array());
+    }
+    set_r(t, "rope_theta", c->theta);
+    if (c->arch == SY_QWEN3_MOE) {
+        json_object_set_new(t, "rope_scaling", json_null());
+        return;
+    }
+    set_i(t, "shared_expert_intermediate_size", c->I_shared);
+    set_r(t, "partial_rotary_factor", c->partial);
+    set_i(t, "linear_conv_kernel_dim", c->conv_k);
+    set_i(t, "linear_num_key_heads", c->nk);
+    set_i(t, "linear_num_value_heads", c->nv);
+    set_i(t, "linear_key_head_dim", c->dk);
+    set_i(t, "linear_value_head_dim", c->dv);
+    set_i(t, "full_attention_interval", c->interval);
+    json_object_set_new(t, "layer_types", layer_types(c));
+    if (c->arch == SY_QWEN3_5_MOE) {
+        json_t *rp = json_object();
+        set_r(rp, "rope_theta", c->theta);
+        set_r(rp, "partial_rotary_factor", c->partial);
+        set_s(rp, "rope_type", "default");
+        json_object_set_new(t, "rope_parameters", rp);
+        set_i(t, "mtp_num_hidden_layers", (o->mtp || o->vl) ? 1 : 0);
+    }
+}
+
+json_t *sy_config_json(const sy_cfg *c, const mk_synth_opts *o) {
+    static const char *const archs[SY_NARCH] = {"Qwen3MoeForCausalLM", "Qwen3NextForCausalLM",
+                                                "Qwen3_5MoeForCausalLM", "DeepseekV3ForCausalLM"};
+    json_t *root = json_object(), *t = o->vl ? json_object() : root;
+    if (o->vl) {
+        json_object_set_new(root, "architectures", arr1("Qwen3_5MoeForConditionalGeneration"));
+        set_s(root, "model_type", "qwen3_5_moe");
+        set_s(root, "dtype", "bfloat16");
+        set_b(root, "tie_word_embeddings", false);
+        set_i(root, "image_token_id", 248056);
+        set_i(root, "video_token_id", 248057);
+        set_i(root, "vision_start_token_id", 248053);
+        set_i(root, "vision_end_token_id", 248054);
+        set_s(t, "model_type", "qwen3_5_moe_text");
+    } else {
+        json_object_set_new(root, "architectures", arr1(archs[c->arch]));
+        set_s(root, "model_type", c->arch == SY_QWEN3_5_MOE ? "qwen3_5_moe_text" : g_arch_names[c->arch]);
+        set_s(root, "dtype", "bfloat16");
+    }
+    text_fields(c, o, t);
+    if (o->vl) {
+        json_object_set_new(root, "text_config", t);
+        json_t *v = json_object();
+        set_i(v, "depth", 1);
+        set_s(v, "hidden_act", "gelu_pytorch_tanh");
+        set_i(v, "hidden_size", 64);
+        set_i(v, "in_channels", 3);
+        set_i(v, "intermediate_size", 128);
+        set_s(v, "model_type", "qwen3_5_moe_vision");
+        set_i(v, "num_heads", 2);
+        set_i(v, "num_position_embeddings", 2304);
+        set_i(v, "out_hidden_size", c->H);
+        set_i(v, "patch_size", 16);
+        set_i(v, "spatial_merge_size", 2);
+        set_i(v, "temporal_patch_size", 2);
+        json_object_set_new(root, "vision_config", v);
+    }
+    if (o->format != MK_SYNTH_BF16)
+        json_object_set_new(root, "quantization_config", quant_config(o));
+    set_s(root, "moekit_synth", "synthetic weights: not a trained model");
+    return root;
+}

@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# moekit tokenize on the trained fixture: the reference prompts and
+# continuations of tiny-qwen35moe/reference.json, --decode, --chat, flags,
+# and every bad-input path (exit 2 with the stdin line number or the file).
+set -euo pipefail
+: "${MK_BIN:?}"
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+FIX=$TINYM
+DIR="$FIX/bf16"
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+# expect_fail CODE NEEDLE CMD...: exit code and a message naming the problem.
+expect_fail() {
+    local code=$1 needle=$2 rc=0
+    shift 2
+    "$@" >"$TMP/out" 2>"$TMP/err" || rc=$?
+    [ "$rc" = "$code" ] || fail "'$*': exit $rc, wanted $code ($(cat "$TMP/err"))"
+    grep -qF -- "$needle" "$TMP/err" || fail "'$*': message '$(cat "$TMP/err")' lacks '$needle'"
+}
+
+# Reference prompts (HF tokenizers' ids) from the directory and from the file.
+printf '"The list"\n"def "\n"Return the"\n' >"$TMP/prompts"
+printf '[526,578]\n[1973,223]\n[407,268]\n' >"$TMP/want"
+"$MK_BIN" tokenize "$DIR" <"$TMP/prompts" >"$TMP/got"
+cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids: $(cat "$TMP/got")"
+"$MK_BIN" tokenize "$DIR/tokenizer.json" <"$TMP/prompts" >"$TMP/got"
+cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids via tokenizer.json"
+
+# A continuation decodes to the reference text; decode(encode(x)) == x.
+echo '[645,297,1190,291,268,578,16,201,201,862]' | "$MK_BIN" tokenize --decode "$DIR" >"$TMP/got"
+[ "$(cat "$TMP/got")" = '" number of elements in the list.\n\nIf"' ] || fail "decode: $(cat "$TMP/got")"
+printf '"a\\nb\\t c  \\u00e9\\u4e2d\\ud83d\\ude00"\n""\n' >"$TMP/texts"
+"$MK_BIN" tokenize "$DIR" <"$TMP/texts" | "$MK_BIN" tokenize --decode "$DIR" >"$TMP/back"
+[ "$(sed -n 1p "$TMP/back")" = '"a\nb\t c  é中😀"' ] || fail "round trip: $(cat "$TMP/back")"
+[ "$(sed -n 2p "$TMP/back")" = '""' ] || fail "empty round trip"
+
+# Special tokens: recognised by default, plain text with --split-special,
+# dropped on decode with --skip-special.
+echo '"<|im_start|>user\nhi<|im_end|>"' | "$MK_BIN" tokenize "$DIR" >"$TMP/got"
+grep -q '^\[1,.*,2\]$' "$TMP/got" || fail "special tokens: $(cat "$TMP/got")"
+echo '"<|im_end|>"' | "$MK_BIN" tokenize --split-special "$DIR" >"$TMP/got"
+! grep -q '\b2\b' "$TMP/got" || fail "--split-special: $(cat "$TMP/got")"
+echo '[1,407,2]' | "$MK_BIN" tokenize --decode --skip-special "$DIR" >"$TMP/got"
+[ "$(cat "$TMP/got")" = '"Return"' ] || fail "--skip-special: $(cat "$TMP/got")"
+
+# Chat: the ChatML example HF rendered and encoded (reference.json).
+echo '[{"role": "user", "content": "Return the list."}]' | "$MK_BIN" tokenize --chat "$DIR" >"$TMP/chat"
+[ "$(cat "$TMP/chat")" = '"<|im_start|>user\nReturn the list.<|im_end|>\n<|im_start|>assistant\n"' ] ||
+    fail "chat: $(cat "$TMP/chat")"
+"$MK_BIN" tokenize "$DIR" <"$TMP/chat" >"$TMP/got"
+[ "$(cat "$TMP/got")" = '[1,2468,201,407,268,578,16,2,201,1,388,383,640,201]' ] || fail "chat ids: $(cat "$TMP/got")"
+echo '[{"role": "user", "content": "x"}]' | "$MK_BIN" tokenize --chat --template deepseek3 "$DIR" >"$TMP/got"
+[ "$(cat "$TMP/got")" = '"<｜begin▁of▁sentence｜><｜User｜>x<｜Assistant｜>"' ] || fail "--template: $(cat "$TMP/got")"
+
+# Help names every flag.
+"$MK_BIN" tokenize --help >"$TMP/help"
+for f in --decode --chat --no-add-special --split-special --skip-special --template --no-think --no-gen-prompt; do
+    grep -q -- "$f" "$TMP/help" || fail "--help does not explain $f"
+done
+
+# Bad input: line numbers, file names, exit 2.
+printf '"ok"\n{"not": "a string"}\n' >"$TMP/bad"
+expect_fail 2 "stdin line 2" "$MK_BIN" tokenize "$DIR" <"$TMP/bad"
+[ "$(wc -l <"$TMP/out")" = 1 ] || fail "the line before the bad one must be written"
+printf '"ok"\n"unterminated\n' >"$TMP/bad"
+expect_fail 2 "stdin line 2: invalid JSON" "$MK_BIN" tokenize "$DIR" <"$TMP/bad"
+printf '\n' >"$TMP/bad"
+expect_fail 2 "stdin line 1" "$MK_BIN" tokenize "$DIR" <"$TMP/bad"
+printf '[1,2]\n[1,99999]\n' >"$TMP/bad"
+expect_fail 2 "stdin line 2: token id 99999" "$MK_BIN" tokenize --decode "$DIR" <"$TMP/bad"
+printf '[1,"x"]\n' >"$TMP/bad"
+expect_fail 2 "stdin line 1: element 1" "$MK_BIN" tokenize --decode "$DIR" <"$TMP/bad"
+printf '[{"role": "narrator", "content": "x"}]\n' >"$TMP/bad"
+expect_fail 2 "stdin line 1: chat message 0" "$MK_BIN" tokenize --chat --template qwen3 "$DIR" <"$TMP/bad"
+expect_fail 2 "/nonexistent/tokenizer.json" "$MK_BIN" tokenize /nonexistent/tokenizer.json </dev/null
+expect_fail 2 "no tokenizer.json" "$MK_BIN" tokenize "$TMP" </dev/null
+# Kimi-K2 ships tiktoken.model instead: say so, not just "missing"
+mkdir -p "$TMP/kimi" && : > "$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model tokenizers (Kimi-K2) are not supported yet" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"model": {}}' >"$TMP/tokenizer.json"
+expect_fail 2 "field 'model.vocab'" "$MK_BIN" tokenize "$TMP/tokenizer.json" </dev/null
+expect_fail 2 "unknown chat template" "$MK_BIN" tokenize --chat --template nope "$DIR" </dev/null
+expect_fail 2 "tokenize" "$MK_BIN" tokenize --bogus "$DIR" </dev/null
+expect_fail 2 "expected one" "$MK_BIN" tokenize </dev/null
+echo PASS

@@ -1,0 +1,103 @@
+/* Allocation failure at every point, SQLite-style: model open, engine
+ * creation and tokenizer load are re-run with the Nth heap allocation (the
+ * library's hook, src/core/alloc.h, which jansson's allocations go
+ * through too) failing, for N = 0, 1, 2, ... until a run completes
+ * without reaching the failure. Every run must end in success or a clean
+ * MK_E_NOMEM whose message says what was being allocated; never a crash,
+ * another status, or a leak (the sanitizer build of `make test` runs this
+ * with LeakSanitizer). */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/alloc.h"
+#include "mk_test_util.h"
+#include "moekit/engine.h"
+#include "moekit/model.h"
+#include "moekit/tokenizer.h"
+
+typedef mk_status (*step_fn)(const char *dir);
+
+static mk_status open_model(const char *dir) {
+    mk_model *m = NULL;
+    mk_status st = mk_model_open(dir, &m);
+    mk_model_free(m);
+    return st;
+}
+
+static mk_status open_engine(const char *dir) {
+    mk_model *m = NULL;
+    mk_status st = mk_model_open(dir, &m);
+    if (st != MK_OK)
+        return st;
+    mk_engine_opts o = {.threads = 1, .max_ctx = 64};
+    mk_engine *e = NULL;
+    st = mk_engine_create(m, &o, &e);
+    mk_engine_free(e);
+    mk_model_free(m);
+    return st;
+}
+
+static mk_status load_tokenizer(const char *dir) {
+    mk_tok *t = NULL;
+    mk_status st = mk_tok_load(dir, &t);
+    mk_tok_free(t);
+    return st;
+}
+
+/* Run `fn` with a failure at every successive allocation (after the first
+ * `dense` points, at every `stride`-th one: a tokenizer's vocabulary is
+ * tens of thousands of allocations on one code path); returns how many
+ * allocation points were exercised. */
+static long fault_loop(const char *what, step_fn fn, const char *dir, long dense, long stride) {
+    mk_alloc_hook_json(); /* jansson's allocations fail too */
+    long n = 0, runs = 0;
+    for (;; n += n < dense ? 1 : stride, runs++) {
+        mk_alloc_fail_after(n);
+        mk_status st = fn(dir);
+        long used = mk_alloc_count();
+        mk_alloc_fail_after(-1);
+        if (st != MK_OK && st != MK_E_NOMEM)
+            fail_msg("%s: allocation %ld failing gave status %s (%s), not MK_E_NOMEM", what, n,
+                     mk_status_name(st), mk_err_msg());
+        if (st == MK_E_NOMEM && !*mk_err_msg())
+            fail_msg("%s: allocation %ld failing: MK_E_NOMEM without a message", what, n);
+        if (used <= n) { /* the failure was never reached: the run was complete */
+            assert_int_equal(st, MK_OK);
+            break;
+        }
+    }
+    printf("  %-30s %ld allocation points, %ld of them failed in turn, each cleanly\n", what, n,
+           runs);
+    return n;
+}
+
+static void test_model_open(void **st) {
+    (void)st;
+    assert_true(fault_loop("model open (qwen3moe-a)", open_model,
+                           mk_test_fixture("qwen3moe-a/bf16"), 1L << 30, 1) > 10);
+    assert_true(fault_loop("model open (deepseekv3-a fp8)", open_model,
+                           mk_test_fixture("deepseekv3-a/fp8"), 1L << 30, 1) > 10);
+}
+
+static void test_engine_create(void **st) {
+    (void)st;
+    assert_true(fault_loop("model + engine (tiny)", open_engine,
+                           mk_test_fixture("tiny-qwen35moe/bf16"), 1L << 30, 1) > 10);
+}
+
+static void test_tokenizer_load(void **st) {
+    (void)st;
+    assert_true(fault_loop("tokenizer load (tiny)", load_tokenizer,
+                           mk_test_fixture("tiny-qwen35moe/bf16"), 1000, 61) > 10);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_model_open),
+        cmocka_unit_test(test_engine_create),
+        cmocka_unit_test(test_tokenizer_load),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,1003 @@
+/* Every slot of every backend against a scalar reference, under a stated
+ * bound (issue 10; the CUDA backend joins the table in issue 14 when moekit
+ * is built with CUDA and a GPU is present; otherwise test_cuda_present
+ * skips, printing why, and the cases run on the CPU alone).
+ *
+ * Each case builds random inputs on the host, moves them into backend
+ * memory with the backend's own upload, runs the slot, downloads the result
+ * and compares it with a reference written here in plain C, mostly in
+ * double precision: nothing below calls the kernels under test. Weights are
+ * mk_wt views in several storages; the reference reads them through
+ * mk_wt_dequant_row, the portable definition every format's kernels are
+ * tested against (tests/unit/test_kernels.c holds that function to its own
+ * vectors).
+ *
+ * Bounds: data movement (copy, gather, scatter, upload/download, zero) and
+ * routing decisions must be exact; float results must satisfy
+ * ||ours - ref|| / ||ref|| <= 1e-5 (float32 accumulation against double:
+ * a few ulps times sqrt(length) for these sizes), element-wise ones 1e-6. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "mk_test_util.h"
+#include "moekit/backend.h"
+#include "moekit/backend_cuda.h"
+#include "moekit/dtype.h"
+#include "moekit/kernels.h"
+#include "moekit/weight.h"
+
+#define TOL_DOT 1e-5
+#define TOL_ELT 1e-6
+
+typedef struct be_case {
+    const char *name;
+    mk_backend *b;
+    const mk_backend_i *i;
+    void *ctx;
+} be_case;
+
+static mk_pool *g_pool;
+static be_case g_be[4];
+static int g_nbe;
+static char g_no_cuda[512]; /* why the CUDA backend is not in the table */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+static uint32_t rnd(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 11);
+}
+static float frand(void) { return (float)((rnd() % 200001) / 100000.0 - 1.0); } /* [-1, 1] */
+
+static float *rvec(int64_t n) {
+    float *v = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+    assert_non_null(v);
+    for (int64_t i = 0; i < n; i++)
+        v[i] = frand();
+    return v;
+}
+
+/* backend copy of n floats of host memory (NULL: zeroed) */
+static void *dev(be_case *b, const void *host, size_t bytes) {
+    void *p = NULL;
+    assert_int_equal(b->i->alloc(b->ctx, bytes, &p), MK_OK);
+    if (host)
+        b->i->upload(b->ctx, p, host, bytes);
+    return p;
+}
+static float *back(be_case *b, const void *d, size_t bytes) {
+    float *h = malloc(bytes ? bytes : 1);
+    assert_non_null(h);
+    b->i->download(b->ctx, h, d, bytes);
+    assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    return h;
+}
+
+static double rel(const float *a, const double *ref, int64_t n) {
+    double num = 0, den = 0;
+    for (int64_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        num += d * d;
+        den += ref[i] * ref[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+
+/* The worst error seen per (backend, check), printed at the end so a run
+ * on a device records how close each slot came to its bound. */
+typedef struct worst {
+    char be[8], what[48];
+    double err, tol;
+} worst;
+static worst g_worst[160];
+static int g_nworst;
+
+static void note(const char *be, const char *what, double r, double tol) {
+    char key[48];
+    snprintf(key, sizeof key, "%s", what);
+    char *p = strstr(key, " n="), *sp; /* the check's name without its shape */
+    if (p)
+        *p = '\0';
+    if ((sp = strrchr(key, ' ')) && sp[1] >= '0' && sp[1] <= '9')
+        *sp = '\0';
+    for (int i = 0; i < g_nworst; i++)
+        if (!strcmp(g_worst[i].be, be) && !strcmp(g_worst[i].what, key)) {
+            if (r > g_worst[i].err)
+                g_worst[i].err = r;
+            return;
+        }
+    if (g_nworst < (int)(sizeof g_worst / sizeof g_worst[0])) {
+        worst *w = &g_worst[g_nworst++];
+        snprintf(w->be, sizeof w->be, "%s", be);
+        snprintf(w->what, sizeof w->what, "%s", key);
+        w->err = r;
+        w->tol = tol;
+    }
+}
+
+static void check_rel(const char *be, const char *what, const float *a, const double *ref,
+                      int64_t n, double tol) {
+    double r = rel(a, ref, n);
+    note(be, what, r, tol);
+    if (!(r <= tol))
+        fail_msg("%s: %s: rel L2 %.3e > %.1e", be, what, r, tol);
+}
+
+/* ---- weights in several storages ----------------------------------------- */
+
+typedef struct wbuf {
+    mk_wt w;
+    void *data, *scales, *biases;
+    char name[48];
+} wbuf;
+
+/* A device backend keeps copies of the weights it has seen, keyed by host
+ * address; the next case may get the same address for other weights. */
+static void forget(be_case *b, const void *host, const char *name) {
+    size_t before = mk_backend_cuda_weight_bytes(b->b);
+    mk_backend_cuda_forget(b->b, host);
+    if (strcmp(b->name, "cuda") == 0 && !(before > mk_backend_cuda_weight_bytes(b->b)))
+        fail_msg("cuda: %s: no resident copy was dropped (%zu bytes before)", name, before);
+}
+static void forget_w(be_case *b, const wbuf *w) { forget(b, w->data, w->name); }
+
+static void wbuf_free(wbuf *b) {
+    free(b->data);
+    free(b->scales);
+    free(b->biases);
+}
+
+/* kind: 0 f32, 1 bf16, 2 affine 4-bit g64 (bf16 scales/biases), 3 affine
+ * 8-bit g32 (f16), 4 FP8 E4M3 block 128x128 (f32 scale_inv), then every
+ * other storage of mk_wt: 5 f16, 6..9 affine 2-bit g32 (f32), 3-bit g64
+ * (bf16), 5-bit g128 (f16), 6-bit g32 (bf16), 10 FP8 E5M2 block 64x32
+ * (bf16 scale_inv, ragged blocks), 11 FP8 E4M3 without scales, 12 MXFP4,
+ * 13 MXFP8, 14 NVFP4 (global scale 0.75) */
+#define W_KINDS 15
+static void affine_w(wbuf *b, int bits, int group, mk_dtype sd) {
+    mk_wt *w = &b->w;
+    w->fmt = MK_WF_AFFINE;
+    w->bits = bits;
+    w->group = group;
+    w->sdtype = sd;
+    int64_t words = w->rows * w->cols * bits / 32, ng = w->rows * (w->cols / group);
+    uint32_t *d = malloc((size_t)words * 4);
+    for (int64_t i = 0; i < words; i++)
+        d[i] = rnd() ^ (rnd() << 16);
+    size_t es = sd == MK_DT_F32 ? 4 : 2;
+    uint8_t *s = malloc((size_t)ng * es), *bi = malloc((size_t)ng * es);
+    for (int64_t i = 0; i < ng; i++) {
+        float sc = (0.01f + 0.02f * (frand() + 1.0f)) * 16.0f / (float)((1 << bits) - 1);
+        float bs = -0.1f * (frand() + 1.0f);
+        if (sd == MK_DT_F32) {
+            memcpy(s + 4 * i, &sc, 4);
+            memcpy(bi + 4 * i, &bs, 4);
+        } else {
+            uint16_t hs = sd == MK_DT_BF16 ? mk_f32_to_bf16(sc) : mk_f32_to_f16(sc);
+            uint16_t hb = sd == MK_DT_BF16 ? mk_f32_to_bf16(bs) : mk_f32_to_f16(bs);
+            memcpy(s + 2 * i, &hs, 2);
+            memcpy(bi + 2 * i, &hb, 2);
+        }
+    }
+    b->data = d;
+    b->scales = s;
+    b->biases = bi;
+    snprintf(b->name, sizeof b->name, "affine %d-bit g%d %lldx%lld", bits, group, (long long)w->rows,
+             (long long)w->cols);
+}
+
+/* n random bytes, none of them `avoid` (both signs) */
+static uint8_t *rbytes(int64_t n, int avoid) {
+    uint8_t *d = malloc((size_t)n);
+    for (int64_t i = 0; i < n; i++) {
+        uint8_t v = (uint8_t)rnd();
+        d[i] = avoid >= 0 && (v & 0x7f) == avoid ? (uint8_t)(v ^ 1) : v;
+    }
+    return d;
+}
+
+static void make_w(wbuf *b, int kind, int64_t rows, int64_t cols) {
+    memset(b, 0, sizeof *b);
+    mk_wt *w = &b->w;
+    w->rows = rows;
+    w->cols = cols;
+    w->global_scale = 1.0f;
+    int64_t n = rows * cols;
+    switch (kind) {
+    case 0:
+        w->fmt = MK_WF_F32;
+        b->data = rvec(n);
+        snprintf(b->name, sizeof b->name, "f32 %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    case 1: {
+        w->fmt = MK_WF_BF16;
+        uint16_t *d = malloc((size_t)n * 2);
+        for (int64_t i = 0; i < n; i++)
+            d[i] = mk_f32_to_bf16(frand());
+        b->data = d;
+        snprintf(b->name, sizeof b->name, "bf16 %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    }
+    case 2:
+    case 3: {
+        int bits = kind == 2 ? 4 : 8, group = kind == 2 ? 64 : 32;
+        w->fmt = MK_WF_AFFINE;
+        w->bits = bits;
+        w->group = group;
+        w->sdtype = kind == 2 ? MK_DT_BF16 : MK_DT_F16;
+        int64_t words = rows * cols * bits / 32, ng = rows * (cols / group);
+        uint32_t *d = malloc((size_t)words * 4);
+        for (int64_t i = 0; i < words; i++)
+            d[i] = rnd() ^ (rnd() << 16);
+        uint16_t *s = malloc((size_t)ng * 2), *bi = malloc((size_t)ng * 2);
+        for (int64_t i = 0; i < ng; i++) {
+            float sc = 0.01f + 0.02f * (frand() + 1.0f), bs = -0.1f * (frand() + 1.0f);
+            s[i] = kind == 2 ? mk_f32_to_bf16(sc) : mk_f32_to_f16(sc);
+            bi[i] = kind == 2 ? mk_f32_to_bf16(bs) : mk_f32_to_f16(bs);
+        }
+        b->data = d;
+        b->scales = s;
+        b->biases = bi;
+        snprintf(b->name, sizeof b->name, "affine %d-bit g%d %lldx%lld", bits, group,
+                 (long long)rows, (long long)cols);
+        break;
+    }
+    case 4: {
+        w->fmt = MK_WF_FP8_E4M3;
+        w->block_r = w->block_c = 128;
+        w->sdtype = MK_DT_F32;
+        uint8_t *d = malloc((size_t)n);
+        for (int64_t i = 0; i < n; i++) {
+            uint8_t v = (uint8_t)rnd();
+            d[i] = (v & 0x7f) == 0x7f ? (uint8_t)(v & 0xbe) : v; /* no NaN bytes */
+        }
+        int64_t gr = (rows + 127) / 128, gc = (cols + 127) / 128;
+        float *s = malloc((size_t)(gr * gc) * 4);
+        for (int64_t i = 0; i < gr * gc; i++)
+            s[i] = 0.001f * (2.0f + frand());
+        b->data = d;
+        b->scales = s;
+        snprintf(b->name, sizeof b->name, "fp8 e4m3 %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    }
+    case 5: {
+        w->fmt = MK_WF_F16;
+        uint16_t *d = malloc((size_t)n * 2);
+        for (int64_t i = 0; i < n; i++)
+            d[i] = mk_f32_to_f16(frand());
+        b->data = d;
+        snprintf(b->name, sizeof b->name, "f16 %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    }
+    case 6: affine_w(b, 2, 32, MK_DT_F32); break;
+    case 7: affine_w(b, 3, 64, MK_DT_BF16); break;
+    case 8: affine_w(b, 5, 128, MK_DT_F16); break;
+    case 9: affine_w(b, 6, 32, MK_DT_BF16); break;
+    case 10: {
+        w->fmt = MK_WF_FP8_E5M2;
+        w->block_r = 64;
+        w->block_c = 32;
+        w->sdtype = MK_DT_BF16;
+        b->data = rbytes(n, -1); /* E5M2 exponent 31 is inf/NaN: cleared below */
+        for (int64_t i = 0; i < n; i++)
+            ((uint8_t *)b->data)[i] &= 0xfb;
+        int64_t gr = (rows + 63) / 64, gc = (cols + 31) / 32;
+        uint16_t *s = malloc((size_t)(gr * gc) * 2);
+        for (int64_t i = 0; i < gr * gc; i++)
+            s[i] = mk_f32_to_bf16(0.001f * (2.0f + frand()));
+        b->scales = s;
+        snprintf(b->name, sizeof b->name, "fp8 e5m2 b64x32 %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    }
+    case 11:
+        w->fmt = MK_WF_FP8_E4M3;
+        b->data = rbytes(n, 0x7f); /* no NaN bytes, no scales: W = the fp8 value */
+        for (int64_t i = 0; i < n; i++)
+            ((uint8_t *)b->data)[i] &= 0xbf; /* magnitudes below 2: sums stay small */
+        snprintf(b->name, sizeof b->name, "fp8 e4m3 unscaled %lldx%lld", (long long)rows, (long long)cols);
+        break;
+    case 12:
+    case 13:
+    case 14: {
+        int gs = kind == 14 ? 16 : 32;
+        w->fmt = kind == 12 ? MK_WF_MXFP4 : kind == 13 ? MK_WF_MXFP8 : MK_WF_NVFP4;
+        w->bits = kind == 13 ? 8 : 4;
+        w->group = gs;
+        b->data = rbytes(rows * cols * w->bits / 8, -1);
+        uint8_t *s = malloc((size_t)(rows * cols / gs));
+        for (int64_t i = 0; i < rows * cols / gs; i++) /* E8M0 2^-7..2^0; E4M3 0.125..2 */
+            s[i] = kind == 14 ? (uint8_t)(0x28 + rnd() % 0x18) : (uint8_t)(120 + rnd() % 8);
+        b->scales = s;
+        if (kind == 14)
+            w->global_scale = 0.75f;
+        snprintf(b->name, sizeof b->name, "%s %lldx%lld", kind == 12 ? "mxfp4" : kind == 13 ? "mxfp8" : "nvfp4",
+                 (long long)rows, (long long)cols);
+        break;
+    }
+    }
+    w->data = b->data;
+    w->scales = b->scales;
+    w->biases = b->biases;
+    assert_int_equal(mk_wt_check(w, b->name), MK_OK);
+}
+
+/* W dequantized through the portable definition, as double [rows, cols] */
+static double *deq(const mk_wt *w) {
+    double *d = malloc((size_t)(w->rows * w->cols) * sizeof(double));
+    float *row = malloc((size_t)w->cols * sizeof(float));
+    for (int64_t r = 0; r < w->rows; r++) {
+        mk_wt_dequant_row(w, r, row);
+        for (int64_t c = 0; c < w->cols; c++)
+            d[r * w->cols + c] = row[c];
+    }
+    free(row);
+    return d;
+}
+
+/* ---- memory and data movement ------------------------------------------------ */
+
+static void test_memory_and_copies(void **st) {
+    (void)st;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        /* alloc is zeroed; upload/download round trip; zero */
+        void *dz = dev(b, NULL, 1000 * 4);
+        float *z = back(b, dz, 1000 * 4);
+        for (int i = 0; i < 1000; i++)
+            assert_true(z[i] == 0.0f);
+        free(z);
+        b->i->buf_free(b->ctx, dz);
+        float *h = rvec(777);
+        void *d = dev(b, h, 777 * 4);
+        float *r = back(b, d, 777 * 4);
+        assert_memory_equal(r, h, 777 * 4);
+        free(r);
+        b->i->zero(b->ctx, (float *)d + 100, 50 * 4);
+        r = back(b, d, 777 * 4);
+        for (int i = 0; i < 777; i++)
+            assert_true(r[i] == (i >= 100 && i < 150 ? 0.0f : h[i]));
+        free(r);
+        /* copy: 2-level strides (qwen3_next's ungroup shape) */
+        enum { N0 = 5, N1 = 3, W = 7, SS0 = 40, SS1 = 11, DS0 = 25, DS1 = 8 };
+        float *src = rvec(N0 * SS0), *dst0 = rvec(N0 * DS0);
+        void *ds = dev(b, src, N0 * SS0 * 4), *dd = dev(b, dst0, N0 * DS0 * 4);
+        b->i->copy(b->ctx, dd, DS0, DS1, ds, SS0, SS1, N0, N1, W);
+        r = back(b, dd, N0 * DS0 * 4);
+        float *ref = malloc(N0 * DS0 * 4);
+        memcpy(ref, dst0, N0 * DS0 * 4);
+        for (int i = 0; i < N0; i++)
+            for (int j = 0; j < N1; j++)
+                for (int c = 0; c < W; c++)
+                    ref[i * DS0 + j * DS1 + c] = src[i * SS0 + j * SS1 + c];
+        assert_memory_equal(r, ref, N0 * DS0 * 4);
+        free(r);
+        free(ref);
+        /* gather and scatter with an index list in backend memory */
+        int32_t rows[6] = {4, 0, 3, 3, 1, 2}, prow[6] = {5, 2, 0, 4, 1, 3};
+        enum { DIM = 9 };
+        float *tab = rvec(5 * DIM);
+        void *dt = dev(b, tab, 5 * DIM * 4), *drows = dev(b, rows, sizeof rows);
+        void *dg = dev(b, NULL, 6 * DIM * 4);
+        b->i->gather(b->ctx, dg, dt, drows, 6, DIM);
+        r = back(b, dg, 6 * DIM * 4);
+        for (int i = 0; i < 6; i++)
+            assert_memory_equal(r + i * DIM, tab + rows[i] * DIM, DIM * 4);
+        void *dp = dev(b, prow, sizeof prow), *dsc = dev(b, NULL, 6 * DIM * 4);
+        b->i->scatter(b->ctx, dsc, dg, dp, 6, DIM);
+        float *r2 = back(b, dsc, 6 * DIM * 4);
+        for (int i = 0; i < 6; i++)
+            assert_memory_equal(r2 + prow[i] * DIM, r + i * DIM, DIM * 4);
+        free(r);
+        free(r2);
+        /* find_nonfinite: the first NaN or infinity, or -1 */
+        assert_int_equal(b->i->find_nonfinite(b->ctx, d, 777), -1);
+        float bad[3] = {NAN, INFINITY, -INFINITY};
+        for (int k = 0; k < 3; k++) {
+            b->i->upload(b->ctx, d, h, 777 * 4);
+            b->i->upload(b->ctx, (float *)d + 500 - 100 * k, &bad[k], 4);
+            b->i->upload(b->ctx, (float *)d + 700, &bad[(k + 1) % 3], 4);
+            assert_int_equal(b->i->find_nonfinite(b->ctx, d, 777), 500 - 100 * k);
+        }
+        free(h);
+        free(src);
+        free(dst0);
+        free(tab);
+        void *bufs[] = {d, ds, dd, dt, drows, dg, dp, dsc};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    }
+}
+
+/* ---- matmul, get_rows, per-head products ------------------------------------- */
+
+static void test_matmul_formats(void **st) {
+    (void)st;
+    static const int64_t shapes[][2] = {{37, 256}, {130, 384}, {5, 128}};
+    for (int bi = 0; bi < g_nbe; bi++)
+        for (int kind = 0; kind < W_KINDS; kind++)
+            for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+                be_case *b = &g_be[bi];
+                wbuf wb;
+                make_w(&wb, kind, shapes[si][0], shapes[si][1]);
+                int64_t R = wb.w.rows, C = wb.w.cols;
+                double *W = deq(&wb.w);
+                /* decode, a small batch (one GEMV per token on CUDA's fast
+                 * formats), a larger one (CUDA's format-generic kernel) */
+                static const int64_t ns[] = {1, 7, 19};
+                for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                    int64_t n = ns[ni];
+                    float *x = rvec(n * C);
+                    double *ref = calloc((size_t)(n * R), sizeof(double));
+                    for (int64_t t = 0; t < n; t++)
+                        for (int64_t r = 0; r < R; r++)
+                            for (int64_t c = 0; c < C; c++)
+                                ref[t * R + r] += W[r * C + c] * x[t * C + c];
+                    void *dx = dev(b, x, (size_t)(n * C) * 4), *dy = dev(b, NULL, (size_t)(n * R) * 4);
+                    b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+                    float *y = back(b, dy, (size_t)(n * R) * 4);
+                    char what[96];
+                    snprintf(what, sizeof what, "matmul %s n=%lld", wb.name, (long long)n);
+                    check_rel(b->name, what, y, ref, n * R, TOL_DOT);
+                    free(y);
+                    free(x);
+                    free(ref);
+                    b->i->buf_free(b->ctx, dx);
+                    b->i->buf_free(b->ctx, dy);
+                }
+                /* get_rows: exact dequantized rows */
+                int32_t ids[4] = {(int32_t)(R - 1), 0, (int32_t)(R / 2), 0};
+                void *di = dev(b, ids, sizeof ids), *dy = dev(b, NULL, (size_t)(4 * C) * 4);
+                b->i->get_rows(b->ctx, &wb.w, di, 4, dy);
+                float *y = back(b, dy, (size_t)(4 * C) * 4);
+                for (int t = 0; t < 4; t++)
+                    for (int64_t c = 0; c < C; c++)
+                        assert_true(y[t * C + c] == (float)W[ids[t] * C + c]);
+                free(y);
+                b->i->buf_free(b->ctx, di);
+                b->i->buf_free(b->ctx, dy);
+                free(W);
+                forget_w(b, &wb);
+                wbuf_free(&wb);
+            }
+}
+
+static void test_head_matmul(void **st) {
+    (void)st;
+    /* kv_b-like weight: nH heads of (dn + dvh) rows, kl columns */
+    enum { NH = 3, DN = 5, DVH = 4, KL = 128, NT = 2 };
+    for (int bi = 0; bi < g_nbe; bi++)
+        for (int kind = 0; kind < W_KINDS; kind++) {
+            be_case *b = &g_be[bi];
+            wbuf wb;
+            make_w(&wb, kind, NH * (DN + DVH), KL);
+            double *W = deq(&wb.w);
+            /* head_matmul: y[t,h][0..DVH) = W_v_h x[t,h] (r0 = DN) */
+            float *x = rvec(NT * NH * KL);
+            void *dx = dev(b, x, sizeof(float) * NT * NH * KL);
+            void *dy = dev(b, NULL, sizeof(float) * NT * NH * DVH);
+            mk_head_mm_args a = {.w = &wb.w, .r0 = DN, .hstep = DN + DVH, .nr = DVH, .n_heads = NH,
+                                 .n = NT, .x = dx, .x_tok = NH * KL, .x_head = KL, .y = dy,
+                                 .y_tok = NH * DVH, .y_head = DVH};
+            b->i->head_matmul(b->ctx, &a);
+            float *y = back(b, dy, sizeof(float) * NT * NH * DVH);
+            double ref[NT * NH * DVH] = {0};
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < NH; h++)
+                    for (int r = 0; r < DVH; r++)
+                        for (int c = 0; c < KL; c++)
+                            ref[(t * NH + h) * DVH + r] +=
+                                W[(DN + h * (DN + DVH) + r) * KL + c] * x[(t * NH + h) * KL + c];
+            char what[96];
+            snprintf(what, sizeof what, "head_matmul %s", wb.name);
+            check_rel(b->name, what, y, ref, NT * NH * DVH, TOL_DOT);
+            free(y);
+            /* head_matmul_t: y[t,h][0..KL) = W_k_h^T q[t,h][0..DN) (r0 = 0) */
+            float *q = rvec(NT * NH * DN);
+            void *dq = dev(b, q, sizeof(float) * NT * NH * DN);
+            void *dz = dev(b, NULL, sizeof(float) * NT * NH * KL);
+            mk_head_mm_args at = {.w = &wb.w, .r0 = 0, .hstep = DN + DVH, .nr = DN, .n_heads = NH,
+                                  .n = NT, .x = dq, .x_tok = NH * DN, .x_head = DN, .y = dz,
+                                  .y_tok = NH * KL, .y_head = KL};
+            b->i->head_matmul_t(b->ctx, &at);
+            float *z = back(b, dz, sizeof(float) * NT * NH * KL);
+            double reft[NT * NH * KL] = {0};
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < NH; h++)
+                    for (int i = 0; i < DN; i++)
+                        for (int c = 0; c < KL; c++)
+                            reft[(t * NH + h) * KL + c] +=
+                                W[(h * (DN + DVH) + i) * KL + c] * q[(t * NH + h) * DN + i];
+            snprintf(what, sizeof what, "head_matmul_t %s", wb.name);
+            check_rel(b->name, what, z, reft, NT * NH * KL, TOL_DOT);
+            free(z);
+            free(q);
+            free(x);
+            free(W);
+            void *bufs[] = {dx, dy, dq, dz};
+            for (int i = 0; i < 4; i++)
+                b->i->buf_free(b->ctx, bufs[i]);
+            forget_w(b, &wb);
+            wbuf_free(&wb);
+        }
+}
+
+/* ---- norms, rope, element-wise ------------------------------------------------ */
+
+static void test_norms_rope_eltwise(void **st) {
+    (void)st;
+    enum { ROWS = 6, DIM = 48 };
+    const float eps = 1e-6f;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        float *x = rvec(ROWS * DIM), *g = rvec(DIM), *z = rvec(ROWS * DIM);
+        double ref[ROWS * DIM];
+        /* rmsnorm with strides (writes a sub-range of wider rows) */
+        void *dx = dev(b, x, sizeof(float) * ROWS * DIM), *dg = dev(b, g, sizeof(float) * DIM);
+        void *dy = dev(b, NULL, sizeof(float) * ROWS * DIM);
+        b->i->rmsnorm(b->ctx, dy, DIM, dx, DIM, dg, ROWS, DIM, eps);
+        float *y = back(b, dy, sizeof(float) * ROWS * DIM);
+        for (int r = 0; r < ROWS; r++) {
+            double ss = 0;
+            for (int i = 0; i < DIM; i++)
+                ss += (double)x[r * DIM + i] * x[r * DIM + i];
+            double inv = 1.0 / sqrt(ss / DIM + eps);
+            for (int i = 0; i < DIM; i++)
+                ref[r * DIM + i] = x[r * DIM + i] * inv * g[i];
+        }
+        check_rel(b->name, "rmsnorm", y, ref, ROWS * DIM, TOL_ELT);
+        free(y);
+        /* the same with g in host memory: parameter vectors (norm weights,
+         * conv weights, A_log, dt_bias, router bias) may be model memory */
+        b->i->zero(b->ctx, dy, sizeof(float) * ROWS * DIM);
+        b->i->rmsnorm(b->ctx, dy, DIM, dx, DIM, g, ROWS, DIM, eps);
+        y = back(b, dy, sizeof(float) * ROWS * DIM);
+        check_rel(b->name, "rmsnorm (host g)", y, ref, ROWS * DIM, TOL_ELT);
+        free(y);
+        forget(b, g, "rmsnorm's host g");
+        /* gated_rmsnorm in place */
+        void *dx2 = dev(b, x, sizeof(float) * ROWS * DIM), *dz = dev(b, z, sizeof(float) * ROWS * DIM);
+        b->i->gated_rmsnorm(b->ctx, dx2, dz, dg, ROWS, DIM, eps);
+        y = back(b, dx2, sizeof(float) * ROWS * DIM);
+        for (int i = 0; i < ROWS * DIM; i++)
+            ref[i] *= z[i] / (1.0 + exp(-(double)z[i]));
+        check_rel(b->name, "gated_rmsnorm", y, ref, ROWS * DIM, TOL_ELT);
+        free(y);
+        /* rope, both pairings: 2 tokens, 3 heads, head stride 20, rot 16 */
+        enum { NT = 2, NHh = 3, HS = 20, ROT = 16 };
+        float *v = rvec(NT * NHh * HS), *cs = rvec(NT * ROT / 2), *sn = rvec(NT * ROT / 2);
+        for (int il = 0; il < 2; il++) {
+            void *dv = dev(b, v, sizeof(float) * NT * NHh * HS);
+            void *dc = dev(b, cs, sizeof(float) * NT * ROT / 2), *ds = dev(b, sn, sizeof(float) * NT * ROT / 2);
+            b->i->rope(b->ctx, dv, NT, NHh * HS, NHh, HS, ROT, dc, ds, il == 1);
+            float *o = back(b, dv, sizeof(float) * NT * NHh * HS);
+            double rr[NT * NHh * HS];
+            for (int t = 0; t < NT; t++)
+                for (int h = 0; h < NHh; h++) {
+                    const float *in = v + (t * NHh + h) * HS;
+                    double *out = rr + (t * NHh + h) * HS, a[ROT];
+                    for (int i = 0; i < ROT; i++) /* HF order: interleaved pairs de-interleaved */
+                        a[i] = il ? in[i < ROT / 2 ? 2 * i : 2 * (i - ROT / 2) + 1] : in[i];
+                    for (int i = 0; i < ROT / 2; i++) {
+                        double c = cs[t * ROT / 2 + i], s = sn[t * ROT / 2 + i];
+                        out[i] = a[i] * c - a[i + ROT / 2] * s;
+                        out[i + ROT / 2] = a[i + ROT / 2] * c + a[i] * s;
+                    }
+                    for (int i = ROT; i < HS; i++)
+                        out[i] = in[i];
+                }
+            check_rel(b->name, il ? "rope interleaved" : "rope", o, rr, NT * NHh * HS, TOL_ELT);
+            free(o);
+            b->i->buf_free(b->ctx, dv);
+            b->i->buf_free(b->ctx, dc);
+            b->i->buf_free(b->ctx, ds);
+        }
+        /* swiglu, sigmoid_mul, axpy, gated_add */
+        enum { N = 333 };
+        float *p = rvec(N), *u = rvec(N);
+        double re[N];
+        void *dp = dev(b, p, sizeof(float) * N), *du = dev(b, u, sizeof(float) * N);
+        void *dw = dev(b, NULL, sizeof(float) * N);
+        b->i->swiglu(b->ctx, dw, dp, du, N);
+        float *o = back(b, dw, sizeof(float) * N);
+        for (int i = 0; i < N; i++)
+            re[i] = p[i] / (1.0 + exp(-(double)p[i])) * u[i];
+        check_rel(b->name, "swiglu", o, re, N, TOL_ELT);
+        free(o);
+        b->i->sigmoid_mul(b->ctx, dp, du, N);
+        o = back(b, dp, sizeof(float) * N);
+        for (int i = 0; i < N; i++)
+            re[i] = p[i] / (1.0 + exp(-(double)u[i]));
+        check_rel(b->name, "sigmoid_mul", o, re, N, TOL_ELT);
+        free(o);
+        b->i->upload(b->ctx, dp, p, sizeof(float) * N);
+        b->i->axpy(b->ctx, dp, 0.75f, du, N);
+        o = back(b, dp, sizeof(float) * N);
+        for (int i = 0; i < N; i++)
+            re[i] = p[i] + 0.75 * u[i];
+        check_rel(b->name, "axpy", o, re, N, TOL_ELT);
+        free(o);
+        enum { GT = 3, GD = 111 }; /* 3 rows of 111 */
+        float gl[GT] = {0.5f, -2.0f, 0.0f};
+        void *dgl = dev(b, gl, sizeof gl);
+        for (int gated = 0; gated < 2; gated++) {
+            b->i->upload(b->ctx, dp, p, sizeof(float) * N);
+            b->i->gated_add(b->ctx, dp, gated ? dgl : NULL, du, GT, GD);
+            o = back(b, dp, sizeof(float) * N);
+            for (int t = 0; t < GT; t++)
+                for (int i = 0; i < GD; i++)
+                    re[t * GD + i] = p[t * GD + i] + (gated ? 1.0 / (1.0 + exp(-(double)gl[t])) : 1.0) *
+                                                         u[t * GD + i];
+            check_rel(b->name, gated ? "gated_add" : "gated_add (no gate)", o, re, N, TOL_ELT);
+            free(o);
+        }
+        void *bufs[] = {dx, dg, dy, dx2, dz, dp, du, dw, dgl};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        free(x);
+        free(g);
+        free(z);
+        free(v);
+        free(cs);
+        free(sn);
+        free(p);
+        free(u);
+    }
+}
+
+/* ---- attention ---------------------------------------------------------------- */
+
+/* GQA (4 heads on 2 kv heads, packed cache) and MLA's one-latent-head form
+ * (values = the first dv floats of each key row, row stride given). */
+static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
+                      bool mla, int64_t pos0, int64_t n, const char *what) {
+    int64_t T = pos0 + n;
+    int64_t kst = ks ? ks : (int64_t)nKV * dk, vst = vs ? vs : (int64_t)nKV * dv;
+    float *q = rvec(n * nH * dk), *k = rvec(T * kst), *v = mla ? NULL : rvec(T * vst);
+    const float *vv = mla ? k : v;
+    float scale = 1.0f / sqrtf((float)dk);
+    void *dq = dev(b, q, sizeof(float) * (size_t)(n * nH * dk));
+    void *dk_ = dev(b, k, sizeof(float) * (size_t)(T * kst));
+    void *dv_ = mla ? dk_ : dev(b, v, sizeof(float) * (size_t)(T * vst));
+    void *dout = dev(b, NULL, sizeof(float) * (size_t)(n * nH * dv));
+    mk_attn_args a = {.q = dq, .k = dk_, .v = dv_, .out = dout, .n = n, .pos0 = pos0,
+                      .n_heads = nH, .n_kv = nKV, .dk = dk, .dv = dv, .scale = scale,
+                      .k_stride = ks, .v_stride = vs};
+    b->i->attention(b->ctx, &a);
+    float *o = back(b, dout, sizeof(float) * (size_t)(n * nH * dv));
+    double *ref = calloc((size_t)(n * nH * dv), sizeof(double)), *p = malloc((size_t)T * sizeof(double));
+    int g = nH / nKV;
+    for (int64_t t = 0; t < n; t++)
+        for (int h = 0; h < nH; h++) {
+            int j = h / g;
+            int64_t S = pos0 + t + 1;
+            double mx = -INFINITY, sum = 0;
+            for (int64_t s = 0; s < S; s++) {
+                double d = 0;
+                for (int i = 0; i < dk; i++)
+                    d += (double)q[(t * nH + h) * dk + i] * k[s * kst + j * dk + i];
+                p[s] = d * scale;
+                mx = p[s] > mx ? p[s] : mx;
+            }
+            for (int64_t s = 0; s < S; s++)
+                sum += (p[s] = exp(p[s] - mx));
+            for (int64_t s = 0; s < S; s++)
+                for (int i = 0; i < dv; i++)
+                    ref[(t * nH + h) * dv + i] += p[s] / sum * vv[s * vst + j * dv + i];
+        }
+    check_rel(b->name, what, o, ref, n * nH * dv, TOL_DOT);
+    free(o);
+    free(ref);
+    free(p);
+    free(q);
+    free(k);
+    free(v);
+    b->i->buf_free(b->ctx, dq);
+    b->i->buf_free(b->ctx, dk_);
+    if (!mla)
+        b->i->buf_free(b->ctx, dv_);
+    b->i->buf_free(b->ctx, dout);
+}
+
+static void test_attention(void **st) {
+    (void)st;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 0, 9, "attention GQA prefill");
+        attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
+        attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 5, 3, "attention MLA latent");
+    }
+}
+
+/* ---- Gated DeltaNet --------------------------------------------------------------- */
+
+static void test_conv_gdn(void **st) {
+    (void)st;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        /* conv1d_silu: 5 tokens, 6 channels, kernel 4, input row stride 9 */
+        enum { NT = 5, CH = 6, K = 4, US = 9 };
+        float *u = rvec(NT * US), *w = rvec(CH * K), *s0 = rvec((K - 1) * CH);
+        void *du = dev(b, u, sizeof(float) * NT * US), *dw = dev(b, w, sizeof(float) * CH * K);
+        void *ds = dev(b, s0, sizeof(float) * (K - 1) * CH), *dy = dev(b, NULL, sizeof(float) * NT * CH);
+        b->i->conv1d_silu(b->ctx, du, US, dy, NT, CH, K, dw, ds);
+        float *y = back(b, dy, sizeof(float) * NT * CH), *sn = back(b, ds, sizeof(float) * (K - 1) * CH);
+        double ref[NT * CH], sref[(K - 1) * CH];
+        for (int t = 0; t < NT; t++)
+            for (int c = 0; c < CH; c++) {
+                double acc = 0;
+                for (int j = 0; j < K; j++) {
+                    int idx = t - K + 1 + j;
+                    acc += (double)w[c * K + j] * (idx < 0 ? s0[(K - 1 + idx) * CH + c] : u[idx * US + c]);
+                }
+                ref[t * CH + c] = acc / (1.0 + exp(-acc));
+            }
+        for (int s = 0; s < K - 1; s++)
+            for (int c = 0; c < CH; c++)
+                sref[s * CH + c] = u[(NT - (K - 1) + s) * US + c];
+        check_rel(b->name, "conv1d_silu", y, ref, NT * CH, TOL_ELT);
+        check_rel(b->name, "conv1d_silu state", sn, sref, (K - 1) * CH, 0);
+        free(y);
+        free(sn);
+        /* gdn: 3 tokens, 2 key heads, 4 value heads, dk 8, dv 6 */
+        enum { T = 3, NK = 2, NV = 4, DK = 8, DV = 6, STR = 2 * NK * DK + NV * DV };
+        float *qkv = rvec(T * STR), *aa = rvec(T * NV), *bb = rvec(T * NV), *al = rvec(NV),
+              *dt = rvec(NV), *S0 = rvec(NV * DK * DV);
+        void *dqkv = dev(b, qkv, sizeof(float) * T * STR), *da = dev(b, aa, sizeof(float) * T * NV);
+        void *db = dev(b, bb, sizeof(float) * T * NV), *dal = dev(b, al, sizeof(float) * NV);
+        void *ddt = dev(b, dt, sizeof(float) * NV), *dS = dev(b, S0, sizeof(float) * NV * DK * DV);
+        void *dout = dev(b, NULL, sizeof(float) * T * NV * DV);
+        mk_gdn_args g = {(float *)dqkv, (float *)dqkv + NK * DK, (float *)dqkv + 2 * NK * DK, STR,
+                         da, db, dal, ddt, dS, dout, T, NK, NV, DK, DV};
+        b->i->gdn(b->ctx, &g);
+        float *o = back(b, dout, sizeof(float) * T * NV * DV), *S1 = back(b, dS, sizeof(float) * NV * DK * DV);
+        double Sr[NV * DK * DV], orf[T * NV * DV];
+        for (int i = 0; i < NV * DK * DV; i++)
+            Sr[i] = S0[i];
+        for (int h = 0; h < NV; h++) {
+            int kh = h / (NV / NK);
+            double *S = Sr + h * DK * DV;
+            for (int t = 0; t < T; t++) {
+                double q[DK], k[DK], d[DV], nq = 0, nk = 0;
+                for (int i = 0; i < DK; i++) {
+                    q[i] = qkv[t * STR + kh * DK + i];
+                    k[i] = qkv[t * STR + NK * DK + kh * DK + i];
+                    nq += q[i] * q[i];
+                    nk += k[i] * k[i];
+                }
+                for (int i = 0; i < DK; i++) {
+                    q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK);
+                    k[i] = k[i] / sqrt(nk + 1e-6);
+                }
+                double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
+                double xa = (double)aa[t * NV + h] + dt[h];
+                double sp = xa > 20 ? xa : log1p(exp(xa));
+                double decay = exp(-exp((double)al[h]) * sp);
+                for (int i = 0; i < DK * DV; i++)
+                    S[i] *= decay;
+                for (int j = 0; j < DV; j++) {
+                    double sk = 0;
+                    for (int i = 0; i < DK; i++)
+                        sk += S[i * DV + j] * k[i];
+                    d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
+                }
+                for (int i = 0; i < DK; i++)
+                    for (int j = 0; j < DV; j++)
+                        S[i * DV + j] += k[i] * d[j];
+                for (int j = 0; j < DV; j++) {
+                    double acc = 0;
+                    for (int i = 0; i < DK; i++)
+                        acc += S[i * DV + j] * q[i];
+                    orf[(t * NV + h) * DV + j] = acc;
+                }
+            }
+        }
+        check_rel(b->name, "gdn output", o, orf, T * NV * DV, TOL_DOT);
+        check_rel(b->name, "gdn state", S1, Sr, NV * DK * DV, TOL_DOT);
+        free(o);
+        free(S1);
+        void *bufs[] = {du, dw, ds, dy, dqkv, da, db, dal, ddt, dS, dout};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        float *fr[] = {u, w, s0, qkv, aa, bb, al, dt, S0};
+        for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++)
+            free(fr[i]);
+    }
+}
+
+/* ---- routing and combine ---------------------------------------------------------- */
+
+/* Reference top-k: the k largest, lowest index first on ties. */
+static void ref_topk(const double *s, int n, int k, int *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            bool taken = false;
+            for (int q = 0; q < j; q++)
+                taken |= idx[q] == i;
+            if (!taken && (best < 0 || s[i] > s[best]))
+                best = i;
+        }
+        idx[j] = best;
+    }
+}
+
+static void test_route_combine(void **st) {
+    (void)st;
+    enum { NT = 5, E = 32, K = 4, G = 4, TG = 2 };
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        float *lg = rvec(NT * E), *bias = rvec(E);
+        for (int i = 0; i < NT * E; i++)
+            lg[i] *= 4.0f;
+        for (int i = 0; i < E; i++)
+            bias[i] *= 0.1f;
+        lg[2 * E + 7] = lg[2 * E + 9] = 3.5f; /* a tie: the lower index goes first */
+        void *dl = dev(b, lg, sizeof(float) * NT * E), *db = dev(b, bias, sizeof(float) * E);
+        void *di = dev(b, NULL, sizeof(int32_t) * NT * K), *dw = dev(b, NULL, sizeof(float) * NT * K);
+        for (int kind = 0; kind < 2; kind++) {
+            mk_route_args a = {.logits = dl, .bias = kind ? db : NULL, .idx = di, .w = dw, .n = NT,
+                               .E = E, .k = K, .kind = kind ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
+                               .norm = true, .n_group = G, .topk_group = TG, .scale = 2.5f};
+            b->i->route(b->ctx, &a);
+            int32_t *idx = (int32_t *)back(b, di, sizeof(int32_t) * NT * K);
+            float *wt = back(b, dw, sizeof(float) * NT * K);
+            for (int t = 0; t < NT; t++) {
+                double s[E], ch[E], wref[K], sum = 0;
+                int ridx[K];
+                const float *l = lg + t * E;
+                if (kind == 0) {
+                    double mx = -INFINITY, z = 0;
+                    for (int i = 0; i < E; i++)
+                        mx = l[i] > mx ? l[i] : mx;
+                    for (int i = 0; i < E; i++)
+                        z += (s[i] = exp(l[i] - mx));
+                    for (int i = 0; i < E; i++)
+                        s[i] /= z;
+                    ref_topk(s, E, K, ridx);
+                    for (int j = 0; j < K; j++)
+                        sum += (wref[j] = s[ridx[j]]);
+                    for (int j = 0; j < K; j++)
+                        wref[j] /= sum;
+                } else {
+                    int per = E / G, gi[2] = {0, 0}, keep[TG] = {0};
+                    double gs[G];
+                    for (int i = 0; i < E; i++)
+                        ch[i] = (s[i] = 1.0 / (1.0 + exp(-(double)l[i]))) + bias[i];
+                    for (int g = 0; g < G; g++) {
+                        ref_topk(ch + g * per, per, 2, gi);
+                        gs[g] = ch[g * per + gi[0]] + ch[g * per + gi[1]];
+                    }
+                    ref_topk(gs, G, TG, keep);
+                    for (int g = 0; g < G; g++) {
+                        bool kept = false;
+                        for (int j = 0; j < TG; j++)
+                            kept |= keep[j] == g;
+                        if (!kept)
+                            for (int i = 0; i < per; i++)
+                                ch[g * per + i] = 0;
+                    }
+                    ref_topk(ch, E, K, ridx);
+                    for (int j = 0; j < K; j++)
+                        sum += (wref[j] = s[ridx[j]]);
+                    for (int j = 0; j < K; j++)
+                        wref[j] = wref[j] / (sum + 1e-20) * 2.5;
+                }
+                for (int j = 0; j < K; j++)
+                    if (idx[t * K + j] != ridx[j])
+                        fail_msg("%s: route kind %d token %d slot %d: expert %d, reference %d",
+                                 b->name, kind, t, j, idx[t * K + j], ridx[j]);
+                check_rel(b->name, kind ? "route grouped weights" : "route softmax weights",
+                          wt + t * K, wref, K, TOL_ELT);
+            }
+            free(idx);
+            free(wt);
+        }
+        /* combine: per token, the slots in the given order */
+        enum { D = 40 };
+        float *x = rvec(NT * K * D), *w = rvec(NT * K);
+        int32_t ord[NT * K];
+        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < K; j++)
+                ord[t * K + j] = (j * 3 + t) % K; /* a permutation of 0..K-1 for K = 4 */
+        void *dx = dev(b, x, sizeof(float) * NT * K * D), *dwt = dev(b, w, sizeof(float) * NT * K);
+        void *dord = dev(b, ord, sizeof ord), *dy = dev(b, NULL, sizeof(float) * NT * D);
+        b->i->combine(b->ctx, dy, dx, dwt, dord, NT, K, D);
+        float *y = back(b, dy, sizeof(float) * NT * D);
+        double ref[NT * D] = {0};
+        for (int t = 0; t < NT; t++)
+            for (int j = 0; j < K; j++)
+                for (int i = 0; i < D; i++)
+                    ref[t * D + i] += (double)w[t * K + j] * x[(t * K + j) * D + i];
+        check_rel(b->name, "combine", y, ref, NT * D, TOL_ELT);
+        free(y);
+        void *bufs[] = {dl, db, di, dw, dx, dwt, dord, dy};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        free(lg);
+        free(bias);
+        free(x);
+        free(w);
+    }
+}
+
+static int setup(void **st) {
+    (void)st;
+    if (mk_pool_create(2, &g_pool) != MK_OK)
+        return -1;
+    mk_backend *b = NULL;
+    if (mk_backend_cpu_create(g_pool, &b) != MK_OK)
+        return -1;
+    g_be[g_nbe++] = (be_case){"cpu", b, mk_backend_iface(b), mk_backend_ctx(b)};
+    /* the CUDA backend joins when moekit has it and a GPU is present */
+    if (mk_backend_cuda_create(0, &b) == MK_OK)
+        g_be[g_nbe++] = (be_case){"cuda", b, mk_backend_iface(b), mk_backend_ctx(b)};
+    else
+        snprintf(g_no_cuda, sizeof g_no_cuda, "%s", mk_err_msg());
+    return 0;
+}
+
+/* Says whether the cases above ran on CUDA too; skips, naming why, when not. */
+static void test_cuda_present(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_backend_ops on CUDA: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    assert_int_equal(g_nbe, 2);
+    assert_string_equal(g_be[1].i->name, "cuda");
+    assert_false(g_be[1].i->host_mem);
+}
+
+/* CUDA only: a failure inside a queued slot is reported by the next sync,
+ * naming it, and only once. */
+static void test_cuda_errors(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_cuda_errors: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    be_case *b = &g_be[1];
+    assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    mk_route_args a = {.n = 1, .E = 8, .k = 9}; /* top-9 of 8 experts */
+    b->i->route(b->ctx, &a);
+    assert_int_equal(b->i->sync(b->ctx), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "CUDA route"));
+    assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    /* a weight the view check refuses: named, nothing launched */
+    wbuf wb;
+    make_w(&wb, 2, 8, 64);
+    wb.w.bits = 7;
+    void *dx = dev(b, NULL, 64 * 4), *dy = dev(b, NULL, 8 * 4);
+    b->i->matmul(b->ctx, &wb.w, dx, 1, dy);
+    assert_int_equal(b->i->sync(b->ctx), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "found 7"));
+    assert_int_equal(mk_backend_cuda_weight_bytes(b->b), 0);
+    b->i->buf_free(b->ctx, dx);
+    b->i->buf_free(b->ctx, dy);
+    wbuf_free(&wb);
+}
+
+static int teardown(void **st) {
+    (void)st;
+    printf("worst rel L2 per check (bound):\n");
+    for (int i = 0; i < g_nworst; i++)
+        printf("  %-5s %-40s %.2e (%.0e)\n", g_worst[i].be, g_worst[i].what, g_worst[i].err, g_worst[i].tol);
+    for (int i = 0; i < g_nbe; i++)
+        mk_backend_free(g_be[i].b);
+    mk_pool_free(g_pool);
+    return 0;
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memory_and_copies), cmocka_unit_test(test_matmul_formats),
+        cmocka_unit_test(test_head_matmul),       cmocka_unit_test(test_norms_rope_eltwise),
+        cmocka_unit_test(test_attention),         cmocka_unit_test(test_conv_gdn),
+        cmocka_unit_test(test_route_combine),     cmocka_unit_test(test_cuda_present),
+        cmocka_unit_test(test_cuda_errors),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

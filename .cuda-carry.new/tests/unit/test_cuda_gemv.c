@@ -1,0 +1,186 @@
+/* CUDA GEMV (mk_cuda_gemv) against the CPU reference dequantizer.
+ *
+ * Without a usable GPU (CI, or MK_CUDA=OFF) every device case skips and
+ * prints why; the host-side validation cases run whenever moekit was built
+ * with CUDA (they touch no device).
+ *
+ * Each case: random weights in MLX's layout (tests/unit/cuda_test_util.h),
+ * random x in [-1, 1], y poisoned with NaN bytes before the launch (every
+ * element must be written), reference y_ref[r] = sum_c W[r,c] x[c] in double
+ * over mk_wt_dequant_row. Bound, per element:
+ *   |y - y_ref| <= 5e-6 * sum_c a_rc |x_c|,
+ *   a_rc = |W_rc| + 2|b_rc| (+ 48|s_rc| at 4 bits; cuda_test_util.h says why)
+ * (b, s: the affine group bias and scale, 0 for plain formats). Why: the
+ * device sums in float32 along paths of depth D <= 12 (four FMA chains of
+ * 8, their combination, the scale) + cols/1024 (chunks per lane) + 5 (warp
+ * tree) <= 23 for these shapes, so its error is <= 23 * 2^-24 = 1.4e-6 of
+ * that sum; the reference's own f32 dequantization (s*q + b, two roundings)
+ * adds 1.2e-7: 5e-6 leaves a 3x margin, while one wrong code, scale or
+ * index moves an element by about s|x|, more than the bound, and any
+ * systematic error (a wrong shift, group or row) by orders of magnitude
+ * more. Shapes: odd row counts (a warp does rows in pairs), column counts
+ * that leave lanes idle or loop several times, every group size and scale
+ * dtype, plain rows that are and are not whole 16-byte chunks. */
+#include "mk_test_util.h"
+
+#include "cuda_test_util.h"
+
+typedef struct gcase {
+    const char *name;
+    mk_wfmt fmt;
+    int bits, group;
+    mk_dtype sd;
+    int64_t rows, cols;
+} gcase;
+
+static const gcase g_cases[] = {
+    {"affine4 g64 bf16 37x320", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 37, 320},
+    {"affine4 g64 bf16 1x2240", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 1, 2240},
+    {"affine4 g64 f16 129x2048", MK_WF_AFFINE, 4, 64, MK_DT_F16, 129, 2048},
+    {"affine4 g32 f16 129x224", MK_WF_AFFINE, 4, 32, MK_DT_F16, 129, 224},
+    {"affine4 g32 bf16 3x5152", MK_WF_AFFINE, 4, 32, MK_DT_BF16, 3, 5152},
+    {"affine4 g128 f32 65x768", MK_WF_AFFINE, 4, 128, MK_DT_F32, 65, 768},
+    {"affine8 g64 f32 33x448", MK_WF_AFFINE, 8, 64, MK_DT_F32, 33, 448},
+    {"affine8 g32 bf16 7x4128", MK_WF_AFFINE, 8, 32, MK_DT_BF16, 7, 4128},
+    {"affine8 g64 bf16 255x2048", MK_WF_AFFINE, 8, 64, MK_DT_BF16, 255, 2048},
+    {"affine8 g32 f16 1x96", MK_WF_AFFINE, 8, 32, MK_DT_F16, 1, 96},
+    {"bf16 37x37 (scalar path)", MK_WF_BF16, 0, 0, MK_DT_BF16, 37, 37},
+    {"bf16 65x1000", MK_WF_BF16, 0, 0, MK_DT_BF16, 65, 1000},
+    {"bf16 3x2056", MK_WF_BF16, 0, 0, MK_DT_BF16, 3, 2056},
+    {"f16 9x72", MK_WF_F16, 0, 0, MK_DT_F16, 9, 72},
+    {"f32 9x130 (scalar path)", MK_WF_F32, 0, 0, MK_DT_F32, 9, 130},
+    {"f32 17x132", MK_WF_F32, 0, 0, MK_DT_F32, 17, 132},
+};
+
+static ct_wt make(const gcase *c) {
+    return c->fmt == MK_WF_AFFINE ? ct_affine(c->rows, c->cols, c->bits, c->group, c->sd, 1.0f)
+                                  : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
+}
+
+/* Run one case; accumulate: y starts at known values and must get += W x. */
+static void run_case(const gcase *c, bool accumulate) {
+    ct_wt t = make(c);
+    int64_t R = c->rows, C = c->cols;
+    float *x = malloc((size_t)C * sizeof *x), *y = malloc((size_t)R * sizeof *y);
+    float *y0 = malloc((size_t)R * sizeof *y0), *row = malloc((size_t)C * sizeof *row);
+    double *xd = malloc((size_t)C * sizeof *xd);
+    for (int64_t j = 0; j < C; j++)
+        xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+    for (int64_t r = 0; r < R; r++)
+        y0[r] = ct_f(-4.0f, 4.0f);
+    mk_wt dw;
+    void *dx = NULL, *dy = NULL;
+    CT_OK(mk_cuda_wt_upload(&t.w, &dw, c->name));
+    CT_OK(mk_cuda_malloc(&dx, (size_t)C * sizeof *x, "x"));
+    CT_OK(mk_cuda_malloc(&dy, (size_t)R * sizeof *y, "y"));
+    CT_OK(mk_cuda_upload(dx, x, (size_t)C * sizeof *x));
+    if (accumulate)
+        CT_OK(mk_cuda_upload(dy, y0, (size_t)R * sizeof *y));
+    else
+        CT_OK(mk_cuda_memset(dy, 0xff, (size_t)R * sizeof *y)); /* NaN: every element must be written */
+    CT_OK(mk_cuda_gemv(&dw, dx, dy, accumulate, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(y, dy, (size_t)R * sizeof *y));
+    double worst = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        double cond;
+        double ref = ct_dot(&t, r, xd, row, &cond) + (accumulate ? (double)y0[r] : 0.0);
+        double bound = 5e-6 * cond + (accumulate ? 1e-7 * fabs((double)y0[r]) : 0.0);
+        double err = fabs((double)y[r] - ref);
+        if (!(err <= bound))
+            fail_msg("%s%s: row %lld: device %.9g, reference %.9g, |diff| %.3g > bound %.3g", c->name,
+                     accumulate ? " (accumulate)" : "", (long long)r, (double)y[r], ref, err, bound);
+        if (bound > 0 && err / bound > worst)
+            worst = err / bound;
+    }
+    printf("  %-28s%s worst |diff|/bound %.3g\n", c->name, accumulate ? " +=" : "   ", worst);
+    mk_cuda_wt_free(&dw);
+    mk_cuda_free(dx);
+    mk_cuda_free(dy);
+    free(x);
+    free(y);
+    free(y0);
+    free(row);
+    free(xd);
+    ct_free(&t);
+}
+
+/* Every case under both kernel generations (mk_cuda_set_kernels), same
+ * bound: generation 2 changes the order of the float32 sums, not what
+ * they sum. */
+static void use_kernels(int gen) {
+    assert_int_equal(mk_cuda_set_kernels(gen), MK_OK);
+    assert_int_equal(mk_cuda_kernels(), gen);
+    printf("kernel generation %d\n", gen);
+}
+
+static void test_gemv_formats(void **state) {
+    CT_NEED_GPU();
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+            run_case(&g_cases[i], false);
+    }
+    use_kernels(1);
+}
+
+static void test_gemv_accumulate(void **state) {
+    CT_NEED_GPU();
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        run_case(&g_cases[2], true);
+        run_case(&g_cases[8], true);
+        run_case(&g_cases[11], true);
+    }
+    use_kernels(1);
+}
+
+/* Only generations 1 and 2 exist; anything else is refused and changes
+ * nothing (host-side: runs without a GPU when built with CUDA). */
+static void test_kernels_switch(void **state) {
+#ifndef MK_HAVE_CUDA
+    printf("SKIP %s: moekit was built without CUDA (MK_CUDA=OFF)\n", __func__);
+    skip();
+#else
+    assert_int_equal(mk_cuda_set_kernels(2), MK_OK);
+    assert_int_equal(mk_cuda_set_kernels(3), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "found 3"));
+    assert_int_equal(mk_cuda_set_kernels(0), MK_E_ARG);
+    assert_int_equal(mk_cuda_kernels(), 2);
+    assert_int_equal(mk_cuda_set_kernels(1), MK_OK);
+    assert_int_equal(mk_cuda_kernels(), 1);
+#endif
+}
+
+/* Formats the kernels do not take are refused by name, before any device
+ * work (host-side: runs without a GPU when built with CUDA). */
+static void test_unsupported_named(void **state) {
+#ifndef MK_HAVE_CUDA
+    printf("SKIP %s: moekit was built without CUDA (MK_CUDA=OFF)\n", __func__);
+    skip();
+#else
+    ct_wt t = ct_affine(4, 64, 4, 64, MK_DT_BF16, 1.0f);
+    mk_wt dw;
+    t.w.bits = 3;
+    t.w.cols = 64;
+    assert_int_equal(mk_cuda_wt_upload(&t.w, &dw, "layers.0.mlp.experts.gate_proj"), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "layers.0.mlp.experts.gate_proj"));
+    assert_non_null(strstr(mk_err_msg(), "bits 3"));
+    assert_false(mk_cuda_wt_supported(&t.w));
+    t.w.bits = 4;
+    assert_true(mk_cuda_wt_supported(&t.w));
+    t.w.fmt = MK_WF_FP8_E4M3;
+    assert_false(mk_cuda_wt_supported(&t.w));
+    ct_free(&t);
+#endif
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_unsupported_named),
+        cmocka_unit_test(test_kernels_switch),
+        cmocka_unit_test(test_gemv_formats),
+        cmocka_unit_test(test_gemv_accumulate),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,490 @@
+/* The fused CUDA MoE decode step (mk_cuda_moe_step) against a CPU MoE built
+ * from the reference dequantizer.
+ *
+ * Without a usable GPU every device case skips and prints why; the shape
+ * and format validation case runs whenever moekit was built with CUDA.
+ *
+ * Reference, all in double over mk_wt_dequant_row rows: logits = router x;
+ * scores = softmax(logits) or sigmoid(logits); top-k, lowest index first on
+ * ties (as src/engine/forward.c); w = s_top / sum (when norm_topk; +1e-20
+ * for sigmoid) * scale; h_j = silu(gate_e x) * up_e x; y = sum_j w_j down_e
+ * h_j + g_s * shared_down(silu(shared_gate x) * shared_up x), g_s =
+ * sigmoid(shared_expert_gate x) or 1.
+ *
+ * Checks: (1) the device's routing (mk_cuda_moe_routing) selects the same
+ * experts in the same order as the reference; inputs are drawn so that the
+ * k-th and (k+1)-th scores differ by > 1e-4 relative (a redraw otherwise:
+ * a near-tie is decided by rounding, on the CPU as on the GPU, and is not
+ * what this test is about); (2) its weights are within the propagated bound
+ * below; (3) every element of y (poisoned with NaN bytes before the step,
+ * or holding a known residual when accumulating) is within
+ *   bound_o = sum_j [ |w_j| * e_dot_j + dw_j * |dot_j| ] + shared term
+ *             + 1e-6 * sum |terms|
+ * where e_dot = sum_c |D_c| eh_c + 1e-5 * sum_c a_c (|h_c| + eh_c) is the
+ * GEMV bound of test_cuda_gemv.c (a_c as there; 1e-5 here, not 5e-6, as the
+ * inputs themselves carry error) applied to the down row with h's
+ * own error eh_c propagated from the gate/up GEMV bounds through SwiGLU
+ * (Lipschitz constant of silu <= 1.1), dw_j = |w_j| (4 max_e dl_e + 1e-6)
+ * with dl_e = 1e-5 * sum_c a_ec |x_c| the logit bound (softmax
+ * and the renormalisation at most double the relative error twice), and the
+ * shared gate's error is 0.25 dl_s (sigmoid' <= 1/4). A wrong expert, row,
+ * weight or group is orders of magnitude above the bound.
+ *
+ * Cases: odd small shapes for each option (softmax + norm, sigmoid without
+ * norm with a scale, shared expert with and without its gate, router and
+ * shared gate in formats other than the experts', 4- and 8-bit experts,
+ * accumulate into a residual), the same through the persistent one-launch
+ * stack (mk_cuda_stack, one layer), and one full-size Qwen3-30B-A3B layer
+ * (H 2048, 128 experts, top-8, I 768, 4-bit g64) both ways. */
+#include "mk_test_util.h"
+
+#include "cuda_test_util.h"
+
+typedef struct mcase {
+    const char *name;
+    int64_t H, E, k, I, Is;
+    int bits, group;
+    mk_dtype sd;
+    mk_cuda_score score;
+    bool norm;
+    float scale;
+    bool shared, shared_gate;
+    int router_fmt; /* 0: affine 8-bit g64 bf16, 1: bf16, 2: same as experts */
+    bool accumulate;
+    bool stack; /* run through mk_cuda_stack (one layer; x += moe(x)) instead of mk_cuda_moe_step */
+} mcase;
+
+static const mcase g_cases[] = {
+    {"qwen3-moe-like 4bit g64 bf16, router 8bit", 320, 20, 4, 192, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
+     true, 1.0f, false, false, 0, false, false},
+    {"qwen3.5-like shared+gate 4bit g64 f16, accumulate", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16,
+     MK_CUDA_SCORE_SOFTMAX, true, 1.0f, true, true, 1, true, false},
+    {"sigmoid no-norm scale 2.5, 8bit g32, shared no gate", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16,
+     MK_CUDA_SCORE_SIGMOID, false, 2.5f, true, false, 2, false, false},
+    {"softmax no-norm 8bit g64 f32, k=1", 192, 7, 1, 128, 0, 8, 64, MK_DT_F32, MK_CUDA_SCORE_SOFTMAX, false, 1.0f,
+     false, false, 2, false, false},
+    {"stack: qwen3.5-like shared+gate 4bit g64 f16", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16, MK_CUDA_SCORE_SOFTMAX,
+     true, 1.0f, true, true, 1, true, true},
+    {"stack: sigmoid no-norm scale 2.5, 8bit g32", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16, MK_CUDA_SCORE_SIGMOID,
+     false, 2.5f, true, false, 2, true, true},
+    {"stack: Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
+     true, 1.0f, false, false, 2, true, true},
+    {"Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true,
+     1.0f, false, false, 2, false, false},
+};
+
+typedef struct layer {
+    ct_wt router, gate, up, down, sg, su, sd, sgw;
+} layer;
+
+static ct_wt mat(const mcase *c, int64_t rows, int64_t cols, float amp) {
+    return ct_affine(rows, cols, c->bits, c->group, c->sd, amp);
+}
+
+static double silu(double g) {
+    return g / (1.0 + exp(-g));
+}
+
+/* reference row dot and its error scale (cond) for a double input */
+static double rdot(const ct_wt *t, int64_t r, const double *x, float *buf, double *cond) {
+    return ct_dot(t, r, x, buf, cond);
+}
+
+static void run_case(const mcase *c) {
+    const int64_t H = c->H, E = c->E, k = c->k, I = c->I, Is = c->shared ? c->Is : 0;
+    layer L;
+    memset(&L, 0, sizeof L);
+    /* magnitudes: codes centred by the bias keep activations O(1) */
+    if (c->router_fmt == 0)
+        L.router = ct_affine(E, H, 8, 64, MK_DT_BF16, 1.0f);
+    else if (c->router_fmt == 1)
+        L.router = ct_plain(E, H, MK_WF_BF16, 0.05f);
+    else
+        L.router = mat(c, E, H, 1.0f);
+    L.gate = mat(c, E * I, H, 1.0f);
+    L.up = mat(c, E * I, H, 1.0f);
+    L.down = mat(c, E * H, I, 1.0f);
+    if (c->shared) {
+        L.sg = mat(c, Is, H, 1.0f);
+        L.su = mat(c, Is, H, 1.0f);
+        L.sd = mat(c, H, Is, 1.0f);
+        if (c->shared_gate)
+            L.sgw = ct_plain(1, H, MK_WF_BF16, 0.05f);
+    }
+    mk_cuda_moe m;
+    memset(&m, 0, sizeof m);
+    m.hidden = H;
+    m.n_experts = E;
+    m.top_k = k;
+    m.inter = I;
+    m.shared_inter = Is;
+    m.score = c->score;
+    m.norm_topk = c->norm;
+    m.scale = c->scale;
+    m.has_shared = c->shared;
+    m.has_shared_gate = c->shared_gate;
+    CT_OK(mk_cuda_wt_upload(&L.router.w, &m.router, "router"));
+    CT_OK(mk_cuda_wt_upload(&L.gate.w, &m.gate, "gate"));
+    CT_OK(mk_cuda_wt_upload(&L.up.w, &m.up, "up"));
+    CT_OK(mk_cuda_wt_upload(&L.down.w, &m.down, "down"));
+    if (c->shared) {
+        CT_OK(mk_cuda_wt_upload(&L.sg.w, &m.sh_gate, "shared gate_proj"));
+        CT_OK(mk_cuda_wt_upload(&L.su.w, &m.sh_up, "shared up_proj"));
+        CT_OK(mk_cuda_wt_upload(&L.sd.w, &m.sh_down, "shared down_proj"));
+        if (c->shared_gate)
+            CT_OK(mk_cuda_wt_upload(&L.sgw.w, &m.sh_gate_w, "shared_expert_gate"));
+    }
+    mk_cuda_moe_ws *ws;
+    CT_OK(mk_cuda_moe_ws_new(&m, &ws));
+
+    const int64_t W = H > I ? H : I;
+    float *x = malloc((size_t)H * 4), *y = malloc((size_t)H * 4), *y0 = malloc((size_t)H * 4);
+    float *buf = malloc((size_t)W * 4);
+    double *xd = malloc((size_t)H * 8), *lg = malloc((size_t)E * 8), *cl = malloc((size_t)E * 8);
+    double *p = malloc((size_t)E * 8), *h = malloc((size_t)(k * I + Is) * 8), *eh = malloc((size_t)(k * I + Is) * 8);
+    int32_t sel[32], gidx[32];
+    float gw[32];
+    double wref[32];
+
+    /* draw x until the top-k boundary is clear (see the header) */
+    int tries = 0;
+    for (;; tries++) {
+        assert_true(tries < 50);
+        for (int64_t j = 0; j < H; j++)
+            xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+        double mx = -INFINITY;
+        for (int64_t e = 0; e < E; e++) {
+            lg[e] = rdot(&L.router, e, xd, buf, &cl[e]);
+            mx = lg[e] > mx ? lg[e] : mx;
+        }
+        double sum = 0.0;
+        for (int64_t e = 0; e < E; e++)
+            sum += (p[e] = c->score == MK_CUDA_SCORE_SOFTMAX ? exp(lg[e] - mx) : 1.0 / (1.0 + exp(-lg[e])));
+        if (c->score == MK_CUDA_SCORE_SOFTMAX)
+            for (int64_t e = 0; e < E; e++)
+                p[e] /= sum;
+        for (int64_t j = 0; j < k; j++) { /* stable top-k, lowest index first */
+            int32_t best = -1;
+            for (int64_t e = 0; e < E; e++) {
+                bool taken = false;
+                for (int64_t q = 0; q < j; q++)
+                    taken |= sel[q] == e;
+                if (!taken && (best < 0 || p[e] > p[best]))
+                    best = (int32_t)e;
+            }
+            sel[j] = best;
+        }
+        double next = -1.0; /* best score outside the top-k */
+        for (int64_t e = 0; e < E; e++) {
+            bool taken = false;
+            for (int64_t q = 0; q < k; q++)
+                taken |= sel[q] == e;
+            if (!taken && p[e] > next)
+                next = p[e];
+        }
+        bool clear = k == E || (p[sel[k - 1]] - next) > 1e-4 * p[sel[k - 1]];
+        for (int64_t j = 1; j < k; j++) /* order inside the top-k is checked too */
+            clear &= (p[sel[j - 1]] - p[sel[j]]) > 1e-4 * p[sel[j - 1]];
+        if (clear)
+            break;
+    }
+    double dlmax = 0.0;
+    for (int64_t e = 0; e < E; e++)
+        dlmax = fmax(dlmax, 1e-5 * cl[e]);
+    double wsum = 0.0;
+    for (int64_t j = 0; j < k; j++)
+        wsum += p[sel[j]];
+    if (c->score == MK_CUDA_SCORE_SIGMOID)
+        wsum += 1e-20;
+    for (int64_t j = 0; j < k; j++)
+        wref[j] = (c->norm ? p[sel[j]] / wsum : p[sel[j]]) * c->scale;
+    const double wrel = 4.0 * dlmax + 1e-6;
+
+    /* h for the selected experts and the shared expert, with error bounds */
+    for (int64_t t = 0; t < k * I + Is; t++) {
+        const ct_wt *G = t < k * I ? &L.gate : &L.sg, *U = t < k * I ? &L.up : &L.su;
+        int64_t row = t < k * I ? (int64_t)sel[t / I] * I + t % I : t - k * I;
+        double cg, cu;
+        double g = rdot(G, row, xd, buf, &cg), u = rdot(U, row, xd, buf, &cu);
+        double eg = 1e-5 * cg, eu = 1e-5 * cu;
+        h[t] = silu(g) * u;
+        eh[t] = 1.1 * eg * (fabs(u) + eu) + (fabs(silu(g)) + 1.1 * eg) * eu + 1e-6 * fabs(h[t]);
+    }
+    double gs = 1.0, dgs = 0.0;
+    if (c->shared_gate) {
+        double cs;
+        double ls = rdot(&L.sgw, 0, xd, buf, &cs);
+        gs = 1.0 / (1.0 + exp(-ls));
+        dgs = 0.25 * 1e-5 * cs + 1e-7;
+    }
+
+    void *dx, *dy;
+    CT_OK(mk_cuda_malloc(&dx, (size_t)H * 4, "x"));
+    CT_OK(mk_cuda_malloc(&dy, (size_t)H * 4, "y"));
+    CT_OK(mk_cuda_upload(dx, x, (size_t)H * 4));
+    for (int64_t o = 0; o < H; o++)
+        y0[o] = c->stack ? x[o] : ct_f(-3.0f, 3.0f); /* the stack adds into x itself */
+    if (c->stack) {
+        mk_cuda_stack *stk;
+        CT_OK(mk_cuda_stack_new(&m, 1, &stk));
+        CT_OK(mk_cuda_stack_run(stk, dx, NULL));
+        CT_OK(mk_cuda_sync());
+        CT_OK(mk_cuda_download(y, dx, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_routing(mk_cuda_stack_ws(stk), gidx, gw));
+        mk_cuda_stack_free(stk);
+    } else {
+        if (c->accumulate)
+            CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
+        else
+            CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
+        CT_OK(mk_cuda_sync());
+        CT_OK(mk_cuda_download(y, dy, (size_t)H * 4));
+        CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
+    }
+
+    for (int64_t j = 0; j < k; j++) {
+        if (gidx[j] != sel[j])
+            fail_msg("%s: routing slot %lld: device expert %d, reference %d", c->name, (long long)j, gidx[j], sel[j]);
+        double err = fabs((double)gw[j] - wref[j]), bound = wrel * fabs(wref[j]);
+        if (!(err <= bound))
+            fail_msg("%s: routing weight %lld: device %.9g, reference %.9g, |diff| %.3g > %.3g", c->name, (long long)j,
+                     (double)gw[j], wref[j], err, bound);
+    }
+    double worst = 0.0;
+    double *hs = h + k * I, *ehs = eh + k * I;
+    for (int64_t o = 0; o < H; o++) {
+        double ref = c->accumulate ? (double)y0[o] : 0.0, bound = 0.0, mag = fabs(ref);
+        for (int64_t j = 0; j < k; j++) {
+            mk_wt_dequant_row(&L.down.w, (int64_t)sel[j] * H + o, buf);
+            double d = 0.0, e1 = 0.0, e2 = 0.0;
+            for (int64_t cc = 0; cc < I; cc++) {
+                double D = buf[cc], hv = h[j * I + cc], ev = eh[j * I + cc];
+                d += D * hv;
+                e1 += fabs(D) * ev;
+                e2 += ct_scale_of(&L.down, (int64_t)sel[j] * H + o, cc, buf[cc]) * (fabs(hv) + ev);
+            }
+            ref += wref[j] * d;
+            mag += fabs(wref[j] * d);
+            bound += fabs(wref[j]) * (e1 + 1e-5 * e2) + wrel * fabs(wref[j]) * fabs(d);
+        }
+        if (c->shared) {
+            mk_wt_dequant_row(&L.sd.w, o, buf);
+            double d = 0.0, e1 = 0.0, e2 = 0.0;
+            for (int64_t cc = 0; cc < Is; cc++) {
+                double D = buf[cc];
+                d += D * hs[cc];
+                e1 += fabs(D) * ehs[cc];
+                e2 += ct_scale_of(&L.sd, o, cc, buf[cc]) * (fabs(hs[cc]) + ehs[cc]);
+            }
+            ref += gs * d;
+            mag += fabs(gs * d);
+            bound += gs * (e1 + 1e-5 * e2) + dgs * fabs(d);
+        }
+        bound += 1e-6 * mag;
+        double err = fabs((double)y[o] - ref);
+        if (!(err <= bound))
+            fail_msg("%s: y[%lld]: device %.9g, reference %.9g, |diff| %.3g > bound %.3g", c->name, (long long)o,
+                     (double)y[o], ref, err, bound);
+        if (err / bound > worst)
+            worst = err / bound;
+    }
+    printf("  %-52s worst |diff|/bound %.3g (x drawn %d times)\n", c->name, worst, tries + 1);
+
+    mk_cuda_free(dx);
+    mk_cuda_free(dy);
+    mk_cuda_moe_ws_free(ws);
+    mk_wt *dv[] = {&m.router, &m.gate, &m.up, &m.down, &m.sh_gate, &m.sh_up, &m.sh_down, &m.sh_gate_w};
+    for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++)
+        mk_cuda_wt_free(dv[i]);
+    ct_wt *hv[] = {&L.router, &L.gate, &L.up, &L.down, &L.sg, &L.su, &L.sd, &L.sgw};
+    for (size_t i = 0; i < sizeof hv / sizeof hv[0]; i++)
+        ct_free(hv[i]);
+    free(x);
+    free(y);
+    free(y0);
+    free(buf);
+    free(xd);
+    free(lg);
+    free(cl);
+    free(p);
+    free(h);
+    free(eh);
+}
+
+/* Cases under both kernel generations (mk_cuda_set_kernels), same bounds:
+ * generation 2 changes the order of the float32 sums, not what they sum.
+ * The stack cases run k_stack, which has one generation. */
+static void use_kernels(int gen) {
+    assert_int_equal(mk_cuda_set_kernels(gen), MK_OK);
+    printf("kernel generation %d\n", gen);
+}
+
+static void test_moe_small(void **state) {
+    CT_NEED_GPU();
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        for (size_t i = 0; i + 1 < sizeof g_cases / sizeof g_cases[0]; i++)
+            if (gen == 1 || !g_cases[i].stack)
+                run_case(&g_cases[i]);
+    }
+    use_kernels(1);
+}
+
+/* The persistent stack over several layers: its layer loop, barriers and
+ * in-kernel routing per layer. A consistency check, stated as such: the
+ * reference is mk_cuda_moe_step applied layer by layer (checked against the
+ * CPU above, as is the one-layer stack); both use the same row dot
+ * products, so they agree to float32 rounding of the kernels' own
+ * contractions: |a - b| <= 1e-5 * max|a| per element. */
+static void test_moe_stack_layers(void **state) {
+    CT_NEED_GPU();
+    use_kernels(1); /* k_stack's row dot products are generation 1's */
+    const mcase c = {"stack 3 layers", 256, 40, 8, 64, 128, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true, 1.0f,
+                     true, true, 2, true, true};
+    enum { L = 3 };
+    const int64_t H = c.H;
+    layer lw[L];
+    mk_cuda_moe m[L];
+    for (int l = 0; l < L; l++) {
+        memset(&m[l], 0, sizeof m[l]);
+        lw[l].router = mat(&c, c.E, H, 1.0f);
+        lw[l].gate = mat(&c, c.E * c.I, H, 1.0f);
+        lw[l].up = mat(&c, c.E * c.I, H, 1.0f);
+        lw[l].down = mat(&c, c.E * H, c.I, 0.25f); /* keep the residual O(1) over the layers */
+        lw[l].sg = mat(&c, c.Is, H, 1.0f);
+        lw[l].su = mat(&c, c.Is, H, 1.0f);
+        lw[l].sd = mat(&c, H, c.Is, 0.25f);
+        lw[l].sgw = ct_plain(1, H, MK_WF_BF16, 0.05f);
+        m[l].hidden = H;
+        m[l].n_experts = c.E;
+        m[l].top_k = c.k;
+        m[l].inter = c.I;
+        m[l].shared_inter = c.Is;
+        m[l].score = c.score;
+        m[l].norm_topk = true;
+        m[l].scale = 1.0f;
+        m[l].has_shared = m[l].has_shared_gate = true;
+        CT_OK(mk_cuda_wt_upload(&lw[l].router.w, &m[l].router, "router"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].gate.w, &m[l].gate, "gate"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].up.w, &m[l].up, "up"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].down.w, &m[l].down, "down"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sg.w, &m[l].sh_gate, "sg"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].su.w, &m[l].sh_up, "su"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sd.w, &m[l].sh_down, "sd"));
+        CT_OK(mk_cuda_wt_upload(&lw[l].sgw.w, &m[l].sh_gate_w, "sgw"));
+    }
+    float *x = malloc((size_t)H * 4), *a = malloc((size_t)H * 4), *b = malloc((size_t)H * 4);
+    for (int64_t o = 0; o < H; o++)
+        x[o] = ct_f(-1.0f, 1.0f);
+    void *da, *db;
+    CT_OK(mk_cuda_malloc(&da, (size_t)H * 4, "a"));
+    CT_OK(mk_cuda_malloc(&db, (size_t)H * 4, "b"));
+    CT_OK(mk_cuda_upload(da, x, (size_t)H * 4));
+    CT_OK(mk_cuda_upload(db, x, (size_t)H * 4));
+    mk_cuda_moe_ws *ws;
+    CT_OK(mk_cuda_moe_ws_new(&m[0], &ws));
+    for (int l = 0; l < L; l++)
+        CT_OK(mk_cuda_moe_step(&m[l], ws, da, da, true, NULL));
+    mk_cuda_stack *stk;
+    CT_OK(mk_cuda_stack_new(m, L, &stk));
+    CT_OK(mk_cuda_stack_run(stk, db, NULL));
+    CT_OK(mk_cuda_stack_run(stk, db, NULL)); /* twice: the barrier state carries over launches */
+    for (int l = 0; l < L; l++)
+        CT_OK(mk_cuda_moe_step(&m[l], ws, da, da, true, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(a, da, (size_t)H * 4));
+    CT_OK(mk_cuda_download(b, db, (size_t)H * 4));
+    double mx = 0.0, worst = 0.0, dx = 0.0;
+    for (int64_t o = 0; o < H; o++) {
+        mx = fmax(mx, fabs((double)a[o]));
+        dx = fmax(dx, fabs((double)a[o] - x[o]));
+    }
+    assert_true(dx > 1e-3 * mx); /* the layers did change x */
+    for (int64_t o = 0; o < H; o++) {
+        double err = fabs((double)a[o] - (double)b[o]);
+        if (!(err <= 1e-5 * mx))
+            fail_msg("stack x[%lld]: stack %.9g, layer by layer %.9g, |diff| %.3g > %.3g", (long long)o,
+                     (double)b[o], (double)a[o], err, 1e-5 * mx);
+        worst = fmax(worst, err / (1e-5 * mx));
+    }
+    printf("  stack of %d layers run twice vs steps: worst |diff|/bound %.3g\n", L, worst);
+    mk_cuda_stack_free(stk);
+    mk_cuda_moe_ws_free(ws);
+    mk_cuda_free(da);
+    mk_cuda_free(db);
+    for (int l = 0; l < L; l++) {
+        mk_wt *dv[] = {&m[l].router, &m[l].gate, &m[l].up, &m[l].down,
+                       &m[l].sh_gate, &m[l].sh_up, &m[l].sh_down, &m[l].sh_gate_w};
+        for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++)
+            mk_cuda_wt_free(dv[i]);
+        ct_wt *hv[] = {&lw[l].router, &lw[l].gate, &lw[l].up, &lw[l].down,
+                       &lw[l].sg, &lw[l].su, &lw[l].sd, &lw[l].sgw};
+        for (size_t i = 0; i < sizeof hv / sizeof hv[0]; i++)
+            ct_free(hv[i]);
+    }
+    free(x);
+    free(a);
+    free(b);
+}
+
+static void test_moe_qwen3_30b_layer(void **state) {
+    CT_NEED_GPU();
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        run_case(&g_cases[sizeof g_cases / sizeof g_cases[0] - 1]);
+    }
+    use_kernels(1);
+}
+
+/* Shapes and formats are checked on the host, naming the matrix (no device
+ * work: runs without a GPU when built with CUDA). */
+static void test_moe_check_named(void **state) {
+#ifndef MK_HAVE_CUDA
+    printf("SKIP %s: moekit was built without CUDA (MK_CUDA=OFF)\n", __func__);
+    skip();
+#else
+    mk_cuda_moe m;
+    memset(&m, 0, sizeof m);
+    m.hidden = 128;
+    m.n_experts = 4;
+    m.top_k = 2;
+    m.inter = 64;
+    m.scale = 1.0f;
+    mk_wt a = {.fmt = MK_WF_AFFINE, .bits = 4, .group = 64, .sdtype = MK_DT_BF16};
+    m.router = a;
+    m.router.rows = 4;
+    m.router.cols = 128;
+    m.gate = m.up = a;
+    m.gate.rows = m.up.rows = 4 * 64;
+    m.gate.cols = m.up.cols = 128;
+    m.down = a;
+    m.down.rows = 4 * 128;
+    m.down.cols = 64;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_OK);
+    m.down.rows = 4 * 128 - 1;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_MISMATCH);
+    assert_non_null(strstr(mk_err_msg(), "down_proj must be [512, 64], found [511, 64]"));
+    m.down.rows = 4 * 128;
+    m.up.bits = 8;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "up_proj"));
+    m.up.bits = 4;
+    m.top_k = 5;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "top_k"));
+    m.top_k = 2;
+    m.has_shared_gate = true;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
+#endif
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_moe_check_named),
+        cmocka_unit_test(test_moe_small),
+        cmocka_unit_test(test_moe_stack_layers),
+        cmocka_unit_test(test_moe_qwen3_30b_layer),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,733 @@
+/* Kernel tests: weight views, matrix products on every path, the thread
+ * pool and the vector ops.
+ *
+ * 1. mk_wt_dequant_row on hand-packed rows with literal expected values
+ *    (affine nibbles, FP8/E8M0/E2M1 codes, block scales).
+ * 2. mk_matmul_ref against a double-precision loop over mk_wt_dequant_row.
+ * 3. mk_matmul on every kernel path this CPU supports (ref, avx2, avx512),
+ *    single-threaded and on a pool, n = 1, 3 and 37 tokens, against
+ *    mk_matmul_ref. Bound for 2 and 3: |y - y_ref| <= 1e-5 * sum_c |W x|
+ *    (float32 summation-order error is ~cols * 2^-24 of that in the worst
+ *    case, far less in practice; a wrong element is ~1e-2 of it).
+ *    Shapes have odd row counts, column counts that leave partial 512-column
+ *    chunks, partial FP8 scale blocks, and every buffer is misaligned by one
+ *    byte (MLX writes unpadded safetensors).
+ *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
+ *    scale blocks, padded token strides) against double loops, same bound.
+ * 4. Pool coverage and nesting, mk_wt_check errors, the vector ops. */
+#include "mk_test_util.h"
+
+#include <math.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "moekit/dtype.h"
+#include "moekit/kernels.h"
+#include "moekit/weight.h"
+
+/* ---- random data ------------------------------------------------------ */
+
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static uint32_t rnd_u32(void) {
+    g_rng ^= g_rng << 13;
+    g_rng ^= g_rng >> 7;
+    g_rng ^= g_rng << 17;
+    return (uint32_t)(g_rng >> 11);
+}
+
+static float rnd_f(float lo, float hi) {
+    return lo + (hi - lo) * (float)(rnd_u32() & 0xffffff) / 16777216.0f;
+}
+
+/* An E4M3 byte that is not NaN (0x7f / 0xff). */
+static uint8_t rnd_e4m3(void) {
+    uint8_t b;
+    do
+        b = (uint8_t)rnd_u32();
+    while ((b & 0x7f) == 0x7f);
+    return b;
+}
+
+/* An E5M2 byte that is finite (exponent != 31). */
+static uint8_t rnd_e5m2(void) {
+    uint8_t b;
+    do
+        b = (uint8_t)rnd_u32();
+    while ((b & 0x7c) == 0x7c);
+    return b;
+}
+
+/* ---- test weights ----------------------------------------------------- */
+
+/* A weight plus the buffers it points into; every buffer starts one byte
+ * past a malloc'd block so nothing is aligned. */
+typedef struct tw {
+    mk_wt w;
+    char *mem[3];
+} tw;
+
+static void *tw_alloc(tw *t, int slot, size_t n) {
+    t->mem[slot] = calloc(1, n + 1);
+    assert_non_null(t->mem[slot]);
+    return t->mem[slot] + 1;
+}
+
+static void tw_free(tw *t) {
+    for (int i = 0; i < 3; i++)
+        free(t->mem[i]);
+}
+
+/* Store v as element i of an F32/BF16/F16 array. */
+static void st_f(void *p, mk_dtype t, size_t i, float v) {
+    if (t == MK_DT_F32) {
+        memcpy((char *)p + 4 * i, &v, 4);
+    } else {
+        uint16_t h = t == MK_DT_BF16 ? mk_f32_to_bf16(v) : mk_f32_to_f16(v);
+        memcpy((char *)p + 2 * i, &h, 2);
+    }
+}
+
+static size_t dt_size(mk_dtype t) {
+    return t == MK_DT_F32 ? 4 : 2;
+}
+
+/* Random weight of the given format; `a`, `b` are format parameters:
+ * AFFINE (bits, group), FP8 (block_r, block_c). */
+static void tw_make(tw *t, mk_wfmt fmt, int64_t rows, int64_t cols, mk_dtype sdt, int a, int b) {
+    memset(t, 0, sizeof *t);
+    mk_wt *w = &t->w;
+    w->fmt = fmt;
+    w->rows = rows;
+    w->cols = cols;
+    w->sdtype = sdt;
+    w->global_scale = 1.0f;
+    size_t nel = (size_t)(rows * cols);
+    switch (fmt) {
+    case MK_WF_F32:
+    case MK_WF_BF16:
+    case MK_WF_F16: {
+        mk_dtype dt = fmt == MK_WF_F32 ? MK_DT_F32 : fmt == MK_WF_BF16 ? MK_DT_BF16 : MK_DT_F16;
+        void *d = tw_alloc(t, 0, nel * dt_size(dt));
+        for (size_t i = 0; i < nel; i++)
+            st_f(d, dt, i, rnd_f(-1, 1));
+        w->data = d;
+        break;
+    }
+    case MK_WF_FP8_E4M3:
+    case MK_WF_FP8_E5M2: {
+        uint8_t *d = tw_alloc(t, 0, nel);
+        for (size_t i = 0; i < nel; i++)
+            d[i] = fmt == MK_WF_FP8_E4M3 ? rnd_e4m3() : rnd_e5m2();
+        w->block_r = a;
+        w->block_c = b;
+        size_t ns = (size_t)(((rows + a - 1) / a) * ((cols + b - 1) / b));
+        void *s = tw_alloc(t, 1, ns * dt_size(sdt));
+        for (size_t i = 0; i < ns; i++)
+            st_f(s, sdt, i, rnd_f(0.5f, 2.0f) * (fmt == MK_WF_FP8_E5M2 ? 1e-4f : 1e-2f));
+        w->data = d;
+        w->scales = s;
+        break;
+    }
+    case MK_WF_AFFINE: {
+        w->bits = a;
+        w->group = b;
+        size_t rb = (size_t)(cols * a / 8), ng = (size_t)(rows * (cols / b));
+        uint8_t *d = tw_alloc(t, 0, (size_t)rows * rb);
+        for (int64_t r = 0; r < rows; r++) { /* LSB-first bit stream per row */
+            for (int64_t c = 0; c < cols; c++) {
+                uint32_t q = rnd_u32() & ((1u << a) - 1u);
+                for (int k = 0; k < a; k++)
+                    if (q >> k & 1u) {
+                        int64_t bit = c * a + k;
+                        d[(size_t)r * rb + (size_t)(bit / 8)] |= (uint8_t)(1u << (bit % 8));
+                    }
+            }
+        }
+        void *s = tw_alloc(t, 1, ng * dt_size(sdt));
+        void *bi = tw_alloc(t, 2, ng * dt_size(sdt));
+        for (size_t i = 0; i < ng; i++) {
+            st_f(s, sdt, i, rnd_f(-0.1f, 0.1f));
+            st_f(bi, sdt, i, rnd_f(-0.5f, 0.5f));
+        }
+        w->data = d;
+        w->scales = s;
+        w->biases = bi;
+        break;
+    }
+    case MK_WF_MXFP4:
+    case MK_WF_NVFP4:
+    case MK_WF_MXFP8: {
+        bool nv = fmt == MK_WF_NVFP4, f8 = fmt == MK_WF_MXFP8;
+        int gs = nv ? 16 : 32;
+        size_t nb = f8 ? nel : nel / 2, ns = nel / (size_t)gs;
+        uint8_t *d = tw_alloc(t, 0, nb);
+        for (size_t i = 0; i < nb; i++)
+            d[i] = f8 ? rnd_e4m3() : (uint8_t)rnd_u32();
+        uint8_t *s = tw_alloc(t, 1, ns);
+        for (size_t i = 0; i < ns; i++) /* nv: positive non-NaN E4M3; mx: 2^-8 .. 2^2 */
+            s[i] = nv ? (uint8_t)(0x20 + rnd_u32() % 0x50) : (uint8_t)(119 + rnd_u32() % 11);
+        w->data = d;
+        w->scales = s;
+        if (nv)
+            w->global_scale = 0.37f;
+        break;
+    }
+    default: fail_msg("bad format");
+    }
+    mk_status st = mk_wt_check(w, "test weight");
+    assert_int_equal(st, MK_OK);
+}
+
+/* ---- comparisons ------------------------------------------------------ */
+
+/* |y - yref| <= 1e-5 * sum_c |W[r,c] x[t,c]| for every (t, r). sabs holds
+ * the sums (n x rows). */
+static void expect_close(const float *y, const float *yref, const double *sabs, int64_t n, int64_t rows,
+                         const char *what) {
+    for (int64_t i = 0; i < n * rows; i++) {
+        double err = fabs((double)y[i] - (double)yref[i]);
+        if (!(err <= 1e-5 * sabs[i] + 1e-30)) {
+            fail_msg("%s: t=%lld r=%lld got %.9g want %.9g (err %.3g, sum|terms| %.3g)", what,
+                     (long long)(i / rows), (long long)(i % rows), (double)y[i], (double)yref[i], err,
+                     sabs[i]);
+        }
+    }
+}
+
+static mk_pool *g_pool;
+
+/* mk_matmul_rows / mk_matmul_rows_t on rows [1, rows-2) with padded token
+ * strides, every path, against double loops over the dequantized rows wr;
+ * the same bound as mk_matmul (per output, 1e-5 of the sum of |terms|). */
+static void check_rows(const mk_wt *w, const float *wr, const char *label) {
+    const int64_t rows = w->rows, cols = w->cols, r0 = 1, r1 = rows - 2, nr = r1 - r0, nmax = 37;
+    if (nr <= 0)
+        return;
+    const int64_t xs = cols + 3, ys = nr + 5, xts = nr + 2, yts = cols + 7;
+    float *x = malloc(sizeof(float) * (size_t)(nmax * xs)), *y = malloc(sizeof(float) * (size_t)(nmax * yts));
+    float *want = malloc(sizeof(float) * (size_t)(nmax * yts));
+    double *sabs = malloc(sizeof(double) * (size_t)(nmax * yts));
+    assert_true(x && y && want && sabs);
+    for (int64_t i = 0; i < nmax * xs; i++)
+        x[i] = rnd_f(-1, 1);
+    static const int64_t ns[] = {1, 3, 37};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        int64_t n = ns[k];
+        for (int tr = 0; tr < 2; tr++) { /* tr: the transposed product */
+            int64_t out = tr ? cols : nr, ystr = tr ? yts : ys, xstr = tr ? xts : xs;
+            for (int64_t t = 0; t < n; t++)
+                for (int64_t o = 0; o < out; o++) {
+                    double acc = 0, sa = 0;
+                    for (int64_t i = 0; i < (tr ? nr : cols); i++) {
+                        double wv = tr ? wr[(r0 + i) * cols + o] : wr[(r0 + o) * cols + i];
+                        double term = wv * (double)x[t * xstr + i];
+                        acc += term;
+                        sa += fabs(term);
+                    }
+                    want[t * out + o] = (float)acc;
+                    sabs[t * out + o] = sa;
+                }
+            for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                if (!mk_isa_supported((mk_isa)isa))
+                    continue;
+                assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                memset(y, 0xff, sizeof(float) * (size_t)(nmax * yts)); /* NaN: catch unwritten */
+                if (tr)
+                    mk_matmul_rows_t(w, r0, r1, x, xstr, n, y, ystr);
+                else
+                    mk_matmul_rows(w, r0, r1, x, xstr, n, y, ystr);
+                for (int64_t t = 0; t < n; t++) /* pack the strided rows for the comparison */
+                    memmove(y + t * out, y + t * ystr, (size_t)out * sizeof(float));
+                char what[200];
+                snprintf(what, sizeof what, "%s rows%s [%lld,%lld) n=%lld %s", label, tr ? "_t" : "",
+                         (long long)r0, (long long)r1, (long long)n, mk_isa_name((mk_isa)isa));
+                expect_close(y, want, sabs, n, out, what);
+            }
+        }
+    }
+    free(x);
+    free(y);
+    free(want);
+    free(sabs);
+}
+
+/* The whole check of one weight: ref vs double, every path vs ref. */
+static void check_weight(const tw *t, const char *label) {
+    const mk_wt *w = &t->w;
+    const int64_t rows = w->rows, cols = w->cols, nmax = 37;
+    float *x = malloc(sizeof(float) * (size_t)(nmax * cols));
+    float *wr = malloc(sizeof(float) * (size_t)(rows * cols));
+    float *yref = malloc(sizeof(float) * (size_t)(nmax * rows));
+    float *y = malloc(sizeof(float) * (size_t)(nmax * rows));
+    double *sabs = malloc(sizeof(double) * (size_t)(nmax * rows));
+    assert_true(x && wr && yref && y && sabs);
+    for (int64_t i = 0; i < nmax * cols; i++)
+        x[i] = rnd_f(-1, 1);
+    for (int64_t r = 0; r < rows; r++)
+        mk_wt_dequant_row(w, r, wr + r * cols);
+
+    static const int64_t ns[] = {1, 3, 37};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        int64_t n = ns[k];
+        char what[160];
+        /* reference against a double loop over the dequantized rows */
+        mk_matmul_ref(w, x, n, yref);
+        for (int64_t tt = 0; tt < n; tt++)
+            for (int64_t r = 0; r < rows; r++) {
+                double s = 0, sa = 0;
+                for (int64_t c = 0; c < cols; c++) {
+                    double term = (double)wr[r * cols + c] * (double)x[tt * cols + c];
+                    s += term;
+                    sa += fabs(term);
+                }
+                sabs[tt * rows + r] = sa;
+                y[tt * rows + r] = (float)s;
+            }
+        snprintf(what, sizeof what, "%s n=%lld ref-vs-double", label, (long long)n);
+        expect_close(yref, y, sabs, n, rows, what);
+
+        /* every supported path, inline and threaded */
+        for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+            if (!mk_isa_supported((mk_isa)isa))
+                continue;
+            assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+            for (int threaded = 0; threaded < 2; threaded++) {
+                memset(y, 0xff, sizeof(float) * (size_t)(n * rows)); /* NaN: catch unwritten */
+                mk_matmul(threaded ? g_pool : NULL, w, x, n, y);
+                snprintf(what, sizeof what, "%s n=%lld %s%s", label, (long long)n, mk_isa_name((mk_isa)isa),
+                         threaded ? " threaded" : "");
+                expect_close(y, yref, sabs, n, rows, what);
+            }
+        }
+    }
+    check_rows(w, wr, label);
+    free(x);
+    free(wr);
+    free(yref);
+    free(y);
+    free(sabs);
+}
+
+static mk_isa g_isa0;
+
+static int group_setup(void **state) {
+    g_isa0 = mk_isa_active();
+    return mk_pool_create(3, &g_pool) == MK_OK ? 0 : -1;
+}
+
+static int group_teardown(void **state) {
+    mk_pool_free(g_pool);
+    mk_isa_set(g_isa0);
+    return 0;
+}
+
+/* ---- 1. hand-written dequant cases ------------------------------------ */
+
+static void test_dequant_affine4_literal(void **state) {
+    /* 4-bit [1..8] packs to 0x87654321; scale 0.5, bias -1 over group 32. */
+    uint32_t words[4] = {0x87654321u, 0, 0, 0xf0000000u};
+    float sc = 0.5f, bi = -1.0f;
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 1,
+               .cols = 32,
+               .data = words,
+               .scales = &sc,
+               .biases = &bi,
+               .sdtype = MK_DT_F32,
+               .bits = 4,
+               .group = 32};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    assert_int_equal(mk_wt_row_bytes(&w), 16);
+    float out[32];
+    mk_wt_dequant_row(&w, 0, out);
+    for (int i = 0; i < 8; i++)
+        assert_true(out[i] == 0.5f * (float)(i + 1) - 1.0f);
+    assert_true(out[8] == -1.0f);
+    assert_true(out[31] == 0.5f * 15.0f - 1.0f);
+}
+
+static void test_dequant_affine3_straddle(void **state) {
+    /* 3-bit values 0..7 repeated: element 10 straddles bits 30..32. */
+    uint8_t d[12] = {0};
+    for (int j = 0; j < 32; j++)
+        for (int k = 0; k < 3; k++)
+            if ((j % 8) >> k & 1)
+                d[(j * 3 + k) / 8] |= (uint8_t)(1u << ((j * 3 + k) % 8));
+    uint16_t sc = mk_f32_to_bf16(2.0f), bi = mk_f32_to_bf16(0.25f);
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 1,
+               .cols = 32,
+               .data = d,
+               .scales = &sc,
+               .biases = &bi,
+               .sdtype = MK_DT_BF16,
+               .bits = 3,
+               .group = 32};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    float out[32];
+    mk_wt_dequant_row(&w, 0, out);
+    for (int j = 0; j < 32; j++)
+        assert_true(out[j] == 2.0f * (float)(j % 8) + 0.25f);
+}
+
+static void test_dequant_fp8_bytes(void **state) {
+    /* E4M3 spot checks: 0x7E = 448, 0x08 = 2^-6, 0x01 = 2^-9, 0xB8 = -1. */
+    uint8_t d[5] = {0x7e, 0x08, 0x01, 0xb8, 0x00};
+    mk_wt w = {.fmt = MK_WF_FP8_E4M3, .rows = 1, .cols = 5, .data = d};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    float out[5];
+    mk_wt_dequant_row(&w, 0, out);
+    assert_true(out[0] == 448.0f);
+    assert_true(out[1] == 0x1p-6f);
+    assert_true(out[2] == 0x1p-9f);
+    assert_true(out[3] == -1.0f);
+    assert_true(out[4] == 0.0f);
+    /* E5M2: 0x7B = 57344, 0x3C = 1, 0x01 = 2^-16 */
+    uint8_t e[3] = {0x7b, 0x3c, 0x01};
+    mk_wt w5 = {.fmt = MK_WF_FP8_E5M2, .rows = 1, .cols = 3, .data = e};
+    mk_wt_dequant_row(&w5, 0, out);
+    assert_true(out[0] == 57344.0f && out[1] == 1.0f && out[2] == 0x1p-16f);
+}
+
+static void test_dequant_fp8_blocks(void **state) {
+    /* 3x5 of E4M3 1.0 (0x38) with 2x2 blocks -> grid 2x3, partial edges. */
+    uint8_t d[15];
+    memset(d, 0x38, sizeof d);
+    float s[6] = {1, 2, 3, 4, 5, 6};
+    mk_wt w = {.fmt = MK_WF_FP8_E4M3,
+               .rows = 3,
+               .cols = 5,
+               .data = d,
+               .scales = s,
+               .sdtype = MK_DT_F32,
+               .block_r = 2,
+               .block_c = 2};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    static const float want[3][5] = {{1, 1, 2, 2, 3}, {1, 1, 2, 2, 3}, {4, 4, 5, 5, 6}};
+    for (int r = 0; r < 3; r++) {
+        float out[5];
+        mk_wt_dequant_row(&w, r, out);
+        for (int c = 0; c < 5; c++)
+            assert_true(out[c] == want[r][c]);
+    }
+}
+
+static void test_dequant_mxfp4_codes(void **state) {
+    /* E2M1 codes 0..15 with E8M0 127 (= 1.0) then 128 (= 2.0). */
+    uint8_t d[32], sc[2] = {127, 128};
+    for (int i = 0; i < 32; i++)
+        d[i] = (uint8_t)(((2 * i) & 15) | (((2 * i + 1) & 15) << 4));
+    mk_wt w = {.fmt = MK_WF_MXFP4, .rows = 1, .cols = 64, .data = d, .scales = sc};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    static const float e2m1[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
+    float out[64];
+    mk_wt_dequant_row(&w, 0, out);
+    for (int c = 0; c < 32; c++) {
+        int code = c & 15;
+        float v = (code & 8) ? -e2m1[code & 7] : e2m1[code & 7];
+        assert_true(out[c] == v);
+        assert_true(out[c + 32] == 2.0f * v);
+    }
+}
+
+static void test_dequant_nvfp4_mxfp8(void **state) {
+    /* NVFP4: code 7 (6.0) * E4M3 0x30 (0.5) * global 2 = 6. */
+    uint8_t d[8], sc[1] = {0x30};
+    memset(d, 0x77, sizeof d);
+    mk_wt w = {.fmt = MK_WF_NVFP4, .rows = 1, .cols = 16, .data = d, .scales = sc, .global_scale = 2.0f};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    float out[32];
+    mk_wt_dequant_row(&w, 0, out);
+    for (int c = 0; c < 16; c++)
+        assert_true(out[c] == 6.0f);
+    /* MXFP8: E4M3 0x7E (448) * E8M0 126 (0.5) = 224. */
+    uint8_t d8[32], s8[1] = {126};
+    memset(d8, 0x7e, sizeof d8);
+    mk_wt w8 = {.fmt = MK_WF_MXFP8, .rows = 1, .cols = 32, .data = d8, .scales = s8};
+    assert_int_equal(mk_wt_check(&w8, "t"), MK_OK);
+    mk_wt_dequant_row(&w8, 0, out);
+    for (int c = 0; c < 32; c++)
+        assert_true(out[c] == 224.0f);
+    /* MLX's E4M3 is not E4M3FN: its quantizer writes 0x7f for (464, 480)
+     * and dequantizes it to 480 (quant.h); 0xff is -480. Every path agrees. */
+    d8[0] = 0x7f;
+    d8[1] = 0xff;
+    s8[0] = 127;
+    float x[32], y;
+    for (int c = 0; c < 32; c++)
+        x[c] = c < 2 ? 1.0f : 0.0f;
+    mk_wt_dequant_row(&w8, 0, out);
+    assert_true(out[0] == 480.0f && out[1] == -480.0f);
+    for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)isa))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+        x[0] = 1.0f;
+        x[1] = 0.0f;
+        mk_matmul(NULL, &w8, x, 1, &y);
+        assert_true(y == 480.0f);
+    }
+    assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
+    mk_isa_set(mk_isa_supported(MK_ISA_AVX512) ? MK_ISA_AVX512
+                       : mk_isa_supported(MK_ISA_AVX2) ? MK_ISA_AVX2 : MK_ISA_REF);
+}
+
+/* ---- 2 and 3. matmul on every format and path ------------------------- */
+
+static void test_matmul_float(void **state) {
+    static const mk_wfmt f[] = {MK_WF_F32, MK_WF_BF16, MK_WF_F16};
+    for (int i = 0; i < 3; i++) {
+        tw t;
+        tw_make(&t, f[i], 37, 333, MK_DT_F32, 0, 0);
+        char label[64];
+        snprintf(label, sizeof label, "fmt%d 37x333", (int)f[i]);
+        check_weight(&t, label);
+        tw_free(&t);
+        tw_make(&t, f[i], 19, 1024, MK_DT_F32, 0, 0);
+        check_weight(&t, label);
+        tw_free(&t);
+    }
+}
+
+static void test_matmul_fp8(void **state) {
+    static const mk_wfmt f[] = {MK_WF_FP8_E4M3, MK_WF_FP8_E5M2};
+    static const mk_dtype sd[] = {MK_DT_F32, MK_DT_BF16, MK_DT_F16};
+    for (int i = 0; i < 2; i++)
+        for (int j = 0; j < 3; j++) {
+            char label[64];
+            snprintf(label, sizeof label, "fp8 fmt%d sdt %s", (int)f[i], mk_dtype_name(sd[j]));
+            tw t;
+            tw_make(&t, f[i], 37, 333, sd[j], 16, 24); /* partial blocks both ways */
+            check_weight(&t, label);
+            tw_free(&t);
+            tw_make(&t, f[i], 131, 700, sd[j], 128, 128);
+            check_weight(&t, label);
+            tw_free(&t);
+        }
+}
+
+static void test_matmul_affine(void **state) {
+    static const int bits[] = {2, 3, 4, 5, 6, 8}, groups[] = {32, 64, 128};
+    static const mk_dtype sd[] = {MK_DT_BF16, MK_DT_F32, MK_DT_F16};
+    for (int b = 0; b < 6; b++)
+        for (int g = 0; g < 3; g++)
+            for (int s = 0; s < 3; s++) {
+                if (s == 2 && g != 1)
+                    continue; /* f16 scales: one group size is enough */
+                char label[64];
+                snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g], mk_dtype_name(sd[s]));
+                tw t;
+                tw_make(&t, MK_WF_AFFINE, 21, 640, sd[s], bits[b], groups[g]);
+                check_weight(&t, label);
+                tw_free(&t);
+            }
+}
+
+static void test_matmul_micro(void **state) {
+    static const mk_wfmt f[] = {MK_WF_MXFP4, MK_WF_MXFP8, MK_WF_NVFP4};
+    for (int i = 0; i < 3; i++) {
+        char label[64];
+        snprintf(label, sizeof label, "micro fmt%d", (int)f[i]);
+        tw t;
+        tw_make(&t, f[i], 23, 608, MK_DT_U8, 0, 0);
+        check_weight(&t, label);
+        tw_free(&t);
+        tw_make(&t, f[i], 5, 48 * (f[i] == MK_WF_NVFP4 ? 1 : 2), MK_DT_U8, 0, 0);
+        check_weight(&t, label);
+        tw_free(&t);
+    }
+}
+
+/* ---- 4. pool, checks, ops --------------------------------------------- */
+
+typedef struct cover_ctx {
+    atomic_int *hits;
+    int64_t grain, n;
+    atomic_int short_chunks;
+} cover_ctx;
+
+static void cover_fn(void *ctx, int64_t b, int64_t e) {
+    cover_ctx *c = ctx;
+    if (e - b < c->grain && e != c->n)
+        atomic_fetch_add(&c->short_chunks, 1);
+    for (int64_t i = b; i < e; i++)
+        atomic_fetch_add(&c->hits[i], 1);
+}
+
+static void nested_fn(void *ctx, int64_t b, int64_t e) {
+    cover_ctx *c = ctx;
+    mk_pool_for(g_pool, e - b, 1, cover_fn, c); /* must run inline, not deadlock */
+}
+
+static void test_pool(void **state) {
+    assert_int_equal(mk_pool_size(g_pool), 3);
+    assert_int_equal(mk_pool_size(NULL), 1);
+    static const int64_t ns[] = {1, 2, 7, 100, 1001};
+    static const int64_t grains[] = {1, 3, 64};
+    atomic_int hits[1001];
+    for (int round = 0; round < 50; round++)
+        for (size_t i = 0; i < 5; i++)
+            for (size_t g = 0; g < 3; g++) {
+                cover_ctx c = {.hits = hits, .grain = grains[g], .n = ns[i]};
+                for (int64_t k = 0; k < ns[i]; k++)
+                    atomic_init(&hits[k], 0);
+                atomic_init(&c.short_chunks, 0);
+                mk_pool_for(round & 1 ? NULL : g_pool, ns[i], grains[g], cover_fn, &c);
+                for (int64_t k = 0; k < ns[i]; k++)
+                    assert_int_equal(atomic_load(&hits[k]), 1);
+                assert_int_equal(atomic_load(&c.short_chunks), 0);
+            }
+    cover_ctx c = {.hits = hits, .grain = 1, .n = 1000};
+    for (int k = 0; k < 1000; k++)
+        atomic_init(&hits[k], 0);
+    mk_pool_for(g_pool, 10, 1, nested_fn, &c); /* inner calls touch hits[0..) */
+    int total = 0;
+    for (int k = 0; k < 1000; k++)
+        total += atomic_load(&hits[k]);
+    assert_int_equal(total, 10);
+    mk_pool *p1 = NULL;
+    assert_int_equal(mk_pool_create(1, &p1), MK_OK);
+    assert_int_equal(mk_pool_size(p1), 1);
+    mk_pool_free(p1);
+    mk_pool_free(NULL);
+}
+
+static void test_wt_check_errors(void **state) {
+    uint32_t d[64] = {0};
+    float s[8] = {0};
+    mk_wt w = {.fmt = MK_WF_AFFINE,
+               .rows = 2,
+               .cols = 64,
+               .data = d,
+               .scales = s,
+               .biases = s,
+               .sdtype = MK_DT_F32,
+               .bits = 4,
+               .group = 64};
+    assert_int_equal(mk_wt_check(&w, "t"), MK_OK);
+    w.bits = 7;
+    assert_int_equal(mk_wt_check(&w, "t"), MK_E_UNSUPPORTED);
+    w.bits = 4;
+    w.group = 48;
+    assert_int_equal(mk_wt_check(&w, "t"), MK_E_UNSUPPORTED);
+    w.group = 128;
+    assert_int_equal(mk_wt_check(&w, "t"), MK_E_MISMATCH);
+    assert_non_null(strstr(mk_err_msg(), "t:"));
+    w.group = 64;
+    w.biases = NULL;
+    assert_int_equal(mk_wt_check(&w, "t"), MK_E_ARG);
+    w.biases = s;
+    w.sdtype = MK_DT_U8;
+    assert_int_equal(mk_wt_check(&w, "t"), MK_E_UNSUPPORTED);
+    mk_wt m = {.fmt = MK_WF_MXFP4, .rows = 1, .cols = 48, .data = d, .scales = s};
+    assert_int_equal(mk_wt_check(&m, "t"), MK_E_MISMATCH);
+    mk_wt nv = {.fmt = MK_WF_NVFP4, .rows = 1, .cols = 48, .data = d, .scales = s};
+    assert_int_equal(mk_wt_check(&nv, "t"), MK_E_ARG); /* global_scale 0 */
+    nv.global_scale = 1.0f;
+    assert_int_equal(mk_wt_check(&nv, "t"), MK_OK);
+    assert_int_equal(mk_wt_row_bytes(&nv), 24);
+    mk_wt f8 = {.fmt = MK_WF_FP8_E4M3, .rows = 1, .cols = 5, .data = d, .scales = s, .sdtype = MK_DT_F32};
+    assert_int_equal(mk_wt_check(&f8, "t"), MK_E_ARG); /* block 0 */
+    mk_wt bad = {.fmt = MK_WF_COUNT};
+    assert_int_equal(mk_wt_check(&bad, "t"), MK_E_UNSUPPORTED);
+    assert_int_equal(mk_wt_check(NULL, "t"), MK_E_ARG);
+}
+
+static void test_ops(void **state) {
+    float x[37], w[37], y[37];
+    for (int i = 0; i < 37; i++) {
+        x[i] = rnd_f(-2, 2);
+        w[i] = rnd_f(-0.5f, 0.5f);
+    }
+    for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)isa))
+            continue;
+        mk_isa_set((mk_isa)isa);
+        double ss = 0, dot = 0;
+        for (int i = 0; i < 37; i++) {
+            ss += (double)x[i] * x[i];
+            dot += (double)x[i] * w[i];
+        }
+        assert_float_equal(mk_dot_f32(x, w, 37), dot, 1e-5);
+        double inv = 1.0 / sqrt(ss / 37 + 1e-6);
+        for (int zc = 0; zc < 2; zc++) {
+            mk_rmsnorm(y, x, w, 37, 1e-6f, zc);
+            for (int i = 0; i < 37; i++)
+                assert_float_equal(y[i], x[i] * inv * (zc ? 1.0 + w[i] : w[i]), 1e-5);
+        }
+        memcpy(y, x, sizeof y);
+        mk_rmsnorm(y, y, NULL, 37, 1e-6f, false); /* in place */
+        for (int i = 0; i < 37; i++)
+            assert_float_equal(y[i], x[i] * inv, 1e-5);
+        /* axpy: the portable loop's floats exactly, every length and offset */
+        for (int n = 0; n <= 35; n++)
+            for (int off = 0; off < 2; off++) {
+                float ya[37], yb[37];
+                for (int i = 0; i < 37; i++)
+                    ya[i] = yb[i] = w[i];
+                mk_axpy(ya + off, 0.7f, x + 1, n);
+                for (int i = 0; i < n; i++) {
+                    float p = 0.7f * x[1 + i];
+                    yb[off + i] += p;
+                }
+                assert_memory_equal(ya, yb, sizeof ya);
+            }
+    }
+    mk_isa_set(g_isa0);
+    float s[4] = {1, 2, 3, 1000};
+    mk_softmax(s, 4);
+    assert_float_equal(s[3], 1.0, 1e-6);
+    assert_float_equal(s[0] + s[1] + s[2] + s[3], 1.0, 1e-6);
+    float a[3] = {0, 1, -1}, g[3] = {0, 1, -1}, u[3] = {5, 2, 3}, o[3];
+    mk_silu(a, 3);
+    assert_float_equal(a[0], 0, 0);
+    assert_float_equal(a[1], 1.0 / (1.0 + exp(-1.0)), 1e-6);
+    mk_swiglu(o, g, u, 3);
+    assert_float_equal(o[1], 2.0 / (1.0 + exp(-1.0)), 1e-6);
+    assert_float_equal(o[2], -3.0 / (1.0 + exp(1.0)), 1e-6);
+    mk_sigmoid(g, 3);
+    assert_float_equal(g[0], 0.5, 0);
+    float v[3] = {1, 2, 3}, d2[3] = {1, 1, 1};
+    mk_add(v, d2, 3);
+    mk_scale(v, 2, 3);
+    mk_axpy(v, -2, d2, 3);
+    assert_true(v[0] == 2 && v[1] == 4 && v[2] == 6);
+}
+
+static void test_isa_select(void **state) {
+    assert_true(mk_isa_supported(MK_ISA_REF));
+    assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
+    assert_int_equal(mk_isa_active(), MK_ISA_REF);
+    assert_string_equal(mk_isa_name(MK_ISA_AVX512), "avx512");
+    if (!mk_isa_supported(MK_ISA_AVX512))
+        assert_int_equal(mk_isa_set(MK_ISA_AVX512), MK_E_UNSUPPORTED);
+    mk_isa_set(g_isa0);
+    printf("kernel paths on this CPU:");
+    for (int i = 0; i < MK_ISA_COUNT; i++)
+        if (mk_isa_supported((mk_isa)i))
+            printf(" %s", mk_isa_name((mk_isa)i));
+    printf(" (default %s)\n", mk_isa_name(g_isa0));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_dequant_affine4_literal),
+        cmocka_unit_test(test_dequant_affine3_straddle),
+        cmocka_unit_test(test_dequant_fp8_bytes),
+        cmocka_unit_test(test_dequant_fp8_blocks),
+        cmocka_unit_test(test_dequant_mxfp4_codes),
+        cmocka_unit_test(test_dequant_nvfp4_mxfp8),
+        cmocka_unit_test(test_isa_select),
+        cmocka_unit_test(test_matmul_float),
+        cmocka_unit_test(test_matmul_fp8),
+        cmocka_unit_test(test_matmul_affine),
+        cmocka_unit_test(test_matmul_micro),
+        cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_wt_check_errors),
+        cmocka_unit_test(test_ops),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

@@ -1,0 +1,58 @@
+/* Helpers shared by the engine subcommands (run, logits, eval, profile):
+ * number and id-list parsing, reading a text file whole, and opening a model
+ * with an engine from common flags. */
+#ifndef MK_TOOLS_ENGINE_CLI_H
+#define MK_TOOLS_ENGINE_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "moekit/engine.h"
+#include "moekit/model.h"
+
+/* Parse a decimal integer in [lo, hi]; false on junk or out of range. */
+bool mk_ecli_int(const char *s, long long lo, long long hi, long long *out);
+/* Parse a float; false on junk. */
+bool mk_ecli_float(const char *s, float *out);
+/* Parse "1,2,3" (commas and/or whitespace) into a malloc'd array. Returns
+ * MK_E_ARG naming the bad item, MK_E_NOMEM. */
+mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n);
+/* --backend NAME: true for the names the engine commands take, "cpu" and
+ * "cuda". */
+bool mk_ecli_backend_name(const char *name);
+/* The backend --backend NAME asks for: "cpu" gives *out = NULL (the engine
+ * makes its own, threaded by --threads), "cuda" a CUDA backend on GPU 0
+ * (MK_E_UNSUPPORTED saying why when moekit has no CUDA or no GPU is
+ * present). The caller frees it after the engine that borrows it. */
+mk_status mk_ecli_backend(const char *name, mk_backend **out);
+/* Open MODEL and an engine over it; on failure both are NULL. */
+mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
+                       mk_model **m, mk_engine **e);
+/* Read the rest of f into a malloc'd buffer (not NUL-terminated), its length
+ * in *len. NULL when out of memory. A read error ends the read early: the
+ * caller checks ferror(f) if it cares. f stays open. */
+char *mk_ecli_read_all(FILE *f, size_t *len);
+/* Read the whole file given with `flag` (for messages, e.g. "--text"): a
+ * missing or unreadable file is an error with the OS reason, a directory is
+ * MK_E_ARG (fread of one reads nothing on Linux: it must not pass for an
+ * empty file). *buf is malloc'd, not NUL-terminated. */
+mk_status mk_ecli_read_file(const char *flag, const char *path, char **buf, size_t *len);
+/* Write n bytes to path atomically (temporary name, fsync, rename); an
+ * existing path is replaced only with force. Check the path first with
+ * mk_paths_check_file (io/outpath.h). */
+mk_status mk_ecli_write(const char *path, const void *data, size_t n, bool force);
+/* The model's tokenizer applied to the whole file given as --text (no
+ * special tokens added): its ids, refusing a tokenizer whose added or
+ * EOS/BOS ids fall outside the model's vocab_size. */
+mk_status mk_ecli_tokenize_file(const char *model_dir, int64_t vocab, const char *path,
+                                int32_t **ids, size_t *n);
+/* A context of ctx positions (named `what`, e.g. "--ctx") against the
+ * model's max_position_embeddings: beyond it is an error (MK_E_ARG) unless
+ * `force` (--force-ctx); with warn_only, a warning on stderr instead. */
+mk_status mk_ecli_check_ctx(const mk_model *m, int64_t ctx, const char *what, bool force, bool warn_only);
+/* Bytes of memory this process may still use (MemAvailable, capped by
+ * RLIMIT_AS/RLIMIT_DATA), for mk_engine_opts.mem_limit; 0 when unknown. */
+uint64_t mk_ecli_mem_available(void);
+
+#endif
