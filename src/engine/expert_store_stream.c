@@ -45,15 +45,69 @@ static uint64_t ct_bias_bytes(const mk_wloc *w) {
                  : 0;
 }
 
-static uint64_t expert_bytes(const mk_expert_loc *x) {
-    uint64_t b = 0;
+/* Where an expert's bytes go in its slot, and how they are read. When all
+ * its parts lie in one shard with little between them (a packed layout, or
+ * a per-expert checkpoint written in name order), the whole span is one
+ * read, widened down to the 4 KiB boundary so O_DIRECT reads land straight
+ * in the slot; otherwise each part is its own read at a 4 KiB-aligned place.
+ * Derived CT biases follow. Deterministic: the same expert always gets the
+ * same layout, so sizing, reading and viewing agree. */
+typedef struct xlayout {
+    uint64_t at[3][MK_SP_N]; /* slot offset of each part */
+    uint64_t bias[3];        /* slot offset of each projection's derived CT biases */
+    bool span;               /* one read of [lo, hi) into the slot's start */
+    int shard;
+    uint64_t lo, hi;         /* the span's file range (lo aligned down) */
+    uint64_t bytes;          /* slot bytes this expert needs */
+} xlayout;
+
+static void layout_of(const mk_expert_loc *x, xlayout *L) {
     const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
-    for (int p = 0; p < 3; p++) {
-        for (int k = 0; k < MK_SP_N; k++)
-            b += up(w[p]->part[k].len, SALIGN);
-        b += up(ct_bias_bytes(w[p]), SALIGN);
+    memset(L, 0, sizeof *L);
+    uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+    int shard = -1, nparts = 0;
+    bool one = true;
+    for (int p = 0; p < 3; p++)
+        for (int k = 0; k < MK_SP_N; k++) {
+            const mk_wloc_part *pt = &w[p]->part[k];
+            if (!pt->len)
+                continue;
+            one = one && (shard < 0 || pt->shard == shard);
+            shard = pt->shard;
+            lo = pt->off < lo ? pt->off : lo;
+            hi = pt->off + pt->len > hi ? pt->off + pt->len : hi;
+            sum += pt->len;
+            nparts++;
+        }
+    uint64_t pos = 0;
+    /* gaps of up to 64 KiB per part are read and dropped: cheaper than a request each */
+    if (nparts && one && hi - (lo & ~(uint64_t)(SALIGN - 1)) <= sum + (uint64_t)nparts * (64u << 10)) {
+        L->span = true;
+        L->shard = shard;
+        L->lo = lo & ~(uint64_t)(SALIGN - 1);
+        L->hi = hi;
+        for (int p = 0; p < 3; p++)
+            for (int k = 0; k < MK_SP_N; k++)
+                L->at[p][k] = w[p]->part[k].len ? w[p]->part[k].off - L->lo : 0;
+        pos = up(hi - L->lo, SALIGN);
+    } else {
+        for (int p = 0; p < 3; p++)
+            for (int k = 0; k < MK_SP_N; k++) {
+                L->at[p][k] = pos;
+                pos += up(w[p]->part[k].len, SALIGN);
+            }
     }
-    return b;
+    for (int p = 0; p < 3; p++) {
+        L->bias[p] = pos;
+        pos += up(ct_bias_bytes(w[p]), SALIGN);
+    }
+    L->bytes = pos;
+}
+
+static uint64_t expert_bytes(const mk_expert_loc *x) {
+    xlayout L;
+    layout_of(x, &L);
+    return L.bytes;
 }
 
 uint64_t mk_expert_store_slot_bytes(const mk_model *m) {
@@ -115,21 +169,6 @@ static double now_s(void) {
     return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
-/* Place each part of projection w in the slot at *pos, build its view. */
-static void place(const mk_wloc *w, unsigned char *base, uint64_t *pos, mk_wt *v,
-                  unsigned char *dst[MK_SP_N], unsigned char **bias) {
-    *v = w->q;
-    for (int k = 0; k < MK_SP_N; k++) {
-        dst[k] = w->part[k].len ? base + *pos : NULL;
-        *pos += up(w->part[k].len, SALIGN);
-    }
-    *bias = w->ct ? base + *pos : NULL;
-    *pos += up(ct_bias_bytes(w), SALIGN);
-    v->data = dst[MK_SP_WEIGHT];
-    v->scales = dst[MK_SP_SCALES];
-    v->biases = w->ct ? *bias : dst[MK_SP_BIASES];
-}
-
 /* CT INT4 biases: -scale * zu, zu the stored zero-point nibble (asymmetric)
  * or 8 (symmetric), rounded to the scale dtype (the loader's arithmetic). */
 static void ct_derive(const mk_wloc *w, const unsigned char *scales, const unsigned char *zp,
@@ -149,15 +188,25 @@ static void ct_derive(const mk_wloc *w, const unsigned char *scales, const unsig
     }
 }
 
+/* The expert's views over its slot (and its derived CT biases). */
 static void finish_expert(stream *s, int slot, const mk_expert_loc *x) {
-    unsigned char *base = s->mem + (size_t)slot * s->slot_bytes, *dst[MK_SP_N], *bias;
-    uint64_t pos = 0;
+    unsigned char *base = s->mem + (size_t)slot * s->slot_bytes;
+    xlayout L;
+    layout_of(x, &L);
     const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
     mk_wt *v[3] = {&s->views[slot].gate, &s->views[slot].up, &s->views[slot].down};
     for (int p = 0; p < 3; p++) {
-        place(w[p], base, &pos, v[p], dst, &bias);
-        if (w[p]->ct)
-            ct_derive(w[p], dst[MK_SP_SCALES], dst[MK_SP_ZP], bias);
+        unsigned char *dst[MK_SP_N];
+        for (int k = 0; k < MK_SP_N; k++)
+            dst[k] = w[p]->part[k].len ? base + L.at[p][k] : NULL;
+        *v[p] = w[p]->q;
+        v[p]->data = dst[MK_SP_WEIGHT];
+        v[p]->scales = dst[MK_SP_SCALES];
+        v[p]->biases = dst[MK_SP_BIASES];
+        if (w[p]->ct) {
+            v[p]->biases = base + L.bias[p];
+            ct_derive(w[p], dst[MK_SP_SCALES], dst[MK_SP_ZP], base + L.bias[p]);
+        }
     }
 }
 
@@ -232,22 +281,29 @@ static mk_status issue(stream *s) {
         const mk_expert_loc *x = &s->m->layers[s->layer].moe.locs[e];
         const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
         unsigned char *base = s->mem + (size_t)slot * s->slot_bytes;
-        uint64_t pos = 0;
+        xlayout XL;
+        layout_of(x, &XL);
         loading *L = &s->ld[s->nld];
         *L = (loading){.e = e, .slot = slot};
-        for (int p = 0; p < 3; p++) {
-            for (int k = 0; k < MK_SP_N; k++) {
-                const mk_wloc_part *pt = &w[p]->part[k];
-                if (pt->len) {
+        if (XL.span) { /* one read for the whole expert */
+            s->reqs[nreq++] = (mk_reader_req){
+                .file = s->file_of[XL.shard], .off = XL.lo, .len = (size_t)(XL.hi - XL.lo), .dst = base,
+                .cap = (size_t)up(XL.hi - XL.lo, SALIGN), .tag = (uint64_t)s->nld};
+            L->parts_left = 1;
+            s->st.bytes_read += XL.hi - XL.lo;
+        } else {
+            for (int p = 0; p < 3; p++)
+                for (int k = 0; k < MK_SP_N; k++) {
+                    const mk_wloc_part *pt = &w[p]->part[k];
+                    if (!pt->len)
+                        continue;
                     s->reqs[nreq++] = (mk_reader_req){
                         .file = s->file_of[pt->shard], .off = pt->off, .len = (size_t)pt->len,
-                        .dst = base + pos, .cap = (size_t)up(pt->len, SALIGN), .tag = (uint64_t)s->nld};
+                        .dst = base + XL.at[p][k], .cap = (size_t)up(pt->len, SALIGN),
+                        .tag = (uint64_t)s->nld};
                     L->parts_left++;
                     s->st.bytes_read += pt->len;
                 }
-                pos += up(pt->len, SALIGN);
-            }
-            pos += up(ct_bias_bytes(w[p]), SALIGN);
         }
         s->nld++;
     }
