@@ -10,6 +10,8 @@
 #include <getopt.h>
 
 #include "cli_flags.h"
+#include "core/alloc.h"
+#include "moekit/profile.h"
 #include "cmd.h"
 #include "engine_cli.h"
 #include "moekit/tokenizer.h"
@@ -214,6 +216,9 @@ const char mk_ecli_mem_help[] =
     "                       pread\n"
     "  --direct             O_DIRECT expert reads (bypass the page cache; per file, buffered\n"
     "                       where the file system refuses)\n"
+    "  --pin-profile P      streaming: read the most used experts of `moekit profile`'s P\n"
+    "                       (routing frequencies measured on calibration text) at startup and\n"
+    "                       keep them for good, up to half the expert cache\n"
     "  --experts-per-token K  route each token to only its best K experts (fewer than the\n"
     "                       model's): less to read and compute, but NOT the model's output;\n"
     "                       warns at startup. Measure what it costs with eval --ref\n";
@@ -249,6 +254,7 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         return -1;
     case 0x4d04: mm->direct = true; return -1;
     case 0x4d05: mm->force_stream = true; return -1;
+    case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d06: {
         int rc = mk_flag_int(mm->cmd, "--experts-per-token", arg, 1, 4096, &mm->experts_per_tok);
         return rc >= 0 ? rc : -1;
@@ -282,6 +288,68 @@ mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mod
     mm->stream = true;
     *m = sm;
     return MK_OK;
+}
+
+typedef struct hot {
+    double f;
+    int layer, e;
+} hot;
+
+static int hot_cmp(const void *a, const void *b) {
+    const hot *x = a, *y = b;
+    return x->f < y->f ? 1 : x->f > y->f ? -1 : x->layer != y->layer ? x->layer - y->layer : x->e - y->e;
+}
+
+/* The `cap` most used experts of profile `path` (routing frequency), for m. */
+static mk_status hottest(const char *path, const mk_model *m, int cap, int **pl, int **pe, int *n) {
+    *pl = *pe = NULL;
+    *n = 0;
+    mk_prof *p = NULL;
+    mk_status st = mk_prof_load(path, &p);
+    if (st == MK_OK && (st = mk_prof_check_model(p, m)) != MK_OK)
+        mk_err_wrap(st, "--pin-profile %s", path);
+    size_t total = 0;
+    for (int i = 0; st == MK_OK && i < mk_prof_route_layers(p); i++) {
+        int l, E;
+        const double *f, *w;
+        if (mk_prof_route(p, i, &l, &E, &f, &w))
+            total += (size_t)E;
+    }
+    hot *h = st == MK_OK ? mk_calloc(total ? total : 1, sizeof *h) : NULL;
+    if (st == MK_OK && !h)
+        st = mk_err(MK_E_NOMEM, "--pin-profile %s: no memory to rank %zu experts", path, total);
+    size_t k = 0;
+    for (int i = 0; st == MK_OK && i < mk_prof_route_layers(p); i++) {
+        int l, E;
+        const double *f, *w;
+        if (mk_prof_route(p, i, &l, &E, &f, &w))
+            for (int e = 0; e < E; e++)
+                h[k++] = (hot){f[e], l, e};
+    }
+    if (st == MK_OK && k == 0)
+        st = mk_err(MK_E_ARG, "--pin-profile %s: the profile has no routing statistics", path);
+    if (st == MK_OK) {
+        qsort(h, k, sizeof *h, hot_cmp);
+        int want = (int)(k < (size_t)cap ? k : (size_t)cap);
+        *pl = mk_malloc((size_t)(want ? want : 1) * sizeof **pl);
+        *pe = mk_malloc((size_t)(want ? want : 1) * sizeof **pe);
+        if (!*pl || !*pe)
+            st = mk_err(MK_E_NOMEM, "--pin-profile %s: no memory for %d pins", path, want);
+        for (int i = 0; st == MK_OK && i < want; i++) {
+            (*pl)[i] = h[i].layer;
+            (*pe)[i] = h[i].e;
+        }
+        if (st == MK_OK)
+            *n = want;
+    }
+    if (st != MK_OK) {
+        free(*pl);
+        free(*pe);
+        *pl = *pe = NULL;
+    }
+    free(h);
+    mk_prof_free(p);
+    return st;
 }
 
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e) {
@@ -326,16 +394,26 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       (unsigned long long)least, gib(least));
     mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
                          .direct = mm->direct, .record_trace = true};
-    MK_TRY(mk_expert_store_stream(m, &so, &mm->store));
+    int *pl = NULL, *pe = NULL;
+    if (mm->pin_profile) {
+        int cap = (int)(so.cache_bytes / slot / 2);
+        MK_TRY(hottest(mm->pin_profile, m, cap, &pl, &pe, &so.n_pin));
+        so.pin_layer = pl;
+        so.pin_expert = pe;
+    }
+    mk_status cs = mk_expert_store_stream(m, &so, &mm->store);
+    free(pl);
+    free(pe);
+    MK_TRY(cs);
     mk_expert_stats st;
     mk_expert_store_stats(mm->store, &st);
     if (!mm->quiet)
         fprintf(stderr,
                 "moekit %s: experts streamed from %s: %s %.2f GiB = weights %.2f + context %.2f + "
-                "overhead %.2f + expert cache %.2f GiB (%d of %llu experts, %s, %s)\n",
+                "overhead %.2f + expert cache %.2f GiB (%d of %llu experts, %d pinned, %s, %s)\n",
                 mm->cmd, mk_model_dir(m), mm->budget ? "budget" : "90% of available", gib(mm->limit),
                 gib(weights), gib(arena), gib(MK_ECLI_OVERHEAD), gib((uint64_t)st.slots * st.slot_bytes),
-                st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers,
+                st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers, st.pinned,
                 mm->policy == MK_EXPERT_LRU ? "LRU" : "FREQ", st.io);
     o.store = mm->store;
     o.mem_limit = 0; /* the arena is counted above */

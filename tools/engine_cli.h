@@ -67,6 +67,7 @@ typedef struct mk_ecli_mem {
     bool force_stream;         /* --stream-experts */
     bool quiet;                /* no startup line */
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
+    const char *pin_profile;   /* --pin-profile */
     const char *cmd;           /* for messages */
     /* decided */
     bool stream;
@@ -77,7 +78,8 @@ typedef struct mk_ecli_mem {
 #define MK_ECLI_MEM_OPTS                                                                              \
     {"memory-budget", required_argument, 0, 0x4d01}, {"expert-cache", required_argument, 0, 0x4d02},   \
         {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
-        {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}
+        {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
+        {"pin-profile", required_argument, 0, 0x4d07}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

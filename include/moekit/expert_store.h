@@ -39,6 +39,7 @@ typedef struct mk_expert_stats {
     double oracle_hit;    /* Belady's hit rate on the same accesses with the same slots;
                              -1 when not recorded */
     int slots;            /* experts the cache holds */
+    int pinned;           /* of which pinned for good */
     uint64_t slot_bytes;  /* bytes of one slot */
     const char *io;       /* "io_uring" / "pread" (+ direct or buffered) */
 } mk_expert_stats;
@@ -96,6 +97,12 @@ typedef struct mk_stream_opts {
     bool direct;              /* O_DIRECT reads (per-file fallback to buffered) */
     int io;                   /* 0 auto (io_uring, else pread), 1 io_uring, 2 pread */
     bool record_trace;        /* keep the access trace for the oracle hit rate in stats */
+    /* Experts read at creation and kept for good (the hottest of a profile,
+     * `--pin-profile`): pin_layer[i], pin_expert[i] for i < n_pin; at most
+     * the slots beyond one token's experts (num_experts_per_tok) are pinned,
+     * in the order given. */
+    const int *pin_layer, *pin_expert;
+    int n_pin;
 } mk_stream_opts;
 
 /* The model (opened with stream_experts) must outlive the store. */

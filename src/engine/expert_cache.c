@@ -179,8 +179,8 @@ static size_t *omap_at(omap *m, uint32_t key, bool insert) {
     return &m->v[i];
 }
 
-double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, int nslots) {
-    if (n == 0)
+double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, int nslots, size_t n_warm) {
+    if (n <= n_warm)
         return 1.0;
     if (!keys || !steps || nslots <= 0)
         return -1.0;
@@ -212,7 +212,7 @@ double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, i
                 break;
             }
         if (at >= 0) {
-            hits++;
+            hits += i >= n_warm;
         } else if (nres < nslots) {
             at = nres++;
             res[at] = keys[i];
@@ -230,7 +230,7 @@ double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, i
         rnext[at] = next[i];
         rstep[at] = steps[i];
     }
-    rate = (double)hits / (double)n;
+    rate = (double)hits / (double)(n - n_warm);
 out:
     free(next);
     free(res);

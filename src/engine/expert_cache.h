@@ -64,8 +64,10 @@ int mk_ecache_slots(const mk_ecache *c);
  * must all be resident together: a step's own keys are never evicted for
  * one another, unless the step has more keys than slots (a prefill chunk:
  * the store then reads them as slots are released, and so does the
- * oracle). Returns the fraction of accesses that hit, or -1 on bad
- * arguments / no memory. */
-double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, int nslots);
+ * oracle). The first n_warm accesses only fill the cache (experts loaded
+ * before the run, such as profile pins: the oracle starts from the same
+ * content) and are not counted. Returns the fraction of the other accesses
+ * that hit, or -1 on bad arguments / no memory. */
+double mk_ecache_belady(const uint32_t *keys, const uint32_t *steps, size_t n, int nslots, size_t n_warm);
 
 #endif

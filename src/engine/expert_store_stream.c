@@ -158,7 +158,7 @@ typedef struct stream {
     /* counters */
     mk_expert_stats st;
     uint32_t *tkeys, *tsteps;
-    size_t tn, tcap;
+    size_t tn, tcap, twarm; /* twarm: pin loads at the trace's start (not counted) */
     uint32_t step;
     char io_name[48];
 } stream;
@@ -425,14 +425,47 @@ static void st_release(void *ctx, int layer, int e) {
     mk_ecache_unpin(s->cache, s->slot_of[e]);
 }
 
+/* Read the given experts now and keep them for good (profile pins). */
+static mk_status pin_experts(stream *s, const mk_stream_opts *o) {
+    const mk_config *c = &s->m->cfg;
+    int room = s->nslots - c->num_experts_per_tok;
+    for (int i = 0; i < o->n_pin && s->st.pinned < room; i++) {
+        int l = o->pin_layer[i], e = o->pin_expert[i];
+        if (!mk_model_expert_loc(s->m, l, e))
+            return mk_err(MK_E_ARG, "expert store: cannot pin expert %d of layer %d: no such routed expert", e, l);
+        if (mk_ecache_use(s->cache, l, e) >= 0)
+            continue; /* given twice */
+        s->step++;
+        trace_add(s, l, e);
+        s->layer = l;
+        s->nwait = 1;
+        s->wait[0] = e;
+        s->nld = 0;
+        MK_TRY(issue(s));
+        mk_status st = mk_reader_wait_all(s->rd);
+        if (st != MK_OK) {
+            mk_ecache_drop(s->cache, s->ld[0].slot);
+            return mk_err_wrap(st, "pinning expert %d of layer %d", e, l);
+        }
+        finish_expert(s, s->ld[0].slot, mk_model_expert_loc(s->m, l, e));
+        mk_ecache_pin_forever(s->cache, s->ld[0].slot);
+        s->st.pinned++;
+    }
+    s->nld = 0;
+    s->twarm = s->tn;
+    s->st.uses = s->st.hits = 0; /* pins are not uses; their bytes stay counted as read */
+    return MK_OK;
+}
+
 static void st_stats(void *ctx, mk_expert_stats *out) {
     stream *s = ctx;
     *out = s->st;
     out->slots = s->nslots;
     out->slot_bytes = s->slot_bytes;
     out->io = s->io_name;
-    out->oracle_hit = s->o.record_trace || s->tn ? mk_ecache_belady(s->tkeys, s->tsteps, s->tn, s->nslots)
-                                                 : -1.0;
+    out->oracle_hit = s->o.record_trace || s->tn
+                          ? mk_ecache_belady(s->tkeys, s->tsteps, s->tn, s->nslots, s->twarm)
+                          : -1.0;
 }
 
 static void st_free(void *ctx) {
@@ -535,5 +568,9 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     }
     snprintf(s->io_name, sizeof s->io_name, "%s, %s", mk_reader_backend_name(s->rd),
              o->direct ? "O_DIRECT" : "buffered");
+    if (o->n_pin > 0 && (st = pin_experts(s, o)) != MK_OK) {
+        st_free(s);
+        return st;
+    }
     return mk_expert_store_create(&g_stream, s, out);
 }

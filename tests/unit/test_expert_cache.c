@@ -135,14 +135,14 @@ static void test_belady_is_optimal(void **st) {
             while (i % (size_t)per == 1 && k[i] == k[i - 1]);
         }
         double want = (double)best_hits(k, s, n, 0, res, rstep, 0, nslots) / (double)n;
-        double got = mk_ecache_belady(k, s, n, nslots);
+        double got = mk_ecache_belady(k, s, n, nslots, 0);
         if (got != want)
             fail_msg("trial %d (n %zu, %d slots, %d per step): belady %g, exhaustive %g", trial, n,
                      nslots, per, got, want);
     }
     uint32_t k[3] = {1, 2, 1}, s[3] = {0, 0, 1};
     /* a step larger than the cache: 2 is loaded over 1, 1 misses again */
-    assert_true(mk_ecache_belady(k, s, 3, 1) == 0.0);
+    assert_true(mk_ecache_belady(k, s, 3, 1, 0) == 0.0);
 }
 
 /* ---- a real trace ------------------------------------------------------- */
@@ -237,7 +237,7 @@ static void test_policies_on_real_routing(void **st) {
     int moe_layers = cfg->num_layers, slots = moe_layers * cfg->num_experts / 4;
     double lru = simulate(&t, moe_layers, slots, MK_ECACHE_LRU, 0);
     double freq = simulate(&t, moe_layers, slots, MK_ECACHE_FREQ, 0);
-    double opt = mk_ecache_belady(t.keys, t.steps, t.n, slots);
+    double opt = mk_ecache_belady(t.keys, t.steps, t.n, slots, 0);
     printf("  %zu routed accesses, %d slots (1/4 of the experts): hit rate LRU %.4f, FREQ %.4f, "
            "Belady %.4f\n", t.n, slots, lru, freq, opt);
     assert_true(t.n >= ntok * (size_t)moe_layers);
