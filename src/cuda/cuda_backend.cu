@@ -307,6 +307,32 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     return e;
 }
 
+const float *mkb_param(mkb_ctx *c, const float *p, int64_t n) {
+    if (!p || n <= 0)
+        return p;
+    /* a host vector seen before: its copy (no driver call on the hot path) */
+    mk_wt w;
+    memset(&w, 0, sizeof w);
+    w.fmt = MK_WF_F32;
+    w.rows = 1;
+    w.cols = n;
+    w.data = p;
+    w.global_scale = 1.0f;
+    for (mkb_entry *e = c->tab[bucket(c, p)]; e; e = e->next)
+        if (same_view(&e->host, &w))
+            return (const float *)e->dev.data;
+    cudaPointerAttributes at;
+    cudaError_t err = cudaPointerGetAttributes(&at, p);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        at.type = cudaMemoryTypeUnregistered;
+    }
+    if (at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged)
+        return p;
+    const mkb_entry *e = mkb_weight(c, &w);
+    return e ? (const float *)e->dev.data : NULL;
+}
+
 /* ---- the table ------------------------------------------------------------------ */
 
 static void cu_free(void *ctx) {

@@ -62,6 +62,12 @@ void mkb_launched(mkb_ctx *c, const char *what);
  * recording the failure. */
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w);
 
+/* A float vector the slot reads as a parameter (norm weights, conv
+ * weights, A_log, dt_bias, a router's selection bias): device memory as
+ * given, or the resident device copy of host (model) memory, uploaded on
+ * first use like a weight. NULL stays NULL; NULL after a recorded failure. */
+const float *mkb_param(mkb_ctx *c, const float *p, int64_t n);
+
 /* Blocks for n items of `threads` threads (1 at least). */
 static inline unsigned mkb_blocks(int64_t n, int threads) {
     int64_t b = (n + threads - 1) / threads;

@@ -38,7 +38,10 @@ void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int6
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (n <= 0 || C <= 0)
         return;
-    k_conv<<<mkb_blocks(C, 128), 128, 0, c->s>>>(u, u_stride, y, n, C, K, w, state);
+    const float *wd = mkb_param(c, w, C * K);
+    if (!wd)
+        return;
+    k_conv<<<mkb_blocks(C, 128), 128, 0, c->s>>>(u, u_stride, y, n, C, K, wd, state);
     mkb_launched(c, "conv1d_silu");
 }
 
@@ -101,8 +104,13 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
                            a->nv, a->nk));
         return;
     }
+    mk_gdn_args d = *a;
+    d.A_log = mkb_param(c, a->A_log, a->nv);
+    d.dt_bias = mkb_param(c, a->dt_bias, a->nv);
+    if (!d.A_log || !d.dt_bias)
+        return;
     const int threads = a->dv < 32 ? 32 : (a->dv + 31) / 32 * 32;
     const size_t smem = sizeof(float) * (2 * (size_t)a->dk + 32);
-    k_gdn<<<(unsigned)a->nv, threads, smem, c->s>>>(*a);
+    k_gdn<<<(unsigned)a->nv, threads, smem, c->s>>>(d);
     mkb_launched(c, "gdn");
 }

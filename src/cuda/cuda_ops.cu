@@ -37,7 +37,10 @@ void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t 
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (rows <= 0 || dim <= 0)
         return;
-    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(y, y_stride, x, x_stride, g, dim, eps, NULL);
+    const float *gd = mkb_param(c, g, dim);
+    if (g && !gd)
+        return;
+    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(y, y_stride, x, x_stride, gd, dim, eps, NULL);
     mkb_launched(c, "rmsnorm");
 }
 
@@ -45,7 +48,10 @@ void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int6
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (rows <= 0 || dim <= 0)
         return;
-    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(x, dim, x, dim, g, dim, eps, z);
+    const float *gd = mkb_param(c, g, dim);
+    if (g && !gd)
+        return;
+    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(x, dim, x, dim, gd, dim, eps, z);
     mkb_launched(c, "gated_rmsnorm");
 }
 

@@ -170,8 +170,12 @@ void mkb_route(void *ctx, const mk_route_args *a) {
                            MK_BACKEND_MAX_EXPERTS, a->k, RT_MAX_K, G, RT_MAX_G));
         return;
     }
+    mk_route_args d = *a;
+    d.bias = mkb_param(c, a->bias, a->E);
+    if (a->bias && !d.bias)
+        return;
     const size_t smem = (size_t)a->E * (sizeof(float) + 1);
-    k_route<<<(unsigned)a->n, RT_THREADS, smem, c->s>>>(*a);
+    k_route<<<(unsigned)a->n, RT_THREADS, smem, c->s>>>(d);
     mkb_launched(c, "route");
 }
 

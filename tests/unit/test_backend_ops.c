@@ -136,12 +136,13 @@ typedef struct wbuf {
 
 /* A device backend keeps copies of the weights it has seen, keyed by host
  * address; the next case may get the same address for other weights. */
-static void forget_w(be_case *b, const wbuf *w) {
+static void forget(be_case *b, const void *host, const char *name) {
     size_t before = mk_backend_cuda_weight_bytes(b->b);
-    mk_backend_cuda_forget(b->b, w->data);
+    mk_backend_cuda_forget(b->b, host);
     if (strcmp(b->name, "cuda") == 0 && !(before > mk_backend_cuda_weight_bytes(b->b)))
-        fail_msg("cuda: %s: no resident copy was dropped (%zu bytes before)", w->name, before);
+        fail_msg("cuda: %s: no resident copy was dropped (%zu bytes before)", name, before);
 }
+static void forget_w(be_case *b, const wbuf *w) { forget(b, w->data, w->name); }
 
 static void wbuf_free(wbuf *b) {
     free(b->data);
@@ -549,6 +550,14 @@ static void test_norms_rope_eltwise(void **st) {
         }
         check_rel(b->name, "rmsnorm", y, ref, ROWS * DIM, TOL_ELT);
         free(y);
+        /* the same with g in host memory: parameter vectors (norm weights,
+         * conv weights, A_log, dt_bias, router bias) may be model memory */
+        b->i->zero(b->ctx, dy, sizeof(float) * ROWS * DIM);
+        b->i->rmsnorm(b->ctx, dy, DIM, dx, DIM, g, ROWS, DIM, eps);
+        y = back(b, dy, sizeof(float) * ROWS * DIM);
+        check_rel(b->name, "rmsnorm (host g)", y, ref, ROWS * DIM, TOL_ELT);
+        free(y);
+        forget(b, g, "rmsnorm's host g");
         /* gated_rmsnorm in place */
         void *dx2 = dev(b, x, sizeof(float) * ROWS * DIM), *dz = dev(b, z, sizeof(float) * ROWS * DIM);
         b->i->gated_rmsnorm(b->ctx, dx2, dz, dg, ROWS, DIM, eps);
