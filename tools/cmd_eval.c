@@ -37,6 +37,7 @@ static void help(FILE *f) {
             "                    positions, the mean and 99th percentile of KL(MODEL2 || MODEL)\n"
             "                    and how often both rank the same token first\n"
             "  --threads N       compute threads (default: all CPUs)\n"
+            "  --backend B       where to compute: cpu (default) or cuda (GPU 0), both models\n"
             "  --fp8-bf16        dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "  --json            print the results as JSON\n"
             "  -h, --help        this text\n\n"
@@ -44,7 +45,7 @@ static void help(FILE *f) {
 }
 
 typedef struct eval_opts {
-    const char *model, *text, *ref;
+    const char *model, *text, *ref, *backend;
     long long window, tokens;
     bool json, force_ctx;
     mk_model_opts mo;
@@ -54,12 +55,14 @@ typedef struct eval_opts {
 typedef struct side {
     mk_model *m;
     mk_engine *e;
+    mk_backend *be; /* --backend cuda: borrowed by e, freed after it */
     float *lg; /* [W, V] */
 } side;
 
 static void side_free(side *s) {
     free(s->lg);
     mk_engine_free(s->e);
+    mk_backend_free(s->be);
     mk_model_free(s->m);
 }
 
@@ -69,6 +72,8 @@ static mk_status side_open(const char *path, const eval_opts *o, side *s) {
     MK_TRY(mk_model_open_ex(path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
     eo.mem_limit = mk_ecli_mem_available(); /* a cache larger than memory is refused */
+    MK_TRY(mk_ecli_backend(o->backend, &s->be));
+    eo.backend = s->be;
     MK_TRY(mk_engine_create(s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
     return s->lg ? MK_OK : mk_err(MK_E_NOMEM, "no memory for %lld x %d logits", o->window,
@@ -180,7 +185,7 @@ int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"text", required_argument, 0, 'f'},    {"window", required_argument, 0, 'w'},
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
-        {"threads", required_argument, 0, 't'},
+        {"threads", required_argument, 0, 't'}, {"backend", required_argument, 0, 'B'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
         {"force-ctx", no_argument, 0, 'X'},
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
@@ -207,6 +212,11 @@ int cmd_eval(int argc, char **argv) {
             o.eo.threads = (int)v;
             break;
         case 'F': o.mo.fp8_to_bf16 = true; break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("eval", "--backend: expected cpu or cuda, found '%s'", optarg);
+            o.backend = optarg;
+            break;
         case 'J': o.json = true; break;
         case 'X': o.force_ctx = true; break;
         case 'h': help(stdout); return 0;

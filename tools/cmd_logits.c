@@ -23,6 +23,7 @@ static void help(FILE *f) {
             "  --force             replace existing --out/--hidden-out files (never a file of\n"
             "                      MODEL: outputs that are inputs are always refused)\n"
             "  --threads N         compute threads (default: all CPUs)\n"
+            "  --backend B         where to compute: cpu (default) or cuda (GPU 0)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
             "  --fp8-bf16          dequantize FP8 weights at load to bf16 copies (each product\n"
@@ -37,12 +38,13 @@ int cmd_logits(int argc, char **argv) {
                                          {"out", required_argument, 0, 'o'},
                                          {"hidden-out", required_argument, 0, 'H'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"backend", required_argument, 0, 'B'},
                                          {"prefill-chunk", required_argument, 0, 'c'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
                                          {"force", no_argument, 0, 'f'},
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *ids_s = NULL, *out = NULL, *hout = NULL;
+    const char *ids_s = NULL, *out = NULL, *hout = NULL, *backend = "cpu";
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
     bool force = false;
@@ -63,6 +65,11 @@ int cmd_logits(int argc, char **argv) {
                 return rc;
             break;
         case 'F': mo.fp8_to_bf16 = true; break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("logits", "--backend: expected cpu or cuda, found '%s'", optarg);
+            backend = optarg;
+            break;
         case 'f': force = true; break;
         case 'h': help(stdout); return 0;
         default:
@@ -97,7 +104,11 @@ int cmd_logits(int argc, char **argv) {
     mk_model *m = NULL;
     mk_engine *e = NULL;
     float *logits = NULL, *hidden = NULL;
-    st = mk_ecli_open(argv[optind], &mo, &eo, &m, &e);
+    mk_backend *be = NULL;
+    st = mk_ecli_backend(backend, &be);
+    eo.backend = be;
+    if (st == MK_OK)
+        st = mk_ecli_open(argv[optind], &mo, &eo, &m, &e);
     if (st == MK_OK) {
         const mk_config *c = mk_model_config(m);
         logits = malloc((size_t)n * (size_t)c->vocab_size * sizeof(float));
@@ -119,6 +130,7 @@ int cmd_logits(int argc, char **argv) {
     free(logits);
     free(hidden);
     mk_engine_free(e);
+    mk_backend_free(be); /* after the engine that borrowed it */
     mk_model_free(m);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }

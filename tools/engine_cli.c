@@ -8,6 +8,7 @@
 #include <sys/stat.h>
 
 #include "engine_cli.h"
+#include "moekit/backend_cuda.h"
 #include "moekit/tokenizer.h"
 #include "io/outfile.h"
 
@@ -95,6 +96,19 @@ uint64_t mk_ecli_mem_available(void) {
             avail = (uint64_t)rl.rlim_cur;
     }
     return avail;
+}
+
+bool mk_ecli_backend_name(const char *name) {
+    return !strcmp(name, "cpu") || !strcmp(name, "cuda");
+}
+
+mk_status mk_ecli_backend(const char *name, mk_backend **out) {
+    *out = NULL;
+    if (!name || !strcmp(name, "cpu"))
+        return MK_OK;
+    if (!strcmp(name, "cuda"))
+        return mk_err_wrap(mk_backend_cuda_create(0, out), "--backend cuda");
+    return mk_err(MK_E_ARG, "--backend: expected cpu or cuda, found '%s'", name);
 }
 
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,

@@ -18,6 +18,14 @@ bool mk_ecli_float(const char *s, float *out);
 /* Parse "1,2,3" (commas and/or whitespace) into a malloc'd array. Returns
  * MK_E_ARG naming the bad item, MK_E_NOMEM. */
 mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n);
+/* --backend NAME: true for the names the engine commands take, "cpu" and
+ * "cuda". */
+bool mk_ecli_backend_name(const char *name);
+/* The backend --backend NAME asks for: "cpu" gives *out = NULL (the engine
+ * makes its own, threaded by --threads), "cuda" a CUDA backend on GPU 0
+ * (MK_E_UNSUPPORTED saying why when moekit has no CUDA or no GPU is
+ * present). The caller frees it after the engine that borrows it. */
+mk_status mk_ecli_backend(const char *name, mk_backend **out);
 /* Open MODEL and an engine over it; on failure both are NULL. */
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
                        mk_model **m, mk_engine **e);
