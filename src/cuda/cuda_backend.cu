@@ -211,17 +211,21 @@ static void entry_free(mkb_entry *e) {
     free(e);
 }
 
-/* A device copy of `bytes` at host p (NULL when bytes == 0). */
-static mk_status up(const void *p, size_t bytes, const void **out, const char *what) {
+/* A device copy of `bytes` at host p (NULL when bytes == 0), queued on the
+ * backend's stream so that the slots queued after it read it whole. (A plain
+ * cudaMemcpy from pageable memory may return before its DMA has landed, and
+ * the legacy stream it runs on does not order with a non-blocking one: the
+ * first fixture runs on the H200 read half-uploaded weights that way.) */
+static mk_status up(mkb_ctx *c, const void *p, size_t bytes, const void **out, const char *what) {
     *out = NULL;
     if (!bytes || !p)
         return MK_OK;
     void *d = NULL;
     MK_TRY(mk_cuda_malloc(&d, bytes, what));
-    mk_status s = mk_cuda_upload(d, p, bytes);
-    if (s != MK_OK) {
+    cudaError_t e = cudaMemcpyAsync(d, p, bytes, cudaMemcpyHostToDevice, c->s);
+    if (e != cudaSuccess) {
         mk_cuda_free(d);
-        return s;
+        return mkc_fail(e, "copying a weight to the device");
     }
     *out = d;
     return MK_OK;
@@ -267,11 +271,11 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     e->host = *w;
     e->dev = *w;
     const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = scale_bytes(w);
-    s = up(w->data, nd, &e->dev.data, what);
+    s = up(c, w->data, nd, &e->dev.data, what);
     if (s == MK_OK)
-        s = up(w->scales, ns, &e->dev.scales, what);
+        s = up(c, w->scales, ns, &e->dev.scales, what);
     if (s == MK_OK)
-        s = up(w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
+        s = up(c, w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
     if (s != MK_OK) {
         entry_free(e);
         mkb_fail(c, mk_err_wrap(s, "CUDA backend: uploading %s", what));
@@ -430,8 +434,10 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
             for (int b = 0; b < 16; b++)
                 h->e2m1[b] = (b & 8) ? -e2m1[b & 7] : e2m1[b & 7];
             s = mk_cuda_malloc((void **)&c->luts, sizeof *h, "the CUDA backend's code tables");
-            if (s == MK_OK)
+            if (s == MK_OK) /* on the stream, and waited for: h is freed next */
                 s = mk_cuda_upload(c->luts, h, sizeof *h);
+            if (s == MK_OK && (e = cudaDeviceSynchronize()) != cudaSuccess)
+                s = mkc_fail(e, "copying the code tables to the device");
             free(h);
         }
     }
