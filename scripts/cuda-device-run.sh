@@ -6,6 +6,10 @@
 # libcmocka-dev, their runtime packages, pkgconf) as $1; they are unpacked
 # under /tmp/deps (never into /) and pkg-config is pointed there.
 #   usage: scripts/cuda-device-run.sh DEBS_DIR OUT_DIR [bench args...]
+# Environment (this script's, not the library's): MK_TESTS the GPU tests to
+# build and run (default test_cuda_gemv test_cuda_moe test_backend_ops);
+# MK_TARGETS more targets to build (e.g. moekit_cli); MK_NO_BENCH=1 skips
+# bench_cuda_moe; MK_AFTER a command run after the tests (fixture checks).
 set -uo pipefail
 debs=$1 out=$2
 shift 2
@@ -25,12 +29,23 @@ nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noh
 gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
 cmake -S . -B build-cuda "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKG_CONFIG_EXECUTABLE="$PKGCFG" \
     -DCMAKE_C_FLAGS="-I$D/usr/include" 2>&1 | tee "$out/configure.log" | grep -E "MK_CUDA|Error|error" 
-cmake --build build-cuda -j16 --target test_cuda_gemv test_cuda_moe bench_cuda_moe 2>&1 | tee "$out/build.log" | grep -E "error|warning" | head -30
+tests=${MK_TESTS:-test_cuda_gemv test_cuda_moe test_backend_ops}
+bench=bench_cuda_moe
+[ -n "${MK_NO_BENCH:-}" ] && bench=
+# shellcheck disable=SC2086
+cmake --build build-cuda -j16 --target $tests $bench ${MK_TARGETS:-} 2>&1 | tee "$out/build.log" | grep -E "error|warning" | head -30
 rc=0
-for t in test_cuda_gemv test_cuda_moe; do
+for t in $tests; do
     echo "== $t"
     timeout 120 ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
 done
+if [ -n "${MK_AFTER:-}" ]; then
+    echo "== $MK_AFTER"
+    bash -c "$MK_AFTER" || rc=1
+fi
+if [ -z "$bench" ]; then
+    exit $rc
+fi
 echo "== bench_cuda_moe $*"
 # clocks while it runs (read only: METHOD.md, never set them)
 nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,utilization.gpu --format=csv -lms 250 \

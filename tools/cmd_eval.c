@@ -37,6 +37,7 @@ static void help(FILE *f) {
             "                    positions, the mean and 99th percentile of KL(MODEL2 || MODEL)\n"
             "                    and how often both rank the same token first\n"
             "  --threads N       compute threads (default: all CPUs)\n"
+            "  --backend B       where to compute: cpu (default) or cuda (GPU 0), both models\n"
             "  --fp8-bf16        dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "  --json            print the results as JSON\n"
             "  --stats           print peak RSS and the expert store's counters to stderr\n"
@@ -49,7 +50,7 @@ static void help(FILE *f) {
 }
 
 typedef struct eval_opts {
-    const char *model, *text, *ref;
+    const char *model, *text, *ref, *backend;
     long long window, tokens;
     bool json, force_ctx, stats;
     mk_model_opts mo;
@@ -60,6 +61,7 @@ typedef struct eval_opts {
 typedef struct side {
     mk_model *m;
     mk_engine *e;
+    mk_backend *be; /* --backend cuda: borrowed by e, freed after it */
     float *lg; /* [W, V] */
     mk_ecli_mem mm;
 } side;
@@ -68,6 +70,7 @@ static void side_free(side *s) {
     free(s->lg);
     mk_engine_free(s->e);
     mk_ecli_mem_free(&s->mm);
+    mk_backend_free(s->be);
     mk_model_free(s->m);
 }
 
@@ -79,6 +82,8 @@ static mk_status side_open(const char *path, const eval_opts *o, bool ref, side 
         s->mm.experts_per_tok = 0;
     MK_TRY(mk_ecli_mem_model_open(&s->mm, path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
+    MK_TRY(mk_ecli_backend(o->backend, &s->be));
+    eo.backend = s->be;
     /* a cache larger than memory (or the budget) is refused */
     MK_TRY(mk_ecli_mem_engine(&s->mm, s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
@@ -197,7 +202,7 @@ int cmd_eval(int argc, char **argv) {
     static const struct option opts[] = {
         {"text", required_argument, 0, 'f'},    {"window", required_argument, 0, 'w'},
         {"tokens", required_argument, 0, 'n'},  {"ref", required_argument, 0, 'r'},
-        {"threads", required_argument, 0, 't'},
+        {"threads", required_argument, 0, 't'}, {"backend", required_argument, 0, 'B'},
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
         {"force-ctx", no_argument, 0, 'X'},    {"stats", no_argument, 0, 'a'},
         MK_ECLI_MEM_OPTS,
@@ -225,6 +230,11 @@ int cmd_eval(int argc, char **argv) {
             o.eo.threads = (int)v;
             break;
         case 'F': o.mo.fp8_to_bf16 = true; break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("eval", "--backend: expected cpu or cuda, found '%s'", optarg);
+            o.backend = optarg;
+            break;
         case 'J': o.json = true; break;
         case 'X': o.force_ctx = true; break;
         case 'a': o.stats = true; break;

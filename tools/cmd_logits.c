@@ -23,6 +23,7 @@ static void help(FILE *f) {
             "  --force             replace existing --out/--hidden-out files (never a file of\n"
             "                      MODEL: outputs that are inputs are always refused)\n"
             "  --threads N         compute threads (default: all CPUs)\n"
+            "  --backend B         where to compute: cpu (default) or cuda (GPU 0)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
             "  --fp8-bf16          dequantize FP8 weights at load to bf16 copies (each product\n"
@@ -40,6 +41,7 @@ int cmd_logits(int argc, char **argv) {
                                          {"out", required_argument, 0, 'o'},
                                          {"hidden-out", required_argument, 0, 'H'},
                                          {"threads", required_argument, 0, 't'},
+                                         {"backend", required_argument, 0, 'B'},
                                          {"prefill-chunk", required_argument, 0, 'c'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
                                          {"force", no_argument, 0, 'f'},
@@ -47,7 +49,7 @@ int cmd_logits(int argc, char **argv) {
                                          MK_ECLI_MEM_OPTS,
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
-    const char *ids_s = NULL, *out = NULL, *hout = NULL;
+    const char *ids_s = NULL, *out = NULL, *hout = NULL, *backend = "cpu";
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
     bool force = false, stats = false, mine;
@@ -69,6 +71,11 @@ int cmd_logits(int argc, char **argv) {
                 return rc;
             break;
         case 'F': mo.fp8_to_bf16 = true; break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("logits", "--backend: expected cpu or cuda, found '%s'", optarg);
+            backend = optarg;
+            break;
         case 'f': force = true; break;
         case 'a': stats = true; break;
         case 'h': help(stdout); return 0;
@@ -108,7 +115,11 @@ int cmd_logits(int argc, char **argv) {
     mk_model *m = NULL;
     mk_engine *e = NULL;
     float *logits = NULL, *hidden = NULL;
-    st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
+    mk_backend *be = NULL;
+    st = mk_ecli_backend(backend, &be);
+    eo.backend = be;
+    if (st == MK_OK)
+        st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
     if (st == MK_OK)
         st = mk_ecli_mem_engine(&mm, m, &eo, &e);
     if (st == MK_OK) {
@@ -135,6 +146,7 @@ int cmd_logits(int argc, char **argv) {
     free(hidden);
     mk_engine_free(e);
     mk_ecli_mem_free(&mm);
+    mk_backend_free(be); /* after the engine that borrowed it */
     mk_model_free(m);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }

@@ -45,6 +45,7 @@ static void help(FILE *f) {
             "  --seed S             random seed (default 0): same seed, same tokens\n"
             "engine:\n"
             "  --threads N          compute threads (default: all CPUs)\n"
+            "  --backend B          where to compute: cpu (default) or cuda (GPU 0)\n"
             "  --ctx N              context positions to allocate (default: prompt +\n"
             "                       max tokens; 4096 for interactive chat, at most\n"
             "                       max_position_embeddings); more than the model's\n"
@@ -74,7 +75,7 @@ static void help(FILE *f) {
 }
 
 typedef struct run_opts {
-    const char *model, *prompt, *ids, *system, *tmpl;
+    const char *model, *prompt, *ids, *system, *tmpl, *backend;
     bool chat, no_think, stats, json, force_ctx;
     mk_ecli_mem mm;
     long long max_tokens, ctx;
@@ -87,6 +88,7 @@ typedef struct run_ctx {
     const run_opts *o;
     mk_model *m;
     mk_engine *e;
+    mk_backend *be; /* --backend cuda: borrowed by e, freed after it */
     mk_tok *tok; /* NULL without a tokenizer */
     mk_sampler *smp;
     mk_gen_stopset stop;
@@ -333,6 +335,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"top-k", required_argument, 0, 'k'},  {"top-p", required_argument, 0, 'P'},
         {"min-p", required_argument, 0, 'm'},  {"repeat-penalty", required_argument, 0, 'r'},
         {"seed", required_argument, 0, 's'},   {"threads", required_argument, 0, 'j'},
+        {"backend", required_argument, 0, 'B'},
         {"ctx", required_argument, 0, 'x'},    {"prefill-chunk", required_argument, 0, 'c'},
         {"fp8-bf16", no_argument, 0, 'F'},    {"force-ctx", no_argument, 0, 'X'},
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
@@ -394,6 +397,11 @@ static int parse(int argc, char **argv, run_opts *o) {
             if ((rc = mk_flag_int("run", "--threads", optarg, 1, 1024, &v)) >= 0)
                 return rc;
             o->eo.threads = (int)v;
+            break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("run", "--backend: expected cpu or cuda, found '%s'", optarg);
+            o->backend = optarg;
             break;
         case 'x':
             if ((rc = mk_flag_int("run", "--ctx", optarg, 1, 1 << 26, &o->ctx)) >= 0)
@@ -486,6 +494,9 @@ static mk_status run_main(run_opts *o) {
         /* sized for the user's prompt and --max-tokens, not asked for: a warning */
         mk_ecli_check_ctx(r.m, o->eo.max_ctx, "the prompt + --max-tokens", o->force_ctx, true);
     }
+    if ((st = mk_ecli_backend(o->backend, &r.be)) != MK_OK)
+        goto done;
+    o->eo.backend = r.be;
     /* a cache larger than memory (or the budget) is refused */
     if ((st = mk_ecli_mem_engine(&o->mm, r.m, &o->eo, &r.e)) != MK_OK ||
         (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
@@ -495,6 +506,7 @@ done:
     mk_sampler_free(r.smp);
     mk_engine_free(r.e);
     mk_ecli_mem_free(&o->mm);
+    mk_backend_free(r.be);
     mk_tok_free(r.tok);
     mk_model_free(r.m);
     return st;

@@ -14,6 +14,7 @@
 #include "moekit/profile.h"
 #include "cmd.h"
 #include "engine_cli.h"
+#include "moekit/backend_cuda.h"
 #include "moekit/tokenizer.h"
 #include "io/outfile.h"
 
@@ -101,6 +102,19 @@ uint64_t mk_ecli_mem_available(void) {
             avail = (uint64_t)rl.rlim_cur;
     }
     return avail;
+}
+
+bool mk_ecli_backend_name(const char *name) {
+    return !strcmp(name, "cpu") || !strcmp(name, "cuda");
+}
+
+mk_status mk_ecli_backend(const char *name, mk_backend **out) {
+    *out = NULL;
+    if (!name || !strcmp(name, "cpu"))
+        return MK_OK;
+    if (!strcmp(name, "cuda"))
+        return mk_err_wrap(mk_backend_cuda_create(0, out), "--backend cuda");
+    return mk_err(MK_E_ARG, "--backend: expected cpu or cuda, found '%s'", name);
 }
 
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
@@ -214,8 +228,10 @@ const char mk_ecli_mem_help[] =
     "  --expert-cache POL   freq (default: decayed use counts) or lru\n"
     "  --io MODE            auto (io_uring when the kernel allows, else a pread pool), uring,\n"
     "                       pread\n"
-    "  --direct             O_DIRECT expert reads (bypass the page cache; per file, buffered\n"
-    "                       where the file system refuses)\n"
+    "  --direct, --buffered  expert reads with O_DIRECT (the default: bypass the page cache,\n"
+    "                       straight into the cache's aligned slots; per file, buffered where the\n"
+    "                       file system refuses) or through the page cache (measure both with\n"
+    "                       moekit bench-disk; bench/RESULTS.md has this machine's numbers)\n"
     "  --pin-profile P      streaming: read the most used experts of `moekit profile`'s P\n"
     "                       (routing frequencies measured on calibration text) at startup and\n"
     "                       keep them for good, up to half the expert cache\n"
@@ -252,7 +268,8 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         else
             return mk_cli_usage(mm->cmd, "--io: expected auto, uring or pread, got '%s'", arg);
         return -1;
-    case 0x4d04: mm->direct = true; return -1;
+    case 0x4d04: mm->buffered = false; return -1;
+    case 0x4d08: mm->buffered = true; return -1;
     case 0x4d05: mm->force_stream = true; return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d06: {
@@ -378,6 +395,13 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                     mm->cmd, gib(weights + mk_model_expert_bytes(m)), gib(mm->budget));
         return mk_engine_create(m, &o, e);
     }
+    if (o.backend && !mk_backend_iface(o.backend)->host_mem)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "experts streamed from SSD are not wired to the %s backend yet (it keeps device "
+                      "copies keyed by host memory, which the expert cache reuses): use --backend cpu, "
+                      "or drop --memory-budget / --stream-experts%s",
+                      mk_backend_iface(o.backend)->name,
+                      mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
     const mk_config *c = mk_model_config(m);
     uint64_t arena = mk_engine_bytes(m, &o);
     uint64_t slot = mk_expert_store_slot_bytes(m);
@@ -393,7 +417,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       c->num_experts_per_tok, gib((uint64_t)c->num_experts_per_tok * slot),
                       (unsigned long long)least, gib(least));
     mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
-                         .direct = mm->direct, .record_trace = true};
+                         .direct = !mm->buffered, .record_trace = true};
     int *pl = NULL, *pe = NULL;
     if (mm->pin_profile) {
         int cap = (int)(so.cache_bytes / slot / 2);

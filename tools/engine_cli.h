@@ -19,6 +19,14 @@ bool mk_ecli_float(const char *s, float *out);
 /* Parse "1,2,3" (commas and/or whitespace) into a malloc'd array. Returns
  * MK_E_ARG naming the bad item, MK_E_NOMEM. */
 mk_status mk_ecli_ids(const char *s, int32_t **ids, int64_t *n);
+/* --backend NAME: true for the names the engine commands take, "cpu" and
+ * "cuda". */
+bool mk_ecli_backend_name(const char *name);
+/* The backend --backend NAME asks for: "cpu" gives *out = NULL (the engine
+ * makes its own, threaded by --threads), "cuda" a CUDA backend on GPU 0
+ * (MK_E_UNSUPPORTED saying why when moekit has no CUDA or no GPU is
+ * present). The caller frees it after the engine that borrows it. */
+mk_status mk_ecli_backend(const char *name, mk_backend **out);
 /* Open MODEL and an engine over it; on failure both are NULL. */
 mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
                        mk_model **m, mk_engine **e);
@@ -52,7 +60,7 @@ uint64_t mk_ecli_mem_available(void);
  * One set of flags for every engine command:
  *   --memory-budget SIZE   the bound on the process: non-expert weights,
  *                          the context, a fixed overhead and the expert cache
- *   --expert-cache freq|lru, --io auto|uring|pread, --direct,
+ *   --expert-cache freq|lru, --io auto|uring|pread, --direct|--buffered,
  *   --stream-experts       stream even when the model would fit
  * mk_ecli_mem_model_open decides resident vs streaming and opens the model
  * accordingly; mk_ecli_mem_engine then sizes the expert cache to what the
@@ -63,7 +71,7 @@ typedef struct mk_ecli_mem {
     uint64_t budget;           /* --memory-budget; 0: automatic */
     mk_expert_policy policy;   /* --expert-cache */
     int io;                    /* --io: 0 auto, 1 io_uring, 2 pread */
-    bool direct;               /* --direct */
+    bool buffered;             /* --buffered (O_DIRECT is the default) */
     bool force_stream;         /* --stream-experts */
     bool quiet;                /* no startup line */
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
@@ -79,7 +87,7 @@ typedef struct mk_ecli_mem {
     {"memory-budget", required_argument, 0, 0x4d01}, {"expert-cache", required_argument, 0, 0x4d02},   \
         {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
         {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
-        {"pin-profile", required_argument, 0, 0x4d07}
+        {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

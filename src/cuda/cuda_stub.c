@@ -3,6 +3,7 @@
  * tests, a backend choice) skip or fall back with a visible reason instead
  * of failing to link. CMake compiles this file only when MK_CUDA is off. */
 #include "cuda/mk_cuda.h"
+#include "moekit/backend_cuda.h"
 
 static mk_status no_cuda(void) {
     return mk_err(MK_E_UNSUPPORTED,
@@ -90,4 +91,20 @@ mk_cuda_moe_ws *mk_cuda_stack_ws(mk_cuda_stack *s) {
 }
 mk_status mk_cuda_stack_run(mk_cuda_stack *s, float *x, void *stream) {
     return no_cuda();
+}
+
+/* the CUDA backend (include/moekit/backend_cuda.h) */
+mk_status mk_backend_cuda_create(int device, mk_backend **out) {
+    (void)device;
+    if (out)
+        *out = NULL;
+    return no_cuda();
+}
+void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
+    (void)b;
+    (void)host_data;
+}
+size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
+    (void)b;
+    return 0;
 }

@@ -53,7 +53,11 @@ mk_status mk_cuda_sync(void);
 bool mk_cuda_wt_supported(const mk_wt *w);
 /* Copy a host weight view to the device: `dev` gets the same view with
  * device pointers (data, scales, biases in separate allocations, each
- * 256-byte aligned). Unsupported formats: MK_E_UNSUPPORTED naming `what`. */
+ * 256-byte aligned). Unsupported formats: MK_E_UNSUPPORTED naming `what`.
+ * The copies are cudaMemcpy on the legacy default stream, which may return
+ * before the DMA has landed: work on the default stream (or a blocking
+ * stream) is ordered after them; a non-blocking stream must wait
+ * (mk_cuda_sync) first. The CUDA backend queues its own copies instead. */
 mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char *what);
 /* Free what mk_cuda_wt_upload allocated; zeroes the view. */
 void mk_cuda_wt_free(mk_wt *dev);

@@ -91,10 +91,14 @@ static void layout_of(const mk_expert_loc *x, xlayout *L) {
                 L->at[p][k] = w[p]->part[k].len ? w[p]->part[k].off - L->lo : 0;
         pos = up(hi - L->lo, SALIGN);
     } else {
+        /* each part's read is widened down to a 4 KiB boundary of the file
+         * and lands at a 4 KiB boundary of the slot, so O_DIRECT reads go
+         * straight in (no bounce copy); the part starts (off mod 4 KiB) in */
         for (int p = 0; p < 3; p++)
             for (int k = 0; k < MK_SP_N; k++) {
-                L->at[p][k] = pos;
-                pos += up(w[p]->part[k].len, SALIGN);
+                const mk_wloc_part *pt = &w[p]->part[k];
+                L->at[p][k] = pos + (pt->off & (SALIGN - 1));
+                pos += pt->len ? up((pt->off & (SALIGN - 1)) + pt->len, SALIGN) : 0;
             }
     }
     for (int p = 0; p < 3; p++) {
@@ -297,9 +301,10 @@ static mk_status issue(stream *s) {
                     const mk_wloc_part *pt = &w[p]->part[k];
                     if (!pt->len)
                         continue;
+                    uint64_t head = pt->off & (SALIGN - 1); /* read from the boundary below */
                     s->reqs[nreq++] = (mk_reader_req){
-                        .file = s->file_of[pt->shard], .off = pt->off, .len = (size_t)pt->len,
-                        .dst = base + XL.at[p][k], .cap = (size_t)up(pt->len, SALIGN),
+                        .file = s->file_of[pt->shard], .off = pt->off - head, .len = (size_t)(head + pt->len),
+                        .dst = base + XL.at[p][k] - head, .cap = (size_t)up(head + pt->len, SALIGN),
                         .tag = (uint64_t)s->nld};
                     L->parts_left++;
                     s->st.bytes_read += pt->len;

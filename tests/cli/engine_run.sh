@@ -50,6 +50,9 @@ expect 2 "required" "$BIN" logits "$FX/qwen3moe-a/bf16" --ids 1
 expect 2 "tokenizer" "$BIN" run "$FX/qwen3moe-a/bf16" --prompt hi
 expect 2 "top-p" "$BIN" run "$TINY" --prompt hi --top-p 2
 expect 2 "unknown option" "$BIN" eval "$TINY" --bogus
+for cmd in run logits eval; do
+    expect 2 "expected cpu or cuda, found 'tpu'" "$BIN" $cmd "$TINY" --backend tpu
+done
 expect 2 "required" "$BIN" eval "$TINY"
 
 # --help names every flag

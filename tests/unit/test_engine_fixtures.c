@@ -8,7 +8,12 @@
  * One setting for every fixture: the engine defaults (float32 RoPE
  * frequencies, as transformers' from_pretrained in float32 computed the
  * references), plus fp8_to_bf16 for the FP8 checkpoints, whose references
- * are transformers' bf16 dequantization. */
+ * are transformers' bf16 dequantization.
+ *
+ * Every fixture runs twice: on the CPU backend and on the CUDA backend
+ * (issue 14: the GPU path under the same bounds), the "_cuda" cases
+ * skipping with the reason when moekit has no CUDA or no GPU is present.
+ * MK_TEST_FILTER (a cmocka pattern, e.g. "*_cuda") selects cases. */
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
@@ -16,11 +21,28 @@
 #include <string.h>
 
 #include "mk_test_util.h"
+#include "moekit/backend_cuda.h"
 #include "moekit/engine.h"
 #include "moekit/model.h"
 #include "moekit/sample.h"
 
 #define TOL 1e-3
+
+/* The backend of the case being run: CPU (the engine's own) or a fresh
+ * CUDA backend per engine (its resident weights are keyed by host address,
+ * and each model maps its checkpoint anew). */
+static bool g_cuda;
+static mk_backend *g_be;
+static int g_on_cuda = 1;
+static char g_no_cuda[512];
+
+static void use_backend(void **st) {
+    g_cuda = st && *st == &g_on_cuda;
+    if (g_cuda && g_no_cuda[0]) {
+        printf("SKIP engine fixtures on CUDA: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+}
 
 static json_t *load_json(const char *dir, const char *name) {
     char p[1024];
@@ -55,9 +77,20 @@ static mk_model *open_model(const char *dir, const char *sub, bool fp8_bf16) {
 static mk_engine *make_engine(const mk_model *m, int64_t ctx, int chunk) {
     mk_engine_opts o = {.threads = 2, .max_ctx = ctx, .prefill_chunk = chunk};
     mk_engine *e = NULL;
+    if (g_cuda) {
+        if (mk_backend_cuda_create(0, &g_be) != MK_OK)
+            fail_msg("CUDA backend: %s", mk_err_msg());
+        o.backend = g_be;
+    }
     if (mk_engine_create(m, &o, &e) != MK_OK)
         fail_msg("engine: %s", mk_err_msg());
     return e;
+}
+
+static void free_engine(mk_engine *e) {
+    mk_engine_free(e);
+    mk_backend_free(g_be); /* after the engine, which borrowed it */
+    g_be = NULL;
 }
 
 /* Teacher-forced logits of ids vs the reference file within `tol`, same
@@ -89,8 +122,8 @@ static void check_logits_tol(const char *dir, const char *sub, const char *ref_f
         bad_argmax += mk_argmax(out + t * V, V) != mk_argmax(ref + t * V, V);
     }
     double rel_err = sqrt(num / den);
-    printf("  %-16s %-11s %-16s n=%-4lld chunk=%-4d rel %.3e argmax mismatches %d%s\n", dir,
-           sub, ref_file, (long long)n, chunk, rel_err, bad_argmax,
+    printf("  %-4s %-16s %-11s %-16s n=%-4lld chunk=%-4d rel %.3e argmax mismatches %d%s\n",
+           g_cuda ? "cuda" : "cpu", dir, sub, ref_file, (long long)n, chunk, rel_err, bad_argmax,
            fp8_bf16 ? " (fp8->bf16)" : "");
     if (tol >= 0) { /* tol < 0: report only */
         assert_true(rel_err <= tol);
@@ -99,7 +132,7 @@ static void check_logits_tol(const char *dir, const char *sub, const char *ref_f
     free(ref);
     free(out);
     free(ids);
-    mk_engine_free(e);
+    free_engine(e);
     mk_model_free(m);
 }
 
@@ -130,13 +163,13 @@ static void check_greedy(const char *dir, const char *sub, json_t *prompt_arr, j
         if (i + 1 < ne)
             assert_int_equal(mk_engine_forward(e, &tok, 1, MK_LOGITS_LAST, lg, NULL), MK_OK);
     }
-    printf("  %-16s %-11s greedy %lld/%lld tokens match (prompt %lld)\n", dir, sub,
+    printf("  %-4s %-16s %-11s greedy %lld/%lld tokens match (prompt %lld)\n", g_cuda ? "cuda" : "cpu", dir, sub,
            (long long)ok, (long long)ne, (long long)np);
     assert_int_equal(ok, ne);
     free(lg);
     free(prompt);
     free(expect);
-    mk_engine_free(e);
+    free_engine(e);
     mk_model_free(m);
 }
 
@@ -176,14 +209,14 @@ static void run_fixture(const char *dir, const char *const *subs, int nsubs) {
 
 static const char *const bf16[] = {"bf16"};
 
-static void test_qwen3moe_a(void **st) { (void)st; run_fixture("qwen3moe-a", bf16, 1); }
-static void test_qwen3moe_odd(void **st) { (void)st; run_fixture("qwen3moe-odd", bf16, 1); }
-static void test_qwen3next_a(void **st) { (void)st; run_fixture("qwen3next-a", bf16, 1); }
-static void test_qwen35moe_a(void **st) { (void)st; run_fixture("qwen35moe-a", bf16, 1); }
-static void test_deepseekv3_a(void **st) { (void)st; run_fixture("deepseekv3-a", bf16, 1); }
+static void test_qwen3moe_a(void **st) { use_backend(st); run_fixture("qwen3moe-a", bf16, 1); }
+static void test_qwen3moe_odd(void **st) { use_backend(st); run_fixture("qwen3moe-odd", bf16, 1); }
+static void test_qwen3next_a(void **st) { use_backend(st); run_fixture("qwen3next-a", bf16, 1); }
+static void test_qwen35moe_a(void **st) { use_backend(st); run_fixture("qwen35moe-a", bf16, 1); }
+static void test_deepseekv3_a(void **st) { use_backend(st); run_fixture("deepseekv3-a", bf16, 1); }
 
 static void test_qwen35moe_vl(void **st) {
-    (void)st;
+    use_backend(st);
     static const char *const subs[] = {"bf16", "bf16-fused"};
     run_fixture("qwen35moe-vl", subs, 2);
 }
@@ -191,7 +224,7 @@ static void test_qwen35moe_vl(void **st) {
 /* The trained model: its 64-token logits and three 48-token greedy
  * continuations (from ids; the tokenizer has its own tests). */
 static void test_tiny_qwen35moe(void **st) {
-    (void)st;
+    use_backend(st);
     json_t *ref = load_json("tiny-qwen35moe", "reference.json");
     json_t *rl = json_object_get(ref, "ref_logits");
     /* a trained model computed in float32 from its bf16 weights lands at
@@ -208,12 +241,22 @@ static void test_tiny_qwen35moe(void **st) {
     json_decref(ref);
 }
 
+/* each case on the CPU, then the same on CUDA (named NAME_cuda) */
+#define BOTH(f) cmocka_unit_test(f), {#f "_cuda", f, NULL, NULL, &g_on_cuda}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_qwen3moe_a),   cmocka_unit_test(test_qwen3moe_odd),
-        cmocka_unit_test(test_qwen3next_a),  cmocka_unit_test(test_qwen35moe_a),
-        cmocka_unit_test(test_qwen35moe_vl), cmocka_unit_test(test_deepseekv3_a),
-        cmocka_unit_test(test_tiny_qwen35moe),
+        BOTH(test_qwen3moe_a),   BOTH(test_qwen3moe_odd), BOTH(test_qwen3next_a),
+        BOTH(test_qwen35moe_a),  BOTH(test_qwen35moe_vl), BOTH(test_deepseekv3_a),
+        BOTH(test_tiny_qwen35moe),
     };
+    mk_backend *b = NULL;
+    if (mk_backend_cuda_create(0, &b) == MK_OK)
+        mk_backend_free(b);
+    else
+        snprintf(g_no_cuda, sizeof g_no_cuda, "%s", mk_err_msg());
+    const char *filter = getenv("MK_TEST_FILTER");
+    if (filter && *filter)
+        cmocka_set_test_filter(filter);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

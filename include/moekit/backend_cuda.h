@@ -1,0 +1,41 @@
+/* The CUDA backend: every slot of mk_backend_i (backend.h) on one NVIDIA
+ * GPU (src/cuda/cuda_backend.cu and its siblings, docs/CUDA.md).
+ *
+ * Memory from `alloc` is device memory (host_mem false): the engine stages
+ * through upload/download. Slots are queued on one stream; the first CUDA
+ * error is recorded and returned by `sync` (download and find_nonfinite
+ * wait for the stream). Weights arrive as mk_wt views of host memory
+ * (mmapped checkpoints): the backend keeps one device copy per distinct view
+ * (data, scales and biases), uploaded on first use and resident until the
+ * backend is freed or mk_backend_cuda_forget drops it. The host memory
+ * behind a view must therefore not change while the backend lives, unless
+ * the caller forgets the view first (a buffer reused for other weights).
+ *
+ * Built without CUDA, or on a machine without a usable GPU, create returns
+ * MK_E_UNSUPPORTED and says why; nothing else needs an #ifdef. */
+#ifndef MOEKIT_BACKEND_CUDA_H
+#define MOEKIT_BACKEND_CUDA_H
+
+#include <stddef.h>
+
+#include "moekit/backend.h"
+#include "moekit/status.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* A CUDA backend on GPU `device` (0 for the first), which must be sm_90 or
+ * newer (the kernels are built for sm_90 plus its PTX). The calling thread's
+ * current device is set to it; use the backend from one thread. */
+mk_status mk_backend_cuda_create(int device, mk_backend **out);
+/* Drop the device copies of every weight view whose host data is
+ * `host_data` (waits for queued work first). No-op for other backends. */
+void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
+/* Bytes of weights resident on the device (0 for other backends). */
+size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

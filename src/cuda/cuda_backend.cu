@@ -1,0 +1,476 @@
+/* The CUDA backend (include/moekit/backend_cuda.h): its slot table, device
+ * memory, data movement, error recording and the resident weight map.
+ *
+ * Every slot is queued on the backend's one stream (non-blocking, so other
+ * streams' work does not serialise with it); a launch or copy failure is
+ * recorded in an mk_err_slot (the first one wins) and reported by `sync`,
+ * which waits for the stream. `download` and `find_nonfinite` wait too:
+ * their callers read host memory right after.
+ *
+ * Weights: the map keys every field of the host mk_wt view (data, scales
+ * and biases pointers, format and shape), bucketed by the data pointer; a
+ * view seen for the first time is copied to cudaMalloc'ed memory
+ * (synchronously: it is once per weight) and stays resident. The
+ * per-element dequantizer (mkb_wel) needs its format's code tables on the
+ * device: they are built here from dtype.h's conversions, the same ones
+ * the CPU's tables come from. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_backend.cuh"
+#include "moekit/dtype.h"
+
+extern "C" {
+#include "core/alloc.h"
+}
+
+/* ---- errors ---------------------------------------------------------------- */
+
+mk_status mkb_fail(mkb_ctx *c, mk_status s) {
+    return mk_err_slot_set(&c->err, s);
+}
+
+void mkb_launched(mkb_ctx *c, const char *what) {
+    cudaError_t e = cudaGetLastError();
+    if (e != cudaSuccess)
+        mkb_fail(c, mkc_fail(e, what));
+}
+
+static void ck(mkb_ctx *c, cudaError_t e, const char *what) {
+    if (e != cudaSuccess)
+        mkb_fail(c, mkc_fail(e, what));
+}
+
+/* ---- memory ---------------------------------------------------------------- */
+
+static mk_status cu_alloc(void *ctx, size_t bytes, void **out) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    *out = NULL;
+    size_t n = (bytes + 63) & ~(size_t)63; /* cudaMalloc is 256-byte aligned */
+    cudaError_t e = cudaMalloc(out, n ? n : 64);
+    if (e != cudaSuccess) {
+        *out = NULL;
+        (void)cudaGetLastError();
+        return mk_err(e == cudaErrorMemoryAllocation ? MK_E_NOMEM : MK_E_INTERNAL,
+                      "CUDA backend: cannot allocate %zu bytes of device memory: %s", bytes, cudaGetErrorString(e));
+    }
+    e = cudaMemsetAsync(*out, 0, n ? n : 64, c->s);
+    if (e != cudaSuccess) {
+        (void)cudaFree(*out);
+        *out = NULL;
+        return mkc_fail(e, "zeroing new device memory");
+    }
+    return MK_OK;
+}
+
+static void cu_buf_free(void *ctx, void *p) {
+    (void)ctx;
+    if (p)
+        (void)cudaFree(p); /* waits for work that may still use it */
+}
+
+static void cu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (bytes) /* pageable source: returns once the source is staged */
+        ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->s), "upload to the device");
+}
+
+static void cu_download(void *ctx, void *dst, const void *src, size_t bytes) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!bytes)
+        return;
+    ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->s), "download from the device");
+    ck(c, cudaStreamSynchronize(c->s), "download from the device");
+}
+
+static void cu_zero(void *ctx, void *dst, size_t bytes) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (bytes)
+        ck(c, cudaMemsetAsync(dst, 0, bytes, c->s), "zeroing device memory");
+}
+
+static mk_status cu_sync(void *ctx) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    ck(c, cudaStreamSynchronize(c->s), "running queued device work");
+    mk_status s = mk_err_slot_raise(&c->err);
+    c->err.st = MK_OK;
+    c->err.msg[0] = '\0';
+    return s;
+}
+
+/* ---- data movement --------------------------------------------------------- */
+
+__global__ void k_copy(float *dst, int64_t ds0, int64_t ds1, const float *src, int64_t ss0, int64_t ss1, int64_t n1,
+                       int64_t width, int64_t total) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t w = i % width, ij = i / width, j = ij % n1, a = ij / n1;
+        dst[a * ds0 + j * ds1 + w] = src[a * ss0 + j * ss1 + w];
+    }
+}
+
+static void cu_copy(void *ctx, float *dst, int64_t ds0, int64_t ds1, const float *src, int64_t ss0, int64_t ss1,
+                    int64_t n0, int64_t n1, int64_t width) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    const int64_t total = n0 * n1 * width;
+    if (total <= 0)
+        return;
+    k_copy<<<mkb_blocks(total, 256), 256, 0, c->s>>>(dst, ds0, ds1, src, ss0, ss1, n1, width, total);
+    mkb_launched(c, "copy");
+}
+
+/* gather (scatter = 0): dst[i] = src[rows[i]]; scatter: dst[rows[i]] = src[i] */
+__global__ void k_rows(float *dst, const float *src, const int32_t *rows, int64_t dim, int64_t total, int scatter) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t m = i / dim, d = i % dim, r = rows[m];
+        if (scatter)
+            dst[r * dim + d] = src[m * dim + d];
+        else
+            dst[m * dim + d] = src[r * dim + d];
+    }
+}
+
+static void cu_gather(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m, int64_t dim) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (m * dim <= 0)
+        return;
+    k_rows<<<mkb_blocks(m * dim, 256), 256, 0, c->s>>>(dst, src, rows, dim, m * dim, 0);
+    mkb_launched(c, "gather");
+}
+
+static void cu_scatter(void *ctx, float *dst, const float *src, const int32_t *rows, int64_t m, int64_t dim) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (m * dim <= 0)
+        return;
+    k_rows<<<mkb_blocks(m * dim, 256), 256, 0, c->s>>>(dst, src, rows, dim, m * dim, 1);
+    mkb_launched(c, "scatter");
+}
+
+__global__ void k_nonfinite(const float *x, int64_t n, unsigned long long *first) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+        if (!isfinite(x[i]))
+            atomicMin(first, (unsigned long long)i);
+}
+
+static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0)
+        return -1;
+    unsigned long long first = ~0ull;
+    ck(c, cudaMemcpyAsync(c->nf, &first, sizeof first, cudaMemcpyHostToDevice, c->s), "find_nonfinite");
+    unsigned blocks = mkb_blocks(n, 256);
+    if (blocks > 4096)
+        blocks = 4096; /* grid-stride loop */
+    k_nonfinite<<<blocks, 256, 0, c->s>>>(x, n, c->nf);
+    mkb_launched(c, "find_nonfinite");
+    ck(c, cudaMemcpyAsync(&first, c->nf, sizeof first, cudaMemcpyDeviceToHost, c->s), "find_nonfinite");
+    ck(c, cudaStreamSynchronize(c->s), "find_nonfinite");
+    return c->err.st != MK_OK || first == ~0ull ? -1 : (int64_t)first;
+}
+
+/* ---- resident weights ------------------------------------------------------- */
+
+static size_t sd_bytes(mk_dtype t) {
+    return t == MK_DT_F32 ? 4 : 2;
+}
+
+/* Bytes of the scale and bias arrays of a view (0 when it has none). */
+static size_t scale_bytes(const mk_wt *w) {
+    switch (w->fmt) {
+    case MK_WF_FP8_E4M3:
+    case MK_WF_FP8_E5M2:
+        if (!w->scales)
+            return 0;
+        return (size_t)((w->rows + w->block_r - 1) / w->block_r) * (size_t)((w->cols + w->block_c - 1) / w->block_c) *
+               sd_bytes(w->sdtype);
+    case MK_WF_AFFINE: return (size_t)w->rows * (size_t)(w->cols / w->group) * sd_bytes(w->sdtype);
+    case MK_WF_MXFP4:
+    case MK_WF_MXFP8: return (size_t)w->rows * (size_t)(w->cols / 32);
+    case MK_WF_NVFP4: return (size_t)w->rows * (size_t)(w->cols / 16);
+    default: return 0;
+    }
+}
+
+static bool same_view(const mk_wt *a, const mk_wt *b) {
+    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && a->fmt == b->fmt &&
+           a->rows == b->rows && a->cols == b->cols && a->sdtype == b->sdtype && a->bits == b->bits &&
+           a->group == b->group && a->block_r == b->block_r && a->block_c == b->block_c &&
+           a->global_scale == b->global_scale;
+}
+
+static size_t bucket(const mkb_ctx *c, const void *p) {
+    uint64_t h = (uint64_t)(uintptr_t)p * 0x9e3779b97f4a7c15ull;
+    return (size_t)(h >> 32) & (c->nb - 1);
+}
+
+static void entry_free(mkb_entry *e) {
+    mk_cuda_free((void *)e->dev.data);
+    mk_cuda_free((void *)e->dev.scales);
+    mk_cuda_free((void *)e->dev.biases);
+    free(e);
+}
+
+/* A device copy of `bytes` at host p (NULL when bytes == 0), queued on the
+ * backend's stream so that the slots queued after it read it whole. (A plain
+ * cudaMemcpy from pageable memory may return before its DMA has landed, and
+ * the legacy stream it runs on does not order with a non-blocking one: the
+ * first fixture runs on the H200 read half-uploaded weights that way.) */
+static mk_status up(mkb_ctx *c, const void *p, size_t bytes, const void **out, const char *what) {
+    *out = NULL;
+    if (!bytes || !p)
+        return MK_OK;
+    void *d = NULL;
+    MK_TRY(mk_cuda_malloc(&d, bytes, what));
+    cudaError_t e = cudaMemcpyAsync(d, p, bytes, cudaMemcpyHostToDevice, c->s);
+    if (e != cudaSuccess) {
+        mk_cuda_free(d);
+        return mkc_fail(e, "copying a weight to the device");
+    }
+    *out = d;
+    return MK_OK;
+}
+
+static mk_status grow(mkb_ctx *c) {
+    size_t nb = c->nb * 2;
+    mkb_entry **t = (mkb_entry **)mk_calloc(nb, sizeof *t);
+    if (!t)
+        return mk_err(MK_E_NOMEM, "CUDA backend: no memory for a weight map of %zu buckets", nb);
+    size_t old = c->nb;
+    mkb_entry **ot = c->tab;
+    c->tab = t;
+    c->nb = nb;
+    for (size_t i = 0; i < old; i++)
+        for (mkb_entry *e = ot[i], *nx; e; e = nx) {
+            nx = e->next;
+            size_t b = bucket(c, e->host.data);
+            e->next = t[b];
+            t[b] = e;
+        }
+    free(ot);
+    return MK_OK;
+}
+
+const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
+    size_t b = bucket(c, w->data);
+    for (mkb_entry *e = c->tab[b]; e; e = e->next)
+        if (same_view(&e->host, w))
+            return e;
+    char what[96];
+    snprintf(what, sizeof what, "a %lldx%lld weight (format %d)", (long long)w->rows, (long long)w->cols, (int)w->fmt);
+    mk_status s = mk_wt_check(w, what);
+    if (s != MK_OK) {
+        mkb_fail(c, s);
+        return NULL;
+    }
+    mkb_entry *e = (mkb_entry *)mk_calloc(1, sizeof *e);
+    if (!e) {
+        mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for the entry of %s", what));
+        return NULL;
+    }
+    e->host = *w;
+    e->dev = *w;
+    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = scale_bytes(w);
+    s = up(c, w->data, nd, &e->dev.data, what);
+    if (s == MK_OK)
+        s = up(c, w->scales, ns, &e->dev.scales, what);
+    if (s == MK_OK)
+        s = up(c, w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
+    if (s != MK_OK) {
+        entry_free(e);
+        mkb_fail(c, mk_err_wrap(s, "CUDA backend: uploading %s", what));
+        return NULL;
+    }
+    if (w->fmt != MK_WF_AFFINE)
+        e->dev.biases = NULL;
+    if (!ns)
+        e->dev.scales = NULL;
+    e->bytes = nd + ns * (w->fmt == MK_WF_AFFINE ? 2 : 1);
+    e->fast = mkc_kind_of(&e->dev) >= 0;
+    mkb_w *d = &e->dw;
+    d->data = (const uint8_t *)e->dev.data;
+    d->scales = e->dev.scales;
+    d->biases = e->dev.biases;
+    d->lut = c->luts;
+    d->rows = w->rows;
+    d->cols = w->cols;
+    d->row_bytes = (int64_t)mk_wt_row_bytes(w);
+    d->fmt = (int32_t)w->fmt;
+    d->sdtype = (int32_t)w->sdtype;
+    d->bits = w->bits;
+    d->group = w->group;
+    d->block_r = w->block_r;
+    d->block_c = w->block_c;
+    d->gs = w->global_scale;
+    e->next = c->tab[b];
+    c->tab[b] = e;
+    c->n++;
+    c->bytes += e->bytes;
+    if (c->n > 2 * c->nb && grow(c) != MK_OK)
+        (void)0; /* a longer chain is slower, not wrong */
+    return e;
+}
+
+const float *mkb_param(mkb_ctx *c, const float *p, int64_t n) {
+    if (!p || n <= 0)
+        return p;
+    /* a host vector seen before: its copy (no driver call on the hot path) */
+    mk_wt w;
+    memset(&w, 0, sizeof w);
+    w.fmt = MK_WF_F32;
+    w.rows = 1;
+    w.cols = n;
+    w.data = p;
+    w.global_scale = 1.0f;
+    for (mkb_entry *e = c->tab[bucket(c, p)]; e; e = e->next)
+        if (same_view(&e->host, &w))
+            return (const float *)e->dev.data;
+    cudaPointerAttributes at;
+    cudaError_t err = cudaPointerGetAttributes(&at, p);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        at.type = cudaMemoryTypeUnregistered;
+    }
+    if (at.type == cudaMemoryTypeDevice || at.type == cudaMemoryTypeManaged)
+        return p;
+    const mkb_entry *e = mkb_weight(c, &w);
+    return e ? (const float *)e->dev.data : NULL;
+}
+
+/* ---- the table ------------------------------------------------------------------ */
+
+static void cu_free(void *ctx) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!c)
+        return;
+    (void)cudaStreamSynchronize(c->s);
+    for (size_t i = 0; i < c->nb; i++)
+        for (mkb_entry *e = c->tab[i], *nx; e; e = nx) {
+            nx = e->next;
+            entry_free(e);
+        }
+    free(c->tab);
+    mk_cuda_free(c->luts);
+    mk_cuda_free(c->nf);
+    if (c->s)
+        (void)cudaStreamDestroy(c->s);
+    free(c);
+}
+
+static const mk_backend_i g_cuda = {
+    .name = "cuda",
+    .host_mem = false,
+    .alloc = cu_alloc,
+    .buf_free = cu_buf_free,
+    .upload = cu_upload,
+    .download = cu_download,
+    .zero = cu_zero,
+    .sync = cu_sync,
+    .copy = cu_copy,
+    .gather = cu_gather,
+    .scatter = cu_scatter,
+    .find_nonfinite = cu_find_nonfinite,
+    .matmul = mkb_matmul,
+    .get_rows = mkb_get_rows,
+    .rmsnorm = mkb_rmsnorm,
+    .rope = mkb_rope,
+    .attention = mkb_attention,
+    .head_matmul = mkb_head_matmul,
+    .head_matmul_t = mkb_head_matmul_t,
+    .conv1d_silu = mkb_conv1d_silu,
+    .gdn = mkb_gdn,
+    .gated_rmsnorm = mkb_gated_rmsnorm,
+    .swiglu = mkb_swiglu,
+    .sigmoid_mul = mkb_sigmoid_mul,
+    .axpy = mkb_axpy,
+    .route = mkb_route,
+    .combine = mkb_combine,
+    .gated_add = mkb_gated_add,
+    .free = cu_free,
+};
+
+extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
+    *out = NULL;
+    int n = 0;
+    cudaError_t e = cudaGetDeviceCount(&n);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError();
+        return mk_err(MK_E_UNSUPPORTED, "CUDA backend: no usable CUDA device: %s (%s)", cudaGetErrorString(e),
+                      cudaGetErrorName(e));
+    }
+    if (device < 0 || device >= n)
+        return mk_err(MK_E_UNSUPPORTED, "CUDA backend: no CUDA device %d (%d present)", device, n);
+    cudaDeviceProp p;
+    MKC_TRY(cudaGetDeviceProperties(&p, device), "reading the device's properties");
+    if (p.major < 9)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "CUDA backend: device %d (%s) is sm_%d%d; moekit's kernels are built for sm_90 (PTX for newer)",
+                      device, p.name, p.major, p.minor);
+    MKC_TRY(cudaSetDevice(device), "selecting the device");
+    mkb_ctx *c = (mkb_ctx *)mk_calloc(1, sizeof *c);
+    if (!c)
+        return mk_err(MK_E_NOMEM, "no memory for the CUDA backend");
+    c->device = device;
+    c->nb = 1024;
+    c->tab = (mkb_entry **)mk_calloc(c->nb, sizeof *c->tab);
+    mk_status s = c->tab ? MK_OK : mk_err(MK_E_NOMEM, "no memory for the CUDA backend's weight map");
+    if (s == MK_OK) {
+        e = cudaStreamCreateWithFlags(&c->s, cudaStreamNonBlocking);
+        if (e != cudaSuccess)
+            s = mkc_fail(e, "creating the CUDA backend's stream");
+    }
+    if (s == MK_OK) {
+        mkb_luts *h = (mkb_luts *)mk_calloc(1, sizeof *h);
+        if (!h)
+            s = mk_err(MK_E_NOMEM, "no memory for the CUDA backend's code tables");
+        else {
+            static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+            for (int b = 0; b < 256; b++) { /* as wt.c's luts_build */
+                h->e4m3[b] = mk_e4m3_to_f32((uint8_t)b);
+                h->e4m3_mx[b] = (b & 0x7f) == 0x7f ? ((b & 0x80) ? -480.0f : 480.0f) : h->e4m3[b];
+                h->e5m2[b] = mk_e5m2_to_f32((uint8_t)b);
+                h->e8m0[b] = mk_e8m0_to_f32((uint8_t)b);
+            }
+            for (int b = 0; b < 16; b++)
+                h->e2m1[b] = (b & 8) ? -e2m1[b & 7] : e2m1[b & 7];
+            s = mk_cuda_malloc((void **)&c->luts, sizeof *h, "the CUDA backend's code tables");
+            if (s == MK_OK) /* on the stream, and waited for: h is freed next */
+                s = mk_cuda_upload(c->luts, h, sizeof *h);
+            if (s == MK_OK && (e = cudaDeviceSynchronize()) != cudaSuccess)
+                s = mkc_fail(e, "copying the code tables to the device");
+            free(h);
+        }
+    }
+    if (s == MK_OK)
+        s = mk_cuda_malloc((void **)&c->nf, sizeof *c->nf, "find_nonfinite's result");
+    if (s != MK_OK) {
+        cu_free(c);
+        return s;
+    }
+    return mk_backend_create(&g_cuda, c, out);
+}
+
+extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
+    ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
+    mkb_entry **pp = &c->tab[bucket(c, host_data)];
+    while (*pp) {
+        mkb_entry *e = *pp;
+        if (e->host.data == host_data) {
+            *pp = e->next;
+            c->n--;
+            c->bytes -= e->bytes;
+            entry_free(e);
+        } else {
+            pp = &e->next;
+        }
+    }
+}
+
+extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return 0;
+    return ((const mkb_ctx *)mk_backend_ctx(b))->bytes;
+}

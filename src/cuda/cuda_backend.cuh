@@ -1,0 +1,167 @@
+/* Internals of the CUDA backend (include/moekit/backend_cuda.h): its
+ * context, the device view of a weight in any mk_wt format, and the
+ * per-element dequantizer the format-generic kernels use.
+ *
+ * The backend's slot functions live in several files (one concept each:
+ * cuda_backend.cu memory and data movement, cuda_matmul.cu weights,
+ * cuda_ops.cu norms/rope/element-wise, cuda_attn.cu attention, cuda_gdn.cu
+ * conv + Gated DeltaNet, cuda_route.cu routing and combine); they share the
+ * context declared here and report launch failures through mkb_launched. */
+#ifndef MK_CUDA_BACKEND_CUH
+#define MK_CUDA_BACKEND_CUH
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+#include "cuda/cuda_impl.cuh"
+#include "moekit/backend.h"
+#include "moekit/backend_cuda.h"
+
+/* Lookup tables of the 8- and 4-bit float codes, copied to the device from
+ * dtype.h's scalar conversions (the CPU's definitions, so values agree bit
+ * for bit). e4m3_mx: MX's E4M3 has no NaN (0x7f is 480, as wt.c). */
+struct mkb_luts {
+    float e4m3[256], e4m3_mx[256], e5m2[256], e8m0[256], e2m1[16];
+};
+
+/* Device view of one weight in any format (kernel argument by value). */
+struct mkb_w {
+    const uint8_t *data;
+    const void *scales, *biases;
+    const mkb_luts *lut;
+    int64_t rows, cols, row_bytes;
+    int32_t fmt, sdtype, bits, group, block_r, block_c;
+    float gs; /* NVFP4 global scale */
+};
+
+/* One resident weight: the host view it came from and its device copy. */
+struct mkb_entry {
+    mk_wt host;   /* the key: every field of the host view */
+    mk_wt dev;    /* same view, device pointers (mk_cuda_gemv takes it) */
+    mkb_w dw;     /* the generic kernels' view */
+    bool fast;    /* mkc_kind_of(dev) >= 0: the GEMV kernels take it */
+    size_t bytes; /* device bytes (data + scales + biases) */
+    mkb_entry *next;
+};
+
+struct mkb_ctx {
+    int device;
+    cudaStream_t s;
+    mk_err_slot err;   /* first failure since the last sync */
+    mkb_luts *luts;    /* device */
+    unsigned long long *nf; /* device scratch of find_nonfinite */
+    mkb_entry **tab;   /* weight map: buckets by host data pointer */
+    size_t nb, n, bytes;
+};
+
+/* Record a failure (the first one wins; sync reports it). Returns s. */
+mk_status mkb_fail(mkb_ctx *c, mk_status s);
+/* After a launch: record a launch error naming `what`. */
+void mkb_launched(mkb_ctx *c, const char *what);
+/* The resident copy of host view w (uploaded on first use), or NULL after
+ * recording the failure. */
+const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w);
+
+/* A float vector the slot reads as a parameter (norm weights, conv
+ * weights, A_log, dt_bias, a router's selection bias): device memory as
+ * given, or the resident device copy of host (model) memory, uploaded on
+ * first use like a weight. NULL stays NULL; NULL after a recorded failure. */
+const float *mkb_param(mkb_ctx *c, const float *p, int64_t n);
+
+/* Blocks for n items of `threads` threads (1 at least). */
+static inline unsigned mkb_blocks(int64_t n, int threads) {
+    int64_t b = (n + threads - 1) / threads;
+    return (unsigned)(b < 1 ? 1 : b > 0x7fffffff ? 0x7fffffff : b);
+}
+
+/* ---- device: one element of a weight ---------------------------------- */
+
+__device__ __forceinline__ float mkb_ldsd(const void *p, int sd, int64_t i) {
+    if (sd == MK_DT_F32)
+        return ((const float *)p)[i];
+    const uint32_t h = ((const unsigned short *)p)[i];
+    return sd == MK_DT_BF16 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* W[r, c] exactly as mk_wt_dequant_row computes it (wt.c): products and
+ * sums rounded one at a time (__fmul_rn / __fadd_rn keep nvcc from fusing
+ * them into an FMA, which the C build never does), so get_rows is exact. */
+__device__ __forceinline__ float mkb_wel(const mkb_w &w, int64_t r, int64_t c) {
+    const uint8_t *row = w.data + r * w.row_bytes;
+    switch (w.fmt) {
+    case MK_WF_F32: return ((const float *)row)[c];
+    case MK_WF_BF16: return __uint_as_float((uint32_t)((const unsigned short *)row)[c] << 16);
+    case MK_WF_F16: return __half2float(__ushort_as_half(((const unsigned short *)row)[c]));
+    case MK_WF_FP8_E4M3:
+    case MK_WF_FP8_E5M2: {
+        const float v = (w.fmt == MK_WF_FP8_E4M3 ? w.lut->e4m3 : w.lut->e5m2)[row[c]];
+        if (!w.scales)
+            return __fmul_rn(v, 1.0f);
+        const int64_t nbc = (w.cols + w.block_c - 1) / w.block_c;
+        return __fmul_rn(v, mkb_ldsd(w.scales, w.sdtype, (r / w.block_r) * nbc + c / w.block_c));
+    }
+    case MK_WF_AFFINE: {
+        const int64_t bit = c * w.bits;
+        const uint8_t *p = row + (bit >> 3);
+        const int sh = (int)(bit & 7);
+        uint32_t v = p[0];
+        if (sh + w.bits > 8) /* the code spills into the next byte (never past the row) */
+            v |= (uint32_t)p[1] << 8;
+        const uint32_t q = (v >> sh) & ((1u << w.bits) - 1u);
+        const int64_t g = r * (w.cols / w.group) + c / w.group;
+        return __fadd_rn(__fmul_rn(mkb_ldsd(w.scales, w.sdtype, g), (float)q), mkb_ldsd(w.biases, w.sdtype, g));
+    }
+    case MK_WF_MXFP4:
+    case MK_WF_NVFP4: {
+        const bool nv = w.fmt == MK_WF_NVFP4;
+        const int64_t gsz = nv ? 16 : 32;
+        const uint32_t nib = (row[c >> 1] >> (4 * (c & 1))) & 15u;
+        const uint8_t sb = ((const uint8_t *)w.scales)[r * (w.cols / gsz) + c / gsz];
+        const float s = nv ? __fmul_rn(w.lut->e4m3_mx[sb], w.gs) : w.lut->e8m0[sb];
+        return __fmul_rn(w.lut->e2m1[nib], s);
+    }
+    case MK_WF_MXFP8: {
+        const uint8_t sb = ((const uint8_t *)w.scales)[r * (w.cols / 32) + c / 32];
+        return __fmul_rn(w.lut->e4m3_mx[row[c]], w.lut->e8m0[sb]);
+    }
+    default: return __int_as_float(0x7fc00000); /* unreachable: formats are checked at upload */
+    }
+}
+
+/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); every thread gets
+ * it. `sh` is 32 floats of shared memory; the call synchronises. */
+__device__ __forceinline__ float mkb_block_sum(float v, float *sh) {
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    v = mkc_warp_sum(v);
+    __syncthreads(); /* sh may still be read by a previous call */
+    if (lane == 0)
+        sh[wp] = v;
+    __syncthreads();
+    float t = lane < nw ? sh[lane] : 0.0f;
+    return mkc_warp_sum(t);
+}
+
+/* ---- slots (one file per concept) -------------------------------------- */
+
+void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+void mkb_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y);
+void mkb_head_matmul(void *ctx, const mk_head_mm_args *a);
+void mkb_head_matmul_t(void *ctx, const mk_head_mm_args *a);
+void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
+                 int64_t rows, int64_t dim, float eps);
+void mkb_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads, int64_t head_stride, int rot_dim,
+              const float *cos, const float *sin, bool interleave);
+void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows, int64_t dim, float eps);
+void mkb_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n);
+void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n);
+void mkb_attention(void *ctx, const mk_attn_args *a);
+void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n, int64_t C, int K,
+                     const float *w, float *state);
+void mkb_gdn(void *ctx, const mk_gdn_args *a);
+void mkb_route(void *ctx, const mk_route_args *a);
+void mkb_combine(void *ctx, float *y, const float *x, const float *w, const int32_t *order, int64_t n, int k,
+                 int64_t dim);
+void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n, int64_t dim);
+
+#endif

@@ -1,0 +1,153 @@
+/* The CUDA backend's weight slots: matmul, get_rows and MLA's per-head
+ * products, for every mk_wt format.
+ *
+ * matmul: formats the GEMV kernels take (f32, bf16, f16, affine 4/8-bit:
+ * mk_cuda_gemv, cuda_gemv.cu) run one GEMV per token while n is small (a
+ * decode step); everything else (FP8 block, affine 2/3/5/6-bit, MXFP4,
+ * MXFP8, NVFP4, and batches) runs the format-generic kernel below: one warp
+ * per weight row and block of MM_TB tokens, each lane dequantizing its
+ * columns with mkb_wel and accumulating in float32. It is correct, not
+ * fast (scalar byte loads; a prefill re-reads each row once per MM_TB
+ * tokens); the fast kernels for these formats and tensor-core prefill are
+ * issue 14's next steps (docs/CUDA.md).
+ *
+ * get_rows dequantizes with the same mkb_wel, which rounds exactly as the
+ * CPU's mk_wt_dequant_row: the rows are bit-identical. */
+#include "cuda/cuda_backend.cuh"
+
+#define MM_WARPS 8
+#define MM_TB 8        /* tokens per warp pass over a row */
+#define MM_GEMV_MAX 8  /* n up to this: one GEMV per token when the GEMV kernels take the format */
+
+__global__ void __launch_bounds__(MM_WARPS * 32) k_mm(mkb_w w, const float *__restrict__ x, int64_t n,
+                                                        float *__restrict__ y) {
+    const int lane = threadIdx.x & 31;
+    const int64_t r = (int64_t)blockIdx.x * MM_WARPS + (threadIdx.x >> 5);
+    const int64_t t0 = (int64_t)blockIdx.y * MM_TB;
+    if (r >= w.rows)
+        return;
+    const int nt = n - t0 < MM_TB ? (int)(n - t0) : MM_TB;
+    float acc[MM_TB];
+#pragma unroll
+    for (int i = 0; i < MM_TB; i++)
+        acc[i] = 0.0f;
+    const float *xt = x + t0 * w.cols;
+    for (int64_t c = lane; c < w.cols; c += 32) {
+        const float wv = mkb_wel(w, r, c);
+#pragma unroll
+        for (int i = 0; i < MM_TB; i++)
+            if (i < nt)
+                acc[i] = fmaf(wv, xt[i * w.cols + c], acc[i]);
+    }
+#pragma unroll
+    for (int i = 0; i < MM_TB; i++) {
+        const float v = mkc_warp_sum(acc[i]);
+        if (lane == 0 && i < nt)
+            y[(t0 + i) * w.rows + r] = v;
+    }
+}
+
+void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || w->rows <= 0)
+        return;
+    const mkb_entry *e = mkb_weight(c, w);
+    if (!e)
+        return;
+    /* x rows stay 16-byte aligned when cols % 4 == 0 (backend memory is) */
+    if (e->fast && n <= MM_GEMV_MAX && w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0) {
+        for (int64_t t = 0; t < n; t++) {
+            mk_status s = mk_cuda_gemv(&e->dev, x + t * w->cols, y + t * w->rows, false, c->s);
+            if (s != MK_OK) {
+                mkb_fail(c, s);
+                return;
+            }
+        }
+        return;
+    }
+    const int64_t tb = (n + MM_TB - 1) / MM_TB;
+    if (tb > 65535) {
+        mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA matmul: %lld tokens in one call (at most %d)", (long long)n,
+                           65535 * MM_TB));
+        return;
+    }
+    dim3 grid(mkb_blocks(w->rows, MM_WARPS), (unsigned)tb);
+    k_mm<<<grid, MM_WARPS * 32, 0, c->s>>>(e->dw, x, n, y);
+    mkb_launched(c, "matmul");
+}
+
+__global__ void k_get_rows(mkb_w w, const int32_t *ids, int64_t n, float *y) {
+    const int64_t total = n * w.cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t t = i / w.cols, col = i % w.cols;
+        y[i] = mkb_wel(w, ids[t], col);
+    }
+}
+
+void mkb_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || w->cols <= 0)
+        return;
+    const mkb_entry *e = mkb_weight(c, w);
+    if (!e)
+        return;
+    unsigned b = mkb_blocks(n * w->cols, 256);
+    k_get_rows<<<b > 65535 ? 65535 : b, 256, 0, c->s>>>(e->dw, ids, n, y);
+    mkb_launched(c, "get_rows");
+}
+
+/* head_matmul: one warp per (token, head, row): y[t,h][r] = W[r0 + h*hstep + r] . x[t,h] */
+__global__ void k_head_mm(mkb_w w, mk_head_mm_args a) {
+    const int lane = threadIdx.x & 31;
+    const int64_t item = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    if (item >= a.n * a.n_heads * a.nr)
+        return;
+    const int64_t r = item % a.nr, th = item / a.nr, h = th % a.n_heads, t = th / a.n_heads;
+    const int64_t row = a.r0 + h * a.hstep + r;
+    const float *x = a.x + t * a.x_tok + h * a.x_head;
+    float acc = 0.0f;
+    for (int64_t c = lane; c < w.cols; c += 32)
+        acc = fmaf(mkb_wel(w, row, c), x[c], acc);
+    acc = mkc_warp_sum(acc);
+    if (lane == 0)
+        a.y[t * a.y_tok + h * a.y_head + r] = acc;
+}
+
+/* head_matmul_t: one thread per (token, head, column): y[t,h][c] = sum_i x[t,h][i] W[r0 + h*hstep + i][c] */
+__global__ void k_head_mm_t(mkb_w w, mk_head_mm_args a) {
+    const int64_t total = a.n * a.n_heads * w.cols;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t col = i % w.cols, th = i / w.cols, h = th % a.n_heads, t = th / a.n_heads;
+        const int64_t row0 = a.r0 + h * a.hstep;
+        const float *x = a.x + t * a.x_tok + h * a.x_head;
+        float acc = 0.0f;
+        for (int64_t k = 0; k < a.nr; k++)
+            acc = fmaf(x[k], mkb_wel(w, row0 + k, col), acc);
+        a.y[t * a.y_tok + h * a.y_head + col] = acc;
+    }
+}
+
+void mkb_head_matmul(void *ctx, const mk_head_mm_args *a) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    const int64_t items = a->n * a->n_heads * a->nr;
+    if (items <= 0)
+        return;
+    const mkb_entry *e = mkb_weight(c, a->w);
+    if (!e)
+        return;
+    k_head_mm<<<mkb_blocks(items, MM_WARPS), MM_WARPS * 32, 0, c->s>>>(e->dw, *a);
+    mkb_launched(c, "head_matmul");
+}
+
+void mkb_head_matmul_t(void *ctx, const mk_head_mm_args *a) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    const int64_t total = a->n * a->n_heads * a->w->cols;
+    if (total <= 0)
+        return;
+    const mkb_entry *e = mkb_weight(c, a->w);
+    if (!e)
+        return;
+    unsigned b = mkb_blocks(total, 256);
+    k_head_mm_t<<<b > 65535 ? 65535 : b, 256, 0, c->s>>>(e->dw, *a);
+    mkb_launched(c, "head_matmul_t");
+}

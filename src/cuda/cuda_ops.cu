@@ -1,0 +1,121 @@
+/* The CUDA backend's norms, rotary embedding and element-wise slots.
+ *
+ * Same float32 formulas as the CPU backend (backend_cpu.c, kernels/ops.c):
+ * rmsnorm y = x * (1 / sqrtf(sum(x^2)/dim + eps)) * g, silu(z) = z / (1 +
+ * expf(-z)); only the order of the sum of squares differs (a block tree
+ * here). One block per row for the norms, one per (token, head) for rope
+ * (the interleaved pairing reads the whole rotated span before writing it,
+ * through shared memory), grid-stride loops for the element-wise ones. */
+#include "cuda/cuda_backend.cuh"
+
+#define OPS_THREADS 256
+
+__global__ void __launch_bounds__(OPS_THREADS) k_rmsnorm(float *y, int64_t ys, const float *x, int64_t xs,
+                                                         const float *g, int64_t dim, float eps, const float *z) {
+    __shared__ float sh[32];
+    const float *xr = x + blockIdx.x * xs;
+    float *yr = y + blockIdx.x * ys;
+    float ss = 0.0f;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x)
+        ss = fmaf(xr[i], xr[i], ss);
+    ss = mkb_block_sum(ss, sh);
+    const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float v = xr[i] * inv;
+        if (g)
+            v = v * g[i];
+        if (z) { /* gated: times silu(z) */
+            const float zz = z[blockIdx.x * dim + i];
+            v *= zz / (1.0f + expf(-zz));
+        }
+        yr[i] = v;
+    }
+}
+
+void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
+                 int64_t rows, int64_t dim, float eps) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (rows <= 0 || dim <= 0)
+        return;
+    const float *gd = mkb_param(c, g, dim);
+    if (g && !gd)
+        return;
+    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(y, y_stride, x, x_stride, gd, dim, eps, NULL);
+    mkb_launched(c, "rmsnorm");
+}
+
+void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows, int64_t dim, float eps) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (rows <= 0 || dim <= 0)
+        return;
+    const float *gd = mkb_param(c, g, dim);
+    if (g && !gd)
+        return;
+    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(x, dim, x, dim, gd, dim, eps, z);
+    mkb_launched(c, "gated_rmsnorm");
+}
+
+/* one block per (token, head); tmp = the rotated span in HF order */
+__global__ void k_rope(float *x, int64_t tok_stride, int n_heads, int64_t head_stride, int rot, const float *cos,
+                       const float *sin, int interleave) {
+    extern __shared__ float tmp[];
+    const int64_t t = blockIdx.x / n_heads;
+    const int h = blockIdx.x % n_heads, half = rot / 2;
+    float *v = x + t * tok_stride + h * head_stride;
+    const float *cs = cos + t * half, *sn = sin + t * half;
+    for (int i = threadIdx.x; i < rot; i += blockDim.x)
+        tmp[i] = interleave ? v[i < half ? 2 * i : 2 * (i - half) + 1] : v[i];
+    __syncthreads();
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float x0 = tmp[i], x1 = tmp[i + half];
+        v[i] = x0 * cs[i] - x1 * sn[i];
+        v[i + half] = x1 * cs[i] + x0 * sn[i];
+    }
+}
+
+void mkb_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads, int64_t head_stride, int rot_dim,
+              const float *cos, const float *sin, bool interleave) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || n_heads <= 0 || rot_dim < 2)
+        return;
+    if (n * n_heads > 0x7fffffff) {
+        mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA rope: %lld token-heads in one call", (long long)(n * n_heads)));
+        return;
+    }
+    k_rope<<<(unsigned)(n * n_heads), 128, (size_t)rot_dim * sizeof(float), c->s>>>(
+        x, tok_stride, n_heads, head_stride, rot_dim, cos, sin, interleave ? 1 : 0);
+    mkb_launched(c, "rope");
+}
+
+/* op 0: y = silu(a) * b; 1: y *= sigmoid(a); 2: y += s * a */
+__global__ void k_elt(float *y, const float *a, const float *b, float s, int64_t n, int op) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const float av = a[i];
+        if (op == 0)
+            y[i] = av / (1.0f + expf(-av)) * b[i];
+        else if (op == 1)
+            y[i] *= 1.0f / (1.0f + expf(-av));
+        else
+            y[i] = fmaf(s, av, y[i]);
+    }
+}
+
+static void elt(mkb_ctx *c, float *y, const float *a, const float *b, float s, int64_t n, int op, const char *what) {
+    if (n <= 0)
+        return;
+    unsigned blocks = mkb_blocks(n, OPS_THREADS);
+    k_elt<<<blocks > 65535 ? 65535 : blocks, OPS_THREADS, 0, c->s>>>(y, a, b, s, n, op);
+    mkb_launched(c, what);
+}
+
+void mkb_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
+    elt((mkb_ctx *)ctx, y, gate, up, 0.0f, n, 0, "swiglu");
+}
+
+void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
+    elt((mkb_ctx *)ctx, x, gate, NULL, 0.0f, n, 1, "sigmoid_mul");
+}
+
+void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
+    elt((mkb_ctx *)ctx, y, x, NULL, a, n, 2, "axpy");
+}
