@@ -8,6 +8,7 @@
 #include "cli_flags.h"
 #include "cmd.h"
 #include "engine_cli.h"
+#include "moekit/crosscheck.h"
 #include "io/outpath.h"
 
 static void help(FILE *f) {
@@ -24,6 +25,11 @@ static void help(FILE *f) {
             "                      MODEL: outputs that are inputs are always refused)\n"
             "  --threads N         compute threads (default: all CPUs)\n"
             "  --backend B         where to compute: cpu (default) or cuda (GPU 0)\n"
+            "  --verify            run the ids on the CPU and on --backend, compare the\n"
+            "                      embeddings, every layer's output and the logits (relative L2),\n"
+            "                      print each and name the first stage beyond --verify-tol; exit 1\n"
+            "                      when one is (--out is then optional and not written)\n"
+            "  --verify-tol X      relative L2 allowed per stage (default 1e-3, the fixtures' bound)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
             "  --fp8-bf16          dequantize FP8 weights at load to bf16 copies (each product\n"
@@ -32,7 +38,8 @@ static void help(FILE *f) {
             "  --stats             print the expert store's counters (streaming) on stderr\n"
             "%s"
             "  -h, --help          this text\n\n"
-            "Exit status: 0 ok, 2 bad input (unreadable model, bad ids), 1 internal failure.\n",
+            "Exit status: 0 ok (with --verify: the backends agree), 1 --verify found a divergence\n"
+            "or an internal failure, 2 bad input (unreadable model, bad ids).\n",
             mk_ecli_mem_help);
 }
 
@@ -42,6 +49,8 @@ int cmd_logits(int argc, char **argv) {
                                          {"hidden-out", required_argument, 0, 'H'},
                                          {"threads", required_argument, 0, 't'},
                                          {"backend", required_argument, 0, 'B'},
+                                         {"verify", no_argument, 0, 'V'},
+                                         {"verify-tol", required_argument, 0, 'T'},
                                          {"prefill-chunk", required_argument, 0, 'c'},
                                          {"fp8-bf16", no_argument, 0, 'F'},
                                          {"force", no_argument, 0, 'f'},
@@ -52,7 +61,8 @@ int cmd_logits(int argc, char **argv) {
     const char *ids_s = NULL, *out = NULL, *hout = NULL, *backend = "cpu";
     long long threads = 0, chunk = 0;
     mk_model_opts mo = {0};
-    bool force = false, stats = false, mine;
+    bool force = false, stats = false, verify = false, mine;
+    double vtol = 1e-3;
     mk_ecli_mem mm = {.cmd = "logits"};
     int ch, rc;
     optind = 1;
@@ -78,6 +88,11 @@ int cmd_logits(int argc, char **argv) {
             break;
         case 'f': force = true; break;
         case 'a': stats = true; break;
+        case 'V': verify = true; break;
+        case 'T':
+            if ((rc = mk_flag_real("logits", "--verify-tol", optarg, 0, 1e9, 0, &vtol)) >= 0)
+                return rc;
+            break;
         case 'h': help(stdout); return 0;
         default:
             if ((rc = mk_ecli_mem_flag(&mm, ch, optarg, &mine)) >= 0)
@@ -89,13 +104,13 @@ int cmd_logits(int argc, char **argv) {
     }
     if (optind != argc - 1)
         return mk_cli_usage("logits", "expected exactly one MODEL argument");
-    if (!ids_s || !out)
-        return mk_cli_usage("logits", "--ids and --out are required");
+    if (!ids_s || (!out && !verify))
+        return mk_cli_usage("logits", "--ids and --out are required (--out is optional with --verify)");
     /* outputs against the model's files and each other, before loading */
     mk_paths paths;
     mk_paths_init(&paths);
     mk_status st = mk_paths_add_input(&paths, argv[optind], "MODEL");
-    if (st == MK_OK)
+    if (st == MK_OK && out)
         st = mk_paths_check_file(&paths, out, "--out", force);
     if (st == MK_OK && hout)
         st = mk_paths_check_file(&paths, hout, "--hidden-out", force);
@@ -122,7 +137,27 @@ int cmd_logits(int argc, char **argv) {
         st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
     if (st == MK_OK)
         st = mk_ecli_mem_engine(&mm, m, &eo, &e);
-    if (st == MK_OK) {
+    int diverged = 0;
+    if (st == MK_OK && verify) { /* CPU vs --backend, stage by stage */
+        mk_xcheck x;
+        st = mk_xcheck_run(m, NULL, be, &eo, ids, n, vtol, &x);
+        for (int i = 0; st == MK_OK && i < x.stages; i++) {
+            char name[96];
+            fprintf(stderr, "verify: %-40s rel L2 %.3g%s\n", mk_xcheck_stage_name(&x, i, name, sizeof name),
+                    x.rel[i], i == x.first_bad ? "   <- first beyond --verify-tol" : "");
+        }
+        if (st == MK_OK) {
+            char name[96];
+            diverged = x.first_bad >= 0;
+            fprintf(stderr, "verify: %s backend %s the CPU within %.3g per stage%s%s; top token differs at %d "
+                    "of %lld positions\n", backend, diverged ? "DIVERGES from" : "matches", vtol,
+                    diverged ? ", first at " : "",
+                    diverged ? mk_xcheck_stage_name(&x, x.first_bad, name, sizeof name) : "", x.argmax_diff,
+                    (long long)n);
+            mk_xcheck_free(&x);
+        }
+    }
+    if (st == MK_OK && out) {
         const mk_config *c = mk_model_config(m);
         logits = malloc((size_t)n * (size_t)c->vocab_size * sizeof(float));
         if (hout)
@@ -148,7 +183,7 @@ int cmd_logits(int argc, char **argv) {
     mk_ecli_mem_free(&mm);
     mk_backend_free(be); /* after the engine that borrowed it */
     mk_model_free(m);
-    return st == MK_OK ? 0 : mk_cli_fail(st);
+    return st != MK_OK ? mk_cli_fail(st) : diverged ? 1 : 0;
 }
 
 MK_CMD_REGISTER(logits, 41, "teacher-forced logits / hidden states of token ids (float32)",
