@@ -308,7 +308,7 @@ mk_status mk_alloc_solve(const mk_prof *p, double target_bpw, const int *bits, i
     st = fill(&pb, &left, &gap);
     int *k = st == MK_OK ? mk_malloc((p->n ? p->n : 1) * sizeof *k) : NULL;
     if (st == MK_OK && !k)
-        st = mk_err(MK_E_NOMEM, "allocation: no memory");
+        st = mk_err(MK_E_NOMEM, "allocation: no memory for the choices of %zu tensors", p->n);
     if (st == MK_OK) {
         for (size_t i = 0; i < pb.n; i++)
             k[pb.it[i].t] = pb.it[i].h[pb.it[i].cur].k;
@@ -330,7 +330,7 @@ mk_status mk_alloc_uniform(const mk_prof *p, int bits, mk_alloc *out) {
         return mk_err(MK_E_ARG, "allocation: %d bits was not profiled", bits);
     int *kc = mk_malloc((p->n ? p->n : 1) * sizeof *kc);
     if (!kc)
-        return mk_err(MK_E_NOMEM, "allocation: no memory");
+        return mk_err(MK_E_NOMEM, "allocation: no memory for the choices of %zu tensors", p->n);
     for (size_t i = 0; i < p->n; i++)
         kc[i] = k;
     mk_status st = finish(p, kc, 0, out);

@@ -327,7 +327,7 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         return bad(r, "routing", "an array");
     p->route = mk_calloc(json_array_size(a) + 1, sizeof *p->route);
     if (!p->route)
-        return mk_err(MK_E_NOMEM, "no memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for %zu routing layers", r->path, json_array_size(a));
     for (size_t i = 0; i < json_array_size(a); i++) {
         json_t *o = json_array_get(a, i), *f = json_object_get(o, "freq");
         snprintf(r->where, sizeof r->where, "routing[%zu]", i);
@@ -347,7 +347,7 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         l->mean_w = mk_calloc((size_t)l->n_experts, sizeof(double));
         l->mean_w2 = mk_calloc((size_t)l->n_experts, sizeof(double));
         if (!l->freq || !l->mean_w || !l->mean_w2)
-            return mk_err(MK_E_NOMEM, "no memory");
+            return mk_err(MK_E_NOMEM, "%s: routing layer %lld: no memory for the statistics of %d experts", r->path, layer, l->n_experts);
         if (!get_nums(r, o, "freq", l->n_experts, l->freq) ||
             !get_nums(r, o, "mean_weight", l->n_experts, l->mean_w) ||
             (json_object_get(o, "mean_weight_sq") &&
