@@ -284,9 +284,12 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
             const char *b = strrchr(path, '/');
             files[0] = mk_strdup(b ? b + 1 : path);
             nfiles = 1;
-        } else
+        }
+        if (!files || !files[0])
             s = mk_err(MK_E_NOMEM, "%s: no memory for its file list", path);
     }
+    if (s == MK_OK && !c->dir) /* a NULL directory would be joined to every shard name */
+        s = mk_err(MK_E_NOMEM, "%s: no memory for its directory name", path);
     if (s != MK_OK)
         goto done;
     c->shards = mk_calloc(nfiles, sizeof *c->shards);
