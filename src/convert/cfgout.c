@@ -222,7 +222,7 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir) {
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
     unsigned long mark = mk_json_mark();
-    json_t *root = src && dst ? json_load_file(src, 0, &je) : NULL;
+    json_t *root = src && dst ? mk_json_load_file(src, 0, &je, mark) : NULL;
     mk_status st = root            ? MK_OK
                    : !src || !dst  ? mk_err(MK_E_NOMEM, "no memory for the config.json paths under %s", dir)
                    : mk_json_nomem(&je, mark)

@@ -348,7 +348,7 @@ mk_status mk_qjob_write_report(const mk_qjob *q, const char *path, const char *e
     if (extra_json) {
         char *wrapped = cv_printf("{%s}", extra_json);
         json_error_t je;
-        root = wrapped ? json_loads(wrapped, 0, &je) : NULL;
+        root = wrapped ? mk_json_loads(wrapped, 0, &je, mark) : NULL;
         free(wrapped);
     }
     if (!root)
@@ -382,7 +382,7 @@ mk_status mk_qjob_write_report(const mk_qjob *q, const char *path, const char *e
     json_object_set_new(tj, "bpw_all", num_or_null(t->bpw_all));
     json_object_set_new(tj, "rel_err", num_or_null(t->rel_err));
     json_object_set_new(root, "totals", tj);
-    char *js = mk_alloc_failures() == mark ? json_dumps(root, JSON_INDENT(2)) : NULL;
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2), mark);
     json_decref(root);
     if (!js || mk_alloc_failures() != mark) {
         free(js);

@@ -587,9 +587,10 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
 }
 
 mk_status cv_qplan_config_bare(const cv_plan *p, const char *dir) {
+    unsigned long mark = mk_json_mark();
     json_t *root = json_object();
     mk_status cs = cv_qplan_config(p, root);
-    char *js = cs == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
+    char *js = cs == MK_OK ? mk_json_dumps_checked(root, JSON_INDENT(2), mark) : NULL;
     json_decref(root);
     char *path = mk_path_join(dir, "config.json");
     mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", dir);

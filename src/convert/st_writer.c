@@ -107,7 +107,7 @@ static mk_status st_index(const cv_plan *p, const char *dir) {
     for (size_t i = 0; i < p->nouts; i++)
         json_object_set_new(wm, p->outs[i].name, json_string(p->shard_files[p->outs[i].shard]));
     json_object_set_new(root, "weight_map", wm);
-    char *js = mk_alloc_failures() == mark ? json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2) | JSON_SORT_KEYS, mark);
     json_decref(root);
     char *path = mk_path_join(dir, "model.safetensors.index.json");
     mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js))

@@ -519,7 +519,7 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
     c->bos_id = -1;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loads(json, 0, &jerr);
+    json_t *root = mk_json_loads(json, 0, &jerr, jmark);
     if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)

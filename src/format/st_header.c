@@ -132,7 +132,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
         *out_metadata_json = NULL;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = mk_json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &jerr, jmark);
     if (!root) {
         if (mk_json_nomem(&jerr, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
@@ -176,7 +176,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
             if (s != MK_OK)
                 break;
             if (out_metadata_json &&
-                !(*out_metadata_json = json_dumps(val, JSON_COMPACT | JSON_SORT_KEYS))) {
+                !(*out_metadata_json = mk_json_dumps_checked(val, JSON_COMPACT | JSON_SORT_KEYS, mk_json_mark()))) {
                 /* not "no metadata": a copy would silently lose it */
                 s = mk_err(MK_E_NOMEM, "%s: no memory to keep its __metadata__ (%zu entries)", what,
                            json_object_size(val));

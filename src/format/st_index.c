@@ -28,7 +28,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
     *count = 0;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = mk_json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr, jmark);
     if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)

@@ -62,7 +62,7 @@ struct mk_stw {
 static bool metadata_ok(const char *js, bool *nomem) {
     json_error_t je;
     unsigned long mark = mk_json_mark();
-    json_t *m = json_loads(js, 0, &je);
+    json_t *m = mk_json_loads(js, 0, &je, mark);
     *nomem = !m && mk_json_nomem(&je, mark);
     bool ok = json_is_object(m);
     const char *k;
@@ -194,7 +194,7 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     json_t *root = json_object();
     json_t *meta = NULL;
     if (w->metadata) {
-        meta = json_loads(w->metadata, 0, NULL);
+        meta = mk_json_loads(w->metadata, 0, NULL, mark);
         if (!json_is_object(meta)) {
             json_decref(meta);
             meta = NULL;
@@ -219,7 +219,7 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
         json_object_set_new(e, "data_offsets", off);
         json_object_set_new(root, t->name, e);
     }
-    char *js = mk_alloc_failures() == mark ? json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+    char *js = mk_json_dumps_checked(root, JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
     json_decref(root);
     if (!js)
         return NULL;
@@ -455,7 +455,7 @@ static mk_status write_index(mk_stw *w) {
     }
     free(order);
     json_object_set_new(root, "weight_map", wm);
-    char *js = mk_alloc_failures() == mark ? json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS) : NULL;
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2) | JSON_SORT_KEYS, mark);
     json_decref(root);
     if (!js)
         return mk_err(MK_E_NOMEM, "%s: no memory to format the index of %zu tensors", w->dir, w->n);

@@ -616,7 +616,7 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     }
     json_object_set_new(rep, "problems", problems);
     if (s == MK_OK) {
-        *json_out = mk_alloc_failures() == mark ? json_dumps(rep, JSON_INDENT(2) | JSON_PRESERVE_ORDER) : NULL;
+        *json_out = mk_json_dumps_checked(rep, JSON_INDENT(2) | JSON_PRESERVE_ORDER, mark);
         if (!*json_out)
             s = mk_err(MK_E_NOMEM, "%s: no memory for the inspection report (%zu tensors)", path, n);
     }

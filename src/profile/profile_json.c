@@ -434,7 +434,7 @@ mk_status mk_prof_load(const char *path, mk_prof **out) {
     *out = NULL;
     json_error_t je;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_load_file(path, 0, &je);
+    json_t *root = mk_json_load_file(path, 0, &je, jmark);
     if (!root) {
         if (mk_json_nomem(&je, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);

@@ -297,7 +297,7 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
          * a key that failed to be set would be missing from the config */
         unsigned long mark = mk_json_mark();
         json_t *cfg = sy_config_json(&c, o);
-        char *js = cfg && mk_alloc_failures() == mark ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
+        char *js = cfg ? mk_json_dumps_checked(cfg, JSON_INDENT(2), mark) : NULL;
         char *p = mk_path_join(od.partial, "config.json");
         s = js && p ? mk_os_write_file_atomic(p, js, strlen(js))
                     : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", od.partial);

@@ -673,7 +673,7 @@ static mk_status load_json_opt(const char *file, json_t **out) {
     if (access(file, F_OK) != 0)
         return MK_OK;
     unsigned long jmark = mk_json_mark();
-    *out = json_load_file(file, 0, &e);
+    *out = mk_json_load_file(file, 0, &e, jmark);
     if (!*out && mk_json_nomem(&e, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)
@@ -761,7 +761,7 @@ static mk_status load_tables(mk_tok *t, const json_t *model, const json_t *vocab
 mk_status tok_load_json(mk_tok *t, const char *path) {
     json_error_t e;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_load_file(path, 0, &e);
+    json_t *root = mk_json_load_file(path, 0, &e, jmark);
     if (!root) {
         if (mk_json_nomem(&e, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
