@@ -178,8 +178,8 @@ static mk_status copy_file(const char *from, const char *to) {
     int out = tmp ? mk_os()->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
     unsigned char *buf = mk_malloc(1u << 20);
     /* no memory is not an unwritable output */
-    mk_status s = !tmp   ? mk_err(MK_E_NOMEM, "%s: no memory for its temporary name", to)
-                  : !buf ? mk_err(MK_E_NOMEM, "%s: no memory for a copy buffer of 1 MiB", from)
+    mk_status s = !tmp      ? mk_err(MK_E_NOMEM, "%s: no memory for its temporary name", to)
+                  : !buf    ? mk_err(MK_E_NOMEM, "%s: no memory for a copy buffer of 1 MiB", from)
                   : out < 0 ? mk_err(MK_E_IO, "%s: cannot create: %s", tmp, strerror(errno))
                             : MK_OK;
     uint64_t off = 0;
@@ -236,8 +236,9 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir) {
         st = edit(s, p, root);
     char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (st == MK_OK)
-        st = js && mk_alloc_failures() == mark ? mk_os_write_file_atomic(dst, js, strlen(js))
-                                               : mk_err(MK_E_NOMEM, "%s: no memory to edit and write it", dst);
+        st = js && mk_alloc_failures() == mark
+                 ? mk_os_write_file_atomic(dst, js, strlen(js))
+                 : mk_err(MK_E_NOMEM, "%s: no memory to edit and write it", dst);
     free(js);
     json_decref(root);
     free(src);

@@ -529,7 +529,9 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     mk_status rc = MK_OK;
     if (p->qs) { /* quantizing: parts computed ahead wait in a spill file */
         e.written = mk_calloc((size_t)p->nshards, sizeof *e.written);
-        rc = e.written ? cv_qstate_open(p->qs, partial) : mk_err(MK_E_NOMEM, "convert: no memory for the spill state of %d shards", p->nshards);
+        rc = e.written
+                 ? cv_qstate_open(p->qs, partial)
+                 : mk_err(MK_E_NOMEM, "convert: no memory for the spill state of %d shards", p->nshards);
     }
     if (rc == MK_OK)
         rc = run_shards(&e, &j);

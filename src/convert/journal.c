@@ -37,7 +37,9 @@ static mk_status alloc_j(cv_journal *j, int n) {
     j->done = mk_calloc((size_t)n + 1, sizeof *j->done);
     j->size = mk_calloc((size_t)n + 1, sizeof *j->size);
     j->hash = mk_calloc((size_t)n + 1, sizeof *j->hash);
-    return j->done && j->size && j->hash ? MK_OK : mk_err(MK_E_NOMEM, "convert journal: no memory for the state of %d shards", n);
+    return j->done && j->size && j->hash
+               ? MK_OK
+               : mk_err(MK_E_NOMEM, "convert journal: no memory for the state of %d shards", n);
 }
 
 mk_status cv_journal_init(cv_journal *j, int nshards, uint64_t fingerprint) {

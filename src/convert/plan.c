@@ -175,7 +175,8 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
         free(bname);
     if (!ow || !os || (has_b && !ob) || !qpath) {
         free(qpath);
-        return mk_err(MK_E_NOMEM, "module '%s': no memory for its quantized outputs (weight, scales, biases)", m0->name);
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its quantized outputs (weight, scales, biases)",
+                      m0->name);
     }
     ow = &c->p->outs[iw]; /* new_out may have moved the array */
     os = &c->p->outs[iw + 1];
@@ -257,7 +258,8 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
 /* A bare file's tensor (quantize): its name, dtype and bytes unchanged. */
 static mk_status bare_output(pctx *c, const cv_lt *lt) {
     cv_out *o = new_out(c, cv_strdup(lt->cname), lt->mod->vdt, lt->ndim, lt->shape);
-    return o ? float_piece(o, lt, 0.0f) : mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
+    return o ? float_piece(o, lt, 0.0f)
+             : mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
 }
 
 static mk_status group_outputs(pctx *c, const cv_egroup *g) {
@@ -304,7 +306,8 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             char *on = nm ? out_name(c, g->cls, nm) : NULL;
             free(nm);
             if (!on) {
-                st = mk_err(MK_E_NOMEM, "'%s': no memory for the name of its stacked %s output", g->mlp, mk_layout_proj_names[p]);
+                st = mk_err(MK_E_NOMEM, "'%s': no memory for the name of its stacked %s output", g->mlp,
+                            mk_layout_proj_names[p]);
                 break;
             }
             for (int e = 0; e < g->n; e++)
@@ -316,7 +319,8 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             int64_t shape[3] = {g->n, lp->shape[0], lp->shape[1]};
             cv_out *o = new_out(c, on, float_dt(c, lp), 3, shape);
             if (!o)
-                st = mk_err(MK_E_NOMEM, "'%s': no memory for its stacked %s output", g->mlp, mk_layout_proj_names[p]);
+                st = mk_err(MK_E_NOMEM, "'%s': no memory for its stacked %s output", g->mlp,
+                            mk_layout_proj_names[p]);
             for (int e = 0; st == MK_OK && e < g->n; e++)
                 st = float_piece(o, v[e], 0.0f);
         }
@@ -354,7 +358,8 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
     for (int k = 0; k < ns; k++) {
         p->shard_files[k] = w->shard_file(k, ns);
         if (!p->shard_files[k])
-            return mk_err(MK_E_NOMEM, "convert plan: no memory for the file name of shard %d of %d", k + 1, ns);
+            return mk_err(MK_E_NOMEM, "convert plan: no memory for the file name of shard %d of %d", k + 1,
+                          ns);
     }
     return MK_OK;
 }

@@ -15,9 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "convert/quant_impl.h"
 #include "core/alloc.h"
 #include "core/json_err.h"
-#include "convert/quant_impl.h"
 #include "io/os.h"
 
 static const struct {
@@ -386,7 +386,8 @@ mk_status mk_qjob_write_report(const mk_qjob *q, const char *path, const char *e
     json_decref(root);
     if (!js || mk_alloc_failures() != mark) {
         free(js);
-        return mk_err(MK_E_NOMEM, "%s: no memory to format the quantization report of %zu modules", path, q->nres);
+        return mk_err(MK_E_NOMEM, "%s: no memory to format the quantization report of %zu modules", path,
+                      q->nres);
     }
     mk_status s = mk_os_write_file_atomic(path, js, strlen(js));
     free(js);

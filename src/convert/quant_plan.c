@@ -20,10 +20,10 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "core/alloc.h"
-#include "core/json_err.h"
 #include "convert/quant_impl.h"
 #include "convert/target.h"
+#include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 
 /* ------------------------------------------------------- bare sources */
@@ -153,7 +153,8 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
         size_t nc = qs->capf ? 2 * qs->capf : 64;
         cv_qfloat *nf = mk_realloc(qs->fl, nc * sizeof *nf);
         if (!nf)
-            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu float modules (at '%s')", nc, path);
+            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu float modules (at '%s')", nc,
+                          path);
         qs->fl = nf;
         qs->capf = nc;
     }
@@ -193,7 +194,8 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
         cv_qmod **nm = mk_realloc(qs->mods, nc * sizeof *nm);
         if (!nm) {
             free(q);
-            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu quantized modules (at '%s')", nc, path);
+            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu quantized modules (at '%s')", nc,
+                          path);
         }
         qs->mods = nm;
         qs->capm = nc;
@@ -239,7 +241,8 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
         if (!o.name || !o.pc || push_out(b, &o) != MK_OK) {
             free(o.name);
             free(o.pc);
-            return mk_err(MK_E_NOMEM, "module '%s': no memory for its %s output (%d pieces)", path, suffix[k], npc);
+            return mk_err(MK_E_NOMEM, "module '%s': no memory for its %s output (%d pieces)", path, suffix[k],
+                          npc);
         }
         cv_out *d = &b->outs[b->n - 1];
         for (int j = 0; j < npc; j++) {
@@ -314,7 +317,8 @@ static mk_status mark_split(qb *b, const cv_out *o) {
             b->keys = nk;
         if (!mlp || !nk || !cv_map_put(b->split, mlp, (void *)1)) {
             free(mlp);
-            st = mk_err(MK_E_NOMEM, "output '%s': no memory to mark its experts as quantized one by one", o->name);
+            st = mk_err(MK_E_NOMEM, "output '%s': no memory to mark its experts as quantized one by one",
+                        o->name);
         } else
             b->keys[b->nkeys++] = mlp;
     }
@@ -420,13 +424,16 @@ static mk_status check_exact(const cv_qstate *qs) {
         return MK_OK;
     cv_map *m = cv_map_new(qs->nmods + qs->nfl);
     if (!m)
-        return mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules", qs->nmods + qs->nfl);
+        return mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules",
+                      qs->nmods + qs->nfl);
     bool ok = true;
     for (size_t i = 0; i < qs->nmods; i++)
         ok = ok && cv_map_put(m, qs->mods[i]->path, (void *)1);
     for (size_t i = 0; i < qs->nfl; i++)
         ok = ok && cv_map_put(m, qs->fl[i].path, (void *)1);
-    mk_status st = ok ? MK_OK : mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules", qs->nmods + qs->nfl);
+    mk_status st = ok ? MK_OK
+                      : mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules",
+                               qs->nmods + qs->nfl);
     for (size_t i = 0; st == MK_OK && i < j->nex; i++) {
         const char *pth = j->ex[i].path, *e = strstr(pth, ".experts.");
         if (cv_map_get(m, pth))
@@ -464,7 +471,8 @@ mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     p->scratch_per_elem = 16;
     qb b = {s, o, p, qs, o->quant, {s->cfg.arch, count_layers(s, p), s->bare}, NULL, 0, 0, cv_map_new(64), NULL,
             0, 0};
-    mk_status st = b.split ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the map of split expert layers", s->dir);
+    mk_status st =
+        b.split ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the map of split expert layers", s->dir);
     for (size_t i = 0; st == MK_OK && i < p->nouts; i++)
         if (candidate(&b, &p->outs[i]) == Q_STACK)
             st = mark_split(&b, &p->outs[i]);
@@ -593,7 +601,8 @@ mk_status cv_qplan_config_bare(const cv_plan *p, const char *dir) {
     char *js = cs == MK_OK ? mk_json_dumps_checked(root, JSON_INDENT(2), mark) : NULL;
     json_decref(root);
     char *path = mk_path_join(dir, "config.json");
-    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", dir);
+    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js))
+                             : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", dir);
     free(js);
     free(path);
     return s;

@@ -33,7 +33,8 @@ unsigned long mk_alloc_failures(void) { return t_failures; }
 static int fail_now(void) {
     if (__atomic_load_n(&g_fail_at, __ATOMIC_RELAXED) < 0)
         return 0;
-    long k = __atomic_fetch_add(&g_count, 1, __ATOMIC_RELAXED), at = __atomic_load_n(&g_fail_at, __ATOMIC_RELAXED);
+    long k = __atomic_fetch_add(&g_count, 1, __ATOMIC_RELAXED),
+         at = __atomic_load_n(&g_fail_at, __ATOMIC_RELAXED);
     return __atomic_load_n(&g_once, __ATOMIC_RELAXED) ? k == at : k >= at;
 }
 
@@ -71,7 +72,9 @@ char *mk_strndup(const char *s, size_t n) {
  * and the parse ends in an error, as it would if memory stayed short. */
 static _Thread_local int t_json_parse; /* 1: in a parse; 2: and an allocation failed */
 
-void mk_alloc_json_parse(int on) { t_json_parse = on ? 1 : 0; }
+void mk_alloc_json_parse(int on) {
+    t_json_parse = on ? 1 : 0;
+}
 
 static void *json_malloc(size_t n) {
     if (t_json_parse == 2) {
@@ -84,7 +87,9 @@ static void *json_malloc(size_t n) {
     return p;
 }
 
-static void hook_json(void) { json_set_alloc_funcs(json_malloc, free); }
+static void hook_json(void) {
+    json_set_alloc_funcs(json_malloc, free);
+}
 
 void mk_alloc_hook_json(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;

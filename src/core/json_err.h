@@ -39,7 +39,8 @@ static inline json_t *mk_json_checked(json_t *root, unsigned long mark) {
 
 /* jansson's loads bracketed by mk_alloc_json_parse and checked with
  * mk_json_checked: the way every reader parses. */
-static inline json_t *mk_json_loadb(const char *b, size_t n, size_t flags, json_error_t *e, unsigned long mark) {
+static inline json_t *mk_json_loadb(const char *b, size_t n, size_t flags, json_error_t *e,
+                                    unsigned long mark) {
     mk_alloc_json_parse(1);
     json_t *r = json_loadb(b, n, flags, e);
     mk_alloc_json_parse(0);

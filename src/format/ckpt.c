@@ -223,7 +223,8 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
         for (size_t i = 0; v && i < n; i++)
             free(v[i]);
         free(v);
-        return mk_err(MK_E_NOMEM, "%s: no memory for the list of its .safetensors files (%zu so far)", dir, n);
+        return mk_err(MK_E_NOMEM, "%s: no memory for the list of its .safetensors files (%zu so far)", dir,
+                      n);
     }
     qsort(v, n, sizeof *v, cmp_str);
     *files = v;
@@ -300,7 +301,8 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
     for (size_t i = 0; i < nfiles && s == MK_OK; i++) {
         char *p = mk_path_join(c->dir, files[i]);
         c->nshards = i + 1;
-        s = p ? shard_open(&c->shards[i], p, (int)i, flags) : mk_err(MK_E_NOMEM, "%s: no memory for the path of shard %s", c->dir, files[i]);
+        s = p ? shard_open(&c->shards[i], p, (int)i, flags)
+              : mk_err(MK_E_NOMEM, "%s: no memory for the path of shard %s", c->dir, files[i]);
         free(p);
     }
     if (s != MK_OK) {

@@ -175,8 +175,8 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
             }
             if (s != MK_OK)
                 break;
-            if (out_metadata_json &&
-                !(*out_metadata_json = mk_json_dumps_checked(val, JSON_COMPACT | JSON_SORT_KEYS, mk_json_mark()))) {
+            if (out_metadata_json && !(*out_metadata_json = mk_json_dumps_checked(
+                                           val, JSON_COMPACT | JSON_SORT_KEYS, mk_json_mark()))) {
                 /* not "no metadata": a copy would silently lose it */
                 s = mk_err(MK_E_NOMEM, "%s: no memory to keep its __metadata__ (%zu entries)", what,
                            json_object_size(val));

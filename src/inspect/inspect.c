@@ -15,8 +15,8 @@
 
 #include "core/alloc.h"
 #include "core/json_err.h"
-#include "model/layout.h"
 #include "io/os.h"
+#include "model/layout.h"
 #include "moekit/config.h"
 #include "moekit/inspect.h"
 #include "moekit/model.h"

@@ -134,7 +134,8 @@ mk_status mk_paths_add_input(mk_paths *p, const char *path, const char *role) {
             continue;
         char *c = mk_path_join(path, e->d_name);
         char *r = mk_strfmt("%s of %s", e->d_name, role);
-        s = c && r ? push(p, c, mk_path_canon(c), r, false) : mk_err(MK_E_NOMEM, "%s: no memory for the path of %s", path, e->d_name);
+        s = c && r ? push(p, c, mk_path_canon(c), r, false)
+                   : mk_err(MK_E_NOMEM, "%s: no memory for the path of %s", path, e->d_name);
         free(c);
         free(r);
     }
@@ -309,7 +310,9 @@ mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
         return mk_err(MK_E_ARG, "DST '%s' must name a directory to create or replace (not '', '/', '.' or '..')", dst);
     char *canon = mk_path_canon(dst);
     char *part = mk_strfmt("%s.partial", canon ? canon : "");
-    mk_status st = canon && part ? MK_OK : mk_err(MK_E_NOMEM, "DST '%s': no memory for its canonical and .partial paths", dst);
+    mk_status st = canon && part
+                       ? MK_OK
+                       : mk_err(MK_E_NOMEM, "DST '%s': no memory for its canonical and .partial paths", dst);
     if (st == MK_OK)
         st = check_relations(p, dst, "DST", dst, canon);
     if (st == MK_OK)

@@ -347,7 +347,8 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         l->mean_w = mk_calloc((size_t)l->n_experts, sizeof(double));
         l->mean_w2 = mk_calloc((size_t)l->n_experts, sizeof(double));
         if (!l->freq || !l->mean_w || !l->mean_w2)
-            return mk_err(MK_E_NOMEM, "%s: routing layer %lld: no memory for the statistics of %d experts", r->path, layer, l->n_experts);
+            return mk_err(MK_E_NOMEM, "%s: routing layer %lld: no memory for the statistics of %d experts",
+                          r->path, layer, l->n_experts);
         if (!get_nums(r, o, "freq", l->n_experts, l->freq) ||
             !get_nums(r, o, "mean_weight", l->n_experts, l->mean_w) ||
             (json_object_get(o, "mean_weight_sq") &&

@@ -265,7 +265,8 @@ mk_status mk_prof_check_model(const mk_prof *p, const mk_model *m) {
     size_t n = 0;
     MK_TRY(mk_prof_walk(m, &mods, &n));
     mk_prof *seen = mk_prof_alloc(); /* the model's module names, for lookups */
-    mk_status st = seen ? MK_OK : mk_err(MK_E_NOMEM, "profile: no memory for the module names of %s", mk_model_dir(m));
+    mk_status st =
+        seen ? MK_OK : mk_err(MK_E_NOMEM, "profile: no memory for the module names of %s", mk_model_dir(m));
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         mk_prof_tensor t = {.name = mods[i].name, .source = NULL, .stack = NULL,
                             .rows = mods[i].w->rows, .cols = mods[i].w->cols};

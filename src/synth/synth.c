@@ -21,13 +21,13 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "convert/conv_impl.h"
 #include "core/alloc.h"
 #include "core/json_err.h"
-#include "convert/conv_impl.h"
-#include "synth/synth_impl.h"
 #include "io/os.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
+#include "synth/synth_impl.h"
 
 #define SY_CHUNK (1u << 20) /* elements per work item */
 
@@ -217,7 +217,8 @@ static mk_status write_tensors(const char *dir, const sy_list *l, const mk_synth
     mk_stw_opts wo = {o->shard_size ? o->shard_size : (5ull << 30), true, "model", NULL};
     sy_run r = {NULL, NULL, 0};
     cv_map *byname = cv_map_new(l->n);
-    mk_status s = byname ? mk_stw_create(dir, &wo, &r.w) : mk_err(MK_E_NOMEM, "%s: no memory for an index of %zu tensors", dir, l->n);
+    mk_status s = byname ? mk_stw_create(dir, &wo, &r.w)
+                         : mk_err(MK_E_NOMEM, "%s: no memory for an index of %zu tensors", dir, l->n);
     for (size_t i = 0; s == MK_OK && i < l->n; i++) {
         s = mk_stw_add(r.w, l->t[i].name, l->t[i].dt, l->t[i].ndim, l->t[i].shape);
         if (s == MK_OK && !cv_map_put(byname, l->t[i].name, &l->t[i]))

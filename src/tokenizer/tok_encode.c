@@ -196,7 +196,8 @@ static mk_status normalized_spans(const mk_tok *t, const char *s, size_t n, size
     char *buf = NULL;
     size_t len = 0, cap = 0, nsp = 0;
     mk_tok_span *sp = mk_malloc((c->n_ctl + 1) * sizeof *sp);
-    mk_status st = sp ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: no memory for %zu control spans", c->n_ctl + 1);
+    mk_status st =
+        sp ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: no memory for %zu control spans", c->n_ctl + 1);
     size_t i = ctl_after(c, base);
     for (size_t a = 0; st == MK_OK && a < n;) {
         /* the next segment: inside control span i, or up to its start */

@@ -293,7 +293,8 @@ static mk_status build_units(xv_ctx *x, size_t *scratch) {
         st = side_refs(&x->b, &rb, &nb);
     x->u = st == MK_OK ? mk_calloc(na + nb + 1, sizeof *x->u) : NULL;
     if (st == MK_OK && !x->u)
-        st = mk_err(MK_E_NOMEM, "no memory for a table of %zu units (%s and %s)", na + nb + 1, x->a.dir, x->b.dir);
+        st = mk_err(MK_E_NOMEM, "no memory for a table of %zu units (%s and %s)", na + nb + 1, x->a.dir,
+                    x->b.dir);
     size_t i = 0, j = 0;
     *scratch = 64;
     while (st == MK_OK && (i < na || j < nb)) {

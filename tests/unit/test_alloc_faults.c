@@ -184,7 +184,8 @@ static long once_loop(once_step *s, long dense, long stride) {
             char *d = s->digest(s);
             if (strcmp(d, ref) != 0) {
                 fprintf(stderr, "--- expected\n%s--- got\n%s", ref, d);
-                fail_msg("%s: allocation %ld alone failing gave MK_OK but a different output (above)", s->what, n);
+                fail_msg("%s: allocation %ld alone failing gave MK_OK but a different output (above)",
+                         s->what, n);
             }
             free(d);
             ok_runs++;
@@ -316,8 +317,8 @@ static mk_status inspect_run(once_step *s) {
 
 static void test_once_inspect(void **st) {
     (void)st;
-    once_step s = {"inspect (qwen3moe-a)", inspect_run, text_digest, mk_test_fixture("qwen3moe-a/bf16"), NULL,
-                   NULL};
+    once_step s = {
+        "inspect (qwen3moe-a)", inspect_run, text_digest, mk_test_fixture("qwen3moe-a/bf16"), NULL, NULL};
     assert_true(once_loop(&s, 1L << 30, 1) > 100);
 }
 
@@ -354,8 +355,8 @@ static void test_once_quantize(void **st) {
      * model; 8,900 of them would take minutes): the config, quantization
      * block, shard headers and index at the end are a few hundred
      * allocations in a row, so every kind of them is still hit */
-    once_step s = {"quantize fp8 -> mlx 4-bit", quantize_run, quantize_digest, mk_test_fixture("deepseekv3-a/fp8"),
-                   NULL, NULL};
+    once_step s = {"quantize fp8 -> mlx 4-bit",         quantize_run, quantize_digest,
+                   mk_test_fixture("deepseekv3-a/fp8"), NULL,         NULL};
     assert_true(once_loop(&s, 200, 23) > 1000);
 }
 
@@ -389,14 +390,10 @@ static void test_convert(void **st) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_model_open),
-        cmocka_unit_test(test_engine_create),
-        cmocka_unit_test(test_tokenizer_load),
-        cmocka_unit_test(test_convert),
-        cmocka_unit_test(test_once_st_write),
-        cmocka_unit_test(test_once_ckpt_listing),
-        cmocka_unit_test(test_once_inspect),
-        cmocka_unit_test(test_once_quantize),
+        cmocka_unit_test(test_model_open),     cmocka_unit_test(test_engine_create),
+        cmocka_unit_test(test_tokenizer_load), cmocka_unit_test(test_convert),
+        cmocka_unit_test(test_once_st_write),  cmocka_unit_test(test_once_ckpt_listing),
+        cmocka_unit_test(test_once_inspect),   cmocka_unit_test(test_once_quantize),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
