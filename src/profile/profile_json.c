@@ -127,40 +127,51 @@ static json_t *tensor_json(const mk_prof *p, const mk_prof_tensor *t) {
 
 /* One line per top-level section (one per layer for routing), then one per
  * tensor: greppable, diffable, and never a whole tree in memory. */
-static bool write_value(FILE *f, const char *key, json_t *v, bool per_item) {
+static mk_status write_value(FILE *f, const char *key, json_t *v, bool per_item, unsigned long mark,
+                             const char *path) {
     char *s = NULL;
     bool ok = fprintf(f, " \"%s\": ", key) > 0;
     if (per_item && json_is_array(v)) {
         ok = ok && fputs("[\n", f) >= 0;
         for (size_t i = 0; ok && i < json_array_size(v); i++) {
-            s = json_dumps(json_array_get(v, i), JSON_COMPACT | JSON_PRESERVE_ORDER);
-            ok = s && fprintf(f, "  %s%s\n", s, i + 1 < json_array_size(v) ? "," : "") > 0;
+            s = mk_json_dumps_checked(json_array_get(v, i), JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
+            if (!s) /* not a write error */
+                return mk_err(MK_E_NOMEM, "%s: no memory to format item %zu of '%s'", path, i, key);
+            ok = fprintf(f, "  %s%s\n", s, i + 1 < json_array_size(v) ? "," : "") > 0;
             free(s);
         }
-        return ok && fputs(" ],\n", f) >= 0;
+        ok = ok && fputs(" ],\n", f) >= 0;
+    } else if (ok) {
+        s = mk_json_dumps_checked(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY, mark);
+        if (!s)
+            return mk_err(MK_E_NOMEM, "%s: no memory to format '%s'", path, key);
+        ok = fprintf(f, "%s,\n", s) > 0;
+        free(s);
     }
-    s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-    ok = ok && s && fprintf(f, "%s,\n", s) > 0;
-    free(s);
-    return ok;
+    return ok ? MK_OK : mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
 }
 
 static mk_status write_all(const mk_prof *p, FILE *f, const char *path) {
+    /* jansson reports running out of memory only through return values: a
+     * key the header or a tensor failed to get would be missing from the
+     * profile, so any allocation that fails meanwhile is MK_E_NOMEM */
+    unsigned long mark = mk_json_mark();
     json_t *h = header_json(p);
     if (!h)
         return mk_err(MK_E_NOMEM, "%s: no memory to format the profile", path);
-    bool ok = fputs("{\n", f) >= 0;
+    mk_status st = fputs("{\n", f) >= 0 ? MK_OK : mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
     const char *key;
     json_t *v;
     json_object_foreach(h, key, v) {
-        if (ok)
-            ok = write_value(f, key, v, !strcmp(key, "routing"));
+        if (st == MK_OK)
+            st = write_value(f, key, v, !strcmp(key, "routing"), mark, path);
     }
     json_decref(h);
-    ok = ok && fputs(" \"tensors\": [\n", f) >= 0;
+    MK_TRY(st);
+    bool ok = fputs(" \"tensors\": [\n", f) >= 0;
     for (size_t i = 0; ok && i < p->n; i++) {
         json_t *t = tensor_json(p, &p->t[i]);
-        char *ts = t ? json_dumps(t, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        char *ts = t ? mk_json_dumps_checked(t, JSON_COMPACT | JSON_PRESERVE_ORDER, mark) : NULL;
         json_decref(t);
         if (!ts)
             return mk_err(MK_E_NOMEM, "%s: no memory to format tensor '%s'", path, p->t[i].name);
