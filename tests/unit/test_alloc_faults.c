@@ -10,8 +10,8 @@
  *
  * Then the same with only the Nth allocation failing (test_once_*): a
  * write of a sharded checkpoint, an open that lists the directory, inspect
- * and a quantizing convert must each end in a clean MK_E_NOMEM or in
- * exactly the output of a run without a failure. */
+ * a quantizing convert and the save of a bit allocation must each end in
+ * a clean MK_E_NOMEM or in exactly the output of a run without a failure. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +24,7 @@
 #include "moekit/engine.h"
 #include "moekit/inspect.h"
 #include "moekit/model.h"
+#include "moekit/profile.h"
 #include "moekit/quantize.h"
 #include "moekit/st.h"
 #include "moekit/tokenizer.h"
@@ -360,6 +361,28 @@ static void test_once_quantize(void **st) {
     assert_true(once_loop(&s, 200, 23) > 1000);
 }
 
+/* an allocation file of 40 modules: one override per module */
+static mk_status alloc_save_run(once_step *s) {
+    static char names[40][48];
+    mk_alloc_item it[40];
+    for (int i = 0; i < 40; i++) {
+        snprintf(names[i], sizeof names[i], "model.layers.%d.mlp.experts.%d.down_proj", i / 8, i % 8);
+        it[i] = (mk_alloc_item){names[i], 2 + i % 7, 64, false, i / 8, i % 8};
+    }
+    mk_alloc a = {it, 40, 4.5, 4.25, 1000000, 4250000, 0.5, 0.0, 1e-3};
+    char path[4200];
+    snprintf(path, sizeof path, "%s/alloc.json", s->tmp);
+    return mk_alloc_save(&a, path);
+}
+
+static char *tmp_digest(once_step *s) { return dir_digest(s->tmp); }
+
+static void test_once_alloc_save(void **st) {
+    (void)st;
+    once_step s = {"allocation save (40 modules)", alloc_save_run, tmp_digest, NULL, NULL, NULL};
+    assert_true(once_loop(&s, 1L << 30, 1) > 40);
+}
+
 static void test_model_open(void **st) {
     (void)st;
     assert_true(fault_loop("model open (qwen3moe-a)", open_model,
@@ -394,6 +417,7 @@ int main(void) {
         cmocka_unit_test(test_tokenizer_load), cmocka_unit_test(test_convert),
         cmocka_unit_test(test_once_st_write),  cmocka_unit_test(test_once_ckpt_listing),
         cmocka_unit_test(test_once_inspect),   cmocka_unit_test(test_once_quantize),
+        cmocka_unit_test(test_once_alloc_save),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
