@@ -177,7 +177,11 @@ static mk_status copy_file(const char *from, const char *to) {
     char *tmp = cv_printf("%s.tmp", to);
     int out = tmp ? mk_os()->open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
     unsigned char *buf = mk_malloc(1u << 20);
-    mk_status s = (out >= 0 && buf) ? MK_OK : mk_err(MK_E_IO, "%s: cannot create", tmp ? tmp : to);
+    /* no memory is not an unwritable output */
+    mk_status s = !tmp      ? mk_err(MK_E_NOMEM, "%s: no memory for its temporary name", to)
+                  : !buf    ? mk_err(MK_E_NOMEM, "%s: no memory for a copy buffer of 1 MiB", from)
+                  : out < 0 ? mk_err(MK_E_IO, "%s: cannot create: %s", tmp, strerror(errno))
+                            : MK_OK;
     uint64_t off = 0;
     while (s == MK_OK) {
         ssize_t r = read(in, buf, 1u << 20);
@@ -218,17 +222,23 @@ mk_status cv_config_write(const cv_src *s, const cv_plan *p, const char *dir) {
     char *src = mk_path_join(s->dir, "config.json"), *dst = mk_path_join(dir, "config.json");
     json_error_t je;
     unsigned long mark = mk_json_mark();
-    json_t *root = src && dst ? json_load_file(src, 0, &je) : NULL;
+    json_t *root = src && dst ? mk_json_load_file(src, 0, &je, mark) : NULL;
     mk_status st = root            ? MK_OK
                    : !src || !dst  ? mk_err(MK_E_NOMEM, "no memory for the config.json paths under %s", dir)
                    : mk_json_nomem(&je, mark)
                        ? mk_err(MK_E_NOMEM, "%s: no memory to re-read it", src)
                        : mk_err(MK_E_FORMAT, "%s: cannot re-read: %s", src, mk_json_errtext(je.text));
+    /* the edits report running out of memory only through jansson's return
+     * values, which they do not check: a key that failed to be set would
+     * silently be missing from the config, so any failure since `mark` counts */
+    mark = mk_alloc_failures();
     if (st == MK_OK)
         st = edit(s, p, root);
     char *js = st == MK_OK ? json_dumps(root, JSON_INDENT(2)) : NULL;
     if (st == MK_OK)
-        st = js ? mk_os_write_file_atomic(dst, js, strlen(js)) : mk_err(MK_E_NOMEM, "%s: no memory to write it", dst);
+        st = js && mk_alloc_failures() == mark
+                 ? mk_os_write_file_atomic(dst, js, strlen(js))
+                 : mk_err(MK_E_NOMEM, "%s: no memory to edit and write it", dst);
     free(js);
     json_decref(root);
     free(src);

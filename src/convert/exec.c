@@ -229,7 +229,7 @@ static mk_status push_item(shard_run *r, const cv_piece *pc, int64_t a, int64_t 
         size_t nc = r->cap ? 2 * r->cap : 1024;
         item *ni = mk_realloc(r->items, nc * sizeof *ni);
         if (!ni)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "convert: no memory for a work list of %zu items", nc);
         r->items = ni;
         r->cap = nc;
     }
@@ -390,7 +390,7 @@ static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, c
         free(jp);
         free(op);
         if (!jp || !op)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the journal paths", dst);
         *done = true;
         return mk_os_fsync_dir(dst);
     }
@@ -465,7 +465,7 @@ static mk_status run_shards(const conv_env *e, cv_journal *j) {
     for (int k = 0; s == MK_OK && k < p->nshards; k++) {
         char *path = mk_path_join(e->partial, p->shard_files[k]);
         if (!path) {
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory for the path of shard %s", e->partial, p->shard_files[k]);
             break;
         }
         uint64_t size = 0;
@@ -529,7 +529,9 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     mk_status rc = MK_OK;
     if (p->qs) { /* quantizing: parts computed ahead wait in a spill file */
         e.written = mk_calloc((size_t)p->nshards, sizeof *e.written);
-        rc = e.written ? cv_qstate_open(p->qs, partial) : mk_err(MK_E_NOMEM, "out of memory");
+        rc = e.written
+                 ? cv_qstate_open(p->qs, partial)
+                 : mk_err(MK_E_NOMEM, "convert: no memory for the spill state of %d shards", p->nshards);
     }
     if (rc == MK_OK)
         rc = run_shards(&e, &j);

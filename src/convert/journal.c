@@ -37,7 +37,9 @@ static mk_status alloc_j(cv_journal *j, int n) {
     j->done = mk_calloc((size_t)n + 1, sizeof *j->done);
     j->size = mk_calloc((size_t)n + 1, sizeof *j->size);
     j->hash = mk_calloc((size_t)n + 1, sizeof *j->hash);
-    return j->done && j->size && j->hash ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    return j->done && j->size && j->hash
+               ? MK_OK
+               : mk_err(MK_E_NOMEM, "convert journal: no memory for the state of %d shards", n);
 }
 
 mk_status cv_journal_init(cv_journal *j, int nshards, uint64_t fingerprint) {
@@ -51,7 +53,7 @@ mk_status cv_journal_load(const char *dir, int nshards, cv_journal *j) {
     memset(j, 0, sizeof *j);
     char *path = mk_path_join(dir, CV_JOURNAL_NAME);
     if (!path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the journal path", dir);
     char *text = NULL;
     size_t n = 0;
     mk_status s = mk_os_read_file(path, 64u << 20, &text, &n);
@@ -100,7 +102,7 @@ mk_status cv_journal_save(const char *dir, const cv_journal *j, const cv_plan *p
     if (!b || !path) {
         free(b);
         free(path);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory to write the journal of %d shards", dir, j->nshards);
     }
     size_t k = (size_t)snprintf(b, cap, "moekit-convert-journal 1\nplan %016llx\nshards %d\n",
                                 (unsigned long long)p->fingerprint, j->nshards);
@@ -127,7 +129,7 @@ mk_status cv_file_hash(const char *path, uint64_t *size, char hex[33]) {
     size_t bs = 1u << 20;
     unsigned char *buf = mk_malloc(bs);
     XXH3_state_t *h = XXH3_createState();
-    mk_status s = buf && h ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = buf && h ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory to hash it", path);
     if (h)
         XXH3_128bits_reset(h);
     uint64_t total = (uint64_t)st.st_size;

@@ -68,7 +68,7 @@ static cv_out *new_out(pctx *c, char *name, mk_dtype dt, int ndim, const int64_t
 static mk_status push_piece(cv_out *o, const cv_piece *pc) {
     cv_piece *np = mk_realloc(o->pc, (size_t)(o->npc + 1) * sizeof *np);
     if (!np)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "output '%s': no memory for %d source pieces", o->name, o->npc + 1);
     o->pc = np;
     np[o->npc] = *pc;
     np[o->npc].out_off = o->nbytes;
@@ -175,7 +175,8 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
         free(bname);
     if (!ow || !os || (has_b && !ob) || !qpath) {
         free(qpath);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its quantized outputs (weight, scales, biases)",
+                      m0->name);
     }
     ow = &c->p->outs[iw]; /* new_out may have moved the array */
     os = &c->p->outs[iw + 1];
@@ -221,7 +222,7 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
     if (!name)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output name", lt->cname);
     /* quantizing: quantized sources are dequantized, then quantized anew */
     if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
@@ -250,14 +251,15 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     }
     cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
     if (!o)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
     return float_piece(o, lt, add);
 }
 
 /* A bare file's tensor (quantize): its name, dtype and bytes unchanged. */
 static mk_status bare_output(pctx *c, const cv_lt *lt) {
     cv_out *o = new_out(c, cv_strdup(lt->cname), lt->mod->vdt, lt->ndim, lt->shape);
-    return o ? float_piece(o, lt, 0.0f) : mk_err(MK_E_NOMEM, "out of memory");
+    return o ? float_piece(o, lt, 0.0f)
+             : mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
 }
 
 static mk_status group_outputs(pctx *c, const cv_egroup *g) {
@@ -269,7 +271,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     c->p->nstacked++;
     const cv_lt **v = mk_malloc((size_t)g->n * 2 * sizeof *v);
     if (!v)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "'%s': no memory for a table of %d experts", g->mlp, g->n);
     mk_status st = MK_OK;
     cv_xgroup xg = cv_target_experts(c->t, c->o);
     if (xg == CV_XG_PER_EXPERT) {
@@ -288,7 +290,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
         size_t ia = c->p->nouts - 1;
         cv_out *b = a ? new_out(c, o2, float_dt(c, &g->proj[MK_PROJ_DOWN][0]), 3, dn) : (free(o2), NULL);
         if (!a || !b)
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "'%s': no memory for its fused expert outputs", g->mlp);
         a = st == MK_OK ? &c->p->outs[ia] : NULL;
         for (int e = 0; st == MK_OK && e < g->n; e++) {
             st = float_piece(a, &g->proj[MK_PROJ_GATE][e], 0.0f);
@@ -304,7 +306,8 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             char *on = nm ? out_name(c, g->cls, nm) : NULL;
             free(nm);
             if (!on) {
-                st = mk_err(MK_E_NOMEM, "out of memory");
+                st = mk_err(MK_E_NOMEM, "'%s': no memory for the name of its stacked %s output", g->mlp,
+                            mk_layout_proj_names[p]);
                 break;
             }
             for (int e = 0; e < g->n; e++)
@@ -316,7 +319,8 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             int64_t shape[3] = {g->n, lp->shape[0], lp->shape[1]};
             cv_out *o = new_out(c, on, float_dt(c, lp), 3, shape);
             if (!o)
-                st = mk_err(MK_E_NOMEM, "out of memory");
+                st = mk_err(MK_E_NOMEM, "'%s': no memory for its stacked %s output", g->mlp,
+                            mk_layout_proj_names[p]);
             for (int e = 0; st == MK_OK && e < g->n; e++)
                 st = float_piece(o, v[e], 0.0f);
         }
@@ -345,7 +349,7 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
     p->shard_bytes = mk_calloc((size_t)ns, sizeof *p->shard_bytes);
     p->shard_files = mk_calloc((size_t)ns, sizeof *p->shard_files);
     if (!p->shard_first || !p->shard_bytes || !p->shard_files)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "convert plan: no memory for the tables of %d shards", ns);
     for (size_t i = p->nouts; i-- > 0;) {
         p->shard_first[p->outs[i].shard] = i;
         p->shard_bytes[p->outs[i].shard] += p->outs[i].nbytes;
@@ -354,7 +358,8 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
     for (int k = 0; k < ns; k++) {
         p->shard_files[k] = w->shard_file(k, ns);
         if (!p->shard_files[k])
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "convert plan: no memory for the file name of shard %d of %d", k + 1,
+                          ns);
     }
     return MK_OK;
 }

@@ -15,8 +15,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "core/alloc.h"
 #include "convert/quant_impl.h"
+#include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 
 static const struct {
@@ -34,7 +35,7 @@ mk_status mk_qjob_new(mk_qjob **out) {
     if (!q || !(q->exmap = cv_map_new(64))) {
         free(q);
         *out = NULL;
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "quantization job: no memory for its state");
     }
     q->mode = MK_QMODE_AFFINE;
     q->bits = 4;
@@ -165,7 +166,7 @@ mk_status mk_qjob_add_override(mk_qjob *q, const char *rule) {
             q->ov = nv;
         pcre2_code_free(ov.re);
         free(ov.text);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "--override '%s': no memory to record it", rule);
     }
     q->ov = nv;
     q->ov[q->nov++] = ov;
@@ -186,22 +187,22 @@ mk_status mk_qjob_set_module(mk_qjob *q, const char *path, mk_qmode mode, int bi
         free(q->ex[have - 1].path);
         e.path = cv_strdup(path);
         q->ex[have - 1] = e;
-        return e.path ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+        return e.path ? MK_OK : mk_err(MK_E_NOMEM, "module '%s': no memory to record its allocation", path);
     }
     if (q->nex == q->exc) {
         size_t nc = q->exc ? 2 * q->exc : 256;
         cv_qexact *ne = mk_realloc(q->ex, nc * sizeof *ne);
         if (!ne)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "module '%s': no memory for a table of %zu allocations", path, nc);
         q->ex = ne;
         q->exc = nc;
     }
     e.path = cv_strdup(path);
     if (!e.path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory to record its allocation", path);
     q->ex[q->nex++] = e;
     if (!cv_map_put(q->exmap, e.path, (void *)(uintptr_t)q->nex))
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory to index its allocation", path);
     return MK_OK;
 }
 
@@ -340,11 +341,14 @@ static json_t *module_json(const mk_qjob_module *m) {
 }
 
 mk_status mk_qjob_write_report(const mk_qjob *q, const char *path, const char *extra_json) {
+    /* jansson reports running out of memory only through return values: an
+     * entry it failed to add would silently be missing from the report */
+    unsigned long mark = mk_json_mark();
     json_t *root = NULL;
     if (extra_json) {
         char *wrapped = cv_printf("{%s}", extra_json);
         json_error_t je;
-        root = wrapped ? json_loads(wrapped, 0, &je) : NULL;
+        root = wrapped ? mk_json_loads(wrapped, 0, &je, mark) : NULL;
         free(wrapped);
     }
     if (!root)
@@ -378,10 +382,13 @@ mk_status mk_qjob_write_report(const mk_qjob *q, const char *path, const char *e
     json_object_set_new(tj, "bpw_all", num_or_null(t->bpw_all));
     json_object_set_new(tj, "rel_err", num_or_null(t->rel_err));
     json_object_set_new(root, "totals", tj);
-    char *js = json_dumps(root, JSON_INDENT(2));
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2), mark);
     json_decref(root);
-    if (!js)
-        return mk_err(MK_E_NOMEM, "out of memory");
+    if (!js || mk_alloc_failures() != mark) {
+        free(js);
+        return mk_err(MK_E_NOMEM, "%s: no memory to format the quantization report of %zu modules", path,
+                      q->nres);
+    }
     mk_status s = mk_os_write_file_atomic(path, js, strlen(js));
     free(js);
     return s;

@@ -311,7 +311,7 @@ mk_status cv_qstate_open(cv_qstate *qs, const char *partial) {
     free(qs->spill_path);
     qs->spill_path = mk_path_join(partial, CV_QSPILL_NAME);
     if (!qs->spill_path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the spill file path", partial);
     qs->spill_fd = mk_os()->open(qs->spill_path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (qs->spill_fd < 0)
         return mk_err(MK_E_IO, "%s: cannot create the quantization spill file", qs->spill_path);

@@ -20,9 +20,10 @@
 #include <string.h>
 #include <xxhash.h>
 
-#include "core/alloc.h"
 #include "convert/quant_impl.h"
 #include "convert/target.h"
+#include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 
 /* ------------------------------------------------------- bare sources */
@@ -32,14 +33,14 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
     s->bare = true;
     s->dir = cv_strdup(path);
     if (!s->dir)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the source path", path);
     MK_TRY(mk_ckpt_open(path, MK_CKPT_NO_MMAP, &s->ck));
     MK_TRY(cv_check_empty(s));
     size_t n = mk_ckpt_count(s->ck);
     s->mods = mk_calloc(n ? n : 1, sizeof *s->mods);
     s->lts = mk_calloc(n ? n : 1, sizeof *s->lts);
     if (!s->mods || !s->lts)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the module tables of %zu tensors", path, n);
     for (size_t i = 0; i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(s->ck, i);
         cv_mod *m = &s->mods[s->nmods++];
@@ -66,7 +67,7 @@ mk_status cv_src_open_bare(const char *path, cv_src *s) {
         lt->ndim = t->ndim;
         memcpy(lt->shape, t->shape, sizeof lt->shape);
         if (!m->name || !m->cname || !lt->cname)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the names of tensor '%s'", path, t->name);
     }
     if (n == 0)
         return mk_err(MK_E_FORMAT, "%s: the file holds no tensors", path);
@@ -124,7 +125,7 @@ static mk_status push_out(qb *b, const cv_out *o) {
         size_t nc = b->cap ? 2 * b->cap : 256;
         cv_out *no = mk_realloc(b->outs, nc * sizeof *no);
         if (!no)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu outputs", nc);
         b->outs = no;
         b->cap = nc;
     }
@@ -152,7 +153,8 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
         size_t nc = qs->capf ? 2 * qs->capf : 64;
         cv_qfloat *nf = mk_realloc(qs->fl, nc * sizeof *nf);
         if (!nf)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu float modules (at '%s')", nc,
+                          path);
         qs->fl = nf;
         qs->capf = nc;
     }
@@ -160,7 +162,7 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
     memset(f, 0, sizeof *f);
     f->path = cv_strdup(path);
     if (!f->path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its path", path);
     qs->nfl++;
     f->source = o->pc[0].mod->name;
     f->cols = o->shape[o->ndim - 1];
@@ -173,7 +175,7 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
                   : cv_printf("float: input dim %lld is not a multiple of the group size %d", (long long)f->cols,
                               c->group);
     if (!f->note)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its note", path);
     f->seq = b->seq++;
     return MK_OK;
 }
@@ -185,14 +187,15 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
                              const cv_piece *pcs, int npc, mk_dtype in_dt, const cv_qchoice *c) {
     cv_qmod *q = mk_calloc(1, sizeof *q);
     if (!q)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its quantization record", path);
     cv_qstate *qs = b->qs;
     if (qs->nmods == qs->capm) {
         size_t nc = qs->capm ? 2 * qs->capm : 256;
         cv_qmod **nm = mk_realloc(qs->mods, nc * sizeof *nm);
         if (!nm) {
             free(q);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "quantization plan: no memory for %zu quantized modules (at '%s')", nc,
+                          path);
         }
         qs->mods = nm;
         qs->capm = nc;
@@ -201,7 +204,7 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
     pthread_mutex_init(&q->mu, NULL);
     q->path = cv_strdup(path);
     if (!q->path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for its path", path);
     q->source = pcs[0].mod->name;
     q->ch = *c;
     q->st = qs;
@@ -238,7 +241,8 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
         if (!o.name || !o.pc || push_out(b, &o) != MK_OK) {
             free(o.name);
             free(o.pc);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "module '%s': no memory for its %s output (%d pieces)", path, suffix[k],
+                          npc);
         }
         cv_out *d = &b->outs[b->n - 1];
         for (int j = 0; j < npc; j++) {
@@ -268,7 +272,7 @@ static void drop_out(cv_out *o) {
 static mk_status plain(qb *b, cv_out *o) {
     char *path = path_of(o->name);
     if (!path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "output '%s': no memory for its module path", o->name);
     cv_qchoice c;
     cv_qjob_choose(b->job, &b->x, path, NULL, o->shape[o->ndim - 1], &c);
     mk_status st;
@@ -291,14 +295,14 @@ static mk_status plain(qb *b, cv_out *o) {
 static mk_status mark_split(qb *b, const cv_out *o) {
     char *stack = path_of(o->name);
     if (!stack)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "output '%s': no memory for its module path", o->name);
     cv_qchoice c0, c;
     bool differ = false;
     for (int e = 0; e < o->shape[0] && !differ; e++) {
         char *ep = expert_path(stack, e);
         if (!ep) {
             free(stack);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "output '%s': no memory for the module path of expert %d", o->name, e);
         }
         cv_qjob_choose(b->job, &b->x, ep, stack, o->shape[2], e ? &c : &c0);
         differ = e > 0 && !cv_qchoice_same(&c0, &c);
@@ -313,7 +317,8 @@ static mk_status mark_split(qb *b, const cv_out *o) {
             b->keys = nk;
         if (!mlp || !nk || !cv_map_put(b->split, mlp, (void *)1)) {
             free(mlp);
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "output '%s': no memory to mark its experts as quantized one by one",
+                        o->name);
         } else
             b->keys[b->nkeys++] = mlp;
     }
@@ -335,7 +340,7 @@ static mk_status stack(qb *b, cv_out *o) {
         char *path = path_of(o->name), *ep = path ? expert_path(path, 0) : NULL;
         if (!ep) {
             free(path);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "output '%s': no memory for its module paths", o->name);
         }
         cv_qchoice c;
         cv_qjob_choose(b->job, &b->x, ep, path, o->shape[2], &c);
@@ -352,13 +357,13 @@ static mk_status stack(qb *b, cv_out *o) {
         return st;
     }
     char *stk = path_of(o->name);
-    mk_status st = stk ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = stk ? MK_OK : mk_err(MK_E_NOMEM, "output '%s': no memory for its module path", o->name);
     for (int e = 0; st == MK_OK && e < o->shape[0]; e++) {
         char *ep = expert_path(stk, e), *name = ep ? cv_printf("%s.weight", ep) : NULL;
         cv_qchoice c;
         if (!name) {
             free(ep);
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "output '%s': no memory for the names of expert %d", o->name, e);
             break;
         }
         cv_qjob_choose(b->job, &b->x, ep, stk, o->shape[2], &c);
@@ -380,7 +385,7 @@ static mk_status stack(qb *b, cv_out *o) {
             f.pc = mk_malloc(sizeof pc);
             if (!f.pc) {
                 free(name);
-                st = mk_err(MK_E_NOMEM, "out of memory");
+                st = mk_err(MK_E_NOMEM, "output '%s': no memory for the piece of expert %d", o->name, e);
             } else {
                 f.pc[0] = pc;
                 st = add_float(b, ep, &f, &c);
@@ -419,13 +424,16 @@ static mk_status check_exact(const cv_qstate *qs) {
         return MK_OK;
     cv_map *m = cv_map_new(qs->nmods + qs->nfl);
     if (!m)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules",
+                      qs->nmods + qs->nfl);
     bool ok = true;
     for (size_t i = 0; i < qs->nmods; i++)
         ok = ok && cv_map_put(m, qs->mods[i]->path, (void *)1);
     for (size_t i = 0; i < qs->nfl; i++)
         ok = ok && cv_map_put(m, qs->fl[i].path, (void *)1);
-    mk_status st = ok ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = ok ? MK_OK
+                      : mk_err(MK_E_NOMEM, "quantization plan: no memory for an index of %zu modules",
+                               qs->nmods + qs->nfl);
     for (size_t i = 0; st == MK_OK && i < j->nex; i++) {
         const char *pth = j->ex[i].path, *e = strstr(pth, ".experts.");
         if (cv_map_get(m, pth))
@@ -455,7 +463,7 @@ mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
                       s->dir);
     cv_qstate *qs = mk_calloc(1, sizeof *qs);
     if (!qs)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the quantization state", s->dir);
     p->qs = qs;
     qs->job = o->quant;
     qs->bare = s->bare;
@@ -463,7 +471,8 @@ mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     p->scratch_per_elem = 16;
     qb b = {s, o, p, qs, o->quant, {s->cfg.arch, count_layers(s, p), s->bare}, NULL, 0, 0, cv_map_new(64), NULL,
             0, 0};
-    mk_status st = b.split ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st =
+        b.split ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the map of split expert layers", s->dir);
     for (size_t i = 0; st == MK_OK && i < p->nouts; i++)
         if (candidate(&b, &p->outs[i]) == Q_STACK)
             st = mark_split(&b, &p->outs[i]);
@@ -572,20 +581,28 @@ static json_t *quant_block(const cv_qstate *qs) {
 }
 
 mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
+    /* jansson reports running out of memory only through return values: a
+     * module's entry that failed to be added would silently give it the
+     * default bits, so any failed allocation meanwhile is an error */
+    unsigned long mark = mk_json_mark();
     json_t *root = json_root;
     json_t *b = quant_block(p->qs);
     json_object_set_new(root, "quantization_config", json_deep_copy(b));
     json_object_set_new(root, "quantization", b);
-    return MK_OK;
+    return mk_alloc_failures() == mark
+               ? MK_OK
+               : mk_err(MK_E_NOMEM, "no memory for the quantization block of %zu modules", p->qs->nmods);
 }
 
 mk_status cv_qplan_config_bare(const cv_plan *p, const char *dir) {
+    unsigned long mark = mk_json_mark();
     json_t *root = json_object();
-    cv_qplan_config(p, root);
-    char *js = json_dumps(root, JSON_INDENT(2));
+    mk_status cs = cv_qplan_config(p, root);
+    char *js = cs == MK_OK ? mk_json_dumps_checked(root, JSON_INDENT(2), mark) : NULL;
     json_decref(root);
     char *path = mk_path_join(dir, "config.json");
-    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js))
+                             : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", dir);
     free(js);
     free(path);
     return s;
@@ -642,10 +659,11 @@ mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job) {
     size_t n = qs->nmods + qs->nfl;
     job->res = mk_calloc(n ? n : 1, sizeof *job->res);
     if (!job->res)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "quantization results: no memory for %zu module records", n);
     size_t a = 0, f = 0;
     while (a < qs->nmods || f < qs->nfl) { /* merged in planning order */
         mk_qjob_module *r = &job->res[job->nres++];
+        const char *note;
         if (f >= qs->nfl || (a < qs->nmods && qs->mods[a]->seq < qs->fl[f].seq)) {
             const cv_qmod *q = qs->mods[a++];
             r->path = cv_qjob_keep(job, q->path);
@@ -661,7 +679,7 @@ mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job) {
             r->rel_err = full ? mk_quant_err_rel(&q->err) : NAN;
             r->max_abs_err = full ? q->err.max_abs : NAN;
             r->nonfinite = q->nonfinite;
-            r->note = cv_qjob_keep(job, q->ch.note);
+            r->note = cv_qjob_keep(job, note = q->ch.note);
         } else {
             const cv_qfloat *fl = &qs->fl[f++];
             r->path = cv_qjob_keep(job, fl->path);
@@ -670,11 +688,14 @@ mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job) {
             r->cols = fl->cols;
             r->bytes = fl->bytes;
             r->rel_err = r->max_abs_err = NAN;
-            r->note = cv_qjob_keep(job, fl->note);
+            r->note = cv_qjob_keep(job, note = fl->note);
         }
         r->params = (uint64_t)(r->rows * r->cols);
-        if (!r->path)
-            return mk_err(MK_E_NOMEM, "out of memory");
+        /* cv_qjob_keep returns NULL only for a NULL input or no memory: a
+         * result must not lose its source or note silently */
+        if (!r->path || !r->source || (!r->note && note))
+            return mk_err(MK_E_NOMEM, "quantization results: no memory for the strings of module %zu of %zu",
+                          job->nres, n);
     }
     totals(p, job);
     return MK_OK;

@@ -16,6 +16,7 @@
 
 #include "convert/writer.h"
 #include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 
 struct cv_writer {
@@ -57,7 +58,7 @@ static mk_status st_begin(const char *dir, const cv_plan *p, int k, const char *
     snprintf(meta, sizeof meta, "{\"format\":\"%s\"}", format_tag);
     cv_writer *w = mk_calloc(1, sizeof *w);
     if (!w)
-        return mk_err(MK_E_NOMEM, "out of memory (safetensors writer)");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the writer of shard %d", dir, k + 1);
     mk_stw_opts wo = {0, true, base, meta};
     mk_status s = mk_stw_create(dir, &wo, &w->w);
     for (size_t i = p->shard_first[k]; s == MK_OK && i < p->shard_first[k + 1]; i++)
@@ -97,17 +98,20 @@ static mk_status st_finish(cv_writer *w) {
 static mk_status st_index(const cv_plan *p, const char *dir) {
     if (p->nshards < 2)
         return MK_OK;
+    /* jansson reports running out of memory only through return values: an
+     * entry it failed to add would silently leave a tensor out of the index */
+    unsigned long mark = mk_json_mark();
     json_t *root = json_object(), *meta = json_object(), *wm = json_object();
     json_object_set_new(meta, "total_size", json_integer((json_int_t)p->total_bytes));
     json_object_set_new(root, "metadata", meta);
     for (size_t i = 0; i < p->nouts; i++)
         json_object_set_new(wm, p->outs[i].name, json_string(p->shard_files[p->outs[i].shard]));
     json_object_set_new(root, "weight_map", wm);
-    char *js = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2) | JSON_SORT_KEYS, mark);
     json_decref(root);
     char *path = mk_path_join(dir, "model.safetensors.index.json");
-    mk_status s =
-        js && path ? mk_os_write_file_atomic(path, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = js && path ? mk_os_write_file_atomic(path, js, strlen(js))
+                             : mk_err(MK_E_NOMEM, "%s: no memory to write model.safetensors.index.json", dir);
     free(js);
     free(path);
     return s;

@@ -61,7 +61,7 @@ static bool v_parallel(void *ctx, size_t i) {
 static mk_status hash_range(int fd, uint64_t off, uint64_t len, unsigned char *buf, size_t bs, XXH128_hash_t *h) {
     XXH3_state_t *st = XXH3_createState();
     if (!st)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "verify: no memory for a hash state");
     XXH3_128bits_reset(st);
     mk_status s = MK_OK;
     for (uint64_t d = 0; s == MK_OK && d < len; d += bs) {
@@ -128,7 +128,7 @@ static mk_status v_push(vctx *v, size_t out, const cv_piece *pc, int64_t a, int6
         size_t nc = v->cap ? 2 * v->cap : 1024;
         vitem *ni = mk_realloc(v->items, nc * sizeof *ni);
         if (!ni)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "verify: no memory for a work list of %zu items", nc);
         v->items = ni;
         v->cap = nc;
     }
@@ -178,7 +178,7 @@ static mk_status v_open(vctx *v, const char *outdir) {
     v->ot = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->ot);
     v->acc = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->acc);
     if (!v->ot || !v->acc)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "verify %s: no memory for the tables of %zu tensors", outdir, v->p->nouts);
     if (mk_ckpt_count(v->out) != v->p->nouts)
         return mk_err(MK_E_MISMATCH, "verify: %s holds %zu tensors, the plan %zu", outdir, mk_ckpt_count(v->out),
                       v->p->nouts);

@@ -9,9 +9,17 @@
 
 static long g_fail_at = -1; /* allocations left before failing; -1: never */
 static long g_count;
+static int g_once; /* only allocation g_fail_at fails, not those after it */
 
 void mk_alloc_fail_after(long n) {
     __atomic_store_n(&g_count, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_once, 0, __ATOMIC_RELAXED);
+    __atomic_store_n(&g_fail_at, n, __ATOMIC_RELAXED);
+}
+
+void mk_alloc_fail_once(long n) {
+    mk_alloc_fail_after(-1);
+    __atomic_store_n(&g_once, 1, __ATOMIC_RELAXED);
     __atomic_store_n(&g_fail_at, n, __ATOMIC_RELAXED);
 }
 
@@ -25,8 +33,9 @@ unsigned long mk_alloc_failures(void) { return t_failures; }
 static int fail_now(void) {
     if (__atomic_load_n(&g_fail_at, __ATOMIC_RELAXED) < 0)
         return 0;
-    long k = __atomic_fetch_add(&g_count, 1, __ATOMIC_RELAXED);
-    return k >= __atomic_load_n(&g_fail_at, __ATOMIC_RELAXED);
+    long k = __atomic_fetch_add(&g_count, 1, __ATOMIC_RELAXED),
+         at = __atomic_load_n(&g_fail_at, __ATOMIC_RELAXED);
+    return __atomic_load_n(&g_once, __ATOMIC_RELAXED) ? k == at : k >= at;
 }
 
 static _Thread_local uint64_t t_bytes;
@@ -56,7 +65,31 @@ char *mk_strndup(const char *s, size_t n) {
     return counted(d, d ? strlen(d) + 1 : 0);
 }
 
-static void hook_json(void) { json_set_alloc_funcs(mk_malloc, free); }
+/* jansson 2.14's lexer ignores a failed allocation while it saves a token
+ * (akheron/jansson#362): the allocations after it, if they succeed, work
+ * on a desynchronised buffer and write past it. So within a parse, once
+ * one of jansson's allocations has failed, all of its later ones fail too
+ * and the parse ends in an error, as it would if memory stayed short. */
+static _Thread_local int t_json_parse; /* 1: in a parse; 2: and an allocation failed */
+
+void mk_alloc_json_parse(int on) {
+    t_json_parse = on ? 1 : 0;
+}
+
+static void *json_malloc(size_t n) {
+    if (t_json_parse == 2) {
+        t_failures++;
+        return NULL;
+    }
+    void *p = mk_malloc(n);
+    if (!p && t_json_parse)
+        t_json_parse = 2;
+    return p;
+}
+
+static void hook_json(void) {
+    json_set_alloc_funcs(json_malloc, free);
+}
 
 void mk_alloc_hook_json(void) {
     static pthread_once_t once = PTHREAD_ONCE_INIT;

@@ -35,9 +35,19 @@ uint64_t mk_alloc_bytes(void);
  * JSON readers call it before parsing). */
 void mk_alloc_hook_json(void);
 
+/* Bracket a jansson parse (core/json_err.h's mk_json_load* do): inside it,
+ * once one of jansson's allocations fails, its later ones fail too (its
+ * lexer cannot survive an isolated failure, see alloc.c). */
+void mk_alloc_json_parse(int on);
+
 /* Test hook: the `n`th allocation from now (0 = the next one) and every one
  * after it fail, until mk_alloc_fail_after(-1). */
 void mk_alloc_fail_after(long n);
+/* Test hook: only the `n`th allocation from now fails; the ones after it
+ * succeed (until mk_alloc_fail_after(-1)). A caller that ignores one
+ * failure and goes on shows up here as wrong output, where with every
+ * later allocation failing too it would have been masked by the next one. */
+void mk_alloc_fail_once(long n);
 /* Allocations attempted since the last mk_alloc_fail_after. */
 long mk_alloc_count(void);
 

@@ -67,7 +67,7 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
     s->fd = -1;
     s->path = mk_strdup(path);
     if (!s->path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the shard path", path);
     /* O_NONBLOCK: opening a FIFO must not wait for a writer (it is then
      * refused as not a regular file); regular files ignore the flag */
     s->fd = mk_os()->open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK, 0);
@@ -167,7 +167,7 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
     *icount = 0;
     *index_path = mk_path_join(dir, "model.safetensors.index.json");
     if (!*index_path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the index path", dir);
     if (mk_os_exists(*index_path)) {
         char *js;
         size_t jn;
@@ -178,17 +178,20 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
         /* unique shard names, sorted */
         char **u = mk_malloc((*icount ? *icount : 1) * sizeof *u);
         if (!u)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the list of %zu shard names", *index_path, *icount);
         memcpy(u, *ifiles, *icount * sizeof *u);
         qsort(u, *icount, sizeof *u, cmp_str);
         size_t k = 0;
         for (size_t i = 0; i < *icount; i++)
             if (k == 0 || strcmp(u[k - 1], u[i]) != 0)
                 u[k++] = u[i];
+        bool copied = true;
         for (size_t i = 0; i < k; i++)
-            u[i] = mk_strdup(u[i]);
+            copied = (u[i] = mk_strdup(u[i])) != NULL && copied;
         *files = u;
         *nfiles = k;
+        if (!copied) /* a NULL name would be taken for a missing shard */
+            return mk_err(MK_E_NOMEM, "%s: no memory for the names of %zu shards", *index_path, k);
         if (k == 0)
             return mk_err(MK_E_FORMAT, "%s: weight_map is empty", *index_path);
         return MK_OK;
@@ -200,22 +203,29 @@ static mk_status discover(const char *dir, char ***files, size_t *nfiles, char *
         return mk_err(MK_E_IO, "%s: cannot open directory: %s", dir, strerror(errno));
     size_t cap = 16, n = 0;
     char **v = mk_malloc(cap * sizeof *v);
+    bool nomem = !v;
     struct dirent *e;
-    while (v && (e = readdir(d)) != NULL) {
+    while (!nomem && (e = readdir(d)) != NULL) {
         if (!ends_with(e->d_name, ".safetensors") || e->d_name[0] == '.')
             continue;
         if (n == cap) {
             char **nv = mk_realloc(v, 2 * cap * sizeof *v);
-            if (!nv)
-                break;
+            nomem = !nv;
+            if (nomem)
+                break; /* not a shorter listing: a shard left out would be data lost */
             v = nv;
             cap *= 2;
         }
-        v[n++] = mk_strdup(e->d_name);
+        nomem = (v[n++] = mk_strdup(e->d_name)) == NULL;
     }
     closedir(d);
-    if (!v)
-        return mk_err(MK_E_NOMEM, "out of memory");
+    if (nomem) {
+        for (size_t i = 0; v && i < n; i++)
+            free(v[i]);
+        free(v);
+        return mk_err(MK_E_NOMEM, "%s: no memory for the list of its .safetensors files (%zu so far)", dir,
+                      n);
+    }
     qsort(v, n, sizeof *v, cmp_str);
     *files = v;
     *nfiles = n;
@@ -256,7 +266,7 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
     *out = NULL;
     mk_ckpt *c = mk_calloc(1, sizeof *c);
     if (!c)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for a checkpoint", path);
     mk_status s = MK_OK;
     char **files = NULL, **inames = NULL, **ifiles = NULL, *index_path = NULL;
     size_t nfiles = 0, icount = 0;
@@ -275,20 +285,24 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
             const char *b = strrchr(path, '/');
             files[0] = mk_strdup(b ? b + 1 : path);
             nfiles = 1;
-        } else
-            s = mk_err(MK_E_NOMEM, "out of memory");
+        }
+        if (!files || !files[0])
+            s = mk_err(MK_E_NOMEM, "%s: no memory for its file list", path);
     }
+    if (s == MK_OK && !c->dir) /* a NULL directory would be joined to every shard name */
+        s = mk_err(MK_E_NOMEM, "%s: no memory for its directory name", path);
     if (s != MK_OK)
         goto done;
     c->shards = mk_calloc(nfiles, sizeof *c->shards);
     if (!c->shards) {
-        s = mk_err(MK_E_NOMEM, "out of memory");
+        s = mk_err(MK_E_NOMEM, "%s: no memory for a table of %zu shards", path, nfiles);
         goto done;
     }
     for (size_t i = 0; i < nfiles && s == MK_OK; i++) {
         char *p = mk_path_join(c->dir, files[i]);
         c->nshards = i + 1;
-        s = p ? shard_open(&c->shards[i], p, (int)i, flags) : mk_err(MK_E_NOMEM, "out of memory");
+        s = p ? shard_open(&c->shards[i], p, (int)i, flags)
+              : mk_err(MK_E_NOMEM, "%s: no memory for the path of shard %s", c->dir, files[i]);
         free(p);
     }
     if (s != MK_OK) {
@@ -312,7 +326,7 @@ mk_status mk_ckpt_open(const char *path, unsigned flags, mk_ckpt **out) {
          * tensor must be indexed: an inconsistent index is corruption. */
         unsigned char *seen = mk_calloc(c->nslots, 1);
         if (!seen)
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory to check %zu index entries", index_path, icount);
         for (size_t i = 0; i < icount && s == MK_OK; i++) {
             size_t slot = find_slot(c, inames[i]);
             const mk_tensor_info *t = slot == SIZE_MAX ? NULL : c->slots[slot];

@@ -519,7 +519,7 @@ mk_status mk_config_parse(const char *what, const char *json, mk_config *c) {
     c->bos_id = -1;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loads(json, 0, &jerr);
+    json_t *root = mk_json_loads(json, 0, &jerr, jmark);
     if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)
@@ -585,7 +585,7 @@ mk_status mk_config_load(const char *path, mk_config *cfg) {
     memset(cfg, 0, sizeof *cfg);
     char *p = mk_os_is_dir(path) ? mk_path_join(path, "config.json") : mk_strdup(path);
     if (!p)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the path of its config.json", path);
     char *js = NULL;
     mk_status s = mk_os_read_file(p, 64u << 20, &js, NULL);
     if (s == MK_OK)

@@ -338,7 +338,7 @@ static mk_status cmp_int_sets(const int *x, int nx, const int *y, int ny, const 
                               const char *nb) {
     int *sx = mk_malloc((size_t)(nx + ny + 2) * sizeof *sx);
     if (!sx)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "no memory to compare %s and %s (%d layer numbers)", na, nb, nx + ny);
     int *sy = sx + nx + 1;
     if (nx)
         memcpy(sx, x, (size_t)nx * sizeof *sx);

@@ -132,7 +132,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
         *out_metadata_json = NULL;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = mk_json_loadb(hdr, n, JSON_REJECT_DUPLICATES, &jerr, jmark);
     if (!root) {
         if (mk_json_nomem(&jerr, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
@@ -175,14 +175,19 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
             }
             if (s != MK_OK)
                 break;
-            if (out_metadata_json)
-                *out_metadata_json = json_dumps(val, JSON_COMPACT | JSON_SORT_KEYS);
+            if (out_metadata_json && !(*out_metadata_json = mk_json_dumps_checked(
+                                           val, JSON_COMPACT | JSON_SORT_KEYS, mk_json_mark()))) {
+                /* not "no metadata": a copy would silently lose it */
+                s = mk_err(MK_E_NOMEM, "%s: no memory to keep its __metadata__ (%zu entries)", what,
+                           json_object_size(val));
+                break;
+            }
             continue;
         }
         mk_tensor_info *t = &ts[cnt];
         t->name = mk_strdup(key);
         if (!t->name) {
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory for the name of tensor '%s'", what, key);
             break;
         }
         cnt++;
@@ -195,7 +200,7 @@ mk_status mk_st_header_parse(const char *what, const char *hdr, size_t n, uint64
         /* Contiguity: sorted by offset, each begins where the previous ended. */
         mk_tensor_info *sorted = mk_malloc((cnt ? cnt : 1) * sizeof *sorted);
         if (!sorted)
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory to check the offsets of %zu tensors", what, cnt);
         else {
             memcpy(sorted, ts, cnt * sizeof *ts);
             qsort(sorted, cnt, sizeof *sorted, cmp_by_offset);

@@ -28,7 +28,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
     *count = 0;
     json_error_t jerr;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *root = mk_json_loadb(json, n, JSON_REJECT_DUPLICATES, &jerr, jmark);
     if (!root && mk_json_nomem(&jerr, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", what);
     if (!root)
@@ -45,7 +45,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
         free(nm);
         free(fl);
         json_decref(root);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for a weight_map of %zu entries", what, cnt);
     }
     size_t i = 0;
     const char *key;
@@ -64,7 +64,7 @@ mk_status mk_st_index_parse(const char *what, const char *json, size_t n, char *
         fl[i] = mk_strdup(f);
         i++;
         if (!nm[i - 1] || !fl[i - 1]) {
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory for weight_map['%s']", what, key);
             break;
         }
     }

@@ -62,7 +62,7 @@ struct mk_stw {
 static bool metadata_ok(const char *js, bool *nomem) {
     json_error_t je;
     unsigned long mark = mk_json_mark();
-    json_t *m = json_loads(js, 0, &je);
+    json_t *m = mk_json_loads(js, 0, &je, mark);
     *nomem = !m && mk_json_nomem(&je, mark);
     bool ok = json_is_object(m);
     const char *k;
@@ -184,12 +184,17 @@ static char *index_path(const mk_stw *w) {
     return mk_path_join(w->dir, name);
 }
 
-/* Header JSON for shard `si`, padded to a multiple of 8 (with the 8-byte length). */
+/* Header JSON for shard `si`, padded to a multiple of 8 (with the 8-byte
+ * length). NULL: no memory. jansson reports running out of memory only
+ * through return values, which the building below does not check: any
+ * allocation that failed meanwhile (a tensor's entry, the metadata falling
+ * back to the default) makes it NULL rather than a header missing a part. */
 static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
+    unsigned long mark = mk_json_mark();
     json_t *root = json_object();
     json_t *meta = NULL;
     if (w->metadata) {
-        meta = json_loads(w->metadata, 0, NULL);
+        meta = mk_json_loads(w->metadata, 0, NULL, mark);
         if (!json_is_object(meta)) {
             json_decref(meta);
             meta = NULL;
@@ -214,7 +219,7 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
         json_object_set_new(e, "data_offsets", off);
         json_object_set_new(root, t->name, e);
     }
-    char *js = json_dumps(root, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *js = mk_json_dumps_checked(root, JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
     json_decref(root);
     if (!js)
         return NULL;
@@ -263,7 +268,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
     }
     w->shards = mk_calloc(ns, sizeof *w->shards);
     if (!w->shards)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the state of %zu shards", w->dir, ns);
     w->nshards = ns;
     for (size_t si = 0; si < ns; si++)
         w->shards[si].fd = -1;
@@ -272,7 +277,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
          * name, but its index would be replaced */
         char *ip = index_path(w);
         if (!ip)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the index path", w->dir);
         bool ex = mk_os_exists(ip);
         mk_status s = ex ? mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", ip) : MK_OK;
         free(ip);
@@ -287,7 +292,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
         sh->tmp_path = mk_path_join(w->dir, tmpn);
         free(nm);
         if (!sh->final_path || !sh->tmp_path)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the paths of shard %zu of %zu", w->dir, si + 1, ns);
         if (!w->opts.force && mk_os_exists(sh->final_path))
             return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", sh->final_path);
         sh->fd = mk_os()->open(sh->tmp_path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
@@ -313,7 +318,7 @@ mk_status mk_stw_begin_data(mk_stw *w) {
     }
     w->buf = mk_malloc(MK_STW_BUF);
     if (!w->buf)
-        return mk_err(MK_E_NOMEM, "out of memory for the write buffer");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the write buffer of %u bytes", w->dir, MK_STW_BUF);
     w->cur = 0;
     w->cur_off = 0;
     return MK_OK;
@@ -405,7 +410,8 @@ mk_status mk_stw_copy_from_fd(mk_stw *w, int fd, uint64_t off, uint64_t n) {
         if (done < m) {
             unsigned char *tmp = mk_malloc(1u << 20);
             if (!tmp)
-                return mk_err(MK_E_NOMEM, "out of memory");
+                return mk_err(MK_E_NOMEM, "%s: no memory for a 1 MiB copy buffer (tensor '%s')", sh->tmp_path,
+                              w->ts[w->cur].name);
             mk_status s = MK_OK;
             while (s == MK_OK && done < m) {
                 size_t k = (size_t)((m - done) < (1u << 20) ? (m - done) : (1u << 20));
@@ -427,6 +433,8 @@ mk_status mk_stw_copy_from_fd(mk_stw *w, int fd, uint64_t off, uint64_t n) {
 }
 
 static mk_status write_index(mk_stw *w) {
+    /* as in shard_header: a failed allocation must not drop an entry */
+    unsigned long mark = mk_json_mark();
     json_t *root = json_object(), *meta = json_object(), *wm = json_object();
     uint64_t total = 0;
     for (size_t i = 0; i < w->n; i++)
@@ -437,7 +445,7 @@ static mk_status write_index(mk_stw *w) {
     plan **order = mk_malloc((w->n ? w->n : 1) * sizeof *order);
     if (!order) {
         json_decref(root);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory to sort the index of %zu tensors", w->dir, w->n);
     }
     for (size_t i = 0; i < w->n; i++)
         order[i] = &w->ts[i];
@@ -447,12 +455,13 @@ static mk_status write_index(mk_stw *w) {
     }
     free(order);
     json_object_set_new(root, "weight_map", wm);
-    char *js = json_dumps(root, JSON_INDENT(2) | JSON_SORT_KEYS);
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(2) | JSON_SORT_KEYS, mark);
     json_decref(root);
     if (!js)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory to format the index of %zu tensors", w->dir, w->n);
     char *p = index_path(w);
-    mk_status s = p ? mk_os_write_file_atomic(p, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = p ? mk_os_write_file_atomic(p, js, strlen(js))
+                    : mk_err(MK_E_NOMEM, "%s: no memory for the index path", w->dir);
     free(p);
     free(js);
     return s;

@@ -12,7 +12,7 @@
 mk_status mk_tensor_hash(const mk_ckpt *c, const mk_tensor_info *t, mk_hash128 *out) {
     XXH3_state_t *st = XXH3_createState();
     if (!st)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "tensor '%s': no memory for a hash state", t->name);
     XXH3_128bits_reset(st);
     const unsigned char *p = mk_ckpt_data(c, t);
     mk_status s = MK_OK;
@@ -22,7 +22,7 @@ mk_status mk_tensor_hash(const mk_ckpt *c, const mk_tensor_info *t, mk_hash128 *
         size_t bs = 1u << 20;
         unsigned char *buf = mk_malloc(bs);
         if (!buf)
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "tensor '%s': no memory for a read buffer of %zu bytes", t->name, bs);
         for (uint64_t off = 0; s == MK_OK && off < t->nbytes; off += bs) {
             size_t n = (size_t)(t->nbytes - off < bs ? t->nbytes - off : bs);
             s = mk_ckpt_read(c, t, off, buf, n);

@@ -14,8 +14,9 @@
 #include <xxhash.h>
 
 #include "core/alloc.h"
-#include "model/layout.h"
+#include "core/json_err.h"
 #include "io/os.h"
+#include "model/layout.h"
 #include "moekit/config.h"
 #include "moekit/inspect.h"
 #include "moekit/model.h"
@@ -283,6 +284,12 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     *json_out = NULL;
     mk_ckpt *ck = NULL;
     MK_TRY(mk_ckpt_open(path, 0, &ck));
+    /* Much of the report tolerates a failed allocation by leaving something
+     * out (jansson's return values, the module sets), and a config or model
+     * that failed to load for want of memory would be reported as a problem
+     * of the checkpoint: any allocation that failed from here on makes the
+     * whole call MK_E_NOMEM instead of a report that is wrong. */
+    unsigned long mark = mk_json_mark();
     mk_config cfg;
     memset(&cfg, 0, sizeof cfg);
     json_t *rep = json_object(), *problems = json_array();
@@ -609,9 +616,9 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     }
     json_object_set_new(rep, "problems", problems);
     if (s == MK_OK) {
-        *json_out = json_dumps(rep, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        *json_out = mk_json_dumps_checked(rep, JSON_INDENT(2) | JSON_PRESERVE_ORDER, mark);
         if (!*json_out)
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory for the inspection report (%zu tensors)", path, n);
     }
     json_decref(rep);
     for (int l = 0; l <= nl; l++) {

@@ -212,7 +212,7 @@ mk_status mk_os_rmtree(const char *path) {
             if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, ".."))
                 continue;
             char *c = mk_path_join(path, e->d_name);
-            s = c ? mk_os_rmtree(c) : mk_err(MK_E_NOMEM, "out of memory");
+            s = c ? mk_os_rmtree(c) : mk_err(MK_E_NOMEM, "%s: no memory for the path of %s", path, e->d_name);
             free(c);
         }
         closedir(d);

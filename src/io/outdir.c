@@ -111,7 +111,8 @@ mk_status mk_outdir_open(mk_outdir *o, const char *dst, bool force, const char *
     o->dst = mk_strndup(dst, n);
     o->partial = mk_strfmt("%.*s.partial", (int)n, dst);
     char *parent = o->partial ? mk_path_dirname(o->partial) : NULL;
-    mk_status s = o->dst && parent ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s =
+        o->dst && parent ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for its .partial and parent paths", dst);
     if (s == MK_OK && !mk_os_is_dir(parent))
         s = mk_os_mkdirs(parent);
     free(parent);
@@ -187,7 +188,8 @@ mk_status mk_outdir_clear(mk_outdir *o) {
         if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..") || !strcmp(e->d_name, MK_OUTDIR_OWNER))
             continue;
         char *c = mk_path_join(o->partial, e->d_name);
-        s = c ? mk_os_rmtree(c) : mk_err(MK_E_NOMEM, "out of memory");
+        s = c ? mk_os_rmtree(c)
+              : mk_err(MK_E_NOMEM, "%s: no memory for the path of %s", o->partial, e->d_name);
         free(c);
     }
     closedir(d);
@@ -295,7 +297,8 @@ mk_status mk_outdir_copy_sidecars(const char *src_dir, const char *dst_dir) {
         char *d = mk_path_join(dst_dir, names[i]);
         mk_status st = MK_OK;
         if (!s || !d)
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "no memory for the paths of %s under %s and %s", names[i], src_dir,
+                        dst_dir);
         else if (mk_os_exists(s)) {
             char *buf;
             size_t n;

@@ -32,7 +32,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
     o->replace = replace;
     o->path = mk_strdup(path);
     if (!o->path)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for its path", path);
     int fd = -1;
     for (int tries = 0; fd < 0 && tries < 100; tries++) {
         free(o->tmp);
@@ -40,7 +40,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
                            __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED));
         if (!o->tmp) {
             of_free(o);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for a temporary name", path);
         }
         fd = mk_os()->open(o->tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
         if (fd < 0 && errno != EEXIST) {
@@ -58,7 +58,7 @@ mk_status mk_outfile_open(mk_outfile *o, const char *path, bool replace) {
         close(fd);
         mk_os()->unlink(o->tmp);
         of_free(o);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for a stream on its temporary file", path);
     }
     return MK_OK;
 }
@@ -104,7 +104,7 @@ mk_status mk_outfile_commit(mk_outfile *o) {
         return s;
     }
     char *d = mk_path_dirname(o->path);
-    s = d ? mk_os_fsync_dir(d) : mk_err(MK_E_NOMEM, "out of memory");
+    s = d ? mk_os_fsync_dir(d) : mk_err(MK_E_NOMEM, "%s: no memory for its directory's name", o->path);
     free(d);
     of_free(o);
     return s;

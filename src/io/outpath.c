@@ -87,13 +87,13 @@ static bool is_ancestor(const char *a, const char *b) {
 
 static mk_status push(mk_paths *p, const char *path, char *canon, const char *role, bool output) {
     if (!canon)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for its canonical path", role);
     if (p->n == p->cap) {
         size_t cap = p->cap ? 2 * p->cap : 16;
         mk_path_ent *v = mk_realloc(p->v, cap * sizeof *v);
         if (!v) {
             free(canon);
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for a table of %zu paths", role, cap);
         }
         p->v = v;
         p->cap = cap;
@@ -112,7 +112,7 @@ static mk_status push(mk_paths *p, const char *path, char *canon, const char *ro
     }
     if (!e->role) {
         free(canon);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for its description", role);
     }
     p->n++;
     return MK_OK;
@@ -134,7 +134,8 @@ mk_status mk_paths_add_input(mk_paths *p, const char *path, const char *role) {
             continue;
         char *c = mk_path_join(path, e->d_name);
         char *r = mk_strfmt("%s of %s", e->d_name, role);
-        s = c && r ? push(p, c, mk_path_canon(c), r, false) : mk_err(MK_E_NOMEM, "out of memory");
+        s = c && r ? push(p, c, mk_path_canon(c), r, false)
+                   : mk_err(MK_E_NOMEM, "%s: no memory for the path of %s", path, e->d_name);
         free(c);
         free(r);
     }
@@ -166,14 +167,14 @@ static mk_status refuse_same(const char *what, const char *path, const mk_path_e
 static mk_status check_parent(const char *what, const char *path, const char *canon, bool must_exist) {
     char *d = mk_path_dirname(canon);
     if (!d)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s %s: no memory for its parent directory's name", what, path);
     mk_status s = MK_OK;
     struct stat st;
     while (stat(d, &st) != 0 && !must_exist && strcmp(d, "/") != 0) {
         char *up = mk_path_dirname(d);
         free(d);
         if (!(d = up))
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s %s: no memory for an ancestor directory's name", what, path);
     }
     if (stat(d, &st) != 0)
         s = mk_err(MK_E_ARG, "%s %s: directory %s does not exist", what, path, d);
@@ -193,7 +194,7 @@ mk_status mk_paths_check_file(mk_paths *p, const char *path, const char *flag, b
         return mk_err(MK_E_ARG, "%s %s: names a directory, expected a file", flag, path);
     char *canon = mk_path_canon(path);
     if (!canon)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s %s: no memory for its canonical path", flag, path);
     mk_status s = MK_OK;
     const mk_path_ent *e = same_as(p, path, canon);
     struct stat st, lst;
@@ -301,7 +302,7 @@ static mk_status check_relations(const mk_paths *p, const char *dst, const char 
 mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
     char *s = strip_slashes(dst);
     if (!s)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "DST '%s': no memory to check it", dst);
     const char *base = strrchr(s, '/') ? strrchr(s, '/') + 1 : s;
     bool named = *s && strcmp(s, "/") && strcmp(base, ".") && strcmp(base, "..");
     free(s);
@@ -309,7 +310,9 @@ mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
         return mk_err(MK_E_ARG, "DST '%s' must name a directory to create or replace (not '', '/', '.' or '..')", dst);
     char *canon = mk_path_canon(dst);
     char *part = mk_strfmt("%s.partial", canon ? canon : "");
-    mk_status st = canon && part ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = canon && part
+                       ? MK_OK
+                       : mk_err(MK_E_NOMEM, "DST '%s': no memory for its canonical and .partial paths", dst);
     if (st == MK_OK)
         st = check_relations(p, dst, "DST", dst, canon);
     if (st == MK_OK)

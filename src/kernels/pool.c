@@ -128,12 +128,12 @@ mk_status mk_pool_create(int nthreads, mk_pool **out) {
         nthreads = cpu_count();
     mk_pool *p = mk_calloc(1, sizeof *p);
     if (!p)
-        return mk_err(MK_E_NOMEM, "thread pool: out of memory");
+        return mk_err(MK_E_NOMEM, "thread pool: no memory for a pool of %d threads", nthreads);
     p->nthreads = nthreads;
     p->workers = mk_calloc((size_t)nthreads, sizeof *p->workers);
     if (!p->workers) {
         free(p);
-        return mk_err(MK_E_NOMEM, "thread pool: out of memory");
+        return mk_err(MK_E_NOMEM, "thread pool: no memory for the handles of %d threads", nthreads);
     }
     pthread_mutex_init(&p->mu, NULL);
     pthread_cond_init(&p->cv_work, NULL);

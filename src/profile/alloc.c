@@ -32,6 +32,7 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 #include "profile/profile_impl.h"
 
@@ -308,7 +309,7 @@ mk_status mk_alloc_solve(const mk_prof *p, double target_bpw, const int *bits, i
     st = fill(&pb, &left, &gap);
     int *k = st == MK_OK ? mk_malloc((p->n ? p->n : 1) * sizeof *k) : NULL;
     if (st == MK_OK && !k)
-        st = mk_err(MK_E_NOMEM, "allocation: no memory");
+        st = mk_err(MK_E_NOMEM, "allocation: no memory for the choices of %zu tensors", p->n);
     if (st == MK_OK) {
         for (size_t i = 0; i < pb.n; i++)
             k[pb.it[i].t] = pb.it[i].h[pb.it[i].cur].k;
@@ -330,7 +331,7 @@ mk_status mk_alloc_uniform(const mk_prof *p, int bits, mk_alloc *out) {
         return mk_err(MK_E_ARG, "allocation: %d bits was not profiled", bits);
     int *kc = mk_malloc((p->n ? p->n : 1) * sizeof *kc);
     if (!kc)
-        return mk_err(MK_E_NOMEM, "allocation: no memory");
+        return mk_err(MK_E_NOMEM, "allocation: no memory for the choices of %zu tensors", p->n);
     for (size_t i = 0; i < p->n; i++)
         kc[i] = k;
     mk_status st = finish(p, kc, 0, out);
@@ -347,6 +348,9 @@ void mk_alloc_free(mk_alloc *a) {
 }
 
 mk_status mk_alloc_save(const mk_alloc *a, const char *path) {
+    /* an override that failed to be added (jansson reports that only
+     * through return values) would give its module the default bits */
+    unsigned long mark = mk_json_mark();
     json_t *ov = json_object();
     for (size_t i = 0; ov && i < a->n_items; i++)
         json_object_set_new(ov, a->items[i].module,
@@ -359,10 +363,10 @@ mk_status mk_alloc_save(const mk_alloc *a, const char *path) {
                              "gap_bound", a->gap_bound, "lambda", a->lambda, "overrides", ov);
     if (!root)
         return mk_err(MK_E_NOMEM, "%s: no memory to format the allocation", path);
-    char *js = json_dumps(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER);
+    char *js = mk_json_dumps_checked(root, JSON_INDENT(1) | JSON_PRESERVE_ORDER, mark);
     json_decref(root);
     if (!js)
-        return mk_err(MK_E_NOMEM, "%s: no memory to format the allocation", path);
+        return mk_err(MK_E_NOMEM, "%s: no memory to format the allocation of %zu modules", path, a->n_items);
     mk_status s = mk_os_write_file_atomic(path, js, strlen(js)); /* tmp, fsync, rename */
     free(js);
     return s;

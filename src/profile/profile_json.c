@@ -127,40 +127,51 @@ static json_t *tensor_json(const mk_prof *p, const mk_prof_tensor *t) {
 
 /* One line per top-level section (one per layer for routing), then one per
  * tensor: greppable, diffable, and never a whole tree in memory. */
-static bool write_value(FILE *f, const char *key, json_t *v, bool per_item) {
+static mk_status write_value(FILE *f, const char *key, json_t *v, bool per_item, unsigned long mark,
+                             const char *path) {
     char *s = NULL;
     bool ok = fprintf(f, " \"%s\": ", key) > 0;
     if (per_item && json_is_array(v)) {
         ok = ok && fputs("[\n", f) >= 0;
         for (size_t i = 0; ok && i < json_array_size(v); i++) {
-            s = json_dumps(json_array_get(v, i), JSON_COMPACT | JSON_PRESERVE_ORDER);
-            ok = s && fprintf(f, "  %s%s\n", s, i + 1 < json_array_size(v) ? "," : "") > 0;
+            s = mk_json_dumps_checked(json_array_get(v, i), JSON_COMPACT | JSON_PRESERVE_ORDER, mark);
+            if (!s) /* not a write error */
+                return mk_err(MK_E_NOMEM, "%s: no memory to format item %zu of '%s'", path, i, key);
+            ok = fprintf(f, "  %s%s\n", s, i + 1 < json_array_size(v) ? "," : "") > 0;
             free(s);
         }
-        return ok && fputs(" ],\n", f) >= 0;
+        ok = ok && fputs(" ],\n", f) >= 0;
+    } else if (ok) {
+        s = mk_json_dumps_checked(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY, mark);
+        if (!s)
+            return mk_err(MK_E_NOMEM, "%s: no memory to format '%s'", path, key);
+        ok = fprintf(f, "%s,\n", s) > 0;
+        free(s);
     }
-    s = json_dumps(v, JSON_COMPACT | JSON_PRESERVE_ORDER | JSON_ENCODE_ANY);
-    ok = ok && s && fprintf(f, "%s,\n", s) > 0;
-    free(s);
-    return ok;
+    return ok ? MK_OK : mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
 }
 
 static mk_status write_all(const mk_prof *p, FILE *f, const char *path) {
+    /* jansson reports running out of memory only through return values: a
+     * key the header or a tensor failed to get would be missing from the
+     * profile, so any allocation that fails meanwhile is MK_E_NOMEM */
+    unsigned long mark = mk_json_mark();
     json_t *h = header_json(p);
     if (!h)
         return mk_err(MK_E_NOMEM, "%s: no memory to format the profile", path);
-    bool ok = fputs("{\n", f) >= 0;
+    mk_status st = fputs("{\n", f) >= 0 ? MK_OK : mk_err(MK_E_IO, "%s: write failed: %s", path, strerror(errno));
     const char *key;
     json_t *v;
     json_object_foreach(h, key, v) {
-        if (ok)
-            ok = write_value(f, key, v, !strcmp(key, "routing"));
+        if (st == MK_OK)
+            st = write_value(f, key, v, !strcmp(key, "routing"), mark, path);
     }
     json_decref(h);
-    ok = ok && fputs(" \"tensors\": [\n", f) >= 0;
+    MK_TRY(st);
+    bool ok = fputs(" \"tensors\": [\n", f) >= 0;
     for (size_t i = 0; ok && i < p->n; i++) {
         json_t *t = tensor_json(p, &p->t[i]);
-        char *ts = t ? json_dumps(t, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
+        char *ts = t ? mk_json_dumps_checked(t, JSON_COMPACT | JSON_PRESERVE_ORDER, mark) : NULL;
         json_decref(t);
         if (!ts)
             return mk_err(MK_E_NOMEM, "%s: no memory to format tensor '%s'", path, p->t[i].name);
@@ -327,7 +338,7 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         return bad(r, "routing", "an array");
     p->route = mk_calloc(json_array_size(a) + 1, sizeof *p->route);
     if (!p->route)
-        return mk_err(MK_E_NOMEM, "no memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for %zu routing layers", r->path, json_array_size(a));
     for (size_t i = 0; i < json_array_size(a); i++) {
         json_t *o = json_array_get(a, i), *f = json_object_get(o, "freq");
         snprintf(r->where, sizeof r->where, "routing[%zu]", i);
@@ -347,7 +358,8 @@ static mk_status read_routing(rd *r, json_t *root, mk_prof *p) {
         l->mean_w = mk_calloc((size_t)l->n_experts, sizeof(double));
         l->mean_w2 = mk_calloc((size_t)l->n_experts, sizeof(double));
         if (!l->freq || !l->mean_w || !l->mean_w2)
-            return mk_err(MK_E_NOMEM, "no memory");
+            return mk_err(MK_E_NOMEM, "%s: routing layer %lld: no memory for the statistics of %d experts",
+                          r->path, layer, l->n_experts);
         if (!get_nums(r, o, "freq", l->n_experts, l->freq) ||
             !get_nums(r, o, "mean_weight", l->n_experts, l->mean_w) ||
             (json_object_get(o, "mean_weight_sq") &&
@@ -434,7 +446,7 @@ mk_status mk_prof_load(const char *path, mk_prof **out) {
     *out = NULL;
     json_error_t je;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_load_file(path, 0, &je);
+    json_t *root = mk_json_load_file(path, 0, &je, jmark);
     if (!root) {
         if (mk_json_nomem(&je, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);

@@ -151,7 +151,7 @@ static mk_status describe_model(const mk_model *m, const mk_prof_opts *o, int64_
     p->config_hash = mk_prof_strdup(hash);
     p->text = mk_prof_strdup(o->text_name ? o->text_name : "");
     if (!p->model_dir || !p->model_type || !p->arch || !p->layout || !p->config_hash || !p->text)
-        return mk_err(MK_E_NOMEM, "profile: no memory");
+        return mk_err(MK_E_NOMEM, "profile of %s: no memory for its description", mk_model_dir(m));
     p->num_layers = c->num_layers;
     p->num_experts = c->num_experts;
     p->top_k = c->num_experts_per_tok;
@@ -265,7 +265,8 @@ mk_status mk_prof_check_model(const mk_prof *p, const mk_model *m) {
     size_t n = 0;
     MK_TRY(mk_prof_walk(m, &mods, &n));
     mk_prof *seen = mk_prof_alloc(); /* the model's module names, for lookups */
-    mk_status st = seen ? MK_OK : mk_err(MK_E_NOMEM, "no memory");
+    mk_status st =
+        seen ? MK_OK : mk_err(MK_E_NOMEM, "profile: no memory for the module names of %s", mk_model_dir(m));
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         mk_prof_tensor t = {.name = mods[i].name, .source = NULL, .stack = NULL,
                             .rows = mods[i].w->rows, .cols = mods[i].w->cols};

@@ -21,12 +21,13 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "core/alloc.h"
 #include "convert/conv_impl.h"
-#include "synth/synth_impl.h"
+#include "core/alloc.h"
+#include "core/json_err.h"
 #include "io/os.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
+#include "synth/synth_impl.h"
 
 #define SY_CHUNK (1u << 20) /* elements per work item */
 
@@ -216,11 +217,12 @@ static mk_status write_tensors(const char *dir, const sy_list *l, const mk_synth
     mk_stw_opts wo = {o->shard_size ? o->shard_size : (5ull << 30), true, "model", NULL};
     sy_run r = {NULL, NULL, 0};
     cv_map *byname = cv_map_new(l->n);
-    mk_status s = byname ? mk_stw_create(dir, &wo, &r.w) : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status s = byname ? mk_stw_create(dir, &wo, &r.w)
+                         : mk_err(MK_E_NOMEM, "%s: no memory for an index of %zu tensors", dir, l->n);
     for (size_t i = 0; s == MK_OK && i < l->n; i++) {
         s = mk_stw_add(r.w, l->t[i].name, l->t[i].dt, l->t[i].ndim, l->t[i].shape);
         if (s == MK_OK && !cv_map_put(byname, l->t[i].name, &l->t[i]))
-            s = mk_err(MK_E_NOMEM, "out of memory");
+            s = mk_err(MK_E_NOMEM, "%s: no memory to index tensor '%s'", dir, l->t[i].name);
     }
     if (s == MK_OK)
         s = mk_stw_begin_data(r.w);
@@ -233,7 +235,7 @@ static mk_status write_tensors(const char *dir, const sy_list *l, const mk_synth
                 cap = cap ? 2 * cap : 4096;
                 sy_item *ni = mk_realloc(r.items, cap * sizeof *ni);
                 if (!ni) {
-                    s = mk_err(MK_E_NOMEM, "out of memory");
+                    s = mk_err(MK_E_NOMEM, "%s: no memory for a work list of %zu chunks", dir, cap);
                     break;
                 }
                 r.items = ni;
@@ -292,10 +294,14 @@ mk_status mk_synth_run(const char *dir, const mk_synth_opts *o) {
     if (s == MK_OK)
         s = write_tensors(od.partial, &l, o);
     if (s == MK_OK) {
+        /* jansson reports running out of memory only through return values:
+         * a key that failed to be set would be missing from the config */
+        unsigned long mark = mk_json_mark();
         json_t *cfg = sy_config_json(&c, o);
-        char *js = cfg ? json_dumps(cfg, JSON_INDENT(2)) : NULL;
+        char *js = cfg ? mk_json_dumps_checked(cfg, JSON_INDENT(2), mark) : NULL;
         char *p = mk_path_join(od.partial, "config.json");
-        s = js && p ? mk_os_write_file_atomic(p, js, strlen(js)) : mk_err(MK_E_NOMEM, "out of memory");
+        s = js && p ? mk_os_write_file_atomic(p, js, strlen(js))
+                    : mk_err(MK_E_NOMEM, "%s: no memory to write config.json", od.partial);
         free(p);
         free(js);
         json_decref(cfg);

@@ -114,7 +114,7 @@ static sy_tensor *push(sy_list *l, char *name, mk_dtype dt, int ndim, const int6
     if (l->err != MK_OK || !name) {
         free(name);
         if (l->err == MK_OK)
-            l->err = mk_err(MK_E_NOMEM, "out of memory");
+            l->err = mk_err(MK_E_NOMEM, "synth: no memory for the name of tensor %zu", l->n);
         return NULL;
     }
     if (l->n == l->cap) {
@@ -122,7 +122,7 @@ static sy_tensor *push(sy_list *l, char *name, mk_dtype dt, int ndim, const int6
         sy_tensor *nt = mk_realloc(l->t, nc * sizeof *nt);
         if (!nt) {
             free(name);
-            l->err = mk_err(MK_E_NOMEM, "out of memory");
+            l->err = mk_err(MK_E_NOMEM, "synth: no memory for a list of %zu tensors", nc);
             return NULL;
         }
         l->t = nt;
@@ -199,7 +199,7 @@ static void mlp(sy_list *l, const char *p, int64_t H, int64_t I) {
 static void experts(sy_list *l, const sy_cfg *c, const char *mlpp) {
     char *p = cv_printf("%s.experts", mlpp);
     if (!p) {
-        l->err = mk_err(MK_E_NOMEM, "out of memory");
+        l->err = mk_err(MK_E_NOMEM, "'%s': no memory for the experts' prefix", mlpp);
         return;
     }
     if (l->fused) {

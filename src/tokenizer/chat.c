@@ -110,7 +110,7 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
     struct stat sb;
     if (stat(path, &sb) == 0) {
         unsigned long jmark = mk_json_mark();
-        json_t *cfg = json_load_file(path, 0, &e);
+        json_t *cfg = mk_json_load_file(path, 0, &e, jmark);
         if (!cfg && mk_json_nomem(&e, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
         if (!cfg)

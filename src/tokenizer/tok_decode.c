@@ -48,7 +48,7 @@ mk_status mk_tok_stream_create(const mk_tok *t, bool skip_special, mk_tok_stream
         return mk_err(MK_E_ARG, "mk_tok_stream_create: NULL argument");
     *out = mk_calloc(1, sizeof **out);
     if (!*out)
-        return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+        return mk_err(MK_E_NOMEM, "tokenizer: no memory for a decoding stream");
     (*out)->t = t;
     (*out)->skip_special = skip_special;
     return MK_OK;

@@ -196,7 +196,8 @@ static mk_status normalized_spans(const mk_tok *t, const char *s, size_t n, size
     char *buf = NULL;
     size_t len = 0, cap = 0, nsp = 0;
     mk_tok_span *sp = mk_malloc((c->n_ctl + 1) * sizeof *sp);
-    mk_status st = sp ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+    mk_status st =
+        sp ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: no memory for %zu control spans", c->n_ctl + 1);
     size_t i = ctl_after(c, base);
     for (size_t a = 0; st == MK_OK && a < n;) {
         /* the next segment: inside control span i, or up to its start */
@@ -218,7 +219,7 @@ static mk_status normalized_spans(const mk_tok *t, const char *s, size_t n, size
                 buf = np;
                 cap = nc;
             } else {
-                st = mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+                st = mk_err(MK_E_NOMEM, "tokenizer: no memory for %zu bytes of normalized text", nc);
             }
         }
         if (st == MK_OK) {
@@ -285,7 +286,7 @@ static mk_status encode(const mk_tok *t, const char *text, size_t len, const enc
     if (st == MK_OK && !out.p) { /* callers may always free(*ids) */
         out.p = mk_malloc(sizeof *out.p);
         if (!out.p)
-            st = mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+            st = mk_err(MK_E_NOMEM, "tokenizer: no memory for the token ids");
     }
     if (st != MK_OK) {
         tok_ivec_free(&out);

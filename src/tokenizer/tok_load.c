@@ -369,7 +369,7 @@ static mk_status load_affix(mk_tok *t, const json_t *model, const char *key, cha
         return mk_err(MK_E_UNSUPPORTED, "%s: field 'model.%s': longer than %d bytes", t->path, key,
                       MAX_AFFIX);
     *out = mk_strdup(json_string_value(v));
-    return *out ? MK_OK : mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+    return *out ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for field 'model.%s'", t->path, key);
 }
 
 static mk_status load_model_flags(mk_tok *t, const json_t *model) {
@@ -439,7 +439,7 @@ static mk_status load_added_one(mk_tok *t, const json_t *a, size_t i, arena *str
     x->content = mk_malloc(nn + 1);
     if (!x->content) {
         free(norm);
-        return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the content of added token %d", t->path, x->id);
     }
     memcpy(x->content, norm ? norm : s, nn);
     x->content[nn] = 0;
@@ -613,7 +613,7 @@ static mk_status build_bytes(mk_tok *t, const int *steps, size_t nsteps) {
     mk_status st = MK_OK;
     t->id_bytes = mk_calloc(t->n_ids, sizeof *t->id_bytes);
     if (!t->id_bytes)
-        return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the byte strings of %zu token ids", t->path, t->n_ids);
     for (size_t id = 0; id < t->n_ids && st == MK_OK; id++) {
         if (!(t->id_flags[id] & TOK_ID_PRESENT))
             continue;
@@ -673,7 +673,7 @@ static mk_status load_json_opt(const char *file, json_t **out) {
     if (access(file, F_OK) != 0)
         return MK_OK;
     unsigned long jmark = mk_json_mark();
-    *out = json_load_file(file, 0, &e);
+    *out = mk_json_load_file(file, 0, &e, jmark);
     if (!*out && mk_json_nomem(&e, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)
@@ -761,7 +761,7 @@ static mk_status load_tables(mk_tok *t, const json_t *model, const json_t *vocab
 mk_status tok_load_json(mk_tok *t, const char *path) {
     json_error_t e;
     unsigned long jmark = mk_json_mark();
-    json_t *root = json_load_file(path, 0, &e);
+    json_t *root = mk_json_load_file(path, 0, &e, jmark);
     if (!root) {
         if (mk_json_nomem(&e, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
@@ -825,7 +825,7 @@ static mk_status resolve(const char *path, char **file, char **dir) {
         *dir = slash ? mk_strndup(path, (size_t)(slash - path) + (slash == path)) : mk_strdup(".");
     }
     if (!*file || !*dir)
-        return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the tokenizer's file and directory paths", path);
     if (S_ISDIR(sb.st_mode) && access(*file, F_OK) != 0) {
         /* Kimi-K2 ships a tiktoken rank file and Python code instead */
         char tk[4096];
@@ -844,7 +844,7 @@ mk_status mk_tok_load(const char *path, mk_tok **out) {
     *out = NULL;
     mk_tok *t = mk_calloc(1, sizeof *t);
     if (!t)
-        return mk_err(MK_E_NOMEM, "tokenizer: out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for a tokenizer", path);
     t->bos_id = -1;
     t->unk_id = -1;
     char *dir = NULL;

@@ -150,7 +150,7 @@ static mk_status side_refs(const cv_src *s, xv_ref **out, size_t *n) {
         cap += 3 * (size_t)(s->groups[i].n > 0 ? s->groups[i].n : 0);
     xv_ref *r = mk_malloc((cap ? cap : 1) * sizeof *r);
     if (!r)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for a table of %zu units", s->dir, cap);
     size_t k = 0;
     for (size_t i = 0; i < s->nlts; i++)
         r[k++] = (xv_ref){&s->lts[i], false};
@@ -293,7 +293,8 @@ static mk_status build_units(xv_ctx *x, size_t *scratch) {
         st = side_refs(&x->b, &rb, &nb);
     x->u = st == MK_OK ? mk_calloc(na + nb + 1, sizeof *x->u) : NULL;
     if (st == MK_OK && !x->u)
-        st = mk_err(MK_E_NOMEM, "out of memory");
+        st = mk_err(MK_E_NOMEM, "no memory for a table of %zu units (%s and %s)", na + nb + 1, x->a.dir,
+                    x->b.dir);
     size_t i = 0, j = 0;
     *scratch = 64;
     while (st == MK_OK && (i < na || j < nb)) {
