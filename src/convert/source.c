@@ -87,9 +87,9 @@ static mk_status resolve(cv_src *s, const char *base, const mk_smod_parts *g) {
     mk_smod sm;
     if (!g->main && (g->mlxs || g->mlxb)) { /* not companions after all: plain tensors */
         if (g->mlxs && !add_mod(s, g->mlxs->name, g->mlxs)->name)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for module %s", s->dir, g->mlxs->name);
         if (g->mlxb && !add_mod(s, g->mlxb->name, g->mlxb)->name)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for module %s", s->dir, g->mlxb->name);
         if (!g->fp8s && !g->cts && !g->ctzp)
             return MK_OK;
     }
@@ -97,14 +97,14 @@ static mk_status resolve(cv_src *s, const char *base, const mk_smod_parts *g) {
         return mk_smod_resolve(s->ck, &s->cfg, s->dir, base, g, &sm);
     cv_mod *m = add_mod(s, base, g->main);
     if (!m->name)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for module %s", s->dir, base);
     MK_TRY(mk_smod_resolve(s->ck, &s->cfg, s->dir, base, g, &sm));
     project(m, &sm);
     if (sm.kind == MK_SM_FLOAT || sm.kind == MK_SM_RAW) {
         if (g->mlxs && !add_mod(s, g->mlxs->name, g->mlxs)->name)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for module %s", s->dir, g->mlxs->name);
         if (g->mlxb && !add_mod(s, g->mlxb->name, g->mlxb)->name)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for module %s", s->dir, g->mlxb->name);
     }
     return MK_OK;
 }
@@ -115,14 +115,14 @@ static mk_status gather_modules(cv_src *s) {
     char **bases = mk_calloc(n ? n : 1, sizeof *bases);
     cv_map *map = cv_map_new(n);
     s->mods = mk_calloc(n ? 2 * n : 1, sizeof *s->mods); /* plus companions turned plain */
-    mk_status st = (gs && bases && map && s->mods) ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = (gs && bases && map && s->mods) ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the module tables of %zu tensors", s->dir, n);
     size_t ng = 0;
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(s->ck, i);
         char *base = NULL;
         mk_qrole r = mk_layout_role(t->name, &base, NULL);
         if (!base) {
-            st = mk_err(MK_E_NOMEM, "out of memory");
+            st = mk_err(MK_E_NOMEM, "%s: no memory for the module name of tensor %s", s->dir, t->name);
             break;
         }
         if (r == MK_QR_DROP) {
@@ -135,7 +135,7 @@ static mk_status gather_modules(cv_src *s) {
             g = &gs[ng];
             bases[ng++] = base;
             if (!cv_map_put(map, base, g)) {
-                st = mk_err(MK_E_NOMEM, "out of memory");
+                st = mk_err(MK_E_NOMEM, "%s: no memory to index module %s", s->dir, base);
                 break;
             }
         } else
@@ -207,7 +207,7 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
     lt->shape[0] = nrows;
     lt->shape[1] = cols;
     lt->cname = cv_printf("%s.experts.%d.%s.weight", g->mlp, e, mk_layout_proj_names[p]);
-    return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the name of expert %d of %s", s->dir, e, g->mlp);
 }
 
 /* The most experts the checkpoint could hold: one tensor per expert
@@ -236,7 +236,7 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
         lt->nrows = m->rows;
         lt->ndim = m->ndim;
         memcpy(lt->shape, m->shape, sizeof lt->shape);
-        return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+        return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the canonical name of %s", s->dir, m->name);
     }
     mk_status st = MK_OK;
     if (!s->ebound)
@@ -250,7 +250,7 @@ static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *st
     cv_egroup *g = mlp ? group_for(s, gmap, mlp, m->cls) : NULL;
     free(mlp);
     if (!g)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the expert group of %s", s->dir, m->name);
     if (g->n <= 0)
         return mk_err(MK_E_FORMAT, "%s: tensor '%s' holds routed experts but config.json gives no expert count",
                       s->dir, m->name);
@@ -335,7 +335,7 @@ static mk_status canonicalize(cv_src *s) {
         bool vlp;
         m->cname = mk_layout_canon(m->name, nl, &m->cls, &vlp);
         if (!m->cname)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for the canonical name of %s", s->dir, m->name);
         s->vl = s->vl || vlp;
         any_mlx = any_mlx || m->kind == CV_MLX || strncmp(m->name, "language_model.", 15) == 0;
         if (cv_ends_with(m->cname, "conv1d.weight") && m->ndim == 3) {
@@ -346,7 +346,7 @@ static mk_status canonicalize(cv_src *s) {
     s->lts = mk_calloc(s->nmods ? s->nmods : 1, sizeof *s->lts);
     s->groups = mk_calloc(s->nmods ? s->nmods : 1, sizeof *s->groups);
     cv_map *gmap = cv_map_new(64);
-    mk_status st = (s->lts && s->groups && gmap) ? MK_OK : mk_err(MK_E_NOMEM, "out of memory");
+    mk_status st = (s->lts && s->groups && gmap) ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the tables of %zu modules", s->dir, s->nmods);
     for (size_t i = 0; st == MK_OK && i < s->nmods; i++)
         st = place_module(s, gmap, &s->mods[i], &stacked);
     cv_map_free(gmap);
@@ -384,7 +384,7 @@ mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
         return mk_err(MK_E_ARG, "%s: not a directory (SRC is a checkpoint directory with config.json)", path);
     s->dir = cv_strdup(path);
     if (!s->dir)
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for its path", path);
     MK_TRY(mk_config_load(path, &s->cfg));
     if (s->cfg.arch == MK_ARCH_UNKNOWN)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: model_type '%s' is not a supported architecture (supported: %s)",

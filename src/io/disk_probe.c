@@ -54,7 +54,7 @@ mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *oin, mk
                           path, (long long)st.st_size, (unsigned long long)PROBE_MIN_FILE);
         f->path = mk_strdup(path);
         if (!f->path)
-            return mk_err(MK_E_NOMEM, "out of memory");
+            return mk_err(MK_E_NOMEM, "%s: no memory for its path", path);
         f->size = (uint64_t)st.st_size < o.size ? (uint64_t)st.st_size : o.size;
         f->size -= f->size % PROBE_ALIGN;
         return MK_OK;
@@ -77,7 +77,7 @@ mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *oin, mk
     if (!of || !name) {
         free(of);
         free(name);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the temporary file's name", path);
     }
     mk_status s = mk_outfile_open(of, name, false);
     free(name);
@@ -89,7 +89,7 @@ mk_status mk_disk_probe_open(const char *path, const mk_disk_probe_opts *oin, mk
     if (!f->path) {
         mk_outfile_abort(of);
         free(of);
-        return mk_err(MK_E_NOMEM, "out of memory");
+        return mk_err(MK_E_NOMEM, "%s: no memory for the temporary file's path", path);
     }
     f->temp = true;
     f->of = of;
