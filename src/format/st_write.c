@@ -444,6 +444,7 @@ static mk_status write_index(mk_stw *w) {
     /* weight_map sorted by name, as HF writes it */
     plan **order = mk_malloc((w->n ? w->n : 1) * sizeof *order);
     if (!order) {
+        json_decref(wm); /* not in root yet */
         json_decref(root);
         return mk_err(MK_E_NOMEM, "%s: no memory to sort the index of %zu tensors", w->dir, w->n);
     }

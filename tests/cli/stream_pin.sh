@@ -13,8 +13,11 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 M=$TINYM/bf16
 head -c 40000 "$TINYM/devtext.txt" > "$T/cal.txt"
 tail -c 60000 "$TINYM/devtext.txt" > "$T/held.txt"   # held-out: not the calibration text
-"$BIN" profile "$M" --text "$T/cal.txt" --out "$T/p.json" --tokens 2048 > /dev/null
-EV=(eval "$M" --text "$T/held.txt" --tokens 2000 --window 256)
+"$BIN" profile "$M" --text "$T/cal.txt" --out "$T/p.json" --tokens $([ "${MK_TEST_SMALL:-0}" = 1 ] && echo 512 || echo 2048) > /dev/null 2>&1
+# the sanitizer build (MK_TEST_SMALL=1): the same commands on fewer tokens
+NT=2000
+[ "${MK_TEST_SMALL:-0}" = 1 ] && NT=768
+EV=(eval "$M" --text "$T/held.txt" --tokens $NT --window 256)
 "$BIN" "${EV[@]}" > "$T/res.txt"
 "$BIN" "${EV[@]}" --stream-experts --memory-budget 112M --stats > "$T/nopin.txt" 2> "$T/nopin.err"
 "$BIN" "${EV[@]}" --stream-experts --memory-budget 112M --stats --pin-profile "$T/p.json" > "$T/pin.txt" 2> "$T/pin.err"

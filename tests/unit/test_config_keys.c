@@ -139,6 +139,7 @@ static json_t *load_base(const char *fixture) {
 
 static void test_rows_refused(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     int n;
     row *rows = load_rows(&n);
     int tried = 0;
@@ -208,6 +209,7 @@ static void check_keys(const row *rows, int n, const char *fam, const char *fixt
 
 static void test_fixture_keys_documented(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     int n;
     row *rows = load_rows(&n);
     for (size_t b = 0; b < NBASES; b++) {
@@ -223,6 +225,7 @@ static void test_fixture_keys_documented(void **st) {
 
 static void test_fixtures_pass(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     for (size_t b = 0; b < NBASES; b++) {
         mk_config c;
         assert_int_equal(mk_config_load(mk_test_fixture(g_bases[b].fixture), &c), MK_OK);
@@ -245,6 +248,7 @@ static void test_fixtures_pass(void **st) {
 /* Families the engine does not run are refused by name, never half-read. */
 static void test_unsupported_families(void **st) {
     (void)st;
+    (void)mk_test_fixture("glm4moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     const char *fx[] = {"glm4moe-a/bf16", "glm4lite-a/bf16", "minimaxm2-a/bf16", "gptoss-a/bf16",
                         "deepseekv32-a/bf16", "glm5dsa-a/bf16"};
     for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {

@@ -180,6 +180,7 @@ static void copy_ckpt(const char *src, const char *dst, drop_fn drop, reshape_fn
  * switch_mlp stacks, conv (C,K,1), norms +1 already applied). */
 static void test_mlx_vl(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen35moe-vl/bf16-fused"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-mlxvl"), dst[4096];
     snprintf(dst, sizeof dst, "%s/mlx", tmp);
     char src[4096];
@@ -201,6 +202,7 @@ static void test_mlx_vl(void **st) {
 /* qwen3_next grouped projections in MLX layout (model.* prefix kept). */
 static void test_mlx_qwen3next(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3next-a/bf16"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-mlxnext"), dst[4096], src[4096];
     snprintf(dst, sizeof dst, "%s/mlx", tmp);
     snprintf(src, sizeof src, "%s", mk_test_fixture("qwen3next-a/bf16"));
@@ -217,6 +219,7 @@ static void test_mlx_qwen3next(void **st) {
  * so the logits must be bit-identical. */
 static void test_mlx_deepseek_identical_logits(void **st) {
     (void)st;
+    (void)mk_test_fixture("deepseekv3-a/bf16"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-mlxds"), dst[4096], src[4096];
     snprintf(dst, sizeof dst, "%s/mlx", tmp);
     snprintf(src, sizeof src, "%s", mk_test_fixture("deepseekv3-a/bf16"));
@@ -343,6 +346,7 @@ static bool drop_experts_5_6(const char *name) {
 
 static void test_missing_experts(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-gap");
     copy_ckpt(mk_test_fixture("qwen3moe-a/bf16"), tmp, drop_experts_5_6, NULL, NULL);
     mk_model *m = NULL;
@@ -357,6 +361,7 @@ static bool drop_q_proj(const char *name) { return strstr(name, "layers.2.self_a
 
 static void test_missing_tensor(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-miss");
     copy_ckpt(mk_test_fixture("qwen3moe-a/bf16"), tmp, drop_q_proj, NULL, NULL);
     mk_model *m = NULL;
@@ -391,6 +396,7 @@ static bool drop_none(const char *name) {
 
 static void test_fp8_squeezed_scales(void **st) {
     (void)st;
+    (void)mk_test_fixture("deepseekv3-a/fp8"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-sq");
     const char *src = mk_test_fixture("deepseekv3-a/fp8");
     char srcb[4096];
@@ -407,6 +413,7 @@ static void test_fp8_squeezed_scales(void **st) {
 
 static void test_fp8_bad_grid(void **st) {
     (void)st;
+    (void)mk_test_fixture("deepseekv3-a/fp8"); /* a missing fixture skips before anything is allocated */
     /* a scale grid with the wrong element count must be refused by name; the
      * copy writes fewer bytes for it, so build it through a dedicated writer */
     char *tmp = mk_test_tmpdir("eng-grid");
@@ -448,6 +455,7 @@ static void test_fp8_bad_grid(void **st) {
 
 static void test_unsupported_arch(void **st) {
     (void)st;
+    (void)mk_test_fixture("qwen3moe-a/bf16"); /* a missing fixture skips before anything is allocated */
     char *tmp = mk_test_tmpdir("eng-arch");
     copy_ckpt(mk_test_fixture("qwen3moe-a/bf16"), tmp, NULL, NULL,
               "{\"model_type\": \"llama\", \"architectures\": [\"LlamaForCausalLM\"], "

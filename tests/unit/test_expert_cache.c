@@ -228,7 +228,10 @@ static void test_policies_on_real_routing(void **st) {
     assert_int_equal(mk_engine_create(m, &o, &e), MK_OK);
     /* held-out text decoded token by token (a store sees one token's
      * experts per layer at a time), in windows of 512 positions */
-    size_t ntok = n < 4096 ? n : 4096;
+    /* the sanitizer build (MK_TEST_SMALL=1) runs the path on 512 tokens and
+     * checks only the oracle's bound; the policy bar is the main build's */
+    bool small = getenv("MK_TEST_SMALL") && !strcmp(getenv("MK_TEST_SMALL"), "1");
+    size_t want = small ? 512 : 4096, ntok = n < want ? n : want;
     for (size_t i = 0; i < ntok; i++, t.call++) {
         if (i % 512 == 0)
             mk_engine_reset(e);
@@ -241,7 +244,8 @@ static void test_policies_on_real_routing(void **st) {
     printf("  %zu routed accesses, %d slots (1/4 of the experts): hit rate LRU %.4f, FREQ %.4f, "
            "Belady %.4f\n", t.n, slots, lru, freq, opt);
     assert_true(t.n >= ntok * (size_t)moe_layers);
-    assert_true(freq > lru);
+    if (!small)
+        assert_true(freq > lru);
     assert_true(opt >= freq && opt >= lru);
     free(t.keys);
     free(t.steps);
