@@ -184,6 +184,9 @@ mk_status mk_smod_view(const mk_ckpt *c, const mk_sslice *s, mk_wt *w);
  * output of their block); read by pread, no mapping needed. */
 mk_status mk_smod_check_scales(const mk_ckpt *c, const mk_sslice *s);
 
+/* "[d0, d1, ...]" of tensor t into buf (for messages). */
+const char *mk_smod_shape_str(const mk_tensor_info *t, char *buf, size_t n);
+
 /* Rows of a module's whole tensor seen as a 2-D matrix: E * R (or R). */
 static inline int64_t mk_smod_rows(const mk_smod *m) { return (m->E ? m->E : 1) * m->R; }
 

@@ -368,7 +368,10 @@ static mk_status open_partial(const char *partial, mk_outdir *od, const cv_plan 
     cv_journal_free(j);
     MK_TRY(mk_outdir_clear(od));
     MK_TRY(cv_journal_init(j, p->nshards, p->fingerprint));
-    return cv_journal_save(partial, j, p);
+    mk_status st = cv_journal_save(partial, j, p);
+    if (st != MK_OK) /* the caller only frees a journal it got */
+        cv_journal_free(j);
+    return st;
 }
 
 /* DST present: an error without force, unless it is this very conversion,

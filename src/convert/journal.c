@@ -37,9 +37,15 @@ static mk_status alloc_j(cv_journal *j, int n) {
     j->done = mk_calloc((size_t)n + 1, sizeof *j->done);
     j->size = mk_calloc((size_t)n + 1, sizeof *j->size);
     j->hash = mk_calloc((size_t)n + 1, sizeof *j->hash);
-    return j->done && j->size && j->hash
-               ? MK_OK
-               : mk_err(MK_E_NOMEM, "convert journal: no memory for the state of %d shards", n);
+    if (j->done && j->size && j->hash)
+        return MK_OK;
+    free(j->done); /* all or nothing: callers free only a journal that was made */
+    free(j->size);
+    free(j->hash);
+    j->done = NULL;
+    j->size = NULL;
+    j->hash = NULL;
+    return mk_err(MK_E_NOMEM, "convert journal: no memory for the state of %d shards", n);
 }
 
 mk_status cv_journal_init(cv_journal *j, int nshards, uint64_t fingerprint) {

@@ -133,6 +133,16 @@ static mk_status push_out(qb *b, const cv_out *o) {
     return MK_OK;
 }
 
+static void drop_out(cv_out *o);
+
+/* push_out that consumes o either way (dropped when it cannot be kept). */
+static mk_status push_or_drop(qb *b, cv_out *o) {
+    mk_status st = push_out(b, o);
+    if (st != MK_OK)
+        drop_out(o);
+    return st;
+}
+
 /* Module path of output name: without ".weight" (bare files: when present). */
 static char *path_of(const char *name) {
     size_t n = strlen(name);
@@ -269,10 +279,15 @@ static void drop_out(cv_out *o) {
     free(o->qpath);
 }
 
+/* plain and stack consume o: it is moved into the new plan or dropped,
+ * success or not. */
 static mk_status plain(qb *b, cv_out *o) {
     char *path = path_of(o->name);
-    if (!path)
-        return mk_err(MK_E_NOMEM, "output '%s': no memory for its module path", o->name);
+    if (!path) {
+        mk_status e = mk_err(MK_E_NOMEM, "output '%s': no memory for its module path", o->name);
+        drop_out(o);
+        return e;
+    }
     cv_qchoice c;
     cv_qjob_choose(b->job, &b->x, path, NULL, o->shape[o->ndim - 1], &c);
     mk_status st;
@@ -281,10 +296,7 @@ static mk_status plain(qb *b, cv_out *o) {
         drop_out(o);
     } else {
         st = add_float(b, path, o, &c);
-        if (st == MK_OK)
-            st = push_out(b, o);
-        else
-            drop_out(o);
+        st = st == MK_OK ? push_or_drop(b, o) : (drop_out(o), st);
     }
     free(path);
     return st;
@@ -340,7 +352,9 @@ static mk_status stack(qb *b, cv_out *o) {
         char *path = path_of(o->name), *ep = path ? expert_path(path, 0) : NULL;
         if (!ep) {
             free(path);
-            return mk_err(MK_E_NOMEM, "output '%s': no memory for its module paths", o->name);
+            mk_status e = mk_err(MK_E_NOMEM, "output '%s': no memory for its module paths", o->name);
+            drop_out(o);
+            return e;
         }
         cv_qchoice c;
         cv_qjob_choose(b->job, &b->x, ep, path, o->shape[2], &c);
@@ -351,7 +365,7 @@ static mk_status stack(qb *b, cv_out *o) {
             drop_out(o);
         } else {
             st = add_float(b, path, o, &c);
-            st = st == MK_OK ? push_out(b, o) : (drop_out(o), st);
+            st = st == MK_OK ? push_or_drop(b, o) : (drop_out(o), st);
         }
         free(path);
         return st;
@@ -389,7 +403,7 @@ static mk_status stack(qb *b, cv_out *o) {
             } else {
                 f.pc[0] = pc;
                 st = add_float(b, ep, &f, &c);
-                st = st == MK_OK ? push_out(b, &f) : (drop_out(&f), st);
+                st = st == MK_OK ? push_or_drop(b, &f) : (drop_out(&f), st);
             }
         }
         free(ep);
@@ -482,10 +496,10 @@ mk_status cv_qplan_apply(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         switch (candidate(&b, ot)) {
         case Q_PLAIN: st = plain(&b, ot); break;
         case Q_STACK: st = stack(&b, ot); break;
-        default: st = push_out(&b, ot); break;
+        default: st = push_or_drop(&b, ot); break;
         }
-        if (st != MK_OK)
-            i++; /* the failed output was consumed */
+        /* a failed output was consumed too: the loop's i++ steps past it
+         * (an extra i++ here skipped the next output, which then leaked) */
     }
     for (; i < p->nouts; i++) /* outputs not reached after an error */
         if (push_out(&b, &p->outs[i]) != MK_OK)

@@ -45,7 +45,7 @@ static void copy_name(char *dst, size_t cap, const char *src, size_t n) {
     dst[n] = 0;
 }
 
-static const char *shape_str(const mk_tensor_info *t, char *buf, size_t n) {
+const char *mk_smod_shape_str(const mk_tensor_info *t, char *buf, size_t n) {
     size_t k = (size_t)snprintf(buf, n, "[");
     for (int i = 0; i < t->ndim && k < n; i++)
         k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
@@ -84,10 +84,10 @@ static mk_status check_shape(const mk_tensor_info *t, const mk_smod_expect *x, i
     char got[96];
     if (x->E)
         return mk_err(MK_E_FORMAT, "tensor '%s' (%s): shape %s, expected [%lld, %lld, %lld]",
-                      t->name, what, shape_str(t, got, sizeof got), (long long)x->E,
+                      t->name, what, mk_smod_shape_str(t, got, sizeof got), (long long)x->E,
                       (long long)x->R, (long long)last);
     return mk_err(MK_E_FORMAT, "tensor '%s' (%s): shape %s, expected [%lld, %lld]", t->name, what,
-                  shape_str(t, got, sizeof got), (long long)x->R, (long long)last);
+                  mk_smod_shape_str(t, got, sizeof got), (long long)x->R, (long long)last);
 }
 
 static mk_status open_float(const mk_tensor_info *t, const mk_smod_expect *x, mk_smod *m) {
@@ -117,7 +117,7 @@ static mk_status open_fp8(const mk_ckpt *c, const mk_config *cfg, const mk_tenso
         return mk_err(MK_E_FORMAT,
                       "tensor '%s': scale grid %s has %llu elements, expected %lld (%lld x %lld "
                       "blocks of %dx%d over weight rows %lld, cols %lld%s)",
-                      st->name, shape_str(st, got, sizeof got), (unsigned long long)st->numel,
+                      st->name, mk_smod_shape_str(st, got, sizeof got), (unsigned long long)st->numel,
                       (long long)ne, (long long)gr, (long long)gc, br, bc, (long long)x->R,
                       (long long)x->cols, x->E ? " per expert" : "");
     }

@@ -29,15 +29,6 @@ const mk_tensor_info *mk_ld_find(const mk_ld *ld, const char *fmt, ...) {
     return mk_ckpt_find(ld->ck, name);
 }
 
-static const char *shape_str(const mk_tensor_info *t, char *buf, size_t n) {
-    size_t k = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < t->ndim && k < n; i++)
-        k += (size_t)snprintf(buf + k, n - k, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
-    if (k < n)
-        snprintf(buf + k, n - k, "]");
-    return buf;
-}
-
 /* Stand-in address of every view built by mk_model_check (check_only):
  * the views are never read, only their shapes and formats are checked. */
 static const uint8_t k_check_dummy[16];
@@ -187,7 +178,7 @@ mk_status mk_ld_vec(mk_ld *ld, const char *name, int64_t n, float **out) {
     if ((int64_t)t->numel != n) {
         char got[96];
         return mk_err(MK_E_FORMAT, "tensor '%s': shape %s, expected %lld elements", name,
-                      shape_str(t, got, sizeof got), (long long)n);
+                      mk_smod_shape_str(t, got, sizeof got), (long long)n);
     }
     *out = NULL;
     if (ld->check_only)
