@@ -117,21 +117,6 @@ mk_status mk_ecli_backend(const char *name, mk_backend **out) {
     return mk_err(MK_E_ARG, "--backend: expected cpu or cuda, found '%s'", name);
 }
 
-mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
-                       mk_model **m, mk_engine **e) {
-    *e = NULL;
-    MK_TRY(mk_model_open_ex(path, mo, m));
-    mk_engine_opts eo = *o;
-    if (!eo.mem_limit) /* the engine refuses a cache larger than what is available */
-        eo.mem_limit = mk_ecli_mem_available();
-    mk_status st = mk_engine_create(*m, &eo, e);
-    if (st != MK_OK) {
-        mk_model_free(*m);
-        *m = NULL;
-    }
-    return st;
-}
-
 char *mk_ecli_read_all(FILE *f, size_t *len) {
     size_t cap = 1 << 16, got;
     char *buf = malloc(cap);

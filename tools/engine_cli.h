@@ -27,9 +27,6 @@ bool mk_ecli_backend_name(const char *name);
  * (MK_E_UNSUPPORTED saying why when moekit has no CUDA or no GPU is
  * present). The caller frees it after the engine that borrows it. */
 mk_status mk_ecli_backend(const char *name, mk_backend **out);
-/* Open MODEL and an engine over it; on failure both are NULL. */
-mk_status mk_ecli_open(const char *path, const mk_model_opts *mo, const mk_engine_opts *o,
-                       mk_model **m, mk_engine **e);
 /* Read the rest of f into a malloc'd buffer (not NUL-terminated), its length
  * in *len. NULL when out of memory. A read error ends the read early: the
  * caller checks ferror(f) if it cares. f stays open. */
