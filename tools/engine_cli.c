@@ -220,6 +220,10 @@ const char mk_ecli_mem_help[] =
     "  --pin-profile P      streaming: read the most used experts of `moekit profile`'s P\n"
     "                       (routing frequencies measured on calibration text) at startup and\n"
     "                       keep them for good, up to half the expert cache\n"
+    "  --prefetch           streaming: while a layer computes, read the experts the next\n"
+    "                       layer will likely use (its router applied to this layer's input;\n"
+    "                       decode only). Results are unchanged; wrong guesses cost reads\n"
+    "                       (--stats counts guesses and how many were used)\n"
     "  --experts-per-token K  route each token to only its best K experts (fewer than the\n"
     "                       model's): less to read and compute, but NOT the model's output;\n"
     "                       warns at startup. Measure what it costs with eval --ref\n";
@@ -257,6 +261,7 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     case 0x4d08: mm->buffered = true; return -1;
     case 0x4d05: mm->force_stream = true; return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
+    case 0x4d09: mm->prefetch = true; return -1;
     case 0x4d06: {
         int rc = mk_flag_int(mm->cmd, "--experts-per-token", arg, 1, 4096, &mm->experts_per_tok);
         return rc >= 0 ? rc : -1;
@@ -425,6 +430,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                 st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers, st.pinned,
                 mm->policy == MK_EXPERT_LRU ? "LRU" : "FREQ", st.io);
     o.store = mm->store;
+    o.prefetch_experts = mm->prefetch;
     o.mem_limit = 0; /* the arena is counted above */
     mk_status s = mk_engine_create(m, &o, e);
     if (s != MK_OK) {
@@ -449,6 +455,13 @@ void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
             (unsigned long long)st.reads, st.io_wait_s,
             st.io_wait_s > 0 ? (double)st.bytes_read / st.io_wait_s / 1e6 : 0.0, st.slots,
             (double)st.slot_bytes / 1048576.0, st.io, (double)mk_cli_peak_rss() / 1048576.0);
+    if (mm->prefetch)
+        fprintf(f, "prefetch: %llu experts guessed, %llu used (%.3f of guesses, %.3f of uses), %.1f MiB read "
+                "on guesses, %llu dropped after a failed read\n",
+                (unsigned long long)st.pf_issued, (unsigned long long)st.pf_hits,
+                st.pf_issued ? (double)st.pf_hits / (double)st.pf_issued : 0.0,
+                st.uses ? (double)st.pf_hits / (double)st.uses : 0.0, (double)st.pf_bytes / 1048576.0,
+                (unsigned long long)st.pf_failed);
 }
 
 void mk_ecli_mem_free(mk_ecli_mem *mm) {

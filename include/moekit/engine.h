@@ -50,6 +50,10 @@ typedef struct mk_engine_opts {
                                Fewer: each token uses only its best K experts (weights
                                renormalised as the model's router does) -- faster, but not the
                                model: an explicit opt-in whose cost `eval --ref` measures */
+    bool prefetch_experts;  /* decode: guess the next MoE layer's experts (its router applied to
+                               this layer's input) and hand the guess to the expert store, so a
+                               streaming store reads them while this layer computes. Results are
+                               unchanged; costs one extra router matmul per layer */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
 } mk_engine_opts;

@@ -35,6 +35,10 @@ typedef struct mk_expert_stats {
     uint64_t hits;        /* of which already in the cache */
     uint64_t bytes_read;  /* expert bytes read from the files */
     uint64_t reads;       /* read requests (parts) issued */
+    uint64_t pf_issued;   /* experts read on a guess (prefetch) */
+    uint64_t pf_hits;     /* uses served by a guess (not counted in hits) */
+    uint64_t pf_bytes;    /* bytes read on guesses (counted in bytes_read too) */
+    uint64_t pf_failed;   /* guesses dropped after a failed read */
     double io_wait_s;     /* time spent issuing reads and waiting for them (not overlapped) */
     double oracle_hit;    /* Belady's hit rate on the same accesses with the same slots;
                              -1 when not recorded */
@@ -60,6 +64,11 @@ typedef struct mk_expert_store_i {
     void (*free)(void *ctx);
     /* (optional) counters since creation; NULL: a store that counts nothing */
     void (*stats)(void *ctx, struct mk_expert_stats *out);
+    /* (optional) A guess: experts[0..n) of a later `layer` will likely be
+     * announced; a store may start reading them now into room it has
+     * spare, never evicting an expert in use. Never changes results, only
+     * when bytes arrive. NULL: a store that does not guess. */
+    mk_status (*prefetch)(void *ctx, int layer, const int *experts, int n);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -114,6 +123,10 @@ uint64_t mk_expert_store_slot_bytes(const mk_model *m);
 mk_status mk_expert_store_acquire(mk_expert_store *s, int layer, const int *experts, int n);
 mk_status mk_expert_store_next(mk_expert_store *s, int layer, int *e, const mk_expert **out);
 void mk_expert_store_release(mk_expert_store *s, int layer, int e);
+/* Hand a guess to the store (a no-op for a store without prefetch). */
+mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *experts, int n);
+/* Whether the store acts on guesses. */
+bool mk_expert_store_can_prefetch(const mk_expert_store *s);
 const char *mk_expert_store_name(const mk_expert_store *s);
 /* Counters of the store (zeros and oracle -1 for a store that keeps none). */
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out);

@@ -109,6 +109,8 @@ static void carve(mk_engine *e, carver *cv) {
         e->perm_b = take(cv, nC * k, 4);
         e->pairs = take(cv, nC * k * H, 4);
         e->sh = take(cv, nC, 4);
+        e->pf_idx_b = take(cv, k, 4);
+        e->pf_w_b = take(cv, k, 4);
         e->top_idx = take_h(cv, nC * k, 4);
         e->top_w = take_h(cv, nC * k, 4);
         e->cnt = take_h(cv, E + 1, 4);
@@ -116,6 +118,7 @@ static void carve(mk_engine *e, carver *cv) {
         e->tok = take_h(cv, nC * k, 4);
         e->perm = take_h(cv, nC * k, 4);
         e->used = take_h(cv, E, 4);
+        e->pf_idx = take_h(cv, k, 4);
     }
     e->ex_x = take(cv, nC * H, 4);
     e->ex_g = take(cv, nC * Imax, 4);
@@ -295,6 +298,7 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         MK_TRY(mk_expert_store_resident(e->m, &e->store));
         e->own_store = true;
     }
+    e->prefetch = o->prefetch_experts && mk_expert_store_can_prefetch(e->store);
     size_t L = (size_t)c->num_layers;
     e->kc = mk_calloc(L, sizeof(float *));
     e->vc = mk_calloc(L, sizeof(float *));

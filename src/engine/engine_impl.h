@@ -56,6 +56,7 @@ struct mk_engine {
     bool own_store;
     int64_t max_ctx, pos; /* capacity and tokens so far */
     int64_t chunk;        /* nC */
+    bool prefetch;        /* mk_engine_opts.prefetch_experts, and the store acts on guesses */
     mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
     void *on_route_user;
 
@@ -108,6 +109,8 @@ struct mk_engine {
     float *ex_g, *ex_u;   /* [nC, Imax] */
     float *ex_o;          /* [nC, H] */
     float *sh;            /* [nC] shared expert gate logits */
+    int32_t *pf_idx_b;    /* [k] guessed experts of the next MoE layer (prefetch) */
+    float *pf_w_b;        /* [k] their weights (unused) */
 
     /* routing on the host, [h] */
     int32_t *top_idx;     /* [nC, k] downloaded */
@@ -117,6 +120,7 @@ struct mk_engine {
     int32_t *tok;         /* [nC * k] their token rows */
     int32_t *perm;        /* [nC * k] per token, slots in ascending expert id */
     int32_t *used;        /* [E] experts used in the chunk */
+    int32_t *pf_idx;      /* [k] the guess, downloaded */
 };
 
 /* out[n, H] = down(silu(gate(x)) * up(x)) through e's backend (scratch

@@ -87,6 +87,8 @@ int mk_ecache_use(mk_ecache *c, int layer, int e) {
     return s;
 }
 
+int mk_ecache_find(const mk_ecache *c, int layer, int e) { return c->where[layer * c->n_experts + e]; }
+
 /* Lower is a better victim. */
 static bool worse(const mk_ecache *c, const cslot *a, const cslot *b) {
     if (c->policy == MK_ECACHE_FREQ) {

@@ -44,6 +44,8 @@ void mk_ecache_free(mk_ecache *c); /* NULL ok */
 /* One use of expert (layer, e): counts it for the policy and returns the
  * slot holding it, or -1 (a miss: call mk_ecache_claim). */
 int mk_ecache_use(mk_ecache *c, int layer, int e);
+/* The slot holding (layer, e), or -1: a look, not a use (nothing counted). */
+int mk_ecache_find(const mk_ecache *c, int layer, int e);
 /* A slot for (layer, e), which must not be cached: a free slot, else the
  * policy's victim among the unpinned ones (whose expert is dropped and
  * returned in *old_layer / *old_e, -1 when the slot was free). -1 when

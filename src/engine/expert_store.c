@@ -53,6 +53,12 @@ void mk_expert_store_release(mk_expert_store *s, int layer, int e) {
     s->i->release(s->ctx, layer, e);
 }
 
+mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *experts, int n) {
+    return s->i->prefetch ? s->i->prefetch(s->ctx, layer, experts, n) : MK_OK;
+}
+
+bool mk_expert_store_can_prefetch(const mk_expert_store *s) { return s->i->prefetch != NULL; }
+
 const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }
 
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out) {

@@ -18,6 +18,20 @@
  * the rest of the batch drained, so no slot keeps half-read bytes) with a
  * message naming the layer, expert, file and offset.
  *
+ * prefetch(layer, set): a hint for a layer not yet announced (the engine's
+ * guess of the next layer's experts). Each guessed expert not cached claims
+ * a slot (never a pinned one, so nothing in use is touched) and its reads
+ * start at once, so they overlap the compute of the current layer. The slot
+ * is pinned for the guess until that layer's acquire: a guess it uses is a
+ * prefetch hit (handed out once its reads finish); a wrong one is unpinned
+ * then (at its read's end if still in flight) and stays cached like any
+ * other expert, first in line for eviction under FREQ as it was never used.
+ * A guess whose read fails is dropped, not reported: if the layer really
+ * uses that expert, its own read reports the error.
+ *
+ * Loads are kept per slot (a read's tag is its slot), so reads of the
+ * current layer and of a guess can be in flight together.
+ *
  * Before a batch is read, every shard file is checked against its size and
  * mtime at open: a checkpoint changed on disk while running is refused, not
  * read as garbage weights. */
@@ -132,9 +146,15 @@ typedef struct shard_id {
     struct timespec mtime;
 } shard_id;
 
+/* A slot's load: reads in flight (parts_left > 0) or a finished guess
+ * still waiting for its layer's acquire (pf). */
 typedef struct loading {
-    int e, slot, parts_left;
-    bool failed;
+    int layer, e;
+    int parts_left; /* reads not reported yet */
+    bool wanted;    /* in the current layer's set: handed out when its reads end */
+    bool pf;        /* loaded for a guess: holds the guess's pin */
+    bool pf_passed; /* its layer's acquire passed without using it: unpin at the end of the read */
+    bool failed;    /* a read of a guess failed: dropped when the last one is reported */
 } loading;
 
 typedef struct stream {
@@ -155,8 +175,10 @@ typedef struct stream {
     int nready, ready_pos;
     int *wait;             /* misses without a slot yet (a stack) */
     int nwait;
-    loading *ld;           /* misses in flight */
-    int nld;
+    loading *ld;           /* per slot */
+    int *pf;               /* slots holding a guess's pin */
+    int npf;
+    int *claimed;          /* slots claimed by one issue() or prefetch */
     mk_reader_req *reqs;
     int *slot_of;          /* expert -> slot, for the current layer */
     /* counters */
@@ -252,29 +274,93 @@ static void trace_add(stream *s, int layer, int e) {
     s->tn++;
 }
 
-/* Drain the reads still in flight after a failure and free their slots. */
+/* Drain the reads still in flight after a failure and free their slots;
+ * guesses lose their pins (the layer they were for may never come). */
 static void abandon(stream *s) {
     mk_reader_wait_all(s->rd);
-    for (int i = 0; i < s->nld; i++)
-        if (s->ld[i].parts_left >= 0) {
-            mk_ecache_drop(s->cache, s->ld[i].slot);
-            s->ld[i].parts_left = -1;
+    for (int i = 0; i < s->nslots; i++)
+        if (s->ld[i].parts_left > 0 || s->ld[i].failed) {
+            mk_ecache_drop(s->cache, i);
+            s->ld[i] = (loading){0};
         }
+    for (int i = 0; i < s->npf; i++)
+        if (s->ld[s->pf[i]].pf) {
+            mk_ecache_unpin(s->cache, s->pf[i]);
+            s->ld[s->pf[i]].pf = s->ld[s->pf[i]].pf_passed = false;
+        }
+    s->npf = 0;
     for (int i = s->ready_pos; i < s->nready; i++)
         mk_ecache_unpin(s->cache, s->slot_of[s->ready[i]]);
     s->nready = s->ready_pos = 0;
-    s->nld = 0;
     s->nwait = 0;
     s->n = s->handed = 0;
+}
+
+/* Append the reads of expert e of `layer` into `slot` to s->reqs from
+ * nreq on (tag: the slot) and start its load record; returns the new nreq. */
+static size_t add_reads(stream *s, int slot, int layer, int e, size_t nreq, bool guess) {
+    const mk_expert_loc *x = &s->m->layers[layer].moe.locs[e];
+    const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
+    unsigned char *base = s->mem + (size_t)slot * s->slot_bytes;
+    xlayout XL;
+    layout_of(x, &XL);
+    loading *L = &s->ld[slot];
+    *L = (loading){.layer = layer, .e = e, .wanted = !guess, .pf = guess};
+    uint64_t bytes = 0;
+    if (XL.span) { /* one read for the whole expert */
+        s->reqs[nreq++] = (mk_reader_req){.file = s->file_of[XL.shard], .off = XL.lo,
+                                          .len = (size_t)(XL.hi - XL.lo), .dst = base,
+                                          .cap = (size_t)up(XL.hi - XL.lo, SALIGN), .tag = (uint64_t)slot};
+        L->parts_left = 1;
+        bytes = XL.hi - XL.lo;
+    } else {
+        for (int p = 0; p < 3; p++)
+            for (int k = 0; k < MK_SP_N; k++) {
+                const mk_wloc_part *pt = &w[p]->part[k];
+                if (!pt->len)
+                    continue;
+                uint64_t head = pt->off & (SALIGN - 1); /* read from the boundary below */
+                s->reqs[nreq++] = (mk_reader_req){
+                    .file = s->file_of[pt->shard], .off = pt->off - head, .len = (size_t)(head + pt->len),
+                    .dst = base + XL.at[p][k] - head, .cap = (size_t)up(head + pt->len, SALIGN),
+                    .tag = (uint64_t)slot};
+                L->parts_left++;
+                bytes += pt->len;
+            }
+    }
+    s->st.bytes_read += bytes;
+    if (guess)
+        s->st.pf_bytes += bytes;
+    return nreq;
+}
+
+/* Start the reads reqs[from..nreq) (their slots are claimed and their load
+ * records set); on failure the slots are dropped. */
+static mk_status submit(stream *s, const int *slots, int nslots, size_t nreq) {
+    mk_status st = check_files(s);
+    double t0 = now_s(); /* io_uring may complete cached reads inside the submit */
+    if (st == MK_OK)
+        st = mk_reader_submit(s->rd, s->reqs, nreq);
+    s->st.io_wait_s += now_s() - t0;
+    if (st != MK_OK) {
+        for (int i = 0; i < nslots; i++) {
+            mk_ecache_drop(s->cache, slots[i]);
+            s->ld[slots[i]] = (loading){0};
+        }
+        return st;
+    }
+    s->st.reads += nreq;
+    return MK_OK;
 }
 
 /* Claim slots for as many waiting misses as the cache allows now and read
  * them, all in one batch (the reader sorts by file offset). A miss that
  * finds every slot pinned waits for the engine to release experts (a
- * prefill chunk may use more experts than the cache holds). */
+ * prefill chunk may use more experts than the cache holds) or for a guess's
+ * read to end. */
 static mk_status issue(stream *s) {
     size_t nreq = 0;
-    int first = s->nld;
+    int nclaimed = 0;
     while (s->nwait > 0) {
         int e = s->wait[s->nwait - 1], ol, oe;
         int slot = mk_ecache_claim(s->cache, s->layer, e, &ol, &oe);
@@ -282,54 +368,67 @@ static mk_status issue(stream *s) {
             break;
         s->nwait--;
         s->slot_of[e] = slot;
-        const mk_expert_loc *x = &s->m->layers[s->layer].moe.locs[e];
-        const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
-        unsigned char *base = s->mem + (size_t)slot * s->slot_bytes;
-        xlayout XL;
-        layout_of(x, &XL);
-        loading *L = &s->ld[s->nld];
-        *L = (loading){.e = e, .slot = slot};
-        if (XL.span) { /* one read for the whole expert */
-            s->reqs[nreq++] = (mk_reader_req){
-                .file = s->file_of[XL.shard], .off = XL.lo, .len = (size_t)(XL.hi - XL.lo), .dst = base,
-                .cap = (size_t)up(XL.hi - XL.lo, SALIGN), .tag = (uint64_t)s->nld};
-            L->parts_left = 1;
-            s->st.bytes_read += XL.hi - XL.lo;
-        } else {
-            for (int p = 0; p < 3; p++)
-                for (int k = 0; k < MK_SP_N; k++) {
-                    const mk_wloc_part *pt = &w[p]->part[k];
-                    if (!pt->len)
-                        continue;
-                    uint64_t head = pt->off & (SALIGN - 1); /* read from the boundary below */
-                    s->reqs[nreq++] = (mk_reader_req){
-                        .file = s->file_of[pt->shard], .off = pt->off - head, .len = (size_t)(head + pt->len),
-                        .dst = base + XL.at[p][k] - head, .cap = (size_t)up(head + pt->len, SALIGN),
-                        .tag = (uint64_t)s->nld};
-                    L->parts_left++;
-                    s->st.bytes_read += pt->len;
-                }
-        }
-        s->nld++;
+        s->claimed[nclaimed++] = slot;
+        nreq = add_reads(s, slot, s->layer, e, nreq, false);
     }
     if (!nreq)
-        return s->nld > first || s->nwait == 0
+        return nclaimed || s->nwait == 0 || mk_reader_pending(s->rd)
                    ? MK_OK
                    : mk_err(MK_E_INTERNAL, "expert cache of %d slots: every slot is in use while layer %d "
                             "waits for %d experts", s->nslots, s->layer, s->nwait);
-    mk_status st = check_files(s);
-    double t0 = now_s(); /* io_uring may complete cached reads inside the submit */
-    if (st == MK_OK)
-        st = mk_reader_submit(s->rd, s->reqs, nreq);
-    s->st.io_wait_s += now_s() - t0;
-    if (st != MK_OK) {
-        for (int i = first; i < s->nld; i++) {
-            mk_ecache_drop(s->cache, s->ld[i].slot);
-            s->ld[i].parts_left = -1;
+    return submit(s, s->claimed, nclaimed, nreq);
+}
+
+/* Forget the guess pin of slot i (it is unpinned). */
+static void pf_forget(stream *s, int slot) {
+    for (int i = 0; i < s->npf; i++)
+        if (s->pf[i] == slot) {
+            s->pf[i] = s->pf[--s->npf];
+            break;
         }
-        return st;
+    s->ld[slot].pf = s->ld[slot].pf_passed = false;
+}
+
+/* Take one finished read (waiting for one when `wait`): *got false when
+ * none is pending (or, without wait, none has finished). A failed read of
+ * an expert the current layer wants is the error; a failed guess is
+ * dropped quietly once all its reads are in. */
+static mk_status pump(stream *s, bool wait, bool *got) {
+    uint64_t tag;
+    bool done;
+    double t0 = now_s();
+    mk_status st = mk_reader_next(s->rd, wait, &tag, &done);
+    s->st.io_wait_s += now_s() - t0;
+    *got = done;
+    if (!done)
+        return MK_OK;
+    int slot = (int)tag;
+    loading *L = &s->ld[slot];
+    if (st != MK_OK && L->wanted) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        int x = L->e, layer = L->layer;
+        return mk_err(st, "expert %d of layer %d: %s", x, layer, msg);
     }
-    s->st.reads += nreq;
+    L->failed |= st != MK_OK;
+    if (--L->parts_left > 0)
+        return MK_OK;
+    if (L->failed) { /* a guess: never handed out, its slot is free again */
+        if (L->pf)
+            pf_forget(s, slot);
+        mk_ecache_drop(s->cache, slot);
+        *L = (loading){0};
+        s->st.pf_failed++;
+        return MK_OK;
+    }
+    finish_expert(s, slot, &s->m->layers[L->layer].moe.locs[L->e]);
+    if (L->wanted) {
+        L->wanted = false;
+        s->ready[s->nready++] = L->e;
+    } else if (L->pf_passed) { /* a wrong guess: an ordinary cached expert from now on */
+        mk_ecache_unpin(s->cache, slot);
+        pf_forget(s, slot);
+    }
     return MK_OK;
 }
 
@@ -349,21 +448,56 @@ static mk_status st_acquire(void *ctx, int layer, const int *experts, int n) {
     s->n = n;
     s->handed = 0;
     s->nready = s->ready_pos = 0;
-    s->nld = 0;
     s->nwait = 0;
     s->step++;
-    for (int i = 0; i < n; i++) {
+    mk_status st = MK_OK;
+    for (int i = 0; i < n && st == MK_OK; i++) {
         int e = experts[i];
         trace_add(s, layer, e);
         s->st.uses++;
         int slot = mk_ecache_use(s->cache, layer, e);
-        if (slot >= 0) {
+        /* a guess whose read failed and is still draining: wait it out, then it is a miss */
+        while (slot >= 0 && s->ld[slot].failed) {
+            bool got;
+            st = pump(s, true, &got);
+            if (st == MK_OK && !got)
+                st = mk_err(MK_E_INTERNAL, "expert store: a failed guess of expert %d of layer %d has no "
+                            "read in flight", e, layer);
+            if (st != MK_OK)
+                break;
+            slot = mk_ecache_find(s->cache, layer, e);
+        }
+        if (st != MK_OK)
+            break;
+        if (slot < 0) {
+            s->wait[s->nwait++] = e;
+            continue;
+        }
+        loading *L = &s->ld[slot];
+        if (L->pf) { /* guessed right: the guess's pin becomes this use's */
+            s->st.pf_hits++;
+            pf_forget(s, slot);
+        } else {
             s->st.hits++;
             mk_ecache_pin(s->cache, slot);
-            s->slot_of[e] = slot;
+        }
+        s->slot_of[e] = slot;
+        if (L->parts_left > 0)
+            L->wanted = true; /* handed out when its reads end */
+        else
             s->ready[s->nready++] = e;
+    }
+    /* guesses for this layer it did not use: unpinned now, or when their reads end */
+    for (int i = 0; st == MK_OK && i < s->npf;) {
+        int slot = s->pf[i];
+        if (s->ld[slot].layer != layer) {
+            i++;
+        } else if (s->ld[slot].parts_left > 0) {
+            s->ld[slot].pf_passed = true;
+            i++;
         } else {
-            s->wait[s->nwait++] = e;
+            mk_ecache_unpin(s->cache, slot);
+            pf_forget(s, slot);
         }
     }
     /* misses are claimed in the announced order: the waiting list is a stack */
@@ -372,10 +506,13 @@ static mk_status st_acquire(void *ctx, int layer, const int *experts, int n) {
         s->wait[i] = s->wait[j];
         s->wait[j] = t;
     }
-    mk_status st = issue(s);
-    if (st != MK_OK) {
+    if (st == MK_OK && (st = issue(s)) != MK_OK)
+        st = mk_err_wrap(st, "reading the experts of layer %d", layer);
+    if (st != MK_OK) { /* draining may fail again: the first error is the one to report */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
         abandon(s);
-        return mk_err_wrap(st, "reading the experts of layer %d", layer);
+        return mk_err(st, "%s", msg);
     }
     return MK_OK;
 }
@@ -385,36 +522,19 @@ static mk_status st_next(void *ctx, int layer, int *e, const mk_expert **out) {
     if (layer != s->layer || s->handed >= s->n)
         return mk_err(MK_E_ARG, "expert store: no announced expert left in layer %d", layer);
     while (s->ready_pos == s->nready) {
-        if (!mk_reader_pending(s->rd)) { /* nothing in flight: slots were released meanwhile */
-            mk_status st = issue(s);
-            if (st != MK_OK) {
-                abandon(s);
-                return mk_err_wrap(st, "reading the experts of layer %d", layer);
-            }
-        }
-        uint64_t tag;
-        bool done;
-        double t0 = now_s();
-        mk_status st = mk_reader_next(s->rd, true, &tag, &done);
-        s->st.io_wait_s += now_s() - t0;
-        if (!done) {
-            abandon(s);
-            return mk_err(MK_E_INTERNAL, "expert store: layer %d: reads ended with experts missing", layer);
-        }
-        loading *L = &s->ld[tag];
-        if (st != MK_OK) {
-            int x = L->e;
-            mk_ecache_drop(s->cache, L->slot);
-            L->parts_left = -1;
+        mk_status st = MK_OK;
+        if (s->nwait > 0 && (st = issue(s)) != MK_OK) /* slots were released meanwhile */
+            st = mk_err_wrap(st, "reading the experts of layer %d", layer);
+        bool got = true;
+        if (st == MK_OK)
+            st = pump(s, true, &got); /* its errors name the expert */
+        if (st == MK_OK && !got)
+            st = mk_err(MK_E_INTERNAL, "expert store: layer %d: reads ended with experts missing", layer);
+        if (st != MK_OK) { /* draining may fail again: the first error is the one to report */
             char msg[1024];
             snprintf(msg, sizeof msg, "%s", mk_err_msg());
             abandon(s);
-            return mk_err(st, "expert %d of layer %d: %s", x, layer, msg);
-        }
-        if (--L->parts_left == 0) {
-            finish_expert(s, L->slot, &s->m->layers[layer].moe.locs[L->e]);
-            L->parts_left = -1;
-            s->ready[s->nready++] = L->e;
+            return mk_err(st, "%s", msg);
         }
     }
     int x = s->ready[s->ready_pos++];
@@ -428,6 +548,38 @@ static void st_release(void *ctx, int layer, int e) {
     stream *s = ctx;
     (void)layer;
     mk_ecache_unpin(s->cache, s->slot_of[e]);
+}
+
+/* A guess of the experts of a later layer: start reading the ones not
+ * cached (header comment). Finished reads of earlier guesses are taken
+ * first, without waiting, so their slots are settled. */
+static mk_status st_prefetch(void *ctx, int layer, const int *experts, int n) {
+    stream *s = ctx;
+    const mk_config *c = &s->m->cfg;
+    if (layer < 0 || layer >= c->num_layers || !s->m->layers[layer].is_moe || layer == s->layer)
+        return MK_OK; /* nothing to guess: not an error of the forward */
+    size_t nreq = 0;
+    int nclaimed = 0;
+    for (int i = 0; i < n; i++) {
+        int e = experts[i], ol, oe;
+        if (e < 0 || e >= c->num_experts || mk_ecache_find(s->cache, layer, e) >= 0)
+            continue;
+        int slot = mk_ecache_claim(s->cache, layer, e, &ol, &oe);
+        if (slot < 0)
+            break; /* every slot in use: no room to guess */
+        s->claimed[nclaimed++] = slot;
+        s->pf[s->npf++] = slot;
+        s->st.pf_issued++;
+        nreq = add_reads(s, slot, layer, e, nreq, true);
+    }
+    if (!nreq)
+        return MK_OK;
+    mk_status st = submit(s, s->claimed, nclaimed, nreq);
+    if (st != MK_OK) {
+        s->npf -= nclaimed; /* the guesses are the last entries */
+        return mk_err_wrap(st, "guessing the experts of layer %d", layer);
+    }
+    return MK_OK;
 }
 
 /* Read the given experts now and keep them for good (profile pins). */
@@ -445,23 +597,22 @@ static mk_status pin_experts(stream *s, const mk_stream_opts *o) {
         s->layer = l;
         s->nwait = 1;
         s->wait[0] = e;
-        s->nld = 0;
         MK_TRY(issue(s));
+        int slot = s->slot_of[e];
         mk_status st = mk_reader_wait_all(s->rd);
+        s->ld[slot] = (loading){0};
         if (st != MK_OK) {
-            mk_ecache_drop(s->cache, s->ld[0].slot);
+            mk_ecache_drop(s->cache, slot);
             return mk_err_wrap(st, "pinning expert %d of layer %d", e, l);
         }
-        finish_expert(s, s->ld[0].slot, mk_model_expert_loc(s->m, l, e));
-        mk_ecache_pin_forever(s->cache, s->ld[0].slot);
+        finish_expert(s, slot, mk_model_expert_loc(s->m, l, e));
+        mk_ecache_pin_forever(s->cache, slot);
         s->st.pinned++;
     }
-    s->nld = 0;
     s->twarm = s->tn;
     s->st.uses = s->st.hits = 0; /* pins are not uses; their bytes stay counted as read */
     return MK_OK;
 }
-
 static void st_stats(void *ctx, mk_expert_stats *out) {
     stream *s = ctx;
     *out = s->st;
@@ -487,6 +638,8 @@ static void st_free(void *ctx) {
     free(s->ready);
     free(s->wait);
     free(s->ld);
+    free(s->pf);
+    free(s->claimed);
     free(s->reqs);
     free(s->slot_of);
     free(s->tkeys);
@@ -499,6 +652,7 @@ static const mk_expert_store_i g_stream = {
     .acquire = st_acquire,
     .next = st_next,
     .release = st_release,
+    .prefetch = st_prefetch,
     .free = st_free,
     .stats = st_stats,
 };
@@ -540,11 +694,13 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     s->ids = mk_calloc(s->nshards, sizeof *s->ids);
     s->ready = mk_malloc((size_t)E * sizeof *s->ready);
     s->wait = mk_malloc((size_t)E * sizeof *s->wait);
-    s->ld = mk_malloc((size_t)E * sizeof *s->ld);
+    s->ld = mk_calloc((size_t)s->nslots, sizeof *s->ld);
+    s->pf = mk_malloc((size_t)s->nslots * sizeof *s->pf);
+    s->claimed = mk_malloc((size_t)E * sizeof *s->claimed);
     s->reqs = mk_malloc((size_t)E * 3 * MK_SP_N * sizeof *s->reqs);
     s->slot_of = mk_malloc((size_t)E * sizeof *s->slot_of);
     mk_status st = MK_OK;
-    if (!s->mem || !s->views || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->reqs || !s->slot_of)
+    if (!s->mem || !s->views || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of)
         st = mk_err(MK_E_NOMEM, "expert store: no memory for %d cache slots of %llu bytes", s->nslots,
                     (unsigned long long)sb);
     if (st == MK_OK)

@@ -56,21 +56,52 @@ static int group_pairs(mk_engine *e, int64_t n) {
     return nused;
 }
 
+/* The next MoE layer after l, or -1. */
+static int next_moe(const mk_engine *e, int l) {
+    for (int j = l + 1; j < e->c->num_layers; j++)
+        if (e->m->layers[j].is_moe)
+            return j;
+    return -1;
+}
+
+static mk_route_args route_args(const mk_engine *e, const mk_moe_w *w, const float *logits, int32_t *idx,
+                                float *wts, int64_t n) {
+    const mk_config *c = e->c;
+    bool grouped = c->arch == MK_ARCH_DEEPSEEK_V3;
+    return (mk_route_args){
+        .logits = logits, .bias = grouped ? w->e_bias : NULL, .idx = idx, .w = wts, .n = n,
+        .E = c->num_experts, .k = e->k, .kind = grouped ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
+        /* qwen3_5_moe's router renormalises unconditionally */
+        .norm = c->norm_topk_prob || c->arch == MK_ARCH_QWEN3_5_MOE,
+        .n_group = c->n_group, .topk_group = c->topk_group,
+        .scale = grouped ? (float)c->routed_scaling_factor : 1.0f};
+}
+
+/* Decode prefetch: the next MoE layer's router applied to this layer's
+ * input (the residual stream moves little between neighbouring layers, so
+ * its top-k is a good guess of that layer's experts), handed to the store
+ * to read while this layer computes. A guess only moves reads earlier:
+ * the next layer routes on its own input as always. e->router is free
+ * again here (this layer's routing is done). */
+static mk_status prefetch_next(mk_engine *e, int l) {
+    int l2 = next_moe(e, l);
+    if (l2 < 0)
+        return MK_OK;
+    const mk_moe_w *w2 = &e->m->layers[l2].moe;
+    BE(e)->matmul(CTX(e), &w2->router, e->xb, 1, e->router);
+    mk_route_args ra = route_args(e, w2, e->router, e->pf_idx_b, e->pf_w_b, 1);
+    BE(e)->route(CTX(e), &ra);
+    BE(e)->download(CTX(e), e->pf_idx, e->pf_idx_b, (size_t)e->k * sizeof(int32_t));
+    return mk_expert_store_prefetch(e->store, l2, e->pf_idx, e->k);
+}
+
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t H = c->hidden_size, k = e->k;
     size_t pb = (size_t)(n * k) * sizeof(int32_t);
     /* routing */
     BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
-    bool grouped = c->arch == MK_ARCH_DEEPSEEK_V3;
-    mk_route_args ra = {
-        .logits = e->router, .bias = grouped ? w->e_bias : NULL, .idx = e->top_idx_b,
-        .w = e->top_w_b, .n = n, .E = c->num_experts, .k = (int)k,
-        .kind = grouped ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
-        /* qwen3_5_moe's router renormalises unconditionally */
-        .norm = c->norm_topk_prob || c->arch == MK_ARCH_QWEN3_5_MOE,
-        .n_group = c->n_group, .topk_group = c->topk_group,
-        .scale = grouped ? (float)c->routed_scaling_factor : 1.0f};
+    mk_route_args ra = route_args(e, w, e->router, e->top_idx_b, e->top_w_b, n);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */
@@ -86,6 +117,8 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     /* routed experts, in the order the store has them ready */
     mk_status st = mk_expert_store_acquire(e->store, l, e->used, nused);
     if (st != MK_OK)
+        return mk_err_wrap(st, "layer %d", l);
+    if (e->prefetch && n == 1 && (st = prefetch_next(e, l)) != MK_OK)
         return mk_err_wrap(st, "layer %d", l);
     for (int u = 0; u < nused; u++) {
         int x;

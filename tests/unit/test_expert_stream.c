@@ -44,14 +44,16 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* Logits of NTOK deterministic ids through `store` (NULL: resident). */
-static float *logits_of(const mk_model *m, mk_expert_store *store) {
+/* Logits of NTOK deterministic ids through `store` (NULL: resident), the
+ * engine guessing the next layer's experts when `prefetch`. */
+static float *logits_of(const mk_model *m, mk_expert_store *store, bool prefetch) {
     const mk_config *c = mk_model_config(m);
     int32_t ids[NTOK];
     for (int i = 0; i < NTOK; i++)
         ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     /* chunk 16: several prefill chunks, each using many experts */
-    mk_engine_opts o = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = store};
+    mk_engine_opts o = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = store,
+                        .prefetch_experts = prefetch};
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK)
         fail_msg("engine: %s", mk_err_msg());
@@ -74,12 +76,16 @@ typedef struct variant {
     mk_expert_policy policy;
     int io;
     bool direct;
+    bool prefetch; /* the engine hands the store its guess of the next layer's experts */
 } variant;
 
+/* slots_of 2: three tokens' experts, room to guess beside the current layer's */
 static const variant k_variants[] = {
-    {"k slots, FREQ, auto io, buffered", 0, MK_EXPERT_FREQ, 0, false},
-    {"half the experts, LRU, pread, O_DIRECT", 1, MK_EXPERT_LRU, 2, true},
-    {"half the experts, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true},
+    {"k slots, FREQ, auto io, buffered", 0, MK_EXPERT_FREQ, 0, false, false},
+    {"half the experts, LRU, pread, O_DIRECT", 1, MK_EXPERT_LRU, 2, true, false},
+    {"half the experts, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true, false},
+    {"3k slots, prefetch, FREQ, io_uring-or-pread, O_DIRECT", 2, MK_EXPERT_FREQ, 0, true, true},
+    {"half the experts, prefetch, LRU, pread, buffered", 1, MK_EXPERT_LRU, 2, false, true},
 };
 
 static void check_dir(const char *dir) {
@@ -91,7 +97,7 @@ static void check_dir(const char *dir) {
         fail_msg("open %s for streaming: %s", dir, mk_err_msg());
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
-    float *want = logits_of(res, NULL);
+    float *want = logits_of(res, NULL, false);
     uint64_t slot = mk_expert_store_slot_bytes(str);
     assert_true(slot > 0);
     assert_true(mk_model_expert_bytes(str) > 0);
@@ -100,28 +106,37 @@ static void check_dir(const char *dir) {
         int moe_layers = 0;
         for (int l = 0; l < c->num_layers; l++)
             moe_layers += mk_model_expert_loc(str, l, 0) != NULL;
-        uint64_t n = var->slots_of ? (uint64_t)moe_layers * (uint64_t)c->num_experts / 2
-                                   : (uint64_t)c->num_experts_per_tok;
+        uint64_t n = var->slots_of == 1   ? (uint64_t)moe_layers * (uint64_t)c->num_experts / 2
+                     : var->slots_of == 2 ? 3 * (uint64_t)c->num_experts_per_tok
+                                          : (uint64_t)c->num_experts_per_tok;
         mk_stream_opts so2 = {.cache_bytes = n * slot, .policy = var->policy, .io = var->io,
                               .direct = var->direct, .record_trace = true};
         mk_expert_store *s = NULL;
         if (mk_expert_store_stream(str, &so2, &s) != MK_OK)
             fail_msg("%s, %s: store: %s", dir, var->name, mk_err_msg());
-        float *got = logits_of(str, s);
+        float *got = logits_of(str, s, var->prefetch);
         size_t bad = 0;
         for (size_t i = 0; i < nv; i++)
             bad += memcmp(&got[i], &want[i], sizeof(float)) != 0;
         mk_expert_stats st;
         mk_expert_store_stats(s, &st);
         printf("  %s, %s: %d slots of %llu B, %llu uses, hit %.3f (oracle %.3f), %llu B read in %llu "
-               "reads (%s)\n",
+               "reads (%s); guesses %llu, used %llu\n",
                dir, var->name, st.slots, (unsigned long long)st.slot_bytes, (unsigned long long)st.uses,
                st.uses ? (double)st.hits / (double)st.uses : 0.0, st.oracle_hit,
-               (unsigned long long)st.bytes_read, (unsigned long long)st.reads, st.io);
+               (unsigned long long)st.bytes_read, (unsigned long long)st.reads, st.io,
+               (unsigned long long)st.pf_issued, (unsigned long long)st.pf_hits);
         if (bad)
             fail_msg("%s, %s: %zu of %zu logits differ from the resident store's", dir, var->name, bad, nv);
         assert_int_equal((int64_t)st.slots, (int64_t)n);
-        assert_true(st.uses > 0 && st.hits <= st.uses);
+        assert_true(st.uses > 0 && st.hits + st.pf_hits <= st.uses);
+        if (var->prefetch) { /* decode guessed, and a guess is never used twice */
+            assert_true(st.pf_issued > 0);
+            assert_true(st.pf_hits <= st.pf_issued);
+            assert_true(st.pf_bytes > 0 && st.pf_bytes <= st.bytes_read);
+        } else {
+            assert_true(st.pf_issued == 0 && st.pf_hits == 0 && st.pf_bytes == 0);
+        }
         assert_true(st.oracle_hit >= (double)st.hits / (double)st.uses - 1e-12);
         assert_true(st.bytes_read >= (st.uses - st.hits) * 1); /* every miss read something */
         free(got);
@@ -204,10 +219,19 @@ static void test_mlx_stacks(void **st) {
 
 /* ---- failures: read errors, short reads, a checkpoint changed on disk ---- */
 
-static int g_fail_after = -1, g_reads, g_short;
+static int g_fail_after = -1, g_reads, g_short, g_fail_once;
+
+/* Whether this read fails: every read from g_fail_after on, or only that
+ * one with g_fail_once. */
+static bool fail_now(void) {
+    if (g_fail_after < 0)
+        return false;
+    int i = g_reads++;
+    return g_fail_once ? i == g_fail_after : i >= g_fail_after;
+}
 
 static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
-    if (g_fail_after >= 0 && g_reads++ >= g_fail_after) {
+    if (fail_now()) {
         if (g_short)
             return 0; /* end of file here: a short read */
         errno = EIO;
@@ -218,7 +242,7 @@ static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
 
 static int f_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
     (void)fd, (void)buf, (void)n, (void)off;
-    if (g_fail_after >= 0 && g_reads++ >= g_fail_after)
+    if (fail_now())
         return g_short ? 0 : -EIO;
     return res;
 }
@@ -330,13 +354,109 @@ static void test_read_failures(void **st) {
     mk_model_free(str);
 }
 
+/* Guesses that fail. One read of a decode fails at a time (each position in
+ * turn): a failed guess is dropped without a word and the forward goes on
+ * bitwise equal to resident (the layer reads the expert itself if it needs
+ * it); a failed read the layer needs is the error naming the expert, and
+ * the store then serves a clean run bitwise equal again. Both must occur. */
+static void test_prefetch_failures(void **st) {
+    (void)st;
+    const char *dir = mk_test_fixture("tiny-qwen35moe/bf16");
+    if (!dir)
+        skip();
+    mk_model *res = NULL, *str = NULL;
+    assert_int_equal(mk_model_open(dir, &res), MK_OK);
+    mk_model_opts so = {.stream_experts = true};
+    assert_int_equal(mk_model_open_ex(dir, &so, &str), MK_OK);
+    const mk_config *c = mk_model_config(res);
+    size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
+    float *want = logits_of(res, NULL, false);
+    static const mk_os_vtbl v = {.pread = f_pread, .uring_result = f_uring_result};
+    int quiet = 0, loud = 0;
+    for (int io = 1; io <= 2; io++)
+        for (int at = 0; at < 400; at += 7) {
+            mk_stream_opts o = {.cache_bytes = 3 * (uint64_t)c->num_experts_per_tok * mk_expert_store_slot_bytes(str),
+                                .io = io};
+            mk_expert_store *s = NULL;
+            mk_status cs = mk_expert_store_stream(str, &o, &s);
+            if (cs == MK_E_UNSUPPORTED && io == 1)
+                break; /* no io_uring here: the pread case still runs */
+            assert_int_equal(cs, MK_OK);
+            mk_engine_opts eo = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = s,
+                                 .prefetch_experts = true};
+            mk_engine *e = NULL;
+            assert_int_equal(mk_engine_create(str, &eo, &e), MK_OK);
+            int32_t ids[NTOK];
+            for (int i = 0; i < NTOK; i++)
+                ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+            float *got = calloc(nv, sizeof(float));
+            assert_non_null(got);
+            assert_int_equal(mk_engine_forward(e, ids, NTOK / 2, MK_LOGITS_ALL, got, NULL), MK_OK);
+            g_reads = 0;
+            g_short = 0;
+            g_fail_once = 1;
+            g_fail_after = at;
+            mk_os_override(&v);
+            mk_status fs = MK_OK;
+            for (int i = NTOK / 2; i < NTOK && fs == MK_OK; i++)
+                fs = mk_engine_forward(e, ids + i, 1, MK_LOGITS_ALL, got + (size_t)i * (size_t)c->vocab_size, NULL);
+            mk_os_override(NULL);
+            int reads = g_reads;
+            g_fail_after = -1;
+            g_fail_once = 0;
+            mk_expert_stats es;
+            mk_expert_store_stats(s, &es);
+            if (at >= reads) { /* past the decode's reads: nothing failed */
+                mk_engine_free(e);
+                mk_expert_store_free(s);
+                free(got);
+                break;
+            }
+            if (fs == MK_OK) {
+                size_t bad = 0;
+                for (size_t i = 0; i < nv; i++)
+                    bad += memcmp(&got[i], &want[i], 4) != 0;
+                if (bad)
+                    fail_msg("read %d failed quietly but %zu logits differ from resident", at, bad);
+                assert_true(es.pf_failed == 1); /* only a guess may fail without an error */
+                quiet++;
+            } else {
+                assert_int_equal(fs, MK_E_IO);
+                assert_non_null(strstr(mk_err_msg(), "expert "));
+                assert_non_null(strstr(mk_err_msg(), "model.safetensors"));
+                loud++;
+                /* a clean run from the start is bitwise equal again */
+                mk_engine_reset(e);
+                assert_int_equal(mk_engine_forward(e, ids, NTOK / 2, MK_LOGITS_ALL, got, NULL), MK_OK);
+                for (int i = NTOK / 2; i < NTOK; i++)
+                    if (mk_engine_forward(e, ids + i, 1, MK_LOGITS_ALL, got + (size_t)i * (size_t)c->vocab_size,
+                                          NULL) != MK_OK)
+                        fail_msg("after the failure: %s", mk_err_msg());
+                size_t bad = 0;
+                for (size_t i = 0; i < nv; i++)
+                    bad += memcmp(&got[i], &want[i], 4) != 0;
+                if (bad)
+                    fail_msg("after a failed read, %zu logits differ from resident", bad);
+            }
+            mk_engine_free(e);
+            mk_expert_store_free(s);
+            free(got);
+        }
+    printf("  one failed read per decode: %d dropped guesses, %d errors\n", quiet, loud);
+    assert_true(quiet > 0);
+    assert_true(loud > 0);
+    free(want);
+    mk_model_free(res);
+    mk_model_free(str);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_per_expert), cmocka_unit_test(test_fp8),
         cmocka_unit_test(test_mla),           cmocka_unit_test(test_hybrids),
         cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
-        cmocka_unit_test(test_read_failures),
+        cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
