@@ -51,17 +51,27 @@ static void help(FILE *f) {
             "  --from P.json      allocate from this profile instead of profiling (refused when\n"
             "                     it was measured on another model: config.json hash)\n"
             "  --target-bpw X     bits per weight to allocate, scales and biases included\n"
+            "  --stats            peak RSS and, when experts stream, the expert cache's counters\n"
+            "                     on stderr at the end\n"
             "  --quiet            no progress on stderr\n"
             "  -h, --help         this text\n\n"
-            "Exit status: 0 ok, 2 bad input, 1 internal failure.\n");
+            "memory (the first form; the routing windows and the error pass both read experts\n"
+            "through the expert cache when they stream, the error pass one group of a layer's\n"
+            "experts at a time, so the budget holds whatever the model's size; --experts-per-token\n"
+            "and --prefetch do not apply to a profile; threads x 2 MiB of error buffers are counted\n"
+            "with the context):\n"
+            "%s\n"
+            "Exit status: 0 ok, 2 bad input, 1 internal failure.\n",
+            mk_ecli_mem_help);
 }
 
 typedef struct prof_cli {
     const char *model, *text, *out, *from;
     long long tokens;
     double target;
-    bool has_bits, quiet, force;
+    bool has_bits, quiet, force, stats;
     mk_prof_opts po;
+    mk_ecli_mem mm; /* --memory-budget and the expert-streaming flags */
 } prof_cli;
 
 /* "2,3,4" -> widths. false with a message in err on junk. */
@@ -188,7 +198,17 @@ static mk_status run_profile(prof_cli *o) {
     int32_t *ids = NULL;
     size_t n = 0;
     mk_prof *p = NULL;
-    mk_status st = mk_model_open(o->model, &m);
+    mk_model_opts mo = {0};
+    mk_status st = mk_ecli_mem_model_open(&o->mm, o->model, &mo, &m);
+    if (st == MK_OK && o->mm.stream) {
+        /* the routing windows' engine, and the error pass's per-thread row buffers
+         * (a chunk of 2^18 float32 elements plus its quantized copy, under 2 MiB) */
+        mk_engine_opts eo = {.threads = o->po.threads, .max_ctx = o->po.window};
+        long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+        uint64_t threads = o->po.threads > 0 ? (uint64_t)o->po.threads : cpus > 0 ? (uint64_t)cpus : 1;
+        st = mk_ecli_mem_store(&o->mm, m, mk_engine_bytes(m, &eo), threads * (2ull << 20));
+        o->po.store = o->mm.store;
+    }
     if (st == MK_OK)
         st = mk_ecli_tokenize_file(mk_model_dir(m), mk_model_config(m)->vocab_size, o->text, &ids, &n);
     if (st == MK_OK && (int64_t)n < o->po.window)
@@ -203,8 +223,11 @@ static mk_status run_profile(prof_cli *o) {
         st = mk_prof_save(p, o->out);
     if (st == MK_OK)
         print_profile(p, o->model, o->out);
+    if (st == MK_OK && o->stats)
+        mk_ecli_mem_stats(&o->mm, stderr);
     mk_prof_free(p);
     free(ids);
+    mk_ecli_mem_free(&o->mm);
     mk_model_free(m);
     return st;
 }
@@ -241,9 +264,11 @@ int cmd_profile(int argc, char **argv) {
         {"group-size", required_argument, 0, 'g'}, {"threads", required_argument, 0, 't'},
         {"out", required_argument, 0, 'o'},        {"from", required_argument, 0, 'F'},
         {"target-bpw", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
-        {"force", no_argument, 0, 'O'},
+        {"force", no_argument, 0, 'O'},            {"stats", no_argument, 0, 'S'},
+        MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
-    prof_cli o = {.tokens = 20000, .target = -1};
+    prof_cli o = {.tokens = 20000, .target = -1, .mm = {.cmd = "profile"}};
+    bool mine;
     mk_prof_opts_init(&o.po);
     long long v;
     char err[256];
@@ -288,14 +313,23 @@ int cmd_profile(int argc, char **argv) {
             if ((rc = mk_flag_real("profile", "--target-bpw", optarg, 0, 32, MK_FLAG_LO_OPEN, &o.target)) >= 0)
                 return rc;
             break;
+        case 'S': o.stats = true; break;
         case 'h': help(stdout); return 0;
         default:
-            return mk_cli_usage("profile", "unknown option or missing value: %s",
-                                argv[optind - 1]);
+            if ((rc = mk_ecli_mem_flag(&o.mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (!mine)
+                return mk_cli_usage("profile", "unknown option or missing value: %s",
+                                    argv[optind - 1]);
         }
     }
     if (optind != argc - 1)
         return mk_cli_usage("profile", "expected exactly one MODEL argument");
+    if (o.mm.experts_per_tok)
+        return mk_cli_usage("profile", "--experts-per-token does not apply to a profile: it would "
+                            "measure routing the model does not do");
+    if (o.mm.prefetch)
+        return mk_cli_usage("profile", "--prefetch guesses decode steps; a profile runs none");
     o.model = argv[optind];
     if (o.from) {
         if (o.text)

@@ -392,9 +392,23 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       "or drop --memory-budget / --stream-experts%s",
                       mk_backend_iface(o.backend)->name,
                       mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
+    MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o), 0));
+    o.store = mm->store;
+    o.prefetch_experts = mm->prefetch;
+    o.mem_limit = 0; /* the arena is counted in the budget */
+    mk_status s = mk_engine_create(m, &o, e);
+    if (s != MK_OK) {
+        mk_expert_store_free(mm->store);
+        mm->store = NULL;
+    }
+    return s;
+}
+
+mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, uint64_t extra) {
     const mk_config *c = mk_model_config(m);
-    uint64_t arena = mk_engine_bytes(m, &o);
+    uint64_t weights = mk_model_resident_bytes(m);
     uint64_t slot = mk_expert_store_slot_bytes(m);
+    arena += extra;
     uint64_t fixed = weights + arena + MK_ECLI_OVERHEAD;
     uint64_t least = fixed + (uint64_t)c->num_experts_per_tok * slot;
     if (mm->limit < least)
@@ -429,15 +443,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                 gib(weights), gib(arena), gib(MK_ECLI_OVERHEAD), gib((uint64_t)st.slots * st.slot_bytes),
                 st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers, st.pinned,
                 mm->policy == MK_EXPERT_LRU ? "LRU" : "FREQ", st.io);
-    o.store = mm->store;
-    o.prefetch_experts = mm->prefetch;
-    o.mem_limit = 0; /* the arena is counted above */
-    mk_status s = mk_engine_create(m, &o, e);
-    if (s != MK_OK) {
-        mk_expert_store_free(mm->store);
-        mm->store = NULL;
-    }
-    return s;
+    return MK_OK;
 }
 
 void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {

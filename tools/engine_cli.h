@@ -101,6 +101,12 @@ mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mod
  * (refusing, with the least budget that works, when one token's experts
  * do not fit); resident passes what is left as the engine's mem_limit. */
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e);
+/* Streaming only: create mm->store with an expert cache of what the budget
+ * leaves after the non-expert weights, `arena` bytes of engine buffers,
+ * `extra` bytes the command needs besides (counted with the context) and
+ * the overhead; refused naming the least budget when one token's experts
+ * do not fit. Prints the startup line. */
+mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, uint64_t extra);
 /* --stats lines: peak_rss_bytes, sanitizer, experts_streamed (0/1), and
  * the expert store's counters when streaming. */
 void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f);

@@ -121,6 +121,12 @@ typedef struct mk_prof_opts {
     const char *text_name;      /* calibration text, recorded in the profile (may be NULL) */
     mk_prof_progress_fn progress; /* optional */
     void *progress_user;
+    /* NULL: the model's own experts (resident). A streaming store (model
+     * opened with mk_model_opts.stream_experts, the store over it) bounds
+     * memory: the routing windows read experts through it, and the error
+     * pass takes each layer's experts in groups of what its cache holds.
+     * The profile is the same either way. */
+    struct mk_expert_store *store;
 } mk_prof_opts;
 
 /* Defaults as documented on the fields. */

@@ -36,6 +36,7 @@ typedef struct err_ctx {
     const mk_prof_opts *o;
     mk_prof_tensor *out;
     atomic_size_t next, done;
+    size_t done0, total; /* progress: this call's modules count from done0 of total */
     pthread_mutex_t mu;
     mk_err_slot err; /* first failure */
 } err_ctx;
@@ -176,7 +177,7 @@ static void worker(void *arg, int64_t b0, int64_t b1) {
         mk_err_slot_set(&c->err, st);
         size_t d = atomic_fetch_add(&c->done, 1) + 1;
         if (c->o->progress && st == MK_OK)
-            c->o->progress(c->o->progress_user, "error", (int64_t)d, (int64_t)c->n);
+            c->o->progress(c->o->progress_user, "error", (int64_t)(c->done0 + d), (int64_t)c->total);
         pthread_mutex_unlock(&c->mu);
     }
     bufs_free(&b);
@@ -194,8 +195,9 @@ static int by_size_desc(const void *a, const void *b) {
     return x->i < y->i ? -1 : 1; /* stable */
 }
 
-mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *o,
-                         mk_prof_tensor *out) {
+mk_status mk_prof_errors(const mk_prof_mod *mods, size_t nmods, const mk_prof_subset *sub,
+                         const mk_prof_opts *o, mk_prof_tensor *out) {
+    size_t n = sub ? sub->n : nmods;
     size_t *order = mk_malloc((n ? n : 1) * sizeof *order);
     sized *sz = mk_malloc((n ? n : 1) * sizeof *sz);
     if (!order || !sz) {
@@ -203,8 +205,10 @@ mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *
         free(sz);
         return mk_err(MK_E_NOMEM, "profile: no memory for %zu modules", n);
     }
-    for (size_t i = 0; i < n; i++)
-        sz[i] = (sized){(uint64_t)mods[i].w->rows * (uint64_t)mods[i].w->cols, i};
+    for (size_t k = 0; k < n; k++) {
+        size_t i = sub && sub->idx ? sub->idx[k] : k;
+        sz[k] = (sized){(uint64_t)mods[i].w->rows * (uint64_t)mods[i].w->cols, i};
+    }
     qsort(sz, n, sizeof *sz, by_size_desc);
     for (size_t i = 0; i < n; i++)
         order[i] = sz[i].i;
@@ -215,7 +219,8 @@ mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *
         free(order);
         return st;
     }
-    err_ctx c = {.mods = mods, .order = order, .n = n, .o = o, .out = out};
+    err_ctx c = {.mods = mods, .order = order, .n = n, .o = o, .out = out,
+                 .done0 = sub ? sub->done0 : 0, .total = sub && sub->total ? sub->total : n};
     atomic_init(&c.next, 0);
     atomic_init(&c.done, 0);
     pthread_mutex_init(&c.mu, NULL);

@@ -63,7 +63,10 @@ typedef struct mk_prof_mod {
     char *stack;  /* experts: switch_mlp module path */
     mk_prof_kind kind;
     int layer, expert;
-    const mk_wt *w; /* view into the model (valid while it is open) */
+    const mk_wt *w; /* view into the model (valid while it is open); streamed: the shape
+                       only until the error pass points it at the store's view */
+    bool streamed;  /* a routed expert of a model opened with stream_experts: its bytes
+                       come from the expert store, never from the model's views */
 } mk_prof_mod;
 
 /* Every linear module of `m` in a stable order: embedding, then per layer
@@ -73,10 +76,18 @@ typedef struct mk_prof_mod {
 mk_status mk_prof_walk(const mk_model *m, mk_prof_mod **mods, size_t *n);
 void mk_prof_walk_free(mk_prof_mod *mods, size_t n);
 
-/* Relative errors and bytes of every module at every width of `o`,
- * threaded; fills the EXPERT/LINEAR/ROUTER/FLOAT fields of out[i]
- * (usage excepted). */
-mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_opts *o,
-                         mk_prof_tensor *out);
+/* Which modules one mk_prof_errors call measures: idx[0..n) (NULL: all
+ * of mods), progress counted from done0 of total (0: n). */
+typedef struct mk_prof_subset {
+    const size_t *idx;
+    size_t n;
+    size_t done0, total;
+} mk_prof_subset;
+
+/* Relative errors and bytes of the modules of `sub` (every one when sub is
+ * NULL) at every width of `o`, threaded; fills the EXPERT/LINEAR/ROUTER/
+ * FLOAT fields of out[i] (usage excepted). */
+mk_status mk_prof_errors(const mk_prof_mod *mods, size_t n, const mk_prof_subset *sub,
+                         const mk_prof_opts *o, mk_prof_tensor *out);
 
 #endif

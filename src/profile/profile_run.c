@@ -20,6 +20,7 @@
 #include "core/alloc.h"
 #include "model/model_impl.h"
 #include "moekit/engine.h"
+#include "moekit/expert_store.h"
 #include "moekit/quant.h"
 #include "profile/profile_impl.h"
 
@@ -55,7 +56,7 @@ static void route_acc_free(route_acc *a) {
 static mk_status run_windows(const mk_model *m, const int32_t *ids, int64_t nw,
                              const mk_prof_opts *o, route_acc *a) {
     mk_engine_opts eo = {.threads = o->threads, .max_ctx = o->window, .on_route = on_route,
-                         .on_route_user = a};
+                         .on_route_user = a, .store = o->store};
     mk_engine *e = NULL;
     MK_TRY(mk_engine_create(m, &eo, &e));
     mk_status st = MK_OK;
@@ -173,14 +174,98 @@ static mk_status check_opts(const mk_prof_opts *o, int *bits) {
     return MK_OK;
 }
 
+/* Errors of a model whose experts stream: first every module the model
+ * holds, then each MoE layer's experts in groups of as many as the store's
+ * cache can hold at once (each group acquired, measured from the store's
+ * views, released), so memory stays the store's bound whatever the model. */
+static mk_status streamed_errors(mk_prof_mod *mods, size_t n, const mk_prof_opts *o, mk_prof_tensor *t) {
+    mk_expert_stats es;
+    mk_expert_store_stats(o->store, &es);
+    size_t *idx = mk_malloc((n ? n : 1) * sizeof *idx);
+    int *ex = mk_malloc((size_t)(n / 3 + 1) * sizeof *ex);
+    if (!idx || !ex) {
+        free(idx);
+        free(ex);
+        return mk_err(MK_E_NOMEM, "profile: no memory for the order of %zu modules", n);
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++)
+        if (!mods[i].streamed)
+            idx[k++] = i;
+    mk_status st = mk_prof_errors(mods, n, &(mk_prof_subset){idx, k, 0, n}, o, t);
+    size_t done = k;
+    int room = es.slots - es.pinned;
+    for (size_t i = 0; st == MK_OK && i < n;) {
+        if (!mods[i].streamed) {
+            i++;
+            continue;
+        }
+        /* a run of one layer's experts, 3 modules (gate, up, down) each, in expert order */
+        int layer = mods[i].layer, ne = 0;
+        size_t base = i;
+        while (i < n && mods[i].streamed && mods[i].layer == layer) {
+            if (mods[i].expert != mods[base].expert + (int)((i - base) / 3))
+                break;
+            i++;
+        }
+        size_t run = i - base;
+        if (run % 3 || room < 1) {
+            st = mk_err(MK_E_INTERNAL, "profile: layer %d: %zu expert modules, or a cache of %d slots", layer,
+                        run, room);
+            break;
+        }
+        for (size_t g0 = 0; st == MK_OK && g0 < run / 3; g0 += (size_t)room) {
+            size_t g1 = g0 + (size_t)room < run / 3 ? g0 + (size_t)room : run / 3;
+            ne = 0;
+            for (size_t g = g0; g < g1; g++)
+                ex[ne++] = mods[base + 3 * g].expert;
+            st = mk_expert_store_acquire(o->store, layer, ex, ne);
+            int taken = 0;
+            for (; st == MK_OK && taken < ne; taken++) {
+                int x;
+                const mk_expert *v;
+                st = mk_expert_store_next(o->store, layer, &x, &v);
+                if (st != MK_OK)
+                    break;
+                size_t at = base + 3 * (size_t)(x - mods[base].expert);
+                mods[at].w = &v->gate;
+                mods[at + 1].w = &v->up;
+                mods[at + 2].w = &v->down;
+            }
+            if (st == MK_OK) {
+                k = 0;
+                for (size_t g = 3 * g0; g < 3 * g1; g++)
+                    idx[k++] = base + g;
+                st = mk_prof_errors(mods, n, &(mk_prof_subset){idx, k, done, n}, o, t);
+                done += k;
+            }
+            for (int j = 0; j < taken; j++) /* taken ones, whatever happened after */
+                mk_expert_store_release(o->store, layer, ex[j]);
+            for (size_t g = 3 * g0; g < 3 * g1; g++) /* the views die with the release */
+                mods[base + g].w = NULL;
+            if (st != MK_OK)
+                st = mk_err_wrap(st, "profile: experts of layer %d", layer);
+        }
+    }
+    free(idx);
+    free(ex);
+    return st;
+}
+
 /* Errors of every module, then the tensors (names moved out of mods). */
 static mk_status measure_tensors(const mk_model *m, const mk_prof_opts *o, mk_prof *p) {
     mk_prof_mod *mods = NULL;
     size_t n = 0;
     MK_TRY(mk_prof_walk(m, &mods, &n));
     mk_prof_tensor *t = mk_calloc(n ? n : 1, sizeof *t);
-    mk_status st = t ? mk_prof_errors(mods, n, o, t)
-                     : mk_err(MK_E_NOMEM, "profile: no memory for %zu tensors", n);
+    bool streamed = false;
+    for (size_t i = 0; i < n; i++)
+        streamed |= mods[i].streamed;
+    mk_status st = !t ? mk_err(MK_E_NOMEM, "profile: no memory for %zu tensors", n)
+                   : !streamed ? mk_prof_errors(mods, n, NULL, o, t)
+                   : o->store ? streamed_errors(mods, n, o, t)
+                              : mk_err(MK_E_ARG, "profile: %s was opened for streaming experts but no "
+                                       "expert store was given (mk_prof_opts.store)", mk_model_dir(m));
     for (size_t i = 0; st == MK_OK && i < n; i++) {
         t[i].name = mods[i].name;
         t[i].source = mods[i].source;

@@ -59,7 +59,7 @@ static void emit(walker *w, const char *canon, char *source, char *stack, mk_pro
         free(stack);
         return;
     }
-    w->v[w->n++] = (mk_prof_mod){name, source, stack, kind, layer, expert, wt};
+    w->v[w->n++] = (mk_prof_mod){name, source, stack, kind, layer, expert, wt, false};
 }
 
 /* A non-expert module of layer l: "self_attn.q_proj" etc. */
@@ -146,13 +146,23 @@ static void walk_moe(walker *w, int l, const mk_moe_w *moe) {
         emit_mod(w, l, "mlp.shared_expert_gate", MK_PROF_ROUTER, &moe->shared_gate);
     for (int e = 0; e < c->num_experts; e++)
         for (int j = 0; j < 3; j++) {
-            const mk_expert *x = &moe->experts[e];
-            const mk_wt *wt = j == 0 ? &x->gate : j == 1 ? &x->up : &x->down;
+            /* streamed experts: their shapes from the file locations (the
+             * views are not theirs to read; the error pass gets the store's) */
+            const mk_wt *wt;
+            if (moe->locs) {
+                const mk_expert_loc *x = &moe->locs[e];
+                wt = j == 0 ? &x->gate.q : j == 1 ? &x->up.q : &x->down.q;
+            } else {
+                const mk_expert *x = &moe->experts[e];
+                wt = j == 0 ? &x->gate : j == 1 ? &x->up : &x->down;
+            }
             char canon[256], stack[256];
             snprintf(canon, sizeof canon, "model.layers.%d.mlp.experts.%d.%s", l, e, k_proj[j]);
             snprintf(stack, sizeof stack, "model.layers.%d.mlp.switch_mlp.%s", l, k_proj[j]);
             emit(w, canon, expert_source(w, l, e, j), mlx_name(w, stack), MK_PROF_EXPERT, l, e,
                  wt);
+            if (w->st == MK_OK && moe->locs)
+                w->v[w->n - 1].streamed = true;
         }
 }
 
