@@ -85,10 +85,13 @@ static inline float mk_f16_to_f32(uint16_t h) {
     return (h & 0x8000u) ? -f : f;
 }
 uint16_t mk_f32_to_f16(float f);
-/* MLX's E4M3 decode (mxfp8 elements, nvfp4 scales): every byte is a
- * number, 0x7f/0xff are +-480 (MLX's CPU quantizer encodes (464, 480) as
- * 0x7f), unlike E4M3FN where they are NaN. 2^(e-7) by rebiasing. */
-static inline float mk_e4m3mx_to_f32(uint8_t b) {
+/* FP8 E4M3FN decode, the one E4M3 of every reader: checkpoint FP8, and
+ * MLX's mxfp8 elements and nvfp4 scales (MLX's E4M3 is the "fn" variant
+ * too). No infinities; 0x7f/0xff are NaN; the largest finite magnitude is
+ * 0x7e = 448. 2^(e-7) by rebiasing the 7 low bits into a float32. */
+static inline float mk_e4m3_to_f32(uint8_t b) {
+    if ((b & 0x7fu) == 0x7fu)
+        return mk_bits_f32(0x7fc00000u);
     float v = mk_bits_f32((uint32_t)(b & 0x7fu) << 20) * ((float)(1ull << 60) * (float)(1ull << 60)) /* 2^120 */;
     return (b & 0x80u) ? -v : v;
 }
@@ -113,7 +116,6 @@ static inline float mk_dtype_load_f32(mk_dtype t, const void *p, int64_t i) {
     memcpy(&h, b + 2 * i, 2);
     return t == MK_DT_BF16 ? mk_bf16_to_f32(h) : mk_f16_to_f32(h);
 }
-float mk_e4m3_to_f32(uint8_t b);  /* E4M3FN: no inf, 0x7f/0xff NaN, max 448 */
 float mk_e5m2_to_f32(uint8_t b);  /* IEEE-like, bias 15 */
 float mk_e8m0_to_f32(uint8_t b);  /* 2^(b-127); 0xff NaN */
 uint8_t mk_f32_to_e4m3(float f);  /* round to nearest even, saturating at 448 */

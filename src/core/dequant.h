@@ -13,9 +13,8 @@
 #include "moekit/weight.h"
 
 typedef struct mk_luts {
-    float e4m3[256];    /* FP8 E4M3FN byte -> float (0x7f/0xff NaN): checkpoint FP8 */
-    float e4m3_mx[256]; /* MLX's E4M3 (mxfp8 elements, nvfp4 scales): 0x7f/0xff are +-480,
-                           not NaN (mk_e4m3mx_to_f32) */
+    float e4m3[256];    /* FP8 E4M3FN byte -> float (0x7f/0xff NaN): checkpoint FP8, MLX
+                           mxfp8 elements and nvfp4 scales (mk_e4m3_to_f32) */
     float e5m2[256];    /* FP8 E5M2 byte -> float */
     float e8m0[256];    /* 2^(b-127), 0xff NaN */
     float e2m1[16];     /* FP4 E2M1 nibble -> float: 0,.5,1,1.5,2,3,4,6, sign bit 3 */

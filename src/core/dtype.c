@@ -72,18 +72,6 @@ uint16_t mk_f32_to_f16(float f) {
     return sign | (uint16_t)h;
 }
 
-float mk_e4m3_to_f32(uint8_t b) {
-    int s = b >> 7, e = (b >> 3) & 0xf, m = b & 7;
-    float v;
-    if (e == 0xf && m == 7)
-        return NAN;
-    if (e == 0)
-        v = ldexpf((float)m / 8.0f, -6);
-    else
-        v = ldexpf(1.0f + (float)m / 8.0f, e - 7);
-    return s ? -v : v;
-}
-
 float mk_e5m2_to_f32(uint8_t b) {
     int s = b >> 7, e = (b >> 2) & 0x1f, m = b & 3;
     float v;

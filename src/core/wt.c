@@ -26,7 +26,6 @@ static pthread_once_t g_luts_once = PTHREAD_ONCE_INIT;
 static void luts_build(void) {
     for (int b = 0; b < 256; b++) {
         g_luts.e4m3[b] = mk_e4m3_to_f32((uint8_t)b);
-        g_luts.e4m3_mx[b] = mk_e4m3mx_to_f32((uint8_t)b);
         g_luts.e5m2[b] = mk_e5m2_to_f32((uint8_t)b);
         g_luts.e8m0[b] = mk_e8m0_to_f32((uint8_t)b);
     }
@@ -90,7 +89,7 @@ static void dq_fp4(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out
     const uint8_t *sc = (const uint8_t *)w->scales + r * ng;
     for (int64_t c = c0; c < c1; c++) {
         uint8_t nib = (uint8_t)((p[c / 2] >> (4 * (c & 1))) & 15u);
-        float s = nv ? L->e4m3_mx[sc[c / gs]] * w->global_scale : L->e8m0[sc[c / gs]];
+        float s = nv ? L->e4m3[sc[c / gs]] * w->global_scale : L->e8m0[sc[c / gs]];
         out[c - c0] = L->e2m1[nib] * s;
     }
 }
@@ -101,7 +100,7 @@ static void dq_mxfp8(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *o
     const uint8_t *p = (const uint8_t *)w->data + r * w->cols;
     const uint8_t *sc = (const uint8_t *)w->scales + r * (w->cols / 32);
     for (int64_t c = c0; c < c1; c++)
-        out[c - c0] = L->e4m3_mx[p[c]] * L->e8m0[sc[c / 32]];
+        out[c - c0] = L->e4m3[p[c]] * L->e8m0[sc[c / 32]];
 }
 
 /* ---- checks ----------------------------------------------------------- */

@@ -427,7 +427,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
             static const float e2m1[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
             for (int b = 0; b < 256; b++) { /* as wt.c's luts_build */
                 h->e4m3[b] = mk_e4m3_to_f32((uint8_t)b);
-                h->e4m3_mx[b] = (b & 0x7f) == 0x7f ? ((b & 0x80) ? -480.0f : 480.0f) : h->e4m3[b];
+                h->e4m3_mx[b] = h->e4m3[b]; /* MLX's E4M3 is E4M3FN: 0x7f/0xff NaN */
                 h->e5m2[b] = mk_e5m2_to_f32((uint8_t)b);
                 h->e8m0[b] = mk_e8m0_to_f32((uint8_t)b);
             }

@@ -19,7 +19,7 @@
 
 /* Lookup tables of the 8- and 4-bit float codes, copied to the device from
  * dtype.h's scalar conversions (the CPU's definitions, so values agree bit
- * for bit). e4m3_mx: MX's E4M3 has no NaN (0x7f is 480, as wt.c). */
+ * for bit). e4m3_mx equals e4m3: MLX's E4M3 is E4M3FN (0x7f/0xff NaN). */
 struct mkb_luts {
     float e4m3[256], e4m3_mx[256], e5m2[256], e8m0[256], e2m1[16];
 };

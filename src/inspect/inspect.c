@@ -257,6 +257,42 @@ static mk_status scan_tensor(const mk_ckpt *ck, const mk_tensor_info *t, json_t 
     return MK_OK;
 }
 
+/* MLX's E4M3 is E4M3FN: a byte 0x7f/0xff of an mxfp8 weight or an nvfp4
+ * scale is a NaN (MLX's quantizer never writes one; an encoder that let
+ * values round past 448 did). Counted from the bytes, as the float scan
+ * counts NaN values. cfg may be NULL. */
+static mk_status scan_mx(const mk_ckpt *ck, const mk_config *cfg, const mk_tensor_info *t, json_t *problems,
+                         uint64_t *nan_total) {
+    if (t->dtype != MK_DT_U32 || mk_qview_is_companion(ck, t->name))
+        return MK_OK;
+    mk_qview v;
+    if (mk_qview_open(ck, cfg, t->name, &v) != MK_OK) {
+        mk_err_clear(); /* not a module the scan reads: the report says so elsewhere */
+        return MK_OK;
+    }
+    const mk_tensor_info *part = v.kind != MK_QK_MLX ? NULL
+                                 : v.wt.fmt == MK_WF_MXFP8 ? v.sm.part[MK_SP_WEIGHT]
+                                 : v.wt.fmt == MK_WF_NVFP4 ? v.sm.part[MK_SP_SCALES]
+                                                           : NULL;
+    bool elems = v.wt.fmt == MK_WF_MXFP8;
+    mk_qview_close(&v);
+    if (!part)
+        return MK_OK;
+    unsigned char buf[1 << 16];
+    uint64_t nan = 0;
+    for (uint64_t off = 0; off < part->nbytes; off += sizeof buf) {
+        size_t n = part->nbytes - off < sizeof buf ? (size_t)(part->nbytes - off) : sizeof buf;
+        MK_TRY(mk_ckpt_read(ck, part, off, buf, n));
+        for (size_t k = 0; k < n; k++)
+            nan += (buf[k] & 0x7fu) == 0x7fu;
+    }
+    if (nan)
+        problem(problems, "nonfinite", part->name, "%llu NaN %s (E4M3 bytes 0x7f/0xff)", (unsigned long long)nan,
+                elems ? "mxfp8 elements" : "nvfp4 scales");
+    *nan_total += nan;
+    return MK_OK;
+}
+
 /* ---- the report -------------------------------------------------------- */
 
 static const char *layout_name(int mask) {
@@ -609,8 +645,11 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     mk_status s = MK_OK;
     if (opts && opts->scan) {
         uint64_t nan = 0, inf = 0, big = 0;
-        for (size_t i = 0; i < n && s == MK_OK; i++)
+        for (size_t i = 0; i < n && s == MK_OK; i++) {
             s = scan_tensor(ck, mk_ckpt_tensor(ck, i), problems, &nan, &inf, &big);
+            if (s == MK_OK)
+                s = scan_mx(ck, have_cfg ? &cfg : NULL, mk_ckpt_tensor(ck, i), problems, &nan);
+        }
         json_object_set_new(rep, "scan", json_pack("{s:I,s:I,s:I}", "nan", (json_int_t)nan, "inf", (json_int_t)inf,
                                                    "outside_f16", (json_int_t)big));
     }

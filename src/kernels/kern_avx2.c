@@ -79,10 +79,13 @@ MK_T static inline vf ld_f16(const uint8_t *p) {
  * arithmetic shift right by one lines the 4-bit exponent and 3-bit mantissa
  * up under f16's 5/10 fields (bias 15 vs 7, so value / 2^8, subnormals
  * included) and leaves the sign in bit 15 and a copy in bit 14, cleared by
- * the mask. NaN bytes come out as 480/256. */
+ * the mask. The NaN bytes (0x7f/0xff) would come out as 480/256: their
+ * lanes get f16's exponent all ones and a mantissa bit, NaN like the LUT's. */
 MK_T static inline vf ld_e4m3(const uint8_t *p) {
-    __m128i h = _mm_unpacklo_epi8(_mm_setzero_si128(), ld64(p));
-    h = _mm_and_si128(_mm_srai_epi16(h, 1), _mm_set1_epi16((short)0xbfff));
+    __m128i b = _mm_unpacklo_epi8(_mm_setzero_si128(), ld64(p));
+    __m128i h = _mm_and_si128(_mm_srai_epi16(b, 1), _mm_set1_epi16((short)0xbfff));
+    __m128i nan = _mm_cmpeq_epi16(_mm_and_si128(b, _mm_set1_epi16(0x7f00)), _mm_set1_epi16(0x7f00));
+    h = _mm_or_si128(h, _mm_and_si128(nan, _mm_set1_epi16(0x7e00)));
     return _mm256_cvtph_ps(h);
 }
 

@@ -58,10 +58,12 @@ MK_T static inline vf ld_f16(const uint8_t *p) {
     return _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)p));
 }
 
-/* E4M3 -> f16 bits (value / 2^8), as in kern_avx2.c. */
+/* E4M3 -> f16 bits (value / 2^8), NaN bytes to NaN, as in kern_avx2.c. */
 MK_T static inline vf ld_e4m3(const uint8_t *p) {
-    __m256i h = _mm256_slli_epi16(_mm256_cvtepu8_epi16(ld128(p)), 8);
-    h = _mm256_and_si256(_mm256_srai_epi16(h, 1), _mm256_set1_epi16((short)0xbfff));
+    __m256i b = _mm256_slli_epi16(_mm256_cvtepu8_epi16(ld128(p)), 8);
+    __m256i h = _mm256_and_si256(_mm256_srai_epi16(b, 1), _mm256_set1_epi16((short)0xbfff));
+    __m256i nan = _mm256_cmpeq_epi16(_mm256_and_si256(b, _mm256_set1_epi16(0x7f00)), _mm256_set1_epi16(0x7f00));
+    h = _mm256_or_si256(h, _mm256_and_si256(nan, _mm256_set1_epi16(0x7e00)));
     return _mm512_cvtph_ps(h);
 }
 

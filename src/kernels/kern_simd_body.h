@@ -406,7 +406,7 @@ MK_T static inline vf KSFX(qdot_mxfp4)(const uint8_t *p, const float *xp) {
 /* Scale bytes, with the loaders' factors folded in (fp4 codes come as 2x). */
 #define MK_SC_MXFP4(b) (L->e8m0[b] * 0.5f)
 #define MK_SC_MXFP8(b) (L->e8m0[b] * MK_E4M3_K)
-#define MK_SC_NVFP4(b) (L->e4m3_mx[b] * w->global_scale * 0.5f)
+#define MK_SC_NVFP4(b) (L->e4m3[b] * w->global_scale * 0.5f)
 
 MK_MV_MICRO(mv_mxfp4, 32, 4, KSFX(qdot_mxfp4)(p + c / 2, aux + c), MK_SC_MXFP4)
 MK_MV_MICRO(mv_mxfp8, 32, 8, KSFX(qdot_mxfp8)(p + c, x + c), MK_SC_MXFP8)

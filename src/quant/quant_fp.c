@@ -87,11 +87,11 @@ static fp_scale nv_scale(float amax, float maxval, const mk_qparams *p, mk_dtype
     if (p->global_scale > 0.0f) {
         float enc = (448.0f * 6.0f) / p->global_scale;
         fs.byte = mk_q_e4m3_encode(s * enc);
-        fs.div = mk_e4m3mx_to_f32(fs.byte) / enc;
+        fs.div = mk_e4m3_to_f32(fs.byte) / enc;
         fs.elem_dt = MK_DT_F32;
     } else {
         fs.byte = mk_q_e4m3_encode(s);
-        fs.div = mk_e4m3mx_to_f32(fs.byte); /* every E4M3 value is exact in f16/bf16 */
+        fs.div = mk_e4m3_to_f32(fs.byte); /* every E4M3 value is exact in f16/bf16 */
         fs.elem_dt = t;
     }
     return fs;
@@ -151,7 +151,7 @@ void mk_q_fp_rows(const mk_qparams *p, mk_dtype in_dt, const unsigned char *in, 
 static float fp_deq_scale(const mk_qparams *p, uint8_t byte, mk_dtype work_dt) {
     if (g_fp_modes[p->mode].e8m0) /* MLX: 2^(byte - 127) in the output type; 255 -> Inf */
         return mk_q_round_to(work_dt, ldexpf(1.0f, (int)byte - 127));
-    float s = mk_e4m3mx_to_f32(byte);
+    float s = mk_e4m3_to_f32(byte);
     if (p->global_scale > 0.0f)
         s = mk_q_round_to(work_dt, s / ((448.0f * 6.0f) / p->global_scale));
     return s;
@@ -167,7 +167,7 @@ void mk_q_fp_deq(const mk_qparams *p, const unsigned char *wq_row, const unsigne
         mk_q_unpack(wq_row + (size_t)g * gwq, G, bits, q);
         for (int j = 0; j < G; j++) {
             float v = bits == 4 ? mk_e2m1_to_f32((uint8_t)q[j])
-                                : mk_e4m3mx_to_f32((uint8_t)q[j]);
+                                : mk_e4m3_to_f32((uint8_t)q[j]);
             out[j] = mk_q_round_to(work_dt, v * s);
         }
     }

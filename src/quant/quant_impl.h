@@ -45,9 +45,9 @@ static inline float mk_q_bitsf(uint32_t u) {
     return f;
 }
 
-/* Element decoders (f16, bf16, MLX's E4M3) and "element i of an F32/F16/BF16
+/* Element decoders (f16, bf16, E4M3) and "element i of an F32/F16/BF16
  * array" are core's, in moekit/dtype.h: mk_f16_to_f32, mk_dtype_load_f32,
- * mk_e4m3mx_to_f32. */
+ * mk_e4m3_to_f32. */
 
 /* n consecutive elements starting at element i0 into dst (float32). */
 static inline void mk_q_load_n(mk_dtype t, const void *p, int64_t i0, int n, float *dst) {
@@ -97,16 +97,17 @@ static inline float mk_q_rint(float x) {
     return copysignf(r, x);
 }
 
-/* float -> E4M3 byte exactly as MLX's CPU ToFP8 (mlx/backend/cpu/unary_ops.h):
- * nearest-even onto the E4M3 grid where code 0x7f counts as 480 (MLX has no
- * NaN code), values >= 480, Inf and NaN saturate to 0x7e (448), the sign bit
- * is kept (so -0 gives 0x80). Note the gap: 470 -> 0x7f but 490 -> 0x7e. */
+/* float -> E4M3FN byte as MLX's quantizer writes it (mxfp8 elements, nvfp4
+ * scales): nearest-even onto the finite E4M3 grid, saturating: anything that
+ * would round past 448 (|x| > 464, where 0x7f would follow; 0x7f/0xff are
+ * NaN), Inf and NaN give 0x7e (448), the sign bit kept (-0 gives 0x80).
+ * 464 itself is a tie between 448 and the NaN code and goes to 0x7e. */
 static inline uint8_t mk_q_e4m3_encode(float f) {
     uint32_t u = mk_q_fbits(f);
     uint32_t sign = u & 0x80000000u;
     u ^= sign;
     uint8_t r;
-    if (u >= 0x43f00000u) /* 480.0f and above, Inf, NaN */
+    if (u > 0x43e80000u) /* above 464.0f (it would round to 0x7f, NaN), Inf, NaN: saturate */
         r = 0x7e;
     else if (u < 0x3c800000u) /* below 2^-6: subnormal steps of 2^-9, the FPU rounds */
         r = (uint8_t)(mk_q_fbits(mk_q_bitsf(u) + 0x1p14f) - 0x46800000u);

@@ -172,23 +172,28 @@ def affine_case(dt, bits, group, rows_vals):
 
 
 # ---------------------------------------------------------------------------
-# E4M3 as MLX's CPU ToFP8 / FromFP8 see it: no NaN code, 0x7f is 480;
-# |x| >= 480 (and NaN/Inf) saturate to 0x7e = 448.
+# E4M3 as MLX stores it: the "fn" variant. 0x7f/0xff are NaN, the largest
+# finite magnitude is 0x7e = 448, and MLX's quantizer saturates: whatever
+# would round above 448 (|x| > 464, and Inf/NaN) is 0x7e. (An earlier
+# version of this generator let (464, 480) round to 0x7f as if it were 480;
+# issue 15 records MLX's own output saturating at 0x7e.)
 
 
 def e4m3_value(code):
     e, m = (code >> 3) & 15, code & 7
+    if e == 15 and m == 7:
+        return math.nan
     v = (m / 8.0) * 2.0 ** -6 if e == 0 else (1 + m / 8.0) * 2.0 ** (e - 7)
     return -v if code & 0x80 else v
 
 
-E4M3_GRID = [(Fraction(e4m3_value(c)), c) for c in range(0x80)]  # ascending
+E4M3_GRID = [(Fraction(e4m3_value(c)), c) for c in range(0x7F)]  # ascending, finite
 
 
 def to_e4m3(x):
     sign = 0x80 if math.copysign(1.0, x) < 0 else 0
     a = abs(x)
-    if math.isnan(a) or a >= 480.0:
+    if math.isnan(a) or a > 448.0:
         return sign | 0x7E
     fa = Fraction(a)
     best = None
@@ -368,7 +373,7 @@ def fp_patterns(mode, dt):
     tie_amax = exponent_tie_amax(dt, maxval, 8)
 
     def ties(rng, G, gi):
-        if mode == "mxfp8":  # scale 1: E4M3 ties, the 464..480 quirk, subnormal ties
+        if mode == "mxfp8":  # scale 1: E4M3 ties, saturation above 448 (464..480), subnormal ties
             v = [470.0, 464.0, 1.0625, 1.1875, -1.0625, 2.0 ** -10, 3 * 2.0 ** -10, -(2.0 ** -10),
                  479.0, 0.0, -3.25, 3.375]
         else:  # scale 1 (amax 6): fp4 ties go to the smaller magnitude
@@ -395,7 +400,7 @@ def fp_patterns(mode, dt):
 
     def scale_edges(rng, G, gi):
         # nvfp4: amax/6 in E4M3's subnormal range, below it (scale byte 0),
-        # in the 464..480 gap (byte 0x7f) and above 480 (saturated 0x7e);
+        # in the 464..480 gap and above 480 (both saturated to 0x7e = 448);
         # mx*: huge and small exponents
         amax = [6 * 2.0 ** -11, 6 * 0.6 * 2.0 ** -9, 6 * 470.0, 6 * 1000.0,
                 6 * 3 * 2.0 ** -9, 1e4, 2.0 ** -20, 7.0][gi % 8]

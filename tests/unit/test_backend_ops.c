@@ -306,7 +306,8 @@ static void make_w(wbuf *b, int kind, int64_t rows, int64_t cols) {
         w->fmt = kind == 12 ? MK_WF_MXFP4 : kind == 13 ? MK_WF_MXFP8 : MK_WF_NVFP4;
         w->bits = kind == 13 ? 8 : 4;
         w->group = gs;
-        b->data = rbytes(rows * cols * w->bits / 8, -1);
+        /* mxfp8 elements: no E4M3FN NaN codes (0x7f/0xff); fp4 nibbles have none */
+        b->data = rbytes(rows * cols * w->bits / 8, kind == 13 ? 0x7f : -1);
         uint8_t *s = malloc((size_t)(rows * cols / gs));
         for (int64_t i = 0; i < rows * cols / gs; i++) /* E8M0 2^-7..2^0; E4M3 0.125..2 */
             s[i] = kind == 14 ? (uint8_t)(0x28 + rnd() % 0x18) : (uint8_t)(120 + rnd() % 8);

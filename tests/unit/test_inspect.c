@@ -181,6 +181,57 @@ static void test_f16_gdn_and_scan(void **st) {
     free(d);
 }
 
+/* Put byte v at byte `at` of tensor `name` in dir's checkpoint. */
+static void patch_byte(const char *dir, const char *name, uint64_t at, unsigned char v) {
+    mk_ckpt *ck = NULL;
+    assert_int_equal(mk_ckpt_open(dir, MK_CKPT_NO_MMAP, &ck), MK_OK);
+    const mk_tensor_info *t = mk_ckpt_find(ck, name);
+    assert_non_null(t);
+    assert_true(at < t->nbytes);
+    FILE *f = fopen(mk_ckpt_shard_path(ck, (size_t)t->shard), "r+b");
+    assert_non_null(f);
+    assert_int_equal(fseek(f, (long)(t->file_offset + at), SEEK_SET), 0);
+    assert_int_equal(fputc(v, f), v);
+    assert_int_equal(fclose(f), 0);
+    mk_ckpt_close(ck);
+}
+
+/* MLX's E4M3 is E4M3FN (issue 15): an 0x7f/0xff byte of an mxfp8 weight or
+ * of an nvfp4 scale is a NaN, and --scan counts it, naming the tensor. */
+static void test_scan_mx_nan(void **st) {
+    (void)st;
+    static const char *const modes[] = {"mxfp8", "nvfp4"};
+    for (int k = 0; k < 2; k++) {
+        char *d = mk_test_tmpdir("insp-mx");
+        char cfg[512];
+        int bits = k == 0 ? 8 : 4, gs = k == 0 ? 32 : 16;
+        snprintf(cfg, sizeof cfg,
+                 "{\"model_type\":\"qwen3_moe\",\"num_hidden_layers\":1,\"hidden_size\":64,"
+                 "\"num_experts\":4,\"num_experts_per_tok\":2,"
+                 "\"quantization\":{\"group_size\":%d,\"bits\":%d,\"mode\":\"%s\"}}", gs, bits, modes[k]);
+        const char *names[] = {"model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.scales"};
+        mk_dtype dts[] = {MK_DT_U32, MK_DT_U8};
+        const int64_t sh[][3] = {{4, 64 * bits / 32}, {4, 64 / gs}};
+        int nd[] = {2, 2};
+        write_ckpt(d, cfg, names, dts, sh, nd, 2);
+        json_t *r = run(d, true);
+        assert_int_equal(iget(r, "scan", "nan"), 0);
+        json_decref(r);
+        /* one NaN code where MLX's E4M3 has one: an element (mxfp8) or a scale (nvfp4);
+         * 0xff in the other tensor is an fp4 nibble pair / an E8M0 exponent, not NaN */
+        patch_byte(d, names[k], 5, 0xff);
+        patch_byte(d, names[1 - k], 1, 0xff);
+        r = run(d, true);
+        assert_int_equal(iget(r, "scan", "nan"), 1);
+        assert_true(has_problem(r, "nonfinite", k == 0 ? "1 NaN mxfp8 elements" : "1 NaN nvfp4 scales"));
+        json_t *pr = json_array_get(json_object_get(r, "problems"), json_array_size(json_object_get(r, "problems")) - 1);
+        assert_string_equal(json_string_value(json_object_get(pr, "where")), names[k]);
+        json_decref(r);
+        mk_test_rmrf(d);
+        free(d);
+    }
+}
+
 static void test_unreadable(void **st) {
     (void)st;
     char *txt = NULL;
@@ -193,6 +244,7 @@ int main(void) {
         cmocka_unit_test(test_vl_fused),          cmocka_unit_test(test_all_fixtures),
         cmocka_unit_test(test_bits_mismatch),     cmocka_unit_test(test_expert_gap_and_unexpected),
         cmocka_unit_test(test_f16_gdn_and_scan),  cmocka_unit_test(test_unreadable),
+        cmocka_unit_test(test_scan_mx_nan),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

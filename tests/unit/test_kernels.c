@@ -451,8 +451,9 @@ static void test_dequant_nvfp4_mxfp8(void **state) {
     mk_wt_dequant_row(&w8, 0, out);
     for (int c = 0; c < 32; c++)
         assert_true(out[c] == 224.0f);
-    /* MLX's E4M3 is not E4M3FN: its quantizer writes 0x7f for (464, 480)
-     * and dequantizes it to 480 (quant.h); 0xff is -480. Every path agrees. */
+    /* MLX's E4M3 is E4M3FN: 0x7f/0xff are NaN (its quantizer saturates at
+     * 0x7e; a file holding 0x7f holds NaN weights, issue 15). Every path
+     * dequantizes them to NaN, never to a finite number. */
     d8[0] = 0x7f;
     d8[1] = 0xff;
     s8[0] = 127;
@@ -460,7 +461,7 @@ static void test_dequant_nvfp4_mxfp8(void **state) {
     for (int c = 0; c < 32; c++)
         x[c] = c < 2 ? 1.0f : 0.0f;
     mk_wt_dequant_row(&w8, 0, out);
-    assert_true(out[0] == 480.0f && out[1] == -480.0f);
+    assert_true(isnan(out[0]) && isnan(out[1]));
     for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
         if (!mk_isa_supported((mk_isa)isa))
             continue;
@@ -468,7 +469,7 @@ static void test_dequant_nvfp4_mxfp8(void **state) {
         x[0] = 1.0f;
         x[1] = 0.0f;
         mk_matmul(NULL, &w8, x, 1, &y);
-        assert_true(y == 480.0f);
+        assert_true(isnan(y));
     }
     assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
     mk_isa_set(mk_isa_supported(MK_ISA_AVX512) ? MK_ISA_AVX512

@@ -348,16 +348,17 @@ static void test_error_ordering(void **state) {
 
 /* ---- internal helpers against slow references ---------------------------- */
 
-/* E4M3 as MLX's CPU sees it: nearest of the 128 magnitudes (0x7f = 480),
- * ties to the even code, >= 480 / Inf / NaN -> 0x7e, sign kept. */
+/* E4M3 as MLX writes it (E4M3FN): nearest of the 127 finite magnitudes
+ * (0x7f is NaN, not a value), ties to the even code, anything beyond 448,
+ * Inf and NaN saturating to 0x7e, sign kept. */
 static uint8_t e4m3_ref(float f) {
     uint8_t sign = signbit(f) ? 0x80 : 0;
     double a = fabs((double)f);
-    if (isnan(f) || a >= 480.0)
+    if (isnan(f) || a > 448.0)
         return sign | 0x7e;
     int best = 0;
     double bd = INFINITY;
-    for (int c = 0; c < 128; c++) {
+    for (int c = 0; c < 127; c++) {
         int e = c >> 3, m = c & 7;
         double v = e == 0 ? m / 8.0 * ldexp(1, -6) : (1 + m / 8.0) * ldexp(1, e - 7);
         double d = fabs(a - v); /* exact: a has 24 bits, v 4, exponents close enough */
@@ -372,20 +373,26 @@ static uint8_t e4m3_ref(float f) {
 static void test_e4m3(void **state) {
     (void)state;
     for (int b = 0; b < 256; b++) {
-        float v = mk_e4m3mx_to_f32((uint8_t)b);
+        float v = mk_e4m3_to_f32((uint8_t)b);
+        if ((b & 0x7f) == 0x7f) { /* the NaN codes: a file holding them holds NaN weights */
+            assert_true(isnan(v));
+            continue;
+        }
         int e = (b >> 3) & 15, m = b & 7;
         double want = e == 0 ? m / 8.0 * ldexp(1, -6) : (1 + m / 8.0) * ldexp(1, e - 7);
         assert_true(fabs(v) == want && (signbit(v) != 0) == (b >= 128));
-        /* every code round-trips but 0x7f: MLX decodes it as 480 and saturates
-         * 480 itself to 0x7e */
-        assert_int_equal(mk_q_e4m3_encode(v), (b & 0x7f) == 0x7f ? b - 1 : b);
-        if ((b & 0x7f) != 0x7f)
-            assert_true(v == mk_e4m3_to_f32((uint8_t)b)); /* agrees off the NaN code */
+        assert_int_equal(mk_q_e4m3_encode(v), b); /* every finite code round-trips */
     }
-    assert_int_equal(mk_q_e4m3_encode(470.0f), 0x7f);
-    assert_int_equal(mk_q_e4m3_encode(464.0f), 0x7e);
-    assert_int_equal(mk_q_e4m3_encode(480.0f), 0x7e);
-    assert_int_equal(mk_q_e4m3_encode(-1e9f), 0xfe);
+    /* the top of the range: never the NaN code (issue 15; 470 gave 0x7f before) */
+    static const float top[] = {448.0f, 448.5f, 456.0f, 463.99f, 464.0f, 464.01f, 470.0f, 479.0f,
+                                479.99f, 480.0f, 490.0f, 1e9f, INFINITY};
+    for (size_t i = 0; i < sizeof top / sizeof top[0]; i++) {
+        assert_int_equal(mk_q_e4m3_encode(top[i]), 0x7e);
+        assert_int_equal(mk_q_e4m3_encode(-top[i]), 0xfe);
+    }
+    assert_int_equal(mk_q_e4m3_encode(447.9f), 0x7e);
+    assert_int_equal(mk_q_e4m3_encode(432.0f), 0x7e); /* tie 416 | 448 -> even mantissa 6 */
+    assert_int_equal(mk_q_e4m3_encode(431.9f), 0x7d);
     assert_int_equal(mk_q_e4m3_encode(NAN), 0x7e);
     assert_int_equal(mk_q_e4m3_encode(-0.0f), 0x80);
     /* float32 bit patterns in the range that matters, strided, both signs */
@@ -395,6 +402,11 @@ static void test_e4m3(void **state) {
             fail_msg("e4m3(%a): got 0x%02x want 0x%02x", (double)f, mk_q_e4m3_encode(f), e4m3_ref(f));
         assert_int_equal(mk_q_e4m3_encode(-f), e4m3_ref(-f));
     }
+    /* and every float32 from 400 to 600 */
+    for (uint32_t u = mk_q_fbits(400.0f); u <= mk_q_fbits(600.0f); u++)
+        if (mk_q_e4m3_encode(mk_q_bitsf(u)) != e4m3_ref(mk_q_bitsf(u)))
+            fail_msg("e4m3(%a): got 0x%02x want 0x%02x", (double)mk_q_bitsf(u), mk_q_e4m3_encode(mk_q_bitsf(u)),
+                     e4m3_ref(mk_q_bitsf(u)));
 }
 
 static void test_scalar_helpers(void **state) {
