@@ -71,5 +71,9 @@ echo '{"format": "moekit-profile", "version": 1, "tensors": 3' > "$T/junk.json"
 expect 2 "junk.json: line" "$BIN" profile "$TINY" --from "$T/junk.json" --target-bpw 4
 expect 2 "needs --target-bpw" "$BIN" profile "$TINY" --from "$T/p.json"
 [ ! -e "$T/x.json" ] || fail "a failed profile left its output"
-"$BIN" profile --help | grep -q -- "--target-bpw" || fail "--help lacks --target-bpw"
+# to a file: grep -q on a pipe exits at its first match and the rest of a
+# help longer than one stdio buffer then dies of SIGPIPE under pipefail
+"$BIN" profile --help > "$T/help.txt"
+grep -q -- "--target-bpw" "$T/help.txt" || fail "--help lacks --target-bpw"
+grep -q -- "--memory-budget" "$T/help.txt" || fail "--help lacks --memory-budget"
 echo "profile_cli: ok"
