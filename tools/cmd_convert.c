@@ -144,7 +144,7 @@ static int cmd_convert(int argc, char **argv) {
                 (unsigned long long)st.tensors_out, (double)st.bytes_out / 1e6, (double)st.bytes_copied / 1e6,
                 st.seconds, st.shards_resumed ? " (resumed)" : "");
     if (o.pack_experts)
-        mk_cli_pack_note("convert", &st);
+        mk_cli_pack_note("convert", &st, o.quiet);
     return 0;
 }
 

@@ -369,7 +369,7 @@ static int run(qcli *c) {
         fprintf(stderr, "quantize: done: %llu tensors, %.1f MB in %.2f s\n", (unsigned long long)cs.tensors_out,
                 (double)cs.bytes_out / 1e6, cs.seconds);
     if (st == MK_OK && c->co.pack_experts)
-        mk_cli_pack_note("quantize", &cs);
+        mk_cli_pack_note("quantize", &cs, c->quiet);
     mk_qjob_free(job);
     return rc;
 }
