@@ -14,8 +14,8 @@ trap 'rm -rf "$T"' EXIT
 
 "$BIN" convert --help > "$T/h1"
 "$BIN" quantize --help > "$T/h2"
-grep -q -- "--pack-experts  *write each routed expert" "$T/h1" || fail "convert --help does not explain --pack-experts"
-grep -q -- "--pack-experts  *write each routed expert" "$T/h2" || fail "quantize --help does not explain --pack-experts"
+grep -q -- "--pack-experts  *each routed expert" "$T/h1" || fail "convert --help does not explain --pack-experts"
+grep -q -- "--pack-experts  *each routed expert" "$T/h2" || fail "quantize --help does not explain --pack-experts"
 
 # tiny qwen3_moe: each bf16 expert is 3 x (I x H) x 2 bytes
 "$BIN" synth "$T/src" --arch qwen3_moe --preset tiny --format bf16 --layers 2 --experts 8 --quiet

@@ -409,18 +409,28 @@ static void test_packed_qwen3next_mlx(void **st) {
     g_one_read_per_miss = false;
 }
 
-/* quantize --pack-experts: MLX affine 4-bit experts, weight, scales and
- * biases of gate/up/down as one block; logits bitwise equal to the
- * stacked (unpacked) quantization of the same source. The note names the
- * unaligned experts and mlx-lm's limit. */
-static void test_packed_quantized(void **st) {
-    (void)st;
-    const char *src = mk_test_fixture("qwen3moe-a/bf16");
-    char d[4096], ref[4096];
-    mk_conv_stats cs;
+/* A 4-bit job with layer 1's stacked down_proj at 8 bits: an override on
+ * the switch_mlp path, which a packed output must honour expert by expert. */
+static mk_qjob *q4_job(void) {
     mk_qjob *j = NULL;
     assert_int_equal(mk_qjob_new(&j), MK_OK);
     assert_int_equal(mk_qjob_set_default(j, MK_QMODE_AFFINE, 4, 64), MK_OK);
+    assert_int_equal(mk_qjob_add_override(j, "layers\\.1\\.mlp\\.switch_mlp\\.down_proj=8"), MK_OK);
+    return j;
+}
+
+/* quantize --pack-experts: MLX affine experts, weight, scales and biases
+ * of gate/up/down as one block; logits bitwise equal to the stacked
+ * (unpacked) quantization of the same source. The note names the
+ * unaligned experts and mlx-lm's limit. Then that stacked MLX checkpoint
+ * converted --to mlx --pack-experts (its modules copied expert by expert,
+ * its switch_mlp config entry made per expert): the same logits again. */
+static void test_packed_quantized(void **st) {
+    (void)st;
+    const char *src = mk_test_fixture("qwen3moe-a/bf16");
+    char d[4096], ref[4096], d2[4096];
+    mk_conv_stats cs;
+    mk_qjob *j = q4_job();
     pack(src, "packed-q4", MK_CONV_MLX, j, 0, d, sizeof d, &cs);
     mk_qjob_free(j);
     assert_true(cs.experts_packed > 0);
@@ -430,8 +440,7 @@ static void test_packed_quantized(void **st) {
     check_packed_files(d);
     assert_int_equal(check_packed_experts(d, cs.experts_aligned == cs.experts_packed), (int)cs.experts_aligned);
     snprintf(ref, sizeof ref, "%s/stacked-q4", g_tmp);
-    assert_int_equal(mk_qjob_new(&j), MK_OK);
-    assert_int_equal(mk_qjob_set_default(j, MK_QMODE_AFFINE, 4, 64), MK_OK);
+    j = q4_job();
     mk_conv_opts o;
     mk_conv_opts_init(&o);
     o.to = MK_CONV_MLX;
@@ -444,6 +453,11 @@ static void test_packed_quantized(void **st) {
     same_logits(ref, d);
     g_one_read_per_miss = true;
     check_dir(d);
+    pack(ref, "packed-copy", MK_CONV_MLX, NULL, 0, d2, sizeof d2, &cs);
+    check_packed_files(d2);
+    check_packed_experts(d2, false);
+    same_logits(ref, d2);
+    check_dir(d2);
     g_one_read_per_miss = false;
 }
 
