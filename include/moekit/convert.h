@@ -71,7 +71,8 @@ typedef struct mk_conv_opts {
      * every routed expert written one by one (per-expert names, as
      * transformers loads them and mlx-lm's sanitize stacks them), all its
      * tensors (gate/up/down weight, scales, biases) contiguous, experts
-     * first in each shard, expert-major, never split across shards, and
+     * expert-major in shards of their own (the other tensors follow in
+     * shards of theirs, in the usual order), never split across shards, and
      * each shard's data buffer starting at a 4 KiB boundary, so every
      * expert starts 4 KiB-aligned when the experts' sizes are multiples of
      * 4 KiB (real shapes are). Refused with --experts fused. */

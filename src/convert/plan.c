@@ -20,7 +20,8 @@
  * own writer and a crash loses at most the shard in progress.
  * Packed (--pack-experts): experts are written one by one, each expert's
  * outputs together and the experts first, expert-major, with shards cut
- * only between experts (packed_order, unit_end); the writer starts each
+ * only between experts and before the first other tensor (packed_order,
+ * unit_end, cut_shards); the writer starts each
  * data buffer at a 4 KiB boundary, so experts whose sizes are multiples of
  * 4 KiB all start aligned (pack_report counts them). Pieces are regions of
  * source modules as always, so the reorder costs no memory. */
@@ -366,6 +367,8 @@ static size_t unit_end(const cv_plan *p, size_t i) {
     return j;
 }
 
+static bool is_expert(const cv_out *o) { return o->xg > 0 && o->xe >= 0; }
+
 static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_size) {
     int ns = 1;
     uint64_t used = 0;
@@ -374,7 +377,12 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
         uint64_t bytes = 0;
         for (size_t k = i; k < j; k++)
             bytes += p->outs[k].nbytes;
-        if (used > 0 && used + bytes > shard_size) {
+        /* packed: the other tensors start a shard of their own, so each
+         * starts aligned to its element size as in any HF file (transformers
+         * views a tensor's bytes as its dtype in place), whatever the
+         * experts' total */
+        bool first_other = p->packed && i > 0 && is_expert(&p->outs[i - 1]) && !is_expert(&p->outs[i]);
+        if (used > 0 && (used + bytes > shard_size || first_other)) {
             ns++;
             used = 0;
         }
@@ -411,7 +419,7 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
  * element size); then everything else in the writer's order (rank). */
 static int packed_order(const void *a, const void *b) {
     const cv_out *x = a, *y = b;
-    bool ex = x->xg > 0 && x->xe >= 0, ey = y->xg > 0 && y->xe >= 0;
+    bool ex = is_expert(x), ey = is_expert(y);
     if (ex != ey)
         return ex ? -1 : 1;
     if (ex && x->xg != y->xg)
@@ -435,7 +443,7 @@ static void pack_report(const cv_src *s, cv_plan *p) {
             bytes += p->outs[k].nbytes;
             quantized = quantized || (p->outs[k].xg > 0 && cv_ends_with(p->outs[k].name, ".scales"));
         }
-        if (p->outs[i].xg > 0 && p->outs[i].xe >= 0) {
+        if (is_expert(&p->outs[i])) {
             p->xpacked++;
             p->xaligned += off % CV_PACK_ALIGN == 0;
             if (bytes % CV_PACK_ALIGN && !p->xunaligned_bytes)

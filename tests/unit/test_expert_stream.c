@@ -31,6 +31,7 @@
 #include "moekit/expert_store.h"
 #include "moekit/model.h"
 #include "moekit/quantize.h"
+#include "moekit/st.h"
 #include "moekit/synth.h"
 
 #define NTOK 40
@@ -262,6 +263,14 @@ static void check_packed_files(const char *dir) {
             assert_true(json_is_array(o) && json_array_size(o) == 2);
             r[k][0] = (uint64_t)json_integer_value(json_array_get(o, 0));
             r[k][1] = (uint64_t)json_integer_value(json_array_get(o, 1));
+            /* every tensor aligned to its element size, as transformers
+             * needs to view the bytes in place */
+            const char *dt = json_string_value(json_object_get(v, "dtype"));
+            assert_non_null(dt);
+            unsigned es = strstr(dt, "64") ? 8 : strstr(dt, "32") ? 4 : strstr(dt, "16") ? 2 : 1;
+            if (r[k][0] % es)
+                fail_msg("%s: %s (%s) at data offset %llu, not aligned to its %u-byte elements", path, key, dt,
+                         (unsigned long long)r[k][0], es);
             k++;
         }
         /* sort by (begin, end): a few hundred entries */
@@ -293,8 +302,9 @@ static void check_packed_files(const char *dir) {
 
 /* Each expert's parts in one shard, one after the other with nothing
  * between (in any order of gate/up/down and weight/scales/biases), and,
- * when `aligned`, starting at a multiple of 4096 in the file. Returns the
- * number of experts that start aligned. */
+ * when `aligned`, starting at a multiple of 4096 in the file; no shard
+ * holds both experts and other tensors. Returns the number of experts that
+ * start aligned. */
 static int check_packed_experts(const char *dir, bool aligned) {
     mk_model *m = NULL;
     mk_model_opts so = {.stream_experts = true};
@@ -334,6 +344,19 @@ static int check_packed_experts(const char *dir, bool aligned) {
         }
     assert_true(n > 0);
     mk_model_free(m);
+    mk_ckpt *ck = NULL;
+    assert_int_equal(mk_ckpt_open(dir, 0, &ck), MK_OK);
+    size_t ns = mk_ckpt_nshards(ck);
+    int *kind = calloc(ns, sizeof *kind); /* bit 0: experts, bit 1: other tensors */
+    for (size_t i = 0; i < mk_ckpt_count(ck); i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
+        kind[t->shard] |= strstr(t->name, ".experts.") ? 1 : 2;
+    }
+    for (size_t i = 0; i < ns; i++)
+        if (kind[i] == 3)
+            fail_msg("%s: shard %s holds experts and other tensors", dir, mk_ckpt_shard_path(ck, i));
+    free(kind);
+    mk_ckpt_close(ck);
     return n_aligned;
 }
 
