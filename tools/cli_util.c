@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include "cmd.h"
+#include "moekit/convert.h"
 
 int mk_cli_parse_size(const char *s, unsigned long long *out) {
     char *end;
@@ -90,4 +91,12 @@ int mk_cli_sanitized(void) {
 #else
     return 0;
 #endif
+}
+
+void mk_cli_pack_note(const char *cmd, const mk_conv_stats *st, bool quiet) {
+    if (!quiet)
+        fprintf(stderr, "%s: packed layout: %llu experts, each one contiguous block, %llu of them 4 KiB-aligned\n",
+            cmd, (unsigned long long)st->experts_packed, (unsigned long long)st->experts_aligned);
+    if (st->pack_note[0])
+        fprintf(stderr, "%s: note: %s\n", cmd, st->pack_note);
 }

@@ -57,5 +57,11 @@ uint64_t mk_cli_rss(void);
 uint64_t mk_cli_peak_rss(void);
 /* 1 when built with AddressSanitizer, else 0 (the "sanitizer" line of --stats). */
 int mk_cli_sanitized(void);
+/* convert/quantize --pack-experts: "<cmd>: packed layout: N experts, M
+ * 4 KiB-aligned" (not when quiet) and the library's note (unaligned
+ * experts, a loader that cannot read the output) on stderr, even when
+ * quiet: it says what the output is. */
+struct mk_conv_stats;
+void mk_cli_pack_note(const char *cmd, const struct mk_conv_stats *st, bool quiet);
 
 #endif

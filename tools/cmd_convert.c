@@ -20,7 +20,9 @@ static void help(FILE *f) {
             "second one is refused, naming the first one's pid. Bad input found mid-run removes\n"
             "DST.partial/ (a rerun would fail alike); a full disk keeps it for the rerun.\n\n"
             "  --to hf|mlx              target layout (required)\n"
-            "  --experts per-expert|fused  HF expert layout (default per-expert); --pack-experts = fused\n"
+            "  --experts per-expert|fused  HF expert layout (default per-expert)\n"
+            "  --pack-experts           each routed expert's tensors as one contiguous block, 4 KiB-aligned when\n"
+            "                           sizes allow: one read per expert when streaming; not with --experts fused\n"
             "  --dtype bf16|f16|f32     dtype of every float output (default: stored floats keep their dtype\n"
             "                           byte for byte, dequantized weights become bf16)\n"
             "  --force-f16              allow f16 for Gated DeltaNet models (qwen3_next, qwen3_5_moe), whose\n"
@@ -47,12 +49,14 @@ static void help(FILE *f) {
 static void print_stats(const mk_conv_stats *st) {
     printf("tensors %llu\nbytes_out %llu\nbytes_copied %llu\nbytes_computed %llu\nshards %d\nshards_resumed %d\n"
            "threads %d\nchunk_elems %llu\nseconds %.3f\nverified_hash %llu\nverified_numeric %llu\n"
-           "worst_rel_l2 %.6g\nworst_max_abs %.6g\npeak_rss_bytes %llu\nsanitizer %d\n",
+           "worst_rel_l2 %.6g\nworst_max_abs %.6g\npeak_rss_bytes %llu\nsanitizer %d\nexperts_packed %llu\n"
+           "experts_aligned %llu\n",
            (unsigned long long)st->tensors_out, (unsigned long long)st->bytes_out,
            (unsigned long long)st->bytes_copied, (unsigned long long)st->bytes_computed, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
            (unsigned long long)st->verified_hash, (unsigned long long)st->verified_numeric, st->worst_rel_l2,
-           st->worst_max_abs, (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized());
+           st->worst_max_abs, (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized(),
+           (unsigned long long)st->experts_packed, (unsigned long long)st->experts_aligned);
 }
 
 enum { O_TO = 256, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
@@ -86,7 +90,7 @@ static int cmd_convert(int argc, char **argv) {
                 return mk_cli_usage("convert", "--experts '%s': expected per-expert or fused", optarg);
             o.experts = strcmp(optarg, "fused") == 0 ? MK_CONV_FUSED : MK_CONV_PER_EXPERT;
             break;
-        case O_PACK: o.experts = MK_CONV_FUSED; break;
+        case O_PACK: o.pack_experts = true; break;
         case O_DTYPE:
             if (!mk_cli_parse_dtype(optarg, &o.dtype))
                 return mk_cli_usage("convert", "--dtype '%s': expected bf16, f16 or f32", optarg);
@@ -138,6 +142,8 @@ static int cmd_convert(int argc, char **argv) {
         fprintf(stderr, "convert: done: %llu tensors, %.1f MB (%.1f MB copied byte for byte) in %.2f s%s\n",
                 (unsigned long long)st.tensors_out, (double)st.bytes_out / 1e6, (double)st.bytes_copied / 1e6,
                 st.seconds, st.shards_resumed ? " (resumed)" : "");
+    if (o.pack_experts)
+        mk_cli_pack_note("convert", &st, o.quiet);
     return 0;
 }
 

@@ -90,6 +90,11 @@ static void render(json_t *r) {
     printf("  experts         %lld per layer, top-%lld, %lld MoE layers, layout %s, %s/expert\n",
            (long long)gi(ex, "experts_per_layer"), (long long)gi(a, "experts_per_token"),
            (long long)gi(ex, "moe_layers"), gs(ex, "layout"), (human(b1, sizeof b1, gi(ex, "bytes_per_expert")), b1));
+    json_t *pr = json_object_get(ex, "per_expert_reads");
+    if (pr && gi(pr, "experts")) /* a packed layout (convert --pack-experts) has them all contiguous */
+        printf("  expert reads    %lld of %lld experts one contiguous block (one read each), %lld of them "
+               "4 KiB-aligned\n",
+               (long long)gi(pr, "contiguous"), (long long)gi(pr, "experts"), (long long)gi(pr, "aligned_4k"));
     printf("  quantization    %s", gs(q, "method"));
     if (!strcmp(gs(q, "method"), "mlx"))
         printf(" (default %lld-bit g%lld %s, %lld per-module entries)", (long long)gi(q, "default_bits"),

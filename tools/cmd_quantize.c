@@ -59,6 +59,8 @@ static void help(FILE *f) {
         "                        experts whose widths differ within a layer are written as separate\n"
         "                        modules mlp.experts.<e>.<proj> (moekit's engine loads them; mlx-lm loads\n"
         "                        only stacked switch_mlp, which uniform layers keep)\n"
+        "  --pack-experts        each routed expert's weight/scales/biases as one contiguous block, 4 KiB-\n"
+        "                        aligned when sizes allow: one read per expert streaming (mlx-lm: deepseek only)\n"
         "  --alloc-out F         with --target-bpw: also write the allocation JSON to F (an existing F\n"
         "                        only with --force; never one of the inputs)\n"
         "  --dtype bf16|f32      dtype of float tensors and of scales/biases (default: as stored; the\n"
@@ -195,15 +197,17 @@ static void print_totals(const mk_qjob *job, bool alloc, double expected) {
 
 static void print_stats(const mk_conv_stats *st) {
     printf("tensors %llu\nbytes_out %llu\nbytes_computed %llu\nbytes_copied %llu\nshards %d\nshards_resumed %d\n"
-           "threads %d\nchunk_elems %llu\nseconds %.3f\npeak_rss_bytes %llu\nsanitizer %d\n",
+           "threads %d\nchunk_elems %llu\nseconds %.3f\npeak_rss_bytes %llu\nsanitizer %d\n"
+           "experts_packed %llu\nexperts_aligned %llu\n",
            (unsigned long long)st->tensors_out, (unsigned long long)st->bytes_out,
            (unsigned long long)st->bytes_computed, (unsigned long long)st->bytes_copied, st->shards,
            st->shards_resumed, st->threads, (unsigned long long)st->chunk_elems, st->seconds,
-           (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized());
+           (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized(), (unsigned long long)st->experts_packed,
+           (unsigned long long)st->experts_aligned);
 }
 
 enum { O_BITS = 256, O_GROUP, O_MODE, O_RECIPE, O_OVERRIDE, O_TARGET, O_PROFILE, O_ALLOC_OUT, O_DTYPE, O_MEM,
-       O_THREADS, O_REPORT, O_FORCE, O_NONFINITE, O_F16, O_VISION, O_MTP, O_SHARD, O_QUIET, O_STATS };
+       O_THREADS, O_REPORT, O_FORCE, O_NONFINITE, O_F16, O_VISION, O_MTP, O_SHARD, O_QUIET, O_STATS, O_PACK };
 
 static int parse_args(int argc, char **argv, qcli *c) {
     static const struct option opts[] = {
@@ -217,7 +221,8 @@ static int parse_args(int argc, char **argv, qcli *c) {
         {"force-f16", no_argument, 0, O_F16},           {"keep-vision", no_argument, 0, O_VISION},
         {"keep-mtp", no_argument, 0, O_MTP},            {"shard-size", required_argument, 0, O_SHARD},
         {"quiet", no_argument, 0, O_QUIET},             {"stats", no_argument, 0, O_STATS},
-        {"help", no_argument, 0, 'h'},                  {0, 0, 0, 0}};
+        {"pack-experts", no_argument, 0, O_PACK},       {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     int o;
     long v;
     long long ll;
@@ -277,6 +282,7 @@ static int parse_args(int argc, char **argv, qcli *c) {
             break;
         case O_QUIET: c->quiet = c->co.quiet = true; break;
         case O_STATS: c->stats = true; break;
+        case O_PACK: c->co.pack_experts = true; break;
         default: help(stderr); return 2;
         }
     }
@@ -361,6 +367,8 @@ static int run(qcli *c) {
     if (st == MK_OK && !c->quiet)
         fprintf(stderr, "quantize: done: %llu tensors, %.1f MB in %.2f s\n", (unsigned long long)cs.tensors_out,
                 (double)cs.bytes_out / 1e6, cs.seconds);
+    if (st == MK_OK && c->co.pack_experts)
+        mk_cli_pack_note("quantize", &cs, c->quiet);
     mk_qjob_free(job);
     return rc;
 }

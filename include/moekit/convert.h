@@ -67,6 +67,16 @@ typedef struct mk_conv_opts {
      * none). Also makes SRC a bare .safetensors file acceptable. The job's
      * results are filled in by mk_conv_run. */
     struct mk_qjob *quant;
+    /* Packed expert layout (streaming reads one expert with one request):
+     * every routed expert written one by one (per-expert names, as
+     * transformers loads them and mlx-lm's sanitize stacks them), all its
+     * tensors (gate/up/down weight, scales, biases) contiguous, experts
+     * expert-major in shards of their own (the other tensors follow in
+     * shards of theirs, in the usual order), never split across shards, and
+     * each shard's data buffer starting at a 4 KiB boundary, so every
+     * expert starts 4 KiB-aligned when the experts' sizes are multiples of
+     * 4 KiB (real shapes are). Refused with --experts fused. */
+    bool pack_experts;
 } mk_conv_opts;
 
 typedef struct mk_conv_stats {
@@ -84,6 +94,10 @@ typedef struct mk_conv_stats {
     uint64_t verify_failures;  /* tensors that differ (the run then fails with MK_E_MISMATCH) */
     double worst_rel_l2, worst_max_abs;
     char worst_tensor[256];
+    /* pack_experts */
+    uint64_t experts_packed;   /* routed experts written as one contiguous block each */
+    uint64_t experts_aligned;  /* of which starting at a 4 KiB boundary of the file */
+    char pack_note[320];       /* why some are unaligned, or a loader that cannot read the output; "" */
 } mk_conv_stats;
 
 /* Defaults: HF target, per-expert, dtype MK_DT_INVALID, 1 GiB, all cores. */

@@ -102,14 +102,23 @@ typedef struct mk_stw_opts {
     bool force;           /* overwrite existing outputs */
     const char *basename; /* "model" -> model.safetensors / model-00001-of-0000N... */
     const char *metadata_json; /* JSON object of string->string, or NULL ({"format":"pt"}) */
+    /* Packed expert layouts (convert --pack-experts): keep_order lays
+     * tensors out in the order they were added instead of the HF order;
+     * data_align (0: 8) pads each header with spaces so the data buffer
+     * starts at a multiple of it in the file (a power of two, at most 1 MiB):
+     * the only padding a valid safetensors file may hold, since the data
+     * buffer must be covered by tensors without holes. */
+    bool keep_order;
+    uint32_t data_align;
 } mk_stw_opts;
 
 /* Begin a checkpoint in directory `dir` (created if absent). */
 mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out);
 /* Plan a tensor (before mk_stw_begin_data). Shape of ndim dims. */
 mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const int64_t *shape);
-/* Freeze the plan: order tensors the HF way (alignment desc, then name),
- * assign shards and offsets, write headers to the temporary files. */
+/* Freeze the plan: order tensors the HF way (alignment desc, then name;
+ * keep_order: as added), assign shards and offsets, write headers to the
+ * temporary files. */
 mk_status mk_stw_begin_data(mk_stw *w);
 /* The order in which data must be supplied, after begin_data. */
 size_t mk_stw_count(const mk_stw *w);

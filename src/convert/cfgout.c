@@ -11,7 +11,9 @@
  *   MLX  FP8 / compressed-tensors quantization_config removed; for INT4
  *        repacks a "quantization" block with an identical
  *        "quantization_config" and one {"group_size", "bits"} entry per
- *        repacked module (FORMATS.md 2); an MLX source keeps its blocks;
+ *        repacked module (FORMATS.md 2); an MLX source keeps its blocks
+ *        (a packed output's entries for switch_mlp stacks become entries
+ *        per expert);
  *        the fields mlx-lm's ModelArgs require but transformers 5 writes
  *        elsewhere are added (num_experts, rope_theta, partial_rotary_factor,
  *        full_attention_interval, mlp_only_layers, decoder_sparse_step);
@@ -150,11 +152,49 @@ mk_status cv_config_edit_hf(const cv_src *s, const cv_plan *p, void *rootp, void
     return MK_OK;
 }
 
+/* A packed output writes experts one by one (plan.c): a kept MLX block's
+ * entry for a stacked module "<mlp>.switch_mlp.<proj>" becomes one entry
+ * per expert "<mlp>.experts.<e>.<proj>", or the per-expert modules would
+ * be read with the default bits. */
+static mk_status pack_entries(json_t *blk, int E) {
+    if (!json_is_object(blk))
+        return MK_OK;
+    const char *k;
+    json_t *v, *tmp;
+    unsigned long mark = mk_json_mark();
+    json_t *add = json_object();
+    json_object_foreach_safe(blk, tmp, k, v) {
+        const char *sw = strstr(k, ".switch_mlp.");
+        if (!sw || (!json_is_object(v) && !json_is_boolean(v)))
+            continue;
+        for (int e = 0; e < E; e++) {
+            char *nk = mk_strfmt("%.*s.experts.%d.%s", (int)(sw - k), k, e, sw + strlen(".switch_mlp."));
+            if (nk)
+                json_object_set_new(add, nk, json_deep_copy(v));
+            free(nk);
+        }
+        json_object_del(blk, k);
+    }
+    json_object_update(blk, add);
+    json_decref(add);
+    return mk_alloc_failures() == mark ? MK_OK
+                                      : mk_err(MK_E_NOMEM, "config.json: no memory for the per-expert "
+                                                           "quantization entries of a packed output");
+}
+
 mk_status cv_config_edit_mlx(const cv_src *s, const cv_plan *p, void *rootp, void *tcp) {
     json_t *root = rootp, *tc = tcp;
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     if (!s->is_mlx || s->cfg.quant.method != MK_QM_MLX)
         drop_quant(root, tc);
+    else if (p->packed) {
+        static const char *const keys[2] = {"quantization", "quantization_config"};
+        for (int i = 0; i < 2; i++) {
+            MK_TRY(pack_entries(json_object_get(root, keys[i]), s->cfg.num_experts));
+            if (tc != root)
+                MK_TRY(pack_entries(json_object_get(tc, keys[i]), s->cfg.num_experts));
+        }
+    }
     if (p->quantized) {
         json_object_set_new(root, "quantization", quant_block(p));
         json_object_set_new(root, "quantization_config", quant_block(p));

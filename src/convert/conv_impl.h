@@ -189,7 +189,14 @@ typedef struct cv_out {
     /* MLX quantized module written by this output (the .weight of it) */
     char *qpath;
     int qbits, qgroup;
+    /* routed expert written by this output (packed layouts): xg = its
+     * expert group's index + 1 (0: not a routed expert), xe = the expert
+     * (-1: a stack of all of them); rank: place in the writer's order */
+    int xg, xe;
+    size_t rank;
 } cv_out;
+
+#define CV_PACK_ALIGN 4096u /* where a packed shard's data buffer starts (writer.h) */
 
 typedef struct cv_plan {
     const struct cv_target *tgt; /* the output target (target.h) */
@@ -207,6 +214,13 @@ typedef struct cv_plan {
     size_t nstacked;     /* expert groups written stacked/fused */
     struct cv_qstate *qs;      /* quantization (quant_plan.c), NULL when none */
     unsigned scratch_per_elem; /* worker scratch bytes per chunk element; 0: 8 */
+    /* packed expert layout (mk_conv_opts.pack_experts): outputs of each
+     * expert together, experts first in each shard, shards never split an
+     * expert, data buffers 4 KiB-aligned (writer.h) */
+    bool packed;
+    uint64_t xpacked, xaligned; /* experts, and those starting 4 KiB-aligned */
+    uint64_t xunaligned_bytes;  /* size of the first expert block that is not a multiple of 4 KiB */
+    char pack_note[320];
 } cv_plan;
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);

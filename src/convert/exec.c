@@ -528,6 +528,9 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
              mk_arch_name(s->cfg.arch), s->is_mlx ? ", MLX" : "", s->vl ? ", vision-language" : "", dst, p->nouts,
              (double)p->total_bytes / 1e6, p->nshards, p->nshards == 1 ? "" : "s", threads,
              (unsigned long long)chunk, resumed ? " (resuming)" : "");
+    if (p->packed)
+        progress(o, "packed experts: %llu, each one contiguous block; %llu start 4 KiB-aligned",
+                 (unsigned long long)p->xpacked, (unsigned long long)p->xaligned);
     conv_env e = {s, p, o, partial, threads, chunk, st, NULL};
     mk_status rc = MK_OK;
     if (p->qs) { /* quantizing: parts computed ahead wait in a spill file */
@@ -637,6 +640,9 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     st->tensors_out = p.nouts;
     st->bytes_out = p.total_bytes;
     st->shards = p.nshards;
+    st->experts_packed = p.xpacked;
+    st->experts_aligned = p.xaligned;
+    snprintf(st->pack_note, sizeof st->pack_note, "%s", p.pack_note);
     st->threads = threads;
     st->chunk_elems = chunk;
     st->seconds = now_s() - t0;

@@ -17,7 +17,14 @@
  * execution); that is the byte-exactness guarantee. The plan is sorted and
  * cut into shards exactly as the target's writer orders a file (writer.h;
  * safetensors: alignment, then name), so each shard can be written by its
- * own writer and a crash loses at most the shard in progress. */
+ * own writer and a crash loses at most the shard in progress.
+ * Packed (--pack-experts): experts are written one by one, each expert's
+ * outputs together and the experts first, expert-major, with shards cut
+ * only between experts and before the first other tensor (packed_order,
+ * unit_end, cut_shards); the writer starts each
+ * data buffer at a 4 KiB boundary, so experts whose sizes are multiples of
+ * 4 KiB all start aligned (pack_report counts them). Pieces are regions of
+ * source modules as always, so the reorder costs no memory. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +43,8 @@ typedef struct pctx {
     const cv_target *t;
     cv_plan *p;
     size_t cap;
+    cv_norms norms;   /* the target's conventions, but see pack_conventions */
+    cv_conv1d conv1d;
 } pctx;
 
 /* Output name of canonical cname under the target's naming (malloc'd). */
@@ -239,15 +248,15 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
     if (lt->cls != MK_PART_VISION) {
         /* conv1d: MLX wants (C, K, 1), HF (C, 1, K); identical bytes */
         if (lt->ndim == 3 && cv_ends_with(lt->cname, "conv1d.weight")) {
-            if (c->t->conv1d == CV_CONV1D_CK1 && shape[2] != 1) {
+            if (c->conv1d == CV_CONV1D_CK1 && shape[2] != 1) {
                 shape[1] = lt->shape[2];
                 shape[2] = 1;
-            } else if (c->t->conv1d == CV_CONV1D_C1K && shape[2] == 1 && shape[1] != 1) {
+            } else if (c->conv1d == CV_CONV1D_C1K && shape[2] == 1 && shape[1] != 1) {
                 shape[2] = lt->shape[1];
                 shape[1] = 1;
             }
         }
-        add = cv_norm_shift(s, lt, c->t->norms);
+        add = cv_norm_shift(s, lt, c->norms);
     }
     cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
     if (!o)
@@ -274,10 +283,22 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
         return mk_err(MK_E_NOMEM, "'%s': no memory for a table of %d experts", g->mlp, g->n);
     mk_status st = MK_OK;
     cv_xgroup xg = cv_target_experts(c->t, c->o);
+    int gi = (int)(g - c->s->groups) + 1;
+    /* packed: one output per expert and projection, so that an expert's
+     * tensors can lie together; quantize splits its switch_mlp stacks
+     * (quant_plan.c) so that quantization choices stay the stacked ones */
+    if (c->p->packed && !c->o->quant)
+        xg = CV_XG_PER_EXPERT;
     if (xg == CV_XG_PER_EXPERT) {
-        for (int e = 0; st == MK_OK && e < g->n; e++)
+        for (int e = 0; st == MK_OK && e < g->n; e++) {
+            size_t first = c->p->nouts;
             for (int p = 0; st == MK_OK && p < 3; p++)
                 st = plain_output(c, &g->proj[p][e]);
+            for (size_t i = first; st == MK_OK && i < c->p->nouts; i++) {
+                c->p->outs[i].xg = gi;
+                c->p->outs[i].xe = e;
+            }
+        }
     } else if (xg == CV_XG_FUSED) {
         /* fused: gate_up_proj (E, 2I, H) = [gate_e; up_e], down_proj (E, H, I) */
         int64_t gu[3] = {g->n, 2 * I, H}, dn[3] = {g->n, H, I};
@@ -321,6 +342,10 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             if (!o)
                 st = mk_err(MK_E_NOMEM, "'%s': no memory for its stacked %s output", g->mlp,
                             mk_layout_proj_names[p]);
+            else {
+                o->xg = gi; /* a stack quantize splits per expert when packing */
+                o->xe = -1;
+            }
             for (int e = 0; st == MK_OK && e < g->n; e++)
                 st = float_piece(o, v[e], 0.0f);
         }
@@ -331,18 +356,40 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
 
 /* ------------------------------------------------------ order + shards */
 
+/* End of the unit that starts at output i: a packed expert's outputs are
+ * one unit (never split across shards), any other output its own. */
+static size_t unit_end(const cv_plan *p, size_t i) {
+    size_t j = i + 1;
+    const cv_out *o = &p->outs[i];
+    if (p->packed && o->xg > 0 && o->xe >= 0)
+        while (j < p->nouts && p->outs[j].xg == o->xg && p->outs[j].xe == o->xe)
+            j++;
+    return j;
+}
+
+static bool is_expert(const cv_out *o) { return o->xg > 0 && o->xe >= 0; }
+
 static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_size) {
     int ns = 1;
     uint64_t used = 0;
-    for (size_t i = 0; i < p->nouts; i++) {
-        cv_out *o = &p->outs[i];
-        if (used > 0 && used + o->nbytes > shard_size) {
+    for (size_t i = 0, j; i < p->nouts; i = j) {
+        j = unit_end(p, i);
+        uint64_t bytes = 0;
+        for (size_t k = i; k < j; k++)
+            bytes += p->outs[k].nbytes;
+        /* packed: the other tensors start a shard of their own, so each
+         * starts aligned to its element size as in any HF file (transformers
+         * views a tensor's bytes as its dtype in place), whatever the
+         * experts' total */
+        bool first_other = p->packed && i > 0 && is_expert(&p->outs[i - 1]) && !is_expert(&p->outs[i]);
+        if (used > 0 && (used + bytes > shard_size || first_other)) {
             ns++;
             used = 0;
         }
-        o->shard = ns - 1;
-        used += o->nbytes;
-        p->total_bytes += o->nbytes;
+        for (size_t k = i; k < j; k++)
+            p->outs[k].shard = ns - 1;
+        used += bytes;
+        p->total_bytes += bytes;
     }
     p->nshards = ns;
     p->shard_first = mk_calloc((size_t)ns + 1, sizeof *p->shard_first);
@@ -364,6 +411,68 @@ static mk_status cut_shards(cv_plan *p, const cv_writer_ops *w, uint64_t shard_s
     return MK_OK;
 }
 
+/* ------------------------------------------------------------- packing */
+
+/* Packed order: routed experts first, expert-major (group, then expert),
+ * each expert's outputs in the writer's order (larger elements first, so
+ * a block whose size is a multiple of 8 keeps every tensor aligned to its
+ * element size); then everything else in the writer's order (rank). */
+static int packed_order(const void *a, const void *b) {
+    const cv_out *x = a, *y = b;
+    bool ex = is_expert(x), ey = is_expert(y);
+    if (ex != ey)
+        return ex ? -1 : 1;
+    if (ex && x->xg != y->xg)
+        return x->xg < y->xg ? -1 : 1;
+    if (ex && x->xe != y->xe)
+        return x->xe < y->xe ? -1 : 1;
+    return x->rank < y->rank ? -1 : x->rank > y->rank;
+}
+
+/* Where each packed expert starts (the writer starts every shard's data
+ * buffer at a 4 KiB boundary of the file), and what a user should know. */
+static void pack_report(const cv_src *s, cv_plan *p) {
+    uint64_t off = 0;
+    bool quantized = false;
+    for (size_t i = 0, j; i < p->nouts; i = j) {
+        j = unit_end(p, i);
+        if (i > 0 && p->outs[i].shard != p->outs[i - 1].shard)
+            off = 0;
+        uint64_t bytes = 0;
+        for (size_t k = i; k < j; k++) {
+            bytes += p->outs[k].nbytes;
+            quantized = quantized || (p->outs[k].xg > 0 && cv_ends_with(p->outs[k].name, ".scales"));
+        }
+        if (is_expert(&p->outs[i])) {
+            p->xpacked++;
+            p->xaligned += off % CV_PACK_ALIGN == 0;
+            if (bytes % CV_PACK_ALIGN && !p->xunaligned_bytes)
+                p->xunaligned_bytes = bytes;
+        }
+        off += bytes;
+    }
+    char *n = p->pack_note;
+    size_t cap = sizeof p->pack_note, len = 0;
+    n[0] = 0;
+    if (p->xpacked == 0)
+        len += (size_t)snprintf(n, cap, "no routed experts to pack");
+    else if (p->xaligned < p->xpacked)
+        len += (size_t)snprintf(n, cap,
+                                "%llu of %llu experts start 4 KiB-aligned: an expert of %llu bytes is not a "
+                                "multiple of 4096 (each is still one contiguous read, widened to 4 KiB)",
+                                (unsigned long long)p->xaligned, (unsigned long long)p->xpacked,
+                                (unsigned long long)p->xunaligned_bytes);
+    /* mlx-lm's qwen3 sanitizers stack only experts.{e}.{proj}.weight:
+     * quantized per-expert scales and biases are left unstacked, and the
+     * load fails (deepseek_v3's stacks weight, scales and biases) */
+    if (p->xpacked && quantized && p->tgt->naming == MK_NAMING_MLX && s->cfg.arch != MK_ARCH_DEEPSEEK_V3 &&
+        len < cap)
+        snprintf(n + len, cap - len,
+                 "%smlx-lm cannot load this output: its %s sanitize stacks only the experts' .weight tensors, "
+                 "not their .scales/.biases (moekit reads it)",
+                 len ? "; " : "", mk_arch_name(s->cfg.arch));
+}
+
 /* Everything that decides the output bytes, plus the source files' identity:
  * a journal written under another plan is not resumed. */
 static void fingerprint(const pctx *c) {
@@ -373,6 +482,10 @@ static void fingerprint(const pctx *c) {
     XXH3_64bits_reset(h);
     const char tag[] = "moekit-convert-plan-1";
     XXH3_64bits_update(h, tag, sizeof tag);
+    if (c->p->packed) { /* same tensors, other offsets and header padding */
+        const char ptag[] = "packed-4096";
+        XXH3_64bits_update(h, ptag, sizeof ptag);
+    }
     for (size_t i = 0; i < mk_ckpt_nshards(c->s->ck); i++) {
         struct stat st;
         uint64_t v[3] = {mk_ckpt_shard_size(c->s->ck, i), 0, 0};
@@ -408,9 +521,23 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     const cv_target *t = cv_target_of(o->to);
     if (!t)
         return mk_err(MK_E_ARG, "--to: expected hf or mlx");
-    pctx c = {s, o, t, p, 0};
+    pctx c = {s, o, t, p, 0, t->norms, t->conv1d};
     p->tgt = t;
     p->float_dt = o->dtype;
+    p->packed = o->pack_experts;
+    if (p->packed && cv_target_experts(t, o) == CV_XG_FUSED)
+        return mk_err(MK_E_ARG, "--pack-experts writes each expert's tensors together, which the fused "
+                                "gate_up_proj/down_proj tensors of --experts fused cannot hold: choose one");
+    /* Per-expert names make mlx-lm's qwen3_next sanitize run, and it adds 1
+     * to the zero-centred norms and turns conv1d (C,1,K) into (C,K,1): a
+     * packed qwen3_next MLX output keeps transformers' conventions for
+     * both, which moekit's loader recognises by the conv1d shape
+     * (FORMATS.md 3). qwen3_5_moe's sanitize shifts only when conv1d is
+     * (C,1,K), so the MLX conventions stay. */
+    if (p->packed && t->naming == MK_NAMING_MLX && s->cfg.arch == MK_ARCH_QWEN3_NEXT) {
+        c.norms = CV_NORMS_W;
+        c.conv1d = CV_CONV1D_C1K;
+    }
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++)
         if (s->bare)
@@ -429,7 +556,14 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         if (strcmp(p->outs[i - 1].name, p->outs[i].name) == 0)
             return mk_err(MK_E_FORMAT, "%s: two source tensors would both become '%s' (%s and %s)", s->dir,
                           p->outs[i].name, p->outs[i - 1].pc[0].mod->name, p->outs[i].pc[0].mod->name);
+    if (p->packed) {
+        for (size_t i = 0; i < p->nouts; i++)
+            p->outs[i].rank = i;
+        qsort(p->outs, p->nouts, sizeof *p->outs, packed_order);
+    }
     MK_TRY(cut_shards(p, t->writer, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
+    if (p->packed)
+        pack_report(s, p);
     MK_TRY(cv_qplan_finish(p));
     fingerprint(&c);
     return MK_OK;

@@ -6,7 +6,7 @@
  * quantizable: the .weight of a Linear/Embedding, 2-D, or of a SwitchLinear,
  * 3-D switch_mlp; a bare file's every float tensor of 2+ dims) -> routed
  * expert layers that must be split into per-expert modules (their experts
- * resolve to different widths) -> module outputs (each float piece of the
+ * resolve to different widths, or the layout is packed) -> module outputs (each float piece of the
  * convert plan becomes one CV_OP_QUANT piece per part, reading the same
  * source rows through the same operation) -> after sorting: leaders and
  * spill offsets -> config and results.
@@ -279,6 +279,15 @@ static void drop_out(cv_out *o) {
     free(o->qpath);
 }
 
+/* Outputs [first, b->n) belong to expert xe of group xg (packed layouts,
+ * plan.c). */
+static void tag(qb *b, size_t first, int xg, int xe) {
+    for (size_t i = first; i < b->n; i++) {
+        b->outs[i].xg = xg;
+        b->outs[i].xe = xe;
+    }
+}
+
 /* plain and stack consume o: it is moved into the new plan or dropped,
  * success or not. */
 static mk_status plain(qb *b, cv_out *o) {
@@ -292,7 +301,9 @@ static mk_status plain(qb *b, cv_out *o) {
     cv_qjob_choose(b->job, &b->x, path, NULL, o->shape[o->ndim - 1], &c);
     mk_status st;
     if (c.quant) {
+        size_t first = b->n;
         st = emit_module(b, path, o->name, o->ndim, o->shape, o->pc, o->npc, o->dt, &c);
+        tag(b, first, o->xg, o->xe);
         drop_out(o);
     } else {
         st = add_float(b, path, o, &c);
@@ -321,7 +332,9 @@ static mk_status mark_split(qb *b, const cv_out *o) {
         free(ep);
     }
     mk_status st = MK_OK;
-    if (differ) {
+    /* packed layouts write every expert on its own (plan.c), with the
+     * choices the stack would have had */
+    if (differ || b->p->packed) {
         const char *k = strstr(stack, ".switch_mlp.");
         char *mlp = cv_printf("%.*s", (int)(k - stack), stack);
         char **nk = mk_realloc(b->keys, (b->nkeys + 1) * sizeof *nk);
@@ -384,7 +397,9 @@ static mk_status stack(qb *b, cv_out *o) {
         cv_piece pc = o->pc[e];
         pc.out_off = 0;
         if (c.quant) {
+            size_t first = b->n;
             st = emit_module(b, ep, name, 2, o->shape + 1, &pc, 1, o->dt, &c);
+            tag(b, first, o->xg, e);
             free(name);
         } else {
             cv_out f;
@@ -396,6 +411,8 @@ static mk_status stack(qb *b, cv_out *o) {
             f.shape[1] = o->shape[2];
             f.nbytes = pc.nbytes;
             f.npc = 1;
+            f.xg = o->xg;
+            f.xe = e;
             f.pc = mk_malloc(sizeof pc);
             if (!f.pc) {
                 free(name);

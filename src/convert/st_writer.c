@@ -7,7 +7,9 @@
  * for mlx-lm). The format orders tensors by element alignment (larger
  * first: every tensor starts aligned to its element size), then by name;
  * mk_stw orders them itself, so begin checks that the plan's order is the
- * writer's. A multi-shard checkpoint gets model.safetensors.index.json
+ * writer's. A packed plan (plan.c) keeps its own order (experts together)
+ * and asks for the data buffer to start at a 4 KiB boundary (the header is
+ * padded with spaces: the only padding a valid file can hold). A multi-shard checkpoint gets model.safetensors.index.json
  * (weight_map: tensor -> shard file, metadata.total_size). */
 #include <jansson.h>
 #include <stdio.h>
@@ -59,7 +61,8 @@ static mk_status st_begin(const char *dir, const cv_plan *p, int k, const char *
     cv_writer *w = mk_calloc(1, sizeof *w);
     if (!w)
         return mk_err(MK_E_NOMEM, "%s: no memory for the writer of shard %d", dir, k + 1);
-    mk_stw_opts wo = {0, true, base, meta};
+    /* packed: the plan's order, and data from a 4 KiB boundary (plan.c) */
+    mk_stw_opts wo = {0, true, base, meta, p->packed, p->packed ? CV_PACK_ALIGN : 0};
     mk_status s = mk_stw_create(dir, &wo, &w->w);
     for (size_t i = p->shard_first[k]; s == MK_OK && i < p->shard_first[k + 1]; i++)
         s = mk_stw_add(w->w, p->outs[i].name, p->outs[i].dt, p->outs[i].ndim, p->outs[i].shape);

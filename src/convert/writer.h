@@ -38,6 +38,9 @@ typedef struct cv_writer_ops {
     char *(*shard_file)(int k, int n);
     /* Begin shard k of plan p in directory dir: the outputs
      * p->outs[p->shard_first[k] .. p->shard_first[k+1]) in that order.
+     * A packed plan (p->packed) is in its own order, not `order`'s, and
+     * its data buffer must start at a multiple of CV_PACK_ALIGN bytes in
+     * the file.
      * `format_tag` is the target's word for the file's flavour (safetensors:
      * metadata "format"). *out is NULL after a failure. */
     mk_status (*begin)(const char *dir, const cv_plan *p, int k, const char *format_tag, cv_writer **out);

@@ -4,7 +4,9 @@
  * names/dtypes/shapes, mk_stw_begin_data() orders tensors the HF way
  * (larger element alignment first, then by name), cuts shards at the size
  * limit, and writes each shard's header (padded with spaces to a multiple
- * of 8 so every tensor is aligned to its element size). Data then arrives
+ * of 8 so every tensor is aligned to its element size; with keep_order and
+ * data_align, a packed expert layout keeps the caller's order and starts
+ * the data buffer at a 4 KiB boundary). Data then arrives
  * in plan order, in chunks of any size, through a bounded buffer, so memory
  * never depends on tensor or model size. Files are written under temporary
  * names and renamed into place only by mk_stw_finish() after fsync; a
@@ -28,6 +30,7 @@
 typedef struct plan {
     mk_tensor_info info; /* file_offset relative to the shard's data start until begin_data */
     char *name;
+    size_t seq; /* order of mk_stw_add */
 } plan;
 
 typedef struct wshard {
@@ -80,6 +83,12 @@ mk_status mk_stw_create(const char *dir, const mk_stw_opts *opts, mk_stw **out) 
         return mk_err(MK_E_NOMEM, "safetensors writer for %s: no memory for its state", dir);
     if (opts)
         w->opts = *opts;
+    uint32_t al = w->opts.data_align;
+    if (al && ((al & (al - 1)) || al > (1u << 20))) {
+        free(w);
+        return mk_err(MK_E_ARG, "safetensors writer for %s: data alignment %u is not a power of two up to 1 MiB",
+                      dir, al);
+    }
     w->dir = mk_strdup(dir);
     w->basename = mk_strdup(w->opts.basename ? w->opts.basename : "model");
     w->metadata = w->opts.metadata_json ? mk_strdup(w->opts.metadata_json) : NULL;
@@ -135,6 +144,7 @@ mk_status mk_stw_add(mk_stw *w, const char *name, mk_dtype dt, int ndim, const i
     if (!p->name)
         return mk_err(MK_E_NOMEM, "writer: no memory for tensor name '%s'", name);
     p->info.name = p->name;
+    p->seq = w->n;
     p->info.dtype = dt;
     p->info.ndim = ndim;
     uint64_t numel = 1;
@@ -223,7 +233,9 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     json_decref(root);
     if (!js)
         return NULL;
-    size_t n = strlen(js), padded = (n + 7) & ~(size_t)7;
+    /* the data buffer starts at 8 + padded: a multiple of the alignment */
+    size_t al = w->opts.data_align ? w->opts.data_align : 8;
+    size_t n = strlen(js), padded = (8 + n + al - 1) / al * al - 8;
     char *out = mk_realloc(js, padded + 1);
     if (!out) {
         free(js);
@@ -233,6 +245,11 @@ static char *shard_header(const mk_stw *w, size_t si, size_t *len) {
     out[padded] = 0;
     *len = padded;
     return out;
+}
+
+static int cmp_plan_seq(const void *a, const void *b) {
+    size_t x = ((const plan *)a)->seq, y = ((const plan *)b)->seq;
+    return x < y ? -1 : x > y;
 }
 
 static int cmp_plan_name(const void *a, const void *b) {
@@ -249,8 +266,10 @@ mk_status mk_stw_begin_data(mk_stw *w) {
         if (strcmp(w->ts[i - 1].name, w->ts[i].name) == 0)
             return mk_err(MK_E_ARG, "writer: tensor '%s' added twice", w->ts[i].name);
     w->begun = true;
-    if (w->n)
+    if (w->n && !w->opts.keep_order)
         qsort(w->ts, w->n, sizeof *w->ts, cmp_plan);
+    else if (w->n)
+        qsort(w->ts, w->n, sizeof *w->ts, cmp_plan_seq); /* back to the order of mk_stw_add */
     for (size_t i = 0; i < w->n; i++)
         w->ts[i].info.name = w->ts[i].name; /* qsort moved the structs */
     /* shard cuts: greedy in plan order */

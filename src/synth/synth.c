@@ -214,7 +214,7 @@ static mk_status check_dir(const char *dir, bool *force) {
 }
 
 static mk_status write_tensors(const char *dir, const sy_list *l, const mk_synth_opts *o) {
-    mk_stw_opts wo = {o->shard_size ? o->shard_size : (5ull << 30), true, "model", NULL};
+    mk_stw_opts wo = {.shard_size = o->shard_size ? o->shard_size : (5ull << 30), .force = true, .basename = "model"};
     sy_run r = {NULL, NULL, 0};
     cv_map *byname = cv_map_new(l->n);
     mk_status s = byname ? mk_stw_create(dir, &wo, &r.w)

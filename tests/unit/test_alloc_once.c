@@ -117,7 +117,7 @@ static long once_loop(once_step *s, long dense, long stride) {
 /* A checkpoint of 18 one-tensor shards with metadata, written through the
  * safetensors writer: its headers and its index are built with jansson. */
 static mk_status stw_write(once_step *s) {
-    mk_stw_opts wo = {1, true, "model", "{\"format\":\"pt\",\"note\":\"kept\"}"};
+    mk_stw_opts wo = {.shard_size = 1, .force = true, .basename = "model", .metadata_json = "{\"format\":\"pt\",\"note\":\"kept\"}"};
     mk_stw *w = NULL;
     mk_status st = mk_stw_create(s->tmp, &wo, &w);
     char name[64];

@@ -96,7 +96,7 @@ static void base(ck *c, mk_dtype wdt) {
 static char *write_ck(const ck *c, const char *config) {
     char *dir = malloc(strlen(g_tmp) + 32);
     sprintf(dir, "%s/src%d", g_tmp, g_case++);
-    mk_stw_opts o = {0, true, "model", NULL};
+    mk_stw_opts o = {.force = true, .basename = "model"};
     mk_stw *w;
     assert_int_equal(mk_stw_create(dir, &o, &w), MK_OK);
     for (int i = 0; i < c->n; i++)

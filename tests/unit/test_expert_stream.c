@@ -8,9 +8,15 @@
  * chunk then uses more experts than the cache holds) or half the experts,
  * under both policies, through io_uring or pread, buffered or O_DIRECT.
  * Also: the store's counters add up, and a cache smaller than one token's
- * experts is refused naming the least size. */
+ * experts is refused naming the least size. Packed checkpoints (convert and
+ * quantize --pack-experts) are valid safetensors files with no hole, every
+ * expert one contiguous block in one shard (4 KiB-aligned when sizes
+ * allow), read with one request per miss, with logits bitwise equal to the
+ * unpacked checkpoint's. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -25,6 +31,7 @@
 #include "moekit/expert_store.h"
 #include "moekit/model.h"
 #include "moekit/quantize.h"
+#include "moekit/st.h"
 #include "moekit/synth.h"
 
 #define NTOK 40
@@ -88,6 +95,10 @@ static const variant k_variants[] = {
     {"half the experts, prefetch, LRU, pread, buffered", 1, MK_EXPERT_LRU, 2, false, true},
 };
 
+/* Packed checkpoints (convert --pack-experts) also need every miss read
+ * with one request. */
+static bool g_one_read_per_miss;
+
 static void check_dir(const char *dir) {
     mk_model *res = NULL, *str = NULL;
     if (mk_model_open(dir, &res) != MK_OK)
@@ -139,6 +150,8 @@ static void check_dir(const char *dir) {
         }
         assert_true(st.oracle_hit >= (double)st.hits / (double)st.uses - 1e-12);
         assert_true(st.bytes_read >= (st.uses - st.hits) * 1); /* every miss read something */
+        if (g_one_read_per_miss) /* each miss and each guess: one request */
+            assert_int_equal(st.reads, st.uses - st.hits - st.pf_hits + st.pf_issued);
         free(got);
         mk_expert_store_free(s);
     }
@@ -215,6 +228,292 @@ static void test_mlx_stacks(void **st) {
         mk_qjob_free(j);
         check_dir(dst);
     }
+}
+
+/* ---- the packed expert layout (convert / quantize --pack-experts) ---- */
+
+/* Every shard of dir is valid safetensors, checked apart from our reader:
+ * the data buffer starts at a 4 KiB boundary (the header padded with
+ * spaces), and the tensors, sorted by offset, cover it without a hole or
+ * an overlap up to the end of the file. */
+static void check_packed_files(const char *dir) {
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    int nfiles = 0;
+    while ((de = readdir(d)) != NULL) {
+        size_t nl = strlen(de->d_name);
+        if (nl < 12 || strcmp(de->d_name + nl - 12, ".safetensors") != 0)
+            continue;
+        char path[8192];
+        snprintf(path, sizeof path, "%s/%s", dir, de->d_name);
+        FILE *f = fopen(path, "rb");
+        assert_non_null(f);
+        unsigned char lb[8];
+        assert_int_equal(fread(lb, 1, 8, f), 8);
+        uint64_t n = 0;
+        for (int i = 7; i >= 0; i--)
+            n = n << 8 | lb[i];
+        if ((8 + n) % 4096 != 0)
+            fail_msg("%s: data buffer starts at %llu, not a multiple of 4096", path, (unsigned long long)(8 + n));
+        char *hdr = malloc(n + 1);
+        assert_non_null(hdr);
+        assert_int_equal(fread(hdr, 1, n, f), n);
+        hdr[n] = 0;
+        fseek(f, 0, SEEK_END);
+        uint64_t data_len = (uint64_t)ftell(f) - 8 - n;
+        fclose(f);
+        json_error_t je;
+        json_t *root = json_loads(hdr, 0, &je);
+        if (!json_is_object(root))
+            fail_msg("%s: header is not a JSON object: %s", path, je.text);
+        size_t cnt = json_object_size(root), k = 0;
+        uint64_t(*r)[2] = calloc(cnt, sizeof *r);
+        const char *key;
+        json_t *v;
+        json_object_foreach(root, key, v) {
+            if (strcmp(key, "__metadata__") == 0)
+                continue;
+            json_t *o = json_object_get(v, "data_offsets");
+            assert_true(json_is_array(o) && json_array_size(o) == 2);
+            r[k][0] = (uint64_t)json_integer_value(json_array_get(o, 0));
+            r[k][1] = (uint64_t)json_integer_value(json_array_get(o, 1));
+            /* every tensor aligned to its element size, as transformers
+             * needs to view the bytes in place */
+            const char *dt = json_string_value(json_object_get(v, "dtype"));
+            assert_non_null(dt);
+            unsigned es = strstr(dt, "64") ? 8 : strstr(dt, "32") ? 4 : strstr(dt, "16") ? 2 : 1;
+            if (r[k][0] % es)
+                fail_msg("%s: %s (%s) at data offset %llu, not aligned to its %u-byte elements", path, key, dt,
+                         (unsigned long long)r[k][0], es);
+            k++;
+        }
+        /* sort by (begin, end): a few hundred entries */
+        for (size_t i = 1; i < k; i++)
+            for (size_t j = i; j > 0 && (r[j][0] < r[j - 1][0] || (r[j][0] == r[j - 1][0] && r[j][1] < r[j - 1][1]));
+                 j--) {
+                uint64_t t0 = r[j][0], t1 = r[j][1];
+                r[j][0] = r[j - 1][0], r[j][1] = r[j - 1][1];
+                r[j - 1][0] = t0, r[j - 1][1] = t1;
+            }
+        uint64_t at = 0;
+        for (size_t i = 0; i < k; i++) {
+            if (r[i][0] != at || r[i][1] < r[i][0])
+                fail_msg("%s: tensor at [%llu, %llu) where %llu was expected (a hole or an overlap)", path,
+                         (unsigned long long)r[i][0], (unsigned long long)r[i][1], (unsigned long long)at);
+            at = r[i][1];
+        }
+        if (at != data_len)
+            fail_msg("%s: tensors end at %llu, the data buffer at %llu", path, (unsigned long long)at,
+                     (unsigned long long)data_len);
+        free(r);
+        json_decref(root);
+        free(hdr);
+        nfiles++;
+    }
+    closedir(d);
+    assert_true(nfiles > 0);
+}
+
+/* Each expert's parts in one shard, one after the other with nothing
+ * between (in any order of gate/up/down and weight/scales/biases), and,
+ * when `aligned`, starting at a multiple of 4096 in the file; no shard
+ * holds both experts and other tensors. Returns the number of experts that
+ * start aligned. */
+static int check_packed_experts(const char *dir, bool aligned) {
+    mk_model *m = NULL;
+    mk_model_opts so = {.stream_experts = true};
+    if (mk_model_open_ex(dir, &so, &m) != MK_OK)
+        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+    const mk_config *c = mk_model_config(m);
+    int n_aligned = 0, n = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        for (int e = 0; e < c->num_experts; e++) {
+            const mk_expert_loc *x = mk_model_expert_loc(m, l, e);
+            if (!x)
+                continue;
+            const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
+            uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+            int shard = -1;
+            for (int p = 0; p < 3; p++)
+                for (int k = 0; k < 4; k++) {
+                    const mk_wloc_part *pt = &w[p]->part[k];
+                    if (!pt->len)
+                        continue;
+                    if (shard >= 0 && pt->shard != shard)
+                        fail_msg("%s: expert %d of layer %d lies in two shards", dir, e, l);
+                    shard = pt->shard;
+                    lo = pt->off < lo ? pt->off : lo;
+                    hi = pt->off + pt->len > hi ? pt->off + pt->len : hi;
+                    sum += pt->len;
+                }
+            /* parts never overlap (valid file), so a span equal to their sum has no gap */
+            if (hi - lo != sum)
+                fail_msg("%s: expert %d of layer %d spans %llu bytes for %llu bytes of parts", dir, e, l,
+                         (unsigned long long)(hi - lo), (unsigned long long)sum);
+            n++;
+            n_aligned += lo % 4096 == 0;
+            if (aligned && lo % 4096 != 0)
+                fail_msg("%s: expert %d of layer %d (%llu bytes) starts at %llu, not 4 KiB-aligned", dir, e, l,
+                         (unsigned long long)sum, (unsigned long long)lo);
+        }
+    assert_true(n > 0);
+    mk_model_free(m);
+    mk_ckpt *ck = NULL;
+    assert_int_equal(mk_ckpt_open(dir, 0, &ck), MK_OK);
+    size_t ns = mk_ckpt_nshards(ck);
+    int *kind = calloc(ns, sizeof *kind); /* bit 0: experts, bit 1: other tensors */
+    for (size_t i = 0; i < mk_ckpt_count(ck); i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
+        kind[t->shard] |= strstr(t->name, ".experts.") ? 1 : 2;
+    }
+    for (size_t i = 0; i < ns; i++)
+        if (kind[i] == 3)
+            fail_msg("%s: shard %s holds experts and other tensors", dir, mk_ckpt_shard_path(ck, i));
+    free(kind);
+    mk_ckpt_close(ck);
+    return n_aligned;
+}
+
+/* Teacher-forced logits of two checkpoints, resident: bitwise equal. */
+static void same_logits(const char *a, const char *b) {
+    mk_model *ma = NULL, *mb = NULL;
+    if (mk_model_open(a, &ma) != MK_OK || mk_model_open(b, &mb) != MK_OK)
+        fail_msg("open %s / %s: %s", a, b, mk_err_msg());
+    size_t nv = (size_t)NTOK * (size_t)mk_model_config(ma)->vocab_size;
+    float *la = logits_of(ma, NULL, false), *lb = logits_of(mb, NULL, false);
+    size_t bad = 0;
+    for (size_t i = 0; i < nv; i++)
+        bad += memcmp(&la[i], &lb[i], sizeof(float)) != 0;
+    if (bad)
+        fail_msg("%zu of %zu logits of %s differ from those of %s", bad, nv, b, a);
+    free(la);
+    free(lb);
+    mk_model_free(ma);
+    mk_model_free(mb);
+}
+
+static void pack(const char *src, const char *name, mk_conv_target to, mk_qjob *q, uint64_t shard_size,
+                 char *out, size_t cap, mk_conv_stats *st) {
+    snprintf(out, cap, "%s/%s", g_tmp, name);
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = to;
+    o.quiet = true;
+    o.threads = 2;
+    o.quant = q;
+    o.shard_size = shard_size;
+    o.pack_experts = true;
+    if (mk_conv_run(src, out, &o, st) != MK_OK)
+        fail_msg("pack %s: %s", name, mk_err_msg());
+}
+
+/* HF bf16 experts of 3 x 64 KiB: every expert 4 KiB-aligned, shards of
+ * 1 MiB cut between experts; logits equal the source's, streamed and
+ * resident alike, one read per miss. */
+static void test_packed_hf(void **st) {
+    (void)st;
+    const char *src = mk_test_fixture("qwen3moe-a/bf16");
+    char d[4096];
+    mk_conv_stats cs;
+    pack(src, "packed-hf", MK_CONV_HF, NULL, 1u << 20, d, sizeof d, &cs);
+    assert_true(cs.shards > 1);
+    assert_true(cs.experts_packed > 0);
+    assert_int_equal(cs.experts_aligned, cs.experts_packed);
+    assert_string_equal(cs.pack_note, "");
+    check_packed_files(d);
+    assert_int_equal(check_packed_experts(d, true), (int)cs.experts_packed);
+    same_logits(src, d);
+    g_one_read_per_miss = true;
+    check_dir(d);
+    g_one_read_per_miss = false;
+}
+
+/* qwen3_next to MLX, packed: per-expert names, norms and conv1d kept in
+ * transformers' form (mlx-lm's sanitize shifts them once it sees
+ * per-expert names); moekit's loader must read the very model of the
+ * source: logits bitwise equal to the HF source's. */
+static void test_packed_qwen3next_mlx(void **st) {
+    (void)st;
+    const char *src = mk_test_fixture("qwen3next-a/bf16");
+    char d[4096];
+    mk_conv_stats cs;
+    pack(src, "packed-q3n", MK_CONV_MLX, NULL, 0, d, sizeof d, &cs);
+    check_packed_files(d);
+    check_packed_experts(d, false);
+    same_logits(src, d);
+    g_one_read_per_miss = true;
+    check_dir(d);
+    g_one_read_per_miss = false;
+}
+
+/* A 4-bit job with layer 1's stacked down_proj at 8 bits: an override on
+ * the switch_mlp path, which a packed output must honour expert by expert. */
+static mk_qjob *q4_job(void) {
+    mk_qjob *j = NULL;
+    assert_int_equal(mk_qjob_new(&j), MK_OK);
+    assert_int_equal(mk_qjob_set_default(j, MK_QMODE_AFFINE, 4, 64), MK_OK);
+    assert_int_equal(mk_qjob_add_override(j, "layers\\.1\\.mlp\\.switch_mlp\\.down_proj=8"), MK_OK);
+    return j;
+}
+
+/* quantize --pack-experts: MLX affine experts, weight, scales and biases
+ * of gate/up/down as one block; logits bitwise equal to the stacked
+ * (unpacked) quantization of the same source. The note names the
+ * unaligned experts and mlx-lm's limit. Then that stacked MLX checkpoint
+ * converted --to mlx --pack-experts (its modules copied expert by expert,
+ * its switch_mlp config entry made per expert): the same logits again. */
+static void test_packed_quantized(void **st) {
+    (void)st;
+    const char *src = mk_test_fixture("qwen3moe-a/bf16");
+    char d[4096], ref[4096], d2[4096];
+    mk_conv_stats cs;
+    mk_qjob *j = q4_job();
+    pack(src, "packed-q4", MK_CONV_MLX, j, 0, d, sizeof d, &cs);
+    mk_qjob_free(j);
+    assert_true(cs.experts_packed > 0);
+    printf("  packed q4: %llu experts, %llu aligned: %s\n", (unsigned long long)cs.experts_packed,
+           (unsigned long long)cs.experts_aligned, cs.pack_note);
+    assert_non_null(strstr(cs.pack_note, "mlx-lm cannot load"));
+    check_packed_files(d);
+    assert_int_equal(check_packed_experts(d, cs.experts_aligned == cs.experts_packed), (int)cs.experts_aligned);
+    snprintf(ref, sizeof ref, "%s/stacked-q4", g_tmp);
+    j = q4_job();
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = MK_CONV_MLX;
+    o.quiet = true;
+    o.threads = 2;
+    o.quant = j;
+    if (mk_conv_run(src, ref, &o, NULL) != MK_OK)
+        fail_msg("quantize: %s", mk_err_msg());
+    mk_qjob_free(j);
+    same_logits(ref, d);
+    g_one_read_per_miss = true;
+    check_dir(d);
+    pack(ref, "packed-copy", MK_CONV_MLX, NULL, 0, d2, sizeof d2, &cs);
+    check_packed_files(d2);
+    check_packed_experts(d2, false);
+    same_logits(ref, d2);
+    check_dir(d2);
+    g_one_read_per_miss = false;
+}
+
+/* --experts fused cannot be packed: refused before any work. */
+static void test_packed_fused_refused(void **st) {
+    (void)st;
+    char d[4096];
+    snprintf(d, sizeof d, "%s/packed-fused", g_tmp);
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = MK_CONV_HF;
+    o.experts = MK_CONV_FUSED;
+    o.quiet = true;
+    o.pack_experts = true;
+    assert_int_equal(mk_conv_run(mk_test_fixture("qwen3moe-a/bf16"), d, &o, NULL), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "--pack-experts"));
+    struct stat sb;
+    assert_int_not_equal(stat(d, &sb), 0);
 }
 
 /* ---- failures: read errors, short reads, a checkpoint changed on disk ---- */
@@ -457,6 +756,8 @@ int main(void) {
         cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
         cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
+        cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),
+        cmocka_unit_test(test_packed_quantized), cmocka_unit_test(test_packed_fused_refused),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

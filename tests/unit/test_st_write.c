@@ -189,6 +189,10 @@ static unsigned align_of(mk_dtype dt) {
     return b ? b : 1;
 }
 
+/* Header padding check_roundtrip allows: under 8 bytes, under data_align
+ * for test_keep_order_aligned. */
+static size_t g_pad_max = 8;
+
 /* Re-read `dir` strictly and compare every tensor with the spec. */
 static void check_roundtrip(const char *dir, const cspec *c) {
     for (unsigned fl = 0; fl <= MK_CKPT_NO_MMAP; fl++) {
@@ -232,7 +236,7 @@ static void check_roundtrip(const char *dir, const cspec *c) {
             size_t e = n;
             while (e > 0 && h[e - 1] == ' ')
                 e--;
-            assert_true(e > 0 && e + 8 > n); /* fewer than 8 pad bytes */
+            assert_true(e > 0 && e + g_pad_max > n); /* fewer than 8 pad bytes (data_align: g_pad_max) */
             assert_int_equal(h[e - 1], '}');
             assert_int_equal(h[0], '{');
             free(h);
@@ -293,6 +297,83 @@ static void test_roundtrip_modes(void **state) {
         mk_ckpt_close(k);
         cspec_free(&c);
     }
+}
+
+/* keep_order + data_align (convert --pack-experts): tensors laid out in the
+ * order they were added, the data buffer at a multiple of 4096 in the file
+ * (header padded with spaces), and the file reads back through the strict
+ * reader; an alignment that is not a power of two is refused. */
+static void test_keep_order_aligned(void **state) {
+    cspec c;
+    random_spec(&c, 40, 777, 0);
+    mk_stw *w = NULL;
+    mk_stw_opts o = {.keep_order = true, .data_align = 4096};
+    char d[4096];
+    snprintf(d, sizeof d, "%s/keep", (char *)*state);
+    assert_int_equal(mk_stw_create(d, &o, &w), MK_OK);
+    /* names descending within each alignment: not the HF order, but every
+     * tensor still aligned to its element size (check_roundtrip) */
+    size_t *ord = malloc(c.n * sizeof *ord);
+    for (size_t i = 0; i < c.n; i++)
+        ord[i] = i;
+    for (size_t i = 1; i < c.n; i++)
+        for (size_t j = i; j > 0; j--) {
+            const tspec *a = &c.t[ord[j - 1]], *b = &c.t[ord[j]];
+            unsigned aa = align_of(a->dt), ab = align_of(b->dt);
+            if (aa > ab || (aa == ab && strcmp(a->name, b->name) > 0))
+                break;
+            size_t t = ord[j];
+            ord[j] = ord[j - 1];
+            ord[j - 1] = t;
+        }
+    for (size_t i = 0; i < c.n; i++)
+        assert_int_equal(mk_stw_add(w, c.t[ord[i]].name, c.t[ord[i]].dt, c.t[ord[i]].ndim, c.t[ord[i]].shape), MK_OK);
+    assert_int_equal(mk_stw_begin_data(w), MK_OK);
+    for (size_t i = 0; i < c.n; i++) {
+        assert_string_equal(mk_stw_name(w, i), c.t[ord[i]].name);
+        const tspec *sp = spec_find(&c, mk_stw_name(w, i));
+        assert_int_equal(mk_stw_write(w, sp->data, sp->nbytes), MK_OK);
+    }
+    assert_int_equal(mk_stw_finish(w), MK_OK);
+    mk_stw_free(w);
+    g_pad_max = 4096;
+    check_roundtrip(d, &c);
+    g_pad_max = 8;
+    char f[4200];
+    snprintf(f, sizeof f, "%s/model.safetensors", d);
+    FILE *fp = fopen(f, "rb");
+    assert_non_null(fp);
+    unsigned char lb[8];
+    assert_int_equal(fread(lb, 1, 8, fp), 8);
+    fclose(fp);
+    uint64_t n = 0;
+    for (int i = 7; i >= 0; i--)
+        n = n << 8 | lb[i];
+    assert_int_equal((8 + n) % 4096, 0);
+    mk_ckpt *k = NULL;
+    assert_int_equal(mk_ckpt_open(f, 0, &k), MK_OK);
+    /* file order (by offset; empty tensors first at equal offsets) = the
+     * order added, for the tensors that hold bytes */
+    size_t j = 0;
+    for (size_t i = 0; i < c.n; i++) {
+        const tspec *t = &c.t[ord[i]];
+        if (!t->nbytes)
+            continue;
+        while (j < mk_ckpt_count(k) && !mk_ckpt_tensor(k, j)->nbytes)
+            j++;
+        assert_true(j < mk_ckpt_count(k));
+        assert_string_equal(mk_ckpt_tensor(k, j)->name, t->name);
+        if (i == 0)
+            assert_int_equal(mk_ckpt_tensor(k, j)->file_offset % 4096, 0);
+        j++;
+    }
+    mk_ckpt_close(k);
+    free(ord);
+    cspec_free(&c);
+    mk_stw_opts bad = {.data_align = 3000};
+    snprintf(d, sizeof d, "%s/bad", (char *)*state);
+    assert_int_equal(mk_stw_create(d, &bad, &w), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "power of two"));
 }
 
 /* The plan is in HF order (alignment desc, then name) and data offsets
@@ -666,6 +747,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_fault_fsync, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_fault_rename, setup_dir, teardown_dir),
         cmocka_unit_test_setup_teardown(test_short_writes, setup_dir, teardown_dir),
+        cmocka_unit_test_setup_teardown(test_keep_order_aligned, setup_dir, teardown_dir),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
