@@ -34,6 +34,7 @@ extern "C" {
 typedef enum mk_conv_target {
     MK_CONV_HF = 0,  /* Hugging Face safetensors layout of the family */
     MK_CONV_MLX = 1, /* mlx-lm layout (switch_mlp, renamed, shifted norms) */
+    MK_CONV_GGUF = 2, /* one GGUF file for llama.cpp (DST is a file; src/convert/gguf.h) */
 } mk_conv_target;
 
 typedef enum mk_conv_experts {
@@ -67,6 +68,11 @@ typedef struct mk_conv_opts {
      * none). Also makes SRC a bare .safetensors file acceptable. The job's
      * results are filled in by mk_conv_run. */
     struct mk_qjob *quant;
+    /* GGUF target: the file type, an mk_ggml_type (moekit/ggml_quant.h): F32,
+     * F16, BF16, Q8_0 or Q4_0 (1-D tensors, norms and the router stay F32,
+     * as llama.cpp writes them); -1 (the default): float tensors keep the
+     * dtype `dtype` says */
+    int gguf_type;
 } mk_conv_opts;
 
 typedef struct mk_conv_stats {

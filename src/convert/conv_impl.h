@@ -158,6 +158,7 @@ typedef enum cv_op {
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
     CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
+    CV_OP_GGQ,      /* ggml Q8_0/Q4_0 quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
     CV_OP_COUNT
 } cv_op;
 
@@ -189,6 +190,7 @@ typedef struct cv_out {
     /* MLX quantized module written by this output (the .weight of it) */
     char *qpath;
     int qbits, qgroup;
+    int ggt; /* GGUF target: the ggml type (moekit/ggml_quant.h); -1 otherwise */
 } cv_out;
 
 typedef struct cv_plan {
@@ -207,6 +209,9 @@ typedef struct cv_plan {
     size_t nstacked;     /* expert groups written stacked/fused */
     struct cv_qstate *qs;      /* quantization (quant_plan.c), NULL when none */
     unsigned scratch_per_elem; /* worker scratch bytes per chunk element; 0: 8 */
+    unsigned char *gguf_kv;    /* GGUF target: the serialized key/value section (gguf_meta.c) */
+    size_t gguf_kv_len;
+    uint64_t gguf_kv_count;
 } cv_plan;
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);

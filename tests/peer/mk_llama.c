@@ -81,6 +81,11 @@ static int cmd_logits(int argc, char **argv) {
     cp.n_batch = cp.n_ubatch = (uint32_t)n;
     cp.n_threads = cp.n_threads_batch = threads;
     cp.n_seq_max = 1;
+    /* the oracle computes as exactly as llama.cpp can: an F32 KV cache
+     * (its default F16 cache alone moves logits by 4e-4) and no flash
+     * attention */
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
     struct llama_context *ctx = llama_init_from_model(m, cp);
     if (!ctx) {
         fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
