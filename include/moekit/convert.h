@@ -92,7 +92,8 @@ typedef struct mk_conv_stats {
     char worst_tensor[256];
 } mk_conv_stats;
 
-/* Defaults: HF target, per-expert, dtype MK_DT_INVALID, 1 GiB, all cores. */
+/* Defaults: HF target, per-expert, dtype MK_DT_INVALID, gguf_type -1, 1 GiB, all
+ * cores. Always start from these: a zeroed gguf_type would mean F32. */
 void mk_conv_opts_init(mk_conv_opts *o);
 
 /* Convert checkpoint `src` (a directory with config.json) into directory
