@@ -37,10 +37,7 @@ static const gmap g_qwen3moe_layer[] = {
     {"mlp.switch_mlp.gate_proj.weight", "ffn_gate_exps.weight"},
     {"mlp.switch_mlp.up_proj.weight", "ffn_up_exps.weight"},
     {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
-    /* mlp_only_layers: a dense MLP */
-    {"mlp.gate_proj.weight", "ffn_gate.weight"},
-    {"mlp.up_proj.weight", "ffn_up.weight"},
-    {"mlp.down_proj.weight", "ffn_down.weight"},
+    /* no dense MLP: llama.cpp's qwen3moe has MoE in every layer (refused below) */
 };
 
 const char *cv_gguf_arch(const cv_src *s) {
@@ -80,6 +77,21 @@ mk_status cv_gguf_check_names(const cv_src *s) {
                       s->dir, mk_arch_name(s->cfg.arch));
     if (s->vl)
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of a vision-language checkpoint is not supported yet", s->dir);
+    /* what llama.cpp's qwen3moe graph cannot express (src/models/qwen3moe.cpp):
+     * every layer is MoE and the top-k weights are always renormalized; a
+     * GGUF of such a model would load and compute a different model */
+    const mk_config *c = &s->cfg;
+    if (!c->norm_topk_prob)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: norm_topk_prob is false, but llama.cpp's qwen3moe always "
+                                        "renormalizes the top-k expert weights: its GGUF would compute another model",
+                      s->dir);
+    if (c->n_mlp_only_layers > 0 || c->decoder_sparse_step > 1)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: dense MLP layers (mlp_only_layers %d entries, "
+                                        "decoder_sparse_step %d): llama.cpp's qwen3moe has MoE in every layer",
+                      s->dir, c->n_mlp_only_layers, c->decoder_sparse_step);
+    if (c->rope.factor != 1.0)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: RoPE scaling (factor %g) is not written to GGUF yet", s->dir,
+                      c->rope.factor);
     for (size_t i = 0; i < s->nlts; i++) {
         const cv_lt *lt = &s->lts[i];
         if (lt->cls == MK_PART_VISION || lt->cls == MK_PART_MTP || cv_ends_with(lt->cname, "rotary_emb.inv_freq"))

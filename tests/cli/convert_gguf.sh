@@ -2,7 +2,8 @@
 # `moekit convert --to gguf` without llama.cpp: the nothing-lost rules for a
 # one-file output and its errors (tests/cli/gguf_llama.sh checks the file
 # against llama.cpp itself).
-#   - an unsupported architecture, --gguf-type without --to gguf, a bad
+#   - an unsupported architecture, a qwen3_moe llama.cpp would compute
+#     differently (norm_topk_prob false), --gguf-type without --to gguf, a bad
 #     --gguf-type and --verify are refused with one line, exit 2, and leave
 #     neither DST nor DST.partial/
 #   - an existing DST is never replaced without --force (its bytes stay);
@@ -26,6 +27,11 @@ expect 2 "applies to --to gguf only" "$BIN" convert "$src" "$T/hf" --to hf --ggu
 nothing_left "$T/hf"
 expect 2 "expected f32, f16, bf16, q8_0 or q4_0" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q4_k
 nothing_left "$T/x.gguf"
+mkdir "$T/nonorm"
+sed 's/"norm_topk_prob": true/"norm_topk_prob": false/' "$src/config.json" > "$T/nonorm/config.json"
+ln -s "$src/model.safetensors" "$T/nonorm/model.safetensors"
+expect 2 "always renormalizes" "$BIN" convert "$T/nonorm" "$T/nn.gguf" --to gguf --quiet
+nothing_left "$T/nn.gguf"
 expect 2 "does not read GGUF" "$BIN" convert "$src" "$T/v.gguf" --to gguf --verify --quiet
 nothing_left "$T/v.gguf"
 
