@@ -24,6 +24,14 @@ else
     echo "ok: --mlock refused here by the limit: $(cat "$T/lerr")"
 fi
 
+expect 2 "does not go with --stream-experts" "$BIN" run "$M" --ids 1,2,3 --mlock --stream-experts
+# AddressSanitizer intercepts mlock and makes it a no-op that succeeds (its shadow memory would be
+# locked too), so the kernel's refusal can only be seen in a build without it
+"$BIN" run "$M" --ids 1 --max-tokens 1 --stats > "$T/stats" 2>&1
+if grep -qx "sanitizer 1" "$T/stats"; then
+    echo "run_mlock: passed (the RLIMIT_MEMLOCK refusal is not checked under AddressSanitizer: mlock is a no-op there)"
+    exit 0
+fi
 drop=()
 if [ "$(id -u)" -eq 0 ]; then
     command -v setpriv >/dev/null || { echo "skip: root without setpriv cannot give up CAP_IPC_LOCK"; exit 77; }
@@ -33,5 +41,4 @@ expect 1 "RLIMIT_MEMLOCK is 64 KiB" bash -c 'ulimit -l 64 && exec "$@"' _ "${dro
     "$BIN" run "$M" --ids 1,2,3 --max-tokens 8 --mlock
 [ ! -s "$T/out" ] || fail "a refused --mlock still generated: $(cat "$T/out")"
 grep -q "model.safetensors" "$T/err" || fail "the refusal does not name the file"
-expect 2 "does not go with --stream-experts" "$BIN" run "$M" --ids 1,2,3 --mlock --stream-experts
 echo "run_mlock: all passed"
