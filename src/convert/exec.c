@@ -393,8 +393,22 @@ static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, c
     (void)src; /* SRC and DST were checked against each other (mk_paths_check_dir) */
     if (!mk_os_exists(dst))
         return MK_OK;
-    if (p->tgt->single_file) /* mk_paths_check_file refused it without force */
-        return MK_OK;
+    if (p->tgt->single_file) {
+        /* a run killed between moving the file to DST and removing
+         * DST.partial/ left its complete journal there: finish it */
+        char *pp = cv_printf("%s.partial", dst);
+        if (!pp)
+            return mk_err(MK_E_NOMEM, "%s: no memory for the .partial path", dst);
+        cv_journal j;
+        bool fin = cv_journal_load(pp, p->nshards, &j) == MK_OK && j.complete && j.fingerprint == p->fingerprint;
+        cv_journal_free(&j);
+        mk_status st = fin ? mk_os_rmtree(pp) : MK_OK;
+        free(pp);
+        *done = fin && st == MK_OK;
+        if (fin || o->force)
+            return st;
+        return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", dst);
+    }
     cv_journal j;
     if (cv_journal_load(dst, p->nshards, &j) == MK_OK && j.complete && j.fingerprint == p->fingerprint) {
         cv_journal_free(&j);
@@ -628,8 +642,19 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     mk_paths_init(&paths);
     mk_status rc = mk_paths_add_input(&paths, src, "SRC");
     const cv_target *tg = cv_target_of(o.to);
+    /* a one-file DST may be the finished output of this very command killed
+     * before it removed DST.partial/ (check_dst decides, with the plan) */
+    bool fforce = o.force;
+    if (rc == MK_OK && tg && tg->single_file && !fforce && mk_os_exists(dst)) {
+        char *pp = cv_printf("%s.partial", dst);
+        cv_journal j;
+        fforce = pp && cv_journal_load(pp, 1, &j) == MK_OK && j.complete;
+        if (pp)
+            cv_journal_free(&j);
+        free(pp);
+    }
     if (rc == MK_OK)
-        rc = tg && tg->single_file ? mk_paths_check_file(&paths, dst, "DST", o.force)
+        rc = tg && tg->single_file ? mk_paths_check_file(&paths, dst, "DST", fforce)
                                    : mk_paths_check_dir(&paths, dst, o.force);
     mk_paths_free(&paths);
     memset(&s, 0, sizeof s);

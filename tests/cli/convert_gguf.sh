@@ -9,7 +9,8 @@
 #   - an existing DST is never replaced without --force (its bytes stay);
 #     with --force it is; SRC's own files are never an output
 #   - the file is GGUF version 3 with the expected tensor and key counts
-#   - the same command gives the same bytes (deterministic)
+#   - the same command gives the same bytes (deterministic), also when killed
+#     anywhere and run again (the rerun resumes or finishes)
 set -euo pipefail
 BIN=${MK_BIN:?}
 . "${MK_SRC:?}/tests/cli/fixtures.bash"
@@ -52,6 +53,24 @@ expect 2 "exists" "$BIN" convert "$src" "$T/a.gguf" --to gguf --quiet
 "$BIN" convert "$src" "$T/a.gguf" --to gguf --gguf-type q4_0 --force --quiet
 [ "$(sha256sum < "$T/a.gguf")" != "$sum" ] || fail "--force did not replace a.gguf"
 [ ! -e "$T/a.gguf.partial" ] || fail "a.gguf.partial left after --force"
+
+# killed (SIGKILL, test hook) inside the data, before and after the final move: the rerun of the
+# same command finishes with the same bytes and leaves no DST.partial/
+"$BIN" convert "$src" "$T/ref.gguf" --to gguf --gguf-type q4_0 --quiet
+for point in item:1 item:5 shard:1 commit:1 committed:1; do
+    set +e
+    MK_CONVERT_CRASH=$point sh -c '"$@"; exit $?' sh "$BIN" convert "$src" "$T/r.gguf" --to gguf --gguf-type q4_0 \
+        --quiet 2>/dev/null
+    rc=$?
+    set -e
+    [ $rc -eq 137 ] || fail "crash at $point: exit $rc, expected 137 (SIGKILL)"
+    [ "$point" = committed:1 ] || [ ! -e "$T/r.gguf" ] || fail "r.gguf exists after a crash at $point"
+    "$BIN" convert "$src" "$T/r.gguf" --to gguf --gguf-type q4_0 --quiet || fail "rerun after $point failed"
+    cmp -s "$T/r.gguf" "$T/ref.gguf" || fail "resumed r.gguf after $point differs from an uninterrupted run"
+    [ ! -e "$T/r.gguf.partial" ] || fail "r.gguf.partial left after the rerun ($point)"
+    rm -f "$T/r.gguf"
+    echo "ok: killed at $point, rerun byte-identical"
+done
 
 cp -r "$src" "$T/src"
 sum=$(sha256sum < "$T/src/model.safetensors")
