@@ -19,6 +19,8 @@
 #      way (its values are the F32 file's, bit for bit), not by logits:
 #      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
 #      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
+# The FP8 variant of qwen3moe-odd converted straight to an F32 GGUF: llama.cpp's logits equal
+# moekit's on the FP8 checkpoint (rel L2 <= 1e-3).
 # On a synthetic qwen3_moe with the trained tiny model's tokenizer.json
 # (vocab 4096) the gpt2 vocabulary, merges and pre-tokenizer written into the
 # GGUF make llama.cpp tokenize text exactly as moekit's tokenizer does.
@@ -69,6 +71,18 @@ for fx in qwen3moe-a qwen3moe-odd; do
         echo "ok: $fx $ty: every tensor byte-identical to llama-quantize's ($(tail -1 "$T/cmp"))"
     done
 done
+
+# an FP8 block checkpoint (partial edge blocks) straight to GGUF F32: llama.cpp on it equals moekit
+# computing from the FP8 bytes (products kept in float32 on both sides)
+fx=qwen3moe-odd
+ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
+echo "$ids" | tr ',' ' ' > "$T/ids"
+"$BIN" logits "$FX/$fx/fp8" --ids "$ids" --out "$T/fp8.mk.f32" --threads 2 2>/dev/null
+"$BIN" convert "$FX/$fx/fp8" "$T/fp8.gguf" --to gguf --gguf-type f32 --quiet
+"$PEER/mk_llama" logits "$T/fp8.gguf" "$T/ids" "$T/fp8.ll.f32" 2 >/dev/null 2>&1 || fail "llama.cpp could not run the FP8-sourced GGUF"
+r=$(rel_l2 "$T/fp8.ll.f32" "$T/fp8.mk.f32")
+le "$r" 1e-3 || fail "$fx fp8 -> gguf f32: llama.cpp's logits vs moekit's on the FP8 checkpoint: rel L2 $r > 1e-3"
+echo "ok: $fx fp8 -> GGUF f32: llama.cpp logits = moekit logits on the FP8 checkpoint (rel L2 $r)"
 
 # tokenizer: a synthetic qwen3_moe with the tiny trained model's tokenizer
 "$BIN" synth "$T/syn" --arch qwen3_moe --preset tiny --vocab 4096 --format bf16 --quiet
