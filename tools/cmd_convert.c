@@ -10,16 +10,21 @@
 #include "cli_flags.h"
 #include "cmd.h"
 #include "moekit/convert.h"
+#include "moekit/ggml_quant.h"
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: moekit convert SRC DST --to hf|mlx [options]\n\n"
+            "usage: moekit convert SRC DST --to hf|mlx|gguf [options]\n\n"
             "Convert checkpoint directory SRC (HF per-expert or fused, vision-language wrapper, MLX, FP8 block,\n"
             "compressed-tensors INT4) into DST. DST is built in DST.partial/ and appears only when complete;\n"
             "after a crash, rerunning the same command resumes. One moekit at a time writes a DST: a\n"
             "second one is refused, naming the first one's pid. Bad input found mid-run removes\n"
             "DST.partial/ (a rerun would fail alike); a full disk keeps it for the rerun.\n\n"
-            "  --to hf|mlx              target layout (required)\n"
+            "  --to hf|mlx|gguf         target layout (required); gguf: DST is one file for llama.cpp\n"
+            "                           (qwen3_moe so far; built in DST.partial/, then moved to DST)\n"
+            "  --gguf-type T            gguf: f32, f16, bf16, q8_0 or q4_0 (llama.cpp's reference\n"
+            "                           quantizers, bit for bit); norms and the router stay f32, as\n"
+            "                           llama.cpp writes them (default: floats keep --dtype's dtype)\n"
             "  --experts per-expert|fused  HF expert layout (default per-expert)\n"
             "  --pack-experts           each routed expert's tensors as one contiguous block, 4 KiB-aligned when\n"
             "                           sizes allow: one read per expert when streaming; not with --experts fused\n"
@@ -59,7 +64,7 @@ static void print_stats(const mk_conv_stats *st) {
            (unsigned long long)st->experts_packed, (unsigned long long)st->experts_aligned);
 }
 
-enum { O_TO = 256, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
+enum { O_TO = 256, O_GGTYPE, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
        O_VERIFY, O_QUIET, O_STATS };
 
 static int cmd_convert(int argc, char **argv) {
@@ -71,7 +76,8 @@ static int cmd_convert(int argc, char **argv) {
         {"keep-mtp", no_argument, 0, O_MTP},           {"shard-size", required_argument, 0, O_SHARD},
         {"force", no_argument, 0, O_FORCE},            {"verify", no_argument, 0, O_VERIFY},
         {"quiet", no_argument, 0, O_QUIET},            {"stats", no_argument, 0, O_STATS},
-        {"help", no_argument, 0, 'h'},                 {0, 0, 0, 0}};
+        {"gguf-type", required_argument, 0, O_GGTYPE}, {"help", no_argument, 0, 'h'},
+        {0, 0, 0, 0}};
     mk_conv_opts o;
     mk_conv_opts_init(&o);
     int c, rc, have_to = 0, stats = 0;
@@ -80,11 +86,23 @@ static int cmd_convert(int argc, char **argv) {
         switch (c) {
         case 'h': help(stdout); return 0;
         case O_TO:
-            if (strcmp(optarg, "hf") && strcmp(optarg, "mlx"))
-                return mk_cli_usage("convert", "--to '%s': expected hf or mlx", optarg);
-            o.to = strcmp(optarg, "mlx") == 0 ? MK_CONV_MLX : MK_CONV_HF;
+            if (strcmp(optarg, "hf") && strcmp(optarg, "mlx") && strcmp(optarg, "gguf"))
+                return mk_cli_usage("convert", "--to '%s': expected hf, mlx or gguf", optarg);
+            o.to = strcmp(optarg, "mlx") == 0 ? MK_CONV_MLX : strcmp(optarg, "gguf") == 0 ? MK_CONV_GGUF : MK_CONV_HF;
             have_to = 1;
             break;
+        case O_GGTYPE: {
+            static const struct { const char *s; mk_ggml_type t; } tt[] = {
+                {"f32", MK_GGML_F32}, {"f16", MK_GGML_F16}, {"bf16", MK_GGML_BF16},
+                {"q8_0", MK_GGML_Q8_0}, {"q4_0", MK_GGML_Q4_0}};
+            o.gguf_type = -2;
+            for (size_t i = 0; i < sizeof tt / sizeof tt[0]; i++)
+                if (strcmp(optarg, tt[i].s) == 0)
+                    o.gguf_type = (int)tt[i].t;
+            if (o.gguf_type == -2)
+                return mk_cli_usage("convert", "--gguf-type '%s': expected f32, f16, bf16, q8_0 or q4_0", optarg);
+            break;
+        }
         case O_EXPERTS:
             if (strcmp(optarg, "per-expert") && strcmp(optarg, "fused"))
                 return mk_cli_usage("convert", "--experts '%s': expected per-expert or fused", optarg);
@@ -125,7 +143,7 @@ static int cmd_convert(int argc, char **argv) {
     if (optind + 2 != argc)
         return mk_cli_usage("convert", "expected SRC and DST");
     if (!have_to)
-        return mk_cli_usage("convert", "--to hf or --to mlx is required");
+        return mk_cli_usage("convert", "--to hf, --to mlx or --to gguf is required");
     /* Past a file-size limit, write() must fail with EFBIG (reported as a
      * full disk) instead of the default SIGXFSZ killing us mid-shard. */
     signal(SIGXFSZ, SIG_IGN);

@@ -226,7 +226,11 @@ const char mk_ecli_mem_help[] =
     "                       (--stats counts guesses and how many were used)\n"
     "  --experts-per-token K  route each token to only its best K experts (fewer than the\n"
     "                       model's): less to read and compute, but NOT the model's output;\n"
-    "                       warns at startup. Measure what it costs with eval --ref\n";
+    "                       warns at startup. Measure what it costs with eval --ref\n"
+    "  --mlock              lock the model's weights in memory (as llama.cpp's --mlock): the\n"
+    "                       kernel never reclaims them, so decode never waits for the disk;\n"
+    "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
+    "                       resident model\n";
 
 int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     *mine = true;
@@ -259,6 +263,7 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         return -1;
     case 0x4d04: mm->buffered = false; return -1;
     case 0x4d08: mm->buffered = true; return -1;
+    case 0x4d0a: mm->mlock = true; return -1;
     case 0x4d05: mm->force_stream = true; return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d09: mm->prefetch = true; return -1;
@@ -272,7 +277,7 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
 
 static double gib(uint64_t b) { return (double)b / (double)(1ull << 30); }
 
-mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
+static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
     *m = NULL;
     uint64_t avail = mk_ecli_mem_available();
     mm->limit = mm->budget ? mm->budget : avail / 10 * 9;
@@ -295,6 +300,21 @@ mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mod
     mm->stream = true;
     *m = sm;
     return MK_OK;
+}
+
+mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
+    if (mm->mlock && (mm->force_stream || mm->budget))
+        return mk_err(MK_E_ARG, "%s: --mlock locks a resident model; it does not go with --stream-experts or "
+                                "--memory-budget", mm->cmd);
+    MK_TRY(mem_model_open(mm, path, mo, m));
+    if (!mm->mlock)
+        return MK_OK;
+    mk_status st = mk_model_mlock(*m);
+    if (st != MK_OK) {
+        mk_model_free(*m);
+        *m = NULL;
+    }
+    return st;
 }
 
 typedef struct hot {

@@ -74,6 +74,7 @@ typedef struct mk_ecli_mem {
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *pin_profile;   /* --pin-profile */
     bool prefetch;             /* --prefetch */
+    bool mlock;                /* --mlock: lock the resident model's weights in memory */
     const char *cmd;           /* for messages */
     /* decided */
     bool stream;
@@ -86,7 +87,7 @@ typedef struct mk_ecli_mem {
         {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
         {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
-        {"prefetch", no_argument, 0, 0x4d09}
+        {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

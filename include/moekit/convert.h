@@ -34,6 +34,7 @@ extern "C" {
 typedef enum mk_conv_target {
     MK_CONV_HF = 0,  /* Hugging Face safetensors layout of the family */
     MK_CONV_MLX = 1, /* mlx-lm layout (switch_mlp, renamed, shifted norms) */
+    MK_CONV_GGUF = 2, /* one GGUF file for llama.cpp (DST is a file; src/convert/gguf.h) */
 } mk_conv_target;
 
 typedef enum mk_conv_experts {
@@ -77,6 +78,11 @@ typedef struct mk_conv_opts {
      * expert starts 4 KiB-aligned when the experts' sizes are multiples of
      * 4 KiB (real shapes are). Refused with --experts fused. */
     bool pack_experts;
+    /* GGUF target: the file type, an mk_ggml_type (moekit/ggml_quant.h): F32,
+     * F16, BF16, Q8_0 or Q4_0 (1-D tensors, norms and the router stay F32,
+     * as llama.cpp writes them); -1 (the default): float tensors keep the
+     * dtype `dtype` says */
+    int gguf_type;
 } mk_conv_opts;
 
 typedef struct mk_conv_stats {
@@ -100,7 +106,8 @@ typedef struct mk_conv_stats {
     char pack_note[320];       /* why some are unaligned, or a loader that cannot read the output; "" */
 } mk_conv_stats;
 
-/* Defaults: HF target, per-expert, dtype MK_DT_INVALID, 1 GiB, all cores. */
+/* Defaults: HF target, per-expert, dtype MK_DT_INVALID, gguf_type -1, 1 GiB, all
+ * cores. Always start from these: a zeroed gguf_type would mean F32. */
 void mk_conv_opts_init(mk_conv_opts *o);
 
 /* Convert checkpoint `src` (a directory with config.json) into directory

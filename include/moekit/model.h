@@ -87,6 +87,11 @@ mk_status mk_model_open(const char *path, mk_model **out);
 mk_status mk_model_check(const mk_config *cfg, const mk_ckpt *ck);
 /* Release the views, the float32 copies and the checkpoint. NULL ok. */
 void mk_model_free(mk_model *m);
+/* Lock a resident model's mapped checkpoint in memory (mk_ckpt_mlock, what
+ * llama.cpp's --mlock does): decode then never waits for weights the
+ * kernel reclaimed. MK_E_UNSUPPORTED for a model opened for streaming;
+ * MK_E_NOMEM naming the limit when RLIMIT_MEMLOCK refuses. */
+mk_status mk_model_mlock(const mk_model *m);
 
 /* The resolved text-model configuration. */
 const mk_config *mk_model_config(const mk_model *m);

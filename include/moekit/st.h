@@ -56,6 +56,12 @@ const char *mk_ckpt_dir(const mk_ckpt *c);
 size_t mk_ckpt_nshards(const mk_ckpt *c);
 const char *mk_ckpt_shard_path(const mk_ckpt *c, size_t i);
 uint64_t mk_ckpt_shard_size(const mk_ckpt *c, size_t i);
+/* Lock every shard's mapping in memory (mlock: the kernel faults it all in
+ * now and never reclaims it), so that reading weights never waits for the
+ * disk. MK_E_UNSUPPORTED for a checkpoint opened without mappings; when the
+ * kernel refuses (RLIMIT_MEMLOCK), MK_E_NOMEM naming the shard, its size and
+ * the limit, with what was locked released again. */
+mk_status mk_ckpt_mlock(const mk_ckpt *c);
 /* __metadata__ of shard 0 as a JSON text owned by the checkpoint, or NULL. */
 const char *mk_ckpt_metadata_json(const mk_ckpt *c, size_t shard);
 

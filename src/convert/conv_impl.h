@@ -158,6 +158,7 @@ typedef enum cv_op {
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
     CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
+    CV_OP_GGQ,      /* ggml Q8_0/Q4_0 quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
     CV_OP_COUNT
 } cv_op;
 
@@ -194,6 +195,7 @@ typedef struct cv_out {
      * (-1: a stack of all of them); rank: place in the writer's order */
     int xg, xe;
     size_t rank;
+    int ggt; /* GGUF target: the ggml type (moekit/ggml_quant.h); -1 otherwise */
 } cv_out;
 
 #define CV_PACK_ALIGN 4096u /* where a packed shard's data buffer starts (writer.h) */
@@ -221,6 +223,9 @@ typedef struct cv_plan {
     uint64_t xpacked, xaligned; /* experts, and those starting 4 KiB-aligned */
     uint64_t xunaligned_bytes;  /* size of the first expert block that is not a multiple of 4 KiB */
     char pack_note[320];
+    unsigned char *gguf_kv;    /* GGUF target: the serialized key/value section (gguf_meta.c) */
+    size_t gguf_kv_len;
+    uint64_t gguf_kv_count;
 } cv_plan;
 
 mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p);

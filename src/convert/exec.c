@@ -34,6 +34,7 @@
 #include "convert/conv_impl.h"
 #include "convert/target.h"
 #include "convert/writer.h"
+#include "moekit/ggml_quant.h"
 #include "io/os.h"
 #include "io/outdir.h"
 #include "io/outpath.h"
@@ -47,6 +48,7 @@ void mk_conv_opts_init(mk_conv_opts *o) {
     o->to = MK_CONV_HF;
     o->experts = MK_CONV_PER_EXPERT;
     o->dtype = MK_DT_INVALID;
+    o->gguf_type = -1;
 }
 
 static double now_s(void) {
@@ -321,7 +323,16 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
                       "model produces garbage; use bf16 or f32 (or --force-f16 if you know better)",
                       mk_arch_name(s->cfg.arch));
     if (!cv_target_of(o->to))
-        return mk_err(MK_E_ARG, "--to: expected hf or mlx");
+        return mk_err(MK_E_ARG, "--to: expected hf, mlx or gguf");
+    if (o->gguf_type >= 0 && o->to != MK_CONV_GGUF)
+        return mk_err(MK_E_ARG, "--gguf-type applies to --to gguf only");
+    if (o->to == MK_CONV_GGUF && o->gguf_type >= 0 && !mk_ggml_type_name((mk_ggml_type)o->gguf_type))
+        return mk_err(MK_E_ARG, "--gguf-type %d: expected f32, f16, bf16, q8_0 or q4_0", o->gguf_type);
+    if (o->to == MK_CONV_GGUF && o->verify)
+        return mk_err(MK_E_UNSUPPORTED, "--verify does not read GGUF output yet (compare with llama.cpp: "
+                                        "tests/cli/gguf_llama.sh)");
+    if (o->to == MK_CONV_GGUF && o->quant)
+        return mk_err(MK_E_ARG, "quantize writes MLX; use convert --to gguf --gguf-type q8_0|q4_0");
     return MK_OK;
 }
 
@@ -382,6 +393,22 @@ static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, c
     (void)src; /* SRC and DST were checked against each other (mk_paths_check_dir) */
     if (!mk_os_exists(dst))
         return MK_OK;
+    if (p->tgt->single_file) {
+        /* a run killed between moving the file to DST and removing
+         * DST.partial/ left its complete journal there: finish it */
+        char *pp = cv_printf("%s.partial", dst);
+        if (!pp)
+            return mk_err(MK_E_NOMEM, "%s: no memory for the .partial path", dst);
+        cv_journal j;
+        bool fin = cv_journal_load(pp, p->nshards, &j) == MK_OK && j.complete && j.fingerprint == p->fingerprint;
+        cv_journal_free(&j);
+        mk_status st = fin ? mk_os_rmtree(pp) : MK_OK;
+        free(pp);
+        *done = fin && st == MK_OK;
+        if (fin || o->force)
+            return st;
+        return mk_err(MK_E_EXISTS, "%s already exists (use --force to overwrite)", dst);
+    }
     cv_journal j;
     if (cv_journal_load(dst, p->nshards, &j) == MK_OK && j.complete && j.fingerprint == p->fingerprint) {
         cv_journal_free(&j);
@@ -518,6 +545,28 @@ static mk_status run_shards(const conv_env *e, cv_journal *j) {
     return s != MK_OK ? s : s2;
 }
 
+/* A one-file target (GGUF): DST.partial/<the file> becomes DST (an existing
+ * DST was refused unless --force, checked by mk_paths_check_file), then
+ * DST.partial/ (owner mark and journal) goes. A kill between the two
+ * leaves the complete DST and a DST.partial/ that the next run of the
+ * same command with --force clears. */
+static mk_status commit_file(const cv_plan *p, const char *dst, mk_outdir *od) {
+    char *f = mk_path_join(od->partial, p->shard_files[0]), *dir = mk_path_dirname(dst);
+    mk_status rc = f && dir ? MK_OK : mk_err(MK_E_NOMEM, "no memory for the paths of %s", dst);
+    crash_point("commit");
+    if (rc == MK_OK)
+        rc = mk_os_rename(f, dst);
+    if (rc == MK_OK)
+        rc = mk_os_fsync_dir(dir);
+    free(f);
+    free(dir);
+    if (rc == MK_OK) {
+        crash_point("committed");
+        mk_outdir_abort(od); /* held by us: removes DST.partial/ and releases it */
+    }
+    return rc;
+}
+
 static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *src,
                          const char *dst, mk_outdir *od, int threads, uint64_t chunk, mk_conv_stats *st) {
     cv_journal j;
@@ -544,7 +593,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     free(e.written);
     if (p->qs)
         cv_qstate_close(p->qs, rc == MK_OK ? partial : NULL);
-    if (rc == MK_OK)
+    if (rc == MK_OK && p->tgt->config_edit)
         rc = cv_config_write(s, p, partial);
     if (rc == MK_OK && o->verify)
         rc = cv_verify(s, p, partial, threads, chunk / 2 > 0 ? chunk / 2 : 1, st, o->quiet); /* verify holds 2 chunks */
@@ -554,6 +603,8 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     }
     cv_journal_free(&j);
     MK_TRY(rc);
+    if (p->tgt->single_file)
+        return commit_file(p, dst, od);
     /* allocated before the commit: nothing after it may fail for memory,
      * or a finished DST would be reported as a failure */
     char *jp = mk_path_join(dst, CV_JOURNAL_NAME);
@@ -593,8 +644,21 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     mk_paths paths;
     mk_paths_init(&paths);
     mk_status rc = mk_paths_add_input(&paths, src, "SRC");
+    const cv_target *tg = cv_target_of(o.to);
+    /* a one-file DST may be the finished output of this very command killed
+     * before it removed DST.partial/ (check_dst decides, with the plan) */
+    bool fforce = o.force;
+    if (rc == MK_OK && tg && tg->single_file && !fforce && mk_os_exists(dst)) {
+        char *pp = cv_printf("%s.partial", dst);
+        cv_journal j;
+        fforce = pp && cv_journal_load(pp, 1, &j) == MK_OK && j.complete;
+        if (pp)
+            cv_journal_free(&j);
+        free(pp);
+    }
     if (rc == MK_OK)
-        rc = mk_paths_check_dir(&paths, dst, o.force);
+        rc = tg && tg->single_file ? mk_paths_check_file(&paths, dst, "DST", fforce)
+                                   : mk_paths_check_dir(&paths, dst, o.force);
     mk_paths_free(&paths);
     memset(&s, 0, sizeof s);
     bool have_src = false;

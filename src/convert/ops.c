@@ -8,8 +8,10 @@
  *   decode  stored form -> float32 -> one rounding (decode.c, encode.c):
  *           FLOAT, FP8, AFFINE, CT, CT_BIAS, FPDQ
  *   QUANT   decode, then MLX quantization (quant_ops.c)
+ *   GGQ     decode, then ggml Q8_0/Q4_0 quantization (ggq_ops.c, GGUF)
  * Dependencies run one way: ops.c -> quant_ops.c -> decode.c -> encode.c. */
 #include "convert/conv_impl.h"
+#include "convert/gguf.h"
 
 bool cv_op_by_rows(cv_op op) {
     if (op == CV_OP_COPY || op == CV_OP_FLOAT)
@@ -18,6 +20,8 @@ bool cv_op_by_rows(cv_op op) {
 }
 
 size_t cv_op_scratch(const cv_piece *p, int64_t n) {
+    if (p->op == CV_OP_GGQ)
+        return cv_ggq_scratch(p, n);
     if (p->op == CV_OP_QUANT)
         return cv_qop_scratch(p, n);
     return cv_dec_scratch(p, n);
@@ -30,6 +34,10 @@ mk_status cv_op_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a
         if (s != MK_OK)
             return mk_err_wrap(s, "quantize of '%s'", p->mod->name);
         return MK_OK;
+    }
+    if (p->op == CV_OP_GGQ) {
+        mk_status s = cv_ggq_run(ck, p, a, n, scratch, out);
+        return s == MK_OK ? MK_OK : mk_err_wrap(s, "GGUF quantize of '%s'", p->mod->name);
     }
     if (!cv_dec_is(p->op))
         return mk_err(MK_E_INTERNAL, "convert: operation %s has no compute step",
@@ -63,5 +71,7 @@ uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n) {
         return (uint64_t)n * cv_esize(dt);
     if (p->op == CV_OP_QUANT)
         return cv_qop_out_bytes(p, n);
+    if (p->op == CV_OP_GGQ)
+        return cv_ggq_out_bytes(p, n);
     return (uint64_t)n * (uint64_t)p->ocols * cv_esize(dt);
 }

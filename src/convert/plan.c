@@ -33,6 +33,7 @@
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/gguf.h"
 #include "convert/target.h"
 
 #define CV_DEFAULT_SHARD (5ull << 30)
@@ -49,6 +50,8 @@ typedef struct pctx {
 
 /* Output name of canonical cname under the target's naming (malloc'd). */
 static char *out_name(const pctx *c, mk_part part, const char *cname) {
+    if (c->t->gguf)
+        return cv_gguf_name(c->s, cname); /* every name was checked to exist (cv_gguf_check_names) */
     return mk_layout_out_name(c->t->naming, c->s->cfg.arch == MK_ARCH_QWEN3_5_MOE, c->s->vl, part, cname);
 }
 
@@ -354,6 +357,41 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     return st;
 }
 
+/* ------------------------------------------------------------ GGUF */
+
+/* The GGUF target's tensor types (gguf_names.c): each output re-planned in
+ * its ggml type: floats re-encoded (norms and the router to F32), Q8_0 /
+ * Q4_0 as CV_OP_GGQ pieces over the float op of the same rows. */
+static mk_status gguf_retype(pctx *c) {
+    for (size_t i = 0; i < c->p->nouts; i++) {
+        cv_out *o = &c->p->outs[i];
+        int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
+        mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, (mk_ggml_type)c->o->gguf_type, o->dt);
+        bool q = mk_ggml_is_quant(gt);
+        o->ggt = (int)gt;
+        o->dt = q ? MK_DT_U8 : gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16;
+        o->nbytes = 0;
+        for (int k = 0; k < o->npc; k++) {
+            cv_piece *pc = &o->pc[k];
+            if (pc->mod->kind == CV_RAW)
+                return mk_err(MK_E_UNSUPPORTED, "--to gguf: integer tensor '%s' has no GGUF form here", pc->mod->name);
+            cv_lt lt = {.mod = pc->mod, .row0 = pc->row0, .nrows = pc->nrows};
+            float add = pc->add;
+            MK_TRY(cv_float_piece(&lt, q ? MK_DT_F32 : o->dt, add, pc));
+            if (q) {
+                pc->sop = (unsigned char)pc->op;
+                pc->op = CV_OP_GGQ;
+                pc->part = (unsigned char)gt;
+                pc->nbytes = (uint64_t)pc->nrows * mk_ggml_row_bytes(gt, pc->mod->cols);
+            }
+            pc->out_off = o->nbytes;
+            o->nbytes += pc->nbytes;
+        }
+    }
+    c->p->scratch_per_elem = 16; /* GGQ: input bytes + decoded float32 + the rows to quantize */
+    return MK_OK;
+}
+
 /* ------------------------------------------------------ order + shards */
 
 /* End of the unit that starts at output i: a packed expert's outputs are
@@ -512,6 +550,8 @@ static void fingerprint(const pctx *c) {
                 cv_qplan_hash(h, pc);
         }
     }
+    if (p->gguf_kv)
+        XXH3_64bits_update(h, p->gguf_kv, p->gguf_kv_len);
     c->p->fingerprint = XXH3_64bits_digest(h);
     XXH3_freeState(h);
 }
@@ -520,11 +560,15 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     memset(p, 0, sizeof *p);
     const cv_target *t = cv_target_of(o->to);
     if (!t)
-        return mk_err(MK_E_ARG, "--to: expected hf or mlx");
+        return mk_err(MK_E_ARG, "--to: expected hf, mlx or gguf");
     pctx c = {s, o, t, p, 0, t->norms, t->conv1d};
     p->tgt = t;
     p->float_dt = o->dtype;
     p->packed = o->pack_experts;
+    if (t->gguf)
+        MK_TRY(cv_gguf_check_names(s));
+    if (p->packed && t->single_file)
+        return mk_err(MK_E_ARG, "--pack-experts lays out safetensors shards for streaming; a %s file is not one", t->name);
     if (p->packed && cv_target_experts(t, o) == CV_XG_FUSED)
         return mk_err(MK_E_ARG, "--pack-experts writes each expert's tensors together, which the fused "
                                 "gate_up_proj/down_proj tensors of --experts fused cannot hold: choose one");
@@ -548,6 +592,10 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         st = group_outputs(&c, &s->groups[i]);
     if (st == MK_OK && o->quant)
         st = cv_qplan_apply(s, o, p); /* quant_plan.c */
+    for (size_t i = 0; i < p->nouts; i++)
+        p->outs[i].ggt = -1;
+    if (st == MK_OK && t->gguf)
+        st = gguf_retype(&c);
     MK_TRY(st);
     if (p->nouts == 0)
         return mk_err(MK_E_FORMAT, "%s: nothing to convert (every tensor would be dropped)", s->dir);
@@ -561,10 +609,13 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
             p->outs[i].rank = i;
         qsort(p->outs, p->nouts, sizeof *p->outs, packed_order);
     }
-    MK_TRY(cut_shards(p, t->writer, o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
+    /* a GGUF file is never split */
+    MK_TRY(cut_shards(p, t->writer, t->single_file ? UINT64_MAX : o->shard_size ? o->shard_size : CV_DEFAULT_SHARD));
     if (p->packed)
         pack_report(s, p);
     MK_TRY(cv_qplan_finish(p));
+    if (t->gguf)
+        MK_TRY(cv_gguf_meta(s, o, p));
     fingerprint(&c);
     return MK_OK;
 }
@@ -578,6 +629,7 @@ void cv_plan_free(cv_plan *p) {
         free(p->outs[i].qpath);
     }
     free(p->outs);
+    free(p->gguf_kv);
     cv_qstate_free(p->qs);
     for (int k = 0; p->shard_files && k < p->nshards; k++)
         free(p->shard_files[k]);

@@ -9,7 +9,10 @@
  *        switch_mlp, norms stored as 1 + w, conv1d (C, K, 1), text only
  *        unless keep_vision / keep_mtp, quantized modules kept quantized
  *        (the only target `quantize` writes); safetensors "format": "mlx".
- * A new target (GGUF, issue 15) is one more entry with its own writer. */
+ *   gguf llama.cpp's GGUF (src/convert/gguf.h): one file, llama.cpp's
+ *        tensor names and metadata keys, experts stacked (E, out, in) as
+ *        its ffn_*_exps, text only, every quantized module dequantized
+ *        (then Q8_0/Q4_0 by --gguf-type); no config.json. */
 #include <stddef.h>
 
 #include "convert/target.h"
@@ -44,6 +47,23 @@ static const cv_target g_targets[] = {
         .writer = &cv_writer_safetensors,
         .format_tag = "mlx",
         .config_edit = cv_config_edit_mlx,
+    },
+    {
+        .id = MK_CONV_GGUF,
+        .name = "gguf",
+        .naming = MK_NAMING_HF, /* replaced by llama.cpp's names (gguf_names.c) */
+        .experts = CV_XG_SWITCH,
+        .experts_choice = false,
+        .norms = CV_NORMS_W,
+        .conv1d = CV_CONV1D_C1K,
+        .text_only = true,
+        .keeps_quantized = false,
+        .quantizes = false,
+        .writer = &cv_writer_gguf,
+        .format_tag = "gguf",
+        .config_edit = NULL,
+        .single_file = true,
+        .gguf = true,
     },
 };
 

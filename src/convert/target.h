@@ -21,7 +21,12 @@
  *   quantizes    `moekit quantize` may write it
  *   writer       the file format (writer.h: tensor order and alignment,
  *                shard names, index) and `format_tag`, its flavour
- *   config_edit  the target's edit of config.json (cfgout.c)
+ *   config_edit  the target's edit of config.json (cfgout.c); NULL: no
+ *                config.json or side files (GGUF holds its metadata)
+ *   single_file  DST is one file (the writer's only shard) instead of a
+ *                directory: GGUF
+ *   gguf         names and tensor types are llama.cpp's (gguf.h), and the
+ *                key/value section is built at planning
  * The table is target.c. */
 #ifndef MK_CONVERT_TARGET_H
 #define MK_CONVERT_TARGET_H
@@ -64,6 +69,8 @@ typedef struct cv_target {
     /* Edit the source's config.json (root, and tc: its text_config or root
      * itself; jansson json_t *) for plan p's output. */
     mk_status (*config_edit)(const cv_src *s, const cv_plan *p, void *root, void *tc);
+    bool single_file;
+    bool gguf;
 } cv_target;
 
 /* The descriptor of target id; NULL when there is none. */

@@ -61,5 +61,7 @@ typedef struct cv_writer_ops {
 
 /* st_writer.c */
 extern const cv_writer_ops cv_writer_safetensors;
+/* gguf_writer.c */
+extern const cv_writer_ops cv_writer_gguf;
 
 #endif

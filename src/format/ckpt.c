@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -365,6 +366,35 @@ done:
 }
 
 const char *mk_ckpt_dir(const mk_ckpt *c) { return c->dir; }
+mk_status mk_ckpt_mlock(const mk_ckpt *c) {
+    for (size_t i = 0; i < c->nshards; i++) {
+        const mk_shard *s = &c->shards[i];
+        if (s->size == 0)
+            continue;
+        if (!s->map)
+            return mk_err(MK_E_UNSUPPORTED, "%s: not mapped (opened for streaming): nothing to lock", s->path);
+        if (mlock(s->map, s->size) != 0) {
+            int err = errno;
+            struct rlimit rl;
+            char lim[64] = "unknown";
+            if (getrlimit(RLIMIT_MEMLOCK, &rl) == 0) {
+                if (rl.rlim_cur == RLIM_INFINITY)
+                    snprintf(lim, sizeof lim, "unlimited");
+                else
+                    snprintf(lim, sizeof lim, "%llu KiB", (unsigned long long)(rl.rlim_cur >> 10));
+            }
+            for (size_t j = 0; j < i; j++)
+                if (c->shards[j].map)
+                    munlock(c->shards[j].map, c->shards[j].size);
+            return mk_err(MK_E_NOMEM,
+                          "--mlock: locking %s (%.1f MiB) in memory failed: %s; RLIMIT_MEMLOCK is %s (raise it with "
+                          "`ulimit -l unlimited` or run with CAP_IPC_LOCK), or leave out --mlock",
+                          s->path, (double)s->size / 1048576.0, strerror(err), lim);
+        }
+    }
+    return MK_OK;
+}
+
 size_t mk_ckpt_nshards(const mk_ckpt *c) { return c->nshards; }
 const char *mk_ckpt_shard_path(const mk_ckpt *c, size_t i) { return c->shards[i].path; }
 uint64_t mk_ckpt_shard_size(const mk_ckpt *c, size_t i) { return c->shards[i].size; }

@@ -535,6 +535,13 @@ void mk_model_free(mk_model *m) {
 const mk_config *mk_model_config(const mk_model *m) { return &m->cfg; }
 const mk_ckpt *mk_model_ckpt(const mk_model *m) { return m->ck; }
 const char *mk_model_dir(const mk_model *m) { return mk_ckpt_dir(m->ck); }
+mk_status mk_model_mlock(const mk_model *m) {
+    if (m->stream_experts)
+        return mk_err(MK_E_UNSUPPORTED, "--mlock locks a resident model; this one streams its experts "
+                                        "(leave out --mlock, or give it more memory)");
+    return mk_ckpt_mlock(m->ck);
+}
+
 const char *mk_model_layout(const mk_model *m) { return m->layout; }
 
 const mk_expert_loc *mk_model_expert_loc(const mk_model *m, int layer, int e) {

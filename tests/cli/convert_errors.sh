@@ -14,7 +14,7 @@ trap 'rm -rf "$T"' EXIT
 
 Q=$FX/qwen3next-a/bf16
 expect 2 "required" "$BIN" convert "$Q" "$T/a"
-expect 2 "expected hf or mlx" "$BIN" convert "$Q" "$T/a" --to gguf
+expect 2 "expected hf, mlx or gguf" "$BIN" convert "$Q" "$T/a" --to onnx
 expect 2 "expected bf16, f16 or f32" "$BIN" convert "$Q" "$T/a" --to hf --dtype f8
 expect 2 "overflows float16" "$BIN" convert "$Q" "$T/a" --to hf --dtype f16
 expect 2 "not a directory" "$BIN" convert "$T/none" "$T/a" --to hf

@@ -1,0 +1,61 @@
+/* The GGUF target of convert (`convert --to gguf`): what llama.cpp, LM
+ * Studio and Ollama load. Internal to src/convert/.
+ *
+ *   gguf_names.c   canonical HF tensor names -> llama.cpp's names of the
+ *                  architecture (qwen3moe: token_embd, blk.N.attn_q, ...,
+ *                  blk.N.ffn_gate_exps stacked (E, out, in)), as
+ *                  llama.cpp's convert_hf_to_gguf.py writes them, and the
+ *                  ggml type of each tensor under a file type (its rules:
+ *                  1-D tensors, norms and the router stay F32)
+ *   gguf_meta.c    the key/value section: architecture hyperparameters,
+ *                  the tokenizer from tokenizer.json (gpt2 BPE tokens,
+ *                  types, merges, special ids) and the chat template,
+ *                  serialized once at planning into cv_plan.gguf_kv
+ *   gguf_writer.c  the file writer (writer.h): header, tensor infos, data
+ *                  aligned to 32 bytes, one file
+ *   ggq_ops.c      the CV_OP_GGQ operation: decoded float32 rows quantized
+ *                  to Q8_0 / Q4_0 (include/moekit/ggml_quant.h)
+ * GGUF format: magic "GGUF", version 3, little-endian; strings are a u64
+ * length and bytes; tensor dims are written innermost first (ne0 = the
+ * row length), the reverse of the safetensors shape. */
+#ifndef MK_CONVERT_GGUF_H
+#define MK_CONVERT_GGUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "convert/conv_impl.h"
+#include "moekit/ggml_quant.h"
+
+#define CV_GGUF_ALIGN 32
+#define CV_GGUF_FILE "model.gguf"
+
+/* GGUF metadata value types. */
+enum { GG_U8 = 0, GG_I8, GG_U16, GG_I16, GG_U32, GG_I32, GG_F32, GG_BOOL, GG_STR, GG_ARR, GG_U64, GG_I64, GG_F64 };
+
+/* llama.cpp's architecture name of a source, NULL when GGUF output of it
+ * is not supported (yet). */
+const char *cv_gguf_arch(const cv_src *s);
+/* Check every tensor the plan will write has a llama.cpp name (the error
+ * names the first one that has none and the architecture). */
+mk_status cv_gguf_check_names(const cv_src *s);
+/* llama.cpp's name of canonical tensor cname (malloc'd); NULL when there is
+ * none (cv_gguf_check_names has reported it) or out of memory. */
+char *cv_gguf_name(const cv_src *s, const char *cname);
+/* ggml type of an output named `gname` (llama.cpp's name) of ndim dims and
+ * rows of `cols` values under file type ft (F32/F16/BF16/Q8_0/Q4_0; F32
+ * means "keep the float dtype `fdt`"): F32 for 1-D tensors, norms and the
+ * router, ft otherwise; a quantized ft falls back to F16 when cols is not a
+ * multiple of 32 (as convert_hf_to_gguf.py does). */
+mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_ggml_type ft, mk_dtype fdt);
+
+/* gguf_meta.c: serialize the key/value section into p->gguf_kv. */
+mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
+
+/* ggq_ops.c: CV_OP_GGQ (piece `part` holds the ggml type, `sop` the float
+ * op producing float32 rows). */
+size_t cv_ggq_scratch(const cv_piece *p, int64_t n);
+mk_status cv_ggq_run(const mk_ckpt *ck, const cv_piece *p, int64_t a, int64_t n, unsigned char *scratch, void *out);
+uint64_t cv_ggq_out_bytes(const cv_piece *p, int64_t n);
+
+#endif

