@@ -310,8 +310,13 @@ static mk_status check_paths(const qcli *c) {
     mk_status st = mk_paths_add_input(&p, c->src, "SRC");
     if (st == MK_OK && c->profile)
         st = mk_paths_add_input(&p, c->profile, "--profile");
-    if (st == MK_OK)
+    if (st == MK_OK && mk_conv_dst_is_file(c->src, c->dst, c->co.to, true)) { /* a bare file in, a file out */
+        st = mk_paths_check_file(&p, c->dst, "DST", c->co.force);
+        if (st == MK_OK)
+            st = mk_paths_check_workdir(&p, c->dst);
+    } else if (st == MK_OK) {
         st = mk_paths_check_dir(&p, c->dst, c->co.force);
+    }
     if (st == MK_OK && c->report)
         st = mk_paths_check_file(&p, c->report, "--report", c->co.force);
     if (st == MK_OK && c->alloc_out)

@@ -110,6 +110,14 @@ typedef struct mk_conv_stats {
  * cores. Always start from these: a zeroed gguf_type would mean F32. */
 void mk_conv_opts_init(mk_conv_opts *o);
 
+/* Whether mk_conv_run writes DST as one file rather than a directory: a
+ * one-file target (--to gguf), or a lone .safetensors SRC quantized to a
+ * DST ending in .safetensors (one shard, as mx.save_safetensors writes it;
+ * no config.json, so its bits and group size are the caller's to keep).
+ * Commands check their DST with this before any work. `quantize`: the run
+ * quantizes (mk_conv_opts.quant will be set). */
+bool mk_conv_dst_is_file(const char *src, const char *dst, mk_conv_target to, bool quantize);
+
 /* Convert checkpoint `src` (a directory with config.json) into directory
  * `dst`. Bad input of any kind (unknown architecture, missing or duplicate
  * expert indices, a scale grid that fits no weight, an INT4 group size that

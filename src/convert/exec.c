@@ -388,12 +388,13 @@ static mk_status open_partial(const char *partial, mk_outdir *od, const cv_plan 
 /* DST present: an error without force, unless it is this very conversion,
  * finished by a run killed between the final rename and the journal's
  * removal (then only the journal is left to delete). */
-static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, const mk_conv_opts *o, bool *done) {
+static mk_status check_dst(const char *src, const char *dst, const cv_plan *p, const mk_conv_opts *o,
+                           bool single, bool *done) {
     *done = false;
     (void)src; /* SRC and DST were checked against each other (mk_paths_check_dir) */
     if (!mk_os_exists(dst))
         return MK_OK;
-    if (p->tgt->single_file) {
+    if (single) {
         /* a run killed between moving the file to DST and removing
          * DST.partial/ left its complete journal there: finish it */
         char *pp = cv_printf("%s.partial", dst);
@@ -568,7 +569,8 @@ static mk_status commit_file(const cv_plan *p, const char *dst, mk_outdir *od) {
 }
 
 static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *o, const char *src,
-                         const char *dst, mk_outdir *od, int threads, uint64_t chunk, mk_conv_stats *st) {
+                         const char *dst, mk_outdir *od, int threads, uint64_t chunk, mk_conv_stats *st,
+                         bool single) {
     cv_journal j;
     bool resumed;
     const char *partial = od->partial;
@@ -603,7 +605,7 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     }
     cv_journal_free(&j);
     MK_TRY(rc);
-    if (p->tgt->single_file)
+    if (single)
         return commit_file(p, dst, od);
     /* allocated before the commit: nothing after it may fail for memory,
      * or a finished DST would be reported as a failure */
@@ -622,6 +624,12 @@ static mk_status run_all(const cv_src *s, const cv_plan *p, const mk_conv_opts *
     mk_os()->unlink(jp);
     free(jp);
     return mk_os_fsync_dir(dst);
+}
+
+bool mk_conv_dst_is_file(const char *src, const char *dst, mk_conv_target to, bool quantize) {
+    const cv_target *tg = cv_target_of(to);
+    bool bare = quantize && !mk_os_is_dir(src) && mk_os_exists(src);
+    return (tg && tg->single_file) || (bare && cv_ends_with(dst, ".safetensors"));
 }
 
 mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin, mk_conv_stats *stats) {
@@ -644,11 +652,15 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     mk_paths paths;
     mk_paths_init(&paths);
     mk_status rc = mk_paths_add_input(&paths, src, "SRC");
-    const cv_target *tg = cv_target_of(o.to);
+    /* one file out (mk_conv_dst_is_file): built in DST.partial/, then moved */
+    bool bare = o.quant && !mk_os_is_dir(src) && mk_os_exists(src);
+    bool single = mk_conv_dst_is_file(src, dst, o.to, o.quant != NULL);
+    if (single)
+        o.shard_size = UINT64_MAX;
     /* a one-file DST may be the finished output of this very command killed
      * before it removed DST.partial/ (check_dst decides, with the plan) */
     bool fforce = o.force;
-    if (rc == MK_OK && tg && tg->single_file && !fforce && mk_os_exists(dst)) {
+    if (rc == MK_OK && single && !fforce && mk_os_exists(dst)) {
         char *pp = cv_printf("%s.partial", dst);
         cv_journal j;
         fforce = pp && cv_journal_load(pp, 1, &j) == MK_OK && j.complete;
@@ -656,15 +668,19 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
             cv_journal_free(&j);
         free(pp);
     }
-    if (rc == MK_OK)
-        rc = tg && tg->single_file ? mk_paths_check_file(&paths, dst, "DST", fforce)
-                                   : mk_paths_check_dir(&paths, dst, o.force);
+    if (rc == MK_OK && single) {
+        rc = mk_paths_check_file(&paths, dst, "DST", fforce);
+        if (rc == MK_OK)
+            rc = mk_paths_check_workdir(&paths, dst); /* DST.partial/ is built, then removed */
+    } else if (rc == MK_OK) {
+        rc = mk_paths_check_dir(&paths, dst, o.force);
+    }
     mk_paths_free(&paths);
     memset(&s, 0, sizeof s);
     bool have_src = false;
     /* a lone .safetensors file is a source only for quantization */
     if (rc == MK_OK) {
-        rc = o.quant && !mk_os_is_dir(src) && mk_os_exists(src) ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
+        rc = bare ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
         have_src = true;
     }
     if (rc == MK_OK)
@@ -672,7 +688,7 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     if (rc == MK_OK)
         rc = cv_plan_build(&s, &o, &p);
     if (rc == MK_OK)
-        rc = check_dst(src, dst, &p, &o, &done);
+        rc = check_dst(src, dst, &p, &o, single, &done);
     if (rc == MK_OK && !done)
         rc = size_chunks(&p, &o, mk_alloc_bytes() - bytes0, threads, &chunk);
     if (rc == MK_OK && !done) {
@@ -681,7 +697,7 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
             crash_point("locked"); /* DST.partial/ holds only the owner mark */
     }
     if (rc == MK_OK && !done)
-        rc = run_all(&s, &p, &o, src, dst, &od, threads, chunk, st);
+        rc = run_all(&s, &p, &o, src, dst, &od, threads, chunk, st, single);
     if (rc != MK_OK && od.lock_fd >= 0) {
         /* This process holds DST.partial/: keep it for a rerun only when a
          * rerun can get further (disk full, I/O, memory); bad input fails

@@ -295,6 +295,18 @@ static mk_status scan_mx(const mk_ckpt *ck, const mk_config *cfg, const mk_tenso
 
 /* ---- the report -------------------------------------------------------- */
 
+/* One per-expert tensor's bytes (the packed-layout report). */
+typedef struct xpart {
+    uint64_t key; /* layer << 32 | expert */
+    uint64_t off, len;
+    int shard;
+} xpart;
+
+static int xpart_cmp(const void *a, const void *b) {
+    const xpart *x = a, *y = b;
+    return x->key < y->key ? -1 : x->key > y->key;
+}
+
 static const char *layout_name(int mask) {
     if (mask == (1 << MK_XF_PER_EXPERT))
         return "per-expert";
@@ -412,15 +424,12 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     uint64_t one_expert_bytes = 0, one_expert_params = 0;
     int xmask = 0;
     /* per-expert layouts: each expert's byte range, to tell a packed layout
-     * (one contiguous read per expert, convert --pack-experts) */
-    int XE = cfg.num_experts > 0 ? cfg.num_experts : 0;
-    typedef struct xspan {
-        uint64_t lo, hi, sum;
-        int shard; /* -1: none seen; -2: in two shards */
-    } xspan;
-    xspan *xs = XE && nl ? mk_calloc((size_t)nl * (size_t)XE, sizeof *xs) : NULL;
-    for (size_t i = 0; xs && i < (size_t)nl * (size_t)XE; i++)
-        xs[i] = (xspan){UINT64_MAX, 0, 0, -1};
+     * (one contiguous read per expert, convert --pack-experts). One entry
+     * per per-expert tensor, sorted by (layer, expert) below: sized by the
+     * checkpoint's tensors, never by the config's counts (which may be
+     * absurd) */
+    xpart *xs = n ? mk_malloc(n * sizeof *xs) : NULL;
+    size_t nxs = 0;
     json_t *quant_modules = json_array();
     size_t nq = 0, nmismatch = 0;
     for (size_t i = 0; i < n; i++) {
@@ -485,14 +494,9 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
             expert_params += p;
             expert_bytes += t->nbytes;
         }
-        if (xs && tn.xform == MK_XF_PER_EXPERT && tn.layer >= 0 && tn.layer < nl && tn.expert >= 0 &&
-            tn.expert < XE && t->nbytes) {
-            xspan *x = &xs[(size_t)tn.layer * (size_t)XE + (size_t)tn.expert];
-            x->shard = x->shard == -1 || x->shard == t->shard ? t->shard : -2;
-            x->lo = t->file_offset < x->lo ? t->file_offset : x->lo;
-            x->hi = t->file_offset + t->nbytes > x->hi ? t->file_offset + t->nbytes : x->hi;
-            x->sum += t->nbytes;
-        }
+        if (xs && tn.xform == MK_XF_PER_EXPERT && tn.layer >= 0 && tn.expert >= 0 && t->nbytes)
+            xs[nxs++] = (xpart){((uint64_t)(uint32_t)tn.layer << 32) | (uint32_t)tn.expert, t->file_offset,
+                                t->nbytes, t->shard};
         if (tn.layer >= 0 && tn.layer < nl) {
             modset_add(&L[tn.layer].present, mod);
             L[tn.layer].form_mask |= tn.xform ? 1 << tn.xform : 0;
@@ -518,21 +522,30 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     json_object_set_new(ex, "bytes_per_expert", json_integer((json_int_t)one_expert_bytes));
     json_object_set_new(ex, "params_per_expert", json_integer((json_int_t)one_expert_params));
     json_object_set_new(ex, "total_bytes", json_integer((json_int_t)expert_bytes));
-    if (xs) { /* tensors never overlap, so a span equal to the parts' sum has no gap */
+    if (xs && nxs) { /* tensors never overlap, so a span equal to the parts' sum has no gap */
         uint64_t nx = 0, contiguous = 0, aligned = 0;
-        for (size_t i = 0; i < (size_t)nl * (size_t)XE; i++) {
-            if (xs[i].shard == -1)
-                continue;
+        qsort(xs, nxs, sizeof *xs, xpart_cmp);
+        for (size_t i = 0; i < nxs;) {
+            size_t j = i;
+            uint64_t lo = UINT64_MAX, hi = 0, sum = 0;
+            bool one = true;
+            for (; j < nxs && xs[j].key == xs[i].key; j++) {
+                one = one && xs[j].shard == xs[i].shard;
+                lo = xs[j].off < lo ? xs[j].off : lo;
+                hi = xs[j].off + xs[j].len > hi ? xs[j].off + xs[j].len : hi;
+                sum += xs[j].len;
+            }
             nx++;
-            bool c1 = xs[i].shard >= 0 && xs[i].hi - xs[i].lo == xs[i].sum;
+            bool c1 = one && hi - lo == sum;
             contiguous += c1;
-            aligned += c1 && xs[i].lo % 4096 == 0;
+            aligned += c1 && lo % 4096 == 0;
+            i = j;
         }
         json_object_set_new(ex, "per_expert_reads",
                             json_pack("{s:I,s:I,s:I}", "experts", (json_int_t)nx, "contiguous", (json_int_t)contiguous,
                                       "aligned_4k", (json_int_t)aligned));
-        free(xs);
     }
+    free(xs);
     json_object_set_new(rep, "experts", ex);
 
     /* quantization */

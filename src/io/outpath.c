@@ -299,6 +299,19 @@ static mk_status check_relations(const mk_paths *p, const char *dst, const char 
     return MK_OK;
 }
 
+mk_status mk_paths_check_workdir(mk_paths *p, const char *dst) {
+    char *canon = mk_path_canon(dst);
+    char *part = canon ? mk_strfmt("%s.partial", canon) : NULL;
+    free(canon);
+    if (!part)
+        return mk_err(MK_E_NOMEM, "DST '%s': no memory for its .partial path", dst);
+    mk_status st = check_relations(p, dst, "DST.partial of", part, part);
+    if (st == MK_OK)
+        return push(p, NULL, part, "DST.partial", true);
+    free(part);
+    return st;
+}
+
 mk_status mk_paths_check_dir(mk_paths *p, const char *dst, bool force) {
     char *s = strip_slashes(dst);
     if (!s)

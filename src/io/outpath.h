@@ -58,6 +58,12 @@ mk_status mk_paths_add_input(mk_paths *p, const char *path, const char *role);
  * for every path that may never be written. */
 mk_status mk_paths_check_file(mk_paths *p, const char *path, const char *flag, bool force);
 
+/* The work directory DST.partial/ of a single-file output DST (checked
+ * itself with mk_paths_check_file) that a command builds in a directory
+ * and then moves out (quantize a.safetensors b.safetensors): it must not be
+ * or hold an input. Recorded as an output. */
+mk_status mk_paths_check_workdir(mk_paths *p, const char *dst);
+
 /* Check an output directory DST (and its DST.partial); recorded as an
  * output on success. A DST that holds a moekit convert journal is left to
  * the command when !force (it may be this very run, finished). */
