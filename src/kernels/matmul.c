@@ -3,7 +3,9 @@
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
- * row once, dequantizing in registers. Prefill (n > 1) is a tiled product:
+ * row once, dequantizing in registers (MLX affine 4/8 bits: x quantized to
+ * int8 once per call by the prep slot, integer dots; see
+ * kern_impl.h). Prefill (n > 1) is a tiled product:
  * work items are (16-row block, 32-token block) pairs; inside one, 4-row
  * tiles are dequantized a 512-column chunk at a time into a stack buffer and
  * multiplied against every token of the block by the table's gemm_tile, so a
@@ -19,6 +21,7 @@
  * thread, with token strides, for MLA's per-head slices of kv_b (the CPU
  * backend threads them over heads): the same tiles and fused matvecs, and a
  * transposed product that adds dequantized rows into the outputs. */
+#include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -77,7 +80,7 @@ typedef struct mm_ctx {
     int64_t n;
     int64_t nrb;      /* row blocks per token block */
     const float *aux; /* the matvec's prepared x (n == 1 fused path) */
-    bool fused;       /* n == 1 and the table has a fused matvec usable here */
+    mk_matvec_fn mv;  /* n == 1: the fused matvec usable here (int8 or float x), or NULL */
 } mm_ctx;
 
 /* Rows [r0, r1) of W times nt tokens of x (token stride ldx) into y (token
@@ -86,7 +89,10 @@ static void tiles(const mk_kern_i *k, const mk_wt *w, int64_t r0, int64_t r1, co
                   int64_t nt, float *y, int64_t ldy) {
     const int64_t cols = w->cols;
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
-    float buf[4 * MK_KCHUNK];
+    /* 64-byte aligned: gemm_tile's row loads then never split a cache line
+     * (a 16-byte aligned buffer cost 15-20% of prefill speed, varying with
+     * where the stack landed) */
+    alignas(64) float buf[4 * MK_KCHUNK];
     for (int64_t t = 0; t < nt; t++)
         memset(y + t * ldy, 0, (size_t)(r1 - r0) * sizeof(float));
     for (int64_t r = r0; r < r1; r += 4) {
@@ -127,8 +133,8 @@ static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
 
 static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
     const mm_ctx *m = ctx;
-    if (m->fused)
-        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->aux, m->y + b);
+    if (m->mv)
+        m->mv(m->w, b, e, m->x, m->aux, m->y + b);
     else
         mm_tiles(m, b, e, 0, 1);
 }
@@ -149,9 +155,12 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     }
     mm_ctx m = {.k = mk_kern_active(), .w = w, .x = x, .y = y, .n = n};
     if (n == 1) {
-        float aux[MK_AUX_MAX];
-        mk_prep_fn prep = m.k->prep[w->fmt];
-        m.fused = m.k->matvec[w->fmt] != NULL && (!prep || prep(w, x, aux, MK_AUX_MAX));
+        alignas(64) float aux[MK_AUX_MAX];
+        mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+        if (m.k->qmatvec[w->fmt] && qprep && qprep(w, x, aux, MK_AUX_MAX))
+            m.mv = m.k->qmatvec[w->fmt]; /* x quantized once here, shared by every row */
+        else if (m.k->matvec[w->fmt] && (!prep || prep(w, x, aux, MK_AUX_MAX)))
+            m.mv = m.k->matvec[w->fmt];
         m.aux = aux;
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
@@ -176,7 +185,7 @@ void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int6
     }
     const mk_kern_i *k = mk_kern_active();
     if (n == 1 && k->matvec[w->fmt]) { /* the fused matvec, as mk_matmul's decode path */
-        float aux[MK_ROWS_AUX];
+        alignas(64) float aux[MK_ROWS_AUX];
         mk_prep_fn prep = k->prep[w->fmt];
         if (!prep || prep(w, x, aux, MK_ROWS_AUX)) {
             k->matvec[w->fmt](w, r0, r1, x, aux, y);
@@ -201,7 +210,7 @@ void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, in
         memset(y + t * ys, 0, (size_t)cols * sizeof(float));
     const mk_kern_i *k = mk_kern_active();
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
-    float buf[MK_KCHUNK];
+    alignas(64) float buf[MK_KCHUNK];
     for (int64_t t0 = 0; t0 < n; t0 += MK_TOK_BLOCK) {
         int64_t t1 = t0 + MK_TOK_BLOCK < n ? t0 + MK_TOK_BLOCK : n;
         for (int64_t r = r0; r < r1; r++)
