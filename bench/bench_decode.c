@@ -81,7 +81,7 @@ static double bytes_per_token(const mk_model *m) {
  * reaches about half of it and would flatter the engine. */
 typedef struct rd_ctx {
     const uint64_t *src;
-    int64_t words; /* per chunk */
+    int64_t words;      /* per chunk */
     uint64_t sums[512]; /* one per chunk: no two calls share a slot */
 } rd_ctx;
 
@@ -175,7 +175,8 @@ int main(int argc, char **argv) {
     double bw = read_bandwidth(threads);
     printf("bandwidth  %.1f MiB weights/token -> %.2f GB/s effective\n", bpt / 1048576.0,
            bpt / dt / 1e9);
-    printf("bound      read %.2f GB/s (streaming read, same threads, same run) -> bound %.2f tok/s; decode at %.0f%% "
+    printf("bound      read %.2f GB/s (streaming read, same threads, same run) -> bound %.2f tok/s; decode "
+           "at %.0f%% "
            "of the bound\n",
            bw, bw * 1e9 / bpt, bw > 0 ? 100.0 * (1.0 / dt) / (bw * 1e9 / bpt) : 0.0);
     free(ids);
