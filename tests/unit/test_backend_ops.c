@@ -3,6 +3,10 @@
  * is built with CUDA and a GPU is present; otherwise test_cuda_present
  * skips, printing why, and the cases run on the CPU alone).
  *
+ * The table runs once per CPU kernel path the machine supports (mk_isa_set:
+ * ref, avx2, avx512), so the portable and AVX2 paths are covered on an
+ * AVX-512 machine too; the CUDA backend joins the run on the default path.
+ *
  * Each case builds random inputs on the host, moves them into backend
  * memory with the backend's own upload, runs the slot, downloads the result
  * and compares it with a reference written here in plain C, mostly in
@@ -952,16 +956,20 @@ static void test_route_combine(void **st) {
     }
 }
 
+static bool g_cuda_run; /* this run of the table includes the CUDA backend */
+
 static int setup(void **st) {
     (void)st;
+    g_no_cuda[0] = '\0';
     if (mk_pool_create(2, &g_pool) != MK_OK)
         return -1;
     mk_backend *b = NULL;
     if (mk_backend_cpu_create(g_pool, &b) != MK_OK)
         return -1;
     g_be[g_nbe++] = (be_case){"cpu", b, mk_backend_iface(b), mk_backend_ctx(b)};
-    /* the CUDA backend joins when moekit has it and a GPU is present */
-    if (mk_backend_cuda_create(0, &b) == MK_OK)
+    /* the CUDA backend joins when moekit has it and a GPU is present (once:
+     * in the run on the default CPU path, see main) */
+    if (g_cuda_run && mk_backend_cuda_create(0, &b) == MK_OK)
         g_be[g_nbe++] = (be_case){"cuda", b, mk_backend_iface(b), mk_backend_ctx(b)};
     else
         snprintf(g_no_cuda, sizeof g_no_cuda, "%s", mk_err_msg());
@@ -1017,10 +1025,13 @@ static int teardown(void **st) {
     for (int i = 0; i < g_nbe; i++)
         mk_backend_free(g_be[i].b);
     mk_pool_free(g_pool);
+    g_nbe = 0;
+    g_nworst = 0;
     return 0;
 }
 
 int main(void) {
+    /* the CUDA-only cases last: left out of the runs without CUDA */
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory_and_copies), cmocka_unit_test(test_matmul_formats),
         cmocka_unit_test(test_head_matmul),       cmocka_unit_test(test_norms_rope_eltwise),
@@ -1028,5 +1039,19 @@ int main(void) {
         cmocka_unit_test(test_route_combine),     cmocka_unit_test(test_cuda_present),
         cmocka_unit_test(test_cuda_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    /* the whole table once per CPU kernel path this machine has (ref, avx2,
+     * avx512: mk_isa_set), the default path last and with CUDA */
+    const mk_isa def = mk_isa_active();
+    int fails = 0;
+    for (int i = 0; i <= MK_ISA_COUNT; i++) {
+        mk_isa isa = i < MK_ISA_COUNT ? (mk_isa)i : def;
+        if ((i < MK_ISA_COUNT && (isa == def || !mk_isa_supported(isa))) || mk_isa_set(isa) != MK_OK)
+            continue;
+        g_cuda_run = isa == def && i == MK_ISA_COUNT;
+        char name[64];
+        snprintf(name, sizeof name, "backend_ops, CPU kernels %s", mk_isa_name(isa));
+        size_t nt = sizeof tests / sizeof tests[0] - (g_cuda_run ? 0 : 2);
+        fails += _cmocka_run_group_tests(name, tests, nt, setup, teardown);
+    }
+    return fails;
 }
