@@ -60,6 +60,13 @@ typedef struct mk_expert_store_i {
     void (*free)(void *ctx);
     /* (optional) counters since creation; NULL: a store that counts nothing */
     void (*stats)(void *ctx, struct mk_expert_stats *out);
+    /* true: next() hands out every announced expert at once, without
+     * blocking and without waiting for releases (the resident store), so the
+     * engine may take all of a token's experts before computing any (one
+     * parallel region for them: backend.h expert_mlps). false keeps the
+     * one-at-a-time order that overlaps compute with a streaming store's
+     * reads. */
+    bool all_ready;
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -115,6 +122,7 @@ mk_status mk_expert_store_acquire(mk_expert_store *s, int layer, const int *expe
 mk_status mk_expert_store_next(mk_expert_store *s, int layer, int *e, const mk_expert **out);
 void mk_expert_store_release(mk_expert_store *s, int layer, int e);
 const char *mk_expert_store_name(const mk_expert_store *s);
+bool mk_expert_store_all_ready(const mk_expert_store *s); /* the table's all_ready */
 /* Counters of the store (zeros and oracle -1 for a store that keeps none). */
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out);
 

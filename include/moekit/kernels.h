@@ -80,6 +80,21 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
 void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);
 
+/* One single-token product of a batch (mk_matvec_multi). */
+typedef struct mk_mv_item {
+    const mk_wt *w;
+    const float *x; /* w->cols floats */
+    float *y;       /* w->rows floats */
+} mk_mv_item;
+/* y_i = W_i x_i for `count` independent single-token products in one
+ * parallel region (a token's routed experts at decode: one wake-up and one
+ * join for all of them instead of one per matrix). Each y_i is bitwise what
+ * mk_matmul(p, W_i, x_i, 1, y_i) gives; items with the same x and the same
+ * weight layout share one preparation of x (the int8 quantization of a
+ * token's input is done once for all its gate and up projections). No y_i
+ * may overlap any x_j. Same stack use as mk_matmul. */
+void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count);
+
 /* Products with the row range [r0, r1) of W, on the calling thread, for
  * callers that thread over several ranges themselves (MLA's per-head slices
  * of kv_b, backend.h head_matmul). Rows keep their absolute index, so FP8

@@ -84,8 +84,9 @@ void mk_q8_group_sums(const float *d, const float *qs, int64_t ng, int bpg, floa
 
 /* Per-call preparation of x for a matvec (optional): writes what the
  * format's matvec wants (group sums, a reordered copy of x) to aux, at most
- * cap floats; false when cap is too small (the caller then uses the tiled
- * path). */
+ * cap floats and never more than MK_PREP_FLOATS(cols); false when cap is
+ * too small (the caller then uses the tiled path). */
+#define MK_PREP_FLOATS(cols) ((size_t)(cols) + (size_t)(cols) / 8 + 16)
 typedef bool (*mk_prep_fn)(const mk_wt *w, const float *x, float *aux, size_t cap);
 /* y[r - r0] = dot(W[r, :], x) for r in [r0, r1); aux from prep (or NULL). */
 typedef void (*mk_matvec_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,

@@ -170,6 +170,104 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
 }
 
+/* ---- many single-token products in one region --------------------------- */
+
+#define MK_MULTI_MAX 64 /* items per parallel region */
+
+typedef struct mv_plan {
+    mk_matvec_fn mv;  /* fused matvec, or NULL: the tiled path */
+    const float *aux; /* its prepared x */
+    int64_t grain;    /* rows per task */
+} mv_plan;
+
+typedef struct multi_ctx {
+    const mk_kern_i *k;
+    const mk_mv_item *it;
+    int count;
+    mv_plan pl[MK_MULTI_MAX];
+    int64_t start[MK_MULTI_MAX + 1]; /* first task of each item; start[count] = all */
+} multi_ctx;
+
+/* Tasks [b, e): task t is rows [(t - start[i]) * grain, ...) of item i, run
+ * by the same functions as mk_matmul's decode (rows are independent, so
+ * how they are split does not change a bit). */
+static void multi_task(void *ctx, int64_t b, int64_t e) {
+    const multi_ctx *m = ctx;
+    int i = 0;
+    for (int64_t t = b; t < e; t++) {
+        while (t >= m->start[i + 1])
+            i++;
+        const mk_mv_item *it = &m->it[i];
+        const mv_plan *pl = &m->pl[i];
+        int64_t r0 = (t - m->start[i]) * pl->grain;
+        int64_t r1 = r0 + pl->grain < it->w->rows ? r0 + pl->grain : it->w->rows;
+        if (pl->mv)
+            pl->mv(it->w, r0, r1, it->x, pl->aux, it->y + r0);
+        else
+            tiles(m->k, it->w, r0, r1, it->x, it->w->cols, 1, it->y + r0, it->w->rows);
+    }
+}
+
+/* Whether items a and b may share a preparation of x: every prep depends
+ * only on x, the format, the columns, bits and group. */
+static bool same_prep(const mk_mv_item *a, const mk_mv_item *b) {
+    return a->x == b->x && a->w->fmt == b->w->fmt && a->w->cols == b->w->cols && a->w->bits == b->w->bits &&
+           a->w->group == b->w->group;
+}
+
+void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
+    alignas(64) float aux[MK_AUX_MAX];
+    multi_ctx m;
+    m.k = mk_kern_active();
+    while (count > 0) {
+        /* plan items until MK_MULTI_MAX, or until the next preparation might
+         * not fit what is left of aux: each prep then sees a cap at least as
+         * large as any it can use, so it decides as mk_matmul's would */
+        size_t used = 0;
+        int c = 0;
+        m.it = items;
+        m.start[0] = 0;
+        for (; c < count && c < MK_MULTI_MAX; c++) {
+            const mk_wt *w = items[c].w;
+            mv_plan *pl = &m.pl[c];
+            *pl = (mv_plan){.grain = decode_grain(w)};
+            int64_t ntask = w->rows > 0 && w->cols > 0 ? (w->rows + pl->grain - 1) / pl->grain : 0;
+            if (w->rows > 0 && w->cols <= 0)
+                memset(items[c].y, 0, (size_t)w->rows * sizeof(float));
+            int j = 0;
+            while (j < c && !(m.pl[j].mv && same_prep(&items[j], &items[c])))
+                j++;
+            if (ntask && j < c) { /* x already prepared for this layout */
+                pl->mv = m.pl[j].mv;
+                pl->aux = m.pl[j].aux;
+            } else if (ntask) {
+                size_t need = (MK_PREP_FLOATS(w->cols) + 15) / 16 * 16; /* 64-byte aligned slices */
+                if (used > 0 && used + need > MK_AUX_MAX)
+                    break; /* run what is planned, then start over with all of aux */
+                float *a = aux + used;
+                size_t cap = MK_AUX_MAX - used;
+                mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+                bool wrote = false; /* a preparation now lives at a */
+                if (m.k->qmatvec[w->fmt] && qprep && qprep(w, items[c].x, a, cap)) {
+                    pl->mv = m.k->qmatvec[w->fmt];
+                    wrote = true;
+                } else if (m.k->matvec[w->fmt] && (!prep || prep(w, items[c].x, a, cap))) {
+                    pl->mv = m.k->matvec[w->fmt];
+                    wrote = prep != NULL;
+                }
+                pl->aux = a;
+                if (wrote)
+                    used += need < cap ? need : cap;
+            }
+            m.start[c + 1] = m.start[c] + ntask;
+        }
+        m.count = c;
+        mk_pool_for(p, m.start[c], 1, multi_task, &m);
+        items += c;
+        count -= c;
+    }
+}
+
 /* ---- row ranges (per-head products) ------------------------------------ */
 
 #define MK_ROWS_AUX 2176 /* floats of matvec preparation: x of up to 2048 columns */

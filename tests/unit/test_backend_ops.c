@@ -498,6 +498,83 @@ static void test_matmul_formats(void **st) {
             }
 }
 
+/* expert_mlps (optional slot): a token's experts in mixed storages, each
+ * output bitwise what matmul, swiglu, matmul give for that expert on the
+ * same backend (those slots are held to references above), and the float
+ * experts (f32, bf16) against a double SwiGLU MLP within TOL_DOT. */
+static void test_expert_mlps(void **st) {
+    (void)st;
+    enum { HD = 128, ID = 64, NE = 6 };
+    static const int kinds[NE] = {1, 2, 3, 0, 2, 1}; /* bf16, affine 4/64, 8/32, f32, ... */
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->expert_mlps) {
+            printf("  %s: no expert_mlps slot (the engine runs experts one at a time)\n", b->name);
+            continue;
+        }
+        wbuf wg[NE], wu[NE], wd[NE];
+        mk_expert ex[NE];
+        const mk_expert *exs[NE];
+        for (int i = 0; i < NE; i++) {
+            make_w(&wg[i], kinds[i], ID, HD);
+            make_w(&wu[i], kinds[i], ID, HD);
+            make_w(&wd[i], kinds[i], HD, ID);
+            ex[i] = (mk_expert){wg[i].w, wu[i].w, wd[i].w};
+            exs[i] = &ex[i];
+        }
+        float *x = rvec(HD);
+        void *dx = dev(b, x, HD * 4), *dy = dev(b, NULL, NE * HD * 4), *dr = dev(b, NULL, NE * HD * 4);
+        void *dg = dev(b, NULL, NE * ID * 4), *du = dev(b, NULL, NE * ID * 4);
+        float *ys[NE];
+        for (int i = 0; i < NE; i++)
+            ys[i] = (float *)dy + i * HD;
+        b->i->expert_mlps(b->ctx, exs, NE, dx, ys, dg, du);
+        for (int i = 0; i < NE; i++) { /* one at a time through the slots */
+            b->i->matmul(b->ctx, &ex[i].gate, dx, 1, dg);
+            b->i->matmul(b->ctx, &ex[i].up, dx, 1, du);
+            b->i->swiglu(b->ctx, dg, dg, du, ID);
+            b->i->matmul(b->ctx, &ex[i].down, dg, 1, (float *)dr + i * HD);
+        }
+        float *y = back(b, dy, NE * HD * 4), *yr = back(b, dr, NE * HD * 4);
+        assert_memory_equal(y, yr, NE * HD * 4);
+        for (int i = 0; i < NE; i++) {
+            if (kinds[i] > 1)
+                continue;
+            double *G = deq(&ex[i].gate), *U = deq(&ex[i].up), *D = deq(&ex[i].down), h[ID], ref[HD];
+            for (int r = 0; r < ID; r++) {
+                double gs = 0, us = 0;
+                for (int c = 0; c < HD; c++) {
+                    gs += G[r * HD + c] * x[c];
+                    us += U[r * HD + c] * x[c];
+                }
+                h[r] = gs / (1.0 + exp(-gs)) * us;
+            }
+            for (int r = 0; r < HD; r++) {
+                ref[r] = 0;
+                for (int c = 0; c < ID; c++)
+                    ref[r] += D[r * ID + c] * h[c];
+            }
+            char what[64];
+            snprintf(what, sizeof what, "expert_mlps %s", wg[i].name);
+            check_rel(b->name, what, y + i * HD, ref, HD, TOL_DOT);
+            free(G);
+            free(U);
+            free(D);
+        }
+        free(y);
+        free(yr);
+        free(x);
+        void *bufs[] = {dx, dy, dr, dg, du};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        for (int i = 0; i < NE; i++) {
+            wbuf_free(&wg[i]);
+            wbuf_free(&wu[i]);
+            wbuf_free(&wd[i]);
+        }
+    }
+}
+
 static void test_head_matmul(void **st) {
     (void)st;
     /* kv_b-like weight: nH heads of (dn + dvh) rows, kl columns */
@@ -1033,11 +1110,11 @@ static int teardown(void **st) {
 int main(void) {
     /* the CUDA-only cases last: left out of the runs without CUDA */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory_and_copies), cmocka_unit_test(test_matmul_formats),
-        cmocka_unit_test(test_head_matmul),       cmocka_unit_test(test_norms_rope_eltwise),
-        cmocka_unit_test(test_attention),         cmocka_unit_test(test_conv_gdn),
-        cmocka_unit_test(test_route_combine),     cmocka_unit_test(test_cuda_present),
-        cmocka_unit_test(test_cuda_errors),
+        cmocka_unit_test(test_memory_and_copies),  cmocka_unit_test(test_matmul_formats),
+        cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
+        cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
+        cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
     };
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */

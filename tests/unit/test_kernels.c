@@ -666,6 +666,66 @@ static void test_matmul_micro(void **state) {
     }
 }
 
+/* mk_matvec_multi: every item bitwise what mk_matmul gives alone, on every
+ * path, inline and threaded: formats with int8, float-prepared, unprepared
+ * and tiled decode paths, items sharing x (one preparation) and not, more
+ * items than one region takes (64) and preparations too large to share the
+ * stack area (8192 columns: a new region starts). */
+static void test_matvec_multi(void **state) {
+    enum { NW = 7, NI = 150, COLS = 640, BIG = 8192 };
+    tw t[NW];
+    tw_make(&t[0], MK_WF_AFFINE, 33, COLS, MK_DT_BF16, 4, 64);
+    tw_make(&t[1], MK_WF_AFFINE, 17, COLS, MK_DT_F16, 8, 32);
+    tw_make(&t[2], MK_WF_BF16, 9, COLS, MK_DT_F32, 0, 0);
+    tw_make(&t[3], MK_WF_AFFINE, 5, COLS, MK_DT_F32, 3, 64);
+    tw_make(&t[4], MK_WF_MXFP4, 11, COLS, MK_DT_U8, 0, 0);
+    tw_make(&t[5], MK_WF_FP8_E4M3, 7, COLS, MK_DT_BF16, 16, 24);
+    tw_make(&t[6], MK_WF_AFFINE, 6, BIG, MK_DT_BF16, 4, 64);
+    float *xs[3], *xb[3];
+    for (int i = 0; i < 3; i++) {
+        xs[i] = malloc(sizeof(float) * COLS);
+        xb[i] = malloc(sizeof(float) * BIG);
+        assert_true(xs[i] && xb[i]);
+        for (int c = 0; c < COLS; c++)
+            xs[i][c] = rnd_f(-1, 1);
+        for (int c = 0; c < BIG; c++)
+            xb[i][c] = rnd_f(-1, 1);
+    }
+    mk_mv_item it[NI];
+    float *y = malloc(sizeof(float) * NI * 40), *want = malloc(sizeof(float) * 40);
+    assert_true(y && want);
+    for (int i = 0; i < NI; i++) {
+        int k = i % 17 == 16 ? 6 : (int)(rnd_u32() % 6); /* every 17th a big one */
+        it[i] = (mk_mv_item){&t[k].w, k == 6 ? xb[rnd_u32() % 3] : xs[rnd_u32() % 3], y + i * 40};
+    }
+    for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)isa))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+        for (int threaded = 0; threaded < 2; threaded++) {
+            memset(y, 0xff, sizeof(float) * NI * 40);
+            mk_matvec_multi(threaded ? g_pool : NULL, it, NI);
+            for (int i = 0; i < NI; i++) {
+                mk_matmul(NULL, it[i].w, it[i].x, 1, want);
+                if (memcmp(want, it[i].y, sizeof(float) * (size_t)it[i].w->rows))
+                    fail_msg("item %d (fmt %d, %lld x %lld) on %s%s differs from mk_matmul", i,
+                             (int)it[i].w->fmt, (long long)it[i].w->rows, (long long)it[i].w->cols,
+                             mk_isa_name((mk_isa)isa), threaded ? " threaded" : "");
+            }
+        }
+    }
+    mk_isa_set(g_isa0);
+    mk_matvec_multi(g_pool, it, 0); /* nothing to do */
+    for (int i = 0; i < 3; i++) {
+        free(xs[i]);
+        free(xb[i]);
+    }
+    free(y);
+    free(want);
+    for (int k = 0; k < NW; k++)
+        tw_free(&t[k]);
+}
+
 /* ---- 4. pool, checks, ops --------------------------------------------- */
 
 typedef struct cover_ctx {
@@ -851,6 +911,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_affine),
         cmocka_unit_test(test_matmul_affine_nonfinite),
         cmocka_unit_test(test_matmul_micro),
+        cmocka_unit_test(test_matvec_multi),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_wt_check_errors),
         cmocka_unit_test(test_ops),
