@@ -5,13 +5,14 @@
  * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
  * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
  * paths; the path is core's one switch (isa.h: the best this CPU supports,
- * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512 to it).
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512|avx512vnni to it).
  *
  * Accuracy. All paths accumulate in float32; SIMD results differ from
  * mk_matmul_ref only in summation order (the tests hold every path to
  * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception: mk_matmul
  * of a single token (n == 1) times an MLX affine 4- or 8-bit weight (every
- * path: the avx512 one runs avx2's integer kernels; up to 35k columns)
+ * path: avx512 runs avx2's integer kernels, avx512vnni the same with
+ * dpbusd; up to 35k columns)
  * quantizes x to int8 in blocks of 32 (d_b = max|x| / 127 over block b) and
  * uses integer dot products (the row-range products below keep float x), so
  *   |y_r - sum_c W[r,c] x[c]| <= sum_b d_b / 2 * sum_{c in b} |W[r,c]|

@@ -336,114 +336,23 @@ MK_T bool mk_q8_prep_affine_avx2(const mk_wt *w, const float *x, float *aux, siz
     return true;
 }
 
-/* sum_g (b_g [+ 128 s_g]) xg_g over cnt groups into acc, tail into *bs */
-MK_T static inline __m256 bias_terms(const float *s, const float *b, const float *xg, int cnt, bool shift,
-                                     __m256 acc, float *bs) {
-    int k = 0;
-    const __m256 k128 = _mm256_set1_ps(shift ? 128.0f : 0.0f);
-    for (; k + 8 <= cnt; k += 8) {
-        __m256 bb = _mm256_fmadd_ps(k128, _mm256_loadu_ps(s + k), _mm256_loadu_ps(b + k));
-        acc = _mm256_fmadd_ps(bb, _mm256_loadu_ps(xg + k), acc);
-    }
-    for (; k < cnt; k++)
-        *bs += (b[k] + (shift ? 128.0f * s[k] : 0.0f)) * xg[k];
-    return acc;
+/* The matvecs: maddubs (u8 x s8 -> int16 pair sums), madd with ones to
+ * int32. 4 bits: pair sums stay below 2 * 15 * 127 and two are added before
+ * madd. 8 bits: codes as q - 128 and the sign trick, pairs below 32767. */
+MK_T static inline __m256i q8_dot4_avx2(__m256i lo, __m256i a0, __m256i hi, __m256i a1) {
+    __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, a0), _mm256_maddubs_epi16(hi, a1));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
-
-MK_T static void mv_affine4_i8_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, float *y) {
-    const int g = w->group;
-    const int64_t cols = w->cols, ng = cols / g, rb = cols / 2;
-    const mk_q8x v = mk_q8x_at(aux, cols, g);
-    const size_t ssz = w->sdtype == MK_DT_F32 ? 4 : 2;
-    const __m256i m4 = _mm256_set1_epi8(15), ones = _mm256_set1_epi16(1);
-    float s[64], b[64];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *p = (const uint8_t *)w->data + r * rb;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, accb = acc0;
-        float tail = 0.0f;
-        for (int64_t g0 = 0; g0 < ng; g0 += 64) {
-            int cnt = ng - g0 < 64 ? (int)(ng - g0) : 64;
-            size_t off = (size_t)(r * ng + g0) * ssz;
-            cvt_scales_avx2(w->sdtype, (const uint8_t *)w->scales + off, s, cnt);
-            cvt_scales_avx2(w->sdtype, (const uint8_t *)w->biases + off, b, cnt);
-            accb = bias_terms(s, b, v.xg + g0, cnt, false, accb, &tail);
-            const int64_t cb = g0 * g, ce = cb + (int64_t)cnt * g;
-            int64_t c = cb;
-            for (; c + 64 <= ce; c += 64) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(p + c / 2));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                __m256i a0 = _mm256_loadu_si256((const __m256i *)(const void *)(v.q4 + c));
-                __m256i a1 = _mm256_loadu_si256((const __m256i *)(const void *)(v.q4 + c + 32));
-                __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, a0), _mm256_maddubs_epi16(hi, a1));
-                __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones)),
-                                         _mm256_loadu_ps(v.d8 + c / 8));
-                int64_t k = (c - cb) / g;
-                __m256 sv = g == 32 ? _mm256_set_m128(_mm_set1_ps(s[k + 1]), _mm_set1_ps(s[k]))
-                                    : _mm256_set1_ps(s[k]);
-                if ((c / 64) & 1)
-                    acc1 = _mm256_fmadd_ps(f, sv, acc1);
-                else
-                    acc0 = _mm256_fmadd_ps(f, sv, acc0);
-            }
-            if (c < ce) { /* a last lone block of 32 (group 32) */
-                const __m128i m4h = _mm_set1_epi8(15);
-                __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(p + c / 2));
-                __m128i lo = _mm_and_si128(q, m4h), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4h);
-                __m128i a0 = _mm_loadu_si128((const __m128i *)(const void *)(v.q4 + c));
-                __m128i a1 = _mm_loadu_si128((const __m128i *)(const void *)(v.q4 + c + 16));
-                __m128i p32 = _mm_madd_epi16(
-                    _mm_add_epi16(_mm_maddubs_epi16(lo, a0), _mm_maddubs_epi16(hi, a1)), _mm_set1_epi16(1));
-                p32 = _mm_add_epi32(p32, _mm_shuffle_epi32(p32, 0x4e));
-                p32 = _mm_add_epi32(p32, _mm_shuffle_epi32(p32, 0xb1));
-                tail += (float)_mm_cvtsi128_si32(p32) * v.d[c / MK_Q8_BLOCK] * s[(c - cb) / g];
-            }
-        }
-        y[r - r0] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
-    }
+MK_T static inline __m256i q8_dot8_avx2(__m256i q, __m256i a) {
+    __m256i s = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)); /* q - 128 as s8 */
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(a, s));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
 }
-
-MK_T static void mv_affine8_i8_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, float *y) {
-    const int g = w->group;
-    const int64_t cols = w->cols, ng = cols / g;
-    const mk_q8x v = mk_q8x_at(aux, cols, g);
-    const size_t ssz = w->sdtype == MK_DT_F32 ? 4 : 2;
-    const __m256i flip = _mm256_set1_epi8((char)0x80), ones = _mm256_set1_epi16(1);
-    float s[64], b[64];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *p = (const uint8_t *)w->data + r * cols;
-        __m256 acc0 = _mm256_setzero_ps(), acc1 = acc0, accb = acc0;
-        float tail = 0.0f;
-        for (int64_t g0 = 0; g0 < ng; g0 += 64) {
-            int cnt = ng - g0 < 64 ? (int)(ng - g0) : 64;
-            size_t off = (size_t)(r * ng + g0) * ssz;
-            cvt_scales_avx2(w->sdtype, (const uint8_t *)w->scales + off, s, cnt);
-            cvt_scales_avx2(w->sdtype, (const uint8_t *)w->biases + off, b, cnt);
-            accb = bias_terms(s, b, v.xg + g0, cnt, true, accb, &tail);
-            const int64_t cb = g0 * g, ce = cb + (int64_t)cnt * g;
-            for (int64_t c = cb; c < ce; c += MK_Q8_BLOCK) {
-                __m256i q =
-                    _mm256_xor_si256(_mm256_loadu_si256((const __m256i *)(const void *)(p + c)), flip);
-                __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(v.q + c));
-                __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(q), _mm256_sign_epi8(a, q));
-                __m256 f = _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, ones));
-                __m256 sd = _mm256_set1_ps(s[(c - cb) / g] * v.d[c / MK_Q8_BLOCK]);
-                if ((c / MK_Q8_BLOCK) & 1)
-                    acc1 = _mm256_fmadd_ps(f, sd, acc1);
-                else
-                    acc0 = _mm256_fmadd_ps(f, sd, acc0);
-            }
-        }
-        y[r - r0] = hsum8(_mm256_add_ps(_mm256_add_ps(acc0, acc1), accb)) + tail;
-    }
-}
-
-MK_T void mk_q8_mv_affine_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,
-                               float *y) {
-    (void)x;
-    if (w->bits == 4)
-        mv_affine4_i8_avx2(w, r0, r1, aux, y);
-    else
-        mv_affine8_i8_avx2(w, r0, r1, aux, y);
-}
+#define Q8SFX(name) name##_q8avx2
+#define MK_Q8_MV_NAME mk_q8_mv_affine_avx2
+#define MK_Q8_DOT4 q8_dot4_avx2
+#define MK_Q8_DOT8 q8_dot8_avx2
+#define MK_Q8_SHIFT8 true
+#include "kernels/kern_q8_body.h"
 
 #endif /* MK_KERN_X86 */

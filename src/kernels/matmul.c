@@ -40,6 +40,7 @@ static const mk_kern_i *isa_table(mk_isa isa) {
 #ifdef MK_KERN_X86
     case MK_ISA_AVX2: return &mk_kern_avx2;
     case MK_ISA_AVX512: return &mk_kern_avx512;
+    case MK_ISA_AVX512VNNI: return mk_kern_avx512vnni();
 #endif
     default: return &mk_kern_ref;
     }
