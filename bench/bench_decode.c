@@ -7,6 +7,7 @@
  * measured in the same run.
  *
  * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0]
+ * MK_KERNELS=ref|avx2|avx512|avx512vnni and MK_ACT_INT8=1 as for the CLI.
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -135,6 +136,16 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode: token counts must be positive\n");
         return 2;
     }
+    /* MK_ACT_INT8=1 as for the CLI: int8 activations for affine 4/8-bit
+     * decode products (kernels.h mk_kernels_set_int8) */
+    const char *ai = getenv("MK_ACT_INT8"), *kp = getenv("MK_KERNELS");
+    if (ai && !strcmp(ai, "1"))
+        mk_kernels_set_int8(true);
+    mk_isa isa;
+    if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
+        fprintf(stderr, "bench_decode: MK_KERNELS: %s\n", mk_err_msg());
+        return 2;
+    }
     mk_model *m = NULL;
     if (mk_model_open(argv[1], &m) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -169,6 +180,8 @@ int main(int argc, char **argv) {
     double bpt = bytes_per_token(m), dt = (t2 - t1) / D;
     printf("model      %s (%s, %d layers, arena %.1f MiB)\n", argv[1], mk_model_layout(m),
            c->num_layers, mk_engine_arena_bytes(e) / 1048576.0);
+    printf("kernels    %s, %s activations for affine 4/8-bit decode\n", mk_isa_name(mk_isa_active()),
+           mk_kernels_int8() ? "int8" : "float");
     printf("prefill    %d tokens  %.3f s  %.1f tok/s\n", P, t1 - t0, P / (t1 - t0));
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);

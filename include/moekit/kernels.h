@@ -9,8 +9,9 @@
  *
  * Accuracy. All paths accumulate in float32; SIMD results differ from
  * mk_matmul_ref only in summation order (the tests hold every path to
- * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception: mk_matmul
- * of a single token (n == 1) times an MLX affine 4- or 8-bit weight (every
+ * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception, opt-in
+ * (mk_kernels_set_int8, off by default): mk_matmul and mk_matvec_multi of a
+ * single token (n == 1) times an MLX affine 4- or 8-bit weight (every
  * path: avx512 runs avx2's integer kernels, avx512vnni the same with
  * dpbusd; up to 35k columns)
  * quantizes x to int8 in blocks of 32 (d_b = max|x| / 127 over block b) and
@@ -58,6 +59,16 @@ void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int
                  void *ctx);
 
 /* ---- matrix products -------------------------------------------------- */
+
+/* Int8 activations for single-token products over MLX affine 4/8-bit
+ * weights (see "Accuracy" above): faster decode, x rounded to 8 bits per
+ * block of 32 (about 0.5% relative error per product against 1e-7 in
+ * float). Off by default, since it changes logits beyond the float32 noise
+ * some tests hold quantized models to (test_profile_mixedbits: 1.7e-3 vs
+ * its bound of 1e-4); the CLI maps MK_ACT_INT8=1 to it. Process-wide like
+ * mk_isa_set: not safe while another thread computes. */
+void mk_kernels_set_int8(bool on);
+bool mk_kernels_int8(void);
 
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite

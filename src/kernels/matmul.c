@@ -3,8 +3,8 @@
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
- * row once, dequantizing in registers (MLX affine 4/8 bits: x quantized to
- * int8 once per call by the prep slot, integer dots; see
+ * row once, dequantizing in registers (MLX affine 4/8 bits with
+ * mk_kernels_set_int8: x quantized to int8 once per call by the prep slot, integer dots; see
  * kern_impl.h). Prefill (n > 1) is a tiled product:
  * work items are (16-row block, 32-token block) pairs; inside one, 4-row
  * tiles are dequantized a 512-column chunk at a time into a stack buffer and
@@ -48,6 +48,18 @@ static const mk_kern_i *isa_table(mk_isa isa) {
 
 const mk_kern_i *mk_kern_active(void) {
     return isa_table(mk_isa_active());
+}
+
+/* ---- int8 activations: opt-in (kernels.h) ------------------------------ */
+
+static int g_int8; /* 0 until mk_kernels_set_int8(true) */
+
+void mk_kernels_set_int8(bool on) {
+    __atomic_store_n(&g_int8, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool mk_kernels_int8(void) {
+    return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE) != 0;
 }
 
 /* ---- reference -------------------------------------------------------- */
@@ -158,7 +170,7 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     if (n == 1) {
         alignas(64) float aux[MK_AUX_MAX];
         mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
-        if (m.k->qmatvec[w->fmt] && qprep && qprep(w, x, aux, MK_AUX_MAX))
+        if (mk_kernels_int8() && m.k->qmatvec[w->fmt] && qprep && qprep(w, x, aux, MK_AUX_MAX))
             m.mv = m.k->qmatvec[w->fmt]; /* x quantized once here, shared by every row */
         else if (m.k->matvec[w->fmt] && (!prep || prep(w, x, aux, MK_AUX_MAX)))
             m.mv = m.k->matvec[w->fmt];
@@ -220,6 +232,7 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
     alignas(64) float aux[MK_AUX_MAX];
     multi_ctx m;
     m.k = mk_kern_active();
+    const bool int8 = mk_kernels_int8();
     while (count > 0) {
         /* plan items until MK_MULTI_MAX, or until the next preparation might
          * not fit what is left of aux: each prep then sees a cap at least as
@@ -249,7 +262,7 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
                 size_t cap = MK_AUX_MAX - used;
                 mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
                 bool wrote = false; /* a preparation now lives at a */
-                if (m.k->qmatvec[w->fmt] && qprep && qprep(w, items[c].x, a, cap)) {
+                if (int8 && m.k->qmatvec[w->fmt] && qprep && qprep(w, items[c].x, a, cap)) {
                     pl->mv = m.k->qmatvec[w->fmt];
                     wrote = true;
                 } else if (m.k->matvec[w->fmt] && (!prep || prep(w, items[c].x, a, cap))) {

@@ -4,7 +4,8 @@
  * skips, printing why, and the cases run on the CPU alone).
  *
  * The table runs once per CPU kernel path the machine supports (mk_isa_set:
- * ref, avx2, avx512), so the portable and AVX2 paths are covered on an
+ * ref, avx2, avx512, avx512vnni), and again with int8 activations
+ * (mk_kernels_set_int8), so the portable and AVX2 paths are covered on an
  * AVX-512 machine too; the CUDA backend joins the run on the default path.
  *
  * Each case builds random inputs on the host, moves them into backend
@@ -344,13 +345,13 @@ static double *deq(const mk_wt *w) {
 }
 
 /* The matmul bound: TOL_DOT, except where the CPU kernels quantize x to
- * int8 (kernels.h "Accuracy": one token times MLX affine 4/8 bits), which
+ * int8 (kernels.h "Accuracy": opt-in, one token times MLX affine 4/8 bits), which
  * add at most beta_r = sum_b d_b / 2 sum_{c in b} |W[r,c]| per output
  * (d_b = max |x| over block b of 32 / 127): there the bound is TOL_DOT +
  * ||beta|| / ||W x||, for every backend (one computing in float is well
  * inside it). */
 static double tol_matmul(const mk_wt *w, const double *W, const float *x, int64_t n, const double *ref) {
-    if (n != 1 || w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8))
+    if (!mk_kernels_int8() || n != 1 || w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8))
         return TOL_DOT;
     double b2 = 0, r2 = 0;
     for (int64_t r = 0; r < w->rows; r++) {
@@ -1120,13 +1121,17 @@ int main(void) {
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();
     int fails = 0;
-    for (int i = 0; i <= MK_ISA_COUNT; i++) {
-        mk_isa isa = i < MK_ISA_COUNT ? (mk_isa)i : def;
-        if ((i < MK_ISA_COUNT && (isa == def || !mk_isa_supported(isa))) || mk_isa_set(isa) != MK_OK)
+    /* i < COUNT: each other path with float x; COUNT .. 2 COUNT-1: each path
+     * with int8 x (mk_kernels_set_int8); 2 COUNT: the default, with CUDA */
+    for (int i = 0; i <= 2 * MK_ISA_COUNT; i++) {
+        mk_isa isa = i < 2 * MK_ISA_COUNT ? (mk_isa)(i % MK_ISA_COUNT) : def;
+        if ((i < MK_ISA_COUNT && isa == def) || !mk_isa_supported(isa) || mk_isa_set(isa) != MK_OK)
             continue;
-        g_cuda_run = isa == def && i == MK_ISA_COUNT;
+        mk_kernels_set_int8(i >= MK_ISA_COUNT && i < 2 * MK_ISA_COUNT);
+        g_cuda_run = i == 2 * MK_ISA_COUNT;
         char name[64];
-        snprintf(name, sizeof name, "backend_ops, CPU kernels %s", mk_isa_name(isa));
+        snprintf(name, sizeof name, "backend_ops, CPU kernels %s%s", mk_isa_name(isa),
+                 mk_kernels_int8() ? ", int8 x" : "");
         size_t nt = sizeof tests / sizeof tests[0] - (g_cuda_run ? 0 : 2);
         fails += _cmocka_run_group_tests(name, tests, nt, setup, teardown);
     }

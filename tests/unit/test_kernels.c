@@ -14,9 +14,10 @@
  *    byte (MLX writes unpadded safetensors).
  *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
  *    scale blocks, padded token strides) against double loops, same bound.
- *    Exception with its own stated bound (kernels.h "Accuracy"): mk_matmul
- *    of one token times MLX affine 4/8 bits runs on int8 activations on
- *    every path; it
+ *    Exception with its own stated bound (kernels.h "Accuracy"): with
+ *    mk_kernels_set_int8 (opt-in; affine cases run both ways), mk_matmul of
+ *    one token times MLX affine 4/8 bits runs on int8 activations on every
+ *    path; it
  *    is held to 1e-5 against x quantized by the documented rule and to
  *    sum_b d_b/2 sum_{c in b} |W| against x (see q8_want). Threaded and
  *    single-threaded results are compared bitwise on every path.
@@ -214,9 +215,9 @@ static mk_isa g_isa0;
  * sum of |terms|, catching one wrong element), and against x itself the
  * stated bound sum_b d_b / 2 sum_{c in b} |W[r,c]| (+ the float term). */
 static bool int8_path(mk_isa isa, const mk_wt *w, int64_t n) {
-    (void)isa; /* every path: ref, avx2 and avx512 (which runs avx2's int8 kernels) */
-    /* mk_matmul only: the row-range products (check_rows) keep float x */
-    return n == 1 && w->fmt == MK_WF_AFFINE && (w->bits == 4 || w->bits == 8);
+    (void)isa; /* every path: ref, avx2, avx512 (avx2's int8 kernels), avx512vnni */
+    /* opt-in; mk_matmul only: the row-range products (check_rows) keep float x */
+    return mk_kernels_int8() && n == 1 && w->fmt == MK_WF_AFFINE && (w->bits == 4 || w->bits == 8);
 }
 
 /* xq = x^ and d[b] per block of 32 (cols a multiple of 32) */
@@ -608,21 +609,28 @@ static void test_matmul_affine(void **state) {
                 snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g], mk_dtype_name(sd[s]));
                 tw t;
                 tw_make(&t, MK_WF_AFFINE, 21, 640, sd[s], bits[b], groups[g]);
-                check_weight(&t, label);
+                check_weight(&t, label); /* float x (the default) */
+                mk_kernels_set_int8(true);
+                check_weight(&t, label); /* int8 x where the kernels have it */
+                mk_kernels_set_int8(false);
                 tw_free(&t);
                 if (groups[g] == 32) { /* 19 blocks: a lone last block of 32 */
                     tw_make(&t, MK_WF_AFFINE, 7, 608, sd[s], bits[b], 32);
+                    mk_kernels_set_int8(true);
                     check_weight(&t, label);
+                    mk_kernels_set_int8(false);
                     tw_free(&t);
                 }
             }
     /* more than 64 groups per row (the kernels convert scales 64 at a time) */
+    mk_kernels_set_int8(true);
     for (int b = 0; b < 6; b++) {
         tw t;
         tw_make(&t, MK_WF_AFFINE, 5, 4160, MK_DT_BF16, bits[b], 32);
         check_weight(&t, "affine 5x4160 g32");
         tw_free(&t);
     }
+    mk_kernels_set_int8(false);
 }
 
 /* Non-finite x reaches the outputs on every path (int8: d = NaN). */
@@ -633,8 +641,9 @@ static void test_matmul_affine_nonfinite(void **state) {
         float x[256], y[9];
         for (int i = 0; i < 256; i++)
             x[i] = rnd_f(-1, 1);
-        for (int k = 0; k < 2; k++) {
-            x[100] = k ? INFINITY : NAN;
+        for (int k = 0; k < 4; k++) {
+            mk_kernels_set_int8(k >= 2);
+            x[100] = k & 1 ? INFINITY : NAN;
             for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
                 if (!mk_isa_supported((mk_isa)isa))
                     continue;
@@ -642,12 +651,14 @@ static void test_matmul_affine_nonfinite(void **state) {
                 mk_matmul(g_pool, &t.w, x, 1, y);
                 for (int r = 0; r < 9; r++)
                     if (isfinite(y[r]))
-                        fail_msg("affine %d-bit %s: x[100] = %s gave a finite y[%d] = %g", bits,
-                                 mk_isa_name((mk_isa)isa), k ? "inf" : "NaN", r, (double)y[r]);
+                        fail_msg("affine %d-bit %s%s: x[100] = %s gave a finite y[%d] = %g", bits,
+                                 mk_isa_name((mk_isa)isa), k >= 2 ? " int8" : "", k & 1 ? "inf" : "NaN", r,
+                                 (double)y[r]);
             }
         }
         tw_free(&t);
     }
+    mk_kernels_set_int8(false);
     mk_isa_set(g_isa0);
 }
 
@@ -698,23 +709,26 @@ static void test_matvec_multi(void **state) {
         int k = i % 17 == 16 ? 6 : (int)(rnd_u32() % 6); /* every 17th a big one */
         it[i] = (mk_mv_item){&t[k].w, k == 6 ? xb[rnd_u32() % 3] : xs[rnd_u32() % 3], y + i * 40};
     }
-    for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
-        if (!mk_isa_supported((mk_isa)isa))
+    for (int isa = 0; isa < 2 * MK_ISA_COUNT; isa++) { /* each path with float, then int8 x */
+        if (!mk_isa_supported((mk_isa)(isa % MK_ISA_COUNT)))
             continue;
-        assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+        assert_int_equal(mk_isa_set((mk_isa)(isa % MK_ISA_COUNT)), MK_OK);
+        mk_kernels_set_int8(isa >= MK_ISA_COUNT);
         for (int threaded = 0; threaded < 2; threaded++) {
             memset(y, 0xff, sizeof(float) * NI * 40);
             mk_matvec_multi(threaded ? g_pool : NULL, it, NI);
             for (int i = 0; i < NI; i++) {
                 mk_matmul(NULL, it[i].w, it[i].x, 1, want);
                 if (memcmp(want, it[i].y, sizeof(float) * (size_t)it[i].w->rows))
-                    fail_msg("item %d (fmt %d, %lld x %lld) on %s%s differs from mk_matmul", i,
+                    fail_msg("item %d (fmt %d, %lld x %lld) on %s%s%s differs from mk_matmul", i,
                              (int)it[i].w->fmt, (long long)it[i].w->rows, (long long)it[i].w->cols,
-                             mk_isa_name((mk_isa)isa), threaded ? " threaded" : "");
+                             mk_isa_name((mk_isa)(isa % MK_ISA_COUNT)), mk_kernels_int8() ? " int8" : "",
+                             threaded ? " threaded" : "");
             }
         }
     }
     mk_isa_set(g_isa0);
+    mk_kernels_set_int8(false);
     mk_matvec_multi(g_pool, it, 0); /* nothing to do */
     for (int i = 0; i < 3; i++) {
         free(xs[i]);
