@@ -15,6 +15,7 @@
 #include "moekit/convert.h"
 #include "moekit/escape.h"
 #include "moekit/isa.h"
+#include "moekit/kernels.h"
 #include "moekit/version.h"
 
 #define MK_MAX_CMDS 64
@@ -103,13 +104,23 @@ int main(int argc, char **argv) {
         printf("moekit %s\n", MK_VERSION);
         return finish_stdout(0);
     }
-    /* MK_KERNELS=ref|avx2|avx512 forces a kernel path (the library reads no
+    /* MK_KERNELS=ref|avx2|avx512|avx512vnni forces a kernel path (the library reads no
      * environment; this is the CLI's mapping to mk_isa_set) */
     const char *kp = getenv("MK_KERNELS");
     mk_isa isa;
     if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
         fprintf(stderr, "moekit: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
+    }
+    /* MK_ACT_INT8=1: int8 activations for the MLX affine 4/8-bit decode
+     * products (kernels.h mk_kernels_set_int8; off by default) */
+    const char *ai = getenv("MK_ACT_INT8");
+    if (ai && *ai) {
+        if (strcmp(ai, "0") && strcmp(ai, "1")) {
+            fprintf(stderr, "moekit: MK_ACT_INT8: expected 0 or 1\n");
+            return 2;
+        }
+        mk_kernels_set_int8(!strcmp(ai, "1"));
     }
 #ifdef MK_TEST_HOOKS
     /* crash points for the resume tests (tests/cli/convert_resume.sh) */

@@ -190,6 +190,15 @@ typedef struct mk_backend_i {
                           int64_t dim, float eps);
     /* y = silu(gate) * up, n elements (y may alias gate). */
     void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* (optional) the SwiGLU MLPs of `count` routed experts on ONE token
+     * (decode): ys[i][0..down.rows) = down_i(silu(gate_i(x)) * up_i(x)),
+     * each bitwise what matmul, swiglu, matmul give for that expert alone;
+     * g and u are scratch of sum_i gate_i.rows floats each. One parallel
+     * region for all gate and up products and one for all down products,
+     * instead of three per expert. NULL: the engine runs the experts one at
+     * a time. */
+    void (*expert_mlps)(void *ctx, const mk_expert *const *ex, int count, const float *x, float *const *ys,
+                        float *g, float *u);
     /* x *= sigmoid(gate) element-wise, n elements. */
     void (*sigmoid_mul)(void *ctx, float *x, const float *gate, int64_t n);
     /* y += a * x, n elements. */

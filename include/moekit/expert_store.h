@@ -69,6 +69,13 @@ typedef struct mk_expert_store_i {
      * spare, never evicting an expert in use. Never changes results, only
      * when bytes arrive. NULL: a store that does not guess. */
     mk_status (*prefetch)(void *ctx, int layer, const int *experts, int n);
+    /* true: next() hands out every announced expert at once, without
+     * blocking and without waiting for releases (the resident store), so the
+     * engine may take all of a token's experts before computing any (one
+     * parallel region for them: backend.h expert_mlps). false keeps the
+     * one-at-a-time order that overlaps compute with a streaming store's
+     * reads. */
+    bool all_ready;
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -128,6 +135,7 @@ mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *exp
 /* Whether the store acts on guesses. */
 bool mk_expert_store_can_prefetch(const mk_expert_store *s);
 const char *mk_expert_store_name(const mk_expert_store *s);
+bool mk_expert_store_all_ready(const mk_expert_store *s); /* the table's all_ready */
 /* Counters of the store (zeros and oracle -1 for a store that keeps none). */
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out);
 

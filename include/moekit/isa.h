@@ -17,13 +17,15 @@ extern "C" {
 #endif
 
 typedef enum mk_isa {
-    MK_ISA_REF = 0, /* portable C */
-    MK_ISA_AVX2,    /* AVX2 + FMA + F16C */
-    MK_ISA_AVX512,  /* AVX-512 F/BW/VL/DQ + the above */
+    MK_ISA_REF = 0,    /* portable C */
+    MK_ISA_AVX2,       /* AVX2 + FMA + F16C */
+    MK_ISA_AVX512,     /* AVX-512 F/BW/VL/DQ + the above */
+    MK_ISA_AVX512VNNI, /* + AVX512-VNNI: int8 dot products in one instruction */
     MK_ISA_COUNT
 } mk_isa;
 
-/* Stable lower-case name ("ref", "avx2", "avx512"; "?" out of range). */
+/* Stable lower-case name ("ref", "avx2", "avx512", "avx512vnni"; "?" out
+ * of range). */
 const char *mk_isa_name(mk_isa isa);
 /* The isa named `name`; MK_E_ARG naming the choices if there is none. */
 mk_status mk_isa_parse(const char *name, mk_isa *out);

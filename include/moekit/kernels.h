@@ -5,9 +5,22 @@
  * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
  * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
  * paths; the path is core's one switch (isa.h: the best this CPU supports,
- * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512 to it). All paths accumulate in float32; SIMD and threaded
- * results differ from mk_matmul_ref only in summation order (the tests hold
- * every path to |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|).
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512|avx512vnni to it).
+ *
+ * Accuracy. All paths accumulate in float32; SIMD results differ from
+ * mk_matmul_ref only in summation order (the tests hold every path to
+ * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception, opt-in
+ * (mk_kernels_set_int8, off by default): mk_matmul and mk_matvec_multi of a
+ * single token (n == 1) times an MLX affine 4- or 8-bit weight (every
+ * path: avx512 runs avx2's integer kernels, avx512vnni the same with
+ * dpbusd; up to 35k columns)
+ * quantizes x to int8 in blocks of 32 (d_b = max|x| / 127 over block b) and
+ * uses integer dot products (the row-range products below keep float x), so
+ *   |y_r - sum_c W[r,c] x[c]| <= sum_b d_b / 2 * sum_{c in b} |W[r,c]|
+ *                                + 1e-5 * sum_c |W[r,c] x^[c]|
+ * with x^ the quantized x (tests/unit/test_kernels.c checks both that bound
+ * and the 1e-5 one against x^). Every output is computed by one thread in
+ * a fixed order, so results are bitwise independent of the thread count.
  *
  * None of these functions allocate, so none can fail once the pool exists;
  * weights must have passed mk_wt_check (kernels do not re-validate). */
@@ -47,6 +60,16 @@ void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int
 
 /* ---- matrix products -------------------------------------------------- */
 
+/* Int8 activations for single-token products over MLX affine 4/8-bit
+ * weights (see "Accuracy" above): faster decode, x rounded to 8 bits per
+ * block of 32 (about 0.5% relative error per product against 1e-7 in
+ * float). Off by default, since it changes logits beyond the float32 noise
+ * some tests hold quantized models to (test_profile_mixedbits: 1.7e-3 vs
+ * its bound of 1e-4); the CLI maps MK_ACT_INT8=1 to it. Process-wide like
+ * mk_isa_set: not safe while another thread computes. */
+void mk_kernels_set_int8(bool on);
+bool mk_kernels_int8(void);
+
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite
  * pairs, NaN/Inf judged by position. */
@@ -68,6 +91,21 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
 /* Portable scalar reference of the same on one thread: each row is
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
 void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);
+
+/* One single-token product of a batch (mk_matvec_multi). */
+typedef struct mk_mv_item {
+    const mk_wt *w;
+    const float *x; /* w->cols floats */
+    float *y;       /* w->rows floats */
+} mk_mv_item;
+/* y_i = W_i x_i for `count` independent single-token products in one
+ * parallel region (a token's routed experts at decode: one wake-up and one
+ * join for all of them instead of one per matrix). Each y_i is bitwise what
+ * mk_matmul(p, W_i, x_i, 1, y_i) gives; items with the same x and the same
+ * weight layout share one preparation of x (the int8 quantization of a
+ * token's input is done once for all its gate and up projections). No y_i
+ * may overlap any x_j. Same stack use as mk_matmul. */
+void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count);
 
 /* Products with the row range [r0, r1) of W, on the calling thread, for
  * callers that thread over several ranges themselves (MLA's per-head slices

@@ -4,7 +4,7 @@
 
 #include "moekit/isa.h"
 
-static const char *const g_names[MK_ISA_COUNT] = {"ref", "avx2", "avx512"};
+static const char *const g_names[MK_ISA_COUNT] = {"ref", "avx2", "avx512", "avx512vnni"};
 static int g_isa = -1; /* chosen mk_isa; -1 until first use */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -21,7 +21,7 @@ mk_status mk_isa_parse(const char *name, mk_isa *out) {
             *out = (mk_isa)i;
             return MK_OK;
         }
-    return mk_err(MK_E_ARG, "unknown kernel path '%s': expected ref, avx2 or avx512",
+    return mk_err(MK_E_ARG, "unknown kernel path '%s': expected ref, avx2, avx512 or avx512vnni",
                   name ? name : "");
 }
 
@@ -38,6 +38,9 @@ bool mk_isa_supported(mk_isa isa) {
         return mk_isa_supported(MK_ISA_AVX2) && __builtin_cpu_supports("avx512f") &&
                __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") &&
                __builtin_cpu_supports("avx512dq");
+    case MK_ISA_AVX512VNNI:
+        __builtin_cpu_init();
+        return mk_isa_supported(MK_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
 #endif
     default: return false;
     }

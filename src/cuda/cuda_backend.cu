@@ -381,6 +381,7 @@ static const mk_backend_i g_cuda = {
     .gdn = mkb_gdn,
     .gated_rmsnorm = mkb_gated_rmsnorm,
     .swiglu = mkb_swiglu,
+    .expert_mlps = nullptr, /* the engine runs experts one at a time (backend.h) */
     .sigmoid_mul = mkb_sigmoid_mul,
     .axpy = mkb_axpy,
     .route = mkb_route,

@@ -336,6 +336,34 @@ static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, 
     mk_swiglu(y, gate, up, n);
 }
 
+/* Gate and up of every expert in one mk_matvec_multi (x prepared once for
+ * all of them), the SwiGLU per expert, then every down in a second one. */
+static void cpu_expert_mlps(void *ctx, const mk_expert *const *ex, int count, const float *x,
+                            float *const *ys, float *g, float *u) {
+    mk_pool *p = ((cpu_ctx *)ctx)->pool;
+    enum { BATCH = 32 };
+    mk_mv_item it[2 * BATCH];
+    for (int i0 = 0; i0 < count; i0 += BATCH) {
+        int nb = count - i0 < BATCH ? count - i0 : BATCH;
+        int64_t off = 0;
+        for (int i = 0; i < nb; i++) {
+            const mk_expert *e = ex[i0 + i];
+            it[2 * i] = (mk_mv_item){&e->gate, x, g + off};
+            it[2 * i + 1] = (mk_mv_item){&e->up, x, u + off};
+            off += e->gate.rows;
+        }
+        mk_matvec_multi(p, it, 2 * nb);
+        off = 0;
+        for (int i = 0; i < nb; i++) {
+            const mk_expert *e = ex[i0 + i];
+            mk_swiglu(g + off, g + off, u + off, e->gate.rows);
+            it[i] = (mk_mv_item){&e->down, g + off, ys[i0 + i]};
+            off += e->gate.rows;
+        }
+        mk_matvec_multi(p, it, nb);
+    }
+}
+
 static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
     (void)ctx;
     for (int64_t i = 0; i < n; i++)
@@ -472,6 +500,7 @@ static const mk_backend_i g_cpu = {
     .gdn = cpu_gdn,
     .gated_rmsnorm = cpu_gated_rmsnorm,
     .swiglu = cpu_swiglu,
+    .expert_mlps = cpu_expert_mlps,
     .sigmoid_mul = cpu_sigmoid_mul,
     .axpy = cpu_axpy,
     .route = cpu_route,

@@ -61,6 +61,10 @@ bool mk_expert_store_can_prefetch(const mk_expert_store *s) { return s->i->prefe
 
 const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }
 
+bool mk_expert_store_all_ready(const mk_expert_store *s) {
+    return s->i->all_ready;
+}
+
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out) {
     *out = (mk_expert_stats){.oracle_hit = -1.0};
     if (s->i->stats)
@@ -118,6 +122,7 @@ static const mk_expert_store_i g_resident = {
     .next = res_next,
     .release = res_release,
     .free = res_free,
+    .all_ready = true,
 };
 
 mk_status mk_expert_store_resident(const mk_model *m, mk_expert_store **out) {

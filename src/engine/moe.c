@@ -11,6 +11,10 @@
  * depend on the store's readiness order) -> shared expert (qwen: times
  * sigmoid(shared_expert_gate(x))) added.
  *
+ * At decode (one token) with a store whose experts are all ready (resident),
+ * the token's experts are taken at once and run by the backend's
+ * expert_mlps in one parallel region per stage, bitwise as the loop would.
+ *
  * An expert-parallel executor would replace the middle part (which experts
  * run where) and keep the same routing and combine. */
 #include <string.h>
@@ -95,6 +99,35 @@ static mk_status prefetch_next(mk_engine *e, int l) {
     return mk_expert_store_prefetch(e->store, l2, e->pf_idx, e->k);
 }
 
+/* Most experts one token's batch takes (stack arrays below). */
+#define MK_MOE_BATCH 64
+
+/* Decode with a store that has every expert ready (resident): take the
+ * token's experts all at once and run their MLPs in the backend's
+ * expert_mlps (one parallel region per stage), each output straight into
+ * its pair row, the row scatter would have put it in. The expert scratch
+ * e->ex_g/ex_u holds chunk x Imax floats, so nused <= chunk experts fit.
+ * Bitwise the same as the one-at-a-time loop (backend.h). */
+static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
+    const mk_expert *ex[MK_MOE_BATCH] = {0};
+    float *ys[MK_MOE_BATCH] = {0};
+    int ids[MK_MOE_BATCH];
+    for (int u = 0; u < nused; u++) {
+        mk_status st = mk_expert_store_next(e->store, l, &ids[u], &ex[u]);
+        if (st != MK_OK) {
+            for (int j = 0; j < u; j++)
+                mk_expert_store_release(e->store, l, ids[j]);
+            return mk_err_wrap(st, "layer %d", l);
+        }
+        int32_t beg = ids[u] ? e->cnt[ids[u] - 1] : 0; /* its one pair (n == 1) */
+        ys[u] = e->pairs + (int64_t)e->order[beg] * H;
+    }
+    BE(e)->expert_mlps(CTX(e), ex, nused, e->xb, ys, e->ex_g, e->ex_u);
+    for (int u = 0; u < nused; u++)
+        mk_expert_store_release(e->store, l, ids[u]);
+    return MK_OK;
+}
+
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t H = c->hidden_size, k = e->k;
@@ -120,6 +153,11 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err_wrap(st, "layer %d", l);
     if (e->prefetch && n == 1 && (st = prefetch_next(e, l)) != MK_OK)
         return mk_err_wrap(st, "layer %d", l);
+    if (n == 1 && BE(e)->expert_mlps && mk_expert_store_all_ready(e->store) && nused <= MK_MOE_BATCH &&
+        nused <= e->chunk) {
+        MK_TRY(run_token_batched(e, l, nused, H));
+        nused = 0; /* all done */
+    }
     for (int u = 0; u < nused; u++) {
         int x;
         const mk_expert *ex;

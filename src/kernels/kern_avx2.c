@@ -19,6 +19,7 @@
 
 #ifdef MK_KERN_X86
 #include <immintrin.h>
+#include <math.h>
 
 #define MK_T __attribute__((target("avx2,fma,f16c")))
 
@@ -239,5 +240,122 @@ MK_T static inline vf ld_bits(const uint8_t *p, const mk_bits_ctl *k) {
     d = _mm256_srlv_epi32(d, _mm256_loadu_si256((const __m256i *)(const void *)k->shift));
     return _mm256_cvtepi32_ps(_mm256_and_si256(d, _mm256_set1_epi32((1 << k->bits) - 1)));
 }
+
+/* ---- MLX affine on int8 activations (kern_impl.h, "int8 activations") --
+ * The quantizer computes the scalar rule of q8.c with the same float
+ * operations (round to nearest even = nearbyintf in the default mode), so
+ * q and d are bitwise those of the portable path.
+ *
+ * 4 bits: one 32-byte load is 64 codes = 2 activation blocks; its low
+ * nibbles are the even elements (lane 0: block 0, lane 1: block 1) and its
+ * high nibbles the odd ones, multiplied by maddubs against x stored in that
+ * order (q4: per 64 elements [even b0 | even b1 | odd b0 | odd b1]), so
+ * the int32 lanes 0-3 hold block 0's dot and 4-7 block 1's, scaled by d8
+ * (each block's d in its lanes) and the group scale.
+ * 8 bits: codes are 0..255 and maddubs multiplies unsigned by signed bytes
+ * with int16 pair sums that 255 * 127 * 2 would overflow, so codes become
+ * q - 128 (an xor) and the sign trick (|q'| times x with q's sign) keeps
+ * every pair within 128 * 127 * 2; the bias absorbs the shift:
+ * s q + b = s (q - 128) + (b + 128 s). */
+
+MK_T static inline float hmax8(__m256 v) {
+    __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+    m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+    m = _mm_max_ss(m, _mm_movehdup_ps(m));
+    return _mm_cvtss_f32(m);
+}
+
+MK_T static inline int32_t hsum8i(__m256i v) {
+    __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0x4e));
+    s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0xb1));
+    return _mm_cvtsi128_si32(s);
+}
+
+MK_T static void q8_quant_avx2(const float *x, int64_t n, int8_t *q, float *d, float *qs) {
+    const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
+    const __m256 big = _mm256_set1_ps(3.40282347e38f);
+    const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
+    for (int64_t b = 0; b < n / MK_Q8_BLOCK; b++) {
+        const float *xb = x + b * MK_Q8_BLOCK;
+        __m256 v[4], m = _mm256_setzero_ps(), bad = _mm256_setzero_ps();
+        for (int i = 0; i < 4; i++) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            __m256 a = _mm256_and_ps(v[i], absm);
+            bad = _mm256_or_ps(bad, _mm256_cmp_ps(a, big, _CMP_NLE_UQ)); /* NaN or infinity */
+            m = _mm256_max_ps(m, a);
+        }
+        float amax = hmax8(m);
+        if (_mm256_movemask_ps(bad) || amax == 0.0f) {
+            memset(q + b * MK_Q8_BLOCK, 0, MK_Q8_BLOCK);
+            d[b] = _mm256_movemask_ps(bad) ? NAN : 0.0f;
+            qs[b] = 0.0f;
+            continue;
+        }
+        const __m256 id = _mm256_set1_ps(127.0f / amax);
+        __m256i iv[4];
+        for (int i = 0; i < 4; i++)
+            iv[i] = _mm256_cvtps_epi32(
+                _mm256_round_ps(_mm256_mul_ps(v[i], id), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        int32_t sum =
+            hsum8i(_mm256_add_epi32(_mm256_add_epi32(iv[0], iv[1]), _mm256_add_epi32(iv[2], iv[3])));
+        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(iv[0], iv[1]), _mm256_packs_epi32(iv[2], iv[3]));
+        _mm256_storeu_si256((__m256i *)(void *)(q + b * MK_Q8_BLOCK), _mm256_permutevar8x32_epi32(p, order));
+        d[b] = amax / 127.0f;
+        qs[b] = (float)sum;
+    }
+}
+
+/* 32 bytes of q -> [its 16 even elements | its 16 odd ones] */
+MK_T static inline __m256i evod32(const int8_t *q) {
+    const __m256i ctl = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8,
+                                         10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
+    __m256i v = _mm256_shuffle_epi8(_mm256_loadu_si256((const __m256i *)(const void *)q), ctl);
+    return _mm256_permute4x64_epi64(v, 0xd8);
+}
+
+MK_T bool mk_q8_prep_affine_avx2(const mk_wt *w, const float *x, float *aux, size_t cap) {
+    if (w->bits != 4 && w->bits != 8)
+        return false;
+    const int64_t cols = w->cols;
+    if (mk_q8x_floats(cols, w->group) > cap)
+        return false;
+    mk_q8x v = mk_q8x_at(aux, cols, w->group);
+    q8_quant_avx2(x, cols, v.q, v.d, v.d8); /* d8: scratch for the block sums until below */
+    mk_q8_group_sums(v.d, v.d8, cols / w->group, w->group / MK_Q8_BLOCK, v.xg);
+    if (w->bits == 4) {
+        int64_t c = 0;
+        for (; c + 64 <= cols; c += 64) {
+            __m256i a = evod32(v.q + c), b = evod32(v.q + c + 32);
+            _mm256_storeu_si256((__m256i *)(void *)(v.q4 + c), _mm256_permute2x128_si256(a, b, 0x20));
+            _mm256_storeu_si256((__m256i *)(void *)(v.q4 + c + 32), _mm256_permute2x128_si256(a, b, 0x31));
+        }
+        if (c < cols) /* a last lone block (group 32): [even | odd] */
+            _mm256_storeu_si256((__m256i *)(void *)(v.q4 + c), evod32(v.q + c));
+        for (c = 0; c < cols; c += 64)                          /* after the sums: d8 was their scratch */
+            for (int i = 0; i < 8 && c / 8 + i < cols / 8; i++) /* a lone block: not used */
+                v.d8[c / 8 + i] = v.d[c / MK_Q8_BLOCK + i / 4];
+    }
+    return true;
+}
+
+/* The matvecs: maddubs (u8 x s8 -> int16 pair sums), madd with ones to
+ * int32. 4 bits: pair sums stay below 2 * 15 * 127 and two are added before
+ * madd. 8 bits: codes as q - 128 and the sign trick, pairs below 32767. */
+MK_T static inline __m256i q8_dot4_avx2(__m256i lo, __m256i a0, __m256i hi, __m256i a1) {
+    __m256i p16 = _mm256_add_epi16(_mm256_maddubs_epi16(lo, a0), _mm256_maddubs_epi16(hi, a1));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+MK_T static inline __m256i q8_dot8_avx2(__m256i q, __m256i a) {
+    __m256i s = _mm256_xor_si256(q, _mm256_set1_epi8((char)0x80)); /* q - 128 as s8 */
+    __m256i p16 = _mm256_maddubs_epi16(_mm256_abs_epi8(s), _mm256_sign_epi8(a, s));
+    return _mm256_madd_epi16(p16, _mm256_set1_epi16(1));
+}
+#define Q8SFX(name) name##_q8avx2
+#define MK_Q8_MV_NAME mk_q8_mv_affine_avx2
+#define MK_Q8_DOT4 q8_dot4_avx2
+#define MK_Q8_DOT8 q8_dot8_avx2
+#define MK_Q8_SHIFT8 true
+#include "kernels/kern_q8_body.h"
 
 #endif /* MK_KERN_X86 */

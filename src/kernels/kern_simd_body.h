@@ -455,6 +455,11 @@ const mk_kern_i MK_KERN_TABLE = {
             [MK_WF_AFFINE] = KSFX(prep_affine),
             [MK_WF_MXFP4] = KSFX(prep_perm),
         },
+    /* MLX affine 4/8 bits on int8 activations: kern_avx2.c's 256-bit
+     * kernels in both tables (TODO: 512-bit and VNNI dpbusd variants for the
+     * AVX-512 table, with their own x layout) */
+    .qmatvec = {[MK_WF_AFFINE] = mk_q8_mv_affine_avx2},
+    .qprep = {[MK_WF_AFFINE] = mk_q8_prep_affine_avx2},
     .dequant =
         {
             [MK_WF_BF16] = KSFX(dq_bf16),

@@ -3,7 +3,9 @@
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
- * row once, dequantizing in registers. Prefill (n > 1) is a tiled product:
+ * row once, dequantizing in registers (MLX affine 4/8 bits with
+ * mk_kernels_set_int8: x quantized to int8 once per call by the prep slot, integer dots; see
+ * kern_impl.h). Prefill (n > 1) is a tiled product:
  * work items are (16-row block, 32-token block) pairs; inside one, 4-row
  * tiles are dequantized a 512-column chunk at a time into a stack buffer and
  * multiplied against every token of the block by the table's gemm_tile, so a
@@ -19,6 +21,7 @@
  * thread, with token strides, for MLA's per-head slices of kv_b (the CPU
  * backend threads them over heads): the same tiles and fused matvecs, and a
  * transposed product that adds dequantized rows into the outputs. */
+#include <stdalign.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +40,7 @@ static const mk_kern_i *isa_table(mk_isa isa) {
 #ifdef MK_KERN_X86
     case MK_ISA_AVX2: return &mk_kern_avx2;
     case MK_ISA_AVX512: return &mk_kern_avx512;
+    case MK_ISA_AVX512VNNI: return mk_kern_avx512vnni();
 #endif
     default: return &mk_kern_ref;
     }
@@ -44,6 +48,18 @@ static const mk_kern_i *isa_table(mk_isa isa) {
 
 const mk_kern_i *mk_kern_active(void) {
     return isa_table(mk_isa_active());
+}
+
+/* ---- int8 activations: opt-in (kernels.h) ------------------------------ */
+
+static int g_int8; /* 0 until mk_kernels_set_int8(true) */
+
+void mk_kernels_set_int8(bool on) {
+    __atomic_store_n(&g_int8, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool mk_kernels_int8(void) {
+    return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE) != 0;
 }
 
 /* ---- reference -------------------------------------------------------- */
@@ -77,7 +93,7 @@ typedef struct mm_ctx {
     int64_t n;
     int64_t nrb;      /* row blocks per token block */
     const float *aux; /* the matvec's prepared x (n == 1 fused path) */
-    bool fused;       /* n == 1 and the table has a fused matvec usable here */
+    mk_matvec_fn mv;  /* n == 1: the fused matvec usable here (int8 or float x), or NULL */
 } mm_ctx;
 
 /* Rows [r0, r1) of W times nt tokens of x (token stride ldx) into y (token
@@ -86,7 +102,10 @@ static void tiles(const mk_kern_i *k, const mk_wt *w, int64_t r0, int64_t r1, co
                   int64_t nt, float *y, int64_t ldy) {
     const int64_t cols = w->cols;
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
-    float buf[4 * MK_KCHUNK];
+    /* 64-byte aligned: gemm_tile's row loads then never split a cache line
+     * (a 16-byte aligned buffer cost 15-20% of prefill speed, varying with
+     * where the stack landed) */
+    alignas(64) float buf[4 * MK_KCHUNK];
     for (int64_t t = 0; t < nt; t++)
         memset(y + t * ldy, 0, (size_t)(r1 - r0) * sizeof(float));
     for (int64_t r = r0; r < r1; r += 4) {
@@ -127,8 +146,8 @@ static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
 
 static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
     const mm_ctx *m = ctx;
-    if (m->fused)
-        m->k->matvec[m->w->fmt](m->w, b, e, m->x, m->aux, m->y + b);
+    if (m->mv)
+        m->mv(m->w, b, e, m->x, m->aux, m->y + b);
     else
         mm_tiles(m, b, e, 0, 1);
 }
@@ -149,9 +168,12 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     }
     mm_ctx m = {.k = mk_kern_active(), .w = w, .x = x, .y = y, .n = n};
     if (n == 1) {
-        float aux[MK_AUX_MAX];
-        mk_prep_fn prep = m.k->prep[w->fmt];
-        m.fused = m.k->matvec[w->fmt] != NULL && (!prep || prep(w, x, aux, MK_AUX_MAX));
+        alignas(64) float aux[MK_AUX_MAX];
+        mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+        if (mk_kernels_int8() && m.k->qmatvec[w->fmt] && qprep && qprep(w, x, aux, MK_AUX_MAX))
+            m.mv = m.k->qmatvec[w->fmt]; /* x quantized once here, shared by every row */
+        else if (m.k->matvec[w->fmt] && (!prep || prep(w, x, aux, MK_AUX_MAX)))
+            m.mv = m.k->matvec[w->fmt];
         m.aux = aux;
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
@@ -159,6 +181,105 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
     m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
     int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
     mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
+}
+
+/* ---- many single-token products in one region --------------------------- */
+
+#define MK_MULTI_MAX 64 /* items per parallel region */
+
+typedef struct mv_plan {
+    mk_matvec_fn mv;  /* fused matvec, or NULL: the tiled path */
+    const float *aux; /* its prepared x */
+    int64_t grain;    /* rows per task */
+} mv_plan;
+
+typedef struct multi_ctx {
+    const mk_kern_i *k;
+    const mk_mv_item *it;
+    int count;
+    mv_plan pl[MK_MULTI_MAX];
+    int64_t start[MK_MULTI_MAX + 1]; /* first task of each item; start[count] = all */
+} multi_ctx;
+
+/* Tasks [b, e): task t is rows [(t - start[i]) * grain, ...) of item i, run
+ * by the same functions as mk_matmul's decode (rows are independent, so
+ * how they are split does not change a bit). */
+static void multi_task(void *ctx, int64_t b, int64_t e) {
+    const multi_ctx *m = ctx;
+    int i = 0;
+    for (int64_t t = b; t < e; t++) {
+        while (t >= m->start[i + 1])
+            i++;
+        const mk_mv_item *it = &m->it[i];
+        const mv_plan *pl = &m->pl[i];
+        int64_t r0 = (t - m->start[i]) * pl->grain;
+        int64_t r1 = r0 + pl->grain < it->w->rows ? r0 + pl->grain : it->w->rows;
+        if (pl->mv)
+            pl->mv(it->w, r0, r1, it->x, pl->aux, it->y + r0);
+        else
+            tiles(m->k, it->w, r0, r1, it->x, it->w->cols, 1, it->y + r0, it->w->rows);
+    }
+}
+
+/* Whether items a and b may share a preparation of x: every prep depends
+ * only on x, the format, the columns, bits and group. */
+static bool same_prep(const mk_mv_item *a, const mk_mv_item *b) {
+    return a->x == b->x && a->w->fmt == b->w->fmt && a->w->cols == b->w->cols && a->w->bits == b->w->bits &&
+           a->w->group == b->w->group;
+}
+
+void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
+    alignas(64) float aux[MK_AUX_MAX];
+    multi_ctx m;
+    m.k = mk_kern_active();
+    const bool int8 = mk_kernels_int8();
+    while (count > 0) {
+        /* plan items until MK_MULTI_MAX, or until the next preparation might
+         * not fit what is left of aux: each prep then sees a cap at least as
+         * large as any it can use, so it decides as mk_matmul's would */
+        size_t used = 0;
+        int c = 0;
+        m.it = items;
+        m.start[0] = 0;
+        for (; c < count && c < MK_MULTI_MAX; c++) {
+            const mk_wt *w = items[c].w;
+            mv_plan *pl = &m.pl[c];
+            *pl = (mv_plan){.grain = decode_grain(w)};
+            int64_t ntask = w->rows > 0 && w->cols > 0 ? (w->rows + pl->grain - 1) / pl->grain : 0;
+            if (w->rows > 0 && w->cols <= 0)
+                memset(items[c].y, 0, (size_t)w->rows * sizeof(float));
+            int j = 0;
+            while (j < c && !(m.pl[j].mv && same_prep(&items[j], &items[c])))
+                j++;
+            if (ntask && j < c) { /* x already prepared for this layout */
+                pl->mv = m.pl[j].mv;
+                pl->aux = m.pl[j].aux;
+            } else if (ntask) {
+                size_t need = (MK_PREP_FLOATS(w->cols) + 15) / 16 * 16; /* 64-byte aligned slices */
+                if (used > 0 && used + need > MK_AUX_MAX)
+                    break; /* run what is planned, then start over with all of aux */
+                float *a = aux + used;
+                size_t cap = MK_AUX_MAX - used;
+                mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+                bool wrote = false; /* a preparation now lives at a */
+                if (int8 && m.k->qmatvec[w->fmt] && qprep && qprep(w, items[c].x, a, cap)) {
+                    pl->mv = m.k->qmatvec[w->fmt];
+                    wrote = true;
+                } else if (m.k->matvec[w->fmt] && (!prep || prep(w, items[c].x, a, cap))) {
+                    pl->mv = m.k->matvec[w->fmt];
+                    wrote = prep != NULL;
+                }
+                pl->aux = a;
+                if (wrote)
+                    used += need < cap ? need : cap;
+            }
+            m.start[c + 1] = m.start[c] + ntask;
+        }
+        m.count = c;
+        mk_pool_for(p, m.start[c], 1, multi_task, &m);
+        items += c;
+        count -= c;
+    }
 }
 
 /* ---- row ranges (per-head products) ------------------------------------ */
@@ -176,7 +297,7 @@ void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int6
     }
     const mk_kern_i *k = mk_kern_active();
     if (n == 1 && k->matvec[w->fmt]) { /* the fused matvec, as mk_matmul's decode path */
-        float aux[MK_ROWS_AUX];
+        alignas(64) float aux[MK_ROWS_AUX];
         mk_prep_fn prep = k->prep[w->fmt];
         if (!prep || prep(w, x, aux, MK_ROWS_AUX)) {
             k->matvec[w->fmt](w, r0, r1, x, aux, y);
@@ -201,7 +322,7 @@ void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, in
         memset(y + t * ys, 0, (size_t)cols * sizeof(float));
     const mk_kern_i *k = mk_kern_active();
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
-    float buf[MK_KCHUNK];
+    alignas(64) float buf[MK_KCHUNK];
     for (int64_t t0 = 0; t0 < n; t0 += MK_TOK_BLOCK) {
         int64_t t1 = t0 + MK_TOK_BLOCK < n ? t0 + MK_TOK_BLOCK : n;
         for (int64_t r = r0; r < r1; r++)

@@ -54,6 +54,9 @@ for cmd in run logits eval; do
     expect 2 "expected cpu or cuda, found 'tpu'" "$BIN" $cmd "$TINY" --backend tpu
 done
 expect 2 "required" "$BIN" eval "$TINY"
+# the kernel switches the CLI maps from the environment (MK_KERNELS, MK_ACT_INT8)
+expect 2 "MK_KERNELS: unknown kernel path" env MK_KERNELS=sse "$BIN" run "$TINY" --ids 1
+expect 2 "MK_ACT_INT8: expected 0 or 1" env MK_ACT_INT8=yes "$BIN" run "$TINY" --ids 1
 
 # --help names every flag
 for cmd in run logits eval; do

@@ -3,6 +3,11 @@
  * is built with CUDA and a GPU is present; otherwise test_cuda_present
  * skips, printing why, and the cases run on the CPU alone).
  *
+ * The table runs once per CPU kernel path the machine supports (mk_isa_set:
+ * ref, avx2, avx512, avx512vnni), and again with int8 activations
+ * (mk_kernels_set_int8), so the portable and AVX2 paths are covered on an
+ * AVX-512 machine too; the CUDA backend joins the run on the default path.
+ *
  * Each case builds random inputs on the host, moves them into backend
  * memory with the backend's own upload, runs the slot, downloads the result
  * and compares it with a reference written here in plain C, mostly in
@@ -15,7 +20,9 @@
  * Bounds: data movement (copy, gather, scatter, upload/download, zero) and
  * routing decisions must be exact; float results must satisfy
  * ||ours - ref|| / ||ref|| <= 1e-5 (float32 accumulation against double:
- * a few ulps times sqrt(length) for these sizes), element-wise ones 1e-6. */
+ * a few ulps times sqrt(length) for these sizes), element-wise ones 1e-6;
+ * a one-token matmul over MLX affine 4/8 bits adds the stated bound of the
+ * int8-activation kernels (tol_matmul). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -338,6 +345,33 @@ static double *deq(const mk_wt *w) {
     return d;
 }
 
+/* The matmul bound: TOL_DOT, except where the CPU kernels quantize x to
+ * int8 (kernels.h "Accuracy": opt-in, one token times MLX affine 4/8 bits), which
+ * add at most beta_r = sum_b d_b / 2 sum_{c in b} |W[r,c]| per output
+ * (d_b = max |x| over block b of 32 / 127): there the bound is TOL_DOT +
+ * ||beta|| / ||W x||, for every backend (one computing in float is well
+ * inside it). */
+static double tol_matmul(const mk_wt *w, const double *W, const float *x, int64_t n, const double *ref) {
+    if (!mk_kernels_int8() || n != 1 || w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8))
+        return TOL_DOT;
+    double b2 = 0, r2 = 0;
+    for (int64_t r = 0; r < w->rows; r++) {
+        double beta = 0;
+        for (int64_t b = 0; b < w->cols / 32; b++) {
+            float amax = 0;
+            for (int i = 0; i < 32; i++)
+                amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+            double wa = 0;
+            for (int i = 0; i < 32; i++)
+                wa += fabs(W[r * w->cols + b * 32 + i]);
+            beta += (double)(amax / 127.0f) * 0.5 * wa;
+        }
+        b2 += beta * beta;
+        r2 += ref[r] * ref[r];
+    }
+    return TOL_DOT + sqrt(b2 / r2);
+}
+
 /* ---- memory and data movement ------------------------------------------------ */
 
 static void test_memory_and_copies(void **st) {
@@ -442,7 +476,7 @@ static void test_matmul_formats(void **st) {
                     float *y = back(b, dy, (size_t)(n * R) * 4);
                     char what[96];
                     snprintf(what, sizeof what, "matmul %s n=%lld", wb.name, (long long)n);
-                    check_rel(b->name, what, y, ref, n * R, TOL_DOT);
+                    check_rel(b->name, what, y, ref, n * R, tol_matmul(&wb.w, W, x, n, ref));
                     free(y);
                     free(x);
                     free(ref);
@@ -464,6 +498,83 @@ static void test_matmul_formats(void **st) {
                 forget_w(b, &wb);
                 wbuf_free(&wb);
             }
+}
+
+/* expert_mlps (optional slot): a token's experts in mixed storages, each
+ * output bitwise what matmul, swiglu, matmul give for that expert on the
+ * same backend (those slots are held to references above), and the float
+ * experts (f32, bf16) against a double SwiGLU MLP within TOL_DOT. */
+static void test_expert_mlps(void **st) {
+    (void)st;
+    enum { HD = 128, ID = 64, NE = 6 };
+    static const int kinds[NE] = {1, 2, 3, 0, 2, 1}; /* bf16, affine 4/64, 8/32, f32, ... */
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->expert_mlps) {
+            printf("  %s: no expert_mlps slot (the engine runs experts one at a time)\n", b->name);
+            continue;
+        }
+        wbuf wg[NE], wu[NE], wd[NE];
+        mk_expert ex[NE];
+        const mk_expert *exs[NE];
+        for (int i = 0; i < NE; i++) {
+            make_w(&wg[i], kinds[i], ID, HD);
+            make_w(&wu[i], kinds[i], ID, HD);
+            make_w(&wd[i], kinds[i], HD, ID);
+            ex[i] = (mk_expert){wg[i].w, wu[i].w, wd[i].w};
+            exs[i] = &ex[i];
+        }
+        float *x = rvec(HD);
+        void *dx = dev(b, x, HD * 4), *dy = dev(b, NULL, NE * HD * 4), *dr = dev(b, NULL, NE * HD * 4);
+        void *dg = dev(b, NULL, NE * ID * 4), *du = dev(b, NULL, NE * ID * 4);
+        float *ys[NE];
+        for (int i = 0; i < NE; i++)
+            ys[i] = (float *)dy + i * HD;
+        b->i->expert_mlps(b->ctx, exs, NE, dx, ys, dg, du);
+        for (int i = 0; i < NE; i++) { /* one at a time through the slots */
+            b->i->matmul(b->ctx, &ex[i].gate, dx, 1, dg);
+            b->i->matmul(b->ctx, &ex[i].up, dx, 1, du);
+            b->i->swiglu(b->ctx, dg, dg, du, ID);
+            b->i->matmul(b->ctx, &ex[i].down, dg, 1, (float *)dr + i * HD);
+        }
+        float *y = back(b, dy, NE * HD * 4), *yr = back(b, dr, NE * HD * 4);
+        assert_memory_equal(y, yr, NE * HD * 4);
+        for (int i = 0; i < NE; i++) {
+            if (kinds[i] > 1)
+                continue;
+            double *G = deq(&ex[i].gate), *U = deq(&ex[i].up), *D = deq(&ex[i].down), h[ID], ref[HD];
+            for (int r = 0; r < ID; r++) {
+                double gs = 0, us = 0;
+                for (int c = 0; c < HD; c++) {
+                    gs += G[r * HD + c] * x[c];
+                    us += U[r * HD + c] * x[c];
+                }
+                h[r] = gs / (1.0 + exp(-gs)) * us;
+            }
+            for (int r = 0; r < HD; r++) {
+                ref[r] = 0;
+                for (int c = 0; c < ID; c++)
+                    ref[r] += D[r * ID + c] * h[c];
+            }
+            char what[64];
+            snprintf(what, sizeof what, "expert_mlps %s", wg[i].name);
+            check_rel(b->name, what, y + i * HD, ref, HD, TOL_DOT);
+            free(G);
+            free(U);
+            free(D);
+        }
+        free(y);
+        free(yr);
+        free(x);
+        void *bufs[] = {dx, dy, dr, dg, du};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        for (int i = 0; i < NE; i++) {
+            wbuf_free(&wg[i]);
+            wbuf_free(&wu[i]);
+            wbuf_free(&wd[i]);
+        }
+    }
 }
 
 static void test_head_matmul(void **st) {
@@ -924,16 +1035,20 @@ static void test_route_combine(void **st) {
     }
 }
 
+static bool g_cuda_run; /* this run of the table includes the CUDA backend */
+
 static int setup(void **st) {
     (void)st;
+    g_no_cuda[0] = '\0';
     if (mk_pool_create(2, &g_pool) != MK_OK)
         return -1;
     mk_backend *b = NULL;
     if (mk_backend_cpu_create(g_pool, &b) != MK_OK)
         return -1;
     g_be[g_nbe++] = (be_case){"cpu", b, mk_backend_iface(b), mk_backend_ctx(b)};
-    /* the CUDA backend joins when moekit has it and a GPU is present */
-    if (mk_backend_cuda_create(0, &b) == MK_OK)
+    /* the CUDA backend joins when moekit has it and a GPU is present (once:
+     * in the run on the default CPU path, see main) */
+    if (g_cuda_run && mk_backend_cuda_create(0, &b) == MK_OK)
         g_be[g_nbe++] = (be_case){"cuda", b, mk_backend_iface(b), mk_backend_ctx(b)};
     else
         snprintf(g_no_cuda, sizeof g_no_cuda, "%s", mk_err_msg());
@@ -989,16 +1104,37 @@ static int teardown(void **st) {
     for (int i = 0; i < g_nbe; i++)
         mk_backend_free(g_be[i].b);
     mk_pool_free(g_pool);
+    g_nbe = 0;
+    g_nworst = 0;
     return 0;
 }
 
 int main(void) {
+    /* the CUDA-only cases last: left out of the runs without CUDA */
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_memory_and_copies), cmocka_unit_test(test_matmul_formats),
-        cmocka_unit_test(test_head_matmul),       cmocka_unit_test(test_norms_rope_eltwise),
-        cmocka_unit_test(test_attention),         cmocka_unit_test(test_conv_gdn),
-        cmocka_unit_test(test_route_combine),     cmocka_unit_test(test_cuda_present),
-        cmocka_unit_test(test_cuda_errors),
+        cmocka_unit_test(test_memory_and_copies),  cmocka_unit_test(test_matmul_formats),
+        cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
+        cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
+        cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
     };
-    return cmocka_run_group_tests(tests, setup, teardown);
+    /* the whole table once per CPU kernel path this machine has (ref, avx2,
+     * avx512: mk_isa_set), the default path last and with CUDA */
+    const mk_isa def = mk_isa_active();
+    int fails = 0;
+    /* i < COUNT: each other path with float x; COUNT .. 2 COUNT-1: each path
+     * with int8 x (mk_kernels_set_int8); 2 COUNT: the default, with CUDA */
+    for (int i = 0; i <= 2 * MK_ISA_COUNT; i++) {
+        mk_isa isa = i < 2 * MK_ISA_COUNT ? (mk_isa)(i % MK_ISA_COUNT) : def;
+        if ((i < MK_ISA_COUNT && isa == def) || !mk_isa_supported(isa) || mk_isa_set(isa) != MK_OK)
+            continue;
+        mk_kernels_set_int8(i >= MK_ISA_COUNT && i < 2 * MK_ISA_COUNT);
+        g_cuda_run = i == 2 * MK_ISA_COUNT;
+        char name[64];
+        snprintf(name, sizeof name, "backend_ops, CPU kernels %s%s", mk_isa_name(isa),
+                 mk_kernels_int8() ? ", int8 x" : "");
+        size_t nt = sizeof tests / sizeof tests[0] - (g_cuda_run ? 0 : 2);
+        fails += _cmocka_run_group_tests(name, tests, nt, setup, teardown);
+    }
+    return fails;
 }

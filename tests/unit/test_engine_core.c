@@ -151,7 +151,7 @@ static void cnt_release(void *ctx, int layer, int e) {
 static void cnt_free(void *ctx) { (void)ctx; }
 
 static const mk_expert_store_i g_counting = {"counting", cnt_acquire, cnt_next, cnt_release,
-                                             cnt_free, NULL, NULL};
+                                             cnt_free, NULL, NULL, false};
 
 static void test_expert_store_seam(void **s) {
     (void)s;
@@ -161,7 +161,7 @@ static void test_expert_store_seam(void **s) {
     mk_expert_store *st = NULL;
     assert_int_equal(mk_expert_store_create(&g_counting, &c, &st), MK_OK);
     assert_string_equal(mk_expert_store_name(st), "counting");
-    mk_engine *e = engine(m, 16, 512, st), *ref = engine(m, 16, 512, NULL);
+    mk_engine *e = engine(m, 20, 512, st), *ref = engine(m, 20, 512, NULL);
     int32_t ids[16];
     for (int i = 0; i < 16; i++)
         ids[i] = i * 7;
@@ -176,6 +176,15 @@ static void test_expert_store_seam(void **s) {
     assert_int_equal(c.taken, c.releases);
     /* reverse readiness order, bitwise the same logits */
     assert_memory_equal(lg, lr, (size_t)V * 16 * sizeof(float));
+    /* decode: the resident store has every expert ready, so `ref` runs a
+     * token's experts in one batch (backend expert_mlps) while `e` (this
+     * store, all_ready false) takes them one at a time: bitwise the same */
+    for (int i = 0; i < 4; i++) {
+        int32_t id = (int32_t)(i * 13 + 5);
+        assert_int_equal(mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, lg, NULL), MK_OK);
+        assert_int_equal(mk_engine_forward(ref, &id, 1, MK_LOGITS_LAST, lr, NULL), MK_OK);
+        assert_memory_equal(lg, lr, (size_t)V * sizeof(float));
+    }
     /* an out-of-range expert is an error naming it */
     int bad = 99;
     assert_int_equal(mk_expert_store_acquire(c.inner, 0, &bad, 1), MK_E_ARG);

@@ -14,6 +14,13 @@
  *    byte (MLX writes unpadded safetensors).
  *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
  *    scale blocks, padded token strides) against double loops, same bound.
+ *    Exception with its own stated bound (kernels.h "Accuracy"): with
+ *    mk_kernels_set_int8 (opt-in; affine cases run both ways), mk_matmul of
+ *    one token times MLX affine 4/8 bits runs on int8 activations on every
+ *    path; it
+ *    is held to 1e-5 against x quantized by the documented rule and to
+ *    sum_b d_b/2 sum_{c in b} |W| against x (see q8_want). Threaded and
+ *    single-threaded results are compared bitwise on every path.
  * 4. Pool coverage and nesting, mk_wt_check errors, the vector ops. */
 #include "mk_test_util.h"
 
@@ -198,6 +205,69 @@ static void expect_close(const float *y, const float *yref, const double *sabs, 
 }
 
 static mk_pool *g_pool;
+static mk_isa g_isa0;
+
+/* ---- int8 activations (kernels.h "Accuracy", kern_impl.h) -------------
+ * mk_matmul's decode of MLX affine 4/8-bit weights on every path works
+ * on x quantized per block of 32: d = amax / 127, q = nearbyint(x * (127 /
+ * amax)). The rule is written again here from its contract, so the check is
+ * twofold: against x^ = q d the kernels keep the float bound (1e-5 of the
+ * sum of |terms|, catching one wrong element), and against x itself the
+ * stated bound sum_b d_b / 2 sum_{c in b} |W[r,c]| (+ the float term). */
+static bool int8_path(mk_isa isa, const mk_wt *w, int64_t n) {
+    (void)isa; /* every path: ref, avx2, avx512 (avx2's int8 kernels), avx512vnni */
+    /* opt-in; mk_matmul only: the row-range products (check_rows) keep float x */
+    return mk_kernels_int8() && n == 1 && w->fmt == MK_WF_AFFINE && (w->bits == 4 || w->bits == 8);
+}
+
+/* xq = x^ and d[b] per block of 32 (cols a multiple of 32) */
+static void q8_ref(const float *x, int64_t cols, float *xq, float *d) {
+    for (int64_t b = 0; b < cols / 32; b++) {
+        float amax = 0;
+        for (int i = 0; i < 32; i++)
+            amax = fmaxf(amax, fabsf(x[b * 32 + i]));
+        d[b] = amax / 127.0f;
+        for (int i = 0; i < 32; i++)
+            xq[b * 32 + i] = amax == 0 ? 0.0f : nearbyintf(x[b * 32 + i] * (127.0f / amax)) * d[b];
+    }
+}
+
+/* want[o] / sabs[o] = W x^ and sum |W x^| over rows [r0, r0+nr) of wr, and
+ * bnd[o] = the stated bound of the int8 kernels against x */
+static void q8_want(const float *wr, int64_t cols, int64_t r0, int64_t nr, const float *x, float *want,
+                    double *sabs, double *bnd) {
+    float *xq = malloc(sizeof(float) * (size_t)cols), *d = malloc(sizeof(float) * (size_t)(cols / 32));
+    assert_true(xq && d);
+    q8_ref(x, cols, xq, d);
+    for (int64_t o = 0; o < nr; o++) {
+        double acc = 0, sa = 0, bd = 0;
+        for (int64_t c = 0; c < cols; c++) {
+            double wv = wr[(r0 + o) * cols + c], term = wv * (double)xq[c];
+            acc += term;
+            sa += fabs(term);
+            bd += fabs(wv) * (double)d[c / 32] * 0.5;
+        }
+        want[o] = (float)acc;
+        sabs[o] = sa;
+        bnd[o] = bd * (1 + 1e-5) + 1e-5 * sa;
+    }
+    free(xq);
+    free(d);
+}
+
+/* |y - W x| <= bnd, W x in double */
+static void expect_q8_bound(const float *y, const float *wr, int64_t cols, int64_t r0, int64_t nr,
+                            const float *x, const double *bnd, const char *what) {
+    for (int64_t o = 0; o < nr; o++) {
+        double acc = 0;
+        for (int64_t c = 0; c < cols; c++)
+            acc += (double)wr[(r0 + o) * cols + c] * (double)x[c];
+        double err = fabs((double)y[o] - acc);
+        if (!(err <= bnd[o]))
+            fail_msg("%s: r=%lld int8 bound: got %.9g want %.9g (err %.3g > bound %.3g)", what,
+                     (long long)(r0 + o), (double)y[o], acc, err, bnd[o]);
+    }
+}
 
 /* mk_matmul_rows / mk_matmul_rows_t on rows [1, rows-2) with padded token
  * strides, every path, against double loops over the dequantized rows wr;
@@ -266,8 +336,14 @@ static void check_weight(const tw *t, const char *label) {
     assert_true(x && wr && yref && y && sabs);
     for (int64_t i = 0; i < nmax * cols; i++)
         x[i] = rnd_f(-1, 1);
+    for (int64_t i = 32; i < 64 && i < cols; i++) /* an all-zero block of 32 (int8 paths: d = 0) */
+        x[i] = 0.0f;
     for (int64_t r = 0; r < rows; r++)
         mk_wt_dequant_row(w, r, wr + r * cols);
+    float *y1 = malloc(sizeof(float) * (size_t)(nmax * rows)), *wq = malloc(sizeof(float) * (size_t)rows);
+    double *sq = malloc(sizeof(double) * (size_t)rows), *bq = malloc(sizeof(double) * (size_t)rows);
+    assert_true(y1 && wq && sq && bq);
+    q8_want(wr, cols, 0, rows, x, wq, sq, bq);
 
     static const int64_t ns[] = {1, 3, 37};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
@@ -299,19 +375,31 @@ static void check_weight(const tw *t, const char *label) {
                 mk_matmul(threaded ? g_pool : NULL, w, x, n, y);
                 snprintf(what, sizeof what, "%s n=%lld %s%s", label, (long long)n, mk_isa_name((mk_isa)isa),
                          threaded ? " threaded" : "");
-                expect_close(y, yref, sabs, n, rows, what);
+                if (int8_path((mk_isa)isa, w, n)) {
+                    expect_close(y, wq, sq, 1, rows, what);
+                    expect_q8_bound(y, wr, cols, 0, rows, x, bq, what);
+                } else {
+                    expect_close(y, yref, sabs, n, rows, what);
+                }
+                /* each output is one thread's, in a fixed order */
+                if (threaded)
+                    assert_memory_equal(y, y1, sizeof(float) * (size_t)(n * rows));
+                else
+                    memcpy(y1, y, sizeof(float) * (size_t)(n * rows));
             }
         }
     }
     check_rows(w, wr, label);
+    free(y1);
+    free(wq);
+    free(sq);
+    free(bq);
     free(x);
     free(wr);
     free(yref);
     free(y);
     free(sabs);
 }
-
-static mk_isa g_isa0;
 
 static int group_setup(void **state) {
     g_isa0 = mk_isa_active();
@@ -522,9 +610,57 @@ static void test_matmul_affine(void **state) {
                 snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g], mk_dtype_name(sd[s]));
                 tw t;
                 tw_make(&t, MK_WF_AFFINE, 21, 640, sd[s], bits[b], groups[g]);
-                check_weight(&t, label);
+                check_weight(&t, label); /* float x (the default) */
+                mk_kernels_set_int8(true);
+                check_weight(&t, label); /* int8 x where the kernels have it */
+                mk_kernels_set_int8(false);
                 tw_free(&t);
+                if (groups[g] == 32) { /* 19 blocks: a lone last block of 32 */
+                    tw_make(&t, MK_WF_AFFINE, 7, 608, sd[s], bits[b], 32);
+                    mk_kernels_set_int8(true);
+                    check_weight(&t, label);
+                    mk_kernels_set_int8(false);
+                    tw_free(&t);
+                }
             }
+    /* more than 64 groups per row (the kernels convert scales 64 at a time) */
+    mk_kernels_set_int8(true);
+    for (int b = 0; b < 6; b++) {
+        tw t;
+        tw_make(&t, MK_WF_AFFINE, 5, 4160, MK_DT_BF16, bits[b], 32);
+        check_weight(&t, "affine 5x4160 g32");
+        tw_free(&t);
+    }
+    mk_kernels_set_int8(false);
+}
+
+/* Non-finite x reaches the outputs on every path (int8: d = NaN). */
+static void test_matmul_affine_nonfinite(void **state) {
+    for (int bits = 4; bits <= 8; bits += 4) {
+        tw t;
+        tw_make(&t, MK_WF_AFFINE, 9, 256, MK_DT_BF16, bits, 64);
+        float x[256], y[9];
+        for (int i = 0; i < 256; i++)
+            x[i] = rnd_f(-1, 1);
+        for (int k = 0; k < 4; k++) {
+            mk_kernels_set_int8(k >= 2);
+            x[100] = k & 1 ? INFINITY : NAN;
+            for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                if (!mk_isa_supported((mk_isa)isa))
+                    continue;
+                assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                mk_matmul(g_pool, &t.w, x, 1, y);
+                for (int r = 0; r < 9; r++)
+                    if (isfinite(y[r]))
+                        fail_msg("affine %d-bit %s%s: x[100] = %s gave a finite y[%d] = %g", bits,
+                                 mk_isa_name((mk_isa)isa), k >= 2 ? " int8" : "", k & 1 ? "inf" : "NaN", r,
+                                 (double)y[r]);
+            }
+        }
+        tw_free(&t);
+    }
+    mk_kernels_set_int8(false);
+    mk_isa_set(g_isa0);
 }
 
 static void test_matmul_micro(void **state) {
@@ -540,6 +676,69 @@ static void test_matmul_micro(void **state) {
         check_weight(&t, label);
         tw_free(&t);
     }
+}
+
+/* mk_matvec_multi: every item bitwise what mk_matmul gives alone, on every
+ * path, inline and threaded: formats with int8, float-prepared, unprepared
+ * and tiled decode paths, items sharing x (one preparation) and not, more
+ * items than one region takes (64) and preparations too large to share the
+ * stack area (8192 columns: a new region starts). */
+static void test_matvec_multi(void **state) {
+    enum { NW = 7, NI = 150, COLS = 640, BIG = 8192 };
+    tw t[NW];
+    tw_make(&t[0], MK_WF_AFFINE, 33, COLS, MK_DT_BF16, 4, 64);
+    tw_make(&t[1], MK_WF_AFFINE, 17, COLS, MK_DT_F16, 8, 32);
+    tw_make(&t[2], MK_WF_BF16, 9, COLS, MK_DT_F32, 0, 0);
+    tw_make(&t[3], MK_WF_AFFINE, 5, COLS, MK_DT_F32, 3, 64);
+    tw_make(&t[4], MK_WF_MXFP4, 11, COLS, MK_DT_U8, 0, 0);
+    tw_make(&t[5], MK_WF_FP8_E4M3, 7, COLS, MK_DT_BF16, 16, 24);
+    tw_make(&t[6], MK_WF_AFFINE, 6, BIG, MK_DT_BF16, 4, 64);
+    float *xs[3], *xb[3];
+    for (int i = 0; i < 3; i++) {
+        xs[i] = malloc(sizeof(float) * COLS);
+        xb[i] = malloc(sizeof(float) * BIG);
+        assert_true(xs[i] && xb[i]);
+        for (int c = 0; c < COLS; c++)
+            xs[i][c] = rnd_f(-1, 1);
+        for (int c = 0; c < BIG; c++)
+            xb[i][c] = rnd_f(-1, 1);
+    }
+    mk_mv_item it[NI];
+    float *y = malloc(sizeof(float) * NI * 40), *want = malloc(sizeof(float) * 40);
+    assert_true(y && want);
+    for (int i = 0; i < NI; i++) {
+        int k = i % 17 == 16 ? 6 : (int)(rnd_u32() % 6); /* every 17th a big one */
+        it[i] = (mk_mv_item){&t[k].w, k == 6 ? xb[rnd_u32() % 3] : xs[rnd_u32() % 3], y + i * 40};
+    }
+    for (int isa = 0; isa < 2 * MK_ISA_COUNT; isa++) { /* each path with float, then int8 x */
+        if (!mk_isa_supported((mk_isa)(isa % MK_ISA_COUNT)))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)(isa % MK_ISA_COUNT)), MK_OK);
+        mk_kernels_set_int8(isa >= MK_ISA_COUNT);
+        for (int threaded = 0; threaded < 2; threaded++) {
+            memset(y, 0xff, sizeof(float) * NI * 40);
+            mk_matvec_multi(threaded ? g_pool : NULL, it, NI);
+            for (int i = 0; i < NI; i++) {
+                mk_matmul(NULL, it[i].w, it[i].x, 1, want);
+                if (memcmp(want, it[i].y, sizeof(float) * (size_t)it[i].w->rows))
+                    fail_msg("item %d (fmt %d, %lld x %lld) on %s%s%s differs from mk_matmul", i,
+                             (int)it[i].w->fmt, (long long)it[i].w->rows, (long long)it[i].w->cols,
+                             mk_isa_name((mk_isa)(isa % MK_ISA_COUNT)), mk_kernels_int8() ? " int8" : "",
+                             threaded ? " threaded" : "");
+            }
+        }
+    }
+    mk_isa_set(g_isa0);
+    mk_kernels_set_int8(false);
+    mk_matvec_multi(g_pool, it, 0); /* nothing to do */
+    for (int i = 0; i < 3; i++) {
+        free(xs[i]);
+        free(xb[i]);
+    }
+    free(y);
+    free(want);
+    for (int k = 0; k < NW; k++)
+        tw_free(&t[k]);
 }
 
 /* ---- 4. pool, checks, ops --------------------------------------------- */
@@ -725,7 +924,9 @@ int main(void) {
         cmocka_unit_test(test_matmul_float),
         cmocka_unit_test(test_matmul_fp8),
         cmocka_unit_test(test_matmul_affine),
+        cmocka_unit_test(test_matmul_affine_nonfinite),
         cmocka_unit_test(test_matmul_micro),
+        cmocka_unit_test(test_matvec_multi),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_wt_check_errors),
         cmocka_unit_test(test_ops),
