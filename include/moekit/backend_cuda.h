@@ -30,7 +30,9 @@ extern "C" {
  * current device is set to it; use the backend from one thread. */
 mk_status mk_backend_cuda_create(int device, mk_backend **out);
 /* Drop the device copies of every weight view whose host data is
- * `host_data` (waits for queued work first). No-op for other backends. */
+ * `host_data` (waits for queued work first), and the fused MoE slot's
+ * state of any layer with an expert there (its stacked copies and every
+ * expert view mapped into them). No-op for other backends. */
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
