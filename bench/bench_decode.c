@@ -1,10 +1,16 @@
 /* bench_decode: end-to-end CPU engine speed on a checkpoint: prefill tok/s
  * for a prompt of P tokens and decode tok/s for D greedy tokens, with the
  * bound a decode step is measured against: the bytes of weights one token
- * touches (non-expert weights + top-k experts per MoE layer + lm_head)
+ * touches (non-expert weights + top-k experts per MoE layer + lm_head, with
+ * their scales and biases)
  * divided by the time, i.e. the effective weight bandwidth.
  *
- * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0]
+ * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0] [backend=cpu]
+ * backend: cpu, cuda (the CUDA backend: fused MoE slot, deferred non-finite
+ * checks; the bound is the device's copy bandwidth, read + write, measured
+ * in the same run) or cuda-unfused (the same backend with its optional
+ * slots hidden: the general path, one launch per slot and expert, routing
+ * downloaded and a wait per block, as before the fused slot).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdio.h>
@@ -13,6 +19,9 @@
 #include <time.h>
 
 #include "moekit/kernels.h"
+
+#include "cuda/mk_cuda.h"
+#include "moekit/backend_cuda.h"
 
 #include "model/model_impl.h"
 #include "moekit/engine.h"
@@ -24,7 +33,20 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-static double wt_bytes(const mk_wt *w) { return (double)mk_wt_row_bytes(w) * (double)w->rows; }
+/* Bytes of a weight as a decode step reads them: the codes plus, for the
+ * quantized formats, their per-group scales (and affine biases). */
+static double wt_bytes(const mk_wt *w) {
+    double b = (double)mk_wt_row_bytes(w) * (double)w->rows, sd = w->sdtype == MK_DT_F32 ? 4 : 2;
+    if (w->fmt == MK_WF_AFFINE && w->group > 0)
+        b += 2.0 * sd * (double)w->rows * (double)(w->cols / w->group);
+    else if ((w->fmt == MK_WF_MXFP4 || w->fmt == MK_WF_MXFP8 || w->fmt == MK_WF_NVFP4) && w->group > 0)
+        b += (double)w->rows * (double)(w->cols / w->group);
+    else if ((w->fmt == MK_WF_FP8_E4M3 || w->fmt == MK_WF_FP8_E5M2) && w->scales && w->block_r > 0 &&
+             w->block_c > 0)
+        b += sd * (double)((w->rows + w->block_r - 1) / w->block_r) *
+             (double)((w->cols + w->block_c - 1) / w->block_c);
+    return b;
+}
 
 /* Weight bytes one decode token reads: every non-routed matrix, k experts
  * per MoE layer (assuming the average expert size), the lm_head row block. */
@@ -92,14 +114,40 @@ static double copy_bandwidth(int threads) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads]\n");
+        fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads] "
+                        "[cpu|cuda|cuda-unfused]\n");
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 128, D = argc > 3 ? atoi(argv[3]) : 32;
     int threads = argc > 4 ? atoi(argv[4]) : 0;
+    const char *bk = argc > 5 ? argv[5] : "cpu";
     if (P < 1 || D < 1) {
         fprintf(stderr, "bench_decode: token counts must be positive\n");
         return 2;
+    }
+    bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
+    if (!cuda && strcmp(bk, "cpu") != 0) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda or cuda-unfused\n", bk);
+        return 2;
+    }
+    mk_backend *be = NULL, *wrap = NULL;
+    mk_backend_i hidden; /* cuda-unfused: the CUDA table without its optional slots */
+    if (cuda) {
+        if (mk_backend_cuda_create(0, &be) != MK_OK) {
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+            return 1;
+        }
+        if (unfused) {
+            hidden = *mk_backend_iface(be);
+            hidden.moe = NULL;
+            hidden.check_finite = NULL;
+            hidden.nonfinite_take = NULL;
+            hidden.free = NULL; /* the context stays be's */
+            if (mk_backend_create(&hidden, mk_backend_ctx(be), &wrap) != MK_OK) {
+                fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+                return 1;
+            }
+        }
     }
     mk_model *m = NULL;
     if (mk_model_open(argv[1], &m) != MK_OK) {
@@ -107,7 +155,7 @@ int main(int argc, char **argv) {
         return 2;
     }
     const mk_config *c = mk_model_config(m);
-    mk_engine_opts o = {.threads = threads, .max_ctx = P + D};
+    mk_engine_opts o = {.threads = threads, .max_ctx = P + D, .backend = wrap ? wrap : be};
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -138,15 +186,27 @@ int main(int argc, char **argv) {
     printf("prefill    %d tokens  %.3f s  %.1f tok/s\n", P, t1 - t0, P / (t1 - t0));
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
-    double bw = copy_bandwidth(threads);
+    double bw = 0;
+    if (cuda) {
+        char dsc[160];
+        if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
+            printf("device     %s, backend %s, %.2f GiB of weights resident\n", dsc, bk,
+                   mk_backend_cuda_weight_bytes(be) / 1073741824.0);
+        if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+    } else {
+        bw = copy_bandwidth(threads);
+    }
     printf("bandwidth  %.1f MiB weights/token -> %.2f GB/s effective\n", bpt / 1048576.0,
            bpt / dt / 1e9);
-    printf("bound      memcpy %.2f GB/s (same threads, same run) -> bound %.2f tok/s; decode at %.0f%% "
-           "of the bound\n",
+    printf("bound      %s %.2f GB/s (same run) -> bound %.2f tok/s; decode at %.1f%% "
+           "of the bound\n", cuda ? "device copy (read + write)" : "memcpy, same threads,",
            bw, bw * 1e9 / bpt, bw > 0 ? 100.0 * (1.0 / dt) / (bw * 1e9 / bpt) : 0.0);
     free(ids);
     free(lg);
     mk_engine_free(e);
     mk_model_free(m);
+    mk_backend_free(wrap);
+    mk_backend_free(be);
     return 0;
 }

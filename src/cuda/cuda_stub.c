@@ -36,6 +36,12 @@ mk_status mk_cuda_download(void *dst, const void *src, size_t bytes) {
 mk_status mk_cuda_memset(void *dst, int v, size_t bytes) {
     return no_cuda();
 }
+mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
+    (void)bytes;
+    if (gbs)
+        *gbs = 0;
+    return no_cuda();
+}
 mk_status mk_cuda_sync(void) {
     return no_cuda();
 }
