@@ -32,14 +32,14 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const fl
     }
 }
 
-/* Threads of a norm block: one or two elements per thread up to 1024. A
- * decode step's norm is one row, so its time is the chain of dependent
- * loads each thread walks: with 256 threads the 2048-wide residual norm
- * took 8.4 us on the H200 (ncu, bench/RESULTS.md 2026-12-03) against 2.9
- * us for the 128-wide head norms. */
+/* Threads of a norm block: one element per thread up to 1024. A decode
+ * step's norm is one row, so its time is the chain of dependent loads each
+ * thread walks: with 256 threads the 2048-wide residual norm took 8.4 us on
+ * the H200 (ncu, bench/RESULTS.md 2026-12-03) and 4.2 us with 1024; the
+ * 128-wide head norms took 2.9 us with one element per thread and 3.7 us
+ * with two. */
 static unsigned norm_threads(int64_t dim) {
-    int64_t t = (dim + 1) / 2;
-    t = (t + 31) / 32 * 32;
+    int64_t t = (dim + 31) / 32 * 32;
     return (unsigned)(t < 32 ? 32 : t > 1024 ? 1024 : t);
 }
 
