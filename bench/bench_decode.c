@@ -10,7 +10,9 @@
  * checks; the bound is the device's copy bandwidth, read + write, measured
  * in the same run) or cuda-unfused (the same backend with its optional
  * slots hidden: the general path, one launch per slot and expert, routing
- * downloaded and a wait per block, as before the fused slot).
+ * downloaded and a wait per block, as before the fused slot) or
+ * cuda-nograph (fused, but every decode step launched slot by slot instead
+ * of recorded as a CUDA graph).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdio.h>
@@ -115,7 +117,7 @@ static double copy_bandwidth(int threads) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads] "
-                        "[cpu|cuda|cuda-unfused]\n");
+                        "[cpu|cuda|cuda-nograph|cuda-unfused]\n");
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 128, D = argc > 3 ? atoi(argv[3]) : 32;
@@ -126,8 +128,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
-    if (!cuda && strcmp(bk, "cpu") != 0) {
-        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda or cuda-unfused\n", bk);
+    bool nograph = strcmp(bk, "cuda-nograph") == 0;
+    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !nograph) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-nograph or cuda-unfused\n", bk);
         return 2;
     }
     mk_backend *be = NULL, *wrap = NULL;
@@ -137,11 +140,15 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
             return 1;
         }
-        if (unfused) {
+        if (unfused || nograph) {
             hidden = *mk_backend_iface(be);
-            hidden.moe = NULL;
-            hidden.check_finite = NULL;
-            hidden.nonfinite_take = NULL;
+            if (unfused) {
+                hidden.moe = NULL;
+                hidden.check_finite = NULL;
+                hidden.nonfinite_take = NULL;
+            }
+            hidden.step_begin = NULL;
+            hidden.step_end = NULL;
             hidden.free = NULL; /* the context stays be's */
             if (mk_backend_create(&hidden, mk_backend_ctx(be), &wrap) != MK_OK) {
                 fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -189,9 +196,12 @@ int main(int argc, char **argv) {
     double bw = 0;
     if (cuda) {
         char dsc[160];
+        int built, updated;
+        mk_backend_cuda_graph_stats(be, &built, &updated);
         if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
-            printf("device     %s, backend %s, %.2f GiB of weights resident\n", dsc, bk,
-                   mk_backend_cuda_weight_bytes(be) / 1073741824.0);
+            printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
+                   "%d updated\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built,
+                   updated);
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
     } else {

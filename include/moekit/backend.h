@@ -245,6 +245,18 @@ typedef struct mk_backend_i {
      * and (*tag, *index, *value) when a check found one. Both or neither
      * of check_finite and nonfinite_take are set. */
     bool (*nonfinite_take)(void *ctx, int32_t *tag, int64_t *index, float *value);
+    /* Record the slots queued from here to step_end instead of running
+     * them, then run the recording as one unit (a CUDA graph: one launch,
+     * no per-slot host overhead). Between the two the caller queues only
+     * slots that never wait for the device and read no host memory
+     * (no upload, download, sync, find_nonfinite or nonfinite_take).
+     * step_begin false: nothing is being recorded (slots run as usual).
+     * step_end(run false) drops the recording (the caller failed midway);
+     * false from step_end(run true): the recording could not be made or
+     * run and NOTHING of it ran; the caller queues the same work again
+     * without recording. Both or neither are set. */
+    bool (*step_begin)(void *ctx);
+    bool (*step_end)(void *ctx, bool run);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

@@ -36,6 +36,9 @@ mk_status mk_backend_cuda_create(int device, mk_backend **out);
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
+/* Recorded steps run so far (step_begin / step_end): graphs instantiated
+ * and graphs updated in place (zeros for other backends). */
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated);
 
 #ifdef __cplusplus
 }

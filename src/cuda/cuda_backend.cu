@@ -71,15 +71,26 @@ static void cu_buf_free(void *ctx, void *p) {
         (void)cudaFree(p); /* waits for work that may still use it */
 }
 
+/* A host round trip while a step is being recorded breaks the recording
+ * (the step is then queued again unrecorded): record why, for step_end. */
+static bool recording_refuses(mkb_ctx *c, const char *what) {
+    if (!c->recording)
+        return false;
+    mkb_fail(c, mk_err(MK_E_INTERNAL, "CUDA backend: %s while a step is being recorded", what));
+    return true;
+}
+
 static void cu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "upload"))
+        return;
     if (bytes) /* pageable source: returns once the source is staged */
         ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->s), "upload to the device");
 }
 
 static void cu_download(void *ctx, void *dst, const void *src, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (!bytes)
+    if (!bytes || recording_refuses(c, "download"))
         return;
     ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->s), "download from the device");
     ck(c, cudaStreamSynchronize(c->s), "download from the device");
@@ -93,6 +104,8 @@ static void cu_zero(void *ctx, void *dst, size_t bytes) {
 
 static mk_status cu_sync(void *ctx) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "sync"))
+        return mk_err(MK_E_INTERNAL, "CUDA backend: sync while a step is being recorded");
     ck(c, cudaStreamSynchronize(c->s), "running queued device work");
     mk_status s = mk_err_slot_raise(&c->err);
     c->err.st = MK_OK;
@@ -155,7 +168,7 @@ __global__ void k_nonfinite(const float *x, int64_t n, unsigned long long *first
 
 static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (n <= 0)
+    if (n <= 0 || recording_refuses(c, "find_nonfinite"))
         return -1;
     unsigned long long first = ~0ull;
     ck(c, cudaMemcpyAsync(c->nf, &first, sizeof first, cudaMemcpyHostToDevice, c->s), "find_nonfinite");
@@ -217,6 +230,8 @@ static void cu_check_finite(void *ctx, const float *x, int64_t n, int32_t tag) {
 
 static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *value) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "nonfinite_take"))
+        return false;
     mkb_nfl h;
     ck(c, cudaMemcpyAsync(&h, c->nfl, sizeof h, cudaMemcpyDeviceToHost, c->s), "reading the non-finite check");
     ck(c, cudaStreamSynchronize(c->s), "reading the non-finite check");
@@ -351,6 +366,8 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
             return e;
     char what[96];
     snprintf(what, sizeof what, "a %lldx%lld weight (format %d)", (long long)w->rows, (long long)w->cols, (int)w->fmt);
+    if (recording_refuses(c, "a weight's first upload"))
+        return NULL;
     mk_status s = mk_wt_check(w, what);
     if (s != MK_OK) {
         mkb_fail(c, s);
@@ -450,6 +467,7 @@ static void cu_free(void *ctx) {
         }
     free(c->tab);
     mkb_moe_free(c);
+    mkb_graph_free(c);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);
@@ -490,6 +508,8 @@ static const mk_backend_i g_cuda = {
     .moe = mkb_moe,
     .check_finite = cu_check_finite,
     .nonfinite_take = cu_nonfinite_take,
+    .step_begin = mkb_step_begin,
+    .step_end = mkb_step_end,
     .free = cu_free,
 };
 
@@ -588,4 +608,13 @@ extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return 0;
     return ((const mkb_ctx *)mk_backend_ctx(b))->bytes;
+}
+
+extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
+    *built = *updated = 0;
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    const mkb_ctx *c = (const mkb_ctx *)mk_backend_ctx(b);
+    *built = c->graph_builds;
+    *updated = c->graph_updates;
 }

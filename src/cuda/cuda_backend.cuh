@@ -56,6 +56,10 @@ struct mkb_ctx {
     /* deferred non-finite checks (check_finite / nonfinite_take) */
     struct mkb_nfl *nfl; /* device */
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
+    /* step recording (step_begin / step_end, cuda_graph.cu) */
+    bool recording;
+    cudaGraphExec_t exec; /* the last step's executable graph, updated in place */
+    int graph_updates, graph_builds;
 };
 
 /* Device state of the deferred non-finite checks: `key` is the kept finding
@@ -190,5 +194,8 @@ void mkb_combine(void *ctx, float *y, const float *x, const float *w, const int3
                  int64_t dim);
 void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n, int64_t dim);
 bool mkb_moe(void *ctx, const mk_moe_args *a);
+bool mkb_step_begin(void *ctx);
+bool mkb_step_end(void *ctx, bool run);
+void mkb_graph_free(mkb_ctx *c);
 
 #endif

@@ -212,6 +212,10 @@ static mkb_moe_layer *layer_of(mkb_ctx *c, const mk_moe_args *a) {
     for (mkb_moe_layer *l = c->moe_layers; l; l = l->next)
         if (l->experts == a->experts && l->E == a->E)
             return l;
+    if (c->recording) { /* its uploads would land in the recording */
+        mkb_fail(c, mk_err(MK_E_INTERNAL, "CUDA backend: a MoE layer's first use while a step is being recorded"));
+        return NULL;
+    }
     mkb_moe_layer *l = (mkb_moe_layer *)mk_calloc(1, sizeof *l);
     if (!l) {
         mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for a fused MoE layer's state"));

@@ -114,3 +114,7 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     (void)b;
     return 0;
 }
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
+    (void)b;
+    *built = *updated = 0;
+}

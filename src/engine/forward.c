@@ -285,22 +285,20 @@ static mk_status check_finite_host(const mk_engine *e, const float *x, int64_t r
     return MK_OK;
 }
 
-static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
-                               int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+/* The part of a step that can be recorded (backend step_begin): the
+ * embeddings, the layer loop and, when `head`, the last row's final norm
+ * and lm_head into e->lg. Queues no host round trip unless hidden states
+ * are captured or an MoE layer takes the general path. */
+static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot, float *hidden,
+                             bool head) {
     const mk_config *c = e->c;
     const mk_model *m = e->m;
-    int64_t H = c->hidden_size, V = c->vocab_size;
+    int64_t H = c->hidden_size;
     int L = c->num_layers;
     float eps = (float)c->rms_norm_eps;
-    /* token embeddings; this chunk's rotary tables */
-    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
     BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
     MK_TRY(check_block(e, e->x, n, e->pos, 0));
     capture(e, hidden, 0, off, ntot, e->x, n);
-    mk_engine_rope_tables(e, e->pos, n);
-    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
-    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
-    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
     for (int l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
         /* mixer: x += mixer(norm(x)) */
@@ -323,10 +321,59 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
     }
+    if (head) {
+        float *xl = e->xb + (n - 1) * H;
+        BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
+        BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, e->lg);
+    }
+    return MK_OK;
+}
+
+/* Record a single-token step (a CUDA graph on the CUDA backend: one launch
+ * instead of ~20 per layer) once a step of that shape has run unrecorded
+ * with every MoE layer fused, no hidden states or routing observer are
+ * asked for, and non-finite checks are deferred (they must not wait). */
+static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
+    return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
+           head && !hidden && !e->on_route;
+}
+
+static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
+                           int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_layers;
+    float eps = (float)c->rms_norm_eps;
+    bool last_chunk = off + n == ntot;
+    /* the last row's logits staged in e->lg by the step itself (device
+     * backends), so a recorded step ends with lm_head and the copy follows */
+    bool head = mode == MK_LOGITS_LAST && last_chunk && !BE(e)->host_mem;
+    /* token ids and this chunk's rotary tables (before any recording: they
+     * read host memory) */
+    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
+    mk_engine_rope_tables(e, e->pos, n);
+    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
+    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
+    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
+    e->moe_general = 0;
+    bool rec = step_recordable(e, n, head, hidden) && BE(e)->step_begin(CTX(e));
+    e->recording = rec;
+    mk_status st = step_layers(e, n, off, ntot, hidden, head);
+    e->recording = false;
+    if (rec && !BE(e)->step_end(CTX(e), st == MK_OK)) {
+        /* nothing of the recording ran: queue the step again, unrecorded,
+         * and record no more (what broke it would break the next one) */
+        e->no_graph = true;
+        e->moe_general = 0;
+        st = step_layers(e, n, off, ntot, hidden, head);
+    }
+    MK_TRY(st);
+    if (!rec && n == 1 && e->moe_general == 0)
+        e->graph_ready = true;
     MK_TRY(take_nonfinite(e, e->pos)); /* deferred checks: one wait per chunk */
     e->pos += n;
     /* final norm and logits: every row when asked for all or for hidden states */
-    bool last_chunk = off + n == ntot;
     if (mode == MK_LOGITS_ALL || hidden) {
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
         capture(e, hidden, L, off, ntot, e->xb, n);
@@ -338,9 +385,13 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
         }
     }
     if (mode == MK_LOGITS_LAST && last_chunk) {
-        float *xl = e->xb + (n - 1) * H;
-        BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
-        lm_head(e, xl, 1, logits);
+        if (head) {
+            BE(e)->download(CTX(e), logits, e->lg, (size_t)V * sizeof(float));
+        } else {
+            float *xl = e->xb + (n - 1) * H;
+            BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
+            lm_head(e, xl, 1, logits);
+        }
         MK_TRY(check_finite_host(e, logits, 1, V, e->pos - 1, "lm_head (the logits)"));
     }
     return BE(e)->sync(CTX(e));

@@ -92,6 +92,11 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         .scale = grouped ? (float)c->routed_scaling_factor : 1.0f};
     if (run_fused(e, w, &ra, n))
         return MK_OK;
+    /* the general path waits for the routing: never inside a recorded step
+     * (forward.c then runs the step again, unrecorded) */
+    if (e->recording)
+        return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
+    e->moe_general++;
     /* routing */
     BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
     BE(e)->route(CTX(e), &ra);

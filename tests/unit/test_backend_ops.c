@@ -1165,6 +1165,78 @@ static void test_deferred_nonfinite(void **st) {
     }
 }
 
+/* step_begin / step_end: recorded slots run at step_end (and only then),
+ * twice with other arguments (the graph updated in place), a refused host
+ * round trip inside a recording makes step_end false with nothing run, and
+ * a dropped recording runs nothing. The CPU backend records nothing. */
+static void test_step_recording(void **st) {
+    (void)st;
+    enum { R = 96, C = 128 };
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        assert_true(!b->i->step_begin == !b->i->step_end);
+        if (!b->i->step_begin) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        wbuf wb;
+        make_w(&wb, 2, R, C);
+        double *W = deq(&wb.w);
+        float *x = rvec(2 * C), *y0 = rvec(2 * R);
+        void *dx = dev(b, x, 2 * C * 4), *dy = dev(b, y0, 2 * R * 4), *dz = dev(b, NULL, 2 * R * 4);
+        b->i->matmul(b->ctx, &wb.w, dx, 1, dz); /* first use (upload) outside any recording */
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        for (int rep = 0; rep < 3; rep++) { /* rows rep%2 of x, y: other arguments each time */
+            const int64_t o = rep % 2;
+            assert_true(b->i->step_begin(b->ctx));
+            b->i->matmul(b->ctx, &wb.w, (float *)dx + o * C, 1, (float *)dz + o * R);
+            b->i->axpy(b->ctx, (float *)dy + o * R, 2.0f, (float *)dz + o * R, R);
+            assert_true(b->i->step_end(b->ctx, true));
+            float *y = back(b, dy, 2 * R * 4);
+            double ref[R];
+            for (int64_t r = 0; r < R; r++) {
+                double a = 0;
+                for (int64_t c = 0; c < C; c++)
+                    a += W[r * C + c] * x[o * C + c];
+                ref[r] = y0[o * R + r] + 2.0 * a;
+            }
+            check_rel(b->name, "recorded step (matmul + axpy)", y + o * R, ref, R, TOL_DOT);
+            for (int64_t r = 0; r < R; r++) /* the other row untouched */
+                assert_true(y[(1 - o) * R + r] == y0[(1 - o) * R + r]);
+            memcpy(y0 + o * R, y + o * R, R * 4); /* the next time this row is updated again */
+            free(y);
+        }
+        /* a download inside a recording: refused, nothing of the step ran */
+        float junk[4];
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->axpy(b->ctx, dy, 1.0f, dz, R);
+        b->i->download(b->ctx, junk, dz, sizeof junk);
+        assert_false(b->i->step_end(b->ctx, true));
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        float *y = back(b, dy, 2 * R * 4);
+        assert_memory_equal(y, y0, 2 * R * 4);
+        free(y);
+        /* a dropped recording runs nothing */
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->axpy(b->ctx, dy, 1.0f, dz, R);
+        assert_false(b->i->step_end(b->ctx, false));
+        y = back(b, dy, 2 * R * 4);
+        assert_memory_equal(y, y0, 2 * R * 4);
+        free(y);
+        int built, updated;
+        mk_backend_cuda_graph_stats(b->b, &built, &updated);
+        assert_true(built >= 1 && built + updated >= 3);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dy);
+        b->i->buf_free(b->ctx, dz);
+        forget_w(b, &wb);
+        wbuf_free(&wb);
+        free(W);
+        free(x);
+        free(y0);
+    }
+}
+
 static int setup(void **st) {
     (void)st;
     if (mk_pool_create(2, &g_pool) != MK_OK)
@@ -1240,7 +1312,7 @@ int main(void) {
         cmocka_unit_test(test_attention),         cmocka_unit_test(test_conv_gdn),
         cmocka_unit_test(test_route_combine),     cmocka_unit_test(test_cuda_present),
         cmocka_unit_test(test_cuda_errors),       cmocka_unit_test(test_fused_moe),
-        cmocka_unit_test(test_deferred_nonfinite),
+        cmocka_unit_test(test_deferred_nonfinite), cmocka_unit_test(test_step_recording),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
