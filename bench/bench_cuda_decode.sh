@@ -18,7 +18,7 @@ mkdir -p "$W" "$out"
 nt=$(nproc)
 rc=0
 if [ "$what" != 30b ]; then
-    for be in cpu cuda cuda-nograph cuda-unfused cpu cuda cuda-nograph cuda-unfused; do
+    for be in cpu cuda cuda-graph cuda-unfused cpu cuda cuda-graph cuda-unfused; do
         echo "== bench_decode models/tiny-qwen35moe/bf16 8 256 $nt $be"
         timeout 120 "$B/bench_decode" models/tiny-qwen35moe/bf16 8 256 "$nt" $be 2>&1 |
             tee -a "$out/bench_tiny.log" | grep -E "decode|bound|device" || rc=1
@@ -35,7 +35,7 @@ if [ ! -e "$m/config.json" ]; then
     rm -rf "$W/ct"
     echo "== made $m in $(($(date +%s) - t0)) s: $(du -sh "$m" | cut -f1)"
 fi
-for be in cuda cuda cuda-nograph cuda-unfused; do
+for be in cuda cuda cuda-graph cuda-unfused; do
     d=128
     [ $be = cuda-unfused ] && d=32
     echo "== bench_decode $m 16 $d $nt $be"

@@ -11,8 +11,8 @@
  * in the same run) or cuda-unfused (the same backend with its optional
  * slots hidden: the general path, one launch per slot and expert, routing
  * downloaded and a wait per block, as before the fused slot) or
- * cuda-nograph (fused, but every decode step launched slot by slot instead
- * of recorded as a CUDA graph).
+ * cuda-graph (cuda with decode steps recorded as CUDA graphs,
+ * mk_backend_cuda_set_graphs).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdio.h>
@@ -117,7 +117,7 @@ static double copy_bandwidth(int threads) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads] "
-                        "[cpu|cuda|cuda-nograph|cuda-unfused]\n");
+                        "[cpu|cuda|cuda-graph|cuda-unfused]\n");
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 128, D = argc > 3 ? atoi(argv[3]) : 32;
@@ -128,9 +128,9 @@ int main(int argc, char **argv) {
         return 2;
     }
     bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
-    bool nograph = strcmp(bk, "cuda-nograph") == 0;
-    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !nograph) {
-        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-nograph or cuda-unfused\n", bk);
+    bool graph = strcmp(bk, "cuda-graph") == 0;
+    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !graph) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph or cuda-unfused\n", bk);
         return 2;
     }
     mk_backend *be = NULL, *wrap = NULL;
@@ -140,13 +140,12 @@ int main(int argc, char **argv) {
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
             return 1;
         }
-        if (unfused || nograph) {
+        mk_backend_cuda_set_graphs(be, graph);
+        if (unfused) {
             hidden = *mk_backend_iface(be);
-            if (unfused) {
-                hidden.moe = NULL;
-                hidden.check_finite = NULL;
-                hidden.nonfinite_take = NULL;
-            }
+            hidden.moe = NULL;
+            hidden.check_finite = NULL;
+            hidden.nonfinite_take = NULL;
             hidden.step_begin = NULL;
             hidden.step_end = NULL;
             hidden.free = NULL; /* the context stays be's */

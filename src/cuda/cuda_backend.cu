@@ -618,3 +618,9 @@ extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int
     *built = c->graph_builds;
     *updated = c->graph_updates;
 }
+
+extern "C" void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    ((mkb_ctx *)mk_backend_ctx(b))->graphs = on;
+}

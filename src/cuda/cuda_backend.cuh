@@ -57,6 +57,7 @@ struct mkb_ctx {
     struct mkb_nfl *nfl; /* device */
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
+    bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; off by default) */
     bool recording;
     cudaGraphExec_t exec; /* the last step's executable graph, updated in place */
     int graph_updates, graph_builds;

@@ -13,7 +13,13 @@
  * (refused by the slots while recording), a weight seen for the first time
  * (its upload would land in the graph), a failed capture, update or
  * instantiation — makes step_end return false with nothing of the step
- * run, and the caller queues the step again unrecorded. */
+ * run, and the caller queues the step again unrecorded.
+ *
+ * Off by default (mk_backend_cuda_set_graphs): capturing and updating a
+ * graph of ~1000 nodes every step cost more than launching them on the
+ * 48-layer Qwen3-30B-A3B shape (bench/RESULTS.md 2026-12-03). A graph
+ * replayed without capture (positions read from device memory) is the
+ * form that pays; see docs/CUDA.md. */
 #include "cuda/cuda_backend.cuh"
 
 void mkb_graph_free(mkb_ctx *c) {
@@ -24,7 +30,7 @@ void mkb_graph_free(mkb_ctx *c) {
 
 bool mkb_step_begin(void *ctx) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (c->recording || c->err.st != MK_OK)
+    if (!c->graphs || c->recording || c->err.st != MK_OK)
         return false; /* an earlier failure is sync's to report, not the recording's */
     /* relaxed: the slots' host-side lookups may still call the runtime */
     if (cudaStreamBeginCapture(c->s, cudaStreamCaptureModeRelaxed) != cudaSuccess) {

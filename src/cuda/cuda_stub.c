@@ -118,3 +118,7 @@ void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) 
     (void)b;
     *built = *updated = 0;
 }
+void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
+    (void)b;
+    (void)on;
+}

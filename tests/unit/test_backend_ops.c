@@ -1165,7 +1165,8 @@ static void test_deferred_nonfinite(void **st) {
     }
 }
 
-/* step_begin / step_end: recorded slots run at step_end (and only then),
+/* step_begin / step_end (off until mk_backend_cuda_set_graphs turns them
+ * on): recorded slots run at step_end (and only then),
  * twice with other arguments (the graph updated in place), a refused host
  * round trip inside a recording makes step_end false with nothing run, and
  * a dropped recording runs nothing. The CPU backend records nothing. */
@@ -1186,6 +1187,8 @@ static void test_step_recording(void **st) {
         void *dx = dev(b, x, 2 * C * 4), *dy = dev(b, y0, 2 * R * 4), *dz = dev(b, NULL, 2 * R * 4);
         b->i->matmul(b->ctx, &wb.w, dx, 1, dz); /* first use (upload) outside any recording */
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        assert_false(b->i->step_begin(b->ctx)); /* off by default */
+        mk_backend_cuda_set_graphs(b->b, true);
         for (int rep = 0; rep < 3; rep++) { /* rows rep%2 of x, y: other arguments each time */
             const int64_t o = rep % 2;
             assert_true(b->i->step_begin(b->ctx));
@@ -1226,6 +1229,7 @@ static void test_step_recording(void **st) {
         int built, updated;
         mk_backend_cuda_graph_stats(b->b, &built, &updated);
         assert_true(built >= 1 && built + updated >= 3);
+        mk_backend_cuda_set_graphs(b->b, false);
         b->i->buf_free(b->ctx, dx);
         b->i->buf_free(b->ctx, dy);
         b->i->buf_free(b->ctx, dz);
