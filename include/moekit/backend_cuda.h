@@ -40,7 +40,7 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
 /* Record decode steps as CUDA graphs (step_begin / step_end) or not
  * (the default: step_begin answers false). Measured on the H200
  * (bench/RESULTS.md 2026-12-03): a recording captured and updated every
- * step made the 4-layer tiny model 10-19% faster and the 48-layer
+ * step made the 4-layer tiny model 8-19% faster and the 48-layer
  * Qwen3-30B-A3B shape 10% slower (its ~1000 launches per step cost more to
  * capture and update than they cost to launch). No-op for other backends. */
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
