@@ -3,11 +3,19 @@
  * bound a decode step is measured against: the bytes of weights one token
  * touches (non-expert weights + top-k experts per MoE layer + lm_head, each
  * with its scales and biases) divided by the time, i.e. the effective
- * weight bandwidth, against the streaming read bandwidth of the machine
- * measured in the same run.
+ * weight bandwidth, against the physical bound measured in the same run:
+ * on the CPU the streaming read bandwidth of the machine, on CUDA the
+ * device's copy bandwidth.
  *
- * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0]
- * MK_KERNELS=ref|avx2|avx512|avx512vnni and MK_ACT_INT8=1 as for the CLI.
+ * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0] [backend=cpu]
+ * MK_KERNELS=ref|avx2|avx512|avx512vnni and MK_ACT_INT8=1 as for the CLI (CPU).
+ * backend: cpu, cuda (the CUDA backend: fused MoE slot, deferred non-finite
+ * checks; the bound is the device's copy bandwidth, read + write, measured
+ * in the same run) or cuda-unfused (the same backend with its optional
+ * slots hidden: the general path, one launch per slot and expert, routing
+ * downloaded and a wait per block, as before the fused slot) or
+ * cuda-graph (cuda with decode steps recorded as CUDA graphs,
+ * mk_backend_cuda_set_graphs).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -17,6 +25,9 @@
 #include <time.h>
 
 #include "moekit/kernels.h"
+
+#include "cuda/mk_cuda.h"
+#include "moekit/backend_cuda.h"
 
 #include "model/model_impl.h"
 #include "moekit/engine.h"
@@ -127,11 +138,13 @@ static double read_bandwidth(int threads) {
 
 int main(int argc, char **argv) {
     if (argc < 2) {
-        fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads]\n");
+        fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads] "
+                        "[cpu|cuda|cuda-graph|cuda-unfused]\n");
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 128, D = argc > 3 ? atoi(argv[3]) : 32;
     int threads = argc > 4 ? atoi(argv[4]) : 0;
+    const char *bk = argc > 5 ? argv[5] : "cpu";
     if (P < 1 || D < 1) {
         fprintf(stderr, "bench_decode: token counts must be positive\n");
         return 2;
@@ -146,13 +159,41 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
     }
+    bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
+    bool graph = strcmp(bk, "cuda-graph") == 0;
+    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !graph) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph or cuda-unfused\n", bk);
+        return 2;
+    }
+    mk_backend *be = NULL, *wrap = NULL;
+    mk_backend_i hidden; /* cuda-unfused: the CUDA table without its optional slots */
+    if (cuda) {
+        if (mk_backend_cuda_create(0, &be) != MK_OK) {
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+            return 1;
+        }
+        mk_backend_cuda_set_graphs(be, graph);
+        if (unfused) {
+            hidden = *mk_backend_iface(be);
+            hidden.moe = NULL;
+            hidden.check_finite = NULL;
+            hidden.nonfinite_take = NULL;
+            hidden.step_begin = NULL;
+            hidden.step_end = NULL;
+            hidden.free = NULL; /* the context stays be's */
+            if (mk_backend_create(&hidden, mk_backend_ctx(be), &wrap) != MK_OK) {
+                fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+                return 1;
+            }
+        }
+    }
     mk_model *m = NULL;
     if (mk_model_open(argv[1], &m) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
         return 2;
     }
     const mk_config *c = mk_model_config(m);
-    mk_engine_opts o = {.threads = threads, .max_ctx = P + D};
+    mk_engine_opts o = {.threads = threads, .max_ctx = P + D, .backend = wrap ? wrap : be};
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -185,16 +226,30 @@ int main(int argc, char **argv) {
     printf("prefill    %d tokens  %.3f s  %.1f tok/s\n", P, t1 - t0, P / (t1 - t0));
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
-    double bw = read_bandwidth(threads);
+    double bw = 0;
+    if (cuda) {
+        char dsc[160];
+        int built, updated;
+        mk_backend_cuda_graph_stats(be, &built, &updated);
+        if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
+            printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
+                   "%d updated\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built,
+                   updated);
+        if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+    } else {
+        bw = read_bandwidth(threads);
+    }
     printf("bandwidth  %.1f MiB weights/token -> %.2f GB/s effective\n", bpt / 1048576.0,
            bpt / dt / 1e9);
-    printf("bound      read %.2f GB/s (streaming read, same threads, same run) -> bound %.2f tok/s; decode "
-           "at %.0f%% "
-           "of the bound\n",
+    printf("bound      %s %.2f GB/s (same run) -> bound %.2f tok/s; decode at %.1f%% "
+           "of the bound\n", cuda ? "device copy (read + write)" : "streaming read, same threads,",
            bw, bw * 1e9 / bpt, bw > 0 ? 100.0 * (1.0 / dt) / (bw * 1e9 / bpt) : 0.0);
     free(ids);
     free(lg);
     mk_engine_free(e);
     mk_model_free(m);
+    mk_backend_free(wrap);
+    mk_backend_free(be);
     return 0;
 }

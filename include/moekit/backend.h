@@ -118,6 +118,27 @@ typedef struct mk_route_args {
     float scale;             /* grouped only: routed_scaling_factor */
 } mk_route_args;
 
+/* One MoE layer for the fused slot (`moe`): y = sum over the k routed
+ * experts of w_j * down_e(silu(gate_e x) * up_e x) (+ the shared expert,
+ * times sigmoid(shared_gate x) when given), with the routing computed from
+ * `route` (its logits/idx/w/n fields are ignored: the slot keeps them
+ * itself). experts[0..E) are the layer's views, all of one format and
+ * shape; they and the model memory behind them must not change while the
+ * backend lives (the engine passes them only with its all-resident expert
+ * store). */
+typedef struct mk_moe_args {
+    const float *x;           /* [n, H] normed input */
+    float *y;                 /* [n, H] output (not accumulated) */
+    int64_t n;                /* tokens */
+    int64_t H;                /* hidden size */
+    const mk_wt *router;      /* [E, H] */
+    const mk_expert *experts; /* [E] */
+    int E, k;
+    mk_route_args route;      /* kind, bias, norm, n_group, topk_group, scale */
+    const mk_wt *sh_gate, *sh_up, *sh_down; /* shared expert, or NULLs */
+    const mk_wt *sh_gate_w;   /* [1, H] shared-expert gate, or NULL */
+} mk_moe_args;
+
 typedef struct mk_backend_i {
     const char *name;
     /* Buffers from `alloc` are host memory: the engine may pass caller
@@ -215,6 +236,36 @@ typedef struct mk_backend_i {
      * the shared expert's gated add. */
     void (*gated_add)(void *ctx, float *y, const float *g, const float *x, int64_t n,
                       int64_t dim);
+    /* ---- optional fused / deferred slots (NULL: the engine composes the
+     * slots above instead; the CPU backend leaves them NULL, so its
+     * results are those of the general path bit for bit) ---- */
+    /* The whole MoE layer in the backend, routing included, with no host
+     * round trip. Returns false, having queued nothing, when it does not
+     * take this call (shape, format, routing kind, token count): the engine
+     * then runs the general path. Decided on the host from the arguments
+     * alone (never waits for the device). */
+    bool (*moe)(void *ctx, const mk_moe_args *a);
+    /* Queue a check of x[0..n) for NaN or infinity. The first check in
+     * queue order that finds one keeps (tag, the lowest index it found,
+     * that value); later checks keep nothing until nonfinite_take. Lets
+     * the engine check every block without waiting for the device. */
+    void (*check_finite)(void *ctx, const float *x, int64_t n, int32_t tag);
+    /* Wait for queued work and take the kept finding (clearing it): true
+     * and (*tag, *index, *value) when a check found one. Both or neither
+     * of check_finite and nonfinite_take are set. */
+    bool (*nonfinite_take)(void *ctx, int32_t *tag, int64_t *index, float *value);
+    /* Record the slots queued from here to step_end instead of running
+     * them, then run the recording as one unit (a CUDA graph: one launch,
+     * no per-slot host overhead). Between the two the caller queues only
+     * slots that never wait for the device and read no host memory
+     * (no upload, download, sync, find_nonfinite or nonfinite_take).
+     * step_begin false: nothing is being recorded (slots run as usual).
+     * step_end(run false) drops the recording (the caller failed midway);
+     * false from step_end(run true): the recording could not be made or
+     * run and NOTHING of it ran; the caller queues the same work again
+     * without recording. Both or neither are set. */
+    bool (*step_begin)(void *ctx);
+    bool (*step_end)(void *ctx, bool run);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

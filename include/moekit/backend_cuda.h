@@ -16,6 +16,7 @@
 #ifndef MOEKIT_BACKEND_CUDA_H
 #define MOEKIT_BACKEND_CUDA_H
 
+#include <stdbool.h>
 #include <stddef.h>
 
 #include "moekit/backend.h"
@@ -30,10 +31,22 @@ extern "C" {
  * current device is set to it; use the backend from one thread. */
 mk_status mk_backend_cuda_create(int device, mk_backend **out);
 /* Drop the device copies of every weight view whose host data is
- * `host_data` (waits for queued work first). No-op for other backends. */
+ * `host_data` (waits for queued work first), and the fused MoE slot's
+ * state of any layer with an expert there (its stacked copies and every
+ * expert view mapped into them). No-op for other backends. */
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
+/* Record decode steps as CUDA graphs (step_begin / step_end) or not
+ * (the default: step_begin answers false). Measured on the H200
+ * (bench/RESULTS.md 2026-12-03): a recording captured and updated every
+ * step made the 4-layer tiny model 8-19% faster and the 48-layer
+ * Qwen3-30B-A3B shape 10% slower (its ~1000 launches per step cost more to
+ * capture and update than they cost to launch). No-op for other backends. */
+void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
+/* Recorded steps run so far (step_begin / step_end): graphs instantiated
+ * and graphs updated in place (zeros for other backends). */
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated);
 
 #ifdef __cplusplus
 }

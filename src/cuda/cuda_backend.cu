@@ -71,15 +71,26 @@ static void cu_buf_free(void *ctx, void *p) {
         (void)cudaFree(p); /* waits for work that may still use it */
 }
 
+/* A host round trip while a step is being recorded breaks the recording
+ * (the step is then queued again unrecorded): record why, for step_end. */
+static bool recording_refuses(mkb_ctx *c, const char *what) {
+    if (!c->recording)
+        return false;
+    mkb_fail(c, mk_err(MK_E_INTERNAL, "CUDA backend: %s while a step is being recorded", what));
+    return true;
+}
+
 static void cu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "upload"))
+        return;
     if (bytes) /* pageable source: returns once the source is staged */
         ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->s), "upload to the device");
 }
 
 static void cu_download(void *ctx, void *dst, const void *src, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (!bytes)
+    if (!bytes || recording_refuses(c, "download"))
         return;
     ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->s), "download from the device");
     ck(c, cudaStreamSynchronize(c->s), "download from the device");
@@ -93,6 +104,8 @@ static void cu_zero(void *ctx, void *dst, size_t bytes) {
 
 static mk_status cu_sync(void *ctx) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "sync"))
+        return mk_err(MK_E_INTERNAL, "CUDA backend: sync while a step is being recorded");
     ck(c, cudaStreamSynchronize(c->s), "running queued device work");
     mk_status s = mk_err_slot_raise(&c->err);
     c->err.st = MK_OK;
@@ -155,7 +168,7 @@ __global__ void k_nonfinite(const float *x, int64_t n, unsigned long long *first
 
 static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (n <= 0)
+    if (n <= 0 || recording_refuses(c, "find_nonfinite"))
         return -1;
     unsigned long long first = ~0ull;
     ck(c, cudaMemcpyAsync(c->nf, &first, sizeof first, cudaMemcpyHostToDevice, c->s), "find_nonfinite");
@@ -169,6 +182,68 @@ static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
     return c->err.st != MK_OK || first == ~0ull ? -1 : (int64_t)first;
 }
 
+/* Deferred checks. Every block scans a grid-stride share of x unless an
+ * earlier check already kept a finding (then the launch does nothing);
+ * the lowest non-finite index goes to `cand`; the last block (atomic
+ * ticket, as k_router) keeps (tag, cand, x[cand]) when nothing was kept and
+ * resets the scratch for the next launch. x is not written before the
+ * last block reads it: the next slot runs after this launch (stream
+ * order). */
+__global__ void k_check_finite(const float *x, int64_t n, unsigned long long tag, mkb_nfl *f) {
+    __shared__ bool last;
+    if (__ldcg(&f->key) == ~0ull)
+        for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
+            if (!isfinite(x[i])) {
+                atomicMin(&f->cand, (unsigned long long)i);
+                break; /* this thread's later indices are larger */
+            }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last || threadIdx.x != 0)
+        return;
+    __threadfence();
+    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
+    if (cand != ~0ull && f->key == ~0ull) {
+        f->val = x[cand];
+        f->key = tag << 40 | cand;
+    }
+    f->ticket = 0u;
+}
+
+static void cu_check_finite(void *ctx, const float *x, int64_t n, int32_t tag) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0)
+        return;
+    if (tag < 0 || n >= (1ll << 40)) {
+        mkb_fail(c, mk_err(MK_E_ARG, "check_finite: tag %d or size %lld out of range", (int)tag, (long long)n));
+        return;
+    }
+    unsigned blocks = mkb_blocks(n, 256);
+    if (blocks > 264)
+        blocks = 264; /* grid-stride loop: two blocks per SM of an H200 */
+    k_check_finite<<<blocks, 256, 0, c->s>>>(x, n, (unsigned long long)tag, c->nfl);
+    mkb_launched(c, "check_finite");
+}
+
+static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *value) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (recording_refuses(c, "nonfinite_take"))
+        return false;
+    mkb_nfl h;
+    ck(c, cudaMemcpyAsync(&h, c->nfl, sizeof h, cudaMemcpyDeviceToHost, c->s), "reading the non-finite check");
+    ck(c, cudaStreamSynchronize(c->s), "reading the non-finite check");
+    if (c->err.st != MK_OK || h.key == ~0ull)
+        return false; /* a recorded failure is sync's to report */
+    ck(c, cudaMemsetAsync(&c->nfl->key, 0xff, sizeof h.key, c->s), "clearing the non-finite check");
+    *tag = (int32_t)(h.key >> 40);
+    *index = (int64_t)(h.key & ((1ull << 40) - 1));
+    *value = h.val;
+    return true;
+}
+
 /* ---- resident weights ------------------------------------------------------- */
 
 static size_t sd_bytes(mk_dtype t) {
@@ -176,7 +251,7 @@ static size_t sd_bytes(mk_dtype t) {
 }
 
 /* Bytes of the scale and bias arrays of a view (0 when it has none). */
-static size_t scale_bytes(const mk_wt *w) {
+size_t mkb_scale_bytes(const mk_wt *w) {
     switch (w->fmt) {
     case MK_WF_FP8_E4M3:
     case MK_WF_FP8_E5M2:
@@ -205,9 +280,11 @@ static size_t bucket(const mkb_ctx *c, const void *p) {
 }
 
 static void entry_free(mkb_entry *e) {
-    mk_cuda_free((void *)e->dev.data);
-    mk_cuda_free((void *)e->dev.scales);
-    mk_cuda_free((void *)e->dev.biases);
+    if (!e->borrowed) {
+        mk_cuda_free((void *)e->dev.data);
+        mk_cuda_free((void *)e->dev.scales);
+        mk_cuda_free((void *)e->dev.biases);
+    }
     free(e);
 }
 
@@ -251,6 +328,37 @@ static mk_status grow(mkb_ctx *c) {
     return MK_OK;
 }
 
+static const mkb_entry *entry_insert(mkb_ctx *c, mkb_entry *e, size_t b);
+
+const mkb_entry *mkb_weight_alias(mkb_ctx *c, const mk_wt *w, const mk_wt *dev) {
+    size_t b = bucket(c, w->data);
+    for (mkb_entry *e = c->tab[b]; e; e = e->next)
+        if (same_view(&e->host, w))
+            return e;
+    mkb_entry *e = (mkb_entry *)mk_calloc(1, sizeof *e);
+    if (!e) {
+        mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for a weight map entry"));
+        return NULL;
+    }
+    e->host = *w;
+    e->dev = *dev;
+    e->borrowed = true;
+    return entry_insert(c, e, b);
+}
+
+void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w) {
+    for (mkb_entry **pp = &c->tab[bucket(c, w->data)]; *pp;) {
+        mkb_entry *e = *pp;
+        if (e->borrowed && same_view(&e->host, w)) {
+            *pp = e->next;
+            c->n--;
+            entry_free(e);
+        } else {
+            pp = &e->next;
+        }
+    }
+}
+
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     size_t b = bucket(c, w->data);
     for (mkb_entry *e = c->tab[b]; e; e = e->next)
@@ -258,6 +366,8 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
             return e;
     char what[96];
     snprintf(what, sizeof what, "a %lldx%lld weight (format %d)", (long long)w->rows, (long long)w->cols, (int)w->fmt);
+    if (recording_refuses(c, "a weight's first upload"))
+        return NULL;
     mk_status s = mk_wt_check(w, what);
     if (s != MK_OK) {
         mkb_fail(c, s);
@@ -270,7 +380,7 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     }
     e->host = *w;
     e->dev = *w;
-    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = scale_bytes(w);
+    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
     s = up(c, w->data, nd, &e->dev.data, what);
     if (s == MK_OK)
         s = up(c, w->scales, ns, &e->dev.scales, what);
@@ -286,6 +396,12 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     if (!ns)
         e->dev.scales = NULL;
     e->bytes = nd + ns * (w->fmt == MK_WF_AFFINE ? 2 : 1);
+    return entry_insert(c, e, b);
+}
+
+/* Fill e's generic-kernel view from e->dev and enter e into bucket b. */
+static const mkb_entry *entry_insert(mkb_ctx *c, mkb_entry *e, size_t b) {
+    const mk_wt *w = &e->host;
     e->fast = mkc_kind_of(&e->dev) >= 0;
     mkb_w *d = &e->dw;
     d->data = (const uint8_t *)e->dev.data;
@@ -350,8 +466,11 @@ static void cu_free(void *ctx) {
             entry_free(e);
         }
     free(c->tab);
+    mkb_moe_free(c);
+    mkb_graph_free(c);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
+    mk_cuda_free(c->nfl);
     if (c->s)
         (void)cudaStreamDestroy(c->s);
     free(c);
@@ -387,6 +506,11 @@ static const mk_backend_i g_cuda = {
     .route = mkb_route,
     .combine = mkb_combine,
     .gated_add = mkb_gated_add,
+    .moe = mkb_moe,
+    .check_finite = cu_check_finite,
+    .nonfinite_take = cu_nonfinite_take,
+    .step_begin = mkb_step_begin,
+    .step_end = mkb_step_end,
     .free = cu_free,
 };
 
@@ -444,6 +568,16 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
     }
     if (s == MK_OK)
         s = mk_cuda_malloc((void **)&c->nf, sizeof *c->nf, "find_nonfinite's result");
+    if (s == MK_OK)
+        s = mk_cuda_malloc((void **)&c->nfl, sizeof *c->nfl, "the non-finite checks' state");
+    if (s == MK_OK) { /* key and cand ~0 (none), ticket 0; waited for by the first sync */
+        const mkb_nfl z = {~0ull, ~0ull, 0.0f, 0u};
+        e = cudaMemcpyAsync(c->nfl, &z, sizeof z, cudaMemcpyHostToDevice, c->s);
+        if (e == cudaSuccess)
+            e = cudaStreamSynchronize(c->s);
+        if (e != cudaSuccess)
+            s = mkc_fail(e, "initialising the non-finite checks");
+    }
     if (s != MK_OK) {
         cu_free(c);
         return s;
@@ -456,6 +590,7 @@ extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
         return;
     mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
     ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
+    mkb_moe_forget(c, host_data);
     mkb_entry **pp = &c->tab[bucket(c, host_data)];
     while (*pp) {
         mkb_entry *e = *pp;
@@ -474,4 +609,19 @@ extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return 0;
     return ((const mkb_ctx *)mk_backend_ctx(b))->bytes;
+}
+
+extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
+    *built = *updated = 0;
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    const mkb_ctx *c = (const mkb_ctx *)mk_backend_ctx(b);
+    *built = c->graph_builds;
+    *updated = c->graph_updates;
+}
+
+extern "C" void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    ((mkb_ctx *)mk_backend_ctx(b))->graphs = on;
 }

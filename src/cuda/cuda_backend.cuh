@@ -40,7 +40,8 @@ struct mkb_entry {
     mk_wt dev;    /* same view, device pointers (mk_cuda_gemv takes it) */
     mkb_w dw;     /* the generic kernels' view */
     bool fast;    /* mkc_kind_of(dev) >= 0: the GEMV kernels take it */
-    size_t bytes; /* device bytes (data + scales + biases) */
+    size_t bytes; /* device bytes (data + scales + biases); 0 when borrowed */
+    bool borrowed; /* dev points into memory another owner frees (a fused layer's slab) */
     mkb_entry *next;
 };
 
@@ -52,6 +53,23 @@ struct mkb_ctx {
     unsigned long long *nf; /* device scratch of find_nonfinite */
     mkb_entry **tab;   /* weight map: buckets by host data pointer */
     size_t nb, n, bytes;
+    /* deferred non-finite checks (check_finite / nonfinite_take) */
+    struct mkb_nfl *nfl; /* device */
+    struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
+    /* step recording (step_begin / step_end, cuda_graph.cu) */
+    bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; off by default) */
+    bool recording;
+    cudaGraphExec_t exec; /* the last step's executable graph, updated in place */
+    int graph_updates, graph_builds;
+};
+
+/* Device state of the deferred non-finite checks: `key` is the kept finding
+ * (tag << 40 | index, ~0 when none) and `val` its value; `cand` and
+ * `ticket` are one launch's scratch (reset by its last block). */
+struct mkb_nfl {
+    unsigned long long key, cand;
+    float val;
+    unsigned ticket;
 };
 
 /* Record a failure (the first one wins; sync reports it). Returns s. */
@@ -61,6 +79,19 @@ void mkb_launched(mkb_ctx *c, const char *what);
 /* The resident copy of host view w (uploaded on first use), or NULL after
  * recording the failure. */
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w);
+
+/* Enter `dev` (device memory owned by someone else, e.g. a fused layer's
+ * slab) as the resident copy of host view w, unless w has one already.
+ * Returns the entry, or NULL after recording the failure. */
+const mkb_entry *mkb_weight_alias(mkb_ctx *c, const mk_wt *w, const mk_wt *dev);
+/* Drop the alias entry of host view w, if any (its owner frees the memory). */
+void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w);
+/* Bytes of the scale (and, affine, the bias) array of a view, 0 when none. */
+size_t mkb_scale_bytes(const mk_wt *w);
+/* Free the fused MoE slot's state (cuda_fused.cu; at backend free). */
+void mkb_moe_free(mkb_ctx *c);
+/* Drop the fused layers any of whose experts' views has host data `host_data`. */
+void mkb_moe_forget(mkb_ctx *c, const void *host_data);
 
 /* A float vector the slot reads as a parameter (norm weights, conv
  * weights, A_log, dt_bias, a router's selection bias): device memory as
@@ -163,5 +194,9 @@ void mkb_route(void *ctx, const mk_route_args *a);
 void mkb_combine(void *ctx, float *y, const float *x, const float *w, const int32_t *order, int64_t n, int k,
                  int64_t dim);
 void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n, int64_t dim);
+bool mkb_moe(void *ctx, const mk_moe_args *a);
+bool mkb_step_begin(void *ctx);
+bool mkb_step_end(void *ctx, bool run);
+void mkb_graph_free(mkb_ctx *c);
 
 #endif

@@ -109,6 +109,68 @@ extern "C" mk_status mk_cuda_sync(void) {
     return MK_OK;
 }
 
+__global__ void k_fill_bw(uint32_t *p, size_t n, uint32_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        uint32_t x = (uint32_t)i * 2654435761u ^ seed;
+        x ^= x >> 13;
+        x *= 0x5bd1e995u;
+        p[i] = x ^ (x >> 15);
+    }
+}
+
+static int cmp_f(const void *a, const void *b) {
+    const float x = *(const float *)a, y = *(const float *)b;
+    return x < y ? -1 : x > y;
+}
+
+extern "C" mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
+    *gbs = 0;
+    bytes &= ~(size_t)255;
+    if (!bytes)
+        return mk_err(MK_E_ARG, "copy bandwidth: size must be at least 256 bytes");
+    void *a = NULL, *b = NULL;
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float ts[10];
+    mk_status st = mk_cuda_malloc(&a, bytes, "copy bandwidth source");
+    if (st == MK_OK)
+        st = mk_cuda_malloc(&b, bytes, "copy bandwidth destination");
+    cudaError_t e = cudaSuccess;
+    if (st == MK_OK) {
+        k_fill_bw<<<1024, 256>>>((uint32_t *)a, bytes / 4, 7u);
+        k_fill_bw<<<1024, 256>>>((uint32_t *)b, bytes / 4, 11u);
+        e = cudaGetLastError();
+        if (e == cudaSuccess)
+            e = cudaEventCreate(&e0);
+        if (e == cudaSuccess)
+            e = cudaEventCreate(&e1);
+        for (int i = 0; i < 13 && e == cudaSuccess; i++) {
+            e = cudaEventRecord(e0);
+            if (e == cudaSuccess)
+                e = cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice);
+            if (e == cudaSuccess)
+                e = cudaEventRecord(e1);
+            if (e == cudaSuccess)
+                e = cudaEventSynchronize(e1);
+            if (e == cudaSuccess && i >= 3)
+                e = cudaEventElapsedTime(&ts[i - 3], e0, e1);
+        }
+        if (e != cudaSuccess)
+            st = mkc_fail(e, "measuring the copy bandwidth");
+    }
+    if (st == MK_OK) {
+        qsort(ts, 10, sizeof ts[0], cmp_f);
+        const double ms = 0.5 * (ts[4] + ts[5]);
+        *gbs = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
+    }
+    if (e0)
+        (void)cudaEventDestroy(e0);
+    if (e1)
+        (void)cudaEventDestroy(e1);
+    mk_cuda_free(a);
+    mk_cuda_free(b);
+    return st;
+}
+
 /* ---- weight views ------------------------------------------------------ */
 
 static int sd_index(mk_dtype t) {

@@ -10,7 +10,7 @@
 
 #define OPS_THREADS 256
 
-__global__ void __launch_bounds__(OPS_THREADS) k_rmsnorm(float *y, int64_t ys, const float *x, int64_t xs,
+__global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const float *x, int64_t xs,
                                                          const float *g, int64_t dim, float eps, const float *z) {
     __shared__ float sh[32];
     const float *xr = x + blockIdx.x * xs;
@@ -32,6 +32,17 @@ __global__ void __launch_bounds__(OPS_THREADS) k_rmsnorm(float *y, int64_t ys, c
     }
 }
 
+/* Threads of a norm block: one element per thread up to 1024. A decode
+ * step's norm is one row, so its time is the chain of dependent loads each
+ * thread walks: with 256 threads the 2048-wide residual norm took 8.4 us on
+ * the H200 (ncu, bench/RESULTS.md 2026-12-03) and 4.2 us with 1024; the
+ * 128-wide head norms took 2.9 us with one element per thread and 3.7 us
+ * with two. */
+static unsigned norm_threads(int64_t dim) {
+    int64_t t = (dim + 31) / 32 * 32;
+    return (unsigned)(t < 32 ? 32 : t > 1024 ? 1024 : t);
+}
+
 void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
                  int64_t rows, int64_t dim, float eps) {
     mkb_ctx *c = (mkb_ctx *)ctx;
@@ -40,7 +51,7 @@ void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t 
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(y, y_stride, x, x_stride, gd, dim, eps, NULL);
+    k_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(y, y_stride, x, x_stride, gd, dim, eps, NULL);
     mkb_launched(c, "rmsnorm");
 }
 
@@ -51,7 +62,7 @@ void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int6
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    k_rmsnorm<<<(unsigned)rows, OPS_THREADS, 0, c->s>>>(x, dim, x, dim, gd, dim, eps, z);
+    k_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(x, dim, x, dim, gd, dim, eps, z);
     mkb_launched(c, "gated_rmsnorm");
 }
 

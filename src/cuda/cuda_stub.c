@@ -36,6 +36,12 @@ mk_status mk_cuda_download(void *dst, const void *src, size_t bytes) {
 mk_status mk_cuda_memset(void *dst, int v, size_t bytes) {
     return no_cuda();
 }
+mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
+    (void)bytes;
+    if (gbs)
+        *gbs = 0;
+    return no_cuda();
+}
 mk_status mk_cuda_sync(void) {
     return no_cuda();
 }
@@ -107,4 +113,12 @@ void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     (void)b;
     return 0;
+}
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
+    (void)b;
+    *built = *updated = 0;
+}
+void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
+    (void)b;
+    (void)on;
 }

@@ -47,6 +47,11 @@ mk_status mk_cuda_download(void *dst, const void *src, size_t bytes);
 mk_status mk_cuda_memset(void *dst, int v, size_t bytes);
 /* Wait for all device work; reports an asynchronous kernel error. */
 mk_status mk_cuda_sync(void);
+/* The device's copy roofline for benchmarks: median of 10 timed (CUDA
+ * events) device-to-device copies of `bytes` (after 3 warm-ups), counted as
+ * bytes read + bytes written per second, in *gbs (GB/s). Random-filled
+ * buffers; allocates 2 x bytes of device memory for the duration. */
+mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs);
 
 /* True when the device kernels take this weight format: F32, BF16, F16,
  * AFFINE with 4 or 8 bits (group 32/64/128, F32/BF16/F16 scales). */

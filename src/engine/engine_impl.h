@@ -57,6 +57,11 @@ struct mk_engine {
     int64_t max_ctx, pos; /* capacity and tokens so far */
     int64_t chunk;        /* nC */
     bool prefetch;        /* mk_engine_opts.prefetch_experts, and the store acts on guesses */
+    /* decode-step recording (backend step_begin / step_end, forward.c) */
+    bool recording;       /* the slots queued now are being recorded */
+    bool graph_ready;     /* a single-token step ran with every MoE layer fused */
+    bool no_graph;        /* a recording failed: this engine records no more */
+    int moe_general;      /* MoE layers that took the general path in this chunk */
     mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
     void *on_route_user;
 

@@ -226,6 +226,56 @@ static mk_status check_finite(const mk_engine *e, const float *x, int64_t rows, 
     return nonfinite_at(e, i, v, width, pos0, layer, what);
 }
 
+/* Deferred checks (a backend with check_finite / nonfinite_take): each
+ * block's check is queued with a tag naming it, and the first finding is
+ * taken once per chunk, so the device never waits per block. Tags: 0 the
+ * token embedding, 1 + 2l layer l's mixer, 2 + 2l its MLP or MoE block,
+ * 2L + 1 the final norm. */
+static int32_t tag_mixer(int l) { return 1 + 2 * l; }
+static int32_t tag_ffn(int l) { return 2 + 2 * l; }
+static int32_t tag_final(const mk_engine *e) { return 1 + 2 * e->c->num_layers; }
+
+static const char *block_what(const mk_engine *e, int32_t tag, int *layer) {
+    *layer = -1;
+    if (tag <= 0)
+        return "the token embedding";
+    if (tag >= tag_final(e))
+        return "the final norm";
+    int l = (tag - 1) / 2;
+    const mk_layer_w *w = &e->m->layers[l];
+    *layer = l;
+    if (tag == tag_mixer(l))
+        return w->mixer == MK_MIXER_GDN ? "the linear attention (Gated DeltaNet)" : "the attention";
+    return w->is_moe ? "the MoE block" : "the MLP";
+}
+
+/* Check n rows of the residual stream (width H) after block `tag`: queued
+ * when the backend defers checks, else at once (naming the block). */
+static mk_status check_block(const mk_engine *e, const float *x, int64_t rows, int64_t pos0, int32_t tag) {
+    int64_t H = e->c->hidden_size;
+    if (BE(e)->check_finite) {
+        BE(e)->check_finite(CTX(e), x, rows * H, tag);
+        return MK_OK;
+    }
+    int layer;
+    const char *what = block_what(e, tag, &layer);
+    return check_finite(e, x, rows, H, pos0, layer, what);
+}
+
+/* The first deferred finding since the last take, as the error the
+ * synchronous check would have given (the same block, position, column
+ * and value); MK_OK when none or when checks are not deferred. */
+static mk_status take_nonfinite(const mk_engine *e, int64_t pos0) {
+    int32_t tag;
+    int64_t i;
+    float v;
+    if (!BE(e)->nonfinite_take || !BE(e)->nonfinite_take(CTX(e), &tag, &i, &v))
+        return MK_OK;
+    int layer;
+    const char *what = block_what(e, tag, &layer);
+    return nonfinite_at(e, i, v, e->c->hidden_size, pos0, layer, what);
+}
+
 /* The same over host memory (the caller's logits). */
 static mk_status check_finite_host(const mk_engine *e, const float *x, int64_t rows, int64_t width,
                                    int64_t pos0, const char *what) {
@@ -235,22 +285,20 @@ static mk_status check_finite_host(const mk_engine *e, const float *x, int64_t r
     return MK_OK;
 }
 
-static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
-                               int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+/* The part of a step that can be recorded (backend step_begin): the
+ * embeddings, the layer loop and, when `head`, the last row's final norm
+ * and lm_head into e->lg. Queues no host round trip unless hidden states
+ * are captured or an MoE layer takes the general path. */
+static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot, float *hidden,
+                             bool head) {
     const mk_config *c = e->c;
     const mk_model *m = e->m;
-    int64_t H = c->hidden_size, V = c->vocab_size;
+    int64_t H = c->hidden_size;
     int L = c->num_layers;
     float eps = (float)c->rms_norm_eps;
-    /* token embeddings; this chunk's rotary tables */
-    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
     BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
-    MK_TRY(check_finite(e, e->x, n, H, e->pos, -1, "the token embedding"));
+    MK_TRY(check_block(e, e->x, n, e->pos, 0));
     capture(e, hidden, 0, off, ntot, e->x, n);
-    mk_engine_rope_tables(e, e->pos, n);
-    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
-    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
-    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
     for (int l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
         /* mixer: x += mixer(norm(x)) */
@@ -261,9 +309,7 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         case MK_MIXER_GDN: gdn_block(e, l, &w->gdn, n); break;
         }
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
-        MK_TRY(check_finite(e, e->x, n, H, e->pos, l,
-                            w->mixer == MK_MIXER_GDN ? "the linear attention (Gated DeltaNet)"
-                                                     : "the attention"));
+        MK_TRY(check_block(e, e->x, n, e->pos, tag_mixer(l)));
         /* feed-forward: x += mlp_or_moe(norm(x)) */
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
         if (w->is_moe)
@@ -271,29 +317,98 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
         else
             mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
-        MK_TRY(check_finite(e, e->x, n, H, e->pos, l, w->is_moe ? "the MoE block" : "the MLP"));
+        MK_TRY(check_block(e, e->x, n, e->pos, tag_ffn(l)));
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
     }
+    if (head) {
+        float *xl = e->xb + (n - 1) * H;
+        BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
+        BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, e->lg);
+    }
+    return MK_OK;
+}
+
+/* Record a single-token step (a CUDA graph on the CUDA backend: one launch
+ * instead of ~20 per layer) once a step of that shape has run unrecorded
+ * with every MoE layer fused, no hidden states or routing observer are
+ * asked for, and non-finite checks are deferred (they must not wait). */
+static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
+    return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
+           head && !hidden && !e->on_route;
+}
+
+static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
+                           int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_layers;
+    float eps = (float)c->rms_norm_eps;
+    bool last_chunk = off + n == ntot;
+    /* the last row's logits staged in e->lg by the step itself (device
+     * backends), so a recorded step ends with lm_head and the copy follows */
+    bool head = mode == MK_LOGITS_LAST && last_chunk && !BE(e)->host_mem;
+    /* token ids and this chunk's rotary tables (before any recording: they
+     * read host memory) */
+    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
+    mk_engine_rope_tables(e, e->pos, n);
+    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
+    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
+    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
+    e->moe_general = 0;
+    bool rec = step_recordable(e, n, head, hidden) && BE(e)->step_begin(CTX(e));
+    e->recording = rec;
+    mk_status st = step_layers(e, n, off, ntot, hidden, head);
+    e->recording = false;
+    if (rec && !BE(e)->step_end(CTX(e), st == MK_OK)) {
+        /* nothing of the recording ran: queue the step again, unrecorded,
+         * and record no more (what broke it would break the next one) */
+        e->no_graph = true;
+        e->moe_general = 0;
+        st = step_layers(e, n, off, ntot, hidden, head);
+    }
+    MK_TRY(st);
+    if (!rec && n == 1 && e->moe_general == 0)
+        e->graph_ready = true;
+    MK_TRY(take_nonfinite(e, e->pos)); /* deferred checks: one wait per chunk */
     e->pos += n;
     /* final norm and logits: every row when asked for all or for hidden states */
-    bool last_chunk = off + n == ntot;
     if (mode == MK_LOGITS_ALL || hidden) {
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
         capture(e, hidden, L, off, ntot, e->xb, n);
-        MK_TRY(check_finite(e, e->xb, n, H, e->pos - n, -1, "the final norm"));
+        MK_TRY(check_block(e, e->xb, n, e->pos - n, tag_final(e)));
+        MK_TRY(take_nonfinite(e, e->pos - n));
         if (mode == MK_LOGITS_ALL) {
             lm_head(e, e->xb, n, logits + off * V);
             MK_TRY(check_finite_host(e, logits + off * V, n, V, e->pos - n, "lm_head (the logits)"));
         }
     }
     if (mode == MK_LOGITS_LAST && last_chunk) {
-        float *xl = e->xb + (n - 1) * H;
-        BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
-        lm_head(e, xl, 1, logits);
+        if (head) {
+            BE(e)->download(CTX(e), logits, e->lg, (size_t)V * sizeof(float));
+        } else {
+            float *xl = e->xb + (n - 1) * H;
+            BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
+            lm_head(e, xl, 1, logits);
+        }
         MK_TRY(check_finite_host(e, logits, 1, V, e->pos - 1, "lm_head (the logits)"));
     }
     return BE(e)->sync(CTX(e));
+}
+
+/* One chunk; on failure a deferred finding still kept is dropped, so that
+ * it is not reported by the next call. */
+static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
+                               int64_t ntot, mk_logits_mode mode, float *logits, float *hidden) {
+    mk_status st = chunk_run(e, ids, n, off, ntot, mode, logits, hidden);
+    if (st != MK_OK && BE(e)->nonfinite_take) {
+        int32_t tag;
+        int64_t i;
+        float v;
+        (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
+    }
+    return st;
 }
 
 mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,

@@ -1,6 +1,8 @@
 /* The local MoE executor: one MoE layer on this engine's backend, experts
  * through its expert store (engine_impl.h, mk_moe_exec_i).
  *
+ * With a backend that has the fused `moe` slot (and takes the call), the
+ * whole layer is that one slot. Otherwise:
  * router matmul -> route slot (top-k and weights, on the backend) ->
  * decisions downloaded -> (token, slot) pairs grouped by expert (counting
  * sort, host) -> the store is told the whole set of used experts and hands
@@ -128,13 +130,39 @@ static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
     return MK_OK;
 }
 
+/* The backend's fused MoE slot, when it has one and takes this call: only
+ * with the engine's own all-resident store (the slot keeps device copies of
+ * the experts' views, which a streaming store reuses for other experts) and
+ * no routing observer (the routing stays in the backend). */
+static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
+    if (!BE(e)->moe || !e->own_store || e->on_route)
+        return false;
+    mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
+                     .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
+    if (w->has_shared) {
+        a.sh_gate = &w->shared.gate;
+        a.sh_up = &w->shared.up;
+        a.sh_down = &w->shared.down;
+        if (w->has_shared_gate)
+            a.sh_gate_w = &w->shared_gate;
+    }
+    return BE(e)->moe(CTX(e), &a);
+}
+
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t H = c->hidden_size, k = e->k;
     size_t pb = (size_t)(n * k) * sizeof(int32_t);
+    mk_route_args ra = route_args(e, w, e->router, e->top_idx_b, e->top_w_b, n);
+    if (run_fused(e, w, &ra, n))
+        return MK_OK;
+    /* the general path waits for the routing: never inside a recorded step
+     * (forward.c then runs the step again, unrecorded) */
+    if (e->recording)
+        return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
+    e->moe_general++;
     /* routing */
     BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
-    mk_route_args ra = route_args(e, w, e->router, e->top_idx_b, e->top_w_b, n);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */

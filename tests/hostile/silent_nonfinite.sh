@@ -55,6 +55,22 @@ ok "profile: NaN named, no profile written"
 expect 2 "non-finite value \((NaN|infinity)\) in the output of the attention of layer 3" \
     "$BIN" logits "$T/inf" --ids 1,2,3,4 --out "$T/l3.f32"
 ok "logits: infinite weight named (layer 3 attention)"
+# The CUDA backend checks every block on the device and reads the first
+# finding once per step (a single-token call runs the fused MoE slot): the
+# same block is named. Skipped, saying why, without a usable GPU.
+if "$BIN" logits "$SRC" --ids 1 --backend cuda --out "$T/c0.f32" 2> "$T/cuda.err"; then
+    expect 2 "$L1" "$BIN" logits "$N" --ids 1 --backend cuda --out "$T/c1.f32"
+    ok "cuda logits, one token (fused MoE, deferred check): NaN named (layer 1)"
+    expect 2 "$L1" "$BIN" logits "$N" --ids 1,2,3,4 --backend cuda --out "$T/c2.f32"
+    ok "cuda logits, four tokens (general MoE path): NaN named (layer 1)"
+    expect 2 "non-finite value \((NaN|infinity)\) in the output of the attention of layer 3 at position 0" \
+        "$BIN" logits "$T/inf" --ids 1 --backend cuda --out "$T/c3.f32"
+    ok "cuda logits, one token: infinite weight named (layer 3 attention)"
+    expect 2 "$L1" "$BIN" run "$N" --ids 1 --max-tokens 4 --backend cuda
+    ok "cuda run: NaN named"
+else
+    echo "skip: cuda cases: $(tail -1 "$T/cuda.err")"
+fi
 # the unchanged fixture still runs
 expect 0 "" "$BIN" logits "$SRC" --ids 1,2,3,4 --out "$T/l4.f32"
 ok "intact model: exit 0"

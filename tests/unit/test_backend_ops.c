@@ -1036,6 +1036,323 @@ static void test_route_combine(void **st) {
 }
 
 static bool g_cuda_run; /* this run of the table includes the CUDA backend */
+/* ---- optional slots: the fused MoE layer, deferred non-finite checks ------------ */
+
+static double silu_d(double g) { return g / (1.0 + exp(-g)); }
+
+/* One MoE layer for one token in double from the dequantized weights:
+ * routing (softmax, or sigmoid with one group and no bias), the k experts'
+ * SwiGLU, the weighted sum, the gated shared expert. */
+static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t Is, const double *R,
+                    double *const *G, double *const *U, double *const *D, const double *SG,
+                    const double *SU, const double *SD, const double *SGW, bool sigmoid, double scale,
+                    double *y) {
+    double s[64], w[8];
+    int idx[8];
+    double mx = -INFINITY, z = 0, sum = 0;
+    for (int e = 0; e < E; e++) {
+        s[e] = 0;
+        for (int64_t c = 0; c < H; c++)
+            s[e] += R[e * H + c] * x[c];
+        mx = s[e] > mx ? s[e] : mx;
+    }
+    for (int e = 0; e < E; e++)
+        z += (s[e] = sigmoid ? 1.0 / (1.0 + exp(-s[e])) : exp(s[e] - mx));
+    for (int e = 0; e < E && !sigmoid; e++)
+        s[e] /= z;
+    ref_topk(s, E, K, idx);
+    for (int j = 0; j < K; j++)
+        sum += (w[j] = s[idx[j]]);
+    for (int j = 0; j < K; j++)
+        w[j] = w[j] / (sum + (sigmoid ? 1e-20 : 0.0)) * scale;
+    for (int64_t o = 0; o < H; o++)
+        y[o] = 0;
+    double *h = malloc((size_t)(I > Is ? I : Is) * sizeof(double));
+    for (int j = 0; j < K; j++) {
+        const int e = idx[j];
+        for (int64_t r = 0; r < I; r++) {
+            double g = 0, u = 0;
+            for (int64_t c = 0; c < H; c++) {
+                g += G[e][r * H + c] * x[c];
+                u += U[e][r * H + c] * x[c];
+            }
+            h[r] = silu_d(g) * u;
+        }
+        for (int64_t o = 0; o < H; o++) {
+            double a = 0;
+            for (int64_t r = 0; r < I; r++)
+                a += D[e][o * I + r] * h[r];
+            y[o] += w[j] * a;
+        }
+    }
+    if (SG) {
+        double gl = 0;
+        for (int64_t c = 0; c < H && SGW; c++)
+            gl += SGW[c] * x[c];
+        const double gate = SGW ? 1.0 / (1.0 + exp(-gl)) : 1.0;
+        for (int64_t r = 0; r < Is; r++) {
+            double g = 0, u = 0;
+            for (int64_t c = 0; c < H; c++) {
+                g += SG[r * H + c] * x[c];
+                u += SU[r * H + c] * x[c];
+            }
+            h[r] = silu_d(g) * u;
+        }
+        for (int64_t o = 0; o < H; o++) {
+            double a = 0;
+            for (int64_t r = 0; r < Is; r++)
+                a += SD[o * Is + r] * h[r];
+            y[o] += gate * a;
+        }
+    }
+    free(h);
+}
+
+/* The `moe` slot against ref_moe, on per-expert weights (separate
+ * allocations, as Hugging Face checkpoints store experts), for the formats
+ * the fused step takes, softmax and sigmoid routing, with and without a
+ * shared expert; calls the slot must decline (several tokens, grouped
+ * routing with a bias) queue nothing; afterwards the general path (matmul
+ * on one expert's view) reads the same device copy the slot stacked. The
+ * CPU backend has no such slot (its results are the general path's). */
+static void test_fused_moe(void **st) {
+    (void)st;
+    enum { H = 256, E = 16, K = 4, I = 128, IS = 64 };
+    static const int kinds[] = {1, 2, 3};
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->moe) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
+            for (int variant = 0; variant < 3; variant++) {
+                const int kind = kinds[ki];
+                const bool sigmoid = variant == 2, shared = variant != 1;
+                const size_t bytes0 = mk_backend_cuda_weight_bytes(b->b);
+                wbuf rw, gw[E], uw[E], dw[E], sg, su, sd, sgw;
+                mk_expert ex[E];
+                double *G[E], *U[E], *D[E];
+                make_w(&rw, 0, E, H);
+                for (int e = 0; e < E; e++) {
+                    make_w(&gw[e], kind, I, H);
+                    make_w(&uw[e], kind, I, H);
+                    make_w(&dw[e], kind, H, I);
+                    ex[e] = (mk_expert){gw[e].w, uw[e].w, dw[e].w};
+                    G[e] = deq(&gw[e].w);
+                    U[e] = deq(&uw[e].w);
+                    D[e] = deq(&dw[e].w);
+                }
+                make_w(&sg, kind, IS, H);
+                make_w(&su, kind, IS, H);
+                make_w(&sd, kind, H, IS);
+                make_w(&sgw, 1, 1, H);
+                double *R = deq(&rw.w), *SG = deq(&sg.w), *SU = deq(&su.w), *SD = deq(&sd.w), *SGW = deq(&sgw.w);
+                float *x = rvec(2 * H);
+                double y_ref[H];
+                ref_moe(x, H, E, K, I, IS, R, G, U, D, shared ? SG : NULL, SU, SD, shared ? SGW : NULL,
+                        sigmoid, sigmoid ? 2.5 : 1.0, y_ref);
+                void *dx = dev(b, x, 2 * H * 4), *dy = dev(b, NULL, 2 * H * 4);
+                mk_moe_args a = {.x = dx, .y = dy, .n = 1, .H = H, .router = &rw.w, .experts = ex, .E = E, .k = K,
+                                 .route = {.kind = sigmoid ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
+                                           .norm = true, .n_group = 1, .topk_group = 1,
+                                           .scale = sigmoid ? 2.5f : 1.0f}};
+                if (shared) {
+                    a.sh_gate = &sg.w;
+                    a.sh_up = &su.w;
+                    a.sh_down = &sd.w;
+                    a.sh_gate_w = &sgw.w;
+                }
+                char what[96];
+                snprintf(what, sizeof what, "fused moe %s %s%s", gw[0].name, sigmoid ? "sigmoid" : "softmax",
+                         shared ? " +shared" : "");
+                assert_true(b->i->moe(b->ctx, &a));
+                float *y = back(b, dy, H * 4);
+                check_rel(b->name, what, y, y_ref, H, TOL_DOT);
+                free(y);
+                /* declined: two tokens; a selection bias (grouped routing) */
+                mk_moe_args a2 = a;
+                a2.n = 2;
+                assert_false(b->i->moe(b->ctx, &a2));
+                float bias[E] = {0};
+                a2 = a;
+                a2.n = 1;
+                a2.route.kind = MK_ROUTE_GROUPED_SIGMOID;
+                a2.route.bias = bias;
+                assert_false(b->i->moe(b->ctx, &a2));
+                /* the general path on expert 5's gate reads the stacked copy */
+                b->i->matmul(b->ctx, &gw[5].w, dx, 1, dy);
+                y = back(b, dy, I * 4);
+                double g_ref[I];
+                for (int64_t r = 0; r < I; r++) {
+                    g_ref[r] = 0;
+                    for (int64_t c = 0; c < H; c++)
+                        g_ref[r] += G[5][r * H + c] * x[c];
+                }
+                snprintf(what, sizeof what, "matmul on a stacked expert %s", gw[5].name);
+                check_rel(b->name, what, y, g_ref, I, TOL_DOT);
+                free(y);
+                assert_int_equal(b->i->sync(b->ctx), MK_OK);
+                /* forgetting the weights leaves nothing resident */
+                for (int e = 0; e < E; e++) {
+                    mk_backend_cuda_forget(b->b, gw[e].data);
+                    mk_backend_cuda_forget(b->b, uw[e].data);
+                    mk_backend_cuda_forget(b->b, dw[e].data);
+                }
+                const wbuf *rest[] = {&rw, &sg, &su, &sd, &sgw};
+                for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
+                    mk_backend_cuda_forget(b->b, rest[i]->data);
+                assert_int_equal(mk_backend_cuda_weight_bytes(b->b), bytes0);
+                for (int e = 0; e < E; e++) {
+                    wbuf_free(&gw[e]);
+                    wbuf_free(&uw[e]);
+                    wbuf_free(&dw[e]);
+                    free(G[e]);
+                    free(U[e]);
+                    free(D[e]);
+                }
+                wbuf *all[] = {&rw, &sg, &su, &sd, &sgw};
+                for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+                    wbuf_free(all[i]);
+                double *dd[] = {R, SG, SU, SD, SGW};
+                for (size_t i = 0; i < sizeof dd / sizeof dd[0]; i++)
+                    free(dd[i]);
+                free(x);
+                b->i->buf_free(b->ctx, dx);
+                b->i->buf_free(b->ctx, dy);
+            }
+    }
+}
+
+/* check_finite / nonfinite_take: the first check in queue order that finds
+ * a NaN or infinity keeps its tag, its lowest index and the value; the
+ * take clears it; a large vector (many blocks) gives its lowest index. */
+static void test_deferred_nonfinite(void **st) {
+    (void)st;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        assert_true(!b->i->check_finite == !b->i->nonfinite_take);
+        if (!b->i->check_finite) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        enum { N = 5000, BIG = 1 << 20 };
+        int32_t tag;
+        int64_t at;
+        float v;
+        float *h = rvec(BIG);
+        void *clean = dev(b, h, N * 4), *bad = dev(b, h, N * 4), *bad2 = dev(b, h, N * 4), *big = dev(b, h, BIG * 4);
+        const float nan = NAN, ninf = -INFINITY;
+        b->i->upload(b->ctx, (float *)bad + 4000, &nan, 4);
+        b->i->upload(b->ctx, (float *)bad + 2500, &ninf, 4);
+        b->i->upload(b->ctx, (float *)bad2 + 10, &nan, 4);
+        b->i->upload(b->ctx, (float *)big + 900000, &nan, 4);
+        b->i->upload(b->ctx, (float *)big + 777777, &ninf, 4);
+        b->i->check_finite(b->ctx, clean, N, 1);
+        assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+        b->i->check_finite(b->ctx, clean, N, 1);
+        b->i->check_finite(b->ctx, bad, N, 2);
+        b->i->check_finite(b->ctx, bad2, N, 3);
+        assert_true(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+        assert_int_equal(tag, 2);
+        assert_int_equal(at, 2500);
+        assert_true(isinf(v) && v < 0);
+        assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+        b->i->check_finite(b->ctx, bad2, N, 3);
+        b->i->check_finite(b->ctx, big, BIG, 4);
+        assert_true(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+        assert_int_equal(tag, 3);
+        assert_int_equal(at, 10);
+        assert_true(isnan(v));
+        b->i->check_finite(b->ctx, clean, N, 5);
+        b->i->check_finite(b->ctx, big, BIG, 6);
+        assert_true(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+        assert_int_equal(tag, 6);
+        assert_int_equal(at, 777777);
+        assert_true(isinf(v));
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        void *bufs[] = {clean, bad, bad2, big};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        free(h);
+    }
+}
+
+/* step_begin / step_end (off until mk_backend_cuda_set_graphs turns them
+ * on): recorded slots run at step_end (and only then),
+ * twice with other arguments (the graph updated in place), a refused host
+ * round trip inside a recording makes step_end false with nothing run, and
+ * a dropped recording runs nothing. The CPU backend records nothing. */
+static void test_step_recording(void **st) {
+    (void)st;
+    enum { R = 96, C = 128 };
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        assert_true(!b->i->step_begin == !b->i->step_end);
+        if (!b->i->step_begin) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        wbuf wb;
+        make_w(&wb, 2, R, C);
+        double *W = deq(&wb.w);
+        float *x = rvec(2 * C), *y0 = rvec(2 * R);
+        void *dx = dev(b, x, 2 * C * 4), *dy = dev(b, y0, 2 * R * 4), *dz = dev(b, NULL, 2 * R * 4);
+        b->i->matmul(b->ctx, &wb.w, dx, 1, dz); /* first use (upload) outside any recording */
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        assert_false(b->i->step_begin(b->ctx)); /* off by default */
+        mk_backend_cuda_set_graphs(b->b, true);
+        for (int rep = 0; rep < 3; rep++) { /* rows rep%2 of x, y: other arguments each time */
+            const int64_t o = rep % 2;
+            assert_true(b->i->step_begin(b->ctx));
+            b->i->matmul(b->ctx, &wb.w, (float *)dx + o * C, 1, (float *)dz + o * R);
+            b->i->axpy(b->ctx, (float *)dy + o * R, 2.0f, (float *)dz + o * R, R);
+            assert_true(b->i->step_end(b->ctx, true));
+            float *y = back(b, dy, 2 * R * 4);
+            double ref[R];
+            for (int64_t r = 0; r < R; r++) {
+                double a = 0;
+                for (int64_t c = 0; c < C; c++)
+                    a += W[r * C + c] * x[o * C + c];
+                ref[r] = y0[o * R + r] + 2.0 * a;
+            }
+            check_rel(b->name, "recorded step (matmul + axpy)", y + o * R, ref, R, TOL_DOT);
+            for (int64_t r = 0; r < R; r++) /* the other row untouched */
+                assert_true(y[(1 - o) * R + r] == y0[(1 - o) * R + r]);
+            memcpy(y0 + o * R, y + o * R, R * 4); /* the next time this row is updated again */
+            free(y);
+        }
+        /* a download inside a recording: refused, nothing of the step ran */
+        float junk[4];
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->axpy(b->ctx, dy, 1.0f, dz, R);
+        b->i->download(b->ctx, junk, dz, sizeof junk);
+        assert_false(b->i->step_end(b->ctx, true));
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        float *y = back(b, dy, 2 * R * 4);
+        assert_memory_equal(y, y0, 2 * R * 4);
+        free(y);
+        /* a dropped recording runs nothing */
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->axpy(b->ctx, dy, 1.0f, dz, R);
+        assert_false(b->i->step_end(b->ctx, false));
+        y = back(b, dy, 2 * R * 4);
+        assert_memory_equal(y, y0, 2 * R * 4);
+        free(y);
+        int built, updated;
+        mk_backend_cuda_graph_stats(b->b, &built, &updated);
+        assert_true(built >= 1 && built + updated >= 3);
+        mk_backend_cuda_set_graphs(b->b, false);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dy);
+        b->i->buf_free(b->ctx, dz);
+        forget_w(b, &wb);
+        wbuf_free(&wb);
+        free(W);
+        free(x);
+        free(y0);
+    }
+}
 
 static int setup(void **st) {
     (void)st;
@@ -1116,6 +1433,8 @@ int main(void) {
         cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
+        cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_deferred_nonfinite),
+        cmocka_unit_test(test_step_recording),     /* optional slots: CUDA has them, CPU skips */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
     };
     /* the whole table once per CPU kernel path this machine has (ref, avx2,

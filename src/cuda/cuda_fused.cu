@@ -1,0 +1,253 @@
+/* The CUDA backend's fused MoE slot (mk_backend_i.moe): a whole MoE layer
+ * for one decode token as the three kernels of mk_cuda_moe_step (router +
+ * routing, gathered gate/up + SwiGLU, gathered down + weighted combine +
+ * shared expert), so the routing never leaves the device and nothing
+ * waits for it.
+ *
+ * The step's kernels read the routed experts from MLX's stacked layout
+ * ([E*I, H] gate and up, [E*H, I] down). Checkpoints store experts either
+ * way (per-expert tensors in Hugging Face layouts, stacked in MLX ones), so
+ * on a layer's first call the backend copies its experts into stacked
+ * device slabs of its own (expert e's rows, scales and biases at slot e)
+ * and enters every expert's host view into the weight map as an alias of
+ * its slot: the general path (prefill, several tokens) then computes with
+ * the same device bytes, and no expert is uploaded twice. The layer's
+ * device description (mk_cuda_moe) and its workspace are kept per layer,
+ * keyed by the host experts array; the host memory behind the views must
+ * not change while the backend lives (backend.h's contract for this slot)
+ * unless mk_backend_cuda_forget drops it: forgetting any expert's data
+ * drops its whole layer (its slabs and every expert's alias into them).
+ *
+ * The slot declines (returns false, nothing queued) when the step does not
+ * take the layer: a weight format other than f32/bf16/f16/affine 4/8-bit,
+ * experts of mixed formats, odd intermediate sizes, more than 1024 experts
+ * or top_k over 32, DeepSeek-V3's grouped routing or selection bias, or
+ * more than one token. A declined layer is remembered so the check is not
+ * repeated. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_backend.cuh"
+#include "cuda/mk_cuda.h"
+
+extern "C" {
+#include "core/alloc.h"
+}
+
+struct mkb_moe_layer {
+    const mk_expert *experts; /* the key */
+    int E;
+    bool ok;               /* the step takes this layer */
+    void *slab[3][3];      /* gate, up, down: data, scales, biases (device, owned) */
+    size_t bytes;
+    mk_cuda_moe m;         /* device views */
+    mk_cuda_moe_ws *ws;
+    mkb_moe_layer *next;
+};
+
+static const mk_wt *part_of(const mk_expert *x, int p) {
+    return p == 0 ? &x->gate : p == 1 ? &x->up : &x->down;
+}
+
+void mkb_moe_free(mkb_ctx *c) {
+    for (mkb_moe_layer *l = c->moe_layers, *nx; l; l = nx) {
+        nx = l->next;
+        for (int p = 0; p < 3; p++)
+            for (int q = 0; q < 3; q++)
+                mk_cuda_free(l->slab[p][q]);
+        mk_cuda_moe_ws_free(l->ws);
+        free(l);
+    }
+    c->moe_layers = NULL;
+}
+
+void mkb_moe_forget(mkb_ctx *c, const void *host_data) {
+    for (mkb_moe_layer **pp = &c->moe_layers; *pp;) {
+        mkb_moe_layer *l = *pp;
+        bool hit = false;
+        for (int e = 0; e < l->E && !hit; e++)
+            for (int p = 0; p < 3; p++)
+                hit |= part_of(&l->experts[e], p)->data == host_data;
+        if (!hit) {
+            pp = &l->next;
+            continue;
+        }
+        *pp = l->next;
+        for (int e = 0; e < l->E; e++) /* no view may map into the slabs freed next */
+            for (int p = 0; p < 3; p++)
+                mkb_weight_unalias(c, part_of(&l->experts[e], p));
+        if (l->ok)
+            c->bytes -= l->bytes;
+        l->next = NULL;
+        mkb_moe_layer *keep = c->moe_layers;
+        c->moe_layers = l; /* free just this one */
+        mkb_moe_free(c);
+        c->moe_layers = keep;
+    }
+}
+
+/* Same storage (format, shape, scale layout) as the first expert's view. */
+static bool same_kind(const mk_wt *a, const mk_wt *b) {
+    return a->fmt == b->fmt && a->rows == b->rows && a->cols == b->cols && a->sdtype == b->sdtype &&
+           a->bits == b->bits && a->group == b->group && a->block_r == b->block_r && a->block_c == b->block_c &&
+           a->global_scale == b->global_scale && !a->scales == !b->scales && !a->biases == !b->biases;
+}
+
+/* Stack part p (0 gate, 1 up, 2 down) of the E experts into device slabs,
+ * alias every expert's view to its slot and describe the whole stack in
+ * *dev. MK_E_UNSUPPORTED (nothing kept) when the experts differ in storage
+ * or the step does not take the format. */
+static mk_status stack_part(mkb_ctx *c, mkb_moe_layer *l, int p, mk_wt *dev) {
+    const mk_wt *w0 = part_of(&l->experts[0], p);
+    if (!mk_cuda_wt_supported(w0))
+        return mk_err(MK_E_UNSUPPORTED, "fused moe: expert format %d (bits %d) not taken", (int)w0->fmt, w0->bits);
+    for (int e = 1; e < l->E; e++)
+        if (!same_kind(part_of(&l->experts[e], p), w0))
+            return mk_err(MK_E_UNSUPPORTED, "fused moe: expert %d is stored unlike expert 0", e);
+    const size_t nd = (size_t)w0->rows * mk_wt_row_bytes(w0), ns = mkb_scale_bytes(w0);
+    const size_t nb = w0->fmt == MK_WF_AFFINE ? ns : 0;
+    const size_t sz[3] = {nd, w0->scales ? ns : 0, w0->biases ? nb : 0};
+    for (int q = 0; q < 3; q++)
+        if (sz[q])
+            MK_TRY(mk_cuda_malloc(&l->slab[p][q], sz[q] * (size_t)l->E, "a fused MoE layer's expert slab"));
+    for (int e = 0; e < l->E; e++) {
+        const mk_wt *w = part_of(&l->experts[e], p);
+        const void *src[3] = {w->data, w->scales, w->biases};
+        mk_wt d = *w;
+        const void **dst[3] = {&d.data, &d.scales, &d.biases};
+        for (int q = 0; q < 3; q++) {
+            *dst[q] = NULL;
+            if (!sz[q])
+                continue;
+            char *at = (char *)l->slab[p][q] + (size_t)e * sz[q];
+            MKC_TRY(cudaMemcpyAsync(at, src[q], sz[q], cudaMemcpyHostToDevice, c->s), "copying an expert to the device");
+            *dst[q] = at;
+        }
+        if (!mkb_weight_alias(c, w, &d))
+            return mk_err(MK_E_NOMEM, "fused moe: weight map");
+    }
+    l->bytes += (sz[0] + sz[1] + sz[2]) * (size_t)l->E;
+    *dev = *w0;
+    dev->rows = w0->rows * l->E;
+    dev->data = l->slab[p][0];
+    dev->scales = l->slab[p][1];
+    dev->biases = l->slab[p][2];
+    return MK_OK;
+}
+
+/* The device copy of host view w for the step, or NULL. */
+static const mk_wt *dev_of(mkb_ctx *c, const mk_wt *w) {
+    const mkb_entry *e = mkb_weight(c, w);
+    return e ? &e->dev : NULL;
+}
+
+/* Build the layer's state; l->ok false (and nothing queued but uploads)
+ * when the step does not take it. Errors other than "not taken" (out of
+ * device memory) are recorded for sync. */
+static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
+    mk_cuda_moe *m = &l->m;
+    if (a->E < 1 || a->k < 1 || a->E > 1024 || a->k > 32 || a->k > a->E)
+        return;
+    const mk_wt *g0 = &a->experts[0].gate;
+    /* formats the step's kernels take (mk_cuda_moe_check below also wants
+     * the shared expert in the routed experts' format) */
+    if (!mk_cuda_wt_supported(g0) || !mk_cuda_wt_supported(a->router) ||
+        (a->sh_gate && (!a->sh_up || !a->sh_down || !mk_cuda_wt_supported(a->sh_gate) ||
+                        !mk_cuda_wt_supported(a->sh_up) || !mk_cuda_wt_supported(a->sh_down))) ||
+        (a->sh_gate_w && (!a->sh_gate || !mk_cuda_wt_supported(a->sh_gate_w))))
+        return;
+    memset(m, 0, sizeof *m);
+    m->hidden = a->H;
+    m->n_experts = a->E;
+    m->top_k = a->k;
+    m->inter = g0->rows;
+    m->score = MK_CUDA_SCORE_SOFTMAX; /* set per call (mkb_moe) */
+    m->scale = 1.0f;
+    const mk_wt *rw = dev_of(c, a->router);
+    if (!rw)
+        return;
+    m->router = *rw;
+    if (a->sh_gate) {
+        const mk_wt *sg = dev_of(c, a->sh_gate), *su = dev_of(c, a->sh_up), *sd = dev_of(c, a->sh_down);
+        if (!sg || !su || !sd)
+            return;
+        m->has_shared = true;
+        m->shared_inter = a->sh_gate->rows;
+        m->sh_gate = *sg;
+        m->sh_up = *su;
+        m->sh_down = *sd;
+        if (a->sh_gate_w) {
+            const mk_wt *gw = dev_of(c, a->sh_gate_w);
+            if (!gw)
+                return;
+            m->has_shared_gate = true;
+            m->sh_gate_w = *gw;
+        }
+    }
+    /* shapes and kinds as the step wants them, before any expert upload */
+    mk_cuda_moe probe = *m;
+    probe.gate = probe.up = *g0;
+    probe.gate.rows = probe.up.rows = g0->rows * a->E;
+    probe.down = a->experts[0].down;
+    probe.down.rows = probe.down.rows * a->E;
+    if (mk_cuda_moe_check(&probe) != MK_OK)
+        return;
+    mk_status s = MK_OK;
+    for (int p = 0; p < 3 && s == MK_OK; p++)
+        s = stack_part(c, l, p, p == 0 ? &m->gate : p == 1 ? &m->up : &m->down);
+    if (s == MK_OK)
+        s = mk_cuda_moe_check(m);
+    if (s == MK_OK)
+        s = mk_cuda_moe_ws_new(m, &l->ws);
+    if (s == MK_OK) {
+        l->ok = true;
+        c->bytes += l->bytes;
+    } else if (s != MK_E_UNSUPPORTED) {
+        mkb_fail(c, mk_err_wrap(s, "CUDA backend: preparing a fused MoE layer"));
+    }
+}
+
+static mkb_moe_layer *layer_of(mkb_ctx *c, const mk_moe_args *a) {
+    for (mkb_moe_layer *l = c->moe_layers; l; l = l->next)
+        if (l->experts == a->experts && l->E == a->E)
+            return l;
+    if (c->recording) { /* its uploads would land in the recording */
+        mkb_fail(c, mk_err(MK_E_INTERNAL, "CUDA backend: a MoE layer's first use while a step is being recorded"));
+        return NULL;
+    }
+    mkb_moe_layer *l = (mkb_moe_layer *)mk_calloc(1, sizeof *l);
+    if (!l) {
+        mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for a fused MoE layer's state"));
+        return NULL;
+    }
+    l->experts = a->experts;
+    l->E = a->E;
+    l->next = c->moe_layers;
+    c->moe_layers = l;
+    if (a->experts && a->E > 0)
+        layer_build(c, l, a);
+    return l;
+}
+
+bool mkb_moe(void *ctx, const mk_moe_args *a) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    /* the layer is prepared (stacked, aliased) on any call, so the general
+     * path of a prefill uses the same device copies as the decode step */
+    mkb_moe_layer *l = layer_of(c, a);
+    if (!l || !l->ok || a->n != 1 || a->k != l->m.top_k)
+        return false;
+    const mk_route_args *r = &a->route;
+    const bool sig = r->kind == MK_ROUTE_GROUPED_SIGMOID;
+    if (sig && (r->bias || r->n_group > 1 || r->topk_group > 1))
+        return false; /* DeepSeek-V3's grouped routing and selection bias: not in the step */
+    if (r->kind != MK_ROUTE_SOFTMAX && !sig)
+        return false;
+    l->m.score = sig ? MK_CUDA_SCORE_SIGMOID : MK_CUDA_SCORE_SOFTMAX;
+    l->m.norm_topk = r->norm;
+    l->m.scale = sig ? r->scale : 1.0f;
+    mk_status s = mk_cuda_moe_step(&l->m, l->ws, a->x, a->y, false, c->s);
+    if (s != MK_OK)
+        mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step"));
+    return true;
+}

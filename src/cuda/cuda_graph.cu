@@ -1,0 +1,82 @@
+/* Step recording for the CUDA backend (mk_backend_i.step_begin / step_end):
+ * the slots a decode step queues between the two are captured from the
+ * backend's stream into a CUDA graph and run as one graph launch, so the
+ * GPU runs the step's ~20 kernels per layer back to back instead of one
+ * host launch each.
+ *
+ * The graph is captured anew every step (a step's kernel arguments change
+ * with the position: cache rows, attention length) and the executable graph
+ * of the previous step is updated in place (cudaGraphExecUpdate, as
+ * llama.cpp does), which succeeds while the step's shape (the sequence of
+ * kernels and their launch geometry) is the same; otherwise a new one is
+ * instantiated. Anything that breaks the recording — a host round trip
+ * (refused by the slots while recording), a weight seen for the first time
+ * (its upload would land in the graph), a failed capture, update or
+ * instantiation — makes step_end return false with nothing of the step
+ * run, and the caller queues the step again unrecorded.
+ *
+ * Off by default (mk_backend_cuda_set_graphs): capturing and updating a
+ * graph of ~1000 nodes every step cost more than launching them on the
+ * 48-layer Qwen3-30B-A3B shape (bench/RESULTS.md 2026-12-03). A graph
+ * replayed without capture (positions read from device memory) is the
+ * form that pays; see docs/CUDA.md. */
+#include "cuda/cuda_backend.cuh"
+
+void mkb_graph_free(mkb_ctx *c) {
+    if (c->exec)
+        (void)cudaGraphExecDestroy(c->exec);
+    c->exec = NULL;
+}
+
+bool mkb_step_begin(void *ctx) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!c->graphs || c->recording || c->err.st != MK_OK)
+        return false; /* an earlier failure is sync's to report, not the recording's */
+    /* relaxed: the slots' host-side lookups may still call the runtime */
+    if (cudaStreamBeginCapture(c->s, cudaStreamCaptureModeRelaxed) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
+    c->recording = true;
+    return true;
+}
+
+bool mkb_step_end(void *ctx, bool run) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!c->recording)
+        return false;
+    c->recording = false;
+    cudaGraph_t g = NULL;
+    cudaError_t e = cudaStreamEndCapture(c->s, &g);
+    bool ok = run && e == cudaSuccess && g && c->err.st == MK_OK;
+    if (ok && c->exec) {
+        cudaGraphExecUpdateResultInfo info;
+        if (cudaGraphExecUpdate(c->exec, g, &info) == cudaSuccess) {
+            c->graph_updates++;
+        } else {
+            (void)cudaGetLastError();
+            mkb_graph_free(c);
+        }
+    }
+    if (ok && !c->exec) {
+        ok = cudaGraphInstantiate(&c->exec, g, 0) == cudaSuccess;
+        if (ok)
+            c->graph_builds++;
+        else
+            c->exec = NULL;
+    }
+    if (ok)
+        ok = cudaGraphLaunch(c->exec, c->s) == cudaSuccess;
+    if (g)
+        (void)cudaGraphDestroy(g);
+    if (!ok) {
+        /* nothing of the step ran: drop what the recording recorded (its
+         * refusals and launch errors recur, and are reported, when the
+         * caller queues the step again unrecorded) */
+        (void)cudaGetLastError();
+        c->err.st = MK_OK;
+        c->err.msg[0] = '\0';
+        mkb_graph_free(c);
+    }
+    return ok;
+}
