@@ -368,17 +368,27 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                 mm->cmd, mm->experts_per_tok, mm->experts_per_tok, k);
     }
     uint64_t weights = mk_model_resident_bytes(m);
+    bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
-            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD;
+            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD + mm->held;
             o.mem_limit = mm->budget > used ? mm->budget - used : 1;
         } else if (!o.mem_limit) {
             o.mem_limit = mk_ecli_mem_available();
         }
-        if (!mm->quiet && mm->budget)
+        if (!mm->quiet && mm->budget && first)
             fprintf(stderr, "moekit %s: model resident (%.2f GiB of weights within the %.2f GiB budget)\n",
                     mm->cmd, gib(weights + mk_model_expert_bytes(m)), gib(mm->budget));
-        return mk_engine_create(m, &o, e);
+        MK_TRY(mk_engine_create(m, &o, e));
+        mm->held += mk_engine_arena_bytes(*e);
+        return MK_OK;
+    }
+    if (mm->store) { /* another engine over the same store: its arena was counted */
+        o.store = mm->store;
+        o.mem_limit = 0;
+        MK_TRY(mk_engine_create(m, &o, e));
+        mm->held += mk_engine_arena_bytes(*e);
+        return MK_OK;
     }
     if (o.backend && !mk_backend_iface(o.backend)->host_mem)
         return mk_err(MK_E_UNSUPPORTED,
@@ -388,7 +398,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       mk_backend_iface(o.backend)->name,
                       mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
     const mk_config *c = mk_model_config(m);
-    uint64_t arena = mk_engine_bytes(m, &o);
+    uint64_t arena = mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1);
     uint64_t slot = mk_expert_store_slot_bytes(m);
     uint64_t fixed = weights + arena + MK_ECLI_OVERHEAD;
     uint64_t least = fixed + (uint64_t)c->num_experts_per_tok * slot;
@@ -430,6 +440,8 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     if (s != MK_OK) {
         mk_expert_store_free(mm->store);
         mm->store = NULL;
+    } else {
+        mm->held += mk_engine_arena_bytes(*e);
     }
     return s;
 }

@@ -74,10 +74,12 @@ typedef struct mk_ecli_mem {
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *pin_profile;   /* --pin-profile */
     const char *cmd;           /* for messages */
+    int engines;               /* engines the budget must hold (serve's slots); 0: one */
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */
     mk_expert_store *store;
+    uint64_t held;             /* arena bytes of the engines created so far */
 } mk_ecli_mem;
 
 #define MK_ECLI_MEM_OPTS                                                                              \
@@ -95,9 +97,12 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine);
 /* Open the model resident or for streaming (see above). */
 mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m);
 /* Create the engine under the budget: streaming sizes the expert cache
- * from what is left after weights, the engine's arena and the overhead
- * (refusing, with the least budget that works, when one token's experts
- * do not fit); resident passes what is left as the engine's mem_limit. */
+ * from what is left after weights, the engines' arenas (mm->engines of
+ * them) and the overhead (refusing, with the least budget that works, when
+ * one token's experts do not fit); resident passes what is left as the
+ * engine's mem_limit. Called again for more engines over the same model
+ * (the server's slots), each borrows the same expert store and the budget
+ * counts the arenas already created. */
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e);
 /* --stats lines: peak_rss_bytes, sanitizer, experts_streamed (0/1), and
  * the expert store's counters when streaming. */
