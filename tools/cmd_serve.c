@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli_flags.h"
 #include "cli_esc.h"
@@ -33,7 +34,7 @@ static void help(FILE *f) {
             "  GET  /metrics                Prometheus text: requests, tokens, latencies, slots\n"
             "Sampling fields: temperature (default 1), top_p, top_k, min_p, max_tokens or\n"
             "max_completion_tokens (default: the rest of the context), stop (up to 4),\n"
-            "seed, presence_penalty, frequency_penalty, repetition_penalty.\n\n"
+            "seed, presence_penalty, frequency_penalty, repetition_penalty, ignore_eos.\n\n"
             "network:\n"
             "  --host ADDR          IPv4 address to listen on (default 127.0.0.1: this machine\n"
             "                       only; 0.0.0.0 exposes the server, give it an --api-key)\n"
@@ -186,6 +187,12 @@ typedef struct serve_state {
 static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     double t0 = now_s();
     fprintf(stderr, "moekit serve: loading %s\n", mk_cli_esc(o->model));
+#ifdef MK_TEST_HOOKS
+    /* tests/cli/serve.sh: a slow load, to see /health say "loading" */
+    const char *delay = getenv("MK_SERVE_LOAD_DELAY_MS");
+    if (delay)
+        usleep((useconds_t)atoi(delay) * 1000);
+#endif
     MK_TRY(mk_ecli_mem_model_open(&o->mm, o->model, &(mk_model_opts){0}, &z->m));
     mk_status st = mk_tok_load(mk_model_dir(z->m), &z->tok);
     if (st != MK_OK)

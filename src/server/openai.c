@@ -19,7 +19,7 @@ static const char *json_ct = "application/json";
 
 /* Serialise j (consumed) into r with code; 500 when out of memory. */
 static void reply_json(srv_reply *r, int code, json_t *j, unsigned long mark) {
-    char *s = j ? mk_json_dumps_checked(j, JSON_COMPACT, mark) : NULL;
+    char *s = j ? mk_json_dumps_checked(j, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
     if (j)
         json_decref(j);
     if (!s) {
@@ -300,6 +300,8 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         p->sp.seed = fresh_seed(s);
     srv_job *j = srv_job_new(ids, np, p->max_tokens, &p->sp, p->stop, p->stop_len, p->nstop);
     free(ids);
+    if (j)
+        j->ignore_eos = p->ignore_eos;
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);
         return;
@@ -392,7 +394,7 @@ void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, 
 
 /* Format one SSE event (consumes o) into st->pend. */
 static bool event(srv_stream *st, json_t *o, unsigned long mark) {
-    char *t = o ? mk_json_dumps_checked(o, JSON_COMPACT, mark) : NULL;
+    char *t = o ? mk_json_dumps_checked(o, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
     if (o)
         json_decref(o);
     if (!t)

@@ -125,6 +125,7 @@ static mk_status parse_sampling(srv_params *p, const json_t *o) {
     if (n != 1)
         return bad(p, "n", "only 1 choice per request is supported, found %lld", n);
     MK_TRY(get_bool(p, o, "stream", &p->stream));
+    MK_TRY(get_bool(p, o, "ignore_eos", &p->ignore_eos));
     json_t *so = field(o, "stream_options");
     if (so) {
         if (!json_is_object(so))

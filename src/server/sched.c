@@ -223,7 +223,7 @@ static void start_job(mk_server *s, srv_job *j) {
     }
     const mk_config *c = mk_model_config(s->m.model);
     st = mk_sampler_create(&j->sp, c->vocab_size, &best->smp);
-    mk_gen_opts go = {.max_tokens = j->max_tokens, .stop = &s->stopset, .sampler = best->smp,
+    mk_gen_opts go = {.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
                       .tok = s->m.tok, .on_token = on_token, .user = best, .cancel = &j->cancel,
                       .cached = best_k, .prefill_step = s->o.prefill_step};
     if (st == MK_OK)

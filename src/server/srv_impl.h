@@ -43,6 +43,7 @@ typedef struct srv_params {
     size_t n_ids;
     bool has_ids;
     bool stream, include_usage, add_special;
+    bool ignore_eos;          /* vLLM's extension: generate past end-of-sequence ids */
     mk_sample_params sp;
     bool seed_given;
     int64_t max_tokens;       /* -1: absent */
@@ -92,6 +93,7 @@ typedef struct srv_job {
     int32_t *prompt;
     int64_t np, max_tokens;
     mk_sample_params sp;
+    bool ignore_eos;
     char *stop[SRV_MAX_STOP];
     size_t stop_len[SRV_MAX_STOP];
     int nstop;
