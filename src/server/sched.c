@@ -259,6 +259,8 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     if (st != MK_OK && j->finish != SRV_FIN_ERROR) {
         snprintf(j->err, sizeof j->err, "%s", mk_err_msg());
         j->finish = SRV_FIN_ERROR;
+    } else if (j->finish == SRV_RUNNING && j->cancel) { /* caught by the loop or before a step */
+        j->finish = SRV_FIN_CANCEL;
     } else if (j->finish == SRV_RUNNING) {
         j->finish = r.reason == MK_GEN_STOP_ID ? SRV_FIN_STOP
                     : r.reason == MK_GEN_STOP_CANCELLED ? (j->cancel ? SRV_FIN_CANCEL : SRV_FIN_ERROR)
