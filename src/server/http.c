@@ -191,6 +191,9 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         cn->fd = ci ? ci->connect_fd : -1;
         *con_cls = cn;
+        pthread_mutex_lock(&s->mu);
+        s->inflight++;
+        pthread_mutex_unlock(&s->mu);
         const char *cl = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strtoull(cl, NULL, 10) > s->o.max_body)
             cn->too_big = true;
@@ -222,16 +225,38 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
 
 static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                          enum MHD_RequestTerminationCode toe) {
-    (void)cls, (void)c, (void)toe;
+    (void)c, (void)toe;
+    mk_server *s = cls;
     conn *cn = *con_cls;
     if (cn) {
         free(cn->body);
         free(cn);
+        pthread_mutex_lock(&s->mu);
+        s->inflight--;
+        pthread_cond_broadcast(&s->idle_cv);
+        pthread_mutex_unlock(&s->mu);
     }
     *con_cls = NULL;
 }
 
 /* ---- lifecycle --------------------------------------------------------------------- */
+
+/* Wait on idle_cv (server mutex held) until done(s) or `end` (monotonic). */
+static void wait_until(mk_server *s, bool (*done)(const mk_server *), double end) {
+    while (!done(s) && srv_now() < end) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += 50 * 1000 * 1000;
+        if (ts.tv_nsec >= 1000000000) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000;
+        }
+        pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts);
+    }
+}
+
+static bool no_jobs(const mk_server *s) { return !s->busy && !s->qlen; }
+static bool no_requests(const mk_server *s) { return !s->inflight; }
 
 static char *dupstr(const char *s) {
     size_t n = strlen(s) + 1;
@@ -315,19 +340,15 @@ void mk_server_shutdown(mk_server *s, double grace_s) {
         close(ls);
     pthread_mutex_lock(&s->mu);
     s->draining = 1;
-    double end = srv_now() + grace_s;
-    while ((s->busy || s->qlen) && srv_now() < end) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 50 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&s->idle_cv, &s->mu, &ts);
-    }
+    wait_until(s, no_jobs, srv_now() + grace_s);
     pthread_mutex_unlock(&s->mu);
     srv_sched_stop(s); /* cancels what is left; connections see their jobs end */
+    /* let the connections send what their jobs ended with (an error event and
+     * [DONE], a 503) before the sockets close; a client that does not read
+     * gets 2 s */
+    pthread_mutex_lock(&s->mu);
+    wait_until(s, no_requests, srv_now() + 2.0);
+    pthread_mutex_unlock(&s->mu);
     MHD_stop_daemon(s->daemon);
     s->daemon = NULL;
 }

@@ -136,6 +136,7 @@ struct mk_server {
     pthread_cond_t sched_cv, idle_cv;
     srv_slot *slots;
     int nslots, busy;
+    int inflight;              /* requests between their headers and their completion */
     srv_job **queue;           /* FIFO ring [queue_cap] */
     int qhead, qlen, queue_cap;
     bool sched_started, quit;

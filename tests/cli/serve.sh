@@ -179,7 +179,7 @@ r=$(api /v1/chat/completions "$turn2")
 # ---- a full queue is 429; a client gone mid-stream frees its slot ---------------------------
 # (this server: 1 slot, queue 1; long generations via ignore_eos)
 kill "$SPID"; wait "$SPID" 2>/dev/null || true
-start_server "$T/log3" --parallel 1 --queue 1 --api-key "$KEY"
+start_server "$T/log3" --parallel 1 --queue 1 --api-key "$KEY" --grace 0.3
 wait_ready
 long='{"prompt":"x","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}'
 curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" -d "$long" > "$T/long1" &
@@ -196,6 +196,13 @@ for _ in $(seq 100); do [ "$(metric moekit_slots_busy)" = 0 ] && [ "$(metric moe
 [ "$(metric moekit_slots_busy)" = 0 ] || fail "the slot was not freed after the client left"
 [ "$(metric moekit_requests_cancelled_total)" -ge 1 ] || fail "no cancellation counted"
 grep -q '"text"' "$T/long1" || fail "the first stream sent nothing before it was cut"
+# a non-streamed request whose client gives up is cancelled too
+c0=$(metric moekit_requests_cancelled_total)
+curl -s -m 0.5 -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" \
+    -d '{"prompt":"x","max_tokens":4000,"temperature":0,"ignore_eos":true}' > /dev/null || true
+for _ in $(seq 100); do [ "$(metric moekit_slots_busy)" = 0 ] && break; sleep 0.05; done
+[ "$(metric moekit_slots_busy)" = 0 ] || fail "the slot was not freed after a non-streaming client left"
+[ "$(metric moekit_requests_cancelled_total)" -gt "$c0" ] || fail "the abandoned request was not cancelled"
 r=$(api /v1/completions '{"prompt":"Return the","max_tokens":8,"temperature":0}')
 [ "$(echo "$r" | code)" = 200 ] || fail "after the disconnects: $r"
 
@@ -275,8 +282,22 @@ r=$(api /tokenize '{"content":"Return the"}')
 r=$(api /detokenize '{"tokens":[407,268]}')
 [ "$(echo "$r" | body)" = '{"content":"Return the"}' ] || fail "detokenize: $r"
 
+# SIGTERM with a stream running (--grace 0.3): the stream ends with an error
+# event and [DONE], the server exits 0
+curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" -d "$long" > "$T/long3" &
+L3=$!
+for _ in $(seq 100); do [ "$(metric moekit_slots_busy)" = 1 ] && break; sleep 0.05; done
+kill -TERM "$SPID"
+set +e
+wait "$SPID"
+rc=$?
+set -e
+wait "$L3" || true
+[ $rc = 0 ] || { cat "$T/log3" >&2; fail "SIGTERM during a stream: exit $rc"; }
+grep -q '^data: {"error":' "$T/long3" && [ "$(tail -n 2 "$T/long3" | head -n 1)" = "data: [DONE]" ] ||
+    fail "the stream cut by shutdown: $(tail -c 300 "$T/long3")"
+
 # ---- the main server: still healthy; a second round does not grow memory ----------------------
-kill "$SPID"; wait "$SPID" 2>/dev/null || true
 PORT=$P1
 SPID=$S1
 r=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")
