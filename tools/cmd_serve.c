@@ -309,7 +309,7 @@ static mk_status serve_main(serve_opts *o) {
 }
 
 int cmd_serve(int argc, char **argv) {
-    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .mm = {.cmd = "serve"}};
+    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .mm = {.cmd = "serve", .no_trace = true}};
     int rc = parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

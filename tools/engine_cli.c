@@ -412,7 +412,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       c->num_experts_per_tok, gib((uint64_t)c->num_experts_per_tok * slot),
                       (unsigned long long)least, gib(least));
     mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
-                         .direct = !mm->buffered, .record_trace = true};
+                         .direct = !mm->buffered, .record_trace = !mm->no_trace};
     int *pl = NULL, *pe = NULL;
     if (mm->pin_profile) {
         int cap = (int)(so.cache_bytes / slot / 2);

@@ -71,6 +71,8 @@ typedef struct mk_ecli_mem {
     bool buffered;             /* --buffered (O_DIRECT is the default) */
     bool force_stream;         /* --stream-experts */
     bool quiet;                /* no startup line */
+    bool no_trace;             /* do not record expert accesses for Belady's bound (a server
+                                  runs for ever: the trace would grow to its cap, 512 MiB) */
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *pin_profile;   /* --pin-profile */
     const char *cmd;           /* for messages */

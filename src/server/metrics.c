@@ -94,7 +94,7 @@ static void gauge(sbuf *b, const char *name, const char *help, double v) {
     put(b, "# HELP %s %s\n# TYPE %s gauge\n%s %g\n", name, help, name, name, v);
 }
 
-char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued, const mk_expert_store *store) {
+char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued) {
     static const char *codes[6] = {"2xx", "400", "401", "404", "429_413", "5xx"};
     sbuf b = {0};
     pthread_mutex_lock(&m->mu);
@@ -113,17 +113,15 @@ char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued, const 
             m->cancelled);
     hist(&b, "moekit_time_to_first_token_seconds", "from request to its first token", &m->ttft);
     hist(&b, "moekit_time_per_output_token_seconds", "between consecutive tokens of a request", &m->itl);
+    if (m->streaming) {
+        gauge(&b, "moekit_expert_cache_hit_rate", "streamed experts found in the cache",
+              m->ex_uses ? (double)m->ex_hits / (double)m->ex_uses : 0.0);
+        counter(&b, "moekit_expert_bytes_read_total", "expert bytes read from disk", m->ex_bytes);
+    }
     pthread_mutex_unlock(&m->mu);
     gauge(&b, "moekit_slots_total", "slots (sequences served at once)", slots);
     gauge(&b, "moekit_slots_busy", "slots generating now", busy);
     gauge(&b, "moekit_queue_length", "requests waiting for a slot", queued);
-    if (store) {
-        mk_expert_stats st;
-        mk_expert_store_stats(store, &st);
-        gauge(&b, "moekit_expert_cache_hit_rate", "streamed experts found in the cache",
-              st.uses ? (double)st.hits / (double)st.uses : 0.0);
-        counter(&b, "moekit_expert_bytes_read_total", "expert bytes read from disk", st.bytes_read);
-    }
     if (b.nomem) {
         free(b.p);
         return NULL;

@@ -85,7 +85,7 @@ void srv_handle_metrics(mk_server *s, srv_reply *r) {
     pthread_mutex_lock(&s->mu);
     int busy = s->busy, queued = s->qlen;
     pthread_mutex_unlock(&s->mu);
-    char *t = srv_metrics_render(&s->metrics, s->nslots, busy, queued, s->m.store);
+    char *t = srv_metrics_render(&s->metrics, s->nslots, busy, queued);
     if (!t) {
         srv_error(r, 503, "server_error", NULL, "out of memory rendering the metrics");
         return;

@@ -34,6 +34,7 @@ srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
     srv_job *j = mk_calloc(1, sizeof *j);
     if (!j)
         return NULL;
+    pthread_cond_init(&j->cv, NULL);
     j->prompt = mk_malloc((size_t)np * sizeof *j->prompt);
     bool ok = j->prompt != NULL;
     for (int i = 0; ok && i < nstop; i++) {
@@ -55,7 +56,6 @@ srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
     j->max_tokens = max_tokens;
     j->sp = *sp;
     j->refs = 1;
-    pthread_cond_init(&j->cv, NULL);
     j->t_submit = srv_now();
     return j;
 }
@@ -63,8 +63,7 @@ srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
 void srv_job_unref_locked(srv_job *j) {
     if (!j || --j->refs > 0)
         return;
-    if (j->prompt) /* constructed: cv initialised */
-        pthread_cond_destroy(&j->cv);
+    pthread_cond_destroy(&j->cv);
     for (int i = 0; i < j->nstop; i++)
         free(j->stop[i]);
     free(j->prompt);
@@ -322,6 +321,16 @@ static void *sched_main(void *arg) {
             pthread_mutex_lock(&s->mu);
             if (done || st != MK_OK)
                 end_job(s, sl, st);
+        }
+        if (s->m.store) { /* the store is the scheduler's: /metrics reads this copy */
+            mk_expert_stats es;
+            mk_expert_store_stats(s->m.store, &es);
+            pthread_mutex_lock(&s->metrics.mu);
+            s->metrics.streaming = true;
+            s->metrics.ex_uses = es.uses;
+            s->metrics.ex_hits = es.hits;
+            s->metrics.ex_bytes = es.bytes_read;
+            pthread_mutex_unlock(&s->metrics.mu);
         }
         pthread_cond_broadcast(&s->idle_cv);
     }

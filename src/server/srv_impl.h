@@ -75,6 +75,8 @@ typedef struct srv_metrics {
     uint64_t req_by_code[6]; /* 2xx, 400, 401/403, 404/405, 413/429, 5xx */
     uint64_t prompt_tokens, gen_tokens, cache_hits, cache_tokens, cancelled;
     srv_hist ttft, itl; /* time to first token; time between tokens */
+    bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
+    uint64_t ex_uses, ex_hits, ex_bytes;
 } srv_metrics;
 
 void srv_metrics_init(srv_metrics *m);
@@ -82,7 +84,7 @@ void srv_metrics_destroy(srv_metrics *m);
 void srv_metrics_request(srv_metrics *m, int http_code);
 void srv_metrics_observe(srv_hist *h, srv_metrics *m, double seconds);
 /* Prometheus text of the metrics plus the slot gauges; malloc'd. */
-char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued, const mk_expert_store *store);
+char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued);
 
 /* ---- sched.c -------------------------------------------------------------- */
 

@@ -167,14 +167,18 @@ cached=$(echo "$r" | jnum cached_tokens)
 [ "$cached" -gt 30 ] || fail "turn 2 reused $cached tokens of the history: $r"
 [ "$(metric moekit_prompt_cache_hits_total)" -gt "$hits0" ] || fail "no prompt-cache hit counted"
 t2=$(echo "$r" | body | jstr content)
-# the same turn on a server without that history (a fresh one)
+# the same turn on a server without that history (a fresh one, streaming its
+# experts from the checkpoint: the same answer, and /metrics shows the cache)
 P1=$PORT
 S1=$SPID
-start_server "$T/log2" --parallel 1 --api-key "$KEY"
+start_server "$T/log2" --parallel 1 --api-key "$KEY" --stream-experts
 wait_ready
 r=$(api /v1/chat/completions "$turn2")
 [ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache: $r"
 [ "$(echo "$r" | body | jstr content)" = "$t2" ] || fail "turn 2 with the cache differs from without: '$t2' vs $r"
+hr=$(metric moekit_expert_cache_hit_rate)
+[ -n "$hr" ] && awk -v h="$hr" 'BEGIN { exit !(h > 0 && h <= 1) }' || fail "expert cache hit rate: '$hr'"
+[ "$(metric moekit_expert_bytes_read_total)" -gt 0 ] || fail "no expert bytes read"
 
 # ---- a full queue is 429; a client gone mid-stream frees its slot ---------------------------
 # (this server: 1 slot, queue 1; long generations via ignore_eos)
