@@ -209,8 +209,8 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
                       "the model has no chat template that moekit recognises: use /v1/completions");
             return false;
         }
-        st = mk_chat_encode(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, MK_CHAT_GENERATION_PROMPT,
-                            ids, &n);
+        unsigned fl = MK_CHAT_GENERATION_PROMPT | (p->no_thinking ? MK_CHAT_NO_THINKING : 0);
+        st = mk_chat_encode(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, fl, ids, &n);
     } else if (p->has_ids) {
         int64_t V = mk_model_config(s->m.model)->vocab_size;
         for (size_t i = 0; i < p->n_ids; i++)

@@ -221,6 +221,20 @@ static mk_status parse_content(srv_params *p, size_t i, const json_t *msg, const
     return MK_OK;
 }
 
+/* chat_template_kwargs (vLLM, llama.cpp): only enable_thinking is read. */
+static mk_status parse_template_kwargs(srv_params *p, const json_t *o) {
+    json_t *k = field(o, "chat_template_kwargs");
+    if (!k)
+        return MK_OK;
+    if (!json_is_object(k))
+        return bad(p, "chat_template_kwargs", "expected an object, found %s", type_name(k));
+    json_t *t = field(k, "enable_thinking");
+    if (t && !json_is_boolean(t))
+        return bad(p, "chat_template_kwargs.enable_thinking", "expected a boolean, found %s", type_name(t));
+    p->no_thinking = t && json_is_false(t);
+    return MK_OK;
+}
+
 static mk_status parse_messages(srv_params *p, const json_t *o) {
     json_t *ms = json_object_get(o, "messages");
     if (!ms || json_is_null(ms))
@@ -319,6 +333,7 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
     switch (kind) {
     case SRV_CHAT:
         MK_TRY(parse_sampling(p, p->root));
+        MK_TRY(parse_template_kwargs(p, p->root));
         return parse_messages(p, p->root);
     case SRV_COMPLETION:
         MK_TRY(parse_sampling(p, p->root));

@@ -44,6 +44,7 @@ typedef struct srv_params {
     bool has_ids;
     bool stream, include_usage, add_special;
     bool ignore_eos;          /* vLLM's extension: generate past end-of-sequence ids */
+    bool no_thinking;         /* chat_template_kwargs.enable_thinking: false (qwen3 templates) */
     mk_sample_params sp;
     bool seed_given;
     int64_t max_tokens;       /* -1: absent */

@@ -183,7 +183,7 @@ hr=$(metric moekit_expert_cache_hit_rate)
 # ---- a full queue is 429; a client gone mid-stream frees its slot ---------------------------
 # (this server: 1 slot, queue 1; long generations via ignore_eos)
 kill "$SPID"; wait "$SPID" 2>/dev/null || true
-start_server "$T/log3" --parallel 1 --queue 1 --api-key "$KEY" --grace 0.3
+start_server "$T/log3" --parallel 1 --queue 1 --api-key "$KEY" --grace 0.3 --template qwen3
 wait_ready
 long='{"prompt":"x","max_tokens":4000,"temperature":0,"ignore_eos":true,"stream":true}'
 curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" -d "$long" > "$T/long1" &
@@ -253,6 +253,8 @@ expect_err 400 frequency_penalty $C "{$U,\"frequency_penalty\":-3}"
 expect_err 400 repetition_penalty $C "{$U,\"repetition_penalty\":0}"
 expect_err 400 logprobs $C "{$U,\"logprobs\":true}"
 expect_err 400 model $C "{$U,\"model\":5}"
+expect_err 400 chat_template_kwargs $C "{$U,\"chat_template_kwargs\":[]}"
+expect_err 400 chat_template_kwargs.enable_thinking $C "{$U,\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}"
 expect_err 400 prompt /v1/completions '{"prompt":5}'
 expect_err 400 prompt /v1/completions '{"prompt":""}'
 expect_err 400 'prompt[1]' /v1/completions '{"prompt":[1,-2]}'
@@ -280,6 +282,10 @@ r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"<|im_end|>"
 r2=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"max_tokens":1,"temperature":0}')
 [ "$(echo "$r" | jnum prompt_tokens)" -gt "$(echo "$r2" | jnum prompt_tokens)" ] ||
     fail "<|im_end|> in a message was encoded as the special token: $r"
+# this server renders with --template qwen3: enable_thinking false closes an empty think block
+r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"x"}],"max_tokens":1,"temperature":0,"chat_template_kwargs":{"enable_thinking":false}}')
+[ "$(echo "$r" | jnum prompt_tokens)" -gt "$(echo "$r2" | jnum prompt_tokens)" ] ||
+    fail "enable_thinking false did not change the prompt: $r"
 # tokenize / detokenize round trip
 r=$(api /tokenize '{"content":"Return the"}')
 [ "$(echo "$r" | body)" = '{"tokens":[407,268]}' ] || fail "tokenize: $r"
