@@ -154,7 +154,10 @@ static bool on_token(void *user, int32_t id, const char *text, size_t len) {
     pthread_mutex_lock(&s->mu);
     bool ok = grow(&j->text, &j->cap, cut + 1);
     if (ok) {
-        memcpy(j->text + j->len, j->raw + j->len, cut - j->len);
+        /* a stop sequence may begin inside text already held back (it spans
+         * tokens): then the text shrinks; safe never passed its start */
+        if (cut > j->len)
+            memcpy(j->text + j->len, j->raw + j->len, cut - j->len);
         j->len = cut;
         j->text[cut] = 0;
         if (safe > j->safe)

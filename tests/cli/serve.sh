@@ -115,6 +115,12 @@ r=$(api /v1/completions '{"prompt":[407,268],"max_tokens":48,"temperature":0}')
 r=$(api /v1/completions '{"prompt":"Return the","max_tokens":48,"temperature":0,"stop":["zzz"," list"]}')
 [ "$(echo "$r" | body | jstr text)" = " number of elements in the" ] || fail "stop: $r"
 echo "$r" | grep -q '"finish_reason":"stop"' || fail "stop: finish_reason: $r"
+# a stop sequence across tokens (" number" + " of"): nothing of it is sent
+r=$(api /v1/completions '{"prompt":"Return the","max_tokens":48,"temperature":0,"stop":["r of"]}')
+[ "$(echo "$r" | body | jstr text)" = " numbe" ] || fail "stop across tokens: $r"
+curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" \
+    -d '{"prompt":"Return the","max_tokens":48,"temperature":0,"stop":"r of","stream":true}' > "$T/sse"
+[ "$(deltas text < "$T/sse")" = " numbe" ] || fail "streamed stop across tokens: $(cat "$T/sse")"
 curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" \
     -d '{"prompt":"Return the","max_tokens":48,"temperature":0,"stop":" list","stream":true}' > "$T/sse"
 [ "$(deltas text < "$T/sse")" = " number of elements in the" ] || fail "streamed stop: $(cat "$T/sse")"
