@@ -57,6 +57,10 @@ typedef enum mk_gen_stop {
  * back) or NULL without a tokenizer. At the end, with id -1, once more for
  * the held-back bytes when there are any. Return false to cancel. */
 typedef bool (*mk_gen_token_fn)(void *user, int32_t id, const char *text, size_t len);
+/* Called before each token is sampled with the model's logits[vocab] as the
+ * forward pass returned them (before penalties and temperature): log
+ * probabilities for a server. The array is only valid during the call. */
+typedef void (*mk_gen_logits_fn)(void *user, const float *logits, int64_t vocab);
 
 typedef struct mk_gen_opts {
     int64_t max_tokens;          /* > 0 */
@@ -64,6 +68,7 @@ typedef struct mk_gen_opts {
     mk_sampler *sampler;         /* required */
     const mk_tok *tok;           /* NULL: no text in callbacks */
     mk_gen_token_fn on_token;    /* NULL: none */
+    mk_gen_logits_fn on_logits;  /* NULL: none (same user) */
     void *user;
     const volatile int *cancel;  /* NULL, or set non-zero (another thread) to stop */
     int64_t cached;              /* > 0: prompt[0..cached) are already in the engine (a

@@ -70,6 +70,7 @@ struct mk_gen_seq {
     int32_t *hist; /* prompt then generated ids */
     int64_t np, nh, pf; /* prompt length, history length, prompt tokens in the engine */
     float *logits;
+    int64_t V;
     mk_tok_stream *ts;
     bool done;
     mk_gen_stop reason;
@@ -98,6 +99,7 @@ mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk
     }
     s->e = e;
     s->o = *o;
+    s->V = V;
     if (o->tok && o->on_token) {
         mk_status st = mk_tok_stream_create(o->tok, true, &s->ts);
         if (st != MK_OK) {
@@ -123,6 +125,8 @@ static mk_status decode_step(mk_gen_seq *s) {
         s->reason = MK_GEN_STOP_CANCELLED;
         return s->done = true, MK_OK;
     }
+    if (o->on_logits)
+        o->on_logits(o->user, s->logits, s->V);
     int32_t id = mk_sampler_sample(o->sampler, s->logits, s->hist, s->nh);
     if (mk_gen_stopset_has(o->stop, id)) {
         s->reason = MK_GEN_STOP_ID;

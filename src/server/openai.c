@@ -154,11 +154,80 @@ static json_t *usage_json(const srv_job *j) {
 }
 
 /* One choice: a message (chat) or text (completion), or a streamed delta. */
-static json_t *choice_json(srv_kind kind, bool delta, const char *text, size_t len, bool role,
-                           const char *finish) {
-    json_t *t = text ? json_stringn(text, len) : NULL;
-    if (text && !t)
+/* A token's text (decoded alone: a piece of a code point shows as U+FFFD)
+ * and its bytes; NULL when out of memory. */
+static json_t *token_json(mk_server *s, int32_t id, float lp, bool bytes) {
+    char *t = NULL;
+    size_t n = 0;
+    if (mk_tok_decode(s->m.tok, &id, 1, false, &t, &n) != MK_OK)
         return NULL;
+    json_t *o = json_object(), *b = bytes ? json_array() : NULL;
+    json_object_set_new(o, "token", json_stringn(t, n));
+    json_object_set_new(o, "logprob", json_real(lp));
+    for (size_t i = 0; b && i < n; i++)
+        json_array_append_new(b, json_integer((unsigned char)t[i]));
+    if (b)
+        json_object_set_new(o, "bytes", b);
+    free(t);
+    return o;
+}
+
+/* The logprobs of j->lp[from..to) (server mutex held): chat's
+ * {"content":[{token, logprob, bytes, top_logprobs}]}, or the completions
+ * API's {tokens, token_logprobs, top_logprobs, text_offset}. */
+static json_t *lp_json(mk_server *s, srv_kind kind, const srv_job *j, size_t from, size_t to) {
+    json_t *a = json_array();
+    json_t *toks = json_array(), *lps = json_array(), *tops = json_array(), *offs = json_array();
+    for (size_t i = from; i < to; i++) {
+        const srv_lp *e = &j->lp[i];
+        if (kind == SRV_CHAT) {
+            json_t *t = token_json(s, e->id, e->lp, true), *top = json_array();
+            for (int k = 0; k < e->ntop; k++)
+                json_array_append_new(top, token_json(s, e->top_id[k], e->top_lp[k], true));
+            json_object_set_new(t, "top_logprobs", top);
+            json_array_append_new(a, t);
+        } else {
+            json_t *t = token_json(s, e->id, e->lp, false), *top = json_object();
+            json_array_append(toks, json_object_get(t, "token"));
+            json_decref(t);
+            json_array_append_new(lps, json_real(e->lp));
+            for (int k = 0; k < e->ntop; k++) {
+                json_t *tk = token_json(s, e->top_id[k], e->top_lp[k], false);
+                const char *ts = json_string_value(json_object_get(tk, "token"));
+                json_object_set_new(top, ts ? ts : "", json_real(e->top_lp[k]));
+                json_decref(tk);
+            }
+            json_array_append_new(tops, top);
+            json_array_append_new(offs, json_integer((json_int_t)e->start));
+        }
+    }
+    if (kind == SRV_CHAT) {
+        json_decref(toks);
+        json_decref(lps);
+        json_decref(tops);
+        json_decref(offs);
+        return json_pack("{s:o}", "content", a);
+    }
+    json_decref(a);
+    return json_pack("{s:o,s:o,s:o,s:o}", "tokens", toks, "token_logprobs", lps, "top_logprobs", tops,
+                     "text_offset", offs);
+}
+
+/* Entries of j->lp whose text starts before `len` (the text after a stop cut). */
+static size_t lp_upto(const srv_job *j, size_t from, size_t len, bool by_end) {
+    while (from < j->n_lp && (by_end ? j->lp[from].end <= len : j->lp[from].start < len))
+        from++;
+    return from;
+}
+
+static json_t *choice_json(srv_kind kind, bool delta, const char *text, size_t len, bool role,
+                           const char *finish, json_t *logprobs) {
+    json_t *t = text ? json_stringn(text, len) : NULL;
+    if (text && !t) {
+        if (logprobs)
+            json_decref(logprobs);
+        return NULL;
+    }
     json_t *c = json_object();
     json_object_set_new(c, "index", json_integer(0));
     if (kind == SRV_CHAT) {
@@ -171,7 +240,7 @@ static json_t *choice_json(srv_kind kind, bool delta, const char *text, size_t l
     } else {
         json_object_set_new(c, "text", t ? t : json_string(""));
     }
-    json_object_set_new(c, "logprobs", json_null());
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
     json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
     return c;
 }
@@ -300,8 +369,10 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         p->sp.seed = fresh_seed(s);
     srv_job *j = srv_job_new(ids, np, p->max_tokens, &p->sp, p->stop, p->stop_len, p->nstop);
     free(ids);
-    if (j)
+    if (j) {
         j->ignore_eos = p->ignore_eos;
+        j->logprobs = p->logprobs;
+    }
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);
         return;
@@ -353,7 +424,8 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
     }
     unsigned long mark = mk_json_mark();
     json_t *o = envelope(s, p->kind, false, id, created);
-    json_t *c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish));
+    json_t *lp = j->logprobs >= 0 ? lp_json(s, p->kind, j, 0, lp_upto(j, 0, j->len, false)) : NULL;
+    json_t *c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish), lp);
     json_t *u = usage_json(j);
     srv_job_unref_locked(j);
     pthread_mutex_unlock(&s->mu);
@@ -440,7 +512,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
     switch (st->state) {
     case 0:
         st->state = 1;
-        if (event(st, chunk(st, choice_json(st->kind, true, "", 0, true, NULL)), mark))
+        if (event(st, chunk(st, choice_json(st->kind, true, "", 0, true, NULL, NULL)), mark))
             return true;
         st->state = 5;
         return false;
@@ -468,7 +540,10 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
             }
         }
         if (j->safe > st->sent) {
-            json_t *c = choice_json(st->kind, true, j->text + st->sent, j->safe - st->sent, false, NULL);
+            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
+            json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
+            st->lp_sent = to;
+            json_t *c = choice_json(st->kind, true, j->text + st->sent, j->safe - st->sent, false, NULL, lp);
             st->sent = j->safe;
             pthread_mutex_unlock(&s->mu);
             if (event(st, chunk(st, c), mark))
@@ -483,6 +558,9 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
     case 2: {
         pthread_mutex_lock(&s->mu);
         srv_finish f = j->finish;
+        size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->len, false) : st->lp_sent;
+        json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
+        st->lp_sent = to;
         char err[256];
         snprintf(err, sizeof err, "%s", f == SRV_FIN_ERROR ? j->err : "cancelled (the server is shutting down)");
         pthread_mutex_unlock(&s->mu);
@@ -490,9 +568,11 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         if (f == SRV_FIN_ERROR || f == SRV_FIN_CANCEL) {
             o = json_pack("{s:{s:s,s:s,s:n,s:n}}", "error", "message", err, "type", "server_error",
                           "param", "code");
+            if (lp)
+                json_decref(lp);
             st->state = 4;
         } else {
-            o = chunk(st, choice_json(st->kind, true, NULL, 0, false, finish_name(f)));
+            o = chunk(st, choice_json(st->kind, true, NULL, 0, false, finish_name(f), lp));
             st->state = st->include_usage ? 3 : 4;
         }
         if (event(st, o, mark))

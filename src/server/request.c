@@ -136,16 +136,23 @@ static mk_status parse_sampling(srv_params *p, const json_t *o) {
                        type_name(json_object_get(so, "include_usage")));
         p->include_usage = json_is_true(json_object_get(so, "include_usage"));
     }
-    /* logprobs: a boolean for chat, an integer for completions; not served yet */
-    json_t *lp = field(o, "logprobs");
-    if (lp && (json_is_true(lp) || (json_is_integer(lp) && json_integer_value(lp) > 0)))
-        return bad(p, "logprobs", "log probabilities are not supported by this server yet");
-    if (lp && !json_is_boolean(lp) && !json_is_integer(lp))
-        return bad(p, "logprobs", "expected a boolean or an integer, found %s", type_name(lp));
-    long long tl = 0;
-    MK_TRY(get_int(p, o, "top_logprobs", 0, 20, &tl, NULL));
-    if (tl > 0)
-        return bad(p, "top_logprobs", "log probabilities are not supported by this server yet");
+    /* logprobs: chat takes a boolean and top_logprobs (alternatives per
+     * token), completions an integer (the alternatives) */
+    p->logprobs = -1;
+    if (p->kind == SRV_CHAT) {
+        bool want = false, tl_given;
+        long long tl = 0;
+        MK_TRY(get_bool(p, o, "logprobs", &want));
+        MK_TRY(get_int(p, o, "top_logprobs", 0, SRV_MAX_TOP, &tl, &tl_given));
+        if (tl_given && !want)
+            return bad(p, "top_logprobs", "needs \"logprobs\": true");
+        if (want)
+            p->logprobs = (int)tl;
+    } else {
+        long long nlp = -1;
+        MK_TRY(get_int(p, o, "logprobs", 0, SRV_MAX_TOP, &nlp, NULL));
+        p->logprobs = (int)nlp;
+    }
     json_t *st = field(o, "stop");
     if (st) {
         size_t n_st = json_is_array(st) ? json_array_size(st) : 1;

@@ -15,6 +15,7 @@
  *
  * Stop sequences are applied to the text as it is generated: text that
  * could still be the start of a stop sequence is held back (job->safe). */
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -56,6 +57,7 @@ srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
     j->max_tokens = max_tokens;
     j->sp = *sp;
     j->refs = 1;
+    j->logprobs = -1;
     j->t_submit = srv_now();
     return j;
 }
@@ -69,6 +71,7 @@ void srv_job_unref_locked(srv_job *j) {
     free(j->prompt);
     free(j->text);
     free(j->raw);
+    free(j->lp);
     free(j);
 }
 
@@ -116,6 +119,47 @@ static size_t stop_prefix_tail(const srv_job *j, const char *text, size_t len) {
     return hold;
 }
 
+/* Before each token is sampled (logprobs only): keep the logits and their
+ * log-sum-exp, the distribution the token's log probability is read from. */
+static void on_logits(void *user, const float *logits, int64_t V) {
+    srv_slot *sl = user;
+    memcpy(sl->raw, logits, (size_t)V * sizeof *logits);
+    float mx = logits[0];
+    for (int64_t i = 1; i < V; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int64_t i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
+    sl->lse = mx + log(sum);
+}
+
+/* The entry of token id: its log probability and the best alternatives
+ * (descending, lowest id first on ties). */
+static void lp_entry(const srv_slot *sl, int ntop, int32_t id, srv_lp *e) {
+    int64_t V = mk_model_config(sl->srv->m.model)->vocab_size;
+    e->id = id;
+    e->lp = (float)(sl->raw[id] - sl->lse);
+    e->ntop = 0;
+    for (int64_t v = 0; ntop > 0 && v < V; v++) { /* insertion into a sorted list of at most ntop */
+        float x = sl->raw[v];
+        int k = e->ntop;
+        if (k == ntop && !(x > sl->raw[e->top_id[k - 1]]))
+            continue;
+        if (k < ntop)
+            e->ntop++;
+        else
+            k--;
+        while (k > 0 && x > sl->raw[e->top_id[k - 1]]) {
+            e->top_id[k] = e->top_id[k - 1];
+            k--;
+        }
+        e->top_id[k] = (int32_t)v;
+    }
+    for (int k = 0; k < e->ntop; k++)
+        e->top_lp[k] = (float)(sl->raw[e->top_id[k]] - sl->lse);
+}
+
 /* The generation loop's per-token callback (scheduler thread): append the
  * text, cut it at the first stop sequence (which ends generation), publish
  * what can no longer change. */
@@ -151,8 +195,26 @@ static bool on_token(void *user, int32_t id, const char *text, size_t len) {
         }
     }
     size_t safe = stop ? cut : cut - stop_prefix_tail(j, j->raw, cut);
+    srv_lp e;
+    if (id >= 0 && j->logprobs >= 0) {
+        lp_entry(sl, j->logprobs, id, &e);
+        e.start = before;
+        e.end = j->raw_len;
+    }
     pthread_mutex_lock(&s->mu);
     bool ok = grow(&j->text, &j->cap, cut + 1);
+    if (ok && id >= 0 && j->logprobs >= 0) {
+        if (j->n_lp == j->cap_lp) {
+            size_t nc = j->cap_lp ? 2 * j->cap_lp : 64;
+            srv_lp *nl = mk_realloc(j->lp, nc * sizeof *nl);
+            if ((ok = nl != NULL)) {
+                j->lp = nl;
+                j->cap_lp = nc;
+            }
+        }
+        if (ok)
+            j->lp[j->n_lp++] = e;
+    }
     if (ok) {
         /* a stop sequence may begin inside text already held back (it spans
          * tokens): then the text shrinks; safe never passed its start */
@@ -225,7 +287,10 @@ static void start_job(mk_server *s, srv_job *j) {
     }
     const mk_config *c = mk_model_config(s->m.model);
     st = mk_sampler_create(&j->sp, c->vocab_size, &best->smp);
-    mk_gen_opts go = {.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
+    if (st == MK_OK && j->logprobs >= 0 && !best->raw &&
+        !(best->raw = mk_malloc((size_t)c->vocab_size * sizeof *best->raw)))
+        st = mk_err(MK_E_NOMEM, "no memory for the logits of a logprobs request (%d floats)", c->vocab_size);
+    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL,.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
                       .tok = s->m.tok, .on_token = on_token, .user = best, .cancel = &j->cancel,
                       .cached = best_k, .prefill_step = s->o.prefill_step};
     if (st == MK_OK)
@@ -377,8 +442,10 @@ void srv_sched_stop(mk_server *s) {
     if (s->sched_started)
         pthread_join(s->sched, NULL);
     s->sched_started = false;
-    for (int i = 0; s->slots && i < s->nslots; i++)
+    for (int i = 0; s->slots && i < s->nslots; i++) {
         free(s->slots[i].cache);
+        free(s->slots[i].raw);
+    }
     free(s->slots);
     s->slots = NULL;
     s->nslots = 0;

@@ -24,6 +24,7 @@
 
 #define SRV_MAX_STOP 4        /* OpenAI's limit on stop sequences */
 #define SRV_MAX_STOP_LEN 256  /* bytes per stop sequence */
+#define SRV_MAX_TOP 20        /* OpenAI's limit on top_logprobs */
 
 /* ---- request.c ------------------------------------------------------------ */
 
@@ -45,6 +46,7 @@ typedef struct srv_params {
     bool stream, include_usage, add_special;
     bool ignore_eos;          /* vLLM's extension: generate past end-of-sequence ids */
     bool no_thinking;         /* chat_template_kwargs.enable_thinking: false (qwen3 templates) */
+    int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
     mk_sample_params sp;
     bool seed_given;
     int64_t max_tokens;       /* -1: absent */
@@ -91,12 +93,23 @@ char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued);
 
 typedef enum srv_finish { SRV_RUNNING = 0, SRV_FIN_STOP, SRV_FIN_LENGTH, SRV_FIN_CANCEL, SRV_FIN_ERROR } srv_finish;
 
+/* One generated token's log probability and its best alternatives. */
+typedef struct srv_lp {
+    int32_t id;
+    float lp;
+    size_t start, end;         /* its text in job->text (before a stop cut) */
+    int ntop;
+    int32_t top_id[SRV_MAX_TOP];
+    float top_lp[SRV_MAX_TOP];
+} srv_lp;
+
 typedef struct srv_job {
     /* input (immutable once queued) */
     int32_t *prompt;
     int64_t np, max_tokens;
     mk_sample_params sp;
     bool ignore_eos;
+    int logprobs;              /* -1: off; else alternatives per token */
     char *stop[SRV_MAX_STOP];
     size_t stop_len[SRV_MAX_STOP];
     int nstop;
@@ -106,6 +119,8 @@ typedef struct srv_job {
     char *raw;                 /* scheduler only: everything generated */
     size_t raw_len, raw_cap;
     int64_t n_gen, n_cached;
+    srv_lp *lp;                /* [n_lp] when logprobs >= 0 */
+    size_t n_lp, cap_lp;
     srv_finish finish;
     char err[256];
     volatile int cancel;       /* the client is gone, or shutdown */
@@ -123,6 +138,8 @@ typedef struct srv_slot {
     srv_job *job;              /* NULL: free */
     mk_gen_seq *seq;
     mk_sampler *smp;
+    float *raw;                /* logprobs: the logits the token is sampled from [vocab] */
+    double lse;                /* their log-sum-exp */
     uint64_t last_used;
 } srv_slot;
 
@@ -174,6 +191,7 @@ typedef struct srv_stream {
     long long created;
     int state;                 /* 0 role, 1 content, 2 finish, 3 usage, 4 [DONE], 5 ended */
     size_t sent;               /* bytes of j->text sent */
+    size_t lp_sent;            /* entries of j->lp sent */
     char *pend;                /* formatted bytes not yet handed to the connection */
     size_t pend_len, pend_off;
 } srv_stream;

@@ -144,6 +144,31 @@ g=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_e
 p=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_eos":true,"frequency_penalty":2}' | body | jstr text)
 [ -n "$g" ] && [ "$g" != "$p" ] || fail "frequency_penalty changed nothing: '$g'"
 
+# ---- logprobs against transformers' logits (reference.json's ref_logits) -------------------
+# the first 8 reference ids as the prompt: the generated token's top-5 log
+# probabilities are row 7's log-softmax, and the chosen (greedy) one the best
+ids=$(tr -d ' \n' < "$TINYM/reference.json" | grep -o '"ref_logits":{[^}]*' | grep -o '"input_ids":\[[0-9,]*' |
+      sed 's/.*\[//' | cut -d, -f1-8)
+[ -n "$ids" ] || fail "reference.json: ref_logits.input_ids not found"
+ref=$(od -An -v -f -w4 -j $((7 * 4096 * 4)) -N $((4096 * 4)) "$TINYM/ref_logits.f32" |
+      awk '{ v[NR] = $1; if (NR == 1 || $1 > m) m = $1 } END { for (i in v) s += exp(v[i] - m); l = m + log(s);
+             for (i in v) print v[i] - l }' | sort -g -r | head -n 5)
+r=$(api /v1/completions "{\"prompt\":[$ids],\"max_tokens\":1,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":5}")
+got=$(echo "$r" | grep -oE '"top_logprobs":\[\{[^]]*\}\]' | grep -oE ':-?[0-9][0-9.e+-]*' | tr -d : | sort -g -r)
+[ "$(echo "$got" | wc -l)" = 5 ] || fail "logprobs: expected 5 alternatives: $r"
+paste <(echo "$ref") <(echo "$got") | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 0.001) bad = 1 } END { exit bad }' ||
+    fail "top-5 logprobs differ from transformers' by more than 0.001: ref $(echo $ref) got $(echo $got)"
+chosen=$(echo "$r" | grep -oE '"token_logprobs":\[-?[0-9][0-9.e+-]*' | sed 's/.*\[//')
+awk -v c="$chosen" -v b="$(echo "$got" | head -n 1)" 'BEGIN { exit !(c == b) }' ||
+    fail "the greedy token's logprob $chosen is not the best alternative's $(echo "$got" | head -n 1)"
+# chat: logprobs of every token, top_logprobs alternatives each, streamed the same
+r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0,"logprobs":true,"top_logprobs":3}')
+[ "$(echo "$r" | grep -o '"top_logprobs":\[' | wc -l)" = 6 ] || fail "chat logprobs: $r"
+curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/chat/completions" \
+    -d '{"messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0,"logprobs":true,"top_logprobs":3,"stream":true}' > "$T/sse"
+[ "$(grep -oE '"logprob":-?[0-9][0-9.e+-]*' "$T/sse" | tr '\n' ' ')" = "$(echo "$r" | grep -oE '"logprob":-?[0-9][0-9.e+-]*' | tr '\n' ' ')" ] ||
+    fail "streamed logprobs differ from the non-streamed ones"
+
 # ---- 8 concurrent clients on 4 slots, each equal to its own run -----------------------------
 round() {
     local i cp=()
@@ -257,7 +282,10 @@ expect_err 400 stream_options $C "{$U,\"stream_options\":true}"
 expect_err 400 presence_penalty $C "{$U,\"presence_penalty\":5}"
 expect_err 400 frequency_penalty $C "{$U,\"frequency_penalty\":-3}"
 expect_err 400 repetition_penalty $C "{$U,\"repetition_penalty\":0}"
-expect_err 400 logprobs $C "{$U,\"logprobs\":true}"
+expect_err 400 logprobs $C "{$U,\"logprobs\":1}"
+expect_err 400 top_logprobs $C "{$U,\"top_logprobs\":2}"
+expect_err 400 top_logprobs $C "{$U,\"logprobs\":true,\"top_logprobs\":21}"
+expect_err 400 logprobs /v1/completions '{"prompt":"x","logprobs":true}'
 expect_err 400 model $C "{$U,\"model\":5}"
 expect_err 400 chat_template_kwargs $C "{$U,\"chat_template_kwargs\":[]}"
 expect_err 400 chat_template_kwargs.enable_thinking $C "{$U,\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}"

@@ -48,6 +48,8 @@ static void accepted_invariants(const srv_params *p) {
             abort();
     if (p->max_tokens != -1 && p->max_tokens < 1)
         abort();
+    if (p->logprobs < -1 || p->logprobs > SRV_MAX_TOP)
+        abort();
     if (p->kind == SRV_CHAT || p->kind == SRV_COMPLETION) {
         mk_sampler *s = NULL;
         if (mk_sampler_create(&p->sp, 16, &s) != MK_OK) /* validated here, refused there */

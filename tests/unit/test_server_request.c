@@ -100,7 +100,7 @@ static void test_refused(void **s) {
     refused(SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"stop\":[\"a\",3]}", "stop[1]",
             "expected a string");
     refused(SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":\"x\"}],\"top_logprobs\":2}",
-            "top_logprobs", "not supported");
+            "top_logprobs", "needs \"logprobs\": true");
     refused(SRV_CHAT, "{\"messages\":[{\"role\":\"user\"},{\"role\":\"user\",\"content\":\"x\"}]}",
             "messages[0].content", "missing");
     refused(SRV_CHAT, "{\"messages\":[{\"role\":\"user\",\"content\":[{\"type\":\"text\"}]}]}",
