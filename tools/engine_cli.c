@@ -363,7 +363,8 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
             return mk_err(MK_E_ARG, "--experts-per-token %lld: the model routes each token to %d experts; "
                           "give fewer (or drop the flag for the model's own)", mm->experts_per_tok, k);
         o.experts_per_tok = (int)mm->experts_per_tok;
-        fprintf(stderr, "moekit %s: warning: --experts-per-token %lld routes each token to %lld of the "
+        if (!mm->held) /* once, not per engine of a server */
+            fprintf(stderr, "moekit %s: warning: --experts-per-token %lld routes each token to %lld of the "
                 "model's %d experts: faster, but not the model's output (measure it with eval --ref)\n",
                 mm->cmd, mm->experts_per_tok, mm->experts_per_tok, k);
     }
