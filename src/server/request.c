@@ -100,6 +100,36 @@ static mk_status get_text(srv_params *p, const json_t *v, const char *name, cons
     return MK_OK;
 }
 
+/* Fields that would change the answer if honoured: refused rather than
+ * silently ignored (an agent must not believe a tool or a schema was used). */
+static mk_status unsupported(srv_params *p, const json_t *o) {
+    json_t *t = field(o, "tools");
+    if (t && (!json_is_array(t) || json_array_size(t) > 0))
+        return bad(p, "tools", "tool calls are not supported by this server yet");
+    json_t *tc = field(o, "tool_choice");
+    if (tc && !(json_is_string(tc) && !strcmp(json_string_value(tc), "none")) &&
+        !(json_is_string(tc) && !strcmp(json_string_value(tc), "auto") && !t))
+        return bad(p, "tool_choice", "tool calls are not supported by this server yet");
+    json_t *rf = field(o, "response_format");
+    if (rf) {
+        json_t *ty = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "text"))
+            return bad(p, "response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schema yet)");
+    }
+    long long best_of = 1;
+    MK_TRY(get_int(p, o, "best_of", 1, 1 << 20, &best_of, NULL));
+    if (best_of != 1)
+        return bad(p, "best_of", "only 1 is supported, found %lld", best_of);
+    bool echo = false;
+    MK_TRY(get_bool(p, o, "echo", &echo));
+    if (echo)
+        return bad(p, "echo", "echoing the prompt is not supported");
+    json_t *sfx = field(o, "suffix");
+    if (sfx && !(json_is_string(sfx) && json_string_length(sfx) == 0))
+        return bad(p, "suffix", "insertion (a suffix) is not supported");
+    return MK_OK;
+}
+
 static mk_status parse_sampling(srv_params *p, const json_t *o) {
     mk_sample_params *sp = &p->sp;
     sp->temperature = 1.0f; /* OpenAI's default */
@@ -173,6 +203,7 @@ static mk_status parse_sampling(srv_params *p, const json_t *o) {
             p->stop_len[p->nstop++] = tlen;
         }
     }
+    MK_TRY(unsupported(p, o));
     json_t *m = field(o, "model");
     if (m && !json_is_string(m))
         return bad(p, "model", "expected a string, found %s", type_name(m));

@@ -53,8 +53,9 @@ api() { curl -s -w '\n%{http_code}' -H "Authorization: Bearer $KEY" "http://127.
 body() { sed '$d'; }
 code() { tail -n 1; }
 # jstr KEY: the first JSON string value of KEY (escaped form), jnum KEY: a number
-jstr() { grep -oE "\"$1\":\"([^\"\\\\]|\\\\.)*\"" | head -n 1 | sed "s/^\"$1\":\"//; s/\"\$//"; }
-jnum() { grep -oE "\"$1\":[0-9]+" | head -n 1 | sed 's/.*://'; }
+# (sed -n 1p, not head: with pipefail, head closing the pipe early fails the script)
+jstr() { grep -oE "\"$1\":\"([^\"\\\\]|\\\\.)*\"" | sed -n 1p | sed "s/^\"$1\":\"//; s/\"\$//"; }
+jnum() { grep -oE "\"$1\":[0-9]+" | sed -n 1p | sed 's/.*://'; }
 # deltas: the streamed "content" (chat) or "text" (completion) pieces joined
 deltas() { grep '^data: {' | grep -oE "\"$1\":\"([^\"\\\\]|\\\\.)*\"" | sed "s/^\"$1\":\"//; s/\"\$//" | tr -d '\n'; }
 run_text() { "$BIN" run "$M" --threads 2 --json "$@" | jstr text; }
@@ -83,7 +84,7 @@ echo "$r" | grep -q '"id":"tiny"' || fail "/v1/models: $r"
 # ---- greedy chat equals run, streamed or not, with usage --------------------------------
 want=$(run_text --chat --prompt "Return the list." --max-tokens 20)
 "$BIN" run "$M" --threads 2 --chat --prompt "Return the list." --max-tokens 20 --stats 2> "$T/st" > /dev/null
-np=$(sed -n 's/.*prompt \([0-9]*\) tokens.*/\1/p' "$T/st" | head -n 1)
+np=$(sed -n 's/.*prompt \([0-9]*\) tokens.*/\1/p' "$T/st" | sed -n 1p)
 r=$(api /v1/chat/completions '{"model":"tiny","messages":[{"role":"user","content":"Return the list."}],"max_tokens":20,"temperature":0}')
 [ "$(echo "$r" | code)" = 200 ] || fail "chat: $r"
 got=$(echo "$r" | body | jstr content)
@@ -152,15 +153,15 @@ ids=$(tr -d ' \n' < "$TINYM/reference.json" | grep -o '"ref_logits":{[^}]*' | gr
 [ -n "$ids" ] || fail "reference.json: ref_logits.input_ids not found"
 ref=$(od -An -v -f -w4 -j $((7 * 4096 * 4)) -N $((4096 * 4)) "$TINYM/ref_logits.f32" |
       awk '{ v[NR] = $1; if (NR == 1 || $1 > m) m = $1 } END { for (i in v) s += exp(v[i] - m); l = m + log(s);
-             for (i in v) print v[i] - l }' | sort -g -r | head -n 5)
+             for (i in v) print v[i] - l }' | sort -g -r | sed -n 1,5p)
 r=$(api /v1/completions "{\"prompt\":[$ids],\"max_tokens\":1,\"temperature\":0,\"ignore_eos\":true,\"logprobs\":5}")
 got=$(echo "$r" | grep -oE '"top_logprobs":\[\{[^]]*\}\]' | grep -oE ':-?[0-9][0-9.e+-]*' | tr -d : | sort -g -r)
 [ "$(echo "$got" | wc -l)" = 5 ] || fail "logprobs: expected 5 alternatives: $r"
 paste <(echo "$ref") <(echo "$got") | awk '{ d = $1 - $2; if (d < 0) d = -d; if (d > 0.001) bad = 1 } END { exit bad }' ||
     fail "top-5 logprobs differ from transformers' by more than 0.001: ref $(echo $ref) got $(echo $got)"
 chosen=$(echo "$r" | grep -oE '"token_logprobs":\[-?[0-9][0-9.e+-]*' | sed 's/.*\[//')
-awk -v c="$chosen" -v b="$(echo "$got" | head -n 1)" 'BEGIN { exit !(c == b) }' ||
-    fail "the greedy token's logprob $chosen is not the best alternative's $(echo "$got" | head -n 1)"
+awk -v c="$chosen" -v b="$(echo "$got" | sed -n 1p)" 'BEGIN { exit !(c == b) }' ||
+    fail "the greedy token's logprob $chosen is not the best alternative's $(echo "$got" | sed -n 1p)"
 # chat: logprobs of every token, top_logprobs alternatives each, streamed the same
 r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"max_tokens":6,"temperature":0,"logprobs":true,"top_logprobs":3}')
 [ "$(echo "$r" | grep -o '"top_logprobs":\[' | wc -l)" = 6 ] || fail "chat logprobs: $r"
@@ -288,6 +289,12 @@ expect_err 400 top_logprobs $C "{$U,\"logprobs\":true,\"top_logprobs\":21}"
 expect_err 400 logprobs /v1/completions '{"prompt":"x","logprobs":true}'
 expect_err 400 model $C "{$U,\"model\":5}"
 expect_err 400 chat_template_kwargs $C "{$U,\"chat_template_kwargs\":[]}"
+expect_err 400 tools $C "{$U,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}"
+expect_err 400 tool_choice $C "{$U,\"tool_choice\":\"required\"}"
+expect_err 400 response_format $C "{$U,\"response_format\":{\"type\":\"json_object\"}}"
+expect_err 400 best_of /v1/completions '{"prompt":"x","best_of":2}'
+expect_err 400 echo /v1/completions '{"prompt":"x","echo":true}'
+expect_err 400 suffix /v1/completions '{"prompt":"x","suffix":"y"}'
 expect_err 400 chat_template_kwargs.enable_thinking $C "{$U,\"chat_template_kwargs\":{\"enable_thinking\":\"no\"}}"
 expect_err 400 prompt /v1/completions '{"prompt":5}'
 expect_err 400 prompt /v1/completions '{"prompt":""}'

@@ -27,6 +27,7 @@ static void test_accepted(void **s) {
                        "{\"role\":\"user\",\"content\":[{\"type\":\"text\",\"text\":\"a\"},"
                        "{\"type\":\"text\",\"text\":\"bc\"}]},{\"role\":\"assistant\",\"content\":null}],"
                        "\"max_tokens\":7,\"max_completion_tokens\":9,\"stop\":\"END\",\"model\":null,"
+                       "\"tools\":[],\"tool_choice\":\"none\",\"response_format\":{\"type\":\"text\"},"
                        "\"unknown_field\":[1,2,3]}", &p);
     assert_int_equal(p.nmsg, 3);
     assert_string_equal(p.msgs[0].role, "system");
