@@ -12,7 +12,8 @@
 # RSS is sampled every 30 s; after the first 2 minutes (warm-up: allocator
 # arenas, page cache) it may not grow by more than 32 MiB. Ends with SIGTERM,
 # which must exit 0. Prints a summary line per sample and at the end.
-set -euo pipefail
+# no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
+set -eu
 BIN=${1:?usage: serve_soak.sh BIN MODEL [MINUTES] [WORKERS]}
 MODEL=${2:?usage: serve_soak.sh BIN MODEL [MINUTES] [WORKERS]}
 MIN=${3:-10}
