@@ -17,7 +17,9 @@
 
 static const char *json_ct = "application/json";
 
-/* Serialise j (consumed) into r with code; 500 when out of memory. */
+/* Serialise j (consumed) into r with code; 500 when out of memory. Bodies
+ * are ASCII (JSON_ENSURE_ASCII): any client reads them, and text is escaped
+ * exactly as `moekit run --json` escapes it. */
 static void reply_json(srv_reply *r, int code, json_t *j, unsigned long mark) {
     char *s = j ? mk_json_dumps_checked(j, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
     if (j)

@@ -171,8 +171,8 @@ srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
                      int nstop);
 /* Drop one reference (server mutex held); frees on the last. */
 void srv_job_unref_locked(srv_job *j);
-/* Queue a job: MK_OK, or MK_E_BUSY-like codes: returns 429 when the queue
- * is full, 503 when draining (http code in *code, 0 when queued). */
+/* Queue a job (taking a reference): 0 when queued, else the HTTP status to
+ * answer: 429 when the queue is full, 503 when the server is draining. */
 int srv_submit(mk_server *s, srv_job *j);
 mk_status srv_sched_start(mk_server *s);
 /* Cancel every job, stop the scheduler thread, free the slots' state. */
