@@ -388,22 +388,34 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
             return mk_err(MK_E_ARG, "--experts-per-token %lld: the model routes each token to %d experts; "
                           "give fewer (or drop the flag for the model's own)", mm->experts_per_tok, k);
         o.experts_per_tok = (int)mm->experts_per_tok;
-        fprintf(stderr, "moekit %s: warning: --experts-per-token %lld routes each token to %lld of the "
+        if (!mm->held) /* once, not per engine of a server */
+            fprintf(stderr, "moekit %s: warning: --experts-per-token %lld routes each token to %lld of the "
                 "model's %d experts: faster, but not the model's output (measure it with eval --ref)\n",
                 mm->cmd, mm->experts_per_tok, mm->experts_per_tok, k);
     }
     uint64_t weights = mk_model_resident_bytes(m);
+    bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
-            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD;
+            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD + mm->held;
             o.mem_limit = mm->budget > used ? mm->budget - used : 1;
         } else if (!o.mem_limit) {
             o.mem_limit = mk_ecli_mem_available();
         }
-        if (!mm->quiet && mm->budget)
+        if (!mm->quiet && mm->budget && first)
             fprintf(stderr, "moekit %s: model resident (%.2f GiB of weights within the %.2f GiB budget)\n",
                     mm->cmd, gib(weights + mk_model_expert_bytes(m)), gib(mm->budget));
-        return mk_engine_create(m, &o, e);
+        MK_TRY(mk_engine_create(m, &o, e));
+        mm->held += mk_engine_arena_bytes(*e);
+        return MK_OK;
+    }
+    if (mm->store) { /* another engine over the same store: its arena was counted */
+        o.store = mm->store;
+        o.prefetch_experts = mm->prefetch;
+        o.mem_limit = 0;
+        MK_TRY(mk_engine_create(m, &o, e));
+        mm->held += mk_engine_arena_bytes(*e);
+        return MK_OK;
     }
     if (o.backend && !mk_backend_iface(o.backend)->host_mem)
         return mk_err(MK_E_UNSUPPORTED,
@@ -412,7 +424,8 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       "or drop --memory-budget / --stream-experts%s",
                       mk_backend_iface(o.backend)->name,
                       mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
-    MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o), 0));
+    /* every engine of a server (mm->engines) over this one store: all their arenas */
+    MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1), 0));
     o.store = mm->store;
     o.prefetch_experts = mm->prefetch;
     o.mem_limit = 0; /* the arena is counted in the budget */
@@ -420,6 +433,8 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     if (s != MK_OK) {
         mk_expert_store_free(mm->store);
         mm->store = NULL;
+    } else {
+        mm->held += mk_engine_arena_bytes(*e);
     }
     return s;
 }
@@ -441,7 +456,7 @@ mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, 
                       c->num_experts_per_tok, gib((uint64_t)c->num_experts_per_tok * slot),
                       (unsigned long long)least, gib(least));
     mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
-                         .direct = !mm->buffered, .record_trace = true};
+                         .direct = !mm->buffered, .record_trace = !mm->no_trace};
     int *pl = NULL, *pe = NULL;
     if (mm->pin_profile) {
         int cap = (int)(so.cache_bytes / slot / 2);

@@ -71,15 +71,19 @@ typedef struct mk_ecli_mem {
     bool buffered;             /* --buffered (O_DIRECT is the default) */
     bool force_stream;         /* --stream-experts */
     bool quiet;                /* no startup line */
+    bool no_trace;             /* do not record expert accesses for Belady's bound (a server
+                                  runs for ever: the trace would grow to its cap, 512 MiB) */
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *pin_profile;   /* --pin-profile */
     bool prefetch;             /* --prefetch */
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
     const char *cmd;           /* for messages */
+    int engines;               /* engines the budget must hold (serve's slots); 0: one */
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */
     mk_expert_store *store;
+    uint64_t held;             /* arena bytes of the engines created so far */
 } mk_ecli_mem;
 
 #define MK_ECLI_MEM_OPTS                                                                              \
@@ -98,9 +102,12 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine);
 /* Open the model resident or for streaming (see above). */
 mk_status mk_ecli_mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m);
 /* Create the engine under the budget: streaming sizes the expert cache
- * from what is left after weights, the engine's arena and the overhead
- * (refusing, with the least budget that works, when one token's experts
- * do not fit); resident passes what is left as the engine's mem_limit. */
+ * from what is left after weights, the engines' arenas (mm->engines of
+ * them) and the overhead (refusing, with the least budget that works, when
+ * one token's experts do not fit); resident passes what is left as the
+ * engine's mem_limit. Called again for more engines over the same model
+ * (the server's slots), each borrows the same expert store and the budget
+ * counts the arenas already created. */
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e);
 /* Streaming only: create mm->store with an expert cache of what the budget
  * leaves after the non-expert weights, `arena` bytes of engine buffers,

@@ -70,6 +70,16 @@ void mk_engine_free(mk_engine *e); /* NULL ok */
 
 /* Forget the sequence: position 0, caches and recurrent state zeroed. */
 void mk_engine_reset(mk_engine *e);
+/* Rewind the sequence to its first `pos` tokens (0 <= pos <= the current
+ * position), for a prompt cache: attention and MLA cache rows below pos
+ * stay valid (rows at and after it are overwritten by the next forward, and
+ * attention never reads past the position). MK_E_UNSUPPORTED when pos is
+ * below the current position and the model has recurrent layers (Gated
+ * DeltaNet): their state holds the whole history and cannot be rewound
+ * (that needs snapshots); the sequence is then unchanged. */
+mk_status mk_engine_rewind(mk_engine *e, int64_t pos);
+/* Whether mk_engine_rewind can go back (no recurrent layers). */
+bool mk_engine_rewindable(const mk_engine *e);
 /* Tokens in the cache (the position of the next token). */
 int64_t mk_engine_pos(const mk_engine *e);
 int64_t mk_engine_max_ctx(const mk_engine *e);

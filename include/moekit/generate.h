@@ -57,6 +57,10 @@ typedef enum mk_gen_stop {
  * back) or NULL without a tokenizer. At the end, with id -1, once more for
  * the held-back bytes when there are any. Return false to cancel. */
 typedef bool (*mk_gen_token_fn)(void *user, int32_t id, const char *text, size_t len);
+/* Called before each token is sampled with the model's logits[vocab] as the
+ * forward pass returned them (before penalties and temperature): log
+ * probabilities for a server. The array is only valid during the call. */
+typedef void (*mk_gen_logits_fn)(void *user, const float *logits, int64_t vocab);
 
 typedef struct mk_gen_opts {
     int64_t max_tokens;          /* > 0 */
@@ -64,8 +68,13 @@ typedef struct mk_gen_opts {
     mk_sampler *sampler;         /* required */
     const mk_tok *tok;           /* NULL: no text in callbacks */
     mk_gen_token_fn on_token;    /* NULL: none */
+    mk_gen_logits_fn on_logits;  /* NULL: none (same user) */
     void *user;
     const volatile int *cancel;  /* NULL, or set non-zero (another thread) to stop */
+    int64_t cached;              /* > 0: prompt[0..cached) are already in the engine (a
+                                    prompt cache): its position must equal cached, prefill
+                                    starts at prompt[cached] (< np); penalties see them all */
+    int64_t prefill_step;        /* mk_gen_step: prompt tokens per prefill step (<= 0: all) */
 } mk_gen_opts;
 
 typedef struct mk_gen_result {
@@ -76,9 +85,29 @@ typedef struct mk_gen_result {
 } mk_gen_result;
 
 /* Prefill prompt[0..np) at the engine's current position and generate (see
- * above). On error *r still holds what was generated before it (free ids). */
+ * above). On error *r still holds what was generated before it (free ids).
+ * It is mk_gen_begin, mk_gen_step until done, mk_gen_end. */
 mk_status mk_generate(mk_engine *e, const int32_t *prompt, int64_t np, const mk_gen_opts *o,
                       mk_gen_result *r);
+
+/* The same loop in steps, for a scheduler that interleaves sequences (the
+ * server): each step is one prefill piece (o->prefill_step tokens) or one
+ * sampled token, so several sequences on their own engines advance in
+ * turn and their tokens equal mk_generate's. `o` and the prompt are copied
+ * (o->sampler, o->tok, o->stop and o->user must outlive the sequence). */
+typedef struct mk_gen_seq mk_gen_seq;
+mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk_gen_opts *o,
+                       mk_gen_seq **out);
+/* One step; *done becomes true when generation has ended (by a stop reason
+ * or an error, which is returned; the engine's sequence must then be
+ * reset). Calling it after done is a no-op. */
+mk_status mk_gen_step(mk_gen_seq *s, bool *done);
+/* Prompt tokens prefilled so far (cached ones included) and tokens generated. */
+int64_t mk_gen_prefilled(const mk_gen_seq *s);
+int64_t mk_gen_generated(const mk_gen_seq *s);
+/* Finish: flushes held-back text through the callback, fills *r (r may be
+ * NULL) and frees s (NULL ok). */
+void mk_gen_end(mk_gen_seq *s, mk_gen_result *r);
 
 /* A conversation's prompt ids that fit `room` tokens: renders msgs[0..*n)
  * with mk_chat_encode; while it does not fit, drops the oldest exchange

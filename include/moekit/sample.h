@@ -3,8 +3,9 @@
  * given seed reproduces the same tokens on every machine.
  *
  * Order (as llama.cpp and transformers apply them): repetition penalty on
- * the raw logits, then greedy if temperature <= 0, else top-k, temperature,
- * softmax, top-p, min-p, and a draw from the renormalised distribution. */
+ * the raw logits, then OpenAI's presence/frequency penalties (same window),
+ * then greedy if temperature <= 0, else top-k, temperature, softmax, top-p,
+ * min-p, and a draw from the renormalised distribution. */
 #ifndef MOEKIT_SAMPLE_H
 #define MOEKIT_SAMPLE_H
 
@@ -22,7 +23,9 @@ typedef struct mk_sample_params {
     float top_p;          /* >= 1: off */
     float min_p;          /* <= 0: off; keep p >= min_p * p_max */
     float repeat_penalty; /* 1: off; logits of seen tokens: >0 divided, <0 multiplied */
-    int repeat_last_n;    /* how many recent tokens the penalty looks at (<= 0: all) */
+    int repeat_last_n;    /* how many recent tokens the penalties look at (<= 0: all) */
+    float presence_penalty;  /* [-2, 2], 0: off; subtracted from seen tokens' logits (OpenAI) */
+    float frequency_penalty; /* [-2, 2], 0: off; times the token's count, subtracted (OpenAI) */
     uint64_t seed;
 } mk_sample_params;
 

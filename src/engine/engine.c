@@ -386,6 +386,24 @@ void mk_engine_reset(mk_engine *e) {
     e->pos = 0;
 }
 
+bool mk_engine_rewindable(const mk_engine *e) {
+    for (int l = 0; l < e->c->num_layers; l++)
+        if (e->conv[l])
+            return false;
+    return true;
+}
+
+mk_status mk_engine_rewind(mk_engine *e, int64_t pos) {
+    if (pos < 0 || pos > e->pos)
+        return mk_err(MK_E_ARG, "engine: cannot rewind to position %lld of a sequence of %lld",
+                      (long long)pos, (long long)e->pos);
+    if (pos < e->pos && !mk_engine_rewindable(e))
+        return mk_err(MK_E_UNSUPPORTED, "engine: the model's recurrent (Gated DeltaNet) state cannot be "
+                      "rewound from position %lld to %lld", (long long)e->pos, (long long)pos);
+    e->pos = pos;
+    return MK_OK;
+}
+
 int64_t mk_engine_pos(const mk_engine *e) { return e->pos; }
 int64_t mk_engine_max_ctx(const mk_engine *e) { return e->max_ctx; }
 size_t mk_engine_arena_bytes(const mk_engine *e) { return e->arena_bytes; }

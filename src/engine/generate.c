@@ -64,69 +64,150 @@ static bool emit(const mk_gen_opts *o, mk_tok_stream *ts, int32_t id) {
     return o->on_token(o->user, id, ts ? txt : NULL, len);
 }
 
+struct mk_gen_seq {
+    mk_engine *e;
+    mk_gen_opts o;
+    int32_t *hist; /* prompt then generated ids */
+    int64_t np, nh, pf; /* prompt length, history length, prompt tokens in the engine */
+    float *logits;
+    int64_t V;
+    mk_tok_stream *ts;
+    bool done;
+    mk_gen_stop reason;
+    double t0, t1, t_end;
+};
+
+mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk_gen_opts *o,
+                       mk_gen_seq **out) {
+    *out = NULL;
+    if (!o || !o->sampler || o->max_tokens <= 0 || np <= 0 || !prompt || o->cached < 0 ||
+        o->cached >= np || (o->cached > 0 && o->cached != mk_engine_pos(e)))
+        return mk_err(MK_E_ARG, "generate: bad arguments (prompt %lld tokens, %lld cached at "
+                      "position %lld, max_tokens %lld)", (long long)np, o ? (long long)o->cached : 0LL,
+                      (long long)mk_engine_pos(e), o ? (long long)o->max_tokens : 0LL);
+    int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
+    int64_t cap = np + o->max_tokens;
+    mk_gen_seq *s = mk_calloc(1, sizeof *s);
+    if (s) {
+        s->hist = mk_malloc((size_t)cap * sizeof *s->hist);
+        s->logits = mk_malloc((size_t)V * sizeof *s->logits);
+    }
+    if (!s || !s->hist || !s->logits) {
+        mk_gen_end(s, NULL);
+        return mk_err(MK_E_NOMEM, "generate: no memory for %lld tokens of history and %lld logits",
+                      (long long)cap, (long long)V);
+    }
+    s->e = e;
+    s->o = *o;
+    s->V = V;
+    if (o->tok && o->on_token) {
+        mk_status st = mk_tok_stream_create(o->tok, true, &s->ts);
+        if (st != MK_OK) {
+            mk_gen_end(s, NULL);
+            return st;
+        }
+    }
+    memcpy(s->hist, prompt, (size_t)np * sizeof *s->hist);
+    s->np = s->nh = np;
+    s->pf = o->cached;
+    s->reason = MK_GEN_STOP_LENGTH;
+    s->t0 = s->t1 = now_s();
+    *out = s;
+    return MK_OK;
+}
+
+int64_t mk_gen_prefilled(const mk_gen_seq *s) { return s->pf; }
+int64_t mk_gen_generated(const mk_gen_seq *s) { return s->nh - s->np; }
+
+static mk_status decode_step(mk_gen_seq *s) {
+    const mk_gen_opts *o = &s->o;
+    if (o->cancel && *o->cancel) {
+        s->reason = MK_GEN_STOP_CANCELLED;
+        return s->done = true, MK_OK;
+    }
+    if (o->on_logits)
+        o->on_logits(o->user, s->logits, s->V);
+    int32_t id = mk_sampler_sample(o->sampler, s->logits, s->hist, s->nh);
+    if (mk_gen_stopset_has(o->stop, id)) {
+        s->reason = MK_GEN_STOP_ID;
+        return s->done = true, MK_OK;
+    }
+    s->hist[s->nh++] = id;
+    if (!emit(o, s->ts, id)) {
+        s->reason = MK_GEN_STOP_CANCELLED;
+        return s->done = true, MK_OK;
+    }
+    if (s->nh - s->np >= o->max_tokens)
+        return s->done = true, MK_OK;
+    if (mk_engine_pos(s->e) >= mk_engine_max_ctx(s->e)) {
+        s->reason = MK_GEN_STOP_CTX_FULL;
+        return s->done = true, MK_OK;
+    }
+    mk_status st = mk_engine_forward(s->e, &id, 1, MK_LOGITS_LAST, s->logits, NULL);
+    if (st != MK_OK)
+        s->done = true;
+    return st;
+}
+
+mk_status mk_gen_step(mk_gen_seq *s, bool *done) {
+    mk_status st = MK_OK;
+    if (!s->done && s->pf < s->np) { /* a prefill piece; logits only after the last one */
+        int64_t n = s->np - s->pf;
+        if (s->o.prefill_step > 0 && n > s->o.prefill_step)
+            n = s->o.prefill_step;
+        bool last = s->pf + n == s->np;
+        st = mk_engine_forward(s->e, s->hist + s->pf, n, last ? MK_LOGITS_LAST : MK_LOGITS_NONE,
+                               last ? s->logits : NULL, NULL);
+        s->pf += n;
+        if (last)
+            s->t1 = now_s();
+        if (st != MK_OK)
+            s->done = true;
+    } else if (!s->done) {
+        st = decode_step(s);
+    }
+    if (s->done && !s->t_end)
+        s->t_end = now_s();
+    *done = s->done;
+    return st;
+}
+
+void mk_gen_end(mk_gen_seq *s, mk_gen_result *r) {
+    if (r)
+        memset(r, 0, sizeof *r);
+    if (!s)
+        return;
+    if (s->ts && s->o.on_token) { /* the bytes of a code point still held back */
+        const char *txt;
+        size_t len;
+        if (mk_tok_stream_flush(s->ts, &txt, &len) == MK_OK && len)
+            s->o.on_token(s->o.user, -1, txt, len);
+    }
+    if (r) {
+        r->prefill_s = s->t1 - s->t0;
+        r->decode_s = (s->t_end ? s->t_end : now_s()) - s->t1;
+        r->reason = s->reason;
+        r->n = s->nh - s->np;
+        memmove(s->hist, s->hist + s->np, (size_t)r->n * sizeof *s->hist);
+        r->ids = s->hist;
+        s->hist = NULL;
+    }
+    mk_tok_stream_free(s->ts);
+    free(s->hist);
+    free(s->logits);
+    free(s);
+}
+
 mk_status mk_generate(mk_engine *e, const int32_t *prompt, int64_t np, const mk_gen_opts *o,
                       mk_gen_result *r) {
     memset(r, 0, sizeof *r);
-    if (!o || !o->sampler || o->max_tokens <= 0 || np <= 0 || !prompt)
-        return mk_err(MK_E_ARG, "generate: bad arguments (prompt %lld tokens, max_tokens %lld)",
-                      (long long)np, o ? (long long)o->max_tokens : 0LL);
-    int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
-    int64_t cap = np + o->max_tokens;
-    int32_t *hist = mk_malloc((size_t)cap * sizeof *hist);
-    float *logits = mk_malloc((size_t)V * sizeof *logits);
-    mk_tok_stream *ts = NULL;
-    mk_status st = hist && logits ? MK_OK
-                                  : mk_err(MK_E_NOMEM, "generate: no memory for %lld tokens of "
-                                           "history and %lld logits", (long long)cap, (long long)V);
-    if (st == MK_OK && o->tok && o->on_token)
-        st = mk_tok_stream_create(o->tok, true, &ts);
-    if (st != MK_OK)
-        goto out;
-    memcpy(hist, prompt, (size_t)np * sizeof *hist);
-    int64_t nh = np;
-    double t0 = now_s();
-    st = mk_engine_forward(e, prompt, np, MK_LOGITS_LAST, logits, NULL);
-    double t1 = now_s();
-    r->prefill_s = t1 - t0;
-    r->reason = MK_GEN_STOP_LENGTH;
-    while (st == MK_OK && nh - np < o->max_tokens) {
-        if (o->cancel && *o->cancel) {
-            r->reason = MK_GEN_STOP_CANCELLED;
-            break;
-        }
-        int32_t id = mk_sampler_sample(o->sampler, logits, hist, nh);
-        if (mk_gen_stopset_has(o->stop, id)) {
-            r->reason = MK_GEN_STOP_ID;
-            break;
-        }
-        hist[nh++] = id;
-        if (!emit(o, ts, id)) {
-            r->reason = MK_GEN_STOP_CANCELLED;
-            break;
-        }
-        if (nh - np >= o->max_tokens)
-            break;
-        if (mk_engine_pos(e) >= mk_engine_max_ctx(e)) {
-            r->reason = MK_GEN_STOP_CTX_FULL;
-            break;
-        }
-        st = mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, logits, NULL);
-    }
-    r->decode_s = now_s() - t1;
-    if (ts && o->on_token) { /* the bytes of a code point still held back */
-        const char *txt;
-        size_t len;
-        if (mk_tok_stream_flush(ts, &txt, &len) == MK_OK && len)
-            o->on_token(o->user, -1, txt, len);
-    }
-    r->n = nh - np;
-    memmove(hist, hist + np, (size_t)r->n * sizeof *hist);
-    r->ids = hist;
-    hist = NULL;
-out:
-    mk_tok_stream_free(ts);
-    free(hist);
-    free(logits);
+    mk_gen_seq *s;
+    MK_TRY(mk_gen_begin(e, prompt, np, o, &s));
+    bool done = false;
+    mk_status st = MK_OK;
+    while (!done && st == MK_OK)
+        st = mk_gen_step(s, &done);
+    mk_gen_end(s, r);
     return st;
 }
 

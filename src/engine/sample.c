@@ -6,6 +6,7 @@
  * sampler; sorting is only done over the survivors of top-k (or the whole
  * vocabulary when top-k is off and top-p needs an order). */
 #include <math.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -22,7 +23,7 @@ struct mk_sampler {
     int vocab;
     uint64_t state, inc; /* PCG32 */
     cand *c;             /* [vocab] */
-    unsigned char *seen; /* [vocab] penalty marks */
+    uint32_t *cnt;       /* [vocab] occurrences in the penalty window (zero between calls) */
 };
 
 void mk_sample_params_default(mk_sample_params *p) {
@@ -60,12 +61,18 @@ mk_status mk_sampler_create(const mk_sample_params *p, int vocab, mk_sampler **o
     if (!(p->repeat_penalty > 0.0f))
         return mk_err(MK_E_ARG, "sampler: repeat_penalty must be > 0 (1 is off), found %g",
                       (double)p->repeat_penalty);
+    if (!(p->presence_penalty >= -2.0f && p->presence_penalty <= 2.0f))
+        return mk_err(MK_E_ARG, "sampler: presence_penalty must be in [-2, 2] (0 is off), found %g",
+                      (double)p->presence_penalty);
+    if (!(p->frequency_penalty >= -2.0f && p->frequency_penalty <= 2.0f))
+        return mk_err(MK_E_ARG, "sampler: frequency_penalty must be in [-2, 2] (0 is off), found %g",
+                      (double)p->frequency_penalty);
     mk_sampler *s = mk_calloc(1, sizeof *s);
     if (s) {
         s->c = mk_malloc((size_t)vocab * sizeof(cand));
-        s->seen = mk_calloc((size_t)vocab, 1);
+        s->cnt = mk_calloc((size_t)vocab, sizeof *s->cnt);
     }
-    if (!s || !s->c || !s->seen) {
+    if (!s || !s->c || !s->cnt) {
         mk_sampler_free(s);
         return mk_err(MK_E_NOMEM, "sampler: no memory for %d candidates", vocab);
     }
@@ -84,7 +91,7 @@ void mk_sampler_free(mk_sampler *s) {
     if (!s)
         return;
     free(s->c);
-    free(s->seen);
+    free(s->cnt);
     free(s);
 }
 
@@ -104,24 +111,32 @@ static int cand_desc(const void *a, const void *b) {
 }
 
 /* Penalise each distinct recent token once: positive logits divided,
- * negative multiplied (CTRL / llama.cpp / transformers convention). */
+ * negative multiplied (CTRL / llama.cpp / transformers convention), then
+ * OpenAI's presence and frequency penalties subtracted (presence once,
+ * frequency times the token's count in the window), as llama.cpp's
+ * penalties sampler does over the same window. */
 static void penalise(mk_sampler *s, float *logits, const int32_t *hist, int64_t nhist) {
-    if (s->p.repeat_penalty == 1.0f || !hist)
+    bool rep = s->p.repeat_penalty != 1.0f;
+    bool pf = s->p.presence_penalty != 0.0f || s->p.frequency_penalty != 0.0f;
+    if ((!rep && !pf) || !hist)
         return;
     int64_t from = s->p.repeat_last_n > 0 && nhist > s->p.repeat_last_n
                        ? nhist - s->p.repeat_last_n
                        : 0;
-    for (int64_t i = from; i < nhist; i++) {
-        int32_t t = hist[i];
-        if (t < 0 || t >= s->vocab || s->seen[t])
-            continue;
-        s->seen[t] = 1;
-        logits[t] = logits[t] > 0 ? logits[t] / s->p.repeat_penalty
-                                  : logits[t] * s->p.repeat_penalty;
-    }
     for (int64_t i = from; i < nhist; i++)
         if (hist[i] >= 0 && hist[i] < s->vocab)
-            s->seen[hist[i]] = 0;
+            s->cnt[hist[i]]++;
+    for (int64_t i = from; i < nhist; i++) {
+        int32_t t = hist[i];
+        if (t < 0 || t >= s->vocab || !s->cnt[t])
+            continue;
+        if (rep)
+            logits[t] = logits[t] > 0 ? logits[t] / s->p.repeat_penalty
+                                      : logits[t] * s->p.repeat_penalty;
+        if (pf)
+            logits[t] -= s->p.presence_penalty + s->p.frequency_penalty * (float)s->cnt[t];
+        s->cnt[t] = 0; /* once per distinct token; leaves the counts zeroed */
+    }
 }
 
 int32_t mk_sampler_sample(mk_sampler *s, float *logits, const int32_t *hist, int64_t nhist) {

@@ -7,7 +7,10 @@
  * - Bad ids and a full context are MK_E_ARG and leave the state usable.
  * - A custom expert store sees exactly one release per get.
  * - The sampler: greedy = argmax, top-k 1 = greedy, a seed reproduces its
- *   tokens, top-p / min-p keep only the head, the repetition penalty. */
+ *   tokens, top-p / min-p keep only the head, the repetition, presence
+ *   and frequency penalties.
+ * - Rewinding (mk_engine_rewind) an attention-only sequence equals never
+ *   having gone further; recurrent models refuse it. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -262,6 +265,75 @@ static void test_sampler(void **s) {
     p.repeat_penalty = 0.0f;
     assert_int_equal(mk_sampler_create(&p, V, &sm), MK_E_ARG);
     mk_sampler_free(NULL);
+    /* OpenAI's penalties: presence subtracts once per seen token, frequency
+     * per occurrence (greedy over hand-made logits: 0 best by 1.5, 1 next) */
+    float pl[3] = {2.0f, 0.5f, 0.0f}, pw[3];
+    int32_t seen[3] = {0, 0, 2};
+    mk_sample_params_default(&p);
+    p.presence_penalty = 1.0f; /* 2 - 1 = 1 still beats 0.5 */
+    assert_int_equal(mk_sampler_create(&p, 3, &sm), MK_OK);
+    memcpy(pw, pl, sizeof pw);
+    assert_int_equal(mk_sampler_sample(sm, pw, seen, 3), 0);
+    assert_true(pw[0] == 1.0f && pw[1] == 0.5f && pw[2] == -1.0f);
+    mk_sampler_free(sm);
+    p.presence_penalty = 0.0f;
+    p.frequency_penalty = 1.0f; /* token 0 seen twice: 2 - 2 = 0 < 0.5 */
+    assert_int_equal(mk_sampler_create(&p, 3, &sm), MK_OK);
+    memcpy(pw, pl, sizeof pw);
+    assert_int_equal(mk_sampler_sample(sm, pw, seen, 3), 1);
+    assert_true(pw[0] == 0.0f && pw[2] == -1.0f);
+    /* the counts do not leak into the next call */
+    memcpy(pw, pl, sizeof pw);
+    assert_int_equal(mk_sampler_sample(sm, pw, NULL, 0), 0);
+    mk_sampler_free(sm);
+    p.frequency_penalty = 2.5f;
+    assert_int_equal(mk_sampler_create(&p, 3, &sm), MK_E_ARG);
+    p.frequency_penalty = 0.0f;
+    p.presence_penalty = NAN;
+    assert_int_equal(mk_sampler_create(&p, 3, &sm), MK_E_ARG);
+}
+
+/* Rewinding an attention-only sequence: feed junk after a prefix, rewind to
+ * the prefix, feed the real tokens: the logits equal (bitwise) an engine
+ * that never saw the junk, with the same calls. A model with Gated DeltaNet
+ * layers refuses to go back and keeps its state. */
+static void test_rewind(void **st) {
+    (void)st;
+    mk_model *m = open_fx("qwen3moe-a/bf16");
+    int V = mk_model_config(m)->vocab_size;
+    int32_t ids[20], junk[10];
+    for (int i = 0; i < 20; i++)
+        ids[i] = (int32_t)((i * 37 + 11) % V);
+    for (int i = 0; i < 10; i++)
+        junk[i] = (int32_t)((i * 53 + 7) % V);
+    float *a = malloc(10 * (size_t)V * sizeof(float)), *b = malloc(10 * (size_t)V * sizeof(float));
+    assert_true(a && b);
+    mk_engine *ea = engine(m, 32, 512, NULL), *eb = engine(m, 32, 512, NULL);
+    assert_true(mk_engine_rewindable(ea));
+    assert_int_equal(mk_engine_forward(ea, ids, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(ea, ids + 10, 10, MK_LOGITS_ALL, a, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(eb, ids, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(eb, junk, 10, MK_LOGITS_ALL, b, NULL), MK_OK);
+    assert_memory_not_equal(a, b, 10 * (size_t)V * sizeof(float)); /* the junk mattered */
+    assert_int_equal(mk_engine_rewind(eb, 21), MK_E_ARG);
+    assert_int_equal(mk_engine_rewind(eb, 10), MK_OK);
+    assert_int_equal(mk_engine_pos(eb), 10);
+    assert_int_equal(mk_engine_forward(eb, ids + 10, 10, MK_LOGITS_ALL, b, NULL), MK_OK);
+    assert_memory_equal(a, b, 10 * (size_t)V * sizeof(float));
+    mk_engine_free(ea);
+    mk_engine_free(eb);
+    mk_model_free(m);
+    m = open_fx("qwen35moe-a/bf16");
+    ea = engine(m, 32, 512, NULL);
+    assert_false(mk_engine_rewindable(ea));
+    assert_int_equal(mk_engine_forward(ea, ids, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_rewind(ea, 5), MK_E_UNSUPPORTED);
+    assert_int_equal(mk_engine_pos(ea), 10);
+    assert_int_equal(mk_engine_rewind(ea, 10), MK_OK); /* staying put is always possible */
+    mk_engine_free(ea);
+    mk_model_free(m);
+    free(a);
+    free(b);
 }
 
 int main(void) {
@@ -269,7 +341,7 @@ int main(void) {
         cmocka_unit_test(test_schedules_attn),       cmocka_unit_test(test_schedules_gdn_grouped),
         cmocka_unit_test(test_schedules_gdn),        cmocka_unit_test(test_schedules_mla),
         cmocka_unit_test(test_errors),               cmocka_unit_test(test_expert_store_seam),
-        cmocka_unit_test(test_sampler),
+        cmocka_unit_test(test_sampler),              cmocka_unit_test(test_rewind),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -104,6 +104,56 @@ static void test_greedy_matches_reference(void **st) {
     fx_close(&f);
 }
 
+/* The loop in steps (the server's scheduler): a prefill of one token per
+ * step, and a prompt whose head is already in the engine (a prompt cache:
+ * here the reference's prompt and its first 5 generated tokens, of which
+ * the prompt was prefilled before), both reproduce the reference tokens;
+ * a step after the end is a no-op. */
+static void test_steps_and_cache(void **st) {
+    (void)st;
+    fx f;
+    fx_open(&f);
+    mk_engine *e = engine(&f, f.np + f.nw);
+    mk_gen_opts o = {.max_tokens = f.nw, .sampler = f.smp, .prefill_step = 1};
+    mk_gen_seq *s;
+    assert_int_equal(mk_gen_begin(e, f.prompt, f.np, &o, &s), MK_OK);
+    bool done = false;
+    int steps = 0;
+    while (!done) {
+        assert_int_equal(mk_gen_step(s, &done), MK_OK);
+        steps++;
+        if (steps <= f.np)
+            assert_int_equal(mk_gen_prefilled(s), steps);
+    }
+    assert_int_equal(mk_gen_step(s, &done), MK_OK);
+    assert_true(done);
+    assert_int_equal(mk_gen_generated(s), f.nw);
+    mk_gen_result r;
+    mk_gen_end(s, &r);
+    assert_int_equal(r.n, f.nw);
+    assert_memory_equal(r.ids, f.want, (size_t)f.nw * sizeof(int32_t));
+    free(r.ids);
+    /* cached: prompt' = prompt ++ want[0..5), the engine holding prompt ++ want[0..4) */
+    int32_t p2[80];
+    memcpy(p2, f.prompt, (size_t)f.np * sizeof *p2);
+    memcpy(p2 + f.np, f.want, 5 * sizeof *p2);
+    mk_engine_reset(e);
+    assert_int_equal(mk_engine_forward(e, p2, f.np + 4, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    o = (mk_gen_opts){.max_tokens = f.nw - 5, .sampler = f.smp, .cached = f.np + 4};
+    assert_int_equal(mk_generate(e, p2, f.np + 5, &o, &r), MK_OK);
+    assert_int_equal(r.n, f.nw - 5);
+    assert_memory_equal(r.ids, f.want + 5, (size_t)(f.nw - 5) * sizeof(int32_t));
+    free(r.ids);
+    /* cached must be the engine's position, and below the prompt's length */
+    o.cached = 3;
+    assert_int_equal(mk_generate(e, p2, f.np + 5, &o, &r), MK_E_ARG);
+    o.cached = f.np + 5;
+    assert_int_equal(mk_generate(e, p2, f.np + 5, &o, &r), MK_E_ARG);
+    mk_gen_end(NULL, NULL);
+    mk_engine_free(e);
+    fx_close(&f);
+}
+
 static void test_stops(void **st) {
     (void)st;
     fx f;
@@ -205,6 +255,7 @@ static void test_fit_chat(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_matches_reference),
+        cmocka_unit_test(test_steps_and_cache),
         cmocka_unit_test(test_stops),
         cmocka_unit_test(test_fit_chat),
     };

@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# moekit serve throughput and latency (issue 13's benchmarks; results in
+# bench/RESULTS.md). Not a test: run it on a quiet machine.
+#
+#   bash bench/serve_bench.sh BIN MODEL [TOKENS=256] [THREADS=all]
+#
+# 1. `moekit run` decode tok/s (its --stats) on a fixed prompt, greedy, up
+#    to TOKENS tokens (run stops at an end-of-sequence id: compare tok/s).
+# 2. The server, one stream: decode tok/s from the SSE chunks' arrival
+#    times (first chunk to last; TOKENS - 1 tokens between them), and TTFT
+#    (request to the first chunk: the role-less first text chunk).
+# 3. Aggregate generated tok/s with 1, 4 and 8 concurrent streams
+#    (--parallel 8): total tokens / wall time of the batch.
+# Prints key=value lines. Needs curl, awk, date with %N.
+set -eu
+BIN=${1:?usage: serve_bench.sh BIN MODEL [TOKENS] [THREADS]}
+MODEL=${2:?usage: serve_bench.sh BIN MODEL [TOKENS] [THREADS]}
+N=${3:-256}
+TH=${4:-$(nproc)}
+T=$(mktemp -d "${TMPDIR:-/tmp}/mk-sbench-XXXXXX")
+SPID=
+trap '[ -n "$SPID" ] && kill "$SPID" 2>/dev/null; rm -rf "$T"' EXIT
+now() { date +%s.%N; }
+
+echo "machine=$(lscpu | sed -n 's/^Model name: *//p' | head -n1 | tr ' ' _) cores=$(nproc) threads=$TH"
+echo "date=$(date -u +%Y-%m-%dT%H:%MZ) load=$(cut -d' ' -f1-3 /proc/loadavg | tr ' ' /)"
+
+# 1. run
+"$BIN" run "$MODEL" --prompt "def main():" --max-tokens "$N" --threads "$TH" --stats > /dev/null 2> "$T/run"
+sed -n 's/.*generated \([0-9]*\) tokens in \([0-9.]*\) s (\([0-9.]*\) tok\/s).*/run_tokens=\1 run_decode_s=\2 run_tok_s=\3/p' "$T/run"
+
+"$BIN" serve "$MODEL" --port 0 --threads "$TH" --parallel 8 --queue 64 2> "$T/log" &
+SPID=$!
+PORT=
+for _ in $(seq 600); do
+    PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$T/log" | sed 's/.*://' || true)
+    [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && break
+    sleep 0.1
+done
+U=http://127.0.0.1:$PORT
+req="{\"prompt\":\"def main():\",\"max_tokens\":$N,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"
+
+# 2. one stream: timestamps of each SSE line as it arrives
+t0=$(now)
+curl -sN "$U/v1/completions" -d "$req" | while IFS= read -r line; do
+    if [ -n "$line" ]; then echo "$(now) ${line:0:12}"; fi
+done > "$T/times"
+# (a chunk may carry several tokens when the client reads slower than the
+# model generates: tok/s counts the N tokens ignore_eos guarantees)
+awk -v t0="$t0" -v n="$N" '$2 == "data:" && $3 ~ /^\{/ { c++; if (c == 1) f = $1; l = $1 }
+    END { printf "serve_ttft_s=%.4f serve_chunks=%d serve_tok_s=%.1f\n", f - t0, c, (l > f ? (n - 1) / (l - f) : 0) }' "$T/times"
+
+# 3. aggregate at 1, 4, 8 concurrent streams (non-streamed: usage counts tokens)
+for c in 1 4 8; do
+    s=$(now)
+    for i in $(seq "$c"); do
+        curl -s "$U/v1/completions" -d "{\"prompt\":\"def f$i():\",\"max_tokens\":$N,\"temperature\":0,\"ignore_eos\":true}" > "$T/a$i" &
+    done
+    wait $(jobs -p | grep -v "^$SPID\$")
+    e=$(now)
+    tok=$(cat "$T"/a* | grep -o '"completion_tokens":[0-9]*' | cut -d: -f2 | awk '{s += $1} END {print s}')
+    rm -f "$T"/a*
+    awk -v c="$c" -v t="$tok" -v s="$s" -v e="$e" 'BEGIN { printf "concurrency=%d tokens=%d wall_s=%.3f aggregate_tok_s=%.1f\n", c, t, e - s, t / (e - s) }'
+done
+kill -TERM "$SPID"
+wait "$SPID" || true
+SPID=

@@ -1,0 +1,452 @@
+/* The slots and their scheduler: requests wait in a bounded FIFO queue, a
+ * free slot takes the oldest, and one scheduler thread steps every busy
+ * slot in turn through the library's generation loop in steps
+ * (mk_gen_step: a prefill piece or one token), so new requests join
+ * between steps, a long prompt does not stall running streams, and each
+ * slot's tokens are exactly what its engine would produce alone (each slot
+ * has its own engine; nothing is shared within a step).
+ *
+ * Prompt cache: a slot remembers the tokens in its engine. A request goes
+ * to the free slot with the longest usable common prefix: an engine that
+ * can rewind (attention only) keeps any prefix; one with recurrent state
+ * (Gated DeltaNet) only the slot's whole history, when the new prompt
+ * extends it (the next turn of a chat). Otherwise the least recently used
+ * free slot is reset.
+ *
+ * Stop sequences are applied to the text as it is generated: text that
+ * could still be the start of a stop sequence is held back (job->safe). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "server/srv_impl.h"
+
+double srv_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
+                     const mk_sample_params *sp, const char *const *stop, const size_t *stop_len,
+                     int nstop) {
+    srv_job *j = mk_calloc(1, sizeof *j);
+    if (!j)
+        return NULL;
+    pthread_cond_init(&j->cv, NULL);
+    j->prompt = mk_malloc((size_t)np * sizeof *j->prompt);
+    bool ok = j->prompt != NULL;
+    for (int i = 0; ok && i < nstop; i++) {
+        j->stop[i] = mk_malloc(stop_len[i] + 1);
+        if ((ok = j->stop[i] != NULL)) {
+            memcpy(j->stop[i], stop[i], stop_len[i]);
+            j->stop[i][stop_len[i]] = 0;
+            j->stop_len[i] = stop_len[i];
+            j->nstop = i + 1;
+        }
+    }
+    if (!ok) {
+        j->refs = 1;
+        srv_job_unref_locked(j);
+        return NULL;
+    }
+    memcpy(j->prompt, prompt, (size_t)np * sizeof *j->prompt);
+    j->np = np;
+    j->max_tokens = max_tokens;
+    j->sp = *sp;
+    j->refs = 1;
+    j->logprobs = -1;
+    j->t_submit = srv_now();
+    return j;
+}
+
+void srv_job_unref_locked(srv_job *j) {
+    if (!j || --j->refs > 0)
+        return;
+    pthread_cond_destroy(&j->cv);
+    for (int i = 0; i < j->nstop; i++)
+        free(j->stop[i]);
+    free(j->prompt);
+    free(j->text);
+    free(j->raw);
+    free(j->lp);
+    free(j);
+}
+
+int srv_submit(mk_server *s, srv_job *j) {
+    pthread_mutex_lock(&s->mu);
+    int code = 0;
+    if (s->draining || s->quit)
+        code = 503;
+    else if (s->qlen >= s->queue_cap)
+        code = 429;
+    if (!code) {
+        j->refs++; /* the queue's, then the slot's */
+        s->queue[(s->qhead + s->qlen++) % s->queue_cap] = j;
+        pthread_cond_signal(&s->sched_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return code;
+}
+
+/* ---- output: text, stop sequences, timing ----------------------------------- */
+
+static bool grow(char **p, size_t *cap, size_t need) {
+    if (need <= *cap)
+        return true;
+    size_t nc = *cap ? *cap : 256;
+    while (nc < need)
+        nc *= 2;
+    char *np = mk_realloc(*p, nc);
+    if (!np)
+        return false;
+    *p = np;
+    *cap = nc;
+    return true;
+}
+
+/* Bytes at the end of text[0..len) that could begin a stop sequence. */
+static size_t stop_prefix_tail(const srv_job *j, const char *text, size_t len) {
+    size_t hold = 0;
+    for (int i = 0; i < j->nstop; i++)
+        for (size_t k = j->stop_len[i] - 1; k > hold; k--)
+            if (k <= len && !memcmp(text + len - k, j->stop[i], k)) {
+                hold = k;
+                break;
+            }
+    return hold;
+}
+
+/* Before each token is sampled (logprobs only): keep the logits and their
+ * log-sum-exp, the distribution the token's log probability is read from. */
+static void on_logits(void *user, const float *logits, int64_t V) {
+    srv_slot *sl = user;
+    memcpy(sl->raw, logits, (size_t)V * sizeof *logits);
+    float mx = logits[0];
+    for (int64_t i = 1; i < V; i++)
+        if (logits[i] > mx)
+            mx = logits[i];
+    double sum = 0;
+    for (int64_t i = 0; i < V; i++)
+        sum += exp((double)logits[i] - mx);
+    sl->lse = mx + log(sum);
+}
+
+/* The entry of token id: its log probability and the best alternatives
+ * (descending, lowest id first on ties). */
+static void lp_entry(const srv_slot *sl, int ntop, int32_t id, srv_lp *e) {
+    int64_t V = mk_model_config(sl->srv->m.model)->vocab_size;
+    e->id = id;
+    e->lp = (float)(sl->raw[id] - sl->lse);
+    e->ntop = 0;
+    for (int64_t v = 0; ntop > 0 && v < V; v++) { /* insertion into a sorted list of at most ntop */
+        float x = sl->raw[v];
+        int k = e->ntop;
+        if (k == ntop && !(x > sl->raw[e->top_id[k - 1]]))
+            continue;
+        if (k < ntop)
+            e->ntop++;
+        else
+            k--;
+        while (k > 0 && x > sl->raw[e->top_id[k - 1]]) {
+            e->top_id[k] = e->top_id[k - 1];
+            k--;
+        }
+        e->top_id[k] = (int32_t)v;
+    }
+    for (int k = 0; k < e->ntop; k++)
+        e->top_lp[k] = (float)(sl->raw[e->top_id[k]] - sl->lse);
+}
+
+/* The generation loop's per-token callback (scheduler thread): append the
+ * text, cut it at the first stop sequence (which ends generation), publish
+ * what can no longer change. */
+static bool on_token(void *user, int32_t id, const char *text, size_t len) {
+    srv_slot *sl = user;
+    mk_server *s = sl->srv;
+    srv_job *j = sl->job;
+    if (j->finish == SRV_FIN_STOP) /* the flush after a stop sequence: past the end */
+        return false;
+    double now = srv_now();
+    if (id >= 0) {
+        if (j->n_gen == 0)
+            srv_metrics_observe(&s->metrics.ttft, &s->metrics, now - j->t_submit);
+        else
+            srv_metrics_observe(&s->metrics.itl, &s->metrics, now - j->t_last);
+        j->t_last = now;
+    }
+    if (!grow(&j->raw, &j->raw_cap, j->raw_len + len + 1))
+        return false; /* out of memory: end the generation (reported as an error) */
+    size_t before = j->raw_len;
+    memcpy(j->raw + j->raw_len, text ? text : "", text ? len : 0);
+    j->raw_len += text ? len : 0;
+    j->raw[j->raw_len] = 0;
+    /* the earliest stop sequence that ends in the new text */
+    size_t cut = j->raw_len;
+    bool stop = false;
+    for (int i = 0; i < j->nstop; i++) {
+        size_t from = before >= j->stop_len[i] ? before - j->stop_len[i] + 1 : 0;
+        char *hit = memmem(j->raw + from, j->raw_len - from, j->stop[i], j->stop_len[i]);
+        if (hit && (size_t)(hit - j->raw) < cut) {
+            cut = (size_t)(hit - j->raw);
+            stop = true;
+        }
+    }
+    size_t safe = stop ? cut : cut - stop_prefix_tail(j, j->raw, cut);
+    srv_lp e;
+    if (id >= 0 && j->logprobs >= 0) {
+        lp_entry(sl, j->logprobs, id, &e);
+        e.start = before;
+        e.end = j->raw_len;
+    }
+    pthread_mutex_lock(&s->mu);
+    bool ok = grow(&j->text, &j->cap, cut + 1);
+    if (ok && id >= 0 && j->logprobs >= 0) {
+        if (j->n_lp == j->cap_lp) {
+            size_t nc = j->cap_lp ? 2 * j->cap_lp : 64;
+            srv_lp *nl = mk_realloc(j->lp, nc * sizeof *nl);
+            if ((ok = nl != NULL)) {
+                j->lp = nl;
+                j->cap_lp = nc;
+            }
+        }
+        if (ok)
+            j->lp[j->n_lp++] = e;
+    }
+    if (ok) {
+        /* a stop sequence may begin inside text already held back (it spans
+         * tokens): then the text shrinks; safe never passed its start */
+        if (cut > j->len)
+            memcpy(j->text + j->len, j->raw + j->len, cut - j->len);
+        j->len = cut;
+        j->text[cut] = 0;
+        if (safe > j->safe)
+            j->safe = safe;
+        if (id >= 0)
+            j->n_gen++;
+        if (stop)
+            j->finish = SRV_FIN_STOP;
+        pthread_cond_broadcast(&j->cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return ok && !stop && !j->cancel;
+}
+
+/* ---- slots ------------------------------------------------------------------ */
+
+static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int64_t nb) {
+    int64_t n = na < nb ? na : nb, k = 0;
+    while (k < n && a[k] == b[k])
+        k++;
+    return k;
+}
+
+/* Tokens of slot sl's cache that job j can keep (0: none). */
+static int64_t usable_prefix(const srv_slot *sl, const srv_job *j) {
+    int64_t pos = mk_engine_pos(sl->e);
+    int64_t k = common_prefix(sl->cache, pos, j->prompt, j->np);
+    if (k >= j->np) /* one prompt token must be fed to get the first logits */
+        k = j->np - 1;
+    if (k < pos && !mk_engine_rewindable(sl->e))
+        return 0;
+    return k;
+}
+
+/* Start job j on a free slot (server mutex held; the engine work happens
+ * here too: it is the scheduler thread and engines are only its). */
+static void start_job(mk_server *s, srv_job *j) {
+    srv_slot *best = NULL;
+    int64_t best_k = -1;
+    for (int i = 0; i < s->nslots; i++) {
+        srv_slot *sl = &s->slots[i];
+        if (sl->job)
+            continue;
+        int64_t k = usable_prefix(sl, j);
+        if (k > best_k || (k == best_k && sl->last_used < best->last_used)) {
+            best = sl;
+            best_k = k;
+        }
+    }
+    best->job = j;
+    best->last_used = ++s->tick;
+    s->busy++;
+    j->started = true;
+    mk_status st = MK_OK;
+    if (best_k > 0 && mk_engine_rewind(best->e, best_k) != MK_OK)
+        best_k = 0;
+    if (best_k == 0)
+        mk_engine_reset(best->e);
+    j->n_cached = best_k;
+    if (best_k > 0) {
+        pthread_mutex_lock(&s->metrics.mu);
+        s->metrics.cache_hits++;
+        s->metrics.cache_tokens += (uint64_t)best_k;
+        pthread_mutex_unlock(&s->metrics.mu);
+    }
+    const mk_config *c = mk_model_config(s->m.model);
+    st = mk_sampler_create(&j->sp, c->vocab_size, &best->smp);
+    if (st == MK_OK && j->logprobs >= 0 && !best->raw &&
+        !(best->raw = mk_malloc((size_t)c->vocab_size * sizeof *best->raw)))
+        st = mk_err(MK_E_NOMEM, "no memory for the logits of a logprobs request (%d floats)", c->vocab_size);
+    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL,.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
+                      .tok = s->m.tok, .on_token = on_token, .user = best, .cancel = &j->cancel,
+                      .cached = best_k, .prefill_step = s->o.prefill_step};
+    if (st == MK_OK)
+        st = mk_gen_begin(best->e, j->prompt, j->np, &go, &best->seq);
+    if (st != MK_OK) {
+        snprintf(j->err, sizeof j->err, "%s", mk_err_msg());
+        j->finish = SRV_FIN_ERROR;
+    }
+}
+
+/* End the slot's job (server mutex held): record the cache, wake the
+ * connection, free the slot. */
+static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
+    srv_job *j = sl->job;
+    mk_gen_result r;
+    pthread_mutex_unlock(&s->mu); /* the final flush calls on_token, which locks */
+    mk_gen_end(sl->seq, &r);
+    pthread_mutex_lock(&s->mu);
+    sl->seq = NULL;
+    mk_sampler_free(sl->smp);
+    sl->smp = NULL;
+    /* the engine holds prompt ++ generated up to its position */
+    int64_t pos = mk_engine_pos(sl->e);
+    if (st != MK_OK || j->finish == SRV_FIN_ERROR || pos > sl->cache_cap) {
+        mk_engine_reset(sl->e);
+    } else {
+        int64_t np = j->np < pos ? j->np : pos;
+        memcpy(sl->cache, j->prompt, (size_t)np * sizeof *sl->cache);
+        if (pos > np)
+            memcpy(sl->cache + np, r.ids, (size_t)(pos - np) * sizeof *sl->cache);
+    }
+    free(r.ids);
+    if (st != MK_OK && j->finish != SRV_FIN_ERROR) {
+        snprintf(j->err, sizeof j->err, "%s", mk_err_msg());
+        j->finish = SRV_FIN_ERROR;
+    } else if (j->finish == SRV_RUNNING && j->cancel) { /* caught by the loop or before a step */
+        j->finish = SRV_FIN_CANCEL;
+    } else if (j->finish == SRV_RUNNING) {
+        j->finish = r.reason == MK_GEN_STOP_ID ? SRV_FIN_STOP
+                    : r.reason == MK_GEN_STOP_CANCELLED ? (j->cancel ? SRV_FIN_CANCEL : SRV_FIN_ERROR)
+                                                         : SRV_FIN_LENGTH;
+        if (j->finish == SRV_FIN_ERROR) /* on_token could not grow its buffers */
+            snprintf(j->err, sizeof j->err, "out of memory for the generated text");
+    }
+    j->safe = j->len; /* nothing more will come: a partial stop sequence is text */
+    j->done = true;
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.prompt_tokens += (uint64_t)j->np;
+    s->metrics.gen_tokens += (uint64_t)j->n_gen;
+    if (j->finish == SRV_FIN_CANCEL)
+        s->metrics.cancelled++;
+    pthread_mutex_unlock(&s->metrics.mu);
+    pthread_cond_broadcast(&j->cv);
+    sl->job = NULL;
+    s->busy--;
+    srv_job_unref_locked(j);
+    pthread_cond_broadcast(&s->idle_cv);
+}
+
+static void *sched_main(void *arg) {
+    mk_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        while (!s->quit && !s->busy && !s->qlen)
+            pthread_cond_wait(&s->sched_cv, &s->mu);
+        if (s->quit && !s->busy && !s->qlen)
+            break;
+        while (s->qlen && s->busy < s->nslots) {
+            srv_job *j = s->queue[s->qhead];
+            s->qhead = (s->qhead + 1) % s->queue_cap;
+            s->qlen--;
+            if (j->cancel) { /* gone while waiting */
+                j->finish = SRV_FIN_CANCEL;
+                j->done = true;
+                pthread_cond_broadcast(&j->cv);
+                srv_job_unref_locked(j);
+                continue;
+            }
+            start_job(s, j);
+        }
+        for (int i = 0; i < s->nslots; i++) {
+            srv_slot *sl = &s->slots[i];
+            if (!sl->job)
+                continue;
+            if (sl->job->finish == SRV_FIN_ERROR && !sl->seq) { /* failed to start */
+                end_job(s, sl, MK_OK);
+                continue;
+            }
+            if (sl->job->cancel) {
+                end_job(s, sl, MK_OK);
+                continue;
+            }
+            pthread_mutex_unlock(&s->mu);
+            bool done = false;
+            mk_status st = mk_gen_step(sl->seq, &done);
+            pthread_mutex_lock(&s->mu);
+            if (done || st != MK_OK)
+                end_job(s, sl, st);
+        }
+        if (s->m.store) { /* the store is the scheduler's: /metrics reads this copy */
+            mk_expert_stats es;
+            mk_expert_store_stats(s->m.store, &es);
+            pthread_mutex_lock(&s->metrics.mu);
+            s->metrics.streaming = true;
+            s->metrics.ex_uses = es.uses;
+            s->metrics.ex_hits = es.hits;
+            s->metrics.ex_bytes = es.bytes_read;
+            pthread_mutex_unlock(&s->metrics.mu);
+        }
+        pthread_cond_broadcast(&s->idle_cv);
+    }
+    pthread_mutex_unlock(&s->mu);
+    return NULL;
+}
+
+mk_status srv_sched_start(mk_server *s) {
+    int n = s->m.n_engines;
+    s->slots = mk_calloc((size_t)n, sizeof *s->slots);
+    if (!s->slots)
+        return mk_err(MK_E_NOMEM, "no memory for %d slots", n);
+    s->nslots = n;
+    for (int i = 0; i < n; i++) {
+        srv_slot *sl = &s->slots[i];
+        sl->srv = s;
+        sl->e = s->m.engines[i];
+        sl->cache_cap = mk_engine_max_ctx(sl->e);
+        sl->cache = mk_malloc((size_t)sl->cache_cap * sizeof *sl->cache);
+        if (!sl->cache)
+            return mk_err(MK_E_NOMEM, "no memory for slot %d's prompt cache index (%lld tokens)", i,
+                          (long long)sl->cache_cap);
+        mk_engine_reset(sl->e);
+    }
+    if (pthread_create(&s->sched, NULL, sched_main, s))
+        return mk_err(MK_E_NOMEM, "cannot start the scheduler thread");
+    s->sched_started = true;
+    return MK_OK;
+}
+
+void srv_sched_stop(mk_server *s) {
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < s->qlen; i++)
+        s->queue[(s->qhead + i) % s->queue_cap]->cancel = 1;
+    for (int i = 0; i < s->nslots; i++)
+        if (s->slots[i].job)
+            s->slots[i].job->cancel = 1;
+    s->quit = true;
+    pthread_cond_broadcast(&s->sched_cv);
+    pthread_mutex_unlock(&s->mu);
+    if (s->sched_started)
+        pthread_join(s->sched, NULL);
+    s->sched_started = false;
+    for (int i = 0; s->slots && i < s->nslots; i++) {
+        free(s->slots[i].cache);
+        free(s->slots[i].raw);
+    }
+    free(s->slots);
+    s->slots = NULL;
+    s->nslots = 0;
+}

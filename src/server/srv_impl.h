@@ -1,0 +1,227 @@
+/* The server's internals, shared by its files:
+ *   request.c  JSON request bodies -> validated parameters (no HTTP; fuzzed)
+ *   sched.c    slots, the bounded queue, the scheduler thread, prompt cache
+ *   openai.c   the endpoints: prompt ids, jobs, JSON and SSE responses
+ *   http.c     libmicrohttpd: routing, bodies, keys, connections, lifecycle
+ *   metrics.c  counters and histograms, Prometheus text
+ * Locking: one server mutex guards the queue, the slots' bookkeeping and
+ * every job's output; each job has its own condition variable for the
+ * connection waiting on it. Engines are touched only by the scheduler
+ * thread. */
+#ifndef MK_SERVER_SRV_IMPL_H
+#define MK_SERVER_SRV_IMPL_H
+
+#include <jansson.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/chat.h"
+#include "moekit/generate.h"
+#include "moekit/sample.h"
+#include "moekit/server.h"
+
+#define SRV_MAX_STOP 4        /* OpenAI's limit on stop sequences */
+#define SRV_MAX_STOP_LEN 256  /* bytes per stop sequence */
+#define SRV_MAX_TOP 20        /* OpenAI's limit on top_logprobs */
+
+/* ---- request.c ------------------------------------------------------------ */
+
+typedef enum srv_kind { SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE } srv_kind;
+
+/* A parsed, validated request. Strings point into `root` (kept alive). */
+typedef struct srv_params {
+    srv_kind kind;
+    json_t *root;
+    const char *model;        /* NULL when absent */
+    mk_chat_msg *msgs;        /* chat: [nmsg] */
+    char **owned;             /* chat: [nmsg] joined content parts (or NULL) */
+    size_t nmsg;
+    const char *prompt;       /* completion / tokenize text (NUL-free, len bytes) */
+    size_t prompt_len;
+    int32_t *ids;             /* completion prompt or detokenize input as ids; [n_ids] */
+    size_t n_ids;
+    bool has_ids;
+    bool stream, include_usage, add_special;
+    bool ignore_eos;          /* vLLM's extension: generate past end-of-sequence ids */
+    bool no_thinking;         /* chat_template_kwargs.enable_thinking: false (qwen3 templates) */
+    int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
+    mk_sample_params sp;
+    bool seed_given;
+    int64_t max_tokens;       /* -1: absent */
+    const char *stop[SRV_MAX_STOP];
+    size_t stop_len[SRV_MAX_STOP];
+    int nstop;
+    const char *param;        /* on failure: the field at fault (static or into root) */
+    char param_buf[64];
+} srv_params;
+
+/* Parse body[0..len) as a request of `kind`. On failure MK_E_ARG with a
+ * message naming the field (p->param) or MK_E_NOMEM; p is cleared either
+ * way and must be released with srv_params_free. */
+mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_params *p);
+void srv_params_free(srv_params *p);
+
+/* ---- metrics.c ------------------------------------------------------------ */
+
+#define SRV_HIST_N 12
+
+typedef struct srv_hist {
+    uint64_t bucket[SRV_HIST_N + 1]; /* cumulative at render time; last is +Inf */
+    double sum;
+    uint64_t count;
+} srv_hist;
+
+typedef struct srv_metrics {
+    pthread_mutex_t mu;
+    uint64_t req_by_code[6]; /* 2xx, 400, 401/403, 404/405, 413/429, 5xx */
+    uint64_t prompt_tokens, gen_tokens, cache_hits, cache_tokens, cancelled;
+    srv_hist ttft, itl; /* time to first token; time between tokens */
+    bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
+    uint64_t ex_uses, ex_hits, ex_bytes;
+} srv_metrics;
+
+void srv_metrics_init(srv_metrics *m);
+void srv_metrics_destroy(srv_metrics *m);
+void srv_metrics_request(srv_metrics *m, int http_code);
+void srv_metrics_observe(srv_hist *h, srv_metrics *m, double seconds);
+/* Prometheus text of the metrics plus the slot gauges; malloc'd. */
+char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued);
+
+/* ---- sched.c -------------------------------------------------------------- */
+
+typedef enum srv_finish { SRV_RUNNING = 0, SRV_FIN_STOP, SRV_FIN_LENGTH, SRV_FIN_CANCEL, SRV_FIN_ERROR } srv_finish;
+
+/* One generated token's log probability and its best alternatives. */
+typedef struct srv_lp {
+    int32_t id;
+    float lp;
+    size_t start, end;         /* its text in job->text (before a stop cut) */
+    int ntop;
+    int32_t top_id[SRV_MAX_TOP];
+    float top_lp[SRV_MAX_TOP];
+} srv_lp;
+
+typedef struct srv_job {
+    /* input (immutable once queued) */
+    int32_t *prompt;
+    int64_t np, max_tokens;
+    mk_sample_params sp;
+    bool ignore_eos;
+    int logprobs;              /* -1: off; else alternatives per token */
+    char *stop[SRV_MAX_STOP];
+    size_t stop_len[SRV_MAX_STOP];
+    int nstop;
+    /* output, under the server mutex */
+    char *text;                /* generated text with stop sequences applied */
+    size_t len, cap, safe;     /* bytes; text[0..safe) can no longer change */
+    char *raw;                 /* scheduler only: everything generated */
+    size_t raw_len, raw_cap;
+    int64_t n_gen, n_cached;
+    srv_lp *lp;                /* [n_lp] when logprobs >= 0 */
+    size_t n_lp, cap_lp;
+    srv_finish finish;
+    char err[256];
+    volatile int cancel;       /* the client is gone, or shutdown */
+    bool started, done;        /* done: out of the scheduler, output final */
+    int refs;                  /* connection + scheduler/queue */
+    pthread_cond_t cv;
+    double t_submit, t_first, t_last;
+} srv_job;
+
+typedef struct srv_slot {
+    struct mk_server *srv;
+    mk_engine *e;
+    int32_t *cache;            /* tokens in the engine: cache[0..mk_engine_pos) */
+    int64_t cache_cap;
+    srv_job *job;              /* NULL: free */
+    mk_gen_seq *seq;
+    mk_sampler *smp;
+    float *raw;                /* logprobs: the logits the token is sampled from [vocab] */
+    double lse;                /* their log-sum-exp */
+    uint64_t last_used;
+} srv_slot;
+
+struct mk_server {
+    mk_server_opts o;
+    char *alias, *api_key;
+    void *daemon;              /* struct MHD_Daemon */
+    int port;
+    volatile int ready, draining;
+    mk_server_model m;
+    mk_gen_stopset stopset;
+    int64_t ctx;
+    pthread_mutex_t mu;
+    pthread_cond_t sched_cv, idle_cv;
+    srv_slot *slots;
+    int nslots, busy;
+    int inflight;              /* requests between their headers and their completion */
+    srv_job **queue;           /* FIFO ring [queue_cap] */
+    int qhead, qlen, queue_cap;
+    bool sched_started, quit;
+    pthread_t sched;
+    uint64_t tick, ids;
+    srv_metrics metrics;
+};
+
+/* Create a job for prompt[0..np) (copied). NULL when out of memory. */
+srv_job *srv_job_new(const int32_t *prompt, int64_t np, int64_t max_tokens,
+                     const mk_sample_params *sp, const char *const *stop, const size_t *stop_len,
+                     int nstop);
+/* Drop one reference (server mutex held); frees on the last. */
+void srv_job_unref_locked(srv_job *j);
+/* Queue a job (taking a reference): 0 when queued, else the HTTP status to
+ * answer: 429 when the queue is full, 503 when the server is draining. */
+int srv_submit(mk_server *s, srv_job *j);
+mk_status srv_sched_start(mk_server *s);
+/* Cancel every job, stop the scheduler thread, free the slots' state. */
+void srv_sched_stop(mk_server *s);
+double srv_now(void);
+
+/* ---- openai.c ------------------------------------------------------------- */
+
+/* An SSE stream of a job (chat.completion.chunk or text_completion). */
+typedef struct srv_stream {
+    mk_server *s;
+    srv_job *j;                /* one reference */
+    srv_kind kind;
+    bool include_usage;
+    char id[48];
+    long long created;
+    int state;                 /* 0 role, 1 content, 2 finish, 3 usage, 4 [DONE], 5 ended */
+    size_t sent;               /* bytes of j->text sent */
+    size_t lp_sent;            /* entries of j->lp sent */
+    char *pend;                /* formatted bytes not yet handed to the connection */
+    size_t pend_len, pend_off;
+} srv_stream;
+
+/* A response: status, content type and body (malloc'd), or a stream. */
+typedef struct srv_reply {
+    int code;
+    const char *ctype;
+    char *body;
+    size_t len;
+    srv_stream *stream;        /* SSE (code 200) */
+} srv_reply;
+
+/* Polled while a connection waits for its job: false when the client is gone. */
+typedef bool (*srv_alive_fn)(void *ctx);
+
+/* An OpenAI-style error body. */
+void srv_error(srv_reply *r, int code, const char *type, const char *param, const char *fmt, ...)
+    __attribute__((format(printf, 5, 6)));
+void srv_handle_models(mk_server *s, srv_reply *r);
+void srv_handle_metrics(mk_server *s, srv_reply *r);
+/* POST endpoints. A non-streamed completion blocks until its job ends,
+ * polling alive to cancel it when the client is gone. */
+void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
+                     srv_alive_fn alive, void *alive_ctx);
+/* The next SSE bytes into buf[0..max): > 0 bytes, 0 at the end of the
+ * stream, -1 when the client is gone (the job is cancelled). Blocks until
+ * there is something to send. */
+long srv_stream_read(srv_stream *st, char *buf, size_t max, srv_alive_fn alive, void *alive_ctx);
+/* Cancel the job if still running and free the stream (NULL ok). */
+void srv_stream_free(srv_stream *st);
+
+#endif

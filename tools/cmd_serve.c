@@ -1,0 +1,323 @@
+/* moekit serve: an OpenAI-compatible HTTP server over one model
+ * (src/server). The port is bound first so /health answers 503 "loading"
+ * while the model loads; the model, its tokenizer and one engine per slot
+ * are created eagerly, a warm-up forward runs, and only then does the
+ * server accept API requests. SIGINT/SIGTERM stop accepting, let running
+ * requests finish for --grace seconds, cancel the rest and exit 0. */
+#include <getopt.h>
+#include <libgen.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "cli_flags.h"
+#include "cli_esc.h"
+#include "cmd.h"
+#include "engine_cli.h"
+#include "moekit/chat.h"
+#include "moekit/kernels.h"
+#include "moekit/server.h"
+#include "moekit/tokenizer.h"
+
+static void help(FILE *f) {
+    fprintf(f,
+            "usage: moekit serve MODEL [options]\n\n"
+            "Serve MODEL (a checkpoint directory) over HTTP with the OpenAI API:\n"
+            "  GET  /health                 503 {\"status\":\"loading\"} until ready, then 200\n"
+            "  GET  /v1/models              the model's id (--alias; \"default_model\" also works)\n"
+            "  POST /v1/chat/completions    chat with the model's template; \"stream\": true for SSE\n"
+            "  POST /v1/completions         a raw prompt (text or token ids)\n"
+            "  POST /tokenize, /detokenize  {\"content\": TEXT} <-> {\"tokens\": [ids]}\n"
+            "  GET  /metrics                Prometheus text: requests, tokens, latencies, slots\n"
+            "Sampling fields: temperature (default 1), top_p, top_k, min_p, max_tokens or\n"
+            "max_completion_tokens (default: the rest of the context), stop (up to 4),\n"
+            "seed, presence_penalty, frequency_penalty, repetition_penalty, ignore_eos;\n"
+            "chat_template_kwargs.enable_thinking (qwen3 templates). Log probabilities: chat's\n"
+            "logprobs + top_logprobs (0-20), completions' logprobs (0-20), of the model's own\n"
+            "distribution (before penalties and temperature).\n\n"
+            "network:\n"
+            "  --host ADDR          IPv4 address to listen on (default 127.0.0.1: this machine\n"
+            "                       only; 0.0.0.0 exposes the server, give it an --api-key)\n"
+            "  --port N             TCP port (default 8080; 0 picks a free one, printed)\n"
+            "  --alias NAME         the model id clients use (default: MODEL's directory name)\n"
+            "  --api-key KEY        require \"Authorization: Bearer KEY\" (all but /health)\n"
+            "  --api-key-file F     the key from a file (first line), not visible in ps\n"
+            "slots:\n"
+            "  --parallel N         requests generated at once, each in its own slot with its\n"
+            "                       own context (default 1); memory grows by one context each\n"
+            "  --queue N            requests that may wait for a slot before 429 (default 4 per\n"
+            "                       slot)\n"
+            "  --ctx N              context positions per slot (default min(4096,\n"
+            "                       max_position_embeddings)); prompt + max_tokens must fit\n"
+            "  --grace S            on SIGINT/SIGTERM, seconds running requests may finish\n"
+            "                       before they are cancelled (default 10)\n"
+            "engine:\n"
+            "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
+            "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3\n"
+            "                       (default: recognised from the checkpoint)\n"
+            "memory:\n"
+            "%s"
+            "  -h, --help           this text\n\n"
+            "Slots share the model's weights; each holds its own KV cache and recurrent\n"
+            "state. One scheduler steps the busy slots in turn (a prompt piece or a token\n"
+            "each), so an answer is the same alone or under load, and a seed reproduces.\n"
+            "A new request reuses the free slot whose cached tokens share the longest prefix\n"
+            "with its prompt (models with recurrent layers reuse a slot only when the prompt\n"
+            "extends its whole history, such as the next turn of a chat).\n\n"
+            "Exit status: 0 after a signal, 2 bad input (model, flags), 1 internal failure.\n",
+            mk_ecli_mem_help);
+}
+
+typedef struct serve_opts {
+    const char *model, *host, *alias, *key, *key_file, *tmpl;
+    long long port, parallel, queue, ctx, threads;
+    double grace;
+    mk_ecli_mem mm;
+} serve_opts;
+
+static int parse(int argc, char **argv, serve_opts *o) {
+    static const struct option opts[] = {
+        {"host", required_argument, 0, 'H'},     {"port", required_argument, 0, 'p'},
+        {"alias", required_argument, 0, 'a'},    {"api-key", required_argument, 0, 'k'},
+        {"api-key-file", required_argument, 0, 'K'}, {"parallel", required_argument, 0, 'n'},
+        {"queue", required_argument, 0, 'q'},    {"ctx", required_argument, 0, 'x'},
+        {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
+        {"template", required_argument, 0, 'T'}, MK_ECLI_MEM_OPTS,
+        {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+    int ch, rc;
+    optind = 1;
+    opterr = 0;
+    while ((ch = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'H': o->host = optarg; break;
+        case 'p':
+            if ((rc = mk_flag_int("serve", "--port", optarg, 0, 65535, &o->port)) >= 0)
+                return rc;
+            break;
+        case 'a':
+            if (!*optarg)
+                return mk_cli_usage("serve", "--alias: the model id must not be empty");
+            o->alias = optarg;
+            break;
+        case 'k': o->key = optarg; break;
+        case 'K': o->key_file = optarg; break;
+        case 'n':
+            if ((rc = mk_flag_int("serve", "--parallel", optarg, 1, 256, &o->parallel)) >= 0)
+                return rc;
+            break;
+        case 'q':
+            if ((rc = mk_flag_int("serve", "--queue", optarg, 1, 65536, &o->queue)) >= 0)
+                return rc;
+            break;
+        case 'x':
+            if ((rc = mk_flag_int("serve", "--ctx", optarg, 2, 1 << 26, &o->ctx)) >= 0)
+                return rc;
+            break;
+        case 'g':
+            if ((rc = mk_flag_real("serve", "--grace", optarg, 0, 3600, 0, &o->grace)) >= 0)
+                return rc;
+            break;
+        case 'j':
+            if ((rc = mk_flag_int("serve", "--threads", optarg, 1, 1024, &o->threads)) >= 0)
+                return rc;
+            break;
+        case 'T': o->tmpl = optarg; break;
+        case 'h': help(stdout); return 0;
+        default: {
+            bool mine;
+            if ((rc = mk_ecli_mem_flag(&o->mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
+            return mk_cli_usage("serve", "unknown option or missing value: %s", argv[optind - 1]);
+        }
+        }
+    }
+    if (optind != argc - 1)
+        return mk_cli_usage("serve", "expected exactly one MODEL argument");
+    o->model = argv[optind];
+    if (o->key && o->key_file)
+        return mk_cli_usage("serve", "give either --api-key or --api-key-file, not both");
+    if (o->key && !*o->key)
+        return mk_cli_usage("serve", "--api-key: the key must not be empty");
+    return -1;
+}
+
+/* The key from --api-key-file: its first line, which must not be empty. */
+static mk_status read_key(const char *path, char **key) {
+    char *buf;
+    size_t len;
+    MK_TRY(mk_ecli_read_file("--api-key-file", path, &buf, &len));
+    size_t n = 0;
+    while (n < len && buf[n] != '\n' && buf[n] != '\r')
+        n++;
+    if (n == 0 || memchr(buf, 0, n)) {
+        free(buf);
+        return mk_err(MK_E_ARG, "--api-key-file %s: the first line must hold the key", path);
+    }
+    buf[n] = 0;
+    *key = buf;
+    return MK_OK;
+}
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A SIGINT/SIGTERM that arrived while loading (signals are blocked and
+ * collected by sigwait): stop before the next phase. */
+static bool stop_pending(void) {
+    sigset_t p;
+    return sigpending(&p) == 0 && (sigismember(&p, SIGINT) || sigismember(&p, SIGTERM));
+}
+
+typedef struct serve_state {
+    mk_model *m;
+    mk_tok *tok;
+    mk_pool *pool;
+    mk_backend *be;
+    mk_engine **engines;
+    int n;
+    char *key;
+    mk_server *srv;
+} serve_state;
+
+static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
+    double t0 = now_s();
+    fprintf(stderr, "moekit serve: loading %s\n", mk_cli_esc(o->model));
+#ifdef MK_TEST_HOOKS
+    /* tests/cli/serve.sh: a slow load, to see /health say "loading" */
+    const char *delay = getenv("MK_SERVE_LOAD_DELAY_MS");
+    if (delay)
+        usleep((useconds_t)atoi(delay) * 1000);
+#endif
+    MK_TRY(mk_ecli_mem_model_open(&o->mm, o->model, &(mk_model_opts){0}, &z->m));
+    mk_status st = mk_tok_load(mk_model_dir(z->m), &z->tok);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "the server needs the model's tokenizer");
+    const mk_config *c = mk_model_config(z->m);
+    MK_TRY(mk_tok_check_model_vocab(z->tok, c->vocab_size));
+    sm->has_chat = mk_chat_detect(mk_model_dir(z->m), o->tmpl, &sm->chat_kind) == MK_OK;
+    if (!sm->has_chat && o->tmpl)
+        return mk_err(MK_E_ARG, "--template %s: %s", o->tmpl, mk_err_msg());
+    if (!sm->has_chat)
+        fprintf(stderr, "moekit serve: warning: %s: /v1/chat/completions will answer 400 (give "
+                "--template to name one)\n", mk_cli_esc(mk_err_msg()));
+    fprintf(stderr, "moekit serve: model loaded in %.1f s (%s, %d layers, vocab %d%s%s)\n",
+            now_s() - t0, mk_model_layout(z->m), c->num_layers, c->vocab_size,
+            sm->has_chat ? ", chat template " : "", sm->has_chat ? mk_chat_kind_name(sm->chat_kind) : "");
+    if (stop_pending())
+        return MK_OK;
+    int mp = c->max_position_embeddings;
+    long long ctx = o->ctx > 0 ? o->ctx : (mp > 0 && mp < 4096 ? mp : 4096);
+    if (o->ctx > 0)
+        MK_TRY(mk_ecli_check_ctx(z->m, ctx, "--ctx", false, false));
+    /* one thread pool for every slot: the scheduler runs one slot at a time */
+    MK_TRY(mk_pool_create((int)o->threads, &z->pool));
+    MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
+    mk_engine_opts eo = {.max_ctx = ctx, .prefill_chunk = 512, .backend = z->be};
+    z->engines = calloc((size_t)o->parallel, sizeof *z->engines);
+    if (!z->engines)
+        return mk_err(MK_E_NOMEM, "no memory for %lld slots", o->parallel);
+    o->mm.engines = (int)o->parallel;
+    for (int i = 0; i < o->parallel; i++) {
+        st = mk_ecli_mem_engine(&o->mm, z->m, &eo, &z->engines[i]);
+        if (st != MK_OK)
+            return mk_err_wrap(st, "slot %d of %lld (--parallel)", i + 1, o->parallel);
+        z->n++;
+    }
+    fprintf(stderr, "moekit serve: %d slot%s x %lld positions (%.1f MiB each)\n", z->n,
+            z->n == 1 ? "" : "s", ctx, (double)mk_engine_arena_bytes(z->engines[0]) / 1048576.0);
+    /* warm-up: one forward touches every weight page and kernel path once */
+    double tw = now_s();
+    int32_t id = mk_tok_bos_id(z->tok) >= 0 ? mk_tok_bos_id(z->tok) : 0;
+    float *logits = malloc((size_t)c->vocab_size * sizeof *logits);
+    if (!logits)
+        return mk_err(MK_E_NOMEM, "no memory for the warm-up's logits");
+    st = mk_engine_forward(z->engines[0], &id, 1, MK_LOGITS_LAST, logits, NULL);
+    free(logits);
+    mk_engine_reset(z->engines[0]);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "warm-up forward");
+    fprintf(stderr, "moekit serve: warm-up forward in %.0f ms\n", (now_s() - tw) * 1e3);
+    *sm = (mk_server_model){.model = z->m, .tok = z->tok, .has_chat = sm->has_chat,
+                            .chat_kind = sm->chat_kind, .engines = z->engines, .n_engines = z->n,
+                            .store = o->mm.store};
+    return MK_OK;
+}
+
+static mk_status serve_main(serve_opts *o) {
+    serve_state z = {0};
+    mk_status st = MK_OK;
+    if (o->key_file && (st = read_key(o->key_file, &z.key)) != MK_OK)
+        return st;
+    /* the alias: --alias, else the directory's name */
+    char *dir = strdup(o->model), *alias = NULL;
+    if (!dir) {
+        free(z.key);
+        return mk_err(MK_E_NOMEM, "no memory for the model's name");
+    }
+    size_t dl = strlen(dir);
+    while (dl > 1 && dir[dl - 1] == '/')
+        dir[--dl] = 0;
+    alias = o->alias ? (char *)o->alias : basename(dir);
+    /* signals: collected by sigwait below, never delivered to a thread */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
+                         .api_key = o->key ? o->key : z.key, .queue = (int)o->queue};
+    st = mk_server_start(&so, &z.srv);
+    if (st == MK_OK) {
+        fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",
+                o->host ? o->host : "127.0.0.1", mk_server_port(z.srv), mk_cli_esc(alias),
+                so.api_key ? ", API key required" : "");
+        mk_server_model sm = {0};
+        st = load(o, &z, &sm);
+        if (st == MK_OK && !stop_pending()) {
+            st = mk_server_ready(z.srv, &sm);
+            if (st == MK_OK)
+                fprintf(stderr, "moekit serve: ready\n");
+        }
+        if (st == MK_OK) {
+            int sig = 0;
+            sigwait(&set, &sig);
+            fprintf(stderr, "moekit serve: %s: no new requests; running ones have %.0f s to finish\n",
+                    sig == SIGINT ? "SIGINT" : "SIGTERM", o->grace);
+        }
+        mk_server_shutdown(z.srv, st == MK_OK ? o->grace : 0);
+        mk_server_free(z.srv);
+        if (st == MK_OK)
+            fprintf(stderr, "moekit serve: stopped\n");
+    }
+    for (int i = 0; i < z.n; i++)
+        mk_engine_free(z.engines[i]);
+    free(z.engines);
+    mk_ecli_mem_free(&o->mm);
+    mk_backend_free(z.be);
+    mk_pool_free(z.pool);
+    mk_tok_free(z.tok);
+    mk_model_free(z.m);
+    free(z.key);
+    free(dir);
+    return st;
+}
+
+int cmd_serve(int argc, char **argv) {
+    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .mm = {.cmd = "serve", .no_trace = true}};
+    int rc = parse(argc, argv, &o);
+    if (rc >= 0)
+        return rc;
+    mk_status st = serve_main(&o);
+    return st == MK_OK ? 0 : mk_cli_fail(st);
+}
+
+MK_CMD_REGISTER(serve, 45, "serve a model over HTTP with the OpenAI API (chat, completions, SSE)", cmd_serve)
