@@ -2,7 +2,7 @@
 # Build moekit's CUDA parts on a lent GPU machine and run the GPU tests and
 # bench_cuda_moe there (docs/CUDA.md). The machine has nvcc, cmake and
 # ninja but not moekit's Debian -dev packages: pass a folder of .debs
-# (libjansson-dev, libxxhash-dev, libpcre2-dev, libutf8proc-dev,
+# (libjansson-dev, libxxhash-dev, libpcre2-dev, libutf8proc-dev, libmicrohttpd-dev,
 # libcmocka-dev, their runtime packages, pkgconf) as $1; they are unpacked
 # under /tmp/deps (never into /) and pkg-config is pointed there.
 #   usage: scripts/cuda-device-run.sh DEBS_DIR OUT_DIR [bench args...]
@@ -18,6 +18,9 @@ mkdir -p "$D" "$out"
 for f in "$debs"/*.deb; do dpkg -x "$f" "$D"; done
 for pc in "$D"/usr/lib/x86_64-linux-gnu/pkgconfig/*.pc "$D"/usr/share/pkgconfig/*.pc; do
     [ -f "$pc" ] && sed -i "s|^prefix=/usr\$|prefix=$D/usr|" "$pc"
+    # private requirements matter only to static links (libmicrohttpd's names gnutls,
+    # whose -dev package the device lacks; its runtime library is there)
+    [ -f "$pc" ] && sed -i '/^Requires.private:/d' "$pc"
 done
 export PKG_CONFIG_PATH=$D/usr/lib/x86_64-linux-gnu/pkgconfig:$D/usr/share/pkgconfig
 export LD_LIBRARY_PATH=$D/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
