@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev
       libjansson-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libxxhash-dev
-      liburing-dev libcmocka-dev libopenblas-dev)
+      liburing-dev libcmocka-dev libopenblas-dev git)
 
 missing=()
 for p in "${PKGS[@]}"; do
