@@ -15,6 +15,24 @@
 
 #include "core/alloc.h"
 
+/* What a JSON value is, for messages ("expected a string, found an
+ * array"): NULL is "nothing" (an absent field). */
+static inline const char *mk_json_type_name(const json_t *j) {
+    if (!j)
+        return "nothing";
+    switch (json_typeof(j)) {
+    case JSON_OBJECT: return "an object";
+    case JSON_ARRAY: return "an array";
+    case JSON_STRING: return "a string";
+    case JSON_INTEGER: return "an integer";
+    case JSON_REAL: return "a number";
+    case JSON_TRUE:
+    case JSON_FALSE: return "a boolean";
+    case JSON_NULL: return "null";
+    }
+    return "?";
+}
+
 static inline unsigned long mk_json_mark(void) {
     mk_alloc_hook_json();
     return mk_alloc_failures();

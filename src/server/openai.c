@@ -334,17 +334,23 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
     return true;
 }
 
+/* Wait on the job's condition for at most 100 ms (s->mu held): the
+ * caller then checks whether its client is still there. */
+static void wait_tick(mk_server *s, srv_job *j) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 100 * 1000 * 1000;
+    if (ts.tv_nsec >= 1000000000) {
+        ts.tv_sec++;
+        ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&j->cv, &s->mu, &ts);
+}
+
 static void wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_lock(&s->mu);
     while (!j->done) {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += 100 * 1000 * 1000;
-        if (ts.tv_nsec >= 1000000000) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000;
-        }
-        pthread_cond_timedwait(&j->cv, &s->mu, &ts);
+        wait_tick(s, j);
         if (!j->done && alive && !j->cancel) {
             pthread_mutex_unlock(&s->mu);
             bool a = alive(ctx);
@@ -521,14 +527,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
     case 1: {
         pthread_mutex_lock(&s->mu);
         while (j->safe <= st->sent && !j->done) {
-            struct timespec ts;
-            clock_gettime(CLOCK_REALTIME, &ts);
-            ts.tv_nsec += 100 * 1000 * 1000;
-            if (ts.tv_nsec >= 1000000000) {
-                ts.tv_sec++;
-                ts.tv_nsec -= 1000000000;
-            }
-            pthread_cond_timedwait(&j->cv, &s->mu, &ts);
+            wait_tick(s, j);
             if (j->safe <= st->sent && !j->done && alive) {
                 pthread_mutex_unlock(&s->mu);
                 bool a = alive(ctx);

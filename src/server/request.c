@@ -27,18 +27,7 @@ static mk_status bad(srv_params *p, const char *param, const char *fmt, ...) {
     return mk_err(MK_E_ARG, "%s: %s", param, msg);
 }
 
-static const char *type_name(const json_t *v) {
-    switch (json_typeof(v)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    default: return "null";
-    }
-}
+static const char *type_name(const json_t *v) { return mk_json_type_name(v); }
 
 /* The field, or NULL when absent or null. */
 static json_t *field(const json_t *o, const char *k) {

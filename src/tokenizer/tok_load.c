@@ -32,21 +32,7 @@
 
 /* ---- helpers ------------------------------------------------------------- */
 
-static const char *jt(const json_t *j) {
-    if (!j)
-        return "nothing";
-    switch (json_typeof(j)) {
-    case JSON_OBJECT: return "an object";
-    case JSON_ARRAY: return "an array";
-    case JSON_STRING: return "a string";
-    case JSON_INTEGER: return "an integer";
-    case JSON_REAL: return "a number";
-    case JSON_TRUE:
-    case JSON_FALSE: return "a boolean";
-    case JSON_NULL: return "null";
-    }
-    return "?";
-}
+static const char *jt(const json_t *j) { return mk_json_type_name(j); }
 
 /* Optional boolean field: missing or null -> dflt. */
 static mk_status get_bool(const mk_tok *t, const json_t *o, const char *where, const char *key,
