@@ -220,14 +220,18 @@ static bool int8_path(mk_isa isa, const mk_wt *w, int64_t n) {
     return mk_kernels_int8() && n == 1 && w->fmt == MK_WF_AFFINE && (w->bits == 4 || w->bits == 8);
 }
 
-/* xq = x^ and d[b] per block of 32 (cols a multiple of 32) */
+/* xq = x^ and d[b] per block of 32 */
 static void q8_ref(const float *x, int64_t cols, float *xq, float *d) {
-    for (int64_t b = 0; b < cols / 32; b++) {
+    /* the int8 paths take only widths of whole blocks; a partial last block
+     * (other formats' odd widths, whose checks ignore these values) is
+     * quantized alone so nothing here reads or writes past cols */
+    for (int64_t b = 0; b < (cols + 31) / 32; b++) {
+        int nb = cols - b * 32 < 32 ? (int)(cols - b * 32) : 32;
         float amax = 0;
-        for (int i = 0; i < 32; i++)
+        for (int i = 0; i < nb; i++)
             amax = fmaxf(amax, fabsf(x[b * 32 + i]));
         d[b] = amax / 127.0f;
-        for (int i = 0; i < 32; i++)
+        for (int i = 0; i < nb; i++)
             xq[b * 32 + i] = amax == 0 ? 0.0f : nearbyintf(x[b * 32 + i] * (127.0f / amax)) * d[b];
     }
 }
@@ -236,7 +240,7 @@ static void q8_ref(const float *x, int64_t cols, float *xq, float *d) {
  * bnd[o] = the stated bound of the int8 kernels against x */
 static void q8_want(const float *wr, int64_t cols, int64_t r0, int64_t nr, const float *x, float *want,
                     double *sabs, double *bnd) {
-    float *xq = malloc(sizeof(float) * (size_t)cols), *d = malloc(sizeof(float) * (size_t)(cols / 32));
+    float *xq = malloc(sizeof(float) * (size_t)cols), *d = malloc(sizeof(float) * (size_t)((cols + 31) / 32));
     assert_true(xq && d);
     q8_ref(x, cols, xq, d);
     for (int64_t o = 0; o < nr; o++) {
