@@ -26,6 +26,7 @@ static const struct {
     {"qwen3_moe", MK_ARCH_QWEN3_MOE},       {"qwen3_next", MK_ARCH_QWEN3_NEXT},
     {"qwen3_5_moe", MK_ARCH_QWEN3_5_MOE},   {"qwen3_5_moe_text", MK_ARCH_QWEN3_5_MOE},
     {"deepseek_v3", MK_ARCH_DEEPSEEK_V3},   {"kimi_k2", MK_ARCH_DEEPSEEK_V3},
+    {"glm4_moe", MK_ARCH_GLM4_MOE},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -34,12 +35,14 @@ const char *mk_arch_name(mk_arch a) {
     case MK_ARCH_QWEN3_NEXT: return "qwen3_next";
     case MK_ARCH_QWEN3_5_MOE: return "qwen3_5_moe";
     case MK_ARCH_DEEPSEEK_V3: return "deepseek_v3";
+    case MK_ARCH_GLM4_MOE: return "glm4_moe";
+    case MK_ARCH_MINIMAX_M2: return "minimax_m2";
     default: return "unknown";
     }
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -485,7 +488,8 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->routed_scaling_factor = get_num(r, tc, "routed_scaling_factor", 1.0);
     c->rope_interleave = get_bool(r, tc, "rope_interleave", c->arch == MK_ARCH_DEEPSEEK_V3);
     snprintf(c->scoring_func, sizeof c->scoring_func, "%s",
-             c->arch == MK_ARCH_DEEPSEEK_V3 ? "sigmoid" : "softmax");
+             mk_config_sigmoid_router(c) ? "sigmoid" : "softmax");
+    c->use_qk_norm = get_bool(r, tc, "use_qk_norm", false);
     get_str(r, tc, "scoring_func", c->scoring_func, sizeof c->scoring_func);
     get_str(r, tc, "topk_method", c->topk_method, sizeof c->topk_method);
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
@@ -619,7 +623,7 @@ void mk_config_free(mk_config *c) {
 bool mk_config_layer_is_moe(const mk_config *c, int layer) {
     if (c->num_experts <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE)
         return layer >= c->first_k_dense_replace;
     for (int i = 0; i < c->n_mlp_only_layers; i++)
         if (c->mlp_only_layers[i] == layer)
@@ -632,6 +636,11 @@ bool mk_config_layer_is_full_attn(const mk_config *c, int layer) {
     if (!c->layer_is_full || layer < 0 || layer >= c->num_layers)
         return true;
     return c->layer_is_full[layer] != 0;
+}
+
+bool mk_config_sigmoid_router(const mk_config *c) {
+    return c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE ||
+           c->arch == MK_ARCH_MINIMAX_M2;
 }
 
 bool mk_config_has_recurrent_state(const mk_config *c) {

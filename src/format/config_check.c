@@ -42,7 +42,7 @@ static mk_status need_pos(const mk_config *c, const char *field, long long v) {
 static bool any_moe(const mk_config *c) {
     if (c->num_experts <= 0 || c->num_layers <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE)
         return c->first_k_dense_replace < c->num_layers;
     /* more MoE candidates ((l+1) % step == 0) than mlp_only_layers can remove:
      * at least one stays MoE; otherwise the few candidates are tried */
@@ -96,7 +96,7 @@ static mk_status check_shapes(const mk_config *c) {
         if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->num_experts)
             return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
                           "(%s)", c->num_experts_per_tok, c->num_experts, c->experts_key);
-        if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        if (mk_config_sigmoid_router(c)) {
             int g = c->n_group, tg = c->topk_group;
             if (g <= 0)
                 REFUSE(MK_E_FORMAT, "n_group", "expected an integer > 0, found %d", g);
@@ -201,7 +201,8 @@ static mk_status check_deepseek(const mk_config *c) {
                c->n_group, c->topk_group);
     if (strcmp(c->scoring_func, "sigmoid"))
         REFUSE(MK_E_UNSUPPORTED, "scoring_func",
-               "'%s' is not implemented for deepseek_v3 (expected sigmoid)", c->scoring_func);
+               "'%s' is not implemented for %s (expected sigmoid)", c->scoring_func,
+               mk_arch_name(c->arch));
     if (c->topk_method[0] && strcmp(c->topk_method, "noaux_tc"))
         REFUSE(MK_E_UNSUPPORTED, "topk_method",
                "'%s' is not implemented (expected noaux_tc: grouped top-k with "
@@ -244,9 +245,10 @@ mk_status mk_config_check(const mk_config *c) {
     if (strcmp(c->hidden_act, "silu"))
         REFUSE(MK_E_UNSUPPORTED, "hidden_act", "'%s' is not implemented (expected silu)",
                c->hidden_act);
-    if (c->attention_bias)
+    if (c->attention_bias && c->arch != MK_ARCH_GLM4_MOE)
         REFUSE(MK_E_UNSUPPORTED, "attention_bias",
-               "true is not implemented (the engine's attention projections have no bias)");
+               "true is not implemented for %s (its attention projections have no bias; "
+               "glm4_moe's have)", mk_arch_name(c->arch));
     if (c->mlp_bias)
         REFUSE(MK_E_UNSUPPORTED, "mlp_bias",
                "true is not implemented (the engine's MLP projections have no bias)");
@@ -261,8 +263,15 @@ mk_status mk_config_check(const mk_config *c) {
                c->shared_intermediate_size);
     MK_TRY(check_rope(c));
     MK_TRY(check_layers(c));
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (mk_config_sigmoid_router(c))
         MK_TRY(check_deepseek(c));
+    if (c->rope_interleave && c->arch != MK_ARCH_DEEPSEEK_V3)
+        REFUSE(MK_E_UNSUPPORTED, "rope_interleave",
+               "true is not implemented for %s (GQA attention rotates pairs (i, i + rot/2))",
+               mk_arch_name(c->arch));
+    if (c->use_qk_norm && c->arch != MK_ARCH_GLM4_MOE)
+        REFUSE(MK_E_UNSUPPORTED, "use_qk_norm", "true is a glm4_moe key; %s has no such switch",
+               mk_arch_name(c->arch));
     if (c->quant.method == MK_QM_CT)
         MK_TRY(mk_ct_check(&c->quant, "config.json", NULL, -1));
     return MK_OK;
@@ -417,6 +426,7 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(first_k_dense_replace, "first_k_dense_replace");
     CMP_D(routed_scaling_factor, "routed_scaling_factor");
     CMP_I(rope_interleave, "rope_interleave");
+    CMP_I(use_qk_norm, "use_qk_norm");
     CMP_S(scoring_func, "scoring_func");
     CMP_S(topk_method, "topk_method");
     CMP_S(hidden_act, "hidden_act");

@@ -93,7 +93,7 @@ static mk_status check_expert_names(mk_ld *ld) {
         if (strncmp(n, ld->pfx, pl) || strncmp(n + pl, ".layers.", 8))
             continue;
         if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
-            c->arch == MK_ARCH_DEEPSEEK_V3 && l >= c->num_layers)
+            (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) && l >= c->num_layers)
             continue;
         if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
             (e < 0 || e >= c->num_experts || l < 0 || l >= c->num_layers))
@@ -133,10 +133,23 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
     MK_TRY(mk_ld_linear(ld, mod, nKV * hd, H, &a->v));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
     MK_TRY(mk_ld_linear(ld, mod, H, nH * hd, &a->o));
+    if (c->attention_bias) { /* glm4_moe: q/k/v biases (o_proj has none) */
+        snprintf(mod, sizeof mod, "%s.self_attn.q_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nH * hd, &a->q_bias));
+        snprintf(mod, sizeof mod, "%s.self_attn.k_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->k_bias));
+        snprintf(mod, sizeof mod, "%s.self_attn.v_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->v_bias));
+    }
+    /* glm4_moe normalises q/k only with use_qk_norm; minimax_m2 over the
+     * whole projection (all heads at once) */
+    if (c->arch == MK_ARCH_GLM4_MOE && !c->use_qk_norm)
+        return MK_OK;
+    a->whole_qk_norm = c->arch == MK_ARCH_MINIMAX_M2;
     snprintf(mod, sizeof mod, "%s.self_attn.q_norm.weight", p);
-    MK_TRY(load_norm(ld, mod, hd, zero_centred(c), &a->q_norm));
+    MK_TRY(load_norm(ld, mod, a->whole_qk_norm ? nH * hd : hd, zero_centred(c), &a->q_norm));
     snprintf(mod, sizeof mod, "%s.self_attn.k_norm.weight", p);
-    return load_norm(ld, mod, hd, zero_centred(c), &a->k_norm);
+    return load_norm(ld, mod, a->whole_qk_norm ? nKV * hd : hd, zero_centred(c), &a->k_norm);
 }
 
 static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
@@ -309,13 +322,19 @@ static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe
     return st;
 }
 
+/* DeepSeek-style shared experts: n_shared_experts under mlp.shared_experts,
+ * no gate (deepseek_v3, glm4_moe). */
+static bool ds_shared(const mk_config *c) {
+    return c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE;
+}
+
 static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, E = c->num_experts;
     char mod[256];
     snprintf(mod, sizeof mod, "%s.mlp.gate", p);
     MK_TRY(mk_ld_linear(ld, mod, E, H, &moe->router));
-    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+    if (mk_config_sigmoid_router(c)) {
         snprintf(mod, sizeof mod, "%s.mlp.gate.e_score_correction_bias", p);
         MK_TRY(mk_ld_vec(ld, mod, E, &moe->e_bias));
     }
@@ -328,16 +347,14 @@ static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, co
             if (has_module(ld, mod))
                 return mk_err(MK_E_MISMATCH, "config.json: %s is %d but the checkpoint has "
                               "'%s' (layer %d): the shared expert would be ignored",
-                              c->arch == MK_ARCH_DEEPSEEK_V3 ? "n_shared_experts"
-                                                             : "shared_expert_intermediate_size",
-                              c->arch == MK_ARCH_DEEPSEEK_V3 ? c->n_shared_experts
-                                                             : c->shared_intermediate_size,
+                              ds_shared(c) ? "n_shared_experts" : "shared_expert_intermediate_size",
+                              ds_shared(c) ? c->n_shared_experts : c->shared_intermediate_size,
                               mod, layer);
         }
     }
     if (c->shared_intermediate_size > 0) {
         moe->has_shared = true;
-        bool ds = c->arch == MK_ARCH_DEEPSEEK_V3;
+        bool ds = ds_shared(c);
         snprintf(mod, sizeof mod, "%s.mlp.%s", p, ds ? "shared_experts" : "shared_expert");
         MK_TRY(load_mlp(ld, mod, c->shared_intermediate_size, &moe->shared));
         if (!ds) {
