@@ -26,7 +26,7 @@ static const struct {
     {"qwen3_moe", MK_ARCH_QWEN3_MOE},       {"qwen3_next", MK_ARCH_QWEN3_NEXT},
     {"qwen3_5_moe", MK_ARCH_QWEN3_5_MOE},   {"qwen3_5_moe_text", MK_ARCH_QWEN3_5_MOE},
     {"deepseek_v3", MK_ARCH_DEEPSEEK_V3},   {"kimi_k2", MK_ARCH_DEEPSEEK_V3},
-    {"glm4_moe", MK_ARCH_GLM4_MOE},
+    {"glm4_moe", MK_ARCH_GLM4_MOE},         {"minimax_m2", MK_ARCH_MINIMAX_M2},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -42,7 +42,7 @@ const char *mk_arch_name(mk_arch a) {
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe, minimax_m2";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -416,7 +416,9 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     /* num_heads > 0: a negative count must not reach INT_MIN / -1 */
     c->head_dim = get_int(r, tc, "head_dim", c->num_heads > 0 ? c->hidden_size / c->num_heads : 0);
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
-    c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size", 0);
+    /* minimax_m2 (Mixtral lineage): the experts are intermediate_size wide */
+    c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size",
+                                       c->arch == MK_ARCH_MINIMAX_M2 ? c->intermediate_size : 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
     snprintf(c->experts_key, sizeof c->experts_key, "num_experts");
     for (int i = 0; ne[i]; i++)
@@ -425,7 +427,9 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
             break;
         }
     c->num_experts_per_tok = get_int(r, tc, "num_experts_per_tok", 0);
-    c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob", c->arch == MK_ARCH_QWEN3_5_MOE);
+    /* minimax_m2's router always renormalises (a false is refused in the check) */
+    c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob",
+                                 c->arch == MK_ARCH_QWEN3_5_MOE || c->arch == MK_ARCH_MINIMAX_M2);
     c->decoder_sparse_step = get_int(r, tc, "decoder_sparse_step", 1);
     c->mlp_only_layers = int_list(r, json_object_get(tc, "mlp_only_layers"), "mlp_only_layers",
                                   &c->n_mlp_only_layers);
@@ -433,6 +437,8 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->max_position_embeddings = get_int(r, tc, "max_position_embeddings", 0);
     c->tie_word_embeddings = get_bool(r, tc, "tie_word_embeddings", c->tie_word_embeddings);
     parse_rope(r, tc, &c->rope);
+    /* released MiniMax-M2 configs give the rotated width as rotary_dim */
+    c->rotary_dim = get_int(r, tc, "rotary_dim", 0);
     get_str(r, tc, "dtype", c->dtype, sizeof c->dtype);
     get_str(r, tc, "torch_dtype", c->dtype, sizeof c->dtype);
     /* shared experts: qwen3_next / 3.5 have one of shared_expert_intermediate_size;
@@ -489,7 +495,16 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->rope_interleave = get_bool(r, tc, "rope_interleave", c->arch == MK_ARCH_DEEPSEEK_V3);
     snprintf(c->scoring_func, sizeof c->scoring_func, "%s",
              mk_config_sigmoid_router(c) ? "sigmoid" : "softmax");
-    c->use_qk_norm = get_bool(r, tc, "use_qk_norm", false);
+    /* minimax_m2 always normalises q/k (over the whole projection) */
+    c->use_qk_norm = get_bool(r, tc, "use_qk_norm", c->arch == MK_ARCH_MINIMAX_M2);
+    if (c->rotary_dim > 0 && c->arch == MK_ARCH_MINIMAX_M2 && c->head_dim > 0) {
+        double f = (double)c->rotary_dim / c->head_dim;
+        if (c->rope.partial_rotary_factor != 1.0 && c->rope.partial_rotary_factor != f && r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: rotary_dim %d (of head_dim %d) contradicts "
+                          "partial_rotary_factor %g", r->what, c->rotary_dim, c->head_dim,
+                          c->rope.partial_rotary_factor);
+        c->rope.partial_rotary_factor = f;
+    }
     get_str(r, tc, "scoring_func", c->scoring_func, sizeof c->scoring_func);
     get_str(r, tc, "topk_method", c->topk_method, sizeof c->topk_method);
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);

@@ -155,7 +155,7 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
     modset_add(m, "mlp.experts.gate_proj");
     modset_add(m, "mlp.experts.up_proj");
     modset_add(m, "mlp.experts.down_proj");
-    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) {
+    if (mk_config_sigmoid_router(c)) {
         if (!strcmp(c->topk_method, "noaux_tc") || c->topk_method[0] == 0)
             modset_add(m, "mlp.gate.e_score_correction_bias");
         if (c->n_shared_experts)
