@@ -133,6 +133,7 @@ typedef struct mk_config {
     bool rope_interleave;
     char scoring_func[16];
     char topk_method[24];
+    bool has_mlp_layer_types; /* glm4_moe_lite: its dense layers are in mlp_only_layers */
     int rotary_dim;    /* minimax_m2 as released: rotated dims (0 when absent); see partial_rotary_factor */
     bool use_qk_norm;  /* glm4_moe: per-head q/k RMSNorm (false when absent) */
 

@@ -26,6 +26,7 @@ static const struct {
     {"qwen3_moe", MK_ARCH_QWEN3_MOE},       {"qwen3_next", MK_ARCH_QWEN3_NEXT},
     {"qwen3_5_moe", MK_ARCH_QWEN3_5_MOE},   {"qwen3_5_moe_text", MK_ARCH_QWEN3_5_MOE},
     {"deepseek_v3", MK_ARCH_DEEPSEEK_V3},   {"kimi_k2", MK_ARCH_DEEPSEEK_V3},
+    {"glm4_moe_lite", MK_ARCH_DEEPSEEK_V3}, /* GLM-4.7-Flash: DeepSeek-V3's MLA + routing */
     {"glm4_moe", MK_ARCH_GLM4_MOE},         {"minimax_m2", MK_ARCH_MINIMAX_M2},
 };
 
@@ -42,7 +43,7 @@ const char *mk_arch_name(mk_arch a) {
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe, minimax_m2";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, glm4_moe, minimax_m2";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -406,6 +407,40 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     }
 }
 
+/* mlp_layer_types (glm4_moe_lite): "dense" / "sparse" per layer. The dense
+ * ones join mlp_only_layers, which the deepseek schedule honours beside
+ * first_k_dense_replace; any other entry, or a length other than
+ * num_hidden_layers, is an error naming the key. */
+static void scan_mlp_layer_types(rd *r, json_t *lt, mk_config *c) {
+    c->has_mlp_layer_types = false;
+    if (!lt || json_is_null(lt))
+        return;
+    c->has_mlp_layer_types = true;
+    size_t n = json_is_array(lt) ? json_array_size(lt) : 0;
+    if (!json_is_array(lt) || (int64_t)n != c->num_layers) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: mlp_layer_types: expected a list of %d entries "
+                          "(num_hidden_layers), found %zu", r->what, c->num_layers, n);
+        return;
+    }
+    int *d = mk_realloc(c->mlp_only_layers, (size_t)(c->n_mlp_only_layers + (int)n + 1) * sizeof *d);
+    if (!d) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_NOMEM, "%s: no memory for mlp_layer_types (%zu entries)", r->what, n);
+        return;
+    }
+    c->mlp_only_layers = d;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(lt, i);
+        const char *v = json_is_string(e) ? json_string_value(e) : "(not a string)";
+        if (!strcmp(v, "dense"))
+            c->mlp_only_layers[c->n_mlp_only_layers++] = (int)i;
+        else if (strcmp(v, "sparse") && r->s == MK_OK)
+            r->s = mk_err(MK_E_UNSUPPORTED, "%s: mlp_layer_types: entry %zu is '%.40s', expected "
+                          "dense or sparse", r->what, i, v);
+    }
+}
+
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
     static const char *const ne[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
     c->vocab_size = get_int(r, tc, "vocab_size", 0);
@@ -509,6 +544,7 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     get_str(r, tc, "topk_method", c->topk_method, sizeof c->topk_method);
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
     c->moe_layer_freq = get_int(r, tc, "moe_layer_freq", 1);
+    scan_mlp_layer_types(r, json_object_get(tc, "mlp_layer_types"), c);
 
     /* read only to refuse what the engine does not implement (mk_config_check) */
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
@@ -638,8 +674,12 @@ void mk_config_free(mk_config *c) {
 bool mk_config_layer_is_moe(const mk_config *c, int layer) {
     if (c->num_experts <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) {
+        for (int i = 0; i < c->n_mlp_only_layers; i++) /* mlp_layer_types' dense layers */
+            if (c->mlp_only_layers[i] == layer)
+                return false;
         return layer >= c->first_k_dense_replace;
+    }
     for (int i = 0; i < c->n_mlp_only_layers; i++)
         if (c->mlp_only_layers[i] == layer)
             return false;
