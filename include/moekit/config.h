@@ -25,6 +25,8 @@ typedef enum mk_arch {
     MK_ARCH_QWEN3_NEXT,
     MK_ARCH_QWEN3_5_MOE,
     MK_ARCH_DEEPSEEK_V3, /* kimi_k2 maps here */
+    MK_ARCH_GLM4_MOE,    /* GLM-4.5/4.6/4.7: GQA + partial RoPE + biases, deepseek routing */
+    MK_ARCH_MINIMAX_M2,  /* MiniMax-M2.x: GQA + whole-projection q/k norm, sigmoid routing */
 } mk_arch;
 
 const char *mk_arch_name(mk_arch a);
@@ -131,6 +133,9 @@ typedef struct mk_config {
     bool rope_interleave;
     char scoring_func[16];
     char topk_method[24];
+    bool has_mlp_layer_types; /* glm4_moe_lite: its dense layers are in mlp_only_layers */
+    int rotary_dim;    /* minimax_m2 as released: rotated dims (0 when absent); see partial_rotary_factor */
+    bool use_qk_norm;  /* glm4_moe: per-head q/k RMSNorm (false when absent) */
 
     /* Fields read only to refuse what the engine does not implement
      * (mk_config_check; docs/CONFIG_KEYS.md lists every key). */
@@ -186,6 +191,9 @@ mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int 
 bool mk_config_layer_is_moe(const mk_config *cfg, int layer);
 /* Is layer i full attention (vs Gated DeltaNet)? Always true for non-hybrids. */
 bool mk_config_layer_is_full_attn(const mk_config *cfg, int layer);
+/* Does the family route with DeepSeek's grouped sigmoid + correction bias
+ * (deepseek_v3, glm4_moe, minimax_m2) rather than a softmax? */
+bool mk_config_sigmoid_router(const mk_config *cfg);
 /* Families whose recurrent state overflows in float16. */
 bool mk_config_has_recurrent_state(const mk_config *cfg);
 

@@ -328,7 +328,7 @@ static mk_status check_groups(cv_src *s) {
 }
 
 static mk_status canonicalize(cv_src *s) {
-    int nl = s->cfg.arch == MK_ARCH_DEEPSEEK_V3 ? s->cfg.num_layers : 0;
+    int nl = s->cfg.arch == MK_ARCH_DEEPSEEK_V3 || s->cfg.arch == MK_ARCH_GLM4_MOE ? s->cfg.num_layers : 0;
     bool stacked = false, conv_hf = false, conv_mlx = false, any_mlx = false;
     for (size_t i = 0; i < s->nmods; i++) {
         cv_mod *m = &s->mods[i];

@@ -22,6 +22,14 @@
 
 /* ---- attention (qwen3_moe; gated in qwen3_next / qwen3_5_moe) --------------- */
 
+/* rows[t] += bias for t < n rows of `width` (a projection's bias). The
+ * bias row is repeated into e->qraw (free in ungated attention: the only
+ * family with biases, glm4_moe, is not gated) by a stride-0 copy. */
+static void add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
+    BE(e)->copy(CTX(e), e->qraw, width, 0, bias, 0, 0, n, 1, width);
+    BE(e)->axpy(CTX(e), rows, 1.0f, e->qraw, n * width);
+}
+
 /* q_proj yields per head [q(hd) | gate(hd)] in the hybrids; q/k get their own
  * RMSNorm over head_dim before RoPE on the first rot_dim dims; the gated
  * output is attn * sigmoid(gate) before o_proj. K/V rows go straight into
@@ -40,9 +48,19 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
         BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
     }
-    /* q/k norms per head, then RoPE */
-    BE(e)->rmsnorm(CTX(e), e->q, hd, e->q, hd, w->q_norm, n * nH, hd, eps);
-    BE(e)->rmsnorm(CTX(e), kn, hd, kn, hd, w->k_norm, n * nKV, hd, eps);
+    /* projection biases (glm4_moe) */
+    if (w->q_bias) {
+        add_bias(e, e->q, w->q_bias, n, nH * hd);
+        add_bias(e, kn, w->k_bias, n, nKV * hd);
+        add_bias(e, vn, w->v_bias, n, nKV * hd);
+    }
+    /* q/k norms per head (minimax_m2: over all heads at once; glm4_moe
+     * without use_qk_norm: none), then RoPE */
+    if (w->q_norm) {
+        int64_t qd = w->whole_qk_norm ? nH * hd : hd, kd = w->whole_qk_norm ? nKV * hd : hd;
+        BE(e)->rmsnorm(CTX(e), e->q, qd, e->q, qd, w->q_norm, n * nH * hd / qd, qd, eps);
+        BE(e)->rmsnorm(CTX(e), kn, kd, kn, kd, w->k_norm, n * nKV * hd / kd, kd, eps);
+    }
     BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     /* causal attention over the cache */

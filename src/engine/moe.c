@@ -73,7 +73,7 @@ static int next_moe(const mk_engine *e, int l) {
 static mk_route_args route_args(const mk_engine *e, const mk_moe_w *w, const float *logits, int32_t *idx,
                                 float *wts, int64_t n) {
     const mk_config *c = e->c;
-    bool grouped = c->arch == MK_ARCH_DEEPSEEK_V3;
+    bool grouped = mk_config_sigmoid_router(c);
     return (mk_route_args){
         .logits = logits, .bias = grouped ? w->e_bias : NULL, .idx = idx, .w = wts, .n = n,
         .E = c->num_experts, .k = e->k, .kind = grouped ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,

@@ -26,6 +26,8 @@ static const struct {
     {"qwen3_moe", MK_ARCH_QWEN3_MOE},       {"qwen3_next", MK_ARCH_QWEN3_NEXT},
     {"qwen3_5_moe", MK_ARCH_QWEN3_5_MOE},   {"qwen3_5_moe_text", MK_ARCH_QWEN3_5_MOE},
     {"deepseek_v3", MK_ARCH_DEEPSEEK_V3},   {"kimi_k2", MK_ARCH_DEEPSEEK_V3},
+    {"glm4_moe_lite", MK_ARCH_DEEPSEEK_V3}, /* GLM-4.7-Flash: DeepSeek-V3's MLA + routing */
+    {"glm4_moe", MK_ARCH_GLM4_MOE},         {"minimax_m2", MK_ARCH_MINIMAX_M2},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -34,12 +36,14 @@ const char *mk_arch_name(mk_arch a) {
     case MK_ARCH_QWEN3_NEXT: return "qwen3_next";
     case MK_ARCH_QWEN3_5_MOE: return "qwen3_5_moe";
     case MK_ARCH_DEEPSEEK_V3: return "deepseek_v3";
+    case MK_ARCH_GLM4_MOE: return "glm4_moe";
+    case MK_ARCH_MINIMAX_M2: return "minimax_m2";
     default: return "unknown";
     }
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, glm4_moe, minimax_m2";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -403,6 +407,40 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     }
 }
 
+/* mlp_layer_types (glm4_moe_lite): "dense" / "sparse" per layer. The dense
+ * ones join mlp_only_layers, which the deepseek schedule honours beside
+ * first_k_dense_replace; any other entry, or a length other than
+ * num_hidden_layers, is an error naming the key. */
+static void scan_mlp_layer_types(rd *r, json_t *lt, mk_config *c) {
+    c->has_mlp_layer_types = false;
+    if (!lt || json_is_null(lt))
+        return;
+    c->has_mlp_layer_types = true;
+    size_t n = json_is_array(lt) ? json_array_size(lt) : 0;
+    if (!json_is_array(lt) || (int64_t)n != c->num_layers) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: mlp_layer_types: expected a list of %d entries "
+                          "(num_hidden_layers), found %zu", r->what, c->num_layers, n);
+        return;
+    }
+    int *d = mk_realloc(c->mlp_only_layers, (size_t)(c->n_mlp_only_layers + (int)n + 1) * sizeof *d);
+    if (!d) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_NOMEM, "%s: no memory for mlp_layer_types (%zu entries)", r->what, n);
+        return;
+    }
+    c->mlp_only_layers = d;
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(lt, i);
+        const char *v = json_is_string(e) ? json_string_value(e) : "(not a string)";
+        if (!strcmp(v, "dense"))
+            c->mlp_only_layers[c->n_mlp_only_layers++] = (int)i;
+        else if (strcmp(v, "sparse") && r->s == MK_OK)
+            r->s = mk_err(MK_E_UNSUPPORTED, "%s: mlp_layer_types: entry %zu is '%.40s', expected "
+                          "dense or sparse", r->what, i, v);
+    }
+}
+
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
     static const char *const ne[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
     c->vocab_size = get_int(r, tc, "vocab_size", 0);
@@ -413,7 +451,9 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     /* num_heads > 0: a negative count must not reach INT_MIN / -1 */
     c->head_dim = get_int(r, tc, "head_dim", c->num_heads > 0 ? c->hidden_size / c->num_heads : 0);
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
-    c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size", 0);
+    /* minimax_m2 (Mixtral lineage): the experts are intermediate_size wide */
+    c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size",
+                                       c->arch == MK_ARCH_MINIMAX_M2 ? c->intermediate_size : 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
     snprintf(c->experts_key, sizeof c->experts_key, "num_experts");
     for (int i = 0; ne[i]; i++)
@@ -422,7 +462,9 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
             break;
         }
     c->num_experts_per_tok = get_int(r, tc, "num_experts_per_tok", 0);
-    c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob", c->arch == MK_ARCH_QWEN3_5_MOE);
+    /* minimax_m2's router always renormalises (a false is refused in the check) */
+    c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob",
+                                 c->arch == MK_ARCH_QWEN3_5_MOE || c->arch == MK_ARCH_MINIMAX_M2);
     c->decoder_sparse_step = get_int(r, tc, "decoder_sparse_step", 1);
     c->mlp_only_layers = int_list(r, json_object_get(tc, "mlp_only_layers"), "mlp_only_layers",
                                   &c->n_mlp_only_layers);
@@ -430,6 +472,8 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->max_position_embeddings = get_int(r, tc, "max_position_embeddings", 0);
     c->tie_word_embeddings = get_bool(r, tc, "tie_word_embeddings", c->tie_word_embeddings);
     parse_rope(r, tc, &c->rope);
+    /* released MiniMax-M2 configs give the rotated width as rotary_dim */
+    c->rotary_dim = get_int(r, tc, "rotary_dim", 0);
     get_str(r, tc, "dtype", c->dtype, sizeof c->dtype);
     get_str(r, tc, "torch_dtype", c->dtype, sizeof c->dtype);
     /* shared experts: qwen3_next / 3.5 have one of shared_expert_intermediate_size;
@@ -485,11 +529,22 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->routed_scaling_factor = get_num(r, tc, "routed_scaling_factor", 1.0);
     c->rope_interleave = get_bool(r, tc, "rope_interleave", c->arch == MK_ARCH_DEEPSEEK_V3);
     snprintf(c->scoring_func, sizeof c->scoring_func, "%s",
-             c->arch == MK_ARCH_DEEPSEEK_V3 ? "sigmoid" : "softmax");
+             mk_config_sigmoid_router(c) ? "sigmoid" : "softmax");
+    /* minimax_m2 always normalises q/k (over the whole projection) */
+    c->use_qk_norm = get_bool(r, tc, "use_qk_norm", c->arch == MK_ARCH_MINIMAX_M2);
+    if (c->rotary_dim > 0 && c->arch == MK_ARCH_MINIMAX_M2 && c->head_dim > 0) {
+        double f = (double)c->rotary_dim / c->head_dim;
+        if (c->rope.partial_rotary_factor != 1.0 && c->rope.partial_rotary_factor != f && r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: rotary_dim %d (of head_dim %d) contradicts "
+                          "partial_rotary_factor %g", r->what, c->rotary_dim, c->head_dim,
+                          c->rope.partial_rotary_factor);
+        c->rope.partial_rotary_factor = f;
+    }
     get_str(r, tc, "scoring_func", c->scoring_func, sizeof c->scoring_func);
     get_str(r, tc, "topk_method", c->topk_method, sizeof c->topk_method);
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
     c->moe_layer_freq = get_int(r, tc, "moe_layer_freq", 1);
+    scan_mlp_layer_types(r, json_object_get(tc, "mlp_layer_types"), c);
 
     /* read only to refuse what the engine does not implement (mk_config_check) */
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
@@ -619,8 +674,12 @@ void mk_config_free(mk_config *c) {
 bool mk_config_layer_is_moe(const mk_config *c, int layer) {
     if (c->num_experts <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) {
+        for (int i = 0; i < c->n_mlp_only_layers; i++) /* mlp_layer_types' dense layers */
+            if (c->mlp_only_layers[i] == layer)
+                return false;
         return layer >= c->first_k_dense_replace;
+    }
     for (int i = 0; i < c->n_mlp_only_layers; i++)
         if (c->mlp_only_layers[i] == layer)
             return false;
@@ -632,6 +691,11 @@ bool mk_config_layer_is_full_attn(const mk_config *c, int layer) {
     if (!c->layer_is_full || layer < 0 || layer >= c->num_layers)
         return true;
     return c->layer_is_full[layer] != 0;
+}
+
+bool mk_config_sigmoid_router(const mk_config *c) {
+    return c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE ||
+           c->arch == MK_ARCH_MINIMAX_M2;
 }
 
 bool mk_config_has_recurrent_state(const mk_config *c) {

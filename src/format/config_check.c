@@ -42,7 +42,7 @@ static mk_status need_pos(const mk_config *c, const char *field, long long v) {
 static bool any_moe(const mk_config *c) {
     if (c->num_experts <= 0 || c->num_layers <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE)
         return c->first_k_dense_replace < c->num_layers;
     /* more MoE candidates ((l+1) % step == 0) than mlp_only_layers can remove:
      * at least one stays MoE; otherwise the few candidates are tried */
@@ -88,15 +88,16 @@ static mk_status check_shapes(const mk_config *c) {
         int rot = rd >= 0 && rd <= c->head_dim ? (int)rd : -1;
         if (rot <= 0 || rot > c->head_dim || rot % 2)
             return mk_err(MK_E_FORMAT, "config.json: rotary dims %g (head_dim %d x "
-                          "partial_rotary_factor %g) must be even and in 2..head_dim",
-                          rd, c->head_dim, c->rope.partial_rotary_factor);
+                          "partial_rotary_factor %g%s) must be even and in 2..head_dim",
+                          rd, c->head_dim, c->rope.partial_rotary_factor,
+                          c->rotary_dim ? ", from rotary_dim" : "");
     }
     if (any_moe(c)) {
         MK_TRY(need_pos(c, "moe_intermediate_size", c->moe_intermediate_size));
         if (c->num_experts_per_tok <= 0 || c->num_experts_per_tok > c->num_experts)
             return mk_err(MK_E_FORMAT, "config.json: num_experts_per_tok %d must be in 1..%d "
                           "(%s)", c->num_experts_per_tok, c->num_experts, c->experts_key);
-        if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        if (mk_config_sigmoid_router(c)) {
             int g = c->n_group, tg = c->topk_group;
             if (g <= 0)
                 REFUSE(MK_E_FORMAT, "n_group", "expected an integer > 0, found %d", g);
@@ -201,7 +202,8 @@ static mk_status check_deepseek(const mk_config *c) {
                c->n_group, c->topk_group);
     if (strcmp(c->scoring_func, "sigmoid"))
         REFUSE(MK_E_UNSUPPORTED, "scoring_func",
-               "'%s' is not implemented for deepseek_v3 (expected sigmoid)", c->scoring_func);
+               "'%s' is not implemented for %s (expected sigmoid)", c->scoring_func,
+               mk_arch_name(c->arch));
     if (c->topk_method[0] && strcmp(c->topk_method, "noaux_tc"))
         REFUSE(MK_E_UNSUPPORTED, "topk_method",
                "'%s' is not implemented (expected noaux_tc: grouped top-k with "
@@ -244,9 +246,10 @@ mk_status mk_config_check(const mk_config *c) {
     if (strcmp(c->hidden_act, "silu"))
         REFUSE(MK_E_UNSUPPORTED, "hidden_act", "'%s' is not implemented (expected silu)",
                c->hidden_act);
-    if (c->attention_bias)
+    if (c->attention_bias && c->arch != MK_ARCH_GLM4_MOE)
         REFUSE(MK_E_UNSUPPORTED, "attention_bias",
-               "true is not implemented (the engine's attention projections have no bias)");
+               "true is not implemented for %s (its attention projections have no bias; "
+               "glm4_moe's have)", mk_arch_name(c->arch));
     if (c->mlp_bias)
         REFUSE(MK_E_UNSUPPORTED, "mlp_bias",
                "true is not implemented (the engine's MLP projections have no bias)");
@@ -261,8 +264,42 @@ mk_status mk_config_check(const mk_config *c) {
                c->shared_intermediate_size);
     MK_TRY(check_rope(c));
     MK_TRY(check_layers(c));
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (mk_config_sigmoid_router(c))
         MK_TRY(check_deepseek(c));
+    if (c->rope_interleave && c->arch != MK_ARCH_DEEPSEEK_V3)
+        REFUSE(MK_E_UNSUPPORTED, "rope_interleave",
+               "true is not implemented for %s (GQA attention rotates pairs (i, i + rot/2))",
+               mk_arch_name(c->arch));
+    if (c->use_qk_norm && c->arch != MK_ARCH_GLM4_MOE && c->arch != MK_ARCH_MINIMAX_M2)
+        REFUSE(MK_E_UNSUPPORTED, "use_qk_norm", "true is a glm4_moe key; %s has no such switch",
+               mk_arch_name(c->arch));
+    if (c->arch == MK_ARCH_MINIMAX_M2 && !c->use_qk_norm)
+        REFUSE(MK_E_UNSUPPORTED, "use_qk_norm",
+               "false is not implemented for minimax_m2 (its attention always normalises q and k)");
+    if (c->arch == MK_ARCH_MINIMAX_M2 && !c->norm_topk_prob)
+        REFUSE(MK_E_UNSUPPORTED, "norm_topk_prob",
+               "false is not implemented for minimax_m2 (its router always renormalises the top-k, "
+               "as transformers does)");
+    if (c->arch == MK_ARCH_MINIMAX_M2) { /* DeepSeek routing keys MiniMax's router does not have */
+        if (c->n_group != 1 || c->topk_group != 1)
+            REFUSE(MK_E_UNSUPPORTED, "n_group / topk_group",
+                   "minimax_m2 routes over all experts (expected 1 / 1 or absent), found %d / %d",
+                   c->n_group, c->topk_group);
+        if (c->routed_scaling_factor != 1)
+            REFUSE(MK_E_UNSUPPORTED, "routed_scaling_factor",
+                   "minimax_m2 does not scale its routed output (expected 1 or absent), found %g",
+                   c->routed_scaling_factor);
+        if (c->first_k_dense_replace != 0)
+            REFUSE(MK_E_UNSUPPORTED, "first_k_dense_replace",
+                   "every minimax_m2 layer is MoE (expected 0 or absent), found %d",
+                   c->first_k_dense_replace);
+    }
+    if (c->rotary_dim && c->arch != MK_ARCH_MINIMAX_M2)
+        REFUSE(MK_E_UNSUPPORTED, "rotary_dim", "is a minimax_m2 key; %s gives partial_rotary_factor",
+               mk_arch_name(c->arch));
+    if (c->rotary_dim < 0 || c->rotary_dim > c->head_dim || c->rotary_dim % 2)
+        REFUSE(MK_E_FORMAT, "rotary_dim", "expected an even number in 2..%d (head_dim), found %d",
+               c->head_dim, c->rotary_dim);
     if (c->quant.method == MK_QM_CT)
         MK_TRY(mk_ct_check(&c->quant, "config.json", NULL, -1));
     return MK_OK;
@@ -417,6 +454,8 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(first_k_dense_replace, "first_k_dense_replace");
     CMP_D(routed_scaling_factor, "routed_scaling_factor");
     CMP_I(rope_interleave, "rope_interleave");
+    CMP_I(use_qk_norm, "use_qk_norm");
+    CMP_I(rotary_dim, "rotary_dim");
     CMP_S(scoring_func, "scoring_func");
     CMP_S(topk_method, "topk_method");
     CMP_S(hidden_act, "hidden_act");

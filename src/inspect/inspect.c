@@ -41,6 +41,8 @@ static void problem(json_t *list, const char *code, const char *where, const cha
 /* Modules a layer must have, by block kind. "" terminates. Norms are vectors. */
 static const char *const k_attn_qwen[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
                                           "self_attn.o_proj", "self_attn.q_norm", "self_attn.k_norm", NULL};
+static const char *const k_attn_noqk[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                          "self_attn.o_proj", NULL};
 static const char *const k_gdn_next[] = {"linear_attn.in_proj_qkvz", "linear_attn.in_proj_ba",
                                          "linear_attn.conv1d", "linear_attn.A_log", "linear_attn.dt_bias",
                                          "linear_attn.norm", "linear_attn.out_proj", NULL};
@@ -139,6 +141,8 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
     modset_add_list(m, k_norms);
     if (c->arch == MK_ARCH_DEEPSEEK_V3)
         modset_add_list(m, c->q_lora_rank ? k_mla_qlora : k_mla_q);
+    else if (c->arch == MK_ARCH_GLM4_MOE && !c->use_qk_norm)
+        modset_add_list(m, k_attn_noqk); /* glm4_moe without use_qk_norm: no q/k norms */
     else if (mk_config_layer_is_full_attn(c, i))
         modset_add_list(m, k_attn_qwen);
     else
@@ -151,7 +155,7 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
     modset_add(m, "mlp.experts.gate_proj");
     modset_add(m, "mlp.experts.up_proj");
     modset_add(m, "mlp.experts.down_proj");
-    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+    if (mk_config_sigmoid_router(c)) {
         if (!strcmp(c->topk_method, "noaux_tc") || c->topk_method[0] == 0)
             modset_add(m, "mlp.gate.e_score_correction_bias");
         if (c->n_shared_experts)

@@ -186,6 +186,44 @@ bool mk_layout_keeps_dtype(const char *cname) {
 
 /* ---- one name taken apart (inspect) --------------------------------------- */
 
+/* Per-family module names -> the canonical ones, in place (a layer-relative
+ * path): minimax_m2 keeps Mixtral's block_sparse_moe with experts w1 (gate),
+ * w3 (up), w2 (down) and its correction bias beside the router. */
+static const struct {
+    const char *from, *to;
+} g_alias_prefix[] = {
+    {"block_sparse_moe.e_score_correction_bias", "mlp.gate.e_score_correction_bias"},
+    {"block_sparse_moe.", "mlp."},
+}, g_alias_proj[] = {{"w1", "gate_proj"}, {"w3", "up_proj"}, {"w2", "down_proj"}};
+
+static void family_alias(char *buf, size_t cap) {
+    char tmp[512];
+    for (size_t i = 0; i < sizeof g_alias_prefix / sizeof g_alias_prefix[0]; i++) {
+        size_t k = strlen(g_alias_prefix[i].from);
+        if (strncmp(buf, g_alias_prefix[i].from, k))
+            continue;
+        snprintf(tmp, sizeof tmp, "%s%s", g_alias_prefix[i].to, buf + k);
+        if (strlen(tmp) < cap) /* a name that would not fit keeps its source form */
+            memcpy(buf, tmp, strlen(tmp) + 1);
+        break;
+    }
+    /* mlp.experts.N.wJ[.suffix] -> mlp.experts.N.<proj>[.suffix] */
+    if (strncmp(buf, "mlp.experts.", 12) || !isdigit((unsigned char)buf[12]))
+        return;
+    char *d = strchr(buf + 12, '.');
+    if (!d)
+        return;
+    for (size_t j = 0; j < 3; j++) {
+        size_t k = strlen(g_alias_proj[j].from);
+        if (strncmp(d + 1, g_alias_proj[j].from, k) || (d[1 + k] && d[1 + k] != '.'))
+            continue;
+        snprintf(tmp, sizeof tmp, "%.*s%s%s", (int)(d + 1 - buf), buf, g_alias_proj[j].to, d + 1 + k);
+        if (strlen(tmp) < cap)
+            memcpy(buf, tmp, strlen(tmp) + 1);
+        return;
+    }
+}
+
 void mk_layout_parse(const char *name, mk_lname *t) {
     memset(t, 0, sizeof *t);
     t->layer = -1;
@@ -213,6 +251,7 @@ void mk_layout_parse(const char *name, mk_lname *t) {
     }
     char buf[sizeof t->module];
     snprintf(buf, sizeof buf, "%s", r);
+    family_alias(buf, sizeof buf);
     /* storage suffix: a companion's, else .weight / .bias */
     size_t n = strlen(buf);
     mk_qsuffix q;

@@ -93,8 +93,13 @@ static mk_status check_expert_names(mk_ld *ld) {
         if (strncmp(n, ld->pfx, pl) || strncmp(n + pl, ".layers.", 8))
             continue;
         if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
-            c->arch == MK_ARCH_DEEPSEEK_V3 && l >= c->num_layers)
+            (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) && l >= c->num_layers)
             continue;
+        if (sscanf(n + pl + 8, "%d.block_sparse_moe.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
+            c->arch == MK_ARCH_MINIMAX_M2 && (e < 0 || e >= c->num_experts || l < 0 || l >= c->num_layers))
+            return mk_err(MK_E_FORMAT, "tensor '%s': layer or expert index out of range "
+                          "(num_local_experts %d, num_hidden_layers %d)", n, c->num_experts,
+                          c->num_layers);
         if (sscanf(n + pl + 8, "%d.mlp.experts.%d.%n", &l, &e, &k) == 2 && k > 0 &&
             (e < 0 || e >= c->num_experts || l < 0 || l >= c->num_layers))
             return mk_err(MK_E_FORMAT, "tensor '%s': %s index out of range (num_experts %d, "
@@ -133,10 +138,23 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
     MK_TRY(mk_ld_linear(ld, mod, nKV * hd, H, &a->v));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
     MK_TRY(mk_ld_linear(ld, mod, H, nH * hd, &a->o));
+    if (c->attention_bias) { /* glm4_moe: q/k/v biases (o_proj has none) */
+        snprintf(mod, sizeof mod, "%s.self_attn.q_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nH * hd, &a->q_bias));
+        snprintf(mod, sizeof mod, "%s.self_attn.k_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->k_bias));
+        snprintf(mod, sizeof mod, "%s.self_attn.v_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->v_bias));
+    }
+    /* glm4_moe normalises q/k only with use_qk_norm; minimax_m2 over the
+     * whole projection (all heads at once) */
+    if (c->arch == MK_ARCH_GLM4_MOE && !c->use_qk_norm)
+        return MK_OK;
+    a->whole_qk_norm = c->arch == MK_ARCH_MINIMAX_M2;
     snprintf(mod, sizeof mod, "%s.self_attn.q_norm.weight", p);
-    MK_TRY(load_norm(ld, mod, hd, zero_centred(c), &a->q_norm));
+    MK_TRY(load_norm(ld, mod, a->whole_qk_norm ? nH * hd : hd, zero_centred(c), &a->q_norm));
     snprintf(mod, sizeof mod, "%s.self_attn.k_norm.weight", p);
-    return load_norm(ld, mod, hd, zero_centred(c), &a->k_norm);
+    return load_norm(ld, mod, a->whole_qk_norm ? nKV * hd : hd, zero_centred(c), &a->k_norm);
 }
 
 static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
@@ -222,6 +240,20 @@ static mk_status load_mlp(mk_ld *ld, const char *p, int64_t I, mk_mlp_w *w) {
     return mk_ld_linear(ld, mod, H, I, &w->down);
 }
 
+/* The MoE block's source names: minimax_m2 keeps Mixtral's block_sparse_moe
+ * with w1 (gate) / w3 (up) / w2 (down) and the correction bias beside the
+ * router; every other family mlp.* with gate/up/down_proj. */
+typedef struct moe_names {
+    const char *blk, *bias;   /* "mlp" | "block_sparse_moe"; bias module under blk */
+    const char *proj[3];      /* gate, up, down */
+} moe_names;
+
+static moe_names names_of(const mk_config *c) {
+    if (c->arch == MK_ARCH_MINIMAX_M2)
+        return (moe_names){"block_sparse_moe", "e_score_correction_bias", {"w1", "w3", "w2"}};
+    return (moe_names){"mlp", "gate.e_score_correction_bias", {"gate_proj", "up_proj", "down_proj"}};
+}
+
 /* Where projection j (gate, up, down) of expert e records its location:
  * the model's table when streaming, else the loader's scratch (the loader
  * still learns that the view is a routed expert's, for the byte counts). */
@@ -276,11 +308,12 @@ static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w 
     }
     /* HF per-expert: every index 0..E-1 must be present */
     *kind = "per-expert";
+    moe_names nm = names_of(c);
     char missing[512] = "";
     size_t ml = 0;
     int nmiss = 0;
     for (int64_t e = 0; e < E; e++) {
-        snprintf(mod, sizeof mod, "%s.mlp.experts.%lld.gate_proj", p, (long long)e);
+        snprintf(mod, sizeof mod, "%s.%s.experts.%lld.%s", p, nm.blk, (long long)e, nm.proj[0]);
         if (has_module(ld, mod))
             continue;
         if (ml < sizeof missing - 16)
@@ -292,10 +325,9 @@ static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w 
         return mk_err(MK_E_FORMAT, "%s: layer %d: %d of %lld routed experts missing "
                       "(indices must be 0..%lld): %s", mk_ckpt_dir(ld->ck), layer, nmiss,
                       (long long)E, (long long)E - 1, missing);
-    static const char *const pn[3] = {"gate_proj", "up_proj", "down_proj"};
     for (int64_t e = 0; e < E; e++)
         for (int j = 0; j < 3; j++) {
-            snprintf(mod, sizeof mod, "%s.mlp.experts.%lld.%s", p, (long long)e, pn[j]);
+            snprintf(mod, sizeof mod, "%s.%s.experts.%lld.%s", p, nm.blk, (long long)e, nm.proj[j]);
             mk_wt *w = j == 0 ? &ex[e].gate : j == 1 ? &ex[e].up : &ex[e].down;
             ld->loc = loc_of(ld, moe, e, j);
             MK_TRY(mk_ld_linear(ld, mod, j == 2 ? H : I, j == 2 ? I : H, w));
@@ -309,14 +341,21 @@ static mk_status load_experts(mk_ld *ld, const char *p, int layer, mk_moe_w *moe
     return st;
 }
 
+/* DeepSeek-style shared experts: n_shared_experts under mlp.shared_experts,
+ * no gate (deepseek_v3, glm4_moe). */
+static bool ds_shared(const mk_config *c) {
+    return c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE;
+}
+
 static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, E = c->num_experts;
     char mod[256];
-    snprintf(mod, sizeof mod, "%s.mlp.gate", p);
+    moe_names nm = names_of(c);
+    snprintf(mod, sizeof mod, "%s.%s.gate", p, nm.blk);
     MK_TRY(mk_ld_linear(ld, mod, E, H, &moe->router));
-    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
-        snprintf(mod, sizeof mod, "%s.mlp.gate.e_score_correction_bias", p);
+    if (mk_config_sigmoid_router(c)) {
+        snprintf(mod, sizeof mod, "%s.%s.%s", p, nm.blk, nm.bias);
         MK_TRY(mk_ld_vec(ld, mod, E, &moe->e_bias));
     }
     if (c->shared_intermediate_size <= 0) {
@@ -328,16 +367,14 @@ static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, co
             if (has_module(ld, mod))
                 return mk_err(MK_E_MISMATCH, "config.json: %s is %d but the checkpoint has "
                               "'%s' (layer %d): the shared expert would be ignored",
-                              c->arch == MK_ARCH_DEEPSEEK_V3 ? "n_shared_experts"
-                                                             : "shared_expert_intermediate_size",
-                              c->arch == MK_ARCH_DEEPSEEK_V3 ? c->n_shared_experts
-                                                             : c->shared_intermediate_size,
+                              ds_shared(c) ? "n_shared_experts" : "shared_expert_intermediate_size",
+                              ds_shared(c) ? c->n_shared_experts : c->shared_intermediate_size,
                               mod, layer);
         }
     }
     if (c->shared_intermediate_size > 0) {
         moe->has_shared = true;
-        bool ds = c->arch == MK_ARCH_DEEPSEEK_V3;
+        bool ds = ds_shared(c);
         snprintf(mod, sizeof mod, "%s.mlp.%s", p, ds ? "shared_experts" : "shared_expert");
         MK_TRY(load_mlp(ld, mod, c->shared_intermediate_size, &moe->shared));
         if (!ds) {

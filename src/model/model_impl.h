@@ -35,8 +35,10 @@ typedef struct mk_attn_w {
     mk_wt k;        /* [nKV*hd, H] */
     mk_wt v;        /* [nKV*hd, H] */
     mk_wt o;        /* [H, nH*hd] */
-    float *q_norm;  /* [hd] gain, shared by heads */
-    float *k_norm;  /* [hd] */
+    float *q_norm;  /* [hd] gain, shared by heads; [nH*hd] when whole (minimax_m2); NULL: no norm */
+    float *k_norm;  /* [hd]; [nKV*hd] when whole; NULL: no norm */
+    bool whole_qk_norm; /* minimax_m2: one RMSNorm over the whole q (k) projection, not per head */
+    float *q_bias, *k_bias, *v_bias; /* glm4_moe attention_bias: [nH*hd], [nKV*hd], [nKV*hd]; else NULL */
 } mk_attn_w;
 
 typedef struct mk_mla_w {

@@ -139,7 +139,9 @@ static void walk_moe(walker *w, int l, const mk_moe_w *moe) {
     const mk_config *c = w->c;
     emit_mod(w, l, "mlp.gate", MK_PROF_ROUTER, &moe->router);
     if (moe->has_shared) {
-        const char *sh = c->arch == MK_ARCH_DEEPSEEK_V3 ? "mlp.shared_experts" : "mlp.shared_expert";
+        const char *sh = c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE
+                             ? "mlp.shared_experts"
+                             : "mlp.shared_expert";
         walk_mlp(w, l, sh, &moe->shared);
     }
     if (moe->has_shared_gate)

@@ -214,6 +214,9 @@ static void test_qwen3moe_odd(void **st) { use_backend(st); run_fixture("qwen3mo
 static void test_qwen3next_a(void **st) { use_backend(st); run_fixture("qwen3next-a", bf16, 1); }
 static void test_qwen35moe_a(void **st) { use_backend(st); run_fixture("qwen35moe-a", bf16, 1); }
 static void test_deepseekv3_a(void **st) { use_backend(st); run_fixture("deepseekv3-a", bf16, 1); }
+static void test_glm4moe_a(void **st) { use_backend(st); run_fixture("glm4moe-a", bf16, 1); }
+static void test_minimaxm2_a(void **st) { use_backend(st); run_fixture("minimaxm2-a", bf16, 1); }
+static void test_glm4lite_a(void **st) { use_backend(st); run_fixture("glm4lite-a", bf16, 1); }
 
 static void test_qwen35moe_vl(void **st) {
     use_backend(st);
@@ -248,7 +251,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         BOTH(test_qwen3moe_a),   BOTH(test_qwen3moe_odd), BOTH(test_qwen3next_a),
         BOTH(test_qwen35moe_a),  BOTH(test_qwen35moe_vl), BOTH(test_deepseekv3_a),
-        BOTH(test_tiny_qwen35moe),
+        BOTH(test_tiny_qwen35moe), BOTH(test_glm4moe_a),
+        BOTH(test_minimaxm2_a),  BOTH(test_glm4lite_a),
     };
     mk_backend *b = NULL;
     if (mk_backend_cuda_create(0, &b) == MK_OK)

@@ -78,6 +78,9 @@ static void test_all_fixtures(void **st) {
         {"deepseekv3-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
         {"deepseekv3-a/fp8", "deepseek_v3", "per-expert", "fp8-block", 8, 3},
         {"tiny-qwen35moe/bf16", "qwen3_5_moe", "per-expert", "none", 16, 4},
+        {"glm4moe-a/bf16", "glm4_moe", "per-expert", "none", 8, 3},
+        {"minimaxm2-a/bf16", "minimax_m2", "per-expert", "none", 8, 3},
+        {"glm4lite-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
     };
     for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
         json_t *r = run(mk_test_fixture(fx[i].dir), false);
