@@ -24,9 +24,14 @@
 
 /* rows[t] += bias for t < n rows of `width` (a projection's bias). The
  * bias row is repeated into e->qraw (free in ungated attention: the only
- * family with biases, glm4_moe, is not gated) by a stride-0 copy. */
+ * family with biases, glm4_moe, is not gated) by a stride-0 copy. The bias
+ * is host model memory and `copy` reads backend memory only (a device
+ * backend faulted on the host pointer): the row is uploaded first into the
+ * second half of qraw ([nC, 2 nH hd] floats), past the n <= nC repeated rows. */
 static void add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
-    BE(e)->copy(CTX(e), e->qraw, width, 0, bias, 0, 0, n, 1, width);
+    float *row = e->qraw + e->chunk * e->c->num_heads * e->c->head_dim;
+    BE(e)->upload(CTX(e), row, bias, (size_t)width * sizeof(float));
+    BE(e)->copy(CTX(e), e->qraw, width, 0, row, 0, 0, n, 1, width);
     BE(e)->axpy(CTX(e), rows, 1.0f, e->qraw, n * width);
 }
 
