@@ -28,6 +28,14 @@ set -e
 [ "$rc1" = 2 ] && grep -q "already exists" "$T/e1" || fail "an existing DST without --force: rc $rc1, $(cat "$T/e1")"
 [ "$rc2" = 2 ] && grep -q "input" "$T/e2" || fail "DST = SRC: rc $rc2, $(cat "$T/e2")"
 [ "$(cksum < "$T/a.safetensors")" = "$sum0" ] || fail "the input changed"
+# a DST named *.safetensors that is a directory (someone's folder) is never replaced, even with --force
+mkdir "$T/d.safetensors" && echo keep > "$T/d.safetensors/mine.txt"
+set +e
+"$BIN" quantize "$T/a.safetensors" "$T/d.safetensors" --bits 4 --force --quiet > /dev/null 2> "$T/e3"; rc3=$?
+set -e
+[ "$rc3" = 2 ] && grep -q "directory" "$T/e3" || fail "a directory DST: rc $rc3, $(cat "$T/e3")"
+[ "$(cat "$T/d.safetensors/mine.txt")" = keep ] || fail "the directory DST was touched"
+[ ! -e "$T/d.safetensors.partial" ] || fail "a work directory was left beside the refused DST"
 "$BIN" quantize "$T/a.safetensors" "$T/b.safetensors" --bits 8 --quiet --force > /dev/null
 "$BIN" quantize "$T/a.safetensors" "$T/d8" --bits 8 --quiet > /dev/null
 cmp "$T/b.safetensors" "$T/d8/model.safetensors" || fail "--force did not replace the file with the 8-bit one"
