@@ -3,7 +3,6 @@
 # conveniences. Every target installs dependencies first (idempotent).
 BUILD      ?= build
 BUILD_SAN  ?= build-san
-BUILD_FUZZ ?= build-fuzz
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CC         ?= cc
 FUZZ_SECONDS ?= 30
@@ -23,8 +22,10 @@ build: .deps-stamp
 	cmake -S . -B $(BUILD) -DCMAKE_BUILD_TYPE=RelWithDebInfo
 	cmake --build $(BUILD) -j$(JOBS)
 
+# The sanitizer build also holds the libFuzzer targets (MK_FUZZ): one clang
+# build serves the ASan+UBSan tests and the fuzz smoke run.
 build-san: .deps-stamp
-	cmake -S . -B $(BUILD_SAN) -DCMAKE_BUILD_TYPE=Debug -DMK_SANITIZE=ON -DCMAKE_C_COMPILER=clang
+	cmake -S . -B $(BUILD_SAN) -DCMAKE_BUILD_TYPE=Debug -DMK_SANITIZE=ON -DMK_FUZZ=ON -DCMAKE_C_COMPILER=clang
 	cmake --build $(BUILD_SAN) -j$(JOBS)
 
 # Everything: the optimized build with gcc, the ASan+UBSan build with clang,
@@ -39,10 +40,9 @@ test: build build-san
 test-fast: build
 	cd $(BUILD) && ctest --output-on-failure -j$(JOBS)
 
-fuzz: .deps-stamp
-	cmake -S . -B $(BUILD_FUZZ) -DCMAKE_C_COMPILER=clang -DMK_FUZZ=ON -DMK_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug
-	cmake --build $(BUILD_FUZZ) -j$(JOBS)
-	bash tests/fuzz/run.sh $(BUILD_FUZZ) $(FUZZ_SECONDS)
+# `make fuzz FUZZ_SECONDS=600` for a longer run; `make test` runs 30 s.
+fuzz: build-san
+	bash tests/fuzz/run.sh $(BUILD_SAN) $(FUZZ_SECONDS)
 
 fuzz-smoke:
 	$(MAKE) fuzz FUZZ_SECONDS=30
@@ -57,4 +57,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf $(BUILD) $(BUILD_SAN) $(BUILD_FUZZ) .deps-stamp
+	rm -rf $(BUILD) $(BUILD_SAN) .deps-stamp
