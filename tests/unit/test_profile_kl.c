@@ -121,7 +121,12 @@ static void test_alloc_beats_uniform(void **st) {
     assert_true(lr && lu && la && pr && pu && pa);
     double kl_u = 0, kl_a = 0;
     int64_t scored = 0;
-    for (int w = 0; w < EVAL_WINDOWS; w++) {
+    /* the sanitizer build (MK_TEST_SMALL=1) scores 2 of the 8 windows: the
+     * same paths, 510 tokens (the gap, 0.128 vs 0.223 on 2040, is wide) */
+    int windows = EVAL_WINDOWS;
+    if (getenv("MK_TEST_SMALL") && !strcmp(getenv("MK_TEST_SMALL"), "1"))
+        windows = 2;
+    for (int w = 0; w < windows; w++) {
         const int32_t *win = ids + CAL_TOKENS + W + (int64_t)w * W; /* skip window 2 too */
         logits(er, win, lr);
         logits(eu, win, lu);
