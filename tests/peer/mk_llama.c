@@ -16,11 +16,18 @@
  *       types, shapes and data bytes; lists every difference, exit 1 if any
  *   mk_llama info A.gguf
  *       NAME TYPE ne0,ne1,... of every tensor, then every key
+ *   mk_llama gen MODEL.gguf N THREADS [repack|norepack]
+ *       greedy decode of N tokens after the prompt ids 1,2,3,4, the weights
+ *       mapped (llama.cpp's default load); prints "decode TOK/S N" with the
+ *       decode timed alone (bench/bench_stream_peer.sh). norepack turns off
+ *       the CPU's repacked weight copies (llama-cli's --no-repack), the only
+ *       way llama.cpp's mapping can serve a model larger than memory
  * Exit 0 ok, 1 differ, 2 bad use or a file llama.cpp refused. */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ggml-backend.h"
 #include "ggml.h"
@@ -54,11 +61,15 @@ static int load_ids(const char *path, int32_t **ids, int *n) {
     return *n > 0 ? 0 : 2;
 }
 
+static int g_no_repack;
+
 static struct llama_model *open_model(const char *path) {
     ggml_backend_load_all();
     llama_backend_init();
     struct llama_model_params mp = llama_model_default_params();
     mp.n_gpu_layers = 0;
+    if (g_no_repack)
+        mp.use_extra_bufts = false;
     struct llama_model *m = llama_model_load_from_file(path, mp);
     if (!m)
         fprintf(stderr, "mk_llama: llama.cpp refused to load %s\n", path);
@@ -250,6 +261,73 @@ static int cmd_info(int argc, char **argv) {
     return 0;
 }
 
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static int cmd_gen(int argc, char **argv) {
+    if (argc < 5)
+        return 2;
+    int n = atoi(argv[3]), threads = atoi(argv[4]);
+    if (n < 1 || threads < 1)
+        return 2;
+    g_no_repack = argc > 5 && strcmp(argv[5], "norepack") == 0;
+    struct llama_model *m = open_model(argv[2]);
+    if (!m)
+        return 2;
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)(n + 64);
+    cp.n_batch = cp.n_ubatch = 64;
+    cp.n_threads = cp.n_threads_batch = threads;
+    cp.n_seq_max = 1;
+    struct llama_context *ctx = llama_init_from_model(m, cp);
+    if (!ctx) {
+        fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
+        return 2;
+    }
+    const struct llama_vocab *voc = llama_model_get_vocab(m);
+    int nv = llama_vocab_n_tokens(voc);
+    struct llama_batch b = llama_batch_init(4, 0, 1);
+    for (int i = 0; i < 4; i++) {
+        b.token[i] = i + 1;
+        b.pos[i] = i;
+        b.n_seq_id[i] = 1;
+        b.seq_id[i][0] = 0;
+        b.logits[i] = i == 3;
+    }
+    b.n_tokens = 4;
+    if (llama_decode(ctx, b) != 0) {
+        fprintf(stderr, "mk_llama: llama_decode failed\n");
+        return 2;
+    }
+    double t0 = 0;
+    for (int t = 0; t < n; t++) {
+        const float *lg = llama_get_logits_ith(ctx, -1);
+        int best = 0;
+        for (int i = 1; i < nv; i++)
+            if (lg[i] > lg[best])
+                best = i;
+        if (t == 0)
+            t0 = now_s(); /* decode alone: the prompt's forward is the prefill */
+        b.token[0] = best;
+        b.pos[0] = 4 + t;
+        b.logits[0] = 1;
+        b.n_tokens = 1;
+        if (llama_decode(ctx, b) != 0) {
+            fprintf(stderr, "mk_llama: llama_decode failed at token %d\n", t);
+            return 2;
+        }
+    }
+    double dt = now_s() - t0;
+    printf("decode %.4f %d\n", n / dt, n);
+    llama_batch_free(b);
+    llama_free(ctx);
+    llama_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     llama_log_set(quiet_log, NULL);
     ggml_log_set(quiet_log, NULL);
@@ -261,6 +339,9 @@ int main(int argc, char **argv) {
         return cmd_cmp(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "info") == 0)
         return cmd_info(argc, argv);
-    fprintf(stderr, "usage: mk_llama logits MODEL IDS OUT [THREADS] | tokenize MODEL TEXTFILE | cmp A B | info A\n");
+    if (argc >= 2 && strcmp(argv[1], "gen") == 0)
+        return cmd_gen(argc, argv);
+    fprintf(stderr, "usage: mk_llama logits MODEL IDS OUT [THREADS] | tokenize MODEL TEXTFILE | cmp A B | info A"
+                    " | gen MODEL N THREADS [repack|norepack]\n");
     return 2;
 }
