@@ -29,7 +29,7 @@ PORT=
 for _ in $(seq 600); do
     PORT=$(grep -o "listening on http://127.0.0.1:[0-9]*" "${SOAK_LOG:-$T/log}" | sed 's/.*://' || true)
     [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && break
-    kill -0 "$SPID" 2>/dev/null || { cat "$T/log" >&2; fail "server exited"; }
+    kill -0 "$SPID" 2>/dev/null || { cat "${SOAK_LOG:-$T/log}" >&2; fail "server exited"; }
     sleep 0.1
 done
 U=http://127.0.0.1:$PORT
@@ -58,7 +58,7 @@ t0=$(date +%s)
 base=
 while [ "$(date +%s)" -lt "$END" ]; do
     sleep 30
-    kill -0 "$SPID" 2>/dev/null || { tail -n 20 "$T/log" >&2; fail "the server died"; }
+    kill -0 "$SPID" 2>/dev/null || { tail -n 20 "${SOAK_LOG:-$T/log}" >&2; fail "the server died"; }
     rss=$(awk '/VmRSS/ {print $2}' /proc/$SPID/status)
     el=$(( $(date +%s) - t0 ))
     [ -z "$base" ] && [ "$el" -ge 120 ] && base=$rss
