@@ -16,44 +16,71 @@
 #include "convert/conv_impl.h"
 #include "synth/synth_impl.h"
 
-static const char *const g_arch_names[SY_NARCH] = {"qwen3_moe", "qwen3_next", "qwen3_5_moe", "deepseek_v3"};
+static const char *const g_arch_names[SY_NARCH] = {"qwen3_moe",   "qwen3_next",    "qwen3_5_moe", "deepseek_v3",
+                                                   "glm4_moe",    "glm4_moe_lite", "minimax_m2"};
 
 /* name, arch, then sy_cfg fields in order: L H V E topk I_moe I_dense I_shared n_shared heads kv hd nk nv dk dv
  * conv_k interval q_lora kv_lora nope rope_d v_head first_dense n_group topk_group theta partial scaling
- * max_pos yarn */
+ * max_pos yarn attn_bias qk_norm rotary_dim */
 static const struct {
     const char *name;
     sy_cfg c;
 } g_presets[] = {
     {"30b-a3b", {SY_QWEN3_MOE, 48, 2048, 151936, 128, 8, 768, 6144, 0, 0, 32, 4, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                 0, 0, 0, 1, 1, 1e6, 1.0, 1.0, 40960, false}},
+                 0, 0, 0, 1, 1, 1e6, 1.0, 1.0, 40960, false, false, false, 0}},
     {"80b-a3b", {SY_QWEN3_NEXT, 48, 2048, 151936, 512, 10, 512, 5120, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4,
-                 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+                 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
     {"35b-a3b", {SY_QWEN3_5_MOE, 40, 2048, 248320, 256, 8, 512, 0, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4, 0,
-                 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+                 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
     {"397b-a17b", {SY_QWEN3_5_MOE, 60, 4096, 248320, 512, 10, 1024, 0, 1024, 0, 32, 2, 256, 16, 64, 128, 128, 4,
-                   4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false}},
+                   4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
     {"deepseek-v3", {SY_DEEPSEEK_V3, 61, 7168, 129280, 256, 8, 2048, 18432, 0, 1, 128, 128, 192, 0, 0, 0, 0, 0, 0,
-                     1536, 512, 128, 64, 128, 3, 8, 4, 10000.0, 1.0, 2.5, 163840, true}},
+                     1536, 512, 128, 64, 128, 3, 8, 4, 10000.0, 1.0, 2.5, 163840, true, false, false, 0}},
+    /* GLM-4.5-Air (106B-A12B): no q/k norm */
+    {"glm-4.5-air", {SY_GLM4_MOE, 46, 4096, 151552, 128, 8, 1408, 10944, 0, 1, 96, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0,
+                     0, 0, 0, 1, 1, 1, 1e6, 0.5, 1.0, 131072, false, true, false, 0}},
+    /* GLM-4.5 / 4.6 / 4.7 (355B-A32B) */
+    {"glm-4.7", {SY_GLM4_MOE, 92, 5120, 151552, 160, 8, 1536, 12288, 0, 1, 96, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                 0, 0, 3, 1, 1, 1e6, 0.5, 2.5, 202752, false, true, true, 0}},
+    /* GLM-4.7-Flash (30B-A3B, MLA) */
+    {"glm-4.7-flash", {SY_GLM4_MOE_LITE, 47, 2048, 154880, 64, 4, 1536, 10240, 0, 1, 20, 20, 0, 0, 0, 0, 0, 0, 0,
+                       768, 512, 192, 64, 256, 1, 1, 1, 1e6, 1.0, 1.8, 202752, false, false, false, 0}},
+    /* MiniMax-M2 / M2.1 / M2.5 (230B-A10B) */
+    {"minimax-m2", {SY_MINIMAX_M2, 62, 3072, 200064, 256, 8, 1536, 0, 0, 0, 48, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                    0, 0, 0, 1, 1, 5e6, 1.0, 1.0, 196608, false, false, true, 64}},
 };
 
 /* Tiny test sizes per family (the shapes of the shared fixtures). */
 static const sy_cfg g_tiny[SY_NARCH] = {
     {SY_QWEN3_MOE, 3, 256, 512, 8, 2, 128, 512, 0, 0, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1e6, 1.0,
-     1.0, 4096, false},
+     1.0, 4096, false, false, false, 0},
     {SY_QWEN3_NEXT, 4, 256, 512, 8, 2, 128, 512, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7,
-     0.25, 1.0, 4096, false},
+     0.25, 1.0, 4096, false, false, false, 0},
     {SY_QWEN3_5_MOE, 4, 256, 512, 8, 2, 128, 0, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e4,
-     0.25, 1.0, 4096, false},
+     0.25, 1.0, 4096, false, false, false, 0},
     {SY_DEEPSEEK_V3, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 4, 64, 0, 0, 0, 0, 0, 0, 96, 64, 32, 32, 64, 1, 2, 1,
-     1e4, 1.0, 2.5, 4096, false},
+     1e4, 1.0, 2.5, 4096, false, false, false, 0},
+    {SY_GLM4_MOE, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1e6, 0.5,
+     2.5, 4096, false, true, true, 0},
+    {SY_GLM4_MOE_LITE, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 4, 0, 0, 0, 0, 0, 0, 0, 96, 64, 32, 32, 64, 1, 1, 1,
+     1e4, 1.0, 1.8, 4096, false, false, false, 0},
+    {SY_MINIMAX_M2, 3, 256, 512, 8, 2, 128, 0, 0, 0, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 5e6, 1.0,
+     1.0, 4096, false, false, true, 32},
 };
 
-const char *mk_synth_archs(void) { return "qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3"; }
+const char *mk_synth_archs(void) {
+    return "qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, glm4_moe, glm4_moe_lite, minimax_m2";
+}
 const char *mk_synth_presets(void) {
     return "tiny (any arch), 30b-a3b (qwen3_moe), 80b-a3b (qwen3_next), 35b-a3b and 397b-a17b (qwen3_5_moe), "
-           "deepseek-v3 (deepseek_v3)";
+           "deepseek-v3 (deepseek_v3), glm-4.5-air and glm-4.7 (glm4_moe), glm-4.7-flash (glm4_moe_lite), "
+           "minimax-m2 (minimax_m2)";
 }
+
+/* MLA attention and DeepSeek-style routing (sigmoid, correction bias,
+ * shared experts, dense first layers). */
+static bool is_mla(sy_arch a) { return a == SY_DEEPSEEK_V3 || a == SY_GLM4_MOE_LITE; }
+static bool ds_routing(sy_arch a) { return a == SY_DEEPSEEK_V3 || a == SY_GLM4_MOE_LITE || a == SY_GLM4_MOE; }
 
 mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
     int a = -1;
@@ -95,8 +122,11 @@ mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
     }
     if (o->vocab)
         c->V = o->vocab;
-    if (c->arch == SY_DEEPSEEK_V3 && c->first_dense > c->L)
+    if (ds_routing(c->arch) && c->first_dense > c->L)
         c->first_dense = c->L;
+    if (o->mtp && c->arch >= SY_GLM4_MOE)
+        return mk_err(MK_E_ARG, "--mtp: not written for %s (its MTP layers are not synthesized yet)",
+                      g_arch_names[c->arch]);
     if (o->vl && c->arch != SY_QWEN3_5_MOE)
         return mk_err(MK_E_ARG, "--vl: only qwen3_5_moe ships as a vision-language checkpoint");
     if (o->fused && (o->format == MK_SYNTH_CT_INT4 || o->format == MK_SYNTH_CT_INT4_ASYM))
@@ -149,7 +179,8 @@ static void vec(sy_list *l, const char *p, const char *n, int64_t d, sy_init ini
 static void linear(sy_list *l, const char *p, const char *n, int64_t e, int64_t out, int64_t in, bool ct) {
     int64_t s3[3] = {e, out, in}, *s = e ? s3 : s3 + 1;
     int nd = e ? 3 : 2;
-    bool fp8 = l->format == MK_SYNTH_FP8 && strstr(n, "proj") && strncmp(p, "model.visual", 12) != 0;
+    bool proj = strstr(n, "proj") || (n[0] == 'w' && n[1] >= '1' && n[1] <= '3' && n[2] == '.'); /* MiniMax w1..w3 */
+    bool fp8 = l->format == MK_SYNTH_FP8 && proj && strncmp(p, "model.visual", 12) != 0;
     bool int4 = ct && (l->format == MK_SYNTH_CT_INT4 || l->format == MK_SYNTH_CT_INT4_ASYM);
     if (fp8) {
         sy_tensor *w = push(l, cv_printf("%s.%s", p, n), MK_DT_F8_E4M3, nd, s, SY_FP8W);
@@ -208,10 +239,11 @@ static void experts(sy_list *l, const sy_cfg *c, const char *mlpp) {
     } else
         for (int e = 0; e < c->E && l->err == MK_OK; e++) {
             char *pe = cv_printf("%s.%d", p, e);
+            bool mm = c->arch == SY_MINIMAX_M2; /* Mixtral names: w1 gate, w3 up, w2 down */
             if (pe) {
-                linear(l, pe, "gate_proj.weight", 0, c->I_moe, c->H, true);
-                linear(l, pe, "up_proj.weight", 0, c->I_moe, c->H, true);
-                linear(l, pe, "down_proj.weight", 0, c->H, c->I_moe, true);
+                linear(l, pe, mm ? "w1.weight" : "gate_proj.weight", 0, c->I_moe, c->H, true);
+                linear(l, pe, mm ? "w3.weight" : "up_proj.weight", 0, c->I_moe, c->H, true);
+                linear(l, pe, mm ? "w2.weight" : "down_proj.weight", 0, c->H, c->I_moe, true);
             }
             free(pe);
         }
@@ -222,7 +254,7 @@ static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) 
     char *a = cv_printf("%s.self_attn", p);
     if (!a)
         return;
-    if (c->arch == SY_DEEPSEEK_V3) {
+    if (is_mla(c->arch)) {
         linear(l, a, "q_a_proj.weight", 0, c->q_lora, c->H, false);
         vec(l, a, "q_a_layernorm.weight", c->q_lora, SY_NORM1);
         linear(l, a, "q_b_proj.weight", 0, (int64_t)c->heads * (c->nope + c->rope_d), c->q_lora, false);
@@ -231,13 +263,25 @@ static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) 
         linear(l, a, "kv_b_proj.weight", 0, (int64_t)c->heads * (c->nope + c->v_head), c->kv_lora, false);
         linear(l, a, "o_proj.weight", 0, c->H, (int64_t)c->heads * c->v_head, false);
     } else {
-        int gated = c->arch == SY_QWEN3_MOE ? 1 : 2; /* qwen3_next / 3.5: q and gate interleaved per head */
-        linear(l, a, "q_proj.weight", 0, (int64_t)c->heads * c->hd * gated, c->H, false);
-        linear(l, a, "k_proj.weight", 0, (int64_t)c->kv_heads * c->hd, c->H, false);
-        linear(l, a, "v_proj.weight", 0, (int64_t)c->kv_heads * c->hd, c->H, false);
-        linear(l, a, "o_proj.weight", 0, c->H, (int64_t)c->heads * c->hd, false);
-        vec(l, a, "q_norm.weight", c->hd, norm);
-        vec(l, a, "k_norm.weight", c->hd, norm);
+        /* qwen3_next / 3.5: q and gate interleaved per head */
+        int gated = c->arch == SY_QWEN3_NEXT || c->arch == SY_QWEN3_5_MOE ? 2 : 1;
+        int64_t q = (int64_t)c->heads * c->hd, kv = (int64_t)c->kv_heads * c->hd;
+        linear(l, a, "q_proj.weight", 0, q * gated, c->H, false);
+        linear(l, a, "k_proj.weight", 0, kv, c->H, false);
+        linear(l, a, "v_proj.weight", 0, kv, c->H, false);
+        linear(l, a, "o_proj.weight", 0, c->H, q, false);
+        if (c->attn_bias) {
+            vec(l, a, "q_proj.bias", q, SY_SMALL);
+            vec(l, a, "k_proj.bias", kv, SY_SMALL);
+            vec(l, a, "v_proj.bias", kv, SY_SMALL);
+        }
+        if (c->arch == SY_MINIMAX_M2) { /* over the whole projection, all heads */
+            vec(l, a, "q_norm.weight", q, norm);
+            vec(l, a, "k_norm.weight", kv, norm);
+        } else if (c->arch != SY_GLM4_MOE || c->qk_norm) {
+            vec(l, a, "q_norm.weight", c->hd, norm);
+            vec(l, a, "k_norm.weight", c->hd, norm);
+        }
     }
     free(a);
 }
@@ -274,14 +318,25 @@ static void layer(sy_list *l, const sy_cfg *c, const char *p, int i, bool full) 
         attention(l, c, p, norm);
     else
         deltanet(l, c, p);
+    if (c->arch == SY_MINIMAX_M2) {
+        char *m = cv_printf("%s.block_sparse_moe", p);
+        if (!m)
+            return;
+        linear(l, m, "gate.weight", 0, c->E, c->H, false);
+        int64_t e = c->E;
+        push(l, cv_printf("%s.e_score_correction_bias", m), MK_DT_F32, 1, &e, SY_SMALL);
+        experts(l, c, m);
+        free(m);
+        return;
+    }
     char *m = cv_printf("%s.mlp", p);
     if (!m)
         return;
-    if (c->arch == SY_DEEPSEEK_V3 && i < c->first_dense)
+    if (ds_routing(c->arch) && i < c->first_dense)
         mlp(l, m, c->H, c->I_dense);
     else {
         linear(l, m, "gate.weight", 0, c->E, c->H, false);
-        if (c->arch == SY_DEEPSEEK_V3) {
+        if (ds_routing(c->arch)) {
             int64_t e = c->E;
             push(l, cv_printf("%s.gate.e_score_correction_bias", m), MK_DT_F32, 1, &e, SY_SMALL);
             char *sp = cv_printf("%s.shared_experts", m);
@@ -420,6 +475,7 @@ static json_t *quant_config(const mk_synth_opts *o) {
     json_array_append_new(ign, json_string("re:.*linear_attn.*"));
     json_array_append_new(ign, json_string("re:.*shared_expert.*"));
     json_array_append_new(ign, json_string("re:.*mlp\\.gate$"));
+    json_array_append_new(ign, json_string("re:.*block_sparse_moe\\.gate$"));
     json_object_set_new(q, "ignore", ign);
     return q;
 }
@@ -429,6 +485,64 @@ static json_t *layer_types(const sy_cfg *c) {
     for (int i = 0; i < c->L; i++)
         json_array_append_new(a, json_string((i + 1) % c->interval == 0 ? "full_attention" : "linear_attention"));
     return a;
+}
+
+static json_t *rope_parameters(const sy_cfg *c, bool partial) {
+    json_t *rp = json_object();
+    if (partial)
+        set_r(rp, "partial_rotary_factor", c->partial);
+    set_r(rp, "rope_theta", c->theta);
+    set_s(rp, "rope_type", "default");
+    return rp;
+}
+
+/* glm4_moe, glm4_moe_lite, minimax_m2: the keys transformers 5.17 writes
+ * for them (as in the shared fixtures), plus MiniMax's released rotary_dim. */
+static void glm_minimax_fields(const sy_cfg *c, json_t *t) {
+    set_i(t, "bos_token_id", 0);
+    set_i(t, "eos_token_id", 1);
+    if (c->arch == SY_MINIMAX_M2) {
+        json_object_del(t, "moe_intermediate_size"); /* Mixtral lineage: intermediate_size is the expert's */
+        json_object_del(t, "norm_topk_prob");
+        json_object_del(t, "attention_bias");
+        set_i(t, "head_dim", c->hd);
+        set_i(t, "intermediate_size", c->I_moe);
+        set_i(t, "num_local_experts", c->E);
+        set_i(t, "rotary_dim", c->rotary_dim);
+        set_r(t, "router_aux_loss_coef", 0.001);
+        set_r(t, "router_jitter_noise", 0.0);
+        json_object_set_new(t, "rope_parameters", rope_parameters(c, false));
+        return;
+    }
+    set_r(t, "rms_norm_eps", 1e-5);
+    set_b(t, "attention_bias", c->attn_bias);
+    set_i(t, "intermediate_size", c->I_dense);
+    set_i(t, "n_routed_experts", c->E);
+    set_i(t, "n_shared_experts", c->n_shared);
+    set_i(t, "n_group", c->n_group);
+    set_i(t, "topk_group", c->topk_group);
+    set_r(t, "routed_scaling_factor", c->scaling);
+    if (c->arch == SY_GLM4_MOE) {
+        set_i(t, "head_dim", c->hd);
+        set_i(t, "first_k_dense_replace", c->first_dense);
+        set_i(t, "num_nextn_predict_layers", 0);
+        set_r(t, "partial_rotary_factor", c->partial);
+        set_b(t, "use_qk_norm", c->qk_norm);
+        json_object_set_new(t, "rope_parameters", rope_parameters(c, true));
+        return;
+    }
+    json_t *types = json_array();
+    for (int i = 0; i < c->L; i++)
+        json_array_append_new(types, json_string(i < c->first_dense ? "dense" : "sparse"));
+    json_object_set_new(t, "mlp_layer_types", types);
+    set_i(t, "q_lora_rank", c->q_lora);
+    set_i(t, "kv_lora_rank", c->kv_lora);
+    set_i(t, "qk_head_dim", c->nope + c->rope_d);
+    set_i(t, "qk_nope_head_dim", c->nope);
+    set_i(t, "qk_rope_head_dim", c->rope_d);
+    set_i(t, "v_head_dim", c->v_head);
+    set_b(t, "rope_interleave", true);
+    json_object_set_new(t, "rope_parameters", rope_parameters(c, false));
 }
 
 static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
@@ -446,6 +560,10 @@ static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
     set_i(t, "num_experts_per_tok", c->topk);
     set_i(t, "moe_intermediate_size", c->I_moe);
     set_b(t, "norm_topk_prob", true);
+    if (c->arch >= SY_GLM4_MOE) {
+        glm_minimax_fields(c, t);
+        return;
+    }
     if (c->arch == SY_DEEPSEEK_V3) {
         set_i(t, "head_dim", c->rope_d);
         set_i(t, "intermediate_size", c->I_dense);
@@ -514,8 +632,9 @@ static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
 }
 
 json_t *sy_config_json(const sy_cfg *c, const mk_synth_opts *o) {
-    static const char *const archs[SY_NARCH] = {"Qwen3MoeForCausalLM", "Qwen3NextForCausalLM",
-                                                "Qwen3_5MoeForCausalLM", "DeepseekV3ForCausalLM"};
+    static const char *const archs[SY_NARCH] = {
+        "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM",   "Qwen3_5MoeForCausalLM", "DeepseekV3ForCausalLM",
+        "Glm4MoeForCausalLM",  "Glm4MoeLiteForCausalLM", "MiniMaxM2ForCausalLM"};
     json_t *root = json_object(), *t = o->vl ? json_object() : root;
     if (o->vl) {
         json_object_set_new(root, "architectures", arr1("Qwen3_5MoeForConditionalGeneration"));

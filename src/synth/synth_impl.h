@@ -12,7 +12,16 @@
 #include "moekit/st.h"
 #include "moekit/synth.h"
 
-typedef enum sy_arch { SY_QWEN3_MOE = 0, SY_QWEN3_NEXT, SY_QWEN3_5_MOE, SY_DEEPSEEK_V3, SY_NARCH } sy_arch;
+typedef enum sy_arch {
+    SY_QWEN3_MOE = 0,
+    SY_QWEN3_NEXT,
+    SY_QWEN3_5_MOE,
+    SY_DEEPSEEK_V3,
+    SY_GLM4_MOE,      /* GLM-4.5/4.6/4.7, -Air: GQA + biases + partial RoPE, DeepSeek-style routing */
+    SY_GLM4_MOE_LITE, /* GLM-4.7-Flash: DeepSeek-V3's MLA and routing under GLM's names */
+    SY_MINIMAX_M2,    /* MiniMax-M2: GQA, q/k norm over the projection, sigmoid router + bias */
+    SY_NARCH
+} sy_arch;
 
 /* Sizes of one model (the field names of its HF config in comments). */
 typedef struct sy_cfg {
@@ -29,6 +38,8 @@ typedef struct sy_cfg {
     double theta, partial, scaling;
     int max_pos;
     bool yarn; /* deepseek-v3 real preset: YaRN rope_scaling */
+    bool attn_bias, qk_norm; /* glm4_moe: attention_bias, use_qk_norm */
+    int rotary_dim;          /* minimax_m2: rotated width of a head */
 } sy_cfg;
 
 /* How a tensor's values are drawn. */

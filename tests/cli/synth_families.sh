@@ -1,0 +1,76 @@
+#!/usr/bin/env bash
+# synth for the GLM and MiniMax families (issue 16): the released models'
+# shapes (GLM-4.5-Air, GLM-4.7, GLM-4.7-Flash, MiniMax-M2, as their HF configs
+# and llama.cpp's GGUF metadata give them) and, at the tiny size, checkpoints
+# that `inspect` reads exactly as it reads the shared fixtures made by
+# transformers (same family, schedule, shapes, routing, tensor count), in
+# every format, that run.
+set -euo pipefail
+BIN=${MK_BIN:?}
+FX=${MK_FIXTURES:-}
+T=$(mktemp -d "${TMPDIR:-/tmp}/mk-synthfam-XXXXXX")
+trap 'rm -rf "$T"' EXIT
+fail() { echo "FAIL: $*" >&2; exit 1; }
+shape() { awk -v n="$2" '$1 == n { print $2, $3 }' "$1"; }
+
+# Real shapes (listing only: nothing written).
+"$BIN" synth "$T/x" --arch glm4_moe --preset glm-4.7 --format bf16 --list > "$T/l"
+[ "$(grep -c '\.input_layernorm\.weight ' "$T/l")" -eq 92 ] || fail "glm-4.7: 92 layers"
+[ "$(shape "$T/l" model.layers.2.mlp.down_proj.weight)" = "BF16 [5120,12288]" ] || fail "glm-4.7 dense layer 2"
+[ "$(shape "$T/l" model.layers.3.mlp.experts.159.gate_proj.weight)" = "BF16 [1536,5120]" ] || fail "glm-4.7 expert"
+[ "$(shape "$T/l" model.layers.3.mlp.shared_experts.up_proj.weight)" = "BF16 [1536,5120]" ] || fail "glm-4.7 shared"
+[ "$(shape "$T/l" model.layers.0.self_attn.q_proj.weight)" = "BF16 [12288,5120]" ] || fail "glm-4.7 q_proj"
+[ "$(shape "$T/l" model.layers.0.self_attn.k_proj.bias)" = "BF16 [1024]" ] || fail "glm-4.7 k bias"
+[ "$(shape "$T/l" model.layers.0.self_attn.k_norm.weight)" = "BF16 [128]" ] || fail "glm-4.7 k_norm"
+[ "$(shape "$T/l" model.layers.3.mlp.gate.e_score_correction_bias)" = "F32 [160]" ] || fail "glm-4.7 bias"
+"$BIN" synth "$T/x" --arch glm4_moe --preset glm-4.5-air --format fp8 --list > "$T/l"
+[ "$(grep -c '\.input_layernorm\.weight ' "$T/l")" -eq 46 ] || fail "glm-4.5-air: 46 layers"
+grep -q 'q_norm' "$T/l" && fail "glm-4.5-air has no q/k norm"
+[ "$(shape "$T/l" model.layers.1.mlp.experts.127.down_proj.weight)" = "F8_E4M3 [4096,1408]" ] || fail "air expert"
+"$BIN" synth "$T/x" --arch glm4_moe_lite --preset glm-4.7-flash --format bf16 --list > "$T/l"
+[ "$(grep -c '\.input_layernorm\.weight ' "$T/l")" -eq 47 ] || fail "glm-4.7-flash: 47 layers"
+[ "$(shape "$T/l" model.layers.0.self_attn.q_b_proj.weight)" = "BF16 [5120,768]" ] || fail "flash q_b (20 x 256)"
+[ "$(shape "$T/l" model.layers.0.self_attn.kv_a_proj_with_mqa.weight)" = "BF16 [576,2048]" ] || fail "flash kv_a"
+[ "$(shape "$T/l" model.layers.0.self_attn.kv_b_proj.weight)" = "BF16 [8960,512]" ] || fail "flash kv_b"
+[ "$(shape "$T/l" model.layers.0.self_attn.o_proj.weight)" = "BF16 [2048,5120]" ] || fail "flash o_proj"
+[ "$(shape "$T/l" model.layers.0.mlp.gate_proj.weight)" = "BF16 [10240,2048]" ] || fail "flash dense layer 0"
+[ "$(shape "$T/l" model.layers.46.mlp.experts.63.up_proj.weight)" = "BF16 [1536,2048]" ] || fail "flash expert"
+"$BIN" synth "$T/x" --arch minimax_m2 --preset minimax-m2 --format fp8 --list > "$T/l"
+[ "$(grep -c '\.input_layernorm\.weight ' "$T/l")" -eq 62 ] || fail "minimax-m2: 62 layers"
+[ "$(shape "$T/l" model.layers.0.self_attn.q_proj.weight)" = "F8_E4M3 [6144,3072]" ] || fail "minimax q_proj"
+[ "$(shape "$T/l" model.layers.0.self_attn.q_norm.weight)" = "BF16 [6144]" ] || fail "minimax q_norm (whole projection)"
+[ "$(shape "$T/l" model.layers.0.self_attn.k_norm.weight)" = "BF16 [1024]" ] || fail "minimax k_norm"
+[ "$(shape "$T/l" model.layers.61.block_sparse_moe.experts.255.w2.weight)" = "F8_E4M3 [3072,1536]" ] ||
+    fail "minimax w2"
+[ "$(shape "$T/l" model.layers.61.block_sparse_moe.experts.255.w1.weight_scale_inv)" = "F32 [12,24]" ] ||
+    fail "minimax w1 scale grid"
+[ "$(shape "$T/l" model.layers.0.block_sparse_moe.e_score_correction_bias)" = "F32 [256]" ] || fail "minimax bias"
+echo "ok: released shapes"
+
+# Tiny: read like the transformers-made fixtures, in every format, and run.
+for pair in glm4_moe:glm4moe-a glm4_moe_lite:glm4lite-a minimax_m2:minimaxm2-a; do
+    a=${pair%%:*} f=${pair##*:}
+    "$BIN" synth "$T/$a" --arch "$a" --preset tiny --format bf16 --quiet
+    if [ -n "$FX" ] && [ -d "$FX/$f/bf16" ]; then
+        # everything but the path line and the byte split (the fixture stores its
+        # correction bias in bf16, released checkpoints and synth in f32)
+        diff <("$BIN" inspect "$T/$a" | sed '1d; /^  bytes /d') \
+            <("$BIN" inspect "$FX/$f/bf16" | sed '1d; /^  bytes /d') > "$T/d" ||
+            { cat "$T/d" >&2; fail "$a: inspect reads synth differently from the fixture $f"; }
+    else
+        echo "skip: no fixture $f under MK_FIXTURES: inspect comparison left out for $a"
+    fi
+    for fmt in bf16 fp8 ct-int4; do
+        d=$T/$a-$fmt
+        [ $fmt = bf16 ] && d=$T/$a || "$BIN" synth "$d" --arch "$a" --preset tiny --format $fmt --quiet
+        rm -f "$T/o.f32"
+        "$BIN" logits "$d" --ids 1,2,3,4,5,6,7,8 --out "$T/o.f32" 2> "$T/err" || { cat "$T/err" >&2; fail "$a $fmt: logits"; }
+        [ "$(stat -c %s "$T/o.f32")" -eq $((8 * 512 * 4)) ] || fail "$a $fmt: logits size"
+        # finite: no NaN/Inf in the output
+        od -An -v -f "$T/o.f32" | tr -s ' ' '\n' | grep -qi 'nan\|inf' && fail "$a $fmt: non-finite logits"
+    done
+    "$BIN" quantize "$T/$a" "$T/$a-q4" --bits 4 --quiet 2> "$T/err" || { cat "$T/err" >&2; fail "$a: quantize"; }
+    rm -f "$T/o.f32"
+    "$BIN" logits "$T/$a-q4" --ids 1,2,3,4,5,6,7,8 --out "$T/o.f32" 2> "$T/err" || { cat "$T/err" >&2; fail "$a: q4 logits"; }
+    echo "ok: $a tiny (bf16, fp8, ct-int4, MLX 4-bit)"
+done
