@@ -129,6 +129,8 @@ mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
                       g_arch_names[c->arch]);
     if (o->vl && c->arch != SY_QWEN3_5_MOE)
         return mk_err(MK_E_ARG, "--vl: only qwen3_5_moe ships as a vision-language checkpoint");
+    if (o->fused && c->arch == SY_MINIMAX_M2)
+        return mk_err(MK_E_ARG, "--layout fused: minimax_m2 checkpoints ship per-expert (w1/w2/w3) only");
     if (o->fused && (o->format == MK_SYNTH_CT_INT4 || o->format == MK_SYNTH_CT_INT4_ASYM))
         return mk_err(MK_E_ARG, "--layout fused: compressed-tensors INT4 checkpoints are per-expert");
     return MK_OK;
