@@ -16,7 +16,9 @@
  *        per expert);
  *        the fields mlx-lm's ModelArgs require but transformers 5 writes
  *        elsewhere are added (num_experts, rope_theta, partial_rotary_factor,
- *        full_attention_interval, mlp_only_layers, decoder_sparse_step);
+ *        full_attention_interval, mlp_only_layers, decoder_sparse_step;
+ *        glm4_moe's rope_scaling, minimax_m2's rotary_dim and
+ *        shared_intermediate_size, glm4_moe_lite's first_k_dense_replace);
  *        qwen3_5_moe_text becomes qwen3_5_moe (mlx-lm has no _text module). */
 #include <errno.h>
 #include <jansson.h>
@@ -93,6 +95,28 @@ static void mlx_compat(const cv_src *s, json_t *tc) {
         int k = attention_interval(lt);
         if (k > 0)
             json_object_set_new(tc, "full_attention_interval", json_integer(k));
+    }
+    /* glm4_moe: ModelArgs has rope_scaling without a default */
+    if (s->cfg.arch == MK_ARCH_GLM4_MOE && !json_object_get(tc, "rope_scaling"))
+        json_object_set_new(tc, "rope_scaling", json_null());
+    /* minimax_m2: rotary_dim and shared_intermediate_size are required */
+    if (s->cfg.arch == MK_ARCH_MINIMAX_M2) {
+        if (!json_object_get(tc, "rotary_dim"))
+            json_object_set_new(tc, "rotary_dim",
+                                json_integer((json_int_t)(s->cfg.rope.partial_rotary_factor * s->cfg.head_dim + 0.5)));
+        if (!json_object_get(tc, "shared_intermediate_size"))
+            json_object_set_new(tc, "shared_intermediate_size", json_integer(0));
+    }
+    /* glm4_moe_lite (transformers 5 writes mlp_layer_types): mlx-lm counts its
+     * leading dense layers in first_k_dense_replace (a default of 1 otherwise) */
+    if (s->cfg.has_mlp_layer_types && !json_object_get(tc, "first_k_dense_replace")) {
+        int k = 0;
+        for (bool dense = true; dense && k < s->cfg.num_layers; k += dense) {
+            dense = false;
+            for (int j = 0; j < s->cfg.n_mlp_only_layers; j++)
+                dense |= s->cfg.mlp_only_layers[j] == k;
+        }
+        json_object_set_new(tc, "first_k_dense_replace", json_integer(k));
     }
     if (s->cfg.arch == MK_ARCH_QWEN3_MOE || s->cfg.arch == MK_ARCH_QWEN3_NEXT) {
         if (!json_object_get(tc, "mlp_only_layers"))

@@ -267,11 +267,14 @@ void cv_qjob_choose(const mk_qjob *q, const cv_qctx *x, const char *path, const 
         c->note = "float: asked for";
     if (!x->bare) {
         size_t n = strlen(path);
-        bool gate = n >= 8 && strcmp(path + n - 8, "mlp.gate") == 0 && (n == 8 || path[n - 9] == '.');
+        bool gate = (n >= 8 && strcmp(path + n - 8, "mlp.gate") == 0 && (n == 8 || path[n - 9] == '.')) ||
+                    (n >= 21 && strcmp(path + n - 21, "block_sparse_moe.gate") == 0 &&
+                     (n == 21 || path[n - 22] == '.')); /* minimax_m2 */
         bool sgate = cv_ends_with(path, "shared_expert_gate");
-        if (gate && x->arch == MK_ARCH_DEEPSEEK_V3) {
+        if (gate && (x->arch == MK_ARCH_DEEPSEEK_V3 || x->arch == MK_ARCH_GLM4_MOE)) {
             set(c, false, MK_QMODE_AFFINE, 0, 0);
-            c->note = "float: deepseek_v3's router is not a Linear in mlx-lm (MoEGate)";
+            c->note = x->arch == MK_ARCH_GLM4_MOE ? "float: glm4_moe's router is not a Linear in mlx-lm (MoEGate)"
+                                                  : "float: deepseek_v3's router is not a Linear in mlx-lm (MoEGate)";
             return;
         }
         if (gate || sgate) {

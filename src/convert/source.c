@@ -206,7 +206,7 @@ static mk_status place(cv_src *s, cv_egroup *g, int p, int e, const cv_mod *m, i
     lt->ndim = 2;
     lt->shape[0] = nrows;
     lt->shape[1] = cols;
-    lt->cname = cv_printf("%s.experts.%d.%s.weight", g->mlp, e, mk_layout_proj_names[p]);
+    lt->cname = cv_printf("%s.experts.%d.%s.weight", g->mlp, e, mk_layout_expert_proj(g->mlp, p));
     return lt->cname ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the name of expert %d of %s", s->dir, e, g->mlp);
 }
 

@@ -80,55 +80,86 @@ static int parse_index(const char *p, const char **end) {
     return (int)v;
 }
 
-static int proj_of(const char *s, size_t n) {
+static int proj_of(const char *const names[3], const char *s, size_t n) {
     for (int p = 0; p < 3; p++)
-        if (strlen(mk_layout_proj_names[p]) == n && strncmp(s, mk_layout_proj_names[p], n) == 0)
+        if (strlen(names[p]) == n && strncmp(s, names[p], n) == 0)
             return p;
     return -1;
+}
+
+/* MoE blocks by the name of their module, with the per-expert projection
+ * names of that family (gate, up, down): every family's `mlp` with
+ * gate/up/down_proj, and minimax_m2's Mixtral-lineage `block_sparse_moe`
+ * with w1/w3/w2. MLX stacks either as <block>.switch_mlp.<gate|up|down>_proj
+ * (mlx-lm's minimax.py sanitize maps w1 -> gate_proj, w3 -> up_proj,
+ * w2 -> down_proj). */
+static const struct {
+    const char *blk;
+    const char *proj[3];
+} g_moe_blocks[] = {
+    {".mlp", {"gate_proj", "up_proj", "down_proj"}},
+    {".block_sparse_moe", {"w1", "w3", "w2"}},
+};
+
+const char *mk_layout_expert_proj(const char *mlp, int proj) {
+    size_t n = strlen(mlp);
+    for (size_t b = 1; b < sizeof g_moe_blocks / sizeof g_moe_blocks[0]; b++) {
+        size_t k = strlen(g_moe_blocks[b].blk);
+        if (n >= k && strcmp(mlp + n - k, g_moe_blocks[b].blk) == 0)
+            return g_moe_blocks[b].proj[proj];
+    }
+    return mk_layout_proj_names[proj];
 }
 
 mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj) {
     *mlp = NULL;
     *expert = -1;
     *proj = -1;
-    const char *e = strstr(cname, ".mlp.experts.");
-    if (e) {
-        const char *rest = e + strlen(".mlp.experts.");
-        size_t plen = (size_t)(e - cname) + 4; /* through ".mlp" */
-        if (strcmp(rest, "gate_up_proj") == 0 || strcmp(rest, "down_proj") == 0) {
+    char pat[64];
+    for (size_t b = 0; b < sizeof g_moe_blocks / sizeof g_moe_blocks[0]; b++) {
+        const char *blk = g_moe_blocks[b].blk;
+        size_t bl = strlen(blk);
+        snprintf(pat, sizeof pat, "%s.experts.", blk);
+        const char *e = strstr(cname, pat);
+        if (e) {
+            const char *rest = e + strlen(pat);
+            size_t plen = (size_t)(e - cname) + bl; /* through the block's name */
+            if (strcmp(rest, "gate_up_proj") == 0 || strcmp(rest, "down_proj") == 0) {
+                *mlp = mk_strfmt("%.*s", (int)plen, cname);
+                *proj = rest[0] == 'g' ? -1 : MK_PROJ_DOWN;
+                return rest[0] == 'g' ? MK_EF_FUSED_GATE_UP : MK_EF_FUSED_DOWN;
+            }
+            const char *q;
+            int idx = parse_index(rest, &q);
+            const char *dot = idx >= 0 ? strchr(q + 1, '.') : NULL;
+            if (idx == -2) { /* experts.<junk>.<...>: still an expert tensor, with a bad index */
+                q = strchr(rest, '.');
+                dot = q ? strchr(q + 1, '.') : NULL;
+            }
+            if (!q || !dot || strcmp(dot, ".weight") != 0)
+                return MK_EF_NONE;
+            int p = proj_of(g_moe_blocks[b].proj, q + 1, (size_t)(dot - q - 1));
+            if (p < 0)
+                return MK_EF_NONE;
             *mlp = mk_strfmt("%.*s", (int)plen, cname);
-            *proj = rest[0] == 'g' ? -1 : MK_PROJ_DOWN;
-            return rest[0] == 'g' ? MK_EF_FUSED_GATE_UP : MK_EF_FUSED_DOWN;
+            *expert = idx;
+            *proj = p;
+            return MK_EF_PER_EXPERT;
         }
-        const char *q;
-        int idx = parse_index(rest, &q);
-        const char *dot = idx >= 0 ? strchr(q + 1, '.') : NULL;
-        if (idx == -2) { /* experts.<junk>.<...>: still an expert tensor, with a bad index */
-            q = strchr(rest, '.');
-            dot = q ? strchr(q + 1, '.') : NULL;
+        snprintf(pat, sizeof pat, "%s.switch_mlp.", blk);
+        const char *s = strstr(cname, pat);
+        if (s) {
+            const char *rest = s + strlen(pat);
+            const char *dot = strchr(rest, '.');
+            if (!dot || strcmp(dot, ".weight") != 0)
+                return MK_EF_NONE;
+            int p = proj_of(mk_layout_proj_names, rest, (size_t)(dot - rest));
+            if (p < 0)
+                return MK_EF_NONE;
+            *mlp = mk_strfmt("%.*s", (int)((size_t)(s - cname) + bl), cname);
+            *proj = p;
+            return MK_EF_STACKED;
         }
-        if (!q || !dot || strcmp(dot, ".weight") != 0)
-            return MK_EF_NONE;
-        int p = proj_of(q + 1, (size_t)(dot - q - 1));
-        if (p < 0)
-            return MK_EF_NONE;
-        *mlp = mk_strfmt("%.*s", (int)plen, cname);
-        *expert = idx;
-        *proj = p;
-        return MK_EF_PER_EXPERT;
-    }
-    const char *s = strstr(cname, ".mlp.switch_mlp.");
-    if (s) {
-        const char *rest = s + strlen(".mlp.switch_mlp.");
-        const char *dot = strchr(rest, '.');
-        if (!dot || strcmp(dot, ".weight") != 0)
-            return MK_EF_NONE;
-        int p = proj_of(rest, (size_t)(dot - rest));
-        if (p < 0)
-            return MK_EF_NONE;
-        *mlp = mk_strfmt("%.*s", (int)((size_t)(s - cname) + 4), cname);
-        *proj = p;
-        return MK_EF_STACKED;
     }
     return MK_EF_NONE;
 }

@@ -53,10 +53,15 @@ typedef enum mk_eform {
 enum { MK_PROJ_GATE = 0, MK_PROJ_UP = 1, MK_PROJ_DOWN = 2 };
 extern const char *const mk_layout_proj_names[3]; /* gate_proj, up_proj, down_proj */
 
-/* Parses the forms above. *mlp (malloc'd) is the block's prefix through
- * ".mlp"; *expert is the index (-2 for one that is not a plain number, -1
- * for stacked/fused forms); *proj is MK_PROJ_* (-1 for fused gate_up). */
+/* Parses the forms above, for every family's MoE block (`mlp`, and
+ * minimax_m2's `block_sparse_moe` whose per-expert projections are
+ * w1/w3/w2). *mlp (malloc'd) is the block's prefix through its name;
+ * *expert is the index (-2 for one that is not a plain number, -1 for
+ * stacked/fused forms); *proj is MK_PROJ_* (-1 for fused gate_up). */
 mk_eform mk_layout_expert(const char *cname, char **mlp, int *expert, int *proj);
+/* The per-expert projection name (gate_proj... or w1/w3/w2) of block `mlp`
+ * (a prefix as mk_layout_expert gives it). */
+const char *mk_layout_expert_proj(const char *mlp, int proj);
 
 /* Naming scheme of a written checkpoint (a convert target's naming,
  * src/convert/target.c; the profile's module paths are MLX's). */

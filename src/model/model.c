@@ -271,12 +271,13 @@ static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w 
     int64_t H = c->hidden_size, I = c->moe_intermediate_size, E = c->num_experts;
     char mod[256], wn[300];
     mk_expert *ex = moe->experts;
-    snprintf(mod, sizeof mod, "%s.mlp.switch_mlp.gate_proj", p);
+    moe_names nm = names_of(c);
+    snprintf(mod, sizeof mod, "%s.%s.switch_mlp.gate_proj", p, nm.blk);
     if (has_module(ld, mod)) { /* MLX: stacked (E, out, in) */
         *kind = "stacked";
-        static const char *const nm[3] = {"gate_proj", "up_proj", "down_proj"};
+        static const char *const sw[3] = {"gate_proj", "up_proj", "down_proj"};
         for (int j = 0; j < 3; j++) {
-            snprintf(mod, sizeof mod, "%s.mlp.switch_mlp.%s", p, nm[j]);
+            snprintf(mod, sizeof mod, "%s.%s.switch_mlp.%s", p, nm.blk, sw[j]);
             snprintf(wn, sizeof wn, "%s.weight", mod);
             int64_t R = j == 2 ? H : I, cols = j == 2 ? I : H;
             for (int64_t e = 0; e < E; e++) {
@@ -287,15 +288,15 @@ static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w 
         }
         return MK_OK;
     }
-    snprintf(mod, sizeof mod, "%s.mlp.experts.gate_up_proj", p);
+    snprintf(mod, sizeof mod, "%s.%s.experts.gate_up_proj", p, nm.blk);
     if (!mk_ckpt_find(ld->ck, mod))
-        snprintf(mod, sizeof mod, "%s.mlp.experts.gate_up_proj.weight", p);
+        snprintf(mod, sizeof mod, "%s.%s.experts.gate_up_proj.weight", p, nm.blk);
     if (mk_ckpt_find(ld->ck, mod)) { /* HF fused: gate_up (E, 2I, H) split at I; down (E, H, I) */
         *kind = "fused";
         char dn[256];
-        snprintf(dn, sizeof dn, "%s.mlp.experts.down_proj", p);
+        snprintf(dn, sizeof dn, "%s.%s.experts.down_proj", p, nm.blk);
         if (!mk_ckpt_find(ld->ck, dn))
-            snprintf(dn, sizeof dn, "%s.mlp.experts.down_proj.weight", p);
+            snprintf(dn, sizeof dn, "%s.%s.experts.down_proj.weight", p, nm.blk);
         for (int64_t e = 0; e < E; e++) {
             ld->loc = loc_of(ld, moe, e, 0);
             MK_TRY(mk_ld_stacked(ld, mod, mod, E, e, 2 * I, 0, I, H, &ex[e].gate));
@@ -308,7 +309,6 @@ static mk_status load_experts_any(mk_ld *ld, const char *p, int layer, mk_moe_w 
     }
     /* HF per-expert: every index 0..E-1 must be present */
     *kind = "per-expert";
-    moe_names nm = names_of(c);
     char missing[512] = "";
     size_t ml = 0;
     int nmiss = 0;

@@ -91,3 +91,48 @@ for pair in glm4_moe:glm4moe-a glm4_moe_lite:glm4lite-a minimax_m2:minimaxm2-a; 
     "$BIN" logits "$T/$a-q4" --ids 1,2,3,4,5,6,7,8 --out "$T/o.f32" 2> "$T/err" || { cat "$T/err" >&2; fail "$a: q4 logits"; }
     echo "ok: $a tiny (bf16, fp8, ct-int4, MLX 4-bit; HF -> MLX -> HF byte-exact; fused layout where shipped)"
 done
+
+# MLX output as stock mlx-lm loads it (mlx_lm/models/glm4_moe.py, glm4_moe_lite.py,
+# minimax.py): the ModelArgs fields without a default present in config.json;
+# minimax_m2's experts stacked under block_sparse_moe.switch_mlp (its sanitize
+# stacks only unquantized per-expert weights) with the router (a Linear) at
+# 8-bit g64 as its quant_predicate says; the GLM routers (MoEGate, not a
+# Linear) left in float.
+need() { # DIR KEY...
+    local d=$1
+    shift
+    for k in "$@"; do grep -q "\"$k\":" "$d/config.json" || fail "$d: mlx-lm needs '$k' in config.json"; done
+}
+need "$T/glm4_moe.mlx" model_type vocab_size hidden_size intermediate_size max_position_embeddings \
+    moe_intermediate_size norm_topk_prob num_attention_heads n_group head_dim topk_group n_shared_experts \
+    n_routed_experts routed_scaling_factor num_experts_per_tok first_k_dense_replace num_hidden_layers \
+    num_key_value_heads rms_norm_eps rope_theta rope_scaling use_qk_norm tie_word_embeddings attention_bias \
+    partial_rotary_factor
+need "$T/minimax_m2.mlx" model_type hidden_size intermediate_size num_attention_heads num_key_value_heads \
+    max_position_embeddings num_experts_per_tok num_local_experts shared_intermediate_size num_hidden_layers \
+    rms_norm_eps rope_theta rotary_dim vocab_size
+need "$T/glm4_moe_lite.mlx" first_k_dense_replace rope_theta
+"$BIN" hash "$T/minimax_m2.mlx" | awk '{ print $1, $2, $3 }' > "$T/h"
+grep -q '^model.layers.2.block_sparse_moe.switch_mlp.gate_proj.weight BF16 \[8,128,256\]$' "$T/h" ||
+    fail "minimax_m2 MLX: w1 not stacked as switch_mlp.gate_proj"
+grep -q '^model.layers.2.block_sparse_moe.switch_mlp.down_proj.weight BF16 \[8,256,128\]$' "$T/h" ||
+    fail "minimax_m2 MLX: w2 not stacked as switch_mlp.down_proj"
+grep -q 'experts\.' "$T/h" && fail "minimax_m2 MLX: per-expert tensors left"
+"$BIN" hash "$T/minimax_m2-q4" | awk '{ print $1, $2, $3 }' > "$T/h"
+grep -q '^model.layers.0.block_sparse_moe.gate.weight U32 \[8,64\]$' "$T/h" || fail "minimax_m2 router not 8-bit"
+grep -q '^model.layers.0.block_sparse_moe.switch_mlp.up_proj.weight U32 \[8,128,32\]$' "$T/h" ||
+    fail "minimax_m2 experts not stacked 4-bit"
+grep -q '"model.layers.0.block_sparse_moe.gate": {' "$T/minimax_m2-q4/config.json" ||
+    fail "minimax_m2: no config entry for the 8-bit router"
+for a in glm4_moe glm4_moe_lite; do
+    "$BIN" hash "$T/$a-q4" | awk '{ print $1, $2, $3 }' > "$T/h"
+    grep -q '^model.layers.1.mlp.gate.weight BF16 \[8,256\]$' "$T/h" || fail "$a: router not left in float"
+    grep -q 'mlp.gate.scales' "$T/h" && fail "$a: router quantized"
+done
+for a in glm4_moe glm4_moe_lite minimax_m2; do # the stacked MLX form runs as the HF one, bit for bit
+    rm -f "$T/hf.f32" "$T/mlx.f32"
+    "$BIN" logits "$T/$a" --ids 3,1,4,1,5,9,2,6 --out "$T/hf.f32" 2> /dev/null
+    "$BIN" logits "$T/$a.mlx" --ids 3,1,4,1,5,9,2,6 --out "$T/mlx.f32" 2> "$T/err" || { cat "$T/err" >&2; fail "$a MLX: logits"; }
+    cmp -s "$T/hf.f32" "$T/mlx.f32" || fail "$a: MLX (stacked) logits differ from HF (per-expert)"
+done
+echo "ok: MLX output has what mlx-lm's glm4_moe, glm4_moe_lite and minimax models load"
