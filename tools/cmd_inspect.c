@@ -84,9 +84,12 @@ static void render(json_t *r) {
     for (size_t i = 0; i < json_array_size(sch) && i < 64; i++) {
         json_t *e = json_array_get(sch, i);
         const char *at = gs(e, "attention");
-        printf("%c", !strcmp(at, "full_attention") ? 'A' : !strcmp(at, "mla") ? 'M' : 'L');
+        printf("%c", !strcmp(at, "full_attention")      ? 'A'
+                     : !strcmp(at, "mla")                 ? 'M'
+                     : !strcmp(at, "sliding_attention")   ? 'S'
+                                                          : 'L');
     }
-    printf("%s  (A full attention, L linear/GDN, M MLA)\n", json_array_size(sch) > 64 ? "..." : "");
+    printf("%s  (A full attention, S sliding window, L linear/GDN, M MLA)\n", json_array_size(sch) > 64 ? "..." : "");
     printf("  experts         %lld per layer, top-%lld, %lld MoE layers, layout %s, %s/expert\n",
            (long long)gi(ex, "experts_per_layer"), (long long)gi(a, "experts_per_token"),
            (long long)gi(ex, "moe_layers"), gs(ex, "layout"), (human(b1, sizeof b1, gi(ex, "bytes_per_expert")), b1));

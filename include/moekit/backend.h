@@ -52,6 +52,13 @@ typedef struct mk_attn_args {
     float scale;      /* multiplies q.k before the softmax */
     int64_t k_stride; /* floats between cache rows of k; 0: n_kv*dk */
     int64_t v_stride; /* floats between cache rows of v; 0: n_kv*dv */
+    /* gpt_oss (honoured only by a backend with `sinks_window`): window > 0
+     * limits token t to cache rows p - window + 1 .. p (p = pos0 + t);
+     * sinks [n_heads] (backend memory, or NULL) adds one logit per head to
+     * the softmax's denominator only: out = sum_s exp(x_s - m) v_s /
+     * (sum_s exp(x_s - m) + exp(sink - m)), m the max over the x_s and sink. */
+    int64_t window;
+    const float *sinks;
 } mk_attn_args;
 
 /* Per-head products with slices of one weight, for MLA's absorbed attention:
@@ -144,6 +151,9 @@ typedef struct mk_backend_i {
     /* Buffers from `alloc` are host memory: the engine may pass caller
      * memory to slots (no staging copies). */
     bool host_mem;
+    /* `attention` honours mk_attn_args.window and .sinks (gpt_oss); false:
+     * the engine refuses models that need them at create. */
+    bool sinks_window;
 
     /* ---- memory ---- */
     /* `bytes` of zeroed backend memory, 64-byte aligned. Errors name the size. */
@@ -211,6 +221,13 @@ typedef struct mk_backend_i {
                           int64_t dim, float eps);
     /* y = silu(gate) * up, n elements (y may alias gate). */
     void (*swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+    /* (optional) gpt_oss's clamped SwiGLU, for i < n: g = min(gate[i*s],
+     * limit), u = clamp(up[i*s], -limit, limit), y[i] = g * sigmoid(alpha
+     * g) * (u + 1), in f32. s = 2 reads interleaved gate|up pairs (y must
+     * then not overlap them); with s = 1 y may alias up. NULL: the backend
+     * cannot run gpt_oss (the engine refuses it at create). */
+    void (*clamped_swiglu)(void *ctx, float *y, const float *gate, const float *up, int64_t n,
+                           int64_t s, float alpha, float limit);
     /* (optional) the SwiGLU MLPs of `count` routed experts on ONE token
      * (decode): ys[i][0..down.rows) = down_i(silu(gate_i(x)) * up_i(x)),
      * each bitwise what matmul, swiglu, matmul give for that expert alone;

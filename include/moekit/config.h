@@ -27,6 +27,7 @@ typedef enum mk_arch {
     MK_ARCH_DEEPSEEK_V3, /* kimi_k2 maps here */
     MK_ARCH_GLM4_MOE,    /* GLM-4.5/4.6/4.7: GQA + partial RoPE + biases, deepseek routing */
     MK_ARCH_MINIMAX_M2,  /* MiniMax-M2.x: GQA + whole-projection q/k norm, sigmoid routing */
+    MK_ARCH_GPT_OSS,     /* gpt-oss: GQA + sinks, sliding/full layers, biases, clamped SwiGLU */
 } mk_arch;
 
 const char *mk_arch_name(mk_arch a);
@@ -38,6 +39,7 @@ typedef enum mk_qmethod {
     MK_QM_MLX,  /* "quantization" block: affine / mxfp4 / mxfp8 / nvfp4 per module */
     MK_QM_FP8,  /* quant_method fp8, block scales weight_scale_inv */
     MK_QM_CT,   /* compressed-tensors pack-quantized INT */
+    MK_QM_HF_MXFP4, /* quant_method mxfp4 (gpt-oss): experts as *_blocks / *_scales */
 } mk_qmethod;
 
 typedef enum mk_qmode {
@@ -137,6 +139,12 @@ typedef struct mk_config {
     int rotary_dim;    /* minimax_m2 as released: rotated dims (0 when absent); see partial_rotary_factor */
     bool use_qk_norm;  /* glm4_moe: per-head q/k RMSNorm (false when absent) */
 
+    /* gpt_oss: sliding-window layers (layer_types "sliding_attention"),
+     * attention sinks, biases everywhere, clamped SwiGLU experts */
+    int sliding_window;            /* keys a sliding layer sees, itself included (0: none) */
+    unsigned char *layer_is_sliding; /* [num_layers] or NULL (no sliding layer) */
+    double swiglu_limit, swiglu_alpha; /* 7.0 / 1.702 when absent (gpt_oss only) */
+
     /* Fields read only to refuse what the engine does not implement
      * (mk_config_check; docs/CONFIG_KEYS.md lists every key). */
     char hidden_act[24];          /* "silu" when absent */
@@ -191,6 +199,8 @@ mk_status mk_ct_check(const mk_qcfg *q, const char *where, const char *mod, int 
 bool mk_config_layer_is_moe(const mk_config *cfg, int layer);
 /* Is layer i full attention (vs Gated DeltaNet)? Always true for non-hybrids. */
 bool mk_config_layer_is_full_attn(const mk_config *cfg, int layer);
+/* Does layer i attend through a sliding window (gpt_oss sliding_attention)? */
+bool mk_config_layer_is_sliding(const mk_config *cfg, int layer);
 /* Does the family route with DeepSeek's grouped sigmoid + correction bias
  * (deepseek_v3, glm4_moe, minimax_m2) rather than a softmax? */
 bool mk_config_sigmoid_router(const mk_config *cfg);

@@ -479,6 +479,7 @@ static void cu_free(void *ctx) {
 static const mk_backend_i g_cuda = {
     .name = "cuda",
     .host_mem = false,
+    .sinks_window = false, /* gpt_oss refused at engine create (backend.h) */
     .alloc = cu_alloc,
     .buf_free = cu_buf_free,
     .upload = cu_upload,
@@ -500,6 +501,7 @@ static const mk_backend_i g_cuda = {
     .gdn = mkb_gdn,
     .gated_rmsnorm = mkb_gated_rmsnorm,
     .swiglu = mkb_swiglu,
+    .clamped_swiglu = nullptr, /* gpt_oss refused at engine create */
     .expert_mlps = nullptr, /* the engine runs experts one at a time (backend.h) */
     .sigmoid_mul = mkb_sigmoid_mul,
     .axpy = mkb_axpy,

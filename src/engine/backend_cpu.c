@@ -156,26 +156,29 @@ static void attn_heads(const attn_job *j, int64_t t, int kvh, int h0, int nh) {
     float acc[MK_ATTN_HB][MK_ENGINE_MAX_HEAD_DIM], mx[MK_ATTN_HB], sum[MK_ATTN_HB];
     float sc[MK_ATTN_HB][MK_ATTN_SC];
     int64_t T = a->pos0 + t + 1;
+    /* a sliding window sees the last `window` positions, itself included */
+    int64_t s0 = a->window > 0 && T > a->window ? T - a->window : 0;
     const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
     const float *q = a->q + (t * a->n_heads + h0) * a->dk;
-    /* pass 1: the max score, so pass 2 is exactly softmax(x - max) */
+    /* pass 1: the max score (the sink's logit included), so pass 2 is
+     * exactly softmax(x - max) */
     for (int i = 0; i < nh; i++)
-        mx[i] = -INFINITY;
-    for (int64_t s = 0; s < T; s++)
+        mx[i] = a->sinks ? a->sinks[h0 + i] : -INFINITY;
+    for (int64_t s = s0; s < T; s++)
         for (int i = 0; i < nh; i++) {
             float x = mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
-            if (s < MK_ATTN_SC)
-                sc[i][s] = x;
+            if (s - s0 < MK_ATTN_SC)
+                sc[i][s - s0] = x;
             mx[i] = x > mx[i] ? x : mx[i];
         }
     for (int i = 0; i < nh; i++) {
-        sum[i] = 0.0f;
+        sum[i] = a->sinks ? expf(a->sinks[h0 + i] - mx[i]) : 0.0f;
         memset(acc[i], 0, (size_t)a->dv * sizeof(float));
     }
-    for (int64_t s = 0; s < T; s++)
+    for (int64_t s = s0; s < T; s++)
         for (int i = 0; i < nh; i++) {
-            float x = s < MK_ATTN_SC ? sc[i][s]
-                                     : mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            float x = s - s0 < MK_ATTN_SC ? sc[i][s - s0]
+                                          : mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
             float p = expf(x - mx[i]);
             sum[i] += p;
             mk_axpy(acc[i], p, v + s * j->vs, a->dv);
@@ -336,6 +339,17 @@ static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, 
     mk_swiglu(y, gate, up, n);
 }
 
+static void cpu_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n,
+                               int64_t s, float alpha, float limit) {
+    (void)ctx;
+    for (int64_t i = 0; i < n; i++) {
+        float g = gate[i * s], u = up[i * s];
+        g = g > limit ? limit : g; /* NaN stays NaN (refused after the block) */
+        u = u < -limit ? -limit : u > limit ? limit : u;
+        y[i] = g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+    }
+}
+
 /* Gate and up of every expert in one mk_matvec_multi (x prepared once for
  * all of them), the SwiGLU per expert, then every down in a second one. */
 static void cpu_expert_mlps(void *ctx, const mk_expert *const *ex, int count, const float *x,
@@ -479,6 +493,7 @@ static void cpu_free(void *ctx) { free(ctx); }
 static const mk_backend_i g_cpu = {
     .name = "cpu",
     .host_mem = true,
+    .sinks_window = true,
     .alloc = cpu_alloc,
     .buf_free = cpu_buf_free,
     .upload = cpu_memcpy,
@@ -500,6 +515,7 @@ static const mk_backend_i g_cpu = {
     .gdn = cpu_gdn,
     .gated_rmsnorm = cpu_gated_rmsnorm,
     .swiglu = cpu_swiglu,
+    .clamped_swiglu = cpu_clamped_swiglu,
     .expert_mlps = cpu_expert_mlps,
     .sigmoid_mul = cpu_sigmoid_mul,
     .axpy = cpu_axpy,

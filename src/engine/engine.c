@@ -50,8 +50,8 @@ static void carve(mk_engine *e, carver *cv) {
     int64_t qk = c->qk_nope_head_dim + c->qk_rope_head_dim, dvh = c->v_head_dim;
     int64_t kl = c->kv_lora_rank, cw = kl + c->qk_rope_head_dim; /* MLA cache row */
     int64_t E = c->num_experts, k = e->k;
-    bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false;
-    int64_t Imax = 0;
+    bool has_attn = false, has_mla = false, has_gdn = false, has_moe = false, has_sinks = false;
+    int64_t Imax = 0, Bw = 0; /* widest expert intermediate, widest bias row */
     for (int64_t l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
         has_attn |= w->mixer == MK_MIXER_ATTN;
@@ -60,6 +60,13 @@ static void carve(mk_engine *e, carver *cv) {
         has_moe |= w->is_moe;
         Imax = imax(Imax, w->is_moe ? imax(c->moe_intermediate_size, c->shared_intermediate_size)
                                     : c->intermediate_size);
+        has_sinks |= w->mixer == MK_MIXER_ATTN && w->attn.sinks;
+        if (w->mixer == MK_MIXER_ATTN && w->attn.q_bias)
+            Bw = imax(Bw, imax(nH * hd, H));
+        if (w->is_moe && w->moe.fused_gu) /* gpt_oss: the whole gate_up output, interleaved */
+            Imax = imax(Imax, 2 * c->moe_intermediate_size);
+        if (w->is_moe && w->moe.b_down)
+            Bw = imax(Bw, imax(imax(E, H), 2 * c->moe_intermediate_size));
     }
     e->ids = take(cv, nC, 4);
     e->x = take(cv, nC * H, 4);
@@ -120,6 +127,12 @@ static void carve(mk_engine *e, carver *cv) {
         e->used = take_h(cv, E, 4);
         e->pf_idx = take_h(cv, k, 4);
     }
+    if (Bw) {
+        e->brow = take(cv, Bw, 4);
+        e->brows = take(cv, nC * Bw, 4);
+    }
+    if (has_sinks)
+        e->sinks = take(cv, L * nH, 4);
     e->ex_x = take(cv, nC * H, 4);
     e->ex_g = take(cv, nC * Imax, 4);
     e->ex_u = take(cv, nC * Imax, 4);
@@ -181,8 +194,11 @@ static void rope_init(mk_engine *e) {
     else
         e->attn_factor = yarn_mscale(factor, 1.0);
     double bf = r->beta_fast > 0 ? r->beta_fast : 32, bs = r->beta_slow > 0 ? r->beta_slow : 1;
-    double lo = floor(yarn_dim(bf, dim, r->theta, orig));
-    double hi = ceil(yarn_dim(bs, dim, r->theta, orig));
+    double lo = yarn_dim(bf, dim, r->theta, orig), hi = yarn_dim(bs, dim, r->theta, orig);
+    if (r->truncate) { /* gpt-oss says truncate false: the exact correction range */
+        lo = floor(lo);
+        hi = ceil(hi);
+    }
     lo = lo < 0 ? 0 : lo;
     hi = hi > dim - 1 ? dim - 1 : hi;
     if (lo == hi)
@@ -291,6 +307,10 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     }
     e->bi = mk_backend_iface(e->be);
     e->bctx = mk_backend_ctx(e->be);
+    if (c->arch == MK_ARCH_GPT_OSS && (!e->bi->sinks_window || !e->bi->clamped_swiglu))
+        return mk_err(MK_E_UNSUPPORTED, "backend '%s' does not implement gpt_oss's attention sinks, "
+                      "sliding window and clamped SwiGLU experts; run gpt_oss on the CPU backend",
+                      e->bi->name);
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;
@@ -332,7 +352,11 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     cv = (carver){.base = e->arena, .hbase = e->harena};
     carve(e, &cv);
     rope_init(e);
-    return MK_OK;
+    for (int l = 0; e->sinks && l < c->num_layers; l++)
+        if (e->m->layers[l].attn.sinks)
+            e->bi->upload(e->bctx, e->sinks + (int64_t)l * c->num_heads, e->m->layers[l].attn.sinks,
+                          (size_t)c->num_heads * sizeof(float));
+    return e->bi->sync(e->bctx);
 }
 
 mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_engine **out) {

@@ -114,6 +114,9 @@ struct mk_engine {
     float *ex_g, *ex_u;   /* [nC, Imax] */
     float *ex_o;          /* [nC, H] */
     float *sh;            /* [nC] shared expert gate logits */
+    float *brow;          /* [Bw] one bias row staged (families with biases), Bw = widest bias */
+    float *brows;         /* [nC, Bw] the row repeated, added with axpy */
+    float *sinks;         /* [L, nH] gpt_oss attention sinks, uploaded at create */
     int32_t *pf_idx_b;    /* [k] guessed experts of the next MoE layer (prefetch) */
     float *pf_w_b;        /* [k] their weights (unused) */
 
@@ -132,6 +135,10 @@ struct mk_engine {
  * e->ex_g, e->ex_u; x and out are backend memory of n rows). */
 void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
                    const float *x, int64_t n, float *out);
+
+/* rows[t] += bias for t < n rows of `width` (a projection's bias; bias is
+ * host model memory, staged through e->brow / e->brows; n <= nC). */
+void mk_engine_add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width);
 
 /* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
 void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);

@@ -663,6 +663,11 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     if (!m->stream_experts)
         return mk_err(MK_E_ARG, "expert store: the model was not opened for streaming experts "
                       "(mk_model_opts.stream_experts)");
+    for (int l = 0; l < c->num_layers; l++)
+        if (m->layers[l].is_moe && !m->layers[l].moe.locs)
+            return mk_err(MK_E_UNSUPPORTED, "expert store: %s: layer %d's experts are model-owned copies "
+                          "(gpt_oss's transformers float layout is transposed at load) and cannot be "
+                          "streamed; convert it to MLX or use its MXFP4 checkpoint", mk_ckpt_dir(m->ck), l);
     uint64_t sb = mk_expert_store_slot_bytes(m);
     if (!sb)
         return mk_err(MK_E_ARG, "expert store: %s has no routed experts to stream", mk_ckpt_dir(m->ck));

@@ -22,17 +22,13 @@
 
 /* ---- attention (qwen3_moe; gated in qwen3_next / qwen3_5_moe) --------------- */
 
-/* rows[t] += bias for t < n rows of `width` (a projection's bias). The
- * bias row is repeated into e->qraw (free in ungated attention: the only
- * family with biases, glm4_moe, is not gated) by a stride-0 copy. The bias
- * is host model memory and `copy` reads backend memory only (a device
- * backend faulted on the host pointer): the row is uploaded first into the
- * second half of qraw ([nC, 2 nH hd] floats), past the n <= nC repeated rows. */
-static void add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
-    float *row = e->qraw + e->chunk * e->c->num_heads * e->c->head_dim;
-    BE(e)->upload(CTX(e), row, bias, (size_t)width * sizeof(float));
-    BE(e)->copy(CTX(e), e->qraw, width, 0, row, 0, 0, n, 1, width);
-    BE(e)->axpy(CTX(e), rows, 1.0f, e->qraw, n * width);
+/* The bias row is host model memory and `copy` reads backend memory only (a
+ * device backend faulted on a host pointer): the row is uploaded into
+ * e->brow first, repeated into e->brows by a stride-0 copy, then added. */
+void mk_engine_add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
+    BE(e)->upload(CTX(e), e->brow, bias, (size_t)width * sizeof(float));
+    BE(e)->copy(CTX(e), e->brows, width, 0, e->brow, 0, 0, n, 1, width);
+    BE(e)->axpy(CTX(e), rows, 1.0f, e->brows, n * width);
 }
 
 /* q_proj yields per head [q(hd) | gate(hd)] in the hybrids; q/k get their own
@@ -53,11 +49,11 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
         BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
     }
-    /* projection biases (glm4_moe) */
+    /* projection biases (glm4_moe, gpt_oss) */
     if (w->q_bias) {
-        add_bias(e, e->q, w->q_bias, n, nH * hd);
-        add_bias(e, kn, w->k_bias, n, nKV * hd);
-        add_bias(e, vn, w->v_bias, n, nKV * hd);
+        mk_engine_add_bias(e, e->q, w->q_bias, n, nH * hd);
+        mk_engine_add_bias(e, kn, w->k_bias, n, nKV * hd);
+        mk_engine_add_bias(e, vn, w->v_bias, n, nKV * hd);
     }
     /* q/k norms per head (minimax_m2: over all heads at once; glm4_moe
      * without use_qk_norm: none), then RoPE */
@@ -71,12 +67,17 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     /* causal attention over the cache */
     mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
-                      .dv = (int)hd, .scale = e->attn_scale};
+                      .dv = (int)hd, .scale = e->attn_scale,
+                      /* gpt_oss: sliding layers and learned sinks */
+                      .window = mk_config_layer_is_sliding(c, l) ? c->sliding_window : 0,
+                      .sinks = w->sinks ? e->sinks + (int64_t)l * nH : NULL};
     BE(e)->attention(CTX(e), &a);
-    /* output gate, output projection */
+    /* output gate, output projection (+ its bias: gpt_oss) */
     if (w->gated)
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
     BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+    if (w->o_bias)
+        mk_engine_add_bias(e, e->y, w->o_bias, n, c->hidden_size);
 }
 
 /* ---- MLA (deepseek_v3 / kimi_k2) --------------------------------------------- */

@@ -95,6 +95,8 @@ static mk_status prefetch_next(mk_engine *e, int l) {
         return MK_OK;
     const mk_moe_w *w2 = &e->m->layers[l2].moe;
     BE(e)->matmul(CTX(e), &w2->router, e->xb, 1, e->router);
+    if (w2->router_bias)
+        mk_engine_add_bias(e, e->router, w2->router_bias, 1, e->c->num_experts);
     mk_route_args ra = route_args(e, w2, e->router, e->pf_idx_b, e->pf_w_b, 1);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->pf_idx, e->pf_idx_b, (size_t)e->k * sizeof(int32_t));
@@ -135,7 +137,7 @@ static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
  * the experts' views, which a streaming store reuses for other experts) and
  * no routing observer (the routing stays in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route)
+    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down) /* the slot has no biases */
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -147,6 +149,29 @@ static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, 
             a.sh_gate_w = &w->shared_gate;
     }
     return BE(e)->moe(CTX(e), &a);
+}
+
+/* gpt_oss's expert x on m gathered rows: biased gate and up (one fused
+ * interleaved projection in the HF layouts), the clamped SwiGLU, biased
+ * down (transformers GptOssExperts). */
+static void oss_expert(mk_engine *e, const mk_moe_w *w, int x, const mk_expert *ex, const float *in,
+                       int64_t m, float *out) {
+    const mk_config *c = e->c;
+    int64_t I = c->moe_intermediate_size, H = c->hidden_size;
+    float alpha = (float)c->swiglu_alpha, limit = (float)c->swiglu_limit;
+    if (w->fused_gu) {
+        BE(e)->matmul(CTX(e), &ex->gate, in, m, e->ex_g);
+        mk_engine_add_bias(e, e->ex_g, w->b_gate + (int64_t)x * 2 * I, m, 2 * I);
+        BE(e)->clamped_swiglu(CTX(e), e->ex_u, e->ex_g, e->ex_g + 1, m * I, 2, alpha, limit);
+    } else {
+        BE(e)->matmul(CTX(e), &ex->gate, in, m, e->ex_g);
+        mk_engine_add_bias(e, e->ex_g, w->b_gate + (int64_t)x * I, m, I);
+        BE(e)->matmul(CTX(e), &ex->up, in, m, e->ex_u);
+        mk_engine_add_bias(e, e->ex_u, w->b_up + (int64_t)x * I, m, I);
+        BE(e)->clamped_swiglu(CTX(e), e->ex_u, e->ex_g, e->ex_u, m * I, 1, alpha, limit);
+    }
+    BE(e)->matmul(CTX(e), &ex->down, e->ex_u, m, out);
+    mk_engine_add_bias(e, out, w->b_down + (int64_t)x * H, m, H);
 }
 
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
@@ -163,6 +188,8 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     e->moe_general++;
     /* routing */
     BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
+    if (w->router_bias) /* gpt_oss */
+        mk_engine_add_bias(e, e->router, w->router_bias, n, c->num_experts);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */
@@ -181,8 +208,8 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err_wrap(st, "layer %d", l);
     if (e->prefetch && n == 1 && (st = prefetch_next(e, l)) != MK_OK)
         return mk_err_wrap(st, "layer %d", l);
-    if (n == 1 && BE(e)->expert_mlps && mk_expert_store_all_ready(e->store) && nused <= MK_MOE_BATCH &&
-        nused <= e->chunk) {
+    if (n == 1 && BE(e)->expert_mlps && !w->b_down && mk_expert_store_all_ready(e->store) &&
+        nused <= MK_MOE_BATCH && nused <= e->chunk) {
         MK_TRY(run_token_batched(e, l, nused, H));
         nused = 0; /* all done */
     }
@@ -195,7 +222,10 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         int32_t end = e->cnt[x], beg = x ? e->cnt[x - 1] : 0;
         int64_t m = end - beg;
         BE(e)->gather(CTX(e), e->ex_x, e->xb, e->tok_b + beg, m, H);
-        mk_engine_mlp(e, &ex->gate, &ex->up, &ex->down, e->ex_x, m, e->ex_o);
+        if (w->b_down)
+            oss_expert(e, w, x, ex, e->ex_x, m, e->ex_o);
+        else
+            mk_engine_mlp(e, &ex->gate, &ex->up, &ex->down, e->ex_x, m, e->ex_o);
         BE(e)->scatter(CTX(e), e->pairs, e->ex_o, e->pair_b + beg, m, H);
         mk_expert_store_release(e->store, l, x);
     }

@@ -28,6 +28,7 @@ static const struct {
     {"deepseek_v3", MK_ARCH_DEEPSEEK_V3},   {"kimi_k2", MK_ARCH_DEEPSEEK_V3},
     {"glm4_moe_lite", MK_ARCH_DEEPSEEK_V3}, /* GLM-4.7-Flash: DeepSeek-V3's MLA + routing */
     {"glm4_moe", MK_ARCH_GLM4_MOE},         {"minimax_m2", MK_ARCH_MINIMAX_M2},
+    {"gpt_oss", MK_ARCH_GPT_OSS},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -38,12 +39,13 @@ const char *mk_arch_name(mk_arch a) {
     case MK_ARCH_DEEPSEEK_V3: return "deepseek_v3";
     case MK_ARCH_GLM4_MOE: return "glm4_moe";
     case MK_ARCH_MINIMAX_M2: return "minimax_m2";
+    case MK_ARCH_GPT_OSS: return "gpt_oss";
     default: return "unknown";
     }
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, glm4_moe, minimax_m2";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, glm4_moe, minimax_m2, gpt_oss";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -371,6 +373,10 @@ static void parse_qconfig(rd *r, json_t *q, mk_qcfg *qc) {
                 if (json_is_string(json_array_get(ign, i)))
                     qc->ct_ignore[qc->n_ct_ignore++] = mk_strdup(json_string_value(json_array_get(ign, i)));
         }
+    } else if (strcmp(m, "mxfp4") == 0) {
+        /* gpt-oss as released: routed experts in *_blocks / *_scales (the
+         * names say which modules; modules_to_not_convert names the rest) */
+        qc->method = MK_QM_HF_MXFP4;
     } else if (json_object_get(q, "bits") || json_object_get(q, "group_size")) {
         parse_mlx_quant(r, q, qc); /* MLX writes an identical quantization_config */
     } else if (*m && r->s == MK_OK) {
@@ -389,6 +395,7 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     if (!lt || json_is_null(lt))
         return;
     bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
+    bool sliding = c->arch == MK_ARCH_GPT_OSS;
     if (!json_is_array(lt)) {
         c->n_layer_types = 0;
         c->bad_layer_type = 0;
@@ -399,7 +406,8 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     for (int i = 0; i < c->n_layer_types; i++) {
         json_t *e = json_array_get(lt, (size_t)i);
         const char *v = json_is_string(e) ? json_string_value(e) : "(not a string)";
-        if (!strcmp(v, "full_attention") || (hybrid && !strcmp(v, "linear_attention")))
+        if (!strcmp(v, "full_attention") || (hybrid && !strcmp(v, "linear_attention")) ||
+            (sliding && !strcmp(v, "sliding_attention")))
             continue;
         c->bad_layer_type = i;
         snprintf(c->bad_layer_type_name, sizeof c->bad_layer_type_name, "%s", v);
@@ -441,6 +449,36 @@ static void scan_mlp_layer_types(rd *r, json_t *lt, mk_config *c) {
     }
 }
 
+/* gpt_oss: sliding_window and the layers it applies to (layer_types
+ * "sliding_attention"; without layer_types mlx-lm's and transformers'
+ * default, sliding on even layers), swiglu_limit / swiglu_alpha. */
+static void parse_sliding(rd *r, json_t *tc, mk_config *c) {
+    c->swiglu_limit = get_num(r, tc, "swiglu_limit", 7.0);
+    c->swiglu_alpha = get_num(r, tc, "swiglu_alpha", 1.702);
+    if (c->arch != MK_ARCH_GPT_OSS)
+        return;
+    /* OpenAI's own key beside transformers' num_experts_per_tok */
+    int ept = get_int(r, tc, "experts_per_token", c->num_experts_per_tok);
+    if (ept != c->num_experts_per_tok && r->s == MK_OK)
+        r->s = mk_err(MK_E_FORMAT, "%s: experts_per_token %d contradicts num_experts_per_tok %d", r->what,
+                      ept, c->num_experts_per_tok);
+    c->sliding_window = get_int(r, tc, "sliding_window", 0);
+    if (c->num_layers <= 0 || c->num_layers >= 100000)
+        return;
+    c->layer_is_sliding = mk_calloc((size_t)c->num_layers, 1);
+    if (!c->layer_is_sliding) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_NOMEM, "%s: no memory for the layer schedule", r->what);
+        return;
+    }
+    json_t *lt = json_object_get(tc, "layer_types");
+    for (int i = 0; i < c->num_layers; i++) {
+        json_t *e = json_is_array(lt) ? json_array_get(lt, (size_t)i) : NULL;
+        c->layer_is_sliding[i] = e ? json_is_string(e) && !strcmp(json_string_value(e), "sliding_attention")
+                                   : !json_is_array(lt) && i % 2 == 0;
+    }
+}
+
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
     static const char *const ne[] = {"num_experts", "num_local_experts", "n_routed_experts", NULL};
     c->vocab_size = get_int(r, tc, "vocab_size", 0);
@@ -453,7 +491,9 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->intermediate_size = get_int(r, tc, "intermediate_size", 0);
     /* minimax_m2 (Mixtral lineage): the experts are intermediate_size wide */
     c->moe_intermediate_size = get_int(r, tc, "moe_intermediate_size",
-                                       c->arch == MK_ARCH_MINIMAX_M2 ? c->intermediate_size : 0);
+                                       c->arch == MK_ARCH_MINIMAX_M2 || c->arch == MK_ARCH_GPT_OSS
+                                           ? c->intermediate_size
+                                           : 0);
     c->num_experts = get_int_any(r, tc, ne, 0);
     snprintf(c->experts_key, sizeof c->experts_key, "num_experts");
     for (int i = 0; ne[i]; i++)
@@ -463,8 +503,10 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
         }
     c->num_experts_per_tok = get_int(r, tc, "num_experts_per_tok", 0);
     /* minimax_m2's router always renormalises (a false is refused in the check) */
+    /* gpt_oss: softmax over the top-k logits = the full softmax renormalised */
     c->norm_topk_prob = get_bool(r, tc, "norm_topk_prob",
-                                 c->arch == MK_ARCH_QWEN3_5_MOE || c->arch == MK_ARCH_MINIMAX_M2);
+                                 c->arch == MK_ARCH_QWEN3_5_MOE || c->arch == MK_ARCH_MINIMAX_M2 ||
+                                     c->arch == MK_ARCH_GPT_OSS);
     c->decoder_sparse_step = get_int(r, tc, "decoder_sparse_step", 1);
     c->mlp_only_layers = int_list(r, json_object_get(tc, "mlp_only_layers"), "mlp_only_layers",
                                   &c->n_mlp_only_layers);
@@ -553,6 +595,7 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->mlp_bias = get_bool(r, tc, "mlp_bias", false);
     c->use_sliding_window = get_bool(r, tc, "use_sliding_window", false);
     scan_layer_types(json_object_get(tc, "layer_types"), c);
+    parse_sliding(r, tc, c);
 
     json_t *eos = json_object_get(tc, "eos_token_id");
     if (eos && !json_is_null(eos)) {
@@ -666,6 +709,7 @@ void mk_config_free(mk_config *c) {
         return;
     free(c->mlp_only_layers);
     free(c->layer_is_full);
+    free(c->layer_is_sliding);
     free(c->eos_ids);
     mk_qcfg_free(&c->quant);
     memset(c, 0, sizeof *c);
@@ -691,6 +735,11 @@ bool mk_config_layer_is_full_attn(const mk_config *c, int layer) {
     if (!c->layer_is_full || layer < 0 || layer >= c->num_layers)
         return true;
     return c->layer_is_full[layer] != 0;
+}
+
+bool mk_config_layer_is_sliding(const mk_config *c, int layer) {
+    return c->layer_is_sliding && c->sliding_window > 0 && layer >= 0 && layer < c->num_layers &&
+           c->layer_is_sliding[layer];
 }
 
 bool mk_config_sigmoid_router(const mk_config *c) {

@@ -163,10 +163,6 @@ static mk_status check_rope(const mk_config *c) {
     if (!isfinite(r->attention_factor) || (r->attention_factor < 0 && r->attention_factor != -1))
         REFUSE(MK_E_FORMAT, "rope_type yarn: attention_factor",
                "expected a finite number >= 0, found %g", r->attention_factor);
-    if (!r->truncate)
-        REFUSE(MK_E_UNSUPPORTED, "rope_type yarn: truncate",
-               "false is not implemented (the engine floors/ceils the correction range, as "
-               "truncate true)");
     return MK_OK;
 }
 
@@ -176,7 +172,9 @@ static mk_status check_layers(const mk_config *c) {
         REFUSE(MK_E_UNSUPPORTED, "layer_types",
                "entry %d is '%s'; %s implements %s", c->bad_layer_type, c->bad_layer_type_name,
                mk_arch_name(c->arch),
-               hybrid ? "linear_attention and full_attention" : "full_attention only");
+               hybrid                         ? "linear_attention and full_attention"
+               : c->arch == MK_ARCH_GPT_OSS ? "sliding_attention and full_attention"
+                                            : "full_attention only");
     if (c->n_layer_types >= 0 && c->n_layer_types != c->num_layers)
         REFUSE(MK_E_FORMAT, "layer_types", "expected %d entries (num_hidden_layers), found %d",
                c->num_layers, c->n_layer_types);
@@ -229,6 +227,31 @@ static mk_status check_deepseek(const mk_config *c) {
     return MK_OK;
 }
 
+/* gpt_oss: its attention projections always carry biases (o_proj's too),
+ * sliding layers need a window, the clamp and the gate's slope must be
+ * usable numbers, and its router is a softmax over the top-k logits. */
+static mk_status check_gpt_oss(const mk_config *c) {
+    if (!c->attention_bias)
+        REFUSE(MK_E_UNSUPPORTED, "attention_bias",
+               "false is not implemented for gpt_oss (its q/k/v/o projections carry biases)");
+    bool any_sliding = false;
+    for (int i = 0; c->layer_is_sliding && i < c->num_layers; i++)
+        any_sliding |= c->layer_is_sliding[i] != 0;
+    if (any_sliding && c->sliding_window <= 0)
+        REFUSE(MK_E_FORMAT, "sliding_window",
+               "expected an integer > 0 (layer_types has sliding_attention layers), found %d",
+               c->sliding_window);
+    if (!finite_pos(c->swiglu_limit))
+        REFUSE(MK_E_FORMAT, "swiglu_limit", "expected a finite number > 0, found %g", c->swiglu_limit);
+    if (!isfinite(c->swiglu_alpha))
+        REFUSE(MK_E_FORMAT, "swiglu_alpha", "expected a finite number, found %g", c->swiglu_alpha);
+    if (!c->norm_topk_prob)
+        REFUSE(MK_E_UNSUPPORTED, "norm_topk_prob",
+               "false is not implemented for gpt_oss (its router takes a softmax over the top-k "
+               "logits)");
+    return MK_OK;
+}
+
 mk_status mk_config_check(const mk_config *c) {
     if (c->arch == MK_ARCH_UNKNOWN)
         return mk_err(MK_E_UNSUPPORTED,
@@ -246,10 +269,12 @@ mk_status mk_config_check(const mk_config *c) {
     if (strcmp(c->hidden_act, "silu"))
         REFUSE(MK_E_UNSUPPORTED, "hidden_act", "'%s' is not implemented (expected silu)",
                c->hidden_act);
-    if (c->attention_bias && c->arch != MK_ARCH_GLM4_MOE)
+    if (c->attention_bias && c->arch != MK_ARCH_GLM4_MOE && c->arch != MK_ARCH_GPT_OSS)
         REFUSE(MK_E_UNSUPPORTED, "attention_bias",
                "true is not implemented for %s (its attention projections have no bias; "
-               "glm4_moe's have)", mk_arch_name(c->arch));
+               "glm4_moe's and gpt_oss's have)", mk_arch_name(c->arch));
+    if (c->arch == MK_ARCH_GPT_OSS)
+        MK_TRY(check_gpt_oss(c));
     if (c->mlp_bias)
         REFUSE(MK_E_UNSUPPORTED, "mlp_bias",
                "true is not implemented (the engine's MLP projections have no bias)");
@@ -463,6 +488,15 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(mlp_bias, "mlp_bias");
     CMP_I(use_sliding_window, "use_sliding_window");
     CMP_I(moe_layer_freq, "moe_layer_freq");
+    CMP_I(sliding_window, "sliding_window");
+    CMP_D(swiglu_limit, "swiglu_limit");
+    CMP_D(swiglu_alpha, "swiglu_alpha");
+    for (int l = 0; l < a->num_layers; l++)
+        if (mk_config_layer_is_sliding(a, l) != mk_config_layer_is_sliding(b, l))
+            return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
+                          "(layer_types)", l,
+                          mk_config_layer_is_sliding(a, l) ? "sliding attention" : "full attention", na,
+                          mk_config_layer_is_sliding(b, l) ? "sliding attention" : "full attention", nb);
     /* the layer schedule: which layers are MoE follows from the fields
      * compared above and the set of mlp_only_layers; which are full
      * attention from layer_is_full (num_hidden_layers entries, already equal) */

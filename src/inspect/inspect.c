@@ -59,6 +59,8 @@ static const char *const k_dense[] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_
 static const char *const k_norms[] = {"input_layernorm", "post_attention_layernorm", NULL};
 static const char *const k_shared_q[] = {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
                                          "mlp.shared_expert.down_proj", "mlp.shared_expert_gate", NULL};
+static const char *const k_attn_oss[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                         "self_attn.o_proj", "self_attn.sinks", NULL};
 static const char *const k_shared_ds[] = {"mlp.shared_experts.gate_proj", "mlp.shared_experts.up_proj",
                                           "mlp.shared_experts.down_proj", NULL};
 
@@ -141,6 +143,8 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
     modset_add_list(m, k_norms);
     if (c->arch == MK_ARCH_DEEPSEEK_V3)
         modset_add_list(m, c->q_lora_rank ? k_mla_qlora : k_mla_q);
+    else if (c->arch == MK_ARCH_GPT_OSS)
+        modset_add_list(m, k_attn_oss); /* biases ride on their projections; per-head sinks */
     else if (c->arch == MK_ARCH_GLM4_MOE && !c->use_qk_norm)
         modset_add_list(m, k_attn_noqk); /* glm4_moe without use_qk_norm: no q/k norms */
     else if (mk_config_layer_is_full_attn(c, i))
@@ -151,7 +155,7 @@ static void expected_layer(const mk_config *c, int i, modset *m) {
         modset_add_list(m, k_dense);
         return;
     }
-    modset_add(m, "mlp.gate");
+    modset_add(m, c->arch == MK_ARCH_GPT_OSS ? "mlp.router" : "mlp.gate");
     modset_add(m, "mlp.experts.gate_proj");
     modset_add(m, "mlp.experts.up_proj");
     modset_add(m, "mlp.experts.down_proj");
@@ -328,6 +332,7 @@ static const char *qmethod_name(mk_qmethod m) {
     case MK_QM_MLX: return "mlx";
     case MK_QM_FP8: return "fp8-block";
     case MK_QM_CT: return "compressed-tensors";
+    case MK_QM_HF_MXFP4: return "mxfp4";
     default: return "none";
     }
 }
@@ -377,6 +382,8 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     json_object_set_new(arch, "experts_per_token", json_integer(cfg.num_experts_per_tok));
     json_object_set_new(arch, "expert_intermediate_size", json_integer(cfg.moe_intermediate_size));
     json_object_set_new(arch, "shared_intermediate_size", json_integer(cfg.shared_intermediate_size));
+    if (cfg.sliding_window > 0)
+        json_object_set_new(arch, "sliding_window", json_integer(cfg.sliding_window));
     /* Layers the tensors hold: every count below is bounded by it, so a
      * config claiming 10^9 layers is one problem, not 10^9 of them. */
     int present_layers = 0;
@@ -396,7 +403,8 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     }
     json_t *sched = json_array();
     for (int i = 0; i < nl; i++) {
-        const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3 ? "mla"
+        const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3         ? "mla"
+                        : mk_config_layer_is_sliding(&cfg, i)    ? "sliding_attention"
                         : mk_config_layer_is_full_attn(&cfg, i) ? "full_attention"
                                                                  : "linear_attention";
         json_array_append_new(sched, json_pack("{s:i,s:s,s:s}", "layer", i, "attention", a, "mlp",
@@ -479,6 +487,14 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
         }
         if (!strcmp(tn.storage, "weight_packed") && t->ndim == 2)
             p = (uint64_t)t->shape[0] * (uint64_t)t->shape[1] * 8; /* INT4: 8 values per I32 */
+        if (tn.xform == MK_XF_FUSED && t->dtype == MK_DT_U8 && !strcmp(tn.storage, "blocks")) {
+            p = t->numel * 2; /* gpt-oss MXFP4: two E2M1 values per byte, groups of 32 */
+            nq++;
+            json_array_append_new(quant_modules, json_pack("{s:s,s:s,s:i,s:i}", "module", t->name, "scheme",
+                                                           "mxfp4", "bits", 4, "group_size", 32));
+        } else if (tn.xform == MK_XF_FUSED && t->dtype == MK_DT_U8 && !strcmp(tn.storage, "scales")) {
+            p = 0; /* its blocks' E8M0 scales */
+        }
         if (tn.part == MK_PART_VISION) {
             vision_bytes += t->nbytes;
             vision_params += p;

@@ -255,6 +255,27 @@ static void family_alias(char *buf, size_t cap) {
     }
 }
 
+/* Storage suffixes of transformers' fused expert tensors that are not
+ * companions of a .weight (gpt-oss: MXFP4 blocks and scales, biases):
+ * mlp.experts.gate_up_proj_blocks is module mlp.experts.gate_up_proj,
+ * storage "blocks". */
+static const struct {
+    const char *suffix, *storage;
+} g_fused_suffix[] = {{"_blocks", "blocks"}, {"_scales", "scales"}, {"_bias", "bias"}};
+
+static void fused_suffix(char *buf, char *storage, size_t cap) {
+    if (strncmp(buf, "mlp.experts.", 12) || isdigit((unsigned char)buf[12]))
+        return;
+    for (size_t i = 0; i < sizeof g_fused_suffix / sizeof g_fused_suffix[0]; i++) {
+        size_t n = strlen(buf), k = strlen(g_fused_suffix[i].suffix);
+        if (n > k && !strcmp(buf + n - k, g_fused_suffix[i].suffix)) {
+            buf[n - k] = 0;
+            snprintf(storage, cap, "%s", g_fused_suffix[i].storage);
+            return;
+        }
+    }
+}
+
 void mk_layout_parse(const char *name, mk_lname *t) {
     memset(t, 0, sizeof *t);
     t->layer = -1;
@@ -293,6 +314,8 @@ void mk_layout_parse(const char *name, mk_lname *t) {
     if (suf && n > strlen(suf)) {
         snprintf(t->storage, sizeof t->storage, "%s", suf + 1);
         buf[n - strlen(suf)] = 0;
+    } else if (!suf) {
+        fused_suffix(buf, t->storage, sizeof t->storage);
     }
     /* expert forms; the per-expert index is removed from the module */
     char *e = strstr(buf, "mlp.experts.");

@@ -49,4 +49,10 @@ mk_status mk_ld_stacked(mk_ld *ld, const char *mod, const char *wname, int64_t E
  * With check_only, the element count is checked and *out is NULL. */
 mk_status mk_ld_vec(mk_ld *ld, const char *name, int64_t n, float **out);
 
+/* gpt_oss's MoE block (experts_oss.c): router with bias, routed experts
+ * in any of its layouts (HF MXFP4 *_blocks / *_scales, transformers'
+ * float [E, in, out], MLX experts.{gate,up,down}_proj stacks) and their
+ * biases. *kind names the layout for mk_model_layout. */
+mk_status mk_ld_oss_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind);
+
 #endif

@@ -138,13 +138,19 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
     MK_TRY(mk_ld_linear(ld, mod, nKV * hd, H, &a->v));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
     MK_TRY(mk_ld_linear(ld, mod, H, nH * hd, &a->o));
-    if (c->attention_bias) { /* glm4_moe: q/k/v biases (o_proj has none) */
+    if (c->attention_bias) { /* q/k/v biases (glm4_moe's o_proj has none, gpt_oss's has) */
         snprintf(mod, sizeof mod, "%s.self_attn.q_proj.bias", p);
         MK_TRY(mk_ld_vec(ld, mod, nH * hd, &a->q_bias));
         snprintf(mod, sizeof mod, "%s.self_attn.k_proj.bias", p);
         MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->k_bias));
         snprintf(mod, sizeof mod, "%s.self_attn.v_proj.bias", p);
         MK_TRY(mk_ld_vec(ld, mod, nKV * hd, &a->v_bias));
+    }
+    if (c->arch == MK_ARCH_GPT_OSS) { /* o_proj bias and the learned attention sinks */
+        snprintf(mod, sizeof mod, "%s.self_attn.o_proj.bias", p);
+        MK_TRY(mk_ld_vec(ld, mod, H, &a->o_bias));
+        snprintf(mod, sizeof mod, "%s.self_attn.sinks", p);
+        return mk_ld_vec(ld, mod, nH, &a->sinks);
     }
     /* glm4_moe normalises q/k only with use_qk_norm; minimax_m2 over the
      * whole projection (all heads at once) */
@@ -349,6 +355,8 @@ static bool ds_shared(const mk_config *c) {
 
 static mk_status load_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, const char **kind) {
     const mk_config *c = ld->cfg;
+    if (c->arch == MK_ARCH_GPT_OSS)
+        return mk_ld_oss_moe(ld, p, layer, moe, kind);
     int64_t H = c->hidden_size, E = c->num_experts;
     char mod[256];
     moe_names nm = names_of(c);

@@ -38,7 +38,9 @@ typedef struct mk_attn_w {
     float *q_norm;  /* [hd] gain, shared by heads; [nH*hd] when whole (minimax_m2); NULL: no norm */
     float *k_norm;  /* [hd]; [nKV*hd] when whole; NULL: no norm */
     bool whole_qk_norm; /* minimax_m2: one RMSNorm over the whole q (k) projection, not per head */
-    float *q_bias, *k_bias, *v_bias; /* glm4_moe attention_bias: [nH*hd], [nKV*hd], [nKV*hd]; else NULL */
+    float *q_bias, *k_bias, *v_bias; /* attention_bias: [nH*hd], [nKV*hd], [nKV*hd]; else NULL */
+    float *o_bias;  /* gpt_oss: o_proj bias [H]; else NULL */
+    float *sinks;   /* gpt_oss: per query head learned sink logit [nH]; else NULL */
 } mk_attn_w;
 
 typedef struct mk_mla_w {
@@ -80,6 +82,14 @@ typedef struct mk_moe_w {
     mk_mlp_w shared;    /* [Is, H] / [H, Is] */
     bool has_shared_gate;
     mk_wt shared_gate;  /* [1, H]: sigmoid gate of the shared expert (qwen) */
+    /* gpt_oss: router bias [E] and expert biases; with fused_gu the
+     * expert's `gate` view is the whole gate_up projection [2I, H] with
+     * gate and up rows interleaved (gate j = row 2j, up j = row 2j+1),
+     * `up` is empty and b_gate [E, 2I] is interleaved the same way; else
+     * b_gate, b_up [E, I]. b_down [E, H]. NULL for every other family. */
+    float *router_bias;
+    float *b_gate, *b_up, *b_down;
+    bool fused_gu;
     mk_expert *experts; /* [E] views, read only through the expert store */
     mk_expert_loc *locs; /* [E] file locations (stream_experts only), else NULL */
 } mk_moe_w;

@@ -81,6 +81,8 @@ static void test_all_fixtures(void **st) {
         {"glm4moe-a/bf16", "glm4_moe", "per-expert", "none", 8, 3},
         {"minimaxm2-a/bf16", "minimax_m2", "per-expert", "none", 8, 3},
         {"glm4lite-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
+        {"gptoss-a/bf16", "gpt_oss", "fused", "none", 8, 4},
+        {"gptoss-a/mxfp4", "gpt_oss", "fused", "mxfp4", 8, 4},
     };
     for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
         json_t *r = run(mk_test_fixture(fx[i].dir), false);
@@ -96,6 +98,22 @@ static void test_all_fixtures(void **st) {
         /* FP8 fixtures quantize every linear module of the LM (not norms/router/embeddings) */
         if (!strcmp(fx[i].quant, "fp8-block"))
             assert_true(iget(r, "quantization", "quantized_modules") > 0);
+        /* gpt-oss MXFP4: gate_up and down of each of the 4 layers; the same
+         * parameter count as its bf16 twin (2 E2M1 values per block byte);
+         * sliding_attention layers (layer_types) and the window in the schedule */
+        if (!strcmp(fx[i].quant, "mxfp4"))
+            assert_int_equal(iget(r, "quantization", "quantized_modules"), 8);
+        if (!strcmp(fx[i].family, "gpt_oss")) {
+            json_t *bf = run(mk_test_fixture("gptoss-a/bf16"), false);
+            assert_int_equal(iget(r, "totals", "parameters"), iget(bf, "totals", "parameters"));
+            json_decref(bf);
+            assert_int_equal(iget(r, "architecture", "sliding_window"), 16);
+            json_t *sch = json_object_get(json_object_get(r, "architecture"), "layer_schedule");
+            assert_string_equal(json_string_value(json_object_get(json_array_get(sch, 0), "attention")),
+                                "sliding_attention");
+            assert_string_equal(json_string_value(json_object_get(json_array_get(sch, 1), "attention")),
+                                "full_attention");
+        }
         json_decref(r);
     }
 }
