@@ -76,9 +76,32 @@ printf '[{"role": "narrator", "content": "x"}]\n' >"$TMP/bad"
 expect_fail 2 "stdin line 1: chat message 0" "$MK_BIN" tokenize --chat --template qwen3 "$DIR" <"$TMP/bad"
 expect_fail 2 "/nonexistent/tokenizer.json" "$MK_BIN" tokenize /nonexistent/tokenizer.json </dev/null
 expect_fail 2 "no tokenizer.json" "$MK_BIN" tokenize "$TMP" </dev/null
-# Kimi-K2 ships tiktoken.model instead: say so, not just "missing"
+# Kimi-K2 ships tiktoken.model instead (tests/cli/tokenize_tiktoken.sh checks
+# the ids): a broken one is refused naming the file, line or field
 mkdir -p "$TMP/kimi" && : > "$TMP/kimi/tiktoken.model"
-expect_fail 2 "tiktoken.model tokenizers (Kimi-K2) are not supported yet" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+expect_fail 2 "no tokenizer_config.json beside it" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "PreTrainedTokenizerFast"}' >"$TMP/kimi/tokenizer_config.json"
+expect_fail 2 "read for Kimi's class only" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "TikTokenTokenizer", "added_tokens_decoder": {"3": {"content": "[BOS]"}}}' \
+    >"$TMP/kimi/tokenizer_config.json"
+expect_fail 2 "tiktoken.model: no tokens" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+for b in $(seq 0 255); do printf '%s %d\n' "$(printf "\\x$(printf %02x "$b")" | base64)" "$b"; done >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "added_tokens_decoder[\"3\"]': id 3 is a rank" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "TikTokenTokenizer", "eos_token": "[EOS]", "added_tokens_decoder": {"257": {"content": "[EOS]"}}}' \
+    >"$TMP/kimi/tokenizer_config.json"
+[ "$(printf '"ab[EOS]"\n' | "$MK_BIN" tokenize "$TMP/kimi")" = "[97,98,257]" ] || { echo "FAIL: 256-byte tiktoken.model" >&2; exit 1; }
+printf 'QQ== 300\n' >>"$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model: line 257: rank 300 is not below the number of tokens" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 1\nQg== 2\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model: rank 0 is missing" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ= 0\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "line 1: token \"QQ=\" is not base64" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ==\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "line 1: expected" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 0\nQQ== 1\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "the bytes of rank 1 appear twice" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 0\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "byte 0x00 has no rank" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
 printf '{"model": {}}' >"$TMP/tokenizer.json"
 expect_fail 2 "field 'model.vocab'" "$MK_BIN" tokenize "$TMP/tokenizer.json" </dev/null
 expect_fail 2 "unknown chat template" "$MK_BIN" tokenize --chat --template nope "$DIR" </dev/null
