@@ -653,13 +653,18 @@ static mk_status config_token(const mk_tok *t, const char *file, const json_t *c
     return MK_OK;
 }
 
-static mk_status load_json_opt(const char *file, json_t **out) {
+/* flags: jansson decode flags. tokenizer_config.json is read with
+ * JSON_DECODE_INT_AS_REAL: transformers writes model_max_length as
+ * int(1e30) when a tokenizer has no limit (gpt-oss's does), an integer
+ * jansson refuses otherwise, and every field read from that file is a
+ * string. */
+static mk_status load_json_opt(const char *file, size_t flags, json_t **out) {
     json_error_t e;
     *out = NULL;
     if (access(file, F_OK) != 0)
         return MK_OK;
     unsigned long jmark = mk_json_mark();
-    *out = mk_json_load_file(file, 0, &e, jmark);
+    *out = mk_json_load_file(file, flags, &e, jmark);
     if (!*out && mk_json_nomem(&e, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)
@@ -705,7 +710,7 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
     json_t *cfg;
     int32_t id;
     snprintf(file, sizeof file, "%s/tokenizer_config.json", dir);
-    MK_TRY(load_json_opt(file, &cfg));
+    MK_TRY(load_json_opt(file, JSON_DECODE_INT_AS_REAL, &cfg));
     mk_status st = MK_OK;
     if (cfg) {
         st = config_token(t, file, cfg, "eos_token", &id);
@@ -717,7 +722,7 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
         MK_TRY(st);
     }
     snprintf(file, sizeof file, "%s/generation_config.json", dir);
-    MK_TRY(load_json_opt(file, &cfg));
+    MK_TRY(load_json_opt(file, 0, &cfg));
     if (cfg) {
         st = gen_config(t, file, cfg);
         json_decref(cfg);

@@ -247,7 +247,7 @@ static mk_status load_config(const char *dir, const char *rank_path, char *file,
         return mk_err(MK_E_NOTFOUND, "%s: no tokenizer_config.json beside it: a tiktoken rank file needs it for "
                       "its special tokens and its tokenizer class (split pattern)", rank_path);
     unsigned long jmark = mk_json_mark();
-    *out = mk_json_load_file(file, 0, &e, jmark);
+    *out = mk_json_load_file(file, JSON_DECODE_INT_AS_REAL, &e, jmark); /* model_max_length: int(1e30) */
     if (!*out && mk_json_nomem(&e, jmark))
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)

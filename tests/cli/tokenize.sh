@@ -27,6 +27,17 @@ printf '[526,578]\n[1973,223]\n[407,268]\n' >"$TMP/want"
 cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids: $(cat "$TMP/got")"
 "$MK_BIN" tokenize "$DIR/tokenizer.json" <"$TMP/prompts" >"$TMP/got"
 cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids via tokenizer.json"
+# transformers writes model_max_length = int(1e30) for tokenizers without a
+# limit (gpt-oss's tokenizer_config.json): valid JSON, read like any other
+mkdir -p "$TMP/bigint"
+cp "$DIR/tokenizer.json" "$TMP/bigint/"
+sed 's/^{/{"model_max_length": 1000000000000000019884624838656,/' "$DIR/tokenizer_config.json" \
+    >"$TMP/bigint/tokenizer_config.json"
+grep -q 1000000000000000019884624838656 "$TMP/bigint/tokenizer_config.json" || fail "bigint config not made"
+"$MK_BIN" tokenize "$TMP/bigint" <"$TMP/prompts" >"$TMP/got"
+cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids with model_max_length 1e30: $(cat "$TMP/got")"
+printf '[{"role": "user", "content": "hi"}]\n' | "$MK_BIN" tokenize --chat "$TMP/bigint" >"$TMP/got" ||
+    fail "--chat with model_max_length 1e30"
 
 # A continuation decodes to the reference text; decode(encode(x)) == x.
 echo '[645,297,1190,291,268,578,16,201,201,862]' | "$MK_BIN" tokenize --decode "$DIR" >"$TMP/got"

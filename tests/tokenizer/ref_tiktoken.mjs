@@ -15,6 +15,9 @@
 //        encode (special tokens allowed anywhere, as Kimi's encode does);
 //        TEXTS (moekit's decode of IDS) == js-tiktoken's decode of IDS == CORPUS
 //   node ref_tiktoken.mjs encode RANKS DIR   JSON strings -> id arrays
+//   node ref_tiktoken.mjs check-o200k DIR CORPUS IDS TEXTS
+//        as check, for gpt-oss's o200k_harmony tokenizer.json in DIR: js-tiktoken's
+//        o200k_base ranks and pattern, with the special tokens of DIR/tokenizer.json
 import { readFileSync, writeFileSync, mkdirSync } from "node:fs";
 import { join, dirname, resolve } from "node:path";
 import { fileURLToPath, pathToFileURL } from "node:url";
@@ -151,14 +154,26 @@ function refDecode(enc, ids) {
   return bom ? "\uFEFF" + text : text;
 }
 
-async function check(name, corpus, idsFile, textsFile) {
-  const enc = await encoder(name);
+
+// o200k_harmony = o200k_base's ranks and pattern + gpt-oss's special tokens
+// (<|start|>, <|channel|>, ...), taken from the tokenizer.json under test.
+// As above, \s / \S in js-tiktoken's pattern become White_Space.
+async function o200kHarmony(dir) {
+  const { Tiktoken } = await import(pathToFileURL(join(mods, "js-tiktoken/dist/lite.js")));
+  const ranks = await loadRanks("o200k_base");
+  const tj = JSON.parse(readFileSync(join(dir, "tokenizer.json"), "utf8"));
+  const sp = {};
+  for (const a of tj.added_tokens) sp[a.content] = a.id;
+  const pat = ranks.pat_str.replaceAll("\\s", WS).replaceAll("\\S", NWS);
+  return new Tiktoken({ pat_str: pat, special_tokens: sp, bpe_ranks: ranks.bpe_ranks });
+}
+
+async function checkWith(enc, corpus, idsFile, textsFile) {
   const raw = lines(readFileSync(corpus, "utf8"));
   const texts = raw.map((l) => JSON.parse(l));
   const ours = lines(readFileSync(idsFile, "utf8")).map((l) => JSON.parse(l));
   const ourTexts = lines(readFileSync(textsFile, "utf8")).map((l) => JSON.parse(l));
-  const refIds = texts.map((t) => enc.encode(t, "all"));
-  let bad = diff(refIds, "js-tiktoken", ours, "moekit", raw, "encode");
+  let bad = diff(texts.map((t) => enc.encode(t, "all")), "js-tiktoken", ours, "moekit", raw, "encode");
   bad += diff(ours.map((ids) => refDecode(enc, ids)), "js-tiktoken", ourTexts, "moekit", raw, "decode");
   bad += diff(texts, "input", ourTexts, "moekit", raw, "round trip");
   process.exit(bad ? 1 : 0);
@@ -170,7 +185,10 @@ switch (mode) {
     await write(a, b);
     break;
   case "check":
-    await check(a, rest[0], rest[1], rest[2]);
+    await checkWith(await encoder(a), rest[0], rest[1], rest[2]);
+    break;
+  case "check-o200k":
+    await checkWith(await o200kHarmony(a), b, rest[0], rest[1]);
     break;
   case "encode": {
     const enc = await encoder(a);
