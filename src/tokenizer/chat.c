@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "core/json_err.h"
 #include "core/alloc.h"
@@ -32,8 +33,11 @@ static const struct {
     {"qwen3", MK_CHAT_QWEN3},
     {"qwen3-think", MK_CHAT_QWEN3_THINK},
     {"deepseek3", MK_CHAT_DEEPSEEK3},
+    {"glm4", MK_CHAT_GLM4},
+    {"minimax-m2", MK_CHAT_MINIMAX_M2},
+    {"harmony", MK_CHAT_HARMONY},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, minimax-m2, harmony"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -61,6 +65,27 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
         *out = MK_CHAT_DEEPSEEK3;
         return MK_OK;
     }
+    /* gpt-oss: harmony's message header, <|start|>{role}<|message|> */
+    if (strstr(j, "<|start|>") && strstr(j, "<|channel|>") && strstr(j, "<|message|>")) {
+        *out = MK_CHAT_HARMONY;
+        return MK_OK;
+    }
+    /* MiniMax-M2: ]~b]{role}\n ... [e~[\n, generation prompt opening <think> */
+    if (strstr(j, "]~b]ai") && strstr(j, "[e~[")) {
+        *out = MK_CHAT_MINIMAX_M2;
+        return MK_OK;
+    }
+    if (strstr(j, "[gMASK]<sop>")) {
+        /* GLM-4.5 / 4.6: every earlier assistant turn carries an empty
+         * '\n<think></think>' block. Other GLM templates (GLM-4.7 opens
+         * thinking in the generation prompt) render differently. */
+        if (strstr(j, "'\\n<think></think>'") && strstr(j, "<|observation|>")) {
+            *out = MK_CHAT_GLM4;
+            return MK_OK;
+        }
+        return mk_err(MK_E_UNSUPPORTED, "chat template: a GLM template ([gMASK]<sop>) other than GLM-4.5/4.6's, "
+                      "which moekit renders; name one of " KIND_NAMES " to use one anyway");
+    }
     if (strstr(j, "<|im_start|>")) {
         /* The generation prompt opens the thinking block: '<think>\n' output
          * on its own, or glued to the assistant header. Qwen3's hybrid
@@ -76,7 +101,8 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
         return MK_OK;
     }
     return mk_err(MK_E_UNSUPPORTED,
-                  "chat template not recognised (it has neither <|im_start|> nor <｜Assistant｜>); "
+                  "chat template not recognised (none of the markers of ChatML <|im_start|>, DeepSeek "
+                  "<｜Assistant｜>, harmony <|start|>, MiniMax ]~b]ai, GLM [gMASK]<sop>); "
                   "name one of " KIND_NAMES);
 }
 
@@ -110,7 +136,7 @@ static mk_status detect_file(const char *dir, mk_chat_kind *out, bool *found) {
     struct stat sb;
     if (stat(path, &sb) == 0) {
         unsigned long jmark = mk_json_mark();
-        json_t *cfg = mk_json_load_file(path, 0, &e, jmark);
+        json_t *cfg = mk_json_load_file(path, JSON_DECODE_INT_AS_REAL, &e, jmark);
         if (!cfg && mk_json_nomem(&e, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
         if (!cfg)
@@ -395,6 +421,264 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
     return MK_OK;
 }
 
+/* ---- GLM-4.5 / 4.6, MiniMax-M2, harmony (gpt-oss) ------------------------
+ *
+ * Reference templates: the chat_template.jinja each model ships (copies in
+ * tests/tokenizer/templates, rendered by @huggingface/jinja in
+ * tests/cli/chat_templates.sh). Where the template raises (a tool result
+ * with no tool call before it) or silently drops a message (a second
+ * system message), the renderer refuses with MK_E_ARG. */
+
+/* Python's str.isspace, what the templates' strip() removes. */
+static bool py_space(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
+}
+
+/* Decode the UTF-8 character at s (n > 0 bytes left); invalid bytes count
+ * as one non-space byte (the encoder refuses invalid UTF-8 later). */
+static uint32_t u8_at(const char *s, size_t n, size_t *len) {
+    const unsigned char *u = (const unsigned char *)s;
+    *len = 1;
+    if (u[0] < 0x80)
+        return u[0];
+    size_t need = u[0] >= 0xF0 ? 4 : u[0] >= 0xE0 ? 3 : u[0] >= 0xC0 ? 2 : 0;
+    if (!need || need > n)
+        return 0xFFFD;
+    uint32_t c = u[0] & (0x7F >> need);
+    for (size_t i = 1; i < need; i++) {
+        if ((u[i] & 0xC0) != 0x80)
+            return 0xFFFD;
+        c = c << 6 | (u[i] & 0x3F);
+    }
+    *len = need;
+    return c;
+}
+
+/* str.strip(): both ends. */
+static void py_strip(const char **s, size_t *n) {
+    size_t l;
+    while (*n && py_space(u8_at(*s, *n, &l)))
+        *s += l, *n -= l;
+    while (*n) {
+        size_t i = *n - 1;
+        while (i > 0 && ((unsigned char)(*s)[i] & 0xC0) == 0x80)
+            i--;
+        if (!py_space(u8_at(*s + i, *n - i, &l)))
+            break;
+        *n = i;
+    }
+}
+
+/* s[0..n) contains needle? */
+static const char *memstr(const char *s, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = 0; k <= n && i <= n - k; i++)
+        if (memcmp(s + i, needle, k) == 0)
+            return s + i;
+    return NULL;
+}
+
+static const char *memrstr(const char *s, size_t n, const char *needle) {
+    size_t k = strlen(needle);
+    for (size_t i = n >= k ? n - k + 1 : 0; i-- > 0;)
+        if (memcmp(s + i, needle, k) == 0)
+            return s + i;
+    return NULL;
+}
+
+/* The inline-reasoning split both GLM's and MiniMax's templates do when
+ * reasoning_content is absent and the content holds '</think>':
+ *   reasoning = content.split('</think>')[0].<trim>.split('<think>')[-1].<trim>
+ *   content   = content.split('</think>')[-1].<trim>
+ * where <trim> strips '\n' at the right then left (GLM: rstrip, then lstrip
+ * of the reasoning and of the content) or at both ends (MiniMax: strip). */
+static void split_think(const char **c, size_t *cn, const char **r, size_t *rn, bool both) {
+    const char *first = memstr(*c, *cn, "</think>"), *last = memrstr(*c, *cn, "</think>");
+    const char *x = *c;
+    size_t xn = (size_t)(first - *c);
+    strip_nl(&x, &xn, both, true);
+    const char *open = memrstr(x, xn, "<think>");
+    if (open) {
+        xn -= (size_t)(open + 7 - x);
+        x = open + 7;
+    }
+    strip_nl(&x, &xn, true, both);
+    *r = x;
+    *rn = xn;
+    const char *y = last + 8;
+    size_t yn = *cn - (size_t)(y - *c);
+    strip_nl(&y, &yn, true, both);
+    *c = y;
+    *cn = yn;
+}
+
+static bool ends_with(const char *s, const char *suf) {
+    size_t n = strlen(s), k = strlen(suf);
+    return n >= k && memcmp(s + n - k, suf, k) == 0;
+}
+
+static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    lit(b, "[gMASK]<sop>");
+    long last_user = -1;
+    for (size_t i = 0; i < n; i++)
+        if (is_role(&m[i], "user"))
+            last_user = (long)i;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = txt(m[i].content);
+        if (is_role(&m[i], "user")) {
+            lit(b, "<|user|>");
+            puts_(b, c);
+            if ((flags & MK_CHAT_NO_THINKING) && !ends_with(c, "/nothink"))
+                lit(b, "/nothink");
+        } else if (is_role(&m[i], "assistant")) {
+            size_t cn = strlen(c), rn = 0;
+            const char *r = "";
+            if (m[i].reasoning) {
+                r = m[i].reasoning;
+                rn = strlen(r);
+            } else if (memstr(c, cn, "</think>")) {
+                split_think(&c, &cn, &r, &rn, false);
+            }
+            lit(b, "<|assistant|>");
+            if ((long)i > last_user && rn) {
+                py_strip(&r, &rn);
+                lit(b, "\n<think>");
+                put(b, r, rn);
+                lit(b, "</think>");
+            } else {
+                lit(b, "\n<think></think>");
+            }
+            py_strip(&c, &cn);
+            if (cn) {
+                lit(b, "\n");
+                put(b, c, cn);
+            }
+        } else if (is_role(&m[i], "tool")) {
+            if (i == 0 || !is_role(&m[i - 1], "tool"))
+                lit(b, "<|observation|>");
+            lit(b, "\n<tool_response>\n");
+            puts_(b, c);
+            lit(b, "\n</tool_response>");
+        } else if (is_role(&m[i], "system")) {
+            lit(b, "<|system|>\n");
+            puts_(b, c);
+        } else {
+            return bad_role(i, &m[i], "glm4");
+        }
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, (flags & MK_CHAT_NO_THINKING) ? "<|assistant|>\n<think></think>" : "<|assistant|>");
+    return MK_OK;
+}
+
+static mk_status no_tool_call(size_t i, const char *kind) {
+    return mk_err(MK_E_ARG, "chat message %zu: a tool result with no assistant tool call before it: the %s "
+                  "template refuses it (moekit renders no tool calls)", i, kind);
+}
+
+static mk_status dropped(size_t i, const mk_chat_msg *m, const char *kind) {
+    return mk_err(MK_E_ARG, "chat message %zu: the %s template drops a '%s' message here (only the first "
+                  "message may be one); refusing rather than losing it", i, kind, m->role);
+}
+
+static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    size_t first = n && is_role(&m[0], "system") ? 1 : 0;
+    long last_user = -1;
+    for (size_t i = first; i < n; i++)
+        if (is_role(&m[i], "user"))
+            last_user = (long)(i - first);
+    lit(b, "]~!b[]~b]system\n");
+    if (first && *txt(m[0].content))
+        puts_(b, m[0].content);
+    else
+        lit(b, "You are a helpful assistant.");
+    lit(b, "[e~[\n");
+    for (size_t i = first; i < n; i++) {
+        const char *c = txt(m[i].content);
+        if (is_role(&m[i], "assistant")) {
+            size_t cn = strlen(c), rn = 0;
+            const char *r = "";
+            lit(b, "]~b]ai\n");
+            if (m[i].reasoning) {
+                r = m[i].reasoning;
+                rn = strlen(r);
+            } else if (memstr(c, cn, "</think>")) {
+                split_think(&c, &cn, &r, &rn, true);
+            }
+            if (rn && (long)(i - first) > last_user) {
+                lit(b, "<think>\n");
+                put(b, r, rn);
+                lit(b, "\n</think>\n\n");
+            }
+            put(b, c, cn);
+            lit(b, "[e~[\n");
+        } else if (is_role(&m[i], "user")) {
+            lit(b, "]~b]user\n");
+            puts_(b, c);
+            lit(b, "[e~[\n");
+        } else if (is_role(&m[i], "tool")) {
+            return no_tool_call(i, "minimax-m2");
+        } else if (is_role(&m[i], "system")) {
+            return dropped(i, &m[i], "minimax-m2");
+        } else {
+            return bad_role(i, &m[i], "minimax-m2");
+        }
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, "]~b]ai\n<think>\n");
+    return MK_OK;
+}
+
+/* gpt-oss's harmony format: <|start|>{role}<|message|>{text}<|end|>, the
+ * assistant's answers on the final channel. The system message is the
+ * template's (knowledge cutoff, today's date in UTC, reasoning effort
+ * medium, the channel list); a first system or developer message becomes
+ * the developer message's instructions. */
+static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    char date[32] = "1970-01-01";
+    time_t now = time(NULL);
+    struct tm tm;
+    if (now != (time_t)-1 && gmtime_r(&now, &tm))
+        strftime(date, sizeof date, "%Y-%m-%d", &tm);
+    lit(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
+           "Knowledge cutoff: 2024-06\nCurrent date: ");
+    lit(b, date);
+    lit(b, "\n\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. Channel must be "
+           "included for every message.<|end|>");
+    size_t first = n && (is_role(&m[0], "system") || is_role(&m[0], "developer")) ? 1 : 0;
+    if (first && *txt(m[0].content)) {
+        lit(b, "<|start|>developer<|message|># Instructions\n\n");
+        puts_(b, m[0].content);
+        lit(b, "<|end|>");
+    }
+    for (size_t i = first; i < n; i++) {
+        const char *c = txt(m[i].content);
+        if (is_role(&m[i], "assistant")) {
+            if (strstr(c, "<|channel|>analysis<|message|>") || strstr(c, "<|channel|>final<|message|>"))
+                return mk_err(MK_E_ARG, "chat message %zu: assistant content holds harmony channel headers "
+                              "(<|channel|>...<|message|>); the harmony template refuses it", i);
+            lit(b, "<|start|>assistant<|channel|>final<|message|>");
+            puts_(b, c);
+            lit(b, i + 1 == n && !(flags & MK_CHAT_GENERATION_PROMPT) ? "<|return|>" : "<|end|>");
+        } else if (is_role(&m[i], "user")) {
+            lit(b, "<|start|>user<|message|>");
+            puts_(b, c);
+            lit(b, "<|end|>");
+        } else if (is_role(&m[i], "tool")) {
+            return no_tool_call(i, "harmony");
+        } else if (is_role(&m[i], "system") || is_role(&m[i], "developer")) {
+            return dropped(i, &m[i], "harmony");
+        } else {
+            return bad_role(i, &m[i], "harmony");
+        }
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, "<|start|>assistant");
+    return MK_OK;
+}
+
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
@@ -403,6 +687,9 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     case MK_CHAT_QWEN3:
     case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, b); break;
     case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, b); break;
+    case MK_CHAT_GLM4: st = render_glm4(msgs, n, flags, b); break;
+    case MK_CHAT_MINIMAX_M2: st = render_minimax_m2(msgs, n, flags, b); break;
+    case MK_CHAT_HARMONY: st = render_harmony(msgs, n, flags, b); break;
     default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);
     }
     if (st == MK_OK && b->oom)
@@ -436,7 +723,13 @@ static const char *const g_markers[] = {
     "<｜end▁of▁sentence｜>", "<｜User｜>", "<｜Assistant｜>", "<｜tool▁outputs▁begin｜>",
     "<｜tool▁outputs▁end｜>", "<｜tool▁output▁begin｜>", "<｜tool▁output▁end｜>",
     "<｜tool▁calls▁begin｜>", "<｜tool▁calls▁end｜>", "<｜tool▁call▁begin｜>", "<｜tool▁call▁end｜>",
-    "<｜tool▁sep｜>", NULL};
+    "<｜tool▁sep｜>",
+    /* GLM-4.5/4.6 */
+    "[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|observation|>",
+    /* MiniMax-M2 */
+    "]~!b[", "]~b]", "[e~[", "<minimax:tool_call>", "</minimax:tool_call>",
+    /* harmony (gpt-oss) */
+    "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>", NULL};
 
 mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids) {

@@ -184,6 +184,9 @@ struct mk_tok {
 /* tok_load.c: the whole tokenizer.json -> mk_tok. */
 mk_status tok_load_json(mk_tok *t, const char *path);
 mk_status tok_load_configs(mk_tok *t, const char *dir);
+/* tok_tiktoken.c: a tiktoken rank file (`path`, e.g. Kimi-K2's
+ * tiktoken.model) with the tokenizer_config.json of `dir` -> mk_tok. */
+mk_status tok_load_tiktoken(mk_tok *t, const char *path, const char *dir);
 
 /* tok_trie.c */
 mk_status tok_trie_add(tok_trie *tr, const char *s, size_t n, int32_t added);

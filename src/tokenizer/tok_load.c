@@ -653,13 +653,18 @@ static mk_status config_token(const mk_tok *t, const char *file, const json_t *c
     return MK_OK;
 }
 
-static mk_status load_json_opt(const char *file, json_t **out) {
+/* flags: jansson decode flags. tokenizer_config.json is read with
+ * JSON_DECODE_INT_AS_REAL: transformers writes model_max_length as
+ * int(1e30) when a tokenizer has no limit (gpt-oss's does), an integer
+ * jansson refuses otherwise, and every field read from that file is a
+ * string. */
+static mk_status load_json_opt(const char *file, size_t flags, json_t **out) {
     json_error_t e;
     *out = NULL;
     if (access(file, F_OK) != 0)
         return MK_OK;
     unsigned long jmark = mk_json_mark();
-    *out = mk_json_load_file(file, 0, &e, jmark);
+    *out = mk_json_load_file(file, flags, &e, jmark);
     if (!*out && mk_json_nomem(&e, jmark)) /* not the file's fault */
         return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", file);
     if (!*out)
@@ -705,7 +710,7 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
     json_t *cfg;
     int32_t id;
     snprintf(file, sizeof file, "%s/tokenizer_config.json", dir);
-    MK_TRY(load_json_opt(file, &cfg));
+    MK_TRY(load_json_opt(file, JSON_DECODE_INT_AS_REAL, &cfg));
     mk_status st = MK_OK;
     if (cfg) {
         st = config_token(t, file, cfg, "eos_token", &id);
@@ -717,7 +722,7 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
         MK_TRY(st);
     }
     snprintf(file, sizeof file, "%s/generation_config.json", dir);
-    MK_TRY(load_json_opt(file, &cfg));
+    MK_TRY(load_json_opt(file, 0, &cfg));
     if (cfg) {
         st = gen_config(t, file, cfg);
         json_decref(cfg);
@@ -794,9 +799,20 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
 
 /* ---- public -------------------------------------------------------------- */
 
-static mk_status resolve(const char *path, char **file, char **dir) {
+/* A tiktoken rank file given by name: "tiktoken.model", "*.tiktoken". */
+static bool tiktoken_name(const char *path) {
+    const char *slash = strrchr(path, '/'), *base = slash ? slash + 1 : path;
+    size_t n = strlen(base);
+    return strcmp(base, "tiktoken.model") == 0 || (n > 9 && strcmp(base + n - 9, ".tiktoken") == 0);
+}
+
+/* The file to read and the directory of its config files. A model
+ * directory holds tokenizer.json, or else tiktoken.model (Kimi-K2);
+ * *tiktoken says which. */
+static mk_status resolve(const char *path, char **file, char **dir, bool *tiktoken) {
     struct stat sb;
     *file = *dir = NULL;
+    *tiktoken = false;
     if (stat(path, &sb) != 0)
         return mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(errno));
     size_t n = strlen(path);
@@ -813,14 +829,19 @@ static mk_status resolve(const char *path, char **file, char **dir) {
     if (!*file || !*dir)
         return mk_err(MK_E_NOMEM, "%s: no memory for the tokenizer's file and directory paths", path);
     if (S_ISDIR(sb.st_mode) && access(*file, F_OK) != 0) {
-        /* Kimi-K2 ships a tiktoken rank file and Python code instead */
-        char tk[4096];
-        snprintf(tk, sizeof tk, "%s/tiktoken.model", path);
-        if (access(tk, F_OK) == 0)
-            return mk_err(MK_E_UNSUPPORTED, "%s: no tokenizer.json; tiktoken.model tokenizers (Kimi-K2) are "
-                          "not supported yet: give the prompt as --ids, or add a tokenizer.json", path);
-        return mk_err(MK_E_NOTFOUND, "%s: no tokenizer.json in this model directory", path);
+        /* Kimi-K2 ships a tiktoken rank file instead */
+        free(*file);
+        *file = mk_malloc(n + sizeof "/tiktoken.model");
+        if (!*file)
+            return mk_err(MK_E_NOMEM, "%s: no memory for the tokenizer's file path", path);
+        snprintf(*file, n + sizeof "/tiktoken.model", "%s/tiktoken.model", path);
+        if (access(*file, F_OK) != 0)
+            return mk_err(MK_E_NOTFOUND, "%s: no tokenizer.json and no tiktoken.model in this model directory",
+                          path);
+        *tiktoken = true;
     }
+    if (!S_ISDIR(sb.st_mode))
+        *tiktoken = tiktoken_name(path);
     return MK_OK;
 }
 
@@ -834,11 +855,12 @@ mk_status mk_tok_load(const char *path, mk_tok **out) {
     t->bos_id = -1;
     t->unk_id = -1;
     char *dir = NULL;
-    mk_status st = resolve(path, &t->path, &dir);
+    bool tiktoken = false;
+    mk_status st = resolve(path, &t->path, &dir, &tiktoken);
     if (st == MK_OK)
         st = tok_cache_create(&t->cache);
     if (st == MK_OK)
-        st = tok_load_json(t, t->path);
+        st = tiktoken ? tok_load_tiktoken(t, t->path, dir) : tok_load_json(t, t->path);
     if (st == MK_OK)
         st = tok_load_configs(t, dir);
     free(dir);

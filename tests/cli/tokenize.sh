@@ -27,6 +27,17 @@ printf '[526,578]\n[1973,223]\n[407,268]\n' >"$TMP/want"
 cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids: $(cat "$TMP/got")"
 "$MK_BIN" tokenize "$DIR/tokenizer.json" <"$TMP/prompts" >"$TMP/got"
 cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids via tokenizer.json"
+# transformers writes model_max_length = int(1e30) for tokenizers without a
+# limit (gpt-oss's tokenizer_config.json): valid JSON, read like any other
+mkdir -p "$TMP/bigint"
+cp "$DIR/tokenizer.json" "$TMP/bigint/"
+sed 's/^{/{"model_max_length": 1000000000000000019884624838656,/' "$DIR/tokenizer_config.json" \
+    >"$TMP/bigint/tokenizer_config.json"
+grep -q 1000000000000000019884624838656 "$TMP/bigint/tokenizer_config.json" || fail "bigint config not made"
+"$MK_BIN" tokenize "$TMP/bigint" <"$TMP/prompts" >"$TMP/got"
+cmp -s "$TMP/got" "$TMP/want" || fail "prompt ids with model_max_length 1e30: $(cat "$TMP/got")"
+printf '[{"role": "user", "content": "hi"}]\n' | "$MK_BIN" tokenize --chat "$TMP/bigint" >"$TMP/got" ||
+    fail "--chat with model_max_length 1e30"
 
 # A continuation decodes to the reference text; decode(encode(x)) == x.
 echo '[645,297,1190,291,268,578,16,201,201,862]' | "$MK_BIN" tokenize --decode "$DIR" >"$TMP/got"
@@ -76,9 +87,32 @@ printf '[{"role": "narrator", "content": "x"}]\n' >"$TMP/bad"
 expect_fail 2 "stdin line 1: chat message 0" "$MK_BIN" tokenize --chat --template qwen3 "$DIR" <"$TMP/bad"
 expect_fail 2 "/nonexistent/tokenizer.json" "$MK_BIN" tokenize /nonexistent/tokenizer.json </dev/null
 expect_fail 2 "no tokenizer.json" "$MK_BIN" tokenize "$TMP" </dev/null
-# Kimi-K2 ships tiktoken.model instead: say so, not just "missing"
+# Kimi-K2 ships tiktoken.model instead (tests/cli/tokenize_tiktoken.sh checks
+# the ids): a broken one is refused naming the file, line or field
 mkdir -p "$TMP/kimi" && : > "$TMP/kimi/tiktoken.model"
-expect_fail 2 "tiktoken.model tokenizers (Kimi-K2) are not supported yet" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+expect_fail 2 "no tokenizer_config.json beside it" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "PreTrainedTokenizerFast"}' >"$TMP/kimi/tokenizer_config.json"
+expect_fail 2 "read for Kimi's class only" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "TikTokenTokenizer", "added_tokens_decoder": {"3": {"content": "[BOS]"}}}' \
+    >"$TMP/kimi/tokenizer_config.json"
+expect_fail 2 "tiktoken.model: no tokens" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+for b in $(seq 0 255); do printf '%s %d\n' "$(printf "\\x$(printf %02x "$b")" | base64)" "$b"; done >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "added_tokens_decoder[\"3\"]': id 3 is a rank" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf '{"tokenizer_class": "TikTokenTokenizer", "eos_token": "[EOS]", "added_tokens_decoder": {"257": {"content": "[EOS]"}}}' \
+    >"$TMP/kimi/tokenizer_config.json"
+[ "$(printf '"ab[EOS]"\n' | "$MK_BIN" tokenize "$TMP/kimi")" = "[97,98,257]" ] || { echo "FAIL: 256-byte tiktoken.model" >&2; exit 1; }
+printf 'QQ== 300\n' >>"$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model: line 257: rank 300 is not below the number of tokens" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 1\nQg== 2\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "tiktoken.model: rank 0 is missing" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ= 0\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "line 1: token \"QQ=\" is not base64" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ==\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "line 1: expected" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 0\nQQ== 1\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "the bytes of rank 1 appear twice" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
+printf 'QQ== 0\n' >"$TMP/kimi/tiktoken.model"
+expect_fail 2 "byte 0x00 has no rank" "$MK_BIN" tokenize "$TMP/kimi" </dev/null
 printf '{"model": {}}' >"$TMP/tokenizer.json"
 expect_fail 2 "field 'model.vocab'" "$MK_BIN" tokenize "$TMP/tokenizer.json" </dev/null
 expect_fail 2 "unknown chat template" "$MK_BIN" tokenize --chat --template nope "$DIR" </dev/null

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# moekit tokenize --chat with the chat templates GLM-4.5/4.6 (glm4_moe),
+# MiniMax-M2 and gpt-oss (harmony) ship, against the templates themselves.
+#
+# tests/tokenizer/templates holds the released chat_template.jinja files (see
+# the README there); @huggingface/jinja (scripts/install-deps.d/tokenizer.sh)
+# renders each conversation of tests/tokenizer/chats.jsonl with them, and
+# moekit must produce the same text from a model folder holding only that
+# chat_template.jinja: first the template is recognised, then rendered by
+# moekit's C renderer. Where a template raises (a tool result without a tool
+# call) moekit must refuse; where it silently drops a message (a second
+# system message) moekit refuses too, and the check confirms the template
+# really left that text out. Done with and without the generation prompt, and
+# with enable_thinking=false where the template reads it. gpt-oss writes
+# today's date: both sides use UTC, and a run that straddles midnight is redone.
+# Without node or @huggingface/jinja it skips, saying why.
+set -euo pipefail
+
+: "${MK_BIN:?MK_BIN must point to the moekit binary}"
+: "${MK_SRC:?MK_SRC must point to the repository}"
+REF="$MK_SRC/tests/tokenizer/ref_chat.mjs"
+CHATS="$MK_SRC/tests/tokenizer/chats.jsonl"
+TPL="$MK_SRC/tests/tokenizer/templates"
+MODS="${MK_TOKENIZERS:-$MK_SRC/.tokenizers}/node_modules"
+
+fail() { echo "FAIL: $*" >&2; exit 1; }
+skip() { echo "SKIP: $*"; exit 77; }
+
+command -v node >/dev/null || skip "node is not installed (Node.js >= 18 runs @huggingface/jinja)"
+[ -f "$MODS/@huggingface/jinja/package.json" ] ||
+    skip "@huggingface/jinja is not installed in $MODS; run: (cd $MK_SRC && bash scripts/install-deps.d/tokenizer.sh)"
+
+TMP=$(mktemp -d)
+trap 'rm -rf "$TMP"' EXIT
+
+# moekit, one conversation per run: a refusal is recorded, not fatal.
+moekit_lines() { # dir flags... < chats
+    local dir=$1 line
+    shift
+    while IFS= read -r line; do
+        if ! printf '%s\n' "$line" | "$MK_BIN" tokenize --chat "$@" "$dir" 2>"$TMP/err"; then
+            node -e 'process.stdout.write(JSON.stringify({refused: require("fs").readFileSync(process.argv[1], "utf8")}) + "\n")' "$TMP/err"
+        fi
+    done <"$CHATS"
+}
+
+check() { # name template kind flags...
+    local name=$1 file=$2 kind=$3
+    shift 3
+    local dir="$TMP/$name" tries=0
+    mkdir -p "$dir"
+    cp "$TPL/$file" "$dir/chat_template.jinja"
+    # the template is recognised as the family it is
+    printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat "$dir" >"$TMP/a"
+    printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat --template "$kind" "$dir" >"$TMP/b"
+    cmp -s "$TMP/a" "$TMP/b" || fail "$name: $file is not detected as $kind"
+    while :; do
+        local d0 d1
+        d0=$(date -u +%F)
+        TZ=UTC node "$REF" "$dir/chat_template.jinja" "$@" <"$CHATS" >"$TMP/$name.ref"
+        moekit_lines "$dir" "$@" >"$TMP/$name.got"
+        d1=$(date -u +%F)
+        [ "$d0" = "$d1" ] && break
+        tries=$((tries + 1))
+        [ $tries -lt 3 ] || fail "$name: the date kept changing"
+    done
+    node "$REF" compare "$CHATS" "$TMP/$name.ref" "$TMP/$name.got" ||
+        fail "$name: moekit's rendering differs from the template's (lines above)"
+    echo "ok: $name ($(wc -l <"$CHATS") conversations${*:+, $*})"
+}
+
+check glm4 glm-4.5.jinja glm4
+check glm4-nothink glm-4.5.jinja glm4 --no-think
+check glm4-nogen glm-4.5.jinja glm4 --no-gen-prompt
+check minimax-m2 minimax-m2.jinja minimax-m2
+check minimax-m2-nogen minimax-m2.jinja minimax-m2 --no-gen-prompt
+check harmony gpt-oss.jinja harmony
+check harmony-nogen gpt-oss.jinja harmony --no-gen-prompt
+
+# A GLM template moekit does not render (GLM-4.7 style) is refused, not guessed.
+mkdir -p "$TMP/glm-other"
+printf '[gMASK]<sop>{%% for m in messages %%}<|{{ m.role }}|>{{ m.content }}{%% endfor %%}<|assistant|><think>' \
+    >"$TMP/glm-other/chat_template.jinja"
+if printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat "$TMP/glm-other" 2>"$TMP/err"; then
+    fail "an unknown GLM template was rendered"
+fi
+grep -q "other than GLM-4.5/4.6's" "$TMP/err" || fail "unknown GLM template: $(cat "$TMP/err")"
+echo PASS
