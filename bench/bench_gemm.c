@@ -5,7 +5,8 @@
  *   bench_gemm [threads] [seconds-per-case] [n ...]
  * threads default 1, n default 32 (tokens one expert gets from a 512-token
  * prompt with 8 of 128 experts) and 512 (a dense layer). Each timing is the
- * best of 5 rounds. MK_KERNELS=ref|avx2|avx512|avx512vnni picks the kernel
+ * best of 5 rounds; with one thread the times are CPU time, which a
+ * time-shared machine distorts less than wall time. MK_KERNELS=ref|avx2|avx512|avx512vnni picks the kernel
  * path and MK_ACT_INT8=1 turns on int8 activations (read here, not by the
  * library). Indicative only on a shared machine: compare interleaved runs. */
 #include <stdio.h>
@@ -17,9 +18,13 @@
 #include "moekit/kernels.h"
 #include "moekit/weight.h"
 
+/* Wall-clock seconds, or this process's CPU seconds (g_cpu: one thread,
+ * where CPU time is what the kernel used even when a shared machine's
+ * scheduler gives the process only part of a core). */
+static int g_cpu;
 static double now(void) {
     struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    clock_gettime(g_cpu ? CLOCK_PROCESS_CPUTIME_ID : CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
 }
 
@@ -114,6 +119,7 @@ int main(int argc, char **argv) {
         for (nn = 0; nn < 8 && 3 + nn < argc; nn++)
             ns[nn] = atoll(argv[3 + nn]);
     mk_pool *pool = NULL;
+    g_cpu = nth == 1;
     if (nth != 1 && mk_pool_create(nth, &pool) != MK_OK) {
         fprintf(stderr, "%s\n", mk_err_msg());
         return 1;

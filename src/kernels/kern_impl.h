@@ -159,7 +159,7 @@ const mk_kern_i *mk_kern_avx512vnni(void);
  * false for other widths. */
 bool mk_q8_prep_affine_avx2(const mk_wt *w, const float *x, float *aux, size_t cap);
 void mk_q8_mv_affine_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux, float *y);
-/* The panel products on AVX2+FMA (kern_panel.c), in both x86 tables. */
+/* The panel products on AVX2+FMA (kern_panel.c), the AVX2 table's. */
 void mk_pack_panel_avx2(const float *a, int64_t lda, int nr, int64_t kc, float *pa);
 void mk_gemm_panel_avx2(const float *pa, int64_t kc, int nr, const float *x, int64_t ldx, int64_t nt, float *y,
                         int64_t ldy);

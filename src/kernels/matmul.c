@@ -11,7 +11,7 @@
  * multiplied against every token of the block by the table's gemm_panel
  * (6 tokens x 16 rows per register tile, kern_panel.c), so a weight row is
  * read and dequantized once per 64 tokens. Tables without panels (the
- * portable one) use 4-row tiles of 512 columns and gemm_tile.
+ * portable and AVX-512 ones) use 4-row tiles of 512 columns and gemm_tile.
  *
  * Formats without a fused kernel in the active table use the same tiled
  * path with n = 1, and formats without a SIMD dequantizer use the portable
