@@ -84,9 +84,9 @@ double mk_diff_rel(const mk_diff *d);
 
 /* Y[t*rows + r] = sum_c W[r,c] * X[t*cols + c] for t < n, r < rows.
  * X, Y float32, must not overlap. Threads over rows (and token blocks when
- * n > 1); each weight row is read once per block of up to 32 tokens.
+ * n > 1); each weight row is read once per block of up to 64 tokens.
  * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
- * stack (x prepared for the decode kernels) and 8 KiB of each worker's. */
+ * stack (x prepared for the decode kernels) and 16 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
 /* Portable scalar reference of the same on one thread: each row is
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
@@ -112,7 +112,7 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count);
  * of kv_b, backend.h head_matmul). Rows keep their absolute index, so FP8
  * block scales apply whatever r0 is. Token t of x starts at x + t*xs, of y
  * at y + t*ys; x and y must not overlap. Same accuracy contract as
- * mk_matmul; no allocation (a few KiB of stack).
+ * mk_matmul; no allocation (about 16 KiB of stack).
  *   mk_matmul_rows:   y[t*ys + r-r0] = sum_c W[r,c] x[t*xs + c]        (r0 <= r < r1)
  *   mk_matmul_rows_t: y[t*ys + c]    = sum_r W[r,c] x[t*xs + r-r0]     (c < cols) */
 void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,

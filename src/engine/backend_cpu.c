@@ -3,15 +3,16 @@
  *
  * Matmuls thread inside mk_matmul, MLA's per-head products over heads.
  * Attention threads over (token, kv head, block of query heads) and the
- * Gated DeltaNet recurrence over value heads; both work without scratch
- * memory (two-pass softmax, fixed per-head arrays on the stack: about 64 KiB
- * per attention work item), so the slots stay infallible and
- * allocation-free. Arithmetic mirrors the
+ * Gated DeltaNet recurrence over value heads (prefill in its chunked form);
+ * both work without scratch memory (two-pass softmax, fixed per-head arrays
+ * on the stack: about 64 KiB per attention work item, 180 KiB per chunked
+ * GDN one), so the slots stay infallible and allocation-free. Arithmetic mirrors the
  * transformers float32 reference: reductions in f32, softplus with its
  * threshold of 20, l2norm as x * rsqrt(sum x^2 + 1e-6). Its memory is host
  * memory (host_mem): alloc is aligned_alloc, upload/download are memcpy,
  * and no slot can fail, so sync always returns MK_OK. */
 #include <math.h>
+#include <stdalign.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -280,6 +281,107 @@ static void l2norm(float *y, const float *x, int d, float scale) {
         y[i] = x[i] * inv * scale;
 }
 
+/* ---- Gated DeltaNet prefill, chunked ---------------------------------------
+ * The recurrence above, unrolled over a chunk of C tokens with cumulative
+ * log decays G_c = g_1 + .. + g_c (g = log of the token's decay, <= 0) and
+ * the state S0 at the chunk's start:
+ *   S_c = e^{G_c} S0 + sum_{s<=c} e^{G_c - G_s} k_s d_s^T
+ *   d_c = beta_c (v_c - e^{G_c} S0^T k_c) - sum_{s<c} beta_c e^{G_c - G_s} (k_c . k_s) d_s
+ *   o_c = e^{G_c} S0^T q_c + sum_{s<=c} e^{G_c - G_s} (k_s . q_c) d_s
+ * (the delta rule in its chunked form, as flash-linear-attention and
+ * transformers' torch_chunk_gated_delta_rule compute it: a unit lower
+ * triangular system for the d's, solved here by forward substitution).
+ * Every factor e^{G_c - G_s} (s <= c) and e^{G_c} is at most 1, so nothing
+ * is divided and nothing overflows. The work that grows with dk*dv, S0^T k
+ * and S0^T q for every token and the state update sum_s e^{G_C - G_s} k_s
+ * d_s^T, becomes three matrix products on the kernels' tiled prefill path
+ * (mk_matmul_rows over float32 scratch) instead of four passes over the
+ * state per token. Results differ from the token loop only by float32
+ * rounding (test_backend_ops holds both to the same bound against a double
+ * reference). Heads larger than MK_GDN_DMAX use the token loop (stack
+ * scratch). */
+#define MK_GDN_C 48     /* tokens per chunk: 8 of the AVX2 panel's 6-token tiles */
+#define MK_GDN_DMAX 128 /* largest dk and dv of the chunked form (Qwen3-Next/3.5: 128) */
+
+typedef struct gdn_chunk_buf {
+    alignas(64) float T[MK_GDN_DMAX * MK_GDN_DMAX]; /* S0^T, later the state update */
+    alignas(64) float qn[MK_GDN_C * MK_GDN_DMAX];   /* [c][dk] normalised q, scaled */
+    alignas(64) float kn[MK_GDN_C * MK_GDN_DMAX];   /* [c][dk] normalised k */
+    alignas(64) float d[MK_GDN_C * MK_GDN_DMAX];    /* [c][dv] the deltas d_c */
+    alignas(64) float dt[MK_GDN_DMAX * MK_GDN_C];   /* [dv][c] d transposed */
+    alignas(64) float kt[MK_GDN_DMAX * MK_GDN_C];   /* [dk][c] e^{G_C - G_c} k_c transposed */
+    float G[MK_GDN_C], beta[MK_GDN_C];
+} gdn_chunk_buf;
+
+/* Tokens [t0, t0 + C) of value head h, state S updated in place. */
+static void gdn_chunk(const mk_gdn_args *a, int64_t h, int64_t t0, int C, float *S, gdn_chunk_buf *b) {
+    const int dk = a->dk, dv = a->dv;
+    const int64_t kh = h / (a->nv / a->nk), ostr = (int64_t)a->nv * dv;
+    const float qscale = 1.0f / sqrtf((float)dk), neg_A = -expf(a->A_log[h]);
+    for (int c = 0; c < C; c++) {
+        int64_t t = t0 + c;
+        l2norm(b->qn + c * dk, a->q + t * a->stride + kh * dk, dk, qscale);
+        l2norm(b->kn + c * dk, a->k + t * a->stride + kh * dk, dk, 1.0f);
+        b->beta[c] = 1.0f / (1.0f + expf(-a->b[t * a->nv + h]));
+        float g = neg_A * softplus(a->a[t * a->nv + h] + a->dt_bias[h]);
+        b->G[c] = c ? b->G[c - 1] + g : g;
+    }
+    /* S0^T k_c into d, S0^T q_c into the outputs: products with S0^T as a
+     * float32 weight of dv rows and dk columns */
+    for (int i = 0; i < dk; i++)
+        for (int j = 0; j < dv; j++)
+            b->T[j * dk + i] = S[i * dv + j];
+    mk_wt st = {.fmt = MK_WF_F32, .rows = dv, .cols = dk, .data = b->T};
+    float *o0 = a->out + (t0 * a->nv + h) * dv;
+    mk_matmul_rows(&st, 0, dv, b->kn, dk, C, b->d, dv);
+    mk_matmul_rows(&st, 0, dv, b->qn, dk, C, o0, ostr);
+    /* d_c = beta_c (v_c - e^{G_c} S0^T k_c), then the triangular system */
+    for (int c = 0; c < C; c++) {
+        const float *v = a->v + (t0 + c) * a->stride + h * dv;
+        float *dc = b->d + c * dv, eg = expf(b->G[c]);
+        for (int j = 0; j < dv; j++)
+            dc[j] = b->beta[c] * (v[j] - eg * dc[j]);
+        for (int s = 0; s < c; s++) {
+            float l = b->beta[c] * expf(b->G[c] - b->G[s]) * mk_dot_f32(b->kn + c * dk, b->kn + s * dk, dk);
+            mk_axpy(dc, -l, b->d + s * dv, dv);
+        }
+    }
+    /* o_c = e^{G_c} S0^T q_c + sum_{s<=c} e^{G_c - G_s} (k_s . q_c) d_s */
+    for (int c = 0; c < C; c++) {
+        float *oc = o0 + c * ostr;
+        mk_scale(oc, expf(b->G[c]), dv);
+        for (int s = 0; s <= c; s++) {
+            float p = expf(b->G[c] - b->G[s]) * mk_dot_f32(b->kn + s * dk, b->qn + c * dk, dk);
+            mk_axpy(oc, p, b->d + s * dv, dv);
+        }
+    }
+    /* S = e^{G_C} S0 + sum_s (e^{G_C - G_s} k_s) d_s^T: a product with d^T
+     * as a weight of dv rows and C columns, over dk "tokens" */
+    const float gl = b->G[C - 1];
+    for (int c = 0; c < C; c++) {
+        float f = expf(gl - b->G[c]);
+        for (int i = 0; i < dk; i++)
+            b->kt[i * C + c] = f * b->kn[c * dk + i];
+        for (int j = 0; j < dv; j++)
+            b->dt[j * C + c] = b->d[c * dv + j];
+    }
+    mk_wt dw = {.fmt = MK_WF_F32, .rows = dv, .cols = C, .data = b->dt};
+    mk_matmul_rows(&dw, 0, dv, b->kt, C, dk, b->T, dv);
+    const float egl = expf(gl);
+    for (int64_t i = 0; i < (int64_t)dk * dv; i++)
+        S[i] = egl * S[i] + b->T[i];
+}
+
+static void gdn_chunk_task(void *ctx, int64_t hb, int64_t he) {
+    const mk_gdn_args *a = ctx;
+    gdn_chunk_buf b;
+    for (int64_t h = hb; h < he; h++) {
+        float *S = a->state + h * a->dk * a->dv;
+        for (int64_t t0 = 0; t0 < a->n; t0 += MK_GDN_C)
+            gdn_chunk(a, h, t0, a->n - t0 < MK_GDN_C ? (int)(a->n - t0) : MK_GDN_C, S, &b);
+    }
+}
+
 static void gdn_task(void *ctx, int64_t hb, int64_t he) {
     const mk_gdn_args *a = ctx;
     int r = a->nv / a->nk, dk = a->dk, dv = a->dv;
@@ -316,8 +418,11 @@ static void gdn_task(void *ctx, int64_t hb, int64_t he) {
     }
 }
 
+/* Decode (one token) and heads past MK_GDN_DMAX: the token loop; prefill:
+ * the chunked form. */
 static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
-    mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, gdn_task, (void *)a);
+    bool chunked = a->n > 1 && a->dk <= MK_GDN_DMAX && a->dv <= MK_GDN_DMAX;
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, chunked ? gdn_chunk_task : gdn_task, (void *)a);
 }
 
 static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,

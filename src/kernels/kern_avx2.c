@@ -230,6 +230,7 @@ MK_T static void KSFX(gemm_tile)(const float *a, int64_t lda, int nr, const floa
     }
 }
 
+#define MK_KERN_PANEL 1 /* prefill on kern_panel.c's panels */
 #include "kernels/kern_simd_body.h"
 
 MK_T static inline vf ld_bits(const uint8_t *p, const mk_bits_ctl *k) {

@@ -13,7 +13,9 @@
  * A kernel table (mk_kern_i) has one slot per weight format for a fused
  * single-token matvec and one for dequantizing a column range to float32;
  * a NULL slot means "use the portable one". The multi-token path dequantizes
- * tiles with `dequant` and multiplies them with `gemm_tile`. */
+ * tiles with `dequant` and multiplies them with `gemm_panel` after
+ * `pack_panel` where the table has them (kern_panel.c), else with
+ * `gemm_tile`. */
 #ifndef MK_KERN_IMPL_H
 #define MK_KERN_IMPL_H
 
@@ -30,6 +32,19 @@
  * (affine groups <= 128, MX 32, NV 16) so chunk starts are always
  * block- and byte-aligned. */
 #define MK_KCHUNK 512
+
+/* Panel products of the prefill path (kern_panel.c): MK_PANEL_R weight
+ * rows by MK_PANEL_K columns, dequantized a row at a time, packed
+ * column-interleaved (pa[k*MK_PANEL_R + i] = W[r0+i, c0+k], 64-byte
+ * aligned, rows past nr zero) and multiplied against any number of tokens.
+ * MK_PANEL_K is a multiple of every format's block (affine groups <= 128)
+ * and short enough that the sequential sum of one output over a panel
+ * keeps the kernels' 1e-5 bound (kernels.h "Accuracy"): the float error
+ * of a chain of m products is at most about m * 2^-24 of the sum of their
+ * magnitudes, so 128 products plus the chain of cols/128 panel sums stay
+ * below 1e-5 up to 4352 columns and are far below it in practice. */
+#define MK_PANEL_R 16
+#define MK_PANEL_K 128
 
 /* The lookup tables, mk_wt_dequant_range and mk_wt_fp8_scale are core's
  * (core/dequant.h): the kernels compute what that reference defines. */
@@ -93,7 +108,8 @@ typedef bool (*mk_prep_fn)(const mk_wt *w, const float *x, float *aux, size_t ca
 /* y[r - r0] = dot(W[r, :], x) for r in [r0, r1); aux from prep (or NULL). */
 typedef void (*mk_matvec_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,
                              float *y);
-/* out[0 .. c1-c0) = W[r, c0 .. c1), c0 a multiple of MK_KCHUNK. */
+/* out[0 .. c1-c0) = W[r, c0 .. c1), c0 a multiple of MK_PANEL_K (128:
+ * whole blocks of every format). */
 typedef void (*mk_dequant_fn)(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out);
 
 typedef struct mk_kern_i {
@@ -108,6 +124,14 @@ typedef struct mk_kern_i {
     /* y[t*ldy + i] += sum_k a[i*lda + k] * x[t*ldx + k] for i < nr (<= 4), t < nt */
     void (*gemm_tile)(const float *a, int64_t lda, int nr, const float *x, int64_t ldx, int nt, int64_t k,
                       float *y, int64_t ldy);
+    /* (optional, both or neither) the panel product: pack nr <= MK_PANEL_R
+     * rows of a (row stride lda) over kc <= MK_PANEL_K columns into pa,
+     * then y[t*ldy + i] += sum_k pa[k*MK_PANEL_R + i] * x[t*ldx + k] for
+     * i < nr, t < nt, each output one FMA chain over k from 0, added to y
+     * (the same floats whatever nt) */
+    void (*pack_panel)(const float *a, int64_t lda, int nr, int64_t kc, float *pa);
+    void (*gemm_panel)(const float *pa, int64_t kc, int nr, const float *x, int64_t ldx, int64_t nt, float *y,
+                       int64_t ldy);
     /* fused single-token matvec per format (optional) */
     mk_matvec_fn matvec[MK_WF_COUNT];
     /* preparation of x for that matvec (optional) */
@@ -135,6 +159,10 @@ const mk_kern_i *mk_kern_avx512vnni(void);
  * false for other widths. */
 bool mk_q8_prep_affine_avx2(const mk_wt *w, const float *x, float *aux, size_t cap);
 void mk_q8_mv_affine_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux, float *y);
+/* The panel products on AVX2+FMA (kern_panel.c), the AVX2 table's. */
+void mk_pack_panel_avx2(const float *a, int64_t lda, int nr, int64_t kc, float *pa);
+void mk_gemm_panel_avx2(const float *pa, int64_t kc, int nr, const float *x, int64_t ldx, int64_t nt, float *y,
+                        int64_t ldy);
 #endif
 
 /* The active table (never NULL). */

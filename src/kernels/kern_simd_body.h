@@ -438,6 +438,10 @@ const mk_kern_i MK_KERN_TABLE = {
     .sumsq = KSFX(sumsq),
     .axpy = KSFX(axpy),
     .gemm_tile = KSFX(gemm_tile),
+#ifdef MK_KERN_PANEL /* the AVX2 table (kern_panel.c) */
+    .pack_panel = mk_pack_panel_avx2,
+    .gemm_panel = mk_gemm_panel_avx2,
+#endif
     .matvec =
         {
             [MK_WF_F32] = KSFX(mv_f32),

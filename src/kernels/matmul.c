@@ -6,10 +6,12 @@
  * row once, dequantizing in registers (MLX affine 4/8 bits with
  * mk_kernels_set_int8: x quantized to int8 once per call by the prep slot, integer dots; see
  * kern_impl.h). Prefill (n > 1) is a tiled product:
- * work items are (16-row block, 32-token block) pairs; inside one, 4-row
- * tiles are dequantized a 512-column chunk at a time into a stack buffer and
- * multiplied against every token of the block by the table's gemm_tile, so a
- * weight row is read and dequantized once per 32 tokens.
+ * work items are (16-row block, 64-token block) pairs; inside one, the 16
+ * rows are dequantized 128 columns at a time, packed into a panel and
+ * multiplied against every token of the block by the table's gemm_panel
+ * (6 tokens x 16 rows per register tile, kern_panel.c), so a weight row is
+ * read and dequantized once per 64 tokens. Tables without panels (the
+ * portable and AVX-512 ones) use 4-row tiles of 512 columns and gemm_tile.
  *
  * Formats without a fused kernel in the active table use the same tiled
  * path with n = 1, and formats without a SIMD dequantizer use the portable
@@ -30,7 +32,7 @@
 #include "moekit/kernels.h"
 
 #define MK_ROW_BLOCK 16  /* rows per prefill work item (multiple of 4) */
-#define MK_TOK_BLOCK 32  /* tokens per prefill work item */
+#define MK_TOK_BLOCK 64  /* tokens per prefill work item */
 #define MK_AUX_MAX 24576 /* floats of per-call matvec preparation on the stack */
 
 /* ---- table selection (the path itself is core's one switch, isa.h) ---- */
@@ -96,10 +98,42 @@ typedef struct mm_ctx {
     mk_matvec_fn mv;  /* n == 1: the fused matvec usable here (int8 or float x), or NULL */
 } mm_ctx;
 
+/* tiles() on a table with panel products (kern_impl.h): 16-row panels of
+ * 128 columns, dequantized and packed once for all nt tokens. */
+static void tiles_panel(const mk_kern_i *k, const mk_wt *w, int64_t r0, int64_t r1, const float *x,
+                        int64_t ldx, int64_t nt, float *y, int64_t ldy) {
+    const int64_t cols = w->cols;
+    mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
+    const bool direct = w->fmt == MK_WF_F32 && (uintptr_t)w->data % sizeof(float) == 0;
+    alignas(64) float buf[MK_PANEL_R * MK_PANEL_K]; /* dequantized rows */
+    alignas(64) float pa[MK_PANEL_R * MK_PANEL_K];  /* the packed panel */
+    for (int64_t t = 0; t < nt; t++)
+        memset(y + t * ldy, 0, (size_t)(r1 - r0) * sizeof(float));
+    for (int64_t r = r0; r < r1; r += MK_PANEL_R) {
+        int nr = r1 - r < MK_PANEL_R ? (int)(r1 - r) : MK_PANEL_R;
+        for (int64_t c0 = 0; c0 < cols; c0 += MK_PANEL_K) {
+            int64_t c1 = c0 + MK_PANEL_K < cols ? c0 + MK_PANEL_K : cols;
+            if (direct) { /* already float: packed straight from the weight */
+                k->pack_panel((const float *)w->data + r * cols + c0, cols, nr, c1 - c0, pa);
+            } else {
+                for (int i = 0; i < nr; i++)
+                    dq(w, r + i, c0, c1, buf + i * MK_PANEL_K);
+                k->pack_panel(buf, MK_PANEL_K, nr, c1 - c0, pa);
+            }
+            k->gemm_panel(pa, c1 - c0, nr, x + c0, ldx, nt, y + (r - r0), ldy);
+        }
+    }
+}
+
 /* Rows [r0, r1) of W times nt tokens of x (token stride ldx) into y (token
- * stride ldy, pointing at row r0 of token 0): 4-row tiles, 512-column chunks. */
+ * stride ldy, pointing at row r0 of token 0): panels where the table has
+ * them, else 4-row tiles of 512-column chunks. */
 static void tiles(const mk_kern_i *k, const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t ldx,
                   int64_t nt, float *y, int64_t ldy) {
+    if (k->gemm_panel) {
+        tiles_panel(k, w, r0, r1, x, ldx, nt, y, ldy);
+        return;
+    }
     const int64_t cols = w->cols;
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
     /* 64-byte aligned: gemm_tile's row loads then never split a cache line

@@ -825,6 +825,81 @@ static void test_attention(void **st) {
 
 /* ---- Gated DeltaNet --------------------------------------------------------------- */
 
+/* One gdn call of T tokens, NK key heads, NV value heads, head sizes DK,
+ * DV against the recurrence in double, token by token (backend.h), from a
+ * random state: outputs and the final state within TOL_DOT. */
+static void gdn_case(be_case *b, int T, int NK, int NV, int DK, int DV) {
+    const int STR = 2 * NK * DK + NV * DV;
+    float *qkv = rvec(T * STR), *aa = rvec(T * NV), *bb = rvec(T * NV), *al = rvec(NV), *dt = rvec(NV),
+          *S0 = rvec(NV * DK * DV);
+    void *dqkv = dev(b, qkv, sizeof(float) * T * STR), *da = dev(b, aa, sizeof(float) * T * NV);
+    void *db = dev(b, bb, sizeof(float) * T * NV), *dal = dev(b, al, sizeof(float) * NV);
+    void *ddt = dev(b, dt, sizeof(float) * NV), *dS = dev(b, S0, sizeof(float) * NV * DK * DV);
+    void *dout = dev(b, NULL, sizeof(float) * T * NV * DV);
+    mk_gdn_args g = {(float *)dqkv, (float *)dqkv + NK * DK, (float *)dqkv + 2 * NK * DK, STR,
+                     da, db, dal, ddt, dS, dout, T, NK, NV, DK, DV};
+    b->i->gdn(b->ctx, &g);
+    float *o = back(b, dout, sizeof(float) * T * NV * DV), *S1 = back(b, dS, sizeof(float) * NV * DK * DV);
+    double *Sr = malloc(sizeof(double) * (size_t)(NV * DK * DV)), *orf = malloc(sizeof(double) * (size_t)(T * NV * DV));
+    double *q = malloc(sizeof(double) * (size_t)DK), *k = malloc(sizeof(double) * (size_t)DK),
+           *d = malloc(sizeof(double) * (size_t)DV);
+    assert_true(Sr && orf && q && k && d);
+    for (int i = 0; i < NV * DK * DV; i++)
+        Sr[i] = S0[i];
+    for (int h = 0; h < NV; h++) {
+        int kh = h / (NV / NK);
+        double *S = Sr + (int64_t)h * DK * DV;
+        for (int t = 0; t < T; t++) {
+            double nq = 0, nk = 0;
+            for (int i = 0; i < DK; i++) {
+                q[i] = qkv[t * STR + kh * DK + i];
+                k[i] = qkv[t * STR + NK * DK + kh * DK + i];
+                nq += q[i] * q[i];
+                nk += k[i] * k[i];
+            }
+            for (int i = 0; i < DK; i++) {
+                q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK);
+                k[i] = k[i] / sqrt(nk + 1e-6);
+            }
+            double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
+            double xa = (double)aa[t * NV + h] + dt[h];
+            double sp = xa > 20 ? xa : log1p(exp(xa));
+            double decay = exp(-exp((double)al[h]) * sp);
+            for (int i = 0; i < DK * DV; i++)
+                S[i] *= decay;
+            for (int j = 0; j < DV; j++) {
+                double sk = 0;
+                for (int i = 0; i < DK; i++)
+                    sk += S[i * DV + j] * k[i];
+                d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
+            }
+            for (int i = 0; i < DK; i++)
+                for (int j = 0; j < DV; j++)
+                    S[i * DV + j] += k[i] * d[j];
+            for (int j = 0; j < DV; j++) {
+                double acc = 0;
+                for (int i = 0; i < DK; i++)
+                    acc += S[i * DV + j] * q[i];
+                orf[((int64_t)t * NV + h) * DV + j] = acc;
+            }
+        }
+    }
+    char what[96];
+    snprintf(what, sizeof what, "gdn out n%d %dx%d", T, DK, DV);
+    check_rel(b->name, what, o, orf, T * NV * DV, TOL_DOT);
+    snprintf(what, sizeof what, "gdn state n%d %dx%d", T, DK, DV);
+    check_rel(b->name, what, S1, Sr, NV * DK * DV, TOL_DOT);
+    void *bufs[] = {dqkv, da, db, dal, ddt, dS, dout};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        b->i->buf_free(b->ctx, bufs[i]);
+    float *fr[] = {qkv, aa, bb, al, dt, S0, o, S1};
+    for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++)
+        free(fr[i]);
+    double *frd[] = {Sr, orf, q, k, d};
+    for (size_t i = 0; i < sizeof frd / sizeof frd[0]; i++)
+        free(frd[i]);
+}
+
 static void test_conv_gdn(void **st) {
     (void)st;
     for (int bi = 0; bi < g_nbe; bi++) {
@@ -853,67 +928,16 @@ static void test_conv_gdn(void **st) {
         check_rel(b->name, "conv1d_silu state", sn, sref, (K - 1) * CH, 0);
         free(y);
         free(sn);
-        /* gdn: 3 tokens, 2 key heads, 4 value heads, dk 8, dv 6 */
-        enum { T = 3, NK = 2, NV = 4, DK = 8, DV = 6, STR = 2 * NK * DK + NV * DV };
-        float *qkv = rvec(T * STR), *aa = rvec(T * NV), *bb = rvec(T * NV), *al = rvec(NV),
-              *dt = rvec(NV), *S0 = rvec(NV * DK * DV);
-        void *dqkv = dev(b, qkv, sizeof(float) * T * STR), *da = dev(b, aa, sizeof(float) * T * NV);
-        void *db = dev(b, bb, sizeof(float) * T * NV), *dal = dev(b, al, sizeof(float) * NV);
-        void *ddt = dev(b, dt, sizeof(float) * NV), *dS = dev(b, S0, sizeof(float) * NV * DK * DV);
-        void *dout = dev(b, NULL, sizeof(float) * T * NV * DV);
-        mk_gdn_args g = {(float *)dqkv, (float *)dqkv + NK * DK, (float *)dqkv + 2 * NK * DK, STR,
-                         da, db, dal, ddt, dS, dout, T, NK, NV, DK, DV};
-        b->i->gdn(b->ctx, &g);
-        float *o = back(b, dout, sizeof(float) * T * NV * DV), *S1 = back(b, dS, sizeof(float) * NV * DK * DV);
-        double Sr[NV * DK * DV], orf[T * NV * DV];
-        for (int i = 0; i < NV * DK * DV; i++)
-            Sr[i] = S0[i];
-        for (int h = 0; h < NV; h++) {
-            int kh = h / (NV / NK);
-            double *S = Sr + h * DK * DV;
-            for (int t = 0; t < T; t++) {
-                double q[DK], k[DK], d[DV], nq = 0, nk = 0;
-                for (int i = 0; i < DK; i++) {
-                    q[i] = qkv[t * STR + kh * DK + i];
-                    k[i] = qkv[t * STR + NK * DK + kh * DK + i];
-                    nq += q[i] * q[i];
-                    nk += k[i] * k[i];
-                }
-                for (int i = 0; i < DK; i++) {
-                    q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK);
-                    k[i] = k[i] / sqrt(nk + 1e-6);
-                }
-                double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
-                double xa = (double)aa[t * NV + h] + dt[h];
-                double sp = xa > 20 ? xa : log1p(exp(xa));
-                double decay = exp(-exp((double)al[h]) * sp);
-                for (int i = 0; i < DK * DV; i++)
-                    S[i] *= decay;
-                for (int j = 0; j < DV; j++) {
-                    double sk = 0;
-                    for (int i = 0; i < DK; i++)
-                        sk += S[i * DV + j] * k[i];
-                    d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
-                }
-                for (int i = 0; i < DK; i++)
-                    for (int j = 0; j < DV; j++)
-                        S[i * DV + j] += k[i] * d[j];
-                for (int j = 0; j < DV; j++) {
-                    double acc = 0;
-                    for (int i = 0; i < DK; i++)
-                        acc += S[i * DV + j] * q[i];
-                    orf[(t * NV + h) * DV + j] = acc;
-                }
-            }
-        }
-        check_rel(b->name, "gdn output", o, orf, T * NV * DV, TOL_DOT);
-        check_rel(b->name, "gdn state", S1, Sr, NV * DK * DV, TOL_DOT);
-        free(o);
-        free(S1);
-        void *bufs[] = {du, dw, ds, dy, dqkv, da, db, dal, ddt, dS, dout};
+        /* gdn: one token (the token loop), 3 (one chunk of the chunked
+         * prefill), 70 with dk = dv = 128 (the Qwen3.5 head size: two chunks
+         * of 48 and 22) */
+        gdn_case(b, 1, 2, 4, 8, 6);
+        gdn_case(b, 3, 2, 4, 8, 6);
+        gdn_case(b, 70, 1, 2, 128, 128);
+        void *bufs[] = {du, dw, ds, dy};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             b->i->buf_free(b->ctx, bufs[i]);
-        float *fr[] = {u, w, s0, qkv, aa, bb, al, dt, S0};
+        float *fr[] = {u, w, s0};
         for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++)
             free(fr[i]);
     }

@@ -5,13 +5,15 @@
  *    (affine nibbles, FP8/E8M0/E2M1 codes, block scales).
  * 2. mk_matmul_ref against a double-precision loop over mk_wt_dequant_row.
  * 3. mk_matmul on every kernel path this CPU supports (ref, avx2, avx512),
- *    single-threaded and on a pool, n = 1, 3 and 37 tokens, against
+ *    single-threaded and on a pool, n = 1, 3, 37 and 70 tokens (70: two
+ *    prefill token blocks, 6-token register tiles and a tail), against
  *    mk_matmul_ref. Bound for 2 and 3: |y - y_ref| <= 1e-5 * sum_c |W x|
  *    (float32 summation-order error is ~cols * 2^-24 of that in the worst
  *    case, far less in practice; a wrong element is ~1e-2 of it).
- *    Shapes have odd row counts, column counts that leave partial 512-column
- *    chunks, partial FP8 scale blocks, and every buffer is misaligned by one
- *    byte (MLX writes unpadded safetensors).
+ *    Shapes have odd row counts (partial 16-row panels), column counts that
+ *    leave partial 128- and 512-column chunks, partial FP8 scale blocks,
+ *    every weight buffer is misaligned by one byte (MLX writes unpadded
+ *    safetensors) and x and y by one float.
  *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
  *    scale blocks, padded token strides) against double loops, same bound.
  *    Exception with its own stated bound (kernels.h "Accuracy"): with
@@ -331,11 +333,12 @@ static void check_rows(const mk_wt *w, const float *wr, const char *label) {
 /* The whole check of one weight: ref vs double, every path vs ref. */
 static void check_weight(const tw *t, const char *label) {
     const mk_wt *w = &t->w;
-    const int64_t rows = w->rows, cols = w->cols, nmax = 37;
-    float *x = malloc(sizeof(float) * (size_t)(nmax * cols));
+    const int64_t rows = w->rows, cols = w->cols, nmax = 70;
+    /* x and y one float past malloc's alignment: no kernel may assume more */
+    float *xm = malloc(sizeof(float) * (size_t)(nmax * cols + 1)), *x = xm + 1;
     float *wr = malloc(sizeof(float) * (size_t)(rows * cols));
     float *yref = malloc(sizeof(float) * (size_t)(nmax * rows));
-    float *y = malloc(sizeof(float) * (size_t)(nmax * rows));
+    float *ym = malloc(sizeof(float) * (size_t)(nmax * rows + 1)), *y = ym + 1;
     double *sabs = malloc(sizeof(double) * (size_t)(nmax * rows));
     assert_true(x && wr && yref && y && sabs);
     for (int64_t i = 0; i < nmax * cols; i++)
@@ -349,7 +352,8 @@ static void check_weight(const tw *t, const char *label) {
     assert_true(y1 && wq && sq && bq);
     q8_want(wr, cols, 0, rows, x, wq, sq, bq);
 
-    static const int64_t ns[] = {1, 3, 37};
+    /* 70 tokens: two prefill token blocks, register tiles of 6 and a tail */
+    static const int64_t ns[] = {1, 3, 37, 70};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int64_t n = ns[k];
         char what[160];
@@ -398,10 +402,10 @@ static void check_weight(const tw *t, const char *label) {
     free(wq);
     free(sq);
     free(bq);
-    free(x);
+    free(xm);
     free(wr);
     free(yref);
-    free(y);
+    free(ym);
     free(sabs);
 }
 
