@@ -7,8 +7,10 @@
 #      cuda-unfused (the general path, as before the fused slot), twice each;
 #   2. a synthetic full-depth Qwen3-30B-A3B (48 layers, 128 experts top-8, H 2048) in MLX
 #      affine 4-bit g64 (routers 8-bit, as mlx-lm), made on the machine itself
-#      (moekit synth ct-int4, then moekit quantize: nothing large travels), on cuda
-#      (twice) and cuda-unfused.
+#      (moekit synth ct-int4, then moekit quantize: nothing large travels), on cuda,
+#      cuda-base (without the launch-cutting slots) and cuda-graph, interleaved, twice
+#      each, then cuda-unfused.
+# MK_TINY_BACKENDS / MK_30B_BACKENDS (this script's) replace the lists of runs.
 # bench_decode prints tok/s and the fraction of the roofline: weight bytes one token
 # reads (codes + scales + biases) / the device copy bandwidth measured in the same run.
 #   usage: bench/bench_cuda_decode.sh BUILD_DIR OUT_DIR [WORK_DIR=/tmp/mk-bench] [tiny|30b|all]
@@ -18,7 +20,7 @@ mkdir -p "$W" "$out"
 nt=$(nproc)
 rc=0
 if [ "$what" != 30b ]; then
-    for be in cpu cuda cuda-graph cuda-unfused cpu cuda cuda-graph cuda-unfused; do
+    for be in ${MK_TINY_BACKENDS:-cpu cuda cuda-graph cuda-base cuda-unfused cpu cuda cuda-graph cuda-base cuda-unfused}; do
         echo "== bench_decode models/tiny-qwen35moe/bf16 8 256 $nt $be"
         timeout 120 "$B/bench_decode" models/tiny-qwen35moe/bf16 8 256 "$nt" $be 2>&1 |
             tee -a "$out/bench_tiny.log" | grep -E "decode|bound|device" || rc=1
@@ -35,7 +37,7 @@ if [ ! -e "$m/config.json" ]; then
     rm -rf "$W/ct"
     echo "== made $m in $(($(date +%s) - t0)) s: $(du -sh "$m" | cut -f1)"
 fi
-for be in cuda cuda cuda-graph cuda-unfused; do
+for be in ${MK_30B_BACKENDS:-cuda cuda-base cuda-graph cuda cuda-base cuda-graph cuda-unfused}; do
     d=128
     [ $be = cuda-unfused ] && d=32
     echo "== bench_decode $m 16 $d $nt $be"

@@ -15,7 +15,11 @@
  * slots hidden: the general path, one launch per slot and expert, routing
  * downloaded and a wait per block, as before the fused slot) or
  * cuda-graph (cuda with decode steps recorded as CUDA graphs,
- * mk_backend_cuda_set_graphs).
+ * mk_backend_cuda_set_graphs) or cuda-base (cuda without the launch-cutting
+ * slots add_rmsnorm, qk_norm_rope, matmul_n and argmax: the fused path as
+ * before them, logits copied to the host and argmax'ed there).
+ * Decoding is greedy through mk_engine_forward_argmax (cuda-base: forward +
+ * mk_argmax).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -139,7 +143,7 @@ static double read_bandwidth(int threads) {
 int main(int argc, char **argv) {
     if (argc < 2) {
         fprintf(stderr, "usage: bench_decode MODEL [prompt_tokens] [decode_tokens] [threads] "
-                        "[cpu|cuda|cuda-graph|cuda-unfused]\n");
+                        "[cpu|cuda|cuda-graph|cuda-base|cuda-unfused]\n");
         return 2;
     }
     int P = argc > 2 ? atoi(argv[2]) : 128, D = argc > 3 ? atoi(argv[3]) : 32;
@@ -160,9 +164,11 @@ int main(int argc, char **argv) {
         return 2;
     }
     bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
-    bool graph = strcmp(bk, "cuda-graph") == 0;
-    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !graph) {
-        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph or cuda-unfused\n", bk);
+    bool graph = strcmp(bk, "cuda-graph") == 0, base = strcmp(bk, "cuda-base") == 0;
+    bool host_argmax = base || unfused; /* as before the argmax slot */
+    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !graph && !base) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph, cuda-base or "
+                        "cuda-unfused\n", bk);
         return 2;
     }
     mk_backend *be = NULL, *wrap = NULL;
@@ -173,13 +179,20 @@ int main(int argc, char **argv) {
             return 1;
         }
         mk_backend_cuda_set_graphs(be, graph);
-        if (unfused) {
+        if (unfused || base) {
             hidden = *mk_backend_iface(be);
-            hidden.moe = NULL;
-            hidden.check_finite = NULL;
-            hidden.nonfinite_take = NULL;
-            hidden.step_begin = NULL;
-            hidden.step_end = NULL;
+            if (unfused) {
+                hidden.moe = NULL;
+                hidden.check_finite = NULL;
+                hidden.nonfinite_take = NULL;
+                hidden.step_begin = NULL;
+                hidden.step_end = NULL;
+            }
+            /* the launch-cutting slots of 2026-12-04 (both: the path as before them) */
+            hidden.add_rmsnorm = NULL;
+            hidden.qk_norm_rope = NULL;
+            hidden.matmul_n = NULL;
+            hidden.argmax = NULL;
             hidden.free = NULL; /* the context stays be's */
             if (mk_backend_create(&hidden, mk_backend_ctx(be), &wrap) != MK_OK) {
                 fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -206,12 +219,21 @@ int main(int argc, char **argv) {
         return 1;
     for (int i = 0; i < P; i++)
         ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
+    /* greedy: mk_engine_forward_argmax (the argmax on the device where the
+     * backend has the slot); cuda-base and cuda-unfused: the logits to the host and
+     * mk_argmax there, as before that slot */
     double t0 = now_s();
-    mk_status st = mk_engine_forward(e, ids, P, MK_LOGITS_LAST, lg, NULL);
+    int32_t id = 0;
+    mk_status st = host_argmax ? mk_engine_forward(e, ids, P, MK_LOGITS_LAST, lg, NULL)
+                        : mk_engine_forward_argmax(e, ids, P, &id);
     double t1 = now_s();
     for (int i = 0; st == MK_OK && i < D; i++) {
-        int32_t id = mk_argmax(lg, c->vocab_size);
-        st = mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, lg, NULL);
+        if (host_argmax) {
+            id = mk_argmax(lg, c->vocab_size);
+            st = mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, lg, NULL);
+        } else {
+            st = mk_engine_forward_argmax(e, &id, 1, &id);
+        }
     }
     double t2 = now_s();
     if (st != MK_OK) {

@@ -283,6 +283,29 @@ typedef struct mk_backend_i {
      * without recording. Both or neither are set. */
     bool (*step_begin)(void *ctx);
     bool (*step_end)(void *ctx, bool run);
+    /* (optional) The residual step between blocks in one launch: x += y
+     * (rows of dim), then check_finite(x, rows*dim, tag), then, when xb is
+     * given, xb = rmsnorm(x) * g (rows of dim, g NULL: 1). The same values
+     * as axpy(x, 1, y), check_finite, rmsnorm. Set only with check_finite. */
+    void (*add_rmsnorm)(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag,
+                        float *xb, const float *g, float eps);
+    /* (optional) Attention's query/key preparation in one launch: for n
+     * tokens, q [n, nq, hd] and k [n, nk, hd] (packed rows), each head
+     * RMS-normed over hd with qg / kg when qg is given (both or neither),
+     * then rotated as rope(.., rot_dim, cos, sin, interleave false). The
+     * same values as rmsnorm and rope on q and on k. */
+    void (*qk_norm_rope)(void *ctx, float *q, int nq, float *k, int nk, int64_t n, int hd,
+                         const float *qg, const float *kg, float eps, int rot_dim, const float *cos,
+                         const float *sin);
+    /* (optional) ys[i][n, w[i].rows] = x W_i^T for i < count (<= 4): the
+     * products of one input with several weights (attention's q, k, v),
+     * each as matmul computes it, in as few launches as the backend can. */
+    void (*matmul_n)(void *ctx, const mk_wt *const *w, int count, const float *x, int64_t n,
+                     float *const *ys);
+    /* (optional) out[0] = the index of the largest of x[0..n) (backend
+     * memory, the lowest index on ties, as mk_argmax; x finite): greedy
+     * decoding without copying the logits to the host. */
+    void (*argmax)(void *ctx, const float *x, int64_t n, int32_t *out);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

@@ -108,6 +108,14 @@ const mk_model *mk_engine_model(const mk_engine *e);
 mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
                             float *logits, float *hidden);
 
+/* Greedy decoding: append ids[0..n) (n >= 1) as mk_engine_forward with
+ * MK_LOGITS_LAST does, and set *next to mk_argmax of the last token's
+ * logits (the same token), without the logits: a device backend with an
+ * argmax slot checks and reduces them on the device and returns 4 bytes
+ * instead of vocab_size floats. The same errors as mk_engine_forward
+ * (non-finite logits name lm_head). */
+mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next);
+
 #ifdef __cplusplus
 }
 #endif

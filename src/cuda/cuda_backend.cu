@@ -471,6 +471,7 @@ static void cu_free(void *ctx) {
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);
+    mk_cuda_free(c->amax);
     if (c->s)
         (void)cudaStreamDestroy(c->s);
     free(c);
@@ -513,6 +514,10 @@ static const mk_backend_i g_cuda = {
     .nonfinite_take = cu_nonfinite_take,
     .step_begin = mkb_step_begin,
     .step_end = mkb_step_end,
+    .add_rmsnorm = mkb_add_rmsnorm,
+    .qk_norm_rope = mkb_qk_norm_rope,
+    .matmul_n = mkb_matmul_n,
+    .argmax = mkb_argmax,
     .free = cu_free,
 };
 
@@ -572,6 +577,10 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
         s = mk_cuda_malloc((void **)&c->nf, sizeof *c->nf, "find_nonfinite's result");
     if (s == MK_OK)
         s = mk_cuda_malloc((void **)&c->nfl, sizeof *c->nfl, "the non-finite checks' state");
+    if (s == MK_OK) /* zeroed by cudaMemset below: key 0 (none), ticket 0 */
+        s = mk_cuda_malloc((void **)&c->amax, sizeof *c->amax, "the argmax slot's state");
+    if (s == MK_OK && (e = cudaMemsetAsync(c->amax, 0, sizeof *c->amax, c->s)) != cudaSuccess)
+        s = mkc_fail(e, "initialising the argmax slot's state");
     if (s == MK_OK) { /* key and cand ~0 (none), ticket 0; waited for by the first sync */
         const mkb_nfl z = {~0ull, ~0ull, 0.0f, 0u};
         e = cudaMemcpyAsync(c->nfl, &z, sizeof z, cudaMemcpyHostToDevice, c->s);

@@ -55,6 +55,7 @@ struct mkb_ctx {
     size_t nb, n, bytes;
     /* deferred non-finite checks (check_finite / nonfinite_take) */
     struct mkb_nfl *nfl; /* device */
+    struct mkb_amax *amax; /* device scratch of the argmax slot (cuda_route.cu) */
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
     bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; off by default) */
@@ -69,6 +70,13 @@ struct mkb_ctx {
 struct mkb_nfl {
     unsigned long long key, cand;
     float val;
+    unsigned ticket;
+};
+
+/* Device scratch of one argmax launch: the best (value, index) key so far
+ * and the blocks' ticket, both 0 between launches (the last block resets). */
+struct mkb_amax {
+    unsigned long long key;
     unsigned ticket;
 };
 
@@ -195,6 +203,12 @@ void mkb_combine(void *ctx, float *y, const float *x, const float *w, const int3
                  int64_t dim);
 void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n, int64_t dim);
 bool mkb_moe(void *ctx, const mk_moe_args *a);
+void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag, float *xb,
+                     const float *g, float eps);
+void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qg,
+                      const float *kg, float eps, int rot_dim, const float *cos, const float *sin);
+void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys);
+void mkb_argmax(void *ctx, const float *x, int64_t n, int32_t *out);
 bool mkb_step_begin(void *ctx);
 bool mkb_step_end(void *ctx, bool run);
 void mkb_graph_free(mkb_ctx *c);

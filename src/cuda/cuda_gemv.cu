@@ -9,6 +9,8 @@
  * divergence. Bandwidth is what matters at batch 1: each lane moves 16-byte
  * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
  * measures it against a device-to-device copy). */
+#include <string.h>
+
 #include "cuda/cuda_impl.cuh"
 
 #define GEMV_WARPS 8
@@ -69,5 +71,88 @@ extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool
         k_gemv<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
                                                                                           staged ? 1 : 0);
     MKC_TRY(cudaGetLastError(), "launching gemv");
+    return MK_OK;
+}
+
+/* Several matrices against one x: warps are dealt out matrix by matrix
+ * (wend[i]: the first warp past matrix i), each warp computing four rows
+ * of its matrix exactly as k_gemv does. */
+struct mkc_gemv_n {
+    mkc_w w[MK_CUDA_GEMV_N];
+    float *y[MK_CUDA_GEMV_N];
+    int64_t wend[MK_CUDA_GEMV_N];
+    int count;
+};
+
+template <bool P>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
+                                                              const float *__restrict__ xg, int staged) {
+    extern __shared__ float4 mkc_sm4[];
+    const float *x = xg;
+    if (staged) {
+        mkc_stage((float *)mkc_sm4, xg, a.w[0].cols);
+        __syncthreads();
+        x = (const float *)mkc_sm4;
+    }
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int m = 0;
+    while (m < a.count - 1 && warp >= a.wend[m])
+        m++;
+    if (warp >= a.wend[m])
+        return;
+    const mkc_w &w = a.w[m];
+    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
+    const mkc_w *ws[GEMV_ROWS];
+    int64_t rows[GEMV_ROWS];
+    const float *xs[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) {
+        ws[i] = &w;
+        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+        xs[i] = x;
+    }
+    float acc[GEMV_ROWS];
+    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc);
+    float *y = a.y[m];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) {
+        const float v = mkc_warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < w.rows)
+            y[r0 + i] = v;
+    }
+}
+
+extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y,
+                                    void *stream) {
+    if (count < 1 || count > MK_CUDA_GEMV_N)
+        return mk_err(MK_E_ARG, "gemv_n: %d matrices (1 to %d)", count, MK_CUDA_GEMV_N);
+    if (((uintptr_t)x & 15) != 0)
+        return mk_err(MK_E_ARG, "gemv_n: x must be 16-byte aligned device memory");
+    mkc_gemv_n a;
+    memset(&a, 0, sizeof a);
+    a.count = count;
+    int64_t warps = 0;
+    for (int i = 0; i < count; i++) {
+        MK_TRY(mkc_view(w[i], "gemv weight", &a.w[i]));
+        if (a.w[i].kind != a.w[0].kind || a.w[i].cols != a.w[0].cols)
+            return mk_err(MK_E_ARG, "gemv_n: matrix %d differs in kind or columns from matrix 0", i);
+        a.y[i] = y[i];
+        warps += (w[i]->rows + GEMV_ROWS - 1) / GEMV_ROWS;
+        a.wend[i] = warps;
+    }
+    if (warps == 0)
+        return MK_OK;
+    const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    if (blocks > 0x7fffffff)
+        return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);
+    const int64_t cols = w[0]->cols;
+    const bool staged = cols % 4 == 0 && cols * 4 <= MKC_SMEM_MAX;
+    const size_t smem = staged ? (size_t)cols * 4 : 0;
+    if (mkc_variant() >= 2)
+        k_gemv_n<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged ? 1 : 0);
+    else
+        k_gemv_n<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged ? 1 : 0);
+    MKC_TRY(cudaGetLastError(), "launching gemv_n");
     return MK_OK;
 }

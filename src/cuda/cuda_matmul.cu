@@ -76,6 +76,42 @@ void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) 
     mkb_launched(c, "matmul");
 }
 
+/* Several weights against one x: one mk_cuda_gemv_n launch per token when
+ * the GEMV kernels take them all as one kind and column count (attention's
+ * q, k, v of one checkpoint), each row computed as matmul's GEMV computes
+ * it; otherwise matmul per weight. */
+void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || count <= 0)
+        return;
+    bool one = count <= MK_CUDA_GEMV_N && n <= MM_GEMV_MAX && ((uintptr_t)x & 15) == 0;
+    const mkb_entry *e[MK_CUDA_GEMV_N];
+    for (int i = 0; one && i < count; i++) {
+        if (!(e[i] = mkb_weight(c, w[i])))
+            return;
+        one = e[i]->fast && w[i]->cols % 4 == 0 && w[i]->cols == w[0]->cols &&
+              mkc_kind_of(&e[i]->dev) == mkc_kind_of(&e[0]->dev);
+    }
+    if (!one) {
+        for (int i = 0; i < count; i++)
+            mkb_matmul(ctx, w[i], x, n, ys[i]);
+        return;
+    }
+    const mk_wt *dv[MK_CUDA_GEMV_N];
+    for (int i = 0; i < count; i++)
+        dv[i] = &e[i]->dev;
+    for (int64_t t = 0; t < n; t++) {
+        float *yt[MK_CUDA_GEMV_N];
+        for (int i = 0; i < count; i++)
+            yt[i] = ys[i] + t * w[i]->rows;
+        mk_status s = mk_cuda_gemv_n(dv, count, x + t * w[0]->cols, yt, c->s);
+        if (s != MK_OK) {
+            mkb_fail(c, s);
+            return;
+        }
+    }
+}
+
 __global__ void k_get_rows(mkb_w w, const int32_t *ids, int64_t n, float *y) {
     const int64_t total = n * w.cols;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {

@@ -130,3 +130,131 @@ void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
 void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
     elt((mkb_ctx *)ctx, y, x, NULL, a, n, 2, "axpy");
 }
+
+/* ---- fused forms of the steps above (optional slots) -------------------- */
+
+/* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy
+ * computes it (fmaf(1, y, x)); the row's lowest non-finite index goes to
+ * f->cand as in k_check_finite (whose protocol this follows: nothing looked
+ * at once a finding is kept; the last block by ticket keeps (tag, index,
+ * value) and resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
+ * loop order, so the values equal the three slots' bit for bit. */
+__global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, int64_t dim, unsigned long long tag,
+                                                      mkb_nfl *f, float *xb, const float *g, float eps) {
+    __shared__ float sh[32];
+    __shared__ bool last;
+    float *xr = x + blockIdx.x * dim;
+    const float *yr = y + blockIdx.x * dim;
+    float ss = 0.0f;
+    int64_t bad = -1;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = fmaf(1.0f, yr[i], xr[i]);
+        xr[i] = v;
+        if (bad < 0 && !isfinite(v))
+            bad = i; /* this thread's later indices are larger */
+        ss = fmaf(v, v, ss);
+    }
+    if (bad >= 0 && __ldcg(&f->key) == ~0ull)
+        atomicMin(&f->cand, (unsigned long long)(blockIdx.x * dim + bad));
+    if (xb) {
+        ss = mkb_block_sum(ss, sh);
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        float *br = xb + blockIdx.x * dim;
+        for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+            float v = xr[i] * inv;
+            if (g)
+                v = v * g[i];
+            br[i] = v;
+        }
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last || threadIdx.x != 0)
+        return;
+    __threadfence();
+    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
+    if (cand != ~0ull && f->key == ~0ull) {
+        f->val = __ldcg(x + cand); /* written by another block of this launch */
+        f->key = tag << 40 | cand;
+    }
+    f->ticket = 0u;
+}
+
+void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag, float *xb,
+                     const float *g, float eps) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (rows <= 0 || dim <= 0)
+        return;
+    if (tag < 0 || rows > 0x7fffffff || rows * dim >= (1ll << 40)) {
+        mkb_fail(c, mk_err(MK_E_ARG, "add_rmsnorm: tag %d or %lld x %lld out of range", (int)tag, (long long)rows,
+                           (long long)dim));
+        return;
+    }
+    const float *gd = xb ? mkb_param(c, g, dim) : NULL;
+    if (xb && g && !gd)
+        return;
+    k_add_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(x, y, dim, (unsigned long long)tag, c->nfl, xb,
+                                                                 gd, eps);
+    mkb_launched(c, "add_rmsnorm");
+}
+
+/* qk_norm_rope: one block per (token, head) of q then k, the threads of
+ * k_rmsnorm for a row of hd (so the norm's sum has its order); the head is
+ * normed into shared memory, then rotated from there as k_rope does. */
+__global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *k, int nk, int hd, const float *qg,
+                                                       const float *kg, float eps, int rot, const float *cos,
+                                                       const float *sin) {
+    extern __shared__ float tmp[];
+    __shared__ float sh[32];
+    const int nh = nq + nk;
+    const int64_t t = blockIdx.x / nh;
+    const int h = blockIdx.x % nh, half = rot / 2;
+    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
+    const float *g = h < nq ? qg : kg;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        const float a = v[i];
+        tmp[i] = a;
+        ss = fmaf(a, a, ss);
+    }
+    if (g) { /* uniform over the block: qg and kg are both given or both NULL */
+        ss = mkb_block_sum(ss, sh);
+        const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            float a = tmp[i] * inv;
+            a = a * g[i];
+            tmp[i] = a;
+        }
+    }
+    __syncthreads();
+    const float *cs = cos + t * half, *sn = sin + t * half;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float x0 = tmp[i], x1 = tmp[i + half];
+        v[i] = x0 * cs[i] - x1 * sn[i];
+        v[i + half] = x1 * cs[i] + x0 * sn[i];
+    }
+    if (g)
+        for (int i = rot + threadIdx.x; i < hd; i += blockDim.x)
+            v[i] = tmp[i];
+}
+
+void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qg,
+                      const float *kg, float eps, int rot_dim, const float *cos, const float *sin) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || nq + nk <= 0 || hd <= 0)
+        return;
+    if (!qg != !kg || rot_dim < 0 || rot_dim > hd || rot_dim % 2 || hd > 8192 || n * (nq + nk) > 0x7fffffff) {
+        mkb_fail(c, mk_err(MK_E_ARG, "qk_norm_rope: norms %s/%s, rot_dim %d, head dim %d, %lld token-heads",
+                           qg ? "given" : "none", kg ? "given" : "none", rot_dim, hd, (long long)(n * (nq + nk))));
+        return;
+    }
+    const float *qd = mkb_param(c, qg, hd), *kd = mkb_param(c, kg, hd);
+    if (qg && (!qd || !kd))
+        return;
+    k_qk_norm_rope<<<(unsigned)(n * (nq + nk)), norm_threads(hd), (size_t)hd * sizeof(float), c->s>>>(
+        q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
+    mkb_launched(c, "qk_norm_rope");
+}

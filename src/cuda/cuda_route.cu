@@ -221,3 +221,58 @@ void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t 
     k_gated_add<<<b > 65535 ? 65535 : b, 256, 0, c->s>>>(y, g, x, n, dim);
     mkb_launched(c, "gated_add");
 }
+
+/* ---- argmax (greedy decoding on the device) ------------------------------ */
+
+/* A float's order as an unsigned key (larger float, larger key; -0 taken as
+ * +0, since mk_argmax's `>` holds them equal). With the complement of the
+ * index below it, the largest 64-bit key is the largest value at its
+ * lowest index: mk_argmax's choice. */
+__device__ __forceinline__ unsigned long long am_key(float v, int64_t i) {
+    uint32_t u = __float_as_uint(v == 0.0f ? 0.0f : v);
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return (unsigned long long)u << 32 | (0xffffffffu - (uint32_t)i);
+}
+
+/* Grid-stride: each thread's best key, a warp max, one atomicMax per warp
+ * into a->key; the last block (atomic ticket, as k_check_finite) writes the
+ * index and resets the scratch for the next launch. */
+__global__ void k_argmax(const float *x, int64_t n, mkb_amax *a, int32_t *out) {
+    __shared__ bool last;
+    unsigned long long best = 0ull;
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        const unsigned long long k = am_key(x[i], i);
+        best = k > best ? k : best;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        const unsigned long long ok = __shfl_xor_sync(0xffffffffu, best, o);
+        best = ok > best ? ok : best;
+    }
+    if ((threadIdx.x & 31) == 0 && best)
+        atomicMax(&a->key, best);
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(&a->ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last || threadIdx.x != 0)
+        return;
+    __threadfence();
+    const unsigned long long k = atomicExch(&a->key, 0ull);
+    *out = (int32_t)(0xffffffffu - (uint32_t)(k & 0xffffffffu));
+    a->ticket = 0u;
+}
+
+void mkb_argmax(void *ctx, const float *x, int64_t n, int32_t *out) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || n > 0x7fffffff) {
+        mkb_fail(c, mk_err(MK_E_ARG, "argmax: %lld values (1 to 2^31-1)", (long long)n));
+        return;
+    }
+    unsigned blocks = mkb_blocks(n, 256);
+    if (blocks > 264)
+        blocks = 264; /* two blocks per SM of an H200 */
+    k_argmax<<<blocks, 256, 0, c->s>>>(x, n, c->amax, out);
+    mkb_launched(c, "argmax");
+}

@@ -72,6 +72,11 @@ size_t mk_cuda_wt_row_bytes_all(const mk_wt *w);
 /* y[r] = sum_c W[r,c] x[c] (+ y[r] when accumulate), W a device view,
  * x and y device float32 arrays, x 16-byte aligned. Asynchronous on stream. */
 mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream);
+/* y[i] = W_i x for i < count (1..MK_CUDA_GEMV_N) in one launch: device
+ * views of one kind (mkc_kind_of) and one column count, each row computed
+ * as mk_cuda_gemv computes it (attention's q, k and v products). */
+#define MK_CUDA_GEMV_N 4
+mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y, void *stream);
 
 /* Kernel generation of mk_cuda_gemv and mk_cuda_moe_step (docs/CUDA.md):
  * 1 the first kernels; 2 (the default: faster on the H200, same tests) the

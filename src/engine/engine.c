@@ -74,6 +74,10 @@ static void carve(mk_engine *e, carver *cv) {
     e->y = take(cv, nC * H, 4);
     if (!e->bi->host_mem) /* logits staged through backend memory, MK_ENGINE_LOGIT_ROWS at a time */
         e->lg = take(cv, (nC < MK_ENGINE_LOGIT_ROWS ? nC : MK_ENGINE_LOGIT_ROWS) * c->vocab_size, 4);
+    if (!e->bi->host_mem && e->bi->argmax && e->bi->check_finite) /* greedy on the device */
+        e->amax = take(cv, 1, 4);
+    else /* greedy through host logits (mk_engine_forward_argmax) */
+        e->glg = take_h(cv, c->vocab_size, 4);
     e->cos = take_h(cv, nC * (e->rot_dim / 2), 4);
     e->sin = take_h(cv, nC * (e->rot_dim / 2), 4);
     e->cos_b = take(cv, nC * (e->rot_dim / 2), 4);

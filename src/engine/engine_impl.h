@@ -89,6 +89,10 @@ struct mk_engine {
     float *xb;            /* [nC, H] normed input of a block */
     float *y;             /* [nC, H] block output */
     float *lg;            /* [LB, V] staged logits (backends without host memory), else NULL */
+    int32_t *amax;        /* [1] greedy token (backends with argmax and deferred checks), else NULL */
+    float *glg;           /* [h] [V] logits of mk_engine_forward_argmax without amax, else NULL */
+    bool argmax_dev;      /* this call: the step ends with the logits' check and argmax into amax */
+    int32_t *next_id;     /* this call: where amax goes (host) */
     float *qraw;          /* [nC, max(nH*hd*2, nH*(dn+dr))] q projection (gated: q|gate per head) */
     float *q;             /* [nC, nH*hd] queries after split/norm/rope */
     float *gate;          /* [nC, nH*hd] output gate of gated attention */

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "engine/engine_impl.h"
+#include "moekit/sample.h"
 
 #define BE(e) ((e)->bi)
 #define CTX(e) ((e)->bctx)
@@ -40,10 +41,16 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, pos = e->pos;
     float eps = (float)c->rms_norm_eps;
     float *kn = e->kc[l] + pos * nKV * hd, *vn = e->vc[l] + pos * nKV * hd;
-    /* QKV projections */
-    BE(e)->matmul(CTX(e), &w->q, e->xb, n, w->gated ? e->qraw : e->q);
-    BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
-    BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
+    /* QKV projections (one launch where the backend fuses them) */
+    if (BE(e)->matmul_n) {
+        const mk_wt *ws[3] = {&w->q, &w->k, &w->v};
+        float *ys[3] = {w->gated ? e->qraw : e->q, kn, vn};
+        BE(e)->matmul_n(CTX(e), ws, 3, e->xb, n, ys);
+    } else {
+        BE(e)->matmul(CTX(e), &w->q, e->xb, n, w->gated ? e->qraw : e->q);
+        BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
+        BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
+    }
     /* split query | gate per head */
     if (w->gated) {
         BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
@@ -56,14 +63,20 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         mk_engine_add_bias(e, vn, w->v_bias, n, nKV * hd);
     }
     /* q/k norms per head (minimax_m2: over all heads at once; glm4_moe
-     * without use_qk_norm: none), then RoPE */
-    if (w->q_norm) {
-        int64_t qd = w->whole_qk_norm ? nH * hd : hd, kd = w->whole_qk_norm ? nKV * hd : hd;
-        BE(e)->rmsnorm(CTX(e), e->q, qd, e->q, qd, w->q_norm, n * nH * hd / qd, qd, eps);
-        BE(e)->rmsnorm(CTX(e), kn, kd, kn, kd, w->k_norm, n * nKV * hd / kd, kd, eps);
+     * without use_qk_norm: none), then RoPE; per-head norms and RoPE in
+     * one launch where the backend fuses them */
+    if (BE(e)->qk_norm_rope && !w->whole_qk_norm && !w->q_norm == !w->k_norm) {
+        BE(e)->qk_norm_rope(CTX(e), e->q, (int)nH, kn, (int)nKV, n, (int)hd, w->q_norm, w->k_norm, eps,
+                            e->rot_dim, e->cos_b, e->sin_b);
+    } else {
+        if (w->q_norm) {
+            int64_t qd = w->whole_qk_norm ? nH * hd : hd, kd = w->whole_qk_norm ? nKV * hd : hd;
+            BE(e)->rmsnorm(CTX(e), e->q, qd, e->q, qd, w->q_norm, n * nH * hd / qd, qd, eps);
+            BE(e)->rmsnorm(CTX(e), kn, kd, kn, kd, w->k_norm, n * nKV * hd / kd, kd, eps);
+        }
+        BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+        BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     }
-    BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
-    BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     /* causal attention over the cache */
     mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
@@ -258,11 +271,14 @@ static mk_status check_finite(const mk_engine *e, const float *x, int64_t rows, 
 static int32_t tag_mixer(int l) { return 1 + 2 * l; }
 static int32_t tag_ffn(int l) { return 2 + 2 * l; }
 static int32_t tag_final(const mk_engine *e) { return 1 + 2 * e->c->num_layers; }
+static int32_t tag_logits(const mk_engine *e) { return 2 + 2 * e->c->num_layers; }
 
 static const char *block_what(const mk_engine *e, int32_t tag, int *layer) {
     *layer = -1;
     if (tag <= 0)
         return "the token embedding";
+    if (tag >= tag_logits(e))
+        return "lm_head (the logits)";
     if (tag >= tag_final(e))
         return "the final norm";
     int l = (tag - 1) / 2;
@@ -288,8 +304,10 @@ static mk_status check_block(const mk_engine *e, const float *x, int64_t rows, i
 
 /* The first deferred finding since the last take, as the error the
  * synchronous check would have given (the same block, position, column
- * and value); MK_OK when none or when checks are not deferred. */
-static mk_status take_nonfinite(const mk_engine *e, int64_t pos0) {
+ * and value); MK_OK when none or when checks are not deferred. The
+ * logits' check (greedy steps on the device) covers the row of position
+ * `last`. */
+static mk_status take_nonfinite(const mk_engine *e, int64_t pos0, int64_t last) {
     int32_t tag;
     int64_t i;
     float v;
@@ -297,7 +315,27 @@ static mk_status take_nonfinite(const mk_engine *e, int64_t pos0) {
         return MK_OK;
     int layer;
     const char *what = block_what(e, tag, &layer);
+    if (tag >= tag_logits(e))
+        return nonfinite_at(e, i, v, e->c->vocab_size, last, -1, what);
     return nonfinite_at(e, i, v, e->c->hidden_size, pos0, layer, what);
+}
+
+/* The residual step after a block: x += y, the check of block `tag`, and
+ * when g is given (the next block's pre-norm) xb = rmsnorm(x) * g; one
+ * backend launch where the backend fuses them (add_rmsnorm: the same
+ * values), else axpy, check, rmsnorm. */
+static mk_status residual(mk_engine *e, int64_t n, int32_t tag, const float *g) {
+    int64_t H = e->c->hidden_size;
+    float eps = (float)e->c->rms_norm_eps;
+    if (BE(e)->add_rmsnorm && BE(e)->check_finite) {
+        BE(e)->add_rmsnorm(CTX(e), e->x, e->y, n, H, tag, g ? e->xb : NULL, g, eps);
+        return MK_OK;
+    }
+    BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+    MK_TRY(check_block(e, e->x, n, e->pos, tag));
+    if (g)
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, g, n, H, eps);
+    return MK_OK;
 }
 
 /* The same over host memory (the caller's logits). */
@@ -323,25 +361,24 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
     BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
     MK_TRY(check_block(e, e->x, n, e->pos, 0));
     capture(e, hidden, 0, off, ntot, e->x, n);
+    if (L > 0)
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->layers[0].in_norm, n, H, eps);
     for (int l = 0; l < L; l++) {
         const mk_layer_w *w = &m->layers[l];
-        /* mixer: x += mixer(norm(x)) */
-        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->in_norm, n, H, eps);
+        /* mixer: x += mixer(norm(x)); xb = norm(x) for the feed-forward */
         switch (w->mixer) {
         case MK_MIXER_ATTN: attn_block(e, l, &w->attn, n); break;
         case MK_MIXER_MLA: mla_block(e, l, &w->mla, n); break;
         case MK_MIXER_GDN: gdn_block(e, l, &w->gdn, n); break;
         }
-        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
-        MK_TRY(check_block(e, e->x, n, e->pos, tag_mixer(l)));
-        /* feed-forward: x += mlp_or_moe(norm(x)) */
-        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
+        MK_TRY(residual(e, n, tag_mixer(l), w->post_norm));
+        /* feed-forward: x += mlp_or_moe(norm(x)); xb = the next layer's
+         * pre-norm of x (the final norm follows below) */
         if (w->is_moe)
             MK_TRY(e->moe->run(e, l, &w->moe, n));
         else
             mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
-        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
-        MK_TRY(check_block(e, e->x, n, e->pos, tag_ffn(l)));
+        MK_TRY(residual(e, n, tag_ffn(l), l < L - 1 ? m->layers[l + 1].in_norm : NULL));
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
     }
@@ -349,6 +386,10 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
         BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, e->lg);
+        if (e->argmax_dev) { /* greedy on the device: check the logits, keep their argmax */
+            BE(e)->check_finite(CTX(e), e->lg, c->vocab_size, tag_logits(e));
+            BE(e)->argmax(CTX(e), e->lg, c->vocab_size, e->amax);
+        }
     }
     return MK_OK;
 }
@@ -395,18 +436,23 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
     MK_TRY(st);
     if (!rec && n == 1 && e->moe_general == 0)
         e->graph_ready = true;
-    MK_TRY(take_nonfinite(e, e->pos)); /* deferred checks: one wait per chunk */
+    MK_TRY(take_nonfinite(e, e->pos, e->pos + n - 1)); /* deferred checks: one wait per chunk */
     e->pos += n;
     /* final norm and logits: every row when asked for all or for hidden states */
     if (mode == MK_LOGITS_ALL || hidden) {
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
         capture(e, hidden, L, off, ntot, e->xb, n);
         MK_TRY(check_block(e, e->xb, n, e->pos - n, tag_final(e)));
-        MK_TRY(take_nonfinite(e, e->pos - n));
+        MK_TRY(take_nonfinite(e, e->pos - n, e->pos - 1));
         if (mode == MK_LOGITS_ALL) {
             lm_head(e, e->xb, n, logits + off * V);
             MK_TRY(check_finite_host(e, logits + off * V, n, V, e->pos - n, "lm_head (the logits)"));
         }
+    }
+    if (mode == MK_LOGITS_LAST && last_chunk && e->argmax_dev) {
+        /* the logits stay on the device: checked and argmax'ed in the step */
+        BE(e)->download(CTX(e), e->next_id, e->amax, sizeof(int32_t));
+        return BE(e)->sync(CTX(e));
     }
     if (mode == MK_LOGITS_LAST && last_chunk) {
         if (head) {
@@ -435,11 +481,9 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
     return st;
 }
 
-mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
-                            float *logits, float *hidden) {
+static mk_status forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
+                         float *logits, float *hidden) {
     const mk_config *c = e->c;
-    if (n < 0 || (n > 0 && !ids) || (mode != MK_LOGITS_NONE && !logits))
-        return mk_err(MK_E_ARG, "engine forward: bad arguments (n %lld)", (long long)n);
     if (e->pos + n > e->max_ctx)
         return mk_err(MK_E_ARG, "context full: %lld tokens in cache + %lld new > max context %lld",
                       (long long)e->pos, (long long)n, (long long)e->max_ctx);
@@ -451,5 +495,32 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
         int64_t nc = n - off < e->chunk ? n - off : e->chunk;
         MK_TRY(forward_chunk(e, ids + off, nc, off, n, mode, logits, hidden));
     }
+    return MK_OK;
+}
+
+mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
+                            float *logits, float *hidden) {
+    if (n < 0 || (n > 0 && !ids) || (mode != MK_LOGITS_NONE && !logits))
+        return mk_err(MK_E_ARG, "engine forward: bad arguments (n %lld)", (long long)n);
+    return forward(e, ids, n, mode, logits, hidden);
+}
+
+/* Greedy: on a device backend with argmax and deferred checks, the last
+ * step ends with the logits' check and their argmax queued after lm_head
+ * (recorded with the step), and 4 bytes come back; otherwise the logits
+ * come to the engine's host buffer and mk_argmax picks, as a caller would. */
+mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next) {
+    if (n < 1 || !ids || !next)
+        return mk_err(MK_E_ARG, "engine forward_argmax: bad arguments (n %lld)", (long long)n);
+    if (e->amax) {
+        e->argmax_dev = true;
+        e->next_id = next;
+        mk_status st = forward(e, ids, n, MK_LOGITS_LAST, e->glg, NULL);
+        e->argmax_dev = false;
+        e->next_id = NULL;
+        return st;
+    }
+    MK_TRY(forward(e, ids, n, MK_LOGITS_LAST, e->glg, NULL));
+    *next = mk_argmax(e->glg, e->c->vocab_size);
     return MK_OK;
 }

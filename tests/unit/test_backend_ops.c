@@ -1378,6 +1378,245 @@ static void test_step_recording(void **st) {
     }
 }
 
+/* ---- the launch-cutting slots (optional; the CPU backend has none) --------- */
+
+/* add_rmsnorm, qk_norm_rope, matmul_n, argmax against the same references
+ * as the slots they stand for: x += y exactly as float addition, the norm
+ * within TOL_ELT of a double one, the check's finding (tag, lowest index,
+ * value) as check_finite's; per-head norm + RoPE within TOL_ELT; each
+ * matmul_n output bit for bit what matmul gives (mixed kinds take the
+ * per-weight path) and within the matmul bound; argmax exactly the lowest
+ * index of the largest value (ties, +-0, all negative, sizes around the
+ * grid's). */
+static void ref_rmsnorm(const float *x, const float *g, int64_t rows, int64_t dim, double eps, double *out) {
+    for (int64_t r = 0; r < rows; r++) {
+        double ss = 0;
+        for (int64_t i = 0; i < dim; i++)
+            ss += (double)x[r * dim + i] * x[r * dim + i];
+        double inv = 1.0 / sqrt(ss / (double)dim + eps);
+        for (int64_t i = 0; i < dim; i++)
+            out[r * dim + i] = x[r * dim + i] * inv * (g ? g[i] : 1.0);
+    }
+}
+
+static int32_t ref_argmax(const float *x, int64_t n) {
+    int64_t best = 0;
+    for (int64_t i = 1; i < n; i++)
+        if (x[i] > x[best])
+            best = i;
+    return (int32_t)best;
+}
+
+static void test_fused_slots(void **st) {
+    (void)st;
+    const float eps = 1e-6f;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->add_rmsnorm && !b->i->qk_norm_rope && !b->i->matmul_n && !b->i->argmax) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        assert_non_null(b->i->add_rmsnorm);
+        assert_non_null(b->i->check_finite);
+        /* add_rmsnorm: 3 rows of 1000 (not a multiple of a warp), then 1 row of 2048 */
+        static const int64_t shp[][2] = {{3, 1000}, {1, 2048}, {2, 5000}};
+        for (size_t si = 0; si < sizeof shp / sizeof shp[0]; si++) {
+            const int64_t R = shp[si][0], D = shp[si][1], N = R * D;
+            float *x = rvec(N), *y = rvec(N), *g = rvec(D), *sum = malloc((size_t)N * 4);
+            double *ref = malloc((size_t)N * sizeof(double));
+            assert_true(sum && ref);
+            for (int64_t i = 0; i < N; i++)
+                sum[i] = x[i] + y[i];
+            ref_rmsnorm(sum, g, R, D, eps, ref);
+            float *dx = dev(b, x, (size_t)N * 4), *dy = dev(b, y, (size_t)N * 4), *dxb = dev(b, NULL, (size_t)N * 4);
+            float *dg = dev(b, g, (size_t)D * 4);
+            int32_t tag;
+            int64_t at;
+            float v;
+            b->i->add_rmsnorm(b->ctx, dx, dy, R, D, 7, dxb, dg, eps);
+            assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+            float *ox = back(b, dx, (size_t)N * 4), *oxb = back(b, dxb, (size_t)N * 4);
+            assert_memory_equal(ox, sum, (size_t)N * 4); /* as axpy(x, 1, y): one float addition */
+            check_rel(b->name, "add_rmsnorm", oxb, ref, N, TOL_ELT);
+            free(ox);
+            free(oxb);
+            /* no norm: x += y only, xb untouched */
+            b->i->upload(b->ctx, dx, x, (size_t)N * 4);
+            b->i->zero(b->ctx, dxb, (size_t)N * 4);
+            b->i->add_rmsnorm(b->ctx, dx, dy, R, D, 7, NULL, NULL, eps);
+            ox = back(b, dx, (size_t)N * 4);
+            oxb = back(b, dxb, (size_t)N * 4);
+            assert_memory_equal(ox, sum, (size_t)N * 4);
+            for (int64_t i = 0; i < N; i++)
+                assert_true(oxb[i] == 0.0f);
+            free(ox);
+            free(oxb);
+            /* planted: NaN late in the last row, infinity earlier in another: the lowest index is kept */
+            const float nan = NAN, inf = INFINITY;
+            b->i->upload(b->ctx, dx, x, (size_t)N * 4);
+            b->i->upload(b->ctx, dy + N - 3, &nan, 4);
+            const int64_t early = R > 1 ? D + D / 2 : D / 2;
+            b->i->upload(b->ctx, dy + early, &inf, 4);
+            b->i->add_rmsnorm(b->ctx, dx, dy, R, D, 9, dxb, dg, eps);
+            assert_true(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+            assert_int_equal(tag, 9);
+            assert_int_equal(at, early);
+            assert_true(isinf(v) && v > 0);
+            assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+            /* an earlier finding is kept over this one */
+            b->i->upload(b->ctx, dx, x, (size_t)N * 4);
+            b->i->check_finite(b->ctx, dy, N, 4);
+            b->i->add_rmsnorm(b->ctx, dx, dy, R, D, 9, dxb, dg, eps);
+            assert_true(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+            assert_int_equal(tag, 4);
+            assert_int_equal(at, early);
+            /* g in host memory (model memory, as the engine passes it) */
+            b->i->upload(b->ctx, dy, y, (size_t)N * 4);
+            b->i->upload(b->ctx, dx, x, (size_t)N * 4);
+            b->i->add_rmsnorm(b->ctx, dx, dy, R, D, 7, dxb, g, eps);
+            assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+            oxb = back(b, dxb, (size_t)N * 4);
+            check_rel(b->name, "add_rmsnorm (host g)", oxb, ref, N, TOL_ELT);
+            free(oxb);
+            forget(b, g, "add_rmsnorm's host g");
+            assert_int_equal(b->i->sync(b->ctx), MK_OK);
+            void *bufs[] = {dx, dy, dxb, dg};
+            for (size_t i = 0; i < 4; i++)
+                b->i->buf_free(b->ctx, bufs[i]);
+            free(x);
+            free(y);
+            free(g);
+            free(sum);
+            free(ref);
+        }
+        /* qk_norm_rope: 3 tokens, 4 query and 2 key heads of 64, rotating 32 (partial) or 64 */
+        assert_non_null(b->i->qk_norm_rope);
+        enum { T = 3, NQ = 4, NK = 2, HD = 64 };
+        for (int normed = 0; normed < 2; normed++)
+            for (int rot = 32; rot <= HD; rot += 32) {
+                float *q = rvec(T * NQ * HD), *k = rvec(T * NK * HD), *qg = rvec(HD), *kg = rvec(HD);
+                float *cs = rvec(T * rot / 2), *sn = rvec(T * rot / 2);
+                double rq[T * NQ * HD], rk[T * NK * HD];
+                for (int which = 0; which < 2; which++) {
+                    const float *in = which ? k : q, *gg = which ? kg : qg;
+                    double *out = which ? rk : rq;
+                    const int nh = which ? NK : NQ;
+                    for (int t = 0; t < T; t++)
+                        for (int h = 0; h < nh; h++) {
+                            const float *a = in + (t * nh + h) * HD;
+                            double nv[HD];
+                            if (normed) {
+                                ref_rmsnorm(a, gg, 1, HD, eps, nv);
+                            } else {
+                                for (int i = 0; i < HD; i++)
+                                    nv[i] = a[i];
+                            }
+                            double *o = out + (t * nh + h) * HD;
+                            for (int i = 0; i < rot / 2; i++) {
+                                double c = cs[t * rot / 2 + i], s2 = sn[t * rot / 2 + i];
+                                o[i] = nv[i] * c - nv[i + rot / 2] * s2;
+                                o[i + rot / 2] = nv[i + rot / 2] * c + nv[i] * s2;
+                            }
+                            for (int i = rot; i < HD; i++)
+                                o[i] = nv[i];
+                        }
+                }
+                float *dq = dev(b, q, sizeof(float) * T * NQ * HD), *dk = dev(b, k, sizeof(float) * T * NK * HD);
+                float *dqg = dev(b, qg, HD * 4), *dkg = dev(b, kg, HD * 4);
+                float *dc = dev(b, cs, sizeof(float) * T * rot / 2), *ds = dev(b, sn, sizeof(float) * T * rot / 2);
+                b->i->qk_norm_rope(b->ctx, dq, NQ, dk, NK, T, HD, normed ? dqg : NULL, normed ? dkg : NULL, eps,
+                                   rot, dc, ds);
+                float *oq = back(b, dq, sizeof(float) * T * NQ * HD), *ok = back(b, dk, sizeof(float) * T * NK * HD);
+                char what[64];
+                snprintf(what, sizeof what, "qk_norm_rope q%s rot %d", normed ? " normed" : "", rot);
+                check_rel(b->name, what, oq, rq, T * NQ * HD, TOL_ELT);
+                snprintf(what, sizeof what, "qk_norm_rope k%s rot %d", normed ? " normed" : "", rot);
+                check_rel(b->name, what, ok, rk, T * NK * HD, TOL_ELT);
+                free(oq);
+                free(ok);
+                void *bufs[] = {dq, dk, dqg, dkg, dc, ds};
+                for (size_t i = 0; i < 6; i++)
+                    b->i->buf_free(b->ctx, bufs[i]);
+                float *hs[] = {q, k, qg, kg, cs, sn};
+                for (size_t i = 0; i < 6; i++)
+                    free(hs[i]);
+            }
+        /* matmul_n: q, k, v shapes (odd row counts) in one kind each, then mixed kinds */
+        assert_non_null(b->i->matmul_n);
+        static const int kinds[][3] = {{2, 2, 2}, {3, 3, 3}, {1, 1, 1}, {0, 0, 0}, {1, 2, 2}, {4, 4, 4}};
+        static const int64_t rows[3] = {134, 37, 37};
+        const int64_t C = 256;
+        for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
+            for (int64_t n = 1; n <= 3; n += 2) {
+                wbuf wb[3];
+                const mk_wt *ws[3];
+                float *dys[3], *dz = dev(b, NULL, (size_t)(n * rows[0]) * 4);
+                float *x = rvec(n * C), *dx = dev(b, x, (size_t)(n * C) * 4);
+                for (int i = 0; i < 3; i++) {
+                    make_w(&wb[i], kinds[ki][i], rows[i], C);
+                    ws[i] = &wb[i].w;
+                    dys[i] = dev(b, NULL, (size_t)(n * rows[i]) * 4);
+                }
+                b->i->matmul_n(b->ctx, ws, 3, dx, n, dys);
+                for (int i = 0; i < 3; i++) {
+                    b->i->matmul(b->ctx, ws[i], dx, n, dz);
+                    float *y = back(b, dys[i], (size_t)(n * rows[i]) * 4), *z = back(b, dz, (size_t)(n * rows[i]) * 4);
+                    assert_memory_equal(y, z, (size_t)(n * rows[i]) * 4);
+                    double *W = deq(ws[i]), *ref = calloc((size_t)(n * rows[i]), sizeof(double));
+                    for (int64_t t = 0; t < n; t++)
+                        for (int64_t r = 0; r < rows[i]; r++)
+                            for (int64_t c = 0; c < C; c++)
+                                ref[t * rows[i] + r] += W[r * C + c] * x[t * C + c];
+                    char what[96];
+                    snprintf(what, sizeof what, "matmul_n %s n=%lld", wb[i].name, (long long)n);
+                    check_rel(b->name, what, y, ref, n * rows[i], tol_matmul(ws[i], W, x, n, ref));
+                    free(y);
+                    free(z);
+                    free(W);
+                    free(ref);
+                }
+                for (int i = 0; i < 3; i++) {
+                    b->i->buf_free(b->ctx, dys[i]);
+                    forget_w(b, &wb[i]);
+                    wbuf_free(&wb[i]);
+                }
+                b->i->buf_free(b->ctx, dx);
+                b->i->buf_free(b->ctx, dz);
+                free(x);
+            }
+        /* argmax */
+        assert_non_null(b->i->argmax);
+        static const int64_t ns[] = {1, 5, 255, 256, 257, 67584, 151936};
+        int32_t *dout = dev(b, NULL, 64);
+        for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++)
+            for (int pat = 0; pat < 4; pat++) {
+                const int64_t n = ns[ni];
+                float *v = rvec(n);
+                if (pat == 1 && n > 3) { /* a tie: the lower index wins */
+                    v[n / 3] = 7.0f;
+                    v[n - 1] = 7.0f;
+                } else if (pat == 2) { /* +0 and -0 are equal: index 0 */
+                    for (int64_t i = 0; i < n; i++)
+                        v[i] = (i & 1) ? 0.0f : -0.0f;
+                } else if (pat == 3) { /* all negative */
+                    for (int64_t i = 0; i < n; i++)
+                        v[i] = -1.0f - fabsf(v[i]);
+                }
+                float *dv = dev(b, v, (size_t)n * 4);
+                b->i->argmax(b->ctx, dv, n, dout);
+                int32_t got = -1;
+                b->i->download(b->ctx, &got, dout, 4);
+                assert_int_equal(b->i->sync(b->ctx), MK_OK);
+                if (got != ref_argmax(v, n))
+                    fail_msg("%s: argmax n=%lld pattern %d: %d, expected %d", b->name, (long long)n, pat, got,
+                             ref_argmax(v, n));
+                b->i->buf_free(b->ctx, dv);
+                free(v);
+            }
+        b->i->buf_free(b->ctx, dout);
+    }
+}
+
 static int setup(void **st) {
     (void)st;
     g_no_cuda[0] = '\0';
@@ -1458,7 +1697,8 @@ int main(void) {
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
         cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_deferred_nonfinite),
-        cmocka_unit_test(test_step_recording),     /* optional slots: CUDA has them, CPU skips */
+        cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
+        /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
     };
     /* the whole table once per CPU kernel path this machine has (ref, avx2,

@@ -143,34 +143,49 @@ static void check_logits(const char *dir, const char *sub, const char *ref_file,
 }
 
 /* Greedy decoding with the cache: prefill the prompt, then one token at a
- * time; the tokens must equal `expect`. */
+ * time; the tokens must equal `expect`. Twice: through the logits and
+ * mk_argmax, then through mk_engine_forward_argmax (on CUDA the argmax on
+ * the device, the logits never copied). */
 static void check_greedy(const char *dir, const char *sub, json_t *prompt_arr, json_t *expect_arr) {
     mk_model *m = open_model(dir, sub, false);
     int64_t np, ne, V = mk_model_config(m)->vocab_size;
     int32_t *prompt = ids_of(prompt_arr, &np), *expect = ids_of(expect_arr, &ne);
-    mk_engine *e = make_engine(m, np + ne, 512);
     float *lg = malloc((size_t)V * sizeof(float));
     assert_non_null(lg);
-    assert_int_equal(mk_engine_forward(e, prompt, np, MK_LOGITS_LAST, lg, NULL), MK_OK);
-    int64_t ok = 0;
-    for (int64_t i = 0; i < ne; i++) {
-        int32_t tok = mk_argmax(lg, V);
-        if (tok != expect[i]) {
-            printf("  %s greedy: token %lld is %d, expected %d\n", dir, (long long)i, tok,
-                   expect[i]);
-            break;
+    for (int way = 0; way < 2; way++) {
+        mk_engine *e = make_engine(m, np + ne, 512);
+        int32_t tok = -1;
+        if (way == 0) {
+            assert_int_equal(mk_engine_forward(e, prompt, np, MK_LOGITS_LAST, lg, NULL), MK_OK);
+            tok = mk_argmax(lg, V);
+        } else {
+            assert_int_equal(mk_engine_forward_argmax(e, prompt, np, &tok), MK_OK);
         }
-        ok++;
-        if (i + 1 < ne)
-            assert_int_equal(mk_engine_forward(e, &tok, 1, MK_LOGITS_LAST, lg, NULL), MK_OK);
+        int64_t ok = 0;
+        for (int64_t i = 0; i < ne; i++) {
+            if (tok != expect[i]) {
+                printf("  %s greedy: token %lld is %d, expected %d\n", dir, (long long)i, tok,
+                       expect[i]);
+                break;
+            }
+            ok++;
+            if (i + 1 < ne) {
+                if (way == 0) {
+                    assert_int_equal(mk_engine_forward(e, &tok, 1, MK_LOGITS_LAST, lg, NULL), MK_OK);
+                    tok = mk_argmax(lg, V);
+                } else {
+                    assert_int_equal(mk_engine_forward_argmax(e, &tok, 1, &tok), MK_OK);
+                }
+            }
+        }
+        printf("  %-4s %-16s %-11s greedy %lld/%lld tokens match (prompt %lld%s)\n", g_cuda ? "cuda" : "cpu", dir,
+               sub, (long long)ok, (long long)ne, (long long)np, way ? ", forward_argmax" : "");
+        assert_int_equal(ok, ne);
+        free_engine(e);
     }
-    printf("  %-4s %-16s %-11s greedy %lld/%lld tokens match (prompt %lld)\n", g_cuda ? "cuda" : "cpu", dir, sub,
-           (long long)ok, (long long)ne, (long long)np);
-    assert_int_equal(ok, ne);
     free(lg);
     free(prompt);
     free(expect);
-    free_engine(e);
     mk_model_free(m);
 }
 
