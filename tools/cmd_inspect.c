@@ -86,10 +86,19 @@ static void render(json_t *r) {
         const char *at = gs(e, "attention");
         printf("%c", !strcmp(at, "full_attention")      ? 'A'
                      : !strcmp(at, "mla")                 ? 'M'
-                     : !strcmp(at, "sliding_attention")   ? 'S'
+                     : !strcmp(at, "mla_sparse")          ? 'S'
+                     : !strcmp(at, "mla_sparse_shared")   ? 's'
+                     : !strcmp(at, "sliding_attention")   ? 'W'
                                                           : 'L');
     }
-    printf("%s  (A full attention, S sliding window, L linear/GDN, M MLA)\n", json_array_size(sch) > 64 ? "..." : "");
+    json_t *sp = json_object_get(a, "sparse_attention");
+    printf("%s  (A full attention, W sliding window, L linear/GDN, M MLA%s)\n",
+           json_array_size(sch) > 64 ? "..." : "",
+           sp ? ", S MLA + DSA indexer, s MLA reusing the previous selection" : "");
+    if (sp)
+        printf("  sparse attn     top %lld positions per query (dense below), indexer %lld heads x %lld, "
+               "%s RoPE\n", (long long)gi(sp, "index_topk"), (long long)gi(sp, "index_n_heads"),
+               (long long)gi(sp, "index_head_dim"), gs(sp, "indexer_rope"));
     printf("  experts         %lld per layer, top-%lld, %lld MoE layers, layout %s, %s/expert\n",
            (long long)gi(ex, "experts_per_layer"), (long long)gi(a, "experts_per_token"),
            (long long)gi(ex, "moe_layers"), gs(ex, "layout"), (human(b1, sizeof b1, gi(ex, "bytes_per_expert")), b1));

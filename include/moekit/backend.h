@@ -41,7 +41,10 @@ extern "C" {
  * Cache row s holds kv head j's key at k + s*k_stride + j*dk and its value
  * at v + s*v_stride + j*dv; a zero stride means packed rows (n_kv*dk,
  * n_kv*dv). MLA's latent cache is one shared head (n_kv 1) whose value is
- * the first dv floats of its own key row: v = k, v_stride = k_stride. */
+ * the first dv floats of its own key row: v = k, v_stride = k_stride.
+ * Sparse attention (DSA): with `sel`, token t sees only the cache rows
+ * listed in sel[t*sel_k ..], ascending, ended by -1 or by sel_k entries
+ * (dsa_select writes them); only backends that set dsa_select get a sel. */
 typedef struct mk_attn_args {
     const float *q;   /* [n, n_heads, dk] */
     const float *k;   /* cache [>= pos0 + n] rows of k_stride floats */
@@ -59,7 +62,32 @@ typedef struct mk_attn_args {
      * (sum_s exp(x_s - m) + exp(sink - m)), m the max over the x_s and sink. */
     int64_t window;
     const float *sinks;
+    const int32_t *sel; /* [n, sel_k] positions each token sees, or NULL: all of 0 .. pos0 + t */
+    int64_t sel_k;
 } mk_attn_args;
+
+/* DeepSeek sparse attention's lightning indexer (deepseek_v32, glm_moe_dsa):
+ * which past positions each of n query tokens (positions pos0 .. pos0+n-1)
+ * attends to. Token t scores every position s <= pos0 + t as
+ *   score(t, s) = sum_h (w[t,h] * w_scale) * relu((q[t,h] . k[s]) * scale)
+ * (heads in ascending order, f32) and keeps the m = min(topk, pos0 + t + 1)
+ * best: higher score first, and on equal scores the LOWER position (the
+ * documented tie rule; ReLU makes exact ties common, e.g. all-zero scores).
+ * The kept positions go to sel[t*topk ..] in ascending order, the rest of
+ * the row is -1. A query therefore selects among its own causal past only,
+ * so one prefill, a chunked prefill and cached decode select the same
+ * positions. sc [n, topk] is scratch of the backend's choosing. */
+typedef struct mk_dsa_args {
+    const float *q;   /* [n, n_heads, dim] indexer queries (roped) */
+    const float *k;   /* [>= pos0 + n, dim] indexer key cache (normed, roped) */
+    const float *w;   /* [n, n_heads] per-head weights (weights_proj x) */
+    float w_scale;    /* multiplies w (transformers: n_heads^-0.5) */
+    float scale;      /* multiplies q.k before the ReLU (dim^-0.5) */
+    int32_t *sel;     /* [n, topk] out */
+    float *sc;        /* [n, topk] scratch */
+    int64_t n, pos0;
+    int n_heads, dim, topk;
+} mk_dsa_args;
 
 /* Per-head products with slices of one weight, for MLA's absorbed attention:
  * head h owns the nr rows of w starting at r0 + h*hstep. DeepSeek-V3's kv_b
@@ -237,6 +265,14 @@ typedef struct mk_backend_i {
      * a time. */
     void (*expert_mlps)(void *ctx, const mk_expert *const *ex, int count, const float *x, float *const *ys,
                         float *g, float *u);
+    /* (optional, DSA models need it) rows of dim: y = (x - mean) /
+     * sqrt(var + eps) * g + b, biased variance, f32 (torch LayerNorm). y may be x. */
+    void (*layernorm)(void *ctx, float *y, const float *x, const float *g, const float *b,
+                      int64_t rows, int64_t dim, float eps);
+    /* (optional, DSA models need it) the indexer's selection, see
+     * mk_dsa_args; a backend that sets it honours mk_attn_args.sel. The
+     * engine refuses a DSA model on a backend without it. */
+    void (*dsa_select)(void *ctx, const mk_dsa_args *a);
     /* x *= sigmoid(gate) element-wise, n elements. */
     void (*sigmoid_mul)(void *ctx, float *x, const float *gate, int64_t n);
     /* y += a * x, n elements. */

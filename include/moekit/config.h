@@ -34,6 +34,9 @@ const char *mk_arch_name(mk_arch a);
 /* Comma-separated list of supported model_type strings, for error messages. */
 const char *mk_arch_supported(void);
 
+/* The lightning indexer's RoPE on its first qk_rope_head_dim dims (config.dsa). */
+enum { MK_DSA_NONE = 0, MK_DSA_HALF = 1, MK_DSA_INTERLEAVED = 2 };
+
 typedef enum mk_qmethod {
     MK_QM_NONE = 0,
     MK_QM_MLX,  /* "quantization" block: affine / mxfp4 / mxfp8 / nvfp4 per module */
@@ -144,6 +147,18 @@ typedef struct mk_config {
     int sliding_window;            /* keys a sliding layer sees, itself included (0: none) */
     unsigned char *layer_is_sliding; /* [num_layers] or NULL (no sliding layer) */
     double swiglu_limit, swiglu_alpha; /* 7.0 / 1.702 when absent (gpt_oss only) */
+    /* DeepSeek sparse attention (deepseek_v32, glm_moe_dsa, read as
+     * deepseek_v3): a lightning indexer picks the index_topk past positions
+     * each query attends to (ARCHITECTURES.md). dsa is the family's trait
+     * from the model_type table: 0 no indexer (its keys are refused), else
+     * the indexer's own RoPE layout. */
+    int dsa;                     /* 0, MK_DSA_HALF or MK_DSA_INTERLEAVED */
+    int index_topk;              /* positions per query (0 when absent) */
+    int index_n_heads, index_head_dim;
+    unsigned char *index_shared; /* [L] glm_moe_dsa indexer_types: 1 = "shared" (reuses the
+                                    previous layer's selection); NULL: every layer "full" */
+    int bad_indexer_type;        /* first indexer_types entry neither full nor shared, -1: none */
+    char index_key[20];          /* first indexer key present (refused without dsa), "" none */
 
     /* Fields read only to refuse what the engine does not implement
      * (mk_config_check; docs/CONFIG_KEYS.md lists every key). */

@@ -38,6 +38,13 @@ typedef struct mk_engine mk_engine;
 typedef void (*mk_route_fn)(void *user, int layer, int64_t pos, int k, const int32_t *experts,
                             const float *weights);
 
+/* Sparse-attention observer (optional; DSA models: deepseek_v32,
+ * glm_moe_dsa): called once per layer per token, in token order, with the
+ * `count` cache positions the token attends to, ascending (all of 0..pos
+ * while pos < index_topk). Valid only during the call. Used by tests and
+ * tools to see the lightning indexer's choice. */
+typedef void (*mk_select_fn)(void *user, int layer, int64_t pos, int count, const int32_t *positions);
+
 typedef struct mk_engine_opts {
     int threads;            /* worker threads, caller included; <= 0: one per CPU */
     int64_t max_ctx;        /* positions the caches hold; <= 0: min(4096, max_position_embeddings) */
@@ -56,6 +63,8 @@ typedef struct mk_engine_opts {
                                unchanged; costs one extra router matmul per layer */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
+    mk_select_fn on_select; /* NULL (default): no selection callbacks, no cost */
+    void *on_select_user;   /* passed to on_select */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {
@@ -90,8 +99,9 @@ size_t mk_engine_arena_bytes(const mk_engine *e);
 size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *o);
 /* KV-cache bytes one position takes, summed over layers: 2*nKV*head_dim
  * floats per full-attention layer, kv_lora_rank + qk_rope_head_dim floats
- * per MLA layer (its latent cache), nothing for DeltaNet layers (their state
- * does not grow). The caches take max_ctx times this. */
+ * per MLA layer (its latent cache) plus index_head_dim floats per layer
+ * with its own DSA indexer (the indexer's key cache), nothing for DeltaNet
+ * layers (their state does not grow). The caches take max_ctx times this. */
 size_t mk_engine_kv_bytes_per_token(const mk_engine *e);
 const mk_model *mk_engine_model(const mk_engine *e);
 

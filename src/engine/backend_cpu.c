@@ -151,39 +151,55 @@ typedef struct attn_job {
     int64_t ks, vs; /* cache row strides */
 } attn_job;
 
-/* One work item: token t, kv head j, query heads h0 .. h0+nh-1 of its group. */
+/* One work item: token t, kv head j, query heads h0 .. h0+nh-1 of its group.
+ * The positions seen are 0 .. pos0+t, or the token's sel row (DSA), in
+ * ascending order either way: a selection of the whole past is bitwise the
+ * dense result. */
 static void attn_heads(const attn_job *j, int64_t t, int kvh, int h0, int nh) {
     const mk_attn_args *a = j->a;
     float acc[MK_ATTN_HB][MK_ENGINE_MAX_HEAD_DIM], mx[MK_ATTN_HB], sum[MK_ATTN_HB];
     float sc[MK_ATTN_HB][MK_ATTN_SC];
     int64_t T = a->pos0 + t + 1;
-    /* a sliding window sees the last `window` positions, itself included */
+    /* a sliding window sees the last `window` positions, itself included;
+     * a DSA selection the row's entries up to the first -1 (never both) */
     int64_t s0 = a->window > 0 && T > a->window ? T - a->window : 0;
+    const int32_t *sel = a->sel ? a->sel + t * a->sel_k : NULL;
+    if (sel) {
+        int64_t m = 0;
+        while (m < a->sel_k && m < T && sel[m] >= 0)
+            m++;
+        T = m;
+        s0 = 0;
+    }
     const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
     const float *q = a->q + (t * a->n_heads + h0) * a->dk;
     /* pass 1: the max score (the sink's logit included), so pass 2 is
      * exactly softmax(x - max) */
     for (int i = 0; i < nh; i++)
         mx[i] = a->sinks ? a->sinks[h0 + i] : -INFINITY;
-    for (int64_t s = s0; s < T; s++)
+    for (int64_t s = s0; s < T; s++) {
+        int64_t r = sel ? sel[s] : s; /* cache row of the s-th position seen */
         for (int i = 0; i < nh; i++) {
-            float x = mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+            float x = mk_dot_f32(q + i * a->dk, k + r * j->ks, a->dk) * a->scale;
             if (s - s0 < MK_ATTN_SC)
                 sc[i][s - s0] = x;
             mx[i] = x > mx[i] ? x : mx[i];
         }
+    }
     for (int i = 0; i < nh; i++) {
         sum[i] = a->sinks ? expf(a->sinks[h0 + i] - mx[i]) : 0.0f;
         memset(acc[i], 0, (size_t)a->dv * sizeof(float));
     }
-    for (int64_t s = s0; s < T; s++)
+    for (int64_t s = s0; s < T; s++) {
+        int64_t r = sel ? sel[s] : s;
         for (int i = 0; i < nh; i++) {
             float x = s - s0 < MK_ATTN_SC ? sc[i][s - s0]
-                                          : mk_dot_f32(q + i * a->dk, k + s * j->ks, a->dk) * a->scale;
+                                          : mk_dot_f32(q + i * a->dk, k + r * j->ks, a->dk) * a->scale;
             float p = expf(x - mx[i]);
             sum[i] += p;
-            mk_axpy(acc[i], p, v + s * j->vs, a->dv);
+            mk_axpy(acc[i], p, v + r * j->vs, a->dv);
         }
+    }
     for (int i = 0; i < nh; i++) {
         float *o = a->out + (t * a->n_heads + h0 + i) * a->dv, inv = 1.0f / sum[i];
         for (int d = 0; d < a->dv; d++)
@@ -213,6 +229,106 @@ static void cpu_attention(void *ctx, const mk_attn_args *a) {
         j.hb /= 2;
     j.nb = (j.g + j.hb - 1) / j.hb;
     mk_pool_for(pool, a->n * a->n_kv * j.nb, 1, attn_task, &j);
+}
+
+/* ---- DeepSeek sparse attention: the indexer's selection --------------------- */
+
+/* Is (x, s) a better candidate than (y, r)? Higher score, then lower
+ * position: a strict total order, so the kept set is unique whatever the
+ * visiting order. */
+static bool dsa_better(float x, int32_t s, float y, int32_t r) {
+    return x > y || (x == y && s < r);
+}
+
+/* Restore the min-heap (root = worst kept) below slot i of m entries. */
+static void dsa_sift(float *sc, int32_t *ix, int m, int i) {
+    for (;;) {
+        int l = 2 * i + 1, r = l + 1, w = i;
+        if (l < m && dsa_better(sc[w], ix[w], sc[l], ix[l]))
+            w = l;
+        if (r < m && dsa_better(sc[w], ix[w], sc[r], ix[r]))
+            w = r;
+        if (w == i)
+            return;
+        float tf = sc[i];
+        sc[i] = sc[w];
+        sc[w] = tf;
+        int32_t ti = ix[i];
+        ix[i] = ix[w];
+        ix[w] = ti;
+        i = w;
+    }
+}
+
+static int cmp_i32(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Token t: every past position scored, the best m kept in a min-heap of
+ * the row's scratch (O(T log m)), then written in ascending order. */
+static void dsa_token(const mk_dsa_args *a, int64_t t) {
+    int64_t T = a->pos0 + t + 1;
+    int m = T < a->topk ? (int)T : a->topk, kept = 0;
+    float *sc = a->sc + t * a->topk;
+    int32_t *ix = a->sel + t * a->topk;
+    const float *q = a->q + t * a->n_heads * a->dim, *w = a->w + t * a->n_heads;
+    for (int64_t s = 0; s < T; s++) {
+        const float *ks = a->k + s * a->dim;
+        float x = 0.0f;
+        for (int h = 0; h < a->n_heads; h++) {
+            float d = mk_dot_f32(q + (int64_t)h * a->dim, ks, a->dim) * a->scale;
+            x += (w[h] * a->w_scale) * (d > 0.0f ? d : 0.0f);
+        }
+        if (kept < m) { /* filling: sift the new entry up */
+            int i = kept++;
+            sc[i] = x;
+            ix[i] = (int32_t)s;
+            while (i > 0 && dsa_better(sc[(i - 1) / 2], ix[(i - 1) / 2], sc[i], ix[i])) {
+                int p = (i - 1) / 2;
+                float tf = sc[i];
+                sc[i] = sc[p];
+                sc[p] = tf;
+                int32_t ti = ix[i];
+                ix[i] = ix[p];
+                ix[p] = ti;
+                i = p;
+            }
+        } else if (dsa_better(x, (int32_t)s, sc[0], ix[0])) {
+            sc[0] = x;
+            ix[0] = (int32_t)s;
+            dsa_sift(sc, ix, m, 0);
+        }
+    }
+    qsort(ix, (size_t)m, sizeof *ix, cmp_i32);
+    for (int j = m; j < a->topk; j++)
+        ix[j] = -1;
+}
+
+static void dsa_task(void *ctx, int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; t++)
+        dsa_token(ctx, t);
+}
+
+static void cpu_dsa_select(void *ctx, const mk_dsa_args *a) {
+    mk_pool_for(((cpu_ctx *)ctx)->pool, a->n, 1, dsa_task, (void *)a);
+}
+
+static void cpu_layernorm(void *ctx, float *y, const float *x, const float *g, const float *b,
+                          int64_t rows, int64_t dim, float eps) {
+    (void)ctx;
+    for (int64_t r = 0; r < rows; r++) {
+        const float *xr = x + r * dim;
+        float *yr = y + r * dim, mean = 0.0f, var = 0.0f;
+        for (int64_t i = 0; i < dim; i++)
+            mean += xr[i];
+        mean /= (float)dim;
+        for (int64_t i = 0; i < dim; i++)
+            var += (xr[i] - mean) * (xr[i] - mean);
+        float inv = 1.0f / sqrtf(var / (float)dim + eps);
+        for (int64_t i = 0; i < dim; i++)
+            yr[i] = (xr[i] - mean) * inv * g[i] + b[i];
+    }
 }
 
 /* ---- per-head products (MLA) ------------------------------------------------ */
@@ -622,6 +738,8 @@ static const mk_backend_i g_cpu = {
     .swiglu = cpu_swiglu,
     .clamped_swiglu = cpu_clamped_swiglu,
     .expert_mlps = cpu_expert_mlps,
+    .layernorm = cpu_layernorm,
+    .dsa_select = cpu_dsa_select,
     .sigmoid_mul = cpu_sigmoid_mul,
     .axpy = cpu_axpy,
     .route = cpu_route,

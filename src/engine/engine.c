@@ -101,6 +101,15 @@ static void carve(mk_engine *e, carver *cv) {
         e->qabs = take(cv, nC * nH * cw, 4);
         e->olat = take(cv, nC * nH * kl, 4);
     }
+    if (c->dsa) { /* the lightning indexer's scratch and the selection */
+        int64_t nI = c->index_n_heads, dI = c->index_head_dim;
+        e->sel_k = c->index_topk < T ? c->index_topk : T;
+        e->iq = take(cv, nC * nI * dI, 4);
+        e->iw = take(cv, nC * nI, 4);
+        e->sel = take(cv, nC * e->sel_k, 4);
+        e->sel_sc = take(cv, nC * e->sel_k, 4);
+        e->sel_h = take_h(cv, nC * e->sel_k, 4);
+    }
     if (has_gdn) {
         e->proj = take(cv, nC * (2 * Kd + 2 * Vd), 4);
         e->bap = take(cv, nC * 2 * nv, 4);
@@ -153,6 +162,10 @@ static void carve(mk_engine *e, carver *cv) {
         } else if (w->mixer == MK_MIXER_MLA) {
             e->kc[l] = take(cv, T * cw, 4);
             e->kv_token_bytes += (size_t)cw * sizeof(float);
+            if (w->mla.dsa.on && !w->mla.dsa.shared) { /* the indexer's keys, one row per position */
+                e->ikc[l] = take(cv, T * c->index_head_dim, 4);
+                e->kv_token_bytes += (size_t)c->index_head_dim * sizeof(float);
+            }
         } else {
             e->conv[l] = take(cv, (c->conv_kernel - 1) * C, 4);
             e->ssm[l] = take(cv, nv * dk * dv, 4);
@@ -273,8 +286,9 @@ size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *opts) {
     e.vc = mk_calloc(L, sizeof(float *));
     e.conv = mk_calloc(L, sizeof(float *));
     e.ssm = mk_calloc(L, sizeof(float *));
+    e.ikc = mk_calloc(L, sizeof(float *));
     size_t bytes = 0;
-    if (e.kc && e.vc && e.conv && e.ssm) {
+    if (e.kc && e.vc && e.conv && e.ssm && e.ikc) {
         carver cv = {0};
         carve(&e, &cv);
         bytes = cv.off + cv.hoff;
@@ -283,6 +297,7 @@ size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *opts) {
     free(e.vc);
     free(e.conv);
     free(e.ssm);
+    free(e.ikc);
     return bytes;
 }
 
@@ -292,6 +307,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     init_sizes(e, o);
     e->on_route = o->on_route;
     e->on_route_user = o->on_route_user;
+    e->on_select = o->on_select;
+    e->on_select_user = o->on_select_user;
     double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
                                   ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
                                   : (double)c->head_dim);
@@ -315,6 +332,10 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         return mk_err(MK_E_UNSUPPORTED, "backend '%s' does not implement gpt_oss's attention sinks, "
                       "sliding window and clamped SwiGLU experts; run gpt_oss on the CPU backend",
                       e->bi->name);
+    if (c->dsa && (!e->bi->dsa_select || !e->bi->layernorm))
+        return mk_err(MK_E_UNSUPPORTED, "engine: the %s backend does not implement DeepSeek sparse "
+                      "attention (the lightning indexer of %s; deepseek_v32 and glm_moe_dsa need it): "
+                      "run this model on the CPU backend", e->bi->name, c->model_type);
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;
@@ -328,7 +349,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     e->vc = mk_calloc(L, sizeof(float *));
     e->conv = mk_calloc(L, sizeof(float *));
     e->ssm = mk_calloc(L, sizeof(float *));
-    if (!e->kc || !e->vc || !e->conv || !e->ssm)
+    e->ikc = mk_calloc(L, sizeof(float *));
+    if (!e->kc || !e->vc || !e->conv || !e->ssm || !e->ikc)
         return mk_err(MK_E_NOMEM, "no memory for the engine's layer tables");
     carver cv = {0};
     carve(e, &cv);
@@ -397,6 +419,7 @@ void mk_engine_free(mk_engine *e) {
     free(e->vc);
     free(e->conv);
     free(e->ssm);
+    free(e->ikc);
     free(e);
 }
 

@@ -64,6 +64,8 @@ struct mk_engine {
     int moe_general;      /* MoE layers that took the general path in this chunk */
     mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
     void *on_route_user;
+    mk_select_fn on_select; /* optional DSA selection observer (mk_engine_opts) */
+    void *on_select_user;
 
     void *arena;          /* backend arena */
     void *harena;         /* host arena */
@@ -74,6 +76,7 @@ struct mk_engine {
     float **kc, **vc;     /* KV cache: attn k, v [max_ctx, nKV, hd]; MLA kc [max_ctx, kl+dr] =
                              normed latent | roped k_pe, vc NULL (values are the latents) */
     float **conv, **ssm;  /* DeltaNet: conv inputs [K-1, C]; state [nv, dk, dv] */
+    float **ikc;          /* DSA indexer key cache [max_ctx, dI] per layer with its own indexer */
 
     /* RoPE */
     int rot_dim;          /* rotated dims per head */
@@ -100,6 +103,12 @@ struct mk_engine {
     float *qa;            /* [nC, ql] MLA q latent */
     float *qabs;          /* [nC, nH, kl+dr] MLA absorbed queries W_k^T q_nope | q_pe */
     float *olat;          /* [nC, nH, kl] MLA attention output in latent space */
+    int64_t sel_k;        /* DSA: positions kept per query, min(index_topk, max_ctx); 0 without DSA */
+    float *iq;            /* [nC, nI*dI] DSA indexer queries */
+    float *iw;            /* [nC, nI] DSA indexer head weights */
+    int32_t *sel;         /* [nC, sel_k] DSA: positions each token attends to (the last indexer's) */
+    float *sel_sc;        /* [nC, sel_k] DSA selection scratch */
+    int32_t *sel_h;       /* [h] [nC, sel_k] the same downloaded for on_select */
     float *proj;          /* [nC, 2Kd+2Vd] DeltaNet projection (grouped) */
     float *bap;           /* [nC, 2nv] DeltaNet b|a projection (grouped) */
     float *mixed;         /* [nC, C] conv input q|k|v */

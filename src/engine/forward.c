@@ -93,6 +93,48 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         mk_engine_add_bias(e, e->y, w->o_bias, n, c->hidden_size);
 }
 
+/* ---- DSA: the lightning indexer (deepseek_v32 / glm_moe_dsa) ------------------ */
+
+/* Which past positions each token of the chunk attends to, into e->sel
+ * (transformers 5.17's DeepseekV32Indexer / GlmMoeDsaIndexer, in f32, no
+ * FP8 or Hadamard simulation: transformers has neither):
+ *   q_h = rope(wq_b(q latent))_h   (nI heads of dI; q latent = MLA's normed q_a)
+ *   k   = rope(LayerNorm(wk(x)))   (one key per token, eps 1e-6, kept in e->ikc)
+ *   w   = weights_proj(x) * nI^-0.5
+ *   score(t, s) = sum_h w_h relu(q_h . k_s * dI^-0.5), top index_topk of s <= t
+ * RoPE rotates the first qk_rope_head_dim dims of each head (the MLA
+ * frequencies): half-split pairs for deepseek_v32, interleaved for
+ * glm_moe_dsa. A "shared" layer (glm_moe_dsa indexer_types) keeps the
+ * previous layer's e->sel: the same tokens, already selected. */
+static void dsa_block(mk_engine *e, int l, const mk_dsa_w *d, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t nI = c->index_n_heads, dI = c->index_head_dim, dr = c->qk_rope_head_dim, pos = e->pos;
+    bool il = c->dsa == MK_DSA_INTERLEAVED;
+    if (!d->shared) {
+        float *k = e->ikc[l] + pos * dI; /* this chunk's key rows */
+        BE(e)->matmul(CTX(e), &d->wq_b, e->qa, n, e->iq);
+        BE(e)->matmul(CTX(e), &d->wk, e->xb, n, k);
+        BE(e)->layernorm(CTX(e), k, k, d->k_norm, d->k_norm_b, n, dI, 1e-6f);
+        BE(e)->rope(CTX(e), e->iq, n, nI * dI, (int)nI, dI, (int)dr, e->cos_b, e->sin_b, il);
+        BE(e)->rope(CTX(e), k, n, dI, 1, 0, (int)dr, e->cos_b, e->sin_b, il);
+        BE(e)->matmul(CTX(e), &d->weights_proj, e->xb, n, e->iw);
+        mk_dsa_args a = {.q = e->iq, .k = e->ikc[l], .w = e->iw, .w_scale = 1.0f / sqrtf((float)nI),
+                         .scale = 1.0f / sqrtf((float)dI), .sel = e->sel, .sc = e->sel_sc, .n = n,
+                         .pos0 = pos, .n_heads = (int)nI, .dim = (int)dI, .topk = (int)e->sel_k};
+        BE(e)->dsa_select(CTX(e), &a);
+    }
+    if (e->on_select) { /* observers (tests, tools) see each token's positions */
+        BE(e)->download(CTX(e), e->sel_h, e->sel, (size_t)(n * e->sel_k) * sizeof(int32_t));
+        for (int64_t t = 0; t < n; t++) {
+            const int32_t *r = e->sel_h + t * e->sel_k;
+            int cnt = 0;
+            while (cnt < e->sel_k && r[cnt] >= 0)
+                cnt++;
+            e->on_select(e->on_select_user, l, pos + t, cnt, r);
+        }
+    }
+}
+
 /* ---- MLA (deepseek_v3 / kimi_k2) --------------------------------------------- */
 
 /* q = q_b(norm(q_a(x))) per head [nope | rope]; kv_a(x) = [latent | k_pe];
@@ -135,10 +177,14 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
                           .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
     BE(e)->head_matmul_t(CTX(e), &qa);
     BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
+    /* DSA: the positions each token attends to */
+    if (w->dsa.on)
+        dsa_block(e, l, &w->dsa, n);
     /* attention over the latent cache: one shared head, values = the latents */
     mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
-                      .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
+                      .scale = e->attn_scale, .k_stride = cw, .v_stride = cw,
+                      .sel = w->dsa.on ? e->sel : NULL, .sel_k = e->sel_k};
     BE(e)->attention(CTX(e), &a);
     /* values per head: W_v_h o_lat, then the output projection */
     mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,

@@ -29,6 +29,19 @@ static const struct {
     {"glm4_moe_lite", MK_ARCH_DEEPSEEK_V3}, /* GLM-4.7-Flash: DeepSeek-V3's MLA + routing */
     {"glm4_moe", MK_ARCH_GLM4_MOE},         {"minimax_m2", MK_ARCH_MINIMAX_M2},
     {"gpt_oss", MK_ARCH_GPT_OSS},
+    {"deepseek_v32", MK_ARCH_DEEPSEEK_V3},  /* DeepSeek-V3.2: MLA + DSA (g_dsa) */
+    {"glm_moe_dsa", MK_ARCH_DEEPSEEK_V3},   /* GLM-5.x: MLA + DSA (g_dsa) */
+};
+
+/* Families with DeepSeek sparse attention: the lightning indexer and the
+ * layout of its own RoPE (transformers 5.17: DeepseekV32Indexer rotates
+ * half-split pairs, GlmMoeDsaIndexer interleaved ones). */
+static const struct {
+    const char *model_type;
+    int dsa;
+} g_dsa[] = {
+    {"deepseek_v32", MK_DSA_HALF},
+    {"glm_moe_dsa", MK_DSA_INTERLEAVED},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -45,7 +58,7 @@ const char *mk_arch_name(mk_arch a) {
 }
 
 const char *mk_arch_supported(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, glm4_moe, minimax_m2, gpt_oss";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe (qwen3_5_moe_text), deepseek_v3, kimi_k2, glm4_moe_lite, deepseek_v32, glm_moe_dsa, glm4_moe, minimax_m2, gpt_oss";
 }
 
 static const char *const g_qmode_names[] = {"affine", "mxfp4", "mxfp8", "nvfp4"};
@@ -396,6 +409,8 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
         return;
     bool hybrid = c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE;
     bool sliding = c->arch == MK_ARCH_GPT_OSS;
+    /* the DSA families name their (only) layer kind deepseek_sparse_attention */
+    const char *full = c->dsa ? "deepseek_sparse_attention" : "full_attention";
     if (!json_is_array(lt)) {
         c->n_layer_types = 0;
         c->bad_layer_type = 0;
@@ -406,7 +421,7 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     for (int i = 0; i < c->n_layer_types; i++) {
         json_t *e = json_array_get(lt, (size_t)i);
         const char *v = json_is_string(e) ? json_string_value(e) : "(not a string)";
-        if (!strcmp(v, "full_attention") || (hybrid && !strcmp(v, "linear_attention")) ||
+        if (!strcmp(v, full) || (hybrid && !strcmp(v, "linear_attention")) ||
             (sliding && !strcmp(v, "sliding_attention")))
             continue;
         c->bad_layer_type = i;
@@ -415,10 +430,13 @@ static void scan_layer_types(json_t *lt, mk_config *c) {
     }
 }
 
-/* mlp_layer_types (glm4_moe_lite): "dense" / "sparse" per layer. The dense
- * ones join mlp_only_layers, which the deepseek schedule honours beside
- * first_k_dense_replace; any other entry, or a length other than
- * num_hidden_layers, is an error naming the key. */
+/* mlp_layer_types (glm4_moe_lite, deepseek_v32, glm_moe_dsa): "dense" /
+ * "sparse" per layer. The dense ones go to mlp_only_layers; when the key is
+ * present it alone decides the deepseek schedule (transformers builds each
+ * layer from it and derives it from first_k_dense_replace only when absent:
+ * glm5dsa-a says first_k_dense_replace 3 but dense, sparse, sparse). Any
+ * other entry, or a length other than num_hidden_layers, is an error naming
+ * the key. */
 static void scan_mlp_layer_types(rd *r, json_t *lt, mk_config *c) {
     c->has_mlp_layer_types = false;
     if (!lt || json_is_null(lt))
@@ -477,6 +495,56 @@ static void parse_sliding(rd *r, json_t *tc, mk_config *c) {
         c->layer_is_sliding[i] = e ? json_is_string(e) && !strcmp(json_string_value(e), "sliding_attention")
                                    : !json_is_array(lt) && i % 2 == 0;
     }
+}
+
+/* The DSA indexer keys: read for the DSA families; for any other family
+ * the first one present is recorded so that the check refuses it.
+ * indexer_types (glm_moe_dsa): "full" runs the layer's own indexer,
+ * "shared" reuses the previous layer's selection. */
+static void parse_indexer(rd *r, json_t *tc, mk_config *c) {
+    static const char *const keys[] = {"index_topk", "index_n_heads", "index_head_dim",
+                                       "indexer_types", NULL};
+    c->bad_indexer_type = -1;
+    for (int i = 0; keys[i] && !c->dsa; i++)
+        if (json_object_get(tc, keys[i]) && !json_is_null(json_object_get(tc, keys[i]))) {
+            snprintf(c->index_key, sizeof c->index_key, "%s", keys[i]);
+            return;
+        }
+    if (!c->dsa)
+        return;
+    c->index_topk = get_int(r, tc, "index_topk", 0);
+    c->index_n_heads = get_int(r, tc, "index_n_heads", 0);
+    c->index_head_dim = get_int(r, tc, "index_head_dim", 0);
+    json_t *it = json_object_get(tc, "indexer_types");
+    if (!it || json_is_null(it))
+        return;
+    size_t n = json_is_array(it) ? json_array_size(it) : 0;
+    if (!json_is_array(it) || (int64_t)n != c->num_layers || c->num_layers <= 0) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: indexer_types: expected a list of %d entries "
+                          "(num_hidden_layers), found %zu", r->what, c->num_layers, n);
+        return;
+    }
+    c->index_shared = mk_calloc(n, 1);
+    if (!c->index_shared) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_NOMEM, "%s: no memory for indexer_types (%zu entries)", r->what, n);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        json_t *e = json_array_get(it, i);
+        const char *v = json_is_string(e) ? json_string_value(e) : "";
+        c->index_shared[i] = !strcmp(v, "shared");
+        if (strcmp(v, "full") && strcmp(v, "shared") && c->bad_indexer_type < 0)
+            c->bad_indexer_type = (int)i;
+    }
+}
+
+static int dsa_of(const char *mt) {
+    for (size_t i = 0; i < sizeof g_dsa / sizeof g_dsa[0]; i++)
+        if (strcmp(mt, g_dsa[i].model_type) == 0)
+            return g_dsa[i].dsa;
+    return MK_DSA_NONE;
 }
 
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
@@ -587,6 +655,8 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
     c->moe_layer_freq = get_int(r, tc, "moe_layer_freq", 1);
     scan_mlp_layer_types(r, json_object_get(tc, "mlp_layer_types"), c);
+    c->dsa = dsa_of(c->model_type) ? dsa_of(c->model_type) : dsa_of(c->text_model_type);
+    parse_indexer(r, tc, c);
 
     /* read only to refuse what the engine does not implement (mk_config_check) */
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");
@@ -710,6 +780,7 @@ void mk_config_free(mk_config *c) {
     free(c->mlp_only_layers);
     free(c->layer_is_full);
     free(c->layer_is_sliding);
+    free(c->index_shared);
     free(c->eos_ids);
     mk_qcfg_free(&c->quant);
     memset(c, 0, sizeof *c);
@@ -722,7 +793,7 @@ bool mk_config_layer_is_moe(const mk_config *c, int layer) {
         for (int i = 0; i < c->n_mlp_only_layers; i++) /* mlp_layer_types' dense layers */
             if (c->mlp_only_layers[i] == layer)
                 return false;
-        return layer >= c->first_k_dense_replace;
+        return c->has_mlp_layer_types || layer >= c->first_k_dense_replace;
     }
     for (int i = 0; i < c->n_mlp_only_layers; i++)
         if (c->mlp_only_layers[i] == layer)

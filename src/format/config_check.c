@@ -42,8 +42,10 @@ static mk_status need_pos(const mk_config *c, const char *field, long long v) {
 static bool any_moe(const mk_config *c) {
     if (c->num_experts <= 0 || c->num_layers <= 0)
         return false;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE)
+    if ((c->arch == MK_ARCH_DEEPSEEK_V3 || c->arch == MK_ARCH_GLM4_MOE) && !c->has_mlp_layer_types)
         return c->first_k_dense_replace < c->num_layers;
+    if (c->has_mlp_layer_types) /* its dense entries are the mlp_only_layers, one per layer */
+        return c->n_mlp_only_layers < c->num_layers;
     /* more MoE candidates ((l+1) % step == 0) than mlp_only_layers can remove:
      * at least one stays MoE; otherwise the few candidates are tried */
     int step = c->decoder_sparse_step > 0 ? c->decoder_sparse_step : 1;
@@ -171,9 +173,10 @@ static mk_status check_layers(const mk_config *c) {
     if (c->bad_layer_type >= 0)
         REFUSE(MK_E_UNSUPPORTED, "layer_types",
                "entry %d is '%s'; %s implements %s", c->bad_layer_type, c->bad_layer_type_name,
-               mk_arch_name(c->arch),
-               hybrid                         ? "linear_attention and full_attention"
+               c->dsa ? c->model_type : mk_arch_name(c->arch),
+               hybrid                       ? "linear_attention and full_attention"
                : c->arch == MK_ARCH_GPT_OSS ? "sliding_attention and full_attention"
+               : c->dsa                     ? "deepseek_sparse_attention only"
                                             : "full_attention only");
     if (c->n_layer_types >= 0 && c->n_layer_types != c->num_layers)
         REFUSE(MK_E_FORMAT, "layer_types", "expected %d entries (num_hidden_layers), found %d",
@@ -252,6 +255,39 @@ static mk_status check_gpt_oss(const mk_config *c) {
     return MK_OK;
 }
 
+/* The DSA indexer (deepseek_v32, glm_moe_dsa): its keys only with the
+ * family, its sizes positive, its RoPE inside its heads, its query from the
+ * q latent (q_lora_rank), and a first layer with its own indexer. */
+static mk_status check_dsa(const mk_config *c) {
+    if (!c->dsa) {
+        if (c->index_key[0])
+            return mk_err(MK_E_UNSUPPORTED, "config.json: %s: is a key of the DeepSeek sparse "
+                          "attention families (deepseek_v32, glm_moe_dsa); %s (%s) has no indexer",
+                          c->index_key, c->model_type, mk_arch_name(c->arch));
+        return MK_OK;
+    }
+    if (c->index_topk <= 0)
+        REFUSE(MK_E_FORMAT, "index_topk", "expected an integer > 0, found %d", c->index_topk);
+    if (c->index_n_heads <= 0)
+        REFUSE(MK_E_FORMAT, "index_n_heads", "expected an integer > 0, found %d", c->index_n_heads);
+    if (c->index_head_dim < c->qk_rope_head_dim || c->index_head_dim > 4096)
+        REFUSE(MK_E_FORMAT, "index_head_dim",
+               "expected an integer in %d (qk_rope_head_dim: the indexer rotates that many "
+               "dims of each head)..4096, found %d", c->qk_rope_head_dim, c->index_head_dim);
+    if (c->q_lora_rank <= 0)
+        REFUSE(MK_E_UNSUPPORTED, "q_lora_rank",
+               "%s's indexer reads the q latent: expected an integer > 0, found %d",
+               c->model_type, c->q_lora_rank);
+    if (c->bad_indexer_type >= 0)
+        REFUSE(MK_E_UNSUPPORTED, "indexer_types", "entry %d is neither full nor shared",
+               c->bad_indexer_type);
+    if (c->index_shared && c->index_shared[0])
+        REFUSE(MK_E_FORMAT, "indexer_types",
+               "entry 0 is shared, but a shared layer reuses the previous layer's selection "
+               "(expected full)");
+    return MK_OK;
+}
+
 mk_status mk_config_check(const mk_config *c) {
     if (c->arch == MK_ARCH_UNKNOWN)
         return mk_err(MK_E_UNSUPPORTED,
@@ -289,6 +325,7 @@ mk_status mk_config_check(const mk_config *c) {
                c->shared_intermediate_size);
     MK_TRY(check_rope(c));
     MK_TRY(check_layers(c));
+    MK_TRY(check_dsa(c));
     if (mk_config_sigmoid_router(c))
         MK_TRY(check_deepseek(c));
     if (c->rope_interleave && c->arch != MK_ARCH_DEEPSEEK_V3)
@@ -497,6 +534,16 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
                           "(layer_types)", l,
                           mk_config_layer_is_sliding(a, l) ? "sliding attention" : "full attention", na,
                           mk_config_layer_is_sliding(b, l) ? "sliding attention" : "full attention", nb);
+    CMP_I(dsa, "model_type (DeepSeek sparse attention indexer)");
+    CMP_I(index_topk, "index_topk");
+    CMP_I(index_n_heads, "index_n_heads");
+    CMP_I(index_head_dim, "index_head_dim");
+    for (int l = 0; l < a->num_layers; l++) {
+        int sa = a->index_shared ? a->index_shared[l] : 0, sb = b->index_shared ? b->index_shared[l] : 0;
+        if (sa != sb)
+            return mk_err(MK_E_MISMATCH, "config.json: indexer_types: layer %d is %s in %s but %s "
+                          "in %s", l, sa ? "shared" : "full", na, sb ? "shared" : "full", nb);
+    }
     /* the layer schedule: which layers are MoE follows from the fields
      * compared above and the set of mlp_only_layers; which are full
      * attention from layer_is_full (num_hidden_layers entries, already equal) */

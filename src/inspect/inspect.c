@@ -55,6 +55,9 @@ static const char *const k_mla_qlora[] = {"self_attn.q_a_proj", "self_attn.q_a_l
                                           "self_attn.kv_b_proj", "self_attn.o_proj", NULL};
 static const char *const k_mla_q[] = {"self_attn.q_proj", "self_attn.kv_a_proj_with_mqa",
                                       "self_attn.kv_a_layernorm", "self_attn.kv_b_proj", "self_attn.o_proj", NULL};
+/* The DSA lightning indexer of a layer with its own (deepseek_v32, glm_moe_dsa) */
+static const char *const k_dsa[] = {"self_attn.indexer.wq_b", "self_attn.indexer.wk",
+                                    "self_attn.indexer.k_norm", "self_attn.indexer.weights_proj", NULL};
 static const char *const k_dense[] = {"mlp.gate_proj", "mlp.up_proj", "mlp.down_proj", NULL};
 static const char *const k_norms[] = {"input_layernorm", "post_attention_layernorm", NULL};
 static const char *const k_shared_q[] = {"mlp.shared_expert.gate_proj", "mlp.shared_expert.up_proj",
@@ -141,9 +144,11 @@ static void modset_free(modset *s) {
 /* Expected modules of layer i (expert modules as "mlp.experts.{gate,up,down}_proj"). */
 static void expected_layer(const mk_config *c, int i, modset *m) {
     modset_add_list(m, k_norms);
-    if (c->arch == MK_ARCH_DEEPSEEK_V3)
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
         modset_add_list(m, c->q_lora_rank ? k_mla_qlora : k_mla_q);
-    else if (c->arch == MK_ARCH_GPT_OSS)
+        if (c->dsa && !(c->index_shared && c->index_shared[i]))
+            modset_add_list(m, k_dsa);
+    } else if (c->arch == MK_ARCH_GPT_OSS)
         modset_add_list(m, k_attn_oss); /* biases ride on their projections; per-head sinks */
     else if (c->arch == MK_ARCH_GLM4_MOE && !c->use_qk_norm)
         modset_add_list(m, k_attn_noqk); /* glm4_moe without use_qk_norm: no q/k norms */
@@ -403,14 +408,23 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
     }
     json_t *sched = json_array();
     for (int i = 0; i < nl; i++) {
-        const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3         ? "mla"
-                        : mk_config_layer_is_sliding(&cfg, i)    ? "sliding_attention"
+        /* DSA layers: MLA over the indexer's selection, "shared" ones over the previous layer's */
+        const char *a = cfg.arch == MK_ARCH_DEEPSEEK_V3
+                            ? (!cfg.dsa ? "mla"
+                               : cfg.index_shared && cfg.index_shared[i] ? "mla_sparse_shared" : "mla_sparse")
+                        : mk_config_layer_is_sliding(&cfg, i) ? "sliding_attention"
                         : mk_config_layer_is_full_attn(&cfg, i) ? "full_attention"
                                                                  : "linear_attention";
         json_array_append_new(sched, json_pack("{s:i,s:s,s:s}", "layer", i, "attention", a, "mlp",
                                                mk_config_layer_is_moe(&cfg, i) ? "moe" : "dense"));
     }
     json_object_set_new(arch, "layer_schedule", sched);
+    if (cfg.dsa) /* DeepSeek sparse attention: what the lightning indexer keeps */
+        json_object_set_new(arch, "sparse_attention",
+                            json_pack("{s:i,s:i,s:i,s:s}", "index_topk", cfg.index_topk, "index_n_heads",
+                                      cfg.index_n_heads, "index_head_dim", cfg.index_head_dim,
+                                      "indexer_rope", cfg.dsa == MK_DSA_INTERLEAVED ? "interleaved"
+                                                                                   : "half-split"));
     json_object_set_new(rep, "architecture", arch);
     if (have_cfg && cfg.arch == MK_ARCH_UNKNOWN)
         problem(problems, "unsupported_arch", cfg.model_type, "model_type '%s' is not supported (supported: %s)",

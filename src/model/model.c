@@ -163,7 +163,30 @@ static mk_status load_attn(mk_ld *ld, const char *p, mk_attn_w *a) {
     return load_norm(ld, mod, a->whole_qk_norm ? nKV * hd : hd, zero_centred(c), &a->k_norm);
 }
 
-static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
+/* The lightning indexer under self_attn.indexer: wq_b from the q latent,
+ * wk and its LayerNorm (gain and bias), weights_proj. A "shared" layer
+ * (glm_moe_dsa indexer_types) has none: it reuses the previous selection. */
+static mk_status load_dsa(mk_ld *ld, const char *p, int layer, mk_dsa_w *d) {
+    const mk_config *c = ld->cfg;
+    int64_t H = c->hidden_size, nI = c->index_n_heads, dI = c->index_head_dim;
+    char mod[256];
+    d->on = true;
+    d->shared = c->index_shared && c->index_shared[layer];
+    if (d->shared)
+        return MK_OK;
+    snprintf(mod, sizeof mod, "%s.self_attn.indexer.wq_b", p);
+    MK_TRY(mk_ld_linear(ld, mod, nI * dI, c->q_lora_rank, &d->wq_b));
+    snprintf(mod, sizeof mod, "%s.self_attn.indexer.wk", p);
+    MK_TRY(mk_ld_linear(ld, mod, dI, H, &d->wk));
+    snprintf(mod, sizeof mod, "%s.self_attn.indexer.k_norm.weight", p);
+    MK_TRY(load_norm(ld, mod, dI, false, &d->k_norm));
+    snprintf(mod, sizeof mod, "%s.self_attn.indexer.k_norm.bias", p);
+    MK_TRY(mk_ld_vec(ld, mod, dI, &d->k_norm_b));
+    snprintf(mod, sizeof mod, "%s.self_attn.indexer.weights_proj", p);
+    return mk_ld_linear(ld, mod, nI, H, &d->weights_proj);
+}
+
+static mk_status load_mla(mk_ld *ld, const char *p, int layer, mk_mla_w *a) {
     const mk_config *c = ld->cfg;
     int64_t H = c->hidden_size, nH = c->num_heads, ql = c->q_lora_rank, kl = c->kv_lora_rank;
     int64_t qk = (int64_t)c->qk_nope_head_dim + c->qk_rope_head_dim; /* no int overflow */
@@ -187,7 +210,8 @@ static mk_status load_mla(mk_ld *ld, const char *p, mk_mla_w *a) {
     MK_TRY(mk_ld_linear(ld, mod, nH * ((int64_t)c->qk_nope_head_dim + c->v_head_dim), kl,
                           &a->kv_b));
     snprintf(mod, sizeof mod, "%s.self_attn.o_proj", p);
-    return mk_ld_linear(ld, mod, H, nH * c->v_head_dim, &a->o);
+    MK_TRY(mk_ld_linear(ld, mod, H, nH * c->v_head_dim, &a->o));
+    return c->dsa ? load_dsa(ld, p, layer, &a->dsa) : MK_OK;
 }
 
 static bool has_module(const mk_ld *ld, const char *mod) {
@@ -415,7 +439,7 @@ static mk_status load_layer(mk_ld *ld, int i, mk_layer_w *L, const char **expert
     MK_TRY(load_norm(ld, name, H, zero_centred(c), &L->post_norm));
     if (c->arch == MK_ARCH_DEEPSEEK_V3) {
         L->mixer = MK_MIXER_MLA;
-        MK_TRY(load_mla(ld, p, &L->mla));
+        MK_TRY(load_mla(ld, p, i, &L->mla));
     } else if (!mk_config_layer_is_full_attn(c, i)) {
         L->mixer = MK_MIXER_GDN;
         MK_TRY(load_gdn(ld, p, &L->gdn));

@@ -43,6 +43,18 @@ typedef struct mk_attn_w {
     float *sinks;   /* gpt_oss: per query head learned sink logit [nH]; else NULL */
 } mk_attn_w;
 
+/* The DSA lightning indexer of one MLA layer (deepseek_v32, glm_moe_dsa):
+ * nI heads of dI, queries from MLA's normed q latent, one key per token. */
+typedef struct mk_dsa_w {
+    bool on;           /* the layer selects positions (every layer of a DSA family) */
+    bool shared;       /* glm_moe_dsa "shared": reuses the previous layer's selection, no weights */
+    mk_wt wq_b;        /* [nI*dI, ql] */
+    mk_wt wk;          /* [dI, H] */
+    float *k_norm;     /* [dI] LayerNorm gain */
+    float *k_norm_b;   /* [dI] LayerNorm bias */
+    mk_wt weights_proj; /* [nI, H] per-head weights of the index score */
+} mk_dsa_w;
+
 typedef struct mk_mla_w {
     mk_wt q_a;         /* [ql, H] (ql > 0) */
     float *q_a_norm;   /* [ql] */
@@ -52,6 +64,7 @@ typedef struct mk_mla_w {
     float *kv_a_norm;  /* [kl] */
     mk_wt kv_b;        /* [nH*(dn+dvh), kl]: per head k_nope | v */
     mk_wt o;           /* [H, nH*dvh] */
+    mk_dsa_w dsa;      /* the sparse attention indexer (dsa.on), else unused */
 } mk_mla_w;
 
 typedef struct mk_gdn_w {

@@ -78,6 +78,23 @@ static void s_gated_add(void *ctx, float *y, const float *g, const float *x, int
     g_cpu.gated_add(ctx, y, g, x, n, dim);
 }
 
+/* DSA (deepseek_v32, glm_moe_dsa): the indexer's slots and the selection
+ * handed to attention (the norm gains are model memory, as rmsnorm's) */
+static void s_layernorm(void *ctx, float *y, const float *x, const float *g, const float *b, int64_t rows,
+                        int64_t dim, float eps) {
+    check(y, "layernorm", "y"), check(x, "layernorm", "x");
+    g_cpu.layernorm(ctx, y, x, g, b, rows, dim, eps);
+}
+static void s_dsa_select(void *ctx, const mk_dsa_args *a) {
+    check(a->q, "dsa_select", "q"), check(a->k, "dsa_select", "k"), check(a->w, "dsa_select", "w");
+    check(a->sel, "dsa_select", "sel"), check(a->sc, "dsa_select", "sc");
+    g_cpu.dsa_select(ctx, a);
+}
+static void s_attention(void *ctx, const mk_attn_args *a) {
+    check(a->sel, "attention", "sel");
+    g_cpu.attention(ctx, a);
+}
+
 static void run_fixture(const char *rel) {
     const char *dir = mk_test_fixture(rel);
     if (!dir)
@@ -100,6 +117,9 @@ static void run_fixture(const char *rel) {
     g_strict.axpy = s_axpy;
     g_strict.combine = s_combine;
     g_strict.gated_add = s_gated_add;
+    g_strict.layernorm = s_layernorm;
+    g_strict.dsa_select = s_dsa_select;
+    g_strict.attention = s_attention;
     g_strict.expert_mlps = NULL; /* its scratch pointers are the same arena: keep the one-at-a-time path */
     assert_int_equal(mk_backend_create(&g_strict, mk_backend_ctx(cpu), &strict), MK_OK);
     g_nbuf = g_bad = 0;
@@ -134,12 +154,13 @@ static void test_deepseekv3(void **s) { (void)s; run_fixture("deepseekv3-a/bf16"
 static void test_glm4moe(void **s) { (void)s; run_fixture("glm4moe-a/bf16"); }
 static void test_minimaxm2(void **s) { (void)s; run_fixture("minimaxm2-a/bf16"); }
 static void test_glm4lite(void **s) { (void)s; run_fixture("glm4lite-a/bf16"); }
+static void test_dsa(void **s) { (void)s; run_fixture("deepseekv32-a/bf16"); run_fixture("glm5dsa-a/bf16"); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3moe),   cmocka_unit_test(test_qwen3next), cmocka_unit_test(test_qwen35moe),
         cmocka_unit_test(test_deepseekv3), cmocka_unit_test(test_glm4moe),   cmocka_unit_test(test_minimaxm2),
-        cmocka_unit_test(test_glm4lite),
+        cmocka_unit_test(test_glm4lite),   cmocka_unit_test(test_dsa),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

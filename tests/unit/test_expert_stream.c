@@ -191,6 +191,8 @@ static void test_hybrids(void **st) { (void)st; fixture("qwen3next-a/bf16"); fix
 static void test_vl_fused(void **st) { (void)st; fixture("qwen35moe-vl/bf16"); fixture("qwen35moe-vl/bf16-fused"); }
 static void test_trained(void **st) { (void)st; fixture("tiny-qwen35moe/bf16"); }
 static void test_glm4moe(void **st) { (void)st; fixture("glm4moe-a/bf16"); fixture("minimaxm2-a/bf16"); fixture("glm4lite-a/bf16"); }
+/* DSA: NTOK 40 > index_topk 24, so the decoded half runs sparse */
+static void test_dsa(void **st) { (void)st; fixture("deepseekv32-a/bf16"); fixture("glm5dsa-a/bf16"); }
 
 static void synth(const char *name, mk_synth_format f, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", g_tmp, name);
@@ -766,6 +768,7 @@ int main(void) {
         cmocka_unit_test(test_hf_per_expert), cmocka_unit_test(test_fp8),
         cmocka_unit_test(test_mla),           cmocka_unit_test(test_hybrids),
         cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained), cmocka_unit_test(test_glm4moe),
+        cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
         cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
         cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),

@@ -42,6 +42,38 @@ static bool has_problem(json_t *r, const char *code, const char *needle) {
     return false;
 }
 
+/* The DSA fixtures: every layer MLA over the indexer's selection, the
+ * indexer as their configs give it (index_topk 24, 16 heads of 32, RoPE
+ * half-split for deepseek_v32 and interleaved for glm_moe_dsa), and
+ * glm5dsa-a's schedule from mlp_layer_types (dense, sparse, sparse), not
+ * from its first_k_dense_replace of 3. */
+static void test_dsa_fixtures(void **st) {
+    (void)st;
+    const char *dirs[] = {"deepseekv32-a/bf16", "glm5dsa-a/bf16"}, *rope[] = {"half-split", "interleaved"};
+    for (int f = 0; f < 2; f++) {
+        json_t *r = run(mk_test_fixture(dirs[f]), false);
+        json_t *a = json_object_get(r, "architecture"), *sp = json_object_get(a, "sparse_attention");
+        assert_non_null(sp);
+        assert_int_equal(json_integer_value(json_object_get(sp, "index_topk")), 24);
+        assert_int_equal(json_integer_value(json_object_get(sp, "index_n_heads")), 16);
+        assert_int_equal(json_integer_value(json_object_get(sp, "index_head_dim")), 32);
+        assert_string_equal(json_string_value(json_object_get(sp, "indexer_rope")), rope[f]);
+        json_t *sch = json_object_get(a, "layer_schedule");
+        assert_int_equal(json_array_size(sch), 3);
+        for (size_t i = 0; i < 3; i++) {
+            json_t *e = json_array_get(sch, i);
+            assert_string_equal(json_string_value(json_object_get(e, "attention")), "mla_sparse");
+            assert_string_equal(json_string_value(json_object_get(e, "mlp")), i ? "moe" : "dense");
+        }
+        assert_int_equal(iget(r, "experts", "moe_layers"), 2);
+        json_decref(r);
+    }
+    /* a plain MLA model reports no sparse attention */
+    json_t *r = run(mk_test_fixture("deepseekv3-a/bf16"), false);
+    assert_null(json_object_get(json_object_get(r, "architecture"), "sparse_attention"));
+    json_decref(r);
+}
+
 static void test_vl_fused(void **st) {
     (void)st;
     json_t *r = run(mk_test_fixture("qwen35moe-vl/bf16-fused"), false);
@@ -83,6 +115,8 @@ static void test_all_fixtures(void **st) {
         {"glm4lite-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
         {"gptoss-a/bf16", "gpt_oss", "fused", "none", 8, 4},
         {"gptoss-a/mxfp4", "gpt_oss", "fused", "mxfp4", 8, 4},
+        {"deepseekv32-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
+        {"glm5dsa-a/bf16", "deepseek_v3", "per-expert", "none", 8, 3},
     };
     for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
         json_t *r = run(mk_test_fixture(fx[i].dir), false);
@@ -263,6 +297,7 @@ static void test_unreadable(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_vl_fused),          cmocka_unit_test(test_all_fixtures),
+        cmocka_unit_test(test_dsa_fixtures),
         cmocka_unit_test(test_bits_mismatch),     cmocka_unit_test(test_expert_gap_and_unexpected),
         cmocka_unit_test(test_f16_gdn_and_scan),  cmocka_unit_test(test_unreadable),
         cmocka_unit_test(test_scan_mx_nan),
