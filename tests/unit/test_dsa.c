@@ -324,6 +324,13 @@ static void fixture_selection(const char *dir) {
                          (size_t)c->num_layers *
                              (c->kv_lora_rank + c->qk_rope_head_dim + c->index_head_dim) * sizeof(float));
         mk_engine_free(e);
+        /* and in the arena that --memory-budget counts: 64 more positions cost exactly 64
+         * rows of every cache, indexer keys included (chunk fixed, so scratch is unchanged) */
+        mk_engine_opts a = {.threads = 1, .max_ctx = 64, .prefill_chunk = 16}, b = a;
+        b.max_ctx = 128;
+        assert_int_equal(mk_engine_bytes(m, &b) - mk_engine_bytes(m, &a),
+                         64 * (size_t)c->num_layers *
+                             (c->kv_lora_rank + c->qk_rope_head_dim + c->index_head_dim) * sizeof(float));
     }
     snprintf(rel, sizeof rel, "%s/long.json", dir);
     json_t *lj = load_json(rel);
