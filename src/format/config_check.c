@@ -257,6 +257,9 @@ static mk_status check_dsa(const mk_config *c) {
         REFUSE(MK_E_UNSUPPORTED, "q_lora_rank",
                "%s's indexer reads the q latent: expected an integer > 0, found %d",
                c->model_type, c->q_lora_rank);
+    if (!c->rope_interleave) /* transformers' DSA attention never reads the key */
+        REFUSE(MK_E_UNSUPPORTED, "rope_interleave",
+               "false is not what %s computes (its MLA RoPE is always interleaved)", c->model_type);
     if (c->bad_indexer_type >= 0)
         REFUSE(MK_E_UNSUPPORTED, "indexer_types", "entry %d is neither full nor shared",
                c->bad_indexer_type);

@@ -433,6 +433,12 @@ static void test_glm5dsa_shared(void **st) {
         mk_config_free(&dc);
         json_object_del(cfg, der[i].key);
     }
+    /* transformers' DSA attention always interleaves MLA's RoPE: false is refused */
+    json_object_set_new(cfg, "rope_interleave", json_false());
+    assert_int_equal(json_dump_file(cfg, q, 0), 0);
+    assert_int_equal(mk_model_open(dir, &m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "rope_interleave"));
+    json_object_del(cfg, "rope_interleave");
     /* deepseek_v32 has no shared layers: its config may not claim them */
     json_object_set_new(cfg, "model_type", json_string("deepseek_v32"));
     json_object_set_new(cfg, "indexer_types", json_pack("[s,s,s]", "full", "full", "full"));
