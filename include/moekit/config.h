@@ -158,7 +158,7 @@ typedef struct mk_config {
     unsigned char *index_shared; /* [L] glm_moe_dsa indexer_types: 1 = "shared" (reuses the
                                     previous layer's selection); NULL: every layer "full" */
     int bad_indexer_type;        /* first indexer_types entry neither full nor shared, -1: none */
-    char index_key[20];          /* first indexer key present (refused without dsa), "" none */
+    char index_key[24];          /* first indexer key present that the family does not read (refused), "" none */
 
     /* Fields read only to refuse what the engine does not implement
      * (mk_config_check; docs/CONFIG_KEYS.md lists every key). */

@@ -33,15 +33,21 @@ static const struct {
     {"glm_moe_dsa", MK_ARCH_DEEPSEEK_V3},   /* GLM-5.x: MLA + DSA (g_dsa) */
 };
 
-/* Families with DeepSeek sparse attention: the lightning indexer and the
+/* Families with DeepSeek sparse attention: the lightning indexer, the
  * layout of its own RoPE (transformers 5.17: DeepseekV32Indexer rotates
- * half-split pairs, GlmMoeDsaIndexer interleaved ones). */
-static const struct {
+ * half-split pairs, GlmMoeDsaIndexer interleaved ones), the config class's
+ * defaults for absent keys, and whether layers may share a selection
+ * (glm_moe_dsa's indexer_types; deepseek_v32 has no such key). */
+typedef struct dsa_family {
     const char *model_type;
     int dsa;
-} g_dsa[] = {
-    {"deepseek_v32", MK_DSA_HALF},
-    {"glm_moe_dsa", MK_DSA_INTERLEAVED},
+    int topk, heads, dim; /* index_topk, index_n_heads, index_head_dim when absent */
+    bool shared;
+} dsa_family;
+
+static const dsa_family g_dsa[] = {
+    {"deepseek_v32", MK_DSA_HALF, 2048, 64, 128, false},
+    {"glm_moe_dsa", MK_DSA_INTERLEAVED, 2048, 32, 128, true},
 };
 
 const char *mk_arch_name(mk_arch a) {
@@ -497,54 +503,121 @@ static void parse_sliding(rd *r, json_t *tc, mk_config *c) {
     }
 }
 
-/* The DSA indexer keys: read for the DSA families; for any other family
- * the first one present is recorded so that the check refuses it.
- * indexer_types (glm_moe_dsa): "full" runs the layer's own indexer,
- * "shared" reuses the previous layer's selection. */
-static void parse_indexer(rd *r, json_t *tc, mk_config *c) {
-    static const char *const keys[] = {"index_topk", "index_n_heads", "index_head_dim",
-                                       "indexer_types", NULL};
-    c->bad_indexer_type = -1;
-    for (int i = 0; keys[i] && !c->dsa; i++)
-        if (json_object_get(tc, keys[i]) && !json_is_null(json_object_get(tc, keys[i]))) {
-            snprintf(c->index_key, sizeof c->index_key, "%s", keys[i]);
+static const dsa_family *dsa_of(const char *mt) {
+    for (size_t i = 0; i < sizeof g_dsa / sizeof g_dsa[0]; i++)
+        if (strcmp(mt, g_dsa[i].model_type) == 0)
+            return &g_dsa[i];
+    return NULL;
+}
+
+static bool has_key(json_t *o, const char *k) {
+    return json_object_get(o, k) && !json_is_null(json_object_get(o, k));
+}
+
+/* glm_moe_dsa's per-layer "shared" flags as transformers derives them when
+ * indexer_types is absent: index_topk_pattern ("F"/"S" per layer, or a list
+ * of "full"/"shared"), else layer i is full iff max(i - offset + 1, 0) %
+ * freq == 0 (index_topk_freq, default 1 and at least 1;
+ * index_skip_topk_offset, default 2). *given: whether any of those keys is
+ * present. */
+static void derive_shared(rd *r, json_t *tc, mk_config *c, unsigned char *d, bool *given) {
+    int L = c->num_layers;
+    json_t *pat = json_object_get(tc, "index_topk_pattern");
+    *given = has_key(tc, "index_topk_pattern") || has_key(tc, "index_topk_freq") ||
+             has_key(tc, "index_skip_topk_offset");
+    if (pat && !json_is_null(pat)) {
+        size_t n = json_is_string(pat) ? strlen(json_string_value(pat)) : json_is_array(pat) ? json_array_size(pat) : 0;
+        if ((int64_t)n != L) {
+            if (r->s == MK_OK)
+                r->s = mk_err(MK_E_FORMAT, "%s: index_topk_pattern: expected %d entries (num_hidden_layers), "
+                              "found %zu", r->what, L, n);
             return;
         }
-    if (!c->dsa)
-        return;
-    c->index_topk = get_int(r, tc, "index_topk", 0);
-    c->index_n_heads = get_int(r, tc, "index_n_heads", 0);
-    c->index_head_dim = get_int(r, tc, "index_head_dim", 0);
-    json_t *it = json_object_get(tc, "indexer_types");
-    if (!it || json_is_null(it))
-        return;
-    size_t n = json_is_array(it) ? json_array_size(it) : 0;
-    if (!json_is_array(it) || (int64_t)n != c->num_layers || c->num_layers <= 0) {
-        if (r->s == MK_OK)
-            r->s = mk_err(MK_E_FORMAT, "%s: indexer_types: expected a list of %d entries "
-                          "(num_hidden_layers), found %zu", r->what, c->num_layers, n);
-        return;
-    }
-    c->index_shared = mk_calloc(n, 1);
-    if (!c->index_shared) {
-        if (r->s == MK_OK)
-            r->s = mk_err(MK_E_NOMEM, "%s: no memory for indexer_types (%zu entries)", r->what, n);
+        for (int i = 0; i < L; i++) {
+            const char *v = "";
+            char ch[2] = {0, 0};
+            if (json_is_string(pat)) {
+                ch[0] = json_string_value(pat)[i];
+                v = !strcmp(ch, "F") ? "full" : !strcmp(ch, "S") ? "shared" : ch;
+            } else if (json_is_string(json_array_get(pat, (size_t)i)))
+                v = json_string_value(json_array_get(pat, (size_t)i));
+            d[i] = !strcmp(v, "shared");
+            if (strcmp(v, "full") && strcmp(v, "shared") && r->s == MK_OK)
+                r->s = mk_err(MK_E_FORMAT, "%s: index_topk_pattern: entry %d is '%.20s', expected F or S "
+                              "(full or shared)", r->what, i, v);
+        }
         return;
     }
-    for (size_t i = 0; i < n; i++) {
-        json_t *e = json_array_get(it, i);
-        const char *v = json_is_string(e) ? json_string_value(e) : "";
-        c->index_shared[i] = !strcmp(v, "shared");
-        if (strcmp(v, "full") && strcmp(v, "shared") && c->bad_indexer_type < 0)
-            c->bad_indexer_type = (int)i;
+    long long freq = get_int(r, tc, "index_topk_freq", 1), off = get_int(r, tc, "index_skip_topk_offset", 2);
+    freq = freq > 1 ? freq : 1;
+    for (int i = 0; i < L; i++) {
+        long long k = i - off + 1;
+        d[i] = (k > 0 ? k : 0) % freq != 0;
     }
 }
 
-static int dsa_of(const char *mt) {
-    for (size_t i = 0; i < sizeof g_dsa / sizeof g_dsa[0]; i++)
-        if (strcmp(mt, g_dsa[i].model_type) == 0)
-            return g_dsa[i].dsa;
-    return MK_DSA_NONE;
+/* The DSA indexer keys: read for the DSA families (absent ones take the
+ * config class's defaults); for a family that does not read one, the first
+ * present is recorded so that the check refuses it. indexer_types
+ * (glm_moe_dsa): "full" runs the layer's own indexer, "shared" reuses the
+ * previous layer's selection; without it the flags are derived as
+ * transformers does (derive_shared), and when both are given they must agree. */
+static void parse_indexer(rd *r, json_t *tc, mk_config *c, const dsa_family *f) {
+    static const char *const keys[] = {"index_topk", "index_n_heads", "index_head_dim", NULL};
+    static const char *const skeys[] = {"indexer_types", "index_topk_pattern", "index_skip_topk_offset",
+                                        "index_topk_freq", NULL};
+    c->bad_indexer_type = -1;
+    for (int i = 0; keys[i] && !f && !c->index_key[0]; i++)
+        if (has_key(tc, keys[i]))
+            snprintf(c->index_key, sizeof c->index_key, "%s", keys[i]);
+    for (int i = 0; skeys[i] && !(f && f->shared) && !c->index_key[0]; i++)
+        if (has_key(tc, skeys[i]))
+            snprintf(c->index_key, sizeof c->index_key, "%s", skeys[i]);
+    if (!f)
+        return;
+    c->dsa = f->dsa;
+    c->index_topk = get_int(r, tc, "index_topk", f->topk);
+    c->index_n_heads = get_int(r, tc, "index_n_heads", f->heads);
+    c->index_head_dim = get_int(r, tc, "index_head_dim", f->dim);
+    int L = c->num_layers;
+    if (!f->shared || L <= 0 || L >= 100000)
+        return;
+    unsigned char *d = mk_calloc((size_t)L, 1);
+    c->index_shared = mk_calloc((size_t)L, 1);
+    if (!d || !c->index_shared) {
+        free(d);
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_NOMEM, "%s: no memory for indexer_types (%d layers)", r->what, L);
+        return;
+    }
+    bool given;
+    derive_shared(r, tc, c, d, &given);
+    json_t *it = json_object_get(tc, "indexer_types");
+    if (!it || json_is_null(it)) {
+        memcpy(c->index_shared, d, (size_t)L);
+        free(d);
+        return;
+    }
+    size_t n = json_is_array(it) ? json_array_size(it) : 0;
+    if (!json_is_array(it) || (int64_t)n != L) {
+        if (r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: indexer_types: expected a list of %d entries "
+                          "(num_hidden_layers), found %zu", r->what, L, n);
+        free(d);
+        return;
+    }
+    for (int i = 0; i < L; i++) {
+        json_t *e = json_array_get(it, (size_t)i);
+        const char *v = json_is_string(e) ? json_string_value(e) : "";
+        c->index_shared[i] = !strcmp(v, "shared");
+        if (strcmp(v, "full") && strcmp(v, "shared") && c->bad_indexer_type < 0)
+            c->bad_indexer_type = i;
+        if (given && c->index_shared[i] != d[i] && r->s == MK_OK)
+            r->s = mk_err(MK_E_FORMAT, "%s: indexer_types says layer %d is %s, but index_topk_pattern / "
+                          "index_topk_freq / index_skip_topk_offset make it %s", r->what, i,
+                          c->index_shared[i] ? "shared" : "full", d[i] ? "shared" : "full");
+    }
+    free(d);
 }
 
 static void parse_text(rd *r, json_t *tc, mk_config *c) {
@@ -655,8 +728,7 @@ static void parse_text(rd *r, json_t *tc, mk_config *c) {
     c->qk_head_dim = get_int(r, tc, "qk_head_dim", 0);
     c->moe_layer_freq = get_int(r, tc, "moe_layer_freq", 1);
     scan_mlp_layer_types(r, json_object_get(tc, "mlp_layer_types"), c);
-    c->dsa = dsa_of(c->model_type) ? dsa_of(c->model_type) : dsa_of(c->text_model_type);
-    parse_indexer(r, tc, c);
+    parse_indexer(r, tc, c, dsa_of(c->model_type) ? dsa_of(c->model_type) : dsa_of(c->text_model_type));
 
     /* read only to refuse what the engine does not implement (mk_config_check) */
     snprintf(c->hidden_act, sizeof c->hidden_act, "silu");

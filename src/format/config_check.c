@@ -259,13 +259,15 @@ static mk_status check_gpt_oss(const mk_config *c) {
  * family, its sizes positive, its RoPE inside its heads, its query from the
  * q latent (q_lora_rank), and a first layer with its own indexer. */
 static mk_status check_dsa(const mk_config *c) {
-    if (!c->dsa) {
-        if (c->index_key[0])
-            return mk_err(MK_E_UNSUPPORTED, "config.json: %s: is a key of the DeepSeek sparse "
-                          "attention families (deepseek_v32, glm_moe_dsa); %s (%s) has no indexer",
-                          c->index_key, c->model_type, mk_arch_name(c->arch));
+    if (c->index_key[0] && !c->dsa)
+        return mk_err(MK_E_UNSUPPORTED, "config.json: %s: is a key of the DeepSeek sparse "
+                      "attention families (deepseek_v32, glm_moe_dsa); %s (%s) has no indexer",
+                      c->index_key, c->model_type, mk_arch_name(c->arch));
+    if (c->index_key[0])
+        return mk_err(MK_E_UNSUPPORTED, "config.json: %s: is a glm_moe_dsa key (layers sharing a "
+                      "selection); %s's every layer runs its own indexer", c->index_key, c->model_type);
+    if (!c->dsa)
         return MK_OK;
-    }
     if (c->index_topk <= 0)
         REFUSE(MK_E_FORMAT, "index_topk", "expected an integer > 0, found %d", c->index_topk);
     if (c->index_n_heads <= 0)
@@ -278,6 +280,9 @@ static mk_status check_dsa(const mk_config *c) {
         REFUSE(MK_E_UNSUPPORTED, "q_lora_rank",
                "%s's indexer reads the q latent: expected an integer > 0, found %d",
                c->model_type, c->q_lora_rank);
+    if (!c->rope_interleave) /* transformers' DSA attention never reads the key */
+        REFUSE(MK_E_UNSUPPORTED, "rope_interleave",
+               "false is not what %s computes (its MLA RoPE is always interleaved)", c->model_type);
     if (c->bad_indexer_type >= 0)
         REFUSE(MK_E_UNSUPPORTED, "indexer_types", "entry %d is neither full nor shared",
                c->bad_indexer_type);

@@ -87,6 +87,11 @@ static void walk_mixer(walker *w, int l, const mk_layer_w *L) {
         emit_mod(w, l, "self_attn.kv_a_proj_with_mqa", MK_PROF_LINEAR, &L->mla.kv_a);
         emit_mod(w, l, "self_attn.kv_b_proj", MK_PROF_LINEAR, &L->mla.kv_b);
         emit_mod(w, l, "self_attn.o_proj", MK_PROF_LINEAR, &L->mla.o);
+        if (L->mla.dsa.on && !L->mla.dsa.shared) { /* the DSA indexer's linears (its LayerNorm stays float) */
+            emit_mod(w, l, "self_attn.indexer.wq_b", MK_PROF_LINEAR, &L->mla.dsa.wq_b);
+            emit_mod(w, l, "self_attn.indexer.wk", MK_PROF_LINEAR, &L->mla.dsa.wk);
+            emit_mod(w, l, "self_attn.indexer.weights_proj", MK_PROF_LINEAR, &L->mla.dsa.weights_proj);
+        }
         break;
     case MK_MIXER_GDN:
         if (L->gdn.grouped) {

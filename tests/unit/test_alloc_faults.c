@@ -136,6 +136,9 @@ static void test_engine_create(void **st) {
     (void)st;
     assert_true(fault_loop("model + engine (tiny)", open_engine,
                            mk_test_fixture("tiny-qwen35moe/bf16"), 1L << 30, 1) > 10);
+    /* DSA: the indexer's config lists (indexer_types), weights and caches */
+    assert_true(fault_loop("model + engine (glm5dsa-a)", open_engine,
+                           mk_test_fixture("glm5dsa-a/bf16"), 1L << 30, 1) > 10);
 }
 
 static void test_tokenizer_load(void **st) {

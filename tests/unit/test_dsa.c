@@ -324,6 +324,13 @@ static void fixture_selection(const char *dir) {
                          (size_t)c->num_layers *
                              (c->kv_lora_rank + c->qk_rope_head_dim + c->index_head_dim) * sizeof(float));
         mk_engine_free(e);
+        /* and in the arena that --memory-budget counts: 64 more positions cost exactly 64
+         * rows of every cache, indexer keys included (chunk fixed, so scratch is unchanged) */
+        mk_engine_opts a = {.threads = 1, .max_ctx = 64, .prefill_chunk = 16}, b = a;
+        b.max_ctx = 128;
+        assert_int_equal(mk_engine_bytes(m, &b) - mk_engine_bytes(m, &a),
+                         64 * (size_t)c->num_layers *
+                             (c->kv_lora_rank + c->qk_rope_head_dim + c->index_head_dim) * sizeof(float));
     }
     snprintf(rel, sizeof rel, "%s/long.json", dir);
     json_t *lj = load_json(rel);
@@ -382,7 +389,10 @@ static void test_glm5dsa_selection(void **st) {
 
 /* glm5dsa-a with indexer_types edited: [full, shared, full] runs (layer 1
  * selects what layer 0 did, and has no indexer cache); [shared, ...] is
- * refused. The weights are the fixture's (a symlink). */
+ * refused; without indexer_types the flags come from index_topk_pattern or
+ * index_topk_freq / index_skip_topk_offset as transformers derives them;
+ * deepseek_v32 refuses indexer_types. The weights are the fixture's (a
+ * symlink). */
 static void test_glm5dsa_shared(void **st) {
     (void)st;
     const char *src = mk_test_fixture("glm5dsa-a/bf16");
@@ -401,6 +411,41 @@ static void test_glm5dsa_shared(void **st) {
     mk_model *m = NULL;
     assert_int_equal(mk_model_open(dir, &m), MK_E_FORMAT);
     assert_non_null(strstr(mk_err_msg(), "indexer_types"));
+    /* without indexer_types, the flags transformers derives (pattern, else freq / offset) */
+    json_object_del(cfg, "indexer_types");
+    static const struct {
+        const char *key;
+        const char *json;
+        unsigned char want[3];
+    } der[] = {{"index_topk_pattern", "\"FSF\"", {0, 1, 0}},
+               {"index_topk_pattern", "[\"full\", \"full\", \"shared\"]", {0, 0, 1}},
+               {"index_topk_freq", "2", {0, 0, 1}}, /* offset 2: max(i - 1, 0) % 2 */
+               {"index_skip_topk_offset", "1", {0, 0, 0}}}; /* freq 1: all full */
+    for (size_t i = 0; i < sizeof der / sizeof der[0]; i++) {
+        json_t *v = json_loads(der[i].json, JSON_DECODE_ANY, NULL);
+        json_object_set_new(cfg, der[i].key, v);
+        assert_int_equal(json_dump_file(cfg, q, 0), 0);
+        mk_config dc;
+        if (mk_config_load(dir, &dc) != MK_OK)
+            fail_msg("%s %s: %s", der[i].key, der[i].json, mk_err_msg());
+        assert_non_null(dc.index_shared);
+        assert_memory_equal(dc.index_shared, der[i].want, 3);
+        mk_config_free(&dc);
+        json_object_del(cfg, der[i].key);
+    }
+    /* transformers' DSA attention always interleaves MLA's RoPE: false is refused */
+    json_object_set_new(cfg, "rope_interleave", json_false());
+    assert_int_equal(json_dump_file(cfg, q, 0), 0);
+    assert_int_equal(mk_model_open(dir, &m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "rope_interleave"));
+    json_object_del(cfg, "rope_interleave");
+    /* deepseek_v32 has no shared layers: its config may not claim them */
+    json_object_set_new(cfg, "model_type", json_string("deepseek_v32"));
+    json_object_set_new(cfg, "indexer_types", json_pack("[s,s,s]", "full", "full", "full"));
+    assert_int_equal(json_dump_file(cfg, q, 0), 0);
+    assert_int_equal(mk_model_open(dir, &m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "indexer_types"));
+    json_object_set_new(cfg, "model_type", json_string("glm_moe_dsa"));
     json_object_set_new(cfg, "indexer_types", json_pack("[s,s,s]", "full", "shared", "full"));
     assert_int_equal(json_dump_file(cfg, q, 0), 0);
     json_decref(cfg);

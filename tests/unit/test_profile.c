@@ -375,6 +375,10 @@ static void test_layouts(void **st) {
          "model.layers.0.self_attn.kv_b_proj.weight", 0},
         {"qwen3moe-odd/bf16", 128, "model.layers.0.mlp.experts.1.down_proj",
          "model.layers.0.mlp.experts.1.down_proj.weight", 10},
+        {"deepseekv32-a/bf16", 32, "model.layers.1.self_attn.indexer.wq_b", /* DSA: the indexer's */
+         "model.layers.1.self_attn.indexer.wq_b.weight", 0},                 /* linears are profiled */
+        {"glm5dsa-a/bf16", 32, "model.layers.2.self_attn.indexer.weights_proj",
+         "model.layers.2.self_attn.indexer.weights_proj.weight", 0},
     };
     for (size_t c = 0; c < sizeof cases / sizeof cases[0]; c++) {
         const layout_case *lc = &cases[c];
