@@ -354,7 +354,6 @@ MK_T static inline __m256i q8_dot8_avx2(__m256i q, __m256i a) {
 }
 #define Q8SFX(name) name##_q8avx2
 #define MK_Q8_MV_NAME mk_q8_mv_affine_avx2
-#define MK_Q8_GEMM_NAME mk_q8_gemm_affine_avx2
 #define MK_Q8_DOT4 q8_dot4_avx2
 #define MK_Q8_DOT8 q8_dot8_avx2
 #define MK_Q8_SHIFT8 true

@@ -108,9 +108,6 @@ typedef bool (*mk_prep_fn)(const mk_wt *w, const float *x, float *aux, size_t ca
 /* y[r - r0] = dot(W[r, :], x) for r in [r0, r1); aux from prep (or NULL). */
 typedef void (*mk_matvec_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,
                              float *y);
-/* Several prepared tokens at once (qgemm below). */
-typedef void (*mk_qgemm_fn)(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, size_t astride, int nt,
-                            float *y, int64_t ldy);
 /* out[0 .. c1-c0) = W[r, c0 .. c1), c0 a multiple of MK_PANEL_K (128:
  * whole blocks of every format). */
 typedef void (*mk_dequant_fn)(const mk_wt *w, int64_t r, int64_t c0, int64_t c1, float *out);
@@ -145,11 +142,6 @@ typedef struct mk_kern_i {
      * (mk_matmul_rows) keep float x */
     mk_matvec_fn qmatvec[MK_WF_COUNT];
     mk_prep_fn qprep[MK_WF_COUNT];
-    /* (optional) prefill on int8 activations: nt tokens prepared by qprep
-     * (token j at aux + j*astride), y[t*ldy + r - r0] for r in [r0, r1),
-     * each output bitwise what qmatvec gives for that token alone; NULL:
-     * mk_matmul runs qmatvec once per token */
-    mk_qgemm_fn qgemm[MK_WF_COUNT];
     /* column-range dequant per format (optional) */
     mk_dequant_fn dequant[MK_WF_COUNT];
 } mk_kern_i;
@@ -167,8 +159,6 @@ const mk_kern_i *mk_kern_avx512vnni(void);
  * false for other widths. */
 bool mk_q8_prep_affine_avx2(const mk_wt *w, const float *x, float *aux, size_t cap);
 void mk_q8_mv_affine_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux, float *y);
-void mk_q8_gemm_affine_avx2(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, size_t astride, int nt,
-                            float *y, int64_t ldy);
 /* The panel products on AVX2+FMA (kern_panel.c), the AVX2 table's. */
 void mk_pack_panel_avx2(const float *a, int64_t lda, int nr, int64_t kc, float *pa);
 void mk_gemm_panel_avx2(const float *pa, int64_t kc, int nr, const float *x, int64_t ldx, int64_t nt, float *y,

@@ -5,7 +5,6 @@
  *   MK_T              target attribute
  *   Q8SFX(name)       name##_q8<isa> (file-local names)
  *   MK_Q8_MV_NAME     the exported matvec (kern_impl.h)
- *   MK_Q8_GEMM_NAME   the several-token product (kern_impl.h qgemm)
  *   MK_Q8_DOT4(lo, a0, hi, a1)  int32 x 8: lanes 0-3 the dot of block 0,
  *                     4-7 of block 1 (u8 codes lo/hi times s8 x a0/a1)
  *   MK_Q8_DOT8(q, a)  int32 x 8 whose sum is the dot of 32 codes (raw bytes
@@ -13,8 +12,7 @@
  *   MK_Q8_SHIFT8      true when DOT8 computes with q - 128 (the bias then
  *                     absorbs 128 s, see kern_avx2.c)
  * The prepared x (layout and quantizer) is kern_avx2.c's
- * mk_q8_prep_affine_avx2 for both. Defines the matvec MK_Q8_MV_NAME and
- * the prefill product MK_Q8_GEMM_NAME. */
+ * mk_q8_prep_affine_avx2 for both. Defines the matvec MK_Q8_MV_NAME. */
 
 MK_T static inline float Q8SFX(hsum8)(__m256 v) {
     __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -143,143 +141,4 @@ MK_T void MK_Q8_MV_NAME(const mk_wt *w, int64_t r0, int64_t r1, const float *x, 
         Q8SFX(mv_affine4)(w, r0, r1, aux, y);
     else
         Q8SFX(mv_affine8)(w, r0, r1, aux, y);
-}
-
-/* ---- prefill: several tokens per pass over a row ------------------------
- * The same sums as the matvecs above for each token, in the same order
- * (acc0/acc1 by chunk parity, bias terms, the lone-block tail), so every
- * output is bitwise what the single-token kernel gives for that token; a
- * row's codes are loaded and unpacked once for up to Q8_NT tokens and its
- * scales and biases converted once for all of them. aux + j*astride is
- * token j's prepared x. */
-#define Q8_NT 4
-
-__attribute__((always_inline)) MK_T static inline void Q8SFX(gemm_affine4_nt)(const mk_wt *w, int64_t r0,
-                                                                              int64_t r1, const float *aux,
-                                                                              size_t astride, float *y,
-                                                                              int64_t ldy, const int NT) {
-    const int g = w->group;
-    const int64_t cols = w->cols, ng = cols / g, rb = cols / 2;
-    mk_q8x v[Q8_NT];
-    for (int t = 0; t < NT; t++)
-        v[t] = mk_q8x_at(aux + t * astride, cols, g);
-    const size_t ssz = w->sdtype == MK_DT_F32 ? 4 : 2;
-    const __m256i m4 = _mm256_set1_epi8(15);
-    float s[64], b[64];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *p = (const uint8_t *)w->data + r * rb;
-        __m256 acc0[Q8_NT], acc1[Q8_NT], accb[Q8_NT];
-        float tail[Q8_NT];
-        for (int t = 0; t < NT; t++) {
-            acc0[t] = acc1[t] = accb[t] = _mm256_setzero_ps();
-            tail[t] = 0.0f;
-        }
-        for (int64_t g0 = 0; g0 < ng; g0 += 64) {
-            int cnt = ng - g0 < 64 ? (int)(ng - g0) : 64;
-            size_t off = (size_t)(r * ng + g0) * ssz;
-            Q8SFX(cvt_scales)(w->sdtype, (const uint8_t *)w->scales + off, s, cnt);
-            Q8SFX(cvt_scales)(w->sdtype, (const uint8_t *)w->biases + off, b, cnt);
-            for (int t = 0; t < NT; t++)
-                accb[t] = Q8SFX(bias_terms)(s, b, v[t].xg + g0, cnt, false, accb[t], &tail[t]);
-            const int64_t cb = g0 * g, ce = cb + (int64_t)cnt * g;
-            int64_t c = cb;
-            for (; c + 64 <= ce; c += 64) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(p + c / 2));
-                __m256i lo = _mm256_and_si256(q, m4), hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), m4);
-                int64_t k = (c - cb) / g;
-                __m256 sv = g == 32 ? _mm256_set_m128(_mm_set1_ps(s[k + 1]), _mm_set1_ps(s[k]))
-                                    : _mm256_set1_ps(s[k]);
-                for (int t = 0; t < NT; t++) {
-                    __m256i a0 = _mm256_loadu_si256((const __m256i *)(const void *)(v[t].q4 + c));
-                    __m256i a1 = _mm256_loadu_si256((const __m256i *)(const void *)(v[t].q4 + c + 32));
-                    __m256 f = _mm256_mul_ps(_mm256_cvtepi32_ps(MK_Q8_DOT4(lo, a0, hi, a1)),
-                                             _mm256_loadu_ps(v[t].d8 + c / 8));
-                    if ((c / 64) & 1)
-                        acc1[t] = _mm256_fmadd_ps(f, sv, acc1[t]);
-                    else
-                        acc0[t] = _mm256_fmadd_ps(f, sv, acc0[t]);
-                }
-            }
-            if (c < ce) { /* a last lone block of 32 (group 32) */
-                const __m128i m4h = _mm_set1_epi8(15);
-                __m128i q = _mm_loadu_si128((const __m128i *)(const void *)(p + c / 2));
-                __m128i lo = _mm_and_si128(q, m4h), hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4h);
-                for (int t = 0; t < NT; t++) {
-                    __m128i a0 = _mm_loadu_si128((const __m128i *)(const void *)(v[t].q4 + c));
-                    __m128i a1 = _mm_loadu_si128((const __m128i *)(const void *)(v[t].q4 + c + 16));
-                    __m128i p32 = _mm_madd_epi16(_mm_add_epi16(_mm_maddubs_epi16(lo, a0), _mm_maddubs_epi16(hi, a1)),
-                                                 _mm_set1_epi16(1));
-                    p32 = _mm_add_epi32(p32, _mm_shuffle_epi32(p32, 0x4e));
-                    p32 = _mm_add_epi32(p32, _mm_shuffle_epi32(p32, 0xb1));
-                    tail[t] += (float)_mm_cvtsi128_si32(p32) * v[t].d[c / MK_Q8_BLOCK] * s[(c - cb) / g];
-                }
-            }
-        }
-        for (int t = 0; t < NT; t++)
-            y[t * ldy + r - r0] = Q8SFX(hsum8)(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), accb[t])) + tail[t];
-    }
-}
-
-__attribute__((always_inline)) MK_T static inline void Q8SFX(gemm_affine8_nt)(const mk_wt *w, int64_t r0,
-                                                                              int64_t r1, const float *aux,
-                                                                              size_t astride, float *y,
-                                                                              int64_t ldy, const int NT) {
-    const int g = w->group;
-    const int64_t cols = w->cols, ng = cols / g;
-    mk_q8x v[Q8_NT];
-    for (int t = 0; t < NT; t++)
-        v[t] = mk_q8x_at(aux + t * astride, cols, g);
-    const size_t ssz = w->sdtype == MK_DT_F32 ? 4 : 2;
-    float s[64], b[64];
-    for (int64_t r = r0; r < r1; r++) {
-        const uint8_t *p = (const uint8_t *)w->data + r * cols;
-        __m256 acc0[Q8_NT], acc1[Q8_NT], accb[Q8_NT];
-        float tail[Q8_NT];
-        for (int t = 0; t < NT; t++) {
-            acc0[t] = acc1[t] = accb[t] = _mm256_setzero_ps();
-            tail[t] = 0.0f;
-        }
-        for (int64_t g0 = 0; g0 < ng; g0 += 64) {
-            int cnt = ng - g0 < 64 ? (int)(ng - g0) : 64;
-            size_t off = (size_t)(r * ng + g0) * ssz;
-            Q8SFX(cvt_scales)(w->sdtype, (const uint8_t *)w->scales + off, s, cnt);
-            Q8SFX(cvt_scales)(w->sdtype, (const uint8_t *)w->biases + off, b, cnt);
-            for (int t = 0; t < NT; t++)
-                accb[t] = Q8SFX(bias_terms)(s, b, v[t].xg + g0, cnt, MK_Q8_SHIFT8, accb[t], &tail[t]);
-            const int64_t cb = g0 * g, ce = cb + (int64_t)cnt * g;
-            for (int64_t c = cb; c < ce; c += MK_Q8_BLOCK) {
-                __m256i q = _mm256_loadu_si256((const __m256i *)(const void *)(p + c));
-                float sc = s[(c - cb) / g];
-                for (int t = 0; t < NT; t++) {
-                    __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)(v[t].q + c));
-                    __m256 f = _mm256_cvtepi32_ps(MK_Q8_DOT8(q, a));
-                    __m256 sd = _mm256_set1_ps(sc * v[t].d[c / MK_Q8_BLOCK]);
-                    if ((c / MK_Q8_BLOCK) & 1)
-                        acc1[t] = _mm256_fmadd_ps(f, sd, acc1[t]);
-                    else
-                        acc0[t] = _mm256_fmadd_ps(f, sd, acc0[t]);
-                }
-            }
-        }
-        for (int t = 0; t < NT; t++)
-            y[t * ldy + r - r0] = Q8SFX(hsum8)(_mm256_add_ps(_mm256_add_ps(acc0[t], acc1[t]), accb[t])) + tail[t];
-    }
-}
-
-/* y[t*ldy + r - r0] for r in [r0, r1), t < nt (kern_impl.h qgemm). */
-MK_T void MK_Q8_GEMM_NAME(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, size_t astride, int nt,
-                          float *y, int64_t ldy) {
-    int t = 0;
-    for (; t + Q8_NT <= nt; t += Q8_NT) {
-        if (w->bits == 4)
-            Q8SFX(gemm_affine4_nt)(w, r0, r1, aux + t * astride, astride, y + t * ldy, ldy, Q8_NT);
-        else
-            Q8SFX(gemm_affine8_nt)(w, r0, r1, aux + t * astride, astride, y + t * ldy, ldy, Q8_NT);
-    }
-    for (; t < nt; t++) { /* the last 1..3 tokens one at a time */
-        if (w->bits == 4)
-            Q8SFX(gemm_affine4_nt)(w, r0, r1, aux + t * astride, astride, y + t * ldy, ldy, 1);
-        else
-            Q8SFX(gemm_affine8_nt)(w, r0, r1, aux + t * astride, astride, y + t * ldy, ldy, 1);
-    }
 }

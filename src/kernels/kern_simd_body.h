@@ -464,7 +464,6 @@ const mk_kern_i MK_KERN_TABLE = {
      * AVX-512 table, with their own x layout) */
     .qmatvec = {[MK_WF_AFFINE] = mk_q8_mv_affine_avx2},
     .qprep = {[MK_WF_AFFINE] = mk_q8_prep_affine_avx2},
-    .qgemm = {[MK_WF_AFFINE] = mk_q8_gemm_affine_avx2},
     .dequant =
         {
             [MK_WF_BF16] = KSFX(dq_bf16),

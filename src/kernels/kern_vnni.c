@@ -23,14 +23,11 @@ MK_T static inline __m256i q8_dot8_vnni(__m256i q, __m256i a) {
 }
 #define Q8SFX(name) name##_q8vnni
 #define MK_Q8_MV_NAME mv_affine_q8vnni
-#define MK_Q8_GEMM_NAME gemm_affine_q8vnni
 #define MK_Q8_DOT4 q8_dot4_vnni
 #define MK_Q8_DOT8 q8_dot8_vnni
 #define MK_Q8_SHIFT8 false
 MK_T static void mv_affine_q8vnni(const mk_wt *w, int64_t r0, int64_t r1, const float *x, const float *aux,
                                   float *y); /* defined by the body below */
-MK_T static void gemm_affine_q8vnni(const mk_wt *w, int64_t r0, int64_t r1, const float *aux, size_t astride,
-                                    int nt, float *y, int64_t ldy);
 #include "kernels/kern_q8_body.h"
 
 static mk_kern_i g_vnni;
@@ -40,7 +37,6 @@ static void vnni_build(void) {
     g_vnni = mk_kern_avx512;
     g_vnni.name = "avx512vnni";
     g_vnni.qmatvec[MK_WF_AFFINE] = mv_affine_q8vnni;
-    g_vnni.qgemm[MK_WF_AFFINE] = gemm_affine_q8vnni;
 }
 
 const mk_kern_i *mk_kern_avx512vnni(void) {

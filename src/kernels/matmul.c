@@ -178,73 +178,6 @@ static void mm_prefill_task(void *ctx, int64_t b, int64_t e) {
     }
 }
 
-/* ---- prefill on int8 activations (opt-in, kernels.h) -------------------
- * Work items are (64-row block, token block) pairs, token blocks of up to
- * 16 tokens whose prepared x (qprep: int8 q, block scales, group sums)
- * fits MK_Q8_AUX floats of the worker's stack. A task prepares a token
- * block once and keeps it for its following items of the same block (items
- * run row blocks first), so x is quantized about once per thread and matmul;
- * the rule is the decode one (kern_impl.h), and every output is bitwise the
- * single-token product of its token. */
-#define MK_Q8_ROWS 64    /* rows per int8 prefill work item */
-#define MK_Q8_TOK 16     /* most tokens per int8 prefill work item */
-#define MK_Q8_AUX 24576  /* floats of prepared tokens per task (worker stack) */
-
-typedef struct q8_ctx {
-    const mk_kern_i *k;
-    const mk_wt *w;
-    const float *x;
-    float *y;
-    int64_t n, nrb, tb; /* tokens, row blocks, tokens per block */
-    size_t stride;      /* floats per prepared token (64-byte multiple) */
-} q8_ctx;
-
-static void q8_prefill_task(void *ctx, int64_t b, int64_t e) {
-    const q8_ctx *m = ctx;
-    const mk_wt *w = m->w;
-    alignas(64) float aux[MK_Q8_AUX];
-    int64_t have = -1; /* token block prepared in aux */
-    for (int64_t i = b; i < e; i++) {
-        int64_t rb = i % m->nrb, tbi = i / m->nrb;
-        int64_t r0 = rb * MK_Q8_ROWS, t0 = tbi * m->tb;
-        int64_t r1 = r0 + MK_Q8_ROWS < w->rows ? r0 + MK_Q8_ROWS : w->rows;
-        int nt = (int)(t0 + m->tb < m->n ? m->tb : m->n - t0);
-        if (tbi != have) {
-            for (int j = 0; j < nt; j++) /* accepted for token 0: the same shape and cap here */
-                m->k->qprep[w->fmt](w, m->x + (t0 + j) * w->cols, aux + j * m->stride, m->stride);
-            have = tbi;
-        }
-        float *y = m->y + t0 * w->rows + r0;
-        if (m->k->qgemm[w->fmt])
-            m->k->qgemm[w->fmt](w, r0, r1, aux, m->stride, nt, y, w->rows);
-        else
-            for (int j = 0; j < nt; j++)
-                m->k->qmatvec[w->fmt](w, r0, r1, m->x + (t0 + j) * w->cols, aux + j * m->stride,
-                                      y + j * w->rows);
-    }
-}
-
-/* The int8 prefill of mk_matmul, when the table has it for w and one token's
- * preparation fits; false: use the float path. */
-static bool q8_prefill(mk_pool *p, const mk_kern_i *k, const mk_wt *w, const float *x, int64_t n, float *y) {
-    if (!k->qprep[w->fmt] || !k->qmatvec[w->fmt])
-        return false;
-    /* one token's prepared x: the int8 layout (kern_impl.h), 64-byte slices;
-     * the prep itself says whether it takes this weight (width, columns) */
-    size_t stride = (mk_q8x_floats(w->cols, w->group) + 15) / 16 * 16;
-    alignas(64) float probe[MK_Q8_AUX];
-    if (stride > MK_Q8_AUX || !k->qprep[w->fmt](w, x, probe, stride))
-        return false;
-    q8_ctx m = {.k = k, .w = w, .x = x, .y = y, .n = n, .stride = stride};
-    m.tb = (int64_t)(MK_Q8_AUX / stride);
-    if (m.tb > MK_Q8_TOK)
-        m.tb = MK_Q8_TOK;
-    m.nrb = (w->rows + MK_Q8_ROWS - 1) / MK_Q8_ROWS;
-    int64_t ntb = (n + m.tb - 1) / m.tb;
-    mk_pool_for(p, m.nrb * ntb, 1, q8_prefill_task, &m);
-    return true;
-}
-
 static void mm_decode_task(void *ctx, int64_t b, int64_t e) {
     const mm_ctx *m = ctx;
     if (m->mv)
@@ -279,8 +212,6 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
     }
-    if (mk_kernels_int8() && q8_prefill(p, m.k, w, x, n, y))
-        return;
     m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
     int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
     mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
