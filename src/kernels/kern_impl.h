@@ -7,6 +7,7 @@
  *   kern_avx512.c AVX-512 table, likewise
  *   kern_vnni.c   the AVX-512 table with VNNI int8 dots (MK_ISA_AVX512VNNI)
  *   q8.c, kern_q8_body.h  int8 activations: the rule, the int8 matvecs
+ *   kern_panel.c  the AVX2 table's prefill panels (pack, 6x16 register tile)
  *   matmul.c      picks a table, tiles and threads mk_matmul
  *   pool.c, ops.c thread pool and vector ops
  *

@@ -117,18 +117,25 @@ __attribute__((always_inline)) MK_T static inline void panel_group(const float *
     POUT(0) POUT(1) POUT(2) POUT(3) POUT(4) POUT(5)
 }
 
+/* Token groups: 6 while 12 or more remain, then the rest split in two
+ * near-equal groups (7 -> 4 + 3, ..., 11 -> 6 + 5): groups of 1 or 2 keep
+ * only 2 or 4 FMA chains in flight, which FMA latency leaves half idle. */
 MK_T void mk_gemm_panel_avx2(const float *pa, int64_t kc, int nr, const float *x, int64_t ldx, int64_t nt,
                              float *y, int64_t ldy) {
-    int64_t t = 0;
-    for (; t + 6 <= nt; t += 6)
-        panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 6);
-    switch (nt - t) {
-    case 5: panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 5); break;
-    case 4: panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 4); break;
-    case 3: panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 3); break;
-    case 2: panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 2); break;
-    case 1: panel_group(pa, kc, nr, x + t * ldx, ldx, y + t * ldy, ldy, 1); break;
-    default: break;
+    for (int64_t t = 0; t < nt;) {
+        int64_t rem = nt - t;
+        int g = rem >= 12 ? 6 : rem > 6 ? (int)(rem + 1) / 2 : (int)rem;
+        const float *xt = x + t * ldx;
+        float *yt = y + t * ldy;
+        switch (g) {
+        case 6: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 6); break;
+        case 5: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 5); break;
+        case 4: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 4); break;
+        case 3: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 3); break;
+        case 2: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 2); break;
+        default: panel_group(pa, kc, nr, xt, ldx, yt, ldy, 1); break;
+        }
+        t += g;
     }
 }
 

@@ -5,8 +5,9 @@
  *    (affine nibbles, FP8/E8M0/E2M1 codes, block scales).
  * 2. mk_matmul_ref against a double-precision loop over mk_wt_dequant_row.
  * 3. mk_matmul on every kernel path this CPU supports (ref, avx2, avx512),
- *    single-threaded and on a pool, n = 1, 3, 37 and 70 tokens (70: two
- *    prefill token blocks, 6-token register tiles and a tail), against
+ *    single-threaded and on a pool, n = 1, 3, 14, 15, 17, 37 and 70 tokens
+ *    (register tiles of 3 to 6 tokens, both prefill paths, two token
+ *    blocks), against
  *    mk_matmul_ref. Bound for 2 and 3: |y - y_ref| <= 1e-5 * sum_c |W x|
  *    (float32 summation-order error is ~cols * 2^-24 of that in the worst
  *    case, far less in practice; a wrong element is ~1e-2 of it).
@@ -352,8 +353,10 @@ static void check_weight(const tw *t, const char *label) {
     assert_true(y1 && wq && sq && bq);
     q8_want(wr, cols, 0, rows, x, wq, sq, bq);
 
-    /* 70 tokens: two prefill token blocks, register tiles of 6 and a tail */
-    static const int64_t ns[] = {1, 3, 37, 70};
+    /* 3: 4-row tiles; 14, 15, 17, 37: AVX2 panels in register tiles of
+     * 6,4,4 / 6,5,4 / 6,6,5 / 6x5,4,3 tokens; 70: two prefill token blocks,
+     * 64 on panels (6x9,5,5) and 6 on tiles */
+    static const int64_t ns[] = {1, 3, 14, 15, 17, 37, 70};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
         int64_t n = ns[k];
         char what[160];
