@@ -9,6 +9,7 @@
 #ifndef MOEKIT_SAMPLE_H
 #define MOEKIT_SAMPLE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "moekit/status.h"
@@ -42,6 +43,10 @@ void mk_sampler_free(mk_sampler *s); /* NULL ok */
 /* Pick the next token from logits[vocab] (modified in place). `hist` are
  * the tokens so far (prompt and generated) for the repetition penalty. */
 int32_t mk_sampler_sample(mk_sampler *s, float *logits, const int32_t *hist, int64_t nhist);
+/* True when mk_sampler_sample is mk_argmax of the logits whatever the
+ * history (greedy, no penalty): a caller may then take the engine's argmax
+ * (mk_engine_forward_argmax) instead of the logits. */
+bool mk_sampler_plain_greedy(const mk_sampler *s);
 
 /* Index of the largest value, lowest index on ties. */
 int32_t mk_argmax(const float *x, int64_t n);

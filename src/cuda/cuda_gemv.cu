@@ -21,8 +21,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
                                                             float *__restrict__ y, int accumulate, int staged) {
     extern __shared__ float4 mkc_sm4[];
     const float *x = xg;
-    if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory */
-        mkc_stage((float *)mkc_sm4, xg, w.cols);
+    int xpad = 0;
+    if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory
+                   * (staged 2: in the padded layout, affine formats) */
+        xpad = staged == 2 ? 4 : 0;
+        if (xpad)
+            mkc_stage_pad((float *)mkc_sm4, xg, w.cols);
+        else
+            mkc_stage((float *)mkc_sm4, xg, w.cols);
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
@@ -41,13 +47,32 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
         xs[i] = x;
     }
     float acc[GEMV_ROWS];
-    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc);
+    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc, xpad);
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {
         const float v = mkc_warp_sum(acc[i]);
         if (lane == 0 && r0 + i < w.rows)
             y[r0 + i] = accumulate ? y[r0 + i] + v : v;
     }
+}
+
+/* How a GEMV block stages x of `cols` floats: 0 not (it does not fit, or
+ * not whole float4s), 1 as is, 2 in the padded layout (kernel generation
+ * 2, affine formats, whose x offsets are whole 32-value blocks: mkc_xi).
+ * *smem: the bytes. */
+static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
+    *smem = 0;
+    if (cols % 4 != 0)
+        return 0;
+    if (mkc_variant() >= 2 && kind >= MKC_A4_F32 && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
+        *smem = (size_t)MKC_PADDED(cols) * 4;
+        return 2;
+    }
+    if (cols * 4 <= MKC_SMEM_MAX) {
+        *smem = (size_t)cols * 4;
+        return 1;
+    }
+    return 0;
 }
 
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
@@ -62,14 +87,14 @@ extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);
     /* stage x in shared memory when it fits and is whole float4s */
-    const bool staged = w->cols % 4 == 0 && w->cols * 4 <= MKC_SMEM_MAX;
-    const size_t smem = staged ? (size_t)w->cols * 4 : 0;
+    size_t smem;
+    const int staged = stage_mode(v.kind, w->cols, &smem);
     if (mkc_variant() >= 2)
         k_gemv<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
-                                                                                         staged ? 1 : 0);
+                                                                                         staged);
     else
         k_gemv<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
-                                                                                          staged ? 1 : 0);
+                                                                                          staged);
     MKC_TRY(cudaGetLastError(), "launching gemv");
     return MK_OK;
 }
@@ -89,8 +114,13 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
                                                               const float *__restrict__ xg, int staged) {
     extern __shared__ float4 mkc_sm4[];
     const float *x = xg;
-    if (staged) {
-        mkc_stage((float *)mkc_sm4, xg, a.w[0].cols);
+    int xpad = 0;
+    if (staged) { /* as k_gemv */
+        xpad = staged == 2 ? 4 : 0;
+        if (xpad)
+            mkc_stage_pad((float *)mkc_sm4, xg, a.w[0].cols);
+        else
+            mkc_stage((float *)mkc_sm4, xg, a.w[0].cols);
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
@@ -113,7 +143,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
         xs[i] = x;
     }
     float acc[GEMV_ROWS];
-    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc);
+    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc, xpad);
     float *y = a.y[m];
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {
@@ -146,13 +176,12 @@ extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const floa
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);
-    const int64_t cols = w[0]->cols;
-    const bool staged = cols % 4 == 0 && cols * 4 <= MKC_SMEM_MAX;
-    const size_t smem = staged ? (size_t)cols * 4 : 0;
+    size_t smem;
+    const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
     if (mkc_variant() >= 2)
-        k_gemv_n<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged ? 1 : 0);
+        k_gemv_n<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged);
     else
-        k_gemv_n<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged ? 1 : 0);
+        k_gemv_n<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged);
     MKC_TRY(cudaGetLastError(), "launching gemv_n");
     return MK_OK;
 }

@@ -139,6 +139,17 @@ __device__ __forceinline__ uint4 mkc_ldw(const void *p) {
     return r;
 }
 
+/* The padded layout of x in shared memory (xpad 4; 0: plain): 4 floats of
+ * padding after every 32, so that the 32 lanes of a warp, whose 16-byte
+ * weight chunks start VPC = 32, 16 or 8 values apart, read x from distinct
+ * banks. Unpadded, lanes 128 bytes apart (4-bit) hit the same 4 banks: an
+ * 8-way conflict on every x load (4-way at 8 bits, 2-way for bf16), which
+ * matched the GEMV's 33% / 72% / 87% of copy (bench/RESULTS.md 2026-12-03).
+ * Logical index i (a chunk's first value: never straddles 32) -> i + pad. */
+__device__ __forceinline__ int64_t mkc_xi(int64_t i, int xpad) {
+    return i + (i >> 5) * xpad;
+}
+
 /* x values: shared memory when the kernel staged x there, else global
  * (plain loads: the pointer may be either) */
 __device__ __forceinline__ void mkc_ldx(const float *x, int n4, float *xv) {
@@ -170,7 +181,7 @@ template <int N> __device__ __forceinline__ float mkc_sum(const float *v) {
 template <int BITS, int SD, int NR, bool SX>
 __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void *const *s,
                                             const void *const *b, const float *const *x,
-                                            int64_t nchunk, int gshift, int lane, float *acc) {
+                                            int64_t nchunk, int gshift, int lane, float *acc, int xpad) {
     constexpr int VPC = 128 / BITS; /* values per 16-byte chunk */
     constexpr int U = NR >= 4 ? 1 : 2; /* 16-byte loads in flight per lane: U * NR */
     for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
@@ -191,7 +202,7 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
 #pragma unroll
             for (int r = 0; r < NR; r++) {
                 if (r == 0 || !SX) {
-                    mkc_ldx(x[r] + c * VPC, VPC / 4, xv);
+                    mkc_ldx(x[r] + mkc_xi(c * VPC, xpad), VPC / 4, xv);
                     xs = mkc_sum<VPC>(xv);
                 }
                 const uint32_t wd[4] = {qq[u][r].x, qq[u][r].y, qq[u][r].z, qq[u][r].w};
@@ -245,7 +256,7 @@ __device__ __forceinline__ float mkc_aff_term(const uint4 &q, const float *xv, f
 template <int BITS, int SD, int NR, bool SX>
 __device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const void *const *s,
                                               const void *const *b, const float *const *x,
-                                              int64_t nchunk, int gshift, int lane, float *acc) {
+                                              int64_t nchunk, int gshift, int lane, float *acc, int xpad) {
     constexpr int VPC = 128 / BITS;
     int64_t c = lane;
     if (c >= nchunk)
@@ -284,6 +295,7 @@ __device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const voi
          * one word's x values live at a time (registers are what limits
          * the warps an SM holds) */
         constexpr int VPW = VPC / 4;
+        const int64_t xc = mkc_xi(c * VPC, xpad); /* the chunk's x, padded layout or not */
         float a[NR][2], xs[NR];
 #pragma unroll
         for (int r = 0; r < NR; r++)
@@ -294,7 +306,7 @@ __device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const voi
 #pragma unroll
             for (int r = 0; r < NR; r++) {
                 if (r == 0 || !SX) {
-                    mkc_ldx(x[r] + c * VPC + j * VPW, VPW / 4, xv);
+                    mkc_ldx(x[r] + xc + j * VPW, VPW / 4, xv);
                     xs[r] += mkc_sum<VPW>(xv);
                 }
                 const uint32_t w = j == 0 ? qq[r].x : j == 1 ? qq[r].y : j == 2 ? qq[r].z : qq[r].w;
@@ -394,7 +406,7 @@ __device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const flo
  * row rows[r] of w[r] against x[r] (SX: x[0] for all). Warp-uniform. */
 template <int NR, bool SX, bool P = false>
 __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_t *rows,
-                                             const float *const *x, int lane, float *acc) {
+                                             const float *const *x, int lane, float *acc, int xpad = 0) {
     const mkc_w &w0 = *w[0];
     const uint8_t *q[NR];
     const void *s[NR], *b[NR];
@@ -418,9 +430,9 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
 #define MKC_AFF(BITS, SD)                                                        \
     do {                                                                         \
         if (P)                                                                   \
-            mkc_dot_aff_p<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc); \
+            mkc_dot_aff_p<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc, xpad); \
         else                                                                     \
-            mkc_dot_aff<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc);   \
+            mkc_dot_aff<BITS, SD, NR, SX>(q, s, b, x, nchunk, w0.gshift, lane, acc, xpad);   \
     } while (0)
     case MKC_A4_F32: MKC_AFF(4, 0); break;
     case MKC_A4_BF16: MKC_AFF(4, 1); break;
@@ -439,6 +451,14 @@ __device__ __forceinline__ void mkc_stage(float *dst, const float *src, int64_t 
     for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x)
         ((float4 *)dst)[i] = __ldg((const float4 *)src + i);
 }
+
+/* mkc_stage into the padded layout (mkc_xi with xpad 4): n % 4 == 0; dst
+ * holds MKC_PADDED(n) floats. */
+__device__ __forceinline__ void mkc_stage_pad(float *dst, const float *src, int64_t n) {
+    for (int64_t i = threadIdx.x; i < n / 4; i += blockDim.x)
+        ((float4 *)dst)[i + (i >> 3)] = __ldg((const float4 *)src + i);
+}
+#define MKC_PADDED(n) ((n) + ((n) >> 5) * 4)
 
 #define MKC_SMEM_MAX (48 * 1024) /* dynamic shared memory without an opt-in */
 

@@ -180,8 +180,13 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     extern __shared__ float4 mkc_sm4[];
     mkc_pdl_enter();
     const float *x = xg;
-    if (staged) { /* x is read by every warp: once into shared memory */
-        mkc_stage((float *)mkc_sm4, xg, a.H);
+    int xpad = 0;
+    if (staged) { /* x is read by every warp: once into shared memory (2: padded, mkc_xi) */
+        xpad = staged == 2 ? 4 : 0;
+        if (xpad)
+            mkc_stage_pad((float *)mkc_sm4, xg, a.H);
+        else
+            mkc_stage((float *)mkc_sm4, xg, a.H);
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
@@ -206,7 +211,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const mkc_w *ws[4] = {G, U, G, U};
     const int64_t rows[4] = {row, row, row + 1, row + 1};
     float acc[4];
-    mkc_dot_rows<4, true, P>(ws, rows, xs, lane, acc);
+    mkc_dot_rows<4, true, P>(ws, rows, xs, lane, acc, xpad);
     const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
     const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
     if (lane == 0) {
@@ -283,7 +288,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
 
 template <int BITS, int SD>
 __device__ __forceinline__ float down2_tasks(const moe_args &a, const int32_t *sidx, const float *sw, float sg,
-                                             const float *h, const float *hs, int64_t o, int lane) {
+                                             const float *h, const float *hs, int64_t o, int lane, int xpad) {
     constexpr int VPC = 128 / BITS;
     const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
     const int nr = a.k * nc, ntask = nr + ncs;
@@ -305,12 +310,12 @@ __device__ __forceinline__ float down2_tasks(const moe_args &a, const int32_t *s
                     c = t - j * nc;
                     row = (int64_t)sidx[j] * a.H + o;
                     wj[i] = sw[j];
-                    xp[i] = h + (int64_t)j * a.I + c * VPC;
+                    xp[i] = h + mkc_xi((int64_t)j * a.I + c * VPC, xpad);
                 } else {
                     c = t - nr;
                     row = o;
                     wj[i] = sg;
-                    xp[i] = hs + c * VPC;
+                    xp[i] = hs + mkc_xi(c * VPC, xpad);
                 }
                 const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
                 qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
@@ -344,13 +349,22 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
         sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
         sw[threadIdx.x] = __ldg(wt + threadIdx.x);
     }
-    if (staged) {
+    int xpad = 0;
+    if (staged) { /* 2: the padded layout (mkc_xi; k*I and Is are whole 32-value blocks) */
         const int64_t nh = (int64_t)a.k * a.I;
-        mkc_stage((float *)mkc_sm4, hg, nh);
-        if (a.has_shared)
-            mkc_stage((float *)mkc_sm4 + nh, hsg, a.Is);
+        xpad = staged == 2 ? 4 : 0;
+        const int64_t hs_at = xpad ? MKC_PADDED(nh) : nh;
+        if (xpad) {
+            mkc_stage_pad((float *)mkc_sm4, hg, nh);
+            if (a.has_shared)
+                mkc_stage_pad((float *)mkc_sm4 + hs_at, hsg, a.Is);
+        } else {
+            mkc_stage((float *)mkc_sm4, hg, nh);
+            if (a.has_shared)
+                mkc_stage((float *)mkc_sm4 + hs_at, hsg, a.Is);
+        }
         h = (const float *)mkc_sm4;
-        hs = h + nh;
+        hs = h + hs_at;
     }
     __syncthreads();
     const int lane = threadIdx.x & 31;
@@ -360,12 +374,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
     float tot;
     switch (a.down.kind) {
-    case MKC_A4_F32: tot = down2_tasks<4, 0>(a, sidx, sw, sg, h, hs, o, lane); break;
-    case MKC_A4_BF16: tot = down2_tasks<4, 1>(a, sidx, sw, sg, h, hs, o, lane); break;
-    case MKC_A4_F16: tot = down2_tasks<4, 2>(a, sidx, sw, sg, h, hs, o, lane); break;
-    case MKC_A8_F32: tot = down2_tasks<8, 0>(a, sidx, sw, sg, h, hs, o, lane); break;
-    case MKC_A8_BF16: tot = down2_tasks<8, 1>(a, sidx, sw, sg, h, hs, o, lane); break;
-    default: tot = down2_tasks<8, 2>(a, sidx, sw, sg, h, hs, o, lane); break;
+    case MKC_A4_F32: tot = down2_tasks<4, 0>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    case MKC_A4_BF16: tot = down2_tasks<4, 1>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    case MKC_A4_F16: tot = down2_tasks<4, 2>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    case MKC_A8_F32: tot = down2_tasks<8, 0>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    case MKC_A8_BF16: tot = down2_tasks<8, 1>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    default: tot = down2_tasks<8, 2>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
     }
     tot = mkc_warp_sum(tot);
     if (lane == 0)
@@ -545,16 +559,26 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const int64_t nh = (int64_t)a.k * a.I + a.Is;
     const bool sh = a.I % 4 == 0 && a.Is % 4 == 0 && nh * 4 <= MKC_SMEM_MAX;
     const bool v2 = mkc_variant() >= 2;
+    /* generation 2, affine: x and h in the padded layout (mkc_xi: no bank
+     * conflicts between lanes) when whole 32-value blocks fit */
+    const bool aff = a.gate.kind >= MKC_A4_F32;
+    const bool px = v2 && aff && sx && a.H % 32 == 0 && MKC_PADDED((int64_t)a.H) * 4 <= MKC_SMEM_MAX;
+    const bool ph = v2 && aff && sh && a.I % 32 == 0 && a.Is % 32 == 0 &&
+                    (MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4 <= MKC_SMEM_MAX;
+    const size_t smx = px ? (size_t)MKC_PADDED((int64_t)a.H) * 4 : sx ? (size_t)a.H * 4 : 0;
     if (parts & 2)
-        MKC_TRY(launch(v2 ? k_gateup<true> : k_gateup<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), sx ? (size_t)a.H * 4 : 0, s, pdl, a, x,
-                       (const int32_t *)ws->idx, ws->h, ws->hs, sx ? 1 : 0),
+        MKC_TRY(launch(v2 ? k_gateup<true> : k_gateup<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), smx, s, pdl, a, x,
+                       (const int32_t *)ws->idx, ws->h, ws->hs, px ? 2 : sx ? 1 : 0),
                 "launching the experts' gate/up");
     /* k_down2 takes the affine formats (rows of whole 16-byte chunks) */
     const bool d2 = v2 && a.down.kind >= MKC_A4_F32;
+    const bool pd = d2 && ph;
+    const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
+                          : sh ? (size_t)nh * 4 : 0;
     if (parts & 4)
-        MKC_TRY(launch(d2 ? k_down2 : k_down, nblocks(a.H), sh ? (size_t)nh * 4 : 0, s, pdl, a, (const int32_t *)ws->idx,
+        MKC_TRY(launch(d2 ? k_down2 : k_down, nblocks(a.H), smh, s, pdl, a, (const int32_t *)ws->idx,
                        (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
-                       (const float *)ws->logits, y, accumulate ? 1 : 0, sh ? 1 : 0),
+                       (const float *)ws->logits, y, accumulate ? 1 : 0, pd ? 2 : sh ? 1 : 0),
                 "launching the experts' down");
     return MK_OK;
 }

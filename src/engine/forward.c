@@ -221,8 +221,21 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
             dv = c->lin_v_head_dim, Kd = nk * dk, C = 2 * Kd + nv * dv;
-    /* input projections: q|k|v (conv input), z (output gate), b (beta), a (decay) */
-    if (w->grouped) {
+    /* input projections: q|k|v (conv input), z (output gate), b (beta), a
+     * (decay); in one launch where the backend fuses them */
+    if (BE(e)->matmul_n) {
+        const mk_wt *ws[4] = {&w->qkv, &w->z, &w->b, &w->a};
+        float *ys[4] = {e->mixed, e->z, e->gb, e->ga};
+        if (w->grouped) {
+            ws[0] = &w->qkvz;
+            ws[1] = &w->ba;
+            ys[0] = e->proj;
+            ys[1] = e->bap;
+        }
+        BE(e)->matmul_n(CTX(e), ws, w->grouped ? 2 : 4, e->xb, n, ys);
+        if (w->grouped)
+            gdn_ungroup(e, n);
+    } else if (w->grouped) {
         BE(e)->matmul(CTX(e), &w->qkvz, e->xb, n, e->proj);
         BE(e)->matmul(CTX(e), &w->ba, e->xb, n, e->bap);
         gdn_ungroup(e, n);

@@ -71,6 +71,8 @@ struct mk_gen_seq {
     int64_t np, nh, pf; /* prompt length, history length, prompt tokens in the engine */
     float *logits;
     int64_t V;
+    bool argmax;  /* plain greedy, no logits observer: the engine's argmax, no logits */
+    int32_t next; /* with argmax: the next token from the last forward */
     mk_tok_stream *ts;
     bool done;
     mk_gen_stop reason;
@@ -100,6 +102,7 @@ mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk
     s->e = e;
     s->o = *o;
     s->V = V;
+    s->argmax = !o->on_logits && mk_sampler_plain_greedy(o->sampler);
     if (o->tok && o->on_token) {
         mk_status st = mk_tok_stream_create(o->tok, true, &s->ts);
         if (st != MK_OK) {
@@ -125,9 +128,14 @@ static mk_status decode_step(mk_gen_seq *s) {
         s->reason = MK_GEN_STOP_CANCELLED;
         return s->done = true, MK_OK;
     }
-    if (o->on_logits)
-        o->on_logits(o->user, s->logits, s->V);
-    int32_t id = mk_sampler_sample(o->sampler, s->logits, s->hist, s->nh);
+    int32_t id;
+    if (s->argmax) { /* what mk_sampler_sample would pick (mk_sampler_plain_greedy) */
+        id = s->next;
+    } else {
+        if (o->on_logits)
+            o->on_logits(o->user, s->logits, s->V);
+        id = mk_sampler_sample(o->sampler, s->logits, s->hist, s->nh);
+    }
     if (mk_gen_stopset_has(o->stop, id)) {
         s->reason = MK_GEN_STOP_ID;
         return s->done = true, MK_OK;
@@ -143,7 +151,8 @@ static mk_status decode_step(mk_gen_seq *s) {
         s->reason = MK_GEN_STOP_CTX_FULL;
         return s->done = true, MK_OK;
     }
-    mk_status st = mk_engine_forward(s->e, &id, 1, MK_LOGITS_LAST, s->logits, NULL);
+    mk_status st = s->argmax ? mk_engine_forward_argmax(s->e, &id, 1, &s->next)
+                             : mk_engine_forward(s->e, &id, 1, MK_LOGITS_LAST, s->logits, NULL);
     if (st != MK_OK)
         s->done = true;
     return st;
@@ -156,8 +165,11 @@ mk_status mk_gen_step(mk_gen_seq *s, bool *done) {
         if (s->o.prefill_step > 0 && n > s->o.prefill_step)
             n = s->o.prefill_step;
         bool last = s->pf + n == s->np;
-        st = mk_engine_forward(s->e, s->hist + s->pf, n, last ? MK_LOGITS_LAST : MK_LOGITS_NONE,
-                               last ? s->logits : NULL, NULL);
+        if (last && s->argmax)
+            st = mk_engine_forward_argmax(s->e, s->hist + s->pf, n, &s->next);
+        else
+            st = mk_engine_forward(s->e, s->hist + s->pf, n, last ? MK_LOGITS_LAST : MK_LOGITS_NONE,
+                                   last ? s->logits : NULL, NULL);
         s->pf += n;
         if (last)
             s->t1 = now_s();

@@ -139,6 +139,11 @@ static void penalise(mk_sampler *s, float *logits, const int32_t *hist, int64_t 
     }
 }
 
+bool mk_sampler_plain_greedy(const mk_sampler *s) {
+    return s->p.temperature <= 0.0f && s->p.repeat_penalty == 1.0f && s->p.presence_penalty == 0.0f &&
+           s->p.frequency_penalty == 0.0f;
+}
+
 int32_t mk_sampler_sample(mk_sampler *s, float *logits, const int32_t *hist, int64_t nhist) {
     penalise(s, logits, hist, nhist);
     if (s->p.temperature <= 0.0f)

@@ -77,6 +77,12 @@ static bool collect(void *user, int32_t id, const char *text, size_t len) {
     return !s->limit || s->n < s->limit;
 }
 
+static void count_logits(void *user, const float *logits, int64_t V) {
+    (void)logits;
+    (void)V;
+    (*(int *)user)++;
+}
+
 static void test_greedy_matches_reference(void **st) {
     (void)st;
     fx f;
@@ -101,6 +107,30 @@ static void test_greedy_matches_reference(void **st) {
     free(text);
     free(r.ids);
     mk_engine_free(e);
+    /* plain greedy takes the engine's argmax (mk_engine_forward_argmax); with a
+     * logits observer the loop samples from the logits: the same tokens */
+    assert_true(mk_sampler_plain_greedy(f.smp));
+    e = engine(&f, f.np + f.nw);
+    int calls = 0;
+    mk_gen_opts o2 = {.max_tokens = f.nw, .sampler = f.smp, .on_logits = count_logits, .user = &calls};
+    assert_int_equal(mk_generate(e, f.prompt, f.np, &o2, &r), MK_OK);
+    assert_int_equal(r.n, f.nw);
+    assert_int_equal(calls, f.nw);
+    assert_memory_equal(r.ids, f.want, (size_t)f.nw * sizeof(int32_t));
+    free(r.ids);
+    mk_engine_free(e);
+    /* penalties or a temperature: not plain greedy */
+    int V = mk_model_config(f.m)->vocab_size;
+    mk_sample_params sp;
+    mk_sampler *sm;
+    float *knob[] = {&sp.temperature, &sp.repeat_penalty, &sp.presence_penalty, &sp.frequency_penalty};
+    for (int i = 0; i < 4; i++) {
+        mk_sample_params_default(&sp);
+        *knob[i] = i == 1 ? 1.1f : 0.5f;
+        assert_int_equal(mk_sampler_create(&sp, V, &sm), MK_OK);
+        assert_false(mk_sampler_plain_greedy(sm));
+        mk_sampler_free(sm);
+    }
     fx_close(&f);
 }
 
