@@ -389,6 +389,15 @@ mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
     if (s->cfg.arch == MK_ARCH_UNKNOWN)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: model_type '%s' is not a supported architecture (supported: %s)",
                       path, s->cfg.model_type[0] ? s->cfg.model_type : "(none)", mk_arch_supported());
+    /* gpt_oss's experts (a fused gate_up with gate and up interleaved, as
+     * MXFP4 *_blocks / *_scales or transformers' [experts, in, out] floats)
+     * are none of the expert forms the plan rewrites (layout.h): without a
+     * rewrite of their own they would be copied under their HF names or cut
+     * at the wrong axis, so every layout rewrite refuses them for now */
+    if (s->cfg.arch == MK_ARCH_GPT_OSS)
+        return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss checkpoints cannot be converted, quantized or compared "
+                      "across layouts yet (their fused, interleaved gate_up experts have no rewrite to "
+                      "MLX's experts.{gate,up,down}_proj); run the checkpoint as it is", path);
     MK_TRY(mk_ckpt_open(path, MK_CKPT_NO_MMAP, &s->ck));
     MK_TRY(cv_check_empty(s));
     MK_TRY(gather_modules(s));
