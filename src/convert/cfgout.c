@@ -162,11 +162,34 @@ static mk_status edit(const cv_src *s, const cv_plan *p, json_t *root) {
     return p->tgt->config_edit(s, p, root, tc);
 }
 
+/* gpt_oss's MXFP4 experts as released: quant_method mxfp4 and the modules
+ * left in float (OpenAI's list). */
+static json_t *oss_hf_block(void) {
+    static const char *const keep[] = {"model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                       "model.embed_tokens", "lm_head"};
+    json_t *q = json_object(), *a = json_array();
+    for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+        json_array_append_new(a, json_string(keep[i]));
+    json_object_set_new(q, "modules_to_not_convert", a);
+    json_object_set_new(q, "quant_method", json_string("mxfp4"));
+    return q;
+}
+
+/* ... and in MLX: every module with .scales is mxfp4 (the experts). */
+static json_t *oss_mlx_block(void) {
+    json_t *q = json_object();
+    json_object_set_new(q, "group_size", json_integer(32));
+    json_object_set_new(q, "bits", json_integer(4));
+    json_object_set_new(q, "mode", json_string("mxfp4"));
+    return q;
+}
+
 mk_status cv_config_edit_hf(const cv_src *s, const cv_plan *p, void *rootp, void *tcp) {
-    (void)p;
     json_t *root = rootp, *tc = tcp;
     const char *mt = json_string_value(json_object_get(root, "model_type"));
     drop_quant(root, tc);
+    if (p->oss_mxfp4)
+        json_object_set_new(root, "quantization_config", oss_hf_block());
     if (s->is_mlx && tc == root && mt && strcmp(mt, "qwen3_5_moe") == 0) {
         json_object_set_new(root, "model_type", json_string("qwen3_5_moe_text"));
         json_t *ar = json_array();
@@ -222,6 +245,11 @@ mk_status cv_config_edit_mlx(const cv_src *s, const cv_plan *p, void *rootp, voi
     if (p->quantized) {
         json_object_set_new(root, "quantization", quant_block(p));
         json_object_set_new(root, "quantization_config", quant_block(p));
+    }
+    if (p->oss_mxfp4) { /* HF mxfp4 experts rewritten to MLX stacks (plan.c) */
+        drop_quant(root, tc);
+        json_object_set_new(root, "quantization", oss_mlx_block());
+        json_object_set_new(root, "quantization_config", oss_mlx_block());
     }
     if (p->qs) { /* quantize: the blocks of quant_plan.c replace any other */
         drop_quant(root, tc);

@@ -159,6 +159,7 @@ typedef enum cv_op {
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
     CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
     CV_OP_GGQ,      /* ggml Q8_0/Q4_0 quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
+    CV_OP_GATHER,   /* strided byte gather, one or two sources zipped (gather.c): gpt_oss experts */
     CV_OP_COUNT
 } cv_op;
 
@@ -176,6 +177,16 @@ typedef struct cv_piece {
      * CV_T_BIAS), `sop` the op that produces the float input, q the module */
     unsigned char sop;
     struct cv_qmod *q;
+    /* CV_OP_GATHER (gather.c): output row r < nrows is, for c < g_ncols,
+     * g_blk bytes of tensor `part` of mod at byte g_base + r*g_rstep +
+     * c*g_cstep, followed (zip) by the same bytes of tensor g_part2 of g_mod2
+     * when g_mod2 is set: a de-interleave, an interleave, a transpose or
+     * both, of stored bytes that are never decoded */
+    const cv_mod *g_mod2;
+    unsigned char g_part2;
+    uint64_t g_base, g_rstep, g_cstep;
+    uint32_t g_blk;
+    int64_t g_ncols;
 } cv_piece;
 
 typedef struct cv_out {
@@ -210,6 +221,7 @@ typedef struct cv_plan {
     char **shard_files;
     uint64_t total_bytes;
     uint64_t fingerprint;
+    bool oss_mxfp4;      /* gpt_oss MXFP4 experts rewritten (HF blocks <-> MLX mxfp4): config blocks */
     bool quantized;      /* MLX output carries quantized modules from a CT source */
     int q_bits, q_group; /* their default */
     mk_dtype float_dt;   /* dtype of dequantized floats (for config "dtype") */
@@ -264,6 +276,12 @@ bool cv_dec_is(cv_op op);
 size_t cv_dec_scratch(const cv_piece *p, int64_t n);
 mk_status cv_dec_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n, void *scratch,
                      void *out);
+
+/* gather.c: CV_OP_GATHER (stored bytes moved, never decoded: the output
+ * is byte-exact by construction). Units are output rows. */
+uint64_t cv_gather_row_bytes(const cv_piece *p);
+size_t cv_gather_scratch(const cv_piece *p, int64_t n);
+mk_status cv_gather_run(const mk_ckpt *ck, const cv_piece *p, int64_t a, int64_t n, void *scratch, void *out);
 
 /* encode.c: n float32 values -> dt (F32, F16 or BF16) at out, rounded once
  * (nearest even). out is 2-aligned for the 16-bit dtypes. */

@@ -9,6 +9,7 @@
  *           FLOAT, FP8, AFFINE, CT, CT_BIAS, FPDQ
  *   QUANT   decode, then MLX quantization (quant_ops.c)
  *   GGQ     decode, then ggml Q8_0/Q4_0 quantization (ggq_ops.c, GGUF)
+ *   GATHER  stored bytes moved by strides, never decoded (gather.c)
  * Dependencies run one way: ops.c -> quant_ops.c -> decode.c -> encode.c. */
 #include "convert/conv_impl.h"
 #include "convert/gguf.h"
@@ -20,6 +21,8 @@ bool cv_op_by_rows(cv_op op) {
 }
 
 size_t cv_op_scratch(const cv_piece *p, int64_t n) {
+    if (p->op == CV_OP_GATHER)
+        return cv_gather_scratch(p, n);
     if (p->op == CV_OP_GGQ)
         return cv_ggq_scratch(p, n);
     if (p->op == CV_OP_QUANT)
@@ -34,6 +37,11 @@ mk_status cv_op_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a
         if (s != MK_OK)
             return mk_err_wrap(s, "quantize of '%s'", p->mod->name);
         return MK_OK;
+    }
+    if (p->op == CV_OP_GATHER) {
+        (void)dt; /* bytes, as stored */
+        mk_status s = cv_gather_run(ck, p, a, n, scratch, out);
+        return s == MK_OK ? MK_OK : mk_err_wrap(s, "gather of '%s'", p->mod->name);
     }
     if (p->op == CV_OP_GGQ) {
         mk_status s = cv_ggq_run(ck, p, a, n, scratch, out);
@@ -61,7 +69,7 @@ int64_t cv_op_units(const cv_piece *p) {
         return (int64_t)p->nbytes;
     if (p->op == CV_OP_FLOAT)
         return p->nrows * p->mod->cols;
-    return p->nrows;
+    return p->nrows; /* GATHER: output rows */
 }
 
 uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n) {
@@ -73,5 +81,7 @@ uint64_t cv_op_out_bytes(const cv_piece *p, mk_dtype dt, int64_t n) {
         return cv_qop_out_bytes(p, n);
     if (p->op == CV_OP_GGQ)
         return cv_ggq_out_bytes(p, n);
+    if (p->op == CV_OP_GATHER)
+        return (uint64_t)n * cv_gather_row_bytes(p);
     return (uint64_t)n * (uint64_t)p->ocols * cv_esize(dt);
 }

@@ -357,6 +357,238 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     return st;
 }
 
+/* ------------------------------------------------------------ gpt_oss */
+
+/* gpt_oss's routed experts between transformers' layouts and MLX's, byte
+ * for byte (gather.c). transformers: <P>gate_up_proj (E, H, 2I) and
+ * down_proj (E, I, H) floats, or as released gate_up_proj_blocks (E, 2I,
+ * H/32, 16) / _scales (E, 2I, H/32) and down_proj_blocks / _scales in
+ * MXFP4, with gate_up_proj_bias (E, 2I) / down_proj_bias (E, H); gate and
+ * up interleaved (gate j at 2j, up j at 2j + 1). MLX (mlx-lm gpt_oss
+ * sanitize): <P>{gate,up,down}_proj.weight (E, out, in) (U32 words of the
+ * same E2M1 bytes when MXFP4, with .scales) and .bias. Other directions
+ * (HF -> HF, MLX -> MLX) are plain copies. <P> = "<layer>.mlp.experts.". */
+typedef struct oss_gather {
+    const cv_lt *a, *b;      /* b: zipped second source, or NULL */
+    int part;                /* CV_T_MAIN or CV_T_SCALE (both sources) */
+    uint64_t base, rstep, cstep;
+    uint32_t blk;
+    int64_t ncols, nrows;
+} oss_gather;
+
+static mk_status oss_piece(cv_out *o, const oss_gather *g) {
+    cv_piece pc = {0};
+    pc.op = CV_OP_GATHER;
+    pc.part = (unsigned char)g->part;
+    pc.g_part2 = (unsigned char)g->part;
+    pc.dt = o->dt;
+    pc.mod = g->a->mod;
+    pc.g_mod2 = g->b ? g->b->mod : NULL;
+    pc.row0 = 0;
+    pc.nrows = g->nrows;
+    pc.g_base = g->base;
+    pc.g_rstep = g->rstep;
+    pc.g_cstep = g->cstep;
+    pc.g_blk = g->blk;
+    pc.g_ncols = g->ncols;
+    pc.ocols = (int64_t)cv_gather_row_bytes(&pc);
+    pc.nbytes = (uint64_t)g->nrows * cv_gather_row_bytes(&pc);
+    return push_piece(o, &pc);
+}
+
+static cv_out *oss_out(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, mk_dtype dt, int ndim,
+                       const int64_t *shape) {
+    char *cn = cv_printf("%s%s", stem, leaf);
+    char *nm = cn ? out_name(c, lt->cls, cn) : NULL;
+    free(cn);
+    return new_out(c, nm, dt, ndim, shape);
+}
+
+static const cv_lt *oss_partner(const pctx *c, const char *stem, const char *leaf) {
+    size_t n = strlen(stem);
+    for (size_t i = 0; i < c->s->nlts; i++) {
+        const char *cn = c->s->lts[i].cname;
+        if (!strncmp(cn, stem, n) && !strcmp(cn + n, leaf))
+            return &c->s->lts[i];
+    }
+    return NULL;
+}
+
+static bool oss_mxfp4_mod(const cv_mod *m) { return m->kind == CV_MLX && m->bits == 4 && m->group == -32; }
+
+/* Interleave two rows-of-RB sources (gate, up) into one: rows r of a, b. */
+static mk_status oss_zip_rows(pctx *c, cv_out *o, const cv_lt *a, const cv_lt *b, int part, uint64_t rb,
+                              int64_t rows) {
+    (void)c;
+    oss_gather g = {a, b, part, 0, rb, 0, (uint32_t)rb, 1, rows};
+    return oss_piece(o, &g);
+}
+
+static mk_status oss_to_mlx(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool *done) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    const cv_mod *m = lt->mod;
+    const mk_tensor_info *t = m->t[CV_T_MAIN];
+    size_t es = cv_is_float_dtype(m->vdt) ? cv_esize(m->vdt) : 1;
+    bool gu_blocks = !strcmp(leaf, "gate_up_proj_blocks"), gu_scales = !strcmp(leaf, "gate_up_proj_scales");
+    bool gu_bias = !strcmp(leaf, "gate_up_proj_bias"), gu = !strcmp(leaf, "gate_up_proj");
+    bool dn = !strcmp(leaf, "down_proj"), dn_blocks = !strcmp(leaf, "down_proj_blocks");
+    bool dn_scales = !strcmp(leaf, "down_proj_scales"), dn_bias = !strcmp(leaf, "down_proj_bias");
+    if (!(gu_blocks || gu_scales || gu_bias || gu || dn || dn_blocks || dn_scales || dn_bias))
+        return MK_OK;
+    *done = true;
+    if ((gu || dn) && c->o->dtype != MK_DT_INVALID && c->o->dtype != m->vdt)
+        return mk_err(MK_E_UNSUPPORTED, "'%s': gpt_oss experts are rewritten byte for byte; --dtype %s would "
+                      "re-encode them (convert without --dtype)", m->name, mk_dtype_name(c->o->dtype));
+    if (gu_blocks || gu_scales || gu_bias) { /* de-interleave rows (blocks, scales) or elements (bias) */
+        uint64_t rb = gu_bias ? es : t->nbytes / (uint64_t)(E * 2 * I);
+        mk_dtype dt = gu_blocks ? MK_DT_U32 : gu_scales ? MK_DT_U8 : m->vdt;
+        int64_t sh[3] = {E, I, gu_blocks ? (int64_t)rb / 4 : (int64_t)rb}, bsh[2] = {E, I};
+        for (int k = 0; k < 2; k++) {
+            const char *nl = gu_blocks ? (k ? "up_proj.weight" : "gate_proj.weight")
+                             : gu_scales ? (k ? "up_proj.scales" : "gate_proj.scales")
+                                         : (k ? "up_proj.bias" : "gate_proj.bias");
+            cv_out *o = gu_bias ? oss_out(c, lt, stem, nl, dt, 2, bsh) : oss_out(c, lt, stem, nl, dt, 3, sh);
+            if (!o)
+                return mk_err(MK_E_NOMEM, "'%s': no memory for its MLX outputs", m->name);
+            oss_gather g = {lt, NULL, CV_T_MAIN, (uint64_t)k * rb, 2 * rb, 0, (uint32_t)rb, 1, E * I};
+            MK_TRY(oss_piece(o, &g));
+        }
+        if (gu_blocks)
+            c->p->oss_mxfp4 = true;
+        return MK_OK;
+    }
+    if (dn_blocks || dn_scales || dn_bias) { /* same bytes, MLX names and shapes */
+        uint64_t rb = dn_bias ? es * (uint64_t)H : t->nbytes / (uint64_t)(E * H);
+        int64_t sh[3] = {E, H, dn_blocks ? (int64_t)rb / 4 : (int64_t)rb}, bsh[2] = {E, H};
+        cv_out *o = dn_bias ? oss_out(c, lt, stem, "down_proj.bias", m->vdt, 2, bsh)
+                            : oss_out(c, lt, stem, dn_blocks ? "down_proj.weight" : "down_proj.scales",
+                                      dn_blocks ? MK_DT_U32 : MK_DT_U8, 3, sh);
+        return o ? copy_piece(o, lt, CV_T_MAIN) : mk_err(MK_E_NOMEM, "'%s': no memory for its MLX output", m->name);
+    }
+    if (gu) { /* (E, H, 2I) -> gate, up (E, I, H): de-interleave and transpose per expert */
+        int64_t sh[3] = {E, I, H};
+        for (int k = 0; k < 2; k++) {
+            cv_out *o = oss_out(c, lt, stem, k ? "up_proj.weight" : "gate_proj.weight", m->vdt, 3, sh);
+            if (!o)
+                return mk_err(MK_E_NOMEM, "'%s': no memory for its MLX outputs", m->name);
+            for (int64_t e = 0; e < E; e++) {
+                oss_gather g = {lt, NULL, CV_T_MAIN, ((uint64_t)(e * H * 2 * I) + (uint64_t)k) * es, 2 * es,
+                                (uint64_t)(2 * I) * es, (uint32_t)es, H, I};
+                MK_TRY(oss_piece(o, &g));
+            }
+        }
+        return MK_OK;
+    }
+    /* down (E, I, H) -> (E, H, I) */
+    int64_t sh[3] = {E, H, I};
+    cv_out *o = oss_out(c, lt, stem, "down_proj.weight", m->vdt, 3, sh);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its MLX output", m->name);
+    for (int64_t e = 0; e < E; e++) {
+        oss_gather g = {lt, NULL, CV_T_MAIN, (uint64_t)(e * I * H) * es, es, (uint64_t)H * es, (uint32_t)es, I, H};
+        MK_TRY(oss_piece(o, &g));
+    }
+    return MK_OK;
+}
+
+static mk_status oss_to_hf(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool *done) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    const cv_mod *m = lt->mod;
+    size_t es = cv_is_float_dtype(m->vdt) ? cv_esize(m->vdt) : 1;
+    bool gw = !strcmp(leaf, "gate_proj.weight"), gb = !strcmp(leaf, "gate_proj.bias");
+    bool dw = !strcmp(leaf, "down_proj.weight"), db = !strcmp(leaf, "down_proj.bias");
+    bool upw = !strcmp(leaf, "up_proj.weight"), upb = !strcmp(leaf, "up_proj.bias");
+    if (!(gw || gb || dw || db || upw || upb))
+        return MK_OK;
+    *done = true;
+    if (upw || upb)
+        return MK_OK; /* zipped in with its gate */
+    if (m->kind == CV_MLX && !oss_mxfp4_mod(m))
+        return mk_err(MK_E_UNSUPPORTED, "'%s': gpt_oss experts quantized other than MXFP4 (bits %d, group %d) "
+                      "have no transformers layout", m->name, m->bits, m->group < 0 ? -m->group : m->group);
+    if ((gw || dw) && m->kind == CV_FLOAT && c->o->dtype != MK_DT_INVALID && c->o->dtype != m->vdt)
+        return mk_err(MK_E_UNSUPPORTED, "'%s': gpt_oss experts are rewritten byte for byte; --dtype %s would "
+                      "re-encode them (convert without --dtype)", m->name, mk_dtype_name(c->o->dtype));
+    if (gw || gb) {
+        const cv_lt *up = oss_partner(c, stem, gw ? "up_proj.weight" : "up_proj.bias");
+        if (!up || up->mod->kind != m->kind || up->mod->vdt != m->vdt ||
+            up->mod->t[CV_T_MAIN]->nbytes != m->t[CV_T_MAIN]->nbytes)
+            return mk_err(MK_E_FORMAT, "'%s': its up_proj partner is missing or stored differently", m->name);
+        if (gb) {
+            int64_t sh[2] = {E, 2 * I};
+            cv_out *o = oss_out(c, lt, stem, "gate_up_proj_bias", m->vdt, 2, sh);
+            return o ? oss_zip_rows(c, o, lt, up, CV_T_MAIN, es, E * I)
+                     : mk_err(MK_E_NOMEM, "'%s': no memory for its HF output", m->name);
+        }
+        if (m->kind == CV_MLX) {
+            uint64_t rb = m->t[CV_T_MAIN]->nbytes / (uint64_t)(E * I);
+            uint64_t sb = m->t[CV_T_SCALE]->nbytes / (uint64_t)(E * I);
+            int64_t bsh[4] = {E, 2 * I, (int64_t)sb, 16}, ssh[3] = {E, 2 * I, (int64_t)sb};
+            cv_out *o = oss_out(c, lt, stem, "gate_up_proj_blocks", MK_DT_U8, 4, bsh);
+            if (!o)
+                return mk_err(MK_E_NOMEM, "'%s': no memory for its HF outputs", m->name);
+            MK_TRY(oss_zip_rows(c, o, lt, up, CV_T_MAIN, rb, E * I));
+            o = oss_out(c, lt, stem, "gate_up_proj_scales", MK_DT_U8, 3, ssh);
+            if (!o)
+                return mk_err(MK_E_NOMEM, "'%s': no memory for its HF outputs", m->name);
+            c->p->oss_mxfp4 = true;
+            return oss_zip_rows(c, o, lt, up, CV_T_SCALE, sb, E * I);
+        }
+        int64_t sh[3] = {E, H, 2 * I}; /* gate, up (E, I, H) -> (E, H, 2I) interleaved */
+        cv_out *o = oss_out(c, lt, stem, "gate_up_proj", m->vdt, 3, sh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its HF output", m->name);
+        for (int64_t e = 0; e < E; e++) {
+            oss_gather g = {lt, up, CV_T_MAIN, (uint64_t)(e * I * H) * es, es, (uint64_t)H * es, (uint32_t)es, I, H};
+            MK_TRY(oss_piece(o, &g));
+        }
+        return MK_OK;
+    }
+    if (db) {
+        int64_t sh[2] = {E, H};
+        cv_out *o = oss_out(c, lt, stem, "down_proj_bias", m->vdt, 2, sh);
+        return o ? copy_piece(o, lt, CV_T_MAIN) : mk_err(MK_E_NOMEM, "'%s': no memory for its HF output", m->name);
+    }
+    if (m->kind == CV_MLX) {
+        uint64_t rb = m->t[CV_T_MAIN]->nbytes / (uint64_t)(E * H), sb = m->t[CV_T_SCALE]->nbytes / (uint64_t)(E * H);
+        int64_t bsh[4] = {E, H, (int64_t)sb, 16}, ssh[3] = {E, H, (int64_t)sb};
+        (void)rb;
+        cv_out *o = oss_out(c, lt, stem, "down_proj_blocks", MK_DT_U8, 4, bsh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its HF outputs", m->name);
+        MK_TRY(copy_piece(o, lt, CV_T_MAIN));
+        o = oss_out(c, lt, stem, "down_proj_scales", MK_DT_U8, 3, ssh);
+        return o ? copy_piece(o, lt, CV_T_SCALE) : mk_err(MK_E_NOMEM, "'%s': no memory for its HF outputs", m->name);
+    }
+    int64_t sh[3] = {E, I, H}; /* (E, H, I) -> (E, I, H) */
+    cv_out *o = oss_out(c, lt, stem, "down_proj", m->vdt, 3, sh);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its HF output", m->name);
+    for (int64_t e = 0; e < E; e++) {
+        oss_gather g = {lt, NULL, CV_T_MAIN, (uint64_t)(e * H * I) * es, es, (uint64_t)I * es, (uint32_t)es, H, I};
+        MK_TRY(oss_piece(o, &g));
+    }
+    return MK_OK;
+}
+
+/* A gpt_oss expert tensor rewritten for the target (*done), else left to
+ * plain_output (a copy). */
+static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
+    *done = false;
+    const char *x = strstr(lt->cname, ".mlp.experts.");
+    if (!x)
+        return MK_OK;
+    size_t sl = (size_t)(x - lt->cname) + strlen(".mlp.experts.");
+    char *stem = cv_printf("%.*s", (int)sl, lt->cname);
+    if (!stem)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its name", lt->cname);
+    const char *leaf = lt->cname + sl;
+    mk_status st = c->t->naming == MK_NAMING_MLX ? oss_to_mlx(c, lt, stem, leaf, done)
+                                                 : oss_to_hf(c, lt, stem, leaf, done);
+    free(stem);
+    return st;
+}
+
 /* ------------------------------------------------------------ GGUF */
 
 /* The GGUF target's tensor types (gguf_names.c): each output re-planned in
@@ -546,6 +778,11 @@ static void fingerprint(const pctx *c) {
             int64_t pv[8] = {pc->op, pc->part, pc->dt, (int64_t)(pc->add * 1024), pc->row0, pc->nrows, t->shard,
                              (int64_t)t->file_offset};
             XXH3_64bits_update(h, pv, sizeof pv);
+            if (pc->op == CV_OP_GATHER) {
+                uint64_t gv[6] = {pc->g_base, pc->g_rstep, pc->g_cstep, pc->g_blk, (uint64_t)pc->g_ncols,
+                                  pc->g_mod2 ? pc->g_mod2->t[CV_T_MAIN]->file_offset + 1 : 0};
+                XXH3_64bits_update(h, gv, sizeof gv);
+            }
             if (pc->op == CV_OP_QUANT)
                 cv_qplan_hash(h, pc);
         }
@@ -582,12 +819,20 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         c.norms = CV_NORMS_W;
         c.conv1d = CV_CONV1D_C1K;
     }
+    bool oss = s->cfg.arch == MK_ARCH_GPT_OSS && !s->bare;
+    if (oss && (o->quant || t->gguf || p->packed))
+        return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: %s is not implemented (convert --to hf or --to mlx rewrites "
+                      "its experts byte for byte)", s->dir,
+                      o->quant ? "quantize" : t->gguf ? "--to gguf" : "--pack-experts");
     mk_status st = MK_OK;
-    for (size_t i = 0; st == MK_OK && i < s->nlts; i++)
+    for (size_t i = 0; st == MK_OK && i < s->nlts; i++) {
+        bool done = false;
         if (s->bare)
             st = bare_output(&c, &s->lts[i]);
-        else if (!dropped(&c, &s->lts[i]))
+        else if (!dropped(&c, &s->lts[i]) && (!oss || (st = oss_output(&c, &s->lts[i], &done)) == MK_OK) &&
+                 !done)
             st = plain_output(&c, &s->lts[i]);
+    }
     for (size_t i = 0; st == MK_OK && i < s->ngroups; i++)
         st = group_outputs(&c, &s->groups[i]);
     if (st == MK_OK && o->quant)

@@ -98,6 +98,14 @@ static mk_status v_produce(void *ctx, size_t i, void *scratch, void *out, size_t
     }
     r->hash_equal = -1;
     uint64_t nb = cv_op_out_bytes(pc, pc->dt, it->n), before = cv_op_out_bytes(pc, pc->dt, it->a);
+    if (pc->op == CV_OP_GATHER) { /* moved bytes: equal bytes, like a copy */
+        unsigned char *want_b = scratch, *got_b = want_b + ((nb + 63) & ~(uint64_t)63);
+        unsigned char *gscr = got_b + ((nb + 63) & ~(uint64_t)63);
+        MK_TRY(cv_op_run(v->s->ck, pc, pc->dt, it->a, it->n, gscr, want_b));
+        MK_TRY(mk_ckpt_read(v->out, ot, pc->out_off + before, got_b, (size_t)nb));
+        r->hash_equal = memcmp(want_b, got_b, (size_t)nb) == 0;
+        return MK_OK;
+    }
     size_t nv = (size_t)(nb / cv_esize(pc->dt));
     float *want = scratch, *got = want + nv;
     unsigned char *raw = (unsigned char *)(got + nv), *opscr = raw + ((nb + 63) & ~(uint64_t)63);

@@ -183,7 +183,10 @@ static void canon_module(const mk_lname *t, char *out, size_t n) {
     }
     if (t->xform == MK_XF_SWITCH) {
         const char *p = strstr(t->module, "switch_mlp.");
-        snprintf(out, n, "mlp.experts.%s", p + strlen("switch_mlp."));
+        if (p) /* (gpt_oss's MLX stacks are mlp.experts.<proj> already) */
+            snprintf(out, n, "mlp.experts.%s", p + strlen("switch_mlp."));
+        else
+            snprintf(out, n, "%s", t->module);
         return;
     }
     /* e_score_correction_bias has no storage suffix but is a module of its own */
@@ -456,12 +459,20 @@ mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_
      * absurd) */
     xpart *xs = n ? mk_malloc(n * sizeof *xs) : NULL;
     size_t nxs = 0;
+    /* gpt_oss as mlx-lm stores it: mlp.experts.{gate,up,down}_proj stacks
+     * (E, out, in) with .weight/.scales/.bias, which read like transformers'
+     * fused names: one look at the names tells the layouts apart */
+    bool oss_mlx = false;
+    for (size_t i = 0; cfg.arch == MK_ARCH_GPT_OSS && !oss_mlx && i < n; i++)
+        oss_mlx = strstr(mk_ckpt_tensor(ck, i)->name, ".mlp.experts.gate_proj.weight") != NULL;
     json_t *quant_modules = json_array();
     size_t nq = 0, nmismatch = 0;
     for (size_t i = 0; i < n; i++) {
         const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
         mk_lname tn;
         mk_layout_parse(t->name, &tn);
+        if (oss_mlx && tn.expert < 0 && !strncmp(tn.module, "mlp.experts.", 12))
+            tn.xform = MK_XF_SWITCH;
         bytes_by_dt[t->dtype] += t->nbytes;
         total_bytes += t->nbytes;
         /* logical parameter count: quantized modules by their logical shape */

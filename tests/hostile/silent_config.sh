@@ -42,8 +42,14 @@ variant eps_neg $Q 's/"rms_norm_eps": 1e-06/"rms_norm_eps": -1e-06/'
 refused eps_neg "rms_norm_eps: expected a finite number >= 0, found -1e-06"
 variant yarn_small $Q 's/"rope_type": "default"/"rope_type": "yarn", "factor": 0.5, "original_max_position_embeddings": 1024/'
 refused yarn_small "rope_type yarn: factor: expected a finite number >= 1, found 0.5"
+# yarn's truncate (false in gpt-oss) is honoured, not ignored: the exact
+# correction range gives other frequencies than the floored/ceiled one
 variant yarn_trunc $Q 's/"rope_type": "default"/"rope_type": "yarn", "factor": 4.0, "truncate": false/'
-refused yarn_trunc "truncate: false is not implemented"
+variant yarn_trunc_t $Q 's/"rope_type": "default"/"rope_type": "yarn", "factor": 4.0, "truncate": true/'
+"$BIN" logits "$T/yarn_trunc" --ids 1,2,3,4,5,6,7,8 --out "$T/yarn_trunc.f32" 2> "$T/err" || fail "yarn truncate false: $(cat "$T/err")"
+"$BIN" logits "$T/yarn_trunc_t" --ids 1,2,3,4,5,6,7,8 --out "$T/yarn_trunc_t.f32" 2> "$T/err" || fail "yarn truncate true: $(cat "$T/err")"
+cmp -s "$T/yarn_trunc.f32" "$T/yarn_trunc_t.f32" && fail "yarn truncate false gave the logits of truncate true"
+ok "yarn truncate false honoured (logits differ from truncate true)"
 variant gelu $Q 's/"hidden_act": "silu"/"hidden_act": "gelu"/'
 refused gelu "hidden_act: 'gelu' is not implemented \(expected silu\)"
 variant attn_bias $Q 's/"attention_bias": false/"attention_bias": true/'

@@ -1,5 +1,6 @@
 /* Backend memory discipline: the engine hands the data slots (copy, gather,
- * scatter, swiglu, sigmoid_mul, axpy, combine, gated_add) only memory it got
+ * scatter, swiglu, clamped_swiglu, attention, sigmoid_mul, axpy, combine,
+ * gated_add) only memory it got
  * from the backend's alloc. A device backend faults on a host pointer there
  * (glm4_moe's attention biases went from the model straight into copy and
  * were an illegal address on the H200), and CI has no GPU: this test runs
@@ -90,8 +91,14 @@ static void s_dsa_select(void *ctx, const mk_dsa_args *a) {
     check(a->sel, "dsa_select", "sel"), check(a->sc, "dsa_select", "sc");
     g_cpu.dsa_select(ctx, a);
 }
+static void s_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n, int64_t st,
+                             float alpha, float limit) {
+    check(y, "clamped_swiglu", "y"), check(gate, "clamped_swiglu", "gate"), check(up, "clamped_swiglu", "up");
+    g_cpu.clamped_swiglu(ctx, y, gate, up, n, st, alpha, limit);
+}
 static void s_attention(void *ctx, const mk_attn_args *a) {
-    check(a->sel, "attention", "sel");
+    check(a->q, "attention", "q"), check(a->k, "attention", "k"), check(a->v, "attention", "v");
+    check(a->out, "attention", "out"), check(a->sinks, "attention", "sinks"), check(a->sel, "attention", "sel");
     g_cpu.attention(ctx, a);
 }
 
@@ -119,6 +126,7 @@ static void run_fixture(const char *rel) {
     g_strict.gated_add = s_gated_add;
     g_strict.layernorm = s_layernorm;
     g_strict.dsa_select = s_dsa_select;
+    g_strict.clamped_swiglu = s_clamped_swiglu;
     g_strict.attention = s_attention;
     g_strict.expert_mlps = NULL; /* its scratch pointers are the same arena: keep the one-at-a-time path */
     assert_int_equal(mk_backend_create(&g_strict, mk_backend_ctx(cpu), &strict), MK_OK);
@@ -155,12 +163,15 @@ static void test_glm4moe(void **s) { (void)s; run_fixture("glm4moe-a/bf16"); }
 static void test_minimaxm2(void **s) { (void)s; run_fixture("minimaxm2-a/bf16"); }
 static void test_glm4lite(void **s) { (void)s; run_fixture("glm4lite-a/bf16"); }
 static void test_dsa(void **s) { (void)s; run_fixture("deepseekv32-a/bf16"); run_fixture("glm5dsa-a/bf16"); }
+/* gpt_oss: attention and router and expert biases, sinks, the clamped SwiGLU */
+static void test_gptoss(void **s) { (void)s; run_fixture("gptoss-a/bf16"); run_fixture("gptoss-a/mxfp4"); }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3moe),   cmocka_unit_test(test_qwen3next), cmocka_unit_test(test_qwen35moe),
         cmocka_unit_test(test_deepseekv3), cmocka_unit_test(test_glm4moe),   cmocka_unit_test(test_minimaxm2),
         cmocka_unit_test(test_glm4lite),   cmocka_unit_test(test_dsa),
+        cmocka_unit_test(test_gptoss),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

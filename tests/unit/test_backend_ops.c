@@ -719,6 +719,41 @@ static void test_norms_rope_eltwise(void **st) {
             re[i] = p[i] / (1.0 + exp(-(double)p[i])) * u[i];
         check_rel(b->name, "swiglu", o, re, N, TOL_ELT);
         free(o);
+        if (b->i->clamped_swiglu) { /* gpt_oss: inputs past the clamp (limit 7), separate and interleaved */
+            float *pb = malloc(sizeof(float) * 2 * N);
+            assert_non_null(pb);
+            for (int i = 0; i < N; i++) {
+                pb[2 * i] = 10.0f * p[i];
+                pb[2 * i + 1] = 10.0f * u[i];
+            }
+            void *dpb = dev(b, pb, sizeof(float) * 2 * N);
+            for (int i = 0; i < N; i++) {
+                double gg = pb[2 * i] > 7.0 ? 7.0 : pb[2 * i], uu = pb[2 * i + 1];
+                uu = uu < -7.0 ? -7.0 : uu > 7.0 ? 7.0 : uu;
+                re[i] = gg / (1.0 + exp(-1.702 * gg)) * (uu + 1.0);
+            }
+            b->i->clamped_swiglu(b->ctx, dw, dpb, (float *)dpb + 1, N, 2, 1.702f, 7.0f);
+            o = back(b, dw, sizeof(float) * N);
+            check_rel(b->name, "clamped_swiglu interleaved", o, re, N, TOL_ELT);
+            free(o);
+            float *gs = malloc(sizeof(float) * N), *us = malloc(sizeof(float) * N);
+            assert_true(gs && us);
+            for (int i = 0; i < N; i++) {
+                gs[i] = pb[2 * i];
+                us[i] = pb[2 * i + 1];
+            }
+            void *dgs = dev(b, gs, sizeof(float) * N), *dus = dev(b, us, sizeof(float) * N);
+            b->i->clamped_swiglu(b->ctx, dus, dgs, dus, N, 1, 1.702f, 7.0f); /* y aliases up */
+            o = back(b, dus, sizeof(float) * N);
+            check_rel(b->name, "clamped_swiglu", o, re, N, TOL_ELT);
+            free(o);
+            b->i->buf_free(b->ctx, dpb);
+            b->i->buf_free(b->ctx, dgs);
+            b->i->buf_free(b->ctx, dus);
+            free(pb);
+            free(gs);
+            free(us);
+        }
         b->i->sigmoid_mul(b->ctx, dp, du, N);
         o = back(b, dp, sizeof(float) * N);
         for (int i = 0; i < N; i++)
@@ -764,8 +799,8 @@ static void test_norms_rope_eltwise(void **st) {
 
 /* GQA (4 heads on 2 kv heads, packed cache) and MLA's one-latent-head form
  * (values = the first dv floats of each key row, row stride given). */
-static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
-                      bool mla, int64_t pos0, int64_t n, const char *what) {
+static void attn_case_ws(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
+                         bool mla, int64_t pos0, int64_t n, int64_t window, bool with_sinks, const char *what) {
     int64_t T = pos0 + n;
     int64_t kst = ks ? ks : (int64_t)nKV * dk, vst = vs ? vs : (int64_t)nKV * dv;
     float *q = rvec(n * nH * dk), *k = rvec(T * kst), *v = mla ? NULL : rvec(T * vst);
@@ -775,9 +810,13 @@ static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, i
     void *dk_ = dev(b, k, sizeof(float) * (size_t)(T * kst));
     void *dv_ = mla ? dk_ : dev(b, v, sizeof(float) * (size_t)(T * vst));
     void *dout = dev(b, NULL, sizeof(float) * (size_t)(n * nH * dv));
+    float *sk = rvec(nH);
+    for (int h = 0; h < nH; h++)
+        sk[h] *= 3.0f; /* sink logits of the scores' size: they take a real share */
+    void *dsk = with_sinks ? dev(b, sk, sizeof(float) * (size_t)nH) : NULL;
     mk_attn_args a = {.q = dq, .k = dk_, .v = dv_, .out = dout, .n = n, .pos0 = pos0,
                       .n_heads = nH, .n_kv = nKV, .dk = dk, .dv = dv, .scale = scale,
-                      .k_stride = ks, .v_stride = vs};
+                      .k_stride = ks, .v_stride = vs, .window = window, .sinks = dsk};
     b->i->attention(b->ctx, &a);
     float *o = back(b, dout, sizeof(float) * (size_t)(n * nH * dv));
     double *ref = calloc((size_t)(n * nH * dv), sizeof(double)), *p = malloc((size_t)T * sizeof(double));
@@ -785,18 +824,20 @@ static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, i
     for (int64_t t = 0; t < n; t++)
         for (int h = 0; h < nH; h++) {
             int j = h / g;
-            int64_t S = pos0 + t + 1;
-            double mx = -INFINITY, sum = 0;
-            for (int64_t s = 0; s < S; s++) {
+            int64_t S = pos0 + t + 1, s0 = window > 0 && S > window ? S - window : 0;
+            double mx = with_sinks ? sk[h] : -INFINITY, sum = 0;
+            for (int64_t s = s0; s < S; s++) {
                 double d = 0;
                 for (int i = 0; i < dk; i++)
                     d += (double)q[(t * nH + h) * dk + i] * k[s * kst + j * dk + i];
                 p[s] = d * scale;
                 mx = p[s] > mx ? p[s] : mx;
             }
-            for (int64_t s = 0; s < S; s++)
+            if (with_sinks) /* the sink joins the denominator only */
+                sum += exp(sk[h] - mx);
+            for (int64_t s = s0; s < S; s++)
                 sum += (p[s] = exp(p[s] - mx));
-            for (int64_t s = 0; s < S; s++)
+            for (int64_t s = s0; s < S; s++)
                 for (int i = 0; i < dv; i++)
                     ref[(t * nH + h) * dv + i] += p[s] / sum * vv[s * vst + j * dv + i];
         }
@@ -807,11 +848,19 @@ static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, i
     free(q);
     free(k);
     free(v);
+    free(sk);
+    if (dsk)
+        b->i->buf_free(b->ctx, dsk);
     b->i->buf_free(b->ctx, dq);
     b->i->buf_free(b->ctx, dk_);
     if (!mla)
         b->i->buf_free(b->ctx, dv_);
     b->i->buf_free(b->ctx, dout);
+}
+
+static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
+                      bool mla, int64_t pos0, int64_t n, const char *what) {
+    attn_case_ws(b, nH, nKV, dk, dv, ks, vs, mla, pos0, n, 0, false, what);
 }
 
 static void test_attention(void **st) {
@@ -820,6 +869,16 @@ static void test_attention(void **st) {
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 0, 9, "attention GQA prefill");
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
         attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 5, 3, "attention MLA latent");
+        /* gpt_oss: sliding window (prefill across it, decode past it) and sinks */
+        if (!g_be[bi].i->sinks_window) {
+            printf("  %s: attention sinks / sliding window not implemented (gpt_oss refused there)\n",
+                   g_be[bi].name);
+            continue;
+        }
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 0, 40, 16, true, "attention window 16 + sinks prefill");
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, "attention window 16 + sinks decode");
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 7, 5, 0, true, "attention sinks, full");
+        attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 20, 6, 4, false, "attention window 4");
     }
 }
 

@@ -194,6 +194,25 @@ static void test_glm4moe(void **st) { (void)st; fixture("glm4moe-a/bf16"); fixtu
 /* DSA: NTOK 40 > index_topk 24, so the decoded half runs sparse */
 static void test_dsa(void **st) { (void)st; fixture("deepseekv32-a/bf16"); fixture("glm5dsa-a/bf16"); }
 
+/* gpt_oss: the released MXFP4 experts (*_blocks / *_scales, fused gate_up)
+ * stream with their file ranges; transformers' float layout [E, in, out] is
+ * transposed into memory at load, so a streaming store refuses it by name. */
+static void test_gptoss(void **st) {
+    (void)st;
+    fixture("gptoss-a/mxfp4");
+    mk_model_opts so = {.stream_experts = true};
+    mk_model *m = NULL;
+    if (mk_model_open_ex(mk_test_fixture("gptoss-a/bf16"), &so, &m) != MK_OK)
+        fail_msg("open gptoss-a/bf16 for streaming: %s", mk_err_msg());
+    assert_int_equal(mk_model_expert_bytes(m), 0); /* nothing to stream: a budget keeps it resident */
+    mk_stream_opts o = {.cache_bytes = 1u << 24};
+    mk_expert_store *s = NULL;
+    assert_int_equal(mk_expert_store_stream(m, &o, &s), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "gpt_oss"));
+    assert_null(s);
+    mk_model_free(m);
+}
+
 static void synth(const char *name, mk_synth_format f, char *out, size_t cap) {
     snprintf(out, cap, "%s/%s", g_tmp, name);
     mk_synth_opts o;
@@ -769,6 +788,7 @@ int main(void) {
         cmocka_unit_test(test_mla),           cmocka_unit_test(test_hybrids),
         cmocka_unit_test(test_vl_fused),      cmocka_unit_test(test_trained), cmocka_unit_test(test_glm4moe),
         cmocka_unit_test(test_dsa),
+        cmocka_unit_test(test_gptoss),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
         cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
         cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),
