@@ -266,6 +266,13 @@ typedef struct mk_backend_i {
      * without recording. Both or neither are set. */
     bool (*step_begin)(void *ctx);
     bool (*step_end)(void *ctx, bool run);
+    /* (optional) Batch-invariant matmul for a decode step over several
+     * sequences (mk_engine_decode_batch): y[n, w.rows] = x[n, w.cols] W^T
+     * where each token's row is bitwise what `matmul` gives for that token
+     * alone (n == 1), reading the weight once for the n tokens. NULL: the
+     * engine calls `matmul` once per token (the same results, the weight
+     * read n times). */
+    void (*matmul_each)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

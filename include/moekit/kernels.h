@@ -88,6 +88,16 @@ double mk_diff_rel(const mk_diff *d);
  * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
  * stack (x prepared for the decode kernels) and 8 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* Y = X W^T for n independent tokens, each token's row bitwise what
+ * mk_matmul(p, w, x_t, 1, y_t) gives alone (the decode kernels, not the
+ * tiled prefill path): a batch-invariant product for a decode step over
+ * several sequences, so a sequence's result does not depend on what else
+ * is in the batch. Threads over blocks of rows and runs every token of a
+ * group over a block before moving on, so the weight is read from memory
+ * once per group (as many tokens as their prepared x fit the stack
+ * buffer: all of a batch of 8 up to ~2.6k columns, 3 at 7168). Same stack
+ * use as mk_matmul. */
+void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
 /* Portable scalar reference of the same on one thread: each row is
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
 void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);

@@ -511,6 +511,7 @@ static const mk_backend_i g_cuda = {
     .nonfinite_take = cu_nonfinite_take,
     .step_begin = mkb_step_begin,
     .step_end = mkb_step_end,
+    .matmul_each = nullptr, /* the engine calls matmul once per token (backend.h) */
     .free = cu_free,
 };
 

@@ -94,6 +94,10 @@ static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, flo
     mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
 }
 
+static void cpu_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mk_matmul_each(((cpu_ctx *)ctx)->pool, w, x, n, y);
+}
+
 static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y) {
     (void)ctx;
     for (int64_t t = 0; t < n; t++)
@@ -506,6 +510,7 @@ static const mk_backend_i g_cpu = {
     .route = cpu_route,
     .combine = cpu_combine,
     .gated_add = cpu_gated_add,
+    .matmul_each = cpu_matmul_each,
     .free = cpu_free,
 };
 

@@ -135,7 +135,7 @@ static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
  * the experts' views, which a streaming store reuses for other experts) and
  * no routing observer (the routing stays in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route)
+    if (!BE(e)->moe || !e->own_store || e->on_route || e->batch_inv)
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -162,7 +162,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
     e->moe_general++;
     /* routing */
-    BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
+    mk_engine_mm(e, &w->router, e->xb, n, e->router);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */
@@ -204,7 +204,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     if (w->has_shared) {
         mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
         if (w->has_shared_gate)
-            BE(e)->matmul(CTX(e), &w->shared_gate, e->xb, n, e->sh);
+            mk_engine_mm(e, &w->shared_gate, e->xb, n, e->sh);
         BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
     }
     return MK_OK;
