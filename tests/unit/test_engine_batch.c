@@ -18,7 +18,8 @@
  * transformers by test_engine_fixtures; here only equality matters.
  *
  * Also: what cannot share a step is refused and changes nothing (the same
- * engine twice, a full context, an id outside the vocabulary). */
+ * engine twice, a full context, an id outside the vocabulary); and the
+ * recurrent-state snapshots of the prompt cache (mk_engine_state_*). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -223,6 +224,62 @@ static void test_refusals(void **state) {
     fx_close(&f);
 }
 
+/* Recurrent-state snapshots (engine.h mk_engine_state_*): an engine that
+ * read A then B, restored to its snapshot after A, then reads C gives
+ * bitwise the logits of a fresh engine that read A then C (the same
+ * chunk boundaries); restoring the state saved after B but claiming A's
+ * position does not (the state matters, not only the position); a restore
+ * past the position is refused; attention-only models have no state. */
+static void snapshot_family(const char *dir) {
+    fx f;
+    fx_open(&f, dir, "bf16");
+    mk_engine *a = f.batch[0], *b = f.batch[1];
+    size_t bytes = mk_engine_state_bytes(a);
+    assert_true(bytes > 0);
+    char *s10 = malloc(bytes), *s20 = malloc(bytes), *again = malloc(bytes);
+    float *l1 = malloc((size_t)6 * f.V * sizeof *l1), *l2 = malloc((size_t)6 * f.V * sizeof *l2);
+    assert_true(s10 && s20 && again && l1 && l2);
+    assert_int_equal(mk_engine_forward(a, f.ids, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_state_save(a, s10), MK_OK);
+    assert_int_equal(mk_engine_forward(a, f.ids + 10, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_state_save(a, s20), MK_OK);
+    assert_true(memcmp(s10, s20, bytes) != 0);
+    assert_int_equal(mk_engine_state_restore(a, s10, 21), MK_E_ARG); /* past the position */
+    assert_int_equal(mk_engine_pos(a), 20);
+    assert_int_equal(mk_engine_state_restore(a, s10, 10), MK_OK);
+    assert_int_equal(mk_engine_pos(a), 10);
+    assert_int_equal(mk_engine_state_save(a, again), MK_OK);
+    assert_memory_equal(again, s10, bytes);
+    assert_int_equal(mk_engine_forward(a, f.ids + 20, 6, MK_LOGITS_ALL, l1, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(b, f.ids, 10, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(b, f.ids + 20, 6, MK_LOGITS_ALL, l2, NULL), MK_OK);
+    assert_memory_equal(l1, l2, (size_t)6 * f.V * sizeof *l1);
+    /* the wrong state at the right position: different logits */
+    assert_int_equal(mk_engine_state_restore(a, s20, 10), MK_OK);
+    assert_int_equal(mk_engine_forward(a, f.ids + 20, 6, MK_LOGITS_ALL, l1, NULL), MK_OK);
+    assert_true(memcmp(l1, l2, (size_t)6 * f.V * sizeof *l1) != 0);
+    free(s10);
+    free(s20);
+    free(again);
+    free(l1);
+    free(l2);
+    fx_close(&f);
+}
+
+static void test_snapshot_qwen35moe(void **state) { (void)state; snapshot_family("qwen35moe-a"); }
+static void test_snapshot_qwen3next(void **state) { (void)state; snapshot_family("qwen3next-a"); }
+
+static void test_snapshot_none(void **state) {
+    (void)state;
+    fx f;
+    fx_open(&f, "qwen3moe-a", "bf16");
+    assert_int_equal(mk_engine_state_bytes(f.batch[0]), 0);
+    assert_int_equal(mk_engine_forward(f.batch[0], f.ids, 5, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_state_restore(f.batch[0], NULL, 3), MK_OK); /* a rewind */
+    assert_int_equal(mk_engine_pos(f.batch[0]), 3);
+    fx_close(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3moe),   cmocka_unit_test(test_qwen3next),
@@ -231,6 +288,8 @@ int main(void) {
         cmocka_unit_test(test_glm4moe),    cmocka_unit_test(test_glm4lite),
         cmocka_unit_test(test_minimaxm2),
         cmocka_unit_test(test_refusals),
+        cmocka_unit_test(test_snapshot_qwen35moe), cmocka_unit_test(test_snapshot_qwen3next),
+        cmocka_unit_test(test_snapshot_none),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

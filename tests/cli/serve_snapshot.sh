@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# The prompt cache on a hybrid model (the trained demo: Gated DeltaNet
+# layers, whose recurrent state cannot be rewound): a chat whose next turn
+# does not extend the slot's whole history (the client sends back an
+# edited answer, as templates that drop reasoning do) resumes from the
+# recurrent-state snapshot taken at the end of the previous prompt instead
+# of prefilling everything: cached_tokens is that prompt's length, the
+# snapshot metrics count it, and the answer equals a fresh server's
+# (no cache). A third turn that diverges before any snapshot reuses
+# nothing. Multi-turn: turn 4 of a chat with edited answers still reuses
+# turn 3's whole prompt.
+# no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
+set -eu
+BIN=${MK_BIN:?}
+. "${MK_SRC:?}/tests/cli/fixtures.bash"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail
+command -v curl >/dev/null || { echo "skip: curl not found"; exit 77; }
+T=$(mktemp -d "${TMPDIR:-/tmp}/mk-servesnap-XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    rm -rf "$T"
+}
+trap cleanup EXIT
+M=$TINYM/bf16
+
+start_server() { # LOG: sets PORT, SPID
+    "$BIN" serve "$M" --port 0 --threads 2 --parallel 1 2> "$1" &
+    SPID=$!
+    PIDS+=("$SPID")
+    PORT=
+    for _ in $(seq 200); do
+        PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | sed 's/.*://' || true)
+        [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && return 0
+        kill -0 "$SPID" 2>/dev/null || { cat "$1" >&2; fail "server exited at start"; }
+        sleep 0.1
+    done
+    fail "server never ready"
+}
+jstr() { grep -oE "\"$1\":\"([^\"\\\\]|\\\\.)*\"" | sed -n 1p | sed "s/^\"$1\":\"//; s/\"\$//"; }
+jnum() { grep -oE "\"$1\":[0-9]+" | sed -n 1p | sed 's/.*://'; }
+chat() { curl -s "http://127.0.0.1:$PORT/v1/chat/completions" -d "$1"; }
+metric() { curl -s "http://127.0.0.1:$PORT/metrics" | grep "^$1 " | sed 's/.* //'; }
+
+start_server "$T/log1"
+u1='{"role":"user","content":"Write a function."}'
+r1=$(chat "{\"messages\":[$u1],\"max_tokens\":20,\"temperature\":0}")
+np1=$(echo "$r1" | jnum prompt_tokens)
+[ "$np1" -gt 5 ] || fail "turn 1: $r1"
+[ "$(metric moekit_prompt_cache_snapshots_saved_total)" -ge 1 ] || fail "no snapshot saved at the end of turn 1's prompt"
+# turn 2 sends back an edited answer: the prompt shares turn 1's prompt, not the generated tokens
+turn2="{\"messages\":[$u1,{\"role\":\"assistant\",\"content\":\"def f(): return 1\"},{\"role\":\"user\",\"content\":\"Again.\"}],\"max_tokens\":12,\"temperature\":0}"
+r2=$(chat "$turn2")
+[ "$(echo "$r2" | jnum cached_tokens)" = "$np1" ] || fail "turn 2 reused $(echo "$r2" | jnum cached_tokens) tokens, expected turn 1's prompt ($np1): $r2"
+[ "$(metric moekit_prompt_cache_snapshot_restores_total)" = 1 ] || fail "no snapshot restore counted"
+a2=$(echo "$r2" | jstr content)
+np2=$(echo "$r2" | jnum prompt_tokens)
+# turn 3 edits again: reuses turn 2's whole prompt (the snapshot at its end)
+turn3="{\"messages\":[$u1,{\"role\":\"assistant\",\"content\":\"def f(): return 1\"},{\"role\":\"user\",\"content\":\"Again.\"},{\"role\":\"assistant\",\"content\":\"def g(): return 2\"},{\"role\":\"user\",\"content\":\"Once more.\"}],\"max_tokens\":12,\"temperature\":0}"
+r3=$(chat "$turn3")
+[ "$(echo "$r3" | jnum cached_tokens)" = "$np2" ] || fail "turn 3 reused $(echo "$r3" | jnum cached_tokens) tokens, expected turn 2's prompt ($np2): $r3"
+a3=$(echo "$r3" | jstr content)
+# a different conversation: nothing of the history is usable (no snapshot inside its prefix)
+r4=$(chat '{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi."}],"max_tokens":4,"temperature":0}')
+[ "$(echo "$r4" | jnum cached_tokens)" = 0 ] || fail "an unrelated chat reused a cache: $r4"
+kill "$SPID"; wait "$SPID" 2>/dev/null || true
+
+# the same turns on fresh servers: the same answers without any cache
+start_server "$T/log2"
+r=$(chat "$turn2")
+[ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache: $r"
+[ "$(echo "$r" | jstr content)" = "$a2" ] || fail "turn 2 from the snapshot differs from a fresh prefill: '$a2' vs $r"
+kill "$SPID"; wait "$SPID" 2>/dev/null || true
+start_server "$T/log3"
+r=$(chat "$turn3")
+[ "$(echo "$r" | jstr content)" = "$a3" ] || fail "turn 3 from the snapshot differs from a fresh prefill: '$a3' vs $r"
+kill -TERM "$SPID"
+wait "$SPID" || fail "server exit status $?"
+echo "serve_snapshot: ok"
