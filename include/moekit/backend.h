@@ -273,6 +273,16 @@ typedef struct mk_backend_i {
      * engine calls `matmul` once per token (the same results, the weight
      * read n times). */
     void (*matmul_each)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+    /* (optional) The SwiGLU MLPs of `count` routed experts of a batched
+     * decode step: expert i over its n[i] tokens, x[i] [n_i, gate.cols]
+     * -> ys[i] [n_i, down.rows], every row bitwise what matmul_each,
+     * swiglu, matmul_each give (so what one token alone gets); g and u are
+     * scratch of sum_i n_i * gate_i.rows floats each. A few parallel
+     * regions for all of them instead of three per expert. NULL: the
+     * engine runs the experts one at a time. */
+    void (*expert_mlps_each)(void *ctx, const mk_expert *const *ex, int count,
+                             const float *const *x, const int64_t *n, float *const *ys, float *g,
+                             float *u);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

@@ -512,6 +512,7 @@ static const mk_backend_i g_cuda = {
     .step_begin = mkb_step_begin,
     .step_end = mkb_step_end,
     .matmul_each = nullptr, /* the engine calls matmul once per token (backend.h) */
+    .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
     .free = cu_free,
 };
 

@@ -773,7 +773,8 @@ static void nested_fn(void *ctx, int64_t b, int64_t e) {
  * one region's 64) and widths whose preparations fit 1, a few or many
  * tokens per region (8192 columns: one at a time). A tiled multi-token
  * product (mk_matmul with n > 1) differs from it in the low bits: asserted
- * below, so the test would catch a kernel that silently took that path. */
+ * below, so the test would catch a kernel that silently took that path.
+ * mk_matmul_each_multi is held to the same one-token products. */
 static void test_matmul_each(void **state) {
     enum { NW = 6, NMAX = 70, BIG = 8192 };
     tw t[NW];
@@ -816,6 +817,50 @@ static void test_matmul_each(void **state) {
                 }
     }
     assert_true(tiled_differs); /* else this test could not tell the paths apart */
+    /* mk_matmul_each_multi: 150 items (more than one region's 64), pairs
+     * sharing x and n (an expert's gate and up: one preparation) and not,
+     * 1 to 9 tokens each, the 8192-column ones overflowing the stack area
+     * (new regions, long items cut into token groups) */
+    enum { NI = 150 };
+    mk_mm_item it[NI];
+    int64_t yoff[NI + 1];
+    yoff[0] = 0;
+    for (int i = 0; i < NI; i++) {
+        int k = i % 13 == 12 ? 5 : (int)(rnd_u32() % 5);
+        int64_t n = 1 + (int64_t)(rnd_u32() % 9);
+        const float *xi = x + (int64_t)(rnd_u32() % 8) * BIG;
+        if (i % 2 == 1 && it[i - 1].w->cols == t[k].w.cols) { /* share the previous one's x */
+            xi = it[i - 1].x;
+            n = it[i - 1].n;
+        }
+        it[i] = (mk_mm_item){&t[k].w, xi, n, NULL};
+        yoff[i + 1] = yoff[i] + n * t[k].w.rows;
+    }
+    float *ym = malloc(sizeof(float) * (size_t)yoff[NI]), *wm = malloc(sizeof(float) * (size_t)yoff[NI]);
+    assert_true(ym && wm);
+    for (int i = 0; i < NI; i++)
+        it[i].y = ym + yoff[i];
+    for (int isa = 0; isa < 2 * MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)(isa % MK_ISA_COUNT)))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)(isa % MK_ISA_COUNT)), MK_OK);
+        mk_kernels_set_int8(isa >= MK_ISA_COUNT);
+        for (int i = 0; i < NI; i++)
+            for (int64_t q = 0; q < it[i].n; q++)
+                mk_matmul(g_pool, it[i].w, it[i].x + q * it[i].w->cols, 1, wm + yoff[i] + q * it[i].w->rows);
+        for (int thr = 0; thr < 2; thr++) {
+            memset(ym, 0xff, sizeof(float) * (size_t)yoff[NI]);
+            mk_matmul_each_multi(thr ? g_pool : NULL, it, NI);
+            for (int i = 0; i < NI; i++)
+                if (memcmp(ym + yoff[i], wm + yoff[i], sizeof(float) * (size_t)(yoff[i + 1] - yoff[i])))
+                    fail_msg("mk_matmul_each_multi %s%s%s: item %d (%lld tokens, %lld columns) not "
+                             "bitwise the one-token products", mk_isa_name((mk_isa)(isa % MK_ISA_COUNT)),
+                             isa >= MK_ISA_COUNT ? " int8" : "", thr ? " threaded" : "", i,
+                             (long long)it[i].n, (long long)it[i].w->cols);
+        }
+    }
+    free(ym);
+    free(wm);
     mk_kernels_set_int8(false);
     mk_isa_set(g_isa0);
     for (int k = 0; k < NW; k++)
