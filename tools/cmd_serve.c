@@ -70,8 +70,9 @@ static void help(FILE *f) {
             "all of them); the batch is invariant, so an answer is the same alone or under\n"
             "load (equal to run with --prefill-chunk = --prefill-step), and a seed reproduces.\n"
             "A new request reuses the free slot whose cached tokens share the longest prefix\n"
-            "with its prompt (models with recurrent layers reuse a slot only when the prompt\n"
-            "extends its whole history, such as the next turn of a chat).\n\n"
+            "with its prompt (models with recurrent layers keep the slot's whole history when\n"
+            "the prompt extends it, else resume from a snapshot of their recurrent state taken\n"
+            "at the end of an earlier prompt, such as the previous turn of a chat).\n\n"
             "Exit status: 0 after a signal, 2 bad input (model, flags), 1 internal failure.\n",
             mk_ecli_mem_help);
 }
