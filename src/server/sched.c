@@ -502,33 +502,37 @@ static void decode_step(mk_server *s) {
     if (!n)
         return;
     pthread_mutex_unlock(&s->mu);
+    /* in batches of what one step may take (all of them, but for very many
+     * slots); a batch of one, or engines that cannot share a step, alone */
     int64_t V = mk_model_config(s->m.model)->vocab_size;
-    mk_status st = MK_OK;
-    if (n > 1 && s->batch_ok) {
-        st = mk_engine_decode_batch(s->b_eng, n, s->b_ids, s->b_logits);
-        for (int i = 0; i < n; i++) {
-            if (st == MK_OK)
-                memcpy(mk_gen_feed_buf(s->b_slot[i]->seq), s->b_logits + i * V, (size_t)V * sizeof(float));
-            mk_gen_fed(s->b_slot[i]->seq, st);
+    int bm = s->batch_max > 1 ? s->batch_max : 1;
+    uint64_t steps = 0;
+    for (int g = 0; g < n; g += bm) {
+        int m = n - g < bm ? n - g : bm;
+        steps++;
+        if (m > 1) {
+            mk_status st = mk_engine_decode_batch(s->b_eng + g, m, s->b_ids + g, s->b_logits);
+            for (int i = g; i < g + m; i++) {
+                if (st == MK_OK)
+                    memcpy(mk_gen_feed_buf(s->b_slot[i]->seq), s->b_logits + (int64_t)(i - g) * V,
+                           (size_t)V * sizeof(float));
+                mk_gen_fed(s->b_slot[i]->seq, st);
+                s->b_st[i] = st;
+            }
+        } else {
+            s->b_st[g] = mk_engine_forward(s->b_eng[g], &s->b_ids[g], 1, MK_LOGITS_LAST,
+                                           mk_gen_feed_buf(s->b_slot[g]->seq), NULL);
+            mk_gen_fed(s->b_slot[g]->seq, s->b_st[g]);
         }
     }
     pthread_mutex_lock(&s->metrics.mu);
-    s->metrics.dec_steps += n > 1 && s->batch_ok ? 1 : (uint64_t)n;
+    s->metrics.dec_steps += steps;
     s->metrics.dec_seqs += (uint64_t)n;
     pthread_mutex_unlock(&s->metrics.mu);
     pthread_mutex_lock(&s->mu);
-    for (int i = 0; i < n; i++) {
-        srv_slot *sl = s->b_slot[i];
-        mk_status sti = st;
-        if (n == 1 || !s->batch_ok) { /* one at a time */
-            pthread_mutex_unlock(&s->mu);
-            sti = mk_engine_forward(sl->e, &s->b_ids[i], 1, MK_LOGITS_LAST, mk_gen_feed_buf(sl->seq), NULL);
-            mk_gen_fed(sl->seq, sti);
-            pthread_mutex_lock(&s->mu);
-        }
-        if (sti != MK_OK)
-            end_job(s, sl, sti);
-    }
+    for (int i = 0; i < n; i++)
+        if (s->b_st[i] != MK_OK)
+            end_job(s, s->b_slot[i], s->b_st[i]);
 }
 
 static void *sched_main(void *arg) {
@@ -602,13 +606,17 @@ mk_status srv_sched_start(mk_server *s) {
     s->b_eng = mk_calloc((size_t)n, sizeof *s->b_eng);
     s->b_slot = mk_calloc((size_t)n, sizeof *s->b_slot);
     s->b_ids = mk_calloc((size_t)n, sizeof *s->b_ids);
+    s->b_st = mk_calloc((size_t)n, sizeof *s->b_st);
     s->b_logits = mk_malloc((size_t)n * (size_t)V * sizeof *s->b_logits);
-    if (!s->b_eng || !s->b_slot || !s->b_ids || !s->b_logits)
+    if (!s->b_eng || !s->b_slot || !s->b_ids || !s->b_st || !s->b_logits)
         return mk_err(MK_E_NOMEM, "no memory for the decode batch of %d slots (%lld logits)", n,
                       (long long)(n * V));
-    /* every slot's engine in one step; else (a family the batched step does
-     * not know, a prefill chunk too small) each is fed alone */
-    s->batch_ok = mk_engine_batchable(s->m.engines, n);
+    /* the most slots one step takes: all of them, unless there are more
+     * than a step may hold; 1 (each fed alone) for a family the batched
+     * step does not know */
+    s->batch_max = n;
+    while (s->batch_max > 1 && !mk_engine_batchable(s->m.engines, s->batch_max))
+        s->batch_max--;
     if (pthread_create(&s->sched, NULL, sched_main, s))
         return mk_err(MK_E_NOMEM, "cannot start the scheduler thread");
     s->sched_started = true;
@@ -639,6 +647,8 @@ void srv_sched_stop(mk_server *s) {
     free(s->b_slot);
     free(s->b_ids);
     free(s->b_logits);
+    free(s->b_st);
+    s->b_st = NULL;
     s->b_eng = NULL;
     s->b_slot = NULL;
     s->b_ids = NULL;

@@ -181,8 +181,9 @@ struct mk_server {
     mk_engine **b_eng;
     srv_slot **b_slot;
     int32_t *b_ids;
+    mk_status *b_st;           /* each sequence's forward status */
     float *b_logits;           /* [nslots, vocab] */
-    bool batch_ok;             /* the engines can share a step (mk_engine_batchable) */
+    int batch_max;             /* the most slots one forward takes (mk_engine_batchable); 1: alone */
     int pf_next;               /* the slot whose prefill goes first next step (round robin) */
 };
 
