@@ -9,7 +9,7 @@
 # interleaved with their decode steps and changes nothing in their
 # answers; /metrics shows the decode steps really ran batched (more
 # sequences than steps); a seeded sampled request among greedy ones gives
-# the same text as alone.
+# the same text as alone; --prefill-step out of range is refused.
 # no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
 set -eu
 BIN=${MK_BIN:?}
@@ -24,6 +24,10 @@ cleanup() {
 }
 trap cleanup EXIT
 M=$TINYM/bf16
+
+# the piece size is checked like every numeric flag: one line naming it, exit 2
+expect 2 "--prefill-step" "$BIN" serve "$M" --prefill-step 0
+expect 2 "--prefill-step" "$BIN" serve "$M" --prefill-step x
 
 "$BIN" serve "$M" --port 0 --threads 2 --parallel 8 --queue 32 --prefill-step 16 2> "$T/log" &
 SPID=$!
