@@ -9,7 +9,8 @@
 # interleaved with their decode steps and changes nothing in their
 # answers; /metrics shows the decode steps really ran batched (more
 # sequences than steps); a seeded sampled request among greedy ones gives
-# the same text as alone; --prefill-step out of range is refused.
+# the same text as alone; the same with experts streamed through one
+# shared store; --prefill-step out of range is refused.
 # no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
 set -eu
 BIN=${MK_BIN:?}
@@ -112,5 +113,35 @@ wait "${cp[@]}"
 [ "$(metric moekit_slots_busy)" = 0 ] || fail "slots still busy"
 kill -TERM "$SPID"
 wait "$SPID" || fail "server exit status $?"
+SPID=
+
+# experts streamed from the checkpoint through one shared store (not all
+# resident: the batched step acquires the union of the batch's experts per
+# layer and runs them one by one): 4 clients, each still equal to its run
+"$BIN" serve "$M" --port 0 --threads 2 --parallel 4 --prefill-step 16 --stream-experts 2> "$T/log2" &
+SPID=$!
+PORT=
+for _ in $(seq 200); do
+    PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$T/log2" | sed 's/.*://' || true)
+    [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && break
+    kill -0 "$SPID" 2>/dev/null || { cat "$T/log2" >&2; fail "streaming server exited at start"; }
+    sleep 0.1
+done
+U=http://127.0.0.1:$PORT
+s0=$(metric moekit_decode_steps_total)
+q0=$(metric moekit_decode_step_sequences_total)
+cp=()
+for i in 4 5 6 7; do
+    curl -s "$U/v1/chat/completions" -d "{\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt $i)\"}],\"max_tokens\":$((12 + i * 5)),\"temperature\":0}" > "$T/s$i" &
+    cp+=($!)
+done
+wait "${cp[@]}"
+for i in 4 5 6 7; do
+    [ "$(jstr content < "$T/s$i")" = "$(cat "$T/w$i")" ] || fail "streaming client $i differs from its run"
+done
+[ $(($(metric moekit_decode_steps_total) - s0)) -lt $((($(metric moekit_decode_step_sequences_total) - q0) / 2)) ] ||
+    fail "streaming server: decode steps not batched"
+kill -TERM "$SPID"
+wait "$SPID" || fail "streaming server exit status $?"
 SPID=
 echo "serve_batch: ok"
