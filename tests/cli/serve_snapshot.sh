@@ -6,9 +6,10 @@
 # recurrent-state snapshot taken at the end of the previous prompt instead
 # of prefilling everything: cached_tokens is that prompt's length, the
 # snapshot metrics count it, and the answer equals a fresh server's
-# (no cache). A third turn that diverges before any snapshot reuses
-# nothing. Multi-turn: turn 4 of a chat with edited answers still reuses
-# turn 3's whole prompt.
+# (no cache). Turn 3 (edited again) reuses turn 2's whole prompt; an
+# unrelated chat (no snapshot inside its common prefix) reuses nothing. A long
+# prompt is snapshotted every 2048 tokens: a prompt sharing ~2500 of its
+# tokens resumes at 2048 and answers as a fresh prefill.
 # no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
 set -eu
 BIN=${MK_BIN:?}
@@ -63,6 +64,15 @@ a3=$(echo "$r3" | jstr content)
 # a different conversation: nothing of the history is usable (no snapshot inside its prefix)
 r4=$(chat '{"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi."}],"max_tokens":4,"temperature":0}')
 [ "$(echo "$r4" | jnum cached_tokens)" = 0 ] || fail "an unrelated chat reused a cache: $r4"
+# a long prompt (~3200 tokens) is snapshotted every 2048 tokens too: a
+# second prompt that leaves it after ~2500 tokens resumes at 2048
+words() { for k in $(seq "$1"); do printf 'item%d ' "$k"; done; }
+long1="{\"prompt\":\"$(words 1000)end one\",\"max_tokens\":3,\"temperature\":0}"
+long2="{\"prompt\":\"$(words 800)end two\",\"max_tokens\":3,\"temperature\":0}"
+curl -s "http://127.0.0.1:$PORT/v1/completions" -d "$long1" > "$T/l1"
+[ "$(jnum prompt_tokens < "$T/l1")" -gt 3000 ] || fail "long prompt 1: $(cat "$T/l1")"
+curl -s "http://127.0.0.1:$PORT/v1/completions" -d "$long2" > "$T/l2"
+[ "$(jnum cached_tokens < "$T/l2")" = 2048 ] || fail "long prompt 2 reused $(jnum cached_tokens < "$T/l2") tokens, expected the snapshot at 2048: $(cat "$T/l2")"
 kill "$SPID"; wait "$SPID" 2>/dev/null || true
 
 # the same turns on fresh servers: the same answers without any cache
@@ -74,6 +84,10 @@ kill "$SPID"; wait "$SPID" 2>/dev/null || true
 start_server "$T/log3"
 r=$(chat "$turn3")
 [ "$(echo "$r" | jstr content)" = "$a3" ] || fail "turn 3 from the snapshot differs from a fresh prefill: '$a3' vs $r"
+# from 2048 on the pieces have the same boundaries as a fresh prefill (512 each): the same text
+r=$(curl -s "http://127.0.0.1:$PORT/v1/completions" -d "$long2")
+[ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache for the long prompt: $r"
+[ "$(echo "$r" | jstr text)" = "$(jstr text < "$T/l2")" ] || fail "the long prompt from its 2048 snapshot differs from a fresh prefill: $(cat "$T/l2") vs $r"
 kill -TERM "$SPID"
 wait "$SPID" || fail "server exit status $?"
 echo "serve_snapshot: ok"
