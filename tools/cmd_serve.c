@@ -54,6 +54,9 @@ static void help(FILE *f) {
             "                       max_position_embeddings)); prompt + max_tokens must fit\n"
             "  --grace S            on SIGINT/SIGTERM, seconds running requests may finish\n"
             "                       before they are cancelled (default 10)\n"
+            "  --snapshots N        recurrent-state snapshots kept per slot for the prompt cache\n"
+            "                       of hybrid models (default 4, 0: none; each one is every\n"
+            "                       Gated DeltaNet layer's state)\n"
             "  --prefill-step N     prompt tokens prefilled per scheduler step (default 512,\n"
             "                       run's --prefill-chunk): smaller pieces delay the running\n"
             "                       streams less while a long prompt is read\n"
@@ -79,7 +82,7 @@ static void help(FILE *f) {
 
 typedef struct serve_opts {
     const char *model, *host, *alias, *key, *key_file, *tmpl;
-    long long port, parallel, queue, ctx, threads, prefill_step;
+    long long port, parallel, queue, ctx, threads, prefill_step, snapshots;
     double grace;
     mk_ecli_mem mm;
 } serve_opts;
@@ -92,6 +95,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"queue", required_argument, 0, 'q'},    {"ctx", required_argument, 0, 'x'},
         {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
+        {"snapshots", required_argument, 0, 'S'},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
@@ -134,6 +138,10 @@ static int parse(int argc, char **argv, serve_opts *o) {
         case 'T': o->tmpl = optarg; break;
         case 'P':
             if ((rc = mk_flag_int("serve", "--prefill-step", optarg, 1, 1 << 20, &o->prefill_step)) >= 0)
+                return rc;
+            break;
+        case 'S':
+            if ((rc = mk_flag_int("serve", "--snapshots", optarg, 0, 8, &o->snapshots)) >= 0)
                 return rc;
             break;
         case 'h': help(stdout); return 0;
@@ -286,7 +294,8 @@ static mk_status serve_main(serve_opts *o) {
     signal(SIGPIPE, SIG_IGN);
     mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
                          .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
-                         .prefill_step = (int)o->prefill_step};
+                         .prefill_step = (int)o->prefill_step,
+                         .snapshots = o->snapshots ? (int)o->snapshots : -1};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",
@@ -324,7 +333,7 @@ static mk_status serve_main(serve_opts *o) {
 }
 
 int cmd_serve(int argc, char **argv) {
-    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .mm = {.cmd = "serve", .no_trace = true}};
+    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .snapshots = 4, .mm = {.cmd = "serve", .no_trace = true}};
     int rc = parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

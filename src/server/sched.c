@@ -22,8 +22,8 @@
  * extends it, and otherwise goes back to its latest recurrent-state
  * snapshot inside the common prefix (mk_engine_state_restore). Snapshots
  * are taken at turn boundaries (the end of each prompt) and every
- * SRV_SNAP_EVERY prompt tokens, SRV_SNAPS per slot (least recently used
- * replaced), so a chat whose next prompt re-renders the last answer
+ * SRV_SNAP_EVERY prompt tokens, mk_server_opts.snapshots per slot (least
+ * recently used replaced), so a chat whose next prompt re-renders the last answer
  * differently (a template that drops reasoning, an edited message) does
  * not re-prefill its history. A snapshot stays valid while the slot's
  * history keeps its prefix: those after a restore point and all of them
@@ -278,18 +278,18 @@ static void snaps_drop_after(srv_slot *sl, int64_t p) {
 static void snap_take(mk_server *s, srv_slot *sl) {
     size_t bytes = mk_engine_state_bytes(sl->e);
     int64_t pos = mk_engine_pos(sl->e);
-    if (!bytes || pos <= 0)
+    if (!bytes || pos <= 0 || s->nsnap <= 0)
         return;
     srv_snap *sn = NULL;
-    for (int i = 0; i < SRV_SNAPS && !sn; i++) /* the same position: refresh it */
+    for (int i = 0; i < s->nsnap && !sn; i++) /* the same position: refresh it */
         if (sl->snaps[i].buf && sl->snaps[i].pos == pos)
             sn = &sl->snaps[i];
-    for (int i = 0; i < SRV_SNAPS && !sn; i++)
+    for (int i = 0; i < s->nsnap && !sn; i++)
         if (!sl->snaps[i].buf)
             sn = &sl->snaps[i];
     if (!sn) { /* the least recently used */
         sn = &sl->snaps[0];
-        for (int i = 1; i < SRV_SNAPS; i++)
+        for (int i = 1; i < s->nsnap; i++)
             if (sl->snaps[i].used < sn->used)
                 sn = &sl->snaps[i];
     }
@@ -614,6 +614,9 @@ mk_status srv_sched_start(mk_server *s) {
     /* the most slots one step takes: all of them, unless there are more
      * than a step may hold; 1 (each fed alone) for a family the batched
      * step does not know */
+    s->nsnap = s->o.snapshots == 0 ? 4 : s->o.snapshots < 0 ? 0 : s->o.snapshots;
+    if (s->nsnap > SRV_SNAPS)
+        s->nsnap = SRV_SNAPS;
     s->batch_max = n;
     while (s->batch_max > 1 && !mk_engine_batchable(s->m.engines, s->batch_max))
         s->batch_max--;

@@ -132,9 +132,10 @@ typedef struct srv_job {
     double t_submit, t_first, t_last;
 } srv_job;
 
-/* Recurrent-state snapshots per slot (hybrid models: sched.c) and how
- * often a long prompt takes one. */
-#define SRV_SNAPS 4
+/* Recurrent-state snapshots per slot at most (hybrid models: sched.c;
+ * mk_server_opts.snapshots says how many are used) and how often a long
+ * prompt takes one. */
+#define SRV_SNAPS 8
 #define SRV_SNAP_EVERY 2048
 
 typedef struct srv_snap {
@@ -185,6 +186,7 @@ struct mk_server {
     float *b_logits;           /* [nslots, vocab] */
     int batch_max;             /* the most slots one forward takes (mk_engine_batchable); 1: alone */
     int pf_next;               /* the slot whose prefill goes first next step (round robin) */
+    int nsnap;                 /* snapshots per slot (mk_server_opts.snapshots) */
 };
 
 /* Create a job for prompt[0..np) (copied). NULL when out of memory. */

@@ -9,7 +9,8 @@
 # (no cache). Turn 3 (edited again) reuses turn 2's whole prompt; an
 # unrelated chat (no snapshot inside its common prefix) reuses nothing. A long
 # prompt is snapshotted every 2048 tokens: a prompt sharing ~2500 of its
-# tokens resumes at 2048 and answers as a fresh prefill.
+# tokens resumes at 2048 and answers as a fresh prefill. --snapshots 0
+# takes none (turn 2 prefills everything); out of range is refused.
 # no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
 set -eu
 BIN=${MK_BIN:?}
@@ -25,15 +26,17 @@ cleanup() {
 trap cleanup EXIT
 M=$TINYM/bf16
 
-start_server() { # LOG: sets PORT, SPID
-    "$BIN" serve "$M" --port 0 --threads 2 --parallel 1 2> "$1" &
+start_server() { # LOG [ARGS...]: sets PORT, SPID
+    local log=$1
+    shift
+    "$BIN" serve "$M" --port 0 --threads 2 --parallel 1 "$@" 2> "$log" &
     SPID=$!
     PIDS+=("$SPID")
     PORT=
     for _ in $(seq 200); do
-        PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$1" | sed 's/.*://' || true)
+        PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$log" | sed 's/.*://' || true)
         [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && return 0
-        kill -0 "$SPID" 2>/dev/null || { cat "$1" >&2; fail "server exited at start"; }
+        kill -0 "$SPID" 2>/dev/null || { cat "$log" >&2; fail "server exited at start"; }
         sleep 0.1
     done
     fail "server never ready"
@@ -88,6 +91,16 @@ r=$(chat "$turn3")
 r=$(curl -s "http://127.0.0.1:$PORT/v1/completions" -d "$long2")
 [ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache for the long prompt: $r"
 [ "$(echo "$r" | jstr text)" = "$(jstr text < "$T/l2")" ] || fail "the long prompt from its 2048 snapshot differs from a fresh prefill: $(cat "$T/l2") vs $r"
+kill "$SPID"; wait "$SPID" 2>/dev/null || true
+
+# --snapshots 0: no snapshot is taken, so the edited turn 2 prefills everything
+start_server "$T/log4" --snapshots 0
+chat "{\"messages\":[$u1],\"max_tokens\":20,\"temperature\":0}" > /dev/null
+r=$(chat "$turn2")
+[ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "--snapshots 0 still resumed: $r"
+[ "$(metric moekit_prompt_cache_snapshots_saved_total)" = 0 ] || fail "--snapshots 0 saved snapshots"
+[ "$(echo "$r" | jstr content)" = "$a2" ] || fail "turn 2 without snapshots differs: $r"
 kill -TERM "$SPID"
 wait "$SPID" || fail "server exit status $?"
+expect 2 "--snapshots" "$BIN" serve "$M" --snapshots 9
 echo "serve_snapshot: ok"
