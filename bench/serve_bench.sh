@@ -10,7 +10,11 @@
 #    times (first chunk to last; TOKENS - 1 tokens between them), and TTFT
 #    (request to the first chunk: the role-less first text chunk).
 # 3. Aggregate generated tok/s with 1, 4 and 8 concurrent streams
-#    (--parallel 8): total tokens / wall time of the batch.
+#    (--parallel 8): total tokens / wall time of the batch, and the mean
+#    decode batch the server ran (its /metrics: sequences per decode
+#    forward; continuous batching puts every generating stream in one
+#    forward, so it should be close to the concurrency). Issue 13's goal:
+#    aggregate at 8 >= 3x the single stream on the CPU.
 # Prints key=value lines. Needs curl, awk, date with %N.
 set -eu
 BIN=${1:?usage: serve_bench.sh BIN MODEL [TOKENS] [THREADS]}
@@ -51,7 +55,10 @@ awk -v t0="$t0" -v n="$N" '$2 == "data:" && $3 ~ /^\{/ { c++; if (c == 1) f = $1
     END { printf "serve_ttft_s=%.4f serve_chunks=%d serve_tok_s=%.1f\n", f - t0, c, (l > f ? (n - 1) / (l - f) : 0) }' "$T/times"
 
 # 3. aggregate at 1, 4, 8 concurrent streams (non-streamed: usage counts tokens)
+metric() { curl -s "$U/metrics" | grep "^$1 " | sed 's/.* //'; }
 for c in 1 4 8; do
+    ds0=$(metric moekit_decode_steps_total)
+    dq0=$(metric moekit_decode_step_sequences_total)
     s=$(now)
     for i in $(seq "$c"); do
         curl -s "$U/v1/completions" -d "{\"prompt\":\"def f$i():\",\"max_tokens\":$N,\"temperature\":0,\"ignore_eos\":true}" > "$T/a$i" &
@@ -60,7 +67,9 @@ for c in 1 4 8; do
     e=$(now)
     tok=$(cat "$T"/a* | grep -o '"completion_tokens":[0-9]*' | cut -d: -f2 | awk '{s += $1} END {print s}')
     rm -f "$T"/a*
-    awk -v c="$c" -v t="$tok" -v s="$s" -v e="$e" 'BEGIN { printf "concurrency=%d tokens=%d wall_s=%.3f aggregate_tok_s=%.1f\n", c, t, e - s, t / (e - s) }'
+    ds=$(($(metric moekit_decode_steps_total) - ds0))
+    dq=$(($(metric moekit_decode_step_sequences_total) - dq0))
+    awk -v c="$c" -v t="$tok" -v s="$s" -v e="$e" -v ds="$ds" -v dq="$dq" 'BEGIN { printf "concurrency=%d tokens=%d wall_s=%.3f aggregate_tok_s=%.1f mean_decode_batch=%.2f\n", c, t, e - s, t / (e - s), (ds > 0 ? dq / ds : 0) }'
 done
 kill -TERM "$SPID"
 wait "$SPID" || true

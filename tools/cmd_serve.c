@@ -54,6 +54,12 @@ static void help(FILE *f) {
             "                       max_position_embeddings)); prompt + max_tokens must fit\n"
             "  --grace S            on SIGINT/SIGTERM, seconds running requests may finish\n"
             "                       before they are cancelled (default 10)\n"
+            "  --snapshots N        recurrent-state snapshots kept per slot for the prompt cache\n"
+            "                       of hybrid models (default 4, 0: none; each one is every\n"
+            "                       Gated DeltaNet layer's state)\n"
+            "  --prefill-step N     prompt tokens prefilled per scheduler step (default 512,\n"
+            "                       run's --prefill-chunk): smaller pieces delay the running\n"
+            "                       streams less while a long prompt is read\n"
             "engine:\n"
             "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
             "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3\n"
@@ -62,18 +68,21 @@ static void help(FILE *f) {
             "%s"
             "  -h, --help           this text\n\n"
             "Slots share the model's weights; each holds its own KV cache and recurrent\n"
-            "state. One scheduler steps the busy slots in turn (a prompt piece or a token\n"
-            "each), so an answer is the same alone or under load, and a seed reproduces.\n"
+            "state. Each scheduler step prefills one prompt piece and decodes one token of\n"
+            "every generating slot in one batched forward (each routed expert read once for\n"
+            "all of them); the batch is invariant, so an answer is the same alone or under\n"
+            "load (equal to run with --prefill-chunk = --prefill-step), and a seed reproduces.\n"
             "A new request reuses the free slot whose cached tokens share the longest prefix\n"
-            "with its prompt (models with recurrent layers reuse a slot only when the prompt\n"
-            "extends its whole history, such as the next turn of a chat).\n\n"
+            "with its prompt (models with recurrent layers keep the slot's whole history when\n"
+            "the prompt extends it, else resume from a snapshot of their recurrent state taken\n"
+            "at the end of an earlier prompt, such as the previous turn of a chat).\n\n"
             "Exit status: 0 after a signal, 2 bad input (model, flags), 1 internal failure.\n",
             mk_ecli_mem_help);
 }
 
 typedef struct serve_opts {
     const char *model, *host, *alias, *key, *key_file, *tmpl;
-    long long port, parallel, queue, ctx, threads;
+    long long port, parallel, queue, ctx, threads, prefill_step, snapshots;
     double grace;
     mk_ecli_mem mm;
 } serve_opts;
@@ -85,7 +94,9 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"api-key-file", required_argument, 0, 'K'}, {"parallel", required_argument, 0, 'n'},
         {"queue", required_argument, 0, 'q'},    {"ctx", required_argument, 0, 'x'},
         {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
-        {"template", required_argument, 0, 'T'}, MK_ECLI_MEM_OPTS,
+        {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
+        {"snapshots", required_argument, 0, 'S'},
+        MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
     optind = 1;
@@ -125,6 +136,14 @@ static int parse(int argc, char **argv, serve_opts *o) {
                 return rc;
             break;
         case 'T': o->tmpl = optarg; break;
+        case 'P':
+            if ((rc = mk_flag_int("serve", "--prefill-step", optarg, 1, 1 << 20, &o->prefill_step)) >= 0)
+                return rc;
+            break;
+        case 'S':
+            if ((rc = mk_flag_int("serve", "--snapshots", optarg, 0, 8, &o->snapshots)) >= 0)
+                return rc;
+            break;
         case 'h': help(stdout); return 0;
         default: {
             bool mine;
@@ -274,7 +293,9 @@ static mk_status serve_main(serve_opts *o) {
     pthread_sigmask(SIG_BLOCK, &set, NULL);
     signal(SIGPIPE, SIG_IGN);
     mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
-                         .api_key = o->key ? o->key : z.key, .queue = (int)o->queue};
+                         .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
+                         .prefill_step = (int)o->prefill_step,
+                         .snapshots = o->snapshots ? (int)o->snapshots : -1};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",
@@ -312,7 +333,7 @@ static mk_status serve_main(serve_opts *o) {
 }
 
 int cmd_serve(int argc, char **argv) {
-    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .mm = {.cmd = "serve", .no_trace = true}};
+    serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .snapshots = 4, .mm = {.cmd = "serve", .no_trace = true}};
     int rc = parse(argc, argv, &o);
     if (rc >= 0)
         return rc;

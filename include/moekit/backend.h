@@ -342,6 +342,23 @@ typedef struct mk_backend_i {
      * memory, the lowest index on ties, as mk_argmax; x finite): greedy
      * decoding without copying the logits to the host. */
     void (*argmax)(void *ctx, const float *x, int64_t n, int32_t *out);
+    /* (optional) Batch-invariant matmul for a decode step over several
+     * sequences (mk_engine_decode_batch): y[n, w.rows] = x[n, w.cols] W^T
+     * where each token's row is bitwise what `matmul` gives for that token
+     * alone (n == 1), reading the weight once for the n tokens. NULL: the
+     * engine calls `matmul` once per token (the same results, the weight
+     * read n times). */
+    void (*matmul_each)(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+    /* (optional) The SwiGLU MLPs of `count` routed experts of a batched
+     * decode step: expert i over its n[i] tokens, x[i] [n_i, gate.cols]
+     * -> ys[i] [n_i, down.rows], every row bitwise what matmul_each,
+     * swiglu, matmul_each give (so what one token alone gets); g and u are
+     * scratch of sum_i n_i * gate_i.rows floats each. A few parallel
+     * regions for all of them instead of three per expert. NULL: the
+     * engine runs the experts one at a time. */
+    void (*expert_mlps_each)(void *ctx, const mk_expert *const *ex, int count,
+                             const float *const *x, const int64_t *n, float *const *ys, float *g,
+                             float *u);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

@@ -89,6 +89,19 @@ void mk_engine_reset(mk_engine *e);
 mk_status mk_engine_rewind(mk_engine *e, int64_t pos);
 /* Whether mk_engine_rewind can go back (no recurrent layers). */
 bool mk_engine_rewindable(const mk_engine *e);
+/* Recurrent-state snapshots (src/engine/snapshot.c), so a prompt cache can
+ * go back on a hybrid model: mk_engine_state_bytes is the size of the
+ * state (every Gated DeltaNet layer's conv window and recurrent state; 0
+ * without such layers), mk_engine_state_save copies it into buf (host
+ * memory of that size), and mk_engine_state_restore puts a saved state
+ * back and sets the position to `pos`, the position the engine had when
+ * it was saved (0 <= pos <= the current position; MK_E_ARG otherwise,
+ * nothing changed). The result is the engine as it was at pos only if
+ * its attention cache rows below pos were not rewritten since (no reset,
+ * rewind or restore below pos in between): the caller keeps that rule. */
+size_t mk_engine_state_bytes(const mk_engine *e);
+mk_status mk_engine_state_save(const mk_engine *e, void *buf);
+mk_status mk_engine_state_restore(mk_engine *e, const void *buf, int64_t pos);
 /* Tokens in the cache (the position of the next token). */
 int64_t mk_engine_pos(const mk_engine *e);
 int64_t mk_engine_max_ctx(const mk_engine *e);
@@ -125,6 +138,28 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
  * instead of vocab_size floats. The same errors as mk_engine_forward
  * (non-finite logits name lm_head). */
 mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next);
+/* ---- several sequences in one step (continuous batching) ----
+ * A decode step over n sequences, each an engine of its own (position,
+ * caches, recurrent state) over the same model, backend and expert store:
+ * one forward whose dense products run over the n tokens at once and
+ * whose MoE layers read and multiply each expert used by the step once
+ * (src/engine/batch.c). Batch-invariant: sequence i's logits are bitwise
+ * what mk_engine_forward(es[i], &ids[i], 1, MK_LOGITS_LAST, ...) would give
+ * on it alone, whatever else is in the step. */
+#define MK_ENGINE_MAX_BATCH 64
+/* Whether es[0..n) can share a step: one model, one backend, the same
+ * expert store (or each engine's own resident one), the same top-k,
+ * distinct engines, n <= MK_ENGINE_MAX_BATCH and 2n <= es[0]'s prefill
+ * chunk (the step runs on es[0]'s scratch), no routing observer, and a
+ * family the batched step implements. Otherwise step them one at a time. */
+bool mk_engine_batchable(mk_engine *const *es, int n);
+/* Append ids[i] to sequence es[i] for i < n in one forward; logits
+ * receives [n, vocab_size] (row i: sequence i's). MK_E_ARG when they
+ * cannot share a step (see above), a cache is full or an id is outside
+ * the vocabulary (nothing changed); MK_E_FORMAT naming the block, the
+ * sequence and its position when an activation becomes non-finite (the
+ * sequences must then be reset: their caches may hold the step's rows). */
+mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids, float *logits);
 
 #ifdef __cplusplus
 }

@@ -102,6 +102,20 @@ mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk
  * or an error, which is returned; the engine's sequence must then be
  * reset). Calling it after done is a no-op. */
 mk_status mk_gen_step(mk_gen_seq *s, bool *done);
+/* The decode step in two halves, for a scheduler that runs several
+ * sequences' forwards in one batch (mk_engine_decode_batch):
+ * mk_gen_sample samples from the current logits, emits the token and
+ * decides whether generation goes on; if so (*done false) *next is the
+ * token to feed: the caller appends it to the sequence's engine and writes
+ * its logits (vocab_size floats) into mk_gen_feed_buf, then calls
+ * mk_gen_fed with the forward's status (an error ends the sequence). The
+ * two halves together are exactly one mk_gen_step of decode. Only while
+ * mk_gen_decoding: prefill done, nothing pending (else MK_E_ARG, ending
+ * the sequence). */
+bool mk_gen_decoding(const mk_gen_seq *s);
+mk_status mk_gen_sample(mk_gen_seq *s, bool *done, int32_t *next);
+float *mk_gen_feed_buf(mk_gen_seq *s);
+void mk_gen_fed(mk_gen_seq *s, mk_status st);
 /* Prompt tokens prefilled so far (cached ones included) and tokens generated. */
 int64_t mk_gen_prefilled(const mk_gen_seq *s);
 int64_t mk_gen_generated(const mk_gen_seq *s);

@@ -88,6 +88,32 @@ double mk_diff_rel(const mk_diff *d);
  * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
  * stack (x prepared for the decode kernels) and 16 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* Y = X W^T for n independent tokens, each token's row bitwise what
+ * mk_matmul(p, w, x_t, 1, y_t) gives alone (the decode kernels, not the
+ * tiled prefill path): a batch-invariant product for a decode step over
+ * several sequences, so a sequence's result does not depend on what else
+ * is in the batch. Threads over blocks of rows and runs every token of a
+ * group over a block before moving on, so the weight is read from memory
+ * once per group (as many tokens as their prepared x fit the stack
+ * buffer: all of a batch of 8 up to ~2.6k columns, 3 at 7168). Same stack
+ * use as mk_matmul. */
+void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* One product of a batch (mk_matmul_each_multi): y[n, w.rows] = x W^T. */
+typedef struct mk_mm_item {
+    const mk_wt *w;
+    const float *x; /* [n, w->cols] */
+    int64_t n;
+    float *y;       /* [n, w->rows] */
+} mk_mm_item;
+/* mk_matmul_each for `count` products in as few parallel regions as their
+ * prepared x fit (the routed experts of a batched decode step: every
+ * expert's gate and up in one region, every down in the next, instead of
+ * three regions per expert). Each y is bitwise what mk_matmul_each gives
+ * for its item alone, i.e. each token's row as mk_matmul(n == 1). An item
+ * right after one with the same x, n and weight layout shares its
+ * preparations (an expert's gate and up). No y may overlap any x. Uses
+ * about 256 KiB of the calling thread's stack. */
+void mk_matmul_each_multi(mk_pool *p, const mk_mm_item *items, int count);
 /* Portable scalar reference of the same on one thread: each row is
  * dequantized with mk_wt_dequant_row and summed left to right in float32. */
 void mk_matmul_ref(const mk_wt *w, const float *x, int64_t n, float *y);

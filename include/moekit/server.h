@@ -46,6 +46,9 @@ typedef struct mk_server_opts {
     int queue;           /* requests that may wait for a slot (then 429); <= 0: 4 per slot */
     size_t max_body;     /* request body limit in bytes (then 413); 0: 4 MiB */
     int prefill_step;    /* prompt tokens per scheduler step; <= 0: 512 */
+    int snapshots;       /* recurrent-state snapshots kept per slot for the prompt cache of
+                            hybrid (Gated DeltaNet) models, each mk_engine_state_bytes; 0: 4;
+                            < 0: none; at most 8 */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */

@@ -520,6 +520,8 @@ static const mk_backend_i g_cuda = {
     .qk_norm_rope = mkb_qk_norm_rope,
     .matmul_n = mkb_matmul_n,
     .argmax = mkb_argmax,
+    .matmul_each = nullptr, /* the engine calls matmul once per token (backend.h) */
+    .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
     .free = cu_free,
 };
 

@@ -95,6 +95,10 @@ static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, flo
     mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
 }
 
+static void cpu_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mk_matmul_each(((cpu_ctx *)ctx)->pool, w, x, n, y);
+}
+
 static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y) {
     (void)ctx;
     for (int64_t t = 0; t < n; t++)
@@ -599,6 +603,38 @@ static void cpu_expert_mlps(void *ctx, const mk_expert *const *ex, int count, co
     }
 }
 
+/* Every expert's gate and up in one mk_matmul_each_multi (an expert's
+ * gate shares x's preparation with its up), the SwiGLU per expert, then
+ * every down in a second one (more regions only when the preparations
+ * overflow the stack area). */
+static void cpu_expert_mlps_each(void *ctx, const mk_expert *const *ex, int count,
+                                 const float *const *x, const int64_t *n, float *const *ys,
+                                 float *g, float *u) {
+    mk_pool *p = ((cpu_ctx *)ctx)->pool;
+    enum { BATCH = 32 };
+    mk_mm_item it[2 * BATCH];
+    for (int i0 = 0; i0 < count; i0 += BATCH) {
+        int nb = count - i0 < BATCH ? count - i0 : BATCH;
+        int64_t off = 0;
+        for (int i = 0; i < nb; i++) {
+            const mk_expert *e = ex[i0 + i];
+            it[2 * i] = (mk_mm_item){&e->gate, x[i0 + i], n[i0 + i], g + off};
+            it[2 * i + 1] = (mk_mm_item){&e->up, x[i0 + i], n[i0 + i], u + off};
+            off += n[i0 + i] * e->gate.rows;
+        }
+        mk_matmul_each_multi(p, it, 2 * nb);
+        off = 0;
+        for (int i = 0; i < nb; i++) {
+            const mk_expert *e = ex[i0 + i];
+            int64_t len = n[i0 + i] * e->gate.rows;
+            mk_swiglu(g + off, g + off, u + off, len);
+            it[i] = (mk_mm_item){&e->down, g + off, n[i0 + i], ys[i0 + i]};
+            off += len;
+        }
+        mk_matmul_each_multi(p, it, nb);
+    }
+}
+
 static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
     (void)ctx;
     for (int64_t i = 0; i < n; i++)
@@ -745,6 +781,8 @@ static const mk_backend_i g_cpu = {
     .route = cpu_route,
     .combine = cpu_combine,
     .gated_add = cpu_gated_add,
+    .matmul_each = cpu_matmul_each,
+    .expert_mlps_each = cpu_expert_mlps_each,
     .free = cpu_free,
 };
 

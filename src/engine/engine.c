@@ -230,14 +230,18 @@ static void rope_init(mk_engine *e) {
     }
 }
 
-void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n) {
+void mk_engine_rope_row(mk_engine *e, int64_t row, int64_t pos) {
     int half = e->rot_dim / 2;
+    for (int i = 0; i < half; i++) {
+        float ang = (float)pos * e->inv_freq[i]; /* f32 product, as torch */
+        e->cos[row * half + i] = (float)cos((double)ang) * e->attn_factor;
+        e->sin[row * half + i] = (float)sin((double)ang) * e->attn_factor;
+    }
+}
+
+void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n) {
     for (int64_t t = 0; t < n; t++)
-        for (int i = 0; i < half; i++) {
-            float ang = (float)(pos0 + t) * e->inv_freq[i]; /* f32 product, as torch */
-            e->cos[t * half + i] = (float)cos((double)ang) * e->attn_factor;
-            e->sin[t * half + i] = (float)sin((double)ang) * e->attn_factor;
-        }
+        mk_engine_rope_row(e, t, pos0 + t);
 }
 
 /* ---- create / free -------------------------------------------------------- */

@@ -62,6 +62,9 @@ struct mk_engine {
     bool graph_ready;     /* a single-token step ran with every MoE layer fused */
     bool no_graph;        /* a recording failed: this engine records no more */
     int moe_general;      /* MoE layers that took the general path in this chunk */
+    bool batch_inv;       /* a decode step over several sequences (batch.c) runs on this
+                             engine's scratch: every product goes through mk_engine_mm's
+                             per-token form and the fused MoE slot is not used */
     mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
     void *on_route_user;
     mk_select_fn on_select; /* optional DSA selection observer (mk_engine_opts) */
@@ -155,5 +158,14 @@ void mk_engine_add_bias(mk_engine *e, float *rows, const float *bias, int64_t n,
 
 /* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
 void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);
+/* Fill row `row` of e->cos/e->sin for position pos (a batch's rows sit at
+ * their own sequences' positions). */
+void mk_engine_rope_row(mk_engine *e, int64_t row, int64_t pos);
+
+/* y[n, w.rows] = x W^T through e's backend: `matmul`, or while
+ * e->batch_inv each token's row exactly as a one-token matmul gives it
+ * (the backend's matmul_each, else matmul per token), so a sequence's
+ * results do not depend on the rest of its batch (batch.c). */
+void mk_engine_mm(mk_engine *e, const mk_wt *w, const float *x, int64_t n, float *y);
 
 #endif

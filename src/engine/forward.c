@@ -263,10 +263,10 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
 /* out[n, H] = down(silu(gate(x)) * up(x)) */
 void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
                    const float *x, int64_t n, float *out) {
-    BE(e)->matmul(CTX(e), gate, x, n, e->ex_g);
-    BE(e)->matmul(CTX(e), up, x, n, e->ex_u);
+    mk_engine_mm(e, gate, x, n, e->ex_g);
+    mk_engine_mm(e, up, x, n, e->ex_u);
     BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
-    BE(e)->matmul(CTX(e), down, e->ex_g, n, out);
+    mk_engine_mm(e, down, e->ex_g, n, out);
 }
 
 /* ---- the layer loop -------------------------------------------------------------- */

@@ -75,6 +75,7 @@ struct mk_gen_seq {
     int32_t next; /* with argmax: the next token from the last forward */
     mk_tok_stream *ts;
     bool done;
+    bool pending; /* mk_gen_sample chose a token whose logits are not fed yet */
     mk_gen_stop reason;
     double t0, t1, t_end;
 };
@@ -122,11 +123,16 @@ mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk
 int64_t mk_gen_prefilled(const mk_gen_seq *s) { return s->pf; }
 int64_t mk_gen_generated(const mk_gen_seq *s) { return s->nh - s->np; }
 
-static mk_status decode_step(mk_gen_seq *s) {
+/* The sampling half of a decode step: sample from s->logits, emit, and
+ * decide whether the sequence goes on (then *next is the id whose forward
+ * gives the next logits). */
+static void sample_next(mk_gen_seq *s, int32_t *next) {
     const mk_gen_opts *o = &s->o;
+    *next = -1;
     if (o->cancel && *o->cancel) {
         s->reason = MK_GEN_STOP_CANCELLED;
-        return s->done = true, MK_OK;
+        s->done = true;
+        return;
     }
     int32_t id;
     if (s->argmax) { /* what mk_sampler_sample would pick (mk_sampler_plain_greedy) */
@@ -138,19 +144,32 @@ static mk_status decode_step(mk_gen_seq *s) {
     }
     if (mk_gen_stopset_has(o->stop, id)) {
         s->reason = MK_GEN_STOP_ID;
-        return s->done = true, MK_OK;
+        s->done = true;
+        return;
     }
     s->hist[s->nh++] = id;
     if (!emit(o, s->ts, id)) {
         s->reason = MK_GEN_STOP_CANCELLED;
-        return s->done = true, MK_OK;
+        s->done = true;
+        return;
     }
-    if (s->nh - s->np >= o->max_tokens)
-        return s->done = true, MK_OK;
+    if (s->nh - s->np >= o->max_tokens) {
+        s->done = true;
+        return;
+    }
     if (mk_engine_pos(s->e) >= mk_engine_max_ctx(s->e)) {
         s->reason = MK_GEN_STOP_CTX_FULL;
-        return s->done = true, MK_OK;
+        s->done = true;
+        return;
     }
+    *next = id;
+}
+
+static mk_status decode_step(mk_gen_seq *s) {
+    int32_t id;
+    sample_next(s, &id);
+    if (s->done)
+        return MK_OK;
     mk_status st = s->argmax ? mk_engine_forward_argmax(s->e, &id, 1, &s->next)
                              : mk_engine_forward(s->e, &id, 1, MK_LOGITS_LAST, s->logits, NULL);
     if (st != MK_OK)
@@ -160,7 +179,10 @@ static mk_status decode_step(mk_gen_seq *s) {
 
 mk_status mk_gen_step(mk_gen_seq *s, bool *done) {
     mk_status st = MK_OK;
-    if (!s->done && s->pf < s->np) { /* a prefill piece; logits only after the last one */
+    if (!s->done && s->pending) { /* mk_gen_sample's token was never fed */
+        s->done = true;
+        st = mk_err(MK_E_ARG, "generate: a step before the sampled token's logits were fed");
+    } else if (!s->done && s->pf < s->np) { /* a prefill piece; logits only after the last one */
         int64_t n = s->np - s->pf;
         if (s->o.prefill_step > 0 && n > s->o.prefill_step)
             n = s->o.prefill_step;
@@ -182,6 +204,40 @@ mk_status mk_gen_step(mk_gen_seq *s, bool *done) {
         s->t_end = now_s();
     *done = s->done;
     return st;
+}
+
+bool mk_gen_decoding(const mk_gen_seq *s) { return !s->done && s->pf >= s->np && !s->pending; }
+
+mk_status mk_gen_sample(mk_gen_seq *s, bool *done, int32_t *next) {
+    *next = -1;
+    if (!s->done && (s->pf < s->np || s->pending)) {
+        s->done = true;
+        *done = true;
+        return mk_err(MK_E_ARG, "generate: a token sampled %s", s->pending ? "before the last one's "
+                      "logits were fed" : "before the prompt was prefilled");
+    }
+    if (!s->done) {
+        sample_next(s, next);
+        s->pending = !s->done;
+    }
+    if (s->done && !s->t_end)
+        s->t_end = now_s();
+    *done = s->done;
+    return MK_OK;
+}
+
+float *mk_gen_feed_buf(mk_gen_seq *s) { return s->logits; }
+
+void mk_gen_fed(mk_gen_seq *s, mk_status st) {
+    s->pending = false;
+    /* a plain-greedy sequence reads its next token from s->next (what
+     * mk_engine_forward_argmax gives on its own): the argmax of the fed logits */
+    if (st == MK_OK && s->argmax)
+        s->next = mk_argmax(s->logits, s->V);
+    if (st != MK_OK && !s->done) {
+        s->done = true;
+        s->t_end = now_s();
+    }
 }
 
 void mk_gen_end(mk_gen_seq *s, mk_gen_result *r) {

@@ -15,7 +15,9 @@
  *
  * At decode (one token) with a store whose experts are all ready (resident),
  * the token's experts are taken at once and run by the backend's
- * expert_mlps in one parallel region per stage, bitwise as the loop would.
+ * expert_mlps in one parallel region per stage, bitwise as the loop would;
+ * a batched decode step over several sequences (batch.c) likewise through
+ * expert_mlps_each, each row as its sequence alone would get it.
  *
  * An expert-parallel executor would replace the middle part (which experts
  * run where) and keep the same routing and combine. */
@@ -132,12 +134,48 @@ static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
     return MK_OK;
 }
 
+/* Most experts one batched decode step takes at once (stack arrays below). */
+#define MK_MOE_EACH 256
+
+/* A batched decode step (e->batch_inv, several sequences) with a store
+ * whose experts are all ready: every pair's input gathered in expert order
+ * in one go (the runs of e->order), all the experts' MLPs in the backend's
+ * expert_mlps_each (a few parallel regions, each row as one token alone
+ * gets it), the outputs scattered to their pair rows in one go. The
+ * caller checked n*k <= chunk (e->ex_x/ex_o rows, e->ex_g/ex_u rows of
+ * Imax). */
+static mk_status run_batch_each(mk_engine *e, int l, int nused, int64_t npairs, int64_t H) {
+    const mk_expert *ex[MK_MOE_EACH] = {0};
+    const float *xs[MK_MOE_EACH];
+    float *ys[MK_MOE_EACH];
+    int64_t ns[MK_MOE_EACH];
+    int ids[MK_MOE_EACH];
+    BE(e)->gather(CTX(e), e->ex_x, e->xb, e->tok_b, npairs, H);
+    for (int u = 0; u < nused; u++) {
+        mk_status st = mk_expert_store_next(e->store, l, &ids[u], &ex[u]);
+        if (st != MK_OK) {
+            for (int j = 0; j < u; j++)
+                mk_expert_store_release(e->store, l, ids[j]);
+            return mk_err_wrap(st, "layer %d", l);
+        }
+        int32_t beg = ids[u] ? e->cnt[ids[u] - 1] : 0, end = e->cnt[ids[u]];
+        xs[u] = e->ex_x + (int64_t)beg * H;
+        ys[u] = e->ex_o + (int64_t)beg * H;
+        ns[u] = end - beg;
+    }
+    BE(e)->expert_mlps_each(CTX(e), ex, nused, xs, ns, ys, e->ex_g, e->ex_u);
+    BE(e)->scatter(CTX(e), e->pairs, e->ex_o, e->pair_b, npairs, H);
+    for (int u = 0; u < nused; u++)
+        mk_expert_store_release(e->store, l, ids[u]);
+    return MK_OK;
+}
+
 /* The backend's fused MoE slot, when it has one and takes this call: only
  * with the engine's own all-resident store (the slot keeps device copies of
  * the experts' views, which a streaming store reuses for other experts) and
  * no routing observer (the routing stays in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down) /* the slot has no biases */
+    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down || e->batch_inv) /* the slot has no biases */
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -187,7 +225,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
     e->moe_general++;
     /* routing */
-    BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
+    mk_engine_mm(e, &w->router, e->xb, n, e->router);
     if (w->router_bias) /* gpt_oss */
         mk_engine_add_bias(e, e->router, w->router_bias, n, c->num_experts);
     BE(e)->route(CTX(e), &ra);
@@ -212,6 +250,10 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         nused <= MK_MOE_BATCH && nused <= e->chunk) {
         MK_TRY(run_token_batched(e, l, nused, H));
         nused = 0; /* all done */
+    } else if (e->batch_inv && n > 1 && BE(e)->expert_mlps_each && mk_expert_store_all_ready(e->store) &&
+               nused <= MK_MOE_EACH && n * k <= e->chunk) {
+        MK_TRY(run_batch_each(e, l, nused, n * k, H));
+        nused = 0;
     }
     for (int u = 0; u < nused; u++) {
         int x;
@@ -234,7 +276,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     if (w->has_shared) {
         mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
         if (w->has_shared_gate)
-            BE(e)->matmul(CTX(e), &w->shared_gate, e->xb, n, e->sh);
+            mk_engine_mm(e, &w->shared_gate, e->xb, n, e->sh);
         BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
     }
     return MK_OK;

@@ -324,6 +324,198 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
     }
 }
 
+/* ---- one weight, several independent tokens (batch-invariant decode) ---- */
+
+typedef struct each_ctx {
+    const mk_kern_i *k;
+    const mk_wt *w;
+    const float *x;
+    float *y;
+    int64_t n, grain;
+    mv_plan pl[MK_MULTI_MAX];
+} each_ctx;
+
+/* Rows [b*grain, e*grain) for every token of the group, token after token
+ * over the same rows: the block of weight rows is read from memory once
+ * and stays in this core's cache for the other tokens. Each token runs
+ * exactly what mk_matmul's decode runs for it (same function, same
+ * prepared x, rows independent), so its outputs are bitwise those. */
+static void each_task(void *ctx, int64_t b, int64_t e) {
+    const each_ctx *m = ctx;
+    int64_t r0 = b * m->grain, r1 = e * m->grain < m->w->rows ? e * m->grain : m->w->rows;
+    for (int64_t t = 0; t < m->n; t++) {
+        const float *xt = m->x + t * m->w->cols;
+        float *yt = m->y + t * m->w->rows;
+        if (m->pl[t].mv)
+            m->pl[t].mv(m->w, r0, r1, xt, m->pl[t].aux, yt + r0);
+        else
+            tiles(m->k, m->w, r0, r1, xt, m->w->cols, 1, yt + r0, m->w->rows);
+    }
+}
+
+void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (n <= 0 || w->rows <= 0)
+        return;
+    if (w->cols <= 0) {
+        memset(y, 0, (size_t)(n * w->rows) * sizeof(float));
+        return;
+    }
+    alignas(64) float aux[MK_AUX_MAX];
+    each_ctx m = {.k = mk_kern_active(), .w = w, .grain = decode_grain(w)};
+    const bool int8 = mk_kernels_int8();
+    mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+    /* every preparation is at most MK_PREP_FLOATS(cols); a group holds as
+     * many tokens as fit aux with that much each (at least one, which then
+     * has all of aux, as in mk_matmul), so each prep decides as mk_matmul's */
+    size_t need = (MK_PREP_FLOATS(w->cols) + 15) / 16 * 16;
+    int64_t per = (qprep || prep) ? (int64_t)(MK_AUX_MAX / need) : MK_MULTI_MAX;
+    if (per < 1)
+        per = 1;
+    if (per > MK_MULTI_MAX)
+        per = MK_MULTI_MAX;
+    for (int64_t t0 = 0; t0 < n; t0 += per) {
+        int64_t nt = n - t0 < per ? n - t0 : per;
+        m.x = x + t0 * w->cols;
+        m.y = y + t0 * w->rows;
+        m.n = nt;
+        for (int64_t t = 0; t < nt; t++) {
+            float *a = per == 1 ? aux : aux + (size_t)t * need;
+            size_t cap = per == 1 ? MK_AUX_MAX : need;
+            const float *xt = m.x + t * w->cols;
+            mv_plan *pl = &m.pl[t];
+            *pl = (mv_plan){.aux = a};
+            if (int8 && m.k->qmatvec[w->fmt] && qprep && qprep(w, xt, a, cap))
+                pl->mv = m.k->qmatvec[w->fmt];
+            else if (m.k->matvec[w->fmt] && (!prep || prep(w, xt, a, cap)))
+                pl->mv = m.k->matvec[w->fmt];
+        }
+        mk_pool_for(p, (w->rows + m.grain - 1) / m.grain, 1, each_task, &m);
+    }
+}
+
+/* ---- several weights, each over its own tokens, in one region ------------ */
+
+#define MK_EACH_AUX 65536 /* floats of preparations per region (256 KiB of stack) */
+#define MK_EACH_PLANS 512 /* token plans per region */
+
+typedef struct emulti_ctx {
+    const mk_kern_i *k;
+    mk_mm_item it[MK_MULTI_MAX]; /* this region's items (a long item cut into token groups) */
+    int64_t grain[MK_MULTI_MAX];
+    int pl0[MK_MULTI_MAX];       /* the first plan of each item's tokens */
+    int64_t start[MK_MULTI_MAX + 1];
+    mv_plan pl[MK_EACH_PLANS];
+    int count;
+} emulti_ctx;
+
+/* Task t: a block of rows of one item, for every token of that item (as
+ * each_task). */
+static void emulti_task(void *ctx, int64_t b, int64_t e) {
+    const emulti_ctx *m = ctx;
+    int i = 0;
+    for (int64_t t = b; t < e; t++) {
+        while (t >= m->start[i + 1])
+            i++;
+        const mk_mm_item *it = &m->it[i];
+        const mk_wt *w = it->w;
+        int64_t r0 = (t - m->start[i]) * m->grain[i];
+        int64_t r1 = r0 + m->grain[i] < w->rows ? r0 + m->grain[i] : w->rows;
+        for (int64_t q = 0; q < it->n; q++) {
+            const mv_plan *pl = &m->pl[m->pl0[i] + q];
+            const float *xt = it->x + q * w->cols;
+            float *yt = it->y + q * w->rows;
+            if (pl->mv)
+                pl->mv(w, r0, r1, xt, pl->aux, yt + r0);
+            else
+                tiles(m->k, w, r0, r1, xt, w->cols, 1, yt + r0, w->rows);
+        }
+    }
+}
+
+void mk_matmul_each_multi(mk_pool *p, const mk_mm_item *items, int count) {
+    alignas(64) float aux[MK_EACH_AUX];
+    emulti_ctx m;
+    m.k = mk_kern_active();
+    const bool int8 = mk_kernels_int8();
+    int c = 0, np = 0;
+    size_t used = 0;
+    m.start[0] = 0;
+    int i = 0;
+    int64_t t0 = 0; /* the first token of items[i] not planned yet */
+    while (i < count) {
+        const mk_mm_item *it = &items[i];
+        const mk_wt *w = it->w;
+        if (it->n <= 0 || w->rows <= 0 || w->cols <= 0) {
+            if (it->n > 0 && w->rows > 0)
+                memset(it->y, 0, (size_t)(it->n * w->rows) * sizeof(float));
+            i++;
+            t0 = 0;
+            continue;
+        }
+        mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
+        /* floats reserved per token: at least what any prep may use, and
+         * mk_matmul's whole stack buffer (its cap) when that is smaller,
+         * so every prep decides as it does in mk_matmul */
+        size_t need = (qprep || prep) ? (MK_PREP_FLOATS(w->cols) + 15) / 16 * 16 : 0;
+        size_t cap = need > MK_AUX_MAX ? MK_AUX_MAX : need;
+        if (need > MK_AUX_MAX)
+            need = MK_AUX_MAX;
+        /* gate and up of one expert read the same tokens: the previous
+         * item's preparations serve this one when x, the token count and
+         * the layout agree (each prep depends on nothing else) */
+        const mk_mm_item *pv = c > 0 ? &m.it[c - 1] : NULL;
+        bool share = pv && c < MK_MULTI_MAX && t0 == 0 && pv->x == it->x && pv->n == it->n && need &&
+                     pv->w->fmt == w->fmt && pv->w->cols == w->cols && pv->w->bits == w->bits &&
+                     pv->w->group == w->group;
+        int64_t nt = it->n - t0;
+        if (!share) {
+            int64_t fit = need ? (int64_t)((MK_EACH_AUX - used) / need) : nt;
+            if (fit > MK_EACH_PLANS - np)
+                fit = MK_EACH_PLANS - np;
+            if (nt > fit)
+                nt = fit;
+            if (c == MK_MULTI_MAX || nt <= 0) { /* full: run what is planned, plan again */
+                m.count = c;
+                mk_pool_for(p, m.start[c], 1, emulti_task, &m);
+                c = 0;
+                np = 0;
+                used = 0;
+                continue; /* an empty region fits at least one token of anything */
+            }
+        }
+        m.it[c] = (mk_mm_item){w, it->x + t0 * w->cols, nt, it->y + t0 * w->rows};
+        m.grain[c] = decode_grain(w);
+        if (share) {
+            m.pl0[c] = m.pl0[c - 1];
+        } else {
+            m.pl0[c] = np;
+            for (int64_t q = 0; q < nt; q++) {
+                float *a = aux + used + (size_t)q * need;
+                const float *xt = m.it[c].x + q * w->cols;
+                mv_plan *pl = &m.pl[np + q];
+                *pl = (mv_plan){.aux = a};
+                if (int8 && m.k->qmatvec[w->fmt] && qprep && qprep(w, xt, a, cap))
+                    pl->mv = m.k->qmatvec[w->fmt];
+                else if (m.k->matvec[w->fmt] && (!prep || prep(w, xt, a, cap)))
+                    pl->mv = m.k->matvec[w->fmt];
+            }
+            np += (int)nt;
+            used += (size_t)nt * need;
+        }
+        m.start[c + 1] = m.start[c] + (w->rows + m.grain[c] - 1) / m.grain[c];
+        c++;
+        t0 += nt;
+        if (t0 == it->n) {
+            i++;
+            t0 = 0;
+        }
+    }
+    if (c > 0) {
+        m.count = c;
+        mk_pool_for(p, m.start[c], 1, emulti_task, &m);
+    }
+}
+
 /* ---- row ranges (per-head products) ------------------------------------ */
 
 #define MK_ROWS_AUX 2176 /* floats of matvec preparation: x of up to 2048 columns */

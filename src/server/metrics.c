@@ -111,6 +111,14 @@ char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued) {
             m->cache_tokens);
     counter(&b, "moekit_requests_cancelled_total", "generations cancelled (client gone or shutdown)",
             m->cancelled);
+    counter(&b, "moekit_decode_steps_total", "decode forwards (one per scheduler step with decoding "
+            "sequences: a batch, or one sequence)", m->dec_steps);
+    counter(&b, "moekit_decode_step_sequences_total", "sequences in those forwards (divided by the "
+            "steps: the mean batch)", m->dec_seqs);
+    counter(&b, "moekit_prompt_cache_snapshots_saved_total", "recurrent-state snapshots taken "
+            "(hybrid models: at the end of each prompt and every few thousand tokens)", m->snap_saves);
+    counter(&b, "moekit_prompt_cache_snapshot_restores_total", "requests that resumed a slot from a "
+            "recurrent-state snapshot instead of prefilling its history", m->snap_restores);
     hist(&b, "moekit_time_to_first_token_seconds", "from request to its first token", &m->ttft);
     hist(&b, "moekit_time_per_output_token_seconds", "between consecutive tokens of a request", &m->itl);
     if (m->streaming) {

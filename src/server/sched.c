@@ -1,17 +1,34 @@
 /* The slots and their scheduler: requests wait in a bounded FIFO queue, a
- * free slot takes the oldest, and one scheduler thread steps every busy
- * slot in turn through the library's generation loop in steps
- * (mk_gen_step: a prefill piece or one token), so new requests join
- * between steps, a long prompt does not stall running streams, and each
- * slot's tokens are exactly what its engine would produce alone (each slot
- * has its own engine; nothing is shared within a step).
+ * free slot takes the oldest, and one scheduler thread advances the busy
+ * slots in steps, so new requests join between steps. A step is:
+ *   - one prefill piece (mk_gen_step, o.prefill_step tokens, the same
+ *     boundaries as `run`) of one slot still reading its prompt, in turn
+ *     (every such slot when nothing decodes), so a long prompt delays the
+ *     running streams by one piece per token, never by its whole length;
+ *   - continuous batching: every decoding slot samples its next token
+ *     (mk_gen_sample) and all of them are fed in ONE forward
+ *     (mk_engine_decode_batch: dense products over the batch, each MoE
+ *     expert read and multiplied once for all the sequences that chose it).
+ * Each slot has its own engine (position, caches, recurrent state) over
+ * the shared model, backend and store. The batched step is batch-invariant
+ * (engine.h), so each slot's tokens are exactly what its engine gives
+ * alone, and equal `run`'s; engines that cannot share a step
+ * (mk_engine_batchable) are fed one at a time.
  *
  * Prompt cache: a slot remembers the tokens in its engine. A request goes
  * to the free slot with the longest usable common prefix: an engine that
  * can rewind (attention only) keeps any prefix; one with recurrent state
- * (Gated DeltaNet) only the slot's whole history, when the new prompt
- * extends it (the next turn of a chat). Otherwise the least recently used
- * free slot is reset.
+ * (Gated DeltaNet) keeps the slot's whole history when the new prompt
+ * extends it, and otherwise goes back to its latest recurrent-state
+ * snapshot inside the common prefix (mk_engine_state_restore). Snapshots
+ * are taken at turn boundaries (the end of each prompt) and every
+ * SRV_SNAP_EVERY prompt tokens, mk_server_opts.snapshots per slot (least
+ * recently used replaced), so a chat whose next prompt re-renders the last answer
+ * differently (a template that drops reasoning, an edited message) does
+ * not re-prefill its history. A snapshot stays valid while the slot's
+ * history keeps its prefix: those after a restore point and all of them
+ * at a reset are dropped. Otherwise the least recently used free slot is
+ * reset.
  *
  * Stop sequences are applied to the text as it is generated: text that
  * could still be the start of a stop sequence is held back (job->safe). */
@@ -243,14 +260,70 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
     return k;
 }
 
-/* Tokens of slot sl's cache that job j can keep (0: none). */
-static int64_t usable_prefix(const srv_slot *sl, const srv_job *j) {
+/* ---- recurrent-state snapshots ---------------------------------------------- */
+
+/* Drop the snapshots past position p (all of them for p = 0): the history
+ * is about to be rewritten from p on. */
+static void snaps_drop_after(srv_slot *sl, int64_t p) {
+    for (int i = 0; i < SRV_SNAPS; i++)
+        if (sl->snaps[i].buf && sl->snaps[i].pos > p) {
+            free(sl->snaps[i].buf);
+            sl->snaps[i] = (srv_snap){0};
+        }
+}
+
+/* Save the engine's recurrent state at its position (scheduler thread,
+ * server mutex held). A snapshot that cannot be allocated is skipped: it
+ * only saves work. */
+static void snap_take(mk_server *s, srv_slot *sl) {
+    size_t bytes = mk_engine_state_bytes(sl->e);
+    int64_t pos = mk_engine_pos(sl->e);
+    if (!bytes || pos <= 0 || s->nsnap <= 0)
+        return;
+    srv_snap *sn = NULL;
+    for (int i = 0; i < s->nsnap && !sn; i++) /* the same position: refresh it */
+        if (sl->snaps[i].buf && sl->snaps[i].pos == pos)
+            sn = &sl->snaps[i];
+    for (int i = 0; i < s->nsnap && !sn; i++)
+        if (!sl->snaps[i].buf)
+            sn = &sl->snaps[i];
+    if (!sn) { /* the least recently used */
+        sn = &sl->snaps[0];
+        for (int i = 1; i < s->nsnap; i++)
+            if (sl->snaps[i].used < sn->used)
+                sn = &sl->snaps[i];
+    }
+    if (!sn->buf && !(sn->buf = mk_malloc(bytes)))
+        return;
+    if (mk_engine_state_save(sl->e, sn->buf) != MK_OK) {
+        free(sn->buf);
+        *sn = (srv_snap){0};
+        return;
+    }
+    sn->pos = pos;
+    sn->used = ++s->tick;
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.snap_saves++;
+    pthread_mutex_unlock(&s->metrics.mu);
+}
+
+/* Tokens of slot sl's cache that job j can keep (0: none); *snap the
+ * snapshot to restore for them, or -1 (the engine continues or rewinds). */
+static int64_t usable_prefix(const srv_slot *sl, const srv_job *j, int *snap) {
+    *snap = -1;
     int64_t pos = mk_engine_pos(sl->e);
     int64_t k = common_prefix(sl->cache, pos, j->prompt, j->np);
     if (k >= j->np) /* one prompt token must be fed to get the first logits */
         k = j->np - 1;
-    if (k < pos && !mk_engine_rewindable(sl->e))
-        return 0;
+    if (k < pos && !mk_engine_rewindable(sl->e)) { /* the latest snapshot inside the prefix */
+        int64_t best = 0;
+        for (int i = 0; i < SRV_SNAPS; i++)
+            if (sl->snaps[i].buf && sl->snaps[i].pos <= k && sl->snaps[i].pos > best) {
+                best = sl->snaps[i].pos;
+                *snap = i;
+            }
+        return best;
+    }
     return k;
 }
 
@@ -259,14 +332,17 @@ static int64_t usable_prefix(const srv_slot *sl, const srv_job *j) {
 static void start_job(mk_server *s, srv_job *j) {
     srv_slot *best = NULL;
     int64_t best_k = -1;
+    int best_snap = -1;
     for (int i = 0; i < s->nslots; i++) {
         srv_slot *sl = &s->slots[i];
         if (sl->job)
             continue;
-        int64_t k = usable_prefix(sl, j);
+        int snap;
+        int64_t k = usable_prefix(sl, j, &snap);
         if (k > best_k || (k == best_k && sl->last_used < best->last_used)) {
             best = sl;
             best_k = k;
+            best_snap = snap;
         }
     }
     best->job = j;
@@ -274,8 +350,20 @@ static void start_job(mk_server *s, srv_job *j) {
     s->busy++;
     j->started = true;
     mk_status st = MK_OK;
-    if (best_k > 0 && mk_engine_rewind(best->e, best_k) != MK_OK)
+    if (best_snap >= 0) {
+        srv_snap *sn = &best->snaps[best_snap];
+        if (mk_engine_state_restore(best->e, sn->buf, best_k) != MK_OK) {
+            best_k = 0;
+        } else {
+            sn->used = ++s->tick;
+            pthread_mutex_lock(&s->metrics.mu);
+            s->metrics.snap_restores++;
+            pthread_mutex_unlock(&s->metrics.mu);
+        }
+    } else if (best_k > 0 && mk_engine_rewind(best->e, best_k) != MK_OK) {
         best_k = 0;
+    }
+    snaps_drop_after(best, best_k); /* the history is rewritten from best_k on */
     if (best_k == 0)
         mk_engine_reset(best->e);
     j->n_cached = best_k;
@@ -316,6 +404,7 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     int64_t pos = mk_engine_pos(sl->e);
     if (st != MK_OK || j->finish == SRV_FIN_ERROR || pos > sl->cache_cap) {
         mk_engine_reset(sl->e);
+        snaps_drop_after(sl, 0);
     } else {
         int64_t np = j->np < pos ? j->np : pos;
         memcpy(sl->cache, j->prompt, (size_t)np * sizeof *sl->cache);
@@ -350,6 +439,102 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     pthread_cond_broadcast(&s->idle_cv);
 }
 
+/* ---- one scheduler step ------------------------------------------------------ */
+
+static bool prefilling(const srv_slot *sl) {
+    return sl->job && sl->seq && !mk_gen_decoding(sl->seq) &&
+           mk_gen_prefilled(sl->seq) < sl->job->np;
+}
+
+/* Prefill: one piece of the next prefilling slot in turn while others
+ * decode (their tokens wait one piece at most), else one piece of each
+ * (server mutex held; released around the engine work). */
+static void prefill_pieces(mk_server *s) {
+    bool any_decoding = false;
+    for (int i = 0; i < s->nslots; i++)
+        any_decoding |= s->slots[i].job && s->slots[i].seq && mk_gen_decoding(s->slots[i].seq);
+    for (int k = 0; k < s->nslots; k++) {
+        int i = (s->pf_next + k) % s->nslots;
+        srv_slot *sl = &s->slots[i];
+        if (!prefilling(sl))
+            continue;
+        pthread_mutex_unlock(&s->mu);
+        bool done = false;
+        int64_t before = mk_gen_prefilled(sl->seq);
+        mk_status st = mk_gen_step(sl->seq, &done);
+        int64_t after = mk_gen_prefilled(sl->seq);
+        /* a snapshot at the turn boundary (the whole prompt) and every
+         * SRV_SNAP_EVERY tokens of a long one (hybrid models only) */
+        pthread_mutex_lock(&s->mu);
+        if (st == MK_OK && !mk_engine_rewindable(sl->e) && mk_engine_pos(sl->e) == after &&
+            (after == sl->job->np || after / SRV_SNAP_EVERY > before / SRV_SNAP_EVERY))
+            snap_take(s, sl);
+        if (done || st != MK_OK)
+            end_job(s, sl, st);
+        if (any_decoding) {
+            s->pf_next = (i + 1) % s->nslots;
+            return;
+        }
+    }
+}
+
+/* Decode: every decoding slot samples its token (streaming it), then one
+ * forward feeds them all (server mutex held; released around the work). */
+static void decode_step(mk_server *s) {
+    int n = 0;
+    for (int i = 0; i < s->nslots; i++) {
+        srv_slot *sl = &s->slots[i];
+        if (!sl->job || !sl->seq || !mk_gen_decoding(sl->seq))
+            continue;
+        pthread_mutex_unlock(&s->mu); /* on_token locks */
+        bool done = false;
+        int32_t next;
+        mk_status st = mk_gen_sample(sl->seq, &done, &next);
+        pthread_mutex_lock(&s->mu);
+        if (done || st != MK_OK) {
+            end_job(s, sl, st);
+            continue;
+        }
+        s->b_slot[n] = sl;
+        s->b_eng[n] = sl->e;
+        s->b_ids[n++] = next;
+    }
+    if (!n)
+        return;
+    pthread_mutex_unlock(&s->mu);
+    /* in batches of what one step may take (all of them, but for very many
+     * slots); a batch of one, or engines that cannot share a step, alone */
+    int64_t V = mk_model_config(s->m.model)->vocab_size;
+    int bm = s->batch_max > 1 ? s->batch_max : 1;
+    uint64_t steps = 0;
+    for (int g = 0; g < n; g += bm) {
+        int m = n - g < bm ? n - g : bm;
+        steps++;
+        if (m > 1) {
+            mk_status st = mk_engine_decode_batch(s->b_eng + g, m, s->b_ids + g, s->b_logits);
+            for (int i = g; i < g + m; i++) {
+                if (st == MK_OK)
+                    memcpy(mk_gen_feed_buf(s->b_slot[i]->seq), s->b_logits + (int64_t)(i - g) * V,
+                           (size_t)V * sizeof(float));
+                mk_gen_fed(s->b_slot[i]->seq, st);
+                s->b_st[i] = st;
+            }
+        } else {
+            s->b_st[g] = mk_engine_forward(s->b_eng[g], &s->b_ids[g], 1, MK_LOGITS_LAST,
+                                           mk_gen_feed_buf(s->b_slot[g]->seq), NULL);
+            mk_gen_fed(s->b_slot[g]->seq, s->b_st[g]);
+        }
+    }
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.dec_steps += steps;
+    s->metrics.dec_seqs += (uint64_t)n;
+    pthread_mutex_unlock(&s->metrics.mu);
+    pthread_mutex_lock(&s->mu);
+    for (int i = 0; i < n; i++)
+        if (s->b_st[i] != MK_OK)
+            end_job(s, s->b_slot[i], s->b_st[i]);
+}
+
 static void *sched_main(void *arg) {
     mk_server *s = arg;
     pthread_mutex_lock(&s->mu);
@@ -379,17 +564,11 @@ static void *sched_main(void *arg) {
                 end_job(s, sl, MK_OK);
                 continue;
             }
-            if (sl->job->cancel) {
+            if (sl->job->cancel)
                 end_job(s, sl, MK_OK);
-                continue;
-            }
-            pthread_mutex_unlock(&s->mu);
-            bool done = false;
-            mk_status st = mk_gen_step(sl->seq, &done);
-            pthread_mutex_lock(&s->mu);
-            if (done || st != MK_OK)
-                end_job(s, sl, st);
         }
+        prefill_pieces(s);
+        decode_step(s);
         if (s->m.store) { /* the store is the scheduler's: /metrics reads this copy */
             mk_expert_stats es;
             mk_expert_store_stats(s->m.store, &es);
@@ -423,6 +602,24 @@ mk_status srv_sched_start(mk_server *s) {
                           (long long)sl->cache_cap);
         mk_engine_reset(sl->e);
     }
+    int64_t V = mk_model_config(s->m.model)->vocab_size;
+    s->b_eng = mk_calloc((size_t)n, sizeof *s->b_eng);
+    s->b_slot = mk_calloc((size_t)n, sizeof *s->b_slot);
+    s->b_ids = mk_calloc((size_t)n, sizeof *s->b_ids);
+    s->b_st = mk_calloc((size_t)n, sizeof *s->b_st);
+    s->b_logits = mk_malloc((size_t)n * (size_t)V * sizeof *s->b_logits);
+    if (!s->b_eng || !s->b_slot || !s->b_ids || !s->b_st || !s->b_logits)
+        return mk_err(MK_E_NOMEM, "no memory for the decode batch of %d slots (%lld logits)", n,
+                      (long long)(n * V));
+    /* the most slots one step takes: all of them, unless there are more
+     * than a step may hold; 1 (each fed alone) for a family the batched
+     * step does not know */
+    s->nsnap = s->o.snapshots == 0 ? 4 : s->o.snapshots < 0 ? 0 : s->o.snapshots;
+    if (s->nsnap > SRV_SNAPS)
+        s->nsnap = SRV_SNAPS;
+    s->batch_max = n;
+    while (s->batch_max > 1 && !mk_engine_batchable(s->m.engines, s->batch_max))
+        s->batch_max--;
     if (pthread_create(&s->sched, NULL, sched_main, s))
         return mk_err(MK_E_NOMEM, "cannot start the scheduler thread");
     s->sched_started = true;
@@ -445,8 +642,19 @@ void srv_sched_stop(mk_server *s) {
     for (int i = 0; s->slots && i < s->nslots; i++) {
         free(s->slots[i].cache);
         free(s->slots[i].raw);
+        snaps_drop_after(&s->slots[i], 0);
     }
     free(s->slots);
     s->slots = NULL;
+    free(s->b_eng);
+    free(s->b_slot);
+    free(s->b_ids);
+    free(s->b_logits);
+    free(s->b_st);
+    s->b_st = NULL;
+    s->b_eng = NULL;
+    s->b_slot = NULL;
+    s->b_ids = NULL;
+    s->b_logits = NULL;
     s->nslots = 0;
 }

@@ -77,6 +77,8 @@ typedef struct srv_metrics {
     pthread_mutex_t mu;
     uint64_t req_by_code[6]; /* 2xx, 400, 401/403, 404/405, 413/429, 5xx */
     uint64_t prompt_tokens, gen_tokens, cache_hits, cache_tokens, cancelled;
+    uint64_t dec_steps, dec_seqs; /* decode forwards and the sequences in them (batching) */
+    uint64_t snap_saves, snap_restores; /* recurrent-state snapshots (prompt cache, hybrids) */
     srv_hist ttft, itl; /* time to first token; time between tokens */
     bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
     uint64_t ex_uses, ex_hits, ex_bytes;
@@ -130,8 +132,21 @@ typedef struct srv_job {
     double t_submit, t_first, t_last;
 } srv_job;
 
+/* Recurrent-state snapshots per slot at most (hybrid models: sched.c;
+ * mk_server_opts.snapshots says how many are used) and how often a long
+ * prompt takes one. */
+#define SRV_SNAPS 8
+#define SRV_SNAP_EVERY 2048
+
+typedef struct srv_snap {
+    void *buf;                 /* mk_engine_state_bytes, or NULL: unused */
+    int64_t pos;               /* the engine's position when saved */
+    uint64_t used;             /* server tick of its last save or restore (LRU) */
+} srv_snap;
+
 typedef struct srv_slot {
     struct mk_server *srv;
+    srv_snap snaps[SRV_SNAPS]; /* valid while the slot's history keeps their prefix */
     mk_engine *e;
     int32_t *cache;            /* tokens in the engine: cache[0..mk_engine_pos) */
     int64_t cache_cap;
@@ -163,6 +178,15 @@ struct mk_server {
     pthread_t sched;
     uint64_t tick, ids;
     srv_metrics metrics;
+    /* the scheduler's decode batch (sched.c), [nslots] each */
+    mk_engine **b_eng;
+    srv_slot **b_slot;
+    int32_t *b_ids;
+    mk_status *b_st;           /* each sequence's forward status */
+    float *b_logits;           /* [nslots, vocab] */
+    int batch_max;             /* the most slots one forward takes (mk_engine_batchable); 1: alone */
+    int pf_next;               /* the slot whose prefill goes first next step (round robin) */
+    int nsnap;                 /* snapshots per slot (mk_server_opts.snapshots) */
 };
 
 /* Create a job for prompt[0..np) (copied). NULL when out of memory. */

@@ -5,8 +5,9 @@
  * (glm4_moe's attention biases went from the model straight into copy and
  * were an illegal address on the H200), and CI has no GPU: this test runs
  * the engine on the CPU backend with alloc recording every buffer and those
- * slots checking that each pointer lies in one, on every fixture family
- * (the CPU results do not change: the table is the CPU one). */
+ * slots checking that each pointer lies in one, on every fixture family,
+ * prefill, decode and a batched decode step over three sequences (the CPU
+ * results do not change: the table is the CPU one). */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -132,7 +133,7 @@ static void run_fixture(const char *rel) {
     assert_int_equal(mk_backend_create(&g_strict, mk_backend_ctx(cpu), &strict), MK_OK);
     g_nbuf = g_bad = 0;
     const mk_config *c = mk_model_config(m);
-    mk_engine_opts o = {.threads = 1, .max_ctx = 24, .prefill_chunk = 8, .backend = strict};
+    mk_engine_opts o = {.threads = 1, .max_ctx = 32, .prefill_chunk = 8, .backend = strict};
     mk_engine *e = NULL;
     assert_int_equal(mk_engine_create(m, &o, &e), MK_OK);
     int32_t ids[24];
@@ -144,6 +145,21 @@ static void run_fixture(const char *rel) {
     assert_int_equal(mk_engine_forward(e, ids, 20, MK_LOGITS_LAST, lg, NULL), MK_OK);
     for (int i = 20; i < 24; i++)
         assert_int_equal(mk_engine_forward(e, ids + i, 1, MK_LOGITS_LAST, lg, NULL), MK_OK);
+    /* a batched decode step (mk_engine_decode_batch) over this engine and
+     * two more at other positions: its slots too */
+    mk_engine *e2 = NULL, *e3 = NULL;
+    assert_int_equal(mk_engine_create(m, &o, &e2), MK_OK);
+    assert_int_equal(mk_engine_create(m, &o, &e3), MK_OK);
+    assert_int_equal(mk_engine_forward(e2, ids, 5, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    assert_int_equal(mk_engine_forward(e3, ids + 3, 9, MK_LOGITS_NONE, NULL, NULL), MK_OK);
+    mk_engine *es[3] = {e2, e, e3};
+    float *lb = malloc((size_t)3 * c->vocab_size * sizeof(float));
+    assert_non_null(lb);
+    for (int step = 0; step < 2; step++)
+        assert_int_equal(mk_engine_decode_batch(es, 3, ids + 10 + 3 * step, lb), MK_OK);
+    free(lb);
+    mk_engine_free(e2);
+    mk_engine_free(e3);
     printf("  %-22s %d buffers, %d slot arguments outside them%s%s\n", rel, g_nbuf, g_bad, g_bad ? ": " : "",
            g_bad ? g_first : "");
     if (g_bad)

@@ -577,6 +577,94 @@ static void test_expert_mlps(void **st) {
     }
 }
 
+/* The batched decode slots (optional): matmul_each over 5 tokens, every
+ * row bitwise what matmul gives that token alone (n == 1), on every weight
+ * kind; expert_mlps_each over experts in mixed storages with 1 to 3
+ * tokens each, every row bitwise the one-token matmul, swiglu, matmul
+ * (those slots are held to references above). */
+static void test_batch_slots(void **st) {
+    (void)st;
+    enum { HD = 128, ID = 64, NE = 5, NT = 5 };
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->matmul_each && !b->i->expert_mlps_each) {
+            printf("  %s: no batched decode slots (the engine loops over tokens)\n", b->name);
+            continue;
+        }
+        if (b->i->matmul_each)
+            for (int kind = 0; kind < W_KINDS; kind++) {
+                wbuf wb;
+                make_w(&wb, kind, 37, 256);
+                int64_t R = wb.w.rows, C = wb.w.cols;
+                float *x = rvec(NT * C);
+                void *dx = dev(b, x, (size_t)(NT * C) * 4), *dy = dev(b, NULL, (size_t)(NT * R) * 4);
+                void *dr = dev(b, NULL, (size_t)(NT * R) * 4);
+                b->i->matmul_each(b->ctx, &wb.w, dx, NT, dy);
+                for (int t = 0; t < NT; t++)
+                    b->i->matmul(b->ctx, &wb.w, (float *)dx + t * C, 1, (float *)dr + t * R);
+                float *y = back(b, dy, (size_t)(NT * R) * 4), *yr = back(b, dr, (size_t)(NT * R) * 4);
+                if (memcmp(y, yr, (size_t)(NT * R) * 4))
+                    fail_msg("%s: matmul_each %s: not bitwise the one-token matmul", b->name, wb.name);
+                free(y);
+                free(yr);
+                free(x);
+                b->i->buf_free(b->ctx, dx);
+                b->i->buf_free(b->ctx, dy);
+                b->i->buf_free(b->ctx, dr);
+                forget_w(b, &wb);
+                wbuf_free(&wb);
+            }
+        if (!b->i->expert_mlps_each)
+            continue;
+        static const int kinds[NE] = {1, 2, 3, 0, 2};
+        static const int64_t ns[NE] = {2, 1, 3, 2, 1};
+        wbuf wg[NE], wu[NE], wd[NE];
+        mk_expert ex[NE];
+        const mk_expert *exs[NE];
+        const float *xs[NE];
+        float *ys[NE];
+        int64_t tot = 0;
+        for (int i = 0; i < NE; i++) {
+            make_w(&wg[i], kinds[i], ID, HD);
+            make_w(&wu[i], kinds[i], ID, HD);
+            make_w(&wd[i], kinds[i], HD, ID);
+            ex[i] = (mk_expert){wg[i].w, wu[i].w, wd[i].w};
+            exs[i] = &ex[i];
+            tot += ns[i];
+        }
+        float *x = rvec(tot * HD);
+        void *dx = dev(b, x, (size_t)(tot * HD) * 4), *dy = dev(b, NULL, (size_t)(tot * HD) * 4);
+        void *dr = dev(b, NULL, (size_t)(tot * HD) * 4);
+        void *dg = dev(b, NULL, (size_t)(tot * ID) * 4), *du = dev(b, NULL, (size_t)(tot * ID) * 4);
+        for (int i = 0, off = 0; i < NE; off += (int)ns[i], i++) {
+            xs[i] = (float *)dx + off * HD;
+            ys[i] = (float *)dy + off * HD;
+        }
+        b->i->expert_mlps_each(b->ctx, exs, NE, xs, ns, ys, dg, du);
+        for (int i = 0, off = 0; i < NE; off += (int)ns[i], i++)
+            for (int t = 0; t < ns[i]; t++) { /* each token alone through the slots */
+                const float *xt = (float *)dx + (off + t) * HD;
+                b->i->matmul(b->ctx, &ex[i].gate, xt, 1, dg);
+                b->i->matmul(b->ctx, &ex[i].up, xt, 1, du);
+                b->i->swiglu(b->ctx, dg, dg, du, ID);
+                b->i->matmul(b->ctx, &ex[i].down, dg, 1, (float *)dr + (off + t) * HD);
+            }
+        float *y = back(b, dy, (size_t)(tot * HD) * 4), *yr = back(b, dr, (size_t)(tot * HD) * 4);
+        assert_memory_equal(y, yr, (size_t)(tot * HD) * 4);
+        free(y);
+        free(yr);
+        free(x);
+        void *bufs[] = {dx, dy, dr, dg, du};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        for (int i = 0; i < NE; i++) {
+            wbuf_free(&wg[i]);
+            wbuf_free(&wu[i]);
+            wbuf_free(&wd[i]);
+        }
+    }
+}
+
 static void test_head_matmul(void **st) {
     (void)st;
     /* kv_b-like weight: nH heads of (dn + dvh) rows, kl columns */
@@ -1753,6 +1841,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_memory_and_copies),  cmocka_unit_test(test_matmul_formats),
         cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
+        cmocka_unit_test(test_batch_slots),
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
         cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_deferred_nonfinite),

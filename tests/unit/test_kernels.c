@@ -773,6 +773,110 @@ static void nested_fn(void *ctx, int64_t b, int64_t e) {
     mk_pool_for(g_pool, e - b, 1, cover_fn, c); /* must run inline, not deadlock */
 }
 
+/* mk_matmul_each: every token's row bitwise what mk_matmul gives for that
+ * token alone (the batch-invariant decode product), on every path, float
+ * and int8 x, inline and threaded, for the decode kernels with and without
+ * a preparation of x, the tiled fallback, batches from 1 to 70 (more than
+ * one region's 64) and widths whose preparations fit 1, a few or many
+ * tokens per region (8192 columns: one at a time). A tiled multi-token
+ * product (mk_matmul with n > 1) differs from it in the low bits: asserted
+ * below, so the test would catch a kernel that silently took that path.
+ * mk_matmul_each_multi is held to the same one-token products. */
+static void test_matmul_each(void **state) {
+    enum { NW = 6, NMAX = 70, BIG = 8192 };
+    tw t[NW];
+    tw_make(&t[0], MK_WF_AFFINE, 33, 640, MK_DT_BF16, 4, 64);
+    tw_make(&t[1], MK_WF_BF16, 41, 640, MK_DT_F32, 0, 0);
+    tw_make(&t[2], MK_WF_AFFINE, 17, 2048, MK_DT_F16, 8, 32);
+    tw_make(&t[3], MK_WF_MXFP4, 11, 640, MK_DT_U8, 0, 0);
+    tw_make(&t[4], MK_WF_FP8_E4M3, 19, 700, MK_DT_BF16, 16, 24);
+    tw_make(&t[5], MK_WF_AFFINE, 9, BIG, MK_DT_BF16, 4, 64);
+    float *x = malloc(sizeof(float) * NMAX * BIG), *y = malloc(sizeof(float) * NMAX * 41);
+    float *want = malloc(sizeof(float) * NMAX * 41);
+    assert_true(x && y && want);
+    for (int64_t i = 0; i < (int64_t)NMAX * BIG; i++)
+        x[i] = rnd_f(-1, 1);
+    static const int ns[] = {1, 2, 3, 8, 70};
+    bool tiled_differs = false;
+    for (int isa = 0; isa < 2 * MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)(isa % MK_ISA_COUNT)))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)(isa % MK_ISA_COUNT)), MK_OK);
+        mk_kernels_set_int8(isa >= MK_ISA_COUNT);
+        for (int k = 0; k < NW; k++)
+            for (int j = 0; j < 5; j++)
+                for (int thr = 0; thr < 2; thr++) {
+                    const mk_wt *w = &t[k].w;
+                    int64_t n = ns[j];
+                    for (int64_t i = 0; i < n; i++)
+                        mk_matmul(g_pool, w, x + i * w->cols, 1, want + i * w->rows);
+                    memset(y, 0xff, sizeof(float) * (size_t)(n * w->rows));
+                    mk_matmul_each(thr ? g_pool : NULL, w, x, n, y);
+                    if (memcmp(y, want, sizeof(float) * (size_t)(n * w->rows)))
+                        fail_msg("mk_matmul_each %s%s weight %d, %lld tokens%s: not bitwise the "
+                                 "one-token products", mk_isa_name((mk_isa)(isa % MK_ISA_COUNT)),
+                                 isa >= MK_ISA_COUNT ? " int8" : "", k, (long long)n,
+                                 thr ? " threaded" : "");
+                    if (n == 8 && !thr) {
+                        mk_matmul(g_pool, w, x, n, y);
+                        tiled_differs |= memcmp(y, want, sizeof(float) * (size_t)(n * w->rows)) != 0;
+                    }
+                }
+    }
+    assert_true(tiled_differs); /* else this test could not tell the paths apart */
+    /* mk_matmul_each_multi: 150 items (more than one region's 64), pairs
+     * sharing x and n (an expert's gate and up: one preparation) and not,
+     * 1 to 9 tokens each, the 8192-column ones overflowing the stack area
+     * (new regions, long items cut into token groups) */
+    enum { NI = 150 };
+    mk_mm_item it[NI];
+    int64_t yoff[NI + 1];
+    yoff[0] = 0;
+    for (int i = 0; i < NI; i++) {
+        int k = i % 13 == 12 ? 5 : (int)(rnd_u32() % 5);
+        int64_t n = 1 + (int64_t)(rnd_u32() % 9);
+        const float *xi = x + (int64_t)(rnd_u32() % 8) * BIG;
+        if (i % 2 == 1 && it[i - 1].w->cols == t[k].w.cols) { /* share the previous one's x */
+            xi = it[i - 1].x;
+            n = it[i - 1].n;
+        }
+        it[i] = (mk_mm_item){&t[k].w, xi, n, NULL};
+        yoff[i + 1] = yoff[i] + n * t[k].w.rows;
+    }
+    float *ym = malloc(sizeof(float) * (size_t)yoff[NI]), *wm = malloc(sizeof(float) * (size_t)yoff[NI]);
+    assert_true(ym && wm);
+    for (int i = 0; i < NI; i++)
+        it[i].y = ym + yoff[i];
+    for (int isa = 0; isa < 2 * MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)(isa % MK_ISA_COUNT)))
+            continue;
+        assert_int_equal(mk_isa_set((mk_isa)(isa % MK_ISA_COUNT)), MK_OK);
+        mk_kernels_set_int8(isa >= MK_ISA_COUNT);
+        for (int i = 0; i < NI; i++)
+            for (int64_t q = 0; q < it[i].n; q++)
+                mk_matmul(g_pool, it[i].w, it[i].x + q * it[i].w->cols, 1, wm + yoff[i] + q * it[i].w->rows);
+        for (int thr = 0; thr < 2; thr++) {
+            memset(ym, 0xff, sizeof(float) * (size_t)yoff[NI]);
+            mk_matmul_each_multi(thr ? g_pool : NULL, it, NI);
+            for (int i = 0; i < NI; i++)
+                if (memcmp(ym + yoff[i], wm + yoff[i], sizeof(float) * (size_t)(yoff[i + 1] - yoff[i])))
+                    fail_msg("mk_matmul_each_multi %s%s%s: item %d (%lld tokens, %lld columns) not "
+                             "bitwise the one-token products", mk_isa_name((mk_isa)(isa % MK_ISA_COUNT)),
+                             isa >= MK_ISA_COUNT ? " int8" : "", thr ? " threaded" : "", i,
+                             (long long)it[i].n, (long long)it[i].w->cols);
+        }
+    }
+    free(ym);
+    free(wm);
+    mk_kernels_set_int8(false);
+    mk_isa_set(g_isa0);
+    for (int k = 0; k < NW; k++)
+        tw_free(&t[k]);
+    free(x);
+    free(y);
+    free(want);
+}
+
 static void test_pool(void **state) {
     assert_int_equal(mk_pool_size(g_pool), 3);
     assert_int_equal(mk_pool_size(NULL), 1);
@@ -938,6 +1042,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_affine_nonfinite),
         cmocka_unit_test(test_matmul_micro),
         cmocka_unit_test(test_matvec_multi),
+        cmocka_unit_test(test_matmul_each),
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_wt_check_errors),
         cmocka_unit_test(test_ops),

@@ -1,0 +1,342 @@
+/* A decode step over several sequences in one forward (continuous
+ * batching, engine.h mk_engine_decode_batch).
+ *
+ * Each sequence is an engine of its own (its position, KV / latent caches
+ * and Gated DeltaNet conv and recurrent state), all over one model, one
+ * backend and one expert store. The step runs on the first engine's
+ * scratch (the lead): the n new tokens are n rows of one chunk, so every
+ * dense projection, the router, the shared expert and lm_head is one
+ * product over the batch, and the MoE layer groups the batch's (token,
+ * slot) pairs by expert as prefill does (moe.c), so an expert chosen by
+ * several sequences is read once and multiplied once per step. What is
+ * per sequence runs per sequence: K/V (or latent) rows go to each one's
+ * cache at its own position, RoPE uses each row's position, attention,
+ * the causal conv and the delta rule run on each one's cache or state.
+ *
+ * Batch invariance: a sequence's logits are bitwise those of
+ * mk_engine_forward(e, &id, 1, ...) on its engine alone, whatever else is
+ * in the step. Every slot used here computes a row from that row alone
+ * (norms, RoPE, element-wise ops, routing, combine in ascending expert
+ * order, MLA's transposed per-head product); the products go through
+ * mk_engine_mm with e->batch_inv set, i.e. the backend's matmul_each (each
+ * row as the one-token kernels compute it) or matmul once per token, and
+ * MLA's per-head value product is run per token. The fused MoE slot and
+ * recorded steps are not used (the CPU backend has neither).
+ * tests/unit/test_engine_batch.c holds this bitwise on every family.
+ *
+ * Families: the blocks below mirror forward.c's. A family or option they
+ * do not know must not be batched: mk_engine_batchable lists what they
+ * cover, and callers step other models one sequence at a time. */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "engine/engine_impl.h"
+
+#define BE(e) ((e)->bi)
+#define CTX(e) ((e)->bctx)
+
+void mk_engine_mm(mk_engine *e, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (!e->batch_inv || n <= 1) {
+        BE(e)->matmul(CTX(e), w, x, n, y);
+    } else if (BE(e)->matmul_each) {
+        BE(e)->matmul_each(CTX(e), w, x, n, y);
+    } else {
+        for (int64_t t = 0; t < n; t++)
+            BE(e)->matmul(CTX(e), w, x + t * w->cols, 1, y + t * w->rows);
+    }
+}
+
+/* ---- what can be batched ----------------------------------------------------- */
+
+/* The families whose blocks this file mirrors (forward.c). A new family
+ * is added here only with its block below and a case in
+ * tests/unit/test_engine_batch.c. */
+static bool family_known(const mk_config *c) {
+    switch (c->arch) {
+    case MK_ARCH_QWEN3_MOE:
+    case MK_ARCH_QWEN3_NEXT:
+    case MK_ARCH_QWEN3_5_MOE:
+    case MK_ARCH_DEEPSEEK_V3:
+    case MK_ARCH_GLM4_MOE:
+    case MK_ARCH_MINIMAX_M2: return !c->dsa; /* DSA's indexer has no batched step */
+    default: return false;                       /* gpt_oss (sinks, windows, biased experts) */
+    }
+}
+
+bool mk_engine_batchable(mk_engine *const *es, int n) {
+    if (n < 1 || !es || !es[0])
+        return false;
+    const mk_engine *l = es[0];
+    if (!family_known(l->c) || l->on_route || 2 * (int64_t)n > l->chunk || n > MK_ENGINE_MAX_BATCH)
+        return false;
+    for (int i = 0; i < n; i++) {
+        const mk_engine *e = es[i];
+        if (!e || e->m != l->m || e->be != l->be || e->k != l->k || e->on_route)
+            return false;
+        /* the lead's store serves every row: the same store, or each
+         * engine's own resident one (the same views of the same model) */
+        if (e->store != l->store && !(e->own_store && l->own_store))
+            return false;
+        for (int j = 0; j < i; j++)
+            if (es[j] == e)
+                return false;
+    }
+    return true;
+}
+
+/* ---- blocks ------------------------------------------------------------------ */
+
+/* rows[t] += bias for t < n rows of `width`: forward.c's staging */
+static void add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
+    mk_engine_add_bias(e, rows, bias, n, width);
+}
+
+/* forward.c's attn_block over the batch: K and V of the n rows are made in
+ * the free attention-output buffer (K at e->att, V after it: 2n <= chunk),
+ * normed and rotated there, then copied to each sequence's cache row; each
+ * sequence attends over its own cache. */
+static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_attn_w *w) {
+    const mk_config *c = e->c;
+    int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, kw = nKV * hd;
+    float eps = (float)c->rms_norm_eps;
+    float *kn = e->att, *vn = e->att + n * kw;
+    mk_engine_mm(e, &w->q, e->xb, n, w->gated ? e->qraw : e->q);
+    mk_engine_mm(e, &w->k, e->xb, n, kn);
+    mk_engine_mm(e, &w->v, e->xb, n, vn);
+    if (w->gated) {
+        BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
+        BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
+    }
+    if (w->q_bias) {
+        add_bias(e, e->q, w->q_bias, n, nH * hd);
+        add_bias(e, kn, w->k_bias, n, kw);
+        add_bias(e, vn, w->v_bias, n, kw);
+    }
+    if (w->q_norm) {
+        int64_t qd = w->whole_qk_norm ? nH * hd : hd, kd = w->whole_qk_norm ? kw : hd;
+        BE(e)->rmsnorm(CTX(e), e->q, qd, e->q, qd, w->q_norm, n * nH * hd / qd, qd, eps);
+        BE(e)->rmsnorm(CTX(e), kn, kd, kn, kd, w->k_norm, n * kw / kd, kd, eps);
+    }
+    BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    BE(e)->rope(CTX(e), kn, n, kw, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    for (int i = 0; i < n; i++) {
+        const mk_engine *s = es[i];
+        BE(e)->copy(CTX(e), s->kc[l] + s->pos * kw, 0, 0, kn + i * kw, 0, 0, 1, 1, kw);
+        BE(e)->copy(CTX(e), s->vc[l] + s->pos * kw, 0, 0, vn + i * kw, 0, 0, 1, 1, kw);
+    }
+    /* K and V are in the caches now: e->att is free for the outputs */
+    for (int i = 0; i < n; i++) {
+        const mk_engine *s = es[i];
+        mk_attn_args a = {.q = e->q + i * nH * hd, .k = s->kc[l], .v = s->vc[l],
+                          .out = e->att + i * nH * hd, .n = 1, .pos0 = s->pos, .n_heads = (int)nH,
+                          .n_kv = (int)nKV, .dk = (int)hd, .dv = (int)hd, .scale = e->attn_scale};
+        BE(e)->attention(CTX(e), &a);
+    }
+    if (w->gated)
+        BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
+    mk_engine_mm(e, &w->o, e->att, n, e->y);
+}
+
+/* forward.c's mla_block over the batch: the compressed rows [latent |
+ * k_pe] are made in e->olat (free until the attention writes it), normed
+ * and rotated there and copied to each sequence's latent cache; the
+ * absorbed query product is batch-invariant (mk_matmul_rows_t sums rows in
+ * a fixed order), the value product runs per token. */
+static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla_w *w) {
+    const mk_config *c = e->c;
+    int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
+    int64_t dvh = c->v_head_dim, qk = dn + dr, kl = c->kv_lora_rank, cw = kl + dr;
+    float eps = (float)c->rms_norm_eps;
+    float *kv = e->olat;
+    if (c->q_lora_rank > 0) {
+        mk_engine_mm(e, &w->q_a, e->xb, n, e->qa);
+        BE(e)->rmsnorm(CTX(e), e->qa, c->q_lora_rank, e->qa, c->q_lora_rank, w->q_a_norm, n,
+                       c->q_lora_rank, eps);
+        mk_engine_mm(e, &w->q_b, e->qa, n, e->qraw);
+    } else {
+        mk_engine_mm(e, &w->q, e->xb, n, e->qraw);
+    }
+    mk_engine_mm(e, &w->kv_a, e->xb, n, kv);
+    BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
+    BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
+                c->rope_interleave);
+    BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
+    for (int i = 0; i < n; i++)
+        BE(e)->copy(CTX(e), es[i]->kc[l] + es[i]->pos * cw, 0, 0, kv + i * cw, 0, 0, 1, 1, cw);
+    mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
+                          .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
+                          .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
+    BE(e)->head_matmul_t(CTX(e), &qa);
+    BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
+    for (int i = 0; i < n; i++) {
+        const mk_engine *s = es[i];
+        mk_attn_args a = {.q = e->qabs + i * nH * cw, .k = s->kc[l], .v = s->kc[l],
+                          .out = e->olat + i * nH * kl, .n = 1, .pos0 = s->pos,
+                          .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
+                          .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
+        BE(e)->attention(CTX(e), &a);
+    }
+    for (int i = 0; i < n; i++) { /* per token: mk_matmul_rows differs between 1 and n tokens */
+        mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
+                              .n_heads = (int)nH, .n = 1, .x = e->olat + i * nH * kl,
+                              .x_tok = nH * kl, .x_head = kl, .y = e->att + i * nH * dvh,
+                              .y_tok = nH * dvh, .y_head = dvh};
+        BE(e)->head_matmul(CTX(e), &va);
+    }
+    mk_engine_mm(e, &w->o, e->att, n, e->y);
+}
+
+/* forward.c's gdn_ungroup (qwen3_next's grouped projections), n rows. */
+static void gdn_ungroup_b(mk_engine *e, int64_t n) {
+    const mk_config *c = e->c;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, r = nv / nk, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
+    int64_t gw = 2 * dk + 2 * r * dv, pw = nk * gw;
+    const float *p = e->proj, *ba = e->bap;
+    BE(e)->copy(CTX(e), e->mixed, C, dk, p, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + Kd, C, dk, p + dk, pw, gw, n, nk, dk);
+    BE(e)->copy(CTX(e), e->mixed + 2 * Kd, C, r * dv, p + 2 * dk, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->z, Vd, r * dv, p + 2 * dk + r * dv, pw, gw, n, nk, r * dv);
+    BE(e)->copy(CTX(e), e->gb, nv, r, ba, 2 * nv, 2 * r, n, nk, r);
+    BE(e)->copy(CTX(e), e->ga, nv, r, ba + r, 2 * nv, 2 * r, n, nk, r);
+}
+
+/* forward.c's gdn_block over the batch: projections over the batch, the
+ * causal conv and the delta rule per sequence on its own state. */
+static void gdn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_gdn_w *w) {
+    const mk_config *c = e->c;
+    int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
+            dv = c->lin_v_head_dim, Kd = nk * dk, Vd = nv * dv, C = 2 * Kd + Vd;
+    if (w->grouped) {
+        mk_engine_mm(e, &w->qkvz, e->xb, n, e->proj);
+        mk_engine_mm(e, &w->ba, e->xb, n, e->bap);
+        gdn_ungroup_b(e, n);
+    } else {
+        mk_engine_mm(e, &w->qkv, e->xb, n, e->mixed);
+        mk_engine_mm(e, &w->z, e->xb, n, e->z);
+        mk_engine_mm(e, &w->b, e->xb, n, e->gb);
+        mk_engine_mm(e, &w->a, e->xb, n, e->ga);
+    }
+    for (int i = 0; i < n; i++) {
+        const mk_engine *s = es[i];
+        float *co = e->conv_out + i * C;
+        BE(e)->conv1d_silu(CTX(e), e->mixed + i * C, C, co, 1, C, c->conv_kernel, w->conv,
+                           s->conv[l]);
+        mk_gdn_args a = {co, co + Kd, co + 2 * Kd, C, e->ga + i * nv, e->gb + i * nv,
+                         w->A_log, w->dt_bias, s->ssm[l], e->o + i * Vd, 1, (int)nk, (int)nv,
+                         (int)dk, (int)dv};
+        BE(e)->gdn(CTX(e), &a);
+    }
+    BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
+    mk_engine_mm(e, &w->out, e->o, n, e->y);
+}
+
+/* ---- the step ------------------------------------------------------------------ */
+
+/* Non-finite activations are an error, as in forward.c, naming the block
+ * and the sequence (its index in the batch and position). */
+static mk_status check_rows(mk_engine *e, mk_engine *const *es, const float *x, int n,
+                            int64_t width, int layer, const char *what) {
+    int64_t i = BE(e)->find_nonfinite(CTX(e), x, n * width);
+    if (i < 0)
+        return MK_OK;
+    float v;
+    BE(e)->download(CTX(e), &v, x + i, sizeof v);
+    char where[48] = "";
+    if (layer >= 0)
+        snprintf(where, sizeof where, " of layer %d", layer);
+    int r = (int)(i / width);
+    return mk_err(MK_E_FORMAT, "%s: non-finite value (%s) in the output of %s%s for sequence %d of "
+                  "a batch of %d at position %lld, column %lld: the checkpoint's weights or "
+                  "scales there are not usable", mk_model_dir(e->m), isnan(v) ? "NaN" : "infinity",
+                  what, where, r, n, (long long)es[r]->pos, (long long)(i % width));
+}
+
+static mk_status step(mk_engine *e, mk_engine *const *es, int n, float *logits) {
+    const mk_config *c = e->c;
+    const mk_model *m = e->m;
+    int64_t H = c->hidden_size, V = c->vocab_size;
+    float eps = (float)c->rms_norm_eps;
+    BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
+    MK_TRY(check_rows(e, es, e->x, n, H, -1, "the token embedding"));
+    for (int l = 0; l < c->num_layers; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->in_norm, n, H, eps);
+        switch (w->mixer) {
+        case MK_MIXER_ATTN: attn_b(e, es, n, l, &w->attn); break;
+        case MK_MIXER_MLA: mla_b(e, es, n, l, &w->mla); break;
+        case MK_MIXER_GDN: gdn_b(e, es, n, l, &w->gdn); break;
+        }
+        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_rows(e, es, e->x, n, H, l,
+                          w->mixer == MK_MIXER_GDN ? "the linear attention (Gated DeltaNet)" : "the attention"));
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->post_norm, n, H, eps);
+        if (w->is_moe)
+            MK_TRY(e->moe->run(e, l, &w->moe, n));
+        else
+            mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
+        BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
+        MK_TRY(check_rows(e, es, e->x, n, H, l, w->is_moe ? "the MoE block" : "the MLP"));
+    }
+    BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
+    if (BE(e)->host_mem) {
+        mk_engine_mm(e, &m->lm_head, e->xb, n, logits);
+    } else { /* staged a few rows at a time, as forward.c's lm_head */
+        for (int64_t r = 0; r < n; r += MK_ENGINE_LOGIT_ROWS) {
+            int64_t nr = n - r < MK_ENGINE_LOGIT_ROWS ? n - r : MK_ENGINE_LOGIT_ROWS;
+            mk_engine_mm(e, &m->lm_head, e->xb + r * H, nr, e->lg);
+            BE(e)->download(CTX(e), logits + r * V, e->lg, (size_t)(nr * V) * sizeof(float));
+        }
+    }
+    MK_TRY(BE(e)->sync(CTX(e)));
+    for (int64_t i = 0; i < (int64_t)n * V; i++)
+        if (!isfinite(logits[i]))
+            return mk_err(MK_E_FORMAT, "%s: non-finite value (%s) in the output of lm_head (the "
+                          "logits) for sequence %lld of a batch of %d at position %lld, column %lld",
+                          mk_model_dir(m), isnan(logits[i]) ? "NaN" : "infinity", (long long)(i / V),
+                          n, (long long)es[i / V]->pos, (long long)(i % V));
+    return MK_OK;
+}
+
+mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids, float *logits) {
+    if (n < 1 || !es || !ids || !logits)
+        return mk_err(MK_E_ARG, "engine decode batch: bad arguments (n %d)", n);
+    if (!mk_engine_batchable(es, n))
+        return mk_err(MK_E_ARG, "engine decode batch: these %d sequences cannot share a step (one "
+                      "model, backend and expert store, distinct engines, at most %d and half the "
+                      "prefill chunk, no routing observer, a family the batched step knows)", n,
+                      MK_ENGINE_MAX_BATCH);
+    mk_engine *e = es[0];
+    const mk_config *c = e->c;
+    for (int i = 0; i < n; i++) {
+        if (es[i]->pos + 1 > es[i]->max_ctx)
+            return mk_err(MK_E_ARG, "context full: sequence %d of the batch has %lld tokens in "
+                          "cache + 1 new > max context %lld", i, (long long)es[i]->pos,
+                          (long long)es[i]->max_ctx);
+        if (ids[i] < 0 || ids[i] >= c->vocab_size)
+            return mk_err(MK_E_ARG, "token id %d of sequence %d of the batch is outside the "
+                          "vocabulary (0..%d)", ids[i], i, c->vocab_size - 1);
+    }
+    BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
+    for (int i = 0; i < n; i++)
+        mk_engine_rope_row(e, i, es[i]->pos);
+    size_t rb = (size_t)(n * (e->rot_dim / 2)) * sizeof(float);
+    BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
+    BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
+    e->batch_inv = true;
+    mk_status st = step(e, es, n, logits);
+    e->batch_inv = false;
+    if (st != MK_OK) {
+        if (BE(e)->nonfinite_take) { /* nothing deferred here; drop what a slot may have kept */
+            int32_t tag;
+            int64_t i;
+            float v;
+            (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
+        }
+        return st;
+    }
+    for (int i = 0; i < n; i++)
+        es[i]->pos++;
+    return MK_OK;
+}
