@@ -94,9 +94,9 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
  * several sequences, so a sequence's result does not depend on what else
  * is in the batch. Threads over blocks of rows and runs every token of a
  * group over a block before moving on, so the weight is read from memory
- * once per group (as many tokens as their prepared x fit the stack
- * buffer: all of a batch of 8 up to ~2.6k columns, 3 at 7168). Same stack
- * use as mk_matmul. */
+ * once per group (as many tokens as their prepared x fit a 256 KiB stack
+ * buffer: a batch of 8 up to ~7k columns, 28 at 2048). About 256 KiB of
+ * the calling thread's stack. */
 void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
 /* One product of a batch (mk_matmul_each_multi): y[n, w.rows] = x W^T. */
 typedef struct mk_mm_item {

@@ -324,75 +324,6 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count) {
     }
 }
 
-/* ---- one weight, several independent tokens (batch-invariant decode) ---- */
-
-typedef struct each_ctx {
-    const mk_kern_i *k;
-    const mk_wt *w;
-    const float *x;
-    float *y;
-    int64_t n, grain;
-    mv_plan pl[MK_MULTI_MAX];
-} each_ctx;
-
-/* Rows [b*grain, e*grain) for every token of the group, token after token
- * over the same rows: the block of weight rows is read from memory once
- * and stays in this core's cache for the other tokens. Each token runs
- * exactly what mk_matmul's decode runs for it (same function, same
- * prepared x, rows independent), so its outputs are bitwise those. */
-static void each_task(void *ctx, int64_t b, int64_t e) {
-    const each_ctx *m = ctx;
-    int64_t r0 = b * m->grain, r1 = e * m->grain < m->w->rows ? e * m->grain : m->w->rows;
-    for (int64_t t = 0; t < m->n; t++) {
-        const float *xt = m->x + t * m->w->cols;
-        float *yt = m->y + t * m->w->rows;
-        if (m->pl[t].mv)
-            m->pl[t].mv(m->w, r0, r1, xt, m->pl[t].aux, yt + r0);
-        else
-            tiles(m->k, m->w, r0, r1, xt, m->w->cols, 1, yt + r0, m->w->rows);
-    }
-}
-
-void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) {
-    if (n <= 0 || w->rows <= 0)
-        return;
-    if (w->cols <= 0) {
-        memset(y, 0, (size_t)(n * w->rows) * sizeof(float));
-        return;
-    }
-    alignas(64) float aux[MK_AUX_MAX];
-    each_ctx m = {.k = mk_kern_active(), .w = w, .grain = decode_grain(w)};
-    const bool int8 = mk_kernels_int8();
-    mk_prep_fn qprep = m.k->qprep[w->fmt], prep = m.k->prep[w->fmt];
-    /* every preparation is at most MK_PREP_FLOATS(cols); a group holds as
-     * many tokens as fit aux with that much each (at least one, which then
-     * has all of aux, as in mk_matmul), so each prep decides as mk_matmul's */
-    size_t need = (MK_PREP_FLOATS(w->cols) + 15) / 16 * 16;
-    int64_t per = (qprep || prep) ? (int64_t)(MK_AUX_MAX / need) : MK_MULTI_MAX;
-    if (per < 1)
-        per = 1;
-    if (per > MK_MULTI_MAX)
-        per = MK_MULTI_MAX;
-    for (int64_t t0 = 0; t0 < n; t0 += per) {
-        int64_t nt = n - t0 < per ? n - t0 : per;
-        m.x = x + t0 * w->cols;
-        m.y = y + t0 * w->rows;
-        m.n = nt;
-        for (int64_t t = 0; t < nt; t++) {
-            float *a = per == 1 ? aux : aux + (size_t)t * need;
-            size_t cap = per == 1 ? MK_AUX_MAX : need;
-            const float *xt = m.x + t * w->cols;
-            mv_plan *pl = &m.pl[t];
-            *pl = (mv_plan){.aux = a};
-            if (int8 && m.k->qmatvec[w->fmt] && qprep && qprep(w, xt, a, cap))
-                pl->mv = m.k->qmatvec[w->fmt];
-            else if (m.k->matvec[w->fmt] && (!prep || prep(w, xt, a, cap)))
-                pl->mv = m.k->matvec[w->fmt];
-        }
-        mk_pool_for(p, (w->rows + m.grain - 1) / m.grain, 1, each_task, &m);
-    }
-}
-
 /* ---- several weights, each over its own tokens, in one region ------------ */
 
 #define MK_EACH_AUX 65536 /* floats of preparations per region (256 KiB of stack) */
@@ -408,8 +339,11 @@ typedef struct emulti_ctx {
     int count;
 } emulti_ctx;
 
-/* Task t: a block of rows of one item, for every token of that item (as
- * each_task). */
+/* Task t: a block of rows of one item, for every token of that item, token
+ * after token over the same rows: the block of weight rows is read from
+ * memory once and stays in this core's cache for the other tokens. Each
+ * token runs exactly what mk_matmul's decode runs for it (same function,
+ * same prepared x, rows independent), so its outputs are bitwise those. */
 static void emulti_task(void *ctx, int64_t b, int64_t e) {
     const emulti_ctx *m = ctx;
     int i = 0;
@@ -514,6 +448,13 @@ void mk_matmul_each_multi(mk_pool *p, const mk_mm_item *items, int count) {
         m.count = c;
         mk_pool_for(p, m.start[c], 1, emulti_task, &m);
     }
+}
+
+/* One weight, several independent tokens (batch-invariant decode): the
+ * same regions with one item. */
+void mk_matmul_each(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mk_mm_item it = {w, x, n, y};
+    mk_matmul_each_multi(p, &it, 1);
 }
 
 /* ---- row ranges (per-head products) ------------------------------------ */
