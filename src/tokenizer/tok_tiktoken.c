@@ -432,11 +432,11 @@ static mk_status add_special(mk_tok *t, const special *sp, arena *strs, arena *b
     if (!x->content)
         return mk_err(MK_E_NOMEM, "%s: no memory for special token %d", t->path, (int)sp->id);
     x->len = n;
+    int32_t idx = (int32_t)t->n_added++; /* counted now so mk_tok_free releases the content */
     MK_TRY(arena_put(strs, s, n, &t->id_str[sp->id]));
     MK_TRY(arena_put(bytes, s, n, &t->id_bytes[sp->id]));
     t->id_flags[sp->id] |= TOK_ID_PRESENT | TOK_ID_ADDED | TOK_ID_SPECIAL;
     MK_TRY(tok_smap_put(&t->added_ids, s, n, sp->id, NULL));
-    int32_t idx = (int32_t)t->n_added++;
     return tok_trie_add(&t->trie_raw, x->content, x->len, idx);
 }
 
