@@ -11,7 +11,9 @@
  * the 256 ids right after the N ranks (N = the number of lines), each named
  * by added_tokens_decoder or else "<|reserved_token_<id>|>"; encode lets all
  * of them match anywhere in the text (tiktoken's allowed_special="all");
- * BOS/EOS are not added by encode; the split pattern is the one below.
+ * BOS/EOS are not added by encode; the split pattern is the one below; text
+ * is encoded in chunks (400,000 characters, runs of whitespace or of
+ * non-whitespace cut after 25,000: mk_tok.kimi_chunks).
  *
  * The result is the same mk_tok a byte-level BPE tokenizer.json loads into,
  * so encode, decode, streaming and the chat rules are shared:
@@ -494,6 +496,7 @@ mk_status tok_load_tiktoken(mk_tok *t, const char *path, const char *dir) {
         st = collect_specials(cfg_file, cfg, n_base, &sp, &n_sp, &t->n_ids);
     if (st == MK_OK) {
         t->ignore_merges = true;
+        t->kimi_chunks = true;
         t->unk_id = -1;
         for (int b = 0; b < 256; b++)
             t->byte_ids[b] = -1;
