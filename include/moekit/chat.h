@@ -18,7 +18,7 @@
  *                Qwen3 *-Thinking-2507 templates do by default
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
- *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>{u}
+ *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>\n{u}
  *                <|assistant|>\n<think>{r}</think>\n{a}... then <|assistant|>
  *                (MK_CHAT_NO_THINKING: '/nothink' after user turns and an
  *                empty think block in the generation prompt)

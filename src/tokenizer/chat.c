@@ -528,7 +528,7 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
     for (size_t i = 0; i < n; i++) {
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "user")) {
-            lit(b, "<|user|>");
+            lit(b, "<|user|>\n");
             puts_(b, c);
             if ((flags & MK_CHAT_NO_THINKING) && !ends_with(c, "/nothink"))
                 lit(b, "/nothink");

@@ -69,9 +69,9 @@ check() { # name template kind flags...
     echo "ok: $name ($(wc -l <"$CHATS") conversations${*:+, $*})"
 }
 
-check glm4 glm-4.5.jinja glm4
-check glm4-nothink glm-4.5.jinja glm4 --no-think
-check glm4-nogen glm-4.5.jinja glm4 --no-gen-prompt
+check glm4 glm-4.6.jinja glm4
+check glm4-nothink glm-4.6.jinja glm4 --no-think
+check glm4-nogen glm-4.6.jinja glm4 --no-gen-prompt
 check minimax-m2 minimax-m2.jinja minimax-m2
 check minimax-m2-nogen minimax-m2.jinja minimax-m2 --no-gen-prompt
 check harmony gpt-oss.jinja harmony
