@@ -423,9 +423,10 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
 
 /* ---- GLM-4.5 / 4.6, MiniMax-M2, harmony (gpt-oss) ------------------------
  *
- * Reference templates: the chat_template.jinja each model ships (copies in
- * tests/tokenizer/templates, rendered by @huggingface/jinja in
- * tests/cli/chat_templates.sh). Where the template raises (a tool result
+ * Reference templates: the chat_template.jinja each model ships, as
+ * llama.cpp's source carries them in models/templates (the test-only peer of
+ * scripts/install-deps.d/llama.sh), rendered by @huggingface/jinja in
+ * tests/cli/chat_templates.sh. Where the template raises (a tool result
  * with no tool call before it) or silently drops a message (a second
  * system message), the renderer refuses with MK_E_ARG. */
 
@@ -651,7 +652,9 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
     if (first && *txt(m[0].content)) {
         lit(b, "<|start|>developer<|message|># Instructions\n\n");
         puts_(b, m[0].content);
-        lit(b, "<|end|>");
+        /* The released template (hub, llama.cpp's openai-gpt-oss-120b.jinja)
+         * ends the instructions with a blank line even when no tools follow. */
+        lit(b, "\n\n<|end|>");
     }
     for (size_t i = first; i < n; i++) {
         const char *c = txt(m[i].content);

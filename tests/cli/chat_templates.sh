@@ -2,9 +2,13 @@
 # moekit tokenize --chat with the chat templates GLM-4.5/4.6 (glm4_moe),
 # MiniMax-M2 and gpt-oss (harmony) ship, against the templates themselves.
 #
-# tests/tokenizer/templates holds the released chat_template.jinja files (see
-# the README there); @huggingface/jinja (scripts/install-deps.d/tokenizer.sh)
-# renders each conversation of tests/tokenizer/chats.jsonl with them, and
+# The reference templates are the released chat_template.jinja files as
+# llama.cpp's source ships them in models/templates (GLM-4.6.jinja,
+# MiniMax-M2.jinja, openai-gpt-oss-120b.jinja): the test-only llama.cpp peer
+# that scripts/install-deps.d/llama.sh installs into .peers/llama.cpp
+# ($MK_PEERS overrides .peers); they are not copied into this repository.
+# @huggingface/jinja (scripts/install-deps.d/tokenizer.sh) renders each
+# conversation of tests/tokenizer/chats.jsonl with them, and
 # moekit must produce the same text from a model folder holding only that
 # chat_template.jinja: first the template is recognised, then rendered by
 # moekit's C renderer. Where a template raises (a tool result without a tool
@@ -13,14 +17,14 @@
 # really left that text out. Done with and without the generation prompt, and
 # with enable_thinking=false where the template reads it. gpt-oss writes
 # today's date: both sides use UTC, and a run that straddles midnight is redone.
-# Without node or @huggingface/jinja it skips, saying why.
+# Without node, @huggingface/jinja or the llama.cpp peer it skips, saying why.
 set -euo pipefail
 
 : "${MK_BIN:?MK_BIN must point to the moekit binary}"
 : "${MK_SRC:?MK_SRC must point to the repository}"
 REF="$MK_SRC/tests/tokenizer/ref_chat.mjs"
 CHATS="$MK_SRC/tests/tokenizer/chats.jsonl"
-TPL="$MK_SRC/tests/tokenizer/templates"
+TPL="${MK_PEERS:-$MK_SRC/.peers}/llama.cpp/models/templates"
 MODS="${MK_TOKENIZERS:-$MK_SRC/.tokenizers}/node_modules"
 
 fail() { echo "FAIL: $*" >&2; exit 1; }
@@ -29,6 +33,9 @@ skip() { echo "SKIP: $*"; exit 77; }
 command -v node >/dev/null || skip "node is not installed (Node.js >= 18 runs @huggingface/jinja)"
 [ -f "$MODS/@huggingface/jinja/package.json" ] ||
     skip "@huggingface/jinja is not installed in $MODS; run: (cd $MK_SRC && bash scripts/install-deps.d/tokenizer.sh)"
+[ -f "$TPL/GLM-4.6.jinja" ] ||
+    skip "the llama.cpp peer is not installed ($TPL/GLM-4.6.jinja missing): run scripts/install-deps.d/llama.sh" \
+         "(needs npm and network once)"
 
 TMP=$(mktemp -d)
 trap 'rm -rf "$TMP"' EXIT
@@ -69,13 +76,13 @@ check() { # name template kind flags...
     echo "ok: $name ($(wc -l <"$CHATS") conversations${*:+, $*})"
 }
 
-check glm4 glm-4.6.jinja glm4
-check glm4-nothink glm-4.6.jinja glm4 --no-think
-check glm4-nogen glm-4.6.jinja glm4 --no-gen-prompt
-check minimax-m2 minimax-m2.jinja minimax-m2
-check minimax-m2-nogen minimax-m2.jinja minimax-m2 --no-gen-prompt
-check harmony gpt-oss.jinja harmony
-check harmony-nogen gpt-oss.jinja harmony --no-gen-prompt
+check glm4 GLM-4.6.jinja glm4
+check glm4-nothink GLM-4.6.jinja glm4 --no-think
+check glm4-nogen GLM-4.6.jinja glm4 --no-gen-prompt
+check minimax-m2 MiniMax-M2.jinja minimax-m2
+check minimax-m2-nogen MiniMax-M2.jinja minimax-m2 --no-gen-prompt
+check harmony openai-gpt-oss-120b.jinja harmony
+check harmony-nogen openai-gpt-oss-120b.jinja harmony --no-gen-prompt
 
 # A GLM template moekit does not render (GLM-4.7 style) is refused, not guessed.
 mkdir -p "$TMP/glm-other"

@@ -1,8 +1,9 @@
 // Reference side of tests/cli/chat_templates.sh (test-only, never shipped).
 //
 // Renders JSON message lists (one per stdin line) with a released chat
-// template (tests/tokenizer/templates/*.jinja) through @huggingface/jinja,
-// installed by scripts/install-deps.d/tokenizer.sh into $REPO/.tokenizers,
+// template (llama.cpp's models/templates/*.jinja, from the test-only peer)
+// through @huggingface/jinja, installed by scripts/install-deps.d/tokenizer.sh
+// into $REPO/.tokenizers,
 // with add_generation_prompt true (false with --no-gen-prompt). Each line
 // of output is the rendered prompt as a JSON string, or
 // {"error": message} where the template refuses the conversation
