@@ -57,7 +57,7 @@ static void help(FILE *f) {
             "engine:\n"
             "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
             "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3, glm4,\n"
-            "                       minimax-m2, harmony (default: recognised from the\n"
+            "                       glm4.7, minimax-m2, harmony (default: recognised from the\n"
             "                       checkpoint)\n"
             "memory:\n"
             "%s"

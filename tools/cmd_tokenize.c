@@ -55,7 +55,7 @@ static void help(FILE *f) {
             "                    server should do with user input)\n"
             "  --skip-special    decode: leave special tokens out of the text\n"
             "  --template NAME   chat: chatml | qwen3 | qwen3-think | deepseek3 | glm4 |\n"
-            "                    minimax-m2 | harmony instead of the template detected from\n"
+            "                    glm4.7 | minimax-m2 | harmony instead of the template detected from\n"
             "                    tokenizer_config.json or chat_template.jinja\n"
             "  --no-think        chat: enable_thinking=false (Qwen3: the prompt ends with an\n"
             "                    empty <think></think> block; GLM: /nothink too)\n"

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # moekit tokenize --chat with the chat templates GLM-4.5/4.6 (glm4_moe),
-# MiniMax-M2 and gpt-oss (harmony) ship, against the templates themselves.
+# GLM-4.7(-Flash), MiniMax-M2 and gpt-oss (harmony) ship, against the
+# templates themselves.
 #
 # The reference templates are the released chat_template.jinja files as
 # llama.cpp's source ships them in models/templates (GLM-4.6.jinja,
-# MiniMax-M2.jinja, openai-gpt-oss-120b.jinja): the test-only llama.cpp peer
+# GLM-4.7-Flash.jinja, MiniMax-M2.jinja, openai-gpt-oss-120b.jinja): the test-only llama.cpp peer
 # that scripts/install-deps.d/llama.sh installs into .peers/llama.cpp
 # ($MK_PEERS overrides .peers); they are not copied into this repository.
 # @huggingface/jinja (scripts/install-deps.d/tokenizer.sh) renders each
@@ -79,17 +80,20 @@ check() { # name template kind flags...
 check glm4 GLM-4.6.jinja glm4
 check glm4-nothink GLM-4.6.jinja glm4 --no-think
 check glm4-nogen GLM-4.6.jinja glm4 --no-gen-prompt
+check glm4.7 GLM-4.7-Flash.jinja glm4.7
+check glm4.7-nothink GLM-4.7-Flash.jinja glm4.7 --no-think
+check glm4.7-nogen GLM-4.7-Flash.jinja glm4.7 --no-gen-prompt
 check minimax-m2 MiniMax-M2.jinja minimax-m2
 check minimax-m2-nogen MiniMax-M2.jinja minimax-m2 --no-gen-prompt
 check harmony openai-gpt-oss-120b.jinja harmony
 check harmony-nogen openai-gpt-oss-120b.jinja harmony --no-gen-prompt
 
-# A GLM template moekit does not render (GLM-4.7 style) is refused, not guessed.
+# A GLM template moekit does not render is refused, not guessed.
 mkdir -p "$TMP/glm-other"
 printf '[gMASK]<sop>{%% for m in messages %%}<|{{ m.role }}|>{{ m.content }}{%% endfor %%}<|assistant|><think>' \
     >"$TMP/glm-other/chat_template.jinja"
 if printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat "$TMP/glm-other" 2>"$TMP/err"; then
     fail "an unknown GLM template was rendered"
 fi
-grep -q "other than GLM-4.5/4.6's" "$TMP/err" || fail "unknown GLM template: $(cat "$TMP/err")"
+grep -q "other than GLM-4.5/4.6's and GLM-4.7's" "$TMP/err" || fail "unknown GLM template: $(cat "$TMP/err")"
 echo PASS
