@@ -5,7 +5,9 @@
  * Encode reads JSON strings and writes JSON arrays of ids; --decode the
  * reverse; --chat renders JSON message lists with the model's chat template.
  * A line that is not what the mode expects stops the run with its line
- * number (exit 2); the lines before it have been written. */
+ * number (exit 2); the lines before it have been written. With --keep-going
+ * such a line writes {"error": message} in its place and the run goes on
+ * (exit 2 at the end), so that a whole file is compared in one run. */
 #include <getopt.h>
 #include <stdbool.h>
 #include <jansson.h>
@@ -55,11 +57,13 @@ static void help(FILE *f) {
             "                    server should do with user input)\n"
             "  --skip-special    decode: leave special tokens out of the text\n"
             "  --template NAME   chat: chatml | qwen3 | qwen3-think | deepseek3 | glm4 |\n"
-            "                    minimax-m2 | harmony instead of the template detected from\n"
+            "                    glm4.7 | minimax-m2 | harmony instead of the template detected from\n"
             "                    tokenizer_config.json or chat_template.jinja\n"
             "  --no-think        chat: enable_thinking=false (Qwen3: the prompt ends with an\n"
             "                    empty <think></think> block; GLM: /nothink too)\n"
             "  --no-gen-prompt   chat: do not append the assistant's opening\n"
+            "  --keep-going      a line that is bad input (exit 2) writes {\"error\": message}\n"
+            "                    in its place and the next line is read; exit 2 at the end\n"
             "  --max-line BYTES  longest input line accepted (default 64 MiB): a longer\n"
             "                    line is an error, not read into memory whole\n"
             "  -h, --help        this text\n"
@@ -69,7 +73,7 @@ static void help(FILE *f) {
 }
 
 typedef struct opts {
-    int decode, chat, chat_ids, no_add, split, skip, no_think, no_gen;
+    int decode, chat, chat_ids, no_add, split, skip, no_think, no_gen, keep_going;
     const char *template_name, *path;
     size_t max_line; /* bytes of one stdin line, newline excluded */
 } opts;
@@ -114,6 +118,22 @@ static ssize_t read_line(FILE *f, char **buf, size_t *cap, size_t limit) {
 static int line_fail(size_t line, mk_status s) {
     fprintf(stderr, "moekit tokenize: stdin line %zu: %s\n", line, mk_cli_esc(mk_err_msg()));
     return mk_status_exit_code(s);
+}
+
+/* --keep-going: a bad-input line becomes {"error": message} on stdout;
+ * true when the run may go on (anything but bad input still stops it). */
+static bool line_skip(const opts *o, mk_status s) {
+    if (!o->keep_going || mk_status_exit_code(s) != 2)
+        return false;
+    json_t *v = json_pack("{s:s}", "error", mk_err_msg());
+    char *t = v ? json_dumps(v, JSON_COMPACT) : NULL;
+    json_decref(v);
+    if (!t)
+        return false;
+    fputs(t, stdout);
+    fputc('\n', stdout);
+    free(t);
+    return true;
 }
 
 static int print_json(json_t *v) {
@@ -223,14 +243,15 @@ static mk_status do_chat(const mk_tok *tok, mk_chat_kind kind, const opts *o, co
 }
 
 static int parse_args(int argc, char **argv, opts *o) {
-    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN, O_CHATIDS, O_MAXLINE };
+    enum { O_NOADD = 256, O_SPLIT, O_SKIP, O_TEMPLATE, O_NOTHINK, O_NOGEN, O_CHATIDS, O_MAXLINE, O_KEEP };
     static const struct option lo[] = {
         {"decode", no_argument, NULL, 'd'},        {"chat", no_argument, NULL, 'c'},
         {"no-add-special", no_argument, NULL, O_NOADD}, {"split-special", no_argument, NULL, O_SPLIT},
         {"skip-special", no_argument, NULL, O_SKIP}, {"template", required_argument, NULL, O_TEMPLATE},
         {"no-think", no_argument, NULL, O_NOTHINK}, {"no-gen-prompt", no_argument, NULL, O_NOGEN},
         {"chat-ids", no_argument, NULL, O_CHATIDS}, {"max-line", required_argument, NULL, O_MAXLINE},
-        {"help", no_argument, NULL, 'h'},          {NULL, 0, NULL, 0},
+        {"keep-going", no_argument, NULL, O_KEEP}, {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
     };
     long long ml;
     int c, rc;
@@ -246,6 +267,7 @@ static int parse_args(int argc, char **argv, opts *o) {
         case O_TEMPLATE: o->template_name = optarg; break;
         case O_NOTHINK: o->no_think = 1; break;
         case O_NOGEN: o->no_gen = 1; break;
+        case O_KEEP: o->keep_going = 1; break;
         case O_MAXLINE:
             if ((rc = mk_flag_int("tokenize", "--max-line", optarg, 1, (long long)1 << 40, &ml)) >= 0)
                 return rc;
@@ -267,7 +289,7 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
     char *line = NULL;
     size_t cap = 0, lineno = 0;
     ssize_t len;
-    int rc = 0;
+    int rc = 0, skipped = 0;
     bool interactive = isatty(STDIN_FILENO);
     while (rc == 0 && (len = read_line(stdin, &line, &cap, o->max_line)) != -1) {
         lineno++;
@@ -276,8 +298,13 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
             break;
         }
         if (len == -2) {
-            rc = line_fail(lineno, mk_err(MK_E_ARG, "the line is longer than %zu bytes (--max-line); "
-                                          "nothing of it was tokenized", o->max_line));
+            mk_status st = mk_err(MK_E_ARG, "the line is longer than %zu bytes (--max-line); "
+                                  "nothing of it was tokenized", o->max_line);
+            if (line_skip(o, st)) {
+                skipped = line_fail(lineno, st);
+                continue;
+            }
+            rc = line_fail(lineno, st);
             break;
         }
         json_error_t e;
@@ -292,12 +319,16 @@ static int run(const opts *o, const mk_tok *tok, mk_chat_kind kind) {
         else
             st = do_encode(tok, o, v);
         json_decref(v);
-        if (st != MK_OK)
+        if (st != MK_OK && line_skip(o, st))
+            skipped = line_fail(lineno, st);
+        else if (st != MK_OK)
             rc = line_fail(lineno, st);
         else if (interactive)
             fflush(stdout);
     }
     free(line);
+    if (rc == 0)
+        rc = skipped;
     if (fflush(stdout) != 0 && rc == 0) {
         perror("moekit tokenize: writing stdout");
         rc = 1;

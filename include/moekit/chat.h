@@ -18,10 +18,15 @@
  *                Qwen3 *-Thinking-2507 templates do by default
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
- *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>{u}
+ *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>\n{u}
  *                <|assistant|>\n<think>{r}</think>\n{a}... then <|assistant|>
  *                (MK_CHAT_NO_THINKING: '/nothink' after user turns and an
  *                empty think block in the generation prompt)
+ *   glm4.7       GLM-4.7 / GLM-4.7-Flash: [gMASK]<sop><|system|>{s}<|user|>{u}
+ *                <|assistant|><think>{r}</think>{a} (after the last user
+ *                turn, with reasoning) or <|assistant|></think>{a}; tool
+ *                results <|observation|><tool_response>{t}</tool_response>;
+ *                then <|assistant|><think> (MK_CHAT_NO_THINKING: </think>)
  *   minimax-m2   ]~!b[]~b]system\n{s}[e~[\n]~b]user\n{u}[e~[\n]~b]ai\n{a}[e~[\n
  *                ... then ]~b]ai\n<think>\n
  *   harmony      gpt-oss: <|start|>system<|message|>{model identity, knowledge
@@ -29,7 +34,7 @@
  *                <|start|>developer<|message|># Instructions\n\n{s}<|end|>
  *                <|start|>user<|message|>{u}<|end|><|start|>assistant<|channel|>
  *                final<|message|>{a}<|end|>... then <|start|>assistant
- * glm4, minimax-m2 and harmony render the tool-free conversations of their
+ * glm4, glm4.7, minimax-m2 and harmony render the tool-free conversations of their
  * released templates; where a template raises or silently drops a message
  * (a tool result without a tool call, a second system message) rendering
  * is MK_E_ARG.
@@ -61,23 +66,24 @@ typedef enum mk_chat_kind {
     MK_CHAT_GLM4 = 5,
     MK_CHAT_MINIMAX_M2 = 6,
     MK_CHAT_HARMONY = 7,
+    MK_CHAT_GLM47 = 8,
 } mk_chat_kind;
 
 typedef struct mk_chat_msg {
     const char *role;      /* "system", "user", "assistant" or "tool" */
     const char *content;   /* NULL is treated as "" */
-    const char *reasoning; /* assistant's reasoning_content (qwen3, glm4, minimax-m2), or NULL
+    const char *reasoning; /* assistant's reasoning_content (qwen3, glm4*, minimax-m2), or NULL
                             * (absent; "" is present and empty, as the templates tell apart) */
 } mk_chat_msg;
 
 /* Render flags. */
 enum {
     MK_CHAT_GENERATION_PROMPT = 1u << 0, /* end with the assistant's opening */
-    MK_CHAT_NO_THINKING = 1u << 1,       /* qwen3 kinds, glm4: enable_thinking=false */
+    MK_CHAT_NO_THINKING = 1u << 1,       /* qwen3 kinds, glm4, glm4.7: enable_thinking=false */
 };
 
 /* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
- * "deepseek3", "glm4", "minimax-m2", "harmony") wins when non-NULL; otherwise the template is read from
+ * "deepseek3", "glm4", "glm4.7", "minimax-m2", "harmony") wins when non-NULL; otherwise the template is read from
  * `model_dir` (a directory, or any file inside it such as tokenizer.json).
  * An unrecognised template is MK_E_UNSUPPORTED, a missing one
  * MK_E_NOTFOUND; both messages say how to name one instead. */

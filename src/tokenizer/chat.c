@@ -34,10 +34,11 @@ static const struct {
     {"qwen3-think", MK_CHAT_QWEN3_THINK},
     {"deepseek3", MK_CHAT_DEEPSEEK3},
     {"glm4", MK_CHAT_GLM4},
+    {"glm4.7", MK_CHAT_GLM47},
     {"minimax-m2", MK_CHAT_MINIMAX_M2},
     {"harmony", MK_CHAT_HARMONY},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, minimax-m2, harmony"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, glm4.7, minimax-m2, harmony"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -83,8 +84,16 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
             *out = MK_CHAT_GLM4;
             return MK_OK;
         }
-        return mk_err(MK_E_UNSUPPORTED, "chat template: a GLM template ([gMASK]<sop>) other than GLM-4.5/4.6's, "
-                      "which moekit renders; name one of " KIND_NAMES " to use one anyway");
+        /* GLM-4.7: no newline after the role markers, every earlier
+         * assistant turn carries a bare '</think>', the generation prompt
+         * opens thinking ('<think>', or '</think>' without it). */
+        if (strstr(j, "{{ '</think>' }}") && strstr(j, "<|observation|>") &&
+            strstr(j, "'</think>' if (enable_thinking is defined and not enable_thinking) else '<think>'")) {
+            *out = MK_CHAT_GLM47;
+            return MK_OK;
+        }
+        return mk_err(MK_E_UNSUPPORTED, "chat template: a GLM template ([gMASK]<sop>) other than GLM-4.5/4.6's "
+                      "and GLM-4.7's, which moekit renders; name one of " KIND_NAMES " to use one anyway");
     }
     if (strstr(j, "<|im_start|>")) {
         /* The generation prompt opens the thinking block: '<think>\n' output
@@ -421,11 +430,12 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
     return MK_OK;
 }
 
-/* ---- GLM-4.5 / 4.6, MiniMax-M2, harmony (gpt-oss) ------------------------
+/* ---- GLM-4.5 / 4.6 / 4.7, MiniMax-M2, harmony (gpt-oss) ------------------
  *
- * Reference templates: the chat_template.jinja each model ships (copies in
- * tests/tokenizer/templates, rendered by @huggingface/jinja in
- * tests/cli/chat_templates.sh). Where the template raises (a tool result
+ * Reference templates: the chat_template.jinja each model ships, as
+ * llama.cpp's source carries them in models/templates (the test-only peer of
+ * scripts/install-deps.d/llama.sh), rendered by @huggingface/jinja in
+ * tests/cli/chat_templates.sh. Where the template raises (a tool result
  * with no tool call before it) or silently drops a message (a second
  * system message), the renderer refuses with MK_E_ARG. */
 
@@ -528,7 +538,7 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
     for (size_t i = 0; i < n; i++) {
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "user")) {
-            lit(b, "<|user|>");
+            lit(b, "<|user|>\n");
             puts_(b, c);
             if ((flags & MK_CHAT_NO_THINKING) && !ends_with(c, "/nothink"))
                 lit(b, "/nothink");
@@ -570,6 +580,61 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
     }
     if (flags & MK_CHAT_GENERATION_PROMPT)
         lit(b, (flags & MK_CHAT_NO_THINKING) ? "<|assistant|>\n<think></think>" : "<|assistant|>");
+    return MK_OK;
+}
+
+/* GLM-4.7 / GLM-4.7-Flash: GLM-4.6's roles without the newline after the
+ * markers; an assistant turn writes '<think>{r}</think>' only after the last
+ * user turn and when it has reasoning, a bare '</think>' otherwise; tool
+ * results need no tool call before them; the generation prompt is
+ * '<|assistant|><think>' ('<|assistant|></think>' with enable_thinking=false).
+ * clear_thinking (keep every turn's reasoning) is not offered. */
+static mk_status render_glm47(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    lit(b, "[gMASK]<sop>");
+    long last_user = -1;
+    for (size_t i = 0; i < n; i++)
+        if (is_role(&m[i], "user"))
+            last_user = (long)i;
+    for (size_t i = 0; i < n; i++) {
+        const char *c = txt(m[i].content);
+        if (is_role(&m[i], "user")) {
+            lit(b, "<|user|>");
+            puts_(b, c);
+        } else if (is_role(&m[i], "assistant")) {
+            size_t cn = strlen(c), rn = 0;
+            const char *r = "";
+            if (m[i].reasoning) {
+                r = m[i].reasoning;
+                rn = strlen(r);
+            } else if (memstr(c, cn, "</think>")) {
+                split_think(&c, &cn, &r, &rn, false);
+            }
+            lit(b, "<|assistant|>");
+            if ((long)i > last_user && rn) {
+                py_strip(&r, &rn);
+                lit(b, "<think>");
+                put(b, r, rn);
+                lit(b, "</think>");
+            } else {
+                lit(b, "</think>");
+            }
+            py_strip(&c, &cn);
+            put(b, c, cn);
+        } else if (is_role(&m[i], "tool")) {
+            if (i == 0 || !is_role(&m[i - 1], "tool"))
+                lit(b, "<|observation|>");
+            lit(b, "<tool_response>");
+            puts_(b, c);
+            lit(b, "</tool_response>");
+        } else if (is_role(&m[i], "system")) {
+            lit(b, "<|system|>");
+            puts_(b, c);
+        } else {
+            return bad_role(i, &m[i], "glm4.7");
+        }
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, (flags & MK_CHAT_NO_THINKING) ? "<|assistant|></think>" : "<|assistant|><think>");
     return MK_OK;
 }
 
@@ -651,7 +716,9 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
     if (first && *txt(m[0].content)) {
         lit(b, "<|start|>developer<|message|># Instructions\n\n");
         puts_(b, m[0].content);
-        lit(b, "<|end|>");
+        /* The released template (hub, llama.cpp's openai-gpt-oss-120b.jinja)
+         * ends the instructions with a blank line even when no tools follow. */
+        lit(b, "\n\n<|end|>");
     }
     for (size_t i = first; i < n; i++) {
         const char *c = txt(m[i].content);
@@ -688,6 +755,7 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, b); break;
     case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, b); break;
     case MK_CHAT_GLM4: st = render_glm4(msgs, n, flags, b); break;
+    case MK_CHAT_GLM47: st = render_glm47(msgs, n, flags, b); break;
     case MK_CHAT_MINIMAX_M2: st = render_minimax_m2(msgs, n, flags, b); break;
     case MK_CHAT_HARMONY: st = render_harmony(msgs, n, flags, b); break;
     default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);

@@ -178,11 +178,49 @@ static mk_status split_added(const mk_tok *t, const tok_trie *tr, const char *s,
     return MK_OK;
 }
 
+/* Python's str.isspace (Kimi's encode tests characters with it). */
+static bool py_isspace(uint32_t c) {
+    return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+           (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+           c == 0x3000;
+}
+
+#define KIMI_CHUNK_CHARS 400000
+#define KIMI_RUN_CHARS 25000
+
+/* Kimi's encode: tiktoken is fed chunks of at most 400,000 characters, and
+ * each is cut again where a run of whitespace or of non-whitespace reaches
+ * its 25,001st character (the cut goes before it). The cuts change the ids
+ * of text that crosses them, so they are reproduced, counted in code
+ * points as Python counts them. */
+static mk_status kimi_chunks(const mk_tok *t, const char *s, size_t n, tok_ivec *out) {
+    size_t i = 0;
+    while (i < n) {
+        size_t chars = 0, start = i, run = 0, l;
+        bool space = false;
+        while (i < n && chars < KIMI_CHUNK_CHARS) {
+            bool sp = py_isspace(tok_utf8_decode(s + i, n - i, &l));
+            if (run == 0 || sp != space) {
+                run = 1;
+                space = sp;
+            } else if (++run > KIMI_RUN_CHARS) {
+                MK_TRY(tok_pretok_encode(t, s + start, i - start, out));
+                start = i;
+                run = 1;
+            }
+            i += l;
+            chars++;
+        }
+        MK_TRY(tok_pretok_encode(t, s + start, i - start, out));
+    }
+    return MK_OK;
+}
+
 static mk_status model_piece(const mk_tok *t, const char *s, size_t n, size_t base, const enc_ctx *c,
                              tok_ivec *out) {
     (void)base;
     (void)c;
-    return tok_pretok_encode(t, s, n, out);
+    return t->kimi_chunks ? kimi_chunks(t, s, n, out) : tok_pretok_encode(t, s, n, out);
 }
 
 /* CTL_SPANS when normalization changed the piece s (at `base`): normalize

@@ -172,6 +172,12 @@ struct mk_tok {
     /* decoder */
     bool dec_join_space; /* no decoder: HF joins tokens with " " */
 
+    /* Kimi's encode (tiktoken.model tokenizers): each piece of text between
+     * special tokens is cut into chunks of 400,000 characters, and a chunk
+     * again wherever a run of whitespace or of non-whitespace passes 25,000
+     * characters; the chunks are encoded apart (tok_encode.c). */
+    bool kimi_chunks;
+
     /* from tokenizer_config.json / generation_config.json */
     tok_ivec eos;
     int32_t bos_id;

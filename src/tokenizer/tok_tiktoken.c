@@ -11,7 +11,9 @@
  * the 256 ids right after the N ranks (N = the number of lines), each named
  * by added_tokens_decoder or else "<|reserved_token_<id>|>"; encode lets all
  * of them match anywhere in the text (tiktoken's allowed_special="all");
- * BOS/EOS are not added by encode; the split pattern is the one below.
+ * BOS/EOS are not added by encode; the split pattern is the one below; text
+ * is encoded in chunks (400,000 characters, runs of whitespace or of
+ * non-whitespace cut after 25,000: mk_tok.kimi_chunks).
  *
  * The result is the same mk_tok a byte-level BPE tokenizer.json loads into,
  * so encode, decode, streaming and the chat rules are shared:
@@ -432,11 +434,11 @@ static mk_status add_special(mk_tok *t, const special *sp, arena *strs, arena *b
     if (!x->content)
         return mk_err(MK_E_NOMEM, "%s: no memory for special token %d", t->path, (int)sp->id);
     x->len = n;
+    int32_t idx = (int32_t)t->n_added++; /* counted now so mk_tok_free releases the content */
     MK_TRY(arena_put(strs, s, n, &t->id_str[sp->id]));
     MK_TRY(arena_put(bytes, s, n, &t->id_bytes[sp->id]));
     t->id_flags[sp->id] |= TOK_ID_PRESENT | TOK_ID_ADDED | TOK_ID_SPECIAL;
     MK_TRY(tok_smap_put(&t->added_ids, s, n, sp->id, NULL));
-    int32_t idx = (int32_t)t->n_added++;
     return tok_trie_add(&t->trie_raw, x->content, x->len, idx);
 }
 
@@ -494,6 +496,7 @@ mk_status tok_load_tiktoken(mk_tok *t, const char *path, const char *dir) {
         st = collect_specials(cfg_file, cfg, n_base, &sp, &n_sp, &t->n_ids);
     if (st == MK_OK) {
         t->ignore_merges = true;
+        t->kimi_chunks = true;
         t->unk_id = -1;
         for (int b = 0; b < 256; b++)
             t->byte_ids[b] = -1;

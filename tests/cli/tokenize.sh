@@ -118,4 +118,22 @@ expect_fail 2 "field 'model.vocab'" "$MK_BIN" tokenize "$TMP/tokenizer.json" </d
 expect_fail 2 "unknown chat template" "$MK_BIN" tokenize --chat --template nope "$DIR" </dev/null
 expect_fail 2 "tokenize" "$MK_BIN" tokenize --bogus "$DIR" </dev/null
 expect_fail 2 "expected one" "$MK_BIN" tokenize </dev/null
+
+# --keep-going: a bad line (invalid JSON, a line over --max-line, a chat the
+# template refuses) becomes {"error": ...} in its place, the others are
+# encoded as without it, and the run still exits 2.
+printf '"a"\nnot json\n"%s"\n"b"\n' "$(head -c 100 /dev/zero | tr '\0' x)" >"$TMP/kg"
+rc=0
+"$MK_BIN" tokenize --keep-going --max-line 50 "$DIR" <"$TMP/kg" >"$TMP/kg.out" 2>"$TMP/kg.err" || rc=$?
+[ "$rc" = 2 ] || fail "--keep-going with bad lines: exit $rc, expected 2"
+[ "$(sed -n 1p "$TMP/kg.out")" = "$(printf '"a"\n' | "$MK_BIN" tokenize "$DIR")" ] || fail "--keep-going line 1: $(cat "$TMP/kg.out")"
+sed -n 2p "$TMP/kg.out" | grep -q '^{"error":"invalid JSON' || fail "--keep-going line 2: $(cat "$TMP/kg.out")"
+sed -n 3p "$TMP/kg.out" | grep -q '^{"error":"the line is longer than 50 bytes' || fail "--keep-going line 3: $(cat "$TMP/kg.out")"
+[ "$(sed -n 4p "$TMP/kg.out")" = "$(printf '"b"\n' | "$MK_BIN" tokenize "$DIR")" ] || fail "--keep-going line 4: $(cat "$TMP/kg.out")"
+[ "$(wc -l <"$TMP/kg.out")" = 4 ] || fail "--keep-going wrote $(wc -l <"$TMP/kg.out") lines, expected 4"
+grep -q "stdin line 2:" "$TMP/kg.err" || fail "--keep-going: stderr does not name line 2: $(cat "$TMP/kg.err")"
+printf '[{"role": "user", "content": "x"}]\n[{"role": "tool", "content": "t"}]\n' |
+    "$MK_BIN" tokenize --chat --keep-going --template minimax-m2 "$DIR" >"$TMP/kg.out" 2>/dev/null && fail "--keep-going: a refused chat exits 0"
+sed -n 2p "$TMP/kg.out" | grep -q '^{"error":"chat message 0: a tool result' || fail "--keep-going chat: $(cat "$TMP/kg.out")"
+echo "ok: --keep-going"
 echo PASS

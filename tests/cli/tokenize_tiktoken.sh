@@ -10,7 +10,8 @@
 # and the same pattern in JavaScript. Checked line by line over
 # tests/tokenizer/corpus.jsonl plus the tiny fixture's devtext.txt:
 #   1. encode ids == js-tiktoken's ids (special tokens in the text matched, as
-#      Kimi's encode allows them)
+#      Kimi's encode allows them), text cut into chunks as Kimi's encode cuts
+#      it (two generated lines cross the cuts)
 #   2. moekit --decode of those ids == js-tiktoken's decode == the input
 #   3. --split-special: special-token text stays text
 #   4. a chat prompt's ids (--chat-ids, ChatML): the template's markers are
@@ -41,6 +42,15 @@ if [ -f "$TINYM/devtext.txt" ]; then
     node -e 'process.stdout.write(JSON.stringify(require("fs").readFileSync(process.argv[1], "utf8")) + "\n")' \
         "$TINYM/devtext.txt" >>"$TMP/corpus"
 fi
+
+# Kimi's encode cuts text into 400,000-character chunks and cuts runs of
+# non-whitespace after 25,000 characters: two lines cross those cuts inside
+# a piece ("words," repeated: the character after the first 25,000 is an s;
+# "words " repeated: likewise), so the ids show whether the cuts are made.
+node -e '
+const w = (s) => process.stdout.write(JSON.stringify(s) + "\n");
+w("words,".repeat(5000));
+w("words ".repeat(66700));' >>"$TMP/corpus"
 
 for ranks in cl100k_base o200k_base; do
     dir="$TMP/$ranks"

@@ -1,8 +1,9 @@
 // Reference side of tests/cli/chat_templates.sh (test-only, never shipped).
 //
 // Renders JSON message lists (one per stdin line) with a released chat
-// template (tests/tokenizer/templates/*.jinja) through @huggingface/jinja,
-// installed by scripts/install-deps.d/tokenizer.sh into $REPO/.tokenizers,
+// template (llama.cpp's models/templates/*.jinja, from the test-only peer)
+// through @huggingface/jinja, installed by scripts/install-deps.d/tokenizer.sh
+// into $REPO/.tokenizers,
 // with add_generation_prompt true (false with --no-gen-prompt). Each line
 // of output is the rendered prompt as a JSON string, or
 // {"error": message} where the template refuses the conversation
@@ -10,9 +11,14 @@
 //
 //   node ref_chat.mjs TEMPLATE [--no-think] [--no-gen-prompt]
 //   node ref_chat.mjs compare CHATS REF GOT
-//        REF: the lines above; GOT: moekit's, a JSON string or {"refused": stderr}.
-//        Equal strings pass; a refusal passes where the template raised, or where
-//        moekit says the template drops message i and REF indeed lacks its text.
+//        REF: the lines above; GOT: moekit's (tokenize --chat --keep-going), a
+//        JSON string or {"error": message}. Equal strings pass; a refusal passes
+//        where the template raised, or where moekit says the template drops
+//        message i and REF indeed lacks its text.
+//   node ref_chat.mjs jobs CHATS JOBS
+//        both of the above for every line of JOBS, in one process:
+//        NAME<TAB>TEMPLATE<TAB>GOT<TAB>FLAGS (space separated); prints
+//        "ok: NAME" or the differing lines per job, exits 1 if any differs.
 //
 // --no-think passes enable_thinking: false. gpt-oss writes the current date
 // (strftime_now, local time) into its system message: run this with TZ=UTC,
@@ -27,11 +33,42 @@ const mods = join(process.env.MK_TOKENIZERS || join(repo, ".tokenizers"), "node_
 const { Template } = await import(pathToFileURL(join(mods, "@huggingface/jinja/dist/index.js")));
 
 const args = process.argv.slice(2);
-if (args[0] === "compare") process.exit(compare(args[1], args[2], args[3]));
+const rd = (f) => readFileSync(f, "utf8").split("\n").filter((l) => l !== "");
+if (args[0] === "compare")
+  process.exit(compare(rd(args[1]), rd(args[2]).map((l) => JSON.parse(l)), rd(args[3]).map((l) => JSON.parse(l))));
+if (args[0] === "jobs") process.exit(jobs(rd(args[1]), rd(args[2])));
 
-function compare(chatsFile, refFile, gotFile) {
-  const rd = (f) => readFileSync(f, "utf8").split("\n").filter((l) => l !== "");
-  const chats = rd(chatsFile), ref = rd(refFile).map((l) => JSON.parse(l)), got = rd(gotFile).map((l) => JSON.parse(l));
+function jobs(chats, jobLines) {
+  let bad = 0;
+  for (const j of jobLines) {
+    const [name, template, gotFile, flags = ""] = j.split("\t");
+    const fl = flags.split(" ").filter((f) => f !== "");
+    const ref = render(new Template(readFileSync(template, "utf8")), chats, fl);
+    if (compare(chats, ref, rd(gotFile).map((l) => JSON.parse(l)))) {
+      console.log(`${name}: moekit's rendering differs from the template's (lines above)`);
+      bad++;
+    } else {
+      console.log(`ok: ${name} (${chats.length} conversations${fl.length ? ", " + fl.join(" ") : ""})`);
+    }
+  }
+  return bad ? 1 : 0;
+}
+
+// The template's rendering of each chat: a string, or {error} where it raised.
+function render(tmpl, chats, flags) {
+  const genPrompt = !flags.includes("--no-gen-prompt"), noThink = flags.includes("--no-think");
+  return chats.map((l) => {
+    const ctx = { messages: JSON.parse(l), add_generation_prompt: genPrompt };
+    if (noThink) ctx.enable_thinking = false;
+    try {
+      return tmpl.render(ctx);
+    } catch (e) {
+      return { error: String(e.message ?? e) };
+    }
+  });
+}
+
+function compare(chats, ref, got) {
   let bad = 0;
   const say = (i, why) => {
     bad++;
@@ -50,7 +87,7 @@ function compare(chatsFile, refFile, gotFile) {
     } else if (typeof r !== "string") {
       // both refused
     } else {
-      const m = /chat message (\d+): the \S+ template drops/.exec(g.refused);
+      const m = /chat message (\d+): the \S+ template drops/.exec(g.error);
       const msg = m ? JSON.parse(chats[i])[Number(m[1])] : null;
       if (!msg) say(i, "moekit refused a conversation the template renders");
       else if (msg.content && r.includes(msg.content)) say(i, "moekit says the template drops a message whose text it renders");
@@ -59,18 +96,6 @@ function compare(chatsFile, refFile, gotFile) {
   if (bad) console.log(`${bad} line(s) differ`);
   return bad ? 1 : 0;
 }
-const tmpl = args[0] === "compare" ? null : new Template(readFileSync(args[0], "utf8"));
-const noThink = args.includes("--no-think");
-const genPrompt = !args.includes("--no-gen-prompt");
-
 const lines = readFileSync(0, "utf8").split("\n").filter((l) => l !== "");
-const out = lines.map((l) => {
-  const ctx = { messages: JSON.parse(l), add_generation_prompt: genPrompt };
-  if (noThink) ctx.enable_thinking = false;
-  try {
-    return JSON.stringify(tmpl.render(ctx));
-  } catch (e) {
-    return JSON.stringify({ error: String(e.message ?? e) });
-  }
-});
+const out = render(new Template(readFileSync(args[0], "utf8")), lines, args.slice(1)).map((r) => JSON.stringify(r));
 process.stdout.write(out.join("\n") + (out.length ? "\n" : ""));

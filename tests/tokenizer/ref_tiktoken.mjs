@@ -12,7 +12,8 @@
 //        auto_map, added_tokens_decoder naming special tokens right after the ranks
 //   node ref_tiktoken.mjs check RANKS DIR CORPUS IDS TEXTS
 //        IDS (moekit's ids for the JSON-string lines of CORPUS) == js-tiktoken's
-//        encode (special tokens allowed anywhere, as Kimi's encode does);
+//        encode (special tokens allowed anywhere, as Kimi's encode does) of the
+//        chunks Kimi's encode cuts the text into (kimiChunks);
 //        TEXTS (moekit's decode of IDS) == js-tiktoken's decode of IDS == CORPUS
 //   node ref_tiktoken.mjs encode RANKS DIR   JSON strings -> id arrays
 //   node ref_tiktoken.mjs check-o200k DIR CORPUS IDS TEXTS
@@ -168,12 +169,41 @@ async function o200kHarmony(dir) {
   return new Tiktoken({ pat_str: pat, special_tokens: sp, bpe_ranks: ranks.bpe_ranks });
 }
 
-async function checkWith(enc, corpus, idsFile, textsFile) {
+// Kimi's encode (tokenization_kimi.py) feeds tiktoken chunks of at most
+// 400,000 characters, each cut again where a run of whitespace or of
+// non-whitespace (Python's str.isspace) passes 25,000 characters.
+const pyIsspace = (c) =>
+  (c >= 0x09 && c <= 0x0d) || (c >= 0x1c && c <= 0x20) || c === 0x85 || c === 0xa0 || c === 0x1680 ||
+  (c >= 0x2000 && c <= 0x200a) || c === 0x2028 || c === 0x2029 || c === 0x202f || c === 0x205f || c === 0x3000;
+
+function kimiChunks(text) {
+  const cps = Array.from(text), out = [];
+  for (let i = 0; i < cps.length; i += 400000) {
+    const s = cps.slice(i, i + 400000);
+    let len = 0, sp = s.length ? pyIsspace(s[0].codePointAt(0)) : false, start = 0;
+    for (let k = 0; k < s.length; k++) {
+      const now = pyIsspace(s[k].codePointAt(0));
+      if (sp !== now) {
+        len = 1;
+        sp = now;
+      } else if (++len > 25000) {
+        out.push(s.slice(start, k).join(""));
+        start = k;
+        len = 1;
+      }
+    }
+    out.push(s.slice(start).join(""));
+  }
+  return out;
+}
+
+async function checkWith(enc, corpus, idsFile, textsFile, kimi = false) {
   const raw = lines(readFileSync(corpus, "utf8"));
   const texts = raw.map((l) => JSON.parse(l));
   const ours = lines(readFileSync(idsFile, "utf8")).map((l) => JSON.parse(l));
   const ourTexts = lines(readFileSync(textsFile, "utf8")).map((l) => JSON.parse(l));
-  let bad = diff(texts.map((t) => enc.encode(t, "all")), "js-tiktoken", ours, "moekit", raw, "encode");
+  const encode = kimi ? (t) => kimiChunks(t).flatMap((c) => enc.encode(c, "all")) : (t) => enc.encode(t, "all");
+  let bad = diff(texts.map(encode), "js-tiktoken", ours, "moekit", raw, "encode");
   bad += diff(ours.map((ids) => refDecode(enc, ids)), "js-tiktoken", ourTexts, "moekit", raw, "decode");
   bad += diff(texts, "input", ourTexts, "moekit", raw, "round trip");
   process.exit(bad ? 1 : 0);
@@ -185,14 +215,15 @@ switch (mode) {
     await write(a, b);
     break;
   case "check":
-    await checkWith(await encoder(a), rest[0], rest[1], rest[2]);
+    await checkWith(await encoder(a), rest[0], rest[1], rest[2], true);
     break;
   case "check-o200k":
     await checkWith(await o200kHarmony(a), b, rest[0], rest[1]);
     break;
   case "encode": {
     const enc = await encoder(a);
-    const out = lines(readFileSync(0, "utf8")).map((l) => JSON.stringify(enc.encode(JSON.parse(l), "all")));
+    const out = lines(readFileSync(0, "utf8")).map((l) =>
+      JSON.stringify(kimiChunks(JSON.parse(l)).flatMap((c) => enc.encode(c, "all"))));
     process.stdout.write(out.join("\n") + (out.length ? "\n" : ""));
     break;
   }
