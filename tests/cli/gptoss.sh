@@ -21,7 +21,7 @@ trap 'rm -rf "$T"' EXIT
 for v in bf16 mxfp4; do
     "$BIN" inspect "$G/$v" > "$T/insp.$v"
     grep -q "model_type      gpt_oss" "$T/insp.$v" || fail "$v: inspect does not name gpt_oss"
-    grep -q "schedule        SASA" "$T/insp.$v" || fail "$v: schedule is not sliding/full/sliding/full"
+    grep -q "schedule        WAWA" "$T/insp.$v" || fail "$v: schedule is not sliding/full/sliding/full"
     grep -q "problems        0" "$T/insp.$v" || fail "$v: inspect found problems: $(cat "$T/insp.$v")"
 done
 grep -q "mxfp4 4-bit g32 *8 modules" "$T/insp.mxfp4" || fail "mxfp4: experts not reported as MXFP4"
