@@ -158,7 +158,7 @@ typedef enum cv_op {
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
     CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
-    CV_OP_GGQ,      /* ggml Q8_0/Q4_0 quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
+    CV_OP_GGQ,      /* ggml block quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
     CV_OP_COUNT
 } cv_op;
 

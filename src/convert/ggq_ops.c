@@ -2,8 +2,8 @@
  * piece decoded to float32 by its source operation (`sop`: a byte read of
  * an F32 tensor, a float re-encode, an FP8 / INT4 / MLX dequantize; the
  * same values `--to gguf --gguf-type f32` would write) and quantized with
- * ggml's reference quantizer of the piece's type (`part`: Q8_0 or Q4_0,
- * src/quant/ggml_quant.c). Whole rows per chunk, so a block never
+ * ggml's reference quantizer of the piece's type (`part`: a ggml block type,
+ * src/quant/ggml_quant.c, ggml_kquant.c). Whole rows per chunk, so a block never
  * straddles two chunks. */
 #include <string.h>
 

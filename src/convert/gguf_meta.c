@@ -295,13 +295,8 @@ static mk_status tokenizer_kv(const cv_src *s, const char *arch, kvbuf *k) {
 }
 
 static uint32_t file_type(const mk_conv_opts *o, const cv_plan *p) {
-    switch ((int)o->gguf_type) {
-    case MK_GGML_Q8_0: return 7;  /* LLAMA_FTYPE_MOSTLY_Q8_0 */
-    case MK_GGML_Q4_0: return 2;  /* LLAMA_FTYPE_MOSTLY_Q4_0 */
-    case MK_GGML_F32: return 0;   /* ALL_F32 */
-    case MK_GGML_F16: return 1;   /* MOSTLY_F16 */
-    case MK_GGML_BF16: return 32; /* MOSTLY_BF16 */
-    }
+    if (o->gguf_type >= 0)
+        return cv_gguf_file_type(o->gguf_type); /* gguf_types.c */
     /* floats kept: the type of most bytes */
     uint64_t by[3] = {0, 0, 0};
     for (size_t i = 0; i < p->nouts; i++)

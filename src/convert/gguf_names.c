@@ -1,13 +1,10 @@
-/* llama.cpp's tensor names and tensor types for the GGUF target (gguf.h).
+/* llama.cpp's tensor names for the GGUF target (gguf.h).
  *
  * Names follow llama.cpp's gguf-py tensor map as convert_hf_to_gguf.py
  * applies it (conversion/qwen.py: Qwen3MoeModel stacks the experts of a
  * layer into one (E, out, in) tensor per projection). One table per
  * architecture: the suffix after "model.layers.N." and its name after
- * "blk.N.", plus the whole-model tensors. Types follow the same script's
- * rules (conversion/base.py prepare_tensors): 1-D tensors, *_norm.weight
- * and the router (ffn_gate_inp) are F32 whatever the file type; llama.cpp's
- * llama-quantize never quantizes them either. */
+ * "blk.N.", plus the whole-model tensors. Their types: gguf_types.c. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,14 +113,4 @@ char *cv_gguf_name(const cv_src *s, const char *cname) {
     (void)s;
     char buf[256];
     return map_name(cname, buf, sizeof buf) ? cv_strdup(buf) : NULL;
-}
-
-mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_ggml_type ft, mk_dtype fdt) {
-    if (ndim <= 1 || cv_ends_with(gname, "_norm.weight") || strstr(gname, "ffn_gate_inp"))
-        return MK_GGML_F32;
-    if (mk_ggml_is_quant(ft))
-        return mk_ggml_row_bytes(ft, cols) ? ft : MK_GGML_F16;
-    if ((int)ft >= 0)
-        return ft;
-    return fdt == MK_DT_F32 ? MK_GGML_F32 : fdt == MK_DT_F16 ? MK_GGML_F16 : MK_GGML_BF16;
 }

@@ -8,7 +8,7 @@
  *   decode  stored form -> float32 -> one rounding (decode.c, encode.c):
  *           FLOAT, FP8, AFFINE, CT, CT_BIAS, FPDQ
  *   QUANT   decode, then MLX quantization (quant_ops.c)
- *   GGQ     decode, then ggml Q8_0/Q4_0 quantization (ggq_ops.c, GGUF)
+ *   GGQ     decode, then a ggml block quantization (ggq_ops.c, GGUF)
  * Dependencies run one way: ops.c -> quant_ops.c -> decode.c -> encode.c. */
 #include "convert/conv_impl.h"
 #include "convert/gguf.h"

@@ -359,14 +359,25 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
 
 /* ------------------------------------------------------------ GGUF */
 
-/* The GGUF target's tensor types (gguf_names.c): each output re-planned in
- * its ggml type: floats re-encoded (norms and the router to F32), Q8_0 /
- * Q4_0 as CV_OP_GGQ pieces over the float op of the same rows. */
+/* The GGUF target's tensor types (gguf_types.c): each output re-planned in
+ * its ggml type: floats re-encoded (norms and the router to F32), block
+ * types as CV_OP_GGQ pieces over the float op of the same rows. The
+ * outputs are visited in the file's order (the writer's), as llama.cpp's
+ * type choice counts them. */
 static mk_status gguf_retype(pctx *c) {
-    for (size_t i = 0; i < c->p->nouts; i++) {
-        cv_out *o = &c->p->outs[i];
+    cv_plan *p = c->p;
+    qsort(p->outs, p->nouts, sizeof *p->outs, c->t->writer->order);
+    cv_gguf_mix mx = {.ftype = c->o->gguf_type, .n_layer = c->s->cfg.num_layers, .n_expert = c->s->cfg.num_experts,
+                      .tied = true};
+    for (size_t i = 0; i < p->nouts; i++) {
+        mx.n_attn_v += cv_gguf_attn_v_like(p->outs[i].name);
+        if (strcmp(p->outs[i].name, "output.weight") == 0)
+            mx.tied = false;
+    }
+    for (size_t i = 0; i < p->nouts; i++) {
+        cv_out *o = &p->outs[i];
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
-        mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, (mk_ggml_type)c->o->gguf_type, o->dt);
+        mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
         bool q = mk_ggml_is_quant(gt);
         o->ggt = (int)gt;
         o->dt = q ? MK_DT_U8 : gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16;

@@ -12,7 +12,7 @@
  *   gguf llama.cpp's GGUF (src/convert/gguf.h): one file, llama.cpp's
  *        tensor names and metadata keys, experts stacked (E, out, in) as
  *        its ffn_*_exps, text only, every quantized module dequantized
- *        (then Q8_0/Q4_0 by --gguf-type); no config.json. */
+ *        (then a ggml block type by --gguf-type); no config.json. */
 #include <stddef.h>
 
 #include "convert/target.h"

@@ -26,7 +26,7 @@ expect 2 "supports qwen3_moe" "$BIN" convert "$FX/qwen3next-a/bf16" "$T/next.ggu
 nothing_left "$T/next.gguf"
 expect 2 "applies to --to gguf only" "$BIN" convert "$src" "$T/hf" --to hf --gguf-type q8_0 --quiet
 nothing_left "$T/hf"
-expect 2 "expected f32, f16, bf16, q8_0 or q4_0" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q4_k
+expect 2 "expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q3_k
 nothing_left "$T/x.gguf"
 mkdir "$T/nonorm"
 sed 's/"norm_topk_prob": true/"norm_topk_prob": false/' "$src/config.json" > "$T/nonorm/config.json"
