@@ -15,7 +15,13 @@
 #   3. Every file type's bytes against llama.cpp's own llama-quantize run on
 #      moekit's BF16 GGUF: F32, F16 (conversions) and, with --pure and no
 #      importance matrix, Q8_0 and Q4_0 (ggml's quantize_row_*_ref): every
-#      tensor byte-identical, same names, types and shapes. BF16 is proven this
+#      tensor byte-identical, same names, types and shapes; the K-quants Q4_K,
+#      Q5_K, Q6_K (ggml's quantize_row_q*_K_ref) as --pure Q4_K_M / Q5_K_M /
+#      Q6_K, and the mixes q4_k_m / q5_k_m against llama-quantize's own
+#      Q4_K_M / Q5_K_M choice (no --pure): every tensor's type and bytes,
+#      including llama.cpp's fallbacks for rows that are not whole 256-value
+#      super-blocks (Q5_0, Q5_1, Q8_0, F16: qwen3moe-odd has only those).
+#      BF16 is proven this
 #      way (its values are the F32 file's, bit for bit), not by logits:
 #      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
 #      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
@@ -47,6 +53,24 @@ rel_l2() { # A B: ||A - B|| / ||B|| of two raw float32 files of equal size
 }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0 && a != "size-mismatch") }'; }
 
+# same_as_lq NAME SRC.gguf lo PURE TYPE: llama-quantize [--pure] SRC.gguf TYPE equals moekit's $T/NAME.lo.gguf
+# tensor for tensor (names, types, shapes, bytes); PURE is --pure or -
+same_as_lq() {
+    local pure=()
+    [ "$4" = --pure ] && pure=(--pure)
+    "$PEER/llama-quantize" "${pure[@]}" "$2" "$T/$1.$3.lq.gguf" "$5" 2 >"$T/lq.log" 2>&1 ||
+        { tail -5 "$T/lq.log" >&2; fail "$1: llama-quantize ${pure[*]} $5 of moekit's BF16 GGUF failed"; }
+    "$PEER/mk_llama" cmp "$T/$1.$3.gguf" "$T/$1.$3.lq.gguf" >"$T/cmp" ||
+        { head -20 "$T/cmp" >&2; fail "$1 $3: moekit's GGUF differs from llama-quantize ${pure[*]} $5's"; }
+    if [ "$4" = - ]; then # a mix: the same general.file_type as llama-quantize writes for it
+        local a b
+        a=$("$PEER/mk_llama" info "$T/$1.$3.gguf" | grep '^kv general.file_type ')
+        b=$("$PEER/mk_llama" info "$T/$1.$3.lq.gguf" | grep '^kv general.file_type ')
+        [ -n "$a" ] && [ "$a" = "$b" ] || fail "$1 $3: '$a', llama-quantize wrote '$b'"
+    fi
+    echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
+}
+
 for fx in qwen3moe-a qwen3moe-odd; do
     src=$FX/$fx/bf16
     ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
@@ -64,13 +88,35 @@ for fx in qwen3moe-a qwen3moe-odd; do
     done
     for ty in F32 F16 Q8_0 Q4_0; do
         lo=$(echo "$ty" | tr A-Z a-z)
-        "$PEER/llama-quantize" --pure "$T/$fx.bf16.gguf" "$T/$fx.$lo.lq.gguf" "$ty" 2 >"$T/lq.log" 2>&1 ||
-            { tail -5 "$T/lq.log" >&2; fail "$fx: llama-quantize $ty of moekit's BF16 GGUF failed"; }
-        "$PEER/mk_llama" cmp "$T/$fx.$lo.gguf" "$T/$fx.$lo.lq.gguf" >"$T/cmp" ||
-            { cat "$T/cmp" >&2; fail "$fx $ty: moekit's GGUF differs from llama-quantize's"; }
-        echo "ok: $fx $ty: every tensor byte-identical to llama-quantize's ($(tail -1 "$T/cmp"))"
+        same_as_lq "$fx" "$T/$fx.bf16.gguf" "$lo" --pure "$ty"
+    done
+    for k in "q4_k --pure Q4_K_M" "q5_k --pure Q5_K_M" "q6_k --pure Q6_K" "q4_k_m - Q4_K_M" "q5_k_m - Q5_K_M"; do
+        set -- $k
+        "$BIN" convert "$src" "$T/$fx.$1.gguf" --to gguf --gguf-type "$1" --quiet
+        same_as_lq "$fx" "$T/$fx.bf16.gguf" "$@"
     done
 done
+
+# The mixes' layer rules need rows of whole super-blocks and more layers than the fixtures: the
+# 30B-A3B shapes cut to 4 layers and 2 experts (not 8, whose rule makes attn_v / attn_k Q8_0):
+# "more bits" (Q6_K) attn_v and ffn_down in layers 2 and 3 only, output Q6_K, the rest Q4_K / Q5_K
+"$BIN" synth "$T/big" --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 2 --vocab 512 --format bf16 --quiet
+for ty in bf16 q4_k_m q5_k_m; do
+    "$BIN" convert "$T/big" "$T/big.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
+done
+rm -rf "$T/big"
+for k in "q4_k_m - Q4_K_M" "q5_k_m - Q5_K_M"; do
+    set -- $k
+    same_as_lq big "$T/big.bf16.gguf" "$@"
+    "$PEER/mk_llama" info "$T/big.$1.gguf" | awk '$1 !~ /^kv/ { print $1, $2 }' > "$T/types"
+    for want in "blk.2.attn_v.weight q6_K" "blk.3.ffn_down_exps.weight q6_K" "blk.1.ffn_down_exps.weight" \
+                "output.weight q6_K"; do
+        grep -q "^$want" "$T/types" || fail "big $1: no '$want' (the mix rule was not exercised)"
+    done
+    grep -qx "blk.1.ffn_down_exps.weight q6_K" "$T/types" && fail "big $1: layer 1's ffn_down is Q6_K"
+    rm -f "$T/big.$1.gguf" "$T/big.$1.lq.gguf"
+done
+rm -f "$T/big.bf16.gguf"
 
 # an FP8 block checkpoint (partial edge blocks) straight to GGUF F32: llama.cpp on it equals moekit
 # computing from the FP8 bytes (products kept in float32 on both sides)
