@@ -128,6 +128,7 @@ typedef struct cv_src {
     size_t ndropped;    /* activation/input scales etc. left out */
     bool bare;          /* a lone .safetensors file (quantize): every tensor kept as named */
     bool partial_experts; /* opened with CV_SRC_PARTIAL_EXPERTS: groups may have holes */
+    bool w123_experts;    /* opened with CV_SRC_W123_EXPERTS */
     uint64_t ebound;      /* most experts the tensors could hold (source.c), 0 = not yet known */
 } cv_src;
 
@@ -137,7 +138,11 @@ mk_status cv_src_open(const char *path, cv_src *s);
 /* cv_src_open with flags. CV_SRC_PARTIAL_EXPERTS: an expert group may lack
  * experts (their proj[p][e].mod stay NULL) instead of failing: verify
  * reports them as missing units; every writer needs complete groups. */
-enum { CV_SRC_PARTIAL_EXPERTS = 1u << 0 };
+/* CV_SRC_W123_EXPERTS: MiniMax's <mlp>.experts.<e>.w1 / w3 / w2.weight
+ * read as an expert group's gate / up / down (the GGUF target stacks them
+ * as llama.cpp's converter does; HF and MLX targets keep MiniMax's names,
+ * so they open without it). */
+enum { CV_SRC_PARTIAL_EXPERTS = 1u << 0, CV_SRC_W123_EXPERTS = 1u << 1 };
 mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s);
 /* A lone .safetensors file, no config: one plain module per tensor
  * (quant_plan.c). */

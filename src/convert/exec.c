@@ -682,7 +682,8 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     bool have_src = false;
     /* a lone .safetensors file is a source only for quantization */
     if (rc == MK_OK) {
-        rc = bare ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
+        rc = bare ? cv_src_open_bare(src, &s)
+                  : cv_src_open_ex(src, o.to == MK_CONV_GGUF ? CV_SRC_W123_EXPERTS : 0, &s);
         have_src = true;
     }
     if (rc == MK_OK)

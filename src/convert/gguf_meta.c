@@ -326,6 +326,30 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "expert_feed_forward_length", (uint32_t)c->moe_intermediate_size);
+    if (c->arch == MK_ARCH_GLM4_MOE) {
+        /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared
+         * experts, leading dense layers, sigmoid gating, routed scaling and
+         * top-k renormalization (MTP layers dropped: no nextn keys) */
+        if (c->n_group > 0)
+            kv_archu(&k, arch, "expert_group_count", (uint32_t)c->n_group);
+        if (c->topk_group > 0)
+            kv_archu(&k, arch, "expert_group_used_count", (uint32_t)c->topk_group);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)(c->head_dim * c->rope.partial_rotary_factor));
+        kv_archu(&k, arch, "expert_shared_count", (uint32_t)c->n_shared_experts);
+        kv_archu(&k, arch, "leading_dense_block_count", (uint32_t)c->first_k_dense_replace);
+        kv_archu(&k, arch, "expert_gating_func", 2);
+        kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
+        kv_bool(&k, "glm4moe.expert_weights_norm", c->norm_topk_prob);
+    }
+    if (c->arch == MK_ARCH_MINIMAX_M2) {
+        /* conversion/minimax.py: the rotated dims (rotary_dim; moekit's
+         * reading of a config without it: partial_rotary_factor of head_dim)
+         * and base.py's scoring_func -> expert_gating_func, sigmoid (2) for
+         * this family whatever the config says (transformers' MiniMaxM2) */
+        int rot = c->rotary_dim > 0 ? c->rotary_dim : (int)(c->head_dim * c->rope.partial_rotary_factor);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)rot);
+        kv_archu(&k, arch, "expert_gating_func", 2);
+    }
     mk_status st = tokenizer_kv(s, arch, &k);
     if (st == MK_OK && k.oom)
         st = mk_err(MK_E_NOMEM, "%s: no memory for the GGUF metadata (%zu bytes so far)", s->dir, k.n);

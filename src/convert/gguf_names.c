@@ -15,6 +15,7 @@ typedef struct gmap {
     const char *hf, *gg;
 } gmap;
 
+/* every architecture's whole-model tensors */
 static const gmap g_qwen3moe_top[] = {
     {"model.embed_tokens.weight", "token_embd.weight"},
     {"model.norm.weight", "output_norm.weight"},
@@ -37,24 +38,97 @@ static const gmap g_qwen3moe_layer[] = {
     /* no dense MLP: llama.cpp's qwen3moe has MoE in every layer (refused below) */
 };
 
+/* minimax-m2 (conversion/minimax.py MiniMaxM2Model): q/k norms over the
+ * whole projection, sigmoid routing with a correction bias (exp_probs_b,
+ * F32 as every 1-D tensor), experts w1 / w3 / w2 stacked as gate / up /
+ * down like qwen3moe's. */
+static const gmap g_minimax_layer[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"block_sparse_moe.gate.weight", "ffn_gate_inp.weight"},
+    {"block_sparse_moe.e_score_correction_bias", "exp_probs_b.bias"},
+    {"block_sparse_moe.switch_mlp.gate_proj.weight", "ffn_gate_exps.weight"},
+    {"block_sparse_moe.switch_mlp.up_proj.weight", "ffn_up_exps.weight"},
+    {"block_sparse_moe.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
+};
+
+/* glm4moe (conversion/glm.py Glm4MoeModel, without its MTP layers): q/k/v
+ * biases, per-head q/k norms, post_attention_layernorm as
+ * post_attention_norm (llama.cpp's GLM4_MOE has no ffn_norm), leading
+ * dense layers (ffn_gate/up/down), shared experts (*_shexp), sigmoid
+ * routing with exp_probs_b. */
+static const gmap g_glm4moe_layer[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.switch_mlp.gate_proj.weight", "ffn_gate_exps.weight"},
+    {"mlp.switch_mlp.up_proj.weight", "ffn_up_exps.weight"},
+    {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
+};
+
+typedef struct garch {
+    mk_arch arch;
+    const char *name;
+    const gmap *layer;
+    size_t nlayer;
+} garch;
+
+#define GA(a, n, t) {a, n, t, sizeof t / sizeof t[0]}
+static const garch g_archs[] = {
+    GA(MK_ARCH_QWEN3_MOE, "qwen3moe", g_qwen3moe_layer),
+    GA(MK_ARCH_MINIMAX_M2, "minimax-m2", g_minimax_layer),
+    GA(MK_ARCH_GLM4_MOE, "glm4moe", g_glm4moe_layer),
+};
+
+static const garch *arch_of(const cv_src *s) {
+    for (size_t i = 0; i < sizeof g_archs / sizeof g_archs[0]; i++)
+        if (g_archs[i].arch == s->cfg.arch)
+            return &g_archs[i];
+    return NULL;
+}
+
 const char *cv_gguf_arch(const cv_src *s) {
-    return s->cfg.arch == MK_ARCH_QWEN3_MOE ? "qwen3moe" : NULL;
+    const garch *g = arch_of(s);
+    return g ? g->name : NULL;
 }
 
 /* llama.cpp's name of cname into buf; false when it has none. */
-static bool map_name(const char *cname, char *buf, size_t n) {
+static bool map_name(const cv_src *s, const char *cname, char *buf, size_t n) {
     for (size_t i = 0; i < sizeof g_qwen3moe_top / sizeof g_qwen3moe_top[0]; i++)
         if (strcmp(cname, g_qwen3moe_top[i].hf) == 0) {
             snprintf(buf, n, "%s", g_qwen3moe_top[i].gg);
             return true;
         }
+    const garch *g = arch_of(s);
     unsigned layer;
     int at = 0;
-    if (sscanf(cname, "model.layers.%u.%n", &layer, &at) != 1 || at == 0)
+    if (!g || sscanf(cname, "model.layers.%u.%n", &layer, &at) != 1 || at == 0)
         return false;
-    for (size_t i = 0; i < sizeof g_qwen3moe_layer / sizeof g_qwen3moe_layer[0]; i++)
-        if (strcmp(cname + at, g_qwen3moe_layer[i].hf) == 0) {
-            snprintf(buf, n, "blk.%u.%s", layer, g_qwen3moe_layer[i].gg);
+    for (size_t i = 0; i < g->nlayer; i++)
+        if (strcmp(cname + at, g->layer[i].hf) == 0) {
+            snprintf(buf, n, "blk.%u.%s", layer, g->layer[i].gg);
             return true;
         }
     return false;
@@ -62,7 +136,7 @@ static bool map_name(const char *cname, char *buf, size_t n) {
 
 static mk_status check_one(const cv_src *s, const char *cname) {
     char buf[256];
-    if (!map_name(cname, buf, sizeof buf))
+    if (!map_name(s, cname, buf, sizeof buf))
         return mk_err(MK_E_UNSUPPORTED, "%s: tensor '%s' has no llama.cpp name in GGUF architecture %s", s->dir,
                       cname, cv_gguf_arch(s));
     return MK_OK;
@@ -70,22 +144,32 @@ static mk_status check_one(const cv_src *s, const char *cname) {
 
 mk_status cv_gguf_check_names(const cv_src *s) {
     if (!cv_gguf_arch(s))
-        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe (llama.cpp's qwen3moe) so far, not %s",
+        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, minimax_m2 and glm4_moe (llama.cpp's "
+                                        "qwen3moe, minimax-m2, glm4moe) so far, not %s",
                       s->dir, mk_arch_name(s->cfg.arch));
     if (s->vl)
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of a vision-language checkpoint is not supported yet", s->dir);
-    /* what llama.cpp's qwen3moe graph cannot express (src/models/qwen3moe.cpp):
-     * every layer is MoE and the top-k weights are always renormalized; a
-     * GGUF of such a model would load and compute a different model */
+    /* what llama.cpp's graphs cannot express (src/models/qwen3moe.cpp,
+     * minimax-m2.cpp): every layer is MoE, the top-k weights are always
+     * renormalized and not scaled; a GGUF of such a model would load and
+     * compute a different model */
     const mk_config *c = &s->cfg;
-    if (!c->norm_topk_prob)
+    if (c->arch == MK_ARCH_QWEN3_MOE && !c->norm_topk_prob)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: norm_topk_prob is false, but llama.cpp's qwen3moe always "
                                         "renormalizes the top-k expert weights: its GGUF would compute another model",
                       s->dir);
-    if (c->n_mlp_only_layers > 0 || c->decoder_sparse_step > 1)
+    if (c->arch != MK_ARCH_GLM4_MOE && (c->n_mlp_only_layers > 0 || c->decoder_sparse_step > 1))
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: dense MLP layers (mlp_only_layers %d entries, "
-                                        "decoder_sparse_step %d): llama.cpp's qwen3moe has MoE in every layer",
-                      s->dir, c->n_mlp_only_layers, c->decoder_sparse_step);
+                                        "decoder_sparse_step %d): llama.cpp's %s has MoE in every layer",
+                      s->dir, c->n_mlp_only_layers, c->decoder_sparse_step, cv_gguf_arch(s));
+    if (c->arch == MK_ARCH_MINIMAX_M2 && c->routed_scaling_factor != 0 && c->routed_scaling_factor != 1)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: routed_scaling_factor %g: llama.cpp's minimax-m2 does "
+                                        "not scale the expert weights: its GGUF would compute another model",
+                      s->dir, c->routed_scaling_factor);
+    if (c->arch == MK_ARCH_GLM4_MOE && (c->n_group > 1 || c->topk_group > 1) && c->topk_group != c->n_group)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: grouped routing (n_group %d, topk_group %d): llama.cpp's "
+                                        "glm4moe routes over all experts: its GGUF would compute another model",
+                      s->dir, c->n_group, c->topk_group);
     if (c->rope.factor != 1.0)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: RoPE scaling (factor %g) is not written to GGUF yet", s->dir,
                       c->rope.factor);
@@ -110,7 +194,6 @@ mk_status cv_gguf_check_names(const cv_src *s) {
 }
 
 char *cv_gguf_name(const cv_src *s, const char *cname) {
-    (void)s;
     char buf[256];
-    return map_name(cname, buf, sizeof buf) ? cv_strdup(buf) : NULL;
+    return map_name(s, cname, buf, sizeof buf) ? cv_strdup(buf) : NULL;
 }

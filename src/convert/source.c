@@ -221,10 +221,32 @@ static uint64_t experts_bound(const cv_src *s) {
     return b;
 }
 
+/* MiniMax's per-expert names <mlp>.experts.<e>.w1|w3|w2.weight (gate, up,
+ * down), for CV_SRC_W123_EXPERTS. */
+static mk_eform w123_expert(const char *cname, char **mlp, int *e, int *p) {
+    const char *x = strstr(cname, ".experts.");
+    unsigned idx;
+    int at = 0;
+    char w[4];
+    if (!x || sscanf(x, ".experts.%u.%3[w0-9].weight%n", &idx, w, &at) != 2 || x[at] != 0)
+        return MK_EF_NONE;
+    if (strcmp(w, "w1") && strcmp(w, "w2") && strcmp(w, "w3"))
+        return MK_EF_NONE;
+    *p = w[1] == '1' ? MK_PROJ_GATE : w[1] == '3' ? MK_PROJ_UP : MK_PROJ_DOWN;
+    *e = (int)idx;
+    *mlp = mk_strndup(cname, (size_t)(x - cname));
+    return MK_EF_PER_EXPERT;
+}
+
 static mk_status place_module(cv_src *s, cv_map *gmap, const cv_mod *m, bool *stacked) {
     char *mlp = NULL;
     int e, p;
     mk_eform f = mk_layout_expert(m->cname, &mlp, &e, &p);
+    if (f == MK_EF_NONE && s->w123_experts) {
+        free(mlp);
+        mlp = NULL;
+        f = w123_expert(m->cname, &mlp, &e, &p);
+    }
     char b[96];
     if (f == MK_EF_NONE) {
         free(mlp);
@@ -380,6 +402,7 @@ mk_status cv_src_open(const char *path, cv_src *s) { return cv_src_open_ex(path,
 mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s) {
     memset(s, 0, sizeof *s);
     s->partial_experts = (flags & CV_SRC_PARTIAL_EXPERTS) != 0;
+    s->w123_experts = (flags & CV_SRC_W123_EXPERTS) != 0;
     if (!mk_os_is_dir(path))
         return mk_err(MK_E_ARG, "%s: not a directory (SRC is a checkpoint directory with config.json)", path);
     s->dir = cv_strdup(path);

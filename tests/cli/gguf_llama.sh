@@ -5,7 +5,10 @@
 # the reason, when that peer is not installed.
 #
 # On the qwen3moe fixtures (qwen3moe-a, and qwen3moe-odd whose shapes are
-# not powers of two):
+# not powers of two) and minimax-m2's (minimaxm2-a: per-expert w1/w3/w2
+# stacked, whole-projection q/k norms, sigmoid routing with exp_probs_b) and
+# glm4moe's (glm4moe-a: q/k/v biases, partial RoPE, a leading dense layer,
+# a shared expert, routed scaling 2.5):
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
@@ -71,7 +74,7 @@ same_as_lq() {
     echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
 }
 
-for fx in qwen3moe-a qwen3moe-odd; do
+for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a; do
     src=$FX/$fx/bf16
     ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
