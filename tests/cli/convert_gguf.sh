@@ -72,6 +72,19 @@ for point in item:1 item:5 shard:1 commit:1 committed:1; do
     echo "ok: killed at $point, rerun byte-identical"
 done
 
+# the same for the K-quant mix (Q4_K_M's per-tensor types, Q5_0/Q8_0 fallbacks): killed inside the data
+"$BIN" convert "$src" "$T/refk.gguf" --to gguf --gguf-type q4_k_m --quiet
+set +e
+MK_CONVERT_CRASH=item:5 sh -c '"$@"; exit $?' sh "$BIN" convert "$src" "$T/rk.gguf" --to gguf --gguf-type q4_k_m \
+    --quiet 2>/dev/null
+rc=$?
+set -e
+[ $rc -eq 137 ] || fail "q4_k_m crash at item:5: exit $rc, expected 137 (SIGKILL)"
+[ ! -e "$T/rk.gguf" ] || fail "rk.gguf exists after a crash"
+"$BIN" convert "$src" "$T/rk.gguf" --to gguf --gguf-type q4_k_m --quiet || fail "q4_k_m rerun failed"
+cmp -s "$T/rk.gguf" "$T/refk.gguf" || fail "resumed q4_k_m rk.gguf differs from an uninterrupted run"
+echo "ok: q4_k_m killed at item:5, rerun byte-identical"
+
 cp -r "$src" "$T/src"
 sum=$(sha256sum < "$T/src/model.safetensors")
 expect 2 "never writes over its inputs" "$BIN" convert "$T/src" "$T/src/model.safetensors" --to gguf --force --quiet
