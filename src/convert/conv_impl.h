@@ -172,6 +172,7 @@ typedef struct cv_piece {
     unsigned char part; /* COPY: which tensor of the module (CV_T_*) */
     mk_dtype dt;        /* output dtype */
     float add;          /* added to every value (norm shift), 0 for none */
+    unsigned char negexp; /* FLOAT: then x -> -exp(x) (qwen3next's A_log as llama.cpp's ssm_a) */
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */
     int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */

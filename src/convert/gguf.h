@@ -39,6 +39,9 @@ const char *cv_gguf_arch(const cv_src *s);
 /* Check every tensor the plan will write has a llama.cpp name (the error
  * names the first one that has none and the architecture). */
 mk_status cv_gguf_check_names(const cv_src *s);
+/* qwen3next: n when layer i is full attention exactly when (i + 1) % n
+ * == 0 (llama.cpp's full_attention_interval), else 0. */
+int cv_gguf_full_interval(const mk_config *c);
 /* llama.cpp's name of canonical tensor cname (malloc'd); NULL when there is
  * none (cv_gguf_check_names has reported it) or out of memory. */
 char *cv_gguf_name(const cv_src *s, const char *cname);

@@ -326,6 +326,19 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "expert_feed_forward_length", (uint32_t)c->moe_intermediate_size);
+    if (c->arch == MK_ARCH_QWEN3_NEXT) {
+        /* qwen.py Qwen2MoeModel + Qwen3NextModel: the shared expert, the
+         * Gated DeltaNet sizes, the full-attention interval (checked
+         * regular by cv_gguf_check_names), partial RoPE */
+        kv_archu(&k, arch, "expert_shared_feed_forward_length", (uint32_t)c->shared_intermediate_size);
+        kv_archu(&k, arch, "ssm.conv_kernel", (uint32_t)c->conv_kernel);
+        kv_archu(&k, arch, "ssm.state_size", (uint32_t)c->lin_k_head_dim);
+        kv_archu(&k, arch, "ssm.group_count", (uint32_t)c->lin_num_k_heads);
+        kv_archu(&k, arch, "ssm.time_step_rank", (uint32_t)c->lin_num_v_heads);
+        kv_archu(&k, arch, "ssm.inner_size", (uint32_t)(c->lin_v_head_dim * c->lin_num_v_heads));
+        kv_archu(&k, arch, "full_attention_interval", (uint32_t)cv_gguf_full_interval(c));
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)(c->head_dim * c->rope.partial_rotary_factor));
+    }
     if (c->arch == MK_ARCH_GLM4_MOE) {
         /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared
          * experts, leading dense layers, sigmoid gating, routed scaling and

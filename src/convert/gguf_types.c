@@ -5,7 +5,7 @@
  *
  * Never quantized (llama.cpp's tensor_allows_quantization and
  * convert_hf_to_gguf.py's prepare_tensors): 1-D tensors, *_norm.weight,
- * the router ffn_gate_inp; they are F32.
+ * the routers ffn_gate_inp*, ssm_conv1d; they are F32.
  *
  * Pure file types (F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K): every other
  * tensor of that type. The mixes Q4_K_M and Q5_K_M follow llama.cpp's
@@ -38,7 +38,7 @@ bool cv_gguf_attn_v_like(const char *g) {
 }
 
 static bool never_quantized(const char *g, int ndim) {
-    return ndim <= 1 || cv_ends_with(g, "_norm.weight") || strstr(g, "ffn_gate_inp");
+    return ndim <= 1 || cv_ends_with(g, "_norm.weight") || strstr(g, "ffn_gate_inp") || strstr(g, "ssm_conv1d");
 }
 
 /* the type a file type starts every quantizable tensor from */

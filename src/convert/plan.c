@@ -230,11 +230,50 @@ static bool dropped(const pctx *c, const cv_lt *lt) {
     return c->s->cfg.tie_word_embeddings && strcmp(lt->cname, "lm_head.weight") == 0;
 }
 
+/* qwen3next's in_proj_qkvz for GGUF (conversion/qwen.py): its rows are,
+ * per key head g, [q (dk), k (dk), v (r dv), z (r dv)] with r = value
+ * heads per key head; llama.cpp wants attn_qkv = every head's q, then
+ * every k, then every v, and attn_gate = the z rows: row pieces of the
+ * same module in that order (no data moves at planning). */
+static mk_status gguf_qkvz_outputs(pctx *c, const cv_lt *lt, char *qkv_name) {
+    const mk_config *cf = &c->s->cfg;
+    const int nk = cf->lin_num_k_heads, nv = cf->lin_num_v_heads, dk = cf->lin_k_head_dim, dv = cf->lin_v_head_dim;
+    const int64_t vz = nk > 0 ? (int64_t)nv / nk * dv : 0, per = 2 * (int64_t)dk + 2 * vz;
+    if (nk <= 0 || nv % nk || lt->ndim != 2 || lt->shape[0] != per * nk) {
+        free(qkv_name);
+        return mk_err(MK_E_FORMAT, "'%s': shape [%lld, %lld], expected [%lld, hidden] from linear_num_key_heads %d, "
+                      "linear_num_value_heads %d, linear_key_head_dim %d, linear_value_head_dim %d",
+                      lt->mod->name, (long long)lt->shape[0], (long long)lt->shape[1], (long long)(per * nk), nk, nv,
+                      dk, dv);
+    }
+    char *gate_name = cv_printf("%.*s.attn_gate.weight", (int)(strstr(qkv_name, ".attn_qkv") - qkv_name), qkv_name);
+    int64_t sq[2] = {nk * (2 * (int64_t)dk + vz), lt->shape[1]}, sz[2] = {nk * vz, lt->shape[1]};
+    mk_dtype dt = float_dt(c, lt);
+    cv_out *o = new_out(c, qkv_name, dt, 2, sq);
+    size_t iq = c->p->nouts - 1;
+    cv_out *z = o ? new_out(c, gate_name, dt, 2, sz) : NULL;
+    if (!o || !z)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its attn_qkv / attn_gate outputs", lt->mod->name);
+    o = &c->p->outs[iq];
+    /* (offset within a head's rows, rows) of q, k, v, then z */
+    const int64_t off[4] = {0, dk, 2 * (int64_t)dk, 2 * (int64_t)dk + vz}, len[4] = {dk, dk, vz, vz};
+    for (int part = 0; part < 4; part++)
+        for (int g = 0; g < nk; g++) {
+            cv_lt sub = *lt;
+            sub.row0 = lt->row0 + g * per + off[part];
+            sub.nrows = len[part];
+            MK_TRY(float_piece(part < 3 ? o : z, &sub, 0.0f));
+        }
+    return MK_OK;
+}
+
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output name", lt->cname);
+    if (c->t->gguf && cv_ends_with(lt->cname, "linear_attn.in_proj_qkvz.weight"))
+        return gguf_qkvz_outputs(c, lt, name);
     /* quantizing: quantized sources are dequantized, then quantized anew */
     if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
@@ -377,6 +416,12 @@ static mk_status gguf_retype(pctx *c) {
     for (size_t i = 0; i < p->nouts; i++) {
         cv_out *o = &p->outs[i];
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
+        /* conv1d (C, 1, K) as llama.cpp's (C, K): the same bytes */
+        if (o->ndim == 3 && strstr(o->name, "ssm_conv1d") && o->shape[1] == 1) {
+            o->shape[1] = o->shape[2];
+            o->ndim = 2;
+            cols = o->shape[1];
+        }
         mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
         bool q = mk_ggml_is_quant(gt);
         o->ggt = (int)gt;
@@ -389,6 +434,13 @@ static mk_status gguf_retype(pctx *c) {
             cv_lt lt = {.mod = pc->mod, .row0 = pc->row0, .nrows = pc->nrows};
             float add = pc->add;
             MK_TRY(cv_float_piece(&lt, q ? MK_DT_F32 : o->dt, add, pc));
+            if (cv_ends_with(o->name, ".ssm_a")) { /* qwen3next: -exp(A_log) */
+                if (pc->mod->kind != CV_FLOAT)
+                    return mk_err(MK_E_UNSUPPORTED, "--to gguf: '%s' is stored quantized", pc->mod->name);
+                pc->op = CV_OP_FLOAT;
+                pc->negexp = 1;
+                pc->nbytes = (uint64_t)pc->nrows * (uint64_t)pc->mod->cols * cv_esize(o->dt);
+            }
             if (q) {
                 pc->sop = (unsigned char)pc->op;
                 pc->op = CV_OP_GGQ;

@@ -22,7 +22,7 @@ src=$FX/qwen3moe-odd/bf16
 
 nothing_left() { [ ! -e "$1" ] && [ ! -e "$1.partial" ] || fail "$1 or $1.partial left behind"; }
 
-expect 2 "supports qwen3_moe" "$BIN" convert "$FX/qwen3next-a/bf16" "$T/next.gguf" --to gguf --quiet
+expect 2 "supports qwen3_moe" "$BIN" convert "$FX/deepseekv3-a/bf16" "$T/next.gguf" --to gguf --quiet
 nothing_left "$T/next.gguf"
 expect 2 "applies to --to gguf only" "$BIN" convert "$src" "$T/hf" --to hf --gguf-type q8_0 --quiet
 nothing_left "$T/hf"
