@@ -173,6 +173,11 @@ typedef struct cv_piece {
     mk_dtype dt;        /* output dtype */
     float add;          /* added to every value (norm shift), 0 for none */
     unsigned char negexp; /* FLOAT: then x -> -exp(x) (qwen3next's A_log as llama.cpp's ssm_a) */
+    /* GGQ: column blocks reordered as llama.cpp's qwen35 converter does
+     * (_reorder_v_heads): a row's vr_nk * vr_r blocks of vr_hd values go
+     * from grouped by key head (g * vr_r + j) to tiled (j * vr_nk + g);
+     * vr_nk 0: none */
+    int vr_nk, vr_r, vr_hd;
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */
     int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */

@@ -326,7 +326,7 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
     kv_archu(&k, arch, "expert_feed_forward_length", (uint32_t)c->moe_intermediate_size);
-    if (c->arch == MK_ARCH_QWEN3_NEXT) {
+    if (c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE) {
         /* qwen.py Qwen2MoeModel + Qwen3NextModel: the shared expert, the
          * Gated DeltaNet sizes, the full-attention interval (checked
          * regular by cv_gguf_check_names), partial RoPE */
@@ -338,6 +338,18 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         kv_archu(&k, arch, "ssm.inner_size", (uint32_t)(c->lin_v_head_dim * c->lin_num_v_heads));
         kv_archu(&k, arch, "full_attention_interval", (uint32_t)cv_gguf_full_interval(c));
         kv_archu(&k, arch, "rope.dimension_count", (uint32_t)(c->head_dim * c->rope.partial_rotary_factor));
+        if (c->arch == MK_ARCH_QWEN3_5_MOE) {
+            /* _Qwen35MRopeMixin: the interleaved MRoPE sections, Qwen3.5's
+             * [11, 11, 10, 0] (moekit reads text only: with one position for
+             * time, height and width every section rotates alike, so the
+             * split changes nothing here) */
+            static const uint32_t sec[4] = {11, 11, 10, 0};
+            char name[96];
+            snprintf(name, sizeof name, "%s.rope.dimension_sections", arch);
+            kv_arr(&k, name, GG_I32, 4);
+            for (int i = 0; i < 4; i++)
+                put_u32(&k, sec[i]);
+        }
     }
     if (c->arch == MK_ARCH_GLM4_MOE) {
         /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared

@@ -120,6 +120,39 @@ static const gmap g_qwen3next_layer[] = {
     {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
 };
 
+/* qwen35moe (conversion/qwen.py Qwen3_5MoeTextModel): qwen3next's tensors
+ * with Qwen3.5's separate projections (in_proj_qkv -> attn_qkv, in_proj_z
+ * -> attn_gate, in_proj_b / in_proj_a -> ssm_beta / ssm_alpha) and the
+ * value heads reordered to tiled order when there are more value than key
+ * heads (plan.c gguf_vrows_output, the GGQ column reorder). */
+static const gmap g_qwen35moe_layer[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.q_norm.weight", "attn_q_norm.weight"},
+    {"self_attn.k_norm.weight", "attn_k_norm.weight"},
+    {"linear_attn.in_proj_qkv.weight", "attn_qkv.weight"},
+    {"linear_attn.in_proj_z.weight", "attn_gate.weight"},
+    {"linear_attn.in_proj_b.weight", "ssm_beta.weight"},
+    {"linear_attn.in_proj_a.weight", "ssm_alpha.weight"},
+    {"linear_attn.conv1d.weight", "ssm_conv1d.weight"},
+    {"linear_attn.dt_bias", "ssm_dt.bias"},
+    {"linear_attn.A_log", "ssm_a"},
+    {"linear_attn.norm.weight", "ssm_norm.weight"},
+    {"linear_attn.out_proj.weight", "ssm_out.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.shared_expert.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_expert.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_expert.down_proj.weight", "ffn_down_shexp.weight"},
+    {"mlp.shared_expert_gate.weight", "ffn_gate_inp_shexp.weight"},
+    {"mlp.switch_mlp.gate_proj.weight", "ffn_gate_exps.weight"},
+    {"mlp.switch_mlp.up_proj.weight", "ffn_up_exps.weight"},
+    {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
+};
+
 typedef struct garch {
     mk_arch arch;
     const char *name;
@@ -133,6 +166,7 @@ static const garch g_archs[] = {
     GA(MK_ARCH_MINIMAX_M2, "minimax-m2", g_minimax_layer),
     GA(MK_ARCH_GLM4_MOE, "glm4moe", g_glm4moe_layer),
     GA(MK_ARCH_QWEN3_NEXT, "qwen3next", g_qwen3next_layer),
+    GA(MK_ARCH_QWEN3_5_MOE, "qwen35moe", g_qwen35moe_layer),
 };
 
 static const garch *arch_of(const cv_src *s) {
@@ -177,8 +211,9 @@ static mk_status check_one(const cv_src *s, const char *cname) {
 
 mk_status cv_gguf_check_names(const cv_src *s) {
     if (!cv_gguf_arch(s))
-        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, qwen3_next, minimax_m2 and glm4_moe "
-                                        "(llama.cpp's qwen3moe, qwen3next, minimax-m2, glm4moe) so far, not %s",
+        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, qwen3_next, qwen3_5_moe, minimax_m2 and "
+                                        "glm4_moe (llama.cpp's qwen3moe, qwen3next, qwen35moe, minimax-m2, glm4moe) "
+                                        "so far, not %s",
                       s->dir, mk_arch_name(s->cfg.arch));
     if (s->vl)
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of a vision-language checkpoint is not supported yet", s->dir);
@@ -187,11 +222,12 @@ mk_status cv_gguf_check_names(const cv_src *s) {
      * renormalized and not scaled; a GGUF of such a model would load and
      * compute a different model */
     const mk_config *c = &s->cfg;
-    if (c->arch == MK_ARCH_QWEN3_NEXT && cv_gguf_full_interval(c) <= 0)
+    if ((c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE) && cv_gguf_full_interval(c) <= 0)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: the full-attention layers are not every n-th layer: "
                                         "llama.cpp's qwen3next reads only full_attention_interval",
                       s->dir);
-    if ((c->arch == MK_ARCH_QWEN3_MOE || c->arch == MK_ARCH_QWEN3_NEXT) && !c->norm_topk_prob)
+    if ((c->arch == MK_ARCH_QWEN3_MOE || c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE) &&
+        !c->norm_topk_prob)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: norm_topk_prob is false, but llama.cpp's qwen3moe always "
                                         "renormalizes the top-k expert weights: its GGUF would compute another model",
                       s->dir);

@@ -267,6 +267,43 @@ static mk_status gguf_qkvz_outputs(pctx *c, const cv_lt *lt, char *qkv_name) {
     return MK_OK;
 }
 
+/* qwen3_5_moe's Gated DeltaNet rows for GGUF (conversion/qwen.py
+ * _LinearAttentionVReorderBase): the value-head rows, from `first` on in
+ * blocks of hd rows, go from grouped by key head (block g * r + j) to
+ * tiled (j * nk + g), so ggml can broadcast key heads over value heads:
+ * in_proj_qkv's v rows, in_proj_z, in_proj_a / in_proj_b (hd 1), conv1d's
+ * v channels. Row pieces of the source: no data moves at planning. Their
+ * columns (out_proj) and 1-D A_log / dt_bias are reordered by the GGQ
+ * operation (cv_piece.vr_*, gguf_retype). */
+static mk_status gguf_vrows_output(pctx *c, const cv_lt *lt, char *name, int64_t first, int64_t hd) {
+    const mk_config *cf = &c->s->cfg;
+    const int64_t nk = cf->lin_num_k_heads, r = nk > 0 ? cf->lin_num_v_heads / nk : 0;
+    int64_t shape[MK_MAX_DIMS];
+    memcpy(shape, lt->shape, sizeof shape);
+    if (r <= 0 || lt->nrows != first + nk * r * hd) {
+        free(name);
+        return mk_err(MK_E_FORMAT, "'%s': %lld rows, expected %lld + %lld value heads x %lld", lt->mod->name,
+                      (long long)lt->nrows, (long long)first, (long long)(nk * r), (long long)hd);
+    }
+    cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
+    float add = cv_norm_shift(c->s, lt, c->norms);
+    if (first > 0) {
+        cv_lt sub = *lt;
+        sub.nrows = first;
+        MK_TRY(float_piece(o, &sub, add));
+    }
+    for (int64_t b = 0; b < nk * r; b++) {
+        int64_t g = b % nk, j = b / nk;
+        cv_lt sub = *lt;
+        sub.row0 = lt->row0 + first + (g * r + j) * hd;
+        sub.nrows = hd;
+        MK_TRY(float_piece(o, &sub, add));
+    }
+    return MK_OK;
+}
+
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
@@ -274,6 +311,16 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output name", lt->cname);
     if (c->t->gguf && cv_ends_with(lt->cname, "linear_attn.in_proj_qkvz.weight"))
         return gguf_qkvz_outputs(c, lt, name);
+    if (c->t->gguf && s->cfg.arch == MK_ARCH_QWEN3_5_MOE && s->cfg.lin_num_v_heads != s->cfg.lin_num_k_heads) {
+        const mk_config *cf = &s->cfg;
+        const int64_t qk = 2 * (int64_t)cf->lin_num_k_heads * cf->lin_k_head_dim;
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_qkv.weight") || cv_ends_with(lt->cname, "linear_attn.conv1d.weight"))
+            return gguf_vrows_output(c, lt, name, qk, cf->lin_v_head_dim);
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_z.weight"))
+            return gguf_vrows_output(c, lt, name, 0, cf->lin_v_head_dim);
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_a.weight") || cv_ends_with(lt->cname, "linear_attn.in_proj_b.weight"))
+            return gguf_vrows_output(c, lt, name, 0, 1);
+    }
     /* quantizing: quantized sources are dequantized, then quantized anew */
     if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
@@ -424,6 +471,11 @@ static mk_status gguf_retype(pctx *c) {
         }
         mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
         bool q = mk_ggml_is_quant(gt);
+        const mk_config *cf = &c->s->cfg;
+        bool vr = cf->arch == MK_ARCH_QWEN3_5_MOE && cf->lin_num_k_heads > 0 &&
+                  cf->lin_num_v_heads != cf->lin_num_k_heads &&
+                  (cv_ends_with(o->name, ".ssm_out.weight") || cv_ends_with(o->name, ".ssm_a") ||
+                   cv_ends_with(o->name, ".ssm_dt.bias"));
         o->ggt = (int)gt;
         o->dt = q ? MK_DT_U8 : gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16;
         o->nbytes = 0;
@@ -433,15 +485,23 @@ static mk_status gguf_retype(pctx *c) {
                 return mk_err(MK_E_UNSUPPORTED, "--to gguf: integer tensor '%s' has no GGUF form here", pc->mod->name);
             cv_lt lt = {.mod = pc->mod, .row0 = pc->row0, .nrows = pc->nrows};
             float add = pc->add;
-            MK_TRY(cv_float_piece(&lt, q ? MK_DT_F32 : o->dt, add, pc));
-            if (cv_ends_with(o->name, ".ssm_a")) { /* qwen3next: -exp(A_log) */
+            MK_TRY(cv_float_piece(&lt, q || vr ? MK_DT_F32 : o->dt, add, pc));
+            if (cv_ends_with(o->name, ".ssm_a")) { /* qwen3next / qwen35: -exp(A_log) */
                 if (pc->mod->kind != CV_FLOAT)
                     return mk_err(MK_E_UNSUPPORTED, "--to gguf: '%s' is stored quantized", pc->mod->name);
                 pc->op = CV_OP_FLOAT;
                 pc->negexp = 1;
-                pc->nbytes = (uint64_t)pc->nrows * (uint64_t)pc->mod->cols * cv_esize(o->dt);
+                pc->nbytes = (uint64_t)pc->nrows * (uint64_t)pc->mod->cols * cv_esize(pc->dt);
             }
-            if (q) {
+            if (vr) { /* qwen35's value heads along the columns: whole rows through GGQ */
+                pc->vr_nk = cf->lin_num_k_heads;
+                pc->vr_r = cf->lin_num_v_heads / cf->lin_num_k_heads;
+                pc->vr_hd = (int)(pc->mod->cols / cf->lin_num_v_heads);
+                if ((int64_t)pc->vr_hd * cf->lin_num_v_heads != pc->mod->cols)
+                    return mk_err(MK_E_FORMAT, "'%s': %lld columns are not %d value heads", pc->mod->name,
+                                  (long long)pc->mod->cols, cf->lin_num_v_heads);
+            }
+            if (q || vr) {
                 pc->sop = (unsigned char)pc->op;
                 pc->op = CV_OP_GGQ;
                 pc->part = (unsigned char)gt;

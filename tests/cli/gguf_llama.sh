@@ -10,7 +10,11 @@
 # glm4moe's (glm4moe-a: q/k/v biases, partial RoPE, a leading dense layer,
 # a shared expert, routed scaling 2.5) and qwen3next's (qwen3next-a: Gated
 # DeltaNet layers, in_proj_qkvz split into attn_qkv / attn_gate, ssm_a =
-# -exp(A_log), 1 + w norms, gated q_proj, a shared expert with its gate):
+# -exp(A_log), 1 + w norms, gated q_proj, a shared expert with its gate) and
+# qwen35moe's (qwen35moe-a, and the trained tiny-qwen35moe with 16 experts
+# and its tokenizer: separate in_proj_qkv / z / a / b, the value heads
+# reordered from grouped to tiled in rows, columns and vectors, MRoPE
+# sections):
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
@@ -80,7 +84,7 @@ same_as_lq() {
     echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
 }
 
-for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a; do
+for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a tiny-qwen35moe; do
     src=$FX/$fx/bf16
     ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
