@@ -178,6 +178,10 @@ typedef struct cv_piece {
      * from grouped by key head (g * vr_r + j) to tiled (j * vr_nk + g);
      * vr_nk 0: none */
     int vr_nk, vr_r, vr_hd;
+    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj) are
+     * written transposed (cols rows of nrows values, llama.cpp's attn_k_b);
+     * such a piece runs as one unit */
+    unsigned char tr;
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */
     int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */

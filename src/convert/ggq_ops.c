@@ -22,6 +22,8 @@ static cv_piece src_piece(const cv_piece *p) {
 }
 
 size_t cv_ggq_scratch(const cv_piece *p, int64_t n) {
+    if (p->tr)
+        n = 2 * p->nrows; /* the rows, then their transpose (as many values) */
     cv_piece t = src_piece(p);
     int64_t C = p->mod->cols, un = t.op == CV_OP_FLOAT ? n * C : n;
     size_t s = t.op == CV_OP_COPY ? 0 : al(cv_dec_scratch(&t, un));
@@ -29,10 +31,16 @@ size_t cv_ggq_scratch(const cv_piece *p, int64_t n) {
 }
 
 uint64_t cv_ggq_out_bytes(const cv_piece *p, int64_t n) {
+    if (p->tr) /* n is 1: the block, cols rows of nrows values */
+        return (uint64_t)n * (uint64_t)p->mod->cols * mk_ggml_row_bytes((mk_ggml_type)p->part, p->nrows);
     return (uint64_t)n * mk_ggml_row_bytes((mk_ggml_type)p->part, p->mod->cols);
 }
 
 mk_status cv_ggq_run(const mk_ckpt *ck, const cv_piece *p, int64_t a, int64_t n, unsigned char *scratch, void *out) {
+    if (p->tr) { /* the one unit is every row of the piece */
+        a = 0;
+        n = p->nrows;
+    }
     cv_piece t = src_piece(p);
     const int64_t C = p->mod->cols;
     bool el = t.op == CV_OP_FLOAT;
@@ -55,10 +63,20 @@ mk_status cv_ggq_run(const mk_ckpt *ck, const cv_piece *p, int64_t a, int64_t n,
             }
         }
     }
+    int64_t rows = n, cols = C;
+    if (p->tr) { /* n x C -> C x n, into the scratch behind the rows */
+        float *y = x + n * C;
+        for (int64_t r = 0; r < n; r++)
+            for (int64_t c = 0; c < C; c++)
+                y[c * n + r] = x[r * C + c];
+        x = y;
+        rows = C;
+        cols = n;
+    }
     mk_ggml_type gt = (mk_ggml_type)p->part;
     if (mk_ggml_is_quant(gt))
-        mk_ggml_quantize(gt, x, n, C, out);
-    else /* a float type: only column-reordered pieces come here */
-        cv_encode(gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16, x, n * C, out);
+        mk_ggml_quantize(gt, x, rows, cols, out);
+    else /* a float type: only reordered or transposed pieces come here */
+        cv_encode(gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16, x, rows * cols, out);
     return MK_OK;
 }

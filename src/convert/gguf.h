@@ -42,6 +42,10 @@ mk_status cv_gguf_check_names(const cv_src *s);
 /* qwen3next: n when layer i is full attention exactly when (i + 1) % n
  * == 0 (llama.cpp's full_attention_interval), else 0. */
 int cv_gguf_full_interval(const mk_config *c);
+/* deepseek2: its leading dense layers (first_k_dense_replace, or
+ * glm4_moe_lite's mlp_layer_types when they are a prefix), -1 when the
+ * dense layers are not all leading. */
+int cv_gguf_leading_dense(const mk_config *c);
 /* llama.cpp's name of canonical tensor cname (malloc'd); NULL when there is
  * none (cv_gguf_check_names has reported it) or out of memory. */
 char *cv_gguf_name(const cv_src *s, const char *cname);

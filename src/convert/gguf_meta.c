@@ -318,13 +318,19 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     kv_archu(&k, arch, "embedding_length", (uint32_t)c->hidden_size);
     kv_archu(&k, arch, "feed_forward_length", (uint32_t)c->intermediate_size);
     kv_archu(&k, arch, "attention.head_count", (uint32_t)c->num_heads);
-    kv_archu(&k, arch, "attention.head_count_kv", (uint32_t)c->num_kv_heads);
+    /* deepseek2: MLA runs as MQA (one KV head of kv_lora_rank + rope dims) */
+    kv_archu(&k, arch, "attention.head_count_kv", c->arch == MK_ARCH_DEEPSEEK_V3 ? 1u : (uint32_t)c->num_kv_heads);
     kv_archf(&k, arch, "rope.freq_base", (float)c->rope.theta);
     kv_archf(&k, arch, "attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps);
     kv_archu(&k, arch, "expert_count", (uint32_t)c->num_experts);
     kv_archu(&k, arch, "expert_used_count", (uint32_t)c->num_experts_per_tok);
-    kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
-    kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) { /* deepseek.py overwrites base.py's head_dim ones */
+        kv_archu(&k, arch, "attention.key_length", (uint32_t)(c->kv_lora_rank + c->qk_rope_head_dim));
+        kv_archu(&k, arch, "attention.value_length", (uint32_t)c->kv_lora_rank);
+    } else {
+        kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
+        kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
+    }
     kv_archu(&k, arch, "expert_feed_forward_length", (uint32_t)c->moe_intermediate_size);
     if (c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE) {
         /* qwen.py Qwen2MoeModel + Qwen3NextModel: the shared expert, the
@@ -350,6 +356,27 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
             for (int i = 0; i < 4; i++)
                 put_u32(&k, sec[i]);
         }
+    }
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        /* deepseek.py DeepseekV2Model.set_gguf_parameters; base.py's
+         * n_group / topk_group and scoring_func (sigmoid for V3: moekit's
+         * router, whatever the config spells) */
+        if (c->n_group > 0)
+            kv_archu(&k, arch, "expert_group_count", (uint32_t)c->n_group);
+        if (c->topk_group > 0)
+            kv_archu(&k, arch, "expert_group_used_count", (uint32_t)c->topk_group);
+        kv_archu(&k, arch, "expert_gating_func", mk_config_sigmoid_router(c) ? 2u : 1u);
+        kv_archu(&k, arch, "leading_dense_block_count", (uint32_t)cv_gguf_leading_dense(c));
+        if (c->q_lora_rank > 0)
+            kv_archu(&k, arch, "attention.q_lora_rank", (uint32_t)c->q_lora_rank);
+        kv_archu(&k, arch, "attention.kv_lora_rank", (uint32_t)c->kv_lora_rank);
+        kv_archu(&k, arch, "attention.key_length_mla", (uint32_t)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+        kv_archu(&k, arch, "attention.value_length_mla", (uint32_t)c->v_head_dim);
+        kv_archu(&k, arch, "expert_shared_count", (uint32_t)c->n_shared_experts);
+        kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
+        if (c->norm_topk_prob)
+            kv_bool(&k, "deepseek2.expert_weights_norm", true);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)c->qk_rope_head_dim);
     }
     if (c->arch == MK_ARCH_GLM4_MOE) {
         /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared

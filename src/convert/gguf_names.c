@@ -153,6 +153,35 @@ static const gmap g_qwen35moe_layer[] = {
     {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
 };
 
+/* deepseek2 (conversion/deepseek.py DeepseekV2Model, MTP layers dropped):
+ * MLA as attn_q_a / attn_q_a_norm / attn_q_b (or attn_q without a q
+ * LoRA), attn_kv_a_mqa / attn_kv_a_norm, kv_b_proj split by the plan
+ * (gguf_kvb_outputs) into attn_k_b (transposed per head) and attn_v_b;
+ * leading dense layers, shared experts, exp_probs_b. */
+static const gmap g_deepseek2_layer[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"post_attention_layernorm.weight", "ffn_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.q_a_proj.weight", "attn_q_a.weight"},
+    {"self_attn.q_a_layernorm.weight", "attn_q_a_norm.weight"},
+    {"self_attn.q_b_proj.weight", "attn_q_b.weight"},
+    {"self_attn.kv_a_proj_with_mqa.weight", "attn_kv_a_mqa.weight"},
+    {"self_attn.kv_a_layernorm.weight", "attn_kv_a_norm.weight"},
+    {"self_attn.kv_b_proj.weight", "attn_k_b.weight"}, /* and attn_v_b.weight */
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"mlp.gate_proj.weight", "ffn_gate.weight"},
+    {"mlp.up_proj.weight", "ffn_up.weight"},
+    {"mlp.down_proj.weight", "ffn_down.weight"},
+    {"mlp.shared_experts.gate_proj.weight", "ffn_gate_shexp.weight"},
+    {"mlp.shared_experts.up_proj.weight", "ffn_up_shexp.weight"},
+    {"mlp.shared_experts.down_proj.weight", "ffn_down_shexp.weight"},
+    {"mlp.gate.weight", "ffn_gate_inp.weight"},
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"},
+    {"mlp.switch_mlp.gate_proj.weight", "ffn_gate_exps.weight"},
+    {"mlp.switch_mlp.up_proj.weight", "ffn_up_exps.weight"},
+    {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
+};
+
 typedef struct garch {
     mk_arch arch;
     const char *name;
@@ -167,6 +196,7 @@ static const garch g_archs[] = {
     GA(MK_ARCH_GLM4_MOE, "glm4moe", g_glm4moe_layer),
     GA(MK_ARCH_QWEN3_NEXT, "qwen3next", g_qwen3next_layer),
     GA(MK_ARCH_QWEN3_5_MOE, "qwen35moe", g_qwen35moe_layer),
+    GA(MK_ARCH_DEEPSEEK_V3, "deepseek2", g_deepseek2_layer),
 };
 
 static const garch *arch_of(const cv_src *s) {
@@ -211,9 +241,9 @@ static mk_status check_one(const cv_src *s, const char *cname) {
 
 mk_status cv_gguf_check_names(const cv_src *s) {
     if (!cv_gguf_arch(s))
-        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, qwen3_next, qwen3_5_moe, minimax_m2 and "
-                                        "glm4_moe (llama.cpp's qwen3moe, qwen3next, qwen35moe, minimax-m2, glm4moe) "
-                                        "so far, not %s",
+        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, "
+                                        "minimax_m2 and glm4_moe (llama.cpp's qwen3moe, qwen3next, qwen35moe, "
+                                        "deepseek2, minimax-m2, glm4moe) so far, not %s",
                       s->dir, mk_arch_name(s->cfg.arch));
     if (s->vl)
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of a vision-language checkpoint is not supported yet", s->dir);
@@ -231,7 +261,8 @@ mk_status cv_gguf_check_names(const cv_src *s) {
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: norm_topk_prob is false, but llama.cpp's qwen3moe always "
                                         "renormalizes the top-k expert weights: its GGUF would compute another model",
                       s->dir);
-    if (c->arch != MK_ARCH_GLM4_MOE && (c->n_mlp_only_layers > 0 || c->decoder_sparse_step > 1))
+    if (c->arch != MK_ARCH_GLM4_MOE && c->arch != MK_ARCH_DEEPSEEK_V3 &&
+        (c->n_mlp_only_layers > 0 || c->decoder_sparse_step > 1))
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: dense MLP layers (mlp_only_layers %d entries, "
                                         "decoder_sparse_step %d): llama.cpp's %s has MoE in every layer",
                       s->dir, c->n_mlp_only_layers, c->decoder_sparse_step, cv_gguf_arch(s));
@@ -243,6 +274,10 @@ mk_status cv_gguf_check_names(const cv_src *s) {
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: grouped routing (n_group %d, topk_group %d): llama.cpp's "
                                         "glm4moe routes over all experts: its GGUF would compute another model",
                       s->dir, c->n_group, c->topk_group);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && cv_gguf_leading_dense(c) < 0)
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: dense layers that are not the leading ones "
+                                        "(mlp_layer_types): llama.cpp's deepseek2 has only leading_dense_block_count",
+                      s->dir);
     if (c->rope.factor != 1.0)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: RoPE scaling (factor %g) is not written to GGUF yet", s->dir,
                       c->rope.factor);
@@ -277,6 +312,15 @@ int cv_gguf_full_interval(const mk_config *c) {
         if ((c->layer_is_full[i] != 0) != ((i + 1) % n == 0))
             return 0;
     return n;
+}
+
+int cv_gguf_leading_dense(const mk_config *c) {
+    if (!c->has_mlp_layer_types)
+        return c->first_k_dense_replace;
+    for (int i = 0; i < c->n_mlp_only_layers; i++)
+        if (c->mlp_only_layers[i] != i)
+            return -1;
+    return c->n_mlp_only_layers;
 }
 
 char *cv_gguf_name(const cv_src *s, const char *cname) {

@@ -59,6 +59,8 @@ void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len) {
 int64_t cv_op_units(const cv_piece *p) {
     if (p->op == CV_OP_COPY)
         return (int64_t)p->nbytes;
+    if (p->op == CV_OP_GGQ && p->tr)
+        return 1; /* a transposed block needs all its rows at once */
     if (p->op == CV_OP_FLOAT)
         return p->nrows * p->mod->cols;
     return p->nrows;

@@ -304,6 +304,41 @@ static mk_status gguf_vrows_output(pctx *c, const cv_lt *lt, char *name, int64_t
     return MK_OK;
 }
 
+/* DeepSeek's kv_b_proj for GGUF (conversion/deepseek.py): per head h its
+ * rows are [k_nope (nope), v (vd)] x kv_lora_rank; llama.cpp's MLA wants
+ * attn_k_b (H, kv_lora, nope), each head's k rows transposed (a GGQ piece
+ * with tr, run as one unit), and attn_v_b (H, vd, kv_lora), row pieces. */
+static mk_status gguf_kvb_outputs(pctx *c, const cv_lt *lt, char *kb_name) {
+    const mk_config *cf = &c->s->cfg;
+    const int64_t H = cf->num_heads, nope = cf->qk_nope_head_dim, vd = cf->v_head_dim, L = lt->shape[1];
+    if (lt->ndim != 2 || H <= 0 || lt->shape[0] != H * (nope + vd)) {
+        free(kb_name);
+        return mk_err(MK_E_FORMAT, "'%s': shape [%lld, %lld], expected [%lld, kv_lora_rank] from num_attention_heads "
+                      "%lld x (qk_nope_head_dim %lld + v_head_dim %lld)", lt->mod->name, (long long)lt->shape[0],
+                      (long long)lt->shape[1], (long long)(H * (nope + vd)), (long long)H, (long long)nope, (long long)vd);
+    }
+    char *vb_name = cv_printf("%.*s.attn_v_b.weight", (int)(strstr(kb_name, ".attn_k_b") - kb_name), kb_name);
+    int64_t sk[3] = {H, L, nope}, sv[3] = {H, vd, L};
+    mk_dtype dt = float_dt(c, lt);
+    cv_out *k = new_out(c, kb_name, dt, 3, sk);
+    size_t ik = c->p->nouts - 1;
+    cv_out *v = k ? new_out(c, vb_name, dt, 3, sv) : NULL;
+    if (!k || !v)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its attn_k_b / attn_v_b outputs", lt->mod->name);
+    k = &c->p->outs[ik];
+    for (int64_t h = 0; h < H; h++) {
+        cv_lt sub = *lt;
+        sub.row0 = lt->row0 + h * (nope + vd);
+        sub.nrows = nope;
+        MK_TRY(float_piece(k, &sub, 0.0f));
+        k->pc[k->npc - 1].tr = 1; /* gguf_retype turns it into the transposing GGQ */
+        sub.row0 += nope;
+        sub.nrows = vd;
+        MK_TRY(float_piece(v, &sub, 0.0f));
+    }
+    return MK_OK;
+}
+
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
@@ -311,6 +346,8 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output name", lt->cname);
     if (c->t->gguf && cv_ends_with(lt->cname, "linear_attn.in_proj_qkvz.weight"))
         return gguf_qkvz_outputs(c, lt, name);
+    if (c->t->gguf && cv_ends_with(lt->cname, "self_attn.kv_b_proj.weight"))
+        return gguf_kvb_outputs(c, lt, name);
     if (c->t->gguf && s->cfg.arch == MK_ARCH_QWEN3_5_MOE && s->cfg.lin_num_v_heads != s->cfg.lin_num_k_heads) {
         const mk_config *cf = &s->cfg;
         const int64_t qk = 2 * (int64_t)cf->lin_num_k_heads * cf->lin_k_head_dim;
@@ -485,7 +522,9 @@ static mk_status gguf_retype(pctx *c) {
                 return mk_err(MK_E_UNSUPPORTED, "--to gguf: integer tensor '%s' has no GGUF form here", pc->mod->name);
             cv_lt lt = {.mod = pc->mod, .row0 = pc->row0, .nrows = pc->nrows};
             float add = pc->add;
-            MK_TRY(cv_float_piece(&lt, q || vr ? MK_DT_F32 : o->dt, add, pc));
+            unsigned char tr = pc->tr; /* set at planning (gguf_kvb_outputs) */
+            MK_TRY(cv_float_piece(&lt, q || vr || tr ? MK_DT_F32 : o->dt, add, pc));
+            pc->tr = tr;
             if (cv_ends_with(o->name, ".ssm_a")) { /* qwen3next / qwen35: -exp(A_log) */
                 if (pc->mod->kind != CV_FLOAT)
                     return mk_err(MK_E_UNSUPPORTED, "--to gguf: '%s' is stored quantized", pc->mod->name);
@@ -501,11 +540,11 @@ static mk_status gguf_retype(pctx *c) {
                     return mk_err(MK_E_FORMAT, "'%s': %lld columns are not %d value heads", pc->mod->name,
                                   (long long)pc->mod->cols, cf->lin_num_v_heads);
             }
-            if (q || vr) {
+            if (q || vr || tr) {
                 pc->sop = (unsigned char)pc->op;
                 pc->op = CV_OP_GGQ;
                 pc->part = (unsigned char)gt;
-                pc->nbytes = (uint64_t)pc->nrows * mk_ggml_row_bytes(gt, pc->mod->cols);
+                pc->nbytes = tr ? cv_ggq_out_bytes(pc, 1) : (uint64_t)pc->nrows * mk_ggml_row_bytes(gt, pc->mod->cols);
             }
             pc->out_off = o->nbytes;
             o->nbytes += pc->nbytes;

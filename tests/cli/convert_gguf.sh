@@ -2,7 +2,7 @@
 # `moekit convert --to gguf` without llama.cpp: the nothing-lost rules for a
 # one-file output and its errors (tests/cli/gguf_llama.sh checks the file
 # against llama.cpp itself).
-#   - an unsupported architecture, a qwen3_moe llama.cpp would compute
+#   - a vision-language checkpoint, a qwen3_moe llama.cpp would compute
 #     differently (norm_topk_prob false), --gguf-type without --to gguf, a bad
 #     --gguf-type and --verify are refused with one line, exit 2, and leave
 #     neither DST nor DST.partial/
@@ -22,8 +22,9 @@ src=$FX/qwen3moe-odd/bf16
 
 nothing_left() { [ ! -e "$1" ] && [ ! -e "$1.partial" ] || fail "$1 or $1.partial left behind"; }
 
-expect 2 "supports qwen3_moe" "$BIN" convert "$FX/deepseekv3-a/bf16" "$T/next.gguf" --to gguf --quiet
-nothing_left "$T/next.gguf"
+expect 2 "vision-language checkpoint is not supported yet" "$BIN" convert "$FX/qwen35moe-vl/bf16" "$T/vl.gguf" \
+    --to gguf --quiet
+nothing_left "$T/vl.gguf"
 expect 2 "applies to --to gguf only" "$BIN" convert "$src" "$T/hf" --to hf --gguf-type q8_0 --quiet
 nothing_left "$T/hf"
 expect 2 "expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q3_k

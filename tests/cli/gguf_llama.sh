@@ -14,7 +14,9 @@
 # qwen35moe's (qwen35moe-a, and the trained tiny-qwen35moe with 16 experts
 # and its tokenizer: separate in_proj_qkv / z / a / b, the value heads
 # reordered from grouped to tiled in rows, columns and vectors, MRoPE
-# sections):
+# sections) and deepseek2's (deepseekv3-a, glm4lite-a: MLA with kv_b_proj
+# split into attn_k_b, transposed per head, and attn_v_b; grouped sigmoid
+# routing; leading dense layers, from mlp_layer_types for glm4_moe_lite):
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
@@ -84,7 +86,8 @@ same_as_lq() {
     echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
 }
 
-for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a tiny-qwen35moe; do
+for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a tiny-qwen35moe deepseekv3-a \
+    glm4lite-a; do
     src=$FX/$fx/bf16
     ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
