@@ -1,4 +1,5 @@
 #!/usr/bin/env bash
+# ctest-labels: slow
 # `moekit convert --to gguf` against llama.cpp itself (release v0.4.0, the
 # prebuilt libraries of node-llama-cpp 3.21.1; scripts/install-deps.d/llama.sh
 # puts them and the tools built on them in $MK_SRC/.peers/bin). Skipped, with
