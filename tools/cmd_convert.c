@@ -21,10 +21,13 @@ static void help(FILE *f) {
             "second one is refused, naming the first one's pid. Bad input found mid-run removes\n"
             "DST.partial/ (a rerun would fail alike); a full disk keeps it for the rerun.\n\n"
             "  --to hf|mlx|gguf         target layout (required); gguf: DST is one file for llama.cpp\n"
-            "                           (qwen3_moe so far; built in DST.partial/, then moved to DST)\n"
-            "  --gguf-type T            gguf: f32, f16, bf16, q8_0 or q4_0 (llama.cpp's reference\n"
-            "                           quantizers, bit for bit); norms and the router stay f32, as\n"
-            "                           llama.cpp writes them (default: floats keep --dtype's dtype)\n"
+            "                           (qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, glm4_moe(_lite),\n"
+            "                           minimax_m2; built in DST.partial/, then moved to DST)\n"
+            "  --gguf-type T            gguf: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k (every tensor\n"
+            "                           of that type, as llama-quantize --pure), or the mixes q4_k_m,\n"
+            "                           q5_k_m (llama-quantize's per-tensor choice); llama.cpp's reference\n"
+            "                           quantizers bit for bit; norms and the router stay f32, as llama.cpp\n"
+            "                           writes them (default: floats keep --dtype's dtype)\n"
             "  --experts per-expert|fused  HF expert layout (default per-expert)\n"
             "  --pack-experts           each routed expert's tensors as one contiguous block, 4 KiB-aligned when\n"
             "                           sizes allow: one read per expert when streaming; not with --experts fused\n"
@@ -92,15 +95,18 @@ static int cmd_convert(int argc, char **argv) {
             have_to = 1;
             break;
         case O_GGTYPE: {
-            static const struct { const char *s; mk_ggml_type t; } tt[] = {
+            static const struct { const char *s; int t; } tt[] = {
                 {"f32", MK_GGML_F32}, {"f16", MK_GGML_F16}, {"bf16", MK_GGML_BF16},
-                {"q8_0", MK_GGML_Q8_0}, {"q4_0", MK_GGML_Q4_0}};
+                {"q8_0", MK_GGML_Q8_0}, {"q4_0", MK_GGML_Q4_0}, {"q4_k", MK_GGML_Q4_K},
+                {"q5_k", MK_GGML_Q5_K}, {"q6_k", MK_GGML_Q6_K}, {"q4_k_m", MK_GGUF_Q4_K_M},
+                {"q5_k_m", MK_GGUF_Q5_K_M}};
             o.gguf_type = -2;
             for (size_t i = 0; i < sizeof tt / sizeof tt[0]; i++)
                 if (strcmp(optarg, tt[i].s) == 0)
-                    o.gguf_type = (int)tt[i].t;
+                    o.gguf_type = tt[i].t;
             if (o.gguf_type == -2)
-                return mk_cli_usage("convert", "--gguf-type '%s': expected f32, f16, bf16, q8_0 or q4_0", optarg);
+                return mk_cli_usage("convert", "--gguf-type '%s': expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, "
+                                    "q4_k_m or q5_k_m", optarg);
             break;
         }
         case O_EXPERTS:

@@ -79,11 +79,17 @@ typedef struct mk_conv_opts {
      * 4 KiB (real shapes are). Refused with --experts fused. */
     bool pack_experts;
     /* GGUF target: the file type, an mk_ggml_type (moekit/ggml_quant.h): F32,
-     * F16, BF16, Q8_0 or Q4_0 (1-D tensors, norms and the router stay F32,
-     * as llama.cpp writes them); -1 (the default): float tensors keep the
-     * dtype `dtype` says */
+     * F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K or Q6_K (1-D tensors, norms and the
+     * router stay F32, as llama.cpp writes them), or one of llama.cpp's
+     * mixes MK_GGUF_Q4_K_M / MK_GGUF_Q5_K_M; -1 (the default): float
+     * tensors keep the dtype `dtype` says */
     int gguf_type;
 } mk_conv_opts;
+
+/* mk_conv_opts.gguf_type: llama.cpp's per-tensor mixes (its llama_ftype
+ * plus 1000, apart from the ggml types) */
+#define MK_GGUF_Q4_K_M 1015
+#define MK_GGUF_Q5_K_M 1017
 
 typedef struct mk_conv_stats {
     uint64_t tensors_out;      /* tensors in the output */

@@ -137,6 +137,8 @@ mk_status cv_src_open(const char *path, cv_src *s);
 /* cv_src_open with flags. CV_SRC_PARTIAL_EXPERTS: an expert group may lack
  * experts (their proj[p][e].mod stay NULL) instead of failing: verify
  * reports them as missing units; every writer needs complete groups. */
+/* (MiniMax's block_sparse_moe.experts.<e>.w1 / w3 / w2 are an expert
+ * group for every target: mk_layout_expert's block table.) */
 enum { CV_SRC_PARTIAL_EXPERTS = 1u << 0 };
 mk_status cv_src_open_ex(const char *path, unsigned flags, cv_src *s);
 /* A lone .safetensors file, no config: one plain module per tensor
@@ -158,7 +160,7 @@ typedef enum cv_op {
     CV_OP_CT_BIAS,  /* MLX biases of a repacked INT4 module: -scale * zero point */
     CV_OP_QUANT,    /* quantize (quant_ops.c): one part of an MLX quantized module */
     CV_OP_FPDQ,     /* MLX mxfp4/mxfp8/nvfp4 dequantize */
-    CV_OP_GGQ,      /* ggml Q8_0/Q4_0 quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
+    CV_OP_GGQ,      /* ggml block quantize (ggq_ops.c): `part` the ggml type, `sop` the float op */
     CV_OP_GATHER,   /* strided byte gather, one or two sources zipped (gather.c): gpt_oss experts */
     CV_OP_COUNT
 } cv_op;
@@ -168,6 +170,16 @@ typedef struct cv_piece {
     unsigned char part; /* COPY: which tensor of the module (CV_T_*) */
     mk_dtype dt;        /* output dtype */
     float add;          /* added to every value (norm shift), 0 for none */
+    unsigned char negexp; /* FLOAT: then x -> -exp(x) (qwen3next's A_log as llama.cpp's ssm_a) */
+    /* GGQ: column blocks reordered as llama.cpp's qwen35 converter does
+     * (_reorder_v_heads): a row's vr_nk * vr_r blocks of vr_hd values go
+     * from grouped by key head (g * vr_r + j) to tiled (j * vr_nk + g);
+     * vr_nk 0: none */
+    int vr_nk, vr_r, vr_hd;
+    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj) are
+     * written transposed (cols rows of nrows values, llama.cpp's attn_k_b);
+     * such a piece runs as one unit */
+    unsigned char tr;
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */
     int64_t ocols;       /* output elements per row (cols, or groups for CT_BIAS) */

@@ -22,6 +22,7 @@
  * dispatches a piece to its decoder, quant_ops.c decodes a quantized
  * module's float input through cv_dec_run before quantizing it. */
 #include <stdlib.h>
+#include <math.h>
 #include <string.h>
 
 #include "convert/conv_impl.h"
@@ -81,6 +82,9 @@ static mk_status float_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, in
     if (p->add != 0.0f)
         for (int64_t i = 0; i < n; i++)
             f[i] += p->add;
+    if (p->negexp)
+        for (int64_t i = 0; i < n; i++)
+            f[i] = -expf(f[i]);
     cv_encode(dt, f, n, out);
     return MK_OK;
 }

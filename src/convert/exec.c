@@ -32,6 +32,7 @@
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/gguf.h"
 #include "convert/target.h"
 #include "convert/writer.h"
 #include "moekit/ggml_quant.h"
@@ -326,8 +327,9 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
         return mk_err(MK_E_ARG, "--to: expected hf, mlx or gguf");
     if (o->gguf_type >= 0 && o->to != MK_CONV_GGUF)
         return mk_err(MK_E_ARG, "--gguf-type applies to --to gguf only");
-    if (o->to == MK_CONV_GGUF && o->gguf_type >= 0 && !mk_ggml_type_name((mk_ggml_type)o->gguf_type))
-        return mk_err(MK_E_ARG, "--gguf-type %d: expected f32, f16, bf16, q8_0 or q4_0", o->gguf_type);
+    if (o->to == MK_CONV_GGUF && o->gguf_type >= 0 && !cv_gguf_type_ok(o->gguf_type))
+        return mk_err(MK_E_ARG, "--gguf-type %d: expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m",
+                      o->gguf_type);
     if (o->to == MK_CONV_GGUF && o->verify)
         return mk_err(MK_E_UNSUPPORTED, "--verify does not read GGUF output yet (compare with llama.cpp: "
                                         "tests/cli/gguf_llama.sh)");
@@ -680,7 +682,8 @@ mk_status mk_conv_run(const char *src, const char *dst, const mk_conv_opts *oin,
     bool have_src = false;
     /* a lone .safetensors file is a source only for quantization */
     if (rc == MK_OK) {
-        rc = bare ? cv_src_open_bare(src, &s) : cv_src_open(src, &s);
+        rc = bare ? cv_src_open_bare(src, &s)
+                  : cv_src_open_ex(src, 0, &s);
         have_src = true;
     }
     if (rc == MK_OK)

@@ -14,7 +14,7 @@
  *   gguf_writer.c  the file writer (writer.h): header, tensor infos, data
  *                  aligned to 32 bytes, one file
  *   ggq_ops.c      the CV_OP_GGQ operation: decoded float32 rows quantized
- *                  to Q8_0 / Q4_0 (include/moekit/ggml_quant.h)
+ *                  to a ggml block type (include/moekit/ggml_quant.h)
  * GGUF format: magic "GGUF", version 3, little-endian; strings are a u64
  * length and bytes; tensor dims are written innermost first (ne0 = the
  * row length), the reverse of the safetensors shape. */
@@ -39,15 +39,40 @@ const char *cv_gguf_arch(const cv_src *s);
 /* Check every tensor the plan will write has a llama.cpp name (the error
  * names the first one that has none and the architecture). */
 mk_status cv_gguf_check_names(const cv_src *s);
+/* qwen3next: n when layer i is full attention exactly when (i + 1) % n
+ * == 0 (llama.cpp's full_attention_interval), else 0. */
+int cv_gguf_full_interval(const mk_config *c);
+/* deepseek2: its leading dense layers (first_k_dense_replace, or
+ * glm4_moe_lite's mlp_layer_types when they are a prefix), -1 when the
+ * dense layers are not all leading. */
+int cv_gguf_leading_dense(const mk_config *c);
 /* llama.cpp's name of canonical tensor cname (malloc'd); NULL when there is
  * none (cv_gguf_check_names has reported it) or out of memory. */
 char *cv_gguf_name(const cv_src *s, const char *cname);
+/* The mixes' file types (mk_conv_opts.gguf_type beside the ggml types). */
+#define CV_GGUF_Q4_K_M MK_GGUF_Q4_K_M
+#define CV_GGUF_Q5_K_M MK_GGUF_Q5_K_M
+
+/* What llama.cpp's type choice counts over a file (gguf_types.c): set
+ * ftype, n_layer (block_count), n_expert, tied (no output.weight) and
+ * n_attn_v (attn_v-like tensors, cv_gguf_attn_v_like), the counters zero,
+ * then call cv_gguf_type on every output in file order. */
+typedef struct cv_gguf_mix {
+    int ftype; /* mk_conv_opts.gguf_type; -1: floats keep their dtype */
+    int n_layer, n_expert, n_attn_v;
+    bool tied;
+    int i_attn_v, i_ffn_down;
+} cv_gguf_mix;
+bool cv_gguf_attn_v_like(const char *gname);
 /* ggml type of an output named `gname` (llama.cpp's name) of ndim dims and
- * rows of `cols` values under file type ft (F32/F16/BF16/Q8_0/Q4_0; F32
- * means "keep the float dtype `fdt`"): F32 for 1-D tensors, norms and the
- * router, ft otherwise; a quantized ft falls back to F16 when cols is not a
- * multiple of 32 (as convert_hf_to_gguf.py does). */
-mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_ggml_type ft, mk_dtype fdt);
+ * rows of `cols` values (gguf_types.c says how); fdt is its float dtype,
+ * kept when m->ftype is -1. */
+mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_dtype fdt, cv_gguf_mix *m);
+/* Is gguf_type one of the file types above (not Q5_0 / Q5_1, which are
+ * fallbacks only)? */
+bool cv_gguf_type_ok(int gguf_type);
+/* general.file_type (llama.cpp's llama_ftype) of a --gguf-type value. */
+uint32_t cv_gguf_file_type(int gguf_type);
 
 /* gguf_meta.c: serialize the key/value section into p->gguf_kv. */
 mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p);

@@ -295,13 +295,8 @@ static mk_status tokenizer_kv(const cv_src *s, const char *arch, kvbuf *k) {
 }
 
 static uint32_t file_type(const mk_conv_opts *o, const cv_plan *p) {
-    switch ((int)o->gguf_type) {
-    case MK_GGML_Q8_0: return 7;  /* LLAMA_FTYPE_MOSTLY_Q8_0 */
-    case MK_GGML_Q4_0: return 2;  /* LLAMA_FTYPE_MOSTLY_Q4_0 */
-    case MK_GGML_F32: return 0;   /* ALL_F32 */
-    case MK_GGML_F16: return 1;   /* MOSTLY_F16 */
-    case MK_GGML_BF16: return 32; /* MOSTLY_BF16 */
-    }
+    if (o->gguf_type >= 0)
+        return cv_gguf_file_type(o->gguf_type); /* gguf_types.c */
     /* floats kept: the type of most bytes */
     uint64_t by[3] = {0, 0, 0};
     for (size_t i = 0; i < p->nouts; i++)
@@ -323,14 +318,90 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     kv_archu(&k, arch, "embedding_length", (uint32_t)c->hidden_size);
     kv_archu(&k, arch, "feed_forward_length", (uint32_t)c->intermediate_size);
     kv_archu(&k, arch, "attention.head_count", (uint32_t)c->num_heads);
-    kv_archu(&k, arch, "attention.head_count_kv", (uint32_t)c->num_kv_heads);
+    /* deepseek2: MLA runs as MQA (one KV head of kv_lora_rank + rope dims) */
+    kv_archu(&k, arch, "attention.head_count_kv", c->arch == MK_ARCH_DEEPSEEK_V3 ? 1u : (uint32_t)c->num_kv_heads);
     kv_archf(&k, arch, "rope.freq_base", (float)c->rope.theta);
     kv_archf(&k, arch, "attention.layer_norm_rms_epsilon", (float)c->rms_norm_eps);
     kv_archu(&k, arch, "expert_count", (uint32_t)c->num_experts);
     kv_archu(&k, arch, "expert_used_count", (uint32_t)c->num_experts_per_tok);
-    kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
-    kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) { /* deepseek.py overwrites base.py's head_dim ones */
+        kv_archu(&k, arch, "attention.key_length", (uint32_t)(c->kv_lora_rank + c->qk_rope_head_dim));
+        kv_archu(&k, arch, "attention.value_length", (uint32_t)c->kv_lora_rank);
+    } else {
+        kv_archu(&k, arch, "attention.key_length", (uint32_t)c->head_dim);
+        kv_archu(&k, arch, "attention.value_length", (uint32_t)c->head_dim);
+    }
     kv_archu(&k, arch, "expert_feed_forward_length", (uint32_t)c->moe_intermediate_size);
+    if (c->arch == MK_ARCH_QWEN3_NEXT || c->arch == MK_ARCH_QWEN3_5_MOE) {
+        /* qwen.py Qwen2MoeModel + Qwen3NextModel: the shared expert, the
+         * Gated DeltaNet sizes, the full-attention interval (checked
+         * regular by cv_gguf_check_names), partial RoPE */
+        kv_archu(&k, arch, "expert_shared_feed_forward_length", (uint32_t)c->shared_intermediate_size);
+        kv_archu(&k, arch, "ssm.conv_kernel", (uint32_t)c->conv_kernel);
+        kv_archu(&k, arch, "ssm.state_size", (uint32_t)c->lin_k_head_dim);
+        kv_archu(&k, arch, "ssm.group_count", (uint32_t)c->lin_num_k_heads);
+        kv_archu(&k, arch, "ssm.time_step_rank", (uint32_t)c->lin_num_v_heads);
+        kv_archu(&k, arch, "ssm.inner_size", (uint32_t)(c->lin_v_head_dim * c->lin_num_v_heads));
+        kv_archu(&k, arch, "full_attention_interval", (uint32_t)cv_gguf_full_interval(c));
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)(c->head_dim * c->rope.partial_rotary_factor));
+        if (c->arch == MK_ARCH_QWEN3_5_MOE) {
+            /* _Qwen35MRopeMixin: the interleaved MRoPE sections, Qwen3.5's
+             * [11, 11, 10, 0] (moekit reads text only: with one position for
+             * time, height and width every section rotates alike, so the
+             * split changes nothing here) */
+            static const uint32_t sec[4] = {11, 11, 10, 0};
+            char name[96];
+            snprintf(name, sizeof name, "%s.rope.dimension_sections", arch);
+            kv_arr(&k, name, GG_I32, 4);
+            for (int i = 0; i < 4; i++)
+                put_u32(&k, sec[i]);
+        }
+    }
+    if (c->arch == MK_ARCH_DEEPSEEK_V3) {
+        /* deepseek.py DeepseekV2Model.set_gguf_parameters; base.py's
+         * n_group / topk_group and scoring_func (sigmoid for V3: moekit's
+         * router, whatever the config spells) */
+        if (c->n_group > 0)
+            kv_archu(&k, arch, "expert_group_count", (uint32_t)c->n_group);
+        if (c->topk_group > 0)
+            kv_archu(&k, arch, "expert_group_used_count", (uint32_t)c->topk_group);
+        kv_archu(&k, arch, "expert_gating_func", mk_config_sigmoid_router(c) ? 2u : 1u);
+        kv_archu(&k, arch, "leading_dense_block_count", (uint32_t)cv_gguf_leading_dense(c));
+        if (c->q_lora_rank > 0)
+            kv_archu(&k, arch, "attention.q_lora_rank", (uint32_t)c->q_lora_rank);
+        kv_archu(&k, arch, "attention.kv_lora_rank", (uint32_t)c->kv_lora_rank);
+        kv_archu(&k, arch, "attention.key_length_mla", (uint32_t)(c->qk_nope_head_dim + c->qk_rope_head_dim));
+        kv_archu(&k, arch, "attention.value_length_mla", (uint32_t)c->v_head_dim);
+        kv_archu(&k, arch, "expert_shared_count", (uint32_t)c->n_shared_experts);
+        kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
+        if (c->norm_topk_prob)
+            kv_bool(&k, "deepseek2.expert_weights_norm", true);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)c->qk_rope_head_dim);
+    }
+    if (c->arch == MK_ARCH_GLM4_MOE) {
+        /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared
+         * experts, leading dense layers, sigmoid gating, routed scaling and
+         * top-k renormalization (MTP layers dropped: no nextn keys) */
+        if (c->n_group > 0)
+            kv_archu(&k, arch, "expert_group_count", (uint32_t)c->n_group);
+        if (c->topk_group > 0)
+            kv_archu(&k, arch, "expert_group_used_count", (uint32_t)c->topk_group);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)(c->head_dim * c->rope.partial_rotary_factor));
+        kv_archu(&k, arch, "expert_shared_count", (uint32_t)c->n_shared_experts);
+        kv_archu(&k, arch, "leading_dense_block_count", (uint32_t)c->first_k_dense_replace);
+        kv_archu(&k, arch, "expert_gating_func", 2);
+        kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
+        kv_bool(&k, "glm4moe.expert_weights_norm", c->norm_topk_prob);
+    }
+    if (c->arch == MK_ARCH_MINIMAX_M2) {
+        /* conversion/minimax.py: the rotated dims (rotary_dim; moekit's
+         * reading of a config without it: partial_rotary_factor of head_dim)
+         * and base.py's scoring_func -> expert_gating_func, sigmoid (2) for
+         * this family whatever the config says (transformers' MiniMaxM2) */
+        int rot = c->rotary_dim > 0 ? c->rotary_dim : (int)(c->head_dim * c->rope.partial_rotary_factor);
+        kv_archu(&k, arch, "rope.dimension_count", (uint32_t)rot);
+        kv_archu(&k, arch, "expert_gating_func", 2);
+    }
     mk_status st = tokenizer_kv(s, arch, &k);
     if (st == MK_OK && k.oom)
         st = mk_err(MK_E_NOMEM, "%s: no memory for the GGUF metadata (%zu bytes so far)", s->dir, k.n);

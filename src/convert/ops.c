@@ -8,7 +8,7 @@
  *   decode  stored form -> float32 -> one rounding (decode.c, encode.c):
  *           FLOAT, FP8, AFFINE, CT, CT_BIAS, FPDQ
  *   QUANT   decode, then MLX quantization (quant_ops.c)
- *   GGQ     decode, then ggml Q8_0/Q4_0 quantization (ggq_ops.c, GGUF)
+ *   GGQ     decode, then a ggml block quantization (ggq_ops.c, GGUF)
  *   GATHER  stored bytes moved by strides, never decoded (gather.c)
  * Dependencies run one way: ops.c -> quant_ops.c -> decode.c -> encode.c. */
 #include "convert/conv_impl.h"
@@ -67,6 +67,8 @@ void cv_op_copy_range(const cv_piece *p, uint64_t *off, uint64_t *len) {
 int64_t cv_op_units(const cv_piece *p) {
     if (p->op == CV_OP_COPY)
         return (int64_t)p->nbytes;
+    if (p->op == CV_OP_GGQ && p->tr)
+        return 1; /* a transposed block needs all its rows at once */
     if (p->op == CV_OP_FLOAT)
         return p->nrows * p->mod->cols;
     return p->nrows; /* GATHER: output rows */

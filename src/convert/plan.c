@@ -230,11 +230,134 @@ static bool dropped(const pctx *c, const cv_lt *lt) {
     return c->s->cfg.tie_word_embeddings && strcmp(lt->cname, "lm_head.weight") == 0;
 }
 
+/* qwen3next's in_proj_qkvz for GGUF (conversion/qwen.py): its rows are,
+ * per key head g, [q (dk), k (dk), v (r dv), z (r dv)] with r = value
+ * heads per key head; llama.cpp wants attn_qkv = every head's q, then
+ * every k, then every v, and attn_gate = the z rows: row pieces of the
+ * same module in that order (no data moves at planning). */
+static mk_status gguf_qkvz_outputs(pctx *c, const cv_lt *lt, char *qkv_name) {
+    const mk_config *cf = &c->s->cfg;
+    const int nk = cf->lin_num_k_heads, nv = cf->lin_num_v_heads, dk = cf->lin_k_head_dim, dv = cf->lin_v_head_dim;
+    const int64_t vz = nk > 0 ? (int64_t)nv / nk * dv : 0, per = 2 * (int64_t)dk + 2 * vz;
+    if (nk <= 0 || nv % nk || lt->ndim != 2 || lt->shape[0] != per * nk) {
+        free(qkv_name);
+        return mk_err(MK_E_FORMAT, "'%s': shape [%lld, %lld], expected [%lld, hidden] from linear_num_key_heads %d, "
+                      "linear_num_value_heads %d, linear_key_head_dim %d, linear_value_head_dim %d",
+                      lt->mod->name, (long long)lt->shape[0], (long long)lt->shape[1], (long long)(per * nk), nk, nv,
+                      dk, dv);
+    }
+    char *gate_name = cv_printf("%.*s.attn_gate.weight", (int)(strstr(qkv_name, ".attn_qkv") - qkv_name), qkv_name);
+    int64_t sq[2] = {nk * (2 * (int64_t)dk + vz), lt->shape[1]}, sz[2] = {nk * vz, lt->shape[1]};
+    mk_dtype dt = float_dt(c, lt);
+    cv_out *o = new_out(c, qkv_name, dt, 2, sq);
+    size_t iq = c->p->nouts - 1;
+    cv_out *z = o ? new_out(c, gate_name, dt, 2, sz) : NULL;
+    if (!o || !z)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its attn_qkv / attn_gate outputs", lt->mod->name);
+    o = &c->p->outs[iq];
+    /* (offset within a head's rows, rows) of q, k, v, then z */
+    const int64_t off[4] = {0, dk, 2 * (int64_t)dk, 2 * (int64_t)dk + vz}, len[4] = {dk, dk, vz, vz};
+    for (int part = 0; part < 4; part++)
+        for (int g = 0; g < nk; g++) {
+            cv_lt sub = *lt;
+            sub.row0 = lt->row0 + g * per + off[part];
+            sub.nrows = len[part];
+            MK_TRY(float_piece(part < 3 ? o : z, &sub, 0.0f));
+        }
+    return MK_OK;
+}
+
+/* qwen3_5_moe's Gated DeltaNet rows for GGUF (conversion/qwen.py
+ * _LinearAttentionVReorderBase): the value-head rows, from `first` on in
+ * blocks of hd rows, go from grouped by key head (block g * r + j) to
+ * tiled (j * nk + g), so ggml can broadcast key heads over value heads:
+ * in_proj_qkv's v rows, in_proj_z, in_proj_a / in_proj_b (hd 1), conv1d's
+ * v channels. Row pieces of the source: no data moves at planning. Their
+ * columns (out_proj) and 1-D A_log / dt_bias are reordered by the GGQ
+ * operation (cv_piece.vr_*, gguf_retype). */
+static mk_status gguf_vrows_output(pctx *c, const cv_lt *lt, char *name, int64_t first, int64_t hd) {
+    const mk_config *cf = &c->s->cfg;
+    const int64_t nk = cf->lin_num_k_heads, r = nk > 0 ? cf->lin_num_v_heads / nk : 0;
+    int64_t shape[MK_MAX_DIMS];
+    memcpy(shape, lt->shape, sizeof shape);
+    if (r <= 0 || lt->nrows != first + nk * r * hd) {
+        free(name);
+        return mk_err(MK_E_FORMAT, "'%s': %lld rows, expected %lld + %lld value heads x %lld", lt->mod->name,
+                      (long long)lt->nrows, (long long)first, (long long)(nk * r), (long long)hd);
+    }
+    cv_out *o = new_out(c, name, float_dt(c, lt), lt->ndim, shape);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
+    float add = cv_norm_shift(c->s, lt, c->norms);
+    if (first > 0) {
+        cv_lt sub = *lt;
+        sub.nrows = first;
+        MK_TRY(float_piece(o, &sub, add));
+    }
+    for (int64_t b = 0; b < nk * r; b++) {
+        int64_t g = b % nk, j = b / nk;
+        cv_lt sub = *lt;
+        sub.row0 = lt->row0 + first + (g * r + j) * hd;
+        sub.nrows = hd;
+        MK_TRY(float_piece(o, &sub, add));
+    }
+    return MK_OK;
+}
+
+/* DeepSeek's kv_b_proj for GGUF (conversion/deepseek.py): per head h its
+ * rows are [k_nope (nope), v (vd)] x kv_lora_rank; llama.cpp's MLA wants
+ * attn_k_b (H, kv_lora, nope), each head's k rows transposed (a GGQ piece
+ * with tr, run as one unit), and attn_v_b (H, vd, kv_lora), row pieces. */
+static mk_status gguf_kvb_outputs(pctx *c, const cv_lt *lt, char *kb_name) {
+    const mk_config *cf = &c->s->cfg;
+    const int64_t H = cf->num_heads, nope = cf->qk_nope_head_dim, vd = cf->v_head_dim, L = lt->shape[1];
+    if (lt->ndim != 2 || H <= 0 || lt->shape[0] != H * (nope + vd)) {
+        free(kb_name);
+        return mk_err(MK_E_FORMAT, "'%s': shape [%lld, %lld], expected [%lld, kv_lora_rank] from num_attention_heads "
+                      "%lld x (qk_nope_head_dim %lld + v_head_dim %lld)", lt->mod->name, (long long)lt->shape[0],
+                      (long long)lt->shape[1], (long long)(H * (nope + vd)), (long long)H, (long long)nope, (long long)vd);
+    }
+    char *vb_name = cv_printf("%.*s.attn_v_b.weight", (int)(strstr(kb_name, ".attn_k_b") - kb_name), kb_name);
+    int64_t sk[3] = {H, L, nope}, sv[3] = {H, vd, L};
+    mk_dtype dt = float_dt(c, lt);
+    cv_out *k = new_out(c, kb_name, dt, 3, sk);
+    size_t ik = c->p->nouts - 1;
+    cv_out *v = k ? new_out(c, vb_name, dt, 3, sv) : NULL;
+    if (!k || !v)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its attn_k_b / attn_v_b outputs", lt->mod->name);
+    k = &c->p->outs[ik];
+    for (int64_t h = 0; h < H; h++) {
+        cv_lt sub = *lt;
+        sub.row0 = lt->row0 + h * (nope + vd);
+        sub.nrows = nope;
+        MK_TRY(float_piece(k, &sub, 0.0f));
+        k->pc[k->npc - 1].tr = 1; /* gguf_retype turns it into the transposing GGQ */
+        sub.row0 += nope;
+        sub.nrows = vd;
+        MK_TRY(float_piece(v, &sub, 0.0f));
+    }
+    return MK_OK;
+}
+
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
     if (!name)
         return mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output name", lt->cname);
+    if (c->t->gguf && cv_ends_with(lt->cname, "linear_attn.in_proj_qkvz.weight"))
+        return gguf_qkvz_outputs(c, lt, name);
+    if (c->t->gguf && cv_ends_with(lt->cname, "self_attn.kv_b_proj.weight"))
+        return gguf_kvb_outputs(c, lt, name);
+    if (c->t->gguf && s->cfg.arch == MK_ARCH_QWEN3_5_MOE && s->cfg.lin_num_v_heads != s->cfg.lin_num_k_heads) {
+        const mk_config *cf = &s->cfg;
+        const int64_t qk = 2 * (int64_t)cf->lin_num_k_heads * cf->lin_k_head_dim;
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_qkv.weight") || cv_ends_with(lt->cname, "linear_attn.conv1d.weight"))
+            return gguf_vrows_output(c, lt, name, qk, cf->lin_v_head_dim);
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_z.weight"))
+            return gguf_vrows_output(c, lt, name, 0, cf->lin_v_head_dim);
+        if (cv_ends_with(lt->cname, "linear_attn.in_proj_a.weight") || cv_ends_with(lt->cname, "linear_attn.in_proj_b.weight"))
+            return gguf_vrows_output(c, lt, name, 0, 1);
+    }
     /* quantizing: quantized sources are dequantized, then quantized anew */
     if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
         if (!cv_ends_with(name, ".weight")) {
@@ -591,15 +714,37 @@ static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
 
 /* ------------------------------------------------------------ GGUF */
 
-/* The GGUF target's tensor types (gguf_names.c): each output re-planned in
- * its ggml type: floats re-encoded (norms and the router to F32), Q8_0 /
- * Q4_0 as CV_OP_GGQ pieces over the float op of the same rows. */
+/* The GGUF target's tensor types (gguf_types.c): each output re-planned in
+ * its ggml type: floats re-encoded (norms and the router to F32), block
+ * types as CV_OP_GGQ pieces over the float op of the same rows. The
+ * outputs are visited in the file's order (the writer's), as llama.cpp's
+ * type choice counts them. */
 static mk_status gguf_retype(pctx *c) {
-    for (size_t i = 0; i < c->p->nouts; i++) {
-        cv_out *o = &c->p->outs[i];
+    cv_plan *p = c->p;
+    qsort(p->outs, p->nouts, sizeof *p->outs, c->t->writer->order);
+    cv_gguf_mix mx = {.ftype = c->o->gguf_type, .n_layer = c->s->cfg.num_layers, .n_expert = c->s->cfg.num_experts,
+                      .tied = true};
+    for (size_t i = 0; i < p->nouts; i++) {
+        mx.n_attn_v += cv_gguf_attn_v_like(p->outs[i].name);
+        if (strcmp(p->outs[i].name, "output.weight") == 0)
+            mx.tied = false;
+    }
+    for (size_t i = 0; i < p->nouts; i++) {
+        cv_out *o = &p->outs[i];
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
-        mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, (mk_ggml_type)c->o->gguf_type, o->dt);
+        /* conv1d (C, 1, K) as llama.cpp's (C, K): the same bytes */
+        if (o->ndim == 3 && strstr(o->name, "ssm_conv1d") && o->shape[1] == 1) {
+            o->shape[1] = o->shape[2];
+            o->ndim = 2;
+            cols = o->shape[1];
+        }
+        mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
         bool q = mk_ggml_is_quant(gt);
+        const mk_config *cf = &c->s->cfg;
+        bool vr = cf->arch == MK_ARCH_QWEN3_5_MOE && cf->lin_num_k_heads > 0 &&
+                  cf->lin_num_v_heads != cf->lin_num_k_heads &&
+                  (cv_ends_with(o->name, ".ssm_out.weight") || cv_ends_with(o->name, ".ssm_a") ||
+                   cv_ends_with(o->name, ".ssm_dt.bias"));
         o->ggt = (int)gt;
         o->dt = q ? MK_DT_U8 : gt == MK_GGML_F32 ? MK_DT_F32 : gt == MK_GGML_F16 ? MK_DT_F16 : MK_DT_BF16;
         o->nbytes = 0;
@@ -609,12 +754,29 @@ static mk_status gguf_retype(pctx *c) {
                 return mk_err(MK_E_UNSUPPORTED, "--to gguf: integer tensor '%s' has no GGUF form here", pc->mod->name);
             cv_lt lt = {.mod = pc->mod, .row0 = pc->row0, .nrows = pc->nrows};
             float add = pc->add;
-            MK_TRY(cv_float_piece(&lt, q ? MK_DT_F32 : o->dt, add, pc));
-            if (q) {
+            unsigned char tr = pc->tr; /* set at planning (gguf_kvb_outputs) */
+            MK_TRY(cv_float_piece(&lt, q || vr || tr ? MK_DT_F32 : o->dt, add, pc));
+            pc->tr = tr;
+            if (cv_ends_with(o->name, ".ssm_a")) { /* qwen3next / qwen35: -exp(A_log) */
+                if (pc->mod->kind != CV_FLOAT)
+                    return mk_err(MK_E_UNSUPPORTED, "--to gguf: '%s' is stored quantized", pc->mod->name);
+                pc->op = CV_OP_FLOAT;
+                pc->negexp = 1;
+                pc->nbytes = (uint64_t)pc->nrows * (uint64_t)pc->mod->cols * cv_esize(pc->dt);
+            }
+            if (vr) { /* qwen35's value heads along the columns: whole rows through GGQ */
+                pc->vr_nk = cf->lin_num_k_heads;
+                pc->vr_r = cf->lin_num_v_heads / cf->lin_num_k_heads;
+                pc->vr_hd = (int)(pc->mod->cols / cf->lin_num_v_heads);
+                if ((int64_t)pc->vr_hd * cf->lin_num_v_heads != pc->mod->cols)
+                    return mk_err(MK_E_FORMAT, "'%s': %lld columns are not %d value heads", pc->mod->name,
+                                  (long long)pc->mod->cols, cf->lin_num_v_heads);
+            }
+            if (q || vr || tr) {
                 pc->sop = (unsigned char)pc->op;
                 pc->op = CV_OP_GGQ;
                 pc->part = (unsigned char)gt;
-                pc->nbytes = (uint64_t)pc->nrows * mk_ggml_row_bytes(gt, pc->mod->cols);
+                pc->nbytes = tr ? cv_ggq_out_bytes(pc, 1) : (uint64_t)pc->nrows * mk_ggml_row_bytes(gt, pc->mod->cols);
             }
             pc->out_off = o->nbytes;
             o->nbytes += pc->nbytes;

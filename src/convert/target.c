@@ -12,7 +12,7 @@
  *   gguf llama.cpp's GGUF (src/convert/gguf.h): one file, llama.cpp's
  *        tensor names and metadata keys, experts stacked (E, out, in) as
  *        its ffn_*_exps, text only, every quantized module dequantized
- *        (then Q8_0/Q4_0 by --gguf-type); no config.json. */
+ *        (then a ggml block type by --gguf-type); no config.json. */
 #include <stddef.h>
 
 #include "convert/target.h"
@@ -54,7 +54,7 @@ static const cv_target g_targets[] = {
         .naming = MK_NAMING_HF, /* replaced by llama.cpp's names (gguf_names.c) */
         .experts = CV_XG_SWITCH,
         .experts_choice = false,
-        .norms = CV_NORMS_W,
+        .norms = CV_NORMS_1PW, /* llama.cpp's converter adds 1 to qwen3next's zero-centred norms */
         .conv1d = CV_CONV1D_C1K,
         .text_only = true,
         .keeps_quantized = false,

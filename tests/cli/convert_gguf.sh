@@ -2,7 +2,7 @@
 # `moekit convert --to gguf` without llama.cpp: the nothing-lost rules for a
 # one-file output and its errors (tests/cli/gguf_llama.sh checks the file
 # against llama.cpp itself).
-#   - an unsupported architecture, a qwen3_moe llama.cpp would compute
+#   - a vision-language checkpoint, a qwen3_moe llama.cpp would compute
 #     differently (norm_topk_prob false), --gguf-type without --to gguf, a bad
 #     --gguf-type and --verify are refused with one line, exit 2, and leave
 #     neither DST nor DST.partial/
@@ -22,11 +22,12 @@ src=$FX/qwen3moe-odd/bf16
 
 nothing_left() { [ ! -e "$1" ] && [ ! -e "$1.partial" ] || fail "$1 or $1.partial left behind"; }
 
-expect 2 "supports qwen3_moe" "$BIN" convert "$FX/qwen3next-a/bf16" "$T/next.gguf" --to gguf --quiet
-nothing_left "$T/next.gguf"
+expect 2 "vision-language checkpoint is not supported yet" "$BIN" convert "$FX/qwen35moe-vl/bf16" "$T/vl.gguf" \
+    --to gguf --quiet
+nothing_left "$T/vl.gguf"
 expect 2 "applies to --to gguf only" "$BIN" convert "$src" "$T/hf" --to hf --gguf-type q8_0 --quiet
 nothing_left "$T/hf"
-expect 2 "expected f32, f16, bf16, q8_0 or q4_0" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q4_k
+expect 2 "expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m" "$BIN" convert "$src" "$T/x.gguf" --to gguf --gguf-type q3_k
 nothing_left "$T/x.gguf"
 mkdir "$T/nonorm"
 sed 's/"norm_topk_prob": true/"norm_topk_prob": false/' "$src/config.json" > "$T/nonorm/config.json"
@@ -71,6 +72,19 @@ for point in item:1 item:5 shard:1 commit:1 committed:1; do
     rm -f "$T/r.gguf"
     echo "ok: killed at $point, rerun byte-identical"
 done
+
+# the same for the K-quant mix (Q4_K_M's per-tensor types, Q5_0/Q8_0 fallbacks): killed inside the data
+"$BIN" convert "$src" "$T/refk.gguf" --to gguf --gguf-type q4_k_m --quiet
+set +e
+MK_CONVERT_CRASH=item:5 sh -c '"$@"; exit $?' sh "$BIN" convert "$src" "$T/rk.gguf" --to gguf --gguf-type q4_k_m \
+    --quiet 2>/dev/null
+rc=$?
+set -e
+[ $rc -eq 137 ] || fail "q4_k_m crash at item:5: exit $rc, expected 137 (SIGKILL)"
+[ ! -e "$T/rk.gguf" ] || fail "rk.gguf exists after a crash"
+"$BIN" convert "$src" "$T/rk.gguf" --to gguf --gguf-type q4_k_m --quiet || fail "q4_k_m rerun failed"
+cmp -s "$T/rk.gguf" "$T/refk.gguf" || fail "resumed q4_k_m rk.gguf differs from an uninterrupted run"
+echo "ok: q4_k_m killed at item:5, rerun byte-identical"
 
 cp -r "$src" "$T/src"
 sum=$(sha256sum < "$T/src/model.safetensors")

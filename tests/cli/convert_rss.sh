@@ -2,7 +2,7 @@
 # ctest-labels: slow
 # Bounded memory: converting a synthetic checkpoint more than 4x larger than
 # --max-memory (FP8 -> MLX: every expert dequantized and stacked, output 2x
-# the input) keeps the peak resident set (VmHWM, reported by --stats) under
+# the input; FP8 -> GGUF Q4_K_M: dequantized and K-quantized) keeps the peak resident set (VmHWM, reported by --stats) under
 # --max-memory plus a fixed 16 MiB allowance for the binary itself. Skipped
 # under AddressSanitizer, whose shadow memory is not ours to bound.
 set -euo pipefail
@@ -31,4 +31,10 @@ for to in mlx hf; do
     [ "$peak" -le $((MAX + SLACK)) ] || fail "peak RSS $peak > --max-memory $MAX + $SLACK"
     rm -rf "$T/out-$to"
 done
+# the GGUF target with llama.cpp's Q4_K_M mix: FP8 dequantized, then K-quantized, into one file
+"$BIN" convert "$T/src" "$T/out.gguf" --to gguf --gguf-type q4_k_m --max-memory 64M --stats --quiet > "$T/stats"
+peak=$(awk '$1 == "peak_rss_bytes" { print $2 }' "$T/stats")
+out_bytes=$(awk '$1 == "bytes_out" { print $2 }' "$T/stats")
+echo "to gguf q4_k_m: source $src_bytes B, output $out_bytes B, --max-memory $MAX B, peak RSS $peak B"
+[ "$peak" -le $((MAX + SLACK)) ] || fail "gguf q4_k_m: peak RSS $peak > --max-memory $MAX + $SLACK"
 echo "convert_rss: all passed"

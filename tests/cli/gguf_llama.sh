@@ -1,21 +1,43 @@
 #!/usr/bin/env bash
+# ctest-labels: slow
 # `moekit convert --to gguf` against llama.cpp itself (release v0.4.0, the
 # prebuilt libraries of node-llama-cpp 3.21.1; scripts/install-deps.d/llama.sh
 # puts them and the tools built on them in $MK_SRC/.peers/bin). Skipped, with
 # the reason, when that peer is not installed.
 #
 # On the qwen3moe fixtures (qwen3moe-a, and qwen3moe-odd whose shapes are
-# not powers of two):
+# not powers of two) and minimax-m2's (minimaxm2-a: per-expert w1/w3/w2
+# stacked, whole-projection q/k norms, sigmoid routing with exp_probs_b) and
+# glm4moe's (glm4moe-a: q/k/v biases, partial RoPE, a leading dense layer,
+# a shared expert, routed scaling 2.5) and qwen3next's (qwen3next-a: Gated
+# DeltaNet layers, in_proj_qkvz split into attn_qkv / attn_gate, ssm_a =
+# -exp(A_log), 1 + w norms, gated q_proj, a shared expert with its gate) and
+# qwen35moe's (qwen35moe-a, and the trained tiny-qwen35moe with 16 experts
+# and its tokenizer: separate in_proj_qkv / z / a / b, the value heads
+# reordered from grouped to tiled in rows, columns and vectors, MRoPE
+# sections) and deepseek2's (deepseekv3-a, glm4lite-a: MLA with kv_b_proj
+# split into attn_k_b, transposed per head, and attn_v_b; grouped sigmoid
+# routing; leading dense layers, from mlp_layer_types for glm4_moe_lite):
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
 #      stacked expert layout and every metadata key llama.cpp reads.
-#   2. F16 GGUF: the same bound (llama.cpp rounds activations to f16 in its
-#      F16 matmul: ~4e-4 here).
+#   2. F16 GGUF: the same bound on llama.cpp's logits from the F16 file's
+#      weights in F32 arithmetic (the file widened to F32 by llama-quantize,
+#      exactly). llama.cpp's own F16 matmul rounds activations to f16; its
+#      logits are printed, not bounded: 4e-4 to 6e-4 on the attention-only
+#      fixtures, 1.36e-3 on qwen3next-a, where the same F16 weights in F32
+#      arithmetic give 1.7e-6: llama.cpp's arithmetic, not the file.
 #   3. Every file type's bytes against llama.cpp's own llama-quantize run on
 #      moekit's BF16 GGUF: F32, F16 (conversions) and, with --pure and no
 #      importance matrix, Q8_0 and Q4_0 (ggml's quantize_row_*_ref): every
-#      tensor byte-identical, same names, types and shapes. BF16 is proven this
+#      tensor byte-identical, same names, types and shapes; the K-quants Q4_K,
+#      Q5_K, Q6_K (ggml's quantize_row_q*_K_ref) as --pure Q4_K_M / Q5_K_M /
+#      Q6_K, and the mixes q4_k_m / q5_k_m against llama-quantize's own
+#      Q4_K_M / Q5_K_M choice (no --pure): every tensor's type and bytes,
+#      including llama.cpp's fallbacks for rows that are not whole 256-value
+#      super-blocks (Q5_0, Q5_1, Q8_0, F16: qwen3moe-odd has only those).
+#      BF16 is proven this
 #      way (its values are the F32 file's, bit for bit), not by logits:
 #      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
 #      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
@@ -47,7 +69,26 @@ rel_l2() { # A B: ||A - B|| / ||B|| of two raw float32 files of equal size
 }
 le() { awk -v a="$1" -v b="$2" 'BEGIN { exit !(a + 0 <= b + 0 && a != "size-mismatch") }'; }
 
-for fx in qwen3moe-a qwen3moe-odd; do
+# same_as_lq NAME SRC.gguf lo PURE TYPE: llama-quantize [--pure] SRC.gguf TYPE equals moekit's $T/NAME.lo.gguf
+# tensor for tensor (names, types, shapes, bytes); PURE is --pure or -
+same_as_lq() {
+    local pure=()
+    [ "$4" = --pure ] && pure=(--pure)
+    "$PEER/llama-quantize" "${pure[@]}" "$2" "$T/$1.$3.lq.gguf" "$5" 2 >"$T/lq.log" 2>&1 ||
+        { tail -5 "$T/lq.log" >&2; fail "$1: llama-quantize ${pure[*]} $5 of moekit's BF16 GGUF failed"; }
+    "$PEER/mk_llama" cmp "$T/$1.$3.gguf" "$T/$1.$3.lq.gguf" >"$T/cmp" ||
+        { head -20 "$T/cmp" >&2; fail "$1 $3: moekit's GGUF differs from llama-quantize ${pure[*]} $5's"; }
+    if [ "$4" = - ]; then # a mix: the same general.file_type as llama-quantize writes for it
+        local a b
+        a=$("$PEER/mk_llama" info "$T/$1.$3.gguf" | grep '^kv general.file_type ')
+        b=$("$PEER/mk_llama" info "$T/$1.$3.lq.gguf" | grep '^kv general.file_type ')
+        [ -n "$a" ] && [ "$a" = "$b" ] || fail "$1 $3: '$a', llama-quantize wrote '$b'"
+    fi
+    echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
+}
+
+for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a tiny-qwen35moe deepseekv3-a \
+    glm4lite-a; do
     src=$FX/$fx/bf16
     ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
@@ -55,22 +96,53 @@ for fx in qwen3moe-a qwen3moe-odd; do
     for ty in f32 f16 bf16 q8_0 q4_0; do
         "$BIN" convert "$src" "$T/$fx.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
     done
-    for ty in f32 f16; do
+    # f16w: moekit's F16 file widened to F32 by llama-quantize (exact), so llama.cpp computes on the F16
+    # file's weights in F32 arithmetic
+    "$PEER/llama-quantize" "$T/$fx.f16.gguf" "$T/$fx.f16w.gguf" F32 2 >"$T/lq.log" 2>&1 ||
+        { tail -5 "$T/lq.log" >&2; fail "$fx: llama-quantize F32 of moekit's F16 GGUF failed"; }
+    for ty in f32 f16w f16; do
         "$PEER/mk_llama" logits "$T/$fx.$ty.gguf" "$T/ids" "$T/$fx.$ty.ll.f32" 2 >/dev/null 2>"$T/err" ||
             { cat "$T/err" >&2; fail "$fx: llama.cpp could not run moekit's $ty GGUF"; }
         r=$(rel_l2 "$T/$fx.$ty.ll.f32" "$T/$fx.mk.f32")
+        if [ "$ty" = f16 ]; then # llama.cpp's F16 arithmetic, reported (see the header)
+            echo "note: $fx f16 GGUF in llama.cpp's F16 matmul: rel L2 $r to moekit's logits"
+            continue
+        fi
         le "$r" 1e-3 || fail "$fx $ty: llama.cpp's logits vs moekit's: rel L2 $r > 1e-3"
         echo "ok: $fx $ty GGUF: llama.cpp logits = moekit logits (rel L2 $r)"
     done
+    rm -f "$T/$fx.f16w.gguf"
     for ty in F32 F16 Q8_0 Q4_0; do
         lo=$(echo "$ty" | tr A-Z a-z)
-        "$PEER/llama-quantize" --pure "$T/$fx.bf16.gguf" "$T/$fx.$lo.lq.gguf" "$ty" 2 >"$T/lq.log" 2>&1 ||
-            { tail -5 "$T/lq.log" >&2; fail "$fx: llama-quantize $ty of moekit's BF16 GGUF failed"; }
-        "$PEER/mk_llama" cmp "$T/$fx.$lo.gguf" "$T/$fx.$lo.lq.gguf" >"$T/cmp" ||
-            { cat "$T/cmp" >&2; fail "$fx $ty: moekit's GGUF differs from llama-quantize's"; }
-        echo "ok: $fx $ty: every tensor byte-identical to llama-quantize's ($(tail -1 "$T/cmp"))"
+        same_as_lq "$fx" "$T/$fx.bf16.gguf" "$lo" --pure "$ty"
+    done
+    for k in "q4_k --pure Q4_K_M" "q5_k --pure Q5_K_M" "q6_k --pure Q6_K" "q4_k_m - Q4_K_M" "q5_k_m - Q5_K_M"; do
+        set -- $k
+        "$BIN" convert "$src" "$T/$fx.$1.gguf" --to gguf --gguf-type "$1" --quiet
+        same_as_lq "$fx" "$T/$fx.bf16.gguf" "$@"
     done
 done
+
+# The mixes' layer rules need rows of whole super-blocks and more layers than the fixtures: the
+# 30B-A3B shapes cut to 4 layers and 2 experts (not 8, whose rule makes attn_v / attn_k Q8_0):
+# "more bits" (Q6_K) attn_v and ffn_down in layers 2 and 3 only, output Q6_K, the rest Q4_K / Q5_K
+"$BIN" synth "$T/big" --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 2 --vocab 512 --format bf16 --quiet
+for ty in bf16 q4_k_m q5_k_m; do
+    "$BIN" convert "$T/big" "$T/big.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
+done
+rm -rf "$T/big"
+for k in "q4_k_m - Q4_K_M" "q5_k_m - Q5_K_M"; do
+    set -- $k
+    same_as_lq big "$T/big.bf16.gguf" "$@"
+    "$PEER/mk_llama" info "$T/big.$1.gguf" | awk '$1 !~ /^kv/ { print $1, $2 }' > "$T/types"
+    for want in "blk.2.attn_v.weight q6_K" "blk.3.ffn_down_exps.weight q6_K" "blk.1.ffn_down_exps.weight" \
+                "output.weight q6_K"; do
+        grep -q "^$want" "$T/types" || fail "big $1: no '$want' (the mix rule was not exercised)"
+    done
+    grep -qx "blk.1.ffn_down_exps.weight q6_K" "$T/types" && fail "big $1: layer 1's ffn_down is Q6_K"
+    rm -f "$T/big.$1.gguf" "$T/big.$1.lq.gguf"
+done
+rm -f "$T/big.bf16.gguf"
 
 # an FP8 block checkpoint (partial edge blocks) straight to GGUF F32: llama.cpp on it equals moekit
 # computing from the FP8 bytes (products kept in float32 on both sides)

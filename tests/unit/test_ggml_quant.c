@@ -1,8 +1,11 @@
-/* ggml's Q8_0 / Q4_0 block formats (include/moekit/ggml_quant.h,
- * src/quant/ggml_quant.c). Expected bytes are worked out by hand from the
- * format definition (ggml-quants.c quantize_row_*_ref): scale, rounding
- * (roundf: half away from zero; Q4_0: +8.5 then truncation, capped at 15),
- * the first of equal-magnitude extremes, nibble order, f16 scale bytes.
+/* ggml's block formats (include/moekit/ggml_quant.h, src/quant/
+ * ggml_quant.c, ggml_kquant.c). Expected bytes are worked out by hand from
+ * the format definition (ggml-quants.c quantize_row_*_ref): scale,
+ * rounding (roundf: half away from zero; Q4_0: +8.5 then truncation,
+ * capped at 15), the first of equal-magnitude extremes, nibble order, the
+ * 5th-bit words, the K-quants' packed 6-bit scales and code layouts (on
+ * inputs whose best scale is exact, so the search has nothing to win), f16
+ * scale bytes.
  * tests/cli/gguf_llama.sh compares whole tensors with llama-quantize's. */
 #include <string.h>
 
@@ -18,6 +21,7 @@ static void test_sizes(void **st) {
     assert_int_equal(mk_ggml_row_bytes(MK_GGML_F32, 3), 12);
     assert_string_equal(mk_ggml_type_name(MK_GGML_Q8_0), "Q8_0");
     assert_null(mk_ggml_type_name((mk_ggml_type)3));
+    assert_string_equal(mk_ggml_type_name(MK_GGML_Q4_K), "Q4_K");
     assert_true(mk_ggml_is_quant(MK_GGML_Q4_0));
     assert_false(mk_ggml_is_quant(MK_GGML_F16));
 }
@@ -83,11 +87,119 @@ static void test_q4_0(void **st) {
     assert_int_equal(b1[2 + 0], 0x88);    /* zeros -> 8.5 -> 8 in both nibbles */
 }
 
+static void test_q5_0_q5_1(void **st) {
+    (void)st;
+    float x[32];
+    unsigned char y[24];
+    /* Q5_0, x = j - 16: the extreme -16 (j = 0), d = -16 / -16 = 1, q = (int8)(j + 0.5) = j */
+    for (int j = 0; j < 32; j++)
+        x[j] = (float)(j - 16);
+    mk_ggml_quantize(MK_GGML_Q5_0, x, 1, 32, y);
+    assert_int_equal(y[0] | y[1] << 8, 0x3c00);
+    /* qh: bit j is the 5th bit of q[j]: set for j >= 16 */
+    assert_int_equal(y[2] | y[3] << 8 | y[4] << 16 | (uint32_t)y[5] << 24, 0xffff0000u);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal(y[6 + j], j | (j << 4)); /* q[j] = j, q[j+16] = j + 16: low 4 bits j */
+    /* Q5_1, x = j: min 0, d = 31 / 31 = 1, q = (uint8)(j + 0.5) = j; f16 d then f16 min */
+    for (int j = 0; j < 32; j++)
+        x[j] = (float)j;
+    x[0] = -0.0f;
+    mk_ggml_quantize(MK_GGML_Q5_1, x, 1, 32, y);
+    assert_int_equal(y[0] | y[1] << 8, 0x3c00);
+    assert_int_equal(y[2] | y[3] << 8, 0x8000); /* the min is x[0] = -0.0, stored as is */
+    assert_int_equal(y[4] | y[5] << 8 | y[6] << 16 | (uint32_t)y[7] << 24, 0xffff0000u);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal(y[8 + j], j | (j << 4));
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q5_0, 64), 44);
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q5_1, 64), 48);
+}
+
+/* x = i % period over one super-block */
+static void ramp(float *x, int period) {
+    for (int i = 0; i < MK_GGML_QK_K; i++)
+        x[i] = (float)(i % period);
+}
+
+static void test_q4_k_q5_k(void **st) {
+    (void)st;
+    float x[MK_GGML_QK_K];
+    unsigned char y[176];
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q4_K, 512), 288);
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q5_K, 256), 176);
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q6_K, 256), 210);
+    assert_int_equal(mk_ggml_row_bytes(MK_GGML_Q4_K, 128), 0); /* not a whole super-block */
+    assert_int_equal(mk_ggml_block_size(MK_GGML_Q6_K), 256);
+    /* Q4_K, x = i % 16: every 32-value sub-block spans [0, 15], so codes = x at scale 1, min 0 (error 0:
+     * no candidate is strictly better). Sub-scales 1 -> 63 of max 1, mins all 0 -> dmin 0;
+     * d = f16(1/63) = 0x2410 (0.0158691); recomputed codes round(x / (63 d)) = x */
+    ramp(x, 16);
+    mk_ggml_quantize(MK_GGML_Q4_K, x, 1, MK_GGML_QK_K, y);
+    assert_int_equal(y[0] | y[1] << 8, 0x2410);
+    assert_int_equal(y[2] | y[3] << 8, 0x0000);
+    /* scales[12]: j < 4 scale in [j] low 6 bits, min in [j+4]; j >= 4: low 4 bits in [j+4] (scale) and
+     * its high nibble (min), the high 2 bits in the top of [j-4] (scale) and [j] (min) */
+    static const unsigned char sc[12] = {0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0x0f, 0x0f, 0x0f, 0x0f};
+    assert_memory_equal(y + 4, sc, 12);
+    for (int c = 0; c < 4; c++) /* qs[32c + l] = v[64c + l] | v[64c + 32 + l] << 4 */
+        for (int l = 0; l < 32; l++)
+            assert_int_equal(y[16 + 32 * c + l], (l % 16) | (l % 16) << 4);
+    /* Q5_K, x = i % 32: the same with 31 levels: codes = x; qh bit 2c of qh[l] = 5th bit of v[64c + l],
+     * bit 2c+1 that of v[64c + 32 + l] */
+    ramp(x, 32);
+    mk_ggml_quantize(MK_GGML_Q5_K, x, 1, MK_GGML_QK_K, y);
+    assert_int_equal(y[0] | y[1] << 8, 0x2410);
+    assert_int_equal(y[2] | y[3] << 8, 0x0000);
+    assert_memory_equal(y + 4, sc, 12);
+    for (int l = 0; l < 32; l++)
+        assert_int_equal(y[16 + l], l >= 16 ? 0xff : 0x00);
+    for (int c = 0; c < 4; c++)
+        for (int l = 0; l < 32; l++)
+            assert_int_equal(y[48 + 32 * c + l], (l % 16) | (l % 16) << 4);
+    /* all zero: every byte 0 */
+    memset(x, 0, sizeof x);
+    mk_ggml_quantize(MK_GGML_Q4_K, x, 1, MK_GGML_QK_K, y);
+    for (int i = 0; i < 144; i++)
+        assert_int_equal(y[i], 0);
+}
+
+static void test_q6_k(void **st) {
+    (void)st;
+    float x[MK_GGML_QK_K];
+    unsigned char y[210];
+    /* x = i % 16 - 8: each 16-value sub-block's extreme is -8 (its first value), inverse scale
+     * -32 / -8 = 4 gives codes 4x exactly proportional to x: scale 1/4, and no other candidate
+     * correlates better. max scale 0.25 -> d = f16(-1/512) = 0x9800, sub-scales
+     * min(127, round(-512 * 0.25)) = -128; codes round(x / 0.25) + 32 = 4 * (i % 16) */
+    for (int i = 0; i < MK_GGML_QK_K; i++)
+        x[i] = (float)(i % 16 - 8);
+    mk_ggml_quantize(MK_GGML_Q6_K, x, 1, MK_GGML_QK_K, y);
+    assert_int_equal(y[208] | y[209] << 8, 0x9800);
+    for (int j = 0; j < 16; j++)
+        assert_int_equal((int8_t)y[192 + j], -128);
+    /* per 128 values (ql += 64, qh += 32): ql[l] = low4(v[l]) | low4(v[l+64]) << 4, ql[l+32] the same
+     * for v[l+32], v[l+96]; qh[l] = high2 of v[l], v[l+32], v[l+64], v[l+96] at bits 0, 2, 4, 6 */
+    for (int h = 0; h < 2; h++)
+        for (int l = 0; l < 32; l++) {
+            int v = 4 * (l % 16), lo = v & 15, hi = v >> 4;
+            assert_int_equal(y[64 * h + l], lo | lo << 4);
+            assert_int_equal(y[64 * h + l + 32], lo | lo << 4);
+            assert_int_equal(y[128 + 32 * h + l], hi | hi << 2 | hi << 4 | hi << 6);
+        }
+    /* all zero: every byte 0 */
+    memset(x, 0, sizeof x);
+    mk_ggml_quantize(MK_GGML_Q6_K, x, 1, MK_GGML_QK_K, y);
+    for (int i = 0; i < 210; i++)
+        assert_int_equal(y[i], 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_sizes),
         cmocka_unit_test(test_q8_0),
         cmocka_unit_test(test_q4_0),
+        cmocka_unit_test(test_q5_0_q5_1),
+        cmocka_unit_test(test_q4_k_q5_k),
+        cmocka_unit_test(test_q6_k),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
