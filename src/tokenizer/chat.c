@@ -37,8 +37,9 @@ static const struct {
     {"glm4.7", MK_CHAT_GLM47},
     {"minimax-m2", MK_CHAT_MINIMAX_M2},
     {"harmony", MK_CHAT_HARMONY},
+    {"kimi-k2", MK_CHAT_KIMI_K2},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, glm4.7, minimax-m2, harmony"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -70,6 +71,18 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
     if (strstr(j, "<|start|>") && strstr(j, "<|channel|>") && strstr(j, "<|message|>")) {
         *out = MK_CHAT_HARMONY;
         return MK_OK;
+    }
+    /* Kimi-K2: <|im_user|>user<|im_middle|>{u}<|im_end|>. Kimi-K2-Instruct's
+     * current template gives a chat without a system message Kimi's own
+     * (ending in a newline); earlier and thinking templates differ. */
+    if (strstr(j, "<|im_middle|>")) {
+        if (strstr(j, "You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>\n") &&
+            strstr(j, "## Return of ") && !strstr(j, "think")) {
+            *out = MK_CHAT_KIMI_K2;
+            return MK_OK;
+        }
+        return mk_err(MK_E_UNSUPPORTED, "chat template: a Kimi template (<|im_middle|>) other than "
+                      "Kimi-K2-Instruct's, which moekit renders; name one of " KIND_NAMES " to use one anyway");
     }
     /* MiniMax-M2: ]~b]{role}\n ... [e~[\n, generation prompt opening <think> */
     if (strstr(j, "]~b]ai") && strstr(j, "[e~[")) {
@@ -111,7 +124,7 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
     }
     return mk_err(MK_E_UNSUPPORTED,
                   "chat template not recognised (none of the markers of ChatML <|im_start|>, DeepSeek "
-                  "<｜Assistant｜>, harmony <|start|>, MiniMax ]~b]ai, GLM [gMASK]<sop>); "
+                  "<｜Assistant｜>, harmony <|start|>, MiniMax ]~b]ai, GLM [gMASK]<sop>, Kimi <|im_middle|>); "
                   "name one of " KIND_NAMES);
 }
 
@@ -746,6 +759,39 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
     return MK_OK;
 }
 
+/* Kimi-K2-Instruct: <|im_{user,assistant,system}|>{role}<|im_middle|>{c}
+ * <|im_end|> for every message (any other role under <|im_system|>); a
+ * default system message when the first is not one; reasoning_content is
+ * not rendered (the template ignores it) and content is kept as given; a
+ * tool result is introduced as the return of 'functions.unknown:0' (moekit
+ * renders no tool calls, whose ids would number it). A message's "name",
+ * which the template would write instead of the role, is not supported. */
+static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    for (size_t i = 0; i < n; i++) {
+        if (!m[i].role)
+            return bad_role(i, &m[i], "kimi-k2");
+        if (i == 0 && !is_role(&m[0], "system"))
+            lit(b, "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
+                   "<|im_end|>\n");
+        if (is_role(&m[i], "user")) {
+            lit(b, "<|im_user|>user<|im_middle|>");
+        } else if (is_role(&m[i], "assistant")) {
+            lit(b, "<|im_assistant|>assistant<|im_middle|>");
+        } else {
+            lit(b, "<|im_system|>");
+            puts_(b, m[i].role);
+            lit(b, "<|im_middle|>");
+        }
+        if (is_role(&m[i], "tool"))
+            lit(b, "## Return of functions.unknown:0\n");
+        puts_(b, txt(m[i].content));
+        lit(b, "<|im_end|>");
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, "<|im_assistant|>assistant<|im_middle|>");
+    return MK_OK;
+}
+
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
@@ -758,6 +804,7 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     case MK_CHAT_GLM47: st = render_glm47(msgs, n, flags, b); break;
     case MK_CHAT_MINIMAX_M2: st = render_minimax_m2(msgs, n, flags, b); break;
     case MK_CHAT_HARMONY: st = render_harmony(msgs, n, flags, b); break;
+    case MK_CHAT_KIMI_K2: st = render_kimi_k2(msgs, n, flags, b); break;
     default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);
     }
     if (st == MK_OK && b->oom)
@@ -797,7 +844,11 @@ static const char *const g_markers[] = {
     /* MiniMax-M2 */
     "]~!b[", "]~b]", "[e~[", "<minimax:tool_call>", "</minimax:tool_call>",
     /* harmony (gpt-oss) */
-    "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>", NULL};
+    "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>",
+    /* Kimi-K2 */
+    "<|im_user|>", "<|im_assistant|>", "<|im_system|>", "<|im_middle|>", "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>", "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+    "<|media_start|>", "<|media_content|>", "<|media_pad|>", "<|media_end|>", NULL};
 
 mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids) {
