@@ -18,6 +18,9 @@
  *                Qwen3 *-Thinking-2507 templates do by default
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
+ *   deepseek3.2  DeepSeek-V3.2, thinking off (its template's default):
+ *                <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜></think>{a}
+ *                <｜end▁of▁sentence｜>... then <｜Assistant｜><think></think>
  *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>\n{u}
  *                <|assistant|>\n<think>{r}</think>\n{a}... then <|assistant|>
  *                (MK_CHAT_NO_THINKING: '/nothink' after user turns and an
@@ -39,7 +42,7 @@
  *                <|im_user|>user<|im_middle|>{u}<|im_end|><|im_assistant|>
  *                assistant<|im_middle|>{a}<|im_end|>... then
  *                <|im_assistant|>assistant<|im_middle|>
- * glm4, glm4.7, minimax-m2, harmony and kimi-k2 render the tool-free conversations of their
+ * deepseek3.2, glm4, glm4.7, minimax-m2, harmony and kimi-k2 render the tool-free conversations of their
  * released templates; where a template raises or silently drops a message
  * (a tool result without a tool call, a second system message) rendering
  * is MK_E_ARG.
@@ -73,6 +76,7 @@ typedef enum mk_chat_kind {
     MK_CHAT_HARMONY = 7,
     MK_CHAT_GLM47 = 8,
     MK_CHAT_KIMI_K2 = 9,
+    MK_CHAT_DEEPSEEK32 = 10,
 } mk_chat_kind;
 
 typedef struct mk_chat_msg {
@@ -89,7 +93,7 @@ enum {
 };
 
 /* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
- * "deepseek3", "glm4", "glm4.7", "minimax-m2", "harmony", "kimi-k2") wins when non-NULL; otherwise the template is read from
+ * "deepseek3", "deepseek3.2", "glm4", "glm4.7", "minimax-m2", "harmony", "kimi-k2") wins when non-NULL; otherwise the template is read from
  * `model_dir` (a directory, or any file inside it such as tokenizer.json).
  * An unrecognised template is MK_E_UNSUPPORTED, a missing one
  * MK_E_NOTFOUND; both messages say how to name one instead. */

@@ -38,8 +38,9 @@ static const struct {
     {"minimax-m2", MK_CHAT_MINIMAX_M2},
     {"harmony", MK_CHAT_HARMONY},
     {"kimi-k2", MK_CHAT_KIMI_K2},
+    {"deepseek3.2", MK_CHAT_DEEPSEEK32},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -64,7 +65,10 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
     if (!j || !out)
         return mk_err(MK_E_ARG, "mk_chat_detect_text: NULL argument");
     if (strstr(j, "<｜Assistant｜>")) {
-        *out = MK_CHAT_DEEPSEEK3;
+        /* DeepSeek-V3.2: tool calls in its DSML markup; thinking off unless
+         * asked for, which still writes '</think>' after the assistant
+         * marker. */
+        *out = strstr(j, "｜DSML｜") ? MK_CHAT_DEEPSEEK32 : MK_CHAT_DEEPSEEK3;
         return MK_OK;
     }
     /* gpt-oss: harmony's message header, <|start|>{role}<|message|> */
@@ -283,6 +287,8 @@ static void lit(sb *b, const char *s) {
 
 static const char *txt(const char *s) { return s ? s : ""; }
 
+static mk_status no_tool_call(size_t i, const char *kind);
+
 static bool is_role(const mk_chat_msg *m, const char *r) { return m->role && strcmp(m->role, r) == 0; }
 
 static mk_status bad_role(size_t i, const mk_chat_msg *m, const char *kind) {
@@ -440,6 +446,45 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
         lit(b, "<｜tool▁outputs▁end｜>");
     if ((flags & MK_CHAT_GENERATION_PROMPT) && !is_tool)
         lit(b, "<｜Assistant｜>");
+    return MK_OK;
+}
+
+/* DeepSeek-V3.2 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.2.jinja,
+ * thinking off, its default): the system messages joined by a blank line
+ * after the BOS; '<｜Assistant｜></think>' opens an assistant turn that
+ * follows a user turn (one following another assistant turn gets no
+ * marker), reasoning_content is not written; the generation prompt after a
+ * user turn is '<｜Assistant｜><think></think>'. A tool result needs the
+ * assistant's tool calls (the template raises without them). */
+static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    lit(b, "<｜begin▁of▁sentence｜>");
+    bool first_sp = true, pending = false;
+    for (size_t i = 0; i < n; i++)
+        if (is_role(&m[i], "system")) {
+            if (!first_sp)
+                lit(b, "\n\n");
+            puts_(b, txt(m[i].content));
+            first_sp = false;
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (is_role(&m[i], "user")) {
+            lit(b, "<｜User｜>");
+            puts_(b, txt(m[i].content));
+            pending = true;
+        } else if (is_role(&m[i], "assistant")) {
+            if (pending)
+                lit(b, "<｜Assistant｜></think>");
+            pending = false;
+            puts_(b, txt(m[i].content));
+            lit(b, "<｜end▁of▁sentence｜>");
+        } else if (is_role(&m[i], "tool")) {
+            return no_tool_call(i, "deepseek3.2");
+        } else if (!is_role(&m[i], "system")) {
+            return bad_role(i, &m[i], "deepseek3.2");
+        }
+    }
+    if ((flags & MK_CHAT_GENERATION_PROMPT) && pending)
+        lit(b, "<｜Assistant｜><think></think>");
     return MK_OK;
 }
 
@@ -805,6 +850,7 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     case MK_CHAT_MINIMAX_M2: st = render_minimax_m2(msgs, n, flags, b); break;
     case MK_CHAT_HARMONY: st = render_harmony(msgs, n, flags, b); break;
     case MK_CHAT_KIMI_K2: st = render_kimi_k2(msgs, n, flags, b); break;
+    case MK_CHAT_DEEPSEEK32: st = render_deepseek32(msgs, n, flags, b); break;
     default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);
     }
     if (st == MK_OK && b->oom)
