@@ -18,6 +18,9 @@
  *                Qwen3 *-Thinking-2507 templates do by default
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
+ *   deepseek3.2  DeepSeek-V3.2, thinking off (its template's default):
+ *                <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜></think>{a}
+ *                <｜end▁of▁sentence｜>... then <｜Assistant｜><think></think>
  *   glm4         GLM-4.5 / 4.6 (glm4_moe): [gMASK]<sop><|system|>\n{s}<|user|>\n{u}
  *                <|assistant|>\n<think>{r}</think>\n{a}... then <|assistant|>
  *                (MK_CHAT_NO_THINKING: '/nothink' after user turns and an
@@ -34,7 +37,12 @@
  *                <|start|>developer<|message|># Instructions\n\n{s}<|end|>
  *                <|start|>user<|message|>{u}<|end|><|start|>assistant<|channel|>
  *                final<|message|>{a}<|end|>... then <|start|>assistant
- * glm4, glm4.7, minimax-m2 and harmony render the tool-free conversations of their
+ *   kimi-k2      Kimi-K2-Instruct: <|im_system|>system<|im_middle|>{s}<|im_end|>
+ *                (Kimi's own system message and a newline when none is given)
+ *                <|im_user|>user<|im_middle|>{u}<|im_end|><|im_assistant|>
+ *                assistant<|im_middle|>{a}<|im_end|>... then
+ *                <|im_assistant|>assistant<|im_middle|>
+ * deepseek3.2, glm4, glm4.7, minimax-m2, harmony and kimi-k2 render the tool-free conversations of their
  * released templates; where a template raises or silently drops a message
  * (a tool result without a tool call, a second system message) rendering
  * is MK_E_ARG.
@@ -67,6 +75,8 @@ typedef enum mk_chat_kind {
     MK_CHAT_MINIMAX_M2 = 6,
     MK_CHAT_HARMONY = 7,
     MK_CHAT_GLM47 = 8,
+    MK_CHAT_KIMI_K2 = 9,
+    MK_CHAT_DEEPSEEK32 = 10,
 } mk_chat_kind;
 
 typedef struct mk_chat_msg {
@@ -83,7 +93,7 @@ enum {
 };
 
 /* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
- * "deepseek3", "glm4", "glm4.7", "minimax-m2", "harmony") wins when non-NULL; otherwise the template is read from
+ * "deepseek3", "deepseek3.2", "glm4", "glm4.7", "minimax-m2", "harmony", "kimi-k2") wins when non-NULL; otherwise the template is read from
  * `model_dir` (a directory, or any file inside it such as tokenizer.json).
  * An unrecognised template is MK_E_UNSUPPORTED, a missing one
  * MK_E_NOTFOUND; both messages say how to name one instead. */

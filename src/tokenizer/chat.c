@@ -37,8 +37,10 @@ static const struct {
     {"glm4.7", MK_CHAT_GLM47},
     {"minimax-m2", MK_CHAT_MINIMAX_M2},
     {"harmony", MK_CHAT_HARMONY},
+    {"kimi-k2", MK_CHAT_KIMI_K2},
+    {"deepseek3.2", MK_CHAT_DEEPSEEK32},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, glm4, glm4.7, minimax-m2, harmony"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -63,13 +65,28 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
     if (!j || !out)
         return mk_err(MK_E_ARG, "mk_chat_detect_text: NULL argument");
     if (strstr(j, "<｜Assistant｜>")) {
-        *out = MK_CHAT_DEEPSEEK3;
+        /* DeepSeek-V3.2: tool calls in its DSML markup; thinking off unless
+         * asked for, which still writes '</think>' after the assistant
+         * marker. */
+        *out = strstr(j, "｜DSML｜") ? MK_CHAT_DEEPSEEK32 : MK_CHAT_DEEPSEEK3;
         return MK_OK;
     }
     /* gpt-oss: harmony's message header, <|start|>{role}<|message|> */
     if (strstr(j, "<|start|>") && strstr(j, "<|channel|>") && strstr(j, "<|message|>")) {
         *out = MK_CHAT_HARMONY;
         return MK_OK;
+    }
+    /* Kimi-K2: <|im_user|>user<|im_middle|>{u}<|im_end|>. Kimi-K2-Instruct's
+     * current template gives a chat without a system message Kimi's own
+     * (ending in a newline); earlier and thinking templates differ. */
+    if (strstr(j, "<|im_middle|>")) {
+        if (strstr(j, "You are Kimi, an AI assistant created by Moonshot AI.<|im_end|>\n") &&
+            strstr(j, "## Return of ") && !strstr(j, "think")) {
+            *out = MK_CHAT_KIMI_K2;
+            return MK_OK;
+        }
+        return mk_err(MK_E_UNSUPPORTED, "chat template: a Kimi template (<|im_middle|>) other than "
+                      "Kimi-K2-Instruct's, which moekit renders; name one of " KIND_NAMES " to use one anyway");
     }
     /* MiniMax-M2: ]~b]{role}\n ... [e~[\n, generation prompt opening <think> */
     if (strstr(j, "]~b]ai") && strstr(j, "[e~[")) {
@@ -111,7 +128,7 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
     }
     return mk_err(MK_E_UNSUPPORTED,
                   "chat template not recognised (none of the markers of ChatML <|im_start|>, DeepSeek "
-                  "<｜Assistant｜>, harmony <|start|>, MiniMax ]~b]ai, GLM [gMASK]<sop>); "
+                  "<｜Assistant｜>, harmony <|start|>, MiniMax ]~b]ai, GLM [gMASK]<sop>, Kimi <|im_middle|>); "
                   "name one of " KIND_NAMES);
 }
 
@@ -270,6 +287,8 @@ static void lit(sb *b, const char *s) {
 
 static const char *txt(const char *s) { return s ? s : ""; }
 
+static mk_status no_tool_call(size_t i, const char *kind);
+
 static bool is_role(const mk_chat_msg *m, const char *r) { return m->role && strcmp(m->role, r) == 0; }
 
 static mk_status bad_role(size_t i, const mk_chat_msg *m, const char *kind) {
@@ -427,6 +446,45 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
         lit(b, "<｜tool▁outputs▁end｜>");
     if ((flags & MK_CHAT_GENERATION_PROMPT) && !is_tool)
         lit(b, "<｜Assistant｜>");
+    return MK_OK;
+}
+
+/* DeepSeek-V3.2 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.2.jinja,
+ * thinking off, its default): the system messages joined by a blank line
+ * after the BOS; '<｜Assistant｜></think>' opens an assistant turn that
+ * follows a user turn (one following another assistant turn gets no
+ * marker), reasoning_content is not written; the generation prompt after a
+ * user turn is '<｜Assistant｜><think></think>'. A tool result needs the
+ * assistant's tool calls (the template raises without them). */
+static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    lit(b, "<｜begin▁of▁sentence｜>");
+    bool first_sp = true, pending = false;
+    for (size_t i = 0; i < n; i++)
+        if (is_role(&m[i], "system")) {
+            if (!first_sp)
+                lit(b, "\n\n");
+            puts_(b, txt(m[i].content));
+            first_sp = false;
+        }
+    for (size_t i = 0; i < n; i++) {
+        if (is_role(&m[i], "user")) {
+            lit(b, "<｜User｜>");
+            puts_(b, txt(m[i].content));
+            pending = true;
+        } else if (is_role(&m[i], "assistant")) {
+            if (pending)
+                lit(b, "<｜Assistant｜></think>");
+            pending = false;
+            puts_(b, txt(m[i].content));
+            lit(b, "<｜end▁of▁sentence｜>");
+        } else if (is_role(&m[i], "tool")) {
+            return no_tool_call(i, "deepseek3.2");
+        } else if (!is_role(&m[i], "system")) {
+            return bad_role(i, &m[i], "deepseek3.2");
+        }
+    }
+    if ((flags & MK_CHAT_GENERATION_PROMPT) && pending)
+        lit(b, "<｜Assistant｜><think></think>");
     return MK_OK;
 }
 
@@ -746,6 +804,39 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
     return MK_OK;
 }
 
+/* Kimi-K2-Instruct: <|im_{user,assistant,system}|>{role}<|im_middle|>{c}
+ * <|im_end|> for every message (any other role under <|im_system|>); a
+ * default system message when the first is not one; reasoning_content is
+ * not rendered (the template ignores it) and content is kept as given; a
+ * tool result is introduced as the return of 'functions.unknown:0' (moekit
+ * renders no tool calls, whose ids would number it). A message's "name",
+ * which the template would write instead of the role, is not supported. */
+static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    for (size_t i = 0; i < n; i++) {
+        if (!m[i].role)
+            return bad_role(i, &m[i], "kimi-k2");
+        if (i == 0 && !is_role(&m[0], "system"))
+            lit(b, "<|im_system|>system<|im_middle|>You are Kimi, an AI assistant created by Moonshot AI."
+                   "<|im_end|>\n");
+        if (is_role(&m[i], "user")) {
+            lit(b, "<|im_user|>user<|im_middle|>");
+        } else if (is_role(&m[i], "assistant")) {
+            lit(b, "<|im_assistant|>assistant<|im_middle|>");
+        } else {
+            lit(b, "<|im_system|>");
+            puts_(b, m[i].role);
+            lit(b, "<|im_middle|>");
+        }
+        if (is_role(&m[i], "tool"))
+            lit(b, "## Return of functions.unknown:0\n");
+        puts_(b, txt(m[i].content));
+        lit(b, "<|im_end|>");
+    }
+    if (flags & MK_CHAT_GENERATION_PROMPT)
+        lit(b, "<|im_assistant|>assistant<|im_middle|>");
+    return MK_OK;
+}
+
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
@@ -758,6 +849,8 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     case MK_CHAT_GLM47: st = render_glm47(msgs, n, flags, b); break;
     case MK_CHAT_MINIMAX_M2: st = render_minimax_m2(msgs, n, flags, b); break;
     case MK_CHAT_HARMONY: st = render_harmony(msgs, n, flags, b); break;
+    case MK_CHAT_KIMI_K2: st = render_kimi_k2(msgs, n, flags, b); break;
+    case MK_CHAT_DEEPSEEK32: st = render_deepseek32(msgs, n, flags, b); break;
     default: st = mk_err(MK_E_ARG, "chat: unknown template kind %d", (int)kind);
     }
     if (st == MK_OK && b->oom)
@@ -797,7 +890,11 @@ static const char *const g_markers[] = {
     /* MiniMax-M2 */
     "]~!b[", "]~b]", "[e~[", "<minimax:tool_call>", "</minimax:tool_call>",
     /* harmony (gpt-oss) */
-    "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>", NULL};
+    "<|start|>", "<|end|>", "<|message|>", "<|channel|>", "<|return|>", "<|call|>", "<|constrain|>",
+    /* Kimi-K2 */
+    "<|im_user|>", "<|im_assistant|>", "<|im_system|>", "<|im_middle|>", "<|tool_calls_section_begin|>",
+    "<|tool_calls_section_end|>", "<|tool_call_begin|>", "<|tool_call_argument_begin|>", "<|tool_call_end|>",
+    "<|media_start|>", "<|media_content|>", "<|media_pad|>", "<|media_end|>", NULL};
 
 mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids) {

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # moekit tokenize --chat with the chat templates GLM-4.5/4.6 (glm4_moe),
-# GLM-4.7(-Flash), MiniMax-M2 and gpt-oss (harmony) ship, against the
-# templates themselves.
+# GLM-4.7(-Flash), MiniMax-M2, gpt-oss (harmony), Kimi-K2-Instruct and
+# DeepSeek-V3.2 ship, against the templates themselves.
 #
 # The reference templates are the released chat_template.jinja files as
 # llama.cpp's source ships them in models/templates (GLM-4.6.jinja,
-# GLM-4.7-Flash.jinja, MiniMax-M2.jinja, openai-gpt-oss-120b.jinja): the test-only llama.cpp peer
+# GLM-4.7-Flash.jinja, MiniMax-M2.jinja, openai-gpt-oss-120b.jinja,
+# Kimi-K2-Instruct.jinja, deepseek-ai-DeepSeek-V3.2.jinja): the test-only llama.cpp peer
 # that scripts/install-deps.d/llama.sh installs into .peers/llama.cpp
 # ($MK_PEERS overrides .peers); they are not copied into this repository.
 # @huggingface/jinja (scripts/install-deps.d/tokenizer.sh) renders each
@@ -46,7 +47,7 @@ trap 'rm -rf "$TMP"' EXIT
 # {"error": ...} in its line), and one node process renders them all with the
 # templates and compares.
 : >"$TMP/jobs"
-check() { # name template kind flags...
+check() { # name template kind flags... ($CTX: further template variables, JSON)
     local name=$1 file=$2 kind=$3
     shift 3
     local dir="$TMP/$file.d" rc=0
@@ -59,7 +60,7 @@ check() { # name template kind flags...
     fi
     "$MK_BIN" tokenize --chat --keep-going "$@" "$dir" <"$CHATS" >"$TMP/$name.got" 2>/dev/null || rc=$?
     [ "$rc" = 0 ] || [ "$rc" = 2 ] || fail "$name: moekit tokenize --chat exited $rc"
-    printf '%s\t%s\t%s\t%s\n' "$name" "$dir/chat_template.jinja" "$TMP/$name.got" "$*" >>"$TMP/jobs"
+    printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$dir/chat_template.jinja" "$TMP/$name.got" "$*" "${CTX:-}" >>"$TMP/jobs"
 }
 
 checks() {
@@ -73,6 +74,13 @@ checks() {
     check minimax-m2-nogen MiniMax-M2.jinja minimax-m2 --no-gen-prompt
     check harmony openai-gpt-oss-120b.jinja harmony
     check harmony-nogen openai-gpt-oss-120b.jinja harmony --no-gen-prompt
+    check kimi-k2 Kimi-K2-Instruct.jinja kimi-k2
+    # the BOS its tokenizer_config.json names
+    local ds='{"bos_token": "<｜begin▁of▁sentence｜>"}'
+    CTX=$ds check deepseek3.2 deepseek-ai-DeepSeek-V3.2.jinja deepseek3.2
+    CTX=$ds check deepseek3.2-nothink deepseek-ai-DeepSeek-V3.2.jinja deepseek3.2 --no-think
+    CTX=$ds check deepseek3.2-nogen deepseek-ai-DeepSeek-V3.2.jinja deepseek3.2 --no-gen-prompt
+    check kimi-k2-nogen Kimi-K2-Instruct.jinja kimi-k2 --no-gen-prompt
 }
 
 tries=0
@@ -91,7 +99,7 @@ while :; do
     [ $tries -lt 3 ] || fail "the date kept changing"
 done
 cat "$TMP/cmp"
-[ "$(grep -c '^ok: ' "$TMP/cmp")" = 10 ] || fail "expected 10 cases to pass"
+[ "$(grep -c '^ok: ' "$TMP/cmp")" = 15 ] || fail "expected 15 cases to pass"
 
 # A GLM template moekit does not render is refused, not guessed.
 mkdir -p "$TMP/glm-other"
@@ -101,4 +109,14 @@ if printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat "$T
     fail "an unknown GLM template was rendered"
 fi
 grep -q "other than GLM-4.5/4.6's and GLM-4.7's" "$TMP/err" || fail "unknown GLM template: $(cat "$TMP/err")"
+# Kimi templates moekit does not render (an earlier Kimi-K2 one, with another
+# default system message; Kimi-K2-Thinking's) are refused, not guessed.
+for f in moonshotai-Kimi-K2.jinja Kimi-K2-Thinking.jinja; do
+    mkdir -p "$TMP/$f.other"
+    cp "$TPL/$f" "$TMP/$f.other/chat_template.jinja"
+    if printf '[{"role": "user", "content": "x"}]\n' | "$MK_BIN" tokenize --chat "$TMP/$f.other" 2>"$TMP/err"; then
+        fail "$f was rendered as a template moekit knows"
+    fi
+    grep -q "other than Kimi-K2-Instruct's" "$TMP/err" || fail "$f: $(cat "$TMP/err")"
+done
 echo PASS

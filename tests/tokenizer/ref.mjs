@@ -18,6 +18,10 @@
 //                                    IDS (moekit's ids for CORPUS) == reference ids,
 //                                    TEXTS (moekit's decode of IDS) == reference decode of IDS
 //                                    == CORPUS (NFC-normalized when `nfc`)
+//   node ref.mjs check MODEL CORPUS IDS TEXTS nfc|raw PROMPTS PROMPT_IDS CHATS
+//                                    and, with the same load, PROMPT_IDS (moekit's
+//                                    --chat-ids of CHATS) == reference ids of PROMPTS
+//                                    (the prompts as JSON strings)
 //   node ref.mjs jsonline FILE       the whole file as one JSON string line
 //   node ref.mjs path NAME           print the model dir of a packaged tokenizer
 //                                    (qwen3 | deepseek_v3)
@@ -95,7 +99,7 @@ function compare(a, b, corpus) {
   process.exit(diff(readJsonLines(a), a, readJsonLines(b), b, C, "compare") ? 1 : 0);
 }
 
-async function check(dir, corpus, idsFile, textsFile, nfc) {
+async function check(dir, corpus, idsFile, textsFile, nfc, prompts, promptIds, chats) {
   const { tok } = await loadTokenizer(dir);
   const raw = lines(readFileSync(corpus, "utf8"));
   const texts = raw.map((l) => JSON.parse(l));
@@ -106,6 +110,11 @@ async function check(dir, corpus, idsFile, textsFile, nfc) {
   bad += diff(refTexts, "@lenml/tokenizers", ourTexts, "moekit", raw, "decode");
   const want = nfc === "nfc" ? texts.map((t) => t.normalize("NFC")) : texts;
   bad += diff(want, "input", ourTexts, "moekit", raw, "round trip");
+  if (prompts) {
+    const ref = readJsonLines(prompts).map((t) => Array.from(tok.encode(t, { add_special_tokens: true })));
+    bad += diff(ref, "@lenml/tokenizers", readJsonLines(promptIds), "moekit", lines(readFileSync(chats, "utf8")),
+                "chat prompt ids");
+  }
   process.exit(bad ? 1 : 0);
 }
 
@@ -133,7 +142,7 @@ switch (mode) {
     compare(arg, rest[0], rest[1]);
     break;
   case "check":
-    await check(arg, rest[0], rest[1], rest[2], rest[3]);
+    await check(arg, ...rest);
     break;
   case "jsonline":
     emit([readFileSync(arg, "utf8")]);

@@ -17,7 +17,8 @@
 //        message i and REF indeed lacks its text.
 //   node ref_chat.mjs jobs CHATS JOBS
 //        both of the above for every line of JOBS, in one process:
-//        NAME<TAB>TEMPLATE<TAB>GOT<TAB>FLAGS (space separated); prints
+//        NAME<TAB>TEMPLATE<TAB>GOT<TAB>FLAGS (space separated)[<TAB>CONTEXT],
+//        CONTEXT a JSON object of further template variables (bos_token); prints
 //        "ok: NAME" or the differing lines per job, exits 1 if any differs.
 //
 // --no-think passes enable_thinking: false. gpt-oss writes the current date
@@ -41,9 +42,9 @@ if (args[0] === "jobs") process.exit(jobs(rd(args[1]), rd(args[2])));
 function jobs(chats, jobLines) {
   let bad = 0;
   for (const j of jobLines) {
-    const [name, template, gotFile, flags = ""] = j.split("\t");
+    const [name, template, gotFile, flags = "", extra = ""] = j.split("\t");
     const fl = flags.split(" ").filter((f) => f !== "");
-    const ref = render(new Template(readFileSync(template, "utf8")), chats, fl);
+    const ref = render(new Template(readFileSync(template, "utf8")), chats, fl, extra ? JSON.parse(extra) : {});
     if (compare(chats, ref, rd(gotFile).map((l) => JSON.parse(l)))) {
       console.log(`${name}: moekit's rendering differs from the template's (lines above)`);
       bad++;
@@ -55,10 +56,10 @@ function jobs(chats, jobLines) {
 }
 
 // The template's rendering of each chat: a string, or {error} where it raised.
-function render(tmpl, chats, flags) {
+function render(tmpl, chats, flags, extra = {}) {
   const genPrompt = !flags.includes("--no-gen-prompt"), noThink = flags.includes("--no-think");
   return chats.map((l) => {
-    const ctx = { messages: JSON.parse(l), add_generation_prompt: genPrompt };
+    const ctx = { ...extra, messages: JSON.parse(l), add_generation_prompt: genPrompt };
     if (noThink) ctx.enable_thinking = false;
     try {
       return tmpl.render(ctx);

