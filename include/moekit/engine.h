@@ -38,6 +38,15 @@ typedef struct mk_engine mk_engine;
 typedef void (*mk_route_fn)(void *user, int layer, int64_t pos, int k, const int32_t *experts,
                             const float *weights);
 
+/* Linear-input observer (optional): called before every product of a
+ * weight by activations on a host-memory backend, with the weight view `w`
+ * (the model's own mk_wt, or the expert store's view of a routed expert)
+ * and its n input rows x[n, w->cols]. x is only valid during the call.
+ * Used by `moekit profile --hessian` to accumulate X^T X per module. Turns
+ * off the fused MoE slot and single-token expert batching (every product
+ * must be seen); engine creation fails on a device-memory backend. */
+typedef void (*mk_linear_fn)(void *user, const mk_wt *w, const float *x, int64_t n);
+
 typedef struct mk_engine_opts {
     int threads;            /* worker threads, caller included; <= 0: one per CPU */
     int64_t max_ctx;        /* positions the caches hold; <= 0: min(4096, max_position_embeddings) */
@@ -56,6 +65,8 @@ typedef struct mk_engine_opts {
                                unchanged; costs one extra router matmul per layer */
     mk_route_fn on_route;   /* NULL (default): no routing callbacks, no cost */
     void *on_route_user;    /* passed to on_route */
+    mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
+    void *on_linear_user;   /* passed to on_linear */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

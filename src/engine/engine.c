@@ -272,6 +272,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     init_sizes(e, o);
     e->on_route = o->on_route;
     e->on_route_user = o->on_route_user;
+    e->on_linear = o->on_linear;
+    e->on_linear_user = o->on_linear_user;
     double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
                                   ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
                                   : (double)c->head_dim);
@@ -291,6 +293,9 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     }
     e->bi = mk_backend_iface(e->be);
     e->bctx = mk_backend_ctx(e->be);
+    if (e->on_linear && !e->bi->host_mem)
+        return mk_err(MK_E_ARG, "engine: a linear-input observer needs a host-memory backend, not '%s'",
+                      e->bi->name);
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;

@@ -64,6 +64,8 @@ struct mk_engine {
     int moe_general;      /* MoE layers that took the general path in this chunk */
     mk_route_fn on_route; /* optional routing observer (mk_engine_opts) */
     void *on_route_user;
+    mk_linear_fn on_linear; /* optional linear-input observer (mk_engine_opts) */
+    void *on_linear_user;
 
     void *arena;          /* backend arena */
     void *harena;         /* host arena */
@@ -127,6 +129,15 @@ struct mk_engine {
     int32_t *used;        /* [E] experts used in the chunk */
     int32_t *pf_idx;      /* [k] the guess, downloaded */
 };
+
+/* y[n, w->rows] = x[n, w->cols] w^T through e's backend, shown first to
+ * the linear-input observer when there is one (host memory: engine.c
+ * refuses the observer otherwise). */
+static inline void mk_engine_matmul(mk_engine *e, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (e->on_linear)
+        e->on_linear(e->on_linear_user, w, x, n);
+    e->bi->matmul(e->bctx, w, x, n, y);
+}
 
 /* out[n, H] = down(silu(gate(x)) * up(x)) through e's backend (scratch
  * e->ex_g, e->ex_u; x and out are backend memory of n rows). */

@@ -45,9 +45,9 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     float eps = (float)c->rms_norm_eps;
     float *kn = e->kc[l] + pos * nKV * hd, *vn = e->vc[l] + pos * nKV * hd;
     /* QKV projections */
-    BE(e)->matmul(CTX(e), &w->q, e->xb, n, w->gated ? e->qraw : e->q);
-    BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
-    BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
+    mk_engine_matmul(e, &w->q, e->xb, n, w->gated ? e->qraw : e->q);
+    mk_engine_matmul(e, &w->k, e->xb, n, kn);
+    mk_engine_matmul(e, &w->v, e->xb, n, vn);
     /* split query | gate per head */
     if (w->gated) {
         BE(e)->copy(CTX(e), e->q, hd, 0, e->qraw, 2 * hd, 0, n * nH, 1, hd);
@@ -76,7 +76,7 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     /* output gate, output projection */
     if (w->gated)
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
-    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+    mk_engine_matmul(e, &w->o, e->att, n, e->y);
 }
 
 /* ---- MLA (deepseek_v3 / kimi_k2) --------------------------------------------- */
@@ -101,15 +101,15 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     float *kv = e->kc[l] + pos * cw; /* this chunk's cache rows */
     /* query: low-rank with its norm, or direct */
     if (c->q_lora_rank > 0) {
-        BE(e)->matmul(CTX(e), &w->q_a, e->xb, n, e->qa);
+        mk_engine_matmul(e, &w->q_a, e->xb, n, e->qa);
         BE(e)->rmsnorm(CTX(e), e->qa, c->q_lora_rank, e->qa, c->q_lora_rank, w->q_a_norm, n,
                        c->q_lora_rank, eps);
-        BE(e)->matmul(CTX(e), &w->q_b, e->qa, n, e->qraw);
+        mk_engine_matmul(e, &w->q_b, e->qa, n, e->qraw);
     } else {
-        BE(e)->matmul(CTX(e), &w->q, e->xb, n, e->qraw);
+        mk_engine_matmul(e, &w->q, e->xb, n, e->qraw);
     }
     /* compressed kv straight into the cache rows: [latent | k_pe], latent normed in place */
-    BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, kv);
+    mk_engine_matmul(e, &w->kv_a, e->xb, n, kv);
     BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
     /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
@@ -131,7 +131,7 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
                           .n_heads = (int)nH, .n = n, .x = e->olat, .x_tok = nH * kl,
                           .x_head = kl, .y = e->att, .y_tok = nH * dvh, .y_head = dvh};
     BE(e)->head_matmul(CTX(e), &va);
-    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+    mk_engine_matmul(e, &w->o, e->att, n, e->y);
 }
 
 /* ---- Gated DeltaNet (qwen3_next / qwen3_5_moe linear layers) ----------------- */
@@ -163,14 +163,14 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
             dv = c->lin_v_head_dim, Kd = nk * dk, C = 2 * Kd + nv * dv;
     /* input projections: q|k|v (conv input), z (output gate), b (beta), a (decay) */
     if (w->grouped) {
-        BE(e)->matmul(CTX(e), &w->qkvz, e->xb, n, e->proj);
-        BE(e)->matmul(CTX(e), &w->ba, e->xb, n, e->bap);
+        mk_engine_matmul(e, &w->qkvz, e->xb, n, e->proj);
+        mk_engine_matmul(e, &w->ba, e->xb, n, e->bap);
         gdn_ungroup(e, n);
     } else {
-        BE(e)->matmul(CTX(e), &w->qkv, e->xb, n, e->mixed);
-        BE(e)->matmul(CTX(e), &w->z, e->xb, n, e->z);
-        BE(e)->matmul(CTX(e), &w->b, e->xb, n, e->gb);
-        BE(e)->matmul(CTX(e), &w->a, e->xb, n, e->ga);
+        mk_engine_matmul(e, &w->qkv, e->xb, n, e->mixed);
+        mk_engine_matmul(e, &w->z, e->xb, n, e->z);
+        mk_engine_matmul(e, &w->b, e->xb, n, e->gb);
+        mk_engine_matmul(e, &w->a, e->xb, n, e->ga);
     }
     /* causal depthwise conv + SiLU, carrying the last K-1 inputs */
     BE(e)->conv1d_silu(CTX(e), e->mixed, C, e->conv_out, n, C, c->conv_kernel, w->conv,
@@ -182,7 +182,7 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
     BE(e)->gdn(CTX(e), &a);
     /* gated output norm, output projection */
     BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
-    BE(e)->matmul(CTX(e), &w->out, e->o, n, e->y);
+    mk_engine_matmul(e, &w->out, e->o, n, e->y);
 }
 
 /* ---- dense MLP --------------------------------------------------------------- */
@@ -190,10 +190,10 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
 /* out[n, H] = down(silu(gate(x)) * up(x)) */
 void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
                    const float *x, int64_t n, float *out) {
-    BE(e)->matmul(CTX(e), gate, x, n, e->ex_g);
-    BE(e)->matmul(CTX(e), up, x, n, e->ex_u);
+    mk_engine_matmul(e, gate, x, n, e->ex_g);
+    mk_engine_matmul(e, up, x, n, e->ex_u);
     BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
-    BE(e)->matmul(CTX(e), down, e->ex_g, n, out);
+    mk_engine_matmul(e, down, e->ex_g, n, out);
 }
 
 /* ---- the layer loop -------------------------------------------------------------- */
@@ -214,12 +214,12 @@ static void lm_head(mk_engine *e, const float *xb, int64_t n, float *logits) {
     const mk_model *m = e->m;
     int64_t H = e->c->hidden_size, V = e->c->vocab_size;
     if (BE(e)->host_mem) {
-        BE(e)->matmul(CTX(e), &m->lm_head, xb, n, logits);
+        mk_engine_matmul(e, &m->lm_head, xb, n, logits);
         return;
     }
     for (int64_t r = 0; r < n; r += MK_ENGINE_LOGIT_ROWS) {
         int64_t nr = n - r < MK_ENGINE_LOGIT_ROWS ? n - r : MK_ENGINE_LOGIT_ROWS;
-        BE(e)->matmul(CTX(e), &m->lm_head, xb + r * H, nr, e->lg);
+        mk_engine_matmul(e, &m->lm_head, xb + r * H, nr, e->lg);
         BE(e)->download(CTX(e), logits + r * V, e->lg, (size_t)(nr * V) * sizeof(float));
     }
 }
@@ -347,7 +347,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
     if (head) {
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
-        BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, e->lg);
+        mk_engine_matmul(e, &m->lm_head, xl, 1, e->lg);
     }
     return MK_OK;
 }
@@ -358,7 +358,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
  * asked for, and non-finite checks are deferred (they must not wait). */
 static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
     return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
-           head && !hidden && !e->on_route;
+           head && !hidden && !e->on_route && !e->on_linear;
 }
 
 static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,

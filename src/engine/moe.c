@@ -94,7 +94,7 @@ static mk_status prefetch_next(mk_engine *e, int l) {
     if (l2 < 0)
         return MK_OK;
     const mk_moe_w *w2 = &e->m->layers[l2].moe;
-    BE(e)->matmul(CTX(e), &w2->router, e->xb, 1, e->router);
+    mk_engine_matmul(e, &w2->router, e->xb, 1, e->router);
     mk_route_args ra = route_args(e, w2, e->router, e->pf_idx_b, e->pf_w_b, 1);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->pf_idx, e->pf_idx_b, (size_t)e->k * sizeof(int32_t));
@@ -133,9 +133,10 @@ static mk_status run_token_batched(mk_engine *e, int l, int nused, int64_t H) {
 /* The backend's fused MoE slot, when it has one and takes this call: only
  * with the engine's own all-resident store (the slot keeps device copies of
  * the experts' views, which a streaming store reuses for other experts) and
- * no routing observer (the routing stays in the backend). */
+ * no routing observer (the routing stays in the backend) and no linear-input
+ * observer (the products stay in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route)
+    if (!BE(e)->moe || !e->own_store || e->on_route || e->on_linear)
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -162,7 +163,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
     e->moe_general++;
     /* routing */
-    BE(e)->matmul(CTX(e), &w->router, e->xb, n, e->router);
+    mk_engine_matmul(e, &w->router, e->xb, n, e->router);
     BE(e)->route(CTX(e), &ra);
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */
@@ -181,7 +182,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err_wrap(st, "layer %d", l);
     if (e->prefetch && n == 1 && (st = prefetch_next(e, l)) != MK_OK)
         return mk_err_wrap(st, "layer %d", l);
-    if (n == 1 && BE(e)->expert_mlps && mk_expert_store_all_ready(e->store) && nused <= MK_MOE_BATCH &&
+    if (n == 1 && BE(e)->expert_mlps && !e->on_linear && mk_expert_store_all_ready(e->store) && nused <= MK_MOE_BATCH &&
         nused <= e->chunk) {
         MK_TRY(run_token_batched(e, l, nused, H));
         nused = 0; /* all done */
@@ -204,7 +205,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     if (w->has_shared) {
         mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
         if (w->has_shared_gate)
-            BE(e)->matmul(CTX(e), &w->shared_gate, e->xb, n, e->sh);
+            mk_engine_matmul(e, &w->shared_gate, e->xb, n, e->sh);
         BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
     }
     return MK_OK;
