@@ -77,6 +77,11 @@ static void help(FILE *f) {
         "  --damp D              GPTQ damping, a fraction of the mean diagonal of H (default 0.01)\n"
         "  --pack-experts        each routed expert's weight/scales/biases as one contiguous block, 4 KiB-\n"
         "                        aligned when sizes allow: one read per expert streaming (mlx-lm: deepseek only)\n"
+        "  --class-weights none|learned\n"
+        "                        with --target-bpw: weigh each module class's error in the allocation\n"
+        "                        (none, the default: all alike; learned: attention/linear-attention and\n"
+        "                        down_proj x2, shared expert x0.65, lm_head x1/8, from KL measured one\n"
+        "                        class at a time on tiny-qwen35moe)\n"
         "  --alloc-out F         with --target-bpw: also write the allocation JSON to F (an existing F\n"
         "                        only with --force; never one of the inputs)\n"
         "  --dtype bf16|f32      dtype of float tensors and of scales/biases (default: as stored; the\n"
@@ -121,6 +126,7 @@ typedef struct qcli {
     const char *src, *dst, *report, *profile, *alloc_out, *hessian;
     mk_qalgo method;
     double damp;
+    const char *class_weights;
     const char **ovs;
     int nov;
     const char *recipe;
@@ -137,7 +143,9 @@ static mk_status apply_alloc(const qcli *c, mk_qjob *job, double *achieved) {
     mk_alloc a;
     memset(&a, 0, sizeof a);
     MK_TRY(mk_prof_load(c->profile, &prof));
-    mk_status st = mk_alloc_solve(prof, c->target, NULL, 0, &a);
+    mk_status st = mk_prof_class_weights(prof, c->class_weights ? c->class_weights : "none");
+    if (st == MK_OK)
+        st = mk_alloc_solve(prof, c->target, NULL, 0, &a);
     if (st == MK_OK && c->alloc_out)
         st = mk_alloc_save(&a, c->alloc_out);
     /* the config default: the width holding the most params */
@@ -229,7 +237,7 @@ static void print_stats(const mk_conv_stats *st) {
 
 enum { O_BITS = 256, O_GROUP, O_MODE, O_RECIPE, O_OVERRIDE, O_TARGET, O_PROFILE, O_ALLOC_OUT, O_DTYPE, O_MEM,
        O_THREADS, O_REPORT, O_FORCE, O_NONFINITE, O_F16, O_VISION, O_MTP, O_SHARD, O_QUIET, O_STATS, O_PACK,
-       O_METHOD, O_HESSIAN, O_DAMP };
+       O_METHOD, O_HESSIAN, O_DAMP, O_CLASSW };
 
 static int parse_args(int argc, char **argv, qcli *c) {
     static const struct option opts[] = {
@@ -245,7 +253,7 @@ static int parse_args(int argc, char **argv, qcli *c) {
         {"quiet", no_argument, 0, O_QUIET},             {"stats", no_argument, 0, O_STATS},
         {"pack-experts", no_argument, 0, O_PACK},       {"help", no_argument, 0, 'h'},
         {"method", required_argument, 0, O_METHOD},     {"hessian", required_argument, 0, O_HESSIAN},
-        {"damp", required_argument, 0, O_DAMP},
+        {"damp", required_argument, 0, O_DAMP},         {"class-weights", required_argument, 0, O_CLASSW},
         {0, 0, 0, 0}};
     int o;
     long v;
@@ -278,6 +286,11 @@ static int parse_args(int argc, char **argv, qcli *c) {
             break;
         case O_PROFILE: c->profile = optarg; break;
         case O_HESSIAN: c->hessian = optarg; break;
+        case O_CLASSW:
+            if (strcmp(optarg, "none") && strcmp(optarg, "learned"))
+                return mk_cli_usage("quantize", "--class-weights %s: expected none or learned", optarg);
+            c->class_weights = optarg;
+            break;
         case O_METHOD:
             if (mk_qalgo_parse(optarg, &c->method) != MK_OK)
                 return mk_cli_usage("quantize", "--method %s: expected rtn, mse, gptq or gptq-mse", optarg);
@@ -332,6 +345,8 @@ static int parse_args(int argc, char **argv, qcli *c) {
         return mk_cli_usage("quantize", "--recipe %s sets the bits: drop --bits", c->recipe);
     if (c->alloc_out && c->target <= 0)
         return mk_cli_usage("quantize", "--alloc-out needs --target-bpw");
+    if (c->class_weights && c->target <= 0)
+        return mk_cli_usage("quantize", "--class-weights weighs the allocation: it needs --target-bpw");
     if (mk_qalgo_needs_stats(c->method) && !c->hessian)
         return mk_cli_usage("quantize", "--method %s needs --hessian H (from `moekit profile --hessian H`)",
                             mk_qalgo_name(c->method));

@@ -147,6 +147,13 @@ mk_status mk_prof_check_bits(int *bits, int n);
 mk_status mk_prof_run(const mk_model *m, const int32_t *ids, int64_t n, const mk_prof_opts *opts,
                       mk_prof **out);
 
+/* Multiply the usage of every chosen tensor (expert, linear) by the factor
+ * of its module class under class-weight set `name`: "none" (no change) or
+ * "learned" (src/profile/weights.c: attention and down_proj x2, lm_head
+ * x1/8, shared expert x0.65, measured KL sensitivities). MK_E_ARG for
+ * another name. */
+mk_status mk_prof_class_weights(mk_prof *p, const char *name);
+
 /* What mk_prof_hessian did. */
 typedef struct mk_prof_hess_info {
     size_t modules;       /* tensors written (modules reached by calibration tokens) */
