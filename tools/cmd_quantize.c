@@ -77,11 +77,12 @@ static void help(FILE *f) {
         "  --damp D              GPTQ damping, a fraction of the mean diagonal of H (default 0.01)\n"
         "  --pack-experts        each routed expert's weight/scales/biases as one contiguous block, 4 KiB-\n"
         "                        aligned when sizes allow: one read per expert streaming (mlx-lm: deepseek only)\n"
-        "  --class-weights none|learned\n"
+        "  --class-weights none|learned|CLASS=F,...\n"
         "                        with --target-bpw: weigh each module class's error in the allocation\n"
-        "                        (none, the default: all alike; learned: attention/linear-attention and\n"
-        "                        down_proj x2, shared expert x0.65, lm_head x1/8, from KL measured one\n"
-        "                        class at a time on tiny-qwen35moe)\n"
+        "                        (none, the default: all alike; learned: attn (attention/linear-attention)\n"
+        "                        and down (down_proj) x2, shared (shared expert gate/up) x0.65, lm_head\n"
+        "                        x1/8, embed and other x1, from KL measured one class at a time on\n"
+        "                        tiny-qwen35moe; or explicit factors, e.g. attn=3,lm_head=0.1)\n"
         "  --alloc-out F         with --target-bpw: also write the allocation JSON to F (an existing F\n"
         "                        only with --force; never one of the inputs)\n"
         "  --dtype bf16|f32      dtype of float tensors and of scales/biases (default: as stored; the\n"
@@ -287,13 +288,11 @@ static int parse_args(int argc, char **argv, qcli *c) {
         case O_PROFILE: c->profile = optarg; break;
         case O_HESSIAN: c->hessian = optarg; break;
         case O_CLASSW:
-            if (strcmp(optarg, "none") && strcmp(optarg, "learned"))
-                return mk_cli_usage("quantize", "--class-weights %s: expected none or learned", optarg);
-            c->class_weights = optarg;
+            c->class_weights = optarg; /* checked by mk_prof_class_weights */
             break;
         case O_METHOD:
             if (mk_qalgo_parse(optarg, &c->method) != MK_OK)
-                return mk_cli_usage("quantize", "--method %s: expected rtn, mse, gptq or gptq-mse", optarg);
+                return mk_cli_usage("quantize", "--method %s: expected rtn, mse, gptq, gptq-mse or gptq-act", optarg);
             break;
         case O_DAMP:
             if ((rc = mk_flag_real("quantize", "--damp", optarg, 0, 10, 0, &c->damp)) >= 0)
@@ -351,7 +350,7 @@ static int parse_args(int argc, char **argv, qcli *c) {
         return mk_cli_usage("quantize", "--method %s needs --hessian H (from `moekit profile --hessian H`)",
                             mk_qalgo_name(c->method));
     if (c->hessian && !mk_qalgo_needs_stats(c->method))
-        return mk_cli_usage("quantize", "--hessian is read by --method mse, gptq or gptq-mse (the method is rtn)");
+        return mk_cli_usage("quantize", "--hessian is read by --method mse, gptq, gptq-mse or gptq-act (the method is rtn)");
     return -1;
 }
 

@@ -148,10 +148,11 @@ mk_status mk_prof_run(const mk_model *m, const int32_t *ids, int64_t n, const mk
                       mk_prof **out);
 
 /* Multiply the usage of every chosen tensor (expert, linear) by the factor
- * of its module class under class-weight set `name`: "none" (no change) or
+ * of its module class under class-weight set `name`: "none" (no change),
  * "learned" (src/profile/weights.c: attention and down_proj x2, lm_head
- * x1/8, shared expert x0.65, measured KL sensitivities). MK_E_ARG for
- * another name. */
+ * x1/8, shared expert x0.65, measured KL sensitivities) or explicit
+ * "CLASS=F,..." (classes embed, lm_head, attn, down, shared, other; the
+ * rest 1). MK_E_ARG naming the set otherwise. */
 mk_status mk_prof_class_weights(mk_prof *p, const char *name);
 
 /* What mk_prof_hessian did. */

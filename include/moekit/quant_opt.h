@@ -52,9 +52,10 @@ typedef enum mk_qalgo {
     MK_QALGO_MSE,
     MK_QALGO_GPTQ,
     MK_QALGO_GPTQ_MSE,
+    MK_QALGO_GPTQ_ACT,
 } mk_qalgo;
 
-/* "rtn", "mse", "gptq", "gptq-mse"; NULL for another value. */
+/* "rtn", "mse", "gptq", "gptq-mse", "gptq-act"; NULL for another value. */
 const char *mk_qalgo_name(mk_qalgo m);
 /* Parse one of those names; MK_E_ARG listing them otherwise. */
 mk_status mk_qalgo_parse(const char *s, mk_qalgo *out);
@@ -68,10 +69,12 @@ int mk_qalgo_needs_stats(mk_qalgo m);
 typedef struct mk_qstats {
     int64_t cols;
     float *imp; /* [cols] column weights of the mse search: damped H_jj (mse) or 1 / U_jj^2 (gptq) */
-    float *u;   /* [cols, cols] row-major upper Cholesky factor of (H + damp)^-1; NULL for mse */
+    float *u;   /* [cols, cols] row-major upper Cholesky factor of (H + damp)^-1; NULL for mse;
+                   gptq-act: of the permuted H, rows and columns in perm order */
+    int32_t *perm; /* gptq-act: the column order (decreasing H_jj); else NULL */
 } mk_qstats;
 
-/* Prepare statistics for method m (mse, gptq or gptq-mse) from H[cols,
+/* Prepare statistics for method m (any but rtn) from H[cols,
  * cols] (row-major, symmetric, any positive scale: sums or means of x x^T).
  * Factorizes in double; when the damped H is still not positive definite
  * (rounding in a rank-deficient H), the damping grows tenfold up to 5

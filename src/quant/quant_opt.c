@@ -25,7 +25,7 @@
 #include "moekit/quant_opt.h"
 #include "quant/quant_impl.h"
 
-static const char *const k_names[] = {"rtn", "mse", "gptq", "gptq-mse"};
+static const char *const k_names[] = {"rtn", "mse", "gptq", "gptq-mse", "gptq-act"};
 
 const char *mk_qalgo_name(mk_qalgo m) {
     return (unsigned)m < sizeof k_names / sizeof *k_names ? k_names[m] : NULL;
@@ -37,18 +37,28 @@ mk_status mk_qalgo_parse(const char *s, mk_qalgo *out) {
             *out = (mk_qalgo)i;
             return MK_OK;
         }
-    return mk_err(MK_E_ARG, "quantization method '%s': expected rtn, mse, gptq or gptq-mse", s ? s : "(null)");
+    return mk_err(MK_E_ARG, "quantization method '%s': expected rtn, mse, gptq, gptq-mse or gptq-act", s ? s : "(null)");
 }
 
 int mk_qalgo_needs_stats(mk_qalgo m) { return m != MK_QALGO_RTN; }
 
-static bool is_gptq(mk_qalgo m) { return m == MK_QALGO_GPTQ || m == MK_QALGO_GPTQ_MSE; }
+static bool is_gptq(mk_qalgo m) {
+    return m == MK_QALGO_GPTQ || m == MK_QALGO_GPTQ_MSE || m == MK_QALGO_GPTQ_ACT;
+}
+
+/* Sort keys (descending weight, then ascending index) packed in one
+ * integer: a positive float's bits order like its value. */
+static int by_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
 
 void mk_qstats_free(mk_qstats *s) {
     if (!s)
         return;
     free(s->imp);
     free(s->u);
+    free(s->perm);
     memset(s, 0, sizeof *s);
 }
 
@@ -125,6 +135,29 @@ mk_status mk_qstats_prepare(const float *h, int64_t cols, mk_qalgo m, double dam
             out->imp[i] = (float)((h[i * n + i] > 0 ? h[i * n + i] : 0) + damp * mean + 1e-30);
         return MK_OK;
     }
+    if (m == MK_QALGO_GPTQ_ACT) { /* the order: decreasing H_jj (stable), static-group weights H_jj */
+        for (size_t i = 0; i < n; i++)
+            out->imp[i] = (float)((h[i * n + i] > 0 ? h[i * n + i] : 0) + damp * mean + 1e-30);
+        out->perm = mk_malloc(n * sizeof(int32_t));
+        if (!out->perm) {
+            mk_qstats_free(out);
+            return mk_err(MK_E_NOMEM, "%s: no memory for a column order", nm);
+        }
+        uint64_t *key = mk_malloc(n * sizeof(uint64_t));
+        if (!key) {
+            mk_qstats_free(out);
+            return mk_err(MK_E_NOMEM, "%s: no memory for a column order", nm);
+        }
+        for (size_t i = 0; i < n; i++) {
+            uint32_t b;
+            memcpy(&b, &out->imp[i], 4);
+            key[i] = (uint64_t)(0xffffffffu - b) << 32 | (uint64_t)i;
+        }
+        qsort(key, n, sizeof *key, by_u64);
+        for (size_t i = 0; i < n; i++)
+            out->perm[i] = (int32_t)(key[i] & 0xffffffffu);
+        free(key);
+    }
     double *a = mk_malloc(n * n * sizeof(double)), *inv = mk_malloc(n * n * sizeof(double));
     out->u = mk_malloc(n * n * sizeof(float));
     if (!a || !inv || !out->u) {
@@ -139,7 +172,8 @@ mk_status mk_qstats_prepare(const float *h, int64_t cols, mk_qalgo m, double dam
     for (int attempt = 0; attempt < 6 && !ok; attempt++, dmp *= 10) {
         for (size_t i = 0; i < n; i++) {
             for (size_t j = 0; j <= i; j++) {
-                double v = h[i * n + j];
+                size_t pi = out->perm ? (size_t)out->perm[i] : i, pj = out->perm ? (size_t)out->perm[j] : j;
+                double v = h[pi * n + pj];
                 if (!isfinite(v)) {
                     free(a);
                     free(inv);
@@ -172,7 +206,8 @@ mk_status mk_qstats_prepare(const float *h, int64_t cols, mk_qalgo m, double dam
         for (size_t j = 0; j < n; j++)
             out->u[i * n + j] = j >= i ? (float)inv[j * n + i] : 0.0f;
         double uii = inv[i * n + i];
-        out->imp[i] = (float)(1.0 / (uii * uii));
+        if (!out->perm)
+            out->imp[i] = (float)(1.0 / (uii * uii));
     }
     free(a);
     free(inv);
@@ -315,12 +350,44 @@ static void store_group(const gfit *f, int64_t g, float s, float b, const uint32
     mk_q_store(f->dt, b_row, g, b);
 }
 
+/* gptq-act on one row w (original order): static groups fitted on the
+ * original weights, then columns in s->perm order with U of the permuted H;
+ * codes[] in the original order. wp: scratch of cols floats. */
+static void act_row(const gfit *f, const mk_qstats *s, const float *w, float *wp, float *gsc, float *gbi,
+                    uint32_t *codes, int64_t ng) {
+    const int64_t cols = s->cols;
+    uint32_t q[MK_Q_MAX_GROUP];
+    for (int64_t g = 0; g < ng; g++)
+        fit_group(f, w + g * f->G, s->imp + g * f->G, true, &gsc[g], &gbi[g], q);
+    for (int64_t k = 0; k < cols; k++)
+        wp[k] = w[s->perm[k]];
+    for (int64_t k = 0; k < cols; k++) {
+        const int64_t i = s->perm[k], g = i / f->G;
+        const float gs = gsc[g], gb = gbi[g];
+        const float *uk = s->u + (size_t)k * (size_t)cols;
+        float c = mk_q_rint((wp[k] - gb) / gs);
+        c = c < 0 ? 0 : c > f->nmax ? f->nmax : c;
+        float r0 = wp[k] - (gs * c + gb);
+        for (int d = -1; d <= 1; d += 2) {
+            float c2 = c + (float)d, r2 = wp[k] - (gs * c2 + gb);
+            if (c2 >= 0 && c2 <= f->nmax && fabsf(r2) < fabsf(r0)) {
+                c = c2;
+                r0 = r2;
+            }
+        }
+        codes[i] = (uint32_t)c;
+        const float e = r0 / uk[k];
+        for (int64_t j = k + 1; j < cols; j++)
+            wp[j] -= e * uk[j];
+    }
+}
+
 mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s, mk_dtype in_dt,
                             const void *in, int64_t rows, int64_t cols, void *wq, void *scales,
                             void *biases) {
     if (m == MK_QALGO_RTN)
         return mk_quant_rows(p, in_dt, in, rows, cols, wq, scales, biases);
-    if (!p || p->mode != MK_QMODE_AFFINE || (unsigned)m > MK_QALGO_GPTQ_MSE)
+    if (!p || p->mode != MK_QMODE_AFFINE || (unsigned)m > MK_QALGO_GPTQ_ACT)
         return mk_err(MK_E_ARG, "calibrated quantization (%s) works on affine mode only",
                       mk_qalgo_name(m) ? mk_qalgo_name(m) : "?");
     mk_quant_layout L;
@@ -335,9 +402,15 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
                       mk_qalgo_name(m));
     const gfit f = {.G = p->group, .bits = p->bits, .nmax = (float)((1 << p->bits) - 1), .dt = in_dt};
     const int64_t ng = cols / p->group;
-    float *w = mk_malloc((size_t)cols * sizeof(float));
-    if (!w)
+    float *w = mk_malloc((size_t)cols * sizeof(float) * 3), *wp = w + cols;
+    float *gsc = mk_malloc((size_t)ng * sizeof(float) * 2), *gbi = gsc ? gsc + ng : NULL;
+    uint32_t *codes = mk_malloc((size_t)cols * sizeof(uint32_t));
+    if (!w || !gsc || !codes) {
+        free(w);
+        free(gsc);
+        free(codes);
         return mk_err(MK_E_NOMEM, "no memory for a row of %lld floats", (long long)cols);
+    }
     const unsigned char *src = in;
     for (int64_t r = 0; r < rows; r++) {
         unsigned char *wr = (unsigned char *)wq + (size_t)r * L.wq_row_bytes;
@@ -348,6 +421,8 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
         for (int64_t c = 0; c < cols; c++)
             if (!isfinite(w[c])) {
                 free(w);
+                free(gsc);
+                free(codes);
                 return mk_err(MK_E_FORMAT, "row %lld holds a non-finite value at column %lld", (long long)r,
                               (long long)c);
             }
@@ -357,6 +432,15 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
             for (int64_t g = 0; g < ng; g++) {
                 fit_group(&f, w + g * f.G, s ? s->imp + g * f.G : NULL, true, &gs, &gb, q);
                 store_group(&f, g, gs, gb, q, wr, sr, br);
+            }
+            continue;
+        }
+        if (m == MK_QALGO_GPTQ_ACT) {
+            act_row(&f, s, w, wp, gsc, gbi, codes, ng);
+            for (int64_t g = 0; g < ng; g++) {
+                for (int j = 0; j < f.G; j++)
+                    q[j] = codes[g * f.G + j];
+                store_group(&f, g, gsc[g], gbi[g], q, wr, sr, br);
             }
             continue;
         }
@@ -387,5 +471,7 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
         }
     }
     free(w);
+    free(gsc);
+    free(codes);
     return MK_OK;
 }

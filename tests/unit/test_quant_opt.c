@@ -5,7 +5,7 @@
  * error ||X W^T - X Wq^T||_F with Wq dequantized by mk_dequant_rows (the
  * plain MLX reader, independent of the code under test):
  *   - the factor: U^T U (H + damp) = I within float rounding;
- *   - gptq and gptq-mse cut the output error well below MLX's RTN (a
+ *   - gptq, gptq-mse and gptq-act cut the output error well below MLX's RTN (a
  *     broken error propagation -- wrong sign, wrong row of U, no update --
  *     leaves gptq at or above RTN: the bar is half of RTN's error);
  *   - mse never has a larger H-diagonal-weighted weight error than RTN in
@@ -163,16 +163,23 @@ static void test_gptq_beats_rtn(void **st) {
     (void)st;
     layer L;
     make_layer(&L);
-    qout r, g, gm;
+    qout r, g, gm, ga;
     quantize(&L, MK_QALGO_RTN, NULL, &r);
-    mk_qstats s, s2;
+    mk_qstats s, s2, s3;
     assert_int_equal(mk_qstats_prepare(L.h, COLS, MK_QALGO_GPTQ, MK_QOPT_DAMP, "syn", &s), MK_OK);
     assert_int_equal(mk_qstats_prepare(L.h, COLS, MK_QALGO_GPTQ_MSE, MK_QOPT_DAMP, "syn", &s2), MK_OK);
     quantize(&L, MK_QALGO_GPTQ, &s, &g);
     quantize(&L, MK_QALGO_GPTQ_MSE, &s2, &gm);
-    double er = out_err(&L, r.deq), eg = out_err(&L, g.deq), egm = out_err(&L, gm.deq);
-    print_message("output error: rtn %.4g, gptq %.4g (%.3f), gptq-mse %.4g (%.3f)\n", er, eg, eg / er, egm,
-                  egm / er);
+    assert_int_equal(mk_qstats_prepare(L.h, COLS, MK_QALGO_GPTQ_ACT, MK_QOPT_DAMP, "syn", &s3), MK_OK);
+    assert_non_null(s3.perm);
+    for (int k = 1; k < COLS; k++) /* decreasing H_jj */
+        assert_true(L.h[s3.perm[k - 1] * (COLS + 1)] >= L.h[s3.perm[k] * (COLS + 1)]);
+    quantize(&L, MK_QALGO_GPTQ_ACT, &s3, &ga);
+    double er = out_err(&L, r.deq), eg = out_err(&L, g.deq), egm = out_err(&L, gm.deq), ega = out_err(&L, ga.deq);
+    print_message("output error: rtn %.4g, gptq %.4g (%.3f), gptq-mse %.4g (%.3f), gptq-act %.4g (%.3f)\n", er, eg,
+                  eg / er, egm, egm / er, ega, ega / er);
+    if (!(ega < 0.5 * er))
+        fail_msg("gptq-act output error %g not below half of rtn's %g", ega, er);
     if (!(eg < 0.5 * er))
         fail_msg("gptq output error %g not below half of rtn's %g", eg, er);
     if (!(egm < 0.5 * er))
@@ -206,6 +213,8 @@ static void test_gptq_beats_rtn(void **st) {
                      MK_E_ARG);
     mk_qstats_free(&s);
     mk_qstats_free(&s2);
+    mk_qstats_free(&s3);
+    free_q(&ga);
     free_q(&r);
     free_q(&g);
     free_q(&gm);
@@ -272,7 +281,7 @@ static void test_names(void **st) {
     assert_int_equal(mk_qalgo_parse("gptq-mse", &m), MK_OK);
     assert_int_equal(m, MK_QALGO_GPTQ_MSE);
     assert_int_equal(mk_qalgo_parse("awq", &m), MK_E_ARG);
-    assert_non_null(strstr(mk_err_msg(), "rtn, mse, gptq or gptq-mse"));
+    assert_non_null(strstr(mk_err_msg(), "rtn, mse, gptq, gptq-mse or gptq-act"));
     assert_string_equal(mk_qalgo_name(MK_QALGO_MSE), "mse");
     float h[4] = {1, 0, 0, NAN};
     mk_qstats s;
