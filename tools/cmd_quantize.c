@@ -394,13 +394,13 @@ static int run(qcli *c) {
         st = mk_qjob_set_recipe(job, c->recipe);
     for (int i = 0; st == MK_OK && i < c->nov; i++)
         st = mk_qjob_add_override(job, c->ovs[i]);
+    if (st == MK_OK && (c->method != MK_QALGO_RTN || c->hessian))
+        st = mk_qjob_set_method(job, c->method, c->hessian, c->damp);
     if (st != MK_OK) {
         mk_qjob_free(job);
         return mk_cli_fail(st);
     }
     mk_qjob_allow_nonfinite(job, c->allow_nonfinite);
-    if (st == MK_OK && (c->method != MK_QALGO_RTN || c->hessian))
-        st = mk_qjob_set_method(job, c->method, c->hessian, c->damp);
     c->co.to = MK_CONV_MLX;
     c->co.quant = job;
     /* past a file-size limit write() must fail with EFBIG, not kill us */

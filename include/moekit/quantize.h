@@ -8,8 +8,12 @@
  * mlx-lm: `.weight` of 2 dims, or 3 for switch_mlp, in float) becomes
  * `.weight` (U32) + `.scales` (+ `.biases`), and config.json gets the
  * `quantization` block with an identical `quantization_config` (FORMATS.md
- * 2). Quantized sources (FP8, INT4, MLX) are dequantized first; the input
- * to the quantizer is the float tensor `--to mlx` would have written.
+ * 2). Compressed-tensors INT4 modules (quantization-aware checkpoints such
+ * as Kimi K2's) pass through exactly as `--to mlx` repacks them (codes and
+ * scales byte for byte, with config entries of their own group size),
+ * never requantized. Other quantized sources (FP8, MLX) are dequantized
+ * first; the input to the quantizer is the float tensor `--to mlx` would
+ * have written.
  *
  * Choice per module path P (MLX naming), in order, later steps winning:
  *   1. the defaults (mk_qjob_set_default);

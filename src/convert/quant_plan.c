@@ -659,6 +659,17 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
     unsigned long mark = mk_json_mark();
     json_t *root = json_root;
     json_t *b = quant_block(p->qs);
+    /* modules passed through quantized (compressed-tensors INT4, repacked
+     * byte for byte by plan.c): their own width and group */
+    for (size_t i = 0; i < p->nouts; i++) {
+        const cv_out *o = &p->outs[i];
+        if (!o->qpath)
+            continue;
+        json_t *e = json_object();
+        json_object_set_new(e, "group_size", json_integer(o->qgroup));
+        json_object_set_new(e, "bits", json_integer(o->qbits));
+        json_object_set_new(b, o->qpath, e);
+    }
     json_object_set_new(root, "quantization_config", json_deep_copy(b));
     json_object_set_new(root, "quantization", b);
     return mk_alloc_failures() == mark
