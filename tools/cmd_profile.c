@@ -58,7 +58,7 @@ static void help(FILE *f) {
             "                     one more pass over the windows and 8 x cols^2 bytes per distinct\n"
             "                     module input held until the end (q/k/v and gate/up share one; the\n"
             "                     tiny 4-layer model: ~40 MB; a 48-layer, 128-expert, 2048-wide model:\n"
-            "                     ~200 GB, so use a few layers' worth of experts or more RAM); experts\n"
+            "                     ~235 GB, so use a few layers' worth of experts or more RAM); experts\n"
             "                     must be resident (not with --memory-budget streaming)\n"
             "  --stats            peak RSS and, when experts stream, the expert cache's counters\n"
             "                     on stderr at the end\n"
