@@ -137,19 +137,21 @@ static void test_factor(void **st) {
         mean += L.h[i * COLS + i];
     mean /= COLS;
     /* (U^T U)(H + damp I) == I */
+    double *inv = calloc((size_t)COLS * COLS, sizeof(double));
+    for (int m = 0; m < COLS; m++) /* inv += u_m^T u_m, u_m row m of U */
+        for (int i = m; i < COLS; i++)
+            for (int k = m; k < COLS; k++)
+                inv[i * COLS + k] += (double)s.u[m * COLS + i] * s.u[m * COLS + k];
     double worst = 0;
     for (int i = 0; i < COLS; i++)
         for (int j = 0; j < COLS; j++) {
             double v = 0;
-            for (int k = 0; k < COLS; k++) {
-                double inv = 0; /* (U^T U)_ik = sum_m U_mi U_mk */
-                for (int m = 0; m <= (i < k ? i : k); m++)
-                    inv += (double)s.u[m * COLS + i] * s.u[m * COLS + k];
-                v += inv * ((double)L.h[k * COLS + j] + (k == j ? MK_QOPT_DAMP * mean : 0));
-            }
+            for (int k = 0; k < COLS; k++)
+                v += inv[i * COLS + k] * ((double)L.h[k * COLS + j] + (k == j ? MK_QOPT_DAMP * mean : 0));
             double d = fabs(v - (i == j));
             worst = d > worst ? d : worst;
         }
+    free(inv);
     if (worst > 1e-3)
         fail_msg("U^T U (H + damp) differs from I by %g", worst);
     for (int i = 0; i < COLS; i++)
