@@ -126,7 +126,10 @@ static void progress(void *user, const char *stage, int64_t done, int64_t total)
     if (done != total && done % every)
         return;
     fprintf(stderr, "%sprofile: %s %lld/%lld%s", tty ? "\r" : "",
-            !strcmp(stage, "route") ? "routing window" : "quantization error", (long long)done,
+            !strcmp(stage, "route")     ? "routing window"
+            : !strcmp(stage, "hessian") ? "second-moment window"
+                                        : "quantization error",
+            (long long)done,
             (long long)total, !tty || done == total ? "\n" : "");
     fflush(stderr);
 }
