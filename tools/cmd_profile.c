@@ -51,6 +51,15 @@ static void help(FILE *f) {
             "  --from P.json      allocate from this profile instead of profiling (refused when\n"
             "                     it was measured on another model: config.json hash)\n"
             "  --target-bpw X     bits per weight to allocate, scales and biases included\n"
+            "  --hessian H        also write H (a .safetensors file): the input second moments\n"
+            "                     E[x x^T] of every linear module over the calibration windows (each\n"
+            "                     routed expert on the tokens routed to it; lm_head included), what\n"
+            "                     `moekit quantize --method gptq|mse|gptq-mse --hessian H` reads. Costs\n"
+            "                     one more pass over the windows and 8 x cols^2 bytes per distinct\n"
+            "                     module input held until the end (q/k/v and gate/up share one; the\n"
+            "                     tiny 4-layer model: ~40 MB; a 48-layer, 128-expert, 2048-wide model:\n"
+            "                     ~235 GB, so use a few layers' worth of experts or more RAM); experts\n"
+            "                     must be resident (not with --memory-budget streaming)\n"
             "  --stats            peak RSS and, when experts stream, the expert cache's counters\n"
             "                     on stderr at the end\n"
             "  --quiet            no progress on stderr\n"
@@ -66,7 +75,7 @@ static void help(FILE *f) {
 }
 
 typedef struct prof_cli {
-    const char *model, *text, *out, *from;
+    const char *model, *text, *out, *from, *hessian;
     long long tokens;
     double target;
     bool has_bits, quiet, force, stats;
@@ -117,7 +126,10 @@ static void progress(void *user, const char *stage, int64_t done, int64_t total)
     if (done != total && done % every)
         return;
     fprintf(stderr, "%sprofile: %s %lld/%lld%s", tty ? "\r" : "",
-            !strcmp(stage, "route") ? "routing window" : "quantization error", (long long)done,
+            !strcmp(stage, "route")     ? "routing window"
+            : !strcmp(stage, "hessian") ? "second-moment window"
+                                        : "quantization error",
+            (long long)done,
             (long long)total, !tty || done == total ? "\n" : "");
     fflush(stderr);
 }
@@ -221,6 +233,16 @@ static mk_status run_profile(prof_cli *o) {
     }
     if (st == MK_OK)
         st = mk_prof_save(p, o->out);
+    if (st == MK_OK && o->hessian) {
+        mk_prof_hess_info hi;
+        int64_t use = (int64_t)n < o->tokens ? (int64_t)n : o->tokens;
+        st = mk_prof_hessian(m, ids, use, &o->po, o->hessian, o->force, &hi);
+        if (st == MK_OK)
+            printf("wrote %s: input second moments of %zu modules (%zu distinct inputs, %.1f MiB held; %zu "
+                   "modules no token reached) over %lld tokens\n",
+                   o->hessian, hi.modules, hi.distinct, (double)hi.accum_bytes / 1048576.0, hi.unreached,
+                   (long long)hi.tokens);
+    }
     if (st == MK_OK)
         print_profile(p, o->model, o->out);
     if (st == MK_OK && o->stats)
@@ -265,6 +287,7 @@ int cmd_profile(int argc, char **argv) {
         {"out", required_argument, 0, 'o'},        {"from", required_argument, 0, 'F'},
         {"target-bpw", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
         {"force", no_argument, 0, 'O'},            {"stats", no_argument, 0, 'S'},
+        {"hessian", required_argument, 0, 'H'},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     prof_cli o = {.tokens = 20000, .target = -1, .mm = {.cmd = "profile"}};
@@ -280,6 +303,7 @@ int cmd_profile(int argc, char **argv) {
         case 'f': o.text = optarg; break;
         case 'o': o.out = optarg; break;
         case 'F': o.from = optarg; break;
+        case 'H': o.hessian = optarg; break;
         case 'q': o.quiet = true; break;
         case 'O': o.force = true; break;
         case 'n':
@@ -343,6 +367,8 @@ int cmd_profile(int argc, char **argv) {
             return mk_cli_usage("profile", "--out P.json is required");
         if (o.target >= 0)
             return mk_cli_usage("profile", "--target-bpw allocates from a profile: use --from P");
+        if (o.hessian && o.mm.stream)
+            return mk_cli_usage("profile", "--hessian needs resident experts: drop --memory-budget / streaming");
         if (!o.quiet)
             o.po.progress = progress;
     }
@@ -356,6 +382,8 @@ int cmd_profile(int argc, char **argv) {
         st = mk_paths_add_input(&paths, o.from, "--from");
     if (st == MK_OK && o.out)
         st = mk_paths_check_file(&paths, o.out, "--out", o.force);
+    if (st == MK_OK && o.hessian)
+        st = mk_paths_check_file(&paths, o.hessian, "--hessian", o.force);
     mk_paths_free(&paths);
     if (st == MK_OK)
         st = o.from ? run_alloc(&o) : run_profile(&o);

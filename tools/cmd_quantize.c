@@ -21,6 +21,7 @@
 #include "moekit/convert.h"
 #include "moekit/profile.h"
 #include "moekit/quant.h"
+#include "moekit/quant_opt.h"
 
 static void help(FILE *f) {
     fprintf(
@@ -29,8 +30,10 @@ static void help(FILE *f) {
         "Quantize checkpoint SRC into DST in the MLX layout (what `moekit convert --to mlx` writes, with\n"
         "quantized modules), bit-identical to MLX's own quantizer (mx.quantize on the CPU). SRC is any\n"
         "checkpoint moekit reads: HF per-expert, fused or vision-language, FP8 block, compressed-tensors\n"
-        "INT4, MLX float or quantized. Quantized sources are DEQUANTIZED first (to the float dtype\n"
-        "`convert --to mlx` would write) and then quantized anew: their original rounding is not kept.\n"
+        "INT4, MLX float or quantized. Modules already quantized in SRC (compressed-tensors INT4, as Kimi's\n"
+        "quantization-aware checkpoints, and MLX affine/mxfp4/mxfp8/nvfp4) are passed through byte for\n"
+        "byte as `convert --to mlx` writes them, never requantized; FP8 block sources are dequantized and\n"
+        "quantized.\n"
         "SRC may also be a bare .safetensors file with no config: every float tensor of 2+ dims whose\n"
         "last dim the group size divides is quantized (X.weight -> X.weight/.scales/.biases, any other\n"
         "name N -> N, N.scales, N.biases), every other tensor is copied byte for byte; DST then holds\n"
@@ -59,8 +62,27 @@ static void help(FILE *f) {
         "                        experts whose widths differ within a layer are written as separate\n"
         "                        modules mlp.experts.<e>.<proj> (moekit's engine loads them; mlx-lm loads\n"
         "                        only stacked switch_mlp, which uniform layers keep)\n"
+        "  --method M --hessian H\n"
+        "                        how codes, scales and biases are chosen inside the same MLX affine format\n"
+        "                        (stock mlx-lm loads every method unchanged): rtn (default) MLX's own\n"
+        "                        round-to-nearest, byte-exact; mse per-group scale/bias search weighted by\n"
+        "                        the inputs' second moments; gptq error-compensating rounding (GPTQ: each\n"
+        "                        column's error propagated to the later columns through the Cholesky factor\n"
+        "                        of H^-1); gptq-mse both. H is the statistics file of `moekit profile\n"
+        "                        --hessian` (per module, each routed expert on its own tokens); modules it\n"
+        "                        lacks (experts never routed to) get the unweighted search. Affine modules\n"
+        "                        only. Memory: the factor of each module (expert) being quantized, cols^2\n"
+        "                        floats, freed when its rows are done: at most threads x cols^2 x 4 bytes\n"
+        "                        more than rtn. Time: gptq is O(rows x cols^2) per module\n"
+        "  --damp D              GPTQ damping, a fraction of the mean diagonal of H (default 0.01)\n"
         "  --pack-experts        each routed expert's weight/scales/biases as one contiguous block, 4 KiB-\n"
         "                        aligned when sizes allow: one read per expert streaming (mlx-lm: deepseek only)\n"
+        "  --class-weights none|learned|CLASS=F,...\n"
+        "                        with --target-bpw: weigh each module class's error in the allocation\n"
+        "                        (none, the default: all alike; learned: attn (attention/linear-attention)\n"
+        "                        and down (down_proj) x2, shared (shared expert gate/up) x0.65, lm_head\n"
+        "                        x1/8, embed and other x1, from KL measured one class at a time on\n"
+        "                        tiny-qwen35moe; or explicit factors, e.g. attn=3,lm_head=0.1)\n"
         "  --alloc-out F         with --target-bpw: also write the allocation JSON to F (an existing F\n"
         "                        only with --force; never one of the inputs)\n"
         "  --dtype bf16|f32      dtype of float tensors and of scales/biases (default: as stored; the\n"
@@ -102,7 +124,10 @@ static void help(FILE *f) {
 }
 
 typedef struct qcli {
-    const char *src, *dst, *report, *profile, *alloc_out;
+    const char *src, *dst, *report, *profile, *alloc_out, *hessian;
+    mk_qalgo method;
+    double damp;
+    const char *class_weights;
     const char **ovs;
     int nov;
     const char *recipe;
@@ -119,7 +144,9 @@ static mk_status apply_alloc(const qcli *c, mk_qjob *job, double *achieved) {
     mk_alloc a;
     memset(&a, 0, sizeof a);
     MK_TRY(mk_prof_load(c->profile, &prof));
-    mk_status st = mk_alloc_solve(prof, c->target, NULL, 0, &a);
+    mk_status st = mk_prof_class_weights(prof, c->class_weights ? c->class_weights : "none");
+    if (st == MK_OK)
+        st = mk_alloc_solve(prof, c->target, NULL, 0, &a);
     if (st == MK_OK && c->alloc_out)
         st = mk_alloc_save(&a, c->alloc_out);
     /* the config default: the width holding the most params */
@@ -190,6 +217,9 @@ static void print_totals(const mk_qjob *job, bool alloc, double expected) {
            t->bpw_lin);
     printf("whole checkpoint: %llu params, %llu bytes: %.4f bits per weight\n", (unsigned long long)t->params_all,
            (unsigned long long)t->bytes_all, t->bpw_all);
+    if (t->n_calibrated + t->n_uncalibrated)
+        printf("calibrated: %llu modules/experts with input statistics, %llu without (unweighted search)\n",
+               (unsigned long long)t->n_calibrated, (unsigned long long)t->n_uncalibrated);
     if (alloc)
         printf("achieved bpw %.4f over the linear modules (allocation expected %.4f over the profiled ones)\n",
                t->bpw_lin, expected);
@@ -207,7 +237,8 @@ static void print_stats(const mk_conv_stats *st) {
 }
 
 enum { O_BITS = 256, O_GROUP, O_MODE, O_RECIPE, O_OVERRIDE, O_TARGET, O_PROFILE, O_ALLOC_OUT, O_DTYPE, O_MEM,
-       O_THREADS, O_REPORT, O_FORCE, O_NONFINITE, O_F16, O_VISION, O_MTP, O_SHARD, O_QUIET, O_STATS, O_PACK };
+       O_THREADS, O_REPORT, O_FORCE, O_NONFINITE, O_F16, O_VISION, O_MTP, O_SHARD, O_QUIET, O_STATS, O_PACK,
+       O_METHOD, O_HESSIAN, O_DAMP, O_CLASSW };
 
 static int parse_args(int argc, char **argv, qcli *c) {
     static const struct option opts[] = {
@@ -222,6 +253,8 @@ static int parse_args(int argc, char **argv, qcli *c) {
         {"keep-mtp", no_argument, 0, O_MTP},            {"shard-size", required_argument, 0, O_SHARD},
         {"quiet", no_argument, 0, O_QUIET},             {"stats", no_argument, 0, O_STATS},
         {"pack-experts", no_argument, 0, O_PACK},       {"help", no_argument, 0, 'h'},
+        {"method", required_argument, 0, O_METHOD},     {"hessian", required_argument, 0, O_HESSIAN},
+        {"damp", required_argument, 0, O_DAMP},         {"class-weights", required_argument, 0, O_CLASSW},
         {0, 0, 0, 0}};
     int o;
     long v;
@@ -253,6 +286,18 @@ static int parse_args(int argc, char **argv, qcli *c) {
                 return rc;
             break;
         case O_PROFILE: c->profile = optarg; break;
+        case O_HESSIAN: c->hessian = optarg; break;
+        case O_CLASSW:
+            c->class_weights = optarg; /* checked by mk_prof_class_weights */
+            break;
+        case O_METHOD:
+            if (mk_qalgo_parse(optarg, &c->method) != MK_OK)
+                return mk_cli_usage("quantize", "--method %s: expected rtn, mse, gptq, gptq-mse or gptq-act", optarg);
+            break;
+        case O_DAMP:
+            if ((rc = mk_flag_real("quantize", "--damp", optarg, 0, 10, 0, &c->damp)) >= 0)
+                return rc;
+            break;
         case O_ALLOC_OUT: c->alloc_out = optarg; break;
         case O_DTYPE:
             if (!mk_cli_parse_dtype(optarg, &c->co.dtype))
@@ -299,6 +344,13 @@ static int parse_args(int argc, char **argv, qcli *c) {
         return mk_cli_usage("quantize", "--recipe %s sets the bits: drop --bits", c->recipe);
     if (c->alloc_out && c->target <= 0)
         return mk_cli_usage("quantize", "--alloc-out needs --target-bpw");
+    if (c->class_weights && c->target <= 0)
+        return mk_cli_usage("quantize", "--class-weights weighs the allocation: it needs --target-bpw");
+    if (mk_qalgo_needs_stats(c->method) && !c->hessian)
+        return mk_cli_usage("quantize", "--method %s needs --hessian H (from `moekit profile --hessian H`)",
+                            mk_qalgo_name(c->method));
+    if (c->hessian && !mk_qalgo_needs_stats(c->method))
+        return mk_cli_usage("quantize", "--hessian is read by --method mse, gptq, gptq-mse or gptq-act (the method is rtn)");
     return -1;
 }
 
@@ -310,6 +362,8 @@ static mk_status check_paths(const qcli *c) {
     mk_status st = mk_paths_add_input(&p, c->src, "SRC");
     if (st == MK_OK && c->profile)
         st = mk_paths_add_input(&p, c->profile, "--profile");
+    if (st == MK_OK && c->hessian)
+        st = mk_paths_add_input(&p, c->hessian, "--hessian");
     if (st == MK_OK && mk_conv_dst_is_file(c->src, c->dst, c->co.to, true)) { /* a bare file in, a file out */
         st = mk_paths_check_file(&p, c->dst, "DST", c->co.force);
         if (st == MK_OK)
@@ -340,6 +394,8 @@ static int run(qcli *c) {
         st = mk_qjob_set_recipe(job, c->recipe);
     for (int i = 0; st == MK_OK && i < c->nov; i++)
         st = mk_qjob_add_override(job, c->ovs[i]);
+    if (st == MK_OK && (c->method != MK_QALGO_RTN || c->hessian))
+        st = mk_qjob_set_method(job, c->method, c->hessian, c->damp);
     if (st != MK_OK) {
         mk_qjob_free(job);
         return mk_cli_fail(st);
@@ -381,6 +437,7 @@ static int run(qcli *c) {
 static int cmd_quantize(int argc, char **argv) {
     qcli c;
     memset(&c, 0, sizeof c);
+    c.damp = -1; /* MK_QOPT_DAMP */
     mk_conv_opts_init(&c.co);
     c.ovs = calloc((size_t)argc + 1, sizeof *c.ovs);
     if (!c.ovs)

@@ -44,6 +44,14 @@ typedef void (*mk_route_fn)(void *user, int layer, int64_t pos, int k, const int
  * while pos < index_topk). Valid only during the call. Used by tests and
  * tools to see the lightning indexer's choice. */
 typedef void (*mk_select_fn)(void *user, int layer, int64_t pos, int count, const int32_t *positions);
+/* Linear-input observer (optional): called before every product of a
+ * weight by activations on a host-memory backend, with the weight view `w`
+ * (the model's own mk_wt, or the expert store's view of a routed expert)
+ * and its n input rows x[n, w->cols]. x is only valid during the call.
+ * Used by `moekit profile --hessian` to accumulate X^T X per module. Turns
+ * off the fused MoE slot and single-token expert batching (every product
+ * must be seen); engine creation fails on a device-memory backend. */
+typedef void (*mk_linear_fn)(void *user, const mk_wt *w, const float *x, int64_t n);
 
 typedef struct mk_engine_opts {
     int threads;            /* worker threads, caller included; <= 0: one per CPU */
@@ -65,6 +73,8 @@ typedef struct mk_engine_opts {
     void *on_route_user;    /* passed to on_route */
     mk_select_fn on_select; /* NULL (default): no selection callbacks, no cost */
     void *on_select_user;   /* passed to on_select */
+    mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
+    void *on_linear_user;   /* passed to on_linear */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

@@ -147,6 +147,36 @@ mk_status mk_prof_check_bits(int *bits, int n);
 mk_status mk_prof_run(const mk_model *m, const int32_t *ids, int64_t n, const mk_prof_opts *opts,
                       mk_prof **out);
 
+/* Multiply the usage of every chosen tensor (expert, linear) by the factor
+ * of its module class under class-weight set `name`: "none" (no change),
+ * "learned" (src/profile/weights.c: attention and down_proj x2, lm_head
+ * x1/8, shared expert x0.65, measured KL sensitivities) or explicit
+ * "CLASS=F,..." (classes embed, lm_head, attn, down, shared, other; the
+ * rest 1). MK_E_ARG naming the set otherwise. */
+mk_status mk_prof_class_weights(mk_prof *p, const char *name);
+
+/* What mk_prof_hessian did. */
+typedef struct mk_prof_hess_info {
+    size_t modules;       /* tensors written (modules reached by calibration tokens) */
+    size_t distinct;      /* distinct inputs accumulated (q/k/v, gate/up share one) */
+    size_t unreached;     /* walked modules no token reached (unused experts): no tensor */
+    uint64_t accum_bytes; /* accumulator memory held during the run: 8 * cols^2 per distinct input */
+    int64_t tokens;       /* calibration tokens run */
+} mk_prof_hess_info;
+
+/* Input second moments of every linear module of `m` for calibrated
+ * quantization (moekit/quant_opt.h; layout in src/profile/profile_hess.c):
+ * the first n / window whole windows of ids run from an empty state each
+ * (as mk_prof_run) with a linear-input observer; each module (each routed
+ * expert on its own tokens) gets H = mean of x x^T over its input rows,
+ * written as a F32 [cols, cols] tensor named by its module path into the
+ * safetensors file `path` (atomically; replace: an existing file may be
+ * replaced). Memory: 8 * cols^2 bytes per distinct module input, all held
+ * until the end, plus one window of logits. Experts must be resident
+ * (o->store NULL: MK_E_ARG otherwise). info may be NULL. */
+mk_status mk_prof_hessian(const mk_model *m, const int32_t *ids, int64_t n, const mk_prof_opts *o,
+                          const char *path, bool replace, mk_prof_hess_info *info);
+
 /* An empty profile with candidate widths bits[0..n_bits) (checked as
  * mk_prof_check_bits) and group size `group`, to be filled with
  * mk_prof_add (tests, tools that compute sensitivities elsewhere). */

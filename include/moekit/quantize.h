@@ -8,8 +8,12 @@
  * mlx-lm: `.weight` of 2 dims, or 3 for switch_mlp, in float) becomes
  * `.weight` (U32) + `.scales` (+ `.biases`), and config.json gets the
  * `quantization` block with an identical `quantization_config` (FORMATS.md
- * 2). Quantized sources (FP8, INT4, MLX) are dequantized first; the input
- * to the quantizer is the float tensor `--to mlx` would have written.
+ * 2). Compressed-tensors INT4 modules (quantization-aware checkpoints such
+ * as Kimi K2's) pass through exactly as `--to mlx` repacks them (codes and
+ * scales byte for byte, with config entries of their own group size),
+ * never requantized. Other quantized sources (FP8, MLX) are dequantized
+ * first; the input to the quantizer is the float tensor `--to mlx` would
+ * have written.
  *
  * Choice per module path P (MLX naming), in order, later steps winning:
  *   1. the defaults (mk_qjob_set_default);
@@ -39,6 +43,7 @@
 #include <stdint.h>
 
 #include "moekit/quant.h"
+#include "moekit/quant_opt.h"
 #include "moekit/status.h"
 
 #ifdef __cplusplus
@@ -65,6 +70,16 @@ mk_status mk_qjob_set_recipe(mk_qjob *q, const char *name);
 mk_status mk_qjob_add_override(mk_qjob *q, const char *rule);
 /* Exact entry for module path `path` (bits 0: float). */
 mk_status mk_qjob_set_module(mk_qjob *q, const char *path, mk_qmode mode, int bits, int group);
+/* Calibrated quantization (moekit/quant_opt.h) of every affine module:
+ * method rtn (the default: MLX's own quantizer, byte-exact), mse, gptq or
+ * gptq-mse. Every method but rtn reads input second moments from
+ * `stats_path` (`moekit profile --hessian`: a F32 [cols, cols] tensor per
+ * module path; routed experts by their per-expert path); a module with
+ * none there gets the unweighted mse search (the method's name and the
+ * number of such modules are in the totals). damp < 0: MK_QOPT_DAMP.
+ * MK_E_ARG for a method needing statistics without stats_path; MK_E_IO /
+ * MK_E_FORMAT naming the file when it cannot be opened as safetensors. */
+mk_status mk_qjob_set_method(mk_qjob *q, mk_qalgo method, const char *stats_path, double damp);
 /* Quantize tensors holding NaN/Inf instead of refusing them. */
 void mk_qjob_allow_nonfinite(mk_qjob *q, bool allow);
 
@@ -92,6 +107,9 @@ typedef struct mk_qjob_totals {
     uint64_t params_all, bytes_all;     /* every tensor of the output */
     double bpw_q, bpw_lin, bpw_all;     /* 8 * bytes / params of each set */
     double rel_err;                     /* over all quantized modules measured */
+    /* calibrated quantization: quantized pieces (a module, or one expert of
+     * a stack) with statistics from the file, and without (mse fallback) */
+    uint64_t n_calibrated, n_uncalibrated;
 } mk_qjob_totals;
 
 size_t mk_qjob_count(const mk_qjob *q);

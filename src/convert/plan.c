@@ -339,6 +339,18 @@ static mk_status gguf_kvb_outputs(pctx *c, const cv_lt *lt, char *kb_name) {
     return MK_OK;
 }
 
+/* Does a quantized source module stay quantized (copied or repacked, never
+ * requantized)? Converting: every one (CT INT4, MLX). Quantizing:
+ * compressed-tensors INT4, the format of quantization-aware checkpoints
+ * (Kimi K2's INT4): its codes were trained, and requantizing them from
+ * their dequantization could only lose. MLX-quantized sources are still
+ * requantized (a change of width is what quantizing one asks for). */
+static bool keeps_quant(const pctx *c, const cv_mod *m) {
+    if (!c->o->quant)
+        return m->kind == CV_CT || m->kind == CV_MLX;
+    return m->kind == CV_CT;
+}
+
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
     const cv_src *s = c->s;
     char *name = out_name(c, lt->cls, lt->cname);
@@ -358,8 +370,10 @@ static mk_status plain_output(pctx *c, const cv_lt *lt) {
         if (cv_ends_with(lt->cname, "linear_attn.in_proj_a.weight") || cv_ends_with(lt->cname, "linear_attn.in_proj_b.weight"))
             return gguf_vrows_output(c, lt, name, 0, 1);
     }
-    /* quantizing: quantized sources are dequantized, then quantized anew */
-    if (c->t->keeps_quantized && !c->o->quant && (lt->mod->kind == CV_CT || lt->mod->kind == CV_MLX)) {
+    /* quantizing: compressed-tensors INT4 (quantization-aware checkpoints)
+     * passes through as `--to mlx` writes it; other quantized sources are
+     * dequantized, then quantized anew */
+    if (c->t->keeps_quantized && keeps_quant(c, lt->mod)) {
         if (!cv_ends_with(name, ".weight")) {
             mk_status st = mk_err(MK_E_FORMAT, "quantized module '%s' is not a .weight", lt->mod->name);
             free(name);
@@ -459,7 +473,7 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
             }
             for (int e = 0; e < g->n; e++)
                 v[e] = &g->proj[p][e];
-            if (c->t->keeps_quantized && !c->o->quant && (lp->mod->kind == CV_CT || lp->mod->kind == CV_MLX)) {
+            if (c->t->keeps_quantized && keeps_quant(c, lp->mod)) {
                 st = quant_outputs(c, on, v, g->n, true);
                 continue;
             }

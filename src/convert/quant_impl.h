@@ -30,6 +30,8 @@
 
 #include "convert/conv_impl.h"
 #include "moekit/quant.h"
+#include "moekit/quant_opt.h"
+#include "moekit/st.h"
 
 /* ---------------------------------------------------------------- job */
 
@@ -59,6 +61,13 @@ struct mk_qjob {
     size_t nex, exc;
     cv_map *exmap; /* path -> cv_qexact index + 1 (as a pointer-sized integer) */
     bool allow_nonfinite;
+    /* calibrated quantization (mk_qjob_set_method): the method, and the
+     * input second moments it reads (a safetensors file of F32 [cols,
+     * cols] tensors named by module path, `moekit profile --hessian`) */
+    mk_qalgo method;
+    double damp;
+    mk_ckpt *stats;
+    char *stats_path;
     /* results (mk_conv_run fills them) */
     mk_qjob_module *res;
     size_t nres;
@@ -116,6 +125,18 @@ typedef struct cv_qmod {
     mk_quant_err err;   /* accumulated by the leader */
     uint64_t nonfinite;
     size_t seq;         /* planning order, for the report */
+    /* calibrated quantization (job method other than rtn, affine modules):
+     * one set of statistics per expert of a stack (nh = experts) or one
+     * (nh = 1), each covering hrows rows; hin[k] NULL when the statistics
+     * file has none (the module then gets the unweighted mse search).
+     * hs[k] is prepared on first use under mu and freed once the leader
+     * has quantized all of its hrows rows (hdone), so at most the modules
+     * in flight hold a factor */
+    int nh;
+    int64_t hrows;
+    const mk_tensor_info **hin;
+    mk_qstats *hs;
+    int64_t *hdone;
 } cv_qmod;
 
 /* A quantizable-kind module kept in float, for the report. */
@@ -139,6 +160,7 @@ struct cv_qstate {
     char *spill_path;
     uint64_t spill_bytes;
     int bad_data;       /* set (atomically) when a tensor's values failed the run */
+    uint64_t n_cal, n_uncal; /* calibrated quantization: pieces with / without statistics */
 };
 
 #define CV_QSPILL_NAME ".moekit-quant-spill"

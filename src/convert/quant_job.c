@@ -40,6 +40,8 @@ mk_status mk_qjob_new(mk_qjob **out) {
     q->mode = MK_QMODE_AFFINE;
     q->bits = 4;
     q->group = 64;
+    q->method = MK_QALGO_RTN;
+    q->damp = MK_QOPT_DAMP;
     *out = q;
     return MK_OK;
 }
@@ -68,8 +70,33 @@ void mk_qjob_free(mk_qjob *q) {
         free(q->ex[i].path);
     free(q->ex);
     cv_map_free(q->exmap);
+    mk_ckpt_close(q->stats);
+    free(q->stats_path);
     cv_qjob_clear_results(q);
     free(q);
+}
+
+mk_status mk_qjob_set_method(mk_qjob *q, mk_qalgo method, const char *stats_path, double damp) {
+    if (!mk_qalgo_name(method))
+        return mk_err(MK_E_ARG, "--method: unknown quantization method %d", (int)method);
+    if (mk_qalgo_needs_stats(method) && !stats_path)
+        return mk_err(MK_E_ARG, "--method %s needs the input statistics of `moekit profile --hessian` (--hessian FILE)",
+                      mk_qalgo_name(method));
+    mk_ckpt_close(q->stats);
+    q->stats = NULL;
+    free(q->stats_path);
+    q->stats_path = NULL;
+    q->method = method;
+    q->damp = damp < 0 ? MK_QOPT_DAMP : damp;
+    if (!stats_path)
+        return MK_OK;
+    q->stats_path = cv_strdup(stats_path);
+    if (!q->stats_path)
+        return mk_err(MK_E_NOMEM, "no memory for the path %s", stats_path);
+    mk_status st = mk_ckpt_open(stats_path, MK_CKPT_NO_MMAP, &q->stats);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "--hessian %s", stats_path);
+    return MK_OK;
 }
 
 mk_status mk_qjob_set_default(mk_qjob *q, mk_qmode mode, int bits, int group) {

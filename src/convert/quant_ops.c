@@ -28,6 +28,7 @@
 #include <unistd.h>
 
 #include "convert/quant_impl.h"
+#include "core/alloc.h"
 #include "io/os.h"
 
 static size_t al(size_t n) { return (n + 63) & ~(size_t)63; }
@@ -233,6 +234,51 @@ static void affine_err(const cv_qmod *q, const unsigned char *in, const unsigned
     affine_err_base(q, in, wq, sc, bi, n, acc, bad);
 }
 
+/* Rows [a, a+n) of the piece quantized with the job's calibrated method
+ * and the statistics of the expert (or module) they belong to, prepared on
+ * first use and freed once the leader has done all of that expert's rows.
+ * Rows of a piece never straddle two experts (a stack's pieces are its
+ * experts). Rows whose statistics the file lacks: unweighted mse. */
+static mk_status calibrated_rows(const cv_piece *p, int64_t a, int64_t n, const unsigned char *in,
+                                 unsigned char *const *buf) {
+    cv_qmod *q = p->q;
+    const mk_qjob *j = q->st->job;
+    const int64_t R = (int64_t)(p->out_off / q->rb[p->part]) + a;
+    const int e = (int)(R / q->hrows);
+    if (e < 0 || e >= q->nh || (R + n - 1) / q->hrows != e)
+        return mk_err(MK_E_INTERNAL, "module '%s': rows %lld..%lld straddle its statistics (%lld rows each)",
+                      q->path, (long long)R, (long long)(R + n - 1), (long long)q->hrows);
+    if (!q->hin[e])
+        return mk_quant_rows_opt(&q->qp, MK_QALGO_MSE, NULL, q->in_dt, in, n, q->cols, buf[0], buf[1], buf[2]);
+    mk_status st = MK_OK;
+    pthread_mutex_lock(&q->mu);
+    if (!q->hs[e].imp) {
+        size_t nn = (size_t)(q->cols * q->cols);
+        float *h = mk_malloc(nn * sizeof(float));
+        st = h ? mk_ckpt_read(j->stats, q->hin[e], 0, h, nn * sizeof(float))
+               : mk_err(MK_E_NOMEM, "module '%s': no memory for its %lld x %lld input statistics", q->path,
+                        (long long)q->cols, (long long)q->cols);
+        if (st == MK_OK)
+            st = mk_qstats_prepare(h, q->cols, j->method, j->damp, q->hin[e]->name, &q->hs[e]);
+        if (st != MK_OK)
+            st = mk_err_wrap(st, "--hessian %s", j->stats_path);
+        free(h);
+    }
+    pthread_mutex_unlock(&q->mu);
+    MK_TRY(st);
+    st = mk_quant_rows_opt(&q->qp, j->method, &q->hs[e], q->in_dt, in, n, q->cols, buf[0], buf[1], buf[2]);
+    if (st == MK_OK && p->part == q->leader) {
+        pthread_mutex_lock(&q->mu);
+        q->hdone[e] += n;
+        if (q->hdone[e] >= q->hrows) { /* every row of this expert is done: drop its factor */
+            mk_qstats_free(&q->hs[e]);
+            q->hdone[e] = 0; /* a follower of a resumed run prepares it again */
+        }
+        pthread_mutex_unlock(&q->mu);
+    }
+    return st;
+}
+
 mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t a, int64_t n,
                      unsigned char *scratch, void *out) {
     (void)dt; /* the part's dtype is fixed by the module */
@@ -254,8 +300,12 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
         MK_TRY(mk_ckpt_read(ck, p->mod->t[CV_T_MAIN], (uint64_t)(p->row0 + a) * (uint64_t)C * es, in, nin * es));
     else
         MK_TRY(cv_dec_run(ck, &t, q->in_dt, u0, un, src, in));
-    /* 2. MLX's quantizer */
-    mk_status qs = mk_quant_rows(&q->qp, q->in_dt, in, n, C, buf[0], buf[1], buf[2]);
+    /* 2. MLX's quantizer, or the calibrated one */
+    mk_status qs;
+    if (q->nh > 0)
+        qs = calibrated_rows(p, a, n, in, buf);
+    else
+        qs = mk_quant_rows(&q->qp, q->in_dt, in, n, C, buf[0], buf[1], buf[2]);
     if (qs == MK_E_FORMAT) { /* values no scale can hold: a rerun would fail alike */
         __atomic_store_n(&q->st->bad_data, 1, __ATOMIC_SEQ_CST);
         return mk_err_wrap(qs, "module '%s' (rows %lld..%lld)", q->path, (long long)(p->row0 + a),

@@ -193,6 +193,40 @@ static mk_status add_float(qb *b, const char *path, const cv_out *o, const cv_qc
 /* The weight/scales(/biases) outputs of one quantized module made of the
  * float pieces pcs[0..npc) (each a region of whole rows). `base` is the
  * float output's name. Takes no ownership. */
+/* The statistics of each expert (3-D stack) or of the module in the job's
+ * statistics file, checked against the module's input width. */
+static mk_status find_stats(cv_qstate *qs, cv_qmod *q, int ndim, const int64_t *shape) {
+    const mk_qjob *j = qs->job;
+    q->nh = ndim == 3 ? (int)shape[0] : 1;
+    q->hrows = shape[ndim - 2];
+    for (int d = 0; d + 2 < ndim && ndim != 3; d++)
+        q->hrows *= shape[d];
+    q->hin = mk_calloc((size_t)q->nh, sizeof *q->hin);
+    q->hs = mk_calloc((size_t)q->nh, sizeof *q->hs);
+    q->hdone = mk_calloc((size_t)q->nh, sizeof *q->hdone);
+    if (!q->hin || !q->hs || !q->hdone)
+        return mk_err(MK_E_NOMEM, "module '%s': no memory for %d sets of input statistics", q->path, q->nh);
+    for (int e = 0; e < q->nh; e++) {
+        char *name = ndim == 3 ? expert_path(q->path, e) : cv_strdup(q->path);
+        if (!name)
+            return mk_err(MK_E_NOMEM, "module '%s': no memory for its statistics' name", q->path);
+        const mk_tensor_info *t = j->stats ? mk_ckpt_find(j->stats, name) : NULL;
+        if (t && (t->dtype != MK_DT_F32 || t->ndim != 2 || t->shape[0] != q->cols || t->shape[1] != q->cols)) {
+            mk_status st = mk_err(MK_E_FORMAT,
+                                  "--hessian %s: tensor '%s' is %s [%lld, %lld]; module '%s' needs F32 [%lld, %lld]",
+                                  j->stats_path, name, mk_dtype_name(t->dtype), (long long)t->shape[0],
+                                  (long long)(t->ndim > 1 ? t->shape[1] : 0), q->path, (long long)q->cols,
+                                  (long long)q->cols);
+            free(name);
+            return st;
+        }
+        free(name);
+        q->hin[e] = t;
+        *(t ? &qs->n_cal : &qs->n_uncal) += 1;
+    }
+    return MK_OK;
+}
+
 static mk_status emit_module(qb *b, const char *path, const char *base, int ndim, const int64_t *shape,
                              const cv_piece *pcs, int npc, mk_dtype in_dt, const cv_qchoice *c) {
     cv_qmod *q = mk_calloc(1, sizeof *q);
@@ -230,6 +264,8 @@ static mk_status emit_module(qb *b, const char *path, const char *base, int ndim
         return mk_err_wrap(MK_E_ARG, "module '%s' (tensor '%s')", path, q->source);
     q->sdt = l.scale_dt;
     q->nparts = l.bias_row_bytes ? 3 : 2;
+    if (qs->job->method != MK_QALGO_RTN && q->qp.mode == MK_QMODE_AFFINE)
+        MK_TRY(find_stats(qs, q, ndim, shape));
     q->rb[CV_T_MAIN] = l.wq_row_bytes;
     q->rb[CV_T_SCALE] = l.scale_row_bytes;
     q->rb[CV_T_BIAS] = l.bias_row_bytes;
@@ -576,6 +612,11 @@ void cv_qstate_free(cv_qstate *qs) {
         cv_qstate_close(qs, NULL);
     for (size_t i = 0; i < qs->nmods; i++) {
         pthread_mutex_destroy(&qs->mods[i]->mu);
+        for (int k = 0; qs->mods[i]->hs && k < qs->mods[i]->nh; k++)
+            mk_qstats_free(&qs->mods[i]->hs[k]);
+        free(qs->mods[i]->hs);
+        free(qs->mods[i]->hin);
+        free(qs->mods[i]->hdone);
         free(qs->mods[i]->path);
         free(qs->mods[i]);
     }
@@ -618,6 +659,17 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
     unsigned long mark = mk_json_mark();
     json_t *root = json_root;
     json_t *b = quant_block(p->qs);
+    /* modules passed through quantized (compressed-tensors INT4, repacked
+     * byte for byte by plan.c): their own width and group */
+    for (size_t i = 0; i < p->nouts; i++) {
+        const cv_out *o = &p->outs[i];
+        if (!o->qpath)
+            continue;
+        json_t *e = json_object();
+        json_object_set_new(e, "group_size", json_integer(o->qgroup));
+        json_object_set_new(e, "bits", json_integer(o->qbits));
+        json_object_set_new(b, o->qpath, e);
+    }
     json_object_set_new(root, "quantization_config", json_deep_copy(b));
     json_object_set_new(root, "quantization", b);
     return mk_alloc_failures() == mark
@@ -729,5 +781,7 @@ mk_status cv_qstate_export(const cv_plan *p, mk_qjob *job) {
                           job->nres, n);
     }
     totals(p, job);
+    job->tot.n_calibrated = qs->n_cal;
+    job->tot.n_uncalibrated = qs->n_uncal;
     return MK_OK;
 }

@@ -313,6 +313,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     e->on_route_user = o->on_route_user;
     e->on_select = o->on_select;
     e->on_select_user = o->on_select_user;
+    e->on_linear = o->on_linear;
+    e->on_linear_user = o->on_linear_user;
     double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
                                   ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
                                   : (double)c->head_dim);
@@ -340,6 +342,9 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         return mk_err(MK_E_UNSUPPORTED, "engine: the %s backend does not implement DeepSeek sparse "
                       "attention (the lightning indexer of %s; deepseek_v32 and glm_moe_dsa need it): "
                       "run this model on the CPU backend", e->bi->name, c->model_type);
+    if (e->on_linear && !e->bi->host_mem)
+        return mk_err(MK_E_ARG, "engine: a linear-input observer needs a host-memory backend, not '%s'",
+                      e->bi->name);
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;

@@ -69,6 +69,8 @@ struct mk_engine {
     void *on_route_user;
     mk_select_fn on_select; /* optional DSA selection observer (mk_engine_opts) */
     void *on_select_user;
+    mk_linear_fn on_linear; /* optional linear-input observer (mk_engine_opts) */
+    void *on_linear_user;
 
     void *arena;          /* backend arena */
     void *harena;         /* host arena */
@@ -146,6 +148,16 @@ struct mk_engine {
     int32_t *used;        /* [E] experts used in the chunk */
     int32_t *pf_idx;      /* [k] the guess, downloaded */
 };
+
+/* y[n, w->rows] = x[n, w->cols] w^T through e's backend, shown first to
+ * the linear-input observer when there is one (host memory: engine.c
+ * refuses the observer otherwise). */
+void mk_engine_mm(mk_engine *e, const mk_wt *w, const float *x, int64_t n, float *y);
+static inline void mk_engine_matmul(mk_engine *e, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (e->on_linear)
+        e->on_linear(e->on_linear_user, w, x, n);
+    mk_engine_mm(e, w, x, n, y); /* batch-invariant rows in a batched step (batch.c) */
+}
 
 /* out[n, H] = down(silu(gate(x)) * up(x)) through e's backend (scratch
  * e->ex_g, e->ex_u; x and out are backend memory of n rows). */

@@ -42,14 +42,14 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     float eps = (float)c->rms_norm_eps;
     float *kn = e->kc[l] + pos * nKV * hd, *vn = e->vc[l] + pos * nKV * hd;
     /* QKV projections (one launch where the backend fuses them) */
-    if (BE(e)->matmul_n) {
+    if (BE(e)->matmul_n && !e->on_linear) { /* an input observer sees every product */
         const mk_wt *ws[3] = {&w->q, &w->k, &w->v};
         float *ys[3] = {w->gated ? e->qraw : e->q, kn, vn};
         BE(e)->matmul_n(CTX(e), ws, 3, e->xb, n, ys);
     } else {
-        BE(e)->matmul(CTX(e), &w->q, e->xb, n, w->gated ? e->qraw : e->q);
-        BE(e)->matmul(CTX(e), &w->k, e->xb, n, kn);
-        BE(e)->matmul(CTX(e), &w->v, e->xb, n, vn);
+        mk_engine_matmul(e, &w->q, e->xb, n, w->gated ? e->qraw : e->q);
+        mk_engine_matmul(e, &w->k, e->xb, n, kn);
+        mk_engine_matmul(e, &w->v, e->xb, n, vn);
     }
     /* split query | gate per head */
     if (w->gated) {
@@ -88,7 +88,7 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     /* output gate, output projection (+ its bias: gpt_oss) */
     if (w->gated)
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
-    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+    mk_engine_matmul(e, &w->o, e->att, n, e->y);
     if (w->o_bias)
         mk_engine_add_bias(e, e->y, w->o_bias, n, c->hidden_size);
 }
@@ -112,12 +112,12 @@ static void dsa_block(mk_engine *e, int l, const mk_dsa_w *d, int64_t n) {
     bool il = c->dsa == MK_DSA_INTERLEAVED;
     if (!d->shared) {
         float *k = e->ikc[l] + pos * dI; /* this chunk's key rows */
-        BE(e)->matmul(CTX(e), &d->wq_b, e->qa, n, e->iq);
-        BE(e)->matmul(CTX(e), &d->wk, e->xb, n, k);
+        mk_engine_matmul(e, &d->wq_b, e->qa, n, e->iq);
+        mk_engine_matmul(e, &d->wk, e->xb, n, k);
         BE(e)->layernorm(CTX(e), k, k, d->k_norm, d->k_norm_b, n, dI, 1e-6f);
         BE(e)->rope(CTX(e), e->iq, n, nI * dI, (int)nI, dI, (int)dr, e->cos_b, e->sin_b, il);
         BE(e)->rope(CTX(e), k, n, dI, 1, 0, (int)dr, e->cos_b, e->sin_b, il);
-        BE(e)->matmul(CTX(e), &d->weights_proj, e->xb, n, e->iw);
+        mk_engine_matmul(e, &d->weights_proj, e->xb, n, e->iw);
         mk_dsa_args a = {.q = e->iq, .k = e->ikc[l], .w = e->iw, .w_scale = 1.0f / sqrtf((float)nI),
                          .scale = 1.0f / sqrtf((float)dI), .sel = e->sel, .sc = e->sel_sc, .n = n,
                          .pos0 = pos, .n_heads = (int)nI, .dim = (int)dI, .topk = (int)e->sel_k};
@@ -157,15 +157,15 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     float *kv = e->kc[l] + pos * cw; /* this chunk's cache rows */
     /* query: low-rank with its norm, or direct */
     if (c->q_lora_rank > 0) {
-        BE(e)->matmul(CTX(e), &w->q_a, e->xb, n, e->qa);
+        mk_engine_matmul(e, &w->q_a, e->xb, n, e->qa);
         BE(e)->rmsnorm(CTX(e), e->qa, c->q_lora_rank, e->qa, c->q_lora_rank, w->q_a_norm, n,
                        c->q_lora_rank, eps);
-        BE(e)->matmul(CTX(e), &w->q_b, e->qa, n, e->qraw);
+        mk_engine_matmul(e, &w->q_b, e->qa, n, e->qraw);
     } else {
-        BE(e)->matmul(CTX(e), &w->q, e->xb, n, e->qraw);
+        mk_engine_matmul(e, &w->q, e->xb, n, e->qraw);
     }
     /* compressed kv straight into the cache rows: [latent | k_pe], latent normed in place */
-    BE(e)->matmul(CTX(e), &w->kv_a, e->xb, n, kv);
+    mk_engine_matmul(e, &w->kv_a, e->xb, n, kv);
     BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
     /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
@@ -191,7 +191,7 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
                           .n_heads = (int)nH, .n = n, .x = e->olat, .x_tok = nH * kl,
                           .x_head = kl, .y = e->att, .y_tok = nH * dvh, .y_head = dvh};
     BE(e)->head_matmul(CTX(e), &va);
-    BE(e)->matmul(CTX(e), &w->o, e->att, n, e->y);
+    mk_engine_matmul(e, &w->o, e->att, n, e->y);
 }
 
 /* ---- Gated DeltaNet (qwen3_next / qwen3_5_moe linear layers) ----------------- */
@@ -223,7 +223,7 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
             dv = c->lin_v_head_dim, Kd = nk * dk, C = 2 * Kd + nv * dv;
     /* input projections: q|k|v (conv input), z (output gate), b (beta), a
      * (decay); in one launch where the backend fuses them */
-    if (BE(e)->matmul_n) {
+    if (BE(e)->matmul_n && !e->on_linear) { /* an input observer sees every product */
         const mk_wt *ws[4] = {&w->qkv, &w->z, &w->b, &w->a};
         float *ys[4] = {e->mixed, e->z, e->gb, e->ga};
         if (w->grouped) {
@@ -236,14 +236,14 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
         if (w->grouped)
             gdn_ungroup(e, n);
     } else if (w->grouped) {
-        BE(e)->matmul(CTX(e), &w->qkvz, e->xb, n, e->proj);
-        BE(e)->matmul(CTX(e), &w->ba, e->xb, n, e->bap);
+        mk_engine_matmul(e, &w->qkvz, e->xb, n, e->proj);
+        mk_engine_matmul(e, &w->ba, e->xb, n, e->bap);
         gdn_ungroup(e, n);
     } else {
-        BE(e)->matmul(CTX(e), &w->qkv, e->xb, n, e->mixed);
-        BE(e)->matmul(CTX(e), &w->z, e->xb, n, e->z);
-        BE(e)->matmul(CTX(e), &w->b, e->xb, n, e->gb);
-        BE(e)->matmul(CTX(e), &w->a, e->xb, n, e->ga);
+        mk_engine_matmul(e, &w->qkv, e->xb, n, e->mixed);
+        mk_engine_matmul(e, &w->z, e->xb, n, e->z);
+        mk_engine_matmul(e, &w->b, e->xb, n, e->gb);
+        mk_engine_matmul(e, &w->a, e->xb, n, e->ga);
     }
     /* causal depthwise conv + SiLU, carrying the last K-1 inputs */
     BE(e)->conv1d_silu(CTX(e), e->mixed, C, e->conv_out, n, C, c->conv_kernel, w->conv,
@@ -255,7 +255,7 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
     BE(e)->gdn(CTX(e), &a);
     /* gated output norm, output projection */
     BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
-    BE(e)->matmul(CTX(e), &w->out, e->o, n, e->y);
+    mk_engine_matmul(e, &w->out, e->o, n, e->y);
 }
 
 /* ---- dense MLP --------------------------------------------------------------- */
@@ -263,10 +263,10 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
 /* out[n, H] = down(silu(gate(x)) * up(x)) */
 void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
                    const float *x, int64_t n, float *out) {
-    mk_engine_mm(e, gate, x, n, e->ex_g);
-    mk_engine_mm(e, up, x, n, e->ex_u);
+    mk_engine_matmul(e, gate, x, n, e->ex_g);
+    mk_engine_matmul(e, up, x, n, e->ex_u);
     BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
-    mk_engine_mm(e, down, e->ex_g, n, out);
+    mk_engine_matmul(e, down, e->ex_g, n, out);
 }
 
 /* ---- the layer loop -------------------------------------------------------------- */
@@ -287,12 +287,12 @@ static void lm_head(mk_engine *e, const float *xb, int64_t n, float *logits) {
     const mk_model *m = e->m;
     int64_t H = e->c->hidden_size, V = e->c->vocab_size;
     if (BE(e)->host_mem) {
-        BE(e)->matmul(CTX(e), &m->lm_head, xb, n, logits);
+        mk_engine_matmul(e, &m->lm_head, xb, n, logits);
         return;
     }
     for (int64_t r = 0; r < n; r += MK_ENGINE_LOGIT_ROWS) {
         int64_t nr = n - r < MK_ENGINE_LOGIT_ROWS ? n - r : MK_ENGINE_LOGIT_ROWS;
-        BE(e)->matmul(CTX(e), &m->lm_head, xb + r * H, nr, e->lg);
+        mk_engine_matmul(e, &m->lm_head, xb + r * H, nr, e->lg);
         BE(e)->download(CTX(e), logits + r * V, e->lg, (size_t)(nr * V) * sizeof(float));
     }
 }
@@ -444,7 +444,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
     if (head) {
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
-        BE(e)->matmul(CTX(e), &m->lm_head, xl, 1, e->lg);
+        mk_engine_matmul(e, &m->lm_head, xl, 1, e->lg);
         if (e->argmax_dev) { /* greedy on the device: check the logits, keep their argmax */
             BE(e)->check_finite(CTX(e), e->lg, c->vocab_size, tag_logits(e));
             BE(e)->argmax(CTX(e), e->lg, c->vocab_size, e->amax);
@@ -459,7 +459,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
  * asked for, and non-finite checks are deferred (they must not wait). */
 static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
     return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
-           head && !hidden && !e->on_route;
+           head && !hidden && !e->on_route && !e->on_linear;
 }
 
 static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,

@@ -96,7 +96,7 @@ static mk_status prefetch_next(mk_engine *e, int l) {
     if (l2 < 0)
         return MK_OK;
     const mk_moe_w *w2 = &e->m->layers[l2].moe;
-    BE(e)->matmul(CTX(e), &w2->router, e->xb, 1, e->router);
+    mk_engine_matmul(e, &w2->router, e->xb, 1, e->router);
     if (w2->router_bias)
         mk_engine_add_bias(e, e->router, w2->router_bias, 1, e->c->num_experts);
     mk_route_args ra = route_args(e, w2, e->router, e->pf_idx_b, e->pf_w_b, 1);
@@ -173,9 +173,10 @@ static mk_status run_batch_each(mk_engine *e, int l, int nused, int64_t npairs, 
 /* The backend's fused MoE slot, when it has one and takes this call: only
  * with the engine's own all-resident store (the slot keeps device copies of
  * the experts' views, which a streaming store reuses for other experts) and
- * no routing observer (the routing stays in the backend). */
+ * no routing observer (the routing stays in the backend) and no linear-input
+ * observer (the products stay in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down || e->batch_inv) /* the slot has no biases */
+    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down || e->batch_inv || e->on_linear)
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -198,17 +199,17 @@ static void oss_expert(mk_engine *e, const mk_moe_w *w, int x, const mk_expert *
     int64_t I = c->moe_intermediate_size, H = c->hidden_size;
     float alpha = (float)c->swiglu_alpha, limit = (float)c->swiglu_limit;
     if (w->fused_gu) {
-        BE(e)->matmul(CTX(e), &ex->gate, in, m, e->ex_g);
+        mk_engine_matmul(e, &ex->gate, in, m, e->ex_g);
         mk_engine_add_bias(e, e->ex_g, w->b_gate + (int64_t)x * 2 * I, m, 2 * I);
         BE(e)->clamped_swiglu(CTX(e), e->ex_u, e->ex_g, e->ex_g + 1, m * I, 2, alpha, limit);
     } else {
-        BE(e)->matmul(CTX(e), &ex->gate, in, m, e->ex_g);
+        mk_engine_matmul(e, &ex->gate, in, m, e->ex_g);
         mk_engine_add_bias(e, e->ex_g, w->b_gate + (int64_t)x * I, m, I);
-        BE(e)->matmul(CTX(e), &ex->up, in, m, e->ex_u);
+        mk_engine_matmul(e, &ex->up, in, m, e->ex_u);
         mk_engine_add_bias(e, e->ex_u, w->b_up + (int64_t)x * I, m, I);
         BE(e)->clamped_swiglu(CTX(e), e->ex_u, e->ex_g, e->ex_u, m * I, 1, alpha, limit);
     }
-    BE(e)->matmul(CTX(e), &ex->down, e->ex_u, m, out);
+    mk_engine_matmul(e, &ex->down, e->ex_u, m, out);
     mk_engine_add_bias(e, out, w->b_down + (int64_t)x * H, m, H);
 }
 
@@ -225,7 +226,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
     e->moe_general++;
     /* routing */
-    mk_engine_mm(e, &w->router, e->xb, n, e->router);
+    mk_engine_matmul(e, &w->router, e->xb, n, e->router);
     if (w->router_bias) /* gpt_oss */
         mk_engine_add_bias(e, e->router, w->router_bias, n, c->num_experts);
     BE(e)->route(CTX(e), &ra);
@@ -246,7 +247,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         return mk_err_wrap(st, "layer %d", l);
     if (e->prefetch && n == 1 && (st = prefetch_next(e, l)) != MK_OK)
         return mk_err_wrap(st, "layer %d", l);
-    if (n == 1 && BE(e)->expert_mlps && !w->b_down && mk_expert_store_all_ready(e->store) &&
+    if (n == 1 && BE(e)->expert_mlps && !w->b_down && !e->on_linear && mk_expert_store_all_ready(e->store) &&
         nused <= MK_MOE_BATCH && nused <= e->chunk) {
         MK_TRY(run_token_batched(e, l, nused, H));
         nused = 0; /* all done */
@@ -276,7 +277,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     if (w->has_shared) {
         mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
         if (w->has_shared_gate)
-            mk_engine_mm(e, &w->shared_gate, e->xb, n, e->sh);
+            mk_engine_matmul(e, &w->shared_gate, e->xb, n, e->sh);
         BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
     }
     return MK_OK;
