@@ -533,7 +533,9 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(sliding_window, "sliding_window");
     CMP_D(swiglu_limit, "swiglu_limit");
     CMP_D(swiglu_alpha, "swiglu_alpha");
-    for (int l = 0; l < a->num_layers; l++)
+    /* per-layer flags only where a side has them: num_hidden_layers itself
+     * can be any int (a hostile config's 2^31 - 1 made this a long loop) */
+    for (int l = 0; (a->layer_is_sliding || b->layer_is_sliding) && l < a->num_layers; l++)
         if (mk_config_layer_is_sliding(a, l) != mk_config_layer_is_sliding(b, l))
             return mk_err(MK_E_MISMATCH, "config.json: layer %d is %s in %s but %s in %s "
                           "(layer_types)", l,
@@ -543,7 +545,7 @@ mk_status mk_config_compare(const mk_config *a, const mk_config *b, const char *
     CMP_I(index_topk, "index_topk");
     CMP_I(index_n_heads, "index_n_heads");
     CMP_I(index_head_dim, "index_head_dim");
-    for (int l = 0; l < a->num_layers; l++) {
+    for (int l = 0; (a->index_shared || b->index_shared) && l < a->num_layers; l++) {
         int sa = a->index_shared ? a->index_shared[l] : 0, sb = b->index_shared ? b->index_shared[l] : 0;
         if (sa != sb)
             return mk_err(MK_E_MISMATCH, "config.json: indexer_types: layer %d is %s in %s but %s "
