@@ -87,11 +87,6 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
 
 /* ---- blocks ------------------------------------------------------------------ */
 
-/* rows[t] += bias for t < n rows of `width`: forward.c's staging */
-static void add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width) {
-    mk_engine_add_bias(e, rows, bias, n, width);
-}
-
 /* forward.c's attn_block over the batch: K and V of the n rows are made in
  * the free attention-output buffer (K at e->att, V after it: 2n <= chunk),
  * normed and rotated there, then copied to each sequence's cache row; each
@@ -109,9 +104,9 @@ static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_at
         BE(e)->copy(CTX(e), e->gate, hd, 0, e->qraw + hd, 2 * hd, 0, n * nH, 1, hd);
     }
     if (w->q_bias) {
-        add_bias(e, e->q, w->q_bias, n, nH * hd);
-        add_bias(e, kn, w->k_bias, n, kw);
-        add_bias(e, vn, w->v_bias, n, kw);
+        mk_engine_add_bias(e, e->q, w->q_bias, n, nH * hd);
+        mk_engine_add_bias(e, kn, w->k_bias, n, kw);
+        mk_engine_add_bias(e, vn, w->v_bias, n, kw);
     }
     if (w->q_norm) {
         int64_t qd = w->whole_qk_norm ? nH * hd : hd, kd = w->whole_qk_norm ? kw : hd;
