@@ -5,10 +5,15 @@
 #
 # POSTs BODY (which must ask for "stream": true and
 # "stream_options": {"include_usage": true}) with curl and reads the SSE
-# lines in one perl process that stamps each line as it arrives (no fork
-# per line: a bash loop calling `date` per chunk was slower than the model
-# on this 2-core machine, so it measured itself; that was serve_bench.sh's
-# 71 vs 158 tok/s). Prints one line of key=value:
+# lines in one perl process that stamps each line as it arrives. The old
+# serve_bench.sh loop (71 tok/s for a server that made 158 in the same
+# run) had two faults: it forked `date` for every chunk, processes that
+# compete with the server's compute threads on a 2-core machine (and the
+# stamps measure the reader when it falls behind), and it started the clock
+# at the first `data:` line, the empty chunk the server sends before the
+# prompt is read, so its TTFT was ~0 and its decode time included the
+# prefill. Here the clock starts at the first chunk with text, tokens come
+# from the usage chunk. Prints one line of key=value:
 #   ttft_s        from just before the request to the first chunk with
 #                 content (text or delta.content; chat's role-only first
 #                 chunk does not count)
