@@ -145,6 +145,13 @@ done
 g=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_eos":true}' | body | jstr text)
 p=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_eos":true,"frequency_penalty":2}' | body | jstr text)
 [ -n "$g" ] && [ "$g" != "$p" ] || fail "frequency_penalty changed nothing: '$g'"
+for pen in '"presence_penalty":2' '"repetition_penalty":1.5'; do
+    p=$(api /v1/completions "{\"prompt\":\"x\",\"max_tokens\":40,\"temperature\":0,\"ignore_eos\":true,$pen}" | body | jstr text)
+    [ -n "$p" ] && [ "$g" != "$p" ] || fail "$pen changed nothing: '$g'"
+done
+# max_completion_tokens is max_tokens' newer name
+r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5,"temperature":0,"ignore_eos":true}')
+[ "$(echo "$r" | body | jnum completion_tokens)" = 5 ] || fail "max_completion_tokens 5: $r"
 
 # ---- logprobs against transformers' logits (reference.json's ref_logits) -------------------
 # the first 8 reference ids as the prompt: the generated token's top-5 log
