@@ -65,7 +65,7 @@ build_server() {
     printf '%s\n' "${srcs[@]}" "$O/ui/ui.cpp" | ONE="$O" SRC="$S" xargs -P "$jobs" -I{} bash -c '
         f={}; case $f in /*) src=$f ;; *) src=$SRC/$f ;; esac
         o=$ONE/$(echo "$f" | tr / _).o
-        [ -s "$o" ] || { g++ "$@" -c "$src" -o "$o.tmp" && mv -f "$o.tmp" "$o"; }' _ "${flags[@]}" ||
+        [ -s "$o" ] || { g++ "$@" -c "$src" -o "$o.$$.tmp" && mv -f "$o.$$.tmp" "$o"; }' _ "${flags[@]}" ||
         { sskip "compiling its sources failed (objects so far kept in $O)"; return 0; }
     local objs=()
     for f in "${srcs[@]}" "$O/ui/ui.cpp"; do objs+=("$O/$(echo "$f" | tr / _).o"); done
