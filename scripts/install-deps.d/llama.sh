@@ -125,10 +125,11 @@ rm -rf "$DEST/llama.cpp"
 mv "$DEST/llama.cpp.tmp" "$DEST/llama.cpp"
 S="$DEST/llama.cpp"
 
-rm -rf "$DEST/bin"
-mkdir -p "$DEST/bin"
-cp "$LIBS"/*.so "$DEST/bin/"
-B="$DEST/bin"
+# built into bin.new and swapped in at the end: tests using the installed peer meanwhile keep it
+rm -rf "$DEST/bin.new"
+mkdir -p "$DEST/bin.new"
+cp "$LIBS"/*.so "$DEST/bin.new/"
+B="$DEST/bin.new"
 INC=(-I"$S/include" -I"$S/ggml/include" -I"$S/common" -I"$S/vendor")
 LINK=(-L"$B" -l:libllama-common.so -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so
       -Wl,-rpath,'$ORIGIN' -pthread)
@@ -141,6 +142,13 @@ gcc -std=c11 -O2 -Wall "${INC[@]}" "$REPO/tests/peer/mk_llama.c" -o "$B/mk_llama
     skip "compiling mk_llama failed"
 rc=0; "$B/mk_llama" 2>/dev/null || rc=$?
 [ "$rc" -eq 2 ] || skip "mk_llama does not run (exit $rc)"
+rm -rf "$DEST/bin.old"
+[ ! -d "$DEST/bin" ] || mv "$DEST/bin" "$DEST/bin.old"
+mv "$DEST/bin.new" "$DEST/bin"
+rm -rf "$DEST/bin.old"
 echo "$VER $SRC_HASH" >"$STAMP"
+B="$DEST/bin"
+LINK=(-L"$B" -l:libllama-common.so -l:libllama.v0.4.0.so -l:libggml.v0.4.0.so -l:libggml-base.so
+      -Wl,-rpath,'$ORIGIN' -pthread)
 build_server "$S" "$B"
 echo "llama.sh: installed the llama.cpp peer (v0.4.0 from node-llama-cpp $VER) into $DEST"
