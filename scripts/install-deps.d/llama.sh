@@ -70,11 +70,11 @@ build_server() {
     local objs=()
     for f in "${srcs[@]}" "$O/ui/ui.cpp"; do objs+=("$O/$(echo "$f" | tr / _).o"); done
     for f in xxhash/xxhash sha256/sha256; do
-        [ -s "$O/$(basename $f).o" ] || gcc -O2 -w -fPIC -c "$S/vendor/hash/$f.c" -o "$O/$(basename $f).o" ||
+        [ -s "$O/$(basename $f).o" ] || gcc -O2 -w -fPIC -I"$S/vendor/hash" -c "$S/vendor/hash/$f.c" -o "$O/$(basename $f).o" ||
             { sskip "compiling vendor/hash/$f.c failed"; return 0; }
         objs+=("$O/$(basename $f).o")
     done
-    [ -s "$O/sha1.o" ] || g++ -x c++ -O2 -w -fPIC -c "$S/vendor/hash/sha1/sha1.c" -o "$O/sha1.o" ||
+    [ -s "$O/sha1.o" ] || g++ -x c++ -O2 -w -fPIC -I"$S/vendor/hash" -c "$S/vendor/hash/sha1/sha1.c" -o "$O/sha1.o" ||
         { sskip "compiling vendor/hash/sha1/sha1.c failed"; return 0; }
     objs+=("$O/sha1.o")
     g++ "${objs[@]}" -o "$B/llama-server.tmp" "${LINK[@]}" || { sskip "linking failed"; return 0; }
