@@ -5,15 +5,13 @@
 #
 # POSTs BODY (which must ask for "stream": true and
 # "stream_options": {"include_usage": true}) with curl and reads the SSE
-# lines in one perl process that stamps each line as it arrives. The old
-# serve_bench.sh loop (71 tok/s for a server that made 158 in the same
-# run) had two faults: it forked `date` for every chunk, processes that
-# compete with the server's compute threads on a 2-core machine (and the
-# stamps measure the reader when it falls behind), and it started the clock
-# at the first `data:` line, the empty chunk the server sends before the
-# prompt is read, so its TTFT was ~0 and its decode time included the
-# prefill. Here the clock starts at the first chunk with text, tokens come
-# from the usage chunk. Prints one line of key=value:
+# lines in one perl process that stamps each line as it arrives (no fork
+# per chunk: the old serve_bench.sh loop forked `date` for every chunk,
+# processes that compete with the server's compute threads on a 2-core
+# machine, and its stamps measure the reader once it falls behind; it gave
+# 71 tok/s for a server whose aggregate at one stream was 158 in the same
+# run). Tokens come from the usage chunk, not from the chunk count. Prints
+# one line of key=value:
 #   ttft_s        from just before the request to the first chunk with
 #                 content (text or delta.content; chat's role-only first
 #                 chunk does not count)
