@@ -7,16 +7,22 @@
 # 1. `moekit run` decode tok/s (its --stats) on a fixed prompt, greedy, up
 #    to TOKENS tokens (run stops at an end-of-sequence id: compare tok/s).
 # 2. The server, one stream: decode tok/s from the SSE chunks' arrival
-#    times (first chunk to last; TOKENS - 1 tokens between them), and TTFT
-#    (request to the first chunk: the role-less first text chunk).
+#    times (bench/serve_lib.bash sse_time: stamped by one perl reader, first
+#    content chunk to last, completion_tokens - 1 from the usage chunk over
+#    that time), and TTFT (request to the first content chunk); also the
+#    server's own view, the mean of its per-token latency histogram
+#    (/metrics moekit_time_per_output_token_seconds, serve_itl_tok_s).
 # 3. Aggregate generated tok/s with 1, 4 and 8 concurrent streams
 #    (--parallel 8): total tokens / wall time of the batch, and the mean
 #    decode batch the server ran (its /metrics: sequences per decode
 #    forward; continuous batching puts every generating stream in one
 #    forward, so it should be close to the concurrency). Issue 13's goal:
 #    aggregate at 8 >= 3x the single stream on the CPU.
-# Prints key=value lines. Needs curl, awk, date with %N.
+# Prints key=value lines. Needs curl, awk, perl, date with %N.
+# A smoke run that only checks the script end to end (not a measurement):
+#   bash bench/serve_bench.sh build/moekit models/tiny-qwen35moe/bf16 16 2
 set -eu
+. "$(dirname "$0")/serve_lib.bash"
 BIN=${1:?usage: serve_bench.sh BIN MODEL [TOKENS] [THREADS]}
 MODEL=${2:?usage: serve_bench.sh BIN MODEL [TOKENS] [THREADS]}
 N=${3:-256}
@@ -42,17 +48,16 @@ for _ in $(seq 600); do
     sleep 0.1
 done
 U=http://127.0.0.1:$PORT
-req="{\"prompt\":\"def main():\",\"max_tokens\":$N,\"temperature\":0,\"ignore_eos\":true,\"stream\":true}"
+req="{\"prompt\":\"def main():\",\"max_tokens\":$N,\"temperature\":0,\"ignore_eos\":true,\"stream\":true,\"stream_options\":{\"include_usage\":true}}"
+hsum() { curl -s "$U/metrics" | sed -n "s/^moekit_time_per_output_token_seconds_$1 //p"; }
 
-# 2. one stream: timestamps of each SSE line as it arrives
-t0=$(now)
-curl -sN "$U/v1/completions" -d "$req" | while IFS= read -r line; do
-    if [ -n "$line" ]; then echo "$(now) ${line:0:12}"; fi
-done > "$T/times"
-# (a chunk may carry several tokens when the client reads slower than the
-# model generates: tok/s counts the N tokens ignore_eos guarantees)
-awk -v t0="$t0" -v n="$N" '$2 == "data:" && $3 ~ /^\{/ { c++; if (c == 1) f = $1; l = $1 }
-    END { printf "serve_ttft_s=%.4f serve_chunks=%d serve_tok_s=%.1f\n", f - t0, c, (l > f ? (n - 1) / (l - f) : 0) }' "$T/times"
+# 2. one stream (its tokens from the usage chunk; the server's per-token latency over the same request)
+is0=$(hsum sum); ic0=$(hsum count)
+r=$(sse_time "$U/v1/completions" "$req")
+is1=$(hsum sum); ic1=$(hsum count)
+echo "$r" | awk '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+    END { printf "serve_ttft_s=%s serve_chunks=%s serve_tokens=%s serve_tok_s=%s\n", v["ttft_s"], v["chunks"], v["completion_tokens"], v["tok_s"] }'
+awk -v s0="$is0" -v s1="$is1" -v c0="$ic0" -v c1="$ic1" 'BEGIN { printf "serve_itl_tok_s=%.1f\n", (s1 > s0 ? (c1 - c0) / (s1 - s0) : 0) }'
 
 # 3. aggregate at 1, 4, 8 concurrent streams (non-streamed: usage counts tokens)
 metric() { curl -s "$U/metrics" | grep "^$1 " | sed 's/.* //'; }

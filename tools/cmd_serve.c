@@ -57,6 +57,12 @@ static void help(FILE *f) {
             "  --snapshots N        recurrent-state snapshots kept per slot for the prompt cache\n"
             "                       of hybrid models (default 4, 0: none; each one is every\n"
             "                       Gated DeltaNet layer's state)\n"
+            "  --snapshot-memory SIZE  bound all slots' snapshots together (e.g. 256M): the least\n"
+            "                       recently used one is evicted for a new one (default: --snapshots\n"
+            "                       per slot, no other bound). --memory-budget counts the prompt\n"
+            "                       cache: these snapshots, each slot's token index and logprobs row\n"
+            "  --snapshot-every N   snapshot a long prompt every N tokens too (default 2048; at the\n"
+            "                       end of the --prefill-step piece that crosses a multiple of N)\n"
             "  --prefill-step N     prompt tokens prefilled per scheduler step (default 512,\n"
             "                       run's --prefill-chunk): smaller pieces delay the running\n"
             "                       streams less while a long prompt is read\n"
@@ -83,7 +89,8 @@ static void help(FILE *f) {
 
 typedef struct serve_opts {
     const char *model, *host, *alias, *key, *key_file, *tmpl;
-    long long port, parallel, queue, ctx, threads, prefill_step, snapshots;
+    long long port, parallel, queue, ctx, threads, prefill_step, snapshots, snap_every;
+    unsigned long long snap_mem;
     double grace;
     mk_ecli_mem mm;
 } serve_opts;
@@ -96,7 +103,8 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"queue", required_argument, 0, 'q'},    {"ctx", required_argument, 0, 'x'},
         {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
-        {"snapshots", required_argument, 0, 'S'},
+        {"snapshots", required_argument, 0, 'S'}, {"snapshot-memory", required_argument, 0, 'M'},
+        {"snapshot-every", required_argument, 0, 'E'},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
@@ -144,6 +152,15 @@ static int parse(int argc, char **argv, serve_opts *o) {
         case 'S':
             if ((rc = mk_flag_int("serve", "--snapshots", optarg, 0, 8, &o->snapshots)) >= 0)
                 return rc;
+            break;
+        case 'E':
+            if ((rc = mk_flag_int("serve", "--snapshot-every", optarg, 1, 1 << 26, &o->snap_every)) >= 0)
+                return rc;
+            break;
+        case 'M':
+            if (!mk_cli_parse_size(optarg, &o->snap_mem) || o->snap_mem == 0)
+                return mk_cli_usage("serve", "--snapshot-memory: expected a size such as 256M, got '%s'",
+                                    optarg);
             break;
         case 'h': help(stdout); return 0;
         default: {
@@ -241,12 +258,27 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     MK_TRY(mk_pool_create((int)o->threads, &z->pool));
     MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
     mk_engine_opts eo = {.max_ctx = ctx, .prefill_chunk = 512, .backend = z->be};
+    /* the prompt cache besides the engines' KV caches: recurrent-state
+     * snapshots (hybrids; sched.c), each slot's token index and logprobs
+     * row, counted in --memory-budget */
+    uint64_t sb = mk_engine_state_bytes_for(z->m), snaps = (uint64_t)o->parallel * (uint64_t)o->snapshots;
+    if (sb && o->snap_mem && o->snap_mem / sb < snaps)
+        snaps = o->snap_mem / sb;
+    o->mm.extra = (sb ? snaps * sb : 0) + (uint64_t)o->parallel * ((uint64_t)ctx + (uint64_t)c->vocab_size) * 4;
+    if (sb)
+        fprintf(stderr, "moekit serve: prompt cache: up to %llu recurrent-state snapshots of %zu bytes "
+                "(%.1f MiB)%s\n", (unsigned long long)snaps, (size_t)sb, (double)(snaps * sb) / 1048576.0,
+                o->mm.budget ? ", counted in --memory-budget" : "");
     z->engines = calloc((size_t)o->parallel, sizeof *z->engines);
     if (!z->engines)
         return mk_err(MK_E_NOMEM, "no memory for %lld slots", o->parallel);
     o->mm.engines = (int)o->parallel;
     for (int i = 0; i < o->parallel; i++) {
         st = mk_ecli_mem_engine(&o->mm, z->m, &eo, &z->engines[i]);
+        if (st != MK_OK && o->mm.budget)
+            return mk_err_wrap(st, "slot %d of %lld (--parallel; --memory-budget also holds the prompt "
+                               "cache's %.1f MiB: see --snapshots, --snapshot-memory)", i + 1, o->parallel,
+                               (double)o->mm.extra / 1048576.0);
         if (st != MK_OK)
             return mk_err_wrap(st, "slot %d of %lld (--parallel)", i + 1, o->parallel);
         z->n++;
@@ -296,7 +328,8 @@ static mk_status serve_main(serve_opts *o) {
     mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
                          .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
                          .prefill_step = (int)o->prefill_step,
-                         .snapshots = o->snapshots ? (int)o->snapshots : -1};
+                         .snapshots = o->snapshots ? (int)o->snapshots : -1,
+                         .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",

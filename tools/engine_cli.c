@@ -397,7 +397,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
-            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD + mm->held;
+            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD + mm->held + mm->extra;
             o.mem_limit = mm->budget > used ? mm->budget - used : 1;
         } else if (!o.mem_limit) {
             o.mem_limit = mk_ecli_mem_available();
@@ -425,7 +425,8 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       mk_backend_iface(o.backend)->name,
                       mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
     /* every engine of a server (mm->engines) over this one store: all their arenas */
-    MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1), 0));
+    MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1),
+                             mm->extra));
     o.store = mm->store;
     o.prefetch_experts = mm->prefetch;
     o.mem_limit = 0; /* the arena is counted in the budget */

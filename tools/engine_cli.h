@@ -79,6 +79,8 @@ typedef struct mk_ecli_mem {
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
     const char *cmd;           /* for messages */
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
+    uint64_t extra;            /* bytes the command holds besides the model and the engines
+                                  (serve's prompt cache), counted in the budget with the context */
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */

@@ -110,6 +110,8 @@ bool mk_engine_rewindable(const mk_engine *e);
  * its attention cache rows below pos were not rewritten since (no reset,
  * rewind or restore below pos in between): the caller keeps that rule. */
 size_t mk_engine_state_bytes(const mk_engine *e);
+/* The same for any engine over m, without one (memory budgets). */
+size_t mk_engine_state_bytes_for(const mk_model *m);
 mk_status mk_engine_state_save(const mk_engine *e, void *buf);
 mk_status mk_engine_state_restore(mk_engine *e, const void *buf, int64_t pos);
 /* Tokens in the cache (the position of the next token). */

@@ -49,6 +49,11 @@ typedef struct mk_server_opts {
     int snapshots;       /* recurrent-state snapshots kept per slot for the prompt cache of
                             hybrid (Gated DeltaNet) models, each mk_engine_state_bytes; 0: 4;
                             < 0: none; at most 8 */
+    size_t snap_bytes;   /* the most bytes all slots' snapshots hold together (the least recently
+                            used one is evicted for a new one); 0: no bound beyond `snapshots`
+                            per slot. Callers with a memory budget count them in it */
+    int snap_every;      /* a long prompt is snapshotted every snap_every tokens (at the end of
+                            the prefill piece that crosses a multiple); <= 0: 2048 */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */

@@ -15,19 +15,32 @@
 #include "engine/engine_impl.h"
 
 /* Bytes of one GDN layer's conv window and recurrent state. */
-static void gdn_sizes(const mk_engine *e, size_t *conv, size_t *ssm) {
-    const mk_config *c = e->c;
+static void gdn_sizes_c(const mk_config *c, size_t *conv, size_t *ssm) {
     int64_t C = 2 * (int64_t)c->lin_num_k_heads * c->lin_k_head_dim +
                 (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
     *conv = (size_t)((c->conv_kernel - 1) * C) * sizeof(float);
     *ssm = (size_t)c->lin_num_v_heads * c->lin_k_head_dim * c->lin_v_head_dim * sizeof(float);
 }
 
+static void gdn_sizes(const mk_engine *e, size_t *conv, size_t *ssm) { gdn_sizes_c(e->c, conv, ssm); }
+
 size_t mk_engine_state_bytes(const mk_engine *e) {
     size_t conv, ssm, total = 0;
     gdn_sizes(e, &conv, &ssm);
     for (int l = 0; l < e->c->num_layers; l++)
         if (e->conv[l])
+            total += conv + ssm;
+    return total;
+}
+
+/* The same from the model: engine.c gives a conv window and state to
+ * every layer that is neither attention nor MLA. */
+size_t mk_engine_state_bytes_for(const mk_model *m) {
+    const mk_config *c = mk_model_config(m);
+    size_t conv, ssm, total = 0;
+    gdn_sizes_c(c, &conv, &ssm);
+    for (int l = 0; l < c->num_layers; l++)
+        if (m->layers[l].mixer != MK_MIXER_ATTN && m->layers[l].mixer != MK_MIXER_MLA)
             total += conv + ssm;
     return total;
 }

@@ -109,6 +109,8 @@ char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued) {
             m->cache_hits);
     counter(&b, "moekit_prompt_cache_tokens_total", "prompt tokens taken from the prompt cache",
             m->cache_tokens);
+    counter(&b, "moekit_prompt_tokens_processed_total", "prompt tokens of finished requests the "
+            "engines read (prefilled); the others came from the prompt cache", m->prompt_fed);
     counter(&b, "moekit_requests_cancelled_total", "generations cancelled (client gone or shutdown)",
             m->cancelled);
     counter(&b, "moekit_decode_steps_total", "decode forwards (one per scheduler step with decoding "
@@ -119,6 +121,11 @@ char *srv_metrics_render(srv_metrics *m, int slots, int busy, int queued) {
             "(hybrid models: at the end of each prompt and every few thousand tokens)", m->snap_saves);
     counter(&b, "moekit_prompt_cache_snapshot_restores_total", "requests that resumed a slot from a "
             "recurrent-state snapshot instead of prefilling its history", m->snap_restores);
+    counter(&b, "moekit_prompt_cache_snapshot_evictions_total", "snapshots evicted (least recently "
+            "used) to keep all of them within their memory bound", m->snap_evictions);
+    put(&b, "# HELP moekit_prompt_cache_snapshot_bytes bytes the recurrent-state snapshots hold now\n"
+            "# TYPE moekit_prompt_cache_snapshot_bytes gauge\nmoekit_prompt_cache_snapshot_bytes %llu\n",
+        (unsigned long long)m->snap_bytes);
     hist(&b, "moekit_time_to_first_token_seconds", "from request to its first token", &m->ttft);
     hist(&b, "moekit_time_per_output_token_seconds", "between consecutive tokens of a request", &m->itl);
     if (m->streaming) {

@@ -22,8 +22,9 @@
  * extends it, and otherwise goes back to its latest recurrent-state
  * snapshot inside the common prefix (mk_engine_state_restore). Snapshots
  * are taken at turn boundaries (the end of each prompt) and every
- * SRV_SNAP_EVERY prompt tokens, mk_server_opts.snapshots per slot (least
- * recently used replaced), so a chat whose next prompt re-renders the last answer
+ * mk_server_opts.snap_every prompt tokens, mk_server_opts.snapshots per slot (least
+ * recently used replaced) and mk_server_opts.snap_bytes in all (the least
+ * recently used of any slot evicted), so a chat whose next prompt re-renders the last answer
  * differently (a template that drops reasoning, an edited message) does
  * not re-prefill its history. A snapshot stays valid while the slot's
  * history keeps its prefix: those after a restore point and all of them
@@ -262,14 +263,41 @@ static int64_t common_prefix(const int32_t *a, int64_t na, const int32_t *b, int
 
 /* ---- recurrent-state snapshots ---------------------------------------------- */
 
+static void snap_free(mk_server *s, srv_snap *sn) {
+    free(sn->buf);
+    *sn = (srv_snap){0};
+    s->snap_count--;
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.snap_bytes = (uint64_t)s->snap_count * s->snap_size;
+    pthread_mutex_unlock(&s->metrics.mu);
+}
+
 /* Drop the snapshots past position p (all of them for p = 0): the history
  * is about to be rewritten from p on. */
 static void snaps_drop_after(srv_slot *sl, int64_t p) {
     for (int i = 0; i < SRV_SNAPS; i++)
-        if (sl->snaps[i].buf && sl->snaps[i].pos > p) {
-            free(sl->snaps[i].buf);
-            sl->snaps[i] = (srv_snap){0};
+        if (sl->snaps[i].buf && sl->snaps[i].pos > p)
+            snap_free(sl->srv, &sl->snaps[i]);
+}
+
+/* Make room in the pool (mk_server_opts.snap_bytes) for one more
+ * snapshot: evict the least recently used of every slot's. False when the
+ * pool holds none at all (its bound is below one snapshot). */
+static bool snap_evict_lru(mk_server *s) {
+    srv_snap *lru = NULL;
+    for (int i = 0; i < s->nslots; i++)
+        for (int k = 0; k < SRV_SNAPS; k++) {
+            srv_snap *sn = &s->slots[i].snaps[k];
+            if (sn->buf && (!lru || sn->used < lru->used))
+                lru = sn;
         }
+    if (!lru)
+        return false;
+    snap_free(s, lru);
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.snap_evictions++;
+    pthread_mutex_unlock(&s->metrics.mu);
+    return true;
 }
 
 /* Save the engine's recurrent state at its position (scheduler thread,
@@ -293,17 +321,23 @@ static void snap_take(mk_server *s, srv_slot *sl) {
             if (sl->snaps[i].used < sn->used)
                 sn = &sl->snaps[i];
     }
-    if (!sn->buf && !(sn->buf = mk_malloc(bytes)))
-        return;
+    if (!sn->buf) { /* a new one: within the pool's bound */
+        while (s->snap_count >= s->snap_cap)
+            if (!snap_evict_lru(s))
+                return;
+        if (!(sn->buf = mk_malloc(bytes)))
+            return;
+        s->snap_count++;
+    }
     if (mk_engine_state_save(sl->e, sn->buf) != MK_OK) {
-        free(sn->buf);
-        *sn = (srv_snap){0};
+        snap_free(s, sn);
         return;
     }
     sn->pos = pos;
     sn->used = ++s->tick;
     pthread_mutex_lock(&s->metrics.mu);
     s->metrics.snap_saves++;
+    s->metrics.snap_bytes = (uint64_t)s->snap_count * s->snap_size;
     pthread_mutex_unlock(&s->metrics.mu);
 }
 
@@ -428,6 +462,7 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     j->done = true;
     pthread_mutex_lock(&s->metrics.mu);
     s->metrics.prompt_tokens += (uint64_t)j->np;
+    s->metrics.prompt_fed += (uint64_t)(j->np - j->n_cached);
     s->metrics.gen_tokens += (uint64_t)j->n_gen;
     if (j->finish == SRV_FIN_CANCEL)
         s->metrics.cancelled++;
@@ -464,10 +499,10 @@ static void prefill_pieces(mk_server *s) {
         mk_status st = mk_gen_step(sl->seq, &done);
         int64_t after = mk_gen_prefilled(sl->seq);
         /* a snapshot at the turn boundary (the whole prompt) and every
-         * SRV_SNAP_EVERY tokens of a long one (hybrid models only) */
+         * snap_every tokens of a long one (hybrid models only) */
         pthread_mutex_lock(&s->mu);
         if (st == MK_OK && !mk_engine_rewindable(sl->e) && mk_engine_pos(sl->e) == after &&
-            (after == sl->job->np || after / SRV_SNAP_EVERY > before / SRV_SNAP_EVERY))
+            (after == sl->job->np || after / s->snap_every > before / s->snap_every))
             snap_take(s, sl);
         if (done || st != MK_OK)
             end_job(s, sl, st);
@@ -617,6 +652,11 @@ mk_status srv_sched_start(mk_server *s) {
     s->nsnap = s->o.snapshots == 0 ? 4 : s->o.snapshots < 0 ? 0 : s->o.snapshots;
     if (s->nsnap > SRV_SNAPS)
         s->nsnap = SRV_SNAPS;
+    s->snap_every = s->o.snap_every > 0 ? s->o.snap_every : SRV_SNAP_EVERY;
+    s->snap_size = mk_engine_state_bytes(s->slots[0].e);
+    s->snap_cap = (int64_t)s->nsnap * n;
+    if (s->o.snap_bytes && s->snap_size && (int64_t)(s->o.snap_bytes / s->snap_size) < s->snap_cap)
+        s->snap_cap = (int64_t)(s->o.snap_bytes / s->snap_size);
     s->batch_max = n;
     while (s->batch_max > 1 && !mk_engine_batchable(s->m.engines, s->batch_max))
         s->batch_max--;

@@ -79,6 +79,8 @@ typedef struct srv_metrics {
     uint64_t prompt_tokens, gen_tokens, cache_hits, cache_tokens, cancelled;
     uint64_t dec_steps, dec_seqs; /* decode forwards and the sequences in them (batching) */
     uint64_t snap_saves, snap_restores; /* recurrent-state snapshots (prompt cache, hybrids) */
+    uint64_t snap_evictions, snap_bytes; /* evicted for a new one (mk_server_opts.snap_bytes); held now */
+    uint64_t prompt_fed;     /* prompt tokens the engines read (the rest came from the cache) */
     srv_hist ttft, itl; /* time to first token; time between tokens */
     bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
     uint64_t ex_uses, ex_hits, ex_bytes;
@@ -134,7 +136,7 @@ typedef struct srv_job {
 
 /* Recurrent-state snapshots per slot at most (hybrid models: sched.c;
  * mk_server_opts.snapshots says how many are used) and how often a long
- * prompt takes one. */
+ * prompt takes one by default (mk_server_opts.snap_every). */
 #define SRV_SNAPS 8
 #define SRV_SNAP_EVERY 2048
 
@@ -187,6 +189,9 @@ struct mk_server {
     int batch_max;             /* the most slots one forward takes (mk_engine_batchable); 1: alone */
     int pf_next;               /* the slot whose prefill goes first next step (round robin) */
     int nsnap;                 /* snapshots per slot (mk_server_opts.snapshots) */
+    size_t snap_size;          /* bytes of one (mk_engine_state_bytes; 0: no recurrent state) */
+    int64_t snap_cap, snap_count; /* snapshots all slots may hold together (snap_bytes), held now */
+    int64_t snap_every;        /* prompt tokens between snapshots of a long prompt (snap_every) */
 };
 
 /* Create a job for prompt[0..np) (copied). NULL when out of memory. */

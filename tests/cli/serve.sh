@@ -145,6 +145,13 @@ done
 g=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_eos":true}' | body | jstr text)
 p=$(api /v1/completions '{"prompt":"x","max_tokens":40,"temperature":0,"ignore_eos":true,"frequency_penalty":2}' | body | jstr text)
 [ -n "$g" ] && [ "$g" != "$p" ] || fail "frequency_penalty changed nothing: '$g'"
+for pen in '"presence_penalty":2' '"repetition_penalty":1.5'; do
+    p=$(api /v1/completions "{\"prompt\":\"x\",\"max_tokens\":40,\"temperature\":0,\"ignore_eos\":true,$pen}" | body | jstr text)
+    [ -n "$p" ] && [ "$g" != "$p" ] || fail "$pen changed nothing: '$g'"
+done
+# max_completion_tokens is max_tokens' newer name
+r=$(api /v1/chat/completions '{"messages":[{"role":"user","content":"hi"}],"max_completion_tokens":5,"temperature":0,"ignore_eos":true}')
+[ "$(echo "$r" | body | jnum completion_tokens)" = 5 ] || fail "max_completion_tokens 5: $r"
 
 # ---- logprobs against transformers' logits (reference.json's ref_logits) -------------------
 # the first 8 reference ids as the prompt: the generated token's top-5 log
@@ -366,8 +373,18 @@ if [ "$("$BIN" run "$M" --ids 1 --max-tokens 1 --stats 2>&1 >/dev/null | awk '$1
 else
     [ $((rss2 - rss1)) -lt 16384 ] || fail "RSS grew from $rss1 to $rss2 KiB over a second round"
 fi
-grep -q "moekit_time_to_first_token_seconds_count" <(curl -s -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/metrics") ||
-    fail "/metrics has no TTFT histogram"
+# /metrics after all of it: both latency histograms filled (+Inf bucket =
+# count), and every prompt token of the finished requests was either read
+# by an engine or taken from the prompt cache
+mt=$(curl -s -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/metrics")
+mval() { echo "$mt" | grep "^$1 " | sed 's/.* //'; }
+for h in moekit_time_to_first_token_seconds moekit_time_per_output_token_seconds; do
+    [ "$(mval ${h}_count)" -gt 0 ] || fail "/metrics: $h has no observations"
+    [ "$(echo "$mt" | grep "^${h}_bucket{le=\"+Inf\"} " | sed 's/.* //')" = "$(mval ${h}_count)" ] || fail "/metrics: $h +Inf bucket != count"
+done
+[ "$(mval moekit_prompt_cache_tokens_total)" -gt 0 ] || fail "/metrics: no cached prompt tokens after the chat turns"
+[ $(($(mval moekit_prompt_tokens_processed_total) + $(mval moekit_prompt_cache_tokens_total))) = "$(mval moekit_prompt_tokens_total)" ] ||
+    fail "/metrics: processed $(mval moekit_prompt_tokens_processed_total) + cached $(mval moekit_prompt_cache_tokens_total) != prompt tokens $(mval moekit_prompt_tokens_total)"
 
 # ---- SIGTERM: exit 0 -------------------------------------------------------------------------
 kill -TERM "$SPID"
