@@ -8,7 +8,9 @@
  * warps' partial states are then merged in shared memory. Same function as
  * the CPU's two-pass softmax (backend_cpu.c) in another float32 order; a
  * decode step is latency-bound here (one block per head walks the whole
- * cache), a split-K (flash-decoding) version is issue 14's next step. */
+ * cache), a split-K (flash-decoding) version is issue 14's next step.
+ * With mk_attn_args.pos_dev (a replayed decode step) the position is read
+ * from device memory and the token's own k/v rows from k_new / v_new. */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
@@ -31,13 +33,26 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         q[i] = qg[i];
     __syncthreads();
     const float *kb = a.k + (int64_t)j * a.dk, *vb = a.v + (int64_t)j * a.dv;
-    const int64_t T = a.pos0 + t + 1;
+    /* a replayed decode step: the position from device memory, this token's
+     * rows from k_new / v_new (the cache row is written by block 0 for
+     * later steps and read by none here) */
+    const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const int64_t T = pos0 + t + 1;
+    const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
+    const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
+    if (a.k_new && blockIdx.x == 0) {
+        for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
+            ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
+        if (a.v_new != a.k_new || a.v != a.k)
+            for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
+                ((float *)a.v)[pos0 * vs + i] = a.v_new[i];
+    }
     float m = -INFINITY, l = 0.0f, acc[ATT_DV_LANE];
 #pragma unroll
     for (int d = 0; d < ATT_DV_LANE; d++)
         acc[d] = 0.0f;
     for (int64_t s = wp; s < T; s += ATT_WARPS) {
-        const float *kr = kb + s * ks;
+        const float *kr = kn && s == T - 1 ? kn : kb + s * ks;
         float dot = 0.0f;
         for (int i = lane; i < a.dk; i += 32)
             dot = fmaf(q[i], kr[i], dot);
@@ -46,7 +61,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         const float corr = expf(m - mn), p = expf(x - mn);
         l = l * corr + p;
         m = mn;
-        const float *vr = vb + s * vs;
+        const float *vr = vn && s == T - 1 ? vn : vb + s * vs;
 #pragma unroll
         for (int d = 0; d < ATT_DV_LANE; d++) {
             const int dd = lane + 32 * d;
@@ -87,6 +102,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
         return;
+    if (a->pos_dev && (a->n != 1 || a->sel || !a->k_new || !a->v_new)) {
+        mkb_fail(c, mk_err(MK_E_ARG, "CUDA attention: a device position needs one token, new k/v rows and no selection"));
+        return;
+    }
     if (a->dk > MK_ATT_MAX_DIM || a->dv > MK_ATT_MAX_DIM || a->n_kv <= 0 || a->n_heads % a->n_kv) {
         mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA attention: head dims %d/%d (at most %d), %d heads on %d kv heads",
                            a->dk, a->dv, MK_ATT_MAX_DIM, a->n_heads, a->n_kv));
