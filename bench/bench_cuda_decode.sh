@@ -23,7 +23,7 @@ B=$1 out=$2 W=${3:-/tmp/mk-bench} what=${4:-all}
 mkdir -p "$W" "$out"
 nt=$(nproc)
 rc=0
-if [ "$what" != 30b ]; then
+if [ "$what" = tiny ] || [ "$what" = all ]; then
     for be in ${MK_TINY_BACKENDS:-cpu cuda cuda-graph cuda-base cuda-unfused cpu cuda cuda-graph cuda-base cuda-unfused}; do
         echo "== bench_decode models/tiny-qwen35moe/bf16 8 256 $nt $be"
         timeout 120 "$B/bench_decode" models/tiny-qwen35moe/bf16 8 256 "$nt" $be 2>&1 |
@@ -38,7 +38,7 @@ mkmodel() {
     t0=$(date +%s)
     "$B/moekit" synth "$W/ct" --arch "$2" --preset "$3" --format ct-int4 --threads "$nt" \
         --quiet --force || return 1
-    "$B/moekit" quantize "$W/ct" "$1" --bits 4 --group-size 64 --threads "$nt" --quiet --force \
+    "$B/moekit" quantize "$W/ct" "$1" --bits 4 --group-size 64 --threads "$nt" --max-memory 8G --quiet --force \
         > "$out/quantize.log" 2>&1 || { tail -5 "$out/quantize.log"; return 1; }
     rm -rf "$W/ct"
     echo "== made $1 in $(($(date +%s) - t0)) s: $(du -sh "$1" | cut -f1)"

@@ -2,7 +2,8 @@
  * strided caches, MLA's latent cache with v = k).
  *
  * One block per (token, query head), ATT_WARPS warps; warp w takes cache
- * rows w, w + ATT_WARPS, ... and keeps an online softmax: running max m,
+ * rows 32w .. 32w+31, then 32(w + ATT_WARPS) .., one row's score per lane,
+ * and keeps an online softmax over those 32-row steps: running max m,
  * running sum l and the weighted sum of value rows (lane d holds dims d,
  * d+32, ...), rescaled by exp(m_old - m_new) when the max grows. The
  * warps' partial states are then merged in shared memory. Same function as
@@ -19,7 +20,34 @@
 #define ATT_DV_LANE (MK_ATT_MAX_DIM / 32) /* value dims per lane */
 #define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
 
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs) {
+__device__ __forceinline__ float att_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* q . k_row over dk floats, four partial sums (float4 loads when the row
+ * and q are 16-byte aligned and dk % 4 == 0: `vec`) */
+__device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk, bool vec) {
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    if (vec) {
+#pragma unroll 8
+        for (int i = 0; i < dk; i += 4) {
+            const float4 k4 = *(const float4 *)(kr + i);
+            d0 = fmaf(q[i], k4.x, d0);
+            d1 = fmaf(q[i + 1], k4.y, d1);
+            d2 = fmaf(q[i + 2], k4.z, d2);
+            d3 = fmaf(q[i + 3], k4.w, d3);
+        }
+    } else {
+        for (int i = 0; i < dk; i++)
+            d0 = fmaf(q[i], kr[i], d0);
+    }
+    return (d0 + d1) + (d2 + d3);
+}
+
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec) {
     extern __shared__ float sm[];
     float *q = sm;                     /* dk */
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
@@ -51,22 +79,32 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
 #pragma unroll
     for (int d = 0; d < ATT_DV_LANE; d++)
         acc[d] = 0.0f;
-    for (int64_t s = wp; s < T; s += ATT_WARPS) {
-        const float *kr = kn && s == T - 1 ? kn : kb + s * ks;
-        float dot = 0.0f;
-        for (int i = lane; i < a.dk; i += 32)
-            dot = fmaf(q[i], kr[i], dot);
-        const float x = mkc_warp_sum(dot) * a.scale;
-        const float mn = x > m ? x : m;
-        const float corr = expf(m - mn), p = expf(x - mn);
-        l = l * corr + p;
+    /* 32 positions per warp at a time, one per lane: the scores' loads of
+     * 32 rows are in flight together (walking the cache one row per warp
+     * step left a decode step latency-bound on the cache length) */
+    for (int64_t s0 = (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
+        const int64_t s = s0 + lane;
+        float x = -INFINITY;
+        if (s < T)
+            x = att_dot(q, kn && s == T - 1 ? kn : kb + s * ks, a.dk, vec) * a.scale;
+        const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
+        const float corr = expf(m - mn), p = s < T ? expf(x - mn) : 0.0f;
+        l = l * corr + mkc_warp_sum(p);
         m = mn;
-        const float *vr = vn && s == T - 1 ? vn : vb + s * vs;
 #pragma unroll
-        for (int d = 0; d < ATT_DV_LANE; d++) {
-            const int dd = lane + 32 * d;
-            if (dd < a.dv)
-                acc[d] = fmaf(p, vr[dd], acc[d] * corr);
+        for (int d = 0; d < ATT_DV_LANE; d++)
+            acc[d] *= corr;
+        const int cnt = T - s0 < 32 ? (int)(T - s0) : 32;
+#pragma unroll 4
+        for (int u = 0; u < cnt; u++) {
+            const float pu = __shfl_sync(0xffffffffu, p, u);
+            const float *vr = vn && s0 + u == T - 1 ? vn : vb + (s0 + u) * vs;
+#pragma unroll
+            for (int d = 0; d < ATT_DV_LANE; d++) {
+                const int dd = lane + 32 * d;
+                if (dd < a.dv)
+                    acc[d] = fmaf(pu, vr[dd], acc[d]);
+            }
         }
     }
     if (lane == 0) {
@@ -114,6 +152,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
     const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
     const size_t smem = sizeof(float) * ((size_t)a->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv);
-    k_attn<<<(unsigned)(a->n * a->n_heads), ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs);
+    /* float4 loads of key rows: every row start (cache rows, kv-head
+     * offsets, k_new) 16-byte aligned */
+    const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
+                     (!a->k_new || (uintptr_t)a->k_new % 16 == 0);
+    k_attn<<<(unsigned)(a->n * a->n_heads), ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
     mkb_launched(c, "attention");
 }
