@@ -17,7 +17,6 @@
 #include "cuda/cuda_backend.cuh"
 
 #define ATT_WARPS 4
-#define ATT_DV_LANE (MK_ATT_MAX_DIM / 32) /* value dims per lane */
 #define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
 
 __device__ __forceinline__ float att_warp_max(float v) {
@@ -47,7 +46,12 @@ __device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk
     return (d0 + d1) + (d2 + d3);
 }
 
+/* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
+ * are loaded before any is accumulated (UB * DVL = 32 registers), so a
+ * 32-row step costs 32 / UB load round trips, not 32 */
+template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec) {
+    constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
     extern __shared__ float sm[];
     float *q = sm;                     /* dk */
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
@@ -75,9 +79,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
             for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
                 ((float *)a.v)[pos0 * vs + i] = a.v_new[i];
     }
-    float m = -INFINITY, l = 0.0f, acc[ATT_DV_LANE];
+    float m = -INFINITY, l = 0.0f, acc[DVL];
 #pragma unroll
-    for (int d = 0; d < ATT_DV_LANE; d++)
+    for (int d = 0; d < DVL; d++)
         acc[d] = 0.0f;
     /* 32 positions per warp at a time, one per lane: the scores' loads of
      * 32 rows are in flight together (walking the cache one row per warp
@@ -92,18 +96,29 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         l = l * corr + mkc_warp_sum(p);
         m = mn;
 #pragma unroll
-        for (int d = 0; d < ATT_DV_LANE; d++)
+        for (int d = 0; d < DVL; d++)
             acc[d] *= corr;
         const int cnt = T - s0 < 32 ? (int)(T - s0) : 32;
-#pragma unroll 4
-        for (int u = 0; u < cnt; u++) {
-            const float pu = __shfl_sync(0xffffffffu, p, u);
-            const float *vr = vn && s0 + u == T - 1 ? vn : vb + (s0 + u) * vs;
+        for (int u0 = 0; u0 < 32; u0 += UB) { /* warp-uniform: every lane runs the shuffles */
+            if (u0 >= cnt)
+                break;
+            float vv[UB][DVL];
 #pragma unroll
-            for (int d = 0; d < ATT_DV_LANE; d++) {
-                const int dd = lane + 32 * d;
-                if (dd < a.dv)
-                    acc[d] = fmaf(pu, vr[dd], acc[d]);
+            for (int b = 0; b < UB; b++) {
+                const int u = u0 + b;
+                const float *vr = vn && s0 + u == T - 1 ? vn : vb + (s0 + u) * vs;
+#pragma unroll
+                for (int d = 0; d < DVL; d++) {
+                    const int dd = lane + 32 * d;
+                    vv[b][d] = u < cnt && dd < a.dv ? vr[dd] : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < UB; b++) {
+                const float pu = __shfl_sync(0xffffffffu, p, u0 + b); /* 0 past cnt */
+#pragma unroll
+                for (int d = 0; d < DVL; d++)
+                    acc[d] = fmaf(pu, vv[b][d], acc[d]);
             }
         }
     }
@@ -112,7 +127,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         pl[wp] = l;
     }
 #pragma unroll
-    for (int d = 0; d < ATT_DV_LANE; d++) {
+    for (int d = 0; d < DVL; d++) {
         const int dd = lane + 32 * d;
         if (dd < a.dv)
             pacc[wp * a.dv + dd] = acc[d];
@@ -156,6 +171,14 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
      * offsets, k_new) 16-byte aligned */
     const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
                      (!a->k_new || (uintptr_t)a->k_new % 16 == 0);
-    k_attn<<<(unsigned)(a->n * a->n_heads), ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    const unsigned nb = (unsigned)(a->n * a->n_heads);
+    if (a->dv <= 128)
+        k_attn<4><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else if (a->dv <= 256)
+        k_attn<8><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else if (a->dv <= 512)
+        k_attn<16><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else
+        k_attn<32><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
     mkb_launched(c, "attention");
 }
