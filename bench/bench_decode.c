@@ -14,10 +14,12 @@
  * in the same run) or cuda-unfused (the same backend with its optional
  * slots hidden: the general path, one launch per slot and expert, routing
  * downloaded and a wait per block, as before the fused slot) or
- * cuda-graph (cuda with decode steps recorded as CUDA graphs,
- * mk_backend_cuda_set_graphs) or cuda-base (cuda without the launch-cutting
- * slots add_rmsnorm, qk_norm_rope, matmul_n and argmax: the fused path as
- * before them, logits copied to the host and argmax'ed there).
+ * cuda-graph (= cuda since 2026-12-04: a decode step recorded once as a CUDA
+ * graph and replayed, mk_backend_cuda_set_graphs) or cuda-nograph (cuda
+ * with step recording off: every slot launched every step) or cuda-base
+ * (cuda-nograph without the launch-cutting slots add_rmsnorm, qk_norm_rope,
+ * matmul_n and argmax: the fused path as before them, logits copied to the
+ * host and argmax'ed there).
  * Decoding is greedy through mk_engine_forward_argmax (cuda-base: forward +
  * mk_argmax).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -164,11 +166,12 @@ int main(int argc, char **argv) {
         return 2;
     }
     bool cuda = strncmp(bk, "cuda", 4) == 0, unfused = strcmp(bk, "cuda-unfused") == 0;
-    bool graph = strcmp(bk, "cuda-graph") == 0, base = strcmp(bk, "cuda-base") == 0;
+    bool nograph = strcmp(bk, "cuda-nograph") == 0, base = strcmp(bk, "cuda-base") == 0;
+    bool graph = strcmp(bk, "cuda-graph") == 0 || strcmp(bk, "cuda") == 0; /* the default */
     bool host_argmax = base || unfused; /* as before the argmax slot */
-    if (strcmp(bk, "cpu") != 0 && strcmp(bk, "cuda") != 0 && !unfused && !graph && !base) {
-        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph, cuda-base or "
-                        "cuda-unfused\n", bk);
+    if (strcmp(bk, "cpu") != 0 && !graph && !unfused && !nograph && !base) {
+        fprintf(stderr, "bench_decode: backend '%s': expected cpu, cuda, cuda-graph, cuda-nograph, "
+                        "cuda-base or cuda-unfused\n", bk);
         return 2;
     }
     mk_backend *be = NULL, *wrap = NULL;
@@ -187,6 +190,8 @@ int main(int argc, char **argv) {
                 hidden.nonfinite_take = NULL;
                 hidden.step_begin = NULL;
                 hidden.step_end = NULL;
+                hidden.step_last = NULL;
+                hidden.step_replay = NULL;
             }
             /* the launch-cutting slots of 2026-12-04 (both: the path as before them) */
             hidden.add_rmsnorm = NULL;
@@ -251,12 +256,12 @@ int main(int argc, char **argv) {
     double bw = 0;
     if (cuda) {
         char dsc[160];
-        int built, updated;
-        mk_backend_cuda_graph_stats(be, &built, &updated);
+        int built, updated, replayed;
+        mk_backend_cuda_graph_stats(be, &built, &updated, &replayed);
         if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
             printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
-                   "%d updated\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built,
-                   updated);
+                   "%d updated %d replayed\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0,
+                   built, updated, replayed);
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
     } else {

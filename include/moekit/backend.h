@@ -64,6 +64,16 @@ typedef struct mk_attn_args {
     const float *sinks;
     const int32_t *sel; /* [n, sel_k] positions each token sees, or NULL: all of 0 .. pos0 + t */
     int64_t sel_k;
+    /* A decode step whose position lives in backend memory (a recorded step
+     * replayed at later positions, step_replay): with pos_dev set, n is 1,
+     * sel is NULL, pos0 is read from *pos_dev when the slot runs, and this
+     * token's key and value rows k_new / v_new (one cache row each: k_stride
+     * resp. v_stride floats, or n_kv*dk / n_kv*dv when 0; v_new may equal
+     * k_new when v aliases k) are written into cache row pos0 first, then
+     * attended to as if they had been there. NULL: pos0 as given, the
+     * caller has written row pos0 itself. */
+    const int64_t *pos_dev;
+    const float *k_new, *v_new;
 } mk_attn_args;
 
 /* DeepSeek sparse attention's lightning indexer (deepseek_v32, glm_moe_dsa):
@@ -319,6 +329,16 @@ typedef struct mk_backend_i {
      * without recording. Both or neither are set. */
     bool (*step_begin)(void *ctx);
     bool (*step_end)(void *ctx, bool run);
+    /* (optional, with step_begin) Run a recording again without queuing its
+     * slots: the same slots with the same arguments, so whatever varies
+     * between steps must be read from backend memory the caller updated
+     * before (token ids, rotary rows, mk_attn_args.pos_dev). step_last
+     * names the recording the last successful step_end ran (0: none);
+     * step_replay(id) runs it and returns true while it is still the
+     * backend's last recording and nothing it used was freed or forgotten
+     * since, else false with nothing run (the caller records again). */
+    uint64_t (*step_last)(void *ctx);
+    bool (*step_replay)(void *ctx, uint64_t id);
     /* (optional) The residual step between blocks in one launch: x += y
      * (rows of dim), then check_finite(x, rows*dim, tag), then, when xb is
      * given, xb = rmsnorm(x) * g (rows of dim, g NULL: 1). The same values

@@ -37,16 +37,17 @@ mk_status mk_backend_cuda_create(int device, mk_backend **out);
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
-/* Record decode steps as CUDA graphs (step_begin / step_end) or not
- * (the default: step_begin answers false). Measured on the H200
- * (bench/RESULTS.md 2026-12-03): a recording captured and updated every
- * step made the 4-layer tiny model 8-19% faster and the 48-layer
- * Qwen3-30B-A3B shape 10% slower (its ~1000 launches per step cost more to
- * capture and update than they cost to launch). No-op for other backends. */
+/* Record decode steps as CUDA graphs (step_begin / step_end / step_replay)
+ * or not (step_begin answers false). On by default: the engine records a
+ * single-token step once, its position in device memory, and replays the
+ * graph for the following tokens (docs/CUDA.md, bench/RESULTS.md
+ * 2026-12-04). Captured and updated every step instead, as before, the
+ * 48-layer Qwen3-30B-A3B shape ran 2-10% slower than plain launches. No-op
+ * for other backends. */
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
-/* Recorded steps run so far (step_begin / step_end): graphs instantiated
- * and graphs updated in place (zeros for other backends). */
-void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated);
+/* Recorded steps so far: graphs instantiated, graphs updated in place,
+ * and recordings replayed (step_replay) (zeros for other backends). */
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed);
 
 #ifdef __cplusplus
 }

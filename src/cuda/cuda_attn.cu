@@ -2,22 +2,56 @@
  * strided caches, MLA's latent cache with v = k).
  *
  * One block per (token, query head), ATT_WARPS warps; warp w takes cache
- * rows w, w + ATT_WARPS, ... and keeps an online softmax: running max m,
+ * rows 32w .. 32w+31, then 32(w + ATT_WARPS) .., one row's score per lane,
+ * and keeps an online softmax over those 32-row steps: running max m,
  * running sum l and the weighted sum of value rows (lane d holds dims d,
  * d+32, ...), rescaled by exp(m_old - m_new) when the max grows. The
  * warps' partial states are then merged in shared memory. Same function as
  * the CPU's two-pass softmax (backend_cpu.c) in another float32 order; a
  * decode step is latency-bound here (one block per head walks the whole
- * cache), a split-K (flash-decoding) version is issue 14's next step. */
+ * cache), a split-K (flash-decoding) version is issue 14's next step.
+ * With mk_attn_args.pos_dev (a replayed decode step) the position is read
+ * from device memory and the token's own k/v rows from k_new / v_new. */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
 
 #define ATT_WARPS 4
-#define ATT_DV_LANE (MK_ATT_MAX_DIM / 32) /* value dims per lane */
 #define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
 
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs) {
+__device__ __forceinline__ float att_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* q . k_row over dk floats, four partial sums (float4 loads when the row
+ * and q are 16-byte aligned and dk % 4 == 0: `vec`) */
+__device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk, bool vec) {
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    if (vec) {
+#pragma unroll 8
+        for (int i = 0; i < dk; i += 4) {
+            const float4 k4 = *(const float4 *)(kr + i);
+            d0 = fmaf(q[i], k4.x, d0);
+            d1 = fmaf(q[i + 1], k4.y, d1);
+            d2 = fmaf(q[i + 2], k4.z, d2);
+            d3 = fmaf(q[i + 3], k4.w, d3);
+        }
+    } else {
+        for (int i = 0; i < dk; i++)
+            d0 = fmaf(q[i], kr[i], d0);
+    }
+    return (d0 + d1) + (d2 + d3);
+}
+
+/* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
+ * are loaded before any is accumulated (UB * DVL = 32 registers), so a
+ * 32-row step costs 32 / UB load round trips, not 32 */
+template <int DVL>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec) {
+    constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
     extern __shared__ float sm[];
     float *q = sm;                     /* dk */
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
@@ -31,27 +65,61 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         q[i] = qg[i];
     __syncthreads();
     const float *kb = a.k + (int64_t)j * a.dk, *vb = a.v + (int64_t)j * a.dv;
-    const int64_t T = a.pos0 + t + 1;
-    float m = -INFINITY, l = 0.0f, acc[ATT_DV_LANE];
+    /* a replayed decode step: the position from device memory, this token's
+     * rows from k_new / v_new (the cache row is written by block 0 for
+     * later steps and read by none here) */
+    const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const int64_t T = pos0 + t + 1;
+    const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
+    const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
+    if (a.k_new && blockIdx.x == 0) {
+        for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
+            ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
+        if (a.v_new != a.k_new || a.v != a.k)
+            for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
+                ((float *)a.v)[pos0 * vs + i] = a.v_new[i];
+    }
+    float m = -INFINITY, l = 0.0f, acc[DVL];
 #pragma unroll
-    for (int d = 0; d < ATT_DV_LANE; d++)
+    for (int d = 0; d < DVL; d++)
         acc[d] = 0.0f;
-    for (int64_t s = wp; s < T; s += ATT_WARPS) {
-        const float *kr = kb + s * ks;
-        float dot = 0.0f;
-        for (int i = lane; i < a.dk; i += 32)
-            dot = fmaf(q[i], kr[i], dot);
-        const float x = mkc_warp_sum(dot) * a.scale;
-        const float mn = x > m ? x : m;
-        const float corr = expf(m - mn), p = expf(x - mn);
-        l = l * corr + p;
+    /* 32 positions per warp at a time, one per lane: the scores' loads of
+     * 32 rows are in flight together (walking the cache one row per warp
+     * step left a decode step latency-bound on the cache length) */
+    for (int64_t s0 = (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
+        const int64_t s = s0 + lane;
+        float x = -INFINITY;
+        if (s < T)
+            x = att_dot(q, kn && s == T - 1 ? kn : kb + s * ks, a.dk, vec) * a.scale;
+        const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
+        const float corr = expf(m - mn), p = s < T ? expf(x - mn) : 0.0f;
+        l = l * corr + mkc_warp_sum(p);
         m = mn;
-        const float *vr = vb + s * vs;
 #pragma unroll
-        for (int d = 0; d < ATT_DV_LANE; d++) {
-            const int dd = lane + 32 * d;
-            if (dd < a.dv)
-                acc[d] = fmaf(p, vr[dd], acc[d] * corr);
+        for (int d = 0; d < DVL; d++)
+            acc[d] *= corr;
+        const int cnt = T - s0 < 32 ? (int)(T - s0) : 32;
+        for (int u0 = 0; u0 < 32; u0 += UB) { /* warp-uniform: every lane runs the shuffles */
+            if (u0 >= cnt)
+                break;
+            float vv[UB][DVL];
+#pragma unroll
+            for (int b = 0; b < UB; b++) {
+                const int u = u0 + b;
+                const float *vr = vn && s0 + u == T - 1 ? vn : vb + (s0 + u) * vs;
+#pragma unroll
+                for (int d = 0; d < DVL; d++) {
+                    const int dd = lane + 32 * d;
+                    vv[b][d] = u < cnt && dd < a.dv ? vr[dd] : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < UB; b++) {
+                const float pu = __shfl_sync(0xffffffffu, p, u0 + b); /* 0 past cnt */
+#pragma unroll
+                for (int d = 0; d < DVL; d++)
+                    acc[d] = fmaf(pu, vv[b][d], acc[d]);
+            }
         }
     }
     if (lane == 0) {
@@ -59,7 +127,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         pl[wp] = l;
     }
 #pragma unroll
-    for (int d = 0; d < ATT_DV_LANE; d++) {
+    for (int d = 0; d < DVL; d++) {
         const int dd = lane + 32 * d;
         if (dd < a.dv)
             pacc[wp * a.dv + dd] = acc[d];
@@ -87,6 +155,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
         return;
+    if (a->pos_dev && (a->n != 1 || a->sel || !a->k_new || !a->v_new)) {
+        mkb_fail(c, mk_err(MK_E_ARG, "CUDA attention: a device position needs one token, new k/v rows and no selection"));
+        return;
+    }
     if (a->dk > MK_ATT_MAX_DIM || a->dv > MK_ATT_MAX_DIM || a->n_kv <= 0 || a->n_heads % a->n_kv) {
         mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA attention: head dims %d/%d (at most %d), %d heads on %d kv heads",
                            a->dk, a->dv, MK_ATT_MAX_DIM, a->n_heads, a->n_kv));
@@ -95,6 +167,18 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
     const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
     const size_t smem = sizeof(float) * ((size_t)a->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv);
-    k_attn<<<(unsigned)(a->n * a->n_heads), ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs);
+    /* float4 loads of key rows: every row start (cache rows, kv-head
+     * offsets, k_new) 16-byte aligned */
+    const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
+                     (!a->k_new || (uintptr_t)a->k_new % 16 == 0);
+    const unsigned nb = (unsigned)(a->n * a->n_heads);
+    if (a->dv <= 128)
+        k_attn<4><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else if (a->dv <= 256)
+        k_attn<8><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else if (a->dv <= 512)
+        k_attn<16><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+    else
+        k_attn<32><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
     mkb_launched(c, "attention");
 }

@@ -66,9 +66,10 @@ static mk_status cu_alloc(void *ctx, size_t bytes, void **out) {
 }
 
 static void cu_buf_free(void *ctx, void *p) {
-    (void)ctx;
-    if (p)
+    if (p) {
+        mkb_graph_free((mkb_ctx *)ctx); /* a recorded step may use it */
         (void)cudaFree(p); /* waits for work that may still use it */
+    }
 }
 
 /* A host round trip while a step is being recorded breaks the recording
@@ -516,6 +517,8 @@ static const mk_backend_i g_cuda = {
     .nonfinite_take = cu_nonfinite_take,
     .step_begin = mkb_step_begin,
     .step_end = mkb_step_end,
+    .step_last = mkb_step_last,
+    .step_replay = mkb_step_replay,
     .add_rmsnorm = mkb_add_rmsnorm,
     .qk_norm_rope = mkb_qk_norm_rope,
     .matmul_n = mkb_matmul_n,
@@ -547,6 +550,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
     if (!c)
         return mk_err(MK_E_NOMEM, "no memory for the CUDA backend");
     c->device = device;
+    c->graphs = true; /* decode steps recorded once and replayed (cuda_graph.cu) */
     c->nb = 1024;
     c->tab = (mkb_entry **)mk_calloc(c->nb, sizeof *c->tab);
     mk_status s = c->tab ? MK_OK : mk_err(MK_E_NOMEM, "no memory for the CUDA backend's weight map");
@@ -605,6 +609,7 @@ extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
         return;
     mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
     ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
+    mkb_graph_free(c); /* a recorded step may read the dropped copies */
     mkb_moe_forget(c, host_data);
     mkb_entry **pp = &c->tab[bucket(c, host_data)];
     while (*pp) {
@@ -626,13 +631,14 @@ extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     return ((const mkb_ctx *)mk_backend_ctx(b))->bytes;
 }
 
-extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
-    *built = *updated = 0;
+extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed) {
+    *built = *updated = *replayed = 0;
     if (!b || mk_backend_iface(b) != &g_cuda)
         return;
     const mkb_ctx *c = (const mkb_ctx *)mk_backend_ctx(b);
     *built = c->graph_builds;
     *updated = c->graph_updates;
+    *replayed = c->graph_replays;
 }
 
 extern "C" void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {

@@ -58,10 +58,12 @@ struct mkb_ctx {
     struct mkb_amax *amax; /* device scratch of the argmax slot (cuda_route.cu) */
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
-    bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; off by default) */
+    bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; on by default) */
     bool recording;
     cudaGraphExec_t exec; /* the last step's executable graph, updated in place */
-    int graph_updates, graph_builds;
+    uint64_t rec_id;      /* names exec for step_replay; 0: none (dropped) */
+    uint64_t rec_next;    /* the next id to give */
+    int graph_updates, graph_builds, graph_replays;
 };
 
 /* Device state of the deferred non-finite checks: `key` is the kept finding
@@ -211,6 +213,8 @@ void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, i
 void mkb_argmax(void *ctx, const float *x, int64_t n, int32_t *out);
 bool mkb_step_begin(void *ctx);
 bool mkb_step_end(void *ctx, bool run);
+uint64_t mkb_step_last(void *ctx);
+bool mkb_step_replay(void *ctx, uint64_t id);
 void mkb_graph_free(mkb_ctx *c);
 
 #endif

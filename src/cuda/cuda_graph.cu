@@ -15,17 +15,38 @@
  * instantiation — makes step_end return false with nothing of the step
  * run, and the caller queues the step again unrecorded.
  *
- * Off by default (mk_backend_cuda_set_graphs): capturing and updating a
- * graph of ~1000 nodes every step cost more than launching them on the
- * 48-layer Qwen3-30B-A3B shape (bench/RESULTS.md 2026-12-03). A graph
- * replayed without capture (positions read from device memory) is the
- * form that pays; see docs/CUDA.md. */
+ * Captured and updated every step, a graph of ~500 nodes cost more than
+ * launching them on the 48-layer Qwen3-30B-A3B shape (bench/RESULTS.md
+ * 2026-12-03/04). So the engine records a decode step once, with every
+ * argument that varies between steps in device memory (the position of
+ * mk_attn_args.pos_dev, the token id, the rotary rows), and then only
+ * replays it (step_replay): no slot runs on the host, one graph launch per
+ * token. step_last names the recording (rec_id) so that an engine replays
+ * only its own; freeing any buffer or forgetting any weight drops it (the
+ * graph may point there), and the next step records again. On by default
+ * (mk_backend_cuda_set_graphs). */
 #include "cuda/cuda_backend.cuh"
 
 void mkb_graph_free(mkb_ctx *c) {
     if (c->exec)
         (void)cudaGraphExecDestroy(c->exec);
     c->exec = NULL;
+    c->rec_id = 0;
+}
+
+uint64_t mkb_step_last(void *ctx) { return ((mkb_ctx *)ctx)->rec_id; }
+
+bool mkb_step_replay(void *ctx, uint64_t id) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK)
+        return false;
+    if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
+        (void)cudaGetLastError();
+        mkb_graph_free(c);
+        return false;
+    }
+    c->graph_replays++;
+    return true;
 }
 
 bool mkb_step_begin(void *ctx) {
@@ -67,6 +88,8 @@ bool mkb_step_end(void *ctx, bool run) {
     }
     if (ok)
         ok = cudaGraphLaunch(c->exec, c->s) == cudaSuccess;
+    if (ok)
+        c->rec_id = ++c->rec_next; /* a new recording, even when updated in place */
     if (g)
         (void)cudaGraphDestroy(g);
     if (!ok) {

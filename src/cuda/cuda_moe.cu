@@ -91,7 +91,8 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
     for (int i = threadIdx.x; i < E; i += blockDim.x) {
         const float v = p[i];
         int rank = 0;
-        for (int j = 0; j < E; j++) {
+#pragma unroll 8
+        for (int j = 0; j < E; j++) { /* unrolled: the shared loads in flight together */
             const float u = p[j];
             rank += (u > v) || (u == v && j < i);
         }

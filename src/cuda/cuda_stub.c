@@ -117,9 +117,9 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     (void)b;
     return 0;
 }
-void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated) {
+void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed) {
     (void)b;
-    *built = *updated = 0;
+    *built = *updated = *replayed = 0;
 }
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
     (void)b;

@@ -222,11 +222,19 @@ static void attn_task(void *ctx, int64_t b, int64_t e) {
     }
 }
 
-static void cpu_attention(void *ctx, const mk_attn_args *a) {
+static void cpu_attention(void *ctx, const mk_attn_args *args) {
     mk_pool *pool = ((cpu_ctx *)ctx)->pool;
+    mk_attn_args da = *args;
+    const mk_attn_args *a = &da;
     attn_job j = {.a = a, .g = a->n_heads / a->n_kv, .hb = MK_ATTN_HB};
     j.ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
     j.vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
+    if (a->pos_dev) { /* backend memory is host memory here: the position and the new rows */
+        da.pos0 = *a->pos_dev;
+        memmove((float *)a->k + da.pos0 * j.ks, a->k_new, (size_t)j.ks * sizeof(float));
+        if (a->v_new != a->k_new || a->v != a->k)
+            memmove((float *)a->v + da.pos0 * j.vs, a->v_new, (size_t)j.vs * sizeof(float));
+    }
     /* smaller blocks while there would be fewer than two items per thread */
     int64_t want = 2 * (int64_t)mk_pool_size(pool);
     while (j.hb > 1 && a->n * a->n_kv * ((j.g + j.hb - 1) / j.hb) < want)

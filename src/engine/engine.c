@@ -96,6 +96,11 @@ static void carve(mk_engine *e, carver *cv) {
         e->q = take(cv, nC * nH * hd, 4);
         e->gate = take(cv, nC * nH * hd, 4);
     }
+    if (e->bi->step_replay) { /* recorded decode steps, replayed (forward.c) */
+        e->pos_b = take(cv, 1, 8);
+        e->kst = take(cv, imax(has_attn ? nKV * hd : 0, has_mla ? cw : 0), 4);
+        e->vst = take(cv, has_attn ? nKV * hd : 0, 4);
+    }
     if (has_mla) {
         e->qa = take(cv, nC * c->q_lora_rank, 4);
         e->qabs = take(cv, nC * nH * cw, 4);

@@ -61,6 +61,10 @@ struct mk_engine {
     bool recording;       /* the slots queued now are being recorded */
     bool graph_ready;     /* a single-token step ran with every MoE layer fused */
     bool no_graph;        /* a recording failed: this engine records no more */
+    bool dev_pos;         /* this step reads its position from pos_b and writes its K/V
+                             rows through kst/vst (a recorded step, replayable later) */
+    uint64_t replay_id;   /* the backend's recording of this engine's step (step_last), 0: none */
+    bool replay_argmax;   /* that recording ends with the device argmax (argmax_dev) */
     int moe_general;      /* MoE layers that took the general path in this chunk */
     bool batch_inv;       /* a decode step over several sequences (batch.c) runs on this
                              engine's scratch: every product goes through mk_engine_mm's
@@ -93,6 +97,9 @@ struct mk_engine {
 
     /* scratch for one chunk, [B] */
     int32_t *ids;         /* [nC] token ids of the chunk */
+    int64_t *pos_b;       /* [1] the step's position (backends with step_replay), else NULL */
+    float *kst, *vst;     /* [kvw] this token's K (MLA: latent cache row) and V rows in a
+                             recorded step; attention writes them into the cache (pos_dev) */
     float *x;             /* [nC, H] residual stream */
     float *xb;            /* [nC, H] normed input of a block */
     float *y;             /* [nC, H] block output */

@@ -40,7 +40,10 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, pos = e->pos;
     float eps = (float)c->rms_norm_eps;
-    float *kn = e->kc[l] + pos * nKV * hd, *vn = e->vc[l] + pos * nKV * hd;
+    /* a recorded step stages this token's rows (attention writes them into
+     * the cache at the position it reads from device memory) */
+    float *kn = e->dev_pos ? e->kst : e->kc[l] + pos * nKV * hd;
+    float *vn = e->dev_pos ? e->vst : e->vc[l] + pos * nKV * hd;
     /* QKV projections (one launch where the backend fuses them) */
     if (BE(e)->matmul_n && !e->on_linear) { /* an input observer sees every product */
         const mk_wt *ws[3] = {&w->q, &w->k, &w->v};
@@ -83,7 +86,9 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
                       .dv = (int)hd, .scale = e->attn_scale,
                       /* gpt_oss: sliding layers and learned sinks */
                       .window = mk_config_layer_is_sliding(c, l) ? c->sliding_window : 0,
-                      .sinks = w->sinks ? e->sinks + (int64_t)l * nH : NULL};
+                      .sinks = w->sinks ? e->sinks + (int64_t)l * nH : NULL,
+                      .pos_dev = e->dev_pos ? e->pos_b : NULL,
+                      .k_new = e->dev_pos ? kn : NULL, .v_new = e->dev_pos ? vn : NULL};
     BE(e)->attention(CTX(e), &a);
     /* output gate, output projection (+ its bias: gpt_oss) */
     if (w->gated)
@@ -154,7 +159,8 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
     int64_t dvh = c->v_head_dim, qk = dn + dr, kl = c->kv_lora_rank, cw = kl + dr, pos = e->pos;
     float eps = (float)c->rms_norm_eps;
-    float *kv = e->kc[l] + pos * cw; /* this chunk's cache rows */
+    /* this chunk's cache rows (a recorded step: staged, written by attention) */
+    float *kv = e->dev_pos ? e->kst : e->kc[l] + pos * cw;
     /* query: low-rank with its norm, or direct */
     if (c->q_lora_rank > 0) {
         mk_engine_matmul(e, &w->q_a, e->xb, n, e->qa);
@@ -184,7 +190,9 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
                       .scale = e->attn_scale, .k_stride = cw, .v_stride = cw,
-                      .sel = w->dsa.on ? e->sel : NULL, .sel_k = e->sel_k};
+                      .sel = w->dsa.on ? e->sel : NULL, .sel_k = e->sel_k,
+                      .pos_dev = e->dev_pos ? e->pos_b : NULL,
+                      .k_new = e->dev_pos ? kv : NULL, .v_new = e->dev_pos ? kv : NULL};
     BE(e)->attention(CTX(e), &a);
     /* values per head: W_v_h o_lat, then the output projection */
     mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
@@ -454,12 +462,15 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
 }
 
 /* Record a single-token step (a CUDA graph on the CUDA backend: one launch
- * instead of ~20 per layer) once a step of that shape has run unrecorded
+ * instead of ~10 per layer) once a step of that shape has run unrecorded
  * with every MoE layer fused, no hidden states or routing observer are
- * asked for, and non-finite checks are deferred (they must not wait). */
+ * asked for, and non-finite checks are deferred (they must not wait); DSA
+ * layers (their indexer cache rows sit at the position) are not recorded.
+ * The recording reads its position from e->pos_b (e->dev_pos), so it is
+ * replayed for the following tokens (step_replay) without queuing a slot. */
 static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
     return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
-           head && !hidden && !e->on_route && !e->on_linear;
+           head && !hidden && !e->on_route && !e->on_linear && !e->c->dsa;
 }
 
 static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,
@@ -481,16 +492,32 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
     BE(e)->upload(CTX(e), e->cos_b, e->cos, rb);
     BE(e)->upload(CTX(e), e->sin_b, e->sin, rb);
     e->moe_general = 0;
-    bool rec = step_recordable(e, n, head, hidden) && BE(e)->step_begin(CTX(e));
-    e->recording = rec;
-    mk_status st = step_layers(e, n, off, ntot, hidden, head);
-    e->recording = false;
-    if (rec && !BE(e)->step_end(CTX(e), st == MK_OK)) {
-        /* nothing of the recording ran: queue the step again, unrecorded,
-         * and record no more (what broke it would break the next one) */
-        e->no_graph = true;
-        e->moe_general = 0;
+    bool rec = step_recordable(e, n, head, hidden);
+    bool replay = rec && BE(e)->step_replay && e->pos_b;
+    if (replay) /* the position the recorded step reads */
+        BE(e)->upload(CTX(e), e->pos_b, &e->pos, sizeof e->pos);
+    mk_status st = MK_OK;
+    if (replay && e->replay_id && e->replay_argmax == e->argmax_dev &&
+        BE(e)->step_replay(CTX(e), e->replay_id)) {
+        /* this engine's recorded step ran again: no slot queued */
+    } else {
+        rec = rec && BE(e)->step_begin(CTX(e));
+        e->recording = rec;
+        e->dev_pos = rec && replay;
         st = step_layers(e, n, off, ntot, hidden, head);
+        e->recording = false;
+        if (rec && !BE(e)->step_end(CTX(e), st == MK_OK)) {
+            /* nothing of the recording ran: queue the step again, unrecorded,
+             * and record no more (what broke it would break the next one) */
+            e->no_graph = true;
+            e->dev_pos = false;
+            e->moe_general = 0;
+            st = step_layers(e, n, off, ntot, hidden, head);
+        } else if (rec && st == MK_OK && e->dev_pos) {
+            e->replay_id = BE(e)->step_last(CTX(e));
+            e->replay_argmax = e->argmax_dev;
+        }
+        e->dev_pos = false;
     }
     MK_TRY(st);
     if (!rec && n == 1 && e->moe_general == 0)

@@ -886,9 +886,14 @@ static void test_norms_rope_eltwise(void **st) {
 /* ---- attention ---------------------------------------------------------------- */
 
 /* GQA (4 heads on 2 kv heads, packed cache) and MLA's one-latent-head form
- * (values = the first dv floats of each key row, row stride given). */
+ * (values = the first dv floats of each key row, row stride given).
+ * devpos (one token): the position read from backend memory (pos_dev; the
+ * pos0 argument is a wrong 0) and the token's k/v rows passed as k_new /
+ * v_new while the cache row holds NaN: the output must match the same
+ * reference, and the cache row must hold the new rows afterwards. */
 static void attn_case_ws(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
-                         bool mla, int64_t pos0, int64_t n, int64_t window, bool with_sinks, const char *what) {
+                         bool mla, int64_t pos0, int64_t n, int64_t window, bool with_sinks, bool devpos,
+                         const char *what) {
     int64_t T = pos0 + n;
     int64_t kst = ks ? ks : (int64_t)nKV * dk, vst = vs ? vs : (int64_t)nKV * dv;
     float *q = rvec(n * nH * dk), *k = rvec(T * kst), *v = mla ? NULL : rvec(T * vst);
@@ -905,8 +910,39 @@ static void attn_case_ws(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks
     mk_attn_args a = {.q = dq, .k = dk_, .v = dv_, .out = dout, .n = n, .pos0 = pos0,
                       .n_heads = nH, .n_kv = nKV, .dk = dk, .dv = dv, .scale = scale,
                       .k_stride = ks, .v_stride = vs, .window = window, .sinks = dsk};
+    void *dkn = NULL, *dvn = NULL, *dpos = NULL;
+    if (devpos) {
+        assert_true(n == 1);
+        float *nan = malloc(sizeof(float) * (size_t)(kst > vst ? kst : vst));
+        for (int64_t i = 0; i < (kst > vst ? kst : vst); i++)
+            nan[i] = NAN;
+        dkn = dev(b, k + pos0 * kst, sizeof(float) * (size_t)kst);
+        dvn = mla ? dkn : dev(b, v + pos0 * vst, sizeof(float) * (size_t)vst);
+        b->i->upload(b->ctx, (float *)dk_ + pos0 * kst, nan, sizeof(float) * (size_t)kst);
+        if (!mla)
+            b->i->upload(b->ctx, (float *)dv_ + pos0 * vst, nan, sizeof(float) * (size_t)vst);
+        dpos = dev(b, &pos0, sizeof pos0);
+        a.pos0 = 0;
+        a.pos_dev = dpos;
+        a.k_new = dkn;
+        a.v_new = dvn;
+        free(nan);
+    }
     b->i->attention(b->ctx, &a);
     float *o = back(b, dout, sizeof(float) * (size_t)(n * nH * dv));
+    if (devpos) { /* the new rows landed in the cache */
+        float *kr = back(b, (float *)dk_ + pos0 * kst, sizeof(float) * (size_t)kst);
+        assert_memory_equal(kr, k + pos0 * kst, sizeof(float) * (size_t)kst);
+        free(kr);
+        if (!mla) {
+            float *vr = back(b, (float *)dv_ + pos0 * vst, sizeof(float) * (size_t)vst);
+            assert_memory_equal(vr, v + pos0 * vst, sizeof(float) * (size_t)vst);
+            free(vr);
+            b->i->buf_free(b->ctx, dvn);
+        }
+        b->i->buf_free(b->ctx, dkn);
+        b->i->buf_free(b->ctx, dpos);
+    }
     double *ref = calloc((size_t)(n * nH * dv), sizeof(double)), *p = malloc((size_t)T * sizeof(double));
     int g = nH / nKV;
     for (int64_t t = 0; t < n; t++)
@@ -948,7 +984,7 @@ static void attn_case_ws(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks
 
 static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, int64_t vs,
                       bool mla, int64_t pos0, int64_t n, const char *what) {
-    attn_case_ws(b, nH, nKV, dk, dv, ks, vs, mla, pos0, n, 0, false, what);
+    attn_case_ws(b, nH, nKV, dk, dv, ks, vs, mla, pos0, n, 0, false, false, what);
 }
 
 static void test_attention(void **st) {
@@ -957,16 +993,23 @@ static void test_attention(void **st) {
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 0, 9, "attention GQA prefill");
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
         attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 5, 3, "attention MLA latent");
+        /* a replayed decode step: position and new rows from backend memory */
+        attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
+                     "attention GQA decode at 1500, device position");
+        attn_case_ws(&g_be[bi], 8, 2, 40, 40, 0, 0, false, 0, 1, 0, false, true,
+                     "attention GQA decode at 0, device position");
+        attn_case_ws(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 1, 0, false, true,
+                     "attention MLA latent decode, device position");
         /* gpt_oss: sliding window (prefill across it, decode past it) and sinks */
         if (!g_be[bi].i->sinks_window) {
             printf("  %s: attention sinks / sliding window not implemented (gpt_oss refused there)\n",
                    g_be[bi].name);
             continue;
         }
-        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 0, 40, 16, true, "attention window 16 + sinks prefill");
-        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, "attention window 16 + sinks decode");
-        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 7, 5, 0, true, "attention sinks, full");
-        attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 20, 6, 4, false, "attention window 4");
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 0, 40, 16, true, false, "attention window 16 + sinks prefill");
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, false, "attention window 16 + sinks decode");
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 7, 5, 0, true, false, "attention sinks, full");
+        attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 20, 6, 4, false, false, "attention window 4");
     }
 }
 
@@ -1449,17 +1492,21 @@ static void test_deferred_nonfinite(void **st) {
     }
 }
 
-/* step_begin / step_end (off until mk_backend_cuda_set_graphs turns them
- * on): recorded slots run at step_end (and only then),
- * twice with other arguments (the graph updated in place), a refused host
- * round trip inside a recording makes step_end false with nothing run, and
- * a dropped recording runs nothing. The CPU backend records nothing. */
+/* step_begin / step_end (on by default; off after mk_backend_cuda_set_graphs
+ * false): recorded slots run at step_end (and only then),
+ * twice with other arguments (the graph updated in place); the last
+ * recording replays (step_replay with step_last's id) over inputs changed
+ * since, and not with another id; a refused host round trip inside a
+ * recording makes step_end false with nothing run and drops the kept
+ * recording; a dropped recording runs nothing; freeing a buffer drops the
+ * kept recording. The CPU backend records nothing. */
 static void test_step_recording(void **st) {
     (void)st;
     enum { R = 96, C = 128 };
     for (int bi = 0; bi < g_nbe; bi++) {
         be_case *b = &g_be[bi];
         assert_true(!b->i->step_begin == !b->i->step_end);
+        assert_true(!b->i->step_begin == !b->i->step_replay && !b->i->step_begin == !b->i->step_last);
         if (!b->i->step_begin) {
             assert_string_equal(b->name, "cpu");
             continue;
@@ -1471,7 +1518,8 @@ static void test_step_recording(void **st) {
         void *dx = dev(b, x, 2 * C * 4), *dy = dev(b, y0, 2 * R * 4), *dz = dev(b, NULL, 2 * R * 4);
         b->i->matmul(b->ctx, &wb.w, dx, 1, dz); /* first use (upload) outside any recording */
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
-        assert_false(b->i->step_begin(b->ctx)); /* off by default */
+        mk_backend_cuda_set_graphs(b->b, false);
+        assert_false(b->i->step_begin(b->ctx)); /* off when asked */
         mk_backend_cuda_set_graphs(b->b, true);
         for (int rep = 0; rep < 3; rep++) { /* rows rep%2 of x, y: other arguments each time */
             const int64_t o = rep % 2;
@@ -1493,6 +1541,28 @@ static void test_step_recording(void **st) {
             memcpy(y0 + o * R, y + o * R, R * 4); /* the next time this row is updated again */
             free(y);
         }
+        /* the last recording (row 0) replayed over a new x: y0 += 2 W x' again */
+        uint64_t id = b->i->step_last(b->ctx);
+        assert_true(id != 0);
+        assert_false(b->i->step_replay(b->ctx, id + 1)); /* not its id: nothing runs */
+        float *x2 = rvec(C);
+        b->i->upload(b->ctx, dx, x2, C * 4);
+        assert_true(b->i->step_replay(b->ctx, id));
+        {
+            float *y = back(b, dy, 2 * R * 4);
+            double ref[R];
+            for (int64_t r = 0; r < R; r++) {
+                double a = 0;
+                for (int64_t c = 0; c < C; c++)
+                    a += W[r * C + c] * x2[c];
+                ref[r] = y0[r] + 2.0 * a;
+            }
+            check_rel(b->name, "replayed step (matmul + axpy, new x)", y, ref, R, TOL_DOT);
+            assert_memory_equal(y + R, y0 + R, R * 4); /* row 1 untouched */
+            memcpy(y0, y, R * 4);
+            free(y);
+        }
+        free(x2);
         /* a download inside a recording: refused, nothing of the step ran */
         float junk[4];
         assert_true(b->i->step_begin(b->ctx));
@@ -1500,6 +1570,8 @@ static void test_step_recording(void **st) {
         b->i->download(b->ctx, junk, dz, sizeof junk);
         assert_false(b->i->step_end(b->ctx, true));
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        assert_false(b->i->step_replay(b->ctx, id)); /* the failed recording dropped it */
+        assert_int_equal(b->i->step_last(b->ctx), 0);
         float *y = back(b, dy, 2 * R * 4);
         assert_memory_equal(y, y0, 2 * R * 4);
         free(y);
@@ -1510,10 +1582,25 @@ static void test_step_recording(void **st) {
         y = back(b, dy, 2 * R * 4);
         assert_memory_equal(y, y0, 2 * R * 4);
         free(y);
-        int built, updated;
-        mk_backend_cuda_graph_stats(b->b, &built, &updated);
-        assert_true(built >= 1 && built + updated >= 3);
-        mk_backend_cuda_set_graphs(b->b, false);
+        /* freeing any buffer drops the kept recording (it may point there) */
+        void *tmp = dev(b, NULL, 64);
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->axpy(b->ctx, (float *)dy + R, 0.5f, dz, R);
+        assert_true(b->i->step_end(b->ctx, true));
+        id = b->i->step_last(b->ctx);
+        assert_true(id != 0);
+        b->i->buf_free(b->ctx, tmp);
+        assert_false(b->i->step_replay(b->ctx, id));
+        y = back(b, dy, 2 * R * 4);
+        float *zz = back(b, dz, 2 * R * 4);
+        for (int64_t r = 0; r < R; r++) /* the recorded axpy ran once, not again */
+            assert_true(y[R + r] == y0[R + r] + 0.5f * zz[r]);
+        free(y);
+        free(zz);
+        int built, updated, replayed;
+        mk_backend_cuda_graph_stats(b->b, &built, &updated, &replayed);
+        assert_true(built >= 1 && built + updated >= 4);
+        assert_int_equal(replayed, 1);
         b->i->buf_free(b->ctx, dx);
         b->i->buf_free(b->ctx, dy);
         b->i->buf_free(b->ctx, dz);
