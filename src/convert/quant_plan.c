@@ -659,8 +659,9 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
     unsigned long mark = mk_json_mark();
     json_t *root = json_root;
     json_t *b = quant_block(p->qs);
-    /* modules passed through quantized (compressed-tensors INT4, repacked
-     * byte for byte by plan.c): their own width and group */
+    /* modules passed through quantized (compressed-tensors INT4 repacked,
+     * MLX modules copied, gpt_oss's MXFP4 experts rewritten, all byte for
+     * byte by plan.c): their own width, group and mode */
     for (size_t i = 0; i < p->nouts; i++) {
         const cv_out *o = &p->outs[i];
         if (!o->qpath)
@@ -668,6 +669,8 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
         json_t *e = json_object();
         json_object_set_new(e, "group_size", json_integer(o->qgroup));
         json_object_set_new(e, "bits", json_integer(o->qbits));
+        if (o->qmode)
+            json_object_set_new(e, "mode", json_string(o->qmode));
         json_object_set_new(b, o->qpath, e);
     }
     json_object_set_new(root, "quantization_config", json_deep_copy(b));
