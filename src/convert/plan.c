@@ -1026,19 +1026,6 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
     if (oss && (t->gguf || p->packed))
         return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: %s is not implemented (convert --to hf or --to mlx rewrites "
                       "its experts byte for byte)", s->dir, t->gguf ? "--to gguf" : "--pack-experts");
-    /* quantize passes MXFP4 experts through (oss_to_mlx: the released
-     * quantization-aware weights, never requantized) and quantizes the
-     * rest; float experts would need their gathered (de-interleaved,
-     * transposed) rows quantized, which the quantize op does not read yet */
-    for (size_t i = 0; oss && o->quant && i < s->nlts; i++) {
-        const cv_mod *m = s->lts[i].mod;
-        if (!strstr(s->lts[i].cname, ".mlp.experts.") || cv_ends_with(s->lts[i].cname, "bias") ||
-            m->kind == CV_RAW || (m->kind == CV_MLX && m->bits == 4 && m->group == -32))
-            continue;
-        return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: quantize of %s experts ('%s') is not implemented; quantize "
-                      "the MXFP4 checkpoint as released, whose experts pass through unchanged", s->dir,
-                      m->kind == CV_FLOAT ? "float" : "non-MXFP4 quantized", s->lts[i].cname);
-    }
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++) {
         bool done = false;

@@ -5,9 +5,9 @@
 # ones byte for byte, and the bf16 one (experts transposed into memory at
 # load: nothing to stream) runs resident under the same options; convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
-# quantize of the MXFP4 variant passes its experts through (below); quantize
-# of float experts, --to gguf and verify across layouts refuse gpt_oss by
-# name (exit 2, no output). The match with transformers is
+# quantize of the MXFP4 variant passes its experts through, of the bf16 one
+# quantizes them (below); --to gguf and verify across layouts refuse gpt_oss
+# by name (exit 2, no output). The match with transformers is
 # test_engine_fixtures' (test_gptoss_a).
 set -euo pipefail
 BIN=${MK_BIN:?}
@@ -134,9 +134,22 @@ cmp -s <(node -e 'console.log(JSON.stringify(require(process.argv[1]).quantizati
     fail "quantize of the MLX form writes other quantization entries"
 echo "ok: the MLX MXFP4 form converts to itself and quantizes as the HF form"
 
-# float experts (transformers' bf16 layout) are not quantized yet: refused by name
-expect 2 "float experts" "$BIN" quantize "$G/bf16" "$T/q" --bits 4
-[ ! -e "$T/q" ] || fail "a refused quantize left $T/q"
+# float experts: quantized as asked, one SwitchLinear stack per projection
+# (mlp.experts.<proj>, as mlx-lm loads them). From transformers' bf16
+# layout the quantizer reads the gathered rows (gate/up de-interleaved,
+# [in, out] transposed); from the MLX float form plain rows: both give the
+# same bytes (before, HF was refused and MLX left its experts in bf16).
+"$BIN" quantize "$G/bf16" "$T/b8" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" quantize "$T/mlx.bf16" "$T/b8m" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" hash "$T/b8" > "$T/hb8"
+"$BIN" hash "$T/b8m" | diff "$T/hb8" - > /dev/null || fail "quantize of the bf16 HF and MLX forms differ"
+grep -q '^model.layers.3.mlp.experts.gate_proj.weight U32 \[8,128,64\] ' "$T/hb8" || fail "bf16 experts not quantized 8-bit"
+grep -q '^model.layers.3.mlp.experts.down_proj.scales BF16 \[8,256,2\] ' "$T/hb8" || fail "bf16 down_proj scales"
+grep -q 'mxfp4' "$T/b8/config.json" && fail "bf16 experts written with mxfp4 entries"
+"$BIN" inspect "$T/b8" | grep -q "problems        0" || fail "inspect of the quantized bf16 model"
+"$BIN" logits "$T/b8" --ids "$IDS" --out "$T/b8.f32" --threads 2
+echo "quantize of the bf16 checkpoint, 8-bit, vs transformers: rel L2 $(rel "$T/b8.f32" "$G/ref_logits.f32")"
+echo "ok: quantize of bf16 gpt_oss (HF gathered rows = MLX rows)"
 expect 2 "gpt_oss" "$BIN" convert "$G/bf16" "$T/g.gguf" --to gguf
 expect 2 "gpt_oss" "$BIN" verify "$G/mxfp4" "$G/bf16"
 echo "gptoss: all passed"
