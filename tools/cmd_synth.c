@@ -12,13 +12,14 @@
 
 static void help(FILE *f) {
     fprintf(f,
-            "usage: moekit synth DIR --arch ARCH --preset PRESET --format bf16|fp8|ct-int4 [options]\n\n"
+            "usage: moekit synth DIR --arch ARCH --preset PRESET --format bf16|fp8|ct-int4|mxfp4 [options]\n\n"
             "Write a synthetic HF checkpoint (config.json + safetensors) with the shapes of a real model and\n"
             "realistic value scales. The same arguments always give the same bytes.\n\n"
             "  --arch ARCH            %s\n"
             "  --preset PRESET        %s\n"
             "  --format F             bf16 | fp8 (E4M3, 128x128 F32 scale_inv) | ct-int4 (compressed-tensors,\n"
-            "                         group 32, symmetric) | ct-int4-asym (with zero points)\n"
+            "                         group 32, symmetric) | ct-int4-asym (with zero points) | mxfp4 (gpt_oss:\n"
+            "                         experts as *_blocks/*_scales, the released layout)\n"
             "  --layers N --experts N --vocab N   cut the preset down\n"
             "  --layout per-expert|fused          expert layout (default per-expert)\n"
             "  --vl                   qwen3_5_moe vision-language wrapper (+ vision tower and mtp.*)\n"
@@ -80,8 +81,10 @@ static int cmd_synth(int argc, char **argv) {
                 o.format = MK_SYNTH_CT_INT4;
             else if (!strcmp(optarg, "ct-int4-asym"))
                 o.format = MK_SYNTH_CT_INT4_ASYM;
+            else if (!strcmp(optarg, "mxfp4"))
+                o.format = MK_SYNTH_MXFP4;
             else
-                return mk_cli_usage("synth", "--format '%s': expected bf16, fp8, ct-int4 or ct-int4-asym", optarg);
+                return mk_cli_usage("synth", "--format '%s': expected bf16, fp8, ct-int4, ct-int4-asym or mxfp4", optarg);
             break;
         case O_LAYERS: if (parse_int("--layers", optarg, 1, 1000, &o.layers)) return 2; break;
         case O_EXPERTS: if (parse_int("--experts", optarg, 1, 4096, &o.experts)) return 2; break;
@@ -123,7 +126,7 @@ static int cmd_synth(int argc, char **argv) {
     if (!o.preset)
         return mk_cli_usage("synth", "--preset is required (%s)", mk_synth_presets());
     if (!have_format)
-        return mk_cli_usage("synth", "--format is required (bf16, fp8, ct-int4, ct-int4-asym)");
+        return mk_cli_usage("synth", "--format is required (bf16, fp8, ct-int4, ct-int4-asym, mxfp4)");
     /* past a file-size limit write() must fail with EFBIG, not kill us */
     signal(SIGXFSZ, SIG_IGN);
     mk_status s = mk_synth_run(argv[optind], &o);

@@ -4,8 +4,9 @@
  * of the supported families with the sizes of a released model
  * (ARCHITECTURES.md) or a tiny test preset, optionally cut down to fewer
  * layers / experts / a smaller vocabulary, in bf16, FP8 block (128x128,
- * F32 scale_inv) or compressed-tensors INT4 (group 32, symmetric or with
- * zero points), per-expert or fused, optionally inside the Qwen3.5
+ * F32 scale_inv), compressed-tensors INT4 (group 32, symmetric or with
+ * zero points) or, for gpt_oss, MXFP4 experts as released; per-expert or
+ * fused, optionally inside the Qwen3.5
  * vision-language wrapper. Values have realistic scales (weights ~N(0,0.02),
  * norms near 1 or near 0 for zero-centred families, A_log = log U(1,16),
  * dt_bias ~1) and come from a counter-based generator keyed by (seed,
@@ -29,11 +30,12 @@ typedef enum mk_synth_format {
     MK_SYNTH_FP8,          /* E4M3 weights + F32 weight_scale_inv, 128x128 blocks */
     MK_SYNTH_CT_INT4,      /* compressed-tensors pack-quantized, symmetric, group 32 */
     MK_SYNTH_CT_INT4_ASYM, /* the same with weight_zero_point */
+    MK_SYNTH_MXFP4,        /* gpt_oss only: experts as released (*_blocks E2M1 + *_scales E8M0, group 32) */
 } mk_synth_format;
 
 typedef struct mk_synth_opts {
-    const char *arch;   /* qwen3_moe | qwen3_next | qwen3_5_moe | deepseek_v3 */
-    const char *preset; /* tiny | 30b-a3b | 35b-a3b | 80b-a3b | 397b-a17b | deepseek-v3 */
+    const char *arch;   /* mk_synth_archs() */
+    const char *preset; /* tiny | one of mk_synth_presets() */
     int layers;         /* 0: the preset's */
     int experts;        /* 0: the preset's (top-k is clamped to it) */
     int vocab;          /* 0: the preset's */

@@ -138,6 +138,8 @@ static json_t *quant_block(const cv_plan *p) {
         json_t *e = json_object();
         json_object_set_new(e, "group_size", json_integer(o->qgroup));
         json_object_set_new(e, "bits", json_integer(o->qbits));
+        if (o->qmode)
+            json_object_set_new(e, "mode", json_string(o->qmode));
         json_object_set_new(q, o->qpath, e);
     }
     return q;

@@ -213,6 +213,7 @@ typedef struct cv_out {
     /* MLX quantized module written by this output (the .weight of it) */
     char *qpath;
     int qbits, qgroup;
+    const char *qmode; /* its MLX mode when not affine ("mxfp4", ...): a static string; NULL: affine */
     /* routed expert written by this output (packed layouts): xg = its
      * expert group's index + 1 (0: not a routed expert), xe = the expert
      * (-1: a stack of all of them); rank: place in the writer's order */

@@ -172,9 +172,13 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
     const cv_mod *m0 = lts[0]->mod;
     const mk_tensor_info *sc = m0->t[CV_T_SCALE];
     int group = m0->group < 0 ? -m0->group : m0->group;
-    int64_t out = lts[0]->nrows, in = m0->cols;
-    int64_t ws[3] = {n, out, in * m0->bits / 32}, ss[3] = {n, out, in / group};
-    const int nd = stacked ? 3 : 2, off = stacked ? 0 : 1;
+    /* one 3-D module (gpt_oss's MLX stacks mlp.experts.<proj> [E, out, in])
+     * keeps its expert dimension, as mlx-lm's SwitchLinear loads it */
+    bool three = stacked || (n == 1 && lts[0]->ndim == 3);
+    int64_t ne = stacked ? n : three ? lts[0]->shape[0] : 1;
+    int64_t out = three && !stacked ? lts[0]->shape[1] : lts[0]->nrows, in = m0->cols;
+    int64_t ws[3] = {ne, out, in * m0->bits / 32}, ss[3] = {ne, out, in / group};
+    const int nd = three ? 3 : 2, off = three ? 0 : 1;
     size_t wl = strlen(wname) - strlen(".weight");
     char *sname = cv_printf("%.*s.scales", (int)wl, wname), *bname = cv_printf("%.*s.biases", (int)wl, wname);
     char *qpath = cv_printf("%.*s", (int)wl, wname);
@@ -196,6 +200,8 @@ static mk_status quant_outputs(pctx *c, char *wname, const cv_lt *const *lts, in
     ow->qpath = qpath;
     ow->qbits = m0->bits;
     ow->qgroup = group;
+    /* MLX's float-scale modes by (bits, group): mxfp4 4/32, mxfp8 8/32, nvfp4 4/16 */
+    ow->qmode = m0->group >= 0 ? NULL : m0->bits == 8 ? "mxfp8" : group == 16 ? "nvfp4" : "mxfp4";
     for (int e = 0; e < n; e++) {
         const cv_lt *lt = lts[e];
         if (lt->mod->kind != m0->kind || lt->mod->bits != m0->bits || lt->mod->group != m0->group ||
@@ -348,7 +354,10 @@ static mk_status gguf_kvb_outputs(pctx *c, const cv_lt *lt, char *kb_name) {
 static bool keeps_quant(const pctx *c, const cv_mod *m) {
     if (!c->o->quant)
         return m->kind == CV_CT || m->kind == CV_MLX;
-    return m->kind == CV_CT;
+    /* gpt_oss's MXFP4 experts in MLX form are the released quantization-
+     * aware weights too (mlp.experts.<proj>, mxfp4 4-bit g32) */
+    return m->kind == CV_CT || (c->s->cfg.arch == MK_ARCH_GPT_OSS && m->kind == CV_MLX && m->bits == 4 &&
+                                m->group == -32 && strstr(m->name, ".mlp.experts.") != NULL);
 }
 
 static mk_status plain_output(pctx *c, const cv_lt *lt) {
@@ -551,6 +560,19 @@ static const cv_lt *oss_partner(const pctx *c, const char *stem, const char *lea
     return NULL;
 }
 
+/* The MLX .weight output o of an MXFP4 expert stack: its module (the name
+ * without ".weight") is mxfp4 4-bit g32, which quantize's config block
+ * states per module (quant_plan.c; a plain convert writes one mxfp4
+ * block). */
+static mk_status oss_mark_mxfp4(cv_out *o) {
+    size_t n = strlen(o->name) - (cv_ends_with(o->name, ".weight") ? strlen(".weight") : 0);
+    o->qpath = cv_printf("%.*s", (int)n, o->name);
+    o->qbits = 4;
+    o->qgroup = 32;
+    o->qmode = "mxfp4";
+    return o->qpath ? MK_OK : mk_err(MK_E_NOMEM, "'%s': no memory for its module path", o->name);
+}
+
 static bool oss_mxfp4_mod(const cv_mod *m) { return m->kind == CV_MLX && m->bits == 4 && m->group == -32; }
 
 /* Interleave two rows-of-RB sources (gate, up) into one: rows r of a, b. */
@@ -589,6 +611,8 @@ static mk_status oss_to_mlx(pctx *c, const cv_lt *lt, const char *stem, const ch
                 return mk_err(MK_E_NOMEM, "'%s': no memory for its MLX outputs", m->name);
             oss_gather g = {lt, NULL, CV_T_MAIN, (uint64_t)k * rb, 2 * rb, 0, (uint32_t)rb, 1, E * I};
             MK_TRY(oss_piece(o, &g));
+            if (gu_blocks)
+                MK_TRY(oss_mark_mxfp4(o));
         }
         if (gu_blocks)
             c->p->oss_mxfp4 = true;
@@ -600,7 +624,10 @@ static mk_status oss_to_mlx(pctx *c, const cv_lt *lt, const char *stem, const ch
         cv_out *o = dn_bias ? oss_out(c, lt, stem, "down_proj.bias", m->vdt, 2, bsh)
                             : oss_out(c, lt, stem, dn_blocks ? "down_proj.weight" : "down_proj.scales",
                                       dn_blocks ? MK_DT_U32 : MK_DT_U8, 3, sh);
-        return o ? copy_piece(o, lt, CV_T_MAIN) : mk_err(MK_E_NOMEM, "'%s': no memory for its MLX output", m->name);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its MLX output", m->name);
+        MK_TRY(copy_piece(o, lt, CV_T_MAIN));
+        return dn_blocks ? oss_mark_mxfp4(o) : MK_OK;
     }
     if (gu) { /* (E, H, 2I) -> gate, up (E, I, H): de-interleave and transpose per expert */
         int64_t sh[3] = {E, I, H};
@@ -996,10 +1023,9 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         c.conv1d = CV_CONV1D_C1K;
     }
     bool oss = s->cfg.arch == MK_ARCH_GPT_OSS && !s->bare;
-    if (oss && (o->quant || t->gguf || p->packed))
+    if (oss && (t->gguf || p->packed))
         return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: %s is not implemented (convert --to hf or --to mlx rewrites "
-                      "its experts byte for byte)", s->dir,
-                      o->quant ? "quantize" : t->gguf ? "--to gguf" : "--pack-experts");
+                      "its experts byte for byte)", s->dir, t->gguf ? "--to gguf" : "--pack-experts");
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++) {
         bool done = false;

@@ -298,6 +298,8 @@ void cv_qjob_choose(const mk_qjob *q, const cv_qctx *x, const char *path, const 
                     (n >= 21 && strcmp(path + n - 21, "block_sparse_moe.gate") == 0 &&
                      (n == 21 || path[n - 22] == '.')); /* minimax_m2 */
         bool sgate = cv_ends_with(path, "shared_expert_gate");
+        /* gpt_oss's router is a Linear (with a bias) at 8-bit g64, as mlx-lm's quant_predicate has it */
+        gate = gate || (x->arch == MK_ARCH_GPT_OSS && cv_ends_with(path, ".mlp.router"));
         if (gate && (x->arch == MK_ARCH_DEEPSEEK_V3 || x->arch == MK_ARCH_GLM4_MOE)) {
             set(c, false, MK_QMODE_AFFINE, 0, 0);
             c->note = x->arch == MK_ARCH_GLM4_MOE ? "float: glm4_moe's router is not a Linear in mlx-lm (MoEGate)"

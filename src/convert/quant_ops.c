@@ -4,7 +4,8 @@
  * CV_OP_QUANT produces one part (weight, scales or biases) of rows
  * [a, a+n) of a quantized module's piece:
  *   1. the float input: the piece's source operation (`sop`: a byte read of
- *      a float tensor, a float re-encode, an FP8 / INT4 / MLX dequantize)
+ *      a float tensor, a float re-encode, an FP8 / INT4 / MLX dequantize,
+ *      or gpt_oss's gather of float expert rows)
  *      run into scratch in the module's input dtype, exactly the bytes
  *      `convert --to mlx` writes for those rows;
  *   2. a NaN/Inf count (an error naming the tensor unless allowed);
@@ -40,8 +41,15 @@ static cv_piece src_piece(const cv_piece *p) {
     t.dt = p->q->in_dt;
     t.part = CV_T_MAIN;
     t.q = NULL;
-    t.ocols = p->mod->cols;
+    /* a gather (gpt_oss's experts: rows de-interleaved or transposed) keeps
+     * its own row width, in bytes */
+    t.ocols = t.op == CV_OP_GATHER ? (int64_t)cv_gather_row_bytes(&t) : p->mod->cols;
     return t;
+}
+
+/* Scratch of the source op for un units. */
+static size_t src_scratch(const cv_piece *t, int64_t un) {
+    return t->op == CV_OP_COPY ? 0 : t->op == CV_OP_GATHER ? al(cv_gather_scratch(t, un)) : al(cv_dec_scratch(t, un));
 }
 
 /* Units of the source op for rows [a, a+n): FLOAT counts elements. */
@@ -56,7 +64,7 @@ size_t cv_qop_scratch(const cv_piece *p, int64_t n) {
     cv_piece t = src_piece(p);
     int64_t u0, un;
     src_units(&t, q->cols, 0, n, &u0, &un);
-    size_t s = t.op == CV_OP_COPY ? 0 : al(cv_dec_scratch(&t, un));
+    size_t s = src_scratch(&t, un);
     s += al((size_t)n * (size_t)q->cols * cv_esize(q->in_dt));
     for (int k = 0; k < q->nparts; k++)
         s += al((size_t)n * q->rb[k]);
@@ -289,7 +297,7 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
     int64_t u0, un;
     src_units(&t, C, a, n, &u0, &un);
     unsigned char *src = scratch;
-    unsigned char *in = src + (t.op == CV_OP_COPY ? 0 : al(cv_dec_scratch(&t, un)));
+    unsigned char *in = src + src_scratch(&t, un);
     unsigned char *buf[3] = {NULL, NULL, NULL}, *cur = in + al(nin * es);
     for (int k = 0; k < q->nparts; k++) {
         buf[k] = k == p->part ? out : cur;
@@ -298,6 +306,8 @@ mk_status cv_qop_run(const mk_ckpt *ck, const cv_piece *p, mk_dtype dt, int64_t 
     /* 1. the float rows */
     if (t.op == CV_OP_COPY)
         MK_TRY(mk_ckpt_read(ck, p->mod->t[CV_T_MAIN], (uint64_t)(p->row0 + a) * (uint64_t)C * es, in, nin * es));
+    else if (t.op == CV_OP_GATHER) /* stored float bytes moved: rows of C in_dt values */
+        MK_TRY(cv_gather_run(ck, &t, u0, un, src, in));
     else
         MK_TRY(cv_dec_run(ck, &t, q->in_dt, u0, un, src, in));
     /* 2. MLX's quantizer, or the calibrated one */

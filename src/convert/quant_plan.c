@@ -103,6 +103,17 @@ static bool float_op(cv_op op) {
 static int candidate(const qb *b, const cv_out *o) {
     if (!is_quant_input(o->dt) || o->npc < 1 || o->ndim < 2)
         return Q_NONE;
+    /* gpt_oss's float expert stacks (mlx-lm: SwitchLinear under
+     * mlp.experts, no switch_mlp): one module each; an HF source's pieces
+     * gather the rows (de-interleaved gate/up, transposed), which the
+     * quantize op reads as they are (quant_ops.c) */
+    if (!b->s->bare && b->s->cfg.arch == MK_ARCH_GPT_OSS && o->ndim == 3 && strstr(o->name, ".mlp.experts.") &&
+        cv_ends_with(o->name, "_proj.weight")) {
+        for (int j = 0; j < o->npc; j++)
+            if (!float_op(o->pc[j].op) && o->pc[j].op != CV_OP_GATHER)
+                return Q_NONE;
+        return Q_PLAIN;
+    }
     for (int j = 0; j < o->npc; j++)
         if (!float_op(o->pc[j].op) || (o->pc[j].op == CV_OP_COPY && o->pc[j].part != CV_T_MAIN) ||
             o->pc[j].mod->cols != o->shape[o->ndim - 1] || o->pc[j].mod->cls == MK_PART_VISION)
@@ -659,8 +670,9 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
     unsigned long mark = mk_json_mark();
     json_t *root = json_root;
     json_t *b = quant_block(p->qs);
-    /* modules passed through quantized (compressed-tensors INT4, repacked
-     * byte for byte by plan.c): their own width and group */
+    /* modules passed through quantized (compressed-tensors INT4 repacked,
+     * MLX modules copied, gpt_oss's MXFP4 experts rewritten, all byte for
+     * byte by plan.c): their own width, group and mode */
     for (size_t i = 0; i < p->nouts; i++) {
         const cv_out *o = &p->outs[i];
         if (!o->qpath)
@@ -668,6 +680,8 @@ mk_status cv_qplan_config(const cv_plan *p, void *json_root) {
         json_t *e = json_object();
         json_object_set_new(e, "group_size", json_integer(o->qgroup));
         json_object_set_new(e, "bits", json_integer(o->qbits));
+        if (o->qmode)
+            json_object_set_new(e, "mode", json_string(o->qmode));
         json_object_set_new(b, o->qpath, e);
     }
     json_object_set_new(root, "quantization_config", json_deep_copy(b));

@@ -78,6 +78,16 @@ static uint8_t to_e4m3(float f) {
     return sign | (uint8_t)(code > 0x7e ? 0x7e : code);
 }
 
+/* Nearest E2M1 code (sign bit 3; magnitudes 0, 0.5, 1, 1.5, 2, 3, 4, 6). */
+static uint8_t to_e2m1(float f) {
+    static const float mid[7] = {0.25f, 0.75f, 1.25f, 1.75f, 2.5f, 3.5f, 5.0f};
+    float a = fabsf(f);
+    uint8_t m = 0;
+    while (m < 7 && a > mid[m])
+        m++;
+    return (uint8_t)((f < 0 ? 8 : 0) | m);
+}
+
 static float value(const sy_tensor *t, uint64_t i) {
     uint64_t r = draw(t->key, i);
     switch (t->init) {
@@ -138,6 +148,29 @@ static void generate(const sy_tensor *t, uint64_t e0, uint64_t n, unsigned char 
         int64_t v[2] = {t->wrows, t->wcols};
         for (uint64_t i = 0; i < n; i++)
             memcpy(out + 8 * i, &v[e0 + i], 8);
+        return;
+    }
+    case SY_MXW: /* byte = (code 2i+1) << 4 | code 2i */
+        for (uint64_t i = 0; i < n; i++)
+            out[i] = (uint8_t)(to_e2m1(1.5f * normal(draw(t->key, 2 * (e0 + i)))) |
+                               to_e2m1(1.5f * normal(draw(t->key, 2 * (e0 + i) + 1))) << 4);
+        return;
+    case SY_MXS: /* E8M0 2^(s - 127), s in 119..121 */
+        for (uint64_t i = 0; i < n; i++)
+            out[i] = (uint8_t)(119 + draw(t->key ^ 0x5ca1e5ull, e0 + i) % 3);
+        return;
+    case SY_MXF: { /* element (e, i, o) of [E, in, out] = code (e, o, i) x 2^(scale (e, o, i/32) - 127) */
+        static const float mag[8] = {0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f};
+        uint64_t in = (uint64_t)t->wcols, outd = (uint64_t)t->wrows;
+        for (uint64_t i = 0; i < n; i++) {
+            uint64_t g = e0 + i, e = g / (in * outd), r = g % (in * outd), c = r / outd, o = r % outd;
+            uint64_t row = e * outd + o;
+            uint8_t code = to_e2m1(1.5f * normal(draw(t->key, row * in + c)));
+            int sc = 119 + (int)(draw(t->key2 ^ 0x5ca1e5ull, row * (in / 32) + c / 32) % 3);
+            float v = ldexpf(mag[code & 7], sc - 127) * (code & 8 ? -1.0f : 1.0f);
+            uint16_t h = mk_f32_to_bf16(v);
+            memcpy(out + 2 * i, &h, 2);
+        }
         return;
     }
     case SY_CTZP: { /* word (rg, g) packs rows 8rg .. 8rg+7 of group g */

@@ -17,7 +17,8 @@
 #include "synth/synth_impl.h"
 
 static const char *const g_arch_names[SY_NARCH] = {"qwen3_moe",   "qwen3_next",    "qwen3_5_moe", "deepseek_v3",
-                                                   "glm4_moe",    "glm4_moe_lite", "minimax_m2"};
+                                                   "glm4_moe",    "glm4_moe_lite", "minimax_m2",  "gpt_oss",
+                                                   "deepseek_v32", "glm_moe_dsa"};
 
 /* name, arch, then sy_cfg fields in order: L H V E topk I_moe I_dense I_shared n_shared heads kv hd nk nv dk dv
  * conv_k interval q_lora kv_lora nope rope_d v_head first_dense n_group topk_group theta partial scaling
@@ -27,60 +28,98 @@ static const struct {
     sy_cfg c;
 } g_presets[] = {
     {"30b-a3b", {SY_QWEN3_MOE, 48, 2048, 151936, 128, 8, 768, 6144, 0, 0, 32, 4, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                 0, 0, 0, 1, 1, 1e6, 1.0, 1.0, 40960, false, false, false, 0}},
+                 0, 0, 0, 1, 1, 1e6, 1.0, 1.0, 40960, false, false, false, 0, 0, 0, 0, 0}},
     {"80b-a3b", {SY_QWEN3_NEXT, 48, 2048, 151936, 512, 10, 512, 5120, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4,
-                 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
+                 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0, 0, 0, 0, 0}},
     {"35b-a3b", {SY_QWEN3_5_MOE, 40, 2048, 248320, 256, 8, 512, 0, 512, 0, 16, 2, 256, 16, 32, 128, 128, 4, 4, 0,
-                 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
+                 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0, 0, 0, 0, 0}},
     {"397b-a17b", {SY_QWEN3_5_MOE, 60, 4096, 248320, 512, 10, 1024, 0, 1024, 0, 32, 2, 256, 16, 64, 128, 128, 4,
-                   4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0}},
+                   4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7, 0.25, 1.0, 262144, false, false, false, 0, 0, 0, 0, 0}},
     {"deepseek-v3", {SY_DEEPSEEK_V3, 61, 7168, 129280, 256, 8, 2048, 18432, 0, 1, 128, 128, 192, 0, 0, 0, 0, 0, 0,
-                     1536, 512, 128, 64, 128, 3, 8, 4, 10000.0, 1.0, 2.5, 163840, true, false, false, 0}},
+                     1536, 512, 128, 64, 128, 3, 8, 4, 10000.0, 1.0, 2.5, 163840, true, false, false, 0, 0, 0, 0, 0}},
     /* GLM-4.5-Air (106B-A12B): no q/k norm */
     {"glm-4.5-air", {SY_GLM4_MOE, 46, 4096, 151552, 128, 8, 1408, 10944, 0, 1, 96, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0,
-                     0, 0, 0, 1, 1, 1, 1e6, 0.5, 1.0, 131072, false, true, false, 0}},
+                     0, 0, 0, 1, 1, 1, 1e6, 0.5, 1.0, 131072, false, true, false, 0, 0, 0, 0, 0}},
     /* GLM-4.5 / 4.6 / 4.7 (355B-A32B) */
     {"glm-4.7", {SY_GLM4_MOE, 92, 5120, 151552, 160, 8, 1536, 12288, 0, 1, 96, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                 0, 0, 3, 1, 1, 1e6, 0.5, 2.5, 202752, false, true, true, 0}},
+                 0, 0, 3, 1, 1, 1e6, 0.5, 2.5, 202752, false, true, true, 0, 0, 0, 0, 0}},
     /* GLM-4.7-Flash (30B-A3B, MLA) */
     {"glm-4.7-flash", {SY_GLM4_MOE_LITE, 47, 2048, 154880, 64, 4, 1536, 10240, 0, 1, 20, 20, 0, 0, 0, 0, 0, 0, 0,
-                       768, 512, 192, 64, 256, 1, 1, 1, 1e6, 1.0, 1.8, 202752, false, false, false, 0}},
+                       768, 512, 192, 64, 256, 1, 1, 1, 1e6, 1.0, 1.8, 202752, false, false, false, 0, 0, 0, 0, 0}},
     /* MiniMax-M2 / M2.1 / M2.5 (230B-A10B) */
     {"minimax-m2", {SY_MINIMAX_M2, 62, 3072, 200064, 256, 8, 1536, 0, 0, 0, 48, 8, 128, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-                    0, 0, 0, 1, 1, 5e6, 1.0, 1.0, 196608, false, false, true, 64}},
+                    0, 0, 0, 1, 1, 5e6, 1.0, 1.0, 196608, false, false, true, 64, 0, 0, 0, 0}},
+    /* gpt-oss-20b / -120b (released config.json): experts intermediate_size wide, YaRN x32 over 4096 */
+    {"gpt-oss-20b", {.arch = SY_GPT_OSS, .L = 24, .H = 2880, .V = 201088, .E = 32, .topk = 4, .I_moe = 2880,
+                     .heads = 64, .kv_heads = 8, .hd = 64, .n_group = 1, .topk_group = 1, .theta = 150000.0,
+                     .partial = 1.0, .scaling = 1.0, .max_pos = 131072, .yarn = true, .attn_bias = true,
+                     .window = 128}},
+    {"gpt-oss-120b", {.arch = SY_GPT_OSS, .L = 36, .H = 2880, .V = 201088, .E = 128, .topk = 4, .I_moe = 2880,
+                      .heads = 64, .kv_heads = 8, .hd = 64, .n_group = 1, .topk_group = 1, .theta = 150000.0,
+                      .partial = 1.0, .scaling = 1.0, .max_pos = 131072, .yarn = true, .attn_bias = true,
+                      .window = 128}},
+    /* DeepSeek-V3.2(-Exp): DeepSeek-V3's sizes + the indexer (64 heads of 128, top 2048) */
+    {"deepseek-v3.2", {.arch = SY_DEEPSEEK_V32, .L = 61, .H = 7168, .V = 129280, .E = 256, .topk = 8,
+                       .I_moe = 2048, .I_dense = 18432, .n_shared = 1, .heads = 128, .kv_heads = 128, .hd = 192,
+                       .q_lora = 1536, .kv_lora = 512, .nope = 128, .rope_d = 64, .v_head = 128,
+                       .first_dense = 3, .n_group = 8, .topk_group = 4, .theta = 10000.0, .partial = 1.0,
+                       .scaling = 2.5, .max_pos = 163840, .yarn = true, .idx_heads = 64, .idx_dim = 128,
+                       .idx_topk = 2048}},
+    /* GLM-5 / 5.1 (744B-A40B): MLA + DSA (32 indexer heads of 128, top 2048) */
+    {"glm-5", {.arch = SY_GLM_MOE_DSA, .L = 78, .H = 6144, .V = 154880, .E = 256, .topk = 8, .I_moe = 2048,
+               .I_dense = 12288, .n_shared = 1, .heads = 64, .kv_heads = 64, .q_lora = 2048, .kv_lora = 512,
+               .nope = 192, .rope_d = 64, .v_head = 256, .first_dense = 3, .n_group = 1, .topk_group = 1,
+               .theta = 1e6, .partial = 1.0, .scaling = 2.5, .max_pos = 202752, .idx_heads = 32, .idx_dim = 128,
+               .idx_topk = 2048}},
 };
 
 /* Tiny test sizes per family (the shapes of the shared fixtures). */
 static const sy_cfg g_tiny[SY_NARCH] = {
     {SY_QWEN3_MOE, 3, 256, 512, 8, 2, 128, 512, 0, 0, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1e6, 1.0,
-     1.0, 4096, false, false, false, 0},
+     1.0, 4096, false, false, false, 0, 0, 0, 0, 0},
     {SY_QWEN3_NEXT, 4, 256, 512, 8, 2, 128, 512, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e7,
-     0.25, 1.0, 4096, false, false, false, 0},
+     0.25, 1.0, 4096, false, false, false, 0, 0, 0, 0, 0},
     {SY_QWEN3_5_MOE, 4, 256, 512, 8, 2, 128, 0, 128, 0, 4, 2, 64, 2, 4, 32, 32, 4, 4, 0, 0, 0, 0, 0, 0, 1, 1, 1e4,
-     0.25, 1.0, 4096, false, false, false, 0},
+     0.25, 1.0, 4096, false, false, false, 0, 0, 0, 0, 0},
     {SY_DEEPSEEK_V3, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 4, 64, 0, 0, 0, 0, 0, 0, 96, 64, 32, 32, 64, 1, 2, 1,
-     1e4, 1.0, 2.5, 4096, false, false, false, 0},
+     1e4, 1.0, 2.5, 4096, false, false, false, 0, 0, 0, 0, 0},
     {SY_GLM4_MOE, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1e6, 0.5,
-     2.5, 4096, false, true, true, 0},
+     2.5, 4096, false, true, true, 0, 0, 0, 0, 0},
     {SY_GLM4_MOE_LITE, 3, 256, 512, 8, 2, 128, 512, 0, 1, 4, 4, 0, 0, 0, 0, 0, 0, 0, 96, 64, 32, 32, 64, 1, 1, 1,
-     1e4, 1.0, 1.8, 4096, false, false, false, 0},
+     1e4, 1.0, 1.8, 4096, false, false, false, 0, 0, 0, 0, 0},
     {SY_MINIMAX_M2, 3, 256, 512, 8, 2, 128, 0, 0, 0, 4, 2, 64, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 5e6, 1.0,
-     1.0, 4096, false, false, true, 32},
+     1.0, 4096, false, false, true, 32, 0, 0, 0, 0},
+    /* gptoss-a: sliding window 16 on layers 0 and 2 */
+    {.arch = SY_GPT_OSS, .L = 4, .H = 256, .V = 512, .E = 8, .topk = 2, .I_moe = 128, .heads = 4, .kv_heads = 2,
+     .hd = 64, .n_group = 1, .topk_group = 1, .theta = 150000.0, .partial = 1.0, .scaling = 1.0, .max_pos = 4096,
+     .yarn = true, .attn_bias = true, .window = 16},
+    /* deepseekv32-a / glm5dsa-a: index_topk 24, 16 indexer heads of 32 */
+    {.arch = SY_DEEPSEEK_V32, .L = 3, .H = 256, .V = 512, .E = 8, .topk = 2, .I_moe = 128, .I_dense = 512,
+     .n_shared = 1, .heads = 4, .kv_heads = 4, .hd = 64, .q_lora = 96, .kv_lora = 64, .nope = 32, .rope_d = 32,
+     .v_head = 64, .first_dense = 1, .n_group = 2, .topk_group = 1, .theta = 1e4, .partial = 1.0, .scaling = 2.5,
+     .max_pos = 4096, .idx_heads = 16, .idx_dim = 32, .idx_topk = 24},
+    {.arch = SY_GLM_MOE_DSA, .L = 3, .H = 256, .V = 512, .E = 8, .topk = 2, .I_moe = 128, .I_dense = 512,
+     .n_shared = 1, .heads = 4, .kv_heads = 4, .q_lora = 96, .kv_lora = 64, .nope = 32, .rope_d = 32, .v_head = 64,
+     .first_dense = 1, .n_group = 1, .topk_group = 1, .theta = 1e4, .partial = 1.0, .scaling = 2.5,
+     .max_pos = 4096, .idx_heads = 16, .idx_dim = 32, .idx_topk = 24},
 };
 
 const char *mk_synth_archs(void) {
-    return "qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, glm4_moe, glm4_moe_lite, minimax_m2";
+    return "qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, glm4_moe, glm4_moe_lite, minimax_m2, gpt_oss, "
+           "deepseek_v32, glm_moe_dsa";
 }
 const char *mk_synth_presets(void) {
     return "tiny (any arch), 30b-a3b (qwen3_moe), 80b-a3b (qwen3_next), 35b-a3b and 397b-a17b (qwen3_5_moe), "
            "deepseek-v3 (deepseek_v3), glm-4.5-air and glm-4.7 (glm4_moe), glm-4.7-flash (glm4_moe_lite), "
-           "minimax-m2 (minimax_m2)";
+           "minimax-m2 (minimax_m2), gpt-oss-20b and gpt-oss-120b (gpt_oss), deepseek-v3.2 (deepseek_v32), "
+           "glm-5 (glm_moe_dsa)";
 }
 
 /* MLA attention and DeepSeek-style routing (sigmoid, correction bias,
  * shared experts, dense first layers). */
-static bool is_mla(sy_arch a) { return a == SY_DEEPSEEK_V3 || a == SY_GLM4_MOE_LITE; }
-static bool ds_routing(sy_arch a) { return a == SY_DEEPSEEK_V3 || a == SY_GLM4_MOE_LITE || a == SY_GLM4_MOE; }
+static bool is_dsa(sy_arch a) { return a == SY_DEEPSEEK_V32 || a == SY_GLM_MOE_DSA; }
+static bool is_mla(sy_arch a) { return a == SY_DEEPSEEK_V3 || a == SY_GLM4_MOE_LITE || is_dsa(a); }
+static bool ds_routing(sy_arch a) { return is_mla(a) || a == SY_GLM4_MOE; }
 
 mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
     int a = -1;
@@ -129,6 +168,10 @@ mk_status sy_cfg_resolve(const mk_synth_opts *o, sy_cfg *c) {
                       g_arch_names[c->arch]);
     if (o->vl && c->arch != SY_QWEN3_5_MOE)
         return mk_err(MK_E_ARG, "--vl: only qwen3_5_moe ships as a vision-language checkpoint");
+    if ((o->format == MK_SYNTH_MXFP4) != (c->arch == SY_GPT_OSS && o->format != MK_SYNTH_BF16))
+        return mk_err(MK_E_ARG, "--format %s: %s", o->format == MK_SYNTH_MXFP4 ? "mxfp4" : "fp8/ct-int4",
+                      o->format == MK_SYNTH_MXFP4 ? "MXFP4 experts are gpt_oss's released format only"
+                                                  : "gpt_oss ships in bf16 or with MXFP4 experts (--format mxfp4)");
     if (o->fused && c->arch == SY_MINIMAX_M2)
         return mk_err(MK_E_ARG, "--layout fused: minimax_m2 checkpoints ship per-expert (w1/w2/w3) only");
     if (o->fused && (o->format == MK_SYNTH_CT_INT4 || o->format == MK_SYNTH_CT_INT4_ASYM))
@@ -178,10 +221,10 @@ static void vec(sy_list *l, const char *p, const char *n, int64_t d, sy_init ini
 /* A linear weight `p.n` [out, in] (or [E, out, in] when e > 0) in the
  * storage of the format: FP8 adds its scale grid; `ct` marks the routed
  * experts that compressed-tensors stores as INT4. */
-static void linear(sy_list *l, const char *p, const char *n, int64_t e, int64_t out, int64_t in, bool ct) {
+static void linear_as(sy_list *l, const char *p, const char *n, int64_t e, int64_t out, int64_t in, bool ct,
+                      bool proj) {
     int64_t s3[3] = {e, out, in}, *s = e ? s3 : s3 + 1;
     int nd = e ? 3 : 2;
-    bool proj = strstr(n, "proj") || (n[0] == 'w' && n[1] >= '1' && n[1] <= '3' && n[2] == '.'); /* MiniMax w1..w3 */
     bool fp8 = l->format == MK_SYNTH_FP8 && proj && strncmp(p, "model.visual", 12) != 0;
     bool int4 = ct && (l->format == MK_SYNTH_CT_INT4 || l->format == MK_SYNTH_CT_INT4_ASYM);
     if (fp8) {
@@ -222,6 +265,13 @@ static void linear(sy_list *l, const char *p, const char *n, int64_t e, int64_t 
     push(l, cv_printf("%s.%s", p, n), MK_DT_BF16, nd, s, SY_LIN);
 }
 
+/* The projections (and MiniMax's w1..w3) are what FP8 checkpoints store in
+ * FP8; norms, routers and embeddings stay in bf16. */
+static void linear(sy_list *l, const char *p, const char *n, int64_t e, int64_t out, int64_t in, bool ct) {
+    bool proj = strstr(n, "proj") || (n[0] == 'w' && n[1] >= '1' && n[1] <= '3' && n[2] == '.'); /* MiniMax w1..w3 */
+    linear_as(l, p, n, e, out, in, ct, proj);
+}
+
 /* SwiGLU MLP (dense or shared expert) at prefix p. */
 static void mlp(sy_list *l, const char *p, int64_t H, int64_t I) {
     linear(l, p, "gate_proj.weight", 0, I, H, false);
@@ -252,6 +302,50 @@ static void experts(sy_list *l, const sy_cfg *c, const char *mlpp) {
     free(p);
 }
 
+/* gpt_oss's MoE block at prefix m (<layer>.mlp): a biased router and one
+ * stack per projection with gate and up interleaved along 2I (its only
+ * layout, whatever --layout says). bf16 as transformers saves it
+ * (gate_up_proj [E, H, 2I], down_proj [E, I, H]: input-major), MXFP4 as
+ * released (*_blocks [E, out, in/32, 16] U8 of E2M1 pairs, *_scales
+ * [E, out, in/32] U8 of E8M0: output-major); biases bf16 either way. The
+ * bf16 experts hold exactly the MXFP4 form's values (E2M1 x 2^k is exact
+ * in bf16), so the two formats of one seed are the same model. */
+static void oss_moe(sy_list *l, const sy_cfg *c, const char *m) {
+    int64_t E = c->E, H = c->H, I2 = 2 * (int64_t)c->I_moe, I = c->I_moe, eb[2] = {E, I2}, db[2] = {E, H};
+    linear(l, m, "router.weight", 0, E, H, false);
+    vec(l, m, "router.bias", E, SY_SMALL);
+    char *x = cv_printf("%s.experts", m);
+    if (!x)
+        return;
+    if (l->format == MK_SYNTH_MXFP4) {
+        int64_t gb[4] = {E, I2, H / 32, 16}, gs[3] = {E, I2, H / 32}, dbk[4] = {E, H, I / 32, 16},
+                ds[3] = {E, H, I / 32};
+        push(l, cv_printf("%s.gate_up_proj_blocks", x), MK_DT_U8, 4, gb, SY_MXW);
+        push(l, cv_printf("%s.gate_up_proj_scales", x), MK_DT_U8, 3, gs, SY_MXS);
+        push(l, cv_printf("%s.down_proj_blocks", x), MK_DT_U8, 4, dbk, SY_MXW);
+        push(l, cv_printf("%s.down_proj_scales", x), MK_DT_U8, 3, ds, SY_MXS);
+    } else { /* the same values as the MXFP4 form: both formats are one model */
+        int64_t gu[3] = {E, H, I2}, dn[3] = {E, I, H};
+        static const char *const nm[2] = {"gate_up_proj", "down_proj"};
+        for (int k = 0; k < 2; k++) {
+            sy_tensor *t = push(l, cv_printf("%s.%s", x, nm[k]), MK_DT_BF16, 3, k ? dn : gu, SY_MXF);
+            char *b = cv_printf("%s.%s_blocks", x, nm[k]), *sc = cv_printf("%s.%s_scales", x, nm[k]);
+            if (t && b && sc) {
+                t->key = key_of(l, b);
+                t->key2 = key_of(l, sc);
+                t->wcols = k ? I : H; /* in */
+                t->wrows = k ? H : I2; /* out */
+            } else if (l->err == MK_OK)
+                l->err = mk_err(MK_E_NOMEM, "synth: no memory for the names of %s's MXFP4 form", x);
+            free(b);
+            free(sc);
+        }
+    }
+    push(l, cv_printf("%s.gate_up_proj_bias", x), MK_DT_BF16, 2, eb, SY_SMALL);
+    push(l, cv_printf("%s.down_proj_bias", x), MK_DT_BF16, 2, db, SY_SMALL);
+    free(x);
+}
+
 static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) {
     char *a = cv_printf("%s.self_attn", p);
     if (!a)
@@ -264,6 +358,17 @@ static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) 
         vec(l, a, "kv_a_layernorm.weight", c->kv_lora, SY_NORM1);
         linear(l, a, "kv_b_proj.weight", 0, (int64_t)c->heads * (c->nope + c->v_head), c->kv_lora, false);
         linear(l, a, "o_proj.weight", 0, c->H, (int64_t)c->heads * c->v_head, false);
+        if (is_dsa(c->arch)) { /* the lightning indexer: FP8 releases store wq_b and wk in FP8, the rest not */
+            char *x = cv_printf("%s.indexer", a);
+            if (x) {
+                linear_as(l, x, "wq_b.weight", 0, (int64_t)c->idx_heads * c->idx_dim, c->q_lora, false, true);
+                linear_as(l, x, "wk.weight", 0, c->idx_dim, c->H, false, true);
+                vec(l, x, "k_norm.weight", c->idx_dim, SY_NORM1); /* a LayerNorm: weight and bias */
+                vec(l, x, "k_norm.bias", c->idx_dim, SY_SMALL);
+                linear_as(l, x, "weights_proj.weight", 0, c->idx_heads, c->H, false, false);
+            }
+            free(x);
+        }
     } else {
         /* qwen3_next / 3.5: q and gate interleaved per head */
         int gated = c->arch == SY_QWEN3_NEXT || c->arch == SY_QWEN3_5_MOE ? 2 : 1;
@@ -277,10 +382,14 @@ static void attention(sy_list *l, const sy_cfg *c, const char *p, sy_init norm) 
             vec(l, a, "k_proj.bias", kv, SY_SMALL);
             vec(l, a, "v_proj.bias", kv, SY_SMALL);
         }
+        if (c->arch == SY_GPT_OSS) { /* o_proj's bias and one learned sink logit per head */
+            vec(l, a, "o_proj.bias", c->H, SY_SMALL);
+            vec(l, a, "sinks", c->heads, SY_SMALL);
+        }
         if (c->arch == SY_MINIMAX_M2) { /* over the whole projection, all heads */
             vec(l, a, "q_norm.weight", q, norm);
             vec(l, a, "k_norm.weight", kv, norm);
-        } else if (c->arch != SY_GLM4_MOE || c->qk_norm) {
+        } else if (c->arch != SY_GPT_OSS && (c->arch != SY_GLM4_MOE || c->qk_norm)) {
             vec(l, a, "q_norm.weight", c->hd, norm);
             vec(l, a, "k_norm.weight", c->hd, norm);
         }
@@ -320,6 +429,13 @@ static void layer(sy_list *l, const sy_cfg *c, const char *p, int i, bool full) 
         attention(l, c, p, norm);
     else
         deltanet(l, c, p);
+    if (c->arch == SY_GPT_OSS) {
+        char *m = cv_printf("%s.mlp", p);
+        if (m)
+            oss_moe(l, c, m);
+        free(m);
+        return;
+    }
     if (c->arch == SY_MINIMAX_M2) {
         char *m = cv_printf("%s.block_sparse_moe", p);
         if (!m)
@@ -449,6 +565,16 @@ static json_t *arr1(const char *s) {
 
 static json_t *quant_config(const mk_synth_opts *o) {
     json_t *q = json_object();
+    if (o->format == MK_SYNTH_MXFP4) { /* gpt-oss as released: experts only, OpenAI's list of the rest */
+        static const char *const keep[] = {"model.layers.*.self_attn", "model.layers.*.mlp.router",
+                                           "model.embed_tokens", "lm_head"};
+        json_t *a = json_array();
+        for (size_t i = 0; i < sizeof keep / sizeof keep[0]; i++)
+            json_array_append_new(a, json_string(keep[i]));
+        json_object_set_new(q, "modules_to_not_convert", a);
+        set_s(q, "quant_method", "mxfp4");
+        return q;
+    }
     if (o->format == MK_SYNTH_FP8) {
         set_s(q, "quant_method", "fp8");
         set_s(q, "fmt", "e4m3");
@@ -547,6 +673,56 @@ static void glm_minimax_fields(const sy_cfg *c, json_t *t) {
     json_object_set_new(t, "rope_parameters", rope_parameters(c, false));
 }
 
+/* gpt_oss: the keys of its released config.json (transformers 5 spelling:
+ * rope_parameters), layers alternating sliding / full from layer 0. */
+static void oss_fields(const sy_cfg *c, json_t *t) {
+    json_object_del(t, "moe_intermediate_size");
+    json_object_del(t, "norm_topk_prob");
+    set_b(t, "attention_bias", true);
+    set_i(t, "head_dim", c->hd);
+    set_i(t, "intermediate_size", c->I_moe);
+    set_i(t, "num_local_experts", c->E);
+    set_r(t, "rms_norm_eps", 1e-5);
+    set_i(t, "sliding_window", c->window);
+    set_r(t, "swiglu_limit", 7.0);
+    set_r(t, "router_aux_loss_coef", 0.9);
+    json_t *types = json_array();
+    for (int i = 0; i < c->L; i++)
+        json_array_append_new(types, json_string(i % 2 ? "full_attention" : "sliding_attention"));
+    json_object_set_new(t, "layer_types", types);
+    json_t *rp = json_object();
+    set_r(rp, "beta_fast", 32.0);
+    set_r(rp, "beta_slow", 1.0);
+    set_r(rp, "factor", 32.0);
+    set_i(rp, "original_max_position_embeddings", 4096);
+    set_r(rp, "rope_theta", c->theta);
+    set_s(rp, "rope_type", "yarn");
+    set_b(rp, "truncate", false);
+    json_object_set_new(t, "rope_parameters", rp);
+}
+
+/* deepseek_v32 / glm_moe_dsa: the indexer's keys, every layer sparse
+ * attention, the MoE schedule as a list (transformers 5.17 writes it), and
+ * glm_moe_dsa's own indexer per layer (GLM-5: no shared selections). */
+static void dsa_fields(const sy_cfg *c, json_t *t) {
+    set_i(t, "head_dim", c->rope_d); /* as transformers writes it: qk_rope_head_dim */
+    set_i(t, "index_topk", c->idx_topk);
+    set_i(t, "index_n_heads", c->idx_heads);
+    set_i(t, "index_head_dim", c->idx_dim);
+    json_t *lt = json_array(), *mt = json_array(), *it = json_array();
+    for (int i = 0; i < c->L; i++) {
+        json_array_append_new(lt, json_string("deepseek_sparse_attention"));
+        json_array_append_new(mt, json_string(i < c->first_dense ? "dense" : "sparse"));
+        json_array_append_new(it, json_string("full"));
+    }
+    json_object_set_new(t, "layer_types", lt);
+    json_object_set_new(t, "mlp_layer_types", mt);
+    if (c->arch == SY_GLM_MOE_DSA)
+        json_object_set_new(t, "indexer_types", it);
+    else
+        json_decref(it);
+}
+
 static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
     set_i(t, "vocab_size", c->V);
     set_i(t, "hidden_size", c->H);
@@ -562,11 +738,19 @@ static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
     set_i(t, "num_experts_per_tok", c->topk);
     set_i(t, "moe_intermediate_size", c->I_moe);
     set_b(t, "norm_topk_prob", true);
-    if (c->arch >= SY_GLM4_MOE) {
-        glm_minimax_fields(c, t);
+    if (c->arch == SY_GPT_OSS) {
+        oss_fields(c, t);
         return;
     }
-    if (c->arch == SY_DEEPSEEK_V3) {
+    if (c->arch >= SY_GLM4_MOE && c->arch != SY_DEEPSEEK_V32) {
+        glm_minimax_fields(c, t);
+        if (is_dsa(c->arch))
+            dsa_fields(c, t);
+        return;
+    }
+    if (c->arch == SY_DEEPSEEK_V3 || c->arch == SY_DEEPSEEK_V32) {
+        if (is_dsa(c->arch))
+            dsa_fields(c, t);
         set_i(t, "head_dim", c->rope_d);
         set_i(t, "intermediate_size", c->I_dense);
         set_i(t, "n_routed_experts", c->E);
@@ -636,7 +820,8 @@ static void text_fields(const sy_cfg *c, const mk_synth_opts *o, json_t *t) {
 json_t *sy_config_json(const sy_cfg *c, const mk_synth_opts *o) {
     static const char *const archs[SY_NARCH] = {
         "Qwen3MoeForCausalLM", "Qwen3NextForCausalLM",   "Qwen3_5MoeForCausalLM", "DeepseekV3ForCausalLM",
-        "Glm4MoeForCausalLM",  "Glm4MoeLiteForCausalLM", "MiniMaxM2ForCausalLM"};
+        "Glm4MoeForCausalLM",  "Glm4MoeLiteForCausalLM", "MiniMaxM2ForCausalLM",  "GptOssForCausalLM",
+        "DeepseekV32ForCausalLM", "GlmMoeDsaForCausalLM"};
     json_t *root = json_object(), *t = o->vl ? json_object() : root;
     if (o->vl) {
         json_object_set_new(root, "architectures", arr1("Qwen3_5MoeForConditionalGeneration"));

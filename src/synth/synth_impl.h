@@ -20,6 +20,9 @@ typedef enum sy_arch {
     SY_GLM4_MOE,      /* GLM-4.5/4.6/4.7, -Air: GQA + biases + partial RoPE, DeepSeek-style routing */
     SY_GLM4_MOE_LITE, /* GLM-4.7-Flash: DeepSeek-V3's MLA and routing under GLM's names */
     SY_MINIMAX_M2,    /* MiniMax-M2: GQA, q/k norm over the projection, sigmoid router + bias */
+    SY_GPT_OSS,       /* gpt-oss: GQA with biases and sinks, sliding/full layers, biased fused experts */
+    SY_DEEPSEEK_V32,  /* DeepSeek-V3.2: deepseek_v3 + the DSA lightning indexer */
+    SY_GLM_MOE_DSA,   /* GLM-5: glm4_moe_lite's MLA and routing + the DSA indexer */
     SY_NARCH
 } sy_arch;
 
@@ -40,6 +43,8 @@ typedef struct sy_cfg {
     bool yarn; /* deepseek-v3 real preset: YaRN rope_scaling */
     bool attn_bias, qk_norm; /* glm4_moe: attention_bias, use_qk_norm */
     int rotary_dim;          /* minimax_m2: rotated width of a head */
+    int window;              /* gpt_oss: sliding_window */
+    int idx_heads, idx_dim, idx_topk; /* DSA: index_n_heads, index_head_dim, index_topk */
 } sy_cfg;
 
 /* How a tensor's values are drawn. */
@@ -57,6 +62,9 @@ typedef enum sy_init {
     SY_CTS,      /* per-group scale 0.02/2.2 * (1 +- 0.25) */
     SY_CTSHAPE,  /* [out, in] */
     SY_CTZP,     /* zero points 7..9, 8 rows per I32 */
+    SY_MXW,      /* MXFP4 blocks: two E2M1 codes of N(0,1) * 1.5 per byte, low nibble first */
+    SY_MXS,      /* MXFP4 E8M0 scales: 2^-7 * 2^{-1,0,+1} (weights ~ 0.02) */
+    SY_MXF,      /* gpt_oss bf16 experts [E, in, out]: the dequantized values of the MXFP4 form (exact in bf16) */
 } sy_init;
 
 typedef struct sy_tensor {
@@ -67,6 +75,7 @@ typedef struct sy_tensor {
     sy_init init;
     uint64_t key;      /* RNG key of the logical weight (weight and its scales share it) */
     int64_t wrows, wcols, wmrows; /* FP8 scale / CT: the weight's logical rows, cols, rows per matrix */
+    uint64_t key2;     /* SY_MXF: the key of the MXFP4 form's scales (key: of its blocks) */
 } sy_tensor;
 
 typedef struct sy_list {

@@ -5,8 +5,9 @@
 # ones byte for byte, and the bf16 one (experts transposed into memory at
 # load: nothing to stream) runs resident under the same options; convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
-# quantize, --to gguf and verify across layouts refuse gpt_oss by name
-# (exit 2, no output). The match with transformers is
+# quantize of the MXFP4 variant passes its experts through, of the bf16 one
+# quantizes them (below); --to gguf and verify across layouts refuse gpt_oss
+# by name (exit 2, no output). The match with transformers is
 # test_engine_fixtures' (test_gptoss_a).
 set -euo pipefail
 BIN=${MK_BIN:?}
@@ -64,8 +65,91 @@ b1=$(grep "layers.2.mlp.experts.down_proj.weight " "$T/hm" | awk '{print $4}')
 "$BIN" logits "$T/mlx.mxfp4" --ids "$IDS" --out "$T/mlx.str.f32" --threads 2 --stream-experts --memory-budget 112M
 cmp "$T/res.mxfp4.f32" "$T/mlx.str.f32" || fail "the MLX MXFP4 conversion streamed computes other logits"
 
-expect 2 "gpt_oss" "$BIN" quantize "$G/bf16" "$T/q" --bits 4
-[ ! -e "$T/q" ] || fail "a refused quantize left $T/q"
+# quantize (MLX): the released MXFP4 experts pass through byte for byte
+# (de-interleaved into gate_proj/up_proj stacks as convert --to mlx writes
+# them, config entries mxfp4 4-bit g32 per module), never requantized; the
+# rest is quantized as asked (attention, embeddings, lm_head at 8-bit g64;
+# the router, a Linear with a bias, at 8-bit g64 as mlx-lm's
+# quant_predicate says). Converted back to HF in float32, the quantized
+# model gives the source's expert tensors byte for byte, and its logits
+# equal the quantized model's bit for bit (the MLX quantized path computes
+# what the float dequantization computes). Against transformers' MXFP4
+# reference, 8-bit is printed (random weights amplify any error: qwen3moe-a
+# at 8-bit measures rel L2 0.044 with 3 of 32 argmax changed; gptoss-a 0.066
+# and 3) and must beat 4-bit.
+"$BIN" quantize "$G/mxfp4" "$T/q8" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" quantize "$G/mxfp4" "$T/q4" --bits 4 --threads 2 --quiet > /dev/null
+"$BIN" hash "$T/q8" > "$T/hq8"
+for p in gate_proj up_proj down_proj; do
+    for k in weight scales bias; do
+        a=$(grep "^model.layers.1.mlp.experts.$p.$k " "$T/hm" | cut -d' ' -f2-)
+        b=$(grep "^model.layers.1.mlp.experts.$p.$k " "$T/hq8" | cut -d' ' -f2-)
+        [ -n "$a" ] && [ "$a" = "$b" ] || fail "quantize changed expert tensor $p.$k ($a vs $b)"
+    done
+done
+grep -q '^model.layers.0.self_attn.q_proj.weight U32 \[256,64\] ' "$T/hq8" || fail "q_proj not quantized 8-bit"
+grep -q '^model.layers.0.mlp.router.weight U32 \[8,64\] ' "$T/hq8" || fail "router not 8-bit"
+grep -q '^model.layers.0.mlp.router.bias BF16 ' "$T/hq8" || fail "router bias lost"
+node -e '
+const q = JSON.parse(require("fs").readFileSync(process.argv[1], "utf8")).quantization;
+if (q.bits !== 8 || q.group_size !== 64 || q.mode !== "affine") throw new Error("defaults " + JSON.stringify(q));
+for (let l = 0; l < 4; l++) {
+  for (const p of ["gate_proj", "up_proj", "down_proj"]) {
+    const e = q[`model.layers.${l}.mlp.experts.${p}`];
+    if (!e || e.bits !== 4 || e.group_size !== 32 || e.mode !== "mxfp4") throw new Error(`layer ${l} ${p}: ${JSON.stringify(e)}`);
+  }
+  const r = q[`model.layers.${l}.mlp.router`];
+  if (!r || r.bits !== 8 || r.group_size !== 64) throw new Error(`layer ${l} router: ${JSON.stringify(r)}`);
+}' "$T/q8/config.json" || fail "quantization entries"
+"$BIN" inspect "$T/q8" | grep -q "problems        0" || fail "inspect of the quantized model: $("$BIN" inspect "$T/q8")"
+"$BIN" convert "$T/q8" "$T/q8hf" --to hf --dtype float32 --quiet
+"$BIN" hash "$T/q8hf" | grep '\.mlp\.experts\.' > "$T/hx1"
+grep '\.mlp\.experts\.' "$T/h0.mxfp4" > "$T/hx0"
+[ "$(wc -l < "$T/hx0")" -eq 24 ] && diff "$T/hx0" "$T/hx1" > /dev/null ||
+    fail "MXFP4 -> quantize -> HF changed expert tensors: $(diff "$T/hx0" "$T/hx1" | head -4)"
+"$BIN" logits "$T/q8" --ids "$IDS" --out "$T/q8.f32" --threads 2
+"$BIN" logits "$T/q8hf" --ids "$IDS" --out "$T/q8hf.f32" --threads 2
+cmp "$T/q8.f32" "$T/q8hf.f32" || fail "the quantized model and its float32 dequantization compute other logits"
+"$BIN" logits "$T/q4" --ids "$IDS" --out "$T/q4.f32" --threads 2
+rel() { paste <(od -An -v -f -w4 "$1") <(od -An -v -f -w4 "$2") | awk '{ d = $1 - $2; e += d * d; r += $2 * $2 } END { printf "%.4g", sqrt(e / r) }'; }
+REF=${MK_SRC:?}/tests/data/gptoss-a/mxfp4_logits_float32.f32
+r8=$(rel "$T/q8.f32" "$REF") r4=$(rel "$T/q4.f32" "$REF")
+echo "quantize of the MXFP4 checkpoint vs transformers' MXFP4 logits: 8-bit rel L2 $r8, 4-bit $r4"
+awk -v a="$r8" -v b="$r4" 'BEGIN { exit !(a + 0 < b + 0 && b + 0 < 10) }' || fail "8-bit ($r8) not closer than 4-bit ($r4)"
+got=$("$BIN" run "$T/q8" --ids 1,2,3 --max-tokens 8 --json --threads 2 2> /dev/null | sed 's/.*"ids":\[\([0-9,]*\)\].*/\1/')
+[ "$(echo "$got" | tr ',' '\n' | grep -c .)" -eq 8 ] || fail "run on the quantized model: '$got'"
+"$BIN" logits "$T/q8" --ids "$IDS" --out "$T/q8s.f32" --threads 2 --stream-experts --memory-budget 112M
+cmp "$T/q8.f32" "$T/q8s.f32" || fail "the quantized model streamed computes other logits"
+echo "ok: quantize of MXFP4 gpt_oss: experts byte-exact, the rest 8-bit, runs and streams"
+# the MLX form of the MXFP4 checkpoint: converted --to mlx again it stays
+# itself (its 3-D expert stacks were written 2-D [E*out, in] before), and
+# quantized it gives what quantizing the HF form gives (its mxfp4 experts
+# were dequantized to bf16 and left float before)
+"$BIN" convert "$T/mlx.mxfp4" "$T/mlx2" --to mlx --quiet
+"$BIN" hash "$T/mlx2" | diff "$T/hm" - > /dev/null || fail "MLX -> MLX changed gpt_oss tensors: $("$BIN" hash "$T/mlx2" | diff "$T/hm" - | head -4)"
+"$BIN" quantize "$T/mlx.mxfp4" "$T/q8m" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" hash "$T/q8m" | diff "$T/hq8" - > /dev/null || fail "quantize of the MLX form differs from the HF form's"
+cmp -s <(node -e 'console.log(JSON.stringify(require(process.argv[1]).quantization))' "$T/q8/config.json") \
+    <(node -e 'console.log(JSON.stringify(require(process.argv[1]).quantization))' "$T/q8m/config.json") ||
+    fail "quantize of the MLX form writes other quantization entries"
+echo "ok: the MLX MXFP4 form converts to itself and quantizes as the HF form"
+
+# float experts: quantized as asked, one SwitchLinear stack per projection
+# (mlp.experts.<proj>, as mlx-lm loads them). From transformers' bf16
+# layout the quantizer reads the gathered rows (gate/up de-interleaved,
+# [in, out] transposed); from the MLX float form plain rows: both give the
+# same bytes (before, HF was refused and MLX left its experts in bf16).
+"$BIN" quantize "$G/bf16" "$T/b8" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" quantize "$T/mlx.bf16" "$T/b8m" --bits 8 --group-size 64 --threads 2 --quiet > /dev/null
+"$BIN" hash "$T/b8" > "$T/hb8"
+"$BIN" hash "$T/b8m" | diff "$T/hb8" - > /dev/null || fail "quantize of the bf16 HF and MLX forms differ"
+grep -q '^model.layers.3.mlp.experts.gate_proj.weight U32 \[8,128,64\] ' "$T/hb8" || fail "bf16 experts not quantized 8-bit"
+grep -q '^model.layers.3.mlp.experts.down_proj.scales BF16 \[8,256,2\] ' "$T/hb8" || fail "bf16 down_proj scales"
+grep -q 'mxfp4' "$T/b8/config.json" && fail "bf16 experts written with mxfp4 entries"
+"$BIN" inspect "$T/b8" | grep -q "problems        0" || fail "inspect of the quantized bf16 model"
+"$BIN" logits "$T/b8" --ids "$IDS" --out "$T/b8.f32" --threads 2
+echo "quantize of the bf16 checkpoint, 8-bit, vs transformers: rel L2 $(rel "$T/b8.f32" "$G/ref_logits.f32")"
+echo "ok: quantize of bf16 gpt_oss (HF gathered rows = MLX rows)"
 expect 2 "gpt_oss" "$BIN" convert "$G/bf16" "$T/g.gguf" --to gguf
 expect 2 "gpt_oss" "$BIN" verify "$G/mxfp4" "$G/bf16"
 echo "gptoss: all passed"

@@ -12,7 +12,8 @@
  * quantize --pack-experts) are valid safetensors files with no hole, every
  * expert one contiguous block in one shard (4 KiB-aligned when sizes
  * allow), read with one request per miss, with logits bitwise equal to the
- * unpacked checkpoint's. */
+ * unpacked checkpoint's; so are the issue-16 families' (gpt_oss's stacks,
+ * which have no per-expert form, are refused). */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -200,6 +201,27 @@ static void test_dsa(void **st) { (void)st; fixture("deepseekv32-a/bf16"); fixtu
 static void test_gptoss(void **st) {
     (void)st;
     fixture("gptoss-a/mxfp4");
+    /* its MLX form (mxfp4 gate/up/down stacks, converted byte for byte) and
+     * that form quantized (attention and router 8-bit, experts kept) */
+    char d[4096], q[4096];
+    snprintf(d, sizeof d, "%s/gptoss-mlx", g_tmp);
+    snprintf(q, sizeof q, "%s/gptoss-q8", g_tmp);
+    mk_conv_opts co;
+    mk_conv_opts_init(&co);
+    co.to = MK_CONV_MLX;
+    co.quiet = true;
+    co.threads = 2;
+    if (mk_conv_run(mk_test_fixture("gptoss-a/mxfp4"), d, &co, NULL) != MK_OK)
+        fail_msg("convert gptoss-a/mxfp4: %s", mk_err_msg());
+    check_dir(d);
+    mk_qjob *j = NULL;
+    assert_int_equal(mk_qjob_new(&j), MK_OK);
+    assert_int_equal(mk_qjob_set_default(j, MK_QMODE_AFFINE, 8, 64), MK_OK);
+    co.quant = j;
+    if (mk_conv_run(mk_test_fixture("gptoss-a/mxfp4"), q, &co, NULL) != MK_OK)
+        fail_msg("quantize gptoss-a/mxfp4: %s", mk_err_msg());
+    mk_qjob_free(j);
+    check_dir(q);
     mk_model_opts so = {.stream_experts = true};
     mk_model *m = NULL;
     if (mk_model_open_ex(mk_test_fixture("gptoss-a/bf16"), &so, &m) != MK_OK)
@@ -532,6 +554,44 @@ static void test_packed_quantized(void **st) {
     g_one_read_per_miss = false;
 }
 
+/* The issue-16 families packed, HF and MLX (MiniMax's w1/w2/w3, the MLA
+ * and DSA layers, glm4_moe's shared expert beside the routed ones): every
+ * expert one block, logits bitwise equal to the source's, resident and
+ * streamed with one read per miss. gpt_oss's experts are stacks with no
+ * per-expert form in either layout: packing them is refused by name. */
+static void test_packed_new_families(void **st) {
+    (void)st;
+    static const char *const fx[] = {"glm4moe-a/bf16", "glm4lite-a/bf16", "minimaxm2-a/bf16", "deepseekv32-a/bf16",
+                                     "glm5dsa-a/bf16"};
+    for (size_t i = 0; i < sizeof fx / sizeof fx[0]; i++) {
+        const char *src = mk_test_fixture(fx[i]);
+        for (int t = 0; t < 2; t++) {
+            char name[64], d[4096];
+            mk_conv_stats cs;
+            snprintf(name, sizeof name, "packed-new-%zu-%s", i, t ? "mlx" : "hf");
+            pack(src, name, t ? MK_CONV_MLX : MK_CONV_HF, NULL, 0, d, sizeof d, &cs);
+            assert_true(cs.experts_packed > 0);
+            check_packed_files(d);
+            check_packed_experts(d, false);
+            same_logits(src, d);
+            g_one_read_per_miss = true;
+            check_dir(d);
+            g_one_read_per_miss = false;
+        }
+    }
+    char d[4096];
+    snprintf(d, sizeof d, "%s/packed-gptoss", g_tmp);
+    mk_conv_opts o;
+    mk_conv_opts_init(&o);
+    o.to = MK_CONV_MLX;
+    o.quiet = true;
+    o.pack_experts = true;
+    assert_int_equal(mk_conv_run(mk_test_fixture("gptoss-a/mxfp4"), d, &o, NULL), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "gpt_oss"));
+    struct stat sb;
+    assert_int_not_equal(stat(d, &sb), 0);
+}
+
 /* --experts fused cannot be packed: refused before any work. */
 static void test_packed_fused_refused(void **st) {
     (void)st;
@@ -793,6 +853,7 @@ int main(void) {
         cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
         cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),
         cmocka_unit_test(test_packed_quantized), cmocka_unit_test(test_packed_fused_refused),
+        cmocka_unit_test(test_packed_new_families),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
