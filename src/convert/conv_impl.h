@@ -176,9 +176,11 @@ typedef struct cv_piece {
      * from grouped by key head (g * vr_r + j) to tiled (j * vr_nk + g);
      * vr_nk 0: none */
     int vr_nk, vr_r, vr_hd;
-    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj) are
-     * written transposed (cols rows of nrows values, llama.cpp's attn_k_b);
-     * such a piece runs as one unit */
+    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj, one
+     * gpt_oss expert's gate_up_proj / down_proj / bias rows) are written
+     * transposed (cols rows of nrows values, llama.cpp's attn_k_b); tr 2 / 3
+     * keeps only the even / odd rows of the transpose (gpt_oss's gate and up,
+     * interleaved in the columns); such a piece runs as one unit */
     unsigned char tr;
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */

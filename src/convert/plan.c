@@ -708,6 +708,50 @@ static mk_status oss_to_hf(pctx *c, const cv_lt *lt, const char *stem, const cha
     return MK_OK;
 }
 
+/* gpt_oss's experts for GGUF (conversion/gpt_oss.py): llama.cpp's
+ * ffn_{gate,up}_exps (E, I, H) and ffn_down_exps (E, H, I), each expert
+ * transposed from transformers' (E, H, 2I) / (E, I, H) with gate and up
+ * taken from the even and odd columns (GGQ pieces with tr, one expert
+ * each), and ffn_{gate,up,down}_exps.bias (E, I) / (E, H), gate and up
+ * likewise from the even and odd entries. Floats only: MXFP4 experts
+ * (released checkpoints) are refused here, not requantized. */
+static mk_status oss_to_gguf(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool *done) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    const cv_mod *m = lt->mod;
+    bool gu = !strcmp(leaf, "gate_up_proj"), gub = !strcmp(leaf, "gate_up_proj_bias");
+    bool dn = !strcmp(leaf, "down_proj");
+    *done = true;
+    if (m->kind != CV_FLOAT)
+        return mk_err(MK_E_UNSUPPORTED, "'%s': --to gguf of gpt_oss experts stored %s is not implemented yet "
+                      "(float experts only; MXFP4 experts are to be carried over, never requantized)", m->name,
+                      m->kind == CV_RAW ? "as MXFP4 blocks" : "quantized");
+    if (!gu && !gub && !dn) {
+        *done = false; /* down_proj_bias: a plain copy (gguf_names.c) */
+        return MK_OK;
+    }
+    int64_t R = gu ? H : dn ? I : 1, C = gu || gub ? 2 * I : H; /* each expert's source rows, columns */
+    if (lt->nrows != E * R || m->cols != C)
+        return mk_err(MK_E_FORMAT, "'%s': %lld rows of %lld, expected %lld x %lld rows of %lld (num_local_experts, "
+                      "hidden_size, intermediate_size)", m->name, (long long)lt->nrows, (long long)m->cols,
+                      (long long)E, (long long)R, (long long)C);
+    for (int k = 0; k < (dn ? 1 : 2); k++) {
+        const char *nl = dn ? "down_proj.weight" : gu ? (k ? "up_proj.weight" : "gate_proj.weight")
+                                                      : (k ? "up_proj.bias" : "gate_proj.bias");
+        int64_t sh[3] = {E, dn ? H : I, dn ? I : H};
+        cv_out *o = gub ? oss_out(c, lt, stem, nl, float_dt(c, lt), 2, sh) : oss_out(c, lt, stem, nl, float_dt(c, lt), 3, sh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
+        for (int64_t e = 0; e < E; e++) {
+            cv_lt sub = *lt;
+            sub.row0 = lt->row0 + e * R;
+            sub.nrows = R;
+            MK_TRY(float_piece(o, &sub, 0.0f));
+            o->pc[o->npc - 1].tr = (unsigned char)(dn ? 1 : 2 + k); /* gguf_retype: the transposing GGQ */
+        }
+    }
+    return MK_OK;
+}
+
 /* A gpt_oss expert tensor rewritten for the target (*done), else left to
  * plain_output (a copy). */
 static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
@@ -720,8 +764,9 @@ static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
     if (!stem)
         return mk_err(MK_E_NOMEM, "'%s': no memory for its name", lt->cname);
     const char *leaf = lt->cname + sl;
-    mk_status st = c->t->naming == MK_NAMING_MLX ? oss_to_mlx(c, lt, stem, leaf, done)
-                                                 : oss_to_hf(c, lt, stem, leaf, done);
+    mk_status st = c->t->gguf                      ? oss_to_gguf(c, lt, stem, leaf, done)
+                   : c->t->naming == MK_NAMING_MLX ? oss_to_mlx(c, lt, stem, leaf, done)
+                                                   : oss_to_hf(c, lt, stem, leaf, done);
     free(stem);
     return st;
 }
@@ -996,10 +1041,9 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         c.conv1d = CV_CONV1D_C1K;
     }
     bool oss = s->cfg.arch == MK_ARCH_GPT_OSS && !s->bare;
-    if (oss && (o->quant || t->gguf || p->packed))
+    if (oss && (o->quant || p->packed))
         return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: %s is not implemented (convert --to hf or --to mlx rewrites "
-                      "its experts byte for byte)", s->dir,
-                      o->quant ? "quantize" : t->gguf ? "--to gguf" : "--pack-experts");
+                      "its experts byte for byte)", s->dir, o->quant ? "quantize" : "--pack-experts");
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++) {
         bool done = false;
