@@ -89,11 +89,12 @@ same_as_lq() {
     echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
 }
 
-# check_fixture FX [SRC]: steps 1-3 of the header on fixture FX (its bf16/ checkpoint, or SRC: a
-# copy with an edited config), against the logits moekit computes from that checkpoint
+# check_fixture FX [SRC [IDS]]: steps 1-3 of the header on fixture FX (its bf16/ checkpoint, or SRC:
+# a copy with an edited config, or a checkpoint of tests/data named FX), against the logits moekit
+# computes from that checkpoint on the fixture's input_ids (or IDS, comma-separated)
 check_fixture() {
-    local fx=$1 src=${2:-$FX/$1/bf16} ids ty lo r k
-    ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
+    local fx=$1 src=${2:-$FX/$1/bf16} ids=${3:-} ty lo r k
+    [ -n "$ids" ] || ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
     "$BIN" logits "$src" --ids "$ids" --out "$T/$fx.mk.f32" --threads 2 2>/dev/null
     for ty in f32 f16 bf16 q8_0 q4_0; do
@@ -126,3 +127,6 @@ check_fixture() {
     done
     rm -f "$T/$fx".*.gguf
 }
+
+# tests/data/dsa64's prompt: 24 tokens, three times its index_topk
+DSA64_IDS=5,17,99,3,64,127,12,40,81,7,56,33,90,21,110,2,73,45,118,9,60,28,101,14
