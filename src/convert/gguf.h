@@ -28,6 +28,10 @@
 #include "moekit/ggml_quant.h"
 
 #define CV_GGUF_ALIGN 32
+/* ggml's MXFP4 (GGML_TYPE_MXFP4): gpt-oss's released experts, carried over
+ * byte for byte (gather.c), never produced by quantizing: 32 values per
+ * 17-byte block (an E8M0 scale, 16 bytes of E2M1 pairs) */
+#define CV_GGML_MXFP4 39
 #define CV_GGUF_FILE "model.gguf"
 
 /* GGUF metadata value types. */

@@ -300,7 +300,8 @@ static uint32_t file_type(const mk_conv_opts *o, const cv_plan *p) {
     /* floats kept: the type of most bytes */
     uint64_t by[3] = {0, 0, 0};
     for (size_t i = 0; i < p->nouts; i++)
-        by[p->outs[i].dt == MK_DT_F32 ? 0 : p->outs[i].dt == MK_DT_F16 ? 1 : 2] += p->outs[i].nbytes;
+        if (p->outs[i].ggt != CV_GGML_MXFP4) /* carried over, whatever the file type */
+            by[p->outs[i].dt == MK_DT_F32 ? 0 : p->outs[i].dt == MK_DT_F16 ? 1 : 2] += p->outs[i].nbytes;
     return by[2] >= by[1] && by[2] >= by[0] ? 32 : by[1] >= by[0] ? 1 : 0;
 }
 

@@ -120,11 +120,13 @@ static mk_status header(cv_writer *w, const cv_plan *p, size_t first) {
     uint64_t data = 0;
     for (size_t i = first; i < w->end; i++) {
         const cv_out *o = &p->outs[i];
-        const char *tn = mk_ggml_type_name((mk_ggml_type)o->ggt);
+        bool mx = o->ggt == CV_GGML_MXFP4;
+        const char *tn = mx ? "MXFP4" : mk_ggml_type_name((mk_ggml_type)o->ggt);
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1, rows = 1;
         for (int d = 0; d + 1 < o->ndim; d++)
             rows *= o->shape[d];
-        if (!tn || o->ggt < 0 || mk_ggml_row_bytes((mk_ggml_type)o->ggt, cols) * (uint64_t)rows != o->nbytes)
+        uint64_t rb = mx ? (cols % 32 ? 0 : (uint64_t)(cols / 32) * 17u) : mk_ggml_row_bytes((mk_ggml_type)o->ggt, cols);
+        if (!tn || o->ggt < 0 || rb * (uint64_t)rows != o->nbytes)
             return mk_err(MK_E_INTERNAL, "gguf: tensor '%s' planned as %llu bytes, not a whole %s [%lld x %lld]",
                           o->name, (unsigned long long)o->nbytes, tn ? tn : "(no type)", (long long)rows,
                           (long long)cols);

@@ -708,6 +708,52 @@ static mk_status oss_to_hf(pctx *c, const cv_lt *lt, const char *stem, const cha
     return MK_OK;
 }
 
+/* gpt_oss's released MXFP4 experts for GGUF (conversion/gpt_oss.py
+ * repack_mxfp4): <P>gate_up_proj_blocks (E, 2I, H/32, 16) with _scales
+ * (E, 2I, H/32) -> ffn_gate_exps / ffn_up_exps (E, I, H) from the even /
+ * odd rows, <P>down_proj_blocks (E, H, I/32, 16) -> ffn_down_exps (E, H, I);
+ * each 32-value block becomes ggml's block_mxfp4 (gather.c, g_mx). */
+static mk_status oss_mxfp4_gguf(pctx *c, const cv_lt *lt, const char *stem, bool down) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    int64_t rows = down ? E * H : E * 2 * I, cols = down ? I : H; /* source rows of cols values */
+    const cv_mod *m = lt->mod;
+    const cv_lt *sc = oss_partner(c, stem, down ? "down_proj_scales" : "gate_up_proj_scales");
+    const mk_tensor_info *t = m->t[CV_T_MAIN];
+    if (cols % 32 || t->nbytes != (uint64_t)rows * (uint64_t)(cols / 32) * 16u)
+        return mk_err(MK_E_FORMAT, "'%s': %llu bytes, expected %lld rows of %lld MXFP4 values (16 bytes per 32)",
+                      m->name, (unsigned long long)t->nbytes, (long long)rows, (long long)cols);
+    if (!sc || sc->mod->kind != CV_RAW || sc->mod->t[CV_T_MAIN]->nbytes != (uint64_t)rows * (uint64_t)(cols / 32))
+        return mk_err(MK_E_FORMAT, "'%s': its _scales partner is missing or not %lld x %lld bytes", m->name,
+                      (long long)rows, (long long)(cols / 32));
+    uint64_t rb = (uint64_t)(cols / 32) * 16u;
+    for (int k = 0; k < (down ? 1 : 2); k++) {
+        int64_t sh[3] = {E, down ? H : I, cols};
+        const char *nl = down ? "down_proj.weight" : k ? "up_proj.weight" : "gate_proj.weight";
+        cv_out *o = oss_out(c, lt, stem, nl, MK_DT_U8, 3, sh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
+        cv_piece pc = {0};
+        pc.op = CV_OP_GATHER;
+        pc.part = CV_T_MAIN;
+        pc.g_part2 = CV_T_MAIN;
+        pc.dt = MK_DT_U8;
+        pc.mod = m;
+        pc.g_mod2 = sc->mod;
+        pc.g_mx = 1;
+        pc.nrows = down ? rows : rows / 2;
+        pc.g_base = down ? 0 : (uint64_t)k * rb;
+        pc.g_rstep = down ? rb : 2 * rb;
+        pc.g_cstep = 16;
+        pc.g_blk = 16;
+        pc.g_ncols = cols / 32;
+        pc.ocols = (int64_t)cv_gather_row_bytes(&pc);
+        pc.nbytes = (uint64_t)pc.nrows * cv_gather_row_bytes(&pc);
+        MK_TRY(push_piece(o, &pc));
+        o->ggt = CV_GGML_MXFP4;
+    }
+    return MK_OK;
+}
+
 /* gpt_oss's experts for GGUF (conversion/gpt_oss.py): llama.cpp's
  * ffn_{gate,up}_exps (E, I, H) and ffn_down_exps (E, H, I), each expert
  * transposed from transformers' (E, H, 2I) / (E, I, H) with gate and up
@@ -720,11 +766,16 @@ static mk_status oss_to_gguf(pctx *c, const cv_lt *lt, const char *stem, const c
     const cv_mod *m = lt->mod;
     bool gu = !strcmp(leaf, "gate_up_proj"), gub = !strcmp(leaf, "gate_up_proj_bias");
     bool dn = !strcmp(leaf, "down_proj");
+    bool gux = !strcmp(leaf, "gate_up_proj_blocks"), dnx = !strcmp(leaf, "down_proj_blocks");
     *done = true;
+    if (!strcmp(leaf, "gate_up_proj_scales") || !strcmp(leaf, "down_proj_scales"))
+        return MK_OK; /* zipped in with their blocks */
+    if (gux || dnx) /* released MXFP4: carried over as ggml's MXFP4, byte for byte */
+        return oss_mxfp4_gguf(c, lt, stem, dnx);
     if (m->kind != CV_FLOAT)
-        return mk_err(MK_E_UNSUPPORTED, "'%s': --to gguf of gpt_oss experts stored %s is not implemented yet "
-                      "(float experts only; MXFP4 experts are to be carried over, never requantized)", m->name,
-                      m->kind == CV_RAW ? "as MXFP4 blocks" : "quantized");
+        return mk_err(MK_E_UNSUPPORTED, "'%s': --to gguf of gpt_oss experts stored quantized other than as "
+                      "transformers' MXFP4 blocks is not implemented (an MLX checkpoint: convert it --to hf first)",
+                      m->name);
     if (!gu && !gub && !dn) {
         *done = false; /* down_proj_bias: a plain copy (gguf_names.c) */
         return MK_OK;
@@ -791,6 +842,10 @@ static mk_status gguf_retype(pctx *c) {
     for (size_t i = 0; i < p->nouts; i++) {
         cv_out *o = &p->outs[i];
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
+        if (o->npc > 0 && o->pc[0].op == CV_OP_GATHER && o->pc[0].g_mx) {
+            o->ggt = CV_GGML_MXFP4; /* gpt_oss's MXFP4 experts: carried over whatever the file type */
+            continue;
+        }
         /* conv1d (C, 1, K) as llama.cpp's (C, K): the same bytes */
         if (o->ndim == 3 && strstr(o->name, "ssm_conv1d") && o->shape[1] == 1) {
             o->shape[1] = o->shape[2];
