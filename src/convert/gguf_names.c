@@ -335,16 +335,6 @@ mk_status cv_gguf_check_names(const cv_src *s) {
                                         "(mlp_layer_types): llama.cpp's deepseek2 has only leading_dense_block_count",
                       s->dir);
     bool yarn = c->arch == MK_ARCH_GPT_OSS && strcmp(c->rope.type, "yarn") == 0;
-    if (c->arch == MK_ARCH_DEEPSEEK_V3 && c->dsa == MK_DSA_HALF)
-        /* names and keys are in place (g_archs, gguf_meta.c), but llama.cpp's
-         * deepseek32 graph selects other positions than transformers'
-         * DeepseekV32Indexer (and moekit) on tests/data/dsa64: logits equal
-         * up to position 11, then rel L2 up to 0.39 (0.086 overall), while
-         * the same weights as glm-dsa agree to 5e-7 */
-        return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of deepseek_v32 is refused: llama.cpp's deepseek32 indexer "
-                                        "selects other positions than transformers' DeepseekV32Indexer, so its GGUF "
-                                        "would compute another model (glm_moe_dsa converts)",
-                      s->dir);
     if (c->arch == MK_ARCH_DEEPSEEK_V3 && c->dsa != MK_DSA_NONE && (c->index_head_dim <= 0 || c->index_head_dim % 64))
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: index_head_dim %d: llama.cpp's lightning indexer needs a "
                                         "multiple of 64 (its Hadamard rotation of the indexer keys is at least 64 "

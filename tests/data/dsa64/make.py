@@ -2,7 +2,11 @@
 """Writes model.safetensors and config.json here: a tiny DeepSeek-V3.2
 checkpoint (deepseek_v32) whose lightning indexer has index_head_dim 64, the
 smallest llama.cpp's indexer runs (its Hadamard rotation is at least 64 wide;
-the shared fixtures' indexers are 32 wide). The test turns the same weights
+the shared fixtures' indexers are 32 wide), 16 indexer heads and positive
+head weights, so that no two positions score exactly the same (with 4 heads
+and signed weights many scores were exactly 0, every head's ReLU cut, and
+the top-k of such ties is implementation-defined: llama.cpp and moekit broke
+them differently). The test turns the same weights
 into a glm_moe_dsa config too (the tensor names are the same). Deterministic
 (a fixed LCG), bf16, scales like a trained model's (1/sqrt(fan_in)); not run
 by the tests: its output is committed."""
@@ -14,7 +18,7 @@ cfg = {
     "hidden_act": "silu", "hidden_size": 128, "intermediate_size": 256, "moe_intermediate_size": 64,
     "num_hidden_layers": 3, "num_attention_heads": 2, "num_key_value_heads": 2, "head_dim": 32,
     "q_lora_rank": 48, "kv_lora_rank": 32, "qk_nope_head_dim": 32, "qk_rope_head_dim": 32, "qk_head_dim": 64,
-    "v_head_dim": 32, "index_n_heads": 4, "index_head_dim": 64, "index_topk": 8,
+    "v_head_dim": 32, "index_n_heads": 16, "index_head_dim": 64, "index_topk": 8,
     "n_routed_experts": 4, "num_experts_per_tok": 2, "n_shared_experts": 1, "n_group": 1, "topk_group": 1,
     "norm_topk_prob": True, "routed_scaling_factor": 2.5, "first_k_dense_replace": 1,
     "mlp_layer_types": ["dense", "sparse", "sparse"],
@@ -64,7 +68,10 @@ for i in range(L):
     mat(a + "indexer.wk.weight", ID, H)
     vec(a + "indexer.k_norm.weight", ID, 1.0, 0.1)
     vec(a + "indexer.k_norm.bias", ID, 0.0, 0.1)
-    mat(a + "indexer.weights_proj.weight", IH, H)
+    # positive head weights over queries of many heads: a score is rarely exactly 0 (every head's
+    # ReLU cut), so the top-k has no ties whose order llama.cpp and moekit would break differently
+    tensors.append((a + "indexer.weights_proj.weight", [IH, H],
+                    b"".join(bf16(0.05 + 0.05 * rnd()) for _ in range(IH * H))))
     m = p + "mlp."
     if i == 0:
         mat(m + "gate_proj.weight", FF, H)
