@@ -332,7 +332,7 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
                       o->gguf_type);
     if (o->to == MK_CONV_GGUF && o->verify)
         return mk_err(MK_E_UNSUPPORTED, "--verify does not read GGUF output yet (compare with llama.cpp: "
-                                        "tests/cli/gguf_llama.sh)");
+                                        "tests/cli/gguf_llama_*.sh)");
     if (o->to == MK_CONV_GGUF && o->quant)
         return mk_err(MK_E_ARG, "quantize writes MLX; use convert --to gguf --gguf-type q8_0|q4_0");
     return MK_OK;

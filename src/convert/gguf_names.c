@@ -208,6 +208,7 @@ static const gmap g_gptoss_layer[] = {
     {"mlp.experts.gate_proj.bias", "ffn_gate_exps.bias"},
     {"mlp.experts.up_proj.bias", "ffn_up_exps.bias"},
     {"mlp.experts.down_proj_bias", "ffn_down_exps.bias"},
+    {"mlp.experts.down_proj.bias", "ffn_down_exps.bias"}, /* an MLX checkpoint's (already (E, out, in)) */
 };
 
 /* DeepSeek sparse attention (deepseek32: conversion/deepseek.py
@@ -359,8 +360,10 @@ mk_status cv_gguf_check_names(const cv_src *s) {
         if (lt->cls == MK_PART_VISION || lt->cls == MK_PART_MTP || cv_ends_with(lt->cname, "rotary_emb.inv_freq"))
             continue; /* dropped: the target is text only */
         if (c->arch == MK_ARCH_GPT_OSS && strstr(lt->cname, ".mlp.experts.") &&
-            !cv_ends_with(lt->cname, ".down_proj_bias"))
-            continue; /* planned by plan.c's oss_to_gguf, which names its outputs from the table above */
+            (cv_ends_with(lt->cname, "_proj") || cv_ends_with(lt->cname, "_blocks") ||
+             cv_ends_with(lt->cname, "_scales") || cv_ends_with(lt->cname, ".gate_up_proj_bias")))
+            continue; /* transformers' forms, planned by plan.c's oss_to_gguf, which names its outputs
+                       * from the table above */
         if (s->cfg.tie_word_embeddings && strcmp(lt->cname, "lm_head.weight") == 0)
             continue;
         MK_TRY(check_one(s, lt->cname));

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `moekit convert --to gguf` without llama.cpp: the nothing-lost rules for a
-# one-file output and its errors (tests/cli/gguf_llama.sh checks the file
+# one-file output and its errors (tests/cli/gguf_llama_*.sh checks the file
 # against llama.cpp itself).
 #   - a vision-language checkpoint, a qwen3_moe llama.cpp would compute
 #     differently (norm_topk_prob false), --gguf-type without --to gguf, a bad

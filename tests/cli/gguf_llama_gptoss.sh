@@ -15,6 +15,15 @@ sed -i 's/"truncate": false/"truncate": true/' "$T/gptoss-trunc/config.json"
 grep -q '"truncate": true' "$T/gptoss-trunc/config.json" || fail "gptoss-a/bf16/config.json: no \"truncate\": false to flip"
 check_fixture gptoss-a "$T/gptoss-trunc"
 
+# an MLX checkpoint of the same weights (experts already (E, out, in), copied) gives the same file
+"$BIN" convert "$T/gptoss-trunc" "$T/mlx" --to mlx --quiet
+"$BIN" convert "$T/mlx" "$T/mlx.gguf" --to gguf --gguf-type f32 --quiet
+"$BIN" convert "$T/gptoss-trunc" "$T/hf.gguf" --to gguf --gguf-type f32 --quiet
+"$PEER/mk_llama" cmp "$T/mlx.gguf" "$T/hf.gguf" >"$T/cmp" ||
+    { head -20 "$T/cmp" >&2; fail "gptoss-a: the GGUF of its MLX conversion differs from the HF one's"; }
+echo "ok: gptoss-a: HF -> GGUF and HF -> MLX -> GGUF write the same tensors ($(tail -1 "$T/cmp"))"
+rm -rf "$T/mlx" "$T/mlx.gguf" "$T/hf.gguf"
+
 # the fixture as released: "truncate": false, which llama.cpp cannot compute (reported)
 fx=gptoss-a
 ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')

@@ -5,7 +5,8 @@
 # ones byte for byte, and the bf16 one (experts transposed into memory at
 # load: nothing to stream) runs resident under the same options; convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
-# quantize, --to gguf and verify across layouts refuse gpt_oss by name
+# quantize, --to gguf of MLX MXFP4 experts and verify across layouts refuse
+# gpt_oss by name
 # (exit 2, no output). The match with transformers is
 # test_engine_fixtures' (test_gptoss_a).
 set -euo pipefail
@@ -66,6 +67,8 @@ cmp "$T/res.mxfp4.f32" "$T/mlx.str.f32" || fail "the MLX MXFP4 conversion stream
 
 expect 2 "gpt_oss" "$BIN" quantize "$G/bf16" "$T/q" --bits 4
 [ ! -e "$T/q" ] || fail "a refused quantize left $T/q"
-expect 2 "gpt_oss" "$BIN" convert "$G/bf16" "$T/g.gguf" --to gguf
+# --to gguf (gguf_llama_gptoss.sh checks it against llama.cpp) of MLX MXFP4 experts: refused by name
+expect 2 "gpt_oss" "$BIN" convert "$T/mlx.mxfp4" "$T/g.gguf" --to gguf
+[ ! -e "$T/g.gguf" ] || fail "a refused --to gguf left $T/g.gguf"
 expect 2 "gpt_oss" "$BIN" verify "$G/mxfp4" "$G/bf16"
 echo "gptoss: all passed"
