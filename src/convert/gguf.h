@@ -72,6 +72,11 @@ bool cv_gguf_attn_v_like(const char *gname);
  * rows of `cols` values (gguf_types.c says how); fdt is its float dtype,
  * kept when m->ftype is -1. */
 mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_dtype fdt, cv_gguf_mix *m);
+/* The type of an output under an override `over` (a mk_ggml_type from
+ * mk_conv_opts.gguf_over_type): F32 when llama.cpp never quantizes it,
+ * else `over` after llama.cpp's fallback for rows that are not whole
+ * blocks. */
+mk_ggml_type cv_gguf_type_over(const char *gname, int ndim, int64_t cols, int over);
 /* Is gguf_type one of the file types above (not Q5_0 / Q5_1, which are
  * fallbacks only)? */
 bool cv_gguf_type_ok(int gguf_type);

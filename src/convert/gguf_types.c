@@ -105,6 +105,12 @@ mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_dtype fd
     return fallback(t, cols);
 }
 
+mk_ggml_type cv_gguf_type_over(const char *gname, int ndim, int64_t cols, int over) {
+    if (never_quantized(gname, ndim))
+        return MK_GGML_F32;
+    return fallback((mk_ggml_type)over, cols);
+}
+
 bool cv_gguf_type_ok(int ft) { return ft == MK_GGML_F32 || cv_gguf_file_type(ft) != 0; }
 
 uint32_t cv_gguf_file_type(int ft) {
