@@ -80,15 +80,17 @@ static mk_status get(rd *r, void *out, uint64_t n, const char *what) {
 static mk_status get_u32(rd *r, uint32_t *v, const char *what) { return get(r, v, 4, what); }
 static mk_status get_u64(rd *r, uint64_t *v, const char *what) { return get(r, v, 8, what); }
 
-/* A string as a JSON string; one that is not UTF-8 (JSON cannot carry it)
- * as "<N bytes, not UTF-8>". */
+/* A string as a JSON string; one that is not UTF-8 or holds a NUL as
+ * "<N bytes, not UTF-8 text>". */
 static mk_status get_str(rd *r, json_t **out, const char *what) {
     uint64_t n;
     MK_TRY(get_u64(r, &n, what));
     MK_TRY(need(r, n, what));
-    *out = json_stringn((const char *)r->buf + r->pos, (size_t)n);
+    const char *b = (const char *)r->buf + r->pos;
+    /* a NUL inside is refused too: jansson's reader (the CLI's) rejects "\u0000" */
+    *out = memchr(b, 0, (size_t)n) ? NULL : json_stringn(b, (size_t)n);
     if (!*out)
-        *out = json_sprintf("<%llu bytes, not UTF-8>", (unsigned long long)n);
+        *out = json_sprintf("<%llu bytes, not UTF-8 text>", (unsigned long long)n);
     r->pos += n;
     return *out ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for %s (%llu bytes)", r->path, what,
                                  (unsigned long long)n);
