@@ -43,4 +43,14 @@ const n = r.problems.filter((p) => p.code === "outside_file").length;
 if (n < 1 || n >= r.tensors.length) { console.error("FAIL: " + n + " of " + r.tensors.length + " tensors outside"); process.exit(1); }
 console.log("ok: half.gguf: " + n + " of " + r.tensors.length + " tensors listed past the end of the file");
 ' "$T/half.json"
+# a NUL inside a string (general.name "bf16" -> "b\0f16"): reported, not dropped (jansson's reader, the
+# CLI's, refuses "\u0000": the text report once printed nothing)
+cp "$T/a.gguf" "$T/nul.gguf"
+at=$(grep -abo 'general\.name' "$T/nul.gguf" | head -1 | cut -d: -f1)
+[ -n "$at" ] || fail "a.gguf: no general.name"
+printf '\000' | dd of="$T/nul.gguf" bs=1 seek=$((at + 12 + 4 + 8 + 1)) conv=notrunc status=none
+"$BIN" inspect "$T/nul.gguf" > "$T/nul.txt"
+grep -q 'general.name (str): "<4 bytes, not UTF-8 text>"' "$T/nul.txt" ||
+    { head -12 "$T/nul.txt" >&2; fail "nul.gguf: general.name not reported as 4 bytes of non-text"; }
+echo "ok: nul.gguf: a string with a NUL reported as such"
 echo "gguf_inspect: all passed"
