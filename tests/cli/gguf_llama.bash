@@ -5,19 +5,8 @@
 # puts them and the tools built on them in $MK_SRC/.peers/bin). Skipped, with
 # the reason, when that peer is not installed.
 #
-# On the qwen3moe fixtures (qwen3moe-a, and qwen3moe-odd whose shapes are
-# not powers of two) and minimax-m2's (minimaxm2-a: per-expert w1/w3/w2
-# stacked, whole-projection q/k norms, sigmoid routing with exp_probs_b) and
-# glm4moe's (glm4moe-a: q/k/v biases, partial RoPE, a leading dense layer,
-# a shared expert, routed scaling 2.5) and qwen3next's (qwen3next-a: Gated
-# DeltaNet layers, in_proj_qkvz split into attn_qkv / attn_gate, ssm_a =
-# -exp(A_log), 1 + w norms, gated q_proj, a shared expert with its gate) and
-# qwen35moe's (qwen35moe-a, and the trained tiny-qwen35moe with 16 experts
-# and its tokenizer: separate in_proj_qkv / z / a / b, the value heads
-# reordered from grouped to tiled in rows, columns and vectors, MRoPE
-# sections) and deepseek2's (deepseekv3-a, glm4lite-a: MLA with kv_b_proj
-# split into attn_k_b, transposed per head, and attn_v_b; grouped sigmoid
-# routing; leading dense layers, from mlp_layer_types for glm4_moe_lite):
+# On each fixture a gguf_llama_<arch>.sh names (what it exercises is said
+# there), check_fixture runs:
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
@@ -41,13 +30,9 @@
 #      way (its values are the F32 file's, bit for bit), not by logits:
 #      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
 #      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
-# check_fixture FX runs 1-3 on fixture FX; each gguf_llama_<arch>.sh names
-# its fixtures and what they exercise.
-# The FP8 variant of qwen3moe-odd converted straight to an F32 GGUF: llama.cpp's logits equal
-# moekit's on the FP8 checkpoint (rel L2 <= 1e-3).
-# On a synthetic qwen3_moe with the trained tiny model's tokenizer.json
-# (vocab 4096) the gpt2 vocabulary, merges and pre-tokenizer written into the
-# GGUF make llama.cpp tokenize text exactly as moekit's tokenizer does.
+# Also sourced, for its peer lookup and helpers, by the FP8 -> GGUF check (gguf_llama_qwen3moe.sh), the
+# mixes' layer rules (gguf_llama_mix.sh), the tokenizer (gguf_llama_tokenizer.sh),
+# --target-bpw (gguf_target_bpw.sh) and the GGUF reader (gguf_inspect.sh).
 set -euo pipefail
 BIN=${MK_BIN:?}
 . "${MK_SRC:?}/tests/cli/fixtures.bash"
