@@ -829,29 +829,28 @@ static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
  * types as CV_OP_GGQ pieces over the float op of the same rows. The
  * outputs are visited in the file's order (the writer's), as llama.cpp's
  * type choice counts them. */
-/* mk_conv_opts.gguf_over_*: the index of the override of GGUF tensor
- * `gname`, -1 when none. An override names a source module (profile naming); its GGUF name
- * is the module's canonical name's (a leading "language_model." dropped,
- * qwen3_5_moe's MLX prefix). Tensors split from one module take its type:
+/* mk_conv_opts.gguf_over_*: the GGUF name of each override's module
+ * (malloc'd, NULL when it has none): the module's canonical name's (a
+ * leading "language_model." dropped, qwen3_5_moe's MLX prefix). */
+static char *gguf_over_name(const pctx *c, const char *m) {
+    if (strncmp(m, "language_model.", 15) == 0)
+        m += 15;
+    char cname[320];
+    snprintf(cname, sizeof cname, "%s.weight", m);
+    return cv_gguf_name(c->s, cname);
+}
+
+/* The index of the override of GGUF tensor `gname` (gn: the overrides'
+ * GGUF names), -1 when none. Tensors split from one module take its type:
  * attn_gate from in_proj_qkvz (attn_qkv), attn_v_b from kv_b_proj
  * (attn_k_b). */
-static int gguf_override(const pctx *c, const char *gname) {
-    const mk_conv_opts *o = c->o;
+static int gguf_override(const pctx *c, char *const *gn, const char *gname) {
     char want[320];
     snprintf(want, sizeof want, "%s", gname);
     for (int pass = 0; pass < 2; pass++) {
-        for (size_t i = 0; i < o->n_gguf_over; i++) {
-            const char *m = o->gguf_over_mod[i];
-            if (strncmp(m, "language_model.", 15) == 0)
-                m += 15;
-            char cname[320];
-            snprintf(cname, sizeof cname, "%s.weight", m);
-            char *g = cv_gguf_name(c->s, cname);
-            bool hit = g && strcmp(g, want) == 0;
-            free(g);
-            if (hit)
+        for (size_t i = 0; i < c->o->n_gguf_over; i++)
+            if (gn[i] && strcmp(gn[i], want) == 0)
                 return (int)i;
-        }
         char *x = strstr(want, ".attn_gate.weight");
         char *y = strstr(want, ".attn_v_b.weight");
         if (x)
@@ -864,23 +863,32 @@ static int gguf_override(const pctx *c, const char *gname) {
     return -1;
 }
 
-static mk_status gguf_retype_run(pctx *c, unsigned char *over_hit);
+static mk_status gguf_retype_run(pctx *c, char *const *gn, unsigned char *over_hit);
 
 static mk_status gguf_retype(pctx *c) {
     const mk_conv_opts *o = c->o;
-    unsigned char *hit = o->n_gguf_over ? mk_calloc(o->n_gguf_over, 1) : NULL;
-    if (o->n_gguf_over && !hit)
-        return mk_err(MK_E_NOMEM, "--to gguf: no memory for %zu type overrides", o->n_gguf_over);
-    mk_status st = gguf_retype_run(c, hit);
-    for (size_t i = 0; st == MK_OK && i < o->n_gguf_over; i++)
+    size_t n = o->n_gguf_over;
+    unsigned char *hit = n ? mk_calloc(n, 1) : NULL;
+    char **gn = n ? mk_calloc(n, sizeof *gn) : NULL;
+    mk_status st = MK_OK;
+    if (n && (!hit || !gn))
+        st = mk_err(MK_E_NOMEM, "--to gguf: no memory for %zu type overrides", n);
+    for (size_t i = 0; st == MK_OK && i < n; i++)
+        gn[i] = gguf_over_name(c, o->gguf_over_mod[i]); /* NULL: reported below, as never hit */
+    if (st == MK_OK)
+        st = gguf_retype_run(c, gn, hit);
+    for (size_t i = 0; st == MK_OK && i < n; i++)
         if (!hit[i])
             st = mk_err(MK_E_MISMATCH, "%s: module '%s' of the type allocation is no tensor of this model's GGUF "
                         "(a profile of another model?)", c->s->dir, o->gguf_over_mod[i]);
+    for (size_t i = 0; gn && i < n; i++)
+        free(gn[i]);
+    free(gn);
     free(hit);
     return st;
 }
 
-static mk_status gguf_retype_run(pctx *c, unsigned char *over_hit) {
+static mk_status gguf_retype_run(pctx *c, char *const *gn, unsigned char *over_hit) {
     cv_plan *p = c->p;
     qsort(p->outs, p->nouts, sizeof *p->outs, c->t->writer->order);
     cv_gguf_mix mx = {.ftype = c->o->gguf_type, .n_layer = c->s->cfg.num_layers, .n_expert = c->s->cfg.num_experts,
@@ -904,7 +912,7 @@ static mk_status gguf_retype_run(pctx *c, unsigned char *over_hit) {
             cols = o->shape[1];
         }
         mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
-        int over = c->o->n_gguf_over ? gguf_override(c, o->name) : -1;
+        int over = c->o->n_gguf_over ? gguf_override(c, gn, o->name) : -1;
         if (over >= 0) {
             gt = cv_gguf_type_over(o->name, o->ndim, cols, c->o->gguf_over_type[over]);
             over_hit[over] = 1;
