@@ -83,6 +83,13 @@ bool cv_gguf_type_ok(int gguf_type);
 /* general.file_type (llama.cpp's llama_ftype) of a --gguf-type value. */
 uint32_t cv_gguf_file_type(int gguf_type);
 
+/* gguf_writer.c: write the header the writer writes for plan p (magic to
+ * the padding before the data) to fd from offset 0 (--verify compares it
+ * with the file's); *len its bytes, where the data section starts. */
+mk_status cv_gguf_header_to(const cv_plan *p, int fd, const char *what, uint64_t *len);
+/* v rounded up to the data alignment (each tensor's data starts there). */
+uint64_t cv_gguf_align(uint64_t v);
+
 /* gguf_meta.c: serialize the key/value section into p->gguf_kv. */
 mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p);
 

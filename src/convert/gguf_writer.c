@@ -181,6 +181,30 @@ static mk_status gg_begin(const char *dir, const cv_plan *p, int k, const char *
     return MK_OK;
 }
 
+mk_status cv_gguf_header_to(const cv_plan *p, int fd, const char *what, uint64_t *len) {
+    if (p->nshards != 1)
+        return mk_err(MK_E_INTERNAL, "gguf: planned as %d shards; a GGUF output is one file", p->nshards);
+    cv_writer w;
+    memset(&w, 0, sizeof w);
+    w.fd = fd;
+    w.tmp = (char *)what; /* named in write errors only */
+    w.p = p;
+    w.cur = p->shard_first[0];
+    w.end = p->shard_first[1];
+    w.buf = mk_malloc(GW_BUF);
+    if (!w.buf)
+        return mk_err(MK_E_NOMEM, "%s: no memory for the GGUF writer's %u MiB buffer", what, GW_BUF >> 20);
+    mk_status s = header(&w, p, w.cur);
+    if (s == MK_OK) {
+        *len = pos(&w);
+        s = flush(&w);
+    }
+    free(w.buf);
+    return s;
+}
+
+uint64_t cv_gguf_align(uint64_t v) { return align_up(v); }
+
 static int gg_fd(const cv_writer *w) { return w->fd; }
 
 static mk_status gg_write(cv_writer *w, const void *data, size_t n) {
