@@ -9,6 +9,7 @@
 
 #include "cli_flags.h"
 #include "cmd.h"
+#include "gguf_alloc.h"
 #include "moekit/convert.h"
 #include "moekit/ggml_quant.h"
 
@@ -21,13 +22,20 @@ static void help(FILE *f) {
             "second one is refused, naming the first one's pid. Bad input found mid-run removes\n"
             "DST.partial/ (a rerun would fail alike); a full disk keeps it for the rerun.\n\n"
             "  --to hf|mlx|gguf         target layout (required); gguf: DST is one file for llama.cpp\n"
-            "                           (qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, glm4_moe(_lite),\n"
-            "                           minimax_m2; built in DST.partial/, then moved to DST)\n"
+            "                           (qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, deepseek_v32,\n"
+            "                           glm_moe_dsa, glm4_moe(_lite), minimax_m2, gpt_oss; built in\n"
+            "                           DST.partial/, then moved to DST)\n"
             "  --gguf-type T            gguf: f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k (every tensor\n"
             "                           of that type, as llama-quantize --pure), or the mixes q4_k_m,\n"
             "                           q5_k_m (llama-quantize's per-tensor choice); llama.cpp's reference\n"
             "                           quantizers bit for bit; norms and the router stay f32, as llama.cpp\n"
             "                           writes them (default: floats keep --dtype's dtype)\n"
+            "  --target-bpw X --profile P  gguf: a ggml type per tensor (Q4_K, Q5_K, Q6_K, Q8_0) chosen by\n"
+            "                           moekit's allocator over profile P (moekit profile) for X bits per\n"
+            "                           weight, each layer's experts of a projection one type; instead of\n"
+            "                           --gguf-type\n"
+            "  --class-weights W        with --target-bpw: none (default), learned or CLASS=F,... (moekit\n"
+            "                           quantize --help)\n"
             "  --experts per-expert|fused  HF expert layout (default per-expert)\n"
             "  --pack-experts           each routed expert's tensors as one contiguous block, 4 KiB-aligned when\n"
             "                           sizes allow: one read per expert when streaming; not with --experts fused\n"
@@ -45,7 +53,8 @@ static void help(FILE *f) {
             "                           subdirectory); any other directory, SRC itself, a directory\n"
             "                           holding SRC, / and the home directory are always refused\n"
             "  --verify                 re-read the output: copied tensors by xxh3-128, converted ones\n"
-            "                           numerically against the dequantized source\n"
+            "                           numerically against the dequantized source; gguf: the header as\n"
+            "                           planned, computed tensors computed again and compared byte for byte\n"
             "  --quiet                  no progress lines\n"
             "  --stats                  print counters and the peak resident memory (VmHWM) on stdout\n\n"
             "--to mlx writes what mlx_lm.load expects: switch_mlp stacking, +1 on zero-centred norms,\n"
@@ -67,7 +76,7 @@ static void print_stats(const mk_conv_stats *st) {
            (unsigned long long)st->experts_packed, (unsigned long long)st->experts_aligned);
 }
 
-enum { O_TO = 256, O_GGTYPE, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
+enum { O_TO = 256, O_GGTYPE, O_TARGET, O_PROFILE, O_CLASSW, O_EXPERTS, O_PACK, O_DTYPE, O_F16, O_MEM, O_THREADS, O_VISION, O_MTP, O_SHARD, O_FORCE,
        O_VERIFY, O_QUIET, O_STATS };
 
 static int cmd_convert(int argc, char **argv) {
@@ -80,10 +89,14 @@ static int cmd_convert(int argc, char **argv) {
         {"force", no_argument, 0, O_FORCE},            {"verify", no_argument, 0, O_VERIFY},
         {"quiet", no_argument, 0, O_QUIET},            {"stats", no_argument, 0, O_STATS},
         {"gguf-type", required_argument, 0, O_GGTYPE}, {"help", no_argument, 0, 'h'},
+        {"target-bpw", required_argument, 0, O_TARGET}, {"profile", required_argument, 0, O_PROFILE},
+        {"class-weights", required_argument, 0, O_CLASSW},
         {0, 0, 0, 0}};
     mk_conv_opts o;
     mk_conv_opts_init(&o);
     int c, rc, have_to = 0, stats = 0;
+    double target = 0;
+    const char *profile = NULL, *class_weights = NULL;
     unsigned long long v;
     while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
         switch (c) {
@@ -109,6 +122,12 @@ static int cmd_convert(int argc, char **argv) {
                                     "q4_k_m or q5_k_m", optarg);
             break;
         }
+        case O_TARGET:
+            if ((rc = mk_flag_real("convert", "--target-bpw", optarg, 0, 32, MK_FLAG_LO_OPEN, &target)) >= 0)
+                return rc;
+            break;
+        case O_PROFILE: profile = optarg; break;
+        case O_CLASSW: class_weights = optarg; break;
         case O_EXPERTS:
             if (strcmp(optarg, "per-expert") && strcmp(optarg, "fused"))
                 return mk_cli_usage("convert", "--experts '%s': expected per-expert or fused", optarg);
@@ -150,12 +169,31 @@ static int cmd_convert(int argc, char **argv) {
         return mk_cli_usage("convert", "expected SRC and DST");
     if (!have_to)
         return mk_cli_usage("convert", "--to hf, --to mlx or --to gguf is required");
+    if ((target > 0) != (profile != NULL))
+        return mk_cli_usage("convert", "--target-bpw and --profile go together");
+    if (class_weights && target <= 0)
+        return mk_cli_usage("convert", "--class-weights needs --target-bpw");
+    if (target > 0 && o.to != MK_CONV_GGUF)
+        return mk_cli_usage("convert", "--target-bpw is for --to gguf (for MLX output: moekit quantize --target-bpw)");
+    if (target > 0 && o.gguf_type != -1)
+        return mk_cli_usage("convert", "--target-bpw chooses the types: drop --gguf-type");
+    mk_gguf_alloc ga;
+    memset(&ga, 0, sizeof ga);
+    if (target > 0) {
+        mk_status as = mk_gguf_alloc_solve(profile, target, class_weights, &o, &ga);
+        if (as != MK_OK)
+            return mk_cli_fail(as);
+        if (!o.quiet)
+            fprintf(stderr, "convert: allocation for %.4f bpw over %zu profiled tensors: %.4f bpw expected\n",
+                    target, ga.n, ga.expected_bpw);
+    }
     /* Past a file-size limit, write() must fail with EFBIG (reported as a
      * full disk) instead of the default SIGXFSZ killing us mid-shard. */
     signal(SIGXFSZ, SIG_IGN);
     mk_conv_stats st;
     o.held_bytes = mk_cli_rss(); /* the binary and what the CLI holds count too */
     mk_status s = mk_conv_run(argv[optind], argv[optind + 1], &o, &st);
+    mk_gguf_alloc_free(&ga);
     if (stats)
         print_stats(&st);
     if (s != MK_OK) {

@@ -13,6 +13,10 @@
 static void help(FILE *f) {
     fprintf(f,
             "usage: moekit inspect PATH [--json] [--scan]\n\n"
+            "A PATH ending in .gguf is read as llama.cpp's GGUF: version, architecture, every\n"
+            "metadata key (arrays as their count and first values), every tensor with its ggml type,\n"
+            "dimensions (innermost first) and bytes, totals by type, and problems (a tensor past the\n"
+            "end of the file, an unknown type, rows that are not whole blocks).\n\n"
             "Describe the checkpoint at PATH (a .safetensors file or a checkpoint directory with\n"
             "config.json): architecture and layer schedule, expert layout (per-expert, fused,\n"
             "MLX switch_mlp), quantization per module (MLX affine/mxfp4/mxfp8/nvfp4 with bits and\n"
@@ -63,6 +67,63 @@ static void storage_key(json_t *e, char *key, size_t n) {
         snprintf(key, n, "%s %lld-bit g%lld", gs(e, "scheme"), (long long)gi(e, "bits"), (long long)gi(e, "group_size"));
     else
         snprintf(key, n, "%s %s", gs(e, "scheme"), gs(e, "fp8"));
+}
+
+/* The text report of a GGUF file (mk_inspect_gguf's JSON). */
+static void render_gguf(json_t *r) {
+    char b1[32], b2[32];
+    json_t *tot = json_object_get(r, "totals");
+    printf("%s (GGUF v%lld)\n", gs(r, "path"), (long long)gi(r, "version"));
+    printf("  architecture    %s\n", json_is_string(json_object_get(r, "architecture")) ? gs(r, "architecture") : "(none)");
+    count(b1, sizeof b1, gi(tot, "params"));
+    human(b2, sizeof b2, gi(tot, "bytes"));
+    printf("  tensors         %lld, %s params, %s of data\n", (long long)gi(tot, "tensors"), b1, b2);
+    const char *k;
+    json_t *v;
+    json_object_foreach(json_object_get(tot, "by_type"), k, v) {
+        count(b1, sizeof b1, gi(v, "params"));
+        human(b2, sizeof b2, gi(v, "bytes"));
+        printf("    %-13s %lld tensors, %s params, %s\n", mk_cli_esc(k), (long long)gi(v, "tensors"), b1, b2);
+    }
+    printf("  metadata        %zu keys\n", json_object_size(json_object_get(r, "kv")));
+    json_object_foreach(json_object_get(r, "kv"), k, v) {
+        json_t *val = json_object_get(v, "value");
+        printf("    %s (%s): ", mk_cli_esc(k), gs(v, "type"));
+        if (json_is_object(val)) {
+            printf("array of %lld %s", (long long)gi(val, "count"), gs(val, "array"));
+            if (json_array_size(json_object_get(val, "head")))
+                printf(", first:");
+            size_t i;
+            json_t *e;
+            json_array_foreach(json_object_get(val, "head"), i, e) {
+                char *s = json_dumps(e, JSON_ENCODE_ANY);
+                printf(" %s", s ? mk_cli_esc(s) : "?");
+                free(s);
+            }
+            printf("\n");
+        } else if (json_is_string(val)) {
+            const char *s = json_string_value(val);
+            size_t n = strlen(s);
+            printf("\"%.*s%s\"\n", n > 60 ? 60 : (int)n, mk_cli_esc(s), n > 60 ? "..." : "");
+        } else {
+            char *s = json_dumps(val, JSON_ENCODE_ANY);
+            printf("%s\n", s ? s : "?");
+            free(s);
+        }
+    }
+    printf("  tensors (name, type, dims innermost first, bytes)\n");
+    size_t i;
+    json_array_foreach(json_object_get(r, "tensors"), i, v) {
+        printf("    %s %s [", gs(v, "name"), gs(v, "type"));
+        size_t d;
+        json_t *e;
+        json_array_foreach(json_object_get(v, "ne"), d, e) printf("%s%lld", d ? ", " : "", (long long)json_integer_value(e));
+        printf("] %lld\n", (long long)gi(v, "bytes"));
+    }
+    size_t np = json_array_size(json_object_get(r, "problems"));
+    printf("  problems        %zu\n", np);
+    json_array_foreach(json_object_get(r, "problems"), i, v)
+        printf("    %s: %s: %s\n", gs(v, "code"), gs(v, "tensor"), gs(v, "cause"));
 }
 
 static void render(json_t *r) {
@@ -189,14 +250,21 @@ static int cmd_inspect(int argc, char **argv) {
     if (optind + 1 != argc)
         return mk_cli_usage("inspect", "expected exactly one PATH");
     char *txt;
-    mk_status s = mk_inspect(argv[optind], &o, &txt);
+    const char *path = argv[optind];
+    size_t pl = strlen(path);
+    bool gguf = pl > 5 && strcmp(path + pl - 5, ".gguf") == 0;
+    if (gguf && o.scan)
+        return mk_cli_usage("inspect", "--scan reads safetensors checkpoints; a GGUF's header is what is read");
+    mk_status s = gguf ? mk_inspect_gguf(path, &txt) : mk_inspect(path, &o, &txt);
     if (s != MK_OK)
         return mk_cli_fail(s);
     if (json)
         puts(txt);
     else {
         json_t *r = json_loads(txt, 0, NULL);
-        if (r)
+        if (r && gguf)
+            render_gguf(r);
+        else if (r)
             render(r);
         json_decref(r);
     }

@@ -84,6 +84,16 @@ typedef struct mk_conv_opts {
      * mixes MK_GGUF_Q4_K_M / MK_GGUF_Q5_K_M; -1 (the default): float
      * tensors keep the dtype `dtype` says */
     int gguf_type;
+    /* GGUF target: per-tensor ggml types chosen elsewhere (convert
+     * --target-bpw's allocation over a profile): gguf_over_mod[i] is a
+     * module path as a profile names it (MLX naming, no ".weight"; a routed
+     * expert stack's switch_mlp path) and gguf_over_type[i] its
+     * mk_ggml_type; modules not listed take gguf_type's choice. Tensors
+     * llama.cpp never quantizes stay F32, and rows that are not whole blocks
+     * fall back as llama.cpp's do. Borrowed for the call. */
+    const char *const *gguf_over_mod;
+    const int *gguf_over_type;
+    size_t n_gguf_over;
 } mk_conv_opts;
 
 /* mk_conv_opts.gguf_type: llama.cpp's per-tensor mixes (its llama_ftype

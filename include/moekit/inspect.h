@@ -26,6 +26,16 @@ typedef struct mk_inspect_opts {
  * an error is returned only when the checkpoint cannot be read at all. */
 mk_status mk_inspect(const char *path, const mk_inspect_opts *opts, char **json_out);
 
+/* Inspect the GGUF file at `path` (src/inspect/inspect_gguf.c): version,
+ * architecture, every key/value pair (arrays as their type, count and
+ * first values), every tensor (name, ggml type, dimensions innermost
+ * first, offset, bytes), totals by type and problems (a tensor outside
+ * the file, an unknown type, rows that are not whole blocks, a misaligned
+ * offset). Only the header is read. *json_out is a malloc'd JSON text;
+ * an error (naming the file, the field and its offset) only when the
+ * header cannot be read. */
+mk_status mk_inspect_gguf(const char *path, char **json_out);
+
 #ifdef __cplusplus
 }
 #endif

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Test-only llama.cpp: the oracle of tests/cli/gguf_llama.sh and the peer of bench/bench_peer.sh.
+# Test-only llama.cpp: the oracle of tests/cli/gguf_llama_*.sh and the peer of bench/bench_peer.sh.
 #
 # Installs, with npm, into $REPO/.peers (gitignored, never committed):
 #   node-llama-cpp 3.21.1            its llama/gitRelease.bundle is the llama.cpp source (release v0.4.0)
@@ -29,7 +29,7 @@ DEST="$REPO/.peers"
 VER=3.21.1
 PKGS=("node-llama-cpp@$VER" "@node-llama-cpp/linux-x64@$VER")
 
-skip() { echo "llama.sh: SKIPPED: $*; tests/cli/gguf_llama.sh and bench/bench_peer.sh will skip" >&2; exit 0; }
+skip() { echo "llama.sh: SKIPPED: $*; tests/cli/gguf_llama_*.sh and bench/bench_peer.sh will skip" >&2; exit 0; }
 
 [ "$(uname -s)-$(uname -m)" = "Linux-x86_64" ] || skip "prebuilt llama.cpp is used on Linux x86-64 only"
 command -v npm >/dev/null 2>&1 || skip "npm not found (Debian: apt-get install nodejs npm)"

@@ -176,9 +176,11 @@ typedef struct cv_piece {
      * from grouped by key head (g * vr_r + j) to tiled (j * vr_nk + g);
      * vr_nk 0: none */
     int vr_nk, vr_r, vr_hd;
-    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj) are
-     * written transposed (cols rows of nrows values, llama.cpp's attn_k_b);
-     * such a piece runs as one unit */
+    /* GGQ: the piece's rows (one head's k rows of DeepSeek's kv_b_proj, one
+     * gpt_oss expert's gate_up_proj / down_proj / bias rows) are written
+     * transposed (cols rows of nrows values, llama.cpp's attn_k_b); tr 2 / 3
+     * keeps only the even / odd rows of the transpose (gpt_oss's gate and up,
+     * interleaved in the columns); such a piece runs as one unit */
     unsigned char tr;
     const cv_mod *mod;
     int64_t row0, nrows; /* region in the module's flattened rows */
@@ -193,9 +195,13 @@ typedef struct cv_piece {
      * g_blk bytes of tensor `part` of mod at byte g_base + r*g_rstep +
      * c*g_cstep, followed (zip) by the same bytes of tensor g_part2 of g_mod2
      * when g_mod2 is set: a de-interleave, an interleave, a transpose or
-     * both, of stored bytes that are never decoded */
+     * both, of stored bytes that are never decoded. g_mx: the units are
+     * MXFP4 blocks of 16 bytes (transformers' nibble order) and g_mod2 holds
+     * their E8M0 scales, one byte per block at the block's offset / 16;
+     * each unit is written as ggml's block_mxfp4 (gather.c) */
     const cv_mod *g_mod2;
     unsigned char g_part2;
+    unsigned char g_mx;
     uint64_t g_base, g_rstep, g_cstep;
     uint32_t g_blk;
     int64_t g_ncols;

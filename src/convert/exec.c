@@ -330,9 +330,6 @@ static mk_status check_opts(const cv_src *s, const mk_conv_opts *o) {
     if (o->to == MK_CONV_GGUF && o->gguf_type >= 0 && !cv_gguf_type_ok(o->gguf_type))
         return mk_err(MK_E_ARG, "--gguf-type %d: expected f32, f16, bf16, q8_0, q4_0, q4_k, q5_k, q6_k, q4_k_m or q5_k_m",
                       o->gguf_type);
-    if (o->to == MK_CONV_GGUF && o->verify)
-        return mk_err(MK_E_UNSUPPORTED, "--verify does not read GGUF output yet (compare with llama.cpp: "
-                                        "tests/cli/gguf_llama.sh)");
     if (o->to == MK_CONV_GGUF && o->quant)
         return mk_err(MK_E_ARG, "quantize writes MLX; use convert --to gguf --gguf-type q8_0|q4_0");
     return MK_OK;

@@ -4,7 +4,8 @@
  * same values `--to gguf --gguf-type f32` would write) and quantized with
  * ggml's reference quantizer of the piece's type (`part`: a ggml block type,
  * src/quant/ggml_quant.c, ggml_kquant.c), or, for a float type, encoded
- * after a column reorder (qwen35's V heads: cv_piece.vr_*). Whole rows per
+ * after a column reorder (qwen35's V heads: cv_piece.vr_*) or a transpose
+ * (cv_piece.tr). Whole rows per
  * chunk, so a block never straddles two chunks. */
 #include <string.h>
 
@@ -31,8 +32,9 @@ size_t cv_ggq_scratch(const cv_piece *p, int64_t n) {
 }
 
 uint64_t cv_ggq_out_bytes(const cv_piece *p, int64_t n) {
-    if (p->tr) /* n is 1: the block, cols rows of nrows values */
-        return (uint64_t)n * (uint64_t)p->mod->cols * mk_ggml_row_bytes((mk_ggml_type)p->part, p->nrows);
+    if (p->tr) /* n is 1: the block, cols rows (half of them for tr 2 / 3) of nrows values */
+        return (uint64_t)n * (uint64_t)(p->tr >= 2 ? p->mod->cols / 2 : p->mod->cols) *
+               mk_ggml_row_bytes((mk_ggml_type)p->part, p->nrows);
     return (uint64_t)n * mk_ggml_row_bytes((mk_ggml_type)p->part, p->mod->cols);
 }
 
@@ -72,6 +74,11 @@ mk_status cv_ggq_run(const mk_ckpt *ck, const cv_piece *p, int64_t a, int64_t n,
         x = y;
         rows = C;
         cols = n;
+        if (p->tr >= 2) { /* gpt_oss's interleaved gate (2: even rows) or up (3: odd rows), kept in order */
+            rows = C / 2;
+            for (int64_t r = 0; r < rows; r++)
+                memmove(x + r * n, x + (2 * r + (p->tr - 2)) * n, (size_t)n * sizeof *x);
+        }
     }
     mk_ggml_type gt = (mk_ggml_type)p->part;
     if (mk_ggml_is_quant(gt))

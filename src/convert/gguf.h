@@ -28,6 +28,10 @@
 #include "moekit/ggml_quant.h"
 
 #define CV_GGUF_ALIGN 32
+/* ggml's MXFP4 (GGML_TYPE_MXFP4): gpt-oss's released experts, carried over
+ * byte for byte (gather.c), never produced by quantizing: 32 values per
+ * 17-byte block (an E8M0 scale, 16 bytes of E2M1 pairs) */
+#define CV_GGML_MXFP4 39
 #define CV_GGUF_FILE "model.gguf"
 
 /* GGUF metadata value types. */
@@ -68,11 +72,23 @@ bool cv_gguf_attn_v_like(const char *gname);
  * rows of `cols` values (gguf_types.c says how); fdt is its float dtype,
  * kept when m->ftype is -1. */
 mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_dtype fdt, cv_gguf_mix *m);
+/* The type of an output under an override `over` (a mk_ggml_type from
+ * mk_conv_opts.gguf_over_type): F32 when llama.cpp never quantizes it,
+ * else `over` after llama.cpp's fallback for rows that are not whole
+ * blocks. */
+mk_ggml_type cv_gguf_type_over(const char *gname, int ndim, int64_t cols, int over);
 /* Is gguf_type one of the file types above (not Q5_0 / Q5_1, which are
  * fallbacks only)? */
 bool cv_gguf_type_ok(int gguf_type);
 /* general.file_type (llama.cpp's llama_ftype) of a --gguf-type value. */
 uint32_t cv_gguf_file_type(int gguf_type);
+
+/* gguf_writer.c: write the header the writer writes for plan p (magic to
+ * the padding before the data) to fd from offset 0 (--verify compares it
+ * with the file's); *len its bytes, where the data section starts. */
+mk_status cv_gguf_header_to(const cv_plan *p, int fd, const char *what, uint64_t *len);
+/* v rounded up to the data alignment (each tensor's data starts there). */
+uint64_t cv_gguf_align(uint64_t v);
 
 /* gguf_meta.c: serialize the key/value section into p->gguf_kv. */
 mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p);

@@ -300,7 +300,8 @@ static uint32_t file_type(const mk_conv_opts *o, const cv_plan *p) {
     /* floats kept: the type of most bytes */
     uint64_t by[3] = {0, 0, 0};
     for (size_t i = 0; i < p->nouts; i++)
-        by[p->outs[i].dt == MK_DT_F32 ? 0 : p->outs[i].dt == MK_DT_F16 ? 1 : 2] += p->outs[i].nbytes;
+        if (p->outs[i].ggt != CV_GGML_MXFP4) /* carried over, whatever the file type */
+            by[p->outs[i].dt == MK_DT_F32 ? 0 : p->outs[i].dt == MK_DT_F16 ? 1 : 2] += p->outs[i].nbytes;
     return by[2] >= by[1] && by[2] >= by[0] ? 32 : by[1] >= by[0] ? 1 : 0;
 }
 
@@ -374,9 +375,32 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         kv_archu(&k, arch, "attention.value_length_mla", (uint32_t)c->v_head_dim);
         kv_archu(&k, arch, "expert_shared_count", (uint32_t)c->n_shared_experts);
         kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
-        if (c->norm_topk_prob)
-            kv_bool(&k, "deepseek2.expert_weights_norm", true);
+        if (c->norm_topk_prob) {
+            char name[96];
+            snprintf(name, sizeof name, "%s.expert_weights_norm", arch);
+            kv_bool(&k, name, true);
+        }
         kv_archu(&k, arch, "rope.dimension_count", (uint32_t)c->qk_rope_head_dim);
+    }
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && c->dsa != MK_DSA_NONE) {
+        /* deepseek.py DeepseekV32Model / glm.py GlmMoeDsaModel: the
+         * lightning indexer's sizes, and GLM-5's indexer_types as one bool
+         * per layer (true: "full", the layer runs its own indexer; false:
+         * "shared", it reuses the previous full layer's selection). Always
+         * written for glm-dsa: without it llama.cpp guesses the types from
+         * the context length. */
+        kv_archu(&k, arch, "attention.indexer.head_count", (uint32_t)c->index_n_heads);
+        kv_archu(&k, arch, "attention.indexer.key_length", (uint32_t)c->index_head_dim);
+        kv_archu(&k, arch, "attention.indexer.top_k", (uint32_t)c->index_topk);
+        if (c->dsa == MK_DSA_INTERLEAVED) {
+            char name[96];
+            snprintf(name, sizeof name, "%s.attention.indexer.types", arch);
+            kv_arr(&k, name, GG_BOOL, (uint64_t)c->num_layers);
+            for (int i = 0; i < c->num_layers; i++) {
+                unsigned char full = !(c->index_shared && c->index_shared[i]);
+                put(&k, &full, 1);
+            }
+        }
     }
     if (c->arch == MK_ARCH_GLM4_MOE) {
         /* base.py: n_group / topk_group; glm.py: partial RoPE dims, shared
@@ -392,6 +416,25 @@ mk_status cv_gguf_meta(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         kv_archu(&k, arch, "expert_gating_func", 2);
         kv_archf(&k, arch, "expert_weights_scale", (float)c->routed_scaling_factor);
         kv_bool(&k, "glm4moe.expert_weights_norm", c->norm_topk_prob);
+    }
+    if (c->arch == MK_ARCH_GPT_OSS) {
+        /* gpt_oss.py: the sliding window and the experts' width (its
+         * intermediate_size); base.py's YaRN keys. llama.cpp's YaRN always
+         * floors / ceils the correction range: a config's "truncate": false
+         * (the released gpt-oss one) cannot be written, and its GGUF computes
+         * the truncated range, as every converter's does (FORMATS.md) */
+        kv_archu(&k, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
+        if (strcmp(c->rope.type, "yarn") == 0) {
+            char name[96];
+            snprintf(name, sizeof name, "%s.rope.scaling.type", arch);
+            kv_str(&k, name, "yarn");
+            kv_archf(&k, arch, "rope.scaling.factor", (float)c->rope.factor);
+            kv_archu(&k, arch, "rope.scaling.original_context_length", (uint32_t)c->rope.orig_max_pos);
+            if (c->rope.attention_factor >= 0)
+                kv_archf(&k, arch, "rope.scaling.yarn_attn_factor", (float)c->rope.attention_factor);
+            kv_archf(&k, arch, "rope.scaling.yarn_beta_fast", (float)c->rope.beta_fast);
+            kv_archf(&k, arch, "rope.scaling.yarn_beta_slow", (float)c->rope.beta_slow);
+        }
     }
     if (c->arch == MK_ARCH_MINIMAX_M2) {
         /* conversion/minimax.py: the rotated dims (rotary_dim; moekit's

@@ -182,26 +182,76 @@ static const gmap g_deepseek2_layer[] = {
     {"mlp.switch_mlp.down_proj.weight", "ffn_down_exps.weight"},
 };
 
+/* gpt-oss (conversion/gpt_oss.py GptOssModel, llama.cpp's LLM_ARCH_OPENAI_MOE):
+ * q/k/v/o biases, the attention sinks (attn_sinks.weight, F32 as every 1-D
+ * tensor), post_attention_layernorm as post_attention_norm, the router with
+ * its bias, and the experts as plan.c's oss_to_gguf writes them (gate and up
+ * split from the interleaved gate_up_proj, each expert transposed to
+ * (out, in)), with their biases (2-D, F32: not a .weight). */
+static const gmap g_gptoss_layer[] = {
+    {"input_layernorm.weight", "attn_norm.weight"},
+    {"post_attention_layernorm.weight", "post_attention_norm.weight"},
+    {"self_attn.q_proj.weight", "attn_q.weight"},
+    {"self_attn.k_proj.weight", "attn_k.weight"},
+    {"self_attn.v_proj.weight", "attn_v.weight"},
+    {"self_attn.o_proj.weight", "attn_output.weight"},
+    {"self_attn.q_proj.bias", "attn_q.bias"},
+    {"self_attn.k_proj.bias", "attn_k.bias"},
+    {"self_attn.v_proj.bias", "attn_v.bias"},
+    {"self_attn.o_proj.bias", "attn_output.bias"},
+    {"self_attn.sinks", "attn_sinks.weight"},
+    {"mlp.router.weight", "ffn_gate_inp.weight"},
+    {"mlp.router.bias", "ffn_gate_inp.bias"},
+    {"mlp.experts.gate_proj.weight", "ffn_gate_exps.weight"},
+    {"mlp.experts.up_proj.weight", "ffn_up_exps.weight"},
+    {"mlp.experts.down_proj.weight", "ffn_down_exps.weight"},
+    {"mlp.experts.gate_proj.bias", "ffn_gate_exps.bias"},
+    {"mlp.experts.up_proj.bias", "ffn_up_exps.bias"},
+    {"mlp.experts.down_proj_bias", "ffn_down_exps.bias"},
+    {"mlp.experts.down_proj.bias", "ffn_down_exps.bias"}, /* an MLX checkpoint's (already (E, out, in)) */
+};
+
+/* DeepSeek sparse attention (deepseek32: conversion/deepseek.py
+ * DeepseekV32Model; glm-dsa: conversion/glm.py GlmMoeDsaModel): deepseek2's
+ * tensors plus the lightning indexer of every layer. weights_proj is
+ * INDEXER_PROJ, which the converter keeps F32 at every file type but
+ * llama-quantize quantizes like any matrix: moekit follows llama-quantize
+ * (gguf_types.c), whose output is the test oracle. */
+static const gmap g_dsa_layer[] = {
+    {"self_attn.indexer.k_norm.weight", "indexer.k_norm.weight"},
+    {"self_attn.indexer.k_norm.bias", "indexer.k_norm.bias"},
+    {"self_attn.indexer.weights_proj.weight", "indexer.proj.weight"},
+    {"self_attn.indexer.wk.weight", "indexer.attn_k.weight"},
+    {"self_attn.indexer.wq_b.weight", "indexer.attn_q_b.weight"},
+};
+
 typedef struct garch {
     mk_arch arch;
+    int dsa; /* mk_config.dsa: the DSA families are deepseek_v3 with an indexer */
     const char *name;
-    const gmap *layer;
-    size_t nlayer;
+    const gmap *layer, *extra; /* extra: a second table of the layer's tensors, or NULL */
+    size_t nlayer, nextra;
 } garch;
 
-#define GA(a, n, t) {a, n, t, sizeof t / sizeof t[0]}
+#define GA(a, d, n, t) {a, d, n, t, NULL, sizeof t / sizeof t[0], 0}
+#define GAX(a, d, n, t, x) {a, d, n, t, x, sizeof t / sizeof t[0], sizeof x / sizeof x[0]}
 static const garch g_archs[] = {
-    GA(MK_ARCH_QWEN3_MOE, "qwen3moe", g_qwen3moe_layer),
-    GA(MK_ARCH_MINIMAX_M2, "minimax-m2", g_minimax_layer),
-    GA(MK_ARCH_GLM4_MOE, "glm4moe", g_glm4moe_layer),
-    GA(MK_ARCH_QWEN3_NEXT, "qwen3next", g_qwen3next_layer),
-    GA(MK_ARCH_QWEN3_5_MOE, "qwen35moe", g_qwen35moe_layer),
-    GA(MK_ARCH_DEEPSEEK_V3, "deepseek2", g_deepseek2_layer),
+    GA(MK_ARCH_QWEN3_MOE, MK_DSA_NONE, "qwen3moe", g_qwen3moe_layer),
+    GA(MK_ARCH_MINIMAX_M2, MK_DSA_NONE, "minimax-m2", g_minimax_layer),
+    GA(MK_ARCH_GLM4_MOE, MK_DSA_NONE, "glm4moe", g_glm4moe_layer),
+    GA(MK_ARCH_QWEN3_NEXT, MK_DSA_NONE, "qwen3next", g_qwen3next_layer),
+    GA(MK_ARCH_QWEN3_5_MOE, MK_DSA_NONE, "qwen35moe", g_qwen35moe_layer),
+    GA(MK_ARCH_DEEPSEEK_V3, MK_DSA_NONE, "deepseek2", g_deepseek2_layer),
+    GA(MK_ARCH_GPT_OSS, MK_DSA_NONE, "gpt-oss", g_gptoss_layer),
+    /* the indexer's RoPE: DeepSeek-V3.2 half-split (llama.cpp: NEOX), GLM-5
+     * interleaved (NORM), each what llama.cpp's graph of the name applies */
+    GAX(MK_ARCH_DEEPSEEK_V3, MK_DSA_HALF, "deepseek32", g_deepseek2_layer, g_dsa_layer),
+    GAX(MK_ARCH_DEEPSEEK_V3, MK_DSA_INTERLEAVED, "glm-dsa", g_deepseek2_layer, g_dsa_layer),
 };
 
 static const garch *arch_of(const cv_src *s) {
     for (size_t i = 0; i < sizeof g_archs / sizeof g_archs[0]; i++)
-        if (g_archs[i].arch == s->cfg.arch)
+        if (g_archs[i].arch == s->cfg.arch && g_archs[i].dsa == s->cfg.dsa)
             return &g_archs[i];
     return NULL;
 }
@@ -228,6 +278,11 @@ static bool map_name(const cv_src *s, const char *cname, char *buf, size_t n) {
             snprintf(buf, n, "blk.%u.%s", layer, g->layer[i].gg);
             return true;
         }
+    for (size_t i = 0; i < g->nextra; i++)
+        if (strcmp(cname + at, g->extra[i].hf) == 0) {
+            snprintf(buf, n, "blk.%u.%s", layer, g->extra[i].gg);
+            return true;
+        }
     return false;
 }
 
@@ -242,9 +297,11 @@ static mk_status check_one(const cv_src *s, const char *cname) {
 mk_status cv_gguf_check_names(const cv_src *s) {
     if (!cv_gguf_arch(s))
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf supports qwen3_moe, qwen3_next, qwen3_5_moe, deepseek_v3, "
-                                        "minimax_m2 and glm4_moe (llama.cpp's qwen3moe, qwen3next, qwen35moe, "
-                                        "deepseek2, minimax-m2, glm4moe) so far, not %s",
-                      s->dir, mk_arch_name(s->cfg.arch));
+                                        "deepseek_v32, glm_moe_dsa, minimax_m2, glm4_moe and gpt_oss (llama.cpp's "
+                                        "qwen3moe, qwen3next, qwen35moe, deepseek2, deepseek32, glm-dsa, minimax-m2, "
+                                        "glm4moe, gpt-oss) "
+                                        "so far, not %s",
+                      s->dir, s->cfg.model_type[0] ? s->cfg.model_type : mk_arch_name(s->cfg.arch));
     if (s->vl)
         return mk_err(MK_E_UNSUPPORTED, "%s: --to gguf of a vision-language checkpoint is not supported yet", s->dir);
     /* what llama.cpp's graphs cannot express (src/models/qwen3moe.cpp,
@@ -278,13 +335,35 @@ mk_status cv_gguf_check_names(const cv_src *s) {
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: dense layers that are not the leading ones "
                                         "(mlp_layer_types): llama.cpp's deepseek2 has only leading_dense_block_count",
                       s->dir);
-    if (c->rope.factor != 1.0)
+    bool yarn = c->arch == MK_ARCH_GPT_OSS && strcmp(c->rope.type, "yarn") == 0;
+    if (c->arch == MK_ARCH_DEEPSEEK_V3 && c->dsa != MK_DSA_NONE && (c->index_head_dim <= 0 || c->index_head_dim % 64))
+        return mk_err(MK_E_UNSUPPORTED, "%s/config.json: index_head_dim %d: llama.cpp's lightning indexer needs a "
+                                        "multiple of 64 (its Hadamard rotation of the indexer keys is at least 64 "
+                                        "wide): its GGUF would not run",
+                      s->dir, c->index_head_dim);
+    if (c->rope.factor != 1.0 && !yarn)
         return mk_err(MK_E_UNSUPPORTED, "%s/config.json: RoPE scaling (factor %g) is not written to GGUF yet", s->dir,
                       c->rope.factor);
+    if (c->arch == MK_ARCH_GPT_OSS) {
+        /* llama.cpp's gpt-oss: sliding-window layers alternate, the first
+         * sliding (its swa pattern 2); the sinks and clamped SwiGLU
+         * (limit 7, alpha 1.702) are built in */
+        for (int i = 0; i < c->num_layers; i++)
+            if (mk_config_layer_is_sliding(c, i) != (i % 2 == 0))
+                return mk_err(MK_E_UNSUPPORTED, "%s/config.json: layer %d is %s attention, but llama.cpp's gpt-oss "
+                                                "alternates sliding (even layers) and full (odd layers): its GGUF would "
+                                                "compute another model",
+                              s->dir, i, mk_config_layer_is_sliding(c, i) ? "sliding" : "full");
+    }
     for (size_t i = 0; i < s->nlts; i++) {
         const cv_lt *lt = &s->lts[i];
         if (lt->cls == MK_PART_VISION || lt->cls == MK_PART_MTP || cv_ends_with(lt->cname, "rotary_emb.inv_freq"))
             continue; /* dropped: the target is text only */
+        if (c->arch == MK_ARCH_GPT_OSS && strstr(lt->cname, ".mlp.experts.") &&
+            (cv_ends_with(lt->cname, "_proj") || cv_ends_with(lt->cname, "_blocks") ||
+             cv_ends_with(lt->cname, "_scales") || cv_ends_with(lt->cname, ".gate_up_proj_bias")))
+            continue; /* transformers' forms, planned by plan.c's oss_to_gguf, which names its outputs
+                       * from the table above */
         if (s->cfg.tie_word_embeddings && strcmp(lt->cname, "lm_head.weight") == 0)
             continue;
         MK_TRY(check_one(s, lt->cname));

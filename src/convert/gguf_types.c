@@ -4,7 +4,8 @@
  * BF16 GGUF of the same model (no importance matrix).
  *
  * Never quantized (llama.cpp's tensor_allows_quantization and
- * convert_hf_to_gguf.py's prepare_tensors): 1-D tensors, *_norm.weight,
+ * convert_hf_to_gguf.py's prepare_tensors): 1-D tensors, names not ending
+ * in .weight (gpt-oss's 2-D expert biases), *_norm.weight,
  * the routers ffn_gate_inp*, ssm_conv1d; they are F32.
  *
  * Pure file types (F16, BF16, Q8_0, Q4_0, Q4_K, Q5_K, Q6_K): every other
@@ -38,7 +39,8 @@ bool cv_gguf_attn_v_like(const char *g) {
 }
 
 static bool never_quantized(const char *g, int ndim) {
-    return ndim <= 1 || cv_ends_with(g, "_norm.weight") || strstr(g, "ffn_gate_inp") || strstr(g, "ssm_conv1d");
+    return ndim <= 1 || !cv_ends_with(g, ".weight") || cv_ends_with(g, "_norm.weight") || strstr(g, "ffn_gate_inp") ||
+           strstr(g, "ssm_conv1d");
 }
 
 /* the type a file type starts every quantizable tensor from */
@@ -101,6 +103,12 @@ mk_ggml_type cv_gguf_type(const char *gname, int ndim, int64_t cols, mk_dtype fd
     if (m->ftype == CV_GGUF_Q4_K_M || m->ftype == CV_GGUF_Q5_K_M)
         t = mix_type(gname, t, cols, m);
     return fallback(t, cols);
+}
+
+mk_ggml_type cv_gguf_type_over(const char *gname, int ndim, int64_t cols, int over) {
+    if (never_quantized(gname, ndim))
+        return MK_GGML_F32;
+    return fallback((mk_ggml_type)over, cols);
 }
 
 bool cv_gguf_type_ok(int ft) { return ft == MK_GGML_F32 || cv_gguf_file_type(ft) != 0; }

@@ -120,11 +120,13 @@ static mk_status header(cv_writer *w, const cv_plan *p, size_t first) {
     uint64_t data = 0;
     for (size_t i = first; i < w->end; i++) {
         const cv_out *o = &p->outs[i];
-        const char *tn = mk_ggml_type_name((mk_ggml_type)o->ggt);
+        bool mx = o->ggt == CV_GGML_MXFP4;
+        const char *tn = mx ? "MXFP4" : mk_ggml_type_name((mk_ggml_type)o->ggt);
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1, rows = 1;
         for (int d = 0; d + 1 < o->ndim; d++)
             rows *= o->shape[d];
-        if (!tn || o->ggt < 0 || mk_ggml_row_bytes((mk_ggml_type)o->ggt, cols) * (uint64_t)rows != o->nbytes)
+        uint64_t rb = mx ? (cols % 32 ? 0 : (uint64_t)(cols / 32) * 17u) : mk_ggml_row_bytes((mk_ggml_type)o->ggt, cols);
+        if (!tn || o->ggt < 0 || rb * (uint64_t)rows != o->nbytes)
             return mk_err(MK_E_INTERNAL, "gguf: tensor '%s' planned as %llu bytes, not a whole %s [%lld x %lld]",
                           o->name, (unsigned long long)o->nbytes, tn ? tn : "(no type)", (long long)rows,
                           (long long)cols);
@@ -178,6 +180,30 @@ static mk_status gg_begin(const char *dir, const cv_plan *p, int k, const char *
     *out = w;
     return MK_OK;
 }
+
+mk_status cv_gguf_header_to(const cv_plan *p, int fd, const char *what, uint64_t *len) {
+    if (p->nshards != 1)
+        return mk_err(MK_E_INTERNAL, "gguf: planned as %d shards; a GGUF output is one file", p->nshards);
+    cv_writer w;
+    memset(&w, 0, sizeof w);
+    w.fd = fd;
+    w.tmp = (char *)what; /* named in write errors only */
+    w.p = p;
+    w.cur = p->shard_first[0];
+    w.end = p->shard_first[1];
+    w.buf = mk_malloc(GW_BUF);
+    if (!w.buf)
+        return mk_err(MK_E_NOMEM, "%s: no memory for the GGUF writer's %u MiB buffer", what, GW_BUF >> 20);
+    mk_status s = header(&w, p, w.cur);
+    if (s == MK_OK) {
+        *len = pos(&w);
+        s = flush(&w);
+    }
+    free(w.buf);
+    return s;
+}
+
+uint64_t cv_gguf_align(uint64_t v) { return align_up(v); }
 
 static int gg_fd(const cv_writer *w) { return w->fd; }
 

@@ -735,6 +735,101 @@ static mk_status oss_to_hf(pctx *c, const cv_lt *lt, const char *stem, const cha
     return MK_OK;
 }
 
+/* gpt_oss's released MXFP4 experts for GGUF (conversion/gpt_oss.py
+ * repack_mxfp4): <P>gate_up_proj_blocks (E, 2I, H/32, 16) with _scales
+ * (E, 2I, H/32) -> ffn_gate_exps / ffn_up_exps (E, I, H) from the even /
+ * odd rows, <P>down_proj_blocks (E, H, I/32, 16) -> ffn_down_exps (E, H, I);
+ * each 32-value block becomes ggml's block_mxfp4 (gather.c, g_mx). */
+static mk_status oss_mxfp4_gguf(pctx *c, const cv_lt *lt, const char *stem, bool down) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    int64_t rows = down ? E * H : E * 2 * I, cols = down ? I : H; /* source rows of cols values */
+    const cv_mod *m = lt->mod;
+    const cv_lt *sc = oss_partner(c, stem, down ? "down_proj_scales" : "gate_up_proj_scales");
+    const mk_tensor_info *t = m->t[CV_T_MAIN];
+    if (cols % 32 || t->nbytes != (uint64_t)rows * (uint64_t)(cols / 32) * 16u)
+        return mk_err(MK_E_FORMAT, "'%s': %llu bytes, expected %lld rows of %lld MXFP4 values (16 bytes per 32)",
+                      m->name, (unsigned long long)t->nbytes, (long long)rows, (long long)cols);
+    if (!sc || sc->mod->kind != CV_RAW || sc->mod->t[CV_T_MAIN]->nbytes != (uint64_t)rows * (uint64_t)(cols / 32))
+        return mk_err(MK_E_FORMAT, "'%s': its _scales partner is missing or not %lld x %lld bytes", m->name,
+                      (long long)rows, (long long)(cols / 32));
+    uint64_t rb = (uint64_t)(cols / 32) * 16u;
+    for (int k = 0; k < (down ? 1 : 2); k++) {
+        int64_t sh[3] = {E, down ? H : I, cols};
+        const char *nl = down ? "down_proj.weight" : k ? "up_proj.weight" : "gate_proj.weight";
+        cv_out *o = oss_out(c, lt, stem, nl, MK_DT_U8, 3, sh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
+        cv_piece pc = {0};
+        pc.op = CV_OP_GATHER;
+        pc.part = CV_T_MAIN;
+        pc.g_part2 = CV_T_MAIN;
+        pc.dt = MK_DT_U8;
+        pc.mod = m;
+        pc.g_mod2 = sc->mod;
+        pc.g_mx = 1;
+        pc.nrows = down ? rows : rows / 2;
+        pc.g_base = down ? 0 : (uint64_t)k * rb;
+        pc.g_rstep = down ? rb : 2 * rb;
+        pc.g_cstep = 16;
+        pc.g_blk = 16;
+        pc.g_ncols = cols / 32;
+        pc.ocols = (int64_t)cv_gather_row_bytes(&pc);
+        pc.nbytes = (uint64_t)pc.nrows * cv_gather_row_bytes(&pc);
+        MK_TRY(push_piece(o, &pc));
+        o->ggt = CV_GGML_MXFP4;
+    }
+    return MK_OK;
+}
+
+/* gpt_oss's experts for GGUF (conversion/gpt_oss.py): llama.cpp's
+ * ffn_{gate,up}_exps (E, I, H) and ffn_down_exps (E, H, I), each expert
+ * transposed from transformers' (E, H, 2I) / (E, I, H) with gate and up
+ * taken from the even and odd columns (GGQ pieces with tr, one expert
+ * each), and ffn_{gate,up,down}_exps.bias (E, I) / (E, H), gate and up
+ * likewise from the even and odd entries. Floats only: MXFP4 experts
+ * (released checkpoints) are refused here, not requantized. */
+static mk_status oss_to_gguf(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool *done) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    const cv_mod *m = lt->mod;
+    bool gu = !strcmp(leaf, "gate_up_proj"), gub = !strcmp(leaf, "gate_up_proj_bias");
+    bool dn = !strcmp(leaf, "down_proj");
+    bool gux = !strcmp(leaf, "gate_up_proj_blocks"), dnx = !strcmp(leaf, "down_proj_blocks");
+    *done = true;
+    if (!strcmp(leaf, "gate_up_proj_scales") || !strcmp(leaf, "down_proj_scales"))
+        return MK_OK; /* zipped in with their blocks */
+    if (gux || dnx) /* released MXFP4: carried over as ggml's MXFP4, byte for byte */
+        return oss_mxfp4_gguf(c, lt, stem, dnx);
+    if (m->kind != CV_FLOAT)
+        return mk_err(MK_E_UNSUPPORTED, "'%s': --to gguf of gpt_oss experts stored quantized other than as "
+                      "transformers' MXFP4 blocks is not implemented (an MLX checkpoint: convert it --to hf first)",
+                      m->name);
+    if (!gu && !gub && !dn) {
+        *done = false; /* down_proj_bias: a plain copy (gguf_names.c) */
+        return MK_OK;
+    }
+    int64_t R = gu ? H : dn ? I : 1, C = gu || gub ? 2 * I : H; /* each expert's source rows, columns */
+    if (lt->nrows != E * R || m->cols != C)
+        return mk_err(MK_E_FORMAT, "'%s': %lld rows of %lld, expected %lld x %lld rows of %lld (num_local_experts, "
+                      "hidden_size, intermediate_size)", m->name, (long long)lt->nrows, (long long)m->cols,
+                      (long long)E, (long long)R, (long long)C);
+    for (int k = 0; k < (dn ? 1 : 2); k++) {
+        const char *nl = dn ? "down_proj.weight" : gu ? (k ? "up_proj.weight" : "gate_proj.weight")
+                                                      : (k ? "up_proj.bias" : "gate_proj.bias");
+        int64_t sh[3] = {E, dn ? H : I, dn ? I : H};
+        cv_out *o = gub ? oss_out(c, lt, stem, nl, float_dt(c, lt), 2, sh) : oss_out(c, lt, stem, nl, float_dt(c, lt), 3, sh);
+        if (!o)
+            return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
+        for (int64_t e = 0; e < E; e++) {
+            cv_lt sub = *lt;
+            sub.row0 = lt->row0 + e * R;
+            sub.nrows = R;
+            MK_TRY(float_piece(o, &sub, 0.0f));
+            o->pc[o->npc - 1].tr = (unsigned char)(dn ? 1 : 2 + k); /* gguf_retype: the transposing GGQ */
+        }
+    }
+    return MK_OK;
+}
+
 /* A gpt_oss expert tensor rewritten for the target (*done), else left to
  * plain_output (a copy). */
 static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
@@ -747,8 +842,9 @@ static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
     if (!stem)
         return mk_err(MK_E_NOMEM, "'%s': no memory for its name", lt->cname);
     const char *leaf = lt->cname + sl;
-    mk_status st = c->t->naming == MK_NAMING_MLX ? oss_to_mlx(c, lt, stem, leaf, done)
-                                                 : oss_to_hf(c, lt, stem, leaf, done);
+    mk_status st = c->t->gguf                      ? oss_to_gguf(c, lt, stem, leaf, done)
+                   : c->t->naming == MK_NAMING_MLX ? oss_to_mlx(c, lt, stem, leaf, done)
+                                                   : oss_to_hf(c, lt, stem, leaf, done);
     free(stem);
     return st;
 }
@@ -760,7 +856,66 @@ static mk_status oss_output(pctx *c, const cv_lt *lt, bool *done) {
  * types as CV_OP_GGQ pieces over the float op of the same rows. The
  * outputs are visited in the file's order (the writer's), as llama.cpp's
  * type choice counts them. */
+/* mk_conv_opts.gguf_over_*: the GGUF name of each override's module
+ * (malloc'd, NULL when it has none): the module's canonical name's (a
+ * leading "language_model." dropped, qwen3_5_moe's MLX prefix). */
+static char *gguf_over_name(const pctx *c, const char *m) {
+    if (strncmp(m, "language_model.", 15) == 0)
+        m += 15;
+    char cname[320];
+    snprintf(cname, sizeof cname, "%s.weight", m);
+    return cv_gguf_name(c->s, cname);
+}
+
+/* The index of the override of GGUF tensor `gname` (gn: the overrides'
+ * GGUF names), -1 when none. Tensors split from one module take its type:
+ * attn_gate from in_proj_qkvz (attn_qkv), attn_v_b from kv_b_proj
+ * (attn_k_b). */
+static int gguf_override(const pctx *c, char *const *gn, const char *gname) {
+    char want[320];
+    snprintf(want, sizeof want, "%s", gname);
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < c->o->n_gguf_over; i++)
+            if (gn[i] && strcmp(gn[i], want) == 0)
+                return (int)i;
+        char *x = strstr(want, ".attn_gate.weight");
+        char *y = strstr(want, ".attn_v_b.weight");
+        if (x)
+            snprintf(x, sizeof want - (size_t)(x - want), ".attn_qkv.weight");
+        else if (y)
+            snprintf(y, sizeof want - (size_t)(y - want), ".attn_k_b.weight");
+        else
+            break;
+    }
+    return -1;
+}
+
+static mk_status gguf_retype_run(pctx *c, char *const *gn, unsigned char *over_hit);
+
 static mk_status gguf_retype(pctx *c) {
+    const mk_conv_opts *o = c->o;
+    size_t n = o->n_gguf_over;
+    unsigned char *hit = n ? mk_calloc(n, 1) : NULL;
+    char **gn = n ? mk_calloc(n, sizeof *gn) : NULL;
+    mk_status st = MK_OK;
+    if (n && (!hit || !gn))
+        st = mk_err(MK_E_NOMEM, "--to gguf: no memory for %zu type overrides", n);
+    for (size_t i = 0; st == MK_OK && i < n; i++)
+        gn[i] = gguf_over_name(c, o->gguf_over_mod[i]); /* NULL: reported below, as never hit */
+    if (st == MK_OK)
+        st = gguf_retype_run(c, gn, hit);
+    for (size_t i = 0; st == MK_OK && i < n; i++)
+        if (!hit[i])
+            st = mk_err(MK_E_MISMATCH, "%s: module '%s' of the type allocation is no tensor of this model's GGUF "
+                        "(a profile of another model?)", c->s->dir, o->gguf_over_mod[i]);
+    for (size_t i = 0; gn && i < n; i++)
+        free(gn[i]);
+    free(gn);
+    free(hit);
+    return st;
+}
+
+static mk_status gguf_retype_run(pctx *c, char *const *gn, unsigned char *over_hit) {
     cv_plan *p = c->p;
     qsort(p->outs, p->nouts, sizeof *p->outs, c->t->writer->order);
     cv_gguf_mix mx = {.ftype = c->o->gguf_type, .n_layer = c->s->cfg.num_layers, .n_expert = c->s->cfg.num_experts,
@@ -773,6 +928,10 @@ static mk_status gguf_retype(pctx *c) {
     for (size_t i = 0; i < p->nouts; i++) {
         cv_out *o = &p->outs[i];
         int64_t cols = o->ndim ? o->shape[o->ndim - 1] : 1;
+        if (o->npc > 0 && o->pc[0].op == CV_OP_GATHER && o->pc[0].g_mx) {
+            o->ggt = CV_GGML_MXFP4; /* gpt_oss's MXFP4 experts: carried over whatever the file type */
+            continue;
+        }
         /* conv1d (C, 1, K) as llama.cpp's (C, K): the same bytes */
         if (o->ndim == 3 && strstr(o->name, "ssm_conv1d") && o->shape[1] == 1) {
             o->shape[1] = o->shape[2];
@@ -780,6 +939,11 @@ static mk_status gguf_retype(pctx *c) {
             cols = o->shape[1];
         }
         mk_ggml_type gt = cv_gguf_type(o->name, o->ndim, cols, o->dt, &mx);
+        int over = c->o->n_gguf_over ? gguf_override(c, gn, o->name) : -1;
+        if (over >= 0) {
+            gt = cv_gguf_type_over(o->name, o->ndim, cols, c->o->gguf_over_type[over]);
+            over_hit[over] = 1;
+        }
         bool q = mk_ggml_is_quant(gt);
         const mk_config *cf = &c->s->cfg;
         bool vr = cf->arch == MK_ARCH_QWEN3_5_MOE && cf->lin_num_k_heads > 0 &&
@@ -1023,9 +1187,9 @@ mk_status cv_plan_build(const cv_src *s, const mk_conv_opts *o, cv_plan *p) {
         c.conv1d = CV_CONV1D_C1K;
     }
     bool oss = s->cfg.arch == MK_ARCH_GPT_OSS && !s->bare;
-    if (oss && (t->gguf || p->packed))
-        return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: %s is not implemented (convert --to hf or --to mlx rewrites "
-                      "its experts byte for byte)", s->dir, t->gguf ? "--to gguf" : "--pack-experts");
+    if (oss && p->packed)
+        return mk_err(MK_E_UNSUPPORTED, "%s: gpt_oss: --pack-experts is not implemented (convert --to hf or --to mlx "
+                      "rewrites its experts byte for byte)", s->dir);
     mk_status st = MK_OK;
     for (size_t i = 0; st == MK_OK && i < s->nlts; i++) {
         bool done = false;

@@ -13,15 +13,30 @@
  *                  (mk_diff, the accumulator of every verification).
  * The output is opened as a checkpoint from scratch (the strict reader
  * re-validates every header) and tensor dtypes and shapes must equal the
- * plan's. */
+ * plan's.
+ *
+ * A GGUF output (one file): its header must equal, byte for byte, the one
+ * the writer writes for the plan (names, ggml types, dimensions, offsets,
+ * every key); COPY pieces are hashed against the source as above; every
+ * other piece (float re-encodes, the ggml quantizers, gathers) is computed
+ * again from the source and its bytes compared with the file's: the file
+ * holds exactly what this source and these options give. That the
+ * quantizers are llama.cpp's is proven elsewhere (tests/cli/gguf_llama_*.sh);
+ * this proves the file intact and made from this source. */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <xxhash.h>
 
 #include "core/alloc.h"
 #include "convert/conv_impl.h"
+#include "convert/gguf.h"
 #include "io/os.h"
 #include "moekit/escape.h"
 
@@ -50,6 +65,8 @@ typedef struct vctx {
     vitem *items;
     size_t nitems, cap;
     vacc *acc;
+    int gfd;        /* GGUF output: the file, else -1 */
+    uint64_t *goff; /* GGUF: each output's data offset in the file */
 } vctx;
 
 static bool v_parallel(void *ctx, size_t i) {
@@ -81,10 +98,30 @@ static mk_status v_produce(void *ctx, size_t i, void *scratch, void *out, size_t
     const vctx *v = ctx;
     const vitem *it = &v->items[i];
     const cv_piece *pc = it->pc;
-    const mk_tensor_info *ot = v->ot[it->out];
+    const mk_tensor_info *ot = v->ot ? v->ot[it->out] : NULL; /* NULL for a GGUF output */
     vres *r = out;
     memset(r, 0, sizeof *r);
     *len = sizeof *r;
+    if (v->gfd >= 0) { /* GGUF: source bytes hashed, or the piece computed again */
+        uint64_t at = v->goff[it->out] + pc->out_off;
+        if (pc->op == CV_OP_COPY) {
+            uint64_t off, n;
+            cv_op_copy_range(pc, &off, &n);
+            XXH128_hash_t a, b;
+            MK_TRY(hash_range(mk_ckpt_shard_fd(v->s->ck, (size_t)pc->mod->t[pc->part]->shard), off, n, scratch,
+                              V_HASH_BUF, &a));
+            MK_TRY(hash_range(v->gfd, at, n, scratch, V_HASH_BUF, &b));
+            r->hash_equal = XXH128_isEqual(a, b);
+            return MK_OK;
+        }
+        uint64_t nb = cv_op_out_bytes(pc, pc->dt, it->n), before = cv_op_out_bytes(pc, pc->dt, it->a);
+        unsigned char *want_b = scratch, *got_b = want_b + ((nb + 63) & ~(uint64_t)63);
+        unsigned char *oscr = got_b + ((nb + 63) & ~(uint64_t)63);
+        MK_TRY(cv_op_run(v->s->ck, pc, pc->dt, it->a, it->n, oscr, want_b));
+        MK_TRY(mk_os_pread_full(v->gfd, got_b, (size_t)nb, at + before, "the GGUF output"));
+        r->hash_equal = memcmp(want_b, got_b, (size_t)nb) == 0;
+        return MK_OK;
+    }
     if (pc->op == CV_OP_COPY) {
         uint64_t off, n;
         cv_op_copy_range(pc, &off, &n);
@@ -181,7 +218,58 @@ static double tol_of(mk_dtype t) {
     }
 }
 
+/* The GGUF file: its header against the writer's for the plan, and each
+ * output's data offset. */
+static mk_status v_open_gguf(vctx *v, const char *outdir) {
+    char *path = mk_path_join(outdir, CV_GGUF_FILE);
+    if (!path)
+        return mk_err(MK_E_NOMEM, "verify %s: no memory for the path", outdir);
+    v->gfd = mk_os()->open(path, O_RDONLY | O_CLOEXEC, 0);
+    mk_status st = v->gfd < 0 ? mk_err(MK_E_IO, "verify: cannot open %s: %s", path, strerror(errno)) : MK_OK;
+    v->goff = st == MK_OK ? mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->goff) : NULL;
+    v->acc = st == MK_OK ? mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->acc) : NULL;
+    if (st == MK_OK && (!v->goff || !v->acc))
+        st = mk_err(MK_E_NOMEM, "verify %s: no memory for the tables of %zu tensors", path, v->p->nouts);
+    int mfd = st == MK_OK ? memfd_create("gguf-header", MFD_CLOEXEC) : -1;
+    if (st == MK_OK && mfd < 0)
+        st = mk_err(MK_E_IO, "verify %s: cannot create a memory file for the planned header: %s", path,
+                    strerror(errno));
+    uint64_t hl = 0;
+    if (st == MK_OK)
+        st = cv_gguf_header_to(v->p, mfd, "the planned GGUF header", &hl);
+    unsigned char *buf = st == MK_OK ? mk_malloc(V_HASH_BUF) : NULL;
+    if (st == MK_OK && !buf)
+        st = mk_err(MK_E_NOMEM, "verify %s: no memory for a 1 MiB read buffer", path);
+    if (st == MK_OK) {
+        XXH128_hash_t a, b;
+        struct stat sb;
+        st = fstat(v->gfd, &sb) == 0 && (uint64_t)sb.st_size >= hl
+                 ? MK_OK
+                 : mk_err(MK_E_MISMATCH, "verify: %s is shorter than its planned header (%llu bytes)", path,
+                          (unsigned long long)hl);
+        if (st == MK_OK)
+            st = hash_range(mfd, 0, hl, buf, V_HASH_BUF, &a);
+        if (st == MK_OK)
+            st = hash_range(v->gfd, 0, hl, buf, V_HASH_BUF, &b);
+        if (st == MK_OK && !XXH128_isEqual(a, b))
+            st = mk_err(MK_E_MISMATCH, "verify: %s: the header (%llu bytes: names, types, shapes, offsets, keys) "
+                        "differs from the plan's", path, (unsigned long long)hl);
+    }
+    uint64_t at = hl;
+    for (size_t i = 0; st == MK_OK && i < v->p->nouts; i++) {
+        v->goff[i] = at;
+        at = cv_gguf_align(at + v->p->outs[i].nbytes);
+    }
+    free(buf);
+    if (mfd >= 0)
+        close(mfd);
+    free(path);
+    return st;
+}
+
 static mk_status v_open(vctx *v, const char *outdir) {
+    if (v->p->gguf_kv)
+        return v_open_gguf(v, outdir);
     MK_TRY(mk_ckpt_open(outdir, MK_CKPT_NO_MMAP, &v->out));
     v->ot = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->ot);
     v->acc = mk_calloc(v->p->nouts ? v->p->nouts : 1, sizeof *v->acc);
@@ -224,6 +312,9 @@ static mk_status v_judge(vctx *v, mk_conv_stats *st) {
             st->verified_hash++;
         if (bad) {
             st->verify_failures++;
+            if (rc == MK_OK && v->gfd >= 0)
+                rc = mk_err(MK_E_MISMATCH, "verify: '%s': %llu piece(s) differ from what the source gives (copied "
+                            "bytes by xxh3-128, computed ones recomputed)", o->name, (unsigned long long)a->hash_bad);
             if (rc == MK_OK)
                 rc = a->hash_bad ? mk_err(MK_E_MISMATCH, "verify: '%s': %llu copied piece(s) differ from the source "
                                           "bytes (xxh3-128)", o->name, (unsigned long long)a->hash_bad)
@@ -239,7 +330,7 @@ static mk_status v_judge(vctx *v, mk_conv_stats *st) {
 
 mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int threads, uint64_t chunk,
                     mk_conv_stats *st, bool quiet) {
-    vctx v = {s, p, NULL, NULL, NULL, 0, 0, NULL};
+    vctx v = {s, p, NULL, NULL, NULL, 0, 0, NULL, -1, NULL};
     size_t scratch = 0;
     mk_status rc = v_open(&v, outdir);
     if (rc == MK_OK)
@@ -252,7 +343,12 @@ mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int t
         rc = v_judge(&v, st);
     char worst[4 * sizeof st->worst_tensor + 1]; /* a name from the file: escaped */
     mk_escape(worst, sizeof worst, st->worst_tensor[0] ? st->worst_tensor : "-", 0);
-    if (!quiet && (rc == MK_OK || rc == MK_E_MISMATCH))
+    if (!quiet && (rc == MK_OK || rc == MK_E_MISMATCH) && v.gfd >= 0)
+        fprintf(stderr,
+                "convert: verify: GGUF header as planned; %llu tensors equal to what the source gives (copied bytes "
+                "by xxh3-128, the rest computed again), %llu failed\n",
+                (unsigned long long)st->verified_hash, (unsigned long long)st->verify_failures);
+    else if (!quiet && (rc == MK_OK || rc == MK_E_MISMATCH))
         fprintf(stderr,
                 "convert: verify: %llu tensors byte-identical to the source (xxh3-128), %llu compared numerically "
                 "(worst rel L2 %.3g in %s, worst max abs %.3g), %llu failed\n",
@@ -262,6 +358,9 @@ mk_status cv_verify(const cv_src *s, const cv_plan *p, const char *outdir, int t
     free(v.items);
     free(v.ot);
     free(v.acc);
+    free(v.goff);
+    if (v.gfd >= 0)
+        close(v.gfd);
     mk_ckpt_close(v.out);
     return rc;
 }

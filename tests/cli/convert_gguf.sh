@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # `moekit convert --to gguf` without llama.cpp: the nothing-lost rules for a
-# one-file output and its errors (tests/cli/gguf_llama.sh checks the file
+# one-file output and its errors (tests/cli/gguf_llama_*.sh checks the file
 # against llama.cpp itself).
 #   - a vision-language checkpoint, a qwen3_moe llama.cpp would compute
 #     differently (norm_topk_prob false), --gguf-type without --to gguf, a bad
-#     --gguf-type and --verify are refused with one line, exit 2, and leave
-#     neither DST nor DST.partial/
+#     --gguf-type are refused with one line, exit 2, and leave neither DST nor
+#     DST.partial/; --verify reads the file back and passes
 #   - an existing DST is never replaced without --force (its bytes stay);
 #     with --force it is; SRC's own files are never an output
 #   - the file is GGUF version 3 with the expected tensor and key counts
@@ -34,8 +34,12 @@ sed 's/"norm_topk_prob": true/"norm_topk_prob": false/' "$src/config.json" > "$T
 ln -s "$src/model.safetensors" "$T/nonorm/model.safetensors"
 expect 2 "always renormalizes" "$BIN" convert "$T/nonorm" "$T/nn.gguf" --to gguf --quiet
 nothing_left "$T/nn.gguf"
-expect 2 "does not read GGUF" "$BIN" convert "$src" "$T/v.gguf" --to gguf --verify --quiet
-nothing_left "$T/v.gguf"
+# --verify reads the GGUF back (test_gguf_verify: it catches a flipped byte): passes, one file
+"$BIN" convert "$src" "$T/v.gguf" --to gguf --gguf-type q4_k_m --verify 2> "$T/verr" ||
+    { cat "$T/verr" >&2; fail "--to gguf --verify failed"; }
+grep -q "verify: GGUF header as planned; 27 tensors equal to what the source gives" "$T/verr" ||
+    { cat "$T/verr" >&2; fail "--to gguf --verify: no verify line for 27 tensors"; }
+[ -f "$T/v.gguf" ] && [ ! -e "$T/v.gguf.partial" ] || fail "v.gguf missing or its .partial left"
 
 "$BIN" convert "$src" "$T/a.gguf" --to gguf --gguf-type q8_0 --quiet
 [ -f "$T/a.gguf" ] && [ ! -e "$T/a.gguf.partial" ] || fail "a.gguf missing or its .partial left"

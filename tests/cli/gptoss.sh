@@ -6,8 +6,8 @@
 # load: nothing to stream) runs resident under the same options; convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
 # quantize of the MXFP4 variant passes its experts through, of the bf16 one
-# quantizes them (below); --to gguf and verify across layouts refuse gpt_oss
-# by name (exit 2, no output). The match with transformers is
+# quantizes them (below); --to gguf of MLX MXFP4 experts and verify across
+# layouts refuse gpt_oss by name (exit 2, no output). The match with transformers is
 # test_engine_fixtures' (test_gptoss_a).
 set -euo pipefail
 BIN=${MK_BIN:?}
@@ -150,6 +150,8 @@ grep -q 'mxfp4' "$T/b8/config.json" && fail "bf16 experts written with mxfp4 ent
 "$BIN" logits "$T/b8" --ids "$IDS" --out "$T/b8.f32" --threads 2
 echo "quantize of the bf16 checkpoint, 8-bit, vs transformers: rel L2 $(rel "$T/b8.f32" "$G/ref_logits.f32")"
 echo "ok: quantize of bf16 gpt_oss (HF gathered rows = MLX rows)"
-expect 2 "gpt_oss" "$BIN" convert "$G/bf16" "$T/g.gguf" --to gguf
+# --to gguf (gguf_llama_gptoss.sh checks it against llama.cpp) of MLX MXFP4 experts: refused by name
+expect 2 "gpt_oss" "$BIN" convert "$T/mlx.mxfp4" "$T/g.gguf" --to gguf
+[ ! -e "$T/g.gguf" ] || fail "a refused --to gguf left $T/g.gguf"
 expect 2 "gpt_oss" "$BIN" verify "$G/mxfp4" "$G/bf16"
 echo "gptoss: all passed"

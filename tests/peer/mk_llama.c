@@ -1,5 +1,5 @@
 /* Test-only peer tool: llama.cpp itself, through its C API, as the oracle
- * for moekit's GGUF output (tests/cli/gguf_llama.sh) and the benchmark peer
+ * for moekit's GGUF output (tests/cli/gguf_llama_*.sh) and the benchmark peer
  * (bench/bench_peer.sh). Never part of the product: it is compiled by
  * scripts/install-deps.d/llama.sh against the prebuilt llama.cpp libraries
  * of the npm package node-llama-cpp and the headers of the source bundle

@@ -6,7 +6,7 @@
  * 5th-bit words, the K-quants' packed 6-bit scales and code layouts (on
  * inputs whose best scale is exact, so the search has nothing to win), f16
  * scale bytes.
- * tests/cli/gguf_llama.sh compares whole tensors with llama-quantize's. */
+ * tests/cli/gguf_llama_*.sh compares whole tensors with llama-quantize's. */
 #include <string.h>
 
 #include "mk_test_util.h"

@@ -1,23 +1,12 @@
-#!/usr/bin/env bash
-# ctest-labels: slow
-# `moekit convert --to gguf` against llama.cpp itself (release v0.4.0, the
+# Sourced by tests/cli/gguf_llama_*.sh (one ctest entry per llama.cpp
+# architecture, each a few seconds; named .bash so the *.sh glob does not
+# run it as a test): `moekit convert --to gguf` against llama.cpp itself (release v0.4.0, the
 # prebuilt libraries of node-llama-cpp 3.21.1; scripts/install-deps.d/llama.sh
 # puts them and the tools built on them in $MK_SRC/.peers/bin). Skipped, with
 # the reason, when that peer is not installed.
 #
-# On the qwen3moe fixtures (qwen3moe-a, and qwen3moe-odd whose shapes are
-# not powers of two) and minimax-m2's (minimaxm2-a: per-expert w1/w3/w2
-# stacked, whole-projection q/k norms, sigmoid routing with exp_probs_b) and
-# glm4moe's (glm4moe-a: q/k/v biases, partial RoPE, a leading dense layer,
-# a shared expert, routed scaling 2.5) and qwen3next's (qwen3next-a: Gated
-# DeltaNet layers, in_proj_qkvz split into attn_qkv / attn_gate, ssm_a =
-# -exp(A_log), 1 + w norms, gated q_proj, a shared expert with its gate) and
-# qwen35moe's (qwen35moe-a, and the trained tiny-qwen35moe with 16 experts
-# and its tokenizer: separate in_proj_qkv / z / a / b, the value heads
-# reordered from grouped to tiled in rows, columns and vectors, MRoPE
-# sections) and deepseek2's (deepseekv3-a, glm4lite-a: MLA with kv_b_proj
-# split into attn_k_b, transposed per head, and attn_v_b; grouped sigmoid
-# routing; leading dense layers, from mlp_layer_types for glm4_moe_lite):
+# On each fixture a gguf_llama_<arch>.sh names (what it exercises is said
+# there), check_fixture runs:
 #   1. F32 GGUF: llama.cpp loads it and its logits equal moekit's on the same
 #      checkpoint (rel L2 <= 1e-3, the fixtures' bound; the oracle runs with an
 #      F32 KV cache and no flash attention). This proves names, shapes, the
@@ -41,11 +30,9 @@
 #      way (its values are the F32 file's, bit for bit), not by logits:
 #      llama.cpp rounds activations to bf16 in its BF16 matmul (2.9e-3 rel L2
 #      on qwen3moe-odd), which is llama.cpp's arithmetic, not the file's.
-# The FP8 variant of qwen3moe-odd converted straight to an F32 GGUF: llama.cpp's logits equal
-# moekit's on the FP8 checkpoint (rel L2 <= 1e-3).
-# On a synthetic qwen3_moe with the trained tiny model's tokenizer.json
-# (vocab 4096) the gpt2 vocabulary, merges and pre-tokenizer written into the
-# GGUF make llama.cpp tokenize text exactly as moekit's tokenizer does.
+# Also sourced, for its peer lookup and helpers, by the FP8 -> GGUF check (gguf_llama_qwen3moe.sh), the
+# mixes' layer rules (gguf_llama_mix.sh), the tokenizer (gguf_llama_tokenizer.sh),
+# --target-bpw (gguf_target_bpw.sh) and the GGUF reader (gguf_inspect.sh).
 set -euo pipefail
 BIN=${MK_BIN:?}
 . "${MK_SRC:?}/tests/cli/fixtures.bash"
@@ -87,10 +74,12 @@ same_as_lq() {
     echo "ok: $1 $3: every tensor byte-identical to llama-quantize ${pure[*]} $5's ($(tail -1 "$T/cmp"))"
 }
 
-for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a tiny-qwen35moe deepseekv3-a \
-    glm4lite-a; do
-    src=$FX/$fx/bf16
-    ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
+# check_fixture FX [SRC [IDS]]: steps 1-3 of the header on fixture FX (its bf16/ checkpoint, or SRC:
+# a copy with an edited config, or a checkpoint of tests/data named FX), against the logits moekit
+# computes from that checkpoint on the fixture's input_ids (or IDS, comma-separated)
+check_fixture() {
+    local fx=$1 src=${2:-$FX/$1/bf16} ids=${3:-} ty lo r k
+    [ -n "$ids" ] || ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
     echo "$ids" | tr ',' ' ' > "$T/ids"
     "$BIN" logits "$src" --ids "$ids" --out "$T/$fx.mk.f32" --threads 2 2>/dev/null
     for ty in f32 f16 bf16 q8_0 q4_0; do
@@ -121,57 +110,8 @@ for fx in qwen3moe-a qwen3moe-odd minimaxm2-a glm4moe-a qwen3next-a qwen35moe-a 
         "$BIN" convert "$src" "$T/$fx.$1.gguf" --to gguf --gguf-type "$1" --quiet
         same_as_lq "$fx" "$T/$fx.bf16.gguf" "$@"
     done
-done
+    rm -f "$T/$fx".*.gguf
+}
 
-# The mixes' layer rules need rows of whole super-blocks and more layers than the fixtures: the
-# 30B-A3B shapes cut to 4 layers and 2 experts (not 8, whose rule makes attn_v / attn_k Q8_0):
-# "more bits" (Q6_K) attn_v and ffn_down in layers 2 and 3 only, output Q6_K, the rest Q4_K / Q5_K
-"$BIN" synth "$T/big" --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 2 --vocab 512 --format bf16 --quiet
-for ty in bf16 q4_k_m q5_k_m; do
-    "$BIN" convert "$T/big" "$T/big.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
-done
-rm -rf "$T/big"
-for k in "q4_k_m - Q4_K_M" "q5_k_m - Q5_K_M"; do
-    set -- $k
-    same_as_lq big "$T/big.bf16.gguf" "$@"
-    "$PEER/mk_llama" info "$T/big.$1.gguf" | awk '$1 !~ /^kv/ { print $1, $2 }' > "$T/types"
-    for want in "blk.2.attn_v.weight q6_K" "blk.3.ffn_down_exps.weight q6_K" "blk.1.ffn_down_exps.weight" \
-                "output.weight q6_K"; do
-        grep -q "^$want" "$T/types" || fail "big $1: no '$want' (the mix rule was not exercised)"
-    done
-    grep -qx "blk.1.ffn_down_exps.weight q6_K" "$T/types" && fail "big $1: layer 1's ffn_down is Q6_K"
-    rm -f "$T/big.$1.gguf" "$T/big.$1.lq.gguf"
-done
-rm -f "$T/big.bf16.gguf"
-
-# an FP8 block checkpoint (partial edge blocks) straight to GGUF F32: llama.cpp on it equals moekit
-# computing from the FP8 bytes (products kept in float32 on both sides)
-fx=qwen3moe-odd
-ids=$(tr -d ' \n' < "$FX/$fx/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/')
-echo "$ids" | tr ',' ' ' > "$T/ids"
-"$BIN" logits "$FX/$fx/fp8" --ids "$ids" --out "$T/fp8.mk.f32" --threads 2 2>/dev/null
-"$BIN" convert "$FX/$fx/fp8" "$T/fp8.gguf" --to gguf --gguf-type f32 --quiet
-"$PEER/mk_llama" logits "$T/fp8.gguf" "$T/ids" "$T/fp8.ll.f32" 2 >/dev/null 2>&1 || fail "llama.cpp could not run the FP8-sourced GGUF"
-r=$(rel_l2 "$T/fp8.ll.f32" "$T/fp8.mk.f32")
-le "$r" 1e-3 || fail "$fx fp8 -> gguf f32: llama.cpp's logits vs moekit's on the FP8 checkpoint: rel L2 $r > 1e-3"
-echo "ok: $fx fp8 -> GGUF f32: llama.cpp logits = moekit logits on the FP8 checkpoint (rel L2 $r)"
-
-# tokenizer: a synthetic qwen3_moe with the tiny trained model's tokenizer
-"$BIN" synth "$T/syn" --arch qwen3_moe --preset tiny --vocab 4096 --format bf16 --quiet
-cp "$TINYM/bf16/tokenizer.json" "$TINYM/bf16/tokenizer_config.json" "$T/syn/"
-"$BIN" convert "$T/syn" "$T/syn.gguf" --to gguf --quiet
-"$PEER/mk_llama" info "$T/syn.gguf" > "$T/info"
-for k in "tokenizer.ggml.model str 4 bytes" "tokenizer.ggml.pre str 5 bytes" "tokenizer.ggml.tokens array of 4096" \
-         "tokenizer.ggml.merges array of 3837" "tokenizer.ggml.eos_token_id u32 2" \
-         "tokenizer.ggml.padding_token_id u32 0" "tokenizer.chat_template str 196 bytes"; do
-    grep -qx "kv $k" "$T/info" || fail "syn.gguf: no '$k' (llama.cpp reads: $(grep tokenizer "$T/info" | tr '\n' ';'))"
-done
-{ head -n 60 "$TINYM/devtext.txt"; printf 'h\303\251llo w\303\266rld \342\200\224 \346\227\245\346\234\254 ?!  \t tabs   and    spaces\n\n\n12345 6789\n'; } > "$T/text"
-"$PEER/mk_llama" tokenize "$T/syn.gguf" "$T/text" 2>/dev/null | tr ' ' '\n' > "$T/ll.tok"
-awk 'BEGIN { ORS = ""; print "\"" } { gsub(/\\/, "\\\\"); gsub(/"/, "\\\""); gsub(/\t/, "\\t"); print $0 "\\n" }
-     END { print "\"\n" }' "$T/text" | "$BIN" tokenize "$TINYM/bf16" | tr -d '[]' | tr ',' '\n' > "$T/mk.tok"
-n=$(wc -l < "$T/mk.tok")
-[ "$n" -gt 500 ] || fail "tokenizer: only $n tokens from moekit"
-cmp -s "$T/ll.tok" "$T/mk.tok" || { diff "$T/ll.tok" "$T/mk.tok" | head -5 >&2; fail "tokenizer: llama.cpp's ids differ from moekit's"; }
-echo "ok: tokenizer: llama.cpp on moekit's GGUF gives moekit's $n ids on $(wc -c < "$T/text") bytes of text"
-echo "gguf_llama: all passed"
+# tests/data/dsa64's prompt: 24 tokens, three times its index_topk
+DSA64_IDS=5,17,99,3,64,127,12,40,81,7,56,33,90,21,110,2,73,45,118,9,60,28,101,14
