@@ -131,7 +131,19 @@ for samp in "" "--temp 0.8 --seed 7"; do
 done
 echo "ok: run -np 3: greedy and sampled tokens equal to one process"
 
+# eval (windows from an empty state: the workers reset with rank 0) on the trained hybrid model
+"$MK_BIN" eval "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 512 --window 128 --json --threads 1 > "$T/one.json"
+"${MPI[@]}" -np 3 "$MK_BIN" eval "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 512 --window 128 --json \
+    --threads 1 > "$T/n.json" 2> "$T/err" || { cat "$T/err" >&2; fail "eval -np 3 exited non-zero"; }
+cmp -s "$T/one.json" "$T/n.json" || { cat "$T/one.json" "$T/n.json" >&2; fail "eval -np 3: another result"; }
+# experts streamed from the checkpoint: each rank reads only its own
 IDS=$(ids_of "$FX/qwen3moe-a")
+"$MK_BIN" logits "$M" --ids "$IDS" --out "$T/one.f32" --force --threads 1
+"${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --force --threads 1 --stream-experts \
+    2> "$T/err" || { cat "$T/err" >&2; fail "logits --stream-experts -np 2 exited non-zero"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "logits --stream-experts -np 2: logits differ from one process"
+echo "ok: eval -np 3 and streamed experts -np 2 equal to one process"
+
 # corruption: rank 1 flips a byte of its layer-1 payload after checksumming it
 rm -f "$T/n.f32"
 set +e
