@@ -265,7 +265,7 @@ int cmd_eval(int argc, char **argv) {
         return mk_cli_usage("eval", "--text FILE is required");
     o.model = argv[optind];
     /* under MPI: rank 0 evaluates, the others serve its steps */
-    mk_status st = mk_ecli_dist_start(&dd);
+    mk_status st = mk_ecli_dist_start(&dd, &o.mm);
     if (st == MK_OK && dd.d && (o.ref || (o.backend && strcmp(o.backend, "cpu"))))
         st = mk_err(MK_E_UNSUPPORTED, "eval: --ref and --backend cuda do not run under MPI yet");
     if (st != MK_OK)

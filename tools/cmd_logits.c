@@ -114,7 +114,7 @@ int cmd_logits(int argc, char **argv) {
     if (!ids_s || (!out && !verify))
         return mk_cli_usage("logits", "--ids and --out are required (--out is optional with --verify)");
     /* under MPI: rank 0 goes on, the others serve its steps */
-    mk_status st = mk_ecli_dist_start(&dd);
+    mk_status st = mk_ecli_dist_start(&dd, &mm);
     if (st == MK_OK && dd.d && (verify || strcmp(backend, "cpu")))
         st = mk_err(MK_E_UNSUPPORTED, "logits: --verify and --backend cuda do not run under MPI yet");
     if (st != MK_OK)

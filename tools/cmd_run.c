@@ -530,7 +530,7 @@ int cmd_run(int argc, char **argv) {
     if (rc >= 0)
         return rc;
     /* under MPI: rank 0 runs the command, the others serve its steps */
-    mk_status dst = mk_ecli_dist_start(&o.dd);
+    mk_status dst = mk_ecli_dist_start(&o.dd, &o.mm);
     if (dst == MK_OK && o.dd.d && o.backend && strcmp(o.backend, "cpu"))
         dst = mk_err(MK_E_UNSUPPORTED, "run: --backend cuda does not run under MPI yet");
     if (dst != MK_OK)

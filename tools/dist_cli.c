@@ -74,7 +74,7 @@ static void dist_atexit(void) {
     g_dist = NULL;
 }
 
-mk_status mk_ecli_dist_start(mk_ecli_dist *dd) {
+mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
     long n = launcher_size();
     if (!dd->mpi && n <= 1)
         return MK_OK;
@@ -83,6 +83,7 @@ mk_status mk_ecli_dist_start(mk_ecli_dist *dd) {
         return mk_err_wrap(st, "%s", dd->mpi ? "--mpi" : "running under an MPI launcher");
     g_dist = dd->d;
     atexit(dist_atexit);
+    mm->ranks = mk_dist_size(dd->d);
     return MK_OK;
 }
 

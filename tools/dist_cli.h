@@ -33,8 +33,10 @@ extern const char mk_ecli_dist_help[];
 /* Handle one of those options (see mk_ecli_mem_flag). */
 int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine);
 /* Start MPI when asked (--mpi or the launcher's environment); otherwise
- * leave dd->d NULL. Fails when asked and moekit has no MPI. */
-mk_status mk_ecli_dist_start(mk_ecli_dist *dd);
+ * leave dd->d NULL. Fails when asked and moekit has no MPI. Sets
+ * mm->ranks, so --memory-budget counts only this rank's share of the
+ * routed experts. */
+mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm);
 /* This process is a worker (rank > 0). */
 bool mk_ecli_dist_worker(const mk_ecli_dist *dd);
 /* Worker: open `model` as the lead does (mo, mm: the same flags), wait for

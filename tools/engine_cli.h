@@ -79,6 +79,9 @@ typedef struct mk_ecli_mem {
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
     const char *cmd;           /* for messages */
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
+    int ranks;                 /* MPI ranks sharing the routed experts (tools/dist_cli.h); 0 or 1:
+                                  none. Each holds at most ceil(E/ranks) experts of a layer, which
+                                  is what the budget counts */
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */

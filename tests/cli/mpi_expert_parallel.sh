@@ -144,6 +144,17 @@ IDS=$(ids_of "$FX/qwen3moe-a")
 cmp -s "$T/one.f32" "$T/n.f32" || fail "logits --stream-experts -np 2: logits differ from one process"
 echo "ok: eval -np 3 and streamed experts -np 2 equal to one process"
 
+# --memory-budget counts a rank's share of the experts: 101M is below qwen3moe-a's 1.6 MiB of
+# non-expert weights + 4.5 MiB of experts + the 96 MiB overhead (one process streams), above it
+# with half the experts (-np 2: resident)
+"$MK_BIN" logits "$M" --ids "$IDS" --out "$T/one.f32" --force --threads 1 --memory-budget 101M 2> "$T/err"
+grep -q "experts streamed" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M: one process did not stream"; }
+"${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --force --threads 1 --memory-budget 101M \
+    2> "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2 exited non-zero"; }
+grep -q "model resident" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2: rank 0 not resident"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "--memory-budget 101M -np 2: logits differ from one process"
+echo "ok: --memory-budget counts a rank's share of the experts"
+
 # corruption: rank 1 flips a byte of its layer-1 payload after checksumming it
 rm -f "$T/n.f32"
 set +e
