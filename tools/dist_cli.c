@@ -35,7 +35,8 @@ int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
     switch (ch) {
     case 0x4e01: dd->mpi = true; return -1;
     case 0x4e02:
-        if ((rc = mk_flag_real(dd->cmd, "--mpi-timeout", arg, 0, 1e6, MK_FLAG_LO_OPEN, &dd->o.timeout_s)) >= 0)
+        if ((rc = mk_flag_real(dd->cmd, "--mpi-timeout", arg, 0, 1e6, MK_FLAG_LO_OPEN, &dd->o.timeout_s)) >=
+            0)
             return rc;
         return -1;
     case 0x4e03: {
@@ -55,7 +56,8 @@ int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
                 return -1;
             }
         }
-        return mk_cli_usage(dd->cmd, "--mpi-test-fault: expected flip|stall|kill:RANK:LAYER:STEP, found '%s'", arg);
+        return mk_cli_usage(dd->cmd, "--mpi-test-fault: expected flip|stall|kill:RANK:LAYER:STEP, found '%s'",
+                            arg);
 #else
         return mk_cli_usage(dd->cmd, "--mpi-test-fault: this build has no test hooks (MK_TEST_HOOKS=OFF)");
 #endif
@@ -87,9 +89,13 @@ mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
     return MK_OK;
 }
 
-bool mk_ecli_dist_worker(const mk_ecli_dist *dd) { return dd->d && mk_dist_rank(dd->d) > 0; }
+bool mk_ecli_dist_worker(const mk_ecli_dist *dd) {
+    return dd->d && mk_dist_rank(dd->d) > 0;
+}
 
-static double gib(uint64_t b) { return (double)b / (double)(1ull << 30); }
+static double gib(uint64_t b) {
+    return (double)b / (double)(1ull << 30);
+}
 
 /* The model's fingerprint: the xxh3 of its config.json (every rank must
  * open the same model). */
@@ -111,10 +117,12 @@ static mk_status share(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) 
     mk_dist_range(dd->d, &lo, &hi);
     const mk_config *c = mk_model_config(m);
     uint64_t ex = mk_model_expert_bytes(m), mine = ex / (uint64_t)c->num_experts * (uint64_t)(hi - lo);
-    fprintf(stderr, "moekit %s: rank %d of %d: routed experts [%d, %d) of %d in every MoE layer: %.3f GiB of "
+    fprintf(stderr,
+            "moekit %s: rank %d of %d: routed experts [%d, %d) of %d in every MoE layer: %.3f GiB of "
             "the %.3f GiB of expert weights, plus %.3f GiB replicated (attention, norms, routers, shared "
-            "experts, embeddings)\n", dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), lo, hi, c->num_experts,
-            gib(mine), gib(ex), gib(mk_model_resident_bytes(m)));
+            "experts, embeddings)\n",
+            dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), lo, hi, c->num_experts, gib(mine), gib(ex),
+            gib(mk_model_resident_bytes(m)));
     eo->moe_part = dd->part;
     return MK_OK;
 }
@@ -123,8 +131,10 @@ mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts 
     if (!dd->d)
         return MK_OK;
     if (eo->backend && !mk_backend_iface(eo->backend)->host_mem)
-        return mk_err(MK_E_UNSUPPORTED, "%s: MPI ranks run on the CPU backend for now (--backend cuda is not "
-                      "wired to the expert exchange)", dd->cmd);
+        return mk_err(MK_E_UNSUPPORTED,
+                      "%s: MPI ranks run on the CPU backend for now (--backend cuda is not "
+                      "wired to the expert exchange)",
+                      dd->cmd);
     uint64_t fp;
     MK_TRY(fingerprint(m, &fp));
     MK_TRY(share(dd, m, eo));

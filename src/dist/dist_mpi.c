@@ -18,8 +18,8 @@
  * messages of one tag in order, and the sequence number catches a
  * desynchronised rank. Only the main thread calls MPI (funneled). */
 #include <mpi.h>
-#include <stddef.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,23 +43,23 @@ typedef struct dist_hdr {
     uint64_t seq;
     int64_t pos;
     uint64_t nbytes;
-    uint64_t route;  /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint */
-    uint64_t sum;    /* xxh3 of the payload */
-    uint64_t hsum;   /* xxh3 of the header up to here */
+    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint */
+    uint64_t sum;   /* xxh3 of the payload */
+    uint64_t hsum;  /* xxh3 of the header up to here */
 } dist_hdr;
 
 struct mk_dist {
     int rank, size;
     mk_dist_opts o;
     mk_moe_part part;
-    int32_t E, lo, hi;   /* routed experts per layer; this rank's [lo, hi) */
-    int64_t step;        /* forward calls so far (the current one, counted from 1) */
-    int64_t pos;         /* its position */
-    uint64_t seq;        /* exchanges so far */
-    bool finished;       /* lead: finish sent */
-    char *sbuf, *rbuf;   /* exchange buffers, grown on demand */
+    int32_t E, lo, hi; /* routed experts per layer; this rank's [lo, hi) */
+    int64_t step;      /* forward calls so far (the current one, counted from 1) */
+    int64_t pos;       /* its position */
+    uint64_t seq;      /* exchanges so far */
+    bool finished;     /* lead: finish sent */
+    char *sbuf, *rbuf; /* exchange buffers, grown on demand */
     size_t scap, rcap;
-    MPI_Request *rq;     /* [2*size] receives, then sends */
+    MPI_Request *rq; /* [2*size] receives, then sends */
 };
 
 static double now_s(void) {
@@ -81,17 +81,18 @@ static void backoff(int *spins) {
 }
 
 _Noreturn void mk_dist_abort(mk_dist *d, int code, const char *msg) {
-    fprintf(stderr, "moekit: rank %d of %d: %s; stopping every rank\n", d ? d->rank : -1, d ? d->size : 0, msg);
+    fprintf(stderr, "moekit: rank %d of %d: %s; stopping every rank\n", d ? d->rank : -1, d ? d->size : 0,
+            msg);
     fflush(stderr);
     MPI_Abort(MPI_COMM_WORLD, code);
     _exit(code); /* MPI_Abort does not return; in case it does */
 }
 
-#define FAIL(d, ...)                                    \
-    do {                                                \
-        char fail_msg_[1024];                           \
-        snprintf(fail_msg_, sizeof fail_msg_, __VA_ARGS__); \
-        mk_dist_abort((d), 1, fail_msg_);               \
+#define FAIL(d, ...)                                                                                         \
+    do {                                                                                                     \
+        char fail_msg_[1024];                                                                                \
+        snprintf(fail_msg_, sizeof fail_msg_, __VA_ARGS__);                                                  \
+        mk_dist_abort((d), 1, fail_msg_);                                                                    \
     } while (0)
 
 static const char *mpi_errstr(int rc, char *buf) {
@@ -116,18 +117,22 @@ static void hdr_check(mk_dist *d, const dist_hdr *h, const void *payload, size_t
         FAIL(d, "%s: a %zu-byte message from rank %d, shorter than a header", what, got, from);
     uint64_t hs = XXH3_64bits(h, offsetof(dist_hdr, hsum));
     if (h->magic != DIST_MAGIC || hs != h->hsum)
-        FAIL(d, "%s: the message header from rank %d fails its checksum (xxh3 %016llx, header says %016llx): "
-             "corrupted in transit", what, from, (unsigned long long)hs, (unsigned long long)h->hsum);
+        FAIL(d,
+             "%s: the message header from rank %d fails its checksum (xxh3 %016llx, header says %016llx): "
+             "corrupted in transit",
+             what, from, (unsigned long long)hs, (unsigned long long)h->hsum);
     if (h->rank != from || h->kind != kind)
-        FAIL(d, "%s: expected a message of kind %u from rank %d, found kind %u from rank %d", what, kind, from,
-             h->kind, h->rank);
+        FAIL(d, "%s: expected a message of kind %u from rank %d, found kind %u from rank %d", what, kind,
+             from, h->kind, h->rank);
     if (h->nbytes != got - sizeof *h)
         FAIL(d, "%s: rank %d's header says %llu payload bytes, %zu arrived", what, from,
              (unsigned long long)h->nbytes, got - sizeof *h);
     uint64_t s = XXH3_64bits(payload, h->nbytes);
     if (s != h->sum)
-        FAIL(d, "%s: the payload from rank %d fails its checksum (xxh3 %016llx, sender's %016llx): corrupted "
-             "in transit", what, from, (unsigned long long)s, (unsigned long long)h->sum);
+        FAIL(d,
+             "%s: the payload from rank %d fails its checksum (xxh3 %016llx, sender's %016llx): corrupted "
+             "in transit",
+             what, from, (unsigned long long)s, (unsigned long long)h->sum);
 }
 
 static void fault_at(mk_dist *d, int layer, char *payload, size_t nbytes) {
@@ -219,8 +224,14 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
     char *pay = d->sbuf + hs;
     for (int64_t i = b; i < e; i++)
         memcpy(pay + (size_t)(i - b) * row, x->pairs + (size_t)x->order[i] * (size_t)x->H, row);
-    dist_hdr h = {.kind = K_XCHG, .rank = r, .layer = x->layer, .step = d->step, .seq = d->seq, .pos = x->pos,
-                  .nbytes = (uint64_t)(e - b) * row, .route = route};
+    dist_hdr h = {.kind = K_XCHG,
+                  .rank = r,
+                  .layer = x->layer,
+                  .step = d->step,
+                  .seq = d->seq,
+                  .pos = x->pos,
+                  .nbytes = (uint64_t)(e - b) * row,
+                  .route = route};
     hdr_seal(&h, pay);
     memcpy(d->sbuf, &h, hs);
     fault_at(d, x->layer, pay, h.nbytes);
@@ -239,8 +250,10 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         if (q < 64)
             roff[q] = off;
         if (qbytes > (size_t)INT32_MAX || sbytes > (size_t)INT32_MAX)
-            return mk_err(MK_E_UNSUPPORTED, "%s: an exchange of %zu bytes is beyond one MPI message; use a "
-                          "smaller --prefill-chunk", what, qbytes > sbytes ? qbytes : sbytes);
+            return mk_err(MK_E_UNSUPPORTED,
+                          "%s: an exchange of %zu bytes is beyond one MPI message; use a "
+                          "smaller --prefill-chunk",
+                          what, qbytes > sbytes ? qbytes : sbytes);
         int rc = MPI_Irecv(d->rbuf + off, (int)qbytes, MPI_BYTE, q, TAG_XCHG, MPI_COMM_WORLD, &rq[q]);
         char es[MPI_MAX_ERROR_STRING];
         if (rc != MPI_SUCCESS)
@@ -272,7 +285,8 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
                 FAIL(d, "%s: %s rank %d failed: %s%s", what, i < N ? "receiving from" : "sending to", q,
                      mpi_errstr(ec, es),
                      ec == MPI_ERR_TRUNCATE ? " (a longer payload than this rank's routing gives: the ranks "
-                                              "disagree on the step's routing)" : "");
+                                              "disagree on the step's routing)"
+                                            : "");
             }
             if (!done)
                 continue;
@@ -286,13 +300,16 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
             memcpy(&qh, blk, hs < (size_t)got ? hs : (size_t)got);
             hdr_check(d, &qh, blk + hs, (size_t)got, q, K_XCHG, what);
             if (qh.seq != d->seq || qh.layer != x->layer || qh.step != d->step)
-                FAIL(d, "%s: rank %d is at layer %d, step %lld, exchange %llu, this rank at exchange %llu: the "
-                     "ranks are out of step", what, q, qh.layer, (long long)qh.step, (unsigned long long)qh.seq,
+                FAIL(d,
+                     "%s: rank %d is at layer %d, step %lld, exchange %llu, this rank at exchange %llu: the "
+                     "ranks are out of step",
+                     what, q, qh.layer, (long long)qh.step, (unsigned long long)qh.seq,
                      (unsigned long long)d->seq);
             if (qh.route != route)
-                FAIL(d, "%s: rank %d routed the step's tokens differently (decisions xxh3 %016llx, here "
-                     "%016llx): the replicas diverged (different binaries, kernels or model files?)", what, q,
-                     (unsigned long long)qh.route, (unsigned long long)route);
+                FAIL(d,
+                     "%s: rank %d routed the step's tokens differently (decisions xxh3 %016llx, here "
+                     "%016llx): the replicas diverged (different binaries, kernels or model files?)",
+                     what, q, (unsigned long long)qh.route, (unsigned long long)route);
             int64_t qb, qe;
             rank_rows(d, x, q, &qb, &qe);
             for (int64_t j = qb; j < qe; j++)
@@ -303,9 +320,10 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         if (now_s() > deadline) {
             for (int i = 0; i < 2 * N; i++)
                 if (rq[i] != MPI_REQUEST_NULL)
-                    FAIL(d, "%s: %s rank %d did not complete within %.0f s (--mpi-timeout): rank %d is dead, "
-                         "stalled or unreachable", what, i < N ? "the payload from" : "the payload to", i % N,
-                         d->o.timeout_s, i % N);
+                    FAIL(d,
+                         "%s: %s rank %d did not complete within %.0f s (--mpi-timeout): rank %d is dead, "
+                         "stalled or unreachable",
+                         what, i < N ? "the payload from" : "the payload to", i % N, d->o.timeout_s, i % N);
         }
         backoff(&spins);
     }
@@ -317,8 +335,14 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
     size_t hs = sizeof(dist_hdr), tot = hs + nbytes;
     if (!grow(&d->sbuf, &d->scap, tot) || tot > (size_t)INT32_MAX)
         FAIL(d, "%s: no room for a %zu-byte command", what, tot);
-    dist_hdr h = {.kind = kind, .rank = d->rank, .layer = -1, .step = d->step, .seq = d->seq, .pos = d->pos,
-                  .nbytes = nbytes, .route = 0};
+    dist_hdr h = {.kind = kind,
+                  .rank = d->rank,
+                  .layer = -1,
+                  .step = d->step,
+                  .seq = d->seq,
+                  .pos = d->pos,
+                  .nbytes = nbytes,
+                  .route = 0};
     if (kind == K_SETUP)
         memcpy(&h.route, (const char *)payload + 3 * sizeof(int64_t), sizeof h.route);
     if (nbytes)
@@ -344,8 +368,10 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
             if (done)
                 break;
             if (now_s() > deadline)
-                FAIL(d, "%s: rank %d did not take the lead's command within %.0f s (--mpi-timeout): rank %d is "
-                     "dead, stalled or unreachable", what, q, d->o.timeout_s, q);
+                FAIL(d,
+                     "%s: rank %d did not take the lead's command within %.0f s (--mpi-timeout): rank %d is "
+                     "dead, stalled or unreachable",
+                     what, q, d->o.timeout_s, q);
             backoff(&spins);
         }
     }
@@ -392,8 +418,8 @@ static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
     if (rc != MPI_SUCCESS)
         FAIL(d, "%s: receiving rank 0's command failed: %s", what, mpi_errstr(rc, es));
     memcpy(h, d->rbuf, (size_t)got < sizeof *h ? (size_t)got : sizeof *h);
-    hdr_check(d, h, d->rbuf + sizeof *h, (size_t)got, 0, h->kind == K_FINISH || h->kind == K_SETUP ? h->kind
-                                                                                                    : K_STEP, what);
+    hdr_check(d, h, d->rbuf + sizeof *h, (size_t)got, 0,
+              h->kind == K_FINISH || h->kind == K_SETUP ? h->kind : K_STEP, what);
 }
 
 /* ---- public ----------------------------------------------------------------- */
@@ -443,8 +469,12 @@ void mk_dist_free(mk_dist *d) {
         MPI_Finalize();
 }
 
-int mk_dist_rank(const mk_dist *d) { return d->rank; }
-int mk_dist_size(const mk_dist *d) { return d->size; }
+int mk_dist_rank(const mk_dist *d) {
+    return d->rank;
+}
+int mk_dist_size(const mk_dist *d) {
+    return d->size;
+}
 
 void mk_dist_range(const mk_dist *d, int32_t *lo, int32_t *hi) {
     *lo = d->lo;
@@ -461,8 +491,8 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
                       c->num_experts, c->num_experts);
     d->E = c->num_experts;
     rank_range(d, d->rank, &d->lo, &d->hi);
-    d->part = (mk_moe_part){.user = d, .range = part_range, .exchange = part_exchange,
-                            .step = d->rank == 0 ? part_step : NULL};
+    d->part = (mk_moe_part){
+        .user = d, .range = part_range, .exchange = part_exchange, .step = d->rank == 0 ? part_step : NULL};
     *part = &d->part;
     return MK_OK;
 }
@@ -490,8 +520,10 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
     uint64_t fp;
     memcpy(&fp, &p[3], sizeof fp);
     if (fp != fingerprint)
-        FAIL(d, "setup: rank 0 opened a different model (config.json xxh3 %016llx, this rank's %016llx): every "
-             "rank must open the same model", (unsigned long long)fp, (unsigned long long)fingerprint);
+        FAIL(d,
+             "setup: rank 0 opened a different model (config.json xxh3 %016llx, this rank's %016llx): every "
+             "rank must open the same model",
+             (unsigned long long)fp, (unsigned long long)fingerprint);
     o->max_ctx = p[0];
     o->prefill_chunk = (int)p[1];
     o->experts_per_tok = (int)p[2];

@@ -9,16 +9,17 @@
 #include "moekit/dist.h"
 
 static mk_status no_mpi(void) {
-    return mk_err(MK_E_UNSUPPORTED, "moekit was built without MPI (no MPI C library at configure time: "
-                  "install Debian's openmpi-bin and libopenmpi-dev, scripts/install-deps.sh, and reconfigure)");
+    return mk_err(
+        MK_E_UNSUPPORTED,
+        "moekit was built without MPI (no MPI C library at configure time: "
+        "install Debian's openmpi-bin and libopenmpi-dev, scripts/install-deps.sh, and reconfigure)");
 }
 
 mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
     *out = NULL;
     return no_mpi();
 }
-void mk_dist_free(mk_dist *d) {
-}
+void mk_dist_free(mk_dist *d) {}
 int mk_dist_rank(const mk_dist *d) {
     return 0;
 }
@@ -46,5 +47,4 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
 mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
     return no_mpi();
 }
-void mk_dist_finish(mk_dist *d) {
-}
+void mk_dist_finish(mk_dist *d) {}

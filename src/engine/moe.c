@@ -290,8 +290,9 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     }
     if (e->has_part) { /* the other experts' rows from their owners, moved, not summed */
         MK_TRY(BE(e)->sync(CTX(e)));
-        mk_moe_xchg xc = {.layer = l, .pos = e->pos, .n = n, .k = (int)k, .H = H, .E = (int32_t)c->num_experts,
-                          .pairs = e->pairs, .order = e->order, .ends = e->cnt, .top_idx = e->top_idx};
+        mk_moe_xchg xc = {.layer = l, .pos = e->pos, .n = n, .k = (int)k, .H = H,
+                          .E = (int32_t)c->num_experts, .pairs = e->pairs, .order = e->order, .ends = e->cnt,
+                          .top_idx = e->top_idx};
         MK_TRY(e->part.exchange(e->part.user, &xc));
     }
     BE(e)->combine(CTX(e), e->y, e->pairs, e->top_w_b, e->perm_b, n, (int)k, H);

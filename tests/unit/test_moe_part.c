@@ -126,7 +126,11 @@ static void one_fixture(const char *rel) {
             rank rk[MAXN];
             pthread_t th[MAXN];
             for (int r = 0; r < n; r++) {
-                rk[r] = (rank){.g = &g, .r = r, .m = m, .chunk = chunks[ci], .ids = ids,
+                rk[r] = (rank){.g = &g,
+                               .r = r,
+                               .m = m,
+                               .chunk = chunks[ci],
+                               .ids = ids,
                                .logits = malloc((size_t)(NIDS * V) * sizeof(float))};
                 assert_non_null(rk[r].logits);
                 assert_int_equal(pthread_create(&th[r], NULL, rank_main, &rk[r]), 0);
@@ -155,10 +159,10 @@ static void t_bitwise(void **state) {
     (void)state;
     if (!mk_test_fixture("qwen3moe-a/bf16"))
         return;
-    one_fixture("qwen3moe-a/bf16");    /* attention, softmax router */
-    one_fixture("deepseekv3-a/bf16");  /* MLA, grouped sigmoid router, shared experts */
-    one_fixture("qwen3next-a/bf16");   /* Gated DeltaNet, gated shared expert */
-    one_fixture("gptoss-a/bf16");      /* biased clamped-SwiGLU experts */
+    one_fixture("qwen3moe-a/bf16");   /* attention, softmax router */
+    one_fixture("deepseekv3-a/bf16"); /* MLA, grouped sigmoid router, shared experts */
+    one_fixture("qwen3next-a/bf16");  /* Gated DeltaNet, gated shared expert */
+    one_fixture("gptoss-a/bf16");     /* biased clamped-SwiGLU experts */
 }
 
 static mk_status x_fail(void *user, const mk_moe_xchg *x) {
