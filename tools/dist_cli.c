@@ -7,7 +7,9 @@
 
 #include "cli_flags.h"
 #include "cmd.h"
+#include "core/alloc.h"
 #include "dist_cli.h"
+#include "moekit/profile.h"
 
 const char mk_ecli_dist_help[] =
     "  --mpi                run as one rank of an MPI job (implied under mpirun with more than\n"
@@ -15,7 +17,9 @@ const char mk_ecli_dist_help[] =
     "                       experts, rank 0 tokenizes, samples and prints; logits are bitwise\n"
     "                       those of one process\n"
     "  --mpi-timeout SEC    a rank that does not deliver within SEC seconds in a step stops every\n"
-    "                       rank, naming it (default 60)\n";
+    "                       rank, naming it (default 60)\n"
+    "  --mpi-balance P.json split each MoE layer's experts into contiguous ranges of about equal\n"
+    "                       routing frequency in `moekit profile`'s P.json (default: equal counts)\n";
 
 /* The launcher's rank count from its environment (the CLI layer may read
  * it; the library does not): 0 when not under a launcher. */
@@ -34,6 +38,7 @@ int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
     int rc;
     switch (ch) {
     case 0x4e01: dd->mpi = true; return -1;
+    case 0x4e04: dd->balance = arg; return -1;
     case 0x4e02:
         if ((rc = mk_flag_real(dd->cmd, "--mpi-timeout", arg, 0, 1e6, MK_FLAG_LO_OPEN, &dd->o.timeout_s)) >=
             0)
@@ -85,7 +90,9 @@ mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
         return mk_err_wrap(st, "%s", dd->mpi ? "--mpi" : "running under an MPI launcher");
     g_dist = dd->d;
     atexit(dist_atexit);
-    mm->ranks = mk_dist_size(dd->d);
+    /* the budget counts ceil(E/ranks) experts per layer: a split by count (--mpi-balance may give a
+     * rank more, so it counts them all) */
+    mm->ranks = dd->balance ? 1 : mk_dist_size(dd->d);
     return MK_OK;
 }
 
@@ -113,10 +120,32 @@ static mk_status fingerprint(const mk_model *m, uint64_t *fp) {
 /* Part the experts and print this rank's share and memory. */
 static mk_status share(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) {
     MK_TRY(mk_dist_part(dd->d, m, &dd->part));
-    int32_t lo, hi;
-    mk_dist_range(dd->d, &lo, &hi);
     const mk_config *c = mk_model_config(m);
-    uint64_t ex = mk_model_expert_bytes(m), mine = ex / (uint64_t)c->num_experts * (uint64_t)(hi - lo);
+    int32_t lo = -1, hi = -1;
+    int64_t held = 0, all = 0;
+    bool same = true;
+    for (int l = 0; l < c->num_layers; l++) {
+        if (!mk_config_layer_is_moe(c, l))
+            continue;
+        int32_t a, b;
+        mk_dist_range(dd->d, l, &a, &b);
+        same &= lo < 0 || (a == lo && b == hi);
+        lo = a;
+        hi = b;
+        held += b - a;
+        all += c->num_experts;
+    }
+    uint64_t ex = mk_model_expert_bytes(m), mine = all ? ex / (uint64_t)all * (uint64_t)held : 0;
+    if (!same) {
+        fprintf(stderr,
+                "moekit %s: rank %d of %d: %lld of the %lld routed experts (contiguous per layer, "
+                "balanced by routing frequency): %.3f GiB of the %.3f GiB of expert weights, plus %.3f GiB "
+                "replicated (attention, norms, routers, shared experts, embeddings)\n",
+                dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), (long long)held, (long long)all, gib(mine),
+                gib(ex), gib(mk_model_resident_bytes(m)));
+        eo->moe_part = dd->part;
+        return MK_OK;
+    }
     fprintf(stderr,
             "moekit %s: rank %d of %d: routed experts [%d, %d) of %d in every MoE layer: %.3f GiB of "
             "the %.3f GiB of expert weights, plus %.3f GiB replicated (attention, norms, routers, shared "
@@ -125,6 +154,58 @@ static mk_status share(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) 
             gib(mk_model_resident_bytes(m)));
     eo->moe_part = dd->part;
     return MK_OK;
+}
+
+/* --mpi-balance: per MoE layer with routing statistics in the profile, cut
+ * its experts into size contiguous ranges of about equal summed frequency
+ * (cut q at the prefix nearest q/size of the layer's total, never before
+ * the previous cut); other layers by count. */
+static mk_status balance(mk_ecli_dist *dd, const mk_model *m) {
+    const mk_config *c = mk_model_config(m);
+    int N = mk_dist_size(dd->d), L = c->num_layers, E = c->num_experts;
+    mk_prof *p = NULL;
+    mk_status st = mk_prof_load(dd->balance, &p);
+    if (st == MK_OK && (st = mk_prof_check_model(p, m)) != MK_OK)
+        mk_err_wrap(st, "--mpi-balance %s", dd->balance);
+    int32_t *cuts = st == MK_OK ? mk_malloc((size_t)L * (size_t)(N + 1) * sizeof(int32_t)) : NULL;
+    if (st == MK_OK && !cuts)
+        st = mk_err(MK_E_NOMEM, "--mpi-balance: out of memory for %d x %d expert cuts", L, N + 1);
+    for (int l = 0; st == MK_OK && l < L; l++)
+        for (int q = 0; q <= N; q++)
+            cuts[l * (N + 1) + q] = (int32_t)((int64_t)q * E / N);
+    int balanced = 0;
+    for (int i = 0; st == MK_OK && i < mk_prof_route_layers(p); i++) {
+        int l, pe;
+        const double *f, *w;
+        if (!mk_prof_route(p, i, &l, &pe, &f, &w) || l < 0 || l >= L || pe != E)
+            continue;
+        double tot = 0, pre = 0;
+        for (int e = 0; e < E; e++)
+            tot += f[e];
+        if (!(tot > 0))
+            continue;
+        int32_t *c_l = cuts + l * (N + 1);
+        int e = 0;
+        for (int q = 1; q < N; q++) {
+            double want = tot * q / N;
+            while (e < E && pre + f[e] <= want) /* the largest prefix not above the target ... */
+                pre += f[e++];
+            if (e < E && (pre + f[e]) - want < want - pre) /* ... or one more when that is nearer */
+                pre += f[e++];
+            c_l[q] = e;
+        }
+        balanced++;
+    }
+    if (st == MK_OK && !balanced)
+        st = mk_err(MK_E_ARG,
+                    "--mpi-balance %s: the profile has no routing statistics for this model's "
+                    "%d experts per layer",
+                    dd->balance, E);
+    if (st == MK_OK)
+        st = mk_dist_set_cuts(dd->d, m, cuts);
+    free(cuts);
+    mk_prof_free(p);
+    return st;
 }
 
 mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) {
@@ -137,6 +218,8 @@ mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts 
                       dd->cmd);
     uint64_t fp;
     MK_TRY(fingerprint(m, &fp));
+    if (dd->balance)
+        MK_TRY(balance(dd, m));
     MK_TRY(share(dd, m, eo));
     return mk_dist_announce(dd->d, eo, fp);
 }

@@ -18,16 +18,18 @@
 #include "moekit/dist.h"
 
 typedef struct mk_ecli_dist {
-    bool mpi;        /* --mpi */
-    mk_dist_opts o;  /* --mpi-timeout, --mpi-test-fault */
-    const char *cmd; /* for messages */
-    mk_dist *d;      /* started: NULL for a single-process run */
+    bool mpi;            /* --mpi */
+    mk_dist_opts o;      /* --mpi-timeout, --mpi-test-fault */
+    const char *balance; /* --mpi-balance PROFILE (rank 0 reads it) */
+    const char *cmd;     /* for messages */
+    mk_dist *d;          /* started: NULL for a single-process run */
     const mk_moe_part *part;
 } mk_ecli_dist;
 
 #define MK_ECLI_DIST_OPTS                                                                                    \
-    {"mpi", no_argument, 0, 0x4e01}, {"mpi-timeout", required_argument, 0, 0x4e02}, {                        \
-        "mpi-test-fault", required_argument, 0, 0x4e03                                                       \
+    {"mpi", no_argument, 0, 0x4e01}, {"mpi-timeout", required_argument, 0, 0x4e02},                          \
+        {"mpi-test-fault", required_argument, 0, 0x4e03}, {                                                  \
+        "mpi-balance", required_argument, 0, 0x4e04                                                          \
     }
 
 extern const char mk_ecli_dist_help[];

@@ -2,7 +2,8 @@
  *
  * Every rank opens the same model and runs the same engine; each rank owns
  * a contiguous share of every MoE layer's routed experts (by count: rank r
- * of N owns [r*E/N, (r+1)*E/N)) and computes only those (a resident rank
+ * of N owns [r*E/N, (r+1)*E/N); or by the lead's cuts per layer,
+ * mk_dist_set_cuts) and computes only those (a resident rank
  * maps the whole checkpoint but touches only its experts' pages; a
  * streaming rank reads only its experts). Attention, norms, routers and
  * shared experts are replicated. Per MoE layer each rank sends the outputs
@@ -86,8 +87,14 @@ _Noreturn void mk_dist_abort(mk_dist *d, int code, const char *msg);
  * experts than there are ranks, or none) and return the engine hook (valid
  * while d lives). On the lead the hook announces steps. */
 mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part);
-/* This rank's experts of every MoE layer: [*lo, *hi). */
-void mk_dist_range(const mk_dist *d, int32_t *lo, int32_t *hi);
+/* This rank's experts of MoE layer `layer`: [*lo, *hi). */
+void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi);
+/* Lead, before mk_dist_part: own experts by the given contiguous cuts
+ * instead of by count (e.g. balanced by `moekit profile` routing
+ * frequencies): cuts[l*(size+1) + q] is the first expert of rank q in layer
+ * l, each row ascending from 0 to E, num_layers rows (copied). The setup
+ * carries them to the workers, so only the lead needs their source. */
+mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts);
 
 /* Lead: tell the workers the engine to build (o->max_ctx, o->prefill_chunk,
  * o->experts_per_tok as given, 0 meaning the defaults) and the model's

@@ -52,7 +52,10 @@ struct mk_dist {
     int rank, size;
     mk_dist_opts o;
     mk_moe_part part;
-    int32_t E, lo, hi; /* routed experts per layer; this rank's [lo, hi) */
+    int32_t E, L;  /* routed experts per layer, layers */
+    int32_t *cuts; /* NULL: by count; else [ncuts = L*(size+1)]: layer l's rank q owns
+                      [cuts[l*(size+1)+q], cuts[l*(size+1)+q+1]) (mk_dist_set_cuts, or rank 0's setup) */
+    int64_t ncuts;
     int64_t step;      /* forward calls so far (the current one, counted from 1) */
     int64_t pos;       /* its position */
     uint64_t seq;      /* exchanges so far */
@@ -175,21 +178,27 @@ static bool grow(char **buf, size_t *cap, size_t need) {
 
 /* ---- the partition hook -------------------------------------------------- */
 
-static void part_range(void *user, int layer, int32_t *lo, int32_t *hi) {
-    const mk_dist *d = user;
-    *lo = d->lo;
-    *hi = d->hi;
-}
-
-static void rank_range(const mk_dist *d, int q, int32_t *lo, int32_t *hi) {
+/* Rank q's experts of `layer`: [*lo, *hi). */
+static void rank_range(const mk_dist *d, int layer, int q, int32_t *lo, int32_t *hi) {
+    if (d->cuts && layer >= 0 && layer < d->L) {
+        const int32_t *c = d->cuts + (int64_t)layer * (d->size + 1);
+        *lo = c[q];
+        *hi = c[q + 1];
+        return;
+    }
     *lo = (int32_t)((int64_t)q * d->E / d->size);
     *hi = (int32_t)((int64_t)(q + 1) * d->E / d->size);
+}
+
+static void part_range(void *user, int layer, int32_t *lo, int32_t *hi) {
+    const mk_dist *d = user;
+    rank_range(d, layer, d->rank, lo, hi);
 }
 
 /* Pair rows of rank q's experts: [*beg, *end) of the expert-sorted order. */
 static void rank_rows(const mk_dist *d, const mk_moe_xchg *x, int q, int64_t *beg, int64_t *end) {
     int32_t lo, hi;
-    rank_range(d, q, &lo, &hi);
+    rank_range(d, x->layer, q, &lo, &hi);
     *beg = lo ? x->ends[lo - 1] : 0;
     *end = hi ? x->ends[hi - 1] : 0;
 }
@@ -462,6 +471,7 @@ void mk_dist_free(mk_dist *d) {
     free(d->sbuf);
     free(d->rbuf);
     free(d->rq);
+    free(d->cuts);
     free(d);
     int fin = 0;
     MPI_Finalized(&fin);
@@ -476,9 +486,39 @@ int mk_dist_size(const mk_dist *d) {
     return d->size;
 }
 
-void mk_dist_range(const mk_dist *d, int32_t *lo, int32_t *hi) {
-    *lo = d->lo;
-    *hi = d->hi;
+void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi) {
+    rank_range(d, layer, d->rank, lo, hi);
+}
+
+/* Cuts valid for E experts and L layers: each layer's row ascends from 0 to E. */
+static mk_status cuts_check(const mk_dist *d, const int32_t *cuts, int64_t n, int32_t L, int32_t E,
+                            const char *from) {
+    if (n != (int64_t)L * (d->size + 1))
+        return mk_err(MK_E_MISMATCH, "%s: %lld expert cuts for %d layers of %d ranks (expected %lld)", from,
+                      (long long)n, L, d->size, (long long)L * (d->size + 1));
+    for (int32_t l = 0; l < L; l++) {
+        const int32_t *c = cuts + (int64_t)l * (d->size + 1);
+        bool ok = c[0] == 0 && c[d->size] == E;
+        for (int q = 0; ok && q < d->size; q++)
+            ok = c[q] <= c[q + 1];
+        if (!ok)
+            return mk_err(MK_E_ARG, "%s: layer %d's expert cuts do not ascend from 0 to %d", from, l, E);
+    }
+    return MK_OK;
+}
+
+mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts) {
+    const mk_config *c = mk_model_config(m);
+    int64_t n = (int64_t)c->num_layers * (d->size + 1);
+    MK_TRY(cuts_check(d, cuts, n, c->num_layers, c->num_experts, "mk_dist_set_cuts"));
+    int32_t *cp = mk_malloc((size_t)n * sizeof(int32_t));
+    if (!cp)
+        return mk_err(MK_E_NOMEM, "out of memory for %lld expert cuts", (long long)n);
+    memcpy(cp, cuts, (size_t)n * sizeof(int32_t));
+    free(d->cuts);
+    d->cuts = cp;
+    d->ncuts = n;
+    return MK_OK;
 }
 
 mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) {
@@ -490,18 +530,32 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
         return mk_err(MK_E_ARG, "%d MPI ranks for %d routed experts per layer: use at most %d ranks", d->size,
                       c->num_experts, c->num_experts);
     d->E = c->num_experts;
-    rank_range(d, d->rank, &d->lo, &d->hi);
+    d->L = c->num_layers;
+    if (d->cuts) /* rank 0's (the workers took them from its setup): for this model? */
+        MK_TRY(cuts_check(d, d->cuts, d->ncuts, d->L, d->E, "rank 0's expert cuts"));
     d->part = (mk_moe_part){
         .user = d, .range = part_range, .exchange = part_exchange, .step = d->rank == 0 ? part_step : NULL};
     *part = &d->part;
     return MK_OK;
 }
 
+/* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
+ * fingerprint, the number of cuts, then the cuts (int32). */
+#define SETUP_HEAD (5 * sizeof(int64_t))
+
 mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
-    int64_t p[4] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0};
+    size_t nb = SETUP_HEAD + (size_t)d->ncuts * sizeof(int32_t);
+    char *buf = mk_malloc(nb);
+    if (!buf)
+        return mk_err(MK_E_NOMEM, "out of memory for the %zu-byte setup", nb);
+    int64_t p[5] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, d->cuts ? d->ncuts : 0};
     memcpy(&p[3], &fingerprint, sizeof fingerprint);
+    memcpy(buf, p, sizeof p);
+    if (d->cuts)
+        memcpy(buf + SETUP_HEAD, d->cuts, (size_t)d->ncuts * sizeof(int32_t));
     if (d->size > 1)
-        send_cmd(d, K_SETUP, p, sizeof p, "setup");
+        send_cmd(d, K_SETUP, buf, nb, "setup");
+    free(buf);
     return MK_OK;
 }
 
@@ -513,10 +567,20 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
         *finished = true;
         return MK_OK;
     }
-    if (h.kind != K_SETUP || h.nbytes != 4 * sizeof(int64_t))
+    if (h.kind != K_SETUP || h.nbytes < SETUP_HEAD)
         FAIL(d, "setup: expected rank 0's setup, found a message of kind %u", h.kind);
-    int64_t p[4];
+    int64_t p[5];
     memcpy(p, d->rbuf + sizeof h, sizeof p);
+    if (p[4] < 0 || h.nbytes != SETUP_HEAD + (uint64_t)p[4] * sizeof(int32_t))
+        FAIL(d, "setup: %llu bytes for %lld expert cuts", (unsigned long long)h.nbytes, (long long)p[4]);
+    if (p[4] > 0) {
+        free(d->cuts);
+        d->cuts = mk_malloc((size_t)p[4] * sizeof(int32_t));
+        if (!d->cuts)
+            FAIL(d, "setup: out of memory for %lld expert cuts", (long long)p[4]);
+        memcpy(d->cuts, d->rbuf + sizeof h + SETUP_HEAD, (size_t)p[4] * sizeof(int32_t));
+        d->ncuts = p[4];
+    }
     uint64_t fp;
     memcpy(&fp, &p[3], sizeof fp);
     if (fp != fingerprint)

@@ -34,8 +34,11 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
     *part = NULL;
     return no_mpi();
 }
-void mk_dist_range(const mk_dist *d, int32_t *lo, int32_t *hi) {
+void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi) {
     *lo = *hi = 0;
+}
+mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts) {
+    return no_mpi();
 }
 mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
     return no_mpi();

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Expert parallelism over MPI (issue 18, include/moekit/dist.h), on one
-# machine over OpenMPI's TCP transport (ob1 + btl tcp,self on loopback):
+# machine over OpenMPI's TCP transport (ob1 + btl tcp,self; see below for the network):
 #   - `mpirun -np 2` and `-np 3` give logits bitwise equal to the
 #     single-process run (no mpirun) on qwen3moe-a and deepseekv3-a, for one
 #     prefill, chunked prefill and one-token chunks (the decode path), and
 #     `run`'s greedy and seeded sampled tokens are the single-process ones;
-#     the startup lines show each rank holding its own share of experts;
+#     the startup lines show each rank holding its own share of experts,
+#     also split by routing frequency (--mpi-balance), also with --memory-budget
+#     counting only that share, eval and streamed experts too;
 #   - a byte flipped in a payload (test hook) is caught by the checksum,
 #     naming the sender, layer and step, and no logits are written;
 #   - a stalled rank is named by the others' deadline (--mpi-timeout);
@@ -154,6 +156,18 @@ grep -q "experts streamed" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget
 grep -q "model resident" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2: rank 0 not resident"; }
 cmp -s "$T/one.f32" "$T/n.f32" || fail "--memory-budget 101M -np 2: logits differ from one process"
 echo "ok: --memory-budget counts a rank's share of the experts"
+
+# experts split by routing frequency (--mpi-balance, `moekit profile`'s routing statistics)
+"$MK_BIN" profile "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 256 --threads 1 --quiet --out "$T/p.json" \
+    > /dev/null
+BIDS=$(seq -s, 1 40)
+"$MK_BIN" logits "$TINYM/bf16" --ids "$BIDS" --out "$T/one.f32" --force --threads 1
+"${MPI[@]}" -np 3 "$MK_BIN" logits "$TINYM/bf16" --ids "$BIDS" --out "$T/n.f32" --force --threads 1 \
+    --mpi-balance "$T/p.json" 2> "$T/err" || { cat "$T/err" >&2; fail "--mpi-balance -np 3 exited non-zero"; }
+grep -q "rank 2 of 3: [0-9]* of the 64 routed experts (contiguous per layer, balanced by routing frequency)" \
+    "$T/err" || { cat "$T/err" >&2; fail "--mpi-balance: no balanced share line"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "--mpi-balance -np 3: logits differ from one process"
+echo "ok: experts balanced by routing frequency, -np 3 equal to one process"
 
 # corruption: rank 1 flips a byte of its layer-1 payload after checksumming it
 rm -f "$T/n.f32"
