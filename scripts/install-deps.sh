@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Install everything moekit needs to build and test on Debian 12, then run
+# Install everything moekit needs to build and test on Debian 12 (OpenMPI
+# is optional for the build: without it the scale-out mode and its tests are
+# left out), then run
 # each scripts/install-deps.d/*.sh (test-only tools, e.g. npm packages).
 # Idempotent: packages already present are skipped without touching apt.
 set -euo pipefail
@@ -7,7 +9,8 @@ cd "$(dirname "$0")/.."
 
 PKGS=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev
       libjansson-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libxxhash-dev
-      liburing-dev libcmocka-dev libopenblas-dev git)
+      liburing-dev libcmocka-dev libopenblas-dev git
+      openmpi-bin libopenmpi-dev)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -16,6 +16,7 @@
 
 #include "cli_flags.h"
 #include "cmd.h"
+#include "dist_cli.h"
 #include "engine_cli.h"
 #include "moekit/kernels.h"
 #include "moekit/sample.h"
@@ -43,10 +44,10 @@ static void help(FILE *f) {
             "  --stats           print peak RSS and the expert store's counters to stderr\n"
             "memory (MODEL and --ref each get these settings, each its own budget;\n"
             "--experts-per-token applies to MODEL only):\n"
-            "%s"
+            "%s%s"
             "  -h, --help        this text\n\n"
             "Exit status: 0 ok, 2 bad input, 1 internal failure.\n",
-            mk_ecli_mem_help);
+            mk_ecli_mem_help, mk_ecli_dist_help);
 }
 
 typedef struct eval_opts {
@@ -56,6 +57,7 @@ typedef struct eval_opts {
     mk_model_opts mo;
     mk_engine_opts eo;
     mk_ecli_mem mm; /* flags; each side copies it */
+    mk_ecli_dist *dd; /* MPI (tools/dist_cli.h): the evaluated model's experts spread over the ranks */
 } eval_opts;
 
 typedef struct side {
@@ -84,6 +86,8 @@ static mk_status side_open(const char *path, const eval_opts *o, bool ref, side 
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
     MK_TRY(mk_ecli_backend(o->backend, &s->be));
     eo.backend = s->be;
+    if (!ref) /* under MPI: this rank's share of the experts, the shape told to the others */
+        MK_TRY(mk_ecli_dist_lead(o->dd, s->m, &eo));
     /* a cache larger than memory (or the budget) is refused */
     MK_TRY(mk_ecli_mem_engine(&s->mm, s->m, &eo, &s->e));
     s->lg = malloc((size_t)o->window * (size_t)mk_model_config(s->m)->vocab_size * sizeof(float));
@@ -206,8 +210,10 @@ int cmd_eval(int argc, char **argv) {
         {"fp8-bf16", no_argument, 0, 'F'},      {"json", no_argument, 0, 'J'},
         {"force-ctx", no_argument, 0, 'X'},    {"stats", no_argument, 0, 'a'},
         MK_ECLI_MEM_OPTS,
+        MK_ECLI_DIST_OPTS,
         {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
-    eval_opts o = {.window = 256, .tokens = 20000, .mm = {.cmd = "eval"}};
+    mk_ecli_dist dd = {.cmd = "eval"};
+    eval_opts o = {.window = 256, .tokens = 20000, .mm = {.cmd = "eval"}, .dd = &dd};
     long long v;
     int ch, rc;
     optind = 1;
@@ -245,6 +251,10 @@ int cmd_eval(int argc, char **argv) {
                 return rc;
             if (mine)
                 break;
+            if ((rc = mk_ecli_dist_flag(&dd, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("eval", "unknown option or missing value: %s", argv[optind - 1]);
         }
         }
@@ -254,7 +264,15 @@ int cmd_eval(int argc, char **argv) {
     if (!o.text)
         return mk_cli_usage("eval", "--text FILE is required");
     o.model = argv[optind];
-    mk_status st = eval_main(&o);
+    /* under MPI: rank 0 evaluates, the others serve its steps */
+    mk_status st = mk_ecli_dist_start(&dd, &o.mm);
+    if (st == MK_OK && dd.d && (o.ref || (o.backend && strcmp(o.backend, "cpu"))))
+        st = mk_err(MK_E_UNSUPPORTED, "eval: --ref and --backend cuda do not run under MPI yet");
+    if (st != MK_OK)
+        return mk_cli_fail(st);
+    if (mk_ecli_dist_worker(&dd))
+        return mk_ecli_dist_work(&dd, o.model, &o.mo, &o.mm, &o.eo);
+    st = eval_main(&o);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }
 

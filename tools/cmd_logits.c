@@ -7,6 +7,7 @@
 
 #include "cli_flags.h"
 #include "cmd.h"
+#include "dist_cli.h"
 #include "engine_cli.h"
 #include "moekit/crosscheck.h"
 #include "io/outpath.h"
@@ -36,11 +37,11 @@ static void help(FILE *f) {
             "                      rounded to bf16, as transformers' FP8 loader does): exact\n"
             "                      match with transformers, 2 bytes/weight of RAM\n"
             "  --stats             print the expert store's counters (streaming) on stderr\n"
-            "%s"
+            "%s%s"
             "  -h, --help          this text\n\n"
             "Exit status: 0 ok (with --verify: the backends agree), 1 --verify found a divergence\n"
             "or an internal failure, 2 bad input (unreadable model, bad ids).\n",
-            mk_ecli_mem_help);
+            mk_ecli_mem_help, mk_ecli_dist_help);
 }
 
 int cmd_logits(int argc, char **argv) {
@@ -56,6 +57,7 @@ int cmd_logits(int argc, char **argv) {
                                          {"force", no_argument, 0, 'f'},
                                          {"stats", no_argument, 0, 'a'},
                                          MK_ECLI_MEM_OPTS,
+                                         MK_ECLI_DIST_OPTS,
                                          {"help", no_argument, 0, 'h'},
                                          {0, 0, 0, 0}};
     const char *ids_s = NULL, *out = NULL, *hout = NULL, *backend = "cpu";
@@ -64,6 +66,7 @@ int cmd_logits(int argc, char **argv) {
     bool force = false, stats = false, verify = false, mine;
     double vtol = 1e-3;
     mk_ecli_mem mm = {.cmd = "logits"};
+    mk_ecli_dist dd = {.cmd = "logits"};
     int ch, rc;
     optind = 1;
     opterr = 0; /* report unknown options ourselves, in one line */
@@ -99,6 +102,10 @@ int cmd_logits(int argc, char **argv) {
                 return rc;
             if (mine)
                 break;
+            if ((rc = mk_ecli_dist_flag(&dd, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("logits", "unknown option or missing value: %s", argv[optind - 1]);
         }
     }
@@ -106,10 +113,20 @@ int cmd_logits(int argc, char **argv) {
         return mk_cli_usage("logits", "expected exactly one MODEL argument");
     if (!ids_s || (!out && !verify))
         return mk_cli_usage("logits", "--ids and --out are required (--out is optional with --verify)");
+    /* under MPI: rank 0 goes on, the others serve its steps */
+    mk_status st = mk_ecli_dist_start(&dd, &mm);
+    if (st == MK_OK && dd.d && (verify || strcmp(backend, "cpu")))
+        st = mk_err(MK_E_UNSUPPORTED, "logits: --verify and --backend cuda do not run under MPI yet");
+    if (st != MK_OK)
+        return mk_cli_fail(st);
+    if (mk_ecli_dist_worker(&dd)) {
+        mk_engine_opts weo = {.threads = (int)threads};
+        return mk_ecli_dist_work(&dd, argv[optind], &mo, &mm, &weo);
+    }
     /* outputs against the model's files and each other, before loading */
     mk_paths paths;
     mk_paths_init(&paths);
-    mk_status st = mk_paths_add_input(&paths, argv[optind], "MODEL");
+    st = mk_paths_add_input(&paths, argv[optind], "MODEL");
     if (st == MK_OK && out)
         st = mk_paths_check_file(&paths, out, "--out", force);
     if (st == MK_OK && hout)
@@ -135,6 +152,8 @@ int cmd_logits(int argc, char **argv) {
     eo.backend = be;
     if (st == MK_OK)
         st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
+    if (st == MK_OK)
+        st = mk_ecli_dist_lead(&dd, m, &eo);
     if (st == MK_OK)
         st = mk_ecli_mem_engine(&mm, m, &eo, &e);
     int diverged = 0;

@@ -14,6 +14,7 @@
 #include "cli_flags.h"
 #include "cli_esc.h"
 #include "cmd.h"
+#include "dist_cli.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
 #include "moekit/generate.h"
@@ -56,7 +57,7 @@ static void help(FILE *f) {
             "  --prefill-chunk N    tokens per prefill chunk (default 512)\n"
             "  --fp8-bf16           dequantize FP8 weights to bf16 at load (transformers' way)\n"
             "memory:\n"
-            "%s"
+            "%s%s"
             "output:\n"
             "  --stats              print prefill and decode speed (tok/s), the KV-cache\n"
             "                       size (bytes per token), peak RSS and, when streaming, the\n"
@@ -72,13 +73,14 @@ static void help(FILE *f) {
             "137 KiB per token for DeepSeek-V3), Gated DeltaNet states (fixed per layer), and\n"
             "the activations of one prefill chunk (grows with --prefill-chunk).\n\n"
             "Exit status: 0 ok, 2 bad input (model, tokenizer, flags), 1 internal failure.\n",
-            mk_ecli_mem_help);
+            mk_ecli_mem_help, mk_ecli_dist_help);
 }
 
 typedef struct run_opts {
     const char *model, *prompt, *ids, *system, *tmpl, *backend;
     bool chat, no_think, stats, json, force_ctx;
     mk_ecli_mem mm;
+    mk_ecli_dist dd;
     long long max_tokens, ctx;
     mk_sample_params sp;
     mk_model_opts mo;
@@ -341,6 +343,7 @@ static int parse(int argc, char **argv, run_opts *o) {
         {"fp8-bf16", no_argument, 0, 'F'},    {"force-ctx", no_argument, 0, 'X'},
         {"stats", no_argument, 0, 'a'},        {"json", no_argument, 0, 'J'},
         MK_ECLI_MEM_OPTS,
+        MK_ECLI_DIST_OPTS,
         {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
     long long v;
     double d;
@@ -423,6 +426,10 @@ static int parse(int argc, char **argv, run_opts *o) {
                 return rc;
             if (mine)
                 break;
+            if ((rc = mk_ecli_dist_flag(&o->dd, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
             return mk_cli_usage("run", "unknown option or missing value: %s", argv[optind - 1]);
         }
         }
@@ -498,6 +505,9 @@ static mk_status run_main(run_opts *o) {
     if ((st = mk_ecli_backend(o->backend, &r.be)) != MK_OK)
         goto done;
     o->eo.backend = r.be;
+    /* under MPI: this rank's share of the experts, the shape told to the others */
+    if ((st = mk_ecli_dist_lead(&o->dd, r.m, &o->eo)) != MK_OK)
+        goto done;
     /* a cache larger than memory (or the budget) is refused */
     if ((st = mk_ecli_mem_engine(&o->mm, r.m, &o->eo, &r.e)) != MK_OK ||
         (st = mk_sampler_create(&o->sp, c->vocab_size, &r.smp)) != MK_OK)
@@ -514,11 +524,19 @@ done:
 }
 
 int cmd_run(int argc, char **argv) {
-    run_opts o = {.max_tokens = 256, .mm = {.cmd = "run"}};
+    run_opts o = {.max_tokens = 256, .mm = {.cmd = "run"}, .dd = {.cmd = "run"}};
     mk_sample_params_default(&o.sp);
     int rc = parse(argc, argv, &o);
     if (rc >= 0)
         return rc;
+    /* under MPI: rank 0 runs the command, the others serve its steps */
+    mk_status dst = mk_ecli_dist_start(&o.dd, &o.mm);
+    if (dst == MK_OK && o.dd.d && o.backend && strcmp(o.backend, "cpu"))
+        dst = mk_err(MK_E_UNSUPPORTED, "run: --backend cuda does not run under MPI yet");
+    if (dst != MK_OK)
+        return mk_cli_fail(dst);
+    if (mk_ecli_dist_worker(&o.dd))
+        return mk_ecli_dist_work(&o.dd, o.model, &o.mo, &o.mm, &o.eo);
     mk_status st = run_main(&o);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }

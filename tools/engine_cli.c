@@ -277,6 +277,16 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
 
 static double gib(uint64_t b) { return (double)b / (double)(1ull << 30); }
 
+/* The routed-expert bytes this process holds: all of them, or under MPI
+ * its share (at most ceil(E/ranks) of each layer's E). */
+static uint64_t held_expert_bytes(const mk_ecli_mem *mm, const mk_model *m) {
+    uint64_t b = mk_model_expert_bytes(m);
+    int64_t E = mk_model_config(m)->num_experts;
+    if (mm->ranks <= 1 || E <= 0)
+        return b;
+    return b / (uint64_t)E * (uint64_t)((E + mm->ranks - 1) / mm->ranks);
+}
+
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
     *m = NULL;
     uint64_t avail = mk_ecli_mem_available();
@@ -290,7 +300,7 @@ static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mode
     mk_status st = mk_model_open_ex(path, &so, &sm);
     if (st != MK_OK)
         return st;
-    uint64_t need = mk_model_resident_bytes(sm) + mk_model_expert_bytes(sm) + MK_ECLI_OVERHEAD;
+    uint64_t need = mk_model_resident_bytes(sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD;
     if (mk_model_expert_bytes(sm) == 0 || (!mm->force_stream && need <= mm->limit)) {
         /* fits (or nothing to stream): resident, as a model always was */
         mk_model_free(sm);
@@ -397,14 +407,14 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
-            uint64_t used = weights + mk_model_expert_bytes(m) + MK_ECLI_OVERHEAD + mm->held + mm->extra;
+            uint64_t used = weights + held_expert_bytes(mm, m) + MK_ECLI_OVERHEAD + mm->held + mm->extra;
             o.mem_limit = mm->budget > used ? mm->budget - used : 1;
         } else if (!o.mem_limit) {
             o.mem_limit = mk_ecli_mem_available();
         }
         if (!mm->quiet && mm->budget && first)
             fprintf(stderr, "moekit %s: model resident (%.2f GiB of weights within the %.2f GiB budget)\n",
-                    mm->cmd, gib(weights + mk_model_expert_bytes(m)), gib(mm->budget));
+                    mm->cmd, gib(weights + held_expert_bytes(mm, m)), gib(mm->budget));
         MK_TRY(mk_engine_create(m, &o, e));
         mm->held += mk_engine_arena_bytes(*e);
         return MK_OK;

@@ -21,6 +21,7 @@
 #include "moekit/backend.h"
 #include "moekit/expert_store.h"
 #include "moekit/model.h"
+#include "moekit/moe_part.h"
 #include "moekit/status.h"
 
 #ifdef __cplusplus
@@ -75,6 +76,10 @@ typedef struct mk_engine_opts {
     void *on_select_user;   /* passed to on_select */
     mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
     void *on_linear_user;   /* passed to on_linear */
+    const mk_moe_part *moe_part; /* NULL (default): every routed expert here. Else only the
+                                    partition's share (moe_part.h; copied at create): needs a
+                                    host-memory backend, turns off the fused MoE slot, prefetch
+                                    and batched decode (mk_engine_batchable is false) */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

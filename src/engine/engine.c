@@ -350,6 +350,13 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     if (e->on_linear && !e->bi->host_mem)
         return mk_err(MK_E_ARG, "engine: a linear-input observer needs a host-memory backend, not '%s'",
                       e->bi->name);
+    if (o->moe_part) {
+        if (!e->bi->host_mem || !o->moe_part->range || !o->moe_part->exchange)
+            return mk_err(MK_E_ARG, "engine: an expert partition needs range and exchange and a "
+                          "host-memory backend, not '%s'", e->bi->name);
+        e->part = *o->moe_part;
+        e->has_part = true;
+    }
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;
@@ -357,7 +364,7 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         MK_TRY(mk_expert_store_resident(e->m, &e->store));
         e->own_store = true;
     }
-    e->prefetch = o->prefetch_experts && mk_expert_store_can_prefetch(e->store);
+    e->prefetch = o->prefetch_experts && mk_expert_store_can_prefetch(e->store) && !e->has_part;
     size_t L = (size_t)c->num_layers;
     e->kc = mk_calloc(L, sizeof(float *));
     e->vc = mk_calloc(L, sizeof(float *));

@@ -52,6 +52,8 @@ struct mk_engine {
     const mk_backend_i *bi; /* be's table and context, for the hot path */
     void *bctx;
     const mk_moe_exec_i *moe;
+    bool has_part;        /* mk_engine_opts.moe_part was given: */
+    mk_moe_part part;     /* its copy (moe.c runs only the owned experts, forward.c calls step) */
     mk_expert_store *store;
     bool own_store;
     int64_t max_ctx, pos; /* capacity and tokens so far */

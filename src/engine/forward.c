@@ -577,6 +577,8 @@ static mk_status forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_
         if (ids[t] < 0 || ids[t] >= c->vocab_size)
             return mk_err(MK_E_ARG, "token id %d at position %lld is outside the vocabulary "
                           "(0..%d)", ids[t], (long long)t, c->vocab_size - 1);
+    if (e->has_part && e->part.step) /* the other processes of a partition run this step too */
+        MK_TRY(e->part.step(e->part.user, ids, n, e->pos));
     for (int64_t off = 0; off < n; off += e->chunk) {
         int64_t nc = n - off < e->chunk ? n - off : e->chunk;
         MK_TRY(forward_chunk(e, ids + off, nc, off, n, mode, logits, hidden));

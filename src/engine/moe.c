@@ -19,8 +19,10 @@
  * a batched decode step over several sequences (batch.c) likewise through
  * expert_mlps_each, each row as its sequence alone would get it.
  *
- * An expert-parallel executor would replace the middle part (which experts
- * run where) and keep the same routing and combine. */
+ * With an expert partition (mk_engine_opts.moe_part, expert parallelism)
+ * only the owned experts run here; before combine the partition's exchange
+ * fills the other experts' pair rows with their owners' outputs, so the
+ * same combine gives the single-process sum bit for bit. */
 #include <string.h>
 
 #include "engine/engine_impl.h"
@@ -62,6 +64,18 @@ static int group_pairs(mk_engine *e, int64_t n) {
         }
     }
     return nused;
+}
+
+/* Expert partition (moe_part.h): keep in e->used only the experts of
+ * layer l this engine owns; returns how many. */
+static int keep_owned(mk_engine *e, int l, int nused) {
+    int32_t lo = 0, hi = 0;
+    e->part.range(e->part.user, l, &lo, &hi);
+    int kept = 0;
+    for (int u = 0; u < nused; u++)
+        if (e->used[u] >= lo && e->used[u] < hi)
+            e->used[kept++] = e->used[u];
+    return kept;
 }
 
 /* The next MoE layer after l, or -1. */
@@ -176,7 +190,7 @@ static mk_status run_batch_each(mk_engine *e, int l, int nused, int64_t npairs, 
  * no routing observer (the routing stays in the backend) and no linear-input
  * observer (the products stay in the backend). */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->on_route || w->b_down || e->batch_inv || e->on_linear)
+    if (!BE(e)->moe || !e->own_store || e->has_part || e->on_route || w->b_down || e->batch_inv || e->on_linear)
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
@@ -238,6 +252,8 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
                         e->top_w + t * k);
     }
     int nused = group_pairs(e, n);
+    if (e->has_part) /* only the partition's share of the used experts runs here */
+        nused = keep_owned(e, l, nused);
     BE(e)->upload(CTX(e), e->tok_b, e->tok, pb);
     BE(e)->upload(CTX(e), e->pair_b, e->order, pb);
     BE(e)->upload(CTX(e), e->perm_b, e->perm, pb);
@@ -271,6 +287,13 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
             mk_engine_mlp(e, &ex->gate, &ex->up, &ex->down, e->ex_x, m, e->ex_o);
         BE(e)->scatter(CTX(e), e->pairs, e->ex_o, e->pair_b + beg, m, H);
         mk_expert_store_release(e->store, l, x);
+    }
+    if (e->has_part) { /* the other experts' rows from their owners, moved, not summed */
+        MK_TRY(BE(e)->sync(CTX(e)));
+        mk_moe_xchg xc = {.layer = l, .pos = e->pos, .n = n, .k = (int)k, .H = H,
+                          .E = (int32_t)c->num_experts, .pairs = e->pairs, .order = e->order, .ends = e->cnt,
+                          .top_idx = e->top_idx};
+        MK_TRY(e->part.exchange(e->part.user, &xc));
     }
     BE(e)->combine(CTX(e), e->y, e->pairs, e->top_w_b, e->perm_b, n, (int)k, H);
     /* shared expert */

@@ -1,0 +1,636 @@
+/* Expert parallelism over MPI (include/moekit/dist.h): the partition hook
+ * the engine calls per MoE layer and per forward call, the lead's
+ * announcements and the workers' replay loop.
+ *
+ * Transport: point-to-point nonblocking sends and receives on
+ * MPI_COMM_WORLD (errors returned, not fatal), polled against a deadline,
+ * so a dead or stalled peer is named instead of waited on for ever. One
+ * exchange per MoE layer per chunk: each rank sends its experts' pair rows
+ * (packed in expert order) to every other rank and receives theirs, which
+ * is an allgather; it is written as N-1 receives because only a receive of
+ * its own says which peer is missing. Rows are copied into place, never
+ * summed: the engine's combine adds them in the single-process order.
+ *
+ * Messages: a 72-byte header (magic, kind, sender, layer, step, sequence,
+ * position, payload bytes, the routing-decisions hash, the payload's xxh3,
+ * the header's own xxh3) then the payload. Commands (rank 0 -> workers:
+ * setup, step, finish) and exchanges use two tags; MPI keeps each pair's
+ * messages of one tag in order, and the sequence number catches a
+ * desynchronised rank. Only the main thread calls MPI (funneled). */
+#include <mpi.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "core/alloc.h"
+#include "moekit/dist.h"
+
+#define TAG_CMD 1
+#define TAG_XCHG 2
+#define DIST_MAGIC 0x31444b4du /* "MKD1" */
+
+enum { K_SETUP = 1, K_STEP = 2, K_FINISH = 3, K_XCHG = 4 };
+
+typedef struct dist_hdr {
+    uint32_t magic, kind;
+    int32_t rank, layer;
+    int64_t step;
+    uint64_t seq;
+    int64_t pos;
+    uint64_t nbytes;
+    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint */
+    uint64_t sum;   /* xxh3 of the payload */
+    uint64_t hsum;  /* xxh3 of the header up to here */
+} dist_hdr;
+
+struct mk_dist {
+    int rank, size;
+    mk_dist_opts o;
+    mk_moe_part part;
+    int32_t E, L;  /* routed experts per layer, layers */
+    int32_t *cuts; /* NULL: by count; else [ncuts = L*(size+1)]: layer l's rank q owns
+                      [cuts[l*(size+1)+q], cuts[l*(size+1)+q+1]) (mk_dist_set_cuts, or rank 0's setup) */
+    int64_t ncuts;
+    int64_t step;      /* forward calls so far (the current one, counted from 1) */
+    int64_t pos;       /* its position */
+    uint64_t seq;      /* exchanges so far */
+    bool finished;     /* lead: finish sent */
+    char *sbuf, *rbuf; /* exchange buffers, grown on demand */
+    size_t scap, rcap;
+    MPI_Request *rq; /* [2*size] receives, then sends */
+};
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* A short sleep between polls: the ranks may share cores with each other
+ * (one host, tests), so a tight spin would slow the peer it waits for. */
+static void backoff(int *spins) {
+    if (*spins < 64) {
+        (*spins)++;
+        return;
+    }
+    struct timespec ts = {0, *spins < 1000 ? 20000 : 200000};
+    (*spins)++;
+    nanosleep(&ts, NULL);
+}
+
+_Noreturn void mk_dist_abort(mk_dist *d, int code, const char *msg) {
+    fprintf(stderr, "moekit: rank %d of %d: %s; stopping every rank\n", d ? d->rank : -1, d ? d->size : 0,
+            msg);
+    fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, code);
+    _exit(code); /* MPI_Abort does not return; in case it does */
+}
+
+#define FAIL(d, ...)                                                                                         \
+    do {                                                                                                     \
+        char fail_msg_[1024];                                                                                \
+        snprintf(fail_msg_, sizeof fail_msg_, __VA_ARGS__);                                                  \
+        mk_dist_abort((d), 1, fail_msg_);                                                                    \
+    } while (0)
+
+static const char *mpi_errstr(int rc, char *buf) {
+    int len = 0;
+    if (MPI_Error_string(rc, buf, &len) != MPI_SUCCESS)
+        snprintf(buf, MPI_MAX_ERROR_STRING, "MPI error %d", rc);
+    return buf;
+}
+
+static void hdr_seal(dist_hdr *h, const void *payload) {
+    h->magic = DIST_MAGIC;
+    h->sum = XXH3_64bits(payload, h->nbytes);
+    h->hsum = XXH3_64bits(h, offsetof(dist_hdr, hsum));
+}
+
+/* Check a received message: header intact, from `from`, of `kind`, its
+ * payload matching its checksum and the `got` bytes that arrived. `what`
+ * names the step for messages ("layer 3, step 7"). */
+static void hdr_check(mk_dist *d, const dist_hdr *h, const void *payload, size_t got, int from, uint32_t kind,
+                      const char *what) {
+    if (got < sizeof *h)
+        FAIL(d, "%s: a %zu-byte message from rank %d, shorter than a header", what, got, from);
+    uint64_t hs = XXH3_64bits(h, offsetof(dist_hdr, hsum));
+    if (h->magic != DIST_MAGIC || hs != h->hsum)
+        FAIL(d,
+             "%s: the message header from rank %d fails its checksum (xxh3 %016llx, header says %016llx): "
+             "corrupted in transit",
+             what, from, (unsigned long long)hs, (unsigned long long)h->hsum);
+    if (h->rank != from || h->kind != kind)
+        FAIL(d, "%s: expected a message of kind %u from rank %d, found kind %u from rank %d", what, kind,
+             from, h->kind, h->rank);
+    if (h->nbytes != got - sizeof *h)
+        FAIL(d, "%s: rank %d's header says %llu payload bytes, %zu arrived", what, from,
+             (unsigned long long)h->nbytes, got - sizeof *h);
+    uint64_t s = XXH3_64bits(payload, h->nbytes);
+    if (s != h->sum)
+        FAIL(d,
+             "%s: the payload from rank %d fails its checksum (xxh3 %016llx, sender's %016llx): corrupted "
+             "in transit",
+             what, from, (unsigned long long)s, (unsigned long long)h->sum);
+}
+
+static void fault_at(mk_dist *d, int layer, char *payload, size_t nbytes) {
+    const mk_dist_fault *f = &d->o.fault;
+    if (f->kind == MK_DIST_FAULT_NONE || f->rank != d->rank || f->layer != layer || f->step != d->step)
+        return;
+    switch (f->kind) {
+    case MK_DIST_FAULT_FLIP:
+        if (nbytes)
+            payload[nbytes / 2] ^= 0x10; /* after checksumming: the receivers must catch it */
+        fprintf(stderr, "moekit: rank %d: test hook: flipped a byte of layer %d's payload at step %lld\n",
+                d->rank, layer, (long long)d->step);
+        break;
+    case MK_DIST_FAULT_STALL:
+        fprintf(stderr, "moekit: rank %d: test hook: stalling at layer %d, step %lld\n", d->rank, layer,
+                (long long)d->step);
+        fflush(stderr);
+        for (;;)
+            pause();
+    case MK_DIST_FAULT_KILL:
+        fprintf(stderr, "moekit: rank %d: test hook: killed at layer %d, step %lld\n", d->rank, layer,
+                (long long)d->step);
+        fflush(stderr);
+        raise(SIGKILL);
+        break;
+    default: break;
+    }
+}
+
+static bool grow(char **buf, size_t *cap, size_t need) {
+    if (need <= *cap)
+        return true;
+    char *p = mk_realloc(*buf, need);
+    if (!p)
+        return false;
+    *buf = p;
+    *cap = need;
+    return true;
+}
+
+/* ---- the partition hook -------------------------------------------------- */
+
+/* Rank q's experts of `layer`: [*lo, *hi). */
+static void rank_range(const mk_dist *d, int layer, int q, int32_t *lo, int32_t *hi) {
+    if (d->cuts && layer >= 0 && layer < d->L) {
+        const int32_t *c = d->cuts + (int64_t)layer * (d->size + 1);
+        *lo = c[q];
+        *hi = c[q + 1];
+        return;
+    }
+    *lo = (int32_t)((int64_t)q * d->E / d->size);
+    *hi = (int32_t)((int64_t)(q + 1) * d->E / d->size);
+}
+
+static void part_range(void *user, int layer, int32_t *lo, int32_t *hi) {
+    const mk_dist *d = user;
+    rank_range(d, layer, d->rank, lo, hi);
+}
+
+/* Pair rows of rank q's experts: [*beg, *end) of the expert-sorted order. */
+static void rank_rows(const mk_dist *d, const mk_moe_xchg *x, int q, int64_t *beg, int64_t *end) {
+    int32_t lo, hi;
+    rank_range(d, x->layer, q, &lo, &hi);
+    *beg = lo ? x->ends[lo - 1] : 0;
+    *end = hi ? x->ends[hi - 1] : 0;
+}
+
+static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
+    mk_dist *d = user;
+    int N = d->size, r = d->rank;
+    d->seq++;
+    if (N == 1)
+        return MK_OK;
+    char what[96];
+    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", x->layer, (long long)d->step,
+             (long long)x->pos);
+    size_t row = (size_t)x->H * sizeof(float), hs = sizeof(dist_hdr);
+    int64_t npairs = (int64_t)x->n * x->k;
+    uint64_t route = XXH3_64bits(x->top_idx, (size_t)npairs * sizeof(int32_t));
+    /* this rank's rows, packed in expert order */
+    int64_t b, e;
+    rank_rows(d, x, r, &b, &e);
+    size_t sbytes = hs + (size_t)(e - b) * row;
+    /* every other rank's block, at its own offset (exact sizes: routing is replicated) */
+    size_t rbytes = 0;
+    for (int q = 0; q < N; q++)
+        if (q != r) {
+            int64_t qb, qe;
+            rank_rows(d, x, q, &qb, &qe);
+            rbytes += hs + (size_t)(qe - qb) * row;
+        }
+    if (!grow(&d->sbuf, &d->scap, sbytes) || !grow(&d->rbuf, &d->rcap, rbytes))
+        return mk_err(MK_E_NOMEM, "out of memory for the expert exchange buffers (%zu + %zu bytes)", sbytes,
+                      rbytes);
+    char *pay = d->sbuf + hs;
+    for (int64_t i = b; i < e; i++)
+        memcpy(pay + (size_t)(i - b) * row, x->pairs + (size_t)x->order[i] * (size_t)x->H, row);
+    dist_hdr h = {.kind = K_XCHG,
+                  .rank = r,
+                  .layer = x->layer,
+                  .step = d->step,
+                  .seq = d->seq,
+                  .pos = x->pos,
+                  .nbytes = (uint64_t)(e - b) * row,
+                  .route = route};
+    hdr_seal(&h, pay);
+    memcpy(d->sbuf, &h, hs);
+    fault_at(d, x->layer, pay, h.nbytes);
+    /* post every receive, then every send */
+    size_t off = 0;
+    size_t roff[64];
+    int nreq = 0;
+    MPI_Request *rq = d->rq;
+    for (int q = 0; q < N; q++) {
+        rq[q] = rq[N + q] = MPI_REQUEST_NULL;
+        if (q == r)
+            continue;
+        int64_t qb, qe;
+        rank_rows(d, x, q, &qb, &qe);
+        size_t qbytes = hs + (size_t)(qe - qb) * row;
+        if (q < 64)
+            roff[q] = off;
+        if (qbytes > (size_t)INT32_MAX || sbytes > (size_t)INT32_MAX)
+            return mk_err(MK_E_UNSUPPORTED,
+                          "%s: an exchange of %zu bytes is beyond one MPI message; use a "
+                          "smaller --prefill-chunk",
+                          what, qbytes > sbytes ? qbytes : sbytes);
+        int rc = MPI_Irecv(d->rbuf + off, (int)qbytes, MPI_BYTE, q, TAG_XCHG, MPI_COMM_WORLD, &rq[q]);
+        char es[MPI_MAX_ERROR_STRING];
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: posting the receive from rank %d failed: %s", what, q, mpi_errstr(rc, es));
+        off += qbytes;
+        nreq++;
+    }
+    for (int q = 0; q < N; q++) {
+        if (q == r)
+            continue;
+        int rc = MPI_Isend(d->sbuf, (int)sbytes, MPI_BYTE, q, TAG_XCHG, MPI_COMM_WORLD, &rq[N + q]);
+        char es[MPI_MAX_ERROR_STRING];
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: sending to rank %d failed: %s", what, q, mpi_errstr(rc, es));
+    }
+    /* poll until every receive and send completed, or the deadline */
+    double deadline = now_s() + d->o.timeout_s;
+    int left = 2 * nreq, spins = 0;
+    while (left > 0) {
+        for (int i = 0; i < 2 * N; i++) {
+            if (rq[i] == MPI_REQUEST_NULL)
+                continue;
+            int q = i % N, done = 0;
+            MPI_Status s;
+            char es[MPI_MAX_ERROR_STRING];
+            int rc = MPI_Test(&rq[i], &done, &s);
+            if (rc != MPI_SUCCESS) {
+                int ec = rc == MPI_ERR_IN_STATUS ? s.MPI_ERROR : rc;
+                FAIL(d, "%s: %s rank %d failed: %s%s", what, i < N ? "receiving from" : "sending to", q,
+                     mpi_errstr(ec, es),
+                     ec == MPI_ERR_TRUNCATE ? " (a longer payload than this rank's routing gives: the ranks "
+                                              "disagree on the step's routing)"
+                                            : "");
+            }
+            if (!done)
+                continue;
+            left--;
+            if (i >= N)
+                continue;
+            int got = 0;
+            MPI_Get_count(&s, MPI_BYTE, &got);
+            char *blk = d->rbuf + roff[q];
+            dist_hdr qh;
+            memcpy(&qh, blk, hs < (size_t)got ? hs : (size_t)got);
+            hdr_check(d, &qh, blk + hs, (size_t)got, q, K_XCHG, what);
+            if (qh.seq != d->seq || qh.layer != x->layer || qh.step != d->step)
+                FAIL(d,
+                     "%s: rank %d is at layer %d, step %lld, exchange %llu, this rank at exchange %llu: the "
+                     "ranks are out of step",
+                     what, q, qh.layer, (long long)qh.step, (unsigned long long)qh.seq,
+                     (unsigned long long)d->seq);
+            if (qh.route != route)
+                FAIL(d,
+                     "%s: rank %d routed the step's tokens differently (decisions xxh3 %016llx, here "
+                     "%016llx): the replicas diverged (different binaries, kernels or model files?)",
+                     what, q, (unsigned long long)qh.route, (unsigned long long)route);
+            int64_t qb, qe;
+            rank_rows(d, x, q, &qb, &qe);
+            for (int64_t j = qb; j < qe; j++)
+                memcpy(x->pairs + (size_t)x->order[j] * (size_t)x->H, blk + hs + (size_t)(j - qb) * row, row);
+        }
+        if (left == 0)
+            break;
+        if (now_s() > deadline) {
+            for (int i = 0; i < 2 * N; i++)
+                if (rq[i] != MPI_REQUEST_NULL)
+                    FAIL(d,
+                         "%s: %s rank %d did not complete within %.0f s (--mpi-timeout): rank %d is dead, "
+                         "stalled or unreachable",
+                         what, i < N ? "the payload from" : "the payload to", i % N, d->o.timeout_s, i % N);
+        }
+        backoff(&spins);
+    }
+    return MK_OK;
+}
+
+/* Send a command from the lead to every worker and wait for the sends. */
+static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbytes, const char *what) {
+    size_t hs = sizeof(dist_hdr), tot = hs + nbytes;
+    if (!grow(&d->sbuf, &d->scap, tot) || tot > (size_t)INT32_MAX)
+        FAIL(d, "%s: no room for a %zu-byte command", what, tot);
+    dist_hdr h = {.kind = kind,
+                  .rank = d->rank,
+                  .layer = -1,
+                  .step = d->step,
+                  .seq = d->seq,
+                  .pos = d->pos,
+                  .nbytes = nbytes,
+                  .route = 0};
+    if (kind == K_SETUP)
+        memcpy(&h.route, (const char *)payload + 3 * sizeof(int64_t), sizeof h.route);
+    if (nbytes)
+        memcpy(d->sbuf + hs, payload, nbytes);
+    hdr_seal(&h, d->sbuf + hs);
+    memcpy(d->sbuf, &h, hs);
+    MPI_Request *rq = d->rq;
+    for (int q = 1; q < d->size; q++) {
+        char es[MPI_MAX_ERROR_STRING];
+        int rc = MPI_Isend(d->sbuf, (int)tot, MPI_BYTE, q, TAG_CMD, MPI_COMM_WORLD, &rq[q]);
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: sending to rank %d failed: %s", what, q, mpi_errstr(rc, es));
+    }
+    double deadline = now_s() + d->o.timeout_s;
+    int spins = 0;
+    for (int q = 1; q < d->size; q++) {
+        for (;;) {
+            int done = 0;
+            char es[MPI_MAX_ERROR_STRING];
+            int rc = MPI_Test(&rq[q], &done, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS)
+                FAIL(d, "%s: sending to rank %d failed: %s", what, q, mpi_errstr(rc, es));
+            if (done)
+                break;
+            if (now_s() > deadline)
+                FAIL(d,
+                     "%s: rank %d did not take the lead's command within %.0f s (--mpi-timeout): rank %d is "
+                     "dead, stalled or unreachable",
+                     what, q, d->o.timeout_s, q);
+            backoff(&spins);
+        }
+    }
+}
+
+static mk_status part_step(void *user, const int32_t *ids, int64_t n, int64_t pos) {
+    mk_dist *d = user;
+    d->step++;
+    d->pos = pos;
+    if (d->size > 1) {
+        char what[64];
+        snprintf(what, sizeof what, "step %lld (position %lld)", (long long)d->step, (long long)pos);
+        send_cmd(d, K_STEP, ids, (size_t)n * sizeof(int32_t), what);
+    }
+    return MK_OK;
+}
+
+/* Worker: the lead's next command (any kind), waiting at most the idle
+ * timeout. The payload stays in d->rbuf after the header; *h its header. */
+static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
+    double deadline = now_s() + d->o.idle_timeout_s;
+    int spins = 0;
+    MPI_Status s;
+    for (;;) {
+        int flag = 0;
+        char es[MPI_MAX_ERROR_STRING];
+        int rc = MPI_Iprobe(0, TAG_CMD, MPI_COMM_WORLD, &flag, &s);
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: waiting for rank 0 failed: %s", what, mpi_errstr(rc, es));
+        if (flag)
+            break;
+        if (now_s() > deadline)
+            FAIL(d, "%s: no command from rank 0 within %.0f s: rank 0 is dead, stalled or unreachable", what,
+                 d->o.idle_timeout_s);
+        struct timespec ts = {0, spins++ < 1000 ? 20000 : 1000000}; /* idle: sleep longer */
+        nanosleep(&ts, NULL);
+    }
+    int got = 0;
+    MPI_Get_count(&s, MPI_BYTE, &got);
+    if (!grow(&d->rbuf, &d->rcap, (size_t)got > sizeof *h ? (size_t)got : sizeof *h))
+        FAIL(d, "%s: no memory for rank 0's %d-byte command", what, got);
+    char es[MPI_MAX_ERROR_STRING];
+    int rc = MPI_Recv(d->rbuf, got, MPI_BYTE, 0, TAG_CMD, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS)
+        FAIL(d, "%s: receiving rank 0's command failed: %s", what, mpi_errstr(rc, es));
+    memcpy(h, d->rbuf, (size_t)got < sizeof *h ? (size_t)got : sizeof *h);
+    hdr_check(d, h, d->rbuf + sizeof *h, (size_t)got, 0,
+              h->kind == K_FINISH || h->kind == K_SETUP ? h->kind : K_STEP, what);
+}
+
+/* ---- public ----------------------------------------------------------------- */
+
+mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
+    *out = NULL;
+    int inited = 0, provided = 0;
+    MPI_Initialized(&inited);
+    if (!inited && MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+        return mk_err(MK_E_IO, "MPI_Init_thread failed");
+    mk_dist *d = mk_calloc(1, sizeof *d);
+    if (!d)
+        return mk_err(MK_E_NOMEM, "out of memory for the MPI context");
+    if (o)
+        d->o = *o;
+    if (d->o.timeout_s <= 0)
+        d->o.timeout_s = 60;
+    if (d->o.idle_timeout_s <= 0)
+        d->o.idle_timeout_s = 3600;
+    /* failures come back as codes, so the message can name rank, layer and step */
+    MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+    MPI_Comm_rank(MPI_COMM_WORLD, &d->rank);
+    MPI_Comm_size(MPI_COMM_WORLD, &d->size);
+    if (d->size > 64) {
+        free(d);
+        return mk_err(MK_E_UNSUPPORTED, "%d MPI ranks: at most 64 are supported", 64);
+    }
+    d->rq = mk_calloc((size_t)(2 * d->size), sizeof(MPI_Request));
+    if (!d->rq) {
+        free(d);
+        return mk_err(MK_E_NOMEM, "out of memory for MPI requests");
+    }
+    *out = d;
+    return MK_OK;
+}
+
+void mk_dist_free(mk_dist *d) {
+    if (!d)
+        return;
+    free(d->sbuf);
+    free(d->rbuf);
+    free(d->rq);
+    free(d->cuts);
+    free(d);
+    int fin = 0;
+    MPI_Finalized(&fin);
+    if (!fin)
+        MPI_Finalize();
+}
+
+int mk_dist_rank(const mk_dist *d) {
+    return d->rank;
+}
+int mk_dist_size(const mk_dist *d) {
+    return d->size;
+}
+
+void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi) {
+    rank_range(d, layer, d->rank, lo, hi);
+}
+
+/* Cuts valid for E experts and L layers: each layer's row ascends from 0 to E. */
+static mk_status cuts_check(const mk_dist *d, const int32_t *cuts, int64_t n, int32_t L, int32_t E,
+                            const char *from) {
+    if (n != (int64_t)L * (d->size + 1))
+        return mk_err(MK_E_MISMATCH, "%s: %lld expert cuts for %d layers of %d ranks (expected %lld)", from,
+                      (long long)n, L, d->size, (long long)L * (d->size + 1));
+    for (int32_t l = 0; l < L; l++) {
+        const int32_t *c = cuts + (int64_t)l * (d->size + 1);
+        bool ok = c[0] == 0 && c[d->size] == E;
+        for (int q = 0; ok && q < d->size; q++)
+            ok = c[q] <= c[q + 1];
+        if (!ok)
+            return mk_err(MK_E_ARG, "%s: layer %d's expert cuts do not ascend from 0 to %d", from, l, E);
+    }
+    return MK_OK;
+}
+
+mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts) {
+    const mk_config *c = mk_model_config(m);
+    int64_t n = (int64_t)c->num_layers * (d->size + 1);
+    MK_TRY(cuts_check(d, cuts, n, c->num_layers, c->num_experts, "mk_dist_set_cuts"));
+    int32_t *cp = mk_malloc((size_t)n * sizeof(int32_t));
+    if (!cp)
+        return mk_err(MK_E_NOMEM, "out of memory for %lld expert cuts", (long long)n);
+    memcpy(cp, cuts, (size_t)n * sizeof(int32_t));
+    free(d->cuts);
+    d->cuts = cp;
+    d->ncuts = n;
+    return MK_OK;
+}
+
+mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) {
+    const mk_config *c = mk_model_config(m);
+    if (c->num_experts < 1)
+        return mk_err(MK_E_UNSUPPORTED, "%s has no routed experts: nothing to spread over %d MPI ranks",
+                      c->model_type, d->size);
+    if (c->num_experts < d->size)
+        return mk_err(MK_E_ARG, "%d MPI ranks for %d routed experts per layer: use at most %d ranks", d->size,
+                      c->num_experts, c->num_experts);
+    d->E = c->num_experts;
+    d->L = c->num_layers;
+    if (d->cuts) /* rank 0's (the workers took them from its setup): for this model? */
+        MK_TRY(cuts_check(d, d->cuts, d->ncuts, d->L, d->E, "rank 0's expert cuts"));
+    d->part = (mk_moe_part){
+        .user = d, .range = part_range, .exchange = part_exchange, .step = d->rank == 0 ? part_step : NULL};
+    *part = &d->part;
+    return MK_OK;
+}
+
+/* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
+ * fingerprint, the number of cuts, then the cuts (int32). */
+#define SETUP_HEAD (5 * sizeof(int64_t))
+
+mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
+    size_t nb = SETUP_HEAD + (size_t)d->ncuts * sizeof(int32_t);
+    char *buf = mk_malloc(nb);
+    if (!buf)
+        return mk_err(MK_E_NOMEM, "out of memory for the %zu-byte setup", nb);
+    int64_t p[5] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, d->cuts ? d->ncuts : 0};
+    memcpy(&p[3], &fingerprint, sizeof fingerprint);
+    memcpy(buf, p, sizeof p);
+    if (d->cuts)
+        memcpy(buf + SETUP_HEAD, d->cuts, (size_t)d->ncuts * sizeof(int32_t));
+    if (d->size > 1)
+        send_cmd(d, K_SETUP, buf, nb, "setup");
+    free(buf);
+    return MK_OK;
+}
+
+mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, bool *finished) {
+    dist_hdr h;
+    *finished = false;
+    recv_cmd(d, &h, "setup");
+    if (h.kind == K_FINISH) {
+        *finished = true;
+        return MK_OK;
+    }
+    if (h.kind != K_SETUP || h.nbytes < SETUP_HEAD)
+        FAIL(d, "setup: expected rank 0's setup, found a message of kind %u", h.kind);
+    int64_t p[5];
+    memcpy(p, d->rbuf + sizeof h, sizeof p);
+    if (p[4] < 0 || h.nbytes != SETUP_HEAD + (uint64_t)p[4] * sizeof(int32_t))
+        FAIL(d, "setup: %llu bytes for %lld expert cuts", (unsigned long long)h.nbytes, (long long)p[4]);
+    if (p[4] > 0) {
+        free(d->cuts);
+        d->cuts = mk_malloc((size_t)p[4] * sizeof(int32_t));
+        if (!d->cuts)
+            FAIL(d, "setup: out of memory for %lld expert cuts", (long long)p[4]);
+        memcpy(d->cuts, d->rbuf + sizeof h + SETUP_HEAD, (size_t)p[4] * sizeof(int32_t));
+        d->ncuts = p[4];
+    }
+    uint64_t fp;
+    memcpy(&fp, &p[3], sizeof fp);
+    if (fp != fingerprint)
+        FAIL(d,
+             "setup: rank 0 opened a different model (config.json xxh3 %016llx, this rank's %016llx): every "
+             "rank must open the same model",
+             (unsigned long long)fp, (unsigned long long)fingerprint);
+    o->max_ctx = p[0];
+    o->prefill_chunk = (int)p[1];
+    o->experts_per_tok = (int)p[2];
+    return MK_OK;
+}
+
+mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
+    for (;;) {
+        dist_hdr h;
+        char what[64];
+        snprintf(what, sizeof what, "waiting for step %lld", (long long)d->step + 1);
+        recv_cmd(d, &h, what);
+        if (h.kind == K_FINISH)
+            return MK_OK;
+        if (h.kind != K_STEP || h.step != d->step + 1)
+            FAIL(d, "%s: rank 0 sent kind %u for step %lld", what, h.kind, (long long)h.step);
+        d->step = h.step;
+        d->pos = h.pos;
+        int64_t n = (int64_t)(h.nbytes / sizeof(int32_t));
+        /* ids move out of rbuf: the exchanges reuse it */
+        int32_t *ids = mk_malloc(n ? (size_t)n * sizeof(int32_t) : 1);
+        if (!ids)
+            FAIL(d, "step %lld: out of memory for %lld token ids", (long long)d->step, (long long)n);
+        memcpy(ids, d->rbuf + sizeof h, (size_t)n * sizeof(int32_t));
+        mk_status st = MK_OK;
+        if (h.pos != mk_engine_pos(e)) { /* the lead reset or rewound its sequence */
+            if (h.pos == 0)
+                mk_engine_reset(e);
+            else
+                st = mk_engine_rewind(e, h.pos);
+        }
+        if (st == MK_OK)
+            st = mk_engine_forward(e, ids, n, MK_LOGITS_NONE, NULL, NULL);
+        free(ids);
+        if (st != MK_OK)
+            FAIL(d, "step %lld (position %lld): %s", (long long)d->step, (long long)h.pos, mk_err_msg());
+    }
+}
+
+void mk_dist_finish(mk_dist *d) {
+    if (!d || d->rank != 0 || d->finished)
+        return;
+    d->finished = true;
+    if (d->size > 1)
+        send_cmd(d, K_FINISH, NULL, 0, "finish");
+}

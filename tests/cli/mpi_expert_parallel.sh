@@ -1,0 +1,240 @@
+#!/usr/bin/env bash
+# Expert parallelism over MPI (issue 18, include/moekit/dist.h), on one
+# machine over OpenMPI's TCP transport (ob1 + btl tcp,self; see below for the network):
+#   - `mpirun -np 2` and `-np 3` give logits bitwise equal to the
+#     single-process run (no mpirun) on qwen3moe-a and deepseekv3-a, for one
+#     prefill, chunked prefill and one-token chunks (the decode path), and
+#     `run`'s greedy and seeded sampled tokens are the single-process ones;
+#     the startup lines show each rank holding its own share of experts,
+#     also split by routing frequency (--mpi-balance), also with --memory-budget
+#     counting only that share, eval and streamed experts too;
+#   - a byte flipped in a payload (test hook) is caught by the checksum,
+#     naming the sender, layer and step, and no logits are written;
+#   - a stalled rank is named by the others' deadline (--mpi-timeout);
+#   - a rank killed mid-generation ends every rank within 60 s (`timeout 60`
+#     would fail the test): by mpirun's own failure handling (naming the
+#     rank), and, with mpirun told not to abort on a dead process, by the
+#     survivors' deadline naming the rank, layer and step;
+#   - a rank opening a different model is refused at setup; a bad token id
+#     is refused by rank 0 before any step reaches the other ranks.
+# Where network namespaces can be made (root, iproute2), each rank runs in
+# a namespace of its own, as on a host of its own: a bridge in this
+# namespace joins one veth pair per rank (a private /24 with no route off
+# this machine), mpirun starts one ORTE daemon per namespace through a
+# launch agent (`ip netns exec` in place of ssh) and the ranks' TCP traffic
+# goes over the veths; all of it is removed on exit. Elsewhere the ranks
+# share this machine's loopback, which the test says on stdout.
+set -euo pipefail
+: "${MK_BIN:?}" "${MK_BUILD:?}"
+. "$(dirname "$0")/fixtures.bash"
+need_fixtures
+if ! grep -q '^MK_MPI:BOOL=ON' "$MK_BUILD/CMakeCache.txt" 2>/dev/null; then
+    echo "skip: moekit was built without MPI (MK_MPI is off: install openmpi-bin and libopenmpi-dev, scripts/install-deps.sh, and reconfigure)"
+    exit 77
+fi
+command -v mpirun >/dev/null || { echo "skip: mpirun not found (openmpi-bin)"; exit 77; }
+
+T=$(mktemp -d)
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+MPI=(mpirun --oversubscribe --bind-to none --mca pml ob1 --mca btl tcp,self)
+[ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
+
+# ---- one network namespace per rank, where they can be made ----
+S=$$
+NET=10.$((100 + S / 250 % 100)).$((S % 250))
+BR=mkb$S
+cleanup() {
+    local r
+    for r in 0 1 2; do ip netns del "mkns${S}_$r" 2>/dev/null || true; done
+    ip link del "$BR" 2>/dev/null || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+make_ns() { # errors in $T/ns.err
+    [ "$(id -u)" -eq 0 ] || { echo "not root" > "$T/ns.err"; return 1; }
+    command -v ip >/dev/null || { echo "iproute2's ip not found" > "$T/ns.err"; return 1; }
+    {
+        ip link add "$BR" type bridge && ip addr add "$NET.254/24" dev "$BR" && ip link set "$BR" up || return 1
+        local r
+        for r in 0 1 2; do
+            local ns=mkns${S}_$r v=mkv${S}r$r p=mkp${S}r$r
+            ip netns add "$ns" && ip link add "$v" type veth peer name "$p" && ip link set "$p" netns "$ns" &&
+                ip link set "$v" master "$BR" up && ip -n "$ns" link set lo up &&
+                ip -n "$ns" addr add "$NET.$((r + 1))/24" dev "$p" && ip -n "$ns" link set "$p" up || return 1
+        done
+    } 2> "$T/ns.err"
+    # mpirun's launch agent, its ssh: host NET.(r+1) is namespace r. Each daemon gets a session
+    # directory of its own: they share this machine's /tmp and host name, and raced creating one
+    # ("mkdir: File exists", 1 start in 16).
+    cat > "$T/agent" <<EOF
+#!/bin/bash
+while [ "\${1#-}" != "\$1" ]; do shift; done
+host=\$1; shift
+r=\$(( \${host##*.} - 1 ))
+mkdir -p "$T/session\$r"
+export OMPI_MCA_orte_tmpdir_base="$T/session\$r"
+exec ip netns exec mkns${S}_\$r /bin/sh -c "\$*"
+EOF
+    chmod +x "$T/agent"
+}
+if make_ns; then
+    # The daemons' shared-memory topology (rtc_hwloc_vmhole) crashed 1 orted start in 8 here (OpenMPI
+    # 4.1.4, hwloc 2.9: a segfault in hwloc_shmem_topology_write), and PMIx's ds21 store printed errors
+    # with daemons in namespaces: both off, the daemons then read the topology and keys themselves.
+    export PMIX_MCA_gds=hash
+    MPI+=(--mca plm_rsh_agent "$T/agent" --host "$NET.1,$NET.2,$NET.3" --mca oob_tcp_if_include "$NET.0/24"
+          --mca btl_tcp_if_include "$NET.0/24" --mca rtc_hwloc_vmhole none -x PMIX_MCA_gds)
+    echo "note: each rank in its own network namespace (mkns${S}_0..2), joined by veth pairs over $NET.0/24"
+else
+    MPI+=(--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+    echo "note: network namespaces could not be made ($(tr '\n' ' ' < "$T/ns.err")): the ranks share this machine's loopback"
+fi
+
+ids_of() { # the fixture's 32 reference input ids, comma-separated
+    tr -d ' \n' < "$1/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/'
+}
+
+for fx in qwen3moe-a deepseekv3-a; do
+    M=$FX/$fx/bf16
+    IDS=$(ids_of "$FX/$fx")
+    [ "$(echo "$IDS" | tr ',' '\n' | wc -l)" -eq 32 ] || fail "$fx: could not read input_ids from reference.json"
+    E=$("$MK_BIN" inspect "$M" 2>/dev/null | sed -n 's/^ *experts *\([0-9]*\) per layer.*/\1/p' | head -1)
+    # chunk 512: one prefill (the experts' general path over many tokens); chunk 1: one token per
+    # chunk (decode's path, the token's experts at once); -np 2 on the latter only, to keep it short
+    for chunk in 512 1; do
+        "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/one.f32" --force --threads 1 --prefill-chunk $chunk
+        nps="3"
+        [ $chunk -eq 1 ] && nps="2 3"
+        for np in $nps; do
+            rm -f "$T/n.f32"
+            "${MPI[@]}" -np $np "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --threads 1 \
+                --prefill-chunk $chunk 2> "$T/err" || { cat "$T/err" >&2; fail "$fx: -np $np exited non-zero"; }
+            cmp -s "$T/one.f32" "$T/n.f32" || fail "$fx --prefill-chunk $chunk: -np $np logits differ from one process"
+            # each rank held its own contiguous share: rank r of N owns [r*E/N, (r+1)*E/N)
+            for ((r = 0; r < np; r++)); do
+                grep -q "rank $r of $np: routed experts \[$((r * E / np)), $(((r + 1) * E / np))) of $E " "$T/err" ||
+                    { cat "$T/err" >&2; fail "$fx -np $np: no startup line for rank $r's share"; }
+            done
+        done
+    done
+    echo "ok: $fx: -np 2 and -np 3 logits bitwise equal to one process (chunks 512 and 1)"
+done
+
+M=$FX/qwen3moe-a/bf16
+# generation: greedy and seeded sampling, rank 0 samples, the tokens are one process's
+for samp in "" "--temp 0.8 --seed 7"; do
+    # shellcheck disable=SC2086
+    "$MK_BIN" run "$M" --ids 395,78,308,45 --max-tokens 12 --threads 1 --json $samp > "$T/one.json"
+    # shellcheck disable=SC2086
+    "${MPI[@]}" -np 3 "$MK_BIN" run "$M" --ids 395,78,308,45 --max-tokens 12 --threads 1 --json $samp \
+        > "$T/n.json" 2> "$T/err" || { cat "$T/err" >&2; fail "run -np 3 $samp exited non-zero"; }
+    cmp -s "$T/one.json" "$T/n.json" || { cat "$T/one.json" "$T/n.json" >&2; fail "run -np 3 $samp: other tokens"; }
+done
+echo "ok: run -np 3: greedy and sampled tokens equal to one process"
+
+# eval (windows from an empty state: the workers reset with rank 0) on the trained hybrid model
+"$MK_BIN" eval "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 512 --window 128 --json --threads 1 > "$T/one.json"
+"${MPI[@]}" -np 3 "$MK_BIN" eval "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 512 --window 128 --json \
+    --threads 1 > "$T/n.json" 2> "$T/err" || { cat "$T/err" >&2; fail "eval -np 3 exited non-zero"; }
+cmp -s "$T/one.json" "$T/n.json" || { cat "$T/one.json" "$T/n.json" >&2; fail "eval -np 3: another result"; }
+# experts streamed from the checkpoint: each rank reads only its own
+IDS=$(ids_of "$FX/qwen3moe-a")
+"$MK_BIN" logits "$M" --ids "$IDS" --out "$T/one.f32" --force --threads 1
+"${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --force --threads 1 --stream-experts \
+    2> "$T/err" || { cat "$T/err" >&2; fail "logits --stream-experts -np 2 exited non-zero"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "logits --stream-experts -np 2: logits differ from one process"
+echo "ok: eval -np 3 and streamed experts -np 2 equal to one process"
+
+# --memory-budget counts a rank's share of the experts: 101M is below qwen3moe-a's 1.6 MiB of
+# non-expert weights + 4.5 MiB of experts + the 96 MiB overhead (one process streams), above it
+# with half the experts (-np 2: resident)
+"$MK_BIN" logits "$M" --ids "$IDS" --out "$T/one.f32" --force --threads 1 --memory-budget 101M 2> "$T/err"
+grep -q "experts streamed" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M: one process did not stream"; }
+"${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --force --threads 1 --memory-budget 101M \
+    2> "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2 exited non-zero"; }
+grep -q "model resident" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2: rank 0 not resident"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "--memory-budget 101M -np 2: logits differ from one process"
+echo "ok: --memory-budget counts a rank's share of the experts"
+
+# experts split by routing frequency (--mpi-balance, `moekit profile`'s routing statistics)
+"$MK_BIN" profile "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 256 --threads 1 --quiet --out "$T/p.json" \
+    > /dev/null
+BIDS=$(seq -s, 1 40)
+"$MK_BIN" logits "$TINYM/bf16" --ids "$BIDS" --out "$T/one.f32" --force --threads 1
+"${MPI[@]}" -np 3 "$MK_BIN" logits "$TINYM/bf16" --ids "$BIDS" --out "$T/n.f32" --force --threads 1 \
+    --mpi-balance "$T/p.json" 2> "$T/err" || { cat "$T/err" >&2; fail "--mpi-balance -np 3 exited non-zero"; }
+grep -q "rank 2 of 3: [0-9]* of the 64 routed experts (contiguous per layer, balanced by routing frequency)" \
+    "$T/err" || { cat "$T/err" >&2; fail "--mpi-balance: no balanced share line"; }
+cmp -s "$T/one.f32" "$T/n.f32" || fail "--mpi-balance -np 3: logits differ from one process"
+echo "ok: experts balanced by routing frequency, -np 3 equal to one process"
+
+# corruption: rank 1 flips a byte of its layer-1 payload after checksumming it
+rm -f "$T/n.f32"
+set +e
+timeout 60 "${MPI[@]}" -np 3 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --threads 1 \
+    --mpi-test-fault flip:1:1:1 > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -ne 124 ] || fail "flip: the job did not end within 60 s"
+[ $rc -ne 0 ] || fail "flip: exited 0"
+grep -q "layer 1, step 1 (position 0): the payload from rank 1 fails its checksum" "$T/err" ||
+    { cat "$T/err" >&2; fail "flip: no checksum message naming rank 1, layer 1, step 1"; }
+[ ! -e "$T/n.f32" ] || fail "flip: logits were written"
+echo "ok: a flipped byte is caught by the checksum (exit $rc)"
+
+# a stalled rank: the others' deadline names it
+set +e
+timeout 60 "${MPI[@]}" -np 3 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/n.f32" --threads 1 \
+    --mpi-timeout 2 --mpi-test-fault stall:2:2:1 > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -ne 124 ] || fail "stall: the job did not end within 60 s"
+[ $rc -ne 0 ] || fail "stall: exited 0"
+grep -q "layer 2, step 1 (position 0): the payload from rank 2 did not complete within 2 s" "$T/err" ||
+    { cat "$T/err" >&2; fail "stall: no deadline message naming rank 2, layer 2, step 1"; }
+echo "ok: a stalled rank is named by the deadline (exit $rc)"
+
+# a rank killed mid-generation (step 6: the 5th decoded token)
+set +e
+timeout 60 "${MPI[@]}" -np 3 "$MK_BIN" run "$M" --ids 395,78,308,45 --max-tokens 12 --threads 1 --json \
+    --mpi-test-fault kill:1:1:6 > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -ne 124 ] || fail "kill: the job did not end within 60 s"
+[ $rc -ne 0 ] || fail "kill: exited 0"
+grep -q "rank 1 .*exited on signal 9" "$T/err" || { cat "$T/err" >&2; fail "kill: rank 1 not named"; }
+# the same with mpirun not aborting on a dead process: the survivors' deadline ends the job
+set +e
+timeout 60 "${MPI[@]}" --mca orte_abort_on_non_zero_status 0 -np 3 "$MK_BIN" run "$M" --ids 395,78,308,45 \
+    --max-tokens 12 --threads 1 --json --mpi-timeout 3 --mpi-test-fault kill:1:1:6 > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -ne 124 ] || fail "kill (no abort by mpirun): the job did not end within 60 s"
+[ $rc -ne 0 ] || fail "kill (no abort by mpirun): exited 0"
+grep -q "layer 1, step 6 (position 8): the payload from rank 1 did not complete within 3 s" "$T/err" ||
+    { cat "$T/err" >&2; fail "kill (no abort by mpirun): no message naming rank 1, layer 1, step 6"; }
+echo "ok: a rank killed mid-generation ends every rank within 60 s, named"
+
+# a rank with another model: refused at setup
+set +e
+timeout 60 "${MPI[@]}" -np 1 "$MK_BIN" logits "$M" --ids 1,2 --out "$T/n.f32" --force --threads 1 : \
+    -np 1 "$MK_BIN" logits "$FX/deepseekv3-a/bf16" --ids 1,2 --out "$T/n.f32" --force --threads 1 \
+    > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -ne 0 ] && [ $rc -ne 124 ] || fail "another model: exit $rc"
+grep -q "rank 1 of 2: setup: rank 0 opened a different model" "$T/err" ||
+    { cat "$T/err" >&2; fail "another model: not refused at setup"; }
+echo "ok: a rank with another model is refused at setup"
+
+# a bad id: rank 0 refuses it (exit 2) and no step reaches the workers
+set +e
+timeout 60 "${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids 1,99999 --out "$T/n.f32" --force --threads 1 \
+    > "$T/out" 2> "$T/err"
+rc=$?
+set -e
+[ $rc -eq 2 ] || { cat "$T/err" >&2; fail "bad id: exit $rc, expected 2"; }
+grep -q "token id 99999 at position 1 is outside the vocabulary" "$T/err" || { cat "$T/err" >&2; fail "bad id: message"; }
+if grep -q "step" "$T/err"; then cat "$T/err" >&2; fail "bad id: a step reached the workers"; fi
+echo "ok: a bad id is refused by rank 0 alone"

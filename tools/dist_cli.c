@@ -1,0 +1,258 @@
+/* The engine commands under MPI: flags, detection, the workers' path
+ * (tools/dist_cli.h). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <xxhash.h>
+
+#include "cli_flags.h"
+#include "cmd.h"
+#include "core/alloc.h"
+#include "dist_cli.h"
+#include "moekit/profile.h"
+
+const char mk_ecli_dist_help[] =
+    "  --mpi                run as one rank of an MPI job (implied under mpirun with more than\n"
+    "                       one rank): each rank computes a share of every MoE layer's routed\n"
+    "                       experts, rank 0 tokenizes, samples and prints; logits are bitwise\n"
+    "                       those of one process\n"
+    "  --mpi-timeout SEC    a rank that does not deliver within SEC seconds in a step stops every\n"
+    "                       rank, naming it (default 60)\n"
+    "  --mpi-balance P.json split each MoE layer's experts into contiguous ranges of about equal\n"
+    "                       routing frequency in `moekit profile`'s P.json (default: equal counts)\n";
+
+/* The launcher's rank count from its environment (the CLI layer may read
+ * it; the library does not): 0 when not under a launcher. */
+static long launcher_size(void) {
+    static const char *vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++) {
+        const char *v = getenv(vars[i]);
+        if (v && *v)
+            return strtol(v, NULL, 10);
+    }
+    return 0;
+}
+
+int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
+    *mine = true;
+    int rc;
+    switch (ch) {
+    case 0x4e01: dd->mpi = true; return -1;
+    case 0x4e04: dd->balance = arg; return -1;
+    case 0x4e02:
+        if ((rc = mk_flag_real(dd->cmd, "--mpi-timeout", arg, 0, 1e6, MK_FLAG_LO_OPEN, &dd->o.timeout_s)) >=
+            0)
+            return rc;
+        return -1;
+    case 0x4e03: {
+#ifdef MK_TEST_HOOKS
+        /* KIND:RANK:LAYER:STEP, KIND flip|stall|kill (include/moekit/dist.h) */
+        char kind[8];
+        int r, l, used = 0;
+        long long s;
+        if (sscanf(arg, "%7[a-z]:%d:%d:%lld%n", kind, &r, &l, &s, &used) == 4 && arg[used] == '\0') {
+            mk_dist_fault f = {.rank = r, .layer = l, .step = s};
+            f.kind = !strcmp(kind, "flip")    ? MK_DIST_FAULT_FLIP
+                     : !strcmp(kind, "stall") ? MK_DIST_FAULT_STALL
+                     : !strcmp(kind, "kill")  ? MK_DIST_FAULT_KILL
+                                              : MK_DIST_FAULT_NONE;
+            if (f.kind != MK_DIST_FAULT_NONE) {
+                dd->o.fault = f;
+                return -1;
+            }
+        }
+        return mk_cli_usage(dd->cmd, "--mpi-test-fault: expected flip|stall|kill:RANK:LAYER:STEP, found '%s'",
+                            arg);
+#else
+        return mk_cli_usage(dd->cmd, "--mpi-test-fault: this build has no test hooks (MK_TEST_HOOKS=OFF)");
+#endif
+    }
+    default: *mine = false; return -1;
+    }
+}
+
+static mk_dist *g_dist; /* for the exit handler */
+
+/* However the command ends: the lead tells the workers to stop (they would
+ * otherwise wait for its next step), then every rank finalizes MPI. */
+static void dist_atexit(void) {
+    mk_dist_finish(g_dist);
+    mk_dist_free(g_dist);
+    g_dist = NULL;
+}
+
+mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
+    long n = launcher_size();
+    if (!dd->mpi && n <= 1)
+        return MK_OK;
+    mk_status st = mk_dist_init(&dd->o, &dd->d);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "%s", dd->mpi ? "--mpi" : "running under an MPI launcher");
+    g_dist = dd->d;
+    atexit(dist_atexit);
+    /* the budget counts ceil(E/ranks) experts per layer: a split by count (--mpi-balance may give a
+     * rank more, so it counts them all) */
+    mm->ranks = dd->balance ? 1 : mk_dist_size(dd->d);
+    return MK_OK;
+}
+
+bool mk_ecli_dist_worker(const mk_ecli_dist *dd) {
+    return dd->d && mk_dist_rank(dd->d) > 0;
+}
+
+static double gib(uint64_t b) {
+    return (double)b / (double)(1ull << 30);
+}
+
+/* The model's fingerprint: the xxh3 of its config.json (every rank must
+ * open the same model). */
+static mk_status fingerprint(const mk_model *m, uint64_t *fp) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", mk_model_dir(m));
+    char *buf;
+    size_t len;
+    MK_TRY(mk_ecli_read_file("MODEL", path, &buf, &len));
+    *fp = XXH3_64bits(buf, len);
+    free(buf);
+    return MK_OK;
+}
+
+/* Part the experts and print this rank's share and memory. */
+static mk_status share(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) {
+    MK_TRY(mk_dist_part(dd->d, m, &dd->part));
+    const mk_config *c = mk_model_config(m);
+    int32_t lo = -1, hi = -1;
+    int64_t held = 0, all = 0;
+    bool same = true;
+    for (int l = 0; l < c->num_layers; l++) {
+        if (!mk_config_layer_is_moe(c, l))
+            continue;
+        int32_t a, b;
+        mk_dist_range(dd->d, l, &a, &b);
+        same &= lo < 0 || (a == lo && b == hi);
+        lo = a;
+        hi = b;
+        held += b - a;
+        all += c->num_experts;
+    }
+    uint64_t ex = mk_model_expert_bytes(m), mine = all ? ex / (uint64_t)all * (uint64_t)held : 0;
+    if (!same) {
+        fprintf(stderr,
+                "moekit %s: rank %d of %d: %lld of the %lld routed experts (contiguous per layer, "
+                "balanced by routing frequency): %.3f GiB of the %.3f GiB of expert weights, plus %.3f GiB "
+                "replicated (attention, norms, routers, shared experts, embeddings)\n",
+                dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), (long long)held, (long long)all, gib(mine),
+                gib(ex), gib(mk_model_resident_bytes(m)));
+        eo->moe_part = dd->part;
+        return MK_OK;
+    }
+    fprintf(stderr,
+            "moekit %s: rank %d of %d: routed experts [%d, %d) of %d in every MoE layer: %.3f GiB of "
+            "the %.3f GiB of expert weights, plus %.3f GiB replicated (attention, norms, routers, shared "
+            "experts, embeddings)\n",
+            dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), lo, hi, c->num_experts, gib(mine), gib(ex),
+            gib(mk_model_resident_bytes(m)));
+    eo->moe_part = dd->part;
+    return MK_OK;
+}
+
+/* --mpi-balance: per MoE layer with routing statistics in the profile, cut
+ * its experts into size contiguous ranges of about equal summed frequency
+ * (cut q at the prefix nearest q/size of the layer's total, never before
+ * the previous cut); other layers by count. */
+static mk_status balance(mk_ecli_dist *dd, const mk_model *m) {
+    const mk_config *c = mk_model_config(m);
+    int N = mk_dist_size(dd->d), L = c->num_layers, E = c->num_experts;
+    mk_prof *p = NULL;
+    mk_status st = mk_prof_load(dd->balance, &p);
+    if (st == MK_OK && (st = mk_prof_check_model(p, m)) != MK_OK)
+        mk_err_wrap(st, "--mpi-balance %s", dd->balance);
+    int32_t *cuts = st == MK_OK ? mk_malloc((size_t)L * (size_t)(N + 1) * sizeof(int32_t)) : NULL;
+    if (st == MK_OK && !cuts)
+        st = mk_err(MK_E_NOMEM, "--mpi-balance: out of memory for %d x %d expert cuts", L, N + 1);
+    for (int l = 0; st == MK_OK && l < L; l++)
+        for (int q = 0; q <= N; q++)
+            cuts[l * (N + 1) + q] = (int32_t)((int64_t)q * E / N);
+    int balanced = 0;
+    for (int i = 0; st == MK_OK && i < mk_prof_route_layers(p); i++) {
+        int l, pe;
+        const double *f, *w;
+        if (!mk_prof_route(p, i, &l, &pe, &f, &w) || l < 0 || l >= L || pe != E)
+            continue;
+        double tot = 0, pre = 0;
+        for (int e = 0; e < E; e++)
+            tot += f[e];
+        if (!(tot > 0))
+            continue;
+        int32_t *c_l = cuts + l * (N + 1);
+        int e = 0;
+        for (int q = 1; q < N; q++) {
+            double want = tot * q / N;
+            while (e < E && pre + f[e] <= want) /* the largest prefix not above the target ... */
+                pre += f[e++];
+            if (e < E && (pre + f[e]) - want < want - pre) /* ... or one more when that is nearer */
+                pre += f[e++];
+            c_l[q] = e;
+        }
+        balanced++;
+    }
+    if (st == MK_OK && !balanced)
+        st = mk_err(MK_E_ARG,
+                    "--mpi-balance %s: the profile has no routing statistics for this model's "
+                    "%d experts per layer",
+                    dd->balance, E);
+    if (st == MK_OK)
+        st = mk_dist_set_cuts(dd->d, m, cuts);
+    free(cuts);
+    mk_prof_free(p);
+    return st;
+}
+
+mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) {
+    if (!dd->d)
+        return MK_OK;
+    if (eo->backend && !mk_backend_iface(eo->backend)->host_mem)
+        return mk_err(MK_E_UNSUPPORTED,
+                      "%s: MPI ranks run on the CPU backend for now (--backend cuda is not "
+                      "wired to the expert exchange)",
+                      dd->cmd);
+    uint64_t fp;
+    MK_TRY(fingerprint(m, &fp));
+    if (dd->balance)
+        MK_TRY(balance(dd, m));
+    MK_TRY(share(dd, m, eo));
+    return mk_dist_announce(dd->d, eo, fp);
+}
+
+int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *mo, mk_ecli_mem *mm,
+                      const mk_engine_opts *eo) {
+    mk_model *m = NULL;
+    mk_engine *e = NULL;
+    mk_engine_opts o = {.threads = eo->threads};
+    uint64_t fp = 0;
+    bool finished = false;
+    char msg[1536];
+    mm->quiet = true;
+    mk_status st = mk_ecli_mem_model_open(mm, model, mo, &m);
+    if (st == MK_OK)
+        st = fingerprint(m, &fp);
+    if (st != MK_OK) { /* the lead may have opened its model: stop everyone, saying why */
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_dist_abort(dd->d, mk_status_exit_code(st), msg);
+    }
+    st = mk_dist_await(dd->d, fp, &o, &finished);
+    if (st == MK_OK && !finished)
+        st = share(dd, m, &o);
+    if (st == MK_OK && !finished)
+        st = mk_ecli_mem_engine(mm, m, &o, &e);
+    if (st != MK_OK) {
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_dist_abort(dd->d, mk_status_exit_code(st), msg);
+    }
+    if (!finished)
+        st = mk_dist_work(dd->d, e);
+    mk_engine_free(e);
+    mk_ecli_mem_free(mm);
+    mk_model_free(m);
+    return st == MK_OK ? 0 : mk_cli_fail(st);
+}

@@ -1,0 +1,55 @@
+/* The engine commands under MPI (run, logits; issue 18): when to run
+ * distributed, the flags, the workers' path and the lead's setup.
+ *
+ * The CLI, never the library, decides: --mpi, or mpirun's environment
+ * (OMPI_COMM_WORLD_SIZE, or PMI_SIZE of MPICH-style launchers) giving more
+ * than one rank. Rank 0 is the command as usual plus the partition hook;
+ * every other rank opens the same model with the same flags, takes the
+ * engine shape from rank 0 and replays its steps (mk_dist_work), printing
+ * nothing but its startup line. The lead's end (however the command
+ * returns) tells the workers to stop, then MPI is finalized (atexit). */
+#ifndef MK_TOOLS_DIST_CLI_H
+#define MK_TOOLS_DIST_CLI_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "engine_cli.h"
+#include "moekit/dist.h"
+
+typedef struct mk_ecli_dist {
+    bool mpi;            /* --mpi */
+    mk_dist_opts o;      /* --mpi-timeout, --mpi-test-fault */
+    const char *balance; /* --mpi-balance PROFILE (rank 0 reads it) */
+    const char *cmd;     /* for messages */
+    mk_dist *d;          /* started: NULL for a single-process run */
+    const mk_moe_part *part;
+} mk_ecli_dist;
+
+#define MK_ECLI_DIST_OPTS                                                                                    \
+    {"mpi", no_argument, 0, 0x4e01}, {"mpi-timeout", required_argument, 0, 0x4e02},                          \
+        {"mpi-test-fault", required_argument, 0, 0x4e03}, {                                                  \
+        "mpi-balance", required_argument, 0, 0x4e04                                                          \
+    }
+
+extern const char mk_ecli_dist_help[];
+/* Handle one of those options (see mk_ecli_mem_flag). */
+int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine);
+/* Start MPI when asked (--mpi or the launcher's environment); otherwise
+ * leave dd->d NULL. Fails when asked and moekit has no MPI. Sets
+ * mm->ranks, so --memory-budget counts only this rank's share of the
+ * routed experts. */
+mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm);
+/* This process is a worker (rank > 0). */
+bool mk_ecli_dist_worker(const mk_ecli_dist *dd);
+/* Worker: open `model` as the lead does (mo, mm: the same flags), wait for
+ * the lead's engine shape, create the engine over this rank's experts
+ * (threads from eo) and replay the lead's steps. Returns the exit code. */
+int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *mo, mk_ecli_mem *mm,
+                      const mk_engine_opts *eo);
+/* Lead, after opening m and before creating the engine with *eo: size the
+ * partition, print this rank's share, set eo->moe_part and announce the
+ * engine shape to the workers. No-op without MPI. */
+mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo);
+
+#endif
