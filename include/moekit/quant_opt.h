@@ -30,15 +30,19 @@
  *             error in column i) when the group is reached.
  *   gptq-act  gptq in decreasing-H_jj column order with static groups (each
  *             group's scale and bias searched on the original weights).
- *   gptq-opt  gptq-mse, then up to 4 alternations of: every scale and bias
- *             of the row refitted jointly by least squares on the output
- *             error (w - s q - b)^T H (w - s q - b) with the codes fixed (a
- *             2 * groups unknowns system, cols^2 work to form), then the
- *             codes re-chosen by GPTQ from the original row with those
- *             scales and biases fixed. Each step is kept only when the
- *             output error under the damped H falls, so per row it never
- *             exceeds gptq-mse's. Costs about 3x gptq-mse's row work plus
- *             cols^2 floats more per module (H kept beside the factor).
+ *   gptq-opt  gptq-mse, its codes then improved by coordinate descent on
+ *             the output error (each code moved one step when that lowers
+ *             (w - s q - b)^T H (w - s q - b), up to 4 sweeps), then up to 4
+ *             alternations of: every scale and bias of the row refitted
+ *             jointly by least squares on that error with the codes fixed
+ *             (a 2 * groups unknowns system, cols^2 work to form), then the
+ *             codes re-chosen (the better of the current ones and a GPTQ
+ *             pass from the original row with those scales and biases
+ *             fixed, each improved by coordinate descent). Each step is
+ *             kept only when the output error under the damped H falls, so
+ *             per row it never exceeds gptq-mse's. Costs about 2-3x
+ *             gptq-mse's time plus cols^2 floats more per module (H kept
+ *             beside the factor).
  * Damping (GPTQ's): damp * mean(diag H) is added to the diagonal; columns
  * the calibration never excited (H_ii == 0) get H_ii = 1 first.
  *

@@ -10,8 +10,8 @@
  *     leaves gptq at or above RTN: the bar is half of RTN's error);
  *   - mse never has a larger H-diagonal-weighted weight error than RTN in
  *     any row (MLX's fit is among its candidates);
- *   - gptq-opt (scales and biases refitted by least squares on the output
- *     error, codes re-chosen) has in no row a larger damped output error
+ *   - gptq-opt (codes by coordinate descent, scales and biases refitted by
+ *     least squares on the output error, codes re-chosen) has in no row a larger damped output error
  *     (r^T (H + damp) r, computed here) than gptq-mse, and in total a
  *     clearly smaller one (a refit that never takes, or that is undone,
  *     leaves it equal to gptq-mse's: the bar is 3% below);
