@@ -590,8 +590,10 @@ static double cd_row(const gfit *f, const mk_qstats *s, const float *gsc, const 
  * refitted by least squares on the output error with the codes fixed
  * (refit_row) and the codes re-chosen (the better of the current codes and
  * a GPTQ pass from w0 with those scales and biases fixed, each improved by
- * coordinate descent). A step is kept only when it lowers the output error
- * r^T H r, so the result is never worse than gptq-mse's by that measure.
+ * coordinate descent), ending on a refit (the last round's, or the one
+ * that no longer helped). A step is kept only when it lowers the output
+ * error r^T H r, so the result is never worse than gptq-mse's by that
+ * measure.
  * Scratch: wp cols floats, ws opt_scratch doubles, tc cols codes, ts 2 ng
  * floats. */
 static void opt_row(const gfit *f, const mk_qstats *s, const float *w0, float *wp, float *gsc, float *gbi,
@@ -621,6 +623,11 @@ static void opt_row(const gfit *f, const mk_qstats *s, const float *w0, float *w
         if (e < best) {
             best = e;
             memcpy(codes, tc, (size_t)cols * sizeof *codes);
+        }
+        if (round == OPT_ROUNDS - 1 && refit_row(f, s, w0, codes, ng, ts, tb, ws) &&
+            row_err(f, s, w0, ts, tb, codes, r) < best) { /* end on a refit: the scales fit the final codes */
+            memcpy(gsc, ts, (size_t)ng * sizeof(float));
+            memcpy(gbi, tb, (size_t)ng * sizeof(float));
         }
     }
 }
