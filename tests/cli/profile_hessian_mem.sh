@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `moekit profile --hessian H --hessian-memory S` holds at most S bytes of
 # second-moment accumulators at once: on the trained tiny-qwen35moe (about
-# 40 MiB of accumulators over 512 calibration tokens) a bound of 4M takes
+# 47 MiB of accumulators over 256 calibration tokens) a bound of 4M takes
 # the modules in several passes and writes the very file one pass writes
 # (byte for byte), reports at most 4 MiB held, and its peak RSS (measured
 # by the process itself, `--stats`: getrusage, independent of the
@@ -24,7 +24,7 @@ head -c 20000 "$TXT" > "$T/calib.txt"
 run() { # out-name, extra flags
     local n=$1
     shift
-    "$BIN" profile "$TINY" --text "$T/calib.txt" --tokens 512 --threads 2 --quiet --stats \
+    "$BIN" profile "$TINY" --text "$T/calib.txt" --tokens 256 --threads 2 --quiet --stats \
         --out "$T/$n.json" --hessian "$T/$n.safetensors" "$@" > "$T/$n.log" 2> "$T/$n.err" ||
         fail "profile $*: $(cat "$T/$n.err")"
     grep "^wrote $T/$n.safetensors" "$T/$n.log" || fail "no --hessian line: $(cat "$T/$n.log")"
@@ -49,7 +49,7 @@ echo "accumulators $acc MiB; bounded: $held MiB held, $passes passes; peak RSS $
 awk -v a="$r1" -v b="$r2" -v acc="$acc" 'BEGIN { exit !(b <= a - (acc - 4) / 2) }' ||
     fail "peak RSS $r2 MiB with the bound, $r1 MiB without: not lower by half of $acc - 4 MiB"
 set +e
-"$BIN" profile "$TINY" --text "$T/calib.txt" --tokens 512 --threads 2 --quiet --out "$T/x.json" \
+"$BIN" profile "$TINY" --text "$T/calib.txt" --tokens 256 --threads 2 --quiet --out "$T/x.json" \
     --hessian "$T/x.safetensors" --hessian-memory 1K > "$T/e1" 2>&1
 rc=$?
 set -e
