@@ -54,7 +54,7 @@ static void help(FILE *f) {
             "  --hessian H        also write H (a .safetensors file): the input second moments\n"
             "                     E[x x^T] of every linear module over the calibration windows (each\n"
             "                     routed expert on the tokens routed to it; lm_head included), what\n"
-            "                     `moekit quantize --method gptq|mse|gptq-mse --hessian H` reads. Costs\n"
+            "                     `moekit quantize --method gptq-opt|gptq-mse|... --hessian H` reads. Costs\n"
             "                     one more pass over the windows and 8 x cols^2 bytes of accumulator per\n"
             "                     distinct module input (q/k/v and gate/up share one; the tiny 4-layer\n"
             "                     model: ~47 MiB; a 48-layer, 128-expert, 2048-wide model: ~224 GB),\n"
