@@ -64,10 +64,10 @@ row "4-bit g64, --method mse" --bits 4 --method mse $H
 row "4-bit g64, --method gptq" --bits 4 --method gptq $H
 row "4-bit g64, --method gptq-mse" --bits 4 --method gptq-mse $H
 row "4-bit g64, --method gptq-act" --bits 4 --method gptq-act $H
+row "4-bit g64, --method gptq-opt" --bits 4 --method gptq-opt $H
 for t in 4.5 4.6; do
     row "allocation --target-bpw $t (today)" --target-bpw $t $P
     row "allocation $t + --class-weights learned" --target-bpw $t $P --class-weights learned
-    row "allocation $t + gptq-mse" --target-bpw $t $P --method gptq-mse $H
     row "allocation $t + learned + gptq-mse" --target-bpw $t $P --class-weights learned --method gptq-mse $H
-    row "allocation $t + learned + gptq-act" --target-bpw $t $P --class-weights learned --method gptq-act $H
+    row "allocation $t + learned + gptq-opt" --target-bpw $t $P --class-weights learned --method gptq-opt $H
 done

@@ -54,12 +54,17 @@ static void help(FILE *f) {
             "  --hessian H        also write H (a .safetensors file): the input second moments\n"
             "                     E[x x^T] of every linear module over the calibration windows (each\n"
             "                     routed expert on the tokens routed to it; lm_head included), what\n"
-            "                     `moekit quantize --method gptq|mse|gptq-mse --hessian H` reads. Costs\n"
-            "                     one more pass over the windows and 8 x cols^2 bytes per distinct\n"
-            "                     module input held until the end (q/k/v and gate/up share one; the\n"
-            "                     tiny 4-layer model: ~40 MB; a 48-layer, 128-expert, 2048-wide model:\n"
-            "                     ~235 GB, so use a few layers' worth of experts or more RAM); experts\n"
-            "                     must be resident (not with --memory-budget streaming)\n"
+            "                     `moekit quantize --method gptq-opt|gptq-mse|... --hessian H` reads. Costs\n"
+            "                     one more pass over the windows and 8 x cols^2 bytes of accumulator per\n"
+            "                     distinct module input (q/k/v and gate/up share one; the tiny 4-layer\n"
+            "                     model: ~47 MiB; a 48-layer, 128-expert, 2048-wide model: ~224 GB),\n"
+            "                     held within --hessian-memory; experts must be resident (not with\n"
+            "                     --memory-budget streaming)\n"
+            "  --hessian-memory S the accumulators held at once never exceed S bytes (default 2G; e.g.\n"
+            "                     512M). When all do not fit, the modules are taken in passes, each a\n"
+            "                     run of modules (in file order) that fits, every window run again per\n"
+            "                     pass and its tensors written before the next: the same file, time x\n"
+            "                     passes. A single module over S is refused before any window\n"
             "  --stats            peak RSS and, when experts stream, the expert cache's counters\n"
             "                     on stderr at the end\n"
             "  --quiet            no progress on stderr\n"
@@ -238,9 +243,11 @@ static mk_status run_profile(prof_cli *o) {
         int64_t use = (int64_t)n < o->tokens ? (int64_t)n : o->tokens;
         st = mk_prof_hessian(m, ids, use, &o->po, o->hessian, o->force, &hi);
         if (st == MK_OK)
-            printf("wrote %s: input second moments of %zu modules (%zu distinct inputs, %.1f MiB held; %zu "
-                   "modules no token reached) over %lld tokens\n",
-                   o->hessian, hi.modules, hi.distinct, (double)hi.accum_bytes / 1048576.0, hi.unreached,
+            printf("wrote %s: input second moments of %zu modules (%zu distinct inputs, %.1f MiB of "
+                   "accumulators, at most %.1f MiB held at once in %d pass%s; %zu modules no token reached) "
+                   "over %lld tokens\n",
+                   o->hessian, hi.modules, hi.distinct, (double)hi.accum_bytes / 1048576.0,
+                   (double)hi.peak_bytes / 1048576.0, hi.passes, hi.passes == 1 ? "" : "es", hi.unreached,
                    (long long)hi.tokens);
     }
     if (st == MK_OK)
@@ -287,12 +294,13 @@ int cmd_profile(int argc, char **argv) {
         {"out", required_argument, 0, 'o'},        {"from", required_argument, 0, 'F'},
         {"target-bpw", required_argument, 0, 'T'}, {"quiet", no_argument, 0, 'q'},
         {"force", no_argument, 0, 'O'},            {"stats", no_argument, 0, 'S'},
-        {"hessian", required_argument, 0, 'H'},
+        {"hessian", required_argument, 0, 'H'},    {"hessian-memory", required_argument, 0, 'M'},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},             {0, 0, 0, 0}};
     prof_cli o = {.tokens = 20000, .target = -1, .mm = {.cmd = "profile"}};
     bool mine;
     mk_prof_opts_init(&o.po);
+    o.po.hess_budget = 2ull << 30; /* --hessian-memory's default */
     long long v;
     char err[256];
     int ch, rc;
@@ -304,6 +312,13 @@ int cmd_profile(int argc, char **argv) {
         case 'o': o.out = optarg; break;
         case 'F': o.from = optarg; break;
         case 'H': o.hessian = optarg; break;
+        case 'M': {
+            unsigned long long sz;
+            if ((rc = mk_flag_size("profile", "--hessian-memory", optarg, 1, &sz)) >= 0)
+                return rc;
+            o.po.hess_budget = sz;
+            break;
+        }
         case 'q': o.quiet = true; break;
         case 'O': o.force = true; break;
         case 'n':

@@ -127,6 +127,9 @@ typedef struct mk_prof_opts {
      * pass takes each layer's experts in groups of what its cache holds.
      * The profile is the same either way. */
     struct mk_expert_store *store;
+    /* mk_prof_hessian: the most bytes of second-moment accumulators held
+     * at once (0: no bound, every module in one pass). */
+    uint64_t hess_budget;
 } mk_prof_opts;
 
 /* Defaults as documented on the fields. */
@@ -158,10 +161,13 @@ mk_status mk_prof_class_weights(mk_prof *p, const char *name);
 /* What mk_prof_hessian did. */
 typedef struct mk_prof_hess_info {
     size_t modules;       /* tensors written (modules reached by calibration tokens) */
-    size_t distinct;      /* distinct inputs accumulated (q/k/v, gate/up share one) */
+    size_t distinct;      /* accumulators made: distinct inputs (q/k/v, gate/up share one), a shared
+                             input counted again in each pass holding one of its modules */
     size_t unreached;     /* walked modules no token reached (unused experts): no tensor */
-    uint64_t accum_bytes; /* accumulator memory held during the run: 8 * cols^2 per distinct input */
-    int64_t tokens;       /* calibration tokens run */
+    uint64_t accum_bytes; /* accumulators made over all passes, 8 * cols^2 each (one pass: all held at once) */
+    uint64_t peak_bytes;  /* the most accumulator bytes held at once (<= opts->hess_budget when set) */
+    int passes;           /* runs over the windows (1 when everything fits the budget) */
+    int64_t tokens;       /* calibration tokens run (per pass) */
 } mk_prof_hess_info;
 
 /* Input second moments of every linear module of `m` for calibrated
@@ -171,8 +177,12 @@ typedef struct mk_prof_hess_info {
  * expert on its own tokens) gets H = mean of x x^T over its input rows,
  * written as a F32 [cols, cols] tensor named by its module path into the
  * safetensors file `path` (atomically; replace: an existing file may be
- * replaced). Memory: 8 * cols^2 bytes per distinct module input, all held
- * until the end, plus one window of logits. Experts must be resident
+ * replaced). Memory: the accumulators (8 * cols^2 bytes per distinct module
+ * input) held at once never exceed o->hess_budget when it is set: modules
+ * are then taken in passes over the windows, each a run of modules in walk
+ * order that fits, the file the same byte for byte (time x passes); a
+ * single module over the budget is MK_E_ARG naming it, before any work.
+ * Plus one window of logits. Experts must be resident
  * (o->store NULL: MK_E_ARG otherwise). info may be NULL. */
 mk_status mk_prof_hessian(const mk_model *m, const int32_t *ids, int64_t n, const mk_prof_opts *o,
                           const char *path, bool replace, mk_prof_hess_info *info);

@@ -8,13 +8,17 @@
  * only the tokens routed to them (the engine gathers them), so each expert
  * gets its own H. lm_head is included (the windows compute logits).
  *
- * Modules fed the very same input buffer by consecutive products (q/k/v of
+ * Modules fed the very same input by consecutive products (q/k/v of
  * attention, the linear-attention input projections, gate/up of an MLP or
  * expert) share one accumulator: the first product of a module whose input
- * pointer, row count and width equal the previous product's makes it an
- * alias of that product's module (nothing runs between two consecutive
- * products that could change the buffer: a product writes its output, never
- * its input).
+ * pointer, row count, width and contents (XXH3 of the rows) equal the
+ * previous product's makes it an alias of that product's module. The
+ * pointer alone is not enough: a norm rewrites its output buffer between
+ * two products (a layer's router reads the post-attention norm, the next
+ * layer's q/k/v the input norm, from one buffer), and taking those for one
+ * input gave the next layer's attention and lm_head another module's
+ * statistics. Every later product of an alias is checked the same way
+ * (MK_E_INTERNAL if the engine's order ever changed).
  *
  * Output: one safetensors file, a F32 [cols, cols] tensor per module that
  * received tokens, named by its module path (MLX naming, as profiles and
@@ -23,13 +27,26 @@
  * moments", "tokens.<module>" = its token count. Modules no calibration
  * token reached (experts never routed to) have no tensor.
  *
- * Memory: 8 * cols^2 bytes per distinct input (q/k/v and gate/up counted
- * once) plus the engine's; all of them live at once since every window
- * crosses every layer (mk_prof_hess_bytes says how much before any work). */
+ * Memory, bounded by `budget` (o->hess_budget): the accumulators held at
+ * once never exceed it. Every window crosses every layer, so all modules
+ * accumulating at once means 8 * cols^2 bytes per distinct input (q/k/v and
+ * gate/up counted once); when that exceeds the budget the modules are
+ * taken in passes: each pass accumulates a contiguous run of modules in
+ * walk order (the file's order) whose accumulators fit, running every
+ * window again, and appends their tensors to the file before freeing them.
+ * A pass is planned counting 8 * cols^2 for every module that will hold
+ * its own accumulator (the first pass counts every module: which ones share
+ * an input is learnt while it runs; later passes count a module sharing
+ * its input with an earlier one of the same pass as free). The windows run
+ * exactly the same products in every pass, so the file is byte for byte
+ * the one a single pass writes; token counts are taken in the first pass,
+ * which therefore also fixes the file's header. Cost: time x passes. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <xxhash.h>
 
 #include "core/alloc.h"
 #include "io/outfile.h"
@@ -53,9 +70,18 @@ typedef struct hacc {
     size_t cap;
     const float *last_x; /* the previous product */
     int64_t last_n, last_cols;
+    uint64_t last_hash; /* XXH3 of the previous product's input rows */
     int last_slot;
+    int pass;           /* 0: the first (counts tokens, learns aliases) */
+    size_t lo, hi;      /* slots accumulating in this pass */
+    uint64_t held, peak; /* accumulator bytes now / the most at once */
     mk_status st;
 } hacc;
+
+/* Does slot k's accumulator live in another slot of this pass? */
+static bool shares(const hacc *a, const hslot *s) {
+    return s->alias >= 0 && (size_t)s->alias >= a->lo && (size_t)s->alias < a->hi;
+}
 
 static size_t ptr_hash(const void *p, size_t cap) {
     uint64_t v = (uint64_t)(uintptr_t)p;
@@ -79,26 +105,35 @@ static void on_linear(void *user, const mk_wt *w, const float *x, int64_t n) {
     if (a->st != MK_OK || n <= 0)
         return;
     int k = find_slot(a, w);
-    bool same = x == a->last_x && n == a->last_n && w->cols == a->last_cols;
+    /* the same buffer is not the same input: a norm rewrites its output
+     * buffer between two products (a layer's router on the post-attention
+     * norm, the next layer's q/k/v on the input norm, in one buffer), so
+     * the contents must match too */
+    const uint64_t hash = XXH3_64bits(x, (size_t)(n * w->cols) * sizeof(float));
+    bool same = x == a->last_x && n == a->last_n && w->cols == a->last_cols && hash == a->last_hash;
     int prev = a->last_slot;
     a->last_x = x;
     a->last_n = n;
     a->last_cols = w->cols;
+    a->last_hash = hash;
     a->last_slot = k;
     if (k < 0)
         return; /* not a walked module (a tied lm_head, the embedding's view) */
     hslot *s = &a->s[k];
+    const int proot = prev >= 0 ? (a->s[prev].alias >= 0 ? a->s[prev].alias : prev) : -1;
     if (!s->seen) {
         s->seen = true;
-        if (same && prev >= 0 && prev != k) {
-            int root = a->s[prev].alias >= 0 ? a->s[prev].alias : prev;
-            s->alias = root;
-        }
+        if (same && prev >= 0 && prev != k)
+            s->alias = proot;
+    } else if (s->alias >= 0 && !(same && proot == s->alias)) {
+        a->st = mk_err(MK_E_INTERNAL, "profile --hessian: a module taken to share its input with the one "
+                                      "before it was later multiplied by another input");
+        return;
     }
-    if (s->alias >= 0) {
+    if (a->pass == 0)
         s->tokens += n;
-        return; /* its root accumulates the same rows */
-    }
+    if ((size_t)k < a->lo || (size_t)k >= a->hi || shares(a, s))
+        return; /* not this pass's, or its root accumulates the same rows */
     const int64_t C = s->cols;
     if (!s->h) {
         s->h = mk_calloc((size_t)(C * C), sizeof(double));
@@ -107,6 +142,8 @@ static void on_linear(void *user, const mk_wt *w, const float *x, int64_t n) {
                            (long long)C, (long long)C);
             return;
         }
+        a->held += (uint64_t)(C * C) * 8u;
+        a->peak = a->held > a->peak ? a->held : a->peak;
     }
     double *h = s->h;
     for (int64_t t = 0; t < n; t++) {
@@ -120,7 +157,6 @@ static void on_linear(void *user, const mk_wt *w, const float *x, int64_t n) {
                 hi[j] += xi * (double)xt[j];
         }
     }
-    s->tokens += n;
 }
 
 static void hacc_free(hacc *a) {
@@ -155,21 +191,16 @@ static mk_status hacc_init(hacc *a, const mk_prof_mod *mods, size_t n) {
     return MK_OK;
 }
 
-static mk_status write_file(const hacc *a, const mk_prof_mod *mods, size_t nmods, const char *path,
-                            bool replace, size_t *written) {
+/* The file's header: one tensor per slot that received tokens, in slot
+ * (walk) order, which is also the order the passes append their data. */
+static mk_status write_header(const hacc *a, const mk_prof_mod *mods, size_t nmods, const int *slot_of,
+                              const char *path, mk_outfile *of) {
     json_t *hdr = json_object(), *meta = json_object();
     mk_status st = hdr && meta ? MK_OK : mk_err(MK_E_NOMEM, "%s: no memory for the header", path);
     uint64_t off = 0;
-    /* slots follow the walk's order; map each module to its slot */
-    size_t k = 0;
-    int *slot_of = mk_calloc(nmods ? nmods : 1, sizeof(int));
-    if (!slot_of && st == MK_OK)
-        st = mk_err(MK_E_NOMEM, "%s: no memory for the module index", path);
     for (size_t i = 0; st == MK_OK && i < nmods; i++) {
-        slot_of[i] = -1;
-        if (mods[i].streamed)
+        if (slot_of[i] < 0)
             continue;
-        slot_of[i] = (int)k++;
         const hslot *s = &a->s[slot_of[i]];
         if (!s->tokens)
             continue;
@@ -190,46 +221,77 @@ static mk_status write_file(const hacc *a, const mk_prof_mod *mods, size_t nmods
     char *txt = st == MK_OK ? json_dumps(hdr, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
     if (st == MK_OK && !txt)
         st = mk_err(MK_E_NOMEM, "%s: no memory for the header", path);
-    mk_outfile of = {0};
-    bool open = false;
-    if (st == MK_OK)
-        open = (st = mk_outfile_open(&of, path, replace)) == MK_OK;
     if (st == MK_OK) {
         size_t hl = strlen(txt), pad = (8 - hl % 8) % 8;
         uint64_t n8 = hl + pad;
         unsigned char le[8];
         for (int b = 0; b < 8; b++)
             le[b] = (unsigned char)(n8 >> (8 * b));
-        if (fwrite(le, 1, 8, of.f) != 8 || fwrite(txt, 1, hl, of.f) != hl || fwrite("        ", 1, pad, of.f) != pad)
+        if (fwrite(le, 1, 8, of->f) != 8 || fwrite(txt, 1, hl, of->f) != hl ||
+            fwrite("        ", 1, pad, of->f) != pad)
             st = mk_err(MK_E_IO, "%s: cannot write the header", path);
     }
+    free(txt);
+    json_decref(meta);
+    json_decref(hdr);
+    return st;
+}
+
+/* Append the tensors of this pass's slots [a->lo, a->hi) (those that
+ * received tokens), then free their accumulators. */
+static mk_status write_pass(hacc *a, const mk_prof_mod *mods, size_t nmods, const int *slot_of, const char *path,
+                            mk_outfile *of, size_t *written) {
+    mk_status st = MK_OK;
     float *row = NULL;
-    *written = 0;
     for (size_t i = 0; st == MK_OK && i < nmods; i++) {
-        if (slot_of[i] < 0 || !a->s[slot_of[i]].tokens)
+        if (slot_of[i] < 0 || (size_t)slot_of[i] < a->lo || (size_t)slot_of[i] >= a->hi ||
+            !a->s[slot_of[i]].tokens)
             continue;
         const hslot *s = &a->s[slot_of[i]];
-        const hslot *r = s->alias >= 0 ? &a->s[s->alias] : s;
+        const hslot *r = shares(a, s) ? &a->s[s->alias] : s;
         const int64_t C = s->cols;
+        if (!r->h) {
+            st = mk_err(MK_E_INTERNAL, "profile --hessian: module '%s' received tokens but no accumulator",
+                        mods[i].name);
+            break;
+        }
         free(row);
         if (!(row = mk_malloc((size_t)C * sizeof(float))))
             st = mk_err(MK_E_NOMEM, "%s: no memory for a row of %lld floats", path, (long long)C);
         for (int64_t x = 0; st == MK_OK && x < C; x++) {
             for (int64_t y = 0; y < C; y++)
-                row[y] = (float)((x <= y ? r->h[x * C + y] : r->h[y * C + x]) / (double)r->tokens);
-            if (fwrite(row, sizeof(float), (size_t)C, of.f) != (size_t)C)
+                row[y] = (float)((x <= y ? r->h[x * C + y] : r->h[y * C + x]) / (double)s->tokens);
+            if (fwrite(row, sizeof(float), (size_t)C, of->f) != (size_t)C)
                 st = mk_err(MK_E_IO, "%s: cannot write module '%s'", path, mods[i].name);
         }
         *written += st == MK_OK;
     }
     free(row);
-    if (open)
-        st = st == MK_OK ? mk_outfile_commit(&of) : (mk_outfile_abort(&of), st);
-    free(txt);
-    free(slot_of);
-    json_decref(meta);
-    json_decref(hdr);
+    for (size_t k = a->lo; k < a->hi; k++)
+        if (a->s[k].h) {
+            free(a->s[k].h);
+            a->s[k].h = NULL;
+            a->held -= (uint64_t)(a->s[k].cols * a->s[k].cols) * 8u;
+        }
     return st;
+}
+
+/* The end of the pass starting at slot lo: as many slots as fit the budget
+ * (at least one), each counted 8 * cols^2 unless it shares an accumulator
+ * with an earlier slot of the pass (known only after the first pass). */
+static size_t plan_pass(const hacc *a, size_t lo, uint64_t budget) {
+    uint64_t used = 0;
+    size_t k = lo;
+    for (; k < a->n; k++) {
+        const hslot *s = &a->s[k];
+        uint64_t c = (uint64_t)(s->cols * s->cols) * 8u;
+        if (a->pass > 0 && (!s->tokens || (s->alias >= 0 && (size_t)s->alias >= lo && (size_t)s->alias < k)))
+            c = 0; /* no tokens (nothing to hold) or shares an earlier slot's */
+        if (used + c > budget && k > lo)
+            break;
+        used += c;
+    }
+    return k;
 }
 
 mk_status mk_prof_hessian(const mk_model *m, const int32_t *ids, int64_t n, const mk_prof_opts *o,
@@ -239,11 +301,29 @@ mk_status mk_prof_hessian(const mk_model *m, const int32_t *ids, int64_t n, cons
     if (o->store)
         return mk_err(MK_E_ARG, "profile --hessian: experts must be resident (the second moments of "
                                 "streamed experts are not supported yet)");
+    const uint64_t budget = o->hess_budget ? o->hess_budget : UINT64_MAX;
     mk_prof_mod *mods = NULL;
     size_t nm = 0;
     MK_TRY(mk_prof_walk(m, &mods, &nm));
     hacc a;
     mk_status st = hacc_init(&a, mods, nm);
+    int *slot_of = mk_calloc(nm ? nm : 1, sizeof(int));
+    if (st == MK_OK && !slot_of)
+        st = mk_err(MK_E_NOMEM, "profile --hessian: no memory for the module index");
+    for (size_t i = 0, k = 0; st == MK_OK && i < nm; i++)
+        slot_of[i] = mods[i].streamed ? -1 : (int)k++;
+    for (size_t k = 0; st == MK_OK && k < a.n; k++) /* a module alone over the budget: refused before any work */
+        if ((uint64_t)(a.s[k].cols * a.s[k].cols) * 8u > budget) {
+            const char *name = "?";
+            for (size_t i = 0; i < nm; i++)
+                if (slot_of[i] == (int)k)
+                    name = mods[i].name;
+            st = mk_err(MK_E_ARG,
+                        "profile --hessian: module '%s' needs %llu bytes of accumulator (8 x %lld^2), more "
+                        "than the second-moment memory bound of %llu bytes",
+                        name, (unsigned long long)((uint64_t)(a.s[k].cols * a.s[k].cols) * 8u),
+                        (long long)a.s[k].cols, (unsigned long long)budget);
+        }
     mk_engine *e = NULL;
     float *logits = NULL;
     const int64_t V = m->cfg.vocab_size, nw = n / o->window;
@@ -255,38 +335,54 @@ mk_status mk_prof_hessian(const mk_model *m, const int32_t *ids, int64_t n, cons
     if (st == MK_OK && !(logits = mk_malloc((size_t)(o->window * V) * sizeof(float))))
         st = mk_err(MK_E_NOMEM, "profile --hessian: no memory for %lld x %lld logits", (long long)o->window,
                     (long long)V);
-    for (int64_t w = 0; st == MK_OK && w < nw; w++) {
-        mk_engine_reset(e);
-        a.last_x = NULL;
-        st = mk_engine_forward(e, ids + w * o->window, o->window, MK_LOGITS_ALL, logits, NULL);
+    mk_outfile of = {0};
+    bool open = false;
+    size_t written = 0, distinct = 0, seen = 0;
+    uint64_t one_pass = 0;
+    for (a.lo = 0; st == MK_OK && a.lo < a.n; a.lo = a.hi, a.pass++) {
+        a.hi = plan_pass(&a, a.lo, budget);
+        for (int64_t w = 0; st == MK_OK && w < nw; w++) {
+            mk_engine_reset(e);
+            a.last_x = NULL;
+            st = mk_engine_forward(e, ids + w * o->window, o->window, MK_LOGITS_ALL, logits, NULL);
+            if (st == MK_OK)
+                st = a.st;
+            if (st == MK_OK && o->progress)
+                o->progress(o->progress_user, "hessian", w + 1, nw);
+        }
+        for (size_t k = a.lo; st == MK_OK && k < a.hi; k++)
+            if (a.s[k].h) {
+                distinct++;
+                one_pass += (uint64_t)(a.s[k].cols * a.s[k].cols) * 8u;
+            }
+        if (st == MK_OK && a.pass == 0) { /* token counts are complete: the header */
+            for (size_t k = 0; k < a.n; k++)
+                seen += a.s[k].tokens > 0;
+            if (!seen)
+                st = mk_err(MK_E_INTERNAL, "profile --hessian: the engine multiplied by none of the %zu modules",
+                            a.n);
+            if (st == MK_OK)
+                open = (st = mk_outfile_open(&of, path, replace)) == MK_OK;
+            if (st == MK_OK)
+                st = write_header(&a, mods, nm, slot_of, path, &of);
+        }
         if (st == MK_OK)
-            st = a.st;
-        if (st == MK_OK && o->progress)
-            o->progress(o->progress_user, "hessian", w + 1, nw);
+            st = write_pass(&a, mods, nm, slot_of, path, &of, &written);
     }
+    if (open)
+        st = st == MK_OK ? mk_outfile_commit(&of) : (mk_outfile_abort(&of), st);
     mk_engine_free(e);
     free(logits);
-    size_t written = 0;
-    uint64_t bytes = 0;
-    size_t distinct = 0, seen = 0;
-    for (size_t i = 0; i < a.n; i++) {
-        seen += a.s[i].tokens > 0;
-        if (a.s[i].h) {
-            distinct++;
-            bytes += (uint64_t)(a.s[i].cols * a.s[i].cols) * 8u;
-        }
-    }
-    if (st == MK_OK && !seen)
-        st = mk_err(MK_E_INTERNAL, "profile --hessian: the engine multiplied by none of the %zu modules", a.n);
-    if (st == MK_OK)
-        st = write_file(&a, mods, nm, path, replace, &written);
     if (st == MK_OK && info) {
         info->modules = written;
         info->distinct = distinct;
         info->unreached = a.n - seen;
-        info->accum_bytes = bytes;
+        info->accum_bytes = one_pass;
+        info->peak_bytes = a.peak;
+        info->passes = a.pass;
         info->tokens = nw * o->window;
     }
+    free(slot_of);
     hacc_free(&a);
     mk_prof_walk_free(mods, nm);
     return st;

@@ -25,7 +25,7 @@
 #include "moekit/quant_opt.h"
 #include "quant/quant_impl.h"
 
-static const char *const k_names[] = {"rtn", "mse", "gptq", "gptq-mse", "gptq-act"};
+static const char *const k_names[] = {"rtn", "mse", "gptq", "gptq-mse", "gptq-act", "gptq-opt"};
 
 const char *mk_qalgo_name(mk_qalgo m) {
     return (unsigned)m < sizeof k_names / sizeof *k_names ? k_names[m] : NULL;
@@ -37,13 +37,13 @@ mk_status mk_qalgo_parse(const char *s, mk_qalgo *out) {
             *out = (mk_qalgo)i;
             return MK_OK;
         }
-    return mk_err(MK_E_ARG, "quantization method '%s': expected rtn, mse, gptq, gptq-mse or gptq-act", s ? s : "(null)");
+    return mk_err(MK_E_ARG, "quantization method '%s': expected rtn, mse, gptq, gptq-mse, gptq-act or gptq-opt", s ? s : "(null)");
 }
 
 int mk_qalgo_needs_stats(mk_qalgo m) { return m != MK_QALGO_RTN; }
 
 static bool is_gptq(mk_qalgo m) {
-    return m == MK_QALGO_GPTQ || m == MK_QALGO_GPTQ_MSE || m == MK_QALGO_GPTQ_ACT;
+    return m == MK_QALGO_GPTQ || m == MK_QALGO_GPTQ_MSE || m == MK_QALGO_GPTQ_ACT || m == MK_QALGO_GPTQ_OPT;
 }
 
 /* Sort keys (descending weight, then ascending index) packed in one
@@ -59,6 +59,7 @@ void mk_qstats_free(mk_qstats *s) {
     free(s->imp);
     free(s->u);
     free(s->perm);
+    free(s->h);
     memset(s, 0, sizeof *s);
 }
 
@@ -194,6 +195,23 @@ mk_status mk_qstats_prepare(const float *h, int64_t cols, mk_qalgo m, double dam
         mk_qstats_free(out);
         return mk_err(MK_E_FORMAT, "%s: the input second moments are not positive definite even damped by %g",
                       nm, dmp / 10);
+    }
+    if (m == MK_QALGO_GPTQ_OPT) { /* the damped H itself: the objective the refit minimises */
+        const double used = dmp / 10; /* the loop's increment ran once more after success */
+        if (!(out->h = mk_malloc(n * n * sizeof(float)))) {
+            free(a);
+            free(inv);
+            mk_qstats_free(out);
+            return mk_err(MK_E_NOMEM, "%s: no memory for a %lld x %lld second-moment matrix", nm,
+                          (long long)cols, (long long)cols);
+        }
+        for (size_t i = 0; i < n; i++)
+            for (size_t j = 0; j < n; j++) {
+                double v = h[i * n + j];
+                if (i == j)
+                    v = (v > 0 ? v : mean) + used * mean;
+                out->h[i * n + j] = (float)v;
+            }
     }
     chol_inverse(a, cols, inv);
     if (!chol_lower(inv, cols)) { /* inv = M M^T, U = M^T */
@@ -382,12 +400,244 @@ static void act_row(const gfit *f, const mk_qstats *s, const float *w, float *wp
     }
 }
 
+/* GPTQ over one row w (updated in place: on return it holds the
+ * error-compensated targets, not the original row), codes[] out. fixed:
+ * gsc/gbi are given (every group's scale and bias); else each group's is
+ * fitted when its first column is reached (search: the mse search, else
+ * MLX's min/max rule) and written to gsc/gbi. */
+static void gptq_row(const gfit *f, const mk_qstats *s, float *w, bool search, bool fixed, float *gsc, float *gbi,
+                     uint32_t *codes, int64_t ng) {
+    const int64_t cols = s->cols;
+    uint32_t q[MK_Q_MAX_GROUP];
+    for (int64_t g = 0; g < ng; g++) {
+        const int64_t c0 = g * f->G;
+        if (!fixed)
+            fit_group(f, w + c0, s->imp + c0, search, &gsc[g], &gbi[g], q); /* the group's s, b fixed here */
+        const float gs = gsc[g], gb = gbi[g];
+        for (int j = 0; j < f->G; j++) {
+            const int64_t i = c0 + j;
+            const float *ui = s->u + (size_t)i * (size_t)cols;
+            float c = mk_q_rint((w[i] - gb) / gs);
+            c = c < 0 ? 0 : c > f->nmax ? f->nmax : c;
+            float r0 = w[i] - (gs * c + gb);
+            for (int k = -1; k <= 1; k += 2) { /* nearest code, exactly */
+                float c2 = c + (float)k;
+                float r2 = w[i] - (gs * c2 + gb);
+                if (c2 >= 0 && c2 <= f->nmax && fabsf(r2) < fabsf(r0)) {
+                    c = c2;
+                    r0 = r2;
+                }
+            }
+            codes[i] = (uint32_t)c;
+            const float e = r0 / ui[i];
+            for (int64_t k = i + 1; k < cols; k++)
+                w[k] -= e * ui[k];
+        }
+    }
+}
+
+/* The output error of a quantized row against the original w0 under the
+ * damped H: r^T H r with r = w0 - (s q + b) as a reader dequantizes it. */
+static double row_err(const gfit *f, const mk_qstats *s, const float *w0, const float *gsc, const float *gbi,
+                      const uint32_t *codes, double *r) {
+    const int64_t n = s->cols;
+    for (int64_t i = 0; i < n; i++) {
+        const int64_t g = i / f->G;
+        r[i] = (double)w0[i] - (double)(gsc[g] * (float)codes[i] + gbi[g]);
+    }
+    double e = 0;
+    for (int64_t i = 0; i < n; i++) {
+        const float *hi = s->h + (size_t)i * (size_t)n;
+        double v = 0;
+        for (int64_t j = 0; j < n; j++)
+            v += (double)hi[j] * r[j];
+        e += r[i] * v;
+    }
+    return e;
+}
+
+/* Doubles of opt_row's scratch. */
+static size_t opt_scratch(int64_t cols, int64_t ng) {
+    return 4 * (size_t)ng + 4 * (size_t)ng * (size_t)ng + 2 * (size_t)cols; /* t, y; normal matrix; r, hr */
+}
+
+/* Every group's scale and bias of one row refitted jointly, codes fixed,
+ * by least squares on the output error: minimise (w0 - A t)^T H (w0 - A t)
+ * over t = (s_0, b_0, s_1, b_1, ...), where column (g, 0) of A holds the
+ * codes of group g and column (g, 1) its ones: the normal equations
+ * (A^T H A) t = A^T H w0, 2 ng unknowns, cols^2 work to form. The result is
+ * rounded to the stored dtype. false (gsc/gbi untouched) when the system
+ * is singular or a scale comes out zero or not finite. */
+static bool refit_row(const gfit *f, const mk_qstats *s, const float *w0, const uint32_t *codes, int64_t ng,
+                      float *gsc, float *gbi, double *ws) {
+    const int64_t n = s->cols, m = 2 * ng;
+    double *t = ws, *nrm = ws + m, *y = nrm + m * m;
+    memset(nrm, 0, (size_t)(m * m) * sizeof(double));
+    memset(y, 0, (size_t)m * sizeof(double));
+    for (int64_t i = 0; i < n; i++) {
+        const float *hi = s->h + (size_t)i * (size_t)n;
+        double hw = 0;
+        for (int64_t g = 0; g < ng; g++) {
+            double t0 = 0, t1 = 0;
+            for (int64_t j = g * f->G; j < (g + 1) * f->G; j++) {
+                t0 += (double)hi[j] * (double)codes[j];
+                t1 += hi[j];
+                hw += (double)hi[j] * (double)w0[j];
+            }
+            t[2 * g] = t0;
+            t[2 * g + 1] = t1;
+        }
+        const int64_t gi = i / f->G;
+        const double qi = codes[i];
+        double *n0 = nrm + (2 * gi) * m, *n1 = n0 + m;
+        for (int64_t k = 0; k < m; k++) {
+            n0[k] += qi * t[k];
+            n1[k] += t[k];
+        }
+        y[2 * gi] += qi * hw;
+        y[2 * gi + 1] += hw;
+    }
+    double tr = 0;
+    for (int64_t k = 0; k < m; k++)
+        tr += nrm[k * m + k];
+    if (!(tr > 0) || !isfinite(tr))
+        return false;
+    for (int64_t k = 0; k < m; k++) /* a group whose codes are all equal leaves its scale free */
+        nrm[k * m + k] += 1e-9 * tr / (double)m;
+    if (!chol_lower(nrm, m))
+        return false;
+    for (int64_t i = 0; i < m; i++) { /* L z = y, then L^T t = z */
+        double v = y[i];
+        for (int64_t k = 0; k < i; k++)
+            v -= nrm[i * m + k] * y[k];
+        y[i] = v / nrm[i * m + i];
+    }
+    for (int64_t i = m - 1; i >= 0; i--) {
+        double v = y[i];
+        for (int64_t k = i + 1; k < m; k++)
+            v -= nrm[k * m + i] * y[k];
+        y[i] = v / nrm[i * m + i];
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        const float sc = mk_q_round_to(f->dt, (float)y[2 * g]), bi = mk_q_round_to(f->dt, (float)y[2 * g + 1]);
+        if (!(sc != 0) || !isfinite(sc) || !isfinite(bi))
+            return false;
+    }
+    for (int64_t g = 0; g < ng; g++) {
+        gsc[g] = mk_q_round_to(f->dt, (float)y[2 * g]);
+        gbi[g] = mk_q_round_to(f->dt, (float)y[2 * g + 1]);
+    }
+    return true;
+}
+
+#define OPT_ROUNDS 4 /* refit / re-round alternations at most */
+#define CD_SWEEPS 4  /* coordinate-descent passes over a row's codes at most */
+
+/* Coordinate descent on the codes of one row, scales and biases fixed: each
+ * code in turn moved by one step down or up when that lowers r^T H r
+ * exactly (the change d of one weight changes it by -2 d (H r)_i +
+ * d^2 H_ii; H r is kept up to date, cols work per move). Returns the
+ * output error after. r and hr: cols doubles of scratch, r = w0 - w^ and
+ * hr = H r on entry (row_err's r; hr computed here). */
+static double cd_row(const gfit *f, const mk_qstats *s, const float *gsc, const float *gbi, uint32_t *codes,
+                     double e, double *r, double *hr) {
+    const int64_t n = s->cols;
+    for (int64_t i = 0; i < n; i++) {
+        const float *hi = s->h + (size_t)i * (size_t)n;
+        double v = 0;
+        for (int64_t j = 0; j < n; j++)
+            v += (double)hi[j] * r[j];
+        hr[i] = v;
+    }
+    for (int sweep = 0; sweep < CD_SWEEPS; sweep++) {
+        int64_t moved = 0;
+        for (int64_t i = 0; i < n; i++) {
+            const int64_t g = i / f->G;
+            const float sc = gsc[g], bi = gbi[g], c = (float)codes[i], now = sc * c + bi;
+            const double hii = s->h[(size_t)i * (size_t)n + (size_t)i];
+            double bestd = 0, bestde = 0;
+            float bestc = c;
+            for (int k = -1; k <= 1; k += 2) {
+                const float c2 = c + (float)k;
+                if (c2 < 0 || c2 > f->nmax)
+                    continue;
+                const double d = (double)(sc * c2 + bi) - (double)now; /* the weight's change */
+                const double de = -2 * d * hr[i] + d * d * hii;
+                if (de < bestde) {
+                    bestde = de;
+                    bestd = d;
+                    bestc = c2;
+                }
+            }
+            if (bestc == c)
+                continue;
+            codes[i] = (uint32_t)bestc;
+            r[i] -= bestd;
+            e += bestde;
+            const float *hcol = s->h + (size_t)i * (size_t)n; /* H symmetric: row i is column i */
+            for (int64_t j = 0; j < n; j++)
+                hr[j] -= bestd * (double)hcol[j];
+            moved++;
+        }
+        if (!moved)
+            break;
+    }
+    return e;
+}
+
+/* gptq-opt on one row w0 (not modified): gptq-mse, then its codes improved
+ * by coordinate descent (cd_row), then alternately every scale and bias
+ * refitted by least squares on the output error with the codes fixed
+ * (refit_row) and the codes re-chosen (the better of the current codes and
+ * a GPTQ pass from w0 with those scales and biases fixed, each improved by
+ * coordinate descent), ending on a refit (the last round's, or the one
+ * that no longer helped). A step is kept only when it lowers the output
+ * error r^T H r, so the result is never worse than gptq-mse's by that
+ * measure.
+ * Scratch: wp cols floats, ws opt_scratch doubles, tc cols codes, ts 2 ng
+ * floats. */
+static void opt_row(const gfit *f, const mk_qstats *s, const float *w0, float *wp, float *gsc, float *gbi,
+                    uint32_t *codes, int64_t ng, double *ws, uint32_t *tc, float *ts) {
+    const int64_t cols = s->cols;
+    float *tb = ts + ng;
+    double *r = ws + opt_scratch(cols, ng) - 2 * (size_t)cols, *hr = r + cols; /* the tail; refit_row: head */
+    memcpy(wp, w0, (size_t)cols * sizeof(float));
+    gptq_row(f, s, wp, true, false, gsc, gbi, codes, ng);
+    double best = row_err(f, s, w0, gsc, gbi, codes, r);
+    best = cd_row(f, s, gsc, gbi, codes, best, r, hr);
+    for (int round = 0; round < OPT_ROUNDS; round++) {
+        memcpy(ts, gsc, (size_t)ng * sizeof(float));
+        memcpy(tb, gbi, (size_t)ng * sizeof(float));
+        if (!refit_row(f, s, w0, codes, ng, ts, tb, ws))
+            break;
+        double e = row_err(f, s, w0, ts, tb, codes, r);
+        if (!(e < best))
+            break;
+        memcpy(gsc, ts, (size_t)ng * sizeof(float));
+        memcpy(gbi, tb, (size_t)ng * sizeof(float));
+        best = cd_row(f, s, gsc, gbi, codes, e, r, hr); /* the current codes under the new scales */
+        memcpy(wp, w0, (size_t)cols * sizeof(float));
+        gptq_row(f, s, wp, false, true, gsc, gbi, tc, ng);
+        e = row_err(f, s, w0, gsc, gbi, tc, r);
+        e = cd_row(f, s, gsc, gbi, tc, e, r, hr);
+        if (e < best) {
+            best = e;
+            memcpy(codes, tc, (size_t)cols * sizeof *codes);
+        }
+        if (round == OPT_ROUNDS - 1 && refit_row(f, s, w0, codes, ng, ts, tb, ws) &&
+            row_err(f, s, w0, ts, tb, codes, r) < best) { /* end on a refit: the scales fit the final codes */
+            memcpy(gsc, ts, (size_t)ng * sizeof(float));
+            memcpy(gbi, tb, (size_t)ng * sizeof(float));
+        }
+    }
+}
+
 mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s, mk_dtype in_dt,
                             const void *in, int64_t rows, int64_t cols, void *wq, void *scales,
                             void *biases) {
     if (m == MK_QALGO_RTN)
         return mk_quant_rows(p, in_dt, in, rows, cols, wq, scales, biases);
-    if (!p || p->mode != MK_QMODE_AFFINE || (unsigned)m > MK_QALGO_GPTQ_ACT)
+    if (!p || p->mode != MK_QMODE_AFFINE || (unsigned)m > MK_QALGO_GPTQ_OPT)
         return mk_err(MK_E_ARG, "calibrated quantization (%s) works on affine mode only",
                       mk_qalgo_name(m) ? mk_qalgo_name(m) : "?");
     mk_quant_layout L;
@@ -397,7 +647,7 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
     if (s && s->cols != cols)
         return mk_err(MK_E_ARG, "calibration statistics for %lld inputs given to a module of %lld",
                       (long long)s->cols, (long long)cols);
-    if (is_gptq(m) && (!s || !s->u))
+    if (is_gptq(m) && (!s || !s->u || (m == MK_QALGO_GPTQ_OPT && !s->h) || (m == MK_QALGO_GPTQ_ACT && !s->perm)))
         return mk_err(MK_E_ARG, "%s needs prepared input statistics (mk_qstats_prepare with that method)",
                       mk_qalgo_name(m));
     const gfit f = {.G = p->group, .bits = p->bits, .nmax = (float)((1 << p->bits) - 1), .dt = in_dt};
@@ -405,10 +655,17 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
     float *w = mk_malloc((size_t)cols * sizeof(float) * 3), *wp = w + cols;
     float *gsc = mk_malloc((size_t)ng * sizeof(float) * 2), *gbi = gsc ? gsc + ng : NULL;
     uint32_t *codes = mk_malloc((size_t)cols * sizeof(uint32_t));
-    if (!w || !gsc || !codes) {
+    const bool opt = m == MK_QALGO_GPTQ_OPT;
+    double *ws = opt ? mk_malloc(opt_scratch(cols, ng) * sizeof(double)) : NULL;
+    uint32_t *tc = opt ? mk_malloc((size_t)cols * sizeof(uint32_t)) : NULL;
+    float *ts = opt ? mk_malloc((size_t)ng * 2 * sizeof(float)) : NULL;
+    if (!w || !gsc || !codes || (opt && (!ws || !tc || !ts))) {
+        free(tc);
+        free(ts);
         free(w);
         free(gsc);
         free(codes);
+        free(ws);
         return mk_err(MK_E_NOMEM, "no memory for a row of %lld floats", (long long)cols);
     }
     const unsigned char *src = in;
@@ -423,12 +680,15 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
                 free(w);
                 free(gsc);
                 free(codes);
+                free(ws);
+                free(tc);
+                free(ts);
                 return mk_err(MK_E_FORMAT, "row %lld holds a non-finite value at column %lld", (long long)r,
                               (long long)c);
             }
         uint32_t q[MK_Q_MAX_GROUP];
-        float gs, gb;
         if (!is_gptq(m)) {
+            float gs, gb;
             for (int64_t g = 0; g < ng; g++) {
                 fit_group(&f, w + g * f.G, s ? s->imp + g * f.G : NULL, true, &gs, &gb, q);
                 store_group(&f, g, gs, gb, q, wr, sr, br);
@@ -444,34 +704,23 @@ mk_status mk_quant_rows_opt(const mk_qparams *p, mk_qalgo m, const mk_qstats *s,
             }
             continue;
         }
-        const bool search = m == MK_QALGO_GPTQ_MSE;
+        if (m == MK_QALGO_GPTQ_OPT) {
+            opt_row(&f, s, w, wp, gsc, gbi, codes, ng, ws, tc, ts);
+        } else {
+            memcpy(wp, w, (size_t)cols * sizeof(float));
+            gptq_row(&f, s, wp, m == MK_QALGO_GPTQ_MSE, false, gsc, gbi, codes, ng);
+        }
         for (int64_t g = 0; g < ng; g++) {
-            const int64_t c0 = g * f.G;
-            fit_group(&f, w + c0, s->imp + c0, search, &gs, &gb, q); /* the group's s, b fixed here */
-            for (int j = 0; j < f.G; j++) {
-                const int64_t i = c0 + j;
-                const float *ui = s->u + (size_t)i * (size_t)cols;
-                float c = mk_q_rint((w[i] - gb) / gs);
-                c = c < 0 ? 0 : c > f.nmax ? f.nmax : c;
-                float r0 = w[i] - (gs * c + gb);
-                for (int k = -1; k <= 1; k += 2) { /* nearest code, exactly */
-                    float c2 = c + (float)k;
-                    float r2 = w[i] - (gs * c2 + gb);
-                    if (c2 >= 0 && c2 <= f.nmax && fabsf(r2) < fabsf(r0)) {
-                        c = c2;
-                        r0 = r2;
-                    }
-                }
-                q[j] = (uint32_t)c;
-                const float e = r0 / ui[i];
-                for (int64_t k = i + 1; k < cols; k++)
-                    w[k] -= e * ui[k];
-            }
-            store_group(&f, g, gs, gb, q, wr, sr, br);
+            for (int j = 0; j < f.G; j++)
+                q[j] = codes[g * f.G + j];
+            store_group(&f, g, gsc[g], gbi[g], q, wr, sr, br);
         }
     }
     free(w);
     free(gsc);
     free(codes);
+    free(ws);
+    free(tc);
+    free(ts);
     return MK_OK;
 }

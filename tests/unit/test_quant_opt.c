@@ -10,6 +10,11 @@
  *     leaves gptq at or above RTN: the bar is half of RTN's error);
  *   - mse never has a larger H-diagonal-weighted weight error than RTN in
  *     any row (MLX's fit is among its candidates);
+ *   - gptq-opt (codes by coordinate descent, scales and biases refitted by
+ *     least squares on the output error, codes re-chosen) has in no row a larger damped output error
+ *     (r^T (H + damp) r, computed here) than gptq-mse, and in total a
+ *     much smaller one (0.46 of it; the refit alone gives 0.63, the
+ *     descent alone more than 0.55: the bar is 0.55);
  *   - the outputs are MLX's layout (mk_dequant_rows reads them; codes in
  *     range by construction of the packing) and rows are independent:
  *     quantizing in two chunks gives the same bytes as one call. */
@@ -277,13 +282,160 @@ static void test_mse_never_worse(void **st) {
     free_layer(&L);
 }
 
+/* bf16 weights (scales and biases stored in bf16, as checkpoints hold
+ * them): gptq-opt against gptq-mse row by row under the damped H. */
+static void test_gptq_opt(void **st) {
+    (void)st;
+    layer L;
+    make_layer(&L);
+    uint16_t *wb = malloc(sizeof(uint16_t) * ROWS * COLS);
+    float *wf = malloc(sizeof(float) * ROWS * COLS);
+    for (int i = 0; i < ROWS * COLS; i++) {
+        wb[i] = mk_f32_to_bf16(L.w[i]);
+        wf[i] = mk_bf16_to_f32(wb[i]);
+    }
+    double mean = 0;
+    for (int i = 0; i < COLS; i++)
+        mean += L.h[i * COLS + i];
+    mean /= COLS;
+    mk_qparams p;
+    assert_int_equal(mk_quant_params(MK_QMODE_AFFINE, 4, 64, 0, &p), MK_OK);
+    mk_quant_layout lay;
+    assert_int_equal(mk_quant_layout_of(&p, MK_DT_BF16, COLS, &lay), MK_OK);
+    const mk_qalgo ms[2] = {MK_QALGO_GPTQ_MSE, MK_QALGO_GPTQ_OPT};
+    float *deq[2];
+    for (int k = 0; k < 2; k++) {
+        mk_qstats s;
+        assert_int_equal(mk_qstats_prepare(L.h, COLS, ms[k], MK_QOPT_DAMP, "syn", &s), MK_OK);
+        if (k)
+            assert_non_null(s.h);
+        else
+            assert_null(s.h);
+        unsigned char *wq = malloc(ROWS * lay.wq_row_bytes), *sc = malloc(ROWS * lay.scale_row_bytes),
+                      *bi = malloc(ROWS * lay.bias_row_bytes);
+        deq[k] = malloc(sizeof(float) * ROWS * COLS);
+        assert_int_equal(mk_quant_rows_opt(&p, ms[k], &s, MK_DT_BF16, wb, ROWS, COLS, wq, sc, bi), MK_OK);
+        assert_int_equal(mk_dequant_rows(&p, MK_DT_BF16, wq, sc, bi, ROWS, COLS, MK_DT_F32, deq[k]), MK_OK);
+        free(wq);
+        free(sc);
+        free(bi);
+        mk_qstats_free(&s);
+    }
+    double tot[2] = {0, 0};
+    double *rr = malloc(sizeof(double) * COLS);
+    for (int r = 0; r < ROWS; r++) {
+        double e[2];
+        for (int k = 0; k < 2; k++) {
+            for (int c = 0; c < COLS; c++)
+                rr[c] = (double)wf[r * COLS + c] - deq[k][r * COLS + c];
+            e[k] = 0;
+            for (int i = 0; i < COLS; i++)
+                for (int j = 0; j < COLS; j++)
+                    e[k] += rr[i] * rr[j] * ((double)L.h[i * COLS + j] + (i == j ? MK_QOPT_DAMP * mean : 0));
+            tot[k] += e[k];
+        }
+        if (e[1] > e[0] * (1 + 1e-4))
+            fail_msg("row %d: gptq-opt output error %g above gptq-mse's %g", r, e[1], e[0]);
+    }
+    free(rr);
+    print_message("damped output error: gptq-mse %.4g, gptq-opt %.4g (%.3f)\n", tot[0], tot[1], tot[1] / tot[0]);
+    /* the refit alone reaches 0.63 of gptq-mse's error here, with the
+     * coordinate descent 0.46: either one broken or skipped misses 0.55 */
+    if (!(tot[1] < 0.55 * tot[0]))
+        fail_msg("gptq-opt output error %g not below 0.55 of gptq-mse's %g", tot[1], tot[0]);
+    free(deq[0]);
+    free(deq[1]);
+    free(wb);
+    free(wf);
+    free_layer(&L);
+}
+
+/* gptq-opt ends on the joint refit: for the codes it returns, its scales
+ * and biases are the least-squares optimum of the damped output error,
+ * solved here in double from the returned codes (float32 weights, so the
+ * stored scales round only to float). Without the refit they are the
+ * per-group search's, which ignores the coupling between groups. */
+static void test_gptq_opt_refit(void **st) {
+    (void)st;
+    layer L;
+    make_layer(&L);
+    double mean = 0;
+    for (int i = 0; i < COLS; i++)
+        mean += L.h[i * COLS + i];
+    mean /= COLS;
+    mk_qparams p;
+    assert_int_equal(mk_quant_params(MK_QMODE_AFFINE, 4, 64, 0, &p), MK_OK);
+    mk_qstats s;
+    assert_int_equal(mk_qstats_prepare(L.h, COLS, MK_QALGO_GPTQ_OPT, MK_QOPT_DAMP, "syn", &s), MK_OK);
+    qout o;
+    quantize(&L, MK_QALGO_GPTQ_OPT, &s, &o);
+    enum { NG = COLS / 64, M = 2 * NG };
+    const float *sc = o.sc, *bi = o.bi;
+    double gap_worst = 0;
+    for (int r = 0; r < ROWS; r++) {
+        double q[COLS], nrm[M][M], y[M], t[M];
+        for (int c = 0; c < COLS; c++) {
+            int g = c / 64;
+            q[c] = nearbyint(((double)o.deq[r * COLS + c] - bi[r * NG + g]) / sc[r * NG + g]);
+        }
+        /* A: column 2g codes of group g, 2g+1 its ones; N = A^T H A, y = A^T H w */
+        memset(nrm, 0, sizeof nrm);
+        memset(y, 0, sizeof y);
+        for (int i = 0; i < COLS; i++)
+            for (int j = 0; j < COLS; j++) {
+                double hij = (double)L.h[i * COLS + j] + (i == j ? MK_QOPT_DAMP * mean : 0);
+                int gi = i / 64, gj = j / 64;
+                double ai[2] = {q[i], 1}, aj[2] = {q[j], 1};
+                for (int x = 0; x < 2; x++) {
+                    for (int z = 0; z < 2; z++)
+                        nrm[2 * gi + x][2 * gj + z] += ai[x] * hij * aj[z];
+                    y[2 * gi + x] += ai[x] * hij * L.w[r * COLS + j];
+                }
+            }
+        for (int k = 0; k < M; k++) { /* Gauss-Jordan, N is positive definite */
+            double piv = nrm[k][k];
+            for (int z = 0; z < M; z++)
+                nrm[k][z] /= piv;
+            y[k] /= piv;
+            for (int x = 0; x < M; x++)
+                if (x != k) {
+                    double f = nrm[x][k];
+                    for (int z = 0; z < M; z++)
+                        nrm[x][z] -= f * nrm[k][z];
+                    y[x] -= f * y[k];
+                }
+        }
+        memcpy(t, y, sizeof t);
+        double e[2] = {0, 0}, rv[2][COLS];
+        for (int c = 0; c < COLS; c++) {
+            int g = c / 64;
+            rv[0][c] = (double)L.w[r * COLS + c] - o.deq[r * COLS + c];
+            rv[1][c] = (double)L.w[r * COLS + c] - (t[2 * g] * q[c] + t[2 * g + 1]);
+        }
+        for (int k = 0; k < 2; k++)
+            for (int i = 0; i < COLS; i++)
+                for (int j = 0; j < COLS; j++)
+                    e[k] += rv[k][i] * rv[k][j] * ((double)L.h[i * COLS + j] + (i == j ? MK_QOPT_DAMP * mean : 0));
+        double gap = e[0] / e[1] - 1;
+        gap_worst = gap > gap_worst ? gap : gap_worst;
+    }
+    print_message("gptq-opt output error over the least-squares optimum for its codes: worst row +%.2e\n", gap_worst);
+    if (!(gap_worst < 1e-4))
+        fail_msg("gptq-opt's scales and biases are %g above the least-squares optimum for its codes", gap_worst);
+    free_q(&o);
+    mk_qstats_free(&s);
+    free_layer(&L);
+}
+
 static void test_names(void **st) {
     (void)st;
     mk_qalgo m;
     assert_int_equal(mk_qalgo_parse("gptq-mse", &m), MK_OK);
     assert_int_equal(m, MK_QALGO_GPTQ_MSE);
     assert_int_equal(mk_qalgo_parse("awq", &m), MK_E_ARG);
-    assert_non_null(strstr(mk_err_msg(), "rtn, mse, gptq, gptq-mse or gptq-act"));
+    assert_non_null(strstr(mk_err_msg(), "rtn, mse, gptq, gptq-mse, gptq-act or gptq-opt"));
+    assert_int_equal(mk_qalgo_parse("gptq-opt", &m), MK_OK);
+    assert_int_equal(m, MK_QALGO_GPTQ_OPT);
     assert_string_equal(mk_qalgo_name(MK_QALGO_MSE), "mse");
     float h[4] = {1, 0, 0, NAN};
     mk_qstats s;
@@ -296,6 +448,8 @@ int main(void) {
         cmocka_unit_test(test_factor),
         cmocka_unit_test(test_gptq_beats_rtn),
         cmocka_unit_test(test_mse_never_worse),
+        cmocka_unit_test(test_gptq_opt),
+        cmocka_unit_test(test_gptq_opt_refit),
         cmocka_unit_test(test_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
