@@ -720,9 +720,22 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
         for (int e = 0; e < c->num_experts; e++) {
             const mk_expert_loc *x = &m->layers[l].moe.locs[e];
             const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
-            for (int p = 0; p < 3; p++)
-                if (w[p]->transposed && w[p]->part[MK_SP_WEIGHT].len > tmax)
-                    tmax = w[p]->part[MK_SP_WEIGHT].len;
+            for (int p = 0; p < 3; p++) {
+                if (!w[p]->transposed)
+                    continue;
+                /* only plain float weights are transposed after the read */
+                mk_wfmt f = w[p]->q.fmt;
+                uint64_t es = f == MK_WF_F32 ? 4 : 2, len = w[p]->part[MK_SP_WEIGHT].len;
+                if ((f != MK_WF_BF16 && f != MK_WF_F16 && f != MK_WF_F32) || w[p]->ct ||
+                    w[p]->part[MK_SP_SCALES].len || w[p]->part[MK_SP_BIASES].len || w[p]->part[MK_SP_ZP].len ||
+                    len != (uint64_t)w[p]->q.rows * (uint64_t)w[p]->q.cols * es)
+                    return mk_err(MK_E_UNSUPPORTED, "expert store: %s: layer %d expert %d: a transposed "
+                                  "projection (weight format %d) of %llu bytes for [%lld, %lld] cannot be "
+                                  "streamed (only plain BF16, F16 or F32 weights are transposed after the read)",
+                                  mk_ckpt_dir(m->ck), l, e, (int)f, (unsigned long long)len,
+                                  (long long)w[p]->q.rows, (long long)w[p]->q.cols);
+                tmax = len > tmax ? len : tmax;
+            }
         }
     }
     uint64_t sb = mk_expert_store_slot_bytes(m);

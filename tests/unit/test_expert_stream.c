@@ -258,6 +258,15 @@ static void test_gptoss(void **st) {
     assert_int_equal(x->down.q.cols, I);
     assert_int_equal(x->gate.part[MK_SP_WEIGHT].len, H * 2 * I * 2);
     assert_int_equal(x->up.part[MK_SP_WEIGHT].len, 0); /* gate and up fused */
+    /* a transposed projection that is not one plain float block (here: a
+     * scales part added by hand) is refused, naming the expert */
+    mk_expert_loc *bad = (mk_expert_loc *)mk_model_expert_loc(m, 2, 5);
+    bad->down.part[MK_SP_SCALES] = bad->down.part[MK_SP_WEIGHT];
+    mk_stream_opts o = {.cache_bytes = 1u << 24};
+    mk_expert_store *s = NULL;
+    assert_int_equal(mk_expert_store_stream(m, &o, &s), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "layer 2 expert 5: a transposed"));
+    assert_null(s);
     mk_model_free(m);
     /* bitwise the resident logits under budgets below its experts, every
      * miss reading the expert's two blocks */
