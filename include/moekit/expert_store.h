@@ -97,7 +97,10 @@ void mk_expert_store_free(mk_expert_store *s); /* NULL ok */
  * aligned); it must hold at least one layer's experts per step
  * (num_experts_per_tok) or creation fails naming the least size.
  * Views are the same formats as the resident ones over the same bytes, so
- * logits are bitwise those of the resident store. A failed or short read is
+ * logits are bitwise those of the resident store (gpt_oss's transformers
+ * float experts, stored [in, out], are transposed in the slot after the
+ * read, through one buffer of their largest projection's size, allocated
+ * beside cache_bytes). A failed or short read is
  * an error naming the expert, layer, file and offset; a shard file that
  * changed size or mtime since the model was opened is refused. The model
  * must have been opened with mk_model_opts.stream_experts. */

@@ -66,6 +66,10 @@ typedef struct mk_wloc {
     mk_wloc_part part[4];
     bool ct;           /* compressed-tensors INT4: affine biases derived from scales (+ zero points) */
     bool ct_symmetric; /* CT without zero points: biases -8 * scale */
+    /* float weight stored [cols, rows] (transformers' gpt_oss experts,
+     * [in, out]): read as stored, then transposed into the [rows, cols]
+     * order q describes, as the resident loader's copy is */
+    bool transposed;
 } mk_wloc;
 
 typedef struct mk_expert_loc {

@@ -8,6 +8,12 @@
  * loader does). The expert's views (mk_expert) are the resident views'
  * formats and parameters with pointers into the slot, over the same bytes,
  * so every kernel computes exactly what it computes on the mapping.
+ * gpt_oss's transformers float experts are stored [in, out] inside their
+ * stacks (mk_wloc.transposed): each expert's block is read as stored, one
+ * read like any part, and transposed in its slot once its reads end
+ * (through one expert-sized buffer of the store) into the [out, in] bytes
+ * the resident loader's copy holds, so those views too are the resident
+ * ones over the same bytes.
  *
  * acquire(layer, set): every expert of the set is a use for the policy
  * (expert_cache.c); hits are pinned and queued first; each miss claims a
@@ -169,6 +175,7 @@ typedef struct stream {
     uint64_t slot_bytes;
     int nslots;
     mk_expert *views;      /* per slot */
+    unsigned char *tbuf;   /* a transposed part's bytes as read (finish_expert); NULL if none */
     /* the current layer's announced set */
     int layer, n, handed;
     int *ready;            /* hits (then finished misses): expert ids in hand-out order */
@@ -214,7 +221,40 @@ static void ct_derive(const mk_wloc *w, const unsigned char *scales, const unsig
     }
 }
 
-/* The expert's views over its slot (and its derived CT biases). */
+/* Bytes of one element of a transposed (float) part. */
+static size_t elem_bytes(const mk_wloc *w) {
+    return w->q.fmt == MK_WF_F32 ? 4 : 2; /* the loader marks only BF16, F16 and F32 transposed */
+}
+
+/* A [cols, rows] block of float elements of `es` bytes, copied to tmp,
+ * back into `part` as [rows, cols] (the resident loader's copy, element
+ * for element). In tiles so both sides stay in cache; es a constant in
+ * each call below so the element copies compile to moves. */
+static inline void transpose_es(unsigned char *part, const unsigned char *tmp, int64_t rows, int64_t cols,
+                                size_t es) {
+    enum { T = 32 };
+    for (int64_t r0 = 0; r0 < rows; r0 += T)
+        for (int64_t c0 = 0; c0 < cols; c0 += T) {
+            int64_t r1 = r0 + T < rows ? r0 + T : rows, c1 = c0 + T < cols ? c0 + T : cols;
+            for (int64_t r = r0; r < r1; r++)
+                for (int64_t c = c0; c < c1; c++)
+                    memcpy(part + (size_t)(r * cols + c) * es, tmp + (size_t)(c * rows + r) * es, es);
+        }
+}
+
+static void untranspose(unsigned char *part, unsigned char *tmp, const mk_wloc *w) {
+    int64_t rows = w->q.rows, cols = w->q.cols;
+    size_t es = elem_bytes(w);
+    memcpy(tmp, part, (size_t)(rows * cols) * es);
+    if (es == 4)
+        transpose_es(part, tmp, rows, cols, 4);
+    else
+        transpose_es(part, tmp, rows, cols, 2);
+}
+
+/* The expert's views over its slot (and its derived CT biases); transposed
+ * parts are put in the views' order first. Called once per read of the
+ * expert, after its last part arrived. */
 static void finish_expert(stream *s, int slot, const mk_expert_loc *x) {
     unsigned char *base = s->mem + (size_t)slot * s->slot_bytes;
     xlayout L;
@@ -225,6 +265,8 @@ static void finish_expert(stream *s, int slot, const mk_expert_loc *x) {
         unsigned char *dst[MK_SP_N];
         for (int k = 0; k < MK_SP_N; k++)
             dst[k] = w[p]->part[k].len ? base + L.at[p][k] : NULL;
+        if (w[p]->transposed)
+            untranspose(dst[MK_SP_WEIGHT], s->tbuf, w[p]);
         *v[p] = w[p]->q;
         v[p]->data = dst[MK_SP_WEIGHT];
         v[p]->scales = dst[MK_SP_SCALES];
@@ -632,6 +674,7 @@ static void st_free(void *ctx) {
         mk_reader_destroy(s->rd);
     mk_ecache_free(s->cache);
     free(s->mem);
+    free(s->tbuf);
     free(s->views);
     free(s->file_of);
     free(s->ids);
@@ -663,11 +706,38 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     if (!m->stream_experts)
         return mk_err(MK_E_ARG, "expert store: the model was not opened for streaming experts "
                       "(mk_model_opts.stream_experts)");
-    for (int l = 0; l < c->num_layers; l++)
-        if (m->layers[l].is_moe && !m->layers[l].moe.locs)
-            return mk_err(MK_E_UNSUPPORTED, "expert store: %s: layer %d's experts are model-owned copies "
-                          "(gpt_oss's transformers float layout is transposed at load) and cannot be "
-                          "streamed; convert it to MLX or use its MXFP4 checkpoint", mk_ckpt_dir(m->ck), l);
+    /* every layout the loader knows gives its routed experts file
+     * locations when streaming; a layer without them (model-owned copies
+     * of a layout added without a location) cannot be streamed */
+    uint64_t tmax = 0; /* the largest transposed part: the transpose buffer */
+    for (int l = 0; l < c->num_layers; l++) {
+        if (!m->layers[l].is_moe)
+            continue;
+        if (!m->layers[l].moe.locs)
+            return mk_err(MK_E_UNSUPPORTED, "expert store: %s: layer %d's experts have no file locations "
+                          "(model-owned copies made at load) and cannot be streamed; convert it to MLX",
+                          mk_ckpt_dir(m->ck), l);
+        for (int e = 0; e < c->num_experts; e++) {
+            const mk_expert_loc *x = &m->layers[l].moe.locs[e];
+            const mk_wloc *w[3] = {&x->gate, &x->up, &x->down};
+            for (int p = 0; p < 3; p++) {
+                if (!w[p]->transposed)
+                    continue;
+                /* only plain float weights are transposed after the read */
+                mk_wfmt f = w[p]->q.fmt;
+                uint64_t es = f == MK_WF_F32 ? 4 : 2, len = w[p]->part[MK_SP_WEIGHT].len;
+                if ((f != MK_WF_BF16 && f != MK_WF_F16 && f != MK_WF_F32) || w[p]->ct ||
+                    w[p]->part[MK_SP_SCALES].len || w[p]->part[MK_SP_BIASES].len || w[p]->part[MK_SP_ZP].len ||
+                    len != (uint64_t)w[p]->q.rows * (uint64_t)w[p]->q.cols * es)
+                    return mk_err(MK_E_UNSUPPORTED, "expert store: %s: layer %d expert %d: a transposed "
+                                  "projection (weight format %d) of %llu bytes for [%lld, %lld] cannot be "
+                                  "streamed (only plain BF16, F16 or F32 weights are transposed after the read)",
+                                  mk_ckpt_dir(m->ck), l, e, (int)f, (unsigned long long)len,
+                                  (long long)w[p]->q.rows, (long long)w[p]->q.cols);
+                tmax = len > tmax ? len : tmax;
+            }
+        }
+    }
     uint64_t sb = mk_expert_store_slot_bytes(m);
     if (!sb)
         return mk_err(MK_E_ARG, "expert store: %s has no routed experts to stream", mk_ckpt_dir(m->ck));
@@ -695,6 +765,7 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     int E = c->num_experts;
     s->mem = mk_aligned_alloc(SALIGN, (size_t)s->nslots * sb); /* untouched until read into */
     s->views = mk_calloc((size_t)s->nslots, sizeof *s->views);
+    s->tbuf = tmax ? mk_malloc((size_t)tmax) : NULL;
     s->file_of = mk_calloc(s->nshards, sizeof *s->file_of);
     s->ids = mk_calloc(s->nshards, sizeof *s->ids);
     s->ready = mk_malloc((size_t)E * sizeof *s->ready);
@@ -705,7 +776,7 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     s->reqs = mk_malloc((size_t)E * 3 * MK_SP_N * sizeof *s->reqs);
     s->slot_of = mk_malloc((size_t)E * sizeof *s->slot_of);
     mk_status st = MK_OK;
-    if (!s->mem || !s->views || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of)
+    if (!s->mem || !s->views || (tmax && !s->tbuf) || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of)
         st = mk_err(MK_E_NOMEM, "expert store: no memory for %d cache slots of %llu bytes", s->nslots,
                     (unsigned long long)sb);
     if (st == MK_OK)

@@ -8,9 +8,10 @@
  *     E8M0 scale per 32 inputs, rows = outputs), read in place.
  *   transformers float: mlp.experts.gate_up_proj [E, H, 2I] and down_proj
  *     [E, I, H], i.e. [in, out] (x @ W): transposed here into model-owned
- *     [out, in] copies, so this layout is resident only: its experts have
- *     no file locations (moe->locs stays NULL, expert_bytes 0) and a
- *     streaming store refuses the model (convert to MLX to stream it).
+ *     [out, in] copies. Streamed, each expert's [in, out] block (contiguous
+ *     in the stack) is its location, marked transposed: the streaming
+ *     store reads it as stored and transposes it after the read into the
+ *     same [out, in] bytes these copies hold.
  *   MLX (mlx-lm gpt_oss sanitize): mlp.experts.{gate,up}_proj [E, I, H],
  *     down_proj [E, H, I] stacks (float, or quantized with .scales) and
  *     .bias [E, I] / [E, H].
@@ -118,9 +119,10 @@ static mk_status load_mxfp4(mk_ld *ld, const char *p, mk_moe_w *moe) {
     return MK_OK;
 }
 
-/* transformers' [E, in, out] float tensor -> per expert [out, in] copies. */
+/* transformers' [E, in, out] float tensor -> per expert [out, in] copies,
+ * or, streamed, per expert the location of its [in, out] block. */
 static mk_status load_transposed(mk_ld *ld, const char *name, int64_t E, int64_t in, int64_t out,
-                                 mk_expert *ex, int j) {
+                                 mk_moe_w *moe, int j) {
     const mk_tensor_info *t = mk_ckpt_find(ld->ck, name);
     if (!t)
         return mk_err(MK_E_FORMAT, "%s: tensor '%s' not found", mk_ckpt_dir(ld->ck), name);
@@ -135,19 +137,30 @@ static mk_status load_transposed(mk_ld *ld, const char *name, int64_t E, int64_t
                       (long long)out, shape_str(t, got, sizeof got));
     }
     size_t es = mk_dtype_info(t->dtype)->bits / 8;
+    uint64_t nb = (uint64_t)(out * in) * es; /* one expert's block */
     for (int64_t e = 0; e < E; e++) {
-        mk_wt *w = j == 0 ? &ex[e].gate : &ex[e].down;
+        mk_wt *w = j == 0 ? &moe->experts[e].gate : &moe->experts[e].down;
         *w = (mk_wt){.fmt = fmt, .rows = out, .cols = in, .global_scale = 1.0f, .data = k_dummy};
         if (ld->check_only)
             continue;
+        if (moe->locs) { /* streamed: the view is never read (header comment) */
+            mk_wloc *L = loc_of(ld, moe, e, j);
+            memset(L, 0, sizeof *L);
+            L->q = *w;
+            L->q.data = NULL;
+            L->part[MK_SP_WEIGHT] = (mk_wloc_part){t->shard, t->file_offset + (uint64_t)e * nb, nb};
+            L->transposed = true;
+            ld->m->expert_bytes += nb;
+            continue;
+        }
         const uint8_t *src = mk_ckpt_data(ld->ck, t);
-        uint8_t *dst = mk_model_alloc(ld->m, (size_t)(out * in) * es);
+        uint8_t *dst = mk_model_alloc(ld->m, (size_t)nb);
         if (!src)
             return mk_err(MK_E_INTERNAL, "tensor '%s': checkpoint is not memory-mapped", name);
         if (!dst)
             return mk_err(MK_E_NOMEM, "tensor '%s': no memory for expert %lld's [%lld, %lld] copy",
                           name, (long long)e, (long long)out, (long long)in);
-        src += (size_t)(e * in * out) * es;
+        src += (size_t)e * (size_t)nb;
         for (int64_t r = 0; r < out; r++)
             for (int64_t c = 0; c < in; c++)
                 memcpy(dst + (size_t)(r * in + c) * es, src + (size_t)(c * out + r) * es, es);
@@ -161,9 +174,12 @@ static mk_status load_float(mk_ld *ld, const char *p, mk_moe_w *moe) {
     int64_t H = c->hidden_size, I = c->moe_intermediate_size, E = c->num_experts;
     char n[320];
     snprintf(n, sizeof n, "%s.mlp.experts.gate_up_proj", p);
-    MK_TRY(load_transposed(ld, n, E, H, 2 * I, moe->experts, 0));
+    MK_TRY(load_transposed(ld, n, E, H, 2 * I, moe, 0));
+    if (moe->locs)
+        for (int64_t e = 0; e < E; e++)
+            memset(loc_of(ld, moe, e, 1), 0, sizeof(mk_wloc)); /* no separate up */
     snprintf(n, sizeof n, "%s.mlp.experts.down_proj", p);
-    return load_transposed(ld, n, E, I, H, moe->experts, 2);
+    return load_transposed(ld, n, E, I, H, moe, 2);
 }
 
 static mk_status load_mlx(mk_ld *ld, const char *p, mk_moe_w *moe) {
@@ -218,7 +234,6 @@ mk_status mk_ld_oss_moe(mk_ld *ld, const char *p, int layer, mk_moe_w *moe, cons
             MK_TRY(load_mxfp4(ld, p, moe));
         } else if (mk_ld_find(ld, "%s.mlp.experts.gate_up_proj", p)) {
             *kind = "fused";
-            moe->locs = NULL; /* model-owned copies: nothing to stream */
             MK_TRY(load_float(ld, p, moe));
         } else {
             return mk_err(MK_E_FORMAT, "%s: layer %d: no routed experts found (expected "

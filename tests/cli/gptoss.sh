@@ -2,8 +2,8 @@
 # gpt_oss from the command line (issue 16): inspect reports both gptoss-a
 # variants (sliding/full schedule, MXFP4 experts) with no problems; logits
 # of the MXFP4 checkpoint streamed under a memory budget equal the resident
-# ones byte for byte, and the bf16 one (experts transposed into memory at
-# load: nothing to stream) runs resident under the same options; convert
+# ones byte for byte, and so do the bf16 one's (experts stacked [in, out]:
+# each expert's blocks read and transposed in the cache slot); convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
 # quantize of the MXFP4 variant passes its experts through, of the bf16 one
 # quantizes them (below); --to gguf of MLX MXFP4 experts and verify across
@@ -37,6 +37,7 @@ for v in bf16 mxfp4; do
     cmp "$T/res.$v.f32" "$T/str.$v.f32" || fail "$v: logits under --memory-budget differ from resident"
 done
 grep -q "hit rate" "$T/str.mxfp4.err" || fail "mxfp4 did not stream: $(cat "$T/str.mxfp4.err")"
+grep -q "hit rate" "$T/str.bf16.err" || fail "bf16 did not stream: $(cat "$T/str.bf16.err")"
 
 # convert HF -> MLX -> HF: the experts are rewritten byte for byte (MXFP4
 # blocks and scales de-interleaved into MLX's gate_proj/up_proj stacks,

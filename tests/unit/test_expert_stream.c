@@ -13,7 +13,9 @@
  * expert one contiguous block in one shard (4 KiB-aligned when sizes
  * allow), read with one request per miss, with logits bitwise equal to the
  * unpacked checkpoint's; so are the issue-16 families' (gpt_oss's stacks,
- * which have no per-expert form, are refused). */
+ * which have no per-expert form, are refused). gpt_oss's transformers
+ * float experts (stacked [in, out], transposed at load when resident)
+ * stream too, every miss reading that expert's whole blocks. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +33,7 @@
 #include "moekit/engine.h"
 #include "moekit/expert_store.h"
 #include "moekit/model.h"
+#include "moekit/module.h"
 #include "moekit/quantize.h"
 #include "moekit/st.h"
 #include "moekit/synth.h"
@@ -107,8 +110,14 @@ static const variant k_variants[] = {
 /* Packed checkpoints (convert --pack-experts) also need every miss read
  * with one request. */
 static bool g_one_read_per_miss;
+/* When set: each miss (not a guess's hit) read at least this many bytes,
+ * so experts really came from the files. For the next check_dir only (it
+ * clears it, so a failed case leaves nothing set for the next test). */
+static uint64_t g_min_miss_bytes;
 
 static void check_dir(const char *dir) {
+    uint64_t min_miss_bytes = g_min_miss_bytes;
+    g_min_miss_bytes = 0;
     mk_model *res = NULL, *str = NULL;
     if (mk_model_open(dir, &res) != MK_OK)
         fail_msg("open %s: %s", dir, mk_err_msg());
@@ -162,6 +171,11 @@ static void check_dir(const char *dir) {
         }
         assert_true(st.oracle_hit >= (double)st.hits / (double)st.uses - 1e-12);
         assert_true(st.bytes_read >= (st.uses - st.hits) * 1); /* every miss read something */
+        if (min_miss_bytes) {
+            uint64_t misses = st.uses - st.hits - st.pf_hits;
+            assert_true(misses > 0);
+            assert_true(st.bytes_read >= misses * min_miss_bytes);
+        }
         if (g_one_read_per_miss) /* each miss and each guess: one request */
             assert_int_equal(st.reads, st.uses - st.hits - st.pf_hits + st.pf_issued);
         free(got);
@@ -196,8 +210,10 @@ static void test_glm4moe(void **st) { (void)st; fixture("glm4moe-a/bf16"); fixtu
 static void test_dsa(void **st) { (void)st; fixture("deepseekv32-a/bf16"); fixture("glm5dsa-a/bf16"); }
 
 /* gpt_oss: the released MXFP4 experts (*_blocks / *_scales, fused gate_up)
- * stream with their file ranges; transformers' float layout [E, in, out] is
- * transposed into memory at load, so a streaming store refuses it by name. */
+ * stream with their file ranges; transformers' float layout (gate_up_proj
+ * [E, H, 2I], gate and up interleaved, down_proj [E, I, H]) is transposed
+ * into memory at load when resident, and streamed each expert's [in, out]
+ * blocks are read and transposed in the cache slot: bitwise the same. */
 static void test_gptoss(void **st) {
     (void)st;
     fixture("gptoss-a/mxfp4");
@@ -222,17 +238,40 @@ static void test_gptoss(void **st) {
         fail_msg("quantize gptoss-a/mxfp4: %s", mk_err_msg());
     mk_qjob_free(j);
     check_dir(q);
+    /* transformers bf16: every expert's weights have file locations, its
+     * [in, out] blocks of the stacks, marked transposed */
+    const char *bf = mk_test_fixture("gptoss-a/bf16");
     mk_model_opts so = {.stream_experts = true};
     mk_model *m = NULL;
-    if (mk_model_open_ex(mk_test_fixture("gptoss-a/bf16"), &so, &m) != MK_OK)
+    if (mk_model_open_ex(bf, &so, &m) != MK_OK)
         fail_msg("open gptoss-a/bf16 for streaming: %s", mk_err_msg());
-    assert_int_equal(mk_model_expert_bytes(m), 0); /* nothing to stream: a budget keeps it resident */
+    const mk_config *c = mk_model_config(m);
+    uint64_t H = (uint64_t)c->hidden_size, I = (uint64_t)c->moe_intermediate_size;
+    uint64_t one = (H * 2 * I + I * H) * 2; /* gate_up [H, 2I] + down [I, H], bf16 */
+    assert_int_equal(mk_model_expert_bytes(m), (uint64_t)c->num_layers * (uint64_t)c->num_experts * one);
+    const mk_expert_loc *x = mk_model_expert_loc(m, 1, 3);
+    assert_non_null(x);
+    assert_true(x->gate.transposed && x->down.transposed);
+    assert_int_equal(x->gate.q.rows, 2 * I); /* the views' [out, in] */
+    assert_int_equal(x->gate.q.cols, H);
+    assert_int_equal(x->down.q.rows, H);
+    assert_int_equal(x->down.q.cols, I);
+    assert_int_equal(x->gate.part[MK_SP_WEIGHT].len, H * 2 * I * 2);
+    assert_int_equal(x->up.part[MK_SP_WEIGHT].len, 0); /* gate and up fused */
+    /* a transposed projection that is not one plain float block (here: a
+     * scales part added by hand) is refused, naming the expert */
+    mk_expert_loc *bad = (mk_expert_loc *)mk_model_expert_loc(m, 2, 5);
+    bad->down.part[MK_SP_SCALES] = bad->down.part[MK_SP_WEIGHT];
     mk_stream_opts o = {.cache_bytes = 1u << 24};
     mk_expert_store *s = NULL;
     assert_int_equal(mk_expert_store_stream(m, &o, &s), MK_E_UNSUPPORTED);
-    assert_non_null(strstr(mk_err_msg(), "gpt_oss"));
+    assert_non_null(strstr(mk_err_msg(), "layer 2 expert 5: a transposed"));
     assert_null(s);
     mk_model_free(m);
+    /* bitwise the resident logits under budgets below its experts, every
+     * miss reading the expert's two blocks */
+    g_min_miss_bytes = one;
+    check_dir(bf);
 }
 
 static void synth(const char *name, mk_synth_format f, char *out, size_t cap) {
