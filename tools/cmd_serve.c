@@ -65,6 +65,9 @@ static void help(FILE *f) {
             "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3,\n"
             "                       deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2\n"
             "                       (default: recognised from the checkpoint)\n"
+            "  --test-output        TESTS ONLY: a request's \"moekit_test_output\" text is\n"
+            "                       generated instead of sampled (exercises the reasoning and\n"
+            "                       tool-call parsers end to end with a tiny model)\n"
             "memory:\n"
             "%s"
             "  -h, --help           this text\n\n"
@@ -85,6 +88,7 @@ typedef struct serve_opts {
     const char *model, *host, *alias, *key, *key_file, *tmpl;
     long long port, parallel, queue, ctx, threads, prefill_step, snapshots;
     double grace;
+    bool test_output;
     mk_ecli_mem mm;
 } serve_opts;
 
@@ -97,6 +101,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
         {"snapshots", required_argument, 0, 'S'},
+        {"test-output", no_argument, 0, 1000},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
@@ -137,6 +142,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
                 return rc;
             break;
         case 'T': o->tmpl = optarg; break;
+        case 1000: o->test_output = true; break;
         case 'P':
             if ((rc = mk_flag_int("serve", "--prefill-step", optarg, 1, 1 << 20, &o->prefill_step)) >= 0)
                 return rc;
@@ -296,7 +302,8 @@ static mk_status serve_main(serve_opts *o) {
     mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
                          .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
                          .prefill_step = (int)o->prefill_step,
-                         .snapshots = o->snapshots ? (int)o->snapshots : -1};
+                         .snapshots = o->snapshots ? (int)o->snapshots : -1,
+                         .test_output = o->test_output};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",

@@ -79,12 +79,36 @@ typedef enum mk_chat_kind {
     MK_CHAT_DEEPSEEK32 = 10,
 } mk_chat_kind;
 
+/* A tool call of an earlier assistant turn (OpenAI's tool_calls[i]). */
+typedef struct mk_chat_tool_call {
+    const char *id;        /* NULL: none */
+    const char *name;
+    const char *arguments; /* JSON text of an object, as OpenAI sends it */
+} mk_chat_tool_call;
+
 typedef struct mk_chat_msg {
     const char *role;      /* "system", "user", "assistant" or "tool" */
     const char *content;   /* NULL is treated as "" */
     const char *reasoning; /* assistant's reasoning_content (qwen3, glm4*, minimax-m2), or NULL
                             * (absent; "" is present and empty, as the templates tell apart) */
 } mk_chat_msg;
+
+/* A message's tool calls (assistant) or the call it answers (tool). */
+typedef struct mk_chat_msg_calls {
+    const mk_chat_tool_call *calls;
+    size_t n;
+    const char *tool_call_id; /* NULL: none */
+} mk_chat_msg_calls;
+
+/* The tools a request offers: each one's JSON text exactly as the template
+ * prints it (`tool | tojson`: Python's json.dumps separators ", " and
+ * ": ", keys in the given order, non-ASCII as is); and the messages' tool
+ * calls (kept apart from mk_chat_msg so its users need not change). */
+typedef struct mk_chat_tools {
+    const char *const *json;
+    size_t n;
+    const mk_chat_msg_calls *msg; /* NULL, or one per message */
+} mk_chat_tools;
 
 /* Render flags. */
 enum {
@@ -107,6 +131,16 @@ const char *mk_chat_kind_name(mk_chat_kind kind);
  * MK_E_ARG (the reference templates would drop it silently). */
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags,
                          char **out);
+
+/* mk_chat_render and mk_chat_encode with tools (NULL or none: the same)
+ * and the messages' tool calls: rendered as the qwen3 template does (the
+ * tool list in the system turn, <tool_call>{"name": N, "arguments": A}
+ * </tool_call> in assistant turns). Other kinds with tools or tool calls
+ * are MK_E_UNSUPPORTED (not yet rendered; never dropped). */
+mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, char **out);
+mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, int32_t **ids, size_t *n_ids);
 
 /* Render n messages and encode the prompt with `tok`: the template's
  * markers become their token ids; every role, content and reasoning text is

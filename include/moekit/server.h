@@ -49,6 +49,9 @@ typedef struct mk_server_opts {
     int snapshots;       /* recurrent-state snapshots kept per slot for the prompt cache of
                             hybrid (Gated DeltaNet) models, each mk_engine_state_bytes; 0: 4;
                             < 0: none; at most 8 */
+    bool test_output;    /* tests only: requests may name the text to generate
+                            ("moekit_test_output"), so output parsers are tested end to end
+                            with a tiny model; never for serving */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */

@@ -247,6 +247,16 @@ static json_t *choice_json(srv_kind kind, bool delta, const char *text, size_t l
     return c;
 }
 
+/* A chat choice around a prebuilt message or delta (consumed). */
+static json_t *choice_msg(json_t *m, bool delta, const char *finish, json_t *logprobs) {
+    json_t *c = json_object();
+    json_object_set_new(c, "index", json_integer(0));
+    json_object_set_new(c, delta ? "delta" : "message", m);
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
+    return c;
+}
+
 static json_t *envelope(mk_server *s, srv_kind kind, bool chunk, const char *id, long long created) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object",
                      kind == SRV_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion")
@@ -281,7 +291,12 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
             return false;
         }
         unsigned fl = MK_CHAT_GENERATION_PROMPT | (p->no_thinking ? MK_CHAT_NO_THINKING : 0);
-        st = mk_chat_encode(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, fl, ids, &n);
+        mk_chat_tools tools = {(const char *const *)p->tool_json, p->ntools, p->mcalls};
+        st = mk_chat_encode_tools(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, &tools, fl, ids, &n);
+        if (st == MK_E_UNSUPPORTED) { /* tools this template is not rendered with yet */
+            srv_error(r, 400, "invalid_request_error", p->ntools ? "tools" : "messages", "%s", mk_err_msg());
+            return false;
+        }
     } else if (p->has_ids) {
         int64_t V = mk_model_config(s->m.model)->vocab_size;
         for (size_t i = 0; i < p->n_ids; i++)
@@ -375,11 +390,30 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         return;
     if (!p->seed_given)
         p->sp.seed = fresh_seed(s);
+    if (p->test_output && !s->o.test_output) {
+        free(ids);
+        srv_error(r, 400, "invalid_request_error", "moekit_test_output",
+                  "moekit_test_output: only for tests, on a server started with --test-output");
+        return;
+    }
     srv_job *j = srv_job_new(ids, np, p->max_tokens, &p->sp, p->stop, p->stop_len, p->nstop);
     free(ids);
     if (j) {
         j->ignore_eos = p->ignore_eos;
         j->logprobs = p->logprobs;
+        /* the markup of these families may be special tokens: their parser reads it */
+        j->keep_special = p->kind == SRV_CHAT && s->m.chat_kind != MK_CHAT_CHATML &&
+                          s->m.chat_kind != MK_CHAT_QWEN3 && s->m.chat_kind != MK_CHAT_QWEN3_THINK;
+        size_t nf = 0;
+        if (p->test_output &&
+            mk_tok_encode(s->m.tok, p->test_output, p->test_output_len, 0, &j->forced, &nf) != MK_OK) {
+            pthread_mutex_lock(&s->mu);
+            srv_job_unref_locked(j);
+            pthread_mutex_unlock(&s->mu);
+            status_error(r, MK_E_ARG, "moekit_test_output");
+            return;
+        }
+        j->n_forced = (int64_t)nf;
     }
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);
@@ -401,6 +435,11 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
     char id[48];
     make_id(s, p->kind, id, sizeof id);
     long long created = (long long)time(NULL);
+    unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
+    srv_chatout co = {.cfg = {.kind = s->m.chat_kind, .think_open = srv_chat_think_open(s->m.chat_kind, fl),
+                              .tools = p->tools != NULL, .tool_defs = p->tools ? json_incref(p->tools) : NULL},
+                      .parallel = p->parallel_calls};
+    snprintf(co.call_id, sizeof co.call_id, "call_%s", id + 9);
     if (p->stream) {
         srv_stream *st = mk_calloc(1, sizeof *st);
         if (!st) {
@@ -408,11 +447,12 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
             j->cancel = 1;
             srv_job_unref_locked(j);
             pthread_mutex_unlock(&s->mu);
+            srv_chatout_free(&co);
             srv_error(r, 503, "server_error", NULL, "out of memory for a stream");
             return;
         }
         *st = (srv_stream){.s = s, .j = j, .kind = p->kind, .include_usage = p->include_usage,
-                           .created = created, .state = p->kind == SRV_CHAT ? 0 : 1};
+                           .created = created, .state = p->kind == SRV_CHAT ? 0 : 1, .co = co};
         memcpy(st->id, id, sizeof id);
         r->code = 200;
         r->stream = st;
@@ -427,13 +467,23 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         snprintf(msg, sizeof msg, "%s", cancelled ? "cancelled (the server is shutting down)" : j->err);
         srv_job_unref_locked(j);
         pthread_mutex_unlock(&s->mu);
+        srv_chatout_free(&co);
         srv_error(r, cancelled ? 503 : 500, "server_error", NULL, "generation failed: %s", msg);
         return;
     }
     unsigned long mark = mk_json_mark();
     json_t *o = envelope(s, p->kind, false, id, created);
     json_t *lp = j->logprobs >= 0 ? lp_json(s, p->kind, j, 0, lp_upto(j, 0, j->len, false)) : NULL;
-    json_t *c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish), lp);
+    json_t *c;
+    if (p->kind == SRV_CHAT) {
+        json_t *m = srv_chat_message(&co, j->text ? j->text : "", j->len);
+        c = m ? choice_msg(m, false, srv_chat_finish(&co, finish_name(j->finish)), lp) : NULL;
+        if (!m && lp)
+            json_decref(lp);
+    } else {
+        c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish), lp);
+    }
+    srv_chatout_free(&co);
     json_t *u = usage_json(j);
     srv_job_unref_locked(j);
     pthread_mutex_unlock(&s->mu);
@@ -540,6 +590,34 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
                 }
             }
         }
+        if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
+            /* reasoning, content and tool calls apart; a parse may hold
+             * everything new back (a marker's beginning): then wait on */
+            bool fin = j->done;
+            json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
+            st->sent = j->safe;
+            if (d && json_object_size(d) == 0 && !fin) {
+                json_decref(d);
+                pthread_mutex_unlock(&s->mu);
+                return next_event(st, alive, ctx, gone);
+            }
+            if (d && json_object_size(d) == 0) {
+                json_decref(d);
+                st->state = 2;
+                pthread_mutex_unlock(&s->mu);
+                return next_event(st, alive, ctx, gone);
+            }
+            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
+            json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
+            st->lp_sent = to;
+            pthread_mutex_unlock(&s->mu);
+            if (d && event(st, chunk(st, choice_msg(d, true, NULL, lp)), mark))
+                return true;
+            if (!d && lp)
+                json_decref(lp);
+            st->state = 5;
+            return false;
+        }
         if (j->safe > st->sent) {
             size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
             json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
@@ -573,7 +651,8 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
                 json_decref(lp);
             st->state = 4;
         } else {
-            o = chunk(st, choice_json(st->kind, true, NULL, 0, false, finish_name(f), lp));
+            o = chunk(st, choice_json(st->kind, true, NULL, 0, false,
+                                      st->kind == SRV_CHAT ? srv_chat_finish(&st->co, finish_name(f)) : finish_name(f), lp));
             st->state = st->include_usage ? 3 : 4;
         }
         if (event(st, o, mark))
@@ -637,6 +716,7 @@ void srv_stream_free(srv_stream *st) {
         st->j->cancel = 1; /* the client is gone: free the slot at the next step */
     srv_job_unref_locked(st->j);
     pthread_mutex_unlock(&st->s->mu);
+    srv_chatout_free(&st->co);
     free(st->pend);
     free(st);
 }

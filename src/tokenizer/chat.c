@@ -237,6 +237,7 @@ typedef struct sb {
     bool oom;
     mk_tok_span *ctl;
     size_t nctl, ctl_cap;
+    const mk_chat_tools *tools; /* NULL or none: no tools */
 } sb;
 
 static void put(sb *b, const char *s, size_t n) {
@@ -326,7 +327,8 @@ static const char *last_strstr(const char *h, const char *needle) {
 /* Qwen3's assistant turn: split an inline <think>...</think> off the content
  * unless reasoning is given, and keep the think block only after the last
  * user query. */
-static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, sb *b) {
+static void qwen3_assistant(const mk_chat_msg *m, const mk_chat_msg_calls *tc, bool after_query, bool last,
+                            sb *b) {
     const char *c = txt(m->content), *r = "";
     size_t cn = strlen(c), rn = 0;
     if (m->reasoning) {
@@ -357,6 +359,15 @@ static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, s
         lit(b, "\n</think>\n\n");
     }
     put(b, c, cn);
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        if (k > 0 || cn)
+            lit(b, "\n");
+        lit(b, "<tool_call>\n{\"name\": \"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\", \"arguments\": ");
+        puts_(b, txt(tc->calls[k].arguments));
+        lit(b, "}\n</tool_call>");
+    }
     lit(b, "<|im_end|>\n");
 }
 
@@ -366,7 +377,22 @@ static bool tool_response_wrapped(const char *c) {
 }
 
 static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
-    if (n && is_role(&m[0], "system")) {
+    if (b->tools && b->tools->n) {
+        lit(b, "<|im_start|>system\n");
+        if (n && is_role(&m[0], "system")) {
+            puts_(b, txt(m[0].content));
+            lit(b, "\n\n");
+        }
+        lit(b, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+               "provided with function signatures within <tools></tools> XML tags:\n<tools>");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            lit(b, "\n");
+            puts_(b, b->tools->json[i]);
+        }
+        lit(b, "\n</tools>\n\nFor each function call, return a json object with function name and "
+               "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+               "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n");
+    } else if (n && is_role(&m[0], "system")) {
         lit(b, "<|im_start|>system\n");
         puts_(b, txt(m[0].content));
         lit(b, "<|im_end|>\n");
@@ -386,7 +412,8 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
             puts_(b, txt(m[i].content));
             lit(b, "<|im_end|>\n");
         } else if (is_role(&m[i], "assistant")) {
-            qwen3_assistant(&m[i], i > last_query, i + 1 == n, b);
+            qwen3_assistant(&m[i], b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i > last_query,
+                            i + 1 == n, b);
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|im_start|>user");
@@ -840,6 +867,15 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
+    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK) {
+        if (b->tools && b->tools->n)
+            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
+                          "(only qwen3, qwen3-think)", mk_chat_kind_name(kind));
+        for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
+            if (b->tools->msg[i].n)
+                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
+                              "%s template yet (only qwen3, qwen3-think)", i, mk_chat_kind_name(kind));
+    }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;
     case MK_CHAT_QWEN3:
@@ -859,10 +895,15 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
 }
 
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, char **out) {
+    return mk_chat_render_tools(kind, msgs, n, NULL, flags, out);
+}
+
+mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, char **out) {
     if (!out || (!msgs && n))
         return mk_err(MK_E_ARG, "mk_chat_render: NULL argument");
     *out = NULL;
-    sb b = {0};
+    sb b = {.tools = tools};
     mk_status st = render(kind, msgs, n, flags, &b);
     free(b.ctl);
     if (st != MK_OK) {
@@ -898,6 +939,11 @@ static const char *const g_markers[] = {
 
 mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids) {
+    return mk_chat_encode_tools(tok, kind, msgs, n, NULL, flags, ids, n_ids);
+}
+
+mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, int32_t **ids, size_t *n_ids) {
     if (!ids || !n_ids)
         return mk_err(MK_E_ARG, "mk_chat_encode: NULL argument");
     *ids = NULL;
@@ -911,7 +957,7 @@ mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg
         if (id >= 0)
             deny[nd++] = id;
     }
-    sb b = {0};
+    sb b = {.tools = tools};
     mk_status st = render(kind, msgs, n, flags, &b);
     if (st == MK_OK)
         st = mk_tok_encode_ctl(tok, b.p, b.n, 0, b.ctl, b.nctl, deny, nd, ids, n_ids);
