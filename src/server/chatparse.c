@@ -11,7 +11,8 @@
  *     the request gave tools.
  * The same function serves streams: each call parses the whole text so far
  * and holds back what a longer text could still change (a marker's
- * beginning at the end, an open tool block, trailing white space), so a
+ * beginning at the end, an open tool block, trailing white space where it
+ * is dropped at the end), so a
  * stream sends the differences and no markup ever reaches content. The
  * cost is a re-parse per event, linear in the text: fine for the lengths
  * a chat answer has. */
@@ -25,6 +26,7 @@ typedef struct buf {
     char *p;
     size_t n, cap;
     bool oom;
+    bool lead; /* drop leading white space while still empty */
 } buf;
 
 static void add(buf *b, const char *s, size_t n) {
@@ -66,10 +68,11 @@ static size_t partial(const char *s, size_t n, const char *marker) {
     return 0;
 }
 
-/* Text added to reasoning or content: leading white space of each is
- * dropped (the templates' newlines around <think> and after </think>). */
+/* Text added to reasoning or content: leading white space of reasoning,
+ * and of content after a think block, is dropped (the templates' newlines
+ * around <think> and after </think>); an answer without one is verbatim. */
 static void emit(buf *b, const char *s, size_t n) {
-    if (b->n == 0)
+    if (b->n == 0 && b->lead)
         while (n && is_ws(*s))
             s++, n--;
     add(b, s, n);
@@ -108,6 +111,7 @@ static void parse_think_tools(const srv_parse_cfg *c, const char *t, size_t len,
                 emit(r, s, (size_t)(e - s));
                 pos += (size_t)(e - s) + 8;
                 in_think = false;
+                ct->lead = true;
                 continue;
             }
             emit(r, s, final ? n : n - partial(s, n, "</think>"));
@@ -207,13 +211,14 @@ static void rstrip(buf *b) {
 
 mk_status srv_chat_parse(const srv_parse_cfg *c, const char *text, size_t len, bool final, srv_parsed *out) {
     memset(out, 0, sizeof *out);
-    buf r = {0}, ct = {0};
+    buf r = {.lead = true}, ct = {.lead = c->kind == MK_CHAT_HARMONY};
     if (c->kind == MK_CHAT_HARMONY)
         parse_harmony(c, text, len, final, &r, &ct, &out->calls, &out->ncalls);
     else
         parse_think_tools(c, text, len, final, &r, &ct, &out->calls, &out->ncalls);
     rstrip(&r);
-    rstrip(&ct);
+    if (c->tools || c->kind == MK_CHAT_HARMONY) /* the white space before a call block */
+        rstrip(&ct);
     out->reasoning = r.p;
     out->rlen = r.n;
     out->content = ct.p;

@@ -49,13 +49,19 @@ async function both(out, extra, want) {
         if (d.reasoning_content) { reasoning += d.reasoning_content; nreason++; }
         if (d.content) {
             content += d.content;
-            check(!/<think|<\/think|<tool_call|<\||<minimax/.test(d.content), `markup in a content delta: ${J(d.content)}`);
+            // what was streamed is always the start of the final answer: markup
+            // held back until parsed never shows, not even a piece of a tag
+            check((want.content ?? '').startsWith(content), `content so far ${J(content)} is not the start of ${J(want.content)}`);
+            check(/[<|]/.test(want.content ?? '') || !/[<|]/.test(d.content), `markup in a content delta: ${J(d.content)}`);
         }
+        if (d.reasoning_content)
+            check(want.reasoning.startsWith(reasoning), `reasoning so far ${J(reasoning)} is not the start of ${J(want.reasoning)}`);
         for (const c of d.tool_calls ?? []) scalls[c.index] = [c.function.name, JSON.parse(c.function.arguments)];
         if (ch.choices[0].finish_reason) finish = ch.choices[0].finish_reason;
     }
     check(reasoning === want.reasoning, `streamed reasoning ${J(reasoning)}`);
-    check(!want.reasoning || nreason >= 2, `reasoning came in ${nreason} delta(s), not streamed`);
+    // (how many deltas carry it depends on how fast the stream is read: not checked)
+    check(!want.reasoning || nreason >= 1, `no reasoning_content delta`);
     check(content === (want.content ?? ''), `streamed content ${J(content)}`);
     check(J(scalls) === J(want.calls ?? []), `streamed tool_calls ${J(scalls)}`);
     check(finish === (want.calls ? 'tool_calls' : 'stop'), `streamed finish ${finish}`);
@@ -106,8 +112,8 @@ if (tpl === 'qwen3') {
     await both('Reasoning first.\n</think>\n\nThe answer.', {}, { reasoning: 'Reasoning first.', content: 'The answer.' });
     await both('The answer, no thinking.', { chat_template_kwargs: { enable_thinking: false } },
                { reasoning: '', content: 'The answer, no thinking.' });
-    await both('Think.\n</think>\n\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>', { tools },
-               { reasoning: 'Think.', content: null, calls: [['get_time', {}]] });
+    await both('Think about the time first.\n</think>\n\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>', { tools },
+               { reasoning: 'Think about the time first.', content: null, calls: [['get_time', {}]] });
 } else if (tpl === 'glm4') {
     await both('\n<think>GLM thinks it over.</think>\nGLM answers.', {}, { reasoning: 'GLM thinks it over.', content: 'GLM answers.' });
     try { // not rendered for this family yet: refused, never dropped

@@ -13,7 +13,8 @@ set -eu
 BIN=${MK_BIN:?}
 . "${MK_SRC:?}/tests/cli/fixtures.bash"
 . "$(dirname "${BASH_SOURCE[0]}")/lib.bash" # fail
-CLIENT=$MK_SRC/.openai-client/node_modules/openai
+OAI=${MK_OPENAI_CLIENT:-$MK_SRC/.openai-client} # the test-only client folder
+CLIENT=$OAI/node_modules/openai
 if ! command -v node >/dev/null 2>&1 || [ ! -d "$CLIENT" ]; then
     echo "skip: the openai npm client is not installed (run scripts/install-deps.sh; needs node and npm)"
     exit 77
@@ -22,7 +23,7 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/mk-serve-tools-XXXXXX")
 SPID=
 trap '[ -n "$SPID" ] && kill "$SPID" 2>/dev/null; rm -rf "$T"' EXIT
 M=$TINYM/bf16
-ln -s "$MK_SRC/.openai-client/node_modules" "$T/node_modules"
+ln -s "$OAI/node_modules" "$T/node_modules"
 cp "$MK_SRC/tests/cli/serve_tools.mjs" "$T/"
 
 serve() { # TEMPLATE: start a server rendering with it, PORT set

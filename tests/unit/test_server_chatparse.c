@@ -79,6 +79,8 @@ static void test_qwen3(void **s) {
     check(MK_CHAT_QWEN3, false, false, "<think>\nThe user greets.\n</think>\n\nHello there!",
           &(want){"The user greets.", "Hello there!", {{0}}});
     check(MK_CHAT_QWEN3, false, false, "No thinking here.", &(want){"", "No thinking here.", {{0}}});
+    /* an answer without reasoning or tools is the text as generated */
+    check(MK_CHAT_QWEN3, false, false, "\n Answer.\n\n", &(want){"", "\n Answer.\n\n", {{0}}});
     /* a <think> later in the answer is text */
     check(MK_CHAT_QWEN3, false, false, "Write <think> tags.", &(want){"", "Write <think> tags.", {{0}}});
     /* the generation prompt opened the block (qwen3-think) */
