@@ -137,12 +137,15 @@ static void detokenize(mk_server *s, srv_params *p, srv_reply *r) {
 
 /* ---- completions ----------------------------------------------------------------- */
 
-static void make_id(mk_server *s, srv_kind kind, char *id, size_t n) {
+void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n) {
     pthread_mutex_lock(&s->mu);
     uint64_t k = ++s->ids;
     pthread_mutex_unlock(&s->mu);
-    snprintf(id, n, "%s-%llx%06llx", kind == SRV_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)time(NULL), (unsigned long long)k);
+    snprintf(id, n, "%s%llx%06llx", prefix, (unsigned long long)time(NULL), (unsigned long long)k);
+}
+
+static void make_id(mk_server *s, srv_kind kind, char *id, size_t n) {
+    srv_make_id(s, kind == SRV_CHAT ? "chatcmpl-" : "cmpl-", id, n);
 }
 
 static const char *finish_name(srv_finish f) {
@@ -279,7 +282,7 @@ static uint64_t fresh_seed(mk_server *s) {
 }
 
 /* The prompt's ids, checked against the vocabulary and the context. */
-static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np) {
+bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np) {
     const char *param = p->kind == SRV_CHAT ? "messages" : "prompt";
     size_t n = 0;
     mk_status st = MK_OK;
@@ -351,7 +354,7 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
 
 /* Wait on the job's condition for at most 100 ms (s->mu held): the
  * caller then checks whether its client is still there. */
-static void wait_tick(mk_server *s, srv_job *j) {
+void srv_wait_tick(mk_server *s, srv_job *j) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 100 * 1000 * 1000;
@@ -362,10 +365,10 @@ static void wait_tick(mk_server *s, srv_job *j) {
     pthread_cond_timedwait(&j->cv, &s->mu, &ts);
 }
 
-static void wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
+void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_lock(&s->mu);
     while (!j->done) {
-        wait_tick(s, j);
+        srv_wait_tick(s, j);
         if (!j->done && alive && !j->cancel) {
             pthread_mutex_unlock(&s->mu);
             bool a = alive(ctx);
@@ -377,24 +380,24 @@ static void wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn alive, void *ctx) {
+srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     if (p->model && strcmp(p->model, s->alias) && strcmp(p->model, "default_model")) {
         srv_error(r, 404, "invalid_request_error", "model",
                   "model: '%.200s' is not served here; this server serves '%s' (GET /v1/models)",
                   p->model, s->alias);
-        return;
+        return NULL;
     }
     int32_t *ids;
     int64_t np;
-    if (!prompt_ids(s, p, r, &ids, &np))
-        return;
+    if (!srv_prompt_ids(s, p, r, &ids, &np))
+        return NULL;
     if (!p->seed_given)
         p->sp.seed = fresh_seed(s);
     if (p->test_output && !s->o.test_output) {
         free(ids);
         srv_error(r, 400, "invalid_request_error", "moekit_test_output",
                   "moekit_test_output: only for tests, on a server started with --test-output");
-        return;
+        return NULL;
     }
     srv_job *j = srv_job_new(ids, np, p->max_tokens, &p->sp, p->stop, p->stop_len, p->nstop);
     free(ids);
@@ -411,13 +414,13 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
             srv_job_unref_locked(j);
             pthread_mutex_unlock(&s->mu);
             status_error(r, MK_E_ARG, "moekit_test_output");
-            return;
+            return NULL;
         }
         j->n_forced = (int64_t)nf;
     }
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);
-        return;
+        return NULL;
     }
     int code = srv_submit(s, j);
     if (code) {
@@ -430,16 +433,28 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
                       s->nslots, s->queue_cap);
         else
             srv_error(r, 503, "server_error", NULL, "the server is shutting down");
-        return;
+        return NULL;
     }
+    return j;
+}
+
+void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co) {
+    unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
+    *co = (srv_chatout){.cfg = {.kind = s->m.chat_kind, .think_open = srv_chat_think_open(s->m.chat_kind, fl),
+                                .tools = p->tools != NULL, .tool_defs = p->tools ? json_incref(p->tools) : NULL},
+                        .parallel = p->parallel_calls};
+    snprintf(co->call_id, sizeof co->call_id, "call_%s", id);
+}
+
+static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn alive, void *ctx) {
+    srv_job *j = srv_job_start(s, p, r);
+    if (!j)
+        return;
     char id[48];
     make_id(s, p->kind, id, sizeof id);
     long long created = (long long)time(NULL);
-    unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
-    srv_chatout co = {.cfg = {.kind = s->m.chat_kind, .think_open = srv_chat_think_open(s->m.chat_kind, fl),
-                              .tools = p->tools != NULL, .tool_defs = p->tools ? json_incref(p->tools) : NULL},
-                      .parallel = p->parallel_calls};
-    snprintf(co.call_id, sizeof co.call_id, "call_%s", id + 9);
+    srv_chatout co;
+    srv_chatout_init(s, p, id + 9, &co);
     if (p->stream) {
         srv_stream *st = mk_calloc(1, sizeof *st);
         if (!st) {
@@ -459,7 +474,7 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         r->ctype = "text/event-stream";
         return;
     }
-    wait_done(s, j, alive, ctx);
+    srv_wait_done(s, j, alive, ctx);
     pthread_mutex_lock(&s->mu);
     if (j->finish == SRV_FIN_ERROR || j->finish == SRV_FIN_CANCEL) {
         char msg[256];
@@ -504,6 +519,10 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
 
 void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
                      srv_alive_fn alive, void *alive_ctx) {
+    if (kind == SRV_MESSAGES || kind == SRV_COUNT_TOKENS) {
+        srv_handle_anthropic(s, kind, body, len, r, alive, alive_ctx);
+        return;
+    }
     srv_params p;
     mk_status st = srv_params_parse(kind, body, len, &p);
     if (st != MK_OK) {
@@ -577,7 +596,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
     case 1: {
         pthread_mutex_lock(&s->mu);
         while (j->safe <= st->sent && !j->done) {
-            wait_tick(s, j);
+            srv_wait_tick(s, j);
             if (j->safe <= st->sent && !j->done && alive) {
                 pthread_mutex_unlock(&s->mu);
                 bool a = alive(ctx);
@@ -697,7 +716,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
 long srv_stream_read(srv_stream *st, char *buf, size_t max, srv_alive_fn alive, void *ctx) {
     if (st->pend_off >= st->pend_len) {
         bool gone = false;
-        if (!next_event(st, alive, ctx, &gone))
+        if (!(st->next ? st->next : next_event)(st, alive, ctx, &gone))
             return gone ? -1 : 0;
     }
     size_t n = st->pend_len - st->pend_off;

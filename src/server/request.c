@@ -510,6 +510,8 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
                        t ? type_name(t) : "nothing");
         return parse_ids(p, t, "tokens");
     }
+    case SRV_MESSAGES:
+    case SRV_COUNT_TOKENS: break; /* api_anthropic.c translates them into SRV_CHAT first */
     }
     return mk_err(MK_E_ARG, "unknown request kind");
 }

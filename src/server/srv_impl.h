@@ -28,7 +28,10 @@
 
 /* ---- request.c ------------------------------------------------------------ */
 
-typedef enum srv_kind { SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE } srv_kind;
+typedef enum srv_kind {
+    SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE,
+    SRV_MESSAGES, SRV_COUNT_TOKENS /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+} srv_kind;
 
 /* A parsed, validated request. Strings point into `root` (kept alive). */
 typedef struct srv_params {
@@ -286,8 +289,16 @@ double srv_now(void);
 
 /* ---- openai.c ------------------------------------------------------------- */
 
+/* Polled while a connection waits for its job: false when the client is gone. */
+typedef bool (*srv_alive_fn)(void *ctx);
+
 /* An SSE stream of a job (chat.completion.chunk or text_completion). */
-typedef struct srv_stream {
+typedef struct srv_stream srv_stream;
+typedef bool (*srv_next_fn)(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
+struct srv_stream {
+    srv_next_fn next;          /* NULL: OpenAI's events; else the next event into pend (Anthropic) */
+    int blk;                   /* Anthropic: open content block (0 none, 1 thinking, 2 text) */
+    int nblk;                  /* Anthropic: content blocks opened */
     mk_server *s;
     srv_job *j;                /* one reference */
     srv_kind kind;
@@ -300,7 +311,7 @@ typedef struct srv_stream {
     srv_chatout co;            /* chat: reasoning, content and tool calls apart */
     char *pend;                /* formatted bytes not yet handed to the connection */
     size_t pend_len, pend_off;
-} srv_stream;
+};
 
 /* A response: status, content type and body (malloc'd), or a stream. */
 typedef struct srv_reply {
@@ -311,8 +322,6 @@ typedef struct srv_reply {
     srv_stream *stream;        /* SSE (code 200) */
 } srv_reply;
 
-/* Polled while a connection waits for its job: false when the client is gone. */
-typedef bool (*srv_alive_fn)(void *ctx);
 
 /* An OpenAI-style error body. */
 void srv_error(srv_reply *r, int code, const char *type, const char *param, const char *fmt, ...)
@@ -329,5 +338,23 @@ void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, 
 long srv_stream_read(srv_stream *st, char *buf, size_t max, srv_alive_fn alive, void *alive_ctx);
 /* Cancel the job if still running and free the stream (NULL ok). */
 void srv_stream_free(srv_stream *st);
+/* The parts of a completion the other APIs share: check the model, build
+ * the prompt (chat template with tools), queue the job; NULL with r set
+ * (an OpenAI error) on failure. */
+srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r);
+/* The prompt's ids (chat template, or the raw prompt), checked against the
+ * vocabulary and the context; false with r set. */
+bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np);
+void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co);
+/* Wait for the job's end (polling alive), or 100 ms on its condition (s->mu held). */
+void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx);
+void srv_wait_tick(mk_server *s, srv_job *j);
+void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
+
+/* ---- api_anthropic.c ------------------------------------------------------ */
+
+/* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
+void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
+                          srv_alive_fn alive, void *alive_ctx);
 
 #endif
