@@ -98,7 +98,7 @@ static void parse_think_tools(const srv_parse_cfg *c, const char *t, size_t len,
         if (len - w >= 7 && !memcmp(t + w, "<think>", 7)) {
             in_think = true;
             pos = w + 7;
-        } else if (!final && !memcmp(t + w, "<think>", len - w)) {
+        } else if (!final && len - w < 7 && !memcmp(t + w, "<think>", len - w)) {
             return; /* maybe its beginning */
         }
     }

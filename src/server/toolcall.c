@@ -94,11 +94,11 @@ static bool push(srv_call **calls, size_t *n, const char *name, size_t nn, json_
             json_decref(args);
         return false;
     }
-    char *a = json_dumps(args, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *a = nn ? json_dumps(args, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL; /* a call needs a name */
     json_decref(args);
-    char *nm = mk_strndup(name, nn);
-    srv_call *nc = a && nm ? mk_realloc(*calls, (*n + 1) * sizeof *nc) : NULL;
-    if (!nc || nn == 0) {
+    char *nm = a ? mk_strndup(name, nn) : NULL;
+    srv_call *nc = nm ? mk_realloc(*calls, (*n + 1) * sizeof *nc) : NULL;
+    if (!nc) {
         free(a);
         free(nm);
         return false;

@@ -95,6 +95,12 @@ static void test_qwen3(void **s) {
     /* a block that does not parse is content, never dropped */
     check(MK_CHAT_QWEN3, false, true, "Try <tool_call>\n{not json}\n</tool_call> done",
           &(want){"", "Try <tool_call>\n{not json}\n</tool_call> done", {{0}}});
+    /* a call without a name is no call (this once leaked the calls array and
+     * could leave it dangling: found by fuzz_server_request) */
+    check(MK_CHAT_QWEN3, false, true, "<tool_call>\n{\"name\": \"\", \"arguments\": {}}\n</tool_call>",
+          &(want){"", "<tool_call>\n{\"name\": \"\", \"arguments\": {}}\n</tool_call>", {{0}}});
+    check(MK_CHAT_GLM4, false, true, "<tool_call>get_time</tool_call><tool_call>\n</tool_call>",
+          &(want){"", "<tool_call>\n</tool_call>", {{"get_time", "{}"}}});
     /* cut off inside a call (max_tokens): the unfinished block is content */
     check(MK_CHAT_QWEN3, false, true, "A <tool_call>\n{\"name\": \"get_",
           &(want){"", "A <tool_call>\n{\"name\": \"get_", {{0}}});
