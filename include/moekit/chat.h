@@ -133,10 +133,14 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
                          char **out);
 
 /* mk_chat_render and mk_chat_encode with tools (NULL or none: the same)
- * and the messages' tool calls: rendered as the qwen3 template does (the
- * tool list in the system turn, <tool_call>{"name": N, "arguments": A}
- * </tool_call> in assistant turns). Other kinds with tools or tool calls
- * are MK_E_UNSUPPORTED (not yet rendered; never dropped). */
+ * and the messages' tool calls, rendered as the released templates do:
+ *   qwen3, qwen3-think  the tool list in the system turn, <tool_call>\n
+ *                {"name": N, "arguments": A}\n</tool_call> in assistant turns
+ *   glm4         the tool list in a system turn of its own after [gMASK]<sop>,
+ *                <tool_call>N\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>
+ *                \n</tool_call> (A must be a JSON object)
+ * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
+ * rendered; never dropped). */
 mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                                const mk_chat_tools *tools, unsigned flags, char **out);
 mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,

@@ -614,8 +614,63 @@ static bool ends_with(const char *s, const char *suf) {
     return n >= k && memcmp(s + n - k, suf, k) == 0;
 }
 
+/* GLM-4.5/4.6's tool calls of message i: '\n<tool_call>N\n' then
+ * '<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n' per argument (V as
+ * is when a string, else its tojson) and '</tool_call>'. The template
+ * iterates the arguments as a mapping: text that is not a JSON object is
+ * MK_E_ARG, as the template raises. */
+static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        json_error_t e;
+        const char *a = txt(tc->calls[k].arguments);
+        json_t *args = json_loads(a, 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the glm4 template iterates them)", i, k);
+        }
+        lit(b, "\n<tool_call>");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<arg_key>");
+            puts_(b, key);
+            lit(b, "</arg_key>\n<arg_value>");
+            if (json_is_string(v)) {
+                put(b, json_string_value(v), json_string_length(v));
+            } else {
+                char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+                if (!t)
+                    b->oom = true;
+                else
+                    puts_(b, t);
+                free(t);
+            }
+            lit(b, "</arg_value>\n");
+        }
+        json_decref(args);
+        lit(b, "</tool_call>");
+    }
+    return MK_OK;
+}
+
 static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "[gMASK]<sop>");
+    if (b->tools && b->tools->n) {
+        lit(b, "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            puts_(b, b->tools->json[i]);
+            lit(b, "\n");
+        }
+        lit(b, "</tools>\n\nFor each function call, output the function name and arguments within the "
+               "following XML format:\n<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n"
+               "<arg_value>{arg-value-1}</arg_value>\n<arg_key>{arg-key-2}</arg_key>\n"
+               "<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>");
+    }
     long last_user = -1;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "user"))
@@ -650,6 +705,9 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
                 lit(b, "\n");
                 put(b, c, cn);
             }
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|observation|>");
@@ -867,14 +925,14 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
-    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK) {
+    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_GLM4) {
         if (b->tools && b->tools->n)
             return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think)", mk_chat_kind_name(kind));
+                          "(only qwen3, qwen3-think, glm4)", mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
                 return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think)", i, mk_chat_kind_name(kind));
+                              "%s template yet (only qwen3, qwen3-think, glm4)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

@@ -116,14 +116,20 @@ if (tpl === 'qwen3') {
                { reasoning: 'Think about the time first.', content: null, calls: [['get_time', {}]] });
 } else if (tpl === 'glm4') {
     await both('\n<think>GLM thinks it over.</think>\nGLM answers.', {}, { reasoning: 'GLM thinks it over.', content: 'GLM answers.' });
+    const first = await both('\n<think>The weather tool.</think>\nChecking.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',
+                             { tools }, { reasoning: 'The weather tool.', content: 'Checking.', calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('\n<think></think>\nIt is 21 degrees.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+} else if (tpl === 'minimax-m2') {
+    await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
     try { // not rendered for this family yet: refused, never dropped
         await client.chat.completions.create({ ...base, tools });
         check(false, 'tools accepted by a template that does not render them');
     } catch (e) {
-        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `glm4 tools: ${e}`);
+        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `minimax-m2 tools: ${e}`);
     }
-} else if (tpl === 'minimax-m2') {
-    await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });

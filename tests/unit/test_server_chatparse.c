@@ -8,9 +8,9 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3 template (request.c's tojson, chat.c) against Qwen3's
- * released template rendered by @huggingface/jinja
- * (tests/data/chat_tools/qwen3.jsonl, tests/gen/gen_chat_tools.mjs). */
+ * through the qwen3 and glm4 templates (request.c's tojson, chat.c)
+ * against the released Qwen3 and GLM-4.6 templates rendered by
+ * @huggingface/jinja (tests/data/chat_tools/, tests/gen/gen_chat_tools.mjs). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -185,13 +185,14 @@ static void test_harmony(void **s) {
     check(MK_CHAT_HARMONY, false, true, "plain", &(want){"", "plain", {{0}}});
 }
 
-static void test_render_qwen3_tools(void **s) {
-    (void)s;
+/* Each line of tests/data/chat_tools/NAME.jsonl: a request and the
+ * released template's rendering (tests/gen/gen_chat_tools.mjs). */
+static void render_cases(const char *name, mk_chat_kind kind) {
     char path[4096];
     const char *src = getenv("MK_SRC");
     if (!src)
         skip();
-    snprintf(path, sizeof path, "%s/tests/data/chat_tools/qwen3.jsonl", src);
+    snprintf(path, sizeof path, "%s/tests/data/chat_tools/%s.jsonl", src, name);
     FILE *f = fopen(path, "r");
     assert_non_null(f);
     char *line = NULL;
@@ -207,16 +208,15 @@ static void test_render_qwen3_tools(void **s) {
             fail_msg("%s: %s", body, mk_err_msg());
         mk_chat_tools tools = {(const char *const *)p.tool_json, p.ntools, p.mcalls};
         char *got = NULL;
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_QWEN3, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
-                         MK_OK);
+        if (mk_chat_render_tools(kind, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got) != MK_OK)
+            fail_msg("%s case %d: %s", name, n, mk_err_msg());
         const char *ref = json_string_value(json_object_get(c, "rendered"));
         if (strcmp(got, ref))
-            fail_msg("case %d rendered\n%s\nexpected\n%s", n, got, ref);
+            fail_msg("%s case %d rendered\n%s\nexpected\n%s", name, n, got, ref);
         free(got);
-        /* other templates refuse tools rather than drop them */
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_GLM4, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
+        /* templates without tool rendering refuse tools rather than drop them */
+        assert_int_equal(mk_chat_render_tools(MK_CHAT_MINIMAX_M2, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
                          MK_E_UNSUPPORTED);
-        free(got);
         free(body);
         srv_params_free(&p);
         json_decref(c);
@@ -224,14 +224,20 @@ static void test_render_qwen3_tools(void **s) {
     }
     free(line);
     fclose(f);
-    assert_true(n >= 2);
+    assert_true(n >= 3);
+}
+
+static void test_render_tools(void **s) {
+    (void)s;
+    render_cases("qwen3", MK_CHAT_QWEN3);
+    render_cases("glm4", MK_CHAT_GLM4);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3),  cmocka_unit_test(test_qwen3_coder), cmocka_unit_test(test_glm),
         cmocka_unit_test(test_minimax), cmocka_unit_test(test_deepseek),   cmocka_unit_test(test_kimi),
-        cmocka_unit_test(test_harmony), cmocka_unit_test(test_render_qwen3_tools),
+        cmocka_unit_test(test_harmony), cmocka_unit_test(test_render_tools),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
