@@ -139,6 +139,10 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
  *   glm4         the tool list in a system turn of its own after [gMASK]<sop>,
  *                <tool_call>N\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>
  *                \n</tool_call> (A must be a JSON object)
+ *   minimax-m2   <tool>{function}</tool> per tool in the system turn,
+ *                <minimax:tool_call>\n<invoke name="N">\n<parameter name="K">V
+ *                </parameter>\n</invoke>\n</minimax:tool_call>; tool results
+ *                ]~b]tool\n<response>{t}</response> after a turn with calls
  * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
  * rendered; never dropped). */
 mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,

@@ -791,6 +791,69 @@ static mk_status dropped(size_t i, const mk_chat_msg *m, const char *kind) {
                   "message may be one); refusing rather than losing it", i, kind, m->role);
 }
 
+/* A tool's "function" member as tojson prints it (MiniMax-M2 lists those). */
+static void tool_function_json(sb *b, const char *tool) {
+    json_error_t e;
+    json_t *t = json_loads(tool, 0, &e);
+    char *f = t ? json_dumps(json_object_get(t, "function"), JSON_PRESERVE_ORDER) : NULL;
+    if (!f)
+        b->oom = true; /* request.c validated the tool: only memory can fail */
+    else
+        puts_(b, f);
+    free(f);
+    if (t)
+        json_decref(t);
+}
+
+/* An argument value as the XML templates print it: a string as is, else tojson. */
+static void arg_value(sb *b, const json_t *v) {
+    if (json_is_string(v)) {
+        put(b, json_string_value(v), json_string_length(v));
+        return;
+    }
+    char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    if (!t)
+        b->oom = true;
+    else
+        puts_(b, t);
+    free(t);
+}
+
+/* MiniMax-M2's tool calls of message i: '\n<minimax:tool_call>\n', per call
+ * '<invoke name="N">\n' + '<parameter name="K">V</parameter>\n' per
+ * argument + '</invoke>\n', then '</minimax:tool_call>'. */
+static mk_status minimax_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    if (!tc || !tc->n)
+        return MK_OK;
+    lit(b, "\n<minimax:tool_call>\n");
+    for (size_t k = 0; k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the minimax-m2 template iterates them)", i, k);
+        }
+        lit(b, "<invoke name=\"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<parameter name=\"");
+            puts_(b, key);
+            lit(b, "\">");
+            arg_value(b, v);
+            lit(b, "</parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</invoke>\n");
+    }
+    lit(b, "</minimax:tool_call>");
+    return MK_OK;
+}
+
 static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     size_t first = n && is_role(&m[0], "system") ? 1 : 0;
     long last_user = -1;
@@ -802,7 +865,21 @@ static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flag
         puts_(b, m[0].content);
     else
         lit(b, "You are a helpful assistant.");
+    if (b->tools && b->tools->n) {
+        lit(b, "\n\n# Tools\nYou may call one or more tools to assist with the user query.\nHere are the tools "
+               "available in JSONSchema format:\n\n<tools>\n");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            lit(b, "<tool>");
+            tool_function_json(b, b->tools->json[t]);
+            lit(b, "</tool>\n");
+        }
+        lit(b, "</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n\n"
+               "<minimax:tool_call>\n<invoke name=\"tool-name-1\">\n<parameter name=\"param-key-1\">param-value-1"
+               "</parameter>\n<parameter name=\"param-key-2\">param-value-2</parameter>\n...\n</invoke>\n"
+               "</minimax:tool_call>");
+    }
     lit(b, "[e~[\n");
+    bool called = false; /* the last assistant turn called tools: tool results may follow */
     for (size_t i = first; i < n; i++) {
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "assistant")) {
@@ -821,13 +898,26 @@ static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flag
                 lit(b, "\n</think>\n\n");
             }
             put(b, c, cn);
+            const mk_chat_msg_calls *tc = b->tools && b->tools->msg ? &b->tools->msg[i] : NULL;
+            mk_status st = minimax_calls(tc, i, b);
+            if (st != MK_OK)
+                return st;
+            called = tc && tc->n;
             lit(b, "[e~[\n");
         } else if (is_role(&m[i], "user")) {
             lit(b, "]~b]user\n");
             puts_(b, c);
             lit(b, "[e~[\n");
         } else if (is_role(&m[i], "tool")) {
-            return no_tool_call(i, "minimax-m2");
+            if (!called)
+                return no_tool_call(i, "minimax-m2");
+            if (i == first || !is_role(&m[i - 1], "tool"))
+                lit(b, "]~b]tool");
+            lit(b, "\n<response>");
+            puts_(b, c);
+            lit(b, "</response>");
+            if (i + 1 == n || !is_role(&m[i + 1], "tool"))
+                lit(b, "[e~[\n");
         } else if (is_role(&m[i], "system")) {
             return dropped(i, &m[i], "minimax-m2");
         } else {
@@ -925,14 +1015,15 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
-    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_GLM4) {
+    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_GLM4 &&
+        kind != MK_CHAT_MINIMAX_M2) {
         if (b->tools && b->tools->n)
             return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think, glm4)", mk_chat_kind_name(kind));
+                          "(only qwen3, qwen3-think, glm4, minimax-m2)", mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
                 return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think, glm4)", i, mk_chat_kind_name(kind));
+                              "%s template yet (only qwen3, qwen3-think, glm4, minimax-m2)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

@@ -124,15 +124,23 @@ if (tpl === 'qwen3') {
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
 } else if (tpl === 'minimax-m2') {
     await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
+    const first = await both('Two tools.\n</think>\n\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
+                             { tools }, { reasoning: 'Two tools.', content: null, calls: [['get_weather', { city: 'Paris' }], ['get_time', {}]] });
+    const [c1, c2] = first.choices[0].message.tool_calls;
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: c1.id, content: '21 degrees' },
+                  { role: 'tool', tool_call_id: c2.id, content: 'noon' }];
+    const second = await both('Done.\n</think>\n\nIt is 21 degrees at noon.', { tools, messages: msgs },
+                              { reasoning: 'Done.', content: 'It is 21 degrees at noon.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `minimax round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+} else if (tpl === 'harmony') {
+    await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
+               {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });
     try { // not rendered for this family yet: refused, never dropped
         await client.chat.completions.create({ ...base, tools });
         check(false, 'tools accepted by a template that does not render them');
     } catch (e) {
-        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `minimax-m2 tools: ${e}`);
+        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `harmony tools: ${e}`);
     }
-} else if (tpl === 'harmony') {
-    await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
-               {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });
 } else {
     check(false, `unknown TEMPLATE ${tpl}`);
 }
