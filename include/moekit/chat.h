@@ -143,6 +143,10 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
  *                <minimax:tool_call>\n<invoke name="N">\n<parameter name="K">V
  *                </parameter>\n</invoke>\n</minimax:tool_call>; tool results
  *                ]~b]tool\n<response>{t}</response> after a turn with calls
+ *   kimi-k2      <|im_system|>tool_declare<|im_middle|>[tools]<|im_end|>;
+ *                <|tool_calls_section_begin|><|tool_call_begin|>functions.N:K
+ *                <|tool_call_argument_begin|>A<|tool_call_end|>...; a tool result
+ *                is '## Return of functions.N:K' of the oldest unanswered call
  * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
  * rendered; never dropped). */
 mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,

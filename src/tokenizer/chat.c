@@ -986,7 +986,34 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
  * tool result is introduced as the return of 'functions.unknown:0' (moekit
  * renders no tool calls, whose ids would number it). A message's "name",
  * which the template would write instead of the role, is not supported. */
+/* Kimi-K2's call id 'functions.N:K' of the k-th call of the conversation. */
+static void kimi_call_id(sb *b, const mk_chat_msg_calls *mc, size_t n, size_t k) {
+    size_t seen = 0;
+    for (size_t i = 0; mc && i < n; i++) {
+        if (k < seen + mc[i].n) {
+            char num[32];
+            lit(b, "functions.");
+            puts_(b, txt(mc[i].calls[k - seen].name));
+            snprintf(num, sizeof num, ":%zu", k);
+            lit(b, num);
+            return;
+        }
+        seen += mc[i].n;
+    }
+}
+
 static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    const mk_chat_msg_calls *mc = b->tools ? b->tools->msg : NULL;
+    if (b->tools && b->tools->n) { /* {{ tools | tojson }}: the list, ", " between */
+        lit(b, "<|im_system|>tool_declare<|im_middle|>[");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            if (t)
+                lit(b, ", ");
+            puts_(b, b->tools->json[t]);
+        }
+        lit(b, "]<|im_end|>");
+    }
+    size_t counter = 0, answered = 0; /* calls so far; tool results that took their ids */
     for (size_t i = 0; i < n; i++) {
         if (!m[i].role)
             return bad_role(i, &m[i], "kimi-k2");
@@ -1002,9 +1029,29 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
             puts_(b, m[i].role);
             lit(b, "<|im_middle|>");
         }
-        if (is_role(&m[i], "tool"))
-            lit(b, "## Return of functions.unknown:0\n");
+        if (is_role(&m[i], "tool")) {
+            lit(b, "## Return of ");
+            if (answered < counter) { /* the oldest call not yet answered */
+                kimi_call_id(b, mc, n, answered++);
+            } else {
+                char num[48];
+                snprintf(num, sizeof num, "functions.unknown:%zu", counter);
+                lit(b, num);
+            }
+            lit(b, "\n");
+        }
         puts_(b, txt(m[i].content));
+        if (is_role(&m[i], "assistant") && mc && mc[i].n) {
+            lit(b, "<|tool_calls_section_begin|>");
+            for (size_t k = 0; k < mc[i].n; k++) {
+                lit(b, "<|tool_call_begin|>");
+                kimi_call_id(b, mc, n, counter++);
+                lit(b, "<|tool_call_argument_begin|>");
+                puts_(b, txt(mc[i].calls[k].arguments));
+                lit(b, "<|tool_call_end|>");
+            }
+            lit(b, "<|tool_calls_section_end|>");
+        }
         lit(b, "<|im_end|>");
     }
     if (flags & MK_CHAT_GENERATION_PROMPT)
@@ -1016,14 +1063,14 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     mk_status st = MK_OK;
     put(b, "", 0);
     if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_GLM4 &&
-        kind != MK_CHAT_MINIMAX_M2) {
+        kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2) {
         if (b->tools && b->tools->n)
             return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think, glm4, minimax-m2)", mk_chat_kind_name(kind));
+                          "(only qwen3, qwen3-think, glm4, minimax-m2, kimi-k2)", mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
                 return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think, glm4, minimax-m2)", i, mk_chat_kind_name(kind));
+                              "%s template yet (only qwen3, qwen3-think, glm4, minimax-m2, kimi-k2)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

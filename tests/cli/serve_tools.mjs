@@ -132,6 +132,13 @@ if (tpl === 'qwen3') {
     const second = await both('Done.\n</think>\n\nIt is 21 degrees at noon.', { tools, messages: msgs },
                               { reasoning: 'Done.', content: 'It is 21 degrees at noon.' });
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `minimax round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+} else if (tpl === 'kimi-k2') {
+    const first = await both('Let me look.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
+                             { tools }, { reasoning: '', content: 'Let me look.', calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('It is 21 degrees.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `kimi round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });

@@ -8,9 +8,11 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3, glm4 and minimax-m2 templates (request.c's tojson,
- * chat.c) against the released Qwen3, GLM-4.6 and MiniMax-M2 templates rendered by
- * @huggingface/jinja (tests/data/chat_tools/, tests/gen/gen_chat_tools.mjs). */
+ * through the qwen3, glm4, minimax-m2 and kimi-k2 templates (request.c's
+ * tojson, chat.c) against the released Qwen3, GLM-4.6, MiniMax-M2 and
+ * Kimi-K2-Instruct templates rendered by @huggingface/jinja (Kimi's by
+ * Python's jinja2: its template mutates lists) (tests/data/chat_tools/,
+ * tests/gen/gen_chat_tools.mjs and .py). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -214,8 +216,8 @@ static void render_cases(const char *name, mk_chat_kind kind) {
         if (strcmp(got, ref))
             fail_msg("%s case %d rendered\n%s\nexpected\n%s", name, n, got, ref);
         free(got);
-        /* templates without tool rendering (kimi-k2 for now) refuse tools rather than drop them */
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_KIMI_K2, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
+        /* templates without tool rendering (harmony for now) refuse tools rather than drop them */
+        assert_int_equal(mk_chat_render_tools(MK_CHAT_HARMONY, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
                          MK_E_UNSUPPORTED);
         free(body);
         srv_params_free(&p);
@@ -232,6 +234,7 @@ static void test_render_tools(void **s) {
     render_cases("qwen3", MK_CHAT_QWEN3);
     render_cases("glm4", MK_CHAT_GLM4);
     render_cases("minimax-m2", MK_CHAT_MINIMAX_M2);
+    render_cases("kimi-k2", MK_CHAT_KIMI_K2);
 }
 
 int main(void) {
