@@ -62,7 +62,7 @@ static void help(FILE *f) {
             "                       streams less while a long prompt is read\n"
             "engine:\n"
             "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
-            "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3,\n"
+            "  --template NAME      chat template: chatml, qwen3, qwen3-think, qwen3.5, deepseek3,\n"
             "                       deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2\n"
             "                       (default: recognised from the checkpoint)\n"
             "  --test-output        TESTS ONLY: a request's \"moekit_test_output\" text is\n"

@@ -16,6 +16,8 @@
  *   qwen3-think  as qwen3, but the generation prompt opens the thinking block
  *                (<|im_start|>assistant\n<think>\n), as Qwen3.5 and the
  *                Qwen3 *-Thinking-2507 templates do by default
+ *   qwen3.5      Qwen3.5: as qwen3-think without tools; its tools and tool
+ *                calls are Qwen3-Coder's XML (<function=N><parameter=K>)
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
  *   deepseek3.2  DeepSeek-V3.2, thinking off (its template's default):
@@ -77,6 +79,7 @@ typedef enum mk_chat_kind {
     MK_CHAT_GLM47 = 8,
     MK_CHAT_KIMI_K2 = 9,
     MK_CHAT_DEEPSEEK32 = 10,
+    MK_CHAT_QWEN35 = 11,
 } mk_chat_kind;
 
 /* A tool call of an earlier assistant turn (OpenAI's tool_calls[i]). */
@@ -116,7 +119,7 @@ enum {
     MK_CHAT_NO_THINKING = 1u << 1,       /* qwen3 kinds, glm4, glm4.7: enable_thinking=false */
 };
 
-/* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
+/* The template of a model. `override` ("chatml", "qwen3", "qwen3-think", "qwen3.5",
  * "deepseek3", "deepseek3.2", "glm4", "glm4.7", "minimax-m2", "harmony", "kimi-k2") wins when non-NULL; otherwise the template is read from
  * `model_dir` (a directory, or any file inside it such as tokenizer.json).
  * An unrecognised template is MK_E_UNSUPPORTED, a missing one
@@ -136,6 +139,10 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
  * and the messages' tool calls, rendered as the released templates do:
  *   qwen3, qwen3-think  the tool list in the system turn, <tool_call>\n
  *                {"name": N, "arguments": A}\n</tool_call> in assistant turns
+ *   qwen3.5      the tool list and its instructions in the system turn (the
+ *                system text after them), <tool_call>\n<function=N>\n
+ *                <parameter=K>\nV\n</parameter>\n</function>\n</tool_call>
+ *                (A must be a JSON object; V as Python's str() prints it)
  *   glm4         the tool list in a system turn of its own after [gMASK]<sop>,
  *                <tool_call>N\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>
  *                \n</tool_call> (A must be a JSON object)

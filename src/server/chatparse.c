@@ -81,7 +81,7 @@ static void emit(buf *b, const char *s, size_t n) {
 bool srv_chat_think_open(mk_chat_kind kind, unsigned flags) {
     if (flags & MK_CHAT_NO_THINKING)
         return false;
-    return kind == MK_CHAT_QWEN3_THINK || kind == MK_CHAT_MINIMAX_M2 || kind == MK_CHAT_GLM47;
+    return kind == MK_CHAT_QWEN3_THINK || kind == MK_CHAT_QWEN35 || kind == MK_CHAT_MINIMAX_M2 || kind == MK_CHAT_GLM47;
 }
 
 static void parse_think_tools(const srv_parse_cfg *c, const char *t, size_t len, bool final, buf *r,

@@ -406,7 +406,8 @@ srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
         j->logprobs = p->logprobs;
         /* the markup of these families may be special tokens: their parser reads it */
         j->keep_special = p->kind == SRV_CHAT && s->m.chat_kind != MK_CHAT_CHATML &&
-                          s->m.chat_kind != MK_CHAT_QWEN3 && s->m.chat_kind != MK_CHAT_QWEN3_THINK;
+                          s->m.chat_kind != MK_CHAT_QWEN3 && s->m.chat_kind != MK_CHAT_QWEN3_THINK &&
+                          s->m.chat_kind != MK_CHAT_QWEN35;
         size_t nf = 0;
         if (p->test_output &&
             mk_tok_encode(s->m.tok, p->test_output, p->test_output_len, 0, &j->forced, &nf) != MK_OK) {

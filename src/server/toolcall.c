@@ -1,7 +1,7 @@
 /* Tool calls as each model family writes them, parsed back into OpenAI's
  * {name, arguments}. The formats are those the families' released chat
  * templates teach the model (and render earlier calls in):
- *   qwen3, qwen3-think, chatml  <tool_call>\n{"name": N, "arguments": {..}}\n</tool_call>
+ *   qwen3, qwen3-think, qwen3.5, chatml  <tool_call>\n{"name": N, "arguments": {..}}\n</tool_call>
  *                or Qwen3-Coder / Qwen3.5's XML inside the same block:
  *                <function=N>\n<parameter=K>\nV\n</parameter>\n</function>
  *   glm4, glm4.7 <tool_call>N\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n</tool_call>
@@ -38,6 +38,7 @@ void srv_toolcall_markers(mk_chat_kind kind, const char **open, const char **clo
     case MK_CHAT_CHATML:
     case MK_CHAT_QWEN3:
     case MK_CHAT_QWEN3_THINK:
+    case MK_CHAT_QWEN35:
     case MK_CHAT_GLM4:
     case MK_CHAT_GLM47:
         *open = "<tool_call>";
@@ -429,6 +430,7 @@ bool srv_toolcall_parse(mk_chat_kind kind, const json_t *defs, const char *s, si
     case MK_CHAT_CHATML:
     case MK_CHAT_QWEN3:
     case MK_CHAT_QWEN3_THINK:
+    case MK_CHAT_QWEN35:
         ok = starts(t, tn, "<function=") ? parse_coder(defs, t, tn, calls, ncalls)
                                          : parse_json_call(t, tn, calls, ncalls);
         break;

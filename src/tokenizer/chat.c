@@ -32,6 +32,7 @@ static const struct {
     {"chatml", MK_CHAT_CHATML},
     {"qwen3", MK_CHAT_QWEN3},
     {"qwen3-think", MK_CHAT_QWEN3_THINK},
+    {"qwen3.5", MK_CHAT_QWEN35},
     {"deepseek3", MK_CHAT_DEEPSEEK3},
     {"glm4", MK_CHAT_GLM4},
     {"glm4.7", MK_CHAT_GLM47},
@@ -40,7 +41,7 @@ static const struct {
     {"kimi-k2", MK_CHAT_KIMI_K2},
     {"deepseek3.2", MK_CHAT_DEEPSEEK32},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2, qwen3.5"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -119,7 +120,8 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
          * block '<think>\n\n</think>\n\n'. */
         if (strstr(j, "'<think>\\n'") || strstr(j, "\"<think>\\n\"") ||
             strstr(j, "assistant\\n<think>\\n'") || strstr(j, "assistant\\n<think>\\n\""))
-            *out = MK_CHAT_QWEN3_THINK;
+            /* Qwen3.5 teaches Qwen3-Coder's XML tool calls */
+            *out = strstr(j, "<function=") ? MK_CHAT_QWEN35 : MK_CHAT_QWEN3_THINK;
         else if (strstr(j, "<think>"))
             *out = MK_CHAT_QWEN3;
         else
@@ -324,11 +326,84 @@ static const char *last_strstr(const char *h, const char *needle) {
     return r;
 }
 
+static bool py_space(uint32_t c);
+static void py_strip(const char **s, size_t *n);
+
+/* A JSON value as Jinja's `| string` prints it under Python (Qwen3.5's
+ * scalar arguments): True / False / None, integers, floats as Python's
+ * repr (the shortest text that reads back, "1.0", "1e+16"), strings as is;
+ * objects and arrays as tojson. */
+static void py_str(sb *b, const json_t *v) {
+    char t[64];
+    if (json_is_string(v)) {
+        put(b, json_string_value(v), json_string_length(v));
+    } else if (json_is_true(v) || json_is_false(v) || json_is_null(v)) {
+        puts_(b, json_is_true(v) ? "True" : json_is_false(v) ? "False" : "None");
+    } else if (json_is_integer(v)) {
+        snprintf(t, sizeof t, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        puts_(b, t);
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        int p = 1;
+        for (; p < 17; p++) { /* the fewest significant digits that read back */
+            snprintf(t, sizeof t, "%.*e", p - 1, d);
+            if (strtod(t, NULL) == d)
+                break;
+        }
+        int e = 0;
+        const char *x = strchr(t, 'e');
+        if (x)
+            e = atoi(x + 1);
+        if (e >= -4 && e < 16)
+            snprintf(t, sizeof t, "%.*f", p - 1 - e > 1 ? p - 1 - e : 1, d);
+        else
+            snprintf(t, sizeof t, "%.*e", p - 1, d);
+        puts_(b, t);
+    } else {
+        char *j = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+        if (!j)
+            b->oom = true;
+        else
+            puts_(b, j);
+        free(j);
+    }
+}
+
+/* Qwen3.5's tool calls (Qwen3-Coder's XML); `text` whether the turn's
+ * content is more than white space. */
+static mk_status qwen35_calls(const mk_chat_msg_calls *tc, bool text, sb *b) {
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat: tool call %zu: the arguments are not a JSON object (the qwen3.5 "
+                          "template iterates them)", k);
+        }
+        lit(b, k ? "\n<tool_call>\n<function=" : text ? "\n\n<tool_call>\n<function=" : "<tool_call>\n<function=");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, ">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<parameter=");
+            puts_(b, key);
+            lit(b, ">\n");
+            py_str(b, v);
+            lit(b, "\n</parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</function>\n</tool_call>");
+    }
+    return MK_OK;
+}
+
 /* Qwen3's assistant turn: split an inline <think>...</think> off the content
  * unless reasoning is given, and keep the think block only after the last
  * user query. */
-static void qwen3_assistant(const mk_chat_msg *m, const mk_chat_msg_calls *tc, bool after_query, bool last,
-                            sb *b) {
+static mk_status qwen3_assistant(mk_chat_kind kind, const mk_chat_msg *m, const mk_chat_msg_calls *tc,
+                                 bool after_query, bool last, sb *b) {
     const char *c = txt(m->content), *r = "";
     size_t cn = strlen(c), rn = 0;
     if (m->reasoning) {
@@ -351,7 +426,7 @@ static void qwen3_assistant(const mk_chat_msg *m, const mk_chat_msg_calls *tc, b
         strip_nl(&c, &cn, true, false);
     }
     lit(b, "<|im_start|>assistant\n");
-    if (after_query && (last || rn)) {
+    if (after_query && (last || rn || kind == MK_CHAT_QWEN35)) { /* Qwen3.5: every turn after the query */
         strip_nl(&r, &rn, true, true);
         strip_nl(&c, &cn, true, false);
         lit(b, "<think>\n");
@@ -359,6 +434,14 @@ static void qwen3_assistant(const mk_chat_msg *m, const mk_chat_msg_calls *tc, b
         lit(b, "\n</think>\n\n");
     }
     put(b, c, cn);
+    if (kind == MK_CHAT_QWEN35) {
+        bool text = false;
+        for (size_t k = 0; k < cn && !text; k++)
+            text = !py_space((unsigned char)c[k]);
+        mk_status st = qwen35_calls(tc, text, b);
+        lit(b, "<|im_end|>\n");
+        return st;
+    }
     for (size_t k = 0; tc && k < tc->n; k++) {
         if (k > 0 || cn)
             lit(b, "\n");
@@ -369,6 +452,7 @@ static void qwen3_assistant(const mk_chat_msg *m, const mk_chat_msg_calls *tc, b
         lit(b, "}\n</tool_call>");
     }
     lit(b, "<|im_end|>\n");
+    return MK_OK;
 }
 
 static bool tool_response_wrapped(const char *c) {
@@ -377,7 +461,32 @@ static bool tool_response_wrapped(const char *c) {
 }
 
 static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
-    if (b->tools && b->tools->n) {
+    if (b->tools && b->tools->n && kind == MK_CHAT_QWEN35) {
+        lit(b, "<|im_start|>system\n# Tools\n\nYou have access to the following functions:\n\n<tools>");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            lit(b, "\n");
+            puts_(b, b->tools->json[i]);
+        }
+        lit(b, "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:"
+               "\n\n<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n"
+               "</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat "
+               "can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n- "
+               "Function calls MUST follow the specified format: an inner <function=...></function> block must be "
+               "nested within <tool_call></tool_call> XML tags\n- Required parameters MUST be specified\n- You may "
+               "provide optional reasoning for your function call in natural language BEFORE the function call, "
+               "but NOT after\n- If there is no function call available, answer the question like normal with "
+               "your current knowledge and do not tell the user about function calls\n</IMPORTANT>");
+        if (n && is_role(&m[0], "system")) { /* render_content(...)|trim */
+            const char *c = txt(m[0].content);
+            size_t cn = strlen(c);
+            py_strip(&c, &cn);
+            if (cn) {
+                lit(b, "\n\n");
+                put(b, c, cn);
+            }
+        }
+        lit(b, "<|im_end|>\n");
+    } else if (b->tools && b->tools->n) {
         lit(b, "<|im_start|>system\n");
         if (n && is_role(&m[0], "system")) {
             puts_(b, txt(m[0].content));
@@ -412,8 +521,10 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
             puts_(b, txt(m[i].content));
             lit(b, "<|im_end|>\n");
         } else if (is_role(&m[i], "assistant")) {
-            qwen3_assistant(&m[i], b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i > last_query,
-                            i + 1 == n, b);
+            mk_status st = qwen3_assistant(kind, &m[i], b->tools && b->tools->msg ? &b->tools->msg[i] : NULL,
+                                           i > last_query, i + 1 == n, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|im_start|>user");
@@ -430,7 +541,7 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
         lit(b, "<|im_start|>assistant\n");
         if (flags & MK_CHAT_NO_THINKING)
             lit(b, "<think>\n\n</think>\n\n");
-        else if (kind == MK_CHAT_QWEN3_THINK)
+        else if (kind == MK_CHAT_QWEN3_THINK || kind == MK_CHAT_QWEN35)
             lit(b, "<think>\n");
     }
     return MK_OK;
@@ -1062,20 +1173,21 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
-    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_GLM4 &&
+    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_QWEN35 && kind != MK_CHAT_GLM4 &&
         kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2) {
         if (b->tools && b->tools->n)
             return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think, glm4, minimax-m2, kimi-k2)", mk_chat_kind_name(kind));
+                          "(only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
                 return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think, glm4, minimax-m2, kimi-k2)", i, mk_chat_kind_name(kind));
+                              "%s template yet (only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;
     case MK_CHAT_QWEN3:
-    case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, b); break;
+    case MK_CHAT_QWEN3_THINK:
+    case MK_CHAT_QWEN35: st = render_qwen3(kind, msgs, n, flags, b); break;
     case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, b); break;
     case MK_CHAT_GLM4: st = render_glm4(msgs, n, flags, b); break;
     case MK_CHAT_GLM47: st = render_glm47(msgs, n, flags, b); break;

@@ -114,6 +114,15 @@ if (tpl === 'qwen3') {
                { reasoning: '', content: 'The answer, no thinking.' });
     await both('Think about the time first.\n</think>\n\n<tool_call>\n{"name": "get_time", "arguments": {}}\n</tool_call>', { tools },
                { reasoning: 'Think about the time first.', content: null, calls: [['get_time', {}]] });
+} else if (tpl === 'qwen3.5') { // Qwen3-Coder's XML calls, values typed by the tool's schema
+    const first = await both('Which city?\n</think>\n\n<tool_call>\n<function=get_weather>\n<parameter=city>\nNew York\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=get_time>\n</function>\n</tool_call>',
+                             { tools }, { reasoning: 'Which city?', content: null, calls: [['get_weather', { city: 'New York' }], ['get_time', {}]] });
+    const [c1, c2] = first.choices[0].message.tool_calls;
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: c1.id, content: '21 degrees' },
+                  { role: 'tool', tool_call_id: c2.id, content: 'noon' }];
+    const second = await both('Got both.\n</think>\n\nIt is 21 degrees at noon.', { tools, messages: msgs },
+                              { reasoning: 'Got both.', content: 'It is 21 degrees at noon.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `qwen3.5 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
 } else if (tpl === 'glm4') {
     await both('\n<think>GLM thinks it over.</think>\nGLM answers.', {}, { reasoning: 'GLM thinks it over.', content: 'GLM answers.' });
     const first = await both('\n<think>The weather tool.</think>\nChecking.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',

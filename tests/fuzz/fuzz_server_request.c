@@ -97,7 +97,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     srv_params_free(&p);
     static const mk_chat_kind all[] = {MK_CHAT_CHATML, MK_CHAT_QWEN3, MK_CHAT_QWEN3_THINK, MK_CHAT_DEEPSEEK3,
                                        MK_CHAT_GLM4, MK_CHAT_MINIMAX_M2, MK_CHAT_HARMONY, MK_CHAT_GLM47,
-                                       MK_CHAT_KIMI_K2, MK_CHAT_DEEPSEEK32};
+                                       MK_CHAT_KIMI_K2, MK_CHAT_DEEPSEEK32, MK_CHAT_QWEN35};
     const char *text = (const char *)data + 1;
     size_t n = size - 1;
     for (size_t k = 0; k < sizeof all / sizeof *all; k++) {

@@ -8,10 +8,12 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3, glm4, minimax-m2 and kimi-k2 templates (request.c's
- * tojson, chat.c) against the released Qwen3, GLM-4.6, MiniMax-M2 and
- * Kimi-K2-Instruct templates rendered by @huggingface/jinja (Kimi's by
- * Python's jinja2: its template mutates lists) (tests/data/chat_tools/,
+ * through the qwen3, qwen3.5, glm4, minimax-m2 and kimi-k2 templates
+ * (request.c's tojson, chat.c) against the released Qwen3, Qwen3.5,
+ * GLM-4.6, MiniMax-M2 and Kimi-K2-Instruct templates rendered by
+ * @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
+ * transformers uses: Kimi's template mutates lists, Qwen3.5's prints
+ * scalars with Python's str()) (tests/data/chat_tools/,
  * tests/gen/gen_chat_tools.mjs and .py). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -231,10 +233,18 @@ static void render_cases(const char *name, mk_chat_kind kind) {
 
 static void test_render_tools(void **s) {
     (void)s;
+    /* Qwen3.5's template (thinking opened by the generation prompt, XML tool
+     * calls) is told apart from the Qwen3 thinking templates (JSON calls) */
+    mk_chat_kind k;
+    assert_int_equal(mk_chat_detect_text("{{- '<|im_start|>assistant\\n<think>\\n' }} <tool_call>\\n<function=", &k), MK_OK);
+    assert_int_equal(k, MK_CHAT_QWEN35);
+    assert_int_equal(mk_chat_detect_text("{{- '<|im_start|>assistant\\n<think>\\n' }} <tool_call>\\n{\"name\"", &k), MK_OK);
+    assert_int_equal(k, MK_CHAT_QWEN3_THINK);
     render_cases("qwen3", MK_CHAT_QWEN3);
     render_cases("glm4", MK_CHAT_GLM4);
     render_cases("minimax-m2", MK_CHAT_MINIMAX_M2);
     render_cases("kimi-k2", MK_CHAT_KIMI_K2);
+    render_cases("qwen3.5", MK_CHAT_QWEN35);
 }
 
 int main(void) {
