@@ -383,7 +383,8 @@ static bool sse(srv_stream *st, const char *name, json_t *o, unsigned long mark)
     size_t keep = st->pend_len - st->pend_off, n = strlen(t), add = 7 + strlen(name) + 7 + n + 2;
     char *e = mk_malloc(keep + add + 1);
     if (e) {
-        memcpy(e, st->pend + st->pend_off, keep);
+        if (keep) /* (pend is NULL before the first event) */
+            memcpy(e, st->pend + st->pend_off, keep);
         snprintf(e + keep, add + 1, "event: %s\ndata: %s\n\n", name, t);
     }
     free(t);
