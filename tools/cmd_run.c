@@ -33,7 +33,7 @@ static void help(FILE *f) {
             "  --chat               wrap --prompt as a user turn in the model's chat template;\n"
             "                       without --prompt, chat interactively (one turn per line)\n"
             "  --system TEXT        system message for --chat\n"
-            "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3,\n"
+            "  --template NAME      chat template: chatml, qwen3, qwen3-think, qwen3.5, deepseek3,\n"
             "                       deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2\n"
             "                       (default: recognised from the checkpoint); implies --chat\n"
             "  --no-think           qwen3 and glm4* templates: enable_thinking=false\n"

@@ -30,6 +30,8 @@ static void help(FILE *f) {
             "  GET  /v1/models              the model's id (--alias; \"default_model\" also works)\n"
             "  POST /v1/chat/completions    chat with the model's template; \"stream\": true for SSE\n"
             "  POST /v1/completions         a raw prompt (text or token ids)\n"
+            "  POST /v1/messages            Anthropic's Messages API (Claude Code), and\n"
+            "       /v1/messages/count_tokens\n"
             "  POST /tokenize, /detokenize  {\"content\": TEXT} <-> {\"tokens\": [ids]}\n"
             "  GET  /metrics                Prometheus text: requests, tokens, latencies, slots\n"
             "Sampling fields: temperature (default 1), top_p, top_k, min_p, max_tokens or\n"
@@ -37,7 +39,11 @@ static void help(FILE *f) {
             "seed, presence_penalty, frequency_penalty, repetition_penalty, ignore_eos;\n"
             "chat_template_kwargs.enable_thinking (qwen3 templates). Log probabilities: chat's\n"
             "logprobs + top_logprobs (0-20), completions' logprobs (0-20), of the model's own\n"
-            "distribution (before penalties and temperature).\n\n"
+            "distribution (before penalties and temperature). Reasoning comes apart from the\n"
+            "answer (reasoning_content; Anthropic thinking blocks) and tool calls are parsed\n"
+            "per template family (tool_calls; tool_use blocks); \"tools\" are rendered with the\n"
+            "qwen3, qwen3-think, qwen3.5, glm4, minimax-m2 and kimi-k2 templates. Every field,\n"
+            "supported or refused: docs/SERVER_API.md.\n\n"
             "network:\n"
             "  --host ADDR          IPv4 address to listen on (default 127.0.0.1: this machine\n"
             "                       only; 0.0.0.0 exposes the server, give it an --api-key)\n"
@@ -68,9 +74,12 @@ static void help(FILE *f) {
             "                       streams less while a long prompt is read\n"
             "engine:\n"
             "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
-            "  --template NAME      chat template: chatml, qwen3, qwen3-think, deepseek3,\n"
+            "  --template NAME      chat template: chatml, qwen3, qwen3-think, qwen3.5, deepseek3,\n"
             "                       deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2\n"
             "                       (default: recognised from the checkpoint)\n"
+            "  --test-output        TESTS ONLY: a request's \"moekit_test_output\" text is\n"
+            "                       generated instead of sampled (exercises the reasoning and\n"
+            "                       tool-call parsers end to end with a tiny model)\n"
             "memory:\n"
             "%s"
             "  -h, --help           this text\n\n"
@@ -92,6 +101,7 @@ typedef struct serve_opts {
     long long port, parallel, queue, ctx, threads, prefill_step, snapshots, snap_every;
     unsigned long long snap_mem;
     double grace;
+    bool test_output;
     mk_ecli_mem mm;
 } serve_opts;
 
@@ -105,6 +115,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
         {"snapshots", required_argument, 0, 'S'}, {"snapshot-memory", required_argument, 0, 'M'},
         {"snapshot-every", required_argument, 0, 'E'},
+        {"test-output", no_argument, 0, 1000},
         MK_ECLI_MEM_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
@@ -145,6 +156,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
                 return rc;
             break;
         case 'T': o->tmpl = optarg; break;
+        case 1000: o->test_output = true; break;
         case 'P':
             if ((rc = mk_flag_int("serve", "--prefill-step", optarg, 1, 1 << 20, &o->prefill_step)) >= 0)
                 return rc;
@@ -329,7 +341,8 @@ static mk_status serve_main(serve_opts *o) {
                          .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
                          .prefill_step = (int)o->prefill_step,
                          .snapshots = o->snapshots ? (int)o->snapshots : -1,
-                         .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every};
+                         .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every,
+                         .test_output = o->test_output};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",

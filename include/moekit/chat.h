@@ -16,6 +16,8 @@
  *   qwen3-think  as qwen3, but the generation prompt opens the thinking block
  *                (<|im_start|>assistant\n<think>\n), as Qwen3.5 and the
  *                Qwen3 *-Thinking-2507 templates do by default
+ *   qwen3.5      Qwen3.5: as qwen3-think without tools; its tools and tool
+ *                calls are Qwen3-Coder's XML (<function=N><parameter=K>)
  *   deepseek3    <｜begin▁of▁sentence｜>{system}<｜User｜>{u}<｜Assistant｜>{a}
  *                <｜end▁of▁sentence｜>... then <｜Assistant｜>
  *   deepseek3.2  DeepSeek-V3.2, thinking off (its template's default):
@@ -77,7 +79,15 @@ typedef enum mk_chat_kind {
     MK_CHAT_GLM47 = 8,
     MK_CHAT_KIMI_K2 = 9,
     MK_CHAT_DEEPSEEK32 = 10,
+    MK_CHAT_QWEN35 = 11,
 } mk_chat_kind;
+
+/* A tool call of an earlier assistant turn (OpenAI's tool_calls[i]). */
+typedef struct mk_chat_tool_call {
+    const char *id;        /* NULL: none */
+    const char *name;
+    const char *arguments; /* JSON text of an object, as OpenAI sends it */
+} mk_chat_tool_call;
 
 typedef struct mk_chat_msg {
     const char *role;      /* "system", "user", "assistant" or "tool" */
@@ -86,13 +96,30 @@ typedef struct mk_chat_msg {
                             * (absent; "" is present and empty, as the templates tell apart) */
 } mk_chat_msg;
 
+/* A message's tool calls (assistant) or the call it answers (tool). */
+typedef struct mk_chat_msg_calls {
+    const mk_chat_tool_call *calls;
+    size_t n;
+    const char *tool_call_id; /* NULL: none */
+} mk_chat_msg_calls;
+
+/* The tools a request offers: each one's JSON text exactly as the template
+ * prints it (`tool | tojson`: Python's json.dumps separators ", " and
+ * ": ", keys in the given order, non-ASCII as is); and the messages' tool
+ * calls (kept apart from mk_chat_msg so its users need not change). */
+typedef struct mk_chat_tools {
+    const char *const *json;
+    size_t n;
+    const mk_chat_msg_calls *msg; /* NULL, or one per message */
+} mk_chat_tools;
+
 /* Render flags. */
 enum {
     MK_CHAT_GENERATION_PROMPT = 1u << 0, /* end with the assistant's opening */
     MK_CHAT_NO_THINKING = 1u << 1,       /* qwen3 kinds, glm4, glm4.7: enable_thinking=false */
 };
 
-/* The template of a model. `override` ("chatml", "qwen3", "qwen3-think",
+/* The template of a model. `override` ("chatml", "qwen3", "qwen3-think", "qwen3.5",
  * "deepseek3", "deepseek3.2", "glm4", "glm4.7", "minimax-m2", "harmony", "kimi-k2") wins when non-NULL; otherwise the template is read from
  * `model_dir` (a directory, or any file inside it such as tokenizer.json).
  * An unrecognised template is MK_E_UNSUPPORTED, a missing one
@@ -107,6 +134,32 @@ const char *mk_chat_kind_name(mk_chat_kind kind);
  * MK_E_ARG (the reference templates would drop it silently). */
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags,
                          char **out);
+
+/* mk_chat_render and mk_chat_encode with tools (NULL or none: the same)
+ * and the messages' tool calls, rendered as the released templates do:
+ *   qwen3, qwen3-think  the tool list in the system turn, <tool_call>\n
+ *                {"name": N, "arguments": A}\n</tool_call> in assistant turns
+ *   qwen3.5      the tool list and its instructions in the system turn (the
+ *                system text after them), <tool_call>\n<function=N>\n
+ *                <parameter=K>\nV\n</parameter>\n</function>\n</tool_call>
+ *                (A must be a JSON object; V as Python's str() prints it)
+ *   glm4         the tool list in a system turn of its own after [gMASK]<sop>,
+ *                <tool_call>N\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>
+ *                \n</tool_call> (A must be a JSON object)
+ *   minimax-m2   <tool>{function}</tool> per tool in the system turn,
+ *                <minimax:tool_call>\n<invoke name="N">\n<parameter name="K">V
+ *                </parameter>\n</invoke>\n</minimax:tool_call>; tool results
+ *                ]~b]tool\n<response>{t}</response> after a turn with calls
+ *   kimi-k2      <|im_system|>tool_declare<|im_middle|>[tools]<|im_end|>;
+ *                <|tool_calls_section_begin|><|tool_call_begin|>functions.N:K
+ *                <|tool_call_argument_begin|>A<|tool_call_end|>...; a tool result
+ *                is '## Return of functions.N:K' of the oldest unanswered call
+ * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
+ * rendered; never dropped). */
+mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, char **out);
+mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, int32_t **ids, size_t *n_ids);
 
 /* Render n messages and encode the prompt with `tok`: the template's
  * markers become their token ids; every role, content and reasoning text is

@@ -61,6 +61,11 @@ typedef bool (*mk_gen_token_fn)(void *user, int32_t id, const char *text, size_t
  * forward pass returned them (before penalties and temperature): log
  * probabilities for a server. The array is only valid during the call. */
 typedef void (*mk_gen_logits_fn)(void *user, const float *logits, int64_t vocab);
+/* Called before each token is sampled, after on_logits, with logits[vocab]
+ * it may change: a token mask (constrained decoding; the server's test-only
+ * forced output) sets the logits of forbidden ids to -INFINITY. At least
+ * one id must stay finite. */
+typedef void (*mk_gen_mask_fn)(void *user, float *logits, int64_t vocab);
 
 typedef struct mk_gen_opts {
     int64_t max_tokens;          /* > 0 */
@@ -69,6 +74,9 @@ typedef struct mk_gen_opts {
     const mk_tok *tok;           /* NULL: no text in callbacks */
     mk_gen_token_fn on_token;    /* NULL: none */
     mk_gen_logits_fn on_logits;  /* NULL: none (same user) */
+    mk_gen_mask_fn on_mask;      /* NULL: none (same user) */
+    bool keep_special;           /* on_token's text keeps special tokens (a chat output parser
+                                    reads markup such as harmony's <|channel|>); else dropped */
     void *user;
     const volatile int *cancel;  /* NULL, or set non-zero (another thread) to stop */
     int64_t cached;              /* > 0: prompt[0..cached) are already in the engine (a

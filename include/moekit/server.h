@@ -16,8 +16,11 @@
  * its prompt (prompt cache) when the engine can keep that prefix.
  *
  * Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions,
- * POST /v1/completions (also without /v1), POST /tokenize, POST
- * /detokenize, GET /metrics (Prometheus text). See docs/DESIGN.md. */
+ * POST /v1/completions (also without /v1), POST /v1/messages and
+ * /v1/messages/count_tokens (Anthropic), POST /tokenize, POST /detokenize,
+ * GET /metrics (Prometheus text). Chat answers come split into reasoning,
+ * content and tool calls per template family. See docs/DESIGN.md and
+ * docs/SERVER_API.md (every field, supported or refused). */
 #ifndef MOEKIT_SERVER_H
 #define MOEKIT_SERVER_H
 
@@ -54,6 +57,9 @@ typedef struct mk_server_opts {
                             per slot. Callers with a memory budget count them in it */
     int snap_every;      /* a long prompt is snapshotted every snap_every tokens (at the end of
                             the prefill piece that crosses a multiple); <= 0: 2048 */
+    bool test_output;    /* tests only: requests may name the text to generate
+                            ("moekit_test_output"), so output parsers are tested end to end
+                            with a tiny model; never for serving */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */

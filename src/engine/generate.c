@@ -103,9 +103,9 @@ mk_status mk_gen_begin(mk_engine *e, const int32_t *prompt, int64_t np, const mk
     s->e = e;
     s->o = *o;
     s->V = V;
-    s->argmax = !o->on_logits && mk_sampler_plain_greedy(o->sampler);
+    s->argmax = !o->on_logits && !o->on_mask && mk_sampler_plain_greedy(o->sampler);
     if (o->tok && o->on_token) {
-        mk_status st = mk_tok_stream_create(o->tok, true, &s->ts);
+        mk_status st = mk_tok_stream_create(o->tok, !o->keep_special, &s->ts);
         if (st != MK_OK) {
             mk_gen_end(s, NULL);
             return st;
@@ -140,6 +140,8 @@ static void sample_next(mk_gen_seq *s, int32_t *next) {
     } else {
         if (o->on_logits)
             o->on_logits(o->user, s->logits, s->V);
+        if (o->on_mask)
+            o->on_mask(o->user, s->logits, s->V);
         id = mk_sampler_sample(o->sampler, s->logits, s->hist, s->nh);
     }
     if (mk_gen_stopset_has(o->stop, id)) {

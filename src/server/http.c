@@ -135,6 +135,8 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
     if (s->api_key) {
         const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *got = h && !strncmp(h, "Bearer ", 7) ? h + 7 : NULL;
+        if (!h) /* Anthropic's clients send the key as x-api-key */
+            got = h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, "x-api-key");
         if (!key_ok(s->api_key, got)) {
             srv_error(&r, 401, "authentication_error", NULL,
                       h ? "invalid API key" : "missing API key: send \"Authorization: Bearer KEY\"");
@@ -146,7 +148,8 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
         int kind; /* srv_kind for POST, -1 models, -2 metrics */
     } routes[] = {{"/chat/completions", SRV_CHAT}, {"/completions", SRV_COMPLETION},
                   {"/tokenize", SRV_TOKENIZE},     {"/detokenize", SRV_DETOKENIZE},
-                  {"/models", -1},                 {"/metrics", -2}};
+                  {"/models", -1},                 {"/metrics", -2},
+                  {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS}};
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (!path_is(url, routes[i].path))
             continue;

@@ -137,12 +137,15 @@ static void detokenize(mk_server *s, srv_params *p, srv_reply *r) {
 
 /* ---- completions ----------------------------------------------------------------- */
 
-static void make_id(mk_server *s, srv_kind kind, char *id, size_t n) {
+void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n) {
     pthread_mutex_lock(&s->mu);
     uint64_t k = ++s->ids;
     pthread_mutex_unlock(&s->mu);
-    snprintf(id, n, "%s-%llx%06llx", kind == SRV_CHAT ? "chatcmpl" : "cmpl",
-             (unsigned long long)time(NULL), (unsigned long long)k);
+    snprintf(id, n, "%s%llx%06llx", prefix, (unsigned long long)time(NULL), (unsigned long long)k);
+}
+
+static void make_id(mk_server *s, srv_kind kind, char *id, size_t n) {
+    srv_make_id(s, kind == SRV_CHAT ? "chatcmpl-" : "cmpl-", id, n);
 }
 
 static const char *finish_name(srv_finish f) {
@@ -247,6 +250,16 @@ static json_t *choice_json(srv_kind kind, bool delta, const char *text, size_t l
     return c;
 }
 
+/* A chat choice around a prebuilt message or delta (consumed). */
+static json_t *choice_msg(json_t *m, bool delta, const char *finish, json_t *logprobs) {
+    json_t *c = json_object();
+    json_object_set_new(c, "index", json_integer(0));
+    json_object_set_new(c, delta ? "delta" : "message", m);
+    json_object_set_new(c, "logprobs", logprobs ? logprobs : json_null());
+    json_object_set_new(c, "finish_reason", finish ? json_string(finish) : json_null());
+    return c;
+}
+
 static json_t *envelope(mk_server *s, srv_kind kind, bool chunk, const char *id, long long created) {
     return json_pack("{s:s,s:s,s:I,s:s,s:s}", "id", id, "object",
                      kind == SRV_CHAT ? (chunk ? "chat.completion.chunk" : "chat.completion")
@@ -269,7 +282,7 @@ static uint64_t fresh_seed(mk_server *s) {
 }
 
 /* The prompt's ids, checked against the vocabulary and the context. */
-static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np) {
+bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np) {
     const char *param = p->kind == SRV_CHAT ? "messages" : "prompt";
     size_t n = 0;
     mk_status st = MK_OK;
@@ -281,7 +294,12 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
             return false;
         }
         unsigned fl = MK_CHAT_GENERATION_PROMPT | (p->no_thinking ? MK_CHAT_NO_THINKING : 0);
-        st = mk_chat_encode(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, fl, ids, &n);
+        mk_chat_tools tools = {(const char *const *)p->tool_json, p->ntools, p->mcalls};
+        st = mk_chat_encode_tools(s->m.tok, s->m.chat_kind, p->msgs, p->nmsg, &tools, fl, ids, &n);
+        if (st == MK_E_UNSUPPORTED) { /* tools this template is not rendered with yet */
+            srv_error(r, 400, "invalid_request_error", p->ntools ? "tools" : "messages", "%s", mk_err_msg());
+            return false;
+        }
     } else if (p->has_ids) {
         int64_t V = mk_model_config(s->m.model)->vocab_size;
         for (size_t i = 0; i < p->n_ids; i++)
@@ -336,7 +354,7 @@ static bool prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids,
 
 /* Wait on the job's condition for at most 100 ms (s->mu held): the
  * caller then checks whether its client is still there. */
-static void wait_tick(mk_server *s, srv_job *j) {
+void srv_wait_tick(mk_server *s, srv_job *j) {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     ts.tv_nsec += 100 * 1000 * 1000;
@@ -347,10 +365,10 @@ static void wait_tick(mk_server *s, srv_job *j) {
     pthread_cond_timedwait(&j->cv, &s->mu, &ts);
 }
 
-static void wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
+void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_lock(&s->mu);
     while (!j->done) {
-        wait_tick(s, j);
+        srv_wait_tick(s, j);
         if (!j->done && alive && !j->cancel) {
             pthread_mutex_unlock(&s->mu);
             bool a = alive(ctx);
@@ -362,28 +380,48 @@ static void wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_unlock(&s->mu);
 }
 
-static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn alive, void *ctx) {
+srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     if (p->model && strcmp(p->model, s->alias) && strcmp(p->model, "default_model")) {
         srv_error(r, 404, "invalid_request_error", "model",
                   "model: '%.200s' is not served here; this server serves '%s' (GET /v1/models)",
                   p->model, s->alias);
-        return;
+        return NULL;
     }
     int32_t *ids;
     int64_t np;
-    if (!prompt_ids(s, p, r, &ids, &np))
-        return;
+    if (!srv_prompt_ids(s, p, r, &ids, &np))
+        return NULL;
     if (!p->seed_given)
         p->sp.seed = fresh_seed(s);
+    if (p->test_output && !s->o.test_output) {
+        free(ids);
+        srv_error(r, 400, "invalid_request_error", "moekit_test_output",
+                  "moekit_test_output: only for tests, on a server started with --test-output");
+        return NULL;
+    }
     srv_job *j = srv_job_new(ids, np, p->max_tokens, &p->sp, p->stop, p->stop_len, p->nstop);
     free(ids);
     if (j) {
         j->ignore_eos = p->ignore_eos;
         j->logprobs = p->logprobs;
+        /* the markup of these families may be special tokens: their parser reads it */
+        j->keep_special = p->kind == SRV_CHAT && s->m.chat_kind != MK_CHAT_CHATML &&
+                          s->m.chat_kind != MK_CHAT_QWEN3 && s->m.chat_kind != MK_CHAT_QWEN3_THINK &&
+                          s->m.chat_kind != MK_CHAT_QWEN35;
+        size_t nf = 0;
+        if (p->test_output &&
+            mk_tok_encode(s->m.tok, p->test_output, p->test_output_len, 0, &j->forced, &nf) != MK_OK) {
+            pthread_mutex_lock(&s->mu);
+            srv_job_unref_locked(j);
+            pthread_mutex_unlock(&s->mu);
+            status_error(r, MK_E_ARG, "moekit_test_output");
+            return NULL;
+        }
+        j->n_forced = (int64_t)nf;
     }
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);
-        return;
+        return NULL;
     }
     int code = srv_submit(s, j);
     if (code) {
@@ -396,11 +434,28 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
                       s->nslots, s->queue_cap);
         else
             srv_error(r, 503, "server_error", NULL, "the server is shutting down");
-        return;
+        return NULL;
     }
+    return j;
+}
+
+void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co) {
+    unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
+    *co = (srv_chatout){.cfg = {.kind = s->m.chat_kind, .think_open = srv_chat_think_open(s->m.chat_kind, fl),
+                                .tools = p->tools != NULL, .tool_defs = p->tools ? json_incref(p->tools) : NULL},
+                        .parallel = p->parallel_calls};
+    snprintf(co->call_id, sizeof co->call_id, "call_%s", id);
+}
+
+static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn alive, void *ctx) {
+    srv_job *j = srv_job_start(s, p, r);
+    if (!j)
+        return;
     char id[48];
     make_id(s, p->kind, id, sizeof id);
     long long created = (long long)time(NULL);
+    srv_chatout co;
+    srv_chatout_init(s, p, id + 9, &co);
     if (p->stream) {
         srv_stream *st = mk_calloc(1, sizeof *st);
         if (!st) {
@@ -408,18 +463,19 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
             j->cancel = 1;
             srv_job_unref_locked(j);
             pthread_mutex_unlock(&s->mu);
+            srv_chatout_free(&co);
             srv_error(r, 503, "server_error", NULL, "out of memory for a stream");
             return;
         }
         *st = (srv_stream){.s = s, .j = j, .kind = p->kind, .include_usage = p->include_usage,
-                           .created = created, .state = p->kind == SRV_CHAT ? 0 : 1};
+                           .created = created, .state = p->kind == SRV_CHAT ? 0 : 1, .co = co};
         memcpy(st->id, id, sizeof id);
         r->code = 200;
         r->stream = st;
         r->ctype = "text/event-stream";
         return;
     }
-    wait_done(s, j, alive, ctx);
+    srv_wait_done(s, j, alive, ctx);
     pthread_mutex_lock(&s->mu);
     if (j->finish == SRV_FIN_ERROR || j->finish == SRV_FIN_CANCEL) {
         char msg[256];
@@ -427,13 +483,23 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
         snprintf(msg, sizeof msg, "%s", cancelled ? "cancelled (the server is shutting down)" : j->err);
         srv_job_unref_locked(j);
         pthread_mutex_unlock(&s->mu);
+        srv_chatout_free(&co);
         srv_error(r, cancelled ? 503 : 500, "server_error", NULL, "generation failed: %s", msg);
         return;
     }
     unsigned long mark = mk_json_mark();
     json_t *o = envelope(s, p->kind, false, id, created);
     json_t *lp = j->logprobs >= 0 ? lp_json(s, p->kind, j, 0, lp_upto(j, 0, j->len, false)) : NULL;
-    json_t *c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish), lp);
+    json_t *c;
+    if (p->kind == SRV_CHAT) {
+        json_t *m = srv_chat_message(&co, j->text ? j->text : "", j->len);
+        c = m ? choice_msg(m, false, srv_chat_finish(&co, finish_name(j->finish)), lp) : NULL;
+        if (!m && lp)
+            json_decref(lp);
+    } else {
+        c = choice_json(p->kind, false, j->text ? j->text : "", j->len, true, finish_name(j->finish), lp);
+    }
+    srv_chatout_free(&co);
     json_t *u = usage_json(j);
     srv_job_unref_locked(j);
     pthread_mutex_unlock(&s->mu);
@@ -454,6 +520,10 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
 
 void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
                      srv_alive_fn alive, void *alive_ctx) {
+    if (kind == SRV_MESSAGES || kind == SRV_COUNT_TOKENS) {
+        srv_handle_anthropic(s, kind, body, len, r, alive, alive_ctx);
+        return;
+    }
     srv_params p;
     mk_status st = srv_params_parse(kind, body, len, &p);
     if (st != MK_OK) {
@@ -527,7 +597,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
     case 1: {
         pthread_mutex_lock(&s->mu);
         while (j->safe <= st->sent && !j->done) {
-            wait_tick(s, j);
+            srv_wait_tick(s, j);
             if (j->safe <= st->sent && !j->done && alive) {
                 pthread_mutex_unlock(&s->mu);
                 bool a = alive(ctx);
@@ -539,6 +609,34 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
                     return false;
                 }
             }
+        }
+        if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
+            /* reasoning, content and tool calls apart; a parse may hold
+             * everything new back (a marker's beginning): then wait on */
+            bool fin = j->done;
+            json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
+            st->sent = j->safe;
+            if (d && json_object_size(d) == 0 && !fin) {
+                json_decref(d);
+                pthread_mutex_unlock(&s->mu);
+                return next_event(st, alive, ctx, gone);
+            }
+            if (d && json_object_size(d) == 0) {
+                json_decref(d);
+                st->state = 2;
+                pthread_mutex_unlock(&s->mu);
+                return next_event(st, alive, ctx, gone);
+            }
+            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
+            json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
+            st->lp_sent = to;
+            pthread_mutex_unlock(&s->mu);
+            if (d && event(st, chunk(st, choice_msg(d, true, NULL, lp)), mark))
+                return true;
+            if (!d && lp)
+                json_decref(lp);
+            st->state = 5;
+            return false;
         }
         if (j->safe > st->sent) {
             size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
@@ -573,7 +671,8 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
                 json_decref(lp);
             st->state = 4;
         } else {
-            o = chunk(st, choice_json(st->kind, true, NULL, 0, false, finish_name(f), lp));
+            o = chunk(st, choice_json(st->kind, true, NULL, 0, false,
+                                      st->kind == SRV_CHAT ? srv_chat_finish(&st->co, finish_name(f)) : finish_name(f), lp));
             st->state = st->include_usage ? 3 : 4;
         }
         if (event(st, o, mark))
@@ -618,7 +717,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
 long srv_stream_read(srv_stream *st, char *buf, size_t max, srv_alive_fn alive, void *ctx) {
     if (st->pend_off >= st->pend_len) {
         bool gone = false;
-        if (!next_event(st, alive, ctx, &gone))
+        if (!(st->next ? st->next : next_event)(st, alive, ctx, &gone))
             return gone ? -1 : 0;
     }
     size_t n = st->pend_len - st->pend_off;
@@ -637,6 +736,7 @@ void srv_stream_free(srv_stream *st) {
         st->j->cancel = 1; /* the client is gone: free the slot at the next step */
     srv_job_unref_locked(st->j);
     pthread_mutex_unlock(&st->s->mu);
+    srv_chatout_free(&st->co);
     free(st->pend);
     free(st);
 }

@@ -92,13 +92,11 @@ static mk_status get_text(srv_params *p, const json_t *v, const char *name, cons
 /* Fields that would change the answer if honoured: refused rather than
  * silently ignored (an agent must not believe a tool or a schema was used). */
 static mk_status unsupported(srv_params *p, const json_t *o) {
-    json_t *t = field(o, "tools");
-    if (t && (!json_is_array(t) || json_array_size(t) > 0))
-        return bad(p, "tools", "tool calls are not supported by this server yet");
-    json_t *tc = field(o, "tool_choice");
-    if (tc && !(json_is_string(tc) && !strcmp(json_string_value(tc), "none")) &&
-        !(json_is_string(tc) && !strcmp(json_string_value(tc), "auto") && !t))
-        return bad(p, "tool_choice", "tool calls are not supported by this server yet");
+    if (p->kind != SRV_CHAT) {
+        json_t *t = field(o, "tools");
+        if (t && (!json_is_array(t) || json_array_size(t) > 0))
+            return bad(p, "tools", "tools are a chat completions field (/v1/chat/completions)");
+    }
     json_t *rf = field(o, "response_format");
     if (rf) {
         json_t *ty = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
@@ -248,6 +246,122 @@ static mk_status parse_content(srv_params *p, size_t i, const json_t *msg, const
     return MK_OK;
 }
 
+/* tools: [{"type": "function", "function": {"name", "description"?,
+ * "parameters"?}}]; tool_choice "auto" (default) or "none" ("required" and
+ * a named function need constrained decoding: refused). */
+static mk_status parse_tools(srv_params *p, const json_t *o) {
+    p->parallel_calls = true;
+    MK_TRY(get_bool(p, o, "parallel_tool_calls", &p->parallel_calls));
+    json_t *t = field(o, "tools"), *tc = field(o, "tool_choice");
+    bool none = false;
+    if (tc) {
+        if (!json_is_string(tc) || (strcmp(json_string_value(tc), "none") && strcmp(json_string_value(tc), "auto")))
+            return bad(p, "tool_choice", "only \"auto\" and \"none\" are supported (forcing a call needs "
+                       "constrained decoding, not implemented yet)");
+        none = !strcmp(json_string_value(tc), "none");
+    }
+    if (!t)
+        return MK_OK;
+    if (!json_is_array(t))
+        return bad(p, "tools", "expected an array, found %s", type_name(t));
+    size_t n = json_array_size(t);
+    for (size_t i = 0; i < n; i++) {
+        json_t *x = json_array_get(t, i), *f = json_object_get(x, "function");
+        char name[64];
+        snprintf(name, sizeof name, "tools[%zu]", i);
+        if (!json_is_object(x))
+            return bad(p, name, "expected an object, found %s", type_name(x));
+        json_t *ty = json_object_get(x, "type");
+        if (!json_is_string(ty) || strcmp(json_string_value(ty), "function"))
+            return bad(p, name, "only tools of \"type\": \"function\" are supported");
+        snprintf(name, sizeof name, "tools[%zu].function", i);
+        if (!json_is_object(f))
+            return bad(p, name, "expected an object, found %s", f ? type_name(f) : "nothing");
+        json_t *nm = json_object_get(f, "name"), *pa = field(f, "parameters");
+        snprintf(name, sizeof name, "tools[%zu].function.name", i);
+        if (!json_is_string(nm) || json_string_length(nm) == 0)
+            return bad(p, name, "expected a non-empty string");
+        snprintf(name, sizeof name, "tools[%zu].function.parameters", i);
+        if (pa && !json_is_object(pa))
+            return bad(p, name, "expected an object (a JSON schema), found %s", type_name(pa));
+    }
+    if (none || n == 0)
+        return MK_OK;
+    p->tools = t;
+    p->tool_json = mk_calloc(n, sizeof *p->tool_json);
+    if (!p->tool_json)
+        return mk_err(MK_E_NOMEM, "no memory for %zu tools", n);
+    for (size_t i = 0; i < n; i++) {
+        /* the templates' tojson: Python's separators, the given key order */
+        p->tool_json[i] = json_dumps(json_array_get(t, i), JSON_PRESERVE_ORDER);
+        if (!p->tool_json[i])
+            return mk_err(MK_E_NOMEM, "no memory for tools[%zu]", i);
+        p->ntools = i + 1;
+    }
+    return MK_OK;
+}
+
+/* An assistant message's tool_calls: [{"id", "type": "function",
+ * "function": {"name", "arguments": JSON text (or an object)}}]. */
+static mk_status parse_tool_calls(srv_params *p, size_t i, const json_t *m, size_t *used) {
+    json_t *tc = field(m, "tool_calls");
+    char name[96];
+    snprintf(name, sizeof name, "messages[%zu].tool_calls", i);
+    if (!tc)
+        return MK_OK;
+    if (!json_is_array(tc))
+        return bad(p, name, "expected an array, found %s", type_name(tc));
+    if (strcmp(p->msgs[i].role, "assistant"))
+        return bad(p, name, "only assistant messages carry tool calls");
+    size_t n = json_array_size(tc);
+    p->mcalls[i].calls = p->tcalls + *used;
+    p->mcalls[i].n = n;
+    for (size_t k = 0; k < n; k++) {
+        json_t *c = json_array_get(tc, k), *f = json_object_get(c, "function");
+        mk_chat_tool_call *out = &p->tcalls[*used + k];
+        snprintf(name, sizeof name, "messages[%zu].tool_calls[%zu].function", i, k);
+        if (!json_is_object(c) || !json_is_object(f))
+            return bad(p, name, "expected {\"function\": {\"name\", \"arguments\"}}");
+        json_t *nm = json_object_get(f, "name"), *a = json_object_get(f, "arguments"), *id = field(c, "id");
+        size_t len;
+        snprintf(name, sizeof name, "messages[%zu].tool_calls[%zu].function.name", i, k);
+        MK_TRY(get_text(p, nm ? nm : json_null(), name, &out->name, &len));
+        snprintf(name, sizeof name, "messages[%zu].tool_calls[%zu].function.arguments", i, k);
+        if (json_is_object(a)) {
+            char *s = json_dumps(a, JSON_COMPACT | JSON_PRESERVE_ORDER);
+            if (!s)
+                return mk_err(MK_E_NOMEM, "no memory for %s", name);
+            p->tcall_args[*used + k] = s;
+            out->arguments = s;
+        } else {
+            MK_TRY(get_text(p, a ? a : json_null(), name, &out->arguments, &len));
+            json_error_t e;
+            json_t *chk = json_loadb(out->arguments, len, 0, &e);
+            bool obj = json_is_object(chk);
+            if (chk)
+                json_decref(chk);
+            if (!obj)
+                return bad(p, name, "expected a JSON object's text");
+        }
+        if (id) {
+            snprintf(name, sizeof name, "messages[%zu].tool_calls[%zu].id", i, k);
+            MK_TRY(get_text(p, id, name, &out->id, &len));
+        }
+    }
+    *used += n;
+    return MK_OK;
+}
+
+/* moekit_test_output (test-only, mk_server_opts.test_output): the server
+ * generates this text instead of sampling, so tests of the output parsers
+ * run through the whole server with a tiny model. */
+static mk_status parse_test_output(srv_params *p, const json_t *o) {
+    json_t *t = field(o, "moekit_test_output");
+    if (!t)
+        return MK_OK;
+    return get_text(p, t, "moekit_test_output", &p->test_output, &p->test_output_len);
+}
+
 /* chat_template_kwargs (vLLM, llama.cpp): only enable_thinking is read. */
 static mk_status parse_template_kwargs(srv_params *p, const json_t *o) {
     json_t *k = field(o, "chat_template_kwargs");
@@ -276,6 +390,17 @@ static mk_status parse_messages(srv_params *p, const json_t *o) {
     if (!p->msgs || !p->owned)
         return mk_err(MK_E_NOMEM, "no memory for %zu messages", n);
     p->nmsg = n;
+    size_t ncalls = 0, used = 0;
+    for (size_t i = 0; i < n; i++) {
+        json_t *tc = json_object_get(json_array_get(ms, i), "tool_calls");
+        ncalls += json_is_array(tc) ? json_array_size(tc) : 0;
+    }
+    p->tcalls = mk_calloc(ncalls ? ncalls : 1, sizeof *p->tcalls);
+    p->tcall_args = mk_calloc(ncalls ? ncalls : 1, sizeof *p->tcall_args);
+    p->mcalls = mk_calloc(n, sizeof *p->mcalls);
+    if (!p->tcalls || !p->tcall_args || !p->mcalls)
+        return mk_err(MK_E_NOMEM, "no memory for %zu tool calls", ncalls);
+    p->ntcalls = ncalls;
     for (size_t i = 0; i < n; i++) {
         json_t *m = json_array_get(ms, i);
         char name[64];
@@ -300,6 +425,13 @@ static mk_status parse_messages(srv_params *p, const json_t *o) {
             size_t len;
             snprintf(name, sizeof name, "messages[%zu].reasoning_content", i);
             MK_TRY(get_text(p, rc, name, &p->msgs[i].reasoning, &len));
+        }
+        MK_TRY(parse_tool_calls(p, i, m, &used));
+        json_t *tid = field(m, "tool_call_id");
+        if (tid) {
+            size_t len;
+            snprintf(name, sizeof name, "messages[%zu].tool_call_id", i);
+            MK_TRY(get_text(p, tid, name, &p->mcalls[i].tool_call_id, &len));
         }
     }
     return MK_OK;
@@ -361,9 +493,12 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
     case SRV_CHAT:
         MK_TRY(parse_sampling(p, p->root));
         MK_TRY(parse_template_kwargs(p, p->root));
+        MK_TRY(parse_tools(p, p->root));
+        MK_TRY(parse_test_output(p, p->root));
         return parse_messages(p, p->root);
     case SRV_COMPLETION:
         MK_TRY(parse_sampling(p, p->root));
+        MK_TRY(parse_test_output(p, p->root));
         return parse_prompt(p, p->root, "prompt");
     case SRV_TOKENIZE:
         MK_TRY(get_bool(p, p->root, "add_special", &p->add_special));
@@ -375,11 +510,21 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
                        t ? type_name(t) : "nothing");
         return parse_ids(p, t, "tokens");
     }
+    case SRV_MESSAGES:
+    case SRV_COUNT_TOKENS: break; /* api_anthropic.c translates them into SRV_CHAT first */
     }
     return mk_err(MK_E_ARG, "unknown request kind");
 }
 
 void srv_params_free(srv_params *p) {
+    for (size_t i = 0; p->tool_json && i < p->ntools; i++)
+        free(p->tool_json[i]);
+    free(p->tool_json);
+    for (size_t i = 0; p->tcall_args && i < p->ntcalls; i++)
+        free(p->tcall_args[i]);
+    free(p->tcall_args);
+    free(p->tcalls);
+    free(p->mcalls);
     for (size_t i = 0; p->owned && i < p->nmsg; i++)
         free(p->owned[i]);
     free(p->owned);

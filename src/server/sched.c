@@ -87,6 +87,7 @@ void srv_job_unref_locked(srv_job *j) {
     for (int i = 0; i < j->nstop; i++)
         free(j->stop[i]);
     free(j->prompt);
+    free(j->forced);
     free(j->text);
     free(j->raw);
     free(j->lp);
@@ -176,6 +177,22 @@ static void lp_entry(const srv_slot *sl, int ntop, int32_t id, srv_lp *e) {
     }
     for (int k = 0; k < e->ntop; k++)
         e->top_lp[k] = (float)(sl->raw[e->top_id[k]] - sl->lse);
+}
+
+/* Test-only forced output (mk_server_opts.test_output): every id but the
+ * next forced one, then but the first stop id, is masked out, so the
+ * sampler, whatever its settings, emits the forced text through the whole
+ * path a sampled one takes (stop sequences, streaming, parsing). */
+static void on_mask(void *user, float *logits, int64_t V) {
+    srv_slot *sl = user;
+    srv_job *j = sl->job;
+    int32_t want = j->i_forced < j->n_forced ? j->forced[j->i_forced] : sl->srv->stopset.n ? sl->srv->stopset.ids[0] : -1;
+    j->i_forced++;
+    if (want < 0 || want >= V)
+        return;
+    for (int64_t v = 0; v < V; v++)
+        if (v != want)
+            logits[v] = -INFINITY;
 }
 
 /* The generation loop's per-token callback (scheduler thread): append the
@@ -412,7 +429,8 @@ static void start_job(mk_server *s, srv_job *j) {
     if (st == MK_OK && j->logprobs >= 0 && !best->raw &&
         !(best->raw = mk_malloc((size_t)c->vocab_size * sizeof *best->raw)))
         st = mk_err(MK_E_NOMEM, "no memory for the logits of a logprobs request (%d floats)", c->vocab_size);
-    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL,.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
+    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL, .on_mask = j->forced ? on_mask : NULL,
+                      .keep_special = j->keep_special,.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
                       .tok = s->m.tok, .on_token = on_token, .user = best, .cancel = &j->cancel,
                       .cached = best_k, .prefill_step = s->o.prefill_step};
     if (st == MK_OK)

@@ -28,7 +28,10 @@
 
 /* ---- request.c ------------------------------------------------------------ */
 
-typedef enum srv_kind { SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE } srv_kind;
+typedef enum srv_kind {
+    SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE,
+    SRV_MESSAGES, SRV_COUNT_TOKENS /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+} srv_kind;
 
 /* A parsed, validated request. Strings point into `root` (kept alive). */
 typedef struct srv_params {
@@ -46,6 +49,17 @@ typedef struct srv_params {
     bool stream, include_usage, add_special;
     bool ignore_eos;          /* vLLM's extension: generate past end-of-sequence ids */
     bool no_thinking;         /* chat_template_kwargs.enable_thinking: false (qwen3 templates) */
+    json_t *tools;            /* chat: the request's "tools" (in root), or NULL (none, or
+                                 tool_choice "none": neither rendered nor parsed) */
+    char **tool_json;         /* [ntools] each tool as the template prints it (json_dumps) */
+    size_t ntools;
+    mk_chat_tool_call *tcalls; /* the messages' tool calls (mcalls point into it) */
+    mk_chat_msg_calls *mcalls; /* [nmsg] */
+    char **tcall_args;        /* [ntcalls] arguments given as objects, serialised */
+    size_t ntcalls;
+    bool parallel_calls;      /* parallel_tool_calls (default true); false: the first call only */
+    const char *test_output;  /* moekit_test_output: the text to generate (test-only), or NULL */
+    size_t test_output_len;
     int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
     mk_sample_params sp;
     bool seed_given;
@@ -62,6 +76,73 @@ typedef struct srv_params {
  * way and must be released with srv_params_free. */
 mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_params *p);
 void srv_params_free(srv_params *p);
+
+/* ---- chatparse.c, toolcall.c ---------------------------------------------- */
+
+/* A tool call parsed out of the model's text. */
+typedef struct srv_call {
+    char *name;
+    char *args;                /* a JSON object's text (OpenAI's "arguments" string) */
+} srv_call;
+
+/* Generated chat text split into what the clients are shown apart. */
+typedef struct srv_parsed {
+    char *reasoning;           /* <think> / harmony analysis text (NUL-terminated) */
+    size_t rlen;
+    char *content;             /* the answer, markup removed */
+    size_t clen;
+    srv_call *calls;
+    size_t ncalls;
+} srv_parsed;
+
+typedef struct srv_parse_cfg {
+    mk_chat_kind kind;
+    bool think_open;           /* the prompt ended inside a thinking block */
+    bool tools;                /* the request gave tools: tool-call markup is parsed */
+    const json_t *tool_defs;   /* the request's "tools" (parameter types), or NULL */
+} srv_parse_cfg;
+
+/* Split text[0..len). Not final (streaming): what could still change (a
+ * partial marker, an unclosed tool call, trailing white space) is held
+ * back, so every later parse of a longer text extends this one's
+ * reasoning and content and keeps its calls (prefix-stable: the deltas of
+ * a stream). Final: everything is placed; a tool block that does not parse
+ * is content, never lost. MK_E_NOMEM only. */
+mk_status srv_chat_parse(const srv_parse_cfg *c, const char *text, size_t len, bool final, srv_parsed *out);
+void srv_parsed_free(srv_parsed *p);
+/* Whether the prompt of kind (with MK_CHAT_NO_THINKING in flags or not)
+ * ends inside an open thinking block. */
+bool srv_chat_think_open(mk_chat_kind kind, unsigned flags);
+/* The tool-call block markers of a family (NULL: none parsed). */
+void srv_toolcall_markers(mk_chat_kind kind, const char **open, const char **close);
+/* The calls inside one tool block (markers removed) in the family's
+ * format, appended to *calls; false (nothing appended) when it does not
+ * parse. MK_E_NOMEM aside, never fails. */
+bool srv_toolcall_parse(mk_chat_kind kind, const json_t *tool_defs, const char *s, size_t n,
+                        srv_call **calls, size_t *ncalls);
+/* One harmony tool call: recipient "functions.NAME", body the arguments. */
+bool srv_toolcall_harmony(const char *recipient, size_t rn, const char *body, size_t bn,
+                          srv_call **calls, size_t *ncalls);
+
+/* ---- chatout.c ------------------------------------------------------------- */
+
+/* A chat answer as OpenAI's message, or as a stream of deltas. */
+typedef struct srv_chatout {
+    srv_parse_cfg cfg;         /* cfg.tool_defs: one reference, or NULL */
+    bool parallel;             /* false: the first tool call only (parallel_tool_calls) */
+    size_t r_sent, c_sent, calls_sent; /* streamed so far */
+    bool any_calls;
+    char call_id[64];          /* tool call ids are call_id + "_" + index */
+} srv_chatout;
+
+/* The final message {role, content, reasoning_content?, tool_calls?} of text[0..len). */
+json_t *srv_chat_message(srv_chatout *co, const char *text, size_t len);
+/* The delta text[0..len) adds to what was streamed, or an empty object
+ * when nothing new can be sent yet; NULL when out of memory. */
+json_t *srv_chat_delta(srv_chatout *co, const char *text, size_t len, bool final);
+/* "tool_calls" when the answer called tools, else `otherwise`. */
+const char *srv_chat_finish(const srv_chatout *co, const char *otherwise);
+void srv_chatout_free(srv_chatout *co);
 
 /* ---- metrics.c ------------------------------------------------------------ */
 
@@ -113,6 +194,9 @@ typedef struct srv_job {
     int64_t np, max_tokens;
     mk_sample_params sp;
     bool ignore_eos;
+    bool keep_special;         /* the text keeps special tokens (a chat output parser reads them) */
+    int32_t *forced;           /* test-only: the ids generated, in order, then a stop id; or NULL */
+    int64_t n_forced, i_forced;
     int logprobs;              /* -1: off; else alternatives per token */
     char *stop[SRV_MAX_STOP];
     size_t stop_len[SRV_MAX_STOP];
@@ -210,8 +294,16 @@ double srv_now(void);
 
 /* ---- openai.c ------------------------------------------------------------- */
 
+/* Polled while a connection waits for its job: false when the client is gone. */
+typedef bool (*srv_alive_fn)(void *ctx);
+
 /* An SSE stream of a job (chat.completion.chunk or text_completion). */
-typedef struct srv_stream {
+typedef struct srv_stream srv_stream;
+typedef bool (*srv_next_fn)(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
+struct srv_stream {
+    srv_next_fn next;          /* NULL: OpenAI's events; else the next event into pend (Anthropic) */
+    int blk;                   /* Anthropic: open content block (0 none, 1 thinking, 2 text) */
+    int nblk;                  /* Anthropic: content blocks opened */
     mk_server *s;
     srv_job *j;                /* one reference */
     srv_kind kind;
@@ -221,9 +313,10 @@ typedef struct srv_stream {
     int state;                 /* 0 role, 1 content, 2 finish, 3 usage, 4 [DONE], 5 ended */
     size_t sent;               /* bytes of j->text sent */
     size_t lp_sent;            /* entries of j->lp sent */
+    srv_chatout co;            /* chat: reasoning, content and tool calls apart */
     char *pend;                /* formatted bytes not yet handed to the connection */
     size_t pend_len, pend_off;
-} srv_stream;
+};
 
 /* A response: status, content type and body (malloc'd), or a stream. */
 typedef struct srv_reply {
@@ -234,8 +327,6 @@ typedef struct srv_reply {
     srv_stream *stream;        /* SSE (code 200) */
 } srv_reply;
 
-/* Polled while a connection waits for its job: false when the client is gone. */
-typedef bool (*srv_alive_fn)(void *ctx);
 
 /* An OpenAI-style error body. */
 void srv_error(srv_reply *r, int code, const char *type, const char *param, const char *fmt, ...)
@@ -252,5 +343,23 @@ void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, 
 long srv_stream_read(srv_stream *st, char *buf, size_t max, srv_alive_fn alive, void *alive_ctx);
 /* Cancel the job if still running and free the stream (NULL ok). */
 void srv_stream_free(srv_stream *st);
+/* The parts of a completion the other APIs share: check the model, build
+ * the prompt (chat template with tools), queue the job; NULL with r set
+ * (an OpenAI error) on failure. */
+srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r);
+/* The prompt's ids (chat template, or the raw prompt), checked against the
+ * vocabulary and the context; false with r set. */
+bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np);
+void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co);
+/* Wait for the job's end (polling alive), or 100 ms on its condition (s->mu held). */
+void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx);
+void srv_wait_tick(mk_server *s, srv_job *j);
+void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
+
+/* ---- api_anthropic.c ------------------------------------------------------ */
+
+/* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
+void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
+                          srv_alive_fn alive, void *alive_ctx);
 
 #endif

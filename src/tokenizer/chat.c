@@ -32,6 +32,7 @@ static const struct {
     {"chatml", MK_CHAT_CHATML},
     {"qwen3", MK_CHAT_QWEN3},
     {"qwen3-think", MK_CHAT_QWEN3_THINK},
+    {"qwen3.5", MK_CHAT_QWEN35},
     {"deepseek3", MK_CHAT_DEEPSEEK3},
     {"glm4", MK_CHAT_GLM4},
     {"glm4.7", MK_CHAT_GLM47},
@@ -40,7 +41,7 @@ static const struct {
     {"kimi-k2", MK_CHAT_KIMI_K2},
     {"deepseek3.2", MK_CHAT_DEEPSEEK32},
 };
-#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2"
+#define KIND_NAMES "chatml, qwen3, qwen3-think, deepseek3, deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2, qwen3.5"
 
 const char *mk_chat_kind_name(mk_chat_kind k) {
     for (size_t i = 0; i < sizeof g_kinds / sizeof g_kinds[0]; i++)
@@ -119,7 +120,8 @@ mk_status mk_chat_detect_text(const char *j, mk_chat_kind *out) {
          * block '<think>\n\n</think>\n\n'. */
         if (strstr(j, "'<think>\\n'") || strstr(j, "\"<think>\\n\"") ||
             strstr(j, "assistant\\n<think>\\n'") || strstr(j, "assistant\\n<think>\\n\""))
-            *out = MK_CHAT_QWEN3_THINK;
+            /* Qwen3.5 teaches Qwen3-Coder's XML tool calls */
+            *out = strstr(j, "<function=") ? MK_CHAT_QWEN35 : MK_CHAT_QWEN3_THINK;
         else if (strstr(j, "<think>"))
             *out = MK_CHAT_QWEN3;
         else
@@ -237,6 +239,7 @@ typedef struct sb {
     bool oom;
     mk_tok_span *ctl;
     size_t nctl, ctl_cap;
+    const mk_chat_tools *tools; /* NULL or none: no tools */
 } sb;
 
 static void put(sb *b, const char *s, size_t n) {
@@ -323,10 +326,84 @@ static const char *last_strstr(const char *h, const char *needle) {
     return r;
 }
 
+static bool py_space(uint32_t c);
+static void py_strip(const char **s, size_t *n);
+
+/* A JSON value as Jinja's `| string` prints it under Python (Qwen3.5's
+ * scalar arguments): True / False / None, integers, floats as Python's
+ * repr (the shortest text that reads back, "1.0", "1e+16"), strings as is;
+ * objects and arrays as tojson. */
+static void py_str(sb *b, const json_t *v) {
+    char t[64];
+    if (json_is_string(v)) {
+        put(b, json_string_value(v), json_string_length(v));
+    } else if (json_is_true(v) || json_is_false(v) || json_is_null(v)) {
+        puts_(b, json_is_true(v) ? "True" : json_is_false(v) ? "False" : "None");
+    } else if (json_is_integer(v)) {
+        snprintf(t, sizeof t, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+        puts_(b, t);
+    } else if (json_is_real(v)) {
+        double d = json_real_value(v);
+        int p = 1;
+        for (; p < 17; p++) { /* the fewest significant digits that read back */
+            snprintf(t, sizeof t, "%.*e", p - 1, d);
+            if (strtod(t, NULL) == d)
+                break;
+        }
+        int e = 0;
+        const char *x = strchr(t, 'e');
+        if (x)
+            e = atoi(x + 1);
+        if (e >= -4 && e < 16)
+            snprintf(t, sizeof t, "%.*f", p - 1 - e > 1 ? p - 1 - e : 1, d);
+        else
+            snprintf(t, sizeof t, "%.*e", p - 1, d);
+        puts_(b, t);
+    } else {
+        char *j = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+        if (!j)
+            b->oom = true;
+        else
+            puts_(b, j);
+        free(j);
+    }
+}
+
+/* Qwen3.5's tool calls (Qwen3-Coder's XML); `text` whether the turn's
+ * content is more than white space. */
+static mk_status qwen35_calls(const mk_chat_msg_calls *tc, bool text, sb *b) {
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat: tool call %zu: the arguments are not a JSON object (the qwen3.5 "
+                          "template iterates them)", k);
+        }
+        lit(b, k ? "\n<tool_call>\n<function=" : text ? "\n\n<tool_call>\n<function=" : "<tool_call>\n<function=");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, ">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<parameter=");
+            puts_(b, key);
+            lit(b, ">\n");
+            py_str(b, v);
+            lit(b, "\n</parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</function>\n</tool_call>");
+    }
+    return MK_OK;
+}
+
 /* Qwen3's assistant turn: split an inline <think>...</think> off the content
  * unless reasoning is given, and keep the think block only after the last
  * user query. */
-static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, sb *b) {
+static mk_status qwen3_assistant(mk_chat_kind kind, const mk_chat_msg *m, const mk_chat_msg_calls *tc,
+                                 bool after_query, bool last, sb *b) {
     const char *c = txt(m->content), *r = "";
     size_t cn = strlen(c), rn = 0;
     if (m->reasoning) {
@@ -349,7 +426,7 @@ static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, s
         strip_nl(&c, &cn, true, false);
     }
     lit(b, "<|im_start|>assistant\n");
-    if (after_query && (last || rn)) {
+    if (after_query && (last || rn || kind == MK_CHAT_QWEN35)) { /* Qwen3.5: every turn after the query */
         strip_nl(&r, &rn, true, true);
         strip_nl(&c, &cn, true, false);
         lit(b, "<think>\n");
@@ -357,7 +434,25 @@ static void qwen3_assistant(const mk_chat_msg *m, bool after_query, bool last, s
         lit(b, "\n</think>\n\n");
     }
     put(b, c, cn);
+    if (kind == MK_CHAT_QWEN35) {
+        bool text = false;
+        for (size_t k = 0; k < cn && !text; k++)
+            text = !py_space((unsigned char)c[k]);
+        mk_status st = qwen35_calls(tc, text, b);
+        lit(b, "<|im_end|>\n");
+        return st;
+    }
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        if (k > 0 || cn)
+            lit(b, "\n");
+        lit(b, "<tool_call>\n{\"name\": \"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\", \"arguments\": ");
+        puts_(b, txt(tc->calls[k].arguments));
+        lit(b, "}\n</tool_call>");
+    }
     lit(b, "<|im_end|>\n");
+    return MK_OK;
 }
 
 static bool tool_response_wrapped(const char *c) {
@@ -366,7 +461,47 @@ static bool tool_response_wrapped(const char *c) {
 }
 
 static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
-    if (n && is_role(&m[0], "system")) {
+    if (b->tools && b->tools->n && kind == MK_CHAT_QWEN35) {
+        lit(b, "<|im_start|>system\n# Tools\n\nYou have access to the following functions:\n\n<tools>");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            lit(b, "\n");
+            puts_(b, b->tools->json[i]);
+        }
+        lit(b, "\n</tools>\n\nIf you choose to call a function ONLY reply in the following format with NO suffix:"
+               "\n\n<tool_call>\n<function=example_function_name>\n<parameter=example_parameter_1>\nvalue_1\n"
+               "</parameter>\n<parameter=example_parameter_2>\nThis is the value for the second parameter\nthat "
+               "can span\nmultiple lines\n</parameter>\n</function>\n</tool_call>\n\n<IMPORTANT>\nReminder:\n- "
+               "Function calls MUST follow the specified format: an inner <function=...></function> block must be "
+               "nested within <tool_call></tool_call> XML tags\n- Required parameters MUST be specified\n- You may "
+               "provide optional reasoning for your function call in natural language BEFORE the function call, "
+               "but NOT after\n- If there is no function call available, answer the question like normal with "
+               "your current knowledge and do not tell the user about function calls\n</IMPORTANT>");
+        if (n && is_role(&m[0], "system")) { /* render_content(...)|trim */
+            const char *c = txt(m[0].content);
+            size_t cn = strlen(c);
+            py_strip(&c, &cn);
+            if (cn) {
+                lit(b, "\n\n");
+                put(b, c, cn);
+            }
+        }
+        lit(b, "<|im_end|>\n");
+    } else if (b->tools && b->tools->n) {
+        lit(b, "<|im_start|>system\n");
+        if (n && is_role(&m[0], "system")) {
+            puts_(b, txt(m[0].content));
+            lit(b, "\n\n");
+        }
+        lit(b, "# Tools\n\nYou may call one or more functions to assist with the user query.\n\nYou are "
+               "provided with function signatures within <tools></tools> XML tags:\n<tools>");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            lit(b, "\n");
+            puts_(b, b->tools->json[i]);
+        }
+        lit(b, "\n</tools>\n\nFor each function call, return a json object with function name and "
+               "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+               "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n");
+    } else if (n && is_role(&m[0], "system")) {
         lit(b, "<|im_start|>system\n");
         puts_(b, txt(m[0].content));
         lit(b, "<|im_end|>\n");
@@ -386,7 +521,10 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
             puts_(b, txt(m[i].content));
             lit(b, "<|im_end|>\n");
         } else if (is_role(&m[i], "assistant")) {
-            qwen3_assistant(&m[i], i > last_query, i + 1 == n, b);
+            mk_status st = qwen3_assistant(kind, &m[i], b->tools && b->tools->msg ? &b->tools->msg[i] : NULL,
+                                           i > last_query, i + 1 == n, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|im_start|>user");
@@ -403,7 +541,7 @@ static mk_status render_qwen3(mk_chat_kind kind, const mk_chat_msg *m, size_t n,
         lit(b, "<|im_start|>assistant\n");
         if (flags & MK_CHAT_NO_THINKING)
             lit(b, "<think>\n\n</think>\n\n");
-        else if (kind == MK_CHAT_QWEN3_THINK)
+        else if (kind == MK_CHAT_QWEN3_THINK || kind == MK_CHAT_QWEN35)
             lit(b, "<think>\n");
     }
     return MK_OK;
@@ -587,8 +725,63 @@ static bool ends_with(const char *s, const char *suf) {
     return n >= k && memcmp(s + n - k, suf, k) == 0;
 }
 
+/* GLM-4.5/4.6's tool calls of message i: '\n<tool_call>N\n' then
+ * '<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n' per argument (V as
+ * is when a string, else its tojson) and '</tool_call>'. The template
+ * iterates the arguments as a mapping: text that is not a JSON object is
+ * MK_E_ARG, as the template raises. */
+static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    for (size_t k = 0; tc && k < tc->n; k++) {
+        json_error_t e;
+        const char *a = txt(tc->calls[k].arguments);
+        json_t *args = json_loads(a, 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the glm4 template iterates them)", i, k);
+        }
+        lit(b, "\n<tool_call>");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<arg_key>");
+            puts_(b, key);
+            lit(b, "</arg_key>\n<arg_value>");
+            if (json_is_string(v)) {
+                put(b, json_string_value(v), json_string_length(v));
+            } else {
+                char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+                if (!t)
+                    b->oom = true;
+                else
+                    puts_(b, t);
+                free(t);
+            }
+            lit(b, "</arg_value>\n");
+        }
+        json_decref(args);
+        lit(b, "</tool_call>");
+    }
+    return MK_OK;
+}
+
 static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "[gMASK]<sop>");
+    if (b->tools && b->tools->n) {
+        lit(b, "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            puts_(b, b->tools->json[i]);
+            lit(b, "\n");
+        }
+        lit(b, "</tools>\n\nFor each function call, output the function name and arguments within the "
+               "following XML format:\n<tool_call>{function-name}\n<arg_key>{arg-key-1}</arg_key>\n"
+               "<arg_value>{arg-value-1}</arg_value>\n<arg_key>{arg-key-2}</arg_key>\n"
+               "<arg_value>{arg-value-2}</arg_value>\n...\n</tool_call>");
+    }
     long last_user = -1;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "user"))
@@ -623,6 +816,9 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
                 lit(b, "\n");
                 put(b, c, cn);
             }
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|observation|>");
@@ -706,6 +902,69 @@ static mk_status dropped(size_t i, const mk_chat_msg *m, const char *kind) {
                   "message may be one); refusing rather than losing it", i, kind, m->role);
 }
 
+/* A tool's "function" member as tojson prints it (MiniMax-M2 lists those). */
+static void tool_function_json(sb *b, const char *tool) {
+    json_error_t e;
+    json_t *t = json_loads(tool, 0, &e);
+    char *f = t ? json_dumps(json_object_get(t, "function"), JSON_PRESERVE_ORDER) : NULL;
+    if (!f)
+        b->oom = true; /* request.c validated the tool: only memory can fail */
+    else
+        puts_(b, f);
+    free(f);
+    if (t)
+        json_decref(t);
+}
+
+/* An argument value as the XML templates print it: a string as is, else tojson. */
+static void arg_value(sb *b, const json_t *v) {
+    if (json_is_string(v)) {
+        put(b, json_string_value(v), json_string_length(v));
+        return;
+    }
+    char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    if (!t)
+        b->oom = true;
+    else
+        puts_(b, t);
+    free(t);
+}
+
+/* MiniMax-M2's tool calls of message i: '\n<minimax:tool_call>\n', per call
+ * '<invoke name="N">\n' + '<parameter name="K">V</parameter>\n' per
+ * argument + '</invoke>\n', then '</minimax:tool_call>'. */
+static mk_status minimax_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    if (!tc || !tc->n)
+        return MK_OK;
+    lit(b, "\n<minimax:tool_call>\n");
+    for (size_t k = 0; k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the minimax-m2 template iterates them)", i, k);
+        }
+        lit(b, "<invoke name=\"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<parameter name=\"");
+            puts_(b, key);
+            lit(b, "\">");
+            arg_value(b, v);
+            lit(b, "</parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</invoke>\n");
+    }
+    lit(b, "</minimax:tool_call>");
+    return MK_OK;
+}
+
 static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     size_t first = n && is_role(&m[0], "system") ? 1 : 0;
     long last_user = -1;
@@ -717,7 +976,21 @@ static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flag
         puts_(b, m[0].content);
     else
         lit(b, "You are a helpful assistant.");
+    if (b->tools && b->tools->n) {
+        lit(b, "\n\n# Tools\nYou may call one or more tools to assist with the user query.\nHere are the tools "
+               "available in JSONSchema format:\n\n<tools>\n");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            lit(b, "<tool>");
+            tool_function_json(b, b->tools->json[t]);
+            lit(b, "</tool>\n");
+        }
+        lit(b, "</tools>\n\nWhen making tool calls, use XML format to invoke tools and pass parameters:\n\n"
+               "<minimax:tool_call>\n<invoke name=\"tool-name-1\">\n<parameter name=\"param-key-1\">param-value-1"
+               "</parameter>\n<parameter name=\"param-key-2\">param-value-2</parameter>\n...\n</invoke>\n"
+               "</minimax:tool_call>");
+    }
     lit(b, "[e~[\n");
+    bool called = false; /* the last assistant turn called tools: tool results may follow */
     for (size_t i = first; i < n; i++) {
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "assistant")) {
@@ -736,13 +1009,26 @@ static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flag
                 lit(b, "\n</think>\n\n");
             }
             put(b, c, cn);
+            const mk_chat_msg_calls *tc = b->tools && b->tools->msg ? &b->tools->msg[i] : NULL;
+            mk_status st = minimax_calls(tc, i, b);
+            if (st != MK_OK)
+                return st;
+            called = tc && tc->n;
             lit(b, "[e~[\n");
         } else if (is_role(&m[i], "user")) {
             lit(b, "]~b]user\n");
             puts_(b, c);
             lit(b, "[e~[\n");
         } else if (is_role(&m[i], "tool")) {
-            return no_tool_call(i, "minimax-m2");
+            if (!called)
+                return no_tool_call(i, "minimax-m2");
+            if (i == first || !is_role(&m[i - 1], "tool"))
+                lit(b, "]~b]tool");
+            lit(b, "\n<response>");
+            puts_(b, c);
+            lit(b, "</response>");
+            if (i + 1 == n || !is_role(&m[i + 1], "tool"))
+                lit(b, "[e~[\n");
         } else if (is_role(&m[i], "system")) {
             return dropped(i, &m[i], "minimax-m2");
         } else {
@@ -811,7 +1097,34 @@ static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, 
  * tool result is introduced as the return of 'functions.unknown:0' (moekit
  * renders no tool calls, whose ids would number it). A message's "name",
  * which the template would write instead of the role, is not supported. */
+/* Kimi-K2's call id 'functions.N:K' of the k-th call of the conversation. */
+static void kimi_call_id(sb *b, const mk_chat_msg_calls *mc, size_t n, size_t k) {
+    size_t seen = 0;
+    for (size_t i = 0; mc && i < n; i++) {
+        if (k < seen + mc[i].n) {
+            char num[32];
+            lit(b, "functions.");
+            puts_(b, txt(mc[i].calls[k - seen].name));
+            snprintf(num, sizeof num, ":%zu", k);
+            lit(b, num);
+            return;
+        }
+        seen += mc[i].n;
+    }
+}
+
 static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
+    const mk_chat_msg_calls *mc = b->tools ? b->tools->msg : NULL;
+    if (b->tools && b->tools->n) { /* {{ tools | tojson }}: the list, ", " between */
+        lit(b, "<|im_system|>tool_declare<|im_middle|>[");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            if (t)
+                lit(b, ", ");
+            puts_(b, b->tools->json[t]);
+        }
+        lit(b, "]<|im_end|>");
+    }
+    size_t counter = 0, answered = 0; /* calls so far; tool results that took their ids */
     for (size_t i = 0; i < n; i++) {
         if (!m[i].role)
             return bad_role(i, &m[i], "kimi-k2");
@@ -827,9 +1140,29 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
             puts_(b, m[i].role);
             lit(b, "<|im_middle|>");
         }
-        if (is_role(&m[i], "tool"))
-            lit(b, "## Return of functions.unknown:0\n");
+        if (is_role(&m[i], "tool")) {
+            lit(b, "## Return of ");
+            if (answered < counter) { /* the oldest call not yet answered */
+                kimi_call_id(b, mc, n, answered++);
+            } else {
+                char num[48];
+                snprintf(num, sizeof num, "functions.unknown:%zu", counter);
+                lit(b, num);
+            }
+            lit(b, "\n");
+        }
         puts_(b, txt(m[i].content));
+        if (is_role(&m[i], "assistant") && mc && mc[i].n) {
+            lit(b, "<|tool_calls_section_begin|>");
+            for (size_t k = 0; k < mc[i].n; k++) {
+                lit(b, "<|tool_call_begin|>");
+                kimi_call_id(b, mc, n, counter++);
+                lit(b, "<|tool_call_argument_begin|>");
+                puts_(b, txt(mc[i].calls[k].arguments));
+                lit(b, "<|tool_call_end|>");
+            }
+            lit(b, "<|tool_calls_section_end|>");
+        }
         lit(b, "<|im_end|>");
     }
     if (flags & MK_CHAT_GENERATION_PROMPT)
@@ -840,10 +1173,21 @@ static mk_status render_kimi_k2(const mk_chat_msg *m, size_t n, unsigned flags, 
 static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, sb *b) {
     mk_status st = MK_OK;
     put(b, "", 0);
+    if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_QWEN35 && kind != MK_CHAT_GLM4 &&
+        kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2) {
+        if (b->tools && b->tools->n)
+            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
+                          "(only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", mk_chat_kind_name(kind));
+        for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
+            if (b->tools->msg[i].n)
+                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
+                              "%s template yet (only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", i, mk_chat_kind_name(kind));
+    }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;
     case MK_CHAT_QWEN3:
-    case MK_CHAT_QWEN3_THINK: st = render_qwen3(kind, msgs, n, flags, b); break;
+    case MK_CHAT_QWEN3_THINK:
+    case MK_CHAT_QWEN35: st = render_qwen3(kind, msgs, n, flags, b); break;
     case MK_CHAT_DEEPSEEK3: st = render_deepseek3(msgs, n, flags, b); break;
     case MK_CHAT_GLM4: st = render_glm4(msgs, n, flags, b); break;
     case MK_CHAT_GLM47: st = render_glm47(msgs, n, flags, b); break;
@@ -859,10 +1203,15 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
 }
 
 mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, unsigned flags, char **out) {
+    return mk_chat_render_tools(kind, msgs, n, NULL, flags, out);
+}
+
+mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, char **out) {
     if (!out || (!msgs && n))
         return mk_err(MK_E_ARG, "mk_chat_render: NULL argument");
     *out = NULL;
-    sb b = {0};
+    sb b = {.tools = tools};
     mk_status st = render(kind, msgs, n, flags, &b);
     free(b.ctl);
     if (st != MK_OK) {
@@ -898,6 +1247,11 @@ static const char *const g_markers[] = {
 
 mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                          unsigned flags, int32_t **ids, size_t *n_ids) {
+    return mk_chat_encode_tools(tok, kind, msgs, n, NULL, flags, ids, n_ids);
+}
+
+mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
+                               const mk_chat_tools *tools, unsigned flags, int32_t **ids, size_t *n_ids) {
     if (!ids || !n_ids)
         return mk_err(MK_E_ARG, "mk_chat_encode: NULL argument");
     *ids = NULL;
@@ -911,7 +1265,7 @@ mk_status mk_chat_encode(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg
         if (id >= 0)
             deny[nd++] = id;
     }
-    sb b = {0};
+    sb b = {.tools = tools};
     mk_status st = render(kind, msgs, n, flags, &b);
     if (st == MK_OK)
         st = mk_tok_encode_ctl(tok, b.p, b.n, 0, b.ctl, b.nctl, deny, nd, ids, n_ids);

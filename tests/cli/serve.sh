@@ -297,7 +297,10 @@ expect_err 400 top_logprobs $C "{$U,\"logprobs\":true,\"top_logprobs\":21}"
 expect_err 400 logprobs /v1/completions '{"prompt":"x","logprobs":true}'
 expect_err 400 model $C "{$U,\"model\":5}"
 expect_err 400 chat_template_kwargs $C "{$U,\"chat_template_kwargs\":[]}"
-expect_err 400 tools $C "{$U,\"tools\":[{\"type\":\"function\",\"function\":{\"name\":\"f\"}}]}"
+expect_err 400 'tools[0].function.name' $C "{$U,\"tools\":[{\"type\":\"function\",\"function\":{}}]}"
+expect_err 400 'tools[0]' $C "{$U,\"tools\":[{\"type\":\"retrieval\"}]}"
+expect_err 400 tools /v1/completions '{"prompt":"x","tools":[{"type":"function","function":{"name":"f"}}]}'
+expect_err 400 moekit_test_output $C "{$U,\"moekit_test_output\":\"forced\"}"
 expect_err 400 tool_choice $C "{$U,\"tool_choice\":\"required\"}"
 expect_err 400 response_format $C "{$U,\"response_format\":{\"type\":\"json_object\"}}"
 expect_err 400 best_of /v1/completions '{"prompt":"x","best_of":2}'

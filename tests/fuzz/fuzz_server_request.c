@@ -8,7 +8,12 @@
  * accepted request that breaks what the handlers rely on: at least one
  * message with a known role and text, stop sequences of 1..256 bytes, a
  * max_tokens of -1 or >= 1, and sampling parameters the sampler accepts.
- * An accepted chat is rendered with every template (mk_chat_render). */
+ * An accepted chat is rendered with every template (mk_chat_render), and
+ * with its tools through qwen3 (mk_chat_render_tools). The body is also
+ * read as a model's output by the chat output parsers of every family
+ * (src/server/chatparse.c, toolcall.c), whole and cut in half: the half's
+ * reasoning and content must be prefixes of the whole's (what a stream
+ * sends must never be taken back). */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -76,6 +81,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                     abort();
                 free(out);
             }
+            mk_chat_tools tools = {(const char *const *)p.tool_json, p.ntools, p.mcalls};
+            char *out = NULL;
+            if (mk_chat_render_tools(MK_CHAT_QWEN3, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &out) ==
+                    MK_OK && !out)
+                abort();
+            free(out);
         }
     } else {
         if (!mk_err_msg()[0])
@@ -84,5 +95,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             abort(); /* a 400 must name the field */
     }
     srv_params_free(&p);
+    static const mk_chat_kind all[] = {MK_CHAT_CHATML, MK_CHAT_QWEN3, MK_CHAT_QWEN3_THINK, MK_CHAT_DEEPSEEK3,
+                                       MK_CHAT_GLM4, MK_CHAT_MINIMAX_M2, MK_CHAT_HARMONY, MK_CHAT_GLM47,
+                                       MK_CHAT_KIMI_K2, MK_CHAT_DEEPSEEK32, MK_CHAT_QWEN35};
+    const char *text = (const char *)data + 1;
+    size_t n = size - 1;
+    for (size_t k = 0; k < sizeof all / sizeof *all; k++) {
+        srv_parse_cfg c = {.kind = all[k], .think_open = data[0] & 8, .tools = data[0] & 16};
+        srv_parsed whole, half;
+        if (srv_chat_parse(&c, text, n, true, &whole) != MK_OK)
+            continue;
+        if (srv_chat_parse(&c, text, n / 2, false, &half) == MK_OK) {
+            if (half.rlen > whole.rlen || (half.rlen && memcmp(half.reasoning, whole.reasoning, half.rlen)) ||
+                half.clen > whole.clen || (half.clen && memcmp(half.content, whole.content, half.clen)) ||
+                half.ncalls > whole.ncalls)
+                abort();
+            srv_parsed_free(&half);
+        }
+        srv_parsed_free(&whole);
+    }
     return 0;
 }

@@ -1,0 +1,28 @@
+// Test-only generator of tests/data/chat_tools/*.jsonl: each line of the
+// input (a chat request's "tools" and "messages") rendered by a released
+// chat template (llama.cpp's models/templates/TEMPLATE) through
+// @huggingface/jinja, with add_generation_prompt. The output is the
+// reference tests/unit/test_server_chatparse.c holds moekit's tool
+// rendering (request.c's tojson, chat.c's renderers) to.
+//   node tests/gen/gen_chat_tools.mjs Qwen-Qwen3-0.6B.jinja < cases.jsonl > tests/data/chat_tools/qwen3.jsonl
+//   node tests/gen/gen_chat_tools.mjs GLM-4.6.jinja --args-as-objects < cases.jsonl > tests/data/chat_tools/glm4.jsonl
+// --args-as-objects: tool calls' "arguments" (JSON text in OpenAI's
+// requests) parsed into objects first, as servers do for templates that
+// iterate them. MK_TOKENIZERS and MK_PEERS default to the repository's
+// .tokenizers and .peers.
+import { readFileSync } from "node:fs";
+import { join, dirname, resolve } from "node:path";
+import { fileURLToPath, pathToFileURL } from "node:url";
+
+const repo = process.env.MK_SRC || resolve(dirname(fileURLToPath(import.meta.url)), "../..");
+const mods = join(process.env.MK_TOKENIZERS || join(repo, ".tokenizers"), "node_modules");
+const tpl = join(process.env.MK_PEERS || join(repo, ".peers"), "llama.cpp/models/templates", process.argv[2]);
+const asObjects = process.argv.includes("--args-as-objects");
+const { Template } = await import(pathToFileURL(join(mods, "@huggingface/jinja/dist/index.js")));
+const t = new Template(readFileSync(tpl, "utf8"));
+for (const line of readFileSync(0, "utf8").split("\n").filter((l) => l !== "")) {
+  const req = JSON.parse(line);
+  const messages = req.messages.map((m) => !m.tool_calls || !asObjects ? m : {
+    ...m, tool_calls: m.tool_calls.map((c) => ({ ...c, function: { ...c.function, arguments: JSON.parse(c.function.arguments) } })) });
+  console.log(JSON.stringify({ request: req, rendered: t.render({ ...req, messages, add_generation_prompt: true }) }));
+}
