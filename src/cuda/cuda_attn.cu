@@ -11,7 +11,11 @@
  * decode step is latency-bound here (one block per head walks the whole
  * cache), a split-K (flash-decoding) version is issue 14's next step.
  * With mk_attn_args.pos_dev (a replayed decode step) the position is read
- * from device memory and the token's own k/v rows from k_new / v_new. */
+ * from device memory and the token's own k/v rows from k_new / v_new.
+ * gpt_oss: a sliding window moves the first row walked (derived from the
+ * position in the kernel, so a device position moves it too) and a learned
+ * sink per head enters the merge's max and denominator, as in the CPU's
+ * two passes. DSA's `sel` is not implemented (the engine refuses DSA). */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
@@ -70,6 +74,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
      * later steps and read by none here) */
     const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
     const int64_t T = pos0 + t + 1;
+    /* gpt_oss's sliding window: the last `window` positions, itself included */
+    const int64_t S0 = a.window > 0 && T > a.window ? T - a.window : 0;
     const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
     const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
     if (a.k_new && blockIdx.x == 0) {
@@ -86,7 +92,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     /* 32 positions per warp at a time, one per lane: the scores' loads of
      * 32 rows are in flight together (walking the cache one row per warp
      * step left a decode step latency-bound on the cache length) */
-    for (int64_t s0 = (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
+    for (int64_t s0 = S0 + (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
         const int64_t s = s0 + lane;
         float x = -INFINITY;
         if (s < T)
@@ -133,10 +139,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
             pacc[wp * a.dv + dd] = acc[d];
     }
     __syncthreads();
-    float M = -INFINITY;
+    /* a learned sink (gpt_oss) joins the max and the denominator only */
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
     for (int w = 0; w < ATT_WARPS; w++)
         M = pm[w] > M ? pm[w] : M;
-    float L = 0.0f, f[ATT_WARPS];
+    float L = a.sinks ? expf(sink - M) : 0.0f, f[ATT_WARPS];
     for (int w = 0; w < ATT_WARPS; w++) {
         f[w] = pl[w] > 0.0f ? expf(pm[w] - M) : 0.0f; /* a warp with no rows has m = -inf */
         L += pl[w] * f[w];

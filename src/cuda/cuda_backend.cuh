@@ -194,6 +194,8 @@ void mkb_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads, i
               const float *cos, const float *sin, bool interleave);
 void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows, int64_t dim, float eps);
 void mkb_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+void mkb_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n, int64_t s, float alpha,
+                        float limit);
 void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n);
 void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n);
 void mkb_attention(void *ctx, const mk_attn_args *a);

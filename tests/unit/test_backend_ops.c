@@ -1010,6 +1010,14 @@ static void test_attention(void **st) {
         attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, false, "attention window 16 + sinks decode");
         attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 7, 5, 0, true, false, "attention sinks, full");
         attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 20, 6, 4, false, false, "attention window 4");
+        /* windows longer than one warp's 32 rows (the CUDA kernel's first row
+         * moves by the window), and a replayed decode step's device position
+         * moving the window */
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 200, 24, 150, true, false, "attention window 150 + sinks, prefill past it");
+        attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true,
+                     "attention window 128 + sinks decode at 1500, device position");
+        attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 9, 1, 128, true, true,
+                     "attention window 128 + sinks decode at 9, device position");
     }
 }
 
