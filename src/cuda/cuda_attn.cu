@@ -11,7 +11,12 @@
  * decode step is latency-bound here (one block per head walks the whole
  * cache), a split-K (flash-decoding) version is issue 14's next step.
  * With mk_attn_args.pos_dev (a replayed decode step) the position is read
- * from device memory and the token's own k/v rows from k_new / v_new. */
+ * from device memory and the token's own k/v rows from k_new / v_new.
+ * gpt_oss: a sliding window moves the first row walked (derived from the
+ * position in the kernel, so a device position moves it too) and a learned
+ * sink per head enters the merge's max and denominator, as in the CPU's
+ * two passes. DSA: with `sel` the walk is over the token's selected rows
+ * (counted up to the first -1 by the block), position s reading row sel[s]. */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
@@ -69,7 +74,20 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
      * rows from k_new / v_new (the cache row is written by block 0 for
      * later steps and read by none here) */
     const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
-    const int64_t T = pos0 + t + 1;
+    /* DSA: the token's selected rows, up to the first -1 (ascending);
+     * position s of the walk is then cache row sel[s] */
+    const int32_t *sel = a.sel ? a.sel + t * a.sel_k : NULL;
+    int64_t T = pos0 + t + 1;
+    if (sel) {
+        int cnt = 0;
+        for (int64_t i0 = 0; i0 < a.sel_k; i0 += blockDim.x) {
+            const int64_t i = i0 + threadIdx.x;
+            cnt += __syncthreads_count(i < a.sel_k && sel[i] >= 0);
+        }
+        T = cnt < T ? cnt : T;
+    }
+    /* gpt_oss's sliding window: the last `window` positions, itself included */
+    const int64_t S0 = !sel && a.window > 0 && T > a.window ? T - a.window : 0;
     const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
     const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
     if (a.k_new && blockIdx.x == 0) {
@@ -86,11 +104,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     /* 32 positions per warp at a time, one per lane: the scores' loads of
      * 32 rows are in flight together (walking the cache one row per warp
      * step left a decode step latency-bound on the cache length) */
-    for (int64_t s0 = (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
+    for (int64_t s0 = S0 + (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
         const int64_t s = s0 + lane;
         float x = -INFINITY;
         if (s < T)
-            x = att_dot(q, kn && s == T - 1 ? kn : kb + s * ks, a.dk, vec) * a.scale;
+            x = att_dot(q, kn && s == T - 1 ? kn : kb + (sel ? sel[s] : s) * ks, a.dk, vec) * a.scale;
         const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
         const float corr = expf(m - mn), p = s < T ? expf(x - mn) : 0.0f;
         l = l * corr + mkc_warp_sum(p);
@@ -106,7 +124,8 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
 #pragma unroll
             for (int b = 0; b < UB; b++) {
                 const int u = u0 + b;
-                const float *vr = vn && s0 + u == T - 1 ? vn : vb + (s0 + u) * vs;
+                const int64_t r = u < cnt ? (sel ? sel[s0 + u] : s0 + u) : 0;
+                const float *vr = vn && s0 + u == T - 1 ? vn : vb + r * vs;
 #pragma unroll
                 for (int d = 0; d < DVL; d++) {
                     const int dd = lane + 32 * d;
@@ -133,10 +152,12 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
             pacc[wp * a.dv + dd] = acc[d];
     }
     __syncthreads();
-    float M = -INFINITY;
+    /* a learned sink (gpt_oss) joins the max and the denominator only */
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
     for (int w = 0; w < ATT_WARPS; w++)
         M = pm[w] > M ? pm[w] : M;
-    float L = 0.0f, f[ATT_WARPS];
+    float L = a.sinks ? expf(sink - M) : 0.0f, f[ATT_WARPS];
     for (int w = 0; w < ATT_WARPS; w++) {
         f[w] = pl[w] > 0.0f ? expf(pm[w] - M) : 0.0f; /* a warp with no rows has m = -inf */
         L += pl[w] * f[w];
@@ -155,6 +176,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
         return;
+    if (a->sel && a->sel_k <= 0) {
+        mkb_fail(c, mk_err(MK_E_ARG, "CUDA attention: a selection of %lld positions per token", (long long)a->sel_k));
+        return;
+    }
     if (a->pos_dev && (a->n != 1 || a->sel || !a->k_new || !a->v_new)) {
         mkb_fail(c, mk_err(MK_E_ARG, "CUDA attention: a device position needs one token, new k/v rows and no selection"));
         return;

@@ -469,6 +469,7 @@ static void cu_free(void *ctx) {
     free(c->tab);
     mkb_moe_free(c);
     mkb_graph_free(c);
+    mk_cuda_free(c->dsa_keys);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);
@@ -481,7 +482,7 @@ static void cu_free(void *ctx) {
 static const mk_backend_i g_cuda = {
     .name = "cuda",
     .host_mem = false,
-    .sinks_window = false, /* gpt_oss refused at engine create (backend.h) */
+    .sinks_window = true, /* gpt_oss: window and sinks in mkb_attention */
     .alloc = cu_alloc,
     .buf_free = cu_buf_free,
     .upload = cu_upload,
@@ -503,10 +504,10 @@ static const mk_backend_i g_cuda = {
     .gdn = mkb_gdn,
     .gated_rmsnorm = mkb_gated_rmsnorm,
     .swiglu = mkb_swiglu,
-    .clamped_swiglu = nullptr, /* gpt_oss refused at engine create */
+    .clamped_swiglu = mkb_clamped_swiglu,
     .expert_mlps = nullptr, /* the engine runs experts one at a time (backend.h) */
-    .layernorm = nullptr,   /* DeepSeek sparse attention is not implemented here: */
-    .dsa_select = nullptr,  /* the engine refuses deepseek_v32 / glm_moe_dsa on CUDA */
+    .layernorm = mkb_layernorm,   /* DeepSeek sparse attention (cuda_dsa.cu) */
+    .dsa_select = mkb_dsa_select,
     .sigmoid_mul = mkb_sigmoid_mul,
     .axpy = mkb_axpy,
     .route = mkb_route,

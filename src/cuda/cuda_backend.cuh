@@ -56,6 +56,8 @@ struct mkb_ctx {
     /* deferred non-finite checks (check_finite / nonfinite_take) */
     struct mkb_nfl *nfl; /* device */
     struct mkb_amax *amax; /* device scratch of the argmax slot (cuda_route.cu) */
+    unsigned long long *dsa_keys; /* device scratch of dsa_select (cuda_dsa.cu), dsa_cap bytes */
+    size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
     bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; on by default) */
@@ -194,6 +196,11 @@ void mkb_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads, i
               const float *cos, const float *sin, bool interleave);
 void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows, int64_t dim, float eps);
 void mkb_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n);
+void mkb_layernorm(void *ctx, float *y, const float *x, const float *g, const float *b, int64_t rows, int64_t dim,
+                   float eps);
+void mkb_dsa_select(void *ctx, const mk_dsa_args *a);
+void mkb_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n, int64_t s, float alpha,
+                        float limit);
 void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n);
 void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n);
 void mkb_attention(void *ctx, const mk_attn_args *a);

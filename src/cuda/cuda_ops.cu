@@ -131,6 +131,30 @@ void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
     elt((mkb_ctx *)ctx, y, x, NULL, a, n, 2, "axpy");
 }
 
+/* gpt_oss's clamped SwiGLU (backend.h): gate and up read with stride s
+ * (s = 2: interleaved pairs); each element in registers before y is
+ * written, so y may alias up when s = 1. fminf/fmaxf would turn a NaN
+ * gate into the limit: the comparisons keep it NaN like the CPU's. */
+__global__ void k_clamped_swiglu(float *y, const float *gate, const float *up, int64_t n, int64_t s, float alpha,
+                                 float limit) {
+    for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+        float g = gate[i * s], u = up[i * s];
+        g = g > limit ? limit : g;
+        u = u < -limit ? -limit : u > limit ? limit : u;
+        y[i] = g / (1.0f + expf(-alpha * g)) * (u + 1.0f);
+    }
+}
+
+void mkb_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n, int64_t s, float alpha,
+                        float limit) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0)
+        return;
+    unsigned blocks = mkb_blocks(n, OPS_THREADS);
+    k_clamped_swiglu<<<blocks > 65535 ? 65535 : blocks, OPS_THREADS, 0, c->s>>>(y, gate, up, n, s, alpha, limit);
+    mkb_launched(c, "clamped_swiglu");
+}
+
 /* ---- fused forms of the steps above (optional slots) -------------------- */
 
 /* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy

@@ -1010,6 +1010,202 @@ static void test_attention(void **st) {
         attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, false, "attention window 16 + sinks decode");
         attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 7, 5, 0, true, false, "attention sinks, full");
         attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 20, 6, 4, false, false, "attention window 4");
+        /* windows longer than one warp's 32 rows (the CUDA kernel's first row
+         * moves by the window), and a replayed decode step's device position
+         * moving the window */
+        attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 200, 24, 150, true, false, "attention window 150 + sinks, prefill past it");
+        attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true,
+                     "attention window 128 + sinks decode at 1500, device position");
+        attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 9, 1, 128, true, true,
+                     "attention window 128 + sinks decode at 9, device position");
+    }
+}
+
+/* ---- DeepSeek sparse attention (optional slots: layernorm, dsa_select, sel) ------- */
+
+/* One dsa_select call of n tokens at pos0 against backend.h's rule in
+ * double: score(t, s) = sum_h w*w_scale * relu(q_h . k_s * scale), the best
+ * m = min(topk, pos0 + t + 1) by score and, on equal scores, the lower
+ * position, written ascending, -1 after. Every 5th key row is zero (its
+ * score exactly 0 whatever q); with neg_w every weight is negative, so the
+ * best scores are those exact zeros (the zero rows and the positions where
+ * every head's dot is <= 0) and the tie rule decides. The selection must
+ * equal the reference exactly. */
+static void dsa_case(be_case *b, int nH, int dim, int topk, int64_t pos0, int64_t n, bool neg_w, const char *what) {
+    int64_t T = pos0 + n;
+    float *q = rvec(n * nH * dim), *k = rvec(T * dim), *w = rvec(n * nH);
+    for (int64_t s = 0; s < T; s += 5)
+        memset(k + s * dim, 0, sizeof(float) * (size_t)dim);
+    for (int64_t i = 0; i < n * nH; i++)
+        w[i] = neg_w ? -fabsf(w[i]) - 0.01f : fabsf(w[i]) + 0.01f;
+    void *dq = dev(b, q, sizeof(float) * (size_t)(n * nH * dim)), *dk_ = dev(b, k, sizeof(float) * (size_t)(T * dim));
+    void *dw = dev(b, w, sizeof(float) * (size_t)(n * nH));
+    void *dsel = dev(b, NULL, sizeof(int32_t) * (size_t)(n * topk)), *dsc = dev(b, NULL, sizeof(float) * (size_t)(n * topk));
+    mk_dsa_args a = {.q = dq, .k = dk_, .w = dw, .w_scale = 1.0f / sqrtf((float)nH), .scale = 1.0f / sqrtf((float)dim),
+                     .sel = dsel, .sc = dsc, .n = n, .pos0 = pos0, .n_heads = nH, .dim = dim, .topk = topk};
+    b->i->dsa_select(b->ctx, &a);
+    int32_t *sel = (int32_t *)back(b, dsel, sizeof(int32_t) * (size_t)(n * topk));
+    double *sc = malloc(sizeof(double) * (size_t)T);
+    char *taken = malloc((size_t)T);
+    assert_true(sc && taken);
+    int64_t bad = 0, zeros = 0;
+    for (int64_t t = 0; t < n; t++) {
+        int64_t S = pos0 + t + 1, m = S < topk ? S : topk;
+        for (int64_t s = 0; s < S; s++) {
+            double x = 0;
+            for (int h = 0; h < nH; h++) {
+                double d = 0;
+                for (int i = 0; i < dim; i++)
+                    d += (double)q[(t * nH + h) * dim + i] * k[s * dim + i];
+                d *= 1.0 / sqrt((double)dim);
+                x += (double)w[t * nH + h] / sqrt((double)nH) * (d > 0 ? d : 0);
+            }
+            sc[s] = x;
+        }
+        memset(taken, 0, (size_t)S);
+        for (int64_t j = 0; j < m; j++) { /* the best not taken; strict > keeps the lower position */
+            int64_t best = -1;
+            for (int64_t s = 0; s < S; s++)
+                if (!taken[s] && (best < 0 || sc[s] > sc[best]))
+                    best = s;
+            taken[best] = 1;
+            zeros += sc[best] == 0;
+        }
+        int64_t j = 0;
+        for (int64_t s = 0; s < S; s++)
+            if (taken[s])
+                bad += sel[t * topk + j++] != s;
+        for (; j < topk; j++)
+            bad += sel[t * topk + j] != -1;
+    }
+    printf("  %-5s %-40s %lld of %lld entries differ (%lld exact-zero ties kept)\n", b->name, what, (long long)bad,
+           (long long)(n * topk), (long long)zeros);
+    assert_int_equal(bad, 0);
+    free(sel);
+    free(sc);
+    free(taken);
+    free(q);
+    free(k);
+    free(w);
+    b->i->buf_free(b->ctx, dq);
+    b->i->buf_free(b->ctx, dk_);
+    b->i->buf_free(b->ctx, dw);
+    b->i->buf_free(b->ctx, dsel);
+    b->i->buf_free(b->ctx, dsc);
+}
+
+/* Attention over a selection (mk_attn_args.sel): token t's rows a random
+ * ascending subset of its past (its own position always in), ended by -1
+ * or by sel_k entries, against the softmax over those rows in double. */
+static void attn_sel_case(be_case *b, int nH, int nKV, int dk, int dv, bool mla, int64_t pos0, int64_t n, int sel_k,
+                          const char *what) {
+    int64_t T = pos0 + n, kst = mla ? dk : (int64_t)nKV * dk, vst = mla ? dk : (int64_t)nKV * dv;
+    float *q = rvec(n * nH * dk), *k = rvec(T * kst), *v = mla ? NULL : rvec(T * vst);
+    const float *vv = mla ? k : v;
+    int32_t *sel = malloc(sizeof(int32_t) * (size_t)(n * sel_k));
+    assert_non_null(sel);
+    for (int64_t t = 0; t < n; t++) {
+        int64_t S = pos0 + t + 1, j = 0;
+        for (int64_t s = 0; s < S && j < sel_k; s++)
+            if (rnd() % 3 == 0 || s == S - 1)
+                sel[t * sel_k + j++] = (int32_t)s;
+        for (; j < sel_k; j++)
+            sel[t * sel_k + j] = -1;
+    }
+    float scale = 1.0f / sqrtf((float)dk);
+    void *dq = dev(b, q, sizeof(float) * (size_t)(n * nH * dk)), *dk_ = dev(b, k, sizeof(float) * (size_t)(T * kst));
+    void *dv_ = mla ? dk_ : dev(b, v, sizeof(float) * (size_t)(T * vst));
+    void *dsel = dev(b, sel, sizeof(int32_t) * (size_t)(n * sel_k));
+    void *dout = dev(b, NULL, sizeof(float) * (size_t)(n * nH * dv));
+    mk_attn_args a = {.q = dq, .k = dk_, .v = dv_, .out = dout, .n = n, .pos0 = pos0, .n_heads = nH, .n_kv = nKV,
+                      .dk = dk, .dv = dv, .scale = scale, .k_stride = mla ? dk : 0, .v_stride = mla ? dk : 0,
+                      .sel = dsel, .sel_k = sel_k};
+    b->i->attention(b->ctx, &a);
+    float *o = back(b, dout, sizeof(float) * (size_t)(n * nH * dv));
+    double *ref = calloc((size_t)(n * nH * dv), sizeof(double)), *p = malloc(sizeof(double) * (size_t)sel_k);
+    assert_true(ref && p);
+    int g = nH / nKV;
+    for (int64_t t = 0; t < n; t++)
+        for (int h = 0; h < nH; h++) {
+            int j = h / g, m = 0;
+            while (m < sel_k && sel[t * sel_k + m] >= 0)
+                m++;
+            double mx = -INFINITY, sum = 0;
+            for (int i = 0; i < m; i++) {
+                int64_t r = sel[t * sel_k + i];
+                double d = 0;
+                for (int c = 0; c < dk; c++)
+                    d += (double)q[(t * nH + h) * dk + c] * k[r * kst + j * dk + c];
+                p[i] = d * scale;
+                mx = p[i] > mx ? p[i] : mx;
+            }
+            for (int i = 0; i < m; i++)
+                sum += (p[i] = exp(p[i] - mx));
+            for (int i = 0; i < m; i++)
+                for (int c = 0; c < dv; c++)
+                    ref[(t * nH + h) * dv + c] += p[i] / sum * vv[sel[t * sel_k + i] * vst + j * dv + c];
+        }
+    check_rel(b->name, what, o, ref, n * nH * dv, TOL_DOT);
+    free(o);
+    free(ref);
+    free(p);
+    free(q);
+    free(k);
+    free(v);
+    free(sel);
+    b->i->buf_free(b->ctx, dq);
+    b->i->buf_free(b->ctx, dk_);
+    if (!mla)
+        b->i->buf_free(b->ctx, dv_);
+    b->i->buf_free(b->ctx, dsel);
+    b->i->buf_free(b->ctx, dout);
+}
+
+static void test_dsa(void **st) {
+    (void)st;
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->dsa_select || !b->i->layernorm) {
+            printf("  %s: DSA slots not implemented (deepseek_v32 / glm_moe_dsa refused there)\n", b->name);
+            continue;
+        }
+        /* layernorm: rows of 200 (more than one pass of a block), in place */
+        enum { R = 3, D = 200 };
+        float *x = rvec(R * D), *gg = rvec(D), *bb = rvec(D);
+        for (int i = 0; i < R * D; i++)
+            x[i] = 3.0f * x[i] + 0.5f; /* a mean away from 0 */
+        double re[R * D];
+        for (int r = 0; r < R; r++) {
+            double mean = 0, var = 0;
+            for (int i = 0; i < D; i++)
+                mean += x[r * D + i];
+            mean /= D;
+            for (int i = 0; i < D; i++)
+                var += (x[r * D + i] - mean) * (x[r * D + i] - mean);
+            double inv = 1.0 / sqrt(var / D + 1e-6);
+            for (int i = 0; i < D; i++)
+                re[r * D + i] = (x[r * D + i] - mean) * inv * gg[i] + bb[i];
+        }
+        void *dx = dev(b, x, sizeof(float) * R * D), *dg = dev(b, gg, sizeof(float) * D), *db = dev(b, bb, sizeof(float) * D);
+        b->i->layernorm(b->ctx, dx, dx, dg, db, R, D, 1e-6f);
+        float *o = back(b, dx, sizeof(float) * R * D);
+        check_rel(b->name, "layernorm (in place)", o, re, R * D, TOL_ELT);
+        free(o);
+        free(x);
+        free(gg);
+        free(bb);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dg);
+        b->i->buf_free(b->ctx, db);
+        /* the indexer's selection: prefill across topk, decode far past it, ties */
+        dsa_case(b, 4, 32, 24, 0, 40, false, "dsa_select prefill 40, top-24");
+        dsa_case(b, 4, 32, 24, 300, 3, false, "dsa_select at 300, top-24");
+        dsa_case(b, 4, 32, 24, 100, 5, true, "dsa_select ties (negative weights)");
+        dsa_case(b, 16, 128, 64, 600, 2, false, "dsa_select 16 heads of 128, top-64");
+        dsa_case(b, 4, 32, 24, 0, 10, false, "dsa_select fewer positions than topk");
+        /* attention over a selection */
+        attn_sel_case(b, 4, 2, 32, 32, false, 50, 6, 24, "attention GQA over a selection");
+        attn_sel_case(b, 16, 1, 72, 64, true, 300, 3, 64, "attention MLA over a selection");
     }
 }
 
@@ -1930,6 +2126,7 @@ int main(void) {
         cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
         cmocka_unit_test(test_batch_slots),
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
         cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_deferred_nonfinite),
         cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
