@@ -735,6 +735,37 @@ static mk_status oss_to_hf(pctx *c, const cv_lt *lt, const char *stem, const cha
     return MK_OK;
 }
 
+/* One GGUF MXFP4 output of gpt_oss's experts: rows [0, nrows) of `cols`
+ * values, row r the 16-byte blocks at base + r * rstep of tensor `part` of
+ * m, their E8M0 scales the bytes at the same offset / 16 of tensor spart of
+ * sm; each block becomes ggml's block_mxfp4 (gather.c, g_mx). */
+static mk_status oss_mx_out(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, const int64_t *sh,
+                            const cv_mod *m, int part, const cv_mod *sm, int spart, uint64_t base, uint64_t rstep,
+                            int64_t nrows, int64_t cols) {
+    cv_out *o = oss_out(c, lt, stem, leaf, MK_DT_U8, 3, sh);
+    if (!o)
+        return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
+    cv_piece pc = {0};
+    pc.op = CV_OP_GATHER;
+    pc.part = (unsigned char)part;
+    pc.g_part2 = (unsigned char)spart;
+    pc.dt = MK_DT_U8;
+    pc.mod = m;
+    pc.g_mod2 = sm;
+    pc.g_mx = 1;
+    pc.nrows = nrows;
+    pc.g_base = base;
+    pc.g_rstep = rstep;
+    pc.g_cstep = 16;
+    pc.g_blk = 16;
+    pc.g_ncols = cols / 32;
+    pc.ocols = (int64_t)cv_gather_row_bytes(&pc);
+    pc.nbytes = (uint64_t)pc.nrows * cv_gather_row_bytes(&pc);
+    MK_TRY(push_piece(o, &pc));
+    o->ggt = CV_GGML_MXFP4;
+    return MK_OK;
+}
+
 /* gpt_oss's released MXFP4 experts for GGUF (conversion/gpt_oss.py
  * repack_mxfp4): <P>gate_up_proj_blocks (E, 2I, H/32, 16) with _scales
  * (E, 2I, H/32) -> ffn_gate_exps / ffn_up_exps (E, I, H) from the even /
@@ -753,32 +784,41 @@ static mk_status oss_mxfp4_gguf(pctx *c, const cv_lt *lt, const char *stem, bool
         return mk_err(MK_E_FORMAT, "'%s': its _scales partner is missing or not %lld x %lld bytes", m->name,
                       (long long)rows, (long long)(cols / 32));
     uint64_t rb = (uint64_t)(cols / 32) * 16u;
-    for (int k = 0; k < (down ? 1 : 2); k++) {
-        int64_t sh[3] = {E, down ? H : I, cols};
-        const char *nl = down ? "down_proj.weight" : k ? "up_proj.weight" : "gate_proj.weight";
-        cv_out *o = oss_out(c, lt, stem, nl, MK_DT_U8, 3, sh);
-        if (!o)
-            return mk_err(MK_E_NOMEM, "'%s': no memory for its GGUF outputs", m->name);
-        cv_piece pc = {0};
-        pc.op = CV_OP_GATHER;
-        pc.part = CV_T_MAIN;
-        pc.g_part2 = CV_T_MAIN;
-        pc.dt = MK_DT_U8;
-        pc.mod = m;
-        pc.g_mod2 = sc->mod;
-        pc.g_mx = 1;
-        pc.nrows = down ? rows : rows / 2;
-        pc.g_base = down ? 0 : (uint64_t)k * rb;
-        pc.g_rstep = down ? rb : 2 * rb;
-        pc.g_cstep = 16;
-        pc.g_blk = 16;
-        pc.g_ncols = cols / 32;
-        pc.ocols = (int64_t)cv_gather_row_bytes(&pc);
-        pc.nbytes = (uint64_t)pc.nrows * cv_gather_row_bytes(&pc);
-        MK_TRY(push_piece(o, &pc));
-        o->ggt = CV_GGML_MXFP4;
-    }
+    int64_t sh[3] = {E, down ? H : I, cols};
+    if (down)
+        return oss_mx_out(c, lt, stem, "down_proj.weight", sh, m, CV_T_MAIN, sc->mod, CV_T_MAIN, 0, rb, rows, cols);
+    for (int k = 0; k < 2; k++)
+        MK_TRY(oss_mx_out(c, lt, stem, k ? "up_proj.weight" : "gate_proj.weight", sh, m, CV_T_MAIN, sc->mod,
+                          CV_T_MAIN, (uint64_t)k * rb, 2 * rb, rows / 2, cols));
     return MK_OK;
+}
+
+/* The MLX form of those experts (oss_to_mlx writes it from the released
+ * one, byte for byte): <P>gate_proj / up_proj / down_proj, mxfp4 4-bit g32
+ * modules whose .weight (E, out, in/8) U32 words hold, little-endian, the
+ * released row's bytes unchanged (value 2k in the low nibble of byte k,
+ * 2k + 1 in the high one: MLX packs element j of a word at bits 4j) and
+ * whose .scales (E, out, in/32) are the released E8M0 bytes. gate and up
+ * are already de-interleaved, so each module is one row-for-row MXFP4
+ * gather over its own weight and scales: the GGUF equals the one written
+ * from the released checkpoint byte for byte. */
+static mk_status oss_mxfp4_mlx_gguf(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool down) {
+    int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
+    int64_t rows = down ? E * H : E * I, cols = down ? I : H; /* the module's rows of cols values */
+    const cv_mod *m = lt->mod;
+    const mk_tensor_info *t = m->t[CV_T_MAIN], *s = m->t[CV_T_SCALE];
+    if (lt->row0 != 0 || lt->nrows != rows)
+        return mk_err(MK_E_FORMAT, "'%s': rows %lld..%lld of it, expected the whole stack of %lld x %lld rows "
+                      "(num_local_experts, %s)", m->name, (long long)lt->row0, (long long)(lt->row0 + lt->nrows),
+                      (long long)E, (long long)(down ? H : I), down ? "hidden_size" : "intermediate_size");
+    if (cols % 32 || t->nbytes != (uint64_t)rows * (uint64_t)(cols / 32) * 16u)
+        return mk_err(MK_E_FORMAT, "'%s': %llu bytes, expected %lld rows of %lld MXFP4 values (16 bytes per 32)",
+                      m->name, (unsigned long long)t->nbytes, (long long)rows, (long long)cols);
+    if (!s || s->nbytes != (uint64_t)rows * (uint64_t)(cols / 32))
+        return mk_err(MK_E_FORMAT, "'%s': its .scales are missing or not %lld x %lld bytes", m->name,
+                      (long long)rows, (long long)(cols / 32));
+    int64_t sh[3] = {E, down ? H : I, cols};
+    return oss_mx_out(c, lt, stem, leaf, sh, m, CV_T_MAIN, m, CV_T_SCALE, 0, (uint64_t)(cols / 32) * 16u, rows, cols);
 }
 
 /* gpt_oss's experts for GGUF (conversion/gpt_oss.py): llama.cpp's
@@ -786,8 +826,9 @@ static mk_status oss_mxfp4_gguf(pctx *c, const cv_lt *lt, const char *stem, bool
  * transposed from transformers' (E, H, 2I) / (E, I, H) with gate and up
  * taken from the even and odd columns (GGQ pieces with tr, one expert
  * each), and ffn_{gate,up,down}_exps.bias (E, I) / (E, H), gate and up
- * likewise from the even and odd entries. Floats only: MXFP4 experts
- * (released checkpoints) are refused here, not requantized. */
+ * likewise from the even and odd entries. MXFP4 experts (released
+ * checkpoints, and their MLX form) are carried over as ggml's MXFP4, never
+ * requantized; experts quantized otherwise are refused. */
 static mk_status oss_to_gguf(pctx *c, const cv_lt *lt, const char *stem, const char *leaf, bool *done) {
     int64_t E = c->s->cfg.num_experts, I = c->s->cfg.moe_intermediate_size, H = c->s->cfg.hidden_size;
     const cv_mod *m = lt->mod;
@@ -799,10 +840,18 @@ static mk_status oss_to_gguf(pctx *c, const cv_lt *lt, const char *stem, const c
         return MK_OK; /* zipped in with their blocks */
     if (gux || dnx) /* released MXFP4: carried over as ggml's MXFP4, byte for byte */
         return oss_mxfp4_gguf(c, lt, stem, dnx);
+    bool mw = !strcmp(leaf, "gate_proj.weight") || !strcmp(leaf, "up_proj.weight") ||
+              !strcmp(leaf, "down_proj.weight");
+    if (m->kind == CV_MLX && oss_mxfp4_mod(m) && mw) /* their MLX form: the same bytes */
+        return oss_mxfp4_mlx_gguf(c, lt, stem, leaf, !strcmp(leaf, "down_proj.weight"));
+    if (m->kind == CV_MLX)
+        return mk_err(MK_E_UNSUPPORTED, "'%s': gpt_oss experts quantized by MLX other than as mxfp4 (bits %d, "
+                      "group %d): --to gguf carries only MXFP4 experts over, byte for byte, and would have to "
+                      "requantize these; convert the float or MXFP4 checkpoint instead",
+                      m->name, m->bits, m->group < 0 ? -m->group : m->group);
     if (m->kind != CV_FLOAT)
         return mk_err(MK_E_UNSUPPORTED, "'%s': --to gguf of gpt_oss experts stored quantized other than as "
-                      "transformers' MXFP4 blocks is not implemented (an MLX checkpoint: convert it --to hf first)",
-                      m->name);
+                      "MXFP4 (transformers' blocks or MLX mxfp4) is not implemented", m->name);
     if (!gu && !gub && !dn) {
         *done = false; /* down_proj_bias: a plain copy (gguf_names.c) */
         return MK_OK;

@@ -6,8 +6,9 @@
 # each expert's blocks read and transposed in the cache slot); convert
 # HF -> MLX -> HF round-trips every tensor byte for byte (both variants);
 # quantize of the MXFP4 variant passes its experts through, of the bf16 one
-# quantizes them (below); --to gguf of MLX MXFP4 experts and verify across
-# layouts refuse gpt_oss by name (exit 2, no output). The match with transformers is
+# quantizes them (below); --to gguf of the MLX MXFP4 form equals the HF
+# form's byte for byte, of MLX affine experts and verify across layouts
+# refuse gpt_oss by name (exit 2, no output). The match with transformers is
 # test_engine_fixtures' (test_gptoss_a).
 set -euo pipefail
 BIN=${MK_BIN:?}
@@ -151,8 +152,23 @@ grep -q 'mxfp4' "$T/b8/config.json" && fail "bf16 experts written with mxfp4 ent
 "$BIN" logits "$T/b8" --ids "$IDS" --out "$T/b8.f32" --threads 2
 echo "quantize of the bf16 checkpoint, 8-bit, vs transformers: rel L2 $(rel "$T/b8.f32" "$G/ref_logits.f32")"
 echo "ok: quantize of bf16 gpt_oss (HF gathered rows = MLX rows)"
-# --to gguf (gguf_llama_gptoss.sh checks it against llama.cpp) of MLX MXFP4 experts: refused by name
-expect 2 "gpt_oss" "$BIN" convert "$T/mlx.mxfp4" "$T/g.gguf" --to gguf
+# --to gguf (gguf_llama_gptoss.sh checks the HF MXFP4 one against
+# llama.cpp) of the MLX MXFP4 form: its mxfp4 stacks hold the released
+# nibbles and E8M0 scales unchanged, so each file type's GGUF equals the
+# one written from the HF checkpoint byte for byte (general.name is the
+# source directory's name: the MLX form moved to one of the same name;
+# before, the MLX form was refused). Experts MLX quantized otherwise (the
+# affine 8-bit of the bf16 model above) would need requantizing: refused
+# by name, no output.
+mkdir "$T/m"
+mv "$T/mlx.mxfp4" "$T/m/mxfp4"
+for ty in f16 q8_0 q4_k_m; do
+    "$BIN" convert "$G/mxfp4" "$T/hf.$ty.gguf" --to gguf --gguf-type "$ty" --quiet
+    "$BIN" convert "$T/m/mxfp4" "$T/mlx.$ty.gguf" --to gguf --gguf-type "$ty" --verify --quiet
+    cmp "$T/hf.$ty.gguf" "$T/mlx.$ty.gguf" || fail "$ty: the GGUF of the MLX MXFP4 form differs from the HF form's"
+done
+echo "ok: --to gguf of the MLX MXFP4 form = of the HF form (f16, q8_0, q4_k_m)"
+expect 2 "gpt_oss experts quantized by MLX other than as mxfp4" "$BIN" convert "$T/b8" "$T/g.gguf" --to gguf
 [ ! -e "$T/g.gguf" ] || fail "a refused --to gguf left $T/g.gguf"
 expect 2 "gpt_oss" "$BIN" verify "$G/mxfp4" "$G/bf16"
 echo "gptoss: all passed"
