@@ -11,7 +11,6 @@
  *
  * The reader's source is compiled into this file so it carries the
  * fuzzer's coverage instrumentation (see fuzz_st_header.c). */
-#define _GNU_SOURCE
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
