@@ -12,6 +12,10 @@
 # inputs and lm_head an earlier module's statistics, which a pass boundary
 # between them exposed (this test failed on it). A bound below one module's accumulator is refused (exit 2,
 # naming the module) before any window runs, leaving no H file.
+# The RSS comparison alone is skipped under AddressSanitizer (as in the other
+# RSS tests): its quarantine keeps every pass's freed forward buffers resident
+# and its shadow memory is not ours to bound, so there a multi-pass run's peak
+# measures ASan, not the accumulators (seen: 121.5 -> 121.9 MiB).
 set -euo pipefail
 BIN=${MK_BIN:?}
 . "${MK_SRC:?}/tests/cli/fixtures.bash"
@@ -46,8 +50,12 @@ r1=$(rss_mib "$T/one.err")
 r2=$(rss_mib "$T/bnd.err")
 [ -n "$r1" ] && [ -n "$r2" ] || fail "no peak RSS in --stats: $(cat "$T/one.err")"
 echo "accumulators $acc MiB; bounded: $held MiB held, $passes passes; peak RSS $r1 -> $r2 MiB"
-awk -v a="$r1" -v b="$r2" -v acc="$acc" 'BEGIN { exit !(b <= a - (acc - 4) / 2) }' ||
-    fail "peak RSS $r2 MiB with the bound, $r1 MiB without: not lower by half of $acc - 4 MiB"
+if [ "$(awk '$1 == "sanitizer" { print $2 }' "$T/one.err")" = 1 ]; then
+    echo "RSS comparison skipped: sanitizer build"
+else
+    awk -v a="$r1" -v b="$r2" -v acc="$acc" 'BEGIN { exit !(b <= a - (acc - 4) / 2) }' ||
+        fail "peak RSS $r2 MiB with the bound, $r1 MiB without: not lower by half of $acc - 4 MiB"
+fi
 set +e
 "$BIN" profile "$TINY" --text "$T/calib.txt" --tokens 256 --threads 2 --quiet --out "$T/x.json" \
     --hessian "$T/x.safetensors" --hessian-memory 1K > "$T/e1" 2>&1
