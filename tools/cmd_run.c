@@ -146,6 +146,7 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 kvt, (double)kvt * (double)ctx / 1048576.0, ctx,
                 (double)mk_engine_arena_bytes(r->e) / 1048576.0);
         mk_ecli_mem_stats(&o->mm, stderr);
+        mk_ecli_dist_stats(&o->dd, stderr);
     }
     if (st != MK_OK) {
         free(res.ids);

@@ -13,9 +13,19 @@
 
 const char mk_ecli_dist_help[] =
     "  --mpi                run as one rank of an MPI job (implied under mpirun with more than\n"
-    "                       one rank): each rank computes a share of every MoE layer's routed\n"
-    "                       experts, rank 0 tokenizes, samples and prints; logits are bitwise\n"
-    "                       those of one process\n"
+    "                       one rank); rank 0 tokenizes, samples and prints; logits are bitwise\n"
+    "                       those of one process in either mode\n"
+    "  --mpi-mode expert|pipeline\n"
+    "                       expert (default): every rank holds every layer and computes a share\n"
+    "                       of each MoE layer's routed experts (one exchange per MoE layer per\n"
+    "                       step). pipeline: rank r holds a contiguous range of layers (stage r,\n"
+    "                       balanced by weight bytes), with KV cache for them only, for when the\n"
+    "                       non-expert weights do not fit one host; hidden states go rank to rank,\n"
+    "                       the last rank sends the logits to rank 0. (`both`, experts split\n"
+    "                       within a stage, is not implemented and refused)\n"
+    "  --pipeline-layers A-B,C-D,...\n"
+    "                       pipeline mode with these layer ranges, one per rank, in rank order,\n"
+    "                       covering every layer (e.g. 0-11,12-23 for -np 2)\n"
     "  --mpi-timeout SEC    a rank that does not deliver within SEC seconds in a step stops every\n"
     "                       rank, naming it (default 60)\n"
     "  --mpi-balance P.json split each MoE layer's experts into contiguous ranges of about equal\n"
@@ -39,6 +49,17 @@ int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
     switch (ch) {
     case 0x4e01: dd->mpi = true; return -1;
     case 0x4e04: dd->balance = arg; return -1;
+    case 0x4e05:
+        if (!strcmp(arg, "expert") || !strcmp(arg, "pipeline")) {
+            dd->pipeline = !strcmp(arg, "pipeline");
+            dd->mode_given = true;
+            return -1;
+        }
+        if (!strcmp(arg, "both"))
+            return mk_cli_usage(dd->cmd, "--mpi-mode both (experts split within each pipeline stage) is not "
+                                         "implemented: use --mpi-mode expert or --mpi-mode pipeline");
+        return mk_cli_usage(dd->cmd, "--mpi-mode: expected expert or pipeline, found '%s'", arg);
+    case 0x4e06: dd->layers = arg; return -1;
     case 0x4e02:
         if ((rc = mk_flag_real(dd->cmd, "--mpi-timeout", arg, 0, 1e6, MK_FLAG_LO_OPEN, &dd->o.timeout_s)) >=
             0)
@@ -71,7 +92,12 @@ int mk_ecli_dist_flag(mk_ecli_dist *dd, int ch, const char *arg, bool *mine) {
     }
 }
 
+static double gib(uint64_t b) {
+    return (double)b / (double)(1ull << 30);
+}
+
 static mk_dist *g_dist; /* for the exit handler */
+static int32_t *g_bounds; /* the pipeline's stage bounds (dd may be gone at exit) */
 
 /* However the command ends: the lead tells the workers to stop (they would
  * otherwise wait for its next step), then every rank finalizes MPI. */
@@ -79,10 +105,21 @@ static void dist_atexit(void) {
     mk_dist_finish(g_dist);
     mk_dist_free(g_dist);
     g_dist = NULL;
+    free(g_bounds);
+    g_bounds = NULL;
 }
+
+static mk_status stage_held(void *user, const mk_model *m, uint64_t *resident, uint64_t *experts);
 
 mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
     long n = launcher_size();
+    if (dd->layers && dd->mode_given && !dd->pipeline)
+        return mk_err(MK_E_ARG, "%s: --pipeline-layers goes with --mpi-mode pipeline, not expert", dd->cmd);
+    if (dd->layers)
+        dd->pipeline = true;
+    if (dd->pipeline && dd->balance)
+        return mk_err(MK_E_ARG, "%s: --mpi-balance splits experts (--mpi-mode expert); a pipeline splits "
+                      "layers", dd->cmd);
     if (!dd->mpi && n <= 1)
         return MK_OK;
     mk_status st = mk_dist_init(&dd->o, &dd->d);
@@ -92,7 +129,175 @@ mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
     atexit(dist_atexit);
     /* the budget counts ceil(E/ranks) experts per layer: a split by count (--mpi-balance may give a
      * rank more, so it counts them all) */
-    mm->ranks = dd->balance ? 1 : mk_dist_size(dd->d);
+    mm->ranks = dd->balance || dd->pipeline ? 1 : mk_dist_size(dd->d);
+    if (dd->pipeline) { /* the budget counts this stage's layers */
+        mm->held_fn = stage_held;
+        mm->held_user = dd;
+    }
+    return MK_OK;
+}
+
+void mk_ecli_dist_stats(const mk_ecli_dist *dd, FILE *f) {
+    if (dd && dd->d)
+        mk_dist_stats(dd->d, f);
+}
+
+/* ---- pipeline stages ---------------------------------------------------------- */
+
+/* Decoder layer of a checkpoint tensor ("...layers.N..."; -1: none, or a
+ * vision tower's layer). */
+static int tensor_layer(const char *name) {
+    if (strstr(name, "vision") || strstr(name, "visual"))
+        return -2;
+    const char *p = strstr(name, "layers.");
+    if (!p || p[7] < '0' || p[7] > '9')
+        return -1;
+    return (int)strtol(p + 7, NULL, 10);
+}
+
+static bool tensor_expert(const char *name) {
+    return strstr(name, ".experts") || strstr(name, "switch_mlp");
+}
+
+/* Weight bytes per decoder layer (dense[l], expert[l]) and outside the
+ * layers: the embedding (first stage), lm_head (last stage; the embedding
+ * again when tied) and the rest (the final norm: every stage counts it). */
+typedef struct layer_bytes {
+    uint64_t *dense, *expert, embed, head, rest;
+} layer_bytes;
+
+static mk_status count_layer_bytes(const mk_model *m, layer_bytes *b) {
+    const mk_config *c = mk_model_config(m);
+    const mk_ckpt *ck = mk_model_ckpt(m);
+    int L = c->num_layers;
+    b->dense = mk_calloc((size_t)L, sizeof(uint64_t));
+    b->expert = mk_calloc((size_t)L, sizeof(uint64_t));
+    if (!b->dense || !b->expert)
+        return mk_err(MK_E_NOMEM, "out of memory for %d layers' byte counts", L);
+    bool head = false;
+    for (size_t i = 0; i < mk_ckpt_count(ck); i++) {
+        const mk_tensor_info *t = mk_ckpt_tensor(ck, i);
+        int l = tensor_layer(t->name);
+        if (l >= L || l == -2) /* multi-token-prediction layers, vision towers: not loaded */
+            continue;
+        if (l >= 0)
+            (tensor_expert(t->name) ? b->expert : b->dense)[l] += t->nbytes;
+        else if (strstr(t->name, "lm_head"))
+            b->head += t->nbytes, head = true;
+        else if (strstr(t->name, "embed"))
+            b->embed += t->nbytes;
+        else
+            b->rest += t->nbytes;
+    }
+    if (!head) /* tied: the last stage reads the embedding too */
+        b->head = b->embed;
+    return MK_OK;
+}
+
+/* Parse --pipeline-layers for L layers and N ranks into bounds[N+1]. */
+static mk_status parse_layers(const char *cmd, const char *spec, int L, int N, int32_t *bounds) {
+    const char *p = spec;
+    int q = 0, next = 0;
+    while (*p) {
+        int a, b, used = 0;
+        if (sscanf(p, "%d-%d%n", &a, &b, &used) != 2 || (p[used] != ',' && p[used] != '\0'))
+            return mk_err(MK_E_ARG, "%s: --pipeline-layers '%s': expected ranges A-B,C-D,... (layers "
+                          "A to B inclusive per rank)", cmd, spec);
+        if (q >= N)
+            return mk_err(MK_E_ARG, "%s: --pipeline-layers '%s': more ranges than the %d ranks", cmd, spec, N);
+        if (a != next || b < a)
+            return mk_err(MK_E_ARG, "%s: --pipeline-layers '%s': range %d (%d-%d) must start at layer %d and "
+                          "not end before it", cmd, spec, q, a, b, next);
+        bounds[q++] = a;
+        next = b + 1;
+        p += used + (p[used] == ',');
+    }
+    if (q != N || next != L)
+        return mk_err(MK_E_ARG, "%s: --pipeline-layers '%s': %d ranges ending at layer %d; expected %d ranges "
+                      "(one per rank) covering layers 0-%d", cmd, spec, q, next - 1, N, L - 1);
+    bounds[N] = L;
+    return MK_OK;
+}
+
+/* Cut L layers into N contiguous stages of about equal weight bytes: cut q
+ * at the prefix nearest q/N of the total, each stage at least one layer. */
+static void balance_layers(const layer_bytes *b, int L, int N, int32_t *bounds) {
+    double tot = 0, pre = 0;
+    for (int l = 0; l < L; l++)
+        tot += (double)(b->dense[l] + b->expert[l]);
+    int l = 0;
+    bounds[0] = 0;
+    for (int q = 1; q < N; q++) {
+        double want = tot * q / N;
+        int lo = bounds[q - 1] + 1, hi = L - (N - q);
+        while (l < lo)
+            pre += (double)(b->dense[l] + b->expert[l]), l++;
+        while (l < hi) {
+            double w = (double)(b->dense[l] + b->expert[l]);
+            if (pre + w > want && (pre + w) - want >= want - pre)
+                break;
+            pre += w;
+            l++;
+        }
+        bounds[q] = l;
+    }
+    bounds[N] = L;
+}
+
+/* The stage bounds for m (once) and this rank's weight bytes. */
+static mk_status stages_for(mk_ecli_dist *dd, const mk_model *m) {
+    if (dd->bounds)
+        return MK_OK;
+    int L = mk_model_config(m)->num_layers, N = mk_dist_size(dd->d), r = mk_dist_rank(dd->d);
+    if (L < N)
+        return mk_err(MK_E_ARG, "%s: a pipeline of %d ranks over %d layers: use at most %d ranks", dd->cmd, N, L,
+                      L);
+    layer_bytes b = {0};
+    int32_t *bounds = mk_malloc((size_t)(N + 1) * sizeof(int32_t));
+    mk_status st = bounds ? count_layer_bytes(m, &b) : mk_err(MK_E_NOMEM, "out of memory for %d stages", N);
+    if (st == MK_OK && dd->layers)
+        st = parse_layers(dd->cmd, dd->layers, L, N, bounds);
+    else if (st == MK_OK)
+        balance_layers(&b, L, N, bounds);
+    if (st == MK_OK) {
+        dd->held_r = b.rest + (r == 0 ? b.embed : 0) + (r == N - 1 ? b.head : 0);
+        dd->held_x = 0;
+        for (int l = bounds[r]; l < bounds[r + 1]; l++) {
+            dd->held_r += b.dense[l];
+            dd->held_x += b.expert[l];
+        }
+        dd->bounds = g_bounds = bounds;
+        dd->nbounds = N + 1;
+    } else {
+        free(bounds);
+    }
+    free(b.dense);
+    free(b.expert);
+    return st;
+}
+
+static mk_status stage_held(void *user, const mk_model *m, uint64_t *resident, uint64_t *experts) {
+    mk_ecli_dist *dd = user;
+    MK_TRY(stages_for(dd, m));
+    *resident = dd->held_r;
+    *experts = dd->held_x;
+    return MK_OK;
+}
+
+/* Pipeline: this rank's stage hook and its startup line. */
+static mk_status stage(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo) {
+    MK_TRY(stages_for(dd, m));
+    MK_TRY(mk_dist_pipe(dd->d, m, &dd->pipe));
+    int a, b;
+    mk_dist_stage(dd->d, &a, &b);
+    fprintf(stderr,
+            "moekit %s: rank %d of %d: pipeline stage %d: layers [%d, %d) of %d: %.3f GiB of weights "
+            "(%.3f GiB non-expert + %.3f GiB routed experts) of the model's %.3f GiB; KV cache for these "
+            "layers only\n",
+            dd->cmd, mk_dist_rank(dd->d), mk_dist_size(dd->d), mk_dist_rank(dd->d), a, b,
+            mk_model_config(m)->num_layers, gib(dd->held_r + dd->held_x), gib(dd->held_r), gib(dd->held_x),
+            gib(mk_model_resident_bytes(m) + mk_model_expert_bytes(m)));
+    eo->layer_pipe = dd->pipe;
     return MK_OK;
 }
 
@@ -100,9 +305,6 @@ bool mk_ecli_dist_worker(const mk_ecli_dist *dd) {
     return dd->d && mk_dist_rank(dd->d) > 0;
 }
 
-static double gib(uint64_t b) {
-    return (double)b / (double)(1ull << 30);
-}
 
 /* The model's fingerprint: the xxh3 of its config.json (every rank must
  * open the same model). */
@@ -218,6 +420,12 @@ mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts 
                       dd->cmd);
     uint64_t fp;
     MK_TRY(fingerprint(m, &fp));
+    if (dd->pipeline) {
+        MK_TRY(stages_for(dd, m));
+        MK_TRY(mk_dist_set_stages(dd->d, m, dd->bounds));
+        MK_TRY(stage(dd, m, eo));
+        return mk_dist_announce(dd->d, eo, fp);
+    }
     if (dd->balance)
         MK_TRY(balance(dd, m));
     MK_TRY(share(dd, m, eo));
@@ -241,8 +449,22 @@ int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *
         mk_dist_abort(dd->d, mk_status_exit_code(st), msg);
     }
     st = mk_dist_await(dd->d, fp, &o, &finished);
-    if (st == MK_OK && !finished)
+    if (st == MK_OK && !finished && mk_dist_pipelined(dd->d) != dd->pipeline)
+        st = mk_err(MK_E_ARG, "rank 0 runs %s mode, this rank was started for %s mode: every rank needs the "
+                    "same --mpi-mode", dd->pipeline ? "expert" : "pipeline", dd->pipeline ? "pipeline" : "expert");
+    if (st == MK_OK && !finished && dd->pipeline) {
+        int a, b;
+        mk_dist_stage(dd->d, &a, &b);
+        st = stages_for(dd, m);
+        int r = mk_dist_rank(dd->d);
+        if (st == MK_OK && (dd->bounds[r] != a || dd->bounds[r + 1] != b))
+            st = mk_err(MK_E_ARG, "rank 0 gave this rank layers [%d, %d), its own flags give [%d, %d): every "
+                        "rank needs the same --pipeline-layers", a, b, dd->bounds[r], dd->bounds[r + 1]);
+        if (st == MK_OK)
+            st = stage(dd, m, &o);
+    } else if (st == MK_OK && !finished) {
         st = share(dd, m, &o);
+    }
     if (st == MK_OK && !finished)
         st = mk_ecli_mem_engine(mm, m, &o, &e);
     if (st != MK_OK) {

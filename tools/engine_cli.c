@@ -282,9 +282,20 @@ static double gib(uint64_t b) { return (double)b / (double)(1ull << 30); }
 static uint64_t held_expert_bytes(const mk_ecli_mem *mm, const mk_model *m) {
     uint64_t b = mk_model_expert_bytes(m);
     int64_t E = mk_model_config(m)->num_experts;
+    uint64_t r = 0, x = 0;
+    if (mm->held_fn && mm->held_fn(mm->held_user, m, &r, &x) == MK_OK)
+        return x;
     if (mm->ranks <= 1 || E <= 0)
         return b;
     return b / (uint64_t)E * (uint64_t)((E + mm->ranks - 1) / mm->ranks);
+}
+
+/* The non-expert weights this process holds: all, or a pipeline stage's. */
+static uint64_t held_resident_bytes(const mk_ecli_mem *mm, const mk_model *m) {
+    uint64_t r = 0, x = 0;
+    if (mm->held_fn && mm->held_fn(mm->held_user, m, &r, &x) == MK_OK)
+        return r;
+    return mk_model_resident_bytes(m);
 }
 
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
@@ -300,7 +311,14 @@ static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mode
     mk_status st = mk_model_open_ex(path, &so, &sm);
     if (st != MK_OK)
         return st;
-    uint64_t need = mk_model_resident_bytes(sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD;
+    if (mm->held_fn) { /* a pipeline stage: its layer ranges must suit the model */
+        uint64_t r, x;
+        if ((st = mm->held_fn(mm->held_user, sm, &r, &x)) != MK_OK) {
+            mk_model_free(sm);
+            return st;
+        }
+    }
+    uint64_t need = held_resident_bytes(mm, sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD;
     if (mk_model_expert_bytes(sm) == 0 || (!mm->force_stream && need <= mm->limit)) {
         /* fits (or nothing to stream): resident, as a model always was */
         mk_model_free(sm);
@@ -403,7 +421,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                 "model's %d experts: faster, but not the model's output (measure it with eval --ref)\n",
                 mm->cmd, mm->experts_per_tok, mm->experts_per_tok, k);
     }
-    uint64_t weights = mk_model_resident_bytes(m);
+    uint64_t weights = held_resident_bytes(mm, m);
     bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
@@ -452,7 +470,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
 
 mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, uint64_t extra) {
     const mk_config *c = mk_model_config(m);
-    uint64_t weights = mk_model_resident_bytes(m);
+    uint64_t weights = held_resident_bytes(mm, m);
     uint64_t slot = mk_expert_store_slot_bytes(m);
     arena += extra;
     uint64_t fixed = weights + arena + MK_ECLI_OVERHEAD;

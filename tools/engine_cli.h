@@ -84,6 +84,10 @@ typedef struct mk_ecli_mem {
     int ranks;                 /* MPI ranks sharing the routed experts (tools/dist_cli.h); 0 or 1:
                                   none. Each holds at most ceil(E/ranks) experts of a layer, which
                                   is what the budget counts */
+    /* a pipeline stage (tools/dist_cli.h): when set, the weights this process holds of m
+       (non-expert, routed experts) instead of all of them (or the rank's expert share) */
+    mk_status (*held_fn)(void *user, const mk_model *m, uint64_t *resident, uint64_t *experts);
+    void *held_user;
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */

@@ -1,4 +1,5 @@
-/* Scale-out over MPI (issue 18): expert parallelism across processes.
+/* Scale-out over MPI (issue 18): expert parallelism or a layer pipeline
+ * across processes.
  *
  * Every rank opens the same model and runs the same engine; each rank owns
  * a contiguous share of every MoE layer's routed experts (by count: rank r
@@ -28,6 +29,18 @@
  * naming this rank, the peer, the layer and the step, and aborts every
  * rank (MPI_Abort): never a hang, never wrong tokens.
  *
+ * Pipeline mode (mk_dist_set_stages on the lead, mk_dist_pipe): rank r is
+ * stage r and holds a contiguous range of layers (layer_pipe.h). Rank 0
+ * embeds, runs its layers and sends the chunk's residual stream to rank 1,
+ * and so on; the last rank computes the final norm and lm_head and sends
+ * the logits the lead asked for back to rank 0. Each message carries the
+ * same checksummed header (layer: the layer the hidden state enters, step,
+ * sequence, position); a stage's wait is bounded by r times the timeout
+ * (it also waits for the stages before it), the lead's wait for logits by
+ * (size - 1) times, so the first rank to give up is the successor of the
+ * one that failed and names it. Expert parallelism within a stage (both
+ * modes at once) is not implemented: the CLI refuses it.
+ *
  * The library reads no environment variable: the caller (the CLI) decides
  * to run distributed and calls mk_dist_init. Built without MPI, every
  * mk_dist_* call fails with MK_E_UNSUPPORTED saying so (src/dist/
@@ -37,8 +50,10 @@
 
 #include <stdbool.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "moekit/engine.h"
+#include "moekit/layer_pipe.h"
 #include "moekit/model.h"
 #include "moekit/moe_part.h"
 #include "moekit/status.h"
@@ -95,6 +110,23 @@ void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi);
  * l, each row ascending from 0 to E, num_layers rows (copied). The setup
  * carries them to the workers, so only the lead needs their source. */
 mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts);
+
+/* Lead, before mk_dist_announce: run as a layer pipeline, rank q holding
+ * layers [bounds[q], bounds[q+1]) (size+1 entries ascending strictly from
+ * 0 to num_layers; copied). The setup carries them to the workers. */
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds);
+/* After mk_dist_set_stages (lead) or mk_dist_await (workers): whether the
+ * job is a pipeline, and this rank's layers [*first, *last). */
+bool mk_dist_pipelined(const mk_dist *d);
+void mk_dist_stage(const mk_dist *d, int *first, int *last);
+/* The engine hook of this rank's stage (valid while d lives). On the lead
+ * the hook announces steps. */
+mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe);
+/* --stats: the time spent inside the exchanges (expert mode: the per-layer
+ * exchange, waiting for peers included; pipeline: sending and receiving
+ * hidden states and logits, waiting for the other stages included), their
+ * count and the payload bytes this rank sent, one "name value" per line. */
+void mk_dist_stats(const mk_dist *d, FILE *f);
 
 /* Lead: tell the workers the engine to build (o->max_ctx, o->prefill_chunk,
  * o->experts_per_tok as given, 0 meaning the defaults) and the model's

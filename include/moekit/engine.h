@@ -20,6 +20,7 @@
 
 #include "moekit/backend.h"
 #include "moekit/expert_store.h"
+#include "moekit/layer_pipe.h"
 #include "moekit/model.h"
 #include "moekit/moe_part.h"
 #include "moekit/status.h"
@@ -80,6 +81,10 @@ typedef struct mk_engine_opts {
                                     partition's share (moe_part.h; copied at create): needs a
                                     host-memory backend, turns off the fused MoE slot, prefetch
                                     and batched decode (mk_engine_batchable is false) */
+    const mk_layer_pipe *layer_pipe; /* NULL (default): every layer here. Else only layers
+                                        [first, last) and their caches (layer_pipe.h; copied at
+                                        create): needs a host-memory backend, refuses hidden-state
+                                        capture, turns off prefetch and batched decode */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

@@ -1,6 +1,7 @@
-/* Expert parallelism over MPI (include/moekit/dist.h): the partition hook
- * the engine calls per MoE layer and per forward call, the lead's
- * announcements and the workers' replay loop.
+/* Expert parallelism and layer pipelines over MPI (include/moekit/dist.h):
+ * the partition hook the engine calls per MoE layer and per forward call,
+ * the pipeline hook it calls per chunk (hidden states on, logits back),
+ * the lead's announcements and the workers' replay loop.
  *
  * Transport: point-to-point nonblocking sends and receives on
  * MPI_COMM_WORLD (errors returned, not fatal), polled against a deadline,
@@ -32,9 +33,11 @@
 
 #define TAG_CMD 1
 #define TAG_XCHG 2
+#define TAG_HIDDEN 3 /* pipeline: stage r -> r+1 */
+#define TAG_LOGITS 4 /* pipeline: the last stage -> rank 0 */
 #define DIST_MAGIC 0x31444b4du /* "MKD1" */
 
-enum { K_SETUP = 1, K_STEP = 2, K_FINISH = 3, K_XCHG = 4 };
+enum { K_SETUP = 1, K_STEP = 2, K_FINISH = 3, K_XCHG = 4, K_HIDDEN = 5, K_LOGITS = 6 };
 
 typedef struct dist_hdr {
     uint32_t magic, kind;
@@ -43,7 +46,8 @@ typedef struct dist_hdr {
     uint64_t seq;
     int64_t pos;
     uint64_t nbytes;
-    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint */
+    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint; STEP: the
+                       logits mode (pipeline: what the last stage sends back) */
     uint64_t sum;   /* xxh3 of the payload */
     uint64_t hsum;  /* xxh3 of the header up to here */
 } dist_hdr;
@@ -63,6 +67,17 @@ struct mk_dist {
     char *sbuf, *rbuf; /* exchange buffers, grown on demand */
     size_t scap, rcap;
     MPI_Request *rq; /* [2*size] receives, then sends */
+    /* pipeline (NULL stages: expert mode) */
+    int32_t *stages;          /* [size+1]: rank q holds layers [stages[q], stages[q+1]) */
+    int32_t NL;               /* the model's layers */
+    int mode;                 /* the step's logits mode (lead: sent with the step) */
+    uint64_t hin, hout, lgs;  /* hidden states received, sent; logits messages */
+    char *pbuf;               /* pipeline messages, grown on demand */
+    size_t pcap;
+    mk_layer_pipe pipe;
+    /* --stats */
+    double xchg_s;            /* seconds inside exchanges (waits included) */
+    uint64_t xchg_n, xchg_bytes; /* exchanges, payload bytes sent */
 };
 
 static double now_s(void) {
@@ -209,6 +224,7 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
     d->seq++;
     if (N == 1)
         return MK_OK;
+    double t0 = now_s();
     char what[96];
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", x->layer, (long long)d->step,
              (long long)x->pos);
@@ -336,6 +352,9 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         }
         backoff(&spins);
     }
+    d->xchg_s += now_s() - t0;
+    d->xchg_n++;
+    d->xchg_bytes += (uint64_t)(N - 1) * h.nbytes;
     return MK_OK;
 }
 
@@ -354,6 +373,8 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
                   .route = 0};
     if (kind == K_SETUP)
         memcpy(&h.route, (const char *)payload + 3 * sizeof(int64_t), sizeof h.route);
+    if (kind == K_STEP)
+        h.route = (uint64_t)d->mode;
     if (nbytes)
         memcpy(d->sbuf + hs, payload, nbytes);
     hdr_seal(&h, d->sbuf + hs);
@@ -388,6 +409,7 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
 
 static mk_status part_step(void *user, const int32_t *ids, int64_t n, int64_t pos) {
     mk_dist *d = user;
+    d->mode = MK_LOGITS_NONE; /* expert mode: the workers compute no logits */
     d->step++;
     d->pos = pos;
     if (d->size > 1) {
@@ -431,6 +453,155 @@ static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
               h->kind == K_FINISH || h->kind == K_SETUP ? h->kind : K_STEP, what);
 }
 
+/* ---- the pipeline hook ------------------------------------------------------ */
+
+/* Send one pipeline message (kind, the layer it belongs to) to rank `to`
+ * and wait until it left, within the timeout. */
+static void pipe_send(mk_dist *d, int to, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
+                      const void *payload, size_t nbytes, const char *what) {
+    double t0 = now_s();
+    size_t hs = sizeof(dist_hdr), tot = hs + nbytes;
+    if (!grow(&d->pbuf, &d->pcap, tot) || tot > (size_t)INT32_MAX)
+        FAIL(d, "%s: no room for a %zu-byte message to rank %d (use a smaller --prefill-chunk)", what, tot, to);
+    dist_hdr h = {.kind = kind, .rank = d->rank, .layer = layer, .step = d->step, .seq = seq, .pos = pos,
+                  .nbytes = nbytes};
+    memcpy(d->pbuf + hs, payload, nbytes);
+    hdr_seal(&h, d->pbuf + hs);
+    memcpy(d->pbuf, &h, hs);
+    fault_at(d, layer, d->pbuf + hs, nbytes);
+    MPI_Request rq;
+    char es[MPI_MAX_ERROR_STRING];
+    int rc = MPI_Isend(d->pbuf, (int)tot, MPI_BYTE, to, tag, MPI_COMM_WORLD, &rq);
+    if (rc != MPI_SUCCESS)
+        FAIL(d, "%s: sending to rank %d failed: %s", what, to, mpi_errstr(rc, es));
+    double deadline = now_s() + d->o.timeout_s;
+    int spins = 0;
+    for (;;) {
+        int done = 0;
+        rc = MPI_Test(&rq, &done, MPI_STATUS_IGNORE);
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: sending to rank %d failed: %s", what, to, mpi_errstr(rc, es));
+        if (done)
+            break;
+        if (now_s() > deadline)
+            FAIL(d,
+                 "%s: the payload to rank %d did not complete within %.0f s (--mpi-timeout): rank %d is dead, "
+                 "stalled or unreachable",
+                 what, to, d->o.timeout_s, to);
+        backoff(&spins);
+    }
+    d->xchg_s += now_s() - t0;
+    d->xchg_n++;
+    d->xchg_bytes += nbytes;
+}
+
+/* Receive one pipeline message from rank `from` (of `kind`, for `layer`,
+ * number `seq`, position pos, `want` payload bytes) within `wait_s`
+ * seconds; returns its checked payload (in d->pbuf). */
+static const char *pipe_recv(mk_dist *d, int from, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
+                             size_t want, double wait_s, const char *what) {
+    double t0 = now_s(), deadline = t0 + wait_s;
+    int spins = 0;
+    MPI_Status s;
+    char es[MPI_MAX_ERROR_STRING];
+    for (;;) {
+        int flag = 0;
+        int rc = MPI_Iprobe(from, tag, MPI_COMM_WORLD, &flag, &s);
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: receiving from rank %d failed: %s", what, from, mpi_errstr(rc, es));
+        if (flag)
+            break;
+        if (now_s() > deadline)
+            FAIL(d,
+                 "%s: the payload from rank %d did not complete within %.0f s (--mpi-timeout, times the "
+                 "stages it waits on): rank %d or a rank before it is dead, stalled or unreachable",
+                 what, from, wait_s, from);
+        backoff(&spins);
+    }
+    int got = 0;
+    MPI_Get_count(&s, MPI_BYTE, &got);
+    size_t hs = sizeof(dist_hdr);
+    if (!grow(&d->pbuf, &d->pcap, (size_t)got > hs ? (size_t)got : hs))
+        FAIL(d, "%s: no memory for rank %d's %d-byte message", what, from, got);
+    int rc = MPI_Recv(d->pbuf, got, MPI_BYTE, from, tag, MPI_COMM_WORLD, MPI_STATUS_IGNORE);
+    if (rc != MPI_SUCCESS)
+        FAIL(d, "%s: receiving from rank %d failed: %s", what, from, mpi_errstr(rc, es));
+    dist_hdr h;
+    memset(&h, 0, sizeof h);
+    memcpy(&h, d->pbuf, (size_t)got < hs ? (size_t)got : hs);
+    hdr_check(d, &h, d->pbuf + hs, (size_t)got, from, kind, what);
+    if (h.seq != seq || h.layer != layer || h.step != d->step || h.pos != pos)
+        FAIL(d,
+             "%s: rank %d sent layer %d, step %lld, position %lld, message %llu; this rank expected layer %d, "
+             "step %lld, position %lld, message %llu: the ranks are out of step",
+             what, from, h.layer, (long long)h.step, (long long)h.pos, (unsigned long long)h.seq, layer,
+             (long long)d->step, (long long)pos, (unsigned long long)seq);
+    if (h.nbytes != want)
+        FAIL(d, "%s: rank %d sent %llu payload bytes, %zu expected (the ranks disagree on the step's shape)",
+             what, from, (unsigned long long)h.nbytes, want);
+    d->xchg_s += now_s() - t0;
+    d->xchg_n++;
+    return d->pbuf + hs;
+}
+
+static mk_status pipe_recv_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, float *x) {
+    mk_dist *d = user;
+    char what[96];
+    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
+    size_t nb = (size_t)(n * H) * sizeof(float);
+    d->hin++;
+    const char *p = pipe_recv(d, d->rank - 1, TAG_HIDDEN, K_HIDDEN, layer, d->hin, pos, nb,
+                              d->o.timeout_s * d->rank, what);
+    memcpy(x, p, nb);
+    return MK_OK;
+}
+
+static mk_status pipe_send_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, const float *x) {
+    mk_dist *d = user;
+    char what[96];
+    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
+    d->hout++;
+    pipe_send(d, d->rank + 1, TAG_HIDDEN, K_HIDDEN, layer, d->hout, pos, x, (size_t)(n * H) * sizeof(float),
+              what);
+    return MK_OK;
+}
+
+static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t V, float *logits) {
+    mk_dist *d = user;
+    char what[96];
+    snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
+             (long long)pos);
+    size_t nb = (size_t)(rows * V) * sizeof(float);
+    d->lgs++;
+    const char *p = pipe_recv(d, d->size - 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, nb,
+                              d->o.timeout_s * (d->size - 1), what);
+    memcpy(logits, p, nb);
+    return MK_OK;
+}
+
+static mk_status pipe_send_logits(void *user, int64_t pos, int64_t rows, int64_t V, const float *logits) {
+    mk_dist *d = user;
+    char what[96];
+    snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
+             (long long)pos);
+    d->lgs++;
+    pipe_send(d, 0, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, logits, (size_t)(rows * V) * sizeof(float), what);
+    return MK_OK;
+}
+
+static mk_status pipe_step(void *user, const int32_t *ids, int64_t n, int64_t pos, int mode) {
+    mk_dist *d = user;
+    d->step++;
+    d->pos = pos;
+    d->mode = mode;
+    if (d->size > 1) {
+        char what[64];
+        snprintf(what, sizeof what, "step %lld (position %lld)", (long long)d->step, (long long)pos);
+        send_cmd(d, K_STEP, ids, (size_t)n * sizeof(int32_t), what);
+    }
+    return MK_OK;
+}
+
 /* ---- public ----------------------------------------------------------------- */
 
 mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
@@ -472,6 +643,8 @@ void mk_dist_free(mk_dist *d) {
     free(d->rbuf);
     free(d->rq);
     free(d->cuts);
+    free(d->stages);
+    free(d->pbuf);
     free(d);
     int fin = 0;
     MPI_Finalized(&fin);
@@ -539,20 +712,78 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
     return MK_OK;
 }
 
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds) {
+    int L = mk_model_config(m)->num_layers;
+    bool ok = bounds[0] == 0 && bounds[d->size] == L;
+    for (int q = 0; ok && q < d->size; q++)
+        ok = bounds[q] < bounds[q + 1];
+    if (!ok)
+        return mk_err(MK_E_ARG, "pipeline: the stages' layer ranges must cover layers 0..%d in order, one or "
+                      "more layers for each of the %d ranks", L - 1, d->size);
+    int32_t *cp = mk_malloc((size_t)(d->size + 1) * sizeof(int32_t));
+    if (!cp)
+        return mk_err(MK_E_NOMEM, "out of memory for %d pipeline stages", d->size);
+    memcpy(cp, bounds, (size_t)(d->size + 1) * sizeof(int32_t));
+    free(d->stages);
+    d->stages = cp;
+    return MK_OK;
+}
+
+bool mk_dist_pipelined(const mk_dist *d) {
+    return d->stages != NULL;
+}
+
+void mk_dist_stage(const mk_dist *d, int *first, int *last) {
+    *first = d->stages ? d->stages[d->rank] : 0;
+    *last = d->stages ? d->stages[d->rank + 1] : 0;
+}
+
+mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe) {
+    int L = mk_model_config(m)->num_layers;
+    if (!d->stages || d->stages[d->size] != L)
+        return mk_err(MK_E_ARG, "pipeline: no layer ranges for this model's %d layers", L);
+    d->NL = L;
+    d->pipe = (mk_layer_pipe){.user = d,
+                              .first = d->stages[d->rank],
+                              .last = d->stages[d->rank + 1],
+                              .recv_hidden = pipe_recv_hidden,
+                              .send_hidden = pipe_send_hidden,
+                              .recv_logits = pipe_recv_logits,
+                              .send_logits = pipe_send_logits,
+                              .step = d->rank == 0 ? pipe_step : NULL};
+    *pipe = &d->pipe;
+    return MK_OK;
+}
+
+void mk_dist_stats(const mk_dist *d, FILE *f) {
+    if (!d)
+        return;
+    fprintf(f,
+            "mpi_rank %d\nmpi_ranks %d\nmpi_mode %s\nmpi_steps %lld\nmpi_exchanges %llu\nmpi_exchange_s %.6f\n"
+            "mpi_payload_bytes_sent %llu\nmpi_payload_bytes_per_exchange %.1f\n",
+            d->rank, d->size, d->stages ? "pipeline" : "expert", (long long)d->step,
+            (unsigned long long)d->xchg_n, d->xchg_s, (unsigned long long)d->xchg_bytes,
+            d->xchg_n ? (double)d->xchg_bytes / (double)d->xchg_n : 0.0);
+}
+
 /* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
- * fingerprint, the number of cuts, then the cuts (int32). */
-#define SETUP_HEAD (5 * sizeof(int64_t))
+ * fingerprint, the number of cuts, the number of stage bounds (0: expert
+ * mode, else size+1), then the cuts and the bounds (int32). */
+#define SETUP_HEAD (6 * sizeof(int64_t))
 
 mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
-    size_t nb = SETUP_HEAD + (size_t)d->ncuts * sizeof(int32_t);
+    int64_t nc = d->cuts ? d->ncuts : 0, ns = d->stages ? d->size + 1 : 0;
+    size_t nb = SETUP_HEAD + (size_t)(nc + ns) * sizeof(int32_t);
     char *buf = mk_malloc(nb);
     if (!buf)
         return mk_err(MK_E_NOMEM, "out of memory for the %zu-byte setup", nb);
-    int64_t p[5] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, d->cuts ? d->ncuts : 0};
+    int64_t p[6] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, nc, ns};
     memcpy(&p[3], &fingerprint, sizeof fingerprint);
     memcpy(buf, p, sizeof p);
-    if (d->cuts)
-        memcpy(buf + SETUP_HEAD, d->cuts, (size_t)d->ncuts * sizeof(int32_t));
+    if (nc)
+        memcpy(buf + SETUP_HEAD, d->cuts, (size_t)nc * sizeof(int32_t));
+    if (ns)
+        memcpy(buf + SETUP_HEAD + (size_t)nc * sizeof(int32_t), d->stages, (size_t)ns * sizeof(int32_t));
     if (d->size > 1)
         send_cmd(d, K_SETUP, buf, nb, "setup");
     free(buf);
@@ -569,10 +800,20 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
     }
     if (h.kind != K_SETUP || h.nbytes < SETUP_HEAD)
         FAIL(d, "setup: expected rank 0's setup, found a message of kind %u", h.kind);
-    int64_t p[5];
+    int64_t p[6];
     memcpy(p, d->rbuf + sizeof h, sizeof p);
-    if (p[4] < 0 || h.nbytes != SETUP_HEAD + (uint64_t)p[4] * sizeof(int32_t))
-        FAIL(d, "setup: %llu bytes for %lld expert cuts", (unsigned long long)h.nbytes, (long long)p[4]);
+    if (p[4] < 0 || (p[5] != 0 && p[5] != d->size + 1) ||
+        h.nbytes != SETUP_HEAD + (uint64_t)(p[4] + p[5]) * sizeof(int32_t))
+        FAIL(d, "setup: %llu bytes for %lld expert cuts and %lld stage bounds", (unsigned long long)h.nbytes,
+             (long long)p[4], (long long)p[5]);
+    if (p[5] > 0) {
+        free(d->stages);
+        d->stages = mk_malloc((size_t)p[5] * sizeof(int32_t));
+        if (!d->stages)
+            FAIL(d, "setup: out of memory for %lld stage bounds", (long long)p[5]);
+        memcpy(d->stages, d->rbuf + sizeof h + SETUP_HEAD + (size_t)p[4] * sizeof(int32_t),
+               (size_t)p[5] * sizeof(int32_t));
+    }
     if (p[4] > 0) {
         free(d->cuts);
         d->cuts = mk_malloc((size_t)p[4] * sizeof(int32_t));
@@ -619,8 +860,22 @@ mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
             else
                 st = mk_engine_rewind(e, h.pos);
         }
+        /* the last stage of a pipeline computes the logits rank 0 asked for (and sends them back
+         * from inside the engine, layer_pipe.h); every other worker none */
+        int mode = d->stages && d->rank == d->size - 1 ? (int)h.route : MK_LOGITS_NONE;
+        float *lg = NULL;
+        if (mode != MK_LOGITS_NONE && mode != MK_LOGITS_LAST && mode != MK_LOGITS_ALL)
+            FAIL(d, "step %lld: rank 0 asked for logits mode %d", (long long)d->step, mode);
+        if (mode != MK_LOGITS_NONE) {
+            int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
+            size_t rows = mode == MK_LOGITS_ALL ? (size_t)n : 1;
+            lg = mk_malloc(rows * (size_t)V * sizeof(float));
+            if (!lg)
+                FAIL(d, "step %lld: out of memory for %zu rows of logits", (long long)d->step, rows);
+        }
         if (st == MK_OK)
-            st = mk_engine_forward(e, ids, n, MK_LOGITS_NONE, NULL, NULL);
+            st = mk_engine_forward(e, ids, n, (mk_logits_mode)mode, lg, NULL);
+        free(lg);
         free(ids);
         if (st != MK_OK)
             FAIL(d, "step %lld (position %lld): %s", (long long)d->step, (long long)h.pos, mk_err_msg());

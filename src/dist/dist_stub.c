@@ -51,3 +51,17 @@ mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
     return no_mpi();
 }
 void mk_dist_finish(mk_dist *d) {}
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds) {
+    return no_mpi();
+}
+bool mk_dist_pipelined(const mk_dist *d) {
+    return false;
+}
+void mk_dist_stage(const mk_dist *d, int *first, int *last) {
+    *first = *last = 0;
+}
+mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe) {
+    *pipe = NULL;
+    return no_mpi();
+}
+void mk_dist_stats(const mk_dist *d, FILE *f) {}

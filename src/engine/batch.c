@@ -68,7 +68,7 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
     if (n < 1 || !es || !es[0])
         return false;
     const mk_engine *l = es[0];
-    if (!family_known(l->c) || l->on_route || l->has_part || 2 * (int64_t)n > l->chunk ||
+    if (!family_known(l->c) || l->on_route || l->has_part || l->has_pipe || 2 * (int64_t)n > l->chunk ||
         n > MK_ENGINE_MAX_BATCH)
         return false;
     for (int i = 0; i < n; i++) {

@@ -158,7 +158,7 @@ static void carve(mk_engine *e, carver *cv) {
     /* caches and recurrent state, per layer; MLA keeps one latent row per
      * position (its values are read from the same rows) */
     e->kv_token_bytes = 0;
-    for (int64_t l = 0; l < L; l++) {
+    for (int64_t l = e->has_pipe ? e->pipe.first : 0; l < (e->has_pipe ? e->pipe.last : L); l++) {
         const mk_layer_w *w = &m->layers[l];
         if (w->mixer == MK_MIXER_ATTN) {
             e->kc[l] = take(cv, T * nKV * hd, 4);
@@ -275,6 +275,10 @@ static void init_sizes(mk_engine *e, const mk_engine_opts *o) {
     e->chunk = o->prefill_chunk > 0 ? o->prefill_chunk : 512;
     if (e->chunk > e->max_ctx)
         e->chunk = e->max_ctx;
+    if (o->layer_pipe) { /* only this stage's layers hold caches (carve) */
+        e->pipe = *o->layer_pipe;
+        e->has_pipe = true;
+    }
     e->k = o->experts_per_tok > 0 && o->experts_per_tok < c->num_experts_per_tok ? o->experts_per_tok
                                                                                  : c->num_experts_per_tok;
     e->rot_dim = c->arch == MK_ARCH_DEEPSEEK_V3
@@ -357,6 +361,21 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         e->part = *o->moe_part;
         e->has_part = true;
     }
+    if (e->has_pipe) {
+        const mk_layer_pipe *p = &e->pipe;
+        if (!e->bi->host_mem || p->first < 0 || p->last > c->num_layers || p->first >= p->last ||
+            (p->first > 0 && !p->recv_hidden) ||
+            (p->last < c->num_layers && (!p->send_hidden || !p->recv_logits)) ||
+            (p->last == c->num_layers && p->first > 0 && !p->send_logits))
+            return mk_err(MK_E_ARG, "engine: a layer pipeline needs layers [first, last) within the "
+                          "model's %d (given [%d, %d)), the hooks its place calls and a host-memory "
+                          "backend (not '%s')", c->num_layers, p->first, p->last, e->bi->name);
+        const mk_layer_w *w0 = &e->m->layers[p->first];
+        if (w0->mixer == MK_MIXER_MLA && w0->mla.dsa.on && w0->mla.dsa.shared)
+            return mk_err(MK_E_UNSUPPORTED, "engine: layer %d reuses the previous layer's sparse-attention "
+                          "selection (a shared DSA indexer): a pipeline stage cannot start there; "
+                          "cut the layers elsewhere", p->first);
+    }
     e->moe = &mk_moe_exec_local;
     if (o->store) {
         e->store = o->store;
@@ -364,7 +383,8 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         MK_TRY(mk_expert_store_resident(e->m, &e->store));
         e->own_store = true;
     }
-    e->prefetch = o->prefetch_experts && mk_expert_store_can_prefetch(e->store) && !e->has_part;
+    e->prefetch = o->prefetch_experts && mk_expert_store_can_prefetch(e->store) && !e->has_part &&
+                 !e->has_pipe;
     size_t L = (size_t)c->num_layers;
     e->kc = mk_calloc(L, sizeof(float *));
     e->vc = mk_calloc(L, sizeof(float *));

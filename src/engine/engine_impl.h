@@ -54,6 +54,8 @@ struct mk_engine {
     const mk_moe_exec_i *moe;
     bool has_part;        /* mk_engine_opts.moe_part was given: */
     mk_moe_part part;     /* its copy (moe.c runs only the owned experts, forward.c calls step) */
+    bool has_pipe;        /* mk_engine_opts.layer_pipe was given: */
+    mk_layer_pipe pipe;   /* its copy (forward.c runs layers [first, last), carve holds their caches) */
     mk_expert_store *store;
     bool own_store;
     int64_t max_ctx, pos; /* capacity and tokens so far */

@@ -425,12 +425,18 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
     int64_t H = c->hidden_size;
     int L = c->num_layers;
     float eps = (float)c->rms_norm_eps;
-    BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
-    MK_TRY(check_block(e, e->x, n, e->pos, 0));
-    capture(e, hidden, 0, off, ntot, e->x, n);
-    if (L > 0)
-        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->layers[0].in_norm, n, H, eps);
-    for (int l = 0; l < L; l++) {
+    /* a pipeline stage runs layers [l0, l1) (layer_pipe.h); one process all */
+    int l0 = e->has_pipe ? e->pipe.first : 0, l1 = e->has_pipe ? e->pipe.last : L;
+    if (l0 > 0) { /* the previous stage's residual stream (checked there) */
+        MK_TRY(e->pipe.recv_hidden(e->pipe.user, l0, e->pos, n, H, e->x));
+    } else {
+        BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
+        MK_TRY(check_block(e, e->x, n, e->pos, 0));
+        capture(e, hidden, 0, off, ntot, e->x, n);
+    }
+    if (l1 > l0)
+        BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->layers[l0].in_norm, n, H, eps);
+    for (int l = l0; l < l1; l++) {
         const mk_layer_w *w = &m->layers[l];
         /* mixer: x += mixer(norm(x)); xb = norm(x) for the feed-forward */
         switch (w->mixer) {
@@ -445,10 +451,12 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
             MK_TRY(e->moe->run(e, l, &w->moe, n));
         else
             mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
-        MK_TRY(residual(e, n, tag_ffn(l), l < L - 1 ? m->layers[l + 1].in_norm : NULL));
+        MK_TRY(residual(e, n, tag_ffn(l), l < l1 - 1 ? m->layers[l + 1].in_norm : NULL));
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
     }
+    if (l1 < L) /* the next stage continues from this residual stream */
+        MK_TRY(e->pipe.send_hidden(e->pipe.user, l1, e->pos, n, H, e->x));
     if (head) {
         float *xl = e->xb + (n - 1) * H;
         BE(e)->rmsnorm(CTX(e), xl, H, e->x + (n - 1) * H, H, m->norm, 1, H, eps);
@@ -524,6 +532,14 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
         e->graph_ready = true;
     MK_TRY(take_nonfinite(e, e->pos, e->pos + n - 1)); /* deferred checks: one wait per chunk */
     e->pos += n;
+    if (e->has_pipe && e->pipe.last < L) { /* a stage before the last: logits come from the last */
+        if (mode == MK_LOGITS_ALL)
+            MK_TRY(e->pipe.recv_logits(e->pipe.user, e->pos - n, n, V, logits + off * V));
+        else if (mode == MK_LOGITS_LAST && last_chunk)
+            MK_TRY(e->pipe.recv_logits(e->pipe.user, e->pos - 1, 1, V, logits));
+        return BE(e)->sync(CTX(e));
+    }
+    bool give = e->has_pipe && e->pipe.first > 0; /* the last stage hands its logits back */
     /* final norm and logits: every row when asked for all or for hidden states */
     if (mode == MK_LOGITS_ALL || hidden) {
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
@@ -533,6 +549,8 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
         if (mode == MK_LOGITS_ALL) {
             lm_head(e, e->xb, n, logits + off * V);
             MK_TRY(check_finite_host(e, logits + off * V, n, V, e->pos - n, "lm_head (the logits)"));
+            if (give)
+                MK_TRY(e->pipe.send_logits(e->pipe.user, e->pos - n, n, V, logits + off * V));
         }
     }
     if (mode == MK_LOGITS_LAST && last_chunk && e->argmax_dev) {
@@ -549,6 +567,8 @@ static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t 
             lm_head(e, xl, 1, logits);
         }
         MK_TRY(check_finite_host(e, logits, 1, V, e->pos - 1, "lm_head (the logits)"));
+        if (give)
+            MK_TRY(e->pipe.send_logits(e->pipe.user, e->pos - 1, 1, V, logits));
     }
     return BE(e)->sync(CTX(e));
 }
@@ -577,8 +597,13 @@ static mk_status forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_
         if (ids[t] < 0 || ids[t] >= c->vocab_size)
             return mk_err(MK_E_ARG, "token id %d at position %lld is outside the vocabulary "
                           "(0..%d)", ids[t], (long long)t, c->vocab_size - 1);
+    if (e->has_pipe && hidden)
+        return mk_err(MK_E_UNSUPPORTED, "engine: hidden states are not captured across a layer pipeline "
+                      "(this stage holds layers %d..%d only)", e->pipe.first, e->pipe.last - 1);
     if (e->has_part && e->part.step) /* the other processes of a partition run this step too */
         MK_TRY(e->part.step(e->part.user, ids, n, e->pos));
+    if (e->has_pipe && e->pipe.step) /* ... or the other stages of a pipeline */
+        MK_TRY(e->pipe.step(e->pipe.user, ids, n, e->pos, (int)mode));
     for (int64_t off = 0; off < n; off += e->chunk) {
         int64_t nc = n - off < e->chunk ? n - off : e->chunk;
         MK_TRY(forward_chunk(e, ids + off, nc, off, n, mode, logits, hidden));
