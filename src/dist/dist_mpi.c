@@ -574,7 +574,7 @@ static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t
     size_t nb = (size_t)(rows * V) * sizeof(float);
     d->lgs++;
     const char *p = pipe_recv(d, d->size - 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, nb,
-                              d->o.timeout_s * (d->size - 1), what);
+                              d->o.timeout_s * d->size, what);
     memcpy(logits, p, nb);
     return MK_OK;
 }

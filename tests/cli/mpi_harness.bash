@@ -1,0 +1,78 @@
+# Shared by the MPI tests (tests/cli/mpi_*.sh; sourced after fixtures.bash
+# and need_fixtures): skips visibly (exit 77) where moekit has no MPI or
+# mpirun is missing, makes the temp dir $T and the mpirun command line
+# ${MPI[@]} (OpenMPI's TCP transport: ob1 + btl tcp,self), defines fail and
+# ids_of. Where network namespaces can be made (root, iproute2), each rank
+# runs in a namespace of its own, as on a host of its own: a bridge in this
+# namespace joins one veth pair per rank (a private /24 with no route off
+# this machine), mpirun starts one ORTE daemon per namespace through a
+# launch agent (`ip netns exec` in place of ssh) and the ranks' TCP traffic
+# goes over the veths; all of it is removed on exit (trap). Elsewhere the
+# ranks share this machine's loopback, which is said on stdout.
+if ! grep -q '^MK_MPI:BOOL=ON' "$MK_BUILD/CMakeCache.txt" 2>/dev/null; then
+    echo "skip: moekit was built without MPI (MK_MPI is off: install openmpi-bin and libopenmpi-dev, scripts/install-deps.sh, and reconfigure)"
+    exit 77
+fi
+command -v mpirun >/dev/null || { echo "skip: mpirun not found (openmpi-bin)"; exit 77; }
+
+T=$(mktemp -d)
+fail() { echo "FAIL: $*" >&2; exit 1; }
+
+MPI=(mpirun --oversubscribe --bind-to none --mca pml ob1 --mca btl tcp,self)
+[ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
+
+# ---- one network namespace per rank, where they can be made ----
+S=$$
+NET=10.$((100 + S / 250 % 100)).$((S % 250))
+BR=mkb$S
+cleanup() {
+    local r
+    for r in 0 1 2; do ip netns del "mkns${S}_$r" 2>/dev/null || true; done
+    ip link del "$BR" 2>/dev/null || true
+    rm -rf "$T"
+}
+trap cleanup EXIT
+make_ns() { # errors in $T/ns.err
+    [ "$(id -u)" -eq 0 ] || { echo "not root" > "$T/ns.err"; return 1; }
+    command -v ip >/dev/null || { echo "iproute2's ip not found" > "$T/ns.err"; return 1; }
+    {
+        ip link add "$BR" type bridge && ip addr add "$NET.254/24" dev "$BR" && ip link set "$BR" up || return 1
+        local r
+        for r in 0 1 2; do
+            local ns=mkns${S}_$r v=mkv${S}r$r p=mkp${S}r$r
+            ip netns add "$ns" && ip link add "$v" type veth peer name "$p" && ip link set "$p" netns "$ns" &&
+                ip link set "$v" master "$BR" up && ip -n "$ns" link set lo up &&
+                ip -n "$ns" addr add "$NET.$((r + 1))/24" dev "$p" && ip -n "$ns" link set "$p" up || return 1
+        done
+    } 2> "$T/ns.err"
+    # mpirun's launch agent, its ssh: host NET.(r+1) is namespace r. Each daemon gets a session
+    # directory of its own: they share this machine's /tmp and host name, and raced creating one
+    # ("mkdir: File exists", 1 start in 16).
+    cat > "$T/agent" <<EOF
+#!/bin/bash
+while [ "\${1#-}" != "\$1" ]; do shift; done
+host=\$1; shift
+r=\$(( \${host##*.} - 1 ))
+mkdir -p "$T/session\$r"
+export OMPI_MCA_orte_tmpdir_base="$T/session\$r"
+exec ip netns exec mkns${S}_\$r /bin/sh -c "\$*"
+EOF
+    chmod +x "$T/agent"
+}
+if make_ns; then
+    # The daemons' shared-memory topology (rtc_hwloc_vmhole) crashed 1 orted start in 8 here (OpenMPI
+    # 4.1.4, hwloc 2.9: a segfault in hwloc_shmem_topology_write), and PMIx's ds21 store printed errors
+    # with daemons in namespaces: both off, the daemons then read the topology and keys themselves.
+    export PMIX_MCA_gds=hash
+    MPI+=(--mca plm_rsh_agent "$T/agent" --host "$NET.1,$NET.2,$NET.3" --mca oob_tcp_if_include "$NET.0/24"
+          --mca btl_tcp_if_include "$NET.0/24" --mca rtc_hwloc_vmhole none -x PMIX_MCA_gds)
+    echo "note: each rank in its own network namespace (mkns${S}_0..2), joined by veth pairs over $NET.0/24"
+else
+    MPI+=(--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+    echo "note: network namespaces could not be made ($(tr '\n' ' ' < "$T/ns.err")): the ranks share this machine's loopback"
+fi
+
+ids_of() { # the fixture's 32 reference input ids, comma-separated
+    tr -d ' \n' < "$1/reference.json" | sed 's/.*"input_ids":\[\([0-9,]*\)\].*/\1/'
+}
+
