@@ -71,19 +71,31 @@ struct mk_dist {
     int32_t *stages;          /* [size+1]: rank q holds layers [stages[q], stages[q+1]) */
     int32_t NL;               /* the model's layers */
     int mode;                 /* the step's logits mode (lead: sent with the step) */
+    int64_t ntok;             /* tokens in the current step (--stats: 1 is decode) */
     uint64_t hin, hout, lgs;  /* hidden states received, sent; logits messages */
     char *pbuf;               /* pipeline messages, grown on demand */
     size_t pcap;
     mk_layer_pipe pipe;
-    /* --stats */
-    double xchg_s;            /* seconds inside exchanges (waits included) */
-    uint64_t xchg_n, xchg_bytes; /* exchanges, payload bytes sent */
+    /* --stats: [0] every exchange, [1] those of one-token steps (decode) */
+    double xchg_s[2];            /* seconds inside exchanges (waits included) */
+    uint64_t xchg_n[2], xchg_bytes[2]; /* exchanges, payload bytes sent */
 };
+
 
 static double now_s(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Count one exchange of a step of `ntok` tokens that began at t0. */
+static void account(mk_dist *d, double t0, int64_t ntok, uint64_t bytes) {
+    double dt = now_s() - t0;
+    for (int i = 0; i < (ntok == 1 ? 2 : 1); i++) {
+        d->xchg_s[i] += dt;
+        d->xchg_n[i]++;
+        d->xchg_bytes[i] += bytes;
+    }
 }
 
 /* A short sleep between polls: the ranks may share cores with each other
@@ -352,9 +364,7 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         }
         backoff(&spins);
     }
-    d->xchg_s += now_s() - t0;
-    d->xchg_n++;
-    d->xchg_bytes += (uint64_t)(N - 1) * h.nbytes;
+    account(d, t0, x->n, (uint64_t)(N - 1) * h.nbytes);
     return MK_OK;
 }
 
@@ -458,7 +468,7 @@ static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
 /* Send one pipeline message (kind, the layer it belongs to) to rank `to`
  * and wait until it left, within the timeout. */
 static void pipe_send(mk_dist *d, int to, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
-                      const void *payload, size_t nbytes, const char *what) {
+                      int64_t ntok, const void *payload, size_t nbytes, const char *what) {
     double t0 = now_s();
     size_t hs = sizeof(dist_hdr), tot = hs + nbytes;
     if (!grow(&d->pbuf, &d->pcap, tot) || tot > (size_t)INT32_MAX)
@@ -490,16 +500,14 @@ static void pipe_send(mk_dist *d, int to, int tag, uint32_t kind, int layer, uin
                  what, to, d->o.timeout_s, to);
         backoff(&spins);
     }
-    d->xchg_s += now_s() - t0;
-    d->xchg_n++;
-    d->xchg_bytes += nbytes;
+    account(d, t0, ntok, nbytes);
 }
 
 /* Receive one pipeline message from rank `from` (of `kind`, for `layer`,
  * number `seq`, position pos, `want` payload bytes) within `wait_s`
  * seconds; returns its checked payload (in d->pbuf). */
 static const char *pipe_recv(mk_dist *d, int from, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
-                             size_t want, double wait_s, const char *what) {
+                             int64_t ntok, size_t want, double wait_s, const char *what) {
     double t0 = now_s(), deadline = t0 + wait_s;
     int spins = 0;
     MPI_Status s;
@@ -539,8 +547,7 @@ static const char *pipe_recv(mk_dist *d, int from, int tag, uint32_t kind, int l
     if (h.nbytes != want)
         FAIL(d, "%s: rank %d sent %llu payload bytes, %zu expected (the ranks disagree on the step's shape)",
              what, from, (unsigned long long)h.nbytes, want);
-    d->xchg_s += now_s() - t0;
-    d->xchg_n++;
+    account(d, t0, ntok, 0);
     return d->pbuf + hs;
 }
 
@@ -550,7 +557,7 @@ static mk_status pipe_recv_hidden(void *user, int layer, int64_t pos, int64_t n,
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
     size_t nb = (size_t)(n * H) * sizeof(float);
     d->hin++;
-    const char *p = pipe_recv(d, d->rank - 1, TAG_HIDDEN, K_HIDDEN, layer, d->hin, pos, nb,
+    const char *p = pipe_recv(d, d->rank - 1, TAG_HIDDEN, K_HIDDEN, layer, d->hin, pos, n, nb,
                               d->o.timeout_s * d->rank, what);
     memcpy(x, p, nb);
     return MK_OK;
@@ -561,7 +568,7 @@ static mk_status pipe_send_hidden(void *user, int layer, int64_t pos, int64_t n,
     char what[96];
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
     d->hout++;
-    pipe_send(d, d->rank + 1, TAG_HIDDEN, K_HIDDEN, layer, d->hout, pos, x, (size_t)(n * H) * sizeof(float),
+    pipe_send(d, d->rank + 1, TAG_HIDDEN, K_HIDDEN, layer, d->hout, pos, n, x, (size_t)(n * H) * sizeof(float),
               what);
     return MK_OK;
 }
@@ -573,7 +580,7 @@ static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t
              (long long)pos);
     size_t nb = (size_t)(rows * V) * sizeof(float);
     d->lgs++;
-    const char *p = pipe_recv(d, d->size - 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, nb,
+    const char *p = pipe_recv(d, d->size - 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, nb,
                               d->o.timeout_s * d->size, what);
     memcpy(logits, p, nb);
     return MK_OK;
@@ -585,7 +592,7 @@ static mk_status pipe_send_logits(void *user, int64_t pos, int64_t rows, int64_t
     snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
              (long long)pos);
     d->lgs++;
-    pipe_send(d, 0, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, logits, (size_t)(rows * V) * sizeof(float), what);
+    pipe_send(d, 0, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, logits, (size_t)(rows * V) * sizeof(float), what);
     return MK_OK;
 }
 
@@ -594,6 +601,7 @@ static mk_status pipe_step(void *user, const int32_t *ids, int64_t n, int64_t po
     d->step++;
     d->pos = pos;
     d->mode = mode;
+    d->ntok = n;
     if (d->size > 1) {
         char what[64];
         snprintf(what, sizeof what, "step %lld (position %lld)", (long long)d->step, (long long)pos);
@@ -758,12 +766,14 @@ mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe
 void mk_dist_stats(const mk_dist *d, FILE *f) {
     if (!d)
         return;
-    fprintf(f,
-            "mpi_rank %d\nmpi_ranks %d\nmpi_mode %s\nmpi_steps %lld\nmpi_exchanges %llu\nmpi_exchange_s %.6f\n"
-            "mpi_payload_bytes_sent %llu\nmpi_payload_bytes_per_exchange %.1f\n",
-            d->rank, d->size, d->stages ? "pipeline" : "expert", (long long)d->step,
-            (unsigned long long)d->xchg_n, d->xchg_s, (unsigned long long)d->xchg_bytes,
-            d->xchg_n ? (double)d->xchg_bytes / (double)d->xchg_n : 0.0);
+    fprintf(f, "mpi_rank %d\nmpi_ranks %d\nmpi_mode %s\nmpi_steps %lld\n", d->rank, d->size,
+            d->stages ? "pipeline" : "expert", (long long)d->step);
+    static const char *pre[2] = {"mpi_", "mpi_decode_"};
+    for (int i = 0; i < 2; i++)
+        fprintf(f, "%sexchanges %llu\n%sexchange_s %.6f\n%spayload_bytes_sent %llu\n%spayload_bytes_per_exchange %.1f\n",
+                pre[i], (unsigned long long)d->xchg_n[i], pre[i], d->xchg_s[i], pre[i],
+                (unsigned long long)d->xchg_bytes[i], pre[i],
+                d->xchg_n[i] ? (double)d->xchg_bytes[i] / (double)d->xchg_n[i] : 0.0);
 }
 
 /* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
@@ -848,6 +858,7 @@ mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
         d->step = h.step;
         d->pos = h.pos;
         int64_t n = (int64_t)(h.nbytes / sizeof(int32_t));
+        d->ntok = n;
         /* ids move out of rbuf: the exchanges reuse it */
         int32_t *ids = mk_malloc(n ? (size_t)n * sizeof(int32_t) : 1);
         if (!ids)
