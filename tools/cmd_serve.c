@@ -16,6 +16,7 @@
 #include "cli_flags.h"
 #include "cli_esc.h"
 #include "cmd.h"
+#include "dist_cli.h"
 #include "engine_cli.h"
 #include "moekit/chat.h"
 #include "moekit/kernels.h"
@@ -82,6 +83,11 @@ static void help(FILE *f) {
             "                       tool-call parsers end to end with a tiny model)\n"
             "memory:\n"
             "%s"
+            "MPI (`mpirun -np N moekit serve MODEL ...`): rank 0 owns HTTP, tokenization,\n"
+            "sampling and the prompt cache; the other ranks hold no HTTP and run rank 0's\n"
+            "steps on their share; one slot, no recurrent-state snapshots; SIGTERM or SIGINT\n"
+            "(to rank 0 or mpirun) stops the server, then every rank:\n"
+            "%s"
             "  -h, --help           this text\n\n"
             "Slots share the model's weights; each holds its own KV cache and recurrent\n"
             "state. Each scheduler step prefills one prompt piece and decodes one token of\n"
@@ -93,7 +99,7 @@ static void help(FILE *f) {
             "the prompt extends it, else resume from a snapshot of their recurrent state taken\n"
             "at the end of an earlier prompt, such as the previous turn of a chat).\n\n"
             "Exit status: 0 after a signal, 2 bad input (model, flags), 1 internal failure.\n",
-            mk_ecli_mem_help);
+            mk_ecli_mem_help, mk_ecli_dist_help);
 }
 
 typedef struct serve_opts {
@@ -103,6 +109,7 @@ typedef struct serve_opts {
     double grace;
     bool test_output;
     mk_ecli_mem mm;
+    mk_ecli_dist dd; /* under mpirun (tools/dist_cli.h): rank 0 serves, the others follow its steps */
 } serve_opts;
 
 static int parse(int argc, char **argv, serve_opts *o) {
@@ -117,6 +124,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"snapshot-every", required_argument, 0, 'E'},
         {"test-output", no_argument, 0, 1000},
         MK_ECLI_MEM_OPTS,
+        MK_ECLI_DIST_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
     int ch, rc;
     optind = 1;
@@ -178,6 +186,10 @@ static int parse(int argc, char **argv, serve_opts *o) {
         default: {
             bool mine;
             if ((rc = mk_ecli_mem_flag(&o->mm, ch, optarg, &mine)) >= 0)
+                return rc;
+            if (mine)
+                break;
+            if ((rc = mk_ecli_dist_flag(&o->dd, ch, optarg, &mine)) >= 0)
                 return rc;
             if (mine)
                 break;
@@ -270,14 +282,20 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     MK_TRY(mk_pool_create((int)o->threads, &z->pool));
     MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
     mk_engine_opts eo = {.max_ctx = ctx, .prefill_chunk = 512, .backend = z->be};
+    /* under MPI: this rank's share (experts or layers), and the other ranks build the same engine */
+    MK_TRY(mk_ecli_dist_lead(&o->dd, z->m, &eo));
     /* the prompt cache besides the engines' KV caches: recurrent-state
      * snapshots (hybrids; sched.c), each slot's token index and logprobs
      * row, counted in --memory-budget */
-    uint64_t sb = mk_engine_state_bytes_for(z->m), snaps = (uint64_t)o->parallel * (uint64_t)o->snapshots;
+    uint64_t sb = mk_engine_state_bytes_for(z->m),
+             snaps = o->dd.d ? 0 : (uint64_t)o->parallel * (uint64_t)o->snapshots; /* none under MPI */
     if (sb && o->snap_mem && o->snap_mem / sb < snaps)
         snaps = o->snap_mem / sb;
     o->mm.extra = (sb ? snaps * sb : 0) + (uint64_t)o->parallel * ((uint64_t)ctx + (uint64_t)c->vocab_size) * 4;
-    if (sb)
+    if (sb && o->dd.d)
+        fprintf(stderr, "moekit serve: prompt cache: no recurrent-state snapshots under MPI (a prompt that "
+                "does not extend the slot's history is prefilled again)\n");
+    else if (sb)
         fprintf(stderr, "moekit serve: prompt cache: up to %llu recurrent-state snapshots of %zu bytes "
                 "(%.1f MiB)%s\n", (unsigned long long)snaps, (size_t)sb, (double)(snaps * sb) / 1048576.0,
                 o->mm.budget ? ", counted in --memory-budget" : "");
@@ -340,7 +358,9 @@ static mk_status serve_main(serve_opts *o) {
     mk_server_opts so = {.host = o->host, .port = (int)o->port, .alias = alias,
                          .api_key = o->key ? o->key : z.key, .queue = (int)o->queue,
                          .prefill_step = (int)o->prefill_step,
-                         .snapshots = o->snapshots ? (int)o->snapshots : -1,
+                         /* under MPI no snapshots: the other ranks' recurrent state follows rank 0's
+                          * steps, not a restore (a hybrid model's prompt cache then re-prefills) */
+                         .snapshots = o->snapshots && !o->dd.d ? (int)o->snapshots : -1,
                          .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every,
                          .test_output = o->test_output};
     st = mk_server_start(&so, &z.srv);
@@ -381,9 +401,31 @@ static mk_status serve_main(serve_opts *o) {
 
 int cmd_serve(int argc, char **argv) {
     serve_opts o = {.port = 8080, .parallel = 1, .grace = 10, .snapshots = 4, .mm = {.cmd = "serve", .no_trace = true}};
+    o.dd.cmd = "serve";
     int rc = parse(argc, argv, &o);
     if (rc >= 0)
         return rc;
+    /* a worker waits for rank 0's next request for as long as the server runs (a dead rank 0 ends
+     * the job through mpirun) */
+    o.dd.o.idle_timeout_s = 1e12;
+    mk_status dst = mk_ecli_dist_start(&o.dd, &o.mm);
+    if (dst != MK_OK)
+        return mk_cli_fail(dst);
+    if (o.dd.d && o.parallel > 1)
+        return mk_cli_usage("serve", "--parallel %lld: under MPI the server runs one slot (the other ranks "
+                            "follow one sequence's steps); drop --parallel", o.parallel);
+    if (mk_ecli_dist_worker(&o.dd)) {
+        /* no HTTP here: rank 0's steps until its finish, which its SIGTERM/SIGINT handling sends after
+         * the server stopped (mpirun forwards those signals to every rank: they wait for it) */
+        sigset_t set;
+        sigemptyset(&set);
+        sigaddset(&set, SIGINT);
+        sigaddset(&set, SIGTERM);
+        pthread_sigmask(SIG_BLOCK, &set, NULL);
+        o.mm.cmd = "serve";
+        return mk_ecli_dist_work(&o.dd, o.model, &(mk_model_opts){0}, &o.mm,
+                                 &(mk_engine_opts){.threads = (int)o.threads});
+    }
     mk_status st = serve_main(&o);
     return st == MK_OK ? 0 : mk_cli_fail(st);
 }

@@ -87,8 +87,8 @@ typedef struct mk_dist_opts {
     mk_dist_fault fault;   /* test hook; kind NONE: none */
 } mk_dist_opts;
 
-/* Initialise MPI (MPI_Init_thread, funneled: only the calling thread
- * talks) and this process's rank. */
+/* Initialise MPI (MPI_Init_thread, serialized: one thread at a time
+ * talks, e.g. serve's scheduler) and this process's rank. */
 mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out);
 /* MPI_Finalize and free. NULL ok. */
 void mk_dist_free(mk_dist *d);

@@ -17,7 +17,8 @@
  * the header's own xxh3) then the payload. Commands (rank 0 -> workers:
  * setup, step, finish) and exchanges use two tags; MPI keeps each pair's
  * messages of one tag in order, and the sequence number catches a
- * desynchronised rank. Only the main thread calls MPI (funneled). */
+ * desynchronised rank. One thread at a time calls MPI (serialized: the
+ * command's thread, or serve's scheduler thread while it runs steps). */
 #include <mpi.h>
 #include <signal.h>
 #include <stddef.h>
@@ -616,8 +617,12 @@ mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
     *out = NULL;
     int inited = 0, provided = 0;
     MPI_Initialized(&inited);
-    if (!inited && MPI_Init_thread(NULL, NULL, MPI_THREAD_FUNNELED, &provided) != MPI_SUCCESS)
+    /* serialized: one thread at a time, not always the main one (serve's scheduler runs the steps) */
+    if (!inited && MPI_Init_thread(NULL, NULL, MPI_THREAD_SERIALIZED, &provided) != MPI_SUCCESS)
         return mk_err(MK_E_IO, "MPI_Init_thread failed");
+    if (!inited && provided < MPI_THREAD_SERIALIZED)
+        return mk_err(MK_E_UNSUPPORTED, "the MPI library gives thread level %d; moekit needs "
+                      "MPI_THREAD_SERIALIZED (%d)", provided, MPI_THREAD_SERIALIZED);
     mk_dist *d = mk_calloc(1, sizeof *d);
     if (!d)
         return mk_err(MK_E_NOMEM, "out of memory for the MPI context");

@@ -2,7 +2,8 @@
 # and need_fixtures): skips visibly (exit 77) where moekit has no MPI or
 # mpirun is missing, makes the temp dir $T and the mpirun command line
 # ${MPI[@]} (OpenMPI's TCP transport: ob1 + btl tcp,self), defines fail and
-# ids_of. Where network namespaces can be made (root, iproute2), each rank
+# ids_of, and RANK0_HOST (where rank 0's sockets can be reached from
+# here). Where network namespaces can be made (root, iproute2), each rank
 # runs in a namespace of its own, as on a host of its own: a bridge in this
 # namespace joins one veth pair per rank (a private /24 with no route off
 # this machine), mpirun starts one ORTE daemon per namespace through a
@@ -67,8 +68,10 @@ if make_ns; then
     MPI+=(--mca plm_rsh_agent "$T/agent" --host "$NET.1,$NET.2,$NET.3" --mca oob_tcp_if_include "$NET.0/24"
           --mca btl_tcp_if_include "$NET.0/24" --mca rtc_hwloc_vmhole none -x PMIX_MCA_gds)
     echo "note: each rank in its own network namespace (mkns${S}_0..2), joined by veth pairs over $NET.0/24"
+    RANK0_HOST=$NET.1 # rank 0's address, reachable from this namespace over the bridge
 else
     MPI+=(--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+    RANK0_HOST=127.0.0.1
     echo "note: network namespaces could not be made ($(tr '\n' ' ' < "$T/ns.err")): the ranks share this machine's loopback"
 fi
 
