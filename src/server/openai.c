@@ -380,6 +380,26 @@ void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_unlock(&s->mu);
 }
 
+bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) {
+    mk_server *s = st->s;
+    srv_job *j = st->j;
+    while (j->safe <= st->sent && !j->done) {
+        srv_wait_tick(s, j);
+        if (j->safe <= st->sent && !j->done && alive) {
+            pthread_mutex_unlock(&s->mu);
+            bool a = alive(ctx);
+            pthread_mutex_lock(&s->mu);
+            if (!a) {
+                j->cancel = 1;
+                pthread_mutex_unlock(&s->mu);
+                *gone = true;
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     if (p->model && strcmp(p->model, s->alias) && strcmp(p->model, "default_model")) {
         srv_error(r, 404, "invalid_request_error", "model",
@@ -524,6 +544,10 @@ void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, 
         srv_handle_anthropic(s, kind, body, len, r, alive, alive_ctx);
         return;
     }
+    if (kind == SRV_RESPONSES) {
+        srv_handle_responses(s, body, len, r, alive, alive_ctx);
+        return;
+    }
     srv_params p;
     mk_status st = srv_params_parse(kind, body, len, &p);
     if (st != MK_OK) {
@@ -596,20 +620,8 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         return false;
     case 1: {
         pthread_mutex_lock(&s->mu);
-        while (j->safe <= st->sent && !j->done) {
-            srv_wait_tick(s, j);
-            if (j->safe <= st->sent && !j->done && alive) {
-                pthread_mutex_unlock(&s->mu);
-                bool a = alive(ctx);
-                pthread_mutex_lock(&s->mu);
-                if (!a) {
-                    j->cancel = 1;
-                    pthread_mutex_unlock(&s->mu);
-                    *gone = true;
-                    return false;
-                }
-            }
-        }
+        if (!srv_stream_wait(st, alive, ctx, gone))
+            return false;
         if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
             /* reasoning, content and tool calls apart; a parse may hold
              * everything new back (a marker's beginning): then wait on */
@@ -737,6 +749,8 @@ void srv_stream_free(srv_stream *st) {
     srv_job_unref_locked(st->j);
     pthread_mutex_unlock(&st->s->mu);
     srv_chatout_free(&st->co);
+    if (st->ext_free)
+        st->ext_free(st->ext);
     free(st->pend);
     free(st);
 }

@@ -511,7 +511,8 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
         return parse_ids(p, t, "tokens");
     }
     case SRV_MESSAGES:
-    case SRV_COUNT_TOKENS: break; /* api_anthropic.c translates them into SRV_CHAT first */
+    case SRV_COUNT_TOKENS:
+    case SRV_RESPONSES: break; /* api_anthropic.c, api_responses.c translate them into SRV_CHAT first */
     }
     return mk_err(MK_E_ARG, "unknown request kind");
 }

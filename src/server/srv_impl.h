@@ -30,7 +30,8 @@
 
 typedef enum srv_kind {
     SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE,
-    SRV_MESSAGES, SRV_COUNT_TOKENS /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+    SRV_MESSAGES, SRV_COUNT_TOKENS, /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+    SRV_RESPONSES                   /* OpenAI Responses: api_responses.c turns it into SRV_CHAT */
 } srv_kind;
 
 /* A parsed, validated request. Strings point into `root` (kept alive). */
@@ -316,6 +317,8 @@ struct srv_stream {
     srv_chatout co;            /* chat: reasoning, content and tool calls apart */
     char *pend;                /* formatted bytes not yet handed to the connection */
     size_t pend_len, pend_off;
+    void *ext;                 /* an API's own stream state (Responses), freed with ext_free */
+    void (*ext_free)(void *ext);
 };
 
 /* A response: status, content type and body (malloc'd), or a stream. */
@@ -354,12 +357,24 @@ void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_cha
 /* Wait for the job's end (polling alive), or 100 ms on its condition (s->mu held). */
 void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx);
 void srv_wait_tick(mk_server *s, srv_job *j);
+/* Streams (s->mu held): wait until the job has text past st->sent that can
+ * no longer change, or has ended, polling alive; false (s->mu released,
+ * the job cancelled, *gone set) when the client is gone. */
+bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
 void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
 
 /* ---- api_anthropic.c ------------------------------------------------------ */
 
 /* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
 void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
+                          srv_alive_fn alive, void *alive_ctx);
+/* Append "event: NAME\ndata: JSON\n\n" (o consumed) to st->pend. */
+bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark);
+
+/* ---- api_responses.c ------------------------------------------------------ */
+
+/* POST /v1/responses (OpenAI Responses). */
+void srv_handle_responses(mk_server *s, const char *body, size_t len, srv_reply *r,
                           srv_alive_fn alive, void *alive_ctx);
 
 #endif
