@@ -11,8 +11,9 @@
  * content_block_start / content_block_delta (thinking_delta, text_delta,
  * input_json_delta) / content_block_stop, then message_delta and
  * message_stop. Errors are {"type": "error", "error": {type, message}}.
- * Refused rather than ignored: images and documents, server tools,
- * tool_choice any / tool (forcing a call needs constrained decoding). */
+ * tool_choice any / tool become "required" / a named function (forced by
+ * prefill, toolforce.c). Refused rather than ignored: images and
+ * documents, server tools. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,12 +267,15 @@ static json_t *translate(srv_kind kind, const json_t *a, srv_reply *r) {
             bad(r, "tool_choice", "expected {\"type\": \"auto\", \"none\", \"any\" or \"tool\"}");
             goto fail;
         }
-        if (strcmp(ty, "auto") && strcmp(ty, "none")) {
-            bad(r, "tool_choice", "only {\"type\": \"auto\"} and {\"type\": \"none\"} are supported (forcing a "
-                "call needs constrained decoding, not implemented yet)");
+        if (!strcmp(ty, "tool") && json_is_string(json_object_get(tc, "name"))) {
+            json_object_set_new(o, "tool_choice", json_pack("{s:s,s:{s:O}}", "type", "function", "function", "name",
+                                                            json_object_get(tc, "name")));
+        } else if (!strcmp(ty, "auto") || !strcmp(ty, "none") || !strcmp(ty, "any")) {
+            json_object_set_new(o, "tool_choice", json_string(!strcmp(ty, "any") ? "required" : ty));
+        } else {
+            bad(r, "tool_choice", "expected {\"type\": \"auto\", \"none\", \"any\"} or {\"type\": \"tool\", \"name\"}");
             goto fail;
         }
-        json_object_set_new(o, "tool_choice", json_string(ty));
         if (json_is_true(json_object_get(tc, "disable_parallel_tool_use")))
             json_object_set_new(o, "parallel_tool_calls", json_false());
     }
@@ -340,7 +344,7 @@ static void final_message(mk_server *s, srv_job *j, srv_chatout *co, const char 
     unsigned long mark = mk_json_mark();
     srv_parsed p;
     pthread_mutex_lock(&s->mu);
-    mk_status st = srv_chat_parse(&co->cfg, j->text ? j->text : "", j->len, true, &p);
+    mk_status st = srv_chatout_parse(co, j->text ? j->text : "", j->len, true, &p);
     size_t nc = st == MK_OK ? (!co->parallel && p.ncalls > 1 ? 1 : p.ncalls) : 0;
     const char *seq;
     const char *why = stop_reason(j, nc > 0, &seq);

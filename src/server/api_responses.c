@@ -529,7 +529,7 @@ static void final_response(mk_server *s, srv_job *j, srv_chatout *co, const resp
     unsigned long mark = mk_json_mark();
     srv_parsed p;
     pthread_mutex_lock(&s->mu);
-    mk_status st = srv_chat_parse(&co->cfg, j->text ? j->text : "", j->len, true, &p);
+    mk_status st = srv_chatout_parse(co, j->text ? j->text : "", j->len, true, &p);
     json_t *u = usage_json(j);
     const char *status = final_status(j);
     pthread_mutex_unlock(&s->mu);
@@ -790,13 +790,18 @@ static bool resp_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
 /* ---- the endpoint -------------------------------------------------------------- */
 
 /* An error from the chat completions path names chat's fields: name the
- * request's own instead (messages -> input, max_tokens -> max_output_tokens). */
+ * request's own instead (messages -> input, max_tokens -> max_output_tokens,
+ * tool_choice.function.name -> tool_choice.name). */
 static void rename_param(srv_reply *r) {
     json_error_t e;
     json_t *o = r->body && r->code == 400 ? json_loadb(r->body, r->len, 0, &e) : NULL;
     json_t *er = json_object_get(o, "error");
     const char *pm = json_string_value(json_object_get(er, "param"));
-    const char *to = !pm ? NULL : !strcmp(pm, "max_tokens") ? "max_output_tokens" : !strcmp(pm, "messages") ? "input" : NULL;
+    const char *to = !pm                                       ? NULL
+                     : !strcmp(pm, "max_tokens")                 ? "max_output_tokens"
+                     : !strcmp(pm, "messages")                   ? "input"
+                     : !strcmp(pm, "tool_choice.function.name") ? "tool_choice.name"
+                                                                 : NULL;
     char *t = NULL;
     if (to && !json_object_set_new(er, "param", json_string(to)))
         t = json_dumps(o, JSON_COMPACT | JSON_ENSURE_ASCII);

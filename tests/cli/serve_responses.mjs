@@ -83,6 +83,17 @@ check(f2.usage.input_tokens_details.cached_tokens === f1.usage.input_tokens, `pr
 const rendered = '<tool_response>\n21 degrees\n</tool_response>';
 check(f2.usage.input_tokens >= f1.usage.input_tokens + (await ntok(rendered)), 'the tool output is in the prompt');
 
+// tool_choice: a named function (Responses' flat shape) and "required" force the call
+// (the server opens it in Qwen3's format; the model's text continues it)
+const n1 = await client.responses.create({ ...ask, tool_choice: { type: 'function', name: 'get_weather' },
+                                           moekit_test_output: '{"city": "Rome"}}\n</tool_call>' });
+check(J(shape(n1.output)) === J([['function_call', 'get_weather', { city: 'Rome' }]]) &&
+      J(n1.tool_choice) === J({ type: 'function', name: 'get_weather' }), `named tool_choice ${J(n1.output)}`);
+const n2 = await client.responses.create({ ...ask, tool_choice: 'required', stream: false,
+                                           moekit_test_output: 'get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>' });
+check(J(shape(n2.output)) === J([['function_call', 'get_weather', { city: 'Oslo' }]]), `required tool_choice ${J(n2.output)}`);
+check(n2.usage.input_tokens === f1.usage.input_tokens + (await ntok('<tool_call>\n{"name": "')), `required: prompt ${n2.usage.input_tokens}`);
+
 // streamed: the exact event sequence (runs of deltas as one), consecutive
 // sequence_numbers, deltas that add up to the done texts, and the client's
 // accumulator agreeing with response.completed
@@ -145,6 +156,8 @@ await expect400({ text: { format: { type: 'json_object' } } }, 'text.format');
 await expect400({ input: [{ type: 'item_reference', id: 'x' }] }, 'input[0]');
 await expect400({ input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:,' }] }] }, 'input[0].content[0]');
 await expect400({ background: true }, 'background');
+await expect400({ tools, tool_choice: { type: 'function', name: 'get_news' } }, 'tool_choice.name');
+await expect400({ tools, tool_choice: { type: 'file_search' } }, 'tool_choice');
 await expect400({ truncation: 'auto' }, 'truncation');
 await expect400({ reasoning: { effort: 'extreme' } }, 'reasoning.effort');
 await expect400({ max_output_tokens: 0 }, 'max_output_tokens');
