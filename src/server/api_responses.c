@@ -641,11 +641,12 @@ static bool item_open(srv_stream *st, int kind, unsigned long mark) {
     item_id(x->open_id, sizeof x->open_id, kind == 1 ? "rs" : "msg", &x->re, k);
     x->open = kind;
     x->len = 0;
+    if (!item_event(st, "response.output_item.added",
+                    kind == 1 ? reasoning_item(x->open_id, NULL, 0, "in_progress")
+                              : message_item(x->open_id, NULL, 0, "in_progress"), mark))
+        return false;
     json_t *part = kind == 1 ? json_pack("{s:s,s:s}", "type", "reasoning_text", "text", "") : text_part("", 0);
-    return item_event(st, "response.output_item.added",
-                      kind == 1 ? reasoning_item(x->open_id, NULL, 0, "in_progress")
-                                : message_item(x->open_id, NULL, 0, "in_progress"), mark) &&
-           part && ev(st, "response.content_part.added",
+    return part && ev(st, "response.content_part.added",
                       json_pack("{s:s,s:I,s:i,s:o}", "item_id", x->open_id, "output_index", (json_int_t)k,
                                 "content_index", 0, "part", part), mark);
 }
