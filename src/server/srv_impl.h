@@ -2,6 +2,9 @@
  *   request.c  JSON request bodies -> validated parameters (no HTTP; fuzzed)
  *   sched.c    slots, the bounded queue, the scheduler thread, prompt cache
  *   openai.c   the endpoints: prompt ids, jobs, JSON and SSE responses
+ *   api_anthropic.c, api_responses.c  Anthropic Messages and OpenAI Responses,
+ *              translated into chat completions requests
+ *   chatparse.c, toolcall.c, toolforce.c, chatout.c  the answer's parts
  *   http.c     libmicrohttpd: routing, bodies, keys, connections, lifecycle
  *   metrics.c  counters and histograms, Prometheus text
  * Locking: one server mutex guards the queue, the slots' bookkeeping and
