@@ -175,6 +175,16 @@ static bool input_item(const json_t *it, size_t i, json_t *msgs, json_t **think,
             bad(r, name, "a function_call item needs strings \"call_id\", \"name\" and \"arguments\"");
             return false;
         }
+        json_error_t e;
+        json_t *chk = json_loadb(json_string_value(args), json_string_length(args), 0, &e);
+        bool obj = json_is_object(chk);
+        if (chk)
+            json_decref(chk);
+        if (!obj) {
+            snprintf(name, sizeof name, "input[%zu].arguments", i);
+            bad(r, name, "expected a JSON object's text");
+            return false;
+        }
         json_t *m = assistant_turn(msgs);
         if (*think) {
             json_object_set_new(m, "reasoning_content", *think);
@@ -304,8 +314,24 @@ static json_t *translate(const json_t *a, srv_reply *r) {
             return NULL;
         }
     }
-    if ((x = field(a, "stream_options")) && !json_is_object(x)) {
-        bad(r, "stream_options", "expected an object, found %s", mk_json_type_name(x));
+    static const char *const objects[] = {"stream_options", "metadata"};
+    static const char *const strings[] = {"user", "safety_identifier", "prompt_cache_key", "service_tier"};
+    for (size_t i = 0; i < sizeof objects / sizeof *objects; i++)
+        if ((x = field(a, objects[i])) && !json_is_object(x)) {
+            bad(r, objects[i], "expected an object, found %s", mk_json_type_name(x));
+            return NULL;
+        }
+    for (size_t i = 0; i < sizeof strings / sizeof *strings; i++)
+        if ((x = field(a, strings[i])) && !json_is_string(x)) {
+            bad(r, strings[i], "expected a string, found %s", mk_json_type_name(x));
+            return NULL;
+        }
+    if ((x = field(a, "max_output_tokens")) && !json_is_integer(x)) {
+        bad(r, "max_output_tokens", "expected an integer, found %s", mk_json_type_name(x));
+        return NULL;
+    }
+    if (x && (json_integer_value(x) < 1 || json_integer_value(x) > (1 << 24))) {
+        bad(r, "max_output_tokens", "must be in [1, %d], found %lld", 1 << 24, (long long)json_integer_value(x));
         return NULL;
     }
 
@@ -360,6 +386,17 @@ static json_t *translate(const json_t *a, srv_reply *r) {
                 const char *ty = json_string_value(json_object_get(t, "type"));
                 bad(r, name, "only function tools ({\"type\": \"function\", \"name\", \"parameters\"}) are "
                     "supported%s%s", ty ? ", found type " : "", ty ? ty : "");
+                goto fail;
+            }
+            json_t *nm = json_object_get(t, "name"), *pa = field(t, "parameters");
+            if (!json_is_string(nm) || json_string_length(nm) == 0) {
+                snprintf(name, sizeof name, "tools[%zu].name", i);
+                bad(r, name, "expected a non-empty string");
+                goto fail;
+            }
+            if (pa && !json_is_object(pa)) {
+                snprintf(name, sizeof name, "tools[%zu].parameters", i);
+                bad(r, name, "expected an object (a JSON schema), found %s", mk_json_type_name(pa));
                 goto fail;
             }
             if (json_is_true(json_object_get(t, "strict"))) {

@@ -161,5 +161,8 @@ await expect400({ tools, tool_choice: { type: 'file_search' } }, 'tool_choice');
 await expect400({ truncation: 'auto' }, 'truncation');
 await expect400({ reasoning: { effort: 'extreme' } }, 'reasoning.effort');
 await expect400({ max_output_tokens: 0 }, 'max_output_tokens');
+await expect400({ tools: [{ type: 'function', parameters: {} }] }, 'tools[0].name');
+await expect400({ input: [{ type: 'function_call', call_id: 'c', name: 'f', arguments: '[1]' }] }, 'input[0].arguments');
+await expect400({ metadata: 'x' }, 'metadata');
 await expect400({ temperature: 3 }, 'temperature');
 process.exit(failed);
