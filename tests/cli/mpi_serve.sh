@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # `mpirun -np 2 moekit serve` (issue 18 item 2; tools/cmd_serve.c,
-# tools/dist_cli.h): rank 0 owns HTTP, tokenization, sampling and the prompt
-# cache, rank 1 holds no HTTP and follows rank 0's steps on its share of the
-# experts; each rank in a network namespace of its own where they can be
-# made (tests/cli/mpi_harness.bash), rank 0's HTTP reached over the bridge.
+# tools/dist_cli.h), in both placements (--mpi-mode expert, then pipeline):
+# rank 0 owns HTTP, tokenization, sampling and the prompt cache, rank 1
+# holds no HTTP and follows rank 0's steps on its share (half the experts of
+# every MoE layer, or the last layers); each rank in a network namespace of
+# its own where they can be made (tests/cli/mpi_harness.bash), rank 0's HTTP
+# reached over the bridge. In each mode:
 #   - a greedy chat completion answers the single-process server's tokens;
 #   - an unknown model id and a malformed body are answered by rank 0 (4xx)
 #     and the server goes on answering;
@@ -60,42 +62,46 @@ kill -TERM "$SPID"
 wait "$SPID" || fail "single process: exit $? after SIGTERM"
 SPID=
 
-# two ranks
-"${MPI[@]}" -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" --port 0 --threads 1 --alias "$ALIAS" \
-    > "$T/out" 2> "$T/log" &
-JOB=$!
-wait_port "$T/log" "$JOB"
-wait_ready "$RANK0_HOST"
-grep -q "rank 1 of 2: routed experts \[8, 16) of 16" "$T/log" || { cat "$T/log" >&2; fail "no startup line of rank 1"; }
-[ "$(grep -c 'listening on' "$T/log")" -eq 1 ] || { cat "$T/log" >&2; fail "more than one rank listens"; }
-c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" \
-    -d '{"model":"nope","messages":[{"role":"user","content":"hi"}]}')
-[ "$c" = 404 ] || [ "$c" = 400 ] || { cat "$T/bad" >&2; fail "unknown model: HTTP $c"; }
-grep -q "'nope' is not served here" "$T/bad" || { cat "$T/bad" >&2; fail "unknown model: message"; }
-c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d '{"model":')
-[ "$c" = 400 ] || { cat "$T/bad" >&2; fail "malformed body: HTTP $c"; }
-TWO=$(answer "$RANK0_HOST")
-[ "$ONE" = "$TWO" ] || fail "-np 2 answered '$TWO', one process '$ONE'"
-echo "ok: serve -np 2 answers the single-process server's greedy tokens: $TWO"
+# two ranks: experts split (rank 1 holds experts [8, 16)), then layers (rank 1 holds the last ones)
+for mode in expert pipeline; do
+    share="routed experts \\[8, 16) of 16"
+    [ $mode = pipeline ] && share="pipeline stage 1: layers \\[[0-9], 4) of 4"
+    "${MPI[@]}" -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" --port 0 --threads 1 --alias "$ALIAS" \
+        --mpi-mode $mode > "$T/out" 2> "$T/log" &
+    JOB=$!
+    wait_port "$T/log" "$JOB"
+    wait_ready "$RANK0_HOST"
+    grep -q "rank 1 of 2: $share" "$T/log" || { cat "$T/log" >&2; fail "$mode: no startup line of rank 1"; }
+    [ "$(grep -c 'listening on' "$T/log")" -eq 1 ] || { cat "$T/log" >&2; fail "more than one rank listens"; }
+    c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" \
+        -d '{"model":"nope","messages":[{"role":"user","content":"hi"}]}')
+    [ "$c" = 404 ] || [ "$c" = 400 ] || { cat "$T/bad" >&2; fail "unknown model: HTTP $c"; }
+    grep -q "'nope' is not served here" "$T/bad" || { cat "$T/bad" >&2; fail "unknown model: message"; }
+    c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d '{"model":')
+    [ "$c" = 400 ] || { cat "$T/bad" >&2; fail "malformed body: HTTP $c"; }
+    TWO=$(answer "$RANK0_HOST")
+    [ "$ONE" = "$TWO" ] || fail "$mode -np 2 answered '$TWO', one process '$ONE'"
+    echo "ok: serve -np 2 --mpi-mode $mode answers the single-process server's greedy tokens: $TWO"
 
-# SIGTERM to rank 0 (found by its launcher's environment): its server stops, then every rank
-R0=
-for p in $(pgrep -f -- "--alias $ALIAS"); do
-    tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && R0=$p
+    # SIGTERM to rank 0 (found by its launcher's environment): its server stops, then every rank
+    R0=
+    for p in $(pgrep -f -- "--alias $ALIAS"); do
+        tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && R0=$p
+    done
+    [ -n "$R0" ] || fail "rank 0's process not found"
+    kill -TERM "$R0"
+    for _ in $(seq 300); do
+        kill -0 "$JOB" 2> /dev/null || break
+        sleep 0.1
+    done
+    kill -0 "$JOB" 2> /dev/null && fail "mpirun still running 30 s after SIGTERM to rank 0"
+    set +e
+    wait "$JOB"
+    rc=$?
+    set -e
+    JOB=
+    [ $rc -eq 0 ] || { cat "$T/log" >&2; fail "mpirun exited $rc after SIGTERM to rank 0"; }
+    grep -q "moekit serve: stopped" "$T/log" || { cat "$T/log" >&2; fail "rank 0 did not stop cleanly"; }
+    if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "a rank is left after rank 0 stopped"; fi
+    echo "ok: $mode: SIGTERM to rank 0 ends every rank (mpirun exit 0)"
 done
-[ -n "$R0" ] || fail "rank 0's process not found"
-kill -TERM "$R0"
-for _ in $(seq 300); do
-    kill -0 "$JOB" 2> /dev/null || break
-    sleep 0.1
-done
-kill -0 "$JOB" 2> /dev/null && fail "mpirun still running 30 s after SIGTERM to rank 0"
-set +e
-wait "$JOB"
-rc=$?
-set -e
-JOB=
-[ $rc -eq 0 ] || { cat "$T/log" >&2; fail "mpirun exited $rc after SIGTERM to rank 0"; }
-grep -q "moekit serve: stopped" "$T/log" || { cat "$T/log" >&2; fail "rank 0 did not stop cleanly"; }
-if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "a rank is left after rank 0 stopped"; fi
-echo "ok: SIGTERM to rank 0 ends every rank (mpirun exit 0)"
