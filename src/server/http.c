@@ -6,7 +6,8 @@
  * generation within ~100 ms (the slot is freed at the scheduler's next
  * step). Bodies are collected up to the limit (413 beyond), the API key is
  * compared in constant time (401), and routing answers unknown paths with
- * 404 and wrong methods with 405, always as JSON. Until mk_server_ready,
+ * 404 and wrong methods with 405, always as JSON; the web page's files
+ * (webui.c) come first and need no key. Until mk_server_ready,
  * /health says 503 {"status":"loading"} and everything else 503. */
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -132,6 +133,10 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
         }
         return send_reply(s, c, &r);
     }
+    /* the web page (webui.c): no key needed, it holds none and asks for it */
+    int web_ret;
+    if (!s->o.no_webui && srv_webui_serve(s, c, url, method, &web_ret))
+        return (enum MHD_Result)web_ret;
     if (s->api_key) {
         const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *got = h && !strncmp(h, "Bearer ", 7) ? h + 7 : NULL;
@@ -145,11 +150,12 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
     }
     static const struct {
         const char *path;
-        int kind; /* srv_kind for POST, -1 models, -2 metrics */
+        int kind; /* srv_kind for POST, -1 models, -2 metrics, -3 stats */
     } routes[] = {{"/chat/completions", SRV_CHAT}, {"/completions", SRV_COMPLETION},
                   {"/tokenize", SRV_TOKENIZE},     {"/detokenize", SRV_DETOKENIZE},
                   {"/models", -1},                 {"/metrics", -2},
-                  {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS}};
+                  {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS},
+                  {"/stats", -3}};
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (!path_is(url, routes[i].path))
             continue;
@@ -172,6 +178,8 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
             srv_handle_models(s, &r);
         else if (routes[i].kind == -2)
             srv_handle_metrics(s, &r);
+        else if (routes[i].kind == -3)
+            srv_handle_stats(s, &r);
         else
             srv_handle_post(s, (srv_kind)routes[i].kind, cn->body ? cn->body : "", cn->len, &r,
                             fd_alive, &cn->fd);

@@ -206,10 +206,12 @@ static bool on_token(void *user, int32_t id, const char *text, size_t len) {
         return false;
     double now = srv_now();
     if (id >= 0) {
-        if (j->n_gen == 0)
+        if (j->n_gen == 0) {
+            j->t_first = now;
             srv_metrics_observe(&s->metrics.ttft, &s->metrics, now - j->t_submit);
-        else
+        } else {
             srv_metrics_observe(&s->metrics.itl, &s->metrics, now - j->t_last);
+        }
         j->t_last = now;
     }
     if (!grow(&j->raw, &j->raw_cap, j->raw_len + len + 1))
@@ -484,6 +486,10 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     s->metrics.gen_tokens += (uint64_t)j->n_gen;
     if (j->finish == SRV_FIN_CANCEL)
         s->metrics.cancelled++;
+    if (j->n_gen > 0) /* GET /v1/stats: the last answer (the web page's panel) */
+        s->metrics.last = (srv_last){
+            .set = true, .np = j->np, .cached = j->n_cached, .gen = j->n_gen,
+            .ttft = j->t_first - j->t_submit, .decode_s = j->t_last - j->t_first};
     pthread_mutex_unlock(&s->metrics.mu);
     pthread_cond_broadcast(&j->cv);
     sl->job = NULL;

@@ -4,6 +4,8 @@
  *   openai.c   the endpoints: prompt ids, jobs, JSON and SSE responses
  *   http.c     libmicrohttpd: routing, bodies, keys, connections, lifecycle
  *   metrics.c  counters and histograms, Prometheus text
+ *   stats.c    the same counters and the last request as JSON (/v1/stats)
+ *   webui.c    the built-in web page (src/server/web, compiled in)
  * Locking: one server mutex guards the queue, the slots' bookkeeping and
  * every job's output; each job has its own condition variable for the
  * connection waiting on it. Engines are touched only by the scheduler
@@ -154,6 +156,12 @@ typedef struct srv_hist {
     uint64_t count;
 } srv_hist;
 
+typedef struct srv_last {
+    bool set;
+    int64_t np, cached, gen;   /* prompt tokens, of which from the prompt cache; generated */
+    double ttft, decode_s;     /* submit to first token; first to last token */
+} srv_last;
+
 typedef struct srv_metrics {
     pthread_mutex_t mu;
     uint64_t req_by_code[6]; /* 2xx, 400, 401/403, 404/405, 413/429, 5xx */
@@ -165,6 +173,7 @@ typedef struct srv_metrics {
     srv_hist ttft, itl; /* time to first token; time between tokens */
     bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
     uint64_t ex_uses, ex_hits, ex_bytes;
+    srv_last last;      /* the last finished request that generated (GET /v1/stats) */
 } srv_metrics;
 
 void srv_metrics_init(srv_metrics *m);
@@ -333,6 +342,8 @@ void srv_error(srv_reply *r, int code, const char *type, const char *param, cons
     __attribute__((format(printf, 5, 6)));
 void srv_handle_models(mk_server *s, srv_reply *r);
 void srv_handle_metrics(mk_server *s, srv_reply *r);
+/* GET /v1/stats (stats.c): the counters and the last request as JSON. */
+void srv_handle_stats(mk_server *s, srv_reply *r);
 /* POST endpoints. A non-streamed completion blocks until its job ends,
  * polling alive to cancel it when the client is gone. */
 void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
@@ -361,5 +372,15 @@ void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
 /* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
 void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
                           srv_alive_fn alive, void *alive_ctx);
+
+/* ---- webui.c -------------------------------------------------------------- */
+
+struct MHD_Connection;
+/* The web page: when url is one of its files (/, /assets/NAME) and the
+ * method GET or HEAD, queue the answer (200, or 304 for a matching
+ * If-None-Match), set *ret to MHD's result and return true; else false
+ * (the API's routing answers). */
+bool srv_webui_serve(mk_server *s, struct MHD_Connection *c, const char *url, const char *method,
+                     int *ret);
 
 #endif
