@@ -132,14 +132,15 @@ try {
         const b = JSON.parse(route.request().postData());
         route.continue({ postData: JSON.stringify({ ...b, ignore_eos: true }) });
     });
-    await page.fill('#max-tokens', '3000');
+    // (12000 tokens take seconds even unsanitized: the click comes long before the end)
+    await page.fill('#max-tokens', '12000');
     await page.fill('#input', 'Go on.');
     await page.press('#input', 'Enter');
     const a3 = page.locator('.msg.assistant').nth(2);
     await page.waitForFunction(() => {
         const m = document.querySelectorAll('.msg.assistant')[2];
         return m && m.querySelector('.content').textContent.length > 0;
-    });
+    }, null, { polling: 20 });
     await page.click('#stop');
     await a3.and(page.locator('[data-done]')).waitFor();
     check(await a3.getAttribute('data-done') === 'error' && (await a3.locator('.error').textContent()) === 'stopped',

@@ -50,7 +50,7 @@ stop() {
 hdr() { grep -i "^$2:" "$1" | head -1 | sed 's/^[^:]*: *//' | tr -d '\r'; }
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 
-start --api-key "$KEY"
+start --api-key "$KEY" --ctx 16384 # room for the stop button's long answer
 U=http://127.0.0.1:$PORT
 # the page and its files load without the key; the API does not
 curl -s -D "$T/h" -o "$T/index.html" "$U/"
