@@ -155,7 +155,7 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
                   {"/tokenize", SRV_TOKENIZE},     {"/detokenize", SRV_DETOKENIZE},
                   {"/models", -1},                 {"/metrics", -2},
                   {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS},
-                  {"/stats", -3}};
+                  {"/responses", SRV_RESPONSES},   {"/stats", -3}};
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (!path_is(url, routes[i].path))
             continue;
