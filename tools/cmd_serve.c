@@ -32,6 +32,7 @@ static void help(FILE *f) {
             "  POST /v1/completions         a raw prompt (text or token ids)\n"
             "  POST /v1/messages            Anthropic's Messages API (Claude Code), and\n"
             "       /v1/messages/count_tokens\n"
+            "  POST /v1/responses           OpenAI's Responses API (Codex CLI)\n"
             "  POST /tokenize, /detokenize  {\"content\": TEXT} <-> {\"tokens\": [ids]}\n"
             "  GET  /metrics                Prometheus text: requests, tokens, latencies, slots\n"
             "  GET  /v1/stats               the same as JSON, with the last answer and memory\n"

@@ -338,6 +338,11 @@ mk_status mk_server_ready(mk_server *s, const mk_server_model *m) {
     s->queue = mk_calloc((size_t)s->queue_cap, sizeof *s->queue);
     if (!s->queue)
         return mk_err(MK_E_NOMEM, "no memory for a queue of %d requests", s->queue_cap);
+    /* known now, not at the scheduler's first step: /metrics and /v1/stats
+     * (the web page) say the experts stream before the first request */
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.streaming = m->store != NULL;
+    pthread_mutex_unlock(&s->metrics.mu);
     MK_TRY(srv_sched_start(s));
     __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
     return MK_OK;

@@ -2,12 +2,17 @@
 # moekit serve's built-in web page (GET /, src/server/web) in a real browser:
 # headless Chromium (Debian's `chromium`) driven by playwright-core
 # (tests/cli/serve_webui.mjs). Here: the page's HTTP answers (CSP, ETag and
-# 304, content types, no key needed for the page but for /v1/stats) and
-# --no-webui (404). There: the page loads without console errors or foreign
-# requests, asks for the API key, streams an answer into the DOM in pieces,
-# renders exactly the text a direct API call returns for the same greedy
-# request, fills its statistics panel, shows prompt-cache reuse on the
-# second turn, and its stop button cancels a generation.
+# 304, content types, no key needed for the page but for /v1/stats),
+# /v1/stats of a streaming server before its first request, and --no-webui
+# (404). There, on a server with a key and resident experts: the page loads
+# without console errors or foreign requests, asks for the API key, streams
+# an answer into the DOM in pieces, renders exactly the text a direct API
+# call returns for the same greedy request, shows prompt-cache reuse on the
+# second turn, its panel shows /v1/stats, and its stop button cancels a
+# generation; on a server streaming its experts under --memory-budget: the
+# panel's expert-cache hit rate, bytes read and memory are /v1/stats', and
+# those are checked against the model's config.json, the budget and the
+# kernel's VmRSS.
 # The browser and the driver are test peers that scripts/install-deps.sh
 # installs (apt `chromium`; scripts/install-deps.d/playwright.sh): unlike the
 # npm API clients' tests this one FAILS without them, naming what is missing,
@@ -33,13 +38,21 @@ start() { # start ARGS...: serve the tiny model, set PORT once /health is 200
     "$BIN" serve "$TINYM/bf16" --port 0 --threads 2 --alias tiny "$@" 2> "$T/log" &
     SPID=$!
     PORT=
-    for _ in $(seq 200); do
+    for _ in $(seq 600); do # polled until ready; 60 s for the sanitizer build
+        kill -0 "$SPID" 2>/dev/null || { cat "$T/log" >&2; SPID=; fail "the server exited: serve $*"; }
         PORT=$(grep -o 'listening on http://127.0.0.1:[0-9]*' "$T/log" | sed 's/.*://' || true)
         [ -n "$PORT" ] && [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$PORT/health")" = 200 ] && return
         sleep 0.1
     done
     cat "$T/log" >&2
     fail "server did not start"
+}
+# browser MODE [VAR=VALUE...]: serve_webui.mjs against the running server
+browser() {
+    local mode=$1
+    shift
+    env "$@" MODE="$mode" PORT="$PORT" SPID="$SPID" CHROMIUM="$CHROMIUM" MODEL="$TINYM/bf16" \
+        node "$T/serve_webui.mjs" || { tail -5 "$T/log" >&2; fail "the browser checks failed ($mode)"; }
 }
 stop() {
     kill -TERM "$SPID"
@@ -50,7 +63,7 @@ stop() {
 hdr() { grep -i "^$2:" "$1" | head -1 | sed 's/^[^:]*: *//' | tr -d '\r'; }
 code() { curl -s -o /dev/null -w '%{http_code}' "$@"; }
 
-start --api-key "$KEY" --ctx 16384 # room for the stop button's long answer
+start --api-key "$KEY" --template qwen3 --test-output # a template that reasons; a forced answer
 U=http://127.0.0.1:$PORT
 # the page and its files load without the key; the API does not
 curl -s -D "$T/h" -o "$T/index.html" "$U/"
@@ -83,10 +96,36 @@ grep -q '"object":"moekit.stats"' "$T/stats.json" || fail "GET /v1/stats: $(cat 
 grep -q '"memory":{"rss_bytes":[1-9][0-9]*,"limit_bytes":[1-9]' "$T/stats.json" ||
     fail "GET /v1/stats: no memory figures: $(cat "$T/stats.json")"
 
-# the browser
+# the browser: a chat with the key
 ln -s "$OAI/node_modules" "$T/node_modules"
 cp "$MK_SRC/tests/cli/serve_webui.mjs" "$T/"
-PORT=$PORT KEY=$KEY CHROMIUM=$CHROMIUM node "$T/serve_webui.mjs" || { tail -5 "$T/log" >&2; fail "the browser checks failed"; }
+browser chat KEY="$KEY"
+stop
+
+# experts streamed from the checkpoint under a budget with room for a
+# quarter of the model's 64 experts (3 MiB of 192 KiB ones) above the least
+# one that works, which the server names when refusing a smaller one
+set +e
+"$BIN" serve "$TINYM/bf16" --port 0 --threads 2 --stream-experts --memory-budget 1M 2> "$T/small"
+rc=$?
+set -e
+[ $rc = 2 ] || fail "--memory-budget 1M: exit $rc, expected 2: $(cat "$T/small")"
+LEAST=$(grep -o 'need at least [0-9]* bytes' "$T/small" | cut -d' ' -f4)
+[ -n "$LEAST" ] || fail "--memory-budget 1M: the least budget is not named: $(cat "$T/small")"
+BUDGET=$((LEAST + 3 * 1024 * 1024))
+start --stream-experts --memory-budget "$BUDGET"
+# before any request: the experts are said to stream, nothing read yet
+# (failed before: /v1/stats said "streaming": false and /metrics had no
+# expert figures until the scheduler's first step)
+curl -s "http://127.0.0.1:$PORT/v1/stats" > "$T/stats.json"
+grep -q '"experts":{"streaming":true,"hit_rate":0.0,"uses":0,"hits":0,"bytes_read":0}' "$T/stats.json" ||
+    fail "streaming server, before any request: $(cat "$T/stats.json")"
+grep -q "\"limit_bytes\":$BUDGET}" "$T/stats.json" || fail "limit_bytes is not --memory-budget $BUDGET: $(cat "$T/stats.json")"
+curl -s "http://127.0.0.1:$PORT/metrics" | grep -q '^moekit_expert_bytes_read_total 0$' ||
+    fail "streaming server, before any request: /metrics has no moekit_expert_bytes_read_total 0"
+SAN=0
+grep -q '^MK_SANITIZE:BOOL=ON$' "${MK_BUILD:-/nonexistent}/CMakeCache.txt" 2>/dev/null && SAN=1
+browser stream BUDGET="$BUDGET" SANITIZED="$SAN"
 stop
 
 # --no-webui: the page's paths are unknown, the API is unchanged

@@ -206,7 +206,7 @@ async function send(text) {
     e.textContent = failed;
     v.div.append(e);
   }
-  pollStats(true);
+  pollStats(); // the answer's figures now, not at the next tick
 }
 
 // Server-Sent Events: `data: JSON` blocks split by blank lines, until
@@ -268,7 +268,7 @@ const pct = (x) => (x === null || x === undefined ? '–' : (100 * x).toFixed(1)
 function show(id, text) { $(id).textContent = text; }
 
 let pollTimer = null;
-async function pollStats(now) {
+async function pollStats() {
   clearTimeout(pollTimer);
   try {
     if (!state.key && state.keyWaiters.length) return; // waiting for the key
@@ -277,7 +277,7 @@ async function pollStats(now) {
   } catch {
     // the server went away: the next poll tries again
   } finally {
-    pollTimer = setTimeout(pollStats, now ? 2000 : 2000);
+    pollTimer = setTimeout(pollStats, 2000);
   }
 }
 
@@ -293,7 +293,7 @@ function render(s) {
   show('st-cache-hits', num(s.prompt_cache.hits));
   const x = s.experts;
   show('st-ex-mode', x.streaming ? 'streamed from disk' : 'all in memory');
-  show('st-ex-hit', x.streaming ? pct(x.hit_rate) : 'n/a');
+  show('st-ex-hit', !x.streaming ? 'n/a' : x.uses ? pct(x.hit_rate) : '–'); // no rate before a use
   show('st-ex-bytes', x.streaming ? bytes(x.bytes_read) : 'none');
   show('st-rss', bytes(s.memory.rss_bytes));
   show('st-limit', bytes(s.memory.limit_bytes));
