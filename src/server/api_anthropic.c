@@ -11,8 +11,9 @@
  * content_block_start / content_block_delta (thinking_delta, text_delta,
  * input_json_delta) / content_block_stop, then message_delta and
  * message_stop. Errors are {"type": "error", "error": {type, message}}.
- * Refused rather than ignored: images and documents, server tools,
- * tool_choice any / tool (forcing a call needs constrained decoding). */
+ * tool_choice any / tool become "required" / a named function (forced by
+ * prefill, toolforce.c). Refused rather than ignored: images and
+ * documents, server tools. */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -266,12 +267,15 @@ static json_t *translate(srv_kind kind, const json_t *a, srv_reply *r) {
             bad(r, "tool_choice", "expected {\"type\": \"auto\", \"none\", \"any\" or \"tool\"}");
             goto fail;
         }
-        if (strcmp(ty, "auto") && strcmp(ty, "none")) {
-            bad(r, "tool_choice", "only {\"type\": \"auto\"} and {\"type\": \"none\"} are supported (forcing a "
-                "call needs constrained decoding, not implemented yet)");
+        if (!strcmp(ty, "tool") && json_is_string(json_object_get(tc, "name"))) {
+            json_object_set_new(o, "tool_choice", json_pack("{s:s,s:{s:O}}", "type", "function", "function", "name",
+                                                            json_object_get(tc, "name")));
+        } else if (!strcmp(ty, "auto") || !strcmp(ty, "none") || !strcmp(ty, "any")) {
+            json_object_set_new(o, "tool_choice", json_string(!strcmp(ty, "any") ? "required" : ty));
+        } else {
+            bad(r, "tool_choice", "expected {\"type\": \"auto\", \"none\", \"any\"} or {\"type\": \"tool\", \"name\"}");
             goto fail;
         }
-        json_object_set_new(o, "tool_choice", json_string(ty));
         if (json_is_true(json_object_get(tc, "disable_parallel_tool_use")))
             json_object_set_new(o, "parallel_tool_calls", json_false());
     }
@@ -340,7 +344,7 @@ static void final_message(mk_server *s, srv_job *j, srv_chatout *co, const char 
     unsigned long mark = mk_json_mark();
     srv_parsed p;
     pthread_mutex_lock(&s->mu);
-    mk_status st = srv_chat_parse(&co->cfg, j->text ? j->text : "", j->len, true, &p);
+    mk_status st = srv_chatout_parse(co, j->text ? j->text : "", j->len, true, &p);
     size_t nc = st == MK_OK ? (!co->parallel && p.ncalls > 1 ? 1 : p.ncalls) : 0;
     const char *seq;
     const char *why = stop_reason(j, nc > 0, &seq);
@@ -373,8 +377,8 @@ static void final_message(mk_server *s, srv_job *j, srv_chatout *co, const char 
 /* ---- SSE ------------------------------------------------------------------------- */
 
 /* Append "event: NAME\ndata: JSON\n\n" (o consumed) to st->pend (which
- * holds only unsent bytes from pend_off on). */
-static bool sse(srv_stream *st, const char *name, json_t *o, unsigned long mark) {
+ * holds only unsent bytes from pend_off on); the Responses API's SSE too. */
+bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark) {
     char *t = o ? mk_json_dumps_checked(o, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
     if (o)
         json_decref(o);
@@ -401,7 +405,7 @@ static bool block_stop(srv_stream *st, unsigned long mark) {
     if (!st->blk)
         return true;
     st->blk = 0;
-    return sse(st, "content_block_stop", json_pack("{s:s,s:i}", "type", "content_block_stop", "index", st->nblk - 1), mark);
+    return srv_sse(st, "content_block_stop", json_pack("{s:s,s:i}", "type", "content_block_stop", "index", st->nblk - 1), mark);
 }
 
 /* Text of kind (1 thinking, 2 text) into the open block of that kind. */
@@ -411,14 +415,14 @@ static bool block_text(srv_stream *st, int kind, const char *t, size_t n, unsign
         ok = block_stop(st, mark);
         json_t *cb = kind == 1 ? json_pack("{s:s,s:s,s:s}", "type", "thinking", "thinking", "", "signature", "")
                                : json_pack("{s:s,s:s}", "type", "text", "text", "");
-        ok = ok && sse(st, "content_block_start",
+        ok = ok && srv_sse(st, "content_block_start",
                        json_pack("{s:s,s:i,s:o}", "type", "content_block_start", "index", st->nblk, "content_block", cb), mark);
         st->blk = kind;
         st->nblk++;
     }
     json_t *d = kind == 1 ? json_pack("{s:s,s:s%}", "type", "thinking_delta", "thinking", t, n)
                           : json_pack("{s:s,s:s%}", "type", "text_delta", "text", t, n);
-    return ok && sse(st, "content_block_delta",
+    return ok && srv_sse(st, "content_block_delta",
                      json_pack("{s:s,s:i,s:o}", "type", "content_block_delta", "index", st->nblk - 1, "delta", d), mark);
 }
 
@@ -441,12 +445,12 @@ static bool delta_events(srv_stream *st, json_t *d, unsigned long mark) {
         ok = ok && block_stop(st, mark) && tu;
         if (ok)
             json_object_set_new(tu, "input", json_object()); /* the input comes as input_json_delta */
-        ok = ok && sse(st, "content_block_start",
+        ok = ok && srv_sse(st, "content_block_start",
                        json_pack("{s:s,s:i,s:o}", "type", "content_block_start", "index", st->nblk, "content_block", tu), mark);
-        ok = ok && sse(st, "content_block_delta",
+        ok = ok && srv_sse(st, "content_block_delta",
                        json_pack("{s:s,s:i,s:{s:s,s:O}}", "type", "content_block_delta", "index", st->nblk, "delta",
                                  "type", "input_json_delta", "partial_json", args), mark);
-        ok = ok && sse(st, "content_block_stop", json_pack("{s:s,s:i}", "type", "content_block_stop", "index", st->nblk), mark);
+        ok = ok && srv_sse(st, "content_block_stop", json_pack("{s:s,s:i}", "type", "content_block_stop", "index", st->nblk), mark);
         st->nblk++;
         if (!ok)
             break;
@@ -467,27 +471,15 @@ static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         json_object_set_new(u, "output_tokens", json_integer(0));
         json_t *m = json_pack("{s:s,s:s,s:s,s:s,s:[],s:n,s:n,s:o}", "id", st->id, "type", "message", "role", "assistant",
                               "model", s->alias, "content", "stop_reason", "stop_sequence", "usage", u);
-        if (sse(st, "message_start", json_pack("{s:s,s:o}", "type", "message_start", "message", m), mark))
+        if (srv_sse(st, "message_start", json_pack("{s:s,s:o}", "type", "message_start", "message", m), mark))
             return true;
         st->state = 5;
         return false;
     }
     case 1: {
         pthread_mutex_lock(&s->mu);
-        while (j->safe <= st->sent && !j->done) {
-            srv_wait_tick(s, j);
-            if (j->safe <= st->sent && !j->done && alive) {
-                pthread_mutex_unlock(&s->mu);
-                bool a = alive(ctx);
-                pthread_mutex_lock(&s->mu);
-                if (!a) {
-                    j->cancel = 1;
-                    pthread_mutex_unlock(&s->mu);
-                    *gone = true;
-                    return false;
-                }
-            }
-        }
+        if (!srv_stream_wait(st, alive, ctx, gone))
+            return false;
         bool fin = j->done;
         json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
         st->sent = j->safe;
@@ -523,11 +515,11 @@ static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         if (f == SRV_FIN_ERROR || f == SRV_FIN_CANCEL) {
             if (md)
                 json_decref(md);
-            return sse(st, "error", json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", "api_error",
+            return srv_sse(st, "error", json_pack("{s:s,s:{s:s,s:s}}", "type", "error", "error", "type", "api_error",
                                               "message", err), mark);
         }
-        bool ok = block_stop(st, mark) && sse(st, "message_delta", md, mark) &&
-                  sse(st, "message_stop", json_pack("{s:s}", "type", "message_stop"), mark);
+        bool ok = block_stop(st, mark) && srv_sse(st, "message_delta", md, mark) &&
+                  srv_sse(st, "message_stop", json_pack("{s:s}", "type", "message_stop"), mark);
         return ok;
     }
     default: return false;

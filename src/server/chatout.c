@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/alloc.h"
 #include "server/srv_impl.h"
 
 static json_t *call_json(const srv_chatout *co, const srv_call *c, size_t i, bool delta) {
@@ -26,9 +27,25 @@ static size_t ncalls(const srv_chatout *co, const srv_parsed *p) {
     return !co->parallel && p->ncalls > 1 ? 1 : p->ncalls;
 }
 
+mk_status srv_chatout_parse(const srv_chatout *co, const char *text, size_t len, bool final, srv_parsed *out) {
+    if (!co->pre)
+        return srv_chat_parse(&co->cfg, text, len, final, out);
+    char *t = mk_malloc(co->pre_len + len + 1);
+    if (!t) {
+        memset(out, 0, sizeof *out);
+        return mk_err(MK_E_NOMEM, "no memory for %zu bytes of an answer", co->pre_len + len);
+    }
+    memcpy(t, co->pre, co->pre_len);
+    memcpy(t + co->pre_len, text, len);
+    t[co->pre_len + len] = 0;
+    mk_status st = srv_chat_parse(&co->cfg, t, co->pre_len + len, final, out);
+    free(t);
+    return st;
+}
+
 json_t *srv_chat_message(srv_chatout *co, const char *text, size_t len) {
     srv_parsed p;
-    if (srv_chat_parse(&co->cfg, text, len, true, &p) != MK_OK)
+    if (srv_chatout_parse(co, text, len, true, &p) != MK_OK)
         return NULL;
     json_t *m = json_object();
     size_t nc = ncalls(co, &p);
@@ -49,7 +66,7 @@ json_t *srv_chat_message(srv_chatout *co, const char *text, size_t len) {
 
 json_t *srv_chat_delta(srv_chatout *co, const char *text, size_t len, bool final) {
     srv_parsed p;
-    if (srv_chat_parse(&co->cfg, text, len, final, &p) != MK_OK)
+    if (srv_chatout_parse(co, text, len, final, &p) != MK_OK)
         return NULL;
     json_t *d = json_object();
     if (p.rlen > co->r_sent) {
@@ -81,4 +98,6 @@ void srv_chatout_free(srv_chatout *co) {
     if (co->cfg.tool_defs)
         json_decref((json_t *)co->cfg.tool_defs);
     co->cfg.tool_defs = NULL;
+    free(co->pre);
+    co->pre = NULL;
 }

@@ -149,7 +149,8 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
     } routes[] = {{"/chat/completions", SRV_CHAT}, {"/completions", SRV_COMPLETION},
                   {"/tokenize", SRV_TOKENIZE},     {"/detokenize", SRV_DETOKENIZE},
                   {"/models", -1},                 {"/metrics", -2},
-                  {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS}};
+                  {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS},
+                  {"/responses", SRV_RESPONSES}};
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (!path_is(url, routes[i].path))
             continue;

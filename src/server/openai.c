@@ -281,6 +281,44 @@ static uint64_t fresh_seed(mk_server *s) {
     return x ^ (x >> 33);
 }
 
+/* tool_choice "required" / a named function: the prompt goes on with the
+ * opening of a call (srv_toolcall_force), so the model can only continue
+ * one; ids[0..*n) grow by its tokens. False with r set. */
+static bool force_call(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, size_t *n) {
+    unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
+    free(p->force_pre);
+    p->force_pre = NULL;
+    mk_status st = srv_toolcall_force(s->m.chat_kind, srv_chat_think_open(s->m.chat_kind, fl),
+                                      p->force_call == 2 ? p->force_name : NULL, &p->force_pre);
+    int32_t *more = NULL;
+    size_t nm = 0;
+    if (st == MK_OK) {
+        p->force_pre_len = strlen(p->force_pre);
+        /* special tokens recognised: kimi's and harmony's markers are; the
+         * name was checked to hold none (srv_toolcall_force) */
+        st = mk_tok_encode(s->m.tok, p->force_pre, p->force_pre_len, 0, &more, &nm);
+    }
+    int32_t *g = st == MK_OK ? mk_realloc(*ids, (*n + nm) * sizeof **ids) : NULL;
+    if (st == MK_OK && !g)
+        st = mk_err(MK_E_NOMEM, "no memory for a prompt of %zu tokens", *n + nm);
+    if (st != MK_OK) {
+        free(more);
+        free(*ids);
+        *ids = NULL;
+        if (st == MK_E_NOMEM)
+            status_error(r, st, NULL);
+        else
+            srv_error(r, 400, "invalid_request_error", st == MK_E_ARG ? "tool_choice.function.name" : "tool_choice",
+                      "%s", mk_err_msg());
+        return false;
+    }
+    memcpy(g + *n, more, nm * sizeof *g);
+    free(more);
+    *ids = g;
+    *n += nm;
+    return true;
+}
+
 /* The prompt's ids, checked against the vocabulary and the context. */
 bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np) {
     const char *param = p->kind == SRV_CHAT ? "messages" : "prompt";
@@ -300,6 +338,8 @@ bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, in
             srv_error(r, 400, "invalid_request_error", p->ntools ? "tools" : "messages", "%s", mk_err_msg());
             return false;
         }
+        if (st == MK_OK && p->force_call && !force_call(s, p, r, ids, &n))
+            return false;
     } else if (p->has_ids) {
         int64_t V = mk_model_config(s->m.model)->vocab_size;
         for (size_t i = 0; i < p->n_ids; i++)
@@ -380,6 +420,26 @@ void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
     pthread_mutex_unlock(&s->mu);
 }
 
+bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) {
+    mk_server *s = st->s;
+    srv_job *j = st->j;
+    while (j->safe <= st->sent && !j->done) {
+        srv_wait_tick(s, j);
+        if (j->safe <= st->sent && !j->done && alive) {
+            pthread_mutex_unlock(&s->mu);
+            bool a = alive(ctx);
+            pthread_mutex_lock(&s->mu);
+            if (!a) {
+                j->cancel = 1;
+                pthread_mutex_unlock(&s->mu);
+                *gone = true;
+                return false;
+            }
+        }
+    }
+    return true;
+}
+
 srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     if (p->model && strcmp(p->model, s->alias) && strcmp(p->model, "default_model")) {
         srv_error(r, 404, "invalid_request_error", "model",
@@ -439,11 +499,12 @@ srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     return j;
 }
 
-void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co) {
+void srv_chatout_init(mk_server *s, srv_params *p, const char *id, srv_chatout *co) {
     unsigned fl = p->no_thinking ? MK_CHAT_NO_THINKING : 0;
     *co = (srv_chatout){.cfg = {.kind = s->m.chat_kind, .think_open = srv_chat_think_open(s->m.chat_kind, fl),
                                 .tools = p->tools != NULL, .tool_defs = p->tools ? json_incref(p->tools) : NULL},
-                        .parallel = p->parallel_calls};
+                        .parallel = p->parallel_calls, .pre = p->force_pre, .pre_len = p->force_pre_len};
+    p->force_pre = NULL;
     snprintf(co->call_id, sizeof co->call_id, "call_%s", id);
 }
 
@@ -524,6 +585,10 @@ void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, 
         srv_handle_anthropic(s, kind, body, len, r, alive, alive_ctx);
         return;
     }
+    if (kind == SRV_RESPONSES) {
+        srv_handle_responses(s, body, len, r, alive, alive_ctx);
+        return;
+    }
     srv_params p;
     mk_status st = srv_params_parse(kind, body, len, &p);
     if (st != MK_OK) {
@@ -596,20 +661,8 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         return false;
     case 1: {
         pthread_mutex_lock(&s->mu);
-        while (j->safe <= st->sent && !j->done) {
-            srv_wait_tick(s, j);
-            if (j->safe <= st->sent && !j->done && alive) {
-                pthread_mutex_unlock(&s->mu);
-                bool a = alive(ctx);
-                pthread_mutex_lock(&s->mu);
-                if (!a) {
-                    j->cancel = 1;
-                    pthread_mutex_unlock(&s->mu);
-                    *gone = true;
-                    return false;
-                }
-            }
-        }
+        if (!srv_stream_wait(st, alive, ctx, gone))
+            return false;
         if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
             /* reasoning, content and tool calls apart; a parse may hold
              * everything new back (a marker's beginning): then wait on */
@@ -737,6 +790,8 @@ void srv_stream_free(srv_stream *st) {
     srv_job_unref_locked(st->j);
     pthread_mutex_unlock(&st->s->mu);
     srv_chatout_free(&st->co);
+    if (st->ext_free)
+        st->ext_free(st->ext);
     free(st->pend);
     free(st);
 }

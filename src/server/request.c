@@ -247,19 +247,32 @@ static mk_status parse_content(srv_params *p, size_t i, const json_t *msg, const
 }
 
 /* tools: [{"type": "function", "function": {"name", "description"?,
- * "parameters"?}}]; tool_choice "auto" (default) or "none" ("required" and
- * a named function need constrained decoding: refused). */
+ * "parameters"?}}]; tool_choice "auto" (default), "none", "required" or
+ * {"type": "function", "function": {"name"}} (one of the tools; the call is
+ * forced by openai.c, srv_toolcall_force). */
 static mk_status parse_tools(srv_params *p, const json_t *o) {
     p->parallel_calls = true;
     MK_TRY(get_bool(p, o, "parallel_tool_calls", &p->parallel_calls));
     json_t *t = field(o, "tools"), *tc = field(o, "tool_choice");
     bool none = false;
     if (tc) {
-        if (!json_is_string(tc) || (strcmp(json_string_value(tc), "none") && strcmp(json_string_value(tc), "auto")))
-            return bad(p, "tool_choice", "only \"auto\" and \"none\" are supported (forcing a call needs "
-                       "constrained decoding, not implemented yet)");
-        none = !strcmp(json_string_value(tc), "none");
+        const char *v = json_string_value(tc);
+        json_t *fn = json_is_object(tc) ? json_object_get(tc, "function") : NULL;
+        if (v && !strcmp(v, "required")) {
+            p->force_call = 1;
+        } else if (json_is_object(tc) && json_is_string(json_object_get(tc, "type")) &&
+                   !strcmp(json_string_value(json_object_get(tc, "type")), "function") && json_is_object(fn) &&
+                   json_is_string(json_object_get(fn, "name"))) {
+            p->force_call = 2;
+            p->force_name = json_string_value(json_object_get(fn, "name"));
+        } else if (!v || (strcmp(v, "none") && strcmp(v, "auto"))) {
+            return bad(p, "tool_choice", "expected \"auto\", \"none\", \"required\" or {\"type\": \"function\", "
+                       "\"function\": {\"name\"}}");
+        }
+        none = v && !strcmp(v, "none");
     }
+    if (p->force_call && (!t || !json_is_array(t) || json_array_size(t) == 0))
+        return bad(p, "tool_choice", "forcing a tool call needs \"tools\"");
     if (!t)
         return MK_OK;
     if (!json_is_array(t))
@@ -284,6 +297,14 @@ static mk_status parse_tools(srv_params *p, const json_t *o) {
         snprintf(name, sizeof name, "tools[%zu].function.parameters", i);
         if (pa && !json_is_object(pa))
             return bad(p, name, "expected an object (a JSON schema), found %s", type_name(pa));
+    }
+    if (p->force_call == 2) {
+        bool found = false;
+        for (size_t i = 0; i < n; i++)
+            found |= !strcmp(json_string_value(json_object_get(json_object_get(json_array_get(t, i), "function"), "name")),
+                             p->force_name);
+        if (!found)
+            return bad(p, "tool_choice.function.name", "'%.100s' is not one of the request's tools", p->force_name);
     }
     if (none || n == 0)
         return MK_OK;
@@ -511,12 +532,14 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
         return parse_ids(p, t, "tokens");
     }
     case SRV_MESSAGES:
-    case SRV_COUNT_TOKENS: break; /* api_anthropic.c translates them into SRV_CHAT first */
+    case SRV_COUNT_TOKENS:
+    case SRV_RESPONSES: break; /* api_anthropic.c, api_responses.c translate them into SRV_CHAT first */
     }
     return mk_err(MK_E_ARG, "unknown request kind");
 }
 
 void srv_params_free(srv_params *p) {
+    free(p->force_pre);
     for (size_t i = 0; p->tool_json && i < p->ntools; i++)
         free(p->tool_json[i]);
     free(p->tool_json);

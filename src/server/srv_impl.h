@@ -2,6 +2,9 @@
  *   request.c  JSON request bodies -> validated parameters (no HTTP; fuzzed)
  *   sched.c    slots, the bounded queue, the scheduler thread, prompt cache
  *   openai.c   the endpoints: prompt ids, jobs, JSON and SSE responses
+ *   api_anthropic.c, api_responses.c  Anthropic Messages and OpenAI Responses,
+ *              translated into chat completions requests
+ *   chatparse.c, toolcall.c, toolforce.c, chatout.c  the answer's parts
  *   http.c     libmicrohttpd: routing, bodies, keys, connections, lifecycle
  *   metrics.c  counters and histograms, Prometheus text
  * Locking: one server mutex guards the queue, the slots' bookkeeping and
@@ -30,7 +33,8 @@
 
 typedef enum srv_kind {
     SRV_CHAT = 0, SRV_COMPLETION, SRV_TOKENIZE, SRV_DETOKENIZE,
-    SRV_MESSAGES, SRV_COUNT_TOKENS /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+    SRV_MESSAGES, SRV_COUNT_TOKENS, /* Anthropic's: api_anthropic.c turns them into SRV_CHAT */
+    SRV_RESPONSES                   /* OpenAI Responses: api_responses.c turns it into SRV_CHAT */
 } srv_kind;
 
 /* A parsed, validated request. Strings point into `root` (kept alive). */
@@ -58,6 +62,10 @@ typedef struct srv_params {
     char **tcall_args;        /* [ntcalls] arguments given as objects, serialised */
     size_t ntcalls;
     bool parallel_calls;      /* parallel_tool_calls (default true); false: the first call only */
+    int force_call;           /* tool_choice: 0 auto / none, 1 "required", 2 a named function */
+    const char *force_name;   /* force_call 2: the function's name (one of tools) */
+    char *force_pre;          /* the forced call's opening, appended to the prompt (srv_prompt_ids) */
+    size_t force_pre_len;
     const char *test_output;  /* moekit_test_output: the text to generate (test-only), or NULL */
     size_t test_output_len;
     int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
@@ -120,6 +128,15 @@ void srv_toolcall_markers(mk_chat_kind kind, const char **open, const char **clo
  * parse. MK_E_NOMEM aside, never fails. */
 bool srv_toolcall_parse(mk_chat_kind kind, const json_t *tool_defs, const char *s, size_t n,
                         srv_call **calls, size_t *ncalls);
+/* The text that opens a forced tool call (tool_choice "required": name
+ * NULL; a named function: the call to it up to its arguments) in kind's
+ * format, after a prompt that ends inside a thinking block (think_open)
+ * or not: the server appends it to the prompt, so the model can only
+ * continue a call, and the parser reads it before the generated text.
+ * Malloc'd into *out; MK_E_UNSUPPORTED naming the template when its
+ * calls are not forced yet, MK_E_ARG for a name that cannot be written
+ * into the markup, MK_E_NOMEM. */
+mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *name, char **out);
 /* One harmony tool call: recipient "functions.NAME", body the arguments. */
 bool srv_toolcall_harmony(const char *recipient, size_t rn, const char *body, size_t bn,
                           srv_call **calls, size_t *ncalls);
@@ -133,7 +150,12 @@ typedef struct srv_chatout {
     size_t r_sent, c_sent, calls_sent; /* streamed so far */
     bool any_calls;
     char call_id[64];          /* tool call ids are call_id + "_" + index */
+    char *pre;                 /* a forced call's opening (srv_toolcall_force), before the text; or NULL */
+    size_t pre_len;
 } srv_chatout;
+
+/* srv_chat_parse of pre + text[0..len) (the answer as the model saw it). */
+mk_status srv_chatout_parse(const srv_chatout *co, const char *text, size_t len, bool final, srv_parsed *out);
 
 /* The final message {role, content, reasoning_content?, tool_calls?} of text[0..len). */
 json_t *srv_chat_message(srv_chatout *co, const char *text, size_t len);
@@ -316,6 +338,8 @@ struct srv_stream {
     srv_chatout co;            /* chat: reasoning, content and tool calls apart */
     char *pend;                /* formatted bytes not yet handed to the connection */
     size_t pend_len, pend_off;
+    void *ext;                 /* an API's own stream state (Responses), freed with ext_free */
+    void (*ext_free)(void *ext);
 };
 
 /* A response: status, content type and body (malloc'd), or a stream. */
@@ -350,16 +374,29 @@ srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r);
 /* The prompt's ids (chat template, or the raw prompt), checked against the
  * vocabulary and the context; false with r set. */
 bool srv_prompt_ids(mk_server *s, srv_params *p, srv_reply *r, int32_t **ids, int64_t *np);
-void srv_chatout_init(mk_server *s, const srv_params *p, const char *id, srv_chatout *co);
+/* The output state of p's answer; takes p->force_pre (built by srv_prompt_ids). */
+void srv_chatout_init(mk_server *s, srv_params *p, const char *id, srv_chatout *co);
 /* Wait for the job's end (polling alive), or 100 ms on its condition (s->mu held). */
 void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx);
 void srv_wait_tick(mk_server *s, srv_job *j);
+/* Streams (s->mu held): wait until the job has text past st->sent that can
+ * no longer change, or has ended, polling alive; false (s->mu released,
+ * the job cancelled, *gone set) when the client is gone. */
+bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
 void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
 
 /* ---- api_anthropic.c ------------------------------------------------------ */
 
 /* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
 void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
+                          srv_alive_fn alive, void *alive_ctx);
+/* Append "event: NAME\ndata: JSON\n\n" (o consumed) to st->pend. */
+bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark);
+
+/* ---- api_responses.c ------------------------------------------------------ */
+
+/* POST /v1/responses (OpenAI Responses). */
+void srv_handle_responses(mk_server *s, const char *body, size_t len, srv_reply *r,
                           srv_alive_fn alive, void *alive_ctx);
 
 #endif

@@ -72,6 +72,13 @@ check(s1.stop_reason === 'stop_sequence' && s1.stop_sequence === 'STOP' && s1.co
 const s2 = await client.messages.create({ ...base, max_tokens: 2, moekit_test_output: 'one two three four five six' });
 check(s2.stop_reason === 'max_tokens' && s2.usage.output_tokens === 2, `max_tokens ${J(s2)}`);
 
+// tool_choice tool: the server opens the call to it (Qwen3's rendering, after
+// the generation prompt); the model's text continues it
+const ft = await client.messages.create({ ...base, tools, tool_choice: { type: 'tool', name: 'get_weather' },
+                                          moekit_test_output: '{"city": "Paris"}}\n</tool_call>' });
+check(J(shape(ft.content)) === J([['tool_use', 'get_weather', { city: 'Paris' }]]) && ft.stop_reason === 'tool_use',
+      `tool_choice tool ${J(ft)}`);
+
 // count_tokens: the prompt the same request is answered from
 const ct = await client.messages.countTokens({ model: 'x', system: base.system, messages: base.messages, tools });
 check(ct.input_tokens === in1, `count_tokens ${ct.input_tokens} vs ${in1}`);
@@ -90,7 +97,7 @@ async function expect400(req, what) {
 }
 const { max_tokens, ...noMax } = base;
 await expect400(noMax, 'no max_tokens');
-await expect400({ ...base, tools, tool_choice: { type: 'any' } }, 'tool_choice any');
+await expect400({ ...base, tools, tool_choice: { type: 'tool', name: 'get_news' } }, 'tool_choice tool: not one of the tools');
 await expect400({ ...base, messages: [{ role: 'user', content: [{ type: 'image', source: { type: 'base64', media_type: 'image/png', data: 'AA==' } }] }] }, 'image');
 await expect400({ ...base, tools: [{ type: 'web_search_20250305', name: 'web_search' }] }, 'server tool');
 try {

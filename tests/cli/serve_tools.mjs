@@ -76,6 +76,31 @@ async function both(out, extra, want) {
     return r;
 }
 
+// tool_choice "required" / a named function: the server appends the
+// family's call opening (its template's rendering of a call, the name in it
+// when named) to the prompt; the model's text continues the call and the
+// parser reads the opening before it. The prompt grows by the opening's
+// tokens (/tokenize), and the call comes back parsed, streamed or not.
+async function ntok(content) {
+    const r = await fetch(`http://127.0.0.1:${env.PORT}/tokenize`, { method: 'POST', body: J({ content }) });
+    return (await r.json()).tokens.length;
+}
+async function forced(tool_choice, opening, out, calls) {
+    const auto = await client.chat.completions.create({ ...base, tools, max_tokens: 1 });
+    const r = await both(out, { tools, tool_choice }, { reasoning: '', content: null, calls });
+    check(r.usage.prompt_tokens === auto.usage.prompt_tokens + (await ntok(opening)),
+          `tool_choice ${J(tool_choice)}: prompt ${r.usage.prompt_tokens} vs ${auto.usage.prompt_tokens} + ${J(opening)}`);
+}
+async function expect400(extra, param) {
+    try {
+        await client.chat.completions.create({ ...base, ...extra });
+        check(false, `${J(extra)} accepted`);
+    } catch (e) {
+        check(e instanceof OpenAI.BadRequestError && e.param === param, `${J(extra)}: ${e} (param ${e.param})`);
+    }
+}
+const named = (name) => ({ type: 'function', function: { name } });
+
 if (tpl === 'qwen3') {
     await both('<think>\nPlan the call: Paris.\n</think>\n\nChecking the weather.\n<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call>',
                { tools }, { reasoning: 'Plan the call: Paris.', content: 'Checking the weather.', calls: [['get_weather', { city: 'Paris' }]] });
@@ -101,13 +126,11 @@ if (tpl === 'qwen3') {
     const on = await client.chat.completions.create({ ...base, max_tokens: 1 });
     const off = await client.chat.completions.create({ ...base, max_tokens: 1, chat_template_kwargs: { enable_thinking: false } });
     check(off.usage.prompt_tokens > on.usage.prompt_tokens, `enable_thinking false: prompt ${off.usage.prompt_tokens} vs ${on.usage.prompt_tokens}`);
-    // tool_choice that needs constrained decoding is refused, never ignored
-    try {
-        await client.chat.completions.create({ ...base, tools, tool_choice: 'required' });
-        check(false, 'tool_choice required accepted');
-    } catch (e) {
-        check(e instanceof OpenAI.BadRequestError, `tool_choice required: ${e}`);
-    }
+    await forced('required', '<tool_call>\n{"name": "', 'get_time", "arguments": {}}\n</tool_call>', [['get_time', {}]]);
+    await forced(named('get_weather'), '<tool_call>\n{"name": "get_weather", "arguments": ',
+                 '{"city": "Paris"}}\n</tool_call>', [['get_weather', { city: 'Paris' }]]);
+    await expect400({ tools, tool_choice: named('get_news') }, 'tool_choice.function.name');
+    await expect400({ tool_choice: 'required' }, 'tool_choice');
 } else if (tpl === 'qwen3-think') { // the generation prompt opened <think>
     await both('Reasoning first.\n</think>\n\nThe answer.', {}, { reasoning: 'Reasoning first.', content: 'The answer.' });
     await both('The answer, no thinking.', { chat_template_kwargs: { enable_thinking: false } },
@@ -123,6 +146,9 @@ if (tpl === 'qwen3') {
     const second = await both('Got both.\n</think>\n\nIt is 21 degrees at noon.', { tools, messages: msgs },
                               { reasoning: 'Got both.', content: 'It is 21 degrees at noon.' });
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `qwen3.5 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    // the prompt opened <think>: a forced call closes it first
+    await forced(named('get_weather'), '</think>\n\n<tool_call>\n<function=get_weather>\n',
+                 '<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>', [['get_weather', { city: 'Paris' }]]);
 } else if (tpl === 'glm4') {
     await both('\n<think>GLM thinks it over.</think>\nGLM answers.', {}, { reasoning: 'GLM thinks it over.', content: 'GLM answers.' });
     const first = await both('\n<think>The weather tool.</think>\nChecking.\n<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',
@@ -131,6 +157,8 @@ if (tpl === 'qwen3') {
     const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
     const second = await both('\n<think></think>\nIt is 21 degrees.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees.' });
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    await forced('required', '<tool_call>', 'get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',
+                 [['get_weather', { city: 'Paris' }]]);
 } else if (tpl === 'minimax-m2') {
     await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
     const first = await both('Two tools.\n</think>\n\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
@@ -141,6 +169,8 @@ if (tpl === 'qwen3') {
     const second = await both('Done.\n</think>\n\nIt is 21 degrees at noon.', { tools, messages: msgs },
                               { reasoning: 'Done.', content: 'It is 21 degrees at noon.' });
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `minimax round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    await forced(named('get_time'), '</think>\n\n<minimax:tool_call>\n<invoke name="get_time">\n',
+                 '</invoke>\n</minimax:tool_call>', [['get_time', {}]]);
 } else if (tpl === 'kimi-k2') {
     const first = await both('Let me look.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{"city": "Paris"}<|tool_call_end|><|tool_calls_section_end|>',
                              { tools }, { reasoning: '', content: 'Let me look.', calls: [['get_weather', { city: 'Paris' }]] });
@@ -148,6 +178,8 @@ if (tpl === 'qwen3') {
     const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
     const second = await both('It is 21 degrees.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees.' });
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `kimi round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    // kimi numbers calls across the conversation: forcing one is refused, never ignored
+    await expect400({ tools, tool_choice: 'required' }, 'tool_choice');
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });
