@@ -14,7 +14,8 @@
  * The output is compact JSON: no white space between tokens (unbounded
  * white space would let a model loop without ever finishing). Object keys
  * come in the schema's order. Numbers have at most 15 digits in each of
- * their integer and fraction parts and 3 in an exponent; nesting is at most
+ * their integer and fraction parts and 2 in an exponent (so every
+ * number is a finite double); nesting is at most
  * MK_GRAMMAR_MAX_DEPTH deep (deeper containers are refused byte by byte, so
  * an "any value" position then takes a scalar).
  *
@@ -23,7 +24,9 @@
  * token, in the tokens left (the shortest completion is counted in bytes,
  * one token each at worst; every byte is a token of the byte-level and
  * tiktoken vocabularies), so a sequence whose budget allows its shortest
- * completion at the start always ends complete and valid. */
+ * completion at the start always ends complete and valid. A smaller budget
+ * is steered straight towards closing (each token shortens the shortest
+ * completion), which may or may not fit. */
 #ifndef MOEKIT_GRAMMAR_H
 #define MOEKIT_GRAMMAR_H
 
@@ -94,9 +97,12 @@ int64_t mk_grammar_match_min_left(const mk_grammar_match *m);
 
 /* The ids allowed next, as bits (bit i of bits[i / 64]; (vocab + 63) / 64
  * words, written whole). budget: tokens that may still be generated,
- * this one included; <= 0 or too small for the shortest completion: no
- * steering. Returns how many ids are allowed (0 only when the text cannot
- * go on, which a matcher fed through its own masks never reaches). */
+ * this one included; <= 0: no steering; smaller than the shortest
+ * completion in bytes + 1 (the stop token): each allowed token must
+ * shorten the shortest completion (best effort: closing is then likely,
+ * with tokens of several bytes, not guaranteed). Returns how many ids are
+ * allowed (0 only when the text cannot go on, which a matcher fed through
+ * its own masks never reaches). */
 int64_t mk_grammar_match_allowed(mk_grammar_match *m, int64_t budget, uint64_t *bits);
 /* mk_grammar_match_allowed applied to logits[vocab]: forbidden ids become
  * -INFINITY. When nothing is allowed (never, see above) the stop ids stay

@@ -24,7 +24,11 @@
 #define GM_INF ((int64_t)1 << 40)  /* "no finite instance" in length sums */
 #define GM_MAX_PROPS 64            /* properties of one object (a candidate bit mask) */
 #define GM_NUM_DIGITS 15           /* digits in a number's integer / fraction part */
-#define GM_EXP_DIGITS 3
+/* digits in an exponent: 2, so the largest number, 15 nines with 15 more
+ * after the point and e99 (~1e114), is a finite double; 3 digits let
+ * "1e999" through, which parses to Infinity (JSON.parse) or is refused as
+ * an overflow (jansson) */
+#define GM_EXP_DIGITS 2
 
 typedef enum gm_kind {
     GN_STR = 0,  /* any string */

@@ -344,14 +344,22 @@ int64_t mk_grammar_match_allowed(mk_grammar_match *m, int64_t budget, uint64_t *
     if (m->ended)
         return 0;
     int64_t fin = gm_fin(m->g, &m->s), count = 0;
-    /* steering: after this token, room for the completion and the stop token */
-    int64_t limit = budget > 0 && fin + 1 <= budget ? budget - 2 : -1;
+    /* steering: after this token, room for the completion and the stop
+     * token. A budget too small for that (max_tokens below the shortest
+     * completion in bytes) cannot be guaranteed, so every token must at
+     * least shorten the shortest completion: the output heads for closing
+     * and may still close in time with tokens of several bytes. limit -1:
+     * no steering (budget <= 0); when steering leaves no room for any byte,
+     * only the stop ids. */
+    int64_t limit = budget <= 0 ? -1 : fin + 1 <= budget ? budget - 2 : fin - 1;
     if (gm_done(m->g, &m->s))
         for (size_t i = 0; i < v->nstop; i++)
             if (v->stop[i] >= 0 && v->stop[i] < v->V) {
                 set_bit(bits, v->stop[i]);
                 count++;
             }
+    if (budget > 0 && limit < 0)
+        return count;
     if (gm_in_plain_string(m->g, &m->s) && (limit < 0 || fin + 3 <= limit)) {
         for (size_t w = 0; w < v->words; w++) {
             bits[w] |= v->plain[w];

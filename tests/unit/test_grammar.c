@@ -85,8 +85,9 @@ static void test_json_object(void **state) {
     YES(g, "{\"a\":123456789012345}");
     NO(g, "{\"a\":1234567890123456}"); /* 16 digits: more than the bound */
     NO(g, "{\"a\":1.1234567890123456}");
-    YES(g, "{\"a\":1e999}");
-    NO(g, "{\"a\":1e1000}");
+    YES(g, "{\"a\":1e99}");
+    YES(g, "{\"a\":-999999999999999.999999999999999E+99}");
+    NO(g, "{\"a\":1e999}"); /* a double overflows */
     /* nesting: MK_GRAMMAR_MAX_DEPTH frames, the root's and the number's included */
     assert_true(accepts(g, nest(MK_GRAMMAR_MAX_DEPTH - 2)));
     assert_false(accepts(g, nest(MK_GRAMMAR_MAX_DEPTH - 1)));
@@ -370,7 +371,10 @@ static void brute(const mk_tok *tok, const int32_t *stop, size_t nstop, mk_gramm
                   int64_t V, int64_t budget, uint64_t *want) {
     memset(want, 0, (size_t)(V + 63) / 64 * 8);
     int64_t fin = mk_grammar_match_min_left(m);
-    int64_t limit = budget > 0 && fin + 1 <= budget ? budget - 2 : -1;
+    /* grammar.h: room for the completion and the stop token; a budget too
+     * small for that: each token must shorten the shortest completion */
+    bool steer = budget > 0;
+    int64_t limit = fin + 1 <= budget ? budget - 2 : fin - 1;
     bool done = mk_grammar_match_done(m);
     for (int64_t id = 0; id < V; id++) {
         bool ok;
@@ -381,7 +385,7 @@ static void brute(const mk_tok *tok, const int32_t *stop, size_t nstop, mk_gramm
             const char *b = mk_tok_token_bytes(tok, (int32_t)id, &n);
             mk_grammar_match_copy(t, m);
             ok = b && n && !mk_tok_is_special(tok, (int32_t)id) && mk_grammar_match_bytes(t, b, n) &&
-                 (limit < 0 || mk_grammar_match_min_left(t) <= limit);
+                 (!steer || mk_grammar_match_min_left(t) <= limit);
         }
         if (ok)
             want[id >> 6] |= (uint64_t)1 << (id & 63);
@@ -402,7 +406,9 @@ static void compare(const uint64_t *got, const uint64_t *want, int64_t V, const 
 }
 
 /* Random walks: each step's mask equals brute force; the walk picks an
- * allowed token at random and, steered by its budget, ends complete. */
+ * allowed token at random and, steered by its budget, ends complete. Half
+ * as many walks again get a budget below the shortest completion (a small
+ * max_tokens): each of their tokens must shorten it. */
 static void walks(const mk_tok *tok, const mk_grammar_vocab *voc, const int32_t *stop, size_t nstop, int nwalks,
                   int max_steps, bool full_check) {
     int64_t V = mk_grammar_vocab_size(voc);
@@ -416,11 +422,19 @@ static void walks(const mk_tok *tok, const mk_grammar_vocab *voc, const int32_t 
     uint64_t seed = 0x9E3779B97F4A7C15ull;
     for (size_t si = 0; si < sizeof k_schemas / sizeof *k_schemas; si++) {
         mk_grammar *g = schema(k_schemas[si], false);
-        for (int w = 0; w < nwalks; w++) {
+        for (int w = 0; w < nwalks + (nwalks + 1) / 2; w++) {
             mk_grammar_match *m, *t;
             assert_int_equal(mk_grammar_match_create(g, voc, &m), MK_OK);
             assert_int_equal(mk_grammar_match_create(g, voc, &t), MK_OK);
-            int64_t budget = mk_grammar_match_min_left(m) + 1 + (int64_t)(rng(&seed) % 24);
+            int64_t fin0 = mk_grammar_match_min_left(m);
+            bool small = w >= nwalks;
+            if (small && fin0 < 2) { /* no budget is too small for a 1-byte completion's steering */
+                mk_grammar_match_free(m);
+                mk_grammar_match_free(t);
+                continue;
+            }
+            int64_t budget = small ? 1 + (int64_t)(rng(&seed) % (uint64_t)fin0)
+                                   : fin0 + 1 + (int64_t)(rng(&seed) % 24);
             size_t len = 0;
             bool ended = false;
             for (int64_t step = 0; step < budget && step < max_steps; step++) {
@@ -438,7 +452,12 @@ static void walks(const mk_tok *tok, const mk_grammar_vocab *voc, const int32_t 
                         id = i;
                         break;
                     }
+                int64_t before = mk_grammar_match_min_left(m);
                 assert_int_equal(mk_grammar_match_token(m, (int32_t)id), MK_OK);
+                if (left < before + 1 && !is_stop((int32_t)id, stop, nstop) && mk_grammar_match_min_left(m) >= before)
+                    fail_msg("%s: small budget %lld: a token did not shorten the completion (%lld -> %lld) "
+                             "after '%s'", k_schemas[si], (long long)budget, (long long)before,
+                             (long long)mk_grammar_match_min_left(m), text);
                 if (is_stop((int32_t)id, stop, nstop)) {
                     ended = true;
                     break;
@@ -450,7 +469,7 @@ static void walks(const mk_tok *tok, const mk_grammar_vocab *voc, const int32_t 
                 len += bl;
             }
             text[len] = 0;
-            if (max_steps >= budget) { /* the whole budget ran: steering ended it, complete */
+            if (!small && max_steps >= budget) { /* the whole budget ran: steering ended it, complete */
                 if (!ended)
                     fail_msg("%s: walk %d did not end within %lld tokens: '%s'", k_schemas[si], w,
                              (long long)budget, text);
