@@ -154,6 +154,12 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
  *                <|tool_calls_section_begin|><|tool_call_begin|>functions.N:K
  *                <|tool_call_argument_begin|>A<|tool_call_end|>...; a tool result
  *                is '## Return of functions.N:K' of the oldest unanswered call
+ *   harmony      the tools as the template's TypeScript namespace in the
+ *                developer message; one call per assistant message:
+ *                <|start|>assistant to=functions.N<|channel|>commentary json
+ *                <|message|>{A}<|call|>; a tool result <|start|>functions.N
+ *                to=assistant<|channel|>commentary<|message|>"{t}"<|end|>
+ *                (schemas the template cannot render: MK_E_UNSUPPORTED)
  * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
  * rendered; never dropped). */
 mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,

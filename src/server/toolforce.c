@@ -58,9 +58,14 @@ mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *nam
         open = "<minimax:tool_call>\n<invoke name=\"";
         close = "\">\n";
         break;
+    case MK_CHAT_HARMONY: /* after the generation prompt's '<|start|>assistant' */
+        any = " to=functions.";
+        open = " to=functions.";
+        close = "<|channel|>commentary json<|message|>";
+        break;
     default:
         return mk_err(MK_E_UNSUPPORTED, "tool_choice: forcing a tool call is not supported with the %s template "
-                      "(supported: qwen3, qwen3-think, qwen3.5, glm4, minimax-m2); use \"auto\"",
+                      "(supported: qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, harmony); use \"auto\"",
                       mk_chat_kind_name(kind));
     }
     if (name && !name_ok(name))

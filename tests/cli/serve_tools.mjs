@@ -183,12 +183,26 @@ if (tpl === 'qwen3') {
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });
-    try { // not rendered for this family yet: refused, never dropped
-        await client.chat.completions.create({ ...base, tools });
-        check(false, 'tools accepted by a template that does not render them');
+    // a call on the commentary channel; sent back, its reasoning goes on the
+    // analysis channel and the result answers functions.get_weather
+    const first = await both('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+                             { tools }, { reasoning: 'Need the weather.', content: null, calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('<|channel|>final<|message|>It is 21 degrees.', { tools, messages: msgs },
+                              { reasoning: '', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `harmony round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    try { // the template renders one call per assistant message: two are refused, never dropped
+        const two = { ...first.choices[0].message, tool_calls: [call, { ...call, id: 'call_b' }] };
+        await client.chat.completions.create({ ...base, tools, messages: [...user, two] });
+        check(false, 'two calls in one harmony assistant message accepted');
     } catch (e) {
-        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `harmony tools: ${e}`);
+        check(e instanceof OpenAI.BadRequestError && /renders only the first/.test(e.message), `harmony two calls: ${e}`);
     }
+    // forced: the call's opening after '<|start|>assistant', as the template renders a call
+    await forced('required', ' to=functions.', 'get_time<|channel|>commentary json<|message|>{}<|call|>', [['get_time', {}]]);
+    await forced(named('get_weather'), ' to=functions.get_weather<|channel|>commentary json<|message|>',
+                 '{"city": "Paris"}<|call|>', [['get_weather', { city: 'Paris' }]]);
 } else {
     check(false, `unknown TEMPLATE ${tpl}`);
 }

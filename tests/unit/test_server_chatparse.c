@@ -215,11 +215,15 @@ static void render_cases(const char *name, mk_chat_kind kind) {
         if (mk_chat_render_tools(kind, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got) != MK_OK)
             fail_msg("%s case %d: %s", name, n, mk_err_msg());
         const char *ref = json_string_value(json_object_get(c, "rendered"));
+        /* harmony writes today's date: the reference's, from its generation day, is taken over */
+        const char *dg = strstr(got, "Current date: "), *dr = strstr(ref, "Current date: ");
+        if (kind == MK_CHAT_HARMONY && dg && dr && strlen(dg) >= 24 && strlen(dr) >= 24)
+            memcpy((char *)dg + 14, dr + 14, 10);
         if (strcmp(got, ref))
             fail_msg("%s case %d rendered\n%s\nexpected\n%s", name, n, got, ref);
         free(got);
-        /* templates without tool rendering (harmony for now) refuse tools rather than drop them */
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_HARMONY, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
+        /* templates without tool rendering (deepseek3.2 for now) refuse tools rather than drop them */
+        assert_int_equal(mk_chat_render_tools(MK_CHAT_DEEPSEEK32, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
                          MK_E_UNSUPPORTED);
         free(body);
         srv_params_free(&p);
@@ -245,6 +249,7 @@ static void test_render_tools(void **s) {
     render_cases("minimax-m2", MK_CHAT_MINIMAX_M2);
     render_cases("kimi-k2", MK_CHAT_KIMI_K2);
     render_cases("qwen3.5", MK_CHAT_QWEN35);
+    render_cases("harmony", MK_CHAT_HARMONY);
 }
 
 int main(void) {
