@@ -727,10 +727,11 @@ static bool ends_with(const char *s, const char *suf) {
 
 /* GLM-4.5/4.6's tool calls of message i: '\n<tool_call>N\n' then
  * '<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n' per argument (V as
- * is when a string, else its tojson) and '</tool_call>'. The template
+ * is when a string, else its tojson) and '</tool_call>'; GLM-4.7's
+ * (compact) the same without any of those newlines. The template
  * iterates the arguments as a mapping: text that is not a JSON object is
  * MK_E_ARG, as the template raises. */
-static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, bool compact, sb *b) {
     for (size_t k = 0; tc && k < tc->n; k++) {
         json_error_t e;
         const char *a = txt(tc->calls[k].arguments);
@@ -739,17 +740,18 @@ static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
             if (args)
                 json_decref(args);
             return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
-                          "(the glm4 template iterates them)", i, k);
+                          "(the %s template iterates them)", i, k, compact ? "glm4.7" : "glm4");
         }
-        lit(b, "\n<tool_call>");
+        lit(b, compact ? "<tool_call>" : "\n<tool_call>");
         puts_(b, txt(tc->calls[k].name));
-        lit(b, "\n");
+        if (!compact)
+            lit(b, "\n");
         const char *key;
         json_t *v;
         json_object_foreach(args, key, v) {
             lit(b, "<arg_key>");
             puts_(b, key);
-            lit(b, "</arg_key>\n<arg_value>");
+            lit(b, compact ? "</arg_key><arg_value>" : "</arg_key>\n<arg_value>");
             if (json_is_string(v)) {
                 put(b, json_string_value(v), json_string_length(v));
             } else {
@@ -760,7 +762,7 @@ static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
                     puts_(b, t);
                 free(t);
             }
-            lit(b, "</arg_value>\n");
+            lit(b, compact ? "</arg_value>" : "</arg_value>\n");
         }
         json_decref(args);
         lit(b, "</tool_call>");
@@ -816,7 +818,7 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
                 lit(b, "\n");
                 put(b, c, cn);
             }
-            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, b);
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, false, b);
             if (st != MK_OK)
                 return st;
         } else if (is_role(&m[i], "tool")) {
@@ -842,9 +844,23 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
  * user turn and when it has reasoning, a bare '</think>' otherwise; tool
  * results need no tool call before them; the generation prompt is
  * '<|assistant|><think>' ('<|assistant|></think>' with enable_thinking=false).
- * clear_thinking (keep every turn's reasoning) is not offered. */
+ * clear_thinking (keep every turn's reasoning) is not offered. Tools: GLM-4.6's
+ * system turn with a compact example call; calls compact,
+ * '<tool_call>N<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>'. */
 static mk_status render_glm47(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "[gMASK]<sop>");
+    if (b->tools && b->tools->n) { /* GLM-4.6's tool prompt, its example call compact */
+        lit(b, "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            puts_(b, b->tools->json[i]);
+            lit(b, "\n");
+        }
+        lit(b, "</tools>\n\nFor each function call, output the function name and arguments within the "
+               "following XML format:\n<tool_call>{function-name}<arg_key>{arg-key-1}</arg_key>"
+               "<arg_value>{arg-value-1}</arg_value><arg_key>{arg-key-2}</arg_key>"
+               "<arg_value>{arg-value-2}</arg_value>...</tool_call>");
+    }
     long last_user = -1;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "user"))
@@ -874,6 +890,9 @@ static mk_status render_glm47(const mk_chat_msg *m, size_t n, unsigned flags, sb
             }
             py_strip(&c, &cn);
             put(b, c, cn);
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, true, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|observation|>");
@@ -1517,14 +1536,15 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     mk_status st = MK_OK;
     put(b, "", 0);
     if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_QWEN35 && kind != MK_CHAT_GLM4 &&
-        kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2 && kind != MK_CHAT_HARMONY) {
+        kind != MK_CHAT_GLM47 && kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2 && kind != MK_CHAT_HARMONY) {
         if (b->tools && b->tools->n)
-            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2, harmony)", mk_chat_kind_name(kind));
+            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet (only qwen3, "
+                          "qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony)", mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
-                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2, harmony)", i, mk_chat_kind_name(kind));
+                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the %s "
+                              "template yet (only qwen3, qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, "
+                              "harmony)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

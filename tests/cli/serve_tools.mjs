@@ -159,6 +159,18 @@ if (tpl === 'qwen3') {
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
     await forced('required', '<tool_call>', 'get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',
                  [['get_weather', { city: 'Paris' }]]);
+} else if (tpl === 'glm4.7') { // the prompt opened <think>; calls in the compact format
+    const first = await both('The weather tool.</think><tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>',
+                             { tools }, { reasoning: 'The weather tool.', content: null, calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('Got it.</think>It is 21 degrees.', { tools, messages: msgs },
+                              { reasoning: 'Got it.', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4.7 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    // the open think block closed as the template closes an empty one
+    await forced('required', '</think><tool_call>', 'get_time</tool_call>', [['get_time', {}]]);
+    // nothing ends the name in the compact format: a named function is refused
+    await expect400({ tools, tool_choice: named('get_time') }, 'tool_choice');
 } else if (tpl === 'minimax-m2') {
     await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
     const first = await both('Two tools.\n</think>\n\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',

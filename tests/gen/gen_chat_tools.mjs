@@ -6,6 +6,8 @@
 // rendering (request.c's tojson, chat.c's renderers) to.
 //   node tests/gen/gen_chat_tools.mjs Qwen-Qwen3-0.6B.jinja < cases.jsonl > tests/data/chat_tools/qwen3.jsonl
 //   node tests/gen/gen_chat_tools.mjs GLM-4.6.jinja --args-as-objects < cases.jsonl > tests/data/chat_tools/glm4.jsonl
+//   node tests/gen/gen_chat_tools.mjs GLM-4.7-Flash.jinja --args-as-objects < cases.jsonl > tests/data/chat_tools/glm4.7.jsonl
+//     (glm4.7: the requests of glm4.jsonl)
 // --args-as-objects: tool calls' "arguments" (JSON text in OpenAI's
 // requests) parsed into objects first, as servers do for templates that
 // iterate them. --reasoning-as-thinking: assistant messages'

@@ -8,10 +8,10 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3, qwen3.5, glm4, minimax-m2 and kimi-k2 templates
- * (request.c's tojson, chat.c) against the released Qwen3, Qwen3.5,
- * GLM-4.6, MiniMax-M2 and Kimi-K2-Instruct templates rendered by
- * @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
+ * through the qwen3, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2 and harmony
+ * templates (request.c's tojson, chat.c) against the released Qwen3,
+ * Qwen3.5, GLM-4.6, GLM-4.7-Flash, MiniMax-M2, Kimi-K2-Instruct and gpt-oss
+ * (openai-gpt-oss-120b) templates rendered by @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
  * transformers uses: Kimi's template mutates lists, Qwen3.5's prints
  * scalars with Python's str()) (tests/data/chat_tools/,
  * tests/gen/gen_chat_tools.mjs and .py). */
@@ -250,6 +250,7 @@ static void test_render_tools(void **s) {
     render_cases("kimi-k2", MK_CHAT_KIMI_K2);
     render_cases("qwen3.5", MK_CHAT_QWEN35);
     render_cases("harmony", MK_CHAT_HARMONY);
+    render_cases("glm4.7", MK_CHAT_GLM47);
 }
 
 int main(void) {
