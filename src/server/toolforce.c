@@ -72,6 +72,10 @@ mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *nam
         if (think_open) /* its template closes an empty block with no new line */
             pre = "</think>";
         break;
+    case MK_CHAT_DEEPSEEK32: /* its template writes the blank line even after no content */
+        any = open = "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"";
+        close = "\">\n";
+        break;
     case MK_CHAT_HARMONY: /* after the generation prompt's '<|start|>assistant' */
         any = " to=functions.";
         open = " to=functions.";
@@ -80,7 +84,7 @@ mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *nam
     default:
         return mk_err(MK_E_UNSUPPORTED, "tool_choice: forcing a tool call is not supported with the %s template "
                       "(supported: qwen3, qwen3-think, qwen3.5, glm4, glm4.7 (required only), minimax-m2, "
-                      "harmony); use \"auto\"",
+                      "harmony, deepseek3.2); use \"auto\"",
                       mk_chat_kind_name(kind));
     }
     if (name && !name_ok(name))

@@ -587,16 +587,64 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
     return MK_OK;
 }
 
+static void tool_function_json(sb *b, const char *tool);
+static void arg_value(sb *b, const json_t *v);
+
+/* DeepSeek-V3.2's DSML tool calls of message i: '\n\n<｜DSML｜function_calls>\n',
+ * per call '<｜DSML｜invoke name="N">\n' + '<｜DSML｜parameter name="K"
+ * string="true|false">V</｜DSML｜parameter>\n' per argument (V as is when a
+ * string, else its tojson) + '</｜DSML｜invoke>\n', then
+ * '</｜DSML｜function_calls>'. The arguments must be a JSON object (the
+ * template iterates them). */
+static mk_status dsml_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    if (!tc || !tc->n)
+        return MK_OK;
+    lit(b, "\n\n<｜DSML｜function_calls>\n");
+    for (size_t k = 0; k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the deepseek3.2 template iterates them)", i, k);
+        }
+        lit(b, "<｜DSML｜invoke name=\"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<｜DSML｜parameter name=\"");
+            puts_(b, key);
+            lit(b, json_is_string(v) ? "\" string=\"true\">" : "\" string=\"false\">");
+            arg_value(b, v);
+            lit(b, "</｜DSML｜parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</｜DSML｜invoke>\n");
+    }
+    lit(b, "</｜DSML｜function_calls>");
+    return MK_OK;
+}
+
 /* DeepSeek-V3.2 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.2.jinja,
- * thinking off, its default): the system messages joined by a blank line
- * after the BOS; '<｜Assistant｜></think>' opens an assistant turn that
- * follows a user turn (one following another assistant turn gets no
- * marker), reasoning_content is not written; the generation prompt after a
- * user turn is '<｜Assistant｜><think></think>'. A tool result needs the
- * assistant's tool calls (the template raises without them). */
+ * thinking off, its default; DeepSeek ships no Jinja template for V3.2, only
+ * a Python encoder, and that template writes its DSML format): the system
+ * messages joined by a blank line after the BOS, then the tools (a header
+ * with the DSML instructions, tojson of each tool's function per line, in
+ * <functions></functions>); '<｜Assistant｜></think>' opens an assistant turn
+ * that follows a user turn, '\n\n</think>' one that follows the last result
+ * of a call (one following another assistant turn gets no marker),
+ * reasoning_content is not written; tool results
+ * '\n\n<function_results>\n<result>{t}</result>...\n</function_results>',
+ * counted against the calls of the last assistant turn with calls (the
+ * template raises with none); the generation prompt is
+ * '<｜Assistant｜><think></think>' after a user turn, '\n\n<think></think>'
+ * after the results. */
 static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "<｜begin▁of▁sentence｜>");
-    bool first_sp = true, pending = false;
+    bool first_sp = true, pending = false, pending_tool = false;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "system")) {
             if (!first_sp)
@@ -604,25 +652,71 @@ static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flag
             puts_(b, txt(m[i].content));
             first_sp = false;
         }
+    if (b->tools && b->tools->n) {
+        if (b->n > strlen("<｜begin▁of▁sentence｜>")) /* a system prompt before: a blank line */
+            lit(b, "\n\n");
+        lit(b, "## Tools\n\nYou have access to a set of tools you can use to answer the user's question.\n"
+               "You can invoke functions by writing a \"<｜DSML｜function_calls>\" block like the following as "
+               "part of your reply to the user:\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"$FUNCTION_NAME\">\n"
+               "<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>"
+               "\n...\n</｜DSML｜invoke>\n<｜DSML｜invoke name=\"$FUNCTION_NAME2\">\n...\n</｜DSML｜invoke>\n"
+               "</｜DSML｜function_calls>\n\nString and scalar parameters should be specified as is without any "
+               "escaping or quotes, while lists and objects should use JSON format. The \"string\" attribute should "
+               "be set to \"true\" for string type parameters and \"false\" for other types (numbers, booleans, "
+               "arrays, objects).\n\nIf the thinking_mode is enabled, then after function results you should "
+               "strongly consider outputting a thinking block. Here is an example:\n\n<｜DSML｜function_calls>\n...\n"
+               "</｜DSML｜function_calls>\n\n<function_results>\n...\n</function_results>\n\n<think>...thinking about "
+               "results</think>\n\nHere are the functions available in JSONSchema format:\n<functions>\n");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            tool_function_json(b, b->tools->json[t]);
+            lit(b, "\n");
+        }
+        lit(b, "</functions>\n");
+    }
+    const mk_chat_msg_calls *mc = b->tools ? b->tools->msg : NULL;
+    long called = -1; /* the last assistant turn with calls */
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user")) {
             lit(b, "<｜User｜>");
             puts_(b, txt(m[i].content));
             pending = true;
+            pending_tool = false;
         } else if (is_role(&m[i], "assistant")) {
             if (pending)
                 lit(b, "<｜Assistant｜></think>");
-            pending = false;
+            else if (pending_tool)
+                lit(b, "\n\n</think>");
+            pending = pending_tool = false;
             puts_(b, txt(m[i].content));
+            mk_status st = dsml_calls(mc ? &mc[i] : NULL, i, b);
+            if (st != MK_OK)
+                return st;
+            if (mc && mc[i].n)
+                called = (long)i;
             lit(b, "<｜end▁of▁sentence｜>");
         } else if (is_role(&m[i], "tool")) {
-            return no_tool_call(i, "deepseek3.2");
+            if (called < 0)
+                return no_tool_call(i, "deepseek3.2");
+            /* the template's count: the distance to the turn with the calls */
+            size_t order = i - (size_t)called;
+            if (order == 1)
+                lit(b, "\n\n<function_results>");
+            lit(b, "\n<result>");
+            puts_(b, txt(m[i].content));
+            lit(b, "</result>");
+            if (order == mc[called].n) {
+                lit(b, "\n</function_results>");
+                pending = false;
+                pending_tool = true;
+            }
         } else if (!is_role(&m[i], "system")) {
             return bad_role(i, &m[i], "deepseek3.2");
         }
     }
     if ((flags & MK_CHAT_GENERATION_PROMPT) && pending)
         lit(b, "<｜Assistant｜><think></think>");
+    else if ((flags & MK_CHAT_GENERATION_PROMPT) && pending_tool)
+        lit(b, "\n\n<think></think>");
     return MK_OK;
 }
 
@@ -1536,15 +1630,17 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     mk_status st = MK_OK;
     put(b, "", 0);
     if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_QWEN35 && kind != MK_CHAT_GLM4 &&
-        kind != MK_CHAT_GLM47 && kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2 && kind != MK_CHAT_HARMONY) {
+        kind != MK_CHAT_GLM47 && kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2 && kind != MK_CHAT_HARMONY &&
+        kind != MK_CHAT_DEEPSEEK32) {
         if (b->tools && b->tools->n)
             return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet (only qwen3, "
-                          "qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony)", mk_chat_kind_name(kind));
+                          "qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony, deepseek3.2)",
+                          mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
                 return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the %s "
                               "template yet (only qwen3, qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, "
-                              "harmony)", i, mk_chat_kind_name(kind));
+                              "harmony, deepseek3.2)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

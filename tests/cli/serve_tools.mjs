@@ -192,6 +192,19 @@ if (tpl === 'qwen3') {
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `kimi round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
     // kimi numbers calls across the conversation: forcing one is refused, never ignored
     await expect400({ tools, tool_choice: 'required' }, 'tool_choice');
+} else if (tpl === 'deepseek3.2') { // DSML calls, values typed by string="true|false"
+    const first = await both('Checking.\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_time">\n</｜DSML｜invoke>\n</｜DSML｜function_calls>',
+                             { tools }, { reasoning: '', content: 'Checking.', calls: [['get_weather', { city: 'Paris' }], ['get_time', {}]] });
+    const [c1, c2] = first.choices[0].message.tool_calls;
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: c1.id, content: '21 degrees' },
+                  { role: 'tool', tool_call_id: c2.id, content: 'noon' }];
+    const second = await both('It is 21 degrees at noon.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees at noon.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `deepseek3.2 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    const open = '\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="';
+    await forced('required', open, 'get_time">\n</｜DSML｜invoke>\n</｜DSML｜function_calls>', [['get_time', {}]]);
+    await forced(named('get_weather'), open + 'get_weather">\n',
+                 '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>',
+                 [['get_weather', { city: 'Paris' }]]);
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });

@@ -14,6 +14,8 @@
 // "reasoning_content" passed as "thinking", the field gpt-oss's template
 // reads (as llama.cpp's server does). MK_TOKENIZERS and MK_PEERS default
 // to the repository's .tokenizers and .peers.
+//   node tests/gen/gen_chat_tools.mjs deepseek-ai-DeepSeek-V3.2.jinja --args-as-objects --bos=<｜begin▁of▁sentence｜> < cases.jsonl > tests/data/chat_tools/deepseek3.2.jsonl
+//     (deepseek3.2: the requests of minimax-m2.jsonl)
 //   node tests/gen/gen_chat_tools.mjs openai-gpt-oss-120b.jinja --args-as-objects --reasoning-as-thinking < cases.jsonl > tests/data/chat_tools/harmony.jsonl
 import { readFileSync } from "node:fs";
 import { join, dirname, resolve } from "node:path";
@@ -24,6 +26,8 @@ const mods = join(process.env.MK_TOKENIZERS || join(repo, ".tokenizers"), "node_
 const tpl = join(process.env.MK_PEERS || join(repo, ".peers"), "llama.cpp/models/templates", process.argv[2]);
 const asObjects = process.argv.includes("--args-as-objects");
 const asThinking = process.argv.includes("--reasoning-as-thinking");
+// --bos=TEXT: the bos_token the model's tokenizer_config.json names
+const bos = (process.argv.find((a) => a.startsWith("--bos=")) ?? "--bos=").slice(6);
 const { Template } = await import(pathToFileURL(join(mods, "@huggingface/jinja/dist/index.js")));
 const t = new Template(readFileSync(tpl, "utf8"));
 for (const line of readFileSync(0, "utf8").split("\n").filter((l) => l !== "")) {
@@ -37,5 +41,5 @@ for (const line of readFileSync(0, "utf8").split("\n").filter((l) => l !== "")) 
     }
     return m;
   });
-  console.log(JSON.stringify({ request: req, rendered: t.render({ ...req, messages, add_generation_prompt: true }) }));
+  console.log(JSON.stringify({ request: req, rendered: t.render({ ...req, messages, add_generation_prompt: true, ...(bos ? { bos_token: bos } : {}) }) }));
 }

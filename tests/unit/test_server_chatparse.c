@@ -8,10 +8,11 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2 and harmony
- * templates (request.c's tojson, chat.c) against the released Qwen3,
- * Qwen3.5, GLM-4.6, GLM-4.7-Flash, MiniMax-M2, Kimi-K2-Instruct and gpt-oss
- * (openai-gpt-oss-120b) templates rendered by @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
+ * through the qwen3, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony and
+ * deepseek3.2 templates (request.c's tojson, chat.c) against the released
+ * Qwen3, Qwen3.5, GLM-4.6, GLM-4.7-Flash, MiniMax-M2, Kimi-K2-Instruct and
+ * gpt-oss (openai-gpt-oss-120b) templates and llama.cpp's DeepSeek-V3.2
+ * template (DeepSeek released none in Jinja) rendered by @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
  * transformers uses: Kimi's template mutates lists, Qwen3.5's prints
  * scalars with Python's str()) (tests/data/chat_tools/,
  * tests/gen/gen_chat_tools.mjs and .py). */
@@ -222,8 +223,9 @@ static void render_cases(const char *name, mk_chat_kind kind) {
         if (strcmp(got, ref))
             fail_msg("%s case %d rendered\n%s\nexpected\n%s", name, n, got, ref);
         free(got);
-        /* templates without tool rendering (deepseek3.2 for now) refuse tools rather than drop them */
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_DEEPSEEK32, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
+        /* templates without tool rendering (deepseek3: its released V3 and V3.1
+         * templates have no place for tools) refuse tools rather than drop them */
+        assert_int_equal(mk_chat_render_tools(MK_CHAT_DEEPSEEK3, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
                          MK_E_UNSUPPORTED);
         free(body);
         srv_params_free(&p);
@@ -251,6 +253,7 @@ static void test_render_tools(void **s) {
     render_cases("qwen3.5", MK_CHAT_QWEN35);
     render_cases("harmony", MK_CHAT_HARMONY);
     render_cases("glm4.7", MK_CHAT_GLM47);
+    render_cases("deepseek3.2", MK_CHAT_DEEPSEEK32);
 }
 
 int main(void) {
