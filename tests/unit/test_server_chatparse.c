@@ -256,11 +256,82 @@ static void test_render_tools(void **s) {
     render_cases("deepseek3.2", MK_CHAT_DEEPSEEK32);
 }
 
+/* What a template cannot render is refused (never dropped nor approximated). */
+static mk_status render_req(mk_chat_kind kind, const char *body, char **out) {
+    srv_params p;
+    if (srv_params_parse(SRV_CHAT, body, strlen(body), &p) != MK_OK)
+        fail_msg("%s: %s", body, mk_err_msg());
+    mk_chat_tools tools = {(const char *const *)p.tool_json, p.ntools, p.mcalls};
+    *out = NULL;
+    mk_status st = mk_chat_render_tools(kind, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, out);
+    srv_params_free(&p);
+    return st;
+}
+
+#define TOOL_F "{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", " \
+               "\"properties\": {\"a\": %s}}}}"
+#define CALL_F "{\"type\": \"function\", \"id\": \"c\", \"function\": {\"name\": \"f\", \"arguments\": \"{}\"}}"
+
+static void test_render_refusals(void **s) {
+    (void)s;
+    char body[2048], *out;
+    /* harmony: schemas its template cannot render */
+    static const char *const bad_schemas[] = {
+        "{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}]}",
+        "{\"type\": \"string\", \"enum\": [\"x\", \"y\"], \"default\": 1}",
+        "{\"type\": \"string\", \"enum\": [1, 2]}",
+        "{\"type\": [\"string\", 3]}",
+        "{\"type\": \"string\", \"description\": 5}",
+    };
+    for (size_t k = 0; k < sizeof bad_schemas / sizeof *bad_schemas; k++) {
+        char tool[512];
+        snprintf(tool, sizeof tool, TOOL_F, bad_schemas[k]);
+        snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", tool);
+        if (render_req(MK_CHAT_HARMONY, body, &out) != MK_E_UNSUPPORTED)
+            fail_msg("harmony rendered %s:\n%s", bad_schemas[k], out ? out : "(error other than unsupported)");
+        free(out);
+    }
+    char tool[512];
+    snprintf(tool, sizeof tool, TOOL_F, "{\"type\": \"string\"}");
+    /* harmony: two calls in one message (its template renders the first only) */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s, %s]}]}", tool, CALL_F, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_UNSUPPORTED);
+    /* harmony: content and reasoning both with a call (its template raises) */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"c\", \"reasoning_content\": \"r\", \"tool_calls\": [%s]}]}",
+             tool, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_ARG);
+    /* a tool result after an answer without calls: no call for it to answer */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s]}, {\"role\": \"tool\", \"content\": "
+             "\"r\"}, {\"role\": \"assistant\", \"content\": \"done\"}, {\"role\": \"tool\", \"content\": \"r2\"}]}",
+             tool, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_ARG);
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"tool\", \"content\": \"r\"}]}", tool);
+    assert_int_equal(render_req(MK_CHAT_DEEPSEEK32, body, &out), MK_E_ARG);
+    /* deepseek3's released templates have no place for tools */
+    assert_int_equal(render_req(MK_CHAT_DEEPSEEK3, body, &out), MK_E_UNSUPPORTED);
+    /* harmony: a tool without a description renders as with an empty one */
+    char *with = NULL;
+    assert_int_equal(render_req(MK_CHAT_HARMONY, "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
+                                "\"g\", \"description\": \"\"}}], \"messages\": [{\"role\": \"user\", \"content\": "
+                                "\"q\"}]}", &with), MK_OK);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
+                                "\"g\"}}], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", &out), MK_OK);
+    assert_non_null(strstr(out, "// \ntype g = () => any;"));
+    assert_string_equal(out, with);
+    free(out);
+    free(with);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_qwen3),  cmocka_unit_test(test_qwen3_coder), cmocka_unit_test(test_glm),
         cmocka_unit_test(test_minimax), cmocka_unit_test(test_deepseek),   cmocka_unit_test(test_kimi),
         cmocka_unit_test(test_harmony), cmocka_unit_test(test_render_tools),
+        cmocka_unit_test(test_render_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
