@@ -66,7 +66,8 @@ mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *nam
          * opening would let the model go on spelling another name */
         if (name)
             return mk_err(MK_E_UNSUPPORTED, "tool_choice: forcing a named function is not supported with the "
-                          "glm4.7 template (its call format does not end the name); use \"required\" or \"auto\"");
+                          "glm4.7 template (its call format does not end the name); use \"required\" or "
+                          "\"auto\"");
         any = open = "<tool_call>";
         close = "";
         if (think_open) /* its template closes an empty block with no new line */

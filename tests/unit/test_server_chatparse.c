@@ -12,10 +12,10 @@
  * deepseek3.2 templates (request.c's tojson, chat.c) against the released
  * Qwen3, Qwen3.5, GLM-4.6, GLM-4.7-Flash, MiniMax-M2, Kimi-K2-Instruct and
  * gpt-oss (openai-gpt-oss-120b) templates and llama.cpp's DeepSeek-V3.2
- * template (DeepSeek released none in Jinja) rendered by @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
- * transformers uses: Kimi's template mutates lists, Qwen3.5's prints
- * scalars with Python's str()) (tests/data/chat_tools/,
- * tests/gen/gen_chat_tools.mjs and .py). */
+ * template (DeepSeek released none in Jinja) rendered by @huggingface/jinja
+ * (Kimi's and Qwen3.5's by Python's jinja2, the engine transformers uses:
+ * Kimi's template mutates lists, Qwen3.5's prints scalars with Python's
+ * str()) (tests/data/chat_tools/, tests/gen/gen_chat_tools.mjs and .py). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
