@@ -374,6 +374,7 @@ void mk_server_free(mk_server *s) {
         return;
     mk_server_shutdown(s, 0);
     srv_sched_stop(s);
+    mk_grammar_vocab_free(s->gvoc);
     free(s->queue);
     free(s->alias);
     free(s->api_key);

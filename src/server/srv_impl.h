@@ -24,6 +24,7 @@
 
 #include "moekit/chat.h"
 #include "moekit/generate.h"
+#include "moekit/grammar.h"
 #include "moekit/sample.h"
 #include "moekit/server.h"
 
@@ -70,6 +71,9 @@ typedef struct srv_params {
     size_t force_pre_len;
     const char *test_output;  /* moekit_test_output: the text to generate (test-only), or NULL */
     size_t test_output_len;
+    mk_grammar *grammar;      /* response_format json_object / json_schema (respfmt.c), or NULL */
+    const char *fmt_param;    /* the request's name for it in errors: NULL "response_format";
+                                 "text.format" (the Responses API sets it) */
     int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
     mk_sample_params sp;
     bool seed_given;
@@ -228,6 +232,8 @@ typedef struct srv_job {
     bool keep_special;         /* the text keeps special tokens (a chat output parser reads them) */
     int32_t *forced;           /* test-only: the ids generated, in order, then a stop id; or NULL */
     int64_t n_forced, i_forced;
+    mk_grammar *grammar;       /* response_format (respfmt.c): owned, or NULL */
+    mk_grammar_match *gm;      /* its matcher: the scheduler masks and feeds it */
     int logprobs;              /* -1: off; else alternatives per token */
     char *stop[SRV_MAX_STOP];
     size_t stop_len[SRV_MAX_STOP];
@@ -307,6 +313,7 @@ struct mk_server {
     size_t snap_size;          /* bytes of one (mk_engine_state_bytes; 0: no recurrent state) */
     int64_t snap_cap, snap_count; /* snapshots all slots may hold together (snap_bytes), held now */
     int64_t snap_every;        /* prompt tokens between snapshots of a long prompt (snap_every) */
+    mk_grammar_vocab *gvoc;    /* constrained decoding's vocabulary trie (respfmt.c; built on first use) */
 };
 
 /* Create a job for prompt[0..np) (copied). NULL when out of memory. */
@@ -395,6 +402,26 @@ void srv_wait_tick(mk_server *s, srv_job *j);
  * the job cancelled, *gone set) when the client is gone. */
 bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
 void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
+
+/* ---- respfmt.c ------------------------------------------------------------ */
+
+/* A response format object -> *g (NULL for {"type": "text"}). flat: the
+ * Responses API's text.format ({type, name, schema, strict}); else chat's
+ * response_format ({type, json_schema: {name, schema, strict}}). param
+ * names the field in messages ("response_format", "text.format"). On
+ * failure MK_E_ARG (unsupported schema features included: a 400 naming
+ * the keyword and its path) or MK_E_NOMEM, and where[0..nwhere) the field
+ * at fault. */
+mk_status srv_format_compile(const json_t *fmt, bool flat, const char *param, mk_grammar **g, char *where,
+                             size_t nwhere);
+/* What cannot go with response_format (tools, test output, ignore_eos, a
+ * thinking or harmony template): false with r set (400). Called before
+ * the prompt is built, so the conflict is what the client hears of. */
+bool srv_respfmt_check(mk_server *s, const srv_params *p, srv_reply *r);
+/* Give job j (not yet queued) the matcher of p->grammar, which j takes
+ * over (p->grammar becomes NULL); nothing without one. False with r set
+ * (the vocabulary or the matcher could not be made). */
+bool srv_respfmt_start(mk_server *s, srv_params *p, srv_job *j, srv_reply *r);
 
 /* ---- api_anthropic.c ------------------------------------------------------ */
 
