@@ -3,6 +3,8 @@
 # is optional for the build: without it the scale-out mode and its tests are
 # left out), then run
 # each scripts/install-deps.d/*.sh (test-only tools, e.g. npm packages).
+# Chromium is test-only: tests/cli/serve_webui.sh drives the built-in web
+# page in it, headless (through playwright-core, scripts/install-deps.d).
 # Idempotent: packages already present are skipped without touching apt.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +12,8 @@ cd "$(dirname "$0")/.."
 PKGS=(build-essential cmake pkg-config clang llvm libclang-rt-14-dev
       libjansson-dev libmicrohttpd-dev libpcre2-dev libutf8proc-dev libxxhash-dev
       liburing-dev libcmocka-dev libopenblas-dev git
-      openmpi-bin libopenmpi-dev)
+      openmpi-bin libopenmpi-dev
+      chromium)
 
 missing=()
 for p in "${PKGS[@]}"; do

@@ -33,8 +33,12 @@ static void help(FILE *f) {
             "  POST /v1/completions         a raw prompt (text or token ids)\n"
             "  POST /v1/messages            Anthropic's Messages API (Claude Code), and\n"
             "       /v1/messages/count_tokens\n"
+            "  POST /v1/responses           OpenAI's Responses API (Codex CLI)\n"
             "  POST /tokenize, /detokenize  {\"content\": TEXT} <-> {\"tokens\": [ids]}\n"
             "  GET  /metrics                Prometheus text: requests, tokens, latencies, slots\n"
+            "  GET  /v1/stats               the same as JSON, with the last answer and memory\n"
+            "  GET  /                       a web page: chat (streamed, reasoning folded) and a\n"
+            "                               live panel of /v1/stats; no key needed to load it\n"
             "Sampling fields: temperature (default 1), top_p, top_k, min_p, max_tokens or\n"
             "max_completion_tokens (default: the rest of the context), stop (up to 4),\n"
             "seed, presence_penalty, frequency_penalty, repetition_penalty, ignore_eos;\n"
@@ -52,6 +56,7 @@ static void help(FILE *f) {
             "  --alias NAME         the model id clients use (default: MODEL's directory name)\n"
             "  --api-key KEY        require \"Authorization: Bearer KEY\" (all but /health)\n"
             "  --api-key-file F     the key from a file (first line), not visible in ps\n"
+            "  --no-webui           no web page at / (404 there)\n"
             "slots:\n"
             "  --parallel N         requests generated at once, each in its own slot with its\n"
             "                       own context (default 1); memory grows by one context each\n"
@@ -107,7 +112,7 @@ typedef struct serve_opts {
     long long port, parallel, queue, ctx, threads, prefill_step, snapshots, snap_every;
     unsigned long long snap_mem;
     double grace;
-    bool test_output;
+    bool test_output, no_webui;
     mk_ecli_mem mm;
     mk_ecli_dist dd; /* under mpirun (tools/dist_cli.h): rank 0 serves, the others follow its steps */
 } serve_opts;
@@ -122,7 +127,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
         {"snapshots", required_argument, 0, 'S'}, {"snapshot-memory", required_argument, 0, 'M'},
         {"snapshot-every", required_argument, 0, 'E'},
-        {"test-output", no_argument, 0, 1000},
+        {"test-output", no_argument, 0, 1000},   {"no-webui", no_argument, 0, 1001},
         MK_ECLI_MEM_OPTS,
         MK_ECLI_DIST_OPTS,
         {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
@@ -165,6 +170,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
             break;
         case 'T': o->tmpl = optarg; break;
         case 1000: o->test_output = true; break;
+        case 1001: o->no_webui = true; break;
         case 'P':
             if ((rc = mk_flag_int("serve", "--prefill-step", optarg, 1, 1 << 20, &o->prefill_step)) >= 0)
                 return rc;
@@ -329,7 +335,7 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     fprintf(stderr, "moekit serve: warm-up forward in %.0f ms\n", (now_s() - tw) * 1e3);
     *sm = (mk_server_model){.model = z->m, .tok = z->tok, .has_chat = sm->has_chat,
                             .chat_kind = sm->chat_kind, .engines = z->engines, .n_engines = z->n,
-                            .store = o->mm.store};
+                            .store = o->mm.store, .mem_limit = o->mm.limit, .rss = mk_cli_rss};
     return MK_OK;
 }
 
@@ -362,7 +368,7 @@ static mk_status serve_main(serve_opts *o) {
                           * steps, not a restore (a hybrid model's prompt cache then re-prefills) */
                          .snapshots = o->snapshots && !o->dd.d ? (int)o->snapshots : -1,
                          .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every,
-                         .test_output = o->test_output};
+                         .test_output = o->test_output, .no_webui = o->no_webui};
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",

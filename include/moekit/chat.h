@@ -154,8 +154,22 @@ mk_status mk_chat_render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, u
  *                <|tool_calls_section_begin|><|tool_call_begin|>functions.N:K
  *                <|tool_call_argument_begin|>A<|tool_call_end|>...; a tool result
  *                is '## Return of functions.N:K' of the oldest unanswered call
- * Other kinds with tools or tool calls are MK_E_UNSUPPORTED (not yet
- * rendered; never dropped). */
+ *   harmony      the tools as the template's TypeScript namespace in the
+ *                developer message; one call per assistant message:
+ *                <|start|>assistant to=functions.N<|channel|>commentary json
+ *                <|message|>{A}<|call|>; a tool result <|start|>functions.N
+ *                to=assistant<|channel|>commentary<|message|>"{t}"<|end|>
+ *                (schemas the template cannot render: MK_E_UNSUPPORTED)
+ *   glm4.7       GLM-4.6's tool list with a compact example; calls compact,
+ *                <tool_call>N<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>
+ *   deepseek3.2  (llama.cpp's template) the DSML instructions and the tools'
+ *                functions in <functions> in the system prompt; calls
+ *                \n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="N">\n
+ *                <｜DSML｜parameter name="K" string="true|false">V</｜DSML｜
+ *                parameter>\n...; results \n\n<function_results>\n<result>t
+ *                </result>...\n</function_results>
+ * deepseek3 (its released V3 / V3.1 templates have no place for tools) and
+ * chatml with tools or tool calls are MK_E_UNSUPPORTED (never dropped). */
 mk_status mk_chat_render_tools(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,
                                const mk_chat_tools *tools, unsigned flags, char **out);
 mk_status mk_chat_encode_tools(const mk_tok *tok, mk_chat_kind kind, const mk_chat_msg *msgs, size_t n,

@@ -18,7 +18,8 @@
  * Endpoints: GET /health, GET /v1/models, POST /v1/chat/completions,
  * POST /v1/completions (also without /v1), POST /v1/messages and
  * /v1/messages/count_tokens (Anthropic), POST /tokenize, POST /detokenize,
- * GET /metrics (Prometheus text). Chat answers come split into reasoning,
+ * GET /metrics (Prometheus text), GET /v1/stats (the same as JSON), and a
+ * web page at / (a chat with a live panel of those). Chat answers come split into reasoning,
  * content and tool calls per template family. See docs/DESIGN.md and
  * docs/SERVER_API.md (every field, supported or refused). */
 #ifndef MOEKIT_SERVER_H
@@ -60,6 +61,7 @@ typedef struct mk_server_opts {
     bool test_output;    /* tests only: requests may name the text to generate
                             ("moekit_test_output"), so output parsers are tested end to end
                             with a tiny model; never for serving */
+    bool no_webui;       /* no web page at / (the paths are then unknown: 404) */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */
@@ -75,6 +77,9 @@ typedef struct mk_server_model {
     mk_engine **engines;          /* one per slot, borrowed; all over `model` */
     int n_engines;
     mk_expert_store *store;       /* NULL, or the streaming store (for /metrics) */
+    uint64_t mem_limit;           /* the memory bound in force, bytes, for /v1/stats; 0: none said */
+    uint64_t (*rss)(void);        /* the process's resident bytes now (0: unknown), for /v1/stats;
+                                     NULL: not reported. The caller measures, the library is told */
 } mk_server_model;
 
 /* Serve: starts the scheduler over the slots. Everything in `m` must

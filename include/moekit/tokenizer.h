@@ -103,6 +103,12 @@ int32_t mk_tok_token_id(const mk_tok *tok, const char *token);
 /* Vocabulary string of an id (byte-level form, e.g. "Ġthe"; not
  * NUL-terminated: *len bytes), or NULL for an unused or out-of-range id. */
 const char *mk_tok_token_str(const mk_tok *tok, int32_t id, size_t *len);
+/* The bytes an id decodes to (byte-level stand-ins mapped back, an added
+ * token's content; not NUL-terminated: *len bytes), or NULL for an unused
+ * or out-of-range id, or when the tokenizer has no decoder (HF then joins
+ * tokens with spaces, so an id alone has no fixed bytes). Constrained
+ * decoding (grammar.h) reads the vocabulary through it. */
+const char *mk_tok_token_bytes(const mk_tok *tok, int32_t id, size_t *len);
 /* Whether an id is a special added token (skipped by skip_special). */
 bool mk_tok_is_special(const mk_tok *tok, int32_t id);
 /* End-of-sequence ids: tokenizer_config.json's eos_token, then

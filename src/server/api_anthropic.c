@@ -13,7 +13,8 @@
  * message_stop. Errors are {"type": "error", "error": {type, message}}.
  * tool_choice any / tool become "required" / a named function (forced by
  * prefill, toolforce.c). Refused rather than ignored: images and
- * documents, server tools. */
+ * documents, server tools, structured output (output_format,
+ * output_config.format). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,15 @@ static json_t *translate(srv_kind kind, const json_t *a, srv_reply *r) {
         if (!t)
             goto fail;
         json_array_append_new(msgs, json_pack("{s:s,s:o}", "role", "system", "content", t));
+    }
+    /* structured outputs (output_format, output_config.format): not offered
+     * here, and a schema must never be silently ignored */
+    json_t *oc = field(a, "output_config");
+    if (field(a, "output_format") || (json_is_object(oc) && field(oc, "format"))) {
+        bad(r, field(a, "output_format") ? "output_format" : "output_config.format",
+            "structured output is not supported on /v1/messages (use /v1/chat/completions response_format or "
+            "/v1/responses text.format)");
+        goto fail;
     }
     json_t *ms = json_object_get(a, "messages");
     if (!json_is_array(ms)) {

@@ -20,7 +20,8 @@
  * The API is a closed set of fields: an unknown one is refused (400 naming
  * it), as is every field that would change the answer if it were ignored
  * (previous_response_id: nothing is stored; background, conversation,
- * prompt, text formats other than text, non-function tools, strict tools). */
+ * prompt, non-function tools, strict tools). text.format json_object /
+ * json_schema is enforced as chat's response_format (respfmt.c). */
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -305,8 +306,12 @@ static json_t *translate(const json_t *a, srv_reply *r) {
     }
     if ((x = field(a, "text"))) {
         json_t *f = field(x, "format"), *vb = field(x, "verbosity");
-        if (!json_is_object(x) || (f && !is_str(field(f, "type"), "text"))) {
-            bad(r, "text.format", "only {\"type\": \"text\"} is supported (no JSON mode or schema yet)");
+        if (!json_is_object(x)) {
+            bad(r, "text", "expected an object, found %s", mk_json_type_name(x));
+            return NULL;
+        }
+        if (f && !json_is_object(f)) { /* compiled after translation (srv_handle_responses) */
+            bad(r, "text.format", "expected an object, found %s", mk_json_type_name(f));
             return NULL;
         }
         if (vb && !is_str(vb, "low") && !is_str(vb, "medium") && !is_str(vb, "high")) {
@@ -486,7 +491,11 @@ static json_t *echo_fields(mk_server *s, const json_t *a) {
     json_object_set_new(e, "previous_response_id", json_null());
     echo(e, a, "reasoning", json_pack("{s:n,s:n}", "effort", "summary"));
     json_object_set_new(e, "store", json_false()); /* nothing is kept */
-    json_object_set_new(e, "text", json_pack("{s:{s:s}}", "format", "type", "text"));
+    json_t *tx = field(a, "text");
+    if (field(tx, "format")) /* the format as asked (translate checked it is an object) */
+        json_object_set_new(e, "text", json_pack("{s:O}", "format", field(tx, "format")));
+    else
+        json_object_set_new(e, "text", json_pack("{s:{s:s}}", "format", "type", "text"));
     json_object_set_new(e, "truncation", json_string("disabled"));
     echo(e, a, "metadata", json_object());
     return e;
@@ -885,6 +894,21 @@ void srv_handle_responses(mk_server *s, const char *body, size_t len, srv_reply 
         srv_params_free(&p);
         json_decref(a);
         return;
+    }
+    /* text.format: json_object / json_schema as chat's response_format
+     * (respfmt.c), in the flat shape {type, name, schema, strict} and named
+     * text.format in errors */
+    json_t *tf = field(field(a, "text"), "format");
+    if (tf) {
+        p.fmt_param = "text.format";
+        st = srv_format_compile(tf, true, "text.format", &p.grammar, p.param_buf, sizeof p.param_buf);
+        if (st != MK_OK) {
+            srv_error(r, st == MK_E_NOMEM ? 503 : 400, st == MK_E_NOMEM ? "server_error" : "invalid_request_error",
+                      st == MK_E_NOMEM ? NULL : p.param_buf, "%s", mk_err_msg());
+            srv_params_free(&p);
+            json_decref(a);
+            return;
+        }
     }
     resp_echo re = {.fields = echo_fields(s, a), .created = (long long)time(NULL)};
     json_decref(a);

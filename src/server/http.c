@@ -6,7 +6,8 @@
  * generation within ~100 ms (the slot is freed at the scheduler's next
  * step). Bodies are collected up to the limit (413 beyond), the API key is
  * compared in constant time (401), and routing answers unknown paths with
- * 404 and wrong methods with 405, always as JSON. Until mk_server_ready,
+ * 404 and wrong methods with 405, always as JSON; the web page's files
+ * (webui.c) come first and need no key. Until mk_server_ready,
  * /health says 503 {"status":"loading"} and everything else 503. */
 #include <arpa/inet.h>
 #include <microhttpd.h>
@@ -132,6 +133,10 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
         }
         return send_reply(s, c, &r);
     }
+    /* the web page (webui.c): no key needed, it holds none and asks for it */
+    int web_ret;
+    if (!s->o.no_webui && srv_webui_serve(s, c, url, method, &web_ret))
+        return (enum MHD_Result)web_ret;
     if (s->api_key) {
         const char *h = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
         const char *got = h && !strncmp(h, "Bearer ", 7) ? h + 7 : NULL;
@@ -145,12 +150,12 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
     }
     static const struct {
         const char *path;
-        int kind; /* srv_kind for POST, -1 models, -2 metrics */
+        int kind; /* srv_kind for POST, -1 models, -2 metrics, -3 stats */
     } routes[] = {{"/chat/completions", SRV_CHAT}, {"/completions", SRV_COMPLETION},
                   {"/tokenize", SRV_TOKENIZE},     {"/detokenize", SRV_DETOKENIZE},
                   {"/models", -1},                 {"/metrics", -2},
                   {"/messages", SRV_MESSAGES},     {"/messages/count_tokens", SRV_COUNT_TOKENS},
-                  {"/responses", SRV_RESPONSES}};
+                  {"/responses", SRV_RESPONSES},   {"/stats", -3}};
     for (size_t i = 0; i < sizeof routes / sizeof *routes; i++) {
         if (!path_is(url, routes[i].path))
             continue;
@@ -173,6 +178,8 @@ static enum MHD_Result route(mk_server *s, struct MHD_Connection *c, conn *cn, c
             srv_handle_models(s, &r);
         else if (routes[i].kind == -2)
             srv_handle_metrics(s, &r);
+        else if (routes[i].kind == -3)
+            srv_handle_stats(s, &r);
         else
             srv_handle_post(s, (srv_kind)routes[i].kind, cn->body ? cn->body : "", cn->len, &r,
                             fd_alive, &cn->fd);
@@ -331,6 +338,11 @@ mk_status mk_server_ready(mk_server *s, const mk_server_model *m) {
     s->queue = mk_calloc((size_t)s->queue_cap, sizeof *s->queue);
     if (!s->queue)
         return mk_err(MK_E_NOMEM, "no memory for a queue of %d requests", s->queue_cap);
+    /* known now, not at the scheduler's first step: /metrics and /v1/stats
+     * (the web page) say the experts stream before the first request */
+    pthread_mutex_lock(&s->metrics.mu);
+    s->metrics.streaming = m->store != NULL;
+    pthread_mutex_unlock(&s->metrics.mu);
     MK_TRY(srv_sched_start(s));
     __atomic_store_n(&s->ready, 1, __ATOMIC_RELEASE);
     return MK_OK;
@@ -362,6 +374,7 @@ void mk_server_free(mk_server *s) {
         return;
     mk_server_shutdown(s, 0);
     srv_sched_stop(s);
+    mk_grammar_vocab_free(s->gvoc);
     free(s->queue);
     free(s->alias);
     free(s->api_key);

@@ -449,7 +449,7 @@ srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     }
     int32_t *ids;
     int64_t np;
-    if (!srv_prompt_ids(s, p, r, &ids, &np))
+    if (!srv_respfmt_check(s, p, r) || !srv_prompt_ids(s, p, r, &ids, &np))
         return NULL;
     if (!p->seed_given)
         p->sp.seed = fresh_seed(s);
@@ -478,6 +478,12 @@ srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
             return NULL;
         }
         j->n_forced = (int64_t)nf;
+        if (!srv_respfmt_start(s, p, j, r)) { /* response_format: constrained decoding */
+            pthread_mutex_lock(&s->mu);
+            srv_job_unref_locked(j);
+            pthread_mutex_unlock(&s->mu);
+            return NULL;
+        }
     }
     if (!j) {
         srv_error(r, 503, "server_error", NULL, "out of memory for a request of %lld tokens", (long long)np);

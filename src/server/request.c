@@ -97,11 +97,14 @@ static mk_status unsupported(srv_params *p, const json_t *o) {
         if (t && (!json_is_array(t) || json_array_size(t) > 0))
             return bad(p, "tools", "tools are a chat completions field (/v1/chat/completions)");
     }
-    json_t *rf = field(o, "response_format");
+    json_t *rf = field(o, "response_format"); /* respfmt.c: constrained decoding */
     if (rf) {
-        json_t *ty = json_is_object(rf) ? json_object_get(rf, "type") : NULL;
-        if (!json_is_string(ty) || strcmp(json_string_value(ty), "text"))
-            return bad(p, "response_format", "only {\"type\": \"text\"} is supported (no JSON mode or schema yet)");
+        mk_status st = srv_format_compile(rf, false, "response_format", &p->grammar, p->param_buf,
+                                          sizeof p->param_buf);
+        if (st != MK_OK) {
+            p->param = p->param_buf;
+            return st;
+        }
     }
     long long best_of = 1;
     MK_TRY(get_int(p, o, "best_of", 1, 1 << 20, &best_of, NULL));
@@ -540,6 +543,7 @@ mk_status srv_params_parse(srv_kind kind, const char *body, size_t len, srv_para
 
 void srv_params_free(srv_params *p) {
     free(p->force_pre);
+    mk_grammar_free(p->grammar);
     for (size_t i = 0; p->tool_json && i < p->ntools; i++)
         free(p->tool_json[i]);
     free(p->tool_json);

@@ -88,6 +88,8 @@ void srv_job_unref_locked(srv_job *j) {
         free(j->stop[i]);
     free(j->prompt);
     free(j->forced);
+    mk_grammar_match_free(j->gm);
+    mk_grammar_free(j->grammar);
     free(j->text);
     free(j->raw);
     free(j->lp);
@@ -186,6 +188,10 @@ static void lp_entry(const srv_slot *sl, int ntop, int32_t id, srv_lp *e) {
 static void on_mask(void *user, float *logits, int64_t V) {
     srv_slot *sl = user;
     srv_job *j = sl->job;
+    if (j->gm) { /* response_format (respfmt.c): the tokens max_tokens still allows, this one included */
+        mk_grammar_match_mask(j->gm, j->max_tokens - j->n_gen, logits, V);
+        return;
+    }
     int32_t want = j->i_forced < j->n_forced ? j->forced[j->i_forced] : sl->srv->stopset.n ? sl->srv->stopset.ids[0] : -1;
     j->i_forced++;
     if (want < 0 || want >= V)
@@ -205,11 +211,15 @@ static bool on_token(void *user, int32_t id, const char *text, size_t len) {
     if (j->finish == SRV_FIN_STOP) /* the flush after a stop sequence: past the end */
         return false;
     double now = srv_now();
+    if (id >= 0 && j->gm && mk_grammar_match_token(j->gm, id) != MK_OK)
+        return false; /* never: the id came through the grammar's mask */
     if (id >= 0) {
-        if (j->n_gen == 0)
+        if (j->n_gen == 0) {
+            j->t_first = now;
             srv_metrics_observe(&s->metrics.ttft, &s->metrics, now - j->t_submit);
-        else
+        } else {
             srv_metrics_observe(&s->metrics.itl, &s->metrics, now - j->t_last);
+        }
         j->t_last = now;
     }
     if (!grow(&j->raw, &j->raw_cap, j->raw_len + len + 1))
@@ -429,7 +439,7 @@ static void start_job(mk_server *s, srv_job *j) {
     if (st == MK_OK && j->logprobs >= 0 && !best->raw &&
         !(best->raw = mk_malloc((size_t)c->vocab_size * sizeof *best->raw)))
         st = mk_err(MK_E_NOMEM, "no memory for the logits of a logprobs request (%d floats)", c->vocab_size);
-    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL, .on_mask = j->forced ? on_mask : NULL,
+    mk_gen_opts go = {.on_logits = j->logprobs >= 0 ? on_logits : NULL, .on_mask = j->forced || j->gm ? on_mask : NULL,
                       .keep_special = j->keep_special,.max_tokens = j->max_tokens, .stop = j->ignore_eos ? NULL : &s->stopset, .sampler = best->smp,
                       .tok = s->m.tok, .on_token = on_token, .user = best, .cancel = &j->cancel,
                       .cached = best_k, .prefill_step = s->o.prefill_step};
@@ -484,6 +494,10 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
     s->metrics.gen_tokens += (uint64_t)j->n_gen;
     if (j->finish == SRV_FIN_CANCEL)
         s->metrics.cancelled++;
+    if (j->n_gen > 0) /* GET /v1/stats: the last answer (the web page's panel) */
+        s->metrics.last = (srv_last){
+            .set = true, .np = j->np, .cached = j->n_cached, .gen = j->n_gen,
+            .ttft = j->t_first - j->t_submit, .decode_s = j->t_last - j->t_first};
     pthread_mutex_unlock(&s->metrics.mu);
     pthread_cond_broadcast(&j->cv);
     sl->job = NULL;

@@ -7,6 +7,8 @@
  *   chatparse.c, toolcall.c, toolforce.c, chatout.c  the answer's parts
  *   http.c     libmicrohttpd: routing, bodies, keys, connections, lifecycle
  *   metrics.c  counters and histograms, Prometheus text
+ *   stats.c    the same counters and the last request as JSON (/v1/stats)
+ *   webui.c    the built-in web page (src/server/web, compiled in)
  * Locking: one server mutex guards the queue, the slots' bookkeeping and
  * every job's output; each job has its own condition variable for the
  * connection waiting on it. Engines are touched only by the scheduler
@@ -22,6 +24,7 @@
 
 #include "moekit/chat.h"
 #include "moekit/generate.h"
+#include "moekit/grammar.h"
 #include "moekit/sample.h"
 #include "moekit/server.h"
 
@@ -68,6 +71,9 @@ typedef struct srv_params {
     size_t force_pre_len;
     const char *test_output;  /* moekit_test_output: the text to generate (test-only), or NULL */
     size_t test_output_len;
+    mk_grammar *grammar;      /* response_format json_object / json_schema (respfmt.c), or NULL */
+    const char *fmt_param;    /* the request's name for it in errors: NULL "response_format";
+                                 "text.format" (the Responses API sets it) */
     int logprobs;             /* -1: none; else how many alternatives per token (0..SRV_MAX_TOP) */
     mk_sample_params sp;
     bool seed_given;
@@ -176,6 +182,12 @@ typedef struct srv_hist {
     uint64_t count;
 } srv_hist;
 
+typedef struct srv_last {
+    bool set;
+    int64_t np, cached, gen;   /* prompt tokens, of which from the prompt cache; generated */
+    double ttft, decode_s;     /* submit to first token; first to last token */
+} srv_last;
+
 typedef struct srv_metrics {
     pthread_mutex_t mu;
     uint64_t req_by_code[6]; /* 2xx, 400, 401/403, 404/405, 413/429, 5xx */
@@ -187,6 +199,7 @@ typedef struct srv_metrics {
     srv_hist ttft, itl; /* time to first token; time between tokens */
     bool streaming;     /* experts stream: the store's counters below, copied by the scheduler */
     uint64_t ex_uses, ex_hits, ex_bytes;
+    srv_last last;      /* the last finished request that generated (GET /v1/stats) */
 } srv_metrics;
 
 void srv_metrics_init(srv_metrics *m);
@@ -219,6 +232,8 @@ typedef struct srv_job {
     bool keep_special;         /* the text keeps special tokens (a chat output parser reads them) */
     int32_t *forced;           /* test-only: the ids generated, in order, then a stop id; or NULL */
     int64_t n_forced, i_forced;
+    mk_grammar *grammar;       /* response_format (respfmt.c): owned, or NULL */
+    mk_grammar_match *gm;      /* its matcher: the scheduler masks and feeds it */
     int logprobs;              /* -1: off; else alternatives per token */
     char *stop[SRV_MAX_STOP];
     size_t stop_len[SRV_MAX_STOP];
@@ -298,6 +313,7 @@ struct mk_server {
     size_t snap_size;          /* bytes of one (mk_engine_state_bytes; 0: no recurrent state) */
     int64_t snap_cap, snap_count; /* snapshots all slots may hold together (snap_bytes), held now */
     int64_t snap_every;        /* prompt tokens between snapshots of a long prompt (snap_every) */
+    mk_grammar_vocab *gvoc;    /* constrained decoding's vocabulary trie (respfmt.c; built on first use) */
 };
 
 /* Create a job for prompt[0..np) (copied). NULL when out of memory. */
@@ -357,6 +373,8 @@ void srv_error(srv_reply *r, int code, const char *type, const char *param, cons
     __attribute__((format(printf, 5, 6)));
 void srv_handle_models(mk_server *s, srv_reply *r);
 void srv_handle_metrics(mk_server *s, srv_reply *r);
+/* GET /v1/stats (stats.c): the counters and the last request as JSON. */
+void srv_handle_stats(mk_server *s, srv_reply *r);
 /* POST endpoints. A non-streamed completion blocks until its job ends,
  * polling alive to cancel it when the client is gone. */
 void srv_handle_post(mk_server *s, srv_kind kind, const char *body, size_t len, srv_reply *r,
@@ -385,6 +403,26 @@ void srv_wait_tick(mk_server *s, srv_job *j);
 bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
 void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
 
+/* ---- respfmt.c ------------------------------------------------------------ */
+
+/* A response format object -> *g (NULL for {"type": "text"}). flat: the
+ * Responses API's text.format ({type, name, schema, strict}); else chat's
+ * response_format ({type, json_schema: {name, schema, strict}}). param
+ * names the field in messages ("response_format", "text.format"). On
+ * failure MK_E_ARG (unsupported schema features included: a 400 naming
+ * the keyword and its path) or MK_E_NOMEM, and where[0..nwhere) the field
+ * at fault. */
+mk_status srv_format_compile(const json_t *fmt, bool flat, const char *param, mk_grammar **g, char *where,
+                             size_t nwhere);
+/* What cannot go with response_format (tools, test output, ignore_eos, a
+ * thinking or harmony template): false with r set (400). Called before
+ * the prompt is built, so the conflict is what the client hears of. */
+bool srv_respfmt_check(mk_server *s, const srv_params *p, srv_reply *r);
+/* Give job j (not yet queued) the matcher of p->grammar, which j takes
+ * over (p->grammar becomes NULL); nothing without one. False with r set
+ * (the vocabulary or the matcher could not be made). */
+bool srv_respfmt_start(mk_server *s, srv_params *p, srv_job *j, srv_reply *r);
+
 /* ---- api_anthropic.c ------------------------------------------------------ */
 
 /* POST /v1/messages and /v1/messages/count_tokens (Anthropic Messages). */
@@ -398,5 +436,15 @@ bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark);
 /* POST /v1/responses (OpenAI Responses). */
 void srv_handle_responses(mk_server *s, const char *body, size_t len, srv_reply *r,
                           srv_alive_fn alive, void *alive_ctx);
+
+/* ---- webui.c -------------------------------------------------------------- */
+
+struct MHD_Connection;
+/* The web page: when url is one of its files (/, /assets/NAME) and the
+ * method GET or HEAD, queue the answer (200, or 304 for a matching
+ * If-None-Match), set *ret to MHD's result and return true; else false
+ * (the API's routing answers). */
+bool srv_webui_serve(mk_server *s, struct MHD_Connection *c, const char *url, const char *method,
+                     int *ret);
 
 #endif

@@ -10,7 +10,8 @@
  * stays in content as written, as any unparsable block does (constraining
  * the arguments to the schema is the grammar's work). Families whose call
  * opening depends on the conversation (kimi-k2 numbers calls across it) or
- * whose tools are not rendered yet are refused. */
+ * whose tools are not rendered yet are refused, and so is a named function
+ * where the format does not end the name (glm4.7). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -36,6 +37,7 @@ static bool name_ok(const char *n) {
 mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *name, char **out) {
     *out = NULL;
     const char *any, *open, *close; /* required; named: open + name + close */
+    const char *pre = think_open ? "</think>\n\n" : "";
     switch (kind) {
     case MK_CHAT_QWEN3:
     case MK_CHAT_QWEN3_THINK:
@@ -58,15 +60,37 @@ mk_status srv_toolcall_force(mk_chat_kind kind, bool think_open, const char *nam
         open = "<minimax:tool_call>\n<invoke name=\"";
         close = "\">\n";
         break;
+    case MK_CHAT_GLM47:
+        /* GLM-4.7's compact call has nothing after the name that ends it
+         * ('<tool_call>N<arg_key>' or '<tool_call>N</tool_call>'): a named
+         * opening would let the model go on spelling another name */
+        if (name)
+            return mk_err(MK_E_UNSUPPORTED, "tool_choice: forcing a named function is not supported with the "
+                          "glm4.7 template (its call format does not end the name); use \"required\" or "
+                          "\"auto\"");
+        any = open = "<tool_call>";
+        close = "";
+        if (think_open) /* its template closes an empty block with no new line */
+            pre = "</think>";
+        break;
+    case MK_CHAT_DEEPSEEK32: /* its template writes the blank line even after no content */
+        any = open = "\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"";
+        close = "\">\n";
+        break;
+    case MK_CHAT_HARMONY: /* after the generation prompt's '<|start|>assistant' */
+        any = " to=functions.";
+        open = " to=functions.";
+        close = "<|channel|>commentary json<|message|>";
+        break;
     default:
         return mk_err(MK_E_UNSUPPORTED, "tool_choice: forcing a tool call is not supported with the %s template "
-                      "(supported: qwen3, qwen3-think, qwen3.5, glm4, minimax-m2); use \"auto\"",
+                      "(supported: qwen3, qwen3-think, qwen3.5, glm4, glm4.7 (required only), minimax-m2, "
+                      "harmony, deepseek3.2); use \"auto\"",
                       mk_chat_kind_name(kind));
     }
     if (name && !name_ok(name))
         return mk_err(MK_E_ARG, "tool_choice.function.name: '%.100s' cannot be forced: a name of 1 to 64 letters, "
                       "digits, '_', '-', '.' or ':' is", name);
-    const char *pre = think_open ? "</think>\n\n" : "";
     size_t n = strlen(pre) + strlen(open) + (name ? strlen(name) + strlen(close) : 0) + strlen(any) + 1;
     char *t = mk_malloc(n);
     if (!t)

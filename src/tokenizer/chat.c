@@ -587,16 +587,64 @@ static mk_status render_deepseek3(const mk_chat_msg *m, size_t n, unsigned flags
     return MK_OK;
 }
 
+static void tool_function_json(sb *b, const char *tool);
+static void arg_value(sb *b, const json_t *v);
+
+/* DeepSeek-V3.2's DSML tool calls of message i: '\n\n<｜DSML｜function_calls>\n',
+ * per call '<｜DSML｜invoke name="N">\n' + '<｜DSML｜parameter name="K"
+ * string="true|false">V</｜DSML｜parameter>\n' per argument (V as is when a
+ * string, else its tojson) + '</｜DSML｜invoke>\n', then
+ * '</｜DSML｜function_calls>'. The arguments must be a JSON object (the
+ * template iterates them). */
+static mk_status dsml_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+    if (!tc || !tc->n)
+        return MK_OK;
+    lit(b, "\n\n<｜DSML｜function_calls>\n");
+    for (size_t k = 0; k < tc->n; k++) {
+        json_error_t e;
+        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+        if (!json_is_object(args)) {
+            if (args)
+                json_decref(args);
+            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
+                          "(the deepseek3.2 template iterates them)", i, k);
+        }
+        lit(b, "<｜DSML｜invoke name=\"");
+        puts_(b, txt(tc->calls[k].name));
+        lit(b, "\">\n");
+        const char *key;
+        json_t *v;
+        json_object_foreach(args, key, v) {
+            lit(b, "<｜DSML｜parameter name=\"");
+            puts_(b, key);
+            lit(b, json_is_string(v) ? "\" string=\"true\">" : "\" string=\"false\">");
+            arg_value(b, v);
+            lit(b, "</｜DSML｜parameter>\n");
+        }
+        json_decref(args);
+        lit(b, "</｜DSML｜invoke>\n");
+    }
+    lit(b, "</｜DSML｜function_calls>");
+    return MK_OK;
+}
+
 /* DeepSeek-V3.2 (llama.cpp's models/templates/deepseek-ai-DeepSeek-V3.2.jinja,
- * thinking off, its default): the system messages joined by a blank line
- * after the BOS; '<｜Assistant｜></think>' opens an assistant turn that
- * follows a user turn (one following another assistant turn gets no
- * marker), reasoning_content is not written; the generation prompt after a
- * user turn is '<｜Assistant｜><think></think>'. A tool result needs the
- * assistant's tool calls (the template raises without them). */
+ * thinking off, its default; DeepSeek ships no Jinja template for V3.2, only
+ * a Python encoder, and that template writes its DSML format): the system
+ * messages joined by a blank line after the BOS, then the tools (a header
+ * with the DSML instructions, tojson of each tool's function per line, in
+ * <functions></functions>); '<｜Assistant｜></think>' opens an assistant turn
+ * that follows a user turn, '\n\n</think>' one that follows the last result
+ * of a call (one following another assistant turn gets no marker),
+ * reasoning_content is not written; tool results
+ * '\n\n<function_results>\n<result>{t}</result>...\n</function_results>',
+ * counted against the calls of the last assistant turn with calls (the
+ * template raises with none); the generation prompt is
+ * '<｜Assistant｜><think></think>' after a user turn, '\n\n<think></think>'
+ * after the results. */
 static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "<｜begin▁of▁sentence｜>");
-    bool first_sp = true, pending = false;
+    bool first_sp = true, pending = false, pending_tool = false;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "system")) {
             if (!first_sp)
@@ -604,25 +652,71 @@ static mk_status render_deepseek32(const mk_chat_msg *m, size_t n, unsigned flag
             puts_(b, txt(m[i].content));
             first_sp = false;
         }
+    if (b->tools && b->tools->n) {
+        if (b->n > strlen("<｜begin▁of▁sentence｜>")) /* a system prompt before: a blank line */
+            lit(b, "\n\n");
+        lit(b, "## Tools\n\nYou have access to a set of tools you can use to answer the user's question.\n"
+               "You can invoke functions by writing a \"<｜DSML｜function_calls>\" block like the following as "
+               "part of your reply to the user:\n<｜DSML｜function_calls>\n<｜DSML｜invoke name=\"$FUNCTION_NAME\">\n"
+               "<｜DSML｜parameter name=\"$PARAMETER_NAME\" string=\"true|false\">$PARAMETER_VALUE</｜DSML｜parameter>"
+               "\n...\n</｜DSML｜invoke>\n<｜DSML｜invoke name=\"$FUNCTION_NAME2\">\n...\n</｜DSML｜invoke>\n"
+               "</｜DSML｜function_calls>\n\nString and scalar parameters should be specified as is without any "
+               "escaping or quotes, while lists and objects should use JSON format. The \"string\" attribute should "
+               "be set to \"true\" for string type parameters and \"false\" for other types (numbers, booleans, "
+               "arrays, objects).\n\nIf the thinking_mode is enabled, then after function results you should "
+               "strongly consider outputting a thinking block. Here is an example:\n\n<｜DSML｜function_calls>\n...\n"
+               "</｜DSML｜function_calls>\n\n<function_results>\n...\n</function_results>\n\n<think>...thinking about "
+               "results</think>\n\nHere are the functions available in JSONSchema format:\n<functions>\n");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            tool_function_json(b, b->tools->json[t]);
+            lit(b, "\n");
+        }
+        lit(b, "</functions>\n");
+    }
+    const mk_chat_msg_calls *mc = b->tools ? b->tools->msg : NULL;
+    long called = -1; /* the last assistant turn with calls */
     for (size_t i = 0; i < n; i++) {
         if (is_role(&m[i], "user")) {
             lit(b, "<｜User｜>");
             puts_(b, txt(m[i].content));
             pending = true;
+            pending_tool = false;
         } else if (is_role(&m[i], "assistant")) {
             if (pending)
                 lit(b, "<｜Assistant｜></think>");
-            pending = false;
+            else if (pending_tool)
+                lit(b, "\n\n</think>");
+            pending = pending_tool = false;
             puts_(b, txt(m[i].content));
+            mk_status st = dsml_calls(mc ? &mc[i] : NULL, i, b);
+            if (st != MK_OK)
+                return st;
+            if (mc && mc[i].n)
+                called = (long)i;
             lit(b, "<｜end▁of▁sentence｜>");
         } else if (is_role(&m[i], "tool")) {
-            return no_tool_call(i, "deepseek3.2");
+            if (called < 0)
+                return no_tool_call(i, "deepseek3.2");
+            /* the template's count: the distance to the turn with the calls */
+            size_t order = i - (size_t)called;
+            if (order == 1)
+                lit(b, "\n\n<function_results>");
+            lit(b, "\n<result>");
+            puts_(b, txt(m[i].content));
+            lit(b, "</result>");
+            if (order == mc[called].n) {
+                lit(b, "\n</function_results>");
+                pending = false;
+                pending_tool = true;
+            }
         } else if (!is_role(&m[i], "system")) {
             return bad_role(i, &m[i], "deepseek3.2");
         }
     }
     if ((flags & MK_CHAT_GENERATION_PROMPT) && pending)
         lit(b, "<｜Assistant｜><think></think>");
+    else if ((flags & MK_CHAT_GENERATION_PROMPT) && pending_tool)
+        lit(b, "\n\n<think></think>");
     return MK_OK;
 }
 
@@ -727,10 +821,11 @@ static bool ends_with(const char *s, const char *suf) {
 
 /* GLM-4.5/4.6's tool calls of message i: '\n<tool_call>N\n' then
  * '<arg_key>K</arg_key>\n<arg_value>V</arg_value>\n' per argument (V as
- * is when a string, else its tojson) and '</tool_call>'. The template
+ * is when a string, else its tojson) and '</tool_call>'; GLM-4.7's
+ * (compact) the same without any of those newlines. The template
  * iterates the arguments as a mapping: text that is not a JSON object is
  * MK_E_ARG, as the template raises. */
-static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
+static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, bool compact, sb *b) {
     for (size_t k = 0; tc && k < tc->n; k++) {
         json_error_t e;
         const char *a = txt(tc->calls[k].arguments);
@@ -739,17 +834,18 @@ static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
             if (args)
                 json_decref(args);
             return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
-                          "(the glm4 template iterates them)", i, k);
+                          "(the %s template iterates them)", i, k, compact ? "glm4.7" : "glm4");
         }
-        lit(b, "\n<tool_call>");
+        lit(b, compact ? "<tool_call>" : "\n<tool_call>");
         puts_(b, txt(tc->calls[k].name));
-        lit(b, "\n");
+        if (!compact)
+            lit(b, "\n");
         const char *key;
         json_t *v;
         json_object_foreach(args, key, v) {
             lit(b, "<arg_key>");
             puts_(b, key);
-            lit(b, "</arg_key>\n<arg_value>");
+            lit(b, compact ? "</arg_key><arg_value>" : "</arg_key>\n<arg_value>");
             if (json_is_string(v)) {
                 put(b, json_string_value(v), json_string_length(v));
             } else {
@@ -760,7 +856,7 @@ static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
                     puts_(b, t);
                 free(t);
             }
-            lit(b, "</arg_value>\n");
+            lit(b, compact ? "</arg_value>" : "</arg_value>\n");
         }
         json_decref(args);
         lit(b, "</tool_call>");
@@ -816,7 +912,7 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
                 lit(b, "\n");
                 put(b, c, cn);
             }
-            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, b);
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, false, b);
             if (st != MK_OK)
                 return st;
         } else if (is_role(&m[i], "tool")) {
@@ -842,9 +938,23 @@ static mk_status render_glm4(const mk_chat_msg *m, size_t n, unsigned flags, sb 
  * user turn and when it has reasoning, a bare '</think>' otherwise; tool
  * results need no tool call before them; the generation prompt is
  * '<|assistant|><think>' ('<|assistant|></think>' with enable_thinking=false).
- * clear_thinking (keep every turn's reasoning) is not offered. */
+ * clear_thinking (keep every turn's reasoning) is not offered. Tools: GLM-4.6's
+ * system turn with a compact example call; calls compact,
+ * '<tool_call>N<arg_key>K</arg_key><arg_value>V</arg_value></tool_call>'. */
 static mk_status render_glm47(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     lit(b, "[gMASK]<sop>");
+    if (b->tools && b->tools->n) { /* GLM-4.6's tool prompt, its example call compact */
+        lit(b, "<|system|>\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+               "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n");
+        for (size_t i = 0; i < b->tools->n; i++) {
+            puts_(b, b->tools->json[i]);
+            lit(b, "\n");
+        }
+        lit(b, "</tools>\n\nFor each function call, output the function name and arguments within the "
+               "following XML format:\n<tool_call>{function-name}<arg_key>{arg-key-1}</arg_key>"
+               "<arg_value>{arg-value-1}</arg_value><arg_key>{arg-key-2}</arg_key>"
+               "<arg_value>{arg-value-2}</arg_value>...</tool_call>");
+    }
     long last_user = -1;
     for (size_t i = 0; i < n; i++)
         if (is_role(&m[i], "user"))
@@ -874,6 +984,9 @@ static mk_status render_glm47(const mk_chat_msg *m, size_t n, unsigned flags, sb
             }
             py_strip(&c, &cn);
             put(b, c, cn);
+            mk_status st = glm4_calls(b->tools && b->tools->msg ? &b->tools->msg[i] : NULL, i, true, b);
+            if (st != MK_OK)
+                return st;
         } else if (is_role(&m[i], "tool")) {
             if (i == 0 || !is_role(&m[i - 1], "tool"))
                 lit(b, "<|observation|>");
@@ -1040,45 +1153,388 @@ static mk_status render_minimax_m2(const mk_chat_msg *m, size_t n, unsigned flag
     return MK_OK;
 }
 
+/* ---- harmony (gpt-oss) tools: the released template's TypeScript-like
+ * namespace (render_typescript_type, render_tool_namespace), reproduced
+ * branch by branch; what the template cannot render (it raises) or that is
+ * not reproduced yet (oneOf) is refused, never approximated. */
+
+/* Jinja's truthiness of a JSON value (absent: false). */
+static bool truthy(const json_t *v) {
+    if (!v || json_is_null(v) || json_is_false(v))
+        return false;
+    if (json_is_string(v))
+        return json_string_length(v) > 0;
+    if (json_is_integer(v))
+        return json_integer_value(v) != 0;
+    if (json_is_real(v))
+        return json_real_value(v) != 0;
+    if (json_is_array(v))
+        return json_array_size(v) > 0;
+    if (json_is_object(v))
+        return json_object_size(v) > 0;
+    return true;
+}
+
+static bool str_is(const json_t *v, const char *s) { return json_is_string(v) && !strcmp(json_string_value(v), s); }
+
+/* tojson of any value: Python's separators, the given key order. */
+static void put_tojson(sb *b, const json_t *v) {
+    char *t = json_dumps(v, JSON_ENCODE_ANY | JSON_PRESERVE_ORDER);
+    if (!t)
+        b->oom = true;
+    else
+        puts_(b, t);
+    free(t);
+}
+
+/* tojson of a string as Python's json.dumps(ensure_ascii=False) writes it:
+ * \uXXXX in lower case for the control characters without a short form. */
+static void put_json_string(sb *b, const char *s) {
+    put(b, "\"", 1);
+    for (; *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        char e[8];
+        switch (ch) {
+        case '"': put(b, "\\\"", 2); break;
+        case '\\': put(b, "\\\\", 2); break;
+        case '\n': put(b, "\\n", 2); break;
+        case '\r': put(b, "\\r", 2); break;
+        case '\t': put(b, "\\t", 2); break;
+        case '\b': put(b, "\\b", 2); break;
+        case '\f': put(b, "\\f", 2); break;
+        default:
+            if (ch < 0x20) {
+                snprintf(e, sizeof e, "\\u%04x", ch);
+                put(b, e, 6);
+            } else {
+                put(b, s, 1);
+            }
+        }
+    }
+    put(b, "\"", 1);
+}
+
+static mk_status harmony_refuse(const char *tool, const char *what) {
+    return mk_err(MK_E_UNSUPPORTED, "tools: function '%s': %s: not rendered for the harmony template (its "
+                  "released template cannot render it or moekit does not reproduce it yet)", tool, what);
+}
+
+/* '"a" | "b"' from a list of strings joined by sep. */
+static bool join_strings(sb *b, const json_t *a, const char *sep, const char *quote) {
+    for (size_t k = 0; k < json_array_size(a); k++) {
+        const json_t *e = json_array_get(a, k);
+        if (!json_is_string(e))
+            return false;
+        if (k)
+            puts_(b, sep);
+        puts_(b, quote);
+        puts_(b, json_string_value(e));
+        puts_(b, quote);
+    }
+    return true;
+}
+
+static size_t u8_chars(const char *s, size_t n) {
+    size_t c = 0;
+    for (size_t i = 0; i < n; i++)
+        c += ((unsigned char)s[i] & 0xC0) != 0x80;
+    return c;
+}
+
+static bool in_required(const json_t *req, const char *name) {
+    for (size_t k = 0; k < json_array_size(req); k++)
+        if (str_is(json_array_get(req, k), name))
+            return true;
+    return false;
+}
+
+/* render_typescript_type(spec): a schema as a TypeScript type. */
+static mk_status ts_type(sb *b, const json_t *s, const char *tool, int depth) {
+    if (depth > 32)
+        return harmony_refuse(tool, "a schema nested deeper than 32 levels");
+    const json_t *type = json_object_get(s, "type");
+    bool nullable = truthy(json_object_get(s, "nullable"));
+    if (str_is(type, "array")) {
+        const json_t *items = json_object_get(s, "items");
+        if (!truthy(items)) {
+            lit(b, "any[]");
+        } else {
+            const json_t *it = json_object_get(items, "type");
+            if (str_is(it, "string")) {
+                lit(b, "string[]");
+            } else if (str_is(it, "number") || str_is(it, "integer")) {
+                lit(b, "number[]");
+            } else if (str_is(it, "boolean")) {
+                lit(b, "boolean[]");
+            } else {
+                sb in = {0};
+                mk_status st = ts_type(&in, items, tool, depth + 1);
+                if (st == MK_OK && !in.oom) {
+                    /* |length counts characters */
+                    if (!strcmp(in.p, "object | object") || u8_chars(in.p, in.n) > 50) {
+                        lit(b, "any[]");
+                    } else {
+                        put(b, in.p, in.n);
+                        lit(b, "[]");
+                    }
+                }
+                b->oom |= in.oom;
+                free(in.p);
+                free(in.ctl);
+                if (st != MK_OK)
+                    return st;
+            }
+        }
+        if (nullable)
+            lit(b, " | null");
+        return MK_OK;
+    }
+    if (json_is_array(type) && json_array_size(type) >= 1) { /* a union of types */
+        if (!join_strings(b, type, " | ", ""))
+            return harmony_refuse(tool, "a \"type\" list holding a non-string");
+        return MK_OK;
+    }
+    if (truthy(json_object_get(s, "oneOf")))
+        return harmony_refuse(tool, "\"oneOf\"");
+    if (str_is(type, "string")) {
+        const json_t *en = json_object_get(s, "enum");
+        if (truthy(en)) {
+            if (!json_is_array(en) || !join_strings(b, en, " | ", "\""))
+                return harmony_refuse(tool, "an \"enum\" that is not a list of strings");
+        } else {
+            lit(b, "string");
+            if (nullable)
+                lit(b, " | null");
+        }
+    } else if (str_is(type, "number") || str_is(type, "integer")) {
+        lit(b, "number");
+    } else if (str_is(type, "boolean")) {
+        lit(b, "boolean");
+    } else if (str_is(type, "object")) {
+        const json_t *props = json_object_get(s, "properties"), *req = json_object_get(s, "required");
+        if (!truthy(props)) {
+            lit(b, "object");
+            return MK_OK;
+        }
+        if (!json_is_object(props) || (truthy(req) && !json_is_array(req)))
+            return harmony_refuse(tool, "\"properties\" not an object or \"required\" not a list");
+        lit(b, "{\n");
+        const char *key;
+        const json_t *v;
+        size_t k = 0, np = json_object_size(props);
+        json_object_foreach((json_t *)props, key, v) {
+            puts_(b, key);
+            if (!in_required(req, key))
+                lit(b, "?");
+            /* the template's own white space: its '{{ ... }}' is not trimmed */
+            lit(b, ": \n                ");
+            mk_status st = ts_type(b, v, tool, depth + 1);
+            if (st != MK_OK)
+                return st;
+            if (++k < np)
+                lit(b, ", ");
+        }
+        lit(b, "}");
+    } else {
+        lit(b, "any");
+    }
+    return MK_OK;
+}
+
+/* render_tool_namespace("functions", tools) for one tool's JSON text. */
+static mk_status harmony_tool(sb *b, const char *tool_json) {
+    json_error_t e;
+    json_t *t = json_loads(tool_json, 0, &e);
+    if (!t) {
+        b->oom = true; /* request.c wrote the text: only memory can fail */
+        return MK_OK;
+    }
+    const json_t *fn = json_object_get(t, "function");
+    const char *name = json_string_value(json_object_get(fn, "name"));
+    const json_t *desc = json_object_get(fn, "description"), *params = json_object_get(fn, "parameters");
+    mk_status st = MK_OK;
+    if (!name)
+        name = "";
+    if (desc && !json_is_string(desc)) {
+        st = harmony_refuse(name, "a \"description\" that is not a string");
+        goto out;
+    }
+    /* A missing description renders as an empty one (the template itself
+     * raises on it: '"// " + undefined'); nothing is lost. */
+    lit(b, "// ");
+    puts_(b, desc ? json_string_value(desc) : "");
+    lit(b, "\ntype ");
+    puts_(b, name);
+    lit(b, " = ");
+    const json_t *props = json_object_get(params, "properties");
+    if (!truthy(params) || !truthy(props)) {
+        lit(b, "() => any;\n\n");
+        goto out;
+    }
+    const json_t *req = json_object_get(params, "required");
+    if (!json_is_object(props) || (truthy(req) && !json_is_array(req))) {
+        st = harmony_refuse(name, "\"properties\" not an object or \"required\" not a list");
+        goto out;
+    }
+    lit(b, "(_: {\n");
+    const char *key;
+    const json_t *v;
+    json_object_foreach((json_t *)props, key, v) {
+        const json_t *pd = json_object_get(v, "description");
+        if (truthy(pd)) {
+            if (!json_is_string(pd)) {
+                st = harmony_refuse(name, "a parameter's \"description\" that is not a string");
+                goto out;
+            }
+            lit(b, "// ");
+            puts_(b, json_string_value(pd));
+            lit(b, "\n");
+        }
+        puts_(b, key);
+        if (!in_required(req, key))
+            lit(b, "?");
+        lit(b, ": ");
+        if ((st = ts_type(b, v, name, 0)) != MK_OK)
+            goto out;
+        const json_t *def = json_object_get(v, "default");
+        if (def) {
+            if (truthy(json_object_get(v, "enum"))) { /* '+ default': a string only */
+                if (!json_is_string(def)) {
+                    st = harmony_refuse(name, "a non-string \"default\" of an \"enum\"");
+                    goto out;
+                }
+                lit(b, ", // default: ");
+                puts_(b, json_string_value(def));
+            } else {
+                lit(b, ", // default: ");
+                put_tojson(b, def);
+            }
+        }
+        lit(b, ",\n");
+    }
+    lit(b, "}) => any;\n\n");
+out:
+    json_decref(t);
+    return st;
+}
+
+/* The harmony arguments of a call: tojson of the arguments object. */
+static mk_status harmony_args(sb *b, const mk_chat_tool_call *c, size_t i) {
+    json_error_t e;
+    json_t *a = json_loads(txt(c->arguments), JSON_DECODE_ANY, &e);
+    if (!a)
+        return mk_err(MK_E_ARG, "chat message %zu: tool call arguments are not JSON (line %d: %s)", i, e.line,
+                      e.text);
+    put_tojson(b, a);
+    json_decref(a);
+    return MK_OK;
+}
+
 /* gpt-oss's harmony format: <|start|>{role}<|message|>{text}<|end|>, the
  * assistant's answers on the final channel. The system message is the
  * template's (knowledge cutoff, today's date in UTC, reasoning effort
  * medium, the channel list); a first system or developer message becomes
- * the developer message's instructions. */
+ * the developer message's instructions, followed by the tools' namespace.
+ * An assistant turn with a tool call: its content, else its reasoning, on
+ * the analysis channel (only while no later assistant turn answers
+ * without calls), then '<|start|>assistant to=functions.N<|channel|>
+ * commentary json<|message|>{args}<|call|>'; a tool result is
+ * '<|start|>functions.N to=assistant<|channel|>commentary<|message|>'
+ * + its text as a JSON string + '<|end|>', N the last call's name. The
+ * template renders one call per assistant turn (it would drop the
+ * others): more are refused. */
 static mk_status render_harmony(const mk_chat_msg *m, size_t n, unsigned flags, sb *b) {
     char date[32] = "1970-01-01";
     time_t now = time(NULL);
     struct tm tm;
+    bool tools = b->tools && b->tools->n;
+    const mk_chat_msg_calls *mc = b->tools ? b->tools->msg : NULL;
     if (now != (time_t)-1 && gmtime_r(&now, &tm))
         strftime(date, sizeof date, "%Y-%m-%d", &tm);
     lit(b, "<|start|>system<|message|>You are ChatGPT, a large language model trained by OpenAI.\n"
            "Knowledge cutoff: 2024-06\nCurrent date: ");
     lit(b, date);
     lit(b, "\n\nReasoning: medium\n\n# Valid channels: analysis, commentary, final. Channel must be "
-           "included for every message.<|end|>");
+           "included for every message.");
+    if (tools)
+        lit(b, "\nCalls to these tools must go to the commentary channel: 'functions'.");
+    lit(b, "<|end|>");
     size_t first = n && (is_role(&m[0], "system") || is_role(&m[0], "developer")) ? 1 : 0;
-    if (first && *txt(m[0].content)) {
-        lit(b, "<|start|>developer<|message|># Instructions\n\n");
+    bool dev = first && *txt(m[0].content);
+    if (dev || tools)
+        lit(b, "<|start|>developer<|message|>");
+    if (dev) {
+        lit(b, "# Instructions\n\n");
         puts_(b, m[0].content);
         /* The released template (hub, llama.cpp's openai-gpt-oss-120b.jinja)
          * ends the instructions with a blank line even when no tools follow. */
-        lit(b, "\n\n<|end|>");
+        lit(b, "\n\n");
     }
+    if (tools) {
+        lit(b, "# Tools\n\n## functions\n\nnamespace functions {\n\n");
+        for (size_t t = 0; t < b->tools->n; t++) {
+            mk_status st = harmony_tool(b, b->tools->json[t]);
+            if (st != MK_OK)
+                return st;
+        }
+        lit(b, "} // namespace functions");
+    }
+    if (dev || tools)
+        lit(b, "<|end|>");
+    const char *last_call = NULL; /* the name tool results answer to */
     for (size_t i = first; i < n; i++) {
         const char *c = txt(m[i].content);
         if (is_role(&m[i], "assistant")) {
-            if (strstr(c, "<|channel|>analysis<|message|>") || strstr(c, "<|channel|>final<|message|>"))
-                return mk_err(MK_E_ARG, "chat message %zu: assistant content holds harmony channel headers "
-                              "(<|channel|>...<|message|>); the harmony template refuses it", i);
-            lit(b, "<|start|>assistant<|channel|>final<|message|>");
-            puts_(b, c);
-            lit(b, i + 1 == n && !(flags & MK_CHAT_GENERATION_PROMPT) ? "<|return|>" : "<|end|>");
+            const char *r = txt(m[i].reasoning);
+            if (strstr(c, "<|channel|>analysis<|message|>") || strstr(c, "<|channel|>final<|message|>") ||
+                strstr(r, "<|channel|>analysis<|message|>") || strstr(r, "<|channel|>final<|message|>"))
+                return mk_err(MK_E_ARG, "chat message %zu: assistant content or reasoning holds harmony channel "
+                              "headers (<|channel|>...<|message|>); the harmony template refuses it", i);
+            const mk_chat_msg_calls *tc = mc ? &mc[i] : NULL;
+            if (tc && tc->n) {
+                if (tc->n > 1)
+                    return mk_err(MK_E_UNSUPPORTED, "chat message %zu: %zu tool calls in one assistant message: "
+                                  "the harmony template renders only the first (send each call as an assistant "
+                                  "message of its own)", i, tc->n);
+                if (*c && *r)
+                    return mk_err(MK_E_ARG, "chat message %zu: an assistant message with a tool call has both "
+                                  "content and reasoning_content; the harmony template refuses it (it renders "
+                                  "one of them on the analysis channel)", i);
+                bool final_later = false; /* a later answer without calls drops this analysis */
+                for (size_t j = i + 1; j < n; j++)
+                    if (is_role(&m[j], "assistant") && !(mc && mc[j].n))
+                        final_later = true;
+                if ((*c || *r) && !final_later) {
+                    lit(b, "<|start|>assistant<|channel|>analysis<|message|>");
+                    puts_(b, *c ? c : r);
+                    lit(b, "<|end|>");
+                }
+                lit(b, "<|start|>assistant to=functions.");
+                puts_(b, txt(tc->calls[0].name));
+                lit(b, "<|channel|>commentary json<|message|>");
+                mk_status st = harmony_args(b, &tc->calls[0], i);
+                if (st != MK_OK)
+                    return st;
+                lit(b, "<|call|>");
+                last_call = txt(tc->calls[0].name);
+            } else {
+                lit(b, "<|start|>assistant<|channel|>final<|message|>");
+                puts_(b, c);
+                lit(b, i + 1 == n && !(flags & MK_CHAT_GENERATION_PROMPT) ? "<|return|>" : "<|end|>");
+                last_call = NULL;
+            }
         } else if (is_role(&m[i], "user")) {
             lit(b, "<|start|>user<|message|>");
             puts_(b, c);
             lit(b, "<|end|>");
         } else if (is_role(&m[i], "tool")) {
-            return no_tool_call(i, "harmony");
+            if (!last_call)
+                return no_tool_call(i, "harmony");
+            lit(b, "<|start|>functions.");
+            puts_(b, last_call);
+            lit(b, " to=assistant<|channel|>commentary<|message|>");
+            put_json_string(b, c);
+            lit(b, "<|end|>");
         } else if (is_role(&m[i], "system") || is_role(&m[i], "developer")) {
             return dropped(i, &m[i], "harmony");
         } else {
@@ -1174,14 +1630,17 @@ static mk_status render(mk_chat_kind kind, const mk_chat_msg *msgs, size_t n, un
     mk_status st = MK_OK;
     put(b, "", 0);
     if (kind != MK_CHAT_QWEN3 && kind != MK_CHAT_QWEN3_THINK && kind != MK_CHAT_QWEN35 && kind != MK_CHAT_GLM4 &&
-        kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2) {
+        kind != MK_CHAT_GLM47 && kind != MK_CHAT_MINIMAX_M2 && kind != MK_CHAT_KIMI_K2 && kind != MK_CHAT_HARMONY &&
+        kind != MK_CHAT_DEEPSEEK32) {
         if (b->tools && b->tools->n)
-            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet "
-                          "(only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", mk_chat_kind_name(kind));
+            return mk_err(MK_E_UNSUPPORTED, "chat: tools are not rendered for the %s template yet (only qwen3, "
+                          "qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony, deepseek3.2)",
+                          mk_chat_kind_name(kind));
         for (size_t i = 0; b->tools && b->tools->msg && i < n; i++)
             if (b->tools->msg[i].n)
-                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the "
-                              "%s template yet (only qwen3, qwen3-think, qwen3.5, glm4, minimax-m2, kimi-k2)", i, mk_chat_kind_name(kind));
+                return mk_err(MK_E_UNSUPPORTED, "chat message %zu: tool calls are not rendered for the %s "
+                              "template yet (only qwen3, qwen3-think, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, "
+                              "harmony, deepseek3.2)", i, mk_chat_kind_name(kind));
     }
     switch (kind) {
     case MK_CHAT_CHATML: render_chatml(msgs, n, flags, b); break;

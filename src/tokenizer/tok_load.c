@@ -940,6 +940,14 @@ const char *mk_tok_token_str(const mk_tok *t, int32_t id, size_t *len) {
     return t->strs + t->id_str[id].off;
 }
 
+const char *mk_tok_token_bytes(const mk_tok *t, int32_t id, size_t *len) {
+    if (!t || t->dec_join_space || id < 0 || (size_t)id >= t->n_ids || !(t->id_flags[id] & TOK_ID_PRESENT))
+        return NULL;
+    if (len)
+        *len = t->id_bytes[id].len;
+    return t->bytes + t->id_bytes[id].off;
+}
+
 bool mk_tok_is_special(const mk_tok *t, int32_t id) {
     return t && id >= 0 && (size_t)id < t->n_ids && (t->id_flags[id] & TOK_ID_SPECIAL);
 }

@@ -302,7 +302,8 @@ expect_err 400 'tools[0]' $C "{$U,\"tools\":[{\"type\":\"retrieval\"}]}"
 expect_err 400 tools /v1/completions '{"prompt":"x","tools":[{"type":"function","function":{"name":"f"}}]}'
 expect_err 400 moekit_test_output $C "{$U,\"moekit_test_output\":\"forced\"}"
 expect_err 400 tool_choice $C "{$U,\"tool_choice\":\"required\"}"
-expect_err 400 response_format $C "{$U,\"response_format\":{\"type\":\"json_object\"}}"
+expect_err 400 response_format $C "{$U,\"response_format\":{\"type\":\"yaml\"}}"
+expect_err 400 response_format.json_schema.schema $C "{$U,\"response_format\":{\"type\":\"json_schema\",\"json_schema\":{\"name\":\"x\",\"schema\":{\"type\":\"string\",\"format\":\"date\"}}}}"
 expect_err 400 best_of /v1/completions '{"prompt":"x","best_of":2}'
 expect_err 400 echo /v1/completions '{"prompt":"x","echo":true}'
 expect_err 400 suffix /v1/completions '{"prompt":"x","suffix":"y"}'

@@ -152,7 +152,7 @@ await expect400({ previous_response_id: r1.id }, 'previous_response_id');
 await expect400({ frobnicate: true }, 'frobnicate');
 await expect400({ tools: [{ type: 'web_search' }] }, 'tools[0]');
 await expect400({ tools: [{ ...tools[0], strict: true }] }, 'tools[0].strict');
-await expect400({ text: { format: { type: 'json_object' } } }, 'text.format');
+await expect400({ text: { format: { type: 'yaml' } } }, 'text.format'); // json formats: serve_jsonschema
 await expect400({ input: [{ type: 'item_reference', id: 'x' }] }, 'input[0]');
 await expect400({ input: [{ role: 'user', content: [{ type: 'input_image', image_url: 'data:,' }] }] }, 'input[0].content[0]');
 await expect400({ background: true }, 'background');

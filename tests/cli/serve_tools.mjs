@@ -159,6 +159,18 @@ if (tpl === 'qwen3') {
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
     await forced('required', '<tool_call>', 'get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call>',
                  [['get_weather', { city: 'Paris' }]]);
+} else if (tpl === 'glm4.7') { // the prompt opened <think>; calls in the compact format
+    const first = await both('The weather tool.</think><tool_call>get_weather<arg_key>city</arg_key><arg_value>Paris</arg_value></tool_call>',
+                             { tools }, { reasoning: 'The weather tool.', content: null, calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('Got it.</think>It is 21 degrees.', { tools, messages: msgs },
+                              { reasoning: 'Got it.', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `glm4.7 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    // the open think block closed as the template closes an empty one
+    await forced('required', '</think><tool_call>', 'get_time</tool_call>', [['get_time', {}]]);
+    // nothing ends the name in the compact format: a named function is refused
+    await expect400({ tools, tool_choice: named('get_time') }, 'tool_choice');
 } else if (tpl === 'minimax-m2') {
     await both('MiniMax thinks it over.\n</think>\n\nMiniMax answers.', {}, { reasoning: 'MiniMax thinks it over.', content: 'MiniMax answers.' });
     const first = await both('Two tools.\n</think>\n\n<minimax:tool_call>\n<invoke name="get_weather">\n<parameter name="city">Paris</parameter>\n</invoke>\n<invoke name="get_time">\n</invoke>\n</minimax:tool_call>',
@@ -180,15 +192,42 @@ if (tpl === 'qwen3') {
     check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `kimi round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
     // kimi numbers calls across the conversation: forcing one is refused, never ignored
     await expect400({ tools, tool_choice: 'required' }, 'tool_choice');
+} else if (tpl === 'deepseek3.2') { // DSML calls, values typed by string="true|false"
+    const first = await both('Checking.\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="get_weather">\n<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n<｜DSML｜invoke name="get_time">\n</｜DSML｜invoke>\n</｜DSML｜function_calls>',
+                             { tools }, { reasoning: '', content: 'Checking.', calls: [['get_weather', { city: 'Paris' }], ['get_time', {}]] });
+    const [c1, c2] = first.choices[0].message.tool_calls;
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: c1.id, content: '21 degrees' },
+                  { role: 'tool', tool_call_id: c2.id, content: 'noon' }];
+    const second = await both('It is 21 degrees at noon.', { tools, messages: msgs }, { reasoning: '', content: 'It is 21 degrees at noon.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `deepseek3.2 round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    const open = '\n\n<｜DSML｜function_calls>\n<｜DSML｜invoke name="';
+    await forced('required', open, 'get_time">\n</｜DSML｜invoke>\n</｜DSML｜function_calls>', [['get_time', {}]]);
+    await forced(named('get_weather'), open + 'get_weather">\n',
+                 '<｜DSML｜parameter name="city" string="true">Paris</｜DSML｜parameter>\n</｜DSML｜invoke>\n</｜DSML｜function_calls>',
+                 [['get_weather', { city: 'Paris' }]]);
 } else if (tpl === 'harmony') {
     await both('<|channel|>analysis<|message|>Harmony thinks it over.<|end|><|start|>assistant<|channel|>final<|message|>Harmony answers.',
                {}, { reasoning: 'Harmony thinks it over.', content: 'Harmony answers.' });
-    try { // not rendered for this family yet: refused, never dropped
-        await client.chat.completions.create({ ...base, tools });
-        check(false, 'tools accepted by a template that does not render them');
+    // a call on the commentary channel; sent back, its reasoning goes on the
+    // analysis channel and the result answers functions.get_weather
+    const first = await both('<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant<|channel|>commentary to=functions.get_weather <|constrain|>json<|message|>{"city": "Paris"}<|call|>',
+                             { tools }, { reasoning: 'Need the weather.', content: null, calls: [['get_weather', { city: 'Paris' }]] });
+    const call = first.choices[0].message.tool_calls[0];
+    const msgs = [...user, first.choices[0].message, { role: 'tool', tool_call_id: call.id, content: '21 degrees' }];
+    const second = await both('<|channel|>final<|message|>It is 21 degrees.', { tools, messages: msgs },
+                              { reasoning: '', content: 'It is 21 degrees.' });
+    check(second.usage.prompt_tokens > first.usage.prompt_tokens + 10, `harmony round trip prompt ${second.usage.prompt_tokens} vs ${first.usage.prompt_tokens}`);
+    try { // the template renders one call per assistant message: two are refused, never dropped
+        const two = { ...first.choices[0].message, tool_calls: [call, { ...call, id: 'call_b' }] };
+        await client.chat.completions.create({ ...base, tools, messages: [...user, two] });
+        check(false, 'two calls in one harmony assistant message accepted');
     } catch (e) {
-        check(e instanceof OpenAI.BadRequestError && /not rendered/.test(e.message), `harmony tools: ${e}`);
+        check(e instanceof OpenAI.BadRequestError && /renders only the first/.test(e.message), `harmony two calls: ${e}`);
     }
+    // forced: the call's opening after '<|start|>assistant', as the template renders a call
+    await forced('required', ' to=functions.', 'get_time<|channel|>commentary json<|message|>{}<|call|>', [['get_time', {}]]);
+    await forced(named('get_weather'), ' to=functions.get_weather<|channel|>commentary json<|message|>',
+                 '{"city": "Paris"}<|call|>', [['get_weather', { city: 'Paris' }]]);
 } else {
     check(false, `unknown TEMPLATE ${tpl}`);
 }

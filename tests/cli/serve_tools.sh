@@ -44,7 +44,7 @@ stop() {
     SPID=
 }
 
-for tpl in qwen3 qwen3-think qwen3.5 glm4 minimax-m2 kimi-k2 harmony; do
+for tpl in qwen3 qwen3-think qwen3.5 glm4 glm4.7 minimax-m2 kimi-k2 deepseek3.2 harmony; do
     serve "$tpl"
     PORT=$PORT TEMPLATE=$tpl node "$T/serve_tools.mjs" || fail "the openai client's checks failed ($tpl)"
     stop

@@ -8,13 +8,14 @@
  * final ones, calls that the final parse also has, and no markup of the
  * family in content, so a stream's deltas add up to the final message.
  * Also the other direction: a request's tools and tool calls rendered
- * through the qwen3, qwen3.5, glm4, minimax-m2 and kimi-k2 templates
- * (request.c's tojson, chat.c) against the released Qwen3, Qwen3.5,
- * GLM-4.6, MiniMax-M2 and Kimi-K2-Instruct templates rendered by
- * @huggingface/jinja (Kimi's and Qwen3.5's by Python's jinja2, the engine
- * transformers uses: Kimi's template mutates lists, Qwen3.5's prints
- * scalars with Python's str()) (tests/data/chat_tools/,
- * tests/gen/gen_chat_tools.mjs and .py). */
+ * through the qwen3, qwen3.5, glm4, glm4.7, minimax-m2, kimi-k2, harmony and
+ * deepseek3.2 templates (request.c's tojson, chat.c) against the released
+ * Qwen3, Qwen3.5, GLM-4.6, GLM-4.7-Flash, MiniMax-M2, Kimi-K2-Instruct and
+ * gpt-oss (openai-gpt-oss-120b) templates and llama.cpp's DeepSeek-V3.2
+ * template (DeepSeek released none in Jinja) rendered by @huggingface/jinja
+ * (Kimi's and Qwen3.5's by Python's jinja2, the engine transformers uses:
+ * Kimi's template mutates lists, Qwen3.5's prints scalars with Python's
+ * str()) (tests/data/chat_tools/, tests/gen/gen_chat_tools.mjs and .py). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -215,11 +216,16 @@ static void render_cases(const char *name, mk_chat_kind kind) {
         if (mk_chat_render_tools(kind, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got) != MK_OK)
             fail_msg("%s case %d: %s", name, n, mk_err_msg());
         const char *ref = json_string_value(json_object_get(c, "rendered"));
+        /* harmony writes today's date: the reference's, from its generation day, is taken over */
+        const char *dg = strstr(got, "Current date: "), *dr = strstr(ref, "Current date: ");
+        if (kind == MK_CHAT_HARMONY && dg && dr && strlen(dg) >= 24 && strlen(dr) >= 24)
+            memcpy((char *)dg + 14, dr + 14, 10);
         if (strcmp(got, ref))
             fail_msg("%s case %d rendered\n%s\nexpected\n%s", name, n, got, ref);
         free(got);
-        /* templates without tool rendering (harmony for now) refuse tools rather than drop them */
-        assert_int_equal(mk_chat_render_tools(MK_CHAT_HARMONY, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
+        /* templates without tool rendering (deepseek3: its released V3 and V3.1
+         * templates have no place for tools) refuse tools rather than drop them */
+        assert_int_equal(mk_chat_render_tools(MK_CHAT_DEEPSEEK3, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, &got),
                          MK_E_UNSUPPORTED);
         free(body);
         srv_params_free(&p);
@@ -245,6 +251,79 @@ static void test_render_tools(void **s) {
     render_cases("minimax-m2", MK_CHAT_MINIMAX_M2);
     render_cases("kimi-k2", MK_CHAT_KIMI_K2);
     render_cases("qwen3.5", MK_CHAT_QWEN35);
+    render_cases("harmony", MK_CHAT_HARMONY);
+    render_cases("glm4.7", MK_CHAT_GLM47);
+    render_cases("deepseek3.2", MK_CHAT_DEEPSEEK32);
+}
+
+/* What a template cannot render is refused (never dropped nor approximated). */
+static mk_status render_req(mk_chat_kind kind, const char *body, char **out) {
+    srv_params p;
+    if (srv_params_parse(SRV_CHAT, body, strlen(body), &p) != MK_OK)
+        fail_msg("%s: %s", body, mk_err_msg());
+    mk_chat_tools tools = {(const char *const *)p.tool_json, p.ntools, p.mcalls};
+    *out = NULL;
+    mk_status st = mk_chat_render_tools(kind, p.msgs, p.nmsg, &tools, MK_CHAT_GENERATION_PROMPT, out);
+    srv_params_free(&p);
+    return st;
+}
+
+#define TOOL_F "{\"type\": \"function\", \"function\": {\"name\": \"f\", \"parameters\": {\"type\": \"object\", " \
+               "\"properties\": {\"a\": %s}}}}"
+#define CALL_F "{\"type\": \"function\", \"id\": \"c\", \"function\": {\"name\": \"f\", \"arguments\": \"{}\"}}"
+
+static void test_render_refusals(void **s) {
+    (void)s;
+    char body[2048], *out;
+    /* harmony: schemas its template cannot render */
+    static const char *const bad_schemas[] = {
+        "{\"oneOf\": [{\"type\": \"string\"}, {\"type\": \"integer\"}]}",
+        "{\"type\": \"string\", \"enum\": [\"x\", \"y\"], \"default\": 1}",
+        "{\"type\": \"string\", \"enum\": [1, 2]}",
+        "{\"type\": [\"string\", 3]}",
+        "{\"type\": \"string\", \"description\": 5}",
+    };
+    for (size_t k = 0; k < sizeof bad_schemas / sizeof *bad_schemas; k++) {
+        char tool[512];
+        snprintf(tool, sizeof tool, TOOL_F, bad_schemas[k]);
+        snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", tool);
+        if (render_req(MK_CHAT_HARMONY, body, &out) != MK_E_UNSUPPORTED)
+            fail_msg("harmony rendered %s:\n%s", bad_schemas[k], out ? out : "(error other than unsupported)");
+        free(out);
+    }
+    char tool[512];
+    snprintf(tool, sizeof tool, TOOL_F, "{\"type\": \"string\"}");
+    /* harmony: two calls in one message (its template renders the first only) */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s, %s]}]}", tool, CALL_F, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_UNSUPPORTED);
+    /* harmony: content and reasoning both with a call (its template raises) */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"c\", \"reasoning_content\": \"r\", \"tool_calls\": [%s]}]}",
+             tool, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_ARG);
+    /* a tool result after an answer without calls: no call for it to answer */
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"assistant\", \"content\": \"\", \"tool_calls\": [%s]}, {\"role\": \"tool\", \"content\": "
+             "\"r\"}, {\"role\": \"assistant\", \"content\": \"done\"}, {\"role\": \"tool\", \"content\": \"r2\"}]}",
+             tool, CALL_F);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, body, &out), MK_E_ARG);
+    snprintf(body, sizeof body, "{\"tools\": [%s], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}, "
+             "{\"role\": \"tool\", \"content\": \"r\"}]}", tool);
+    assert_int_equal(render_req(MK_CHAT_DEEPSEEK32, body, &out), MK_E_ARG);
+    /* deepseek3's released templates have no place for tools */
+    assert_int_equal(render_req(MK_CHAT_DEEPSEEK3, body, &out), MK_E_UNSUPPORTED);
+    /* harmony: a tool without a description renders as with an empty one */
+    char *with = NULL;
+    assert_int_equal(render_req(MK_CHAT_HARMONY, "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
+                                "\"g\", \"description\": \"\"}}], \"messages\": [{\"role\": \"user\", \"content\": "
+                                "\"q\"}]}", &with), MK_OK);
+    assert_int_equal(render_req(MK_CHAT_HARMONY, "{\"tools\": [{\"type\": \"function\", \"function\": {\"name\": "
+                                "\"g\"}}], \"messages\": [{\"role\": \"user\", \"content\": \"q\"}]}", &out), MK_OK);
+    assert_non_null(strstr(out, "// \ntype g = () => any;"));
+    assert_string_equal(out, with);
+    free(out);
+    free(with);
 }
 
 int main(void) {
@@ -252,6 +331,7 @@ int main(void) {
         cmocka_unit_test(test_qwen3),  cmocka_unit_test(test_qwen3_coder), cmocka_unit_test(test_glm),
         cmocka_unit_test(test_minimax), cmocka_unit_test(test_deepseek),   cmocka_unit_test(test_kimi),
         cmocka_unit_test(test_harmony), cmocka_unit_test(test_render_tools),
+        cmocka_unit_test(test_render_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
