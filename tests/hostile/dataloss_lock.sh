@@ -25,6 +25,17 @@ for _ in $(seq 1 2000); do
     sleep 0.005
 done
 kill -STOP "$pid" || fail "the first convert ended before it could be stopped"
+# SIGSTOP lands when each thread returns from the kernel: a write in flight
+# completes first. Snapshot only once every thread is stopped (state T).
+stopped() {
+    local t st
+    for t in /proc/"$pid"/task/*/stat; do
+        st=$(sed 's/.*) //' "$t" 2> /dev/null | cut -c1) || return 1
+        [ "$st" = T ] || [ "$st" = t ] || return 1
+    done
+}
+for _ in $(seq 1 2000); do stopped && break; sleep 0.005; done
+stopped || fail "the first convert did not stop within 10 s of SIGSTOP"
 snapshot "$W/out.partial" held
 expect 2 "pid $pid" "$BIN" "${CONV[@]}"
 expect 2 "pid $pid" "$BIN" "${CONV[@]}" --force
