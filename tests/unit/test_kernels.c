@@ -689,6 +689,87 @@ static void test_matmul_micro(void **state) {
     }
 }
 
+/* Decode products do not depend on where a thread's rows start: the int8
+ * kernels take rows four at a time, so a row range starting at r0 groups
+ * rows differently from the whole matrix. A view of rows [r0, r1) (its
+ * codes, scales and biases advanced by r0 rows) must give bitwise the
+ * rows the whole matrix gives, on every path, with int8 x and float x, for
+ * every start modulo 4 and ends leaving 0-3 rows after the last block; and
+ * a matrix large enough for the pool to split (rows per task not a
+ * multiple of 4) bitwise what one thread gives (kern_q8_body.h,
+ * "Bitwise"; kernels.h "Accuracy"). */
+static void test_decode_row_split(void **state) {
+    static const int bits[] = {4, 8}, groups[] = {32, 64, 128};
+    for (int b = 0; b < 2; b++)
+        for (int g = 0; g < 3; g++) {
+            tw t;
+            /* 11 groups: at g32 a lone last block of 32 after the 64-column steps */
+            const int64_t rows = 23, cols = 11 * groups[g];
+            tw_make(&t, MK_WF_AFFINE, rows, cols, MK_DT_BF16, bits[b], groups[g]);
+            float *x = malloc(sizeof(float) * (size_t)cols), *yf = malloc(sizeof(float) * (size_t)rows);
+            float *ys = malloc(sizeof(float) * (size_t)rows);
+            assert_true(x && yf && ys);
+            for (int64_t i = 0; i < cols; i++)
+                x[i] = rnd_f(-1, 1);
+            const size_t rb = (size_t)(cols * bits[b] / 8), sb = (size_t)(cols / groups[g]) * 2;
+            for (int q8 = 0; q8 < 2; q8++)
+                for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                    if (!mk_isa_supported((mk_isa)isa))
+                        continue;
+                    assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                    mk_kernels_set_int8(q8);
+                    mk_matmul(NULL, &t.w, x, 1, yf);
+                    for (int64_t r0 = 0; r0 < 4; r0++)
+                        for (int64_t r1 = rows - 3; r1 <= rows; r1++) {
+                            mk_wt v = t.w;
+                            v.rows = r1 - r0;
+                            v.data = (const uint8_t *)t.w.data + (size_t)r0 * rb;
+                            v.scales = (const uint8_t *)t.w.scales + (size_t)r0 * sb;
+                            v.biases = (const uint8_t *)t.w.biases + (size_t)r0 * sb;
+                            mk_matmul(NULL, &v, x, 1, ys);
+                            if (memcmp(ys, yf + r0, (size_t)v.rows * sizeof(float)) != 0)
+                                fail_msg("affine %d-bit g%d %s%s: rows [%lld,%lld) as a view differ from the "
+                                         "whole matrix's", bits[b], groups[g], mk_isa_name((mk_isa)isa),
+                                         q8 ? " int8" : "", (long long)r0, (long long)r1);
+                        }
+                }
+            free(x);
+            free(yf);
+            free(ys);
+            tw_free(&t);
+        }
+    /* the pool splits 302 rows of 1344 4-bit columns (672 bytes: 24 rows a
+     * task) or 8-bit ones (12 rows a task) */
+    for (int b = 0; b < 2; b++) {
+        tw t;
+        const int64_t rows = 302, cols = 1344;
+        tw_make(&t, MK_WF_AFFINE, rows, cols, MK_DT_BF16, bits[b], 64);
+        float *x = malloc(sizeof(float) * (size_t)cols), *y1 = malloc(sizeof(float) * (size_t)rows);
+        float *yp = malloc(sizeof(float) * (size_t)rows);
+        assert_true(x && y1 && yp);
+        for (int64_t i = 0; i < cols; i++)
+            x[i] = rnd_f(-1, 1);
+        for (int q8 = 0; q8 < 2; q8++)
+            for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                if (!mk_isa_supported((mk_isa)isa))
+                    continue;
+                assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                mk_kernels_set_int8(q8);
+                mk_matmul(NULL, &t.w, x, 1, y1);
+                mk_matmul(g_pool, &t.w, x, 1, yp);
+                if (memcmp(y1, yp, (size_t)rows * sizeof(float)) != 0)
+                    fail_msg("affine %d-bit %s%s: %lld rows on %d threads differ from one thread", bits[b],
+                             mk_isa_name((mk_isa)isa), q8 ? " int8" : "", (long long)rows, mk_pool_size(g_pool));
+            }
+        free(x);
+        free(y1);
+        free(yp);
+        tw_free(&t);
+    }
+    mk_kernels_set_int8(false);
+    mk_isa_set(g_isa0);
+}
+
 /* mk_matvec_multi: every item bitwise what mk_matmul gives alone, on every
  * path, inline and threaded: formats with int8, float-prepared, unprepared
  * and tiled decode paths, items sharing x (one preparation) and not, more
@@ -1041,6 +1122,7 @@ int main(void) {
         cmocka_unit_test(test_matmul_affine),
         cmocka_unit_test(test_matmul_affine_nonfinite),
         cmocka_unit_test(test_matmul_micro),
+        cmocka_unit_test(test_decode_row_split),
         cmocka_unit_test(test_matvec_multi),
         cmocka_unit_test(test_matmul_each),
         cmocka_unit_test(test_pool),
