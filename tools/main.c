@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
         printf("moekit %s\n", MK_VERSION);
         return finish_stdout(0);
     }
-    /* MK_KERNELS=ref|avx2|avx512|avx512vnni forces a kernel path (the library reads no
+    /* MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni forces a kernel path (the library reads no
      * environment; this is the CLI's mapping to mk_isa_set) */
     const char *kp = getenv("MK_KERNELS");
     mk_isa isa;
@@ -112,8 +112,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "moekit: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
     }
-    /* MK_ACT_INT8=1: int8 activations for the MLX affine 4/8-bit decode
-     * products (kernels.h mk_kernels_set_int8; off by default) */
+    /* MK_ACT_INT8=1|0: int8 or float activations for the MLX affine 4/8-bit
+     * decode products (kernels.h mk_kernels_set_int8; int8 by default on x86 paths), as
+     * the engine commands' --act-int8 on|off, which wins when both are given */
     const char *ai = getenv("MK_ACT_INT8");
     if (ai && *ai) {
         if (strcmp(ai, "0") && strcmp(ai, "1")) {

@@ -3,9 +3,9 @@
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
- * row once, dequantizing in registers (MLX affine 4/8 bits with
- * mk_kernels_set_int8: x quantized to int8 once per call by the prep slot, integer dots; see
- * kern_impl.h). Prefill (n > 1) is a tiled product:
+ * row once, dequantizing in registers (MLX affine 4/8 bits on every x86
+ * path unless mk_kernels_set_int8(false): x quantized to int8 once per
+ * call by the prep slot, integer dots; see kern_impl.h). Prefill (n > 1) is a tiled product:
  * work items are (16-row block, 64-token block) pairs; inside one, the 16
  * rows are dequantized 128 columns at a time, packed into a panel and
  * multiplied against every token of the block by the table's gemm_panel
@@ -49,6 +49,7 @@ static const mk_kern_i *isa_table(mk_isa isa) {
     switch (isa) {
 #ifdef MK_KERN_X86
     case MK_ISA_AVX2: return &mk_kern_avx2;
+    case MK_ISA_AVXVNNI: return mk_kern_avxvnni();
     case MK_ISA_AVX512: return &mk_kern_avx512;
     case MK_ISA_AVX512VNNI: return mk_kern_avx512vnni();
 #endif
@@ -60,16 +61,25 @@ const mk_kern_i *mk_kern_active(void) {
     return isa_table(mk_isa_active());
 }
 
-/* ---- int8 activations: opt-in (kernels.h) ------------------------------ */
+/* ---- int8 activations: the default where the path has integer dots ----- */
 
-static int g_int8; /* 0 until mk_kernels_set_int8(true) */
+/* -1: the default (int8 on every path but ref, read at each call so a
+ * later mk_isa_set is followed); 0 / 1: forced by mk_kernels_set_int8 */
+static int g_int8 = -1;
 
 void mk_kernels_set_int8(bool on) {
     __atomic_store_n(&g_int8, on ? 1 : 0, __ATOMIC_RELEASE);
 }
 
+void mk_kernels_reset_int8(void) {
+    __atomic_store_n(&g_int8, -1, __ATOMIC_RELEASE);
+}
+
 bool mk_kernels_int8(void) {
-    return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE) != 0;
+    int v = __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE);
+    /* ref's int8 kernel is a scalar twin kept for testing: plain C has no
+     * integer dot product to gain from, so the portable path stays float */
+    return v < 0 ? mk_isa_active() != MK_ISA_REF : v != 0;
 }
 
 /* ---- reference -------------------------------------------------------- */
