@@ -123,6 +123,17 @@ int main(int argc, char **argv) {
         }
         mk_kernels_set_int8(!strcmp(ai, "1"));
     }
+    /* MK_PREFILL_INT8=1: int8 activations for the MLX affine 4/8-bit
+     * multi-token (prefill) products (kernels.h mk_kernels_set_prefill_int8;
+     * off by default) */
+    const char *pi = getenv("MK_PREFILL_INT8");
+    if (pi && *pi) {
+        if (strcmp(pi, "0") && strcmp(pi, "1")) {
+            fprintf(stderr, "moekit: MK_PREFILL_INT8: expected 0 or 1\n");
+            return 2;
+        }
+        mk_kernels_set_prefill_int8(!strcmp(pi, "1"));
+    }
 #ifdef MK_TEST_HOOKS
     /* crash points for the resume tests (tests/cli/convert_resume.sh) */
     mk_conv_test_crash_at(getenv("MK_CONVERT_CRASH"));

@@ -87,6 +87,20 @@ void mk_kernels_set_int8(bool on);
 void mk_kernels_reset_int8(void);
 bool mk_kernels_int8(void);
 
+/* Int8 activations for multi-token products (prefill, n >= 4) over MLX
+ * affine 4/8-bit weights: mk_matmul and mk_matmul_n quantize the tokens
+ * once per call by the same rule (blocks of 32, d_b = max|x| / 127) and
+ * multiply with integer dot products (src/kernels/kern_gemm_q8.c), so
+ *   |y[t,r] - sum_c W[r,c] x[t,c]| <= sum_b d_tb / 2 * sum_{c in b} |W[r,c]|
+ *                                   + 1e-5 * sum_c |W[r,c] x^[t,c]|
+ * (x^ the quantized tokens; tests/unit/test_gemm_q8.c). Results are bitwise
+ * independent of the thread count and the same on every kernel path. Off
+ * by default (the float prefill, within the 1e-5 bound above); the CLI
+ * maps MK_PREFILL_INT8=1 to it. Process-wide like mk_isa_set: not safe
+ * while another thread computes. */
+void mk_kernels_set_prefill_int8(bool on);
+bool mk_kernels_prefill_int8(void);
+
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite
  * pairs, NaN/Inf judged by position. */
@@ -105,6 +119,11 @@ double mk_diff_rel(const mk_diff *d);
  * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
  * stack (x prepared for the decode kernels) and 16 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* ys[i][n, w[i]->rows] = x W_i^T for count weights of one input (q, k and
+ * v; an expert's gate and up), each bitwise what mk_matmul gives for it;
+ * with int8 prefill activations x is quantized once for all of them and
+ * their products share the parallel regions. No ys may overlap x. */
+void mk_matmul_n(mk_pool *p, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys);
 /* Y = X W^T for n independent tokens, each token's row bitwise what
  * mk_matmul(p, w, x_t, 1, y_t) gives alone (the decode kernels, not the
  * tiled prefill path): a batch-invariant product for a decode step over

@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kern_gemm_q8.h"
 #include "kernels/kern_impl.h"
 #include "moekit/kernels.h"
 
@@ -80,6 +81,16 @@ bool mk_kernels_int8(void) {
     /* ref's int8 kernel is a scalar twin kept for testing: plain C has no
      * integer dot product to gain from, so the portable path stays float */
     return v < 0 ? mk_isa_active() != MK_ISA_REF : v != 0;
+}
+
+static int g_prefill_int8; /* 0 until mk_kernels_set_prefill_int8(true) */
+
+void mk_kernels_set_prefill_int8(bool on) {
+    __atomic_store_n(&g_prefill_int8, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool mk_kernels_prefill_int8(void) {
+    return __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE) != 0;
 }
 
 /* ---- reference -------------------------------------------------------- */
@@ -230,9 +241,27 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
     }
+    if (mk_kernels_prefill_int8() && mk_gq8_fits(&w, 1, n)) { /* int8 activations (kern_gemm_q8.c) */
+        mk_gq8_matmul(p, &w, 1, x, n, &y);
+        return;
+    }
     m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
     int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
     mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
+}
+
+/* Several weights of one input: on int8 activations x is quantized once
+ * for all of them and every product runs in the same regions; otherwise
+ * (or when they differ in layout) one mk_matmul each. Either way each y is
+ * bitwise mk_matmul's (an int8 product depends only on its weight, x and
+ * n). */
+void mk_matmul_n(mk_pool *p, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys) {
+    if (n > 1 && mk_kernels_prefill_int8() && mk_gq8_fits(w, count, n)) {
+        mk_gq8_matmul(p, w, count, x, n, ys);
+        return;
+    }
+    for (int i = 0; i < count; i++)
+        mk_matmul(p, w[i], x, n, ys[i]);
 }
 
 /* ---- many single-token products in one region --------------------------- */
