@@ -238,9 +238,11 @@ const char mk_ecli_mem_help[] =
     "                       of 32, logits ~2e-3 relative apart) or on float activations\n"
     "                       (off: within float32 rounding of the exact product). Default:\n"
     "                       on with the x86 kernels (AVX2 and up), off with MK_KERNELS=ref\n"
-    "                       and on other CPUs. Prefill and other weight formats are float\n"
-    "                       either way. MK_ACT_INT8=1|0 in the environment does the same;\n"
-    "                       this flag wins over it\n";
+    "                       and on other CPUs. Other weight formats are float either way;\n"
+    "                       prefill (several tokens) is float unless MK_PREFILL_INT8=1 in\n"
+    "                       the environment (int8 prefill GEMM, opt-in: not yet measured\n"
+    "                       against the float one). MK_ACT_INT8=1|0 in the environment does\n"
+    "                       what this flag does; the flag wins over it\n";
 
 int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     *mine = true;

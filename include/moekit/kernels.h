@@ -17,8 +17,9 @@
  * maddubs kernels, avxvnni and avx512vnni the same with dpbusd, ref a
  * scalar twin of the same algorithm; up to 35k columns) quantize x to int8
  * in blocks of 32 (d_b = max|x| / 127 over block b) and use integer dot
- * products (the row-range products below, prefill (n > 1) and every other
- * format keep float x), so
+ * products (the row-range products below, every other format and prefill
+ * (n > 1) keep float x; prefill has its own opt-in int8 GEMM,
+ * mk_kernels_set_prefill_int8 below), so
  *   |y_r - sum_c W[r,c] x[c]| <= sum_b d_b / 2 * sum_{c in b} |W[r,c]|
  *                                + 1e-5 * sum_c |W[r,c] x^[c]|
  * with x^ the quantized x (tests/unit/test_kernels.c checks both that bound

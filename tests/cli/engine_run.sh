@@ -87,6 +87,13 @@ case "$kern" in
 esac
 MK_ACT_INT8=0 "$BIN" run "$T/q4" --ids 7 --max-tokens 1 --threads 2 --stats > /dev/null 2> "$T/kst"
 grep -q '^\[kernels\] [a-z0-9]*, float activations' "$T/kst" || fail "MK_ACT_INT8=0: $(grep kernels "$T/kst")"
+# MK_PREFILL_INT8=1|0: the int8 prefill GEMM (kernels.h mk_kernels_set_prefill_int8), off by default
+expect 2 "MK_PREFILL_INT8: expected 0 or 1" env MK_PREFILL_INT8=on "$BIN" run "$TINY" --ids 1
+"$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/pdef.f32" --threads 2
+MK_PREFILL_INT8=0 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p0.f32" --threads 2
+MK_PREFILL_INT8=1 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p1.f32" --threads 2
+cmp -s "$T/pdef.f32" "$T/p0.f32" || fail "prefill: the default is not MK_PREFILL_INT8=0"
+! cmp -s "$T/p0.f32" "$T/p1.f32" || fail "MK_PREFILL_INT8=1 wrote the float prefill's logits"
 
 # --help names every flag
 for cmd in run logits eval; do

@@ -4,7 +4,7 @@
  * skips, printing why, and the cases run on the CPU alone).
  *
  * The table runs once per CPU kernel path the machine supports (mk_isa_set:
- * ref, avx2, avx512, avx512vnni), and again with int8 activations
+ * ref, avx2, avxvnni, avx512, avx512vnni), and again with int8 activations
  * (mk_kernels_set_int8), so the portable and AVX2 paths are covered on an
  * AVX-512 machine too; the CUDA backend joins the run on the default path.
  *

@@ -21,7 +21,7 @@
  *  B. against x itself (what a user gets): |y - sum_c W[r,c] x[c]| <=
  *     sum_b d_b / 2 sum_{c in b} |W[r,c]| + A's bound + the dequantizer's
  *     own rounding (2^-23 sum_c (|s q_c| + |bias|) |x^_c|).
- *  C. results bitwise equal across paths (ref, avx2, avx512, avx512vnni:
+ *  C. results bitwise equal across paths (ref, avx2, avxvnni, avx512, avx512vnni:
  *     the integer dots are exact and the float steps the same), across 1
  *     and 3 threads, and between mk_matmul_n (shared quantization, two
  *     weights) and mk_matmul per weight.
@@ -397,8 +397,26 @@ static void test_quant_nan(void **state) {
         }
 }
 
+/* Which GEMM table each kernel path runs (C proves the tables agree, not
+ * that a path gets its SIMD one): avx2 and avx512 the AVX2 table, avxvnni
+ * too (its VNNI is the VEX form; the VNNI table needs AVX-512), avx512vnni
+ * the VNNI table, ref the portable one. A path left on the portable table
+ * computes the same bits, only slower, so only this catches it. */
+static void test_tables(void **state) {
+    (void)state;
+    static const char *const want[MK_ISA_COUNT] = {"ref", "avx2", "avx2", "avx2", "avx512vnni"};
+    for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+        if (!mk_isa_supported((mk_isa)isa))
+            continue;
+        const char *got = mk_gq8_table((mk_isa)isa)->name;
+        if (strcmp(got, want[isa]))
+            fail_msg("path %s runs the %s GEMM table, want %s", mk_isa_name((mk_isa)isa), got, want[isa]);
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tables),
         cmocka_unit_test(test_paths),
         cmocka_unit_test(test_matmul_n),
         cmocka_unit_test(test_quant_nan),
