@@ -8,7 +8,8 @@
  * device's copy bandwidth.
  *
  * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0] [backend=cpu]
- * MK_KERNELS=ref|avx2|avx512|avx512vnni and MK_ACT_INT8=1 as for the CLI (CPU).
+ * MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni and MK_ACT_INT8=0|1 as for the
+ * CLI (CPU; int8 activations are the library's default on x86 paths).
  * backend: cpu, cuda (the CUDA backend: fused MoE slot, deferred non-finite
  * checks; the bound is the device's copy bandwidth, read + write, measured
  * in the same run) or cuda-unfused (the same backend with its optional
@@ -155,11 +156,17 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_decode: token counts must be positive\n");
         return 2;
     }
-    /* MK_ACT_INT8=1 as for the CLI: int8 activations for affine 4/8-bit
-     * decode products (kernels.h mk_kernels_set_int8) */
+    /* MK_ACT_INT8=0|1 as for the CLI: float or int8 (the default on x86 paths)
+     * activations for affine 4/8-bit decode products (kernels.h
+     * mk_kernels_set_int8) */
     const char *ai = getenv("MK_ACT_INT8"), *kp = getenv("MK_KERNELS");
-    if (ai && !strcmp(ai, "1"))
-        mk_kernels_set_int8(true);
+    if (ai && *ai) {
+        if (strcmp(ai, "0") && strcmp(ai, "1")) {
+            fprintf(stderr, "bench_decode: MK_ACT_INT8: expected 0 or 1\n");
+            return 2;
+        }
+        mk_kernels_set_int8(!strcmp(ai, "1"));
+    }
     mk_isa isa;
     if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
         fprintf(stderr, "bench_decode: MK_KERNELS: %s\n", mk_err_msg());

@@ -10,8 +10,9 @@
  *   bench_matvec [threads] [seconds-per-case]   (threads default: all CPUs)
  * Each timing is the best of 5 rounds, so a busy machine shows up as noise
  * in the slower rounds rather than in the result.
- * MK_KERNELS=ref|avx2|avx512|avx512vnni picks the kernel path and MK_ACT_INT8=1
- * turns on int8 activations (read here, not by the library). */
+ * MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni picks the kernel path and
+ * MK_ACT_INT8=0 turns int8 activations off, 1 on (the library's default on x86 paths;
+ * read here, not by the library). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -155,9 +156,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "bench_matvec: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
     }
-    const char *ai = getenv("MK_ACT_INT8"); /* 1: int8 activations (kernels.h) */
-    if (ai && !strcmp(ai, "1"))
-        mk_kernels_set_int8(true);
+    const char *ai = getenv("MK_ACT_INT8"); /* 0 / 1: float / int8 activations (kernels.h) */
+    if (ai && *ai)
+        mk_kernels_set_int8(strcmp(ai, "0") != 0);
     int nth = argc > 1 ? atoi(argv[1]) : 0;
     double secs = argc > 2 ? atof(argv[2]) : 0.4;
     mk_pool *pool = NULL;

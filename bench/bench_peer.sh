@@ -28,8 +28,9 @@
 # Knobs (environment): MK_PEER_DIR (default ${TMPDIR:-/tmp}/moekit-peer; models are generated once
 # and reused), MK_PEER_LAYERS (8), MK_PEER_EXPERTS (128), MK_PEER_PRESET (30b-a3b), MK_PEER_REPS (5),
 # MK_PEER_THREADS ("1 2"), MK_PEER_BITS ("4 8"), MK_PEER_PP (512), MK_PEER_TG (128), MK_PEER_MLOCK (1),
-# MK_PEER_TINY=1: a smoke run on a tiny model (preset tiny, PP 64, TG 8, 1 repetition) that only
-# checks the script end to end. Never time on a busy machine; record results in bench/RESULTS.md.
+# MK_PEER_ACT_INT8 (on|off: moekit's --act-int8; unset: moekit's default, int8 since 2026-12-04; the
+# header line "moekit kernels" says which ran), MK_PEER_TINY=1: a smoke run on a tiny model (preset
+# tiny, PP 64, TG 8, 1 repetition) that only checks the script end to end. Never time on a busy machine; record results in bench/RESULTS.md.
 set -euo pipefail
 build=${1:?usage: bench/bench_peer.sh BUILD_DIR}
 build=$(cd "$build" && pwd)
@@ -87,6 +88,7 @@ vocab=$(sed -n 's/.*"vocab_size": *\([0-9]*\).*/\1/p' "$src/config.json")
 ids_pp=$(seq 1 "$PP" | awk -v v="$vocab" '{ printf "%s%d", (NR > 1 ? "," : ""), ($1 * 7919 + 13) % (v - 20) + 10 }')
 lock_m=(); lock_l=(-lm mmap)
 [ "$MLOCK" = 1 ] && { lock_m=(--mlock); lock_l=(-lm mmap+mlock); }
+[ -n "${MK_PEER_ACT_INT8:-}" ] && lock_m+=(--act-int8 "$MK_PEER_ACT_INT8")
 
 # one measurement: prints "tok/s peak_rss_kib"
 mk_pp() { /usr/bin/time -f "rss %M" "$BIN" run "$DIR/mlx$1" --ids "$ids_pp" --max-tokens 1 --threads "$2" --stats \
@@ -111,10 +113,13 @@ echo "# model: synth qwen3_moe --preset $PRESET --layers $LAYERS --experts $EXPE
     "$REPS interleaved repetitions; mlock $MLOCK; moekit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), llama.cpp v0.4.0"
 
 # warm-up: page the files in, settle the CPU
+kern=
 for b in $BITS; do
     mk_tg "$b" 1 > /dev/null
+    kern=$(sed -n 's/^\[kernels\] //p' "$DIR/out" | head -n1) # its --stats line: which kernels ran
     ll_run "$b" 1 0 8 > /dev/null
 done
+echo "# moekit kernels: ${kern:-?}" | tee -a "$raw"
 for r in $(seq 1 "$REPS"); do
     for t in $THREADS; do
         echo "readbw $r $t $("$build/bench_readbw" "$t" "$BWMIB" 3 | sed -n 's/.*gbps=\([0-9.]*\).*/\1/p')" >> "$raw"

@@ -11,6 +11,7 @@
 
 #include "cli_flags.h"
 #include "core/alloc.h"
+#include "moekit/kernels.h"
 #include "moekit/profile.h"
 #include "cmd.h"
 #include "engine_cli.h"
@@ -230,7 +231,18 @@ const char mk_ecli_mem_help[] =
     "  --mlock              lock the model's weights in memory (as llama.cpp's --mlock): the\n"
     "                       kernel never reclaims them, so decode never waits for the disk;\n"
     "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
-    "                       resident model\n";
+    "                       resident model\n"
+    "  --act-int8 on|off    one-token products over MLX affine 4/8-bit weights on int8\n"
+    "                       activations (on: integer dot products, the faster decode, an\n"
+    "                       approximation like llama.cpp's: x rounded to 8 bits per block\n"
+    "                       of 32, logits ~2e-3 relative apart) or on float activations\n"
+    "                       (off: within float32 rounding of the exact product). Default:\n"
+    "                       on with the x86 kernels (AVX2 and up), off with MK_KERNELS=ref\n"
+    "                       and on other CPUs. Other weight formats are float either way;\n"
+    "                       prefill (several tokens) is float unless MK_PREFILL_INT8=1 in\n"
+    "                       the environment (int8 prefill GEMM, opt-in: not yet measured\n"
+    "                       against the float one). MK_ACT_INT8=1|0 in the environment does\n"
+    "                       what this flag does; the flag wins over it\n";
 
 int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     *mine = true;
@@ -264,6 +276,14 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     case 0x4d04: mm->buffered = false; return -1;
     case 0x4d08: mm->buffered = true; return -1;
     case 0x4d0a: mm->mlock = true; return -1;
+    case 0x4d0b: /* process-wide, before any engine exists (kernels.h) */
+        if (!strcmp(arg, "on"))
+            mk_kernels_set_int8(true);
+        else if (!strcmp(arg, "off"))
+            mk_kernels_set_int8(false);
+        else
+            return mk_cli_usage(mm->cmd, "--act-int8: expected on or off, got '%s'", arg);
+        return -1;
     case 0x4d05: mm->force_stream = true; return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d09: mm->prefetch = true; return -1;

@@ -100,7 +100,8 @@ typedef struct mk_ecli_mem {
         {"io", required_argument, 0, 0x4d03}, {"direct", no_argument, 0, 0x4d04},                      \
         {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
-        {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a}
+        {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a},                      \
+        {"act-int8", required_argument, 0, 0x4d0b}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

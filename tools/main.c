@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
         printf("moekit %s\n", MK_VERSION);
         return finish_stdout(0);
     }
-    /* MK_KERNELS=ref|avx2|avx512|avx512vnni forces a kernel path (the library reads no
+    /* MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni forces a kernel path (the library reads no
      * environment; this is the CLI's mapping to mk_isa_set) */
     const char *kp = getenv("MK_KERNELS");
     mk_isa isa;
@@ -112,8 +112,9 @@ int main(int argc, char **argv) {
         fprintf(stderr, "moekit: MK_KERNELS: %s\n", mk_err_msg());
         return 2;
     }
-    /* MK_ACT_INT8=1: int8 activations for the MLX affine 4/8-bit decode
-     * products (kernels.h mk_kernels_set_int8; off by default) */
+    /* MK_ACT_INT8=1|0: int8 or float activations for the MLX affine 4/8-bit
+     * decode products (kernels.h mk_kernels_set_int8; int8 by default on x86 paths), as
+     * the engine commands' --act-int8 on|off, which wins when both are given */
     const char *ai = getenv("MK_ACT_INT8");
     if (ai && *ai) {
         if (strcmp(ai, "0") && strcmp(ai, "1")) {
@@ -121,6 +122,17 @@ int main(int argc, char **argv) {
             return 2;
         }
         mk_kernels_set_int8(!strcmp(ai, "1"));
+    }
+    /* MK_PREFILL_INT8=1: int8 activations for the MLX affine 4/8-bit
+     * multi-token (prefill) products (kernels.h mk_kernels_set_prefill_int8;
+     * off by default) */
+    const char *pi = getenv("MK_PREFILL_INT8");
+    if (pi && *pi) {
+        if (strcmp(pi, "0") && strcmp(pi, "1")) {
+            fprintf(stderr, "moekit: MK_PREFILL_INT8: expected 0 or 1\n");
+            return 2;
+        }
+        mk_kernels_set_prefill_int8(!strcmp(pi, "1"));
     }
 #ifdef MK_TEST_HOOKS
     /* crash points for the resume tests (tests/cli/convert_resume.sh) */

@@ -16,16 +16,21 @@
 extern "C" {
 #endif
 
+/* In order of preference: the best supported one is the default. Each
+ * x86 path needs AVX2's set. avxvnni (the VEX form of the int8 dot
+ * products: Intel's Alder Lake and later client CPUs without AVX-512, and
+ * recent AVX-512 ones) ranks below avx512, whose float kernels are wider. */
 typedef enum mk_isa {
     MK_ISA_REF = 0,    /* portable C */
     MK_ISA_AVX2,       /* AVX2 + FMA + F16C */
-    MK_ISA_AVX512,     /* AVX-512 F/BW/VL/DQ + the above */
+    MK_ISA_AVXVNNI,    /* + AVX-VNNI: int8 dot products in one VEX instruction */
+    MK_ISA_AVX512,     /* AVX-512 F/BW/VL/DQ + AVX2's set */
     MK_ISA_AVX512VNNI, /* + AVX512-VNNI: int8 dot products in one instruction */
     MK_ISA_COUNT
 } mk_isa;
 
-/* Stable lower-case name ("ref", "avx2", "avx512", "avx512vnni"; "?" out
- * of range). */
+/* Stable lower-case name ("ref", "avx2", "avxvnni", "avx512",
+ * "avx512vnni"; "?" out of range). */
 const char *mk_isa_name(mk_isa isa);
 /* The isa named `name`; MK_E_ARG naming the choices if there is none. */
 mk_status mk_isa_parse(const char *name, mk_isa *out);

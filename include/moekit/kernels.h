@@ -5,22 +5,32 @@
  * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
  * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
  * paths; the path is core's one switch (isa.h: the best this CPU supports,
- * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avx512|avx512vnni to it).
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni to it).
  *
  * Accuracy. All paths accumulate in float32; SIMD results differ from
  * mk_matmul_ref only in summation order (the tests hold every path to
- * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception, opt-in
- * (mk_kernels_set_int8, off by default): mk_matmul and mk_matvec_multi of a
- * single token (n == 1) times an MLX affine 4- or 8-bit weight (every
- * path: avx512 runs avx2's integer kernels, avx512vnni the same with
- * dpbusd; up to 35k columns)
- * quantizes x to int8 in blocks of 32 (d_b = max|x| / 127 over block b) and
- * uses integer dot products (the row-range products below keep float x), so
+ * |y - y_ref| <= 1e-5 * sum_c |W[r,c] x[c]|), with one exception, on by
+ * default on every x86 path and off on ref (mk_kernels_set_int8 forces it
+ * either way): mk_matmul, mk_matvec_multi and mk_matmul_each(_multi) of
+ * single tokens (n == 1, or each token of the batch-invariant products)
+ * times an MLX affine 4- or 8-bit weight (avx2 and avx512 run 256-bit
+ * maddubs kernels, avxvnni and avx512vnni the same with dpbusd, ref a
+ * scalar twin of the same algorithm; up to 35k columns) quantize x to int8
+ * in blocks of 32 (d_b = max|x| / 127 over block b) and use integer dot
+ * products (the row-range products below, every other format and prefill
+ * (n > 1) keep float x; prefill has its own opt-in int8 GEMM,
+ * mk_kernels_set_prefill_int8 below), so
  *   |y_r - sum_c W[r,c] x[c]| <= sum_b d_b / 2 * sum_{c in b} |W[r,c]|
  *                                + 1e-5 * sum_c |W[r,c] x^[c]|
  * with x^ the quantized x (tests/unit/test_kernels.c checks both that bound
- * and the 1e-5 one against x^). Every output is computed by one thread in
- * a fixed order, so results are bitwise independent of the thread count.
+ * and the 1e-5 one against x^). For Gaussian-like x that is about 0.5%
+ * relative error per element of x (rms (d_b / 2) / sqrt(3), d_b ~ 2.5
+ * sigma / 127), far below a 4-bit weight's own rounding (about 10% of its
+ * sigma: a step of (max - min) / 15 per group) and about an 8-bit one's;
+ * test_profile_mixedbits measured logits 1.7e-3 relative apart on a
+ * mixed-width checkpoint. Every output is computed by one thread in a fixed order
+ * whatever rows it is grouped with, so results are bitwise independent of
+ * the thread count and of how rows are split.
  *
  * None of these functions allocate, so none can fail once the pool exists;
  * weights must have passed mk_wt_check (kernels do not re-validate). */
@@ -61,14 +71,36 @@ void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int
 /* ---- matrix products -------------------------------------------------- */
 
 /* Int8 activations for single-token products over MLX affine 4/8-bit
- * weights (see "Accuracy" above): faster decode, x rounded to 8 bits per
- * block of 32 (about 0.5% relative error per product against 1e-7 in
- * float). Off by default, since it changes logits beyond the float32 noise
- * some tests hold quantized models to (test_profile_mixedbits: 1.7e-3 vs
- * its bound of 1e-4); the CLI maps MK_ACT_INT8=1 to it. Process-wide like
- * mk_isa_set: not safe while another thread computes. */
+ * weights (see "Accuracy" above), an approximation like llama.cpp's
+ * quantized activations. Default: on where the active path has integer dot
+ * products (every x86 path: the float kernels spend one convert and one
+ * FMA per weight and run out of compute before the memory does; measured
+ * 2-2.6x faster hot 4/8-bit matvecs, commit acc316e), off on ref, whose
+ * int8 kernel is a plain C twin kept for testing. The default follows a
+ * later mk_isa_set. mk_kernels_set_int8 forces it: false gives float x
+ * everywhere, every product within float32 noise of the scalar reference
+ * (what tests comparing against float references pin); true runs the int8
+ * kernels on ref too. mk_kernels_reset_int8 returns to the default.
+ * mk_kernels_int8 says whether the next product on the active path uses
+ * int8 x. The CLI's --act-int8 on|off and MK_ACT_INT8=1|0 map to it.
+ * Process-wide like mk_isa_set: not safe while another thread computes. */
 void mk_kernels_set_int8(bool on);
+void mk_kernels_reset_int8(void);
 bool mk_kernels_int8(void);
+
+/* Int8 activations for multi-token products (prefill, n >= 4) over MLX
+ * affine 4/8-bit weights: mk_matmul and mk_matmul_n quantize the tokens
+ * once per call by the same rule (blocks of 32, d_b = max|x| / 127) and
+ * multiply with integer dot products (src/kernels/kern_gemm_q8.c), so
+ *   |y[t,r] - sum_c W[r,c] x[t,c]| <= sum_b d_tb / 2 * sum_{c in b} |W[r,c]|
+ *                                   + 1e-5 * sum_c |W[r,c] x^[t,c]|
+ * (x^ the quantized tokens; tests/unit/test_gemm_q8.c). Results are bitwise
+ * independent of the thread count and the same on every kernel path. Off
+ * by default (the float prefill, within the 1e-5 bound above); the CLI
+ * maps MK_PREFILL_INT8=1 to it. Process-wide like mk_isa_set: not safe
+ * while another thread computes. */
+void mk_kernels_set_prefill_int8(bool on);
+bool mk_kernels_prefill_int8(void);
 
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite
@@ -88,6 +120,11 @@ double mk_diff_rel(const mk_diff *d);
  * p may be NULL (single thread). Uses about 100 KiB of the calling thread's
  * stack (x prepared for the decode kernels) and 16 KiB of each worker's. */
 void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y);
+/* ys[i][n, w[i]->rows] = x W_i^T for count weights of one input (q, k and
+ * v; an expert's gate and up), each bitwise what mk_matmul gives for it;
+ * with int8 prefill activations x is quantized once for all of them and
+ * their products share the parallel regions. No ys may overlap x. */
+void mk_matmul_n(mk_pool *p, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys);
 /* Y = X W^T for n independent tokens, each token's row bitwise what
  * mk_matmul(p, w, x_t, 1, y_t) gives alone (the decode kernels, not the
  * tiled prefill path): a batch-invariant product for a decode step over

@@ -95,6 +95,11 @@ static void cpu_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, flo
     mk_matmul(((cpu_ctx *)ctx)->pool, w, x, n, y);
 }
 
+static void cpu_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, int64_t n,
+                         float *const *ys) {
+    mk_matmul_n(((cpu_ctx *)ctx)->pool, w, count, x, n, ys);
+}
+
 static void cpu_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
     mk_matmul_each(((cpu_ctx *)ctx)->pool, w, x, n, y);
 }
@@ -790,6 +795,7 @@ static const mk_backend_i g_cpu = {
     .combine = cpu_combine,
     .gated_add = cpu_gated_add,
     .matmul_each = cpu_matmul_each,
+    .matmul_n = cpu_matmul_n,
     .expert_mlps_each = cpu_expert_mlps_each,
     .free = cpu_free,
 };

@@ -271,8 +271,16 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
 /* out[n, H] = down(silu(gate(x)) * up(x)) */
 void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt *down,
                    const float *x, int64_t n, float *out) {
-    mk_engine_matmul(e, gate, x, n, e->ex_g);
-    mk_engine_matmul(e, up, x, n, e->ex_u);
+    if (BE(e)->matmul_n && !e->on_linear && (!e->batch_inv || n <= 1)) {
+        /* gate and up read the same x: one launch (on the CPU's int8
+         * prefill, one quantization of x) where the backend fuses them */
+        const mk_wt *ws[2] = {gate, up};
+        float *ys[2] = {e->ex_g, e->ex_u};
+        BE(e)->matmul_n(CTX(e), ws, 2, x, n, ys);
+    } else {
+        mk_engine_matmul(e, gate, x, n, e->ex_g);
+        mk_engine_matmul(e, up, x, n, e->ex_u);
+    }
     BE(e)->swiglu(CTX(e), e->ex_g, e->ex_g, e->ex_u, n * gate->rows);
     mk_engine_matmul(e, down, e->ex_g, n, out);
 }

@@ -5,7 +5,8 @@
  *   kern_ref.c    portable kernel table (MK_ISA_REF)
  *   kern_avx2.c   AVX2+FMA+F16C table, compiled with target attributes only
  *   kern_avx512.c AVX-512 table, likewise
- *   kern_vnni.c   the AVX-512 table with VNNI int8 dots (MK_ISA_AVX512VNNI)
+ *   kern_vnni.c   the AVX-512 / AVX2 tables with VNNI int8 dots
+ *                 (MK_ISA_AVX512VNNI / MK_ISA_AVXVNNI)
  *   q8.c, kern_q8_body.h  int8 activations: the rule, the int8 matvecs
  *   kern_panel.c  the AVX2 table's prefill panels (pack, 6x16 register tile)
  *   matmul.c      picks a table, tiles and threads mk_matmul
@@ -152,9 +153,10 @@ extern const mk_kern_i mk_kern_ref;
 #define MK_KERN_X86 1
 extern const mk_kern_i mk_kern_avx2;
 extern const mk_kern_i mk_kern_avx512;
-/* The AVX-512 table with AVX512-VNNI integer dots (kern_vnni.c), built on
- * first use. */
+/* The AVX-512 table with AVX512-VNNI integer dots and the AVX2 table with
+ * AVX-VNNI ones (kern_vnni.c), built on first use. */
 const mk_kern_i *mk_kern_avx512vnni(void);
+const mk_kern_i *mk_kern_avxvnni(void);
 /* MLX affine 4/8 bits on int8 activations with 256-bit integer dots
  * (kern_avx2.c), the qmatvec/qprep of both x86 tables: the prep returns
  * false for other widths. */

@@ -3,9 +3,9 @@
  *
  * Two shapes matter. Decode (n == 1) is a memory-bound matvec: rows are
  * split across threads and each format's fused kernel streams its packed
- * row once, dequantizing in registers (MLX affine 4/8 bits with
- * mk_kernels_set_int8: x quantized to int8 once per call by the prep slot, integer dots; see
- * kern_impl.h). Prefill (n > 1) is a tiled product:
+ * row once, dequantizing in registers (MLX affine 4/8 bits on every x86
+ * path unless mk_kernels_set_int8(false): x quantized to int8 once per
+ * call by the prep slot, integer dots; see kern_impl.h). Prefill (n > 1) is a tiled product:
  * work items are (16-row block, 64-token block) pairs; inside one, the 16
  * rows are dequantized 128 columns at a time, packed into a panel and
  * multiplied against every token of the block by the table's gemm_panel
@@ -30,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "kernels/kern_gemm_q8.h"
 #include "kernels/kern_impl.h"
 #include "moekit/kernels.h"
 
@@ -49,6 +50,7 @@ static const mk_kern_i *isa_table(mk_isa isa) {
     switch (isa) {
 #ifdef MK_KERN_X86
     case MK_ISA_AVX2: return &mk_kern_avx2;
+    case MK_ISA_AVXVNNI: return mk_kern_avxvnni();
     case MK_ISA_AVX512: return &mk_kern_avx512;
     case MK_ISA_AVX512VNNI: return mk_kern_avx512vnni();
 #endif
@@ -60,16 +62,35 @@ const mk_kern_i *mk_kern_active(void) {
     return isa_table(mk_isa_active());
 }
 
-/* ---- int8 activations: opt-in (kernels.h) ------------------------------ */
+/* ---- int8 activations: the default where the path has integer dots ----- */
 
-static int g_int8; /* 0 until mk_kernels_set_int8(true) */
+/* -1: the default (int8 on every path but ref, read at each call so a
+ * later mk_isa_set is followed); 0 / 1: forced by mk_kernels_set_int8 */
+static int g_int8 = -1;
 
 void mk_kernels_set_int8(bool on) {
     __atomic_store_n(&g_int8, on ? 1 : 0, __ATOMIC_RELEASE);
 }
 
+void mk_kernels_reset_int8(void) {
+    __atomic_store_n(&g_int8, -1, __ATOMIC_RELEASE);
+}
+
 bool mk_kernels_int8(void) {
-    return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE) != 0;
+    int v = __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE);
+    /* ref's int8 kernel is a scalar twin kept for testing: plain C has no
+     * integer dot product to gain from, so the portable path stays float */
+    return v < 0 ? mk_isa_active() != MK_ISA_REF : v != 0;
+}
+
+static int g_prefill_int8; /* 0 until mk_kernels_set_prefill_int8(true) */
+
+void mk_kernels_set_prefill_int8(bool on) {
+    __atomic_store_n(&g_prefill_int8, on ? 1 : 0, __ATOMIC_RELEASE);
+}
+
+bool mk_kernels_prefill_int8(void) {
+    return __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE) != 0;
 }
 
 /* ---- reference -------------------------------------------------------- */
@@ -220,9 +241,27 @@ void mk_matmul(mk_pool *p, const mk_wt *w, const float *x, int64_t n, float *y) 
         mk_pool_for(p, w->rows, decode_grain(w), mm_decode_task, &m);
         return;
     }
+    if (mk_kernels_prefill_int8() && mk_gq8_fits(&w, 1, n)) { /* int8 activations (kern_gemm_q8.c) */
+        mk_gq8_matmul(p, &w, 1, x, n, &y);
+        return;
+    }
     m.nrb = (w->rows + MK_ROW_BLOCK - 1) / MK_ROW_BLOCK;
     int64_t ntb = (n + MK_TOK_BLOCK - 1) / MK_TOK_BLOCK;
     mk_pool_for(p, m.nrb * ntb, 1, mm_prefill_task, &m);
+}
+
+/* Several weights of one input: on int8 activations x is quantized once
+ * for all of them and every product runs in the same regions; otherwise
+ * (or when they differ in layout) one mk_matmul each. Either way each y is
+ * bitwise mk_matmul's (an int8 product depends only on its weight, x and
+ * n). */
+void mk_matmul_n(mk_pool *p, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *ys) {
+    if (n > 1 && mk_kernels_prefill_int8() && mk_gq8_fits(w, count, n)) {
+        mk_gq8_matmul(p, w, count, x, n, ys);
+        return;
+    }
+    for (int i = 0; i < count; i++)
+        mk_matmul(p, w[i], x, n, ys[i]);
 }
 
 /* ---- many single-token products in one region --------------------------- */

@@ -57,6 +57,43 @@ expect 2 "required" "$BIN" eval "$TINY"
 # the kernel switches the CLI maps from the environment (MK_KERNELS, MK_ACT_INT8)
 expect 2 "MK_KERNELS: unknown kernel path" env MK_KERNELS=sse "$BIN" run "$TINY" --ids 1
 expect 2 "MK_ACT_INT8: expected 0 or 1" env MK_ACT_INT8=yes "$BIN" run "$TINY" --ids 1
+expect 2 "--act-int8: expected on or off, got 'yes'" "$BIN" logits "$TINY" --ids 1 --out "$T/x" --act-int8 yes
+
+# --act-int8 on|off (MK_ACT_INT8=1|0; kernels.h mk_kernels_set_int8): int8 or float activations for
+# one-token products over MLX affine 4/8-bit weights, by default int8 with the x86 kernels and float
+# with ref. The numerics of both are pinned by test_kernels; here: the switch reaches the kernels (one
+# token, so every product is a decode product), the flag wins over the variable, and the default is
+# the documented one, by the logits each choice writes and by run --stats' [kernels] line.
+"$BIN" quantize "$FX/qwen3moe-a/bf16" "$T/q4" --bits 4 --group-size 64 --threads 2 --quiet > /dev/null
+lg() { local out=$1; shift; "$BIN" logits "$T/q4" --ids 7 --out "$T/$out.f32" --threads 2 "$@"; }
+lg on --act-int8 on
+lg off --act-int8 off
+! cmp -s "$T/on.f32" "$T/off.f32" || fail "--act-int8 on and off wrote the same logits"
+MK_ACT_INT8=0 lg env0
+cmp -s "$T/env0.f32" "$T/off.f32" || fail "MK_ACT_INT8=0 is not --act-int8 off"
+MK_ACT_INT8=1 lg envwin --act-int8 off
+cmp -s "$T/envwin.f32" "$T/off.f32" || fail "--act-int8 off did not win over MK_ACT_INT8=1"
+MK_KERNELS=ref lg refdef
+MK_KERNELS=ref lg refoff --act-int8 off
+cmp -s "$T/refdef.f32" "$T/refoff.f32" || fail "MK_KERNELS=ref: the default is not float activations"
+"$BIN" run "$T/q4" --ids 7 --max-tokens 1 --threads 2 --stats > /dev/null 2> "$T/kst"
+kern=$(sed -n 's/^\[kernels\] \([a-z0-9]*\), \([a-z0-9]*\) activations.*/\1 \2/p' "$T/kst")
+lg def
+case "$kern" in
+"ref float") cmp -s "$T/def.f32" "$T/off.f32" || fail "default on ref: not float activations" ;;
+"avx2 int8" | "avxvnni int8" | "avx512 int8" | "avx512vnni int8")
+    cmp -s "$T/def.f32" "$T/on.f32" || fail "default on $kern: not int8 activations" ;;
+*) fail "run --stats: [kernels] line '$kern' (want the path and its documented default)" ;;
+esac
+MK_ACT_INT8=0 "$BIN" run "$T/q4" --ids 7 --max-tokens 1 --threads 2 --stats > /dev/null 2> "$T/kst"
+grep -q '^\[kernels\] [a-z0-9]*, float activations' "$T/kst" || fail "MK_ACT_INT8=0: $(grep kernels "$T/kst")"
+# MK_PREFILL_INT8=1|0: the int8 prefill GEMM (kernels.h mk_kernels_set_prefill_int8), off by default
+expect 2 "MK_PREFILL_INT8: expected 0 or 1" env MK_PREFILL_INT8=on "$BIN" run "$TINY" --ids 1
+"$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/pdef.f32" --threads 2
+MK_PREFILL_INT8=0 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p0.f32" --threads 2
+MK_PREFILL_INT8=1 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p1.f32" --threads 2
+cmp -s "$T/pdef.f32" "$T/p0.f32" || fail "prefill: the default is not MK_PREFILL_INT8=0"
+! cmp -s "$T/p0.f32" "$T/p1.f32" || fail "MK_PREFILL_INT8=1 wrote the float prefill's logits"
 
 # --help names every flag
 for cmd in run logits eval; do

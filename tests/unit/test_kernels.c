@@ -4,7 +4,8 @@
  * 1. mk_wt_dequant_row on hand-packed rows with literal expected values
  *    (affine nibbles, FP8/E8M0/E2M1 codes, block scales).
  * 2. mk_matmul_ref against a double-precision loop over mk_wt_dequant_row.
- * 3. mk_matmul on every kernel path this CPU supports (ref, avx2, avx512),
+ * 3. mk_matmul on every kernel path this CPU supports (ref, avx2, avxvnni,
+ *    avx512, avx512vnni),
  *    single-threaded and on a pool, n = 1, 3, 14, 15, 17, 37 and 70 tokens
  *    (register tiles of 3 to 6 tokens, both prefill paths, two token
  *    blocks), against
@@ -18,12 +19,15 @@
  *    mk_matmul_rows / mk_matmul_rows_t (row ranges that start inside FP8
  *    scale blocks, padded token strides) against double loops, same bound.
  *    Exception with its own stated bound (kernels.h "Accuracy"): with
- *    mk_kernels_set_int8 (opt-in; affine cases run both ways), mk_matmul of
+ *    int8 activations (the library's default on x86 paths; here forced
+ *    with mk_kernels_set_int8, affine cases run both ways), mk_matmul of
  *    one token times MLX affine 4/8 bits runs on int8 activations on every
  *    path; it
  *    is held to 1e-5 against x quantized by the documented rule and to
  *    sum_b d_b/2 sum_{c in b} |W| against x (see q8_want). Threaded and
- *    single-threaded results are compared bitwise on every path.
+ *    single-threaded results are compared bitwise on every path. The
+ *    default choice (int8 on every path but ref, following mk_isa_set)
+ *    must compute bitwise what the forced choice it names computes.
  * 4. Pool coverage and nesting, mk_wt_check errors, the vector ops. */
 #include "mk_test_util.h"
 
@@ -218,8 +222,8 @@ static mk_isa g_isa0;
  * sum of |terms|, catching one wrong element), and against x itself the
  * stated bound sum_b d_b / 2 sum_{c in b} |W[r,c]| (+ the float term). */
 static bool int8_path(mk_isa isa, const mk_wt *w, int64_t n) {
-    (void)isa; /* every path: ref, avx2, avx512 (avx2's int8 kernels), avx512vnni */
-    /* opt-in; mk_matmul only: the row-range products (check_rows) keep float x */
+    (void)isa; /* every path: ref, avx2, avx512 (avx2's int8 kernels), avxvnni, avx512vnni */
+    /* forced by the tests; mk_matmul only: the row-range products (check_rows) keep float x */
     return mk_kernels_int8() && n == 1 && w->fmt == MK_WF_AFFINE && (w->bits == 4 || w->bits == 8);
 }
 
@@ -414,6 +418,10 @@ static void check_weight(const tw *t, const char *label) {
 
 static int group_setup(void **state) {
     g_isa0 = mk_isa_active();
+    /* float x unless a test asks for int8 (the library's default is int8
+     * x for MLX affine 4/8-bit decode on the x86 paths): every case then
+     * runs the float kernels, and the int8 ones where a test turns them on */
+    mk_kernels_set_int8(false);
     return mk_pool_create(3, &g_pool) == MK_OK ? 0 : -1;
 }
 
@@ -621,7 +629,7 @@ static void test_matmul_affine(void **state) {
                 snprintf(label, sizeof label, "affine b%d g%d %s", bits[b], groups[g], mk_dtype_name(sd[s]));
                 tw t;
                 tw_make(&t, MK_WF_AFFINE, 21, 640, sd[s], bits[b], groups[g]);
-                check_weight(&t, label); /* float x (the default) */
+                check_weight(&t, label); /* float x (pinned in group_setup) */
                 mk_kernels_set_int8(true);
                 check_weight(&t, label); /* int8 x where the kernels have it */
                 mk_kernels_set_int8(false);
@@ -643,6 +651,44 @@ static void test_matmul_affine(void **state) {
         tw_free(&t);
     }
     mk_kernels_set_int8(false);
+}
+
+/* The default activation choice (kernels.h): int8 x on every path with
+ * integer dots, float x on ref, following mk_isa_set. Checked by what it
+ * computes: bitwise the forced int8 result (held to its references by
+ * test_matmul_affine) on the x86 paths, the forced float one on ref; the
+ * two differ on this weight, so naming the wrong one fails. */
+static void test_int8_default(void **state) {
+    float x[640], yd[21], yf[21], y8[21];
+    for (int i = 0; i < 640; i++)
+        x[i] = rnd_f(-1, 1);
+    for (int bits = 4; bits <= 8; bits += 4) {
+        tw t;
+        tw_make(&t, MK_WF_AFFINE, 21, 640, MK_DT_BF16, bits, 64);
+        mk_kernels_reset_int8();
+        for (int isa = MK_ISA_COUNT - 1; isa >= 0; isa--) { /* ref last: the default changes */
+            if (!mk_isa_supported((mk_isa)isa))
+                continue;
+            assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+            const bool want8 = isa != MK_ISA_REF;
+            if (mk_kernels_int8() != want8)
+                fail_msg("%s: default int8 activations %d, want %d", mk_isa_name((mk_isa)isa),
+                         (int)mk_kernels_int8(), (int)want8);
+            mk_matmul(g_pool, &t.w, x, 1, yd);
+            mk_kernels_set_int8(false);
+            mk_matmul(g_pool, &t.w, x, 1, yf);
+            mk_kernels_set_int8(true);
+            mk_matmul(g_pool, &t.w, x, 1, y8);
+            mk_kernels_reset_int8();
+            assert_memory_not_equal(yf, y8, sizeof yf);
+            if (memcmp(yd, want8 ? y8 : yf, sizeof yd))
+                fail_msg("%d-bit %s: the default is not the %s result", bits, mk_isa_name((mk_isa)isa),
+                         want8 ? "int8" : "float");
+        }
+        tw_free(&t);
+    }
+    mk_kernels_set_int8(false);
+    mk_isa_set(g_isa0);
 }
 
 /* Non-finite x reaches the outputs on every path (int8: d = NaN). */
@@ -687,6 +733,87 @@ static void test_matmul_micro(void **state) {
         check_weight(&t, label);
         tw_free(&t);
     }
+}
+
+/* Decode products do not depend on where a thread's rows start: the int8
+ * kernels take rows four at a time, so a row range starting at r0 groups
+ * rows differently from the whole matrix. A view of rows [r0, r1) (its
+ * codes, scales and biases advanced by r0 rows) must give bitwise the
+ * rows the whole matrix gives, on every path, with int8 x and float x, for
+ * every start modulo 4 and ends leaving 0-3 rows after the last block; and
+ * a matrix large enough for the pool to split (rows per task not a
+ * multiple of 4) bitwise what one thread gives (kern_q8_body.h,
+ * "Bitwise"; kernels.h "Accuracy"). */
+static void test_decode_row_split(void **state) {
+    static const int bits[] = {4, 8}, groups[] = {32, 64, 128};
+    for (int b = 0; b < 2; b++)
+        for (int g = 0; g < 3; g++) {
+            tw t;
+            /* 11 groups: at g32 a lone last block of 32 after the 64-column steps */
+            const int64_t rows = 23, cols = 11 * groups[g];
+            tw_make(&t, MK_WF_AFFINE, rows, cols, MK_DT_BF16, bits[b], groups[g]);
+            float *x = malloc(sizeof(float) * (size_t)cols), *yf = malloc(sizeof(float) * (size_t)rows);
+            float *ys = malloc(sizeof(float) * (size_t)rows);
+            assert_true(x && yf && ys);
+            for (int64_t i = 0; i < cols; i++)
+                x[i] = rnd_f(-1, 1);
+            const size_t rb = (size_t)(cols * bits[b] / 8), sb = (size_t)(cols / groups[g]) * 2;
+            for (int q8 = 0; q8 < 2; q8++)
+                for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                    if (!mk_isa_supported((mk_isa)isa))
+                        continue;
+                    assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                    mk_kernels_set_int8(q8);
+                    mk_matmul(NULL, &t.w, x, 1, yf);
+                    for (int64_t r0 = 0; r0 < 4; r0++)
+                        for (int64_t r1 = rows - 3; r1 <= rows; r1++) {
+                            mk_wt v = t.w;
+                            v.rows = r1 - r0;
+                            v.data = (const uint8_t *)t.w.data + (size_t)r0 * rb;
+                            v.scales = (const uint8_t *)t.w.scales + (size_t)r0 * sb;
+                            v.biases = (const uint8_t *)t.w.biases + (size_t)r0 * sb;
+                            mk_matmul(NULL, &v, x, 1, ys);
+                            if (memcmp(ys, yf + r0, (size_t)v.rows * sizeof(float)) != 0)
+                                fail_msg("affine %d-bit g%d %s%s: rows [%lld,%lld) as a view differ from the "
+                                         "whole matrix's", bits[b], groups[g], mk_isa_name((mk_isa)isa),
+                                         q8 ? " int8" : "", (long long)r0, (long long)r1);
+                        }
+                }
+            free(x);
+            free(yf);
+            free(ys);
+            tw_free(&t);
+        }
+    /* the pool splits 302 rows of 1344 4-bit columns (672 bytes: 24 rows a
+     * task) or 8-bit ones (12 rows a task) */
+    for (int b = 0; b < 2; b++) {
+        tw t;
+        const int64_t rows = 302, cols = 1344;
+        tw_make(&t, MK_WF_AFFINE, rows, cols, MK_DT_BF16, bits[b], 64);
+        float *x = malloc(sizeof(float) * (size_t)cols), *y1 = malloc(sizeof(float) * (size_t)rows);
+        float *yp = malloc(sizeof(float) * (size_t)rows);
+        assert_true(x && y1 && yp);
+        for (int64_t i = 0; i < cols; i++)
+            x[i] = rnd_f(-1, 1);
+        for (int q8 = 0; q8 < 2; q8++)
+            for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+                if (!mk_isa_supported((mk_isa)isa))
+                    continue;
+                assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
+                mk_kernels_set_int8(q8);
+                mk_matmul(NULL, &t.w, x, 1, y1);
+                mk_matmul(g_pool, &t.w, x, 1, yp);
+                if (memcmp(y1, yp, (size_t)rows * sizeof(float)) != 0)
+                    fail_msg("affine %d-bit %s%s: %lld rows on %d threads differ from one thread", bits[b],
+                             mk_isa_name((mk_isa)isa), q8 ? " int8" : "", (long long)rows, mk_pool_size(g_pool));
+            }
+        free(x);
+        free(y1);
+        free(yp);
+        tw_free(&t);
+    }
+    mk_kernels_set_int8(false);
+    mk_isa_set(g_isa0);
 }
 
 /* mk_matvec_multi: every item bitwise what mk_matmul gives alone, on every
@@ -1012,7 +1139,44 @@ static void test_ops(void **state) {
     assert_true(v[0] == 2 && v[1] == 4 && v[2] == 6);
 }
 
+/* Whether /proc/cpuinfo's first "flags" line lists `flag` as a whole word
+ * (-1: no such file, e.g. not Linux). */
+static int cpuinfo_flag(const char *flag) {
+    FILE *f = fopen("/proc/cpuinfo", "r");
+    if (!f)
+        return -1;
+    char line[8192];
+    int found = 0;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "flags", 5) && strchr(line, ':')) {
+            for (char *tok = strtok(strchr(line, ':') + 1, " \t\n"); tok; tok = strtok(NULL, " \t\n"))
+                found |= !strcmp(tok, flag);
+            break;
+        }
+    fclose(f);
+    return found;
+}
+
 static void test_isa_select(void **state) {
+    /* every name parses back to its path; the choices are in order of preference */
+    static const char *const names[MK_ISA_COUNT] = {"ref", "avx2", "avxvnni", "avx512", "avx512vnni"};
+    for (int i = 0; i < MK_ISA_COUNT; i++) {
+        mk_isa p = MK_ISA_COUNT;
+        assert_string_equal(mk_isa_name((mk_isa)i), names[i]);
+        assert_int_equal(mk_isa_parse(names[i], &p), MK_OK);
+        assert_int_equal(p, i);
+    }
+    mk_isa p;
+    assert_int_equal(mk_isa_parse("avx-vnni", &p), MK_E_ARG);
+    for (int i = MK_ISA_COUNT - 1; i > (int)g_isa0; i--)
+        assert_false(mk_isa_supported((mk_isa)i)); /* the default is the best supported */
+    /* AVX-VNNI comes from a raw CPUID bit (isa.c): where Linux lists the
+     * flag, with AVX2 and FMA, the path must be offered (an older kernel
+     * may not list it, so only this direction is checked) */
+    if (cpuinfo_flag("avx_vnni") == 1 && cpuinfo_flag("avx2") == 1 && cpuinfo_flag("fma") == 1)
+        assert_true(mk_isa_supported(MK_ISA_AVXVNNI));
+    if (!mk_isa_supported(MK_ISA_AVX2))
+        assert_false(mk_isa_supported(MK_ISA_AVXVNNI));
     assert_true(mk_isa_supported(MK_ISA_REF));
     assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
     assert_int_equal(mk_isa_active(), MK_ISA_REF);
@@ -1040,7 +1204,9 @@ int main(void) {
         cmocka_unit_test(test_matmul_fp8),
         cmocka_unit_test(test_matmul_affine),
         cmocka_unit_test(test_matmul_affine_nonfinite),
+        cmocka_unit_test(test_int8_default),
         cmocka_unit_test(test_matmul_micro),
+        cmocka_unit_test(test_decode_row_split),
         cmocka_unit_test(test_matvec_multi),
         cmocka_unit_test(test_matmul_each),
         cmocka_unit_test(test_pool),

@@ -1,0 +1,121 @@
+/* Internal interface of the prefill GEMM on int8 activations
+ * (kern_gemm_q8.c: rule, driver, portable table; kern_gemm_q8_x86.c: the
+ * AVX2 and AVX512-VNNI tables).
+ *
+ * What it computes: Y = X W^T for an MLX affine 4- or 8-bit weight and a
+ * chunk of tokens, with X quantized once per call by the rule of q8.c
+ * (kern_impl.h "int8 activations": blocks of 32, d = amax / 127, q =
+ * nearbyint(x * 127 / amax)) and exact integer dot products per block:
+ *   y[t, r] = sum over the 512-column panels P, in order, of
+ *             acc_P(t, r), where acc_P starts at 0 and for each group g of
+ *             P, in order:  for each block b of g, in order:
+ *                              acc = fma((float)i_b * d_tb, s_rg, acc)
+ *                           then acc = fma(bias_rg, xg_tg, acc)
+ *   i_b = sum_{c in b} q_w[r, c] q_x[t, c]  (exact int32: |i| < 2^24)
+ *   xg_tg = mk_q8_group_sums of the block sums (q8.c)
+ * Every table computes exactly these floats (integer dots are exact, the
+ * float steps are the same single roundings: a multiply and fused
+ * multiply-adds), so the paths agree bitwise; the tests hold them to it.
+ *
+ * Data layouts shared by the tables:
+ *   "dot order" of a block of 32 columns: natural for 8 bits; for 4 bits
+ *     the 16 even columns then the 16 odd ones, which is the order MLX's
+ *     nibbles come out of a byte (low = even column), so a packed block
+ *     unpacks with an and and a shift and no byte interleave.
+ *   prepared token (mk_gq8_at): q[cols] int8 in dot order | d[nb] |
+ *     qsf[nb] (block sums of q, as floats) | qs128[nb] (128 * those, int32,
+ *     for the AVX2 8-bit kernel's codes - 128) | xg[ng]; a stride of
+ *     mk_gq8_stride bytes (a multiple of 64) per token.
+ *   panel (mk_gq8_pack_fn): MK_GQ8_ROWS rows x kc columns of codes, 4
+ *     consecutive dot-order positions of one row in 4 bytes, the 16 rows
+ *     side by side: pw[(p / 4) * 64 + i * 4 + p % 4] = code of row i at
+ *     position p (positions run block after block); rows past nr are 0. */
+#ifndef MK_KERN_GEMM_Q8_H
+#define MK_KERN_GEMM_Q8_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "moekit/isa.h"
+#include "moekit/kernels.h"
+#include "moekit/weight.h"
+
+#define MK_GQ8_ROWS 16 /* rows of a panel and of a work item */
+#define MK_GQ8_KC 512  /* columns of a panel: a multiple of every group */
+/* Bytes of prepared tokens kept on the calling thread's stack: tokens are
+ * processed in blocks of as many as fit (at most MK_GQ8_TOK). */
+#define MK_GQ8_STACK (128 * 1024)
+#define MK_GQ8_TOK 64
+/* Fewest tokens per block worth the path: below it each panel (unpacked
+ * and transposed codes) serves too few tokens. */
+#define MK_GQ8_MIN_TOK 4
+
+typedef struct mk_gq8x {
+    int8_t *q;
+    float *d, *qsf;
+    int32_t *qs128;
+    float *xg;
+} mk_gq8x;
+
+static inline size_t mk_gq8_stride(int64_t cols, int group) {
+    size_t nb = (size_t)cols / 32, ng = (size_t)(cols / group);
+    size_t b = (size_t)cols + 12 * nb + 4 * ng;
+    return (b + 63) & ~(size_t)63;
+}
+static inline mk_gq8x mk_gq8_at(const uint8_t *tok, int64_t cols) {
+    mk_gq8x v;
+    size_t nb = (size_t)cols / 32;
+    v.q = (int8_t *)(uintptr_t)tok;
+    v.d = (float *)(uintptr_t)(tok + cols);
+    v.qsf = v.d + nb;
+    v.qs128 = (int32_t *)(void *)(v.qsf + nb);
+    v.xg = (float *)(void *)(v.qs128 + nb);
+    return v;
+}
+
+/* Quantize one token x[cols] into the prepared layout at dst (dot order for
+ * 4 bits when four). */
+typedef void (*mk_gq8_quant_fn)(const float *x, int64_t cols, int group, bool four, uint8_t *dst);
+/* Codes of rows [r0, r0 + nr) (nr <= 16), columns [c0, c0 + kc) (c0 a
+ * multiple of MK_GQ8_KC, kc a multiple of the group) into the panel pw
+ * (64-byte aligned, kc * 16 bytes). */
+typedef void (*mk_gq8_pack_fn)(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw);
+/* y[t * ldy + i] += acc_P(t, i) for i < nr, t < nt (the rule above) of the
+ * panel pw at columns [c0, c0 + kc); ps / pb: scales and biases of the
+ * panel's groups, ps[gi * 16 + i] (64-byte aligned, 0 past nr); tokens
+ * prepared at xp + t * xs (cols columns each). */
+typedef void (*mk_gq8_kern_fn)(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                               int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                               int64_t ldy, int nr);
+
+typedef struct mk_gq8_i {
+    const char *name;
+    mk_gq8_quant_fn quant;
+    mk_gq8_pack_fn pack;
+    mk_gq8_kern_fn kern4, kern8;
+} mk_gq8_i;
+
+extern const mk_gq8_i mk_gq8_ref;
+#if defined(__x86_64__) || defined(__i386__)
+extern const mk_gq8_i mk_gq8_avx2;
+extern const mk_gq8_i mk_gq8_vnni;
+#endif
+/* The table of path isa (the AVX-512 path without VNNI runs AVX2's). */
+const mk_gq8_i *mk_gq8_table(mk_isa isa);
+
+/* Whether w suits the path (MLX affine, 4 or 8 bits). */
+bool mk_gq8_suits(const mk_wt *w);
+
+/* Most weights of one mk_gq8_matmul. */
+#define MK_GQ8_MAXW 8
+/* Whether mk_gq8_matmul takes these count weights (each suits, all with the
+ * same columns, bits and group, count <= MK_GQ8_MAXW) and n tokens (at
+ * least MK_GQ8_MIN_TOK, a token block of at least as many on the stack). */
+bool mk_gq8_fits(const mk_wt *const *w, int count, int64_t n);
+/* y[i][n, w[i]->rows] = x W_i^T by the rule above, on the active path's
+ * table; the caller checked mk_gq8_fits. About 128 KiB of the calling
+ * thread's stack, 12 KiB of each worker's. */
+void mk_gq8_matmul(mk_pool *p, const mk_wt *const *w, int count, const float *x, int64_t n, float *const *y);
+
+#endif
