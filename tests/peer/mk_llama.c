@@ -84,6 +84,12 @@ static int cmd_logits(int argc, char **argv) {
     if (load_ids(argv[3], &ids, &n))
         return 2;
     int threads = argc > 5 ? atoi(argv[5]) : 1;
+    /* the oracle reads the file through the CPU backend's plain buffers: the
+     * extra buffer types are per-CPU kernels (repacked Q4_0/Q8_0, and AMX on
+     * Sapphire Rapids, whose buffers llama.cpp v0.4.0 cannot schedule
+     * deepseek2's F16 attention ops on: GGML_ASSERT(*cur_backend_id != -1)
+     * in ggml-backend.cpp), not the file's meaning */
+    g_no_repack = 1;
     struct llama_model *m = open_model(argv[2]);
     if (!m)
         return 2;
