@@ -150,6 +150,8 @@ int cmd_logits(int argc, char **argv) {
     mk_backend *be = NULL;
     st = mk_ecli_backend(backend, &be);
     eo.backend = be;
+    mm.plan_ctx = n;
+    mm.plan_chunk = (int)chunk;
     if (st == MK_OK)
         st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
     if (st == MK_OK)

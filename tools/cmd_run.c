@@ -462,6 +462,9 @@ static int parse(int argc, char **argv, run_opts *o) {
 
 static mk_status run_main(run_opts *o) {
     run_ctx r = {.o = o};
+    /* the context, when known before the prompt is read: counted in the resident-or-stream choice */
+    o->mm.plan_ctx = o->ctx > 0 ? o->ctx : o->chat && !o->prompt ? -1 : 0;
+    o->mm.plan_chunk = o->eo.prefill_chunk;
     mk_status st = mk_ecli_mem_model_open(&o->mm, o->model, &o->mo, &r.m);
     if (st != MK_OK)
         return st;

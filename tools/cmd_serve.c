@@ -263,6 +263,10 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     if (delay)
         usleep((useconds_t)atoi(delay) * 1000);
 #endif
+    /* the slots' contexts (the prompt cache is counted once its size is known) */
+    o->mm.plan_ctx = o->ctx > 0 ? o->ctx : -1;
+    o->mm.plan_chunk = 512;
+    o->mm.engines = (int)o->parallel;
     MK_TRY(mk_ecli_mem_model_open(&o->mm, o->model, &(mk_model_opts){0}, &z->m));
     mk_status st = mk_tok_load(mk_model_dir(z->m), &z->tok);
     if (st != MK_OK)

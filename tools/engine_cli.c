@@ -207,9 +207,10 @@ const char mk_ecli_mem_help[] =
     "                       overhead, and a cache of routed experts, which are then read from\n"
     "                       the checkpoint files on demand (never mapped). Refused, naming the\n"
     "                       least budget that works, when one token's experts do not fit.\n"
-    "                       Default: the model stays resident when it fits in 90% of the\n"
-    "                       available memory, else experts stream under that bound; the\n"
-    "                       choice is printed at startup\n"
+    "                       Default: the model stays resident when it and its context (when\n"
+    "                       known at startup: --ctx, chat, serve's slots) fit the budget or\n"
+    "                       90% of the available memory, else experts stream under that\n"
+    "                       bound; the choice is printed at startup\n"
     "  --stream-experts     stream experts even when the model would fit\n"
     "  --expert-cache POL   freq (default: decayed use counts) or lru\n"
     "  --io MODE            auto (io_uring when the kernel allows, else a pread pool), uring,\n"
@@ -318,6 +319,20 @@ static uint64_t held_resident_bytes(const mk_ecli_mem *mm, const mk_model *m) {
     return mk_model_resident_bytes(m);
 }
 
+/* The arenas of the engines the command plans (mm->plan_ctx), with what it
+ * holds besides them as far as known now (mm->extra): 0 when not known. */
+static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
+    if (!mm->plan_ctx)
+        return 0;
+    int64_t ctx = mm->plan_ctx;
+    if (ctx < 0) {
+        int mp = mk_model_config(m)->max_position_embeddings;
+        ctx = mp > 0 && mp < 4096 ? mp : 4096;
+    }
+    mk_engine_opts o = {.max_ctx = ctx, .prefill_chunk = mm->plan_chunk};
+    return (uint64_t)mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) + mm->extra;
+}
+
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
     *m = NULL;
     uint64_t avail = mk_ecli_mem_available();
@@ -338,7 +353,7 @@ static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mode
             return st;
         }
     }
-    uint64_t need = held_resident_bytes(mm, sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD;
+    uint64_t need = held_resident_bytes(mm, sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD + plan_arena(mm, sm);
     if (mk_model_expert_bytes(sm) == 0 || (!mm->force_stream && need <= mm->limit)) {
         /* fits (or nothing to stream): resident, as a model always was */
         mk_model_free(sm);

@@ -88,6 +88,13 @@ typedef struct mk_ecli_mem {
        (non-expert, routed experts) instead of all of them (or the rank's expert share) */
     mk_status (*held_fn)(void *user, const mk_model *m, uint64_t *resident, uint64_t *experts);
     void *held_user;
+    int64_t plan_ctx;          /* the context the command's engines will hold, when known before
+                                  the model opens (-1: the model's default, min(its
+                                  max_position_embeddings, 4096)); 0: not known. The resident-or-
+                                  stream choice counts those engines' arenas (mk_engine_bytes), so a
+                                  budget the resident model fits but the model plus context does not
+                                  streams instead of being refused */
+    int plan_chunk;            /* their prefill chunk (0: the engine's default) */
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */
