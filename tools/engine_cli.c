@@ -353,7 +353,15 @@ static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_mode
             return st;
         }
     }
-    uint64_t need = held_resident_bytes(mm, sm) + held_expert_bytes(mm, sm) + MK_ECLI_OVERHEAD + plan_arena(mm, sm);
+    /* resident when the model and its planned context fit; when they do not
+     * but streaming cannot hold that context either, the choice is made on
+     * the weights alone, so the refusal is the context's own (lower --ctx) */
+    uint64_t base = held_resident_bytes(mm, sm) + MK_ECLI_OVERHEAD, arena = plan_arena(mm, sm);
+    uint64_t least_stream = base + arena + (uint64_t)mk_model_config(sm)->num_experts_per_tok *
+                                               mk_expert_store_slot_bytes(sm);
+    if (least_stream > mm->limit)
+        arena = 0;
+    uint64_t need = base + held_expert_bytes(mm, sm) + arena;
     if (mk_model_expert_bytes(sm) == 0 || (!mm->force_stream && need <= mm->limit)) {
         /* fits (or nothing to stream): resident, as a model always was */
         mk_model_free(sm);
