@@ -336,20 +336,6 @@ static json_t *usage(const srv_job *j) {
                      "cache_creation_input_tokens", (json_int_t)0);
 }
 
-static void reply(srv_reply *r, json_t *o, unsigned long mark) {
-    char *t = o ? mk_json_dumps_checked(o, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
-    if (o)
-        json_decref(o);
-    if (!t) {
-        srv_error(r, 500, "server_error", NULL, "out of memory building the response");
-        return;
-    }
-    r->code = 200;
-    r->body = t;
-    r->len = strlen(t);
-    r->ctype = "application/json";
-}
-
 static void final_message(mk_server *s, srv_job *j, srv_chatout *co, const char *id, srv_reply *r) {
     unsigned long mark = mk_json_mark();
     srv_parsed p;
@@ -381,7 +367,7 @@ static void final_message(mk_server *s, srv_job *j, srv_chatout *co, const char 
     if (!json_array_size(c)) /* an empty answer is one empty text block */
         json_array_append_new(c, json_pack("{s:s,s:s}", "type", "text", "text", ""));
     srv_parsed_free(&p);
-    reply(r, o, mark);
+    srv_reply_json(r, 200, o, mark);
 }
 
 /* ---- SSE ------------------------------------------------------------------------- */
@@ -468,6 +454,31 @@ static bool delta_events(srv_stream *st, json_t *d, unsigned long mark) {
     return ok;
 }
 
+int srv_stream_delta_step(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
+                          unsigned long mark, bool *fin) {
+    mk_server *s = st->s;
+    srv_job *j = st->j;
+    pthread_mutex_lock(&s->mu);
+    if (!srv_stream_wait(st, alive, ctx, gone)) /* (it unlocks) */
+        return -1;
+    *fin = j->done;
+    json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, *fin);
+    st->sent = j->safe;
+    pthread_mutex_unlock(&s->mu);
+    if (!d) {
+        st->state = 5;
+        return -1;
+    }
+    bool empty = json_object_size(d) == 0;
+    bool ok = empty || emit(st, d, mark);
+    json_decref(d);
+    if (!ok) {
+        st->state = 5;
+        return -1;
+    }
+    return empty ? 0 : 1;
+}
+
 static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) {
     mk_server *s = st->s;
     srv_job *j = st->j;
@@ -487,29 +498,13 @@ static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         return false;
     }
     case 1: {
-        pthread_mutex_lock(&s->mu);
-        if (!srv_stream_wait(st, alive, ctx, gone))
-            return false;
-        bool fin = j->done;
-        json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
-        st->sent = j->safe;
-        pthread_mutex_unlock(&s->mu);
-        if (!d) {
-            st->state = 5;
-            return false;
-        }
-        bool empty = json_object_size(d) == 0;
-        bool ok = empty || delta_events(st, d, mark);
-        json_decref(d);
-        if (!ok) {
-            st->state = 5;
-            return false;
-        }
-        if (empty && fin)
+        bool fin;
+        int r = srv_stream_delta_step(st, alive, ctx, gone, delta_events, mark, &fin);
+        if (r != 0)
+            return r > 0;
+        if (fin)
             st->state = 2;
-        if (empty)
-            return anth_next(st, alive, ctx, gone);
-        return true;
+        return anth_next(st, alive, ctx, gone);
     }
     case 2: {
         pthread_mutex_lock(&s->mu);
@@ -579,7 +574,7 @@ void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t 
         int64_t np = 0;
         if (srv_prompt_ids(s, &p, r, &ids, &np)) {
             free(ids);
-            reply(r, json_pack("{s:I}", "input_tokens", (json_int_t)np), mark);
+            srv_reply_json(r, 200, json_pack("{s:I}", "input_tokens", (json_int_t)np), mark);
         } else {
             to_anthropic_error(r);
         }

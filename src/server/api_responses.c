@@ -556,20 +556,6 @@ static json_t *call_item(const char *id, const char *call_id, const char *name, 
                      call_id, "name", name, "arguments", args);
 }
 
-static void reply(srv_reply *r, json_t *o, unsigned long mark) {
-    char *t = o ? mk_json_dumps_checked(o, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
-    if (o)
-        json_decref(o);
-    if (!t) {
-        srv_error(r, 500, "server_error", NULL, "out of memory building the response");
-        return;
-    }
-    r->code = 200;
-    r->body = t;
-    r->len = strlen(t);
-    r->ctype = "application/json";
-}
-
 /* The non-streamed answer of a finished job (server mutex not held). */
 static void final_response(mk_server *s, srv_job *j, srv_chatout *co, const resp_echo *re, srv_reply *r) {
     unsigned long mark = mk_json_mark();
@@ -603,7 +589,7 @@ static void final_response(mk_server *s, srv_job *j, srv_chatout *co, const resp
         json_array_append_new(out, call_item(id, cid, p.calls[i].name, p.calls[i].args, "completed"));
     }
     srv_parsed_free(&p);
-    reply(r, response_json(re, status, out, u, NULL), mark);
+    srv_reply_json(r, 200, response_json(re, status, out, u, NULL), mark);
 }
 
 /* ---- SSE ------------------------------------------------------------------------- */
@@ -784,29 +770,13 @@ static bool resp_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         return false;
     }
     case 1: {
-        pthread_mutex_lock(&s->mu);
-        if (!srv_stream_wait(st, alive, ctx, gone))
-            return false;
-        bool fin = j->done;
-        json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
-        st->sent = j->safe;
-        pthread_mutex_unlock(&s->mu);
-        if (!d) {
-            st->state = 5;
-            return false;
-        }
-        bool empty = json_object_size(d) == 0;
-        bool ok = empty || delta_events(st, d, mark);
-        json_decref(d);
-        if (!ok) {
-            st->state = 5;
-            return false;
-        }
-        if (empty && fin)
+        bool fin;
+        int r = srv_stream_delta_step(st, alive, ctx, gone, delta_events, mark, &fin);
+        if (r != 0)
+            return r > 0;
+        if (fin)
             st->state = 2;
-        if (empty)
-            return resp_next(st, alive, ctx, gone);
-        return true;
+        return resp_next(st, alive, ctx, gone);
     }
     case 2: {
         pthread_mutex_lock(&s->mu);

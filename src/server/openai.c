@@ -20,7 +20,7 @@ static const char *json_ct = "application/json";
 /* Serialise j (consumed) into r with code; 500 when out of memory. Bodies
  * are ASCII (JSON_ENSURE_ASCII): any client reads them, and text is escaped
  * exactly as `moekit run --json` escapes it. */
-static void reply_json(srv_reply *r, int code, json_t *j, unsigned long mark) {
+void srv_reply_json(srv_reply *r, int code, json_t *j, unsigned long mark) {
     char *s = j ? mk_json_dumps_checked(j, JSON_COMPACT | JSON_ENSURE_ASCII, mark) : NULL;
     if (j)
         json_decref(j);
@@ -56,7 +56,7 @@ void srv_error(srv_reply *r, int code, const char *type, const char *param, cons
     json_object_set_new(e, "code", json_null());
     json_t *o = json_object();
     json_object_set_new(o, "error", e);
-    reply_json(r, code, o, mark);
+    srv_reply_json(r, code, o, mark);
 }
 
 /* The error of a failed call: 400 naming the field for bad input, 500 else. */
@@ -80,7 +80,7 @@ void srv_handle_models(mk_server *s, srv_reply *r) {
                                                  s->nslots, "layout", mk_model_layout(s->m.model)));
     }
     json_t *o = m ? json_pack("{s:s,s:[o]}", "object", "list", "data", m) : NULL;
-    reply_json(r, 200, o, mark);
+    srv_reply_json(r, 200, o, mark);
 }
 
 void srv_handle_metrics(mk_server *s, srv_reply *r) {
@@ -118,7 +118,7 @@ static void tokenize(mk_server *s, srv_params *p, srv_reply *r) {
     for (size_t i = 0; a && i < n; i++)
         json_array_append_new(a, json_integer(ids[i]));
     free(ids);
-    reply_json(r, 200, a ? json_pack("{s:o}", "tokens", a) : NULL, mark);
+    srv_reply_json(r, 200, a ? json_pack("{s:o}", "tokens", a) : NULL, mark);
 }
 
 static void detokenize(mk_server *s, srv_params *p, srv_reply *r) {
@@ -132,7 +132,7 @@ static void detokenize(mk_server *s, srv_params *p, srv_reply *r) {
     unsigned long mark = mk_json_mark();
     json_t *t = json_stringn(text, len);
     free(text);
-    reply_json(r, 200, t ? json_pack("{s:o}", "content", t) : NULL, mark);
+    srv_reply_json(r, 200, t ? json_pack("{s:o}", "content", t) : NULL, mark);
 }
 
 /* ---- completions ----------------------------------------------------------------- */
@@ -573,7 +573,7 @@ static void completion(mk_server *s, srv_params *p, srv_reply *r, srv_alive_fn a
     if (o && c && u) {
         json_object_set_new(o, "choices", json_pack("[o]", c));
         json_object_set_new(o, "usage", u);
-        reply_json(r, 200, o, mark);
+        srv_reply_json(r, 200, o, mark);
         return;
     }
     if (o)

@@ -367,7 +367,9 @@ typedef struct srv_reply {
     srv_stream *stream;        /* SSE (code 200) */
 } srv_reply;
 
-
+/* Serialise j (consumed) into r as JSON with code (ASCII, as `moekit run
+ * --json` escapes text); 500 with an OpenAI error body when out of memory. */
+void srv_reply_json(srv_reply *r, int code, json_t *j, unsigned long mark);
 /* An OpenAI-style error body. */
 void srv_error(srv_reply *r, int code, const char *type, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 5, 6)));
@@ -430,6 +432,14 @@ void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t 
                           srv_alive_fn alive, void *alive_ctx);
 /* Append "event: NAME\ndata: JSON\n\n" (o consumed) to st->pend. */
 bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark);
+/* The content phase of a stream of named events (Anthropic, Responses): wait
+ * for text past what was sent, parse it into a delta (reasoning, content,
+ * tool calls apart) and hand a non-empty one to emit. 1: events went out;
+ * 0: nothing new to send (*fin: the job had finished); -1: the stream ends
+ * (client gone, or an event failed: state 5). */
+typedef bool (*srv_delta_emit_fn)(srv_stream *st, json_t *delta, unsigned long mark);
+int srv_stream_delta_step(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
+                          unsigned long mark, bool *fin);
 
 /* ---- api_responses.c ------------------------------------------------------ */
 
