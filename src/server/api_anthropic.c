@@ -454,29 +454,33 @@ static bool delta_events(srv_stream *st, json_t *d, unsigned long mark) {
     return ok;
 }
 
-int srv_stream_delta_step(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
-                          unsigned long mark, bool *fin) {
+bool srv_stream_content(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
+                        unsigned long mark) {
     mk_server *s = st->s;
     srv_job *j = st->j;
     pthread_mutex_lock(&s->mu);
     if (!srv_stream_wait(st, alive, ctx, gone)) /* (it unlocks) */
-        return -1;
-    *fin = j->done;
-    json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, *fin);
+        return false;
+    bool fin = j->done;
+    json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
     st->sent = j->safe;
     pthread_mutex_unlock(&s->mu);
     if (!d) {
         st->state = 5;
-        return -1;
+        return false;
     }
     bool empty = json_object_size(d) == 0;
     bool ok = empty || emit(st, d, mark);
     json_decref(d);
     if (!ok) {
         st->state = 5;
-        return -1;
+        return false;
     }
-    return empty ? 0 : 1;
+    if (!empty)
+        return true;
+    if (fin)
+        st->state = 2;
+    return st->next(st, alive, ctx, gone);
 }
 
 static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) {
@@ -497,15 +501,8 @@ static bool anth_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         st->state = 5;
         return false;
     }
-    case 1: {
-        bool fin;
-        int r = srv_stream_delta_step(st, alive, ctx, gone, delta_events, mark, &fin);
-        if (r != 0)
-            return r > 0;
-        if (fin)
-            st->state = 2;
-        return anth_next(st, alive, ctx, gone);
-    }
+    case 1:
+        return srv_stream_content(st, alive, ctx, gone, delta_events, mark);
     case 2: {
         pthread_mutex_lock(&s->mu);
         srv_finish f = j->finish;

@@ -769,15 +769,8 @@ static bool resp_next(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone)
         st->state = 5;
         return false;
     }
-    case 1: {
-        bool fin;
-        int r = srv_stream_delta_step(st, alive, ctx, gone, delta_events, mark, &fin);
-        if (r != 0)
-            return r > 0;
-        if (fin)
-            st->state = 2;
-        return resp_next(st, alive, ctx, gone);
-    }
+    case 1:
+        return srv_stream_content(st, alive, ctx, gone, delta_events, mark);
     case 2: {
         pthread_mutex_lock(&s->mu);
         const char *status = final_status(j);

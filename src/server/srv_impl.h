@@ -432,14 +432,15 @@ void srv_handle_anthropic(mk_server *s, srv_kind kind, const char *body, size_t 
                           srv_alive_fn alive, void *alive_ctx);
 /* Append "event: NAME\ndata: JSON\n\n" (o consumed) to st->pend. */
 bool srv_sse(srv_stream *st, const char *name, json_t *o, unsigned long mark);
-/* The content phase of a stream of named events (Anthropic, Responses): wait
- * for text past what was sent, parse it into a delta (reasoning, content,
- * tool calls apart) and hand a non-empty one to emit. 1: events went out;
- * 0: nothing new to send (*fin: the job had finished); -1: the stream ends
- * (client gone, or an event failed: state 5). */
+/* The content phase (state 1) of a stream of named events (Anthropic,
+ * Responses): wait for text past what was sent, parse it into a delta
+ * (reasoning, content, tool calls apart) and hand a non-empty one to emit;
+ * with nothing new, go on through st->next (state 2 once the job is done).
+ * As st->next: false at the end of the stream (client gone, or an event
+ * failed: state 5). */
 typedef bool (*srv_delta_emit_fn)(srv_stream *st, json_t *delta, unsigned long mark);
-int srv_stream_delta_step(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
-                          unsigned long mark, bool *fin);
+bool srv_stream_content(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
+                        unsigned long mark);
 
 /* ---- api_responses.c ------------------------------------------------------ */
 
