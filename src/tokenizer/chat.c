@@ -369,18 +369,32 @@ static void py_str(sb *b, const json_t *v) {
     }
 }
 
+/* Tool call k's arguments as the JSON object template `tpl` iterates (a new
+ * reference), or NULL with MK_E_ARG naming message i (SIZE_MAX: the caller
+ * does not know it) and call k, as the template raises. */
+static json_t *call_args(const mk_chat_msg_calls *tc, size_t k, size_t i, const char *tpl) {
+    json_error_t e;
+    json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
+    if (json_is_object(args))
+        return args;
+    if (args)
+        json_decref(args);
+    if (i == SIZE_MAX)
+        mk_err(MK_E_ARG, "chat: tool call %zu: the arguments are not a JSON object (the %s template iterates "
+               "them)", k, tpl);
+    else
+        mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object (the %s "
+               "template iterates them)", i, k, tpl);
+    return NULL;
+}
+
 /* Qwen3.5's tool calls (Qwen3-Coder's XML); `text` whether the turn's
  * content is more than white space. */
 static mk_status qwen35_calls(const mk_chat_msg_calls *tc, bool text, sb *b) {
     for (size_t k = 0; tc && k < tc->n; k++) {
-        json_error_t e;
-        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
-        if (!json_is_object(args)) {
-            if (args)
-                json_decref(args);
-            return mk_err(MK_E_ARG, "chat: tool call %zu: the arguments are not a JSON object (the qwen3.5 "
-                          "template iterates them)", k);
-        }
+        json_t *args = call_args(tc, k, SIZE_MAX, "qwen3.5");
+        if (!args)
+            return MK_E_ARG;
         lit(b, k ? "\n<tool_call>\n<function=" : text ? "\n\n<tool_call>\n<function=" : "<tool_call>\n<function=");
         puts_(b, txt(tc->calls[k].name));
         lit(b, ">\n");
@@ -601,14 +615,9 @@ static mk_status dsml_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
         return MK_OK;
     lit(b, "\n\n<｜DSML｜function_calls>\n");
     for (size_t k = 0; k < tc->n; k++) {
-        json_error_t e;
-        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
-        if (!json_is_object(args)) {
-            if (args)
-                json_decref(args);
-            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
-                          "(the deepseek3.2 template iterates them)", i, k);
-        }
+        json_t *args = call_args(tc, k, i, "deepseek3.2");
+        if (!args)
+            return MK_E_ARG;
         lit(b, "<｜DSML｜invoke name=\"");
         puts_(b, txt(tc->calls[k].name));
         lit(b, "\">\n");
@@ -827,15 +836,9 @@ static bool ends_with(const char *s, const char *suf) {
  * MK_E_ARG, as the template raises. */
 static mk_status glm4_calls(const mk_chat_msg_calls *tc, size_t i, bool compact, sb *b) {
     for (size_t k = 0; tc && k < tc->n; k++) {
-        json_error_t e;
-        const char *a = txt(tc->calls[k].arguments);
-        json_t *args = json_loads(a, 0, &e);
-        if (!json_is_object(args)) {
-            if (args)
-                json_decref(args);
-            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
-                          "(the %s template iterates them)", i, k, compact ? "glm4.7" : "glm4");
-        }
+        json_t *args = call_args(tc, k, i, compact ? "glm4.7" : "glm4");
+        if (!args)
+            return MK_E_ARG;
         lit(b, compact ? "<tool_call>" : "\n<tool_call>");
         puts_(b, txt(tc->calls[k].name));
         if (!compact)
@@ -1051,14 +1054,9 @@ static mk_status minimax_calls(const mk_chat_msg_calls *tc, size_t i, sb *b) {
         return MK_OK;
     lit(b, "\n<minimax:tool_call>\n");
     for (size_t k = 0; k < tc->n; k++) {
-        json_error_t e;
-        json_t *args = json_loads(txt(tc->calls[k].arguments), 0, &e);
-        if (!json_is_object(args)) {
-            if (args)
-                json_decref(args);
-            return mk_err(MK_E_ARG, "chat message %zu: tool call %zu: the arguments are not a JSON object "
-                          "(the minimax-m2 template iterates them)", i, k);
-        }
+        json_t *args = call_args(tc, k, i, "minimax-m2");
+        if (!args)
+            return MK_E_ARG;
         lit(b, "<invoke name=\"");
         puts_(b, txt(tc->calls[k].name));
         lit(b, "\">\n");
