@@ -23,6 +23,16 @@
  * host and argmax'ed there).
  * Decoding is greedy through mk_engine_forward_argmax (cuda-base: forward +
  * mk_argmax).
+ * On CUDA a first prefill of the same prompt runs untimed (weights uploaded,
+ * fused layers stacked), then the engine is reset and the prefill timed:
+ * tok/s against the bf16 tensor-core rate measured in the same run (cuBLAS
+ * GEMM, mk_cuda_bf16_gemm_rate), counting the matmul FLOPs of a prompt
+ * token (2 x the non-expert matrices' and k experts' elements; attention's
+ * scores, the lm_head of the last token and the split GEMM's extra passes
+ * not counted). MK_CUDA_GEMM=split|bf16|generic picks how the CUDA matmul
+ * multiplies batches (mk_backend_cuda_set_gemm). MK_BENCH_BATCH=B (CUDA
+ * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
+ * prefilled with its own P ids first): aggregate tok/s.
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -91,6 +101,34 @@ static double bytes_per_token(const mk_model *m) {
         }
     }
     return b;
+}
+
+/* Matmul FLOPs of one prompt token: 2 x the elements of every non-routed
+ * matrix and of k average experts per MoE layer (the lm_head runs for the
+ * last token only). */
+static double flops_per_token(const mk_model *m) {
+    const mk_config *c = &m->cfg;
+    double f = 0;
+    for (int l = 0; l < c->num_layers; l++) {
+        const mk_layer_w *w = &m->layers[l];
+        const mk_wt *ws[] = {&w->attn.q,      &w->attn.k,    &w->attn.v,    &w->attn.o,
+                             &w->mla.q_a,     &w->mla.q_b,   &w->mla.q,     &w->mla.kv_a,
+                             &w->mla.kv_b,    &w->mla.o,     &w->gdn.qkvz,  &w->gdn.ba,
+                             &w->gdn.qkv,     &w->gdn.z,     &w->gdn.b,     &w->gdn.a,
+                             &w->gdn.out,     &w->mlp.gate,  &w->mlp.up,    &w->mlp.down,
+                             &w->moe.router,  &w->moe.shared.gate, &w->moe.shared.up,
+                             &w->moe.shared.down};
+        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+            if (ws[i]->data)
+                f += 2.0 * (double)ws[i]->rows * (double)ws[i]->cols;
+        if (w->is_moe) {
+            const mk_expert *x = &w->moe.experts[0];
+            f += 2.0 * c->num_experts_per_tok *
+                 ((double)x->gate.rows * x->gate.cols + (double)x->up.rows * x->up.cols +
+                  (double)x->down.rows * x->down.cols);
+        }
+    }
+    return f;
 }
 
 /* The physical bound: streaming READ bandwidth measured in the same run,
@@ -189,6 +227,17 @@ int main(int argc, char **argv) {
             return 1;
         }
         mk_backend_cuda_set_graphs(be, graph);
+        const char *gm = getenv("MK_CUDA_GEMM");
+        if (gm && *gm) {
+            mk_cuda_gemm mode = !strcmp(gm, "split") ? MK_CUDA_GEMM_SPLIT
+                                : !strcmp(gm, "bf16") ? MK_CUDA_GEMM_BF16
+                                : !strcmp(gm, "generic") ? MK_CUDA_GEMM_GENERIC : (mk_cuda_gemm)-1;
+            if ((int)mode < 0) {
+                fprintf(stderr, "bench_decode: MK_CUDA_GEMM: expected split, bf16 or generic\n");
+                return 2;
+            }
+            mk_backend_cuda_set_gemm(be, mode, 0);
+        }
         if (unfused || base) {
             hidden = *mk_backend_iface(be);
             if (unfused) {
@@ -234,9 +283,18 @@ int main(int argc, char **argv) {
     /* greedy: mk_engine_forward_argmax (the argmax on the device where the
      * backend has the slot); cuda-base and cuda-unfused: the logits to the host and
      * mk_argmax there, as before that slot */
-    double t0 = now_s();
     int32_t id = 0;
-    mk_status st = host_argmax ? mk_engine_forward(e, ids, P, MK_LOGITS_LAST, lg, NULL)
+    mk_status st = MK_OK;
+    if (cuda) { /* untimed: uploads and the fused layers' stacks happen here */
+        st = mk_engine_forward_argmax(e, ids, P, &id);
+        mk_engine_reset(e);
+        if (st != MK_OK) {
+            fprintf(stderr, "bench_decode: warm-up prefill: %s\n", mk_err_msg());
+            return 1;
+        }
+    }
+    double t0 = now_s();
+    st = host_argmax ? mk_engine_forward(e, ids, P, MK_LOGITS_LAST, lg, NULL)
                         : mk_engine_forward_argmax(e, ids, P, &id);
     double t1 = now_s();
     for (int i = 0; st == MK_OK && i < D; i++) {
@@ -257,7 +315,8 @@ int main(int argc, char **argv) {
            c->num_layers, mk_engine_arena_bytes(e) / 1048576.0);
     printf("kernels    %s, %s activations for affine 4/8-bit decode\n", mk_isa_name(mk_isa_active()),
            mk_kernels_int8() ? "int8" : "float");
-    printf("prefill    %d tokens  %.3f s  %.1f tok/s\n", P, t1 - t0, P / (t1 - t0));
+    printf("prefill    %d tokens  %.3f s  %.1f tok/s%s\n", P, t1 - t0, P / (t1 - t0),
+           cuda ? " (after an untimed warm-up prefill)" : "");
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
     double bw = 0;
@@ -271,6 +330,15 @@ int main(int argc, char **argv) {
                    built, updated, replayed);
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+        const char *gm = getenv("MK_CUDA_GEMM");
+        printf("gemm       %s; mode %s\n", mk_backend_cuda_gemm_status(), gm && *gm ? gm : "split (default)");
+        double tf = 0;
+        if (mk_cuda_bf16_gemm_rate(8192, 8192, 8192, &tf) != MK_OK)
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+        double fpt = flops_per_token(m), pf = fpt * P / (t1 - t0) / 1e12;
+        printf("prefill    %.2f GFLOP/token (matmuls) -> %.1f TFLOP/s; bf16 tensor-core GEMM %.1f TFLOP/s "
+               "(cuBLAS 8192^3, same run) -> prefill at %.1f%% of it\n", fpt / 1e9, pf, tf,
+               tf > 0 ? 100.0 * pf / tf : 0.0);
     } else {
         bw = read_bandwidth(threads);
     }
@@ -279,6 +347,55 @@ int main(int argc, char **argv) {
     printf("bound      %s %.2f GB/s (same run) -> bound %.2f tok/s; decode at %.1f%% "
            "of the bound\n", cuda ? "device copy (read + write)" : "streaming read, same threads,",
            bw, bw * 1e9 / bpt, bw > 0 ? 100.0 * (1.0 / dt) / (bw * 1e9 / bpt) : 0.0);
+    const char *bb = getenv("MK_BENCH_BATCH");
+    int B = bb && *bb ? atoi(bb) : 0;
+    if (B > 0 && st == MK_OK) {
+        mk_engine **es = calloc((size_t)B, sizeof *es);
+        int32_t *bid = malloc((size_t)B * sizeof *bid);
+        float *blg = malloc((size_t)B * (size_t)c->vocab_size * sizeof(float));
+        mk_engine_opts ob = o;
+        ob.prefill_chunk = P > 2 * B ? P : 2 * B; /* the batch runs on es[0]'s scratch: 2B <= its chunk */
+        ob.max_ctx = P + D + 1; /* the untimed step too */
+        mk_backend *cpu_be = NULL; /* sequences batched together share one backend */
+        mk_pool *pool = NULL;
+        if (!ob.backend && (mk_pool_create(threads, &pool) != MK_OK || mk_backend_cpu_create(pool, &cpu_be) != MK_OK))
+            st = MK_E_NOMEM;
+        if (!ob.backend)
+            ob.backend = cpu_be;
+        for (int i = 0; i < B && st == MK_OK; i++) {
+            st = mk_engine_create(m, &ob, &es[i]);
+            for (int j = 0; j < P; j++)
+                ids[j] = (int32_t)(((j + 1) * 7919 + 104729 * (i + 1)) % c->vocab_size);
+            if (st == MK_OK)
+                st = mk_engine_forward_argmax(es[i], ids, P, &bid[i]);
+        }
+        if (st == MK_OK && !mk_engine_batchable(es, B)) {
+            fprintf(stderr, "bench_decode: %d sequences cannot share a step (mk_engine_batchable)\n", B);
+            st = MK_E_ARG;
+        }
+        /* one untimed step, then D timed ones; greedy on the host from the logits */
+        for (int s2 = -1; s2 < D && st == MK_OK; s2++) {
+            if (s2 == 0)
+                t1 = now_s();
+            st = mk_engine_decode_batch(es, B, bid, blg);
+            for (int i = 0; i < B && st == MK_OK; i++)
+                bid[i] = mk_argmax(blg + (size_t)i * c->vocab_size, c->vocab_size);
+        }
+        t2 = now_s();
+        if (st != MK_OK)
+            fprintf(stderr, "bench_decode: batch %d: %s\n", B, mk_err_msg());
+        else
+            printf("batch      %d sequences x %d steps  %.3f s  %.1f tok/s aggregate  %.1f ms/step (logits of "
+                   "every sequence to the host each step)\n", B, D, t2 - t1, (double)B * D / (t2 - t1),
+                   (t2 - t1) / D * 1e3);
+        for (int i = 0; i < B; i++)
+            mk_engine_free(es[i]);
+        mk_backend_free(cpu_be);
+        mk_pool_free(pool);
+        free(es);
+        free(bid);
+        free(blg);
+    }
     free(ids);
     free(lg);
     mk_engine_free(e);

@@ -306,7 +306,9 @@ typedef struct mk_backend_i {
      * round trip. Returns false, having queued nothing, when it does not
      * take this call (shape, format, routing kind, token count): the engine
      * then runs the general path. Decided on the host from the arguments
-     * alone (never waits for the device). */
+     * alone (never waits for the device). Each token's row must be bitwise
+     * what a one-token call gives it (the engine then uses the slot in
+     * batched decode steps, whose rows must not depend on the batch). */
     bool (*moe)(void *ctx, const mk_moe_args *a);
     /* Queue a check of x[0..n) for NaN or infinity. The first check in
      * queue order that finds one keeps (tag, the lowest index it found,

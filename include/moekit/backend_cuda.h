@@ -45,6 +45,26 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
  * 48-layer Qwen3-30B-A3B shape ran 2-10% slower than plain launches. No-op
  * for other backends. */
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
+/* How matmul multiplies a batch of more than 8 tokens (a prefill chunk,
+ * an expert's routed rows, a large batched decode step):
+ * - MK_CUDA_GEMM_SPLIT (the default): tensor-core bf16 GEMMs (cuBLAS) over
+ *   x split exactly into three bf16 parts, and W too unless its values are
+ *   bf16 already (bf16, MXFP4, MXFP8, unscaled FP8): 3 or 6 GEMMs whose
+ *   products are the float32 ones, float32 sums: the float32 kernels'
+ *   bound (docs/CUDA.md "Tensor-core prefill");
+ * - MK_CUDA_GEMM_BF16: one GEMM of x and W rounded to bf16 (the serving
+ *   engines' arithmetic): 3-6x less tensor work, up to 2^-8 per product;
+ * - MK_CUDA_GEMM_GENERIC: the format-generic float32 kernel (slow).
+ * W is dequantized into bf16 tiles of at most scratch_bytes (0: 64 MiB;
+ * at least one row), plus x's split (6 bytes per element of the batch) and
+ * cuBLAS's 32 MiB workspace: device memory outside the engine's plan. No-op
+ * for other backends. */
+typedef enum mk_cuda_gemm { MK_CUDA_GEMM_SPLIT = 0, MK_CUDA_GEMM_BF16 = 1, MK_CUDA_GEMM_GENERIC = 2 } mk_cuda_gemm;
+#define MK_CUDA_GEMM_SCRATCH_DEFAULT ((size_t)64 << 20)
+void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes);
+/* Whether cuBLAS (loaded on first use, not linked) is there for the GEMMs,
+ * or why not (batches then run the float32 kernel). Loads it. */
+const char *mk_backend_cuda_gemm_status(void);
 /* Recorded steps so far: graphs instantiated, graphs updated in place,
  * and recordings replayed (step_replay) (zeros for other backends). */
 void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed);

@@ -469,6 +469,7 @@ static void cu_free(void *ctx) {
     free(c->tab);
     mkb_moe_free(c);
     mkb_graph_free(c);
+    mkb_gemm_free(c);
     mk_cuda_free(c->dsa_keys);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
@@ -552,6 +553,8 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
         return mk_err(MK_E_NOMEM, "no memory for the CUDA backend");
     c->device = device;
     c->graphs = true; /* decode steps recorded once and replayed (cuda_graph.cu) */
+    c->gemm_mode = MK_CUDA_GEMM_SPLIT;
+    c->gemm_scratch = MK_CUDA_GEMM_SCRATCH_DEFAULT;
     c->nb = 1024;
     c->tab = (mkb_entry **)mk_calloc(c->nb, sizeof *c->tab);
     mk_status s = c->tab ? MK_OK : mk_err(MK_E_NOMEM, "no memory for the CUDA backend's weight map");
@@ -646,4 +649,12 @@ extern "C" void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return;
     ((mkb_ctx *)mk_backend_ctx(b))->graphs = on;
+}
+
+extern "C" void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
+    c->gemm_mode = (int)mode;
+    c->gemm_scratch = scratch_bytes ? scratch_bytes : MK_CUDA_GEMM_SCRATCH_DEFAULT;
 }

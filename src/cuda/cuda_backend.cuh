@@ -66,6 +66,11 @@ struct mkb_ctx {
     uint64_t rec_id;      /* names exec for step_replay; 0: none (dropped) */
     uint64_t rec_next;    /* the next id to give */
     int graph_updates, graph_builds, graph_replays;
+    /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_*, the weight tiles'
+     * scratch bound in bytes, cuBLAS state made on first use */
+    int gemm_mode;
+    size_t gemm_scratch;
+    struct mkb_gemm *gemm;
 };
 
 /* Device state of the deferred non-finite checks: `key` is the kept finding
@@ -223,5 +228,10 @@ bool mkb_step_end(void *ctx, bool run);
 uint64_t mkb_step_last(void *ctx);
 bool mkb_step_replay(void *ctx, uint64_t id);
 void mkb_graph_free(mkb_ctx *c);
+/* matmul of a batch on tensor cores (cuda_gemm.cu): false when it declines
+ * (mode GENERIC, inside a step recording, sizes past cuBLAS's int), true
+ * when it queued the product or recorded a failure. */
+bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y);
+void mkb_gemm_free(mkb_ctx *c);
 
 #endif

@@ -22,14 +22,23 @@
  * take the layer: a weight format other than f32/bf16/f16/affine 4/8-bit,
  * experts of mixed formats, odd intermediate sizes, more than 1024 experts
  * or top_k over 32, DeepSeek-V3's grouped routing or selection bias, or
- * more than one token. A declined layer is remembered so the check is not
- * repeated. */
+ * more than MKB_MOE_TOKENS tokens. A declined layer is remembered so the check is not
+ * repeated. Several tokens (a batched decode step, a short prefill chunk)
+ * run as that many one-token steps. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "cuda/cuda_backend.cuh"
 #include "cuda/mk_cuda.h"
+
+/* Tokens the slot takes in one call, each as its own step (3 launches and
+ * the routed experts' weights read per token). The general path's cost
+ * is per used expert (~8 launches each, a routing download), which at the
+ * Qwen3-30B-A3B shape on the H200 is below the per-token loop only for
+ * prefill chunks of a few hundred tokens (bench/RESULTS.md 2026-12-04,
+ * session 10); 64 covers every batched decode step (MK_ENGINE_MAX_BATCH). */
+#define MKB_MOE_TOKENS 64
 
 extern "C" {
 #include "core/alloc.h"
@@ -235,7 +244,7 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     /* the layer is prepared (stacked, aliased) on any call, so the general
      * path of a prefill uses the same device copies as the decode step */
     mkb_moe_layer *l = layer_of(c, a);
-    if (!l || !l->ok || a->n != 1 || a->k != l->m.top_k)
+    if (!l || !l->ok || a->n < 1 || a->n > MKB_MOE_TOKENS || a->k != l->m.top_k)
         return false;
     const mk_route_args *r = &a->route;
     const bool sig = r->kind == MK_ROUTE_GROUPED_SIGMOID;
@@ -246,8 +255,14 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     l->m.score = sig ? MK_CUDA_SCORE_SIGMOID : MK_CUDA_SCORE_SOFTMAX;
     l->m.norm_topk = r->norm;
     l->m.scale = sig ? r->scale : 1.0f;
-    mk_status s = mk_cuda_moe_step(&l->m, l->ws, a->x, a->y, false, c->s);
-    if (s != MK_OK)
-        mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step"));
+    /* token by token: each row exactly the one-token step's (backend.h's
+     * contract for batched decode); the workspace is reused in stream order */
+    for (int64_t t = 0; t < a->n; t++) {
+        mk_status s = mk_cuda_moe_step(&l->m, l->ws, a->x + t * a->H, a->y + t * a->H, false, c->s);
+        if (s != MK_OK) {
+            mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step"));
+            break;
+        }
+    }
     return true;
 }

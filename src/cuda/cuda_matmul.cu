@@ -3,13 +3,14 @@
  *
  * matmul: formats the GEMV kernels take (f32, bf16, f16, affine 4/8-bit:
  * mk_cuda_gemv, cuda_gemv.cu) run one GEMV per token while n is small (a
- * decode step); everything else (FP8 block, affine 2/3/5/6-bit, MXFP4,
- * MXFP8, NVFP4, and batches) runs the format-generic kernel below: one warp
- * per weight row and block of MM_TB tokens, each lane dequantizing its
- * columns with mkb_wel and accumulating in float32. It is correct, not
- * fast (scalar byte loads; a prefill re-reads each row once per MM_TB
- * tokens); the fast kernels for these formats and tensor-core prefill are
- * issue 14's next steps (docs/CUDA.md).
+ * decode step); batches of more than MM_GEMV_MAX tokens, in every format,
+ * run tensor-core GEMMs over split bf16 operands (cuda_gemm.cu); the rest
+ * (small batches of FP8 block, affine 2/3/5/6-bit, MXFP4, MXFP8, NVFP4;
+ * batches inside a step recording or with MK_CUDA_GEMM_GENERIC) runs the
+ * format-generic kernel below: one warp per weight row and block of MM_TB
+ * tokens, each lane dequantizing its columns with mkb_wel and accumulating
+ * in float32. It is correct, not fast (scalar byte loads); GEMV kernels
+ * for these formats are issue 14's next steps (docs/CUDA.md).
  *
  * get_rows dequantizes with the same mkb_wel, which rounds exactly as the
  * CPU's mk_wt_dequant_row: the rows are bit-identical. */
@@ -65,6 +66,8 @@ void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) 
         }
         return;
     }
+    if (n > MM_GEMV_MAX && mkb_matmul_gemm(c, e, x, n, y))
+        return;
     const int64_t tb = (n + MM_TB - 1) / MM_TB;
     if (tb > 65535) {
         mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA matmul: %lld tokens in one call (at most %d)", (long long)n,

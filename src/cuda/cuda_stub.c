@@ -42,6 +42,14 @@ mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
         *gbs = 0;
     return no_cuda();
 }
+mk_status mk_cuda_bf16_gemm_rate(int m, int n, int k, double *tflops) {
+    (void)m;
+    (void)n;
+    (void)k;
+    if (tflops)
+        *tflops = 0;
+    return no_cuda();
+}
 mk_status mk_cuda_sync(void) {
     return no_cuda();
 }
@@ -124,4 +132,12 @@ void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, 
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
     (void)b;
     (void)on;
+}
+const char *mk_backend_cuda_gemm_status(void) {
+    return "moekit was built without CUDA";
+}
+void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes) {
+    (void)b;
+    (void)mode;
+    (void)scratch_bytes;
 }

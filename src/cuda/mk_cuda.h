@@ -52,6 +52,9 @@ mk_status mk_cuda_sync(void);
  * bytes read + bytes written per second, in *gbs (GB/s). Random-filled
  * buffers; allocates 2 x bytes of device memory for the duration. */
 mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs);
+/* The tensor-core roofline for benchmarks: the best of 10 timed cuBLAS bf16
+ * GEMMs (float32 accumulation and output) of [m x k] . [k x n], in TFLOP/s. */
+mk_status mk_cuda_bf16_gemm_rate(int m, int n, int k, double *tflops);
 
 /* True when the device kernels take this weight format: F32, BF16, F16,
  * AFFINE with 4 or 8 bits (group 32/64/128, F32/BF16/F16 scales). */

@@ -20,8 +20,9 @@
  * order, MLA's transposed per-head product); the products go through
  * mk_engine_mm with e->batch_inv set, i.e. the backend's matmul_each (each
  * row as the one-token kernels compute it) or matmul once per token, and
- * MLA's per-head value product is run per token. The fused MoE slot and
- * recorded steps are not used (the CPU backend has neither).
+ * MLA's per-head value product is run per token. The fused MoE slot is used
+ * where the backend has one (CUDA): its contract is each row as a
+ * one-token call (backend.h). Recorded steps are not used.
  * tests/unit/test_engine_batch.c holds this bitwise on every family.
  *
  * Families: the blocks below mirror forward.c's. A family or option they

@@ -189,8 +189,11 @@ static mk_status run_batch_each(mk_engine *e, int l, int nused, int64_t npairs, 
  * the experts' views, which a streaming store reuses for other experts) and
  * no routing observer (the routing stays in the backend) and no linear-input
  * observer (the products stay in the backend). */
+/* The backend's whole-layer slot (CUDA: mk_cuda_moe_step per token). Also
+ * in batched decode steps (e->batch_inv): the slot's contract (backend.h)
+ * is that each row is what a one-token call gives it. */
 static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->has_part || e->on_route || w->b_down || e->batch_inv || e->on_linear)
+    if (!BE(e)->moe || !e->own_store || e->has_part || e->on_route || w->b_down || e->on_linear)
         return false;
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};

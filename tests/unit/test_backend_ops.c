@@ -99,7 +99,7 @@ typedef struct worst {
     char be[8], what[48];
     double err, tol;
 } worst;
-static worst g_worst[160];
+static worst g_worst[256];
 static int g_nworst;
 
 static void note(const char *be, const char *what, double r, double tol) {
@@ -1521,8 +1521,9 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
 /* The `moe` slot against ref_moe, on per-expert weights (separate
  * allocations, as Hugging Face checkpoints store experts), for the formats
  * the fused step takes, softmax and sigmoid routing, with and without a
- * shared expert; calls the slot must decline (several tokens, grouped
- * routing with a bias) queue nothing; afterwards the general path (matmul
+ * shared expert; two tokens in one call give each row bitwise as a
+ * one-token call; calls the slot must decline (more than 64 tokens,
+ * grouped routing with a bias) queue nothing; afterwards the general path (matmul
  * on one expert's view) reads the same device copy the slot stacked. The
  * CPU backend has no such slot (its results are the general path's). */
 static void test_fused_moe(void **st) {
@@ -1579,10 +1580,24 @@ static void test_fused_moe(void **st) {
                 assert_true(b->i->moe(b->ctx, &a));
                 float *y = back(b, dy, H * 4);
                 check_rel(b->name, what, y, y_ref, H, TOL_DOT);
-                free(y);
-                /* declined: two tokens; a selection bias (grouped routing) */
+                /* two tokens: each row bitwise its one-token call's (the
+                 * batched decode contract, backend.h) */
                 mk_moe_args a2 = a;
                 a2.n = 2;
+                assert_true(b->i->moe(b->ctx, &a2));
+                float *y2 = back(b, dy, 2 * H * 4);
+                mk_moe_args a1 = a;
+                a1.x = (const float *)dx + H;
+                assert_true(b->i->moe(b->ctx, &a1));
+                float *y1 = back(b, dy, H * 4);
+                if (memcmp(y2, y, H * 4) || memcmp(y2 + H, y1, H * 4))
+                    fail_msg("%s: %s: two tokens in one call differ from one-token calls", b->name, what);
+                free(y1);
+                free(y2);
+                free(y);
+                /* declined: more tokens than the slot takes; a selection
+                 * bias (grouped routing) */
+                a2.n = 65;
                 assert_false(b->i->moe(b->ctx, &a2));
                 float bias[E] = {0};
                 a2 = a;
@@ -2114,6 +2129,83 @@ static void test_cuda_errors(void **st) {
     wbuf_free(&wb);
 }
 
+/* CUDA only: the matmul of a batch (cuda_gemm.cu) in each mode, on every
+ * storage: the split GEMM (default) within TOL_DOT with its weight tiles
+ * forced to a few rows (scratch of 3 rows of float32: 2-row tiles where W
+ * is split in three, 6-row ones where only the head is kept; bf16 weights
+ * are used in place, one tile); the bf16 GEMM within its own per-element
+ * bound, |y - ref| <= (2^-7 + 2^-15 + C 2^-24) sum_c |W x| (x and W each
+ * rounded to bf16 once: 2^-8 relative each, float32 sums),
+ * and measurably worse than the split one where x is not bf16 (so the modes
+ * are really different code); the generic kernel within TOL_DOT. */
+static void test_cuda_gemm_modes(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_cuda_gemm_modes: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    be_case *b = &g_be[1];
+    printf("  %s\n", mk_backend_cuda_gemm_status());
+    assert_non_null(strstr(mk_backend_cuda_gemm_status(), "cuBLAS loaded"));
+    const int64_t R = 37, C = 256, n = 19;
+    for (int kind = 0; kind < W_KINDS; kind++) {
+        wbuf wb;
+        make_w(&wb, kind, R, C);
+        double *W = deq(&wb.w);
+        float *x = rvec(n * C);
+        double *ref = calloc((size_t)(n * R), sizeof(double)), *mag = calloc((size_t)(n * R), sizeof(double));
+        for (int64_t t = 0; t < n; t++)
+            for (int64_t r = 0; r < R; r++)
+                for (int64_t c = 0; c < C; c++) {
+                    ref[t * R + r] += W[r * C + c] * x[t * C + c];
+                    mag[t * R + r] += fabs(W[r * C + c] * x[t * C + c]);
+                }
+        void *dx = dev(b, x, (size_t)(n * C) * 4), *dy = dev(b, NULL, (size_t)(n * R) * 4);
+        char what[96];
+        /* split, 3-row tiles (bf16 weights are used in place: one tile) */
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, (size_t)(3 * C * 4));
+        b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+        float *y = back(b, dy, (size_t)(n * R) * 4);
+        snprintf(what, sizeof what, "gemm split, 3-row tiles %s", wb.name);
+        check_rel(b->name, what, y, ref, n * R, TOL_DOT);
+        double split_err = rel(y, ref, n * R);
+        free(y);
+        /* bf16 */
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_BF16, 0);
+        b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+        y = back(b, dy, (size_t)(n * R) * 4);
+        const double eb = ldexp(1, -7) + ldexp(1, -15) + (double)C * ldexp(1, -24);
+        for (int64_t i = 0; i < n * R; i++)
+            if (!(fabs(y[i] - ref[i]) <= eb * mag[i]))
+                fail_msg("cuda: gemm bf16 %s: element %lld: %.9g vs %.9g, beyond %.3g", wb.name, (long long)i, y[i],
+                         ref[i], eb * mag[i]);
+        double bf_err = rel(y, ref, n * R);
+        snprintf(what, sizeof what, "gemm bf16 %s", wb.name);
+        note(b->name, what, bf_err, eb);
+        if (!(bf_err > 4 * split_err))
+            fail_msg("cuda: gemm bf16 %s: rel L2 %.3e, not worse than the split GEMM's %.3e", wb.name, bf_err,
+                     split_err);
+        free(y);
+        /* the format-generic float32 kernel */
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_GENERIC, 0);
+        b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+        y = back(b, dy, (size_t)(n * R) * 4);
+        snprintf(what, sizeof what, "gemm generic %s", wb.name);
+        check_rel(b->name, what, y, ref, n * R, TOL_DOT);
+        free(y);
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dy);
+        free(x);
+        free(ref);
+        free(mag);
+        free(W);
+        forget_w(b, &wb);
+        wbuf_free(&wb);
+    }
+}
+
 static int teardown(void **st) {
     (void)st;
     printf("worst rel L2 per check (bound):\n");
@@ -2140,7 +2232,9 @@ int main(void) {
         cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
+        cmocka_unit_test(test_cuda_gemm_modes),
     };
+    const size_t n_cuda_only = 3;
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();
@@ -2156,7 +2250,7 @@ int main(void) {
         char name[64];
         snprintf(name, sizeof name, "backend_ops, CPU kernels %s%s", mk_isa_name(isa),
                  mk_kernels_int8() ? ", int8 x" : "");
-        size_t nt = sizeof tests / sizeof tests[0] - (g_cuda_run ? 0 : 2);
+        size_t nt = sizeof tests / sizeof tests[0] - (g_cuda_run ? 0 : n_cuda_only);
         fails += _cmocka_run_group_tests(name, tests, nt, setup, teardown);
     }
     return fails;
