@@ -7,9 +7,16 @@
  * running sum l and the weighted sum of value rows (lane d holds dims d,
  * d+32, ...), rescaled by exp(m_old - m_new) when the max grows. The
  * warps' partial states are then merged in shared memory. Same function as
- * the CPU's two-pass softmax (backend_cpu.c) in another float32 order; a
- * decode step is latency-bound here (one block per head walks the whole
- * cache), a split-K (flash-decoding) version is issue 14's next step.
+ * the CPU's two-pass softmax (backend_cpu.c) in another float32 order.
+ * A decode step (one token) has only n_heads blocks, each walking the
+ * whole cache: 108 tok/s after a 2048-token prompt against 300 at position
+ * ~100 for the Qwen3-30B-A3B shape (bench/RESULTS.md, session 10). So a
+ * single token's walk is split over ATT_SPLIT blocks per head (flash-
+ * decoding): block y takes a 32-row-aligned share of the positions and
+ * writes its unnormalised state (max, sum, weighted values) to backend
+ * scratch; k_attn_merge combines the shares (and the sink). The share
+ * bounds are computed in the kernel from the position, so a replayed step
+ * (device position) splits its own length.
  * With mk_attn_args.pos_dev (a replayed decode step) the position is read
  * from device memory and the token's own k/v rows from k_new / v_new.
  * gpt_oss: a sliding window moves the first row walked (derived from the
@@ -22,6 +29,7 @@
 #include "cuda/cuda_backend.cuh"
 
 #define ATT_WARPS 4
+#define ATT_SPLIT 8 /* blocks per head for one token (k_attn_merge combines them) */
 #define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
 
 __device__ __forceinline__ float att_warp_max(float v) {
@@ -55,7 +63,7 @@ __device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk
  * are loaded before any is accumulated (UB * DVL = 32 registers), so a
  * 32-row step costs 32 / UB load round trips, not 32 */
 template <int DVL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec) {
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
     constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
     extern __shared__ float sm[];
     float *q = sm;                     /* dk */
@@ -90,7 +98,10 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     const int64_t S0 = !sel && a.window > 0 && T > a.window ? T - a.window : 0;
     const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
     const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
-    if (a.k_new && blockIdx.x == 0) {
+    /* this block's share of [S0, T): gridDim.y shares of whole 32-row steps */
+    const int64_t per = ((T - S0 + gridDim.y - 1) / gridDim.y + 31) / 32 * 32;
+    const int64_t B0 = S0 + (int64_t)blockIdx.y * per, B1 = B0 + per < T ? B0 + per : T;
+    if (a.k_new && blockIdx.x == 0 && blockIdx.y == 0) {
         for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
             ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
         if (a.v_new != a.k_new || a.v != a.k)
@@ -104,19 +115,19 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     /* 32 positions per warp at a time, one per lane: the scores' loads of
      * 32 rows are in flight together (walking the cache one row per warp
      * step left a decode step latency-bound on the cache length) */
-    for (int64_t s0 = S0 + (int64_t)wp * 32; s0 < T; s0 += ATT_WARPS * 32) {
+    for (int64_t s0 = B0 + (int64_t)wp * 32; s0 < B1; s0 += ATT_WARPS * 32) {
         const int64_t s = s0 + lane;
         float x = -INFINITY;
-        if (s < T)
+        if (s < B1)
             x = att_dot(q, kn && s == T - 1 ? kn : kb + (sel ? sel[s] : s) * ks, a.dk, vec) * a.scale;
         const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
-        const float corr = expf(m - mn), p = s < T ? expf(x - mn) : 0.0f;
+        const float corr = expf(m - mn), p = s < B1 ? expf(x - mn) : 0.0f;
         l = l * corr + mkc_warp_sum(p);
         m = mn;
 #pragma unroll
         for (int d = 0; d < DVL; d++)
             acc[d] *= corr;
-        const int cnt = T - s0 < 32 ? (int)(T - s0) : 32;
+        const int cnt = B1 - s0 < 32 ? (int)(B1 - s0) : 32;
         for (int u0 = 0; u0 < 32; u0 += UB) { /* warp-uniform: every lane runs the shuffles */
             if (u0 >= cnt)
                 break;
@@ -152,6 +163,27 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
             pacc[wp * a.dv + dd] = acc[d];
     }
     __syncthreads();
+    if (gridDim.y > 1) { /* a share: its state, unnormalised, for k_attn_merge */
+        float M = -INFINITY, L = 0.0f, f[ATT_WARPS];
+        for (int w = 0; w < ATT_WARPS; w++)
+            M = pl[w] > 0.0f && pm[w] > M ? pm[w] : M;
+        for (int w = 0; w < ATT_WARPS; w++) {
+            f[w] = pl[w] > 0.0f ? expf(pm[w] - M) : 0.0f;
+            L += pl[w] * f[w];
+        }
+        float *ps = part + ((int64_t)blockIdx.x * gridDim.y + blockIdx.y) * (a.dv + 2);
+        if (threadIdx.x == 0) {
+            ps[0] = M; /* -inf with L = 0: an empty share */
+            ps[1] = L;
+        }
+        for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+            float v = 0.0f;
+            for (int w = 0; w < ATT_WARPS; w++)
+                v = fmaf(pacc[w * a.dv + d], f[w], v);
+            ps[2 + d] = v;
+        }
+        return;
+    }
     /* a learned sink (gpt_oss) joins the max and the denominator only */
     const float sink = a.sinks ? a.sinks[h] : -INFINITY;
     float M = sink;
@@ -168,6 +200,34 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
         float v = 0.0f;
         for (int w = 0; w < ATT_WARPS; w++)
             v = fmaf(pacc[w * a.dv + d], f[w], v);
+        o[d] = v * inv;
+    }
+}
+
+/* One block per (token, head): the ATT_SPLIT shares' states combined as
+ * the warps' are in k_attn (the sink in the max and the denominator). */
+__global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int ns) {
+    const int h = blockIdx.x % a.n_heads;
+    const int64_t t = blockIdx.x / a.n_heads;
+    const float *ps = part + (int64_t)blockIdx.x * ns * (a.dv + 2);
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
+    for (int i = 0; i < ns; i++)
+        M = ps[i * (a.dv + 2) + 1] > 0.0f && ps[i * (a.dv + 2)] > M ? ps[i * (a.dv + 2)] : M;
+    float L = a.sinks ? expf(sink - M) : 0.0f;
+    for (int i = 0; i < ns; i++) {
+        const float l = ps[i * (a.dv + 2) + 1];
+        L += l > 0.0f ? l * expf(ps[i * (a.dv + 2)] - M) : 0.0f;
+    }
+    const float inv = 1.0f / L;
+    float *o = a.out + (t * a.n_heads + h) * a.dv;
+    for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+        float v = 0.0f;
+        for (int i = 0; i < ns; i++) {
+            const float l = ps[i * (a.dv + 2) + 1];
+            if (l > 0.0f)
+                v = fmaf(ps[i * (a.dv + 2) + 2 + d], expf(ps[i * (a.dv + 2)] - M), v);
+        }
         o[d] = v * inv;
     }
 }
@@ -197,13 +257,38 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
                      (!a->k_new || (uintptr_t)a->k_new % 16 == 0);
     const unsigned nb = (unsigned)(a->n * a->n_heads);
+    /* one token: split over the cache, the shares' states in scratch grown
+     * outside recordings (a recorded step that would need more splits
+     * nothing: it cannot grow memory there) */
+    unsigned ns = 1;
+    if (a->n == 1) {
+        const size_t need = (size_t)nb * ATT_SPLIT * ((size_t)a->dv + 2) * sizeof(float);
+        if (need > c->att_cap && !c->recording) {
+            mk_cuda_free(c->att_part);
+            c->att_part = NULL;
+            c->att_cap = 0;
+            mk_status st = mk_cuda_malloc((void **)&c->att_part, need, "attention's split scratch");
+            if (st != MK_OK) {
+                mkb_fail(c, st);
+                return;
+            }
+            c->att_cap = need;
+        }
+        if (need <= c->att_cap)
+            ns = ATT_SPLIT;
+    }
+    const dim3 grid(nb, ns);
     if (a->dv <= 128)
-        k_attn<4><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+        k_attn<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
     else if (a->dv <= 256)
-        k_attn<8><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+        k_attn<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
     else if (a->dv <= 512)
-        k_attn<16><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+        k_attn<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
     else
-        k_attn<32><<<nb, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec);
+        k_attn<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
     mkb_launched(c, "attention");
+    if (ns > 1) {
+        k_attn_merge<<<nb, 128, 0, c->s>>>(*a, c->att_part, (int)ns);
+        mkb_launched(c, "attention (merging the shares)");
+    }
 }

@@ -471,6 +471,7 @@ static void cu_free(void *ctx) {
     mkb_graph_free(c);
     mkb_gemm_free(c);
     mk_cuda_free(c->dsa_keys);
+    mk_cuda_free(c->att_part);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);

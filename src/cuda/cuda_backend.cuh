@@ -57,6 +57,8 @@ struct mkb_ctx {
     struct mkb_nfl *nfl; /* device */
     struct mkb_amax *amax; /* device scratch of the argmax slot (cuda_route.cu) */
     unsigned long long *dsa_keys; /* device scratch of dsa_select (cuda_dsa.cu), dsa_cap bytes */
+    float *att_part;              /* device scratch of a split decode attention (cuda_attn.cu) */
+    size_t att_cap;
     size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
