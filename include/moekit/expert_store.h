@@ -90,10 +90,6 @@ typedef struct mk_expert_store_i {
      * spare, never evicting an expert in use. Never changes results, only
      * when bytes arrive. NULL: a store that does not guess. */
     mk_status (*prefetch)(void *ctx, int layer, const int *experts, int n);
-    /* (optional) Read experts into the cache's free slots before the
-     * first acquire (mk_expert_store_fill). NULL: a store without a cache
-     * (nothing to fill). */
-    mk_status (*fill)(void *ctx, const mk_fill_opts *o);
     /* true: next() hands out every announced expert at once, without
      * blocking and without waiting for releases (the resident store), so the
      * engine may take all of a token's experts before computing any (one
@@ -101,6 +97,10 @@ typedef struct mk_expert_store_i {
      * one-at-a-time order that overlaps compute with a streaming store's
      * reads. */
     bool all_ready;
+    /* (optional) Read experts into the cache's free slots before the
+     * first acquire (mk_expert_store_fill). NULL: a store without a cache
+     * (nothing to fill). */
+    mk_status (*fill)(void *ctx, const mk_fill_opts *o);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;

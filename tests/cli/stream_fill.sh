@@ -76,6 +76,7 @@ set -e
 grep -q -- "--cache-fill: expected on or off, got 'maybe'" "$T/bad.err" || fail "bad value: $(cat "$T/bad.err")"
 [ ! -e "$T/bad.f32" ] || fail "an output was written after the refusal"
 for cmd in run logits eval profile serve; do
-    "$BIN" "$cmd" --help 2>&1 | grep -q -- "--cache-fill on|off" || fail "$cmd --help does not document --cache-fill"
+    help=$("$BIN" "$cmd" --help 2>&1) || true
+    grep -q -- "--cache-fill on|off" <<< "$help" || fail "$cmd --help does not document --cache-fill"
 done
 echo "stream_fill: all passed"
