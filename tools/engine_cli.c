@@ -642,9 +642,7 @@ void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
     mk_expert_stats st;
     mk_expert_store_stats(mm->store, &st);
     double hit = st.uses ? (double)st.hits / (double)st.uses : 0.0;
-    /* the fill's reads have their own line: these are the run's (the rate is per time waited,
-       which the fill is not) */
-    uint64_t bytes = st.bytes_read - st.fill_bytes, reads = st.reads - st.fill_reads;
+    uint64_t bytes = st.bytes_read, reads = st.reads; /* the run's: the fill has its own line */
     fprintf(f,
             "experts: %llu uses, hit rate %.3f (Belady oracle %.3f), %.1f MiB read in %llu reads, I/O "
             "wait %.3f s (%.1f MB/s while waiting), cache %d x %.2f MiB (%s), peak RSS %.1f MiB\n",

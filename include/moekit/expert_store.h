@@ -33,8 +33,9 @@ extern "C" {
 typedef struct mk_expert_stats {
     uint64_t uses;        /* experts handed out */
     uint64_t hits;        /* of which already in the cache */
-    uint64_t bytes_read;  /* expert bytes read from the files (uses, guesses, pins, the fill) */
-    uint64_t reads;       /* read requests (parts) issued */
+    uint64_t bytes_read;  /* expert bytes read from the files for uses, guesses and pins (not the
+                             fill's: fill_bytes) */
+    uint64_t reads;       /* read requests (parts) issued for them */
     uint64_t pf_issued;   /* experts read on a guess (prefetch) */
     uint64_t pf_hits;     /* uses served by a guess (not counted in hits) */
     uint64_t pf_bytes;    /* bytes read on guesses (counted in bytes_read too) */
@@ -46,8 +47,8 @@ typedef struct mk_expert_stats {
     int pinned;           /* of which pinned for good */
     /* the warm fill (mk_expert_store_fill), before the first use */
     int filled;           /* experts it read into free slots */
-    uint64_t fill_bytes;  /* their bytes (counted in bytes_read too) */
-    uint64_t fill_reads;  /* their read requests (counted in reads too) */
+    uint64_t fill_bytes;  /* their bytes (not in bytes_read) */
+    uint64_t fill_reads;  /* their read requests (not in reads) */
     double fill_s;        /* wall time of the fill (not in io_wait_s) */
     uint64_t fill_hits;   /* hits on an expert the fill loaded, while it stays (counted in hits) */
     uint64_t fill_used;   /* filled experts used at least once */

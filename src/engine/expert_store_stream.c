@@ -763,9 +763,10 @@ static mk_status st_fill(void *ctx, const mk_fill_opts *fo) {
         }
         st = fill_take(s);
     }
+    /* the fill's own counters: bytes_read and reads stay the run's */
     s->st.fill_bytes += s->st.bytes_read - bytes0;
+    s->st.bytes_read = bytes0;
     s->st.fill_reads += nreads;
-    s->st.reads += nreads;
     if (st != MK_OK) { /* drain; what is not complete goes (draining may fail again: keep the first) */
         char msg[1024];
         snprintf(msg, sizeof msg, "%s", mk_err_msg());
