@@ -631,6 +631,10 @@ mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, 
     cs = mm->no_fill ? MK_OK : mem_fill(mm, m, pl, pe, nrank);
     free(pl);
     free(pe);
+    if (cs != MK_OK) { /* as when the store could not be made: the caller holds none */
+        mk_expert_store_free(mm->store);
+        mm->store = NULL;
+    }
     return cs;
 }
 

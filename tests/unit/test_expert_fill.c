@@ -17,6 +17,7 @@
  *     checkpoint changed on disk is refused; misuse is MK_E_ARG. */
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -377,12 +378,15 @@ static void test_same_fixtures(void **st) {
 
 /* ---- failures ---------------------------------------------------------- */
 
-static int g_fail_at = -1, g_reads, g_short;
+/* The pread pool's workers read concurrently: the count is atomic, so
+ * exactly one read is the g_fail_at-th. */
+static int g_fail_at = -1, g_short;
+static atomic_int g_reads;
 
 static bool fail_now(void) {
     if (g_fail_at < 0)
         return false;
-    return g_reads++ == g_fail_at;
+    return atomic_fetch_add(&g_reads, 1) == g_fail_at;
 }
 
 static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
@@ -449,7 +453,7 @@ static void test_failures(void **st) {
                     break;
                 }
                 assert_int_equal(cs, MK_OK);
-                g_reads = 0;
+                atomic_store(&g_reads, 0);
                 g_short = sh;
                 g_fail_at = at;
                 mk_os_override(&v);
