@@ -174,8 +174,9 @@ void mk_expert_store_release(mk_expert_store *s, int layer, int e);
  * count): the policy evicts an unused filled expert before any expert this
  * run has used, the coldest of them first (the end of the preference
  * order, or the highest index of the even share), so a fill never keeps out
- * what an empty cache would have kept. Results never change (the views are
- * the same bytes as a miss's read). A failed or short read is an error
+ * what an empty cache would have kept (without guesses, exactly: hits with
+ * a fill = hits without + filled experts used). Results never change (the
+ * views are the same bytes as a miss's read). A failed or short read is an error
  * naming the expert, layer, file and offset; the experts read before it
  * stay cached, no slot keeps half-read bytes, and the store stays usable.
  * A store without a cache (resident) does nothing. Counters: stats'
