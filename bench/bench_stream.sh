@@ -3,9 +3,13 @@
 # RAM under --memory-budget, against the disk's roofline measured in the same
 # run (O_DIRECT sequential read of the model's own shard with dd), cold
 # (page cache dropped before each run) with O_DIRECT reads, O_DIRECT with
-# next-layer prefetch (--prefetch) and buffered reads, and the run's hit rate
-# next to Belady's oracle on the same trace. With --prefetch the bytes per
-# token include wrong guesses (read for nothing), so its roofline is lower.
+# next-layer prefetch (--prefetch) and buffered reads, each with an empty
+# expert cache (--cache-fill off), and the run's hit rate next to Belady's
+# oracle on the same trace; then O_DIRECT with the cache filled before the
+# first token (--cache-fill on, the default: its startup read is reported
+# apart, and the bytes per token are the run's reads after it). With
+# --prefetch the bytes per token include wrong guesses (read for nothing),
+# so its roofline is lower.
 #   usage: bench/bench_stream.sh MODEL [BUDGET=6G] [TOKENS=16] [extra run flags...]
 # Needs root for drop_caches (else each shard's pages are evicted with
 # dd iflag=nocache, which a VM host's cache survives). Results: bench/RESULTS.md.
@@ -28,12 +32,14 @@ drop
 line=$(dd if="$shard" of=/dev/null bs=4M count=1024 iflag=direct 2>&1 | grep copied)
 bw=$(echo "$line" | awk '{ for (i = 1; i < NF; i++) if ($(i+1) == "s,") s = $i; print $1 / s }')
 echo "roofline: dd O_DIRECT sequential, 4 MiB reads: $line -> $(awk -v b="$bw" 'BEGIN { printf "%.3f", b / 1e9 }') GB/s"
-for mode in "--direct" "--direct --prefetch" "--buffered"; do
+for mode in "--direct" "--direct --prefetch" "--buffered" "--direct --cache-fill on"; do
+    fill="--cache-fill off"
+    case "$mode" in *cache-fill*) fill= ;; esac
     drop
     # shellcheck disable=SC2086
-    "$BIN" run "$MODEL" --ids 1,2,3,4 --max-tokens "$NTOK" --memory-budget "$BUDGET" $mode --stats "$@" \
+    "$BIN" run "$MODEL" --ids 1,2,3,4 --max-tokens "$NTOK" --memory-budget "$BUDGET" $mode $fill --stats "$@" \
         > /dev/null 2> /tmp/bench_stream.err || { cat /tmp/bench_stream.err; exit 1; }
-    grep -E "experts streamed|generated|^experts:|^prefetch:" /tmp/bench_stream.err
+    grep -E "experts streamed|filled before|generated|^experts:|^prefetch:|^fill:" /tmp/bench_stream.err
     gen=$(grep -Eo 'generated [0-9]+ tokens in [0-9.]+ s' /tmp/bench_stream.err | awk '{print $2, $5}')
     mib=$(grep -Eo '[0-9.]+ MiB read' /tmp/bench_stream.err | awk '{print $1}')
     awk -v g="$gen" -v mib="$mib" -v bw="$bw" -v n="$NTOK" -v mode="${mode// /}" 'BEGIN {

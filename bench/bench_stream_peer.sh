@@ -8,7 +8,10 @@
 # mapped weights are evicted and re-read exactly as on a machine whose RAM
 # is smaller than the model; moekit runs in the same group with
 # --memory-budget at 80% of the limit (O_DIRECT reads, nothing left in the
-# page cache). llama.cpp runs twice: as shipped (its CPU backend copies
+# page cache), its expert cache filled at load (--cache-fill, the default; the
+# line it prints is shown), as llama.cpp's load pass leaves its mapped
+# weights in the page cache; both decode rates exclude the load, and both
+# bytes-per-token figures include it. llama.cpp runs twice: as shipped (its CPU backend copies
 # Q4_0 weights into repacked buffers, anonymous memory the size of the
 # model) and with repacking off (--no-repack: the weights stay mapped). Page cache dropped before every run; the disk's sequential
 # O_DIRECT bandwidth (dd) measured in the same run; bytes read from disk per
@@ -73,6 +76,7 @@ for pair in $(seq "$PAIRS"); do
     reset_peak
     ingroup /usr/bin/time -v "$BIN" run "$MLX" --ids 1,2,3,4 --max-tokens "$NTOK" --threads "$THREADS" \
         --memory-budget "$BUDGET_B" --stats > /dev/null 2> "$T/mk.err" || { tail -20 "$T/mk.err"; exit 1; }
+    grep "filled before the first token" "$T/mk.err" || true
     gen=$(grep -Eo 'generated [0-9]+ tokens in [0-9.]+ s' "$T/mk.err" | awk '{print $2, $5}')
     fsin=$(awk -F: '/File system inputs/ {print $2}' "$T/mk.err")
     rss=$(awk -F: '/Maximum resident set size/ {print $2}' "$T/mk.err")

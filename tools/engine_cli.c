@@ -222,6 +222,16 @@ const char mk_ecli_mem_help[] =
     "  --pin-profile P      streaming: read the most used experts of `moekit profile`'s P\n"
     "                       (routing frequencies measured on calibration text) at startup and\n"
     "                       keep them for good, up to half the expert cache\n"
+    "  --cache-fill on|off  streaming: before the first token, fill the expert cache's free\n"
+    "                       slots (with --pin-profile: the profile's next hottest experts;\n"
+    "                       else the same count of every MoE layer's, lowest index first),\n"
+    "                       read in file order in long sequential requests, so the first\n"
+    "                       tokens hit where an empty cache would miss. Costs startup time,\n"
+    "                       about the cache's size / the disk's sequential read rate (moekit\n"
+    "                       bench-disk), and no memory beyond the budget, which counts the\n"
+    "                       cache already; filled experts are evicted first until used.\n"
+    "                       Default on; the startup line says what it read and how long it\n"
+    "                       took (--stats: hits on filled experts)\n"
     "  --prefetch           streaming: while a layer computes, read the experts the next\n"
     "                       layer will likely use (its router applied to this layer's input;\n"
     "                       decode only). Results are unchanged; wrong guesses cost reads\n"
@@ -286,6 +296,14 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
             return mk_cli_usage(mm->cmd, "--act-int8: expected on or off, got '%s'", arg);
         return -1;
     case 0x4d05: mm->force_stream = true; return -1;
+    case 0x4d0c:
+        if (!strcmp(arg, "on"))
+            mm->no_fill = false;
+        else if (!strcmp(arg, "off"))
+            mm->no_fill = true;
+        else
+            return mk_cli_usage(mm->cmd, "--cache-fill: expected on or off, got '%s'", arg);
+        return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d09: mm->prefetch = true; return -1;
     case 0x4d06: {
@@ -495,6 +513,9 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
                       "or drop --memory-budget / --stream-experts%s",
                       mk_backend_iface(o.backend)->name,
                       mm->budget || mm->force_stream ? "" : " (the model does not fit 90% of the available memory)");
+    /* the fill reads only the experts these engines compute */
+    mm->part = o.moe_part;
+    mm->pipe = o.layer_pipe;
     /* every engine of a server (mm->engines) over this one store: all their arenas */
     MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1),
                              mm->extra));
@@ -509,6 +530,58 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
         mm->held += mk_engine_arena_bytes(*e);
     }
     return s;
+}
+
+/* --cache-fill: the store's free slots filled before the first token, with
+ * the profile's ranking (pl, pe, n; the pins are its head) or an even share
+ * of the MoE layers whose experts this process computes (mm->part,
+ * mm->pipe). */
+static mk_status mem_fill(mk_ecli_mem *mm, const mk_model *m, const int *pl, const int *pe, int n) {
+    const mk_config *c = mk_model_config(m);
+    int32_t *range = NULL;
+    int layers = 0; /* MoE layers with experts here */
+    if (mm->part || mm->pipe) {
+        range = mk_malloc((size_t)c->num_layers * 2 * sizeof *range);
+        if (!range)
+            return mk_err(MK_E_NOMEM, "--cache-fill: no memory for %d layers' expert ranges", c->num_layers);
+    }
+    for (int l = 0; l < c->num_layers; l++) {
+        int32_t lo = 0, hi = c->num_experts;
+        if (mm->pipe && (l < mm->pipe->first || l >= mm->pipe->last))
+            hi = 0;
+        else if (mm->part && mk_model_expert_loc(m, l, 0))
+            mm->part->range(mm->part->user, l, &lo, &hi);
+        if (range) {
+            range[2 * l] = lo;
+            range[2 * l + 1] = hi;
+        }
+        layers += mk_model_expert_loc(m, l, 0) && lo < hi;
+    }
+    mk_fill_opts fo = {.pref_layer = pl, .pref_expert = pe, .n_pref = n, .range = range};
+    mk_status st = mk_expert_store_fill(mm->store, &fo);
+    free(range);
+    mk_expert_stats es;
+    mk_expert_store_stats(mm->store, &es);
+    if (st != MK_OK)
+        return mk_err_wrap(st, "filling the expert cache before the first token (--cache-fill off starts "
+                           "with it empty)");
+    if (mm->quiet)
+        return MK_OK;
+    char what[96];
+    if (n)
+        snprintf(what, sizeof what, "the profile's hottest after the pinned");
+    else
+        snprintf(what, sizeof what, "%d of each of %d MoE layer%s", layers ? es.filled / layers : 0, layers,
+                 layers == 1 ? "" : "s");
+    if (es.filled == 0)
+        fprintf(stderr, "moekit %s: expert cache fill: nothing to read (%d free slots%s)\n", mm->cmd,
+                es.slots - es.pinned, n ? "" : ", fewer than one per MoE layer");
+    else
+        fprintf(stderr, "moekit %s: expert cache filled before the first token: %d experts (%s), %.1f MiB in "
+                "%llu reads, %.3f s (--cache-fill off starts empty)\n",
+                mm->cmd, es.filled, what, (double)es.fill_bytes / 1048576.0, (unsigned long long)es.fill_reads,
+                es.fill_s);
+    return MK_OK;
 }
 
 mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, uint64_t extra) {
@@ -529,17 +602,22 @@ mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, 
                       (unsigned long long)least, gib(least));
     mk_stream_opts so = {.cache_bytes = mm->limit - fixed, .policy = mm->policy, .io = mm->io,
                          .direct = !mm->buffered, .record_trace = !mm->no_trace};
-    int *pl = NULL, *pe = NULL;
+    int *pl = NULL, *pe = NULL, nrank = 0;
     if (mm->pin_profile) {
-        int cap = (int)(so.cache_bytes / slot / 2);
-        MK_TRY(hottest(mm->pin_profile, m, cap, &pl, &pe, &so.n_pin));
+        /* the ranking as far as the cache goes: its first half pinned, the rest filled */
+        uint64_t nslots = so.cache_bytes / slot;
+        int cap = nslots > INT32_MAX ? INT32_MAX : (int)nslots;
+        MK_TRY(hottest(mm->pin_profile, m, cap, &pl, &pe, &nrank));
         so.pin_layer = pl;
         so.pin_expert = pe;
+        so.n_pin = nrank < cap / 2 ? nrank : cap / 2;
     }
     mk_status cs = mk_expert_store_stream(m, &so, &mm->store);
-    free(pl);
-    free(pe);
-    MK_TRY(cs);
+    if (cs != MK_OK) {
+        free(pl);
+        free(pe);
+        return cs;
+    }
     mk_expert_stats st;
     mk_expert_store_stats(mm->store, &st);
     if (!mm->quiet)
@@ -550,7 +628,14 @@ mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, 
                 gib(weights), gib(arena), gib(MK_ECLI_OVERHEAD), gib((uint64_t)st.slots * st.slot_bytes),
                 st.slots, (unsigned long long)c->num_experts * (unsigned long long)c->num_layers, st.pinned,
                 mm->policy == MK_EXPERT_LRU ? "LRU" : "FREQ", st.io);
-    return MK_OK;
+    cs = mm->no_fill ? MK_OK : mem_fill(mm, m, pl, pe, nrank);
+    free(pl);
+    free(pe);
+    if (cs != MK_OK) { /* as when the store could not be made: the caller holds none */
+        mk_expert_store_free(mm->store);
+        mm->store = NULL;
+    }
+    return cs;
 }
 
 void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
@@ -561,13 +646,19 @@ void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
     mk_expert_stats st;
     mk_expert_store_stats(mm->store, &st);
     double hit = st.uses ? (double)st.hits / (double)st.uses : 0.0;
+    uint64_t bytes = st.bytes_read, reads = st.reads; /* the run's: the fill has its own line */
     fprintf(f,
             "experts: %llu uses, hit rate %.3f (Belady oracle %.3f), %.1f MiB read in %llu reads, I/O "
             "wait %.3f s (%.1f MB/s while waiting), cache %d x %.2f MiB (%s), peak RSS %.1f MiB\n",
-            (unsigned long long)st.uses, hit, st.oracle_hit, (double)st.bytes_read / 1048576.0,
-            (unsigned long long)st.reads, st.io_wait_s,
-            st.io_wait_s > 0 ? (double)st.bytes_read / st.io_wait_s / 1e6 : 0.0, st.slots,
+            (unsigned long long)st.uses, hit, st.oracle_hit, (double)bytes / 1048576.0,
+            (unsigned long long)reads, st.io_wait_s,
+            st.io_wait_s > 0 ? (double)bytes / st.io_wait_s / 1e6 : 0.0, st.slots,
             (double)st.slot_bytes / 1048576.0, st.io, (double)mk_cli_peak_rss() / 1048576.0);
+    if (!mm->no_fill)
+        fprintf(f, "fill: %d experts, %.1f MiB in %llu reads, %.3f s before the first token; %llu hits on "
+                "filled experts (%llu of the %d used)\n",
+                st.filled, (double)st.fill_bytes / 1048576.0, (unsigned long long)st.fill_reads, st.fill_s,
+                (unsigned long long)st.fill_hits, (unsigned long long)st.fill_used, st.filled);
     if (mm->prefetch)
         fprintf(f, "prefetch: %llu experts guessed, %llu used (%.3f of guesses, %.3f of uses), %.1f MiB read "
                 "on guesses, %llu dropped after a failed read\n",

@@ -59,6 +59,8 @@ uint64_t mk_ecli_mem_available(void);
  *                          the context, a fixed overhead and the expert cache
  *   --expert-cache freq|lru, --io auto|uring|pread, --direct|--buffered,
  *   --stream-experts       stream even when the model would fit
+ *   --cache-fill on|off    warm start: fill the expert cache before the
+ *                          first token (default on when streaming)
  * mk_ecli_mem_model_open decides resident vs streaming and opens the model
  * accordingly; mk_ecli_mem_engine then sizes the expert cache to what the
  * budget leaves and creates the engine over it. */
@@ -76,6 +78,7 @@ typedef struct mk_ecli_mem {
     long long experts_per_tok; /* --experts-per-token (0: the model's) */
     const char *pin_profile;   /* --pin-profile */
     bool prefetch;             /* --prefetch */
+    bool no_fill;              /* --cache-fill off: the expert cache starts empty */
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
     const char *cmd;           /* for messages */
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
@@ -95,6 +98,10 @@ typedef struct mk_ecli_mem {
                                   budget the resident model fits but the model plus context does not
                                   streams instead of being refused */
     int plan_chunk;            /* their prefill chunk (0: the engine's default) */
+    /* the share of the experts this process computes (mk_ecli_mem_engine sets them from its
+       engine options: an MPI rank's partition, a pipeline stage), which is all the fill reads */
+    const mk_moe_part *part;
+    const mk_layer_pipe *pipe;
     /* decided */
     bool stream;
     uint64_t limit;            /* the bound in force (budget, or 90% of available) */
@@ -108,7 +115,7 @@ typedef struct mk_ecli_mem {
         {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
         {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a},                      \
-        {"act-int8", required_argument, 0, 0x4d0b}
+        {"act-int8", required_argument, 0, 0x4d0b}, {"cache-fill", required_argument, 0, 0x4d0c}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];
@@ -130,7 +137,11 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
  * leaves after the non-expert weights, `arena` bytes of engine buffers,
  * `extra` bytes the command needs besides (counted with the context) and
  * the overhead; refused naming the least budget when one token's experts
- * do not fit. Prints the startup line. */
+ * do not fit. Prints the startup line. Then, unless --cache-fill off, fills
+ * the cache's free slots (mk_expert_store_fill: the profile's next hottest
+ * with --pin-profile, else an even share of every MoE layer; only the
+ * experts of mm->part / mm->pipe) and prints what it read and how long it
+ * took; a failed read is the error. */
 mk_status mk_ecli_mem_store(mk_ecli_mem *mm, const mk_model *m, uint64_t arena, uint64_t extra);
 /* --stats lines: peak_rss_bytes, sanitizer, experts_streamed (0/1), and
  * the expert store's counters when streaming. */

@@ -33,8 +33,9 @@ extern "C" {
 typedef struct mk_expert_stats {
     uint64_t uses;        /* experts handed out */
     uint64_t hits;        /* of which already in the cache */
-    uint64_t bytes_read;  /* expert bytes read from the files */
-    uint64_t reads;       /* read requests (parts) issued */
+    uint64_t bytes_read;  /* expert bytes read from the files for uses, guesses and pins (not the
+                             fill's: fill_bytes) */
+    uint64_t reads;       /* read requests (parts) issued for them */
     uint64_t pf_issued;   /* experts read on a guess (prefetch) */
     uint64_t pf_hits;     /* uses served by a guess (not counted in hits) */
     uint64_t pf_bytes;    /* bytes read on guesses (counted in bytes_read too) */
@@ -44,9 +45,30 @@ typedef struct mk_expert_stats {
                              -1 when not recorded */
     int slots;            /* experts the cache holds */
     int pinned;           /* of which pinned for good */
+    /* the warm fill (mk_expert_store_fill), before the first use */
+    int filled;           /* experts it read into free slots */
+    uint64_t fill_bytes;  /* their bytes (not in bytes_read) */
+    uint64_t fill_reads;  /* their read requests (not in reads) */
+    double fill_s;        /* wall time of the fill (not in io_wait_s) */
+    uint64_t fill_hits;   /* hits on an expert the fill loaded, while it stays (counted in hits) */
+    uint64_t fill_used;   /* filled experts used at least once */
     uint64_t slot_bytes;  /* bytes of one slot */
     const char *io;       /* "io_uring" / "pread" (+ direct or buffered) */
 } mk_expert_stats;
+
+/* A warm start of a store's cache (mk_expert_store_fill). */
+typedef struct mk_fill_opts {
+    /* Experts in order of preference, hottest first (a profile's ranking,
+     * the pinned ones included: experts already cached are skipped):
+     * pref_layer[i], pref_expert[i] for i < n_pref. n_pref 0: an even share,
+     * the same count of every MoE layer's experts, lowest index first. */
+    const int *pref_layer, *pref_expert;
+    int n_pref;
+    /* NULL: every routed expert may be used here. Else [2 * num_layers]:
+     * only experts [range[2l], range[2l+1]) of layer l (an MPI rank's
+     * share; lo == hi for the layers of another pipeline stage) */
+    const int32_t *range;
+} mk_fill_opts;
 
 typedef struct mk_expert_store_i {
     const char *name;
@@ -76,6 +98,10 @@ typedef struct mk_expert_store_i {
      * one-at-a-time order that overlaps compute with a streaming store's
      * reads. */
     bool all_ready;
+    /* (optional) Read experts into the cache's free slots before the
+     * first acquire (mk_expert_store_fill). NULL: a store without a cache
+     * (nothing to fill). */
+    mk_status (*fill)(void *ctx, const mk_fill_opts *o);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -133,6 +159,29 @@ uint64_t mk_expert_store_slot_bytes(const mk_model *m);
 mk_status mk_expert_store_acquire(mk_expert_store *s, int layer, const int *experts, int n);
 mk_status mk_expert_store_next(mk_expert_store *s, int layer, int *e, const mk_expert **out);
 void mk_expert_store_release(mk_expert_store *s, int layer, int e);
+/* Warm start (issue 11, `--cache-fill`): read experts into the free slots
+ * of the cache now, before the first token, so the first tokens hit where
+ * an empty cache would miss. Call it after creation and before the first
+ * acquire or prefetch (MK_E_ARG after). Which experts: o's preference order
+ * (the pinned ones are cached already; the rest fill the free slots in that
+ * order), or without one the same count of every MoE layer's experts
+ * (free slots / MoE layers, rounded down; the rest stay free), lowest index
+ * first, only experts o->range allows. All of them are read through the
+ * store's reader in file-offset order, a whole batch in flight at once, so
+ * the disk sees large sequential reads; never beyond the cache (its slots
+ * are already counted in any budget). Filled experts are ordinary cache
+ * entries with no use counted (LRU: used before any real use; FREQ: a zero
+ * count): the policy evicts an unused filled expert before any expert this
+ * run has used, the coldest of them first (the end of the preference
+ * order, or the highest index of the even share), so a fill never keeps out
+ * what an empty cache would have kept (without guesses, exactly: hits with
+ * a fill = hits without + filled experts used). Results never change (the
+ * views are the same bytes as a miss's read). A failed or short read is an error
+ * naming the expert, layer, file and offset; the experts read before it
+ * stay cached, no slot keeps half-read bytes, and the store stays usable.
+ * A store without a cache (resident) does nothing. Counters: stats'
+ * filled, fill_bytes, fill_reads, fill_s, fill_hits, fill_used. */
+mk_status mk_expert_store_fill(mk_expert_store *s, const mk_fill_opts *o);
 /* Hand a guess to the store (a no-op for a store without prefetch). */
 mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *experts, int n);
 /* Whether the store acts on guesses. */

@@ -28,6 +28,7 @@ struct mk_ecache {
     uint64_t clock;   /* uses so far */
     cslot *s;
     int32_t *where;   /* key -> slot or -1 */
+    uint64_t *kuse;   /* key -> clock of its last use (0: never used) */
     double *fkey;     /* key -> log2(score) + t/h (FREQ); -inf: never used */
 };
 
@@ -43,8 +44,9 @@ mk_status mk_ecache_create(int nslots, int n_layers, int n_experts, mk_ecache_po
         c->s = mk_malloc((size_t)nslots * sizeof *c->s);
         c->where = mk_malloc(nk * sizeof *c->where);
         c->fkey = mk_malloc(nk * sizeof *c->fkey);
+        c->kuse = mk_calloc(nk, sizeof *c->kuse);
     }
-    if (!c || !c->s || !c->where || !c->fkey) {
+    if (!c || !c->s || !c->where || !c->fkey || !c->kuse) {
         mk_ecache_free(c);
         return mk_err(MK_E_NOMEM, "expert cache: no memory for %d slots over %zu experts", nslots, nk);
     }
@@ -69,10 +71,18 @@ void mk_ecache_free(mk_ecache *c) {
     free(c->s);
     free(c->where);
     free(c->fkey);
+    free(c->kuse);
     free(c);
 }
 
 int mk_ecache_slots(const mk_ecache *c) { return c->nslots; }
+
+int mk_ecache_free_slots(const mk_ecache *c) {
+    int n = 0;
+    for (int i = 0; i < c->nslots; i++)
+        n += c->s[i].key < 0;
+    return n;
+}
 
 int mk_ecache_use(mk_ecache *c, int layer, int e) {
     int32_t k = layer * c->n_experts + e;
@@ -81,6 +91,7 @@ int mk_ecache_use(mk_ecache *c, int layer, int e) {
     double f = c->fkey[k];
     c->fkey[k] = (f == -INFINITY ? 0.0 : log2(exp2(f - now) + 1.0)) + now;
     c->clock++;
+    c->kuse[k] = c->clock;
     int s = c->where[k];
     if (s >= 0)
         c->s[s].last = c->clock;
@@ -122,7 +133,12 @@ int mk_ecache_claim(mk_ecache *c, int layer, int e, int *old_layer, int *old_e) 
     }
     s->key = k;
     s->pins = 1;
-    s->last = c->clock;
+    /* the key's own last use, not the claim's time: the misses of one step
+     * are claimed together, after all its uses, and would otherwise tie,
+     * leaving LRU's choice among them to slot numbers. A key never used
+     * (a guess, the warm fill) is as old as anything used before now and
+     * older than any later use */
+    s->last = c->kuse[k] ? c->kuse[k] : c->clock;
     c->where[k] = v;
     return v;
 }

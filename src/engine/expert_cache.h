@@ -6,6 +6,10 @@
  *
  * Policies (issue 11, item 4):
  *   LRU   evict the slot whose expert was used longest ago: the baseline.
+ *         Every use has its own time (the experts of one step in the order
+ *         announced), so the choice never depends on which slot holds what;
+ *         an expert loaded without a use (a guess, the warm fill) counts as
+ *         used at its load.
  *   FREQ  evict the slot whose expert has the lowest decayed use count:
  *         every use adds 1 to the expert's score, and scores halve every
  *         `half_life` uses of the cache (a use is one expert of one layer
@@ -46,10 +50,11 @@ void mk_ecache_free(mk_ecache *c); /* NULL ok */
 int mk_ecache_use(mk_ecache *c, int layer, int e);
 /* The slot holding (layer, e), or -1: a look, not a use (nothing counted). */
 int mk_ecache_find(const mk_ecache *c, int layer, int e);
-/* A slot for (layer, e), which must not be cached: a free slot, else the
- * policy's victim among the unpinned ones (whose expert is dropped and
- * returned in *old_layer / *old_e, -1 when the slot was free). -1 when
- * every slot is pinned. The slot comes back holding the key, pinned. */
+/* A slot for (layer, e), which must not be cached: the lowest free slot,
+ * else the policy's victim among the unpinned ones (whose expert is
+ * dropped and returned in *old_layer / *old_e, -1 when the slot was free);
+ * among equally good victims, the lowest slot. -1 when every slot is
+ * pinned. The slot comes back holding the key, pinned. */
 int mk_ecache_claim(mk_ecache *c, int layer, int e, int *old_layer, int *old_e);
 /* Pin counts: a pinned slot is never a victim. */
 void mk_ecache_pin(mk_ecache *c, int slot);
@@ -59,6 +64,8 @@ void mk_ecache_pin_forever(mk_ecache *c, int slot);
 /* Drop the key of a slot (a failed load): the slot becomes free. */
 void mk_ecache_drop(mk_ecache *c, int slot);
 int mk_ecache_slots(const mk_ecache *c);
+/* Slots holding no expert. */
+int mk_ecache_free_slots(const mk_ecache *c);
 
 /* Hit rate of Belady's policy with `nslots` slots on keys[0..n) (any
  * integer encoding of (layer, expert)), where the accesses of one step

@@ -57,6 +57,11 @@ mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *exp
     return s->i->prefetch ? s->i->prefetch(s->ctx, layer, experts, n) : MK_OK;
 }
 
+mk_status mk_expert_store_fill(mk_expert_store *s, const mk_fill_opts *o) {
+    static const mk_fill_opts none = {0};
+    return s->i->fill ? s->i->fill(s->ctx, o ? o : &none) : MK_OK;
+}
+
 bool mk_expert_store_can_prefetch(const mk_expert_store *s) { return s->i->prefetch != NULL; }
 
 const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }

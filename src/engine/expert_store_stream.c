@@ -35,6 +35,19 @@
  * A guess whose read fails is dropped, not reported: if the layer really
  * uses that expert, its own read reports the error.
  *
+ * fill(opts): the warm start (mk_expert_store_fill), before the first
+ * acquire. The plan (expert_fill.c: a profile's next hottest, or an even
+ * share of every MoE layer) claims free slots coldest first, so that among
+ * filled experts nobody has used yet, which the policy evicts before any
+ * used one (no use counted: FREQ's -inf, LRU's oldest), the lowest slot and
+ * thus the coldest goes first. Their reads go to the reader in file-offset
+ * order in batches of up to a layer's worth of experts, the next batch
+ * submitted while a queue's worth of the last is still pending, so the
+ * disk always has long sequential reads queued. A failed read ends the
+ * fill naming the expert; the experts already read stay, the others'
+ * slots are freed. Each slot remembers whether the fill loaded it until
+ * it is reloaded, for the fill_hits / fill_used counters.
+ *
  * Loads are kept per slot (a read's tag is its slot), so reads of the
  * current layer and of a guess can be in flight together.
  *
@@ -49,6 +62,7 @@
 
 #include "core/alloc.h"
 #include "engine/expert_cache.h"
+#include "engine/expert_fill.h"
 #include "io/reader.h"
 #include "model/model_impl.h"
 #include "moekit/expert_store.h"
@@ -188,6 +202,8 @@ typedef struct stream {
     int *claimed;          /* slots claimed by one issue() or prefetch */
     mk_reader_req *reqs;
     int *slot_of;          /* expert -> slot, for the current layer */
+    unsigned char *fillst; /* per slot: 0, or 1 loaded by the fill and unused, 2 loaded by it and used */
+    bool started;          /* an acquire or a guess came: too late to fill */
     /* counters */
     mk_expert_stats st;
     uint32_t *tkeys, *tsteps;
@@ -348,6 +364,7 @@ static size_t add_reads(stream *s, int slot, int layer, int e, size_t nreq, bool
     layout_of(x, &XL);
     loading *L = &s->ld[slot];
     *L = (loading){.layer = layer, .e = e, .wanted = !guess, .pf = guess};
+    s->fillst[slot] = 0; /* no longer what the fill loaded */
     uint64_t bytes = 0;
     if (XL.span) { /* one read for the whole expert */
         s->reqs[nreq++] = (mk_reader_req){.file = s->file_of[XL.shard], .off = XL.lo,
@@ -486,6 +503,7 @@ static mk_status st_acquire(void *ctx, int layer, const int *experts, int n) {
         if (experts[i] < 0 || experts[i] >= c->num_experts)
             return mk_err(MK_E_ARG, "expert store: no expert %d in layer %d (%d experts)", experts[i], layer,
                           c->num_experts);
+    s->started = true;
     s->layer = layer;
     s->n = n;
     s->handed = 0;
@@ -521,6 +539,11 @@ static mk_status st_acquire(void *ctx, int layer, const int *experts, int n) {
             pf_forget(s, slot);
         } else {
             s->st.hits++;
+            if (s->fillst[slot]) { /* the fill read it: a miss an empty cache would have had */
+                s->st.fill_hits++;
+                s->st.fill_used += s->fillst[slot] == 1;
+                s->fillst[slot] = 2;
+            }
             mk_ecache_pin(s->cache, slot);
         }
         s->slot_of[e] = slot;
@@ -598,6 +621,7 @@ static void st_release(void *ctx, int layer, int e) {
 static mk_status st_prefetch(void *ctx, int layer, const int *experts, int n) {
     stream *s = ctx;
     const mk_config *c = &s->m->cfg;
+    s->started = true;
     if (layer < 0 || layer >= c->num_layers || !s->m->layers[layer].is_moe || layer == s->layer)
         return MK_OK; /* nothing to guess: not an error of the forward */
     size_t nreq = 0;
@@ -655,6 +679,114 @@ static mk_status pin_experts(stream *s, const mk_stream_opts *o) {
     s->st.uses = s->st.hits = 0; /* pins are not uses; their bytes stay counted as read */
     return MK_OK;
 }
+/* One finished read of the fill: the expert is complete once its last part
+ * is in. */
+static mk_status fill_take(stream *s) {
+    uint64_t tag;
+    bool done;
+    mk_status st = mk_reader_next(s->rd, true, &tag, &done);
+    if (!done)
+        return mk_err(MK_E_INTERNAL, "expert cache fill: the reader has no read pending while the fill waits");
+    int slot = (int)tag;
+    loading *L = &s->ld[slot];
+    if (st != MK_OK) {
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        return mk_err(st, "expert %d of layer %d: %s", L->e, L->layer, msg);
+    }
+    if (--L->parts_left > 0)
+        return MK_OK;
+    finish_expert(s, slot, &s->m->layers[L->layer].moe.locs[L->e]);
+    mk_ecache_unpin(s->cache, slot);
+    s->step++; /* for the oracle, loaded before the run like a pin */
+    trace_add(s, L->layer, L->e);
+    *L = (loading){0};
+    s->fillst[slot] = 1;
+    s->st.filled++;
+    return MK_OK;
+}
+
+/* The warm fill (header comment; expert_store.h mk_expert_store_fill). */
+static mk_status st_fill(void *ctx, const mk_fill_opts *fo) {
+    stream *s = ctx;
+    const mk_config *c = &s->m->cfg;
+    if (s->started)
+        return mk_err(MK_E_ARG, "expert cache fill: the cache is in use already (fill it before the first "
+                      "token)");
+    if (fo->range)
+        for (int l = 0; l < c->num_layers; l++)
+            if (fo->range[2 * l] < 0 || fo->range[2 * l] > fo->range[2 * l + 1] ||
+                fo->range[2 * l + 1] > c->num_experts)
+                return mk_err(MK_E_ARG, "expert cache fill: layer %d's range [%d, %d) is not within its %d "
+                              "experts", l, (int)fo->range[2 * l], (int)fo->range[2 * l + 1], c->num_experts);
+    double t0 = now_s();
+    int *pl = NULL, *pe = NULL, n = 0;
+    MK_TRY(mk_efill_plan(s->m, s->cache, mk_ecache_free_slots(s->cache), fo, &pl, &pe, &n));
+    if (n == 0)
+        return MK_OK;
+    int *slot = mk_malloc((size_t)n * sizeof *slot), *ord = mk_malloc((size_t)n * sizeof *ord);
+    mk_status st = slot && ord ? MK_OK : mk_err(MK_E_NOMEM, "expert cache fill: no memory for %d experts", n);
+    if (st == MK_OK)
+        st = mk_efill_file_order(s->m, pl, pe, n, ord);
+    /* coldest first into the lowest free slots: the first of them to go */
+    int claimed = 0; /* slot[n - claimed .. n) */
+    for (int i = n - 1; st == MK_OK && i >= 0; i--) {
+        int ol, oe, sl = mk_ecache_claim(s->cache, pl[i], pe[i], &ol, &oe);
+        if (sl < 0) {
+            st = mk_err(MK_E_INTERNAL, "expert cache fill: no free slot for expert %d of layer %d", pe[i], pl[i]);
+            break;
+        }
+        slot[i] = sl;
+        s->fillst[sl] = 0;
+        claimed++;
+        if (ol >= 0) /* the plan counted free slots only */
+            st = mk_err(MK_E_INTERNAL, "expert cache fill: expert %d of layer %d took an occupied slot", pe[i],
+                        pl[i]);
+    }
+    uint64_t bytes0 = s->st.bytes_read;
+    size_t nreads = 0;
+    int sent = 0;
+    /* nothing else is in flight before the first acquire: pending reads are the fill's */
+    while (st == MK_OK && (sent < n || mk_reader_pending(s->rd) > 0)) {
+        /* the next batch while a queue's worth of reads is still pending */
+        if (sent < n && mk_reader_pending(s->rd) <= 16) {
+            size_t nreq = 0;
+            for (int b = 0; sent < n && b < c->num_experts; b++, sent++) {
+                int i = ord[sent];
+                nreq = add_reads(s, slot[i], pl[i], pe[i], nreq, false);
+            }
+            st = check_files(s);
+            if (st == MK_OK)
+                st = mk_reader_submit(s->rd, s->reqs, nreq);
+            nreads += st == MK_OK ? nreq : 0;
+            continue;
+        }
+        st = fill_take(s);
+    }
+    /* the fill's own counters: bytes_read and reads stay the run's */
+    s->st.fill_bytes += s->st.bytes_read - bytes0;
+    s->st.bytes_read = bytes0;
+    s->st.fill_reads += nreads;
+    if (st != MK_OK) { /* drain; what is not complete goes (draining may fail again: keep the first) */
+        char msg[1024];
+        snprintf(msg, sizeof msg, "%s", mk_err_msg());
+        mk_reader_wait_all(s->rd);
+        for (int i = n - 1; i >= n - claimed; i--)
+            if (s->fillst[slot[i]] != 1) {
+                mk_ecache_drop(s->cache, slot[i]);
+                s->ld[slot[i]] = (loading){0};
+            }
+        st = mk_err(st, "%s", msg);
+    }
+    s->twarm = s->tn;
+    s->st.fill_s += now_s() - t0;
+    free(slot);
+    free(ord);
+    free(pl);
+    free(pe);
+    return st;
+}
+
 static void st_stats(void *ctx, mk_expert_stats *out) {
     stream *s = ctx;
     *out = s->st;
@@ -685,6 +817,7 @@ static void st_free(void *ctx) {
     free(s->claimed);
     free(s->reqs);
     free(s->slot_of);
+    free(s->fillst);
     free(s->tkeys);
     free(s->tsteps);
     free(s);
@@ -696,6 +829,7 @@ static const mk_expert_store_i g_stream = {
     .next = st_next,
     .release = st_release,
     .prefetch = st_prefetch,
+    .fill = st_fill,
     .free = st_free,
     .stats = st_stats,
 };
@@ -775,8 +909,9 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     s->claimed = mk_malloc((size_t)E * sizeof *s->claimed);
     s->reqs = mk_malloc((size_t)E * 3 * MK_SP_N * sizeof *s->reqs);
     s->slot_of = mk_malloc((size_t)E * sizeof *s->slot_of);
+    s->fillst = mk_calloc((size_t)s->nslots, 1);
     mk_status st = MK_OK;
-    if (!s->mem || !s->views || (tmax && !s->tbuf) || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of)
+    if (!s->mem || !s->views || (tmax && !s->tbuf) || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of || !s->fillst)
         st = mk_err(MK_E_NOMEM, "expert store: no memory for %d cache slots of %llu bytes", s->nslots,
                     (unsigned long long)sb);
     if (st == MK_OK)

@@ -211,7 +211,9 @@ t2=$(echo "$r" | body | jstr content)
 # experts from the checkpoint: the same answer, and /metrics shows the cache)
 P1=$PORT
 S1=$SPID
-start_server "$T/log2" --parallel 1 --api-key "$KEY" --stream-experts
+# (--cache-fill off: experts read on demand, which /metrics counts; the fill
+# would read all of this small model's experts before the first request)
+start_server "$T/log2" --parallel 1 --api-key "$KEY" --stream-experts --cache-fill off
 wait_ready
 r=$(api /v1/chat/completions "$turn2")
 [ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache: $r"

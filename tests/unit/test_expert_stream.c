@@ -6,7 +6,8 @@
  * be bitwise equal whether experts come from the mapping or are read from
  * the files into a cache as small as one token's experts (every prefill
  * chunk then uses more experts than the cache holds) or half the experts,
- * under both policies, through io_uring or pread, buffered or O_DIRECT.
+ * under both policies, through io_uring or pread, buffered or O_DIRECT,
+ * and with the cache filled before the first token (the warm start).
  * Also: the store's counters add up, and a cache smaller than one token's
  * experts is refused naming the least size. Packed checkpoints (convert and
  * quantize --pack-experts) are valid safetensors files with no hole, every
@@ -96,15 +97,18 @@ typedef struct variant {
     int io;
     bool direct;
     bool prefetch; /* the engine hands the store its guess of the next layer's experts */
+    bool fill;     /* the free slots filled before the first token (mk_expert_store_fill) */
 } variant;
 
 /* slots_of 2: three tokens' experts, room to guess beside the current layer's */
 static const variant k_variants[] = {
-    {"k slots, FREQ, auto io, buffered", 0, MK_EXPERT_FREQ, 0, false, false},
-    {"half the experts, LRU, pread, O_DIRECT", 1, MK_EXPERT_LRU, 2, true, false},
-    {"half the experts, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true, false},
-    {"3k slots, prefetch, FREQ, io_uring-or-pread, O_DIRECT", 2, MK_EXPERT_FREQ, 0, true, true},
-    {"half the experts, prefetch, LRU, pread, buffered", 1, MK_EXPERT_LRU, 2, false, true},
+    {"k slots, FREQ, auto io, buffered", 0, MK_EXPERT_FREQ, 0, false, false, false},
+    {"half the experts, LRU, pread, O_DIRECT", 1, MK_EXPERT_LRU, 2, true, false, false},
+    {"half the experts, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true, false, false},
+    {"3k slots, prefetch, FREQ, io_uring-or-pread, O_DIRECT", 2, MK_EXPERT_FREQ, 0, true, true, false},
+    {"half the experts, prefetch, LRU, pread, buffered", 1, MK_EXPERT_LRU, 2, false, true, false},
+    {"half the experts, filled, prefetch, FREQ, io_uring-or-pread, O_DIRECT", 1, MK_EXPERT_FREQ, 0, true, true,
+     true},
 };
 
 /* Packed checkpoints (convert --pack-experts) also need every miss read
@@ -146,6 +150,8 @@ static void check_dir(const char *dir) {
         mk_expert_store *s = NULL;
         if (mk_expert_store_stream(str, &so2, &s) != MK_OK)
             fail_msg("%s, %s: store: %s", dir, var->name, mk_err_msg());
+        if (var->fill && mk_expert_store_fill(s, NULL) != MK_OK)
+            fail_msg("%s, %s: fill: %s", dir, var->name, mk_err_msg());
         float *got = logits_of(str, s, var->prefetch);
         size_t bad = 0;
         for (size_t i = 0; i < nv; i++)
@@ -162,6 +168,15 @@ static void check_dir(const char *dir) {
             fail_msg("%s, %s: %zu of %zu logits differ from the resident store's", dir, var->name, bad, nv);
         assert_int_equal((int64_t)st.slots, (int64_t)n);
         assert_true(st.uses > 0 && st.hits + st.pf_hits <= st.uses);
+        if (var->fill) { /* an even share of every MoE layer, read before the first use */
+            assert_int_equal(st.filled, (int)(n / (uint64_t)moe_layers) * moe_layers);
+            assert_true(st.filled > 0 && st.fill_bytes > 0 && st.fill_reads >= (uint64_t)st.filled);
+            assert_true(st.fill_hits <= st.hits && st.fill_used <= (uint64_t)st.filled);
+            if (g_one_read_per_miss) /* one request per filled expert too */
+                assert_int_equal(st.fill_reads, (uint64_t)st.filled);
+        } else {
+            assert_true(st.filled == 0 && st.fill_bytes == 0 && st.fill_hits == 0);
+        }
         if (var->prefetch) { /* decode guessed, and a guess is never used twice */
             assert_true(st.pf_issued > 0);
             assert_true(st.pf_hits <= st.pf_issued);
