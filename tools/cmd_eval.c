@@ -86,7 +86,7 @@ static mk_status side_open(const char *path, const eval_opts *o, bool ref, side 
     s->mm.plan_chunk = eo.prefill_chunk;
     MK_TRY(mk_ecli_mem_model_open(&s->mm, path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
-    MK_TRY(mk_ecli_backend(o->backend, &s->be));
+    MK_TRY(mk_ecli_backend(o->backend, &s->mm, &s->be));
     eo.backend = s->be;
     if (!ref) /* under MPI: this rank's share of the experts, the shape told to the others */
         MK_TRY(mk_ecli_dist_lead(o->dd, s->m, &eo));

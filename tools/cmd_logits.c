@@ -148,7 +148,7 @@ int cmd_logits(int argc, char **argv) {
     mk_engine *e = NULL;
     float *logits = NULL, *hidden = NULL;
     mk_backend *be = NULL;
-    st = mk_ecli_backend(backend, &be);
+    st = mk_ecli_backend(backend, &mm, &be);
     eo.backend = be;
     mm.plan_ctx = n;
     mm.plan_chunk = (int)chunk;

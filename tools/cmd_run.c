@@ -510,7 +510,7 @@ static mk_status run_main(run_opts *o) {
         /* sized for the user's prompt and --max-tokens, not asked for: a warning */
         mk_ecli_check_ctx(r.m, o->eo.max_ctx, "the prompt + --max-tokens", o->force_ctx, true);
     }
-    if ((st = mk_ecli_backend(o->backend, &r.be)) != MK_OK)
+    if ((st = mk_ecli_backend(o->backend, &o->mm, &r.be)) != MK_OK)
         goto done;
     o->eo.backend = r.be;
     /* under MPI: this rank's share of the experts, the shape told to the others */

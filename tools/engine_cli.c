@@ -109,12 +109,16 @@ bool mk_ecli_backend_name(const char *name) {
     return !strcmp(name, "cpu") || !strcmp(name, "cuda");
 }
 
-mk_status mk_ecli_backend(const char *name, mk_backend **out) {
+mk_status mk_ecli_backend(const char *name, const struct mk_ecli_mem *mm, mk_backend **out) {
     *out = NULL;
     if (!name || !strcmp(name, "cpu"))
         return MK_OK;
-    if (!strcmp(name, "cuda"))
-        return mk_err_wrap(mk_backend_cuda_create(0, out), "--backend cuda");
+    if (!strcmp(name, "cuda")) {
+        MK_TRY(mk_err_wrap(mk_backend_cuda_create(0, out), "--backend cuda"));
+        if (mm && mm->gpu_expert_vram)
+            mk_backend_cuda_set_expert_vram(*out, (size_t)mm->gpu_expert_vram);
+        return MK_OK;
+    }
     return mk_err(MK_E_ARG, "--backend: expected cpu or cuda, found '%s'", name);
 }
 
@@ -239,6 +243,12 @@ const char mk_ecli_mem_help[] =
     "  --experts-per-token K  route each token to only its best K experts (fewer than the\n"
     "                       model's): less to read and compute, but NOT the model's output;\n"
     "                       warns at startup. Measure what it costs with eval --ref\n"
+    "  --gpu-expert-vram SIZE|auto  with --backend cuda: device memory for the routed experts\n"
+    "                       (e.g. 40G; 0: none). The experts of the MoE layers past it stay in\n"
+    "                       pinned host RAM, which the GPU's kernels read over the bus each\n"
+    "                       token (like llama.cpp's --n-cpu-moe, but computed on the GPU).\n"
+    "                       auto (default): layers in device memory while they fit, leaving\n"
+    "                       2 GiB free; the host part takes pinned RAM of its size\n"
     "  --mlock              lock the model's weights in memory (as llama.cpp's --mlock): the\n"
     "                       kernel never reclaims them, so decode never waits for the disk;\n"
     "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
@@ -304,6 +314,18 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         else
             return mk_cli_usage(mm->cmd, "--cache-fill: expected on or off, got '%s'", arg);
         return -1;
+    case 0x4d0d: {
+        unsigned long long v;
+        if (!strcmp(arg, "auto"))
+            v = 0;
+        else if (!mk_cli_parse_size(arg, &v))
+            return mk_cli_usage(mm->cmd, "--gpu-expert-vram: expected a size such as 40G, 0 or auto, got '%s'",
+                                arg);
+        else if (v == 0)
+            v = 1; /* "0": no expert in device memory (1 byte holds none) */
+        mm->gpu_expert_vram = v;
+        return -1;
+    }
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d09: mm->prefetch = true; return -1;
     case 0x4d06: {
@@ -471,6 +493,9 @@ static mk_status hottest(const char *path, const mk_model *m, int cap, int **pl,
 mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine_opts *eo, mk_engine **e) {
     *e = NULL;
     mk_engine_opts o = *eo;
+    if (mm->gpu_expert_vram && (!o.backend || strcmp(mk_backend_iface(o.backend)->name, "cuda")))
+        return mk_err(MK_E_ARG, "--gpu-expert-vram places experts for the CUDA backend: give --backend cuda "
+                                "(%s runs on the CPU here)", mm->cmd);
     if (mm->experts_per_tok) {
         int k = mk_model_config(m)->num_experts_per_tok;
         if (mm->experts_per_tok >= k)

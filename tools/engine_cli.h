@@ -25,8 +25,10 @@ bool mk_ecli_backend_name(const char *name);
 /* The backend --backend NAME asks for: "cpu" gives *out = NULL (the engine
  * makes its own, threaded by --threads), "cuda" a CUDA backend on GPU 0
  * (MK_E_UNSUPPORTED saying why when moekit has no CUDA or no GPU is
- * present). The caller frees it after the engine that borrows it. */
-mk_status mk_ecli_backend(const char *name, mk_backend **out);
+ * present), with mm's --gpu-expert-vram (mm may be NULL). The caller
+ * frees it after the engine that borrows it. */
+struct mk_ecli_mem;
+mk_status mk_ecli_backend(const char *name, const struct mk_ecli_mem *mm, mk_backend **out);
 /* Read the rest of f into a malloc'd buffer (not NUL-terminated), its length
  * in *len. NULL when out of memory. A read error ends the read early: the
  * caller checks ferror(f) if it cares. f stays open. */
@@ -80,6 +82,8 @@ typedef struct mk_ecli_mem {
     bool prefetch;             /* --prefetch */
     bool no_fill;              /* --cache-fill off: the expert cache starts empty */
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
+    uint64_t gpu_expert_vram;  /* --gpu-expert-vram: device bytes for routed experts with
+                                  --backend cuda (0: the default, what fits) */
     const char *cmd;           /* for messages */
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
     uint64_t extra;            /* bytes the command holds besides the model and the engines
@@ -115,7 +119,8 @@ typedef struct mk_ecli_mem {
         {"stream-experts", no_argument, 0, 0x4d05}, {"experts-per-token", required_argument, 0, 0x4d06}, \
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
         {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a},                      \
-        {"act-int8", required_argument, 0, 0x4d0b}, {"cache-fill", required_argument, 0, 0x4d0c}
+        {"act-int8", required_argument, 0, 0x4d0b}, {"cache-fill", required_argument, 0, 0x4d0c},       \
+        {"gpu-expert-vram", required_argument, 0, 0x4d0d}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

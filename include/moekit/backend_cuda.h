@@ -65,6 +65,18 @@ void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_b
 /* Whether cuBLAS (loaded on first use, not linked) is there for the GEMMs,
  * or why not (batches then run the float32 kernel). Loads it. */
 const char *mk_backend_cuda_gemm_status(void);
+/* Models whose experts exceed the GPU's memory: the fused MoE slot stacks
+ * a layer's experts in device memory while their total stays within
+ * `bytes` (SIZE_MAX, the default: while they fit, leaving 2 GiB free for
+ * the engine's later allocations) and every later layer's in pinned host
+ * memory mapped into the device's address space, which the same kernels
+ * read over the bus (zero-copy; results bitwise those of resident
+ * experts). Layers are placed in the order of their first use; takes
+ * effect for layers not yet stacked. No-op for other backends. */
+void mk_backend_cuda_set_expert_vram(mk_backend *b, size_t bytes);
+/* Stacked expert bytes in device memory and in mapped host memory, and the
+ * number of layers in host memory (zeros for other backends). */
+void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *host, int *host_layers);
 /* Recorded steps so far: graphs instantiated, graphs updated in place,
  * and recordings replayed (step_replay) (zeros for other backends). */
 void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed);

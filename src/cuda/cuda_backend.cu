@@ -555,6 +555,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
     c->device = device;
     c->graphs = true; /* decode steps recorded once and replayed (cuda_graph.cu) */
     c->gemm_mode = MK_CUDA_GEMM_SPLIT;
+    c->expert_vram = SIZE_MAX; /* experts in device memory while they fit (cuda_fused.cu) */
     c->gemm_scratch = MK_CUDA_GEMM_SCRATCH_DEFAULT;
     c->nb = 1024;
     c->tab = (mkb_entry **)mk_calloc(c->nb, sizeof *c->tab);
@@ -658,4 +659,21 @@ extern "C" void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_
     mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
     c->gemm_mode = (int)mode;
     c->gemm_scratch = scratch_bytes ? scratch_bytes : MK_CUDA_GEMM_SCRATCH_DEFAULT;
+}
+
+extern "C" void mk_backend_cuda_set_expert_vram(mk_backend *b, size_t bytes) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    ((mkb_ctx *)mk_backend_ctx(b))->expert_vram = bytes;
+}
+
+extern "C" void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *host, int *host_layers) {
+    *vram = *host = 0;
+    *host_layers = 0;
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    const mkb_ctx *c = (const mkb_ctx *)mk_backend_ctx(b);
+    *vram = c->vram_expert_bytes;
+    *host = c->host_expert_bytes;
+    *host_layers = c->host_layers;
 }

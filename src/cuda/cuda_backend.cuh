@@ -61,6 +61,10 @@ struct mkb_ctx {
     size_t att_cap;
     size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
+    size_t expert_vram;       /* budget for stacked experts in device memory (SIZE_MAX: what fits) */
+    size_t vram_expert_bytes; /* stacked experts in device memory (also in `bytes`) */
+    size_t host_expert_bytes; /* stacked experts in mapped pinned host memory */
+    int host_layers;
     /* step recording (step_begin / step_end, cuda_graph.cu) */
     bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; on by default) */
     bool recording;

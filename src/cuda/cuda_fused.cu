@@ -24,7 +24,13 @@
  * or top_k over 32, DeepSeek-V3's grouped routing or selection bias, or
  * more than MKB_MOE_TOKENS tokens. A declined layer is remembered so the check is not
  * repeated. Several tokens (a batched decode step, a short prefill chunk)
- * run as that many one-token steps. */
+ * run as that many one-token steps.
+ *
+ * Larger than VRAM: a layer whose experts would pass the expert VRAM budget
+ * (mk_backend_cuda_set_expert_vram; default: what fits, leaving
+ * MKB_VRAM_RESERVE free) gets its slabs in pinned host memory mapped into
+ * the device's address space; the same kernels read them over the bus
+ * (zero-copy), so results are bitwise those of device-resident slabs. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,6 +45,9 @@
  * prefill chunks of a few hundred tokens (bench/RESULTS.md 2026-12-04,
  * session 10); 64 covers every batched decode step (MK_ENGINE_MAX_BATCH). */
 #define MKB_MOE_TOKENS 64
+/* device memory a layer's slabs leave free for the engine's later
+ * allocations (prefill scratch, the GEMM's tiles, cuBLAS) */
+#define MKB_VRAM_RESERVE ((size_t)2 << 30)
 
 extern "C" {
 #include "core/alloc.h"
@@ -48,7 +57,9 @@ struct mkb_moe_layer {
     const mk_expert *experts; /* the key */
     int E;
     bool ok;               /* the step takes this layer */
-    void *slab[3][3];      /* gate, up, down: data, scales, biases (device, owned) */
+    bool host;             /* slabs in pinned host memory mapped into the device's
+                              address space (past the expert VRAM budget) */
+    void *slab[3][3];      /* gate, up, down: data, scales, biases (owned) */
     size_t bytes;
     mk_cuda_moe m;         /* device views */
     mk_cuda_moe_ws *ws;
@@ -63,8 +74,12 @@ void mkb_moe_free(mkb_ctx *c) {
     for (mkb_moe_layer *l = c->moe_layers, *nx; l; l = nx) {
         nx = l->next;
         for (int p = 0; p < 3; p++)
-            for (int q = 0; q < 3; q++)
-                mk_cuda_free(l->slab[p][q]);
+            for (int q = 0; q < 3; q++) {
+                if (l->host && l->slab[p][q])
+                    (void)cudaFreeHost(l->slab[p][q]);
+                else
+                    mk_cuda_free(l->slab[p][q]);
+            }
         mk_cuda_moe_ws_free(l->ws);
         free(l);
     }
@@ -86,8 +101,12 @@ void mkb_moe_forget(mkb_ctx *c, const void *host_data) {
         for (int e = 0; e < l->E; e++) /* no view may map into the slabs freed next */
             for (int p = 0; p < 3; p++)
                 mkb_weight_unalias(c, part_of(&l->experts[e], p));
-        if (l->ok)
-            c->bytes -= l->bytes;
+        if (l->ok) {
+            if (l->host)
+                c->host_expert_bytes -= l->bytes, c->host_layers--;
+            else
+                c->bytes -= l->bytes, c->vram_expert_bytes -= l->bytes;
+        }
         l->next = NULL;
         mkb_moe_layer *keep = c->moe_layers;
         c->moe_layers = l; /* free just this one */
@@ -118,8 +137,13 @@ static mk_status stack_part(mkb_ctx *c, mkb_moe_layer *l, int p, mk_wt *dev) {
     const size_t nb = w0->fmt == MK_WF_AFFINE ? ns : 0;
     const size_t sz[3] = {nd, w0->scales ? ns : 0, w0->biases ? nb : 0};
     for (int q = 0; q < 3; q++)
-        if (sz[q])
-            MK_TRY(mk_cuda_malloc(&l->slab[p][q], sz[q] * (size_t)l->E, "a fused MoE layer's expert slab"));
+        if (sz[q]) {
+            if (l->host) /* mapped: with unified addressing the host pointer is the device's */
+                MKC_TRY(cudaHostAlloc(&l->slab[p][q], sz[q] * (size_t)l->E, cudaHostAllocMapped | cudaHostAllocPortable),
+                        "pinning host memory for a fused MoE layer's experts");
+            else
+                MK_TRY(mk_cuda_malloc(&l->slab[p][q], sz[q] * (size_t)l->E, "a fused MoE layer's expert slab"));
+        }
     for (int e = 0; e < l->E; e++) {
         const mk_wt *w = part_of(&l->experts[e], p);
         const void *src[3] = {w->data, w->scales, w->biases};
@@ -130,7 +154,11 @@ static mk_status stack_part(mkb_ctx *c, mkb_moe_layer *l, int p, mk_wt *dev) {
             if (!sz[q])
                 continue;
             char *at = (char *)l->slab[p][q] + (size_t)e * sz[q];
-            MKC_TRY(cudaMemcpyAsync(at, src[q], sz[q], cudaMemcpyHostToDevice, c->s), "copying an expert to the device");
+            if (l->host) /* nothing queued reads it yet: a plain copy */
+                memcpy(at, src[q], sz[q]);
+            else
+                MKC_TRY(cudaMemcpyAsync(at, src[q], sz[q], cudaMemcpyHostToDevice, c->s),
+                        "copying an expert to the device");
             *dst[q] = at;
         }
         if (!mkb_weight_alias(c, w, &d))
@@ -202,6 +230,21 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
     probe.down.rows = probe.down.rows * a->E;
     if (mk_cuda_moe_check(&probe) != MK_OK)
         return;
+    /* where the layer's experts live: device memory while the expert VRAM
+     * budget and the free memory (less a reserve for the engine's later
+     * allocations) allow, else pinned host memory the kernels read over the
+     * bus, like llama.cpp's --n-cpu-moe but computed on the GPU */
+    size_t lb = 0;
+    for (int p = 0; p < 3; p++) {
+        const mk_wt *w0 = part_of(&a->experts[0], p);
+        lb += ((size_t)w0->rows * mk_wt_row_bytes(w0) + mkb_scale_bytes(w0) * (w0->biases ? 2 : 1)) * (size_t)a->E;
+    }
+    size_t fr = 0, tot = 0;
+    if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
+        (void)cudaGetLastError();
+        fr = SIZE_MAX;
+    }
+    l->host = c->vram_expert_bytes + lb > c->expert_vram || fr < lb + MKB_VRAM_RESERVE;
     mk_status s = MK_OK;
     for (int p = 0; p < 3 && s == MK_OK; p++)
         s = stack_part(c, l, p, p == 0 ? &m->gate : p == 1 ? &m->up : &m->down);
@@ -211,7 +254,13 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
         s = mk_cuda_moe_ws_new(m, &l->ws);
     if (s == MK_OK) {
         l->ok = true;
-        c->bytes += l->bytes;
+        if (l->host) {
+            c->host_expert_bytes += l->bytes;
+            c->host_layers++;
+        } else {
+            c->bytes += l->bytes;
+            c->vram_expert_bytes += l->bytes;
+        }
     } else if (s != MK_E_UNSUPPORTED) {
         mkb_fail(c, mk_err_wrap(s, "CUDA backend: preparing a fused MoE layer"));
     }

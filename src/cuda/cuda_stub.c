@@ -42,6 +42,12 @@ mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
         *gbs = 0;
     return no_cuda();
 }
+mk_status mk_cuda_host_read_bandwidth(size_t bytes, double *gbs) {
+    (void)bytes;
+    if (gbs)
+        *gbs = 0;
+    return no_cuda();
+}
 mk_status mk_cuda_bf16_gemm_rate(int m, int n, int k, double *tflops) {
     (void)m;
     (void)n;
@@ -132,6 +138,15 @@ void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, 
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
     (void)b;
     (void)on;
+}
+void mk_backend_cuda_set_expert_vram(mk_backend *b, size_t bytes) {
+    (void)b;
+    (void)bytes;
+}
+void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *host, int *host_layers) {
+    (void)b;
+    *vram = *host = 0;
+    *host_layers = 0;
 }
 const char *mk_backend_cuda_gemm_status(void) {
     return "moekit was built without CUDA";

@@ -52,6 +52,10 @@ mk_status mk_cuda_sync(void);
  * bytes read + bytes written per second, in *gbs (GB/s). Random-filled
  * buffers; allocates 2 x bytes of device memory for the duration. */
 mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs);
+/* The bus roofline of experts in mapped host memory, for benchmarks: a
+ * kernel reading `bytes` of pinned mapped host memory once (median of 10),
+ * GB/s. */
+mk_status mk_cuda_host_read_bandwidth(size_t bytes, double *gbs);
 /* The tensor-core roofline for benchmarks: the best of 10 timed cuBLAS bf16
  * GEMMs (float32 accumulation and output) of [m x k] . [k x n], in TFLOP/s. */
 mk_status mk_cuda_bf16_gemm_rate(int m, int n, int k, double *tflops);

@@ -1523,7 +1523,9 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
  * the fused step takes, softmax and sigmoid routing, with and without a
  * shared expert; two tokens in one call give each row bitwise as a
  * one-token call; calls the slot must decline (more than 64 tokens,
- * grouped routing with a bias) queue nothing; afterwards the general path (matmul
+ * grouped routing with a bias) queue nothing; with an expert VRAM budget
+ * of 0 the layer's experts go to mapped host memory and the output is
+ * bitwise the resident one's; afterwards the general path (matmul
  * on one expert's view) reads the same device copy the slot stacked. The
  * CPU backend has no such slot (its results are the general path's). */
 static void test_fused_moe(void **st) {
@@ -1594,7 +1596,7 @@ static void test_fused_moe(void **st) {
                     fail_msg("%s: %s: two tokens in one call differ from one-token calls", b->name, what);
                 free(y1);
                 free(y2);
-                free(y);
+                float *y0 = y; /* the resident step's output, for the host-memory one below */
                 /* declined: more tokens than the slot takes; a selection
                  * bias (grouped routing) */
                 a2.n = 65;
@@ -1628,6 +1630,31 @@ static void test_fused_moe(void **st) {
                 for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
                     mk_backend_cuda_forget(b->b, rest[i]->data);
                 assert_int_equal(mk_backend_cuda_weight_bytes(b->b), bytes0);
+                /* past the expert VRAM budget (0 here): the layer's experts in
+                 * mapped host memory, the same kernels reading them over the
+                 * bus: bitwise the resident step's output */
+                size_t vb, hb;
+                int hl;
+                mk_backend_cuda_set_expert_vram(b->b, 0);
+                assert_true(b->i->moe(b->ctx, &a));
+                float *yh = back(b, dy, H * 4);
+                mk_backend_cuda_expert_stats(b->b, &vb, &hb, &hl);
+                if (!(hl == 1 && hb > 0 && vb == 0))
+                    fail_msg("%s: %s: host placement: %d layers, %zu host bytes, %zu device bytes", b->name, what,
+                             hl, hb, vb);
+                if (memcmp(yh, y0, H * 4))
+                    fail_msg("%s: %s: experts in host memory give another output than resident ones", b->name,
+                             what);
+                free(yh);
+                free(y0);
+                for (int e = 0; e < E; e++)
+                    mk_backend_cuda_forget(b->b, gw[e].data);
+                for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++)
+                    mk_backend_cuda_forget(b->b, rest[i]->data);
+                mk_backend_cuda_expert_stats(b->b, &vb, &hb, &hl);
+                assert_true(hl == 0 && hb == 0);
+                assert_int_equal(mk_backend_cuda_weight_bytes(b->b), bytes0);
+                mk_backend_cuda_set_expert_vram(b->b, SIZE_MAX);
                 for (int e = 0; e < E; e++) {
                     wbuf_free(&gw[e]);
                     wbuf_free(&uw[e]);
