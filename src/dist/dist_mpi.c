@@ -243,8 +243,11 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
      * mode, the stage's ranks in both modes (N only sizes the request array) */
     int N = d->size, r = d->rank, q0 = d->g0, q1 = d->g0 + d->gn;
     d->seq++;
-    if (d->gn == 1)
+    if (d->gn == 1) { /* a stage of one rank (both modes) exchanges nothing; the kill and stall hooks fire */
+        if (d->o.fault.kind != MK_DIST_FAULT_FLIP)
+            fault_at(d, x->layer, NULL, 0);
         return MK_OK;
+    }
     double t0 = now_s();
     char what[96];
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", x->layer, (long long)d->step,
