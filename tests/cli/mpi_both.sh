@@ -137,10 +137,12 @@ done
 echo "ok: a flipped byte in an exchange within a stage and in a hidden state between stages is caught"
 
 # a rank killed mid-generation (step 6: the 5th decoded token), mpirun told not to abort on a dead
-# process: in 2 x 2 rank 3 at its stage's exchange of layer 2, named by its peer rank 2 (--mpi-timeout);
-# in 2 + 1 the last stage's only rank, named by rank 0's wait for the logits (2 + 1 timeouts: stage 0
-# has two ranks, so its own peers' deadline would fire first on a failure there)
+# process: in 2 x 2 rank 3 at its stage's exchange of layer 2, named by its peer rank 2 (--mpi-timeout),
+# and rank 1 at layer 0, named by rank 0 before stage 1 gives up waiting for its hidden state (2
+# timeouts: a stage of two ranks); in 2 + 1 the last stage's only rank, named by rank 0's wait for the
+# logits (2 + 1 timeouts)
 for k in "4 kill:3:2:6 rank 2 of 4: layer 2, step 6 (position 8): the payload from rank 3 did not complete within 1 s" \
+    "4 kill:1:0:6 rank 0 of 4: layer 0, step 6 (position 8): the payload from rank 1 did not complete within 1 s" \
     "3 kill:2:2:6 rank 0 of 3: layer 3 (the logits), step 6 (position 8): the payload from rank 2 did not complete within 3 s"; do
     read -r np hook msg <<< "$k"
     set +e
@@ -150,10 +152,12 @@ for k in "4 kill:3:2:6 rank 2 of 4: layer 2, step 6 (position 8): the payload fr
     set -e
     [ $rc -ne 124 ] || fail "$hook: the job did not end within 60 s"
     [ $rc -ne 0 ] || fail "$hook: exited 0"
-    grep -q "test hook: killed at layer 2, step 6" "$T/err" || { cat "$T/err" >&2; fail "$hook: the hook did not fire"; }
+    h=${hook#kill:}
+    grep -q "rank ${h%%:*}: test hook: killed at layer $(echo "$h" | cut -d: -f2), step 6" "$T/err" ||
+        { cat "$T/err" >&2; fail "$hook: the hook did not fire"; }
     grep -q "$msg" "$T/err" || { cat "$T/err" >&2; fail "$hook: no message '$msg'"; }
 done
-echo "ok: a rank killed mid-generation ends every rank within 60 s, named (2 x 2 and 2 + 1)"
+echo "ok: a rank killed mid-generation ends every rank within 60 s, named (2 x 2: either stage; 2 + 1)"
 
 # shapes that cannot be made: 3 stages of 2 ranks (refused before MPI starts), 4 stages of 3 layers
 for s in "2 3 needs at least 3 MPI ranks (one or more per stage), found 2" \
