@@ -14,7 +14,7 @@
 const char mk_ecli_dist_help[] =
     "  --mpi                run as one rank of an MPI job (implied under mpirun with more than\n"
     "                       one rank); rank 0 tokenizes, samples and prints; logits are bitwise\n"
-    "                       those of one process in either mode\n"
+    "                       those of one process in any mode\n"
     "  --mpi-mode expert|pipeline|both\n"
     "                       expert (default): every rank holds every layer and computes a share\n"
     "                       of each MoE layer's routed experts (one exchange per MoE layer per\n"

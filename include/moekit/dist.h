@@ -1,5 +1,5 @@
-/* Scale-out over MPI (issue 18): expert parallelism or a layer pipeline
- * across processes.
+/* Scale-out over MPI (issue 18): expert parallelism, a layer pipeline or
+ * both (pipeline stages whose ranks split their experts) across processes.
  *
  * Every rank opens the same model and runs the same engine; each rank owns
  * a contiguous share of every MoE layer's routed experts (by count: rank r

@@ -1,4 +1,5 @@
-/* Expert parallelism and layer pipelines over MPI (include/moekit/dist.h):
+/* Expert parallelism and layer pipelines over MPI (include/moekit/dist.h),
+ * alone or combined (stages of several ranks splitting their experts):
  * the partition hook the engine calls per MoE layer and per forward call,
  * the pipeline hook it calls per chunk (hidden states on, logits back),
  * the lead's announcements and the workers' replay loop.
@@ -8,8 +9,9 @@
  * so a dead or stalled peer is named instead of waited on for ever. One
  * exchange per MoE layer per chunk: each rank sends its experts' pair rows
  * (packed in expert order) to every other rank and receives theirs, which
- * is an allgather; it is written as N-1 receives because only a receive of
- * its own says which peer is missing. Rows are copied into place, never
+ * is an allgather (among the stage's ranks when both placements combine);
+ * it is written as N-1 receives because only a receive of its own says
+ * which peer is missing. Rows are copied into place, never
  * summed: the engine's combine adds them in the single-process order.
  *
  * Messages: a 72-byte header (magic, kind, sender, layer, step, sequence,
