@@ -8,7 +8,8 @@
 #     `-np 4 --pipeline-stages 3` (2 + 1 + 1) give logits bitwise equal to
 #     the single-process run on qwen3moe-a and deepseekv3-a, for one
 #     prefill (chunk 512) and one-token chunks (the decode path), also with
-#     --pipeline-layers leaving a stage no MoE layer; each rank's startup
+#     --pipeline-layers leaving a stage no MoE layer, and with experts
+#     streamed (each rank reads its own); each rank's startup
 #     line shows its stage, its ranks, its layers and its share of the
 #     stage's experts; `run`'s seeded sampled tokens, eval on the hybrid
 #     model and --mpi-balance (experts split by routing frequency within a
@@ -70,12 +71,13 @@ check() {
 check qwen3moe-a 512 4 "" \
     "0/2/ranks:0-1/0-1/0-4 0/2/ranks:0-1/0-1/4-8 1/2/ranks:2-3/1-3/0-4 1/2/ranks:2-3/1-3/4-8"
 check qwen3moe-a 1 3 "" "0/2/ranks:0-1/0-2/0-4 0/2/ranks:0-1/0-2/4-8 1/2/rank:2/2-3/0-8"
+check qwen3moe-a 512 3 "--stream-experts" "0/2/ranks:0-1/0-2/0-4 0/2/ranks:0-1/0-2/4-8 1/2/rank:2/2-3/0-8"
 check qwen3moe-a 512 4 "--pipeline-stages 3" \
     "0/3/ranks:0-1/0-1/0-4 0/3/ranks:0-1/0-1/4-8 1/3/rank:2/1-2/0-8 2/3/rank:3/2-3/0-8"
 check deepseekv3-a 1 4 "" \
     "0/2/ranks:0-1/0-2/0-4 0/2/ranks:0-1/0-2/4-8 1/2/ranks:2-3/2-3/0-4 1/2/ranks:2-3/2-3/4-8"
 check deepseekv3-a 512 3 "--pipeline-layers 0-0,1-2" "0/2/ranks:0-1/0-1/- 0/2/ranks:0-1/0-1/- 1/2/rank:2/1-3/0-8"
-echo "ok: 2x2, 2+1 and 2+1+1 stages give logits bitwise equal to one process (chunks 512 and 1, both fixtures)"
+echo "ok: 2x2, 2+1 and 2+1+1 stages give logits bitwise equal to one process (chunks 512 and 1, both fixtures, streamed experts)"
 
 M=$FX/qwen3moe-a/bf16
 "$MK_BIN" run "$M" --ids 395,78,308,45 --max-tokens 12 --threads 1 --json --temp 0.8 --seed 7 > "$T/one.json"
