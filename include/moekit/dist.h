@@ -37,7 +37,7 @@
  * same checksummed header (layer: the layer the hidden state enters, step,
  * sequence, position); a stage's wait is bounded by r times the timeout
  * (it also waits for the stages before it), the lead's wait for logits by
- * (size - 1) times, so the first rank to give up is the successor of the
+ * size times, so the first rank to give up is the successor of the
  * one that failed and names it.
  *
  * Both placements at once (mk_dist_set_stages with rank bounds): the ranks
