@@ -52,9 +52,10 @@ echo
 echo "| mode | ranks | threads/rank | decode tok/s | exchange share of decode | exchanges/token | ms per exchange | payload bytes sent per exchange (rank 0) |"
 echo "|---|---|---|---|---|---|---|---|"
 LAT=""
-for mode in expert pipeline; do
+for mode in expert pipeline both; do
     for np in 1 2 3; do
-        [ $np -eq 1 ] && [ $mode = pipeline ] && continue
+        [ $np -eq 1 ] && [ $mode != expert ] && continue
+        [ $np -eq 2 ] && [ $mode = both ] && continue # both at -np 2 is a 2-stage pipeline; -np 3: stages of 2 + 1
         th=$((NP / np > 0 ? NP / np : 1))
         if [ $np -eq 1 ]; then
             "$BIN" run "$DIR" --ids "$IDS" --max-tokens "$NTOK" --threads $th --stats > /dev/null 2> "$ERR" ||

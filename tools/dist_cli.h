@@ -1,12 +1,13 @@
 /* The engine commands under MPI (run, logits, eval; issue 18): when to run
  * distributed, the flags, the workers' path and the lead's setup.
  *
- * Two placements (--mpi-mode): expert (default: every rank holds every
- * layer and a share of each MoE layer's routed experts) and pipeline (rank
+ * Three placements (--mpi-mode): expert (default: every rank holds every
+ * layer and a share of each MoE layer's routed experts), pipeline (rank
  * r is stage r and holds a contiguous range of layers, balanced by their
  * weight bytes or given by --pipeline-layers, with KV cache for its layers
- * only). Both at once (experts split within a stage) is refused as not
- * implemented.
+ * only) and both (S stages of contiguous ranks, --pipeline-stages or the
+ * number of --pipeline-layers ranges, default 2; the ranks of a stage split
+ * its routed experts as expert mode does, by count or --mpi-balance).
  *
  * The CLI, never the library, decides: --mpi, or mpirun's environment
  * (OMPI_COMM_WORLD_SIZE, or PMI_SIZE of MPICH-style launchers) giving more
@@ -29,12 +30,16 @@ typedef struct mk_ecli_dist {
     bool mpi;            /* --mpi */
     mk_dist_opts o;      /* --mpi-timeout, --mpi-test-fault */
     const char *balance; /* --mpi-balance PROFILE (rank 0 reads it) */
-    bool pipeline;       /* --mpi-mode pipeline (or --pipeline-layers) */
+    bool pipeline;       /* --mpi-mode pipeline or both (or --pipeline-layers) */
+    bool both;           /* --mpi-mode both: experts split within each stage */
+    long long nstages;   /* --pipeline-stages (both; 0: not given) */
+    int32_t *sranks;     /* both: [stages+1] rank bounds of the stages */
     bool mode_given;     /* --mpi-mode given */
     const char *layers;  /* --pipeline-layers A-B,C-D,... */
-    int32_t *bounds;     /* pipeline: [ranks+1] layer bounds, computed from the model once */
+    int32_t *bounds;     /* pipeline: [stages+1] layer bounds, computed from the model once */
     int nbounds;
-    uint64_t held_r, held_x; /* pipeline: this stage's non-expert and routed-expert bytes */
+    uint64_t held_r, held_x; /* pipeline: this stage's non-expert and routed-expert bytes (both: this
+                                rank's share of the latter, all of the stage's with --mpi-balance) */
     const char *cmd;     /* for messages */
     mk_dist *d;          /* started: NULL for a single-process run */
     const mk_moe_part *part;
@@ -44,8 +49,8 @@ typedef struct mk_ecli_dist {
 #define MK_ECLI_DIST_OPTS                                                                                    \
     {"mpi", no_argument, 0, 0x4e01}, {"mpi-timeout", required_argument, 0, 0x4e02},                          \
         {"mpi-test-fault", required_argument, 0, 0x4e03}, {"mpi-balance", required_argument, 0, 0x4e04},   \
-        {"mpi-mode", required_argument, 0, 0x4e05}, {                                                        \
-        "pipeline-layers", required_argument, 0, 0x4e06                                                      \
+        {"mpi-mode", required_argument, 0, 0x4e05}, {"pipeline-layers", required_argument, 0, 0x4e06}, {     \
+        "pipeline-stages", required_argument, 0, 0x4e07                                                      \
     }
 
 extern const char mk_ecli_dist_help[];

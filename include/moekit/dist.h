@@ -1,5 +1,5 @@
-/* Scale-out over MPI (issue 18): expert parallelism or a layer pipeline
- * across processes.
+/* Scale-out over MPI (issue 18): expert parallelism, a layer pipeline or
+ * both (pipeline stages whose ranks split their experts) across processes.
  *
  * Every rank opens the same model and runs the same engine; each rank owns
  * a contiguous share of every MoE layer's routed experts (by count: rank r
@@ -37,9 +37,22 @@
  * same checksummed header (layer: the layer the hidden state enters, step,
  * sequence, position); a stage's wait is bounded by r times the timeout
  * (it also waits for the stages before it), the lead's wait for logits by
- * (size - 1) times, so the first rank to give up is the successor of the
- * one that failed and names it. Expert parallelism within a stage (both
- * modes at once) is not implemented: the CLI refuses it.
+ * size times, so the first rank to give up is the successor of the
+ * one that failed and names it.
+ *
+ * Both placements at once (mk_dist_set_stages with rank bounds): the ranks
+ * form S stages of contiguous ranks, stage s holding a layer range as
+ * above, and within a stage its ranks split the stage's routed experts as
+ * in expert mode (by count over the stage's ranks, or the lead's cuts,
+ * whose row for a layer then covers the stage's ranks), exchanging pair
+ * rows among the stage's ranks only. Each rank of a stage runs the stage's
+ * attention, norms, routers and shared experts on the same residual
+ * stream, so the stage's first rank alone sends it on, to every rank of
+ * the next stage, and the last stage's first rank sends the logits. A
+ * stage's wait for its predecessor is one timeout per stage before it,
+ * two for a stage of several ranks (its peers' exchange deadline must
+ * expire first, naming the failed rank), the lead's for logits the same
+ * over every stage.
  *
  * The library reads no environment variable: the caller (the CLI) decides
  * to run distributed and calls mk_dist_init. Built without MPI, every
@@ -99,8 +112,9 @@ int mk_dist_size(const mk_dist *d);
 _Noreturn void mk_dist_abort(mk_dist *d, int code, const char *msg);
 
 /* Size the partition for model m (MK_E_ARG when the model has fewer routed
- * experts than there are ranks, or none) and return the engine hook (valid
- * while d lives). On the lead the hook announces steps. */
+ * experts than there are ranks sharing them, or none) and return the engine
+ * hook (valid while d lives). On the lead the hook announces steps (both
+ * placements: the pipe's hook does). */
 mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part);
 /* This rank's experts of MoE layer `layer`: [*lo, *hi). */
 void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi);
@@ -111,14 +125,24 @@ void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi);
  * carries them to the workers, so only the lead needs their source. */
 mk_status mk_dist_set_cuts(mk_dist *d, const mk_model *m, const int32_t *cuts);
 
-/* Lead, before mk_dist_announce: run as a layer pipeline, rank q holding
- * layers [bounds[q], bounds[q+1]) (size+1 entries ascending strictly from
- * 0 to num_layers; copied). The setup carries them to the workers. */
-mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds);
+/* Lead, before mk_dist_announce (and mk_dist_set_cuts, mk_dist_part): run
+ * as a layer pipeline of `nstages` stages, stage s holding layers
+ * [bounds[s], bounds[s+1]) (nstages+1 entries ascending strictly from 0 to
+ * num_layers). ranks NULL: one rank per stage (nstages == size), rank q is
+ * stage q. Else both placements: stage s is ranks [ranks[s], ranks[s+1])
+ * (ascending strictly from 0 to size), which split the stage's routed
+ * experts (mk_dist_part). Copied; the setup carries them to the workers. */
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, int nstages, const int32_t *bounds,
+                             const int32_t *ranks);
 /* After mk_dist_set_stages (lead) or mk_dist_await (workers): whether the
- * job is a pipeline, and this rank's layers [*first, *last). */
+ * job is a pipeline, whether its stages also split experts (both), and
+ * this rank's layers [*first, *last). */
 bool mk_dist_pipelined(const mk_dist *d);
+bool mk_dist_both(const mk_dist *d);
 void mk_dist_stage(const mk_dist *d, int *first, int *last);
+/* This rank's stage of how many, and the stage's ranks [*first, *first + *count)
+ * (no pipeline: stage 0 of 0, every rank). */
+void mk_dist_stage_ranks(const mk_dist *d, int *stage, int *stages, int *first, int *count);
 /* The engine hook of this rank's stage (valid while d lives). On the lead
  * the hook announces steps. */
 mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe);

@@ -84,7 +84,8 @@ typedef struct mk_engine_opts {
     const mk_layer_pipe *layer_pipe; /* NULL (default): every layer here. Else only layers
                                         [first, last) and their caches (layer_pipe.h; copied at
                                         create): needs a host-memory backend, refuses hidden-state
-                                        capture, turns off prefetch and batched decode */
+                                        capture, turns off prefetch and batched decode. With
+                                        moe_part too: the stage's layers split by the partition */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

@@ -1,4 +1,5 @@
-/* Expert parallelism and layer pipelines over MPI (include/moekit/dist.h):
+/* Expert parallelism and layer pipelines over MPI (include/moekit/dist.h),
+ * alone or combined (stages of several ranks splitting their experts):
  * the partition hook the engine calls per MoE layer and per forward call,
  * the pipeline hook it calls per chunk (hidden states on, logits back),
  * the lead's announcements and the workers' replay loop.
@@ -8,8 +9,9 @@
  * so a dead or stalled peer is named instead of waited on for ever. One
  * exchange per MoE layer per chunk: each rank sends its experts' pair rows
  * (packed in expert order) to every other rank and receives theirs, which
- * is an allgather; it is written as N-1 receives because only a receive of
- * its own says which peer is missing. Rows are copied into place, never
+ * is an allgather (among the stage's ranks when both placements combine);
+ * it is written as N-1 receives because only a receive of its own says
+ * which peer is missing. Rows are copied into place, never
  * summed: the engine's combine adds them in the single-process order.
  *
  * Messages: a 72-byte header (magic, kind, sender, layer, step, sequence,
@@ -69,7 +71,12 @@ struct mk_dist {
     size_t scap, rcap;
     MPI_Request *rq; /* [2*size] receives, then sends */
     /* pipeline (NULL stages: expert mode) */
-    int32_t *stages;          /* [size+1]: rank q holds layers [stages[q], stages[q+1]) */
+    int32_t S;                /* stages (0: expert mode) */
+    int32_t *stages;          /* [S+1]: stage s holds layers [stages[s], stages[s+1]) */
+    int32_t *sranks;          /* [S+1]: stage s is ranks [sranks[s], sranks[s+1]) (pipeline: one each) */
+    bool both;                /* --mpi-mode both: a stage's ranks split its routed experts */
+    int st;                   /* this rank's stage */
+    int g0, gn;               /* the ranks sharing this rank's experts: [g0, g0+gn) (expert mode: all) */
     int32_t NL;               /* the model's layers */
     int mode;                 /* the step's logits mode (lead: sent with the step) */
     int64_t ntok;             /* tokens in the current step (--stats: 1 is decode) */
@@ -208,14 +215,15 @@ static bool grow(char **buf, size_t *cap, size_t need) {
 
 /* Rank q's experts of `layer`: [*lo, *hi). */
 static void rank_range(const mk_dist *d, int layer, int q, int32_t *lo, int32_t *hi) {
+    q -= d->g0; /* the place among the ranks sharing the layer (both modes: the stage's) */
     if (d->cuts && layer >= 0 && layer < d->L) {
         const int32_t *c = d->cuts + (int64_t)layer * (d->size + 1);
         *lo = c[q];
         *hi = c[q + 1];
         return;
     }
-    *lo = (int32_t)((int64_t)q * d->E / d->size);
-    *hi = (int32_t)((int64_t)(q + 1) * d->E / d->size);
+    *lo = (int32_t)((int64_t)q * d->E / d->gn);
+    *hi = (int32_t)((int64_t)(q + 1) * d->E / d->gn);
 }
 
 static void part_range(void *user, int layer, int32_t *lo, int32_t *hi) {
@@ -233,10 +241,15 @@ static void rank_rows(const mk_dist *d, const mk_moe_xchg *x, int q, int64_t *be
 
 static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
     mk_dist *d = user;
-    int N = d->size, r = d->rank;
+    /* the exchange runs among the ranks sharing the layer's experts, [q0, q1): every rank in expert
+     * mode, the stage's ranks in both modes (N only sizes the request array) */
+    int N = d->size, r = d->rank, q0 = d->g0, q1 = d->g0 + d->gn;
     d->seq++;
-    if (N == 1)
+    if (d->gn == 1) { /* a stage of one rank (both modes) exchanges nothing; the kill and stall hooks fire */
+        if (d->o.fault.kind != MK_DIST_FAULT_FLIP)
+            fault_at(d, x->layer, NULL, 0);
         return MK_OK;
+    }
     double t0 = now_s();
     char what[96];
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", x->layer, (long long)d->step,
@@ -250,7 +263,7 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
     size_t sbytes = hs + (size_t)(e - b) * row;
     /* every other rank's block, at its own offset (exact sizes: routing is replicated) */
     size_t rbytes = 0;
-    for (int q = 0; q < N; q++)
+    for (int q = q0; q < q1; q++)
         if (q != r) {
             int64_t qb, qe;
             rank_rows(d, x, q, &qb, &qe);
@@ -278,8 +291,9 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
     size_t roff[64];
     int nreq = 0;
     MPI_Request *rq = d->rq;
-    for (int q = 0; q < N; q++) {
-        rq[q] = rq[N + q] = MPI_REQUEST_NULL;
+    for (int i = 0; i < 2 * N; i++)
+        rq[i] = MPI_REQUEST_NULL;
+    for (int q = q0; q < q1; q++) {
         if (q == r)
             continue;
         int64_t qb, qe;
@@ -299,7 +313,7 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         off += qbytes;
         nreq++;
     }
-    for (int q = 0; q < N; q++) {
+    for (int q = q0; q < q1; q++) {
         if (q == r)
             continue;
         int rc = MPI_Isend(d->sbuf, (int)sbytes, MPI_BYTE, q, TAG_XCHG, MPI_COMM_WORLD, &rq[N + q]);
@@ -365,7 +379,7 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         }
         backoff(&spins);
     }
-    account(d, t0, x->n, (uint64_t)(N - 1) * h.nbytes);
+    account(d, t0, x->n, (uint64_t)(d->gn - 1) * h.nbytes);
     return MK_OK;
 }
 
@@ -466,9 +480,11 @@ static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
 
 /* ---- the pipeline hook ------------------------------------------------------ */
 
-/* Send one pipeline message (kind, the layer it belongs to) to rank `to`
- * and wait until it left, within the timeout. */
-static void pipe_send(mk_dist *d, int to, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
+/* Send one pipeline message (kind, the layer it belongs to) to ranks
+ * [to, to + nto) (the next stage: each of its ranks runs the stage's
+ * layers on the same residual stream) and wait until it left, within the
+ * timeout. */
+static void pipe_send(mk_dist *d, int to, int nto, int tag, uint32_t kind, int layer, uint64_t seq, int64_t pos,
                       int64_t ntok, const void *payload, size_t nbytes, const char *what) {
     double t0 = now_s();
     size_t hs = sizeof(dist_hdr), tot = hs + nbytes;
@@ -480,28 +496,44 @@ static void pipe_send(mk_dist *d, int to, int tag, uint32_t kind, int layer, uin
     hdr_seal(&h, d->pbuf + hs);
     memcpy(d->pbuf, &h, hs);
     fault_at(d, layer, d->pbuf + hs, nbytes);
-    MPI_Request rq;
+    MPI_Request *rq = d->rq; /* [2*size]: no exchange is in flight during a stage's hand-over */
     char es[MPI_MAX_ERROR_STRING];
-    int rc = MPI_Isend(d->pbuf, (int)tot, MPI_BYTE, to, tag, MPI_COMM_WORLD, &rq);
-    if (rc != MPI_SUCCESS)
-        FAIL(d, "%s: sending to rank %d failed: %s", what, to, mpi_errstr(rc, es));
+    for (int i = 0; i < nto; i++) {
+        int rc = MPI_Isend(d->pbuf, (int)tot, MPI_BYTE, to + i, tag, MPI_COMM_WORLD, &rq[i]);
+        if (rc != MPI_SUCCESS)
+            FAIL(d, "%s: sending to rank %d failed: %s", what, to + i, mpi_errstr(rc, es));
+    }
     double deadline = now_s() + d->o.timeout_s;
     int spins = 0;
-    for (;;) {
-        int done = 0;
-        rc = MPI_Test(&rq, &done, MPI_STATUS_IGNORE);
-        if (rc != MPI_SUCCESS)
-            FAIL(d, "%s: sending to rank %d failed: %s", what, to, mpi_errstr(rc, es));
-        if (done)
-            break;
-        if (now_s() > deadline)
-            FAIL(d,
-                 "%s: the payload to rank %d did not complete within %.0f s (--mpi-timeout): rank %d is dead, "
-                 "stalled or unreachable",
-                 what, to, d->o.timeout_s, to);
-        backoff(&spins);
+    for (int i = 0; i < nto; i++) {
+        for (;;) {
+            int done = 0;
+            int rc = MPI_Test(&rq[i], &done, MPI_STATUS_IGNORE);
+            if (rc != MPI_SUCCESS)
+                FAIL(d, "%s: sending to rank %d failed: %s", what, to + i, mpi_errstr(rc, es));
+            if (done)
+                break;
+            if (now_s() > deadline)
+                FAIL(d,
+                     "%s: the payload to rank %d did not complete within %.0f s (--mpi-timeout): rank %d is "
+                     "dead, stalled or unreachable",
+                     what, to + i, d->o.timeout_s, to + i);
+            backoff(&spins);
+        }
     }
-    account(d, t0, ntok, nbytes);
+    account(d, t0, ntok, (uint64_t)nto * nbytes);
+}
+
+/* How long a rank of stage s waits for the stage before it (s == S: the
+ * lead for the logits), in timeouts: one per stage before it, two for a
+ * stage of several ranks (its own exchange deadline runs after its wait
+ * for its predecessor), so the rank next to a failure gives up first and
+ * names it: a stage's peer, else the next stage. */
+static double stage_wait(const mk_dist *d, int s) {
+    double w = 0;
+    for (int j = 0; j < s; j++)
+        w += d->sranks[j + 1] - d->sranks[j] > 1 ? 2 : 1;
+    return w * d->o.timeout_s;
 }
 
 /* Receive one pipeline message from rank `from` (of `kind`, for `layer`,
@@ -558,8 +590,9 @@ static mk_status pipe_recv_hidden(void *user, int layer, int64_t pos, int64_t n,
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
     size_t nb = (size_t)(n * H) * sizeof(float);
     d->hin++;
-    const char *p = pipe_recv(d, d->rank - 1, TAG_HIDDEN, K_HIDDEN, layer, d->hin, pos, n, nb,
-                              d->o.timeout_s * d->rank, what);
+    /* from the previous stage's first rank (its other ranks hold the same residual stream) */
+    const char *p = pipe_recv(d, d->sranks[d->st - 1], TAG_HIDDEN, K_HIDDEN, layer, d->hin, pos, n, nb,
+                              stage_wait(d, d->st), what);
     memcpy(x, p, nb);
     return MK_OK;
 }
@@ -569,7 +602,10 @@ static mk_status pipe_send_hidden(void *user, int layer, int64_t pos, int64_t n,
     char what[96];
     snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
     d->hout++;
-    pipe_send(d, d->rank + 1, TAG_HIDDEN, K_HIDDEN, layer, d->hout, pos, n, x, (size_t)(n * H) * sizeof(float),
+    if (d->rank != d->sranks[d->st]) /* the stage's first rank sends; its peers computed the same rows */
+        return MK_OK;
+    int to = d->sranks[d->st + 1], nto = d->sranks[d->st + 2] - to;
+    pipe_send(d, to, nto, TAG_HIDDEN, K_HIDDEN, layer, d->hout, pos, n, x, (size_t)(n * H) * sizeof(float),
               what);
     return MK_OK;
 }
@@ -581,8 +617,8 @@ static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t
              (long long)pos);
     size_t nb = (size_t)(rows * V) * sizeof(float);
     d->lgs++;
-    const char *p = pipe_recv(d, d->size - 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, nb,
-                              d->o.timeout_s * d->size, what);
+    const char *p = pipe_recv(d, d->sranks[d->S - 1], TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, nb,
+                              stage_wait(d, d->S), what);
     memcpy(logits, p, nb);
     return MK_OK;
 }
@@ -593,7 +629,7 @@ static mk_status pipe_send_logits(void *user, int64_t pos, int64_t rows, int64_t
     snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
              (long long)pos);
     d->lgs++;
-    pipe_send(d, 0, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, logits, (size_t)(rows * V) * sizeof(float), what);
+    pipe_send(d, 0, 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, logits, (size_t)(rows * V) * sizeof(float), what);
     return MK_OK;
 }
 
@@ -640,6 +676,8 @@ mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
         free(d);
         return mk_err(MK_E_UNSUPPORTED, "%d MPI ranks: at most 64 are supported", 64);
     }
+    d->g0 = 0;
+    d->gn = d->size;
     d->rq = mk_calloc((size_t)(2 * d->size), sizeof(MPI_Request));
     if (!d->rq) {
         free(d);
@@ -657,6 +695,7 @@ void mk_dist_free(mk_dist *d) {
     free(d->rq);
     free(d->cuts);
     free(d->stages);
+    free(d->sranks);
     free(d->pbuf);
     free(d);
     int fin = 0;
@@ -676,7 +715,19 @@ void mk_dist_range(const mk_dist *d, int layer, int32_t *lo, int32_t *hi) {
     rank_range(d, layer, d->rank, lo, hi);
 }
 
-/* Cuts valid for E experts and L layers: each layer's row ascends from 0 to E. */
+/* The ranks sharing layer l's experts: every rank, or (both modes) the
+ * ranks of the stage holding it. */
+static int layer_group(const mk_dist *d, int32_t l) {
+    if (!d->both)
+        return d->size;
+    for (int s = 0; s < d->S; s++)
+        if (l < d->stages[s + 1])
+            return d->sranks[s + 1] - d->sranks[s];
+    return d->size;
+}
+
+/* Cuts valid for E experts and L layers: each layer's row ascends from 0
+ * to E over the ranks sharing the layer (and stays at E after them). */
 static mk_status cuts_check(const mk_dist *d, const int32_t *cuts, int64_t n, int32_t L, int32_t E,
                             const char *from) {
     if (n != (int64_t)L * (d->size + 1))
@@ -684,7 +735,7 @@ static mk_status cuts_check(const mk_dist *d, const int32_t *cuts, int64_t n, in
                       (long long)n, L, d->size, (long long)L * (d->size + 1));
     for (int32_t l = 0; l < L; l++) {
         const int32_t *c = cuts + (int64_t)l * (d->size + 1);
-        bool ok = c[0] == 0 && c[d->size] == E;
+        bool ok = c[0] == 0 && c[layer_group(d, l)] == E && c[d->size] == E;
         for (int q = 0; ok && q < d->size; q++)
             ok = c[q] <= c[q + 1];
         if (!ok)
@@ -712,53 +763,102 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
     if (c->num_experts < 1)
         return mk_err(MK_E_UNSUPPORTED, "%s has no routed experts: nothing to spread over %d MPI ranks",
                       c->model_type, d->size);
-    if (c->num_experts < d->size)
-        return mk_err(MK_E_ARG, "%d MPI ranks for %d routed experts per layer: use at most %d ranks", d->size,
-                      c->num_experts, c->num_experts);
+    if (c->num_experts < d->gn)
+        return mk_err(MK_E_ARG, "%d MPI ranks%s for %d routed experts per layer: use at most %d ranks%s", d->gn,
+                      d->both ? " in one pipeline stage" : "", c->num_experts, c->num_experts,
+                      d->both ? " per stage (more --pipeline-stages)" : "");
     d->E = c->num_experts;
     d->L = c->num_layers;
     if (d->cuts) /* rank 0's (the workers took them from its setup): for this model? */
         MK_TRY(cuts_check(d, d->cuts, d->ncuts, d->L, d->E, "rank 0's expert cuts"));
-    d->part = (mk_moe_part){
-        .user = d, .range = part_range, .exchange = part_exchange, .step = d->rank == 0 ? part_step : NULL};
+    /* both modes: the pipe's step announces (one per forward call) */
+    d->part = (mk_moe_part){.user = d,
+                            .range = part_range,
+                            .exchange = part_exchange,
+                            .step = d->rank == 0 && !d->both ? part_step : NULL};
     *part = &d->part;
     return MK_OK;
 }
 
-mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds) {
-    int L = mk_model_config(m)->num_layers;
-    bool ok = bounds[0] == 0 && bounds[d->size] == L;
-    for (int q = 0; ok && q < d->size; q++)
-        ok = bounds[q] < bounds[q + 1];
+/* Take S stages (layer bounds, rank bounds; both copied) and this rank's
+ * place in them; `L` (> 0) checks the layer bounds' end. */
+static mk_status take_stages(mk_dist *d, int S, const int32_t *bounds, const int32_t *ranks, bool both, int L) {
+    bool ok = S >= 1 && S <= d->size && bounds[0] == 0 && (L <= 0 || bounds[S] == L) && ranks[0] == 0 &&
+              ranks[S] == d->size;
+    for (int s = 0; ok && s < S; s++)
+        ok = bounds[s] < bounds[s + 1] && ranks[s] < ranks[s + 1] && (both || ranks[s + 1] == s + 1);
     if (!ok)
-        return mk_err(MK_E_ARG, "pipeline: the stages' layer ranges must cover layers 0..%d in order, one or "
-                      "more layers for each of the %d ranks", L - 1, d->size);
-    int32_t *cp = mk_malloc((size_t)(d->size + 1) * sizeof(int32_t));
-    if (!cp)
-        return mk_err(MK_E_NOMEM, "out of memory for %d pipeline stages", d->size);
-    memcpy(cp, bounds, (size_t)(d->size + 1) * sizeof(int32_t));
+        return mk_err(MK_E_ARG, "pipeline: the %d stages' layer ranges must cover layers 0..%d in order and "
+                      "their ranks 0..%d, one or more of each per stage%s", S, L - 1, d->size - 1,
+                      both ? "" : " (one rank per stage without --mpi-mode both)");
+    int32_t *cp = mk_malloc((size_t)(S + 1) * sizeof(int32_t)), *rp = mk_malloc((size_t)(S + 1) * sizeof(int32_t));
+    if (!cp || !rp) {
+        free(cp);
+        free(rp);
+        return mk_err(MK_E_NOMEM, "out of memory for %d pipeline stages", S);
+    }
+    memcpy(cp, bounds, (size_t)(S + 1) * sizeof(int32_t));
+    memcpy(rp, ranks, (size_t)(S + 1) * sizeof(int32_t));
     free(d->stages);
+    free(d->sranks);
     d->stages = cp;
+    d->sranks = rp;
+    d->S = S;
+    d->both = both;
+    d->st = 0;
+    while (d->rank >= rp[d->st + 1])
+        d->st++;
+    /* expert mode: every rank shares every layer; both: the stage's ranks; a pipeline: none */
+    d->g0 = both ? rp[d->st] : d->rank;
+    d->gn = both ? rp[d->st + 1] - rp[d->st] : 1;
     return MK_OK;
+}
+
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, int nstages, const int32_t *bounds,
+                             const int32_t *ranks) {
+    int L = mk_model_config(m)->num_layers;
+    if (!ranks && nstages != d->size)
+        return mk_err(MK_E_ARG, "pipeline: %d stages for %d ranks: one rank per stage (or experts split "
+                      "within a stage: --mpi-mode both)", nstages, d->size);
+    if (nstages < 1 || nstages > d->size)
+        return mk_err(MK_E_ARG, "pipeline: %d stages for %d ranks: each stage needs at least one rank",
+                      nstages, d->size);
+    int32_t one[65];
+    if (!ranks) {
+        for (int q = 0; q <= d->size; q++)
+            one[q] = q;
+    }
+    return take_stages(d, nstages, bounds, ranks ? ranks : one, ranks != NULL, L);
 }
 
 bool mk_dist_pipelined(const mk_dist *d) {
     return d->stages != NULL;
 }
 
+bool mk_dist_both(const mk_dist *d) {
+    return d->both;
+}
+
 void mk_dist_stage(const mk_dist *d, int *first, int *last) {
-    *first = d->stages ? d->stages[d->rank] : 0;
-    *last = d->stages ? d->stages[d->rank + 1] : 0;
+    *first = d->stages ? d->stages[d->st] : 0;
+    *last = d->stages ? d->stages[d->st + 1] : 0;
+}
+
+void mk_dist_stage_ranks(const mk_dist *d, int *stage, int *stages, int *first, int *count) {
+    *stage = d->st;
+    *stages = d->S;
+    *first = d->stages ? d->sranks[d->st] : 0;
+    *count = d->stages ? d->sranks[d->st + 1] - d->sranks[d->st] : d->size;
 }
 
 mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe) {
     int L = mk_model_config(m)->num_layers;
-    if (!d->stages || d->stages[d->size] != L)
+    if (!d->stages || d->stages[d->S] != L)
         return mk_err(MK_E_ARG, "pipeline: no layer ranges for this model's %d layers", L);
     d->NL = L;
     d->pipe = (mk_layer_pipe){.user = d,
-                              .first = d->stages[d->rank],
-                              .last = d->stages[d->rank + 1],
+                              .first = d->stages[d->st],
+                              .last = d->stages[d->st + 1],
                               .recv_hidden = pipe_recv_hidden,
                               .send_hidden = pipe_send_hidden,
                               .recv_logits = pipe_recv_logits,
@@ -772,7 +872,7 @@ void mk_dist_stats(const mk_dist *d, FILE *f) {
     if (!d)
         return;
     fprintf(f, "mpi_rank %d\nmpi_ranks %d\nmpi_mode %s\nmpi_steps %lld\n", d->rank, d->size,
-            d->stages ? "pipeline" : "expert", (long long)d->step);
+            d->both ? "both" : d->stages ? "pipeline" : "expert", (long long)d->step);
     static const char *pre[2] = {"mpi_", "mpi_decode_"};
     for (int i = 0; i < 2; i++)
         fprintf(f, "%sexchanges %llu\n%sexchange_s %.6f\n%spayload_bytes_sent %llu\n%spayload_bytes_per_exchange %.1f\n",
@@ -783,22 +883,27 @@ void mk_dist_stats(const mk_dist *d, FILE *f) {
 
 /* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
  * fingerprint, the number of cuts, the number of stage bounds (0: expert
- * mode, else size+1), then the cuts and the bounds (int32). */
-#define SETUP_HEAD (6 * sizeof(int64_t))
+ * mode, else stages+1), whether a stage's ranks split its experts (both
+ * modes), then the cuts, the stages' layer bounds and their rank bounds
+ * (int32). */
+#define SETUP_N 7
+#define SETUP_HEAD (SETUP_N * sizeof(int64_t))
 
 mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
-    int64_t nc = d->cuts ? d->ncuts : 0, ns = d->stages ? d->size + 1 : 0;
-    size_t nb = SETUP_HEAD + (size_t)(nc + ns) * sizeof(int32_t);
+    int64_t nc = d->cuts ? d->ncuts : 0, ns = d->stages ? d->S + 1 : 0;
+    size_t nb = SETUP_HEAD + (size_t)(nc + 2 * ns) * sizeof(int32_t);
     char *buf = mk_malloc(nb);
     if (!buf)
         return mk_err(MK_E_NOMEM, "out of memory for the %zu-byte setup", nb);
-    int64_t p[6] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, nc, ns};
+    int64_t p[SETUP_N] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, nc, ns, d->both};
     memcpy(&p[3], &fingerprint, sizeof fingerprint);
     memcpy(buf, p, sizeof p);
     if (nc)
         memcpy(buf + SETUP_HEAD, d->cuts, (size_t)nc * sizeof(int32_t));
-    if (ns)
+    if (ns) {
         memcpy(buf + SETUP_HEAD + (size_t)nc * sizeof(int32_t), d->stages, (size_t)ns * sizeof(int32_t));
+        memcpy(buf + SETUP_HEAD + (size_t)(nc + ns) * sizeof(int32_t), d->sranks, (size_t)ns * sizeof(int32_t));
+    }
     if (d->size > 1)
         send_cmd(d, K_SETUP, buf, nb, "setup");
     free(buf);
@@ -815,19 +920,22 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
     }
     if (h.kind != K_SETUP || h.nbytes < SETUP_HEAD)
         FAIL(d, "setup: expected rank 0's setup, found a message of kind %u", h.kind);
-    int64_t p[6];
+    int64_t p[SETUP_N];
     memcpy(p, d->rbuf + sizeof h, sizeof p);
-    if (p[4] < 0 || (p[5] != 0 && p[5] != d->size + 1) ||
-        h.nbytes != SETUP_HEAD + (uint64_t)(p[4] + p[5]) * sizeof(int32_t))
+    if (p[4] < 0 || p[5] < 0 || p[5] == 1 || p[5] > d->size + 1 ||
+        h.nbytes != SETUP_HEAD + (uint64_t)(p[4] + 2 * p[5]) * sizeof(int32_t))
         FAIL(d, "setup: %llu bytes for %lld expert cuts and %lld stage bounds", (unsigned long long)h.nbytes,
              (long long)p[4], (long long)p[5]);
-    if (p[5] > 0) {
-        free(d->stages);
-        d->stages = mk_malloc((size_t)p[5] * sizeof(int32_t));
-        if (!d->stages)
+    if (p[5] > 0) { /* the stages first: the cuts' rows are per stage in both modes */
+        const char *sb = d->rbuf + sizeof h + SETUP_HEAD + (size_t)p[4] * sizeof(int32_t);
+        int32_t *b = mk_malloc((size_t)(2 * p[5]) * sizeof(int32_t));
+        if (!b)
             FAIL(d, "setup: out of memory for %lld stage bounds", (long long)p[5]);
-        memcpy(d->stages, d->rbuf + sizeof h + SETUP_HEAD + (size_t)p[4] * sizeof(int32_t),
-               (size_t)p[5] * sizeof(int32_t));
+        memcpy(b, sb, (size_t)(2 * p[5]) * sizeof(int32_t));
+        mk_status st = take_stages(d, (int)p[5] - 1, b, b + p[5], p[6] != 0, 0);
+        free(b);
+        if (st != MK_OK)
+            FAIL(d, "setup: rank 0's stages: %s", mk_err_msg());
     }
     if (p[4] > 0) {
         free(d->cuts);
@@ -876,9 +984,10 @@ mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
             else
                 st = mk_engine_rewind(e, h.pos);
         }
-        /* the last stage of a pipeline computes the logits rank 0 asked for (and sends them back
-         * from inside the engine, layer_pipe.h); every other worker none */
-        int mode = d->stages && d->rank == d->size - 1 ? (int)h.route : MK_LOGITS_NONE;
+        /* the last stage of a pipeline (its first rank: the others hold the same rows) computes the
+         * logits rank 0 asked for (and sends them back from inside the engine, layer_pipe.h); every
+         * other worker none */
+        int mode = d->stages && d->rank == d->sranks[d->S - 1] ? (int)h.route : MK_LOGITS_NONE;
         float *lg = NULL;
         if (mode != MK_LOGITS_NONE && mode != MK_LOGITS_LAST && mode != MK_LOGITS_ALL)
             FAIL(d, "step %lld: rank 0 asked for logits mode %d", (long long)d->step, mode);

@@ -51,11 +51,18 @@ mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
     return no_mpi();
 }
 void mk_dist_finish(mk_dist *d) {}
-mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, const int32_t *bounds) {
+mk_status mk_dist_set_stages(mk_dist *d, const mk_model *m, int nstages, const int32_t *bounds,
+                             const int32_t *ranks) {
     return no_mpi();
 }
 bool mk_dist_pipelined(const mk_dist *d) {
     return false;
+}
+bool mk_dist_both(const mk_dist *d) {
+    return false;
+}
+void mk_dist_stage_ranks(const mk_dist *d, int *stage, int *stages, int *first, int *count) {
+    *stage = *stages = *first = *count = 0;
 }
 void mk_dist_stage(const mk_dist *d, int *first, int *last) {
     *first = *last = 0;

@@ -1,7 +1,8 @@
 # Shared by the MPI tests (tests/cli/mpi_*.sh; sourced after fixtures.bash
 # and need_fixtures): skips visibly (exit 77) where moekit has no MPI or
 # mpirun is missing, makes the temp dir $T and the mpirun command line
-# ${MPI[@]} (OpenMPI's TCP transport: ob1 + btl tcp,self), defines fail and
+# ${MPI[@]} (OpenMPI's TCP transport: ob1 + btl tcp,self; up to 4 ranks, one
+# host each), defines fail and
 # ids_of, and RANK0_HOST (where rank 0's sockets can be reached from
 # here). Where network namespaces can be made (root, iproute2), each rank
 # runs in a namespace of its own, as on a host of its own: a bridge in this
@@ -39,7 +40,7 @@ NET=10.$((100 + S / 250 % 100)).$((S % 250))
 BR=mkb$S
 cleanup() {
     local r
-    for r in 0 1 2; do ip netns del "mkns${S}_$r" 2>/dev/null || true; done
+    for r in 0 1 2 3; do ip netns del "mkns${S}_$r" 2>/dev/null || true; done
     ip link del "$BR" 2>/dev/null || true
     rm -rf "$T"
 }
@@ -50,7 +51,7 @@ make_ns() { # errors in $T/ns.err
     {
         ip link add "$BR" type bridge && ip addr add "$NET.254/24" dev "$BR" && ip link set "$BR" up || return 1
         local r
-        for r in 0 1 2; do
+        for r in 0 1 2 3; do
             local ns=mkns${S}_$r v=mkv${S}r$r p=mkp${S}r$r
             ip netns add "$ns" && ip link add "$v" type veth peer name "$p" && ip link set "$p" netns "$ns" &&
                 ip link set "$v" master "$BR" up && ip -n "$ns" link set lo up &&
@@ -76,9 +77,9 @@ if make_ns; then
     # 4.1.4, hwloc 2.9: a segfault in hwloc_shmem_topology_write), and PMIx's ds21 store printed errors
     # with daemons in namespaces: both off, the daemons then read the topology and keys themselves.
     export PMIX_MCA_gds=hash
-    MPI+=(--mca plm_rsh_agent "$T/agent" --host "$NET.1,$NET.2,$NET.3" --mca oob_tcp_if_include "$NET.0/24"
+    MPI+=(--mca plm_rsh_agent "$T/agent" --host "$NET.1,$NET.2,$NET.3,$NET.4" --mca oob_tcp_if_include "$NET.0/24"
           --mca btl_tcp_if_include "$NET.0/24" --mca rtc_hwloc_vmhole none -x PMIX_MCA_gds)
-    echo "note: each rank in its own network namespace (mkns${S}_0..2), joined by veth pairs over $NET.0/24"
+    echo "note: each rank in its own network namespace (mkns${S}_0..3), joined by veth pairs over $NET.0/24"
     RANK0_HOST=$NET.1 # rank 0's address, reachable from this namespace over the bridge
 else
     MPI+=(--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)

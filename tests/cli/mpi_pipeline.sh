@@ -14,23 +14,14 @@
 #     stage's checksum, naming the sender, layer and step, and no logits are
 #     written; a stalled stage and a killed stage (mpirun told not to abort)
 #     are named by the next stage's deadline within `timeout 60`;
-#   - a rank opening a different model is refused at setup; --mpi-mode both
-#     (experts split within a stage) is refused as not implemented.
+#   - a rank opening a different model is refused at setup.
+# (Both placements at once, --mpi-mode both: tests/cli/mpi_both.sh.)
 set -euo pipefail
 : "${MK_BIN:?}" "${MK_BUILD:?}"
 . "$(dirname "$0")/fixtures.bash"
 need_fixtures
 . "$(dirname "$0")/mpi_harness.bash"
 P=(--mpi-mode pipeline)
-
-# both placements at once: refused before MPI starts (exit 2)
-set +e
-"$MK_BIN" logits "$FX/qwen3moe-a/bf16" --ids 1,2 --out "$T/n.f32" --mpi-mode both > "$T/out" 2> "$T/err"
-rc=$?
-set -e
-[ $rc -eq 2 ] || { cat "$T/err" >&2; fail "--mpi-mode both: exit $rc, expected 2"; }
-grep -q "mpi-mode both (experts split within each pipeline stage) is not implemented" "$T/err" ||
-    { cat "$T/err" >&2; fail "--mpi-mode both: message"; }
 
 # equality: (fixture, chunk, np, extra flags, the stage lines expected: "first last" per rank)
 check() {

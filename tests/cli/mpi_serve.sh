@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # `mpirun -np 2 moekit serve` (issue 18 item 2; tools/cmd_serve.c,
-# tools/dist_cli.h), in both placements (--mpi-mode expert, then pipeline):
-# rank 0 owns HTTP, tokenization, sampling and the prompt cache, rank 1
-# holds no HTTP and follows rank 0's steps on its share (half the experts of
-# every MoE layer, or the last layers); each rank in a network namespace of
+# tools/dist_cli.h), in each placement (--mpi-mode expert, pipeline, then
+# both with -np 3: stages of 2 + 1 ranks): rank 0 owns HTTP, tokenization,
+# sampling and the prompt cache, the other ranks hold no HTTP and follow
+# rank 0's steps on their share (half the experts of every MoE layer, or
+# the last layers, or the last layer's experts); each rank in a network namespace of
 # its own where they can be made (tests/cli/mpi_harness.bash), rank 0's HTTP
 # reached over the bridge. In each mode:
 #   - a greedy chat completion, then the same prompt through /v1/responses,
@@ -76,19 +77,24 @@ kill -TERM "$SPID"
 wait "$SPID" || fail "single process: exit $? after SIGTERM"
 SPID=
 
-# two ranks: experts split (rank 1 holds experts [8, 16)), then layers (rank 1 holds the last ones)
-for mode in expert pipeline; do
+# two ranks: experts split (rank 1 holds experts [8, 16)), then layers (rank 1 holds the last ones);
+# three ranks, both: rank 1 holds experts [8, 16) of stage 0's layers, rank 2 all of stage 1's
+for mode in expert pipeline both; do
     # a log per run: the parent reads it while the background job opens it, so a shared file could
     # still hold the previous run's "listening on" line (its port) when wait_port reads it
     LOG=$T/$mode.log
     share="routed experts \\[8, 16) of 16"
     [ $mode = pipeline ] && share="pipeline stage 1: layers \\[[0-9], 4) of 4"
-    "${MPI[@]}" -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" --port 0 --threads 1 --alias "$ALIAS" \
+    np=2
+    [ $mode = both ] && np=3 share="pipeline stage 0 of 2 (ranks 0-1): layers \\[0, [0-9]) of 4, routed experts \\[8, 16) of 16"
+    "${MPI[@]}" -np $np "$MK_BIN" serve "$M" --host "$RANK0_HOST" --port 0 --threads 1 --alias "$ALIAS" \
         --mpi-mode $mode > "$T/out" 2> "$LOG" &
     JOB=$!
     wait_port "$LOG" "$JOB"
     wait_ready "$RANK0_HOST" "$LOG"
-    grep -q "rank 1 of 2: $share" "$LOG" || { cat "$LOG" >&2; fail "$mode: no startup line of rank 1"; }
+    grep -q "rank 1 of $np: $share" "$LOG" || { cat "$LOG" >&2; fail "$mode: no startup line of rank 1"; }
+    [ $mode != both ] || grep -q "rank 2 of 3: pipeline stage 1 of 2 (rank 2): layers \[[0-9], 4) of 4, routed experts \[0, 16) of 16" \
+        "$LOG" || { cat "$LOG" >&2; fail "$mode: no startup line of rank 2"; }
     [ "$(grep -c 'listening on' "$LOG")" -eq 1 ] || { cat "$LOG" >&2; fail "more than one rank listens"; }
     c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" \
         -d '{"model":"nope","messages":[{"role":"user","content":"hi"}]}')
@@ -97,10 +103,10 @@ for mode in expert pipeline; do
     c=$(curl -s -o "$T/bad" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d '{"model":')
     [ "$c" = 400 ] || { cat "$T/bad" >&2; fail "malformed body: HTTP $c"; }
     TWO=$(answer "$RANK0_HOST")
-    [ "$ONE" = "$TWO" ] || fail "$mode -np 2 answered '$TWO', one process '$ONE'"
-    echo "ok: serve -np 2 --mpi-mode $mode answers the single-process server's greedy tokens: $TWO"
+    [ "$ONE" = "$TWO" ] || fail "$mode -np $np answered '$TWO', one process '$ONE'"
+    echo "ok: serve -np $np --mpi-mode $mode answers the single-process server's greedy tokens: $TWO"
     TWO_R=$(answer_resp "$RANK0_HOST")
-    [ "$ONE_R" = "$TWO_R" ] || fail "$mode -np 2 /v1/responses answered '$TWO_R', one process '$ONE_R'"
+    [ "$ONE_R" = "$TWO_R" ] || fail "$mode -np $np /v1/responses answered '$TWO_R', one process '$ONE_R'"
     echo "ok: $mode: /v1/responses answers the single-process server's greedy tokens too"
 
     # SIGTERM to rank 0 (found by its launcher's environment): its server stops, then every rank
