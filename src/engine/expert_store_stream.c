@@ -416,7 +416,11 @@ static mk_status submit(stream *s, const int *slots, int nslots, size_t nreq) {
  * them, all in one batch (the reader sorts by file offset). A miss that
  * finds every slot pinned waits for the engine to release experts (a
  * prefill chunk may use more experts than the cache holds) or for a guess's
- * read to end. */
+ * read to end. Only when nothing can free a slot (no read in flight, no hit
+ * left to hand out and release) is that an error: the cache would wait for
+ * ever. (Hits of the layer pinning every slot, e.g. a cache filled or warmed
+ * with this layer's experts before a chunk that uses more, are handed out
+ * first; their release frees the slots the misses then take.) */
 static mk_status issue(stream *s) {
     size_t nreq = 0;
     int nclaimed = 0;
@@ -431,7 +435,7 @@ static mk_status issue(stream *s) {
         nreq = add_reads(s, slot, s->layer, e, nreq, false);
     }
     if (!nreq)
-        return nclaimed || s->nwait == 0 || mk_reader_pending(s->rd)
+        return nclaimed || s->nwait == 0 || mk_reader_pending(s->rd) || s->ready_pos < s->nready
                    ? MK_OK
                    : mk_err(MK_E_INTERNAL, "expert cache of %d slots: every slot is in use while layer %d "
                             "waits for %d experts", s->nslots, s->layer, s->nwait);

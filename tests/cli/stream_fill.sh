@@ -79,4 +79,19 @@ for cmd in run logits eval profile serve; do
     help=$("$BIN" "$cmd" --help 2>&1) || true
     grep -q -- "--cache-fill on|off" <<< "$help" || fail "$cmd --help does not document --cache-fill"
 done
+# Every slot a hit of the layer, more experts wanted than slots: a model of one MoE layer whose
+# cache (fewer slots than experts) is filled with that layer's experts, or warmed by a first chunk,
+# then a chunk that uses all 8. The hits are handed out and released first and the misses take
+# their slots; this stopped with "every slot is in use" before (the store counted the pinned hits
+# as slots nothing would free).
+"$BIN" synth "$T/one" --arch qwen3_moe --preset tiny --layers 1 --experts 8 --format bf16 --quiet --force
+IDS1=$(seq -s, 3 7 220)
+"$BIN" logits "$T/one" --ids "$IDS1" --out "$T/one_r.f32" --prefill-chunk 16 2> /dev/null
+for a in "--cache-fill on" "--cache-fill off" "--cache-fill on --expert-cache lru"; do
+    # shellcheck disable=SC2086
+    "$BIN" logits "$T/one" --ids "$IDS1" --out "$T/one_s.f32" --force --prefill-chunk 16 --stream-experts \
+        --memory-budget 98M $a 2> "$T/one.err" || fail "one-layer model, $a: $(tail -2 "$T/one.err")"
+    grep -qE "\(([1-7]) of 8 experts" "$T/one.err" || fail "one-layer model, $a: not fewer slots than experts: $(cat "$T/one.err")"
+    cmp -s "$T/one_r.f32" "$T/one_s.f32" || fail "one-layer model, $a: logits differ from resident"
+done
 echo "stream_fill: all passed"
