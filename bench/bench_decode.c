@@ -30,7 +30,11 @@
  * token (2 x the non-expert matrices' and k experts' elements; attention's
  * scores, the lm_head of the last token and the split GEMM's extra passes
  * not counted). MK_CUDA_GEMM=split|bf16|generic picks how the CUDA matmul
- * multiplies batches (mk_backend_cuda_set_gemm). MK_BENCH_BATCH=B (CUDA
+ * multiplies batches (mk_backend_cuda_set_gemm). MK_CUDA_EXPERT_VRAM=BYTES
+ * puts the experts of the MoE layers past that many bytes in mapped host
+ * memory (mk_backend_cuda_set_expert_vram): decode is then also reported
+ * against the bus bound (their bytes per token over the kernels' read rate
+ * of mapped host memory, measured in the same run). MK_BENCH_BATCH=B (CUDA
  * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
  * prefilled with its own P ids first): aggregate tok/s.
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -238,6 +242,11 @@ int main(int argc, char **argv) {
             }
             mk_backend_cuda_set_gemm(be, mode, 0);
         }
+        /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
+         * (mk_backend_cuda_set_expert_vram; a plain byte count) */
+        const char *ev = getenv("MK_CUDA_EXPERT_VRAM");
+        if (ev && *ev)
+            mk_backend_cuda_set_expert_vram(be, (size_t)strtoull(ev, NULL, 10));
         if (unfused || base) {
             hidden = *mk_backend_iface(be);
             if (unfused) {
@@ -330,6 +339,28 @@ int main(int argc, char **argv) {
                    built, updated, replayed);
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+        size_t evr, ehost;
+        int hl;
+        mk_backend_cuda_expert_stats(be, &evr, &ehost, &hl);
+        if (ehost) {
+            /* the bus roofline: bytes of host experts one token reads (k
+             * average experts of each host layer) over the kernels' read
+             * rate of mapped host memory, measured here */
+            double hbw = 0, hb = 0;
+            if (mk_cuda_host_read_bandwidth((size_t)1 << 30, &hbw) != MK_OK)
+                fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+            for (int l = 0; l < c->num_layers; l++)
+                if (m->layers[l].is_moe) {
+                    const mk_expert *x = &m->layers[l].moe.experts[0];
+                    hb = c->num_experts_per_tok * (wt_bytes(&x->gate) + wt_bytes(&x->up) + wt_bytes(&x->down));
+                    break;
+                }
+            hb *= hl;
+            printf("experts    %.2f GiB in device memory, %.2f GiB in mapped host memory (%d MoE layers); "
+                   "host reads %.1f MiB/token; mapped host read %.1f GB/s (same run) -> bus bound %.1f tok/s; "
+                   "decode at %.1f%% of it\n", evr / 1073741824.0, ehost / 1073741824.0, hl, hb / 1048576.0,
+                   hbw, hb > 0 ? hbw * 1e9 / hb : 0.0, hb > 0 && hbw > 0 ? 100.0 * (1.0 / dt) / (hbw * 1e9 / hb) : 0.0);
+        }
         const char *gm = getenv("MK_CUDA_GEMM");
         printf("gemm       %s; mode %s\n", mk_backend_cuda_gemm_status(), gm && *gm ? gm : "split (default)");
         double tf = 0;
