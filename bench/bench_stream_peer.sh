@@ -17,6 +17,7 @@
 # O_DIRECT bandwidth (dd) measured in the same run; bytes read from disk per
 # run from /usr/bin/time's "File system inputs" (512-byte blocks).
 #   usage: bench/bench_stream_peer.sh MLX_DIR GGUF [LIMIT=1536M] [TOKENS=8] [PAIRS=2]
+# MK_ARGS: more flags for moekit's run (e.g. "--cache-fill off" to compare the cold start).
 # Needs root (cgroup, drop_caches) and mk_llama (tests/peer/mk_llama.c, its gen command) from scripts/install-deps.d/llama.sh
 # (.peers/bin). Results: bench/RESULTS.md.
 set -euo pipefail
@@ -75,7 +76,7 @@ for pair in $(seq "$PAIRS"); do
     drop
     reset_peak
     ingroup /usr/bin/time -v "$BIN" run "$MLX" --ids 1,2,3,4 --max-tokens "$NTOK" --threads "$THREADS" \
-        --memory-budget "$BUDGET_B" --stats > /dev/null 2> "$T/mk.err" || { tail -20 "$T/mk.err"; exit 1; }
+        --memory-budget "$BUDGET_B" --stats ${MK_ARGS:-} > /dev/null 2> "$T/mk.err" || { tail -20 "$T/mk.err"; exit 1; }
     grep "filled before the first token" "$T/mk.err" || true
     gen=$(grep -Eo 'generated [0-9]+ tokens in [0-9.]+ s' "$T/mk.err" | awk '{print $2, $5}')
     fsin=$(awk -F: '/File system inputs/ {print $2}' "$T/mk.err")
