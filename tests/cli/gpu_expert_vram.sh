@@ -15,7 +15,8 @@ trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 M=$TINYM/bf16
 for c in run logits eval; do
-    "$BIN" "$c" --help | grep -q -- "--gpu-expert-vram SIZE|auto" || fail "$c --help does not document --gpu-expert-vram"
+    help=$("$BIN" "$c" --help 2>&1) || true # whole, then searched: grep -q on a pipe would cut it (SIGPIPE)
+    grep -q -- "--gpu-expert-vram SIZE|auto" <<< "$help" || fail "$c --help does not document --gpu-expert-vram"
 done
 set +e
 "$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-vram 4G 2> "$T/err"
