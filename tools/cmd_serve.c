@@ -79,6 +79,9 @@ static void help(FILE *f) {
             "                       run's --prefill-chunk): smaller pieces delay the running\n"
             "                       streams less while a long prompt is read\n"
             "engine:\n"
+            "  --backend B          where the slots compute: cpu (default) or cuda (GPU 0: one\n"
+            "                       backend for every slot; batched decode steps through the\n"
+            "                       fused MoE slot, each row as that request alone on the GPU)\n"
             "  --threads N          compute threads shared by all slots (default: all CPUs)\n"
             "  --template NAME      chat template: chatml, qwen3, qwen3-think, qwen3.5, deepseek3,\n"
             "                       deepseek3.2, glm4, glm4.7, minimax-m2, harmony, kimi-k2\n"
@@ -108,7 +111,7 @@ static void help(FILE *f) {
 }
 
 typedef struct serve_opts {
-    const char *model, *host, *alias, *key, *key_file, *tmpl;
+    const char *model, *host, *alias, *key, *key_file, *tmpl, *backend;
     long long port, parallel, queue, ctx, threads, prefill_step, snapshots, snap_every;
     unsigned long long snap_mem;
     double grace;
@@ -126,7 +129,7 @@ static int parse(int argc, char **argv, serve_opts *o) {
         {"grace", required_argument, 0, 'g'},    {"threads", required_argument, 0, 'j'},
         {"template", required_argument, 0, 'T'}, {"prefill-step", required_argument, 0, 'P'},
         {"snapshots", required_argument, 0, 'S'}, {"snapshot-memory", required_argument, 0, 'M'},
-        {"snapshot-every", required_argument, 0, 'E'},
+        {"snapshot-every", required_argument, 0, 'E'}, {"backend", required_argument, 0, 'B'},
         {"test-output", no_argument, 0, 1000},   {"no-webui", no_argument, 0, 1001},
         MK_ECLI_MEM_OPTS,
         MK_ECLI_DIST_OPTS,
@@ -169,6 +172,11 @@ static int parse(int argc, char **argv, serve_opts *o) {
                 return rc;
             break;
         case 'T': o->tmpl = optarg; break;
+        case 'B':
+            if (!mk_ecli_backend_name(optarg))
+                return mk_cli_usage("serve", "--backend: expected cpu or cuda, found '%s'", optarg);
+            o->backend = optarg;
+            break;
         case 1000: o->test_output = true; break;
         case 1001: o->no_webui = true; break;
         case 'P':
@@ -290,7 +298,10 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
         MK_TRY(mk_ecli_check_ctx(z->m, ctx, "--ctx", false, false));
     /* one thread pool for every slot: the scheduler runs one slot at a time */
     MK_TRY(mk_pool_create((int)o->threads, &z->pool));
-    MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
+    if (o->backend && strcmp(o->backend, "cpu")) /* the scheduler thread runs every step on it */
+        MK_TRY(mk_ecli_backend(o->backend, &o->mm, &z->be));
+    else
+        MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
     mk_engine_opts eo = {.max_ctx = ctx, .prefill_chunk = 512, .backend = z->be};
     /* under MPI: this rank's share (experts or layers), and the other ranks build the same engine */
     MK_TRY(mk_ecli_dist_lead(&o->dd, z->m, &eo));
@@ -419,6 +430,8 @@ int cmd_serve(int argc, char **argv) {
      * the job through mpirun) */
     o.dd.o.idle_timeout_s = 1e12;
     mk_status dst = mk_ecli_dist_start(&o.dd, &o.mm);
+    if (dst == MK_OK && o.dd.d && o.backend && strcmp(o.backend, "cpu"))
+        dst = mk_err(MK_E_UNSUPPORTED, "serve: --backend cuda does not run under MPI yet");
     if (dst != MK_OK)
         return mk_cli_fail(dst);
     if (o.dd.d && o.parallel > 1)
