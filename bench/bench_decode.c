@@ -82,6 +82,23 @@ static double wt_bytes(const mk_wt *w) {
     return b;
 }
 
+/* The matrices of layer w every token runs through (NULL data: absent). */
+static int dense_mats(const mk_layer_w *w, const mk_wt **out) {
+    const mk_wt *ws[] = {&w->attn.q,      &w->attn.k,    &w->attn.v,    &w->attn.o,
+                         &w->mla.q_a,     &w->mla.q_b,   &w->mla.q,     &w->mla.kv_a,
+                         &w->mla.kv_b,    &w->mla.o,     &w->gdn.qkvz,  &w->gdn.ba,
+                         &w->gdn.qkv,     &w->gdn.z,     &w->gdn.b,     &w->gdn.a,
+                         &w->gdn.out,     &w->mlp.gate,  &w->mlp.up,    &w->mlp.down,
+                         &w->moe.router,  &w->moe.shared.gate, &w->moe.shared.up,
+                         &w->moe.shared.down};
+    int n = 0;
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
+        if (ws[i]->data)
+            out[n++] = ws[i];
+    return n;
+}
+#define MAX_DENSE 24
+
 /* Weight bytes one decode token reads: every non-routed matrix, k experts
  * per MoE layer (assuming the average expert size), the lm_head row block. */
 static double bytes_per_token(const mk_model *m) {
@@ -89,16 +106,9 @@ static double bytes_per_token(const mk_model *m) {
     double b = wt_bytes(&m->lm_head);
     for (int l = 0; l < c->num_layers; l++) {
         const mk_layer_w *w = &m->layers[l];
-        const mk_wt *ws[] = {&w->attn.q,      &w->attn.k,    &w->attn.v,    &w->attn.o,
-                             &w->mla.q_a,     &w->mla.q_b,   &w->mla.q,     &w->mla.kv_a,
-                             &w->mla.kv_b,    &w->mla.o,     &w->gdn.qkvz,  &w->gdn.ba,
-                             &w->gdn.qkv,     &w->gdn.z,     &w->gdn.b,     &w->gdn.a,
-                             &w->gdn.out,     &w->mlp.gate,  &w->mlp.up,    &w->mlp.down,
-                             &w->moe.router,  &w->moe.shared.gate, &w->moe.shared.up,
-                             &w->moe.shared.down};
-        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            if (ws[i]->data)
-                b += wt_bytes(ws[i]);
+        const mk_wt *ws[MAX_DENSE];
+        for (int i = 0, n = dense_mats(w, ws); i < n; i++)
+            b += wt_bytes(ws[i]);
         if (w->is_moe) {
             const mk_expert *x = &w->moe.experts[0];
             b += c->num_experts_per_tok * (wt_bytes(&x->gate) + wt_bytes(&x->up) + wt_bytes(&x->down));
@@ -115,16 +125,9 @@ static double flops_per_token(const mk_model *m) {
     double f = 0;
     for (int l = 0; l < c->num_layers; l++) {
         const mk_layer_w *w = &m->layers[l];
-        const mk_wt *ws[] = {&w->attn.q,      &w->attn.k,    &w->attn.v,    &w->attn.o,
-                             &w->mla.q_a,     &w->mla.q_b,   &w->mla.q,     &w->mla.kv_a,
-                             &w->mla.kv_b,    &w->mla.o,     &w->gdn.qkvz,  &w->gdn.ba,
-                             &w->gdn.qkv,     &w->gdn.z,     &w->gdn.b,     &w->gdn.a,
-                             &w->gdn.out,     &w->mlp.gate,  &w->mlp.up,    &w->mlp.down,
-                             &w->moe.router,  &w->moe.shared.gate, &w->moe.shared.up,
-                             &w->moe.shared.down};
-        for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++)
-            if (ws[i]->data)
-                f += 2.0 * (double)ws[i]->rows * (double)ws[i]->cols;
+        const mk_wt *ws[MAX_DENSE];
+        for (int i = 0, n = dense_mats(w, ws); i < n; i++)
+            f += 2.0 * (double)ws[i]->rows * (double)ws[i]->cols;
         if (w->is_moe) {
             const mk_expert *x = &w->moe.experts[0];
             f += 2.0 * c->num_experts_per_tok *

@@ -123,49 +123,70 @@ static int cmp_f(const void *a, const void *b) {
     return x < y ? -1 : x > y;
 }
 
+/* The median time of 10 runs of op(i, arg) on the default stream (three
+ * warm-up runs first, i counting all 13), in ms. */
+static cudaError_t median_ms(cudaError_t (*op)(int i, void *arg), void *arg, double *ms) {
+    cudaEvent_t e0 = NULL, e1 = NULL;
+    float ts[10];
+    cudaError_t e = cudaEventCreate(&e0);
+    if (e == cudaSuccess)
+        e = cudaEventCreate(&e1);
+    for (int i = 0; i < 13 && e == cudaSuccess; i++) {
+        e = cudaEventRecord(e0);
+        if (e == cudaSuccess)
+            e = op(i, arg);
+        if (e == cudaSuccess)
+            e = cudaEventRecord(e1);
+        if (e == cudaSuccess)
+            e = cudaEventSynchronize(e1);
+        if (e == cudaSuccess && i >= 3)
+            e = cudaEventElapsedTime(&ts[i - 3], e0, e1);
+    }
+    if (e0)
+        (void)cudaEventDestroy(e0);
+    if (e1)
+        (void)cudaEventDestroy(e1);
+    if (e == cudaSuccess) {
+        qsort(ts, 10, sizeof ts[0], cmp_f);
+        *ms = 0.5 * (ts[4] + ts[5]);
+    }
+    return e;
+}
+
+struct bw_args {
+    void *a, *b;
+    size_t bytes;
+    unsigned *out;
+};
+
+/* a -> b or b -> a, alternately */
+static cudaError_t op_copy(int i, void *arg) {
+    const bw_args *w = (const bw_args *)arg;
+    return cudaMemcpyAsync(i & 1 ? w->a : w->b, i & 1 ? w->b : w->a, w->bytes, cudaMemcpyDeviceToDevice);
+}
+
 extern "C" mk_status mk_cuda_copy_bandwidth(size_t bytes, double *gbs) {
     *gbs = 0;
     bytes &= ~(size_t)255;
     if (!bytes)
         return mk_err(MK_E_ARG, "copy bandwidth: size must be at least 256 bytes");
     void *a = NULL, *b = NULL;
-    cudaEvent_t e0 = NULL, e1 = NULL;
-    float ts[10];
     mk_status st = mk_cuda_malloc(&a, bytes, "copy bandwidth source");
     if (st == MK_OK)
         st = mk_cuda_malloc(&b, bytes, "copy bandwidth destination");
-    cudaError_t e = cudaSuccess;
     if (st == MK_OK) {
         k_fill_bw<<<1024, 256>>>((uint32_t *)a, bytes / 4, 7u);
         k_fill_bw<<<1024, 256>>>((uint32_t *)b, bytes / 4, 11u);
-        e = cudaGetLastError();
+        bw_args w = {a, b, bytes, NULL};
+        double ms = 0;
+        cudaError_t e = cudaGetLastError();
         if (e == cudaSuccess)
-            e = cudaEventCreate(&e0);
-        if (e == cudaSuccess)
-            e = cudaEventCreate(&e1);
-        for (int i = 0; i < 13 && e == cudaSuccess; i++) {
-            e = cudaEventRecord(e0);
-            if (e == cudaSuccess)
-                e = cudaMemcpyAsync(i & 1 ? a : b, i & 1 ? b : a, bytes, cudaMemcpyDeviceToDevice);
-            if (e == cudaSuccess)
-                e = cudaEventRecord(e1);
-            if (e == cudaSuccess)
-                e = cudaEventSynchronize(e1);
-            if (e == cudaSuccess && i >= 3)
-                e = cudaEventElapsedTime(&ts[i - 3], e0, e1);
-        }
+            e = median_ms(op_copy, &w, &ms);
         if (e != cudaSuccess)
             st = mkc_fail(e, "measuring the copy bandwidth");
+        else
+            *gbs = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
     }
-    if (st == MK_OK) {
-        qsort(ts, 10, sizeof ts[0], cmp_f);
-        const double ms = 0.5 * (ts[4] + ts[5]);
-        *gbs = 2.0 * (double)bytes / (ms * 1e-3) / 1e9;
-    }
-    if (e0)
-        (void)cudaEventDestroy(e0);
-    if (e1)
-        (void)cudaEventDestroy(e1);
     mk_cuda_free(a);
     mk_cuda_free(b);
     return st;
@@ -183,6 +204,13 @@ __global__ void k_read_bw(const uint4 *__restrict__ p, size_t n, unsigned *out) 
         *out = acc;
 }
 
+static cudaError_t op_read(int i, void *arg) {
+    (void)i;
+    const bw_args *w = (const bw_args *)arg;
+    k_read_bw<<<1056, 256>>>((const uint4 *)w->a, w->bytes / 16, w->out);
+    return cudaGetLastError();
+}
+
 extern "C" mk_status mk_cuda_host_read_bandwidth(size_t bytes, double *gbs) {
     *gbs = 0;
     bytes &= ~(size_t)255;
@@ -190,42 +218,19 @@ extern "C" mk_status mk_cuda_host_read_bandwidth(size_t bytes, double *gbs) {
         return mk_err(MK_E_ARG, "host read bandwidth: size must be at least 256 bytes");
     void *h = NULL;
     unsigned *out = NULL;
-    cudaEvent_t e0 = NULL, e1 = NULL;
-    float ts[10];
     cudaError_t e = cudaHostAlloc(&h, bytes, cudaHostAllocMapped | cudaHostAllocPortable);
     mk_status st = e == cudaSuccess ? MK_OK : mkc_fail(e, "pinning host memory for the read bandwidth");
     if (st == MK_OK)
         st = mk_cuda_malloc((void **)&out, sizeof *out, "host read bandwidth result");
     if (st == MK_OK) {
-        memset(h, 0x5a, bytes); /* every page touched and pinned before timing */
-        e = cudaEventCreate(&e0);
-        if (e == cudaSuccess)
-            e = cudaEventCreate(&e1);
-        for (int i = 0; i < 13 && e == cudaSuccess; i++) {
-            e = cudaEventRecord(e0);
-            if (e == cudaSuccess) {
-                k_read_bw<<<1056, 256>>>((const uint4 *)h, bytes / 16, out);
-                e = cudaGetLastError();
-            }
-            if (e == cudaSuccess)
-                e = cudaEventRecord(e1);
-            if (e == cudaSuccess)
-                e = cudaEventSynchronize(e1);
-            if (e == cudaSuccess && i >= 3)
-                e = cudaEventElapsedTime(&ts[i - 3], e0, e1);
-        }
-        if (e != cudaSuccess)
+        memset(h, 0x5a, bytes); /* every page touched before timing */
+        bw_args w = {h, NULL, bytes, out};
+        double ms = 0;
+        if ((e = median_ms(op_read, &w, &ms)) != cudaSuccess)
             st = mkc_fail(e, "measuring the host read bandwidth");
+        else
+            *gbs = (double)bytes / (ms * 1e-3) / 1e9;
     }
-    if (st == MK_OK) {
-        qsort(ts, 10, sizeof ts[0], cmp_f);
-        const double ms = 0.5 * (ts[4] + ts[5]);
-        *gbs = (double)bytes / (ms * 1e-3) / 1e9;
-    }
-    if (e0)
-        (void)cudaEventDestroy(e0);
-    if (e1)
-        (void)cudaEventDestroy(e1);
     if (h)
         (void)cudaFreeHost(h);
     mk_cuda_free(out);
