@@ -17,7 +17,7 @@ case $cmd in
 pack)
     src=${MK_FIXTURES:-../shared/fixtures} list=()
     for f in "$@"; do
-        for x in bf16 bf16-fused fp8 reference.json ref_logits.f32 long.json long_logits.f32 fp8_logits.f32; do
+        for x in bf16 bf16-fused fp8 mxfp4 reference.json ref_logits.f32 long.json long_logits.f32 fp8_logits.f32 mxfp4_logits.f32; do
             [ -e "$src/$f/$x" ] && list+=("$f/$x")
         done
     done
