@@ -98,6 +98,14 @@ Q8SFX(row_prep)(const mk_wt *w, int64_t r, int64_t ng, int64_t g0, int cnt, cons
         }                                                                                                    \
     } while (0)
 
+/* Rows ahead whose bytes the 4- and 8-bit kernels prefetch while they
+ * compute (the next pass of four rows). Without it the hardware prefetcher
+ * alone left the 8-layer 30B-shaped decode at 34% of the read bound on the
+ * Xeon VM (25.3 tok/s at 4 bits, 2 threads); with it 34 tok/s; 8 rows
+ * ahead measured no better (bench/RESULTS.md, session 10). */
+#ifndef MK_Q8_PF_ROWS
+#define MK_Q8_PF_ROWS 4
+#endif
 /* 4 bits, R rows from r (R <= 4), group G: y[i] = row r + i's product. */
 MK_T static inline __attribute__((always_inline)) void
 Q8SFX(a4_rows)(const mk_wt *w, int64_t r, const int R, const int G, const mk_q8x *v, float *y) {
@@ -122,6 +130,10 @@ Q8SFX(a4_rows)(const mk_wt *w, int64_t r, const int R, const int G, const mk_q8x
         int64_t c = cb;
         int j = 0; /* 64-column step within the chunk: even ones into acc0, odd into acc1 */
         for (; c + 128 <= ce; c += 128, j += 2) {
+            /* the next four rows' line at this column (a prefetch never faults past the matrix) */
+            MK_UNROLL4
+            for (int i = 0; i < R; i++)
+                _mm_prefetch((const char *)(p[i] + MK_Q8_PF_ROWS * rb + c / 2), _MM_HINT_T0);
             MK_Q8_STEP4(c, j, acc0);
             MK_Q8_STEP4(c + 64, j + 1, acc1);
         }
@@ -195,6 +207,10 @@ Q8SFX(a8_rows)(const mk_wt *w, int64_t r, const int R, const int G, const mk_q8x
             bt[i] += Q8SFX(row_prep)(w, r + i, ng, g0, cnt, v->xg + g0, MK_Q8_SHIFT8, s[i]);
         int k = 0; /* even groups of the chunk into acc0, odd into acc1 */
         for (; k + 2 <= cnt; k += 2) {
+            MK_UNROLL4 /* as a4_rows: the next rows' lines of these two groups */
+            for (int i = 0; i < R; i++)
+                for (int o = 0; o < 2 * G; o += 64)
+                    _mm_prefetch((const char *)(p[i] + MK_Q8_PF_ROWS * cols + (g0 + k) * G + o), _MM_HINT_T0);
             MK_Q8_GROUP8(k, acc0);
             MK_Q8_GROUP8(k + 1, acc1);
         }
