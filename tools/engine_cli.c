@@ -249,6 +249,12 @@ const char mk_ecli_mem_help[] =
     "                       token (like llama.cpp's --n-cpu-moe, but computed on the GPU).\n"
     "                       auto (default): layers in device memory while they fit, leaving\n"
     "                       2 GiB free; the host part takes pinned RAM of its size\n"
+    "  --load copy|mmap     a resident model's weights: copy (default) reads the files once\n"
+    "                       into anonymous memory with transparent huge pages (2 MiB pages:\n"
+    "                       decode streams every weight each token, and 4 KiB file pages miss\n"
+    "                       the TLB on each: 1.6x faster decode measured on a VM); mmap maps\n"
+    "                       the files (pages read on first use, shared with the page cache,\n"
+    "                       nothing copied). Streamed experts are read either way\n"
     "  --mlock              lock the model's weights in memory (as llama.cpp's --mlock): the\n"
     "                       kernel never reclaims them, so decode never waits for the disk;\n"
     "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
@@ -326,6 +332,14 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         mm->gpu_expert_vram = v;
         return -1;
     }
+    case 0x4d0e:
+        if (!strcmp(arg, "copy"))
+            mm->load_mmap = false;
+        else if (!strcmp(arg, "mmap"))
+            mm->load_mmap = true;
+        else
+            return mk_cli_usage(mm->cmd, "--load: expected copy or mmap, got '%s'", arg);
+        return -1;
     case 0x4d07: mm->pin_profile = arg; return -1;
     case 0x4d09: mm->prefetch = true; return -1;
     case 0x4d06: {
@@ -373,8 +387,12 @@ static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
     return (uint64_t)mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) + mm->extra;
 }
 
-static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo, mk_model **m) {
+static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo_in, mk_model **m) {
     *m = NULL;
+    /* a resident model's weights are copied into huge-page memory unless --load mmap (model.h) */
+    mk_model_opts ro = *mo_in;
+    ro.copy_weights = !mm->load_mmap;
+    const mk_model_opts *mo = &ro;
     uint64_t avail = mk_ecli_mem_available();
     mm->limit = mm->budget ? mm->budget : avail / 10 * 9;
     bool want_stream = mm->force_stream || mm->budget;

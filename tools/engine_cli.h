@@ -82,6 +82,8 @@ typedef struct mk_ecli_mem {
     bool prefetch;             /* --prefetch */
     bool no_fill;              /* --cache-fill off: the expert cache starts empty */
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
+    bool load_mmap;            /* --load mmap: a resident model mapped, not copied (mk_model_opts
+                                  copy_weights) */
     uint64_t gpu_expert_vram;  /* --gpu-expert-vram: device bytes for routed experts with
                                   --backend cuda (0: the default, what fits) */
     const char *cmd;           /* for messages */
@@ -120,7 +122,7 @@ typedef struct mk_ecli_mem {
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
         {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a},                      \
         {"act-int8", required_argument, 0, 0x4d0b}, {"cache-fill", required_argument, 0, 0x4d0c},       \
-        {"gpu-expert-vram", required_argument, 0, 0x4d0d}
+        {"gpu-expert-vram", required_argument, 0, 0x4d0d}, {"load", required_argument, 0, 0x4d0e}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

@@ -50,6 +50,14 @@ typedef struct mk_model_opts {
      * their bytes at open (INT4 biases are derived per read). Not with
      * fp8_to_bf16. */
     bool stream_experts;
+    /* Resident weights read once into anonymous memory with transparent
+     * huge pages (MK_CKPT_COPY) instead of mapped from the files: decode
+     * streams every weight each token, and through 4 KiB file pages it
+     * misses the TLB on each (1.6x faster decode measured on a VM, bench/
+     * RESULTS.md session 10). Costs the model's size in anonymous memory
+     * (the page cache may keep the files too, reclaimably) and a sequential
+     * read at open. Ignored with stream_experts. */
+    bool copy_weights;
 } mk_model_opts;
 
 /* Where one projection of a routed expert lies in the checkpoint files:

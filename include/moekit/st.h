@@ -44,6 +44,10 @@ typedef struct mk_ckpt mk_ckpt;
 /* Open flags. */
 enum {
     MK_CKPT_NO_MMAP = 1u << 0, /* use pread only (mk_ckpt_data returns NULL) */
+    MK_CKPT_COPY = 1u << 1,    /* read each shard once into anonymous memory (transparent huge pages
+                                  asked for, then read-only) instead of mapping it: the engine's
+                                  streaming of GBs of weights misses the TLB on every 4 KiB page of a
+                                  file mapping (bench/RESULTS.md, session 10) */
 };
 
 /* Open a checkpoint. `path` is a file or directory. On failure *out is NULL

@@ -108,6 +108,19 @@ static mk_status shard_open(mk_shard *s, const char *path, int idx, unsigned fla
         s->ts[i].file_offset += s->data_start;
         s->ts[i].shard = idx;
     }
+    if ((flags & MK_CKPT_COPY) && !(flags & MK_CKPT_NO_MMAP) && s->size > 0) {
+        /* anonymous, 2 MiB huge pages where the kernel gives them (madvise mode); read in
+         * order, then made read-only like the mapping it replaces */
+        void *m = mk_os()->mmap(NULL, s->size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED)
+            return mk_err(MK_E_NOMEM, "%s: no memory for a %llu-byte copy of the file (--load mmap maps it "
+                          "instead)", path, (unsigned long long)s->size);
+        (void)madvise(m, s->size, MADV_HUGEPAGE); /* a hint: without it, ordinary pages */
+        s->map = m;
+        MK_TRY(mk_os_pread_full(s->fd, m, s->size, 0, path));
+        (void)mprotect(m, s->size, PROT_READ);
+        return MK_OK;
+    }
     if (!(flags & MK_CKPT_NO_MMAP) && s->size > 0) {
         void *m = mk_os()->mmap(NULL, s->size, PROT_READ, MAP_SHARED, s->fd, 0);
         if (m == MAP_FAILED)

@@ -549,7 +549,8 @@ mk_status mk_model_open_ex(const char *path, const mk_model_opts *opts, mk_model
     mk_model *m = mk_calloc(1, sizeof *m);
     if (!m)
         return mk_err(MK_E_NOMEM, "no memory for a model");
-    mk_status st = mk_ckpt_open(path, 0, &m->ck);
+    unsigned cf = opts && opts->copy_weights && !opts->stream_experts ? MK_CKPT_COPY : 0;
+    mk_status st = mk_ckpt_open(path, cf, &m->ck);
     if (st == MK_OK)
         st = mk_config_load(mk_ckpt_dir(m->ck), &m->cfg);
     mk_ld ld = {.m = m, .ck = m->ck, .cfg = &m->cfg, .fp8_to_bf16 = opts && opts->fp8_to_bf16,
