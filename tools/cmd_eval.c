@@ -84,6 +84,7 @@ static mk_status side_open(const char *path, const eval_opts *o, bool ref, side 
         s->mm.experts_per_tok = 0;
     s->mm.plan_ctx = o->window;
     s->mm.plan_chunk = eo.prefill_chunk;
+    s->mm.device_backend = o->backend && strcmp(o->backend, "cpu");
     MK_TRY(mk_ecli_mem_model_open(&s->mm, path, &o->mo, &s->m));
     MK_TRY(mk_ecli_check_ctx(s->m, o->window, "--window", o->force_ctx, false));
     MK_TRY(mk_ecli_backend(o->backend, &s->mm, &s->be));

@@ -152,6 +152,7 @@ int cmd_logits(int argc, char **argv) {
     eo.backend = be;
     mm.plan_ctx = n;
     mm.plan_chunk = (int)chunk;
+    mm.device_backend = strcmp(backend, "cpu") != 0;
     if (st == MK_OK)
         st = mk_ecli_mem_model_open(&mm, argv[optind], &mo, &m);
     if (st == MK_OK)

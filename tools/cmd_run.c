@@ -465,6 +465,7 @@ static mk_status run_main(run_opts *o) {
     /* the context, when known before the prompt is read: counted in the resident-or-stream choice */
     o->mm.plan_ctx = o->ctx > 0 ? o->ctx : o->chat && !o->prompt ? -1 : 0;
     o->mm.plan_chunk = o->eo.prefill_chunk;
+    o->mm.device_backend = o->backend && strcmp(o->backend, "cpu");
     mk_status st = mk_ecli_mem_model_open(&o->mm, o->model, &o->mo, &r.m);
     if (st != MK_OK)
         return st;

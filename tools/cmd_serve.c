@@ -275,6 +275,7 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     o->mm.plan_ctx = o->ctx > 0 ? o->ctx : -1;
     o->mm.plan_chunk = 512;
     o->mm.engines = (int)o->parallel;
+    o->mm.device_backend = o->backend && strcmp(o->backend, "cpu");
     MK_TRY(mk_ecli_mem_model_open(&o->mm, o->model, &(mk_model_opts){0}, &z->m));
     mk_status st = mk_tok_load(mk_model_dir(z->m), &z->tok);
     if (st != MK_OK)

@@ -249,12 +249,13 @@ const char mk_ecli_mem_help[] =
     "                       token (like llama.cpp's --n-cpu-moe, but computed on the GPU).\n"
     "                       auto (default): layers in device memory while they fit, leaving\n"
     "                       2 GiB free; the host part takes pinned RAM of its size\n"
-    "  --load copy|mmap     a resident model's weights: copy (default) reads the files once\n"
+    "  --load copy|mmap     a resident model's weights: copy (default on the CPU) reads the files once\n"
     "                       into anonymous memory with transparent huge pages (2 MiB pages:\n"
     "                       decode streams every weight each token, and 4 KiB file pages miss\n"
     "                       the TLB on each: 1.6x faster decode measured on a VM); mmap maps\n"
     "                       the files (pages read on first use, shared with the page cache,\n"
-    "                       nothing copied). Streamed experts are read either way\n"
+    "                       nothing copied; the default with --backend cuda, whose weights live\n"
+    "                       on the device). Streamed experts are read either way\n"
     "  --mlock              lock the model's weights in memory (as llama.cpp's --mlock): the\n"
     "                       kernel never reclaims them, so decode never waits for the disk;\n"
     "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
@@ -333,6 +334,7 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         return -1;
     }
     case 0x4d0e:
+        mm->load_given = true;
         if (!strcmp(arg, "copy"))
             mm->load_mmap = false;
         else if (!strcmp(arg, "mmap"))
@@ -389,9 +391,11 @@ static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
 
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo_in, mk_model **m) {
     *m = NULL;
-    /* a resident model's weights are copied into huge-page memory unless --load mmap (model.h) */
+    /* a resident model's weights are copied into huge-page memory unless --load mmap (model.h);
+     * on a device backend mapped unless asked: the device computes from its own copy, and a host
+     * copy would hold the model's size in RAM for nothing */
     mk_model_opts ro = *mo_in;
-    ro.copy_weights = !mm->load_mmap;
+    ro.copy_weights = mm->load_given ? !mm->load_mmap : !mm->device_backend;
     const mk_model_opts *mo = &ro;
     uint64_t avail = mk_ecli_mem_available();
     mm->limit = mm->budget ? mm->budget : avail / 10 * 9;

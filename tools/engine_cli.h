@@ -84,6 +84,9 @@ typedef struct mk_ecli_mem {
     bool mlock;                /* --mlock: lock the resident model's weights in memory */
     bool load_mmap;            /* --load mmap: a resident model mapped, not copied (mk_model_opts
                                   copy_weights) */
+    bool load_given;           /* --load was given (else: copy on the CPU, mmap on a device) */
+    bool device_backend;       /* the command computes on a device (--backend cuda): set by the
+                                  command before the model opens */
     uint64_t gpu_expert_vram;  /* --gpu-expert-vram: device bytes for routed experts with
                                   --backend cuda (0: the default, what fits) */
     const char *cmd;           /* for messages */
