@@ -1,13 +1,17 @@
 /* Shared helpers for the cmocka unit tests. */
 #include "mk_test_util.h"
 
+#include <errno.h>
 #include <ftw.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <stdbool.h>
+
+#include "io/os.h"
 
 /* The shared fixtures root: $MK_FIXTURES (CMake passes -DMK_FIXTURES), else
  * the default checkout layout. */
@@ -96,4 +100,49 @@ int mk_test_write(const char *path, const void *data, size_t n) {
         return -1;
     size_t w = fwrite(data, 1, n, f);
     return (fclose(f) == 0 && w == n) ? 0 : -1;
+}
+
+/* ---- read faults (mk_test_fault_arm) ---------------------------------------- */
+
+static int g_fault_at = -1;
+static bool g_fault_every, g_fault_short;
+static atomic_int g_fault_reads;
+
+static bool fault_now(void) {
+    if (g_fault_at < 0)
+        return false;
+    int i = atomic_fetch_add(&g_fault_reads, 1);
+    return g_fault_every ? i >= g_fault_at : i == g_fault_at;
+}
+
+static ssize_t fault_pread(int fd, void *buf, size_t n, off_t off) {
+    if (fault_now()) {
+        if (g_fault_short)
+            return 0; /* end of file here: a short read */
+        errno = EIO;
+        return -1;
+    }
+    return pread(fd, buf, n, off);
+}
+
+static int fault_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
+    (void)fd, (void)buf, (void)n, (void)off;
+    if (fault_now())
+        return g_fault_short ? 0 : -EIO;
+    return res;
+}
+
+void mk_test_fault_arm(int at, bool every, bool short_read) {
+    static const mk_os_vtbl v = {.pread = fault_pread, .uring_result = fault_uring_result};
+    atomic_store(&g_fault_reads, 0);
+    g_fault_every = every;
+    g_fault_short = short_read;
+    g_fault_at = at;
+    mk_os_override(&v);
+}
+
+int mk_test_fault_disarm(void) {
+    mk_os_override(NULL);
+    g_fault_at = -1;
+    return atomic_load(&g_fault_reads);
 }

@@ -3,6 +3,7 @@
 #define MK_TEST_UTIL_H
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <cmocka.h>
@@ -17,4 +18,13 @@ void mk_test_rmrf(const char *path);
 void *mk_test_slurp(const char *path, size_t *n);
 /* Write a whole file. Returns 0 on success. */
 int mk_test_write(const char *path, const void *data, size_t n);
+/* Read faults injected through mk_os_override (src/io/os.h), for the
+ * expert-streaming tests: from arming, reads (pread calls and io_uring
+ * completions) are numbered from 0, atomically (a pread pool's workers read
+ * concurrently); read `at` fails, and with `every` each later one too, as
+ * EIO or, with `short_read`, as the end of the file (0 bytes). Arming
+ * installs the override; disarming removes it and returns how many reads
+ * were numbered. */
+void mk_test_fault_arm(int at, bool every, bool short_read);
+int mk_test_fault_disarm(void);
 #endif

@@ -17,7 +17,6 @@
  *     checkpoint changed on disk is refused; misuse is MK_E_ARG. */
 #include <errno.h>
 #include <fcntl.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,10 +64,16 @@ static mk_expert_store *store_of(const mk_model *m, uint64_t slots, mk_expert_po
     return s;
 }
 
-static int moe_layers(const mk_model *m) {
+/* The model's MoE layers: how many, and (ml non-NULL) the first `cap` of
+ * them into ml. */
+static int moe_layers(const mk_model *m, int *ml, int cap) {
     int n = 0;
-    for (int l = 0; l < mk_model_config(m)->num_layers; l++)
-        n += mk_model_expert_loc(m, l, 0) != NULL;
+    for (int l = 0; l < mk_model_config(m)->num_layers && (!ml || n < cap); l++)
+        if (mk_model_expert_loc(m, l, 0)) {
+            if (ml)
+                ml[n] = l;
+            n++;
+        }
     return n;
 }
 
@@ -129,7 +134,7 @@ static void test_even_share(void **st) {
         skip();
     mk_model *m = open_stream(dir);
     const mk_config *c = mk_model_config(m);
-    int L = moe_layers(m), E = c->num_experts;
+    int L = moe_layers(m, NULL, 0), E = c->num_experts;
     assert_true(L >= 2 && E >= 12);
     int share = 5, spare = L - 1; /* a remainder: fewer free slots than MoE layers */
     mk_expert_store *s = store_of(m, (uint64_t)(share * L + spare), MK_EXPERT_FREQ, 0, NULL, NULL, 0);
@@ -197,10 +202,7 @@ static void test_preference_and_eviction(void **st) {
         skip();
     mk_model *m = open_stream(dir);
     const mk_config *c = mk_model_config(m);
-    int E = c->num_experts, ml[64], nm = 0;
-    for (int l = 0; l < c->num_layers && nm < 64; l++)
-        if (mk_model_expert_loc(m, l, 0))
-            ml[nm++] = l;
+    int E = c->num_experts, ml[64], nm = moe_layers(m, ml, 64);
     assert_true(nm >= 2 && E >= 8);
     /* hottest first: the highest expert of every layer, then the next ... */
     int np = nm * 4, pl[256], pe[256];
@@ -270,10 +272,7 @@ static void test_ranges(void **st) {
         skip();
     mk_model *m = open_stream(dir);
     const mk_config *c = mk_model_config(m);
-    int E = c->num_experts, ml[64], nm = 0;
-    for (int l = 0; l < c->num_layers && nm < 64; l++)
-        if (mk_model_expert_loc(m, l, 0))
-            ml[nm++] = l;
+    int E = c->num_experts, ml[64], nm = moe_layers(m, ml, 64);
     assert_true(nm >= 3 && E >= 12);
     int32_t *rg = calloc((size_t)c->num_layers * 2, sizeof *rg);
     assert_non_null(rg);
@@ -322,7 +321,7 @@ static void same_run(const char *rel) {
     const mk_config *c = mk_model_config(m);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
     float *want = logits_of(res, NULL);
-    int L = moe_layers(m);
+    int L = moe_layers(m, NULL, 0);
     /* half the experts, at least a layer's: a step never waits for a slot,
      * so evictions do not depend on the order reads finish */
     uint64_t slots = (uint64_t)L * (uint64_t)c->num_experts / 2;
@@ -378,34 +377,6 @@ static void test_same_fixtures(void **st) {
 
 /* ---- failures ---------------------------------------------------------- */
 
-/* The pread pool's workers read concurrently: the count is atomic, so
- * exactly one read is the g_fail_at-th. */
-static int g_fail_at = -1, g_short;
-static atomic_int g_reads;
-
-static bool fail_now(void) {
-    if (g_fail_at < 0)
-        return false;
-    return atomic_fetch_add(&g_reads, 1) == g_fail_at;
-}
-
-static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
-    if (fail_now()) {
-        if (g_short)
-            return 0; /* end of file here: a short read */
-        errno = EIO;
-        return -1;
-    }
-    return pread(fd, buf, n, off);
-}
-
-static int f_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
-    (void)fd, (void)buf, (void)n, (void)off;
-    if (fail_now())
-        return g_short ? 0 : -EIO;
-    return res;
-}
-
 static void test_failures(void **st) {
     (void)st;
     const char *src = mk_test_fixture("tiny-qwen35moe/bf16");
@@ -421,7 +392,7 @@ static void test_failures(void **st) {
     const mk_config *c = mk_model_config(m);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
     float *want = logits_of(res, NULL);
-    uint64_t slots = (uint64_t)moe_layers(m) * (uint64_t)c->num_experts / 2;
+    uint64_t slots = (uint64_t)moe_layers(m, NULL, 0) * (uint64_t)c->num_experts / 2;
     /* the clean fill: how many experts and reads */
     mk_expert_store *s = store_of(m, slots, MK_EXPERT_FREQ, 2, NULL, NULL, 0);
     assert_int_equal(mk_expert_store_fill(s, NULL), MK_OK);
@@ -431,7 +402,6 @@ static void test_failures(void **st) {
     int nreads = (int)es.fill_reads;
     assert_true(planned > 2 && nreads >= planned);
     mk_expert_store_free(s);
-    static const mk_os_vtbl v = {.pread = f_pread, .uring_result = f_uring_result};
     int *al = malloc((size_t)c->num_layers * (size_t)c->num_experts * sizeof *al), na = 0;
     int *ae = malloc((size_t)c->num_layers * (size_t)c->num_experts * sizeof *ae);
     assert_true(al && ae);
@@ -453,13 +423,9 @@ static void test_failures(void **st) {
                     break;
                 }
                 assert_int_equal(cs, MK_OK);
-                atomic_store(&g_reads, 0);
-                g_short = sh;
-                g_fail_at = at;
-                mk_os_override(&v);
+                mk_test_fault_arm(at, false, sh); /* exactly one read fails */
                 mk_status fs = mk_expert_store_fill(s, NULL);
-                mk_os_override(NULL);
-                g_fail_at = -1;
+                (void)mk_test_fault_disarm();
                 char msg[2048];
                 snprintf(msg, sizeof msg, "%s", mk_err_msg());
                 printf("  io %s, %s at read %d of %d: %s\n", io == 1 ? "uring" : "pread", sh ? "short read" : "EIO",

@@ -665,34 +665,6 @@ static void test_packed_fused_refused(void **st) {
 
 /* ---- failures: read errors, short reads, a checkpoint changed on disk ---- */
 
-static int g_fail_after = -1, g_reads, g_short, g_fail_once;
-
-/* Whether this read fails: every read from g_fail_after on, or only that
- * one with g_fail_once. */
-static bool fail_now(void) {
-    if (g_fail_after < 0)
-        return false;
-    int i = g_reads++;
-    return g_fail_once ? i == g_fail_after : i >= g_fail_after;
-}
-
-static ssize_t f_pread(int fd, void *buf, size_t n, off_t off) {
-    if (fail_now()) {
-        if (g_short)
-            return 0; /* end of file here: a short read */
-        errno = EIO;
-        return -1;
-    }
-    return pread(fd, buf, n, off);
-}
-
-static int f_uring_result(int fd, void *buf, size_t n, off_t off, int res) {
-    (void)fd, (void)buf, (void)n, (void)off;
-    if (fail_now())
-        return g_short ? 0 : -EIO;
-    return res;
-}
-
 /* A copy of the demo model (its files get touched below). */
 static void model_copy(char *out, size_t cap) {
     snprintf(out, cap, "%s/tiny-copy", g_tmp);
@@ -725,7 +697,6 @@ static void test_read_failures(void **st) {
         assert_int_equal(mk_engine_forward(e, ids, NTOK, MK_LOGITS_ALL, want, NULL), MK_OK);
         mk_engine_free(e);
     }
-    static const mk_os_vtbl v = {.pread = f_pread, .uring_result = f_uring_result};
     for (int io = 1; io <= 2; io++)
         for (int sh = 0; sh < 2; sh++)
             for (int after = 0; after < 60; after += 19) {
@@ -744,13 +715,9 @@ static void test_read_failures(void **st) {
                 for (int i = 0; i < NTOK; i++)
                     ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
                 float *got = malloc(nv * sizeof(float));
-                g_reads = 0;
-                g_short = sh;
-                g_fail_after = after;
-                mk_os_override(&v);
+                mk_test_fault_arm(after, true, sh); /* every read from `after` on fails */
                 mk_status fs = mk_engine_forward(e, ids, NTOK, MK_LOGITS_ALL, got, NULL);
-                mk_os_override(NULL);
-                g_fail_after = -1;
+                (void)mk_test_fault_disarm();
                 char msg[2048];
                 snprintf(msg, sizeof msg, "%s", mk_err_msg());
                 printf("  io %s, %s after %d reads: %s\n", io == 1 ? "uring" : "pread", sh ? "short read" : "EIO",
@@ -817,7 +784,6 @@ static void test_prefetch_failures(void **st) {
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
     float *want = logits_of(res, NULL, false);
-    static const mk_os_vtbl v = {.pread = f_pread, .uring_result = f_uring_result};
     int quiet = 0, loud = 0;
     for (int io = 1; io <= 2; io++)
         for (int at = 0; at < 400; at += g_small ? 31 : 7) {
@@ -838,18 +804,11 @@ static void test_prefetch_failures(void **st) {
             float *got = calloc(nv, sizeof(float));
             assert_non_null(got);
             assert_int_equal(mk_engine_forward(e, ids, NTOK / 2, MK_LOGITS_ALL, got, NULL), MK_OK);
-            g_reads = 0;
-            g_short = 0;
-            g_fail_once = 1;
-            g_fail_after = at;
-            mk_os_override(&v);
+            mk_test_fault_arm(at, false, false); /* only read `at` fails */
             mk_status fs = MK_OK;
             for (int i = NTOK / 2; i < NTOK && fs == MK_OK; i++)
                 fs = mk_engine_forward(e, ids + i, 1, MK_LOGITS_ALL, got + (size_t)i * (size_t)c->vocab_size, NULL);
-            mk_os_override(NULL);
-            int reads = g_reads;
-            g_fail_after = -1;
-            g_fail_once = 0;
+            int reads = mk_test_fault_disarm();
             mk_expert_stats es;
             mk_expert_store_stats(s, &es);
             if (at >= reads) { /* past the decode's reads: nothing failed */
