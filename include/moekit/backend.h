@@ -310,6 +310,19 @@ typedef struct mk_backend_i {
      * what a one-token call gives it (the engine then uses the slot in
      * batched decode steps, whose rows must not depend on the batch). */
     bool (*moe)(void *ctx, const mk_moe_args *a);
+    /* (optional) The routed experts of a MoE layer for a prefill chunk, the
+     * routing already in backend memory (idx, w: [n, k] from `route`):
+     * y[t] = sum_j w[t*k + s] * down_e(silu(gate_e x_t) * up_e x_t) with
+     * e = idx[t*k + s], the k terms summed in ascending expert order as
+     * `combine` does (no shared expert; a->router, a->route and a->sh_* are
+     * only the layer's description). The backend may group the tokens by
+     * expert (one grouped GEMM over all routed rows), so a row is within
+     * matmul's bound of the general path's, not bitwise a one-token call's:
+     * the engine never offers it a batched decode step. Same conditions on
+     * the experts' memory as `moe`. Returns false, having queued nothing,
+     * when it does not take the call (format, shape); decided on the host
+     * from the arguments alone. */
+    bool (*moe_grouped)(void *ctx, const mk_moe_args *a, const int32_t *idx, const float *w);
     /* Queue a check of x[0..n) for NaN or infinity. The first check in
      * queue order that finds one keeps (tag, the lowest index it found,
      * that value); later checks keep nothing until nonfinite_take. Lets

@@ -23,7 +23,9 @@
  * position in the kernel, so a device position moves it too) and a learned
  * sink per head enters the merge's max and denominator, as in the CPU's
  * two passes. DSA: with `sel` the walk is over the token's selected rows
- * (counted up to the first -1 by the block), position s reading row sel[s]. */
+ * (counted up to the first -1 by the block), position s reading row sel[s].
+ * Prefill chunks of 16 tokens or more go to the tiled kernel
+ * (cuda_attn_tile.cu) where it takes the shape. */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
@@ -251,6 +253,9 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     }
     const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
     const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
+    /* prefill chunks: the tiled kernel (cuda_attn_tile.cu) where it takes the shape */
+    if (a->n > 1 && mkb_attention_tiled(c, a, ks, vs))
+        return;
     const size_t smem = sizeof(float) * ((size_t)a->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv);
     /* float4 loads of key rows: every row start (cache rows, kv-head
      * offsets, k_new) 16-byte aligned */

@@ -470,6 +470,7 @@ static void cu_free(void *ctx) {
     mkb_moe_free(c);
     mkb_graph_free(c);
     mkb_gemm_free(c);
+    mkb_grp_free(c);
     mk_cuda_free(c->dsa_keys);
     mk_cuda_free(c->att_part);
     mk_cuda_free(c->luts);
@@ -516,6 +517,7 @@ static const mk_backend_i g_cuda = {
     .combine = mkb_combine,
     .gated_add = mkb_gated_add,
     .moe = mkb_moe,
+    .moe_grouped = mkb_moe_grouped,
     .check_finite = cu_check_finite,
     .nonfinite_take = cu_nonfinite_take,
     .step_begin = mkb_step_begin,

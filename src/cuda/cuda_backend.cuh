@@ -77,6 +77,7 @@ struct mkb_ctx {
     int gemm_mode;
     size_t gemm_scratch;
     struct mkb_gemm *gemm;
+    struct mkb_grp *grp; /* the grouped MoE slot's scratch (cuda_grouped.cu) */
 };
 
 /* Device state of the deferred non-finite checks: `key` is the kept finding
@@ -111,6 +112,15 @@ const mkb_entry *mkb_weight_alias(mkb_ctx *c, const mk_wt *w, const mk_wt *dev);
 void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w);
 /* Bytes of the scale (and, affine, the bias) array of a view, 0 when none. */
 size_t mkb_scale_bytes(const mk_wt *w);
+/* The fused slot's device description of a's layer (stacked expert slabs,
+ * built on first use), or NULL when the step does not take the layer. */
+const mk_cuda_moe *mkb_moe_layer_dev(mkb_ctx *c, const mk_moe_args *a);
+/* Prefill attention in tiles (cuda_attn_tile.cu): false, nothing queued,
+ * when the call is not one it takes (then k_attn runs it). ks / vs: the
+ * caches' row strides in floats. */
+bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs);
+/* Free the grouped MoE slot's scratch (cuda_grouped.cu; at backend free). */
+void mkb_grp_free(mkb_ctx *c);
 /* Free the fused MoE slot's state (cuda_fused.cu; at backend free). */
 void mkb_moe_free(mkb_ctx *c);
 /* Drop the fused layers any of whose experts' views has host data `host_data`. */
@@ -223,6 +233,7 @@ void mkb_combine(void *ctx, float *y, const float *x, const float *w, const int3
                  int64_t dim);
 void mkb_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n, int64_t dim);
 bool mkb_moe(void *ctx, const mk_moe_args *a);
+bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const float *w);
 void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag, float *xb,
                      const float *g, float eps);
 void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qg,

@@ -288,6 +288,11 @@ static mkb_moe_layer *layer_of(mkb_ctx *c, const mk_moe_args *a) {
     return l;
 }
 
+const mk_cuda_moe *mkb_moe_layer_dev(mkb_ctx *c, const mk_moe_args *a) {
+    mkb_moe_layer *l = layer_of(c, a);
+    return l && l->ok && a->k == l->m.top_k ? &l->m : NULL;
+}
+
 bool mkb_moe(void *ctx, const mk_moe_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     /* the layer is prepared (stacked, aliased) on any call, so the general

@@ -2,7 +2,10 @@
  * through its expert store (engine_impl.h, mk_moe_exec_i).
  *
  * With a backend that has the fused `moe` slot (and takes the call), the
- * whole layer is that one slot. Otherwise:
+ * whole layer is that one slot. A prefill chunk (several tokens, not a
+ * batched decode step) on a backend with `moe_grouped` routes on the
+ * backend and hands it every routed row at once (grouped GEMMs, the
+ * routing never downloaded), then adds the shared expert. Otherwise:
  * router matmul -> route slot (top-k and weights, on the backend) ->
  * decisions downloaded -> (token, slot) pairs grouped by expert (counting
  * sort, host) -> the store is told the whole set of used experts and hands
@@ -192,9 +195,7 @@ static mk_status run_batch_each(mk_engine *e, int l, int nused, int64_t npairs, 
 /* The backend's whole-layer slot (CUDA: mk_cuda_moe_step per token). Also
  * in batched decode steps (e->batch_inv): the slot's contract (backend.h)
  * is that each row is what a one-token call gives it. */
-static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe || !e->own_store || e->has_part || e->on_route || w->b_down || e->on_linear)
-        return false;
+static mk_moe_args fused_args(const mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
     mk_moe_args a = {.x = e->xb, .y = e->y, .n = n, .H = e->c->hidden_size, .router = &w->router,
                      .experts = w->experts, .E = e->c->num_experts, .k = e->k, .route = *ra};
     if (w->has_shared) {
@@ -204,7 +205,34 @@ static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, 
         if (w->has_shared_gate)
             a.sh_gate_w = &w->shared_gate;
     }
+    return a;
+}
+
+/* Whether the layer's experts may go to a whole-layer slot: the engine's
+ * own all-resident store (the backend keeps device copies of the experts'
+ * views), no expert partition, no routing or linear-input observer (the
+ * routing and products stay in the backend), no expert biases (gpt_oss). */
+static bool slot_ok(const mk_engine *e, const mk_moe_w *w) {
+    return e->own_store && !e->has_part && !e->on_route && !w->b_down && !e->on_linear;
+}
+
+static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
+    if (!BE(e)->moe || !slot_ok(e, w))
+        return false;
+    mk_moe_args a = fused_args(e, w, ra, n);
     return BE(e)->moe(CTX(e), &a);
+}
+
+/* A prefill chunk's routed experts in the backend's grouped slot, the
+ * routing (ra's idx, w) already computed in backend memory: every routed
+ * row of the chunk in one grouped GEMM per projection instead of a loop
+ * over the used experts with the routing downloaded. Never in a batched
+ * decode step (its rows must be what one token alone gets). */
+static bool run_grouped(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
+    if (!BE(e)->moe_grouped || n < 2 || e->batch_inv || !slot_ok(e, w))
+        return false;
+    mk_moe_args a = fused_args(e, w, ra, n);
+    return BE(e)->moe_grouped(CTX(e), &a, ra->idx, ra->w);
 }
 
 /* gpt_oss's expert x on m gathered rows: biased gate and up (one fused
@@ -230,23 +258,42 @@ static void oss_expert(mk_engine *e, const mk_moe_w *w, int x, const mk_expert *
     mk_engine_add_bias(e, out, w->b_down + (int64_t)x * H, m, H);
 }
 
+/* The shared expert (qwen: times sigmoid(shared_expert_gate(x))) added to
+ * the routed experts' sum in e->y. */
+static mk_status add_shared(mk_engine *e, const mk_moe_w *w, int64_t n) {
+    if (w->has_shared) {
+        mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
+        if (w->has_shared_gate)
+            mk_engine_matmul(e, &w->shared_gate, e->xb, n, e->sh);
+        BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, e->c->hidden_size);
+    }
+    return MK_OK;
+}
+
 static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t H = c->hidden_size, k = e->k;
     size_t pb = (size_t)(n * k) * sizeof(int32_t);
     mk_route_args ra = route_args(e, w, e->router, e->top_idx_b, e->top_w_b, n);
-    if (run_fused(e, w, &ra, n))
+    /* a prefill chunk tries the grouped slot first (after the routing,
+     * below); the fused slot runs its tokens one by one */
+    const bool grouped = BE(e)->moe_grouped && n > 1 && !e->batch_inv && slot_ok(e, w);
+    if (!grouped && run_fused(e, w, &ra, n))
         return MK_OK;
     /* the general path waits for the routing: never inside a recorded step
      * (forward.c then runs the step again, unrecorded) */
     if (e->recording)
         return mk_err(MK_E_INTERNAL, "layer %d: MoE general path inside a recorded step", l);
-    e->moe_general++;
     /* routing */
     mk_engine_matmul(e, &w->router, e->xb, n, e->router);
     if (w->router_bias) /* gpt_oss */
         mk_engine_add_bias(e, e->router, w->router_bias, n, c->num_experts);
     BE(e)->route(CTX(e), &ra);
+    if (grouped && run_grouped(e, w, &ra, n))
+        return add_shared(e, w, n);
+    if (grouped && run_fused(e, w, &ra, n)) /* declined: the token loop (its own routing) */
+        return MK_OK;
+    e->moe_general++;
     BE(e)->download(CTX(e), e->top_idx, e->top_idx_b, pb);
     if (e->on_route) { /* observers (moekit profile) see each token's choice */
         BE(e)->download(CTX(e), e->top_w, e->top_w_b, (size_t)(n * k) * sizeof(float));
@@ -299,14 +346,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         MK_TRY(e->part.exchange(e->part.user, &xc));
     }
     BE(e)->combine(CTX(e), e->y, e->pairs, e->top_w_b, e->perm_b, n, (int)k, H);
-    /* shared expert */
-    if (w->has_shared) {
-        mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
-        if (w->has_shared_gate)
-            mk_engine_matmul(e, &w->shared_gate, e->xb, n, e->sh);
-        BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, H);
-    }
-    return MK_OK;
+    return add_shared(e, w, n);
 }
 
 const mk_moe_exec_i mk_moe_exec_local = {.name = "local", .run = run_local};

@@ -993,6 +993,15 @@ static void test_attention(void **st) {
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 0, 9, "attention GQA prefill");
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
         attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 5, 3, "attention MLA latent");
+        /* prefill chunks of many tokens (CUDA: the tiled kernel): partial
+         * query and key tiles, a chunk after cached rows, head dims up to
+         * 256, strided caches, MLA's latent cache (v = k) */
+        attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 0, 70, "attention GQA prefill 70");
+        attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 100, 45, "attention GQA prefill 45 at 100");
+        attn_case(&g_be[bi], 4, 4, 192, 128, 0, 0, false, 7, 33, "attention dk 192 dv 128 prefill");
+        attn_case(&g_be[bi], 4, 1, 256, 256, 0, 0, false, 3, 20, "attention dk 256 prefill");
+        attn_case(&g_be[bi], 4, 2, 64, 64, 200, 160, false, 40, 36, "attention strided caches prefill");
+        attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 40, "attention MLA latent prefill");
         /* a replayed decode step: position and new rows from backend memory */
         attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
                      "attention GQA decode at 1500, device position");
@@ -1676,6 +1685,142 @@ static void test_fused_moe(void **st) {
     }
 }
 
+/* The grouped MoE slot (prefill chunks): every routed row of n tokens in
+ * grouped GEMMs, the routing given in backend memory. Against the double
+ * SwiGLU MLPs of the dequantized experts, weighted and summed: split mode
+ * within TOL_DOT (the products exact, float32 sums); bf16 mode (x rounded
+ * once) within 2^-7 rel L2 and measurably worse than split; two runs
+ * bitwise equal (the placement order within an expert's run must not
+ * matter); declined (nothing queued) for f32 experts and one token. n = 150
+ * with expert 3 in every token: its run spans several row tiles. */
+static void test_moe_grouped(void **st) {
+    (void)st;
+    enum { H = 256, E = 16, K = 4, I = 128 };
+    static const int kinds[] = {1, 2, 3, 0};
+    static const int64_t ns[] = {37, 150};
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->moe_grouped) {
+            assert_string_equal(b->name, "cpu");
+            continue;
+        }
+        for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
+            for (size_t ni = 0; ni < sizeof ns / sizeof ns[0]; ni++) {
+                const int kind = kinds[ki];
+                const int64_t n = ns[ni];
+                wbuf rw, gw[E], uw[E], dw[E];
+                mk_expert ex[E];
+                double *G[E], *U[E], *D[E];
+                make_w(&rw, 0, E, H);
+                for (int e = 0; e < E; e++) {
+                    make_w(&gw[e], kind, I, H);
+                    make_w(&uw[e], kind, I, H);
+                    make_w(&dw[e], kind, H, I);
+                    ex[e] = (mk_expert){gw[e].w, uw[e].w, dw[e].w};
+                    G[e] = deq(&gw[e].w);
+                    U[e] = deq(&uw[e].w);
+                    D[e] = deq(&dw[e].w);
+                }
+                float *x = rvec(n * H);
+                int32_t *idx = malloc((size_t)(n * K) * sizeof *idx);
+                float *wt = malloc((size_t)(n * K) * sizeof *wt);
+                assert_true(idx && wt);
+                for (int64_t t = 0; t < n; t++) /* K distinct experts; with n = 150 expert 3 in each */
+                    for (int j = 0; j < K; j++) {
+                        int e;
+                        bool dup;
+                        do {
+                            e = j == 1 && n > 100 ? 3 : (int)(rnd() % E);
+                            dup = false;
+                            for (int q = 0; q < j; q++)
+                                dup |= idx[t * K + q] == e;
+                        } while (dup);
+                        idx[t * K + j] = e;
+                        wt[t * K + j] = 0.1f + 0.2f * (frand() + 1.0f);
+                    }
+                double *ref = calloc((size_t)(n * H), sizeof(double)), *h = malloc(I * sizeof(double));
+                assert_true(ref && h);
+                for (int64_t t = 0; t < n; t++)
+                    for (int j = 0; j < K; j++) {
+                        const int e = idx[t * K + j];
+                        const float *xt = x + t * H;
+                        for (int64_t r = 0; r < I; r++) {
+                            double gg = 0, uu = 0;
+                            for (int64_t c = 0; c < H; c++) {
+                                gg += G[e][r * H + c] * xt[c];
+                                uu += U[e][r * H + c] * xt[c];
+                            }
+                            h[r] = silu_d(gg) * uu;
+                        }
+                        for (int64_t o = 0; o < H; o++) {
+                            double a = 0;
+                            for (int64_t r = 0; r < I; r++)
+                                a += D[e][o * I + r] * h[r];
+                            ref[t * H + o] += wt[t * K + j] * a;
+                        }
+                    }
+                void *dx = dev(b, x, (size_t)(n * H) * 4), *dy = dev(b, NULL, (size_t)(n * H) * 4),
+                     *di = dev(b, idx, (size_t)(n * K) * 4), *dw_ = dev(b, wt, (size_t)(n * K) * 4);
+                mk_moe_args a = {.x = dx, .y = dy, .n = n, .H = H, .router = &rw.w, .experts = ex, .E = E, .k = K,
+                                 .route = {.kind = MK_ROUTE_SOFTMAX, .norm = true, .n_group = 1, .topk_group = 1,
+                                           .scale = 1.0f}};
+                char what[96];
+                snprintf(what, sizeof what, "grouped moe %s, %lld tokens", gw[0].name, (long long)n);
+                if (kind == 0) { /* f32 experts: declined */
+                    assert_false(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                } else {
+                    assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                    float *y = back(b, dy, (size_t)(n * H) * 4);
+                    check_rel(b->name, what, y, ref, n * H, TOL_DOT);
+                    const double split_err = rel(y, ref, n * H);
+                    assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                    float *y2 = back(b, dy, (size_t)(n * H) * 4);
+                    if (memcmp(y, y2, (size_t)(n * H) * 4))
+                        fail_msg("%s: %s: two runs of the same call differ", b->name, what);
+                    free(y2);
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_BF16, 0);
+                    assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                    y2 = back(b, dy, (size_t)(n * H) * 4);
+                    snprintf(what, sizeof what, "grouped moe bf16 mode %s, %lld tokens", gw[0].name, (long long)n);
+                    check_rel(b->name, what, y2, ref, n * H, ldexp(1, -7));
+                    const double bf_err = rel(y2, ref, n * H);
+                    if (!(bf_err > 4 * split_err))
+                        fail_msg("%s: %s: rel L2 %.3e, not worse than split mode's %.3e", b->name, what, bf_err,
+                                 split_err);
+                    free(y2);
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
+                    free(y);
+                    mk_moe_args a1 = a;
+                    a1.n = 1;
+                    assert_false(b->i->moe_grouped(b->ctx, &a1, di, dw_));
+                }
+                assert_int_equal(b->i->sync(b->ctx), MK_OK);
+                for (int e = 0; e < E; e++) {
+                    mk_backend_cuda_forget(b->b, gw[e].data);
+                    mk_backend_cuda_forget(b->b, uw[e].data);
+                    mk_backend_cuda_forget(b->b, dw[e].data);
+                    wbuf_free(&gw[e]);
+                    wbuf_free(&uw[e]);
+                    wbuf_free(&dw[e]);
+                    free(G[e]);
+                    free(U[e]);
+                    free(D[e]);
+                }
+                mk_backend_cuda_forget(b->b, rw.data);
+                wbuf_free(&rw);
+                free(x);
+                free(idx);
+                free(wt);
+                free(ref);
+                free(h);
+                b->i->buf_free(b->ctx, dx);
+                b->i->buf_free(b->ctx, dy);
+                b->i->buf_free(b->ctx, di);
+                b->i->buf_free(b->ctx, dw_);
+            }
+    }
+}
+
 /* check_finite / nonfinite_take: the first check in queue order that finds
  * a NaN or infinity keeps its tag, its lowest index and the value; the
  * take clears it; a large vector (many blocks) gives its lowest index. */
@@ -2255,7 +2400,8 @@ int main(void) {
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
-        cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_deferred_nonfinite),
+        cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_moe_grouped),
+        cmocka_unit_test(test_deferred_nonfinite),
         cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),

@@ -1,0 +1,487 @@
+/* The CUDA backend's grouped MoE slot (mk_backend_i.moe_grouped): the
+ * routed experts of a prefill chunk as grouped tensor-core GEMMs over every
+ * routed row at once, the routing never leaving the device.
+ *
+ *   k_grp_plan  one block: counts the chunk's (token, slot) pairs per
+ *               expert, scans them into each expert's run of sorted rows,
+ *               places every pair in its expert's run (tok_of, pair_of),
+ *               cuts the runs into row tiles of GRP_BM (tiles, ntiles) and
+ *               orders each token's k slots by ascending expert (perm, the
+ *               order `combine` sums in, as the CPU engine's general path).
+ *   k_grp_mm    gate and up (grid.z 2), then down: block (column tile,
+ *               row tile) multiplies one expert's rows of the tile by that
+ *               expert's weight rows; blocks past ntiles return at once.
+ *   swiglu, combine: the backend's own slots.
+ *
+ * Arithmetic. The weights' codes are exact in bf16 (affine q in 0..255;
+ * bf16 checkpoints are bf16), x is split into three bf16 parts whose sum
+ * is x exactly (as the split GEMM, cuda_gemm.cu), the tensor cores
+ * (mma.sync m16n8k16, float32 accumulation) form sum q x_part per group
+ * window and the group's scale and bias are folded in float32:
+ *   y += s * sum(q x) + b * sum(x)
+ * as the GEMV kernels do (cuda_impl.cuh). So the products are exact and the
+ * sums float32: the matmul bound of the backend ops test holds. In
+ * MK_CUDA_GEMM_BF16 mode x is rounded to bf16 once (one part), the
+ * serving engines' approximation, for speed comparisons.
+ *
+ * A row's result depends only on that row (each mma output element is its
+ * own dot product), not on which rows share its tile, so the placement
+ * order within an expert's run (atomics) does not change the output.
+ *
+ * The slot declines (false, nothing queued) for formats other than bf16
+ * and MLX affine 4/8-bit (groups of 32 or multiples of 64), hidden or
+ * intermediate sizes not multiples of 64, a layer the fused slot does not
+ * take, the generic GEMM mode, or a recording. */
+#include <cuda_bf16.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_backend.cuh"
+
+#define GRP_BM 32        /* rows (routed tokens) per tile */
+#define GRP_BN 128       /* output columns per block: 4 warps x 32 */
+#define GRP_KB 64        /* k values staged per step */
+#define GRP_THREADS 128
+#define GRP_LDS (GRP_KB + 8) /* padded bf16 row in shared memory: conflict-free fragment loads */
+#define GRP_PLAN_THREADS 1024
+
+/* ---- the plan --------------------------------------------------------------- */
+
+/* Exclusive block-wide scan of (a, b) over blockDim.x <= 1024 threads;
+ * *tot gets the totals. */
+__device__ int2 grp_scan(int2 v, int2 *ws, int2 *tot) {
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (int)blockDim.x >> 5;
+    int2 s = v;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        const int a = __shfl_up_sync(0xffffffffu, s.x, o), b = __shfl_up_sync(0xffffffffu, s.y, o);
+        if (lane >= o) {
+            s.x += a;
+            s.y += b;
+        }
+    }
+    if (lane == 31)
+        ws[wid] = s;
+    __syncthreads();
+    if (wid == 0) {
+        int2 w = lane < nw ? ws[lane] : make_int2(0, 0);
+#pragma unroll
+        for (int o = 1; o < 32; o <<= 1) {
+            const int a = __shfl_up_sync(0xffffffffu, w.x, o), b = __shfl_up_sync(0xffffffffu, w.y, o);
+            if (lane >= o) {
+                w.x += a;
+                w.y += b;
+            }
+        }
+        ws[lane] = w; /* inclusive sums of the warps */
+    }
+    __syncthreads();
+    const int2 base = wid ? ws[wid - 1] : make_int2(0, 0);
+    *tot = ws[nw - 1];
+    return make_int2(base.x + s.x - v.x, base.y + s.y - v.y);
+}
+
+/* E <= blockDim.x. Expert ids outside [0, E) (the route slot never writes
+ * them) are clamped, so no write lands outside the runs. */
+__global__ void __launch_bounds__(GRP_PLAN_THREADS)
+    k_grp_plan(const int32_t *__restrict__ idx, int n, int k, int E, int32_t *__restrict__ tok_of,
+               int32_t *__restrict__ pair_of, int32_t *__restrict__ perm, int4 *__restrict__ tiles,
+               int32_t *__restrict__ ntiles) {
+    __shared__ int cnt[GRP_PLAN_THREADS], off[GRP_PLAN_THREADS];
+    __shared__ int2 ws[32];
+    const int P = n * k, tid = threadIdx.x;
+    cnt[tid] = 0;
+    __syncthreads();
+    for (int i = tid; i < P; i += blockDim.x)
+        atomicAdd(&cnt[min(max(idx[i], 0), E - 1)], 1);
+    __syncthreads();
+    const int c = tid < E ? cnt[tid] : 0, nt = (c + GRP_BM - 1) / GRP_BM;
+    int2 tot;
+    const int2 o = grp_scan(make_int2(c, nt), ws, &tot);
+    for (int r = 0; r < nt; r++)
+        tiles[o.y + r] = make_int4(tid, o.x + r * GRP_BM, min(GRP_BM, c - r * GRP_BM), 0);
+    if (tid == 0)
+        *ntiles = tot.y;
+    off[tid] = o.x; /* the run's next free row */
+    __syncthreads();
+    for (int i = tid; i < P; i += blockDim.x) {
+        const int pos = atomicAdd(&off[min(max(idx[i], 0), E - 1)], 1);
+        tok_of[pos] = i / k;
+        pair_of[pos] = i;
+    }
+    for (int t = tid; t < n; t += blockDim.x) { /* the token's slots by ascending expert (stable) */
+        int32_t p[32];
+        for (int j = 0; j < k; j++) {
+            int q = j;
+            const int32_t ej = idx[t * k + j];
+            while (q > 0 && idx[t * k + p[q - 1]] > ej) {
+                p[q] = p[q - 1];
+                q--;
+            }
+            p[q] = j;
+        }
+        for (int j = 0; j < k; j++)
+            perm[t * k + j] = p[j];
+    }
+}
+
+/* ---- the grouped GEMM ------------------------------------------------------ */
+
+/* One projection of the layer: expert e's weight rows are e*N .. e*N+N-1
+ * of the stacked matrix. Output row r of the tile goes to C + (c_rows ?
+ * c_rows[r] : r) * ldc. */
+struct grp_mat {
+    const uint8_t *data;
+    const void *scales, *biases;
+    int64_t row_bytes;
+    int32_t N, ng; /* rows per expert; scale groups per row */
+    float *C;
+    int64_t ldc;
+    const int32_t *c_rows;
+};
+
+template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_t i) {
+    if (SD == 0)
+        return __ldg((const float *)p + i);
+    const uint32_t h = __ldg((const unsigned short *)p + i);
+    return SD == 1 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* two floats' bf16 heads packed (lo: a) */
+__device__ __forceinline__ uint32_t grp_pack(float a, float b) {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(a, b);
+    return *(const uint32_t *)&h;
+}
+__device__ __forceinline__ float grp_lo(uint32_t h) {
+    return __uint_as_float(h << 16);
+}
+__device__ __forceinline__ float grp_hi(uint32_t h) {
+    return __uint_as_float(h & 0xffff0000u);
+}
+
+/* code q (exact integer < 2^8) as a float, then two such packed as bf16 (the
+ * upper halves: exact, q has at most 8 significant bits) */
+__device__ __forceinline__ float grp_code(uint32_t q) {
+    return __uint_as_float(0x4B000000u | q) - 8388608.0f;
+}
+__device__ __forceinline__ uint32_t grp_pack_codes(uint32_t q0, uint32_t q1) {
+    return __byte_perm(__float_as_uint(grp_code(q0)), __float_as_uint(grp_code(q1)), 0x7632);
+}
+
+__device__ __forceinline__ void grp_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* BITS 16: bf16 weights; 4 or 8: MLX affine codes with scales and biases of
+ * dtype SD (0 f32, 1 bf16, 2 f16), folded every F = min(group, 64) values.
+ * NP: parts of x (3 exact, 1 rounded). K % 64 == 0, row_bytes % 16 == 0. */
+template <int BITS, int SD, int NP>
+__global__ void __launch_bounds__(GRP_THREADS)
+    k_grp_mm(const float *__restrict__ A, int64_t lda, const int32_t *__restrict__ a_rows, grp_mat m0, grp_mat m1,
+             int K, int group, const int4 *__restrict__ tiles, const int32_t *__restrict__ ntiles) {
+    __shared__ __align__(16) uint32_t As[NP][GRP_BM][GRP_LDS / 2];
+    __shared__ __align__(16) uint32_t Ws[GRP_BN][GRP_LDS / 2];
+    __shared__ float Ss[GRP_BN][2], Bs[GRP_BN][2], Xq[GRP_BM][4];
+    if ((int)blockIdx.y >= *ntiles)
+        return;
+    const grp_mat m = blockIdx.z ? m1 : m0;
+    const int n0 = blockIdx.x * GRP_BN;
+    if (n0 >= m.N)
+        return;
+    const int4 tile = tiles[blockIdx.y]; /* expert, first sorted row, rows */
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    constexpr bool AFF = BITS != 16;
+    constexpr int WB = BITS * GRP_KB / 8 / 16; /* 16-byte chunks of one weight row per step */
+    const int F = group >= 64 ? 64 : 32;      /* fold window (affine) */
+
+    /* this thread's staging: A row ar, quarter aq (16 values); weight row tid */
+    const int ar = tid >> 2, aq = tid & 3;
+    const float *arow = NULL;
+    if (ar < tile.z) {
+        const int64_t r = tile.y + ar;
+        arow = A + (a_rows ? (int64_t)a_rows[r] : r) * lda + aq * 16;
+    }
+    const int wr = n0 + tid;
+    const int64_t grow = (int64_t)tile.x * m.N + wr;
+    const uint8_t *wrow = wr < m.N ? m.data + grow * m.row_bytes : NULL;
+
+    float4 xa[4];
+    uint4 wq[WB];
+    float sv[2] = {0.0f, 0.0f}, bv[2] = {0.0f, 0.0f};
+    auto load = [&](int k0) {
+#pragma unroll
+        for (int i = 0; i < 4; i++)
+            xa[i] = arow ? __ldg((const float4 *)(arow + k0) + i) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll
+        for (int i = 0; i < WB; i++)
+            wq[i] = wrow ? mkc_ldw(wrow + (int64_t)k0 * BITS / 8 + 16 * i) : make_uint4(0u, 0u, 0u, 0u);
+        if (AFF && wrow)
+            for (int f = 0; f < GRP_KB / F; f++) {
+                const int64_t gi = grow * m.ng + (k0 + f * F) / group;
+                sv[f] = grp_lds<SD>(m.scales, gi);
+                bv[f] = grp_lds<SD>(m.biases, gi);
+            }
+    };
+
+    float acc[2][4][4], tmp[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[i][j][q] = tmp[i][j][q] = 0.0f;
+
+    load(0);
+    for (int k0 = 0; k0 < K; k0 += GRP_KB) {
+        /* stage: x split in NP bf16 parts (+ quarter sums), codes as bf16 */
+        {
+            const float *xv = (const float *)xa;
+            float qs = 0.0f;
+#pragma unroll
+            for (int i = 0; i < 16; i++)
+                qs += xv[i];
+            Xq[ar][aq] = qs;
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const float a = xv[2 * i], b = xv[2 * i + 1];
+                const uint32_t h0 = grp_pack(a, b);
+                As[0][ar][aq * 8 + i] = h0;
+                if (NP == 3) {
+                    const float ra = a - grp_lo(h0), rb = b - grp_hi(h0);
+                    const uint32_t h1 = grp_pack(ra, rb);
+                    As[1][ar][aq * 8 + i] = h1;
+                    As[NP - 1][ar][aq * 8 + i] = grp_pack(ra - grp_lo(h1), rb - grp_hi(h1));
+                }
+            }
+            uint32_t *wd = Ws[tid];
+            if (BITS == 16) {
+#pragma unroll
+                for (int i = 0; i < WB; i++)
+                    *(uint4 *)(wd + 4 * i) = wq[i];
+            } else if (BITS == 4) {
+#pragma unroll
+                for (int i = 0; i < WB; i++) {
+                    const uint32_t ws4[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+#pragma unroll
+                    for (int j = 0; j < 4; j++) { /* 8 codes, low nibble first */
+                        const uint32_t v = ws4[j];
+                        uint4 o;
+                        o.x = grp_pack_codes(v & 15u, (v >> 4) & 15u);
+                        o.y = grp_pack_codes((v >> 8) & 15u, (v >> 12) & 15u);
+                        o.z = grp_pack_codes((v >> 16) & 15u, (v >> 20) & 15u);
+                        o.w = grp_pack_codes((v >> 24) & 15u, v >> 28);
+                        *(uint4 *)(wd + 16 * i + 4 * j) = o;
+                    }
+                }
+            } else {
+#pragma unroll
+                for (int i = 0; i < WB; i++) {
+                    const uint32_t ws4[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+#pragma unroll
+                    for (int j = 0; j < 4; j += 2) { /* 4 codes per word, low byte first */
+                        uint4 o;
+                        o.x = grp_pack_codes(ws4[j] & 255u, (ws4[j] >> 8) & 255u);
+                        o.y = grp_pack_codes((ws4[j] >> 16) & 255u, ws4[j] >> 24);
+                        o.z = grp_pack_codes(ws4[j + 1] & 255u, (ws4[j + 1] >> 8) & 255u);
+                        o.w = grp_pack_codes((ws4[j + 1] >> 16) & 255u, ws4[j + 1] >> 24);
+                        *(uint4 *)(wd + 8 * i + 2 * j) = o;
+                    }
+                }
+            }
+            if (AFF) {
+                Ss[tid][0] = sv[0];
+                Ss[tid][1] = sv[1];
+                Bs[tid][0] = bv[0];
+                Bs[tid][1] = bv[1];
+            }
+        }
+        __syncthreads();
+        if (k0 + GRP_KB < K) /* the next step's loads in flight during this one's products */
+            load(k0 + GRP_KB);
+#pragma unroll
+        for (int ks = 0; ks < GRP_KB / 16; ks++) {
+            uint32_t b[4][2];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const uint32_t *wrw = Ws[wp * 32 + nt * 8 + g] + ks * 8 + t4;
+                b[nt][0] = wrw[0];
+                b[nt][1] = wrw[4];
+            }
+#pragma unroll
+            for (int p = NP - 1; p >= 0; p--) /* smallest part first */
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++) {
+                    const uint32_t *r0 = As[p][mt * 16 + g] + ks * 8 + t4, *r1 = As[p][mt * 16 + g + 8] + ks * 8 + t4;
+                    const uint32_t a[4] = {r0[0], r1[0], r0[4], r1[4]};
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+                        grp_mma(AFF ? tmp[mt][nt] : acc[mt][nt], a, b[nt][0], b[nt][1]);
+                }
+            if (AFF && ((ks + 1) * 16) % F == 0) { /* fold the window's scale and bias */
+                const int f = ((ks + 1) * 16) / F - 1;
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const int row = mt * 16 + g + 8 * h;
+                        const float xs = F == 64 ? (Xq[row][0] + Xq[row][1]) + (Xq[row][2] + Xq[row][3])
+                                                 : Xq[row][2 * f] + Xq[row][2 * f + 1];
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                            for (int j = 0; j < 2; j++) {
+                                const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                                float &d = tmp[mt][nt][2 * h + j];
+                                acc[mt][nt][2 * h + j] += fmaf(Ss[col][f], d, Bs[col][f] * xs);
+                                d = 0.0f;
+                            }
+                    }
+            }
+        }
+        __syncthreads();
+    }
+    /* epilogue: rows of the tile, columns below N */
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = mt * 16 + g + 8 * h;
+            if (row >= tile.z)
+                continue;
+            const int64_t r = tile.y + row, orow = m.c_rows ? (int64_t)m.c_rows[r] : r;
+            float *out = m.C + orow * m.ldc;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = n0 + wp * 32 + nt * 8 + 2 * t4 + j;
+                    if (col < m.N)
+                        out[col] = acc[mt][nt][2 * h + j];
+                }
+        }
+}
+
+/* ---- the slot -------------------------------------------------------------- */
+
+/* Device scratch, grown to the largest chunk seen (outside the engine's
+ * memory plan, like the GEMM's tiles). */
+struct mkb_grp {
+    void *base;
+    size_t cap;
+};
+
+void mkb_grp_free(mkb_ctx *c) {
+    if (c->grp) {
+        mk_cuda_free(c->grp->base);
+        free(c->grp);
+        c->grp = NULL;
+    }
+}
+
+static size_t al256(size_t b) {
+    return (b + 255) & ~(size_t)255;
+}
+
+typedef void (*grp_kernel)(const float *, int64_t, const int32_t *, grp_mat, grp_mat, int, int, const int4 *,
+                           const int32_t *);
+
+template <int BITS, int NP> static grp_kernel pick_sd(int sd) {
+    return sd == MK_DT_F32 ? k_grp_mm<BITS, 0, NP> : sd == MK_DT_BF16 ? k_grp_mm<BITS, 1, NP> : k_grp_mm<BITS, 2, NP>;
+}
+
+static grp_kernel pick(const mk_wt *w, int np) {
+    if (w->fmt == MK_WF_BF16)
+        return np == 3 ? k_grp_mm<16, 0, 3> : k_grp_mm<16, 0, 1>;
+    if (w->bits == 4)
+        return np == 3 ? pick_sd<4, 3>(w->sdtype) : pick_sd<4, 1>(w->sdtype);
+    return np == 3 ? pick_sd<8, 3>(w->sdtype) : pick_sd<8, 1>(w->sdtype);
+}
+
+/* The grouped kernel takes w (one expert's rows of the stack) */
+static bool takes(const mk_wt *w) {
+    if (w->cols % GRP_KB || mk_wt_row_bytes(w) % 16 || ((uintptr_t)w->data & 15))
+        return false;
+    if (w->fmt == MK_WF_BF16)
+        return true;
+    if (w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8) || !w->scales || !w->biases)
+        return false;
+    if (w->sdtype != MK_DT_F32 && w->sdtype != MK_DT_BF16 && w->sdtype != MK_DT_F16)
+        return false;
+    return w->group == 32 || (w->group >= 64 && w->group % 64 == 0);
+}
+
+static grp_mat mat_of(const mk_wt *w, int64_t N, float *C, int64_t ldc, const int32_t *c_rows) {
+    grp_mat m;
+    m.data = (const uint8_t *)w->data;
+    m.scales = w->scales;
+    m.biases = w->biases;
+    m.row_bytes = (int64_t)mk_wt_row_bytes(w);
+    m.N = (int32_t)N;
+    m.ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
+    m.C = C;
+    m.ldc = ldc;
+    m.c_rows = c_rows;
+    return m;
+}
+
+bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const float *w) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (c->recording || a->n < 2 || a->n > (1 << 20) || c->gemm_mode == MK_CUDA_GEMM_GENERIC)
+        return false;
+    const mk_cuda_moe *m = mkb_moe_layer_dev(c, a);
+    if (!m || m->n_experts > GRP_PLAN_THREADS || m->top_k > 32 || !takes(&m->gate) || !takes(&m->up) ||
+        !takes(&m->down) || m->gate.fmt != m->down.fmt)
+        return false;
+    const int64_t n = a->n, k = m->top_k, E = m->n_experts, H = m->hidden, I = m->inter, P = n * k;
+    const int64_t tcap = P / GRP_BM + E + 1;
+    if (tcap > 65535)
+        return false;
+    /* scratch: tok_of, pair_of, perm [P]; tiles [tcap]; ntiles; G, U [P, I]; Y [P, H] */
+    const size_t o_pair = al256((size_t)P * 4), o_perm = o_pair + al256((size_t)P * 4),
+                 o_tiles = o_perm + al256((size_t)P * 4), o_nt = o_tiles + al256((size_t)tcap * 16),
+                 o_g = o_nt + 256, o_u = o_g + al256((size_t)(P * I) * 4), o_y = o_u + al256((size_t)(P * I) * 4),
+                 need = o_y + al256((size_t)(P * H) * 4);
+    if (!c->grp) {
+        c->grp = (mkb_grp *)calloc(1, sizeof *c->grp);
+        if (!c->grp)
+            return false;
+    }
+    if (c->grp->cap < need) {
+        void *nb = NULL;
+        (void)cudaStreamSynchronize(c->s); /* the old scratch may still be read */
+        if (mk_cuda_malloc(&nb, need, "the grouped MoE slot's scratch") != MK_OK) {
+            mk_err_clear();
+            return false; /* the general path needs less */
+        }
+        mk_cuda_free(c->grp->base);
+        c->grp->base = nb;
+        c->grp->cap = need;
+    }
+    char *base = (char *)c->grp->base;
+    int32_t *tok_of = (int32_t *)base, *pair_of = (int32_t *)(base + o_pair), *perm = (int32_t *)(base + o_perm),
+            *ntiles = (int32_t *)(base + o_nt);
+    int4 *tiles = (int4 *)(base + o_tiles);
+    float *G = (float *)(base + o_g), *U = (float *)(base + o_u), *Y = (float *)(base + o_y);
+
+    k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles);
+    mkb_launched(c, "grouped moe: plan");
+    const int np = c->gemm_mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
+    /* gate and up of every routed row (rows of x through tok_of) */
+    grp_kernel kgu = pick(&m->gate, np), kd = pick(&m->down, np);
+    const grp_mat mg = mat_of(&m->gate, I, G, I, NULL), mu = mat_of(&m->up, I, U, I, NULL);
+    dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
+    kgu<<<ggu, GRP_THREADS, 0, c->s>>>(a->x, H, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles, ntiles);
+    mkb_launched(c, "grouped moe: gate/up");
+    mkb_swiglu(c, G, G, U, P * I);
+    /* down, each output row to its pair's row for combine */
+    const grp_mat md = mat_of(&m->down, H, Y, H, pair_of);
+    dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
+    kd<<<gd, GRP_THREADS, 0, c->s>>>(G, I, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles);
+    mkb_launched(c, "grouped moe: down");
+    mkb_combine(c, a->y, Y, w, perm, n, (int)k, H);
+    return true;
+}
