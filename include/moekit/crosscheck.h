@@ -31,7 +31,13 @@ const char *mk_xcheck_stage_name(const mk_xcheck *x, int i, char *buf, size_t n)
 /* Run ids[0..n) through m on `ref` (NULL: a CPU backend) and on `test`,
  * with engine options `o` (backend and store replaced; the store must be
  * NULL or usable twice), and compare. tol: relative L2 allowed per stage.
- * MK_OK whether or not they agree (see first_bad); errors are the runs'. */
+ * MK_OK whether or not they agree (see first_bad); errors are the runs'.
+ * The reference run computes on float activations (mk_kernels_set_int8
+ * and the prefill int8 GEMM off, the caller's settings put back after it):
+ * the check measures `test` against the exact products, and the CPU's
+ * int8 activations (an approximation of ~2e-3 in the logits on MLX affine
+ * models) would otherwise show as the device's divergence or hide one.
+ * Process-wide settings: no other thread may compute meanwhile. */
 mk_status mk_xcheck_run(const mk_model *m, mk_backend *ref, mk_backend *test, const mk_engine_opts *o,
                         const int32_t *ids, int64_t n, double tol, mk_xcheck *out);
 void mk_xcheck_free(mk_xcheck *x);

@@ -87,6 +87,9 @@ void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int
 void mk_kernels_set_int8(bool on);
 void mk_kernels_reset_int8(void);
 bool mk_kernels_int8(void);
+/* The setting behind mk_kernels_int8: -1 the default, 0 / 1 forced (so a
+ * caller that forces it for a while can put back exactly what was there). */
+int mk_kernels_int8_setting(void);
 
 /* Int8 activations for multi-token products (prefill, n >= 4) over MLX
  * affine 4/8-bit weights: mk_matmul and mk_matmul_n quantize the tokens

@@ -7,6 +7,7 @@
 
 #include "core/alloc.h"
 #include "moekit/crosscheck.h"
+#include "moekit/kernels.h"
 
 const char *mk_xcheck_stage_name(const mk_xcheck *x, int i, char *buf, size_t n) {
     if (i == 0)
@@ -59,8 +60,20 @@ mk_status mk_xcheck_run(const mk_model *m, mk_backend *ref, mk_backend *test, co
     mk_backend *own = NULL;
     if (st == MK_OK && !ref && (st = mk_backend_cpu_create(NULL, &own)) == MK_OK)
         ref = own;
-    if (st == MK_OK && (st = run_one(m, ref, o, ids, n, lg[0], h[0])) != MK_OK)
-        mk_err_wrap(st, "--verify: the reference run");
+    if (st == MK_OK) { /* the reference on float activations (crosscheck.h says why) */
+        const int int8 = mk_kernels_int8_setting();
+        const bool pre8 = mk_kernels_prefill_int8();
+        mk_kernels_set_int8(false);
+        mk_kernels_set_prefill_int8(false);
+        st = run_one(m, ref, o, ids, n, lg[0], h[0]);
+        if (int8 < 0)
+            mk_kernels_reset_int8();
+        else
+            mk_kernels_set_int8(int8 != 0);
+        mk_kernels_set_prefill_int8(pre8);
+        if (st != MK_OK)
+            mk_err_wrap(st, "--verify: the reference run");
+    }
     if (st == MK_OK && (st = run_one(m, test, o, ids, n, lg[1], h[1])) != MK_OK)
         mk_err_wrap(st, "--verify: the run under test");
     size_t per = (size_t)n * (size_t)c->hidden_size;

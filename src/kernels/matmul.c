@@ -83,6 +83,10 @@ bool mk_kernels_int8(void) {
     return v < 0 ? mk_isa_active() != MK_ISA_REF : v != 0;
 }
 
+int mk_kernels_int8_setting(void) {
+    return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE);
+}
+
 static int g_prefill_int8; /* 0 until mk_kernels_set_prefill_int8(true) */
 
 void mk_kernels_set_prefill_int8(bool on) {

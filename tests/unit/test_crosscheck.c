@@ -11,6 +11,7 @@
 
 #include "mk_test_util.h"
 #include "moekit/crosscheck.h"
+#include "moekit/kernels.h"
 
 static mk_backend_i g_faulty;                  /* the CPU table with combine replaced */
 static void (*g_combine)(void *, float *, const float *, const float *, const int32_t *, int64_t, int,
@@ -71,7 +72,71 @@ static void test_crosscheck(void **st) {
     mk_model_free(m);
 }
 
+/* The reference run computes on float activations whatever the process
+ * setting (the CPU's int8 activations would be measured as the device's
+ * divergence), and the setting is put back after it: every matmul of the
+ * reference backend sees mk_kernels_int8() false, every one of the backend
+ * under test sees the forced value, before and after. */
+static mk_backend_i g_probe_ref, g_probe_test;
+static void (*g_matmul)(void *, const mk_wt *, const float *, int64_t, float *);
+static int g_ref_int8, g_ref_calls, g_test_float, g_test_calls;
+
+static void ref_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    g_ref_calls++;
+    g_ref_int8 += mk_kernels_int8() || mk_kernels_prefill_int8();
+    g_matmul(ctx, w, x, n, y);
+}
+
+static void test_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    g_test_calls++;
+    g_test_float += !mk_kernels_int8() || !mk_kernels_prefill_int8();
+    g_matmul(ctx, w, x, n, y);
+}
+
+static void test_reference_float(void **st) {
+    (void)st;
+    mk_model *m = NULL;
+    assert_int_equal(mk_model_open(mk_test_fixture("tiny-qwen35moe/bf16"), &m), MK_OK);
+    int32_t ids[6] = {1, 5, 9, 2, 7, 3};
+    mk_engine_opts o = {.threads = 1, .max_ctx = 6};
+    mk_backend *a = NULL, *b = NULL, *ra = NULL, *rb = NULL;
+    assert_int_equal(mk_backend_cpu_create(NULL, &a), MK_OK);
+    assert_int_equal(mk_backend_cpu_create(NULL, &b), MK_OK);
+    g_probe_ref = *mk_backend_iface(a);
+    g_probe_ref.free = NULL; /* the contexts stay the CPU backends' */
+    g_matmul = g_probe_ref.matmul;
+    g_probe_ref.matmul = ref_matmul;
+    g_probe_test = *mk_backend_iface(b);
+    g_probe_test.free = NULL;
+    g_probe_test.matmul = test_matmul;
+    assert_int_equal(mk_backend_create(&g_probe_ref, mk_backend_ctx(a), &ra), MK_OK);
+    assert_int_equal(mk_backend_create(&g_probe_test, mk_backend_ctx(b), &rb), MK_OK);
+    mk_kernels_set_int8(true);
+    mk_kernels_set_prefill_int8(true);
+    mk_xcheck x;
+    assert_int_equal(mk_xcheck_run(m, ra, rb, &o, ids, 6, 1e-3, &x), MK_OK);
+    mk_xcheck_free(&x);
+    printf("  reference: %d matmuls, %d on int8 activations; under test: %d matmuls, %d on float\n", g_ref_calls,
+           g_ref_int8, g_test_calls, g_test_float);
+    assert_true(g_ref_calls > 0 && g_test_calls > 0);
+    assert_int_equal(g_ref_int8, 0);
+    assert_int_equal(g_test_float, 0);
+    assert_int_equal(mk_kernels_int8_setting(), 1); /* put back */
+    assert_true(mk_kernels_prefill_int8());
+    mk_kernels_reset_int8();
+    mk_kernels_set_prefill_int8(false);
+    assert_int_equal(mk_xcheck_run(m, ra, rb, &o, ids, 6, 1e-3, &x), MK_OK);
+    mk_xcheck_free(&x);
+    assert_int_equal(mk_kernels_int8_setting(), -1); /* the default put back as the default */
+    assert_false(mk_kernels_prefill_int8());
+    mk_backend_free(ra);
+    mk_backend_free(rb);
+    mk_backend_free(a);
+    mk_backend_free(b);
+    mk_model_free(m);
+}
+
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_crosscheck)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_crosscheck), cmocka_unit_test(test_reference_float)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
