@@ -451,6 +451,11 @@ int cmd_serve(int argc, char **argv) {
         sigaddset(&set, SIGTERM);
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         o.mm.cmd = "serve";
+        /* the engines this rank will hold, as rank 0 plans them (load): one per slot (rank 0's setup
+         * says how many; the same flags give the same count) */
+        o.mm.plan_ctx = o.ctx > 0 ? o.ctx : -1;
+        o.mm.plan_chunk = 512;
+        o.mm.engines = (int)o.parallel;
         return mk_ecli_dist_work(&o.dd, o.model, &(mk_model_opts){0}, &o.mm,
                                  &(mk_engine_opts){.threads = (int)o.threads});
     }

@@ -16,10 +16,13 @@
  * Rank 0 (the lead) owns everything else: tokenization, sampling, output.
  * It announces the engine's shape once (mk_dist_announce: max context,
  * prefill chunk, top-k and a fingerprint of the model, which the workers
- * check against their own), then each forward call (the partition's
- * `step`: position and ids, after the engine validated them, so bad input
- * never reaches the workers). Workers (mk_dist_work) replay the steps on
- * their engine until the lead's mk_dist_finish.
+ * check against their own, and how many sequences it drives:
+ * mk_dist_set_slots), then each forward call (the partition's `step`:
+ * the sequence, position and ids, after the engine validated them, so
+ * bad input never reaches the workers) and each batched decode step (its
+ * `step_batch`: the sequences, ids and positions). Workers (mk_dist_work)
+ * replay the steps on their engine of each sequence until the lead's
+ * mk_dist_finish.
  *
  * Integrity: every message carries a header with the sender, the layer,
  * the step, a sequence number, the xxh3 of the routing decisions it was

@@ -7,7 +7,8 @@
  * Transport: point-to-point nonblocking sends and receives on
  * MPI_COMM_WORLD (errors returned, not fatal), polled against a deadline,
  * so a dead or stalled peer is named instead of waited on for ever. One
- * exchange per MoE layer per chunk: each rank sends its experts' pair rows
+ * exchange per MoE layer per chunk (a batched decode step over several
+ * sequences is one chunk of one row each): each rank sends its experts' pair rows
  * (packed in expert order) to every other rank and receives theirs, which
  * is an allgather (among the stage's ranks when both placements combine);
  * it is written as N-1 receives because only a receive of its own says
@@ -17,7 +18,9 @@
  * Messages: a 72-byte header (magic, kind, sender, layer, step, sequence,
  * position, payload bytes, the routing-decisions hash, the payload's xxh3,
  * the header's own xxh3) then the payload. Commands (rank 0 -> workers:
- * setup, step, finish) and exchanges use two tags; MPI keeps each pair's
+ * setup; step: a sequence (serve's slot), its ids; batch: a batched decode
+ * step's sequences, ids and positions; finish) and exchanges use two
+ * tags; MPI keeps each pair's
  * messages of one tag in order, and the sequence number catches a
  * desynchronised rank. One thread at a time calls MPI (serialized: the
  * command's thread, or serve's scheduler thread while it runs steps). */
@@ -99,7 +102,7 @@ struct mk_dist {
     mk_moe_part *parts;    /* [nslots] (mk_dist_part) */
     mk_layer_pipe *pipes;  /* [nslots] (mk_dist_pipe) */
     bool batch;            /* the current step is a batched decode step (--stats: decode) */
-    /* --stats: [0] every exchange, [1] those of one-token steps (decode) */
+    /* --stats: [0] every exchange, [1] those of decode steps (one token, or a batched step) */
     double xchg_s[2];            /* seconds inside exchanges (waits included) */
     uint64_t xchg_n[2], xchg_bytes[2]; /* exchanges, payload bytes sent */
 };

@@ -25,6 +25,16 @@
  * one-token call (backend.h). Recorded steps are not used.
  * tests/unit/test_engine_batch.c holds this bitwise on every family.
  *
+ * Expert partitions and layer pipelines (moe_part.h, layer_pipe.h; MPI):
+ * the step announces itself once through the first sequence's
+ * `step_batch` hook (each sequence's hook `user` names it to the other
+ * processes), runs the stage's layers only (the hidden rows of the batch
+ * in from the previous stage and out to the next, the logits rows back
+ * from the last, with the first sequence's position in the messages) and
+ * in each MoE layer the partition's share of the experts, then one
+ * exchange over all the batch's rows (moe.c), as prefill does. A NULL
+ * logits buffer computes none (a follower process).
+ *
  * Families: the blocks below mirror forward.c's. A family or option they
  * do not know must not be batched: mk_engine_batchable lists what they
  * cover, and callers step other models one sequence at a time. */
