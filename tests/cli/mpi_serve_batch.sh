@@ -20,9 +20,9 @@
 #   - SIGTERM to rank 0 ends every rank with mpirun exit 0 (no rank failed
 #     a step: a rank replaying a batch on the wrong engines or positions
 #     would have routed differently and stopped the job).
-# Then a rank killed in a batched step: every rank ends within
-# `timeout 90`, rank 0 naming rank 1, the layer, the step and its batch,
-# and no client gets HTTP 200.
+# Then faults in a batched step (a rank killed in expert and pipeline mode,
+# a flipped byte): every rank ends within `timeout 90`, rank 0 naming rank
+# 1, the layer, the step and its batch, and no client gets HTTP 200.
 set -euo pipefail
 : "${MK_BIN:?}" "${MK_BUILD:?}"
 . "$(dirname "$0")/fixtures.bash"
@@ -114,35 +114,46 @@ for run in expert:2 pipeline:2 both:3 expert:3; do
     if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "$mode -np $np: a rank is left"; fi
 done
 
-# rank 1 killed at layer 1 of step 100 (the warm-up is step 1; the 4 prompts take a step each per
-# 16-token piece, then the batched decode steps of 4 sequences of 300 tokens follow: step 100 is one
-# of those), mpirun told not to abort on a dead process: rank 0's deadline ends the job naming rank
-# 1, layer 1, step 100 and its batch, and no client gets an answer
-set +e
-timeout 90 "${MPI[@]}" --mca orte_abort_on_non_zero_status 0 -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" \
-    --port 0 --threads 1 --alias "$ALIAS" --parallel 4 --prefill-step 16 --mpi-timeout 3 \
-    --mpi-test-fault kill:1:1:100 > "$T/out" 2> "$T/kill.log" &
-JOB=$!
-set -e
-wait_ready "$T/kill.log" "$JOB"
-cp=()
-for i in 0 1 2 3; do
-    (curl -s -m 80 -o "$T/k$i" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d "{\"model\":\"$ALIAS\",\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt "$i")\"}],\"max_tokens\":300,\"temperature\":0,\"ignore_eos\":true}" > "$T/kc$i" || true) &
-    cp+=($!)
-done
-wait "${cp[@]}"
-set +e
-wait "$JOB"
-rc=$?
-set -e
-JOB=
-[ $rc -ne 124 ] || fail "kill: the job did not end within 90 s"
-[ $rc -ne 0 ] || { cat "$T/kill.log" >&2; fail "kill: mpirun exited 0"; }
-for i in 0 1 2 3; do
-    [ "$(cat "$T/kc$i")" != 200 ] || { cat "$T/k$i" >&2; fail "kill: client $i got HTTP 200 with a dead rank"; }
-done
-grep -q "rank 1: test hook: killed at layer 1, step 100" "$T/kill.log" || { cat "$T/kill.log" >&2; fail "kill: the hook did not fire"; }
-grep -q "layer 1, step 100 (a batch of [2-4] sequences, the first at position [0-9]*): the payload from rank 1 did not complete within 3 s" "$T/kill.log" ||
-    { cat "$T/kill.log" >&2; fail "kill: no message naming rank 1, layer 1, step 100 and its batch"; }
-if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "kill: a rank is left"; fi
-echo "ok: a rank killed in a batched step ends every rank (mpirun exit $rc), named; no client got 200"
+# Faults in a batched step, mpirun told not to abort on a dead process, each job within `timeout 90`
+# and no client answered 200. Step 100: the warm-up is step 1, the 4 prompts take a step each per
+# 16-token piece, then batched decode steps of the 4 sequences of 300 tokens follow, so step 100 is
+# one of those. Rank 0 names the rank, the layer, the step and its batch:
+#   - expert: rank 1 killed at layer 1: rank 0's exchange deadline (--mpi-timeout 3);
+#   - expert: rank 1 flips a byte of its layer-1 rows: rank 0's checksum;
+#   - pipeline: rank 1 (the last stage) killed as it sends the batch's logits rows (layer 4, the
+#     logits): rank 0's wait for them (one timeout per stage: 6 s).
+fault() { # mode hook pattern-of-rank-0's-line what
+    local mode=$1 hook=$2 pat=$3 what=$4
+    set +e
+    timeout 90 "${MPI[@]}" --mca orte_abort_on_non_zero_status 0 -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" \
+        --port 0 --threads 1 --alias "$ALIAS" --parallel 4 --prefill-step 16 --mpi-mode "$mode" --mpi-timeout 3 \
+        --mpi-test-fault "$hook" > "$T/out" 2> "$T/fault.log" &
+    JOB=$!
+    set -e
+    wait_ready "$T/fault.log" "$JOB"
+    local cp=() i
+    for i in 0 1 2 3; do
+        (curl -s -m 80 -o "$T/k$i" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d "{\"model\":\"$ALIAS\",\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt "$i")\"}],\"max_tokens\":300,\"temperature\":0,\"ignore_eos\":true}" > "$T/kc$i" || true) &
+        cp+=($!)
+    done
+    wait "${cp[@]}"
+    set +e
+    wait "$JOB"
+    local rc=$?
+    set -e
+    JOB=
+    [ $rc -ne 124 ] || fail "$what: the job did not end within 90 s"
+    [ $rc -ne 0 ] || { cat "$T/fault.log" >&2; fail "$what: mpirun exited 0"; }
+    for i in 0 1 2 3; do
+        [ "$(cat "$T/kc$i")" != 200 ] || { cat "$T/k$i" >&2; fail "$what: client $i got HTTP 200"; }
+    done
+    grep -q "rank 1: test hook: .* step 100" "$T/fault.log" || { cat "$T/fault.log" >&2; fail "$what: the hook did not fire"; }
+    grep -q "rank 0 of 2: $pat" "$T/fault.log" || { cat "$T/fault.log" >&2; fail "$what: rank 0 did not say '$pat'"; }
+    if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "$what: a rank is left"; fi
+    echo "ok: $what in a batched step ends every rank (mpirun exit $rc), named by rank 0; no client got 200"
+}
+B="step 100 (a batch of [2-4] sequences, the first at position [0-9]*)"
+fault expert kill:1:1:100 "layer 1, $B: the payload from rank 1 did not complete within 3 s" "expert: rank 1 killed"
+fault expert flip:1:1:100 "layer 1, $B: the payload from rank 1 fails its checksum" "expert: a flipped byte"
+fault pipeline kill:1:4:100 "layer 4 (the logits), $B: the payload from rank 1 did not complete within 6 s" \
+    "pipeline: the last stage killed"
