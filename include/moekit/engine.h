@@ -77,11 +77,11 @@ typedef struct mk_engine_opts {
     void *on_select_user;   /* passed to on_select */
     mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
     void *on_linear_user;   /* passed to on_linear */
-    const mk_moe_part *moe_part; /* NULL (default): every routed expert here. Else only the
-                                    partition's share (moe_part.h; copied at create): needs a
-                                    host-memory backend, turns off the fused MoE slot and
-                                    prefetch; batched decode needs its step_batch where it has a
-                                    step (mk_engine_batchable) */
+    const mk_moe_part *moe_part;     /* NULL (default): every routed expert here. Else only the
+                                        partition's share (moe_part.h; copied at create): needs a
+                                        host-memory backend, turns off the fused MoE slot and
+                                        prefetch; batched decode needs its step_batch where it has a
+                                        step (mk_engine_batchable) */
     const mk_layer_pipe *layer_pipe; /* NULL (default): every layer here. Else only layers
                                         [first, last) and their caches (layer_pipe.h; copied at
                                         create): needs a host-memory backend, refuses hidden-state

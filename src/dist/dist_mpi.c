@@ -98,10 +98,10 @@ struct mk_dist {
     size_t pcap;
     /* the sequences (serve's slots): each one's hooks, their user naming it */
     int nslots;
-    dist_slot *slots;      /* [nslots] */
-    mk_moe_part *parts;    /* [nslots] (mk_dist_part) */
-    mk_layer_pipe *pipes;  /* [nslots] (mk_dist_pipe) */
-    bool batch;            /* the current step is a batched decode step (--stats: decode) */
+    dist_slot *slots;     /* [nslots] */
+    mk_moe_part *parts;   /* [nslots] (mk_dist_part) */
+    mk_layer_pipe *pipes; /* [nslots] (mk_dist_pipe) */
+    bool batch;           /* the current step is a batched decode step (--stats: decode) */
     /* --stats: [0] every exchange, [1] those of decode steps (one token, or a batched step) */
     double xchg_s[2];            /* seconds inside exchanges (waits included) */
     uint64_t xchg_n[2], xchg_bytes[2]; /* exchanges, payload bytes sent */
@@ -234,8 +234,8 @@ static bool grow(char **buf, size_t *cap, size_t need) {
  * position P)". */
 static void step_what(const mk_dist *d, char *buf, size_t cap, int layer, const char *tail, int64_t pos) {
     if (d->batch)
-        snprintf(buf, cap, "layer %d%s, step %lld (a batch of %lld sequences, the first at position %lld)", layer,
-                 tail, (long long)d->step, (long long)d->ntok, (long long)pos);
+        snprintf(buf, cap, "layer %d%s, step %lld (a batch of %lld sequences, the first at position %lld)",
+                 layer, tail, (long long)d->step, (long long)d->ntok, (long long)pos);
     else
         snprintf(buf, cap, "layer %d%s, step %lld (position %lld)", layer, tail, (long long)d->step,
                  (long long)pos);

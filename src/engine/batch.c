@@ -96,9 +96,9 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
             (l->has_part && (e->part.range != l->part.range || e->part.exchange != l->part.exchange)))
             return false;
         if (e->has_pipe != l->has_pipe ||
-            (l->has_pipe && (e->pipe.first != l->pipe.first || e->pipe.last != l->pipe.last ||
-                             e->pipe.recv_hidden != l->pipe.recv_hidden ||
-                             e->pipe.send_hidden != l->pipe.send_hidden)))
+            (l->has_pipe &&
+             (e->pipe.first != l->pipe.first || e->pipe.last != l->pipe.last ||
+              e->pipe.recv_hidden != l->pipe.recv_hidden || e->pipe.send_hidden != l->pipe.send_hidden)))
             return false;
         /* the lead's store serves every row: the same store, or each
          * engine's own resident one (the same views of the same model) */

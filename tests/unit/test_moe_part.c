@@ -329,14 +329,14 @@ typedef struct bseq {
 } bseq;
 
 typedef struct brank {
-    rank k;        /* its group, place, model */
-    bool lead;     /* announces steps (step, step_batch) and wants the logits */
+    rank k;    /* its group, place, model */
+    bool lead; /* announces steps (step, step_batch) and wants the logits */
     /* a pipeline stage instead of a partition (ln not NULL): layers [first, last) */
     stage_link *ln;
     int first, last;
-    bool logits;   /* computes or receives logits (the lead; a pipeline's last stage) */
-    int xchg;      /* exchanges (a pipeline: hand-overs) so far */
-    int batches;   /* step_batch calls */
+    bool logits; /* computes or receives logits (the lead; a pipeline's last stage) */
+    int xchg;    /* exchanges (a pipeline: hand-overs) so far */
+    int batches; /* step_batch calls */
     int bslot[BSTEPS][BNS], bn[BSTEPS];
     int64_t bpos[BSTEPS][BNS];
     int xchg_per_step[BSTEPS];
@@ -420,12 +420,20 @@ static mk_status brank_run(brank *b, mk_backend *be, mk_engine **es, bseq *sq, m
     int64_t V = mk_model_config(k->m)->vocab_size;
     for (int i = 0; i < BNS; i++) {
         sq[i] = (bseq){.k = k, .slot = i};
-        parts[i] = (mk_moe_part){.user = &sq[i], .range = b_range, .exchange = b_exchange,
-                                 .step = b->lead ? b_step : NULL, .step_batch = b->lead ? b_step_batch : NULL};
-        pipes[i] = (mk_layer_pipe){.user = &sq[i], .first = b->first, .last = b->last,
-                                   .recv_hidden = bp_recv_hidden, .send_hidden = bp_send_hidden,
-                                   .recv_logits = bp_recv_logits, .send_logits = bp_send_logits,
-                                   .step = b->lead ? bp_step : NULL, .step_batch = b->lead ? b_step_batch : NULL};
+        parts[i] = (mk_moe_part){.user = &sq[i],
+                                 .range = b_range,
+                                 .exchange = b_exchange,
+                                 .step = b->lead ? b_step : NULL,
+                                 .step_batch = b->lead ? b_step_batch : NULL};
+        pipes[i] = (mk_layer_pipe){.user = &sq[i],
+                                   .first = b->first,
+                                   .last = b->last,
+                                   .recv_hidden = bp_recv_hidden,
+                                   .send_hidden = bp_send_hidden,
+                                   .recv_logits = bp_recv_logits,
+                                   .send_logits = bp_send_logits,
+                                   .step = b->lead ? bp_step : NULL,
+                                   .step_batch = b->lead ? b_step_batch : NULL};
         mk_engine_opts o = {.max_ctx = 16, .backend = be};
         if (b->ln)
             o.layer_pipe = &pipes[i];
@@ -498,7 +506,8 @@ static float *batch_ref(const mk_model *m) {
         for (int i = 0; i < BNS; i++) { /* row i of step t: the batch's i-th sequence */
             int32_t id = b_id(t, b_order[i], V);
             assert_int_equal(mk_engine_forward(re[b_order[i]], &id, 1, MK_LOGITS_LAST,
-                                               ref + ((int64_t)t * BNS + i) * V, NULL), MK_OK);
+                                               ref + ((int64_t)t * BNS + i) * V, NULL),
+                             MK_OK);
         }
     for (int i = 0; i < BNS; i++)
         mk_engine_free(re[i]);
@@ -519,9 +528,10 @@ static void batch_fixture(const char *rel) {
     brank br[2];
     pthread_t th[2];
     for (int r = 0; r < 2; r++) {
-        br[r] = (brank){.k = {.g = &g, .r = r, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
-                        .lead = r == 0,
-                        .logits = r == 0};
+        br[r] = (brank){
+            .k = {.g = &g, .r = r, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
+            .lead = r == 0,
+            .logits = r == 0};
         assert_non_null(br[r].k.logits);
         assert_int_equal(pthread_create(&th[r], NULL, brank_main, &br[r]), 0);
     }
@@ -568,12 +578,13 @@ static void batch_pipe_fixture(const char *rel) {
         brank br[2];
         pthread_t th[2];
         for (int s = 0; s < 2; s++) {
-            br[s] = (brank){.k = {.r = s, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
-                            .lead = s == 0,
-                            .ln = &ln,
-                            .first = s ? cut : 0,
-                            .last = s ? c->num_layers : cut,
-                            .logits = true};
+            br[s] =
+                (brank){.k = {.r = s, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
+                        .lead = s == 0,
+                        .ln = &ln,
+                        .first = s ? cut : 0,
+                        .last = s ? c->num_layers : cut,
+                        .logits = true};
             assert_non_null(br[s].k.logits);
             assert_int_equal(pthread_create(&th[s], NULL, brank_main, &br[s]), 0);
         }
@@ -583,7 +594,8 @@ static void batch_pipe_fixture(const char *rel) {
         for (int s = 0; s < 2; s++)
             if (memcmp(br[s].k.logits, ref, (size_t)(BSTEPS * BNS * V) * sizeof(float)))
                 fail_msg("%s, stages cut at layer %d: stage %d's batched logits differ from each sequence "
-                         "alone", rel, cut, s);
+                         "alone",
+                         rel, cut, s);
         assert_int_equal(br[0].k.steps, BNS);
         assert_int_equal(br[0].batches, BSTEPS);
         assert_int_equal(br[1].batches, 0);
