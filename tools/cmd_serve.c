@@ -93,8 +93,11 @@ static void help(FILE *f) {
             "%s"
             "MPI (`mpirun -np N moekit serve MODEL ...`): rank 0 owns HTTP, tokenization,\n"
             "sampling and the prompt cache; the other ranks hold no HTTP and run rank 0's\n"
-            "steps on their share; one slot, no recurrent-state snapshots; SIGTERM or SIGINT\n"
-            "(to rank 0 or mpirun) stops the server, then every rank:\n"
+            "steps on their share, with an engine per slot (--parallel): a batched decode\n"
+            "step is one step on every rank (expert mode: one exchange per MoE layer for all\n"
+            "its sequences; pipeline: one hand-over per stage), answers equal to one process;\n"
+            "no recurrent-state snapshots; SIGTERM or SIGINT (to rank 0 or mpirun) stops the\n"
+            "server, then every rank:\n"
             "%s"
             "  -h, --help           this text\n\n"
             "Slots share the model's weights; each holds its own KV cache and recurrent\n"
@@ -304,7 +307,9 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
     else
         MK_TRY(mk_backend_cpu_create(z->pool, &z->be));
     mk_engine_opts eo = {.max_ctx = ctx, .prefill_chunk = 512, .backend = z->be};
-    /* under MPI: this rank's share (experts or layers), and the other ranks build the same engine */
+    /* under MPI: this rank's share (experts or layers), and the other ranks build the same engines,
+     * one per slot, following each slot's steps and the batched decode steps over them */
+    o->dd.slots = (int)o->parallel;
     MK_TRY(mk_ecli_dist_lead(&o->dd, z->m, &eo));
     /* the prompt cache besides the engines' KV caches: recurrent-state
      * snapshots (hybrids; sched.c), each slot's token index and logprobs
@@ -326,7 +331,9 @@ static mk_status load(serve_opts *o, serve_state *z, mk_server_model *sm) {
         return mk_err(MK_E_NOMEM, "no memory for %lld slots", o->parallel);
     o->mm.engines = (int)o->parallel;
     for (int i = 0; i < o->parallel; i++) {
-        st = mk_ecli_mem_engine(&o->mm, z->m, &eo, &z->engines[i]);
+        mk_engine_opts ei = eo;
+        mk_ecli_dist_slot(&o->dd, i, &ei); /* MPI: slot i's hooks name it in the steps */
+        st = mk_ecli_mem_engine(&o->mm, z->m, &ei, &z->engines[i]);
         if (st != MK_OK && o->mm.budget)
             return mk_err_wrap(st, "slot %d of %lld (--parallel; --memory-budget also holds the prompt "
                                "cache's %.1f MiB: see --snapshots, --snapshot-memory)", i + 1, o->parallel,
@@ -435,9 +442,6 @@ int cmd_serve(int argc, char **argv) {
         dst = mk_err(MK_E_UNSUPPORTED, "serve: --backend cuda does not run under MPI yet");
     if (dst != MK_OK)
         return mk_cli_fail(dst);
-    if (o.dd.d && o.parallel > 1)
-        return mk_cli_usage("serve", "--parallel %lld: under MPI the server runs one slot (the other ranks "
-                            "follow one sequence's steps); drop --parallel", o.parallel);
     if (mk_ecli_dist_worker(&o.dd)) {
         /* no HTTP here: rank 0's steps until its finish, which its SIGTERM/SIGINT handling sends after
          * the server stopped (mpirun forwards those signals to every rank: they wait for it) */
@@ -447,6 +451,11 @@ int cmd_serve(int argc, char **argv) {
         sigaddset(&set, SIGTERM);
         pthread_sigmask(SIG_BLOCK, &set, NULL);
         o.mm.cmd = "serve";
+        /* the engines this rank will hold, as rank 0 plans them (load): one per slot (rank 0's setup
+         * says how many; the same flags give the same count) */
+        o.mm.plan_ctx = o.ctx > 0 ? o.ctx : -1;
+        o.mm.plan_chunk = 512;
+        o.mm.engines = (int)o.parallel;
         return mk_ecli_dist_work(&o.dd, o.model, &(mk_model_opts){0}, &o.mm,
                                  &(mk_engine_opts){.threads = (int)o.threads});
     }

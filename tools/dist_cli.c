@@ -9,6 +9,7 @@
 #include "cmd.h"
 #include "core/alloc.h"
 #include "dist_cli.h"
+#include "moekit/kernels.h"
 #include "moekit/profile.h"
 
 const char mk_ecli_dist_help[] =
@@ -558,6 +559,7 @@ mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts 
                       dd->cmd);
     uint64_t fp;
     MK_TRY(fingerprint(m, &fp));
+    MK_TRY(mk_dist_set_slots(dd->d, dd->slots > 0 ? dd->slots : 1)); /* before the hooks are made */
     if (dd->pipeline) {
         MK_TRY(stages_for(dd, m));
         MK_TRY(mk_dist_set_stages(dd->d, m, dd->nbounds - 1, dd->bounds, dd->both ? dd->sranks : NULL));
@@ -572,10 +574,22 @@ mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts 
     return mk_dist_announce(dd->d, eo, fp);
 }
 
+void mk_ecli_dist_slot(const mk_ecli_dist *dd, int slot, mk_engine_opts *eo) {
+    if (!dd->d)
+        return;
+    if (eo->moe_part)
+        eo->moe_part = mk_dist_slot_part(dd->d, slot);
+    if (eo->layer_pipe)
+        eo->layer_pipe = mk_dist_slot_pipe(dd->d, slot);
+}
+
 int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *mo, mk_ecli_mem *mm,
                       const mk_engine_opts *eo) {
     mk_model *m = NULL;
-    mk_engine *e = NULL;
+    mk_engine **es = NULL;
+    int nes = 0;
+    mk_pool *pool = NULL;
+    mk_backend *be = NULL;
     mk_engine_opts o = {.threads = eo->threads};
     uint64_t fp = 0;
     bool finished = false;
@@ -611,15 +625,37 @@ int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *
     } else if (st == MK_OK && !finished) {
         st = share(dd, m, &o);
     }
+    /* an engine per sequence rank 0 drives (serve's slots), each with that sequence's hooks */
+    int ns = mk_dist_slots(dd->d);
+    if (st == MK_OK && !finished && !(es = calloc((size_t)ns, sizeof *es)))
+        st = mk_err(MK_E_NOMEM, "no memory for %d sequences' engines", ns);
     if (st == MK_OK && !finished)
-        st = mk_ecli_mem_engine(mm, m, &o, &e);
+        mm->engines = ns;
+    /* several sequences: one backend (and thread pool) for all their engines, as on rank 0 (serve),
+     * so that rank 0's batched steps can run here too (mk_engine_batchable: one backend) */
+    if (st == MK_OK && !finished && ns > 1 && (st = mk_pool_create(o.threads, &pool)) == MK_OK &&
+        (st = mk_backend_cpu_create(pool, &be)) == MK_OK)
+        o.backend = be;
+    for (int i = 0; st == MK_OK && !finished && i < ns; i++) {
+        mk_engine_opts oi = o;
+        mk_ecli_dist_slot(dd, i, &oi);
+        st = mk_ecli_mem_engine(mm, m, &oi, &es[i]);
+        if (st == MK_OK)
+            nes++;
+        else if (ns > 1)
+            st = mk_err_wrap(st, "sequence %d of rank 0's %d (--parallel)", i + 1, ns);
+    }
     if (st != MK_OK) {
         snprintf(msg, sizeof msg, "%s", mk_err_msg());
         mk_dist_abort(dd->d, mk_status_exit_code(st), msg);
     }
     if (!finished)
-        st = mk_dist_work(dd->d, e);
-    mk_engine_free(e);
+        st = mk_dist_work(dd->d, es, nes);
+    for (int i = 0; i < nes; i++)
+        mk_engine_free(es[i]);
+    free(es);
+    mk_backend_free(be);
+    mk_pool_free(pool);
     mk_ecli_mem_free(mm);
     mk_model_free(m);
     return st == MK_OK ? 0 : mk_cli_fail(st);

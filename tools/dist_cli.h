@@ -40,6 +40,7 @@ typedef struct mk_ecli_dist {
     int nbounds;
     uint64_t held_r, held_x; /* pipeline: this stage's non-expert and routed-expert bytes (both: this
                                 rank's share of the latter, all of the stage's with --mpi-balance) */
+    int slots;           /* sequences the lead drives (serve's --parallel; 0: 1), an engine each */
     const char *cmd;     /* for messages */
     mk_dist *d;          /* started: NULL for a single-process run */
     const mk_moe_part *part;
@@ -66,13 +67,19 @@ void mk_ecli_dist_stats(const mk_ecli_dist *dd, FILE *f);
 /* This process is a worker (rank > 0). */
 bool mk_ecli_dist_worker(const mk_ecli_dist *dd);
 /* Worker: open `model` as the lead does (mo, mm: the same flags), wait for
- * the lead's engine shape, create the engine over this rank's experts
- * (threads from eo) and replay the lead's steps. Returns the exit code. */
+ * the lead's engine shape, create the engines over this rank's experts
+ * (one per sequence the lead drives; threads from eo) and replay the
+ * lead's steps. Returns the exit code. */
 int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *mo, mk_ecli_mem *mm,
                       const mk_engine_opts *eo);
 /* Lead, after opening m and before creating the engine with *eo: size the
  * partition, print this rank's share, set eo->moe_part and announce the
- * engine shape to the workers. No-op without MPI. */
+ * engine shape (and dd->slots sequences) to the workers. No-op without
+ * MPI. */
 mk_status mk_ecli_dist_lead(mk_ecli_dist *dd, const mk_model *m, mk_engine_opts *eo);
+/* Lead with several sequences (serve's slots): eo's hooks (set by
+ * mk_ecli_dist_lead) become sequence `slot`'s, for its engine. No-op
+ * without MPI. */
+void mk_ecli_dist_slot(const mk_ecli_dist *dd, int slot, mk_engine_opts *eo);
 
 #endif

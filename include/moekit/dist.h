@@ -16,10 +16,13 @@
  * Rank 0 (the lead) owns everything else: tokenization, sampling, output.
  * It announces the engine's shape once (mk_dist_announce: max context,
  * prefill chunk, top-k and a fingerprint of the model, which the workers
- * check against their own), then each forward call (the partition's
- * `step`: position and ids, after the engine validated them, so bad input
- * never reaches the workers). Workers (mk_dist_work) replay the steps on
- * their engine until the lead's mk_dist_finish.
+ * check against their own, and how many sequences it drives:
+ * mk_dist_set_slots), then each forward call (the partition's `step`:
+ * the sequence, position and ids, after the engine validated them, so
+ * bad input never reaches the workers) and each batched decode step (its
+ * `step_batch`: the sequences, ids and positions). Workers (mk_dist_work)
+ * replay the steps on their engine of each sequence until the lead's
+ * mk_dist_finish.
  *
  * Integrity: every message carries a header with the sender, the layer,
  * the step, a sequence number, the xxh3 of the routing decisions it was
@@ -111,6 +114,19 @@ int mk_dist_size(const mk_dist *d);
  * (MPI_Abort with `code`). Does not return. */
 _Noreturn void mk_dist_abort(mk_dist *d, int code, const char *msg);
 
+/* Lead, before mk_dist_part, mk_dist_pipe and mk_dist_announce: the job
+ * drives n sequences (serve's --parallel slots; default 1, at most 256),
+ * each an engine of its own on every rank with hooks of its own
+ * (mk_dist_slot_part, mk_dist_slot_pipe), so each step names its
+ * sequence and a batched decode step (mk_engine_decode_batch) the
+ * sequences it holds. The setup carries n to the workers. */
+mk_status mk_dist_set_slots(mk_dist *d, int n);
+int mk_dist_slots(const mk_dist *d);
+/* Sequence `slot`'s hooks (after mk_dist_part / mk_dist_pipe, which give
+ * slot 0's); NULL when there are none of that kind or no such slot. */
+const mk_moe_part *mk_dist_slot_part(const mk_dist *d, int slot);
+const mk_layer_pipe *mk_dist_slot_pipe(const mk_dist *d, int slot);
+
 /* Size the partition for model m (MK_E_ARG when the model has fewer routed
  * experts than there are ranks sharing them, or none) and return the engine
  * hook (valid while d lives). On the lead the hook announces steps (both
@@ -163,9 +179,13 @@ mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerp
  * the lead finished before announcing (it failed early and says why):
  * there is nothing to do. */
 mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, bool *finished);
-/* Worker: replay the lead's steps on e (created with the part) until it
- * finishes. Returns MK_OK when the lead finished normally. */
-mk_status mk_dist_work(mk_dist *d, mk_engine *e);
+/* Worker: replay the lead's steps on es[0..n) (sequence i's engine,
+ * created with mk_dist_slot_part / mk_dist_slot_pipe of slot i; n ==
+ * mk_dist_slots after mk_dist_await) until it finishes: a forward call
+ * of one sequence on its engine, a batched decode step on the named
+ * sequences' engines (mk_engine_decode_batch, in rank 0's order).
+ * Returns MK_OK when the lead finished normally. */
+mk_status mk_dist_work(mk_dist *d, mk_engine *const *es, int n);
 /* Lead: tell the workers there are no more steps (call once, also after a
  * failure before or between steps, so workers end instead of waiting). */
 void mk_dist_finish(mk_dist *d);

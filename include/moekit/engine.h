@@ -77,14 +77,16 @@ typedef struct mk_engine_opts {
     void *on_select_user;   /* passed to on_select */
     mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
     void *on_linear_user;   /* passed to on_linear */
-    const mk_moe_part *moe_part; /* NULL (default): every routed expert here. Else only the
-                                    partition's share (moe_part.h; copied at create): needs a
-                                    host-memory backend, turns off the fused MoE slot, prefetch
-                                    and batched decode (mk_engine_batchable is false) */
+    const mk_moe_part *moe_part;     /* NULL (default): every routed expert here. Else only the
+                                        partition's share (moe_part.h; copied at create): needs a
+                                        host-memory backend, turns off the fused MoE slot and
+                                        prefetch; batched decode needs its step_batch where it has a
+                                        step (mk_engine_batchable) */
     const mk_layer_pipe *layer_pipe; /* NULL (default): every layer here. Else only layers
                                         [first, last) and their caches (layer_pipe.h; copied at
                                         create): needs a host-memory backend, refuses hidden-state
-                                        capture, turns off prefetch and batched decode. With
+                                        capture, turns off prefetch; batched decode needs its
+                                        step_batch where it has a step. With
                                         moe_part too: the stage's layers split by the partition */
 } mk_engine_opts;
 
@@ -173,15 +175,21 @@ mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, 
 /* Whether es[0..n) can share a step: one model, one backend, the same
  * expert store (or each engine's own resident one), the same top-k,
  * distinct engines, n <= MK_ENGINE_MAX_BATCH and 2n <= es[0]'s prefill
- * chunk (the step runs on es[0]'s scratch), no routing observer, and a
- * family the batched step implements. Otherwise step them one at a time. */
+ * chunk (the step runs on es[0]'s scratch), no routing observer, a
+ * family the batched step implements, and for engines of an expert
+ * partition or layer pipeline: the same partition and stage, with a
+ * step_batch hook where there is a step hook (moe_part.h, layer_pipe.h).
+ * Otherwise step them one at a time. */
 bool mk_engine_batchable(mk_engine *const *es, int n);
 /* Append ids[i] to sequence es[i] for i < n in one forward; logits
  * receives [n, vocab_size] (row i: sequence i's). MK_E_ARG when they
  * cannot share a step (see above), a cache is full or an id is outside
  * the vocabulary (nothing changed); MK_E_FORMAT naming the block, the
  * sequence and its position when an activation becomes non-finite (the
- * sequences must then be reset: their caches may hold the step's rows). */
+ * sequences must then be reset: their caches may hold the step's rows).
+ * logits NULL: none are computed (a process following another's steps
+ * over a partition or a pipeline stage, which needs no logits; the first
+ * stage of a pipeline before the last must pass a buffer to receive them). */
 mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids, float *logits);
 
 #ifdef __cplusplus

@@ -18,9 +18,10 @@
  * The engine calls `step` (when not NULL) once per forward call, after
  * validating the ids and before computing, with the logits mode the
  * caller asked for, so a coordinating process can have the other stages
- * run the same step (src/dist/). Hidden-state capture (`hidden` of
- * mk_engine_forward) is refused with a pipeline; it needs a host-memory
- * backend and turns off batched decode. The library never decides by
+ * run the same step (src/dist/); `step_batch` once per batched decode
+ * step. Hidden-state capture (`hidden` of mk_engine_forward) is refused
+ * with a pipeline; it needs a host-memory backend, and batched decode
+ * needs `step_batch` where there is a `step`. The library never decides by
  * itself to cut the layers: the caller sets mk_engine_opts.layer_pipe. */
 #ifndef MOEKIT_LAYER_PIPE_H
 #define MOEKIT_LAYER_PIPE_H
@@ -49,6 +50,15 @@ typedef struct mk_layer_pipe {
     /* optional: a forward call of n ids at pos, logits mode `mode`
      * (mk_logits_mode), is about to run */
     mk_status (*step)(void *user, const int32_t *ids, int64_t n, int64_t pos, int mode);
+    /* optional: a batched decode step (mk_engine_decode_batch) is about to
+     * run: sequence i, whose engine's pipe has `user` users[i], appends
+     * ids[i] at position pos[i]; called on the first sequence's pipe after
+     * validation. The step moves n rows (one per sequence) through the
+     * stages with the first sequence's position in recv_hidden,
+     * send_hidden, recv_logits and send_logits, and the caller (the first
+     * stage) receives all n rows of logits. A pipe with `step` but no
+     * `step_batch` is never batched (mk_engine_batchable). */
+    mk_status (*step_batch)(void *const *users, int n, const int32_t *ids, const int64_t *pos);
 } mk_layer_pipe;
 
 #ifdef __cplusplus

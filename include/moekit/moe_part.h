@@ -16,7 +16,10 @@
  *
  * The engine calls `step` (when not NULL) once per forward call, after
  * validating the ids and before computing, so a coordinating process can
- * have the others run the same step (src/dist/). The library never decides
+ * have the others run the same step (src/dist/); `step_batch` likewise
+ * once per batched decode step over several sequences (each an engine of
+ * its own, created with a partition of its own `user`, so the hook can
+ * tell the other processes which of their sequences take part). The library never decides
  * by itself to partition: the caller sets mk_engine_opts.moe_part. */
 #ifndef MOEKIT_MOE_PART_H
 #define MOEKIT_MOE_PART_H
@@ -54,6 +57,15 @@ typedef struct mk_moe_part {
     mk_status (*exchange)(void *user, const mk_moe_xchg *x);
     /* Optional: a forward call of n ids at position pos is about to run. */
     mk_status (*step)(void *user, const int32_t *ids, int64_t n, int64_t pos);
+    /* Optional: a batched decode step (mk_engine_decode_batch) is about to
+     * run: sequence i, whose engine was created with the partition whose
+     * `user` is users[i], appends ids[i] at position pos[i]. Called on the
+     * first sequence's partition, after the step was validated. A
+     * partition with `step` but no `step_batch` is never batched
+     * (mk_engine_batchable): its steps would not reach the other
+     * processes. The step's exchanges are one per MoE layer over all n
+     * rows (pos: the first sequence's position). */
+    mk_status (*step_batch)(void *const *users, int n, const int32_t *ids, const int64_t *pos);
 } mk_moe_part;
 
 #ifdef __cplusplus

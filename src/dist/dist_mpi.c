@@ -7,7 +7,8 @@
  * Transport: point-to-point nonblocking sends and receives on
  * MPI_COMM_WORLD (errors returned, not fatal), polled against a deadline,
  * so a dead or stalled peer is named instead of waited on for ever. One
- * exchange per MoE layer per chunk: each rank sends its experts' pair rows
+ * exchange per MoE layer per chunk (a batched decode step over several
+ * sequences is one chunk of one row each): each rank sends its experts' pair rows
  * (packed in expert order) to every other rank and receives theirs, which
  * is an allgather (among the stage's ranks when both placements combine);
  * it is written as N-1 receives because only a receive of its own says
@@ -17,7 +18,9 @@
  * Messages: a 72-byte header (magic, kind, sender, layer, step, sequence,
  * position, payload bytes, the routing-decisions hash, the payload's xxh3,
  * the header's own xxh3) then the payload. Commands (rank 0 -> workers:
- * setup, step, finish) and exchanges use two tags; MPI keeps each pair's
+ * setup; step: a sequence (serve's slot), its ids; batch: a batched decode
+ * step's sequences, ids and positions; finish) and exchanges use two
+ * tags; MPI keeps each pair's
  * messages of one tag in order, and the sequence number catches a
  * desynchronised rank. One thread at a time calls MPI (serialized: the
  * command's thread, or serve's scheduler thread while it runs steps). */
@@ -40,7 +43,18 @@
 #define TAG_LOGITS 4 /* pipeline: the last stage -> rank 0 */
 #define DIST_MAGIC 0x31444b4du /* "MKD1" */
 
-enum { K_SETUP = 1, K_STEP = 2, K_FINISH = 3, K_XCHG = 4, K_HIDDEN = 5, K_LOGITS = 6 };
+enum { K_SETUP = 1, K_STEP = 2, K_FINISH = 3, K_XCHG = 4, K_HIDDEN = 5, K_LOGITS = 6, K_BATCH = 7 };
+
+/* The most sequences (serve's slots) a job drives: serve's --parallel bound. */
+#define DIST_MAX_SLOTS 256
+
+/* One sequence's hooks' user: the context and which sequence (the lead's
+ * steps name it, so each worker replays them on its engine of that
+ * sequence). */
+typedef struct dist_slot {
+    struct mk_dist *d;
+    int slot;
+} dist_slot;
 
 typedef struct dist_hdr {
     uint32_t magic, kind;
@@ -49,8 +63,8 @@ typedef struct dist_hdr {
     uint64_t seq;
     int64_t pos;
     uint64_t nbytes;
-    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint; STEP: the
-                       logits mode (pipeline: what the last stage sends back) */
+    uint64_t route; /* XCHG: xxh3 of the routing decisions; SETUP: the model fingerprint; STEP, BATCH:
+                       the logits mode (pipeline: what the last stage sends back) */
     uint64_t sum;   /* xxh3 of the payload */
     uint64_t hsum;  /* xxh3 of the header up to here */
 } dist_hdr;
@@ -58,7 +72,6 @@ typedef struct dist_hdr {
 struct mk_dist {
     int rank, size;
     mk_dist_opts o;
-    mk_moe_part part;
     int32_t E, L;  /* routed experts per layer, layers */
     int32_t *cuts; /* NULL: by count; else [ncuts = L*(size+1)]: layer l's rank q owns
                       [cuts[l*(size+1)+q], cuts[l*(size+1)+q+1]) (mk_dist_set_cuts, or rank 0's setup) */
@@ -83,8 +96,13 @@ struct mk_dist {
     uint64_t hin, hout, lgs;  /* hidden states received, sent; logits messages */
     char *pbuf;               /* pipeline messages, grown on demand */
     size_t pcap;
-    mk_layer_pipe pipe;
-    /* --stats: [0] every exchange, [1] those of one-token steps (decode) */
+    /* the sequences (serve's slots): each one's hooks, their user naming it */
+    int nslots;
+    dist_slot *slots;     /* [nslots] */
+    mk_moe_part *parts;   /* [nslots] (mk_dist_part) */
+    mk_layer_pipe *pipes; /* [nslots] (mk_dist_pipe) */
+    bool batch;           /* the current step is a batched decode step (--stats: decode) */
+    /* --stats: [0] every exchange, [1] those of decode steps (one token, or a batched step) */
     double xchg_s[2];            /* seconds inside exchanges (waits included) */
     uint64_t xchg_n[2], xchg_bytes[2]; /* exchanges, payload bytes sent */
 };
@@ -99,7 +117,7 @@ static double now_s(void) {
 /* Count one exchange of a step of `ntok` tokens that began at t0. */
 static void account(mk_dist *d, double t0, int64_t ntok, uint64_t bytes) {
     double dt = now_s() - t0;
-    for (int i = 0; i < (ntok == 1 ? 2 : 1); i++) {
+    for (int i = 0; i < (ntok == 1 || d->batch ? 2 : 1); i++) {
         d->xchg_s[i] += dt;
         d->xchg_n[i]++;
         d->xchg_bytes[i] += bytes;
@@ -211,6 +229,18 @@ static bool grow(char **buf, size_t *cap, size_t need) {
     return true;
 }
 
+/* Where a step's message belongs, for messages: "layer L, step S (position
+ * P)", or for a batched decode step "(a batch of N sequences, the first at
+ * position P)". */
+static void step_what(const mk_dist *d, char *buf, size_t cap, int layer, const char *tail, int64_t pos) {
+    if (d->batch)
+        snprintf(buf, cap, "layer %d%s, step %lld (a batch of %lld sequences, the first at position %lld)",
+                 layer, tail, (long long)d->step, (long long)d->ntok, (long long)pos);
+    else
+        snprintf(buf, cap, "layer %d%s, step %lld (position %lld)", layer, tail, (long long)d->step,
+                 (long long)pos);
+}
+
 /* ---- the partition hook -------------------------------------------------- */
 
 /* Rank q's experts of `layer`: [*lo, *hi). */
@@ -227,7 +257,7 @@ static void rank_range(const mk_dist *d, int layer, int q, int32_t *lo, int32_t 
 }
 
 static void part_range(void *user, int layer, int32_t *lo, int32_t *hi) {
-    const mk_dist *d = user;
+    const mk_dist *d = ((const dist_slot *)user)->d;
     rank_range(d, layer, d->rank, lo, hi);
 }
 
@@ -240,7 +270,7 @@ static void rank_rows(const mk_dist *d, const mk_moe_xchg *x, int q, int64_t *be
 }
 
 static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
-    mk_dist *d = user;
+    mk_dist *d = ((dist_slot *)user)->d;
     /* the exchange runs among the ranks sharing the layer's experts, [q0, q1): every rank in expert
      * mode, the stage's ranks in both modes (N only sizes the request array) */
     int N = d->size, r = d->rank, q0 = d->g0, q1 = d->g0 + d->gn;
@@ -251,9 +281,8 @@ static mk_status part_exchange(void *user, const mk_moe_xchg *x) {
         return MK_OK;
     }
     double t0 = now_s();
-    char what[96];
-    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", x->layer, (long long)d->step,
-             (long long)x->pos);
+    char what[128];
+    step_what(d, what, sizeof what, x->layer, "", x->pos);
     size_t row = (size_t)x->H * sizeof(float), hs = sizeof(dist_hdr);
     int64_t npairs = (int64_t)x->n * x->k;
     uint64_t route = XXH3_64bits(x->top_idx, (size_t)npairs * sizeof(int32_t));
@@ -398,7 +427,7 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
                   .route = 0};
     if (kind == K_SETUP)
         memcpy(&h.route, (const char *)payload + 3 * sizeof(int64_t), sizeof h.route);
-    if (kind == K_STEP)
+    if (kind == K_STEP || kind == K_BATCH)
         h.route = (uint64_t)d->mode;
     if (nbytes)
         memcpy(d->sbuf + hs, payload, nbytes);
@@ -432,17 +461,68 @@ static void send_cmd(mk_dist *d, uint32_t kind, const void *payload, size_t nbyt
     }
 }
 
-static mk_status part_step(void *user, const int32_t *ids, int64_t n, int64_t pos) {
-    mk_dist *d = user;
-    d->mode = MK_LOGITS_NONE; /* expert mode: the workers compute no logits */
+/* Lead: announce a forward call of sequence `slot` (the step's payload: the
+ * slot, then the ids). */
+static mk_status announce_step(mk_dist *d, int slot, const int32_t *ids, int64_t n, int64_t pos, int mode) {
+    d->mode = mode;
     d->step++;
     d->pos = pos;
-    if (d->size > 1) {
-        char what[64];
-        snprintf(what, sizeof what, "step %lld (position %lld)", (long long)d->step, (long long)pos);
-        send_cmd(d, K_STEP, ids, (size_t)n * sizeof(int32_t), what);
-    }
+    d->ntok = n;
+    d->batch = false;
+    if (d->size == 1)
+        return MK_OK;
+    char what[80];
+    snprintf(what, sizeof what, "step %lld (sequence %d, position %lld)", (long long)d->step, slot,
+             (long long)pos);
+    size_t nb = sizeof(int32_t) * (size_t)(n + 1);
+    int32_t *p = mk_malloc(nb);
+    if (!p)
+        return mk_err(MK_E_NOMEM, "%s: out of memory for the step's %lld ids", what, (long long)n);
+    p[0] = slot;
+    memcpy(p + 1, ids, (size_t)n * sizeof(int32_t));
+    send_cmd(d, K_STEP, p, nb, what);
+    free(p);
     return MK_OK;
+}
+
+/* Lead: announce a batched decode step (the payload: n, then the n slots,
+ * the n ids, the n positions). */
+static mk_status announce_batch(mk_dist *d, void *const *users, int n, const int32_t *ids, const int64_t *pos,
+                                int mode) {
+    d->mode = mode;
+    d->step++;
+    d->pos = pos[0];
+    d->ntok = n;
+    d->batch = true;
+    if (d->size == 1)
+        return MK_OK;
+    char what[80];
+    snprintf(what, sizeof what, "step %lld (a batch of %d sequences)", (long long)d->step, n);
+    size_t nb = sizeof(int32_t) * (size_t)(1 + 2 * n) + sizeof(int64_t) * (size_t)n;
+    char *p = mk_malloc(nb);
+    if (!p)
+        return mk_err(MK_E_NOMEM, "%s: out of memory for the step's command", what);
+    int32_t hd = n;
+    memcpy(p, &hd, sizeof hd);
+    for (int i = 0; i < n; i++) {
+        int32_t sl = ((const dist_slot *)users[i])->slot;
+        memcpy(p + sizeof(int32_t) * (size_t)(1 + i), &sl, sizeof sl);
+    }
+    memcpy(p + sizeof(int32_t) * (size_t)(1 + n), ids, sizeof(int32_t) * (size_t)n);
+    memcpy(p + sizeof(int32_t) * (size_t)(1 + 2 * n), pos, sizeof(int64_t) * (size_t)n);
+    send_cmd(d, K_BATCH, p, nb, what);
+    free(p);
+    return MK_OK;
+}
+
+static mk_status part_step(void *user, const int32_t *ids, int64_t n, int64_t pos) {
+    const dist_slot *u = user;
+    /* expert mode: the workers compute no logits */
+    return announce_step(u->d, u->slot, ids, n, pos, MK_LOGITS_NONE);
+}
+
+static mk_status part_step_batch(void *const *users, int n, const int32_t *ids, const int64_t *pos) {
+    return announce_batch(((const dist_slot *)users[0])->d, users, n, ids, pos, MK_LOGITS_NONE);
 }
 
 /* Worker: the lead's next command (any kind), waiting at most the idle
@@ -475,7 +555,7 @@ static void recv_cmd(mk_dist *d, dist_hdr *h, const char *what) {
         FAIL(d, "%s: receiving rank 0's command failed: %s", what, mpi_errstr(rc, es));
     memcpy(h, d->rbuf, (size_t)got < sizeof *h ? (size_t)got : sizeof *h);
     hdr_check(d, h, d->rbuf + sizeof *h, (size_t)got, 0,
-              h->kind == K_FINISH || h->kind == K_SETUP ? h->kind : K_STEP, what);
+              h->kind == K_FINISH || h->kind == K_SETUP || h->kind == K_BATCH ? h->kind : K_STEP, what);
 }
 
 /* ---- the pipeline hook ------------------------------------------------------ */
@@ -585,9 +665,9 @@ static const char *pipe_recv(mk_dist *d, int from, int tag, uint32_t kind, int l
 }
 
 static mk_status pipe_recv_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, float *x) {
-    mk_dist *d = user;
-    char what[96];
-    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
+    mk_dist *d = ((dist_slot *)user)->d;
+    char what[128];
+    step_what(d, what, sizeof what, layer, "", pos);
     size_t nb = (size_t)(n * H) * sizeof(float);
     d->hin++;
     /* from the previous stage's first rank (its other ranks hold the same residual stream) */
@@ -598,9 +678,9 @@ static mk_status pipe_recv_hidden(void *user, int layer, int64_t pos, int64_t n,
 }
 
 static mk_status pipe_send_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, const float *x) {
-    mk_dist *d = user;
-    char what[96];
-    snprintf(what, sizeof what, "layer %d, step %lld (position %lld)", layer, (long long)d->step, (long long)pos);
+    mk_dist *d = ((dist_slot *)user)->d;
+    char what[128];
+    step_what(d, what, sizeof what, layer, "", pos);
     d->hout++;
     if (d->rank != d->sranks[d->st]) /* the stage's first rank sends; its peers computed the same rows */
         return MK_OK;
@@ -611,10 +691,9 @@ static mk_status pipe_send_hidden(void *user, int layer, int64_t pos, int64_t n,
 }
 
 static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t V, float *logits) {
-    mk_dist *d = user;
-    char what[96];
-    snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
-             (long long)pos);
+    mk_dist *d = ((dist_slot *)user)->d;
+    char what[128];
+    step_what(d, what, sizeof what, d->NL, " (the logits)", pos);
     size_t nb = (size_t)(rows * V) * sizeof(float);
     d->lgs++;
     const char *p = pipe_recv(d, d->sranks[d->S - 1], TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, nb,
@@ -624,27 +703,22 @@ static mk_status pipe_recv_logits(void *user, int64_t pos, int64_t rows, int64_t
 }
 
 static mk_status pipe_send_logits(void *user, int64_t pos, int64_t rows, int64_t V, const float *logits) {
-    mk_dist *d = user;
-    char what[96];
-    snprintf(what, sizeof what, "layer %d (the logits), step %lld (position %lld)", d->NL, (long long)d->step,
-             (long long)pos);
+    mk_dist *d = ((dist_slot *)user)->d;
+    char what[128];
+    step_what(d, what, sizeof what, d->NL, " (the logits)", pos);
     d->lgs++;
     pipe_send(d, 0, 1, TAG_LOGITS, K_LOGITS, d->NL, d->lgs, pos, d->ntok, logits, (size_t)(rows * V) * sizeof(float), what);
     return MK_OK;
 }
 
 static mk_status pipe_step(void *user, const int32_t *ids, int64_t n, int64_t pos, int mode) {
-    mk_dist *d = user;
-    d->step++;
-    d->pos = pos;
-    d->mode = mode;
-    d->ntok = n;
-    if (d->size > 1) {
-        char what[64];
-        snprintf(what, sizeof what, "step %lld (position %lld)", (long long)d->step, (long long)pos);
-        send_cmd(d, K_STEP, ids, (size_t)n * sizeof(int32_t), what);
-    }
-    return MK_OK;
+    const dist_slot *u = user;
+    return announce_step(u->d, u->slot, ids, n, pos, mode);
+}
+
+/* A batched step hands every sequence's row of logits back (layer_pipe.h). */
+static mk_status pipe_step_batch(void *const *users, int n, const int32_t *ids, const int64_t *pos) {
+    return announce_batch(((const dist_slot *)users[0])->d, users, n, ids, pos, MK_LOGITS_ALL);
 }
 
 /* ---- public ----------------------------------------------------------------- */
@@ -679,12 +753,49 @@ mk_status mk_dist_init(const mk_dist_opts *o, mk_dist **out) {
     d->g0 = 0;
     d->gn = d->size;
     d->rq = mk_calloc((size_t)(2 * d->size), sizeof(MPI_Request));
-    if (!d->rq) {
+    if (!d->rq || mk_dist_set_slots(d, 1) != MK_OK) {
+        free(d->rq);
         free(d);
         return mk_err(MK_E_NOMEM, "out of memory for MPI requests");
     }
     *out = d;
     return MK_OK;
+}
+
+mk_status mk_dist_set_slots(mk_dist *d, int n) {
+    if (n < 1 || n > DIST_MAX_SLOTS)
+        return mk_err(MK_E_ARG, "MPI: %d sequences (slots): expected 1 to %d", n, DIST_MAX_SLOTS);
+    dist_slot *sl = mk_calloc((size_t)n, sizeof *sl);
+    mk_moe_part *pa = mk_calloc((size_t)n, sizeof *pa);
+    mk_layer_pipe *pp = mk_calloc((size_t)n, sizeof *pp);
+    if (!sl || !pa || !pp) {
+        free(sl);
+        free(pa);
+        free(pp);
+        return mk_err(MK_E_NOMEM, "out of memory for %d sequences' MPI hooks", n);
+    }
+    for (int i = 0; i < n; i++)
+        sl[i] = (dist_slot){.d = d, .slot = i};
+    free(d->slots);
+    free(d->parts);
+    free(d->pipes);
+    d->slots = sl;
+    d->parts = pa;
+    d->pipes = pp;
+    d->nslots = n;
+    return MK_OK;
+}
+
+int mk_dist_slots(const mk_dist *d) {
+    return d->nslots;
+}
+
+const mk_moe_part *mk_dist_slot_part(const mk_dist *d, int slot) {
+    return slot >= 0 && slot < d->nslots && d->parts[slot].range ? &d->parts[slot] : NULL;
+}
+
+const mk_layer_pipe *mk_dist_slot_pipe(const mk_dist *d, int slot) {
+    return slot >= 0 && slot < d->nslots && d->pipes[slot].recv_hidden ? &d->pipes[slot] : NULL;
 }
 
 void mk_dist_free(mk_dist *d) {
@@ -697,6 +808,9 @@ void mk_dist_free(mk_dist *d) {
     free(d->stages);
     free(d->sranks);
     free(d->pbuf);
+    free(d->slots);
+    free(d->parts);
+    free(d->pipes);
     free(d);
     int fin = 0;
     MPI_Finalized(&fin);
@@ -772,11 +886,14 @@ mk_status mk_dist_part(mk_dist *d, const mk_model *m, const mk_moe_part **part) 
     if (d->cuts) /* rank 0's (the workers took them from its setup): for this model? */
         MK_TRY(cuts_check(d, d->cuts, d->ncuts, d->L, d->E, "rank 0's expert cuts"));
     /* both modes: the pipe's step announces (one per forward call) */
-    d->part = (mk_moe_part){.user = d,
-                            .range = part_range,
-                            .exchange = part_exchange,
-                            .step = d->rank == 0 && !d->both ? part_step : NULL};
-    *part = &d->part;
+    bool lead = d->rank == 0 && !d->both;
+    for (int i = 0; i < d->nslots; i++)
+        d->parts[i] = (mk_moe_part){.user = &d->slots[i],
+                                    .range = part_range,
+                                    .exchange = part_exchange,
+                                    .step = lead ? part_step : NULL,
+                                    .step_batch = lead ? part_step_batch : NULL};
+    *part = &d->parts[0];
     return MK_OK;
 }
 
@@ -856,15 +973,17 @@ mk_status mk_dist_pipe(mk_dist *d, const mk_model *m, const mk_layer_pipe **pipe
     if (!d->stages || d->stages[d->S] != L)
         return mk_err(MK_E_ARG, "pipeline: no layer ranges for this model's %d layers", L);
     d->NL = L;
-    d->pipe = (mk_layer_pipe){.user = d,
-                              .first = d->stages[d->st],
-                              .last = d->stages[d->st + 1],
-                              .recv_hidden = pipe_recv_hidden,
-                              .send_hidden = pipe_send_hidden,
-                              .recv_logits = pipe_recv_logits,
-                              .send_logits = pipe_send_logits,
-                              .step = d->rank == 0 ? pipe_step : NULL};
-    *pipe = &d->pipe;
+    for (int i = 0; i < d->nslots; i++)
+        d->pipes[i] = (mk_layer_pipe){.user = &d->slots[i],
+                                      .first = d->stages[d->st],
+                                      .last = d->stages[d->st + 1],
+                                      .recv_hidden = pipe_recv_hidden,
+                                      .send_hidden = pipe_send_hidden,
+                                      .recv_logits = pipe_recv_logits,
+                                      .send_logits = pipe_send_logits,
+                                      .step = d->rank == 0 ? pipe_step : NULL,
+                                      .step_batch = d->rank == 0 ? pipe_step_batch : NULL};
+    *pipe = &d->pipes[0];
     return MK_OK;
 }
 
@@ -884,9 +1003,9 @@ void mk_dist_stats(const mk_dist *d, FILE *f) {
 /* The setup payload: max_ctx, prefill_chunk, experts_per_tok, the model
  * fingerprint, the number of cuts, the number of stage bounds (0: expert
  * mode, else stages+1), whether a stage's ranks split its experts (both
- * modes), then the cuts, the stages' layer bounds and their rank bounds
- * (int32). */
-#define SETUP_N 7
+ * modes), the number of sequences (an engine each on every rank), then
+ * the cuts, the stages' layer bounds and their rank bounds (int32). */
+#define SETUP_N 8
 #define SETUP_HEAD (SETUP_N * sizeof(int64_t))
 
 mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerprint) {
@@ -895,7 +1014,7 @@ mk_status mk_dist_announce(mk_dist *d, const mk_engine_opts *o, uint64_t fingerp
     char *buf = mk_malloc(nb);
     if (!buf)
         return mk_err(MK_E_NOMEM, "out of memory for the %zu-byte setup", nb);
-    int64_t p[SETUP_N] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, nc, ns, d->both};
+    int64_t p[SETUP_N] = {o->max_ctx, o->prefill_chunk, o->experts_per_tok, 0, nc, ns, d->both, d->nslots};
     memcpy(&p[3], &fingerprint, sizeof fingerprint);
     memcpy(buf, p, sizeof p);
     if (nc)
@@ -922,10 +1041,12 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
         FAIL(d, "setup: expected rank 0's setup, found a message of kind %u", h.kind);
     int64_t p[SETUP_N];
     memcpy(p, d->rbuf + sizeof h, sizeof p);
-    if (p[4] < 0 || p[5] < 0 || p[5] == 1 || p[5] > d->size + 1 ||
+    if (p[4] < 0 || p[5] < 0 || p[5] == 1 || p[5] > d->size + 1 || p[7] < 1 || p[7] > DIST_MAX_SLOTS ||
         h.nbytes != SETUP_HEAD + (uint64_t)(p[4] + 2 * p[5]) * sizeof(int32_t))
-        FAIL(d, "setup: %llu bytes for %lld expert cuts and %lld stage bounds", (unsigned long long)h.nbytes,
-             (long long)p[4], (long long)p[5]);
+        FAIL(d, "setup: %llu bytes for %lld expert cuts, %lld stage bounds and %lld sequences",
+             (unsigned long long)h.nbytes, (long long)p[4], (long long)p[5], (long long)p[7]);
+    if (mk_dist_set_slots(d, (int)p[7]) != MK_OK)
+        FAIL(d, "setup: %s", mk_err_msg());
     if (p[5] > 0) { /* the stages first: the cuts' rows are per stage in both modes */
         const char *sb = d->rbuf + sizeof h + SETUP_HEAD + (size_t)p[4] * sizeof(int32_t);
         int32_t *b = mk_malloc((size_t)(2 * p[5]) * sizeof(int32_t));
@@ -958,52 +1079,129 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
     return MK_OK;
 }
 
-mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
+/* Worker: bring engine e (sequence `slot`) to the lead's position `pos`
+ * for it: the lead reset or rewound that sequence (serve's prompt cache)
+ * since its last step. */
+static mk_status follow_pos(mk_engine *e, int64_t pos) {
+    if (pos == mk_engine_pos(e))
+        return MK_OK;
+    if (pos == 0) {
+        mk_engine_reset(e);
+        return MK_OK;
+    }
+    return mk_engine_rewind(e, pos);
+}
+
+/* Worker: the rows of logits this rank computes for a step of logits mode
+ * `mode` over `rows` rows: the first rank of a pipeline's last stage sends
+ * them back (from inside the engine, layer_pipe.h); every other worker
+ * none (NULL). */
+static float *step_logits(mk_dist *d, mk_engine *e, int mode, size_t rows, bool *bad) {
+    *bad = mode != MK_LOGITS_NONE && mode != MK_LOGITS_LAST && mode != MK_LOGITS_ALL;
+    if (*bad || !d->stages || d->rank != d->sranks[d->S - 1] || mode == MK_LOGITS_NONE)
+        return NULL;
+    int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
+    float *lg = mk_malloc(rows * (size_t)V * sizeof(float));
+    if (!lg)
+        FAIL(d, "step %lld: out of memory for %zu rows of logits", (long long)d->step, rows);
+    return lg;
+}
+
+/* Worker: rank 0's batched decode step, the command's payload in d->rbuf
+ * after the header: the same sequences' engines here, in the same order,
+ * at the same positions, one mk_engine_decode_batch (its exchanges one per
+ * MoE layer over all the rows, as on rank 0). */
+static void work_batch(mk_dist *d, mk_engine *const *es, const dist_hdr *h, const char *what) {
+    const char *pl = d->rbuf + sizeof *h;
+    int32_t n = 0;
+    if (h->nbytes >= sizeof n)
+        memcpy(&n, pl, sizeof n);
+    if (n < 1 || n > d->nslots || n > MK_ENGINE_MAX_BATCH ||
+        h->nbytes != sizeof(int32_t) * (size_t)(1 + 2 * n) + sizeof(int64_t) * (size_t)n)
+        FAIL(d, "%s: rank 0's batch of %d sequences in %llu bytes (this rank drives %d)", what, n,
+             (unsigned long long)h->nbytes, d->nslots);
+    mk_engine *sel[MK_ENGINE_MAX_BATCH];
+    int32_t ids[MK_ENGINE_MAX_BATCH];
+    int64_t pos[MK_ENGINE_MAX_BATCH];
+    memcpy(ids, pl + sizeof(int32_t) * (size_t)(1 + n), sizeof(int32_t) * (size_t)n);
+    memcpy(pos, pl + sizeof(int32_t) * (size_t)(1 + 2 * n), sizeof(int64_t) * (size_t)n);
+    for (int i = 0; i < n; i++) {
+        int32_t sl;
+        memcpy(&sl, pl + sizeof(int32_t) * (size_t)(1 + i), sizeof sl);
+        if (sl < 0 || sl >= d->nslots)
+            FAIL(d, "%s: rank 0 named sequence %d of %d", what, sl, d->nslots);
+        sel[i] = es[sl];
+        for (int j = 0; j < i; j++)
+            if (sel[j] == sel[i])
+                FAIL(d, "%s: rank 0 named sequence %d twice", what, sl);
+        mk_status st = follow_pos(sel[i], pos[i]);
+        if (st != MK_OK)
+            FAIL(d, "%s: sequence %d at position %lld: %s", what, sl, (long long)pos[i], mk_err_msg());
+    }
+    bool bad;
+    float *lg = step_logits(d, sel[0], (int)h->route, (size_t)n, &bad);
+    if (bad)
+        FAIL(d, "%s: rank 0 asked for logits mode %llu", what, (unsigned long long)h->route);
+    d->ntok = n;
+    d->batch = true;
+    mk_status st = mk_engine_decode_batch(sel, n, ids, lg);
+    free(lg);
+    if (st != MK_OK)
+        FAIL(d, "%s: %s", what, mk_err_msg());
+}
+
+mk_status mk_dist_work(mk_dist *d, mk_engine *const *es, int nes) {
+    if (nes != d->nslots)
+        return mk_err(MK_E_ARG, "MPI worker: %d engines for rank 0's %d sequences", nes, d->nslots);
     for (;;) {
         dist_hdr h;
-        char what[64];
+        char what[96];
         snprintf(what, sizeof what, "waiting for step %lld", (long long)d->step + 1);
         recv_cmd(d, &h, what);
         if (h.kind == K_FINISH)
             return MK_OK;
-        if (h.kind != K_STEP || h.step != d->step + 1)
+        if ((h.kind != K_STEP && h.kind != K_BATCH) || h.step != d->step + 1)
             FAIL(d, "%s: rank 0 sent kind %u for step %lld", what, h.kind, (long long)h.step);
         d->step = h.step;
         d->pos = h.pos;
-        int64_t n = (int64_t)(h.nbytes / sizeof(int32_t));
+        if (h.kind == K_BATCH) {
+            snprintf(what, sizeof what, "step %lld (a batch)", (long long)d->step);
+            work_batch(d, es, &h, what);
+            continue;
+        }
+        d->batch = false;
+        int32_t slot = -1;
+        if (h.nbytes >= sizeof slot && h.nbytes % sizeof(int32_t) == 0)
+            memcpy(&slot, d->rbuf + sizeof h, sizeof slot);
+        if (slot < 0 || slot >= d->nslots)
+            FAIL(d, "step %lld: rank 0's step of %llu bytes names sequence %d of %d", (long long)d->step,
+                 (unsigned long long)h.nbytes, slot, d->nslots);
+        mk_engine *e = es[slot];
+        int64_t n = (int64_t)(h.nbytes / sizeof(int32_t)) - 1;
         d->ntok = n;
         /* ids move out of rbuf: the exchanges reuse it */
         int32_t *ids = mk_malloc(n ? (size_t)n * sizeof(int32_t) : 1);
         if (!ids)
             FAIL(d, "step %lld: out of memory for %lld token ids", (long long)d->step, (long long)n);
-        memcpy(ids, d->rbuf + sizeof h, (size_t)n * sizeof(int32_t));
-        mk_status st = MK_OK;
-        if (h.pos != mk_engine_pos(e)) { /* the lead reset or rewound its sequence */
-            if (h.pos == 0)
-                mk_engine_reset(e);
-            else
-                st = mk_engine_rewind(e, h.pos);
-        }
+        memcpy(ids, d->rbuf + sizeof h + sizeof slot, (size_t)n * sizeof(int32_t));
+        mk_status st = follow_pos(e, h.pos); /* the lead reset or rewound its sequence */
         /* the last stage of a pipeline (its first rank: the others hold the same rows) computes the
          * logits rank 0 asked for (and sends them back from inside the engine, layer_pipe.h); every
          * other worker none */
         int mode = d->stages && d->rank == d->sranks[d->S - 1] ? (int)h.route : MK_LOGITS_NONE;
-        float *lg = NULL;
-        if (mode != MK_LOGITS_NONE && mode != MK_LOGITS_LAST && mode != MK_LOGITS_ALL)
-            FAIL(d, "step %lld: rank 0 asked for logits mode %d", (long long)d->step, mode);
-        if (mode != MK_LOGITS_NONE) {
-            int64_t V = mk_model_config(mk_engine_model(e))->vocab_size;
-            size_t rows = mode == MK_LOGITS_ALL ? (size_t)n : 1;
-            lg = mk_malloc(rows * (size_t)V * sizeof(float));
-            if (!lg)
-                FAIL(d, "step %lld: out of memory for %zu rows of logits", (long long)d->step, rows);
+        bool bad;
+        float *lg = step_logits(d, e, (int)h.route, mode == MK_LOGITS_ALL ? (size_t)n : 1, &bad);
+        if (bad) {
+            free(ids);
+            FAIL(d, "step %lld: rank 0 asked for logits mode %d", (long long)d->step, (int)h.route);
         }
         if (st == MK_OK)
             st = mk_engine_forward(e, ids, n, (mk_logits_mode)mode, lg, NULL);
         free(lg);
         free(ids);
         if (st != MK_OK)
-            FAIL(d, "step %lld (position %lld): %s", (long long)d->step, (long long)h.pos, mk_err_msg());
+            FAIL(d, "step %lld (sequence %d, position %lld): %s", (long long)d->step, slot, (long long)h.pos,
+                 mk_err_msg());
     }
 }
 

@@ -47,7 +47,19 @@ mk_status mk_dist_await(mk_dist *d, uint64_t fingerprint, mk_engine_opts *o, boo
     *finished = false;
     return no_mpi();
 }
-mk_status mk_dist_work(mk_dist *d, mk_engine *e) {
+mk_status mk_dist_set_slots(mk_dist *d, int n) {
+    return no_mpi();
+}
+int mk_dist_slots(const mk_dist *d) {
+    return 1;
+}
+const mk_moe_part *mk_dist_slot_part(const mk_dist *d, int slot) {
+    return NULL;
+}
+const mk_layer_pipe *mk_dist_slot_pipe(const mk_dist *d, int slot) {
+    return NULL;
+}
+mk_status mk_dist_work(mk_dist *d, mk_engine *const *es, int n) {
     return no_mpi();
 }
 void mk_dist_finish(mk_dist *d) {}

@@ -25,6 +25,16 @@
  * one-token call (backend.h). Recorded steps are not used.
  * tests/unit/test_engine_batch.c holds this bitwise on every family.
  *
+ * Expert partitions and layer pipelines (moe_part.h, layer_pipe.h; MPI):
+ * the step announces itself once through the first sequence's
+ * `step_batch` hook (each sequence's hook `user` names it to the other
+ * processes), runs the stage's layers only (the hidden rows of the batch
+ * in from the previous stage and out to the next, the logits rows back
+ * from the last, with the first sequence's position in the messages) and
+ * in each MoE layer the partition's share of the experts, then one
+ * exchange over all the batch's rows (moe.c), as prefill does. A NULL
+ * logits buffer computes none (a follower process).
+ *
  * Families: the blocks below mirror forward.c's. A family or option they
  * do not know must not be batched: mk_engine_batchable lists what they
  * cover, and callers step other models one sequence at a time. */
@@ -69,12 +79,26 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
     if (n < 1 || !es || !es[0])
         return false;
     const mk_engine *l = es[0];
-    if (!family_known(l->c) || l->on_route || l->has_part || l->has_pipe || 2 * (int64_t)n > l->chunk ||
-        n > MK_ENGINE_MAX_BATCH)
+    if (!family_known(l->c) || l->on_route || 2 * (int64_t)n > l->chunk || n > MK_ENGINE_MAX_BATCH)
+        return false;
+    /* a partition or pipeline that announces steps to other processes must
+     * announce batched ones too, or those would not follow */
+    if ((l->has_part && l->part.step && !l->part.step_batch) ||
+        (l->has_pipe && l->pipe.step && !l->pipe.step_batch))
         return false;
     for (int i = 0; i < n; i++) {
         const mk_engine *e = es[i];
         if (!e || e->m != l->m || e->be != l->be || e->k != l->k || e->on_route)
+            return false;
+        /* the step runs on the lead's hooks: every row of the same partition
+         * (its range and exchange) and the same stage (its layers and hooks) */
+        if (e->has_part != l->has_part ||
+            (l->has_part && (e->part.range != l->part.range || e->part.exchange != l->part.exchange)))
+            return false;
+        if (e->has_pipe != l->has_pipe ||
+            (l->has_pipe &&
+             (e->pipe.first != l->pipe.first || e->pipe.last != l->pipe.last ||
+              e->pipe.recv_hidden != l->pipe.recv_hidden || e->pipe.send_hidden != l->pipe.send_hidden)))
             return false;
         /* the lead's store serves every row: the same store, or each
          * engine's own resident one (the same views of the same model) */
@@ -254,10 +278,18 @@ static mk_status step(mk_engine *e, mk_engine *const *es, int n, float *logits) 
     const mk_config *c = e->c;
     const mk_model *m = e->m;
     int64_t H = c->hidden_size, V = c->vocab_size;
+    int L = c->num_layers;
     float eps = (float)c->rms_norm_eps;
-    BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
-    MK_TRY(check_rows(e, es, e->x, n, H, -1, "the token embedding"));
-    for (int l = 0; l < c->num_layers; l++) {
+    /* a pipeline stage runs layers [l0, l1) (layer_pipe.h), as forward.c; the
+     * stage messages carry the first sequence's position */
+    int l0 = e->has_pipe ? e->pipe.first : 0, l1 = e->has_pipe ? e->pipe.last : L;
+    if (l0 > 0) { /* the previous stage's residual stream (checked there) */
+        MK_TRY(e->pipe.recv_hidden(e->pipe.user, l0, es[0]->pos, n, H, e->x));
+    } else {
+        BE(e)->get_rows(CTX(e), &m->embed, e->ids, n, e->x);
+        MK_TRY(check_rows(e, es, e->x, n, H, -1, "the token embedding"));
+    }
+    for (int l = l0; l < l1; l++) {
         const mk_layer_w *w = &m->layers[l];
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, w->in_norm, n, H, eps);
         switch (w->mixer) {
@@ -276,6 +308,14 @@ static mk_status step(mk_engine *e, mk_engine *const *es, int n, float *logits) 
         BE(e)->axpy(CTX(e), e->x, 1.0f, e->y, n * H);
         MK_TRY(check_rows(e, es, e->x, n, H, l, w->is_moe ? "the MoE block" : "the MLP"));
     }
+    if (l1 < L) { /* the next stage continues; the logits come back from the last */
+        MK_TRY(e->pipe.send_hidden(e->pipe.user, l1, es[0]->pos, n, H, e->x));
+        if (logits)
+            MK_TRY(e->pipe.recv_logits(e->pipe.user, es[0]->pos, n, V, logits));
+        return BE(e)->sync(CTX(e));
+    }
+    if (!logits) /* a follower of a partition or a stage's peer: nothing to hand back */
+        return BE(e)->sync(CTX(e));
     BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->norm, n, H, eps);
     if (BE(e)->host_mem) {
         mk_engine_mm(e, &m->lm_head, e->xb, n, logits);
@@ -293,11 +333,13 @@ static mk_status step(mk_engine *e, mk_engine *const *es, int n, float *logits) 
                           "logits) for sequence %lld of a batch of %d at position %lld, column %lld",
                           mk_model_dir(m), isnan(logits[i]) ? "NaN" : "infinity", (long long)(i / V),
                           n, (long long)es[i / V]->pos, (long long)(i % V));
+    if (e->has_pipe && l0 > 0) /* the last stage hands the rows back */
+        MK_TRY(e->pipe.send_logits(e->pipe.user, es[0]->pos, n, V, logits));
     return MK_OK;
 }
 
 mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids, float *logits) {
-    if (n < 1 || !es || !ids || !logits)
+    if (n < 1 || !es || !ids)
         return mk_err(MK_E_ARG, "engine decode batch: bad arguments (n %d)", n);
     if (!mk_engine_batchable(es, n))
         return mk_err(MK_E_ARG, "engine decode batch: these %d sequences cannot share a step (one "
@@ -314,6 +356,24 @@ mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids
         if (ids[i] < 0 || ids[i] >= c->vocab_size)
             return mk_err(MK_E_ARG, "token id %d of sequence %d of the batch is outside the "
                           "vocabulary (0..%d)", ids[i], i, c->vocab_size - 1);
+    }
+    if ((e->has_part && e->part.step_batch) || (e->has_pipe && e->pipe.step_batch)) {
+        /* the other processes of a partition or pipeline run this step too,
+         * each on its engines of these sequences */
+        void *users[MK_ENGINE_MAX_BATCH];
+        int64_t pos[MK_ENGINE_MAX_BATCH];
+        for (int i = 0; i < n; i++)
+            pos[i] = es[i]->pos;
+        if (e->has_part && e->part.step_batch) {
+            for (int i = 0; i < n; i++)
+                users[i] = es[i]->part.user;
+            MK_TRY(e->part.step_batch(users, n, ids, pos));
+        }
+        if (e->has_pipe && e->pipe.step_batch) {
+            for (int i = 0; i < n; i++)
+                users[i] = es[i]->pipe.user;
+            MK_TRY(e->pipe.step_batch(users, n, ids, pos));
+        }
     }
     BE(e)->upload(CTX(e), e->ids, ids, (size_t)n * sizeof(int32_t));
     for (int i = 0; i < n; i++)

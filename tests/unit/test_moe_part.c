@@ -19,9 +19,21 @@
  * engine's logits must be one engine's, bitwise, for cuts after layer 1 and
  * layer 2, one prefill chunk and one token per chunk.
  *
+ * Batched decode over a partition (serve's slots under MPI): two engines'
+ * worth ("ranks") of three sequences each, a prefill per sequence, then
+ * batched decode steps over all three in a shuffled order, the follower
+ * without logits: the lead's rows bitwise each sequence's one-token
+ * forward alone on one engine; the lead's step_batch hook called once per
+ * step naming the sequences (their partitions' users) in the batch's
+ * order at their positions; one exchange per MoE layer per step on each
+ * engine, for all the sequences. The same over a two-stage pipeline cut
+ * after every layer: one hand-over of the batch's hidden rows and one of
+ * its logits rows per step.
+ *
  * Also: the exchange's failure fails the forward with its message; the
  * step hook sees every forward call's position and ids after validation
- * (a bad id never reaches it); an engine with a partition is not batched. */
+ * (a bad id never reaches it); an engine whose partition has a step hook
+ * but no step_batch is not batched. */
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,7 +41,9 @@
 
 #include "mk_test_util.h"
 
+#include "moekit/backend.h"
 #include "moekit/engine.h"
+#include "moekit/kernels.h"
 #include "moekit/layer_pipe.h"
 #include "moekit/model.h"
 #include "moekit/moe_part.h"
@@ -304,6 +318,312 @@ static void t_both(void **state) {
     both_fixture("deepseekv3-a/bf16"); /* a dense first layer: a stage of it has no exchange */
 }
 
+/* ---- batched decode over a partition: 2 engines' worth of sequences ---- */
+
+#define BNS 3    /* sequences */
+#define BSTEPS 3 /* batched decode steps */
+
+typedef struct bseq {
+    rank *k;
+    int slot;
+} bseq;
+
+typedef struct brank {
+    rank k;    /* its group, place, model */
+    bool lead; /* announces steps (step, step_batch) and wants the logits */
+    /* a pipeline stage instead of a partition (ln not NULL): layers [first, last) */
+    stage_link *ln;
+    int first, last;
+    bool logits; /* computes or receives logits (the lead; a pipeline's last stage) */
+    int xchg;    /* exchanges (a pipeline: hand-overs) so far */
+    int batches; /* step_batch calls */
+    int bslot[BSTEPS][BNS], bn[BSTEPS];
+    int64_t bpos[BSTEPS][BNS];
+    int xchg_per_step[BSTEPS];
+} brank;
+
+static void b_range(void *user, int layer, int32_t *lo, int32_t *hi) {
+    p_range(((bseq *)user)->k, layer, lo, hi);
+}
+static mk_status b_exchange(void *user, const mk_moe_xchg *x) {
+    rank *k = ((bseq *)user)->k;
+    ((brank *)k)->xchg++;
+    return p_exchange(k, x);
+}
+static mk_status b_step(void *user, const int32_t *ids, int64_t n, int64_t pos) {
+    ((bseq *)user)->k->steps++;
+    return MK_OK;
+}
+static mk_status b_step_batch(void *const *users, int n, const int32_t *ids, const int64_t *pos) {
+    brank *b = (brank *)((bseq *)users[0])->k;
+    int t = b->batches++;
+    if (t < BSTEPS && n <= BNS) {
+        b->bn[t] = n;
+        for (int i = 0; i < n; i++) {
+            b->bslot[t][i] = ((bseq *)users[i])->slot;
+            b->bpos[t][i] = pos[i];
+        }
+    }
+    return MK_OK;
+}
+
+/* a pipeline's hand-overs between the two stages (one engine each: each sends) */
+static void b_hand(void *user, const float *src, float *dst, size_t nb) {
+    brank *b = (brank *)((bseq *)user)->k;
+    b->xchg++;
+    if (src)
+        b->ln->pub = src;
+    pthread_barrier_wait(&b->ln->bar);
+    if (dst)
+        memcpy(dst, b->ln->pub, nb);
+    pthread_barrier_wait(&b->ln->bar);
+}
+static mk_status bp_recv_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, float *x) {
+    b_hand(user, NULL, x, (size_t)(n * H) * sizeof(float));
+    return MK_OK;
+}
+static mk_status bp_send_hidden(void *user, int layer, int64_t pos, int64_t n, int64_t H, const float *x) {
+    b_hand(user, x, NULL, 0);
+    return MK_OK;
+}
+static mk_status bp_recv_logits(void *user, int64_t pos, int64_t rows, int64_t V, float *logits) {
+    b_hand(user, NULL, logits, (size_t)(rows * V) * sizeof(float));
+    return MK_OK;
+}
+static mk_status bp_send_logits(void *user, int64_t pos, int64_t rows, int64_t V, const float *logits) {
+    b_hand(user, logits, NULL, 0);
+    return MK_OK;
+}
+static mk_status bp_step(void *user, const int32_t *ids, int64_t n, int64_t pos, int mode) {
+    ((bseq *)user)->k->steps++;
+    return MK_OK;
+}
+
+/* sequence i's prompt: 3 + 2i ids; step t's id of sequence i */
+static int b_prompt(int i, int64_t V, int32_t *ids) {
+    int n = 3 + 2 * i;
+    for (int j = 0; j < n; j++)
+        ids[j] = (int32_t)((j * 37 + i * 11 + 3) % V);
+    return n;
+}
+static int32_t b_id(int t, int i, int64_t V) {
+    return (int32_t)((t * 13 + i * 7 + 5) % V);
+}
+/* the batch's order of the sequences (not their slot order: the hook must name each) */
+static const int b_order[BNS] = {2, 0, 1};
+
+/* One rank: its sequences' engines (one backend), a prefill each, then
+ * the batched steps over all of them. */
+static mk_status brank_run(brank *b, mk_backend *be, mk_engine **es, bseq *sq, mk_moe_part *parts,
+                           mk_layer_pipe *pipes) {
+    rank *k = &b->k;
+    int64_t V = mk_model_config(k->m)->vocab_size;
+    for (int i = 0; i < BNS; i++) {
+        sq[i] = (bseq){.k = k, .slot = i};
+        parts[i] = (mk_moe_part){.user = &sq[i],
+                                 .range = b_range,
+                                 .exchange = b_exchange,
+                                 .step = b->lead ? b_step : NULL,
+                                 .step_batch = b->lead ? b_step_batch : NULL};
+        pipes[i] = (mk_layer_pipe){.user = &sq[i],
+                                   .first = b->first,
+                                   .last = b->last,
+                                   .recv_hidden = bp_recv_hidden,
+                                   .send_hidden = bp_send_hidden,
+                                   .recv_logits = bp_recv_logits,
+                                   .send_logits = bp_send_logits,
+                                   .step = b->lead ? bp_step : NULL,
+                                   .step_batch = b->lead ? b_step_batch : NULL};
+        mk_engine_opts o = {.max_ctx = 16, .backend = be};
+        if (b->ln)
+            o.layer_pipe = &pipes[i];
+        else
+            o.moe_part = &parts[i];
+        MK_TRY(mk_engine_create(k->m, &o, &es[i]));
+    }
+    float lg[4096];
+    if (V > 4096)
+        return mk_err(MK_E_ARG, "vocabulary of %lld: the test's buffer holds 4096", (long long)V);
+    for (int i = 0; i < BNS; i++) { /* prefill: one sequence at a time */
+        int32_t ids[16];
+        int n = b_prompt(i, V, ids);
+        MK_TRY(mk_engine_forward(es[i], ids, n, MK_LOGITS_LAST, lg, NULL));
+    }
+    mk_engine *bat[BNS];
+    for (int i = 0; i < BNS; i++)
+        bat[i] = es[b_order[i]];
+    if (!mk_engine_batchable(bat, BNS))
+        return mk_err(MK_E_ARG, "the partitioned sequences are not batchable");
+    for (int t = 0; t < BSTEPS; t++) { /* the lead's logits, none on the follower */
+        int32_t ids[BNS];
+        for (int i = 0; i < BNS; i++)
+            ids[i] = b_id(t, b_order[i], V);
+        int x0 = b->xchg;
+        MK_TRY(mk_engine_decode_batch(bat, BNS, ids, b->logits ? k->logits + (int64_t)t * BNS * V : NULL));
+        b->xchg_per_step[t] = b->xchg - x0;
+    }
+    return MK_OK;
+}
+
+static void *brank_main(void *arg) {
+    brank *b = arg;
+    bseq sq[BNS];
+    mk_moe_part parts[BNS];
+    mk_layer_pipe pipes[BNS];
+    mk_engine *es[BNS] = {0};
+    mk_pool *pool = NULL;
+    mk_backend *be = NULL; /* one for the rank's engines: a batch shares one */
+    mk_status st = mk_pool_create(1, &pool);
+    if (st == MK_OK)
+        st = mk_backend_cpu_create(pool, &be);
+    if (st == MK_OK)
+        st = brank_run(b, be, es, sq, parts, pipes);
+    if (st != MK_OK) /* the other rank waits in a barrier: fail loudly */
+        fprintf(stderr, "batch rank %d: %s\n", b->k.r, mk_err_msg()), abort();
+    for (int i = 0; i < BNS; i++)
+        mk_engine_free(es[i]);
+    mk_backend_free(be);
+    mk_pool_free(pool);
+    return NULL;
+}
+
+/* The reference of the batched steps: each sequence alone on one engine,
+ * every expert and layer, one token per call ([BSTEPS][BNS][V], the
+ * batch's order). */
+static float *batch_ref(const mk_model *m) {
+    int64_t V = mk_model_config(m)->vocab_size;
+    float *ref = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float));
+    assert_non_null(ref);
+    mk_engine *re[BNS];
+    for (int i = 0; i < BNS; i++) {
+        mk_engine_opts o = {.threads = 1, .max_ctx = 16};
+        assert_int_equal(mk_engine_create(m, &o, &re[i]), MK_OK);
+        int32_t ids[16];
+        int n = b_prompt(i, V, ids);
+        assert_int_equal(mk_engine_forward(re[i], ids, n, MK_LOGITS_LAST, ref, NULL), MK_OK);
+    }
+    for (int t = 0; t < BSTEPS; t++)
+        for (int i = 0; i < BNS; i++) { /* row i of step t: the batch's i-th sequence */
+            int32_t id = b_id(t, b_order[i], V);
+            assert_int_equal(mk_engine_forward(re[b_order[i]], &id, 1, MK_LOGITS_LAST,
+                                               ref + ((int64_t)t * BNS + i) * V, NULL),
+                             MK_OK);
+        }
+    for (int i = 0; i < BNS; i++)
+        mk_engine_free(re[i]);
+    return ref;
+}
+
+static void batch_fixture(const char *rel) {
+    mk_model *m = NULL;
+    assert_int_equal(mk_model_open(mk_test_fixture(rel), &m), MK_OK);
+    const mk_config *c = mk_model_config(m);
+    int64_t V = c->vocab_size;
+    int moe = 0;
+    for (int l = 0; l < c->num_layers; l++)
+        moe += mk_config_layer_is_moe(c, l);
+    float *ref = batch_ref(m);
+    group g = {.n = 2, .E = c->num_experts};
+    pthread_barrier_init(&g.bar, NULL, 2);
+    brank br[2];
+    pthread_t th[2];
+    for (int r = 0; r < 2; r++) {
+        br[r] = (brank){
+            .k = {.g = &g, .r = r, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
+            .lead = r == 0,
+            .logits = r == 0};
+        assert_non_null(br[r].k.logits);
+        assert_int_equal(pthread_create(&th[r], NULL, brank_main, &br[r]), 0);
+    }
+    for (int r = 0; r < 2; r++)
+        pthread_join(th[r], NULL);
+    pthread_barrier_destroy(&g.bar);
+    if (memcmp(br[0].k.logits, ref, (size_t)(BSTEPS * BNS * V) * sizeof(float)))
+        fail_msg("%s: the partitioned batched steps' logits differ from each sequence's alone", rel);
+    /* the lead announced each forward call of a sequence (the prefills) and each batched step once,
+     * naming the batch's sequences in its order at their positions; every batched step made one
+     * exchange per MoE layer on each engine, for all its sequences */
+    assert_int_equal(br[0].k.steps, BNS);
+    assert_int_equal(br[0].batches, BSTEPS);
+    assert_int_equal(br[1].batches, 0);
+    for (int t = 0; t < BSTEPS; t++) {
+        assert_int_equal(br[0].bn[t], BNS);
+        for (int i = 0; i < BNS; i++) {
+            int32_t ids[16];
+            assert_int_equal(br[0].bslot[t][i], b_order[i]);
+            assert_int_equal(br[0].bpos[t][i], b_prompt(b_order[i], V, ids) + t);
+        }
+        for (int r = 0; r < 2; r++)
+            assert_int_equal(br[r].xchg_per_step[t], moe);
+    }
+    for (int r = 0; r < 2; r++)
+        free(br[r].k.logits);
+    free(ref);
+    mk_model_free(m);
+}
+
+/* The same batched steps over a two-stage pipeline (one engine each), cut
+ * after every layer: the first stage's rows (received from the last)
+ * bitwise each sequence alone; its step_batch once per step; per step one
+ * hand-over of the batch's hidden rows and one of its logits rows. */
+static void batch_pipe_fixture(const char *rel) {
+    mk_model *m = NULL;
+    assert_int_equal(mk_model_open(mk_test_fixture(rel), &m), MK_OK);
+    const mk_config *c = mk_model_config(m);
+    int64_t V = c->vocab_size;
+    float *ref = batch_ref(m);
+    for (int cut = 1; cut < c->num_layers; cut++) {
+        stage_link ln = {0};
+        pthread_barrier_init(&ln.bar, NULL, 2);
+        brank br[2];
+        pthread_t th[2];
+        for (int s = 0; s < 2; s++) {
+            br[s] =
+                (brank){.k = {.r = s, .m = m, .logits = malloc((size_t)(BSTEPS * BNS * V) * sizeof(float))},
+                        .lead = s == 0,
+                        .ln = &ln,
+                        .first = s ? cut : 0,
+                        .last = s ? c->num_layers : cut,
+                        .logits = true};
+            assert_non_null(br[s].k.logits);
+            assert_int_equal(pthread_create(&th[s], NULL, brank_main, &br[s]), 0);
+        }
+        for (int s = 0; s < 2; s++)
+            pthread_join(th[s], NULL);
+        pthread_barrier_destroy(&ln.bar);
+        for (int s = 0; s < 2; s++)
+            if (memcmp(br[s].k.logits, ref, (size_t)(BSTEPS * BNS * V) * sizeof(float)))
+                fail_msg("%s, stages cut at layer %d: stage %d's batched logits differ from each sequence "
+                         "alone",
+                         rel, cut, s);
+        assert_int_equal(br[0].k.steps, BNS);
+        assert_int_equal(br[0].batches, BSTEPS);
+        assert_int_equal(br[1].batches, 0);
+        for (int t = 0; t < BSTEPS; t++) {
+            for (int i = 0; i < BNS; i++)
+                assert_int_equal(br[0].bslot[t][i], b_order[i]);
+            for (int s = 0; s < 2; s++)
+                assert_int_equal(br[s].xchg_per_step[t], 2);
+        }
+        for (int s = 0; s < 2; s++)
+            free(br[s].k.logits);
+    }
+    free(ref);
+    mk_model_free(m);
+}
+
+static void t_batch(void **state) {
+    (void)state;
+    if (!mk_test_fixture("qwen3moe-a/bf16"))
+        return;
+    batch_fixture("qwen3moe-a/bf16");   /* attention, softmax router */
+    batch_fixture("deepseekv3-a/bf16"); /* MLA, a dense first layer, shared experts */
+    batch_fixture("qwen3next-a/bf16");  /* Gated DeltaNet, gated shared expert */
+    batch_pipe_fixture("qwen3moe-a/bf16");
+    batch_pipe_fixture("deepseekv3-a/bf16");
+    batch_pipe_fixture("qwen3next-a/bf16");
+}
+
 static mk_status x_fail(void *user, const mk_moe_xchg *x) {
     return mk_err(MK_E_IO, "test exchange: layer %d refused", x->layer);
 }
@@ -336,7 +656,8 @@ static void t_errors(void **state) {
     assert_int_equal(mk_engine_forward(e, ids, 2, MK_LOGITS_ALL, lg, NULL), MK_E_IO);
     assert_non_null(strstr(mk_err_msg(), "test exchange: layer 0 refused"));
     assert_int_equal(g_steps, 1);
-    /* a partitioned engine is never batched (its steps are replayed one by one elsewhere) */
+    /* a partition announcing its steps but not batched ones is never batched (the batch would not
+     * reach the other processes) */
     mk_engine *es[2] = {e, NULL};
     assert_false(mk_engine_batchable(es, 1));
     mk_engine_free(e);
@@ -351,6 +672,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(t_bitwise),
         cmocka_unit_test(t_both),
+        cmocka_unit_test(t_batch),
         cmocka_unit_test(t_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
