@@ -260,17 +260,16 @@ const char mk_ecli_mem_help[] =
     "                       kernel never reclaims them, so decode never waits for the disk;\n"
     "                       needs RLIMIT_MEMLOCK (ulimit -l) above the model size and a\n"
     "                       resident model\n"
-    "  --act-int8 on|off    one-token products over MLX affine 4/8-bit weights on int8\n"
-    "                       activations (on: integer dot products, the faster decode, an\n"
+    "  --act-int8 on|off    products over MLX affine 4/8-bit weights on int8 activations\n"
+    "                       (on: integer dot products, the faster decode and prefill, an\n"
     "                       approximation like llama.cpp's: x rounded to 8 bits per block\n"
     "                       of 32, logits ~2e-3 relative apart) or on float activations\n"
     "                       (off: within float32 rounding of the exact product). Default:\n"
     "                       on with the x86 kernels (AVX2 and up), off with MK_KERNELS=ref\n"
-    "                       and on other CPUs. Other weight formats are float either way;\n"
-    "                       prefill (several tokens) is float unless MK_PREFILL_INT8=1 in\n"
-    "                       the environment (int8 prefill GEMM, opt-in: not yet measured\n"
-    "                       against the float one). MK_ACT_INT8=1|0 in the environment does\n"
-    "                       what this flag does; the flag wins over it\n";
+    "                       and on other CPUs. Other weight formats are float either way.\n"
+    "                       MK_ACT_INT8=1|0 in the environment does what this flag does\n"
+    "                       (the flag wins); MK_PREFILL_INT8=1|0 forces prefill (several\n"
+    "                       tokens) alone on or off\n";
 
 int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
     *mine = true;

@@ -123,9 +123,9 @@ int main(int argc, char **argv) {
         }
         mk_kernels_set_int8(!strcmp(ai, "1"));
     }
-    /* MK_PREFILL_INT8=1: int8 activations for the MLX affine 4/8-bit
-     * multi-token (prefill) products (kernels.h mk_kernels_set_prefill_int8;
-     * off by default) */
+    /* MK_PREFILL_INT8=0|1: int8 activations for the MLX affine 4/8-bit
+     * multi-token (prefill) products forced off or on (kernels.h
+     * mk_kernels_set_prefill_int8; by default prefill follows --act-int8) */
     const char *pi = getenv("MK_PREFILL_INT8");
     if (pi && *pi) {
         if (strcmp(pi, "0") && strcmp(pi, "1")) {

@@ -18,8 +18,8 @@
  * scalar twin of the same algorithm; up to 35k columns) quantize x to int8
  * in blocks of 32 (d_b = max|x| / 127 over block b) and use integer dot
  * products (the row-range products below, every other format and prefill
- * (n > 1) keep float x; prefill has its own opt-in int8 GEMM,
- * mk_kernels_set_prefill_int8 below), so
+ * (n > 1) keep float x; prefill has its own int8 GEMM, which follows this
+ * setting unless forced, mk_kernels_set_prefill_int8 below), so
  *   |y_r - sum_c W[r,c] x[c]| <= sum_b d_b / 2 * sum_{c in b} |W[r,c]|
  *                                + 1e-5 * sum_c |W[r,c] x^[c]|
  * with x^ the quantized x (tests/unit/test_kernels.c checks both that bound
@@ -98,12 +98,19 @@ int mk_kernels_int8_setting(void);
  *   |y[t,r] - sum_c W[r,c] x[t,c]| <= sum_b d_tb / 2 * sum_{c in b} |W[r,c]|
  *                                   + 1e-5 * sum_c |W[r,c] x^[t,c]|
  * (x^ the quantized tokens; tests/unit/test_gemm_q8.c). Results are bitwise
- * independent of the thread count and the same on every kernel path. Off
- * by default (the float prefill, within the 1e-5 bound above); the CLI
- * maps MK_PREFILL_INT8=1 to it. Process-wide like mk_isa_set: not safe
- * while another thread computes. */
+ * independent of the thread count and the same on every kernel path. By
+ * default it follows mk_kernels_int8 (the decode setting: on with the x86
+ * kernels, off on ref; measured 1.4-1.5x the float prefill panels on the
+ * AVX2 path and 1.7x on AVX-512 VNNI, bench/RESULTS.md 2026-12-04), so
+ * --act-int8 off gives float prefill too; mk_kernels_set_prefill_int8
+ * forces it either way (the CLI maps MK_PREFILL_INT8=0|1 to it) and
+ * mk_kernels_reset_prefill_int8 returns to following. Process-wide like
+ * mk_isa_set: not safe while another thread computes. */
 void mk_kernels_set_prefill_int8(bool on);
+void mk_kernels_reset_prefill_int8(void);
 bool mk_kernels_prefill_int8(void);
+/* -1 following mk_kernels_int8, 0 / 1 forced */
+int mk_kernels_prefill_int8_setting(void);
 
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite

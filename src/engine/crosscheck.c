@@ -61,8 +61,7 @@ mk_status mk_xcheck_run(const mk_model *m, mk_backend *ref, mk_backend *test, co
     if (st == MK_OK && !ref && (st = mk_backend_cpu_create(NULL, &own)) == MK_OK)
         ref = own;
     if (st == MK_OK) { /* the reference on float activations (crosscheck.h says why) */
-        const int int8 = mk_kernels_int8_setting();
-        const bool pre8 = mk_kernels_prefill_int8();
+        const int int8 = mk_kernels_int8_setting(), pre8 = mk_kernels_prefill_int8_setting();
         mk_kernels_set_int8(false);
         mk_kernels_set_prefill_int8(false);
         st = run_one(m, ref, o, ids, n, lg[0], h[0]);
@@ -70,7 +69,10 @@ mk_status mk_xcheck_run(const mk_model *m, mk_backend *ref, mk_backend *test, co
             mk_kernels_reset_int8();
         else
             mk_kernels_set_int8(int8 != 0);
-        mk_kernels_set_prefill_int8(pre8);
+        if (pre8 < 0)
+            mk_kernels_reset_prefill_int8();
+        else
+            mk_kernels_set_prefill_int8(pre8 != 0);
         if (st != MK_OK)
             mk_err_wrap(st, "--verify: the reference run");
     }

@@ -87,14 +87,25 @@ int mk_kernels_int8_setting(void) {
     return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE);
 }
 
-static int g_prefill_int8; /* 0 until mk_kernels_set_prefill_int8(true) */
+/* -1: follows mk_kernels_int8 (decode's setting: one switch, --act-int8,
+ * for both); 0 / 1: forced by mk_kernels_set_prefill_int8 */
+static int g_prefill_int8 = -1;
 
 void mk_kernels_set_prefill_int8(bool on) {
     __atomic_store_n(&g_prefill_int8, on ? 1 : 0, __ATOMIC_RELEASE);
 }
 
+void mk_kernels_reset_prefill_int8(void) {
+    __atomic_store_n(&g_prefill_int8, -1, __ATOMIC_RELEASE);
+}
+
 bool mk_kernels_prefill_int8(void) {
-    return __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE) != 0;
+    int v = __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE);
+    return v < 0 ? mk_kernels_int8() : v != 0;
+}
+
+int mk_kernels_prefill_int8_setting(void) {
+    return __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE);
 }
 
 /* ---- reference -------------------------------------------------------- */

@@ -87,13 +87,26 @@ case "$kern" in
 esac
 MK_ACT_INT8=0 "$BIN" run "$T/q4" --ids 7 --max-tokens 1 --threads 2 --stats > /dev/null 2> "$T/kst"
 grep -q '^\[kernels\] [a-z0-9]*, float activations' "$T/kst" || fail "MK_ACT_INT8=0: $(grep kernels "$T/kst")"
-# MK_PREFILL_INT8=1|0: the int8 prefill GEMM (kernels.h mk_kernels_set_prefill_int8), off by default
+# MK_PREFILL_INT8=1|0: the int8 prefill GEMM (kernels.h mk_kernels_set_prefill_int8) forced on or
+# off; by default prefill follows --act-int8 (int8 with the x86 kernels, float on ref and with
+# --act-int8 off)
 expect 2 "MK_PREFILL_INT8: expected 0 or 1" env MK_PREFILL_INT8=on "$BIN" run "$TINY" --ids 1
-"$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/pdef.f32" --threads 2
-MK_PREFILL_INT8=0 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p0.f32" --threads 2
-MK_PREFILL_INT8=1 "$BIN" logits "$T/q4" --ids 7,8,9,10,11 --out "$T/p1.f32" --threads 2
-cmp -s "$T/pdef.f32" "$T/p0.f32" || fail "prefill: the default is not MK_PREFILL_INT8=0"
+P=7,8,9,10,11
+"$BIN" logits "$T/q4" --ids $P --out "$T/pdef.f32" --threads 2
+MK_PREFILL_INT8=0 "$BIN" logits "$T/q4" --ids $P --out "$T/p0.f32" --threads 2
+MK_PREFILL_INT8=1 "$BIN" logits "$T/q4" --ids $P --out "$T/p1.f32" --threads 2
+"$BIN" logits "$T/q4" --ids $P --out "$T/poff.f32" --threads 2 --act-int8 off
+MK_PREFILL_INT8=1 "$BIN" logits "$T/q4" --ids $P --out "$T/p1off.f32" --threads 2 --act-int8 off
+MK_KERNELS=ref "$BIN" logits "$T/q4" --ids $P --out "$T/pref.f32" --threads 2
+MK_KERNELS=ref MK_PREFILL_INT8=0 "$BIN" logits "$T/q4" --ids $P --out "$T/pref0.f32" --threads 2
 ! cmp -s "$T/p0.f32" "$T/p1.f32" || fail "MK_PREFILL_INT8=1 wrote the float prefill's logits"
+case "$kern" in
+"ref float") cmp -s "$T/pdef.f32" "$T/p0.f32" || fail "prefill default on ref: not float" ;;
+*) cmp -s "$T/pdef.f32" "$T/p1.f32" || fail "prefill default on $kern: not the int8 prefill" ;;
+esac
+# (one-token products inside a prefill, an expert with one routed token, follow --act-int8 alone)
+! cmp -s "$T/poff.f32" "$T/p1off.f32" || fail "--act-int8 off: the prefill default is not float (or MK_PREFILL_INT8=1 did not win)"
+cmp -s "$T/pref.f32" "$T/pref0.f32" || fail "MK_KERNELS=ref: the prefill default is not float"
 
 # --help names every flag
 for cmd in run logits eval; do

@@ -346,28 +346,35 @@ static double *deq(const mk_wt *w) {
 }
 
 /* The matmul bound: TOL_DOT, except where the CPU kernels quantize x to
- * int8 (kernels.h "Accuracy": opt-in, one token times MLX affine 4/8 bits), which
- * add at most beta_r = sum_b d_b / 2 sum_{c in b} |W[r,c]| per output
- * (d_b = max |x| over block b of 32 / 127): there the bound is TOL_DOT +
- * ||beta|| / ||W x||, for every backend (one computing in float is well
- * inside it). */
-static double tol_matmul(const mk_wt *w, const double *W, const float *x, int64_t n, const double *ref) {
-    if (!mk_kernels_int8() || n != 1 || w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8))
+ * int8 (kernels.h "Accuracy": one token times MLX affine 4/8 bits, and the
+ * prefill GEMM of several tokens, which follows that setting by default and
+ * quantizes each token by the same rule), which add at most
+ * beta_tr = sum_b d_tb / 2 sum_{c in b} |W[r,c]| per output (d_tb = max |x_t|
+ * over block b of 32 / 127): there the bound is TOL_DOT + ||beta|| / ||W x||
+ * over the n tokens. Only for the CPU backend (`be`): the others compute in
+ * float and keep TOL_DOT. */
+static double tol_matmul(const char *be, const mk_wt *w, const double *W, const float *x, int64_t n,
+                         const double *ref) {
+    const bool int8 = n == 1 ? mk_kernels_int8() : mk_kernels_prefill_int8();
+    if (strcmp(be, "cpu") || !int8 || w->fmt != MK_WF_AFFINE || (w->bits != 4 && w->bits != 8))
         return TOL_DOT;
     double b2 = 0, r2 = 0;
-    for (int64_t r = 0; r < w->rows; r++) {
-        double beta = 0;
-        for (int64_t b = 0; b < w->cols / 32; b++) {
-            float amax = 0;
-            for (int i = 0; i < 32; i++)
-                amax = fmaxf(amax, fabsf(x[b * 32 + i]));
-            double wa = 0;
-            for (int i = 0; i < 32; i++)
-                wa += fabs(W[r * w->cols + b * 32 + i]);
-            beta += (double)(amax / 127.0f) * 0.5 * wa;
+    for (int64_t t = 0; t < n; t++) {
+        const float *xt = x + t * w->cols;
+        for (int64_t r = 0; r < w->rows; r++) {
+            double beta = 0;
+            for (int64_t b = 0; b < w->cols / 32; b++) {
+                float amax = 0;
+                for (int i = 0; i < 32; i++)
+                    amax = fmaxf(amax, fabsf(xt[b * 32 + i]));
+                double wa = 0;
+                for (int i = 0; i < 32; i++)
+                    wa += fabs(W[r * w->cols + b * 32 + i]);
+                beta += (double)(amax / 127.0f) * 0.5 * wa;
+            }
+            b2 += beta * beta;
+            r2 += ref[t * w->rows + r] * ref[t * w->rows + r];
         }
-        b2 += beta * beta;
-        r2 += ref[r] * ref[r];
     }
     return TOL_DOT + sqrt(b2 / r2);
 }
@@ -476,7 +483,7 @@ static void test_matmul_formats(void **st) {
                     float *y = back(b, dy, (size_t)(n * R) * 4);
                     char what[96];
                     snprintf(what, sizeof what, "matmul %s n=%lld", wb.name, (long long)n);
-                    check_rel(b->name, what, y, ref, n * R, tol_matmul(&wb.w, W, x, n, ref));
+                    check_rel(b->name, what, y, ref, n * R, tol_matmul(b->name, &wb.w, W, x, n, ref));
                     free(y);
                     free(x);
                     free(ref);
@@ -2054,7 +2061,7 @@ static void check_matmul_n(be_case *b) {
                             ref[t * rows[i] + r] += W[r * C + c] * x[t * C + c];
                 char what[96];
                 snprintf(what, sizeof what, "matmul_n %s n=%lld", wb[i].name, (long long)n);
-                check_rel(b->name, what, y, ref, n * rows[i], tol_matmul(ws[i], W, x, n, ref));
+                check_rel(b->name, what, y, ref, n * rows[i], tol_matmul(b->name, ws[i], W, x, n, ref));
                 free(y);
                 free(z);
                 free(W);

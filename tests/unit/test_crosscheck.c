@@ -122,13 +122,13 @@ static void test_reference_float(void **st) {
     assert_int_equal(g_ref_int8, 0);
     assert_int_equal(g_test_float, 0);
     assert_int_equal(mk_kernels_int8_setting(), 1); /* put back */
-    assert_true(mk_kernels_prefill_int8());
+    assert_int_equal(mk_kernels_prefill_int8_setting(), 1);
     mk_kernels_reset_int8();
-    mk_kernels_set_prefill_int8(false);
+    mk_kernels_reset_prefill_int8();
     assert_int_equal(mk_xcheck_run(m, ra, rb, &o, ids, 6, 1e-3, &x), MK_OK);
     mk_xcheck_free(&x);
-    assert_int_equal(mk_kernels_int8_setting(), -1); /* the default put back as the default */
-    assert_false(mk_kernels_prefill_int8());
+    assert_int_equal(mk_kernels_int8_setting(), -1); /* the defaults put back as the defaults */
+    assert_int_equal(mk_kernels_prefill_int8_setting(), -1);
     mk_backend_free(ra);
     mk_backend_free(rb);
     mk_backend_free(a);

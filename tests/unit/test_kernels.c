@@ -422,6 +422,10 @@ static int group_setup(void **state) {
      * x for MLX affine 4/8-bit decode on the x86 paths): every case then
      * runs the float kernels, and the int8 ones where a test turns them on */
     mk_kernels_set_int8(false);
+    /* prefill (several tokens) float even where a test turns int8 decode
+     * on: the int8 prefill GEMM, which follows the decode setting by
+     * default, has its own bound and test (test_gemm_q8) */
+    mk_kernels_set_prefill_int8(false);
     return mk_pool_create(3, &g_pool) == MK_OK ? 0 : -1;
 }
 
