@@ -26,7 +26,8 @@
 # Prints medians per (bits, threads) and keeps every raw line in $DIR/raw.txt.
 #
 # Knobs (environment): MK_PEER_DIR (default ${TMPDIR:-/tmp}/moekit-peer; models are generated once
-# and reused), MK_PEER_LAYERS (8), MK_PEER_EXPERTS (128), MK_PEER_PRESET (30b-a3b), MK_PEER_REPS (5),
+# and reused), MK_PEER_ARCH (qwen3_moe; with a preset of that arch, e.g. qwen3_5_moe 35b-a3b for the
+# hybrid shape, deepseek_v3 deepseek-v3 for MLA), MK_PEER_LAYERS (8), MK_PEER_EXPERTS (128), MK_PEER_PRESET (30b-a3b), MK_PEER_REPS (5),
 # MK_PEER_THREADS ("1 2"), MK_PEER_BITS ("4 8"), MK_PEER_PP (512), MK_PEER_TG (128), MK_PEER_MLOCK (1),
 # MK_PEER_ACT_INT8 (on|off: moekit's --act-int8; unset: moekit's default, int8 since 2026-12-04; the
 # header line "moekit kernels" says which ran), MK_PEER_TINY=1: a smoke run on a tiny model (preset
@@ -46,9 +47,11 @@ done
 TINY=${MK_PEER_TINY:-0}
 if [ "$TINY" = 1 ]; then
     PRESET=tiny; LAYERS=${MK_PEER_LAYERS:-2}; EXPERTS=${MK_PEER_EXPERTS:-8}; REPS=${MK_PEER_REPS:-1}
+    ARCH=${MK_PEER_ARCH:-qwen3_moe}
     PP=${MK_PEER_PP:-64}; TG=${MK_PEER_TG:-8}; BWMIB=256
 else
     PRESET=${MK_PEER_PRESET:-30b-a3b}; LAYERS=${MK_PEER_LAYERS:-8}; EXPERTS=${MK_PEER_EXPERTS:-128}
+    ARCH=${MK_PEER_ARCH:-qwen3_moe}
     REPS=${MK_PEER_REPS:-5}; PP=${MK_PEER_PP:-512}; TG=${MK_PEER_TG:-128}; BWMIB=2048
 fi
 THREADS=${MK_PEER_THREADS:-1 2}
@@ -62,7 +65,7 @@ raw=$DIR/raw.txt
 # ---- models (made once)
 src=$DIR/bf16
 [ -f "$src/config.json" ] ||
-    "$BIN" synth "$src" --arch qwen3_moe --preset "$PRESET" --layers "$LAYERS" --experts "$EXPERTS" --format bf16 --quiet
+    "$BIN" synth "$src" --arch "$ARCH" --preset "$PRESET" --layers "$LAYERS" --experts "$EXPERTS" --format bf16 --quiet
 for b in $BITS; do
     [ -f "$DIR/mlx$b/config.json" ] || "$BIN" quantize "$src" "$DIR/mlx$b" --bits "$b" --group-size 64 --quiet > /dev/null
     gt=$([ "$b" = 4 ] && echo q4_0 || echo q8_0)
@@ -72,8 +75,8 @@ done
 # bytes one decode token reads, from the GGUF tensor table: experts count k/E, token_embd one row
 bytes_per_token() { # GGUF
     local k e
-    k=$("$PEER/mk_llama" info "$1" | sed -n 's/^kv qwen3moe.expert_used_count u32 //p')
-    e=$("$PEER/mk_llama" info "$1" | sed -n 's/^kv qwen3moe.expert_count u32 //p')
+    k=$("$PEER/mk_llama" info "$1" | sed -n 's/^kv [a-z0-9]*\.expert_used_count u32 //p')
+    e=$("$PEER/mk_llama" info "$1" | sed -n 's/^kv [a-z0-9]*\.expert_count u32 //p')
     "$PEER/mk_llama" info "$1" | awk -v k="$k" -v e="$e" '
         $1 == "kv" { next }
         { n = split($3, d, ","); el = 1; for (i = 1; i <= n; i++) el *= d[i]
@@ -109,7 +112,7 @@ check() { [ -n "${1%% *}" ] || { echo "bench_peer: no timing parsed from $2:" >&
 echo "# machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores," \
     "$(free -g | awk '/^Mem:/{print $2}') GiB RAM, flags: $(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx_vnni\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), load average$(uptime | sed -n 's/.*load average//p')"
-echo "# model: synth qwen3_moe --preset $PRESET --layers $LAYERS --experts $EXPERTS ($DIR); prefill $PP, decode $TG;" \
+echo "# model: synth $ARCH --preset $PRESET --layers $LAYERS --experts $EXPERTS ($DIR); prefill $PP, decode $TG;" \
     "$REPS interleaved repetitions; mlock $MLOCK; moekit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), llama.cpp v0.4.0"
 
 # warm-up: page the files in, settle the CPU
