@@ -175,6 +175,9 @@ mk_status mk_ecli_dist_start(mk_ecli_dist *dd, mk_ecli_mem *mm) {
     /* the budget counts ceil(E/ranks) experts per layer: a split by count (--mpi-balance may give a
      * rank more, so it counts them all) */
     mm->ranks = dd->balance || dd->pipeline ? 1 : mk_dist_size(dd->d);
+    /* the exchange buffers this rank will grow, counted in its budget (engine_cli.c dist_bytes) */
+    if (mk_dist_size(dd->d) > 1)
+        mm->dist_bufs = (!dd->pipeline || dd->both ? 1 : 0) | (dd->pipeline ? 2 : 0);
     if (dd->pipeline) { /* the budget counts this stage's layers */
         mm->held_fn = stage_held;
         mm->held_user = dd;
@@ -603,6 +606,10 @@ int mk_ecli_dist_work(mk_ecli_dist *dd, const char *model, const mk_model_opts *
         mk_dist_abort(dd->d, mk_status_exit_code(st), msg);
     }
     st = mk_dist_await(dd->d, fp, &o, &finished);
+    if (st == MK_OK && !finished) { /* the lead's engine size plans this rank's budget as the lead's */
+        mm->plan_ctx = o.max_ctx > 0 ? o.max_ctx : mm->plan_ctx;
+        mm->plan_chunk = o.prefill_chunk;
+    }
     static const char *modes[] = {"expert", "pipeline", "both"};
     int theirs = mk_dist_both(dd->d) ? 2 : mk_dist_pipelined(dd->d), mine = dd->both ? 2 : dd->pipeline;
     if (st == MK_OK && !finished && theirs != mine)

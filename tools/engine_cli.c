@@ -207,7 +207,8 @@ mk_status mk_ecli_tokenize_file(const char *model_dir, int64_t vocab, const char
 
 const char mk_ecli_mem_help[] =
     "  --memory-budget SIZE  bound this process's memory (e.g. 6G): non-expert weights, the\n"
-    "                       context (KV cache, recurrent state, scratch), a fixed 96 MiB\n"
+    "                       context (KV cache, recurrent state, scratch; under MPI also the\n"
+    "                       rank's exchange buffers), a fixed 96 MiB\n"
     "                       overhead, and a cache of routed experts, which are then read from\n"
     "                       the checkpoint files on demand (never mapped). Refused, naming the\n"
     "                       least budget that works, when one token's experts do not fit.\n"
@@ -374,8 +375,38 @@ static uint64_t held_resident_bytes(const mk_ecli_mem *mm, const mk_model *m) {
     return mk_model_resident_bytes(m);
 }
 
+/* The MPI exchange buffers this rank grows to (src/dist/dist_mpi.c grows
+ * them on demand to the largest message of the run): the expert exchange
+ * sends this rank's and receives the others' rows of a forward's k expert
+ * outputs (at most chunk * k rows of H floats each way); a pipeline message
+ * is a chunk's hidden rows or, to the lead, its logits rows (chunk rows of
+ * max(H, V) floats); each with a header. A forward holds at most the
+ * prefill chunk's tokens, and no more than the planned context. 0 without
+ * MPI. */
+static uint64_t dist_bytes(const mk_ecli_mem *mm, const mk_model *m) {
+    if (!mm->dist_bufs)
+        return 0;
+    const mk_config *c = mk_model_config(m);
+    uint64_t chunk = mm->plan_chunk > 0 ? (uint64_t)mm->plan_chunk : 512; /* a forward's most tokens */
+    if (mm->plan_ctx > 0 && (uint64_t)mm->plan_ctx < chunk)
+        chunk = (uint64_t)mm->plan_ctx;
+    const uint64_t H = (uint64_t)c->hidden_size, V = (uint64_t)c->vocab_size, hdr = 4096;
+    uint64_t b = 0;
+    if (mm->dist_bufs & 1)
+        b += 2 * (chunk * (uint64_t)c->num_experts_per_tok * H * sizeof(float) + hdr);
+    if (mm->dist_bufs & 2)
+        b += chunk * (H > V ? H : V) * sizeof(float) + hdr;
+    return b;
+}
+
+/* What the command holds besides the model and its engines: mm->extra and
+ * the MPI exchange buffers. */
+static uint64_t held_extra(const mk_ecli_mem *mm, const mk_model *m) {
+    return mm->extra + dist_bytes(mm, m);
+}
+
 /* The arenas of the engines the command plans (mm->plan_ctx), with what it
- * holds besides them as far as known now (mm->extra): 0 when not known. */
+ * holds besides them as far as known now (held_extra): 0 when not known. */
 static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
     if (!mm->plan_ctx)
         return 0;
@@ -385,7 +416,7 @@ static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
         ctx = mp > 0 && mp < 4096 ? mp : 4096;
     }
     mk_engine_opts o = {.max_ctx = ctx, .prefill_chunk = mm->plan_chunk};
-    return (uint64_t)mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) + mm->extra;
+    return (uint64_t)mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) + held_extra(mm, m);
 }
 
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo_in, mk_model **m) {
@@ -532,7 +563,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     bool first = mm->held == 0;
     if (!mm->stream) {
         if (mm->budget) {
-            uint64_t used = weights + held_expert_bytes(mm, m) + MK_ECLI_OVERHEAD + mm->held + mm->extra;
+            uint64_t used = weights + held_expert_bytes(mm, m) + MK_ECLI_OVERHEAD + mm->held + held_extra(mm, m);
             o.mem_limit = mm->budget > used ? mm->budget - used : 1;
         } else if (!o.mem_limit) {
             o.mem_limit = mk_ecli_mem_available();
@@ -564,7 +595,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     mm->pipe = o.layer_pipe;
     /* every engine of a server (mm->engines) over this one store: all their arenas */
     MK_TRY(mk_ecli_mem_store(mm, m, mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1),
-                             mm->extra));
+                             held_extra(mm, m)));
     o.store = mm->store;
     o.prefetch_experts = mm->prefetch;
     o.mem_limit = 0; /* the arena is counted in the budget */

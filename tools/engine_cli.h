@@ -93,6 +93,9 @@ typedef struct mk_ecli_mem {
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
     uint64_t extra;            /* bytes the command holds besides the model and the engines
                                   (serve's prompt cache), counted in the budget with the context */
+    int dist_bufs;             /* MPI exchange buffers this rank grows (tools/dist_cli.c sets it):
+                                  bit 0 the expert exchange, bit 1 pipeline messages; counted in
+                                  the budget with `extra` (0: none) */
     int ranks;                 /* MPI ranks sharing the routed experts (tools/dist_cli.h); 0 or 1:
                                   none. Each holds at most ceil(E/ranks) experts of a layer, which
                                   is what the budget counts */

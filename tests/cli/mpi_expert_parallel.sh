@@ -86,6 +86,21 @@ grep -q "experts streamed" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget
 grep -q "model resident" "$T/err" || { cat "$T/err" >&2; fail "--memory-budget 101M -np 2: rank 0 not resident"; }
 cmp -s "$T/one.f32" "$T/n.f32" || fail "--memory-budget 101M -np 2: logits differ from one process"
 echo "ok: --memory-budget counts a rank's share of the experts"
+# ... and the rank's exchange buffers: the least budget -np 2 names is one process's plus exactly
+# 2 x (a forward's rows x k x H floats + a 4 KiB header), a forward's rows being min(prefill chunk,
+# context): the 32 ids here (engine_cli.c dist_bytes; the same non-expert weights and context)
+least() { grep -o 'need at least [0-9]* bytes' "$1" | head -1 | sed 's/[^0-9]//g'; }
+"$MK_BIN" logits "$M" --ids "$IDS" --out "$T/x.f32" --force --threads 1 --memory-budget 1M 2> "$T/e1" &&
+    fail "--memory-budget 1M: not refused"
+"${MPI[@]}" -np 2 "$MK_BIN" logits "$M" --ids "$IDS" --out "$T/x.f32" --force --threads 1 --memory-budget 1M \
+    2> "$T/e2" && fail "--memory-budget 1M -np 2: not refused"
+l1=$(least "$T/e1") l2=$(least "$T/e2")
+[ -n "$l1" ] && [ -n "$l2" ] || { cat "$T/e1" "$T/e2" >&2; fail "no least budget named"; }
+H=$(sed -n 's/.*"hidden_size": *\([0-9]*\).*/\1/p' "$M/config.json")
+K=$(sed -n 's/.*"num_experts_per_tok": *\([0-9]*\).*/\1/p' "$M/config.json")
+want=$((2 * (32 * K * H * 4 + 4096)))
+[ $((l2 - l1)) -eq "$want" ] || fail "least budget -np 2 $l2 - one process $l1 = $((l2 - l1)), want the exchange's $want"
+echo "ok: --memory-budget counts the rank's exchange buffers ($want bytes here)"
 
 # experts split by routing frequency (--mpi-balance, `moekit profile`'s routing statistics)
 "$MK_BIN" profile "$TINYM/bf16" --text "$TINYM/devtext.txt" --tokens 256 --threads 1 --quiet --out "$T/p.json" \
