@@ -147,8 +147,9 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
                 kvt, (double)kvt * (double)ctx / 1048576.0, ctx,
                 (double)mk_engine_arena_bytes(r->e) / 1048576.0);
         /* which CPU kernels ran (a benchmark's record names them) */
-        fprintf(stderr, "[kernels] %s, %s activations for MLX affine 4/8-bit decode\n",
-                mk_isa_name(mk_isa_active()), mk_kernels_int8() ? "int8" : "float");
+        fprintf(stderr, "[kernels] %s, %s activations for MLX affine 4/8-bit decode, %s for prefill\n",
+                mk_isa_name(mk_isa_active()), mk_kernels_int8() ? "int8" : "float",
+                mk_kernels_prefill_int8() ? "int8" : "float");
         mk_ecli_mem_stats(&o->mm, stderr);
         mk_ecli_dist_stats(&o->dd, stderr);
     }
