@@ -1466,6 +1466,26 @@ static bool g_cuda_run; /* this run of the table includes the CUDA backend */
 
 static double silu_d(double g) { return g / (1.0 + exp(-g)); }
 
+/* y[0..H) += w * down(silu(gate x) * up x) in double, one expert's SwiGLU
+ * MLP from its dequantized matrices (G, U [I, H], D [H, I]); h: I scratch. */
+static void ref_expert_add(const double *G, const double *U, const double *D, int64_t H, int64_t I,
+                           const float *x, double w, double *y, double *h) {
+    for (int64_t r = 0; r < I; r++) {
+        double g = 0, u = 0;
+        for (int64_t c = 0; c < H; c++) {
+            g += G[r * H + c] * x[c];
+            u += U[r * H + c] * x[c];
+        }
+        h[r] = silu_d(g) * u;
+    }
+    for (int64_t o = 0; o < H; o++) {
+        double a = 0;
+        for (int64_t r = 0; r < I; r++)
+            a += D[o * I + r] * h[r];
+        y[o] += w * a;
+    }
+}
+
 /* One MoE layer for one token in double from the dequantized weights:
  * routing (softmax, or sigmoid with one group and no bias), the k experts'
  * SwiGLU, the weighted sum, the gated shared expert. */
@@ -1496,40 +1516,14 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
     double *h = malloc((size_t)(I > Is ? I : Is) * sizeof(double));
     for (int j = 0; j < K; j++) {
         const int e = idx[j];
-        for (int64_t r = 0; r < I; r++) {
-            double g = 0, u = 0;
-            for (int64_t c = 0; c < H; c++) {
-                g += G[e][r * H + c] * x[c];
-                u += U[e][r * H + c] * x[c];
-            }
-            h[r] = silu_d(g) * u;
-        }
-        for (int64_t o = 0; o < H; o++) {
-            double a = 0;
-            for (int64_t r = 0; r < I; r++)
-                a += D[e][o * I + r] * h[r];
-            y[o] += w[j] * a;
-        }
+        ref_expert_add(G[e], U[e], D[e], H, I, x, w[j], y, h);
     }
     if (SG) {
         double gl = 0;
         for (int64_t c = 0; c < H && SGW; c++)
             gl += SGW[c] * x[c];
         const double gate = SGW ? 1.0 / (1.0 + exp(-gl)) : 1.0;
-        for (int64_t r = 0; r < Is; r++) {
-            double g = 0, u = 0;
-            for (int64_t c = 0; c < H; c++) {
-                g += SG[r * H + c] * x[c];
-                u += SU[r * H + c] * x[c];
-            }
-            h[r] = silu_d(g) * u;
-        }
-        for (int64_t o = 0; o < H; o++) {
-            double a = 0;
-            for (int64_t r = 0; r < Is; r++)
-                a += SD[o * Is + r] * h[r];
-            y[o] += gate * a;
-        }
+        ref_expert_add(SG, SU, SD, H, Is, x, gate, y, h);
     }
     free(h);
 }
@@ -1750,21 +1744,7 @@ static void test_moe_grouped(void **st) {
                 for (int64_t t = 0; t < n; t++)
                     for (int j = 0; j < K; j++) {
                         const int e = idx[t * K + j];
-                        const float *xt = x + t * H;
-                        for (int64_t r = 0; r < I; r++) {
-                            double gg = 0, uu = 0;
-                            for (int64_t c = 0; c < H; c++) {
-                                gg += G[e][r * H + c] * xt[c];
-                                uu += U[e][r * H + c] * xt[c];
-                            }
-                            h[r] = silu_d(gg) * uu;
-                        }
-                        for (int64_t o = 0; o < H; o++) {
-                            double a = 0;
-                            for (int64_t r = 0; r < I; r++)
-                                a += D[e][o * I + r] * h[r];
-                            ref[t * H + o] += wt[t * K + j] * a;
-                        }
+                        ref_expert_add(G[e], U[e], D[e], H, I, x + t * H, wt[t * K + j], ref + t * H, h);
                     }
                 void *dx = dev(b, x, (size_t)(n * H) * 4), *dy = dev(b, NULL, (size_t)(n * H) * 4),
                      *di = dev(b, idx, (size_t)(n * K) * 4), *dw_ = dev(b, wt, (size_t)(n * K) * 4);
