@@ -1,6 +1,7 @@
 /* Prefill GEMM on int8 activations for MLX affine 4/8-bit weights
  * (kern_gemm_q8.h: the rule and the layouts): the driver behind
- * mk_matmul / mk_matmul_n for n > 1 when mk_kernels_set_prefill_int8 is on,
+ * mk_matmul / mk_matmul_n for n > 1 when mk_kernels_prefill_int8() (by default with the
+ * decode setting, kernels.h),
  * and the portable table that defines every step in plain C.
  *
  * Why: the float prefill (matmul.c, kern_panel.c) dequantizes each weight
