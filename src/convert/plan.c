@@ -420,6 +420,17 @@ static mk_status bare_output(pctx *c, const cv_lt *lt) {
              : mk_err(MK_E_NOMEM, "tensor '%s': no memory for its output", lt->cname);
 }
 
+/* The group's experts pass through quantized (compressed-tensors INT4
+ * repacked to MLX affine by quantize): not the quant plan's to split. */
+static bool group_kept_quant(const pctx *c, const cv_egroup *g) {
+    if (!c->t->keeps_quantized)
+        return false;
+    for (int p = 0; p < 3; p++)
+        if (!keeps_quant(c, g->proj[p][0].mod))
+            return false;
+    return true;
+}
+
 static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     cv_lt probe = {.cname = g->mlp, .cls = g->cls};
     if (dropped(c, &probe))
@@ -434,9 +445,12 @@ static mk_status group_outputs(pctx *c, const cv_egroup *g) {
     cv_xgroup xg = cv_target_experts(c->t, c->o);
     int gi = (int)(g - c->s->groups) + 1;
     /* packed: one output per expert and projection, so that an expert's
-     * tensors can lie together; quantize splits its switch_mlp stacks
-     * (quant_plan.c) so that quantization choices stay the stacked ones */
-    if (c->p->packed && !c->o->quant)
+     * tensors can lie together; quantize splits the switch_mlp stacks it
+     * quantizes (quant_plan.c) so that quantization choices stay the
+     * stacked ones, and writes experts it passes through quantized one by
+     * one here (they were left stacked, so a CT-INT4 source's quantize
+     * --pack-experts packed nothing) */
+    if (c->p->packed && (!c->o->quant || group_kept_quant(c, g)))
         xg = CV_XG_PER_EXPERT;
     if (xg == CV_XG_PER_EXPERT) {
         for (int e = 0; st == MK_OK && e < g->n; e++) {

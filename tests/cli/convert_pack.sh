@@ -68,6 +68,21 @@ grep -q "mlx-lm cannot load" "$T/qerr" || { cat "$T/qerr" >&2; fail "quantize: n
 grep -q "expert reads    16 of 16 experts one contiguous block" "$T/insp2" || fail "inspect: quantized packed experts not contiguous"
 echo "ok: quantize --pack-experts"
 
+# quantize --pack-experts of a compressed-tensors INT4 source: its experts pass through quantized
+# (repacked to MLX affine), each written as one block too (they stayed stacked and nothing was
+# packed before), and the packed output computes the unpacked one's logits bit for bit
+"$BIN" synth "$T/ct" --arch qwen3_moe --preset tiny --format ct-int4 --layers 2 --experts 8 --quiet
+"$BIN" quantize "$T/ct" "$T/ctq" --quiet
+"$BIN" quantize "$T/ct" "$T/ctp" --pack-experts 2> "$T/cterr" > /dev/null
+grep -q "packed layout: 16 experts" "$T/cterr" || { cat "$T/cterr" >&2; fail "quantize --pack-experts of CT-INT4: not 16 packed experts"; }
+"$BIN" inspect "$T/ctp" > "$T/insp3"
+grep -q "expert reads    16 of 16 experts one contiguous block" "$T/insp3" ||
+    { cat "$T/insp3" >&2; fail "inspect: CT-INT4 experts quantized --pack-experts not contiguous"; }
+"$BIN" logits "$T/ctq" --ids 1,2,3,4,5 --out "$T/ctq.f32" --threads 1
+"$BIN" logits "$T/ctp" --ids 1,2,3,4,5 --out "$T/ctp.f32" --threads 1
+cmp -s "$T/ctq.f32" "$T/ctp.f32" || fail "CT-INT4 quantized packed and unpacked compute other logits"
+echo "ok: quantize --pack-experts of a compressed-tensors INT4 source packs its experts"
+
 expect 2 "pack-experts" "$BIN" convert "$T/src" "$T/fused" --to hf --experts fused --pack-experts --quiet
 [ ! -e "$T/fused" ] || fail "DST written after a refused --pack-experts --experts fused"
 echo "ok: --experts fused with --pack-experts refused"
