@@ -90,6 +90,8 @@ bool mk_kernels_int8(void);
 /* The setting behind mk_kernels_int8: -1 the default, 0 / 1 forced (so a
  * caller that forces it for a while can put back exactly what was there). */
 int mk_kernels_int8_setting(void);
+/* Put back a setting read with mk_kernels_int8_setting (-1: the default). */
+void mk_kernels_restore_int8(int setting);
 
 /* Int8 activations for multi-token products (prefill, n >= 4) over MLX
  * affine 4/8-bit weights: mk_matmul and mk_matmul_n quantize the tokens
@@ -111,6 +113,8 @@ void mk_kernels_reset_prefill_int8(void);
 bool mk_kernels_prefill_int8(void);
 /* -1 following mk_kernels_int8, 0 / 1 forced */
 int mk_kernels_prefill_int8_setting(void);
+/* Put back a setting read with mk_kernels_prefill_int8_setting. */
+void mk_kernels_restore_prefill_int8(int setting);
 
 /* Accumulated difference of B's values against A's (the reference), the
  * one every verification in moekit reports: sums in double over the finite

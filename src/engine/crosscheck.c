@@ -65,14 +65,8 @@ mk_status mk_xcheck_run(const mk_model *m, mk_backend *ref, mk_backend *test, co
         mk_kernels_set_int8(false);
         mk_kernels_set_prefill_int8(false);
         st = run_one(m, ref, o, ids, n, lg[0], h[0]);
-        if (int8 < 0)
-            mk_kernels_reset_int8();
-        else
-            mk_kernels_set_int8(int8 != 0);
-        if (pre8 < 0)
-            mk_kernels_reset_prefill_int8();
-        else
-            mk_kernels_set_prefill_int8(pre8 != 0);
+        mk_kernels_restore_int8(int8);
+        mk_kernels_restore_prefill_int8(pre8);
         if (st != MK_OK)
             mk_err_wrap(st, "--verify: the reference run");
     }

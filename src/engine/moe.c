@@ -228,9 +228,12 @@ static bool run_fused(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, 
  * row of the chunk in one grouped GEMM per projection instead of a loop
  * over the used experts with the routing downloaded. Never in a batched
  * decode step (its rows must be what one token alone gets). */
+static bool grouped_ok(const mk_engine *e, const mk_moe_w *w, int64_t n) {
+    return BE(e)->moe_grouped && n > 1 && !e->batch_inv && slot_ok(e, w);
+}
+
+/* (grouped_ok checked by the caller) */
 static bool run_grouped(mk_engine *e, const mk_moe_w *w, const mk_route_args *ra, int64_t n) {
-    if (!BE(e)->moe_grouped || n < 2 || e->batch_inv || !slot_ok(e, w))
-        return false;
     mk_moe_args a = fused_args(e, w, ra, n);
     return BE(e)->moe_grouped(CTX(e), &a, ra->idx, ra->w);
 }
@@ -277,7 +280,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     mk_route_args ra = route_args(e, w, e->router, e->top_idx_b, e->top_w_b, n);
     /* a prefill chunk tries the grouped slot first (after the routing,
      * below); the fused slot runs its tokens one by one */
-    const bool grouped = BE(e)->moe_grouped && n > 1 && !e->batch_inv && slot_ok(e, w);
+    const bool grouped = grouped_ok(e, w, n);
     if (!grouped && run_fused(e, w, &ra, n))
         return MK_OK;
     /* the general path waits for the routing: never inside a recorded step

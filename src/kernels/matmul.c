@@ -87,6 +87,10 @@ int mk_kernels_int8_setting(void) {
     return __atomic_load_n(&g_int8, __ATOMIC_ACQUIRE);
 }
 
+void mk_kernels_restore_int8(int setting) {
+    __atomic_store_n(&g_int8, setting < 0 ? -1 : setting != 0, __ATOMIC_RELEASE);
+}
+
 /* -1: follows mk_kernels_int8 (decode's setting: one switch, --act-int8,
  * for both); 0 / 1: forced by mk_kernels_set_prefill_int8 */
 static int g_prefill_int8 = -1;
@@ -106,6 +110,10 @@ bool mk_kernels_prefill_int8(void) {
 
 int mk_kernels_prefill_int8_setting(void) {
     return __atomic_load_n(&g_prefill_int8, __ATOMIC_ACQUIRE);
+}
+
+void mk_kernels_restore_prefill_int8(int setting) {
+    __atomic_store_n(&g_prefill_int8, setting < 0 ? -1 : setting != 0, __ATOMIC_RELEASE);
 }
 
 /* ---- reference -------------------------------------------------------- */

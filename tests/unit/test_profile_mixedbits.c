@@ -306,7 +306,7 @@ static void test_mixed_expert_bits(void **st) {
     /* logits: same weights, different kernels -> float32 noise only (float
      * activations: the library's default int8 ones are checked below) */
     static const int32_t ids[12] = {5, 17, 300, 42, 7, 99, 250, 3, 64, 128, 11, 400};
-    const bool int8_was = mk_kernels_int8();
+    const int int8_was = mk_kernels_int8_setting();
     mk_kernels_set_int8(false);
     float *lq = logits_of(mq, ids, 12), *lf = logits_of(mf, ids, 12);
     int64_t V = c->vocab_size;
@@ -329,14 +329,11 @@ static void test_mixed_expert_bits(void **st) {
     const int pre8_was = mk_kernels_prefill_int8_setting();
     mk_kernels_set_prefill_int8(false);
     lq = logits_of(mq, ids, 12);
-    if (pre8_was < 0)
-        mk_kernels_reset_prefill_int8();
-    else
-        mk_kernels_set_prefill_int8(pre8_was != 0);
+    mk_kernels_restore_prefill_int8(pre8_was);
     double rel8 = rel_l2(lq, lf, 12 * V);
     print_message("mixed-bits MLX (int8 activations) vs dequantized float logits: rel L2 %.3g\n", rel8);
     assert_true(rel8 < 1e-2);
-    mk_kernels_set_int8(int8_was);
+    mk_kernels_restore_int8(int8_was);
     free(lq);
     free(lf);
 
