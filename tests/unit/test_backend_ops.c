@@ -1466,6 +1466,32 @@ static bool g_cuda_run; /* this run of the table includes the CUDA backend */
 
 static double silu_d(double g) { return g / (1.0 + exp(-g)); }
 
+/* E experts of one storage kind (make_w): gate and up [I, H], down [H, I],
+ * and their dequantized matrices in double. */
+static void make_experts(int kind, int E, int64_t I, int64_t H, wbuf *gw, wbuf *uw, wbuf *dw, mk_expert *ex,
+                         double **G, double **U, double **D) {
+    for (int e = 0; e < E; e++) {
+        make_w(&gw[e], kind, I, H);
+        make_w(&uw[e], kind, I, H);
+        make_w(&dw[e], kind, H, I);
+        ex[e] = (mk_expert){gw[e].w, uw[e].w, dw[e].w};
+        G[e] = deq(&gw[e].w);
+        U[e] = deq(&uw[e].w);
+        D[e] = deq(&dw[e].w);
+    }
+}
+
+static void free_experts(int E, wbuf *gw, wbuf *uw, wbuf *dw, double **G, double **U, double **D) {
+    for (int e = 0; e < E; e++) {
+        wbuf_free(&gw[e]);
+        wbuf_free(&uw[e]);
+        wbuf_free(&dw[e]);
+        free(G[e]);
+        free(U[e]);
+        free(D[e]);
+    }
+}
+
 /* y[0..H) += w * down(silu(gate x) * up x) in double, one expert's SwiGLU
  * MLP from its dequantized matrices (G, U [I, H], D [H, I]); h: I scratch. */
 static void ref_expert_add(const double *G, const double *U, const double *D, int64_t H, int64_t I,
@@ -1557,15 +1583,7 @@ static void test_fused_moe(void **st) {
                 mk_expert ex[E];
                 double *G[E], *U[E], *D[E];
                 make_w(&rw, 0, E, H);
-                for (int e = 0; e < E; e++) {
-                    make_w(&gw[e], kind, I, H);
-                    make_w(&uw[e], kind, I, H);
-                    make_w(&dw[e], kind, H, I);
-                    ex[e] = (mk_expert){gw[e].w, uw[e].w, dw[e].w};
-                    G[e] = deq(&gw[e].w);
-                    U[e] = deq(&uw[e].w);
-                    D[e] = deq(&dw[e].w);
-                }
+                make_experts(kind, E, I, H, gw, uw, dw, ex, G, U, D);
                 make_w(&sg, kind, IS, H);
                 make_w(&su, kind, IS, H);
                 make_w(&sd, kind, H, IS);
@@ -1665,14 +1683,7 @@ static void test_fused_moe(void **st) {
                 assert_true(hl == 0 && hb == 0);
                 assert_int_equal(mk_backend_cuda_weight_bytes(b->b), bytes0);
                 mk_backend_cuda_set_expert_vram(b->b, SIZE_MAX);
-                for (int e = 0; e < E; e++) {
-                    wbuf_free(&gw[e]);
-                    wbuf_free(&uw[e]);
-                    wbuf_free(&dw[e]);
-                    free(G[e]);
-                    free(U[e]);
-                    free(D[e]);
-                }
+                free_experts(E, gw, uw, dw, G, U, D);
                 wbuf *all[] = {&rw, &sg, &su, &sd, &sgw};
                 for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
                     wbuf_free(all[i]);
@@ -1713,15 +1724,7 @@ static void test_moe_grouped(void **st) {
                 mk_expert ex[E];
                 double *G[E], *U[E], *D[E];
                 make_w(&rw, 0, E, H);
-                for (int e = 0; e < E; e++) {
-                    make_w(&gw[e], kind, I, H);
-                    make_w(&uw[e], kind, I, H);
-                    make_w(&dw[e], kind, H, I);
-                    ex[e] = (mk_expert){gw[e].w, uw[e].w, dw[e].w};
-                    G[e] = deq(&gw[e].w);
-                    U[e] = deq(&uw[e].w);
-                    D[e] = deq(&dw[e].w);
-                }
+                make_experts(kind, E, I, H, gw, uw, dw, ex, G, U, D);
                 float *x = rvec(n * H);
                 int32_t *idx = malloc((size_t)(n * K) * sizeof *idx);
                 float *wt = malloc((size_t)(n * K) * sizeof *wt);
@@ -1786,13 +1789,8 @@ static void test_moe_grouped(void **st) {
                     mk_backend_cuda_forget(b->b, gw[e].data);
                     mk_backend_cuda_forget(b->b, uw[e].data);
                     mk_backend_cuda_forget(b->b, dw[e].data);
-                    wbuf_free(&gw[e]);
-                    wbuf_free(&uw[e]);
-                    wbuf_free(&dw[e]);
-                    free(G[e]);
-                    free(U[e]);
-                    free(D[e]);
                 }
+                free_experts(E, gw, uw, dw, G, U, D);
                 mk_backend_cuda_forget(b->b, rw.data);
                 wbuf_free(&rw);
                 free(x);
