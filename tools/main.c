@@ -104,7 +104,7 @@ int main(int argc, char **argv) {
         printf("moekit %s\n", MK_VERSION);
         return finish_stdout(0);
     }
-    /* MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni forces a kernel path (the library reads no
+    /* MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni|amx forces a kernel path (the library reads no
      * environment; this is the CLI's mapping to mk_isa_set) */
     const char *kp = getenv("MK_KERNELS");
     mk_isa isa;

@@ -26,15 +26,19 @@ typedef enum mk_isa {
     MK_ISA_AVXVNNI,    /* + AVX-VNNI: int8 dot products in one VEX instruction */
     MK_ISA_AVX512,     /* AVX-512 F/BW/VL/DQ + AVX2's set */
     MK_ISA_AVX512VNNI, /* + AVX512-VNNI: int8 dot products in one instruction */
+    MK_ISA_AMX,        /* + AMX-TILE/AMX-INT8 with the OS's leave to use them (Linux
+                        * arch_prctl): the prefill GEMM's int8 products on tiles;
+                        * every other kernel is avx512vnni's */
     MK_ISA_COUNT
 } mk_isa;
 
 /* Stable lower-case name ("ref", "avx2", "avxvnni", "avx512",
- * "avx512vnni"; "?" out of range). */
+ * "avx512vnni", "amx"; "?" out of range). */
 const char *mk_isa_name(mk_isa isa);
 /* The isa named `name`; MK_E_ARG naming the choices if there is none. */
 mk_status mk_isa_parse(const char *name, mk_isa *out);
-/* Whether this CPU can run `isa` (and this build contains it). */
+/* Whether this CPU can run `isa` (and this build contains it). For amx the
+ * first call asks the kernel for the tile data state (once per process). */
 bool mk_isa_supported(mk_isa isa);
 /* The path in use: the best supported one unless mk_isa_set chose another. */
 mk_isa mk_isa_active(void);

@@ -5,7 +5,7 @@
  * mk_matmul computes Y = X W^T for n tokens at once. Each weight format has
  * a portable C path and, where the CPU has them, AVX2+FMA+F16C and AVX-512
  * paths; the path is core's one switch (isa.h: the best this CPU supports,
- * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni to it).
+ * or what mk_isa_set forced; the CLI maps MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni|amx to it).
  *
  * Accuracy. All paths accumulate in float32; SIMD results differ from
  * mk_matmul_ref only in summation order (the tests hold every path to

@@ -4,7 +4,12 @@
 
 #include "moekit/isa.h"
 
-static const char *const g_names[MK_ISA_COUNT] = {"ref", "avx2", "avxvnni", "avx512", "avx512vnni"};
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+static const char *const g_names[MK_ISA_COUNT] = {"ref", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"};
 static int g_isa = -1; /* chosen mk_isa; -1 until first use */
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -22,6 +27,46 @@ static bool cpu_avxvnni(void) {
     (void)b, (void)c, (void)d;
     return (a >> 4) & 1;
 }
+
+#if defined(__x86_64__) && defined(__linux__)
+/* AMX-TILE and AMX-INT8 (CPUID leaf 7, EDX bits 24 and 25), the OS saving
+ * the tile state (XCR0 bits 17 and 18), and Linux's leave to use the tile
+ * data (arch_prctl ARCH_REQ_XCOMP_PERM for XFEATURE_XTILEDATA, since 5.16:
+ * without it the first tile instruction raises SIGILL). Asked once; the
+ * answer is kept. The leave is process-wide and grows each signal frame by
+ * the 8 KiB of tile data (nothing here uses an alternate signal stack). */
+static bool cpu_amx_ask(void) {
+    unsigned a, b, c, d;
+    if (__get_cpuid_max(0, NULL) < 7)
+        return false;
+    __cpuid_count(7, 0, a, b, c, d);
+    if (!((d >> 24) & 1) || !((d >> 25) & 1))
+        return false;
+    __cpuid(1, a, b, c, d);
+    if (!((c >> 27) & 1)) /* OSXSAVE: xgetbv may run */
+        return false;
+    unsigned lo, hi;
+    __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+    (void)hi;
+    if (((lo >> 17) & 3) != 3)
+        return false;
+    return syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XFEATURE_XTILEDATA */) == 0;
+}
+
+static bool cpu_amx(void) {
+    static int known = -1; /* -1 unknown, else the answer; racing first callers ask twice, harmlessly */
+    int k = __atomic_load_n(&known, __ATOMIC_ACQUIRE);
+    if (k < 0) {
+        k = cpu_amx_ask();
+        __atomic_store_n(&known, k, __ATOMIC_RELEASE);
+    }
+    return k;
+}
+#else
+static bool cpu_amx(void) {
+    return false;
+}
+#endif
 #endif
 
 const char *mk_isa_name(mk_isa isa) {
@@ -34,7 +79,7 @@ mk_status mk_isa_parse(const char *name, mk_isa *out) {
             *out = (mk_isa)i;
             return MK_OK;
         }
-    return mk_err(MK_E_ARG, "unknown kernel path '%s': expected ref, avx2, avxvnni, avx512 or avx512vnni",
+    return mk_err(MK_E_ARG, "unknown kernel path '%s': expected ref, avx2, avxvnni, avx512, avx512vnni or amx",
                   name ? name : "");
 }
 
@@ -55,6 +100,7 @@ bool mk_isa_supported(mk_isa isa) {
     case MK_ISA_AVX512VNNI:
         __builtin_cpu_init();
         return mk_isa_supported(MK_ISA_AVX512) && __builtin_cpu_supports("avx512vnni");
+    case MK_ISA_AMX: return mk_isa_supported(MK_ISA_AVX512VNNI) && cpu_amx();
 #endif
     default: return false;
     }

@@ -98,6 +98,9 @@ const mk_gq8_i *mk_gq8_table(mk_isa isa) {
     case MK_ISA_AVX512: return &mk_gq8_avx2;
     case MK_ISA_AVX512VNNI: return &mk_gq8_vnni;
 #endif
+#if defined(__x86_64__)
+    case MK_ISA_AMX: return &mk_gq8_amx;
+#endif
     default: return &mk_gq8_ref;
     }
 }

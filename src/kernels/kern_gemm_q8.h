@@ -100,6 +100,12 @@ extern const mk_gq8_i mk_gq8_ref;
 #if defined(__x86_64__) || defined(__i386__)
 extern const mk_gq8_i mk_gq8_avx2;
 extern const mk_gq8_i mk_gq8_vnni;
+/* The AVX2 quantizer and panel packer, shared by the x86 tables */
+void mk_gq8_quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst);
+void mk_gq8_pack_avx2(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw);
+#endif
+#if defined(__x86_64__)
+extern const mk_gq8_i mk_gq8_amx;
 #endif
 /* The table of path isa (the AVX-512 path without VNNI runs AVX2's). */
 const mk_gq8_i *mk_gq8_table(mk_isa isa);

@@ -25,7 +25,7 @@
 
 /* ---- quantizer (bitwise mk_q8_quant, then the dot order) --------------- */
 
-MK_T static void quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst) {
+MK_T void mk_gq8_quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst) {
     mk_gq8x v = mk_gq8_at(dst, cols);
     const int64_t nb = cols / 32;
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
@@ -112,7 +112,7 @@ MK_T static inline void tr8(const uint8_t *const p[8], int64_t k, uint8_t *out) 
 #undef ST
 }
 
-MK_T static void pack_avx2(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw) {
+MK_T void mk_gq8_pack_avx2(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw) {
     alignas(64) uint8_t u[MK_GQ8_ROWS * MK_GQ8_KC]; /* 4 bits: rows unpacked to dot order */
     const size_t rb = mk_wt_row_bytes(w);
     const uint8_t *base = (const uint8_t *)w->data;
@@ -275,7 +275,7 @@ static inline int tok_group(int64_t rem, int M) {
 AVX2_KERN(kern4_avx2, 4)
 AVX2_KERN(kern8_avx2, 8)
 
-const mk_gq8_i mk_gq8_avx2 = {"avx2", quant_avx2, pack_avx2, kern4_avx2, kern8_avx2};
+const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_avx2, kern8_avx2};
 
 /* ---- AVX512-VNNI: 16 rows x up to 8 tokens, u8 codes x s8 x -> int32 ----- */
 
@@ -340,6 +340,6 @@ MK_TV static void kern_vnni(const uint8_t *pw, const float *ps, const float *pb,
     }
 }
 
-const mk_gq8_i mk_gq8_vnni = {"avx512vnni", quant_avx2, pack_avx2, kern_vnni, kern_vnni};
+const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern_vnni, kern_vnni};
 
 #endif

@@ -52,7 +52,8 @@ static const mk_kern_i *isa_table(mk_isa isa) {
     case MK_ISA_AVX2: return &mk_kern_avx2;
     case MK_ISA_AVXVNNI: return mk_kern_avxvnni();
     case MK_ISA_AVX512: return &mk_kern_avx512;
-    case MK_ISA_AVX512VNNI: return mk_kern_avx512vnni();
+    case MK_ISA_AVX512VNNI:
+    case MK_ISA_AMX: return mk_kern_avx512vnni(); /* AMX adds only the prefill GEMM's table */
 #endif
     default: return &mk_kern_ref;
     }

@@ -404,7 +404,7 @@ static void test_quant_nan(void **state) {
  * computes the same bits, only slower, so only this catches it. */
 static void test_tables(void **state) {
     (void)state;
-    static const char *const want[MK_ISA_COUNT] = {"ref", "avx2", "avx2", "avx2", "avx512vnni"};
+    static const char *const want[MK_ISA_COUNT] = {"ref", "avx2", "avx2", "avx2", "avx512vnni", "amx"};
     for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
         if (!mk_isa_supported((mk_isa)isa))
             continue;

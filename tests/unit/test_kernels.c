@@ -1163,7 +1163,7 @@ static int cpuinfo_flag(const char *flag) {
 
 static void test_isa_select(void **state) {
     /* every name parses back to its path; the choices are in order of preference */
-    static const char *const names[MK_ISA_COUNT] = {"ref", "avx2", "avxvnni", "avx512", "avx512vnni"};
+    static const char *const names[MK_ISA_COUNT] = {"ref", "avx2", "avxvnni", "avx512", "avx512vnni", "amx"};
     for (int i = 0; i < MK_ISA_COUNT; i++) {
         mk_isa p = MK_ISA_COUNT;
         assert_string_equal(mk_isa_name((mk_isa)i), names[i]);
@@ -1181,6 +1181,12 @@ static void test_isa_select(void **state) {
         assert_true(mk_isa_supported(MK_ISA_AVXVNNI));
     if (!mk_isa_supported(MK_ISA_AVX2))
         assert_false(mk_isa_supported(MK_ISA_AVXVNNI));
+    /* AMX: where Linux lists the tile flags with AVX512-VNNI the path must be
+     * offered (isa.c also asks the kernel's leave, granted since Linux 5.16) */
+    if (cpuinfo_flag("amx_tile") == 1 && cpuinfo_flag("amx_int8") == 1 && mk_isa_supported(MK_ISA_AVX512VNNI))
+        assert_true(mk_isa_supported(MK_ISA_AMX));
+    if (!mk_isa_supported(MK_ISA_AVX512VNNI))
+        assert_false(mk_isa_supported(MK_ISA_AMX));
     assert_true(mk_isa_supported(MK_ISA_REF));
     assert_int_equal(mk_isa_set(MK_ISA_REF), MK_OK);
     assert_int_equal(mk_isa_active(), MK_ISA_REF);
