@@ -223,6 +223,40 @@ void mk_scale(float *y, float s, int64_t n);
  * the same floats on every kernel path */
 void mk_axpy(float *y, float a, const float *x, int64_t n);
 
+/* ---- attention of a block of query rows (prefill) ---------------------- */
+
+#define MK_ATTN_ROWS 64  /* most query rows of one mk_attn_block */
+#define MK_ATTN_MAXD 256 /* largest dk and dv it takes */
+
+/* Query rows that share one kv head's cache: row r (r < nr) is q[r] (dk
+ * floats) and sees the keys lo[r] .. hi[r]-1 (lo < hi); key s is the row
+ * p = s (idx NULL) or p = idx[s] (a selection, DSA) of k + p*ks and
+ * v + p*vs; out[r] (dv floats) receives
+ *   sum_s exp(x_s - m) v_s / (sum_s exp(x_s - m) [+ exp(sink[r] - m)]),
+ *   x_s = scale * (q[r] . k_s), m the max of the x_s (and the sink).
+ * Computed flash-style (backend.h's attention slot for chunks of tokens):
+ * keys in chunks, a running max and sum per row, the rows in vector lanes;
+ * float32 throughout, so it equals the softmax above within float
+ * rounding (not bitwise the one-token path, which keeps two passes).
+ * A row's floats depend on its own q, range and keys and on the smallest
+ * lo of the block (where key chunks start), never on the other rows: with
+ * every lo 0, a selection of all of a row's past is bitwise its dense
+ * result. */
+typedef struct mk_attn_blk {
+    int nr, dk, dv;
+    const float *q[MK_ATTN_ROWS];
+    float *out[MK_ATTN_ROWS];
+    int64_t lo[MK_ATTN_ROWS], hi[MK_ATTN_ROWS];
+    float sink[MK_ATTN_ROWS]; /* read when sinks */
+    bool sinks;
+    const float *k, *v;
+    int64_t ks, vs;
+    const int32_t *idx; /* NULL, or the key rows of a selection */
+    float scale;
+} mk_attn_blk;
+/* On the calling thread; about 80 KiB of stack. */
+void mk_attn_block(const mk_attn_blk *a);
+
 #ifdef __cplusplus
 }
 #endif

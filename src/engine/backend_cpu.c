@@ -227,6 +227,63 @@ static void attn_task(void *ctx, int64_t b, int64_t e) {
     }
 }
 
+/* ---- attention of a chunk of tokens: blocks of query rows ---------------- */
+
+/* A chunk of n >= 2 tokens (prefill) runs mk_attn_block on items of up to
+ * MK_ATTN_ROWS query rows sharing one kv head: hb heads of its group for qb
+ * consecutive tokens (one token with a DSA selection, whose keys are the
+ * token's own list). Every lo is 0 without a window, so a selection of the
+ * whole past stays bitwise the dense result (test_dsa). Decode (n == 1)
+ * keeps attn_heads. */
+typedef struct attnb_job {
+    const mk_attn_args *a;
+    int g, hb, nhb, qb;
+    int64_t nqb, ks, vs;
+} attnb_job;
+
+static void attnb_task(void *ctx, int64_t b, int64_t e) {
+    const attnb_job *j = ctx;
+    const mk_attn_args *a = j->a;
+    mk_attn_blk blk;
+    blk.dk = a->dk;
+    blk.dv = a->dv;
+    blk.ks = j->ks;
+    blk.vs = j->vs;
+    blk.scale = a->scale;
+    blk.sinks = a->sinks != NULL;
+    for (int64_t it = b; it < e; it++) {
+        const int64_t tb = it % j->nqb, rest = it / j->nqb;
+        const int kvh = (int)(rest / j->nhb), h0 = kvh * j->g + (int)(rest % j->nhb) * j->hb;
+        const int hn = (kvh + 1) * j->g - h0 < j->hb ? (kvh + 1) * j->g - h0 : j->hb;
+        const int64_t t0 = tb * j->qb, t1 = t0 + j->qb < a->n ? t0 + j->qb : a->n;
+        blk.k = a->k + (int64_t)kvh * a->dk;
+        blk.v = a->v + (int64_t)kvh * a->dv;
+        int r = 0;
+        blk.idx = NULL;
+        for (int64_t t = t0; t < t1; t++) {
+            int64_t T = a->pos0 + t + 1, s0 = a->window > 0 && T > a->window ? T - a->window : 0;
+            if (a->sel) { /* one token per item (qb 1): its entries up to the first -1 */
+                const int32_t *sel = a->sel + t * a->sel_k;
+                int64_t m = 0;
+                while (m < a->sel_k && m < T && sel[m] >= 0)
+                    m++;
+                blk.idx = sel;
+                T = m;
+                s0 = 0;
+            }
+            for (int h = h0; h < h0 + hn; h++, r++) {
+                blk.q[r] = a->q + (t * a->n_heads + h) * a->dk;
+                blk.out[r] = a->out + (t * a->n_heads + h) * a->dv;
+                blk.lo[r] = s0;
+                blk.hi[r] = T;
+                blk.sink[r] = a->sinks ? a->sinks[h] : 0.0f;
+            }
+        }
+        blk.nr = r;
+        mk_attn_block(&blk);
+    }
+}
+
 static void cpu_attention(void *ctx, const mk_attn_args *args) {
     mk_pool *pool = ((cpu_ctx *)ctx)->pool;
     mk_attn_args da = *args;
@@ -240,8 +297,20 @@ static void cpu_attention(void *ctx, const mk_attn_args *args) {
         if (a->v_new != a->k_new || a->v != a->k)
             memmove((float *)a->v + da.pos0 * j.vs, a->v_new, (size_t)j.vs * sizeof(float));
     }
+    const int64_t want = 2 * (int64_t)mk_pool_size(pool);
+    if (a->n >= 2 && a->dk <= MK_ATTN_MAXD && a->dv <= MK_ATTN_MAXD) {
+        attnb_job b = {.a = a, .g = j.g, .ks = j.ks, .vs = j.vs};
+        b.hb = b.g < MK_ATTN_ROWS ? b.g : MK_ATTN_ROWS;
+        b.nhb = (b.g + b.hb - 1) / b.hb;
+        b.qb = a->sel ? 1 : MK_ATTN_ROWS / b.hb; /* a selection is per token */
+        /* smaller token blocks while there would be fewer than two items per thread */
+        while (b.qb > 1 && a->n_kv * b.nhb * ((a->n + b.qb - 1) / b.qb) < want)
+            b.qb /= 2;
+        b.nqb = (a->n + b.qb - 1) / b.qb;
+        mk_pool_for(pool, a->n_kv * b.nhb * b.nqb, 1, attnb_task, &b);
+        return;
+    }
     /* smaller blocks while there would be fewer than two items per thread */
-    int64_t want = 2 * (int64_t)mk_pool_size(pool);
     while (j.hb > 1 && a->n * a->n_kv * ((j.g + j.hb - 1) / j.hb) < want)
         j.hb /= 2;
     j.nb = (j.g + j.hb - 1) / j.hb;

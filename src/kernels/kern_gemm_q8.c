@@ -134,12 +134,24 @@ static void quant_task(void *ctx, int64_t b, int64_t e) {
 }
 
 /* Scales or biases of rows [r0, r0 + nr), the groups of columns [c0, c0 +
- * kc), as floats at out[gi * 16 + i] (0 past nr). */
+ * kc), as floats at out[gi * 16 + i] (0 past nr). A row's groups are
+ * adjacent in src: read row by row, one dtype branch per call. */
 static void load_sb(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out) {
     const int64_t ng = w->cols / w->group, g0 = c0 / w->group, cnt = kc / w->group;
-    for (int64_t gi = 0; gi < cnt; gi++)
-        for (int i = 0; i < MK_GQ8_ROWS; i++)
-            out[gi * MK_GQ8_ROWS + i] = i < nr ? mk_dtype_load_f32(w->sdtype, src, (r0 + i) * ng + g0 + gi) : 0.0f;
+    if (nr < MK_GQ8_ROWS)
+        memset(out, 0, sizeof(float) * (size_t)(cnt * MK_GQ8_ROWS));
+    if (w->sdtype == MK_DT_BF16 || w->sdtype == MK_DT_F16) {
+        const bool bf = w->sdtype == MK_DT_BF16;
+        for (int i = 0; i < nr; i++) {
+            const uint16_t *h = (const uint16_t *)src + (r0 + i) * ng + g0;
+            for (int64_t gi = 0; gi < cnt; gi++)
+                out[gi * MK_GQ8_ROWS + i] = bf ? mk_bf16_to_f32(h[gi]) : mk_f16_to_f32(h[gi]);
+        }
+        return;
+    }
+    for (int i = 0; i < nr; i++)
+        for (int64_t gi = 0; gi < cnt; gi++)
+            out[gi * MK_GQ8_ROWS + i] = mk_dtype_load_f32(w->sdtype, src, (r0 + i) * ng + g0 + gi);
 }
 
 static void tile_task(void *ctx, int64_t b, int64_t e) {

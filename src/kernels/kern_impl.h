@@ -146,9 +146,13 @@ typedef struct mk_kern_i {
     mk_prep_fn qprep[MK_WF_COUNT];
     /* column-range dequant per format (optional) */
     mk_dequant_fn dequant[MK_WF_COUNT];
+    /* mk_attn_block (kernels.h) */
+    void (*attn_block)(const mk_attn_blk *a);
 } mk_kern_i;
 
 extern const mk_kern_i mk_kern_ref;
+/* The portable attention block (attn.c), the ref table's. */
+void mk_attn_block_ref(const mk_attn_blk *a);
 #if defined(__x86_64__) || defined(__i386__)
 #define MK_KERN_X86 1
 extern const mk_kern_i mk_kern_avx2;

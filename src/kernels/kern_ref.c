@@ -90,4 +90,5 @@ const mk_kern_i mk_kern_ref = {
     .gemm_tile = ref_gemm_tile,
     .qmatvec = {[MK_WF_AFFINE] = ref_mv_affine},
     .qprep = {[MK_WF_AFFINE] = ref_prep_affine},
+    .attn_block = mk_attn_block_ref,
 };

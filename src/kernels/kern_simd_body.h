@@ -430,6 +430,8 @@ MK_T static void KSFX(axpy)(float *y, float a, const float *x, int64_t n) {
     }
 }
 
+#include "kernels/kern_attn_body.h"
+
 /* ---- table ------------------------------------------------------------ */
 
 const mk_kern_i MK_KERN_TABLE = {
@@ -438,6 +440,7 @@ const mk_kern_i MK_KERN_TABLE = {
     .sumsq = KSFX(sumsq),
     .axpy = KSFX(axpy),
     .gemm_tile = KSFX(gemm_tile),
+    .attn_block = KSFX(attn_block),
 #ifdef MK_KERN_PANEL /* the AVX2 table (kern_panel.c) */
     .pack_panel = mk_pack_panel_avx2,
     .gemm_panel = mk_gemm_panel_avx2,

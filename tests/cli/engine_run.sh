@@ -81,7 +81,7 @@ kern=$(sed -n 's/^\[kernels\] \([a-z0-9]*\), \([a-z0-9]*\) activations.*/\1 \2/p
 lg def
 case "$kern" in
 "ref float") cmp -s "$T/def.f32" "$T/off.f32" || fail "default on ref: not float activations" ;;
-"avx2 int8" | "avxvnni int8" | "avx512 int8" | "avx512vnni int8")
+"avx2 int8" | "avxvnni int8" | "avx512 int8" | "avx512vnni int8" | "amx int8")
     cmp -s "$T/def.f32" "$T/on.f32" || fail "default on $kern: not int8 activations" ;;
 *) fail "run --stats: [kernels] line '$kern' (want the path and its documented default)" ;;
 esac

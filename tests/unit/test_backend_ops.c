@@ -1009,6 +1009,10 @@ static void test_attention(void **st) {
         attn_case(&g_be[bi], 4, 1, 256, 256, 0, 0, false, 3, 20, "attention dk 256 prefill");
         attn_case(&g_be[bi], 4, 2, 64, 64, 200, 160, false, 40, 36, "attention strided caches prefill");
         attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 40, "attention MLA latent prefill");
+        /* CPU: query blocks of 64 rows; 80 heads on one kv head split into
+         * 64 + 16, a value width that is no multiple of 16 (scalar tail) */
+        attn_case(&g_be[bi], 80, 1, 48, 40, 0, 0, false, 11, 6, "attention 80 heads / 1 kv prefill");
+        attn_case(&g_be[bi], 6, 3, 40, 20, 0, 0, false, 0, 50, "attention dv 20 prefill");
         /* a replayed decode step: position and new rows from backend memory */
         attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
                      "attention GQA decode at 1500, device position");
