@@ -32,15 +32,44 @@
 
 /* ---- the portable table -------------------------------------------------- */
 
+/* q8.c's formula over each activation block of ab columns: d = amax / 127
+ * (NaN for a block with a NaN or infinity, 0 for an all-zero one), q =
+ * nearbyint(x * 127 / amax); qs = the block's sum of q. */
 static void quant_ref(const float *x, int64_t cols, int group, bool four, uint8_t *dst) {
-    mk_gq8x v = mk_gq8_at(dst, cols);
-    const int64_t nb = cols / 32;
-    mk_q8_quant(x, cols, v.q, v.d, v.qsf);
-    mk_q8_group_sums(v.d, v.qsf, cols / group, group / 32, v.xg);
-    for (int64_t b = 0; b < nb; b++)
-        v.qs128[b] = 128 * (int32_t)v.qsf[b];
+    const int ab = mk_gq8_ab(group, four);
+    mk_gq8x v = mk_gq8_at(dst, cols, ab);
+    const int64_t nab = cols / ab;
+    for (int64_t b = 0; b < nab; b++) {
+        const float *xb = x + b * ab;
+        int8_t *qb = v.q + b * ab;
+        float amax = 0.0f;
+        bool bad = false;
+        for (int i = 0; i < ab; i++) {
+            float a = fabsf(xb[i]);
+            if (!(a <= 3.40282347e38f))
+                bad = true;
+            else if (a > amax)
+                amax = a;
+        }
+        int32_t sum = 0;
+        if (bad || amax == 0.0f) {
+            for (int i = 0; i < ab; i++)
+                qb[i] = 0;
+            v.d[b] = bad ? NAN : 0.0f;
+        } else {
+            const float id = 127.0f / amax;
+            for (int i = 0; i < ab; i++) {
+                qb[i] = (int8_t)nearbyintf(xb[i] * id);
+                sum += qb[i];
+            }
+            v.d[b] = amax / 127.0f;
+        }
+        v.qsf[b] = (float)sum;
+        v.qs128[b] = 128 * sum;
+    }
+    mk_q8_group_sums(v.d, v.qsf, cols / group, group / ab, v.xg);
     if (four)
-        for (int64_t b = 0; b < nb; b++) { /* natural -> evens | odds */
+        for (int64_t b = 0; b < cols / 32; b++) { /* natural -> evens | odds */
             int8_t t[32];
             memcpy(t, v.q + b * 32, 32);
             for (int i = 0; i < 16; i++) {
@@ -68,17 +97,18 @@ static void pack_ref(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc,
 }
 
 static void kern_ref(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                     const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+                     int ab, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy,
+                     int nr) {
     for (int64_t t = 0; t < nt; t++) {
-        const mk_gq8x v = mk_gq8_at(xp + (size_t)t * xs, cols);
+        const mk_gq8x v = mk_gq8_at(xp + (size_t)t * xs, cols, ab);
         for (int i = 0; i < nr; i++) {
             float acc = 0.0f;
             for (int64_t gi = 0; gi < kc / group; gi++) {
-                for (int64_t p0 = gi * group; p0 < (gi + 1) * group; p0 += 32) {
+                for (int64_t p0 = gi * group; p0 < (gi + 1) * group; p0 += ab) {
                     int32_t s = 0;
-                    for (int64_t p = p0; p < p0 + 32; p++)
+                    for (int64_t p = p0; p < p0 + ab; p++)
                         s += (int32_t)pw[(p / 4) * 64 + i * 4 + p % 4] * (int32_t)v.q[c0 + p];
-                    float f = (float)s * v.d[(c0 + p0) / 32];
+                    float f = (float)s * v.d[(c0 + p0) / ab];
                     acc = fmaf(f, ps[gi * MK_GQ8_ROWS + i], acc);
                 }
                 acc = fmaf(pb[gi * MK_GQ8_ROWS + i], v.xg[c0 / group + gi], acc);
@@ -88,7 +118,17 @@ static void kern_ref(const uint8_t *pw, const float *ps, const float *pb, int64_
     }
 }
 
-const mk_gq8_i mk_gq8_ref = {"ref", quant_ref, pack_ref, kern_ref, kern_ref};
+static void kern4_ref(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
+                      const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+    kern_ref(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
+}
+
+static void kern8_ref(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
+                      const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+    kern_ref(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
+}
+
+const mk_gq8_i mk_gq8_ref = {"ref", quant_ref, pack_ref, kern4_ref, kern8_ref};
 
 const mk_gq8_i *mk_gq8_table(mk_isa isa) {
     switch (isa) {
@@ -181,8 +221,8 @@ static void tile_task(void *ctx, int64_t b, int64_t e) {
 
 /* Tokens per block for cols columns: as many as MK_GQ8_STACK holds, at
  * most MK_GQ8_TOK; a fixed function of the shape, never of the threads. */
-static int64_t tok_block(int64_t cols, int group) {
-    size_t fit = MK_GQ8_STACK / mk_gq8_stride(cols, group);
+static int64_t tok_block(int64_t cols, int group, bool four) {
+    size_t fit = MK_GQ8_STACK / mk_gq8_stride(cols, group, mk_gq8_ab(group, four));
     return fit > MK_GQ8_TOK ? MK_GQ8_TOK : (int64_t)fit;
 }
 
@@ -193,7 +233,7 @@ bool mk_gq8_fits(const mk_wt *const *w, int count, int64_t n) {
         if (!mk_gq8_suits(w[i]) || w[i]->cols != w[0]->cols || w[i]->group != w[0]->group ||
             w[i]->bits != w[0]->bits)
             return false;
-    return tok_block(w[0]->cols, w[0]->group) >= MK_GQ8_MIN_TOK;
+    return tok_block(w[0]->cols, w[0]->group, w[0]->bits == 4) >= MK_GQ8_MIN_TOK;
 }
 
 __attribute__((noinline)) void mk_gq8_matmul(mk_pool *p, const mk_wt *const *w, int count, const float *x,
@@ -201,11 +241,11 @@ __attribute__((noinline)) void mk_gq8_matmul(mk_pool *p, const mk_wt *const *w, 
     alignas(64) uint8_t buf[MK_GQ8_STACK];
     gq8_job j = {.k = mk_gq8_table(mk_isa_active()), .w = w, .y = y, .count = count, .x = x,
                  .cols = w[0]->cols, .group = w[0]->group, .four = w[0]->bits == 4, .xp = buf};
-    j.xs = mk_gq8_stride(j.cols, j.group);
+    j.xs = mk_gq8_stride(j.cols, j.group, mk_gq8_ab(j.group, j.four));
     j.start[0] = 0;
     for (int i = 0; i < count; i++)
         j.start[i + 1] = j.start[i] + (w[i]->rows + MK_GQ8_ROWS - 1) / MK_GQ8_ROWS;
-    const int64_t tb = tok_block(j.cols, j.group);
+    const int64_t tb = tok_block(j.cols, j.group, j.four);
     for (j.t0 = 0; j.t0 < n; j.t0 += tb) {
         j.nt = n - j.t0 < tb ? n - j.t0 : tb;
         mk_pool_for(p, j.nt, 1, quant_task, &j);

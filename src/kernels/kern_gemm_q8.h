@@ -3,16 +3,24 @@
  * AVX2 and AVX512-VNNI tables).
  *
  * What it computes: Y = X W^T for an MLX affine 4- or 8-bit weight and a
- * chunk of tokens, with X quantized once per call by the rule of q8.c
- * (kern_impl.h "int8 activations": blocks of 32, d = amax / 127, q =
- * nearbyint(x * 127 / amax)) and exact integer dot products per block:
+ * chunk of tokens, with X quantized once per call in activation blocks of
+ * ab columns (mk_gq8_ab: 64 for 4-bit weights in groups of 64 or more, else
+ * 32) by q8.c's formula (kern_impl.h "int8 activations": d = amax /
+ * 127, q = nearbyint(x * 127 / amax) over the block) and exact integer dot
+ * products per activation block:
  *   y[t, r] = sum over the 512-column panels P, in order, of
  *             acc_P(t, r), where acc_P starts at 0 and for each group g of
- *             P, in order:  for each block b of g, in order:
+ *             P, in order:  for each activation block b of g, in order:
  *                              acc = fma((float)i_b * d_tb, s_rg, acc)
  *                           then acc = fma(bias_rg, xg_tg, acc)
  *   i_b = sum_{c in b} q_w[r, c] q_x[t, c]  (exact int32: |i| < 2^24)
- *   xg_tg = mk_q8_group_sums of the block sums (q8.c)
+ *   xg_tg = mk_q8_group_sums of the activation blocks' d_b * (sum of q)
+ * Why 64 at 4 bits: one fold (a convert, a multiply and an FMA per output)
+ * per 64 columns instead of per 32, and one AMX tile product of 64
+ * columns: 1.13x the 30B-shaped prefill; it costs +1% KL on the 4-bit demo
+ * model (bench/RESULTS.md, session 12), against +0.1% with blocks of 32.
+ * 8-bit weights keep blocks of 32, where the activations' rounding shows
+ * more (+20% KL already).
  * Every table computes exactly these floats (integer dots are exact, the
  * float steps are the same single roundings: a multiply and fused
  * multiply-adds), so the paths agree bitwise; the tests hold them to it.
@@ -22,10 +30,11 @@
  *     the 16 even columns then the 16 odd ones, which is the order MLX's
  *     nibbles come out of a byte (low = even column), so a packed block
  *     unpacks with an and and a shift and no byte interleave.
- *   prepared token (mk_gq8_at): q[cols] int8 in dot order | d[nb] |
- *     qsf[nb] (block sums of q, as floats) | qs128[nb] (128 * those, int32,
- *     for the AVX2 8-bit kernel's codes - 128) | xg[ng]; a stride of
- *     mk_gq8_stride bytes (a multiple of 64) per token.
+ *   prepared token (mk_gq8_at): q[cols] int8 in dot order | d[nab] |
+ *     qsf[nab] (activation block sums of q, as floats) | qs128[nab] (128 *
+ *     those, int32, for the AVX2 8-bit kernel's codes - 128) | xg[ng], nab
+ *     = cols / ab; a stride of mk_gq8_stride bytes (a multiple of 64) per
+ *     token.
  *   panel (mk_gq8_pack_fn): MK_GQ8_ROWS rows x kc columns of codes, 4
  *     consecutive dot-order positions of one row in 4 bytes, the 16 rows
  *     side by side: pw[(p / 4) * 64 + i * 4 + p % 4] = code of row i at
@@ -58,24 +67,29 @@ typedef struct mk_gq8x {
     float *xg;
 } mk_gq8x;
 
-static inline size_t mk_gq8_stride(int64_t cols, int group) {
-    size_t nb = (size_t)cols / 32, ng = (size_t)(cols / group);
-    size_t b = (size_t)cols + 12 * nb + 4 * ng;
+/* Columns of an activation block: 64 for 4-bit weights in groups of 64 or
+ * more, else 32. */
+static inline int mk_gq8_ab(int group, bool four) {
+    return four && group >= 64 ? 64 : 32;
+}
+static inline size_t mk_gq8_stride(int64_t cols, int group, int ab) {
+    size_t nab = (size_t)(cols / ab), ng = (size_t)(cols / group);
+    size_t b = (size_t)cols + 12 * nab + 4 * ng;
     return (b + 63) & ~(size_t)63;
 }
-static inline mk_gq8x mk_gq8_at(const uint8_t *tok, int64_t cols) {
+static inline mk_gq8x mk_gq8_at(const uint8_t *tok, int64_t cols, int ab) {
     mk_gq8x v;
-    size_t nb = (size_t)cols / 32;
+    size_t nab = (size_t)(cols / ab);
     v.q = (int8_t *)(uintptr_t)tok;
     v.d = (float *)(uintptr_t)(tok + cols);
-    v.qsf = v.d + nb;
-    v.qs128 = (int32_t *)(void *)(v.qsf + nb);
-    v.xg = (float *)(void *)(v.qs128 + nb);
+    v.qsf = v.d + nab;
+    v.qs128 = (int32_t *)(void *)(v.qsf + nab);
+    v.xg = (float *)(void *)(v.qs128 + nab);
     return v;
 }
 
-/* Quantize one token x[cols] into the prepared layout at dst (dot order for
- * 4 bits when four). */
+/* Quantize one token x[cols] into the prepared layout at dst (dot order and
+ * activation blocks of mk_gq8_ab(group, four) for 4 bits when four). */
 typedef void (*mk_gq8_quant_fn)(const float *x, int64_t cols, int group, bool four, uint8_t *dst);
 /* Codes of rows [r0, r0 + nr) (nr <= 16), columns [c0, c0 + kc) (c0 a
  * multiple of MK_GQ8_KC, kc a multiple of the group) into the panel pw
@@ -84,7 +98,8 @@ typedef void (*mk_gq8_pack_fn)(const mk_wt *w, int64_t r0, int nr, int64_t c0, i
 /* y[t * ldy + i] += acc_P(t, i) for i < nr, t < nt (the rule above) of the
  * panel pw at columns [c0, c0 + kc); ps / pb: scales and biases of the
  * panel's groups, ps[gi * 16 + i] (64-byte aligned, 0 past nr); tokens
- * prepared at xp + t * xs (cols columns each). */
+ * prepared at xp + t * xs (cols columns each); kern4 for 4-bit codes
+ * (activation blocks of mk_gq8_ab(group, true)), kern8 for 8-bit ones. */
 typedef void (*mk_gq8_kern_fn)(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
                                int64_t ldy, int nr);

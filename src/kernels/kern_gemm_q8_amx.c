@@ -40,12 +40,13 @@ typedef struct tilecfg {
     uint8_t rows[16];
 } tilecfg;
 
-/* Tokens per tile of the configuration this thread loaded (0: none yet).
- * Nothing else in the process configures tiles. */
-static _Thread_local int tl_rows;
+/* Tokens per tile and columns per product of the configuration this
+ * thread loaded (0: none yet). Nothing else in the process configures
+ * tiles. */
+static _Thread_local int tl_rows, tl_kb;
 
-AMX_T static void amx_config(int m) {
-    if (tl_rows == m)
+AMX_T static void amx_config(int m, int kb) {
+    if (tl_rows == m && tl_kb == kb)
         return;
     alignas(64) tilecfg c;
     memset(&c, 0, sizeof c);
@@ -55,9 +56,9 @@ AMX_T static void amx_config(int m) {
         c.colsb[i] = 64;
     }
     for (int i = 4; i < 6; i++) {
-        c.rows[i] = (uint8_t)m; /* A: m tokens x 32 int8 */
-        c.colsb[i] = 32;
-        c.rows[i + 2] = 8; /* B: 32 positions / 4 x (16 rows x 4 codes) */
+        c.rows[i] = (uint8_t)m; /* A: m tokens x kb int8 */
+        c.colsb[i] = (uint16_t)kb;
+        c.rows[i + 2] = (uint8_t)(kb / 4); /* B: kb positions / 4 x (16 rows x 4 codes) */
         c.colsb[i + 2] = 64;
     }
     /* our own asm operand: the compilers' _tile_loadconfig reads the bytes
@@ -65,6 +66,7 @@ AMX_T static void amx_config(int m) {
      * the stores above past */
     __asm__ volatile("ldtilecfg %0" ::"m"(c));
     tl_rows = m;
+    tl_kb = kb;
 }
 
 /* The token pointers of a group of up to 16 (unused ones alias token 0). */
@@ -72,15 +74,18 @@ typedef struct toks16 {
     const float *d[16], *xg[16];
 } toks16;
 
-/* Block bb (of the panel) into tile set C, A, B (literal tile numbers: the
- * compilers' tile macros paste them into the instruction): C = A . B,
- * stored to cb. */
+/* Activation block bb (of the panel: ab columns from bb * ab) into tile
+ * set C, A, B (literal tile numbers: the compilers' tile macros paste them
+ * into the instruction): C = sum of A . B over its kb-column pieces, stored
+ * to cb. */
 #define ISSUE(C, A, B, bb, cb)                                                                               \
     do {                                                                                                     \
         _tile_zero(C);                                                                                       \
-        _tile_loadd(A, xq + (bb)*32, (long)xs);                                                              \
-        _tile_loadd(B, pw + (bb)*8 * 64, 64);                                                                \
-        _tile_dpbsud(C, A, B);                                                                               \
+        for (int64_t p_ = (bb)*ab; p_ < ((bb) + 1) * ab; p_ += kb) {                                         \
+            _tile_loadd(A, xq + p_, (long)xs);                                                               \
+            _tile_loadd(B, pw + p_ / 4 * 64, 64);                                                            \
+            _tile_dpbsud(C, A, B);                                                                           \
+        }                                                                                                    \
         _tile_stored(C, cb, 64);                                                                             \
     } while (0)
 #define FOLD1(T, cb, blk)                                                                                    \
@@ -110,16 +115,17 @@ typedef struct toks16 {
     do {                                                                                                     \
         ALL16(FOLD1, cb, blk)                                                                                \
     } while (0)
-/* NT tokens (prepared at xq's rows, xs apart) x the panel's 16 rows. */
+/* NT tokens (prepared at xq's rows, xs apart) x the panel's 16 rows;
+ * activation blocks of ab columns, tile products of kb = min(ab, 64). */
 __attribute__((always_inline)) AMX_T static inline void amx_tile(const uint8_t *pw, const float *ps,
                                                                  const float *pb, int64_t c0, int64_t kc,
-                                                                 int group, const int8_t *xq, size_t xs,
-                                                                 const toks16 k, float *y, int64_t ldy, int nr,
-                                                                 const int NT) {
+                                                                 int group, int ab, int kb, const int8_t *xq,
+                                                                 size_t xs, const toks16 k, float *y, int64_t ldy,
+                                                                 int nr, const int NT) {
     alignas(64) int32_t cb[MK_GQ8_KC / 32][16 * 16];
     __m512 f0 = _mm512_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0, f8 = f0,
            f9 = f0, f10 = f0, f11 = f0, f12 = f0, f13 = f0, f14 = f0, f15 = f0;
-    const int64_t nb = kc / 32;
+    const int64_t nb = kc / ab;
     /* every block's dots first, rotating four C tiles (and two A / B
      * pairs): a tile store reaches the vector loads only once it completes
      * and a C tile is free only once stored, so the folds run behind the
@@ -133,11 +139,11 @@ __attribute__((always_inline)) AMX_T static inline void amx_tile(const uint8_t *
     }
     for (; b < nb; b++)
         ISSUE(0, 4, 6, b, cb[b]);
-    const int64_t per = group / 32; /* blocks per group */
+    const int64_t per = group / ab; /* activation blocks per group */
     for (int64_t gi = 0, bb = 0; gi < kc / group; gi++) {
         const __m512 s = _mm512_load_ps(ps + gi * MK_GQ8_ROWS);
         for (int64_t j = 0; j < per; j++, bb++) {
-            const int64_t blk = c0 / 32 + bb;
+            const int64_t blk = c0 / ab + bb;
             FOLD_BLOCK(cb[bb], blk);
         }
         const __m512 bv = _mm512_load_ps(pb + gi * MK_GQ8_ROWS);
@@ -148,15 +154,16 @@ __attribute__((always_inline)) AMX_T static inline void amx_tile(const uint8_t *
     OUT_ALL
 }
 
-/* 4 and 8 bits alike: both are unsigned codes for TDPBSUD. */
 AMX_T static void kern_amx(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                           const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+                           int ab, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy,
+                           int nr) {
+    const int kb = ab < 64 ? ab : 64;
     for (int64_t t = 0; t < nt; t += 16) {
         const int m = nt - t < 16 ? (int)(nt - t) : 16;
-        amx_config(m);
+        amx_config(m, kb);
         toks16 k;
         for (int T = 0; T < 16; T++) {
-            mk_gq8x v = mk_gq8_at(xp + (size_t)(t + (T < m ? T : 0)) * xs, cols);
+            mk_gq8x v = mk_gq8_at(xp + (size_t)(t + (T < m ? T : 0)) * xs, cols, ab);
             k.d[T] = v.d;
             k.xg[T] = v.xg;
         }
@@ -164,15 +171,25 @@ AMX_T static void kern_amx(const uint8_t *pw, const float *ps, const float *pb, 
         float *yt = y + t * ldy;
         switch (m) {
 #define CASE(n)                                                                                              \
-    case n: amx_tile(pw, ps, pb, c0, kc, group, xq, xs, k, yt, ldy, nr, n); break;
+    case n: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, k, yt, ldy, nr, n); break;
             CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7) CASE(6)
             CASE(5) CASE(4) CASE(3) CASE(2)
-        default: amx_tile(pw, ps, pb, c0, kc, group, xq, xs, k, yt, ldy, nr, 1); break;
+        default: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, k, yt, ldy, nr, 1); break;
 #undef CASE
         }
     }
 }
 
-const mk_gq8_i mk_gq8_amx = {"amx", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern_amx, kern_amx};
+AMX_T static void kern4_amx(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
+                            const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+    kern_amx(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
+}
+
+AMX_T static void kern8_amx(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
+                            const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
+    kern_amx(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
+}
+
+const mk_gq8_i mk_gq8_amx = {"amx", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_amx, kern8_amx};
 
 #endif

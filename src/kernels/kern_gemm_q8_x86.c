@@ -26,60 +26,65 @@
 /* ---- quantizer (bitwise mk_q8_quant, then the dot order) --------------- */
 
 MK_T void mk_gq8_quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst) {
-    mk_gq8x v = mk_gq8_at(dst, cols);
-    const int64_t nb = cols / 32;
+    const int ab = mk_gq8_ab(group, four);
+    mk_gq8x v = mk_gq8_at(dst, cols, ab);
+    const int64_t nab = cols / ab;
     const __m256 absm = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
     const __m256 fmax = _mm256_set1_ps(3.40282347e38f);
     const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7);
     const __m256i evod = _mm256_setr_epi8(0, 2, 4, 6, 8, 10, 12, 14, 1, 3, 5, 7, 9, 11, 13, 15, 0, 2, 4, 6, 8, 10,
                                           12, 14, 1, 3, 5, 7, 9, 11, 13, 15);
-    for (int64_t b = 0; b < nb; b++) {
-        const float *xb = x + b * 32;
-        __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16),
-               x3 = _mm256_loadu_ps(xb + 24);
-        __m256 a0 = _mm256_and_ps(x0, absm), a1 = _mm256_and_ps(x1, absm), a2 = _mm256_and_ps(x2, absm),
-               a3 = _mm256_and_ps(x3, absm);
-        /* finite: |x| <= FLT_MAX (false for NaN and infinities) */
-        __m256 ok = _mm256_and_ps(
-            _mm256_and_ps(_mm256_cmp_ps(a0, fmax, _CMP_LE_OQ), _mm256_cmp_ps(a1, fmax, _CMP_LE_OQ)),
-            _mm256_and_ps(_mm256_cmp_ps(a2, fmax, _CMP_LE_OQ), _mm256_cmp_ps(a3, fmax, _CMP_LE_OQ)));
-        __m256 m = _mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3));
+    for (int64_t b = 0; b < nab; b++) {
+        const float *xb = x + b * ab;
+        /* the block's max |x| and whether every x is finite (|x| <= FLT_MAX
+         * is false for NaN and infinities) */
+        __m256 m = _mm256_setzero_ps(), ok = _mm256_castsi256_ps(_mm256_set1_epi32(-1));
+        for (int i = 0; i < ab; i += 8) {
+            __m256 a = _mm256_and_ps(_mm256_loadu_ps(xb + i), absm);
+            ok = _mm256_and_ps(ok, _mm256_cmp_ps(a, fmax, _CMP_LE_OQ));
+            m = _mm256_max_ps(m, a);
+        }
         __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
         h = _mm_max_ps(h, _mm_movehl_ps(h, h));
         h = _mm_max_ss(h, _mm_movehdup_ps(h));
         const float amax = _mm_cvtss_f32(h);
-        int8_t *qb = v.q + b * 32;
+        int8_t *qb = v.q + b * ab;
         if (_mm256_movemask_ps(ok) != 0xff || amax == 0.0f) {
-            memset(qb, 0, 32);
+            for (int i = 0; i < ab; i++)
+                qb[i] = 0;
             v.d[b] = _mm256_movemask_ps(ok) != 0xff ? __builtin_nanf("") : 0.0f;
             v.qsf[b] = 0.0f;
             v.qs128[b] = 0;
             continue;
         }
         const __m256 id = _mm256_set1_ps(127.0f / amax);
-        /* a macro, not a const int: the rounding mode must be an integer
-         * constant expression (clang refuses a variable at -O0) */
+        __m256i s = _mm256_setzero_si256();
+        for (int i = 0; i < ab; i += 32) {
+            const float *x32 = xb + i;
+            /* a macro, not a const int: the rounding mode must be an integer
+             * constant expression (clang refuses a variable at -O0) */
 #define MK_RND (_MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC)
-        __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x0, id), MK_RND));
-        __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x1, id), MK_RND));
-        __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x2, id), MK_RND));
-        __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(x3, id), MK_RND));
+            __m256i i0 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x32), id), MK_RND));
+            __m256i i1 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x32 + 8), id), MK_RND));
+            __m256i i2 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x32 + 16), id), MK_RND));
+            __m256i i3 = _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x32 + 24), id), MK_RND));
 #undef MK_RND
-        __m256i s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+            s = _mm256_add_epi32(s, _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3)));
+            __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+            p = _mm256_permutevar8x32_epi32(p, order); /* natural order */
+            if (four)
+                p = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(p, evod), 0xd8);
+            _mm256_storeu_si256((__m256i *)(void *)(qb + i), p);
+        }
         __m128i s4 = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0x4e));
         s4 = _mm_add_epi32(s4, _mm_shuffle_epi32(s4, 0xb1));
         const int32_t sum = _mm_cvtsi128_si32(s4);
-        __m256i p = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
-        p = _mm256_permutevar8x32_epi32(p, order); /* natural order */
-        if (four)
-            p = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(p, evod), 0xd8);
-        _mm256_storeu_si256((__m256i *)(void *)qb, p);
         v.d[b] = amax / 127.0f;
         v.qsf[b] = (float)sum;
         v.qs128[b] = 128 * sum;
     }
-    mk_q8_group_sums(v.d, v.qsf, cols / group, group / 32, v.xg);
+    mk_q8_group_sums(v.d, v.qsf, cols / group, group / ab, v.xg);
 }
 
 /* ---- panel packing ---------------------------------------------------- */
@@ -178,10 +183,10 @@ typedef struct toks {
     const int32_t *qs[8];
 } toks;
 
-static inline toks toks_at(const uint8_t *xp, size_t xs, int64_t cols, int nt) {
+static inline toks toks_at(const uint8_t *xp, size_t xs, int64_t cols, int ab, int nt) {
     toks k;
     for (int T = 0; T < 8; T++) {
-        mk_gq8x v = mk_gq8_at(xp + (size_t)(T < nt ? T : 0) * xs, cols);
+        mk_gq8x v = mk_gq8_at(xp + (size_t)(T < nt ? T : 0) * xs, cols, ab);
         k.q[T] = v.q;
         k.d[T] = v.d;
         k.xg[T] = v.xg;
@@ -191,7 +196,9 @@ static inline toks toks_at(const uint8_t *xp, size_t xs, int64_t cols, int nt) {
 }
 
 /* 8 rows (half h of the panel) x NT tokens. BITS 4: int16 sums of maddubs
- * over the block, then madd; BITS 8: sign trick per step, int32. */
+ * over each 32 columns (exact: <= 30480), then madd into the activation
+ * block's int32 sums; BITS 8 (activation blocks of 32): sign trick per
+ * step, int32. */
 #define A2_STEP4(T)                                                                                          \
     if (NT > T)                                                                                              \
         a##T = _mm256_add_epi16(a##T, _mm256_maddubs_epi16(wv, _mm256_set1_epi32(ld32(k.q[T] + c0 + p + 4 * jj))));
@@ -201,11 +208,13 @@ static inline toks toks_at(const uint8_t *xp, size_t xs, int64_t cols, int nt) {
             a##T, _mm256_madd_epi16(                                                                         \
                       _mm256_maddubs_epi16(av, _mm256_sign_epi8(_mm256_set1_epi32(ld32(k.q[T] + c0 + p + 4 * jj)), sv)), \
                       ones));
+#define A2_WIDEN(T)                                                                                          \
+    if (NT > T)                                                                                              \
+        i##T = BITS == 4 ? _mm256_add_epi32(i##T, _mm256_madd_epi16(a##T, ones)) : a##T;
 #define A2_FOLD(T)                                                                                           \
     if (NT > T) {                                                                                            \
-        __m256i i_ = BITS == 4 ? _mm256_madd_epi16(a##T, ones)                                               \
-                               : _mm256_add_epi32(a##T, _mm256_set1_epi32(k.qs[T][(c0 + p) / 32]));          \
-        __m256 f_ = _mm256_mul_ps(_mm256_cvtepi32_ps(i_), _mm256_set1_ps(k.d[T][(c0 + p) / 32]));           \
+        __m256i i_ = BITS == 4 ? i##T : _mm256_add_epi32(i##T, _mm256_set1_epi32(k.qs[T][blk]));             \
+        __m256 f_ = _mm256_mul_ps(_mm256_cvtepi32_ps(i_), _mm256_set1_ps(k.d[T][blk]));                      \
         f##T = _mm256_fmadd_ps(f_, s, f##T);                                                                 \
     }
 #define A2_BIAS(T)                                                                                           \
@@ -217,24 +226,30 @@ static inline toks toks_at(const uint8_t *xp, size_t xs, int64_t cols, int nt) {
 
 __attribute__((always_inline)) MK_T static inline void avx2_tile(const uint8_t *pw, const float *ps,
                                                                  const float *pb, int64_t c0, int64_t kc,
-                                                                 int group, const toks k, float *y, int64_t ldy,
-                                                                 int nr, int h, const int NT, const int BITS) {
+                                                                 int group, int ab, const toks k, float *y,
+                                                                 int64_t ldy, int nr, int h, const int NT,
+                                                                 const int BITS) {
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0;
     const uint8_t *wp = pw + 32 * h;
     for (int64_t gi = 0; gi < kc / group; gi++) {
         const __m256 s = _mm256_load_ps(ps + gi * MK_GQ8_ROWS + 8 * h);
-        for (int64_t p = gi * group; p < (gi + 1) * group; p += 32) {
-            __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
-            for (int jj = 0; jj < 8; jj++) {
-                const __m256i wv = _mm256_load_si256((const __m256i *)(const void *)(wp + (p / 4 + jj) * 64));
-                if (BITS == 4) {
-                    A2_STEP4(0) A2_STEP4(1) A2_STEP4(2) A2_STEP4(3) A2_STEP4(4) A2_STEP4(5)
-                } else {
-                    const __m256i sv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80)); /* q - 128 */
-                    const __m256i av = _mm256_abs_epi8(sv);
-                    A2_STEP8(0) A2_STEP8(1) A2_STEP8(2) A2_STEP8(3) A2_STEP8(4) A2_STEP8(5)
+        for (int64_t pb0 = gi * group; pb0 < (gi + 1) * group; pb0 += ab) {
+            const int64_t blk = (c0 + pb0) / ab;
+            __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0, i4 = i0, i5 = i0;
+            for (int64_t p = pb0; p < pb0 + ab; p += 32) {
+                __m256i a0 = _mm256_setzero_si256(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0;
+                for (int jj = 0; jj < 8; jj++) {
+                    const __m256i wv = _mm256_load_si256((const __m256i *)(const void *)(wp + (p / 4 + jj) * 64));
+                    if (BITS == 4) {
+                        A2_STEP4(0) A2_STEP4(1) A2_STEP4(2) A2_STEP4(3) A2_STEP4(4) A2_STEP4(5)
+                    } else {
+                        const __m256i sv = _mm256_xor_si256(wv, _mm256_set1_epi8((char)0x80)); /* q - 128 */
+                        const __m256i av = _mm256_abs_epi8(sv);
+                        A2_STEP8(0) A2_STEP8(1) A2_STEP8(2) A2_STEP8(3) A2_STEP8(4) A2_STEP8(5)
+                    }
                 }
+                A2_WIDEN(0) A2_WIDEN(1) A2_WIDEN(2) A2_WIDEN(3) A2_WIDEN(4) A2_WIDEN(5)
             }
             A2_FOLD(0) A2_FOLD(1) A2_FOLD(2) A2_FOLD(3) A2_FOLD(4) A2_FOLD(5)
         }
@@ -255,18 +270,19 @@ static inline int tok_group(int64_t rem, int M) {
     MK_T static void NAME(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,       \
                           int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,      \
                           int64_t ldy, int nr) {                                                             \
+        const int ab = BITS == 4 ? mk_gq8_ab(group, true) : 32;                                              \
         for (int64_t t = 0; t < nt;) {                                                                       \
             int g = tok_group(nt - t, 6);                                                                    \
-            const toks k = toks_at(xp + (size_t)t * xs, xs, cols, g);                                        \
+            const toks k = toks_at(xp + (size_t)t * xs, xs, cols, ab, g);                                    \
             float *yt = y + t * ldy;                                                                         \
             for (int h = 0; h < 2 && 8 * h < nr; h++) {                                                      \
                 switch (g) {                                                                                 \
-                case 6: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 6, BITS); break;              \
-                case 5: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 5, BITS); break;              \
-                case 4: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 4, BITS); break;              \
-                case 3: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 3, BITS); break;              \
-                case 2: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 2, BITS); break;              \
-                default: avx2_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, h, 1, BITS); break;             \
+                case 6: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 6, BITS); break;          \
+                case 5: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 5, BITS); break;          \
+                case 4: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 4, BITS); break;          \
+                case 3: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 3, BITS); break;          \
+                case 2: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 2, BITS); break;          \
+                default: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 1, BITS); break;         \
                 }                                                                                            \
             }                                                                                                \
             t += g;                                                                                          \
@@ -284,7 +300,7 @@ const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4
         a##T = _mm512_dpbusd_epi32(a##T, wv, _mm512_set1_epi32(ld32(k.q[T] + c0 + p + 4 * jj)));
 #define V_FOLD(T)                                                                                            \
     if (NT > T) {                                                                                            \
-        __m512 f_ = _mm512_mul_ps(_mm512_cvtepi32_ps(a##T), _mm512_set1_ps(k.d[T][(c0 + p) / 32]));         \
+        __m512 f_ = _mm512_mul_ps(_mm512_cvtepi32_ps(a##T), _mm512_set1_ps(k.d[T][blk]));                   \
         f##T = _mm512_fmadd_ps(f_, s, f##T);                                                                 \
     }
 #define V_BIAS(T)                                                                                            \
@@ -298,17 +314,19 @@ const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4
 
 __attribute__((always_inline)) MK_TV static inline void vnni_tile(const uint8_t *pw, const float *ps,
                                                                   const float *pb, int64_t c0, int64_t kc,
-                                                                  int group, const toks k, float *y,
+                                                                  int group, int ab, const toks k, float *y,
                                                                   int64_t ldy, int nr, const int NT) {
     __m512 f0 = _mm512_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0;
     for (int64_t gi = 0; gi < kc / group; gi++) {
         const __m512 s = _mm512_load_ps(ps + gi * MK_GQ8_ROWS);
-        for (int64_t p = gi * group; p < (gi + 1) * group; p += 32) {
+        for (int64_t pb0 = gi * group; pb0 < (gi + 1) * group; pb0 += ab) {
+            const int64_t blk = (c0 + pb0) / ab;
             __m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0, a4 = a0, a5 = a0, a6 = a0, a7 = a0;
-            for (int jj = 0; jj < 8; jj++) {
-                const __m512i wv = _mm512_load_si512((const void *)(pw + (p / 4 + jj) * 64));
-                V_STEP(0) V_STEP(1) V_STEP(2) V_STEP(3) V_STEP(4) V_STEP(5) V_STEP(6) V_STEP(7)
-            }
+            for (int64_t p = pb0; p < pb0 + ab; p += 32)
+                for (int jj = 0; jj < 8; jj++) {
+                    const __m512i wv = _mm512_load_si512((const void *)(pw + (p / 4 + jj) * 64));
+                    V_STEP(0) V_STEP(1) V_STEP(2) V_STEP(3) V_STEP(4) V_STEP(5) V_STEP(6) V_STEP(7)
+                }
             V_FOLD(0) V_FOLD(1) V_FOLD(2) V_FOLD(3) V_FOLD(4) V_FOLD(5) V_FOLD(6) V_FOLD(7)
         }
         const __m512 bv = _mm512_load_ps(pb + gi * MK_GQ8_ROWS);
@@ -318,28 +336,40 @@ __attribute__((always_inline)) MK_TV static inline void vnni_tile(const uint8_t 
     V_OUT(0) V_OUT(1) V_OUT(2) V_OUT(3) V_OUT(4) V_OUT(5) V_OUT(6) V_OUT(7)
 }
 
-/* 4 and 8 bits alike: both are u8 codes to dpbusd. */
+/* 4 and 8 bits alike (u8 codes to dpbusd) but for the activation block. */
 MK_TV static void kern_vnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                            int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                            int group, int ab, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
                             int64_t ldy, int nr) {
     for (int64_t t = 0; t < nt;) {
         int g = tok_group(nt - t, 8);
-        const toks k = toks_at(xp + (size_t)t * xs, xs, cols, g);
+        const toks k = toks_at(xp + (size_t)t * xs, xs, cols, ab, g);
         float *yt = y + t * ldy;
         switch (g) {
-        case 8: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 8); break;
-        case 7: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 7); break;
-        case 6: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 6); break;
-        case 5: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 5); break;
-        case 4: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 4); break;
-        case 3: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 3); break;
-        case 2: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 2); break;
-        default: vnni_tile(pw, ps, pb, c0, kc, group, k, yt, ldy, nr, 1); break;
+        case 8: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 8); break;
+        case 7: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 7); break;
+        case 6: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 6); break;
+        case 5: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 5); break;
+        case 4: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 4); break;
+        case 3: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 3); break;
+        case 2: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 2); break;
+        default: vnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, 1); break;
         }
         t += g;
     }
 }
 
-const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern_vnni, kern_vnni};
+MK_TV static void kern4_vnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                             int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                             int64_t ldy, int nr) {
+    kern_vnni(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
+}
+
+MK_TV static void kern8_vnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                             int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                             int64_t ldy, int nr) {
+    kern_vnni(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
+}
+
+const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_vnni, kern8_vnni};
 
 #endif
