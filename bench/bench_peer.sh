@@ -110,7 +110,7 @@ ll_run() { # bits threads p n
 check() { [ -n "${1%% *}" ] || { echo "bench_peer: no timing parsed from $2:" >&2; cat "$DIR/out" >&2; exit 1; }; }
 
 echo "# machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) cores," \
-    "$(free -g | awk '/^Mem:/{print $2}') GiB RAM, flags: $(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx_vnni\|avx512_bf16' /proc/cpuinfo | sort -u | tr '\n' ' ')"
+    "$(free -g | awk '/^Mem:/{print $2}') GiB RAM, flags: $(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx_vnni\|avx512_bf16\|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), load average$(uptime | sed -n 's/.*load average//p')"
 echo "# model: synth $ARCH --preset $PRESET --layers $LAYERS --experts $EXPERTS ($DIR); prefill $PP, decode $TG;" \
     "$REPS interleaved repetitions; mlock $MLOCK; moekit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), llama.cpp v0.4.0"

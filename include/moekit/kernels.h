@@ -95,8 +95,10 @@ void mk_kernels_restore_int8(int setting);
 
 /* Int8 activations for multi-token products (prefill, n >= 4) over MLX
  * affine 4/8-bit weights: mk_matmul and mk_matmul_n quantize the tokens
- * once per call by the same rule (blocks of 32, d_b = max|x| / 127) and
- * multiply with integer dot products (src/kernels/kern_gemm_q8.c), so
+ * once per call by the same formula (d_b = max|x| / 127 over blocks b of
+ * 32 columns for 8-bit weights, of 64 for 4-bit ones in groups of 64 or
+ * more) and multiply with integer dot products (src/kernels/kern_gemm_q8.c;
+ * AMX tiles on the amx path), so
  *   |y[t,r] - sum_c W[r,c] x[t,c]| <= sum_b d_tb / 2 * sum_{c in b} |W[r,c]|
  *                                   + 1e-5 * sum_c |W[r,c] x^[t,c]|
  * (x^ the quantized tokens; tests/unit/test_gemm_q8.c). Results are bitwise
