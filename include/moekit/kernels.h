@@ -224,6 +224,12 @@ void mk_scale(float *y, float s, int64_t n);
 /* y += a * x  (expert outputs, attention values): a multiply then an add,
  * the same floats on every kernel path */
 void mk_axpy(float *y, float a, const float *x, int64_t n);
+/* c[i*ldc + j] = sum_p a[i*lda + p] * b[p*ldb + j] for i < m, j < n (p < k
+ * in order, one FMA chain per output; overwrites c): small float32 products
+ * with both operands row-major, on the calling thread (Gated DeltaNet's
+ * chunked prefill). c overlaps neither a nor b. */
+void mk_gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                 float *c, int64_t ldc);
 
 /* ---- attention of a block of query rows (prefill) ---------------------- */
 

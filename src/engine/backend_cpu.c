@@ -496,21 +496,20 @@ static void l2norm(float *y, const float *x, int d, float scale) {
  * Every factor e^{G_c - G_s} (s <= c) and e^{G_c} is at most 1, so nothing
  * is divided and nothing overflows. The work that grows with dk*dv, S0^T k
  * and S0^T q for every token and the state update sum_s e^{G_C - G_s} k_s
- * d_s^T, becomes three matrix products on the kernels' tiled prefill path
- * (mk_matmul_rows over float32 scratch) instead of four passes over the
+ * d_s^T, becomes three row-major float32 products (mk_gemm_f32: S0 and the
+ * deltas as they lie, no transposed copy) instead of four passes over the
  * state per token. Results differ from the token loop only by float32
  * rounding (test_backend_ops holds both to the same bound against a double
  * reference). Heads larger than MK_GDN_DMAX use the token loop (stack
  * scratch). */
-#define MK_GDN_C 48     /* tokens per chunk: 8 of the AVX2 panel's 6-token tiles */
+#define MK_GDN_C 48     /* tokens per chunk: 12 of the products' 4-row tiles */
 #define MK_GDN_DMAX 128 /* largest dk and dv of the chunked form (Qwen3-Next/3.5: 128) */
 
 typedef struct gdn_chunk_buf {
-    alignas(64) float T[MK_GDN_DMAX * MK_GDN_DMAX]; /* S0^T, later the state update */
+    alignas(64) float T[MK_GDN_DMAX * MK_GDN_DMAX]; /* the state update */
     alignas(64) float qn[MK_GDN_C * MK_GDN_DMAX];   /* [c][dk] normalised q, scaled */
     alignas(64) float kn[MK_GDN_C * MK_GDN_DMAX];   /* [c][dk] normalised k */
     alignas(64) float d[MK_GDN_C * MK_GDN_DMAX];    /* [c][dv] the deltas d_c */
-    alignas(64) float dt[MK_GDN_DMAX * MK_GDN_C];   /* [dv][c] d transposed */
     alignas(64) float kt[MK_GDN_DMAX * MK_GDN_C];   /* [dk][c] e^{G_C - G_c} k_c transposed */
     float G[MK_GDN_C], beta[MK_GDN_C];
 } gdn_chunk_buf;
@@ -528,15 +527,10 @@ static void gdn_chunk(const mk_gdn_args *a, int64_t h, int64_t t0, int C, float 
         float g = neg_A * softplus(a->a[t * a->nv + h] + a->dt_bias[h]);
         b->G[c] = c ? b->G[c - 1] + g : g;
     }
-    /* S0^T k_c into d, S0^T q_c into the outputs: products with S0^T as a
-     * float32 weight of dv rows and dk columns */
-    for (int i = 0; i < dk; i++)
-        for (int j = 0; j < dv; j++)
-            b->T[j * dk + i] = S[i * dv + j];
-    mk_wt st = {.fmt = MK_WF_F32, .rows = dv, .cols = dk, .data = b->T};
+    /* S0^T k_c into d, S0^T q_c into the outputs: [C, dk] x S0 [dk, dv] */
     float *o0 = a->out + (t0 * a->nv + h) * dv;
-    mk_matmul_rows(&st, 0, dv, b->kn, dk, C, b->d, dv);
-    mk_matmul_rows(&st, 0, dv, b->qn, dk, C, o0, ostr);
+    mk_gemm_f32(C, dv, dk, b->kn, dk, S, dv, b->d, dv);
+    mk_gemm_f32(C, dv, dk, b->qn, dk, S, dv, o0, ostr);
     /* d_c = beta_c (v_c - e^{G_c} S0^T k_c), then the triangular system */
     for (int c = 0; c < C; c++) {
         const float *v = a->v + (t0 + c) * a->stride + h * dv;
@@ -557,18 +551,14 @@ static void gdn_chunk(const mk_gdn_args *a, int64_t h, int64_t t0, int C, float 
             mk_axpy(oc, p, b->d + s * dv, dv);
         }
     }
-    /* S = e^{G_C} S0 + sum_s (e^{G_C - G_s} k_s) d_s^T: a product with d^T
-     * as a weight of dv rows and C columns, over dk "tokens" */
+    /* S = e^{G_C} S0 + sum_s (e^{G_C - G_s} k_s) d_s^T: kt [dk, C] x d [C, dv] */
     const float gl = b->G[C - 1];
     for (int c = 0; c < C; c++) {
         float f = expf(gl - b->G[c]);
         for (int i = 0; i < dk; i++)
             b->kt[i * C + c] = f * b->kn[c * dk + i];
-        for (int j = 0; j < dv; j++)
-            b->dt[j * C + c] = b->d[c * dv + j];
     }
-    mk_wt dw = {.fmt = MK_WF_F32, .rows = dv, .cols = C, .data = b->dt};
-    mk_matmul_rows(&dw, 0, dv, b->kt, C, dk, b->T, dv);
+    mk_gemm_f32(dk, dv, C, b->kt, C, b->d, dv, b->T, dv);
     const float egl = expf(gl);
     for (int64_t i = 0; i < (int64_t)dk * dv; i++)
         S[i] = egl * S[i] + b->T[i];

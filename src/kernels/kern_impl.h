@@ -148,11 +148,17 @@ typedef struct mk_kern_i {
     mk_dequant_fn dequant[MK_WF_COUNT];
     /* mk_attn_block (kernels.h) */
     void (*attn_block)(const mk_attn_blk *a);
+    /* mk_gemm_f32 (kernels.h) */
+    void (*gemm_f32)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float *c, int64_t ldc);
 } mk_kern_i;
 
 extern const mk_kern_i mk_kern_ref;
 /* The portable attention block (attn.c), the ref table's. */
 void mk_attn_block_ref(const mk_attn_blk *a);
+/* The portable row-major product (ops.c), the ref table's. */
+void mk_gemm_f32_ref(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float *c, int64_t ldc);
 #if defined(__x86_64__) || defined(__i386__)
 #define MK_KERN_X86 1
 extern const mk_kern_i mk_kern_avx2;

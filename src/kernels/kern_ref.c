@@ -91,4 +91,5 @@ const mk_kern_i mk_kern_ref = {
     .qmatvec = {[MK_WF_AFFINE] = ref_mv_affine},
     .qprep = {[MK_WF_AFFINE] = ref_prep_affine},
     .attn_block = mk_attn_block_ref,
+    .gemm_f32 = mk_gemm_f32_ref,
 };

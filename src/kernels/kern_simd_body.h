@@ -432,6 +432,64 @@ MK_T static void KSFX(axpy)(float *y, float a, const float *x, int64_t n) {
 
 #include "kernels/kern_attn_body.h"
 
+/* mk_gemm_f32: register tiles of 4 rows of a x 2 vectors of b's columns,
+ * a's element broadcast, one FMA chain per output over p in order (the
+ * portable loop's floats, as fmaf); leftover rows one at a time, leftover
+ * columns in scalar fmaf. */
+MK_T static void KSFX(gemm_f32)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
+                                int64_t ldb, float *c, int64_t ldc) {
+    int64_t j = 0;
+    for (; j + 2 * VN <= n; j += 2 * VN) {
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) {
+            vf c00 = v_zero(), c01 = v_zero(), c10 = v_zero(), c11 = v_zero(), c20 = v_zero(), c21 = v_zero(),
+               c30 = v_zero(), c31 = v_zero();
+            const float *a0 = a + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+            for (int64_t p = 0; p < k; p++) {
+                const vf b0 = v_ld(b + p * ldb + j), b1 = v_ld(b + p * ldb + j + VN);
+                vf x = v_set1(a0[p]);
+                c00 = v_fma(x, b0, c00);
+                c01 = v_fma(x, b1, c01);
+                x = v_set1(a1[p]);
+                c10 = v_fma(x, b0, c10);
+                c11 = v_fma(x, b1, c11);
+                x = v_set1(a2[p]);
+                c20 = v_fma(x, b0, c20);
+                c21 = v_fma(x, b1, c21);
+                x = v_set1(a3[p]);
+                c30 = v_fma(x, b0, c30);
+                c31 = v_fma(x, b1, c31);
+            }
+            float *o = c + i * ldc + j;
+            v_st(o, c00);
+            v_st(o + VN, c01);
+            v_st(o + ldc, c10);
+            v_st(o + ldc + VN, c11);
+            v_st(o + 2 * ldc, c20);
+            v_st(o + 2 * ldc + VN, c21);
+            v_st(o + 3 * ldc, c30);
+            v_st(o + 3 * ldc + VN, c31);
+        }
+        for (; i < m; i++) {
+            vf c0 = v_zero(), c1 = v_zero();
+            for (int64_t p = 0; p < k; p++) {
+                const vf x = v_set1(a[i * lda + p]);
+                c0 = v_fma(x, v_ld(b + p * ldb + j), c0);
+                c1 = v_fma(x, v_ld(b + p * ldb + j + VN), c1);
+            }
+            v_st(c + i * ldc + j, c0);
+            v_st(c + i * ldc + j + VN, c1);
+        }
+    }
+    for (; j < n; j++)
+        for (int64_t i = 0; i < m; i++) {
+            float acc = 0.0f;
+            for (int64_t p = 0; p < k; p++)
+                acc = fmaf(a[i * lda + p], b[p * ldb + j], acc);
+            c[i * ldc + j] = acc;
+        }
+}
+
 /* ---- table ------------------------------------------------------------ */
 
 const mk_kern_i MK_KERN_TABLE = {
@@ -441,6 +499,7 @@ const mk_kern_i MK_KERN_TABLE = {
     .axpy = KSFX(axpy),
     .gemm_tile = KSFX(gemm_tile),
     .attn_block = KSFX(attn_block),
+    .gemm_f32 = KSFX(gemm_f32),
 #ifdef MK_KERN_PANEL /* the AVX2 table (kern_panel.c) */
     .pack_panel = mk_pack_panel_avx2,
     .gemm_panel = mk_gemm_panel_avx2,

@@ -91,3 +91,20 @@ void mk_scale(float *y, float s, int64_t n) {
 void mk_axpy(float *y, float a, const float *x, int64_t n) {
     mk_kern_active()->axpy(y, a, x, n);
 }
+
+void mk_gemm_f32_ref(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                     float *c, int64_t ldc) {
+    for (int64_t i = 0; i < m; i++)
+        for (int64_t j = 0; j < n; j++) {
+            float acc = 0.0f;
+            for (int64_t p = 0; p < k; p++)
+                acc = fmaf(a[i * lda + p], b[p * ldb + j], acc);
+            c[i * ldc + j] = acc;
+        }
+}
+
+void mk_gemm_f32(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b, int64_t ldb,
+                 float *c, int64_t ldc) {
+    const mk_kern_i *t = mk_kern_active();
+    (t->gemm_f32 ? t->gemm_f32 : mk_gemm_f32_ref)(m, n, k, a, lda, b, ldb, c, ldc);
+}

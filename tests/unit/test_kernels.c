@@ -1082,6 +1082,54 @@ static void test_wt_check_errors(void **state) {
     assert_int_equal(mk_wt_check(NULL, "t"), MK_E_ARG);
 }
 
+/* mk_gemm_f32: one fmaf chain per output over k in order, so every path is
+ * bitwise the plain loop written here; shapes with partial 4-row tiles and
+ * column counts below, at and past the vector tiles (2 x 8 or 2 x 16),
+ * strided operands. */
+static void test_gemm_f32(void **state) {
+    (void)state;
+    static const int shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {4, 16, 3}, {5, 32, 48}, {9, 33, 17},
+                                    {12, 64, 128}, {7, 70, 1}, {48, 128, 128}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        const int m = shapes[si][0], n = shapes[si][1], k = shapes[si][2];
+        const int lda = k + 3, ldb = n + 5, ldc = n + 2;
+        float *a = malloc(sizeof(float) * (size_t)(m * lda)), *b = malloc(sizeof(float) * (size_t)(k * ldb));
+        float *want = malloc(sizeof(float) * (size_t)(m * ldc)), *got = malloc(sizeof(float) * (size_t)(m * ldc));
+        assert_true(a && b && want && got);
+        for (int i = 0; i < m * lda; i++)
+            a[i] = rnd_f(-1, 1);
+        for (int i = 0; i < k * ldb; i++)
+            b[i] = rnd_f(-1, 1);
+        for (int i = 0; i < m; i++)
+            for (int j = 0; j < n; j++) {
+                float acc = 0.0f;
+                for (int p = 0; p < k; p++)
+                    acc = fmaf(a[i * lda + p], b[p * ldb + j], acc);
+                want[i * ldc + j] = acc;
+            }
+        for (int isa = 0; isa < MK_ISA_COUNT; isa++) {
+            if (!mk_isa_supported((mk_isa)isa))
+                continue;
+            mk_isa_set((mk_isa)isa);
+            for (int i = 0; i < m * ldc; i++)
+                got[i] = -7.0f;
+            mk_gemm_f32(m, n, k, a, lda, b, ldb, got, ldc);
+            for (int i = 0; i < m; i++) {
+                if (memcmp(got + i * ldc, want + i * ldc, sizeof(float) * (size_t)n))
+                    fail_msg("gemm_f32 %dx%dx%d on %s: row %d not the fmaf chain's", m, n, k,
+                             mk_isa_name((mk_isa)isa), i);
+                for (int j = n; j < ldc; j++)
+                    assert_true(got[i * ldc + j] == -7.0f); /* nothing past n written */
+            }
+        }
+        free(a);
+        free(b);
+        free(want);
+        free(got);
+    }
+    mk_isa_set(g_isa0);
+}
+
 static void test_ops(void **state) {
     float x[37], w[37], y[37];
     for (int i = 0; i < 37; i++) {
@@ -1222,6 +1270,7 @@ int main(void) {
         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_wt_check_errors),
         cmocka_unit_test(test_ops),
+        cmocka_unit_test(test_gemm_f32),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
