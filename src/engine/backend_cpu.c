@@ -511,6 +511,10 @@ typedef struct gdn_chunk_buf {
     alignas(64) float kn[MK_GDN_C * MK_GDN_DMAX];   /* [c][dk] normalised k */
     alignas(64) float d[MK_GDN_C * MK_GDN_DMAX];    /* [c][dv] the deltas d_c */
     alignas(64) float kt[MK_GDN_DMAX * MK_GDN_C];   /* [dk][c] e^{G_C - G_c} k_c transposed */
+    alignas(64) float knt[MK_GDN_DMAX * MK_GDN_C];  /* [dk][c] k_c transposed */
+    alignas(64) float kk[MK_GDN_C * MK_GDN_C];      /* k_c . k_s, then l_cs */
+    alignas(64) float qk[MK_GDN_C * MK_GDN_C];      /* q_c . k_s, then masked and decayed */
+    alignas(64) float tmp[MK_GDN_C * MK_GDN_DMAX];  /* [c][dv] products before their sums */
     float G[MK_GDN_C], beta[MK_GDN_C];
 } gdn_chunk_buf;
 
@@ -531,25 +535,38 @@ static void gdn_chunk(const mk_gdn_args *a, int64_t h, int64_t t0, int C, float 
     float *o0 = a->out + (t0 * a->nv + h) * dv;
     mk_gemm_f32(C, dv, dk, b->kn, dk, S, dv, b->d, dv);
     mk_gemm_f32(C, dv, dk, b->qn, dk, S, dv, o0, ostr);
-    /* d_c = beta_c (v_c - e^{G_c} S0^T k_c), then the triangular system */
+    /* the chunk's k . k and q . k: [C, dk] x kn^T [dk, C] */
+    for (int c = 0; c < C; c++)
+        for (int i = 0; i < dk; i++)
+            b->knt[i * C + c] = b->kn[c * dk + i];
+    mk_gemm_f32(C, C, dk, b->kn, dk, b->knt, C, b->kk, C);
+    mk_gemm_f32(C, C, dk, b->qn, dk, b->knt, C, b->qk, C);
+    /* d_c = beta_c (v_c - e^{G_c} S0^T k_c) - sum_{s<c} l_cs d_s, row by
+     * row (each row needs the ones before it) */
     for (int c = 0; c < C; c++) {
         const float *v = a->v + (t0 + c) * a->stride + h * dv;
         float *dc = b->d + c * dv, eg = expf(b->G[c]);
         for (int j = 0; j < dv; j++)
             dc[j] = b->beta[c] * (v[j] - eg * dc[j]);
-        for (int s = 0; s < c; s++) {
-            float l = b->beta[c] * expf(b->G[c] - b->G[s]) * mk_dot_f32(b->kn + c * dk, b->kn + s * dk, dk);
-            mk_axpy(dc, -l, b->d + s * dv, dv);
-        }
+        if (c == 0)
+            continue;
+        for (int s = 0; s < c; s++) /* l_cs = beta_c e^{G_c - G_s} (k_c . k_s) */
+            b->kk[c * C + s] = b->beta[c] * expf(b->G[c] - b->G[s]) * b->kk[c * C + s];
+        mk_gemm_f32(1, dv, c, b->kk + c * C, C, b->d, dv, b->tmp, dv);
+        for (int j = 0; j < dv; j++)
+            dc[j] -= b->tmp[j];
     }
-    /* o_c = e^{G_c} S0^T q_c + sum_{s<=c} e^{G_c - G_s} (k_s . q_c) d_s */
+    /* o_c = e^{G_c} S0^T q_c + sum_{s<=c} e^{G_c - G_s} (k_s . q_c) d_s:
+     * the masked, decayed q . k times the deltas in one product */
+    for (int c = 0; c < C; c++)
+        for (int s = 0; s < C; s++)
+            b->qk[c * C + s] = s <= c ? expf(b->G[c] - b->G[s]) * b->qk[c * C + s] : 0.0f;
+    mk_gemm_f32(C, dv, C, b->qk, C, b->d, dv, b->tmp, dv);
     for (int c = 0; c < C; c++) {
         float *oc = o0 + c * ostr;
-        mk_scale(oc, expf(b->G[c]), dv);
-        for (int s = 0; s <= c; s++) {
-            float p = expf(b->G[c] - b->G[s]) * mk_dot_f32(b->kn + s * dk, b->qn + c * dk, dk);
-            mk_axpy(oc, p, b->d + s * dv, dv);
-        }
+        const float eg = expf(b->G[c]);
+        for (int j = 0; j < dv; j++)
+            oc[j] = eg * oc[j] + b->tmp[c * dv + j];
     }
     /* S = e^{G_C} S0 + sum_s (e^{G_C - G_s} k_s) d_s^T: kt [dk, C] x d [C, dv] */
     const float gl = b->G[C - 1];

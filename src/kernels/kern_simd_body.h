@@ -432,10 +432,10 @@ MK_T static void KSFX(axpy)(float *y, float a, const float *x, int64_t n) {
 
 #include "kernels/kern_attn_body.h"
 
-/* mk_gemm_f32: register tiles of 4 rows of a x 2 vectors of b's columns,
- * a's element broadcast, one FMA chain per output over p in order (the
- * portable loop's floats, as fmaf); leftover rows one at a time, leftover
- * columns in scalar fmaf. */
+/* mk_gemm_f32: register tiles of 4 rows of a x 2 vectors of b's columns
+ * (then 1 vector), a's element broadcast, one FMA chain per output over p
+ * in order (the portable loop's floats, as fmaf); leftover rows one at a
+ * time, the last columns short of a vector in scalar fmaf. */
 MK_T static void KSFX(gemm_f32)(int64_t m, int64_t n, int64_t k, const float *a, int64_t lda, const float *b,
                                 int64_t ldb, float *c, int64_t ldc) {
     int64_t j = 0;
@@ -479,6 +479,30 @@ MK_T static void KSFX(gemm_f32)(int64_t m, int64_t n, int64_t k, const float *a,
             }
             v_st(c + i * ldc + j, c0);
             v_st(c + i * ldc + j + VN, c1);
+        }
+    }
+    for (; j + VN <= n; j += VN) { /* one vector of columns */
+        int64_t i = 0;
+        for (; i + 4 <= m; i += 4) {
+            vf c0 = v_zero(), c1 = v_zero(), c2 = v_zero(), c3 = v_zero();
+            const float *a0 = a + i * lda, *a1 = a0 + lda, *a2 = a1 + lda, *a3 = a2 + lda;
+            for (int64_t p = 0; p < k; p++) {
+                const vf b0 = v_ld(b + p * ldb + j);
+                c0 = v_fma(v_set1(a0[p]), b0, c0);
+                c1 = v_fma(v_set1(a1[p]), b0, c1);
+                c2 = v_fma(v_set1(a2[p]), b0, c2);
+                c3 = v_fma(v_set1(a3[p]), b0, c3);
+            }
+            v_st(c + i * ldc + j, c0);
+            v_st(c + (i + 1) * ldc + j, c1);
+            v_st(c + (i + 2) * ldc + j, c2);
+            v_st(c + (i + 3) * ldc + j, c3);
+        }
+        for (; i < m; i++) {
+            vf c0 = v_zero();
+            for (int64_t p = 0; p < k; p++)
+                c0 = v_fma(v_set1(a[i * lda + p]), v_ld(b + p * ldb + j), c0);
+            v_st(c + i * ldc + j, c0);
         }
     }
     for (; j < n; j++)

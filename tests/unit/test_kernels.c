@@ -1089,7 +1089,7 @@ static void test_wt_check_errors(void **state) {
 static void test_gemm_f32(void **state) {
     (void)state;
     static const int shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {4, 16, 3}, {5, 32, 48}, {9, 33, 17},
-                                    {12, 64, 128}, {7, 70, 1}, {48, 128, 128}};
+                                    {12, 64, 128}, {7, 70, 1}, {48, 128, 128}, {6, 24, 9}, {5, 48, 12}};
     for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
         const int m = shapes[si][0], n = shapes[si][1], k = shapes[si][2];
         const int lda = k + 3, ldb = n + 5, ldc = n + 2;
