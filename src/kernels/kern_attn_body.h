@@ -1,8 +1,9 @@
 /* mk_attn_block (kernels.h) on VN-float vectors, included by
  * kern_simd_body.h; the SIMD file defines, besides its vector primitives:
- *   v_sub(a, b), v_max(a, b) (b returned when either is NaN, so a NaN
- *   score reaches the output), v_exp(x) (exp within a few ulp; 0 for x <
- *   -87.3 and -inf; NaN stays NaN), MK_AKJ keys per score register tile,
+ *   v_sub(a, b), v_max(a, b) and v_min(a, b) (b returned when either is
+ *   NaN, so a NaN score reaches the output), v_round (to nearest),
+ *   v_ldexp(y, n) (y * 2^n, n in [-126, 127]), v_exp_fix(e, x) (0 where x <
+ *   -87.3, NaN where x is NaN), MK_AKJ keys per score register tile,
  *   MK_ADV value vectors per output register tile.
  *
  * Flash-style: the query rows sit in vector lanes (qt, the block's q
@@ -18,6 +19,24 @@
 #include <float.h>
 #include <math.h>
 #include <stdalign.h>
+
+/* exp(x) within a few ulp: x = n ln2 + r (ln2 in two parts), |r| <= ln2 / 2,
+ * a degree-6 polynomial in r (Cephes' expf coefficients) times 2^n; 0 for
+ * x < -87.3 and -inf, NaN for NaN. */
+MK_T static inline vf v_exp(vf x) {
+    const vf xc = v_max(v_set1(-87.3f), v_min(v_set1(88.0f), x));
+    const vf n = v_round(v_mul(xc, v_set1(1.44269504088896341f)));
+    vf r = v_fma(n, v_set1(-0.693359375f), xc);
+    r = v_fma(n, v_set1(2.12194440e-4f), r);
+    vf y = v_set1(1.9875691500e-4f);
+    y = v_fma(y, r, v_set1(1.3981999507e-3f));
+    y = v_fma(y, r, v_set1(8.3334519073e-3f));
+    y = v_fma(y, r, v_set1(4.1665795894e-2f));
+    y = v_fma(y, r, v_set1(1.6666665459e-1f));
+    y = v_fma(y, r, v_set1(5.0000001201e-1f));
+    y = v_fma(y, v_mul(r, r), v_add(r, v_set1(1.0f)));
+    return v_exp_fix(v_ldexp(y, n), x);
+}
 
 #define ATTN_R MK_ATTN_ROWS
 #define ATTN_KC 16 /* keys per chunk */

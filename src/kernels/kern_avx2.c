@@ -239,24 +239,17 @@ MK_T static inline vf v_sub(vf a, vf b) {
 MK_T static inline vf v_max(vf a, vf b) {
     return _mm256_max_ps(a, b); /* b when either is NaN */
 }
-/* exp(x) as in kern_avx512.c, 2^n built in the exponent field (n in
- * [-126, 127] for x in [-87.3, 88]); x < -87.3 (also -inf) gives 0, NaN
- * stays NaN. */
-MK_T static inline vf v_exp(vf x) {
-    const vf xc = _mm256_max_ps(_mm256_set1_ps(-87.3f), _mm256_min_ps(_mm256_set1_ps(88.0f), x));
-    const vf n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504088896341f)),
-                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    vf y = _mm256_set1_ps(1.9875691500e-4f);
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(8.3334519073e-3f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894e-2f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459e-1f));
-    y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201e-1f));
-    y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-    const __m256i pw = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-    vf e = _mm256_mul_ps(y, _mm256_castsi256_ps(pw));
+MK_T static inline vf v_min(vf a, vf b) {
+    return _mm256_min_ps(a, b); /* b when either is NaN */
+}
+MK_T static inline vf v_round(vf x) { /* to nearest, ties to even */
+    return _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+MK_T static inline vf v_ldexp(vf y, vf n) { /* y * 2^n for n in [-126, 127]: n in the exponent field */
+    return _mm256_mul_ps(
+        y, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23)));
+}
+MK_T static inline vf v_exp_fix(vf e, vf x) { /* 0 where x < -87.3, x where x is NaN */
     e = _mm256_blendv_ps(e, _mm256_setzero_ps(), _mm256_cmp_ps(x, _mm256_set1_ps(-87.3f), _CMP_LT_OQ));
     return _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q));
 }

@@ -217,25 +217,17 @@ MK_T static inline vf v_sub(vf a, vf b) {
 MK_T static inline vf v_max(vf a, vf b) {
     return _mm512_max_ps(a, b); /* b when either is NaN */
 }
-/* exp(x): x = n ln2 + r, |r| <= ln2 / 2, a degree-6 polynomial (Cephes'
- * expf coefficients) times 2^n by scalef; x < -87.3 (also -inf) gives 0,
- * NaN stays NaN (x is the second operand of the min). */
-MK_T static inline vf v_exp(vf x) {
-    const vf xc = _mm512_min_ps(_mm512_set1_ps(88.0f), x);
-    const vf n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
-                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    vf r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    vf y = _mm512_set1_ps(1.9875691500e-4f);
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.3981999507e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(8.3334519073e-3f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(4.1665795894e-2f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(1.6666665459e-1f));
-    y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(5.0000001201e-1f));
-    y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-    const vf e = _mm512_scalef_ps(y, n);
-    const __mmask16 tiny = _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ);
-    return _mm512_mask_mov_ps(e, tiny, _mm512_setzero_ps());
+MK_T static inline vf v_min(vf a, vf b) {
+    return _mm512_min_ps(a, b); /* b when either is NaN */
+}
+MK_T static inline vf v_round(vf x) { /* to nearest, ties to even */
+    return _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+}
+MK_T static inline vf v_ldexp(vf y, vf n) { /* y * 2^n */
+    return _mm512_scalef_ps(y, n);
+}
+MK_T static inline vf v_exp_fix(vf e, vf x) { /* 0 where x < -87.3 (NaN already propagates) */
+    return _mm512_mask_mov_ps(e, _mm512_cmp_ps_mask(x, _mm512_set1_ps(-87.3f), _CMP_LT_OQ), _mm512_setzero_ps());
 }
 #define MK_AKJ 4 /* keys x 4 row vectors: 16 score accumulators */
 #define MK_ADV 8 /* 128 floats of a value row per pass */

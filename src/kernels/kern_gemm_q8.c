@@ -32,41 +32,16 @@
 
 /* ---- the portable table -------------------------------------------------- */
 
-/* q8.c's formula over each activation block of ab columns: d = amax / 127
- * (NaN for a block with a NaN or infinity, 0 for an all-zero one), q =
- * nearbyint(x * 127 / amax); qs = the block's sum of q. */
+/* q8.c's formula over each activation block of ab columns (d NaN for a
+ * block with a NaN or infinity, 0 for an all-zero one), then the dot
+ * order. */
 static void quant_ref(const float *x, int64_t cols, int group, bool four, uint8_t *dst) {
     const int ab = mk_gq8_ab(group, four);
     mk_gq8x v = mk_gq8_at(dst, cols, ab);
     const int64_t nab = cols / ab;
-    for (int64_t b = 0; b < nab; b++) {
-        const float *xb = x + b * ab;
-        int8_t *qb = v.q + b * ab;
-        float amax = 0.0f;
-        bool bad = false;
-        for (int i = 0; i < ab; i++) {
-            float a = fabsf(xb[i]);
-            if (!(a <= 3.40282347e38f))
-                bad = true;
-            else if (a > amax)
-                amax = a;
-        }
-        int32_t sum = 0;
-        if (bad || amax == 0.0f) {
-            for (int i = 0; i < ab; i++)
-                qb[i] = 0;
-            v.d[b] = bad ? NAN : 0.0f;
-        } else {
-            const float id = 127.0f / amax;
-            for (int i = 0; i < ab; i++) {
-                qb[i] = (int8_t)nearbyintf(xb[i] * id);
-                sum += qb[i];
-            }
-            v.d[b] = amax / 127.0f;
-        }
-        v.qsf[b] = (float)sum;
-        v.qs128[b] = 128 * sum;
-    }
+    mk_q8_quant_blocks(x, cols, ab, v.q, v.d, v.qsf);
+    for (int64_t b = 0; b < nab; b++)
+        v.qs128[b] = 128 * (int32_t)v.qsf[b];
     mk_q8_group_sums(v.d, v.qsf, cols / group, group / ab, v.xg);
     if (four)
         for (int64_t b = 0; b < cols / 32; b++) { /* natural -> evens | odds */
@@ -183,9 +158,12 @@ static void load_sb(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t
     if (w->sdtype == MK_DT_BF16 || w->sdtype == MK_DT_F16) {
         const bool bf = w->sdtype == MK_DT_BF16;
         for (int i = 0; i < nr; i++) {
-            const uint16_t *h = (const uint16_t *)src + (r0 + i) * ng + g0;
-            for (int64_t gi = 0; gi < cnt; gi++)
-                out[gi * MK_GQ8_ROWS + i] = bf ? mk_bf16_to_f32(h[gi]) : mk_f16_to_f32(h[gi]);
+            const uint8_t *h = (const uint8_t *)src + 2 * ((r0 + i) * ng + g0); /* may be unaligned */
+            for (int64_t gi = 0; gi < cnt; gi++) {
+                uint16_t u;
+                memcpy(&u, h + 2 * gi, 2);
+                out[gi * MK_GQ8_ROWS + i] = bf ? mk_bf16_to_f32(u) : mk_f16_to_f32(u);
+            }
         }
         return;
     }

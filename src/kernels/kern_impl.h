@@ -95,6 +95,9 @@ static inline mk_q8x mk_q8x_at(const float *aux, int64_t cols, int64_t group) {
 /* Quantize x[0 .. n) (n a multiple of 32) to q and d by the rule above;
  * qs[b] = sum of block b's q (exact in a float). Portable. */
 void mk_q8_quant(const float *x, int64_t n, int8_t *q, float *d, float *qs);
+/* The same formula over blocks of blk elements (n a multiple of blk): the
+ * prefill GEMM's activation blocks (kern_gemm_q8.h). */
+void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs);
 /* xg[g] = sum over the blocks of group g (bpg blocks each) of d_b * qs_b,
  * in block order: one function so every path has the same sums. */
 void mk_q8_group_sums(const float *d, const float *qs, int64_t ng, int bpg, float *xg);

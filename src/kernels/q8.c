@@ -13,13 +13,13 @@
 
 #include "kernels/kern_impl.h"
 
-void mk_q8_quant(const float *x, int64_t n, int8_t *q, float *d, float *qs) {
-    for (int64_t b = 0; b < n / MK_Q8_BLOCK; b++) {
-        const float *xb = x + b * MK_Q8_BLOCK;
-        int8_t *qb = q + b * MK_Q8_BLOCK;
+void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs) {
+    for (int64_t b = 0; b < n / blk; b++) {
+        const float *xb = x + b * blk;
+        int8_t *qb = q + b * blk;
         float amax = 0.0f;
         bool bad = false;
-        for (int i = 0; i < MK_Q8_BLOCK; i++) {
+        for (int i = 0; i < blk; i++) {
             float a = fabsf(xb[i]);
             if (!(a <= 3.40282347e38f))
                 bad = true; /* NaN or infinity */
@@ -28,12 +28,12 @@ void mk_q8_quant(const float *x, int64_t n, int8_t *q, float *d, float *qs) {
         }
         int32_t sum = 0;
         if (bad || amax == 0.0f) {
-            for (int i = 0; i < MK_Q8_BLOCK; i++)
+            for (int i = 0; i < blk; i++)
                 qb[i] = 0;
             d[b] = bad ? NAN : 0.0f;
         } else {
             const float id = 127.0f / amax;
-            for (int i = 0; i < MK_Q8_BLOCK; i++) {
+            for (int i = 0; i < blk; i++) {
                 float v = xb[i] * id;
                 qb[i] = (int8_t)nearbyintf(v);
                 sum += qb[i];
@@ -42,6 +42,10 @@ void mk_q8_quant(const float *x, int64_t n, int8_t *q, float *d, float *qs) {
         }
         qs[b] = (float)sum;
     }
+}
+
+void mk_q8_quant(const float *x, int64_t n, int8_t *q, float *d, float *qs) {
+    mk_q8_quant_blocks(x, n, MK_Q8_BLOCK, q, d, qs);
 }
 
 void mk_q8_group_sums(const float *d, const float *qs, int64_t ng, int bpg, float *xg) {
