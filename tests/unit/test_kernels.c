@@ -36,6 +36,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
 
 #include "moekit/dtype.h"
 #include "moekit/kernels.h"
@@ -1229,10 +1233,14 @@ static void test_isa_select(void **state) {
         assert_true(mk_isa_supported(MK_ISA_AVXVNNI));
     if (!mk_isa_supported(MK_ISA_AVX2))
         assert_false(mk_isa_supported(MK_ISA_AVXVNNI));
-    /* AMX: where Linux lists the tile flags with AVX512-VNNI the path must be
-     * offered (isa.c also asks the kernel's leave, granted since Linux 5.16) */
-    if (cpuinfo_flag("amx_tile") == 1 && cpuinfo_flag("amx_int8") == 1 && mk_isa_supported(MK_ISA_AVX512VNNI))
+    /* AMX: where Linux lists the tile flags with AVX512-VNNI and grants the
+     * tile data (asked here directly: arch_prctl ARCH_REQ_XCOMP_PERM, Linux
+     * 5.16+), the path must be offered */
+#if defined(__x86_64__) && defined(__linux__)
+    if (cpuinfo_flag("amx_tile") == 1 && cpuinfo_flag("amx_int8") == 1 && mk_isa_supported(MK_ISA_AVX512VNNI) &&
+        syscall(SYS_arch_prctl, 0x1023, 18) == 0)
         assert_true(mk_isa_supported(MK_ISA_AMX));
+#endif
     if (!mk_isa_supported(MK_ISA_AVX512VNNI))
         assert_false(mk_isa_supported(MK_ISA_AMX));
     assert_true(mk_isa_supported(MK_ISA_REF));
