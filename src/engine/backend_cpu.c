@@ -447,21 +447,42 @@ static void cpu_head_matmul_t(void *ctx, const mk_head_mm_args *a) {
 
 /* ---- Gated DeltaNet -------------------------------------------------------- */
 
-static void cpu_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
-                            int64_t C, int K, const float *w, float *state) {
-    (void)ctx;
-    for (int64_t t = 0; t < n; t++) {
-        float *yt = y + t * C;
-        for (int64_t c = 0; c < C; c++) {
+typedef struct conv_job {
+    const float *u, *w, *state;
+    float *y;
+    int64_t u_stride, n, C;
+    int K;
+} conv_job;
+
+/* Channel blocks [bb, be) of 256 for every token: each output's floats do
+ * not depend on the split. */
+static void conv_task(void *ctx, int64_t bb, int64_t be) {
+    const conv_job *j = ctx;
+    const int64_t C = j->C, cb = bb * 256, ce = be * 256 < C ? be * 256 : C;
+    const int K = j->K;
+    for (int64_t t = 0; t < j->n; t++) {
+        float *yt = j->y + t * C;
+        for (int64_t c = cb; c < ce; c++) {
             float acc = 0.0f;
-            for (int j = 0; j < K; j++) {
-                int64_t idx = t - K + 1 + j; /* input time of tap j */
-                float in = idx < 0 ? state[(K - 1 + idx) * C + c] : u[idx * u_stride + c];
-                acc += w[c * K + j] * in;
+            for (int k = 0; k < K; k++) {
+                int64_t idx = t - K + 1 + k; /* input time of tap k */
+                float in = idx < 0 ? j->state[(K - 1 + idx) * C + c] : j->u[idx * j->u_stride + c];
+                acc += j->w[c * K + k] * in;
             }
             yt[c] = acc / (1.0f + expf(-acc));
         }
     }
+}
+
+/* A chunk of tokens (prefill) splits the channels over the pool; one token
+ * (decode) is too little work to wake it. */
+static void cpu_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
+                            int64_t C, int K, const float *w, float *state) {
+    conv_job j = {.u = u, .w = w, .state = state, .y = y, .u_stride = u_stride, .n = n, .C = C, .K = K};
+    if (n > 1)
+        mk_pool_for(((cpu_ctx *)ctx)->pool, (C + 255) / 256, 1, conv_task, &j);
+    else
+        conv_task(&j, 0, (C + 255) / 256);
     /* keep the last K-1 inputs; ascending order reads rows not yet overwritten */
     for (int s = 0; s < K - 1; s++) {
         int64_t idx = n - (K - 1) + s;
