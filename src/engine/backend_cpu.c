@@ -655,23 +655,52 @@ static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
     mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, chunked ? gdn_chunk_task : gdn_task, (void *)a);
 }
 
-static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,
-                              int64_t dim, float eps) {
-    (void)ctx;
-    for (int64_t r = 0; r < rows; r++) {
-        float *xr = x + r * dim;
-        const float *zr = z + r * dim;
-        mk_rmsnorm(xr, xr, g, dim, eps, false);
-        for (int64_t i = 0; i < dim; i++)
+/* Element-wise and row-wise steps of a prefill chunk are split over the
+ * pool above this many floats (a decode step's are too small to wake it);
+ * each element's floats do not depend on the split. */
+#define MK_EW_PAR 65536
+
+typedef struct ew_job {
+    float *x;
+    const float *a, *b;
+    int64_t dim;
+    float eps;
+} ew_job;
+
+static void gated_task(void *ctx, int64_t rb, int64_t re) {
+    const ew_job *j = ctx;
+    for (int64_t r = rb; r < re; r++) {
+        float *xr = j->x + r * j->dim;
+        const float *zr = j->a + r * j->dim;
+        mk_rmsnorm(xr, xr, j->b, j->dim, j->eps, false);
+        for (int64_t i = 0; i < j->dim; i++)
             xr[i] *= zr[i] / (1.0f + expf(-zr[i]));
     }
 }
 
+static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,
+                              int64_t dim, float eps) {
+    ew_job j = {.x = x, .a = z, .b = g, .dim = dim, .eps = eps};
+    if (rows * dim >= MK_EW_PAR)
+        mk_pool_for(((cpu_ctx *)ctx)->pool, rows, 1, gated_task, &j);
+    else
+        gated_task(&j, 0, rows);
+}
+
 /* ---- element-wise ---------------------------------------------------------- */
 
+static void swiglu_task(void *ctx, int64_t bb, int64_t be) {
+    const ew_job *j = ctx;
+    const int64_t n = j->dim, b0 = bb * 4096, b1 = be * 4096 < n ? be * 4096 : n;
+    mk_swiglu(j->x + b0, j->a + b0, j->b + b0, b1 - b0);
+}
+
 static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
-    (void)ctx;
-    mk_swiglu(y, gate, up, n);
+    ew_job j = {.x = y, .a = gate, .b = up, .dim = n};
+    if (n >= MK_EW_PAR)
+        mk_pool_for(((cpu_ctx *)ctx)->pool, (n + 4095) / 4096, 1, swiglu_task, &j);
+    else
+        mk_swiglu(y, gate, up, n);
 }
 
 static void cpu_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n,
