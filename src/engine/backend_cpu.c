@@ -110,11 +110,39 @@ static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t 
         mk_wt_dequant_row(w, ids[t], y + t * w->cols);
 }
 
+/* Element-wise and row-wise steps of a prefill chunk are split over the
+ * pool above this many floats (a decode step's are too small to wake it);
+ * each element's floats do not depend on the split. */
+#define MK_EW_PAR 65536
+
+typedef struct ew_job {
+    float *x;
+    const float *a, *b;
+    const int32_t *order;
+    int64_t dim, xs, as;
+    int k;
+    float eps;
+} ew_job;
+
+/* fn over n items on the pool when the work (floats) is large enough,
+ * else on the calling thread */
+static void ew_run(void *ctx, int64_t n, int64_t work, void (*fn)(void *, int64_t, int64_t), ew_job *j) {
+    if (work >= MK_EW_PAR)
+        mk_pool_for(((cpu_ctx *)ctx)->pool, n, 1, fn, j);
+    else
+        fn(j, 0, n);
+}
+
+static void rmsnorm_task(void *ctx, int64_t rb, int64_t re) {
+    const ew_job *j = ctx;
+    for (int64_t r = rb; r < re; r++)
+        mk_rmsnorm(j->x + r * j->xs, j->a + r * j->as, j->b, j->dim, j->eps, false);
+}
+
 static void cpu_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride,
                         const float *g, int64_t rows, int64_t dim, float eps) {
-    (void)ctx;
-    for (int64_t r = 0; r < rows; r++)
-        mk_rmsnorm(y + r * y_stride, x + r * x_stride, g, dim, eps, false);
+    ew_job j = {.x = y, .a = x, .b = g, .dim = dim, .xs = y_stride, .as = x_stride, .eps = eps};
+    ew_run(ctx, rows, rows * dim, rmsnorm_task, &j);
 }
 
 static void cpu_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads,
@@ -655,18 +683,6 @@ static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
     mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, chunked ? gdn_chunk_task : gdn_task, (void *)a);
 }
 
-/* Element-wise and row-wise steps of a prefill chunk are split over the
- * pool above this many floats (a decode step's are too small to wake it);
- * each element's floats do not depend on the split. */
-#define MK_EW_PAR 65536
-
-typedef struct ew_job {
-    float *x;
-    const float *a, *b;
-    int64_t dim;
-    float eps;
-} ew_job;
-
 static void gated_task(void *ctx, int64_t rb, int64_t re) {
     const ew_job *j = ctx;
     for (int64_t r = rb; r < re; r++) {
@@ -681,10 +697,7 @@ static void gated_task(void *ctx, int64_t rb, int64_t re) {
 static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows,
                               int64_t dim, float eps) {
     ew_job j = {.x = x, .a = z, .b = g, .dim = dim, .eps = eps};
-    if (rows * dim >= MK_EW_PAR)
-        mk_pool_for(((cpu_ctx *)ctx)->pool, rows, 1, gated_task, &j);
-    else
-        gated_task(&j, 0, rows);
+    ew_run(ctx, rows, rows * dim, gated_task, &j);
 }
 
 /* ---- element-wise ---------------------------------------------------------- */
@@ -697,10 +710,7 @@ static void swiglu_task(void *ctx, int64_t bb, int64_t be) {
 
 static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
     ew_job j = {.x = y, .a = gate, .b = up, .dim = n};
-    if (n >= MK_EW_PAR)
-        mk_pool_for(((cpu_ctx *)ctx)->pool, (n + 4095) / 4096, 1, swiglu_task, &j);
-    else
-        mk_swiglu(y, gate, up, n);
+    ew_run(ctx, (n + 4095) / 4096, n, swiglu_task, &j);
 }
 
 static void cpu_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n,
@@ -774,10 +784,16 @@ static void cpu_expert_mlps_each(void *ctx, const mk_expert *const *ex, int coun
     }
 }
 
+static void sigmoid_mul_task(void *ctx, int64_t bb, int64_t be) {
+    const ew_job *j = ctx;
+    const int64_t b0 = bb * 4096, b1 = be * 4096 < j->dim ? be * 4096 : j->dim;
+    for (int64_t i = b0; i < b1; i++)
+        j->x[i] *= 1.0f / (1.0f + expf(-j->a[i]));
+}
+
 static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
-    (void)ctx;
-    for (int64_t i = 0; i < n; i++)
-        x[i] *= 1.0f / (1.0f + expf(-gate[i]));
+    ew_job j = {.x = x, .a = gate, .dim = n};
+    ew_run(ctx, (n + 4095) / 4096, n, sigmoid_mul_task, &j);
 }
 
 static void cpu_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {
@@ -862,26 +878,36 @@ static void cpu_route(void *ctx, const mk_route_args *a) {
     }
 }
 
+static void combine_task(void *ctx, int64_t tb, int64_t te) {
+    const ew_job *j = ctx;
+    for (int64_t t = tb; t < te; t++) {
+        float *yt = j->x + t * j->dim;
+        memset(yt, 0, (size_t)j->dim * sizeof(float));
+        for (int s = 0; s < j->k; s++) {
+            int64_t i = t * j->k + j->order[t * j->k + s];
+            mk_axpy(yt, j->b[i], j->a + i * j->dim, j->dim);
+        }
+    }
+}
+
 static void cpu_combine(void *ctx, float *y, const float *x, const float *w,
                         const int32_t *order, int64_t n, int k, int64_t dim) {
-    (void)ctx;
-    for (int64_t t = 0; t < n; t++) {
-        float *yt = y + t * dim;
-        memset(yt, 0, (size_t)dim * sizeof(float));
-        for (int j = 0; j < k; j++) {
-            int64_t i = t * k + order[t * k + j];
-            mk_axpy(yt, w[i], x + i * dim, dim);
-        }
+    ew_job j = {.x = y, .a = x, .b = w, .order = order, .dim = dim, .k = k};
+    ew_run(ctx, n, n * k * dim, combine_task, &j);
+}
+
+static void gated_add_task(void *ctx, int64_t tb, int64_t te) {
+    const ew_job *j = ctx;
+    for (int64_t t = tb; t < te; t++) {
+        float a = j->b ? 1.0f / (1.0f + expf(-j->b[t])) : 1.0f;
+        mk_axpy(j->x + t * j->dim, a, j->a + t * j->dim, j->dim);
     }
 }
 
 static void cpu_gated_add(void *ctx, float *y, const float *g, const float *x, int64_t n,
                           int64_t dim) {
-    (void)ctx;
-    for (int64_t t = 0; t < n; t++) {
-        float a = g ? 1.0f / (1.0f + expf(-g[t])) : 1.0f;
-        mk_axpy(y + t * dim, a, x + t * dim, dim);
-    }
+    ew_job j = {.x = y, .a = x, .b = g, .dim = dim};
+    ew_run(ctx, n, n * dim, gated_add_task, &j);
 }
 
 static void cpu_free(void *ctx) { free(ctx); }
