@@ -103,7 +103,30 @@ static void kern8_ref(const uint8_t *pw, const float *ps, const float *pb, int64
     kern_ref(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
 }
 
-const mk_gq8_i mk_gq8_ref = {"ref", quant_ref, pack_ref, kern4_ref, kern8_ref};
+/* mk_gq8_sb_fn: a row's groups are adjacent in src: read row by row, one
+ * dtype branch per call. */
+void mk_gq8_sb_ref(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out) {
+    const int64_t ng = w->cols / w->group, g0 = c0 / w->group, cnt = kc / w->group;
+    if (nr < MK_GQ8_ROWS)
+        memset(out, 0, sizeof(float) * (size_t)(cnt * MK_GQ8_ROWS));
+    if (w->sdtype == MK_DT_BF16 || w->sdtype == MK_DT_F16) {
+        const bool bf = w->sdtype == MK_DT_BF16;
+        for (int i = 0; i < nr; i++) {
+            const uint8_t *h = (const uint8_t *)src + 2 * ((r0 + i) * ng + g0); /* may be unaligned */
+            for (int64_t gi = 0; gi < cnt; gi++) {
+                uint16_t u;
+                memcpy(&u, h + 2 * gi, 2);
+                out[gi * MK_GQ8_ROWS + i] = bf ? mk_bf16_to_f32(u) : mk_f16_to_f32(u);
+            }
+        }
+        return;
+    }
+    for (int i = 0; i < nr; i++)
+        for (int64_t gi = 0; gi < cnt; gi++)
+            out[gi * MK_GQ8_ROWS + i] = mk_dtype_load_f32(w->sdtype, src, (r0 + i) * ng + g0 + gi);
+}
+
+const mk_gq8_i mk_gq8_ref = {"ref", quant_ref, pack_ref, mk_gq8_sb_ref, kern4_ref, kern8_ref};
 
 const mk_gq8_i *mk_gq8_table(mk_isa isa) {
     switch (isa) {
@@ -148,28 +171,13 @@ static void quant_task(void *ctx, int64_t b, int64_t e) {
         j->k->quant(j->x + (j->t0 + t) * j->cols, j->cols, j->group, j->four, j->xp + (size_t)t * j->xs);
 }
 
-/* Scales or biases of rows [r0, r0 + nr), the groups of columns [c0, c0 +
- * kc), as floats at out[gi * 16 + i] (0 past nr). A row's groups are
- * adjacent in src: read row by row, one dtype branch per call. */
-static void load_sb(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out) {
-    const int64_t ng = w->cols / w->group, g0 = c0 / w->group, cnt = kc / w->group;
-    if (nr < MK_GQ8_ROWS)
-        memset(out, 0, sizeof(float) * (size_t)(cnt * MK_GQ8_ROWS));
-    if (w->sdtype == MK_DT_BF16 || w->sdtype == MK_DT_F16) {
-        const bool bf = w->sdtype == MK_DT_BF16;
-        for (int i = 0; i < nr; i++) {
-            const uint8_t *h = (const uint8_t *)src + 2 * ((r0 + i) * ng + g0); /* may be unaligned */
-            for (int64_t gi = 0; gi < cnt; gi++) {
-                uint16_t u;
-                memcpy(&u, h + 2 * gi, 2);
-                out[gi * MK_GQ8_ROWS + i] = bf ? mk_bf16_to_f32(u) : mk_f16_to_f32(u);
-            }
-        }
-        return;
-    }
-    for (int i = 0; i < nr; i++)
-        for (int64_t gi = 0; gi < cnt; gi++)
-            out[gi * MK_GQ8_ROWS + i] = mk_dtype_load_f32(w->sdtype, src, (r0 + i) * ng + g0 + gi);
+/* Ask for the codes of rows [r0, r0 + nr), columns [c0, c0 + kc) of w to
+ * be brought into the cache. */
+static void prefetch_rows(const mk_wt *w, int64_t r0, int nr) {
+    const size_t rb = mk_wt_row_bytes(w);
+    const uint8_t *base = (const uint8_t *)w->data + (size_t)r0 * rb;
+    for (size_t o = 0; o < (size_t)nr * rb; o += 64)
+        __builtin_prefetch(base + o, 0, 2);
 }
 
 static void tile_task(void *ctx, int64_t b, int64_t e) {
@@ -187,11 +195,17 @@ static void tile_task(void *ctx, int64_t b, int64_t e) {
         mk_gq8_kern_fn kern = w->bits == 4 ? j->k->kern4 : j->k->kern8;
         for (int64_t t = 0; t < j->nt; t++)
             memset(y + t * rows, 0, (size_t)nr * sizeof(float));
+        if (it + 1 < e) { /* the next item's codes load while this one is multiplied */
+            int i1 = it + 1 >= j->start[i + 1] ? i + 1 : i;
+            const mk_wt *w1 = j->w[i1];
+            int64_t r1 = (it + 1 - j->start[i1]) * MK_GQ8_ROWS;
+            prefetch_rows(w1, r1, w1->rows - r1 < MK_GQ8_ROWS ? (int)(w1->rows - r1) : MK_GQ8_ROWS);
+        }
         for (int64_t c0 = 0; c0 < j->cols; c0 += MK_GQ8_KC) {
             int64_t kc = j->cols - c0 < MK_GQ8_KC ? j->cols - c0 : MK_GQ8_KC;
             j->k->pack(w, r0, nr, c0, kc, pw);
-            load_sb(w, w->scales, r0, nr, c0, kc, ps);
-            load_sb(w, w->biases, r0, nr, c0, kc, pb);
+            j->k->sb(w, w->scales, r0, nr, c0, kc, ps);
+            j->k->sb(w, w->biases, r0, nr, c0, kc, pb);
             kern(pw, ps, pb, c0, kc, j->group, j->xp, j->xs, j->cols, j->nt, y, rows, nr);
         }
     }

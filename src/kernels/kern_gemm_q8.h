@@ -95,6 +95,11 @@ typedef void (*mk_gq8_quant_fn)(const float *x, int64_t cols, int group, bool fo
  * multiple of MK_GQ8_KC, kc a multiple of the group) into the panel pw
  * (64-byte aligned, kc * 16 bytes). */
 typedef void (*mk_gq8_pack_fn)(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw);
+/* Scales or biases (src: w->scales or w->biases) of rows [r0, r0 + nr), the
+ * groups of columns [c0, c0 + kc), as floats at out[gi * 16 + i] (64-byte
+ * aligned; 0 past nr). */
+typedef void (*mk_gq8_sb_fn)(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc,
+                             float *out);
 /* y[t * ldy + i] += acc_P(t, i) for i < nr, t < nt (the rule above) of the
  * panel pw at columns [c0, c0 + kc); ps / pb: scales and biases of the
  * panel's groups, ps[gi * 16 + i] (64-byte aligned, 0 past nr); tokens
@@ -108,16 +113,23 @@ typedef struct mk_gq8_i {
     const char *name;
     mk_gq8_quant_fn quant;
     mk_gq8_pack_fn pack;
+    mk_gq8_sb_fn sb;
     mk_gq8_kern_fn kern4, kern8;
 } mk_gq8_i;
 
 extern const mk_gq8_i mk_gq8_ref;
+/* The portable scale loader (shared by the AVX2 table) */
+void mk_gq8_sb_ref(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out);
 #if defined(__x86_64__) || defined(__i386__)
 extern const mk_gq8_i mk_gq8_avx2;
 extern const mk_gq8_i mk_gq8_vnni;
 /* The AVX2 quantizer and panel packer, shared by the x86 tables */
 void mk_gq8_quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst);
 void mk_gq8_pack_avx2(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw);
+/* The AVX-512 packer and scale loader of the VNNI and AMX tables
+ * (kern_gemm_q8_pack512.c) */
+void mk_gq8_pack_avx512(const mk_wt *w, int64_t r0, int nr, int64_t c0, int64_t kc, uint8_t *pw);
+void mk_gq8_sb_avx512(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out);
 #endif
 #if defined(__x86_64__)
 extern const mk_gq8_i mk_gq8_amx;

@@ -90,7 +90,7 @@ typedef struct toks16 {
     } while (0)
 #define FOLD1(T, cb, blk)                                                                                    \
     if (NT > T) {                                                                                            \
-        __m512 i_ = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)((cb) + (T)*16)));                   \
+        __m512 i_ = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)((cb) + ((T) + sh) * 16)));                   \
         f##T = _mm512_fmadd_ps(_mm512_mul_ps(i_, _mm512_set1_ps(k.d[T][blk])), s, f##T);                    \
     }
 #define BIAS1(T, gg)                                                                                         \
@@ -115,13 +115,15 @@ typedef struct toks16 {
     do {                                                                                                     \
         ALL16(FOLD1, cb, blk)                                                                                \
     } while (0)
-/* NT tokens (prepared at xq's rows, xs apart) x the panel's 16 rows;
- * activation blocks of ab columns, tile products of kb = min(ab, 64). */
+/* NT tokens (prepared at xq's rows, xs apart, from row sh on: the tiles
+ * hold sh tokens before them, whose products are not folded) x the
+ * panel's 16 rows; activation blocks of ab columns, tile products of kb =
+ * min(ab, 64). */
 __attribute__((always_inline)) AMX_T static inline void amx_tile(const uint8_t *pw, const float *ps,
                                                                  const float *pb, int64_t c0, int64_t kc,
                                                                  int group, int ab, int kb, const int8_t *xq,
-                                                                 size_t xs, const toks16 k, float *y, int64_t ldy,
-                                                                 int nr, const int NT) {
+                                                                 size_t xs, int sh, const toks16 k, float *y,
+                                                                 int64_t ldy, int nr, const int NT) {
     alignas(64) int32_t cb[MK_GQ8_KC / 32][16 * 16];
     __m512 f0 = _mm512_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0, f6 = f0, f7 = f0, f8 = f0,
            f9 = f0, f10 = f0, f11 = f0, f12 = f0, f13 = f0, f14 = f0, f15 = f0;
@@ -160,21 +162,26 @@ AMX_T static void kern_amx(const uint8_t *pw, const float *ps, const float *pb, 
     const int kb = ab < 64 ? ab : 64;
     for (int64_t t = 0; t < nt; t += 16) {
         const int m = nt - t < 16 ? (int)(nt - t) : 16;
-        amx_config(m, kb);
+        /* A last partial tile of a call with 16 tokens or more starts
+         * 16 - m tokens early (those are computed again and not folded), so
+         * the tiles keep their 16-token configuration: ldtilecfg costs about
+         * as much as a panel's products, and the tokens per expert vary. */
+        const int sh = m < 16 && nt >= 16 ? 16 - m : 0;
+        amx_config(m + sh, kb);
         toks16 k;
         for (int T = 0; T < 16; T++) {
             mk_gq8x v = mk_gq8_at(xp + (size_t)(t + (T < m ? T : 0)) * xs, cols, ab);
             k.d[T] = v.d;
             k.xg[T] = v.xg;
         }
-        const int8_t *xq = (const int8_t *)(xp + (size_t)t * xs) + c0;
+        const int8_t *xq = (const int8_t *)(xp + (size_t)(t - sh) * xs) + c0;
         float *yt = y + t * ldy;
         switch (m) {
 #define CASE(n)                                                                                              \
-    case n: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, k, yt, ldy, nr, n); break;
+    case n: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, sh, k, yt, ldy, nr, n); break;
             CASE(16) CASE(15) CASE(14) CASE(13) CASE(12) CASE(11) CASE(10) CASE(9) CASE(8) CASE(7) CASE(6)
             CASE(5) CASE(4) CASE(3) CASE(2)
-        default: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, k, yt, ldy, nr, 1); break;
+        default: amx_tile(pw, ps, pb, c0, kc, group, ab, kb, xq, xs, sh, k, yt, ldy, nr, 1); break;
 #undef CASE
         }
     }
@@ -190,6 +197,6 @@ AMX_T static void kern8_amx(const uint8_t *pw, const float *ps, const float *pb,
     kern_amx(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
 }
 
-const mk_gq8_i mk_gq8_amx = {"amx", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_amx, kern8_amx};
+const mk_gq8_i mk_gq8_amx = {"amx", mk_gq8_quant_avx2, mk_gq8_pack_avx512, mk_gq8_sb_avx512, kern4_amx, kern8_amx};
 
 #endif

@@ -291,7 +291,7 @@ static inline int tok_group(int64_t rem, int M) {
 AVX2_KERN(kern4_avx2, 4)
 AVX2_KERN(kern8_avx2, 8)
 
-const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_avx2, kern8_avx2};
+const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avx2, kern8_avx2};
 
 /* ---- AVX512-VNNI: 16 rows x up to 8 tokens, u8 codes x s8 x -> int32 ----- */
 
@@ -370,6 +370,7 @@ MK_TV static void kern8_vnni(const uint8_t *pw, const float *ps, const float *pb
     kern_vnni(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
 }
 
-const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, kern4_vnni, kern8_vnni};
+const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx512, mk_gq8_sb_avx512,
+                              kern4_vnni, kern8_vnni};
 
 #endif
