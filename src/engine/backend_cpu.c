@@ -630,14 +630,19 @@ static void gdn_chunk(const mk_gdn_args *a, int64_t h, int64_t t0, int C, float 
         S[i] = egl * S[i] + b->T[i];
 }
 
+/* Both GDN tasks flush subnormals (kernels.h mk_fp_flush_subnormals: a
+ * fast-decaying head's factors underflow, and each subnormal operand costs
+ * a microcode assist). */
 static void gdn_chunk_task(void *ctx, int64_t hb, int64_t he) {
     const mk_gdn_args *a = ctx;
+    const mk_fpmode fm = mk_fp_flush_subnormals();
     gdn_chunk_buf b;
     for (int64_t h = hb; h < he; h++) {
         float *S = a->state + h * a->dk * a->dv;
         for (int64_t t0 = 0; t0 < a->n; t0 += MK_GDN_C)
             gdn_chunk(a, h, t0, a->n - t0 < MK_GDN_C ? (int)(a->n - t0) : MK_GDN_C, S, &b);
     }
+    mk_fp_restore(fm);
 }
 
 static void gdn_task(void *ctx, int64_t hb, int64_t he) {
@@ -645,6 +650,7 @@ static void gdn_task(void *ctx, int64_t hb, int64_t he) {
     int r = a->nv / a->nk, dk = a->dk, dv = a->dv;
     float q[MK_ENGINE_MAX_HEAD_DIM], k[MK_ENGINE_MAX_HEAD_DIM], d[MK_ENGINE_MAX_HEAD_DIM];
     float qscale = 1.0f / sqrtf((float)dk);
+    const mk_fpmode fm = mk_fp_flush_subnormals();
     for (int64_t h = hb; h < he; h++) {
         int64_t kh = h / r;
         float *S = a->state + h * dk * dv; /* [dk, dv] */
@@ -674,6 +680,7 @@ static void gdn_task(void *ctx, int64_t hb, int64_t he) {
                 mk_axpy(o, q[i], S + (int64_t)i * dv, dv);
         }
     }
+    mk_fp_restore(fm);
 }
 
 /* Decode (one token) and heads past MK_GDN_DMAX: the token loop; prefill:

@@ -1090,6 +1090,29 @@ static void test_wt_check_errors(void **state) {
  * bitwise the plain loop written here; shapes with partial 4-row tiles and
  * column counts below, at and past the vector tiles (2 x 8 or 2 x 16),
  * strided operands. */
+/* mk_fp_flush_subnormals: inside the scope a subnormal input reads as zero
+ * and a subnormal result is written as zero; mk_fp_restore brings the
+ * caller's gradual underflow back (x86 and AArch64, the targets that have
+ * the flush bits). */
+static void test_fp_flush(void **state) {
+    (void)state;
+    volatile float sub = 0x1p-130f, one = 1.0f, a = 0x1p-100f, b = 0x1p-30f;
+    assert_true(sub * one != 0.0f); /* gradual underflow outside */
+    assert_true(a * b != 0.0f);
+    mk_fpmode m = mk_fp_flush_subnormals();
+    float in = sub * one, out = a * b;
+    mk_fp_restore(m);
+#if defined(__x86_64__) || defined(__i386__) || defined(__aarch64__)
+    assert_true(in == 0.0f);
+    assert_true(out == 0.0f);
+#else
+    (void)in;
+    (void)out;
+#endif
+    assert_true(sub * one != 0.0f); /* and back after restore */
+    assert_true(a * b == 0x1p-130f);
+}
+
 static void test_gemm_f32(void **state) {
     (void)state;
     static const int shapes[][3] = {{1, 1, 1}, {3, 7, 5}, {4, 16, 3}, {5, 32, 48}, {9, 33, 17},
@@ -1279,6 +1302,7 @@ int main(void) {
         cmocka_unit_test(test_wt_check_errors),
         cmocka_unit_test(test_ops),
         cmocka_unit_test(test_gemm_f32),
+        cmocka_unit_test(test_fp_flush),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
