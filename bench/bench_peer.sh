@@ -29,6 +29,10 @@
 # and reused), MK_PEER_ARCH (qwen3_moe; with a preset of that arch, e.g. qwen3_5_moe 35b-a3b for the
 # hybrid shape, deepseek_v3 deepseek-v3 for MLA), MK_PEER_LAYERS (8), MK_PEER_EXPERTS (128), MK_PEER_PRESET (30b-a3b), MK_PEER_REPS (5),
 # MK_PEER_THREADS ("1 2"), MK_PEER_BITS ("4 8"), MK_PEER_PP (512), MK_PEER_TG (128), MK_PEER_MLOCK (1),
+# MK_PEER_LLAMA_NOREPACK=1: llama.cpp measured through .peers/bin/mk_llama (pp / gen) with its extra
+# buffer types off (repacked Q4_0/Q8_0 and AMX), for models llama-bench aborts on (llama.cpp v0.4.0
+# cannot schedule deepseek2's MLA ops with those buffers on an AMX CPU: GGML_ASSERT(*cur_backend_id !=
+# -1)); it decodes after a 4-token prompt and times the prefill after a warm-up one,
 # MK_PEER_ACT_INT8 (on|off: moekit's --act-int8; unset: moekit's default, int8 since 2026-12-04; the
 # header line "moekit kernels" says which ran), MK_PEER_TINY=1: a smoke run on a tiny model (preset
 # tiny, PP 64, TG 8, 1 repetition) that only checks the script end to end. Never time on a busy machine; record results in bench/RESULTS.md.
@@ -102,7 +106,17 @@ mk_tg() { /usr/bin/time -f "rss %M" "$BIN" run "$DIR/mlx$1" --ids 1 --max-tokens
               "${lock_m[@]}" > "$DIR/out" 2>&1 || { cat "$DIR/out" >&2; return 1; }
           echo "$(sed -n 's/.* generated [0-9]* tokens in [0-9.]* s (\([0-9.]*\) tok\/s).*/\1/p' "$DIR/out") \
 $(sed -n 's/^rss //p' "$DIR/out")"; }
+NOREPACK=${MK_PEER_LLAMA_NOREPACK:-0}
 ll_run() { # bits threads p n
+    if [ "$NOREPACK" = 1 ]; then # through mk_llama, the extra buffer types off (see the header)
+        local what=(pp "$3") lk=()
+        [ "$3" = 0 ] && what=(gen "$4")
+        [ "$MLOCK" = 1 ] && lk=(mlock)
+        /usr/bin/time -f "rss %M" "$PEER/mk_llama" "${what[0]}" "$DIR/q$1.gguf" "${what[1]}" "$2" norepack \
+            "${lk[@]}" > "$DIR/out" 2> "$DIR/err" || { cat "$DIR/err" >&2; return 1; }
+        echo "$(awk '/^(prefill|decode) /{ print $2 }' "$DIR/out") $(sed -n 's/^rss //p' "$DIR/err")"
+        return
+    fi
     /usr/bin/time -f "rss %M" "$PEER/llama-bench" -m "$DIR/q$1.gguf" -p "$3" -n "$4" -t "$2" -r 1 -o csv \
         "${lock_l[@]}" > "$DIR/out" 2> "$DIR/err" || { cat "$DIR/err" >&2; return 1; }
     echo "$(tail -1 "$DIR/out" | awk -F'","' '{ print $(NF - 1) }') $(sed -n 's/^rss //p' "$DIR/err")"
@@ -113,7 +127,7 @@ echo "# machine: $(lscpu | sed -n 's/^Model name: *//p' | head -n1), $(nproc) co
     "$(free -g | awk '/^Mem:/{print $2}') GiB RAM, flags: $(grep -o -w 'avx2\|avx512f\|avx512_vnni\|avx_vnni\|avx512_bf16\|amx_int8' /proc/cpuinfo | sort -u | tr '\n' ' ')"
 echo "# date: $(date -u +%Y-%m-%dT%H:%MZ), kernel $(uname -r), load average$(uptime | sed -n 's/.*load average//p')"
 echo "# model: synth $ARCH --preset $PRESET --layers $LAYERS --experts $EXPERTS ($DIR); prefill $PP, decode $TG;" \
-    "$REPS interleaved repetitions; mlock $MLOCK; moekit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), llama.cpp v0.4.0"
+    "$REPS interleaved repetitions; mlock $MLOCK; moekit $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo '?'), llama.cpp v0.4.0$([ "$NOREPACK" = 1 ] && echo " through mk_llama, extra buffer types off")"
 
 # warm-up: page the files in, settle the CPU
 kern=

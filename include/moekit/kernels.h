@@ -32,8 +32,12 @@
  * whatever rows it is grouped with, so results are bitwise independent of
  * the thread count and of how rows are split.
  *
- * None of these functions allocate, so none can fail once the pool exists;
- * weights must have passed mk_wt_check (kernels do not re-validate). */
+ * None of these functions can fail once the pool exists. One allocates:
+ * the int8 prefill product of a wide input takes its block of 64 prepared
+ * tokens from the heap (80 bytes per column: 1.4 MiB at 18432 columns)
+ * where its 128 KiB stack block holds fewer, and keeps to the stack block
+ * if that allocation fails (the same results, slower). Weights must have
+ * passed mk_wt_check (kernels do not re-validate). */
 #ifndef MOEKIT_KERNELS_H
 #define MOEKIT_KERNELS_H
 

@@ -12,8 +12,9 @@
  * 64 products per instruction), with the scales and biases applied once per
  * block of 32 and per group, not per weight.
  *
- * Work: tokens in blocks of up to MK_GQ8_TOK (as many as the 128 KiB of
- * prepared tokens on the caller's stack hold); per block one parallel
+ * Work: tokens in blocks of up to MK_GQ8_TOK (prepared on the caller's
+ * stack where 128 KiB hold that many, else in a heap block; as many as the
+ * stack holds if that allocation fails); per block one parallel
  * region quantizes the tokens, a second runs items of (weight, 16-row
  * block): unpack a 512-column panel, multiply it with every token of the
  * block, next panel. Every output belongs to one item and its floats follow
@@ -23,6 +24,7 @@
  * regions (mk_matmul_n). */
 #include <math.h>
 #include <stdalign.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "kernels/kern_gemm_q8.h"
@@ -211,8 +213,9 @@ static void tile_task(void *ctx, int64_t b, int64_t e) {
     }
 }
 
-/* Tokens per block for cols columns: as many as MK_GQ8_STACK holds, at
- * most MK_GQ8_TOK; a fixed function of the shape, never of the threads. */
+/* Tokens per stack block for cols columns: as many as MK_GQ8_STACK holds,
+ * at most MK_GQ8_TOK; a fixed function of the shape, never of the threads
+ * (nor is the heap block's MK_GQ8_TOK). */
 static int64_t tok_block(int64_t cols, int group, bool four) {
     size_t fit = MK_GQ8_STACK / mk_gq8_stride(cols, group, mk_gq8_ab(group, four));
     return fit > MK_GQ8_TOK ? MK_GQ8_TOK : (int64_t)fit;
@@ -237,10 +240,23 @@ __attribute__((noinline)) void mk_gq8_matmul(mk_pool *p, const mk_wt *const *w, 
     j.start[0] = 0;
     for (int i = 0; i < count; i++)
         j.start[i + 1] = j.start[i] + (w[i]->rows + MK_GQ8_ROWS - 1) / MK_GQ8_ROWS;
-    const int64_t tb = tok_block(j.cols, j.group, j.four);
+    int64_t tb = tok_block(j.cols, j.group, j.four);
+    /* Wide inputs (a 7168-column hidden state fits 14 tokens in the stack
+     * block, an 18432-column one 5) would unpack every weight panel again
+     * for each few tokens: such calls take a block of MK_GQ8_TOK tokens
+     * from the heap (cols * 80 bytes: 1.4 MiB at 18432 columns). Plain
+     * aligned_alloc, not the counted allocator: a failure only means the
+     * stack block, whose results are bitwise the same. */
+    const int64_t want = n < MK_GQ8_TOK ? n : MK_GQ8_TOK;
+    uint8_t *heap = NULL;
+    if (tb < want && (heap = aligned_alloc(64, (size_t)want * j.xs)) != NULL) {
+        j.xp = heap;
+        tb = want;
+    }
     for (j.t0 = 0; j.t0 < n; j.t0 += tb) {
         j.nt = n - j.t0 < tb ? n - j.t0 : tb;
         mk_pool_for(p, j.nt, 1, quant_task, &j);
         mk_pool_for(p, j.start[count], 1, tile_task, &j);
     }
+    free(heap);
 }

@@ -53,7 +53,8 @@
 #define MK_GQ8_ROWS 16 /* rows of a panel and of a work item */
 #define MK_GQ8_KC 512  /* columns of a panel: a multiple of every group */
 /* Bytes of prepared tokens kept on the calling thread's stack: tokens are
- * processed in blocks of as many as fit (at most MK_GQ8_TOK). */
+ * processed in blocks of MK_GQ8_TOK, there when they fit, else in a heap
+ * block (as many as fit here if that allocation fails). */
 #define MK_GQ8_STACK (128 * 1024)
 #define MK_GQ8_TOK 64
 /* Fewest tokens per block worth the path: below it each panel (unpacked

@@ -16,12 +16,16 @@
  *       types, shapes and data bytes; lists every difference, exit 1 if any
  *   mk_llama info A.gguf
  *       NAME TYPE ne0,ne1,... of every tensor, then every key
- *   mk_llama gen MODEL.gguf N THREADS [repack|norepack]
+ *   mk_llama gen MODEL.gguf N THREADS [repack|norepack] [mlock]
  *       greedy decode of N tokens after the prompt ids 1,2,3,4, the weights
  *       mapped (llama.cpp's default load); prints "decode TOK/S N" with the
  *       decode timed alone (bench/bench_stream_peer.sh). norepack turns off
  *       the CPU's repacked weight copies (llama-cli's --no-repack), the only
- *       way llama.cpp's mapping can serve a model larger than memory
+ *       way llama.cpp's mapping can serve a model larger than memory;
+ *       mlock locks the mapped pages (llama-bench's -lm mmap+mlock)
+ *   mk_llama pp MODEL.gguf N THREADS [repack|norepack] [mlock]
+ *       a prefill of N tokens timed after a warm-up one; prints "prefill
+ *       TOK/S N" (bench_peer.sh where llama-bench cannot run a model)
  * Exit 0 ok, 1 differ, 2 bad use or a file llama.cpp refused. */
 #include <stdint.h>
 #include <stdio.h>
@@ -62,6 +66,7 @@ static int load_ids(const char *path, int32_t **ids, int *n) {
 }
 
 static int g_no_repack;
+static int g_mlock; /* lock the model's pages (llama-bench's -lm mmap+mlock) */
 
 static struct llama_model *open_model(const char *path) {
     ggml_backend_load_all();
@@ -70,6 +75,8 @@ static struct llama_model *open_model(const char *path) {
     mp.n_gpu_layers = 0;
     if (g_no_repack)
         mp.use_extra_bufts = false;
+    if (g_mlock)
+        mp.load_mode = LLAMA_LOAD_MODE_MMAP_MLOCK;
     struct llama_model *m = llama_model_load_from_file(path, mp);
     if (!m)
         fprintf(stderr, "mk_llama: llama.cpp refused to load %s\n", path);
@@ -280,6 +287,7 @@ static int cmd_gen(int argc, char **argv) {
     if (n < 1 || threads < 1)
         return 2;
     g_no_repack = argc > 5 && strcmp(argv[5], "norepack") == 0;
+    g_mlock = argc > 6 && strcmp(argv[6], "mlock") == 0;
     struct llama_model *m = open_model(argv[2]);
     if (!m)
         return 2;
@@ -334,6 +342,62 @@ static int cmd_gen(int argc, char **argv) {
     return 0;
 }
 
+/* pp MODEL N THREADS [repack|norepack] [mlock]: the prefill of N tokens
+ * (ids 10 + (i * 7919 + 13) % (vocab - 20), as bench_peer.sh gives moekit)
+ * from an empty context in llama-bench's batches (n_batch N, n_ubatch
+ * 512), after one warm-up prefill; prints "prefill TOK/S N". For models
+ * llama-bench cannot run with the extra buffer types (deepseek2 on
+ * Sapphire Rapids: see cmd_logits). */
+static int cmd_pp(int argc, char **argv) {
+    if (argc < 5)
+        return 2;
+    int n = atoi(argv[3]), threads = atoi(argv[4]);
+    if (n < 1 || threads < 1)
+        return 2;
+    g_no_repack = argc > 5 && strcmp(argv[5], "norepack") == 0;
+    g_mlock = argc > 6 && strcmp(argv[6], "mlock") == 0;
+    struct llama_model *m = open_model(argv[2]);
+    if (!m)
+        return 2;
+    struct llama_context_params cp = llama_context_default_params();
+    cp.n_ctx = (uint32_t)(n + 64);
+    cp.n_batch = (uint32_t)n;
+    cp.n_ubatch = (uint32_t)(n < 512 ? n : 512);
+    cp.n_threads = cp.n_threads_batch = threads;
+    cp.n_seq_max = 1;
+    struct llama_context *ctx = llama_init_from_model(m, cp);
+    if (!ctx) {
+        fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
+        return 2;
+    }
+    const int nv = llama_vocab_n_tokens(llama_model_get_vocab(m));
+    struct llama_batch b = llama_batch_init(n, 0, 1);
+    double dt = 0;
+    for (int round = 0; round < 2; round++) { /* a warm-up, then the timed one */
+        llama_memory_clear(llama_get_memory(ctx), true);
+        for (int i = 0; i < n; i++) {
+            b.token[i] = (int32_t)(((int64_t)(i + 1) * 7919 + 13) % (nv - 20) + 10);
+            b.pos[i] = i;
+            b.n_seq_id[i] = 1;
+            b.seq_id[i][0] = 0;
+            b.logits[i] = i == n - 1;
+        }
+        b.n_tokens = n;
+        double t0 = now_s();
+        if (llama_decode(ctx, b) != 0) {
+            fprintf(stderr, "mk_llama: llama_decode failed\n");
+            return 2;
+        }
+        llama_synchronize(ctx);
+        dt = now_s() - t0;
+    }
+    printf("prefill %.4f %d\n", n / dt, n);
+    llama_batch_free(b);
+    llama_free(ctx);
+    llama_model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     llama_log_set(quiet_log, NULL);
     ggml_log_set(quiet_log, NULL);
@@ -347,7 +411,9 @@ int main(int argc, char **argv) {
         return cmd_info(argc, argv);
     if (argc >= 2 && strcmp(argv[1], "gen") == 0)
         return cmd_gen(argc, argv);
+    if (argc >= 2 && strcmp(argv[1], "pp") == 0)
+        return cmd_pp(argc, argv);
     fprintf(stderr, "usage: mk_llama logits MODEL IDS OUT [THREADS] | tokenize MODEL TEXTFILE | cmp A B | info A"
-                    " | gen MODEL N THREADS [repack|norepack]\n");
+                    " | gen MODEL N THREADS [repack|norepack] [mlock] | pp MODEL N THREADS [repack|norepack] [mlock]\n");
     return 2;
 }

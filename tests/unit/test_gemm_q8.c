@@ -32,7 +32,8 @@
  * Shapes: odd row counts (partial 16- and 8-row tiles), columns that leave
  * partial 512-column panels and a lone 32-column block (4 bits, group 32),
  * token counts that give every register-tile width (1 .. 8) and several
- * token blocks (4096 columns: 25 tokens per block at 4 bits, 22 at 8), weight buffers
+ * token blocks of 64 (4096 columns: in a heap block, since the stack block
+ * holds 25 tokens; 256 columns: on the stack), weight buffers
  * misaligned by one byte and x / y by one float. */
 #include "mk_test_util.h"
 
@@ -242,8 +243,8 @@ static void test_paths(void **state) {
         {21, 1056, 4, 32, MK_DT_F32, 13},    /* 2 panels + a lone 32-column block */
         {21, 1056, 8, 32, MK_DT_BF16, 11},   {9, 640, 4, 64, MK_DT_BF16, 17},
         {40, 640, 8, 64, MK_DT_F16, 37},     {17, 384, 4, 128, MK_DT_F32, 70},
-        {16, 384, 8, 128, MK_DT_BF16, 9},    {5, 4096, 4, 64, MK_DT_BF16, 60}, /* 3 token blocks */
-        {3, 4096, 8, 64, MK_DT_BF16, 23},
+        {16, 384, 8, 128, MK_DT_BF16, 9},    {5, 4096, 4, 64, MK_DT_BF16, 150}, /* 3 heap token blocks */
+        {3, 4096, 8, 64, MK_DT_BF16, 23},    {7, 256, 4, 64, MK_DT_BF16, 140}, /* 3 stack token blocks */
     };
     mk_pool *pool = NULL;
     assert_int_equal(mk_pool_create(3, &pool), MK_OK);
