@@ -195,7 +195,10 @@ void mk_matvec_multi(mk_pool *p, const mk_mv_item *items, int count);
  * of kv_b, backend.h head_matmul). Rows keep their absolute index, so FP8
  * block scales apply whatever r0 is. Token t of x starts at x + t*xs, of y
  * at y + t*ys; x and y must not overlap. Same accuracy contract as
- * mk_matmul; no allocation (about 16 KiB of stack).
+ * mk_matmul; no allocation (mk_matmul_rows about 16 KiB of stack;
+ * mk_matmul_rows_t up to 96 KiB: a dequantized strip of up to 192 rows x
+ * 128 columns, multiplied as one float GEMM, each output one FMA chain
+ * over the rows in order).
  *   mk_matmul_rows:   y[t*ys + r-r0] = sum_c W[r,c] x[t*xs + c]        (r0 <= r < r1)
  *   mk_matmul_rows_t: y[t*ys + c]    = sum_r W[r,c] x[t*xs + r-r0]     (c < cols) */
 void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
@@ -256,7 +259,7 @@ void mk_fp_restore(mk_fpmode m);
 /* ---- attention of a block of query rows (prefill) ---------------------- */
 
 #define MK_ATTN_ROWS 64  /* most query rows of one mk_attn_block */
-#define MK_ATTN_MAXD 256 /* largest dk and dv it takes */
+#define MK_ATTN_MAXD 576 /* largest dk and dv it takes (MLA: 512 latent + 64 rope) */
 
 /* Query rows that share one kv head's cache: row r (r < nr) is q[r] (dk
  * floats) and sees the keys lo[r] .. hi[r]-1 (lo < hi); key s is the row

@@ -551,15 +551,33 @@ void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int6
 /* Each row is dequantized once per block of 32 tokens and added, scaled by
  * the token's coefficient, into the token's output: rows are summed in
  * order r0 .. r1-1 whatever n is, so one token and a batch agree exactly. */
+/* Rows of a transposed product done as one float GEMM per column strip
+ * (mk_gemm_f32 over the dequantized strip): every output is one FMA chain
+ * over the rows in order, whatever n is; above this many rows (none of
+ * the MLA shapes: DeepSeek's 128, GLM-4.7-Flash's 192), the row-by-row
+ * loop of multiplies and adds. */
+#define MK_RT_ROWS 192
+#define MK_RT_COLS MK_PANEL_K /* columns per strip (the dequantizers' unit): 96 KiB of stack */
+
 void mk_matmul_rows_t(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int64_t xs, int64_t n,
                       float *y, int64_t ys) {
     const int64_t cols = w->cols;
     if (n <= 0 || cols <= 0)
         return;
-    for (int64_t t = 0; t < n; t++)
-        memset(y + t * ys, 0, (size_t)cols * sizeof(float));
     const mk_kern_i *k = mk_kern_active();
     mk_dequant_fn dq = k->dequant[w->fmt] ? k->dequant[w->fmt] : mk_wt_dequant_range;
+    if (r1 - r0 <= MK_RT_ROWS) {
+        alignas(64) float strip[MK_RT_ROWS * MK_RT_COLS];
+        for (int64_t c0 = 0; c0 < cols; c0 += MK_RT_COLS) {
+            const int64_t cw = cols - c0 < MK_RT_COLS ? cols - c0 : MK_RT_COLS;
+            for (int64_t r = r0; r < r1; r++)
+                dq(w, r, c0, c0 + cw, strip + (r - r0) * MK_RT_COLS);
+            mk_gemm_f32(n, cw, r1 - r0, x, xs, strip, MK_RT_COLS, y + c0, ys);
+        }
+        return;
+    }
+    for (int64_t t = 0; t < n; t++)
+        memset(y + t * ys, 0, (size_t)cols * sizeof(float));
     alignas(64) float buf[MK_KCHUNK];
     for (int64_t t0 = 0; t0 < n; t0 += MK_TOK_BLOCK) {
         int64_t t1 = t0 + MK_TOK_BLOCK < n ? t0 + MK_TOK_BLOCK : n;

@@ -292,11 +292,12 @@ static void check_rows(const mk_wt *w, const float *wr, const char *label) {
     if (nr <= 0)
         return;
     const int64_t xs = cols + 3, ys = nr + 5, xts = nr + 2, yts = cols + 7;
-    float *x = malloc(sizeof(float) * (size_t)(nmax * xs)), *y = malloc(sizeof(float) * (size_t)(nmax * yts));
-    float *want = malloc(sizeof(float) * (size_t)(nmax * yts));
-    double *sabs = malloc(sizeof(double) * (size_t)(nmax * yts));
+    const int64_t xw = xs > xts ? xs : xts, yw = ys > yts ? ys : yts; /* widest rows of either product */
+    float *x = malloc(sizeof(float) * (size_t)(nmax * xw)), *y = malloc(sizeof(float) * (size_t)(nmax * yw));
+    float *want = malloc(sizeof(float) * (size_t)(nmax * yw));
+    double *sabs = malloc(sizeof(double) * (size_t)(nmax * yw));
     assert_true(x && y && want && sabs);
-    for (int64_t i = 0; i < nmax * xs; i++)
+    for (int64_t i = 0; i < nmax * xw; i++)
         x[i] = rnd_f(-1, 1);
     static const int64_t ns[] = {1, 3, 37};
     for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
@@ -319,7 +320,7 @@ static void check_rows(const mk_wt *w, const float *wr, const char *label) {
                 if (!mk_isa_supported((mk_isa)isa))
                     continue;
                 assert_int_equal(mk_isa_set((mk_isa)isa), MK_OK);
-                memset(y, 0xff, sizeof(float) * (size_t)(nmax * yts)); /* NaN: catch unwritten */
+                memset(y, 0xff, sizeof(float) * (size_t)(nmax * yw)); /* NaN: catch unwritten */
                 if (tr)
                     mk_matmul_rows_t(w, r0, r1, x, xstr, n, y, ystr);
                 else
@@ -603,6 +604,10 @@ static void test_matmul_float(void **state) {
         check_weight(&t, label);
         tw_free(&t);
         tw_make(&t, f[i], 19, 1024, MK_DT_F32, 0, 0);
+        check_weight(&t, label);
+        tw_free(&t);
+        /* a row range past mk_matmul_rows_t's 192-row strips: its row loop */
+        tw_make(&t, f[i], 200, 96, MK_DT_F32, 0, 0);
         check_weight(&t, label);
         tw_free(&t);
     }
