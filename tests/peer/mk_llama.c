@@ -27,6 +27,7 @@
  *       a prefill of N tokens timed after a warm-up one; prints "prefill
  *       TOK/S N" (bench_peer.sh where llama-bench cannot run a model)
  * Exit 0 ok, 1 differ, 2 bad use or a file llama.cpp refused. */
+#include <stdbool.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -280,27 +281,39 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-static int cmd_gen(int argc, char **argv) {
+/* gen / pp: MODEL N THREADS [repack|norepack] [mlock] -> the model and a
+ * context of n + 64 positions with batches of n_batch / n_ubatch (0: n,
+ * capped at 512 for the micro-batch), or NULL after a message. */
+static struct llama_context *bench_ctx(int argc, char **argv, int *n, struct llama_model **m, bool pp) {
     if (argc < 5)
-        return 2;
-    int n = atoi(argv[3]), threads = atoi(argv[4]);
-    if (n < 1 || threads < 1)
-        return 2;
+        return NULL;
+    *n = atoi(argv[3]);
+    int threads = atoi(argv[4]);
+    if (*n < 1 || threads < 1)
+        return NULL;
     g_no_repack = argc > 5 && strcmp(argv[5], "norepack") == 0;
     g_mlock = argc > 6 && strcmp(argv[6], "mlock") == 0;
-    struct llama_model *m = open_model(argv[2]);
-    if (!m)
-        return 2;
+    *m = open_model(argv[2]);
+    if (!*m)
+        return NULL;
     struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)(n + 64);
-    cp.n_batch = cp.n_ubatch = 64;
+    cp.n_ctx = (uint32_t)(*n + 64);
+    cp.n_batch = pp ? (uint32_t)*n : 64;
+    cp.n_ubatch = pp ? (uint32_t)(*n < 512 ? *n : 512) : 64;
     cp.n_threads = cp.n_threads_batch = threads;
     cp.n_seq_max = 1;
-    struct llama_context *ctx = llama_init_from_model(m, cp);
-    if (!ctx) {
+    struct llama_context *ctx = llama_init_from_model(*m, cp);
+    if (!ctx)
         fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
+    return ctx;
+}
+
+static int cmd_gen(int argc, char **argv) {
+    int n;
+    struct llama_model *m = NULL;
+    struct llama_context *ctx = bench_ctx(argc, argv, &n, &m, false);
+    if (!ctx)
         return 2;
-    }
     const struct llama_vocab *voc = llama_model_get_vocab(m);
     int nv = llama_vocab_n_tokens(voc);
     struct llama_batch b = llama_batch_init(4, 0, 1);
@@ -349,27 +362,11 @@ static int cmd_gen(int argc, char **argv) {
  * llama-bench cannot run with the extra buffer types (deepseek2 on
  * Sapphire Rapids: see cmd_logits). */
 static int cmd_pp(int argc, char **argv) {
-    if (argc < 5)
+    int n;
+    struct llama_model *m = NULL;
+    struct llama_context *ctx = bench_ctx(argc, argv, &n, &m, true);
+    if (!ctx)
         return 2;
-    int n = atoi(argv[3]), threads = atoi(argv[4]);
-    if (n < 1 || threads < 1)
-        return 2;
-    g_no_repack = argc > 5 && strcmp(argv[5], "norepack") == 0;
-    g_mlock = argc > 6 && strcmp(argv[6], "mlock") == 0;
-    struct llama_model *m = open_model(argv[2]);
-    if (!m)
-        return 2;
-    struct llama_context_params cp = llama_context_default_params();
-    cp.n_ctx = (uint32_t)(n + 64);
-    cp.n_batch = (uint32_t)n;
-    cp.n_ubatch = (uint32_t)(n < 512 ? n : 512);
-    cp.n_threads = cp.n_threads_batch = threads;
-    cp.n_seq_max = 1;
-    struct llama_context *ctx = llama_init_from_model(m, cp);
-    if (!ctx) {
-        fprintf(stderr, "mk_llama: no context for %s\n", argv[2]);
-        return 2;
-    }
     const int nv = llama_vocab_n_tokens(llama_model_get_vocab(m));
     struct llama_batch b = llama_batch_init(n, 0, 1);
     double dt = 0;
