@@ -134,8 +134,8 @@ const mk_gq8_i *mk_gq8_table(mk_isa isa) {
     switch (isa) {
 #if defined(__x86_64__) || defined(__i386__)
     case MK_ISA_AVX2:
-    case MK_ISA_AVXVNNI: /* VEX VNNI only: the VNNI table's 512-bit tiles need AVX-512 */
     case MK_ISA_AVX512: return &mk_gq8_avx2;
+    case MK_ISA_AVXVNNI: return &mk_gq8_avxvnni; /* 256-bit dpbusd; the VNNI table's tiles need AVX-512 */
     case MK_ISA_AVX512VNNI: return &mk_gq8_vnni;
 #endif
 #if defined(__x86_64__)

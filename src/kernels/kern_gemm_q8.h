@@ -123,6 +123,7 @@ extern const mk_gq8_i mk_gq8_ref;
 void mk_gq8_sb_ref(const mk_wt *w, const void *src, int64_t r0, int nr, int64_t c0, int64_t kc, float *out);
 #if defined(__x86_64__) || defined(__i386__)
 extern const mk_gq8_i mk_gq8_avx2;
+extern const mk_gq8_i mk_gq8_avxvnni;
 extern const mk_gq8_i mk_gq8_vnni;
 /* The AVX2 quantizer and panel packer, shared by the x86 tables */
 void mk_gq8_quant_avx2(const float *x, int64_t cols, int group, bool four, uint8_t *dst);

@@ -293,6 +293,84 @@ AVX2_KERN(kern8_avx2, 8)
 
 const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avx2, kern8_avx2};
 
+/* ---- AVX-VNNI (VEX): 8 rows x up to 6 tokens, u8 codes x s8 x -> int32 ---- */
+
+/* The AVX2 tile's shape with the 256-bit dpbusd of AVX-VNNI CPUs without
+ * AVX-512 (Alder Lake and later cores): one instruction per 4 positions,
+ * 8 rows and token where AVX2 needs maddubs and an add (4 bits) or the
+ * sign trick, maddubs, madd and an add (8 bits); the codes go in as u8, so
+ * 8 bits needs no correction. The same exact block dots, then the rule's
+ * fold. */
+#define MK_TA __attribute__((target("avxvnni,avx2,fma")))
+#define AV_STEP(T)                                                                                           \
+    if (NT > T)                                                                                              \
+        i##T = _mm256_dpbusd_avx_epi32(i##T, wv, _mm256_set1_epi32(ld32(k.q[T] + c0 + p + 4 * jj)));
+#define AV_FOLD(T)                                                                                           \
+    if (NT > T) {                                                                                            \
+        __m256 f_ = _mm256_mul_ps(_mm256_cvtepi32_ps(i##T), _mm256_set1_ps(k.d[T][blk]));                   \
+        f##T = _mm256_fmadd_ps(f_, s, f##T);                                                                 \
+    }
+
+__attribute__((always_inline)) MK_TA static inline void avxvnni_tile(const uint8_t *pw, const float *ps,
+                                                                     const float *pb, int64_t c0, int64_t kc,
+                                                                     int group, int ab, const toks k, float *y,
+                                                                     int64_t ldy, int nr, int h, const int NT) {
+    __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0;
+    const uint8_t *wp = pw + 32 * h;
+    for (int64_t gi = 0; gi < kc / group; gi++) {
+        const __m256 s = _mm256_load_ps(ps + gi * MK_GQ8_ROWS + 8 * h);
+        for (int64_t pb0 = gi * group; pb0 < (gi + 1) * group; pb0 += ab) {
+            const int64_t blk = (c0 + pb0) / ab;
+            __m256i i0 = _mm256_setzero_si256(), i1 = i0, i2 = i0, i3 = i0, i4 = i0, i5 = i0;
+            for (int64_t p = pb0; p < pb0 + ab; p += 32)
+                for (int jj = 0; jj < 8; jj++) {
+                    const __m256i wv = _mm256_load_si256((const __m256i *)(const void *)(wp + (p / 4 + jj) * 64));
+                    AV_STEP(0) AV_STEP(1) AV_STEP(2) AV_STEP(3) AV_STEP(4) AV_STEP(5)
+                }
+            AV_FOLD(0) AV_FOLD(1) AV_FOLD(2) AV_FOLD(3) AV_FOLD(4) AV_FOLD(5)
+        }
+        const __m256 bv = _mm256_load_ps(pb + gi * MK_GQ8_ROWS + 8 * h);
+        A2_BIAS(0) A2_BIAS(1) A2_BIAS(2) A2_BIAS(3) A2_BIAS(4) A2_BIAS(5)
+    }
+    A2_OUT(0) A2_OUT(1) A2_OUT(2) A2_OUT(3) A2_OUT(4) A2_OUT(5)
+}
+
+MK_TA static void kern_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                               int group, int ab, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt,
+                               float *y, int64_t ldy, int nr) {
+    for (int64_t t = 0; t < nt;) {
+        int g = tok_group(nt - t, 6);
+        const toks k = toks_at(xp + (size_t)t * xs, xs, cols, ab, g);
+        float *yt = y + t * ldy;
+        for (int h = 0; h < 2 && 8 * h < nr; h++) {
+            switch (g) {
+            case 6: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 6); break;
+            case 5: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 5); break;
+            case 4: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 4); break;
+            case 3: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 3); break;
+            case 2: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 2); break;
+            default: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 1); break;
+            }
+        }
+        t += g;
+    }
+}
+
+MK_TA static void kern4_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                                int64_t ldy, int nr) {
+    kern_avxvnni(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
+}
+
+MK_TA static void kern8_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
+                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
+                                int64_t ldy, int nr) {
+    kern_avxvnni(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
+}
+
+const mk_gq8_i mk_gq8_avxvnni = {"avxvnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avxvnni,
+                                 kern8_avxvnni};
+
 /* ---- AVX512-VNNI: 16 rows x up to 8 tokens, u8 codes x s8 x -> int32 ----- */
 
 #define V_STEP(T)                                                                                            \
