@@ -110,6 +110,21 @@ typedef void (*mk_gq8_kern_fn)(const uint8_t *pw, const float *ps, const float *
                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
                                int64_t ldy, int nr);
 
+/* The kern4 / kern8 entries of a table over its body kern_SFX, which takes
+ * the activation block: mk_gq8_ab(group, true) columns for 4-bit codes, 32
+ * for 8-bit ones. ATTR: the table's target attribute. */
+#define MK_GQ8_KERN48(ATTR, SFX)                                                                              \
+    ATTR static void kern4_##SFX(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,  \
+                                 int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, \
+                                 int64_t ldy, int nr) {                                                       \
+        kern_##SFX(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);         \
+    }                                                                                                         \
+    ATTR static void kern8_##SFX(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,  \
+                                 int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, \
+                                 int64_t ldy, int nr) {                                                       \
+        kern_##SFX(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);                              \
+    }
+
 typedef struct mk_gq8_i {
     const char *name;
     mk_gq8_quant_fn quant;

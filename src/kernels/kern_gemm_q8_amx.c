@@ -187,15 +187,7 @@ AMX_T static void kern_amx(const uint8_t *pw, const float *ps, const float *pb, 
     }
 }
 
-AMX_T static void kern4_amx(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                            const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
-    kern_amx(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
-}
-
-AMX_T static void kern8_amx(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                            const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
-    kern_amx(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
-}
+MK_GQ8_KERN48(AMX_T, amx)
 
 const mk_gq8_i mk_gq8_amx = {"amx", mk_gq8_quant_avx2, mk_gq8_pack_avx512, mk_gq8_sb_avx512, kern4_amx, kern8_amx};
 

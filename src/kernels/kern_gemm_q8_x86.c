@@ -356,17 +356,7 @@ MK_TA static void kern_avxvnni(const uint8_t *pw, const float *ps, const float *
     }
 }
 
-MK_TA static void kern4_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
-                                int64_t ldy, int nr) {
-    kern_avxvnni(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
-}
-
-MK_TA static void kern8_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                                int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
-                                int64_t ldy, int nr) {
-    kern_avxvnni(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
-}
+MK_GQ8_KERN48(MK_TA, avxvnni)
 
 const mk_gq8_i mk_gq8_avxvnni = {"avxvnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avxvnni,
                                  kern8_avxvnni};
@@ -436,17 +426,7 @@ MK_TV static void kern_vnni(const uint8_t *pw, const float *ps, const float *pb,
     }
 }
 
-MK_TV static void kern4_vnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                             int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
-                             int64_t ldy, int nr) {
-    kern_vnni(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
-}
-
-MK_TV static void kern8_vnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                             int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,
-                             int64_t ldy, int nr) {
-    kern_vnni(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
-}
+MK_GQ8_KERN48(MK_TV, vnni)
 
 const mk_gq8_i mk_gq8_vnni = {"avx512vnni", mk_gq8_quant_avx2, mk_gq8_pack_avx512, mk_gq8_sb_avx512,
                               kern4_vnni, kern8_vnni};
