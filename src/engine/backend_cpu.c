@@ -114,6 +114,7 @@ static void cpu_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t 
  * pool above this many floats (a decode step's are too small to wake it);
  * each element's floats do not depend on the split. */
 #define MK_EW_PAR 65536
+#define MK_EW_BLOCK 4096 /* floats per item of the flat element-wise steps */
 
 typedef struct ew_job {
     float *x;
@@ -188,6 +189,23 @@ typedef struct attn_job {
     int64_t ks, vs; /* cache row strides */
 } attn_job;
 
+/* The positions token t sees, [*s0, end) (the return), or with a DSA
+ * selection (*sel set) the first `end` entries of its row: a sliding
+ * window sees the last `window` positions, itself included; a selection
+ * the row's entries up to the first -1 (never both). */
+static int64_t attn_seen(const mk_attn_args *a, int64_t t, int64_t *s0, const int32_t **sel) {
+    int64_t T = a->pos0 + t + 1;
+    *s0 = a->window > 0 && T > a->window ? T - a->window : 0;
+    *sel = a->sel ? a->sel + t * a->sel_k : NULL;
+    if (!*sel)
+        return T;
+    int64_t m = 0;
+    while (m < a->sel_k && m < T && (*sel)[m] >= 0)
+        m++;
+    *s0 = 0;
+    return m;
+}
+
 /* One work item: token t, kv head j, query heads h0 .. h0+nh-1 of its group.
  * The positions seen are 0 .. pos0+t, or the token's sel row (DSA), in
  * ascending order either way: a selection of the whole past is bitwise the
@@ -196,18 +214,9 @@ static void attn_heads(const attn_job *j, int64_t t, int kvh, int h0, int nh) {
     const mk_attn_args *a = j->a;
     float acc[MK_ATTN_HB][MK_ENGINE_MAX_HEAD_DIM], mx[MK_ATTN_HB], sum[MK_ATTN_HB];
     float sc[MK_ATTN_HB][MK_ATTN_SC];
-    int64_t T = a->pos0 + t + 1;
-    /* a sliding window sees the last `window` positions, itself included;
-     * a DSA selection the row's entries up to the first -1 (never both) */
-    int64_t s0 = a->window > 0 && T > a->window ? T - a->window : 0;
-    const int32_t *sel = a->sel ? a->sel + t * a->sel_k : NULL;
-    if (sel) {
-        int64_t m = 0;
-        while (m < a->sel_k && m < T && sel[m] >= 0)
-            m++;
-        T = m;
-        s0 = 0;
-    }
+    int64_t s0;
+    const int32_t *sel;
+    const int64_t T = attn_seen(a, t, &s0, &sel);
     const float *k = a->k + (int64_t)kvh * a->dk, *v = a->v + (int64_t)kvh * a->dv;
     const float *q = a->q + (t * a->n_heads + h0) * a->dk;
     /* pass 1: the max score (the sink's logit included), so pass 2 is
@@ -289,16 +298,11 @@ static void attnb_task(void *ctx, int64_t b, int64_t e) {
         int r = 0;
         blk.idx = NULL;
         for (int64_t t = t0; t < t1; t++) {
-            int64_t T = a->pos0 + t + 1, s0 = a->window > 0 && T > a->window ? T - a->window : 0;
-            if (a->sel) { /* one token per item (qb 1): its entries up to the first -1 */
-                const int32_t *sel = a->sel + t * a->sel_k;
-                int64_t m = 0;
-                while (m < a->sel_k && m < T && sel[m] >= 0)
-                    m++;
+            int64_t s0;
+            const int32_t *sel;
+            const int64_t T = attn_seen(a, t, &s0, &sel);
+            if (sel) /* one token per item (qb 1) */
                 blk.idx = sel;
-                T = m;
-                s0 = 0;
-            }
             for (int h = h0; h < h0 + hn; h++, r++) {
                 blk.q[r] = a->q + (t * a->n_heads + h) * a->dk;
                 blk.out[r] = a->out + (t * a->n_heads + h) * a->dv;
@@ -482,11 +486,13 @@ typedef struct conv_job {
     int K;
 } conv_job;
 
-/* Channel blocks [bb, be) of 256 for every token: each output's floats do
- * not depend on the split. */
+#define MK_CONV_BLOCK 256 /* channels per item of the prefill conv1d */
+
+/* Channel blocks [bb, be) of MK_CONV_BLOCK for every token: each output's
+ * floats do not depend on the split. */
 static void conv_task(void *ctx, int64_t bb, int64_t be) {
     const conv_job *j = ctx;
-    const int64_t C = j->C, cb = bb * 256, ce = be * 256 < C ? be * 256 : C;
+    const int64_t C = j->C, cb = bb * MK_CONV_BLOCK, ce = be * MK_CONV_BLOCK < C ? be * MK_CONV_BLOCK : C;
     const int K = j->K;
     for (int64_t t = 0; t < j->n; t++) {
         float *yt = j->y + t * C;
@@ -507,10 +513,11 @@ static void conv_task(void *ctx, int64_t bb, int64_t be) {
 static void cpu_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n,
                             int64_t C, int K, const float *w, float *state) {
     conv_job j = {.u = u, .w = w, .state = state, .y = y, .u_stride = u_stride, .n = n, .C = C, .K = K};
+    const int64_t nb = (C + MK_CONV_BLOCK - 1) / MK_CONV_BLOCK;
     if (n > 1)
-        mk_pool_for(((cpu_ctx *)ctx)->pool, (C + 255) / 256, 1, conv_task, &j);
+        mk_pool_for(((cpu_ctx *)ctx)->pool, nb, 1, conv_task, &j);
     else
-        conv_task(&j, 0, (C + 255) / 256);
+        conv_task(&j, 0, nb);
     /* keep the last K-1 inputs; ascending order reads rows not yet overwritten */
     for (int s = 0; s < K - 1; s++) {
         int64_t idx = n - (K - 1) + s;
@@ -711,13 +718,13 @@ static void cpu_gated_rmsnorm(void *ctx, float *x, const float *z, const float *
 
 static void swiglu_task(void *ctx, int64_t bb, int64_t be) {
     const ew_job *j = ctx;
-    const int64_t n = j->dim, b0 = bb * 4096, b1 = be * 4096 < n ? be * 4096 : n;
+    const int64_t n = j->dim, b0 = bb * MK_EW_BLOCK, b1 = be * MK_EW_BLOCK < n ? be * MK_EW_BLOCK : n;
     mk_swiglu(j->x + b0, j->a + b0, j->b + b0, b1 - b0);
 }
 
 static void cpu_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
     ew_job j = {.x = y, .a = gate, .b = up, .dim = n};
-    ew_run(ctx, (n + 4095) / 4096, n, swiglu_task, &j);
+    ew_run(ctx, (n + MK_EW_BLOCK - 1) / MK_EW_BLOCK, n, swiglu_task, &j);
 }
 
 static void cpu_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n,
@@ -793,14 +800,14 @@ static void cpu_expert_mlps_each(void *ctx, const mk_expert *const *ex, int coun
 
 static void sigmoid_mul_task(void *ctx, int64_t bb, int64_t be) {
     const ew_job *j = ctx;
-    const int64_t b0 = bb * 4096, b1 = be * 4096 < j->dim ? be * 4096 : j->dim;
+    const int64_t b0 = bb * MK_EW_BLOCK, b1 = be * MK_EW_BLOCK < j->dim ? be * MK_EW_BLOCK : j->dim;
     for (int64_t i = b0; i < b1; i++)
         j->x[i] *= 1.0f / (1.0f + expf(-j->a[i]));
 }
 
 static void cpu_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n) {
     ew_job j = {.x = x, .a = gate, .dim = n};
-    ew_run(ctx, (n + 4095) / 4096, n, sigmoid_mul_task, &j);
+    ew_run(ctx, (n + MK_EW_BLOCK - 1) / MK_EW_BLOCK, n, sigmoid_mul_task, &j);
 }
 
 static void cpu_axpy(void *ctx, float *y, float a, const float *x, int64_t n) {

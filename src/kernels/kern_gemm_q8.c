@@ -95,15 +95,7 @@ static void kern_ref(const uint8_t *pw, const float *ps, const float *pb, int64_
     }
 }
 
-static void kern4_ref(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                      const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
-    kern_ref(pw, ps, pb, c0, kc, group, mk_gq8_ab(group, true), xp, xs, cols, nt, y, ldy, nr);
-}
-
-static void kern8_ref(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc, int group,
-                      const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y, int64_t ldy, int nr) {
-    kern_ref(pw, ps, pb, c0, kc, group, 32, xp, xs, cols, nt, y, ldy, nr);
-}
+MK_GQ8_KERN48(, ref)
 
 /* mk_gq8_sb_fn: a row's groups are adjacent in src: read row by row, one
  * dtype branch per call. */
@@ -173,8 +165,13 @@ static void quant_task(void *ctx, int64_t b, int64_t e) {
         j->k->quant(j->x + (j->t0 + t) * j->cols, j->cols, j->group, j->four, j->xp + (size_t)t * j->xs);
 }
 
-/* Ask for the codes of rows [r0, r0 + nr), columns [c0, c0 + kc) of w to
- * be brought into the cache. */
+/* Rows of the 16-row block of w from r0 (fewer at the end). */
+static int block_rows(const mk_wt *w, int64_t r0) {
+    return w->rows - r0 < MK_GQ8_ROWS ? (int)(w->rows - r0) : MK_GQ8_ROWS;
+}
+
+/* Ask for the codes of rows [r0, r0 + nr) of w to be brought into the
+ * cache. */
 static void prefetch_rows(const mk_wt *w, int64_t r0, int nr) {
     const size_t rb = mk_wt_row_bytes(w);
     const uint8_t *base = (const uint8_t *)w->data + (size_t)r0 * rb;
@@ -192,7 +189,7 @@ static void tile_task(void *ctx, int64_t b, int64_t e) {
             i++;
         const mk_wt *w = j->w[i];
         const int64_t rows = w->rows, r0 = (it - j->start[i]) * MK_GQ8_ROWS;
-        const int nr = rows - r0 < MK_GQ8_ROWS ? (int)(rows - r0) : MK_GQ8_ROWS;
+        const int nr = block_rows(w, r0);
         float *y = j->y[i] + j->t0 * rows + r0;
         mk_gq8_kern_fn kern = w->bits == 4 ? j->k->kern4 : j->k->kern8;
         for (int64_t t = 0; t < j->nt; t++)
@@ -201,7 +198,7 @@ static void tile_task(void *ctx, int64_t b, int64_t e) {
             int i1 = it + 1 >= j->start[i + 1] ? i + 1 : i;
             const mk_wt *w1 = j->w[i1];
             int64_t r1 = (it + 1 - j->start[i1]) * MK_GQ8_ROWS;
-            prefetch_rows(w1, r1, w1->rows - r1 < MK_GQ8_ROWS ? (int)(w1->rows - r1) : MK_GQ8_ROWS);
+            prefetch_rows(w1, r1, block_rows(w1, r1));
         }
         for (int64_t c0 = 0; c0 < j->cols; c0 += MK_GQ8_KC) {
             int64_t kc = j->cols - c0 < MK_GQ8_KC ? j->cols - c0 : MK_GQ8_KC;

@@ -90,7 +90,7 @@ typedef struct toks16 {
     } while (0)
 #define FOLD1(T, cb, blk)                                                                                    \
     if (NT > T) {                                                                                            \
-        __m512 i_ = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)((cb) + ((T) + sh) * 16)));                   \
+        __m512 i_ = _mm512_cvtepi32_ps(_mm512_load_si512((const void *)((cb) + ((T) + sh) * 16)));          \
         f##T = _mm512_fmadd_ps(_mm512_mul_ps(i_, _mm512_set1_ps(k.d[T][blk])), s, f##T);                    \
     }
 #define BIAS1(T, gg)                                                                                         \

@@ -266,8 +266,10 @@ static inline int tok_group(int64_t rem, int M) {
     return rem >= 2 * M ? M : rem > M ? (int)(rem + 1) / 2 : (int)rem;
 }
 
-#define AVX2_KERN(NAME, BITS)                                                                                \
-    MK_T static void NAME(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,       \
+/* kern4 / kern8 entries over an 8-row tile function TILE(..., h, NT, BITS):
+ * token groups of up to 6, both halves of the panel. */
+#define TILE8_KERN(ATTR, NAME, TILE, BITS)                                                                   \
+    ATTR static void NAME(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,       \
                           int group, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt, float *y,      \
                           int64_t ldy, int nr) {                                                             \
         const int ab = BITS == 4 ? mk_gq8_ab(group, true) : 32;                                              \
@@ -277,19 +279,19 @@ static inline int tok_group(int64_t rem, int M) {
             float *yt = y + t * ldy;                                                                         \
             for (int h = 0; h < 2 && 8 * h < nr; h++) {                                                      \
                 switch (g) {                                                                                 \
-                case 6: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 6, BITS); break;          \
-                case 5: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 5, BITS); break;          \
-                case 4: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 4, BITS); break;          \
-                case 3: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 3, BITS); break;          \
-                case 2: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 2, BITS); break;          \
-                default: avx2_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 1, BITS); break;         \
+                case 6: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 6, BITS); break;               \
+                case 5: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 5, BITS); break;               \
+                case 4: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 4, BITS); break;               \
+                case 3: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 3, BITS); break;               \
+                case 2: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 2, BITS); break;               \
+                default: TILE(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 1, BITS); break;              \
                 }                                                                                            \
             }                                                                                                \
             t += g;                                                                                          \
         }                                                                                                    \
     }
-AVX2_KERN(kern4_avx2, 4)
-AVX2_KERN(kern8_avx2, 8)
+TILE8_KERN(MK_T, kern4_avx2, avx2_tile, 4)
+TILE8_KERN(MK_T, kern8_avx2, avx2_tile, 8)
 
 const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avx2, kern8_avx2};
 
@@ -314,7 +316,9 @@ const mk_gq8_i mk_gq8_avx2 = {"avx2", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq
 __attribute__((always_inline)) MK_TA static inline void avxvnni_tile(const uint8_t *pw, const float *ps,
                                                                      const float *pb, int64_t c0, int64_t kc,
                                                                      int group, int ab, const toks k, float *y,
-                                                                     int64_t ldy, int nr, int h, const int NT) {
+                                                                     int64_t ldy, int nr, int h, const int NT,
+                                                                     const int BITS) {
+    (void)BITS; /* 4 and 8 bits alike: u8 codes into dpbusd */
     __m256 f0 = _mm256_setzero_ps(), f1 = f0, f2 = f0, f3 = f0, f4 = f0, f5 = f0;
     const uint8_t *wp = pw + 32 * h;
     for (int64_t gi = 0; gi < kc / group; gi++) {
@@ -335,28 +339,8 @@ __attribute__((always_inline)) MK_TA static inline void avxvnni_tile(const uint8
     A2_OUT(0) A2_OUT(1) A2_OUT(2) A2_OUT(3) A2_OUT(4) A2_OUT(5)
 }
 
-MK_TA static void kern_avxvnni(const uint8_t *pw, const float *ps, const float *pb, int64_t c0, int64_t kc,
-                               int group, int ab, const uint8_t *xp, size_t xs, int64_t cols, int64_t nt,
-                               float *y, int64_t ldy, int nr) {
-    for (int64_t t = 0; t < nt;) {
-        int g = tok_group(nt - t, 6);
-        const toks k = toks_at(xp + (size_t)t * xs, xs, cols, ab, g);
-        float *yt = y + t * ldy;
-        for (int h = 0; h < 2 && 8 * h < nr; h++) {
-            switch (g) {
-            case 6: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 6); break;
-            case 5: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 5); break;
-            case 4: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 4); break;
-            case 3: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 3); break;
-            case 2: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 2); break;
-            default: avxvnni_tile(pw, ps, pb, c0, kc, group, ab, k, yt, ldy, nr, h, 1); break;
-            }
-        }
-        t += g;
-    }
-}
-
-MK_GQ8_KERN48(MK_TA, avxvnni)
+TILE8_KERN(MK_TA, kern4_avxvnni, avxvnni_tile, 4)
+TILE8_KERN(MK_TA, kern8_avxvnni, avxvnni_tile, 8)
 
 const mk_gq8_i mk_gq8_avxvnni = {"avxvnni", mk_gq8_quant_avx2, mk_gq8_pack_avx2, mk_gq8_sb_ref, kern4_avxvnni,
                                  kern8_avxvnni};

@@ -548,14 +548,13 @@ void mk_matmul_rows(const mk_wt *w, int64_t r0, int64_t r1, const float *x, int6
     }
 }
 
-/* Each row is dequantized once per block of 32 tokens and added, scaled by
- * the token's coefficient, into the token's output: rows are summed in
- * order r0 .. r1-1 whatever n is, so one token and a batch agree exactly. */
-/* Rows of a transposed product done as one float GEMM per column strip
- * (mk_gemm_f32 over the dequantized strip): every output is one FMA chain
- * over the rows in order, whatever n is; above this many rows (none of
- * the MLA shapes: DeepSeek's 128, GLM-4.7-Flash's 192), the row-by-row
- * loop of multiplies and adds. */
+/* Up to MK_RT_ROWS rows, one float GEMM per dequantized column strip
+ * (mk_gemm_f32): every output is one FMA chain over the rows in order.
+ * Above it (none of the MLA shapes: DeepSeek's 128, GLM-4.7-Flash's 192)
+ * each row is dequantized once per block of tokens and added, scaled by
+ * the token's coefficient, into the token's output. Either way rows are
+ * summed in order r0 .. r1-1 whatever n is, so one token and a batch
+ * agree exactly. */
 #define MK_RT_ROWS 192
 #define MK_RT_COLS MK_PANEL_K /* columns per strip (the dequantizers' unit): 96 KiB of stack */
 
