@@ -159,11 +159,13 @@ static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_at
     mk_engine_mm(e, &w->o, e->att, n, e->y);
 }
 
-/* forward.c's mla_block over the batch: the compressed rows [latent |
- * k_pe] are made in e->olat (free until the attention writes it), normed
- * and rotated there and copied to each sequence's latent cache; the
- * absorbed query product is batch-invariant (mk_matmul_rows_t sums rows in
- * a fixed order), the value product runs per token. */
+/* forward.c's mla_block over the batch; its n rows (n <= MK_MLA_SUB and
+ * half the chunk) fit e->qabs and e->olat. The compressed rows [latent |
+ * k_pe] are made in e->olat (free until the attention writes it, and sized
+ * for them too), normed and rotated there and copied to each sequence's
+ * latent cache; the absorbed query product is batch-invariant
+ * (mk_matmul_rows_t sums rows in a fixed order), the value product runs
+ * per token. */
 static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla_w *w) {
     const mk_config *c = e->c;
     int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;

@@ -103,8 +103,12 @@ static void carve(mk_engine *e, carver *cv) {
     }
     if (has_mla) {
         e->qa = take(cv, nC * c->q_lora_rank, 4);
-        e->qabs = take(cv, nC * nH * cw, 4);
-        e->olat = take(cv, nC * nH * kl, 4);
+        /* one attention sub-chunk's absorbed queries and latent outputs
+         * (forward.c mla_block); olat also holds a batched decode step's
+         * compressed rows [n, cw], n <= nS (batch.c mla_b) */
+        int64_t nS = nC < MK_MLA_SUB ? nC : MK_MLA_SUB;
+        e->qabs = take(cv, nS * nH * cw, 4);
+        e->olat = take(cv, nS * imax(nH * kl, cw), 4);
     }
     if (c->dsa) { /* the lightning indexer's scratch and the selection */
         int64_t nI = c->index_n_heads, dI = c->index_head_dim;

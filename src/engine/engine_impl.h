@@ -26,6 +26,16 @@
  * (head_dim, MLA q/k/v head dims and its latent attention's kl+dr, DeltaNet
  * dk/dv). */
 #define MK_ENGINE_MAX_HEAD_DIM 1024
+/* Tokens of a chunk whose MLA absorbed queries and latent outputs exist at
+ * once (e->qabs, e->olat): forward.c's mla_block runs its attention over
+ * sub-chunks of at most this many (mla_sub; a multiple of 128 keeps them
+ * on the kernels' token blocks), so that scratch is not the whole chunk's
+ * (272 MiB at DeepSeek-V3's shape and the default chunk of 512; 68 here).
+ * A batched decode step (batch.c) uses the same buffers for its n <=
+ * MK_ENGINE_MAX_BATCH rows, n <= half the chunk. */
+#define MK_MLA_SUB 128
+_Static_assert(MK_MLA_SUB % 128 == 0 && MK_ENGINE_MAX_BATCH <= MK_MLA_SUB,
+               "MLA sub-chunks: on 64-token blocks in halves, and a decode batch's rows fit");
 /* Logit rows computed per step when logits are staged through backend
  * memory (backends without host memory). */
 #define MK_ENGINE_LOGIT_ROWS 16
@@ -117,8 +127,10 @@ struct mk_engine {
     float *gate;          /* [nC, nH*hd] output gate of gated attention */
     float *att;           /* [nC, nH*max(hd, dvh)] attention output (MLA: after W_v) */
     float *qa;            /* [nC, ql] MLA q latent */
-    float *qabs;          /* [nC, nH, kl+dr] MLA absorbed queries W_k^T q_nope | q_pe */
-    float *olat;          /* [nC, nH, kl] MLA attention output in latent space */
+    float *qabs;          /* [nS, nH, kl+dr] MLA absorbed queries W_k^T q_nope | q_pe of one
+                             sub-chunk, nS = min(nC, MK_MLA_SUB) */
+    float *olat;          /* [nS, nH, kl] MLA attention output in latent space (a batched
+                             decode step: first its [n, kl+dr] compressed rows) */
     int64_t sel_k;        /* DSA: positions kept per query, min(index_topk, max_ctx); 0 without DSA */
     float *iq;            /* [nC, nI*dI] DSA indexer queries */
     float *iw;            /* [nC, nI] DSA indexer head weights */

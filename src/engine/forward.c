@@ -142,6 +142,26 @@ static void dsa_block(mk_engine *e, int l, const mk_dsa_w *d, int64_t n) {
 
 /* ---- MLA (deepseek_v3 / kimi_k2) --------------------------------------------- */
 
+/* The length of the sub-chunk at token s0 of a chunk of n tokens (mla_block):
+ * MK_MLA_SUB, except that a chunk longer than that never ends in a
+ * sub-chunk shorter than MK_MLA_SUB / 2 = 64 tokens (the one before it
+ * gives up half). So a chunk of up to MK_MLA_SUB tokens is one sub-chunk,
+ * and in a longer one every sub-chunk starts at a multiple of 64 tokens and
+ * holds 64 or more. That keeps the results bitwise those of one pass over
+ * the chunk: each token's query, attention row and value product depend on
+ * the cache and the token alone, but the kernels choose their path by the
+ * call's token count (one token: the CPU's decode attention and fused
+ * matvec, CUDA's split attention; CUDA's tiled attention from 16) and
+ * block tokens by 32 or 64 from the call's first (the CPU's row products,
+ * CUDA's tiled attention), and these sub-chunks get the paths and blocks
+ * the whole chunk got. */
+static int64_t mla_sub(int64_t s0, int64_t n) {
+    int64_t left = n - s0;
+    if (left <= MK_MLA_SUB)
+        return left;
+    return left < MK_MLA_SUB + MK_MLA_SUB / 2 ? MK_MLA_SUB / 2 : MK_MLA_SUB;
+}
+
 /* q = q_b(norm(q_a(x))) per head [nope | rope]; kv_a(x) = [latent | k_pe];
  * kv_b(norm(latent)) per head [k_nope | v]; k_pe is shared by heads and not
  * normed. The cache holds per token only c = [norm(latent) | rope(k_pe)]
@@ -153,7 +173,10 @@ static void dsa_block(mk_engine *e, int l, const mk_dsa_w *d, int64_t n) {
  * i.e. a multi-query attention with one KV head of key dim kl+dr whose value
  * is the first kl floats of its key row (as vLLM, SGLang and mlx-lm decode
  * MLA). Prefill uses the same form: exact, though for long prompts it costs
- * more attention FLOPs than expanding K/V (DESIGN.md, known debts). */
+ * more attention FLOPs than expanding K/V (DESIGN.md, known debts). The
+ * absorbed queries and latent outputs (nH (2 kl + dr) floats a token, 544
+ * KiB at DeepSeek-V3's shape) exist for one sub-chunk of at most MK_MLA_SUB
+ * tokens at a time (mla_sub), not for the whole chunk. */
 static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     const mk_config *c = e->c;
     int64_t nH = c->num_heads, dn = c->qk_nope_head_dim, dr = c->qk_rope_head_dim;
@@ -177,28 +200,39 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
                 c->rope_interleave);
     BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
-    /* absorbed query per head: [W_k_h^T q_nope | q_pe] */
-    mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
-                          .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
-                          .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
-    BE(e)->head_matmul_t(CTX(e), &qa);
-    BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
-    /* DSA: the positions each token attends to */
+    /* DSA: the positions each token of the chunk attends to */
     if (w->dsa.on)
         dsa_block(e, l, &w->dsa, n);
-    /* attention over the latent cache: one shared head, values = the latents */
-    mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = n,
-                      .pos0 = pos, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
-                      .scale = e->attn_scale, .k_stride = cw, .v_stride = cw,
-                      .sel = w->dsa.on ? e->sel : NULL, .sel_k = e->sel_k,
-                      .pos_dev = e->dev_pos ? e->pos_b : NULL,
-                      .k_new = e->dev_pos ? kv : NULL, .v_new = e->dev_pos ? kv : NULL};
-    BE(e)->attention(CTX(e), &a);
-    /* values per head: W_v_h o_lat, then the output projection */
-    mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
-                          .n_heads = (int)nH, .n = n, .x = e->olat, .x_tok = nH * kl,
-                          .x_head = kl, .y = e->att, .y_tok = nH * dvh, .y_head = dvh};
-    BE(e)->head_matmul(CTX(e), &va);
+    /* absorbed query -> attention -> values, a sub-chunk of at most
+     * MK_MLA_SUB tokens at a time: e->qabs and e->olat hold no more */
+    for (int64_t s0 = 0, ns; s0 < n; s0 += ns) {
+        ns = mla_sub(s0, n);
+        const float *q = e->qraw + s0 * nH * qk;
+        /* absorbed query per head: [W_k_h^T q_nope | q_pe] */
+        mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
+                              .n_heads = (int)nH, .n = ns, .x = q, .x_tok = nH * qk,
+                              .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
+        BE(e)->head_matmul_t(CTX(e), &qa);
+        BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, q + dn, qk, 0, ns * nH, 1, dr);
+        /* attention over the latent cache: one shared head, values = the
+         * latents; the sub-chunk's tokens sit at positions pos + s0 .. (a
+         * recorded step is one token, so its device position needs no s0) */
+        mk_attn_args a = {.q = e->qabs, .k = e->kc[l], .v = e->kc[l], .out = e->olat, .n = ns,
+                          .pos0 = pos + s0, .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw,
+                          .dv = (int)kl, .scale = e->attn_scale, .k_stride = cw, .v_stride = cw,
+                          .sel = w->dsa.on ? e->sel + s0 * e->sel_k : NULL, .sel_k = e->sel_k,
+                          .pos_dev = e->dev_pos ? e->pos_b : NULL,
+                          .k_new = e->dev_pos ? kv + s0 * cw : NULL,
+                          .v_new = e->dev_pos ? kv + s0 * cw : NULL};
+        BE(e)->attention(CTX(e), &a);
+        /* values per head: W_v_h o_lat, into the sub-chunk's rows of the o_proj input */
+        mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
+                              .n_heads = (int)nH, .n = ns, .x = e->olat, .x_tok = nH * kl,
+                              .x_head = kl, .y = e->att + s0 * nH * dvh, .y_tok = nH * dvh,
+                              .y_head = dvh};
+        BE(e)->head_matmul(CTX(e), &va);
+    }
+    /* the output projection over the whole chunk */
     mk_engine_matmul(e, &w->o, e->att, n, e->y);
 }
 

@@ -13,7 +13,10 @@
  * uses its dequantized rows). Also: the KV-cache bytes per token the engine
  * reports for MLA (kv_lora_rank + qk_rope_head_dim floats per layer) and
  * for a full-attention model; the backend's attention slot alone with the
- * row strides MLA uses, past 1024 positions, against double precision. */
+ * row strides MLA uses, past 1024 positions, against double precision; a
+ * long prefill, whose attention runs in sub-chunks of 128 tokens, bitwise
+ * equal to chunks of 64; the absorbed-query and latent-output scratch held
+ * for 128 tokens, not the whole chunk, in the bytes --memory-budget counts. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -483,12 +486,96 @@ static void test_kv_bytes(void **st) {
     mk_model_free(m);
 }
 
+/* A long prefill runs MLA's absorbed attention in sub-chunks of at most
+ * 128 tokens (forward.c mla_sub): one call over a chunk of 512 must give
+ * bitwise the hidden states and logits of chunks of 64 (each one
+ * sub-chunk), for prompts whose last sub-chunk would be short (300: 128 +
+ * 128 + 44) and whose last two share the rest (150: 64 + 86). */
+static void check_sub_chunks(synth *s, const char *what) {
+    enum { NL = 300, CTX = 512 };
+    static const int lens[] = {NL, 150};
+    int32_t ids[NL];
+    for (int i = 0; i < NL; i++)
+        ids[i] = (int32_t)((i * 13 + 5) % V);
+    size_t nh = (size_t)(L + 1) * NL * H, nl = (size_t)NL * V;
+    float *hid[2], *lg[2];
+    for (int r = 0; r < 2; r++) {
+        hid[r] = malloc(nh * sizeof(float));
+        lg[r] = malloc(nl * sizeof(float));
+        assert_true(hid[r] && lg[r]);
+    }
+    for (size_t k = 0; k < sizeof lens / sizeof lens[0]; k++) {
+        int n = lens[k];
+        for (int r = 0; r < 2; r++) {
+            mk_engine_opts o = {.threads = 2, .max_ctx = CTX, .prefill_chunk = r ? 64 : CTX};
+            mk_engine *e = NULL;
+            assert_int_equal(mk_engine_create(&s->m, &o, &e), MK_OK);
+            memset(hid[r], 0, nh * sizeof(float));
+            assert_int_equal(mk_engine_forward(e, ids, n, MK_LOGITS_ALL, lg[r], hid[r]), MK_OK);
+            mk_engine_free(e);
+        }
+        printf("  %-16s prefill of %d: chunk 512 (sub-chunks) vs chunks of 64: bitwise\n", what, n);
+        assert_memory_equal(hid[0], hid[1], (size_t)(L + 1) * n * H * sizeof(float));
+        assert_memory_equal(lg[0], lg[1], (size_t)n * V * sizeof(float));
+    }
+    for (int r = 0; r < 2; r++) {
+        free(hid[r]);
+        free(lg[r]);
+    }
+}
+
+/* The arena --memory-budget counts (mk_engine_bytes) holds MLA's absorbed
+ * queries and latent outputs, nH (2 kl + dr) floats a token, for at most
+ * 128 tokens whatever the chunk: every other chunk buffer grows with the
+ * chunk, so the 64 tokens from a chunk of 64 to 128 cost half the 128 from
+ * 128 to 256 plus exactly 64 tokens of that scratch. (Exact: chunks of
+ * multiples of 16 leave no alignment padding.) At DeepSeek-V3's attention
+ * shape the scratch is 68 MiB, where a whole chunk of 512 held 272. */
+static void scratch_growth(const mk_model *m, int64_t *mla_rows_64_128) {
+    mk_engine_opts o = {.threads = 1, .max_ctx = 512};
+    size_t b[3];
+    for (int i = 0; i < 3; i++) {
+        o.prefill_chunk = 64 << i;
+        b[i] = mk_engine_bytes(m, &o);
+        assert_true(b[i] > 0);
+    }
+    const mk_config *c = mk_model_config(m);
+    size_t row = (size_t)c->num_heads * (2 * c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float);
+    size_t extra = (b[1] - b[0]) - (b[2] - b[1]) / 2;
+    assert_int_equal(extra % row, 0);
+    *mla_rows_64_128 = (int64_t)(extra / row);
+}
+
+static void test_scratch_bytes(void **st) {
+    (void)st;
+    synth s;
+    synth_build(&s);
+    int64_t rows;
+    scratch_growth(&s.m, &rows);
+    assert_int_equal(rows, 64);
+    /* DeepSeek-V3's attention shape (sizing reads the config alone) */
+    mk_config *c = &s.m.cfg;
+    c->num_heads = c->num_kv_heads = 128;
+    c->kv_lora_rank = 512;
+    c->qk_rope_head_dim = 64;
+    c->qk_nope_head_dim = 128;
+    c->v_head_dim = 128;
+    c->q_lora_rank = 1536;
+    c->head_dim = 192;
+    scratch_growth(&s.m, &rows);
+    assert_int_equal(rows, 64);
+    printf("  MLA scratch at DeepSeek-V3's shape: %.0f MiB for any chunk of 128+ tokens\n",
+           128.0 * c->num_heads * (2 * c->kv_lora_rank + c->qk_rope_head_dim) * sizeof(float) / 1048576.0);
+    synth_free(&s);
+}
+
 static void test_absorbed_f32(void **st) {
     (void)st;
     synth s;
     synth_build(&s);
     check_peaked(&s);
     check_model(&s, "kv_b f32");
+    check_sub_chunks(&s, "kv_b f32");
     synth_free(&s);
 }
 
@@ -498,12 +585,14 @@ static void test_absorbed_affine4(void **st) {
     synth_build(&s);
     synth_quantize_kvb(&s, 4, 32);
     check_model(&s, "kv_b affine 4/32");
+    check_sub_chunks(&s, "kv_b affine 4/32");
     synth_free(&s);
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_bytes),
+        cmocka_unit_test(test_scratch_bytes),
         cmocka_unit_test(test_attention_slot),
         cmocka_unit_test(test_absorbed_f32),
         cmocka_unit_test(test_absorbed_affine4),
