@@ -36,7 +36,9 @@
  * against the bus bound (their bytes per token over the kernels' read rate
  * of mapped host memory, measured in the same run). MK_BENCH_BATCH=B (CUDA
  * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
- * prefilled with its own P ids first): aggregate tok/s.
+ * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
+ * launches the MoE step's kernels with programmatic dependent launch
+ * (mk_cuda_set_moe_pdl).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -245,6 +247,10 @@ int main(int argc, char **argv) {
             }
             mk_backend_cuda_set_gemm(be, mode, 0);
         }
+        /* MK_CUDA_MOE_PDL=0|1: the MoE step under programmatic dependent launch */
+        const char *pdl = getenv("MK_CUDA_MOE_PDL");
+        if (pdl && *pdl)
+            mk_cuda_set_moe_pdl(strcmp(pdl, "0") != 0);
         /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
          * (mk_backend_cuda_set_expert_vram; a plain byte count) */
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");

@@ -35,6 +35,14 @@ extern "C" mk_status mk_cuda_set_kernels(int gen) {
     return MK_OK;
 }
 
+/* On: 8.6% faster whole-engine decode of the Qwen3-30B-A3B shape on the
+ * H200, the same bits (bench/RESULTS.md, 2026-12-05) */
+static bool g_moe_pdl = true;
+
+extern "C" bool mk_cuda_moe_pdl(void) { return g_moe_pdl; }
+
+extern "C" void mk_cuda_set_moe_pdl(bool on) { g_moe_pdl = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

@@ -348,6 +348,51 @@ __device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const voi
     }
 }
 
+/* One affine row's 16-byte chunks held in registers: lane l holds chunks
+ * l + 32 u (u < U), with their scales and biases. mkc_prime loads them
+ * (weights only: a kernel can do it before its inputs exist, e.g. before
+ * griddepcontrol.wait under programmatic dependent launch), mkc_primed_dot
+ * sums them against x. Rows of at most 32 U chunks; same terms and order as
+ * mkc_dot_aff with NR = 1 (chunk by chunk per lane), so the same bits. */
+template <int U> struct mkc_primed {
+    uint4 q[U];
+    float s[U], b[U];
+};
+
+template <int BITS, int SD, int U>
+__device__ __forceinline__ void mkc_prime(const mkc_w &w, int64_t row, int lane, mkc_primed<U> &p) {
+    constexpr int VPC = 128 / BITS;
+    const int64_t nchunk = w.row_bytes / 16, sz = SD == 0 ? 4 : 2;
+    const uint8_t *q = w.data + row * w.row_bytes;
+    const void *s = (const uint8_t *)w.scales + row * w.ng * sz, *b = (const uint8_t *)w.biases + row * w.ng * sz;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t c = lane + 32 * u;
+        if (c < nchunk) {
+            p.q[u] = mkc_ldw((const uint4 *)q + c);
+            p.s[u] = mkc_lds<SD>(s, (c * VPC) >> w.gshift);
+            p.b[u] = mkc_lds<SD>(b, (c * VPC) >> w.gshift);
+        }
+    }
+}
+
+/* x: plain layout (global or shared memory) */
+template <int BITS, int U>
+__device__ __forceinline__ float mkc_primed_dot(const mkc_primed<U> &p, int64_t nchunk, const float *x, int lane) {
+    constexpr int VPC = 128 / BITS;
+    float acc = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t c = lane + 32 * u;
+        if (c < nchunk) {
+            float xv[VPC];
+            mkc_ldx(x + c * VPC, VPC / 4, xv);
+            acc += mkc_aff_term<BITS>(p.q[u], xv, mkc_sum<VPC>(xv), p.s[u], p.b[u]);
+        }
+    }
+    return acc;
+}
+
 /* Lane partial sums of NR plain-float rows (SD: 0 f32, 1 bf16, 2 f16).
  * vec: cols allow 16-byte chunks (f32: 4 values, bf16/f16: 8), else one
  * element per lane step. */

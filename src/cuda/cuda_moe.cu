@@ -135,24 +135,55 @@ struct moe_args {
     float scale;
 };
 
+/* A router (or shared-gate) row of an affine kind with at most 32
+ * ROUTER_U chunks: loaded before the wait, summed after it. */
+#define ROUTER_U 4
+
+template <int BITS, int SD>
+__device__ __forceinline__ float router_row(const mkc_w &w, int64_t row, const float *x, int lane) {
+    mkc_primed<ROUTER_U> p;
+    mkc_prime<BITS, SD, ROUTER_U>(w, row, lane, p);
+    mkc_pdl_enter();
+    return mkc_primed_dot<BITS, ROUTER_U>(p, w.row_bytes / 16, x, lane);
+}
+
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket) {
     __shared__ bool last;
-    mkc_pdl_enter();
     const int lane = threadIdx.x & 31;
     const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     if (t < a.E + a.has_sg) {
-        const mkc_w *ws[1] = {t < a.E ? &a.router : &a.sgw};
-        const int64_t rows[1] = {t < a.E ? t : 0};
-        const float *xs[1] = {x};
-        float acc[1];
-        mkc_dot_rows<1, true>(ws, rows, xs, lane, acc);
-        float v = mkc_warp_sum(acc[0]);
+        const mkc_w &rw = t < a.E ? a.router : a.sgw;
+        const int64_t row = t < a.E ? t : 0;
+        float acc = 0.0f;
+        /* the row's weights are loaded before waiting for x (they do not
+         * depend on the previous kernel): under programmatic dependent launch
+         * their latency overlaps the previous kernel's end */
+        const bool primed = rw.kind >= MKC_A4_F32 && rw.row_bytes / 16 <= 32 * ROUTER_U;
+        if (primed) {
+            switch (rw.kind) {
+            case MKC_A4_F32: acc = router_row<4, 0>(rw, row, x, lane); break;
+            case MKC_A4_BF16: acc = router_row<4, 1>(rw, row, x, lane); break;
+            case MKC_A4_F16: acc = router_row<4, 2>(rw, row, x, lane); break;
+            case MKC_A8_F32: acc = router_row<8, 0>(rw, row, x, lane); break;
+            case MKC_A8_BF16: acc = router_row<8, 1>(rw, row, x, lane); break;
+            default: acc = router_row<8, 2>(rw, row, x, lane); break;
+            }
+        } else {
+            mkc_pdl_enter();
+            const mkc_w *ws[1] = {&rw};
+            const int64_t rows[1] = {row};
+            const float *xs[1] = {x};
+            mkc_dot_rows<1, true>(ws, rows, xs, lane, &acc);
+        }
+        float v = mkc_warp_sum(acc);
         if (lane == 0) {
             logits[t] = v;
             __threadfence(); /* the writer publishes before the block's ticket */
         }
+    } else {
+        mkc_pdl_enter();
     }
     /* last block in: all logits are in device memory */
     __syncthreads();
@@ -287,69 +318,85 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
  * staged in shared memory with h. */
 #define DOWN2_T 8
 
+/* One pass of a lane's down tasks (t0 + 32 i + lane, i < DOWN2_T): the
+ * weights, scales and biases in registers, with each task's routing weight
+ * and the logical offset of its h values (hs: the shared expert's). */
+struct down2_pass {
+    uint4 qq[DOWN2_T];
+    float sc[DOWN2_T], bi[DOWN2_T], wj[DOWN2_T];
+    int32_t xl[DOWN2_T];
+    bool sh[DOWN2_T];
+};
+
 template <int BITS, int SD>
-__device__ __forceinline__ float down2_tasks(const moe_args &a, const int32_t *sidx, const float *sw, float sg,
-                                             const float *h, const float *hs, int64_t o, int lane, int xpad) {
+__device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sidx, const float *sw, float sg, int64_t o,
+                                           int lane, int t0, down2_pass &p) {
     constexpr int VPC = 128 / BITS;
     const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
     const int nr = a.k * nc, ntask = nr + ncs;
-    float tot = 0.0f;
-    for (int t0 = 0; t0 < ntask; t0 += 32 * DOWN2_T) {
-        uint4 qq[DOWN2_T];
-        float sc[DOWN2_T], bi[DOWN2_T], wj[DOWN2_T];
-        const float *xp[DOWN2_T];
 #pragma unroll
-        for (int i = 0; i < DOWN2_T; i++) {
-            const int t = t0 + 32 * i + lane;
-            wj[i] = 0.0f;
-            xp[i] = h;
-            if (t < ntask) {
-                const mkc_w &w = t < nr ? a.down : a.shd;
-                int64_t row, c;
-                if (t < nr) {
-                    const int j = t / nc;
-                    c = t - j * nc;
-                    row = (int64_t)sidx[j] * a.H + o;
-                    wj[i] = sw[j];
-                    xp[i] = h + mkc_xi((int64_t)j * a.I + c * VPC, xpad);
-                } else {
-                    c = t - nr;
-                    row = o;
-                    wj[i] = sg;
-                    xp[i] = hs + mkc_xi(c * VPC, xpad);
-                }
-                const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
-                qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
-                sc[i] = mkc_lds<SD>(w.scales, g);
-                bi[i] = mkc_lds<SD>(w.biases, g);
+    for (int i = 0; i < DOWN2_T; i++) {
+        const int t = t0 + 32 * i + lane;
+        p.wj[i] = 0.0f;
+        p.xl[i] = 0;
+        p.sh[i] = false;
+        if (t < ntask) {
+            const mkc_w &w = t < nr ? a.down : a.shd;
+            int64_t row, c;
+            if (t < nr) {
+                const int j = t / nc;
+                c = t - j * nc;
+                row = (int64_t)sidx[j] * a.H + o;
+                p.wj[i] = sw[j];
+                p.xl[i] = (int32_t)(j * a.I + c * VPC);
+            } else {
+                c = t - nr;
+                row = o;
+                p.wj[i] = sg;
+                p.xl[i] = (int32_t)(c * VPC);
+                p.sh[i] = true;
             }
+            const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
+            p.qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
+            p.sc[i] = mkc_lds<SD>(w.scales, g);
+            p.bi[i] = mkc_lds<SD>(w.biases, g);
         }
+    }
+}
+
+template <int BITS>
+__device__ __forceinline__ float down2_use(const down2_pass &p, int ntask, int t0, int lane, const float *h,
+                                           const float *hs, int xpad, float tot) {
+    constexpr int VPC = 128 / BITS;
 #pragma unroll
-        for (int i = 0; i < DOWN2_T; i++) {
-            if (t0 + 32 * i + lane < ntask) {
-                float xv[VPC];
-                mkc_ldx(xp[i], VPC / 4, xv);
-                const float xs = mkc_sum<VPC>(xv);
-                tot = fmaf(wj[i], mkc_aff_term<BITS>(qq[i], xv, xs, sc[i], bi[i]), tot);
-            }
+    for (int i = 0; i < DOWN2_T; i++) {
+        if (t0 + 32 * i + lane < ntask) {
+            float xv[VPC];
+            mkc_ldx((p.sh[i] ? hs : h) + mkc_xi(p.xl[i], xpad), VPC / 4, xv);
+            const float xs = mkc_sum<VPC>(xv);
+            tot = fmaf(p.wj[i], mkc_aff_term<BITS>(p.qq[i], xv, xs, p.sc[i], p.bi[i]), tot);
         }
     }
     return tot;
 }
 
-__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
-    k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
-            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
-            float *__restrict__ y, int accumulate, int staged) {
+/* The kernel after the routing is staged: the first pass's weights are
+ * loaded before griddepcontrol.wait (they depend on the routing, which the
+ * router kernel wrote before k_gateup, this kernel's predecessor, passed its
+ * own wait; not on h), then h is staged and the passes are summed. */
+template <int BITS, int SD>
+__device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx, const float *sw, float sg,
+                                          const float *hg, const float *hsg, float *y, int accumulate, int staged) {
     extern __shared__ float4 mkc_sm4[];
-    __shared__ int32_t sidx[MOE_MAX_K];
-    __shared__ float sw[MOE_MAX_K];
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int ntask = a.k * nc + ncs;
+    down2_pass p;
+    if (o < a.H)
+        down2_load<BITS, SD>(a, sidx, sw, sg, o, lane, 0, p);
     mkc_pdl_enter();
     const float *h = hg, *hs = hsg;
-    if (threadIdx.x < a.k) {
-        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
-        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
-    }
     int xpad = 0;
     if (staged) { /* 2: the padded layout (mkc_xi; k*I and Is are whole 32-value blocks) */
         const int64_t nh = (int64_t)a.k * a.I;
@@ -368,23 +415,43 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
         hs = h + hs_at;
     }
     __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
     if (o >= a.H)
         return;
-    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
-    float tot;
-    switch (a.down.kind) {
-    case MKC_A4_F32: tot = down2_tasks<4, 0>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
-    case MKC_A4_BF16: tot = down2_tasks<4, 1>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
-    case MKC_A4_F16: tot = down2_tasks<4, 2>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
-    case MKC_A8_F32: tot = down2_tasks<8, 0>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
-    case MKC_A8_BF16: tot = down2_tasks<8, 1>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
-    default: tot = down2_tasks<8, 2>(a, sidx, sw, sg, h, hs, o, lane, xpad); break;
+    float tot = 0.0f;
+    for (int t0 = 0;;) {
+        tot = down2_use<BITS>(p, ntask, t0, lane, h, hs, xpad, tot);
+        t0 += 32 * DOWN2_T;
+        if (t0 >= ntask)
+            break;
+        down2_load<BITS, SD>(a, sidx, sw, sg, o, lane, t0, p);
     }
     tot = mkc_warp_sum(tot);
     if (lane == 0)
         y[o] = accumulate ? y[o] + tot : tot;
+}
+
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+            float *__restrict__ y, int accumulate, int staged) {
+    __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ float sw[MOE_MAX_K];
+    /* the routing and the shared gate's logit come from the router kernel,
+     * complete before this grid was launched (see down2_run) */
+    if (threadIdx.x < a.k) {
+        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
+        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+    }
+    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    __syncthreads();
+    switch (a.down.kind) {
+    case MKC_A4_F32: down2_run<4, 0>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_BF16: down2_run<4, 1>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_F16: down2_run<4, 2>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_F32: down2_run<8, 0>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_BF16: down2_run<8, 1>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    default: down2_run<8, 2>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    }
 }
 
 /* ---- host --------------------------------------------------------------- */
@@ -586,7 +653,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
 
 extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                                       bool accumulate, void *stream) {
-    return mkc_moe_launch(m, ws, x, y, accumulate, stream, 7u, false);
+    return mkc_moe_launch(m, ws, x, y, accumulate, stream, 7u, mk_cuda_moe_pdl());
 }
 
 

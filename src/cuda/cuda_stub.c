@@ -82,6 +82,12 @@ mk_status mk_cuda_set_kernels(int gen) {
 int mk_cuda_kernels(void) {
     return 0;
 }
+void mk_cuda_set_moe_pdl(bool on) {
+    (void)on;
+}
+bool mk_cuda_moe_pdl(void) {
+    return false;
+}
 mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
     return no_cuda();
 }

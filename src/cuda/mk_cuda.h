@@ -93,6 +93,15 @@ mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float
 mk_status mk_cuda_set_kernels(int gen);
 int mk_cuda_kernels(void);
 
+/* Programmatic dependent launch of mk_cuda_moe_step's three kernels
+ * (docs/CUDA.md, "The MoE step under programmatic dependent launch"): each
+ * is launched while its predecessor runs and loads the weights it can (the
+ * router's rows; the routed experts' first down rows) before waiting for
+ * it. Same results either way; on by default. Process-wide like
+ * mk_cuda_set_kernels. */
+void mk_cuda_set_moe_pdl(bool on);
+bool mk_cuda_moe_pdl(void);
+
 /* ---- one MoE block for one token ---------------------------------------- */
 
 typedef enum mk_cuda_score {

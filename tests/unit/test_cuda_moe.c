@@ -241,6 +241,26 @@ static void run_case(const mcase *c) {
         CT_OK(mk_cuda_sync());
         CT_OK(mk_cuda_download(y, dy, (size_t)H * 4));
         CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
+        /* under programmatic dependent launch (each kernel loading weights
+         * before it waits for its predecessor) the same bits come out, on
+         * two runs (test_moe_stack_layers runs layers back to back with it) */
+        const bool pdl0 = mk_cuda_moe_pdl();
+        float *y2 = malloc((size_t)H * 4);
+        assert_non_null(y2);
+        mk_cuda_set_moe_pdl(!pdl0);
+        for (int rep = 0; rep < 2; rep++) {
+            if (c->accumulate)
+                CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
+            else
+                CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
+            CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
+            CT_OK(mk_cuda_sync());
+            CT_OK(mk_cuda_download(y2, dy, (size_t)H * 4));
+            if (memcmp(y, y2, (size_t)H * 4) != 0)
+                fail_msg("%s: programmatic dependent launch %s changed y", c->name, pdl0 ? "off" : "on");
+        }
+        mk_cuda_set_moe_pdl(pdl0);
+        free(y2);
     }
 
     for (int64_t j = 0; j < k; j++) {
@@ -409,6 +429,19 @@ static void test_moe_stack_layers(void **state) {
         worst = fmax(worst, err / (1e-5 * mx));
     }
     printf("  stack of %d layers run twice vs steps: worst |diff|/bound %.3g\n", L, worst);
+    /* the same 2 L steps back to back with programmatic dependent launch
+     * toggled (each router may start while the previous layer's down kernel
+     * runs): the same bits as without */
+    const bool pdl0 = mk_cuda_moe_pdl();
+    mk_cuda_set_moe_pdl(!pdl0);
+    CT_OK(mk_cuda_upload(db, x, (size_t)H * 4));
+    for (int l = 0; l < 2 * L; l++)
+        CT_OK(mk_cuda_moe_step(&m[l % L], ws, db, db, true, NULL));
+    CT_OK(mk_cuda_sync());
+    mk_cuda_set_moe_pdl(pdl0);
+    CT_OK(mk_cuda_download(b, db, (size_t)H * 4));
+    if (memcmp(a, b, (size_t)H * 4) != 0)
+        fail_msg("stack of %d layers: programmatic dependent launch %s changed x", L, pdl0 ? "off" : "on");
     mk_cuda_stack_free(stk);
     mk_cuda_moe_ws_free(ws);
     mk_cuda_free(da);
