@@ -49,6 +49,9 @@ static ssize_t f_pwrite(int fd, const void *buf, size_t n, off_t off) {
 /* Convert qwen3moe-a to a Q4_K_M GGUF with --verify, flipping the byte at
  * file offset `flip` (-1: none); the file's size is returned in *size. */
 static mk_status run(int64_t flip, const char *tag, long long *size, mk_conv_stats *st) {
+    /* the fixture first: without it the test skips here, before it has
+     * made a directory or overridden the os table */
+    const char *src = mk_test_fixture("qwen3moe-a/bf16");
     char *dir = mk_test_tmpdir(tag);
     char dst[4200];
     snprintf(dst, sizeof dst, "%s/out.gguf", dir);
@@ -62,7 +65,7 @@ static mk_status run(int64_t flip, const char *tag, long long *size, mk_conv_sta
     g_flip = flip;
     g_flipped = 0;
     mk_os_override(&(mk_os_vtbl){.pwrite = f_pwrite});
-    mk_status s = mk_conv_run(mk_test_fixture("qwen3moe-a/bf16"), dst, &o, st);
+    mk_status s = mk_conv_run(src, dst, &o, st);
     mk_os_override(NULL);
     size_t n = 0;
     void *d = s == MK_OK ? mk_test_slurp(dst, &n) : NULL;

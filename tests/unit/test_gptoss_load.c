@@ -68,10 +68,14 @@ static void copy_changed(const char *src, const char *dst, const change *c) {
 /* Opening the changed copy fails with MK_E_FORMAT naming `want` (and the
  * tensor); c == NULL: it opens. */
 static void expect_open(const char *variant, const change *c, const char *want) {
+    /* the fixture first: without it the test skips here, before it has
+     * made a directory */
+    char src[4096];
+    snprintf(src, sizeof src, "%s", mk_test_fixture(variant));
     char *d = mk_test_tmpdir("gptoss-load");
     char dst[4096];
     snprintf(dst, sizeof dst, "%s/m", d);
-    copy_changed(mk_test_fixture(variant), dst, c);
+    copy_changed(src, dst, c);
     mk_model *m = NULL;
     mk_status st = mk_model_open(dst, &m);
     if (!c) {
