@@ -90,6 +90,19 @@ static double rdot(const ct_wt *t, int64_t r, const double *x, float *buf, doubl
     return ct_dot(t, r, x, buf, cond);
 }
 
+/* One step on y = dy: dy set to y0 (accumulate) or NaN first, the result
+ * downloaded into out */
+static void step_once(const mcase *c, const mk_cuda_moe *m, mk_cuda_moe_ws *ws, void *dx, void *dy,
+                      const float *y0, float *out, int64_t H) {
+    if (c->accumulate)
+        CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
+    else
+        CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
+    CT_OK(mk_cuda_moe_step(m, ws, dx, dy, c->accumulate, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(out, dy, (size_t)H * 4));
+}
+
 static void run_case(const mcase *c) {
     const int64_t H = c->H, E = c->E, k = c->k, I = c->I, Is = c->shared ? c->Is : 0;
     layer L;
@@ -233,13 +246,7 @@ static void run_case(const mcase *c) {
         CT_OK(mk_cuda_moe_routing(mk_cuda_stack_ws(stk), gidx, gw));
         mk_cuda_stack_free(stk);
     } else {
-        if (c->accumulate)
-            CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
-        else
-            CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
-        CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
-        CT_OK(mk_cuda_sync());
-        CT_OK(mk_cuda_download(y, dy, (size_t)H * 4));
+        step_once(c, &m, ws, dx, dy, y0, y, H);
         CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
         /* under programmatic dependent launch (each kernel loading weights
          * before it waits for its predecessor) the same bits come out, on
@@ -249,13 +256,7 @@ static void run_case(const mcase *c) {
         assert_non_null(y2);
         mk_cuda_set_moe_pdl(!pdl0);
         for (int rep = 0; rep < 2; rep++) {
-            if (c->accumulate)
-                CT_OK(mk_cuda_upload(dy, y0, (size_t)H * 4));
-            else
-                CT_OK(mk_cuda_memset(dy, 0xff, (size_t)H * 4));
-            CT_OK(mk_cuda_moe_step(&m, ws, dx, dy, c->accumulate, NULL));
-            CT_OK(mk_cuda_sync());
-            CT_OK(mk_cuda_download(y2, dy, (size_t)H * 4));
+            step_once(c, &m, ws, dx, dy, y0, y2, H);
             if (memcmp(y, y2, (size_t)H * 4) != 0)
                 fail_msg("%s: programmatic dependent launch %s changed y", c->name, pdl0 ? "off" : "on");
         }
