@@ -20,6 +20,22 @@ command -v mpirun >/dev/null || { echo "skip: mpirun not found (openmpi-bin)"; e
 T=$(mktemp -d)
 fail() { echo "FAIL: $*" >&2; exit 1; }
 
+# rank0_of ALIAS: the pid of rank 0 of the job serving ALIAS, found by the
+# environment its launcher gave it (the last such process, as pgrep lists
+# them: a wrapper that shares its command line comes before it); asked again
+# for up to 5 s, since one CI run found none once; empty when there is none.
+rank0_of() {
+    local p r
+    for _ in $(seq 50); do
+        r=
+        for p in $(pgrep -f -- "--alias $1"); do
+            tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && r=$p
+        done
+        [ -n "$r" ] && { echo "$r"; return 0; }
+        sleep 0.1
+    done
+}
+
 MPI=(mpirun --oversubscribe --bind-to none --mca pml ob1 --mca btl tcp,self)
 [ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
 # The sanitizer build runs these tests too: OpenMPI's own allocations held at exit are suppressed by

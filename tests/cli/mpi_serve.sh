@@ -110,10 +110,7 @@ for mode in expert pipeline both; do
     echo "ok: $mode: /v1/responses answers the single-process server's greedy tokens too"
 
     # SIGTERM to rank 0 (found by its launcher's environment): its server stops, then every rank
-    R0=
-    for p in $(pgrep -f -- "--alias $ALIAS"); do
-        tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && R0=$p
-    done
+    R0=$(rank0_of "$ALIAS")
     [ -n "$R0" ] || fail "rank 0's process not found"
     kill -TERM "$R0"
     for _ in $(seq 300); do

@@ -94,10 +94,7 @@ for run in expert:2 pipeline:2 both:3 expert:3; do
         fail "$mode -np $np: $((s1 - s0)) decode steps for $((q1 - q0)) sequences: not batched"
     echo "ok: serve -np $np --mpi-mode $mode --parallel 4: $NREQ concurrent greedy answers equal their single-process runs ($((s1 - s0)) decode steps for $((q1 - q0)) sequences)"
 
-    R0=
-    for p in $(pgrep -f -- "--alias $ALIAS"); do
-        tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && R0=$p
-    done
+    R0=$(rank0_of "$ALIAS")
     [ -n "$R0" ] || fail "rank 0's process not found"
     kill -TERM "$R0"
     for _ in $(seq 300); do
