@@ -29,7 +29,10 @@ static void help(FILE *f) {
             "  --verify            run the ids on the CPU and on --backend, compare the\n"
             "                      embeddings, every layer's output and the logits (relative L2),\n"
             "                      print each and name the first stage beyond --verify-tol; exit 1\n"
-            "                      when one is (--out is then optional and not written). The\n"
+            "                      when one is (--out is then optional and not written). In a\n"
+            "                      diverging layer both run again and its steps (projections,\n"
+            "                      attention, router logits, routed experts, ...) are compared\n"
+            "                      the same way, naming the first op beyond the tolerance. The\n"
             "                      CPU reference runs float activations whatever --act-int8\n"
             "                      says: the check is against the exact products\n"
             "  --verify-tol X      relative L2 allowed per stage (default 1e-3, the fixtures' bound)\n"
@@ -170,13 +173,27 @@ int cmd_logits(int argc, char **argv) {
             fprintf(stderr, "verify: %-40s rel L2 %.3g%s\n", mk_xcheck_stage_name(&x, i, name, sizeof name),
                     x.rel[i], i == x.first_bad ? "   <- first beyond --verify-tol" : "");
         }
+        if (st == MK_OK && x.ops > 0) { /* the diverging layer, step by step */
+            fprintf(stderr, "verify: inside layer %d, step by step:\n", x.layer);
+            for (int i = 0; i < x.ops; i++) {
+                if (x.op_rel[i] < 0)
+                    fprintf(stderr, "verify:   %-38s (inside a fused %s step: not compared)\n", x.op[i], backend);
+                else
+                    fprintf(stderr, "verify:   %-38s rel L2 %.3g%s\n", x.op[i], x.op_rel[i],
+                            i == x.first_bad_op ? "   <- first beyond --verify-tol" : "");
+            }
+        }
         if (st == MK_OK) {
-            char name[96];
+            char name[96], op[128] = "";
             diverged = x.first_bad >= 0;
-            fprintf(stderr, "verify: %s backend %s the CPU within %.3g per stage%s%s; top token differs at %d "
+            if (x.first_bad_op >= 0)
+                snprintf(op, sizeof op, ", step '%s'", x.op[x.first_bad_op]);
+            else if (x.ops > 0)
+                snprintf(op, sizeof op, " (every named step within it agrees: the residual adds)");
+            fprintf(stderr, "verify: %s backend %s the CPU within %.3g per stage%s%s%s; top token differs at %d "
                     "of %lld positions\n", backend, diverged ? "DIVERGES from" : "matches", vtol,
                     diverged ? ", first at " : "",
-                    diverged ? mk_xcheck_stage_name(&x, x.first_bad, name, sizeof name) : "", x.argmax_diff,
+                    diverged ? mk_xcheck_stage_name(&x, x.first_bad, name, sizeof name) : "", op, x.argmax_diff,
                     (long long)n);
             mk_xcheck_free(&x);
         }

@@ -6,7 +6,11 @@
  * The report gives the relative L2 difference of each stage and the first
  * stage beyond the tolerance: a backend that is fast and wrong (seed 003's
  * GPU pipeline) is named at the layer where it goes wrong, not only at the
- * logits. */
+ * logits. When a layer is the first stage beyond the tolerance, both runs
+ * go again with the engine's step observer (engine.h, mk_tap_fn) on that
+ * layer, and its named steps (projections, attention, router logits,
+ * routed experts, ...) are compared the same way: the first one beyond
+ * the tolerance is the op that diverges, its inputs having agreed. */
 #ifndef MOEKIT_CROSSCHECK_H
 #define MOEKIT_CROSSCHECK_H
 
@@ -23,6 +27,15 @@ typedef struct mk_xcheck {
     double *rel;      /* [stages] ||test - ref|| / ||ref|| per stage (malloc'd) */
     int first_bad;    /* first stage over tol, -1 when none */
     int argmax_diff;  /* positions whose top token differs */
+    /* the steps inside the first diverging layer (ops 0 when first_bad is
+     * not a layer, or when ops were not compared) */
+    int layer;        /* that layer, -1 when none */
+    int ops;          /* its steps in the reference run's order */
+    const char **op;  /* [ops] their names (static strings, mk_tap_fn's op) */
+    double *op_rel;   /* [ops] rel L2 as rel; -1: the run under test has no such step
+                         (its backend computed it inside a fused slot), INFINITY: the
+                         runs gave different shapes for it */
+    int first_bad_op; /* first step over tol, -1 when none */
 } mk_xcheck;
 
 /* Stage i as words: "embeddings", "layer 3 output", "logits". */

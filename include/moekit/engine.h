@@ -54,6 +54,20 @@ typedef void (*mk_select_fn)(void *user, int layer, int64_t pos, int count, cons
  * off the fused MoE slot and single-token expert batching (every product
  * must be seen); engine creation fails on a device-memory backend. */
 typedef void (*mk_linear_fn)(void *user, const mk_wt *w, const float *x, int64_t n);
+/* Step observer (optional; `--verify` uses it to name the step inside a
+ * layer where two backends part): called after each named step of layer
+ * `tap_layer` (every layer when tap_layer < 0) in a chunk of
+ * mk_engine_forward, with the step's output, rows x cols floats (rows: the
+ * chunk's tokens) in host memory, downloaded from a device backend, valid
+ * only during the call. `op` is a fixed string naming the step: "input
+ * norm", "q projection", "attention", "output projection", "router
+ * logits", "routed experts", "MoE output", ... (forward.c and moe.c place
+ * them; the same name is the same quantity on every backend). Steps a
+ * backend runs inside one slot show only as that slot's output: a fused
+ * MoE step gives "MoE output" without "router logits" or "routed experts".
+ * Not called in batched decode steps. Turns off decode-step recording;
+ * costs a download per step, so it is for checks, not serving. */
+typedef void (*mk_tap_fn)(void *user, int layer, const char *op, const float *x, int64_t rows, int64_t cols);
 
 typedef struct mk_engine_opts {
     int threads;            /* worker threads, caller included; <= 0: one per CPU */
@@ -77,6 +91,9 @@ typedef struct mk_engine_opts {
     void *on_select_user;   /* passed to on_select */
     mk_linear_fn on_linear; /* NULL (default): no linear-input callbacks, no cost */
     void *on_linear_user;   /* passed to on_linear */
+    mk_tap_fn on_tap;       /* NULL (default): no step callbacks, no cost */
+    void *on_tap_user;      /* passed to on_tap */
+    int tap_layer;          /* with on_tap: the layer whose steps it sees; < 0: every layer */
     const mk_moe_part *moe_part;     /* NULL (default): every routed expert here. Else only the
                                         partition's share (moe_part.h; copied at create): needs a
                                         host-memory backend, turns off the fused MoE slot and

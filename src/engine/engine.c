@@ -328,6 +328,9 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     e->on_select_user = o->on_select_user;
     e->on_linear = o->on_linear;
     e->on_linear_user = o->on_linear_user;
+    e->on_tap = o->on_tap;
+    e->on_tap_user = o->on_tap_user;
+    e->tap_layer = o->tap_layer;
     double scale = 1.0 / sqrt(c->arch == MK_ARCH_DEEPSEEK_V3
                                   ? (double)(c->qk_nope_head_dim + c->qk_rope_head_dim)
                                   : (double)c->head_dim);
@@ -460,6 +463,7 @@ void mk_engine_free(mk_engine *e) {
         mk_backend_free(e->be);
     mk_pool_free(e->pool);
     free(e->harena);
+    free(e->tap_buf);
     free(e->kc);
     free(e->vc);
     free(e->conv);

@@ -89,6 +89,11 @@ struct mk_engine {
     void *on_select_user;
     mk_linear_fn on_linear; /* optional linear-input observer (mk_engine_opts) */
     void *on_linear_user;
+    mk_tap_fn on_tap;     /* optional step observer (mk_engine_opts) */
+    void *on_tap_user;
+    int tap_layer;
+    float *tap_buf;       /* host copy of a tapped step's output (device backends; malloc'd) */
+    size_t tap_cap;       /* its floats */
 
     void *arena;          /* backend arena */
     void *harena;         /* host arena */
@@ -190,6 +195,17 @@ void mk_engine_mlp(mk_engine *e, const mk_wt *gate, const mk_wt *up, const mk_wt
 /* rows[t] += bias for t < n rows of `width` (a projection's bias; bias is
  * host model memory, staged through e->brow / e->brows; n <= nC). */
 void mk_engine_add_bias(mk_engine *e, float *rows, const float *bias, int64_t n, int64_t width);
+
+/* The step observer (mk_engine_opts.on_tap) shown step `op` of layer l:
+ * x[rows, cols] of backend memory, copied to host memory first. A no-op
+ * without an observer, for other layers than its tap_layer and in batched
+ * steps. */
+void mk_engine_tap_out(mk_engine *e, int l, const char *op, const float *x, int64_t rows, int64_t cols);
+static inline void mk_engine_tap(mk_engine *e, int l, const char *op, const float *x, int64_t rows,
+                                 int64_t cols) {
+    if (e->on_tap)
+        mk_engine_tap_out(e, l, op, x, rows, cols);
+}
 
 /* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
 void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);

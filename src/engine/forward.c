@@ -13,6 +13,7 @@
  * block for the family details that matter. */
 #include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "engine/engine_impl.h"
@@ -20,6 +21,26 @@
 
 #define BE(e) ((e)->bi)
 #define CTX(e) ((e)->bctx)
+#define TAP(l, op, x, rows, cols) mk_engine_tap(e, l, op, x, rows, cols)
+
+/* Step observer (engine.h's mk_tap_fn): the step's output through a host
+ * buffer that grows to the largest step (the observer is for checks). A
+ * failed download or allocation shows the observer nothing: the run's own
+ * error comes from the backend's next sync. */
+void mk_engine_tap_out(mk_engine *e, int l, const char *op, const float *x, int64_t rows, int64_t cols) {
+    if (!e->on_tap || (e->tap_layer >= 0 && l != e->tap_layer) || e->batch_inv || rows <= 0 || cols <= 0)
+        return;
+    size_t nf = (size_t)rows * (size_t)cols;
+    if (nf > e->tap_cap) {
+        float *b = realloc(e->tap_buf, nf * sizeof(float));
+        if (!b)
+            return;
+        e->tap_buf = b;
+        e->tap_cap = nf;
+    }
+    BE(e)->download(CTX(e), e->tap_buf, x, nf * sizeof(float));
+    e->on_tap(e->on_tap_user, l, op, e->tap_buf, rows, cols);
+}
 
 /* ---- attention (qwen3_moe; gated in qwen3_next / qwen3_5_moe) --------------- */
 
@@ -65,6 +86,11 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         mk_engine_add_bias(e, kn, w->k_bias, n, nKV * hd);
         mk_engine_add_bias(e, vn, w->v_bias, n, nKV * hd);
     }
+    TAP(l, "q projection", e->q, n, nH * hd);
+    TAP(l, "k projection", kn, n, nKV * hd);
+    TAP(l, "v projection", vn, n, nKV * hd);
+    if (w->gated)
+        TAP(l, "output gate projection", e->gate, n, nH * hd);
     /* q/k norms per head (minimax_m2: over all heads at once; glm4_moe
      * without use_qk_norm: none), then RoPE; per-head norms and RoPE in
      * one launch where the backend fuses them */
@@ -80,6 +106,8 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
         BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
         BE(e)->rope(CTX(e), kn, n, nKV * hd, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     }
+    TAP(l, "q after q norm and RoPE", e->q, n, nH * hd);
+    TAP(l, "k after k norm and RoPE", kn, n, nKV * hd);
     /* causal attention over the cache */
     mk_attn_args a = {.q = e->q, .k = e->kc[l], .v = e->vc[l], .out = e->att, .n = n,
                       .pos0 = pos, .n_heads = (int)nH, .n_kv = (int)nKV, .dk = (int)hd,
@@ -90,12 +118,16 @@ static void attn_block(mk_engine *e, int l, const mk_attn_w *w, int64_t n) {
                       .pos_dev = e->dev_pos ? e->pos_b : NULL,
                       .k_new = e->dev_pos ? kn : NULL, .v_new = e->dev_pos ? vn : NULL};
     BE(e)->attention(CTX(e), &a);
+    TAP(l, "attention", e->att, n, nH * hd);
     /* output gate, output projection (+ its bias: gpt_oss) */
-    if (w->gated)
+    if (w->gated) {
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
+        TAP(l, "attention times sigmoid(gate)", e->att, n, nH * hd);
+    }
     mk_engine_matmul(e, &w->o, e->att, n, e->y);
     if (w->o_bias)
         mk_engine_add_bias(e, e->y, w->o_bias, n, c->hidden_size);
+    TAP(l, "output projection", e->y, n, c->hidden_size);
 }
 
 /* ---- DSA: the lightning indexer (deepseek_v32 / glm_moe_dsa) ------------------ */
@@ -193,13 +225,17 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
     } else {
         mk_engine_matmul(e, &w->q, e->xb, n, e->qraw);
     }
+    TAP(l, "q projection", e->qraw, n, nH * qk);
     /* compressed kv straight into the cache rows: [latent | k_pe], latent normed in place */
     mk_engine_matmul(e, &w->kv_a, e->xb, n, kv);
     BE(e)->rmsnorm(CTX(e), kv, cw, kv, cw, w->kv_a_norm, n, kl, eps);
+    TAP(l, "kv_a projection, latent normed", kv, n, cw);
     /* RoPE (interleaved pairs by default) on q's rope part and the shared k_pe */
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
                 c->rope_interleave);
     BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
+    TAP(l, "q after RoPE", e->qraw, n, nH * qk);
+    TAP(l, "latent cache rows after RoPE", kv, n, cw);
     /* DSA: the positions each token of the chunk attends to */
     if (w->dsa.on)
         dsa_block(e, l, &w->dsa, n);
@@ -232,8 +268,10 @@ static void mla_block(mk_engine *e, int l, const mk_mla_w *w, int64_t n) {
                               .y_head = dvh};
         BE(e)->head_matmul(CTX(e), &va);
     }
+    TAP(l, "attention (values per head)", e->att, n, nH * dvh);
     /* the output projection over the whole chunk */
     mk_engine_matmul(e, &w->o, e->att, n, e->y);
+    TAP(l, "output projection", e->y, n, c->hidden_size);
 }
 
 /* ---- Gated DeltaNet (qwen3_next / qwen3_5_moe linear layers) ----------------- */
@@ -287,17 +325,25 @@ static void gdn_block(mk_engine *e, int l, const mk_gdn_w *w, int64_t n) {
         mk_engine_matmul(e, &w->b, e->xb, n, e->gb);
         mk_engine_matmul(e, &w->a, e->xb, n, e->ga);
     }
+    TAP(l, "q/k/v projection (conv input)", e->mixed, n, C);
+    TAP(l, "z projection", e->z, n, nv * dv);
+    TAP(l, "b projection", e->gb, n, nv);
+    TAP(l, "a projection", e->ga, n, nv);
     /* causal depthwise conv + SiLU, carrying the last K-1 inputs */
     BE(e)->conv1d_silu(CTX(e), e->mixed, C, e->conv_out, n, C, c->conv_kernel, w->conv,
                        e->conv[l]);
+    TAP(l, "conv1d + SiLU", e->conv_out, n, C);
     /* gated delta rule */
     mk_gdn_args a = {e->conv_out, e->conv_out + Kd, e->conv_out + 2 * Kd, C, e->ga, e->gb,
                      w->A_log, w->dt_bias, e->ssm[l], e->o, n, (int)nk, (int)nv, (int)dk,
                      (int)dv};
     BE(e)->gdn(CTX(e), &a);
+    TAP(l, "gated delta rule", e->o, n, nv * dv);
     /* gated output norm, output projection */
     BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
+    TAP(l, "gated norm", e->o, n, nv * dv);
     mk_engine_matmul(e, &w->out, e->o, n, e->y);
+    TAP(l, "output projection", e->y, n, c->hidden_size);
 }
 
 /* ---- dense MLP --------------------------------------------------------------- */
@@ -480,6 +526,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
         BE(e)->rmsnorm(CTX(e), e->xb, H, e->x, H, m->layers[l0].in_norm, n, H, eps);
     for (int l = l0; l < l1; l++) {
         const mk_layer_w *w = &m->layers[l];
+        TAP(l, "input norm", e->xb, n, H);
         /* mixer: x += mixer(norm(x)); xb = norm(x) for the feed-forward */
         switch (w->mixer) {
         case MK_MIXER_ATTN: attn_block(e, l, &w->attn, n); break;
@@ -487,12 +534,15 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
         case MK_MIXER_GDN: gdn_block(e, l, &w->gdn, n); break;
         }
         MK_TRY(residual(e, n, tag_mixer(l), w->post_norm));
+        TAP(l, "residual after the mixer", e->x, n, H);
+        TAP(l, "post-mixer norm", e->xb, n, H);
         /* feed-forward: x += mlp_or_moe(norm(x)); xb = the next layer's
          * pre-norm of x (the final norm follows below) */
         if (w->is_moe)
             MK_TRY(e->moe->run(e, l, &w->moe, n));
         else
             mk_engine_mlp(e, &w->mlp.gate, &w->mlp.up, &w->mlp.down, e->xb, n, e->y);
+        TAP(l, w->is_moe ? "MoE output" : "MLP output", e->y, n, H);
         MK_TRY(residual(e, n, tag_ffn(l), l < l1 - 1 ? m->layers[l + 1].in_norm : NULL));
         if (l < L - 1)
             capture(e, hidden, l + 1, off, ntot, e->x, n);
@@ -520,7 +570,7 @@ static mk_status step_layers(mk_engine *e, int64_t n, int64_t off, int64_t ntot,
  * replayed for the following tokens (step_replay) without queuing a slot. */
 static bool step_recordable(const mk_engine *e, int64_t n, bool head, const float *hidden) {
     return BE(e)->step_begin && BE(e)->check_finite && !e->no_graph && e->graph_ready && n == 1 &&
-           head && !hidden && !e->on_route && !e->on_linear && !e->c->dsa;
+           head && !hidden && !e->on_route && !e->on_linear && !e->on_tap && !e->c->dsa;
 }
 
 static mk_status chunk_run(mk_engine *e, const int32_t *ids, int64_t n, int64_t off,

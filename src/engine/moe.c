@@ -263,9 +263,11 @@ static void oss_expert(mk_engine *e, const mk_moe_w *w, int x, const mk_expert *
 
 /* The shared expert (qwen: times sigmoid(shared_expert_gate(x))) added to
  * the routed experts' sum in e->y. */
-static mk_status add_shared(mk_engine *e, const mk_moe_w *w, int64_t n) {
+static mk_status add_shared(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
+    mk_engine_tap(e, l, "routed experts", e->y, n, e->c->hidden_size);
     if (w->has_shared) {
         mk_engine_mlp(e, &w->shared.gate, &w->shared.up, &w->shared.down, e->xb, n, e->ex_o);
+        mk_engine_tap(e, l, "shared expert", e->ex_o, n, e->c->hidden_size);
         if (w->has_shared_gate)
             mk_engine_matmul(e, &w->shared_gate, e->xb, n, e->sh);
         BE(e)->gated_add(CTX(e), e->y, w->has_shared_gate ? e->sh : NULL, e->ex_o, n, e->c->hidden_size);
@@ -291,9 +293,10 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
     mk_engine_matmul(e, &w->router, e->xb, n, e->router);
     if (w->router_bias) /* gpt_oss */
         mk_engine_add_bias(e, e->router, w->router_bias, n, c->num_experts);
+    mk_engine_tap(e, l, "router logits", e->router, n, c->num_experts);
     BE(e)->route(CTX(e), &ra);
     if (grouped && run_grouped(e, w, &ra, n))
-        return add_shared(e, w, n);
+        return add_shared(e, l, w, n);
     if (grouped && run_fused(e, w, &ra, n)) /* declined: the token loop (its own routing) */
         return MK_OK;
     e->moe_general++;
@@ -349,7 +352,7 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         MK_TRY(e->part.exchange(e->part.user, &xc));
     }
     BE(e)->combine(CTX(e), e->y, e->pairs, e->top_w_b, e->perm_b, n, (int)k, H);
-    return add_shared(e, w, n);
+    return add_shared(e, l, w, n);
 }
 
 const mk_moe_exec_i mk_moe_exec_local = {.name = "local", .run = run_local};

@@ -2,8 +2,11 @@
  * backend against itself agrees exactly at every stage; a backend that is
  * the CPU one with a planted fault (one MoE combine output perturbed, in a
  * chosen layer) is named at exactly that layer, not earlier, and shows at
- * the logits. This is the test that would have caught a fast-and-wrong GPU
- * pipeline; the CUDA backend runs through the same function on the device. */
+ * the logits; inside that layer the step named is the routed experts'
+ * combine, every step before it agreeing exactly. Faults planted in the
+ * attention and Gated DeltaNet slots are named as those steps. This is the
+ * test that would have caught a fast-and-wrong GPU pipeline; the CUDA
+ * backend runs through the same function on the device. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,13 +19,31 @@
 static mk_backend_i g_faulty;                  /* the CPU table with combine replaced */
 static void (*g_combine)(void *, float *, const float *, const float *, const int32_t *, int64_t, int,
                          int64_t);
-static int g_calls, g_target;
+static int g_calls, g_target, g_per_run; /* the fault: call g_target of each run's g_per_run */
+
+static bool fault_now(void) { return g_calls++ % g_per_run == g_target; }
 
 static void faulty_combine(void *ctx, float *y, const float *x, const float *w, const int32_t *order,
                            int64_t n, int k, int64_t dim) {
     g_combine(ctx, y, x, w, order, n, k, dim);
-    if (g_calls++ == g_target)
+    if (fault_now())
         y[dim / 2] += 0.5f; /* one value of one token, in one layer */
+}
+
+/* The steps of layer x->layer up to the first beyond the tolerance agree
+ * exactly, and that one is `want`. */
+static void check_ops(const mk_xcheck *x, int layer, const char *want) {
+    assert_int_equal(x->layer, layer);
+    assert_true(x->ops > 0);
+    assert_true(x->first_bad_op >= 0);
+    printf("    layer %d, %d steps:", layer, x->ops);
+    for (int i = 0; i < x->ops; i++)
+        printf(" %s %.3g%s", x->op[i], x->op_rel[i], i + 1 < x->ops ? "," : "\n");
+    assert_string_equal(x->op[x->first_bad_op], want);
+    for (int i = 0; i < x->first_bad_op; i++)
+        assert_true(x->op_rel[i] == 0.0);
+    assert_true(x->op_rel[x->first_bad_op] > 1e-6);
+    assert_string_equal(x->op[0], "input norm");
 }
 
 static void test_crosscheck(void **st) {
@@ -44,6 +65,8 @@ static void test_crosscheck(void **st) {
     for (int i = 0; i < x.stages; i++)
         assert_true(x.rel[i] == 0.0);
     assert_int_equal(x.argmax_diff, 0);
+    assert_int_equal(x.ops, 0); /* no layer diverged: no step pass */
+    assert_int_equal(x.layer, -1);
     mk_xcheck_free(&x);
     /* the faulty backend: the CPU table and context, combine perturbed in layer `target` */
     g_faulty = *mk_backend_iface(same);
@@ -53,6 +76,7 @@ static void test_crosscheck(void **st) {
     g_faulty.combine = faulty_combine;
     mk_backend *bad = NULL;
     assert_int_equal(mk_backend_create(&g_faulty, mk_backend_ctx(same), &bad), MK_OK);
+    g_per_run = c->num_layers;
     for (g_target = 0; g_target < c->num_layers; g_target++) { /* every layer is MoE: one combine each */
         g_calls = 0;
         assert_int_equal(mk_xcheck_run(m, cpu, bad, &o, ids, 24, 1e-6, &x), MK_OK);
@@ -64,7 +88,76 @@ static void test_crosscheck(void **st) {
         for (int i = 0; i <= g_target; i++)
             assert_true(x.rel[i] == 0.0);
         assert_true(x.rel[x.stages - 1] > 1e-6);
+        check_ops(&x, g_target, "routed experts");
         mk_xcheck_free(&x);
+    }
+    mk_backend_free(bad);
+    mk_backend_free(same);
+    mk_backend_free(cpu);
+    mk_model_free(m);
+}
+
+/* A fault in the attention slot of the t-th full-attention layer, or in
+ * the gdn slot of the t-th Gated DeltaNet layer, is named as that step of
+ * that layer. */
+static void (*g_attention)(void *, const mk_attn_args *);
+static void (*g_gdn)(void *, const mk_gdn_args *);
+
+static void faulty_attention(void *ctx, const mk_attn_args *a) {
+    g_attention(ctx, a);
+    if (fault_now())
+        a->out[a->dv + 1] -= 0.25f;
+}
+
+static void faulty_gdn(void *ctx, const mk_gdn_args *a) {
+    g_gdn(ctx, a);
+    if (fault_now())
+        a->out[3] += 0.25f;
+}
+
+static void test_op_named(void **st) {
+    (void)st;
+    mk_model *m = NULL;
+    assert_int_equal(mk_model_open(mk_test_fixture("tiny-qwen35moe/bf16"), &m), MK_OK);
+    const mk_config *c = mk_model_config(m);
+    int32_t ids[20];
+    for (int i = 0; i < 20; i++)
+        ids[i] = (int32_t)((i * 37 + 11) % c->vocab_size);
+    mk_engine_opts o = {.threads = 1, .max_ctx = 20, .prefill_chunk = 8}; /* three chunks a run */
+    mk_backend *cpu = NULL, *same = NULL, *bad = NULL;
+    assert_int_equal(mk_backend_cpu_create(NULL, &cpu), MK_OK);
+    assert_int_equal(mk_backend_cpu_create(NULL, &same), MK_OK);
+    g_faulty = *mk_backend_iface(same);
+    g_faulty.name = "faulty";
+    g_faulty.free = NULL;
+    g_attention = g_faulty.attention;
+    g_gdn = g_faulty.gdn;
+    g_faulty.attention = faulty_attention;
+    g_faulty.gdn = faulty_gdn;
+    assert_int_equal(mk_backend_create(&g_faulty, mk_backend_ctx(same), &bad), MK_OK);
+    int full[8], lin[8], nf = 0, nl = 0;
+    for (int l = 0; l < c->num_layers && l < 8; l++) {
+        if (mk_config_layer_is_full_attn(c, l))
+            full[nf++] = l;
+        else
+            lin[nl++] = l;
+    }
+    assert_true(nf > 0 && nl > 0); /* the fixture is hybrid */
+    for (int kind = 0; kind < 2; kind++) {
+        /* one kind faulty at a time: the other slot passes through */
+        g_faulty.attention = kind == 0 ? faulty_attention : g_attention;
+        g_faulty.gdn = kind == 1 ? faulty_gdn : g_gdn;
+        int nk = kind == 0 ? nf : nl;
+        g_per_run = nk * 3; /* one call per layer of the kind per chunk */
+        for (g_target = 0; g_target < nk; g_target++) {
+            g_calls = 0;
+            int layer = kind == 0 ? full[g_target] : lin[g_target];
+            mk_xcheck x;
+            assert_int_equal(mk_xcheck_run(m, cpu, bad, &o, ids, 20, 1e-6, &x), MK_OK);
+            assert_int_equal(x.first_bad, layer + 1);
+            check_ops(&x, layer, kind == 0 ? "attention" : "gated delta rule");
+            mk_xcheck_free(&x);
+        }
     }
     mk_backend_free(bad);
     mk_backend_free(same);
@@ -137,6 +230,7 @@ static void test_reference_float(void **st) {
 }
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_crosscheck), cmocka_unit_test(test_reference_float)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_crosscheck), cmocka_unit_test(test_op_named),
+                                       cmocka_unit_test(test_reference_float)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
