@@ -21,8 +21,8 @@
  * The slot declines (returns false, nothing queued) when the step does not
  * take the layer: a weight format other than f32/bf16/f16/affine 4/8-bit,
  * experts of mixed formats, odd intermediate sizes, more than 1024 experts
- * or top_k over 32, DeepSeek-V3's grouped routing or selection bias, or
- * more than MKB_MOE_TOKENS tokens. A declined layer is remembered so the check is not
+ * or top_k over 32, a group limit the step does not take (over 64 groups,
+ * groups of one expert), or more than MKB_MOE_TOKENS tokens. A declined layer is remembered so the check is not
  * repeated. Several tokens (a batched decode step, a short prefill chunk)
  * run as that many one-token steps.
  *
@@ -302,13 +302,22 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
         return false;
     const mk_route_args *r = &a->route;
     const bool sig = r->kind == MK_ROUTE_GROUPED_SIGMOID;
-    if (sig && (r->bias || r->n_group > 1 || r->topk_group > 1))
-        return false; /* DeepSeek-V3's grouped routing and selection bias: not in the step */
     if (r->kind != MK_ROUTE_SOFTMAX && !sig)
         return false;
+    /* DeepSeek-V3 / Kimi-K2: sigmoid scores chosen with the selection bias
+     * within the best groups (the step's route_block, the CPU's order) */
+    const int G = sig && r->n_group > 1 ? r->n_group : 1, TG = sig && r->topk_group > 1 ? r->topk_group : 1;
+    if (G > 64 || a->E % G || (G > 1 && a->E / G < 2) || TG > G)
+        return false;
+    const float *bias = NULL;
+    if (sig && r->bias && !(bias = mkb_param(c, r->bias, a->E)))
+        return true; /* the failure is recorded for sync */
     l->m.score = sig ? MK_CUDA_SCORE_SIGMOID : MK_CUDA_SCORE_SOFTMAX;
     l->m.norm_topk = r->norm;
     l->m.scale = sig ? r->scale : 1.0f;
+    l->m.sel_bias = bias;
+    l->m.n_group = G;
+    l->m.topk_group = TG;
     /* token by token: each row exactly the one-token step's (backend.h's
      * contract for batched decode); the workspace is reused in stream order */
     for (int64_t t = 0; t < a->n; t++) {

@@ -514,4 +514,21 @@ __device__ __forceinline__ float mkc_warp_sum(float v) {
     return v;
 }
 
+/* The CPU engine's serial top-k of a small array s[0..n) by one thread:
+ * k rounds of the first largest not yet taken (lowest index first on
+ * ties), as backend_cpu.c's topk. The routing's group steps use it. */
+__device__ __forceinline__ void mkc_topk_serial(const float *s, int n, int k, int32_t *idx) {
+    for (int j = 0; j < k; j++) {
+        int best = -1;
+        for (int i = 0; i < n; i++) {
+            bool tk = false;
+            for (int q = 0; q < j && !tk; q++)
+                tk = idx[q] == i;
+            if (!tk && (best < 0 || s[i] > s[best]))
+                best = i;
+        }
+        idx[j] = best;
+    }
+}
+
 #endif

@@ -5,8 +5,9 @@
  *   k_router   one warp per router row (plus one for the shared expert's
  *              gate row): logits[E] and the shared-gate logit. The last
  *              block to finish (an atomic ticket; the counter resets itself
- *              for the next launch) scores the logits (softmax or sigmoid),
- *              ranks them (rank_i = #{j: s_j > s_i or s_j == s_i and j < i},
+ *              for the next launch) scores the logits (softmax or sigmoid,
+ *              the latter with DeepSeek-V3's selection bias and group
+ *              limit), ranks them (rank_i = #{j: s_j > s_i or s_j == s_i and j < i},
  *              the CPU engine's lowest-index-first top-k), normalises the k
  *              weights and writes idx[k], w[k] to device memory.
  *   k_gateup   one warp per (selected expert, intermediate row) and per
@@ -25,6 +26,7 @@
 #define MOE_WARPS 8
 #define MOE_MAX_E 1024
 #define MOE_MAX_K 32
+#define MOE_MAX_G 64 /* groups of the group-limited routing */
 
 struct mk_cuda_moe_ws {
     void *base;
@@ -56,8 +58,42 @@ __device__ float block_reduce(float v, bool is_max, float *red) {
     return r;
 }
 
-__device__ void route_block(const float *logits, int E, int k, int score, int norm, float scale, int32_t *idx,
-                            float *wout) {
+/* DeepSeek-V3's group limit on the choices c[0..E) in shared memory
+ * (backend.h's MK_ROUTE_GROUPED_SIGMOID, in the CPU's order): a group's
+ * score is the sum of its two best c (the CPU's top-2: lowest index first
+ * on ties), the topk_group best groups are kept (the same top-k over the
+ * group scores, by one thread), the other groups' c become 0. */
+__device__ void route_groups(float *c, int E, int G, int TG) {
+    __shared__ float gs[MOE_MAX_G];
+    __shared__ int32_t gk[MOE_MAX_G];
+    const int per = E / G;
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        int32_t b[2];
+        mkc_topk_serial(c + g * per, per, 2, b);
+        gs[g] = c[g * per + b[0]] + c[g * per + b[1]];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        mkc_topk_serial(gs, G, TG, gk);
+    __syncthreads();
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+        const int g = i / per;
+        bool kept = false;
+        for (int q = 0; q < TG; q++)
+            kept |= gk[q] == g;
+        if (!kept)
+            c[i] = 0.0f;
+    }
+    __syncthreads();
+}
+
+/* The routing of one token from logits[E] in device memory (written by
+ * other blocks: read through L2), by one block: idx[k], w[k]. Sigmoid
+ * scoring ranks s + bias within the kept groups when bias or G > 1, and
+ * weighs with the unbiased s recomputed from the logit (the same
+ * expression, so the same bits as the plain sigmoid). */
+__device__ void route_block(const float *logits, int E, int k, int score, int norm, float scale,
+                            const float *bias, int G, int TG, int32_t *idx, float *wout) {
     __shared__ float p[MOE_MAX_E];
     __shared__ float red[32];
     __shared__ float sw[MOE_MAX_K];
@@ -83,11 +119,16 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
         const float inv = 1.0f / s;
         for (int i = threadIdx.x; i < E; i += blockDim.x)
             p[i] *= inv;
+    } else if (bias) {
+        for (int i = threadIdx.x; i < E; i += blockDim.x)
+            p[i] = 1.0f / (1.0f + expf(-p[i])) + __ldg(bias + i);
     } else {
         for (int i = threadIdx.x; i < E; i += blockDim.x)
             p[i] = 1.0f / (1.0f + expf(-p[i]));
     }
     __syncthreads();
+    if (score == MK_CUDA_SCORE_SIGMOID && G > 1)
+        route_groups(p, E, G, TG);
     for (int i = threadIdx.x; i < E; i += blockDim.x) {
         const float v = p[i];
         int rank = 0;
@@ -98,7 +139,7 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
         }
         if (rank < k) {
             si[rank] = i;
-            sw[rank] = v;
+            sw[rank] = score == MK_CUDA_SCORE_SIGMOID ? 1.0f / (1.0f + expf(-__ldcg(logits + i))) : v;
         }
     }
     __syncthreads();
@@ -133,6 +174,8 @@ struct moe_args {
     int32_t E, k, I, Is, H;
     int32_t has_shared, has_sg, score, norm;
     float scale;
+    const float *bias; /* the routing's selection bias, or NULL */
+    int32_t G, TG;     /* its group limit (1: none) */
 };
 
 /* A router (or shared-gate) row of an affine kind with at most 32
@@ -193,7 +236,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (!last)
         return;
     __threadfence();
-    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, idx, w);
+    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w);
     if (threadIdx.x == 0)
         *ticket = 0u; /* ready for the next launch (stream order) */
 }
@@ -491,6 +534,15 @@ extern "C" mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
                       (long long)m->top_k);
     if (m->score != MK_CUDA_SCORE_SOFTMAX && m->score != MK_CUDA_SCORE_SIGMOID)
         return mk_err(MK_E_ARG, "moe: unknown scoring %d", (int)m->score);
+    const int G = m->n_group > 1 ? m->n_group : 1, TG = m->topk_group > 1 ? m->topk_group : 1;
+    if (m->score != MK_CUDA_SCORE_SIGMOID && (m->sel_bias || G > 1))
+        return mk_err(MK_E_ARG, "moe: a selection bias or group limit needs sigmoid scoring");
+    if (G > MOE_MAX_G || m->n_experts % G || (G > 1 && m->n_experts / G < 2) || TG > G)
+        return mk_err(MK_E_UNSUPPORTED, "moe: group-limited routing wants n_group <= %d dividing %lld experts "
+                      "into groups of >= 2 and topk_group <= n_group, found n_group %d, topk_group %d",
+                      MOE_MAX_G, (long long)m->n_experts, G, TG);
+    if (m->sel_bias && ((uintptr_t)m->sel_bias & 3))
+        return mk_err(MK_E_ARG, "moe: the selection bias must be 4-byte aligned device memory");
     const int64_t H = m->hidden, E = m->n_experts, I = m->inter, Is = m->shared_inter;
     if (I % 2 || (m->has_shared && Is % 2))
         return mk_err(MK_E_UNSUPPORTED, "moe: inter and shared_inter must be even (k_gateup does row pairs), "
@@ -586,37 +638,46 @@ static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStre
     return cudaLaunchKernelEx(&cfg, k, args...);
 }
 
+/* moe_args of one layer (views checked) */
+static mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
+    memset(a, 0, sizeof *a);
+    MK_TRY(mkc_view(&m->router, "router", &a->router));
+    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a->gate));
+    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a->up));
+    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a->down));
+    if (m->has_shared) {
+        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a->shg));
+        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a->shu));
+        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a->shd));
+    }
+    if (m->has_shared_gate)
+        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a->sgw));
+    a->E = (int32_t)m->n_experts;
+    a->k = (int32_t)m->top_k;
+    a->I = (int32_t)m->inter;
+    a->Is = m->has_shared ? (int32_t)m->shared_inter : 0;
+    a->H = (int32_t)m->hidden;
+    a->has_shared = m->has_shared;
+    a->has_sg = m->has_shared_gate;
+    a->score = m->score;
+    a->norm = m->norm_topk;
+    a->scale = m->scale;
+    a->bias = m->sel_bias;
+    a->G = m->n_group > 1 ? m->n_group : 1;
+    a->TG = m->topk_group > 1 ? m->topk_group : 1;
+    return MK_OK;
+}
+
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
                          void *stream, unsigned parts, bool pdl) {
     moe_args a;
-    memset(&a, 0, sizeof a);
     if (ws->E != m->n_experts || ws->k != m->top_k || ws->I != m->inter ||
         ws->Is != (m->has_shared ? m->shared_inter : 0))
         return mk_err(MK_E_MISMATCH, "moe: workspace was made for another shape");
     /* x == y is fine: only k_router and k_gateup read x, k_down writes y after them */
     if (((uintptr_t)x & 15) != 0)
         return mk_err(MK_E_ARG, "moe: x must be 16-byte aligned device memory");
-    MK_TRY(mkc_view(&m->router, "router", &a.router));
-    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a.gate));
-    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a.up));
-    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a.down));
-    if (m->has_shared) {
-        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a.shg));
-        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a.shu));
-        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a.shd));
-    }
-    if (m->has_shared_gate)
-        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a.sgw));
-    a.E = (int32_t)m->n_experts;
-    a.k = (int32_t)m->top_k;
-    a.I = (int32_t)m->inter;
-    a.Is = (int32_t)ws->Is;
-    a.H = (int32_t)m->hidden;
-    a.has_shared = m->has_shared;
-    a.has_sg = m->has_shared_gate;
-    a.score = m->score;
-    a.norm = m->norm_topk;
-    a.scale = m->scale;
+    MK_TRY(moe_args_of(m, &a));
     cudaStream_t s = (cudaStream_t)stream;
     if (parts & 1)
         MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg), 0, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket),
@@ -750,7 +811,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2) k_stack(const stack_args s)
         }
         grid_barrier(s.bar, s.bar + 1);
         /* 2. routing in every block; gate/up row pairs */
-        route_block(s.logits, a.E, a.k, a.score, a.norm, a.scale, r_idx, r_w);
+        route_block(s.logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, r_idx, r_w);
         __syncthreads();
         if (blockIdx.x == 0 && threadIdx.x < a.k) { /* for mk_cuda_moe_routing */
             s.idx[threadIdx.x] = r_idx[threadIdx.x];
@@ -833,32 +894,6 @@ struct mk_cuda_stack {
     size_t smem;
 };
 
-/* moe_args of one layer (views checked) */
-static mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
-    memset(a, 0, sizeof *a);
-    MK_TRY(mkc_view(&m->router, "router", &a->router));
-    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a->gate));
-    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a->up));
-    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a->down));
-    if (m->has_shared) {
-        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a->shg));
-        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a->shu));
-        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a->shd));
-    }
-    if (m->has_shared_gate)
-        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a->sgw));
-    a->E = (int32_t)m->n_experts;
-    a->k = (int32_t)m->top_k;
-    a->I = (int32_t)m->inter;
-    a->Is = m->has_shared ? (int32_t)m->shared_inter : 0;
-    a->H = (int32_t)m->hidden;
-    a->has_shared = m->has_shared;
-    a->has_sg = m->has_shared_gate;
-    a->score = m->score;
-    a->norm = m->norm_topk;
-    a->scale = m->scale;
-    return MK_OK;
-}
 
 extern "C" mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda_stack **out) {
     *out = NULL;

@@ -57,21 +57,6 @@ __device__ int rt_argmax(const float *s, const unsigned char *taken, int E, floa
     return bi;
 }
 
-/* the CPU's serial top-k of a small array (lowest index first on ties) */
-__device__ void rt_topk_serial(const float *s, int n, int k, int *idx) {
-    for (int j = 0; j < k; j++) {
-        int best = -1;
-        for (int i = 0; i < n; i++) {
-            bool tk = false;
-            for (int q = 0; q < j && !tk; q++)
-                tk = idx[q] == i;
-            if (!tk && (best < 0 || s[i] > s[best]))
-                best = i;
-        }
-        idx[j] = best;
-    }
-}
-
 __global__ void __launch_bounds__(RT_THREADS) k_route(mk_route_args a) {
     extern __shared__ float sm[];
     float *s = sm;                                       /* E scores */
@@ -91,12 +76,12 @@ __global__ void __launch_bounds__(RT_THREADS) k_route(mk_route_args a) {
         __shared__ int keep[RT_MAX_G];
         for (int g = threadIdx.x; g < G; g += blockDim.x) {
             int gi[2];
-            rt_topk_serial(s + g * per, per, 2, gi);
+            mkc_topk_serial(s + g * per, per, 2, gi);
             gs[g] = s[g * per + gi[0]] + s[g * per + gi[1]];
         }
         __syncthreads();
         if (threadIdx.x == 0)
-            rt_topk_serial(gs, G, TG, keep);
+            mkc_topk_serial(gs, G, TG, keep);
         __syncthreads();
         for (int i = threadIdx.x; i < E; i += blockDim.x) {
             const int g = i / per;

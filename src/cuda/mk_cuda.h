@@ -106,7 +106,7 @@ bool mk_cuda_moe_pdl(void);
 
 typedef enum mk_cuda_score {
     MK_CUDA_SCORE_SOFTMAX = 0, /* Qwen3-MoE, Qwen3-Next, Qwen3.5: softmax over all experts */
-    MK_CUDA_SCORE_SIGMOID = 1  /* sigmoid per expert (DeepSeek-V3 without group limits/bias) */
+    MK_CUDA_SCORE_SIGMOID = 1  /* sigmoid per expert (DeepSeek-V3, Kimi-K2: with sel_bias and groups) */
 } mk_cuda_score;
 
 /* Device weights of one MoE block, MLX's stacked layout: the experts' gate
@@ -119,6 +119,10 @@ typedef enum mk_cuda_score {
  * Routing: s = softmax(router x) or sigmoid(router x); top-k of s (lowest
  * index first on ties, as the CPU engine); w = s_top, divided by their sum
  * when norm_topk (+1e-20 for sigmoid scoring, as DeepSeek-V3), times scale.
+ * Sigmoid scoring may add DeepSeek-V3's group-limited choice (backend.h's
+ * MK_ROUTE_GROUPED_SIGMOID): the experts are chosen by c = s + sel_bias
+ * among the topk_group of n_group groups with the best sum of their two
+ * best c (the other groups' c set to 0), the weights are the unbiased s.
  * Experts and shared expert must share one format (bits, group, scale
  * dtype); router and shared gate may each have any supported format. */
 typedef struct mk_cuda_moe {
@@ -126,6 +130,10 @@ typedef struct mk_cuda_moe {
     mk_cuda_score score;
     bool norm_topk;
     float scale; /* routed_scaling_factor; 1 for Qwen */
+    const float *sel_bias; /* sigmoid only: device float32[n_experts] selection bias
+                              (e_score_correction_bias), or NULL */
+    int n_group, topk_group; /* sigmoid only: group-limited choice; <= 1: none. n_group
+                                <= 64 and dividing n_experts into groups of >= 2 */
     mk_wt router;
     mk_wt gate, up, down;
     bool has_shared, has_shared_gate;

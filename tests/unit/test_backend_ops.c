@@ -1366,6 +1366,39 @@ static void ref_topk(const double *s, int n, int k, int *idx) {
     }
 }
 
+/* backend.h's MK_ROUTE_GROUPED_SIGMOID in double for one token's logits
+ * l[E]: s = sigmoid(l), the choice s + bias (bias may be NULL) with all
+ * but the TG best of G groups (by the sum of their two best choices) set
+ * to 0, top-K of the choice; w = s / (sum + 1e-20) * scale. */
+static void ref_route_grouped(const double *l, const float *bias, int E, int K, int G, int TG, double scale,
+                              int *idx, double *w) {
+    double s[64], ch[64], gs[64], sum = 0;
+    int per = E / G, gi[2] = {0, 0}, keep[64] = {0};
+    assert_true(E <= 64 && G <= 64);
+    for (int i = 0; i < E; i++)
+        ch[i] = (s[i] = 1.0 / (1.0 + exp(-l[i]))) + (bias ? bias[i] : 0.0f);
+    if (G > 1) {
+        for (int g = 0; g < G; g++) {
+            ref_topk(ch + g * per, per, 2, gi);
+            gs[g] = ch[g * per + gi[0]] + ch[g * per + gi[1]];
+        }
+        ref_topk(gs, G, TG, keep);
+        for (int g = 0; g < G; g++) {
+            bool kept = false;
+            for (int j = 0; j < TG; j++)
+                kept |= keep[j] == g;
+            if (!kept)
+                for (int i = 0; i < per; i++)
+                    ch[g * per + i] = 0;
+        }
+    }
+    ref_topk(ch, E, K, idx);
+    for (int j = 0; j < K; j++)
+        sum += (w[j] = s[idx[j]]);
+    for (int j = 0; j < K; j++)
+        w[j] = w[j] / (sum + 1e-20) * scale;
+}
+
 static void test_route_combine(void **st) {
     (void)st;
     enum { NT = 5, E = 32, K = 4, G = 4, TG = 2 };
@@ -1387,7 +1420,7 @@ static void test_route_combine(void **st) {
             int32_t *idx = (int32_t *)back(b, di, sizeof(int32_t) * NT * K);
             float *wt = back(b, dw, sizeof(float) * NT * K);
             for (int t = 0; t < NT; t++) {
-                double s[E], ch[E], wref[K], sum = 0;
+                double s[E], wref[K], sum = 0;
                 int ridx[K];
                 const float *l = lg + t * E;
                 if (kind == 0) {
@@ -1404,28 +1437,10 @@ static void test_route_combine(void **st) {
                     for (int j = 0; j < K; j++)
                         wref[j] /= sum;
                 } else {
-                    int per = E / G, gi[2] = {0, 0}, keep[TG] = {0};
-                    double gs[G];
+                    double ld[E];
                     for (int i = 0; i < E; i++)
-                        ch[i] = (s[i] = 1.0 / (1.0 + exp(-(double)l[i]))) + bias[i];
-                    for (int g = 0; g < G; g++) {
-                        ref_topk(ch + g * per, per, 2, gi);
-                        gs[g] = ch[g * per + gi[0]] + ch[g * per + gi[1]];
-                    }
-                    ref_topk(gs, G, TG, keep);
-                    for (int g = 0; g < G; g++) {
-                        bool kept = false;
-                        for (int j = 0; j < TG; j++)
-                            kept |= keep[j] == g;
-                        if (!kept)
-                            for (int i = 0; i < per; i++)
-                                ch[g * per + i] = 0;
-                    }
-                    ref_topk(ch, E, K, ridx);
-                    for (int j = 0; j < K; j++)
-                        sum += (wref[j] = s[ridx[j]]);
-                    for (int j = 0; j < K; j++)
-                        wref[j] = wref[j] / (sum + 1e-20) * 2.5;
+                        ld[i] = l[i];
+                    ref_route_grouped(ld, bias, E, K, G, TG, 2.5, ridx, wref);
                 }
                 for (int j = 0; j < K; j++)
                     if (idx[t * K + j] != ridx[j])
@@ -1522,7 +1537,7 @@ static void ref_expert_add(const double *G, const double *U, const double *D, in
 static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t Is, const double *R,
                     double *const *G, double *const *U, double *const *D, const double *SG,
                     const double *SU, const double *SD, const double *SGW, bool sigmoid, double scale,
-                    double *y) {
+                    const float *bias, int ng, int tg, double *y) {
     double s[64], w[8];
     int idx[8];
     double mx = -INFINITY, z = 0, sum = 0;
@@ -1532,15 +1547,19 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
             s[e] += R[e * H + c] * x[c];
         mx = s[e] > mx ? s[e] : mx;
     }
-    for (int e = 0; e < E; e++)
-        z += (s[e] = sigmoid ? 1.0 / (1.0 + exp(-s[e])) : exp(s[e] - mx));
-    for (int e = 0; e < E && !sigmoid; e++)
-        s[e] /= z;
-    ref_topk(s, E, K, idx);
-    for (int j = 0; j < K; j++)
-        sum += (w[j] = s[idx[j]]);
-    for (int j = 0; j < K; j++)
-        w[j] = w[j] / (sum + (sigmoid ? 1e-20 : 0.0)) * scale;
+    if (sigmoid) { /* DeepSeek-V3's routing (plain sigmoid: no bias, one group) */
+        ref_route_grouped(s, bias, E, K, ng, tg, scale, idx, w);
+    } else {
+        for (int e = 0; e < E; e++)
+            z += (s[e] = exp(s[e] - mx));
+        for (int e = 0; e < E; e++)
+            s[e] /= z;
+        ref_topk(s, E, K, idx);
+        for (int j = 0; j < K; j++)
+            sum += (w[j] = s[idx[j]]);
+        for (int j = 0; j < K; j++)
+            w[j] = w[j] / sum * scale;
+    }
     for (int64_t o = 0; o < H; o++)
         y[o] = 0;
     double *h = malloc((size_t)(I > Is ? I : Is) * sizeof(double));
@@ -1562,8 +1581,9 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
  * allocations, as Hugging Face checkpoints store experts), for the formats
  * the fused step takes, softmax and sigmoid routing, with and without a
  * shared expert; two tokens in one call give each row bitwise as a
- * one-token call; calls the slot must decline (more than 64 tokens,
- * grouped routing with a bias) queue nothing; with an expert VRAM budget
+ * one-token call; DeepSeek-V3's routing (selection bias, 4 groups of which
+ * 2 are kept) against its double reference; calls the slot must decline
+ * (more than 64 tokens, groups of one expert) queue nothing; with an expert VRAM budget
  * of 0 the layer's experts go to mapped host memory and the output is
  * bitwise the resident one's; afterwards the general path (matmul
  * on one expert's view) reads the same device copy the slot stacked. The
@@ -1579,9 +1599,9 @@ static void test_fused_moe(void **st) {
             continue;
         }
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
-            for (int variant = 0; variant < 3; variant++) {
+            for (int variant = 0; variant < 4; variant++) {
                 const int kind = kinds[ki];
-                const bool sigmoid = variant == 2, shared = variant != 1;
+                const bool sigmoid = variant >= 2, grouped = variant == 3, shared = variant != 1;
                 const size_t bytes0 = mk_backend_cuda_weight_bytes(b->b);
                 wbuf rw, gw[E], uw[E], dw[E], sg, su, sd, sgw;
                 mk_expert ex[E];
@@ -1593,15 +1613,18 @@ static void test_fused_moe(void **st) {
                 make_w(&sd, kind, H, IS);
                 make_w(&sgw, 1, 1, H);
                 double *R = deq(&rw.w), *SG = deq(&sg.w), *SU = deq(&su.w), *SD = deq(&sd.w), *SGW = deq(&sgw.w);
-                float *x = rvec(2 * H);
+                float *x = rvec(2 * H), *bias = rvec(E);
+                for (int e = 0; e < E; e++)
+                    bias[e] *= 0.2f; /* DeepSeek-V3's correction biases are small next to the scores */
+                const int ng = grouped ? 4 : 1, tg = grouped ? 2 : 1;
                 double y_ref[H];
                 ref_moe(x, H, E, K, I, IS, R, G, U, D, shared ? SG : NULL, SU, SD, shared ? SGW : NULL,
-                        sigmoid, sigmoid ? 2.5 : 1.0, y_ref);
-                void *dx = dev(b, x, 2 * H * 4), *dy = dev(b, NULL, 2 * H * 4);
+                        sigmoid, sigmoid ? 2.5 : 1.0, grouped ? bias : NULL, ng, tg, y_ref);
+                void *dx = dev(b, x, 2 * H * 4), *dy = dev(b, NULL, 2 * H * 4), *dbias = dev(b, bias, E * 4);
                 mk_moe_args a = {.x = dx, .y = dy, .n = 1, .H = H, .router = &rw.w, .experts = ex, .E = E, .k = K,
                                  .route = {.kind = sigmoid ? MK_ROUTE_GROUPED_SIGMOID : MK_ROUTE_SOFTMAX,
-                                           .norm = true, .n_group = 1, .topk_group = 1,
-                                           .scale = sigmoid ? 2.5f : 1.0f}};
+                                           .bias = grouped ? dbias : NULL, .norm = true, .n_group = ng,
+                                           .topk_group = tg, .scale = sigmoid ? 2.5f : 1.0f}};
                 if (shared) {
                     a.sh_gate = &sg.w;
                     a.sh_up = &su.w;
@@ -1609,8 +1632,8 @@ static void test_fused_moe(void **st) {
                     a.sh_gate_w = &sgw.w;
                 }
                 char what[96];
-                snprintf(what, sizeof what, "fused moe %s %s%s", gw[0].name, sigmoid ? "sigmoid" : "softmax",
-                         shared ? " +shared" : "");
+                snprintf(what, sizeof what, "fused moe %s %s%s", gw[0].name,
+                         grouped ? "grouped sigmoid + bias" : sigmoid ? "sigmoid" : "softmax", shared ? " +shared" : "");
                 assert_true(b->i->moe(b->ctx, &a));
                 float *y = back(b, dy, H * 4);
                 check_rel(b->name, what, y, y_ref, H, TOL_DOT);
@@ -1629,15 +1652,15 @@ static void test_fused_moe(void **st) {
                 free(y1);
                 free(y2);
                 float *y0 = y; /* the resident step's output, for the host-memory one below */
-                /* declined: more tokens than the slot takes; a selection
-                 * bias (grouped routing) */
+                /* declined: more tokens than the slot takes; groups of one
+                 * expert (no top-2 per group) */
                 a2.n = 65;
                 assert_false(b->i->moe(b->ctx, &a2));
-                float bias[E] = {0};
                 a2 = a;
                 a2.n = 1;
                 a2.route.kind = MK_ROUTE_GROUPED_SIGMOID;
-                a2.route.bias = bias;
+                a2.route.n_group = E;
+                a2.route.topk_group = 2;
                 assert_false(b->i->moe(b->ctx, &a2));
                 /* the general path on expert 5's gate reads the stacked copy */
                 b->i->matmul(b->ctx, &gw[5].w, dx, 1, dy);
@@ -1695,8 +1718,10 @@ static void test_fused_moe(void **st) {
                 for (size_t i = 0; i < sizeof dd / sizeof dd[0]; i++)
                     free(dd[i]);
                 free(x);
+                free(bias);
                 b->i->buf_free(b->ctx, dx);
                 b->i->buf_free(b->ctx, dy);
+                b->i->buf_free(b->ctx, dbias);
             }
     }
 }

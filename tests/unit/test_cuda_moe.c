@@ -9,11 +9,15 @@
  * ties (as src/engine/forward.c); w = s_top / sum (when norm_topk; +1e-20
  * for sigmoid) * scale; h_j = silu(gate_e x) * up_e x; y = sum_j w_j down_e
  * h_j + g_s * shared_down(silu(shared_gate x) * shared_up x), g_s =
- * sigmoid(shared_expert_gate x) or 1.
+ * sigmoid(shared_expert_gate x) or 1. DeepSeek-V3's routing (sigmoid with
+ * a selection bias and a group limit): the experts are the top-k of the
+ * choice c = s + bias after all but the topk_group best groups (by the sum
+ * of their two best c) are set to 0; the weights are the unbiased s.
  *
  * Checks: (1) the device's routing (mk_cuda_moe_routing) selects the same
  * experts in the same order as the reference; inputs are drawn so that the
- * k-th and (k+1)-th scores differ by > 1e-4 relative (a redraw otherwise:
+ * k-th and (k+1)-th scores (choices; and the kept groups' scores) differ
+ * by > 1e-4 relative (a redraw otherwise:
  * a near-tie is decided by rounding, on the CPU as on the GPU, and is not
  * what this test is about); (2) its weights are within the propagated bound
  * below; (3) every element of y (poisoned with NaN bytes before the step,
@@ -52,25 +56,33 @@ typedef struct mcase {
     int router_fmt; /* 0: affine 8-bit g64 bf16, 1: bf16, 2: same as experts */
     bool accumulate;
     bool stack; /* run through mk_cuda_stack (one layer; x += moe(x)) instead of mk_cuda_moe_step */
+    int groups, topk_groups; /* DeepSeek-V3's group limit (0: none) */
+    float bias_amp;          /* selection bias drawn in +-bias_amp (0: none) */
 } mcase;
 
 static const mcase g_cases[] = {
     {"qwen3-moe-like 4bit g64 bf16, router 8bit", 320, 20, 4, 192, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
-     true, 1.0f, false, false, 0, false, false},
+     true, 1.0f, false, false, 0, false, false, 0, 0, 0.0f},
     {"qwen3.5-like shared+gate 4bit g64 f16, accumulate", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16,
-     MK_CUDA_SCORE_SOFTMAX, true, 1.0f, true, true, 1, true, false},
+     MK_CUDA_SCORE_SOFTMAX, true, 1.0f, true, true, 1, true, false, 0, 0, 0.0f},
     {"sigmoid no-norm scale 2.5, 8bit g32, shared no gate", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16,
-     MK_CUDA_SCORE_SIGMOID, false, 2.5f, true, false, 2, false, false},
+     MK_CUDA_SCORE_SIGMOID, false, 2.5f, true, false, 2, false, false, 0, 0, 0.0f},
     {"softmax no-norm 8bit g64 f32, k=1", 192, 7, 1, 128, 0, 8, 64, MK_DT_F32, MK_CUDA_SCORE_SOFTMAX, false, 1.0f,
-     false, false, 2, false, false},
+     false, false, 2, false, false, 0, 0, 0.0f},
     {"stack: qwen3.5-like shared+gate 4bit g64 f16", 256, 40, 8, 64, 128, 4, 64, MK_DT_F16, MK_CUDA_SCORE_SOFTMAX,
-     true, 1.0f, true, true, 1, true, true},
+     true, 1.0f, true, true, 1, true, true, 0, 0, 0.0f},
     {"stack: sigmoid no-norm scale 2.5, 8bit g32", 224, 33, 5, 96, 64, 8, 32, MK_DT_BF16, MK_CUDA_SCORE_SIGMOID,
-     false, 2.5f, true, false, 2, true, true},
+     false, 2.5f, true, false, 2, true, true, 0, 0, 0.0f},
     {"stack: Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX,
-     true, 1.0f, false, false, 2, true, true},
+     true, 1.0f, false, false, 2, true, true, 0, 0, 0.0f},
     {"Qwen3-30B-A3B layer 4bit g64 bf16", 2048, 128, 8, 768, 0, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true,
-     1.0f, false, false, 2, false, false},
+     1.0f, false, false, 2, false, false, 0, 0, 0.0f},
+    {"deepseek-v3-like: bias, 8 groups keep 3, shared, 4bit", 256, 64, 6, 96, 192, 4, 64, MK_DT_BF16,
+     MK_CUDA_SCORE_SIGMOID, true, 2.5f, true, false, 1, true, false, 8, 3, 0.3f},
+    {"kimi-k2-like: bias, one group, 8bit g32", 192, 48, 8, 64, 64, 8, 32, MK_DT_BF16, MK_CUDA_SCORE_SIGMOID,
+     true, 2.827f, true, false, 2, false, false, 1, 1, 0.3f},
+    {"stack: deepseek-v3-like bias, 4 groups keep 2, 8bit", 224, 32, 4, 64, 64, 8, 64, MK_DT_BF16,
+     MK_CUDA_SCORE_SIGMOID, true, 2.5f, true, false, 2, true, true, 4, 2, 0.3f},
 };
 
 typedef struct layer {
@@ -83,6 +95,41 @@ static ct_wt mat(const mcase *c, int64_t rows, int64_t cols, float amp) {
 
 static double silu(double g) {
     return g / (1.0 + exp(-g));
+}
+
+/* The top-k of s[0..n) into idx, descending, lowest index first on ties
+ * (as the CPU engine's routing). */
+static void top_k(const double *s, int64_t n, int64_t k, int32_t *idx) {
+    for (int64_t j = 0; j < k; j++) {
+        int32_t best = -1;
+        for (int64_t e = 0; e < n; e++) {
+            bool taken = false;
+            for (int64_t q = 0; q < j; q++)
+                taken |= idx[q] == e;
+            if (!taken && (best < 0 || s[e] > s[best]))
+                best = (int32_t)e;
+        }
+        idx[j] = best;
+    }
+}
+
+/* top_k, and whether every step of its order is clear: the k chosen
+ * values apart by > 1e-4 relative from each other and from the best one
+ * left out (see the header). */
+static bool top_k_clear(const double *s, int64_t n, int64_t k, int32_t *idx) {
+    top_k(s, n, k, idx);
+    double next = -INFINITY; /* best value outside the top-k */
+    for (int64_t e = 0; e < n; e++) {
+        bool taken = false;
+        for (int64_t q = 0; q < k; q++)
+            taken |= idx[q] == e;
+        if (!taken && s[e] > next)
+            next = s[e];
+    }
+    bool clear = k == n || (s[idx[k - 1]] - next) > 1e-4 * fabs(s[idx[k - 1]]);
+    for (int64_t j = 1; j < k; j++)
+        clear &= (s[idx[j - 1]] - s[idx[j]]) > 1e-4 * fabs(s[idx[j - 1]]);
+    return clear;
 }
 
 /* reference row dot and its error scale (cond) for a double input */
@@ -147,6 +194,19 @@ static void run_case(const mcase *c) {
         if (c->shared_gate)
             CT_OK(mk_cuda_wt_upload(&L.sgw.w, &m.sh_gate_w, "shared_expert_gate"));
     }
+    float *bias = NULL;
+    void *dbias = NULL;
+    if (c->bias_amp > 0) {
+        bias = malloc((size_t)E * 4);
+        assert_non_null(bias);
+        for (int64_t e = 0; e < E; e++)
+            bias[e] = ct_f(-c->bias_amp, c->bias_amp);
+        CT_OK(mk_cuda_malloc(&dbias, (size_t)E * 4, "selection bias"));
+        CT_OK(mk_cuda_upload(dbias, bias, (size_t)E * 4));
+        m.sel_bias = (const float *)dbias;
+    }
+    m.n_group = c->groups;
+    m.topk_group = c->topk_groups;
     mk_cuda_moe_ws *ws;
     CT_OK(mk_cuda_moe_ws_new(&m, &ws));
 
@@ -154,7 +214,7 @@ static void run_case(const mcase *c) {
     float *x = malloc((size_t)H * 4), *y = malloc((size_t)H * 4), *y0 = malloc((size_t)H * 4);
     float *buf = malloc((size_t)W * 4);
     double *xd = malloc((size_t)H * 8), *lg = malloc((size_t)E * 8), *cl = malloc((size_t)E * 8);
-    double *p = malloc((size_t)E * 8), *h = malloc((size_t)(k * I + Is) * 8), *eh = malloc((size_t)(k * I + Is) * 8);
+    double *p = malloc((size_t)E * 8), *ch = malloc((size_t)E * 8), *h = malloc((size_t)(k * I + Is) * 8), *eh = malloc((size_t)(k * I + Is) * 8);
     int32_t sel[32], gidx[32];
     float gw[32];
     double wref[32];
@@ -176,28 +236,28 @@ static void run_case(const mcase *c) {
         if (c->score == MK_CUDA_SCORE_SOFTMAX)
             for (int64_t e = 0; e < E; e++)
                 p[e] /= sum;
-        for (int64_t j = 0; j < k; j++) { /* stable top-k, lowest index first */
-            int32_t best = -1;
-            for (int64_t e = 0; e < E; e++) {
-                bool taken = false;
-                for (int64_t q = 0; q < j; q++)
-                    taken |= sel[q] == e;
-                if (!taken && (best < 0 || p[e] > p[best]))
-                    best = (int32_t)e;
+        /* the choice: the score, plus the selection bias, within the kept groups */
+        bool clear = true;
+        for (int64_t e = 0; e < E; e++)
+            ch[e] = p[e] + (bias ? bias[e] : 0.0);
+        if (c->groups > 1) {
+            const int64_t G = c->groups, per = E / G;
+            double gsc[64];
+            int32_t top2[2], keep[64];
+            for (int64_t g = 0; g < G; g++) {
+                top_k(ch + g * per, per, 2, top2);
+                gsc[g] = ch[g * per + top2[0]] + ch[g * per + top2[1]];
             }
-            sel[j] = best;
+            clear &= top_k_clear(gsc, G, c->topk_groups, keep);
+            for (int64_t g = 0; g < G; g++) {
+                bool kept = false;
+                for (int q = 0; q < c->topk_groups; q++)
+                    kept |= keep[q] == g;
+                for (int64_t e = 0; !kept && e < per; e++)
+                    ch[g * per + e] = 0.0;
+            }
         }
-        double next = -1.0; /* best score outside the top-k */
-        for (int64_t e = 0; e < E; e++) {
-            bool taken = false;
-            for (int64_t q = 0; q < k; q++)
-                taken |= sel[q] == e;
-            if (!taken && p[e] > next)
-                next = p[e];
-        }
-        bool clear = k == E || (p[sel[k - 1]] - next) > 1e-4 * p[sel[k - 1]];
-        for (int64_t j = 1; j < k; j++) /* order inside the top-k is checked too */
-            clear &= (p[sel[j - 1]] - p[sel[j]]) > 1e-4 * p[sel[j - 1]];
+        clear &= top_k_clear(ch, E, k, sel);
         if (clear)
             break;
     }
@@ -314,6 +374,9 @@ static void run_case(const mcase *c) {
 
     mk_cuda_free(dx);
     mk_cuda_free(dy);
+    mk_cuda_free(dbias);
+    free(bias);
+    free(ch);
     mk_cuda_moe_ws_free(ws);
     mk_wt *dv[] = {&m.router, &m.gate, &m.up, &m.down, &m.sh_gate, &m.sh_up, &m.sh_down, &m.sh_gate_w};
     for (size_t i = 0; i < sizeof dv / sizeof dv[0]; i++)
@@ -362,7 +425,7 @@ static void test_moe_stack_layers(void **state) {
     CT_NEED_GPU();
     use_kernels(1); /* k_stack's row dot products are generation 1's */
     const mcase c = {"stack 3 layers", 256, 40, 8, 64, 128, 4, 64, MK_DT_BF16, MK_CUDA_SCORE_SOFTMAX, true, 1.0f,
-                     true, true, 2, true, true};
+                     true, true, 2, true, true, 0, 0, 0.0f};
     enum { L = 3 };
     const int64_t H = c.H;
     layer lw[L];
@@ -510,6 +573,28 @@ static void test_moe_check_named(void **state) {
     m.top_k = 2;
     m.has_shared_gate = true;
     assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
+    m.has_shared_gate = false;
+    /* DeepSeek-V3's routing: sigmoid only, groups that divide the experts
+     * into groups of two or more, no more kept groups than groups */
+    m.n_group = 2;
+    m.topk_group = 1;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "sigmoid"));
+    m.score = MK_CUDA_SCORE_SIGMOID;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_OK);
+    m.n_group = 4; /* groups of one expert */
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "n_group 4"));
+    m.n_group = 3; /* does not divide 4 */
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_UNSUPPORTED);
+    m.n_group = 2;
+    m.topk_group = 3;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "topk_group 3"));
+    m.topk_group = 2;
+    m.sel_bias = (const float *)(uintptr_t)0x1002; /* misaligned */
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "aligned"));
 #endif
 }
 
