@@ -394,6 +394,13 @@ typedef struct mk_backend_i {
     void (*expert_mlps_each)(void *ctx, const mk_expert *const *ex, int count,
                              const float *const *x, const int64_t *n, float *const *ys, float *g,
                              float *u);
+    /* (optional) The host bytes behind view w (data, scales, biases) were
+     * replaced: an expert cache reused the slot buffer for another expert.
+     * A backend that keeps device copies of host weights refreshes the
+     * copies it made from w->data before they are used again, after every
+     * slot queued before this call has read the old ones. NULL: the backend
+     * reads host memory as it is (the CPU backend). */
+    void (*weight_changed)(void *ctx, const mk_wt *w);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

@@ -102,6 +102,13 @@ typedef struct mk_expert_store_i {
      * first acquire (mk_expert_store_fill). NULL: a store without a cache
      * (nothing to fill). */
     mk_status (*fill)(void *ctx, const mk_fill_opts *o);
+    /* (optional) Called right after next() handed out expert e of
+     * `layer`: true when the bytes behind its views were (re)loaded since
+     * those views were last handed out (its cache slot held another
+     * expert, or none), and the mark is cleared. A backend keeping device
+     * copies keyed by host memory must refresh them then (backend.h
+     * weight_changed). NULL: a store whose views never change (resident). */
+    bool (*changed)(void *ctx, int layer, int e);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -188,6 +195,13 @@ mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *exp
 bool mk_expert_store_can_prefetch(const mk_expert_store *s);
 const char *mk_expert_store_name(const mk_expert_store *s);
 bool mk_expert_store_all_ready(const mk_expert_store *s); /* the table's all_ready */
+/* After next() handed out expert e of `layer`: whether its views' bytes
+ * were (re)loaded since they were last handed out (the table's changed;
+ * false for a store without it), clearing the mark. */
+bool mk_expert_store_changed(mk_expert_store *s, int layer, int e);
+/* Whether the views a store hands out may later hold other bytes (a cache
+ * reusing slots): the table has changed. */
+bool mk_expert_store_reuses(const mk_expert_store *s);
 /* Counters of the store (zeros and oracle -1 for a store that keeps none). */
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out);
 

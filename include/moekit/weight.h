@@ -67,6 +67,10 @@ typedef struct mk_expert {
 
 /* Bytes of one packed row of data (rows are contiguous). */
 size_t mk_wt_row_bytes(const mk_wt *w);
+/* Bytes of the scales array (affine: also of the biases array, the same
+ * size), 0 for a view without scales. Copies of a view take rows *
+ * row_bytes + scale_bytes (+ scale_bytes of biases). */
+size_t mk_wt_scale_bytes(const mk_wt *w);
 /* Check internal consistency (bits/group legal, cols divisible). */
 mk_status mk_wt_check(const mk_wt *w, const char *what);
 /* Dequantize row r into out[cols] (float32). Portable reference. */

@@ -196,6 +196,23 @@ size_t mk_wt_row_bytes(const mk_wt *w) {
     return (size_t)((w->cols * bits + 7) / 8);
 }
 
+size_t mk_wt_scale_bytes(const mk_wt *w) {
+    const size_t sd = w->sdtype == MK_DT_F32 ? 4 : 2;
+    switch (w->fmt) {
+    case MK_WF_FP8_E4M3:
+    case MK_WF_FP8_E5M2:
+        if (!w->scales || w->block_r <= 0 || w->block_c <= 0)
+            return 0;
+        return (size_t)((w->rows + w->block_r - 1) / w->block_r) * (size_t)((w->cols + w->block_c - 1) / w->block_c) *
+               sd;
+    case MK_WF_AFFINE: return w->group > 0 ? (size_t)w->rows * (size_t)(w->cols / w->group) * sd : 0;
+    case MK_WF_MXFP4:
+    case MK_WF_MXFP8: return (size_t)w->rows * (size_t)(w->cols / 32);
+    case MK_WF_NVFP4: return (size_t)w->rows * (size_t)(w->cols / 16);
+    default: return 0;
+    }
+}
+
 mk_status mk_wt_check(const mk_wt *w, const char *what) {
     if (!what)
         what = "weight";

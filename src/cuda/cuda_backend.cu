@@ -247,32 +247,20 @@ static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *va
 
 /* ---- resident weights ------------------------------------------------------- */
 
-static size_t sd_bytes(mk_dtype t) {
-    return t == MK_DT_F32 ? 4 : 2;
-}
-
 /* Bytes of the scale and bias arrays of a view (0 when it has none). */
 size_t mkb_scale_bytes(const mk_wt *w) {
-    switch (w->fmt) {
-    case MK_WF_FP8_E4M3:
-    case MK_WF_FP8_E5M2:
-        if (!w->scales)
-            return 0;
-        return (size_t)((w->rows + w->block_r - 1) / w->block_r) * (size_t)((w->cols + w->block_c - 1) / w->block_c) *
-               sd_bytes(w->sdtype);
-    case MK_WF_AFFINE: return (size_t)w->rows * (size_t)(w->cols / w->group) * sd_bytes(w->sdtype);
-    case MK_WF_MXFP4:
-    case MK_WF_MXFP8: return (size_t)w->rows * (size_t)(w->cols / 32);
-    case MK_WF_NVFP4: return (size_t)w->rows * (size_t)(w->cols / 16);
-    default: return 0;
-    }
+    return mk_wt_scale_bytes(w);
+}
+
+/* Everything but the pointers: a copy of one fits the other's bytes. */
+static bool same_layout(const mk_wt *a, const mk_wt *b) {
+    return !a->scales == !b->scales && !a->biases == !b->biases && a->fmt == b->fmt && a->rows == b->rows &&
+           a->cols == b->cols && a->sdtype == b->sdtype && a->bits == b->bits && a->group == b->group &&
+           a->block_r == b->block_r && a->block_c == b->block_c && a->global_scale == b->global_scale;
 }
 
 static bool same_view(const mk_wt *a, const mk_wt *b) {
-    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && a->fmt == b->fmt &&
-           a->rows == b->rows && a->cols == b->cols && a->sdtype == b->sdtype && a->bits == b->bits &&
-           a->group == b->group && a->block_r == b->block_r && a->block_c == b->block_c &&
-           a->global_scale == b->global_scale;
+    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && same_layout(a, b);
 }
 
 static size_t bucket(const mkb_ctx *c, const void *p) {
@@ -360,11 +348,34 @@ void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w) {
     }
 }
 
+/* A stale entry's device copy made again from its host bytes, in place:
+ * the same device memory, so recorded steps and the generic view stay
+ * valid, and queued on the stream after every slot that read the old
+ * bytes. A copy from pageable memory returns once the bytes are staged, so
+ * the host slot may be reused after it. */
+static const mkb_entry *refresh(mkb_ctx *c, mkb_entry *e) {
+    if (recording_refuses(c, "copying a changed weight again"))
+        return NULL;
+    const mk_wt *w = &e->host;
+    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
+    cudaError_t r = cudaMemcpyAsync((void *)e->dev.data, w->data, nd, cudaMemcpyHostToDevice, c->s);
+    if (r == cudaSuccess && e->dev.scales)
+        r = cudaMemcpyAsync((void *)e->dev.scales, w->scales, ns, cudaMemcpyHostToDevice, c->s);
+    if (r == cudaSuccess && e->dev.biases)
+        r = cudaMemcpyAsync((void *)e->dev.biases, w->biases, ns, cudaMemcpyHostToDevice, c->s);
+    if (r != cudaSuccess) {
+        mkb_fail(c, mkc_fail(r, "copying a changed weight to the device again"));
+        return NULL;
+    }
+    e->stale = false;
+    return e;
+}
+
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     size_t b = bucket(c, w->data);
     for (mkb_entry *e = c->tab[b]; e; e = e->next)
         if (same_view(&e->host, w))
-            return e;
+            return e->stale ? refresh(c, e) : e;
     char what[96];
     snprintf(what, sizeof what, "a %lldx%lld weight (format %d)", (long long)w->rows, (long long)w->cols, (int)w->fmt);
     if (recording_refuses(c, "a weight's first upload"))
@@ -482,6 +493,8 @@ static void cu_free(void *ctx) {
     free(c);
 }
 
+static void cu_weight_changed(void *ctx, const mk_wt *w);
+
 static const mk_backend_i g_cuda = {
     .name = "cuda",
     .host_mem = false,
@@ -530,6 +543,7 @@ static const mk_backend_i g_cuda = {
     .argmax = mkb_argmax,
     .matmul_each = nullptr, /* the engine calls matmul once per token (backend.h) */
     .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
+    .weight_changed = cu_weight_changed, /* an expert cache reusing its host slots */
     .free = cu_free,
 };
 
@@ -612,17 +626,16 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
     return mk_backend_create(&g_cuda, c, out);
 }
 
-extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
-    if (!b || mk_backend_iface(b) != &g_cuda)
-        return;
-    mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
+/* Drop every copy made from host_data but `keep` (waiting first: queued
+ * slots may read them). */
+static void forget_host(mkb_ctx *c, const void *host_data, const mkb_entry *keep) {
     ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
     mkb_graph_free(c); /* a recorded step may read the dropped copies */
     mkb_moe_forget(c, host_data);
     mkb_entry **pp = &c->tab[bucket(c, host_data)];
     while (*pp) {
         mkb_entry *e = *pp;
-        if (e->host.data == host_data) {
+        if (e->host.data == host_data && e != keep) {
             *pp = e->next;
             c->n--;
             c->bytes -= e->bytes;
@@ -631,6 +644,40 @@ extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
             pp = &e->next;
         }
     }
+}
+
+extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    forget_host((mkb_ctx *)mk_backend_ctx(b), host_data, NULL);
+}
+
+/* backend.h weight_changed: the copy made from w->data becomes w's (a
+ * cache slot's new expert, whose scales and biases may sit at other
+ * offsets in the slot: the entry takes w's pointers as its key) and is
+ * refreshed in place on its next use (mkb_weight), so one device copy
+ * serves a host slot whatever expert it holds. Other copies from w->data
+ * (another layout, a second one, an alias into a fused layer's slab) are
+ * dropped. */
+static void cu_weight_changed(void *ctx, const mk_wt *w) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!w || !w->data)
+        return;
+    mkb_entry *keep = NULL;
+    bool drop = false;
+    for (mkb_entry *e = c->tab[bucket(c, w->data)]; e; e = e->next)
+        if (e->host.data == w->data) {
+            if (keep || e->borrowed || !same_layout(&e->host, w)) {
+                drop = true;
+                continue;
+            }
+            keep = e;
+            e->host.scales = w->scales;
+            e->host.biases = w->biases;
+            e->stale = true;
+        }
+    if (drop)
+        forget_host(c, w->data, keep);
 }
 
 extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {

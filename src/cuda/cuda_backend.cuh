@@ -42,6 +42,7 @@ struct mkb_entry {
     bool fast;    /* mkc_kind_of(dev) >= 0: the GEMV kernels take it */
     size_t bytes; /* device bytes (data + scales + biases); 0 when borrowed */
     bool borrowed; /* dev points into memory another owner frees (a fused layer's slab) */
+    bool stale;    /* the host bytes changed (weight_changed): copied again before the next use */
     mkb_entry *next;
 };
 

@@ -70,6 +70,12 @@ bool mk_expert_store_all_ready(const mk_expert_store *s) {
     return s->i->all_ready;
 }
 
+bool mk_expert_store_changed(mk_expert_store *s, int layer, int e) {
+    return s->i->changed ? s->i->changed(s->ctx, layer, e) : false;
+}
+
+bool mk_expert_store_reuses(const mk_expert_store *s) { return s->i->changed != NULL; }
+
 void mk_expert_store_stats(const mk_expert_store *s, mk_expert_stats *out) {
     *out = (mk_expert_stats){.oracle_hit = -1.0};
     if (s->i->stats)

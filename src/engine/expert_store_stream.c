@@ -203,6 +203,7 @@ typedef struct stream {
     mk_reader_req *reqs;
     int *slot_of;          /* expert -> slot, for the current layer */
     unsigned char *fillst; /* per slot: 0, or 1 loaded by the fill and unused, 2 loaded by it and used */
+    unsigned char *fresh;  /* per slot: loaded since its views were last handed out (st_changed) */
     bool started;          /* an acquire or a guess came: too late to fill */
     /* counters */
     mk_expert_stats st;
@@ -365,6 +366,7 @@ static size_t add_reads(stream *s, int slot, int layer, int e, size_t nreq, bool
     loading *L = &s->ld[slot];
     *L = (loading){.layer = layer, .e = e, .wanted = !guess, .pf = guess};
     s->fillst[slot] = 0; /* no longer what the fill loaded */
+    s->fresh[slot] = 1;  /* other bytes behind the slot's views from now on */
     uint64_t bytes = 0;
     if (XL.span) { /* one read for the whole expert */
         s->reqs[nreq++] = (mk_reader_req){.file = s->file_of[XL.shard], .off = XL.lo,
@@ -613,6 +615,19 @@ static mk_status st_next(void *ctx, int layer, int *e, const mk_expert **out) {
     return MK_OK;
 }
 
+/* Whether expert e, just handed out, was loaded into its slot since the
+ * slot's views were last handed out (a backend's device copies of them are
+ * stale then); the mark is taken. */
+static bool st_changed(void *ctx, int layer, int e) {
+    stream *s = ctx;
+    if (layer != s->layer || e < 0 || e >= s->m->cfg.num_experts)
+        return false;
+    int slot = s->slot_of[e];
+    bool was = s->fresh[slot];
+    s->fresh[slot] = 0;
+    return was;
+}
+
 static void st_release(void *ctx, int layer, int e) {
     stream *s = ctx;
     (void)layer;
@@ -822,6 +837,7 @@ static void st_free(void *ctx) {
     free(s->reqs);
     free(s->slot_of);
     free(s->fillst);
+    free(s->fresh);
     free(s->tkeys);
     free(s->tsteps);
     free(s);
@@ -836,6 +852,7 @@ static const mk_expert_store_i g_stream = {
     .fill = st_fill,
     .free = st_free,
     .stats = st_stats,
+    .changed = st_changed,
 };
 
 mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_expert_store **out) {
@@ -914,8 +931,10 @@ mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_
     s->reqs = mk_malloc((size_t)E * 3 * MK_SP_N * sizeof *s->reqs);
     s->slot_of = mk_malloc((size_t)E * sizeof *s->slot_of);
     s->fillst = mk_calloc((size_t)s->nslots, 1);
+    s->fresh = mk_calloc((size_t)s->nslots, 1);
     mk_status st = MK_OK;
-    if (!s->mem || !s->views || (tmax && !s->tbuf) || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of || !s->fillst)
+    if (!s->mem || !s->views || (tmax && !s->tbuf) || !s->file_of || !s->ids || !s->ready || !s->wait || !s->ld || !s->pf || !s->claimed || !s->reqs || !s->slot_of || !s->fillst ||
+        !s->fresh)
         st = mk_err(MK_E_NOMEM, "expert store: no memory for %d cache slots of %llu bytes", s->nslots,
                     (unsigned long long)sb);
     if (st == MK_OK)

@@ -64,16 +64,17 @@ static int teardown(void **state) {
     return 0;
 }
 
-/* Logits of NTOK deterministic ids through `store` (NULL: resident), the
- * engine guessing the next layer's experts when `prefetch`. */
-static float *logits_of(const mk_model *m, mk_expert_store *store, bool prefetch) {
+/* Logits of NTOK deterministic ids through `store` (NULL: resident) on
+ * backend `be` (NULL: a CPU backend), the engine guessing the next layer's
+ * experts when `prefetch`. */
+static float *logits_of(const mk_model *m, mk_expert_store *store, mk_backend *be, bool prefetch) {
     const mk_config *c = mk_model_config(m);
     int32_t ids[NTOK];
     for (int i = 0; i < NTOK; i++)
         ids[i] = (int32_t)((i * 7919 + 13) % c->vocab_size);
     /* chunk 16: several prefill chunks, each using many experts */
     mk_engine_opts o = {.threads = 2, .max_ctx = NTOK, .prefill_chunk = 16, .store = store,
-                        .prefetch_experts = prefetch};
+                        .prefetch_experts = prefetch, .backend = be};
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK)
         fail_msg("engine: %s", mk_err_msg());
@@ -130,7 +131,7 @@ static void check_dir(const char *dir) {
         fail_msg("open %s for streaming: %s", dir, mk_err_msg());
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
-    float *want = logits_of(res, NULL, false);
+    float *want = logits_of(res, NULL, NULL, false);
     uint64_t slot = mk_expert_store_slot_bytes(str);
     assert_true(slot > 0);
     assert_true(mk_model_expert_bytes(str) > 0);
@@ -152,7 +153,7 @@ static void check_dir(const char *dir) {
             fail_msg("%s, %s: store: %s", dir, var->name, mk_err_msg());
         if (var->fill && mk_expert_store_fill(s, NULL) != MK_OK)
             fail_msg("%s, %s: fill: %s", dir, var->name, mk_err_msg());
-        float *got = logits_of(str, s, var->prefetch);
+        float *got = logits_of(str, s, NULL, var->prefetch);
         size_t bad = 0;
         for (size_t i = 0; i < nv; i++)
             bad += memcmp(&got[i], &want[i], sizeof(float)) != 0;
@@ -490,7 +491,7 @@ static void same_logits(const char *a, const char *b) {
     if (mk_model_open(a, &ma) != MK_OK || mk_model_open(b, &mb) != MK_OK)
         fail_msg("open %s / %s: %s", a, b, mk_err_msg());
     size_t nv = (size_t)NTOK * (size_t)mk_model_config(ma)->vocab_size;
-    float *la = logits_of(ma, NULL, false), *lb = logits_of(mb, NULL, false);
+    float *la = logits_of(ma, NULL, NULL, false), *lb = logits_of(mb, NULL, NULL, false);
     size_t bad = 0;
     for (size_t i = 0; i < nv; i++)
         bad += memcmp(&la[i], &lb[i], sizeof(float)) != 0;
@@ -767,6 +768,198 @@ static void test_read_failures(void **st) {
     mk_model_free(str);
 }
 
+/* A backend that keeps copies of the weights it is given, keyed by the
+ * host view as the CUDA backend's weight map is, computing with the CPU
+ * backend's kernels over the copies. A streaming store reuses its slot
+ * buffers for other experts, so such a backend must hear of it
+ * (backend.h weight_changed, called by the engine when the store says an
+ * expert was loaded since it was last handed out: expert_store.h
+ * changed). As the CUDA backend does, a notice makes the copy from that
+ * slot part the new view's (its scales may sit at another offset in the
+ * slot) and refreshes it on its next use, so there is one copy per host
+ * slot part. g_honour false is the control: the notices are ignored and
+ * the copies go stale, which this test must be able to see. */
+typedef struct wcopy {
+    mk_wt host, copy;
+    bool stale;
+} wcopy;
+static wcopy *g_wc;
+static int g_nwc, g_capwc, g_refreshed;
+static bool g_honour;
+static mk_backend_i g_copying;
+static void (*g_cpu_matmul)(void *, const mk_wt *, const float *, int64_t, float *);
+static void (*g_cpu_matmul_n)(void *, const mk_wt *const *, int, const float *, int64_t, float *const *);
+
+static bool same_host(const mk_wt *a, const mk_wt *b) {
+    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && a->fmt == b->fmt &&
+           a->rows == b->rows && a->cols == b->cols;
+}
+
+static void copy_bytes(wcopy *c) {
+    const mk_wt *w = &c->host;
+    size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mk_wt_scale_bytes(w);
+    memcpy((void *)c->copy.data, w->data, nd);
+    if (ns && w->scales)
+        memcpy((void *)c->copy.scales, w->scales, ns);
+    if (ns && w->biases && w->fmt == MK_WF_AFFINE)
+        memcpy((void *)c->copy.biases, w->biases, ns);
+    c->stale = false;
+}
+
+static const mk_wt *copy_of(const mk_wt *w) {
+    for (int i = 0; i < g_nwc; i++)
+        if (same_host(&g_wc[i].host, w)) {
+            if (g_wc[i].stale) {
+                copy_bytes(&g_wc[i]);
+                g_refreshed++;
+            }
+            return &g_wc[i].copy;
+        }
+    if (g_nwc == g_capwc) {
+        g_capwc = g_capwc ? 2 * g_capwc : 64;
+        g_wc = realloc(g_wc, (size_t)g_capwc * sizeof *g_wc);
+        assert_non_null(g_wc);
+    }
+    wcopy *c = &g_wc[g_nwc++];
+    c->host = c->copy = *w;
+    size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mk_wt_scale_bytes(w);
+    c->copy.data = malloc(nd);
+    c->copy.scales = ns && w->scales ? malloc(ns) : NULL;
+    c->copy.biases = ns && w->biases && w->fmt == MK_WF_AFFINE ? malloc(ns) : NULL;
+    assert_non_null(c->copy.data);
+    copy_bytes(c);
+    return &c->copy;
+}
+
+static void copying_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    g_cpu_matmul(ctx, copy_of(w), x, n, y);
+}
+
+static void copying_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, int64_t n,
+                             float *const *ys) {
+    const mk_wt *cw[4];
+    for (int i = 0; i < count && i < 4; i++)
+        cw[i] = copy_of(w[i]);
+    g_cpu_matmul_n(ctx, cw, count, x, n, ys);
+}
+
+static void copying_weight_changed(void *ctx, const mk_wt *w) {
+    (void)ctx;
+    for (int i = 0; g_honour && i < g_nwc; i++)
+        if (g_wc[i].host.data == w->data && g_wc[i].host.fmt == w->fmt && g_wc[i].host.rows == w->rows &&
+            g_wc[i].host.cols == w->cols && !g_wc[i].host.scales == !w->scales) {
+            g_wc[i].host.scales = w->scales;
+            g_wc[i].host.biases = w->biases;
+            g_wc[i].stale = true;
+        }
+}
+
+/* Copies made from one host pointer (the CUDA backend keeps one). */
+static int copies_sharing_data(void) {
+    int n = 0;
+    for (int i = 0; i < g_nwc; i++)
+        for (int j = 0; j < i; j++)
+            n += g_wc[i].host.data == g_wc[j].host.data;
+    return n;
+}
+
+static void copies_free(void) {
+    for (int i = 0; i < g_nwc; i++) {
+        free((void *)g_wc[i].copy.data);
+        free((void *)g_wc[i].copy.scales);
+        free((void *)g_wc[i].copy.biases);
+    }
+    free(g_wc);
+    g_wc = NULL;
+    g_nwc = g_capwc = g_refreshed = 0;
+}
+
+/* Logits through a streaming store of one token's experts (every slot
+ * reused again and again) on the copying backend: bitwise the resident
+ * store's on the CPU when the notices are honoured, with one copy per
+ * host slot part, and different when they are ignored (`control`); a
+ * device-memory backend without weight_changed is refused
+ * with a reusing store, and a host-memory one is not. */
+static void device_copies(const char *rel, bool control) {
+    const char *dir = mk_test_fixture(rel);
+    mk_model *res = NULL, *str = NULL;
+    if (mk_model_open(dir, &res) != MK_OK)
+        fail_msg("open %s: %s", dir, mk_err_msg());
+    mk_model_opts so = {.stream_experts = true};
+    if (mk_model_open_ex(dir, &so, &str) != MK_OK)
+        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+    const mk_config *c = mk_model_config(res);
+    size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
+    float *want = logits_of(res, NULL, NULL, false);
+    mk_backend *cpu = NULL, *copying = NULL;
+    assert_int_equal(mk_backend_cpu_create(NULL, &cpu), MK_OK);
+    g_copying = *mk_backend_iface(cpu);
+    g_copying.name = "copying";
+    g_copying.free = NULL; /* the context stays the CPU backend's */
+    g_cpu_matmul = g_copying.matmul;
+    g_cpu_matmul_n = g_copying.matmul_n;
+    g_copying.matmul = copying_matmul;
+    g_copying.matmul_n = g_copying.matmul_n ? copying_matmul_n : NULL;
+    g_copying.matmul_each = NULL; /* (batched decode only) */
+    g_copying.expert_mlps = NULL;
+    g_copying.expert_mlps_each = NULL;
+    g_copying.weight_changed = copying_weight_changed;
+    assert_int_equal(mk_backend_create(&g_copying, mk_backend_ctx(cpu), &copying), MK_OK);
+    for (int honour = 1; honour >= (control ? 0 : 1); honour--) {
+        g_honour = honour;
+        mk_stream_opts o = {.cache_bytes = (uint64_t)c->num_experts_per_tok * mk_expert_store_slot_bytes(str)};
+        mk_expert_store *s = NULL;
+        if (mk_expert_store_stream(str, &o, &s) != MK_OK)
+            fail_msg("%s: store: %s", dir, mk_err_msg());
+        float *got = logits_of(str, s, copying, false);
+        size_t bad = 0;
+        for (size_t i = 0; i < nv; i++)
+            bad += memcmp(&got[i], &want[i], sizeof(float)) != 0;
+        printf("  %s, device copies, notices %s: %d copies, %d refreshed, %zu of %zu logits differ\n", dir,
+               honour ? "honoured" : "ignored", g_nwc, g_refreshed, bad, nv);
+        if (honour) {
+            assert_true(g_refreshed > 0);
+            assert_int_equal(copies_sharing_data(), 0);
+            if (bad)
+                fail_msg("%s: %zu of %zu logits differ from the resident store's with device copies", dir, bad, nv);
+        } else if (!bad) {
+            fail_msg("%s: stale copies gave the resident logits: the test cannot see a missed notice", dir);
+        }
+        copies_free();
+        free(got);
+        mk_expert_store_free(s);
+    }
+    /* a device-memory backend that is not told: refused */
+    mk_stream_opts o = {.cache_bytes = (uint64_t)c->num_experts_per_tok * mk_expert_store_slot_bytes(str)};
+    mk_expert_store *s = NULL;
+    assert_int_equal(mk_expert_store_stream(str, &o, &s), MK_OK);
+    g_copying.weight_changed = NULL;
+    g_copying.host_mem = false;
+    mk_engine_opts eo = {.threads = 1, .max_ctx = 8, .store = s, .backend = copying};
+    mk_engine *e = NULL;
+    assert_int_equal(mk_engine_create(str, &eo, &e), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "weight_changed"));
+    g_copying.host_mem = true; /* the CPU reads host memory as it is: fine */
+    assert_int_equal(mk_engine_create(str, &eo, &e), MK_OK);
+    mk_engine_free(e);
+    mk_expert_store_free(s);
+    mk_backend_free(copying);
+    mk_backend_free(cpu);
+    free(want);
+    mk_model_free(res);
+    mk_model_free(str);
+}
+
+static void test_device_copies(void **st) {
+    (void)st;
+    device_copies("qwen3moe-a/bf16", true);
+    device_copies("deepseekv3-a/bf16", true); /* MLA, a dense first layer, a shared expert */
+    /* FP8 block scales sit at expert-dependent offsets in a slot: the copy
+     * follows the new view's pointers. (No control here: ignored notices
+     * give new keys, hence fresh copies, not stale ones.) */
+    device_copies("qwen3moe-odd/fp8", false);
+}
+
 /* Guesses that fail. One read of a decode fails at a time (each position in
  * turn): a failed guess is dropped without a word and the forward goes on
  * bitwise equal to resident (the layer reads the expert itself if it needs
@@ -783,7 +976,7 @@ static void test_prefetch_failures(void **st) {
     assert_int_equal(mk_model_open_ex(dir, &so, &str), MK_OK);
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
-    float *want = logits_of(res, NULL, false);
+    float *want = logits_of(res, NULL, NULL, false);
     int quiet = 0, loud = 0;
     for (int io = 1; io <= 2; io++)
         for (int at = 0; at < 400; at += g_small ? 31 : 7) {
@@ -864,6 +1057,7 @@ int main(void) {
         cmocka_unit_test(test_gptoss),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
         cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
+        cmocka_unit_test(test_device_copies),
         cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),
         cmocka_unit_test(test_packed_quantized), cmocka_unit_test(test_packed_fused_refused),
         cmocka_unit_test(test_packed_new_families),
