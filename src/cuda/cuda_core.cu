@@ -266,6 +266,12 @@ int mkc_kind_of(const mk_wt *w) {
             return MKC_A8_F32 + sd;
         return -1;
     }
+    case MK_WF_FP8_E4M3: { /* block-scaled, a 16-byte chunk inside one column block */
+        int sd = sd_index(w->sdtype);
+        if (sd < 0 || !w->scales || w->block_r <= 0 || w->block_c <= 0 || w->block_c % 16 || w->cols % 16)
+            return -1;
+        return MKC_E4_F32 + sd;
+    }
     default: return -1;
     }
 }
@@ -282,6 +288,8 @@ extern "C" size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
     size_t n = mk_wt_row_bytes(w);
     if (w->fmt == MK_WF_AFFINE && w->group > 0)
         n += 2 * (size_t)(w->cols / w->group) * sd_size(w);
+    else if (w->rows > 0) /* block scales: their share of a row, rounded up */
+        n += (mk_wt_scale_bytes(w) + (size_t)w->rows - 1) / (size_t)w->rows;
     return n;
 }
 
@@ -289,8 +297,9 @@ mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
     int k = mkc_kind_of(w);
     if (k < 0)
         return mk_err(MK_E_UNSUPPORTED,
-                      "%s: the CUDA kernels take f32, bf16, f16 and affine 4/8-bit (group 32/64/128, "
-                      "f32/bf16/f16 scales) weights, found format %d bits %d group %d",
+                      "%s: the CUDA kernels take f32, bf16, f16, affine 4/8-bit (group 32/64/128, "
+                      "f32/bf16/f16 scales) and block-scaled FP8 E4M3 (block columns a multiple of 16) "
+                      "weights, found format %d bits %d group %d",
                       what, (int)w->fmt, w->bits, w->group);
     memset(out, 0, sizeof *out);
     out->data = (const uint8_t *)w->data;
@@ -303,9 +312,15 @@ mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
     out->group = w->fmt == MK_WF_AFFINE ? w->group : 0;
     out->ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
     out->gshift = out->group == 32 ? 5 : out->group == 64 ? 6 : out->group == 128 ? 7 : 0;
+    if (mkc_is_fp8(k)) {
+        out->br = w->block_r;
+        out->cpb = w->block_c / 16;
+        out->nbc = (int32_t)((w->cols + w->block_c - 1) / w->block_c);
+    }
     /* 16-byte chunks: affine rows are always whole chunks (cols % 32 == 0 at
-     * 4 and 8 bits); plain rows when the row length is a multiple of 16 B */
-    out->vec = w->fmt == MK_WF_AFFINE || out->row_bytes % 16 == 0;
+     * 4 and 8 bits), FP8 ones too (cols % 16 == 0); plain rows when the row
+     * length is a multiple of 16 B */
+    out->vec = w->fmt == MK_WF_AFFINE || mkc_is_fp8(k) || out->row_bytes % 16 == 0;
     if (((uintptr_t)w->data & 15) != 0)
         return mk_err(MK_E_ARG, "%s: device weight data must be 16-byte aligned", what);
     return MK_OK;
@@ -327,13 +342,14 @@ extern "C" mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char
     mk_status st = mk_cuda_malloc(&d, nd, what);
     if (st == MK_OK)
         st = mk_cuda_upload(d, host->data, nd);
-    if (st == MK_OK && host->fmt == MK_WF_AFFINE) {
-        size_t ns = (size_t)host->rows * (size_t)(host->cols / host->group) * sd_size(host);
+    const size_t ns = mk_wt_scale_bytes(host);
+    if (st == MK_OK && ns && host->scales) {
         st = mk_cuda_malloc(&s, ns, what);
         if (st == MK_OK)
             st = mk_cuda_upload(s, host->scales, ns);
-        if (st == MK_OK)
-            st = mk_cuda_malloc(&b, ns, what);
+    }
+    if (st == MK_OK && ns && host->fmt == MK_WF_AFFINE) {
+        st = mk_cuda_malloc(&b, ns, what);
         if (st == MK_OK)
             st = mk_cuda_upload(b, host->biases, ns);
     }

@@ -64,7 +64,7 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
     *smem = 0;
     if (cols % 4 != 0)
         return 0;
-    if (mkc_variant() >= 2 && kind >= MKC_A4_F32 && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
+    if (mkc_variant() >= 2 && mkc_is_aff(kind) && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
         *smem = (size_t)MKC_PADDED(cols) * 4;
         return 2;
     }

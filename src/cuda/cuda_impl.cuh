@@ -11,11 +11,14 @@
  * in flight at once (and, when they share x, x is loaded once). Integer to
  * float conversion avoids the quarter-rate I2F: 8-bit codes by the 2^23
  * trick (a byte placed in a float's mantissa by PRMT, minus 2^23, exact),
- * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). */
+ * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). FP8 E4M3 with block
+ * scales: 16 codes per chunk, converted exactly by the hardware's
+ * e4m3x2 -> f16x2 conversion and widened to f32 (mkc_dot_fp8). */
 #ifndef MK_CUDA_IMPL_CUH
 #define MK_CUDA_IMPL_CUH
 
 #include <cuda_fp16.h>
+#include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -32,8 +35,19 @@ enum mkc_kind {
     MKC_A8_F32,
     MKC_A8_BF16,
     MKC_A8_F16,
+    MKC_E4_F32, /* FP8 E4M3 with block scales (scale dtype f32 / bf16 / f16) */
+    MKC_E4_BF16,
+    MKC_E4_F16,
     MKC_KIND_COUNT
 };
+
+/* The affine kinds (scales and biases per group, 4 or 8 bits). */
+static inline __host__ __device__ bool mkc_is_aff(int kind) {
+    return kind >= MKC_A4_F32 && kind <= MKC_A8_F16;
+}
+static inline __host__ __device__ bool mkc_is_fp8(int kind) {
+    return kind >= MKC_E4_F32 && kind <= MKC_E4_F16;
+}
 
 /* Device view of one matrix, passed to kernels by value. */
 struct mkc_w {
@@ -42,7 +56,8 @@ struct mkc_w {
     int64_t rows, cols;
     int64_t row_bytes; /* packed data bytes of one row */
     int32_t kind, group, ng, gshift; /* gshift = log2(group) */
-    int32_t vec; /* 1: rows are 16-byte chunks (affine always; plain when cols fit) */
+    int32_t vec; /* 1: rows are 16-byte chunks (affine and FP8 always; plain when cols fit) */
+    int32_t br, cpb, nbc; /* FP8: block rows, 16-byte chunks per column block, column blocks */
 };
 
 /* Host: kind of a weight view, -1 when the device does not take it. */
@@ -221,6 +236,59 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
                     const float d = (a[0] + a[1]) + (a[2] + a[3]);
                     acc[r] += sc * d + bi * xs;
                 }
+            }
+        }
+    }
+}
+
+/* acc[i] += e4m3 code i * x[i] for the 4 codes of one word, each code
+ * converted exactly (f16 holds every E4M3 value, NaN included) */
+__device__ __forceinline__ void mkc_dot_e4(uint32_t w, const float *x, float *a) {
+    __half2_raw lo = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w & 0xffffu), __NV_E4M3);
+    __half2_raw hi = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(w >> 16), __NV_E4M3);
+    const float2 f0 = __half22float2(*reinterpret_cast<const __half2 *>(&lo));
+    const float2 f1 = __half22float2(*reinterpret_cast<const __half2 *>(&hi));
+    a[0] = fmaf(f0.x, x[0], a[0]);
+    a[1] = fmaf(f0.y, x[1], a[1]);
+    a[2] = fmaf(f1.x, x[2], a[2]);
+    a[3] = fmaf(f1.y, x[3], a[3]);
+}
+
+/* Lane partial sums of NR FP8 E4M3 rows with block scales (DeepSeek-V3's
+ * checkpoints: one scale_inv per block_r x block_c block). s[r] points at
+ * the row's block row of scales; a 16-byte chunk is 16 codes inside one
+ * column block (block_c % 16 == 0: cpb chunks a block), so its term is
+ * s * sum(f(q) x) with f exact. Two chunks per lane step, loads first, as
+ * mkc_dot_aff. */
+template <int SD, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_fp8(const uint8_t *const *q, const void *const *s, const float *const *x,
+                                            int64_t nchunk, int cpb, int lane, float *acc) {
+    constexpr int U = NR >= 4 ? 1 : 2;
+    for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
+        uint4 qq[U][NR];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (c0 + 32 * u < nchunk)
+                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t c = c0 + 32 * u;
+            if (c >= nchunk)
+                break;
+            const int64_t g = c / cpb;
+            float xv[16];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX)
+                    mkc_ldx(x[r] + c * 16, 4, xv);
+                const uint32_t wd[4] = {qq[u][r].x, qq[u][r].y, qq[u][r].z, qq[u][r].w};
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    mkc_dot_e4(wd[j], xv + 4 * j, a);
+                acc[r] += mkc_lds<SD>(s[r], g) * ((a[0] + a[1]) + (a[2] + a[3]));
             }
         }
     }
@@ -459,10 +527,14 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     for (int r = 0; r < NR; r++) {
         acc[r] = 0.0f;
         q[r] = w[r]->data + rows[r] * w[r]->row_bytes;
-        if (w0.kind >= MKC_A4_F32) {
+        if (mkc_is_aff(w0.kind)) {
             const int64_t sz = (w0.kind == MKC_A4_F32 || w0.kind == MKC_A8_F32) ? 4 : 2;
             s[r] = (const uint8_t *)w[r]->scales + rows[r] * w0.ng * sz;
             b[r] = (const uint8_t *)w[r]->biases + rows[r] * w0.ng * sz;
+        } else if (mkc_is_fp8(w0.kind)) { /* the row's block row of scales */
+            const int64_t sz = w0.kind == MKC_E4_F32 ? 4 : 2;
+            s[r] = (const uint8_t *)w[r]->scales + (rows[r] / w0.br) * w0.nbc * sz;
+            b[r] = nullptr;
         } else {
             s[r] = b[r] = nullptr;
         }
@@ -486,6 +558,9 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     case MKC_A8_BF16: MKC_AFF(8, 1); break;
     case MKC_A8_F16: MKC_AFF(8, 2); break;
 #undef MKC_AFF
+    case MKC_E4_F32: mkc_dot_fp8<0, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
+    case MKC_E4_BF16: mkc_dot_fp8<1, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
+    case MKC_E4_F16: mkc_dot_fp8<2, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
     default: break;
     }
 }

@@ -203,7 +203,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         /* the row's weights are loaded before waiting for x (they do not
          * depend on the previous kernel): under programmatic dependent launch
          * their latency overlaps the previous kernel's end */
-        const bool primed = rw.kind >= MKC_A4_F32 && rw.row_bytes / 16 <= 32 * ROUTER_U;
+        const bool primed = mkc_is_aff(rw.kind) && rw.row_bytes / 16 <= 32 * ROUTER_U;
         if (primed) {
             switch (rw.kind) {
             case MKC_A4_F32: acc = router_row<4, 0>(rw, row, x, lane); break;
@@ -513,6 +513,9 @@ static mk_status want_kind(const mk_wt *w, const char *name, const mk_wt *ref) {
         mkc_w tmp;
         return mkc_view(w, name, &tmp);
     }
+    if (mkc_is_fp8(k)) /* the GEMV takes FP8; the step's kernels do not (yet) */
+        return mk_err(MK_E_UNSUPPORTED, "moe: %s: the fused step takes f32, bf16, f16 and affine 4/8-bit "
+                      "weights, found FP8 E4M3 (the backend's general path runs it)", name);
     if (ref && k != mkc_kind_of(ref))
         return mk_err(MK_E_UNSUPPORTED,
                       "moe: %s must have the routed experts' format (format %d, bits %d, group %d, scale dtype "
@@ -690,7 +693,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const bool v2 = mkc_variant() >= 2;
     /* generation 2, affine: x and h in the padded layout (mkc_xi: no bank
      * conflicts between lanes) when whole 32-value blocks fit */
-    const bool aff = a.gate.kind >= MKC_A4_F32;
+    const bool aff = mkc_is_aff(a.gate.kind);
     const bool px = v2 && aff && sx && a.H % 32 == 0 && MKC_PADDED((int64_t)a.H) * 4 <= MKC_SMEM_MAX;
     const bool ph = v2 && aff && sh && a.I % 32 == 0 && a.Is % 32 == 0 &&
                     (MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4 <= MKC_SMEM_MAX;
@@ -700,7 +703,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
                        (const int32_t *)ws->idx, ws->h, ws->hs, px ? 2 : sx ? 1 : 0),
                 "launching the experts' gate/up");
     /* k_down2 takes the affine formats (rows of whole 16-byte chunks) */
-    const bool d2 = v2 && a.down.kind >= MKC_A4_F32;
+    const bool d2 = v2 && mkc_is_aff(a.down.kind);
     const bool pd = d2 && ph;
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;

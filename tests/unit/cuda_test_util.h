@@ -113,6 +113,36 @@ static inline ct_wt ct_plain(int64_t rows, int64_t cols, mk_wfmt fmt, float amp)
     return t;
 }
 
+/* Random FP8 E4M3 weight with block scales (DeepSeek-V3's layout: codes
+ * row-major, one scale_inv per br x bc block in sd): every code but the
+ * two NaNs, scales chosen so that |W| stays below ~2. */
+static inline ct_wt ct_fp8(int64_t rows, int64_t cols, int br, int bc, mk_dtype sd, float amp) {
+    ct_wt t;
+    memset(&t, 0, sizeof t);
+    t.w.fmt = MK_WF_FP8_E4M3;
+    t.w.rows = rows;
+    t.w.cols = cols;
+    t.w.block_r = br;
+    t.w.block_c = bc;
+    t.w.sdtype = sd;
+    t.w.global_scale = 1.0f;
+    int64_t nbr = (rows + br - 1) / br, nbc = (cols + bc - 1) / bc;
+    uint8_t *d = malloc((size_t)(rows * cols));
+    void *s = malloc((size_t)(nbr * nbc) * (sd == MK_DT_F32 ? 4 : 2));
+    for (int64_t i = 0; i < rows * cols; i++) {
+        uint8_t b;
+        do
+            b = (uint8_t)ct_u32();
+        while ((b & 0x7f) == 0x7f);
+        d[i] = b;
+    }
+    for (int64_t i = 0; i < nbr * nbc; i++)
+        ct_store(s, sd, i, amp * ct_f(0.0005f, 0.004f));
+    t.w.data = d;
+    t.w.scales = s;
+    return t;
+}
+
 static inline void ct_free(ct_wt *t) {
     free((void *)t->w.data);
     free((void *)t->w.scales);

@@ -10,7 +10,8 @@
  * over mk_wt_dequant_row. Bound, per element:
  *   |y - y_ref| <= 5e-6 * sum_c a_rc |x_c|,
  *   a_rc = |W_rc| + 2|b_rc| (+ 48|s_rc| at 4 bits; cuda_test_util.h says why)
- * (b, s: the affine group bias and scale, 0 for plain formats). Why: the
+ * (b, s: the affine group bias and scale, 0 for plain formats and FP8,
+ * whose chunk term is s * sum(f(q) x) with f exact). Why: the
  * device sums in float32 along paths of depth D <= 12 (four FMA chains of
  * 8, their combination, the scale) + cols/1024 (chunks per lane) + 5 (warp
  * tree) <= 23 for these shapes, so its error is <= 23 * 2^-24 = 1.4e-6 of
@@ -20,7 +21,9 @@
  * systematic error (a wrong shift, group or row) by orders of magnitude
  * more. Shapes: odd row counts (a warp does rows in pairs), column counts
  * that leave lanes idle or loop several times, every group size and scale
- * dtype, plain rows that are and are not whole 16-byte chunks. */
+ * dtype, plain rows that are and are not whole 16-byte chunks, FP8 E4M3
+ * with 128x128 and 64x32 scale blocks in every scale dtype, partial blocks
+ * at the bottom and right edges. */
 #include "mk_test_util.h"
 
 #include "cuda_test_util.h"
@@ -31,28 +34,35 @@ typedef struct gcase {
     int bits, group;
     mk_dtype sd;
     int64_t rows, cols;
+    int br, bc; /* FP8: block rows and columns of the scales */
 } gcase;
 
 static const gcase g_cases[] = {
-    {"affine4 g64 bf16 37x320", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 37, 320},
-    {"affine4 g64 bf16 1x2240", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 1, 2240},
-    {"affine4 g64 f16 129x2048", MK_WF_AFFINE, 4, 64, MK_DT_F16, 129, 2048},
-    {"affine4 g32 f16 129x224", MK_WF_AFFINE, 4, 32, MK_DT_F16, 129, 224},
-    {"affine4 g32 bf16 3x5152", MK_WF_AFFINE, 4, 32, MK_DT_BF16, 3, 5152},
-    {"affine4 g128 f32 65x768", MK_WF_AFFINE, 4, 128, MK_DT_F32, 65, 768},
-    {"affine8 g64 f32 33x448", MK_WF_AFFINE, 8, 64, MK_DT_F32, 33, 448},
-    {"affine8 g32 bf16 7x4128", MK_WF_AFFINE, 8, 32, MK_DT_BF16, 7, 4128},
-    {"affine8 g64 bf16 255x2048", MK_WF_AFFINE, 8, 64, MK_DT_BF16, 255, 2048},
-    {"affine8 g32 f16 1x96", MK_WF_AFFINE, 8, 32, MK_DT_F16, 1, 96},
-    {"bf16 37x37 (scalar path)", MK_WF_BF16, 0, 0, MK_DT_BF16, 37, 37},
-    {"bf16 65x1000", MK_WF_BF16, 0, 0, MK_DT_BF16, 65, 1000},
-    {"bf16 3x2056", MK_WF_BF16, 0, 0, MK_DT_BF16, 3, 2056},
-    {"f16 9x72", MK_WF_F16, 0, 0, MK_DT_F16, 9, 72},
-    {"f32 9x130 (scalar path)", MK_WF_F32, 0, 0, MK_DT_F32, 9, 130},
-    {"f32 17x132", MK_WF_F32, 0, 0, MK_DT_F32, 17, 132},
+    {"affine4 g64 bf16 37x320", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 37, 320, 0, 0},
+    {"affine4 g64 bf16 1x2240", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 1, 2240, 0, 0},
+    {"affine4 g64 f16 129x2048", MK_WF_AFFINE, 4, 64, MK_DT_F16, 129, 2048, 0, 0},
+    {"affine4 g32 f16 129x224", MK_WF_AFFINE, 4, 32, MK_DT_F16, 129, 224, 0, 0},
+    {"affine4 g32 bf16 3x5152", MK_WF_AFFINE, 4, 32, MK_DT_BF16, 3, 5152, 0, 0},
+    {"affine4 g128 f32 65x768", MK_WF_AFFINE, 4, 128, MK_DT_F32, 65, 768, 0, 0},
+    {"affine8 g64 f32 33x448", MK_WF_AFFINE, 8, 64, MK_DT_F32, 33, 448, 0, 0},
+    {"affine8 g32 bf16 7x4128", MK_WF_AFFINE, 8, 32, MK_DT_BF16, 7, 4128, 0, 0},
+    {"affine8 g64 bf16 255x2048", MK_WF_AFFINE, 8, 64, MK_DT_BF16, 255, 2048, 0, 0},
+    {"affine8 g32 f16 1x96", MK_WF_AFFINE, 8, 32, MK_DT_F16, 1, 96, 0, 0},
+    {"bf16 37x37 (scalar path)", MK_WF_BF16, 0, 0, MK_DT_BF16, 37, 37, 0, 0},
+    {"bf16 65x1000", MK_WF_BF16, 0, 0, MK_DT_BF16, 65, 1000, 0, 0},
+    {"bf16 3x2056", MK_WF_BF16, 0, 0, MK_DT_BF16, 3, 2056, 0, 0},
+    {"f16 9x72", MK_WF_F16, 0, 0, MK_DT_F16, 9, 72, 0, 0},
+    {"f32 9x130 (scalar path)", MK_WF_F32, 0, 0, MK_DT_F32, 9, 130, 0, 0},
+    {"f32 17x132", MK_WF_F32, 0, 0, MK_DT_F32, 17, 132, 0, 0},
+    {"fp8 e4m3 128x128 f32 300x448", MK_WF_FP8_E4M3, 0, 0, MK_DT_F32, 300, 448, 128, 128},
+    {"fp8 e4m3 128x128 bf16 129x2048", MK_WF_FP8_E4M3, 0, 0, MK_DT_BF16, 129, 2048, 128, 128},
+    {"fp8 e4m3 64x32 f16 33x96", MK_WF_FP8_E4M3, 0, 0, MK_DT_F16, 33, 96, 64, 32},
+    {"fp8 e4m3 128x128 f32 1x7168", MK_WF_FP8_E4M3, 0, 0, MK_DT_F32, 1, 7168, 128, 128},
 };
 
 static ct_wt make(const gcase *c) {
+    if (c->fmt == MK_WF_FP8_E4M3)
+        return ct_fp8(c->rows, c->cols, c->br, c->bc, c->sd, 1.0f);
     return c->fmt == MK_WF_AFFINE ? ct_affine(c->rows, c->cols, c->bits, c->group, c->sd, 1.0f)
                                   : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
 }
@@ -131,6 +141,7 @@ static void test_gemv_accumulate(void **state) {
         run_case(&g_cases[2], true);
         run_case(&g_cases[8], true);
         run_case(&g_cases[11], true);
+        run_case(&g_cases[17], true); /* FP8 */
     }
     use_kernels(1);
 }
@@ -169,8 +180,25 @@ static void test_unsupported_named(void **state) {
     assert_false(mk_cuda_wt_supported(&t.w));
     t.w.bits = 4;
     assert_true(mk_cuda_wt_supported(&t.w));
-    t.w.fmt = MK_WF_FP8_E4M3;
+    t.w.fmt = MK_WF_FP8_E4M3; /* an affine weight's buffers, no block size */
     assert_false(mk_cuda_wt_supported(&t.w));
+    ct_free(&t);
+    /* FP8 E4M3: with block scales whose columns are whole 16-byte chunks */
+    t = ct_fp8(4, 64, 128, 128, MK_DT_F32, 1.0f);
+    assert_true(mk_cuda_wt_supported(&t.w));
+    t.w.block_c = 8; /* a chunk would straddle two column blocks */
+    assert_false(mk_cuda_wt_supported(&t.w));
+    assert_int_equal(mk_cuda_wt_upload(&t.w, &dw, "layers.1.mlp.experts.0.up_proj"), MK_E_UNSUPPORTED);
+    assert_non_null(strstr(mk_err_msg(), "layers.1.mlp.experts.0.up_proj"));
+    assert_non_null(strstr(mk_err_msg(), "FP8 E4M3"));
+    t.w.block_c = 128;
+    t.w.fmt = MK_WF_FP8_E5M2;
+    assert_false(mk_cuda_wt_supported(&t.w));
+    t.w.fmt = MK_WF_FP8_E4M3;
+    const void *sc = t.w.scales;
+    t.w.scales = NULL; /* unscaled FP8: the generic kernel's */
+    assert_false(mk_cuda_wt_supported(&t.w));
+    t.w.scales = sc;
     ct_free(&t);
 #endif
 }
