@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
         xs[i] = x;
     }
     float acc[GEMV_ROWS];
-    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc, xpad);
+    mkc_dot_rows<GEMV_ROWS, true, P, true>(ws, rows, xs, lane, acc, xpad);
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {
         const float v = mkc_warp_sum(acc[i]);
@@ -58,13 +58,14 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
 
 /* How a GEMV block stages x of `cols` floats: 0 not (it does not fit, or
  * not whole float4s), 1 as is, 2 in the padded layout (kernel generation
- * 2, affine formats, whose x offsets are whole 32-value blocks: mkc_xi).
+ * 2, affine and FP4 formats, whose x offsets are whole 32-value blocks:
+ * mkc_xi, mkc_pads).
  * *smem: the bytes. */
 static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
     *smem = 0;
     if (cols % 4 != 0)
         return 0;
-    if (mkc_variant() >= 2 && mkc_is_aff(kind) && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
+    if (mkc_variant() >= 2 && mkc_pads(kind) && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
         *smem = (size_t)MKC_PADDED(cols) * 4;
         return 2;
     }
@@ -143,7 +144,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
         xs[i] = x;
     }
     float acc[GEMV_ROWS];
-    mkc_dot_rows<GEMV_ROWS, true, P>(ws, rows, xs, lane, acc, xpad);
+    mkc_dot_rows<GEMV_ROWS, true, P, true>(ws, rows, xs, lane, acc, xpad);
     float *y = a.y[m];
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {

@@ -13,7 +13,10 @@
  * trick (a byte placed in a float's mantissa by PRMT, minus 2^23, exact),
  * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). FP8 E4M3 with block
  * scales: 16 codes per chunk, converted exactly by the hardware's
- * e4m3x2 -> f16x2 conversion and widened to f32 (mkc_dot_fp8). */
+ * e4m3x2 -> f16x2 conversion and widened to f32 (mkc_dot_fp8). MXFP4 and
+ * NVFP4: 32 E2M1 codes per chunk, twice their magnitudes looked up as
+ * bytes by PRMT from the table {0, 1, 2, 3, 4, 6, 8, 12}, made floats by
+ * the 2^23 trick and signed by one XOR (mkc_dot_fp4). */
 #ifndef MK_CUDA_IMPL_CUH
 #define MK_CUDA_IMPL_CUH
 
@@ -38,6 +41,8 @@ enum mkc_kind {
     MKC_E4_F32, /* FP8 E4M3 with block scales (scale dtype f32 / bf16 / f16) */
     MKC_E4_BF16,
     MKC_E4_F16,
+    MKC_MX4, /* MXFP4: E2M1 codes, an E8M0 scale per 32 */
+    MKC_NV4, /* NVFP4: E2M1 codes, an E4M3 scale per 16, times a global scale */
     MKC_KIND_COUNT
 };
 
@@ -47,6 +52,11 @@ static inline __host__ __device__ bool mkc_is_aff(int kind) {
 }
 static inline __host__ __device__ bool mkc_is_fp8(int kind) {
     return kind >= MKC_E4_F32 && kind <= MKC_E4_F16;
+}
+/* Kinds whose 16-byte chunks hold 32 values of one 32-value block, so x
+ * may be staged in the padded layout (mkc_xi). */
+static inline __host__ __device__ bool mkc_pads(int kind) {
+    return mkc_is_aff(kind) || kind == MKC_MX4 || kind == MKC_NV4;
 }
 
 /* Device view of one matrix, passed to kernels by value. */
@@ -58,6 +68,7 @@ struct mkc_w {
     int32_t kind, group, ng, gshift; /* gshift = log2(group) */
     int32_t vec; /* 1: rows are 16-byte chunks (affine and FP8 always; plain when cols fit) */
     int32_t br, cpb, nbc; /* FP8: block rows, 16-byte chunks per column block, column blocks */
+    float gs;             /* NVFP4: the global scale */
 };
 
 /* Host: kind of a weight view, -1 when the device does not take it. */
@@ -294,6 +305,85 @@ __device__ __forceinline__ void mkc_dot_fp8(const uint8_t *const *q, const void 
     }
 }
 
+/* acc[i & 3] += v_i * x[i] / (its scale) for the 8 E2M1 codes of one word
+ * (LSB-first nibbles), times 2: the magnitude bits select 2|v| from the
+ * bytes {0, 1, 2, 3, 4, 6, 8, 12} (PRMT), exact floats by the 2^23 trick,
+ * and the code's sign bit flips the float's. */
+__device__ __forceinline__ void mkc_dot_e2m1(uint32_t w, const float *x, float *a) {
+    const uint32_t m = w & 0x77777777u;
+    const uint32_t lo = __byte_perm(0x03020100u, 0x0C080604u, m & 0xffffu);
+    const uint32_t hi = __byte_perm(0x03020100u, 0x0C080604u, m >> 16);
+/* value k (0..7) of the word: magnitude byte I of V (lo: k < 4, hi: k >= 4), sign bit 4k+3 */
+#define MKC_E2M1(V, I, K) \
+    a[(K) & 3] = fmaf(__uint_as_float(__float_as_uint(mkc_byte<I>(V)) ^ ((w << (28 - 4 * (K))) & 0x80000000u)), \
+                      x[K], a[(K) & 3])
+    MKC_E2M1(lo, 0, 0);
+    MKC_E2M1(lo, 1, 1);
+    MKC_E2M1(lo, 2, 2);
+    MKC_E2M1(lo, 3, 3);
+    MKC_E2M1(hi, 0, 4);
+    MKC_E2M1(hi, 1, 5);
+    MKC_E2M1(hi, 2, 6);
+    MKC_E2M1(hi, 3, 7);
+#undef MKC_E2M1
+}
+
+/* E8M0 (2^(b-127), 0xff NaN) and E4M3 scale bytes as floats, exact */
+__device__ __forceinline__ float mkc_e8m0f(uint32_t b) {
+    return b == 0xffu ? __uint_as_float(0x7fc00000u) : b == 0u ? __uint_as_float(0x00400000u) : __uint_as_float(b << 23);
+}
+__device__ __forceinline__ float2 mkc_e4m3x2f(uint32_t two) {
+    __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
+    return __half22float2(*reinterpret_cast<const __half2 *>(&h));
+}
+
+/* Lane partial sums of NR MXFP4 (NV false) or NVFP4 (NV true) rows: a
+ * 16-byte chunk c is 32 codes; MXFP4's term is (s_c / 2) sum(2v x) with
+ * s_c = e8m0(scale byte c), NVFP4's (s_2c sum_{first 16} + s_2c+1
+ * sum_{last 16}) / 2 with s = e4m3(scale byte) * gs (one rounding, as the
+ * CPU's dequantizer). s[r]: the row's scale bytes. x in the padded layout
+ * when xpad (a chunk is one 32-value block). Loads first, as mkc_dot_aff. */
+template <bool NV, int NR, bool SX>
+__device__ __forceinline__ void mkc_dot_fp4(const uint8_t *const *q, const void *const *s, const float *const *x,
+                                            int64_t nchunk, float gs, int lane, float *acc, int xpad) {
+    constexpr int U = NR >= 4 ? 1 : 2;
+    for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
+        uint4 qq[U][NR];
+#pragma unroll
+        for (int u = 0; u < U; u++)
+#pragma unroll
+            for (int r = 0; r < NR; r++)
+                if (c0 + 32 * u < nchunk)
+                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+#pragma unroll
+        for (int u = 0; u < U; u++) {
+            const int64_t c = c0 + 32 * u;
+            if (c >= nchunk)
+                break;
+            float xv[32];
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                if (r == 0 || !SX)
+                    mkc_ldx(x[r] + mkc_xi(c * 32, xpad), 8, xv);
+                const uint32_t wd[4] = {qq[u][r].x, qq[u][r].y, qq[u][r].z, qq[u][r].w};
+                float a[4] = {0.0f, 0.0f, 0.0f, 0.0f}, b[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+                mkc_dot_e2m1(wd[0], xv, a);
+                mkc_dot_e2m1(wd[1], xv + 8, a);
+                mkc_dot_e2m1(wd[2], xv + 16, NV ? b : a);
+                mkc_dot_e2m1(wd[3], xv + 24, NV ? b : a);
+                const float da = (a[0] + a[1]) + (a[2] + a[3]);
+                if constexpr (NV) {
+                    const float db = (b[0] + b[1]) + (b[2] + b[3]);
+                    const float2 sc = mkc_e4m3x2f(__ldg((const unsigned short *)s[r] + c));
+                    acc[r] += 0.5f * ((sc.x * gs) * da + (sc.y * gs) * db);
+                } else {
+                    acc[r] += (0.5f * mkc_e8m0f(__ldg((const uint8_t *)s[r] + c))) * da;
+                }
+            }
+        }
+    }
+}
+
 /* The affine chunk term of one row: lane's 16-byte chunk wd (VPC codes)
  * against x values xv with their sum xs, scale sc and bias bi. */
 template <int BITS>
@@ -517,7 +607,10 @@ __device__ __forceinline__ void mkc_dot_plain(const uint8_t *const *q, const flo
 
 /* Lane partial sums of NR rows of matrices sharing one kind and shape:
  * row rows[r] of w[r] against x[r] (SX: x[0] for all). Warp-uniform. */
-template <int NR, bool SX, bool P = false>
+/* LOWP: the FP8 and FP4 kinds are compiled in (the GEMV's); without it
+ * (the MoE kernels, which refuse them) their code does not cost the
+ * kernel registers. */
+template <int NR, bool SX, bool P = false, bool LOWP = false>
 __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_t *rows,
                                              const float *const *x, int lane, float *acc, int xpad = 0) {
     const mkc_w &w0 = *w[0];
@@ -534,6 +627,9 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
         } else if (mkc_is_fp8(w0.kind)) { /* the row's block row of scales */
             const int64_t sz = w0.kind == MKC_E4_F32 ? 4 : 2;
             s[r] = (const uint8_t *)w[r]->scales + (rows[r] / w0.br) * w0.nbc * sz;
+            b[r] = nullptr;
+        } else if (w0.kind == MKC_MX4 || w0.kind == MKC_NV4) { /* a scale byte per 32 / 16 values */
+            s[r] = (const uint8_t *)w[r]->scales + rows[r] * (w0.cols / (w0.kind == MKC_MX4 ? 32 : 16));
             b[r] = nullptr;
         } else {
             s[r] = b[r] = nullptr;
@@ -558,9 +654,26 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     case MKC_A8_BF16: MKC_AFF(8, 1); break;
     case MKC_A8_F16: MKC_AFF(8, 2); break;
 #undef MKC_AFF
-    case MKC_E4_F32: mkc_dot_fp8<0, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
-    case MKC_E4_BF16: mkc_dot_fp8<1, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
-    case MKC_E4_F16: mkc_dot_fp8<2, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc); break;
+    case MKC_E4_F32:
+        if constexpr (LOWP)
+            mkc_dot_fp8<0, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc);
+        break;
+    case MKC_E4_BF16:
+        if constexpr (LOWP)
+            mkc_dot_fp8<1, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc);
+        break;
+    case MKC_E4_F16:
+        if constexpr (LOWP)
+            mkc_dot_fp8<2, NR, SX>(q, s, x, nchunk, w0.cpb, lane, acc);
+        break;
+    case MKC_MX4:
+        if constexpr (LOWP)
+            mkc_dot_fp4<false, NR, SX>(q, s, x, nchunk, 1.0f, lane, acc, xpad);
+        break;
+    case MKC_NV4:
+        if constexpr (LOWP)
+            mkc_dot_fp4<true, NR, SX>(q, s, x, nchunk, w0.gs, lane, acc, xpad);
+        break;
     default: break;
     }
 }

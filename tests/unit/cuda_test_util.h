@@ -143,6 +143,29 @@ static inline ct_wt ct_fp8(int64_t rows, int64_t cols, int br, int bc, mk_dtype 
     return t;
 }
 
+/* Random MXFP4 (nv false: an E8M0 scale per 32 codes) or NVFP4 (an E4M3
+ * scale per 16, times a global scale) weight: LSB-first E2M1 nibbles,
+ * every code; scales positive, so that |W| stays below ~3. */
+static inline ct_wt ct_fp4(int64_t rows, int64_t cols, bool nv, float amp) {
+    ct_wt t;
+    memset(&t, 0, sizeof t);
+    t.w.fmt = nv ? MK_WF_NVFP4 : MK_WF_MXFP4;
+    t.w.rows = rows;
+    t.w.cols = cols;
+    t.w.bits = 4;
+    t.w.group = nv ? 16 : 32;
+    t.w.global_scale = nv ? 0.0123f * amp : 1.0f;
+    size_t nd = (size_t)(rows * cols / 2), ns = (size_t)(rows * (cols / t.w.group));
+    uint8_t *d = malloc(nd), *sc = malloc(ns);
+    for (size_t i = 0; i < nd; i++)
+        d[i] = (uint8_t)ct_u32();
+    for (size_t i = 0; i < ns; i++) /* E8M0 2^-7..2^-1; E4M3 0x30..0x57 (0.25..~3.5) */
+        sc[i] = nv ? (uint8_t)(0x30 + ct_u32() % 0x28) : (uint8_t)(120 + ct_u32() % 7);
+    t.w.data = d;
+    t.w.scales = sc;
+    return t;
+}
+
 static inline void ct_free(ct_wt *t) {
     free((void *)t->w.data);
     free((void *)t->w.scales);

@@ -23,7 +23,7 @@
  * that leave lanes idle or loop several times, every group size and scale
  * dtype, plain rows that are and are not whole 16-byte chunks, FP8 E4M3
  * with 128x128 and 64x32 scale blocks in every scale dtype, partial blocks
- * at the bottom and right edges. */
+ * at the bottom and right edges, MXFP4 and NVFP4 (every E2M1 code). */
 #include "mk_test_util.h"
 
 #include "cuda_test_util.h"
@@ -58,11 +58,17 @@ static const gcase g_cases[] = {
     {"fp8 e4m3 128x128 bf16 129x2048", MK_WF_FP8_E4M3, 0, 0, MK_DT_BF16, 129, 2048, 128, 128},
     {"fp8 e4m3 64x32 f16 33x96", MK_WF_FP8_E4M3, 0, 0, MK_DT_F16, 33, 96, 64, 32},
     {"fp8 e4m3 128x128 f32 1x7168", MK_WF_FP8_E4M3, 0, 0, MK_DT_F32, 1, 7168, 128, 128},
+    {"mxfp4 37x320", MK_WF_MXFP4, 4, 32, MK_DT_U8, 37, 320, 0, 0},
+    {"mxfp4 129x2880 (gpt-oss width)", MK_WF_MXFP4, 4, 32, MK_DT_U8, 129, 2880, 0, 0},
+    {"nvfp4 33x96", MK_WF_NVFP4, 4, 16, MK_DT_U8, 33, 96, 0, 0},
+    {"nvfp4 65x2048", MK_WF_NVFP4, 4, 16, MK_DT_U8, 65, 2048, 0, 0},
 };
 
 static ct_wt make(const gcase *c) {
     if (c->fmt == MK_WF_FP8_E4M3)
         return ct_fp8(c->rows, c->cols, c->br, c->bc, c->sd, 1.0f);
+    if (c->fmt == MK_WF_MXFP4 || c->fmt == MK_WF_NVFP4)
+        return ct_fp4(c->rows, c->cols, c->fmt == MK_WF_NVFP4, 1.0f);
     return c->fmt == MK_WF_AFFINE ? ct_affine(c->rows, c->cols, c->bits, c->group, c->sd, 1.0f)
                                   : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
 }
@@ -142,6 +148,8 @@ static void test_gemv_accumulate(void **state) {
         run_case(&g_cases[8], true);
         run_case(&g_cases[11], true);
         run_case(&g_cases[17], true); /* FP8 */
+        run_case(&g_cases[21], true); /* MXFP4 */
+        run_case(&g_cases[23], true); /* NVFP4 */
     }
     use_kernels(1);
 }
@@ -199,6 +207,15 @@ static void test_unsupported_named(void **state) {
     t.w.scales = NULL; /* unscaled FP8: the generic kernel's */
     assert_false(mk_cuda_wt_supported(&t.w));
     t.w.scales = sc;
+    ct_free(&t);
+    /* MXFP4 / NVFP4: with their scales */
+    t = ct_fp4(4, 64, false, 1.0f);
+    assert_true(mk_cuda_wt_supported(&t.w));
+    ct_free(&t);
+    t = ct_fp4(4, 64, true, 1.0f);
+    assert_true(mk_cuda_wt_supported(&t.w));
+    t.w.global_scale = 0.0f;
+    assert_false(mk_cuda_wt_supported(&t.w));
     ct_free(&t);
 #endif
 }
