@@ -2,8 +2,9 @@
  *
  *   1. HBM roofline: device-to-device copy of 2 GiB (bytes read + written)
  *   2. GEMV bandwidth (mk_cuda_gemv) at large shapes, MLX affine 4-bit and
- *      8-bit g64 (bf16 scales/biases) and bf16: weight bytes / time, and
- *      the fraction of the copy bandwidth
+ *      8-bit g64 (bf16 scales/biases), bf16, FP8 E4M3 with 128x128 f32
+ *      block scales and MXFP4: weight bytes / time, and the fraction of
+ *      the copy bandwidth
  *   3. decode of a synthetic full-depth MoE stack, batch 1: every layer is
  *      x += moe_l(x) (mk_cuda_moe_step, own weights per layer), the whole
  *      stack captured as one CUDA graph and replayed per token; each token
@@ -131,6 +132,65 @@ static mk_wt dev_bf16(int64_t rows, int64_t cols, float amp) {
     CK(cudaGetLastError());
     g_dev_bytes += n * 2;
     w.data = d;
+    return w;
+}
+
+/* Codes without E4M3's NaN (S.1111.111): bit 6 cleared, so the exponent
+ * is at most 0b0111. */
+__global__ void mask_bytes(uint32_t *p, size_t n, uint32_t keep) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] &= keep;
+}
+
+__global__ void fill_const_f(float *p, size_t n, float v) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        p[i] = v;
+}
+
+/* A device FP8 E4M3 weight with 128x128 f32 block scales (DeepSeek-V3's). */
+static mk_wt dev_fp8(int64_t rows, int64_t cols) {
+    mk_wt w;
+    memset(&w, 0, sizeof w);
+    w.fmt = MK_WF_FP8_E4M3;
+    w.rows = rows;
+    w.cols = cols;
+    w.block_r = w.block_c = 128;
+    w.sdtype = MK_DT_F32;
+    w.global_scale = 1.0f;
+    size_t nd = (size_t)rows * (size_t)cols, ns = (size_t)((rows + 127) / 128) * (size_t)((cols + 127) / 128);
+    void *d, *s;
+    MK(mk_cuda_malloc(&d, nd, "bench weight"));
+    MK(mk_cuda_malloc(&s, ns * 4, "bench scales"));
+    fill_u32<<<1024, 256>>>((uint32_t *)d, nd / 4, g_seed++);
+    mask_bytes<<<1024, 256>>>((uint32_t *)d, nd / 4, 0xBFBFBFBFu);
+    fill_const_f<<<64, 256>>>((float *)s, ns, 0.001f);
+    CK(cudaGetLastError());
+    g_dev_bytes += nd + 4 * ns;
+    w.data = d;
+    w.scales = s;
+    return w;
+}
+
+/* A device MXFP4 weight (E8M0 scale 2^-4 per 32; gpt-oss's experts). */
+static mk_wt dev_mxfp4(int64_t rows, int64_t cols) {
+    mk_wt w;
+    memset(&w, 0, sizeof w);
+    w.fmt = MK_WF_MXFP4;
+    w.rows = rows;
+    w.cols = cols;
+    w.bits = 4;
+    w.group = 32;
+    w.global_scale = 1.0f;
+    size_t nd = (size_t)rows * (size_t)cols / 2, ns = (size_t)rows * (size_t)(cols / 32);
+    void *d, *s;
+    MK(mk_cuda_malloc(&d, nd, "bench weight"));
+    MK(mk_cuda_malloc(&s, ns, "bench scales"));
+    fill_u32<<<1024, 256>>>((uint32_t *)d, nd / 4, g_seed++);
+    CK(cudaMemset(s, 123, ns));
+    CK(cudaGetLastError());
+    g_dev_bytes += nd + ns;
+    w.data = d;
+    w.scales = s;
     return w;
 }
 
@@ -563,6 +623,12 @@ int main(int argc, char **argv) {
         mk_cuda_wt_free(&w);
         w = dev_bf16(16384, 8192, 0.05f);
         gemv_bench("bf16", w, roof);
+        mk_cuda_wt_free(&w);
+        w = dev_fp8(32768, 8192);
+        gemv_bench("fp8 e4m3 128x128 f32", w, roof);
+        mk_cuda_wt_free(&w);
+        w = dev_mxfp4(32768, 8192);
+        gemv_bench("mxfp4", w, roof);
         mk_cuda_wt_free(&w);
     }
     if (!only_gemv) {
