@@ -199,6 +199,20 @@ template <int N> __device__ __forceinline__ float mkc_sum(const float *v) {
     return (a[0] + a[1]) + (a[2] + a[3]);
 }
 
+/* The weight loads of one lane step of the chunked dot products below:
+ * chunks c0 + 32u (u < U) of NR rows, every load issued before any use so
+ * that U * NR 16-byte loads per lane are in flight. */
+template <int U, int NR>
+__device__ __forceinline__ void mkc_load_chunks(const uint8_t *const *q, int64_t c0, int64_t nchunk,
+                                                uint4 (&qq)[U][NR]) {
+#pragma unroll
+    for (int u = 0; u < U; u++)
+#pragma unroll
+        for (int r = 0; r < NR; r++)
+            if (c0 + 32 * u < nchunk)
+                qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+}
+
 /* Lane partial sums of NR affine rows. Row r: packed data q[r], scales s[r],
  * biases b[r] (per-row group arrays), input x[r] (SX: all rows share x[0]).
  * nchunk = row_bytes / 16; group = 1 << gshift. Two chunks per lane step
@@ -212,12 +226,7 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
     constexpr int U = NR >= 4 ? 1 : 2; /* 16-byte loads in flight per lane: U * NR */
     for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
         uint4 qq[U][NR];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int r = 0; r < NR; r++)
-                if (c0 + 32 * u < nchunk)
-                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+        mkc_load_chunks<U, NR>(q, c0, nchunk, qq);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t c = c0 + 32 * u;
@@ -277,12 +286,7 @@ __device__ __forceinline__ void mkc_dot_fp8(const uint8_t *const *q, const void 
     constexpr int U = NR >= 4 ? 1 : 2;
     for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
         uint4 qq[U][NR];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int r = 0; r < NR; r++)
-                if (c0 + 32 * u < nchunk)
-                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+        mkc_load_chunks<U, NR>(q, c0, nchunk, qq);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t c = c0 + 32 * u;
@@ -349,12 +353,7 @@ __device__ __forceinline__ void mkc_dot_fp4(const uint8_t *const *q, const void 
     constexpr int U = NR >= 4 ? 1 : 2;
     for (int64_t c0 = lane; c0 < nchunk; c0 += 32 * U) {
         uint4 qq[U][NR];
-#pragma unroll
-        for (int u = 0; u < U; u++)
-#pragma unroll
-            for (int r = 0; r < NR; r++)
-                if (c0 + 32 * u < nchunk)
-                    qq[u][r] = mkc_ldw((const uint4 *)q[r] + c0 + 32 * u);
+        mkc_load_chunks<U, NR>(q, c0, nchunk, qq);
 #pragma unroll
         for (int u = 0; u < U; u++) {
             const int64_t c = c0 + 32 * u;
@@ -717,6 +716,35 @@ __device__ __forceinline__ void mkc_topk_serial(const float *s, int n, int k, in
         }
         idx[j] = best;
     }
+}
+
+/* DeepSeek-V3's group limit on choice scores c[0..E) in shared memory, by
+ * one block: a group's score is the sum of its two best c (the CPU's
+ * top-2, lowest index first on ties), the TG best groups are kept (the
+ * same top-k over the group scores, by one thread), the other groups' c
+ * become 0. gs[G] and keep[TG] are shared scratch; E / G >= 2 (the config
+ * check's rule). Ends with a barrier. Used by the fused step's routing and
+ * the route slot's kernel. */
+__device__ __forceinline__ void mkc_route_groups(float *c, int E, int G, int TG, float *gs, int32_t *keep) {
+    const int per = E / G;
+    for (int g = threadIdx.x; g < G; g += blockDim.x) {
+        int32_t b[2];
+        mkc_topk_serial(c + g * per, per, 2, b);
+        gs[g] = c[g * per + b[0]] + c[g * per + b[1]];
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        mkc_topk_serial(gs, G, TG, keep);
+    __syncthreads();
+    for (int i = threadIdx.x; i < E; i += blockDim.x) {
+        const int g = i / per;
+        bool kept = false;
+        for (int q = 0; q < TG; q++)
+            kept |= keep[q] == g;
+        if (!kept)
+            c[i] = 0.0f;
+    }
+    __syncthreads();
 }
 
 #endif

@@ -58,35 +58,6 @@ __device__ float block_reduce(float v, bool is_max, float *red) {
     return r;
 }
 
-/* DeepSeek-V3's group limit on the choices c[0..E) in shared memory
- * (backend.h's MK_ROUTE_GROUPED_SIGMOID, in the CPU's order): a group's
- * score is the sum of its two best c (the CPU's top-2: lowest index first
- * on ties), the topk_group best groups are kept (the same top-k over the
- * group scores, by one thread), the other groups' c become 0. */
-__device__ void route_groups(float *c, int E, int G, int TG) {
-    __shared__ float gs[MOE_MAX_G];
-    __shared__ int32_t gk[MOE_MAX_G];
-    const int per = E / G;
-    for (int g = threadIdx.x; g < G; g += blockDim.x) {
-        int32_t b[2];
-        mkc_topk_serial(c + g * per, per, 2, b);
-        gs[g] = c[g * per + b[0]] + c[g * per + b[1]];
-    }
-    __syncthreads();
-    if (threadIdx.x == 0)
-        mkc_topk_serial(gs, G, TG, gk);
-    __syncthreads();
-    for (int i = threadIdx.x; i < E; i += blockDim.x) {
-        const int g = i / per;
-        bool kept = false;
-        for (int q = 0; q < TG; q++)
-            kept |= gk[q] == g;
-        if (!kept)
-            c[i] = 0.0f;
-    }
-    __syncthreads();
-}
-
 /* The routing of one token from logits[E] in device memory (written by
  * other blocks: read through L2), by one block: idx[k], w[k]. Sigmoid
  * scoring ranks s + bias within the kept groups when bias or G > 1, and
@@ -98,9 +69,13 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
     __shared__ float red[32];
     __shared__ float sw[MOE_MAX_K];
     __shared__ int32_t si[MOE_MAX_K];
+    __shared__ float gs[MOE_MAX_G];
+    __shared__ int32_t gk[MOE_MAX_G];
     for (int i = threadIdx.x; i < E; i += blockDim.x)
         p[i] = __ldcg(logits + i); /* written by other blocks: read through L2 */
-    if (threadIdx.x < k) { /* NaN logits rank nowhere: never leave an index unset */
+    if (threadIdx.x < k) { /* every index set even when NaN scores (which rank 0, as every
+                                comparison with them is false) leave ranks unfilled; the output
+                                is then NaN and the engine's non-finite check reports it */
         si[threadIdx.x] = threadIdx.x;
         sw[threadIdx.x] = 0.0f;
     }
@@ -128,7 +103,7 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
     }
     __syncthreads();
     if (score == MK_CUDA_SCORE_SIGMOID && G > 1)
-        route_groups(p, E, G, TG);
+        mkc_route_groups(p, E, G, TG, gs, gk);
     for (int i = threadIdx.x; i < E; i += blockDim.x) {
         const float v = p[i];
         int rank = 0;
@@ -938,13 +913,23 @@ extern "C" mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda
     s->smem = (size_t)(H > nh ? H : nh) * 4;
     int dev = 0, nsm = 0, per = 0;
     mk_status st = MK_OK;
+    cudaFuncAttributes fa;
     cudaError_t e = cudaGetDevice(&dev);
     if (e == cudaSuccess)
         e = cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev);
     if (e == cudaSuccess)
         e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_stack, MOE_WARPS * 32, s->smem);
+    if (e == cudaSuccess)
+        e = cudaFuncGetAttributes(&fa, k_stack);
     if (e != cudaSuccess)
         st = mkc_fail(e, "sizing the persistent MoE kernel");
+    /* without the opt-in, static (the routing's arrays) and dynamic shared
+     * memory together must fit MKC_SMEM_MAX */
+    if (st == MK_OK && s->smem + fa.sharedSizeBytes > MKC_SMEM_MAX)
+        st = mk_err(MK_E_UNSUPPORTED,
+                    "moe stack: %zu bytes of staged x / activations and %zu of the kernel's own shared memory "
+                    "exceed %d KB; use mk_cuda_moe_step per layer",
+                    s->smem, (size_t)fa.sharedSizeBytes, MKC_SMEM_MAX / 1024);
     if (st == MK_OK && per < 1)
         st = mk_err(MK_E_UNSUPPORTED, "moe stack: the persistent kernel does not fit on an SM");
     s->grid = (unsigned)(nsm * per);

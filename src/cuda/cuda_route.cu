@@ -71,27 +71,11 @@ __global__ void __launch_bounds__(RT_THREADS) k_route(mk_route_args a) {
         for (int i = threadIdx.x; i < E; i += blockDim.x)
             s[i] = 1.0f / (1.0f + expf(-lg[i])) + (a.bias ? a.bias[i] : 0.0f);
         __syncthreads();
-        const int G = a.n_group > 0 ? a.n_group : 1, TG = a.topk_group > 0 ? a.topk_group : 1, per = E / G;
+        const int G = a.n_group > 0 ? a.n_group : 1, TG = a.topk_group > 0 ? a.topk_group : 1;
         __shared__ float gs[RT_MAX_G];
-        __shared__ int keep[RT_MAX_G];
-        for (int g = threadIdx.x; g < G; g += blockDim.x) {
-            int gi[2];
-            mkc_topk_serial(s + g * per, per, 2, gi);
-            gs[g] = s[g * per + gi[0]] + s[g * per + gi[1]];
-        }
-        __syncthreads();
-        if (threadIdx.x == 0)
-            mkc_topk_serial(gs, G, TG, keep);
-        __syncthreads();
-        for (int i = threadIdx.x; i < E; i += blockDim.x) {
-            const int g = i / per;
-            bool kept = false;
-            for (int q = 0; q < TG; q++)
-                kept |= keep[q] == g;
-            if (!kept)
-                s[i] = 0.0f;
-        }
-        __syncthreads();
+        __shared__ int32_t keep[RT_MAX_G];
+        if (G > 1) /* one group: all kept */
+            mkc_route_groups(s, E, G, TG, gs, keep);
     } else {
         float mx = -INFINITY;
         for (int i = threadIdx.x; i < E; i += blockDim.x)
@@ -147,12 +131,15 @@ void mkb_route(void *ctx, const mk_route_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0)
         return;
-    const int G = a->n_group > 0 ? a->n_group : 1;
+    const int G = a->n_group > 0 ? a->n_group : 1, TG = a->topk_group > 0 ? a->topk_group : 1;
+    /* groups of >= 2 experts: a group's score is its top two (the config check's rule) */
     if (a->E <= 0 || a->E > MK_BACKEND_MAX_EXPERTS || a->k <= 0 || a->k > RT_MAX_K || a->k > a->E ||
-        (a->kind == MK_ROUTE_GROUPED_SIGMOID && (G > RT_MAX_G || a->E % G))) {
+        (a->kind == MK_ROUTE_GROUPED_SIGMOID &&
+         (G > RT_MAX_G || a->E % G || (G > 1 && a->E / G < 2) || TG > G))) {
         mkb_fail(c, mk_err(MK_E_UNSUPPORTED,
-                           "CUDA route: %d experts (at most %d), top-%d (at most %d), %d groups (at most %d)", a->E,
-                           MK_BACKEND_MAX_EXPERTS, a->k, RT_MAX_K, G, RT_MAX_G));
+                           "CUDA route: %d experts (at most %d), top-%d (at most %d), %d groups (at most %d, "
+                           "of >= 2 experts each) keeping %d",
+                           a->E, MK_BACKEND_MAX_EXPERTS, a->k, RT_MAX_K, G, RT_MAX_G, TG));
         return;
     }
     mk_route_args d = *a;
