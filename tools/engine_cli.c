@@ -583,7 +583,7 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
         mm->held += mk_engine_arena_bytes(*e);
         return MK_OK;
     }
-    if (o.backend && !mk_backend_iface(o.backend)->host_mem && !mk_backend_iface(o.backend)->weight_changed)
+    if (o.backend && !mk_backend_iface(o.backend)->host_mem && !mk_backend_iface(o.backend)->host_changed)
         return mk_err(MK_E_UNSUPPORTED,
                       "experts streamed from SSD are not wired to the %s backend (it keeps device "
                       "copies keyed by host memory, which the expert cache reuses): use --backend cpu, "

@@ -394,13 +394,16 @@ typedef struct mk_backend_i {
     void (*expert_mlps_each)(void *ctx, const mk_expert *const *ex, int count,
                              const float *const *x, const int64_t *n, float *const *ys, float *g,
                              float *u);
-    /* (optional) The host bytes behind view w (data, scales, biases) were
-     * replaced: an expert cache reused the slot buffer for another expert.
-     * A backend that keeps device copies of host weights refreshes the
-     * copies it made from w->data before they are used again, after every
-     * slot queued before this call has read the old ones. NULL: the backend
+    /* (optional) The host bytes [p, p + n) were replaced: an expert cache
+     * reused a slot buffer for another expert. A backend that keeps device
+     * copies of host memory must not use any copy it made from that range
+     * again (slots queued before this call still read the old bytes), and
+     * from now on the range is volatile: the cache may overwrite it as soon
+     * as the slot that used a view into it returns, so a copy made from it
+     * must have read the host bytes before that slot returns. Views handed
+     * out later at the same addresses are new weights. NULL: the backend
      * reads host memory as it is (the CPU backend). */
-    void (*weight_changed)(void *ctx, const mk_wt *w);
+    void (*host_changed)(void *ctx, const void *p, size_t n);
     /* (optional) free ctx. */
     void (*free)(void *ctx);
 } mk_backend_i;

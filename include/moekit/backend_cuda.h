@@ -9,7 +9,9 @@
  * (data, scales and biases), uploaded on first use and resident until the
  * backend is freed or mk_backend_cuda_forget drops it. The host memory
  * behind a view must therefore not change while the backend lives, unless
- * the caller forgets the view first (a buffer reused for other weights).
+ * the caller forgets the view first, or an expert cache reports the buffer
+ * it reuses (backend.h host_changed: the engine does so for a streaming
+ * expert store).
  *
  * Built without CUDA, or on a machine without a usable GPU, create returns
  * MK_E_UNSUPPORTED and says why; nothing else needs an #ifdef. */
@@ -37,6 +39,11 @@ mk_status mk_backend_cuda_create(int device, mk_backend **out);
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
+/* Device bytes of copies made from host memory an expert cache reuses
+ * (ranges reported by host_changed): *live in use, *spare held for the
+ * next expert of the same size. live stays within the host cache's size
+ * (one expert's copies per slot). Zeros for other backends. */
+void mk_backend_cuda_cache_stats(const mk_backend *b, size_t *live, size_t *spare);
 /* Record decode steps as CUDA graphs (step_begin / step_end / step_replay)
  * or not (step_begin answers false). On by default: the engine records a
  * single-token step once, its position in device memory, and replays the

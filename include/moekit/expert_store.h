@@ -105,10 +105,12 @@ typedef struct mk_expert_store_i {
     /* (optional) Called right after next() handed out expert e of
      * `layer`: true when the bytes behind its views were (re)loaded since
      * those views were last handed out (its cache slot held another
-     * expert, or none), and the mark is cleared. A backend keeping device
-     * copies keyed by host memory must refresh them then (backend.h
-     * weight_changed). NULL: a store whose views never change (resident). */
-    bool (*changed)(void *ctx, int layer, int e);
+     * expert, or none), and the mark is cleared; *base, *len then give the
+     * whole slot buffer, which holds every byte behind the views (a
+     * backend keeping device copies of host memory drops every copy it
+     * made from that range: backend.h host_changed). NULL: a store whose
+     * views never change (resident). */
+    bool (*changed)(void *ctx, int layer, int e, const void **base, size_t *len);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -197,8 +199,9 @@ const char *mk_expert_store_name(const mk_expert_store *s);
 bool mk_expert_store_all_ready(const mk_expert_store *s); /* the table's all_ready */
 /* After next() handed out expert e of `layer`: whether its views' bytes
  * were (re)loaded since they were last handed out (the table's changed;
- * false for a store without it), clearing the mark. */
-bool mk_expert_store_changed(mk_expert_store *s, int layer, int e);
+ * false for a store without it), clearing the mark; when true, *base and
+ * *len give the host range that holds other bytes now (the slot). */
+bool mk_expert_store_changed(mk_expert_store *s, int layer, int e, const void **base, size_t *len);
 /* Whether the views a store hands out may later hold other bytes (a cache
  * reusing slots): the table has changed. */
 bool mk_expert_store_reuses(const mk_expert_store *s);

@@ -348,34 +348,48 @@ void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w) {
     }
 }
 
-/* A stale entry's device copy made again from its host bytes, in place:
- * the same device memory, so recorded steps and the generic view stay
- * valid, and queued on the stream after every slot that read the old
- * bytes. A copy from pageable memory returns once the bytes are staged, so
- * the host slot may be reused after it. */
-static const mkb_entry *refresh(mkb_ctx *c, mkb_entry *e) {
-    if (recording_refuses(c, "copying a changed weight again"))
-        return NULL;
-    const mk_wt *w = &e->host;
-    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
-    cudaError_t r = cudaMemcpyAsync((void *)e->dev.data, w->data, nd, cudaMemcpyHostToDevice, c->s);
-    if (r == cudaSuccess && e->dev.scales)
-        r = cudaMemcpyAsync((void *)e->dev.scales, w->scales, ns, cudaMemcpyHostToDevice, c->s);
-    if (r == cudaSuccess && e->dev.biases)
-        r = cudaMemcpyAsync((void *)e->dev.biases, w->biases, ns, cudaMemcpyHostToDevice, c->s);
-    if (r != cudaSuccess) {
-        mkb_fail(c, mkc_fail(r, "copying a changed weight to the device again"));
-        return NULL;
+/* Device bytes of a view's data, scales and biases (0: none). */
+static void sizes_of(const mk_wt *w, size_t sz[3]) {
+    const size_t ns = mkb_scale_bytes(w);
+    sz[0] = (size_t)w->rows * mk_wt_row_bytes(w);
+    sz[1] = w->scales ? ns : 0;
+    sz[2] = w->fmt == MK_WF_AFFINE && w->biases ? ns : 0;
+}
+
+/* Whether host address q lies in memory an expert cache reuses (a range
+ * host_changed reported): a copy from there must have read the host bytes
+ * before the slot that made it returns. */
+static bool is_volatile(const mkb_ctx *c, const void *q) {
+    const char *a = (const char *)q;
+    for (int i = 0; i < c->nvr; i++)
+        if (a >= c->vr[i].p && a - c->vr[i].p < (ptrdiff_t)c->vr[i].n)
+            return true;
+    return false;
+}
+
+/* A spare entry (dropped by host_changed) whose device arrays have w's
+ * sizes, taken off the spare list; NULL when none. */
+static mkb_entry *take_spare(mkb_ctx *c, const mk_wt *w) {
+    size_t want[3], have[3];
+    sizes_of(w, want);
+    for (mkb_entry **pp = &c->spare; *pp; pp = &(*pp)->next) {
+        sizes_of(&(*pp)->host, have);
+        if (memcmp(want, have, sizeof want))
+            continue;
+        mkb_entry *e = *pp;
+        *pp = e->next;
+        c->nspare--;
+        e->next = NULL;
+        return e;
     }
-    e->stale = false;
-    return e;
+    return NULL;
 }
 
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
     size_t b = bucket(c, w->data);
     for (mkb_entry *e = c->tab[b]; e; e = e->next)
         if (same_view(&e->host, w))
-            return e->stale ? refresh(c, e) : e;
+            return e;
     char what[96];
     snprintf(what, sizeof what, "a %lldx%lld weight (format %d)", (long long)w->rows, (long long)w->cols, (int)w->fmt);
     if (recording_refuses(c, "a weight's first upload"))
@@ -385,29 +399,58 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
         mkb_fail(c, s);
         return NULL;
     }
-    mkb_entry *e = (mkb_entry *)mk_calloc(1, sizeof *e);
-    if (!e) {
-        mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for the entry of %s", what));
-        return NULL;
+    mkb_entry *e = take_spare(c, w);
+    if (e) { /* the device memory of a weight whose host bytes changed, after every
+                slot queued before that read it (stream order) */
+        const void *dv[3] = {e->dev.data, e->dev.scales, e->dev.biases}, *src[3] = {w->data, w->scales, w->biases};
+        size_t sz[3];
+        sizes_of(w, sz);
+        e->host = *w;
+        e->dev = *w;
+        e->dev.data = dv[0];
+        e->dev.scales = dv[1];
+        e->dev.biases = dv[2];
+        for (int q = 0; q < 3 && s == MK_OK; q++)
+            if (sz[q]) {
+                cudaError_t r = cudaMemcpyAsync((void *)dv[q], src[q], sz[q], cudaMemcpyHostToDevice, c->s);
+                if (r != cudaSuccess)
+                    s = mkc_fail(r, "copying a weight to the device");
+            }
+    } else {
+        e = (mkb_entry *)mk_calloc(1, sizeof *e);
+        if (!e) {
+            mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for the entry of %s", what));
+            return NULL;
+        }
+        e->host = *w;
+        e->dev = *w;
+        e->dev.data = e->dev.scales = e->dev.biases = NULL; /* nothing to free yet */
+        const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
+        s = up(c, w->data, nd, &e->dev.data, what);
+        if (s == MK_OK)
+            s = up(c, w->scales, ns, &e->dev.scales, what);
+        if (s == MK_OK)
+            s = up(c, w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
+        if (w->fmt != MK_WF_AFFINE)
+            e->dev.biases = NULL;
+        if (!ns)
+            e->dev.scales = NULL;
+        e->bytes = nd + ns * (w->fmt == MK_WF_AFFINE ? 2 : 1);
     }
-    e->host = *w;
-    e->dev = *w;
-    const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
-    s = up(c, w->data, nd, &e->dev.data, what);
-    if (s == MK_OK)
-        s = up(c, w->scales, ns, &e->dev.scales, what);
-    if (s == MK_OK)
-        s = up(c, w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
+    /* memory an expert cache may overwrite once the calling slot returns:
+     * the copy must have read it by then (a copy from pageable memory
+     * may be staged and return early, but the runtime does not promise
+     * that for cudaMemcpyAsync) */
+    if (s == MK_OK && is_volatile(c, w->data)) {
+        cudaError_t r = cudaStreamSynchronize(c->s);
+        if (r != cudaSuccess)
+            s = mkc_fail(r, "waiting for a copy from an expert cache slot");
+    }
     if (s != MK_OK) {
         entry_free(e);
         mkb_fail(c, mk_err_wrap(s, "CUDA backend: uploading %s", what));
         return NULL;
     }
-    if (w->fmt != MK_WF_AFFINE)
-        e->dev.biases = NULL;
-    if (!ns)
-        e->dev.scales = NULL;
-    e->bytes = nd + ns * (w->fmt == MK_WF_AFFINE ? 2 : 1);
     return entry_insert(c, e, b);
 }
 
@@ -478,6 +521,11 @@ static void cu_free(void *ctx) {
             entry_free(e);
         }
     free(c->tab);
+    for (mkb_entry *e = c->spare, *nx; e; e = nx) {
+        nx = e->next;
+        entry_free(e);
+    }
+    free(c->vr);
     mkb_moe_free(c);
     mkb_graph_free(c);
     mkb_gemm_free(c);
@@ -493,7 +541,7 @@ static void cu_free(void *ctx) {
     free(c);
 }
 
-static void cu_weight_changed(void *ctx, const mk_wt *w);
+static void cu_host_changed(void *ctx, const void *p, size_t n);
 
 static const mk_backend_i g_cuda = {
     .name = "cuda",
@@ -543,7 +591,7 @@ static const mk_backend_i g_cuda = {
     .argmax = mkb_argmax,
     .matmul_each = nullptr, /* the engine calls matmul once per token (backend.h) */
     .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
-    .weight_changed = cu_weight_changed, /* an expert cache reusing its host slots */
+    .host_changed = cu_host_changed, /* an expert cache reusing its host slots */
     .free = cu_free,
 };
 
@@ -626,16 +674,16 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
     return mk_backend_create(&g_cuda, c, out);
 }
 
-/* Drop every copy made from host_data but `keep` (waiting first: queued
- * slots may read them). */
-static void forget_host(mkb_ctx *c, const void *host_data, const mkb_entry *keep) {
+/* Drop every copy made from host_data (waiting first: queued slots may
+ * read them). */
+static void forget_host(mkb_ctx *c, const void *host_data) {
     ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
     mkb_graph_free(c); /* a recorded step may read the dropped copies */
     mkb_moe_forget(c, host_data);
     mkb_entry **pp = &c->tab[bucket(c, host_data)];
     while (*pp) {
         mkb_entry *e = *pp;
-        if (e->host.data == host_data && e != keep) {
+        if (e->host.data == host_data) {
             *pp = e->next;
             c->n--;
             c->bytes -= e->bytes;
@@ -649,35 +697,105 @@ static void forget_host(mkb_ctx *c, const void *host_data, const mkb_entry *keep
 extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return;
-    forget_host((mkb_ctx *)mk_backend_ctx(b), host_data, NULL);
+    forget_host((mkb_ctx *)mk_backend_ctx(b), host_data);
 }
 
-/* backend.h weight_changed: the copy made from w->data becomes w's (a
- * cache slot's new expert, whose scales and biases may sit at other
- * offsets in the slot: the entry takes w's pointers as its key) and is
- * refreshed in place on its next use (mkb_weight), so one device copy
- * serves a host slot whatever expert it holds. Other copies from w->data
- * (another layout, a second one, an alias into a fused layer's slab) are
- * dropped. */
-static void cu_weight_changed(void *ctx, const mk_wt *w) {
+/* Spare entries kept for reuse; past this many they are freed (after a
+ * stream sync: queued slots may still read them). Experts of one shape
+ * need 3 (gate, up, down of the slot just reloaded). */
+#define MKB_SPARE_MAX 32
+
+static bool overlaps(const void *q, size_t len, const char *p, size_t n) {
+    const char *a = (const char *)q;
+    return q && len && a < p + n && p < a + len;
+}
+
+/* Whether any host array of entry e lies in [p, p + n). */
+static bool entry_in(const mkb_entry *e, const char *p, size_t n) {
+    size_t sz[3];
+    sizes_of(&e->host, sz);
+    return overlaps(e->host.data, sz[0], p, n) || overlaps(e->host.scales, sz[1], p, n) ||
+           overlaps(e->host.biases, sz[2], p, n);
+}
+
+/* backend.h host_changed: every copy made from [p, p + n) leaves the map
+ * (the views handed out there from now on are other weights); their device
+ * memory waits on the spare list for the next weight of the same size,
+ * which mkb_weight copies into it in stream order, after every slot that
+ * read the old bytes, so VRAM holds about one expert per host cache slot.
+ * The range is remembered as volatile (copies from it complete before the
+ * slot returns: mkb_weight). An alias into a fused layer's slab drops its
+ * whole layer (forget_host). */
+static void cu_host_changed(void *ctx, const void *p0, size_t n) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (!w || !w->data)
+    const char *p = (const char *)p0;
+    if (!p || !n)
         return;
-    mkb_entry *keep = NULL;
-    bool drop = false;
-    for (mkb_entry *e = c->tab[bucket(c, w->data)]; e; e = e->next)
-        if (e->host.data == w->data) {
-            if (keep || e->borrowed || !same_layout(&e->host, w)) {
-                drop = true;
-                continue;
+    bool known = false;
+    for (int i = 0; i < c->nvr && !known; i++)
+        known = c->vr[i].p == p && c->vr[i].n == n;
+    if (!known) {
+        if (c->nvr == c->capvr) {
+            int cap = c->capvr ? 2 * c->capvr : 64;
+            mkb_range *v = (mkb_range *)realloc(c->vr, (size_t)cap * sizeof *v);
+            if (!v) {
+                mkb_fail(c, mk_err(MK_E_NOMEM, "CUDA backend: no memory for the expert cache's ranges"));
+                return;
             }
-            keep = e;
-            e->host.scales = w->scales;
-            e->host.biases = w->biases;
-            e->stale = true;
+            c->vr = v;
+            c->capvr = cap;
         }
-    if (drop)
-        forget_host(c, w->data, keep);
+        c->vr[c->nvr++] = (mkb_range){p, n};
+    }
+    bool moved = false;
+    for (;;) {
+        const void *alias = NULL;
+        for (size_t i = 0; i < c->nb && !alias; i++)
+            for (mkb_entry **pp = &c->tab[i]; *pp;) {
+                mkb_entry *e = *pp;
+                if (!entry_in(e, p, n)) {
+                    pp = &e->next;
+                } else if (e->borrowed) {
+                    alias = e->host.data;
+                    break;
+                } else {
+                    *pp = e->next;
+                    c->n--;
+                    c->bytes -= e->bytes;
+                    e->next = c->spare;
+                    c->spare = e;
+                    c->nspare++;
+                    moved = true;
+                }
+            }
+        if (!alias)
+            break;
+        forget_host(c, alias);
+    }
+    if (moved)
+        mkb_graph_free(c); /* a recorded step may read the moved copies */
+    if (c->nspare > MKB_SPARE_MAX) {
+        ck(c, cudaStreamSynchronize(c->s), "waiting before freeing spare weight copies");
+        for (mkb_entry *e = c->spare, *nx; e; e = nx) {
+            nx = e->next;
+            entry_free(e);
+        }
+        c->spare = NULL;
+        c->nspare = 0;
+    }
+}
+
+extern "C" void mk_backend_cuda_cache_stats(const mk_backend *b, size_t *live, size_t *spare) {
+    *live = *spare = 0;
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    const mkb_ctx *c = (const mkb_ctx *)mk_backend_ctx(b);
+    for (size_t i = 0; i < c->nb; i++)
+        for (const mkb_entry *e = c->tab[i]; e; e = e->next)
+            if (!e->borrowed && is_volatile(c, e->host.data))
+                *live += e->bytes;
+    for (const mkb_entry *e = c->spare; e; e = e->next)
+        *spare += e->bytes;
 }
 
 extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {

@@ -42,7 +42,6 @@ struct mkb_entry {
     bool fast;    /* mkc_kind_of(dev) >= 0: the GEMV kernels take it */
     size_t bytes; /* device bytes (data + scales + biases); 0 when borrowed */
     bool borrowed; /* dev points into memory another owner frees (a fused layer's slab) */
-    bool stale;    /* the host bytes changed (weight_changed): copied again before the next use */
     mkb_entry *next;
 };
 
@@ -79,6 +78,19 @@ struct mkb_ctx {
     size_t gemm_scratch;
     struct mkb_gemm *gemm;
     struct mkb_grp *grp; /* the grouped MoE slot's scratch (cuda_grouped.cu) */
+    /* host memory an expert cache reuses (host_changed, cuda_backend.cu):
+     * the ranges reported (one per cache slot), and the entries dropped
+     * from the map because their host bytes changed, whose device memory
+     * the next weight of the same size takes */
+    struct mkb_range *vr;
+    int nvr, capvr;
+    mkb_entry *spare;
+    int nspare;
+};
+
+struct mkb_range {
+    const char *p;
+    size_t n;
 };
 
 /* Device state of the deferred non-finite checks: `key` is the kept finding

@@ -137,6 +137,10 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     (void)b;
     return 0;
 }
+void mk_backend_cuda_cache_stats(const mk_backend *b, size_t *live, size_t *spare) {
+    (void)b;
+    *live = *spare = 0;
+}
 void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed) {
     (void)b;
     *built = *updated = *replayed = 0;

@@ -358,10 +358,10 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         return mk_err(MK_E_UNSUPPORTED, "engine: the %s backend does not implement DeepSeek sparse "
                       "attention (the lightning indexer of %s; deepseek_v32 and glm_moe_dsa need it): "
                       "run this model on the CPU backend", e->bi->name, c->model_type);
-    if (o->store && mk_expert_store_reuses(o->store) && !e->bi->host_mem && !e->bi->weight_changed)
+    if (o->store && mk_expert_store_reuses(o->store) && !e->bi->host_mem && !e->bi->host_changed)
         return mk_err(MK_E_UNSUPPORTED, "engine: the %s expert store reuses its buffers for other experts, "
                       "and the %s backend keeps device copies of host weights without being told when "
-                      "they change (no weight_changed slot)", mk_expert_store_name(o->store), e->bi->name);
+                      "they change (no host_changed slot)", mk_expert_store_name(o->store), e->bi->name);
     if (e->on_linear && !e->bi->host_mem)
         return mk_err(MK_E_ARG, "engine: a linear-input observer needs a host-memory backend, not '%s'",
                       e->bi->name);

@@ -70,8 +70,10 @@ bool mk_expert_store_all_ready(const mk_expert_store *s) {
     return s->i->all_ready;
 }
 
-bool mk_expert_store_changed(mk_expert_store *s, int layer, int e) {
-    return s->i->changed ? s->i->changed(s->ctx, layer, e) : false;
+bool mk_expert_store_changed(mk_expert_store *s, int layer, int e, const void **base, size_t *len) {
+    *base = NULL;
+    *len = 0;
+    return s->i->changed ? s->i->changed(s->ctx, layer, e, base, len) : false;
 }
 
 bool mk_expert_store_reuses(const mk_expert_store *s) { return s->i->changed != NULL; }

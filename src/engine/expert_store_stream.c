@@ -616,15 +616,20 @@ static mk_status st_next(void *ctx, int layer, int *e, const mk_expert **out) {
 }
 
 /* Whether expert e, just handed out, was loaded into its slot since the
- * slot's views were last handed out (a backend's device copies of them are
- * stale then); the mark is taken. */
-static bool st_changed(void *ctx, int layer, int e) {
+ * slot's views were last handed out (a backend's device copies of anything
+ * in the slot are stale then: the slot buffer is the range); the mark is
+ * taken. */
+static bool st_changed(void *ctx, int layer, int e, const void **base, size_t *len) {
     stream *s = ctx;
     if (layer != s->layer || e < 0 || e >= s->m->cfg.num_experts)
         return false;
     int slot = s->slot_of[e];
     bool was = s->fresh[slot];
     s->fresh[slot] = 0;
+    if (was) {
+        *base = s->mem + (size_t)slot * s->slot_bytes;
+        *len = s->slot_bytes;
+    }
     return was;
 }
 

@@ -334,13 +334,12 @@ static mk_status run_local(mk_engine *e, int l, const mk_moe_w *w, int64_t n) {
         st = mk_expert_store_next(e->store, l, &x, &ex);
         if (st != MK_OK)
             return mk_err_wrap(st, "layer %d", l);
-        if (BE(e)->weight_changed && mk_expert_store_changed(e->store, l, x)) {
+        const void *hb = NULL;
+        size_t hn = 0;
+        if (BE(e)->host_changed && mk_expert_store_changed(e->store, l, x, &hb, &hn))
             /* its cache slot holds other bytes than when the backend last
              * copied from it (a streaming store reusing slots) */
-            BE(e)->weight_changed(CTX(e), &ex->gate);
-            BE(e)->weight_changed(CTX(e), &ex->up);
-            BE(e)->weight_changed(CTX(e), &ex->down);
-        }
+            BE(e)->host_changed(CTX(e), hb, hn);
         int32_t end = e->cnt[x], beg = x ? e->cnt[x - 1] : 0;
         int64_t m = end - beg;
         BE(e)->gather(CTX(e), e->ex_x, e->xb, e->tok_b + beg, m, H);

@@ -14,8 +14,8 @@
 # MK_SERVE_BACKEND=cuda (serve_batch_cuda.sh): the same server on the CUDA
 # backend (its batched steps through the fused MoE slot), every answer
 # still equal to the CPU's `moekit run` of that prompt, the streamed-experts
-# round included (the backend's device copies of the store's slots are
-# refreshed when a slot is reused: backend.h weight_changed).
+# round included (the backend drops its device copies of a store's slot when
+# the slot is reused: backend.h host_changed).
 # no pipefail: `echo "$r" | grep -q` would fail whenever grep stops reading early (SIGPIPE)
 set -eu
 BIN=${MK_BIN:?}
