@@ -34,7 +34,9 @@
  * puts the experts of the MoE layers past that many bytes in mapped host
  * memory (mk_backend_cuda_set_expert_vram): decode is then also reported
  * against the bus bound (their bytes per token over the kernels' read rate
- * of mapped host memory, measured in the same run). MK_BENCH_BATCH=B (CUDA
+ * of mapped host memory, measured in the same run); MK_CUDA_EXPERT_CACHE=BYTES
+ * keeps that many bytes of it for a cache of the host layers' most-routed
+ * experts (mk_backend_cuda_set_expert_cache). MK_BENCH_BATCH=B (CUDA
  * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
  * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
  * launches the MoE step's kernels with programmatic dependent launch
@@ -256,6 +258,11 @@ int main(int argc, char **argv) {
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");
         if (ev && *ev)
             mk_backend_cuda_set_expert_vram(be, (size_t)strtoull(ev, NULL, 10));
+        /* MK_CUDA_EXPERT_CACHE=BYTES: of that, a VRAM cache of the host
+         * layers' most-routed experts (mk_backend_cuda_set_expert_cache) */
+        const char *ec = getenv("MK_CUDA_EXPERT_CACHE");
+        if (ec && *ec)
+            mk_backend_cuda_set_expert_cache(be, (size_t)strtoull(ec, NULL, 10));
         if (unfused || base) {
             hidden = *mk_backend_iface(be);
             if (unfused) {
@@ -369,6 +376,14 @@ int main(int argc, char **argv) {
                    "host reads %.1f MiB/token; mapped host read %.1f GB/s (same run) -> bus bound %.1f tok/s; "
                    "decode at %.1f%% of it\n", evr / 1073741824.0, ehost / 1073741824.0, hl, hb / 1048576.0,
                    hbw, hb > 0 ? hbw * 1e9 / hb : 0.0, hb > 0 && hbw > 0 ? 100.0 * (1.0 / dt) / (hbw * 1e9 / hb) : 0.0);
+            int xs;
+            uint64_t xcp;
+            double xh;
+            mk_backend_cuda_expert_cache_stats(be, &xs, &xcp, &xh);
+            if (xs)
+                printf("xcache     %d slots of host layers' experts in device memory, %llu copies, %.1f%% of "
+                       "the host layers' routed experts read from it (the bus bound above counts none)\n",
+                       xs, (unsigned long long)xcp, 100.0 * xh);
         }
         const char *gm = getenv("MK_CUDA_GEMM");
         printf("gemm       %s; mode %s\n", mk_backend_cuda_gemm_status(), gm && *gm ? gm : "split (default)");

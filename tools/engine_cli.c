@@ -117,6 +117,8 @@ mk_status mk_ecli_backend(const char *name, const struct mk_ecli_mem *mm, mk_bac
         MK_TRY(mk_err_wrap(mk_backend_cuda_create(0, out), "--backend cuda"));
         if (mm && mm->gpu_expert_vram)
             mk_backend_cuda_set_expert_vram(*out, (size_t)mm->gpu_expert_vram);
+        if (mm && mm->gpu_expert_cache)
+            mk_backend_cuda_set_expert_cache(*out, (size_t)mm->gpu_expert_cache);
         return MK_OK;
     }
     return mk_err(MK_E_ARG, "--backend: expected cpu or cuda, found '%s'", name);
@@ -250,6 +252,10 @@ const char mk_ecli_mem_help[] =
     "                       token (like llama.cpp's --n-cpu-moe, but computed on the GPU).\n"
     "                       auto (default): layers in device memory while they fit, leaving\n"
     "                       2 GiB free; the host part takes pinned RAM of its size\n"
+    "  --gpu-expert-cache SIZE  with --backend cuda: of that device memory, SIZE (e.g. 4G) for\n"
+    "                       the most-routed experts of the layers left in host RAM: routing\n"
+    "                       counts decayed every 16 tokens pick them, copies run beside the\n"
+    "                       decode, results are unchanged. Default 0 (none)\n"
     "  --load copy|mmap     a resident model's weights: copy (default on the CPU) reads the files once\n"
     "                       into anonymous memory with transparent huge pages (2 MiB pages:\n"
     "                       decode streams every weight each token, and 4 KiB file pages miss\n"
@@ -331,6 +337,13 @@ int mk_ecli_mem_flag(mk_ecli_mem *mm, int ch, const char *arg, bool *mine) {
         else if (v == 0)
             v = 1; /* "0": no expert in device memory (1 byte holds none) */
         mm->gpu_expert_vram = v;
+        return -1;
+    }
+    case 0x4d0f: {
+        unsigned long long v;
+        if (!mk_cli_parse_size(arg, &v))
+            return mk_cli_usage(mm->cmd, "--gpu-expert-cache: expected a size such as 4G or 0, got '%s'", arg);
+        mm->gpu_expert_cache = v;
         return -1;
     }
     case 0x4d0e:
@@ -547,6 +560,9 @@ mk_status mk_ecli_mem_engine(mk_ecli_mem *mm, const mk_model *m, const mk_engine
     mk_engine_opts o = *eo;
     if (mm->gpu_expert_vram && (!o.backend || strcmp(mk_backend_iface(o.backend)->name, "cuda")))
         return mk_err(MK_E_ARG, "--gpu-expert-vram places experts for the CUDA backend: give --backend cuda "
+                                "(%s runs on the CPU here)", mm->cmd);
+    if (mm->gpu_expert_cache && (!o.backend || strcmp(mk_backend_iface(o.backend)->name, "cuda")))
+        return mk_err(MK_E_ARG, "--gpu-expert-cache keeps experts for the CUDA backend: give --backend cuda "
                                 "(%s runs on the CPU here)", mm->cmd);
     if (mm->experts_per_tok) {
         int k = mk_model_config(m)->num_experts_per_tok;

@@ -89,6 +89,8 @@ typedef struct mk_ecli_mem {
                                   command before the model opens */
     uint64_t gpu_expert_vram;  /* --gpu-expert-vram: device bytes for routed experts with
                                   --backend cuda (0: the default, what fits) */
+    uint64_t gpu_expert_cache; /* --gpu-expert-cache: device bytes of them for a cache of the
+                                  most-routed experts of layers in host memory (0: none) */
     const char *cmd;           /* for messages */
     int engines;               /* engines the budget must hold (serve's slots); 0: one */
     uint64_t extra;            /* bytes the command holds besides the model and the engines
@@ -128,7 +130,8 @@ typedef struct mk_ecli_mem {
         {"pin-profile", required_argument, 0, 0x4d07}, {"buffered", no_argument, 0, 0x4d08},        \
         {"prefetch", no_argument, 0, 0x4d09}, {"mlock", no_argument, 0, 0x4d0a},                      \
         {"act-int8", required_argument, 0, 0x4d0b}, {"cache-fill", required_argument, 0, 0x4d0c},       \
-        {"gpu-expert-vram", required_argument, 0, 0x4d0d}, {"load", required_argument, 0, 0x4d0e}
+        {"gpu-expert-vram", required_argument, 0, 0x4d0d}, {"load", required_argument, 0, 0x4d0e},     \
+        {"gpu-expert-cache", required_argument, 0, 0x4d0f}
 
 /* The help lines of those flags. */
 extern const char mk_ecli_mem_help[];

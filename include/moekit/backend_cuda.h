@@ -20,6 +20,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "moekit/backend.h"
 #include "moekit/status.h"
@@ -81,6 +82,18 @@ const char *mk_backend_cuda_gemm_status(void);
  * experts). Layers are placed in the order of their first use; takes
  * effect for layers not yet stacked. No-op for other backends. */
 void mk_backend_cuda_set_expert_vram(mk_backend *b, size_t bytes);
+/* Of the expert budget, `bytes` of device memory for a cache of the most
+ * routed experts of the MoE layers kept in host memory (cuda_xcache.cu):
+ * the routing counts each expert on the device, every 16 decode steps the
+ * counts come back (no wait), decayed scores pick the experts to hold and
+ * copies on a second stream fill the slots while the decode goes on; a
+ * cached expert is read from device memory, the same bytes, so results
+ * are unchanged. Set before the first token (the layers' placement leaves
+ * room for it). 0 (default): none. No-op for other backends. */
+void mk_backend_cuda_set_expert_cache(mk_backend *b, size_t bytes);
+/* The cache's slots, the copies made so far, and the share of the routed
+ * experts counted so far that were read from the cache (0 without one). */
+void mk_backend_cuda_expert_cache_stats(const mk_backend *b, int *slots, uint64_t *copies, double *hit_share);
 /* Stacked expert bytes in device memory and in mapped host memory, and the
  * number of layers in host memory (zeros for other backends). */
 void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *host, int *host_layers);

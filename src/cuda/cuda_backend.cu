@@ -694,6 +694,10 @@ static void forget_host(mkb_ctx *c, const void *host_data) {
     }
 }
 
+mkb_ctx *mkb_ctx_of(const mk_backend *b) {
+    return b && mk_backend_iface(b) == &g_cuda ? (mkb_ctx *)mk_backend_ctx(b) : NULL;
+}
+
 extern "C" void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return;

@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "cuda/cuda_impl.cuh"
+#include "cuda/mk_cuda.h"
 #include "moekit/backend.h"
 #include "moekit/backend_cuda.h"
 
@@ -65,6 +66,10 @@ struct mkb_ctx {
     size_t vram_expert_bytes; /* stacked experts in device memory (also in `bytes`) */
     size_t host_expert_bytes; /* stacked experts in mapped pinned host memory */
     int host_layers;
+    size_t expert_cache;      /* of expert_vram, for the VRAM cache of host layers' experts (0: none) */
+    struct mkb_xcache *xc;    /* that cache (cuda_xcache.cu), made once the host layers are known */
+    int xc_tried_at;          /* host_layers when it was last made or found impossible (0: never) */
+    struct mkb_moe_layer *xc_first; /* a layer of the cache: its call is an unrecorded step's tick */
     /* step recording (step_begin / step_end, cuda_graph.cu) */
     bool graphs;    /* step_begin records (mk_backend_cuda_set_graphs; on by default) */
     bool recording;
@@ -134,8 +139,35 @@ const mk_cuda_moe *mkb_moe_layer_dev(mkb_ctx *c, const mk_moe_args *a);
 bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs);
 /* Free the grouped MoE slot's scratch (cuda_grouped.cu; at backend free). */
 void mkb_grp_free(mkb_ctx *c);
+/* One MoE layer of the fused slot (cuda_fused.cu): its experts stacked in
+ * slabs of its own, in device memory or (past the expert VRAM budget) in
+ * pinned host memory mapped into the device's address space. */
+struct mkb_moe_layer {
+    const mk_expert *experts; /* the key */
+    int E;
+    bool ok;               /* the step takes this layer */
+    bool host;             /* slabs in pinned host memory mapped into the device's
+                              address space (past the expert VRAM budget) */
+    void *slab[3][3];      /* gate, up, down: data, scales, biases (owned) */
+    size_t esz[3][3];      /* bytes of one expert's share of each slab (0: none) */
+    size_t bytes;
+    mk_cuda_moe m;         /* device views */
+    mk_cuda_moe_ws *ws;
+    mkb_moe_layer *next;
+};
+
+/* The context of a CUDA backend, NULL for NULL or another backend. */
+mkb_ctx *mkb_ctx_of(const mk_backend *b);
 /* Free the fused MoE slot's state (cuda_fused.cu; at backend free). */
 void mkb_moe_free(mkb_ctx *c);
+/* The VRAM cache of the experts of layers in host memory (cuda_xcache.cu):
+ * at a step boundary (not while recording), make it once the host layers
+ * are known, publish the slots whose copies landed, take the routing
+ * counts that came back, plan and start copies, ask for the next counts. */
+void mkb_xcache_tick(mkb_ctx *c);
+/* Free the cache (waits for its copies) and take it out of its layers'
+ * device views; a later tick may make it again. */
+void mkb_xcache_free(mkb_ctx *c);
 /* Drop the fused layers any of whose experts' views has host data `host_data`. */
 void mkb_moe_forget(mkb_ctx *c, const void *host_data);
 

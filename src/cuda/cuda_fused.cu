@@ -53,24 +53,12 @@ extern "C" {
 #include "core/alloc.h"
 }
 
-struct mkb_moe_layer {
-    const mk_expert *experts; /* the key */
-    int E;
-    bool ok;               /* the step takes this layer */
-    bool host;             /* slabs in pinned host memory mapped into the device's
-                              address space (past the expert VRAM budget) */
-    void *slab[3][3];      /* gate, up, down: data, scales, biases (owned) */
-    size_t bytes;
-    mk_cuda_moe m;         /* device views */
-    mk_cuda_moe_ws *ws;
-    mkb_moe_layer *next;
-};
-
 static const mk_wt *part_of(const mk_expert *x, int p) {
     return p == 0 ? &x->gate : p == 1 ? &x->up : &x->down;
 }
 
 void mkb_moe_free(mkb_ctx *c) {
+    mkb_xcache_free(c); /* it points into the layers' slabs */
     for (mkb_moe_layer *l = c->moe_layers, *nx; l; l = nx) {
         nx = l->next;
         for (int p = 0; p < 3; p++)
@@ -98,6 +86,8 @@ void mkb_moe_forget(mkb_ctx *c, const void *host_data) {
             continue;
         }
         *pp = l->next;
+        mkb_xcache_free(c); /* it may copy from the slabs freed next */
+        c->xc_tried_at = 0;
         for (int e = 0; e < l->E; e++) /* no view may map into the slabs freed next */
             for (int p = 0; p < 3; p++)
                 mkb_weight_unalias(c, part_of(&l->experts[e], p));
@@ -136,6 +126,8 @@ static mk_status stack_part(mkb_ctx *c, mkb_moe_layer *l, int p, mk_wt *dev) {
     const size_t nd = (size_t)w0->rows * mk_wt_row_bytes(w0), ns = mkb_scale_bytes(w0);
     const size_t nb = w0->fmt == MK_WF_AFFINE ? ns : 0;
     const size_t sz[3] = {nd, w0->scales ? ns : 0, w0->biases ? nb : 0};
+    for (int q = 0; q < 3; q++)
+        l->esz[p][q] = sz[q];
     for (int q = 0; q < 3; q++)
         if (sz[q]) {
             if (l->host) /* mapped: with unified addressing the host pointer is the device's */
@@ -244,7 +236,9 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
         (void)cudaGetLastError();
         fr = SIZE_MAX;
     }
-    l->host = c->vram_expert_bytes + lb > c->expert_vram || fr < lb + MKB_VRAM_RESERVE;
+    /* the expert cache's share of the budget stays free for it (cuda_xcache.cu) */
+    l->host = c->vram_expert_bytes + lb + c->expert_cache > c->expert_vram ||
+              fr < lb + MKB_VRAM_RESERVE + c->expert_cache;
     mk_status s = MK_OK;
     for (int p = 0; p < 3 && s == MK_OK; p++)
         s = stack_part(c, l, p, p == 0 ? &m->gate : p == 1 ? &m->up : &m->down);
@@ -257,6 +251,7 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
         if (l->host) {
             c->host_expert_bytes += l->bytes;
             c->host_layers++;
+            mkb_xcache_free(c); /* made again over every host layer at the next tick */
         } else {
             c->bytes += l->bytes;
             c->vram_expert_bytes += l->bytes;
@@ -298,6 +293,11 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     /* the layer is prepared (stacked, aliased) on any call, so the general
      * path of a prefill uses the same device copies as the decode step */
     mkb_moe_layer *l = layer_of(c, a);
+    /* a decode step that is not recorded (graphs off, or not recordable):
+     * the expert cache's step boundary is its first host layer */
+    if (l && c->expert_cache && !c->recording && a->n == 1 &&
+        (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at))
+        mkb_xcache_tick(c);
     if (!l || !l->ok || a->n < 1 || a->n > MKB_MOE_TOKENS || a->k != l->m.top_k)
         return false;
     const mk_route_args *r = &a->route;

@@ -40,6 +40,11 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK)
         return false;
+    if (c->xc) {
+        mkb_xcache_tick(c); /* a step boundary: slots published, counts taken, copies started */
+        if (c->err.st != MK_OK)
+            return false;
+    }
     if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
         (void)cudaGetLastError();
         mkb_graph_free(c);

@@ -32,6 +32,7 @@ struct mk_cuda_moe_ws {
     void *base;
     float *logits; /* E + 1 (the last: shared-gate logit) */
     int32_t *idx;  /* k */
+    int32_t *loc;  /* k: the VRAM cache slot of each chosen expert, or -1 (with a cache) */
     float *w;      /* k */
     float *h;      /* k * I */
     float *hs;     /* Is */
@@ -64,7 +65,8 @@ __device__ float block_reduce(float v, bool is_max, float *red) {
  * weighs with the unbiased s recomputed from the logit (the same
  * expression, so the same bits as the plain sigmoid). */
 __device__ void route_block(const float *logits, int E, int k, int score, int norm, float scale,
-                            const float *bias, int G, int TG, int32_t *idx, float *wout) {
+                            const float *bias, int G, int TG, int32_t *idx, float *wout,
+                            const int32_t *slot_of = nullptr, int32_t *loc = nullptr, int32_t *counts = nullptr) {
     __shared__ float p[MOE_MAX_E];
     __shared__ float red[32];
     __shared__ float sw[MOE_MAX_K];
@@ -128,6 +130,13 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
             float v = norm ? sw[j] / sum : sw[j];
             idx[j] = si[j];
             wout[j] = v * scale;
+            /* the VRAM cache (mk_cuda_moe.slot_of): where the gate/up and
+             * down kernels read the expert, and its routing count; the
+             * host writes both between steps (stream order) */
+            if (slot_of)
+                loc[j] = __ldcg(slot_of + si[j]);
+            if (counts)
+                counts[si[j]] += 1;
         }
     }
 }
@@ -146,6 +155,9 @@ __device__ __forceinline__ void mkc_pdl_enter(void) {
 
 struct moe_args {
     mkc_w router, sgw, gate, up, down, shg, shu, shd;
+    mkc_w cgate, cup, cdown;  /* the VRAM cache's slots (with slot_of) */
+    const int32_t *slot_of;   /* expert -> cache slot or -1; NULL: no cache */
+    int32_t *counts;          /* routing counts per expert, or NULL */
     int32_t E, k, I, Is, H;
     int32_t has_shared, has_sg, score, norm;
     float scale;
@@ -167,7 +179,7 @@ __device__ __forceinline__ float router_row(const mkc_w &w, int64_t row, const f
 
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
-             unsigned *ticket) {
+             unsigned *ticket, int32_t *loc) {
     __shared__ bool last;
     const int lane = threadIdx.x & 31;
     const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
@@ -211,7 +223,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (!last)
         return;
     __threadfence();
-    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w);
+    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w, a.slot_of, loc, a.counts);
     if (threadIdx.x == 0)
         *ticket = 0u; /* ready for the next launch (stream order) */
 }
@@ -223,10 +235,10 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 /* P (kernel generation 2): pipelined row loads (mkc_dot_aff_p). A register
  * cap for 3 blocks per SM (one wave for the 3072 warps of the Qwen3-30B-A3B
  * shape) made ptxas spill 1.3 KB per thread, so the cap stays as it was. */
-template <bool P>
+template <bool P, bool C>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_gateup(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
-             float *__restrict__ h, float *__restrict__ hs, int staged) {
+             float *__restrict__ h, float *__restrict__ hs, int staged, const int32_t *__restrict__ loc) {
     extern __shared__ float4 mkc_sm4[];
     mkc_pdl_enter();
     const float *x = xg;
@@ -251,13 +263,23 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const float *xs[4] = {x, x, x, x};
     const bool routed = r0 < nr;
     int64_t row;
+    bool cached = false; /* C: the expert's rows from the VRAM cache (slot for expert) */
     if (routed) {
         const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
-        row = (int64_t)__ldg(idx + j) * a.I + r;
+        int32_t e = __ldg(idx + j);
+        if constexpr (C) {
+            const int32_t sl = __ldg(loc + j);
+            if (sl >= 0) {
+                e = sl;
+                cached = true;
+            }
+        }
+        row = (int64_t)e * a.I + r;
     } else {
         row = r0 - nr;
     }
-    const mkc_w *G = routed ? &a.gate : &a.shg, *U = routed ? &a.up : &a.shu;
+    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
+    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
     const mkc_w *ws[4] = {G, U, G, U};
     const int64_t rows[4] = {row, row, row + 1, row + 1};
     float acc[4];
@@ -271,10 +293,11 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     }
 }
 
+template <bool C>
 __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
-           float *__restrict__ y, int accumulate, int staged) {
+           float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
     extern __shared__ float4 mkc_sm4[];
     mkc_pdl_enter();
     const float *h = hg, *hs = hsg;
@@ -301,7 +324,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
 #pragma unroll
         for (int q = 0; q < 8; q++) {
             const int j = j0 + q < a.k ? j0 + q : a.k - 1; /* pad with a weight-0 repeat */
-            rows[q] = (int64_t)__ldg(idx + j) * a.H + o;
+            int32_t e = __ldg(idx + j);
+            if constexpr (C) {
+                const int32_t sl = __ldg(loc + j);
+                if (sl >= 0) {
+                    e = sl;
+                    ws[q] = &a.cdown;
+                }
+            }
+            rows[q] = (int64_t)e * a.H + o;
             xs[q] = h + (int64_t)j * a.I;
             wj[q] = j0 + q < a.k ? __ldg(wt + j) : 0.0f;
         }
@@ -346,9 +377,9 @@ struct down2_pass {
     bool sh[DOWN2_T];
 };
 
-template <int BITS, int SD>
-__device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sidx, const float *sw, float sg, int64_t o,
-                                           int lane, int t0, down2_pass &p) {
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sidx, const int32_t *sloc,
+                                           const float *sw, float sg, int64_t o, int lane, int t0, down2_pass &p) {
     constexpr int VPC = 128 / BITS;
     const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
     const int nr = a.k * nc, ntask = nr + ncs;
@@ -359,12 +390,19 @@ __device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sid
         p.xl[i] = 0;
         p.sh[i] = false;
         if (t < ntask) {
-            const mkc_w &w = t < nr ? a.down : a.shd;
             int64_t row, c;
+            bool cached = false; /* C: the expert's rows from the VRAM cache */
             if (t < nr) {
                 const int j = t / nc;
                 c = t - j * nc;
-                row = (int64_t)sidx[j] * a.H + o;
+                int32_t e = sidx[j];
+                if constexpr (C) {
+                    if (sloc[j] >= 0) {
+                        e = sloc[j];
+                        cached = true;
+                    }
+                }
+                row = (int64_t)e * a.H + o;
                 p.wj[i] = sw[j];
                 p.xl[i] = (int32_t)(j * a.I + c * VPC);
             } else {
@@ -374,6 +412,7 @@ __device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sid
                 p.xl[i] = (int32_t)(c * VPC);
                 p.sh[i] = true;
             }
+            const mkc_w &w = t < nr ? (cached ? a.cdown : a.down) : a.shd;
             const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
             p.qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
             p.sc[i] = mkc_lds<SD>(w.scales, g);
@@ -402,9 +441,10 @@ __device__ __forceinline__ float down2_use(const down2_pass &p, int ntask, int t
  * loaded before griddepcontrol.wait (they depend on the routing, which the
  * router kernel wrote before k_gateup, this kernel's predecessor, passed its
  * own wait; not on h), then h is staged and the passes are summed. */
-template <int BITS, int SD>
-__device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx, const float *sw, float sg,
-                                          const float *hg, const float *hsg, float *y, int accumulate, int staged) {
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx, const int32_t *sloc, const float *sw,
+                                          float sg, const float *hg, const float *hsg, float *y, int accumulate,
+                                          int staged) {
     extern __shared__ float4 mkc_sm4[];
     const int lane = threadIdx.x & 31;
     const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
@@ -412,7 +452,7 @@ __device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx
     const int ntask = a.k * nc + ncs;
     down2_pass p;
     if (o < a.H)
-        down2_load<BITS, SD>(a, sidx, sw, sg, o, lane, 0, p);
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, 0, p);
     mkc_pdl_enter();
     const float *h = hg, *hs = hsg;
     int xpad = 0;
@@ -441,34 +481,38 @@ __device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx
         t0 += 32 * DOWN2_T;
         if (t0 >= ntask)
             break;
-        down2_load<BITS, SD>(a, sidx, sw, sg, o, lane, t0, p);
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, t0, p);
     }
     tot = mkc_warp_sum(tot);
     if (lane == 0)
         y[o] = accumulate ? y[o] + tot : tot;
 }
 
+template <bool C>
 __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
             const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
-            float *__restrict__ y, int accumulate, int staged) {
+            float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
     __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
     /* the routing and the shared gate's logit come from the router kernel,
      * complete before this grid was launched (see down2_run) */
     if (threadIdx.x < a.k) {
         sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
         sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+        if constexpr (C)
+            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
     }
     const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
     __syncthreads();
     switch (a.down.kind) {
-    case MKC_A4_F32: down2_run<4, 0>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A4_BF16: down2_run<4, 1>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A4_F16: down2_run<4, 2>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A8_F32: down2_run<8, 0>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A8_BF16: down2_run<8, 1>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
-    default: down2_run<8, 2>(a, sidx, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_F32: down2_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_BF16: down2_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_F16: down2_run<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_F32: down2_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_BF16: down2_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    default: down2_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
     }
 }
 
@@ -551,6 +595,29 @@ extern "C" mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
         MK_TRY(want_shape(&m->sh_gate_w, "shared_expert_gate", 1, H));
         MK_TRY(want_kind(&m->sh_gate_w, "shared_expert_gate", NULL));
     }
+    if (m->slot_of) { /* a VRAM cache: slots stored exactly as the experts */
+        const int64_t ns = m->cgate.rows / I;
+        if (ns < 1 || m->cgate.rows % I)
+            return mk_err(MK_E_MISMATCH, "moe: the expert cache's gate_proj must be [slots * %lld, %lld], found "
+                          "[%lld, %lld]", (long long)I, (long long)H, (long long)m->cgate.rows,
+                          (long long)m->cgate.cols);
+        MK_TRY(want_shape(&m->cgate, "expert cache's gate_proj", ns * I, H));
+        MK_TRY(want_shape(&m->cup, "expert cache's up_proj", ns * I, H));
+        MK_TRY(want_shape(&m->cdown, "expert cache's down_proj", ns * H, I));
+        const mk_wt *pairs[3][2] = {{&m->cgate, &m->gate}, {&m->cup, &m->up}, {&m->cdown, &m->down}};
+        for (int p = 0; p < 3; p++) {
+            const mk_wt *c = pairs[p][0], *w = pairs[p][1];
+            if (c->fmt != w->fmt || c->bits != w->bits || c->group != w->group || c->sdtype != w->sdtype ||
+                !c->scales != !w->scales || !c->biases != !w->biases)
+                return mk_err(MK_E_MISMATCH, "moe: the expert cache's %s is not stored as the experts' (format "
+                              "%d/%d bits/group %d vs %d/%d/%d)", p == 0 ? "gate_proj" : p == 1 ? "up_proj" : "down_proj",
+                              (int)c->fmt, c->bits, c->group, (int)w->fmt, w->bits, w->group);
+        }
+        if ((uintptr_t)m->slot_of & 3)
+            return mk_err(MK_E_ARG, "moe: the expert cache's slot map must be 4-byte aligned device memory");
+    }
+    if (m->counts && ((uintptr_t)m->counts & 3))
+        return mk_err(MK_E_ARG, "moe: the routing counts must be 4-byte aligned device memory");
     return MK_OK;
 }
 
@@ -568,8 +635,8 @@ extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **o
     ws->k = m->top_k;
     ws->I = m->inter;
     ws->Is = m->has_shared ? m->shared_inter : 0;
-    const size_t o_log = 0, o_idx = o_log + al16((size_t)(ws->E + 1) * 4), o_w = o_idx + al16((size_t)ws->k * 4),
-                 o_h = o_w + al16((size_t)ws->k * 4), o_hs = o_h + al16((size_t)(ws->k * ws->I) * 4),
+    const size_t o_log = 0, o_idx = o_log + al16((size_t)(ws->E + 1) * 4), o_loc = o_idx + al16((size_t)ws->k * 4),
+                 o_w = o_loc + al16((size_t)ws->k * 4), o_h = o_w + al16((size_t)ws->k * 4), o_hs = o_h + al16((size_t)(ws->k * ws->I) * 4),
                  o_t = o_hs + al16((size_t)(ws->Is ? ws->Is : 1) * 4), total = o_t + 16;
     mk_status st = mk_cuda_malloc(&ws->base, total, "moe workspace");
     if (st == MK_OK)
@@ -582,6 +649,7 @@ extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **o
     char *b = (char *)ws->base;
     ws->logits = (float *)(b + o_log);
     ws->idx = (int32_t *)(b + o_idx);
+    ws->loc = (int32_t *)(b + o_loc);
     ws->w = (float *)(b + o_w);
     ws->h = (float *)(b + o_h);
     ws->hs = (float *)(b + o_hs);
@@ -644,6 +712,13 @@ static mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
     a->bias = m->sel_bias;
     a->G = m->n_group > 1 ? m->n_group : 1;
     a->TG = m->topk_group > 1 ? m->topk_group : 1;
+    if (m->slot_of) {
+        MK_TRY(mkc_view(&m->cgate, "expert cache's gate_proj", &a->cgate));
+        MK_TRY(mkc_view(&m->cup, "expert cache's up_proj", &a->cup));
+        MK_TRY(mkc_view(&m->cdown, "expert cache's down_proj", &a->cdown));
+        a->slot_of = m->slot_of;
+    }
+    a->counts = m->counts;
     return MK_OK;
 }
 
@@ -659,7 +734,8 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     MK_TRY(moe_args_of(m, &a));
     cudaStream_t s = (cudaStream_t)stream;
     if (parts & 1)
-        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg), 0, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket),
+        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg), 0, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket,
+                       ws->loc),
                 "launching the router");
     /* x and h staged in shared memory when they fit and are whole float4s
      * (h: each expert's slice must start 16-byte aligned too) */
@@ -674,9 +750,13 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const bool ph = v2 && aff && sh && a.I % 32 == 0 && a.Is % 32 == 0 &&
                     (MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4 <= MKC_SMEM_MAX;
     const size_t smx = px ? (size_t)MKC_PADDED((int64_t)a.H) * 4 : sx ? (size_t)a.H * 4 : 0;
+    /* experts in a VRAM cache: the kernels that look up each expert's slot */
+    const bool cc = a.slot_of != nullptr;
     if (parts & 2)
-        MKC_TRY(launch(v2 ? k_gateup<true> : k_gateup<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), smx, s, pdl, a, x,
-                       (const int32_t *)ws->idx, ws->h, ws->hs, px ? 2 : sx ? 1 : 0),
+        MKC_TRY(launch(v2 ? (cc ? k_gateup<true, true> : k_gateup<true, false>)
+                          : (cc ? k_gateup<false, true> : k_gateup<false, false>),
+                       nblocks(((int64_t)a.k * a.I + a.Is) / 2), smx, s, pdl, a, x, (const int32_t *)ws->idx, ws->h,
+                       ws->hs, px ? 2 : sx ? 1 : 0, (const int32_t *)ws->loc),
                 "launching the experts' gate/up");
     /* k_down2 takes the affine formats (rows of whole 16-byte chunks) */
     const bool d2 = v2 && mkc_is_aff(a.down.kind);
@@ -684,9 +764,10 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
     if (parts & 4)
-        MKC_TRY(launch(d2 ? k_down2 : k_down, nblocks(a.H), smh, s, pdl, a, (const int32_t *)ws->idx,
-                       (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
-                       (const float *)ws->logits, y, accumulate ? 1 : 0, pd ? 2 : sh ? 1 : 0),
+        MKC_TRY(launch(d2 ? (cc ? k_down2<true> : k_down2<false>) : (cc ? k_down<true> : k_down<false>), nblocks(a.H),
+                       smh, s, pdl, a, (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h,
+                       (const float *)ws->hs, (const float *)ws->logits, y, accumulate ? 1 : 0, pd ? 2 : sh ? 1 : 0,
+                       (const int32_t *)ws->loc),
                 "launching the experts' down");
     return MK_OK;
 }
@@ -882,6 +963,9 @@ extern "C" mk_status mk_cuda_stack_new(const mk_cuda_moe *layers, int L, mk_cuda
     for (int l = 0; l < L; l++) {
         const mk_cuda_moe *m = &layers[l];
         MK_TRY(mk_cuda_moe_check(m));
+        if (m->slot_of || m->counts)
+            return mk_err(MK_E_UNSUPPORTED, "moe stack: layer %d has an expert cache or routing counts (the "
+                          "persistent kernel takes neither; use mk_cuda_moe_step per layer)", l);
         if (m->hidden != m0->hidden || m->n_experts != m0->n_experts || m->top_k != m0->top_k ||
             m->inter != m0->inter || m->has_shared != m0->has_shared ||
             (m->has_shared && m->shared_inter != m0->shared_inter))

@@ -137,6 +137,16 @@ size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     (void)b;
     return 0;
 }
+void mk_backend_cuda_set_expert_cache(mk_backend *b, size_t bytes) {
+    (void)b;
+    (void)bytes;
+}
+void mk_backend_cuda_expert_cache_stats(const mk_backend *b, int *slots, uint64_t *copies, double *hit_share) {
+    (void)b;
+    *slots = 0;
+    *copies = 0;
+    *hit_share = 0.0;
+}
 void mk_backend_cuda_cache_stats(const mk_backend *b, size_t *live, size_t *spare) {
     (void)b;
     *live = *spare = 0;

@@ -138,6 +138,19 @@ typedef struct mk_cuda_moe {
     mk_wt gate, up, down;
     bool has_shared, has_shared_gate;
     mk_wt sh_gate, sh_up, sh_down, sh_gate_w;
+    /* (optional) a VRAM cache of some of the experts (the CUDA backend keeps
+     * the hottest experts of layers it holds in host memory there):
+     * slot_of, device int32[n_experts], names the cache slot holding expert
+     * e (rows slot*inter.. of cgate and cup, slot*hidden.. of cdown, stored
+     * exactly as gate/up/down) or -1; the kernels read a cached expert from
+     * the cache, the same bytes, so the same results. The step reads
+     * slot_of once, in the routing: change it only between steps, in stream
+     * order. NULL: no cache. */
+    const int32_t *slot_of;
+    mk_wt cgate, cup, cdown;
+    /* (optional) device int32[n_experts]: the routing adds 1 for every
+     * chosen expert (the cache's frequency counts). NULL: not counted. */
+    int32_t *counts;
 } mk_cuda_moe;
 
 typedef struct mk_cuda_moe_ws mk_cuda_moe_ws;

@@ -7,6 +7,9 @@
 # the default placement (all in device memory) on the demo model, and the
 # CUDA backend's logits stay within the fixtures' bound of the CPU's (the
 # test prints the reason and stops there on machines without one).
+# --gpu-expert-cache likewise: documented, refused without --backend cuda,
+# a malformed size is exit 2, and with a GPU the logits through the VRAM
+# cache of the host layers' hottest experts are byte-identical.
 set -euo pipefail
 BIN=${MK_BIN:?}
 . "$(dirname "$0")/fixtures.bash"
@@ -17,7 +20,22 @@ M=$TINYM/bf16
 for c in run logits eval; do
     help=$("$BIN" "$c" --help 2>&1) || true # whole, then searched: grep -q on a pipe would cut it (SIGPIPE)
     grep -q -- "--gpu-expert-vram SIZE|auto" <<< "$help" || fail "$c --help does not document --gpu-expert-vram"
+    grep -q -- "--gpu-expert-cache SIZE" <<< "$help" || fail "$c --help does not document --gpu-expert-cache"
 done
+set +e
+"$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache 1M 2> "$T/err"
+rc=$?
+set -e
+[ $rc = 2 ] || fail "--gpu-expert-cache without --backend cuda: exit $rc, expected 2"
+grep -q -- "--gpu-expert-cache keeps experts for the CUDA backend: give --backend cuda" "$T/err" ||
+    fail "refusal does not say what is needed: $(cat "$T/err")"
+[ ! -e "$T/a.f32" ] || fail "a refused run left an output"
+set +e
+"$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache lots 2> "$T/err"
+rc=$?
+set -e
+[ $rc = 2 ] || fail "malformed --gpu-expert-cache: exit $rc, expected 2"
+grep -q -- "--gpu-expert-cache: expected a size" "$T/err" || fail "malformed cache size not named: $(cat "$T/err")"
 set +e
 "$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-vram 4G 2> "$T/err"
 rc=$?
@@ -43,6 +61,18 @@ IDS=$(seq -s, 7 97 4000) # the demo model's vocabulary is 4096
 "$BIN" logits "$M" --ids "$IDS" --out "$T/host.f32" --backend cuda --prefill-chunk 1 --gpu-expert-vram 0 \
     2> "$T/host.err" || fail "logits on CUDA, experts in host memory: $(tail -2 "$T/host.err")"
 cmp "$T/dev.f32" "$T/host.f32" || fail "experts in host memory give other logits than in device memory"
+# a VRAM cache of the host layers' hottest experts: read from device memory
+# once copied (counts every 16 one-token steps), the same bytes: the same logits
+"$BIN" logits "$M" --ids "$IDS" --out "$T/xc.f32" --backend cuda --prefill-chunk 1 --gpu-expert-vram 0 \
+    --gpu-expert-cache 1M 2> "$T/xc.err" || fail "logits on CUDA with an expert cache: $(tail -2 "$T/xc.err")"
+! grep -q "no expert cache" "$T/xc.err" || fail "the expert cache was not made: $(cat "$T/xc.err")"
+cmp "$T/dev.f32" "$T/xc.f32" || fail "experts read through the VRAM cache give other logits"
+# greedy decode: recorded steps replayed (the cache's ticks at each replay)
+"$BIN" run "$M" --ids 407,268 --max-tokens 64 --json --backend cuda --gpu-expert-vram 0 > "$T/run0.json" \
+    2> "$T/run0.err" || fail "run on CUDA, experts in host memory: $(tail -2 "$T/run0.err")"
+"$BIN" run "$M" --ids 407,268 --max-tokens 64 --json --backend cuda --gpu-expert-vram 0 --gpu-expert-cache 1M \
+    > "$T/run1.json" 2> "$T/run1.err" || fail "run on CUDA with an expert cache: $(tail -2 "$T/run1.err")"
+cmp "$T/run0.json" "$T/run1.json" || fail "greedy tokens through the VRAM cache differ"
 "$BIN" logits "$M" --ids "$IDS" --backend cuda --prefill-chunk 1 --gpu-expert-vram 0 --verify --verify-tol 1e-4 > "$T/verify" 2>&1 ||
     fail "--verify with experts in host memory: $(tail -3 "$T/verify")"
 echo "ok: $(tail -1 "$T/verify")"

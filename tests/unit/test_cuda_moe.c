@@ -150,6 +150,115 @@ static void step_once(const mcase *c, const mk_cuda_moe *m, mk_cuda_moe_ws *ws, 
     CT_OK(mk_cuda_download(out, dy, (size_t)H * 4));
 }
 
+/* A host stack of n experts of view w (R rows each): expert ids[s] at slot s. */
+static mk_wt pool_of(const mk_wt *w, int64_t R, const int32_t *ids, int n) {
+    mk_wt one = *w;
+    one.rows = R;
+    const size_t nd = (size_t)R * mk_wt_row_bytes(w), ns = mk_wt_scale_bytes(&one);
+    mk_wt p = *w;
+    p.rows = R * n;
+    char *d = malloc(nd * (size_t)n), *s = w->scales && ns ? malloc(ns * (size_t)n) : NULL;
+    char *b = w->biases && ns ? malloc(ns * (size_t)n) : NULL;
+    assert_non_null(d);
+    for (int i = 0; i < n; i++) {
+        memcpy(d + (size_t)i * nd, (const char *)w->data + (size_t)ids[i] * nd, nd);
+        if (s)
+            memcpy(s + (size_t)i * ns, (const char *)w->scales + (size_t)ids[i] * ns, ns);
+        if (b)
+            memcpy(b + (size_t)i * ns, (const char *)w->biases + (size_t)ids[i] * ns, ns);
+    }
+    p.data = d;
+    p.scales = s;
+    p.biases = b;
+    return p;
+}
+
+static void pool_free(mk_wt *p) {
+    free((void *)p->data);
+    free((void *)p->scales);
+    free((void *)p->biases);
+}
+
+/* The step with experts in a VRAM cache (mk_cuda_moe.slot_of, as the CUDA
+ * backend keeps the hottest experts of layers in host memory): every other
+ * chosen expert and one not chosen in cache slots (in another order than
+ * their ids), y bitwise the step's without the cache, twice, and the
+ * routing counts 2 for each chosen expert, 0 for the others; the control:
+ * the slot of a chosen expert holding the next expert's bytes changes y,
+ * so the kernels do read the slots. */
+static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk_cuda_moe_ws *ws, void *dx,
+                        void *dy, const float *y0, const float *y, const int32_t *sel) {
+    const int64_t H = c->H, E = c->E, k = c->k, I = c->I;
+    int32_t ids[40];
+    int n = 0;
+    for (int64_t j = k - 1; j >= 0; j -= 2)
+        ids[n++] = sel[j];
+    for (int32_t e = 0; e < E; e++) {
+        bool chosen = false;
+        for (int64_t j = 0; j < k; j++)
+            chosen |= sel[j] == e;
+        if (!chosen) {
+            ids[n++] = e;
+            break;
+        }
+    }
+    int32_t *slot = malloc((size_t)E * 4), *cnt = malloc((size_t)E * 4);
+    float *y3 = malloc((size_t)H * 4);
+    assert_true(slot && cnt && y3);
+    for (int64_t e = 0; e < E; e++)
+        slot[e] = -1;
+    for (int s = 0; s < n; s++)
+        slot[ids[s]] = s;
+    void *dslot, *dcnt;
+    CT_OK(mk_cuda_malloc(&dslot, (size_t)E * 4, "slot map"));
+    CT_OK(mk_cuda_malloc(&dcnt, (size_t)E * 4, "routing counts"));
+    CT_OK(mk_cuda_upload(dslot, slot, (size_t)E * 4));
+    CT_OK(mk_cuda_memset(dcnt, 0, (size_t)E * 4));
+    for (int control = 0; control < 2; control++) {
+        int32_t pid[40];
+        memcpy(pid, ids, sizeof pid);
+        if (control) /* slot 0 holds a chosen expert: give it the next expert's bytes */
+            pid[0] = (ids[0] + 1) % (int32_t)E;
+        mk_wt hp[3] = {pool_of(&L->gate.w, I, pid, n), pool_of(&L->up.w, I, pid, n), pool_of(&L->down.w, H, pid, n)};
+        mk_cuda_moe mc = *m;
+        CT_OK(mk_cuda_wt_upload(&hp[0], &mc.cgate, "cache gate"));
+        CT_OK(mk_cuda_wt_upload(&hp[1], &mc.cup, "cache up"));
+        CT_OK(mk_cuda_wt_upload(&hp[2], &mc.cdown, "cache down"));
+        CT_OK(mk_cuda_sync());
+        mc.slot_of = (const int32_t *)dslot;
+        mc.counts = control ? NULL : (int32_t *)dcnt;
+        for (int rep = 0; rep < (control ? 1 : 2); rep++) {
+            step_once(c, &mc, ws, dx, dy, y0, y3, H);
+            const bool same = memcmp(y, y3, (size_t)H * 4) == 0;
+            if (!control && !same)
+                fail_msg("%s: experts read from a VRAM cache changed y", c->name);
+            if (control && same)
+                fail_msg("%s: a cache slot holding another expert's bytes left y unchanged: the kernels do not "
+                         "read the cache", c->name);
+        }
+        if (!control) {
+            CT_OK(mk_cuda_download(cnt, dcnt, (size_t)E * 4));
+            for (int32_t e = 0; e < E; e++) {
+                int want = 0;
+                for (int64_t j = 0; j < k; j++)
+                    want += sel[j] == e ? 2 : 0;
+                if (cnt[e] != want)
+                    fail_msg("%s: routing count of expert %d: %d, expected %d", c->name, e, cnt[e], want);
+            }
+        }
+        for (int p = 0; p < 3; p++)
+            pool_free(&hp[p]);
+        mk_cuda_wt_free(&mc.cgate);
+        mk_cuda_wt_free(&mc.cup);
+        mk_cuda_wt_free(&mc.cdown);
+    }
+    mk_cuda_free(dslot);
+    mk_cuda_free(dcnt);
+    free(slot);
+    free(cnt);
+    free(y3);
+}
+
 static void run_case(const mcase *c) {
     const int64_t H = c->H, E = c->E, k = c->k, I = c->I, Is = c->shared ? c->Is : 0;
     layer L;
@@ -322,6 +431,7 @@ static void run_case(const mcase *c) {
         }
         mk_cuda_set_moe_pdl(pdl0);
         free(y2);
+        check_cache(c, &L, &m, ws, dx, dy, y0, y, sel);
     }
 
     for (int64_t j = 0; j < k; j++) {
@@ -595,8 +705,29 @@ static void test_moe_check_named(void **state) {
     m.sel_bias = (const float *)(uintptr_t)0x1002; /* misaligned */
     assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
     assert_non_null(strstr(mk_err_msg(), "aligned"));
+    m.sel_bias = NULL;
+    /* a VRAM cache: slots stored as the experts, whole experts of rows */
+    m.slot_of = (const int32_t *)(uintptr_t)0x1000;
+    m.cgate = m.gate;
+    m.cup = m.up;
+    m.cdown = m.down;
+    m.cgate.rows = m.cup.rows = 3 * 64;
+    m.cdown.rows = 3 * 128;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_OK);
+    m.cdown.rows = 2 * 128; /* two slots, not three */
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_MISMATCH);
+    assert_non_null(strstr(mk_err_msg(), "expert cache's down_proj"));
+    m.cdown.rows = 3 * 128;
+    m.cup.group = 32;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_MISMATCH);
+    assert_non_null(strstr(mk_err_msg(), "expert cache's up_proj is not stored as the experts'"));
+    m.cup.group = 64;
+    m.counts = (int32_t *)(uintptr_t)0x1001;
+    assert_int_equal(mk_cuda_moe_check(&m), MK_E_ARG);
+    assert_non_null(strstr(mk_err_msg(), "routing counts"));
 #endif
 }
+
 
 int main(void) {
     const struct CMUnitTest tests[] = {
