@@ -151,6 +151,7 @@ struct mkb_moe_layer {
     void *slab[3][3];      /* gate, up, down: data, scales, biases (owned) */
     size_t esz[3][3];      /* bytes of one expert's share of each slab (0: none) */
     size_t bytes;
+    int uses;              /* calls of the fused slot for this layer */
     mk_cuda_moe m;         /* device views */
     mk_cuda_moe_ws *ws;
     mkb_moe_layer *next;

@@ -293,9 +293,11 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     /* the layer is prepared (stacked, aliased) on any call, so the general
      * path of a prefill uses the same device copies as the decode step */
     mkb_moe_layer *l = layer_of(c, a);
-    /* a decode step that is not recorded (graphs off, or not recordable):
-     * the expert cache's step boundary is its first host layer */
-    if (l && c->expert_cache && !c->recording && a->n == 1 &&
+    /* a step that is not recorded (graphs off, not recordable, a batched or
+     * prefill call): the expert cache's tick is the call for one of its
+     * layers; it is made on a layer's second call, when the first step
+     * has stacked every layer */
+    if (l && ++l->uses >= 2 && c->expert_cache && !c->recording &&
         (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at))
         mkb_xcache_tick(c);
     if (!l || !l->ok || a->n < 1 || a->n > MKB_MOE_TOKENS || a->k != l->m.top_k)

@@ -30,12 +30,12 @@
  *    never waits for a copy.
  * slot_of and the counts are device memory whose addresses do not change,
  * so a recorded step (cuda_graph.cu) reads the current ones when
- * replayed. Ticks come from step_replay and, for steps not recorded, from
- * the fused slot's call for one of the cache's layers (xc_first). The
- * cache is made at the first tick of a decode step (every MoE layer has
- * been stacked by then, by the prefill) and made again if another layer
- * goes to host memory later (a one-token prompt stacks them during the
- * first decode step). */
+ * replayed. Ticks come from step_replay and, for steps not recorded
+ * (prefill chunks and batched steps of up to 64 tokens included: their
+ * routing counts too), from the fused slot's call for one of the cache's
+ * layers (xc_first). The cache is made at a layer's second call (the first
+ * step has stacked every layer by then) and made again if another layer
+ * goes to host memory later. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
