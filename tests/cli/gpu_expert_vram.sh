@@ -22,34 +22,29 @@ for c in run logits eval; do
     grep -q -- "--gpu-expert-vram SIZE|auto" <<< "$help" || fail "$c --help does not document --gpu-expert-vram"
     grep -q -- "--gpu-expert-cache SIZE" <<< "$help" || fail "$c --help does not document --gpu-expert-cache"
 done
-set +e
-"$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache 1M 2> "$T/err"
-rc=$?
-set -e
-[ $rc = 2 ] || fail "--gpu-expert-cache without --backend cuda: exit $rc, expected 2"
-grep -q -- "--gpu-expert-cache keeps experts for the CUDA backend: give --backend cuda" "$T/err" ||
-    fail "refusal does not say what is needed: $(cat "$T/err")"
-[ ! -e "$T/a.f32" ] || fail "a refused run left an output"
-set +e
-"$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache lots 2> "$T/err"
-rc=$?
-set -e
-[ $rc = 2 ] || fail "malformed --gpu-expert-cache: exit $rc, expected 2"
-grep -q -- "--gpu-expert-cache: expected a size" "$T/err" || fail "malformed cache size not named: $(cat "$T/err")"
-set +e
-"$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-vram 4G 2> "$T/err"
-rc=$?
-set -e
-[ $rc = 2 ] || fail "--gpu-expert-vram without --backend cuda: exit $rc, expected 2"
-grep -q -- "--gpu-expert-vram places experts for the CUDA backend: give --backend cuda" "$T/err" ||
-    fail "refusal does not say what is needed: $(cat "$T/err")"
-[ ! -e "$T/a.f32" ] || fail "a refused run left an output"
-set +e
-"$BIN" run "$M" --ids 1,2,3 --max-tokens 2 --gpu-expert-vram 12Q 2> "$T/err"
-rc=$?
-set -e
-[ $rc = 2 ] || fail "malformed --gpu-expert-vram: exit $rc, expected 2"
-grep -q -- "--gpu-expert-vram: expected a size" "$T/err" || fail "malformed size not named: $(cat "$T/err")"
+# refused: exit 2, the message names what is wrong, no output left
+refused() { # WHAT MESSAGE COMMAND...
+    local what=$1 msg=$2 rc
+    shift 2
+    rm -f "$T/a.f32"
+    set +e
+    "$@" 2> "$T/err"
+    rc=$?
+    set -e
+    [ $rc = 2 ] || fail "$what: exit $rc, expected 2"
+    grep -q -- "$msg" "$T/err" || fail "$what: the message does not say '$msg': $(cat "$T/err")"
+    [ ! -e "$T/a.f32" ] || fail "$what: a refused run left an output"
+}
+refused "--gpu-expert-cache without --backend cuda" \
+    "--gpu-expert-cache keeps experts for the CUDA backend: give --backend cuda" \
+    "$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache 1M
+refused "malformed --gpu-expert-cache" "--gpu-expert-cache: expected a size" \
+    "$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-cache lots
+refused "--gpu-expert-vram without --backend cuda" \
+    "--gpu-expert-vram places experts for the CUDA backend: give --backend cuda" \
+    "$BIN" logits "$M" --ids 1,2,3 --out "$T/a.f32" --gpu-expert-vram 4G
+refused "malformed --gpu-expert-vram" "--gpu-expert-vram: expected a size" \
+    "$BIN" run "$M" --ids 1,2,3 --max-tokens 2 --gpu-expert-vram 12Q
 # with a GPU
 if ! "$BIN" logits "$M" --ids 1,2,3 --out "$T/probe.f32" --backend cuda 2> "$T/probe.err"; then
     echo "no GPU here ($(tail -1 "$T/probe.err")): the placement checks need one"

@@ -121,15 +121,21 @@ static bool g_one_read_per_miss;
  * clears it, so a failed case leaves nothing set for the next test). */
 static uint64_t g_min_miss_bytes;
 
+/* The model at dir opened twice: resident (*res) and for streaming (*str). */
+static void open_both(const char *dir, mk_model **res, mk_model **str) {
+    *res = *str = NULL;
+    if (mk_model_open(dir, res) != MK_OK)
+        fail_msg("open %s: %s", dir, mk_err_msg());
+    mk_model_opts so = {.stream_experts = true};
+    if (mk_model_open_ex(dir, &so, str) != MK_OK)
+        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+}
+
 static void check_dir(const char *dir) {
     uint64_t min_miss_bytes = g_min_miss_bytes;
     g_min_miss_bytes = 0;
-    mk_model *res = NULL, *str = NULL;
-    if (mk_model_open(dir, &res) != MK_OK)
-        fail_msg("open %s: %s", dir, mk_err_msg());
-    mk_model_opts so = {.stream_experts = true};
-    if (mk_model_open_ex(dir, &so, &str) != MK_OK)
-        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+    mk_model *res, *str;
+    open_both(dir, &res, &str);
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
     float *want = logits_of(res, NULL, NULL, false);
@@ -923,12 +929,8 @@ static void copies_free(void) {
  * with a reusing store, and a host-memory one is not. */
 static void device_copies(const char *rel, bool control) {
     const char *dir = mk_test_fixture(rel);
-    mk_model *res = NULL, *str = NULL;
-    if (mk_model_open(dir, &res) != MK_OK)
-        fail_msg("open %s: %s", dir, mk_err_msg());
-    mk_model_opts so = {.stream_experts = true};
-    if (mk_model_open_ex(dir, &so, &str) != MK_OK)
-        fail_msg("open %s for streaming: %s", dir, mk_err_msg());
+    mk_model *res, *str;
+    open_both(dir, &res, &str);
     const mk_config *c = mk_model_config(res);
     size_t nv = (size_t)NTOK * (size_t)c->vocab_size;
     float *want = logits_of(res, NULL, NULL, false);
@@ -1008,10 +1010,8 @@ static void streamed_cuda(const char *rel) {
         printf("SKIP streamed experts on CUDA: %s\n", mk_err_msg());
         skip();
     }
-    mk_model *res = NULL, *str = NULL;
-    mk_model_opts so = {.stream_experts = true};
-    if (mk_model_open(dir, &res) != MK_OK || mk_model_open_ex(dir, &so, &str) != MK_OK)
-        fail_msg("open %s: %s", dir, mk_err_msg());
+    mk_model *res, *str;
+    open_both(dir, &res, &str);
     const mk_config *c = mk_model_config(res);
     float *want = logits_of(res, NULL, NULL, false);
     const uint64_t cache = (uint64_t)c->num_experts_per_tok * mk_expert_store_slot_bytes(str);
