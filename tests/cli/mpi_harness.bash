@@ -23,13 +23,16 @@ fail() { echo "FAIL: $*" >&2; exit 1; }
 # rank0_of ALIAS: the pid of rank 0 of the job serving ALIAS, found by the
 # environment its launcher gave it (the last such process, as pgrep lists
 # them: a wrapper that shares its command line comes before it); asked again
-# for up to 5 s, since one CI run found none once; empty when there is none.
+# for up to 5 s; empty when there is none. grep -z reads the NUL-separated
+# file itself: `tr ... | grep -q` under pipefail failed whenever grep quit
+# on its match before tr's last write (tr killed by SIGPIPE, status 141; a
+# rank's environment is ~4.2 KB, the rank's entry inside the first 4 KB).
 rank0_of() {
     local p r
     for _ in $(seq 50); do
         r=
         for p in $(pgrep -f -- "--alias $1"); do
-            tr '\0' '\n' < "/proc/$p/environ" 2> /dev/null | grep -qx OMPI_COMM_WORLD_RANK=0 && r=$p
+            grep -qxz OMPI_COMM_WORLD_RANK=0 "/proc/$p/environ" 2> /dev/null && r=$p
         done
         [ -n "$r" ] && { echo "$r"; return 0; }
         sleep 0.1

@@ -76,12 +76,16 @@ for run in expert:2 pipeline:2 both:3 expert:3; do
     grep -q "4 slots" "$LOG" || { cat "$LOG" >&2; fail "$mode -np $np: rank 0 did not make 4 slots"; }
     s0=$(metric moekit_decode_steps_total)
     q0=$(metric moekit_decode_step_sequences_total)
-    cp=()
+    # the 6 requests from one curl, all sent at once (-Z): a background curl per client, each
+    # building its body in subshells first, could reach the server several decode steps (~20 ms
+    # each) apart under `ctest -j2`, a late long one then decoding alone at the end: 63 steps for
+    # 114 sequences once, "not batched" (sent together: 34-49 steps, whichever 4 get slots first)
+    ca=()
     for i in $(seq 0 $((NREQ - 1))); do
-        curl -s "http://$RANK0_HOST:$PORT/v1/chat/completions" -d "{\"model\":\"$ALIAS\",\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt "$i")\"}],\"max_tokens\":$(maxt "$i"),\"temperature\":0}" > "$T/c$i" &
-        cp+=($!)
+        [ "$i" -eq 0 ] || ca+=(--next)
+        ca+=(-o "$T/c$i" "http://$RANK0_HOST:$PORT/v1/chat/completions" -d "{\"model\":\"$ALIAS\",\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt "$i")\"}],\"max_tokens\":$(maxt "$i"),\"temperature\":0}")
     done
-    for p in "${cp[@]}"; do wait "$p" || { cat "$LOG" >&2; fail "$mode -np $np: a client's request failed (curl exit $?)"; }; done
+    curl -Z --parallel-immediate --no-progress-meter "${ca[@]}" || { rc=$?; cat "$LOG" >&2; fail "$mode -np $np: a client's request failed (curl exit $rc)"; }
     for i in $(seq 0 $((NREQ - 1))); do
         got=$(jstr content < "$T/c$i" || true)
         [ "$got" = "$(cat "$T/w$i")" ] || { cat "$T/c$i" >&2; cat "$LOG" >&2
@@ -121,13 +125,16 @@ done
 #     logits): rank 0's wait for them (one timeout per stage: 6 s).
 fault() { # mode hook pattern-of-rank-0's-line what
     local mode=$1 hook=$2 pat=$3 what=$4
+    # a log per job, as in the loop above: wait_ready may read it before the job's redirection
+    # truncates it, and a shared one could still hold the previous job's "listening on" port
+    local flog=$T/fault-${hook//:/-}.log
     set +e
     timeout 90 "${MPI[@]}" --mca orte_abort_on_non_zero_status 0 -np 2 "$MK_BIN" serve "$M" --host "$RANK0_HOST" \
         --port 0 --threads 1 --alias "$ALIAS" --parallel 4 --prefill-step 16 --mpi-mode "$mode" --mpi-timeout 3 \
-        --mpi-test-fault "$hook" > "$T/out" 2> "$T/fault.log" &
+        --mpi-test-fault "$hook" > "$T/out" 2> "$flog" &
     JOB=$!
     set -e
-    wait_ready "$T/fault.log" "$JOB"
+    wait_ready "$flog" "$JOB"
     local cp=() i
     for i in 0 1 2 3; do
         (curl -s -m 80 -o "$T/k$i" -w '%{http_code}' "http://$RANK0_HOST:$PORT/v1/chat/completions" -d "{\"model\":\"$ALIAS\",\"messages\":[{\"role\":\"user\",\"content\":\"$(prompt "$i")\"}],\"max_tokens\":300,\"temperature\":0,\"ignore_eos\":true}" > "$T/kc$i" || true) &
@@ -140,12 +147,12 @@ fault() { # mode hook pattern-of-rank-0's-line what
     set -e
     JOB=
     [ $rc -ne 124 ] || fail "$what: the job did not end within 90 s"
-    [ $rc -ne 0 ] || { cat "$T/fault.log" >&2; fail "$what: mpirun exited 0"; }
+    [ $rc -ne 0 ] || { cat "$flog" >&2; fail "$what: mpirun exited 0"; }
     for i in 0 1 2 3; do
         [ "$(cat "$T/kc$i")" != 200 ] || { cat "$T/k$i" >&2; fail "$what: client $i got HTTP 200"; }
     done
-    grep -q "rank 1: test hook: .* step 100" "$T/fault.log" || { cat "$T/fault.log" >&2; fail "$what: the hook did not fire"; }
-    grep -q "rank 0 of 2: $pat" "$T/fault.log" || { cat "$T/fault.log" >&2; fail "$what: rank 0 did not say '$pat'"; }
+    grep -q "rank 1: test hook: .* step 100" "$flog" || { cat "$flog" >&2; fail "$what: the hook did not fire"; }
+    grep -q "rank 0 of 2: $pat" "$flog" || { cat "$flog" >&2; fail "$what: rank 0 did not say '$pat'"; }
     if pgrep -f -- "--alias $ALIAS" > /dev/null; then fail "$what: a rank is left"; fi
     echo "ok: $what in a batched step ends every rank (mpirun exit $rc), named by rank 0; no client got 200"
 }
