@@ -16,6 +16,7 @@
 #include "cmd.h"
 #include "dist_cli.h"
 #include "engine_cli.h"
+#include "moekit/backend_cuda.h"
 #include "moekit/chat.h"
 #include "moekit/generate.h"
 #include "moekit/kernels.h"
@@ -150,6 +151,18 @@ static mk_status generate(run_ctx *r, const int32_t *prompt, int64_t np, int32_t
         fprintf(stderr, "[kernels] %s, %s activations for MLX affine 4/8-bit decode, %s for prefill\n",
                 mk_isa_name(mk_isa_active()), mk_kernels_int8() ? "int8" : "float",
                 mk_kernels_prefill_int8() ? "int8" : "float");
+        /* the CUDA backend's placement of the routed experts (zeros elsewhere) */
+        size_t evr, eh;
+        int hl, xs;
+        uint64_t xcp;
+        double xh;
+        mk_backend_cuda_expert_stats(r->be, &evr, &eh, &hl);
+        mk_backend_cuda_expert_cache_stats(r->be, &xs, &xcp, &xh);
+        if (evr || eh)
+            fprintf(stderr,
+                    "[gpu experts] %.2f GiB in device memory, %.2f GiB in pinned host memory (%d layers); "
+                    "expert cache %d slots, %llu copies, %.3f of the host layers' routed experts read from it\n",
+                    evr / 1073741824.0, eh / 1073741824.0, hl, xs, (unsigned long long)xcp, xh);
         mk_ecli_mem_stats(&o->mm, stderr);
         mk_ecli_dist_stats(&o->dd, stderr);
     }

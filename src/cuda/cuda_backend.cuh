@@ -66,7 +66,7 @@ struct mkb_ctx {
     size_t vram_expert_bytes; /* stacked experts in device memory (also in `bytes`) */
     size_t host_expert_bytes; /* stacked experts in mapped pinned host memory */
     int host_layers;
-    size_t expert_cache;      /* of expert_vram, for the VRAM cache of host layers' experts (0: none) */
+    size_t expert_cache;      /* beside expert_vram, for the VRAM cache of host layers' experts (0: none) */
     struct mkb_xcache *xc;    /* that cache (cuda_xcache.cu), made once the host layers are known */
     int xc_tried_at;          /* host_layers when it was last made or found impossible (0: never) */
     struct mkb_moe_layer *xc_first; /* a layer of the cache: its call is an unrecorded step's tick */
@@ -151,7 +151,7 @@ struct mkb_moe_layer {
     void *slab[3][3];      /* gate, up, down: data, scales, biases (owned) */
     size_t esz[3][3];      /* bytes of one expert's share of each slab (0: none) */
     size_t bytes;
-    int uses;              /* calls of the fused slot for this layer */
+    int uses;              /* lookups of this layer, counted up to 2 (cuda_xcache.cu) */
     mk_cuda_moe m;         /* device views */
     mk_cuda_moe_ws *ws;
     mkb_moe_layer *next;

@@ -236,9 +236,11 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
         (void)cudaGetLastError();
         fr = SIZE_MAX;
     }
-    /* the expert cache's share of the budget stays free for it (cuda_xcache.cu) */
-    l->host = c->vram_expert_bytes + lb + c->expert_cache > c->expert_vram ||
-              fr < lb + MKB_VRAM_RESERVE + c->expert_cache;
+    /* the expert cache (cuda_xcache.cu, beside the budget) not yet made: its
+     * memory stays free for it */
+    const size_t keep = c->xc ? 0 : c->expert_cache;
+    l->host = c->vram_expert_bytes > c->expert_vram || lb > c->expert_vram - c->vram_expert_bytes || fr < lb ||
+              fr - lb < MKB_VRAM_RESERVE || fr - lb - MKB_VRAM_RESERVE < keep;
     mk_status s = MK_OK;
     for (int p = 0; p < 3 && s == MK_OK; p++)
         s = stack_part(c, l, p, p == 0 ? &m->gate : p == 1 ? &m->up : &m->down);
@@ -263,8 +265,10 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
 
 static mkb_moe_layer *layer_of(mkb_ctx *c, const mk_moe_args *a) {
     for (mkb_moe_layer *l = c->moe_layers; l; l = l->next)
-        if (l->experts == a->experts && l->E == a->E)
+        if (l->experts == a->experts && l->E == a->E) {
+            l->uses += l->uses < 2; /* a second use: every layer was stacked by the first step */
             return l;
+        }
     if (c->recording) { /* its uploads would land in the recording */
         mkb_fail(c, mk_err(MK_E_INTERNAL, "CUDA backend: a MoE layer's first use while a step is being recorded"));
         return NULL;
@@ -276,6 +280,7 @@ static mkb_moe_layer *layer_of(mkb_ctx *c, const mk_moe_args *a) {
     }
     l->experts = a->experts;
     l->E = a->E;
+    l->uses = 1;
     l->next = c->moe_layers;
     c->moe_layers = l;
     if (a->experts && a->E > 0)
@@ -297,7 +302,7 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
      * prefill call): the expert cache's tick is the call for one of its
      * layers; it is made on a layer's second call, when the first step
      * has stacked every layer */
-    if (l && ++l->uses >= 2 && c->expert_cache && !c->recording &&
+    if (l && l->uses >= 2 && c->expert_cache && !c->recording &&
         (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at))
         mkb_xcache_tick(c);
     if (!l || !l->ok || a->n < 1 || a->n > MKB_MOE_TOKENS || a->k != l->m.top_k)

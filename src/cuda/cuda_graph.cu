@@ -44,6 +44,13 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
         mkb_xcache_tick(c); /* a step boundary: slots published, counts taken, copies started */
         if (c->err.st != MK_OK)
             return false;
+    } else if (c->expert_cache && c->host_layers > 0 && c->host_layers != c->xc_tried_at) {
+        /* the expert cache made here (replayed steps never call the fused
+         * slot): the recording is dropped with it, and the engine records
+         * the step again, now with the cache's views */
+        mkb_xcache_tick(c);
+        if (c->err.st != MK_OK || !c->exec)
+            return false;
     }
     if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
         (void)cudaGetLastError();

@@ -120,6 +120,17 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
         }
     }
     __syncthreads();
+    /* the VRAM cache (mk_cuda_moe.slot_of): where the gate/up and down
+     * kernels read each chosen expert, and its routing count, a thread per
+     * choice (distinct experts: plain adds); the host changes both only
+     * between steps, in stream order */
+    if (threadIdx.x < k) {
+        const int32_t e = si[threadIdx.x];
+        if (slot_of)
+            loc[threadIdx.x] = __ldcg(slot_of + e);
+        if (counts)
+            counts[e] += 1;
+    }
     if (threadIdx.x == 0) {
         float sum = 0.0f;
         for (int j = 0; j < k; j++)
@@ -130,13 +141,6 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
             float v = norm ? sw[j] / sum : sw[j];
             idx[j] = si[j];
             wout[j] = v * scale;
-            /* the VRAM cache (mk_cuda_moe.slot_of): where the gate/up and
-             * down kernels read the expert, and its routing count; the
-             * host writes both between steps (stream order) */
-            if (slot_of)
-                loc[j] = __ldcg(slot_of + si[j]);
-            if (counts)
-                counts[si[j]] += 1;
         }
     }
 }

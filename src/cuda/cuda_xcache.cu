@@ -143,18 +143,22 @@ static mk_wt pool_view(const mk_wt *w, int64_t rows, const mkb_xcache *x, int p)
     return v;
 }
 
-/* Make the cache over the host layers shaped like the first one; on any
- * failure, no cache (said on stderr once: decode goes on over the bus). */
+/* A layer the cache takes beside `like`: fused, in host memory, shaped the same. */
+static bool cacheable(const mkb_moe_layer *l, const mkb_moe_layer *like) {
+    return l->ok && l->host && !l->m.slot_of && l->E == like->E && !memcmp(l->esz, like->esz, sizeof l->esz);
+}
+
+/* Make the cache over the host layers of one shape; on any failure, no
+ * cache (said on stderr: decode goes on over the bus). */
 static mk_status build(mkb_ctx *c) {
     c->xc_tried_at = c->host_layers;
+    /* the host layers of one shape: the first in the list (the last stacked) and its like */
     mkb_moe_layer *first = NULL;
     int nl = 0;
     for (mkb_moe_layer *l = c->moe_layers; l; l = l->next)
-        if (l->ok && l->host && !l->m.slot_of) {
-            if (!first)
-                first = l;
-            if (l->E == first->E && !memcmp(l->esz, first->esz, sizeof l->esz))
-                nl++;
+        if (cacheable(l, first ? first : l)) {
+            first = first ? first : l;
+            nl++;
         }
     if (!first)
         return MK_OK;
@@ -167,7 +171,7 @@ static mk_status build(mkb_ctx *c) {
         (void)cudaGetLastError();
         fr = 0;
     }
-    size_t room = fr > XC_RESERVE ? fr - XC_RESERVE : 0;
+    const size_t room = fr > XC_RESERVE ? fr - XC_RESERVE : 0; /* beside the layers' budget */
     size_t want = c->expert_cache < room ? c->expert_cache : room;
     int64_t ns = per ? (int64_t)(want / per) : 0;
     if (ns > (int64_t)nl * first->E)
@@ -185,7 +189,7 @@ static mk_status build(mkb_ctx *c) {
     x->pub = (int32_t *)mk_malloc(nk * sizeof *x->pub);
     mk_status s = x->layers && x->pub ? MK_OK : mk_err(MK_E_NOMEM, "the expert cache's maps");
     for (mkb_moe_layer *l = c->moe_layers; l && s == MK_OK; l = l->next)
-        if (l->ok && l->host && l->E == first->E && !memcmp(l->esz, first->esz, sizeof l->esz))
+        if (cacheable(l, first))
             x->layers[x->nl++] = l;
     memcpy(x->esz, first->esz, sizeof x->esz);
     for (int p = 0; p < 3 && s == MK_OK; p++)
@@ -196,12 +200,13 @@ static mk_status build(mkb_ctx *c) {
         s = mk_cuda_malloc((void **)&x->d_slot, nk * sizeof(int32_t), "the expert cache's slot map");
     if (s == MK_OK)
         s = mk_cuda_malloc((void **)&x->d_counts, nk * sizeof(int32_t), "the routing counts");
-    if (s == MK_OK)
-        s = mk_cuda_memset(x->d_slot, 0xff, nk * sizeof(int32_t)); /* -1: nothing cached */
-    if (s == MK_OK)
-        s = mk_cuda_memset(x->d_counts, 0, nk * sizeof(int32_t));
     cudaError_t e = cudaSuccess;
+    /* on the backend's (non-blocking) stream: the steps queued after read them */
     if (s == MK_OK)
+        e = cudaMemsetAsync(x->d_slot, 0xff, nk * sizeof(int32_t), c->s); /* -1: nothing cached */
+    if (s == MK_OK && e == cudaSuccess)
+        e = cudaMemsetAsync(x->d_counts, 0, nk * sizeof(int32_t), c->s);
+    if (s == MK_OK && e == cudaSuccess)
         e = cudaHostAlloc((void **)&x->h_counts, nk * sizeof(int32_t), cudaHostAllocDefault);
     if (s == MK_OK && e == cudaSuccess)
         e = cudaHostAlloc((void **)&x->h_vals, (size_t)ns * sizeof(int32_t), cudaHostAllocDefault);
@@ -213,8 +218,10 @@ static mk_status build(mkb_ctx *c) {
         e = cudaEventCreateWithFlags(&x->ev_free, cudaEventDisableTiming);
     for (int i = 0; i < XC_MOVES && s == MK_OK && e == cudaSuccess; i++)
         e = cudaEventCreateWithFlags(&x->mv[i].ev, cudaEventDisableTiming);
-    if (s == MK_OK && e != cudaSuccess)
+    if (s == MK_OK && e != cudaSuccess) {
         s = mkc_fail(e, "setting up the expert cache");
+        (void)cudaGetLastError(); /* not the next launch's error: decode goes on without the cache */
+    }
     if (s == MK_OK)
         s = mk_hotset_create(x->nslots, (int)nk, XC_DECAY, XC_MARGIN, &x->hot);
     if (s == MK_OK) {
@@ -233,8 +240,10 @@ static mk_status build(mkb_ctx *c) {
         }
     }
     if (s != MK_OK) {
+        (void)cudaStreamSynchronize(c->s); /* the memsets above may still be queued */
         detach(c, x);
         xc_destroy(x);
+        (void)cudaGetLastError();
         return s;
     }
     c->xc = x;
@@ -281,6 +290,7 @@ void mkb_xcache_tick(mkb_ctx *c) {
         mkb_xmove *m = &x->mv[i];
         cudaError_t q = cudaEventQuery(m->ev);
         if (q == cudaErrorNotReady) {
+            (void)cudaGetLastError(); /* not an error; cleared so no launch check reports it */
             i++;
             continue;
         }
@@ -346,7 +356,9 @@ void mkb_xcache_tick(mkb_ctx *c) {
                 if (r != cudaSuccess)
                     return fail(c, r, "copying an expert into the cache");
             }
-        } else if (q != cudaErrorNotReady) {
+        } else if (q == cudaErrorNotReady) {
+            (void)cudaGetLastError();
+        } else {
             return fail(c, q, "reading the routing counts");
         }
     }

@@ -66,8 +66,14 @@ cmp "$T/dev.f32" "$T/xc.f32" || fail "experts read through the VRAM cache give o
 "$BIN" run "$M" --ids 407,268 --max-tokens 64 --json --backend cuda --gpu-expert-vram 0 > "$T/run0.json" \
     2> "$T/run0.err" || fail "run on CUDA, experts in host memory: $(tail -2 "$T/run0.err")"
 "$BIN" run "$M" --ids 407,268 --max-tokens 64 --json --backend cuda --gpu-expert-vram 0 --gpu-expert-cache 1M \
-    > "$T/run1.json" 2> "$T/run1.err" || fail "run on CUDA with an expert cache: $(tail -2 "$T/run1.err")"
+    --stats > "$T/run1.json" 2> "$T/run1.err" || fail "run on CUDA with an expert cache: $(tail -2 "$T/run1.err")"
 cmp "$T/run0.json" "$T/run1.json" || fail "greedy tokens through the VRAM cache differ"
+# ... and the cache was there and used: slots, copies and a share of reads from it above 0
+xline=$(grep "^\[gpu experts\]" "$T/run1.err") || fail "run --stats printed no [gpu experts] line: $(cat "$T/run1.err")"
+echo "$xline"
+[[ $xline =~ expert\ cache\ ([0-9]+)\ slots,\ ([0-9]+)\ copies,\ ([0-9.]+)\ of ]] || fail "unparsed: $xline"
+[ "${BASH_REMATCH[1]}" -gt 0 ] && [ "${BASH_REMATCH[2]}" -gt 0 ] || fail "the expert cache was not made or never filled: $xline"
+awk -v h="${BASH_REMATCH[3]}" 'BEGIN { exit !(h > 0) }' || fail "no routed expert was read from the cache: $xline"
 "$BIN" logits "$M" --ids "$IDS" --backend cuda --prefill-chunk 1 --gpu-expert-vram 0 --verify --verify-tol 1e-4 > "$T/verify" 2>&1 ||
     fail "--verify with experts in host memory: $(tail -3 "$T/verify")"
 echo "ok: $(tail -1 "$T/verify")"

@@ -183,9 +183,9 @@ static void pool_free(mk_wt *p) {
  * backend keeps the hottest experts of layers in host memory): every other
  * chosen expert and one not chosen in cache slots (in another order than
  * their ids), y bitwise the step's without the cache, twice, and the
- * routing counts 2 for each chosen expert, 0 for the others; the control:
- * the slot of a chosen expert holding the next expert's bytes changes y,
- * so the kernels do read the slots. */
+ * routing counts 2 for each chosen expert, 0 for the others; the controls,
+ * one per part: the gate, up or down slot of a chosen expert holding the
+ * next expert's bytes changes y, so each kernel reads the slots. */
 static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk_cuda_moe_ws *ws, void *dx,
                         void *dy, const float *y0, const float *y, const int32_t *sel) {
     const int64_t H = c->H, E = c->E, k = c->k, I = c->I;
@@ -214,12 +214,14 @@ static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk
     CT_OK(mk_cuda_malloc(&dcnt, (size_t)E * 4, "routing counts"));
     CT_OK(mk_cuda_upload(dslot, slot, (size_t)E * 4));
     CT_OK(mk_cuda_memset(dcnt, 0, (size_t)E * 4));
-    for (int control = 0; control < 2; control++) {
+    for (int control = 0; control < 4; control++) {
+        /* control 1..3: slot 0 (a chosen expert) of part control-1 holds the next expert's bytes */
         int32_t pid[40];
         memcpy(pid, ids, sizeof pid);
-        if (control) /* slot 0 holds a chosen expert: give it the next expert's bytes */
-            pid[0] = (ids[0] + 1) % (int32_t)E;
-        mk_wt hp[3] = {pool_of(&L->gate.w, I, pid, n), pool_of(&L->up.w, I, pid, n), pool_of(&L->down.w, H, pid, n)};
+        pid[0] = (ids[0] + 1) % (int32_t)E;
+        mk_wt hp[3] = {pool_of(&L->gate.w, I, control == 1 ? pid : ids, n),
+                       pool_of(&L->up.w, I, control == 2 ? pid : ids, n),
+                       pool_of(&L->down.w, H, control == 3 ? pid : ids, n)};
         mk_cuda_moe mc = *m;
         CT_OK(mk_cuda_wt_upload(&hp[0], &mc.cgate, "cache gate"));
         CT_OK(mk_cuda_wt_upload(&hp[1], &mc.cup, "cache up"));
@@ -233,8 +235,8 @@ static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk
             if (!control && !same)
                 fail_msg("%s: experts read from a VRAM cache changed y", c->name);
             if (control && same)
-                fail_msg("%s: a cache slot holding another expert's bytes left y unchanged: the kernels do not "
-                         "read the cache", c->name);
+                fail_msg("%s: a %s cache slot holding another expert's bytes left y unchanged: the kernels do "
+                         "not read the cache", c->name, control == 1 ? "gate" : control == 2 ? "up" : "down");
         }
         if (!control) {
             CT_OK(mk_cuda_download(cnt, dcnt, (size_t)E * 4));
