@@ -35,7 +35,7 @@
  * memory (mk_backend_cuda_set_expert_vram): decode is then also reported
  * against the bus bound (their bytes per token over the kernels' read rate
  * of mapped host memory, measured in the same run); MK_CUDA_EXPERT_CACHE=BYTES
- * keeps that many bytes of it for a cache of the host layers' most-routed
+ * adds that many bytes of device memory for a cache of the host layers' most-routed
  * experts (mk_backend_cuda_set_expert_cache). MK_BENCH_BATCH=B (CUDA
  * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
  * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
@@ -258,7 +258,7 @@ int main(int argc, char **argv) {
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");
         if (ev && *ev)
             mk_backend_cuda_set_expert_vram(be, (size_t)strtoull(ev, NULL, 10));
-        /* MK_CUDA_EXPERT_CACHE=BYTES: of that, a VRAM cache of the host
+        /* MK_CUDA_EXPERT_CACHE=BYTES: beside that, a VRAM cache of the host
          * layers' most-routed experts (mk_backend_cuda_set_expert_cache) */
         const char *ec = getenv("MK_CUDA_EXPERT_CACHE");
         if (ec && *ec)

@@ -252,7 +252,7 @@ const char mk_ecli_mem_help[] =
     "                       token (like llama.cpp's --n-cpu-moe, but computed on the GPU).\n"
     "                       auto (default): layers in device memory while they fit, leaving\n"
     "                       2 GiB free; the host part takes pinned RAM of its size\n"
-    "  --gpu-expert-cache SIZE  with --backend cuda: of that device memory, SIZE (e.g. 4G) for\n"
+    "  --gpu-expert-cache SIZE  with --backend cuda: SIZE (e.g. 4G) more device memory for\n"
     "                       the most-routed experts of the layers left in host RAM: routing\n"
     "                       counts decayed every 16 tokens pick them, copies run beside the\n"
     "                       decode, results are unchanged. Default 0 (none)\n"

@@ -82,14 +82,15 @@ const char *mk_backend_cuda_gemm_status(void);
  * experts). Layers are placed in the order of their first use; takes
  * effect for layers not yet stacked. No-op for other backends. */
 void mk_backend_cuda_set_expert_vram(mk_backend *b, size_t bytes);
-/* Of the expert budget, `bytes` of device memory for a cache of the most
+/* Beside the expert budget, `bytes` of device memory for a cache of the most
  * routed experts of the MoE layers kept in host memory (cuda_xcache.cu):
  * the routing counts each expert on the device, every 16 decode steps the
  * counts come back (no wait), decayed scores pick the experts to hold and
  * copies on a second stream fill the slots while the decode goes on; a
  * cached expert is read from device memory, the same bytes, so results
  * are unchanged. Set before the first token (the layers' placement leaves
- * room for it). 0 (default): none. No-op for other backends. */
+ * it free; at most what is free less 2 GiB is taken). 0 (default): none.
+ * No-op for other backends. */
 void mk_backend_cuda_set_expert_cache(mk_backend *b, size_t bytes);
 /* The cache's slots, the copies made so far, and the share of the routed
  * experts counted so far that were read from the cache (0 without one). */
