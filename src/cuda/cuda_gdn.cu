@@ -7,11 +7,17 @@
  * gdn: one block per value head; q and k of the token are l2-normalised in
  * shared memory (block sums), then thread j owns column j of the head's
  * state S [dk, dv] and runs the CPU's column arithmetic in the CPU's order:
- * S *= exp(g); d = beta (v - S^T k); S += k d^T; o = S^T q. Tokens are a
- * sequential loop (chunked prefill is issue 14's next step). */
+ * S *= exp(g); d = beta (v - S^T k); S += k d^T; o = S^T q, token after
+ * token: decode (one token), and heads larger than 128.
+ * Prefill (several tokens, dk and dv <= 128): k_gdn_chunk, the chunked
+ * form of the CPU's gdn_chunk (backend_cpu.c, where the algebra is
+ * written out), GDN_C tokens at a time with the head's state in registers;
+ * results differ from the token loop by float32 rounding only
+ * (test_backend_ops holds both to one bound against a double reference). */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
+#include "cuda/cuda_gdn_chunk.cuh"
 
 __global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t C, int K, const float *w,
                        float *state) {
@@ -45,9 +51,6 @@ void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int6
     mkb_launched(c, "conv1d_silu");
 }
 
-static __device__ float softplus(float x) {
-    return x > 20.0f ? x : log1pf(expf(x));
-}
 
 /* shared: qn[dk], kn[dk], 32 floats of reduction scratch */
 __global__ void k_gdn(mk_gdn_args a) {
@@ -109,6 +112,13 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
     d.dt_bias = mkb_param(c, a->dt_bias, a->nv);
     if (!d.A_log || !d.dt_bias)
         return;
+    if (a->n > 1 && a->dk <= GDN_DMAX && a->dv <= GDN_DMAX) { /* prefill: the chunked form */
+        const size_t smem = sizeof(float) * ((size_t)GDN_C * (2 * (size_t)(a->dk + 1) + 2 * (size_t)a->dv) +
+                                             2 * GDN_C * GDN_C + 4 * GDN_C);
+        k_gdn_chunk<<<(unsigned)a->nv, GDN_THREADS, smem, c->s>>>(d);
+        mkb_launched(c, "gdn (chunked)");
+        return;
+    }
     const int threads = a->dv < 32 ? 32 : (a->dv + 31) / 32 * 32;
     const size_t smem = sizeof(float) * (2 * (size_t)a->dk + 32);
     k_gdn<<<(unsigned)a->nv, threads, smem, c->s>>>(d);

@@ -1336,10 +1336,15 @@ static void test_conv_gdn(void **st) {
         free(sn);
         /* gdn: one token (the token loop), 3 (one chunk of the chunked
          * prefill), 70 with dk = dv = 128 (the Qwen3.5 head size: two chunks
-         * of 48 and 22) */
+         * of 48 and 22 on the CPU, four of 16 and one of 6 on CUDA), and
+         * head sizes that fill the CUDA kernel's state threads in part
+         * (dk 32 and 96: rows 64..127 none or half; dv 48 and 64) over
+         * partial last chunks */
         gdn_case(b, 1, 2, 4, 8, 6);
         gdn_case(b, 3, 2, 4, 8, 6);
         gdn_case(b, 70, 1, 2, 128, 128);
+        gdn_case(b, 100, 2, 4, 32, 48);
+        gdn_case(b, 37, 1, 2, 96, 64);
         void *bufs[] = {du, dw, ds, dy};
         for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
             b->i->buf_free(b->ctx, bufs[i]);

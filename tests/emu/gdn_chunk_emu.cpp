@@ -1,0 +1,117 @@
+// Host emulation of the CUDA backend's chunked Gated DeltaNet prefill kernel
+// (src/cuda/cuda_gdn_chunk.cuh, included as it is): a std::thread per CUDA
+// thread, a barrier for __syncthreads, a per-warp barrier for the warp sums,
+// std::atomic_ref for shared atomicAdd, blocks one after another. Its outputs
+// and final state against the recurrence in double, token by token (as
+// tests/unit/test_backend_ops.c's gdn_case): the relative L2 errors, and exit
+// 1 past 1e-5. It checks the kernel's algebra, indexing and barriers without
+// a GPU; not the device's memory model or speed (the device runs
+// test_backend_ops for that). Usage: gdn_chunk_emu T NK NV DK DV [SEED].
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
+#include <vector>
+extern "C" {
+#include "moekit/backend.h"
+}
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+struct d3 { int x; };
+static thread_local d3 threadIdx;
+static d3 blockIdx;
+static std::barrier<> *g_bar;
+static std::barrier<> *g_warp[32];
+static float g_wv[32][32];
+#define __syncthreads() g_bar->arrive_and_wait()
+static float mkc_warp_sum(float v) {
+    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    g_wv[w][l] = v;
+    g_warp[w]->arrive_and_wait();
+    float s = 0;
+    for (int i = 0; i < 32; i++) s += g_wv[w][i];
+    g_warp[w]->arrive_and_wait();
+    return s;
+}
+static float atomicAdd(float *p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+float sm[1 << 16]; /* the block's shared memory (extern __shared__ in the kernel) */
+#define __shared__
+
+
+#include "cuda/cuda_gdn_chunk.cuh"
+
+static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }
+int main(int argc, char **argv) {
+    if (argc < 6)
+        return 2;
+    int T = atoi(argv[1]), NK = atoi(argv[2]), NV = atoi(argv[3]), DK = atoi(argv[4]), DV = atoi(argv[5]);
+    srand(argc > 6 ? (unsigned)atoi(argv[6]) : 7u);
+    const int STR = 2 * NK * DK + NV * DV;
+    std::vector<float> qkv(T * STR), aa(T * NV), bb(T * NV), al(NV), dt(NV), S0(NV * DK * DV), out(T * NV * DV);
+    for (auto &x : qkv) x = rnd();
+    for (auto &x : aa) x = rnd();
+    for (auto &x : bb) x = rnd();
+    for (auto &x : al) x = rnd();
+    for (auto &x : dt) x = rnd();
+    for (auto &x : S0) x = rnd();
+    std::vector<float> S = S0;
+    mk_gdn_args g = {qkv.data(), qkv.data() + NK * DK, qkv.data() + 2 * NK * DK, STR, aa.data(), bb.data(),
+                     al.data(), dt.data(), S.data(), out.data(), T, NK, NV, DK, DV};
+    std::barrier<> bar(GDN_THREADS);
+    g_bar = &bar;
+    for (int w = 0; w < GDN_THREADS / 32; w++) g_warp[w] = new std::barrier<>(32);
+    for (int h = 0; h < NV; h++) {
+        blockIdx.x = h;
+        std::vector<std::thread> th;
+        for (int t = 0; t < GDN_THREADS; t++)
+            th.emplace_back([&, t] { threadIdx.x = t; k_gdn_chunk(g); });
+        for (auto &x : th) x.join();
+    }
+    // double reference, token by token (as test_backend_ops)
+    std::vector<double> Sr(S0.begin(), S0.end()), orf(T * NV * DV), q(DK), k(DK), d(DV);
+    for (int h = 0; h < NV; h++) {
+        int kh = h / (NV / NK);
+        double *Sh = Sr.data() + (int64_t)h * DK * DV;
+        for (int t = 0; t < T; t++) {
+            double nq = 0, nk = 0;
+            for (int i = 0; i < DK; i++) {
+                q[i] = qkv[t * STR + kh * DK + i];
+                k[i] = qkv[t * STR + NK * DK + kh * DK + i];
+                nq += q[i] * q[i];
+                nk += k[i] * k[i];
+            }
+            for (int i = 0; i < DK; i++) { q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK); k[i] = k[i] / sqrt(nk + 1e-6); }
+            double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
+            double xa = (double)aa[t * NV + h] + dt[h];
+            double sp = xa > 20 ? xa : log1p(exp(xa));
+            double decay = exp(-exp((double)al[h]) * sp);
+            for (int i = 0; i < DK * DV; i++) Sh[i] *= decay;
+            for (int j = 0; j < DV; j++) {
+                double sk = 0;
+                for (int i = 0; i < DK; i++) sk += Sh[i * DV + j] * k[i];
+                d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
+            }
+            for (int i = 0; i < DK; i++) for (int j = 0; j < DV; j++) Sh[i * DV + j] += k[i] * d[j];
+            for (int j = 0; j < DV; j++) {
+                double acc = 0;
+                for (int i = 0; i < DK; i++) acc += Sh[i * DV + j] * q[i];
+                orf[((int64_t)t * NV + h) * DV + j] = acc;
+            }
+        }
+    }
+    auto rel = [](const float *a, const double *b, size_t n) {
+        double e = 0, r = 0;
+        for (size_t i = 0; i < n; i++) { e += (a[i] - b[i]) * (a[i] - b[i]); r += b[i] * b[i]; }
+        return sqrt(e / r);
+    };
+    const double eo = rel(out.data(), orf.data(), out.size()), es = rel(S.data(), Sr.data(), S.size());
+    printf("T %d NK %d NV %d DK %d DV %d: out rel %.3e, state rel %.3e\n", T, NK, NV, DK, DV, eo, es);
+    for (int w = 0; w < GDN_THREADS / 32; w++)
+        delete g_warp[w];
+    return eo <= 1e-5 && es <= 1e-5 ? 0 : 1;
+}
