@@ -43,6 +43,12 @@ extern "C" bool mk_cuda_moe_pdl(void) { return g_moe_pdl; }
 
 extern "C" void mk_cuda_set_moe_pdl(bool on) { g_moe_pdl = on; }
 
+static bool g_gdn_chunked = true;
+
+extern "C" bool mk_cuda_gdn_chunked(void) { return g_gdn_chunked; }
+
+extern "C" void mk_cuda_set_gdn_chunked(bool on) { g_gdn_chunked = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

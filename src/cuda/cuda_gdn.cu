@@ -112,7 +112,7 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
     d.dt_bias = mkb_param(c, a->dt_bias, a->nv);
     if (!d.A_log || !d.dt_bias)
         return;
-    if (a->n > 1 && a->dk <= GDN_DMAX && a->dv <= GDN_DMAX) { /* prefill: the chunked form */
+    if (a->n > 1 && a->dk <= GDN_DMAX && a->dv <= GDN_DMAX && mk_cuda_gdn_chunked()) { /* prefill: chunked */
         const size_t smem = sizeof(float) * ((size_t)GDN_C * (2 * (size_t)(a->dk + 1) + 2 * (size_t)a->dv) +
                                              2 * GDN_C * GDN_C + 4 * GDN_C);
         k_gdn_chunk<<<(unsigned)a->nv, GDN_THREADS, smem, c->s>>>(d);

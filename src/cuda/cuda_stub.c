@@ -88,6 +88,12 @@ void mk_cuda_set_moe_pdl(bool on) {
 bool mk_cuda_moe_pdl(void) {
     return false;
 }
+void mk_cuda_set_gdn_chunked(bool on) {
+    (void)on;
+}
+bool mk_cuda_gdn_chunked(void) {
+    return false;
+}
 mk_status mk_cuda_moe_check(const mk_cuda_moe *m) {
     return no_cuda();
 }

@@ -101,6 +101,12 @@ int mk_cuda_kernels(void);
  * mk_cuda_set_kernels. */
 void mk_cuda_set_moe_pdl(bool on);
 bool mk_cuda_moe_pdl(void);
+/* The CUDA backend's Gated DeltaNet prefill in 16-token chunks with the
+ * state in registers (k_gdn_chunk, docs/CUDA.md "Chunked Gated DeltaNet
+ * prefill"); off: every token through the recurrent step, as decode. On by
+ * default; process-wide, for measuring one against the other. */
+void mk_cuda_set_gdn_chunked(bool on);
+bool mk_cuda_gdn_chunked(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

@@ -73,12 +73,34 @@ static ct_wt make(const gcase *c) {
                                   : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
 }
 
+/* y (device results of W x, plus y0 when given) within the bound of the
+ * double reference, row by row; returns the worst |diff| / bound. */
+static double check_rows(const char *name, const ct_wt *t, const double *xd, const float *y, const float *y0) {
+    const int64_t R = t->w.rows, C = t->w.cols;
+    float *row = malloc((size_t)C * sizeof *row);
+    assert_non_null(row);
+    double worst = 0.0;
+    for (int64_t r = 0; r < R; r++) {
+        double cond;
+        double ref = ct_dot(t, r, xd, row, &cond) + (y0 ? (double)y0[r] : 0.0);
+        double bound = 5e-6 * cond + (y0 ? 1e-7 * fabs((double)y0[r]) : 0.0);
+        double err = fabs((double)y[r] - ref);
+        if (!(err <= bound))
+            fail_msg("%s%s: row %lld: device %.9g, reference %.9g, |diff| %.3g > bound %.3g", name,
+                     y0 ? " (accumulate)" : "", (long long)r, (double)y[r], ref, err, bound);
+        if (bound > 0 && err / bound > worst)
+            worst = err / bound;
+    }
+    free(row);
+    return worst;
+}
+
 /* Run one case; accumulate: y starts at known values and must get += W x. */
 static void run_case(const gcase *c, bool accumulate) {
     ct_wt t = make(c);
     int64_t R = c->rows, C = c->cols;
     float *x = malloc((size_t)C * sizeof *x), *y = malloc((size_t)R * sizeof *y);
-    float *y0 = malloc((size_t)R * sizeof *y0), *row = malloc((size_t)C * sizeof *row);
+    float *y0 = malloc((size_t)R * sizeof *y0);
     double *xd = malloc((size_t)C * sizeof *xd);
     for (int64_t j = 0; j < C; j++)
         xd[j] = x[j] = ct_f(-1.0f, 1.0f);
@@ -97,18 +119,7 @@ static void run_case(const gcase *c, bool accumulate) {
     CT_OK(mk_cuda_gemv(&dw, dx, dy, accumulate, NULL));
     CT_OK(mk_cuda_sync());
     CT_OK(mk_cuda_download(y, dy, (size_t)R * sizeof *y));
-    double worst = 0.0;
-    for (int64_t r = 0; r < R; r++) {
-        double cond;
-        double ref = ct_dot(&t, r, xd, row, &cond) + (accumulate ? (double)y0[r] : 0.0);
-        double bound = 5e-6 * cond + (accumulate ? 1e-7 * fabs((double)y0[r]) : 0.0);
-        double err = fabs((double)y[r] - ref);
-        if (!(err <= bound))
-            fail_msg("%s%s: row %lld: device %.9g, reference %.9g, |diff| %.3g > bound %.3g", c->name,
-                     accumulate ? " (accumulate)" : "", (long long)r, (double)y[r], ref, err, bound);
-        if (bound > 0 && err / bound > worst)
-            worst = err / bound;
-    }
+    const double worst = check_rows(c->name, &t, xd, y, accumulate ? y0 : NULL);
     printf("  %-28s%s worst |diff|/bound %.3g\n", c->name, accumulate ? " +=" : "   ", worst);
     mk_cuda_wt_free(&dw);
     mk_cuda_free(dx);
@@ -116,8 +127,103 @@ static void run_case(const gcase *c, bool accumulate) {
     free(x);
     free(y);
     free(y0);
-    free(row);
     free(xd);
+    ct_free(&t);
+}
+
+/* mk_cuda_gemv_n (attention's q, k, v sharing x) in the block-scaled and
+ * FP4 formats: three weights of one kind and width, each y within the
+ * reference's bound and bitwise what mk_cuda_gemv gives that weight (the
+ * header's promise); affine for comparison. */
+static void test_gemv_n_formats(void **state) {
+    CT_NEED_GPU();
+    const gcase *kinds[] = {&g_cases[1], &g_cases[17], &g_cases[21], &g_cases[23]};
+    const int64_t rows[3] = {37, 64, 5};
+    for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+        const int64_t C = kinds[k]->cols;
+        ct_wt t[3];
+        mk_wt dw[3];
+        const mk_wt *dp[3];
+        void *dy[3], *dz[3], *dx;
+        float *x = malloc((size_t)C * sizeof *x);
+        double *xd = malloc((size_t)C * sizeof *xd);
+        assert_true(x && xd);
+        for (int64_t j = 0; j < C; j++)
+            xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+        CT_OK(mk_cuda_malloc(&dx, (size_t)C * sizeof *x, "x"));
+        CT_OK(mk_cuda_upload(dx, x, (size_t)C * sizeof *x));
+        for (int i = 0; i < 3; i++) {
+            gcase c = *kinds[k];
+            c.rows = rows[i];
+            t[i] = make(&c);
+            CT_OK(mk_cuda_wt_upload(&t[i].w, &dw[i], c.name));
+            dp[i] = &dw[i];
+            CT_OK(mk_cuda_malloc(&dy[i], (size_t)rows[i] * 4, "y"));
+            CT_OK(mk_cuda_malloc(&dz[i], (size_t)rows[i] * 4, "z"));
+            CT_OK(mk_cuda_memset(dz[i], 0xff, (size_t)rows[i] * 4));
+            CT_OK(mk_cuda_gemv(&dw[i], dx, dy[i], false, NULL));
+        }
+        CT_OK(mk_cuda_gemv_n(dp, 3, dx, (float *const *)dz, NULL));
+        CT_OK(mk_cuda_sync());
+        double worst = 0.0;
+        for (int i = 0; i < 3; i++) {
+            float *y = malloc((size_t)rows[i] * 4), *z = malloc((size_t)rows[i] * 4);
+            assert_true(y && z);
+            CT_OK(mk_cuda_download(y, dy[i], (size_t)rows[i] * 4));
+            CT_OK(mk_cuda_download(z, dz[i], (size_t)rows[i] * 4));
+            const double w = check_rows(kinds[k]->name, &t[i], xd, z, NULL);
+            worst = w > worst ? w : worst;
+            if (memcmp(y, z, (size_t)rows[i] * 4))
+                fail_msg("%s: weight %d of gemv_n differs from its gemv", kinds[k]->name, i);
+            free(y);
+            free(z);
+            mk_cuda_wt_free(&dw[i]);
+            mk_cuda_free(dy[i]);
+            mk_cuda_free(dz[i]);
+            ct_free(&t[i]);
+        }
+        printf("  gemv_n x3 %-24s worst |diff|/bound %.3g, bitwise gemv's\n", kinds[k]->name, worst);
+        mk_cuda_free(dx);
+        free(x);
+        free(xd);
+    }
+}
+
+/* MXFP4's E8M0 scale bytes at their ends: 0 is 2^-127 (a subnormal float,
+ * kept: no flush to zero) and 0xff is NaN, which must reach its row's y and
+ * no other row's. */
+static void test_fp4_scale_edges(void **state) {
+    CT_NEED_GPU();
+    const int64_t R = 3, C = 64;
+    ct_wt t = ct_fp4(R, C, false, 1.0f);
+    uint8_t *sc = (uint8_t *)t.w.scales; /* two blocks of 32 per row */
+    sc[0] = 0x00;
+    sc[2] = 0xff;
+    float x[64], y[3];
+    double xd[64];
+    for (int j = 0; j < C; j++)
+        xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+    mk_wt dw;
+    void *dx, *dy;
+    CT_OK(mk_cuda_wt_upload(&t.w, &dw, "mxfp4 scale edges"));
+    CT_OK(mk_cuda_malloc(&dx, sizeof x, "x"));
+    CT_OK(mk_cuda_malloc(&dy, sizeof y, "y"));
+    CT_OK(mk_cuda_upload(dx, x, sizeof x));
+    CT_OK(mk_cuda_gemv(&dw, dx, dy, false, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(y, dy, sizeof y));
+    if (!isnan(y[1]))
+        fail_msg("mxfp4: a NaN scale (0xff) gave row 1 y = %.9g, not NaN", (double)y[1]);
+    float row[64];
+    for (int64_t r = 0; r < R; r += 2) { /* rows 0 (a 2^-127 block) and 2 */
+        double cond, ref = ct_dot(&t, r, xd, row, &cond);
+        if (!(fabs((double)y[r] - ref) <= 5e-6 * cond))
+            fail_msg("mxfp4 scale edges: row %lld: device %.9g, reference %.9g", (long long)r, (double)y[r], ref);
+    }
+    printf("  mxfp4 E8M0 0x00 and 0xff: rows 0 and 2 within the bound, row 1 NaN\n");
+    mk_cuda_wt_free(&dw);
+    mk_cuda_free(dx);
+    mk_cuda_free(dy);
     ct_free(&t);
 }
 
@@ -226,6 +332,8 @@ int main(void) {
         cmocka_unit_test(test_kernels_switch),
         cmocka_unit_test(test_gemv_formats),
         cmocka_unit_test(test_gemv_accumulate),
+        cmocka_unit_test(test_gemv_n_formats),
+        cmocka_unit_test(test_fp4_scale_edges),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
