@@ -15,7 +15,7 @@ trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 CXX=${CXX:-g++}
 build() { # OUT [SRC_DIR]
-    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -I"$ROOT/include" -I"${2:-$ROOT/src}" \
+    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -I"$ROOT/include" -I"${2:-$ROOT/src}" -I"$ROOT/src" \
         "$ROOT/tests/emu/gdn_chunk_emu.cpp" -o "$1" -lpthread
 }
 build "$T/emu" || fail "the emulation does not build"

@@ -1,48 +1,21 @@
-// Host emulation of the CUDA backend's chunked Gated DeltaNet prefill kernel
-// (src/cuda/cuda_gdn_chunk.cuh, included as it is): a std::thread per CUDA
-// thread, a barrier for __syncthreads, a per-warp barrier for the warp sums,
-// std::atomic_ref for shared atomicAdd, blocks one after another. Its outputs
+// Host emulation (cuda_emu.h) of the CUDA backend's chunked Gated DeltaNet
+// prefill kernel (src/cuda/cuda_gdn_chunk.cuh, included as it is). Its outputs
 // and final state against the recurrence in double, token by token (as
 // tests/unit/test_backend_ops.c's gdn_case): the relative L2 errors, and exit
 // 1 past 1e-5. It checks the kernel's algebra, indexing and barriers without
 // a GPU; not the device's memory model or speed (the device runs
 // test_backend_ops for that). Usage: gdn_chunk_emu T NK NV DK DV [SEED].
-#include <atomic>
-#include <barrier>
-#include <cmath>
-#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <thread>
-#include <vector>
+
+#include "cuda_emu.h"
 extern "C" {
 #include "moekit/backend.h"
 }
-#define __global__
-#define __device__
-#define __forceinline__ inline
-#define __launch_bounds__(x)
-struct d3 { int x; };
-static thread_local d3 threadIdx;
-static d3 blockIdx;
-static std::barrier<> *g_bar;
-static std::barrier<> *g_warp[32];
-static float g_wv[32][32];
-#define __syncthreads() g_bar->arrive_and_wait()
-static float mkc_warp_sum(float v) {
-    int w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    g_wv[w][l] = v;
-    g_warp[w]->arrive_and_wait();
-    float s = 0;
-    for (int i = 0; i < 32; i++) s += g_wv[w][i];
-    g_warp[w]->arrive_and_wait();
-    return s;
-}
-static float atomicAdd(float *p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
-float sm[1 << 16]; /* the block's shared memory (extern __shared__ in the kernel) */
+/* the kernel's dynamic shared memory (extern __shared__: not a static) */
+float sm[1 << 16];
+#undef __shared__
 #define __shared__
-
-
 #include "cuda/cuda_gdn_chunk.cuh"
 
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }
@@ -62,16 +35,8 @@ int main(int argc, char **argv) {
     std::vector<float> S = S0;
     mk_gdn_args g = {qkv.data(), qkv.data() + NK * DK, qkv.data() + 2 * NK * DK, STR, aa.data(), bb.data(),
                      al.data(), dt.data(), S.data(), out.data(), T, NK, NV, DK, DV};
-    std::barrier<> bar(GDN_THREADS);
-    g_bar = &bar;
-    for (int w = 0; w < GDN_THREADS / 32; w++) g_warp[w] = new std::barrier<>(32);
-    for (int h = 0; h < NV; h++) {
-        blockIdx.x = h;
-        std::vector<std::thread> th;
-        for (int t = 0; t < GDN_THREADS; t++)
-            th.emplace_back([&, t] { threadIdx.x = t; k_gdn_chunk(g); });
-        for (auto &x : th) x.join();
-    }
+    for (int h = 0; h < NV; h++)
+        emu_block((unsigned)NV, (unsigned)h, GDN_THREADS, [&] { k_gdn_chunk(g); });
     // double reference, token by token (as test_backend_ops)
     std::vector<double> Sr(S0.begin(), S0.end()), orf(T * NV * DV), q(DK), k(DK), d(DV);
     for (int h = 0; h < NV; h++) {
@@ -111,7 +76,5 @@ int main(int argc, char **argv) {
     };
     const double eo = rel(out.data(), orf.data(), out.size()), es = rel(S.data(), Sr.data(), S.size());
     printf("T %d NK %d NV %d DK %d DV %d: out rel %.3e, state rel %.3e\n", T, NK, NV, DK, DV, eo, es);
-    for (int w = 0; w < GDN_THREADS / 32; w++)
-        delete g_warp[w];
     return eo <= 1e-5 && es <= 1e-5 ? 0 : 1;
 }
