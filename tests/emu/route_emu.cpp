@@ -62,7 +62,7 @@ int main() {
     for (const rcase &c : cases) {
         double worst = 0.0;
         int redraws = 0;
-        for (int draw = 0; draw < 20; draw++) {
+        for (int draw = 0; draw < 10; draw++) {
             std::vector<float> lg(c.E), bias(c.E);
             std::vector<double> s(c.E), ch(c.E);
             std::vector<int> want;
@@ -144,7 +144,7 @@ int main() {
                     break;
                 }
         }
-        printf("%-62s 20 draws (%d near-ties redrawn), worst weight rel %.2e\n", c.name, redraws, worst);
+        printf("%-62s 10 draws (%d near-ties redrawn), worst weight rel %.2e\n", c.name, redraws, worst);
     }
     return bad ? 1 : 0;
 }
