@@ -8,17 +8,8 @@
 # kernel's algebra, indexing and barriers are checked on machines without a
 # GPU (the device runs test_backend_ops' gdn cases on the real thing).
 # A control: the kernel with its decay mask off by one must fail.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-T=$(mktemp -d "${TMPDIR:-/tmp}/mk-emu-gdn-XXXXXX")
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-CXX=${CXX:-g++}
-build() { # OUT [SRC_DIR]
-    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -I"$ROOT/include" -I"${2:-$ROOT/src}" -I"$ROOT/src" \
-        "$ROOT/tests/emu/gdn_chunk_emu.cpp" -o "$1" -lpthread
-}
-build "$T/emu" || fail "the emulation does not build"
+. "$(dirname "$0")/../emu/emu.bash"
+emu_build "$T/emu" gdn_chunk_emu.cpp || fail "the emulation does not build"
 for shape in "70 1 2 128 128" "100 2 4 32 48" "37 1 2 96 64" "3 2 4 8 6" "2 1 1 128 128" "33 2 2 64 128"; do
     # shellcheck disable=SC2086
     "$T/emu" $shape || fail "chunked gdn, shape $shape: past 1e-5 of the double reference"
@@ -28,6 +19,6 @@ mkdir -p "$T/src/cuda"
 sed 's/const float e = r <= c ? expf/const float e = r < c ? expf/' "$ROOT/src/cuda/cuda_gdn_chunk.cuh" \
     > "$T/src/cuda/cuda_gdn_chunk.cuh"
 cmp -s "$ROOT/src/cuda/cuda_gdn_chunk.cuh" "$T/src/cuda/cuda_gdn_chunk.cuh" && fail "the control's edit did not apply"
-build "$T/emu_bad" "$T/src" || fail "the control does not build"
+emu_build "$T/emu_bad" gdn_chunk_emu.cpp "$T/src" || fail "the control does not build"
 if "$T/emu_bad" 70 1 2 128 128; then fail "the emulation passed a broken kernel"; fi
 echo "ok: the chunked gdn kernel matches the double recurrence in emulation; a broken mask is caught"

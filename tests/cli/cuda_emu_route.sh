@@ -7,17 +7,9 @@
 # grouped sigmoid, Kimi-K2's one-group sigmoid; the same experts in the same
 # order, weights within 1e-5. A control: the group step scoring a group by
 # its best choice alone (not its two best) must fail.
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-T=$(mktemp -d "${TMPDIR:-/tmp}/mk-emu-route-XXXXXX")
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
-CXX=${CXX:-g++}
-build() { # OUT [SRC_DIR]
-    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -I"$ROOT/include" \
-        -I"${2:-$ROOT/src}" -I"$ROOT/src" "$ROOT/tests/emu/route_emu.cpp" -o "$1" -lpthread
-}
-build "$T/emu" || fail "the emulation does not build"
+. "$(dirname "$0")/../emu/emu.bash"
+emu_build "$T/emu" route_emu.cpp || fail "the emulation does not build"
+"$T/emu" || fail "the emulation does not build"
 "$T/emu" || fail "the emulated routing differs from the reference"
 # the control: groups scored by their best choice only, not their two best
 mkdir -p "$T/src/cuda"
@@ -25,6 +17,6 @@ cp "$ROOT/src/cuda/cuda_route_block.cuh" "$T/src/cuda/"
 sed 's/gs\[g\] = c\[g \* per + b\[0\]\] + c\[g \* per + b\[1\]\];/gs[g] = c[g * per + b[0]];/' \
     "$ROOT/src/cuda/cuda_topk.cuh" > "$T/src/cuda/cuda_topk.cuh"
 cmp -s "$ROOT/src/cuda/cuda_topk.cuh" "$T/src/cuda/cuda_topk.cuh" && fail "the control's edit did not apply"
-build "$T/emu_bad" "$T/src" || fail "the control does not build"
+emu_build "$T/emu_bad" route_emu.cpp "$T/src" || fail "the control does not build"
 if "$T/emu_bad" > "$T/bad.log"; then fail "the emulation passed a broken group score"; fi
 echo "ok: the emulated fused routing matches the reference; a broken group score is caught"

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 
+#include "../unit/gdn_ref.h"
 #include "cuda_emu.h"
 extern "C" {
 #include "moekit/backend.h"
@@ -37,38 +38,10 @@ int main(int argc, char **argv) {
                      al.data(), dt.data(), S.data(), out.data(), T, NK, NV, DK, DV};
     for (int h = 0; h < NV; h++)
         emu_block((unsigned)NV, (unsigned)h, GDN_THREADS, [&] { k_gdn_chunk(g); });
-    // double reference, token by token (as test_backend_ops)
-    std::vector<double> Sr(S0.begin(), S0.end()), orf(T * NV * DV), q(DK), k(DK), d(DV);
-    for (int h = 0; h < NV; h++) {
-        int kh = h / (NV / NK);
-        double *Sh = Sr.data() + (int64_t)h * DK * DV;
-        for (int t = 0; t < T; t++) {
-            double nq = 0, nk = 0;
-            for (int i = 0; i < DK; i++) {
-                q[i] = qkv[t * STR + kh * DK + i];
-                k[i] = qkv[t * STR + NK * DK + kh * DK + i];
-                nq += q[i] * q[i];
-                nk += k[i] * k[i];
-            }
-            for (int i = 0; i < DK; i++) { q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK); k[i] = k[i] / sqrt(nk + 1e-6); }
-            double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
-            double xa = (double)aa[t * NV + h] + dt[h];
-            double sp = xa > 20 ? xa : log1p(exp(xa));
-            double decay = exp(-exp((double)al[h]) * sp);
-            for (int i = 0; i < DK * DV; i++) Sh[i] *= decay;
-            for (int j = 0; j < DV; j++) {
-                double sk = 0;
-                for (int i = 0; i < DK; i++) sk += Sh[i * DV + j] * k[i];
-                d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
-            }
-            for (int i = 0; i < DK; i++) for (int j = 0; j < DV; j++) Sh[i * DV + j] += k[i] * d[j];
-            for (int j = 0; j < DV; j++) {
-                double acc = 0;
-                for (int i = 0; i < DK; i++) acc += Sh[i * DV + j] * q[i];
-                orf[((int64_t)t * NV + h) * DV + j] = acc;
-            }
-        }
-    }
+    // the double recurrence (tests/unit/gdn_ref.h, test_backend_ops' reference)
+    std::vector<double> Sr(S0.begin(), S0.end()), orf(T * NV * DV);
+    if (!gdn_ref(qkv.data(), aa.data(), bb.data(), al.data(), dt.data(), T, NK, NV, DK, DV, Sr.data(), orf.data()))
+        return 2;
     auto rel = [](const float *a, const double *b, size_t n) {
         double e = 0, r = 0;
         for (size_t i = 0; i < n; i++) { e += (a[i] - b[i]) * (a[i] - b[i]); r += b[i] * b[i]; }

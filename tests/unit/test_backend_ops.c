@@ -29,6 +29,7 @@
 #include <string.h>
 
 #include "cuda/mk_cuda.h"
+#include "gdn_ref.h"
 #include "mk_test_util.h"
 #include "moekit/backend.h"
 #include "moekit/backend_cuda.h"
@@ -1248,49 +1249,10 @@ static void gdn_case(be_case *b, int T, int NK, int NV, int DK, int DV) {
     b->i->gdn(b->ctx, &g);
     float *o = back(b, dout, sizeof(float) * T * NV * DV), *S1 = back(b, dS, sizeof(float) * NV * DK * DV);
     double *Sr = malloc(sizeof(double) * (size_t)(NV * DK * DV)), *orf = malloc(sizeof(double) * (size_t)(T * NV * DV));
-    double *q = malloc(sizeof(double) * (size_t)DK), *k = malloc(sizeof(double) * (size_t)DK),
-           *d = malloc(sizeof(double) * (size_t)DV);
-    assert_true(Sr && orf && q && k && d);
+    assert_true(Sr && orf);
     for (int i = 0; i < NV * DK * DV; i++)
         Sr[i] = S0[i];
-    for (int h = 0; h < NV; h++) {
-        int kh = h / (NV / NK);
-        double *S = Sr + (int64_t)h * DK * DV;
-        for (int t = 0; t < T; t++) {
-            double nq = 0, nk = 0;
-            for (int i = 0; i < DK; i++) {
-                q[i] = qkv[t * STR + kh * DK + i];
-                k[i] = qkv[t * STR + NK * DK + kh * DK + i];
-                nq += q[i] * q[i];
-                nk += k[i] * k[i];
-            }
-            for (int i = 0; i < DK; i++) {
-                q[i] = q[i] / sqrt(nq + 1e-6) / sqrt((double)DK);
-                k[i] = k[i] / sqrt(nk + 1e-6);
-            }
-            double beta = 1.0 / (1.0 + exp(-(double)bb[t * NV + h]));
-            double xa = (double)aa[t * NV + h] + dt[h];
-            double sp = xa > 20 ? xa : log1p(exp(xa));
-            double decay = exp(-exp((double)al[h]) * sp);
-            for (int i = 0; i < DK * DV; i++)
-                S[i] *= decay;
-            for (int j = 0; j < DV; j++) {
-                double sk = 0;
-                for (int i = 0; i < DK; i++)
-                    sk += S[i * DV + j] * k[i];
-                d[j] = (qkv[t * STR + 2 * NK * DK + h * DV + j] - sk) * beta;
-            }
-            for (int i = 0; i < DK; i++)
-                for (int j = 0; j < DV; j++)
-                    S[i * DV + j] += k[i] * d[j];
-            for (int j = 0; j < DV; j++) {
-                double acc = 0;
-                for (int i = 0; i < DK; i++)
-                    acc += S[i * DV + j] * q[i];
-                orf[((int64_t)t * NV + h) * DV + j] = acc;
-            }
-        }
-    }
+    assert_true(gdn_ref(qkv, aa, bb, al, dt, T, NK, NV, DK, DV, Sr, orf));
     char what[96];
     snprintf(what, sizeof what, "gdn out n%d %dx%d", T, DK, DV);
     check_rel(b->name, what, o, orf, T * NV * DV, TOL_DOT);
@@ -1302,7 +1264,7 @@ static void gdn_case(be_case *b, int T, int NK, int NV, int DK, int DV) {
     float *fr[] = {qkv, aa, bb, al, dt, S0, o, S1};
     for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++)
         free(fr[i]);
-    double *frd[] = {Sr, orf, q, k, d};
+    double *frd[] = {Sr, orf};
     for (size_t i = 0; i < sizeof frd / sizeof frd[0]; i++)
         free(frd[i]);
 }
