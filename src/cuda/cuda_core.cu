@@ -253,39 +253,6 @@ extern "C" mk_status mk_cuda_host_read_bandwidth(size_t bytes, double *gbs) {
 
 /* ---- weight views ------------------------------------------------------ */
 
-static int sd_index(mk_dtype t) {
-    return t == MK_DT_F32 ? 0 : t == MK_DT_BF16 ? 1 : t == MK_DT_F16 ? 2 : -1;
-}
-
-int mkc_kind_of(const mk_wt *w) {
-    switch (w->fmt) {
-    case MK_WF_F32: return MKC_F32;
-    case MK_WF_BF16: return MKC_BF16;
-    case MK_WF_F16: return MKC_F16;
-    case MK_WF_AFFINE: {
-        int sd = sd_index(w->sdtype);
-        if (sd < 0 || (w->group != 32 && w->group != 64 && w->group != 128) || w->cols % w->group)
-            return -1;
-        if (w->bits == 4)
-            return MKC_A4_F32 + sd;
-        if (w->bits == 8)
-            return MKC_A8_F32 + sd;
-        return -1;
-    }
-    case MK_WF_FP8_E4M3: { /* block-scaled, a 16-byte chunk inside one column block */
-        int sd = sd_index(w->sdtype);
-        if (sd < 0 || !w->scales || w->block_r <= 0 || w->block_c <= 0 || w->block_c % 16 || w->cols % 16)
-            return -1;
-        return MKC_E4_F32 + sd;
-    }
-    case MK_WF_MXFP4: /* a 16-byte chunk: 32 codes under one E8M0 scale */
-        return w->scales && w->cols % 32 == 0 ? MKC_MX4 : -1;
-    case MK_WF_NVFP4: /* 32 codes under two E4M3 scales */
-        return w->scales && w->cols % 32 == 0 && w->global_scale > 0.0f ? MKC_NV4 : -1;
-    default: return -1;
-    }
-}
-
 extern "C" bool mk_cuda_wt_supported(const mk_wt *w) {
     return w && mkc_kind_of(w) >= 0;
 }
@@ -301,40 +268,6 @@ extern "C" size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
     else if (w->rows > 0) /* block scales: their share of a row, rounded up */
         n += (mk_wt_scale_bytes(w) + (size_t)w->rows - 1) / (size_t)w->rows;
     return n;
-}
-
-mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
-    int k = mkc_kind_of(w);
-    if (k < 0)
-        return mk_err(MK_E_UNSUPPORTED,
-                      "%s: the CUDA kernels take f32, bf16, f16, affine 4/8-bit (group 32/64/128, "
-                      "f32/bf16/f16 scales), block-scaled FP8 E4M3 (block columns a multiple of 16) "
-                      "and MXFP4/NVFP4 (columns a multiple of 32) weights, found format %d bits %d group %d",
-                      what, (int)w->fmt, w->bits, w->group);
-    memset(out, 0, sizeof *out);
-    out->data = (const uint8_t *)w->data;
-    out->scales = w->scales;
-    out->biases = w->biases;
-    out->rows = w->rows;
-    out->cols = w->cols;
-    out->row_bytes = (int64_t)mk_wt_row_bytes(w);
-    out->kind = k;
-    out->group = w->fmt == MK_WF_AFFINE ? w->group : 0;
-    out->ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
-    out->gshift = out->group == 32 ? 5 : out->group == 64 ? 6 : out->group == 128 ? 7 : 0;
-    out->gs = w->global_scale;
-    if (mkc_is_fp8(k)) {
-        out->br = w->block_r;
-        out->cpb = w->block_c / 16;
-        out->nbc = (int32_t)((w->cols + w->block_c - 1) / w->block_c);
-    }
-    /* 16-byte chunks: affine rows are always whole chunks (cols % 32 == 0 at
-     * 4 and 8 bits), FP8 ones too (cols % 16 == 0); plain rows when the row
-     * length is a multiple of 16 B */
-    out->vec = w->fmt == MK_WF_AFFINE || mkc_is_fp8(k) || k == MKC_MX4 || k == MKC_NV4 || out->row_bytes % 16 == 0;
-    if (((uintptr_t)w->data & 15) != 0)
-        return mk_err(MK_E_ARG, "%s: device weight data must be 16-byte aligned", what);
-    return MK_OK;
 }
 
 extern "C" mk_status mk_cuda_wt_upload(const mk_wt *host, mk_wt *dev, const char *what) {

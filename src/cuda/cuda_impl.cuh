@@ -24,6 +24,7 @@
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "cuda/mk_cuda.h"
 
@@ -71,11 +72,10 @@ struct mkc_w {
     float gs;             /* NVFP4: the global scale */
 };
 
-/* Host: kind of a weight view, -1 when the device does not take it. */
-int mkc_kind_of(const mk_wt *w);
-/* Host: fill a device view from a (device-pointer) mk_wt; MK_E_UNSUPPORTED
- * naming `what` when the format is not one the kernels take. */
-mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out);
+/* Host: mkc_kind_of (kind of a weight view, -1 when the device does not
+ * take it) and mkc_view (a device view from a device-pointer mk_wt;
+ * MK_E_UNSUPPORTED naming `what` when the kernels do not take the format). */
+#include "cuda/cuda_view.cuh"
 /* Host: map a CUDA error to an mk_status with message "<what>: <cuda text>". */
 mk_status mkc_fail(cudaError_t e, const char *what);
 #define MKC_TRY(call, what)                       \
@@ -158,11 +158,15 @@ __device__ __forceinline__ void mkc_dot_byte(uint32_t w, const float *x, float *
 /* 16 bytes of weights that are read once: no L1 allocation, so the
  * streaming weights do not evict x (which every warp of the block re-reads) */
 __device__ __forceinline__ uint4 mkc_ldw(const void *p) {
+#ifdef MK_CUDA_EMU /* the host emulation of device code (tests/emu/cuda_emu.h) */
+    return *(const uint4 *)p;
+#else
     uint4 r;
     asm("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
         : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
         : "l"(p));
     return r;
+#endif
 }
 
 /* The padded layout of x in shared memory (xpad 4; 0: plain): 4 floats of

@@ -8,6 +8,9 @@
 # kernel's algebra, indexing and barriers are checked on machines without a
 # GPU (the device runs test_backend_ops' gdn cases on the real thing).
 # A control: the kernel with its decay mask off by one must fail.
+# The emulations build their own code (not the build type's): they run in
+# the release suite only.
+# ctest-labels: slow
 . "$(dirname "$0")/../emu/emu.bash"
 emu_build "$T/emu" gdn_chunk_emu.cpp || fail "the emulation does not build"
 for shape in "70 1 2 128 128" "100 2 4 32 48" "37 1 2 96 64" "3 2 4 8 6" "2 1 1 128 128" "33 2 2 64 128"; do

@@ -7,6 +7,9 @@
 # grouped sigmoid, Kimi-K2's one-group sigmoid; the same experts in the same
 # order, weights within 1e-5. A control: the group step scoring a group by
 # its best choice alone (not its two best) must fail.
+# The emulations build their own code (not the build type's): they run in
+# the release suite only.
+# ctest-labels: slow
 . "$(dirname "$0")/../emu/emu.bash"
 emu_build "$T/emu" route_emu.cpp || fail "the emulation does not build"
 "$T/emu" || fail "the emulation does not build"

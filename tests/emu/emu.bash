@@ -11,9 +11,20 @@ T=$(mktemp -d "${TMPDIR:-/tmp}/mk-emu-XXXXXX")
 trap 'rm -rf "$T"' EXIT
 fail() { echo "FAIL: $*" >&2; exit 1; }
 CXX=${CXX:-g++}
-emu_build() {
-    local inc=()
+CUDA_INC=${CUDA_HOME:-/usr/local/cuda}/include
+emu_build() { # OUT SOURCE [OVERRIDE_DIR [OBJECTS...]]
+    local out=$1 src=$2 inc=()
     [ -n "${3:-}" ] && inc=(-I"$3")
+    shift 2
+    [ $# -gt 0 ] && shift
     "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare \
-        -I"$ROOT/include" "${inc[@]}" -I"$ROOT/src" "$ROOT/tests/emu/$2" -o "$1" -lpthread
+        -I"$ROOT/include" "${inc[@]}" -I"$ROOT/src" -I"$CUDA_INC" "$ROOT/tests/emu/$src" "$@" -o "$out" -lpthread
+}
+# C objects a harness links (its reference over the CPU's dequantizer): OUTDIR SOURCES...
+emu_objects() {
+    local dir=$1
+    shift
+    mkdir -p "$dir"
+    (cd "$dir" && "${CC:-gcc}" -std=c11 -D_GNU_SOURCE -O1 -c -I"$ROOT/include" -I"$ROOT/src" -I"$ROOT/tests/unit" \
+        -I"$ROOT/tests/emu" "$@")
 }

@@ -13,6 +13,13 @@
 extern "C" {
 #include "moekit/backend.h"
 }
+/* cuda_impl.cuh's warp sum (that header needs the CUDA toolkit's; this
+ * emulation runs without it) */
+inline float mkc_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
 /* the kernel's dynamic shared memory (extern __shared__: not a static) */
 float sm[1 << 16];
 #undef __shared__

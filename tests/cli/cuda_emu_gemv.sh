@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The CUDA GEMV kernels (src/cuda/cuda_gemv_kernel.cuh over cuda_impl.cuh's
+# dot products, views from cuda_view.cuh) run on the CPU by a host emulation
+# (tests/emu/gemv_emu.cpp over tests/emu/cuda_emu.h) in every weight format
+# the device takes, affine 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3,
+# MXFP4 and NVFP4, both kernel generations and every staging of x: each y
+# within test_cuda_gemv's bound of the double reference over the CPU's
+# dequantizer, k_gemv_n bitwise k_gemv. Needs the CUDA toolkit's headers
+# (cuda_fp16.h, cuda_fp8.h: their host conversions); skipped without them.
+# A control: E8M0 scales decoded one power of two too high must fail.
+# The emulations build their own code (not the build type's): they run in
+# the release suite only.
+# ctest-labels: slow
+. "$(dirname "$0")/../emu/emu.bash"
+if [ ! -f "$CUDA_INC/cuda_fp16.h" ]; then
+    echo "skip: no CUDA headers at $CUDA_INC (set CUDA_HOME)"
+    exit 77
+fi
+emu_objects "$T/obj" "$ROOT/tests/emu/gemv_ref.c" "$ROOT/src/core/wt.c" "$ROOT/src/core/dtype.c" \
+    "$ROOT/src/core/status.c" || fail "the reference does not build"
+OBJ=("$T"/obj/*.o)
+emu_build "$T/emu" gemv_emu.cpp "" "${OBJ[@]}" || fail "the emulation does not build"
+"$T/emu" || fail "the emulated GEMV differs from the reference"
+mkdir -p "$T/src/cuda"
+sed 's/__uint_as_float(b << 23)/__uint_as_float((b + 1) << 23)/' "$ROOT/src/cuda/cuda_impl.cuh" \
+    > "$T/src/cuda/cuda_impl.cuh"
+cmp -s "$ROOT/src/cuda/cuda_impl.cuh" "$T/src/cuda/cuda_impl.cuh" && fail "the control's edit did not apply"
+emu_build "$T/emu_bad" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the control does not build"
+if "$T/emu_bad" mxfp4 > "$T/bad.log"; then fail "the emulation passed a broken E8M0 decode"; fi
+grep -q "FAIL mxfp4" "$T/bad.log" || fail "the control failed elsewhere than MXFP4: $(head -3 "$T/bad.log")"
+echo "ok: the emulated GEMV kernels match the reference in every format; a broken E8M0 decode is caught"

@@ -1,0 +1,127 @@
+// Host emulation (cuda_emu.h) of the GEMV kernels (src/cuda/cuda_gemv_kernel.cuh
+// with cuda_impl.cuh's dot products, included as they are; views made by
+// cuda_view.cuh's mkc_view) in every weight format the device takes: affine
+// 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3, MXFP4, NVFP4; both kernel
+// generations and every way of staging x. Each y within test_cuda_gemv's
+// bound of the double reference (gemv_ref.c: mk_wt_dequant_row, the CPU's
+// definition of each format); k_gemv_n's rows bitwise k_gemv's. Checks the
+// decoding (the E4M3 conversion is the CUDA headers' host version of the
+// same intrinsic), the scale indexing and the lanes' partition; not the
+// device's memory model or speed. Exit 1 on a mismatch.
+#include <cstdio>
+#include <cstdlib>
+
+#include "cuda_emu.h"
+#include "cuda/cuda_impl.cuh"
+#include "gemv_ref.h"
+/* the kernels' dynamic shared memory (extern __shared__, not a static) */
+#undef __shared__
+#define __shared__
+float4 mkc_sm4[MKC_SMEM_MAX / 16];
+#include "cuda/cuda_gemv_kernel.cuh"
+
+struct gcase {
+    const char *name;
+    int kind;
+    int bits, group, sd;
+    int64_t rows, cols;
+    int br, bc;
+};
+
+static int g_bad;
+
+// y = W x on the emulated device: one launch of k_gemv<P>
+static void run_gemv(const mkc_w &v, const float *x, float *y, bool P, int staged) {
+    const int64_t warps = (v.rows + GEMV_ROWS - 1) / GEMV_ROWS, blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    for (int64_t b = 0; b < blocks; b++)
+        emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] {
+            if (P)
+                k_gemv<true>(v, x, y, 0, staged);
+            else
+                k_gemv<false>(v, x, y, 0, staged);
+        });
+}
+
+int main(int argc, char **argv) {
+    const char *only = argc > 1 ? argv[1] : nullptr; /* run the cases whose name has this */
+    const gcase cases[] = {
+        {"affine4 g64 bf16 13x320", EMU_AFFINE, 4, 64, MK_DT_BF16, 13, 320, 0, 0},
+        {"affine4 g32 f16 9x224", EMU_AFFINE, 4, 32, MK_DT_F16, 9, 224, 0, 0},
+        {"affine8 g64 f32 9x448", EMU_AFFINE, 8, 64, MK_DT_F32, 9, 448, 0, 0},
+        {"affine8 g128 bf16 5x768", EMU_AFFINE, 8, 128, MK_DT_BF16, 5, 768, 0, 0},
+        {"bf16 11x37 (scalar path)", EMU_BF16, 0, 0, MK_DT_BF16, 11, 37, 0, 0},
+        {"bf16 5x1000", EMU_BF16, 0, 0, MK_DT_BF16, 5, 1000, 0, 0},
+        {"f16 9x72", EMU_F16, 0, 0, MK_DT_F16, 9, 72, 0, 0},
+        {"f32 7x132", EMU_F32, 0, 0, MK_DT_F32, 7, 132, 0, 0},
+        {"fp8 e4m3 128x128 f32 130x448", EMU_FP8, 0, 0, MK_DT_F32, 130, 448, 128, 128},
+        {"fp8 e4m3 64x32 f16 66x96", EMU_FP8, 0, 0, MK_DT_F16, 66, 96, 64, 32},
+        {"fp8 e4m3 128x128 bf16 3x2048", EMU_FP8, 0, 0, MK_DT_BF16, 3, 2048, 128, 128},
+        {"mxfp4 9x320", EMU_MXFP4, 4, 32, MK_DT_U8, 9, 320, 0, 0},
+        {"mxfp4 5x2880 (gpt-oss width)", EMU_MXFP4, 4, 32, MK_DT_U8, 5, 2880, 0, 0},
+        {"nvfp4 9x96", EMU_NVFP4, 4, 16, MK_DT_U8, 9, 96, 0, 0},
+        {"nvfp4 7x2048", EMU_NVFP4, 4, 16, MK_DT_U8, 7, 2048, 0, 0},
+    };
+    for (const gcase &c : cases) {
+        if (only && !std::strstr(c.name, only))
+            continue;
+        void *t = emu_weight(c.kind, c.rows, c.cols, c.bits, c.group, c.sd, c.br, c.bc);
+        mkc_w v;
+        if (mkc_view(emu_view(t), c.name, &v) != MK_OK) {
+            printf("FAIL %s: %s\n", c.name, mk_err_msg());
+            g_bad++;
+            continue;
+        }
+        std::vector<float> x(c.cols), y(c.rows), y2(c.rows);
+        std::vector<double> xd(c.cols);
+        for (int64_t j = 0; j < c.cols; j++)
+            xd[j] = x[j] = emu_rand(-1.0f, 1.0f);
+        double worst = 0.0;
+        int runs = 0;
+        for (int P = 0; P < 2; P++)
+            for (int staged = 0; staged < 3; staged++) {
+                if (staged == 2 && !(mkc_pads(v.kind) && c.cols % 32 == 0)) /* as cuda_gemv.cu's stage_mode */
+                    continue;
+                if (staged == 1 && c.cols % 4)
+                    continue;
+                std::fill(y.begin(), y.end(), NAN);
+                run_gemv(v, x.data(), y.data(), P, staged);
+                runs++;
+                for (int64_t r = 0; r < c.rows; r++) {
+                    double cond, ref = emu_ref(t, r, xd.data(), &cond);
+                    double err = fabs((double)y[r] - ref), bound = 5e-6 * cond;
+                    if (!(err <= bound)) {
+                        printf("FAIL %s (generation %d, staged %d): row %lld: %.9g, reference %.9g, bound %.3g\n",
+                               c.name, P + 1, staged, (long long)r, (double)y[r], ref, bound);
+                        g_bad++;
+                        break;
+                    }
+                    worst = std::max(worst, bound > 0 ? err / bound : 0.0);
+                }
+            }
+        /* k_gemv_n: this weight twice, rows bitwise k_gemv's */
+        mkc_gemv_n a;
+        std::memset(&a, 0, sizeof a);
+        std::vector<float> z[2];
+        int64_t warps = 0;
+        a.count = 2;
+        for (int i = 0; i < 2; i++) {
+            z[i].assign(c.rows, NAN);
+            a.w[i] = v;
+            a.y[i] = z[i].data();
+            warps += (c.rows + GEMV_ROWS - 1) / GEMV_ROWS;
+            a.wend[i] = warps;
+        }
+        run_gemv(v, x.data(), y2.data(), true, 0);
+        const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_n<true>(a, x.data(), 0); });
+        for (int i = 0; i < 2; i++)
+            if (std::memcmp(z[i].data(), y2.data(), (size_t)c.rows * 4)) {
+                printf("FAIL %s: k_gemv_n matrix %d differs from k_gemv\n", c.name, i);
+                g_bad++;
+            }
+        printf("%-32s %d launches, worst |diff|/bound %.3g; gemv_n bitwise\n", c.name, runs, worst);
+        emu_weight_free(t);
+    }
+    return g_bad ? 1 : 0;
+}
