@@ -3,7 +3,7 @@
  * (tests/cli/cuda_emu_gdn.sh: a std::thread per CUDA thread, barriers for
  * __syncthreads) can run this very code against a double reference on
  * machines without a GPU. It includes nothing: the includer provides
- * mk_gdn_args, mkc_warp_sum and the math functions. */
+ * mk_gdn_args, mkc_warp_sum, MKC_DYN_SMEM and the math functions. */
 #ifndef MK_CUDA_GDN_CHUNK_CUH
 #define MK_CUDA_GDN_CHUNK_CUH
 
@@ -35,7 +35,7 @@ static __device__ float softplus(float x) {
 #define GDN_DMAX 128
 
 __global__ void __launch_bounds__(GDN_THREADS) k_gdn_chunk(mk_gdn_args a) {
-    extern __shared__ float sm[];
+    MKC_DYN_SMEM(float, sm);
     const int dk = a.dk, dv = a.dv, KP = dk + 1;
     float *qn = sm, *kn = qn + GDN_C * KP, *d = kn + GDN_C * KP, *sq = d + GDN_C * dv;
     float *kk = sq + GDN_C * dv, *qk = kk + GDN_C * GDN_C, *G = qk + GDN_C * GDN_C, *beta = G + GDN_C,

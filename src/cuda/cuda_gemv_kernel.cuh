@@ -11,7 +11,7 @@
 template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
                                                             float *__restrict__ y, int accumulate, int staged) {
-    extern __shared__ float4 mkc_sm4[];
+    MKC_DYN_SMEM(float4, mkc_sm4);
     const float *x = xg;
     int xpad = 0;
     if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory
@@ -61,7 +61,7 @@ struct mkc_gemv_n {
 template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
                                                               const float *__restrict__ xg, int staged) {
-    extern __shared__ float4 mkc_sm4[];
+    MKC_DYN_SMEM(float4, mkc_sm4);
     const float *x = xg;
     int xpad = 0;
     if (staged) { /* as k_gemv */

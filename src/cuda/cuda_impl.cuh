@@ -28,6 +28,15 @@
 
 #include "cuda/mk_cuda.h"
 
+/* A kernel's dynamic shared memory: `extern __shared__ T name[]`; in the
+ * host emulation of device code (tests/emu/cuda_emu.h) the emulated
+ * block's buffer. */
+#ifdef MK_CUDA_EMU
+#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
+#else
+#define MKC_DYN_SMEM(T, name) extern __shared__ T name[]
+#endif
+
 /* Format kinds the kernels switch on (warp-uniform). */
 enum mkc_kind {
     MKC_F32 = 0,

@@ -1,22 +1,27 @@
 // A host emulation of the CUDA execution model, enough to run moekit's
 // device code headers on the CPU (tests/cli/cuda_emu_*.sh): one block at a
-// time, a std::thread per CUDA thread, a barrier for __syncthreads, a
-// per-warp barrier for the warp shuffles, function-scope __shared__ arrays
-// as statics (one block runs at a time, so they are the block's), and
-// std::atomic_ref for atomicAdd. Checks a kernel's algebra, indexing and
-// barriers without a GPU; not the device's memory model, its math
-// functions (host expf, not the device's) or its speed.
+// time, each CUDA thread a fiber (ucontext) of one OS thread, run until it
+// reaches a barrier: __syncthreads waits for every live thread of the
+// block, a warp shuffle for every live lane of its warp (each lane writes,
+// waits, reads its partner's). Function-scope __shared__ arrays are
+// statics (one block runs at a time, so they are the block's). A barrier
+// that can never complete (threads of a block waiting at different ones)
+// aborts. Checks a kernel's algebra, indexing and barriers without a GPU;
+// not the device's memory model, its math functions (host expf, not the
+// device's) or its speed.
 #ifndef MK_TESTS_CUDA_EMU_H
 #define MK_TESTS_CUDA_EMU_H
 
+#include <ucontext.h>
+
 #include <atomic>
-#include <barrier>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <thread>
 #include <vector>
 
 #define __global__
@@ -26,24 +31,44 @@
 #define __grid_constant__
 #define MK_CUDA_EMU 1
 #define __shared__ static
-#define __syncthreads() emu_bar->arrive_and_wait()
+#define __syncthreads() emu_yield(1)
 
 struct emu_dim {
     unsigned x;
 };
-inline thread_local emu_dim threadIdx;
-inline emu_dim blockIdx, blockDim, gridDim;
-inline std::barrier<> *emu_bar;
-inline std::barrier<> *emu_warp[32];
-inline float emu_wv[32][32];
+inline emu_dim threadIdx, blockIdx, blockDim, gridDim;
+inline float emu_wv[2][32][32]; /* a buffer per parity of the warp's shuffle count */
+inline unsigned emu_wphase[32];
 
+struct emu_fiber {
+    ucontext_t ctx;
+    char *stack = nullptr;
+    int state = 0; /* 0 runnable, 1 at __syncthreads, 2 at a warp barrier, 3 done */
+};
+inline std::vector<emu_fiber> emu_f;
+inline ucontext_t emu_main;
+inline unsigned emu_cur;
+inline std::function<void()> emu_job;
+constexpr size_t EMU_STACK = 256 * 1024;
+
+// back to the scheduler, waiting at barrier kind st
+inline void emu_yield(int st) {
+    emu_f[emu_cur].state = st;
+    swapcontext(&emu_f[emu_cur].ctx, &emu_main);
+}
+inline void emu_entry() {
+    emu_job();
+    emu_f[emu_cur].state = 3;
+    swapcontext(&emu_f[emu_cur].ctx, &emu_main);
+}
 inline float __shfl_xor_sync(unsigned, float v, int o) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    emu_wv[w][l] = v;
-    emu_warp[w]->arrive_and_wait();
-    const float r = emu_wv[w][l ^ (unsigned)o];
-    emu_warp[w]->arrive_and_wait();
-    return r;
+    /* one wait per shuffle: the other parity's buffer is free again, as
+     * every lane has read it before reaching this shuffle's wait */
+    const unsigned ph = emu_wphase[w] & 1;
+    emu_wv[ph][w][l] = v;
+    emu_yield(2);
+    return emu_wv[ph][w][l ^ (unsigned)o]; /* the scheduler flipped the parity at the release */
 }
 inline float __uint_as_float(uint32_t u) {
     float f;
@@ -66,69 +91,75 @@ inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
 template <class T> inline T __ldcg(const T *p) { return *p; }
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline float atomicAdd(float *p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
+inline unsigned atomicAdd(unsigned *p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+// the emulated block's dynamic shared memory (MKC_DYN_SMEM in cuda_impl.cuh)
+alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
 inline void __threadfence() {}
 
-// The threads of a block: n workers kept between blocks (creating 256
-// threads per block cost more than the blocks' work), started and joined
-// through two barriers with the caller.
-struct emu_pool {
-    unsigned n = 0;
-    std::vector<std::thread> th;
-    std::unique_ptr<std::barrier<>> start, done, bar;
-    std::vector<std::unique_ptr<std::barrier<>>> warps;
-    std::function<void()> job;
-    bool quit = false;
-    void stop() {
-        if (!n)
-            return;
-        quit = true;
-        start->arrive_and_wait();
-        for (auto &t : th)
-            t.join();
-        th.clear();
-        n = 0;
-        quit = false;
-    }
-    void ensure(unsigned want) {
-        if (n == want)
-            return;
-        stop();
-        n = want;
-        start.reset(new std::barrier<>((std::ptrdiff_t)n + 1));
-        done.reset(new std::barrier<>((std::ptrdiff_t)n + 1));
-        bar.reset(new std::barrier<>((std::ptrdiff_t)n));
-        warps.clear();
-        for (unsigned w = 0; w < n / 32; w++)
-            warps.emplace_back(new std::barrier<>(32));
-        for (unsigned t = 0; t < n; t++)
-            th.emplace_back([this, t] {
-                threadIdx.x = t;
-                for (;;) {
-                    start->arrive_and_wait();
-                    if (quit)
-                        return;
-                    job();
-                    done->arrive_and_wait();
-                }
-            });
-    }
-    ~emu_pool() { stop(); }
-};
-inline emu_pool emu_threads;
-
 // Run fn() as block `block` of a grid of `grid` blocks of n threads (n a
-// multiple of 32, at most 1024).
+// multiple of 32, at most 1024): every fiber runs until it waits or ends;
+// then the warps whose live lanes all wait at a warp barrier go on, else,
+// when every live thread waits at __syncthreads, all go on.
 template <class F> void emu_block(unsigned grid, unsigned block, unsigned n, F fn) {
-    emu_threads.ensure(n);
-    emu_bar = emu_threads.bar.get();
-    for (unsigned w = 0; w < n / 32; w++)
-        emu_warp[w] = emu_threads.warps[w].get();
     blockIdx.x = block;
     blockDim.x = n;
     gridDim.x = grid;
-    emu_threads.job = fn;
-    emu_threads.start->arrive_and_wait();
-    emu_threads.done->arrive_and_wait();
+    emu_job = fn;
+    if (emu_f.size() < n)
+        emu_f.resize(n);
+    for (unsigned w = 0; w < 32; w++)
+        emu_wphase[w] = 0;
+    for (unsigned t = 0; t < n; t++) {
+        emu_fiber &f = emu_f[t];
+        if (!f.stack)
+            f.stack = new char[EMU_STACK];
+        getcontext(&f.ctx);
+        f.ctx.uc_stack.ss_sp = f.stack;
+        f.ctx.uc_stack.ss_size = EMU_STACK;
+        f.ctx.uc_link = nullptr;
+        makecontext(&f.ctx, (void (*)())emu_entry, 0);
+        f.state = 0;
+    }
+    for (;;) {
+        for (unsigned t = 0; t < n; t++)
+            if (emu_f[t].state == 0) {
+                emu_cur = t;
+                threadIdx.x = t;
+                swapcontext(&emu_main, &emu_f[t].ctx);
+            }
+        bool live = false, released = false, all_sync = true;
+        for (unsigned w = 0; w < n / 32; w++) {
+            bool any = false, all2 = true;
+            for (unsigned l = 0; l < 32; l++) {
+                const int st = emu_f[w * 32 + l].state;
+                if (st == 3)
+                    continue;
+                any = true;
+                all2 &= st == 2;
+                all_sync &= st == 1;
+            }
+            live |= any;
+            if (any && all2) {
+                emu_wphase[w]++;
+                for (unsigned l = 0; l < 32; l++)
+                    if (emu_f[w * 32 + l].state == 2)
+                        emu_f[w * 32 + l].state = 0;
+                released = true;
+            }
+        }
+        if (!live)
+            return;
+        if (released)
+            continue;
+        if (!all_sync) {
+            std::fprintf(stderr, "cuda_emu: block %u: threads wait at different barriers (a divergent "
+                                 "__syncthreads or shuffle)\n", block);
+            std::abort();
+        }
+        for (unsigned t = 0; t < n; t++)
+            if (emu_f[t].state == 1)
+                emu_f[t].state = 0;
+    }
 }
 
 #endif

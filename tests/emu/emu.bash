@@ -17,7 +17,7 @@ emu_build() { # OUT SOURCE [OVERRIDE_DIR [OBJECTS...]]
     [ -n "${3:-}" ] && inc=(-I"$3")
     shift 2
     [ $# -gt 0 ] && shift
-    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare \
+    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -Wno-missing-field-initializers \
         -I"$ROOT/include" "${inc[@]}" -I"$ROOT/src" -I"$CUDA_INC" "$ROOT/tests/emu/$src" "$@" -o "$out" -lpthread
 }
 # C objects a harness links (its reference over the CPU's dequantizer): OUTDIR SOURCES...

@@ -20,10 +20,7 @@ inline float mkc_warp_sum(float v) {
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-/* the kernel's dynamic shared memory (extern __shared__: not a static) */
-float sm[1 << 16];
-#undef __shared__
-#define __shared__
+#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem /* cuda_impl.cuh's, without its header */
 #include "cuda/cuda_gdn_chunk.cuh"
 
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }

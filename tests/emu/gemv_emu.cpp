@@ -14,10 +14,6 @@
 #include "cuda_emu.h"
 #include "cuda/cuda_impl.cuh"
 #include "gemv_ref.h"
-/* the kernels' dynamic shared memory (extern __shared__, not a static) */
-#undef __shared__
-#define __shared__
-float4 mkc_sm4[MKC_SMEM_MAX / 16];
 #include "cuda/cuda_gemv_kernel.cuh"
 
 struct gcase {

@@ -1,0 +1,425 @@
+/* The fused MoE step's kernels (k_router, k_gateup, k_down, k_down2; the
+ * launch code and the persistent stack are cuda_moe.cu's). A header of its
+ * own so that the host emulation (tests/cli/cuda_emu_moe.sh) runs these very
+ * kernels. The includer provides cuda_impl.cuh and cuda_route_block.cuh. */
+#ifndef MK_CUDA_MOE_KERNELS_CUH
+#define MK_CUDA_MOE_KERNELS_CUH
+
+#define MOE_WARPS 8
+
+/* ---- kernels ------------------------------------------------------------ */
+
+/* Programmatic dependent launch (when launched with the attribute; no-ops
+ * otherwise): wait until the previous kernel in the stream has completed
+ * and its writes are visible, then let the next kernel be launched, so its
+ * launch and block set-up overlap this kernel's run. Waiting first keeps
+ * every read after the producer's writes, transitively across kernels. */
+__device__ __forceinline__ void mkc_pdl_enter(void) {
+#ifndef MK_CUDA_EMU /* the host emulation runs kernels one after another */
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+struct moe_args {
+    mkc_w router, sgw, gate, up, down, shg, shu, shd;
+    mkc_w cgate, cup, cdown;  /* the VRAM cache's slots (with slot_of) */
+    const int32_t *slot_of;   /* expert -> cache slot or -1; NULL: no cache */
+    int32_t *counts;          /* routing counts per expert, or NULL */
+    int32_t E, k, I, Is, H;
+    int32_t has_shared, has_sg, score, norm;
+    float scale;
+    const float *bias; /* the routing's selection bias, or NULL */
+    int32_t G, TG;     /* its group limit (1: none) */
+};
+
+/* Host: */
+/* moe_args of one layer (views checked) */
+static inline mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
+    memset(a, 0, sizeof *a);
+    MK_TRY(mkc_view(&m->router, "router", &a->router));
+    MK_TRY(mkc_view(&m->gate, "experts' gate_proj", &a->gate));
+    MK_TRY(mkc_view(&m->up, "experts' up_proj", &a->up));
+    MK_TRY(mkc_view(&m->down, "experts' down_proj", &a->down));
+    if (m->has_shared) {
+        MK_TRY(mkc_view(&m->sh_gate, "shared expert's gate_proj", &a->shg));
+        MK_TRY(mkc_view(&m->sh_up, "shared expert's up_proj", &a->shu));
+        MK_TRY(mkc_view(&m->sh_down, "shared expert's down_proj", &a->shd));
+    }
+    if (m->has_shared_gate)
+        MK_TRY(mkc_view(&m->sh_gate_w, "shared_expert_gate", &a->sgw));
+    a->E = (int32_t)m->n_experts;
+    a->k = (int32_t)m->top_k;
+    a->I = (int32_t)m->inter;
+    a->Is = m->has_shared ? (int32_t)m->shared_inter : 0;
+    a->H = (int32_t)m->hidden;
+    a->has_shared = m->has_shared;
+    a->has_sg = m->has_shared_gate;
+    a->score = m->score;
+    a->norm = m->norm_topk;
+    a->scale = m->scale;
+    a->bias = m->sel_bias;
+    a->G = m->n_group > 1 ? m->n_group : 1;
+    a->TG = m->topk_group > 1 ? m->topk_group : 1;
+    if (m->slot_of) {
+        MK_TRY(mkc_view(&m->cgate, "expert cache's gate_proj", &a->cgate));
+        MK_TRY(mkc_view(&m->cup, "expert cache's up_proj", &a->cup));
+        MK_TRY(mkc_view(&m->cdown, "expert cache's down_proj", &a->cdown));
+        a->slot_of = m->slot_of;
+    }
+    a->counts = m->counts;
+    return MK_OK;
+}
+
+/* A router (or shared-gate) row of an affine kind with at most 32
+ * ROUTER_U chunks: loaded before the wait, summed after it. */
+#define ROUTER_U 4
+
+template <int BITS, int SD>
+__device__ __forceinline__ float router_row(const mkc_w &w, int64_t row, const float *x, int lane) {
+    mkc_primed<ROUTER_U> p;
+    mkc_prime<BITS, SD, ROUTER_U>(w, row, lane, p);
+    mkc_pdl_enter();
+    return mkc_primed_dot<BITS, ROUTER_U>(p, w.row_bytes / 16, x, lane);
+}
+
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
+             unsigned *ticket, int32_t *loc) {
+    __shared__ bool last;
+    const int lane = threadIdx.x & 31;
+    const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    if (t < a.E + a.has_sg) {
+        const mkc_w &rw = t < a.E ? a.router : a.sgw;
+        const int64_t row = t < a.E ? t : 0;
+        float acc = 0.0f;
+        /* the row's weights are loaded before waiting for x (they do not
+         * depend on the previous kernel): under programmatic dependent launch
+         * their latency overlaps the previous kernel's end */
+        const bool primed = mkc_is_aff(rw.kind) && rw.row_bytes / 16 <= 32 * ROUTER_U;
+        if (primed) {
+            switch (rw.kind) {
+            case MKC_A4_F32: acc = router_row<4, 0>(rw, row, x, lane); break;
+            case MKC_A4_BF16: acc = router_row<4, 1>(rw, row, x, lane); break;
+            case MKC_A4_F16: acc = router_row<4, 2>(rw, row, x, lane); break;
+            case MKC_A8_F32: acc = router_row<8, 0>(rw, row, x, lane); break;
+            case MKC_A8_BF16: acc = router_row<8, 1>(rw, row, x, lane); break;
+            default: acc = router_row<8, 2>(rw, row, x, lane); break;
+            }
+        } else {
+            mkc_pdl_enter();
+            const mkc_w *ws[1] = {&rw};
+            const int64_t rows[1] = {row};
+            const float *xs[1] = {x};
+            mkc_dot_rows<1, true>(ws, rows, xs, lane, &acc);
+        }
+        float v = mkc_warp_sum(acc);
+        if (lane == 0) {
+            logits[t] = v;
+            __threadfence(); /* the writer publishes before the block's ticket */
+        }
+    } else {
+        mkc_pdl_enter();
+    }
+    /* last block in: all logits are in device memory */
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last)
+        return;
+    __threadfence();
+    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w, a.slot_of, loc, a.counts);
+    if (threadIdx.x == 0)
+        *ticket = 0u; /* ready for the next launch (stream order) */
+}
+
+__device__ __forceinline__ float silu_mul(float g, float u) {
+    return g / (1.0f + expf(-g)) * u;
+}
+
+/* P (kernel generation 2): pipelined row loads (mkc_dot_aff_p). A register
+ * cap for 3 blocks per SM (one wave for the 3072 warps of the Qwen3-30B-A3B
+ * shape) made ptxas spill 1.3 KB per thread, so the cap stays as it was. */
+template <bool P, bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_gateup(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
+             float *__restrict__ h, float *__restrict__ hs, int staged, const int32_t *__restrict__ loc) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    mkc_pdl_enter();
+    const float *x = xg;
+    int xpad = 0;
+    if (staged) { /* x is read by every warp: once into shared memory (2: padded, mkc_xi) */
+        xpad = staged == 2 ? 4 : 0;
+        if (xpad)
+            mkc_stage_pad((float *)mkc_sm4, xg, a.H);
+        else
+            mkc_stage((float *)mkc_sm4, xg, a.H);
+        __syncthreads();
+        x = (const float *)mkc_sm4;
+    }
+    /* a warp takes two consecutive intermediate rows (inter and
+     * shared_inter are even, so a pair never straddles two experts): four
+     * rows' loads in flight at once, sharing x */
+    const int lane = threadIdx.x & 31;
+    const int64_t r0 = 2 * ((int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5));
+    const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
+    if (r0 >= ntot)
+        return;
+    const float *xs[4] = {x, x, x, x};
+    const bool routed = r0 < nr;
+    int64_t row;
+    bool cached = false; /* C: the expert's rows from the VRAM cache (slot for expert) */
+    if (routed) {
+        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
+        int32_t e = __ldg(idx + j);
+        if constexpr (C) {
+            const int32_t sl = __ldg(loc + j);
+            if (sl >= 0) {
+                e = sl;
+                cached = true;
+            }
+        }
+        row = (int64_t)e * a.I + r;
+    } else {
+        row = r0 - nr;
+    }
+    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
+    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
+    const mkc_w *ws[4] = {G, U, G, U};
+    const int64_t rows[4] = {row, row, row + 1, row + 1};
+    float acc[4];
+    mkc_dot_rows<4, true, P>(ws, rows, xs, lane, acc, xpad);
+    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+    if (lane == 0) {
+        float *out = routed ? h + r0 : hs + (r0 - nr);
+        out[0] = silu_mul(g0, u0);
+        out[1] = silu_mul(g1, u1);
+    }
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+           const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+           float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    mkc_pdl_enter();
+    const float *h = hg, *hs = hsg;
+    if (staged) { /* the k expert activations (and the shared one) into shared memory */
+        const int64_t nh = (int64_t)a.k * a.I;
+        mkc_stage((float *)mkc_sm4, hg, nh);
+        if (a.has_shared)
+            mkc_stage((float *)mkc_sm4 + nh, hsg, a.Is);
+        __syncthreads();
+        h = (const float *)mkc_sm4;
+        hs = h + nh;
+    }
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    if (o >= a.H)
+        return;
+    float tot = 0.0f;
+    /* eight experts' rows per pass: all their loads in flight at once */
+    for (int j0 = 0; j0 < a.k; j0 += 8) {
+        const mkc_w *ws[8] = {&a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down, &a.down};
+        int64_t rows[8];
+        const float *xs[8];
+        float wj[8];
+#pragma unroll
+        for (int q = 0; q < 8; q++) {
+            const int j = j0 + q < a.k ? j0 + q : a.k - 1; /* pad with a weight-0 repeat */
+            int32_t e = __ldg(idx + j);
+            if constexpr (C) {
+                const int32_t sl = __ldg(loc + j);
+                if (sl >= 0) {
+                    e = sl;
+                    ws[q] = &a.cdown;
+                }
+            }
+            rows[q] = (int64_t)e * a.H + o;
+            xs[q] = h + (int64_t)j * a.I;
+            wj[q] = j0 + q < a.k ? __ldg(wt + j) : 0.0f;
+        }
+        float acc[8];
+        mkc_dot_rows<8, false>(ws, rows, xs, lane, acc);
+#pragma unroll
+        for (int q = 0; q < 8; q++)
+            tot = fmaf(wj[q], acc[q], tot);
+    }
+    if (a.has_shared) {
+        const mkc_w *ws[1] = {&a.shd};
+        const int64_t rows[1] = {o};
+        const float *xs[1] = {hs};
+        float acc[1];
+        mkc_dot_rows<1, false>(ws, rows, xs, lane, acc);
+        const float g = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+        tot = fmaf(g, acc[0], tot);
+    }
+    tot = mkc_warp_sum(tot);
+    if (lane == 0)
+        y[o] = accumulate ? y[o] + tot : tot;
+}
+
+/* k_down, generation 2, affine formats only: one warp per output row o, but
+ * the lanes are spread over (expert, chunk) pairs rather than over one
+ * row's chunks, so every lane is busy (with I = 768 a down row is 24 chunks
+ * and k_down left 8 of 32 lanes idle) and each lane has all its loads in
+ * flight before the first use: task t = j * nc + c (expert j < k, chunk c
+ * of nc = down row chunks), then the shared expert's chunks; DOWN2_T tasks
+ * per lane per pass. Each task adds wt[j] * (its chunk's affine term) to
+ * the lane's sum; the warp sums the lanes. The routing (idx, weights) is
+ * staged in shared memory with h. */
+#define DOWN2_T 8
+
+/* One pass of a lane's down tasks (t0 + 32 i + lane, i < DOWN2_T): the
+ * weights, scales and biases in registers, with each task's routing weight
+ * and the logical offset of its h values (hs: the shared expert's). */
+struct down2_pass {
+    uint4 qq[DOWN2_T];
+    float sc[DOWN2_T], bi[DOWN2_T], wj[DOWN2_T];
+    int32_t xl[DOWN2_T];
+    bool sh[DOWN2_T];
+};
+
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down2_load(const moe_args &a, const int32_t *sidx, const int32_t *sloc,
+                                           const float *sw, float sg, int64_t o, int lane, int t0, down2_pass &p) {
+    constexpr int VPC = 128 / BITS;
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int nr = a.k * nc, ntask = nr + ncs;
+#pragma unroll
+    for (int i = 0; i < DOWN2_T; i++) {
+        const int t = t0 + 32 * i + lane;
+        p.wj[i] = 0.0f;
+        p.xl[i] = 0;
+        p.sh[i] = false;
+        if (t < ntask) {
+            int64_t row, c;
+            bool cached = false; /* C: the expert's rows from the VRAM cache */
+            if (t < nr) {
+                const int j = t / nc;
+                c = t - j * nc;
+                int32_t e = sidx[j];
+                if constexpr (C) {
+                    if (sloc[j] >= 0) {
+                        e = sloc[j];
+                        cached = true;
+                    }
+                }
+                row = (int64_t)e * a.H + o;
+                p.wj[i] = sw[j];
+                p.xl[i] = (int32_t)(j * a.I + c * VPC);
+            } else {
+                c = t - nr;
+                row = o;
+                p.wj[i] = sg;
+                p.xl[i] = (int32_t)(c * VPC);
+                p.sh[i] = true;
+            }
+            const mkc_w &w = t < nr ? (cached ? a.cdown : a.down) : a.shd;
+            const int64_t g = row * w.ng + ((c * VPC) >> w.gshift);
+            p.qq[i] = mkc_ldw(w.data + row * w.row_bytes + c * 16);
+            p.sc[i] = mkc_lds<SD>(w.scales, g);
+            p.bi[i] = mkc_lds<SD>(w.biases, g);
+        }
+    }
+}
+
+template <int BITS>
+__device__ __forceinline__ float down2_use(const down2_pass &p, int ntask, int t0, int lane, const float *h,
+                                           const float *hs, int xpad, float tot) {
+    constexpr int VPC = 128 / BITS;
+#pragma unroll
+    for (int i = 0; i < DOWN2_T; i++) {
+        if (t0 + 32 * i + lane < ntask) {
+            float xv[VPC];
+            mkc_ldx((p.sh[i] ? hs : h) + mkc_xi(p.xl[i], xpad), VPC / 4, xv);
+            const float xs = mkc_sum<VPC>(xv);
+            tot = fmaf(p.wj[i], mkc_aff_term<BITS>(p.qq[i], xv, xs, p.sc[i], p.bi[i]), tot);
+        }
+    }
+    return tot;
+}
+
+/* The kernel after the routing is staged: the first pass's weights are
+ * loaded before griddepcontrol.wait (they depend on the routing, which the
+ * router kernel wrote before k_gateup, this kernel's predecessor, passed its
+ * own wait; not on h), then h is staged and the passes are summed. */
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx, const int32_t *sloc, const float *sw,
+                                          float sg, const float *hg, const float *hsg, float *y, int accumulate,
+                                          int staged) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    const int lane = threadIdx.x & 31;
+    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int ntask = a.k * nc + ncs;
+    down2_pass p;
+    if (o < a.H)
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, 0, p);
+    mkc_pdl_enter();
+    const float *h = hg, *hs = hsg;
+    int xpad = 0;
+    if (staged) { /* 2: the padded layout (mkc_xi; k*I and Is are whole 32-value blocks) */
+        const int64_t nh = (int64_t)a.k * a.I;
+        xpad = staged == 2 ? 4 : 0;
+        const int64_t hs_at = xpad ? MKC_PADDED(nh) : nh;
+        if (xpad) {
+            mkc_stage_pad((float *)mkc_sm4, hg, nh);
+            if (a.has_shared)
+                mkc_stage_pad((float *)mkc_sm4 + hs_at, hsg, a.Is);
+        } else {
+            mkc_stage((float *)mkc_sm4, hg, nh);
+            if (a.has_shared)
+                mkc_stage((float *)mkc_sm4 + hs_at, hsg, a.Is);
+        }
+        h = (const float *)mkc_sm4;
+        hs = h + hs_at;
+    }
+    __syncthreads();
+    if (o >= a.H)
+        return;
+    float tot = 0.0f;
+    for (int t0 = 0;;) {
+        tot = down2_use<BITS>(p, ntask, t0, lane, h, hs, xpad, tot);
+        t0 += 32 * DOWN2_T;
+        if (t0 >= ntask)
+            break;
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, t0, p);
+    }
+    tot = mkc_warp_sum(tot);
+    if (lane == 0)
+        y[o] = accumulate ? y[o] + tot : tot;
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+            const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+            float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
+    __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
+    __shared__ float sw[MOE_MAX_K];
+    /* the routing and the shared gate's logit come from the router kernel,
+     * complete before this grid was launched (see down2_run) */
+    if (threadIdx.x < a.k) {
+        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
+        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+        if constexpr (C)
+            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
+    }
+    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    __syncthreads();
+    switch (a.down.kind) {
+    case MKC_A4_F32: down2_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_BF16: down2_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_F16: down2_run<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_F32: down2_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A8_BF16: down2_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    default: down2_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    }
+}
+
+#endif

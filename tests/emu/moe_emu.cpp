@@ -1,0 +1,230 @@
+// Host emulation (cuda_emu.h) of the fused MoE step (src/cuda/
+// cuda_moe_kernels.cuh: k_router with cuda_route_block.cuh's routing,
+// k_gateup, k_down / k_down2, included as they are; arguments by
+// moe_args_of) on Qwen3-Next-like (softmax, shared expert and its gate,
+// 4-bit), DeepSeek-V3-like (sigmoid, selection bias, 4 groups keep 2,
+// routed scale, shared expert, 8-bit) and plain bf16 layers, both kernel
+// generations and x/h staged or not: the chosen experts those of the double
+// reference (moe_ref.c) in order, y within 1e-5 relative L2 of it. Then the
+// VRAM expert cache: some chosen experts (and one other) read from cache
+// slots in another order give y bitwise the uncached step's, the routing
+// counts 1 per chosen expert, and a slot of one part (gate, up or down)
+// holding another expert's bytes must change y. Exit 1 on a mismatch.
+#include <cstdio>
+#include <cstdlib>
+
+#include "cuda_emu.h"
+#include "cuda/cuda_impl.cuh"
+#include "cuda/cuda_route_block.cuh"
+#include "cuda/cuda_moe_kernels.cuh"
+#include "moe_ref.h"
+
+static int g_bad;
+
+struct bufs {
+    std::vector<float> logits, h, hs, w;
+    std::vector<int32_t> idx, loc;
+    unsigned ticket = 0;
+    explicit bufs(const emu_layer &L)
+        : logits(L.E + 1), h(L.k * L.I), hs(L.Is ? L.Is : 1), w(L.k), idx(L.k), loc(L.k) {}
+};
+
+static unsigned nblk(int64_t tasks) { return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS); }
+
+// one step y = moe(x): the three kernels as mkc_moe_launch launches them
+static void step(const moe_args &a, const float *x, float *y, bool P, int sx, int sh, bufs &B) {
+    const bool C = a.slot_of != nullptr, d2 = P && mkc_is_aff(a.down.kind);
+    const unsigned R = nblk(a.E + a.has_sg), G = nblk(((int64_t)a.k * a.I + a.Is) / 2), D = nblk(a.H);
+    for (unsigned b = 0; b < R; b++)
+        emu_block(R, b, MOE_WARPS * 32,
+                  [&] { k_router(a, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data()); });
+    for (unsigned b = 0; b < G; b++)
+        emu_block(G, b, MOE_WARPS * 32, [&] {
+            auto k = P ? (C ? k_gateup<true, true> : k_gateup<true, false>)
+                       : (C ? k_gateup<false, true> : k_gateup<false, false>);
+            k(a, x, B.idx.data(), B.h.data(), B.hs.data(), sx, B.loc.data());
+        });
+    for (unsigned b = 0; b < D; b++)
+        emu_block(D, b, MOE_WARPS * 32, [&] {
+            auto k = d2 ? (C ? k_down2<true> : k_down2<false>) : (C ? k_down<true> : k_down<false>);
+            k(a, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(), B.logits.data(), y, 0, sh, B.loc.data());
+        });
+}
+
+// a host stack of n experts of view w (R rows each): expert ids[s] at slot s
+struct pool {
+    mk_wt v;
+    std::vector<unsigned char> d, s, b;
+};
+static void pool_of(pool &p, const mk_wt *w, int64_t R, const int32_t *ids, int n) {
+    mk_wt one = *w;
+    one.rows = R;
+    const size_t nd = (size_t)R * mk_wt_row_bytes(w), ns = w->scales ? mk_wt_scale_bytes(&one) : 0;
+    p.d.resize(nd * n);
+    p.s.resize(ns * n);
+    p.b.resize(w->biases ? ns * n : 0);
+    for (int i = 0; i < n; i++) {
+        std::memcpy(p.d.data() + i * nd, (const unsigned char *)w->data + (size_t)ids[i] * nd, nd);
+        if (ns)
+            std::memcpy(p.s.data() + i * ns, (const unsigned char *)w->scales + (size_t)ids[i] * ns, ns);
+        if (w->biases)
+            std::memcpy(p.b.data() + i * ns, (const unsigned char *)w->biases + (size_t)ids[i] * ns, ns);
+    }
+    p.v = *w;
+    p.v.rows = R * n;
+    p.v.data = p.d.data();
+    p.v.scales = ns ? p.s.data() : nullptr;
+    p.v.biases = w->biases ? p.b.data() : nullptr;
+}
+
+static double rel_l2(const float *y, const double *r, int64_t n) {
+    double e = 0, s = 0;
+    for (int64_t i = 0; i < n; i++) {
+        e += (y[i] - r[i]) * (y[i] - r[i]);
+        s += r[i] * r[i];
+    }
+    return sqrt(e / s);
+}
+
+static void run_case(const char *name, emu_layer L, int bits) {
+    emu_layer_make(&L, bits);
+    mk_cuda_moe m;
+    std::memset(&m, 0, sizeof m);
+    m.hidden = L.H;
+    m.n_experts = L.E;
+    m.top_k = L.k;
+    m.inter = L.I;
+    m.shared_inter = L.shared ? L.Is : 0;
+    m.score = L.sigmoid ? MK_CUDA_SCORE_SIGMOID : MK_CUDA_SCORE_SOFTMAX;
+    m.norm_topk = L.norm;
+    m.scale = L.scale;
+    m.sel_bias = L.bias;
+    m.n_group = L.G;
+    m.topk_group = L.TG;
+    m.router = *emu_wt(L.router);
+    m.gate = *emu_wt(L.gate);
+    m.up = *emu_wt(L.up);
+    m.down = *emu_wt(L.down);
+    m.has_shared = L.shared;
+    m.has_shared_gate = L.shared_gate;
+    if (L.shared) {
+        m.sh_gate = *emu_wt(L.sg);
+        m.sh_up = *emu_wt(L.su);
+        m.sh_down = *emu_wt(L.sd);
+        if (L.shared_gate)
+            m.sh_gate_w = *emu_wt(L.sgw);
+    }
+    moe_args a;
+    if (moe_args_of(&m, &a) != MK_OK) {
+        printf("FAIL %s: %s\n", name, mk_err_msg());
+        g_bad++;
+        return;
+    }
+    std::vector<float> x(L.H), y(L.H), y2(L.H);
+    std::vector<double> ref(L.H);
+    std::vector<int32_t> want(L.k);
+    for (int tries = 0;; tries++) {
+        for (auto &v : x)
+            v = emu_rand(-1.0f, 1.0f);
+        if (emu_layer_ref(&L, x.data(), ref.data(), want.data()))
+            break;
+        if (tries > 50) {
+            printf("FAIL %s: no input clear of near-ties\n", name);
+            g_bad++;
+            return;
+        }
+    }
+    const bool aff = mkc_is_aff(a.gate.kind);
+    const int modes[4][3] = {{0, 1, 1}, {0, 0, 0}, {1, aff ? 2 : 1, aff ? 2 : 1}, {1, 0, 0}}; /* P, x staged, h staged */
+    double worst = 0.0;
+    bufs B(L);
+    for (int mi = 0; mi < 4; mi++) {
+        const int *md = modes[mi];
+        std::fill(y.begin(), y.end(), NAN);
+        step(a, x.data(), y.data(), md[0], md[1], md[2], B);
+        for (int64_t j = 0; j < L.k; j++)
+            if (B.idx[j] != want[j]) {
+                printf("FAIL %s: choice %lld is expert %d, reference %d\n", name, (long long)j, B.idx[j], want[j]);
+                g_bad++;
+                break;
+            }
+        const double e = rel_l2(y.data(), ref.data(), L.H);
+        worst = std::max(worst, e);
+        if (!(e <= 1e-5)) {
+            printf("FAIL %s (generation %d, staged %d/%d): y rel L2 %.3e\n", name, md[0] + 1, md[1], md[2], e);
+            g_bad++;
+        }
+        if (mi == 1 || mi == 3) /* the cache: with x and h staged, each generation */
+            continue;
+        /* the VRAM expert cache: every other chosen expert and one other, in slots in another order */
+        std::vector<int32_t> ids;
+        for (int64_t j = L.k - 1; j >= 0; j -= 2)
+            ids.push_back(want[j]);
+        for (int32_t e2 = 0; e2 < L.E; e2++)
+            if (std::find(want.begin(), want.end(), e2) == want.end()) {
+                ids.push_back(e2);
+                break;
+            }
+        const int n = (int)ids.size();
+        std::vector<int32_t> slot(L.E, -1), counts(L.E, 0);
+        for (int s = 0; s < n; s++)
+            slot[ids[s]] = s;
+        for (int control = 0; control < (mi == 2 ? 4 : 1); control++) { /* the controls once */
+            std::vector<int32_t> other = ids;
+            other[0] = (ids[0] + 1) % (int32_t)L.E; /* slot 0 (a chosen expert): the next expert's bytes */
+            pool pg, pu, pd;
+            pool_of(pg, &m.gate, L.I, control == 1 ? other.data() : ids.data(), n);
+            pool_of(pu, &m.up, L.I, control == 2 ? other.data() : ids.data(), n);
+            pool_of(pd, &m.down, L.H, control == 3 ? other.data() : ids.data(), n);
+            mk_cuda_moe mc = m;
+            mc.slot_of = slot.data();
+            mc.cgate = pg.v;
+            mc.cup = pu.v;
+            mc.cdown = pd.v;
+            std::fill(counts.begin(), counts.end(), 0);
+            mc.counts = counts.data();
+            moe_args ac;
+            if (moe_args_of(&mc, &ac) != MK_OK) {
+                printf("FAIL %s: cache views: %s\n", name, mk_err_msg());
+                g_bad++;
+                break;
+            }
+            std::fill(y2.begin(), y2.end(), NAN);
+            step(ac, x.data(), y2.data(), md[0], md[1], md[2], B);
+            const bool same = !std::memcmp(y.data(), y2.data(), y.size() * 4);
+            if (!control && !same) {
+                printf("FAIL %s (generation %d, staged %d/%d): experts read from the cache changed y\n", name,
+                       md[0] + 1, md[1], md[2]);
+                g_bad++;
+            }
+            if (control && same) {
+                printf("FAIL %s: a %s cache slot holding another expert left y unchanged\n", name,
+                       control == 1 ? "gate" : control == 2 ? "up" : "down");
+                g_bad++;
+            }
+            for (int32_t e2 = 0; !control && e2 < L.E; e2++)
+                if (counts[e2] != (std::find(want.begin(), want.end(), e2) != want.end() ? 1 : 0)) {
+                    printf("FAIL %s: routing count of expert %d is %d\n", name, e2, counts[e2]);
+                    g_bad++;
+                    break;
+                }
+        }
+    }
+    printf("%-58s y rel L2 <= %.2e over 4 launch modes; cache bitwise in 2, counts exact, 3 controls caught\n", name,
+           worst);
+    emu_layer_free(&L);
+}
+
+int main() {
+    /* H, E, k, I, Is; sigmoid, norm, shared, shared_gate; scale; G, TG */
+    run_case("qwen3-next-like: softmax 16 top-4, shared + gate, 4-bit",
+             emu_layer{128, 16, 4, 64, 64, false, true, true, true, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             4);
+    run_case("deepseek-v3-like: sigmoid, bias, 4 groups keep 2, shared, 8-bit",
+             emu_layer{128, 16, 4, 64, 64, true, true, true, false, 2.5f, 4, 2, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             8);
+    run_case("bf16 experts: softmax 8 top-2, not renormalised",
+             emu_layer{64, 8, 2, 32, 0, false, false, false, false, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             16);
+    return g_bad ? 1 : 0;
+}
