@@ -254,7 +254,7 @@ const char mk_ecli_mem_help[] =
     "                       2 GiB free; the host part takes pinned RAM of its size\n"
     "  --gpu-expert-cache SIZE  with --backend cuda: SIZE (e.g. 4G) more device memory for\n"
     "                       the most-routed experts of the layers left in host RAM: routing\n"
-    "                       counts decayed every 16 tokens pick them, copies run beside the\n"
+    "                       counts decayed every 16 steps pick them, copies run beside the\n"
     "                       decode, results are unchanged. Default 0 (none)\n"
     "  --load copy|mmap     a resident model's weights: copy (default on the CPU) reads the files once\n"
     "                       into anonymous memory with transparent huge pages (2 MiB pages:\n"

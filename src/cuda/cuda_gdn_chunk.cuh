@@ -1,6 +1,6 @@
 /* The CUDA backend's chunked Gated DeltaNet prefill kernel (k_gdn_chunk),
  * included by cuda_gdn.cu. A header of its own so that a host emulation
- * (tests/cli/cuda_emu_gdn.sh: a std::thread per CUDA thread, barriers for
+ * (tests/cli/cuda_emu_gdn.sh: a fiber per CUDA thread, barriers for
  * __syncthreads) can run this very code against a double reference on
  * machines without a GPU. It includes nothing: the includer provides
  * mk_gdn_args, mkc_warp_sum, MKC_DYN_SMEM and the math functions. */

@@ -1,7 +1,7 @@
 /* The routing of one token by one block, as the fused MoE step's router
  * kernel and the persistent stack run it (cuda_moe.cu). A header of its
- * own so that a host emulation (tests/cli/cuda_emu_route.sh: a std::thread
- * per CUDA thread) runs this very code against the CPU engine's routing.
+ * own so that a host emulation (tests/cli/cuda_emu_route.sh: a fiber per
+ * CUDA thread) runs this very code against the CPU engine's routing.
  * The includer provides <stdint.h>, <math.h>, mk_cuda.h (the scoring
  * names), __shfl_xor_sync, __ldcg and mkc_route_groups (cuda_topk.cuh). */
 #ifndef MK_CUDA_ROUTE_BLOCK_CUH

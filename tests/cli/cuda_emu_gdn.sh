@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The CUDA backend's chunked Gated DeltaNet prefill kernel
 # (src/cuda/cuda_gdn_chunk.cuh) run on the CPU by a host emulation
-# (tests/emu/gdn_chunk_emu.cpp: a std::thread per CUDA thread, barriers for
-# __syncthreads), against the recurrence in double: outputs and final state
+# (tests/emu/gdn_chunk_emu.cpp over tests/emu/cuda_emu.h: a fiber per CUDA
+# thread, barriers for __syncthreads), against the recurrence in double: outputs and final state
 # within 1e-5 relative L2, for the Qwen3.5 head size and shapes that fill
 # the kernel's threads in part, over whole and partial chunks. So the
 # kernel's algebra, indexing and barriers are checked on machines without a

@@ -12,7 +12,7 @@
 # the release suite only.
 # ctest-labels: slow
 . "$(dirname "$0")/../emu/emu.bash"
-if [ ! -f "$CUDA_INC/cuda_fp16.h" ]; then
+if [ ! -f "$CUDA_INC/cuda_fp16.h" ] || [ ! -f "$CUDA_INC/cuda_fp8.h" ]; then
     echo "skip: no CUDA headers at $CUDA_INC (set CUDA_HOME)"
     exit 77
 fi

@@ -20,7 +20,8 @@ inline float mkc_warp_sum(float v) {
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
-#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem /* cuda_impl.cuh's, without its header */
+/* cuda_impl.cuh's MKC_DYN_SMEM under MK_CUDA_EMU, without its header (keep the two alike) */
+#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 #include "cuda/cuda_gdn_chunk.cuh"
 
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }

@@ -925,7 +925,7 @@ static void copies_free(void) {
  * reused again and again) on the copying backend: bitwise the resident
  * store's on the CPU when the notices are honoured, with one copy per
  * host slot part, and different when they are ignored (`control`); a
- * device-memory backend without weight_changed is refused
+ * device-memory backend without host_changed is refused
  * with a reusing store, and a host-memory one is not. */
 static void device_copies(const char *rel, bool control) {
     const char *dir = mk_test_fixture(rel);
