@@ -247,20 +247,11 @@ static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *va
 
 /* ---- resident weights ------------------------------------------------------- */
 
-/* Bytes of the scale and bias arrays of a view (0 when it has none). */
-size_t mkb_scale_bytes(const mk_wt *w) {
-    return mk_wt_scale_bytes(w);
-}
-
-/* Everything but the pointers: a copy of one fits the other's bytes. */
-static bool same_layout(const mk_wt *a, const mk_wt *b) {
-    return !a->scales == !b->scales && !a->biases == !b->biases && a->fmt == b->fmt && a->rows == b->rows &&
-           a->cols == b->cols && a->sdtype == b->sdtype && a->bits == b->bits && a->group == b->group &&
-           a->block_r == b->block_r && a->block_c == b->block_c && a->global_scale == b->global_scale;
-}
-
 static bool same_view(const mk_wt *a, const mk_wt *b) {
-    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && same_layout(a, b);
+    return a->data == b->data && a->scales == b->scales && a->biases == b->biases && a->fmt == b->fmt &&
+           a->rows == b->rows && a->cols == b->cols && a->sdtype == b->sdtype && a->bits == b->bits &&
+           a->group == b->group && a->block_r == b->block_r && a->block_c == b->block_c &&
+           a->global_scale == b->global_scale;
 }
 
 static size_t bucket(const mkb_ctx *c, const void *p) {
@@ -350,7 +341,7 @@ void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w) {
 
 /* Device bytes of a view's data, scales and biases (0: none). */
 static void sizes_of(const mk_wt *w, size_t sz[3]) {
-    const size_t ns = mkb_scale_bytes(w);
+    const size_t ns = mk_wt_scale_bytes(w);
     sz[0] = (size_t)w->rows * mk_wt_row_bytes(w);
     sz[1] = w->scales ? ns : 0;
     sz[2] = w->fmt == MK_WF_AFFINE && w->biases ? ns : 0;
@@ -399,12 +390,13 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
         mkb_fail(c, s);
         return NULL;
     }
+    size_t sz[3];
+    sizes_of(w, sz);
+    const void *src[3] = {w->data, w->scales, w->biases};
     mkb_entry *e = take_spare(c, w);
     if (e) { /* the device memory of a weight whose host bytes changed, after every
                 slot queued before that read it (stream order) */
-        const void *dv[3] = {e->dev.data, e->dev.scales, e->dev.biases}, *src[3] = {w->data, w->scales, w->biases};
-        size_t sz[3];
-        sizes_of(w, sz);
+        const void *dv[3] = {e->dev.data, e->dev.scales, e->dev.biases};
         e->host = *w;
         e->dev = *w;
         e->dev.data = dv[0];
@@ -425,17 +417,10 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w) {
         e->host = *w;
         e->dev = *w;
         e->dev.data = e->dev.scales = e->dev.biases = NULL; /* nothing to free yet */
-        const size_t nd = (size_t)w->rows * mk_wt_row_bytes(w), ns = mkb_scale_bytes(w);
-        s = up(c, w->data, nd, &e->dev.data, what);
-        if (s == MK_OK)
-            s = up(c, w->scales, ns, &e->dev.scales, what);
-        if (s == MK_OK)
-            s = up(c, w->fmt == MK_WF_AFFINE ? w->biases : NULL, ns, &e->dev.biases, what);
-        if (w->fmt != MK_WF_AFFINE)
-            e->dev.biases = NULL;
-        if (!ns)
-            e->dev.scales = NULL;
-        e->bytes = nd + ns * (w->fmt == MK_WF_AFFINE ? 2 : 1);
+        const void **dst[3] = {&e->dev.data, &e->dev.scales, &e->dev.biases};
+        for (int q = 0; q < 3 && s == MK_OK; q++) /* NULL where there is nothing to copy */
+            s = up(c, src[q], sz[q], dst[q], what);
+        e->bytes = sz[0] + sz[1] + sz[2];
     }
     /* memory an expert cache may overwrite once the calling slot returns:
      * the copy must have read it by then (a copy from pageable memory

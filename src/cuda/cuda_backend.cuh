@@ -128,8 +128,6 @@ const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w);
 const mkb_entry *mkb_weight_alias(mkb_ctx *c, const mk_wt *w, const mk_wt *dev);
 /* Drop the alias entry of host view w, if any (its owner frees the memory). */
 void mkb_weight_unalias(mkb_ctx *c, const mk_wt *w);
-/* Bytes of the scale (and, affine, the bias) array of a view, 0 when none. */
-size_t mkb_scale_bytes(const mk_wt *w);
 /* The fused slot's device description of a's layer (stacked expert slabs,
  * built on first use), or NULL when the step does not take the layer. */
 const mk_cuda_moe *mkb_moe_layer_dev(mkb_ctx *c, const mk_moe_args *a);

@@ -123,7 +123,7 @@ static mk_status stack_part(mkb_ctx *c, mkb_moe_layer *l, int p, mk_wt *dev) {
     for (int e = 1; e < l->E; e++)
         if (!same_kind(part_of(&l->experts[e], p), w0))
             return mk_err(MK_E_UNSUPPORTED, "fused moe: expert %d is stored unlike expert 0", e);
-    const size_t nd = (size_t)w0->rows * mk_wt_row_bytes(w0), ns = mkb_scale_bytes(w0);
+    const size_t nd = (size_t)w0->rows * mk_wt_row_bytes(w0), ns = mk_wt_scale_bytes(w0);
     const size_t nb = w0->fmt == MK_WF_AFFINE ? ns : 0;
     const size_t sz[3] = {nd, w0->scales ? ns : 0, w0->biases ? nb : 0};
     for (int q = 0; q < 3; q++)
@@ -229,7 +229,7 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
     size_t lb = 0;
     for (int p = 0; p < 3; p++) {
         const mk_wt *w0 = part_of(&a->experts[0], p);
-        lb += ((size_t)w0->rows * mk_wt_row_bytes(w0) + mkb_scale_bytes(w0) * (w0->biases ? 2 : 1)) * (size_t)a->E;
+        lb += ((size_t)w0->rows * mk_wt_row_bytes(w0) + mk_wt_scale_bytes(w0) * (w0->biases ? 2 : 1)) * (size_t)a->E;
     }
     size_t fr = 0, tot = 0;
     if (cudaMemGetInfo(&fr, &tot) != cudaSuccess) {
