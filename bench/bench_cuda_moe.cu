@@ -317,7 +317,7 @@ static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     for (int l = 0; l < L; l++)
-        MK(mkc_moe_launch(&lay[hot ? 0 : l], ws, x, x, true, st, parts, false));
+        MK(mkc_moe_launch(&lay[hot ? 0 : l], ws, x, x, 1, true, st, parts, false));
     CK(cudaStreamEndCapture(st, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     cudaEvent_t e0, e1;
@@ -478,7 +478,7 @@ static void moe_bench(const shape_t &sp, double roof) {
             cudaGraphExec_t ge2;
             CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
             for (int l = 0; l < L; l++)
-                MK(mkc_moe_launch(&lay[l], ws, x, x, true, st, parts, pdl != 0));
+                MK(mkc_moe_launch(&lay[l], ws, x, x, 1, true, st, parts, pdl != 0));
             CK(cudaStreamEndCapture(st, &g2));
             CK(cudaGraphInstantiate(&ge2, g2, 0));
             std::vector<double> v;

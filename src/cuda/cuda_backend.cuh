@@ -62,6 +62,8 @@ struct mkb_ctx {
     size_t att_cap;
     size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
+    mk_cuda_moe_ws *moe_bws;  /* the batched steps' workspace, for layers of shape bws_shape */
+    int64_t bws_shape[4];     /* (E, k, I, Is) */
     size_t expert_vram;       /* budget for stacked experts in device memory (SIZE_MAX: what fits) */
     size_t vram_expert_bytes; /* stacked experts in device memory (also in `bytes`) */
     size_t host_expert_bytes; /* stacked experts in mapped pinned host memory */

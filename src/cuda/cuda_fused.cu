@@ -22,9 +22,12 @@
  * take the layer: a weight format other than f32/bf16/f16/affine 4/8-bit,
  * experts of mixed formats, odd intermediate sizes, more than 1024 experts
  * or top_k over 32, a group limit the step does not take (over 64 groups,
- * groups of one expert), or more than MKB_MOE_TOKENS tokens. A declined layer is remembered so the check is not
- * repeated. Several tokens (a batched decode step, a short prefill chunk)
- * run as that many one-token steps.
+ * groups of one expert), or more than MK_CUDA_MOE_TOKENS tokens. A declined layer is remembered so the check is
+ * not repeated. Several tokens (a batched decode step, a short prefill
+ * chunk) run as one batched step (mk_cuda_moe_step_n: each kernel launched
+ * once for all of them, the experts they share read about once, each row
+ * bitwise its one-token step's), in a workspace shared by the layers of
+ * one shape; a hidden size that is not a multiple of 4 runs them one by one.
  *
  * Larger than VRAM: a layer whose experts would pass the expert VRAM budget
  * (mk_backend_cuda_set_expert_vram; default: what fits, leaving
@@ -38,13 +41,12 @@
 #include "cuda/cuda_backend.cuh"
 #include "cuda/mk_cuda.h"
 
-/* Tokens the slot takes in one call, each as its own step (3 launches and
- * the routed experts' weights read per token). The general path's cost
- * is per used expert (~8 launches each, a routing download), which at the
- * Qwen3-30B-A3B shape on the H200 is below the per-token loop only for
+/* Tokens the slot takes in one call (MK_CUDA_MOE_TOKENS, 64): every
+ * batched decode step (MK_ENGINE_MAX_BATCH). Measured when tokens were
+ * still run one by one: the general path's cost is per used expert (~8
+ * launches each, a routing download), below the per-token loop only for
  * prefill chunks of a few hundred tokens (bench/RESULTS.md 2026-12-04,
- * session 10); 64 covers every batched decode step (MK_ENGINE_MAX_BATCH). */
-#define MKB_MOE_TOKENS 64
+ * session 10); prefill chunks take the grouped slot first (engine/moe.c). */
 /* device memory a layer's slabs leave free for the engine's later
  * allocations (prefill scratch, the GEMM's tiles, cuBLAS) */
 #define MKB_VRAM_RESERVE ((size_t)2 << 30)
@@ -59,6 +61,8 @@ static const mk_wt *part_of(const mk_expert *x, int p) {
 
 void mkb_moe_free(mkb_ctx *c) {
     mkb_xcache_free(c); /* it points into the layers' slabs */
+    mk_cuda_moe_ws_free(c->moe_bws);
+    c->moe_bws = NULL;
     for (mkb_moe_layer *l = c->moe_layers, *nx; l; l = nx) {
         nx = l->next;
         for (int p = 0; p < 3; p++)
@@ -293,6 +297,25 @@ const mk_cuda_moe *mkb_moe_layer_dev(mkb_ctx *c, const mk_moe_args *a) {
     return l && l->ok && a->k == l->m.top_k ? &l->m : NULL;
 }
 
+/* The batched steps' workspace for layers of m's shape: made for
+ * MK_CUDA_MOE_TOKENS tokens on first use and shared by those layers (their
+ * steps run in stream order); a layer of another shape replaces it (freeing
+ * waits for the device). NULL with the failure recorded for sync. */
+static mk_cuda_moe_ws *batch_ws(mkb_ctx *c, const mk_cuda_moe *m) {
+    const int64_t shape[4] = {m->n_experts, m->top_k, m->inter, m->has_shared ? m->shared_inter : 0};
+    if (c->moe_bws && !memcmp(shape, c->bws_shape, sizeof shape))
+        return c->moe_bws;
+    mk_cuda_moe_ws_free(c->moe_bws);
+    c->moe_bws = NULL;
+    mk_status s = mk_cuda_moe_ws_new_n(m, MK_CUDA_MOE_TOKENS, &c->moe_bws);
+    if (s != MK_OK) {
+        mkb_fail(c, mk_err_wrap(s, "CUDA backend: the batched MoE step's workspace"));
+        return NULL;
+    }
+    memcpy(c->bws_shape, shape, sizeof shape);
+    return c->moe_bws;
+}
+
 bool mkb_moe(void *ctx, const mk_moe_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     /* the layer is prepared (stacked, aliased) on any call, so the general
@@ -305,7 +328,7 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     if (l && l->uses >= 2 && c->expert_cache && !c->recording &&
         (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at))
         mkb_xcache_tick(c);
-    if (!l || !l->ok || a->n < 1 || a->n > MKB_MOE_TOKENS || a->k != l->m.top_k)
+    if (!l || !l->ok || a->n < 1 || a->n > MK_CUDA_MOE_TOKENS || a->k != l->m.top_k)
         return false;
     const mk_route_args *r = &a->route;
     const bool sig = r->kind == MK_ROUTE_GROUPED_SIGMOID;
@@ -325,8 +348,17 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     l->m.sel_bias = bias;
     l->m.n_group = G;
     l->m.topk_group = TG;
-    /* token by token: each row exactly the one-token step's (backend.h's
-     * contract for batched decode); the workspace is reused in stream order */
+    /* several tokens: one batched step, each row bitwise the one-token
+     * step's (backend.h's contract for batched decode) */
+    if (a->n > 1 && a->H % 4 == 0) {
+        mk_cuda_moe_ws *ws = batch_ws(c, &l->m);
+        mk_status s = ws ? mk_cuda_moe_step_n(&l->m, ws, a->x, a->y, a->n, false, c->s) : MK_OK;
+        if (s != MK_OK)
+            mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step of %lld tokens", (long long)a->n));
+        return true;
+    }
+    /* token by token (one token, or rows not 16-byte aligned): the
+     * workspace is reused in stream order */
     for (int64_t t = 0; t < a->n; t++) {
         mk_status s = mk_cuda_moe_step(&l->m, l->ws, a->x + t * a->H, a->y + t * a->H, false, c->s);
         if (s != MK_OK) {

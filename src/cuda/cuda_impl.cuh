@@ -94,11 +94,12 @@ mk_status mkc_fail(cudaError_t e, const char *what);
             return mkc_fail(mkc_e_, (what));      \
     } while (0)
 
-/* The MoE step with a choice of kernels (bit 0 router, 1 gate/up, 2 down)
- * and of programmatic dependent launch; mk_cuda_moe_step is (7, no PDL).
+/* The MoE step of n tokens (rows of x and y; mk_cuda_moe_step_n) with a
+ * choice of kernels (bit 0 router, 1 gate/up, 2 down) and of programmatic
+ * dependent launch; mk_cuda_moe_step is (1 token, 7, mk_cuda_moe_pdl()).
  * For bench_cuda_moe's breakdown and experiments, not the public API. */
-mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
-                         void *stream, unsigned parts, bool pdl);
+mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
+                         bool accumulate, void *stream, unsigned parts, bool pdl);
 
 /* Kernel generation for GEMV and the MoE step (mk_cuda_kernels): 1 the
  * first kernels, 2 the pipelined ones (mkc_dot_aff_p, k_down2). Host only. */

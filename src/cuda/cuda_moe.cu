@@ -26,6 +26,8 @@
 #include "cuda/cuda_moe_kernels.cuh"
 
 
+/* Per token (nmax of them, at the strides of moe_args: ls, ks, hstr, hsstr,
+ * each a multiple of 4 so every token's arrays are 16-byte aligned): */
 struct mk_cuda_moe_ws {
     void *base;
     float *logits; /* E + 1 (the last: shared-gate logit) */
@@ -34,8 +36,10 @@ struct mk_cuda_moe_ws {
     float *w;      /* k */
     float *h;      /* k * I */
     float *hs;     /* Is */
-    unsigned *ticket;
-    int64_t E, k, I, Is;
+    unsigned *ticket; /* one per token */
+    int64_t E, k, I, Is, nmax;
+    int32_t ls, ks;
+    int64_t hstr, hsstr;
 };
 
 /* ---- host --------------------------------------------------------------- */
@@ -147,9 +151,20 @@ static size_t al16(size_t n) {
     return (n + 15) & ~(size_t)15;
 }
 
+static int64_t al4(int64_t n) {
+    return (n + 3) & ~(int64_t)3;
+}
+
 extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **out) {
+    return mk_cuda_moe_ws_new_n(m, 1, out);
+}
+
+extern "C" mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk_cuda_moe_ws **out) {
     *out = NULL;
     MK_TRY(mk_cuda_moe_check(m));
+    if (nmax < 1 || nmax > MK_CUDA_MOE_TOKENS)
+        return mk_err(MK_E_ARG, "moe: a workspace for 1..%d tokens, asked for %lld", MK_CUDA_MOE_TOKENS,
+                      (long long)nmax);
     mk_cuda_moe_ws *ws = (mk_cuda_moe_ws *)calloc(1, sizeof *ws);
     if (!ws)
         return mk_err(MK_E_NOMEM, "moe: workspace");
@@ -157,9 +172,16 @@ extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **o
     ws->k = m->top_k;
     ws->I = m->inter;
     ws->Is = m->has_shared ? m->shared_inter : 0;
-    const size_t o_log = 0, o_idx = o_log + al16((size_t)(ws->E + 1) * 4), o_loc = o_idx + al16((size_t)ws->k * 4),
-                 o_w = o_loc + al16((size_t)ws->k * 4), o_h = o_w + al16((size_t)ws->k * 4), o_hs = o_h + al16((size_t)(ws->k * ws->I) * 4),
-                 o_t = o_hs + al16((size_t)(ws->Is ? ws->Is : 1) * 4), total = o_t + 16;
+    ws->nmax = nmax;
+    ws->ls = (int32_t)al4(ws->E + 1);
+    ws->ks = (int32_t)al4(ws->k);
+    ws->hstr = al4(ws->k * ws->I);
+    ws->hsstr = al4(ws->Is ? ws->Is : 1);
+    const size_t n = (size_t)nmax;
+    const size_t o_log = 0, o_idx = o_log + al16(n * (size_t)ws->ls * 4), o_loc = o_idx + al16(n * (size_t)ws->ks * 4),
+                 o_w = o_loc + al16(n * (size_t)ws->ks * 4), o_h = o_w + al16(n * (size_t)ws->ks * 4),
+                 o_hs = o_h + al16(n * (size_t)ws->hstr * 4), o_t = o_hs + al16(n * (size_t)ws->hsstr * 4),
+                 total = o_t + al16(n * sizeof(unsigned));
     mk_status st = mk_cuda_malloc(&ws->base, total, "moe workspace");
     if (st == MK_OK)
         st = mk_cuda_memset(ws->base, 0, total);
@@ -207,20 +229,33 @@ static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStre
     return cudaLaunchKernelEx(&cfg, k, args...);
 }
 
-mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, bool accumulate,
-                         void *stream, unsigned parts, bool pdl) {
+mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
+                         bool accumulate, void *stream, unsigned parts, bool pdl) {
     moe_args a;
     if (ws->E != m->n_experts || ws->k != m->top_k || ws->I != m->inter ||
         ws->Is != (m->has_shared ? m->shared_inter : 0))
         return mk_err(MK_E_MISMATCH, "moe: workspace was made for another shape");
+    if (n < 1 || n > ws->nmax)
+        return mk_err(MK_E_ARG, "moe: 1..%lld tokens for this workspace, found %lld", (long long)ws->nmax,
+                      (long long)n);
     /* x == y is fine: only k_router and k_gateup read x, k_down writes y after them */
     if (((uintptr_t)x & 15) != 0)
         return mk_err(MK_E_ARG, "moe: x must be 16-byte aligned device memory");
+    if (n > 1 && m->hidden % 4)
+        return mk_err(MK_E_UNSUPPORTED, "moe: several tokens in one step need hidden a multiple of 4 (each row of x "
+                      "16-byte aligned), found %lld; run them one by one", (long long)m->hidden);
     MK_TRY(moe_args_of(m, &a));
+    a.nt = (int32_t)n;
+    a.ga = n > 1 && a.I % (2 * MOE_WARPS) == 0;
+    a.ls = ws->ls;
+    a.ks = ws->ks;
+    a.hstr = ws->hstr;
+    a.hsstr = ws->hsstr;
+    const unsigned nt = (unsigned)n;
     cudaStream_t s = (cudaStream_t)stream;
     if (parts & 1)
-        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg), 0, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket,
-                       ws->loc),
+        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg) * nt, 0, s, pdl, a, x, ws->logits, ws->idx, ws->w,
+                       ws->ticket, ws->loc),
                 "launching the router");
     /* x and h staged in shared memory when they fit and are whole float4s
      * (h: each expert's slice must start 16-byte aligned too) */
@@ -240,7 +275,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     if (parts & 2)
         MKC_TRY(launch(v2 ? (cc ? k_gateup<true, true> : k_gateup<true, false>)
                           : (cc ? k_gateup<false, true> : k_gateup<false, false>),
-                       nblocks(((int64_t)a.k * a.I + a.Is) / 2), smx, s, pdl, a, x, (const int32_t *)ws->idx, ws->h,
+                       nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, smx, s, pdl, a, x, (const int32_t *)ws->idx, ws->h,
                        ws->hs, px ? 2 : sx ? 1 : 0, (const int32_t *)ws->loc),
                 "launching the experts' gate/up");
     /* k_down2 takes the affine formats (rows of whole 16-byte chunks) */
@@ -249,7 +284,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
     if (parts & 4)
-        MKC_TRY(launch(d2 ? (cc ? k_down2<true> : k_down2<false>) : (cc ? k_down<true> : k_down<false>), nblocks(a.H),
+        MKC_TRY(launch(d2 ? (cc ? k_down2<true> : k_down2<false>) : (cc ? k_down<true> : k_down<false>), nblocks(a.H) * nt,
                        smh, s, pdl, a, (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h,
                        (const float *)ws->hs, (const float *)ws->logits, y, accumulate ? 1 : 0, pd ? 2 : sh ? 1 : 0,
                        (const int32_t *)ws->loc),
@@ -259,7 +294,12 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
 
 extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                                       bool accumulate, void *stream) {
-    return mkc_moe_launch(m, ws, x, y, accumulate, stream, 7u, mk_cuda_moe_pdl());
+    return mkc_moe_launch(m, ws, x, y, 1, accumulate, stream, 7u, mk_cuda_moe_pdl());
+}
+
+extern "C" mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
+                                        bool accumulate, void *stream) {
+    return mkc_moe_launch(m, ws, x, y, n, accumulate, stream, 7u, mk_cuda_moe_pdl());
 }
 
 

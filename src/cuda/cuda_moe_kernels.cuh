@@ -31,6 +31,17 @@ struct moe_args {
     float scale;
     const float *bias; /* the routing's selection bias, or NULL */
     int32_t G, TG;     /* its group limit (1: none) */
+    /* A batched step (mk_cuda_moe_step_n): nt tokens in each launch, block
+     * b doing the one-token step's block b / nt for token b % nt (tokens
+     * innermost: blocks that read the same weight rows run together, so
+     * the rows come from DRAM about once per step, not once per token);
+     * ga: k_gateup's routed blocks ordered by (row block, choice, token),
+     * so every token's experts' same rows run together (I a multiple of
+     * 2 * MOE_WARPS: no block straddles two experts). Token t's x and y
+     * rows are at t * H, its logits at t * ls, routing at t * ks, h at
+     * t * hstr, hs at t * hsstr. One token: nt 1, ga 0. */
+    int32_t nt, ga, ls, ks;
+    int64_t hstr, hsstr;
 };
 
 /* Host: */
@@ -68,7 +79,30 @@ static inline mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
         a->slot_of = m->slot_of;
     }
     a->counts = m->counts;
+    a->nt = 1;
+    a->ga = 0;
+    a->ls = a->E + 1;
+    a->ks = a->k;
+    a->hstr = (int64_t)a->k * a->I;
+    a->hsstr = a->Is;
     return MK_OK;
+}
+
+/* The one-token block and the token of this block of a batched launch
+ * (moe_args.nt; k_router and k_down: tokens innermost) */
+__device__ __forceinline__ int64_t moe_block(const moe_args &a, int *tok) {
+    *tok = (int)(blockIdx.x % (unsigned)a.nt);
+    return (int64_t)(blockIdx.x / (unsigned)a.nt);
+}
+
+/* k_gateup's: with ga, the routed blocks in (row block, choice, token)
+ * order, the shared expert's after them in (block, token) order */
+__device__ __forceinline__ int64_t gateup_block(const moe_args &a, int *tok) {
+    const int64_t q = moe_block(a, tok);
+    const int64_t per = a.I / (2 * MOE_WARPS), nrb = (int64_t)a.k * per;
+    if (!a.ga || q >= nrb)
+        return q;
+    return (q % a.k) * per + q / a.k;
 }
 
 /* A router (or shared-gate) row of an affine kind with at most 32
@@ -88,7 +122,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
              unsigned *ticket, int32_t *loc) {
     __shared__ bool last;
     const int lane = threadIdx.x & 31;
-    const int64_t t = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    int tok;
+    const int64_t blk = moe_block(a, &tok);
+    x += (int64_t)tok * a.H;
+    logits += (int64_t)tok * a.ls;
+    idx += (int64_t)tok * a.ks;
+    w += (int64_t)tok * a.ks;
+    loc = loc ? loc + (int64_t)tok * a.ks : loc;
+    ticket += tok;
+    const int64_t t = blk * MOE_WARPS + (threadIdx.x >> 5);
     if (t < a.E + a.has_sg) {
         const mkc_w &rw = t < a.E ? a.router : a.sgw;
         const int64_t row = t < a.E ? t : 0;
@@ -124,7 +166,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     /* last block in: all logits are in device memory */
     __syncthreads();
     if (threadIdx.x == 0)
-        last = atomicAdd(ticket, 1u) == gridDim.x - 1;
+        last = atomicAdd(ticket, 1u) == gridDim.x / (unsigned)a.nt - 1; /* the token's blocks */
     __syncthreads();
     if (!last)
         return;
@@ -147,6 +189,13 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
              float *__restrict__ h, float *__restrict__ hs, int staged, const int32_t *__restrict__ loc) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     mkc_pdl_enter();
+    int tok;
+    const int64_t blk = gateup_block(a, &tok);
+    xg += (int64_t)tok * a.H;
+    idx += (int64_t)tok * a.ks;
+    loc = loc ? loc + (int64_t)tok * a.ks : loc;
+    h += (int64_t)tok * a.hstr;
+    hs += (int64_t)tok * a.hsstr;
     const float *x = xg;
     int xpad = 0;
     if (staged) { /* x is read by every warp: once into shared memory (2: padded, mkc_xi) */
@@ -162,7 +211,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
      * shared_inter are even, so a pair never straddles two experts): four
      * rows' loads in flight at once, sharing x */
     const int lane = threadIdx.x & 31;
-    const int64_t r0 = 2 * ((int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5));
+    const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
     const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
     if (r0 >= ntot)
         return;
@@ -206,6 +255,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
            float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     mkc_pdl_enter();
+    int tok;
+    const int64_t blk = moe_block(a, &tok);
+    idx += (int64_t)tok * a.ks;
+    wt += (int64_t)tok * a.ks;
+    loc = loc ? loc + (int64_t)tok * a.ks : loc;
+    hg += (int64_t)tok * a.hstr;
+    hsg += (int64_t)tok * a.hsstr;
+    logits += (int64_t)tok * a.ls;
+    y += (int64_t)tok * a.H;
     const float *h = hg, *hs = hsg;
     if (staged) { /* the k expert activations (and the shared one) into shared memory */
         const int64_t nh = (int64_t)a.k * a.I;
@@ -217,7 +275,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
         hs = h + nh;
     }
     const int lane = threadIdx.x & 31;
-    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int64_t o = blk * MOE_WARPS + (threadIdx.x >> 5);
     if (o >= a.H)
         return;
     float tot = 0.0f;
@@ -350,10 +408,10 @@ __device__ __forceinline__ float down2_use(const down2_pass &p, int ntask, int t
 template <int BITS, int SD, bool C>
 __device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx, const int32_t *sloc, const float *sw,
                                           float sg, const float *hg, const float *hsg, float *y, int accumulate,
-                                          int staged) {
+                                          int staged, int64_t blk) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int lane = threadIdx.x & 31;
-    const int64_t o = (int64_t)blockIdx.x * MOE_WARPS + (threadIdx.x >> 5);
+    const int64_t o = blk * MOE_WARPS + (threadIdx.x >> 5);
     const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
     const int ntask = a.k * nc + ncs;
     down2_pass p;
@@ -402,6 +460,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     __shared__ int32_t sidx[MOE_MAX_K];
     __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
+    int tok;
+    const int64_t blk = moe_block(a, &tok);
+    idx += (int64_t)tok * a.ks;
+    wt += (int64_t)tok * a.ks;
+    loc = loc ? loc + (int64_t)tok * a.ks : loc;
+    hg += (int64_t)tok * a.hstr;
+    hsg += (int64_t)tok * a.hsstr;
+    logits += (int64_t)tok * a.ls;
+    y += (int64_t)tok * a.H;
     /* the routing and the shared gate's logit come from the router kernel,
      * complete before this grid was launched (see down2_run) */
     if (threadIdx.x < a.k) {
@@ -413,12 +480,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
     __syncthreads();
     switch (a.down.kind) {
-    case MKC_A4_F32: down2_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A4_BF16: down2_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A4_F16: down2_run<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A8_F32: down2_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
-    case MKC_A8_BF16: down2_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
-    default: down2_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged); break;
+    case MKC_A4_F32: down2_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    case MKC_A4_BF16: down2_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    case MKC_A4_F16: down2_run<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    case MKC_A8_F32: down2_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    case MKC_A8_BF16: down2_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    default: down2_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
     }
 }
 

@@ -93,14 +93,15 @@ __device__ void route_block(const float *logits, int E, int k, int score, int no
     __syncthreads();
     /* the VRAM cache (mk_cuda_moe.slot_of): where the gate/up and down
      * kernels read each chosen expert, and its routing count, a thread per
-     * choice (distinct experts: plain adds); the host changes both only
-     * between steps, in stream order */
+     * choice (atomic: a batched step's tokens rank in blocks of their
+     * own, at once); the host changes both only between steps, in stream
+     * order */
     if (threadIdx.x < k) {
         const int32_t e = si[threadIdx.x];
         if (slot_of)
             loc[threadIdx.x] = __ldcg(slot_of + e);
         if (counts)
-            counts[e] += 1;
+            atomicAdd(counts + e, 1);
     }
     if (threadIdx.x == 0) {
         float sum = 0.0f;

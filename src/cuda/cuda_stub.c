@@ -102,10 +102,19 @@ mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **ws) {
         *ws = NULL;
     return no_cuda();
 }
+mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk_cuda_moe_ws **ws) {
+    if (ws)
+        *ws = NULL;
+    return no_cuda();
+}
 void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws) {
 }
 mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                            bool accumulate, void *stream) {
+    return no_cuda();
+}
+mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
+                             bool accumulate, void *stream) {
     return no_cuda();
 }
 mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) {

@@ -165,8 +165,11 @@ typedef struct mk_cuda_moe_ws mk_cuda_moe_ws;
  * found). top_k <= 32, n_experts <= 1024. */
 mk_status mk_cuda_moe_check(const mk_cuda_moe *m);
 /* Device scratch for one MoE step of this shape (router logits, routing,
- * the k expert activations); reusable across layers of the same shape. */
+ * the k expert activations); reusable across layers of the same shape.
+ * _n: for steps of up to nmax (<= MK_CUDA_MOE_TOKENS) tokens. */
+#define MK_CUDA_MOE_TOKENS 64
 mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **ws);
+mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk_cuda_moe_ws **ws);
 void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws);
 /* y = moe(x) (y += moe(x) when accumulate: the residual add), x and y
  * device float32[hidden], x 16-byte aligned; y may be x. Three kernels, no host
@@ -174,6 +177,14 @@ void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws);
  * the step can be captured in a CUDA graph. */
 mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                            bool accumulate, void *stream);
+/* The step for n tokens at once (a batched decode step: x and y [n, hidden],
+ * n <= the workspace's nmax; n > 1 needs hidden % 4 == 0): the same three
+ * kernels, each launched once with every token's blocks, so the weight rows
+ * the tokens share are read from DRAM about once. Row t is bitwise
+ * mk_cuda_moe_step on row t alone (each block does the one-token step's
+ * arithmetic for one token); mk_cuda_moe_routing gives token 0's routing. */
+mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
+                             bool accumulate, void *stream);
 /* Copy the last step's routing to the host (tests, --verify, profiling):
  * idx[top_k] expert ids in selection order, w[top_k] their weights. Syncs. */
 mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w);

@@ -92,6 +92,7 @@ template <class T> inline T __ldcg(const T *p) { return *p; }
 template <class T> inline T __ldg(const T *p) { return *p; }
 inline float atomicAdd(float *p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline unsigned atomicAdd(unsigned *p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
+inline int atomicAdd(int *p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
 // the emulated block's dynamic shared memory (MKC_DYN_SMEM in cuda_impl.cuh)
 alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
 inline void __threadfence() {}

@@ -9,7 +9,11 @@
 // VRAM expert cache: some chosen experts (and one other) read from cache
 // slots in another order give y bitwise the uncached step's, the routing
 // counts 1 per chosen expert, and a slot of one part (gate, up or down)
-// holding another expert's bytes must change y. Exit 1 on a mismatch.
+// holding another expert's bytes must change y. A batched step (moe_args.nt
+// tokens per launch, mk_cuda_moe_step_n's block order, both gate/up orders)
+// of 5 tokens, two of them equal, gives every row bitwise the one-token
+// step's, with and without the cache (counts: the tokens' sum). Exit 1 on a
+// mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -28,16 +32,45 @@ struct bufs {
     explicit bufs(const emu_layer &L)
         : logits(L.E + 1), h(L.k * L.I), hs(L.Is ? L.Is : 1), w(L.k), idx(L.k), loc(L.k) {}
 };
+struct bufs_n;
+static unsigned *tickets(bufs &B) { return &B.ticket; }
 
 static unsigned nblk(int64_t tasks) { return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS); }
 
-// one step y = moe(x): the three kernels as mkc_moe_launch launches them
-static void step(const moe_args &a, const float *x, float *y, bool P, int sx, int sh, bufs &B) {
+static int32_t al4(int64_t n) { return (int32_t)((n + 3) & ~(int64_t)3); }
+
+// a batched step's buffers: n tokens at mk_cuda_moe_ws_new_n's strides
+struct bufs_n {
+    moe_args a;
+    std::vector<float> logits, h, hs, w;
+    std::vector<int32_t> idx, loc;
+    std::vector<unsigned> ticket;
+    bufs_n(const moe_args &a1, int n, int ga) : a(a1) {
+        a.nt = n;
+        a.ga = ga;
+        a.ls = al4(a.E + 1);
+        a.ks = al4(a.k);
+        a.hstr = al4((int64_t)a.k * a.I);
+        a.hsstr = al4(a.Is ? a.Is : 1);
+        logits.resize((size_t)n * a.ls);
+        idx.resize((size_t)n * a.ks);
+        loc.resize((size_t)n * a.ks);
+        w.resize((size_t)n * a.ks);
+        h.resize((size_t)n * a.hstr);
+        hs.resize((size_t)n * a.hsstr);
+        ticket.assign(n, 0);
+    }
+};
+
+// one step y = moe(x) of a.nt tokens: the three kernels as mkc_moe_launch launches them
+template <class BUF>
+static void step(const moe_args &a, const float *x, float *y, bool P, int sx, int sh, BUF &B) {
     const bool C = a.slot_of != nullptr, d2 = P && mkc_is_aff(a.down.kind);
-    const unsigned R = nblk(a.E + a.has_sg), G = nblk(((int64_t)a.k * a.I + a.Is) / 2), D = nblk(a.H);
+    const unsigned n = (unsigned)a.nt;
+    const unsigned R = nblk(a.E + a.has_sg) * n, G = nblk(((int64_t)a.k * a.I + a.Is) / 2) * n, D = nblk(a.H) * n;
     for (unsigned b = 0; b < R; b++)
         emu_block(R, b, MOE_WARPS * 32,
-                  [&] { k_router(a, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data()); });
+                  [&] { k_router(a, x, B.logits.data(), B.idx.data(), B.w.data(), tickets(B), B.loc.data()); });
     for (unsigned b = 0; b < G; b++)
         emu_block(G, b, MOE_WARPS * 32, [&] {
             auto k = P ? (C ? k_gateup<true, true> : k_gateup<true, false>)
@@ -75,6 +108,38 @@ static void pool_of(pool &p, const mk_wt *w, int64_t R, const int32_t *ids, int 
     p.v.data = p.d.data();
     p.v.scales = ns ? p.s.data() : nullptr;
     p.v.biases = w->biases ? p.b.data() : nullptr;
+}
+
+static unsigned *tickets(bufs_n &B) { return B.ticket.data(); }
+
+// NT tokens (the third a copy of the first: the same experts) in one
+// batched step, both gate/up block orders: every row bitwise the one-token
+// step's (ys: the one-token steps' rows), counts (when a has them) the sum
+static const int NT = 5;
+static void check_batch(const char *name, const moe_args &a, const float *xs, const float *ys, const int *md,
+                        int32_t *counts, const std::vector<int32_t> &want_counts) {
+    std::vector<float> yb((size_t)NT * a.H);
+    for (int ga = 0; ga < (a.I % (2 * MOE_WARPS) == 0 ? 2 : 1); ga++) {
+        bufs_n B(a, NT, ga);
+        if (counts)
+            std::fill(counts, counts + a.E, 0);
+        std::fill(yb.begin(), yb.end(), NAN);
+        step(B.a, xs, yb.data(), md[0], md[1], md[2], B);
+        for (int t = 0; t < NT; t++)
+            if (std::memcmp(yb.data() + (size_t)t * a.H, ys + (size_t)t * a.H, (size_t)a.H * 4)) {
+                printf("FAIL %s (generation %d, staged %d/%d, gate/up order %d%s): batched row %d differs from its "
+                       "one-token step\n", name, md[0] + 1, md[1], md[2], ga, a.slot_of ? ", cache" : "", t);
+                g_bad++;
+                break;
+            }
+        for (int32_t e = 0; counts && e < a.E; e++)
+            if (counts[e] != want_counts[e]) {
+                printf("FAIL %s: batched routing count of expert %d is %d, the tokens' %d\n", name, e, counts[e],
+                       want_counts[e]);
+                g_bad++;
+                break;
+            }
+    }
 }
 
 static double rel_l2(const float *y, const double *r, int64_t n) {
@@ -154,6 +219,14 @@ static void run_case(const char *name, emu_layer L, int bits) {
             printf("FAIL %s (generation %d, staged %d/%d): y rel L2 %.3e\n", name, md[0] + 1, md[1], md[2], e);
             g_bad++;
         }
+        /* a batched step of NT tokens against their one-token steps */
+        std::vector<float> xs((size_t)NT * L.H), ys((size_t)NT * L.H);
+        for (int t = 0; t < NT; t++)
+            for (int64_t i = 0; i < L.H; i++)
+                xs[(size_t)t * L.H + i] = t == 0 ? x[i] : t == 2 ? xs[i] : emu_rand(-1.0f, 1.0f);
+        for (int t = 0; t < NT; t++)
+            step(a, xs.data() + (size_t)t * L.H, ys.data() + (size_t)t * L.H, md[0], md[1], md[2], B);
+        check_batch(name, a, xs.data(), ys.data(), md, nullptr, {});
         if (mi == 1 || mi == 3) /* the cache: with x and h staged, each generation */
             continue;
         /* the VRAM expert cache: every other chosen expert and one other, in slots in another order */
@@ -208,10 +281,20 @@ static void run_case(const char *name, emu_layer L, int bits) {
                     g_bad++;
                     break;
                 }
+            if (!control) { /* batched through the cache: the uncached one-token rows, counts summed */
+                std::vector<int32_t> sum(L.E, 0);
+                for (int t = 0; t < NT; t++) {
+                    std::fill(counts.begin(), counts.end(), 0);
+                    step(ac, xs.data() + (size_t)t * L.H, y2.data(), md[0], md[1], md[2], B);
+                    for (int32_t e2 = 0; e2 < L.E; e2++)
+                        sum[e2] += counts[e2];
+                }
+                check_batch(name, ac, xs.data(), ys.data(), md, counts.data(), sum);
+            }
         }
     }
-    printf("%-58s y rel L2 <= %.2e over 4 launch modes; cache bitwise in 2, counts exact, 3 controls caught\n", name,
-           worst);
+    printf("%-58s y rel L2 <= %.2e over 4 launch modes; cache bitwise in 2, counts exact, 3 controls caught; "
+           "%d tokens batched bitwise\n", name, worst, NT);
     emu_layer_free(&L);
 }
 
