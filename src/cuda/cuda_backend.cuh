@@ -254,6 +254,7 @@ __device__ __forceinline__ float mkb_block_sum(float v, float *sh) {
 /* ---- slots (one file per concept) -------------------------------------- */
 
 void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
+void mkb_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y);
 void mkb_get_rows(void *ctx, const mk_wt *w, const int32_t *ids, int64_t n, float *y);
 void mkb_head_matmul(void *ctx, const mk_head_mm_args *a);
 void mkb_head_matmul_t(void *ctx, const mk_head_mm_args *a);

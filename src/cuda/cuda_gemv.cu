@@ -35,25 +35,35 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
 }
 
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
+    return mk_cuda_gemv_each(w, x, 1, y, accumulate, stream);
+}
+
+extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y, bool accumulate,
+                                       void *stream) {
     mkc_w v;
     MK_TRY(mkc_view(w, "gemv weight", &v));
     if (((uintptr_t)x & 15) != 0)
         return mk_err(MK_E_ARG, "gemv: x must be 16-byte aligned device memory");
-    if (w->rows == 0)
+    if (n > 1 && w->cols % 4)
+        return mk_err(MK_E_UNSUPPORTED, "gemv of %lld tokens: columns must be a multiple of 4 (each x row 16-byte "
+                      "aligned), found %lld", (long long)n, (long long)w->cols);
+    if (w->rows == 0 || n <= 0)
         return MK_OK;
     const int64_t warps = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS;
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
-    if (blocks > 0x7fffffff)
-        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows exceed one launch", (long long)w->rows);
+    if (n > 0x7fffffff / blocks)
+        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld rows x %lld tokens exceed one launch", (long long)w->rows,
+                      (long long)n);
     /* stage x in shared memory when it fits and is whole float4s */
     size_t smem;
     const int staged = stage_mode(v.kind, w->cols, &smem);
+    const unsigned grid = (unsigned)(blocks * n);
     if (mkc_variant() >= 2)
-        k_gemv<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
-                                                                                         staged);
+        k_gemv<true><<<grid, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0, staged,
+                                                                             (int)n);
     else
-        k_gemv<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0,
-                                                                                          staged);
+        k_gemv<false><<<grid, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0, staged,
+                                                                              (int)n);
     MKC_TRY(cudaGetLastError(), "launching gemv");
     return MK_OK;
 }

@@ -8,10 +8,18 @@
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
+/* nt tokens (x [nt, cols], y [nt, rows]): block b does the one-token
+ * launch's block b / nt for token b % nt (tokens innermost: the blocks that
+ * read the same rows run together, so the rows come from DRAM about once),
+ * each token's rows bitwise the one-token launch's. */
 template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
-                                                            float *__restrict__ y, int accumulate, int staged) {
+                                                            float *__restrict__ y, int accumulate, int staged,
+                                                            int nt = 1) {
     MKC_DYN_SMEM(float4, mkc_sm4);
+    const int64_t tok = blockIdx.x % (unsigned)nt, blk = blockIdx.x / (unsigned)nt;
+    xg += tok * w.cols;
+    y += tok * w.rows;
     const float *x = xg;
     int xpad = 0;
     if (staged) { /* every warp of the block reads all of x: once from L2 into shared memory
@@ -25,7 +33,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
         x = (const float *)mkc_sm4;
     }
     const int lane = threadIdx.x & 31;
-    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int64_t warp = blk * GEMV_WARPS + (threadIdx.x >> 5);
     const int64_t r0 = warp * GEMV_ROWS;
     if (r0 >= w.rows)
         return;

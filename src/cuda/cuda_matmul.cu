@@ -1,16 +1,18 @@
 /* The CUDA backend's weight slots: matmul, get_rows and MLA's per-head
  * products, for every mk_wt format.
  *
- * matmul: formats the GEMV kernels take (f32, bf16, f16, affine 4/8-bit:
- * mk_cuda_gemv, cuda_gemv.cu) run one GEMV per token while n is small (a
- * decode step); batches of more than MM_GEMV_MAX tokens, in every format,
- * run tensor-core GEMMs over split bf16 operands (cuda_gemm.cu); the rest
- * (small batches of FP8 block, affine 2/3/5/6-bit, MXFP4, MXFP8, NVFP4;
+ * matmul: formats the GEMV kernels take (f32, bf16, f16, affine 4/8-bit,
+ * FP8 block, MXFP4, NVFP4: mkc_kind_of; mk_cuda_gemv_each, cuda_gemv.cu)
+ * run one GEMV launch for the n <= MM_GEMV_MAX tokens of a decode step,
+ * each row as one token alone gets it; batches of more than MM_GEMV_MAX
+ * tokens, in every format, run tensor-core GEMMs over split bf16 operands
+ * (cuda_gemm.cu); the rest (small batches of affine 2/3/5/6-bit, MXFP8;
  * batches inside a step recording or with MK_CUDA_GEMM_GENERIC) runs the
  * format-generic kernel below: one warp per weight row and block of MM_TB
  * tokens, each lane dequantizing its columns with mkb_wel and accumulating
- * in float32. It is correct, not fast (scalar byte loads); GEMV kernels
- * for these formats are issue 14's next steps (docs/CUDA.md).
+ * in float32. It is correct, not fast (scalar byte loads).
+ * matmul_each (a batched decode step, any n): the GEMV launch as well,
+ * else matmul token by token.
  *
  * get_rows dequantizes with the same mkb_wel, which rounds exactly as the
  * CPU's mk_wt_dequant_row: the rows are bit-identical. */
@@ -57,13 +59,9 @@ void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) 
         return;
     /* x rows stay 16-byte aligned when cols % 4 == 0 (backend memory is) */
     if (e->fast && n <= MM_GEMV_MAX && w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0) {
-        for (int64_t t = 0; t < n; t++) {
-            mk_status s = mk_cuda_gemv(&e->dev, x + t * w->cols, y + t * w->rows, false, c->s);
-            if (s != MK_OK) {
-                mkb_fail(c, s);
-                return;
-            }
-        }
+        mk_status s = mk_cuda_gemv_each(&e->dev, x, n, y, false, c->s);
+        if (s != MK_OK)
+            mkb_fail(c, s);
         return;
     }
     if (n > MM_GEMV_MAX && mkb_matmul_gemm(c, e, x, n, y))
@@ -77,6 +75,27 @@ void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) 
     dim3 grid(mkb_blocks(w->rows, MM_WARPS), (unsigned)tb);
     k_mm<<<grid, MM_WARPS * 32, 0, c->s>>>(e->dw, x, n, y);
     mkb_launched(c, "matmul");
+}
+
+/* A batched decode step's matmul (backend.h's matmul_each): each token's
+ * row bitwise matmul's for that token alone. The GEMV formats: one launch
+ * for every token (mk_cuda_gemv_each, the weight read about once); the
+ * others: matmul token by token. */
+void mkb_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n <= 0 || w->rows <= 0)
+        return;
+    const mkb_entry *e = mkb_weight(c, w);
+    if (!e)
+        return;
+    if (e->fast && w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0) {
+        mk_status s = mk_cuda_gemv_each(&e->dev, x, n, y, false, c->s);
+        if (s != MK_OK)
+            mkb_fail(c, s);
+        return;
+    }
+    for (int64_t t = 0; t < n; t++)
+        mkb_matmul(ctx, w, x + t * w->cols, 1, y + t * w->rows);
 }
 
 /* Several weights against one x: one mk_cuda_gemv_n launch per token when

@@ -73,6 +73,9 @@ size_t mk_cuda_wt_row_bytes_all(const mk_wt *w) {
 mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
     return no_cuda();
 }
+mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y, bool accumulate, void *stream) {
+    return no_cuda();
+}
 mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y, void *stream) {
     return no_cuda();
 }

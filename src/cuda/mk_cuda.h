@@ -79,6 +79,10 @@ size_t mk_cuda_wt_row_bytes_all(const mk_wt *w);
 /* y[r] = sum_c W[r,c] x[c] (+ y[r] when accumulate), W a device view,
  * x and y device float32 arrays, x 16-byte aligned. Asynchronous on stream. */
 mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream);
+/* The same for n tokens in one launch: x [n, cols] -> y [n, rows] (n > 1
+ * needs cols % 4 == 0), each row bitwise mk_cuda_gemv of its x row alone;
+ * the blocks of all tokens that read the same weight rows run together. */
+mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y, bool accumulate, void *stream);
 /* y[i] = W_i x for i < count (1..MK_CUDA_GEMV_N) in one launch: device
  * views of one kind (mkc_kind_of) and one column count, each row computed
  * as mk_cuda_gemv computes it (attention's q, k and v products). */

@@ -4,7 +4,9 @@
 // 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3, MXFP4, NVFP4; both kernel
 // generations and every way of staging x. Each y within test_cuda_gemv's
 // bound of the double reference (gemv_ref.c: mk_wt_dequant_row, the CPU's
-// definition of each format); k_gemv_n's rows bitwise k_gemv's. Checks the
+// definition of each format); k_gemv_n's rows bitwise k_gemv's, and k_gemv
+// of 3 tokens in one launch (mk_cuda_gemv_each) each row bitwise its
+// one-token launch's. Checks the
 // decoding (the E4M3 conversion is the CUDA headers' host version of the
 // same intrinsic), the scale indexing and the lanes' partition; not the
 // device's memory model or speed. Exit 1 on a mismatch.
@@ -26,15 +28,16 @@ struct gcase {
 
 static int g_bad;
 
-// y = W x on the emulated device: one launch of k_gemv<P>
-static void run_gemv(const mkc_w &v, const float *x, float *y, bool P, int staged) {
-    const int64_t warps = (v.rows + GEMV_ROWS - 1) / GEMV_ROWS, blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+// y = W x on the emulated device (nt tokens: x [nt, cols], y [nt, rows]):
+// one launch of k_gemv<P>
+static void run_gemv(const mkc_w &v, const float *x, float *y, bool P, int staged, int nt = 1) {
+    const int64_t warps = (v.rows + GEMV_ROWS - 1) / GEMV_ROWS, blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS * nt;
     for (int64_t b = 0; b < blocks; b++)
         emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] {
             if (P)
-                k_gemv<true>(v, x, y, 0, staged);
+                k_gemv<true>(v, x, y, 0, staged, nt);
             else
-                k_gemv<false>(v, x, y, 0, staged);
+                k_gemv<false>(v, x, y, 0, staged, nt);
         });
 }
 
@@ -116,7 +119,25 @@ int main(int argc, char **argv) {
                 printf("FAIL %s: k_gemv_n matrix %d differs from k_gemv\n", c.name, i);
                 g_bad++;
             }
-        printf("%-32s %d launches, worst |diff|/bound %.3g; gemv_n bitwise\n", c.name, runs, worst);
+        /* three tokens in one launch (cols % 4 == 0, as mk_cuda_gemv_each wants): each row bitwise its
+         * one-token launch's, under the staging the one-token launch takes */
+        if (c.cols % 4 == 0) {
+            const int staged = mkc_pads(v.kind) && c.cols % 32 == 0 ? 2 : 1;
+            std::vector<float> x3(3 * c.cols), y3(3 * c.rows, NAN), y1(c.rows);
+            for (int64_t j = 0; j < 3 * c.cols; j++)
+                x3[j] = j < c.cols ? x[j] : emu_rand(-1.0f, 1.0f);
+            run_gemv(v, x3.data(), y3.data(), true, staged, 3);
+            for (int t = 0; t < 3; t++) {
+                std::fill(y1.begin(), y1.end(), NAN);
+                run_gemv(v, x3.data() + t * c.cols, y1.data(), true, staged);
+                if (std::memcmp(y1.data(), y3.data() + t * c.rows, (size_t)c.rows * 4)) {
+                    printf("FAIL %s: token %d of a 3-token launch differs from its one-token launch\n", c.name, t);
+                    g_bad++;
+                }
+            }
+        }
+        printf("%-32s %d launches, worst |diff|/bound %.3g; gemv_n bitwise, 3 tokens bitwise\n", c.name, runs,
+               worst);
         emu_weight_free(t);
     }
     return g_bad ? 1 : 0;
