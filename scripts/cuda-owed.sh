@@ -8,7 +8,7 @@
 # and with the fixtures packed by `scripts/cuda-fixtures.sh pack .cuda-fx ...`
 # (the device carries 64 MiB: split the fixtures over calls if need be).
 #   scripts/cuda-owed.sh tests FX_TAR     fixtures' _cuda cases, the CLI's CUDA tests
-#   scripts/cuda-owed.sh bench30          30B-shape measurements for bench/RESULTS.md
+#   scripts/cuda-owed.sh bench30          30B-shape measurements for bench/RESULTS.md (batch 1, 8, 32)
 #   scripts/cuda-owed.sh bench35          35B-shape (hybrid) prefill and the FP8/MXFP4 GEMV
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
@@ -55,6 +55,9 @@ bench30 | bench35)
             echo "== 30B, experts past 8 GiB in host memory; then 6 GiB + a 2 GiB VRAM expert cache (equal memory)"
             MK_CUDA_EXPERT_VRAM=$((8 << 30)) $D "$m" 16 256 16 cuda
             MK_CUDA_EXPERT_VRAM=$((6 << 30)) MK_CUDA_EXPERT_CACHE=$((2 << 30)) $D "$m" 16 256 16 cuda
+            echo "== 30B batched decode, 8 and 32 sequences (session 17: weights read once per step)"
+            MK_BENCH_BATCH=8 $D "$m" 16 64 16 cuda
+            MK_BENCH_BATCH=32 $D "$m" 16 64 16 cuda
         } 2>&1 | tee "$out/bench30.log"
     else
         q=/tmp/mk-owed-35b
