@@ -394,6 +394,16 @@ typedef struct mk_backend_i {
     void (*expert_mlps_each)(void *ctx, const mk_expert *const *ex, int count,
                              const float *const *x, const int64_t *n, float *const *ys, float *g,
                              float *u);
+    /* (optional) The attention of a batched decode step: n sequences (n <=
+     * 64), one token each; a[i] is sequence i's call (a[i].n 1, its own
+     * caches k/v and pos0, no selection, no device position) with its key
+     * and value rows in a[i].k_new / a[i].v_new, which are written into
+     * cache row pos0 first (as a replayed step's are); the other fields
+     * are equal across i. Sequence i's output is bitwise what `attention`
+     * gives for it alone once the caller has written those rows. Returns
+     * false, having done nothing, when it does not take the call (the
+     * engine then writes the rows and calls `attention` per sequence). */
+    bool (*attention_each)(void *ctx, const mk_attn_args *a, int n);
     /* (optional) The host bytes [p, p + n) were replaced: an expert cache
      * reused a slot buffer for another expert. A backend that keeps device
      * copies of host memory must not use any copy it made from that range

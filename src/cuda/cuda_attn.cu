@@ -61,33 +61,42 @@ __device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk
     return (d0 + d1) + (d2 + d3);
 }
 
+/* A batched decode step's sequences (mkb_attention_each): token t's caches,
+ * position and new rows; the other arguments are the mk_attn_args'. */
+#define ATT_SEQS 64
+struct att_seqs {
+    const float *k[ATT_SEQS], *v[ATT_SEQS], *kn[ATT_SEQS], *vn[ATT_SEQS];
+    int64_t pos0[ATT_SEQS];
+};
+
 /* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
  * are loaded before any is accumulated (UB * DVL = 32 registers), so a
- * 32-row step costs 32 / UB load round trips, not 32 */
+ * 32-row step costs 32 / UB load round trips, not 32. Block (t * n_heads
+ * + h, share) of a call: token t's query head h against caches k / v
+ * (a.k / a.v or the sequence's), positions 0 .. pos0 + tp (tp: t within a
+ * chunk, 0 for a sequence of a batched step), the new rows kn / vn (or
+ * NULL) written into row pos0 by the token's head-0 first share. */
 template <int DVL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
+__device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, int64_t vs, bool vec, float *part,
+                                           int64_t t, const float *ka, const float *va, int64_t pos0, int64_t tp,
+                                           const float *kn_row, const float *vn_row) {
     constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
     extern __shared__ float sm[];
     float *q = sm;                     /* dk */
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
     float *pl = pm + ATT_WARPS;        /* ATT_WARPS sums */
     float *pacc = pl + ATT_WARPS;      /* ATT_WARPS x dv */
-    const int64_t t = blockIdx.x / a.n_heads;
     const int h = blockIdx.x % a.n_heads, j = h / (a.n_heads / a.n_kv);
     const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
     const float *qg = a.q + (t * a.n_heads + h) * a.dk;
     for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
         q[i] = qg[i];
     __syncthreads();
-    const float *kb = a.k + (int64_t)j * a.dk, *vb = a.v + (int64_t)j * a.dv;
-    /* a replayed decode step: the position from device memory, this token's
-     * rows from k_new / v_new (the cache row is written by block 0 for
-     * later steps and read by none here) */
-    const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    const float *kb = ka + (int64_t)j * a.dk, *vb = va + (int64_t)j * a.dv;
     /* DSA: the token's selected rows, up to the first -1 (ascending);
      * position s of the walk is then cache row sel[s] */
     const int32_t *sel = a.sel ? a.sel + t * a.sel_k : NULL;
-    int64_t T = pos0 + t + 1;
+    int64_t T = pos0 + tp + 1;
     if (sel) {
         int cnt = 0;
         for (int64_t i0 = 0; i0 < a.sel_k; i0 += blockDim.x) {
@@ -98,17 +107,17 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     }
     /* gpt_oss's sliding window: the last `window` positions, itself included */
     const int64_t S0 = !sel && a.window > 0 && T > a.window ? T - a.window : 0;
-    const float *kn = a.k_new ? a.k_new + (int64_t)j * a.dk : NULL;
-    const float *vn = a.k_new ? a.v_new + (int64_t)j * a.dv : NULL;
+    const float *kn = kn_row ? kn_row + (int64_t)j * a.dk : NULL;
+    const float *vn = kn_row ? vn_row + (int64_t)j * a.dv : NULL;
     /* this block's share of [S0, T): gridDim.y shares of whole 32-row steps */
     const int64_t per = ((T - S0 + gridDim.y - 1) / gridDim.y + 31) / 32 * 32;
     const int64_t B0 = S0 + (int64_t)blockIdx.y * per, B1 = B0 + per < T ? B0 + per : T;
-    if (a.k_new && blockIdx.x == 0 && blockIdx.y == 0) {
+    if (kn_row && h == 0 && blockIdx.y == 0) {
         for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
-            ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
-        if (a.v_new != a.k_new || a.v != a.k)
+            ((float *)ka)[pos0 * ks + i] = kn_row[i];
+        if (vn_row != kn_row || va != ka)
             for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
-                ((float *)a.v)[pos0 * vs + i] = a.v_new[i];
+                ((float *)va)[pos0 * vs + i] = vn_row[i];
     }
     float m = -INFINITY, l = 0.0f, acc[DVL];
 #pragma unroll
@@ -206,6 +215,25 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
     }
 }
 
+template <int DVL>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
+    const int64_t t = blockIdx.x / a.n_heads;
+    /* a replayed decode step: the position from device memory, this token's
+     * rows from k_new / v_new (the cache row is written by block 0 for
+     * later steps and read by none here) */
+    const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new);
+}
+
+/* A batched decode step: token t is sequence t's one token (s: its caches,
+ * position and new rows), each block as k_attn's for that sequence alone */
+template <int DVL>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part) {
+    const int64_t t = blockIdx.x / a.n_heads;
+    attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
+}
+
 /* One block per (token, head): the ATT_SPLIT shares' states combined as
  * the warps' are in k_attn (the sink in the max and the denominator). */
 __global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int ns) {
@@ -232,6 +260,27 @@ __global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int
         }
         o[d] = v * inv;
     }
+}
+
+/* The shares' states of nb blocks split ATT_SPLIT ways, in scratch grown
+ * outside recordings (a recorded step that would need more splits
+ * nothing: it cannot grow memory there): *ns ATT_SPLIT, or 1 without the
+ * scratch. False: the allocation failed (recorded for sync). */
+static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
+    const size_t need = (size_t)nb * ATT_SPLIT * ((size_t)dv + 2) * sizeof(float);
+    if (need > c->att_cap && !c->recording) {
+        mk_cuda_free(c->att_part);
+        c->att_part = NULL;
+        c->att_cap = 0;
+        mk_status st = mk_cuda_malloc((void **)&c->att_part, need, "attention's split scratch");
+        if (st != MK_OK) {
+            mkb_fail(c, st);
+            return false;
+        }
+        c->att_cap = need;
+    }
+    *ns = need <= c->att_cap ? ATT_SPLIT : 1;
+    return true;
 }
 
 void mkb_attention(void *ctx, const mk_attn_args *a) {
@@ -262,26 +311,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
                      (!a->k_new || (uintptr_t)a->k_new % 16 == 0);
     const unsigned nb = (unsigned)(a->n * a->n_heads);
-    /* one token: split over the cache, the shares' states in scratch grown
-     * outside recordings (a recorded step that would need more splits
-     * nothing: it cannot grow memory there) */
+    /* one token: split over the cache */
     unsigned ns = 1;
-    if (a->n == 1) {
-        const size_t need = (size_t)nb * ATT_SPLIT * ((size_t)a->dv + 2) * sizeof(float);
-        if (need > c->att_cap && !c->recording) {
-            mk_cuda_free(c->att_part);
-            c->att_part = NULL;
-            c->att_cap = 0;
-            mk_status st = mk_cuda_malloc((void **)&c->att_part, need, "attention's split scratch");
-            if (st != MK_OK) {
-                mkb_fail(c, st);
-                return;
-            }
-            c->att_cap = need;
-        }
-        if (need <= c->att_cap)
-            ns = ATT_SPLIT;
-    }
+    if (a->n == 1 && !split_scratch(c, nb, a->dv, &ns))
+        return;
     const dim3 grid(nb, ns);
     if (a->dv <= 128)
         k_attn<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
@@ -296,4 +329,63 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
         k_attn_merge<<<nb, 128, 0, c->s>>>(*a, c->att_part, (int)ns);
         mkb_launched(c, "attention (merging the shares)");
     }
+}
+
+/* A batched decode step's attention (backend.h's attention_each): one
+ * launch of k_attn_each (and one merge) for every sequence, each block
+ * exactly k_attn's for its sequence alone. Declined (false) unless the
+ * calls are alike (shape, scale, strides, window, sinks), their queries and
+ * outputs contiguous rows of one batch, and the float4 choice (`vec`) the
+ * same as the one-sequence calls would make after the rows were written. */
+bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n < 1 || n > ATT_SEQS || c->recording)
+        return false;
+    const mk_attn_args *a0 = &a[0];
+    if (a0->dk > MK_ATT_MAX_DIM || a0->dv > MK_ATT_MAX_DIM || a0->n_kv <= 0 || a0->n_heads <= 0 ||
+        a0->n_heads % a0->n_kv)
+        return false; /* attention names what is wrong */
+    const int64_t ks = a0->k_stride ? a0->k_stride : (int64_t)a0->n_kv * a0->dk;
+    const int64_t vs = a0->v_stride ? a0->v_stride : (int64_t)a0->n_kv * a0->dv;
+    bool vec1 = a0->dk % 4 == 0 && ks % 4 == 0, vecn = vec1;
+    att_seqs sq;
+    for (int i = 0; i < n; i++) {
+        const mk_attn_args *x = &a[i];
+        if (x->n != 1 || x->sel || x->pos_dev || !x->k_new || !x->v_new || x->n_heads != a0->n_heads ||
+            x->n_kv != a0->n_kv || x->dk != a0->dk || x->dv != a0->dv || x->scale != a0->scale ||
+            x->k_stride != a0->k_stride || x->v_stride != a0->v_stride || x->window != a0->window ||
+            x->sinks != a0->sinks || x->q != a0->q + (int64_t)i * a0->n_heads * a0->dk ||
+            x->out != a0->out + (int64_t)i * a0->n_heads * a0->dv)
+            return false;
+        const bool al = (uintptr_t)x->k % 16 == 0;
+        vec1 = vec1 && al;
+        vecn = vecn && al && (uintptr_t)x->k_new % 16 == 0;
+        sq.k[i] = x->k;
+        sq.v[i] = x->v;
+        sq.kn[i] = x->k_new;
+        sq.vn[i] = x->v_new;
+        sq.pos0[i] = x->pos0;
+    }
+    if (vec1 != vecn)
+        return false;
+    const unsigned nb = (unsigned)n * (unsigned)a0->n_heads;
+    unsigned ns = 1;
+    if (!split_scratch(c, nb, a0->dv, &ns))
+        return true;
+    const size_t smem = sizeof(float) * ((size_t)a0->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a0->dv);
+    const dim3 grid(nb, ns);
+    if (a0->dv <= 128)
+        k_attn_each<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+    else if (a0->dv <= 256)
+        k_attn_each<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+    else if (a0->dv <= 512)
+        k_attn_each<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+    else
+        k_attn_each<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+    mkb_launched(c, "attention of a batched step");
+    if (ns > 1) {
+        k_attn_merge<<<nb, 128, 0, c->s>>>(*a0, c->att_part, (int)ns);
+        mkb_launched(c, "attention of a batched step (merging the shares)");
+    }
+    return true;
 }

@@ -576,6 +576,7 @@ static const mk_backend_i g_cuda = {
     .argmax = mkb_argmax,
     .matmul_each = mkb_matmul_each,
     .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
+    .attention_each = mkb_attention_each,
     .host_changed = cu_host_changed, /* an expert cache reusing its host slots */
     .free = cu_free,
 };

@@ -349,6 +349,29 @@ static void cpu_attention(void *ctx, const mk_attn_args *args) {
     mk_pool_for(pool, a->n * a->n_kv * j.nb, 1, attn_task, &j);
 }
 
+/* A batched decode step's attention (backend.h's attention_each): each
+ * sequence's new rows written into its caches, then its attention as the
+ * engine's per-sequence calls would run it (the same results by
+ * construction; on the CPU the point is one seam for every backend, so the
+ * engine's batched path that hands the rows over is the one tested). */
+static bool cpu_attention_each(void *ctx, const mk_attn_args *a, int n) {
+    for (int i = 0; i < n; i++)
+        if (a[i].n != 1 || a[i].sel || a[i].pos_dev || !a[i].k_new || !a[i].v_new)
+            return false;
+    for (int i = 0; i < n; i++) {
+        const mk_attn_args *x = &a[i];
+        const int64_t ks = x->k_stride ? x->k_stride : (int64_t)x->n_kv * x->dk;
+        const int64_t vs = x->v_stride ? x->v_stride : (int64_t)x->n_kv * x->dv;
+        memmove((float *)x->k + x->pos0 * ks, x->k_new, (size_t)ks * sizeof(float));
+        if (x->v_new != x->k_new || x->v != x->k)
+            memmove((float *)x->v + x->pos0 * vs, x->v_new, (size_t)vs * sizeof(float));
+        mk_attn_args one = *x;
+        one.k_new = one.v_new = NULL;
+        cpu_attention(ctx, &one);
+    }
+    return true;
+}
+
 /* ---- DeepSeek sparse attention: the indexer's selection --------------------- */
 
 /* Is (x, s) a better candidate than (y, r)? Higher score, then lower
@@ -963,6 +986,7 @@ static const mk_backend_i g_cpu = {
     .matmul_each = cpu_matmul_each,
     .matmul_n = cpu_matmul_n,
     .expert_mlps_each = cpu_expert_mlps_each,
+    .attention_each = cpu_attention_each,
     .free = cpu_free,
 };
 

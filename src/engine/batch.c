@@ -116,7 +116,8 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
 /* forward.c's attn_block over the batch: K and V of the n rows are made in
  * the free attention-output buffer (K at e->att, V after it: 2n <= chunk),
  * normed and rotated there, then copied to each sequence's cache row; each
- * sequence attends over its own cache. */
+ * sequence attends over its own cache. A backend with attention_each takes
+ * all the sequences in one call that writes the rows itself. */
 static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_attn_w *w) {
     const mk_config *c = e->c;
     int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, kw = nKV * hd;
@@ -141,18 +142,36 @@ static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_at
     }
     BE(e)->rope(CTX(e), e->q, n, nH * hd, (int)nH, hd, e->rot_dim, e->cos_b, e->sin_b, false);
     BE(e)->rope(CTX(e), kn, n, kw, (int)nKV, hd, e->rot_dim, e->cos_b, e->sin_b, false);
+    mk_attn_args aa[MK_ENGINE_MAX_BATCH];
     for (int i = 0; i < n; i++) {
         const mk_engine *s = es[i];
-        BE(e)->copy(CTX(e), s->kc[l] + s->pos * kw, 0, 0, kn + i * kw, 0, 0, 1, 1, kw);
-        BE(e)->copy(CTX(e), s->vc[l] + s->pos * kw, 0, 0, vn + i * kw, 0, 0, 1, 1, kw);
+        aa[i] = (mk_attn_args){.q = e->q + i * nH * hd, .k = s->kc[l], .v = s->vc[l],
+                               .out = e->att + i * nH * hd, .n = 1, .pos0 = s->pos, .n_heads = (int)nH,
+                               .n_kv = (int)nKV, .dk = (int)hd, .dv = (int)hd, .scale = e->attn_scale};
     }
-    /* K and V are in the caches now: e->att is free for the outputs */
-    for (int i = 0; i < n; i++) {
-        const mk_engine *s = es[i];
-        mk_attn_args a = {.q = e->q + i * nH * hd, .k = s->kc[l], .v = s->vc[l],
-                          .out = e->att + i * nH * hd, .n = 1, .pos0 = s->pos, .n_heads = (int)nH,
-                          .n_kv = (int)nKV, .dk = (int)hd, .dv = (int)hd, .scale = e->attn_scale};
-        BE(e)->attention(CTX(e), &a);
+    /* every sequence in one call that writes the new rows itself: they
+     * move out of e->att (its outputs) into e->qraw, free once q is made
+     * (nC * 2 nH hd floats >= 2 n kw) */
+    bool done = false;
+    if (BE(e)->attention_each) {
+        BE(e)->copy(CTX(e), e->qraw, 0, 0, kn, 0, 0, 1, 1, 2 * n * kw);
+        for (int i = 0; i < n; i++) {
+            aa[i].k_new = e->qraw + i * kw;
+            aa[i].v_new = e->qraw + (n + i) * kw;
+        }
+        done = BE(e)->attention_each(CTX(e), aa, n);
+    }
+    if (!done) {
+        for (int i = 0; i < n; i++) {
+            const mk_engine *s = es[i];
+            BE(e)->copy(CTX(e), s->kc[l] + s->pos * kw, 0, 0, kn + i * kw, 0, 0, 1, 1, kw);
+            BE(e)->copy(CTX(e), s->vc[l] + s->pos * kw, 0, 0, vn + i * kw, 0, 0, 1, 1, kw);
+        }
+        /* K and V are in the caches now: e->att is free for the outputs */
+        for (int i = 0; i < n; i++) {
+            aa[i].k_new = aa[i].v_new = NULL;
+            BE(e)->attention(CTX(e), &aa[i]);
+        }
     }
     if (w->gated)
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
@@ -163,7 +182,8 @@ static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_at
  * half the chunk) fit e->qabs and e->olat. The compressed rows [latent |
  * k_pe] are made in e->olat (free until the attention writes it, and sized
  * for them too), normed and rotated there and copied to each sequence's
- * latent cache; the absorbed query product is batch-invariant
+ * latent cache (or written by attention_each, as in attn_b); the absorbed
+ * query product is batch-invariant
  * (mk_matmul_rows_t sums rows in a fixed order), the value product runs
  * per token. */
 static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla_w *w) {
@@ -185,20 +205,35 @@ static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla
     BE(e)->rope(CTX(e), e->qraw + dn, n, nH * qk, (int)nH, qk, (int)dr, e->cos_b, e->sin_b,
                 c->rope_interleave);
     BE(e)->rope(CTX(e), kv + kl, n, cw, 1, 0, (int)dr, e->cos_b, e->sin_b, c->rope_interleave);
-    for (int i = 0; i < n; i++)
-        BE(e)->copy(CTX(e), es[i]->kc[l] + es[i]->pos * cw, 0, 0, kv + i * cw, 0, 0, 1, 1, cw);
     mk_head_mm_args qa = {.w = &w->kv_b, .r0 = 0, .hstep = dn + dvh, .nr = dn,
                           .n_heads = (int)nH, .n = n, .x = e->qraw, .x_tok = nH * qk,
                           .x_head = qk, .y = e->qabs, .y_tok = nH * cw, .y_head = cw};
     BE(e)->head_matmul_t(CTX(e), &qa);
     BE(e)->copy(CTX(e), e->qabs + kl, cw, 0, e->qraw + dn, qk, 0, n * nH, 1, dr);
+    mk_attn_args aa[MK_ENGINE_MAX_BATCH];
     for (int i = 0; i < n; i++) {
         const mk_engine *s = es[i];
-        mk_attn_args a = {.q = e->qabs + i * nH * cw, .k = s->kc[l], .v = s->kc[l],
-                          .out = e->olat + i * nH * kl, .n = 1, .pos0 = s->pos,
-                          .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
-                          .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
-        BE(e)->attention(CTX(e), &a);
+        aa[i] = (mk_attn_args){.q = e->qabs + i * nH * cw, .k = s->kc[l], .v = s->kc[l],
+                               .out = e->olat + i * nH * kl, .n = 1, .pos0 = s->pos,
+                               .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
+                               .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
+    }
+    /* every sequence in one call that writes the new latent rows itself:
+     * they move out of e->olat (its outputs) into e->qraw, free once the
+     * rotated query part is copied out (nC * nH * qk floats) */
+    bool done = false;
+    if (BE(e)->attention_each && cw <= nH * qk) {
+        BE(e)->copy(CTX(e), e->qraw, 0, 0, kv, 0, 0, 1, 1, n * cw);
+        for (int i = 0; i < n; i++)
+            aa[i].k_new = aa[i].v_new = e->qraw + i * cw;
+        done = BE(e)->attention_each(CTX(e), aa, n);
+    }
+    if (!done) {
+        for (int i = 0; i < n; i++) {
+            BE(e)->copy(CTX(e), es[i]->kc[l] + es[i]->pos * cw, 0, 0, kv + i * cw, 0, 0, 1, 1, cw);
+            aa[i].k_new = aa[i].v_new = NULL;
+            BE(e)->attention(CTX(e), &aa[i]);
+        }
     }
     for (int i = 0; i < n; i++) { /* per token: mk_matmul_rows differs between 1 and n tokens */
         mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,

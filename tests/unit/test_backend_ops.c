@@ -586,6 +586,121 @@ static void test_expert_mlps(void **st) {
     }
 }
 
+/* attention_each (optional): five sequences of one batched decode step at
+ * positions 0 to 140 (one past 128 rows: several shares of the split walk),
+ * GQA and an MLA-like latent cache (v = k, strided, dv < dk), each output
+ * bitwise the one-sequence attention after the caller wrote the new rows,
+ * and each cache's row pos0 then holding exactly the new rows (the slot
+ * writes them: their place starts as NaN); a call it cannot take (a
+ * two-token entry) declines, changing nothing. */
+static void test_attention_each(void **st) {
+    (void)st;
+    enum { NS = 5 };
+    static const int64_t pos[NS] = {0, 3, 140, 37, 129};
+    struct { int nh, nkv, dk, dv; bool lat; } shapes[] = {{8, 2, 64, 64, false}, {4, 1, 80, 64, true}};
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->attention_each) {
+            printf("  %s: no attention_each (the engine attends per sequence)\n", b->name);
+            continue;
+        }
+        for (int si = 0; si < 2; si++) {
+            const int nh = shapes[si].nh, nkv = shapes[si].nkv, dk = shapes[si].dk, dv = shapes[si].dv;
+            const bool lat = shapes[si].lat;
+            const int64_t ks = (int64_t)nkv * dk, vs = lat ? ks : (int64_t)nkv * dv;
+            float *q = rvec(NS * nh * dk), *kn = rvec(NS * ks), *vn = rvec(NS * vs);
+            void *dq = dev(b, q, (size_t)(NS * nh * dk) * 4), *dkn = dev(b, kn, (size_t)(NS * ks) * 4);
+            void *dvn = dev(b, vn, (size_t)(NS * vs) * 4);
+            void *dout = dev(b, NULL, (size_t)(NS * nh * dv) * 4), *dref = dev(b, NULL, (size_t)(NS * nh * dv) * 4);
+            void *kc[NS], *vc[NS], *kr[NS], *vr[NS];
+            mk_attn_args a[NS];
+            for (int i = 0; i < NS; i++) {
+                const int64_t rows = pos[i] + 1;
+                float *kh = rvec(rows * ks), *vh = rvec(rows * vs);
+                /* the reference caches hold the new rows; the slot's have NaN there */
+                memcpy(kh + pos[i] * ks, kn + i * ks, (size_t)ks * 4);
+                memcpy(vh + pos[i] * vs, vn + i * vs, (size_t)vs * 4);
+                kr[i] = dev(b, kh, (size_t)(rows * ks) * 4);
+                vr[i] = lat ? kr[i] : dev(b, vh, (size_t)(rows * vs) * 4);
+                for (int64_t j = 0; j < ks; j++)
+                    kh[pos[i] * ks + j] = NAN;
+                for (int64_t j = 0; j < vs; j++)
+                    vh[pos[i] * vs + j] = NAN;
+                kc[i] = dev(b, kh, (size_t)(rows * ks) * 4);
+                vc[i] = lat ? kc[i] : dev(b, vh, (size_t)(rows * vs) * 4);
+                free(kh);
+                free(vh);
+                a[i] = (mk_attn_args){.q = (float *)dq + (int64_t)i * nh * dk, .k = kc[i], .v = vc[i],
+                                      .out = (float *)dout + (int64_t)i * nh * dv, .n = 1, .pos0 = pos[i],
+                                      .n_heads = nh, .n_kv = nkv, .dk = dk, .dv = dv, .scale = 0.125f,
+                                      .k_stride = lat ? ks : 0, .v_stride = lat ? ks : 0,
+                                      .k_new = (float *)dkn + i * ks, .v_new = lat ? (float *)dkn + i * ks
+                                                                                   : (float *)dvn + i * vs};
+            }
+            mk_attn_args bad[NS];
+            memcpy(bad, a, sizeof bad);
+            bad[2].n = 2;
+            assert_false(b->i->attention_each(b->ctx, bad, NS));
+            float *k2 = back(b, kc[2], (size_t)((pos[2] + 1) * ks) * 4);
+            assert_true(isnan(k2[pos[2] * ks])); /* declined: nothing written */
+            free(k2);
+            assert_true(b->i->attention_each(b->ctx, a, NS));
+            for (int i = 0; i < NS; i++) {
+                mk_attn_args one = a[i];
+                one.k = kr[i];
+                one.v = vr[i];
+                one.k_new = one.v_new = NULL;
+                one.out = (float *)dref + (int64_t)i * nh * dv;
+                b->i->attention(b->ctx, &one);
+            }
+            const size_t ob = (size_t)(NS * nh * dv) * 4;
+            float *y = back(b, dout, ob), *yr = back(b, dref, ob);
+            for (int i = 0; i < NS; i++) {
+                if (memcmp(y + (size_t)i * nh * dv, yr + (size_t)i * nh * dv, (size_t)nh * dv * 4))
+                    fail_msg("%s: attention_each %s: sequence %d (position %lld) not bitwise its own attention",
+                             b->name, lat ? "latent" : "GQA", i, (long long)pos[i]);
+                const size_t cb = (size_t)((pos[i] + 1) * ks) * 4;
+                float *c1 = back(b, kc[i], cb), *c2 = back(b, kr[i], cb);
+                if (memcmp(c1, c2, cb))
+                    fail_msg("%s: attention_each %s: sequence %d's key cache differs from the written one",
+                             b->name, lat ? "latent" : "GQA", i);
+                free(c1);
+                free(c2);
+                if (!lat) {
+                    const size_t vb = (size_t)((pos[i] + 1) * vs) * 4;
+                    c1 = back(b, vc[i], vb);
+                    c2 = back(b, vr[i], vb);
+                    if (memcmp(c1, c2, vb))
+                        fail_msg("%s: attention_each: sequence %d's value cache differs from the written one",
+                                 b->name, i);
+                    free(c1);
+                    free(c2);
+                }
+            }
+            printf("  %s: attention_each %s, %d sequences at positions 0..140: bitwise, rows written\n", b->name,
+                   lat ? "latent (v = k)" : "GQA", NS);
+            free(y);
+            free(yr);
+            for (int i = 0; i < NS; i++) {
+                b->i->buf_free(b->ctx, kc[i]);
+                b->i->buf_free(b->ctx, kr[i]);
+                if (!lat) {
+                    b->i->buf_free(b->ctx, vc[i]);
+                    b->i->buf_free(b->ctx, vr[i]);
+                }
+            }
+            b->i->buf_free(b->ctx, dq);
+            b->i->buf_free(b->ctx, dkn);
+            b->i->buf_free(b->ctx, dvn);
+            b->i->buf_free(b->ctx, dout);
+            b->i->buf_free(b->ctx, dref);
+            free(q);
+            free(kn);
+            free(vn);
+        }
+    }
+}
+
 /* The batched decode slots (optional): matmul_each over 5 tokens, every
  * row bitwise what matmul gives that token alone (n == 1), on every weight
  * kind; expert_mlps_each over experts in mixed storages with 1 to 3
@@ -2384,6 +2499,7 @@ int main(void) {
         cmocka_unit_test(test_memory_and_copies),  cmocka_unit_test(test_matmul_formats),
         cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
         cmocka_unit_test(test_batch_slots),
+        cmocka_unit_test(test_attention_each),
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
