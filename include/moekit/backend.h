@@ -404,6 +404,21 @@ typedef struct mk_backend_i {
      * false, having done nothing, when it does not take the call (the
      * engine then writes the rows and calls `attention` per sequence). */
     bool (*attention_each)(void *ctx, const mk_attn_args *a, int n);
+    /* (optional) The causal conv of a batched decode step: n sequences (n
+     * <= 64), one token each: row i of u (stride u_stride) through
+     * conv1d_silu with state states[i] into row i of y ([n, C]); each row
+     * and state bitwise what conv1d_silu gives that sequence alone. False,
+     * having done nothing, when it does not take the call (the engine then
+     * calls conv1d_silu per sequence). */
+    bool (*conv1d_silu_each)(void *ctx, const float *u, int64_t u_stride, float *y, int n, int64_t C,
+                             int K, const float *w, float *const *states);
+    /* (optional) The delta rule of a batched decode step: a[i] is sequence
+     * i's one-token call (a[i].n 1, its own state), the calls alike but for
+     * their state and rows, which are row i of one batch each: q, k, v at
+     * i * stride, a and b at i * nv, out at i * nv * dv from a[0]'s. Each
+     * output and state bitwise what gdn gives that sequence alone. False,
+     * having done nothing, when it does not take the call. */
+    bool (*gdn_each)(void *ctx, const mk_gdn_args *a, int n);
     /* (optional) The host bytes [p, p + n) were replaced: an expert cache
      * reused a slot buffer for another expert. A backend that keeps device
      * copies of host memory must not use any copy it made from that range

@@ -577,6 +577,8 @@ static const mk_backend_i g_cuda = {
     .matmul_each = mkb_matmul_each,
     .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
     .attention_each = mkb_attention_each,
+    .conv1d_silu_each = mkb_conv1d_silu_each,
+    .gdn_each = mkb_gdn_each,
     .host_changed = cu_host_changed, /* an expert cache reusing its host slots */
     .free = cu_free,
 };

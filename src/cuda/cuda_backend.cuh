@@ -273,6 +273,9 @@ void mkb_sigmoid_mul(void *ctx, float *x, const float *gate, int64_t n);
 void mkb_axpy(void *ctx, float *y, float a, const float *x, int64_t n);
 void mkb_attention(void *ctx, const mk_attn_args *a);
 bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n);
+bool mkb_conv1d_silu_each(void *ctx, const float *u, int64_t u_stride, float *y, int n, int64_t C, int K,
+                          const float *w, float *const *states);
+bool mkb_gdn_each(void *ctx, const mk_gdn_args *a, int n);
 void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n, int64_t C, int K,
                      const float *w, float *state);
 void mkb_gdn(void *ctx, const mk_gdn_args *a);

@@ -19,11 +19,15 @@
 #include "cuda/cuda_backend.cuh"
 #include "cuda/cuda_gdn_chunk.cuh"
 
-__global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t C, int K, const float *w,
-                       float *state) {
-    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-    if (c >= C)
-        return;
+/* A batched decode step's sequences (the _each slots): each one's state */
+#define GDN_SEQS 64
+struct gdn_states {
+    float *p[GDN_SEQS];
+};
+
+/* channel c of n tokens (the thread's whole work in k_conv) */
+__device__ __forceinline__ void conv_channel(const float *u, int64_t us, float *y, int64_t n, int64_t C, int K,
+                                             const float *w, float *state, int64_t c) {
     for (int64_t t = 0; t < n; t++) {
         float acc = 0.0f;
         for (int j = 0; j < K; j++) {
@@ -39,6 +43,21 @@ __global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t 
     }
 }
 
+__global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t C, int K, const float *w,
+                       float *state) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (c < C)
+        conv_channel(u, us, y, n, C, K, w, state, c);
+}
+
+/* sequence blockIdx.y's one token: row y of u and of out, its own state */
+__global__ void k_conv_each(const float *u, int64_t us, float *y, int64_t C, int K, const float *w,
+                            const __grid_constant__ gdn_states st) {
+    const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
+    if (c < C)
+        conv_channel(u + blockIdx.y * us, us, y + blockIdx.y * C, 1, C, K, w, st.p[blockIdx.y], c);
+}
+
 void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int64_t n, int64_t C, int K,
                      const float *w, float *state) {
     mkb_ctx *c = (mkb_ctx *)ctx;
@@ -52,8 +71,8 @@ void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int6
 }
 
 
-/* shared: qn[dk], kn[dk], 32 floats of reduction scratch */
-__global__ void k_gdn(mk_gdn_args a) {
+/* head blockIdx.x of a; shared: qn[dk], kn[dk], 32 floats of reduction scratch */
+__device__ __forceinline__ void gdn_head(const mk_gdn_args &a) {
     extern __shared__ float sm[];
     float *qn = sm, *kn = sm + a.dk, *red = kn + a.dk;
     const int h = blockIdx.x, r = a.nv / a.nk, kh = h / r, dk = a.dk, dv = a.dv;
@@ -98,6 +117,24 @@ __global__ void k_gdn(mk_gdn_args a) {
     }
 }
 
+__global__ void k_gdn(mk_gdn_args a) {
+    gdn_head(a);
+}
+
+/* sequence blockIdx.y's one token: its rows of a batch laid out as a's
+ * (row 0), its own state */
+__global__ void k_gdn_each(mk_gdn_args a, const __grid_constant__ gdn_states st) {
+    const int64_t i = blockIdx.y;
+    a.q += i * a.stride;
+    a.k += i * a.stride;
+    a.v += i * a.stride;
+    a.a += i * a.nv;
+    a.b += i * a.nv;
+    a.out += i * a.nv * a.dv;
+    a.state = st.p[i];
+    gdn_head(a);
+}
+
 void mkb_gdn(void *ctx, const mk_gdn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->nv <= 0)
@@ -123,4 +160,55 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
     const size_t smem = sizeof(float) * (2 * (size_t)a->dk + 32);
     k_gdn<<<(unsigned)a->nv, threads, smem, c->s>>>(d);
     mkb_launched(c, "gdn");
+}
+
+/* A batched decode step's conv (backend.h's conv1d_silu_each): one launch,
+ * each sequence's channels as k_conv's for that sequence alone. */
+bool mkb_conv1d_silu_each(void *ctx, const float *u, int64_t u_stride, float *y, int n, int64_t C, int K,
+                          const float *w, float *const *states) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n < 1 || n > GDN_SEQS || C <= 0)
+        return false;
+    const float *wd = mkb_param(c, w, C * K);
+    if (!wd)
+        return true; /* the failure is recorded for sync */
+    gdn_states st;
+    for (int i = 0; i < n; i++)
+        st.p[i] = states[i];
+    k_conv_each<<<dim3(mkb_blocks(C, 128), (unsigned)n), 128, 0, c->s>>>(u, u_stride, y, C, K, wd, st);
+    mkb_launched(c, "conv1d_silu of a batched step");
+    return true;
+}
+
+/* A batched decode step's delta rule (backend.h's gdn_each): one launch,
+ * each sequence's heads as k_gdn's for that sequence alone (one token: the
+ * token loop, never the chunked form). */
+bool mkb_gdn_each(void *ctx, const mk_gdn_args *a, int n) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (n < 1 || n > GDN_SEQS)
+        return false;
+    const mk_gdn_args *a0 = &a[0];
+    if (a0->nv <= 0 || a0->dv > 1024 || a0->nk <= 0 || a0->nv % a0->nk)
+        return false; /* gdn names what is wrong */
+    gdn_states st;
+    for (int i = 0; i < n; i++) {
+        const mk_gdn_args *x = &a[i];
+        if (x->n != 1 || x->nk != a0->nk || x->nv != a0->nv || x->dk != a0->dk || x->dv != a0->dv ||
+            x->stride != a0->stride || x->A_log != a0->A_log || x->dt_bias != a0->dt_bias ||
+            x->q != a0->q + i * a0->stride || x->k != a0->k + i * a0->stride || x->v != a0->v + i * a0->stride ||
+            x->a != a0->a + (int64_t)i * a0->nv || x->b != a0->b + (int64_t)i * a0->nv ||
+            x->out != a0->out + (int64_t)i * a0->nv * a0->dv)
+            return false;
+        st.p[i] = x->state;
+    }
+    mk_gdn_args d = *a0;
+    d.A_log = mkb_param(c, a0->A_log, a0->nv);
+    d.dt_bias = mkb_param(c, a0->dt_bias, a0->nv);
+    if (!d.A_log || !d.dt_bias)
+        return true; /* the failure is recorded for sync */
+    const int threads = d.dv < 32 ? 32 : (d.dv + 31) / 32 * 32;
+    const size_t smem = sizeof(float) * (2 * (size_t)d.dk + 32);
+    k_gdn_each<<<dim3((unsigned)d.nv, (unsigned)n), threads, smem, c->s>>>(d, st);
+    mkb_launched(c, "gdn of a batched step");
+    return true;
 }

@@ -720,6 +720,26 @@ static void cpu_gdn(void *ctx, const mk_gdn_args *a) {
     mk_pool_for(((cpu_ctx *)ctx)->pool, a->nv, 1, chunked ? gdn_chunk_task : gdn_task, (void *)a);
 }
 
+/* A batched decode step's conv and delta rule (backend.h's _each slots):
+ * the one-sequence calls in turn (the same results by construction; the
+ * point on the CPU is that the engine's batched path through the slots is
+ * the one tested). */
+static bool cpu_conv1d_silu_each(void *ctx, const float *u, int64_t u_stride, float *y, int n, int64_t C, int K,
+                                 const float *w, float *const *states) {
+    for (int i = 0; i < n; i++)
+        cpu_conv1d_silu(ctx, u + i * u_stride, u_stride, y + i * C, 1, C, K, w, states[i]);
+    return true;
+}
+
+static bool cpu_gdn_each(void *ctx, const mk_gdn_args *a, int n) {
+    for (int i = 0; i < n; i++)
+        if (a[i].n != 1)
+            return false;
+    for (int i = 0; i < n; i++)
+        cpu_gdn(ctx, &a[i]);
+    return true;
+}
+
 static void gated_task(void *ctx, int64_t rb, int64_t re) {
     const ew_job *j = ctx;
     for (int64_t r = rb; r < re; r++) {
@@ -987,6 +1007,8 @@ static const mk_backend_i g_cpu = {
     .matmul_n = cpu_matmul_n,
     .expert_mlps_each = cpu_expert_mlps_each,
     .attention_each = cpu_attention_each,
+    .conv1d_silu_each = cpu_conv1d_silu_each,
+    .gdn_each = cpu_gdn_each,
     .free = cpu_free,
 };
 

@@ -11,7 +11,9 @@
  * several sequences is read once and multiplied once per step. What is
  * per sequence runs per sequence: K/V (or latent) rows go to each one's
  * cache at its own position, RoPE uses each row's position, attention,
- * the causal conv and the delta rule run on each one's cache or state.
+ * the causal conv and the delta rule run on each one's cache or state
+ * (through the backend's _each slots where it has them: one call for the
+ * batch, each sequence on its own cache or state).
  *
  * Batch invariance: a sequence's logits are bitwise those of
  * mk_engine_forward(e, &id, 1, ...) on its engine alone, whatever else is
@@ -261,7 +263,8 @@ static void gdn_ungroup_b(mk_engine *e, int64_t n) {
 }
 
 /* forward.c's gdn_block over the batch: projections over the batch, the
- * causal conv and the delta rule per sequence on its own state. */
+ * causal conv and the delta rule per sequence on its own state (one
+ * conv1d_silu_each and one gdn_each call where the backend has them). */
 static void gdn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_gdn_w *w) {
     const mk_config *c = e->c;
     int64_t nk = c->lin_num_k_heads, nv = c->lin_num_v_heads, dk = c->lin_k_head_dim,
@@ -276,16 +279,26 @@ static void gdn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_gdn
         mk_engine_mm(e, &w->b, e->xb, n, e->gb);
         mk_engine_mm(e, &w->a, e->xb, n, e->ga);
     }
+    /* every sequence's conv, then every sequence's delta rule: one call
+     * each where the backend takes the batch */
+    float *states[MK_ENGINE_MAX_BATCH];
+    mk_gdn_args ga[MK_ENGINE_MAX_BATCH];
     for (int i = 0; i < n; i++) {
         const mk_engine *s = es[i];
         float *co = e->conv_out + i * C;
-        BE(e)->conv1d_silu(CTX(e), e->mixed + i * C, C, co, 1, C, c->conv_kernel, w->conv,
-                           s->conv[l]);
-        mk_gdn_args a = {co, co + Kd, co + 2 * Kd, C, e->ga + i * nv, e->gb + i * nv,
-                         w->A_log, w->dt_bias, s->ssm[l], e->o + i * Vd, 1, (int)nk, (int)nv,
-                         (int)dk, (int)dv};
-        BE(e)->gdn(CTX(e), &a);
+        states[i] = s->conv[l];
+        ga[i] = (mk_gdn_args){co, co + Kd, co + 2 * Kd, C, e->ga + i * nv, e->gb + i * nv,
+                              w->A_log, w->dt_bias, s->ssm[l], e->o + i * Vd, 1, (int)nk, (int)nv,
+                              (int)dk, (int)dv};
     }
+    if (!BE(e)->conv1d_silu_each ||
+        !BE(e)->conv1d_silu_each(CTX(e), e->mixed, C, e->conv_out, n, C, c->conv_kernel, w->conv, states))
+        for (int i = 0; i < n; i++)
+            BE(e)->conv1d_silu(CTX(e), e->mixed + i * C, C, e->conv_out + i * C, 1, C, c->conv_kernel,
+                               w->conv, states[i]);
+    if (!BE(e)->gdn_each || !BE(e)->gdn_each(CTX(e), ga, n))
+        for (int i = 0; i < n; i++)
+            BE(e)->gdn(CTX(e), &ga[i]);
     BE(e)->gated_rmsnorm(CTX(e), e->o, e->z, w->norm, n * nv, dv, (float)c->rms_norm_eps);
     mk_engine_mm(e, &w->out, e->o, n, e->y);
 }

@@ -1437,6 +1437,106 @@ static void test_conv_gdn(void **st) {
     }
 }
 
+/* conv1d_silu_each and gdn_each (optional): five sequences of one batched
+ * decode step, each with its own conv and recurrent state, every output
+ * row and state bitwise the one-sequence conv1d_silu / gdn (those are held
+ * to references above); a call they cannot take declines, changing
+ * nothing. */
+static void test_recurrent_each(void **st) {
+    (void)st;
+    enum { NS = 5, CH = 40, K = 4, NK = 2, NV = 4, DK = 8, DV = 12 };
+    const int64_t C = 2 * NK * DK + NV * DV; /* q | k | v rows, as the engine's conv output */
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        if (!b->i->conv1d_silu_each || !b->i->gdn_each) {
+            printf("  %s: no conv1d_silu_each / gdn_each (the engine steps sequences one by one)\n", b->name);
+            continue;
+        }
+        /* conv: rows of stride C + 3, states per sequence */
+        const int64_t us = CH + 3;
+        float *u = rvec(NS * us), *w = rvec(CH * K);
+        void *du = dev(b, u, sizeof(float) * NS * us), *dw = dev(b, w, sizeof(float) * CH * K);
+        void *dy = dev(b, NULL, sizeof(float) * NS * CH), *dyr = dev(b, NULL, sizeof(float) * NS * CH);
+        float *cs[NS], *csr[NS];
+        for (int i = 0; i < NS; i++) {
+            float *s0 = rvec((K - 1) * CH);
+            cs[i] = dev(b, s0, sizeof(float) * (K - 1) * CH);
+            csr[i] = dev(b, s0, sizeof(float) * (K - 1) * CH);
+            free(s0);
+        }
+        assert_true(b->i->conv1d_silu_each(b->ctx, du, us, dy, NS, CH, K, w, cs));
+        for (int i = 0; i < NS; i++)
+            b->i->conv1d_silu(b->ctx, (float *)du + i * us, us, (float *)dyr + i * CH, 1, CH, K, w, csr[i]);
+        float *y = back(b, dy, sizeof(float) * NS * CH), *yr = back(b, dyr, sizeof(float) * NS * CH);
+        if (memcmp(y, yr, sizeof(float) * NS * CH))
+            fail_msg("%s: conv1d_silu_each: not bitwise the one-sequence conv", b->name);
+        for (int i = 0; i < NS; i++) {
+            float *a1 = back(b, cs[i], sizeof(float) * (K - 1) * CH), *a2 = back(b, csr[i], sizeof(float) * (K - 1) * CH);
+            if (memcmp(a1, a2, sizeof(float) * (K - 1) * CH))
+                fail_msg("%s: conv1d_silu_each: sequence %d's state not bitwise the one-sequence conv's", b->name, i);
+            free(a1);
+            free(a2);
+            b->i->buf_free(b->ctx, cs[i]);
+            b->i->buf_free(b->ctx, csr[i]);
+        }
+        free(y);
+        free(yr);
+        /* gdn: one batch of rows, a state per sequence */
+        float *qkv = rvec(NS * C), *aa = rvec(NS * NV), *bb = rvec(NS * NV), *al = rvec(NV), *dt = rvec(NV);
+        void *dqkv = dev(b, qkv, sizeof(float) * NS * C), *da = dev(b, aa, sizeof(float) * NS * NV);
+        void *db = dev(b, bb, sizeof(float) * NS * NV);
+        void *dout = dev(b, NULL, sizeof(float) * NS * NV * DV), *dref = dev(b, NULL, sizeof(float) * NS * NV * DV);
+        float *ss[NS], *ssr[NS];
+        mk_gdn_args g[NS];
+        for (int i = 0; i < NS; i++) {
+            float *s0 = rvec(NV * DK * DV);
+            ss[i] = dev(b, s0, sizeof(float) * NV * DK * DV);
+            ssr[i] = dev(b, s0, sizeof(float) * NV * DK * DV);
+            free(s0);
+            const float *row = (const float *)dqkv + i * C;
+            g[i] = (mk_gdn_args){row, row + NK * DK, row + 2 * NK * DK, C, (const float *)da + i * NV,
+                                 (const float *)db + i * NV, al, dt, ss[i], (float *)dout + i * NV * DV, 1, NK, NV,
+                                 DK, DV};
+        }
+        mk_gdn_args bad[NS];
+        memcpy(bad, g, sizeof bad);
+        bad[3].n = 2;
+        assert_false(b->i->gdn_each(b->ctx, bad, NS));
+        float *chk = back(b, ss[3], sizeof(float) * NV * DK * DV), *chk0 = back(b, ssr[3], sizeof(float) * NV * DK * DV);
+        assert_memory_equal(chk, chk0, sizeof(float) * NV * DK * DV); /* declined: the state untouched */
+        free(chk);
+        free(chk0);
+        assert_true(b->i->gdn_each(b->ctx, g, NS));
+        for (int i = 0; i < NS; i++) {
+            mk_gdn_args one = g[i];
+            one.state = ssr[i];
+            one.out = (float *)dref + i * NV * DV;
+            b->i->gdn(b->ctx, &one);
+        }
+        float *o = back(b, dout, sizeof(float) * NS * NV * DV), *orf = back(b, dref, sizeof(float) * NS * NV * DV);
+        if (memcmp(o, orf, sizeof(float) * NS * NV * DV))
+            fail_msg("%s: gdn_each: not bitwise the one-sequence delta rule", b->name);
+        for (int i = 0; i < NS; i++) {
+            float *a1 = back(b, ss[i], sizeof(float) * NV * DK * DV), *a2 = back(b, ssr[i], sizeof(float) * NV * DK * DV);
+            if (memcmp(a1, a2, sizeof(float) * NV * DK * DV))
+                fail_msg("%s: gdn_each: sequence %d's state not bitwise the one-sequence delta rule's", b->name, i);
+            free(a1);
+            free(a2);
+            b->i->buf_free(b->ctx, ss[i]);
+            b->i->buf_free(b->ctx, ssr[i]);
+        }
+        printf("  %s: conv1d_silu_each and gdn_each, %d sequences: bitwise, states too\n", b->name, NS);
+        free(o);
+        free(orf);
+        void *bufs[] = {du, dw, dy, dyr, dqkv, da, db, dout, dref};
+        for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+            b->i->buf_free(b->ctx, bufs[i]);
+        float *fr[] = {u, w, qkv, aa, bb, al, dt};
+        for (size_t i = 0; i < sizeof fr / sizeof fr[0]; i++)
+            free(fr[i]);
+    }
+}
+
 /* ---- routing and combine ---------------------------------------------------------- */
 
 /* Reference top-k: the k largest, lowest index first on ties. */
@@ -2500,6 +2600,7 @@ int main(void) {
         cmocka_unit_test(test_head_matmul),        cmocka_unit_test(test_expert_mlps),
         cmocka_unit_test(test_batch_slots),
         cmocka_unit_test(test_attention_each),
+        cmocka_unit_test(test_recurrent_each),
         cmocka_unit_test(test_norms_rope_eltwise), cmocka_unit_test(test_attention),
         cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
