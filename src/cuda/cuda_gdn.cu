@@ -13,7 +13,9 @@
  * form of the CPU's gdn_chunk (backend_cpu.c, where the algebra is
  * written out), GDN_C tokens at a time with the head's state in registers;
  * results differ from the token loop by float32 rounding only
- * (test_backend_ops holds both to one bound against a double reference). */
+ * (test_backend_ops holds both to one bound against a double reference).
+ * A batched decode step (the _each slots): k_conv_each / k_gdn_each run the
+ * same bodies for every sequence in one launch, each on its own state. */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
