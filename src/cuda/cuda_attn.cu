@@ -269,6 +269,7 @@ __global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int
 static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
     const size_t need = (size_t)nb * ATT_SPLIT * ((size_t)dv + 2) * sizeof(float);
     if (need > c->att_cap && !c->recording) {
+        mkb_graph_free(c); /* a recorded step's attention nodes point at the old scratch */
         mk_cuda_free(c->att_part);
         c->att_part = NULL;
         c->att_cap = 0;
@@ -336,7 +337,7 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
  * exactly k_attn's for its sequence alone. Declined (false) unless the
  * calls are alike (shape, scale, strides, window, sinks), their queries and
  * outputs contiguous rows of one batch, and the float4 choice (`vec`) the
- * same as the one-sequence calls would make after the rows were written. */
+ * one every one-sequence call would make after its rows were written. */
 bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (n < 1 || n > ATT_SEQS || c->recording)
@@ -347,7 +348,8 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
         return false; /* attention names what is wrong */
     const int64_t ks = a0->k_stride ? a0->k_stride : (int64_t)a0->n_kv * a0->dk;
     const int64_t vs = a0->v_stride ? a0->v_stride : (int64_t)a0->n_kv * a0->dv;
-    bool vec1 = a0->dk % 4 == 0 && ks % 4 == 0, vecn = vec1;
+    const bool base = a0->dk % 4 == 0 && ks % 4 == 0;
+    bool vec = false;
     att_seqs sq;
     for (int i = 0; i < n; i++) {
         const mk_attn_args *x = &a[i];
@@ -357,17 +359,19 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
             x->sinks != a0->sinks || x->q != a0->q + (int64_t)i * a0->n_heads * a0->dk ||
             x->out != a0->out + (int64_t)i * a0->n_heads * a0->dv)
             return false;
-        const bool al = (uintptr_t)x->k % 16 == 0;
-        vec1 = vec1 && al;
-        vecn = vecn && al && (uintptr_t)x->k_new % 16 == 0;
+        /* one float4 choice for the launch: each sequence's own (its cache's
+         * alignment), unchanged by its new row's */
+        const bool vi = base && (uintptr_t)x->k % 16 == 0;
+        if (i == 0)
+            vec = vi;
+        if (vi != vec || (vi && (uintptr_t)x->k_new % 16 != 0))
+            return false;
         sq.k[i] = x->k;
         sq.v[i] = x->v;
         sq.kn[i] = x->k_new;
         sq.vn[i] = x->v_new;
         sq.pos0[i] = x->pos0;
     }
-    if (vec1 != vecn)
-        return false;
     const unsigned nb = (unsigned)n * (unsigned)a0->n_heads;
     unsigned ns = 1;
     if (!split_scratch(c, nb, a0->dv, &ns))
@@ -375,13 +379,13 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     const size_t smem = sizeof(float) * ((size_t)a0->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a0->dv);
     const dim3 grid(nb, ns);
     if (a0->dv <= 128)
-        k_attn_each<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+        k_attn_each<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
     else if (a0->dv <= 256)
-        k_attn_each<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+        k_attn_each<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
     else if (a0->dv <= 512)
-        k_attn_each<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+        k_attn_each<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
     else
-        k_attn_each<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vecn, c->att_part);
+        k_attn_each<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
     mkb_launched(c, "attention of a batched step");
     if (ns > 1) {
         k_attn_merge<<<nb, 128, 0, c->s>>>(*a0, c->att_part, (int)ns);

@@ -252,6 +252,8 @@ static void layer_build(mkb_ctx *c, mkb_moe_layer *l, const mk_moe_args *a) {
         s = mk_cuda_moe_check(m);
     if (s == MK_OK)
         s = mk_cuda_moe_ws_new(m, &l->ws);
+    if (s == MK_OK) /* the step's kernels run on c->s, not ordered after the legacy stream's zeroing */
+        s = mk_cuda_moe_ws_zero(l->ws, c->s);
     if (s == MK_OK) {
         l->ok = true;
         if (l->host) {
@@ -308,6 +310,8 @@ static mk_cuda_moe_ws *batch_ws(mkb_ctx *c, const mk_cuda_moe *m) {
     mk_cuda_moe_ws_free(c->moe_bws);
     c->moe_bws = NULL;
     mk_status s = mk_cuda_moe_ws_new_n(m, MK_CUDA_MOE_TOKENS, &c->moe_bws);
+    if (s == MK_OK)
+        s = mk_cuda_moe_ws_zero(c->moe_bws, c->s);
     if (s != MK_OK) {
         mkb_fail(c, mk_err_wrap(s, "CUDA backend: the batched MoE step's workspace"));
         return NULL;

@@ -38,6 +38,7 @@ struct mk_cuda_moe_ws {
     float *hs;     /* Is */
     unsigned *ticket; /* one per token */
     int64_t E, k, I, Is, nmax;
+    size_t bytes;
     int32_t ls, ks;
     int64_t hstr, hsstr;
 };
@@ -182,6 +183,7 @@ extern "C" mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk
                  o_w = o_loc + al16(n * (size_t)ws->ks * 4), o_h = o_w + al16(n * (size_t)ws->ks * 4),
                  o_hs = o_h + al16(n * (size_t)ws->hstr * 4), o_t = o_hs + al16(n * (size_t)ws->hsstr * 4),
                  total = o_t + al16(n * sizeof(unsigned));
+    ws->bytes = total;
     mk_status st = mk_cuda_malloc(&ws->base, total, "moe workspace");
     if (st == MK_OK)
         st = mk_cuda_memset(ws->base, 0, total);
@@ -199,6 +201,11 @@ extern "C" mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk
     ws->hs = (float *)(b + o_hs);
     ws->ticket = (unsigned *)(b + o_t);
     *out = ws;
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_moe_ws_zero(mk_cuda_moe_ws *ws, void *stream) {
+    MKC_TRY(cudaMemsetAsync(ws->base, 0, ws->bytes, (cudaStream_t)stream), "zeroing the moe workspace");
     return MK_OK;
 }
 

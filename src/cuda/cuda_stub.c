@@ -110,6 +110,9 @@ mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk_cuda_moe_w
         *ws = NULL;
     return no_cuda();
 }
+mk_status mk_cuda_moe_ws_zero(mk_cuda_moe_ws *ws, void *stream) {
+    return no_cuda();
+}
 void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws) {
 }
 mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,

@@ -174,6 +174,10 @@ mk_status mk_cuda_moe_check(const mk_cuda_moe *m);
 #define MK_CUDA_MOE_TOKENS 64
 mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **ws);
 mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk_cuda_moe_ws **ws);
+/* The workspace zeroed again in stream order (its tickets start at 0): the
+ * _new functions zero it on the legacy default stream, which a
+ * non-blocking stream is not ordered after. */
+mk_status mk_cuda_moe_ws_zero(mk_cuda_moe_ws *ws, void *stream);
 void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws);
 /* y = moe(x) (y += moe(x) when accumulate: the residual add), x and y
  * device float32[hidden], x 16-byte aligned; y may be x. Three kernels, no host

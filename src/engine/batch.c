@@ -231,8 +231,10 @@ static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla
         done = BE(e)->attention_each(CTX(e), aa, n);
     }
     if (!done) {
-        for (int i = 0; i < n; i++) {
+        /* every row into its cache before any attention writes e->olat */
+        for (int i = 0; i < n; i++)
             BE(e)->copy(CTX(e), es[i]->kc[l] + es[i]->pos * cw, 0, 0, kv + i * cw, 0, 0, 1, 1, cw);
+        for (int i = 0; i < n; i++) {
             aa[i].k_new = aa[i].v_new = NULL;
             BE(e)->attention(CTX(e), &aa[i]);
         }

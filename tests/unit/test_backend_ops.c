@@ -2474,6 +2474,59 @@ static void test_cuda_present(void **st) {
     assert_false(g_be[1].i->host_mem);
 }
 
+/* CUDA only: a recorded one-token attention is not replayed after a
+ * batched step's attention_each grew the split scratch it used (the
+ * recording pointed at the freed scratch: step_replay must decline, the
+ * caller records again). A fresh backend, so the growth is certain. */
+static void test_cuda_replay_after_growth(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_cuda_replay_after_growth: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    mk_backend *be = NULL;
+    assert_int_equal(mk_backend_cuda_create(0, &be), MK_OK);
+    be_case b = {.name = "cuda", .i = mk_backend_iface(be), .ctx = mk_backend_ctx(be)};
+    enum { NS = 5, NH = 8, NKV = 2, D = 64, ROWS = 40 };
+    const int64_t kw = NKV * D;
+    float *q = rvec(NS * NH * D), *kc = rvec(ROWS * kw), *kn = rvec(NS * kw);
+    void *dq = dev(&b, q, sizeof(float) * NS * NH * D), *dout = dev(&b, NULL, sizeof(float) * NS * NH * D);
+    void *dkn = dev(&b, kn, sizeof(float) * NS * kw);
+    void *dk[NS], *dv[NS];
+    mk_attn_args a[NS];
+    for (int i = 0; i < NS; i++) {
+        dk[i] = dev(&b, kc, sizeof(float) * ROWS * kw);
+        dv[i] = dev(&b, kc, sizeof(float) * ROWS * kw);
+        a[i] = (mk_attn_args){.q = (float *)dq + i * NH * D, .k = dk[i], .v = dv[i],
+                              .out = (float *)dout + i * NH * D, .n = 1, .pos0 = 20 + i, .n_heads = NH,
+                              .n_kv = NKV, .dk = D, .dv = D, .scale = 0.125f, .k_new = (float *)dkn + i * kw,
+                              .v_new = (float *)dkn + i * kw};
+    }
+    mk_attn_args one = a[0];
+    one.k_new = one.v_new = NULL;
+    b.i->attention(b.ctx, &one); /* unrecorded: the scratch grows to one token's split */
+    assert_true(b.i->step_begin(b.ctx)); /* so the recording's attention uses it */
+    b.i->attention(b.ctx, &one);
+    assert_true(b.i->step_end(b.ctx, true));
+    const uint64_t id = b.i->step_last(b.ctx);
+    assert_true(id != 0);
+    assert_true(b.i->step_replay(b.ctx, id)); /* nothing changed yet */
+    assert_true(b.i->attention_each(b.ctx, a, NS));
+    assert_int_equal(b.i->sync(b.ctx), MK_OK);
+    assert_false(b.i->step_replay(b.ctx, id));
+    for (int i = 0; i < NS; i++) {
+        b.i->buf_free(b.ctx, dk[i]);
+        b.i->buf_free(b.ctx, dv[i]);
+    }
+    b.i->buf_free(b.ctx, dq);
+    b.i->buf_free(b.ctx, dout);
+    b.i->buf_free(b.ctx, dkn);
+    free(q);
+    free(kc);
+    free(kn);
+    mk_backend_free(be);
+}
+
 /* CUDA only: a failure inside a queued slot is reported by the next sync,
  * naming it, and only once. */
 static void test_cuda_errors(void **st) {
@@ -2609,9 +2662,9 @@ int main(void) {
         cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
-        cmocka_unit_test(test_cuda_gemm_modes),
+        cmocka_unit_test(test_cuda_gemm_modes),    cmocka_unit_test(test_cuda_replay_after_growth),
     };
-    const size_t n_cuda_only = 3;
+    const size_t n_cuda_only = 4;
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();

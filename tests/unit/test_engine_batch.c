@@ -43,20 +43,24 @@
 typedef struct fx {
     mk_model *m;
     mk_pool *pool;
-    mk_backend *be;
+    mk_backend *be, *inner; /* inner: the CPU backend under g_plain's wrapper */
     mk_engine *alone[NS], *batch[NS];
     int32_t *ids;
     int64_t n_ids, V;
 } fx;
 
-/* The CUDA case: the batched step on a device backend, where matmul_each
- * and expert_mlps_each are absent (the engine loops over tokens) and the
- * single-sequence path may take the fused MoE slot: the two differ in
- * summation order only, so they are held to float noise (relative L2 per
- * row <= 1e-4, the same argmax) instead of bitwise; a row of another
- * sequence, or a cache or state mixed up, is off by O(1). Not run on a
- * GPU yet (the session's device runs the lead's checkout). */
+/* The CUDA case: the batched step on a device backend, whose single-
+ * sequence path runs fused kernels (q/k norm with RoPE, residual with the
+ * next norm, recorded steps) that the batched path does not: the two
+ * differ in summation order only, so they are held to float noise
+ * (relative L2 per row <= 1e-4, the same argmax) instead of bitwise; a row
+ * of another sequence, or a cache or state mixed up, is off by O(1). */
 static bool g_cuda;
+/* The plain cases: the CPU backend without the optional attention_each,
+ * conv1d_silu_each and gdn_each slots, so the engine's own per-sequence
+ * loops run (what a backend without them, or a declined call, gets). */
+static bool g_plain;
+static mk_backend_i g_plain_i;
 
 static void fx_open(fx *f, const char *dir, const char *sub) {
     memset(f, 0, sizeof *f);
@@ -91,6 +95,15 @@ static void fx_open(fx *f, const char *dir, const char *sub) {
     } else {
         assert_int_equal(mk_pool_create(2, &f->pool), MK_OK);
         assert_int_equal(mk_backend_cpu_create(f->pool, &f->be), MK_OK);
+        if (g_plain) {
+            f->inner = f->be;
+            g_plain_i = *mk_backend_iface(f->inner);
+            g_plain_i.attention_each = NULL;
+            g_plain_i.conv1d_silu_each = NULL;
+            g_plain_i.gdn_each = NULL;
+            g_plain_i.free = NULL; /* the inner backend owns the context */
+            assert_int_equal(mk_backend_create(&g_plain_i, mk_backend_ctx(f->inner), &f->be), MK_OK);
+        }
     }
     mk_engine_opts o = {.max_ctx = CTX, .prefill_chunk = CHUNK, .backend = f->be};
     for (int i = 0; i < NS; i++) {
@@ -105,6 +118,7 @@ static void fx_close(fx *f) {
         mk_engine_free(f->batch[i]);
     }
     mk_backend_free(f->be);
+    mk_backend_free(f->inner);
     mk_pool_free(f->pool);
     mk_model_free(f->m);
     free(f->ids);
@@ -332,13 +346,28 @@ static void test_cuda_deepseekv3(void **state) {
 static int reset_cuda(void **state) {
     (void)state;
     g_cuda = false; /* a skipped or failed CUDA case leaves the CPU for the next */
+    g_plain = false;
     return 0;
+}
+static void test_plain_qwen35moe(void **state) { /* gated GQA, Gated DeltaNet */
+    (void)state;
+    g_plain = true;
+    run_family("qwen35moe-a", "bf16");
+    g_plain = false;
+}
+static void test_plain_deepseekv3(void **state) { /* MLA */
+    (void)state;
+    g_plain = true;
+    run_family("deepseekv3-a", "bf16");
+    g_plain = false;
 }
 
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_teardown(test_cuda_qwen35moe, reset_cuda),
         cmocka_unit_test_teardown(test_cuda_deepseekv3, reset_cuda),
+        cmocka_unit_test_teardown(test_plain_qwen35moe, reset_cuda),
+        cmocka_unit_test_teardown(test_plain_deepseekv3, reset_cuda),
         cmocka_unit_test(test_qwen3moe),   cmocka_unit_test(test_qwen3next),
         cmocka_unit_test(test_qwen35moe),  cmocka_unit_test(test_tiny),
         cmocka_unit_test(test_deepseekv3), cmocka_unit_test(test_deepseekv3_fp8),
