@@ -50,18 +50,33 @@ __global__ void __launch_bounds__(MM_WARPS * 32) k_mm(mkb_w w, const float *__re
     }
 }
 
-void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
-    mkb_ctx *c = (mkb_ctx *)ctx;
+/* n tokens through one GEMV launch, each row as one token alone gets it,
+ * when the GEMV kernels take the weight and x's rows are 16-byte aligned
+ * (cols % 4 == 0: backend memory is). False: not taken. */
+static bool gemv_rows(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y) {
+    if (!e->fast || e->dev.cols % 4 || ((uintptr_t)x & 15))
+        return false;
+    mk_status s = mk_cuda_gemv_each(&e->dev, x, n, y, false, c->s);
+    if (s != MK_OK)
+        mkb_fail(c, s);
+    return true;
+}
+
+/* matmul, and with `each` (a batched decode step's matmul_each) each
+ * token's row bitwise matmul's for that token alone: the GEMV formats in
+ * one launch for every token (the weight read about once), the others
+ * token by token. */
+static void matmul(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float *y, bool each) {
     if (n <= 0 || w->rows <= 0)
         return;
     const mkb_entry *e = mkb_weight(c, w);
     if (!e)
         return;
-    /* x rows stay 16-byte aligned when cols % 4 == 0 (backend memory is) */
-    if (e->fast && n <= MM_GEMV_MAX && w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0) {
-        mk_status s = mk_cuda_gemv_each(&e->dev, x, n, y, false, c->s);
-        if (s != MK_OK)
-            mkb_fail(c, s);
+    if ((each || n <= MM_GEMV_MAX) && gemv_rows(c, e, x, n, y))
+        return;
+    if (each) {
+        for (int64_t t = 0; t < n; t++)
+            matmul(c, w, x + t * w->cols, 1, y + t * w->rows, false);
         return;
     }
     if (n > MM_GEMV_MAX && mkb_matmul_gemm(c, e, x, n, y))
@@ -77,25 +92,12 @@ void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) 
     mkb_launched(c, "matmul");
 }
 
-/* A batched decode step's matmul (backend.h's matmul_each): each token's
- * row bitwise matmul's for that token alone. The GEMV formats: one launch
- * for every token (mk_cuda_gemv_each, the weight read about once); the
- * others: matmul token by token. */
+void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
+    matmul((mkb_ctx *)ctx, w, x, n, y, false);
+}
+
 void mkb_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
-    mkb_ctx *c = (mkb_ctx *)ctx;
-    if (n <= 0 || w->rows <= 0)
-        return;
-    const mkb_entry *e = mkb_weight(c, w);
-    if (!e)
-        return;
-    if (e->fast && w->cols % 4 == 0 && ((uintptr_t)x & 15) == 0) {
-        mk_status s = mk_cuda_gemv_each(&e->dev, x, n, y, false, c->s);
-        if (s != MK_OK)
-            mkb_fail(c, s);
-        return;
-    }
-    for (int64_t t = 0; t < n; t++)
-        mkb_matmul(ctx, w, x + t * w->cols, 1, y + t * w->rows);
+    matmul((mkb_ctx *)ctx, w, x, n, y, true);
 }
 
 /* Several weights against one x: one mk_cuda_gemv_n launch per token when

@@ -248,13 +248,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     }
 }
 
-template <bool C>
-__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
-    k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
-           const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
-           float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
-    MKC_DYN_SMEM(float4, mkc_sm4);
-    mkc_pdl_enter();
+/* k_down's and k_down2's one-token block; the pointers moved to its
+ * token's routing, activations, shared-gate logit and output row */
+__device__ __forceinline__ int64_t down_token(const moe_args &a, const int32_t *__restrict__ &idx,
+                                              const float *__restrict__ &wt, const int32_t *__restrict__ &loc,
+                                              const float *__restrict__ &hg, const float *__restrict__ &hsg,
+                                              const float *__restrict__ &logits, float *__restrict__ &y) {
     int tok;
     const int64_t blk = moe_block(a, &tok);
     idx += (int64_t)tok * a.ks;
@@ -264,6 +263,17 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     hsg += (int64_t)tok * a.hsstr;
     logits += (int64_t)tok * a.ls;
     y += (int64_t)tok * a.H;
+    return blk;
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+           const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+           float *__restrict__ y, int accumulate, int staged, const int32_t *__restrict__ loc) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    mkc_pdl_enter();
+    const int64_t blk = down_token(a, idx, wt, loc, hg, hsg, logits, y);
     const float *h = hg, *hs = hsg;
     if (staged) { /* the k expert activations (and the shared one) into shared memory */
         const int64_t nh = (int64_t)a.k * a.I;
@@ -460,15 +470,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     __shared__ int32_t sidx[MOE_MAX_K];
     __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
-    int tok;
-    const int64_t blk = moe_block(a, &tok);
-    idx += (int64_t)tok * a.ks;
-    wt += (int64_t)tok * a.ks;
-    loc = loc ? loc + (int64_t)tok * a.ks : loc;
-    hg += (int64_t)tok * a.hstr;
-    hsg += (int64_t)tok * a.hsstr;
-    logits += (int64_t)tok * a.ls;
-    y += (int64_t)tok * a.H;
+    const int64_t blk = down_token(a, idx, wt, loc, hg, hsg, logits, y);
     /* the routing and the shared gate's logit come from the router kernel,
      * complete before this grid was launched (see down2_run) */
     if (threadIdx.x < a.k) {
