@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
-# What the CUDA code written without a GPU (sessions 15-16) owes the device,
+# What the CUDA code written without a GPU (sessions 15-17) owes the device,
 # in the order to run it (docs/CUDA.md's "not yet run on the device"
 # sections): run on the lent machine as scripts/cuda-device-run.sh's
 # MK_AFTER, after it built build-cuda/ with
 #   MK_TESTS="test_cuda_gemv test_cuda_moe test_backend_ops test_expert_stream"
-#   MK_TARGETS="moekit_cli test_engine_fixtures bench_decode"
+#   MK_TARGETS="moekit_cli test_engine_fixtures test_engine_batch bench_decode bench_cuda_moe"
+# (test_backend_ops: session 17's batch slots matmul_each, attention_each,
+# conv1d_silu_each, gdn_each and test_cuda_replay_after_growth on CUDA)
 # and with the fixtures packed by `scripts/cuda-fixtures.sh pack .cuda-fx ...`
 # (the device carries 64 MiB: split the fixtures over calls if need be).
 #   scripts/cuda-owed.sh tests FX_TAR     fixtures' _cuda cases, the CLI's CUDA tests
@@ -34,6 +36,18 @@ tests)
         echo "a CLI CUDA case was skipped"
         rc=1
     fi
+    # batched decode on CUDA (session 17: the batched MoE step, GEMV,
+    # attention and recurrent slots) against each sequence alone, on the
+    # fixtures of the tar (qwen35moe-a and deepseekv3-a are its cases)
+    bx=$(mktemp -d /tmp/mk-bx-XXXXXX)
+    tar -xJf "$fx" -C "$bx" && ln -sfn "$PWD/models/tiny-qwen35moe" "$bx/tiny-qwen35moe"
+    MK_FIXTURES=$bx timeout 300 ./build-cuda/test_engine_batch > "$out/test_engine_batch.log" 2>&1
+    grep -E "^\[ +(OK|FAILED|SKIPPED) +\] test_cuda|SKIP" "$out/test_engine_batch.log"
+    grep -qE "^\[ +OK +\] test_cuda_qwen35moe" "$out/test_engine_batch.log" &&
+        grep -qE "^\[ +OK +\] test_cuda_deepseekv3" "$out/test_engine_batch.log" || {
+        echo "test_engine_batch's CUDA cases did not pass"
+        rc=1
+    }
     ;;
 bench30 | bench35)
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc)
