@@ -6,7 +6,8 @@
 // waits, reads its partner's). Function-scope __shared__ arrays are
 // statics (one block runs at a time, so they are the block's). A barrier
 // that can never complete (threads of a block waiting at different ones)
-// aborts. Checks a kernel's algebra, indexing and barriers without a GPU;
+// aborts. Grids have x and y (blocks one at a time, z unused; blockDim y
+// is 1). Checks a kernel's algebra, indexing and barriers without a GPU;
 // not the device's memory model, its math functions (host expf, not the
 // device's) or its speed.
 #ifndef MK_TESTS_CUDA_EMU_H
@@ -34,7 +35,7 @@
 #define __syncthreads() emu_yield(1)
 
 struct emu_dim {
-    unsigned x;
+    unsigned x, y;
 };
 inline emu_dim threadIdx, blockIdx, blockDim, gridDim;
 inline float emu_wv[2][32][32]; /* a buffer per parity of the warp's shuffle count */
@@ -70,6 +71,28 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     emu_yield(2);
     return emu_wv[ph][w][l ^ (unsigned)o]; /* the scheduler flipped the parity at the release */
 }
+// lane src's value (the same parity scheme as __shfl_xor_sync)
+inline float __shfl_sync(unsigned, float v, int src) {
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    const unsigned ph = emu_wphase[w] & 1;
+    emu_wv[ph][w][l] = v;
+    emu_yield(2);
+    return emu_wv[ph][w][(unsigned)src & 31u];
+}
+// __syncthreads that also counts the threads whose predicate is non-zero:
+// add, wait, read, wait, thread 0 clears, wait (so no thread adds to the
+// next count before it is cleared)
+inline int emu_count;
+inline int __syncthreads_count(int pred) {
+    emu_count += pred != 0;
+    emu_yield(1);
+    const int r = emu_count;
+    emu_yield(1);
+    if (threadIdx.x == 0)
+        emu_count = 0;
+    emu_yield(1);
+    return r;
+}
 inline float __uint_as_float(uint32_t u) {
     float f;
     std::memcpy(&f, &u, 4);
@@ -97,14 +120,17 @@ inline int atomicAdd(int *p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
 inline void __threadfence() {}
 
-// Run fn() as block `block` of a grid of `grid` blocks of n threads (n a
-// multiple of 32, at most 1024): every fiber runs until it waits or ends;
-// then the warps whose live lanes all wait at a warp barrier go on, else,
-// when every live thread waits at __syncthreads, all go on.
-template <class F> void emu_block(unsigned grid, unsigned block, unsigned n, F fn) {
+// Run fn() as block `block` (y: `by`) of a grid of `grid` (y: `gy`) blocks
+// of n threads (n a multiple of 32, at most 1024): every fiber runs until it
+// waits or ends; then the warps whose live lanes all wait at a warp barrier
+// go on, else, when every live thread waits at __syncthreads, all go on.
+template <class F> void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1, unsigned by = 0) {
     blockIdx.x = block;
+    blockIdx.y = by;
     blockDim.x = n;
+    blockDim.y = 1;
     gridDim.x = grid;
+    gridDim.y = gy;
     emu_job = fn;
     if (emu_f.size() < n)
         emu_f.resize(n);

@@ -1,0 +1,241 @@
+/* The attention kernels (attn_block and its launches k_attn, k_attn_each,
+ * k_attn_merge; the launch code and the algorithm's description are
+ * cuda_attn.cu's). A header of its own so that the host emulation
+ * (tests/cli/cuda_emu_attn.sh) runs these very kernels. The includer
+ * provides cuda_impl.cuh and moekit/backend.h (mk_attn_args). */
+#ifndef MK_CUDA_ATTN_KERNEL_CUH
+#define MK_CUDA_ATTN_KERNEL_CUH
+
+#define ATT_WARPS 4
+#define ATT_SPLIT 8 /* blocks per head for one token (k_attn_merge combines them) */
+#define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
+
+__device__ __forceinline__ float att_warp_max(float v) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* q . k_row over dk floats, four partial sums (float4 loads when the row
+ * and q are 16-byte aligned and dk % 4 == 0: `vec`) */
+__device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk, bool vec) {
+    float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
+    if (vec) {
+#pragma unroll 8
+        for (int i = 0; i < dk; i += 4) {
+            const float4 k4 = *(const float4 *)(kr + i);
+            d0 = fmaf(q[i], k4.x, d0);
+            d1 = fmaf(q[i + 1], k4.y, d1);
+            d2 = fmaf(q[i + 2], k4.z, d2);
+            d3 = fmaf(q[i + 3], k4.w, d3);
+        }
+    } else {
+        for (int i = 0; i < dk; i++)
+            d0 = fmaf(q[i], kr[i], d0);
+    }
+    return (d0 + d1) + (d2 + d3);
+}
+
+/* A batched decode step's sequences (mkb_attention_each): token t's caches,
+ * position and new rows; the other arguments are the mk_attn_args'. */
+#define ATT_SEQS 64
+struct att_seqs {
+    const float *k[ATT_SEQS], *v[ATT_SEQS], *kn[ATT_SEQS], *vn[ATT_SEQS];
+    int64_t pos0[ATT_SEQS];
+};
+
+/* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
+ * are loaded before any is accumulated (UB * DVL = 32 registers), so a
+ * 32-row step costs 32 / UB load round trips, not 32. Block (t * n_heads
+ * + h, share) of a call: token t's query head h against caches k / v
+ * (a.k / a.v or the sequence's), positions 0 .. pos0 + tp (tp: t within a
+ * chunk, 0 for a sequence of a batched step), the new rows kn / vn (or
+ * NULL) written into row pos0 by the token's head-0 first share. */
+template <int DVL>
+__device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, int64_t vs, bool vec, float *part,
+                                           int64_t t, const float *ka, const float *va, int64_t pos0, int64_t tp,
+                                           const float *kn_row, const float *vn_row) {
+    constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
+    MKC_DYN_SMEM(float, sm);
+    float *q = sm;                     /* dk */
+    float *pm = q + a.dk;              /* ATT_WARPS maxima */
+    float *pl = pm + ATT_WARPS;        /* ATT_WARPS sums */
+    float *pacc = pl + ATT_WARPS;      /* ATT_WARPS x dv */
+    const int h = blockIdx.x % a.n_heads, j = h / (a.n_heads / a.n_kv);
+    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
+    const float *qg = a.q + (t * a.n_heads + h) * a.dk;
+    for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
+        q[i] = qg[i];
+    __syncthreads();
+    const float *kb = ka + (int64_t)j * a.dk, *vb = va + (int64_t)j * a.dv;
+    /* DSA: the token's selected rows, up to the first -1 (ascending);
+     * position s of the walk is then cache row sel[s] */
+    const int32_t *sel = a.sel ? a.sel + t * a.sel_k : NULL;
+    int64_t T = pos0 + tp + 1;
+    if (sel) {
+        int cnt = 0;
+        for (int64_t i0 = 0; i0 < a.sel_k; i0 += blockDim.x) {
+            const int64_t i = i0 + threadIdx.x;
+            cnt += __syncthreads_count(i < a.sel_k && sel[i] >= 0);
+        }
+        T = cnt < T ? cnt : T;
+    }
+    /* gpt_oss's sliding window: the last `window` positions, itself included */
+    const int64_t S0 = !sel && a.window > 0 && T > a.window ? T - a.window : 0;
+    const float *kn = kn_row ? kn_row + (int64_t)j * a.dk : NULL;
+    const float *vn = kn_row ? vn_row + (int64_t)j * a.dv : NULL;
+    /* this block's share of [S0, T): gridDim.y shares of whole 32-row steps */
+    const int64_t per = ((T - S0 + gridDim.y - 1) / gridDim.y + 31) / 32 * 32;
+    const int64_t B0 = S0 + (int64_t)blockIdx.y * per, B1 = B0 + per < T ? B0 + per : T;
+    if (kn_row && h == 0 && blockIdx.y == 0) {
+        for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
+            ((float *)ka)[pos0 * ks + i] = kn_row[i];
+        if (vn_row != kn_row || va != ka)
+            for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
+                ((float *)va)[pos0 * vs + i] = vn_row[i];
+    }
+    float m = -INFINITY, l = 0.0f, acc[DVL];
+#pragma unroll
+    for (int d = 0; d < DVL; d++)
+        acc[d] = 0.0f;
+    /* 32 positions per warp at a time, one per lane: the scores' loads of
+     * 32 rows are in flight together (walking the cache one row per warp
+     * step left a decode step latency-bound on the cache length) */
+    for (int64_t s0 = B0 + (int64_t)wp * 32; s0 < B1; s0 += ATT_WARPS * 32) {
+        const int64_t s = s0 + lane;
+        float x = -INFINITY;
+        if (s < B1)
+            x = att_dot(q, kn && s == T - 1 ? kn : kb + (sel ? sel[s] : s) * ks, a.dk, vec) * a.scale;
+        const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
+        const float corr = expf(m - mn), p = s < B1 ? expf(x - mn) : 0.0f;
+        l = l * corr + mkc_warp_sum(p);
+        m = mn;
+#pragma unroll
+        for (int d = 0; d < DVL; d++)
+            acc[d] *= corr;
+        const int cnt = B1 - s0 < 32 ? (int)(B1 - s0) : 32;
+        for (int u0 = 0; u0 < 32; u0 += UB) { /* warp-uniform: every lane runs the shuffles */
+            if (u0 >= cnt)
+                break;
+            float vv[UB][DVL];
+#pragma unroll
+            for (int b = 0; b < UB; b++) {
+                const int u = u0 + b;
+                const int64_t r = u < cnt ? (sel ? sel[s0 + u] : s0 + u) : 0;
+                const float *vr = vn && s0 + u == T - 1 ? vn : vb + r * vs;
+#pragma unroll
+                for (int d = 0; d < DVL; d++) {
+                    const int dd = lane + 32 * d;
+                    vv[b][d] = u < cnt && dd < a.dv ? vr[dd] : 0.0f;
+                }
+            }
+#pragma unroll
+            for (int b = 0; b < UB; b++) {
+                const float pu = __shfl_sync(0xffffffffu, p, u0 + b); /* 0 past cnt */
+#pragma unroll
+                for (int d = 0; d < DVL; d++)
+                    acc[d] = fmaf(pu, vv[b][d], acc[d]);
+            }
+        }
+    }
+    if (lane == 0) {
+        pm[wp] = m;
+        pl[wp] = l;
+    }
+#pragma unroll
+    for (int d = 0; d < DVL; d++) {
+        const int dd = lane + 32 * d;
+        if (dd < a.dv)
+            pacc[wp * a.dv + dd] = acc[d];
+    }
+    __syncthreads();
+    if (gridDim.y > 1) { /* a share: its state, unnormalised, for k_attn_merge */
+        float M = -INFINITY, L = 0.0f, f[ATT_WARPS];
+        for (int w = 0; w < ATT_WARPS; w++)
+            M = pl[w] > 0.0f && pm[w] > M ? pm[w] : M;
+        for (int w = 0; w < ATT_WARPS; w++) {
+            f[w] = pl[w] > 0.0f ? expf(pm[w] - M) : 0.0f;
+            L += pl[w] * f[w];
+        }
+        float *ps = part + ((int64_t)blockIdx.x * gridDim.y + blockIdx.y) * (a.dv + 2);
+        if (threadIdx.x == 0) {
+            ps[0] = M; /* -inf with L = 0: an empty share */
+            ps[1] = L;
+        }
+        for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+            float v = 0.0f;
+            for (int w = 0; w < ATT_WARPS; w++)
+                v = fmaf(pacc[w * a.dv + d], f[w], v);
+            ps[2 + d] = v;
+        }
+        return;
+    }
+    /* a learned sink (gpt_oss) joins the max and the denominator only */
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
+    for (int w = 0; w < ATT_WARPS; w++)
+        M = pm[w] > M ? pm[w] : M;
+    float L = a.sinks ? expf(sink - M) : 0.0f, f[ATT_WARPS];
+    for (int w = 0; w < ATT_WARPS; w++) {
+        f[w] = pl[w] > 0.0f ? expf(pm[w] - M) : 0.0f; /* a warp with no rows has m = -inf */
+        L += pl[w] * f[w];
+    }
+    const float inv = 1.0f / L;
+    float *o = a.out + (t * a.n_heads + h) * a.dv;
+    for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+        float v = 0.0f;
+        for (int w = 0; w < ATT_WARPS; w++)
+            v = fmaf(pacc[w * a.dv + d], f[w], v);
+        o[d] = v * inv;
+    }
+}
+
+template <int DVL>
+__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
+    const int64_t t = blockIdx.x / a.n_heads;
+    /* a replayed decode step: the position from device memory, this token's
+     * rows from k_new / v_new (the cache row is written by block 0 for
+     * later steps and read by none here) */
+    const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new);
+}
+
+/* A batched decode step: token t is sequence t's one token (s: its caches,
+ * position and new rows), each block as k_attn's for that sequence alone */
+template <int DVL>
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part) {
+    const int64_t t = blockIdx.x / a.n_heads;
+    attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
+}
+
+/* One block per (token, head): the ATT_SPLIT shares' states combined as
+ * the warps' are in k_attn (the sink in the max and the denominator). */
+__global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int ns) {
+    const int h = blockIdx.x % a.n_heads;
+    const int64_t t = blockIdx.x / a.n_heads;
+    const float *ps = part + (int64_t)blockIdx.x * ns * (a.dv + 2);
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
+    for (int i = 0; i < ns; i++)
+        M = ps[i * (a.dv + 2) + 1] > 0.0f && ps[i * (a.dv + 2)] > M ? ps[i * (a.dv + 2)] : M;
+    float L = a.sinks ? expf(sink - M) : 0.0f;
+    for (int i = 0; i < ns; i++) {
+        const float l = ps[i * (a.dv + 2) + 1];
+        L += l > 0.0f ? l * expf(ps[i * (a.dv + 2)] - M) : 0.0f;
+    }
+    const float inv = 1.0f / L;
+    float *o = a.out + (t * a.n_heads + h) * a.dv;
+    for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+        float v = 0.0f;
+        for (int i = 0; i < ns; i++) {
+            const float l = ps[i * (a.dv + 2) + 1];
+            if (l > 0.0f)
+                v = fmaf(ps[i * (a.dv + 2) + 2 + d], expf(ps[i * (a.dv + 2)] - M), v);
+        }
+        o[d] = v * inv;
+    }
+}
+
+#endif

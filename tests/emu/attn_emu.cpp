@@ -1,0 +1,229 @@
+// Host emulation (cuda_emu.h) of the CUDA backend's attention kernels
+// (src/cuda/cuda_attn_kernel.cuh: attn_block through k_attn, k_attn_each and
+// k_attn_merge, included as they are) for one decode token: GQA, MLA's
+// latent cache (v = k, strided rows, dv < dk), gpt_oss's sliding window
+// with sinks, a head wider than 128 (8 value dims per lane), the first
+// position; each split over ATT_SPLIT shares merged by k_attn_merge and
+// unsplit, against the softmax in double: relative L2 <= 1e-5. Then a
+// batched step's k_attn_each over three sequences at other positions, each
+// writing its new rows: every output bitwise k_attn's for that sequence
+// alone, the rows in its caches. A control: the window case's reference
+// without its sinks must miss the bound. Exit 1 on a mismatch.
+#include <cstdio>
+#include <cstdlib>
+
+#include "cuda_emu.h"
+extern "C" {
+#include "moekit/backend.h"
+}
+/* what cuda_impl.cuh gives the kernels (that header needs the CUDA
+ * toolkit's; this emulation runs without it; keep the two alike) */
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float mkc_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
+#include "cuda/cuda_attn_kernel.cuh"
+
+static int g_bad;
+static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }
+
+struct acase {
+    const char *name;
+    int nh, nkv, dk, dv;
+    bool lat; /* v = k: one cache of dk-float rows, values its first dv */
+    int64_t pos, window;
+    bool sinks;
+};
+
+// one token at position pos0 over cache rows 0..pos0 (row pos0 already there)
+static void launch(const mk_attn_args &a, int64_t ks, int64_t vs, unsigned ns, std::vector<float> &part) {
+    const unsigned nb = (unsigned)a.n_heads;
+    const bool vec = a.dk % 4 == 0 && ks % 4 == 0;
+    part.assign((size_t)nb * ATT_SPLIT * (a.dv + 2), NAN);
+    for (unsigned y = 0; y < ns; y++)
+        for (unsigned b = 0; b < nb; b++)
+            emu_block(
+                nb, b, ATT_WARPS * 32,
+                [&] {
+                    if (a.dv <= 128)
+                        k_attn<4>(a, ks, vs, vec, part.data());
+                    else
+                        k_attn<8>(a, ks, vs, vec, part.data());
+                },
+                ns, y);
+    if (ns > 1)
+        for (unsigned b = 0; b < nb; b++)
+            emu_block(nb, b, 128, [&] { k_attn_merge(a, part.data(), (int)ns); });
+}
+
+// the softmax in double (with the window and the sinks when given)
+static void reference(const mk_attn_args &a, int64_t ks, int64_t vs, bool with_sinks, std::vector<double> &out) {
+    out.assign((size_t)a.n_heads * a.dv, 0.0);
+    const int64_t T = a.pos0 + 1, S0 = a.window > 0 && T > a.window ? T - a.window : 0;
+    for (int h = 0; h < a.n_heads; h++) {
+        const int j = h / (a.n_heads / a.n_kv);
+        std::vector<double> x(T, 0.0);
+        double m = with_sinks && a.sinks ? a.sinks[h] : -INFINITY;
+        for (int64_t s = S0; s < T; s++) {
+            double d = 0;
+            for (int i = 0; i < a.dk; i++)
+                d += (double)a.q[h * a.dk + i] * a.k[s * ks + (int64_t)j * a.dk + i];
+            x[s] = d * a.scale;
+            m = std::max(m, x[s]);
+        }
+        double den = with_sinks && a.sinks ? exp(a.sinks[h] - m) : 0.0;
+        for (int64_t s = S0; s < T; s++)
+            den += exp(x[s] - m);
+        for (int d = 0; d < a.dv; d++) {
+            double v = 0;
+            for (int64_t s = S0; s < T; s++)
+                v += exp(x[s] - m) * a.v[s * vs + (int64_t)j * a.dv + d];
+            out[(size_t)h * a.dv + d] = v / den;
+        }
+    }
+}
+
+static double rel_l2(const std::vector<float> &y, const std::vector<double> &r) {
+    double e = 0, s = 0;
+    for (size_t i = 0; i < r.size(); i++) {
+        e += (y[i] - r[i]) * (y[i] - r[i]);
+        s += r[i] * r[i];
+    }
+    return sqrt(e / s);
+}
+
+static void run_case(const acase &c) {
+    const int64_t ks = (int64_t)c.nkv * c.dk, vs = c.lat ? ks : (int64_t)c.nkv * c.dv, T = c.pos + 1;
+    std::vector<float> q((size_t)c.nh * c.dk), kc((size_t)T * ks), vc(c.lat ? 0 : (size_t)T * vs), sk(c.nh);
+    for (auto &v : q) v = (float)rnd();
+    for (auto &v : kc) v = (float)rnd();
+    for (auto &v : vc) v = (float)rnd();
+    for (auto &v : sk) v = (float)(2 * rnd());
+    std::vector<float> out((size_t)c.nh * c.dv);
+    mk_attn_args a = {};
+    a.q = q.data();
+    a.k = kc.data();
+    a.v = c.lat ? kc.data() : vc.data();
+    a.out = out.data();
+    a.n = 1;
+    a.pos0 = c.pos;
+    a.n_heads = c.nh;
+    a.n_kv = c.nkv;
+    a.dk = c.dk;
+    a.dv = c.dv;
+    a.scale = 1.0f / sqrtf((float)c.dk);
+    a.k_stride = c.lat ? ks : 0;
+    a.v_stride = c.lat ? ks : 0;
+    a.window = c.window;
+    a.sinks = c.sinks ? sk.data() : nullptr;
+    std::vector<double> ref, ref_nosink;
+    reference(a, ks, vs, true, ref);
+    std::vector<float> part;
+    double worst = 0;
+    for (unsigned ns : {1u, (unsigned)ATT_SPLIT}) {
+        std::fill(out.begin(), out.end(), NAN);
+        launch(a, ks, vs, ns, part);
+        const double e = rel_l2(out, ref);
+        worst = std::max(worst, e);
+        if (!(e <= 1e-5)) {
+            printf("FAIL %s (%u shares): rel L2 %.3e\n", c.name, ns, e);
+            g_bad++;
+        }
+    }
+    if (c.sinks) { /* the control: a reference without the sinks is not what the kernel computes */
+        reference(a, ks, vs, false, ref_nosink);
+        if (rel_l2(out, ref_nosink) <= 1e-5) {
+            printf("FAIL %s: the output also matches the reference without sinks\n", c.name);
+            g_bad++;
+        }
+    }
+    printf("%-44s rel L2 <= %.2e, unsplit and %d shares\n", c.name, worst, ATT_SPLIT);
+}
+
+// k_attn_each over sequences at positions pos[i], each with its new rows:
+// outputs bitwise k_attn's per sequence (its rows already in its caches),
+// every cache's row pos0 the new row after the call
+static void run_each() {
+    enum { NS = 3, NH = 4, NKV = 2, D = 64 };
+    const int64_t pos[NS] = {0, 37, 100}, kw = NKV * D;
+    std::vector<float> q(NS * NH * D), kn(NS * kw), vn(NS * kw), out(NS * NH * D), one(NH * D);
+    for (auto &v : q) v = (float)rnd();
+    for (auto &v : kn) v = (float)rnd();
+    for (auto &v : vn) v = (float)rnd();
+    std::vector<float> kc[NS], vc[NS], kr[NS], vr[NS];
+    att_seqs sq;
+    for (int i = 0; i < NS; i++) {
+        kr[i].resize((size_t)(pos[i] + 1) * kw);
+        vr[i].resize((size_t)(pos[i] + 1) * kw);
+        for (auto &v : kr[i]) v = (float)rnd();
+        for (auto &v : vr[i]) v = (float)rnd();
+        std::copy(kn.begin() + i * kw, kn.begin() + (i + 1) * kw, kr[i].begin() + pos[i] * kw);
+        std::copy(vn.begin() + i * kw, vn.begin() + (i + 1) * kw, vr[i].begin() + pos[i] * kw);
+        kc[i] = kr[i];
+        vc[i] = vr[i];
+        std::fill(kc[i].begin() + pos[i] * kw, kc[i].begin() + (pos[i] + 1) * kw, NAN); /* the kernel writes it */
+        std::fill(vc[i].begin() + pos[i] * kw, vc[i].begin() + (pos[i] + 1) * kw, NAN);
+        sq.k[i] = kc[i].data();
+        sq.v[i] = vc[i].data();
+        sq.kn[i] = kn.data() + i * kw;
+        sq.vn[i] = vn.data() + i * kw;
+        sq.pos0[i] = pos[i];
+    }
+    mk_attn_args a = {};
+    a.q = q.data();
+    a.out = out.data();
+    a.n = 1;
+    a.n_heads = NH;
+    a.n_kv = NKV;
+    a.dk = D;
+    a.dv = D;
+    a.scale = 0.125f;
+    const unsigned nb = NS * NH;
+    std::vector<float> part((size_t)nb * ATT_SPLIT * (D + 2), NAN);
+    for (unsigned y = 0; y < ATT_SPLIT; y++)
+        for (unsigned b = 0; b < nb; b++)
+            emu_block(nb, b, ATT_WARPS * 32, [&] { k_attn_each<4>(a, sq, kw, kw, true, part.data()); }, ATT_SPLIT, y);
+    for (unsigned b = 0; b < nb; b++)
+        emu_block(nb, b, 128, [&] { k_attn_merge(a, part.data(), ATT_SPLIT); });
+    for (int i = 0; i < NS; i++) {
+        mk_attn_args s = a;
+        s.q = q.data() + i * NH * D;
+        s.k = kr[i].data();
+        s.v = vr[i].data();
+        s.out = one.data();
+        s.pos0 = pos[i];
+        std::vector<float> p1;
+        launch(s, kw, kw, ATT_SPLIT, p1);
+        if (std::memcmp(one.data(), out.data() + i * NH * D, sizeof(float) * NH * D)) {
+            printf("FAIL k_attn_each: sequence %d (position %lld) differs from its own k_attn\n", i,
+                   (long long)pos[i]);
+            g_bad++;
+        }
+        if (std::memcmp(kc[i].data(), kr[i].data(), sizeof(float) * kr[i].size()) ||
+            std::memcmp(vc[i].data(), vr[i].data(), sizeof(float) * vr[i].size())) {
+            printf("FAIL k_attn_each: sequence %d's caches do not hold its new rows\n", i);
+            g_bad++;
+        }
+    }
+    printf("%-44s bitwise k_attn per sequence, rows written\n", "k_attn_each: 3 sequences at 0, 37, 100");
+}
+
+int main() {
+    srand(11);
+    const acase cases[] = {
+        {"GQA 4 heads on 2, d 64, position 100", 4, 2, 64, 64, false, 100, 0, false},
+        {"GQA at position 0 (one row, empty shares)", 4, 2, 64, 64, false, 0, 0, false},
+        {"MLA latent: v = k, rows of 80, dv 64", 4, 1, 80, 64, true, 45, 0, false},
+        {"gpt_oss: window 32 and sinks, position 100", 4, 2, 64, 64, false, 100, 32, true},
+        {"d 160 (8 value dims per lane), position 70", 2, 1, 160, 160, false, 70, 0, false},
+    };
+    for (const acase &c : cases)
+        run_case(c);
+    run_each();
+    return g_bad ? 1 : 0;
+}
