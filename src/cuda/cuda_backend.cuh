@@ -238,18 +238,7 @@ __device__ __forceinline__ float mkb_wel(const mkb_w &w, int64_t r, int64_t c) {
     }
 }
 
-/* Block-wide sum (blockDim.x a multiple of 32, <= 1024); every thread gets
- * it. `sh` is 32 floats of shared memory; the call synchronises. */
-__device__ __forceinline__ float mkb_block_sum(float v, float *sh) {
-    const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5, nw = blockDim.x >> 5;
-    v = mkc_warp_sum(v);
-    __syncthreads(); /* sh may still be read by a previous call */
-    if (lane == 0)
-        sh[wp] = v;
-    __syncthreads();
-    float t = lane < nw ? sh[lane] : 0.0f;
-    return mkc_warp_sum(t);
-}
+#include "cuda/cuda_block_sum.cuh"
 
 /* ---- slots (one file per concept) -------------------------------------- */
 
