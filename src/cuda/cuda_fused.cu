@@ -354,15 +354,15 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     l->m.topk_group = TG;
     /* several tokens: one batched step, each row bitwise the one-token
      * step's (backend.h's contract for batched decode) */
-    if (a->n > 1 && a->H % 4 == 0) {
+    if (a->n > 1 && a->H % 4 == 0 && !c->recording) { /* (its workspace may be allocated) */
         mk_cuda_moe_ws *ws = batch_ws(c, &l->m);
         mk_status s = ws ? mk_cuda_moe_step_n(&l->m, ws, a->x, a->y, a->n, false, c->s) : MK_OK;
         if (s != MK_OK)
             mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step of %lld tokens", (long long)a->n));
         return true;
     }
-    /* token by token (one token, or rows not 16-byte aligned): the
-     * workspace is reused in stream order */
+    /* token by token (one token, rows not 16-byte aligned, or inside a
+     * recording): the workspace is reused in stream order */
     for (int64_t t = 0; t < a->n; t++) {
         mk_status s = mk_cuda_moe_step(&l->m, l->ws, a->x + t * a->H, a->y + t * a->H, false, c->s);
         if (s != MK_OK) {
