@@ -12,21 +12,10 @@
 #include <cstdio>
 #include <cstdlib>
 
-#include "cuda_emu.h"
+#include "emu_impl.h"
 extern "C" {
 #include "moekit/backend.h"
 }
-/* what cuda_impl.cuh gives the kernels (that header needs the CUDA
- * toolkit's; this emulation runs without it; keep the two alike) */
-struct alignas(16) float4 {
-    float x, y, z, w;
-};
-inline float mkc_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 #include "cuda/cuda_attn_kernel.cuh"
 
 static int g_bad;

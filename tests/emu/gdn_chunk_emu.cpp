@@ -9,19 +9,10 @@
 #include <cstdlib>
 
 #include "../unit/gdn_ref.h"
-#include "cuda_emu.h"
+#include "emu_impl.h"
 extern "C" {
 #include "moekit/backend.h"
 }
-/* cuda_impl.cuh's warp sum (that header needs the CUDA toolkit's; this
- * emulation runs without it) */
-inline float mkc_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-/* cuda_impl.cuh's MKC_DYN_SMEM under MK_CUDA_EMU, without its header (keep the two alike) */
-#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 #include "cuda/cuda_gdn_chunk.cuh"
 
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }

@@ -11,18 +11,10 @@
 #include <cstdlib>
 
 #include "../unit/gdn_ref.h"
-#include "cuda_emu.h"
+#include "emu_impl.h"
 extern "C" {
 #include "moekit/backend.h"
 }
-/* what cuda_impl.cuh gives the kernels (that header needs the CUDA
- * toolkit's; this emulation runs without it; keep the two alike) */
-inline float mkc_warp_sum(float v) {
-    for (int o = 16; o > 0; o >>= 1)
-        v += __shfl_xor_sync(0xffffffffu, v, o);
-    return v;
-}
-#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 #include "cuda/cuda_block_sum.cuh"
 #include "cuda/cuda_gdn_chunk.cuh" /* softplus */
 #include "cuda/cuda_gdn_kernel.cuh"

@@ -1,0 +1,20 @@
+// What src/cuda/cuda_impl.cuh gives the kernels (float4, mkc_warp_sum,
+// MKC_DYN_SMEM under MK_CUDA_EMU), for the host emulations that run without
+// the CUDA toolkit's headers, which that header needs (attention, GDN).
+// Keep the two alike.
+#ifndef MK_TESTS_EMU_IMPL_H
+#define MK_TESTS_EMU_IMPL_H
+
+#include "cuda_emu.h"
+
+struct alignas(16) float4 {
+    float x, y, z, w;
+};
+inline float mkc_warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+#define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
+
+#endif
