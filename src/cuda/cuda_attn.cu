@@ -53,6 +53,37 @@ static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
     return true;
 }
 
+template <int DVL>
+static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim3 grid, size_t smem, int64_t ks,
+                      int64_t vs, bool vec) {
+    if (sq)
+        k_attn_each<DVL><<<grid, ATT_WARPS * 32, smem, c->s>>>(a, *sq, ks, vs, vec, c->att_part);
+    else
+        k_attn<DVL><<<grid, ATT_WARPS * 32, smem, c->s>>>(a, ks, vs, vec, c->att_part);
+}
+
+/* nb blocks (token, head) in ns shares: k_attn, or with sq a batched
+ * step's k_attn_each; the value dims per lane by dv; then the shares'
+ * merge */
+static void attn_run(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, unsigned nb, unsigned ns, int64_t ks,
+                     int64_t vs, bool vec) {
+    const size_t smem = sizeof(float) * ((size_t)a.dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a.dv);
+    const dim3 grid(nb, ns);
+    if (a.dv <= 128)
+        attn_grid<4>(c, a, sq, grid, smem, ks, vs, vec);
+    else if (a.dv <= 256)
+        attn_grid<8>(c, a, sq, grid, smem, ks, vs, vec);
+    else if (a.dv <= 512)
+        attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec);
+    else
+        attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec);
+    mkb_launched(c, sq ? "attention of a batched step" : "attention");
+    if (ns > 1) {
+        k_attn_merge<<<nb, 128, 0, c->s>>>(a, c->att_part, (int)ns);
+        mkb_launched(c, sq ? "attention of a batched step (merging the shares)" : "attention (merging the shares)");
+    }
+}
+
 void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
@@ -75,7 +106,6 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     /* prefill chunks: the tiled kernel (cuda_attn_tile.cu) where it takes the shape */
     if (a->n > 1 && mkb_attention_tiled(c, a, ks, vs))
         return;
-    const size_t smem = sizeof(float) * ((size_t)a->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv);
     /* float4 loads of key rows: every row start (cache rows, kv-head
      * offsets, k_new) 16-byte aligned */
     const bool vec = a->dk % 4 == 0 && ks % 4 == 0 && (uintptr_t)a->k % 16 == 0 &&
@@ -85,20 +115,7 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     unsigned ns = 1;
     if (a->n == 1 && !split_scratch(c, nb, a->dv, &ns))
         return;
-    const dim3 grid(nb, ns);
-    if (a->dv <= 128)
-        k_attn<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
-    else if (a->dv <= 256)
-        k_attn<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
-    else if (a->dv <= 512)
-        k_attn<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
-    else
-        k_attn<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a, ks, vs, vec, c->att_part);
-    mkb_launched(c, "attention");
-    if (ns > 1) {
-        k_attn_merge<<<nb, 128, 0, c->s>>>(*a, c->att_part, (int)ns);
-        mkb_launched(c, "attention (merging the shares)");
-    }
+    attn_run(c, *a, NULL, nb, ns, ks, vs, vec);
 }
 
 /* A batched decode step's attention (backend.h's attention_each): one
@@ -143,22 +160,7 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     }
     const unsigned nb = (unsigned)n * (unsigned)a0->n_heads;
     unsigned ns = 1;
-    if (!split_scratch(c, nb, a0->dv, &ns))
-        return true;
-    const size_t smem = sizeof(float) * ((size_t)a0->dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a0->dv);
-    const dim3 grid(nb, ns);
-    if (a0->dv <= 128)
-        k_attn_each<4><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
-    else if (a0->dv <= 256)
-        k_attn_each<8><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
-    else if (a0->dv <= 512)
-        k_attn_each<16><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
-    else
-        k_attn_each<32><<<grid, ATT_WARPS * 32, smem, c->s>>>(*a0, sq, ks, vs, vec, c->att_part);
-    mkb_launched(c, "attention of a batched step");
-    if (ns > 1) {
-        k_attn_merge<<<nb, 128, 0, c->s>>>(*a0, c->att_part, (int)ns);
-        mkb_launched(c, "attention of a batched step (merging the shares)");
-    }
-    return true;
+    if (split_scratch(c, nb, a0->dv, &ns))
+        attn_run(c, *a0, &sq, nb, ns, ks, vs, vec);
+    return true; /* (a failed allocation is recorded for sync) */
 }

@@ -115,11 +115,41 @@ bool mk_engine_batchable(mk_engine *const *es, int n) {
 
 /* ---- blocks ------------------------------------------------------------------ */
 
+/* The batch's attention, aa[i] sequence i's call (n 1, its caches and
+ * position). The new rows of width w (a cache row) are at kn + i w and,
+ * unless v aliases k (vn NULL: MLA's latent rows), at vn = kn + n w, in the
+ * buffer the outputs go to. With attention_each they move to e->qraw (free
+ * by then; `stage_fits`: large enough) and the slot writes them into the
+ * caches; otherwise every row is copied to its cache row before any
+ * attention writes the outputs, then each sequence attends. */
+static void attend_b(mk_engine *e, mk_attn_args *aa, int n, const float *kn, const float *vn, int64_t w,
+                     bool stage_fits) {
+    const int nr = vn ? 2 : 1;
+    if (BE(e)->attention_each && stage_fits) {
+        BE(e)->copy(CTX(e), e->qraw, 0, 0, kn, 0, 0, 1, 1, nr * n * w);
+        for (int i = 0; i < n; i++) {
+            aa[i].k_new = e->qraw + i * w;
+            aa[i].v_new = e->qraw + ((nr - 1) * n + i) * w;
+        }
+        if (BE(e)->attention_each(CTX(e), aa, n))
+            return;
+    }
+    for (int i = 0; i < n; i++) {
+        BE(e)->copy(CTX(e), (float *)aa[i].k + aa[i].pos0 * w, 0, 0, kn + i * w, 0, 0, 1, 1, w);
+        if (vn)
+            BE(e)->copy(CTX(e), (float *)aa[i].v + aa[i].pos0 * w, 0, 0, vn + i * w, 0, 0, 1, 1, w);
+    }
+    for (int i = 0; i < n; i++) {
+        aa[i].k_new = aa[i].v_new = NULL;
+        BE(e)->attention(CTX(e), &aa[i]);
+    }
+}
+
 /* forward.c's attn_block over the batch: K and V of the n rows are made in
  * the free attention-output buffer (K at e->att, V after it: 2n <= chunk),
  * normed and rotated there, then copied to each sequence's cache row; each
- * sequence attends over its own cache. A backend with attention_each takes
- * all the sequences in one call that writes the rows itself. */
+ * sequence attends over its own cache (attend_b: in one attention_each
+ * call that writes the rows itself where the backend has it). */
 static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_attn_w *w) {
     const mk_config *c = e->c;
     int64_t hd = c->head_dim, nH = c->num_heads, nKV = c->num_kv_heads, kw = nKV * hd;
@@ -151,30 +181,8 @@ static void attn_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_at
                                .out = e->att + i * nH * hd, .n = 1, .pos0 = s->pos, .n_heads = (int)nH,
                                .n_kv = (int)nKV, .dk = (int)hd, .dv = (int)hd, .scale = e->attn_scale};
     }
-    /* every sequence in one call that writes the new rows itself: they
-     * move out of e->att (its outputs) into e->qraw, free once q is made
-     * (nC * 2 nH hd floats >= 2 n kw) */
-    bool done = false;
-    if (BE(e)->attention_each) {
-        BE(e)->copy(CTX(e), e->qraw, 0, 0, kn, 0, 0, 1, 1, 2 * n * kw);
-        for (int i = 0; i < n; i++) {
-            aa[i].k_new = e->qraw + i * kw;
-            aa[i].v_new = e->qraw + (n + i) * kw;
-        }
-        done = BE(e)->attention_each(CTX(e), aa, n);
-    }
-    if (!done) {
-        for (int i = 0; i < n; i++) {
-            const mk_engine *s = es[i];
-            BE(e)->copy(CTX(e), s->kc[l] + s->pos * kw, 0, 0, kn + i * kw, 0, 0, 1, 1, kw);
-            BE(e)->copy(CTX(e), s->vc[l] + s->pos * kw, 0, 0, vn + i * kw, 0, 0, 1, 1, kw);
-        }
-        /* K and V are in the caches now: e->att is free for the outputs */
-        for (int i = 0; i < n; i++) {
-            aa[i].k_new = aa[i].v_new = NULL;
-            BE(e)->attention(CTX(e), &aa[i]);
-        }
-    }
+    /* e->qraw is free once q is made: nC * 2 nH hd floats >= 2 n kw */
+    attend_b(e, aa, n, kn, vn, kw, true);
     if (w->gated)
         BE(e)->sigmoid_mul(CTX(e), e->att, e->gate, n * nH * hd);
     mk_engine_mm(e, &w->o, e->att, n, e->y);
@@ -220,25 +228,8 @@ static void mla_b(mk_engine *e, mk_engine *const *es, int n, int l, const mk_mla
                                .n_heads = (int)nH, .n_kv = 1, .dk = (int)cw, .dv = (int)kl,
                                .scale = e->attn_scale, .k_stride = cw, .v_stride = cw};
     }
-    /* every sequence in one call that writes the new latent rows itself:
-     * they move out of e->olat (its outputs) into e->qraw, free once the
-     * rotated query part is copied out (nC * nH * qk floats) */
-    bool done = false;
-    if (BE(e)->attention_each && cw <= nH * qk) {
-        BE(e)->copy(CTX(e), e->qraw, 0, 0, kv, 0, 0, 1, 1, n * cw);
-        for (int i = 0; i < n; i++)
-            aa[i].k_new = aa[i].v_new = e->qraw + i * cw;
-        done = BE(e)->attention_each(CTX(e), aa, n);
-    }
-    if (!done) {
-        /* every row into its cache before any attention writes e->olat */
-        for (int i = 0; i < n; i++)
-            BE(e)->copy(CTX(e), es[i]->kc[l] + es[i]->pos * cw, 0, 0, kv + i * cw, 0, 0, 1, 1, cw);
-        for (int i = 0; i < n; i++) {
-            aa[i].k_new = aa[i].v_new = NULL;
-            BE(e)->attention(CTX(e), &aa[i]);
-        }
-    }
+    /* e->qraw is free once the rotated query part is copied out: nC * nH * qk floats */
+    attend_b(e, aa, n, kv, NULL, cw, cw <= nH * qk);
     for (int i = 0; i < n; i++) { /* per token: mk_matmul_rows differs between 1 and n tokens */
         mk_head_mm_args va = {.w = &w->kv_b, .r0 = dn, .hstep = dn + dvh, .nr = dvh,
                               .n_heads = (int)nH, .n = 1, .x = e->olat + i * nH * kl,
