@@ -26,8 +26,7 @@
 #include "cuda/cuda_moe_kernels.cuh"
 
 
-/* Per token (nmax of them, at the strides of moe_args: ls, ks, hstr, hsstr,
- * each a multiple of 4 so every token's arrays are 16-byte aligned): */
+/* Per token (nmax of them, at moe_token_strides' strides): */
 struct mk_cuda_moe_ws {
     void *base;
     float *logits; /* E + 1 (the last: shared-gate logit) */
@@ -39,8 +38,6 @@ struct mk_cuda_moe_ws {
     unsigned *ticket; /* one per token */
     int64_t E, k, I, Is, nmax;
     size_t bytes;
-    int32_t ls, ks;
-    int64_t hstr, hsstr;
 };
 
 /* ---- host --------------------------------------------------------------- */
@@ -152,10 +149,6 @@ static size_t al16(size_t n) {
     return (n + 15) & ~(size_t)15;
 }
 
-static int64_t al4(int64_t n) {
-    return (n + 3) & ~(int64_t)3;
-}
-
 extern "C" mk_status mk_cuda_moe_ws_new(const mk_cuda_moe *m, mk_cuda_moe_ws **out) {
     return mk_cuda_moe_ws_new_n(m, 1, out);
 }
@@ -174,14 +167,17 @@ extern "C" mk_status mk_cuda_moe_ws_new_n(const mk_cuda_moe *m, int64_t nmax, mk
     ws->I = m->inter;
     ws->Is = m->has_shared ? m->shared_inter : 0;
     ws->nmax = nmax;
-    ws->ls = (int32_t)al4(ws->E + 1);
-    ws->ks = (int32_t)al4(ws->k);
-    ws->hstr = al4(ws->k * ws->I);
-    ws->hsstr = al4(ws->Is ? ws->Is : 1);
+    moe_args tk;
+    memset(&tk, 0, sizeof tk);
+    tk.E = (int32_t)ws->E;
+    tk.k = (int32_t)ws->k;
+    tk.I = (int32_t)ws->I;
+    tk.Is = (int32_t)ws->Is;
+    moe_token_strides(&tk);
     const size_t n = (size_t)nmax;
-    const size_t o_log = 0, o_idx = o_log + al16(n * (size_t)ws->ls * 4), o_loc = o_idx + al16(n * (size_t)ws->ks * 4),
-                 o_w = o_loc + al16(n * (size_t)ws->ks * 4), o_h = o_w + al16(n * (size_t)ws->ks * 4),
-                 o_hs = o_h + al16(n * (size_t)ws->hstr * 4), o_t = o_hs + al16(n * (size_t)ws->hsstr * 4),
+    const size_t o_log = 0, o_idx = o_log + al16(n * (size_t)tk.ls * 4), o_loc = o_idx + al16(n * (size_t)tk.ks * 4),
+                 o_w = o_loc + al16(n * (size_t)tk.ks * 4), o_h = o_w + al16(n * (size_t)tk.ks * 4),
+                 o_hs = o_h + al16(n * (size_t)tk.hstr * 4), o_t = o_hs + al16(n * (size_t)tk.hsstr * 4),
                  total = o_t + al16(n * sizeof(unsigned));
     ws->bytes = total;
     mk_status st = mk_cuda_malloc(&ws->base, total, "moe workspace");
@@ -254,10 +250,6 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     MK_TRY(moe_args_of(m, &a));
     a.nt = (int32_t)n;
     a.ga = n > 1 && a.I % (2 * MOE_WARPS) == 0;
-    a.ls = ws->ls;
-    a.ks = ws->ks;
-    a.hstr = ws->hstr;
-    a.hsstr = ws->hsstr;
     const unsigned nt = (unsigned)n;
     cudaStream_t s = (cudaStream_t)stream;
     if (parts & 1)

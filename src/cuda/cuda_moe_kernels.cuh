@@ -45,6 +45,18 @@ struct moe_args {
 };
 
 /* Host: */
+/* The per-token strides of a batched step (moe_args.ls, ks, hstr, hsstr)
+ * from E, k, I, Is: each a multiple of 4, so every token's arrays stay
+ * 16-byte aligned; the workspace (mk_cuda_moe_ws_new_n) is laid out by
+ * them. */
+static inline void moe_token_strides(moe_args *a) {
+    const int64_t Is = a->Is ? a->Is : 1;
+    a->ls = (a->E + 1 + 3) & ~3;
+    a->ks = (a->k + 3) & ~3;
+    a->hstr = ((int64_t)a->k * a->I + 3) & ~(int64_t)3;
+    a->hsstr = (Is + 3) & ~(int64_t)3;
+}
+
 /* moe_args of one layer (views checked) */
 static inline mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
     memset(a, 0, sizeof *a);
@@ -81,10 +93,7 @@ static inline mk_status moe_args_of(const mk_cuda_moe *m, moe_args *a) {
     a->counts = m->counts;
     a->nt = 1;
     a->ga = 0;
-    a->ls = a->E + 1;
-    a->ks = a->k;
-    a->hstr = (int64_t)a->k * a->I;
-    a->hsstr = a->Is;
+    moe_token_strides(a);
     return MK_OK;
 }
 

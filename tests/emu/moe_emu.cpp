@@ -37,9 +37,7 @@ static unsigned *tickets(bufs &B) { return &B.ticket; }
 
 static unsigned nblk(int64_t tasks) { return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS); }
 
-static int32_t al4(int64_t n) { return (int32_t)((n + 3) & ~(int64_t)3); }
-
-// a batched step's buffers: n tokens at mk_cuda_moe_ws_new_n's strides
+// a batched step's buffers: n tokens at moe_token_strides' strides
 struct bufs_n {
     moe_args a;
     std::vector<float> logits, h, hs, w;
@@ -47,11 +45,7 @@ struct bufs_n {
     std::vector<unsigned> ticket;
     bufs_n(const moe_args &a1, int n, int ga) : a(a1) {
         a.nt = n;
-        a.ga = ga;
-        a.ls = al4(a.E + 1);
-        a.ks = al4(a.k);
-        a.hstr = al4((int64_t)a.k * a.I);
-        a.hsstr = al4(a.Is ? a.Is : 1);
+        a.ga = ga; /* the strides: moe_args_of's (moe_token_strides) */
         logits.resize((size_t)n * a.ls);
         idx.resize((size_t)n * a.ks);
         loc.resize((size_t)n * a.ks);
