@@ -120,6 +120,17 @@ inline int atomicAdd(int *p, int v) { return std::atomic_ref<int>(*p).fetch_add(
 alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
 inline void __threadfence() {}
 
+// The relative L2 error of n floats against a double reference: the
+// emulations' measure.
+inline double emu_rel_l2(const float *y, const double *r, size_t n) {
+    double e = 0, s = 0;
+    for (size_t i = 0; i < n; i++) {
+        e += (y[i] - r[i]) * (y[i] - r[i]);
+        s += r[i] * r[i];
+    }
+    return sqrt(e / s);
+}
+
 // Run fn() as block `block` (y: `by`) of a grid of `grid` (y: `gy`) blocks
 // of n threads (n a multiple of 32, at most 1024): every fiber runs until it
 // waits or ends; then the warps whose live lanes all wait at a warp barrier

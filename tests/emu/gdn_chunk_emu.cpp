@@ -38,12 +38,7 @@ int main(int argc, char **argv) {
     std::vector<double> Sr(S0.begin(), S0.end()), orf(T * NV * DV);
     if (!gdn_ref(qkv.data(), aa.data(), bb.data(), al.data(), dt.data(), T, NK, NV, DK, DV, Sr.data(), orf.data()))
         return 2;
-    auto rel = [](const float *a, const double *b, size_t n) {
-        double e = 0, r = 0;
-        for (size_t i = 0; i < n; i++) { e += (a[i] - b[i]) * (a[i] - b[i]); r += b[i] * b[i]; }
-        return sqrt(e / r);
-    };
-    const double eo = rel(out.data(), orf.data(), out.size()), es = rel(S.data(), Sr.data(), S.size());
+    const double eo = emu_rel_l2(out.data(), orf.data(), out.size()), es = emu_rel_l2(S.data(), Sr.data(), S.size());
     printf("T %d NK %d NV %d DK %d DV %d: out rel %.3e, state rel %.3e\n", T, NK, NV, DK, DV, eo, es);
     return eo <= 1e-5 && es <= 1e-5 ? 0 : 1;
 }

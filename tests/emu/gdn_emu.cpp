@@ -22,15 +22,6 @@ extern "C" {
 static int g_bad;
 static float rnd() { return (float)rand() / RAND_MAX * 2 - 1; }
 
-static double rel(const float *a, const double *b, size_t n) {
-    double e = 0, r = 0;
-    for (size_t i = 0; i < n; i++) {
-        e += (a[i] - b[i]) * (a[i] - b[i]);
-        r += b[i] * b[i];
-    }
-    return sqrt(e / r);
-}
-
 static void vrand(std::vector<float> &v) {
     for (auto &x : v)
         x = rnd();
@@ -61,7 +52,7 @@ static void check_conv() {
             }
             ref[t * C + c] = acc / (1 + exp(-acc));
         }
-    const double e = rel(y.data(), ref.data(), ref.size());
+    const double e = emu_rel_l2(y.data(), ref.data(), ref.size());
     bool state_ok = true;
     for (int s = 0; s < K - 1; s++)
         for (int c = 0; c < C; c++)
@@ -121,7 +112,7 @@ static void check_gdn(int T, int NK, int NV, int DK, int DV) {
         g_bad++;
         return;
     }
-    const double eo = rel(out.data(), orf.data(), out.size()), es = rel(S.data(), Sr.data(), S.size());
+    const double eo = emu_rel_l2(out.data(), orf.data(), out.size()), es = emu_rel_l2(S.data(), Sr.data(), S.size());
     if (!(eo <= 1e-5 && es <= 1e-5)) {
         printf("FAIL k_gdn T %d NK %d NV %d DK %d DV %d: out rel %.3e, state rel %.3e\n", T, NK, NV, DK, DV, eo, es);
         g_bad++;

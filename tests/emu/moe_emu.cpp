@@ -136,15 +136,6 @@ static void check_batch(const char *name, const moe_args &a, const float *xs, co
     }
 }
 
-static double rel_l2(const float *y, const double *r, int64_t n) {
-    double e = 0, s = 0;
-    for (int64_t i = 0; i < n; i++) {
-        e += (y[i] - r[i]) * (y[i] - r[i]);
-        s += r[i] * r[i];
-    }
-    return sqrt(e / s);
-}
-
 static void run_case(const char *name, emu_layer L, int bits) {
     emu_layer_make(&L, bits);
     mk_cuda_moe m;
@@ -207,7 +198,7 @@ static void run_case(const char *name, emu_layer L, int bits) {
                 g_bad++;
                 break;
             }
-        const double e = rel_l2(y.data(), ref.data(), L.H);
+        const double e = emu_rel_l2(y.data(), ref.data(), (size_t)L.H);
         worst = std::max(worst, e);
         if (!(e <= 1e-5)) {
             printf("FAIL %s (generation %d, staged %d/%d): y rel L2 %.3e\n", name, md[0] + 1, md[1], md[2], e);
