@@ -35,6 +35,24 @@ void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int6
 }
 
 
+/* a with its per-head parameters in device memory (false: the upload
+ * failed, recorded for sync) */
+static bool gdn_dev(mkb_ctx *c, const mk_gdn_args *a, mk_gdn_args *d) {
+    *d = *a;
+    d->A_log = mkb_param(c, a->A_log, a->nv);
+    d->dt_bias = mkb_param(c, a->dt_bias, a->nv);
+    return d->A_log && d->dt_bias;
+}
+
+/* k_gdn's (and k_gdn_each's) block: a thread per state column, shared qn,
+ * kn and the block sum's scratch */
+static unsigned gdn_threads(const mk_gdn_args *a) {
+    return a->dv < 32 ? 32u : (unsigned)(a->dv + 31) / 32 * 32;
+}
+static size_t gdn_smem(const mk_gdn_args *a) {
+    return sizeof(float) * (2 * (size_t)a->dk + 32);
+}
+
 void mkb_gdn(void *ctx, const mk_gdn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->nv <= 0)
@@ -44,10 +62,8 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
                            a->nv, a->nk));
         return;
     }
-    mk_gdn_args d = *a;
-    d.A_log = mkb_param(c, a->A_log, a->nv);
-    d.dt_bias = mkb_param(c, a->dt_bias, a->nv);
-    if (!d.A_log || !d.dt_bias)
+    mk_gdn_args d;
+    if (!gdn_dev(c, a, &d))
         return;
     if (a->n > 1 && a->dk <= GDN_DMAX && a->dv <= GDN_DMAX && mk_cuda_gdn_chunked()) { /* prefill: chunked */
         const size_t smem = sizeof(float) * ((size_t)GDN_C * (2 * (size_t)(a->dk + 1) + 2 * (size_t)a->dv) +
@@ -56,9 +72,7 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
         mkb_launched(c, "gdn (chunked)");
         return;
     }
-    const int threads = a->dv < 32 ? 32 : (a->dv + 31) / 32 * 32;
-    const size_t smem = sizeof(float) * (2 * (size_t)a->dk + 32);
-    k_gdn<<<(unsigned)a->nv, threads, smem, c->s>>>(d);
+    k_gdn<<<(unsigned)a->nv, gdn_threads(a), gdn_smem(a), c->s>>>(d);
     mkb_launched(c, "gdn");
 }
 
@@ -101,14 +115,10 @@ bool mkb_gdn_each(void *ctx, const mk_gdn_args *a, int n) {
             return false;
         st.p[i] = x->state;
     }
-    mk_gdn_args d = *a0;
-    d.A_log = mkb_param(c, a0->A_log, a0->nv);
-    d.dt_bias = mkb_param(c, a0->dt_bias, a0->nv);
-    if (!d.A_log || !d.dt_bias)
+    mk_gdn_args d;
+    if (!gdn_dev(c, a0, &d))
         return true; /* the failure is recorded for sync */
-    const int threads = d.dv < 32 ? 32 : (d.dv + 31) / 32 * 32;
-    const size_t smem = sizeof(float) * (2 * (size_t)d.dk + 32);
-    k_gdn_each<<<dim3((unsigned)d.nv, (unsigned)n), threads, smem, c->s>>>(d, st);
+    k_gdn_each<<<dim3((unsigned)d.nv, (unsigned)n), gdn_threads(a0), gdn_smem(a0), c->s>>>(d, st);
     mkb_launched(c, "gdn of a batched step");
     return true;
 }
