@@ -40,7 +40,8 @@
  * or CPU) adds B sequences decoded together (mk_engine_decode_batch, each
  * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
  * launches the MoE step's kernels with programmatic dependent launch
- * (mk_cuda_set_moe_pdl); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
+ * (mk_cuda_set_moe_pdl), MK_CUDA_STEP_PDL=0|1 the rest of the decode step's
+ * (mk_cuda_set_step_pdl); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
  * prefill (mk_cuda_set_gdn_chunked).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
@@ -254,6 +255,10 @@ int main(int argc, char **argv) {
         const char *pdl = getenv("MK_CUDA_MOE_PDL");
         if (pdl && *pdl)
             mk_cuda_set_moe_pdl(strcmp(pdl, "0") != 0);
+        /* MK_CUDA_STEP_PDL=0|1: the rest of the step's kernels under it */
+        const char *spdl = getenv("MK_CUDA_STEP_PDL");
+        if (spdl && *spdl)
+            mk_cuda_set_step_pdl(strcmp(spdl, "0") != 0);
         /* MK_CUDA_GDN_CHUNKED=0|1: the chunked Gated DeltaNet prefill */
         const char *gc = getenv("MK_CUDA_GDN_CHUNKED");
         if (gc && *gc)

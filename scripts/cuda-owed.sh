@@ -63,9 +63,12 @@ bench30 | bench35)
         m=/tmp/mk-owed-30b
         mk "$m" qwen3_moe 30b-a3b > "$out/synth.log" 2>&1 || { tail -5 "$out/synth.log"; exit 1; }
         {
-            echo "== 30B decode, default (PDL on); then PDL off"
+            echo "== 30B decode, default (PDL on); the MoE step's PDL off; the rest of the step's off; both off"
             $D "$m" 16 128 16 cuda
             MK_CUDA_MOE_PDL=0 $D "$m" 16 128 16 cuda
+            MK_CUDA_STEP_PDL=0 $D "$m" 16 128 16 cuda
+            MK_CUDA_MOE_PDL=0 MK_CUDA_STEP_PDL=0 $D "$m" 16 128 16 cuda
+            $D "$m" 16 128 16 cuda
             echo "== 30B, experts past 8 GiB in host memory; then 6 GiB + a 2 GiB VRAM expert cache (equal memory)"
             MK_CUDA_EXPERT_VRAM=$((8 << 30)) $D "$m" 16 256 16 cuda
             MK_CUDA_EXPERT_VRAM=$((6 << 30)) MK_CUDA_EXPERT_CACHE=$((2 << 30)) $D "$m" 16 256 16 cuda

@@ -57,9 +57,10 @@ template <int DVL>
 static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim3 grid, size_t smem, int64_t ks,
                       int64_t vs, bool vec) {
     if (sq)
-        k_attn_each<DVL><<<grid, ATT_WARPS * 32, smem, c->s>>>(a, *sq, ks, vs, vec, c->att_part);
+        mkb_launch(c, "attention of a batched step", k_attn_each<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, *sq, ks,
+                   vs, vec, c->att_part);
     else
-        k_attn<DVL><<<grid, ATT_WARPS * 32, smem, c->s>>>(a, ks, vs, vec, c->att_part);
+        mkb_launch(c, "attention", k_attn<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part);
 }
 
 /* nb blocks (token, head) in ns shares: k_attn, or with sq a batched
@@ -77,11 +78,9 @@ static void attn_run(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, unsi
         attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec);
     else
         attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec);
-    mkb_launched(c, sq ? "attention of a batched step" : "attention");
-    if (ns > 1) {
-        k_attn_merge<<<nb, 128, 0, c->s>>>(a, c->att_part, (int)ns);
-        mkb_launched(c, sq ? "attention of a batched step (merging the shares)" : "attention (merging the shares)");
-    }
+    if (ns > 1)
+        mkb_launch(c, sq ? "attention of a batched step (merging the shares)" : "attention (merging the shares)",
+                   k_attn_merge, dim3(nb), dim3(128), 0, a, (const float *)c->att_part, (int)ns);
 }
 
 void mkb_attention(void *ctx, const mk_attn_args *a) {

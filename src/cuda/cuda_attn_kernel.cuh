@@ -193,6 +193,7 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
 
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
+    mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
     const int64_t t = blockIdx.x / a.n_heads;
     /* a replayed decode step: the position from device memory, this token's
      * rows from k_new / v_new (the cache row is written by block 0 for
@@ -206,6 +207,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part) {
+    mkc_pdl_enter();
     const int64_t t = blockIdx.x / a.n_heads;
     attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
 }
@@ -213,6 +215,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 /* One block per (token, head): the ATT_SPLIT shares' states combined as
  * the warps' are in k_attn (the sink in the max and the denominator). */
 __global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int ns) {
+    mkc_pdl_enter();
     const int h = blockIdx.x % a.n_heads;
     const int64_t t = blockIdx.x / a.n_heads;
     const float *ps = part + (int64_t)blockIdx.x * ns * (a.dv + 2);

@@ -192,6 +192,7 @@ static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
  * order). */
 __global__ void k_check_finite(const float *x, int64_t n, unsigned long long tag, mkb_nfl *f) {
     __shared__ bool last;
+    mkc_pdl_enter(); /* launched under PDL (mkb_launch) */
     if (__ldcg(&f->key) == ~0ull)
         for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
             if (!isfinite(x[i])) {
@@ -225,8 +226,7 @@ static void cu_check_finite(void *ctx, const float *x, int64_t n, int32_t tag) {
     unsigned blocks = mkb_blocks(n, 256);
     if (blocks > 264)
         blocks = 264; /* grid-stride loop: two blocks per SM of an H200 */
-    k_check_finite<<<blocks, 256, 0, c->s>>>(x, n, (unsigned long long)tag, c->nfl);
-    mkb_launched(c, "check_finite");
+    mkb_launch(c, "check_finite", k_check_finite, dim3(blocks), dim3(256), 0, x, n, (unsigned long long)tag, c->nfl);
 }
 
 static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *value) {

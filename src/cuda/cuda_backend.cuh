@@ -120,6 +120,19 @@ struct mkb_amax {
 mk_status mkb_fail(mkb_ctx *c, mk_status s);
 /* After a launch: record a launch error naming `what`. */
 void mkb_launched(mkb_ctx *c, const char *what);
+/* Launch a kernel of the decode step on the backend's stream, under
+ * programmatic dependent launch when mk_cuda_step_pdl (the kernel calls
+ * mkc_pdl_enter before it touches anything but weights), and record a
+ * launch error naming `what`. */
+template <typename... KA, typename... A>
+static inline void mkb_launch(mkb_ctx *c, const char *what, void (*k)(KA...), dim3 grid, dim3 block, size_t smem,
+                              A... args) {
+    const cudaError_t e = mkc_launch(k, grid, block, smem, c->s, mk_cuda_step_pdl(), args...);
+    if (e != cudaSuccess) {
+        (void)cudaGetLastError(); /* not left for the next launch's check */
+        mkb_fail(c, mkc_fail(e, what));
+    }
+}
 /* The resident copy of host view w (uploaded on first use), or NULL after
  * recording the failure. */
 const mkb_entry *mkb_weight(mkb_ctx *c, const mk_wt *w);

@@ -43,6 +43,14 @@ extern "C" bool mk_cuda_moe_pdl(void) { return g_moe_pdl; }
 
 extern "C" void mk_cuda_set_moe_pdl(bool on) { g_moe_pdl = on; }
 
+/* Not yet measured on a device (session 18): on so that the owed device
+ * checks run it; mk_cuda_set_step_pdl(false) is the plain launch */
+static bool g_step_pdl = true;
+
+extern "C" bool mk_cuda_step_pdl(void) { return g_step_pdl; }
+
+extern "C" void mk_cuda_set_step_pdl(bool on) { g_step_pdl = on; }
+
 static bool g_gdn_chunked = true;
 
 extern "C" bool mk_cuda_gdn_chunked(void) { return g_gdn_chunked; }

@@ -30,8 +30,7 @@ void mkb_conv1d_silu(void *ctx, const float *u, int64_t u_stride, float *y, int6
     const float *wd = mkb_param(c, w, C * K);
     if (!wd)
         return;
-    k_conv<<<mkb_blocks(C, 128), 128, 0, c->s>>>(u, u_stride, y, n, C, K, wd, state);
-    mkb_launched(c, "conv1d_silu");
+    mkb_launch(c, "conv1d_silu", k_conv, dim3(mkb_blocks(C, 128)), dim3(128), 0, u, u_stride, y, n, C, K, wd, state);
 }
 
 
@@ -72,8 +71,7 @@ void mkb_gdn(void *ctx, const mk_gdn_args *a) {
         mkb_launched(c, "gdn (chunked)");
         return;
     }
-    k_gdn<<<(unsigned)a->nv, gdn_threads(a), gdn_smem(a), c->s>>>(d);
-    mkb_launched(c, "gdn");
+    mkb_launch(c, "gdn", k_gdn, dim3((unsigned)a->nv), dim3(gdn_threads(a)), gdn_smem(a), d);
 }
 
 /* A batched decode step's conv (backend.h's conv1d_silu_each): one launch,
@@ -89,8 +87,8 @@ bool mkb_conv1d_silu_each(void *ctx, const float *u, int64_t u_stride, float *y,
     gdn_states st;
     for (int i = 0; i < n; i++)
         st.p[i] = states[i];
-    k_conv_each<<<dim3(mkb_blocks(C, 128), (unsigned)n), 128, 0, c->s>>>(u, u_stride, y, C, K, wd, st);
-    mkb_launched(c, "conv1d_silu of a batched step");
+    mkb_launch(c, "conv1d_silu of a batched step", k_conv_each, dim3(mkb_blocks(C, 128), (unsigned)n), dim3(128), 0,
+               u, u_stride, y, C, K, wd, st);
     return true;
 }
 
@@ -118,7 +116,7 @@ bool mkb_gdn_each(void *ctx, const mk_gdn_args *a, int n) {
     mk_gdn_args d;
     if (!gdn_dev(c, a0, &d))
         return true; /* the failure is recorded for sync */
-    k_gdn_each<<<dim3((unsigned)d.nv, (unsigned)n), gdn_threads(a0), gdn_smem(a0), c->s>>>(d, st);
-    mkb_launched(c, "gdn of a batched step");
+    mkb_launch(c, "gdn of a batched step", k_gdn_each, dim3((unsigned)d.nv, (unsigned)n), dim3(gdn_threads(a0)),
+               gdn_smem(a0), d, st);
     return true;
 }

@@ -33,6 +33,7 @@ __device__ __forceinline__ void conv_channel(const float *u, int64_t us, float *
 
 __global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t C, int K, const float *w,
                        float *state) {
+    mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_gdn.cu) */
     const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (c < C)
         conv_channel(u, us, y, n, C, K, w, state, c);
@@ -41,6 +42,7 @@ __global__ void k_conv(const float *u, int64_t us, float *y, int64_t n, int64_t 
 /* sequence blockIdx.y's one token: row y of u and of out, its own state */
 __global__ void k_conv_each(const float *u, int64_t us, float *y, int64_t C, int K, const float *w,
                             const __grid_constant__ gdn_states st) {
+    mkc_pdl_enter();
     const int64_t c = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
     if (c < C)
         conv_channel(u + blockIdx.y * us, us, y + blockIdx.y * C, 1, C, K, w, st.p[blockIdx.y], c);
@@ -93,12 +95,14 @@ __device__ __forceinline__ void gdn_head(const mk_gdn_args &a) {
 }
 
 __global__ void k_gdn(mk_gdn_args a) {
+    mkc_pdl_enter();
     gdn_head(a);
 }
 
 /* sequence blockIdx.y's one token: its rows of a batch laid out as a's
  * (row 0), its own state */
 __global__ void k_gdn_each(mk_gdn_args a, const __grid_constant__ gdn_states st) {
+    mkc_pdl_enter();
     const int64_t i = blockIdx.y;
     a.q += i * a.stride;
     a.k += i * a.stride;

@@ -8,7 +8,9 @@
  * format switch is uniform across the grid, so it costs a branch, not
  * divergence. Bandwidth is what matters at batch 1: each lane moves 16-byte
  * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
- * measures it against a device-to-device copy). */
+ * measures it against a device-to-device copy). Under programmatic
+ * dependent launch (mk_cuda_step_pdl) a block asks L2 for its warps' rows
+ * before it waits for the kernel that produces x. */
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -58,13 +60,9 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
     size_t smem;
     const int staged = stage_mode(v.kind, w->cols, &smem);
     const unsigned grid = (unsigned)(blocks * n);
-    if (mkc_variant() >= 2)
-        k_gemv<true><<<grid, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0, staged,
-                                                                             (int)n);
-    else
-        k_gemv<false><<<grid, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(v, x, y, accumulate ? 1 : 0, staged,
-                                                                              (int)n);
-    MKC_TRY(cudaGetLastError(), "launching gemv");
+    MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv<true> : k_gemv<false>, dim3(grid), dim3(GEMV_WARPS * 32), smem,
+                       (cudaStream_t)stream, mk_cuda_step_pdl(), v, x, y, accumulate ? 1 : 0, staged, (int)n),
+            "launching gemv");
     return MK_OK;
 }
 
@@ -94,10 +92,8 @@ extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const floa
         return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);
     size_t smem;
     const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
-    if (mkc_variant() >= 2)
-        k_gemv_n<true><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged);
-    else
-        k_gemv_n<false><<<(unsigned)blocks, GEMV_WARPS * 32, smem, (cudaStream_t)stream>>>(a, x, staged);
-    MKC_TRY(cudaGetLastError(), "launching gemv_n");
+    MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv_n<true> : k_gemv_n<false>, dim3((unsigned)blocks),
+                       dim3(GEMV_WARPS * 32), smem, (cudaStream_t)stream, mk_cuda_step_pdl(), a, x, staged),
+            "launching gemv_n");
     return MK_OK;
 }

@@ -8,6 +8,22 @@
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
+/* Before the wait for the previous kernel (mkc_pdl_enter): ask L2 for the
+ * bytes of the warp's rows r0 .. r0 + nr - 1 of w, their codes and, for
+ * the affine and FP4 kinds, their scales (and biases), which the weights'
+ * loads after the wait then find there. */
+__device__ __forceinline__ void gemv_prefetch(const mkc_w &w, int64_t r0, int64_t nr, int lane) {
+    mkc_prefetch_l2(w.data + r0 * w.row_bytes, nr * w.row_bytes, lane);
+    if (mkc_is_aff(w.kind)) {
+        const int64_t gb = w.ng * mkc_aff_sb(w.kind);
+        mkc_prefetch_l2((const uint8_t *)w.scales + r0 * gb, nr * gb, lane);
+        mkc_prefetch_l2((const uint8_t *)w.biases + r0 * gb, nr * gb, lane);
+    } else if (w.kind == MKC_MX4 || w.kind == MKC_NV4) {
+        const int64_t sb = w.cols / (w.kind == MKC_MX4 ? 32 : 16);
+        mkc_prefetch_l2((const uint8_t *)w.scales + r0 * sb, nr * sb, lane);
+    }
+}
+
 /* nt tokens (x [nt, cols], y [nt, rows]): block b does the one-token
  * launch's block b / nt for token b % nt (tokens innermost: the blocks that
  * read the same rows run together, so the rows come from DRAM about once),
@@ -18,6 +34,12 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
                                                             int nt = 1) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int64_t tok = blockIdx.x % (unsigned)nt, blk = blockIdx.x / (unsigned)nt;
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = blk * GEMV_WARPS + (threadIdx.x >> 5);
+    const int64_t r0 = warp * GEMV_ROWS;
+    if (r0 < w.rows)
+        gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
+    mkc_pdl_enter();
     xg += tok * w.cols;
     y += tok * w.rows;
     const float *x = xg;
@@ -32,9 +54,6 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
-    const int lane = threadIdx.x & 31;
-    const int64_t warp = blk * GEMV_WARPS + (threadIdx.x >> 5);
-    const int64_t r0 = warp * GEMV_ROWS;
     if (r0 >= w.rows)
         return;
     const mkc_w *ws[GEMV_ROWS];
@@ -70,6 +89,17 @@ template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
                                                               const float *__restrict__ xg, int staged) {
     MKC_DYN_SMEM(float4, mkc_sm4);
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int m = 0;
+    while (m < a.count - 1 && warp >= a.wend[m])
+        m++;
+    const bool live = warp < a.wend[m];
+    const mkc_w &w = a.w[m];
+    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
+    if (live)
+        gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
+    mkc_pdl_enter();
     const float *x = xg;
     int xpad = 0;
     if (staged) { /* as k_gemv */
@@ -81,15 +111,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
         __syncthreads();
         x = (const float *)mkc_sm4;
     }
-    const int lane = threadIdx.x & 31;
-    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int m = 0;
-    while (m < a.count - 1 && warp >= a.wend[m])
-        m++;
-    if (warp >= a.wend[m])
+    if (!live)
         return;
-    const mkc_w &w = a.w[m];
-    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
     const mkc_w *ws[GEMV_ROWS];
     int64_t rows[GEMV_ROWS];
     const float *xs[GEMV_ROWS];

@@ -63,6 +63,10 @@ static inline __host__ __device__ bool mkc_is_aff(int kind) {
 static inline __host__ __device__ bool mkc_is_fp8(int kind) {
     return kind >= MKC_E4_F32 && kind <= MKC_E4_F16;
 }
+/* Bytes of one scale or bias of an affine kind (f32 or a half type). */
+static inline __host__ __device__ int64_t mkc_aff_sb(int kind) {
+    return (kind == MKC_A4_F32 || kind == MKC_A8_F32) ? 4 : 2;
+}
 /* Kinds whose 16-byte chunks hold 32 values of one 32-value block, so x
  * may be staged in the padded layout (mkc_xi). */
 static inline __host__ __device__ bool mkc_pads(int kind) {
@@ -93,6 +97,58 @@ mk_status mkc_fail(cudaError_t e, const char *what);
         if (mkc_e_ != cudaSuccess)                \
             return mkc_fail(mkc_e_, (what));      \
     } while (0)
+
+/* Launch kernel k with grid x block threads and smem bytes of dynamic
+ * shared memory on stream s, with the programmatic-dependent-launch
+ * attribute when pdl: the kernel may then start while its predecessor in
+ * the stream runs, so it must call mkc_pdl_enter before it reads or writes
+ * anything but weights (a launch after a copy or memset is serialised as
+ * usual). Host only. */
+#ifndef MK_CUDA_EMU
+template <typename... KA, typename... A>
+static inline cudaError_t mkc_launch(void (*k)(KA...), dim3 grid, dim3 block, size_t smem, cudaStream_t s,
+                                     bool pdl, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = s;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = pdl ? 1 : 0;
+    return cudaLaunchKernelEx(&cfg, k, args...);
+}
+#endif
+
+/* Programmatic dependent launch (when launched with the attribute; no-ops
+ * otherwise): wait until the previous kernel in the stream has completed
+ * and its writes are visible, then let the next kernel be launched, so its
+ * launch and block set-up overlap this kernel's run. Waiting first keeps
+ * every read after the producer's writes, transitively across kernels:
+ * the next kernel can start only once every block of this one has passed
+ * its wait, i.e. once this one's predecessor has completed. */
+__device__ __forceinline__ void mkc_pdl_enter(void) {
+#ifndef MK_CUDA_EMU /* the host emulation runs kernels one after another */
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+/* Ask L2 for the bytes [p, p + n) from a warp, lane l the 128-byte lines
+ * l, l + 32, ... (prefetch.global.L2: a hint, no register, no wait; L2 is
+ * where global memory is coherent, so the lines cannot be stale). What a
+ * kernel does before mkc_pdl_enter with the weights it will read. */
+__device__ __forceinline__ void mkc_prefetch_l2(const void *p, int64_t n, int lane) {
+#ifndef MK_CUDA_EMU
+    const uintptr_t a0 = (uintptr_t)p & ~(uintptr_t)127, end = (uintptr_t)p + (uintptr_t)n;
+    for (uintptr_t a = a0 + 128 * (uintptr_t)lane; a < end; a += 128 * 32)
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+#else
+    (void)p, (void)n, (void)lane;
+#endif
+}
 
 /* The MoE step of n tokens (rows of x and y; mk_cuda_moe_step_n) with a
  * choice of kernels (bit 0 router, 1 gate/up, 2 down) and of programmatic
@@ -634,7 +690,7 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
         acc[r] = 0.0f;
         q[r] = w[r]->data + rows[r] * w[r]->row_bytes;
         if (mkc_is_aff(w0.kind)) {
-            const int64_t sz = (w0.kind == MKC_A4_F32 || w0.kind == MKC_A8_F32) ? 4 : 2;
+            const int64_t sz = mkc_aff_sb(w0.kind);
             s[r] = (const uint8_t *)w[r]->scales + rows[r] * w0.ng * sz;
             b[r] = (const uint8_t *)w[r]->biases + rows[r] * w0.ng * sz;
         } else if (mkc_is_fp8(w0.kind)) { /* the row's block row of scales */

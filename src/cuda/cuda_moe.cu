@@ -216,20 +216,11 @@ static unsigned nblocks(int64_t tasks) {
     return (unsigned)((tasks + MOE_WARPS - 1) / MOE_WARPS);
 }
 
-/* launch one kernel, with the programmatic-dependent-launch attribute when pdl */
+/* launch one kernel of MOE_WARPS warps a block, with the
+ * programmatic-dependent-launch attribute when pdl */
 template <typename... KA, typename... A>
 static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStream_t s, bool pdl, A... args) {
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = dim3(grid);
-    cfg.blockDim = dim3(MOE_WARPS * 32);
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = s;
-    cudaLaunchAttribute at[1];
-    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    at[0].val.programmaticStreamSerializationAllowed = 1;
-    cfg.attrs = at;
-    cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, args...);
+    return mkc_launch(k, dim3(grid), dim3(MOE_WARPS * 32), smem, s, pdl, args...);
 }
 
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,

@@ -9,17 +9,7 @@
 
 /* ---- kernels ------------------------------------------------------------ */
 
-/* Programmatic dependent launch (when launched with the attribute; no-ops
- * otherwise): wait until the previous kernel in the stream has completed
- * and its writes are visible, then let the next kernel be launched, so its
- * launch and block set-up overlap this kernel's run. Waiting first keeps
- * every read after the producer's writes, transitively across kernels. */
-__device__ __forceinline__ void mkc_pdl_enter(void) {
-#ifndef MK_CUDA_EMU /* the host emulation runs kernels one after another */
-    asm volatile("griddepcontrol.wait;" ::: "memory");
-    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
+/* mkc_pdl_enter: cuda_impl.cuh */
 
 struct moe_args {
     mkc_w router, sgw, gate, up, down, shg, shu, shd;

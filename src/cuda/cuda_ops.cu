@@ -13,6 +13,7 @@
 __global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const float *x, int64_t xs,
                                                          const float *g, int64_t dim, float eps, const float *z) {
     __shared__ float sh[32];
+    mkc_pdl_enter(); /* launched under PDL in a decode step (mkb_launch) */
     const float *xr = x + blockIdx.x * xs;
     float *yr = y + blockIdx.x * ys;
     float ss = 0.0f;
@@ -51,8 +52,8 @@ void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t 
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    k_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(y, y_stride, x, x_stride, gd, dim, eps, NULL);
-    mkb_launched(c, "rmsnorm");
+    mkb_launch(c, "rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, y, y_stride, x, x_stride,
+               gd, dim, eps, (const float *)NULL);
 }
 
 void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int64_t rows, int64_t dim, float eps) {
@@ -62,14 +63,15 @@ void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int6
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    k_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(x, dim, x, dim, gd, dim, eps, z);
-    mkb_launched(c, "gated_rmsnorm");
+    mkb_launch(c, "gated_rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, dim,
+               (const float *)x, dim, gd, dim, eps, z);
 }
 
 /* one block per (token, head); tmp = the rotated span in HF order */
 __global__ void k_rope(float *x, int64_t tok_stride, int n_heads, int64_t head_stride, int rot, const float *cos,
                        const float *sin, int interleave) {
     extern __shared__ float tmp[];
+    mkc_pdl_enter();
     const int64_t t = blockIdx.x / n_heads;
     const int h = blockIdx.x % n_heads, half = rot / 2;
     float *v = x + t * tok_stride + h * head_stride;
@@ -93,13 +95,13 @@ void mkb_rope(void *ctx, float *x, int64_t n, int64_t tok_stride, int n_heads, i
         mkb_fail(c, mk_err(MK_E_UNSUPPORTED, "CUDA rope: %lld token-heads in one call", (long long)(n * n_heads)));
         return;
     }
-    k_rope<<<(unsigned)(n * n_heads), 128, (size_t)rot_dim * sizeof(float), c->s>>>(
-        x, tok_stride, n_heads, head_stride, rot_dim, cos, sin, interleave ? 1 : 0);
-    mkb_launched(c, "rope");
+    mkb_launch(c, "rope", k_rope, dim3((unsigned)(n * n_heads)), dim3(128), (size_t)rot_dim * sizeof(float), x,
+               tok_stride, n_heads, head_stride, rot_dim, cos, sin, interleave ? 1 : 0);
 }
 
 /* op 0: y = silu(a) * b; 1: y *= sigmoid(a); 2: y += s * a */
 __global__ void k_elt(float *y, const float *a, const float *b, float s, int64_t n, int op) {
+    mkc_pdl_enter();
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const float av = a[i];
         if (op == 0)
@@ -115,8 +117,7 @@ static void elt(mkb_ctx *c, float *y, const float *a, const float *b, float s, i
     if (n <= 0)
         return;
     unsigned blocks = mkb_blocks(n, OPS_THREADS);
-    k_elt<<<blocks > 65535 ? 65535 : blocks, OPS_THREADS, 0, c->s>>>(y, a, b, s, n, op);
-    mkb_launched(c, what);
+    mkb_launch(c, what, k_elt, dim3(blocks > 65535 ? 65535 : blocks), dim3(OPS_THREADS), 0, y, a, b, s, n, op);
 }
 
 void mkb_swiglu(void *ctx, float *y, const float *gate, const float *up, int64_t n) {
@@ -167,6 +168,7 @@ __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, 
                                                       mkb_nfl *f, float *xb, const float *g, float eps) {
     __shared__ float sh[32];
     __shared__ bool last;
+    mkc_pdl_enter();
     float *xr = x + blockIdx.x * dim;
     const float *yr = y + blockIdx.x * dim;
     float ss = 0.0f;
@@ -240,9 +242,8 @@ void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t 
     const float *gd = xb ? mkb_param(c, g, dim) : NULL;
     if (xb && g && !gd)
         return;
-    k_add_rmsnorm<<<(unsigned)rows, norm_threads(dim), 0, c->s>>>(x, y, dim, (unsigned long long)tag, c->nfl, xb,
-                                                                 gd, eps);
-    mkb_launched(c, "add_rmsnorm");
+    mkb_launch(c, "add_rmsnorm", k_add_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, y, dim,
+               (unsigned long long)tag, c->nfl, xb, gd, eps);
 }
 
 /* qk_norm_rope: one block per (token, head) of q then k, the threads of
@@ -253,6 +254,7 @@ __global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *
                                                        const float *sin) {
     extern __shared__ float tmp[];
     __shared__ float sh[32];
+    mkc_pdl_enter();
     const int nh = nq + nk;
     const int64_t t = blockIdx.x / nh;
     const int h = blockIdx.x % nh, half = rot / 2;
@@ -298,7 +300,6 @@ void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, 
     const float *qd = mkb_param(c, qg, hd), *kd = mkb_param(c, kg, hd);
     if (qg && (!qd || !kd))
         return;
-    k_qk_norm_rope<<<(unsigned)(n * (nq + nk)), norm_threads(hd), (size_t)hd * sizeof(float), c->s>>>(
-        q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
-    mkb_launched(c, "qk_norm_rope");
+    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(norm_threads(hd)),
+               (size_t)hd * sizeof(float), q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
 }

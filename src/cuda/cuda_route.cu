@@ -211,6 +211,7 @@ __device__ __forceinline__ unsigned long long am_key(float v, int64_t i) {
  * index and resets the scratch for the next launch. */
 __global__ void k_argmax(const float *x, int64_t n, mkb_amax *a, int32_t *out) {
     __shared__ bool last;
+    mkc_pdl_enter(); /* launched under PDL (mkb_launch) */
     unsigned long long best = 0ull;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
         const unsigned long long k = am_key(x[i], i);
@@ -245,6 +246,5 @@ void mkb_argmax(void *ctx, const float *x, int64_t n, int32_t *out) {
     unsigned blocks = mkb_blocks(n, 256);
     if (blocks > 264)
         blocks = 264; /* two blocks per SM of an H200 */
-    k_argmax<<<blocks, 256, 0, c->s>>>(x, n, c->amax, out);
-    mkb_launched(c, "argmax");
+    mkb_launch(c, "argmax", k_argmax, dim3(blocks), dim3(256), 0, x, n, c->amax, out);
 }

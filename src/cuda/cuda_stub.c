@@ -91,6 +91,12 @@ void mk_cuda_set_moe_pdl(bool on) {
 bool mk_cuda_moe_pdl(void) {
     return false;
 }
+void mk_cuda_set_step_pdl(bool on) {
+    (void)on;
+}
+bool mk_cuda_step_pdl(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

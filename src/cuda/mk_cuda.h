@@ -105,6 +105,15 @@ int mk_cuda_kernels(void);
  * mk_cuda_set_kernels. */
 void mk_cuda_set_moe_pdl(bool on);
 bool mk_cuda_moe_pdl(void);
+/* Programmatic dependent launch of the rest of a decode step's kernels
+ * (GEMV, add_rmsnorm, rmsnorm, qk_norm_rope, attention and its merge, the
+ * finite check, argmax; docs/CUDA.md "The whole decode step under
+ * programmatic dependent launch"): each waits for its predecessor before
+ * it reads or writes anything, then lets its successor launch; a GEMV
+ * first asks L2 for its warps' weight rows. Same results either way; on by
+ * default. Process-wide like mk_cuda_set_kernels. */
+void mk_cuda_set_step_pdl(bool on);
+bool mk_cuda_step_pdl(void);
 /* The CUDA backend's Gated DeltaNet prefill in 16-token chunks with the
  * state in registers (k_gdn_chunk, docs/CUDA.md "Chunked Gated DeltaNet
  * prefill"); off: every token through the recurrent step, as decode. On by

@@ -2527,6 +2527,182 @@ static void test_cuda_replay_after_growth(void **st) {
     mk_backend_free(be);
 }
 
+/* CUDA only: a decode step's chain of kernels (mk_cuda_set_step_pdl,
+ * mk_cuda_set_moe_pdl) gives the same bits whether its kernels are launched
+ * under programmatic dependent launch or not, queued directly, recorded or
+ * replayed. Three layers of add_rmsnorm -> q/k/v matmul_n -> qk_norm_rope ->
+ * attention (device position, new rows) -> o matmul -> add_rmsnorm -> a
+ * dense product, then the final norm, a head, its finite check and argmax,
+ * all queued without a wait: each kernel reads what the one before it
+ * wrote, so a kernel reading before its predecessor finished (a wait
+ * missing or misplaced) changes the bits. */
+typedef struct pdl_chain {
+    wbuf wq, wk, wv, wo, wd, wh;
+    float *x0, *y0, *kc0, *vc0;
+    float *dx, *dy, *dxb, *dq, *dk, *dv, *dat, *dkc, *dvc, *dg, *dqg, *dcos, *dsin, *dlg;
+    int64_t *dpos;
+    int32_t *dam;
+} pdl_chain;
+enum { PC_H = 2048, PC_NQ = 16, PC_NK = 4, PC_HD = 128, PC_P = 300, PC_V = 1000, PC_L = 3 };
+
+static void pdl_chain_reset(be_case *b, pdl_chain *c) {
+    b->i->upload(b->ctx, c->dx, c->x0, sizeof(float) * PC_H);
+    b->i->upload(b->ctx, c->dy, c->y0, sizeof(float) * PC_H);
+    b->i->upload(b->ctx, c->dkc, c->kc0, sizeof(float) * (PC_P + 1) * PC_NK * PC_HD);
+    b->i->upload(b->ctx, c->dvc, c->vc0, sizeof(float) * (PC_P + 1) * PC_NK * PC_HD);
+    b->i->zero(b->ctx, c->dlg, sizeof(float) * PC_V);
+    b->i->zero(b->ctx, c->dam, sizeof(int32_t));
+}
+
+static void pdl_chain_queue(be_case *b, pdl_chain *c) {
+    const float eps = 1e-6f;
+    const mk_wt *qkv[3] = {&c->wq.w, &c->wk.w, &c->wv.w};
+    float *outs[3] = {c->dq, c->dk, c->dv};
+    mk_attn_args a = {.q = c->dq, .k = c->dkc, .v = c->dvc, .out = c->dat, .n = 1, .pos0 = 0, .n_heads = PC_NQ,
+                      .n_kv = PC_NK, .dk = PC_HD, .dv = PC_HD, .scale = 0.088f, .pos_dev = c->dpos,
+                      .k_new = c->dk, .v_new = c->dv};
+    for (int l = 0; l < PC_L; l++) {
+        b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * l + 1, c->dxb, c->dg, eps);
+        b->i->matmul_n(b->ctx, qkv, 3, c->dxb, 1, outs);
+        b->i->qk_norm_rope(b->ctx, c->dq, PC_NQ, c->dk, PC_NK, 1, PC_HD, c->dqg, c->dqg, eps, PC_HD, c->dcos,
+                           c->dsin);
+        b->i->attention(b->ctx, &a);
+        b->i->matmul(b->ctx, &c->wo.w, c->dat, 1, c->dy);
+        b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * l + 2, c->dxb, c->dg, eps);
+        b->i->matmul(b->ctx, &c->wd.w, c->dxb, 1, c->dy);
+    }
+    b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * PC_L + 1, NULL, NULL, eps);
+    b->i->rmsnorm(b->ctx, c->dxb, PC_H, c->dx, PC_H, c->dg, 1, PC_H, eps);
+    b->i->matmul(b->ctx, &c->wh.w, c->dxb, 1, c->dlg);
+    b->i->check_finite(b->ctx, c->dlg, PC_V, 2 * PC_L + 2);
+    b->i->argmax(b->ctx, c->dlg, PC_V, c->dam);
+}
+
+/* the chain's results: x, the cache row written, the logits, the argmax */
+static float *pdl_chain_out(be_case *b, pdl_chain *c, int32_t *am) {
+    float *o = malloc(sizeof(float) * (PC_H + 2 * PC_NK * PC_HD + PC_V));
+    assert_non_null(o);
+    b->i->download(b->ctx, o, c->dx, sizeof(float) * PC_H);
+    b->i->download(b->ctx, o + PC_H, c->dkc + (int64_t)PC_P * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
+    b->i->download(b->ctx, o + PC_H + PC_NK * PC_HD, c->dvc + (int64_t)PC_P * PC_NK * PC_HD,
+                   sizeof(float) * PC_NK * PC_HD);
+    b->i->download(b->ctx, o + PC_H + 2 * PC_NK * PC_HD, c->dlg, sizeof(float) * PC_V);
+    b->i->download(b->ctx, am, c->dam, sizeof *am);
+    assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    int32_t tag;
+    int64_t at;
+    float v;
+    assert_false(b->i->nonfinite_take(b->ctx, &tag, &at, &v));
+    return o;
+}
+
+static void test_cuda_step_pdl(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_cuda_step_pdl: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    be_case *b = &g_be[1];
+    pdl_chain c;
+    memset(&c, 0, sizeof c);
+    make_w(&c.wq, 2, PC_NQ * PC_HD, PC_H);
+    make_w(&c.wk, 2, PC_NK * PC_HD, PC_H);
+    make_w(&c.wv, 2, PC_NK * PC_HD, PC_H);
+    make_w(&c.wo, 2, PC_H, PC_NQ * PC_HD);
+    make_w(&c.wd, 3, PC_H, PC_H);
+    make_w(&c.wh, 1, PC_V, PC_H);
+    const int64_t cache = (int64_t)(PC_P + 1) * PC_NK * PC_HD;
+    c.x0 = rvec(PC_H);
+    c.y0 = rvec(PC_H);
+    c.kc0 = rvec(cache);
+    c.vc0 = rvec(cache);
+    float *g = rvec(PC_H), *cs = rvec(PC_HD / 2), *sn = rvec(PC_HD / 2);
+    for (int i = 0; i < PC_H; i++)
+        g[i] += 1.5f;
+    c.dx = dev(b, NULL, sizeof(float) * PC_H);
+    c.dy = dev(b, NULL, sizeof(float) * PC_H);
+    c.dxb = dev(b, NULL, sizeof(float) * PC_H);
+    c.dq = dev(b, NULL, sizeof(float) * PC_NQ * PC_HD);
+    c.dk = dev(b, NULL, sizeof(float) * PC_NK * PC_HD);
+    c.dv = dev(b, NULL, sizeof(float) * PC_NK * PC_HD);
+    c.dat = dev(b, NULL, sizeof(float) * PC_NQ * PC_HD);
+    c.dkc = dev(b, NULL, sizeof(float) * cache);
+    c.dvc = dev(b, NULL, sizeof(float) * cache);
+    c.dg = dev(b, g, sizeof(float) * PC_H);
+    c.dqg = dev(b, g, sizeof(float) * PC_HD);
+    c.dcos = dev(b, cs, sizeof(float) * PC_HD / 2);
+    c.dsin = dev(b, sn, sizeof(float) * PC_HD / 2);
+    c.dlg = dev(b, NULL, sizeof(float) * PC_V);
+    const int64_t pos = PC_P;
+    c.dpos = dev(b, &pos, sizeof pos);
+    c.dam = dev(b, NULL, sizeof(int32_t));
+    const size_t nout = sizeof(float) * (PC_H + 2 * PC_NK * PC_HD + PC_V);
+    const bool step0 = mk_cuda_step_pdl(), moe0 = mk_cuda_moe_pdl();
+    /* plain launches: the reference (also uploads every weight) */
+    mk_cuda_set_step_pdl(false);
+    mk_cuda_set_moe_pdl(false);
+    pdl_chain_reset(b, &c);
+    pdl_chain_queue(b, &c);
+    int32_t am0, am;
+    float *ref = pdl_chain_out(b, &c, &am0);
+    int nonzero = 0; /* a real computation: finite, not all zero, the cache rows written */
+    for (int i = 0; i < PC_H + 2 * PC_NK * PC_HD + PC_V; i++) {
+        assert_true(isfinite(ref[i]));
+        nonzero += ref[i] != 0.0f;
+    }
+    assert_true(nonzero > PC_H);
+    assert_memory_not_equal(ref + PC_H, c.kc0 + (int64_t)PC_P * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
+    assert_true(am0 >= 0 && am0 < PC_V);
+    mk_cuda_set_step_pdl(true);
+    mk_cuda_set_moe_pdl(true);
+    for (int rep = 0; rep < 5; rep++) { /* queued directly, several times */
+        pdl_chain_reset(b, &c);
+        pdl_chain_queue(b, &c);
+        float *o = pdl_chain_out(b, &c, &am);
+        assert_memory_equal(o, ref, nout);
+        assert_int_equal(am, am0);
+        free(o);
+    }
+    /* recorded, then replayed */
+    pdl_chain_reset(b, &c);
+    assert_true(b->i->step_begin(b->ctx));
+    pdl_chain_queue(b, &c);
+    assert_true(b->i->step_end(b->ctx, true));
+    float *o = pdl_chain_out(b, &c, &am);
+    assert_memory_equal(o, ref, nout);
+    assert_int_equal(am, am0);
+    free(o);
+    const uint64_t id = b->i->step_last(b->ctx);
+    assert_true(id != 0);
+    for (int rep = 0; rep < 3; rep++) {
+        pdl_chain_reset(b, &c);
+        assert_true(b->i->step_replay(b->ctx, id));
+        o = pdl_chain_out(b, &c, &am);
+        assert_memory_equal(o, ref, nout);
+        assert_int_equal(am, am0);
+        free(o);
+    }
+    mk_cuda_set_step_pdl(step0);
+    mk_cuda_set_moe_pdl(moe0);
+    void *bufs[] = {c.dx, c.dy, c.dxb, c.dq, c.dk, c.dv, c.dat, c.dkc, c.dvc, c.dg, c.dqg, c.dcos, c.dsin, c.dlg,
+                    c.dpos, c.dam};
+    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
+        b->i->buf_free(b->ctx, bufs[i]);
+    wbuf *ws[] = {&c.wq, &c.wk, &c.wv, &c.wo, &c.wd, &c.wh};
+    for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
+        forget_w(b, ws[i]);
+        wbuf_free(ws[i]);
+    }
+    free(ref);
+    free(c.x0);
+    free(c.y0);
+    free(c.kc0);
+    free(c.vc0);
+    free(g);
+    free(cs);
+    free(sn);
+}
+
 /* CUDA only: a failure inside a queued slot is reported by the next sync,
  * naming it, and only once. */
 static void test_cuda_errors(void **st) {
@@ -2663,8 +2839,9 @@ int main(void) {
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
         cmocka_unit_test(test_cuda_gemm_modes),    cmocka_unit_test(test_cuda_replay_after_growth),
+        cmocka_unit_test(test_cuda_step_pdl),
     };
-    const size_t n_cuda_only = 4;
+    const size_t n_cuda_only = 5;
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();
