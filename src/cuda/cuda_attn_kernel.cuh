@@ -37,6 +37,51 @@ __device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk
     return (d0 + d1) + (d2 + d3);
 }
 
+/* This block's share of positions [S0, T): gridDim.y shares of whole
+ * 32-row steps, [*B0, *B1) */
+__device__ __forceinline__ void att_share(int64_t S0, int64_t T, int64_t *B0, int64_t *B1) {
+    const int64_t per = ((T - S0 + gridDim.y - 1) / gridDim.y + 31) / 32 * 32;
+    *B0 = S0 + (int64_t)blockIdx.y * per;
+    *B1 = *B0 + per < T ? *B0 + per : T;
+}
+
+/* The first position token t attends to at T positions without a DSA
+ * selection: gpt_oss's sliding window keeps the last `window`, itself
+ * included. */
+__device__ __forceinline__ int64_t att_first(const mk_attn_args &a, int64_t T) {
+    return a.window > 0 && T > a.window ? T - a.window : 0;
+}
+
+/* Before the wait for the previous kernel (mkc_pdl_enter): ask L2 for the
+ * cache rows this block will walk (its share of positions before the
+ * token's own, for its kv head: dk floats of k, dv of v), so that the walk,
+ * whose loads come a few rows at a time, finds them there. Rows of earlier
+ * steps are complete; a prefill chunk's rows may still be being written
+ * (L2 is where global memory is coherent: a prefetch cannot make them
+ * stale). Not with a DSA selection, which the step computes. */
+__device__ __forceinline__ void attn_prefetch(const mk_attn_args &a, int64_t ks, int64_t vs, const float *ka,
+                                              const float *va, int64_t pos0, int64_t tp) {
+    if (a.sel)
+        return;
+    const int h = blockIdx.x % a.n_heads, j = h / (a.n_heads / a.n_kv);
+    const int64_t T = pos0 + tp + 1;
+    int64_t B0, B1;
+    att_share(att_first(a, T), T, &B0, &B1);
+    if (B1 > T - 1)
+        B1 = T - 1; /* the token's own row comes from k_new or this step */
+    const bool pv = va != ka || vs != ks || a.dv > a.dk; /* MLA: v is k's latent row */
+    const int lk = (a.dk + 31) / 32 + 1, lv = pv ? (a.dv + 31) / 32 + 1 : 0; /* lines per row, one spare: unaligned rows */
+    const float *kb = ka + (int64_t)j * a.dk, *vb = va + (int64_t)j * a.dv;
+    for (int64_t i = threadIdx.x; i < (B1 - B0) * (lk + lv); i += blockDim.x) {
+        const int64_t r = B0 + i / (lk + lv);
+        const int l = (int)(i % (lk + lv));
+        if (l < lk)
+            mkc_prefetch_line(kb + r * ks + (32 * l < a.dk ? 32 * l : a.dk - 1));
+        else
+            mkc_prefetch_line(vb + r * vs + (32 * (l - lk) < a.dv ? 32 * (l - lk) : a.dv - 1));
+    }
+}
+
 /* A batched decode step's sequences (mkb_attention_each): token t's caches,
  * position and new rows; the other arguments are the mk_attn_args'. */
 #define ATT_SEQS 64
@@ -81,13 +126,11 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
         }
         T = cnt < T ? cnt : T;
     }
-    /* gpt_oss's sliding window: the last `window` positions, itself included */
-    const int64_t S0 = !sel && a.window > 0 && T > a.window ? T - a.window : 0;
+    const int64_t S0 = sel ? 0 : att_first(a, T);
     const float *kn = kn_row ? kn_row + (int64_t)j * a.dk : NULL;
     const float *vn = kn_row ? vn_row + (int64_t)j * a.dv : NULL;
-    /* this block's share of [S0, T): gridDim.y shares of whole 32-row steps */
-    const int64_t per = ((T - S0 + gridDim.y - 1) / gridDim.y + 31) / 32 * 32;
-    const int64_t B0 = S0 + (int64_t)blockIdx.y * per, B1 = B0 + per < T ? B0 + per : T;
+    int64_t B0, B1;
+    att_share(S0, T, &B0, &B1);
     if (kn_row && h == 0 && blockIdx.y == 0) {
         for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
             ((float *)ka)[pos0 * ks + i] = kn_row[i];
@@ -193,12 +236,14 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
 
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
-    mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
     const int64_t t = blockIdx.x / a.n_heads;
-    /* a replayed decode step: the position from device memory, this token's
-     * rows from k_new / v_new (the cache row is written by block 0 for
-     * later steps and read by none here) */
+    /* a replayed decode step: the position from device memory (uploaded
+     * before the step's first kernel, so it may be read before the wait),
+     * this token's rows from k_new / v_new (the cache row is written by
+     * block 0 for later steps and read by none here) */
     const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
+    attn_prefetch(a, ks, vs, a.k, a.v, pos0, t);
+    mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
     attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new);
 }
 
@@ -207,8 +252,9 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part) {
-    mkc_pdl_enter();
     const int64_t t = blockIdx.x / a.n_heads;
+    attn_prefetch(a, ks, vs, s.k[t], s.v[t], s.pos0[t], 0);
+    mkc_pdl_enter();
     attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
 }
 

@@ -136,6 +136,16 @@ __device__ __forceinline__ void mkc_pdl_enter(void) {
 #endif
 }
 
+/* Ask L2 for the 128-byte line holding p (prefetch.global.L2: a hint; a
+ * no-op in the host emulation). */
+__device__ __forceinline__ void mkc_prefetch_line(const void *p) {
+#ifndef MK_CUDA_EMU
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+#else
+    (void)p;
+#endif
+}
+
 /* Ask L2 for the bytes [p, p + n) from a warp, lane l the 128-byte lines
  * l, l + 32, ... (prefetch.global.L2: a hint, no register, no wait; L2 is
  * where global memory is coherent, so the lines cannot be stale). What a
@@ -144,7 +154,7 @@ __device__ __forceinline__ void mkc_prefetch_l2(const void *p, int64_t n, int la
 #ifndef MK_CUDA_EMU
     const uintptr_t a0 = (uintptr_t)p & ~(uintptr_t)127, end = (uintptr_t)p + (uintptr_t)n;
     for (uintptr_t a = a0 + 128 * (uintptr_t)lane; a < end; a += 128 * 32)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
+        mkc_prefetch_line((const void *)a);
 #else
     (void)p, (void)n, (void)lane;
 #endif

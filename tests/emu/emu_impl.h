@@ -1,5 +1,5 @@
 // What src/cuda/cuda_impl.cuh gives the kernels (float4, mkc_warp_sum,
-// MKC_DYN_SMEM under MK_CUDA_EMU, mkc_pdl_enter), for the host emulations that run without
+// MKC_DYN_SMEM under MK_CUDA_EMU, mkc_pdl_enter, mkc_prefetch_line), for the host emulations that run without
 // the CUDA toolkit's headers, which that header needs (attention, GDN).
 // Keep the two alike.
 #ifndef MK_TESTS_EMU_IMPL_H
@@ -17,5 +17,6 @@ inline float mkc_warp_sum(float v) {
 }
 #define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 inline void mkc_pdl_enter() {} /* the emulation runs kernels one after another */
+inline void mkc_prefetch_line(const void *) {}
 
 #endif
