@@ -29,7 +29,7 @@
  * GEMM, mk_cuda_bf16_gemm_rate), counting the matmul FLOPs of a prompt
  * token (2 x the non-expert matrices' and k experts' elements; attention's
  * scores, the lm_head of the last token and the split GEMM's extra passes
- * not counted). MK_CUDA_GEMM=split|bf16|generic picks how the CUDA matmul
+ * not counted). MK_CUDA_GEMM=split|bf16|generic|int8 picks how the CUDA matmul
  * multiplies batches (mk_backend_cuda_set_gemm). MK_CUDA_EXPERT_VRAM=BYTES
  * puts the experts of the MoE layers past that many bytes in mapped host
  * memory (mk_backend_cuda_set_expert_vram): decode is then also reported
@@ -41,7 +41,8 @@
  * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
  * launches the MoE step's kernels with programmatic dependent launch
  * (mk_cuda_set_moe_pdl), MK_CUDA_STEP_PDL=0|1 the rest of the decode step's
- * (mk_cuda_set_step_pdl); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
+ * (mk_cuda_set_step_pdl), MK_CUDA_STEP_PREFETCH=0|1 the GEMVs' L2 prefetch
+ * under it (mk_cuda_set_step_prefetch); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
  * prefill (mk_cuda_set_gdn_chunked).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
@@ -244,9 +245,11 @@ int main(int argc, char **argv) {
         if (gm && *gm) {
             mk_cuda_gemm mode = !strcmp(gm, "split") ? MK_CUDA_GEMM_SPLIT
                                 : !strcmp(gm, "bf16") ? MK_CUDA_GEMM_BF16
-                                : !strcmp(gm, "generic") ? MK_CUDA_GEMM_GENERIC : (mk_cuda_gemm)-1;
+                                : !strcmp(gm, "generic") ? MK_CUDA_GEMM_GENERIC
+                                : !strcmp(gm, "int8")    ? MK_CUDA_GEMM_INT8
+                                                         : (mk_cuda_gemm)-1;
             if ((int)mode < 0) {
-                fprintf(stderr, "bench_decode: MK_CUDA_GEMM: expected split, bf16 or generic\n");
+                fprintf(stderr, "bench_decode: MK_CUDA_GEMM: expected split, bf16, generic or int8\n");
                 return 2;
             }
             mk_backend_cuda_set_gemm(be, mode, 0);
@@ -259,6 +262,10 @@ int main(int argc, char **argv) {
         const char *spdl = getenv("MK_CUDA_STEP_PDL");
         if (spdl && *spdl)
             mk_cuda_set_step_pdl(strcmp(spdl, "0") != 0);
+        /* MK_CUDA_STEP_PREFETCH=0|1: under it, the GEMVs' L2 prefetch before the wait */
+        const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
+        if (gpf && *gpf)
+            mk_cuda_set_step_prefetch(strcmp(gpf, "0") != 0);
         /* MK_CUDA_GDN_CHUNKED=0|1: the chunked Gated DeltaNet prefill */
         const char *gc = getenv("MK_CUDA_GDN_CHUNKED");
         if (gc && *gc)

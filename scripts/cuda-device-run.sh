@@ -9,7 +9,9 @@
 # Environment (this script's, not the library's): MK_TESTS the GPU tests to
 # build and run (default test_cuda_gemv test_cuda_moe test_backend_ops);
 # MK_TARGETS more targets to build (e.g. moekit_cli); MK_NO_BENCH=1 skips
-# bench_cuda_moe; MK_AFTER a command run after the tests (fixture checks).
+# bench_cuda_moe; MK_AFTER a command run after the tests (fixture checks);
+# MK_TEST_TIMEOUT seconds per test (default 120; test_backend_ops runs its
+# table once per CPU kernel path before the CUDA one and needs more).
 set -uo pipefail
 debs=$1 out=$2
 shift 2
@@ -40,7 +42,7 @@ cmake --build build-cuda -j16 --target $tests $bench ${MK_TARGETS:-} 2>&1 | tee 
 rc=0
 for t in $tests; do
     echo "== $t"
-    timeout 120 ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
+    timeout ${MK_TEST_TIMEOUT:-120} ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
 done
 if [ -n "${MK_AFTER:-}" ]; then
     echo "== $MK_AFTER"

@@ -62,12 +62,23 @@ void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
  *   bound (docs/CUDA.md "Tensor-core prefill");
  * - MK_CUDA_GEMM_BF16: one GEMM of x and W rounded to bf16 (the serving
  *   engines' arithmetic): 3-6x less tensor work, up to 2^-8 per product;
- * - MK_CUDA_GEMM_GENERIC: the format-generic float32 kernel (slow).
+ * - MK_CUDA_GEMM_GENERIC: the format-generic float32 kernel (slow);
+ * - MK_CUDA_GEMM_INT8: MLX affine 4/8-bit weights (groups dividing 512)
+ *   against x quantized to int8 by the CPU's int8 prefill rule
+ *   (src/kernels/kern_gemm_q8.h, the CPU's default for prefill): exact
+ *   int8 x uint8 tensor-core dots, the CPU's float folds, so each row is
+ *   the CPU int8 GEMM's bits; the grouped MoE slot too. Other weights as
+ *   SPLIT. Not yet measured on a device (docs/CUDA.md).
  * W is dequantized into bf16 tiles of at most scratch_bytes (0: 64 MiB;
  * at least one row), plus x's split (6 bytes per element of the batch) and
  * cuBLAS's 32 MiB workspace: device memory outside the engine's plan. No-op
  * for other backends. */
-typedef enum mk_cuda_gemm { MK_CUDA_GEMM_SPLIT = 0, MK_CUDA_GEMM_BF16 = 1, MK_CUDA_GEMM_GENERIC = 2 } mk_cuda_gemm;
+typedef enum mk_cuda_gemm {
+    MK_CUDA_GEMM_SPLIT = 0,
+    MK_CUDA_GEMM_BF16 = 1,
+    MK_CUDA_GEMM_GENERIC = 2,
+    MK_CUDA_GEMM_INT8 = 3
+} mk_cuda_gemm;
 #define MK_CUDA_GEMM_SCRATCH_DEFAULT ((size_t)64 << 20)
 void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes);
 /* Whether cuBLAS (loaded on first use, not linked) is there for the GEMMs,

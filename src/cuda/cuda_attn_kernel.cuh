@@ -52,29 +52,37 @@ __device__ __forceinline__ int64_t att_first(const mk_attn_args &a, int64_t T) {
     return a.window > 0 && T > a.window ? T - a.window : 0;
 }
 
-/* Before the wait for the previous kernel (mkc_pdl_enter): ask L2 for the
- * cache rows this block will walk (its share of positions before the
- * token's own, for its kv head: dk floats of k, dv of v), so that the walk,
- * whose loads come a few rows at a time, finds them there. Rows of earlier
- * steps are complete; a prefill chunk's rows may still be being written
- * (L2 is where global memory is coherent: a prefetch cannot make them
- * stale). Not with a DSA selection, which the step computes. */
+/* Before the wait for the previous kernel (mkc_pdl_enter), when pf (the
+ * launch's mk_cuda_step_prefetch): ask L2 for the cache rows this block
+ * will walk first (the first ATT_PREFETCH_ROWS of
+ * its share of positions before the token's own, for its kv head: dk
+ * floats of k, dv of v), so that the walk, whose loads come a few rows at
+ * a time, finds them there. The query heads of one kv head walk the same
+ * rows: each asks for every G-th line only (G heads per kv head), so the
+ * group asks once. Rows of earlier steps are complete; a prefill chunk's
+ * rows may still be being written (L2 is where global memory is coherent:
+ * a prefetch cannot make them stale). Not with a DSA selection, which the
+ * step computes. */
+#define ATT_PREFETCH_ROWS 512
 __device__ __forceinline__ void attn_prefetch(const mk_attn_args &a, int64_t ks, int64_t vs, const float *ka,
                                               const float *va, int64_t pos0, int64_t tp) {
     if (a.sel)
         return;
-    const int h = blockIdx.x % a.n_heads, j = h / (a.n_heads / a.n_kv);
+    const int G = a.n_heads / a.n_kv, h = blockIdx.x % a.n_heads, j = h / G;
     const int64_t T = pos0 + tp + 1;
     int64_t B0, B1;
     att_share(att_first(a, T), T, &B0, &B1);
     if (B1 > T - 1)
         B1 = T - 1; /* the token's own row comes from k_new or this step */
+    const int rows = B1 - B0 < ATT_PREFETCH_ROWS ? (int)(B1 - B0) : ATT_PREFETCH_ROWS;
+    if (rows <= 0)
+        return;
     const bool pv = va != ka || vs != ks || a.dv > a.dk; /* MLA: v is k's latent row */
     const int lk = (a.dk + 31) / 32 + 1, lv = pv ? (a.dv + 31) / 32 + 1 : 0; /* lines per row, one spare: unaligned rows */
-    const float *kb = ka + (int64_t)j * a.dk, *vb = va + (int64_t)j * a.dv;
-    for (int64_t i = threadIdx.x; i < (B1 - B0) * (lk + lv); i += blockDim.x) {
-        const int64_t r = B0 + i / (lk + lv);
-        const int l = (int)(i % (lk + lv));
+    const int per = lk + lv;
+    const float *kb = ka + (int64_t)j * a.dk + B0 * ks, *vb = va + (int64_t)j * a.dv + B0 * vs;
+    for (int i = (int)threadIdx.x * G + h % G; i < rows * per; i += (int)blockDim.x * G) {
+        const int r = i / per, l = i - r * per;
         if (l < lk)
             mkc_prefetch_line(kb + r * ks + (32 * l < a.dk ? 32 * l : a.dk - 1));
         else
@@ -235,14 +243,16 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
 }
 
 template <int DVL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part) {
+__global__ void __launch_bounds__(ATT_WARPS * 32)
+    k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part, int pf = 0) {
     const int64_t t = blockIdx.x / a.n_heads;
     /* a replayed decode step: the position from device memory (uploaded
      * before the step's first kernel, so it may be read before the wait),
      * this token's rows from k_new / v_new (the cache row is written by
      * block 0 for later steps and read by none here) */
     const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0;
-    attn_prefetch(a, ks, vs, a.k, a.v, pos0, t);
+    if (pf)
+        attn_prefetch(a, ks, vs, a.k, a.v, pos0, t);
     mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
     attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new);
 }
@@ -251,9 +261,11 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) k_attn(mk_attn_args a, int64_t
  * position and new rows), each block as k_attn's for that sequence alone */
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-    k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part) {
+    k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part,
+                int pf = 0) {
     const int64_t t = blockIdx.x / a.n_heads;
-    attn_prefetch(a, ks, vs, s.k[t], s.v[t], s.pos0[t], 0);
+    if (pf)
+        attn_prefetch(a, ks, vs, s.k[t], s.v[t], s.pos0[t], 0);
     mkc_pdl_enter();
     attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
 }

@@ -128,10 +128,8 @@ template <typename... KA, typename... A>
 static inline void mkb_launch(mkb_ctx *c, const char *what, void (*k)(KA...), dim3 grid, dim3 block, size_t smem,
                               A... args) {
     const cudaError_t e = mkc_launch(k, grid, block, smem, c->s, mk_cuda_step_pdl(), args...);
-    if (e != cudaSuccess) {
-        (void)cudaGetLastError(); /* not left for the next launch's check */
+    if (e != cudaSuccess)
         mkb_fail(c, mkc_fail(e, what));
-    }
 }
 /* The resident copy of host view w (uploaded on first use), or NULL after
  * recording the failure. */
@@ -302,6 +300,10 @@ void mkb_graph_free(mkb_ctx *c);
  * (mode GENERIC, inside a step recording, sizes past cuBLAS's int), true
  * when it queued the product or recorded a failure. */
 bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y);
+/* MK_CUDA_GEMM_INT8: y [n, rows] = x [n, cols] W^T on int8 activations by
+ * the CPU's int8 GEMM rule (cuda_grouped.cu; w a device view). False (nothing
+ * queued): another mode, a recording, or a weight the kernel does not take. */
+bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float *y);
 void mkb_gemm_free(mkb_ctx *c);
 
 #endif

@@ -43,13 +43,23 @@ extern "C" bool mk_cuda_moe_pdl(void) { return g_moe_pdl; }
 
 extern "C" void mk_cuda_set_moe_pdl(bool on) { g_moe_pdl = on; }
 
-/* Not yet measured on a device (session 18): on so that the owed device
- * checks run it; mk_cuda_set_step_pdl(false) is the plain launch */
+/* On: the 30B decode 310.5 -> 322.8 tok/s on the H200, the same bits
+ * (bench/RESULTS.md, 2026-12-05, session 18) */
 static bool g_step_pdl = true;
 
 extern "C" bool mk_cuda_step_pdl(void) { return g_step_pdl; }
 
 extern "C" void mk_cuda_set_step_pdl(bool on) { g_step_pdl = on; }
+
+/* Off: with it a standalone large GEMV (no predecessor to overlap) read
+ * 11-23% less of the copy rate on the H200 (the prefetches then race their
+ * own loads), and the decode step was not measured without it yet
+ * (bench/RESULTS.md, 2026-12-05, session 18) */
+static bool g_step_prefetch = false;
+
+extern "C" bool mk_cuda_step_prefetch(void) { return g_step_prefetch; }
+
+extern "C" void mk_cuda_set_step_prefetch(bool on) { g_step_prefetch = on; }
 
 static bool g_gdn_chunked = true;
 

@@ -247,10 +247,12 @@ bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, 
     if (mode == MK_CUDA_GEMM_GENERIC || c->recording || K > INT32_MAX || R > INT32_MAX || n > INT32_MAX ||
         !blas_ready())
         return false;
+    if (mode == MK_CUDA_GEMM_INT8 && mkb_matmul_q8(c, &e->dev, x, n, y))
+        return true;
     mkb_gemm *g = gemm_ctx(c);
     if (!g)
         return true; /* the failure is recorded */
-    const bool split = mode == MK_CUDA_GEMM_SPLIT;
+    const bool split = mode != MK_CUDA_GEMM_BF16; /* int8 mode: weights it does not take, exact */
     if (!grow(c, &g->x, &g->x_cap, (size_t)(n * K), "the GEMM's split x"))
         return true;
     const int64_t xc = (int64_t)g->x_cap;

@@ -8,10 +8,11 @@
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
-/* Before the wait for the previous kernel (mkc_pdl_enter): ask L2 for the
- * bytes of the warp's rows r0 .. r0 + nr - 1 of w, their codes and, for
- * the affine and FP4 kinds, their scales (and biases), which the weights'
- * loads after the wait then find there. */
+/* Before the wait for the previous kernel (mkc_pdl_enter), when pf (the
+ * launch's mk_cuda_step_prefetch): ask L2 for the bytes of the warp's rows
+ * r0 .. r0 + nr - 1 of w, their codes and, for the affine and FP4 kinds,
+ * their scales (and biases), which the weights' loads after the wait then
+ * find there. */
 __device__ __forceinline__ void gemv_prefetch(const mkc_w &w, int64_t r0, int64_t nr, int lane) {
     mkc_prefetch_l2(w.data + r0 * w.row_bytes, nr * w.row_bytes, lane);
     if (mkc_is_aff(w.kind)) {
@@ -31,13 +32,13 @@ __device__ __forceinline__ void gemv_prefetch(const mkc_w &w, int64_t r0, int64_
 template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *__restrict__ xg,
                                                             float *__restrict__ y, int accumulate, int staged,
-                                                            int nt = 1) {
+                                                            int nt = 1, int pf = 0) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int64_t tok = blockIdx.x % (unsigned)nt, blk = blockIdx.x / (unsigned)nt;
     const int lane = threadIdx.x & 31;
     const int64_t warp = blk * GEMV_WARPS + (threadIdx.x >> 5);
     const int64_t r0 = warp * GEMV_ROWS;
-    if (r0 < w.rows)
+    if (pf && r0 < w.rows)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
     mkc_pdl_enter();
     xg += tok * w.cols;
@@ -87,7 +88,8 @@ struct mkc_gemv_n {
 
 template <bool P>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
-                                                              const float *__restrict__ xg, int staged) {
+                                                              const float *__restrict__ xg, int staged,
+                                                              int pf = 0) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int lane = threadIdx.x & 31;
     const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
@@ -97,7 +99,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
     const bool live = warp < a.wend[m];
     const mkc_w &w = a.w[m];
     const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
-    if (live)
+    if (pf && live)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
     mkc_pdl_enter();
     const float *x = xg;

@@ -28,6 +28,12 @@
  * own dot product), not on which rows share its tile, so the placement
  * order within an expert's run (atomics) does not change the output.
  *
+ * MK_CUDA_GEMM_INT8 mode (affine experts whose groups divide 512): x and
+ * the SwiGLU rows quantized to int8 by the CPU's rule and the int8 kernel
+ * of cuda_grouped_q8.cuh, each row the CPU's int8 GEMM's bits; the same
+ * kernel serves the backend's plain matmul of a batch in that mode
+ * (mkb_matmul_q8).
+ *
  * The slot declines (false, nothing queued) for formats other than bf16
  * and MLX affine 4/8-bit (groups of 32 or multiples of 64), hidden or
  * intermediate sizes not multiples of 64, a layer the fused slot does not
@@ -37,11 +43,8 @@
 #include <string.h>
 
 #include "cuda/cuda_backend.cuh"
+#include "cuda/cuda_grouped_q8.cuh" /* GRP_BM .. GRP_THREADS, grp_mat, grp_lds; the int8 kernels */
 
-#define GRP_BM 32        /* rows (routed tokens) per tile */
-#define GRP_BN 128       /* output columns per block: 4 warps x 32 */
-#define GRP_KB 64        /* k values staged per step */
-#define GRP_THREADS 128
 #define GRP_LDS (GRP_KB + 8) /* padded bf16 row in shared memory: conflict-free fragment loads */
 #define GRP_PLAN_THREADS 1024
 
@@ -126,26 +129,6 @@ __global__ void __launch_bounds__(GRP_PLAN_THREADS)
 }
 
 /* ---- the grouped GEMM ------------------------------------------------------ */
-
-/* One projection of the layer: expert e's weight rows are e*N .. e*N+N-1
- * of the stacked matrix. Output row r of the tile goes to C + (c_rows ?
- * c_rows[r] : r) * ldc. */
-struct grp_mat {
-    const uint8_t *data;
-    const void *scales, *biases;
-    int64_t row_bytes;
-    int32_t N, ng; /* rows per expert; scale groups per row */
-    float *C;
-    int64_t ldc;
-    const int32_t *c_rows;
-};
-
-template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_t i) {
-    if (SD == 0)
-        return __ldg((const float *)p + i);
-    const uint32_t h = __ldg((const unsigned short *)p + i);
-    return SD == 1 ? __uint_as_float(h << 16) : __half2float(__ushort_as_half((unsigned short)h));
-}
 
 /* two floats' bf16 heads packed (lo: a) */
 __device__ __forceinline__ uint32_t grp_pack(float a, float b) {
@@ -428,6 +411,89 @@ static grp_mat mat_of(const mk_wt *w, int64_t N, float *C, int64_t ldc, const in
     return m;
 }
 
+/* The slot's scratch, at least need bytes (false: the allocation failed,
+ * nothing recorded: the caller declines) */
+static char *grp_scratch(mkb_ctx *c, size_t need) {
+    if (!c->grp) {
+        c->grp = (mkb_grp *)calloc(1, sizeof *c->grp);
+        if (!c->grp)
+            return NULL;
+    }
+    if (c->grp->cap < need) {
+        void *nb = NULL;
+        (void)cudaStreamSynchronize(c->s); /* the old scratch may still be read */
+        if (mk_cuda_malloc(&nb, need, "the grouped GEMM's scratch") != MK_OK) {
+            mk_err_clear();
+            return NULL;
+        }
+        mk_cuda_free(c->grp->base);
+        c->grp->base = nb;
+        c->grp->cap = need;
+    }
+    return (char *)c->grp->base;
+}
+
+/* ---- int8 activations (MK_CUDA_GEMM_INT8) ----------------------------------- */
+
+/* The int8 kernels take w: MLX affine 4 or 8-bit whose groups divide the
+ * CPU rule's 512-column panels */
+static bool takes_q8(const mk_wt *w) {
+    return takes(w) && w->fmt == MK_WF_AFFINE && w->group % 32 == 0 && GQ8_PANEL % w->group == 0;
+}
+/* w's activation block (mk_gq8_ab) */
+static int q8_ab(const mk_wt *w) {
+    return w->bits == 4 && w->group >= 64 ? 64 : 32;
+}
+/* bytes of rows x K quantized for w's kernels (q, d, xg) */
+static size_t q8_size(int64_t rows, int64_t K, const mk_wt *w) {
+    return al256((size_t)(rows * K)) + al256((size_t)(rows * (K / q8_ab(w))) * 4) +
+           al256((size_t)(rows * (K / w->group)) * 4);
+}
+static gq8_x q8_at(char *p, int64_t rows, int64_t K, const mk_wt *w) {
+    gq8_x o;
+    o.q = (int8_t *)p;
+    o.d = (float *)(p + al256((size_t)(rows * K)));
+    o.xg = (float *)((char *)o.d + al256((size_t)(rows * (K / q8_ab(w))) * 4));
+    return o;
+}
+/* quantize rows of x [rows, w->cols] (row stride ldx) for w's kernels */
+static void q8_quant(mkb_ctx *c, const float *x, int64_t ldx, int64_t rows, const mk_wt *w, gq8_x o) {
+    const int64_t warps = rows * (w->cols / w->group);
+    const unsigned blocks = (unsigned)((warps + 7) / 8);
+    if (q8_ab(w) == 64)
+        k_q8x<64><<<blocks, 256, 0, c->s>>>(x, ldx, rows, (int)w->cols, (int)w->group, o);
+    else
+        k_q8x<32><<<blocks, 256, 0, c->s>>>(x, ldx, rows, (int)w->cols, (int)w->group, o);
+    mkb_launched(c, "int8 activations");
+}
+typedef void (*q8_kernel)(gq8_x, const int32_t *, grp_mat, grp_mat, int, int, const int4 *, const int32_t *, int);
+template <int BITS, int AB> static q8_kernel q8_sd(int sd) {
+    return sd == MK_DT_F32    ? k_grp_mm_q8<BITS, 0, AB>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
+                              : k_grp_mm_q8<BITS, 2, AB>;
+}
+static q8_kernel pick_q8(const mk_wt *w) {
+    if (w->bits == 8)
+        return q8_sd<8, 32>(w->sdtype);
+    return q8_ab(w) == 64 ? q8_sd<4, 64>(w->sdtype) : q8_sd<4, 32>(w->sdtype);
+}
+
+bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float *y) {
+    if (c->recording || c->gemm_mode != MK_CUDA_GEMM_INT8 || !takes_q8(w) || n < 1 || w->rows > INT32_MAX ||
+        (n + GRP_BM - 1) / GRP_BM > 65535 || ((uintptr_t)x & 15))
+        return false;
+    char *base = grp_scratch(c, q8_size(n, w->cols, w));
+    if (!base)
+        return false;
+    const gq8_x xq = q8_at(base, n, w->cols, w);
+    q8_quant(c, x, w->cols, n, w, xq);
+    const grp_mat m = mat_of(w, w->rows, y, w->rows, NULL);
+    const dim3 grid((unsigned)((w->rows + GRP_BN - 1) / GRP_BN), (unsigned)((n + GRP_BM - 1) / GRP_BM), 1);
+    pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, NULL, m, m, (int)w->cols, (int)w->group, NULL, NULL, (int)n);
+    mkb_launched(c, "matmul (int8 activations)");
+    return true;
+}
+
 bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const float *w) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (c->recording || a->n < 2 || a->n > (1 << 20) || c->gemm_mode == MK_CUDA_GEMM_GENERIC)
@@ -440,28 +506,19 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     const int64_t tcap = P / GRP_BM + E + 1;
     if (tcap > 65535)
         return false;
-    /* scratch: tok_of, pair_of, perm [P]; tiles [tcap]; ntiles; G, U [P, I]; Y [P, H] */
+    /* int8 mode: x and the SwiGLU rows quantized (gate and up alike, so x once) */
+    const bool q8 = c->gemm_mode == MK_CUDA_GEMM_INT8 && takes_q8(&m->gate) && takes_q8(&m->up) &&
+                    takes_q8(&m->down) && m->up.bits == m->gate.bits && m->up.group == m->gate.group;
+    /* scratch: tok_of, pair_of, perm [P]; tiles [tcap]; ntiles; G, U [P, I]; Y [P, H]; int8 mode: x's and
+     * G's quantized rows */
     const size_t o_pair = al256((size_t)P * 4), o_perm = o_pair + al256((size_t)P * 4),
                  o_tiles = o_perm + al256((size_t)P * 4), o_nt = o_tiles + al256((size_t)tcap * 16),
                  o_g = o_nt + 256, o_u = o_g + al256((size_t)(P * I) * 4), o_y = o_u + al256((size_t)(P * I) * 4),
-                 need = o_y + al256((size_t)(P * H) * 4);
-    if (!c->grp) {
-        c->grp = (mkb_grp *)calloc(1, sizeof *c->grp);
-        if (!c->grp)
-            return false;
-    }
-    if (c->grp->cap < need) {
-        void *nb = NULL;
-        (void)cudaStreamSynchronize(c->s); /* the old scratch may still be read */
-        if (mk_cuda_malloc(&nb, need, "the grouped MoE slot's scratch") != MK_OK) {
-            mk_err_clear();
-            return false; /* the general path needs less */
-        }
-        mk_cuda_free(c->grp->base);
-        c->grp->base = nb;
-        c->grp->cap = need;
-    }
-    char *base = (char *)c->grp->base;
+                 o_xq = o_y + al256((size_t)(P * H) * 4), o_gq = o_xq + (q8 ? q8_size(n, H, &m->gate) : 0),
+                 need = o_gq + (q8 ? q8_size(P, I, &m->down) : 0);
+    char *base = grp_scratch(c, need);
+    if (!base)
+        return false; /* the general path needs less */
     int32_t *tok_of = (int32_t *)base, *pair_of = (int32_t *)(base + o_pair), *perm = (int32_t *)(base + o_perm),
             *ntiles = (int32_t *)(base + o_nt);
     int4 *tiles = (int4 *)(base + o_tiles);
@@ -469,6 +526,24 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
 
     k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles);
     mkb_launched(c, "grouped moe: plan");
+    if (q8) {
+        const gq8_x xq = q8_at(base + o_xq, n, H, &m->gate), gq = q8_at(base + o_gq, P, I, &m->down);
+        q8_quant(c, a->x, H, n, &m->gate, xq);
+        const grp_mat mg = mat_of(&m->gate, I, G, I, NULL), mu = mat_of(&m->up, I, U, I, NULL);
+        const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
+        pick_q8(&m->gate)<<<ggu, GRP_THREADS, 0, c->s>>>(xq, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles,
+                                                        ntiles, 0);
+        mkb_launched(c, "grouped moe: gate/up (int8 activations)");
+        mkb_swiglu(c, G, G, U, P * I);
+        q8_quant(c, G, I, P, &m->down, gq);
+        const grp_mat md = mat_of(&m->down, H, Y, H, pair_of);
+        const dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
+        pick_q8(&m->down)<<<gd, GRP_THREADS, 0, c->s>>>(gq, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles,
+                                                       0);
+        mkb_launched(c, "grouped moe: down (int8 activations)");
+        mkb_combine(c, a->y, Y, w, perm, n, (int)k, H);
+        return true;
+    }
     const int np = c->gemm_mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
     /* gate and up of every routed row (rows of x through tok_of) */
     grp_kernel kgu = pick(&m->gate, np), kd = pick(&m->down, np);

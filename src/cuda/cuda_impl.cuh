@@ -118,7 +118,10 @@ static inline cudaError_t mkc_launch(void (*k)(KA...), dim3 grid, dim3 block, si
     at[0].val.programmaticStreamSerializationAllowed = 1;
     cfg.attrs = at;
     cfg.numAttrs = pdl ? 1 : 0;
-    return cudaLaunchKernelEx(&cfg, k, args...);
+    const cudaError_t e = cudaLaunchKernelEx(&cfg, k, args...);
+    if (e != cudaSuccess)
+        (void)cudaGetLastError(); /* reported by the caller once, not again by the next launch's check */
+    return e;
 }
 #endif
 
@@ -180,6 +183,47 @@ __device__ __forceinline__ float mkc_bf16f(uint32_t h) {
 }
 __device__ __forceinline__ float mkc_f16f(uint32_t h) {
     return __half2float(__ushort_as_half((unsigned short)h));
+}
+
+/* Single roundings that nvcc must not contract into a fused multiply-add
+ * (the CPU's int8 GEMM rule has a multiply, then an add; the host
+ * emulation compiles ISO C++, which does not contract either). */
+__device__ __forceinline__ float mkc_mul_rn(float a, float b) {
+#ifdef MK_CUDA_EMU
+    return a * b;
+#else
+    return __fmul_rn(a, b);
+#endif
+}
+__device__ __forceinline__ float mkc_add_rn(float a, float b) {
+#ifdef MK_CUDA_EMU
+    return a + b;
+#else
+    return __fadd_rn(a, b);
+#endif
+}
+__device__ __forceinline__ float mkc_div_rn(float a, float b) {
+#ifdef MK_CUDA_EMU
+    return a / b;
+#else
+    return __fdiv_rn(a, b);
+#endif
+}
+
+/* d += A B of one warp's mma.sync m16n8k32 (A 16 x 32 int8, row-major;
+ * B 32 x 8 uint8, column-major; int32, exact). Lane l = 4 g + t holds
+ * a[0] = A[g][4t..4t+3], a[1] = A[g+8][4t..], a[2] = A[g][16+4t..], a[3] =
+ * A[g+8][16+4t..]; b0 = B[4t..4t+3][g], b1 = B[16+4t..][g]; d[0..1] =
+ * D[g][2t, 2t+1], d[2..3] = D[g+8][2t, 2t+1] (the PTX ISA's fragments). */
+__device__ __forceinline__ void mkc_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef MK_CUDA_EMU
+    emu_mma_s8u8(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
 }
 
 /* scale/bias element i in dtype of the kind */

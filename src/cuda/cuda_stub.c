@@ -97,6 +97,12 @@ void mk_cuda_set_step_pdl(bool on) {
 bool mk_cuda_step_pdl(void) {
     return false;
 }
+void mk_cuda_set_step_prefetch(bool on) {
+    (void)on;
+}
+bool mk_cuda_step_prefetch(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

@@ -106,14 +106,26 @@ int mk_cuda_kernels(void);
 void mk_cuda_set_moe_pdl(bool on);
 bool mk_cuda_moe_pdl(void);
 /* Programmatic dependent launch of the rest of a decode step's kernels
- * (GEMV, add_rmsnorm, rmsnorm, qk_norm_rope, attention and its merge, the
- * finite check, argmax; docs/CUDA.md "The whole decode step under
- * programmatic dependent launch"): each waits for its predecessor before
- * it reads or writes anything, then lets its successor launch; a GEMV
- * first asks L2 for its warps' weight rows. Same results either way; on by
- * default. Process-wide like mk_cuda_set_kernels. */
+ * (GEMV of one or several tokens, gemv_n, add_rmsnorm, rmsnorm and the
+ * gated one, qk_norm_rope, rope, the element-wise ones, attention of one
+ * or several sequences and its merge, the conv and Gated DeltaNet decode
+ * steps of one or several sequences, the finite check, argmax; docs/CUDA.md
+ * "The whole decode step under programmatic dependent launch"): each waits
+ * for its predecessor before it reads or writes anything, then lets its
+ * successor launch (with mk_cuda_set_step_prefetch, a GEMV first asks L2
+ * for its warps' weight rows and an attention block for the cache rows it
+ * will walk). Same results either way; on by default (the 30B decode
+ * 310.5 -> 322.8 tok/s on the H200, bench/RESULTS.md 2026-12-05). Process-wide
+ * like mk_cuda_set_kernels. */
 void mk_cuda_set_step_pdl(bool on);
 bool mk_cuda_step_pdl(void);
+/* Under mk_cuda_set_step_pdl, whether a GEMV asks L2 for its weight rows
+ * and an attention block for its cache rows before the wait. Off by
+ * default: a standalone large GEMV measured slower with it (bench/RESULTS.md
+ * 2026-12-05); for measuring the decode step with and without.
+ * Process-wide like mk_cuda_set_kernels. */
+void mk_cuda_set_step_prefetch(bool on);
+bool mk_cuda_step_prefetch(void);
 /* The CUDA backend's Gated DeltaNet prefill in 16-token chunks with the
  * state in registers (k_gdn_chunk, docs/CUDA.md "Chunked Gated DeltaNet
  * prefill"); off: every token through the recurrent step, as decode. On by

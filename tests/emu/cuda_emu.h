@@ -6,8 +6,9 @@
 // waits, reads its partner's). Function-scope __shared__ arrays are
 // statics (one block runs at a time, so they are the block's). A barrier
 // that can never complete (threads of a block waiting at different ones)
-// aborts. Grids have x and y (blocks one at a time, z unused; blockDim y
-// is 1). Checks a kernel's algebra, indexing and barriers without a GPU;
+// aborts. Grids have x, y and z (blocks one at a time; blockDim y is 1).
+// The tensor cores' mma.sync m16n8k32 on int8 x uint8 is emulated too.
+// Checks a kernel's algebra, indexing and barriers without a GPU;
 // not the device's memory model, its math functions (host expf, not the
 // device's) or its speed.
 #ifndef MK_TESTS_CUDA_EMU_H
@@ -35,7 +36,7 @@
 #define __syncthreads() emu_yield(1)
 
 struct emu_dim {
-    unsigned x, y;
+    unsigned x, y, z;
 };
 inline emu_dim threadIdx, blockIdx, blockDim, gridDim;
 inline float emu_wv[2][32][32]; /* a buffer per parity of the warp's shuffle count */
@@ -78,6 +79,34 @@ inline float __shfl_sync(unsigned, float v, int src) {
     emu_wv[ph][w][l] = v;
     emu_yield(2);
     return emu_wv[ph][w][(unsigned)src & 31u];
+}
+// mma.sync m16n8k32, A int8 (row-major 16 x 32), B uint8 (column-major
+// 32 x 8), int32: every lane deposits its fragments, waits for the warp,
+// and computes its four outputs from all of them, the PTX ISA's layout
+// (src/cuda/cuda_impl.cuh mkc_mma_s8u8). Same parity scheme as the
+// shuffles.
+inline uint32_t emu_mma_a[2][32][32][4], emu_mma_b[2][32][32][2];
+inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    const unsigned ph = emu_wphase[w] & 1;
+    for (int i = 0; i < 4; i++)
+        emu_mma_a[ph][w][l][i] = a[i];
+    emu_mma_b[ph][w][l][0] = b0;
+    emu_mma_b[ph][w][l][1] = b1;
+    emu_yield(2);
+    const unsigned g = l >> 2, t = l & 3;
+    for (unsigned e = 0; e < 4; e++) {
+        const unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        int64_t s = d[e];
+        for (unsigned k = 0; k < 32; k++) {
+            /* A[row][k]: lane 4 (row % 8) + (k % 16) / 4, register (row >= 8) + 2 (k >= 16), byte k % 4 */
+            const uint32_t aw = emu_mma_a[ph][w][4 * (row & 7) + ((k & 15) >> 2)][(row >> 3) + 2 * (k >> 4)];
+            /* B[k][col]: lane 4 col + (k % 16) / 4, register k >= 16, byte k % 4 */
+            const uint32_t bw = emu_mma_b[ph][w][4 * col + ((k & 15) >> 2)][k >> 4];
+            s += (int64_t)(int8_t)(aw >> (8 * (k & 3))) * (int64_t)(uint8_t)(bw >> (8 * (k & 3)));
+        }
+        d[e] = (int)s;
+    }
 }
 // __syncthreads that also counts the threads whose predicate is non-zero:
 // add, wait, read, wait, thread 0 clears, wait (so no thread adds to the
@@ -135,9 +164,13 @@ inline double emu_rel_l2(const float *y, const double *r, size_t n) {
 // of n threads (n a multiple of 32, at most 1024): every fiber runs until it
 // waits or ends; then the warps whose live lanes all wait at a warp barrier
 // go on, else, when every live thread waits at __syncthreads, all go on.
-template <class F> void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1, unsigned by = 0) {
+template <class F>
+void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1, unsigned by = 0, unsigned gz = 1,
+               unsigned bz = 0) {
     blockIdx.x = block;
     blockIdx.y = by;
+    blockIdx.z = bz;
+    gridDim.z = gz;
     blockDim.x = n;
     blockDim.y = 1;
     gridDim.x = grid;

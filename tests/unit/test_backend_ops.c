@@ -30,6 +30,7 @@
 
 #include "cuda/mk_cuda.h"
 #include "gdn_ref.h"
+#include "kernels/kern_gemm_q8.h"
 #include "mk_test_util.h"
 #include "moekit/backend.h"
 #include "moekit/backend_cuda.h"
@@ -1995,6 +1996,28 @@ static void test_moe_grouped(void **st) {
                         fail_msg("%s: %s: rel L2 %.3e, not worse than split mode's %.3e", b->name, what, bf_err,
                                  split_err);
                     free(y2);
+                    /* int8 activations (the CPU's int8 rule, x and the SwiGLU rows): an approximation of its
+                     * own, repeatable; bf16 experts, which it does not take, as split mode bitwise */
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_INT8, 0);
+                    assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                    y2 = back(b, dy, (size_t)(n * H) * 4);
+                    assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                    float *y3 = back(b, dy, (size_t)(n * H) * 4);
+                    if (memcmp(y2, y3, (size_t)(n * H) * 4))
+                        fail_msg("%s: %s: two int8 runs of the same call differ", b->name, what);
+                    snprintf(what, sizeof what, "grouped moe int8 mode %s, %lld tokens", gw[0].name, (long long)n);
+                    if (kind == 1) {
+                        if (memcmp(y2, y, (size_t)(n * H) * 4))
+                            fail_msg("%s: %s: bf16 experts not as in split mode", b->name, what);
+                    } else {
+                        check_rel(b->name, what, y2, ref, n * H, 2e-2);
+                        const double q8_err = rel(y2, ref, n * H);
+                        if (!(q8_err > 4 * split_err))
+                            fail_msg("%s: %s: rel L2 %.3e, not worse than split mode's %.3e", b->name, what, q8_err,
+                                     split_err);
+                    }
+                    free(y2);
+                    free(y3);
                     mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
                     free(y);
                     mk_moe_args a1 = a;
@@ -2527,37 +2550,43 @@ static void test_cuda_replay_after_growth(void **st) {
     mk_backend_free(be);
 }
 
-/* CUDA only: a decode step's chain of kernels (mk_cuda_set_step_pdl,
- * mk_cuda_set_moe_pdl) gives the same bits whether its kernels are launched
- * under programmatic dependent launch or not, queued directly, recorded or
- * replayed. Three layers of add_rmsnorm -> q/k/v matmul_n -> qk_norm_rope ->
- * attention (device position, new rows) -> o matmul -> add_rmsnorm -> a
- * dense product, then the final norm, a head, its finite check and argmax,
- * all queued without a wait: each kernel reads what the one before it
- * wrote, so a kernel reading before its predecessor finished (a wait
- * missing or misplaced) changes the bits. */
+/* CUDA only: a decode step's chain of kernels (mk_cuda_set_step_pdl) gives
+ * the same bits whether its kernels are launched under programmatic
+ * dependent launch or not, queued directly, recorded or replayed at other
+ * positions. Three layers of add_rmsnorm -> q/k/v matmul_n -> qk_norm_rope
+ * -> rope (q once more) -> attention (device position, new rows) ->
+ * sigmoid_mul (q as the gate) -> o matmul -> add_rmsnorm -> gate/up
+ * matmul_n -> swiglu -> down matmul, then the final norm, a head, its
+ * finite check and argmax, all queued without a wait: each kernel reads
+ * what the one before it wrote, so a kernel reading before its predecessor
+ * finished (a wait missing or misplaced) would change the bits (whether a
+ * given run shows it depends on timing: the chain runs many times). With
+ * mk_cuda_set_step_prefetch the attention's cache prefetch reads the
+ * device position before its wait: each replay runs at another position,
+ * against plain launches there. */
 typedef struct pdl_chain {
-    wbuf wq, wk, wv, wo, wd, wh;
+    wbuf wq, wk, wv, wo, wg, wu, wd, wh;
     float *x0, *y0, *kc0, *vc0;
-    float *dx, *dy, *dxb, *dq, *dk, *dv, *dat, *dkc, *dvc, *dg, *dqg, *dcos, *dsin, *dlg;
+    float *dx, *dy, *dxb, *dq, *dk, *dv, *dat, *dkc, *dvc, *dg, *dqg, *dcos, *dsin, *dlg, *dff, *dup;
     int64_t *dpos;
     int32_t *dam;
 } pdl_chain;
-enum { PC_H = 2048, PC_NQ = 16, PC_NK = 4, PC_HD = 128, PC_P = 300, PC_V = 1000, PC_L = 3 };
+enum { PC_H = 2048, PC_NQ = 16, PC_NK = 4, PC_HD = 128, PC_FF = 1024, PC_P = 300, PC_NP = 4, PC_V = 1000, PC_L = 3 };
 
-static void pdl_chain_reset(be_case *b, pdl_chain *c) {
+static void pdl_chain_reset(be_case *b, pdl_chain *c, int64_t pos) {
     b->i->upload(b->ctx, c->dx, c->x0, sizeof(float) * PC_H);
     b->i->upload(b->ctx, c->dy, c->y0, sizeof(float) * PC_H);
-    b->i->upload(b->ctx, c->dkc, c->kc0, sizeof(float) * (PC_P + 1) * PC_NK * PC_HD);
-    b->i->upload(b->ctx, c->dvc, c->vc0, sizeof(float) * (PC_P + 1) * PC_NK * PC_HD);
+    b->i->upload(b->ctx, c->dkc, c->kc0, sizeof(float) * (PC_P + PC_NP) * PC_NK * PC_HD);
+    b->i->upload(b->ctx, c->dvc, c->vc0, sizeof(float) * (PC_P + PC_NP) * PC_NK * PC_HD);
+    b->i->upload(b->ctx, c->dpos, &pos, sizeof pos);
     b->i->zero(b->ctx, c->dlg, sizeof(float) * PC_V);
     b->i->zero(b->ctx, c->dam, sizeof(int32_t));
 }
 
 static void pdl_chain_queue(be_case *b, pdl_chain *c) {
     const float eps = 1e-6f;
-    const mk_wt *qkv[3] = {&c->wq.w, &c->wk.w, &c->wv.w};
-    float *outs[3] = {c->dq, c->dk, c->dv};
+    const mk_wt *qkv[3] = {&c->wq.w, &c->wk.w, &c->wv.w}, *gu[2] = {&c->wg.w, &c->wu.w};
+    float *outs[3] = {c->dq, c->dk, c->dv}, *ffo[2] = {c->dff, c->dup};
     mk_attn_args a = {.q = c->dq, .k = c->dkc, .v = c->dvc, .out = c->dat, .n = 1, .pos0 = 0, .n_heads = PC_NQ,
                       .n_kv = PC_NK, .dk = PC_HD, .dv = PC_HD, .scale = 0.088f, .pos_dev = c->dpos,
                       .k_new = c->dk, .v_new = c->dv};
@@ -2566,10 +2595,14 @@ static void pdl_chain_queue(be_case *b, pdl_chain *c) {
         b->i->matmul_n(b->ctx, qkv, 3, c->dxb, 1, outs);
         b->i->qk_norm_rope(b->ctx, c->dq, PC_NQ, c->dk, PC_NK, 1, PC_HD, c->dqg, c->dqg, eps, PC_HD, c->dcos,
                            c->dsin);
+        b->i->rope(b->ctx, c->dq, 1, PC_NQ * PC_HD, PC_NQ, PC_HD, PC_HD, c->dcos, c->dsin, false);
         b->i->attention(b->ctx, &a);
+        b->i->sigmoid_mul(b->ctx, c->dat, c->dq, PC_NQ * PC_HD);
         b->i->matmul(b->ctx, &c->wo.w, c->dat, 1, c->dy);
         b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * l + 2, c->dxb, c->dg, eps);
-        b->i->matmul(b->ctx, &c->wd.w, c->dxb, 1, c->dy);
+        b->i->matmul_n(b->ctx, gu, 2, c->dxb, 1, ffo);
+        b->i->swiglu(b->ctx, c->dff, c->dff, c->dup, PC_FF);
+        b->i->matmul(b->ctx, &c->wd.w, c->dff, 1, c->dy);
     }
     b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * PC_L + 1, NULL, NULL, eps);
     b->i->rmsnorm(b->ctx, c->dxb, PC_H, c->dx, PC_H, c->dg, 1, PC_H, eps);
@@ -2578,14 +2611,14 @@ static void pdl_chain_queue(be_case *b, pdl_chain *c) {
     b->i->argmax(b->ctx, c->dlg, PC_V, c->dam);
 }
 
-/* the chain's results: x, the cache row written, the logits, the argmax */
-static float *pdl_chain_out(be_case *b, pdl_chain *c, int32_t *am) {
-    float *o = malloc(sizeof(float) * (PC_H + 2 * PC_NK * PC_HD + PC_V));
+/* the chain's results at position pos: x, the cache rows written, the logits; the argmax */
+#define PC_OUT (PC_H + 2 * PC_NK * PC_HD + PC_V)
+static float *pdl_chain_out(be_case *b, pdl_chain *c, int64_t pos, int32_t *am) {
+    float *o = malloc(sizeof(float) * PC_OUT);
     assert_non_null(o);
     b->i->download(b->ctx, o, c->dx, sizeof(float) * PC_H);
-    b->i->download(b->ctx, o + PC_H, c->dkc + (int64_t)PC_P * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
-    b->i->download(b->ctx, o + PC_H + PC_NK * PC_HD, c->dvc + (int64_t)PC_P * PC_NK * PC_HD,
-                   sizeof(float) * PC_NK * PC_HD);
+    b->i->download(b->ctx, o + PC_H, c->dkc + pos * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
+    b->i->download(b->ctx, o + PC_H + PC_NK * PC_HD, c->dvc + pos * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
     b->i->download(b->ctx, o + PC_H + 2 * PC_NK * PC_HD, c->dlg, sizeof(float) * PC_V);
     b->i->download(b->ctx, am, c->dam, sizeof *am);
     assert_int_equal(b->i->sync(b->ctx), MK_OK);
@@ -2609,9 +2642,11 @@ static void test_cuda_step_pdl(void **st) {
     make_w(&c.wk, 2, PC_NK * PC_HD, PC_H);
     make_w(&c.wv, 2, PC_NK * PC_HD, PC_H);
     make_w(&c.wo, 2, PC_H, PC_NQ * PC_HD);
-    make_w(&c.wd, 3, PC_H, PC_H);
+    make_w(&c.wg, 3, PC_FF, PC_H);
+    make_w(&c.wu, 3, PC_FF, PC_H);
+    make_w(&c.wd, 2, PC_H, PC_FF);
     make_w(&c.wh, 1, PC_V, PC_H);
-    const int64_t cache = (int64_t)(PC_P + 1) * PC_NK * PC_HD;
+    const int64_t cache = (int64_t)(PC_P + PC_NP) * PC_NK * PC_HD;
     c.x0 = rvec(PC_H);
     c.y0 = rvec(PC_H);
     c.kc0 = rvec(cache);
@@ -2633,67 +2668,75 @@ static void test_cuda_step_pdl(void **st) {
     c.dcos = dev(b, cs, sizeof(float) * PC_HD / 2);
     c.dsin = dev(b, sn, sizeof(float) * PC_HD / 2);
     c.dlg = dev(b, NULL, sizeof(float) * PC_V);
-    const int64_t pos = PC_P;
-    c.dpos = dev(b, &pos, sizeof pos);
+    c.dff = dev(b, NULL, sizeof(float) * PC_FF);
+    c.dup = dev(b, NULL, sizeof(float) * PC_FF);
+    c.dpos = dev(b, NULL, sizeof(int64_t));
     c.dam = dev(b, NULL, sizeof(int32_t));
-    const size_t nout = sizeof(float) * (PC_H + 2 * PC_NK * PC_HD + PC_V);
-    const bool step0 = mk_cuda_step_pdl(), moe0 = mk_cuda_moe_pdl();
-    /* plain launches: the reference (also uploads every weight) */
+    const bool step0 = mk_cuda_step_pdl(), pf0 = mk_cuda_step_prefetch();
+    /* plain launches at each position: the references (the first run uploads every weight) */
     mk_cuda_set_step_pdl(false);
-    mk_cuda_set_moe_pdl(false);
-    pdl_chain_reset(b, &c);
-    pdl_chain_queue(b, &c);
-    int32_t am0, am;
-    float *ref = pdl_chain_out(b, &c, &am0);
-    int nonzero = 0; /* a real computation: finite, not all zero, the cache rows written */
-    for (int i = 0; i < PC_H + 2 * PC_NK * PC_HD + PC_V; i++) {
-        assert_true(isfinite(ref[i]));
-        nonzero += ref[i] != 0.0f;
-    }
-    assert_true(nonzero > PC_H);
-    assert_memory_not_equal(ref + PC_H, c.kc0 + (int64_t)PC_P * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
-    assert_true(am0 >= 0 && am0 < PC_V);
-    mk_cuda_set_step_pdl(true);
-    mk_cuda_set_moe_pdl(true);
-    for (int rep = 0; rep < 5; rep++) { /* queued directly, several times */
-        pdl_chain_reset(b, &c);
+    float *ref[PC_NP];
+    int32_t am0[PC_NP], am;
+    for (int p = 0; p < PC_NP; p++) {
+        pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
-        float *o = pdl_chain_out(b, &c, &am);
-        assert_memory_equal(o, ref, nout);
-        assert_int_equal(am, am0);
+        ref[p] = pdl_chain_out(b, &c, PC_P + p, &am0[p]);
+        int nonzero = 0; /* a real computation: finite, not all zero, the cache rows written */
+        for (int i = 0; i < PC_OUT; i++) {
+            assert_true(isfinite(ref[p][i]));
+            nonzero += ref[p][i] != 0.0f;
+        }
+        assert_true(nonzero > PC_H);
+        assert_memory_not_equal(ref[p] + PC_H, c.kc0 + (PC_P + p) * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
+        assert_true(am0[p] >= 0 && am0[p] < PC_V);
+        if (p > 0) /* the position matters */
+            assert_memory_not_equal(ref[p], ref[0], sizeof(float) * PC_H);
+    }
+    mk_cuda_set_step_pdl(true);
+    for (int rep = 0; rep < 8; rep++) { /* queued directly, several times; the prefetches on half the time */
+        mk_cuda_set_step_prefetch(rep % 2 == 1);
+        const int p = rep % PC_NP;
+        pdl_chain_reset(b, &c, PC_P + p);
+        pdl_chain_queue(b, &c);
+        float *o = pdl_chain_out(b, &c, PC_P + p, &am);
+        assert_memory_equal(o, ref[p], sizeof(float) * PC_OUT);
+        assert_int_equal(am, am0[p]);
         free(o);
     }
-    /* recorded, then replayed */
-    pdl_chain_reset(b, &c);
+    /* recorded at the first position (prefetches on), then replayed at each */
+    mk_cuda_set_step_prefetch(true);
+    pdl_chain_reset(b, &c, PC_P);
     assert_true(b->i->step_begin(b->ctx));
     pdl_chain_queue(b, &c);
     assert_true(b->i->step_end(b->ctx, true));
-    float *o = pdl_chain_out(b, &c, &am);
-    assert_memory_equal(o, ref, nout);
-    assert_int_equal(am, am0);
+    float *o = pdl_chain_out(b, &c, PC_P, &am);
+    assert_memory_equal(o, ref[0], sizeof(float) * PC_OUT);
+    assert_int_equal(am, am0[0]);
     free(o);
     const uint64_t id = b->i->step_last(b->ctx);
     assert_true(id != 0);
-    for (int rep = 0; rep < 3; rep++) {
-        pdl_chain_reset(b, &c);
+    for (int rep = 0; rep < 2 * PC_NP; rep++) {
+        const int p = (rep + 1) % PC_NP;
+        pdl_chain_reset(b, &c, PC_P + p);
         assert_true(b->i->step_replay(b->ctx, id));
-        o = pdl_chain_out(b, &c, &am);
-        assert_memory_equal(o, ref, nout);
-        assert_int_equal(am, am0);
+        o = pdl_chain_out(b, &c, PC_P + p, &am);
+        assert_memory_equal(o, ref[p], sizeof(float) * PC_OUT);
+        assert_int_equal(am, am0[p]);
         free(o);
     }
     mk_cuda_set_step_pdl(step0);
-    mk_cuda_set_moe_pdl(moe0);
-    void *bufs[] = {c.dx, c.dy, c.dxb, c.dq, c.dk, c.dv, c.dat, c.dkc, c.dvc, c.dg, c.dqg, c.dcos, c.dsin, c.dlg,
-                    c.dpos, c.dam};
+    mk_cuda_set_step_prefetch(pf0);
+    void *bufs[] = {c.dx,   c.dy,  c.dxb,  c.dq,   c.dk,  c.dv,  c.dat, c.dkc, c.dvc,
+                    c.dg,   c.dqg, c.dcos, c.dsin, c.dlg, c.dff, c.dup, c.dpos, c.dam};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         b->i->buf_free(b->ctx, bufs[i]);
-    wbuf *ws[] = {&c.wq, &c.wk, &c.wv, &c.wo, &c.wd, &c.wh};
+    wbuf *ws[] = {&c.wq, &c.wk, &c.wv, &c.wo, &c.wg, &c.wu, &c.wd, &c.wh};
     for (size_t i = 0; i < sizeof ws / sizeof ws[0]; i++) {
         forget_w(b, ws[i]);
         wbuf_free(ws[i]);
     }
-    free(ref);
+    for (int p = 0; p < PC_NP; p++)
+        free(ref[p]);
     free(c.x0);
     free(c.y0);
     free(c.kc0);
@@ -2789,6 +2832,32 @@ static void test_cuda_gemm_modes(void **st) {
             fail_msg("cuda: gemm bf16 %s: rel L2 %.3e, not worse than the split GEMM's %.3e", wb.name, bf_err,
                      split_err);
         free(y);
+        /* int8 activations: the CPU's int8 prefill GEMM's bits (mk_gq8_matmul, whose tables the CPU tests hold
+         * to its portable rule) for the affine weights it takes; every other weight as the split GEMM, bitwise */
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
+        b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+        float *ys = back(b, dy, (size_t)(n * R) * 4);
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_INT8, 0);
+        b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+        y = back(b, dy, (size_t)(n * R) * 4);
+        const mk_wt *wq[1] = {&wb.w};
+        if (mk_gq8_suits(&wb.w) && 512 % wb.w.group == 0 && mk_gq8_fits(wq, 1, n)) {
+            float *yc = malloc((size_t)(n * R) * 4);
+            float *ycs[1] = {yc};
+            assert_non_null(yc);
+            mk_gq8_matmul(NULL, wq, 1, x, n, ycs);
+            for (int64_t i = 0; i < n * R; i++)
+                if (memcmp(&y[i], &yc[i], 4))
+                    fail_msg("cuda: gemm int8 %s: element %lld: %.9g, the CPU's int8 GEMM %.9g", wb.name, (long long)i,
+                             y[i], yc[i]);
+            snprintf(what, sizeof what, "gemm int8 %s", wb.name);
+            note(b->name, what, rel(y, ref, n * R), 2e-2);
+            free(yc);
+        } else if (memcmp(y, ys, (size_t)(n * R) * 4)) {
+            fail_msg("cuda: gemm int8 mode %s: not the split GEMM's result for a weight it does not take", wb.name);
+        }
+        free(y);
+        free(ys);
         /* the format-generic float32 kernel */
         mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_GENERIC, 0);
         b->i->matmul(b->ctx, &wb.w, dx, n, dy);

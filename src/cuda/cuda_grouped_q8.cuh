@@ -1,0 +1,326 @@
+/* The grouped GEMM on int8 activations (MK_CUDA_GEMM_INT8; the plan, the
+ * slot and the split kernel are cuda_grouped.cu's): the CPU's int8 prefill
+ * GEMM rule (src/kernels/kern_gemm_q8.h) on the tensor cores, so a row
+ * gets the CPU's bits.
+ *
+ *   k_q8x       quantizes rows of x in activation blocks of AB columns (64
+ *               for 4-bit weights in groups of 64 or more, else 32:
+ *               mk_gq8_ab) by q8.c's formula: d = amax / 127, q =
+ *               nearbyint(x * (127 / amax)), 0 and d = 0 for a zero block,
+ *               0 and d = NaN for a block with a NaN or infinity; and each
+ *               group's xg = sum over its blocks, in order, of d * (sum of
+ *               the block's q), one rounding per multiply and per add
+ *               (mk_q8_group_sums).
+ *   k_grp_mm_q8 block (column tile, row tile) as k_grp_mm's: the tile's
+ *               rows of quantized x against its expert's codes (affine 4 or
+ *               8-bit, unsigned) by mma.sync m16n8k32 (s8 x u8, int32: the
+ *               block's dot is exact), then per output, as kern_ref:
+ *                 each 512-column panel: acc = 0; per group: per block b
+ *                   acc = fmaf((float)dot_b * d_b, s_g, acc);
+ *                 then acc = fmaf(bias_g, xg_g, acc); y += acc (y from 0).
+ *
+ * A header of its own so that the host emulation (tests/emu/grouped_q8_emu.cpp)
+ * runs these very kernels. The includer provides cuda_impl.cuh. */
+#ifndef MK_CUDA_GROUPED_Q8_CUH
+#define MK_CUDA_GROUPED_Q8_CUH
+
+#define GRP_BM 32   /* rows (routed tokens) per tile */
+#define GRP_BN 128  /* output columns per block: 4 warps x 32 */
+#define GRP_KB 64   /* k values staged per step */
+#define GRP_THREADS 128
+#define GQ8_PANEL 512 /* columns of the CPU rule's panels (MK_GQ8_KC) */
+#define GQ8_LDS 80    /* bytes of a staged row of 64 int8: fragment loads without bank conflicts */
+
+/* One projection of the layer: expert e's weight rows are e*N .. e*N+N-1
+ * of the stacked matrix. Output row r of the tile goes to C + (c_rows ?
+ * c_rows[r] : r) * ldc. */
+struct grp_mat {
+    const uint8_t *data;
+    const void *scales, *biases;
+    int64_t row_bytes;
+    int32_t N, ng; /* rows per expert; scale groups per row */
+    float *C;
+    int64_t ldc;
+    const int32_t *c_rows;
+};
+
+template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_t i) {
+    if (SD == 0)
+        return __ldg((const float *)p + i);
+    const uint32_t h = __ldg((const unsigned short *)p + i);
+    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
+}
+
+/* Quantized rows: q [rows, K] int8 (natural column order), d [rows, K /
+ * AB], xg [rows, K / group]. */
+struct gq8_x {
+    int8_t *q;
+    float *d, *xg;
+};
+
+/* One warp per (row, group) of x [rows, K] (row stride ldx): the group's
+ * blocks in order, lane l holding columns l and l + 32 of a block. */
+template <int AB>
+__global__ void __launch_bounds__(256)
+    k_q8x(const float *__restrict__ x, int64_t ldx, int64_t rows, int K, int group, gq8_x o) {
+    const int lane = threadIdx.x & 31;
+    const int64_t w = (int64_t)blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
+    const int ng = K / group, bpg = group / AB, nb = K / AB;
+    const int64_t row = w / ng;
+    const int g = (int)(w % ng);
+    if (row >= rows)
+        return;
+    float s = 0.0f;
+    for (int j = 0; j < bpg; j++) {
+        const int b = g * bpg + j;
+        const float *xb = x + row * ldx + (int64_t)b * AB;
+        const float v0 = xb[lane], v1 = AB == 64 ? xb[lane + 32] : 0.0f;
+        const float a0 = fabsf(v0), a1 = fabsf(v1);
+        const bool ok0 = a0 <= 3.40282347e38f, ok1 = a1 <= 3.40282347e38f; /* not NaN or infinity */
+        float amax = fmaxf(ok0 ? a0 : 0.0f, ok1 ? a1 : 0.0f);
+        float nbad = ok0 && ok1 ? 0.0f : 1.0f;
+#pragma unroll
+        for (int m = 16; m > 0; m >>= 1) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+            nbad = fmaxf(nbad, __shfl_xor_sync(0xffffffffu, nbad, m));
+        }
+        int q0 = 0, q1 = 0;
+        float d;
+        if (nbad > 0.0f || amax == 0.0f) {
+            d = nbad > 0.0f ? __uint_as_float(0x7fc00000u) : 0.0f;
+        } else {
+            const float id = mkc_div_rn(127.0f, amax);
+            q0 = (int)rintf(mkc_mul_rn(v0, id));
+            q1 = AB == 64 ? (int)rintf(mkc_mul_rn(v1, id)) : 0;
+            d = mkc_div_rn(amax, 127.0f);
+        }
+        int8_t *qb = o.q + row * K + (int64_t)b * AB;
+        qb[lane] = (int8_t)q0;
+        if (AB == 64)
+            qb[lane + 32] = (int8_t)q1;
+        const float qs = mkc_warp_sum((float)(q0 + q1)); /* |sum| <= 64 * 127: exact */
+        if (lane == 0)
+            o.d[row * nb + b] = d;
+        s = mkc_add_rn(s, mkc_mul_rn(d, qs));
+    }
+    if (lane == 0)
+        o.xg[row * ng + g] = s;
+}
+
+/* 8 codes of a word (4 bits, low nibble first) as 8 bytes, natural order */
+__device__ __forceinline__ uint2 gq8_nibbles(uint32_t w) {
+    const uint32_t e = w & 0x0F0F0F0Fu, o = (w >> 4) & 0x0F0F0F0Fu;
+    return make_uint2(__byte_perm(e, o, 0x5140), __byte_perm(e, o, 0x7362));
+}
+
+/* BITS 4 or 8 (affine, scales and biases of dtype SD: 0 f32, 1 bf16, 2
+ * f16), AB the activation block (mk_gq8_ab). K % 64 == 0, group % 32 ==
+ * 0 and 512 % group == 0 (AB 64: group % 64 == 0), row_bytes % 16 == 0.
+ * tiles NULL (a plain matmul): the nrows rows of A in order, tile i the
+ * rows 32 i .. 32 i + 31, expert 0. */
+template <int BITS, int SD, int AB>
+__global__ void __launch_bounds__(GRP_THREADS)
+    k_grp_mm_q8(gq8_x A, const int32_t *__restrict__ a_rows, grp_mat m0, grp_mat m1, int K, int group,
+                const int4 *__restrict__ tiles, const int32_t *__restrict__ ntiles, int nrows) {
+    __shared__ __align__(16) uint8_t As[GRP_BM][GQ8_LDS];
+    __shared__ __align__(16) uint8_t Ws[GRP_BN][GQ8_LDS];
+    __shared__ float Ss[GRP_BN][2], Bs[GRP_BN][2], Dx[GRP_BM][2], Xg[GRP_BM][2];
+    int4 tile;
+    if (tiles) {
+        if ((int)blockIdx.y >= *ntiles)
+            return;
+        tile = tiles[blockIdx.y]; /* expert, first sorted row, rows */
+    } else {
+        const int r0 = (int)blockIdx.y * GRP_BM;
+        if (r0 >= nrows)
+            return;
+        tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
+    }
+    const grp_mat m = blockIdx.z ? m1 : m0;
+    const int n0 = blockIdx.x * GRP_BN;
+    if (n0 >= m.N)
+        return;
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int nb = K / AB, ng = K / group;
+    constexpr int WB = BITS * GRP_KB / 8 / 16; /* 16-byte chunks of one weight row per step */
+
+    /* this thread's staging: A row ar, quarter aq (16 bytes); weight row tid */
+    const int ar = tid >> 2, aq = tid & 3;
+    int64_t xrow = -1;
+    if (ar < tile.z) {
+        const int64_t r = tile.y + ar;
+        xrow = a_rows ? (int64_t)a_rows[r] : r;
+    }
+    const int wr = n0 + tid;
+    const int64_t grow = (int64_t)tile.x * m.N + wr;
+    const uint8_t *wrow = wr < m.N ? m.data + grow * m.row_bytes : NULL;
+    /* the d and xg of the step: thread tid < 64 token tid / 2, slot tid % 2 */
+    const int sr = (tid & 63) >> 1, sj = tid & 1;
+    int64_t srow = -1;
+    if (sr < tile.z) {
+        const int64_t r = tile.y + sr;
+        srow = a_rows ? (int64_t)a_rows[r] : r;
+    }
+
+    uint4 xa, wq[WB];
+    float sv[2] = {0.0f, 0.0f}, bv[2] = {0.0f, 0.0f}, dv = 0.0f;
+    auto load = [&](int k0) {
+        xa = xrow >= 0 ? __ldg((const uint4 *)(A.q + xrow * K + k0) + aq) : make_uint4(0u, 0u, 0u, 0u);
+#pragma unroll
+        for (int i = 0; i < WB; i++)
+            wq[i] = wrow ? mkc_ldw(wrow + (int64_t)k0 * BITS / 8 + 16 * i) : make_uint4(0u, 0u, 0u, 0u);
+        if (wrow)
+            for (int f = 0; f < (group >= GRP_KB ? 1 : 2); f++) {
+                const int64_t gi = grow * m.ng + (k0 + f * 32) / group;
+                sv[f] = grp_lds<SD>(m.scales, gi);
+                bv[f] = grp_lds<SD>(m.biases, gi);
+            }
+        /* threads 0-63: the tokens' activation-block scales (slot j: block
+         * k0 / AB + j); 64-127: their sums of the step's groups (slot j:
+         * group (k0 + 32 j) / group, a group of 32 each half) */
+        dv = 0.0f;
+        if (srow >= 0) {
+            if (tid < 64) {
+                if (sj < GRP_KB / AB)
+                    dv = __ldg(A.d + srow * nb + k0 / AB + sj);
+            } else if (sj < (group >= GRP_KB ? 1 : 2)) {
+                dv = __ldg(A.xg + srow * ng + (k0 + sj * 32) / group);
+            }
+        }
+    };
+
+    float acc[2][4][4], y[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[i][j][q] = y[i][j][q] = 0.0f;
+
+    load(0);
+    for (int k0 = 0; k0 < K; k0 += GRP_KB) {
+        /* stage: the x bytes as they are; the codes as bytes in column order */
+        *(uint4 *)&As[ar][aq * 16] = xa;
+        if (BITS == 8) {
+#pragma unroll
+            for (int i = 0; i < WB; i++)
+                *(uint4 *)&Ws[tid][16 * i] = wq[i];
+        } else {
+#pragma unroll
+            for (int i = 0; i < WB; i++) { /* 16 bytes: 32 codes, columns 32 i .. 32 i + 31 */
+                const uint32_t ws4[4] = {wq[i].x, wq[i].y, wq[i].z, wq[i].w};
+#pragma unroll
+                for (int j = 0; j < 4; j++)
+                    *(uint2 *)&Ws[tid][32 * i + 8 * j] = gq8_nibbles(ws4[j]);
+            }
+        }
+        Ss[tid][0] = sv[0];
+        Ss[tid][1] = sv[1];
+        Bs[tid][0] = bv[0];
+        Bs[tid][1] = bv[1];
+        if (tid < 64)
+            Dx[sr][sj] = dv;
+        else
+            Xg[sr][sj] = dv;
+        __syncthreads();
+        if (k0 + GRP_KB < K) /* the next step's loads in flight during this one's products */
+            load(k0 + GRP_KB);
+        int ci[2][4][4];
+#pragma unroll
+        for (int ks = 0; ks < GRP_KB / 32; ks++) {
+            if (AB == 32 || ks == 0) {
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            ci[i][j][q] = 0;
+            }
+            uint32_t b[4][2];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const uint8_t *wrw = Ws[wp * 32 + nt * 8 + g] + ks * 32 + t4 * 4;
+                b[nt][0] = *(const uint32_t *)wrw;
+                b[nt][1] = *(const uint32_t *)(wrw + 16);
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const uint8_t *r0 = As[mt * 16 + g] + ks * 32 + t4 * 4, *r1 = As[mt * 16 + g + 8] + ks * 32 + t4 * 4;
+                const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1, *(const uint32_t *)(r0 + 16),
+                                       *(const uint32_t *)(r1 + 16)};
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+                    mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+            }
+            if (AB == 64 && ks == 0)
+                continue; /* the block's second half */
+            /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
+            const int jb = AB == 64 ? 0 : ks, f = group >= GRP_KB ? 0 : ks;
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float d = Dx[mt * 16 + g + 8 * h][jb];
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                        for (int j = 0; j < 2; j++) {
+                            const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                            const float p = mkc_mul_rn((float)ci[mt][nt][2 * h + j], d);
+                            acc[mt][nt][2 * h + j] = fmaf(p, Ss[col][f], acc[mt][nt][2 * h + j]);
+                        }
+                }
+            const int kend = k0 + ks * 32 + 32; /* columns done */
+            if (kend % group == 0) { /* the group ends: its bias times the tokens' group sums */
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float xg = Xg[mt * 16 + g + 8 * h][f];
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                            for (int j = 0; j < 2; j++) {
+                                const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                                acc[mt][nt][2 * h + j] = fmaf(Bs[col][f], xg, acc[mt][nt][2 * h + j]);
+                            }
+                    }
+            }
+            if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc */
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            y[i][j][q] = mkc_add_rn(y[i][j][q], acc[i][j][q]);
+                            acc[i][j][q] = 0.0f;
+                        }
+            }
+        }
+        __syncthreads();
+    }
+    /* epilogue: rows of the tile, columns below N */
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = mt * 16 + g + 8 * h;
+            if (row >= tile.z)
+                continue;
+            const int64_t r = tile.y + row, orow = m.c_rows ? (int64_t)m.c_rows[r] : r;
+            float *out = m.C + orow * m.ldc;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = n0 + wp * 32 + nt * 8 + 2 * t4 + j;
+                    if (col < m.N)
+                        out[col] = y[mt][nt][2 * h + j];
+                }
+        }
+}
+
+#endif
