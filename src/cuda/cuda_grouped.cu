@@ -327,25 +327,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
         }
         __syncthreads();
     }
-    /* epilogue: rows of the tile, columns below N */
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = mt * 16 + g + 8 * h;
-            if (row >= tile.z)
-                continue;
-            const int64_t r = tile.y + row, orow = m.c_rows ? (int64_t)m.c_rows[r] : r;
-            float *out = m.C + orow * m.ldc;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const int col = n0 + wp * 32 + nt * 8 + 2 * t4 + j;
-                    if (col < m.N)
-                        out[col] = acc[mt][nt][2 * h + j];
-                }
-        }
+    grp_store(m, tile, n0, wp, g, t4, acc);
 }
 
 /* ---- the slot -------------------------------------------------------------- */
@@ -397,19 +379,6 @@ static bool takes(const mk_wt *w) {
     return w->group == 32 || (w->group >= 64 && w->group % 64 == 0);
 }
 
-static grp_mat mat_of(const mk_wt *w, int64_t N, float *C, int64_t ldc, const int32_t *c_rows) {
-    grp_mat m;
-    m.data = (const uint8_t *)w->data;
-    m.scales = w->scales;
-    m.biases = w->biases;
-    m.row_bytes = (int64_t)mk_wt_row_bytes(w);
-    m.N = (int32_t)N;
-    m.ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
-    m.C = C;
-    m.ldc = ldc;
-    m.c_rows = c_rows;
-    return m;
-}
 
 /* The slot's scratch, at least need bytes (false: the allocation failed,
  * nothing recorded: the caller declines) */
@@ -487,7 +456,7 @@ bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
         return false;
     const gq8_x xq = q8_at(base, n, w->cols, w);
     q8_quant(c, x, w->cols, n, w, xq);
-    const grp_mat m = mat_of(w, w->rows, y, w->rows, NULL);
+    const grp_mat m = grp_mat_of(w, w->rows, y, w->rows, NULL);
     const dim3 grid((unsigned)((w->rows + GRP_BN - 1) / GRP_BN), (unsigned)((n + GRP_BM - 1) / GRP_BM), 1);
     pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, NULL, m, m, (int)w->cols, (int)w->group, NULL, NULL, (int)n);
     mkb_launched(c, "matmul (int8 activations)");
@@ -529,14 +498,14 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     if (q8) {
         const gq8_x xq = q8_at(base + o_xq, n, H, &m->gate), gq = q8_at(base + o_gq, P, I, &m->down);
         q8_quant(c, a->x, H, n, &m->gate, xq);
-        const grp_mat mg = mat_of(&m->gate, I, G, I, NULL), mu = mat_of(&m->up, I, U, I, NULL);
+        const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
         const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
         pick_q8(&m->gate)<<<ggu, GRP_THREADS, 0, c->s>>>(xq, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles,
                                                         ntiles, 0);
         mkb_launched(c, "grouped moe: gate/up (int8 activations)");
         mkb_swiglu(c, G, G, U, P * I);
         q8_quant(c, G, I, P, &m->down, gq);
-        const grp_mat md = mat_of(&m->down, H, Y, H, pair_of);
+        const grp_mat md = grp_mat_of(&m->down, H, Y, H, pair_of);
         const dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
         pick_q8(&m->down)<<<gd, GRP_THREADS, 0, c->s>>>(gq, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles,
                                                        0);
@@ -547,13 +516,13 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     const int np = c->gemm_mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
     /* gate and up of every routed row (rows of x through tok_of) */
     grp_kernel kgu = pick(&m->gate, np), kd = pick(&m->down, np);
-    const grp_mat mg = mat_of(&m->gate, I, G, I, NULL), mu = mat_of(&m->up, I, U, I, NULL);
+    const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
     dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
     kgu<<<ggu, GRP_THREADS, 0, c->s>>>(a->x, H, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles, ntiles);
     mkb_launched(c, "grouped moe: gate/up");
     mkb_swiglu(c, G, G, U, P * I);
     /* down, each output row to its pair's row for combine */
-    const grp_mat md = mat_of(&m->down, H, Y, H, pair_of);
+    const grp_mat md = grp_mat_of(&m->down, H, Y, H, pair_of);
     dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
     kd<<<gd, GRP_THREADS, 0, c->s>>>(G, I, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles);
     mkb_launched(c, "grouped moe: down");

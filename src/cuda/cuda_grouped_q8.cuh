@@ -24,9 +24,9 @@
 #ifndef MK_CUDA_GROUPED_Q8_CUH
 #define MK_CUDA_GROUPED_Q8_CUH
 
-#define GRP_BM 32   /* rows (routed tokens) per tile */
-#define GRP_BN 128  /* output columns per block: 4 warps x 32 */
-#define GRP_KB 64   /* k values staged per step */
+#define GRP_BM 32  /* rows (routed tokens) per tile */
+#define GRP_BN 128 /* output columns per block: 4 warps x 32 */
+#define GRP_KB 64  /* k values staged per step */
 #define GRP_THREADS 128
 #define GQ8_PANEL 512 /* columns of the CPU rule's panels (MK_GQ8_KC) */
 #define GQ8_LDS 80    /* bytes of a staged row of 64 int8: fragment loads without bank conflicts */
@@ -43,6 +43,46 @@ struct grp_mat {
     int64_t ldc;
     const int32_t *c_rows;
 };
+
+/* Host: the projection view of w (N rows per expert) writing to C. */
+static inline grp_mat grp_mat_of(const mk_wt *w, int64_t N, float *C, int64_t ldc, const int32_t *c_rows) {
+    grp_mat m;
+    m.data = (const uint8_t *)w->data;
+    m.scales = w->scales;
+    m.biases = w->biases;
+    m.row_bytes = (int64_t)mk_wt_row_bytes(w);
+    m.N = (int32_t)N;
+    m.ng = w->fmt == MK_WF_AFFINE ? (int32_t)(w->cols / w->group) : 0;
+    m.C = C;
+    m.ldc = ldc;
+    m.c_rows = c_rows;
+    return m;
+}
+
+/* A tile's epilogue (k_grp_mm, k_grp_mm_q8): the thread's outputs v[mt][nt][e]
+ * (m tile mt, n tile nt of its warp wp, mma fragment element e; lane = 4 g
+ * + t4) to the tile's rows below tile.z and columns below N. */
+__device__ __forceinline__ void grp_store(const grp_mat &m, const int4 &tile, int n0, int wp, int g, int t4,
+                                          const float (&v)[2][4][4]) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int row = mt * 16 + g + 8 * h;
+            if (row >= tile.z)
+                continue;
+            const int64_t r = tile.y + row, orow = m.c_rows ? (int64_t)m.c_rows[r] : r;
+            float *out = m.C + orow * m.ldc;
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = n0 + wp * 32 + nt * 8 + 2 * t4 + j;
+                    if (col < m.N)
+                        out[col] = v[mt][nt][2 * h + j];
+                }
+        }
+}
 
 template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_t i) {
     if (SD == 0)
@@ -247,9 +287,10 @@ __global__ void __launch_bounds__(GRP_THREADS)
             }
 #pragma unroll
             for (int mt = 0; mt < 2; mt++) {
-                const uint8_t *r0 = As[mt * 16 + g] + ks * 32 + t4 * 4, *r1 = As[mt * 16 + g + 8] + ks * 32 + t4 * 4;
-                const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1, *(const uint32_t *)(r0 + 16),
-                                       *(const uint32_t *)(r1 + 16)};
+                const uint8_t *r0 = As[mt * 16 + g] + ks * 32 + t4 * 4,
+                              *r1 = As[mt * 16 + g + 8] + ks * 32 + t4 * 4;
+                const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1,
+                                       *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16)};
 #pragma unroll
                 for (int nt = 0; nt < 4; nt++)
                     mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
@@ -273,7 +314,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                         }
                 }
             const int kend = k0 + ks * 32 + 32; /* columns done */
-            if (kend % group == 0) { /* the group ends: its bias times the tokens' group sums */
+            if (kend % group == 0) {            /* the group ends: its bias times the tokens' group sums */
 #pragma unroll
                 for (int mt = 0; mt < 2; mt++)
 #pragma unroll
@@ -302,25 +343,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
         }
         __syncthreads();
     }
-    /* epilogue: rows of the tile, columns below N */
-#pragma unroll
-    for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-        for (int h = 0; h < 2; h++) {
-            const int row = mt * 16 + g + 8 * h;
-            if (row >= tile.z)
-                continue;
-            const int64_t r = tile.y + row, orow = m.c_rows ? (int64_t)m.c_rows[r] : r;
-            float *out = m.C + orow * m.ldc;
-#pragma unroll
-            for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                for (int j = 0; j < 2; j++) {
-                    const int col = n0 + wp * 32 + nt * 8 + 2 * t4 + j;
-                    if (col < m.N)
-                        out[col] = y[mt][nt][2 * h + j];
-                }
-        }
+    grp_store(m, tile, n0, wp, g, t4, y);
 }
 
 #endif

@@ -21,10 +21,10 @@
 #include <cstring>
 #include <vector>
 
-#include "cuda_emu.h"
-#include "cuda/cuda_impl.cuh"
-#include "q8_ref.h"
 #include "cuda/cuda_grouped_q8.cuh"
+#include "cuda/cuda_impl.cuh"
+#include "cuda_emu.h"
+#include "q8_ref.h"
 
 static int g_bad;
 
@@ -34,7 +34,9 @@ struct qcase {
     int64_t K, N, n; /* columns, rows per expert, tokens */
 };
 
-static int ab_of(int bits, int group) { return bits == 4 && group >= 64 ? 64 : 32; }
+static int ab_of(int bits, int group) {
+    return bits == 4 && group >= 64 ? 64 : 32;
+}
 
 // rows x K floats: rows scaled by 10^[-2, 2], a zero 64-column span in row
 // 1, a NaN in row 2 (when there are rows enough)
@@ -78,8 +80,9 @@ static void quantize(const float *x, int64_t rows, int64_t K, int group, int ab,
 
 using q8k = void (*)(gq8_x, const int32_t *, grp_mat, grp_mat, int, int, const int4 *, const int32_t *, int);
 template <int BITS, int AB> static q8k by_sd(int sd) {
-    return sd == MK_DT_F32 ? k_grp_mm_q8<BITS, 0, AB> : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
-                                                                         : k_grp_mm_q8<BITS, 2, AB>;
+    return sd == MK_DT_F32    ? k_grp_mm_q8<BITS, 0, AB>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
+                              : k_grp_mm_q8<BITS, 2, AB>;
 }
 static q8k pick(int bits, int group, int sd) {
     if (bits == 8)
@@ -87,27 +90,15 @@ static q8k pick(int bits, int group, int sd) {
     return ab_of(bits, group) == 64 ? by_sd<4, 64>(sd) : by_sd<4, 32>(sd);
 }
 
-static grp_mat mat(const mk_wt *w, int64_t N, float *C, int64_t ldc, const int32_t *c_rows) {
-    grp_mat m;
-    m.data = (const uint8_t *)w->data;
-    m.scales = w->scales;
-    m.biases = w->biases;
-    m.row_bytes = (int64_t)mk_wt_row_bytes(w);
-    m.N = (int32_t)N;
-    m.ng = (int32_t)(w->cols / w->group);
-    m.C = C;
-    m.ldc = ldc;
-    m.c_rows = c_rows;
-    return m;
-}
-
-static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows, grp_mat m0,
-                   grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles, int nrows) {
+static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
+                   grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
+                   int nrows) {
     for (unsigned z = 0; z < gz; z++)
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++)
-                emu_block(gx, x, GRP_THREADS, [&] { k(A.v, a_rows, m0, m1, K, group, tiles, ntiles, nrows); }, gy, y,
-                          gz, z);
+                emu_block(
+                    gx, x, GRP_THREADS, [&] { k(A.v, a_rows, m0, m1, K, group, tiles, ntiles, nrows); }, gy,
+                    y, gz, z);
 }
 
 // outputs bitwise (both NaN counts as equal)
@@ -125,9 +116,10 @@ static void plain(const qcase &c) {
     std::vector<float> x = make_x(c.n, c.K, true), y((size_t)(c.n * c.N), -7.0f), ref((size_t)(c.n * c.N));
     q8buf A(c.n, c.K, ab, c.group);
     quantize(x.data(), c.n, c.K, c.group, ab, A);
-    const grp_mat m = mat(v, c.N, y.data(), c.N, nullptr);
-    launch(pick(c.bits, c.group, c.sd), (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)((c.n + GRP_BM - 1) / GRP_BM),
-           1, A, nullptr, m, m, (int)c.K, c.group, nullptr, nullptr, (int)c.n);
+    const grp_mat m = grp_mat_of(v, c.N, y.data(), c.N, nullptr);
+    launch(pick(c.bits, c.group, c.sd), (unsigned)((c.N + GRP_BN - 1) / GRP_BN),
+           (unsigned)((c.n + GRP_BM - 1) / GRP_BM), 1, A, nullptr, m, m, (int)c.K, c.group, nullptr, nullptr,
+           (int)c.n);
     q8r_matmul(w, 0, c.N, x.data(), c.n, ref.data());
     const int64_t at = differ(y.data(), ref.data(), c.n * c.N);
     if (at >= 0) {
@@ -150,7 +142,8 @@ static void plain(const qcase &c) {
 static void grouped(const qcase &c) {
     const int E = 3, k = 2, ab = ab_of(c.bits, c.group);
     const int64_t n = c.n, P = n * k;
-    void *wg = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd), *wu = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd);
+    void *wg = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd),
+         *wu = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd);
     std::vector<float> x = make_x(n, c.K, false);
     /* routing: token t takes experts t % 3 and (t + 1 + t / 3) % 3 (never equal) */
     std::vector<int> idx((size_t)P);
@@ -177,23 +170,25 @@ static void grouped(const qcase &c) {
     q8buf A(n, c.K, ab, c.group);
     quantize(x.data(), n, c.K, c.group, ab, A);
     std::vector<float> G((size_t)(P * c.N), -7.0f), U((size_t)(P * c.N), -7.0f), Y((size_t)(P * c.N), -7.0f);
-    const grp_mat mg = mat(q8r_view(wg), c.N, G.data(), c.N, nullptr), mu = mat(q8r_view(wu), c.N, U.data(), c.N, nullptr);
+    const grp_mat mg = grp_mat_of(q8r_view(wg), c.N, G.data(), c.N, nullptr),
+                  mu = grp_mat_of(q8r_view(wu), c.N, U.data(), c.N, nullptr);
     const q8k kern = pick(c.bits, c.group, c.sd);
-    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt + 2, 2, A, tok_of.data(), mg, mu, (int)c.K,
-           c.group, tiles.data(), &nt, 0); /* two blocks past ntiles: they must return */
+    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt + 2, 2, A, tok_of.data(), mg, mu,
+           (int)c.K, c.group, tiles.data(), &nt, 0); /* two blocks past ntiles: they must return */
     /* down-like: the sorted rows of x (a_rows NULL: x gathered first) to their pairs' rows */
     std::vector<float> xs((size_t)(P * c.K));
     for (int64_t r = 0; r < P; r++)
         std::memcpy(&xs[(size_t)(r * c.K)], &x[(size_t)(tok_of[(size_t)r] * c.K)], (size_t)c.K * 4);
     q8buf As(P, c.K, ab, c.group);
     quantize(xs.data(), P, c.K, c.group, ab, As);
-    const grp_mat md = mat(q8r_view(wg), c.N, Y.data(), c.N, pair_of.data());
-    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt, 1, As, nullptr, md, md, (int)c.K, c.group,
-           tiles.data(), &nt, 0);
+    const grp_mat md = grp_mat_of(q8r_view(wg), c.N, Y.data(), c.N, pair_of.data());
+    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt, 1, As, nullptr, md, md, (int)c.K,
+           c.group, tiles.data(), &nt, 0);
     for (int e = 0; e < E; e++) {
         std::vector<float> xe((size_t)(cnt[e] * c.K)), rg((size_t)(cnt[e] * c.N)), ru((size_t)(cnt[e] * c.N));
         for (int r = 0; r < cnt[e]; r++)
-            std::memcpy(&xe[(size_t)(r * c.K)], &x[(size_t)(tok_of[(size_t)(first[e] + r)] * c.K)], (size_t)c.K * 4);
+            std::memcpy(&xe[(size_t)(r * c.K)], &x[(size_t)(tok_of[(size_t)(first[e] + r)] * c.K)],
+                        (size_t)c.K * 4);
         q8r_matmul(wg, e * c.N, c.N, xe.data(), cnt[e], rg.data());
         q8r_matmul(wu, e * c.N, c.N, xe.data(), cnt[e], ru.data());
         for (int r = 0; r < cnt[e]; r++) {
@@ -208,8 +203,8 @@ static void grouped(const qcase &c) {
             for (const auto &o : outs) {
                 const int64_t at = differ(o.got, o.want, c.N);
                 if (at >= 0) {
-                    printf("FAIL %s (grouped, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n", c.name,
-                           o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
+                    printf("FAIL %s (grouped, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
+                           c.name, o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
                     g_bad++;
                     goto next;
                 }
@@ -236,7 +231,8 @@ int main(int argc, char **argv) {
         const int bad0 = g_bad;
         plain(c);
         grouped(c);
-        printf("%-36s %s\n", c.name, g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
+        printf("%-36s %s\n", c.name,
+               g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
     }
     if (g_bad) {
         printf("%d mismatches\n", g_bad);

@@ -3,17 +3,18 @@
  * portable table, q8.c's quantizer), linked as it is, never the device
  * code. Its other tables and the thread pool are left out: the stubs below
  * pick the portable table and run the driver's work on this thread. */
+#include "q8_ref.h"
 #include "cuda_test_util.h"
 #include "kernels/kern_gemm_q8.h"
 #include "moekit/isa.h"
 #include "moekit/kernels.h"
-#include "q8_ref.h"
 
 const mk_gq8_i mk_gq8_avx2 = {0}, mk_gq8_avxvnni = {0}, mk_gq8_vnni = {0}, mk_gq8_amx = {0};
 mk_isa mk_isa_active(void) {
     return MK_ISA_REF;
 }
-void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int64_t b, int64_t e), void *ctx) {
+void mk_pool_for(mk_pool *p, int64_t n, int64_t grain, void (*fn)(void *ctx, int64_t b, int64_t e),
+                 void *ctx) {
     (void)p;
     (void)grain;
     if (n > 0)
