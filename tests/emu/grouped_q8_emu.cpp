@@ -21,10 +21,12 @@
 #include <cstring>
 #include <vector>
 
-#include "cuda/cuda_grouped_q8.cuh"
-#include "cuda/cuda_impl.cuh"
+// clang-format off: the emulation first, then the device headers in the order they need
 #include "cuda_emu.h"
+#include "cuda/cuda_impl.cuh"
 #include "q8_ref.h"
+#include "cuda/cuda_grouped_q8.cuh"
+// clang-format on
 
 static int g_bad;
 
