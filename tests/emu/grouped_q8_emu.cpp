@@ -21,7 +21,8 @@
 #include <cstring>
 #include <vector>
 
-// clang-format off: the emulation first, then the device headers in the order they need
+// the emulation first, then the device headers in the order they need
+// clang-format off
 #include "cuda_emu.h"
 #include "cuda/cuda_impl.cuh"
 #include "q8_ref.h"
