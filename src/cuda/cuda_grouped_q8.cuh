@@ -165,6 +165,9 @@ __global__ void __launch_bounds__(GRP_THREADS)
     __shared__ __align__(16) uint8_t As[GRP_BM][GQ8_LDS];
     __shared__ __align__(16) uint8_t Ws[GRP_BN][GQ8_LDS];
     __shared__ float Ss[GRP_BN][2], Bs[GRP_BN][2], Dx[GRP_BM][2], Xg[GRP_BM][2];
+    /* each thread's 32 outputs summed over the panels: in shared memory (element e of thread t at
+     * Ys[e][t], conflict-free), not in 32 more registers, so that 4 blocks fit an SM */
+    __shared__ float Ys[32][GRP_THREADS];
     int4 tile;
     if (tiles) {
         if ((int)blockIdx.y >= *ntiles)
@@ -229,14 +232,16 @@ __global__ void __launch_bounds__(GRP_THREADS)
         }
     };
 
-    float acc[2][4][4], y[2][4][4];
+    float acc[2][4][4];
 #pragma unroll
     for (int i = 0; i < 2; i++)
 #pragma unroll
         for (int j = 0; j < 4; j++)
 #pragma unroll
-            for (int q = 0; q < 4; q++)
-                acc[i][j][q] = y[i][j][q] = 0.0f;
+            for (int q = 0; q < 4; q++) {
+                acc[i][j][q] = 0.0f;
+                Ys[i * 16 + j * 4 + q][tid] = 0.0f;
+            }
 
     load(0);
     for (int k0 = 0; k0 < K; k0 += GRP_KB) {
@@ -329,21 +334,23 @@ __global__ void __launch_bounds__(GRP_THREADS)
                             }
                     }
             }
-            if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc */
+            if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
+                const bool last = kend == K;
 #pragma unroll
                 for (int i = 0; i < 2; i++)
 #pragma unroll
                     for (int j = 0; j < 4; j++)
 #pragma unroll
                         for (int q = 0; q < 4; q++) {
-                            y[i][j][q] = mkc_add_rn(y[i][j][q], acc[i][j][q]);
-                            acc[i][j][q] = 0.0f;
+                            float &ys = Ys[i * 16 + j * 4 + q][tid];
+                            ys = mkc_add_rn(ys, acc[i][j][q]);
+                            acc[i][j][q] = last ? ys : 0.0f; /* the last panel leaves y in acc */
                         }
             }
         }
         __syncthreads();
     }
-    grp_store(m, tile, n0, wp, g, t4, y);
+    grp_store(m, tile, n0, wp, g, t4, acc);
 }
 
 #endif
