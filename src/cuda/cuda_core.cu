@@ -52,9 +52,9 @@ extern "C" bool mk_cuda_step_pdl(void) { return g_step_pdl; }
 extern "C" void mk_cuda_set_step_pdl(bool on) { g_step_pdl = on; }
 
 /* Off: with it a standalone large GEMV (no predecessor to overlap) read
- * 11-23% less of the copy rate on the H200 (the prefetches then race their
- * own loads), and the decode step was not measured without it yet
- * (bench/RESULTS.md, 2026-12-05, session 18) */
+ * 5-20 points less of the copy rate on the H200 (the prefetches then race
+ * their own loads) and short-context decode was 2-6% slower; only after a
+ * 2048-token prompt was it 2.5% ahead (bench/RESULTS.md, 2026-12-05) */
 static bool g_step_prefetch = false;
 
 extern "C" bool mk_cuda_step_prefetch(void) { return g_step_prefetch; }
