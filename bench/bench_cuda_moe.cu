@@ -607,17 +607,17 @@ int main(int argc, char **argv) {
         printf("bench_cuda_moe: skipped: %s\n", mk_err_msg());
         return 0;
     }
-    /* MK_CUDA_STEP_PDL / MK_CUDA_STEP_PREFETCH=0|1: the GEMVs' launch (as bench_decode) */
+    /* MK_CUDA_STEP_PDL=0|1 / MK_CUDA_STEP_PREFETCH=0..3: the GEMVs' launch (as bench_decode) */
     const char *e = getenv("MK_CUDA_STEP_PDL");
     if (e && *e)
         mk_cuda_set_step_pdl(strcmp(e, "0") != 0);
     e = getenv("MK_CUDA_STEP_PREFETCH");
     if (e && *e)
-        mk_cuda_set_step_prefetch(strcmp(e, "0") != 0);
+        mk_cuda_set_step_prefetch((unsigned)strtoul(e, NULL, 10));
     char desc[256];
     MK(mk_cuda_describe(desc, sizeof desc));
     printf("device: %s; GEMV under PDL %s, its L2 prefetch %s\n", desc, mk_cuda_step_pdl() ? "on" : "off",
-           mk_cuda_step_prefetch() ? "on" : "off");
+           (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? "on" : "off");
     double roof = copy_bw();
     {
         mk_wt w = dev_affine(32768, 8192, 4, 64, 0.01f);

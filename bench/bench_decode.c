@@ -41,8 +41,8 @@
  * prefilled with its own P ids first): aggregate tok/s. MK_CUDA_MOE_PDL=0|1
  * launches the MoE step's kernels with programmatic dependent launch
  * (mk_cuda_set_moe_pdl), MK_CUDA_STEP_PDL=0|1 the rest of the decode step's
- * (mk_cuda_set_step_pdl), MK_CUDA_STEP_PREFETCH=0|1 the GEMVs' L2 prefetch
- * under it (mk_cuda_set_step_prefetch); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
+ * (mk_cuda_set_step_pdl), MK_CUDA_STEP_PREFETCH=0..3 the L2 prefetches under
+ * it (mk_cuda_set_step_prefetch: 1 the GEMVs' rows, 2 attention's cache rows); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
  * prefill (mk_cuda_set_gdn_chunked).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
@@ -262,10 +262,10 @@ int main(int argc, char **argv) {
         const char *spdl = getenv("MK_CUDA_STEP_PDL");
         if (spdl && *spdl)
             mk_cuda_set_step_pdl(strcmp(spdl, "0") != 0);
-        /* MK_CUDA_STEP_PREFETCH=0|1: under it, the GEMVs' L2 prefetch before the wait */
+        /* MK_CUDA_STEP_PREFETCH=0..3: under it, the L2 prefetches before the wait (bits) */
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)
-            mk_cuda_set_step_prefetch(strcmp(gpf, "0") != 0);
+            mk_cuda_set_step_prefetch((unsigned)strtoul(gpf, NULL, 10));
         /* MK_CUDA_GDN_CHUNKED=0|1: the chunked Gated DeltaNet prefill */
         const char *gc = getenv("MK_CUDA_GDN_CHUNKED");
         if (gc && *gc)

@@ -69,13 +69,12 @@ bench30 | bench35)
             MK_CUDA_STEP_PDL=0 $D "$m" 16 128 16 cuda
             MK_CUDA_MOE_PDL=0 MK_CUDA_STEP_PDL=0 $D "$m" 16 128 16 cuda
             $D "$m" 16 128 16 cuda
-            echo "== 30B decode: the step's L2 prefetches (GEMV rows, attention's cache rows) on, off, on"
-            MK_CUDA_STEP_PREFETCH=1 $D "$m" 16 128 16 cuda
-            MK_CUDA_STEP_PREFETCH=0 $D "$m" 16 128 16 cuda
-            MK_CUDA_STEP_PREFETCH=1 $D "$m" 16 128 16 cuda
-            echo "== 30B decode after a 2048-token prompt: prefetches on, off; step PDL off"
-            MK_CUDA_STEP_PREFETCH=1 $D "$m" 2048 64 16 cuda
+            echo "== 30B decode: the step's L2 prefetches none, GEMV rows, attention's cache rows, both"
+            for pf in 0 1 2 3 0; do MK_CUDA_STEP_PREFETCH=$pf $D "$m" 16 128 16 cuda; done
+            echo "== 30B decode after a 2048-token prompt: prefetches none, attention's, both; step PDL off"
             MK_CUDA_STEP_PREFETCH=0 $D "$m" 2048 64 16 cuda
+            MK_CUDA_STEP_PREFETCH=2 $D "$m" 2048 64 16 cuda
+            MK_CUDA_STEP_PREFETCH=3 $D "$m" 2048 64 16 cuda
             MK_CUDA_STEP_PDL=0 $D "$m" 2048 64 16 cuda
             echo "== 30B, experts past 8 GiB in host memory; then 6 GiB + a 2 GiB VRAM expert cache (equal memory)"
             MK_CUDA_EXPERT_VRAM=$((8 << 30)) $D "$m" 16 256 16 cuda

@@ -53,7 +53,7 @@ __device__ __forceinline__ int64_t att_first(const mk_attn_args &a, int64_t T) {
 }
 
 /* Before the wait for the previous kernel (mkc_pdl_enter), when pf (the
- * launch's mk_cuda_step_prefetch): ask L2 for the cache rows this block
+ * launch's MK_CUDA_PREFETCH_ATTN): ask L2 for the cache rows this block
  * will walk first (the first ATT_PREFETCH_ROWS of
  * its share of positions before the token's own, for its kv head: dk
  * floats of k, dv of v), so that the walk, whose loads come a few rows at

@@ -55,11 +55,13 @@ extern "C" void mk_cuda_set_step_pdl(bool on) { g_step_pdl = on; }
  * 5-20 points less of the copy rate on the H200 (the prefetches then race
  * their own loads) and short-context decode was 2-6% slower; only after a
  * 2048-token prompt was it 2.5% ahead (bench/RESULTS.md, 2026-12-05) */
-static bool g_step_prefetch = false;
+static unsigned g_step_prefetch = 0;
 
-extern "C" bool mk_cuda_step_prefetch(void) { return g_step_prefetch; }
+extern "C" unsigned mk_cuda_step_prefetch(void) { return g_step_prefetch; }
 
-extern "C" void mk_cuda_set_step_prefetch(bool on) { g_step_prefetch = on; }
+extern "C" void mk_cuda_set_step_prefetch(unsigned what) {
+    g_step_prefetch = what & (MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
+}
 
 static bool g_gdn_chunked = true;
 

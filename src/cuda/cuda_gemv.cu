@@ -39,7 +39,7 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
 /* the weight rows' L2 prefetch before the wait: only under PDL, where a
  * launch can start before its predecessor ends */
 static int gemv_pf(void) {
-    return mk_cuda_step_pdl() && mk_cuda_step_prefetch() ? 1 : 0;
+    return mk_cuda_step_pdl() && (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? 1 : 0;
 }
 
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {

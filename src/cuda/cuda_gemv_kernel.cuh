@@ -9,7 +9,7 @@
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
 /* Before the wait for the previous kernel (mkc_pdl_enter), when pf (the
- * launch's mk_cuda_step_prefetch): ask L2 for the bytes of the warp's rows
+ * launch's MK_CUDA_PREFETCH_GEMV): ask L2 for the bytes of the warp's rows
  * r0 .. r0 + nr - 1 of w, their codes and, for the affine and FP4 kinds,
  * their scales (and biases), which the weights' loads after the wait then
  * find there. */

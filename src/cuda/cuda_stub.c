@@ -97,11 +97,11 @@ void mk_cuda_set_step_pdl(bool on) {
 bool mk_cuda_step_pdl(void) {
     return false;
 }
-void mk_cuda_set_step_prefetch(bool on) {
-    (void)on;
+void mk_cuda_set_step_prefetch(unsigned what) {
+    (void)what;
 }
-bool mk_cuda_step_prefetch(void) {
-    return false;
+unsigned mk_cuda_step_prefetch(void) {
+    return 0;
 }
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;

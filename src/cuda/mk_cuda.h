@@ -119,13 +119,16 @@ bool mk_cuda_moe_pdl(void);
  * like mk_cuda_set_kernels. */
 void mk_cuda_set_step_pdl(bool on);
 bool mk_cuda_step_pdl(void);
-/* Under mk_cuda_set_step_pdl, whether a GEMV asks L2 for its weight rows
- * and an attention block for its cache rows before the wait. Off by
- * default: a standalone large GEMV measured slower with it (bench/RESULTS.md
- * 2026-12-05); for measuring the decode step with and without.
- * Process-wide like mk_cuda_set_kernels. */
-void mk_cuda_set_step_prefetch(bool on);
-bool mk_cuda_step_prefetch(void);
+/* Under mk_cuda_set_step_pdl, which kernels ask L2 for what they will read
+ * before the wait (MK_CUDA_PREFETCH_* bits): a GEMV its weight rows, an
+ * attention block its first cache rows. None by default: with both, a
+ * standalone large GEMV and short-context decode measured slower, decode
+ * after 2048 tokens 2.5% faster (bench/RESULTS.md 2026-12-05); the bits are
+ * for measuring each alone. Process-wide like mk_cuda_set_kernels. */
+#define MK_CUDA_PREFETCH_GEMV 1u /* a GEMV's weight rows */
+#define MK_CUDA_PREFETCH_ATTN 2u /* an attention block's first cache rows */
+void mk_cuda_set_step_prefetch(unsigned what);
+unsigned mk_cuda_step_prefetch(void);
 /* The CUDA backend's Gated DeltaNet prefill in 16-token chunks with the
  * state in registers (k_gdn_chunk, docs/CUDA.md "Chunked Gated DeltaNet
  * prefill"); off: every token through the recurrent step, as decode. On by

@@ -2563,7 +2563,7 @@ static void test_cuda_replay_after_growth(void **st) {
  * what the one before it wrote, so a kernel reading before its predecessor
  * finished (a wait missing or misplaced) would change the bits (whether a
  * given run shows it depends on timing: the chain runs many times). With
- * mk_cuda_set_step_prefetch the attention's cache prefetch reads the
+ * MK_CUDA_PREFETCH_ATTN the attention's cache prefetch reads the
  * device position before its wait: each replay runs at another position,
  * against plain launches there. */
 typedef struct pdl_chain {
@@ -2674,7 +2674,8 @@ static void test_cuda_step_pdl(void **st) {
     c.dup = dev(b, NULL, sizeof(float) * PC_FF);
     c.dpos = dev(b, NULL, sizeof(int64_t));
     c.dam = dev(b, NULL, sizeof(int32_t));
-    const bool step0 = mk_cuda_step_pdl(), pf0 = mk_cuda_step_prefetch();
+    const bool step0 = mk_cuda_step_pdl();
+    const unsigned pf0 = mk_cuda_step_prefetch();
     /* plain launches at each position: the references (the first run uploads every weight) */
     mk_cuda_set_step_pdl(false);
     float *ref[PC_NP];
@@ -2696,7 +2697,7 @@ static void test_cuda_step_pdl(void **st) {
     }
     mk_cuda_set_step_pdl(true);
     for (int rep = 0; rep < 8; rep++) { /* queued directly, several times; the prefetches on half the time */
-        mk_cuda_set_step_prefetch(rep % 2 == 1);
+        mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
         const int p = rep % PC_NP;
         pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
@@ -2706,7 +2707,7 @@ static void test_cuda_step_pdl(void **st) {
         free(o);
     }
     /* recorded at the first position (prefetches on), then replayed at each */
-    mk_cuda_set_step_prefetch(true);
+    mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
     pdl_chain_reset(b, &c, PC_P);
     assert_true(b->i->step_begin(b->ctx));
     pdl_chain_queue(b, &c);
