@@ -56,9 +56,7 @@ static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
 template <int DVL>
 static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim3 grid, size_t smem, int64_t ks,
                       int64_t vs, bool vec) {
-    /* the cache rows' L2 prefetch before the wait: only under PDL, where a launch can start before its
-     * predecessor ends */
-    const int pf = mk_cuda_step_pdl() && (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_ATTN) ? 1 : 0;
+    const int pf = mkc_prefetches(MK_CUDA_PREFETCH_ATTN);
     if (sq)
         mkb_launch(c, "attention of a batched step", k_attn_each<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, *sq, ks,
                    vs, vec, c->att_part, pf);

@@ -36,12 +36,6 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
     return 0;
 }
 
-/* the weight rows' L2 prefetch before the wait: only under PDL, where a
- * launch can start before its predecessor ends */
-static int gemv_pf(void) {
-    return mk_cuda_step_pdl() && (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? 1 : 0;
-}
-
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
     return mk_cuda_gemv_each(w, x, 1, y, accumulate, stream);
 }
@@ -68,7 +62,7 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
     const unsigned grid = (unsigned)(blocks * n);
     MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv<true> : k_gemv<false>, dim3(grid), dim3(GEMV_WARPS * 32), smem,
                        (cudaStream_t)stream, mk_cuda_step_pdl(), v, x, y, accumulate ? 1 : 0, staged, (int)n,
-                       gemv_pf()),
+                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
             "launching gemv");
     return MK_OK;
 }
@@ -101,7 +95,7 @@ extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const floa
     const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
     MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv_n<true> : k_gemv_n<false>, dim3((unsigned)blocks),
                        dim3(GEMV_WARPS * 32), smem, (cudaStream_t)stream, mk_cuda_step_pdl(), a, x, staged,
-                       gemv_pf()),
+                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
             "launching gemv_n");
     return MK_OK;
 }

@@ -380,7 +380,7 @@ static bool takes(const mk_wt *w) {
 }
 
 
-/* The slot's scratch, at least need bytes (false: the allocation failed,
+/* The slot's scratch, at least need bytes (NULL: the allocation failed,
  * nothing recorded: the caller declines) */
 static char *grp_scratch(mkb_ctx *c, size_t need) {
     if (!c->grp) {
@@ -447,6 +447,26 @@ static q8_kernel pick_q8(const mk_wt *w) {
     return q8_ab(w) == 64 ? q8_sd<4, 64>(w->sdtype) : q8_sd<4, 32>(w->sdtype);
 }
 
+/* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
+ * when given) by the weight w of m0 (and of m1 on grid z 1: gate and up,
+ * alike), in the plan's tiles or, tiles NULL, the rows in order. With q8s
+ * (scratch of q8_size(rows, w->cols, w) bytes) A is first quantized to int8
+ * and the int8 kernel runs; else the split kernel with np parts of x. */
+static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, int64_t rows, const int32_t *a_rows,
+                     grp_mat m0, grp_mat m1, dim3 grid, const int4 *tiles, const int32_t *ntiles, char *q8s, int np,
+                     const char *what) {
+    if (q8s) {
+        const gq8_x xq = q8_at(q8s, rows, w->cols, w);
+        q8_quant(c, A, ldx, rows, w, xq);
+        pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles, ntiles,
+                                                  tiles ? 0 : (int)rows);
+    } else {
+        pick(w, np)<<<grid, GRP_THREADS, 0, c->s>>>(A, ldx, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
+                                                   ntiles);
+    }
+    mkb_launched(c, what);
+}
+
 bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float *y) {
     if (c->recording || c->gemm_mode != MK_CUDA_GEMM_INT8 || !takes_q8(w) || n < 1 || w->rows > INT32_MAX ||
         (n + GRP_BM - 1) / GRP_BM > 65535 || ((uintptr_t)x & 15))
@@ -454,12 +474,9 @@ bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
     char *base = grp_scratch(c, q8_size(n, w->cols, w));
     if (!base)
         return false;
-    const gq8_x xq = q8_at(base, n, w->cols, w);
-    q8_quant(c, x, w->cols, n, w, xq);
     const grp_mat m = grp_mat_of(w, w->rows, y, w->rows, NULL);
     const dim3 grid((unsigned)((w->rows + GRP_BN - 1) / GRP_BN), (unsigned)((n + GRP_BM - 1) / GRP_BM), 1);
-    pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, NULL, m, m, (int)w->cols, (int)w->group, NULL, NULL, (int)n);
-    mkb_launched(c, "matmul (int8 activations)");
+    grp_gemm(c, w, x, w->cols, n, NULL, m, m, grid, NULL, NULL, base, 0, "matmul (int8 activations)");
     return true;
 }
 
@@ -495,37 +512,18 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
 
     k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles);
     mkb_launched(c, "grouped moe: plan");
-    if (q8) {
-        const gq8_x xq = q8_at(base + o_xq, n, H, &m->gate), gq = q8_at(base + o_gq, P, I, &m->down);
-        q8_quant(c, a->x, H, n, &m->gate, xq);
-        const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
-        const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
-        pick_q8(&m->gate)<<<ggu, GRP_THREADS, 0, c->s>>>(xq, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles,
-                                                        ntiles, 0);
-        mkb_launched(c, "grouped moe: gate/up (int8 activations)");
-        mkb_swiglu(c, G, G, U, P * I);
-        q8_quant(c, G, I, P, &m->down, gq);
-        const grp_mat md = grp_mat_of(&m->down, H, Y, H, pair_of);
-        const dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
-        pick_q8(&m->down)<<<gd, GRP_THREADS, 0, c->s>>>(gq, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles,
-                                                       0);
-        mkb_launched(c, "grouped moe: down (int8 activations)");
-        mkb_combine(c, a->y, Y, w, perm, n, (int)k, H);
-        return true;
-    }
     const int np = c->gemm_mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
     /* gate and up of every routed row (rows of x through tok_of) */
-    grp_kernel kgu = pick(&m->gate, np), kd = pick(&m->down, np);
     const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
-    dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
-    kgu<<<ggu, GRP_THREADS, 0, c->s>>>(a->x, H, tok_of, mg, mu, (int)H, (int)m->gate.group, tiles, ntiles);
-    mkb_launched(c, "grouped moe: gate/up");
+    const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
+    grp_gemm(c, &m->gate, a->x, H, n, tok_of, mg, mu, ggu, tiles, ntiles, q8 ? base + o_xq : NULL, np,
+             q8 ? "grouped moe: gate/up (int8 activations)" : "grouped moe: gate/up");
     mkb_swiglu(c, G, G, U, P * I);
     /* down, each output row to its pair's row for combine */
     const grp_mat md = grp_mat_of(&m->down, H, Y, H, pair_of);
-    dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
-    kd<<<gd, GRP_THREADS, 0, c->s>>>(G, I, NULL, md, md, (int)I, (int)m->down.group, tiles, ntiles);
-    mkb_launched(c, "grouped moe: down");
+    const dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
+    grp_gemm(c, &m->down, G, I, P, NULL, md, md, gd, tiles, ntiles, q8 ? base + o_gq : NULL, np,
+             q8 ? "grouped moe: down (int8 activations)" : "grouped moe: down");
     mkb_combine(c, a->y, Y, w, perm, n, (int)k, H);
     return true;
 }

@@ -187,23 +187,19 @@ __global__ void __launch_bounds__(GRP_THREADS)
     const int nb = K / AB, ng = K / group;
     constexpr int WB = BITS * GRP_KB / 8 / 16; /* 16-byte chunks of one weight row per step */
 
+    /* row i of the tile in A (through a_rows), or -1 past its rows */
+    auto a_row = [&](int i) -> int64_t {
+        return i < tile.z ? (a_rows ? (int64_t)a_rows[tile.y + i] : (int64_t)tile.y + i) : -1;
+    };
     /* this thread's staging: A row ar, quarter aq (16 bytes); weight row tid */
     const int ar = tid >> 2, aq = tid & 3;
-    int64_t xrow = -1;
-    if (ar < tile.z) {
-        const int64_t r = tile.y + ar;
-        xrow = a_rows ? (int64_t)a_rows[r] : r;
-    }
+    const int64_t xrow = a_row(ar);
     const int wr = n0 + tid;
     const int64_t grow = (int64_t)tile.x * m.N + wr;
     const uint8_t *wrow = wr < m.N ? m.data + grow * m.row_bytes : NULL;
     /* the d and xg of the step: thread tid < 64 token tid / 2, slot tid % 2 */
     const int sr = (tid & 63) >> 1, sj = tid & 1;
-    int64_t srow = -1;
-    if (sr < tile.z) {
-        const int64_t r = tile.y + sr;
-        srow = a_rows ? (int64_t)a_rows[r] : r;
-    }
+    const int64_t srow = a_row(sr);
 
     uint4 xa, wq[WB];
     float sv[2] = {0.0f, 0.0f}, bv[2] = {0.0f, 0.0f}, dv = 0.0f;

@@ -125,6 +125,13 @@ static inline cudaError_t mkc_launch(void (*k)(KA...), dim3 grid, dim3 block, si
 }
 #endif
 
+/* Whether a step kernel's launch asks L2 for its reads before the wait
+ * (MK_CUDA_PREFETCH_* bit): only under PDL, where a launch can start before
+ * its predecessor ends. Host only. */
+static inline int mkc_prefetches(unsigned bit) {
+    return mk_cuda_step_pdl() && (mk_cuda_step_prefetch() & bit) ? 1 : 0;
+}
+
 /* Programmatic dependent launch (when launched with the attribute; no-ops
  * otherwise): wait until the previous kernel in the stream has completed
  * and its writes are visible, then let the next kernel be launched, so its
