@@ -42,8 +42,9 @@
  * launches the MoE step's kernels with programmatic dependent launch
  * (mk_cuda_set_moe_pdl), MK_CUDA_STEP_PDL=0|1 the rest of the decode step's
  * (mk_cuda_set_step_pdl), MK_CUDA_STEP_PREFETCH=0..3 the L2 prefetches under
- * it (mk_cuda_set_step_prefetch: 1 the GEMVs' rows, 2 attention's cache rows); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet
- * prefill (mk_cuda_set_gdn_chunked).
+ * it (mk_cuda_set_step_prefetch: 1 the GEMVs' rows, 2 attention's cache
+ * rows); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet prefill
+ * (mk_cuda_set_gdn_chunked).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
