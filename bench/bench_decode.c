@@ -44,7 +44,8 @@
  * (mk_cuda_set_step_pdl), MK_CUDA_STEP_PREFETCH=0..3 the L2 prefetches under
  * it (mk_cuda_set_step_prefetch: 1 the GEMVs' rows, 2 attention's cache
  * rows); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet prefill
- * (mk_cuda_set_gdn_chunked).
+ * (mk_cuda_set_gdn_chunked); MK_CUDA_Q8P=0|1 the int8 GEMM's pipelined
+ * kernel (mk_cuda_set_q8_pipelined).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -271,6 +272,10 @@ int main(int argc, char **argv) {
         const char *gc = getenv("MK_CUDA_GDN_CHUNKED");
         if (gc && *gc)
             mk_cuda_set_gdn_chunked(strcmp(gc, "0") != 0);
+        /* MK_CUDA_Q8P=0|1: the int8 GEMM's pipelined kernel */
+        const char *qp = getenv("MK_CUDA_Q8P");
+        if (qp && *qp)
+            mk_cuda_set_q8_pipelined(strcmp(qp, "0") != 0);
         /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
          * (mk_backend_cuda_set_expert_vram; a plain byte count) */
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");

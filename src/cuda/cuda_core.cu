@@ -69,6 +69,12 @@ extern "C" bool mk_cuda_gdn_chunked(void) { return g_gdn_chunked; }
 
 extern "C" void mk_cuda_set_gdn_chunked(bool on) { g_gdn_chunked = on; }
 
+static bool g_q8_pipelined = true;
+
+extern "C" bool mk_cuda_q8_pipelined(void) { return g_q8_pipelined; }
+
+extern "C" void mk_cuda_set_q8_pipelined(bool on) { g_q8_pipelined = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

@@ -244,11 +244,13 @@ static cublasStatus_t gemm(mkb_gemm *g, const __nv_bfloat16 *a, int64_t lda, con
 bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y) {
     const int mode = c->gemm_mode;
     const int64_t K = e->dev.cols, R = e->dev.rows;
-    if (mode == MK_CUDA_GEMM_GENERIC || c->recording || K > INT32_MAX || R > INT32_MAX || n > INT32_MAX ||
-        !blas_ready())
+    if (mode == MK_CUDA_GEMM_GENERIC || c->recording || K > INT32_MAX || R > INT32_MAX || n > INT32_MAX)
         return false;
+    /* the int8 kernel is ours, not cuBLAS's: it runs where cuBLAS cannot be loaded */
     if (mode == MK_CUDA_GEMM_INT8 && mkb_matmul_q8(c, &e->dev, x, n, y))
         return true;
+    if (!blas_ready())
+        return false;
     mkb_gemm *g = gemm_ctx(c);
     if (!g)
         return true; /* the failure is recorded */

@@ -446,6 +446,38 @@ static q8_kernel pick_q8(const mk_wt *w) {
         return q8_sd<8, 32>(w->sdtype);
     return q8_ab(w) == 64 ? q8_sd<4, 64>(w->sdtype) : q8_sd<4, 32>(w->sdtype);
 }
+template <int BITS, int AB> static q8_kernel q8p_sd(int sd) {
+    return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB>
+                              : k_grp_mm_q8p<BITS, 2, AB>;
+}
+/* The pipelined int8 kernel for w when it takes w's shape (q8p_takes)
+ * and its shared memory could be granted, else NULL (k_grp_mm_q8 runs) */
+static q8_kernel pick_q8p(const mk_wt *w) {
+    const int sb = w->sdtype == MK_DT_F32 ? 4 : 2;
+    if (!q8p_takes(w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
+        return NULL;
+    const q8_kernel k = w->bits == 8 ? q8p_sd<8, 32>(w->sdtype)
+                        : q8_ab(w) == 64 ? q8p_sd<4, 64>(w->sdtype)
+                                         : q8p_sd<4, 32>(w->sdtype);
+    /* above the 48 KiB a launch gets without asking: granted per kernel, once (a kernel
+     * whose grant failed is not asked again; the register-staged kernel runs instead) */
+    static q8_kernel asked[16];
+    static bool granted[16];
+    for (int i = 0; i < 16; i++) {
+        if (asked[i] == k)
+            return granted[i] ? k : NULL;
+        if (!asked[i]) {
+            asked[i] = k;
+            granted[i] = cudaFuncSetAttribute((const void *)k, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)q8p_smem(w->bits)) == cudaSuccess;
+            if (!granted[i])
+                (void)cudaGetLastError();
+            return granted[i] ? k : NULL;
+        }
+    }
+    return NULL;
+}
 
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
  * when given) by the weight w of m0 (and of m1 on grid z 1: gate and up,
@@ -458,8 +490,13 @@ static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, in
     if (q8s) {
         const gq8_x xq = q8_at(q8s, rows, w->cols, w);
         q8_quant(c, A, ldx, rows, w, xq);
-        pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles, ntiles,
-                                                  tiles ? 0 : (int)rows);
+        const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w) : NULL;
+        if (kp)
+            kp<<<grid, GRP_THREADS, q8p_smem(w->bits), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group,
+                                                                tiles, ntiles, tiles ? 0 : (int)rows);
+        else
+            pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
+                                                      ntiles, tiles ? 0 : (int)rows);
     } else {
         pick(w, np)<<<grid, GRP_THREADS, 0, c->s>>>(A, ldx, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
                                                    ntiles);

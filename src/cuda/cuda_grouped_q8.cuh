@@ -349,4 +349,242 @@ __global__ void __launch_bounds__(GRP_THREADS)
     grp_store(m, tile, n0, wp, g, t4, acc);
 }
 
+
+/* ---- the pipelined int8 kernel (k_grp_mm_q8p) ----------------------------
+ * The same tiles, fragments and folds as k_grp_mm_q8 (so the same bits),
+ * fed by cp.async through Q8P_STAGES shared-memory stages of Q8P_KB
+ * columns instead of one register stage of 64: the tile's x bytes, code
+ * bytes, raw scales and biases, the tokens' block scales and group sums of
+ * STAGES - 1 steps are in flight while a step's products run, and the
+ * per-output panel sums live in registers (the stages, not registers,
+ * bound the blocks per SM). Shapes it takes (q8p_takes): K % 128 == 0 and
+ * each row's scales of a step a whole number of 4-byte words, 4-byte
+ * aligned (MLX's g64 and g32 with bf16/f16 scales, any group with f32);
+ * others keep k_grp_mm_q8. */
+#define Q8P_KB 128 /* k values per stage */
+#define Q8P_LX (Q8P_KB + 16) /* bytes of a staged x row: fragment loads without bank conflicts */
+/* bytes of a staged code row: 4-bit 64 + 16, 8-bit 128 + 16 */
+#define Q8P_LW(BITS) ((BITS) * Q8P_KB / 8 + 16)
+#define Q8P_STAGES(BITS) ((BITS) == 4 ? 4 : 3)
+#define Q8P_NGS 4 /* scale groups of a step at most (group 32) */
+
+/* One stage's layout in the dynamic shared memory (bytes) */
+template <int BITS> struct q8p_stage {
+    static constexpr int x = 0;                            /* [GRP_BM][Q8P_LX] int8 */
+    static constexpr int w = x + GRP_BM * Q8P_LX;          /* [GRP_BN][Q8P_LW] codes */
+    static constexpr int s = w + GRP_BN * Q8P_LW(BITS);    /* [GRP_BN][16] raw scales */
+    static constexpr int b = s + GRP_BN * 16;              /* [GRP_BN][16] raw biases */
+    static constexpr int d = b + GRP_BN * 16;              /* [GRP_BM][4] f32 block scales */
+    static constexpr int xg = d + GRP_BM * 16;             /* [GRP_BM][4] f32 group sums */
+    static constexpr int size = xg + GRP_BM * 16;
+};
+/* Host: the dynamic shared memory of k_grp_mm_q8p<BITS> */
+static inline size_t q8p_smem(int bits) {
+    return bits == 4 ? (size_t)Q8P_STAGES(4) * q8p_stage<4>::size : (size_t)Q8P_STAGES(8) * q8p_stage<8>::size;
+}
+/* Host: whether k_grp_mm_q8p takes K columns of w's rows in scale groups
+ * of group (scales in bytes of sb each, ng per row), the pointers as given */
+static inline bool q8p_takes(int64_t K, int group, int sb, int64_t ng, const void *scales, const void *biases) {
+    const int ngs = group >= Q8P_KB ? 1 : Q8P_KB / group;
+    return K % Q8P_KB == 0 && ngs <= Q8P_NGS && (ngs * sb) % 4 == 0 && (ng * sb) % 4 == 0 &&
+           ((uintptr_t)scales & 3) == 0 && ((uintptr_t)biases & 3) == 0;
+}
+
+/* a staged scale (raw bytes of dtype SD) as a float */
+template <int SD> __device__ __forceinline__ float q8p_sv(const uint8_t *p, int f) {
+    if (SD == 0)
+        return ((const float *)p)[f];
+    const uint32_t h = ((const unsigned short *)p)[f];
+    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
+}
+
+/* 4 codes (2 bytes, low nibble first) as 4 bytes, natural order */
+__device__ __forceinline__ uint32_t q8p_nib4(uint32_t h) {
+    const uint32_t e = h & 0x0F0Fu, o = (h >> 4) & 0x0F0Fu;
+    return __byte_perm(e, o, 0x5140);
+}
+
+template <int BITS, int SD, int AB>
+__global__ void __launch_bounds__(GRP_THREADS)
+    k_grp_mm_q8p(gq8_x A, const int32_t *__restrict__ a_rows, grp_mat m0, grp_mat m1, int K, int group,
+                 const int4 *__restrict__ tiles, const int32_t *__restrict__ ntiles, int nrows) {
+    typedef q8p_stage<BITS> L;
+    constexpr int S = Q8P_STAGES(BITS), LW = Q8P_LW(BITS);
+    constexpr int WB = BITS * Q8P_KB / 8 / 16; /* 16-byte chunks of a code row per stage */
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    uint8_t *const sm = (uint8_t *)mkc_sm4;
+    int4 tile;
+    if (tiles) {
+        if ((int)blockIdx.y >= *ntiles)
+            return;
+        tile = tiles[blockIdx.y]; /* expert, first sorted row, rows */
+    } else {
+        const int r0 = (int)blockIdx.y * GRP_BM;
+        if (r0 >= nrows)
+            return;
+        tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
+    }
+    const grp_mat m = blockIdx.z ? m1 : m0;
+    const int n0 = blockIdx.x * GRP_BN;
+    if (n0 >= m.N)
+        return;
+    const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, g = lane >> 2, t4 = lane & 3;
+    const int nb = K / AB, ng = K / group, nk = K / Q8P_KB;
+    const int ngs = group >= Q8P_KB ? 1 : Q8P_KB / group; /* scale groups per stage */
+    const int sb = SD == 0 ? 4 : 2, sw = ngs * sb / 4;    /* scale bytes per row per stage, in words */
+    auto a_row = [&](int i) -> int64_t {
+        return i < tile.z ? (a_rows ? (int64_t)a_rows[tile.y + i] : (int64_t)tile.y + i) : -1;
+    };
+    /* this thread's copies, fixed over the stages: x chunks tid and tid + 128 (row c / 8, 16-byte part
+     * c % 8); the tokens' scale slots tid (row tid / 4, slot tid % 4) */
+    int64_t xr[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+        xr[i] = a_row((tid + 128 * i) >> 3);
+    const int64_t sr = a_row(tid >> 2);
+    const int sj = tid & 3;
+
+    /* issue stage it's copies into buffer it % S */
+    auto issue = [&](int it) {
+        uint8_t *st = sm + (it % S) * L::size;
+        const int k0 = it * Q8P_KB;
+#pragma unroll
+        for (int i = 0; i < 2; i++) {
+            const int c = tid + 128 * i, r = c >> 3, p = c & 7;
+            mkc_cp_async<16>(st + L::x + r * Q8P_LX + p * 16, A.q + (xr[i] >= 0 ? xr[i] : 0) * K + k0 + p * 16,
+                             xr[i] >= 0);
+        }
+#pragma unroll
+        for (int i = 0; i < WB; i++) { /* chunk c: row c / WB, part c % WB (a row's chunks by neighbours) */
+            const int c = tid + GRP_THREADS * i, r = c / WB, p = c % WB, wr = n0 + r;
+            const bool ok = wr < m.N;
+            const int64_t grow = (int64_t)tile.x * m.N + (ok ? wr : 0);
+            mkc_cp_async<16>(st + L::w + r * LW + p * 16, m.data + grow * m.row_bytes + (int64_t)k0 * BITS / 8 + p * 16,
+                             ok);
+        }
+        for (int c = tid; c < GRP_BN * sw; c += GRP_THREADS) {
+            const int r = c / sw, p = c % sw, wr = n0 + r;
+            const bool ok = wr < m.N;
+            const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 / group) * sb + p * 4;
+            mkc_cp_async<4>(st + L::s + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);
+            mkc_cp_async<4>(st + L::b + r * 16 + p * 4, (const uint8_t *)m.biases + off, ok);
+        }
+        /* the tokens' block scales (slot j: block k0 / AB + j) and group sums (slot j: group k0 / group + j) */
+        if (sj < Q8P_KB / AB)
+            mkc_cp_async<4>(st + L::d + (tid >> 2) * 16 + sj * 4, A.d + (sr >= 0 ? sr : 0) * nb + k0 / AB + sj,
+                            sr >= 0);
+        if (sj < ngs)
+            mkc_cp_async<4>(st + L::xg + (tid >> 2) * 16 + sj * 4,
+                            A.xg + (sr >= 0 ? sr : 0) * ng + k0 / group + sj, sr >= 0);
+    };
+
+    float acc[2][4][4], ys[2][4][4];
+#pragma unroll
+    for (int i = 0; i < 2; i++)
+#pragma unroll
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++)
+                acc[i][j][q] = ys[i][j][q] = 0.0f;
+
+#pragma unroll
+    for (int i = 0; i < S - 1; i++) {
+        if (i < nk)
+            issue(i);
+        mkc_cp_commit(); /* a group per stage, empty or not: the wait counts stay uniform */
+    }
+    int ci[2][4][4];
+    for (int it = 0; it < nk; it++) {
+        mkc_cp_wait<S - 2>(); /* this thread's copies of stage it are in */
+        __syncthreads();      /* everyone's; and stage it - 1's buffer is no longer read */
+        if (it + S - 1 < nk)
+            issue(it + S - 1);
+        mkc_cp_commit();
+        const uint8_t *st = sm + (it % S) * L::size;
+        const uint8_t *Xs = st + L::x, *Ws = st + L::w, *Ss = st + L::s, *Bs = st + L::b;
+        const float *Dx = (const float *)(st + L::d), *Xg = (const float *)(st + L::xg);
+        const int k0 = it * Q8P_KB;
+#pragma unroll
+        for (int ks = 0; ks < Q8P_KB / 32; ks++) {
+            if (AB == 32 || ks % 2 == 0) {
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++)
+                            ci[i][j][q] = 0;
+            }
+            uint32_t b[4][2];
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++) {
+                const uint8_t *wrw = Ws + (wp * 32 + nt * 8 + g) * LW;
+                if (BITS == 8) {
+                    b[nt][0] = *(const uint32_t *)(wrw + ks * 32 + t4 * 4);
+                    b[nt][1] = *(const uint32_t *)(wrw + ks * 32 + 16 + t4 * 4);
+                } else { /* k = 4 t4 .. 4 t4 + 3 are the two bytes at 2 t4 of the step's 16 */
+                    b[nt][0] = q8p_nib4(*(const unsigned short *)(wrw + ks * 16 + t4 * 2));
+                    b[nt][1] = q8p_nib4(*(const unsigned short *)(wrw + ks * 16 + 8 + t4 * 2));
+                }
+            }
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++) {
+                const uint8_t *r0 = Xs + (mt * 16 + g) * Q8P_LX + ks * 32 + t4 * 4, *r1 = r0 + 8 * Q8P_LX;
+                const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1, *(const uint32_t *)(r0 + 16),
+                                       *(const uint32_t *)(r1 + 16)};
+#pragma unroll
+                for (int nt = 0; nt < 4; nt++)
+                    mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+            }
+            if (AB == 64 && ks % 2 == 0)
+                continue; /* the block's second half */
+            /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
+            const int jb = ks * 32 / AB, f = group >= Q8P_KB ? 0 : ks * 32 / group;
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const float d = Dx[(mt * 16 + g + 8 * h) * 4 + jb];
+#pragma unroll
+                    for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                        for (int j = 0; j < 2; j++) {
+                            const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                            const float p = mkc_mul_rn((float)ci[mt][nt][2 * h + j], d);
+                            acc[mt][nt][2 * h + j] = fmaf(p, q8p_sv<SD>(Ss + col * 16, f), acc[mt][nt][2 * h + j]);
+                        }
+                }
+            const int kend = k0 + ks * 32 + 32; /* columns done */
+            if (kend % group == 0) {            /* the group ends: its bias times the tokens' group sums */
+#pragma unroll
+                for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                    for (int h = 0; h < 2; h++) {
+                        const float xg = Xg[(mt * 16 + g + 8 * h) * 4 + f];
+#pragma unroll
+                        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                            for (int j = 0; j < 2; j++) {
+                                const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                                acc[mt][nt][2 * h + j] = fmaf(q8p_sv<SD>(Bs + col * 16, f), xg, acc[mt][nt][2 * h + j]);
+                            }
+                    }
+            }
+            if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
+#pragma unroll
+                for (int i = 0; i < 2; i++)
+#pragma unroll
+                    for (int j = 0; j < 4; j++)
+#pragma unroll
+                        for (int q = 0; q < 4; q++) {
+                            ys[i][j][q] = mkc_add_rn(ys[i][j][q], acc[i][j][q]);
+                            acc[i][j][q] = 0.0f;
+                        }
+            }
+        }
+    }
+    mkc_cp_wait<0>(); /* no copy outlives the block (the trailing groups are empty) */
+    grp_store(m, tile, n0, wp, g, t4, ys);
+}
+
 #endif

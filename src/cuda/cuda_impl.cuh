@@ -233,6 +233,39 @@ __device__ __forceinline__ void mkc_mma_s8u8(int *d, const uint32_t *a, uint32_t
 #endif
 }
 
+/* cp.async (sm_80+): BYTES (4, 8 or 16) from global src to shared dst
+ * without passing through registers, or zeros when !valid (src is then
+ * not read); the copies of a thread are grouped by mkc_cp_commit and
+ * mkc_cp_wait<N> waits until at most N of its groups are in flight. The
+ * host emulation copies at once. */
+template <int BYTES> __device__ __forceinline__ void mkc_cp_async(void *dst, const void *src, bool valid) {
+#ifdef MK_CUDA_EMU
+    if (valid)
+        memcpy(dst, src, BYTES);
+    else
+        memset(dst, 0, BYTES);
+#else
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    if (BYTES == 16)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(d), "l"(src), "r"(valid ? 16 : 0)
+                     : "memory");
+    else
+        asm volatile("cp.async.ca.shared.global [%0], [%1], %2, %3;" ::"r"(d), "l"(src), "n"(BYTES),
+                     "r"(valid ? BYTES : 0)
+                     : "memory");
+#endif
+}
+__device__ __forceinline__ void mkc_cp_commit(void) {
+#ifndef MK_CUDA_EMU
+    asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+}
+template <int N> __device__ __forceinline__ void mkc_cp_wait(void) {
+#ifndef MK_CUDA_EMU
+    asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory");
+#endif
+}
+
 /* scale/bias element i in dtype of the kind */
 template <int SD> __device__ __forceinline__ float mkc_lds(const void *p, int64_t i);
 template <> __device__ __forceinline__ float mkc_lds<0>(const void *p, int64_t i) {

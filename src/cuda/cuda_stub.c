@@ -103,6 +103,12 @@ void mk_cuda_set_step_prefetch(unsigned what) {
 unsigned mk_cuda_step_prefetch(void) {
     return 0;
 }
+void mk_cuda_set_q8_pipelined(bool on) {
+    (void)on;
+}
+bool mk_cuda_q8_pipelined(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

@@ -135,6 +135,12 @@ unsigned mk_cuda_step_prefetch(void);
  * default; process-wide, for measuring one against the other. */
 void mk_cuda_set_gdn_chunked(bool on);
 bool mk_cuda_gdn_chunked(void);
+/* MK_CUDA_GEMM_INT8's grouped GEMM through the pipelined kernel
+ * (k_grp_mm_q8p: cp.async stages in shared memory) where it takes the
+ * shape, else the register-staged one (k_grp_mm_q8); the same bits either
+ * way. On by default; process-wide, for measuring one against the other. */
+void mk_cuda_set_q8_pipelined(bool on);
+bool mk_cuda_q8_pipelined(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

@@ -82,16 +82,26 @@ static void quantize(const float *x, int64_t rows, int64_t K, int group, int ab,
 }
 
 using q8k = void (*)(gq8_x, const int32_t *, grp_mat, grp_mat, int, int, const int4 *, const int32_t *, int);
-template <int BITS, int AB> static q8k by_sd(int sd) {
+// P: the pipelined kernel (k_grp_mm_q8p), else the register-staged one
+template <int BITS, int AB, bool P> static q8k by_sd(int sd) {
+    if (P)
+        return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB>
+               : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB>
+                                  : k_grp_mm_q8p<BITS, 2, AB>;
     return sd == MK_DT_F32    ? k_grp_mm_q8<BITS, 0, AB>
            : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
                               : k_grp_mm_q8<BITS, 2, AB>;
 }
-static q8k pick(int bits, int group, int sd) {
+template <bool P> static q8k pick(int bits, int group, int sd) {
     if (bits == 8)
-        return by_sd<8, 32>(sd);
-    return ab_of(bits, group) == 64 ? by_sd<4, 64>(sd) : by_sd<4, 32>(sd);
+        return by_sd<8, 32, P>(sd);
+    return ab_of(bits, group) == 64 ? by_sd<4, 64, P>(sd) : by_sd<4, 32, P>(sd);
 }
+static q8k pick(int bits, int group, int sd, bool p) {
+    return p ? pick<true>(bits, group, sd) : pick<false>(bits, group, sd);
+}
+// the kernel under test (main runs each case under both where the pipelined one takes it)
+static bool g_p;
 
 static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
                    grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
@@ -120,13 +130,13 @@ static void plain(const qcase &c) {
     q8buf A(c.n, c.K, ab, c.group);
     quantize(x.data(), c.n, c.K, c.group, ab, A);
     const grp_mat m = grp_mat_of(v, c.N, y.data(), c.N, nullptr);
-    launch(pick(c.bits, c.group, c.sd), (unsigned)((c.N + GRP_BN - 1) / GRP_BN),
+    launch(pick(c.bits, c.group, c.sd, g_p), (unsigned)((c.N + GRP_BN - 1) / GRP_BN),
            (unsigned)((c.n + GRP_BM - 1) / GRP_BM), 1, A, nullptr, m, m, (int)c.K, c.group, nullptr, nullptr,
            (int)c.n);
     q8r_matmul(w, 0, c.N, x.data(), c.n, ref.data());
     const int64_t at = differ(y.data(), ref.data(), c.n * c.N);
     if (at >= 0) {
-        printf("FAIL %s (plain): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, (long long)(at / c.N),
+        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? ", pipelined" : "", (long long)(at / c.N),
                (long long)(at % c.N), (double)y[(size_t)at], (double)ref[(size_t)at]);
         g_bad++;
     }
@@ -134,7 +144,7 @@ static void plain(const qcase &c) {
     for (int64_t t = 0; t < c.n; t++)
         nan_rows += std::isnan(y[(size_t)(t * c.N)]);
     if (c.n > 2 && nan_rows != 1) { /* the NaN row only */
-        printf("FAIL %s (plain): %d rows NaN, expected 1\n", c.name, nan_rows);
+        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? ", pipelined" : "", nan_rows);
         g_bad++;
     }
     q8r_free(w);
@@ -175,7 +185,7 @@ static void grouped(const qcase &c) {
     std::vector<float> G((size_t)(P * c.N), -7.0f), U((size_t)(P * c.N), -7.0f), Y((size_t)(P * c.N), -7.0f);
     const grp_mat mg = grp_mat_of(q8r_view(wg), c.N, G.data(), c.N, nullptr),
                   mu = grp_mat_of(q8r_view(wu), c.N, U.data(), c.N, nullptr);
-    const q8k kern = pick(c.bits, c.group, c.sd);
+    const q8k kern = pick(c.bits, c.group, c.sd, g_p);
     launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt + 2, 2, A, tok_of.data(), mg, mu,
            (int)c.K, c.group, tiles.data(), &nt, 0); /* two blocks past ntiles: they must return */
     /* down-like: the sorted rows of x (a_rows NULL: x gathered first) to their pairs' rows */
@@ -206,8 +216,8 @@ static void grouped(const qcase &c) {
             for (const auto &o : outs) {
                 const int64_t at = differ(o.got, o.want, c.N);
                 if (at >= 0) {
-                    printf("FAIL %s (grouped, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
-                           c.name, o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
+                    printf("FAIL %s (grouped%s, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
+                           c.name, g_p ? ", pipelined" : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
                     g_bad++;
                     goto next;
                 }
@@ -227,15 +237,34 @@ int main(int argc, char **argv) {
         {"affine4 g128 f32 K1024 N130 n33", 4, 128, MK_DT_F32, 1024, 130, 33},
         {"affine8 g64 bf16 K640 N72 n12", 8, 64, MK_DT_BF16, 640, 72, 12},
         {"affine8 g32 f16 K512 N129 n3", 8, 32, MK_DT_F16, 512, 129, 3},
+        /* the pipelined kernel's own edges: a single stage (fewer than its in-flight stages), four
+         * groups a stage, and g128 with 2-byte scales, which it declines */
+        {"affine4 g64 f16 K128 N64 n5", 4, 64, MK_DT_F16, 128, 64, 5},
+        {"affine4 g32 bf16 K768 N100 n40", 4, 32, MK_DT_BF16, 768, 100, 40},
+        {"affine4 g128 bf16 K1024 N40 n7", 4, 128, MK_DT_BF16, 1024, 40, 7},
     };
+    int piped = 0;
     for (const qcase &c : cases) {
         if (only && !std::strstr(c.name, only))
             continue;
-        const int bad0 = g_bad;
-        plain(c);
-        grouped(c);
-        printf("%-36s %s\n", c.name,
-               g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
+        /* the pipelined kernel where the backend would pick it (q8p_takes, on the case's own weight) */
+        void *w = q8r_weight(c.N, c.K, c.bits, c.group, c.sd);
+        const mk_wt *v = q8r_view(w);
+        const bool takes = q8p_takes(c.K, c.group, c.sd == MK_DT_F32 ? 4 : 2, c.K / c.group, v->scales, v->biases);
+        q8r_free(w);
+        for (int p = 0; p < 1 + takes; p++) {
+            g_p = p;
+            piped += p;
+            const int bad0 = g_bad;
+            plain(c);
+            grouped(c);
+            printf("%-36s %-12s %s\n", c.name, p ? "pipelined" : "registers",
+                   g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
+        }
+    }
+    if (!only && piped < 6) {
+        printf("FAIL: the pipelined kernel ran %d cases, expected 6\n", piped);
+        g_bad++;
     }
     if (g_bad) {
         printf("%d mismatches\n", g_bad);
