@@ -75,6 +75,12 @@ extern "C" bool mk_cuda_q8_pipelined(void) { return g_q8_pipelined; }
 
 extern "C" void mk_cuda_set_q8_pipelined(bool on) { g_q8_pipelined = on; }
 
+static bool g_gemv_staged = false;
+
+extern "C" bool mk_cuda_gemv_staged(void) { return g_gemv_staged; }
+
+extern "C" void mk_cuda_set_gemv_staged(bool on) { g_gemv_staged = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

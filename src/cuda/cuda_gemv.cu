@@ -10,7 +10,10 @@
  * chunks of both rows, coalesced across the warp (bench/bench_cuda_moe.cu
  * measures it against a device-to-device copy). Under programmatic
  * dependent launch (mk_cuda_step_pdl) a block asks L2 for its warps' rows
- * before it waits for the kernel that produces x. */
+ * before it waits for the kernel that produces x (MK_CUDA_PREFETCH_GEMV).
+ * With mk_cuda_set_gemv_staged, one token over MLX affine weights goes to
+ * k_gemv_s instead: each block copies its rows into shared memory with
+ * cp.async before that wait, then computes them (generation 2's bits). */
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -36,6 +39,69 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
     return 0;
 }
 
+/* ---- the staged-weight GEMV (k_gemv_s, mk_cuda_set_gemv_staged) ---------- */
+
+/* A block's shared memory at most: three blocks fit an SM (228 KiB), so a
+ * block of the next kernel can start under programmatic dependent launch
+ * while two of this one run */
+#define GEMVS_BUDGET (72 * 1024)
+
+/* Rows per block for `total` rows of w's kind and width, or 0 when
+ * k_gemv_s does not take them: a block per half SM when the rows fit the
+ * budget, fewer rows (more blocks) when not */
+static int64_t gemvs_rows(const mkc_w &w, int64_t total) {
+    static int nsm;
+    if (!nsm && (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || nsm < 1)) {
+        (void)cudaGetLastError();
+        nsm = 132;
+    }
+    const int64_t sb = mkc_aff_sb(w.kind);
+    if (!mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * sb) % 4 || w.row_bytes % 16)
+        return 0;
+    const int64_t per_row = w.row_bytes + 2 * w.ng * sb, room = GEMVS_BUDGET - gemvs_x_bytes(w.cols) - 32;
+    const int64_t fit = room > 0 ? room / per_row : 0;
+    int64_t rb = (total + 2 * nsm - 1) / (2 * nsm);
+    rb = rb > fit ? fit : rb;
+    if (rb < 1 || (total + rb - 1) / rb > 0x7fffffff)
+        return 0;
+    return rb;
+}
+
+/* Launch k_gemv_s over a's matrices (all of one kind and width) when it
+ * takes them: false (nothing launched) when not */
+static bool gemvs_launch(const mkc_gemv_n &a, const float *x, bool accumulate, cudaStream_t stream,
+                         mk_status *st) {
+    *st = MK_OK;
+    if (!mk_cuda_gemv_staged())
+        return false;
+    int64_t total = 0;
+    for (int i = 0; i < a.count; i++) { /* cp.async: 16-byte codes, 4-byte scale words */
+        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3))
+            return false;
+        total += a.w[i].rows;
+    }
+    const int64_t rb = total > 0 ? gemvs_rows(a.w[0], total) : 0;
+    if (rb < 1)
+        return false;
+    static int opted; /* 1 granted, -1 refused: shared memory past the 48 KiB default, once */
+    if (!opted) {
+        opted = cudaFuncSetAttribute(k_gemv_s, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMVS_BUDGET) ==
+                        cudaSuccess
+                    ? 1
+                    : -1;
+        if (opted < 0)
+            (void)cudaGetLastError();
+    }
+    if (opted < 0)
+        return false;
+    const cudaError_t e =
+        mkc_launch(k_gemv_s, dim3((unsigned)((total + rb - 1) / rb)), dim3(GEMV_WARPS * 32),
+                   (size_t)gemvs_smem(a.w[0], rb), stream, mk_cuda_step_pdl(), a, x, accumulate ? 1 : 0, rb, total);
+    if (e != cudaSuccess)
+        *st = mkc_fail(e, "launching the staged-weight gemv");
+    return true;
+}
+
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
     return mk_cuda_gemv_each(w, x, 1, y, accumulate, stream);
 }
@@ -51,6 +117,16 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
                       "aligned), found %lld", (long long)n, (long long)w->cols);
     if (w->rows == 0 || n <= 0)
         return MK_OK;
+    if (n == 1) {
+        mkc_gemv_n a;
+        memset(&a, 0, sizeof a);
+        a.count = 1;
+        a.w[0] = v;
+        a.y[0] = y;
+        mk_status st;
+        if (gemvs_launch(a, x, accumulate, (cudaStream_t)stream, &st))
+            return st;
+    }
     const int64_t warps = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS;
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (n > 0x7fffffff / blocks)
@@ -88,6 +164,9 @@ extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const floa
     }
     if (warps == 0)
         return MK_OK;
+    mk_status st;
+    if (gemvs_launch(a, x, false, (cudaStream_t)stream, &st))
+        return st;
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);

@@ -135,4 +135,138 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
     }
 }
 
+/* ---- the staged-weight GEMV (k_gemv_s) --------------------------------------
+ * One token, MLX affine weights, one or several matrices against one x (the
+ * rows of a.w[0], then a.w[1], ...: mkc_gemv_n's matrices, wend unused). A
+ * block takes rb consecutive rows and, before it waits for the kernel that
+ * produces x, copies all their codes, scales and biases into shared memory
+ * with cp.async: a block's whole share is in flight at once (the register
+ * kernels hold at most two 16-byte loads per lane and row, which capped the
+ * small decode GEMVs, e.g. 64 blocks for a 2048-row matrix, well below the
+ * memory's rate). Then x is staged (padded), and each warp computes pairs
+ * of rows from shared memory with generation 2's lane steps
+ * (mkc_aff_chunk_p), so every row is bitwise k_gemv<true>'s. Shared memory:
+ * gemvs_smem (the launch sizes rb to fit; cuda_gemv.cu). */
+#define GEMVS_NR 2 /* rows a warp computes at once */
+
+/* Host and device: bytes of the block's shared memory for rb rows of w
+ * (cols % 32 == 0; the scale row ng * sb a whole number of 4-byte words) */
+__host__ __device__ __forceinline__ int64_t gemvs_x_bytes(int64_t cols) {
+    return MKC_PADDED(cols) * 4;
+}
+__host__ __device__ __forceinline__ int64_t gemvs_sc_bytes(const mkc_w &w, int64_t rb) {
+    return (rb * w.ng * mkc_aff_sb(w.kind) + 15) / 16 * 16;
+}
+__host__ __device__ __forceinline__ int64_t gemvs_smem(const mkc_w &w, int64_t rb) {
+    return gemvs_x_bytes(w.cols) + rb * w.row_bytes + 2 * gemvs_sc_bytes(w, rb);
+}
+
+/* matrix and row of logical row i of the launch */
+__device__ __forceinline__ int gemvs_locate(const mkc_gemv_n &a, int64_t i, int64_t *row) {
+    int m = 0;
+    while (m < a.count - 1 && i >= a.w[m].rows) {
+        i -= a.w[m].rows;
+        m++;
+    }
+    *row = i;
+    return m;
+}
+
+template <int BITS, int SD>
+__device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
+                                          int64_t rb, int64_t total) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    constexpr int VPC = 128 / BITS;
+    const mkc_w &w0 = a.w[0];
+    const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
+    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2), swr = sbr / 4;
+    float *xs = (float *)mkc_sm4;
+    uint8_t *codes = (uint8_t *)mkc_sm4 + gemvs_x_bytes(w0.cols);
+    uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
+    /* the block's weights, before the wait: they do not depend on the previous kernel */
+    if (nrow > 0) {
+        int64_t i0 = -1, lr = 0;
+        int m = 0;
+        for (int64_t c = threadIdx.x; c < nrow * cpr; c += blockDim.x) {
+            const int64_t i = c / cpr, p = c - i * cpr;
+            if (i != i0) {
+                m = gemvs_locate(a, R0 + i, &lr);
+                i0 = i;
+            }
+            mkc_cp_async<16>(codes + i * rbytes + p * 16, a.w[m].data + lr * rbytes + p * 16, true);
+        }
+        i0 = -1;
+        for (int64_t c = threadIdx.x; c < nrow * swr; c += blockDim.x) {
+            const int64_t i = c / swr, p = c - i * swr;
+            if (i != i0) {
+                m = gemvs_locate(a, R0 + i, &lr);
+                i0 = i;
+            }
+            mkc_cp_async<4>(scs + i * sbr + p * 4, (const uint8_t *)a.w[m].scales + lr * sbr + p * 4, true);
+            mkc_cp_async<4>(bis + i * sbr + p * 4, (const uint8_t *)a.w[m].biases + lr * sbr + p * 4, true);
+        }
+    }
+    mkc_cp_commit();
+    mkc_pdl_enter();
+    mkc_stage_pad(xs, xg, w0.cols);
+    mkc_cp_wait<0>();
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const float *xr[GEMVS_NR];
+#pragma unroll
+    for (int r = 0; r < GEMVS_NR; r++)
+        xr[r] = xs;
+    for (int64_t i0 = (int64_t)warp * GEMVS_NR; i0 < nrow; i0 += (int64_t)nwarps * GEMVS_NR) {
+        int64_t ri[GEMVS_NR];
+        float acc[GEMVS_NR];
+#pragma unroll
+        for (int r = 0; r < GEMVS_NR; r++) {
+            ri[r] = i0 + r < nrow ? i0 + r : nrow - 1; /* past the end: repeat the last row, not stored */
+            acc[r] = 0.0f;
+        }
+        for (int64_t c = lane; c < cpr; c += 32) {
+            const int64_t g = (c * VPC) >> w0.gshift;
+            uint4 qq[GEMVS_NR];
+            float sc[GEMVS_NR], bi[GEMVS_NR];
+#pragma unroll
+            for (int r = 0; r < GEMVS_NR; r++) {
+                qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
+                if (SD == 0) {
+                    sc[r] = ((const float *)(scs + ri[r] * sbr))[g];
+                    bi[r] = ((const float *)(bis + ri[r] * sbr))[g];
+                } else {
+                    const uint32_t hs = ((const unsigned short *)(scs + ri[r] * sbr))[g],
+                                   hb = ((const unsigned short *)(bis + ri[r] * sbr))[g];
+                    sc[r] = SD == 1 ? __uint_as_float(hs << 16) : mkc_f16f(hs);
+                    bi[r] = SD == 1 ? __uint_as_float(hb << 16) : mkc_f16f(hb);
+                }
+            }
+            mkc_aff_chunk_p<BITS, GEMVS_NR, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
+        }
+#pragma unroll
+        for (int r = 0; r < GEMVS_NR; r++) {
+            const float v = mkc_warp_sum(acc[r]);
+            if (lane == 0 && i0 + r < nrow) {
+                int64_t lr;
+                const int m = gemvs_locate(a, R0 + i0 + r, &lr);
+                float *y = a.y[m];
+                y[lr] = accumulate ? y[lr] + v : v;
+            }
+        }
+    }
+}
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_s(const __grid_constant__ mkc_gemv_n a,
+                                                              const float *__restrict__ xg, int accumulate,
+                                                              int64_t rb, int64_t total) {
+    switch (a.w[0].kind) {
+    case MKC_A4_F32: gemvs_run<4, 0>(a, xg, accumulate, rb, total); break;
+    case MKC_A4_BF16: gemvs_run<4, 1>(a, xg, accumulate, rb, total); break;
+    case MKC_A4_F16: gemvs_run<4, 2>(a, xg, accumulate, rb, total); break;
+    case MKC_A8_F32: gemvs_run<8, 0>(a, xg, accumulate, rb, total); break;
+    case MKC_A8_BF16: gemvs_run<8, 1>(a, xg, accumulate, rb, total); break;
+    default: gemvs_run<8, 2>(a, xg, accumulate, rb, total); break;
+    }
+}
+
 #endif

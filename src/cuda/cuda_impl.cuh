@@ -568,6 +568,60 @@ __device__ __forceinline__ float mkc_aff_term(const uint4 &q, const float *xv, f
     }
 }
 
+/* One lane step of mkc_dot_aff_p: NR rows' chunk (codes qq, scales sc,
+ * biases bi) against x[r] from offset xc (the chunk's first value in the
+ * layout x is in), added to acc. Also the staged-weight GEMV's
+ * (cuda_gemv_kernel.cuh k_gemv_s), so its rows are generation 2's bits. */
+template <int BITS, int NR, bool SX>
+__device__ __forceinline__ void mkc_aff_chunk_p(const uint4 *qq, const float *sc, const float *bi,
+                                                const float *const *x, int64_t xc, float *acc) {
+    constexpr int VPC = 128 / BITS;
+    /* word by word (8 codes at 4 bits, 4 at 8), all rows per word: only
+     * one word's x values live at a time (registers are what limits
+     * the warps an SM holds) */
+    constexpr int VPW = VPC / 4;
+    float a[NR][2], xs[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        a[r][0] = a[r][1] = xs[r] = 0.0f;
+#pragma unroll
+    for (int j = 0; j < 4; j++) {
+        float xv[VPW];
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            if (r == 0 || !SX) {
+                mkc_ldx(x[r] + xc + j * VPW, VPW / 4, xv);
+                xs[r] += mkc_sum<VPW>(xv);
+            }
+            const uint32_t w = j == 0 ? qq[r].x : j == 1 ? qq[r].y : j == 2 ? qq[r].z : qq[r].w;
+            if constexpr (BITS == 4) {
+                const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
+                a[r][0] = fmaf(mkc_nibf<0>(lo), xv[0], a[r][0]);
+                a[r][1] = fmaf(mkc_nibf<0>(hi), xv[1], a[r][1]);
+                a[r][0] = fmaf(mkc_nibf<1>(lo), xv[2], a[r][0]);
+                a[r][1] = fmaf(mkc_nibf<1>(hi), xv[3], a[r][1]);
+                a[r][0] = fmaf(mkc_nibf<2>(lo), xv[4], a[r][0]);
+                a[r][1] = fmaf(mkc_nibf<2>(hi), xv[5], a[r][1]);
+                a[r][0] = fmaf(mkc_nibf<3>(lo), xv[6], a[r][0]);
+                a[r][1] = fmaf(mkc_nibf<3>(hi), xv[7], a[r][1]);
+            } else {
+                a[r][0] = fmaf(mkc_byte<0>(w), xv[0], a[r][0]);
+                a[r][1] = fmaf(mkc_byte<1>(w), xv[1], a[r][1]);
+                a[r][0] = fmaf(mkc_byte<2>(w), xv[2], a[r][0]);
+                a[r][1] = fmaf(mkc_byte<3>(w), xv[3], a[r][1]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const float d = a[r][0] + a[r][1], xsr = xs[SX ? 0 : r];
+        if constexpr (BITS == 4)
+            acc[r] += (32.0f * sc[r]) * d + fmaf(-16.0f, sc[r], bi[r]) * xsr;
+        else
+            acc[r] += sc[r] * d + bi[r] * xsr;
+    }
+}
+
 /* mkc_dot_aff, software-pipelined (kernel generation 2): the next lane
  * step's weights, scales and biases are loaded before the current step is
  * computed, so loads stay in flight while the warp does arithmetic (in
@@ -612,51 +666,7 @@ __device__ __forceinline__ void mkc_dot_aff_p(const uint8_t *const *q, const voi
                 bn[r] = bi[r];
             }
         }
-        /* word by word (8 codes at 4 bits, 4 at 8), all rows per word: only
-         * one word's x values live at a time (registers are what limits
-         * the warps an SM holds) */
-        constexpr int VPW = VPC / 4;
-        const int64_t xc = mkc_xi(c * VPC, xpad); /* the chunk's x, padded layout or not */
-        float a[NR][2], xs[NR];
-#pragma unroll
-        for (int r = 0; r < NR; r++)
-            a[r][0] = a[r][1] = xs[r] = 0.0f;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float xv[VPW];
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                if (r == 0 || !SX) {
-                    mkc_ldx(x[r] + xc + j * VPW, VPW / 4, xv);
-                    xs[r] += mkc_sum<VPW>(xv);
-                }
-                const uint32_t w = j == 0 ? qq[r].x : j == 1 ? qq[r].y : j == 2 ? qq[r].z : qq[r].w;
-                if constexpr (BITS == 4) {
-                    const uint32_t lo = (w << 3) & 0x78787878u, hi = (w >> 1) & 0x78787878u;
-                    a[r][0] = fmaf(mkc_nibf<0>(lo), xv[0], a[r][0]);
-                    a[r][1] = fmaf(mkc_nibf<0>(hi), xv[1], a[r][1]);
-                    a[r][0] = fmaf(mkc_nibf<1>(lo), xv[2], a[r][0]);
-                    a[r][1] = fmaf(mkc_nibf<1>(hi), xv[3], a[r][1]);
-                    a[r][0] = fmaf(mkc_nibf<2>(lo), xv[4], a[r][0]);
-                    a[r][1] = fmaf(mkc_nibf<2>(hi), xv[5], a[r][1]);
-                    a[r][0] = fmaf(mkc_nibf<3>(lo), xv[6], a[r][0]);
-                    a[r][1] = fmaf(mkc_nibf<3>(hi), xv[7], a[r][1]);
-                } else {
-                    a[r][0] = fmaf(mkc_byte<0>(w), xv[0], a[r][0]);
-                    a[r][1] = fmaf(mkc_byte<1>(w), xv[1], a[r][1]);
-                    a[r][0] = fmaf(mkc_byte<2>(w), xv[2], a[r][0]);
-                    a[r][1] = fmaf(mkc_byte<3>(w), xv[3], a[r][1]);
-                }
-            }
-        }
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const float d = a[r][0] + a[r][1], xsr = xs[SX ? 0 : r];
-            if constexpr (BITS == 4)
-                acc[r] += (32.0f * sc[r]) * d + fmaf(-16.0f, sc[r], bi[r]) * xsr;
-            else
-                acc[r] += sc[r] * d + bi[r] * xsr;
-        }
+        mkc_aff_chunk_p<BITS, NR, SX>(qq, sc, bi, x, mkc_xi(c * VPC, xpad), acc);
         if (!more)
             break;
         c = cn;

@@ -109,6 +109,12 @@ void mk_cuda_set_q8_pipelined(bool on) {
 bool mk_cuda_q8_pipelined(void) {
     return false;
 }
+void mk_cuda_set_gemv_staged(bool on) {
+    (void)on;
+}
+bool mk_cuda_gemv_staged(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

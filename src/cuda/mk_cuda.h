@@ -141,6 +141,15 @@ bool mk_cuda_gdn_chunked(void);
  * way. On by default; process-wide, for measuring one against the other. */
 void mk_cuda_set_q8_pipelined(bool on);
 bool mk_cuda_q8_pipelined(void);
+/* A one-token GEMV (mk_cuda_gemv, mk_cuda_gemv_n) over MLX affine weights
+ * through the staged-weight kernel (cuda_gemv_kernel.cuh k_gemv_s): each
+ * block copies all its rows' codes, scales and biases into shared memory
+ * with cp.async before it waits for x, then computes them with generation
+ * 2's lane steps, so the results are bitwise generation 2's. Off by
+ * default until measured on a device; process-wide, like
+ * mk_cuda_set_kernels. */
+void mk_cuda_set_gemv_staged(bool on);
+bool mk_cuda_gemv_staged(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

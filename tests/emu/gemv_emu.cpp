@@ -6,7 +6,9 @@
 // bound of the double reference (gemv_ref.c: mk_wt_dequant_row, the CPU's
 // definition of each format); k_gemv_n's rows bitwise k_gemv's, and k_gemv
 // of 3 tokens in one launch (mk_cuda_gemv_each) each row bitwise its
-// one-token launch's. Checks the
+// one-token launch's; the staged-weight kernel k_gemv_s (affine kinds) bitwise
+// generation 2's in blocks of several sizes, accumulating, over two
+// matrices. Checks the
 // decoding (the E4M3 conversion is the CUDA headers' host version of the
 // same intrinsic), the scale indexing and the lanes' partition; not the
 // device's memory model or speed. Exit 1 on a mismatch.
@@ -47,6 +49,9 @@ int main(int argc, char **argv) {
         {"affine4 g64 bf16 13x320", EMU_AFFINE, 4, 64, MK_DT_BF16, 13, 320, 0, 0},
         {"affine4 g32 f16 9x224", EMU_AFFINE, 4, 32, MK_DT_F16, 9, 224, 0, 0},
         {"affine8 g64 f32 9x448", EMU_AFFINE, 8, 64, MK_DT_F32, 9, 448, 0, 0},
+        /* widths whose scale rows are whole 4-byte words: the staged-weight kernel takes them */
+        {"affine4 g64 bf16 21x512", EMU_AFFINE, 4, 64, MK_DT_BF16, 21, 512, 0, 0},
+        {"affine4 g32 f16 10x256", EMU_AFFINE, 4, 32, MK_DT_F16, 10, 256, 0, 0},
         {"affine8 g128 bf16 5x768", EMU_AFFINE, 8, 128, MK_DT_BF16, 5, 768, 0, 0},
         {"bf16 11x37 (scalar path)", EMU_BF16, 0, 0, MK_DT_BF16, 11, 37, 0, 0},
         {"bf16 5x1000", EMU_BF16, 0, 0, MK_DT_BF16, 5, 1000, 0, 0},
@@ -60,6 +65,7 @@ int main(int argc, char **argv) {
         {"nvfp4 9x96", EMU_NVFP4, 4, 16, MK_DT_U8, 9, 96, 0, 0},
         {"nvfp4 7x2048", EMU_NVFP4, 4, 16, MK_DT_U8, 7, 2048, 0, 0},
     };
+    int staged_cases = 0;
     for (const gcase &c : cases) {
         if (only && !std::strstr(c.name, only))
             continue;
@@ -136,9 +142,66 @@ int main(int argc, char **argv) {
                 }
             }
         }
-        printf("%-32s %d launches, worst |diff|/bound %.3g; gemv_n bitwise, 3 tokens bitwise\n", c.name, runs,
-               worst);
+        /* the staged-weight kernel (affine kinds, cols % 32 == 0): its rows bitwise generation 2's with x
+         * padded, one matrix in blocks of 1, 3, 8 and all rows, accumulating too, and two matrices
+         * (rows of the first and second in one block) */
+        int staged_runs = 0;
+        if (mkc_is_aff(v.kind) && c.cols % 32 == 0 && (v.ng * mkc_aff_sb(v.kind)) % 4 == 0) {
+            std::vector<float> ref(c.rows, NAN), got(c.rows);
+            run_gemv(v, x.data(), ref.data(), true, 2);
+            const int64_t rbs[4] = {1, 3, 8, c.rows};
+            for (int acc = 0; acc < 2; acc++)
+                for (int64_t rb : rbs) {
+                    mkc_gemv_n a1;
+                    std::memset(&a1, 0, sizeof a1);
+                    a1.count = 1;
+                    a1.w[0] = v;
+                    a1.y[0] = got.data();
+                    for (int64_t r = 0; r < c.rows; r++)
+                        got[r] = acc ? 0.25f * (float)r - 1.0f : NAN;
+                    const int64_t blocks = (c.rows + rb - 1) / rb;
+                    for (int64_t b = 0; b < blocks; b++)
+                        emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32,
+                                  [&] { k_gemv_s(a1, x.data(), acc, rb, c.rows); });
+                    staged_runs++;
+                    for (int64_t r = 0; r < c.rows; r++) {
+                        const float want = acc ? (0.25f * (float)r - 1.0f) + ref[r] : ref[r];
+                        if (std::memcmp(&got[r], &want, 4)) {
+                            printf("FAIL %s: k_gemv_s (%lld rows a block%s) row %lld: %.9g, k_gemv's %.9g\n",
+                                   c.name, (long long)rb, acc ? ", accumulating" : "", (long long)r,
+                                   (double)got[r], (double)want);
+                            g_bad++;
+                            break;
+                        }
+                    }
+                }
+            mkc_gemv_n a2;
+            std::memset(&a2, 0, sizeof a2);
+            a2.count = 2;
+            for (int i = 0; i < 2; i++) {
+                z[i].assign(c.rows, NAN);
+                a2.w[i] = v;
+                a2.y[i] = z[i].data();
+            }
+            const int64_t rb = c.rows / 2 + 1, blocks = (2 * c.rows + rb - 1) / rb;
+            for (int64_t b = 0; b < blocks; b++)
+                emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32,
+                          [&] { k_gemv_s(a2, x.data(), 0, rb, 2 * c.rows); });
+            staged_runs++;
+            for (int i = 0; i < 2; i++)
+                if (std::memcmp(z[i].data(), ref.data(), (size_t)c.rows * 4)) {
+                    printf("FAIL %s: k_gemv_s of two matrices: matrix %d differs from k_gemv\n", c.name, i);
+                    g_bad++;
+                }
+        }
+        printf("%-32s %d launches, worst |diff|/bound %.3g; gemv_n bitwise, 3 tokens bitwise%s\n", c.name, runs,
+               worst, staged_runs ? ", staged weights bitwise" : "");
+        staged_cases += staged_runs > 0;
         emu_weight_free(t);
+    }
+    if (!only && staged_cases != 4) {
+        printf("FAIL: the staged-weight kernel ran on %d cases, expected 4\n", staged_cases);
+        g_bad++;
     }
     return g_bad ? 1 : 0;
 }

@@ -137,7 +137,7 @@ static void run_case(const gcase *c, bool accumulate) {
  * header's promise); affine for comparison. */
 static void test_gemv_n_formats(void **state) {
     CT_NEED_GPU();
-    const gcase *kinds[] = {&g_cases[1], &g_cases[17], &g_cases[21], &g_cases[23]};
+    const gcase *kinds[] = {&g_cases[1], &g_cases[2], &g_cases[17], &g_cases[21], &g_cases[23]};
     const int64_t rows[3] = {37, 64, 5};
     for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
         const int64_t C = kinds[k]->cols;
@@ -260,6 +260,65 @@ static void test_gemv_accumulate(void **state) {
     use_kernels(1);
 }
 
+/* The staged-weight kernel (mk_cuda_set_gemv_staged, k_gemv_s): every case
+ * of the table within the same bound with it on, and each affine row
+ * bitwise generation 2's without it (its promise), on the table's affine
+ * cases and on an lm_head-like 20000 x 2048 4-bit matrix, whose blocks are
+ * capped by shared memory; then gemv_n (q, k, v) the same way. */
+static void gemv_once(const mk_wt *dw, void *dx, void *dy, float *y, int64_t R) {
+    CT_OK(mk_cuda_memset(dy, 0xff, (size_t)R * 4));
+    CT_OK(mk_cuda_gemv(dw, dx, dy, false, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(y, dy, (size_t)R * 4));
+}
+
+static void test_gemv_staged(void **state) {
+    CT_NEED_GPU();
+    use_kernels(2);
+    mk_cuda_set_gemv_staged(true);
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        run_case(&g_cases[i], false);
+    run_case(&g_cases[2], true);
+    run_case(&g_cases[8], true);
+    const gcase big = {"affine4 g64 bf16 20000x2048", MK_WF_AFFINE, 4, 64, MK_DT_BF16, 20000, 2048, 0, 0};
+    int bitwise = 0;
+    for (size_t i = 0; i <= sizeof g_cases / sizeof g_cases[0]; i++) {
+        const gcase *c = i < sizeof g_cases / sizeof g_cases[0] ? &g_cases[i] : &big;
+        if (c->fmt != MK_WF_AFFINE)
+            continue;
+        ct_wt t = make(c);
+        const int64_t R = c->rows, C = c->cols;
+        float *x = malloc((size_t)C * 4), *y1 = malloc((size_t)R * 4), *y2 = malloc((size_t)R * 4);
+        assert_true(x && y1 && y2);
+        for (int64_t j = 0; j < C; j++)
+            x[j] = ct_f(-1.0f, 1.0f);
+        mk_wt dw;
+        void *dx, *dy;
+        CT_OK(mk_cuda_wt_upload(&t.w, &dw, c->name));
+        CT_OK(mk_cuda_malloc(&dx, (size_t)C * 4, "x"));
+        CT_OK(mk_cuda_malloc(&dy, (size_t)R * 4, "y"));
+        CT_OK(mk_cuda_upload(dx, x, (size_t)C * 4));
+        mk_cuda_set_gemv_staged(false);
+        gemv_once(&dw, dx, dy, y1, R);
+        mk_cuda_set_gemv_staged(true);
+        gemv_once(&dw, dx, dy, y2, R);
+        if (memcmp(y1, y2, (size_t)R * 4))
+            fail_msg("%s: the staged-weight GEMV differs from generation 2's", c->name);
+        bitwise++;
+        mk_cuda_wt_free(&dw);
+        mk_cuda_free(dx);
+        mk_cuda_free(dy);
+        free(x);
+        free(y1);
+        free(y2);
+        ct_free(&t);
+    }
+    printf("  staged weights: %d affine weights bitwise generation 2's\n", bitwise);
+    test_gemv_n_formats(state);
+    mk_cuda_set_gemv_staged(false);
+    use_kernels(1);
+}
+
 /* Only generations 1 and 2 exist; anything else is refused and changes
  * nothing (host-side: runs without a GPU when built with CUDA). */
 static void test_kernels_switch(void **state) {
@@ -334,6 +393,7 @@ int main(void) {
         cmocka_unit_test(test_gemv_accumulate),
         cmocka_unit_test(test_gemv_n_formats),
         cmocka_unit_test(test_fp4_scale_edges),
+        cmocka_unit_test(test_gemv_staged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
