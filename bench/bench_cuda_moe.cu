@@ -614,10 +614,15 @@ int main(int argc, char **argv) {
     e = getenv("MK_CUDA_STEP_PREFETCH");
     if (e && *e)
         mk_cuda_set_step_prefetch((unsigned)strtoul(e, NULL, 10));
+    /* MK_CUDA_GEMV_STAGED=0|1: the one-token GEMV's staged-weight kernel (as bench_decode) */
+    e = getenv("MK_CUDA_GEMV_STAGED");
+    if (e && *e)
+        mk_cuda_set_gemv_staged(strcmp(e, "0") != 0);
     char desc[256];
     MK(mk_cuda_describe(desc, sizeof desc));
-    printf("device: %s; GEMV under PDL %s, its L2 prefetch %s\n", desc, mk_cuda_step_pdl() ? "on" : "off",
-           (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? "on" : "off");
+    printf("device: %s; GEMV under PDL %s, its L2 prefetch %s, staged weights %s\n", desc,
+           mk_cuda_step_pdl() ? "on" : "off", (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? "on" : "off",
+           mk_cuda_gemv_staged() ? "on" : "off");
     double roof = copy_bw();
     {
         mk_wt w = dev_affine(32768, 8192, 4, 64, 0.01f);
@@ -637,6 +642,17 @@ int main(int argc, char **argv) {
         mk_cuda_wt_free(&w);
         w = dev_mxfp4(32768, 8192);
         gemv_bench("mxfp4", w, roof);
+        mk_cuda_wt_free(&w);
+        /* the 30B decode's own shapes (one launch each, so the launch is in the time): the attention's
+         * output projection, a q-sized one and lm_head */
+        w = dev_affine(2048, 4096, 4, 64, 0.01f);
+        gemv_bench("affine4 g64 bf16 (o_proj)", w, roof);
+        mk_cuda_wt_free(&w);
+        w = dev_affine(4096, 2048, 4, 64, 0.01f);
+        gemv_bench("affine4 g64 bf16 (q_proj)", w, roof);
+        mk_cuda_wt_free(&w);
+        w = dev_affine(151936, 2048, 4, 64, 0.01f);
+        gemv_bench("affine4 g64 bf16 (lm_head)", w, roof);
         mk_cuda_wt_free(&w);
     }
     if (!only_gemv) {
