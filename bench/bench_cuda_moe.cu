@@ -618,6 +618,10 @@ int main(int argc, char **argv) {
     e = getenv("MK_CUDA_GEMV_STAGED");
     if (e && *e)
         mk_cuda_set_gemv_staged(strcmp(e, "0") != 0);
+    /* MK_CUDA_MOE_STAGED=0|1: the MoE step's staged-weight kernels (as bench_decode) */
+    e = getenv("MK_CUDA_MOE_STAGED");
+    if (e && *e)
+        mk_cuda_set_moe_staged(strcmp(e, "0") != 0);
     char desc[256];
     MK(mk_cuda_describe(desc, sizeof desc));
     printf("device: %s; GEMV under PDL %s, its L2 prefetch %s, staged weights %s\n", desc,

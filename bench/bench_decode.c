@@ -46,7 +46,8 @@
  * rows); MK_CUDA_GDN_CHUNKED=0|1 the chunked Gated DeltaNet prefill
  * (mk_cuda_set_gdn_chunked); MK_CUDA_Q8P=0|1 the int8 GEMM's pipelined
  * kernel (mk_cuda_set_q8_pipelined); MK_CUDA_GEMV_STAGED=0|1 the one-token
- * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged).
+ * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged); MK_CUDA_MOE_STAGED=0|1
+ * the one-token MoE step's (mk_cuda_set_moe_staged).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -281,6 +282,10 @@ int main(int argc, char **argv) {
         const char *gs = getenv("MK_CUDA_GEMV_STAGED");
         if (gs && *gs)
             mk_cuda_set_gemv_staged(strcmp(gs, "0") != 0);
+        /* MK_CUDA_MOE_STAGED=0|1: the one-token MoE step's staged-weight kernels */
+        const char *ms = getenv("MK_CUDA_MOE_STAGED");
+        if (ms && *ms)
+            mk_cuda_set_moe_staged(strcmp(ms, "0") != 0);
         /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
          * (mk_backend_cuda_set_expert_vram; a plain byte count) */
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");

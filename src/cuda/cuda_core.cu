@@ -81,6 +81,12 @@ extern "C" bool mk_cuda_gemv_staged(void) { return g_gemv_staged; }
 
 extern "C" void mk_cuda_set_gemv_staged(bool on) { g_gemv_staged = on; }
 
+static bool g_moe_staged = false;
+
+extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
+
+extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

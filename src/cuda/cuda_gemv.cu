@@ -50,11 +50,7 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
  * k_gemv_s does not take them: a block per half SM when the rows fit the
  * budget, fewer rows (more blocks) when not */
 static int64_t gemvs_rows(const mkc_w &w, int64_t total) {
-    static int nsm;
-    if (!nsm && (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || nsm < 1)) {
-        (void)cudaGetLastError();
-        nsm = 132;
-    }
+    const int nsm = mkc_sm_count();
     const int64_t sb = mkc_aff_sb(w.kind);
     if (!mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * sb) % 4 || w.row_bytes % 16)
         return 0;
@@ -83,16 +79,7 @@ static bool gemvs_launch(const mkc_gemv_n &a, const float *x, bool accumulate, c
     const int64_t rb = total > 0 ? gemvs_rows(a.w[0], total) : 0;
     if (rb < 1)
         return false;
-    static int opted; /* 1 granted, -1 refused: shared memory past the 48 KiB default, once */
-    if (!opted) {
-        opted = cudaFuncSetAttribute(k_gemv_s, cudaFuncAttributeMaxDynamicSharedMemorySize, GEMVS_BUDGET) ==
-                        cudaSuccess
-                    ? 1
-                    : -1;
-        if (opted < 0)
-            (void)cudaGetLastError();
-    }
-    if (opted < 0)
+    if (!mkc_smem_opt_in((const void *)k_gemv_s, GEMVS_BUDGET))
         return false;
     const cudaError_t e =
         mkc_launch(k_gemv_s, dim3((unsigned)((total + rb - 1) / rb)), dim3(GEMV_WARPS * 32),

@@ -460,23 +460,8 @@ static q8_kernel pick_q8p(const mk_wt *w) {
     const q8_kernel k = w->bits == 8 ? q8p_sd<8, 32>(w->sdtype)
                         : q8_ab(w) == 64 ? q8p_sd<4, 64>(w->sdtype)
                                          : q8p_sd<4, 32>(w->sdtype);
-    /* above the 48 KiB a launch gets without asking: granted per kernel, once (a kernel
-     * whose grant failed is not asked again; the register-staged kernel runs instead) */
-    static q8_kernel asked[16];
-    static bool granted[16];
-    for (int i = 0; i < 16; i++) {
-        if (asked[i] == k)
-            return granted[i] ? k : NULL;
-        if (!asked[i]) {
-            asked[i] = k;
-            granted[i] = cudaFuncSetAttribute((const void *)k, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                              (int)q8p_smem(w->bits)) == cudaSuccess;
-            if (!granted[i])
-                (void)cudaGetLastError();
-            return granted[i] ? k : NULL;
-        }
-    }
-    return NULL;
+    /* above the 48 KiB a launch gets without asking (refused: the register-staged kernel runs) */
+    return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits)) ? k : NULL;
 }
 
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows

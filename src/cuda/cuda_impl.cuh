@@ -125,6 +125,37 @@ static inline cudaError_t mkc_launch(void (*k)(KA...), dim3 grid, dim3 block, si
 }
 #endif
 
+/* The current device's SM count (132 when it cannot be read), asked once
+ * per process. Host only. */
+static inline int mkc_sm_count(void) {
+    static int nsm;
+    if (!nsm && (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || nsm < 1)) {
+        (void)cudaGetLastError();
+        nsm = 132;
+    }
+    return nsm;
+}
+
+/* Let kernel k use up to `bytes` of dynamic shared memory (past the 48 KiB
+ * a launch gets without asking), once per kernel: false when refused (the
+ * caller runs another kernel). Host only. */
+static inline bool mkc_smem_opt_in(const void *k, int bytes) {
+    static const void *asked[32];
+    static bool granted[32];
+    for (int i = 0; i < 32; i++) {
+        if (asked[i] == k)
+            return granted[i];
+        if (!asked[i]) {
+            asked[i] = k;
+            granted[i] = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
+            if (!granted[i])
+                (void)cudaGetLastError();
+            return granted[i];
+        }
+    }
+    return false;
+}
+
 /* Whether a step kernel's launch asks L2 for its reads before the wait
  * (MK_CUDA_PREFETCH_* bit): only under PDL, where a launch can start before
  * its predecessor ends. Host only. */

@@ -223,6 +223,18 @@ static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStre
     return mkc_launch(k, dim3(grid), dim3(MOE_WARPS * 32), smem, s, pdl, args...);
 }
 
+/* The staged-weight kernels' units per block (pairs of intermediate rows
+ * for k_gateup_s, output rows for k_down_s; which layers they take:
+ * moes_takes): a block per half SM, fewer units when they do not fit
+ * MOES_BUDGET */
+static int64_t moes_per(int64_t units, int64_t fixed, int64_t per_unit) {
+    const int nsm = mkc_sm_count();
+    const int64_t room = MOES_BUDGET - fixed - 64, fit = room > 0 ? room / per_unit : 0;
+    int64_t per = (units + 2 * nsm - 1) / (2 * nsm);
+    per = per > fit ? fit : per;
+    return per >= 1 && (units + per - 1) / per <= 0x7fffffff ? per : 0;
+}
+
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
                          bool accumulate, void *stream, unsigned parts, bool pdl) {
     moe_args a;
@@ -262,7 +274,25 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t smx = px ? (size_t)MKC_PADDED((int64_t)a.H) * 4 : sx ? (size_t)a.H * 4 : 0;
     /* experts in a VRAM cache: the kernels that look up each expert's slot */
     const bool cc = a.slot_of != nullptr;
-    if (parts & 2)
+    /* the staged-weight kernels (mk_cuda_set_moe_staged), one token */
+    const bool st = mk_cuda_moe_staged() && n == 1 && v2 && moes_takes(a);
+    int64_t gper = 0, dper = 0;
+    if (st) {
+        gper = moes_per(((int64_t)a.k * a.I + a.Is) / 2, MKC_PADDED((int64_t)a.H) * 4,
+                        4 * (a.gate.row_bytes + 2 * moes_sb(a.gate)));
+        dper = moes_per(a.H, moes_h_bytes(a), moes_down_slots(a) * (moes_down_rb(a) + 2 * moes_down_sbr(a)));
+        if (gper && !mkc_smem_opt_in((const void *)(cc ? k_gateup_s<true> : k_gateup_s<false>), MOES_BUDGET))
+            gper = 0;
+        if (dper && !mkc_smem_opt_in((const void *)(cc ? k_down_s<true> : k_down_s<false>), MOES_BUDGET))
+            dper = 0;
+    }
+    if ((parts & 2) && gper) {
+        const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
+        MKC_TRY(launch(cc ? k_gateup_s<true> : k_gateup_s<false>, (unsigned)((npair + gper - 1) / gper),
+                       (size_t)moes_gateup_smem(a, gper), s, pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs,
+                       (const int32_t *)ws->loc, gper),
+                "launching the experts' gate/up (staged weights)");
+    } else if (parts & 2)
         MKC_TRY(launch(v2 ? (cc ? k_gateup<true, true> : k_gateup<true, false>)
                           : (cc ? k_gateup<false, true> : k_gateup<false, false>),
                        nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, smx, s, pdl, a, x, (const int32_t *)ws->idx, ws->h,
@@ -273,7 +303,13 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const bool pd = d2 && ph;
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
-    if (parts & 4)
+    if ((parts & 4) && dper) {
+        MKC_TRY(launch(cc ? k_down_s<true> : k_down_s<false>, (unsigned)((a.H + dper - 1) / dper),
+                       (size_t)moes_down_smem(a, dper), s, pdl, a, (const int32_t *)ws->idx, (const float *)ws->w,
+                       (const float *)ws->h, (const float *)ws->hs, (const float *)ws->logits, y,
+                       accumulate ? 1 : 0, (const int32_t *)ws->loc, dper),
+                "launching the experts' down (staged weights)");
+    } else if (parts & 4)
         MKC_TRY(launch(d2 ? (cc ? k_down2<true> : k_down2<false>) : (cc ? k_down<true> : k_down<false>), nblocks(a.H) * nt,
                        smh, s, pdl, a, (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h,
                        (const float *)ws->hs, (const float *)ws->logits, y, accumulate ? 1 : 0, pd ? 2 : sh ? 1 : 0,

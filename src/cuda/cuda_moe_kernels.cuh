@@ -490,4 +490,312 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     }
 }
 
+/* ---- the staged-weight MoE kernels (k_gateup_s, k_down_s) -------------------
+ * One token, MLX affine experts (the shared expert, when there is one, of
+ * the same kind and width), mk_cuda_set_moe_staged. As k_gemv_s: a block
+ * copies all the weight rows it will use (codes, scales, biases) into
+ * shared memory with cp.async, so its whole share is in flight at once,
+ * then computes from there with k_gateup<true>'s and k_down2's lane steps,
+ * bitwise theirs. k_gateup_s's copies follow the routing, so they start
+ * after the wait; k_down_s's are issued before it (the routing is complete
+ * before k_gateup passed its own wait, see down2_run) and overlap the
+ * gate/up kernel's end. Shared-memory layouts: moes_gateup_smem,
+ * moes_down_smem (the host sizes the blocks to fit MOES_BUDGET). */
+#define MOES_BUDGET (72 * 1024)
+
+/* bytes of one staged row's scales (or biases), a whole number of words */
+__host__ __device__ __forceinline__ int64_t moes_sb(const mkc_w &w) {
+    return w.ng * mkc_aff_sb(w.kind);
+}
+__host__ __device__ __forceinline__ int64_t moes_al16(int64_t n) {
+    return (n + 15) / 16 * 16;
+}
+/* k_gateup_s: np pairs of intermediate rows, each row's gate and up */
+__host__ __device__ __forceinline__ int64_t moes_gateup_smem(const moe_args &a, int64_t np) {
+    const int64_t rows = 4 * np;
+    return MKC_PADDED((int64_t)a.H) * 4 + rows * a.gate.row_bytes + 2 * moes_al16(rows * moes_sb(a.gate));
+}
+/* k_down_s: no output rows, each the k experts' rows and the shared one's */
+__host__ __device__ __forceinline__ int64_t moes_down_slots(const moe_args &a) {
+    return a.k + (a.has_shared ? 1 : 0);
+}
+__host__ __device__ __forceinline__ int64_t moes_down_rb(const moe_args &a) {
+    return a.has_shared && a.shd.row_bytes > a.down.row_bytes ? a.shd.row_bytes : a.down.row_bytes;
+}
+__host__ __device__ __forceinline__ int64_t moes_down_sbr(const moe_args &a) {
+    return a.has_shared && moes_sb(a.shd) > moes_sb(a.down) ? moes_sb(a.shd) : moes_sb(a.down);
+}
+__host__ __device__ __forceinline__ int64_t moes_h_bytes(const moe_args &a) {
+    return (MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4;
+}
+__host__ __device__ __forceinline__ int64_t moes_down_smem(const moe_args &a, int64_t no) {
+    const int64_t slots = no * moes_down_slots(a);
+    return moes_h_bytes(a) + slots * moes_down_rb(a) + 2 * moes_al16(slots * moes_down_sbr(a));
+}
+
+/* Host: whether the staged-weight kernels take layer a (mk_cuda_set_moe_staged;
+ * one token, MLX affine experts, a shared expert of the same kind and
+ * width, x and h in the padded layout within half the budget, every
+ * scale row a whole number of 4-byte words, cp.async's alignments) */
+static inline bool moes_takes(const moe_args &a) {
+    const mkc_w *ws[3] = {&a.gate, &a.up, &a.down};
+    for (const mkc_w *w : ws)
+        if (!mkc_is_aff(w->kind) || moes_sb(*w) % 4 || w->row_bytes % 16 || ((uintptr_t)w->data & 15) ||
+            ((uintptr_t)w->scales & 3) || ((uintptr_t)w->biases & 3))
+            return false;
+    if (a.up.kind != a.gate.kind || a.up.row_bytes != a.gate.row_bytes || a.up.gshift != a.gate.gshift ||
+        a.H % 32 || a.I % 32 || a.Is % 32 || moes_h_bytes(a) > MOES_BUDGET / 2 ||
+        MKC_PADDED((int64_t)a.H) * 4 > MOES_BUDGET / 2)
+        return false;
+    if (a.slot_of) { /* the cache's slots: the same kinds and widths, aligned alike */
+        const mkc_w *cs[3] = {&a.cgate, &a.cup, &a.cdown};
+        for (int i = 0; i < 3; i++)
+            if (cs[i]->kind != ws[i]->kind || cs[i]->row_bytes != ws[i]->row_bytes ||
+                ((uintptr_t)cs[i]->data & 15) || ((uintptr_t)cs[i]->scales & 3) || ((uintptr_t)cs[i]->biases & 3))
+                return false;
+    }
+    if (a.has_shared) {
+        const mkc_w *ss[3] = {&a.shg, &a.shu, &a.shd};
+        for (int i = 0; i < 3; i++)
+            if (ss[i]->kind != ws[i]->kind || ((uintptr_t)ss[i]->data & 15) || ((uintptr_t)ss[i]->scales & 3) ||
+                ((uintptr_t)ss[i]->biases & 3) || moes_sb(*ss[i]) % 4 || ss[i]->row_bytes % 16)
+                return false;
+        if (a.shg.row_bytes != a.gate.row_bytes || a.shu.row_bytes != a.gate.row_bytes ||
+            a.shg.gshift != a.gate.gshift || a.shu.gshift != a.gate.gshift)
+            return false;
+    }
+    return true;
+}
+/* a staged scale of dtype SD (raw bytes at p) as a float */
+template <int SD> __device__ __forceinline__ float moes_sv(const uint8_t *p, int64_t g) {
+    if (SD == 0)
+        return ((const float *)p)[g];
+    const uint32_t h = ((const unsigned short *)p)[g];
+    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
+}
+
+/* copy row `row` of w (codes, scales, biases) into staged slot s (codes at
+ * cb + s * rb, scales at sb_ + s * sbr, biases at bb + s * sbr): chunk
+ * `part` of the row's cpr 16-byte chunks and swr 4-byte scale words, the
+ * caller dealing parts out over its threads */
+__device__ __forceinline__ void moes_copy(const mkc_w &w, int64_t row, uint8_t *cb, uint8_t *sb_, uint8_t *bb,
+                                          int64_t s, int64_t rb, int64_t sbr, int64_t part) {
+    const int64_t cpr = w.row_bytes / 16, swr = moes_sb(w) / 4;
+    if (part < cpr) {
+        mkc_cp_async<16>(cb + s * rb + part * 16, w.data + row * w.row_bytes + part * 16, true);
+    } else if (part < cpr + swr) {
+        const int64_t p = part - cpr, off = row * moes_sb(w) + p * 4;
+        mkc_cp_async<4>(sb_ + s * sbr + p * 4, (const uint8_t *)w.scales + off, true);
+        mkc_cp_async<4>(bb + s * sbr + p * 4, (const uint8_t *)w.biases + off, true);
+    }
+}
+
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__restrict__ xg,
+                                             const int32_t *__restrict__ idx, float *__restrict__ h,
+                                             float *__restrict__ hs, const int32_t *__restrict__ loc, int64_t per) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    constexpr int VPC = 128 / BITS;
+    const int64_t nr = (int64_t)a.k * a.I, npair = (nr + a.Is) / 2;
+    const int64_t P0 = (int64_t)blockIdx.x * per, np = npair - P0 < per ? npair - P0 : per;
+    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16, units = cpr + sbr / 4;
+    float *xs = (float *)mkc_sm4;
+    uint8_t *cb = (uint8_t *)mkc_sm4 + MKC_PADDED((int64_t)a.H) * 4;
+    uint8_t *sb_ = cb + 4 * np * rb, *bb = sb_ + moes_al16(4 * np * sbr);
+    mkc_pdl_enter(); /* the routing is the router kernel's */
+    /* slot s = 2 li + gu: logical row 2 P0 + li (a routed row j I + r, then the shared rows), gate or up */
+    for (int64_t c = threadIdx.x; c < 4 * np * units; c += blockDim.x) {
+        const int64_t sl = c / units, part = c - sl * units, lr = 2 * P0 + (sl >> 1);
+        const bool up = sl & 1;
+        if (lr < nr) {
+            const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
+            int32_t e = __ldg(idx + j);
+            bool cached = false;
+            if constexpr (C) {
+                const int32_t slot = __ldg(loc + j);
+                if (slot >= 0) {
+                    e = slot;
+                    cached = true;
+                }
+            }
+            const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
+            moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
+        } else {
+            moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
+        }
+    }
+    mkc_cp_commit();
+    mkc_stage_pad(xs, xg, a.H);
+    mkc_cp_wait<0>();
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const float *xr[4] = {xs, xs, xs, xs};
+    for (int64_t pi = threadIdx.x >> 5; pi < np; pi += blockDim.x >> 5) {
+        /* rows {G0, U0, G1, U1}: slots 4 pi .. 4 pi + 3, as k_gateup's {G, U, G, U} */
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t c = lane; c < cpr; c += 32) {
+            const int64_t g = (c * VPC) >> a.gate.gshift;
+            uint4 qq[4];
+            float sc[4], bi[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int64_t sl = 4 * pi + r;
+                qq[r] = *(const uint4 *)(cb + sl * rb + c * 16);
+                sc[r] = moes_sv<SD>(sb_ + sl * sbr, g);
+                bi[r] = moes_sv<SD>(bb + sl * sbr, g);
+            }
+            mkc_aff_chunk_p<BITS, 4, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
+        }
+        const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+        const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+        if (lane == 0) {
+            const int64_t r0 = 2 * (P0 + pi);
+            float *out = r0 < nr ? h + r0 : hs + (r0 - nr);
+            out[0] = silu_mul(g0, u0);
+            out[1] = silu_mul(g1, u1);
+        }
+    }
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_gateup_s(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
+               float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int64_t per) {
+    switch (a.gate.kind) {
+    case MKC_A4_F32: gateup_s_run<4, 0, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A4_BF16: gateup_s_run<4, 1, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A4_F16: gateup_s_run<4, 2, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A8_F32: gateup_s_run<8, 0, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A8_BF16: gateup_s_run<8, 1, C>(a, xg, idx, h, hs, loc, per); break;
+    default: gateup_s_run<8, 2, C>(a, xg, idx, h, hs, loc, per); break;
+    }
+}
+
+/* down2_load's pass from the staged rows: output row i of the block (slots
+ * i * S + j for expert choice j, i * S + k for the shared expert) */
+template <int BITS, int SD>
+__device__ __forceinline__ void down_s_load(const moe_args &a, const uint8_t *cb, const uint8_t *sb_,
+                                            const uint8_t *bb, int64_t rb, int64_t sbr, int64_t i,
+                                            const float *sw, float sg, int lane, int t0, down2_pass &p) {
+    constexpr int VPC = 128 / BITS;
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int nr = a.k * nc, ntask = nr + ncs;
+    const int64_t S = moes_down_slots(a);
+#pragma unroll
+    for (int q = 0; q < DOWN2_T; q++) {
+        const int t = t0 + 32 * q + lane;
+        p.wj[q] = 0.0f;
+        p.xl[q] = 0;
+        p.sh[q] = false;
+        if (t < ntask) {
+            int64_t c, sl;
+            int gshift;
+            if (t < nr) {
+                const int j = t / nc;
+                c = t - j * nc;
+                sl = i * S + j;
+                p.wj[q] = sw[j];
+                p.xl[q] = (int32_t)(j * a.I + c * VPC);
+                gshift = a.down.gshift;
+            } else {
+                c = t - nr;
+                sl = i * S + a.k;
+                p.wj[q] = sg;
+                p.xl[q] = (int32_t)(c * VPC);
+                p.sh[q] = true;
+                gshift = a.shd.gshift;
+            }
+            const int64_t g = (c * VPC) >> gshift;
+            p.qq[q] = *(const uint4 *)(cb + sl * rb + c * 16);
+            p.sc[q] = moes_sv<SD>(sb_ + sl * sbr, g);
+            p.bi[q] = moes_sv<SD>(bb + sl * sbr, g);
+        }
+    }
+}
+
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down_s_run(const moe_args &a, const int32_t *sidx, const int32_t *sloc,
+                                           const float *sw, float sg, const float *hg, const float *hsg, float *y,
+                                           int accumulate, int64_t per) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    const int64_t O0 = (int64_t)blockIdx.x * per, no = a.H - O0 < per ? a.H - O0 : per;
+    const int64_t S = moes_down_slots(a), rb = moes_down_rb(a), sbr = moes_down_sbr(a);
+    const int64_t nh = (int64_t)a.k * a.I, hs_at = MKC_PADDED(nh);
+    float *hsm = (float *)mkc_sm4;
+    uint8_t *cb = (uint8_t *)mkc_sm4 + moes_h_bytes(a);
+    uint8_t *sb_ = cb + no * S * rb, *bb = sb_ + moes_al16(no * S * sbr);
+    /* the block's rows, before the wait (the routing is complete: see down2_run) */
+    const int64_t cd = a.down.row_bytes / 16 + moes_sb(a.down) / 4;
+    const int64_t cs = a.has_shared ? a.shd.row_bytes / 16 + moes_sb(a.shd) / 4 : 0;
+    const int64_t per_o = a.k * cd + cs;
+    for (int64_t c = threadIdx.x; c < no * per_o; c += blockDim.x) {
+        const int64_t i = c / per_o, u = c - i * per_o, o = O0 + i;
+        if (u < a.k * cd) {
+            const int j = (int)(u / cd);
+            const int64_t part = u - j * cd;
+            int32_t e = sidx[j];
+            bool cached = false;
+            if constexpr (C) {
+                if (sloc[j] >= 0) {
+                    e = sloc[j];
+                    cached = true;
+                }
+            }
+            moes_copy(cached ? a.cdown : a.down, (int64_t)e * a.H + o, cb, sb_, bb, i * S + j, rb, sbr, part);
+        } else {
+            moes_copy(a.shd, o, cb, sb_, bb, i * S + a.k, rb, sbr, u - a.k * cd);
+        }
+    }
+    mkc_cp_commit();
+    mkc_pdl_enter();
+    mkc_stage_pad(hsm, hg, nh);
+    if (a.has_shared)
+        mkc_stage_pad(hsm + hs_at, hsg, a.Is);
+    mkc_cp_wait<0>();
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int ntask = a.k * nc + ncs;
+    for (int64_t i = threadIdx.x >> 5; i < no; i += blockDim.x >> 5) {
+        down2_pass p;
+        float tot = 0.0f;
+        for (int t0 = 0; t0 < ntask; t0 += 32 * DOWN2_T) {
+            down_s_load<BITS, SD>(a, cb, sb_, bb, rb, sbr, i, sw, sg, lane, t0, p);
+            tot = down2_use<BITS>(p, ntask, t0, lane, hsm, hsm + hs_at, 4, tot);
+        }
+        tot = mkc_warp_sum(tot);
+        if (lane == 0) {
+            const int64_t o = O0 + i;
+            y[o] = accumulate ? y[o] + tot : tot;
+        }
+    }
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_down_s(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+             const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+             float *__restrict__ y, int accumulate, const int32_t *__restrict__ loc, int64_t per) {
+    __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
+    __shared__ float sw[MOE_MAX_K];
+    /* the routing and the shared gate's logit: the router kernel's, complete (as k_down2) */
+    if (threadIdx.x < a.k) {
+        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
+        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+        if constexpr (C)
+            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
+    }
+    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    __syncthreads();
+    switch (a.down.kind) {
+    case MKC_A4_F32: down_s_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    case MKC_A4_BF16: down_s_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    case MKC_A4_F16: down_s_run<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    case MKC_A8_F32: down_s_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    case MKC_A8_BF16: down_s_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    default: down_s_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
+    }
+}
+
 #endif

@@ -115,6 +115,12 @@ void mk_cuda_set_gemv_staged(bool on) {
 bool mk_cuda_gemv_staged(void) {
     return false;
 }
+void mk_cuda_set_moe_staged(bool on) {
+    (void)on;
+}
+bool mk_cuda_moe_staged(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

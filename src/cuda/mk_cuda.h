@@ -150,6 +150,14 @@ bool mk_cuda_q8_pipelined(void);
  * mk_cuda_set_kernels. */
 void mk_cuda_set_gemv_staged(bool on);
 bool mk_cuda_gemv_staged(void);
+/* The one-token MoE step's gate/up and down through the staged-weight
+ * kernels (cuda_moe_kernels.cuh k_gateup_s, k_down_s: the block's expert
+ * rows copied into shared memory with cp.async, all in flight at once,
+ * the down rows before the wait), bitwise generation 2's k_gateup and
+ * k_down2; layers they do not take keep those. Off by default until
+ * measured; process-wide, like mk_cuda_set_kernels. */
+void mk_cuda_set_moe_staged(bool on);
+bool mk_cuda_moe_staged(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

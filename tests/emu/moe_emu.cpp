@@ -12,8 +12,10 @@
 // holding another expert's bytes must change y. A batched step (moe_args.nt
 // tokens per launch, mk_cuda_moe_step_n's block order, both gate/up orders)
 // of 5 tokens, two of them equal, gives every row bitwise the one-token
-// step's, with and without the cache (counts: the tokens' sum). Exit 1 on a
-// mismatch.
+// step's, with and without the cache (counts: the tokens' sum). The
+// staged-weight kernels (k_gateup_s, k_down_s) on the affine layers: y
+// bitwise generation 2's in several block sizes, and through the cache the
+// same verdicts (bitwise, and each control caught). Exit 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -57,21 +59,39 @@ struct bufs_n {
 };
 
 // one step y = moe(x) of a.nt tokens: the three kernels as mkc_moe_launch launches them
+// gper / dper > 0 (one token): gate/up and down through the staged-weight kernels, that many units a block
 template <class BUF>
-static void step(const moe_args &a, const float *x, float *y, bool P, int sx, int sh, BUF &B) {
+static void step(const moe_args &a, const float *x, float *y, bool P, int sx, int sh, BUF &B, int64_t gper = 0,
+                 int64_t dper = 0) {
     const bool C = a.slot_of != nullptr, d2 = P && mkc_is_aff(a.down.kind);
     const unsigned n = (unsigned)a.nt;
     const unsigned R = nblk(a.E + a.has_sg) * n, G = nblk(((int64_t)a.k * a.I + a.Is) / 2) * n, D = nblk(a.H) * n;
     for (unsigned b = 0; b < R; b++)
         emu_block(R, b, MOE_WARPS * 32,
                   [&] { k_router(a, x, B.logits.data(), B.idx.data(), B.w.data(), tickets(B), B.loc.data()); });
-    for (unsigned b = 0; b < G; b++)
+    if (gper) {
+        const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2, GS = (npair + gper - 1) / gper;
+        for (int64_t b = 0; b < GS; b++)
+            emu_block((unsigned)GS, (unsigned)b, MOE_WARPS * 32, [&] {
+                (C ? k_gateup_s<true> : k_gateup_s<false>)(a, x, B.idx.data(), B.h.data(), B.hs.data(),
+                                                           B.loc.data(), gper);
+            });
+    }
+    if (dper) {
+        const int64_t DS = (a.H + dper - 1) / dper;
+        for (int64_t b = 0; b < DS; b++)
+            emu_block((unsigned)DS, (unsigned)b, MOE_WARPS * 32, [&] {
+                (C ? k_down_s<true> : k_down_s<false>)(a, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(),
+                                                       B.logits.data(), y, 0, B.loc.data(), dper);
+            });
+    }
+    for (unsigned b = 0; b < G && !gper; b++)
         emu_block(G, b, MOE_WARPS * 32, [&] {
             auto k = P ? (C ? k_gateup<true, true> : k_gateup<true, false>)
                        : (C ? k_gateup<false, true> : k_gateup<false, false>);
             k(a, x, B.idx.data(), B.h.data(), B.hs.data(), sx, B.loc.data());
         });
-    for (unsigned b = 0; b < D; b++)
+    for (unsigned b = 0; b < D && !dper; b++)
         emu_block(D, b, MOE_WARPS * 32, [&] {
             auto k = d2 ? (C ? k_down2<true> : k_down2<false>) : (C ? k_down<true> : k_down<false>);
             k(a, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(), B.logits.data(), y, 0, sh, B.loc.data());
@@ -187,6 +207,7 @@ static void run_case(const char *name, emu_layer L, int bits) {
     const bool aff = mkc_is_aff(a.gate.kind);
     const int modes[4][3] = {{0, 1, 1}, {0, 0, 0}, {1, aff ? 2 : 1, aff ? 2 : 1}, {1, 0, 0}}; /* P, x staged, h staged */
     double worst = 0.0;
+    int staged_runs = 0;
     bufs B(L);
     for (int mi = 0; mi < 4; mi++) {
         const int *md = modes[mi];
@@ -203,6 +224,25 @@ static void run_case(const char *name, emu_layer L, int bits) {
         if (!(e <= 1e-5)) {
             printf("FAIL %s (generation %d, staged %d/%d): y rel L2 %.3e\n", name, md[0] + 1, md[1], md[2], e);
             g_bad++;
+        }
+        /* the staged-weight kernels (generation 2 with x and h padded): y bitwise, in blocks of 1, 3 or 5
+         * and all units, each kernel alone and both */
+        if (mi == 2 && aff && !moes_takes(a)) {
+            printf("FAIL %s: the staged-weight kernels do not take the layer\n", name);
+            g_bad++;
+        }
+        if (mi == 2 && aff) {
+            const int64_t pers[4][2] = {{1, 1}, {3, 5}, {1000, 0}, {0, 1000}};
+            for (const auto &pp : pers) {
+                std::fill(y2.begin(), y2.end(), NAN);
+                step(a, x.data(), y2.data(), 1, 2, 2, B, pp[0], pp[1]);
+                staged_runs++;
+                if (std::memcmp(y.data(), y2.data(), y.size() * 4)) {
+                    printf("FAIL %s: the staged-weight kernels (%lld pairs, %lld rows a block) differ from "
+                           "generation 2's\n", name, (long long)pp[0], (long long)pp[1]);
+                    g_bad++;
+                }
+            }
         }
         /* a batched step of NT tokens against their one-token steps */
         std::vector<float> xs((size_t)NT * L.H), ys((size_t)NT * L.H);
@@ -249,7 +289,22 @@ static void run_case(const char *name, emu_layer L, int bits) {
             }
             std::fill(y2.begin(), y2.end(), NAN);
             step(ac, x.data(), y2.data(), md[0], md[1], md[2], B);
-            const bool same = !std::memcmp(y.data(), y2.data(), y.size() * 4);
+            bool same = !std::memcmp(y.data(), y2.data(), y.size() * 4);
+            if (mi == 2 && aff) { /* the staged kernels read the cache too: the same verdict (its routing
+                                   * counted apart, so the counts below stay the first step's) */
+                const std::vector<int32_t> kept = counts;
+                std::fill(y2.begin(), y2.end(), NAN);
+                step(ac, x.data(), y2.data(), 1, 2, 2, B, 3, 5);
+                counts = kept;
+                staged_runs++;
+                const bool same_s = !std::memcmp(y.data(), y2.data(), y.size() * 4);
+                if (same_s != same) {
+                    printf("FAIL %s: through the cache (control %d) the staged-weight kernels %s y\n", name,
+                           control, same_s ? "kept" : "changed");
+                    g_bad++;
+                }
+                same = same && same_s;
+            }
             if (!control && !same) {
                 printf("FAIL %s (generation %d, staged %d/%d): experts read from the cache changed y\n", name,
                        md[0] + 1, md[1], md[2]);
@@ -279,17 +334,21 @@ static void run_case(const char *name, emu_layer L, int bits) {
         }
     }
     printf("%-58s y rel L2 <= %.2e over 4 launch modes; cache bitwise in 2, counts exact, 3 controls caught; "
-           "%d tokens batched bitwise\n", name, worst, NT);
+           "%d tokens batched bitwise; staged weights bitwise (%d runs)\n", name, worst, NT, staged_runs);
+    if (aff && staged_runs != 8) {
+        printf("FAIL %s: the staged-weight kernels ran %d times, expected 8\n", name, staged_runs);
+        g_bad++;
+    }
     emu_layer_free(&L);
 }
 
 int main() {
     /* H, E, k, I, Is; sigmoid, norm, shared, shared_gate; scale; G, TG */
     run_case("qwen3-next-like: softmax 16 top-4, shared + gate, 4-bit",
-             emu_layer{128, 16, 4, 64, 64, false, true, true, true, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             emu_layer{128, 16, 4, 128, 128, false, true, true, true, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
              4);
     run_case("deepseek-v3-like: sigmoid, bias, 4 groups keep 2, shared, 8-bit",
-             emu_layer{128, 16, 4, 64, 64, true, true, true, false, 2.5f, 4, 2, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             emu_layer{128, 16, 4, 128, 128, true, true, true, false, 2.5f, 4, 2, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
              8);
     run_case("bf16 experts: softmax 8 top-2, not renormalised",
              emu_layer{64, 8, 2, 32, 0, false, false, false, false, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},

@@ -656,6 +656,22 @@ static void test_moe_qwen3_30b_layer(void **state) {
     use_kernels(1);
 }
 
+/* The staged-weight kernels (mk_cuda_set_moe_staged: k_gateup_s, k_down_s)
+ * under generation 2, every one-token case within the same bounds, the
+ * full-size 30B layer included (the emulation, tests/cli/cuda_emu_moe.sh,
+ * holds them bitwise generation 2's; layers they do not take run the
+ * register kernels). */
+static void test_moe_staged(void **state) {
+    CT_NEED_GPU();
+    use_kernels(2);
+    mk_cuda_set_moe_staged(true);
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        if (!g_cases[i].stack)
+            run_case(&g_cases[i]);
+    mk_cuda_set_moe_staged(false);
+    use_kernels(1);
+}
+
 /* Shapes and formats are checked on the host, naming the matrix (no device
  * work: runs without a GPU when built with CUDA). */
 static void test_moe_check_named(void **state) {
@@ -747,6 +763,7 @@ int main(void) {
         cmocka_unit_test(test_moe_small),
         cmocka_unit_test(test_moe_stack_layers),
         cmocka_unit_test(test_moe_qwen3_30b_layer),
+        cmocka_unit_test(test_moe_staged),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
