@@ -12,6 +12,10 @@
 #   scripts/cuda-owed.sh tests FX_TAR     fixtures' _cuda cases, the CLI's CUDA tests
 #   scripts/cuda-owed.sh bench30          30B-shape measurements for bench/RESULTS.md (batch 1, 8, 32)
 #   scripts/cuda-owed.sh bench35          35B-shape (hybrid) prefill and the FP8/MXFP4 GEMV
+#   scripts/cuda-owed.sh staged           session 19's switches on an 8-layer 30B cut: decode with
+#                                         the staged-weight GEMV / MoE kernels, prefill with each
+#                                         int8 kernel, the GEMV alone on the decode's shapes, an
+#                                         ncu breakdown (ncu_sum.log) with both switches on
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -93,6 +97,39 @@ bench30 | bench35)
         } 2>&1 | tee "$out/bench35.log"
         echo "== GEMV of FP8 and MXFP4 against the copy roofline"
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
+    fi
+    ;;
+staged)
+    B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
+    mkdir -p $W
+    [ -e $W/m8/config.json ] || {
+        $B/moekit synth $W/ct8 --arch qwen3_moe --preset 30b-a3b --format ct-int4 --layers 8 --threads $nt \
+            --quiet --force && $B/moekit quantize $W/ct8 $W/m8 --bits 4 --group-size 64 --threads $nt --quiet \
+            --force > /dev/null 2>&1
+        rm -rf $W/ct8
+    }
+    {
+        for g in MK_CUDA_GEMV_STAGED=0 MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1 \
+            "MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1" MK_CUDA_GEMV_STAGED=0 \
+            "MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1"; do
+            echo "== 8-layer 30B cut decode, $g"
+            env $g timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
+        done
+        for g in MK_CUDA_GEMM=split "MK_CUDA_GEMM=int8 MK_CUDA_Q8P=0" "MK_CUDA_GEMM=int8 MK_CUDA_Q8P=1" \
+            "MK_CUDA_GEMM=int8 MK_CUDA_Q8P=0" "MK_CUDA_GEMM=int8 MK_CUDA_Q8P=1"; do
+            echo "== 8-layer 30B cut, prefill 2048, $g"
+            env $g timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill|rate"
+        done
+        echo "== the GEMV alone (bench_cuda_moe --gemv), staged off / on"
+        for g in 0 1; do
+            MK_CUDA_GEMV_STAGED=$g timeout 90 ./build-cuda/bench_cuda_moe --gemv 2>&1 | grep -E "^device|^gemv|^copy"
+        done
+    } 2>&1 | tee "$out/staged.log"
+    if command -v ncu > /dev/null; then
+        MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1 timeout 150 ncu --clock-control none \
+            --metrics gpu__time_duration.sum --print-summary per-kernel \
+            $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_sum.log" 2>&1
+        echo "ncu: rc $? (ncu_sum.log)"
     fi
     ;;
 *)
