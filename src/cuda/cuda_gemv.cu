@@ -68,11 +68,16 @@ static int64_t gemvs_rows(const mkc_w &w, int64_t total) {
 static bool gemvs_launch(const mkc_gemv_n &a, const float *x, bool accumulate, cudaStream_t stream,
                          mk_status *st) {
     *st = MK_OK;
-    if (!mk_cuda_gemv_staged())
+    /* generation 2's bits: under generation 1 the register kernels run, so that a row stays what
+     * mk_cuda_gemv_each gives it among several tokens */
+    if (!mk_cuda_gemv_staged() || mkc_variant() < 2)
         return false;
     int64_t total = 0;
-    for (int i = 0; i < a.count; i++) { /* cp.async: 16-byte codes, 4-byte scale words */
-        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3))
+    for (int i = 0; i < a.count; i++) {
+        /* cp.async: 16-byte codes, 4-byte scale words; the kernel strides every matrix's scales by
+         * matrix 0's groups (gemv_n's matrices agree in kind and width, not always in group) */
+        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3) ||
+            a.w[i].ng != a.w[0].ng || a.w[i].gshift != a.w[0].gshift || a.w[i].row_bytes != a.w[0].row_bytes)
             return false;
         total += a.w[i].rows;
     }

@@ -126,10 +126,12 @@ static inline cudaError_t mkc_launch(void (*k)(KA...), dim3 grid, dim3 block, si
 #endif
 
 /* The current device's SM count (132 when it cannot be read), asked once
- * per process. Host only. */
+ * per process (the backend runs on one device). Host only. */
 static inline int mkc_sm_count(void) {
     static int nsm;
-    if (!nsm && (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, 0) != cudaSuccess || nsm < 1)) {
+    int dev = 0;
+    if (!nsm && (cudaGetDevice(&dev) != cudaSuccess ||
+                 cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev) != cudaSuccess || nsm < 1)) {
         (void)cudaGetLastError();
         nsm = 132;
     }
