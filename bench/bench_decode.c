@@ -47,7 +47,8 @@
  * (mk_cuda_set_gdn_chunked); MK_CUDA_Q8P=0|1 the int8 GEMM's pipelined
  * kernel (mk_cuda_set_q8_pipelined); MK_CUDA_GEMV_STAGED=0|1 the one-token
  * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged); MK_CUDA_MOE_STAGED=0|1
- * the one-token MoE step's (mk_cuda_set_moe_staged).
+ * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
+ * the split attention merged by its last share (mk_cuda_set_attn_merge_fused).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -286,6 +287,10 @@ int main(int argc, char **argv) {
         const char *ms = getenv("MK_CUDA_MOE_STAGED");
         if (ms && *ms)
             mk_cuda_set_moe_staged(strcmp(ms, "0") != 0);
+        /* MK_CUDA_ATTN_MERGE=0|1: the split attention merged by its last share */
+        const char *am = getenv("MK_CUDA_ATTN_MERGE");
+        if (am && *am)
+            mk_cuda_set_attn_merge_fused(strcmp(am, "0") != 0);
         /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
          * (mk_backend_cuda_set_expert_vram; a plain byte count) */
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");

@@ -14,7 +14,9 @@
  * single token's walk is split over ATT_SPLIT blocks per head (flash-
  * decoding): block y takes a 32-row-aligned share of the positions and
  * writes its unnormalised state (max, sum, weighted values) to backend
- * scratch; k_attn_merge combines the shares (and the sink). The share
+ * scratch; the last share of each (token, head) to finish combines them
+ * (and the sink) after an atomic ticket (mk_cuda_attn_merge_fused), or
+ * k_attn_merge does, a launch of its own. The share
  * bounds are computed in the kernel from the position, so a replayed step
  * (device position) splits its own length.
  * With mk_attn_args.pos_dev (a replayed decode step) the position is read
@@ -50,18 +52,34 @@ static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
         c->att_cap = need;
     }
     *ns = need <= c->att_cap ? ATT_SPLIT : 1;
+    /* the shares' tickets (mk_cuda_attn_merge_fused), zeroed once: each launch leaves them zero */
+    if (*ns > 1 && nb > c->att_tcap && !c->recording) {
+        mkb_graph_free(c); /* a recorded step's attention nodes point at the old tickets */
+        mk_cuda_free(c->att_tickets);
+        c->att_tickets = NULL;
+        c->att_tcap = 0;
+        mk_status st = mk_cuda_malloc((void **)&c->att_tickets, (size_t)nb * sizeof(unsigned), "attention's tickets");
+        if (st == MK_OK)
+            st = mk_cuda_memset(c->att_tickets, 0, (size_t)nb * sizeof(unsigned));
+        if (st != MK_OK) {
+            mkb_fail(c, st);
+            return false;
+        }
+        c->att_tcap = nb;
+    }
     return true;
 }
 
 template <int DVL>
 static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim3 grid, size_t smem, int64_t ks,
-                      int64_t vs, bool vec) {
+                      int64_t vs, bool vec, unsigned *tickets) {
     const int pf = mkc_prefetches(MK_CUDA_PREFETCH_ATTN);
     if (sq)
         mkb_launch(c, "attention of a batched step", k_attn_each<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, *sq, ks,
-                   vs, vec, c->att_part, pf);
+                   vs, vec, c->att_part, pf, tickets);
     else
-        mkb_launch(c, "attention", k_attn<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf);
+        mkb_launch(c, "attention", k_attn<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf,
+                   tickets);
 }
 
 /* nb blocks (token, head) in ns shares: k_attn, or with sq a batched
@@ -71,15 +89,17 @@ static void attn_run(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, unsi
                      int64_t vs, bool vec) {
     const size_t smem = sizeof(float) * ((size_t)a.dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a.dv);
     const dim3 grid(nb, ns);
+    /* the last share of each (token, head) merges them (no merge launch) when the tickets are there */
+    unsigned *tk = ns > 1 && mk_cuda_attn_merge_fused() && nb <= c->att_tcap ? c->att_tickets : NULL;
     if (a.dv <= 128)
-        attn_grid<4>(c, a, sq, grid, smem, ks, vs, vec);
+        attn_grid<4>(c, a, sq, grid, smem, ks, vs, vec, tk);
     else if (a.dv <= 256)
-        attn_grid<8>(c, a, sq, grid, smem, ks, vs, vec);
+        attn_grid<8>(c, a, sq, grid, smem, ks, vs, vec, tk);
     else if (a.dv <= 512)
-        attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec);
+        attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec, tk);
     else
-        attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec);
-    if (ns > 1)
+        attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec, tk);
+    if (ns > 1 && !tk)
         mkb_launch(c, sq ? "attention of a batched step (merging the shares)" : "attention (merging the shares)",
                    k_attn_merge, dim3(nb), dim3(128), 0, a, (const float *)c->att_part, (int)ns);
 }

@@ -98,6 +98,40 @@ struct att_seqs {
     int64_t pos0[ATT_SEQS];
 };
 
+/* The ATT_SPLIT shares' states of block row bx (token t, head h) combined
+ * as the warps' are in attn_block (the sink in the max and the
+ * denominator), written to a.out; by k_attn_merge (a block per row) or by
+ * the row's last share to finish (attn_block with tickets). part is read
+ * through L2 (__ldcg): other blocks wrote it. */
+__device__ __forceinline__ void attn_merge_row(const mk_attn_args &a, const float *__restrict__ part, int ns,
+                                               int64_t bx) {
+    const int h = (int)(bx % a.n_heads);
+    const int64_t t = bx / a.n_heads;
+    const float *ps = part + bx * ns * (a.dv + 2);
+    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
+    float M = sink;
+    for (int i = 0; i < ns; i++) {
+        const float mi = __ldcg(ps + i * (a.dv + 2)), li = __ldcg(ps + i * (a.dv + 2) + 1);
+        M = li > 0.0f && mi > M ? mi : M;
+    }
+    float L = a.sinks ? expf(sink - M) : 0.0f;
+    for (int i = 0; i < ns; i++) {
+        const float l = __ldcg(ps + i * (a.dv + 2) + 1);
+        L += l > 0.0f ? l * expf(__ldcg(ps + i * (a.dv + 2)) - M) : 0.0f;
+    }
+    const float inv = 1.0f / L;
+    float *o = a.out + (t * a.n_heads + h) * a.dv;
+    for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
+        float v = 0.0f;
+        for (int i = 0; i < ns; i++) {
+            const float l = __ldcg(ps + i * (a.dv + 2) + 1);
+            if (l > 0.0f)
+                v = fmaf(__ldcg(ps + i * (a.dv + 2) + 2 + d), expf(__ldcg(ps + i * (a.dv + 2)) - M), v);
+        }
+        o[d] = v * inv;
+    }
+}
+
 /* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
  * are loaded before any is accumulated (UB * DVL = 32 registers), so a
  * 32-row step costs 32 / UB load round trips, not 32. Block (t * n_heads
@@ -108,7 +142,7 @@ struct att_seqs {
 template <int DVL>
 __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, int64_t vs, bool vec, float *part,
                                            int64_t t, const float *ka, const float *va, int64_t pos0, int64_t tp,
-                                           const float *kn_row, const float *vn_row) {
+                                           const float *kn_row, const float *vn_row, unsigned *tickets) {
     constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
     MKC_DYN_SMEM(float, sm);
     float *q = sm;                     /* dk */
@@ -220,6 +254,22 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
                 v = fmaf(pacc[w * a.dv + d], f[w], v);
             ps[2 + d] = v;
         }
+        if (!tickets)
+            return; /* k_attn_merge combines the shares */
+        /* the row's last share to finish combines them (no merge launch): each share publishes its
+         * state before it takes a ticket; the last one reads them all through L2 */
+        __shared__ bool last;
+        __threadfence();
+        __syncthreads();
+        if (threadIdx.x == 0)
+            last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
+        __syncthreads();
+        if (!last)
+            return;
+        __threadfence();
+        attn_merge_row(a, part, (int)gridDim.y, blockIdx.x);
+        if (threadIdx.x == 0)
+            tickets[blockIdx.x] = 0u; /* ready for the next launch (stream order) */
         return;
     }
     /* a learned sink (gpt_oss) joins the max and the denominator only */
@@ -244,7 +294,7 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
 
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
-    k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part, int pf = 0) {
+    k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part, int pf = 0, unsigned *tickets = nullptr) {
     const int64_t t = blockIdx.x / a.n_heads;
     /* a replayed decode step: the position from device memory (uploaded
      * before the step's first kernel, so it may be read before the wait),
@@ -254,7 +304,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     if (pf)
         attn_prefetch(a, ks, vs, a.k, a.v, pos0, t);
     mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
-    attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new);
+    attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new, tickets);
 }
 
 /* A batched decode step: token t is sequence t's one token (s: its caches,
@@ -262,41 +312,19 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
 template <int DVL>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, bool vec, float *part,
-                int pf = 0) {
+                int pf = 0, unsigned *tickets = nullptr) {
     const int64_t t = blockIdx.x / a.n_heads;
     if (pf)
         attn_prefetch(a, ks, vs, s.k[t], s.v[t], s.pos0[t], 0);
     mkc_pdl_enter();
-    attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t]);
+    attn_block<DVL>(a, ks, vs, vec, part, t, s.k[t], s.v[t], s.pos0[t], 0, s.kn[t], s.vn[t], tickets);
 }
 
-/* One block per (token, head): the ATT_SPLIT shares' states combined as
- * the warps' are in k_attn (the sink in the max and the denominator). */
+/* One block per (token, head): attn_merge_row (when the shares did not
+ * merge themselves: launches without tickets). */
 __global__ void k_attn_merge(mk_attn_args a, const float *__restrict__ part, int ns) {
     mkc_pdl_enter();
-    const int h = blockIdx.x % a.n_heads;
-    const int64_t t = blockIdx.x / a.n_heads;
-    const float *ps = part + (int64_t)blockIdx.x * ns * (a.dv + 2);
-    const float sink = a.sinks ? a.sinks[h] : -INFINITY;
-    float M = sink;
-    for (int i = 0; i < ns; i++)
-        M = ps[i * (a.dv + 2) + 1] > 0.0f && ps[i * (a.dv + 2)] > M ? ps[i * (a.dv + 2)] : M;
-    float L = a.sinks ? expf(sink - M) : 0.0f;
-    for (int i = 0; i < ns; i++) {
-        const float l = ps[i * (a.dv + 2) + 1];
-        L += l > 0.0f ? l * expf(ps[i * (a.dv + 2)] - M) : 0.0f;
-    }
-    const float inv = 1.0f / L;
-    float *o = a.out + (t * a.n_heads + h) * a.dv;
-    for (int d = threadIdx.x; d < a.dv; d += blockDim.x) {
-        float v = 0.0f;
-        for (int i = 0; i < ns; i++) {
-            const float l = ps[i * (a.dv + 2) + 1];
-            if (l > 0.0f)
-                v = fmaf(ps[i * (a.dv + 2) + 2 + d], expf(ps[i * (a.dv + 2)] - M), v);
-        }
-        o[d] = v * inv;
-    }
+    attn_merge_row(a, part, ns, blockIdx.x);
 }
 
 #endif

@@ -517,6 +517,7 @@ static void cu_free(void *ctx) {
     mkb_grp_free(c);
     mk_cuda_free(c->dsa_keys);
     mk_cuda_free(c->att_part);
+    mk_cuda_free(c->att_tickets);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);

@@ -60,6 +60,8 @@ struct mkb_ctx {
     unsigned long long *dsa_keys; /* device scratch of dsa_select (cuda_dsa.cu), dsa_cap bytes */
     float *att_part;              /* device scratch of a split decode attention (cuda_attn.cu) */
     size_t att_cap;
+    unsigned *att_tickets;        /* its shares' tickets, one per (token, head), zero between launches */
+    size_t att_tcap;              /* tickets allocated */
     size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     mk_cuda_moe_ws *moe_bws;  /* the batched steps' workspace, for layers of shape bws_shape */

@@ -87,6 +87,12 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
+static bool g_attn_merge_fused = true;
+
+extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
+
+extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

@@ -121,6 +121,12 @@ void mk_cuda_set_moe_staged(bool on) {
 bool mk_cuda_moe_staged(void) {
     return false;
 }
+void mk_cuda_set_attn_merge_fused(bool on) {
+    (void)on;
+}
+bool mk_cuda_attn_merge_fused(void) {
+    return false;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

@@ -158,6 +158,12 @@ bool mk_cuda_gemv_staged(void);
  * measured; process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_moe_staged(bool on);
 bool mk_cuda_moe_staged(void);
+/* A split decode attention's shares combined by the last share of each
+ * (token, head) to finish (an atomic ticket), instead of a k_attn_merge
+ * launch: one kernel fewer per layer, the same code, so the same bits. On
+ * by default; process-wide, for measuring one against the other. */
+void mk_cuda_set_attn_merge_fused(bool on);
+bool mk_cuda_attn_merge_fused(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

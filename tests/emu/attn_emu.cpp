@@ -4,7 +4,9 @@
 // latent cache (v = k, strided rows, dv < dk), gpt_oss's sliding window
 // with sinks, a head wider than 128 (8 value dims per lane), the first
 // position; each split over ATT_SPLIT shares merged by k_attn_merge and
-// unsplit, against the softmax in double: relative L2 <= 1e-5. Then a
+// unsplit, against the softmax in double: relative L2 <= 1e-5, and the
+// shares merged by the last of each head (tickets, in either order of the
+// shares) bitwise k_attn_merge's, the tickets left at zero. Then a
 // batched step's k_attn_each over three sequences at other positions, each
 // writing its new rows: every output bitwise k_attn's for that sequence
 // alone, the rows in its caches. A control: the window case's reference
@@ -29,25 +31,37 @@ struct acase {
     bool sinks;
 };
 
-// one token at position pos0 over cache rows 0..pos0 (row pos0 already there)
-static void launch(const mk_attn_args &a, int64_t ks, int64_t vs, unsigned ns, std::vector<float> &part) {
+// one token at position pos0 over cache rows 0..pos0 (row pos0 already there); fused: the shares
+// merged by the last one of each head (tickets), else by k_attn_merge. Shares run in order y = ns -
+// 1 .. 0 when reversed, so that the merging block is not always the last share.
+static void launch(const mk_attn_args &a, int64_t ks, int64_t vs, unsigned ns, std::vector<float> &part,
+                   bool fused = false, bool reversed = false) {
     const unsigned nb = (unsigned)a.n_heads;
     const bool vec = a.dk % 4 == 0 && ks % 4 == 0;
     part.assign((size_t)nb * ATT_SPLIT * (a.dv + 2), NAN);
-    for (unsigned y = 0; y < ns; y++)
-        for (unsigned b = 0; b < nb; b++)
+    std::vector<unsigned> tickets(nb, 0u);
+    unsigned *tk = fused && ns > 1 ? tickets.data() : nullptr;
+    for (unsigned i = 0; i < ns; i++)
+        for (unsigned b = 0; b < nb; b++) {
+            const unsigned y = reversed ? ns - 1 - i : i;
             emu_block(
                 nb, b, ATT_WARPS * 32,
                 [&] {
                     if (a.dv <= 128)
-                        k_attn<4>(a, ks, vs, vec, part.data());
+                        k_attn<4>(a, ks, vs, vec, part.data(), 0, tk);
                     else
-                        k_attn<8>(a, ks, vs, vec, part.data());
+                        k_attn<8>(a, ks, vs, vec, part.data(), 0, tk);
                 },
                 ns, y);
-    if (ns > 1)
+        }
+    if (ns > 1 && !tk)
         for (unsigned b = 0; b < nb; b++)
             emu_block(nb, b, 128, [&] { k_attn_merge(a, part.data(), (int)ns); });
+    for (unsigned b = 0; b < nb; b++)
+        if (tickets[b]) {
+            printf("FAIL: head %u's ticket left at %u\n", b, tickets[b]);
+            g_bad++;
+        }
 }
 
 // the softmax in double (with the window and the sinks when given)
@@ -119,6 +133,17 @@ static void run_case(const acase &c) {
             g_bad++;
         }
     }
+    /* the shares merged by the last of each head: bitwise k_attn_merge's, whichever share is last */
+    const std::vector<float> merged = out;
+    for (int rev = 0; rev < 2; rev++) {
+        std::fill(out.begin(), out.end(), NAN);
+        launch(a, ks, vs, ATT_SPLIT, part, true, rev);
+        if (std::memcmp(out.data(), merged.data(), out.size() * 4)) {
+            printf("FAIL %s: merged by the last share%s, the output differs from k_attn_merge's\n", c.name,
+                   rev ? " (shares in reverse)" : "");
+            g_bad++;
+        }
+    }
     if (c.sinks) { /* the control: a reference without the sinks is not what the kernel computes */
         reference(a, ks, vs, false, ref_nosink);
         if (rel_l2(out, ref_nosink) <= 1e-5) {
@@ -126,7 +151,8 @@ static void run_case(const acase &c) {
             g_bad++;
         }
     }
-    printf("%-44s rel L2 <= %.2e, unsplit and %d shares\n", c.name, worst, ATT_SPLIT);
+    printf("%-44s rel L2 <= %.2e, unsplit and %d shares; merged by the last share bitwise\n", c.name, worst,
+           ATT_SPLIT);
 }
 
 // k_attn_each over sequences at positions pos[i], each with its new rows:
@@ -174,6 +200,20 @@ static void run_each() {
             emu_block(nb, b, ATT_WARPS * 32, [&] { k_attn_each<4>(a, sq, kw, kw, true, part.data()); }, ATT_SPLIT, y);
     for (unsigned b = 0; b < nb; b++)
         emu_block(nb, b, 128, [&] { k_attn_merge(a, part.data(), ATT_SPLIT); });
+    /* the same step with its shares merged by the last of each (token, head): bitwise */
+    std::vector<float> fused(out.size(), NAN), keep = out;
+    std::vector<unsigned> tickets(nb, 0u);
+    a.out = fused.data();
+    for (unsigned y = 0; y < ATT_SPLIT; y++)
+        for (unsigned b = 0; b < nb; b++)
+            emu_block(
+                nb, b, ATT_WARPS * 32, [&] { k_attn_each<4>(a, sq, kw, kw, true, part.data(), 0, tickets.data()); },
+                ATT_SPLIT, y);
+    a.out = out.data();
+    if (std::memcmp(fused.data(), keep.data(), keep.size() * 4)) {
+        printf("FAIL k_attn_each: merged by the last share, the outputs differ from k_attn_merge's\n");
+        g_bad++;
+    }
     for (int i = 0; i < NS; i++) {
         mk_attn_args s = a;
         s.q = q.data() + i * NH * D;
@@ -194,7 +234,8 @@ static void run_each() {
             g_bad++;
         }
     }
-    printf("%-44s bitwise k_attn per sequence, rows written\n", "k_attn_each: 3 sequences at 0, 37, 100");
+    printf("%-44s bitwise k_attn per sequence, rows written; merged by the last share bitwise\n",
+           "k_attn_each: 3 sequences at 0, 37, 100");
 }
 
 int main() {
