@@ -22,7 +22,9 @@ __device__ __forceinline__ float att_warp_max(float v) {
 __device__ __forceinline__ float att_dot(const float *q, const float *kr, int dk, bool vec) {
     float d0 = 0.0f, d1 = 0.0f, d2 = 0.0f, d3 = 0.0f;
     if (vec) {
-#pragma unroll 8
+        /* 16 float4 loads in flight (a 128-float row in two rounds, not four): the walk of a short
+         * cache is a chain of these rounds; the sums' order is the loop's, whatever the unroll */
+#pragma unroll 16
         for (int i = 0; i < dk; i += 4) {
             const float4 k4 = *(const float4 *)(kr + i);
             d0 = fmaf(q[i], k4.x, d0);
@@ -133,7 +135,7 @@ __device__ __forceinline__ void attn_merge_row(const mk_attn_args &a, const floa
 }
 
 /* DVL value dims per lane (dv <= 32 DVL); the value rows of UB positions
- * are loaded before any is accumulated (UB * DVL = 32 registers), so a
+ * are loaded before any is accumulated (UB * DVL = 64 registers), so a
  * 32-row step costs 32 / UB load round trips, not 32. Block (t * n_heads
  * + h, share) of a call: token t's query head h against caches k / v
  * (a.k / a.v or the sequence's), positions 0 .. pos0 + tp (tp: t within a
@@ -143,7 +145,9 @@ template <int DVL>
 __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, int64_t vs, bool vec, float *part,
                                            int64_t t, const float *ka, const float *va, int64_t pos0, int64_t tp,
                                            const float *kn_row, const float *vn_row, unsigned *tickets) {
-    constexpr int UB = DVL >= 32 ? 1 : 32 / DVL;
+    /* value rows loaded before any is accumulated: 64 registers (two rounds per 32-row step at
+     * dv <= 128, not four; the accumulation's order is the rows', whatever UB) */
+    constexpr int UB = DVL >= 32 ? 2 : 64 / DVL;
     MKC_DYN_SMEM(float, sm);
     float *q = sm;                     /* dk */
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
