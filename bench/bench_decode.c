@@ -48,7 +48,9 @@
  * kernel (mk_cuda_set_q8_pipelined); MK_CUDA_GEMV_STAGED=0|1 the one-token
  * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged); MK_CUDA_MOE_STAGED=0|1
  * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
- * the split attention merged by its last share (mk_cuda_set_attn_merge_fused).
+ * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
+ * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
+ * (mk_cuda_set_attn_shares).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -291,6 +293,12 @@ int main(int argc, char **argv) {
         const char *am = getenv("MK_CUDA_ATTN_MERGE");
         if (am && *am)
             mk_cuda_set_attn_merge_fused(strcmp(am, "0") != 0);
+        /* MK_CUDA_ATTN_SHARES=1..32: the decode attention's blocks per head */
+        const char *ash = getenv("MK_CUDA_ATTN_SHARES");
+        if (ash && *ash && mk_cuda_set_attn_shares(atoi(ash)) != MK_OK) {
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+            return 2;
+        }
         /* MK_CUDA_EXPERT_VRAM=BYTES: experts past it in mapped host memory
          * (mk_backend_cuda_set_expert_vram; a plain byte count) */
         const char *ev = getenv("MK_CUDA_EXPERT_VRAM");

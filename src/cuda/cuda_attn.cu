@@ -11,7 +11,7 @@
  * A decode step (one token) has only n_heads blocks, each walking the
  * whole cache: 108 tok/s after a 2048-token prompt against 300 at position
  * ~100 for the Qwen3-30B-A3B shape (bench/RESULTS.md, session 10). So a
- * single token's walk is split over ATT_SPLIT blocks per head (flash-
+ * single token's walk is split over mk_cuda_attn_shares() blocks per head (flash-
  * decoding): block y takes a 32-row-aligned share of the positions and
  * writes its unnormalised state (max, sum, weighted values) to backend
  * scratch; the last share of each (token, head) to finish combines them
@@ -33,12 +33,13 @@
 #include "cuda/cuda_backend.cuh"
 #include "cuda/cuda_attn_kernel.cuh"
 
-/* The shares' states of nb blocks split ATT_SPLIT ways, in scratch grown
- * outside recordings (a recorded step that would need more splits
- * nothing: it cannot grow memory there): *ns ATT_SPLIT, or 1 without the
- * scratch. False: the allocation failed (recorded for sync). */
+/* The shares' states of nb blocks split mk_cuda_attn_shares() ways, in
+ * scratch grown outside recordings (a recorded step that would need more
+ * splits nothing: it cannot grow memory there): *ns that many, or 1
+ * without the scratch. False: the allocation failed (recorded for sync). */
 static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
-    const size_t need = (size_t)nb * ATT_SPLIT * ((size_t)dv + 2) * sizeof(float);
+    const unsigned want = (unsigned)mk_cuda_attn_shares();
+    const size_t need = (size_t)nb * want * ((size_t)dv + 2) * sizeof(float);
     if (need > c->att_cap && !c->recording) {
         mkb_graph_free(c); /* a recorded step's attention nodes point at the old scratch */
         mk_cuda_free(c->att_part);
@@ -51,7 +52,7 @@ static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
         }
         c->att_cap = need;
     }
-    *ns = need <= c->att_cap ? ATT_SPLIT : 1;
+    *ns = need <= c->att_cap ? want : 1;
     /* the shares' tickets (mk_cuda_attn_merge_fused), zeroed once: each launch leaves them zero */
     if (*ns > 1 && nb > c->att_tcap && !c->recording) {
         mkb_graph_free(c); /* a recorded step's attention nodes point at the old tickets */

@@ -7,7 +7,8 @@
 #define MK_CUDA_ATTN_KERNEL_CUH
 
 #define ATT_WARPS 4
-#define ATT_SPLIT 8 /* blocks per head for one token (k_attn_merge combines them) */
+#define ATT_SPLIT 8      /* blocks per head for one token by default (mk_cuda_set_attn_shares) */
+#define ATT_SPLIT_MAX 32 /* ... at most */
 #define MK_ATT_MAX_DIM 1024                /* = MK_ENGINE_MAX_HEAD_DIM */
 
 __device__ __forceinline__ float att_warp_max(float v) {
@@ -100,7 +101,7 @@ struct att_seqs {
     int64_t pos0[ATT_SEQS];
 };
 
-/* The ATT_SPLIT shares' states of block row bx (token t, head h) combined
+/* The ns shares' states of block row bx (token t, head h) combined
  * as the warps' are in attn_block (the sink in the max and the
  * denominator), written to a.out; by k_attn_merge (a block per row) or by
  * the row's last share to finish (attn_block with tickets). part is read

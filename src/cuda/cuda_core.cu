@@ -93,6 +93,17 @@ extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
 
 extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
 
+static int g_attn_shares = 8; /* ATT_SPLIT (cuda_attn_kernel.cuh) */
+
+extern "C" int mk_cuda_attn_shares(void) { return g_attn_shares; }
+
+extern "C" mk_status mk_cuda_set_attn_shares(int n) {
+    if (n < 1 || n > 32)
+        return mk_err(MK_E_ARG, "cuda: attention shares per head must be 1 to 32, found %d", n);
+    g_attn_shares = n;
+    return MK_OK;
+}
+
 extern "C" mk_status mk_cuda_probe(int *ndev) {
     int n = 0;
     if (ndev)

@@ -127,6 +127,13 @@ void mk_cuda_set_attn_merge_fused(bool on) {
 bool mk_cuda_attn_merge_fused(void) {
     return false;
 }
+mk_status mk_cuda_set_attn_shares(int n) {
+    (void)n;
+    return mk_err(MK_E_UNSUPPORTED, "cuda: moekit was built without CUDA");
+}
+int mk_cuda_attn_shares(void) {
+    return 0;
+}
 void mk_cuda_set_gdn_chunked(bool on) {
     (void)on;
 }

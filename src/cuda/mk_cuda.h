@@ -164,6 +164,13 @@ bool mk_cuda_moe_staged(void);
  * by default; process-wide, for measuring one against the other. */
 void mk_cuda_set_attn_merge_fused(bool on);
 bool mk_cuda_attn_merge_fused(void);
+/* Blocks per head a one-token (decode) attention is split over, each
+ * walking a share of the cache (1 to 32; default 8): more shares, shorter
+ * walks per block and more states to merge. Changes the float order of
+ * the merge, not what is summed. Process-wide, for measuring; a recorded
+ * step keeps the split it was recorded with. MK_E_ARG outside 1..32. */
+mk_status mk_cuda_set_attn_shares(int n);
+int mk_cuda_attn_shares(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

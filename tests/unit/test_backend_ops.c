@@ -1156,6 +1156,25 @@ static void test_attention(void **st) {
                      "attention window 128 + sinks decode at 1500, device position");
         attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 9, 1, 128, true, true,
                      "attention window 128 + sinks decode at 9, device position");
+#ifdef MK_HAVE_CUDA
+        /* the decode split into 1, 16 and 32 shares per head (mk_cuda_set_attn_shares): the same bound */
+        if (!strcmp(g_be[bi].name, "cuda")) {
+            const int keep = mk_cuda_attn_shares();
+            assert_int_equal(mk_cuda_set_attn_shares(33), MK_E_ARG);
+            assert_int_equal(mk_cuda_set_attn_shares(0), MK_E_ARG);
+            assert_int_equal(mk_cuda_attn_shares(), keep);
+            const int shares[3] = {1, 16, 32};
+            for (int i = 0; i < 3; i++) {
+                char what[96];
+                assert_int_equal(mk_cuda_set_attn_shares(shares[i]), MK_OK);
+                snprintf(what, sizeof what, "attention GQA decode at 1500, %d shares", shares[i]);
+                attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, what);
+                snprintf(what, sizeof what, "attention window 128 + sinks decode at 1500, %d shares", shares[i]);
+                attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true, what);
+            }
+            assert_int_equal(mk_cuda_set_attn_shares(keep), MK_OK);
+        }
+#endif
     }
 }
 
