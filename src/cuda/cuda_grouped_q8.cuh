@@ -91,6 +91,63 @@ template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_
     return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
 }
 
+/* The tile of this block (blockIdx.y): the plan's (expert, first sorted
+ * row, rows) when tiles are given, else rows 32 y .. 32 y + 31 of a plain
+ * matmul of nrows rows, expert 0. False: no tile (the block returns). */
+__device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntiles, int nrows, int4 *tile) {
+    if (tiles) {
+        if ((int)blockIdx.y >= *ntiles)
+            return false;
+        *tile = tiles[blockIdx.y];
+        return true;
+    }
+    const int r0 = (int)blockIdx.y * GRP_BM;
+    if (r0 >= nrows)
+        return false;
+    *tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
+    return true;
+}
+
+/* The int8 kernels' folds of the thread's outputs (m tile mt, n tile nt,
+ * fragment element 2 h + j: row mt 16 + g + 8 h, column wp 32 + nt 8 + 2 t4
+ * + j of the tile), in the CPU rule's order, one place for both kernels so
+ * that they give the same bits. An activation block ends: acc +=
+ * (dot * d(row)) * s(col). A group ends: acc += b(col) * xg(row). */
+template <class D, class S>
+__device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int (&ci)[2][4][4], int wp, int g,
+                                               int t4, D d_of, S s_of) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float d = d_of(mt * 16 + g + 8 * h);
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                    const float p = mkc_mul_rn((float)ci[mt][nt][2 * h + j], d);
+                    acc[mt][nt][2 * h + j] = fmaf(p, s_of(col), acc[mt][nt][2 * h + j]);
+                }
+        }
+}
+template <class X, class B>
+__device__ __forceinline__ void gq8_fold_bias(float (&acc)[2][4][4], int wp, int g, int t4, X xg_of, B b_of) {
+#pragma unroll
+    for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const float xg = xg_of(mt * 16 + g + 8 * h);
+#pragma unroll
+            for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    const int col = wp * 32 + nt * 8 + 2 * t4 + j;
+                    acc[mt][nt][2 * h + j] = fmaf(b_of(col), xg, acc[mt][nt][2 * h + j]);
+                }
+        }
+}
+
 /* Quantized rows: q [rows, K] int8 (natural column order), d [rows, K /
  * AB], xg [rows, K / group]. */
 struct gq8_x {
@@ -169,16 +226,8 @@ __global__ void __launch_bounds__(GRP_THREADS)
      * Ys[e][t], conflict-free), not in 32 more registers, so that 4 blocks fit an SM */
     __shared__ float Ys[32][GRP_THREADS];
     int4 tile;
-    if (tiles) {
-        if ((int)blockIdx.y >= *ntiles)
-            return;
-        tile = tiles[blockIdx.y]; /* expert, first sorted row, rows */
-    } else {
-        const int r0 = (int)blockIdx.y * GRP_BM;
-        if (r0 >= nrows)
-            return;
-        tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
-    }
+    if (!gq8_tile(tiles, ntiles, nrows, &tile))
+        return;
     const grp_mat m = blockIdx.z ? m1 : m0;
     const int n0 = blockIdx.x * GRP_BN;
     if (n0 >= m.N)
@@ -300,36 +349,10 @@ __global__ void __launch_bounds__(GRP_THREADS)
                 continue; /* the block's second half */
             /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
             const int jb = AB == 64 ? 0 : ks, f = group >= GRP_KB ? 0 : ks;
-#pragma unroll
-            for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float d = Dx[mt * 16 + g + 8 * h][jb];
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                        for (int j = 0; j < 2; j++) {
-                            const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                            const float p = mkc_mul_rn((float)ci[mt][nt][2 * h + j], d);
-                            acc[mt][nt][2 * h + j] = fmaf(p, Ss[col][f], acc[mt][nt][2 * h + j]);
-                        }
-                }
+            gq8_fold_block(acc, ci, wp, g, t4, [&](int r) { return Dx[r][jb]; }, [&](int c) { return Ss[c][f]; });
             const int kend = k0 + ks * 32 + 32; /* columns done */
-            if (kend % group == 0) {            /* the group ends: its bias times the tokens' group sums */
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const float xg = Xg[mt * 16 + g + 8 * h][f];
-#pragma unroll
-                        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                            for (int j = 0; j < 2; j++) {
-                                const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                                acc[mt][nt][2 * h + j] = fmaf(Bs[col][f], xg, acc[mt][nt][2 * h + j]);
-                            }
-                    }
-            }
+            if (kend % group == 0)              /* the group ends: its bias times the tokens' group sums */
+                gq8_fold_bias(acc, wp, g, t4, [&](int r) { return Xg[r][f]; }, [&](int c) { return Bs[c][f]; });
             if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
                 const bool last = kend == K;
 #pragma unroll
@@ -414,16 +437,8 @@ __global__ void __launch_bounds__(GRP_THREADS)
     MKC_DYN_SMEM(float4, mkc_sm4);
     uint8_t *const sm = (uint8_t *)mkc_sm4;
     int4 tile;
-    if (tiles) {
-        if ((int)blockIdx.y >= *ntiles)
-            return;
-        tile = tiles[blockIdx.y]; /* expert, first sorted row, rows */
-    } else {
-        const int r0 = (int)blockIdx.y * GRP_BM;
-        if (r0 >= nrows)
-            return;
-        tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
-    }
+    if (!gq8_tile(tiles, ntiles, nrows, &tile))
+        return;
     const grp_mat m = blockIdx.z ? m1 : m0;
     const int n0 = blockIdx.x * GRP_BN;
     if (n0 >= m.N)
@@ -540,36 +555,12 @@ __global__ void __launch_bounds__(GRP_THREADS)
                 continue; /* the block's second half */
             /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
             const int jb = ks * 32 / AB, f = group >= Q8P_KB ? 0 : ks * 32 / group;
-#pragma unroll
-            for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                for (int h = 0; h < 2; h++) {
-                    const float d = Dx[(mt * 16 + g + 8 * h) * 4 + jb];
-#pragma unroll
-                    for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                        for (int j = 0; j < 2; j++) {
-                            const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                            const float p = mkc_mul_rn((float)ci[mt][nt][2 * h + j], d);
-                            acc[mt][nt][2 * h + j] = fmaf(p, q8p_sv<SD>(Ss + col * 16, f), acc[mt][nt][2 * h + j]);
-                        }
-                }
+            gq8_fold_block(acc, ci, wp, g, t4, [&](int r) { return Dx[r * 4 + jb]; },
+                           [&](int c) { return q8p_sv<SD>(Ss + c * 16, f); });
             const int kend = k0 + ks * 32 + 32; /* columns done */
-            if (kend % group == 0) {            /* the group ends: its bias times the tokens' group sums */
-#pragma unroll
-                for (int mt = 0; mt < 2; mt++)
-#pragma unroll
-                    for (int h = 0; h < 2; h++) {
-                        const float xg = Xg[(mt * 16 + g + 8 * h) * 4 + f];
-#pragma unroll
-                        for (int nt = 0; nt < 4; nt++)
-#pragma unroll
-                            for (int j = 0; j < 2; j++) {
-                                const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                                acc[mt][nt][2 * h + j] = fmaf(q8p_sv<SD>(Bs + col * 16, f), xg, acc[mt][nt][2 * h + j]);
-                            }
-                    }
-            }
+            if (kend % group == 0)              /* the group ends: its bias times the tokens' group sums */
+                gq8_fold_bias(acc, wp, g, t4, [&](int r) { return Xg[r * 4 + f]; },
+                              [&](int c) { return q8p_sv<SD>(Bs + c * 16, f); });
             if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
 #pragma unroll
                 for (int i = 0; i < 2; i++)
