@@ -461,6 +461,27 @@ __device__ __forceinline__ void down2_run(const moe_args &a, const int32_t *sidx
         y[o] = accumulate ? y[o] + tot : tot;
 }
 
+/* k_down2's and k_down_s's routing staged in shared memory (expert,
+ * cache slot with C, weight per choice) and the shared gate's factor,
+ * returned; ends with a barrier. The routing and the shared gate's logit
+ * come from the router kernel, complete before these grids were launched
+ * (see down2_run): read before the PDL wait. */
+template <bool C>
+__device__ __forceinline__ float down_routing(const moe_args &a, const int32_t *__restrict__ idx,
+                                              const float *__restrict__ wt, const int32_t *__restrict__ loc,
+                                              const float *__restrict__ logits, int32_t *sidx, int32_t *sloc,
+                                              float *sw) {
+    if (threadIdx.x < a.k) {
+        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
+        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
+        if constexpr (C)
+            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
+    }
+    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    __syncthreads();
+    return sg;
+}
+
 template <bool C>
 __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     k_down2(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
@@ -470,16 +491,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
     const int64_t blk = down_token(a, idx, wt, loc, hg, hsg, logits, y);
-    /* the routing and the shared gate's logit come from the router kernel,
-     * complete before this grid was launched (see down2_run) */
-    if (threadIdx.x < a.k) {
-        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
-        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
-        if constexpr (C)
-            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
-    }
-    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
-    __syncthreads();
+    const float sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);
     switch (a.down.kind) {
     case MKC_A4_F32: down2_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
     case MKC_A4_BF16: down2_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
@@ -779,15 +791,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     __shared__ int32_t sidx[MOE_MAX_K];
     __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
-    /* the routing and the shared gate's logit: the router kernel's, complete (as k_down2) */
-    if (threadIdx.x < a.k) {
-        sidx[threadIdx.x] = __ldg(idx + threadIdx.x);
-        sw[threadIdx.x] = __ldg(wt + threadIdx.x);
-        if constexpr (C)
-            sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
-    }
-    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
-    __syncthreads();
+    const float sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);
     switch (a.down.kind) {
     case MKC_A4_F32: down_s_run<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
     case MKC_A4_BF16: down_s_run<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, per); break;
