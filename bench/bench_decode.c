@@ -261,38 +261,28 @@ int main(int argc, char **argv) {
             }
             mk_backend_cuda_set_gemm(be, mode, 0);
         }
-        /* MK_CUDA_MOE_PDL=0|1: the MoE step under programmatic dependent launch */
-        const char *pdl = getenv("MK_CUDA_MOE_PDL");
-        if (pdl && *pdl)
-            mk_cuda_set_moe_pdl(strcmp(pdl, "0") != 0);
-        /* MK_CUDA_STEP_PDL=0|1: the rest of the step's kernels under it */
-        const char *spdl = getenv("MK_CUDA_STEP_PDL");
-        if (spdl && *spdl)
-            mk_cuda_set_step_pdl(strcmp(spdl, "0") != 0);
-        /* MK_CUDA_STEP_PREFETCH=0..3: under it, the L2 prefetches before the wait (bits) */
+        /* 0|1 switches of the CUDA kernels (the header lists them) */
+        static const struct {
+            const char *env;
+            void (*set)(bool);
+        } sw[] = {
+            {"MK_CUDA_MOE_PDL", mk_cuda_set_moe_pdl},           /* the MoE step under PDL */
+            {"MK_CUDA_STEP_PDL", mk_cuda_set_step_pdl},         /* the rest of the step's kernels under it */
+            {"MK_CUDA_GDN_CHUNKED", mk_cuda_set_gdn_chunked},   /* the chunked Gated DeltaNet prefill */
+            {"MK_CUDA_Q8P", mk_cuda_set_q8_pipelined},          /* the int8 GEMM's pipelined kernel */
+            {"MK_CUDA_GEMV_STAGED", mk_cuda_set_gemv_staged},   /* the one-token GEMV's staged weights */
+            {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
+            {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
+        };
+        for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
+            const char *v = getenv(sw[i].env);
+            if (v && *v)
+                sw[i].set(strcmp(v, "0") != 0);
+        }
+        /* MK_CUDA_STEP_PREFETCH=0..3: under PDL, the L2 prefetches before the wait (bits) */
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)
             mk_cuda_set_step_prefetch((unsigned)strtoul(gpf, NULL, 10));
-        /* MK_CUDA_GDN_CHUNKED=0|1: the chunked Gated DeltaNet prefill */
-        const char *gc = getenv("MK_CUDA_GDN_CHUNKED");
-        if (gc && *gc)
-            mk_cuda_set_gdn_chunked(strcmp(gc, "0") != 0);
-        /* MK_CUDA_Q8P=0|1: the int8 GEMM's pipelined kernel */
-        const char *qp = getenv("MK_CUDA_Q8P");
-        if (qp && *qp)
-            mk_cuda_set_q8_pipelined(strcmp(qp, "0") != 0);
-        /* MK_CUDA_GEMV_STAGED=0|1: the one-token GEMV's staged-weight kernel */
-        const char *gs = getenv("MK_CUDA_GEMV_STAGED");
-        if (gs && *gs)
-            mk_cuda_set_gemv_staged(strcmp(gs, "0") != 0);
-        /* MK_CUDA_MOE_STAGED=0|1: the one-token MoE step's staged-weight kernels */
-        const char *ms = getenv("MK_CUDA_MOE_STAGED");
-        if (ms && *ms)
-            mk_cuda_set_moe_staged(strcmp(ms, "0") != 0);
-        /* MK_CUDA_ATTN_MERGE=0|1: the split attention merged by its last share */
-        const char *am = getenv("MK_CUDA_ATTN_MERGE");
-        if (am && *am)
-            mk_cuda_set_attn_merge_fused(strcmp(am, "0") != 0);
         /* MK_CUDA_ATTN_SHARES=1..32: the decode attention's blocks per head */
         const char *ash = getenv("MK_CUDA_ATTN_SHARES");
         if (ash && *ash && mk_cuda_set_attn_shares(atoi(ash)) != MK_OK) {

@@ -231,15 +231,8 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
 #pragma unroll
             for (int r = 0; r < GEMVS_NR; r++) {
                 qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
-                if (SD == 0) {
-                    sc[r] = ((const float *)(scs + ri[r] * sbr))[g];
-                    bi[r] = ((const float *)(bis + ri[r] * sbr))[g];
-                } else {
-                    const uint32_t hs = ((const unsigned short *)(scs + ri[r] * sbr))[g],
-                                   hb = ((const unsigned short *)(bis + ri[r] * sbr))[g];
-                    sc[r] = SD == 1 ? __uint_as_float(hs << 16) : mkc_f16f(hs);
-                    bi[r] = SD == 1 ? __uint_as_float(hb << 16) : mkc_f16f(hb);
-                }
+                sc[r] = mkc_sv<SD>(scs + ri[r] * sbr, g);
+                bi[r] = mkc_sv<SD>(bis + ri[r] * sbr, g);
             }
             mkc_aff_chunk_p<BITS, GEMVS_NR, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
         }

@@ -413,14 +413,6 @@ static inline bool q8p_takes(int64_t K, int group, int sb, int64_t ng, const voi
            ((uintptr_t)scales & 3) == 0 && ((uintptr_t)biases & 3) == 0;
 }
 
-/* a staged scale (raw bytes of dtype SD) as a float */
-template <int SD> __device__ __forceinline__ float q8p_sv(const uint8_t *p, int f) {
-    if (SD == 0)
-        return ((const float *)p)[f];
-    const uint32_t h = ((const unsigned short *)p)[f];
-    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
-}
-
 /* 4 codes (2 bytes, low nibble first) as 4 bytes, natural order */
 __device__ __forceinline__ uint32_t q8p_nib4(uint32_t h) {
     const uint32_t e = h & 0x0F0Fu, o = (h >> 4) & 0x0F0Fu;
@@ -556,11 +548,11 @@ __global__ void __launch_bounds__(GRP_THREADS)
             /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
             const int jb = ks * 32 / AB, f = group >= Q8P_KB ? 0 : ks * 32 / group;
             gq8_fold_block(acc, ci, wp, g, t4, [&](int r) { return Dx[r * 4 + jb]; },
-                           [&](int c) { return q8p_sv<SD>(Ss + c * 16, f); });
+                           [&](int c) { return mkc_sv<SD>(Ss + c * 16, f); });
             const int kend = k0 + ks * 32 + 32; /* columns done */
             if (kend % group == 0)              /* the group ends: its bias times the tokens' group sums */
                 gq8_fold_bias(acc, wp, g, t4, [&](int r) { return Xg[r * 4 + f]; },
-                              [&](int c) { return q8p_sv<SD>(Bs + c * 16, f); });
+                              [&](int c) { return mkc_sv<SD>(Bs + c * 16, f); });
             if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
 #pragma unroll
                 for (int i = 0; i < 2; i++)

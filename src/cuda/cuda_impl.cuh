@@ -311,6 +311,16 @@ template <> __device__ __forceinline__ float mkc_lds<2>(const void *p, int64_t i
     return mkc_f16f(__ldg((const unsigned short *)p + i));
 }
 
+/* scale/bias element i of a row copied raw (dtype of SD: 0 f32, 1 bf16,
+ * 2 f16) into shared memory at p: the staged kernels' (k_gemv_s, the
+ * staged MoE kernels, k_grp_mm_q8p) */
+template <int SD> __device__ __forceinline__ float mkc_sv(const uint8_t *p, int64_t i) {
+    if (SD == 0)
+        return ((const float *)p)[i];
+    const uint32_t h = ((const unsigned short *)p)[i];
+    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
+}
+
 /* byte i of w as an exact float (0..255): [w.byte_i, 0, 0, 0x4B] - 2^23 */
 template <int I> __device__ __forceinline__ float mkc_byte(uint32_t w) {
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440 + I)) - 8388608.0f;

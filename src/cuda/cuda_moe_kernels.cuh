@@ -578,14 +578,6 @@ static inline bool moes_takes(const moe_args &a) {
     }
     return true;
 }
-/* a staged scale of dtype SD (raw bytes at p) as a float */
-template <int SD> __device__ __forceinline__ float moes_sv(const uint8_t *p, int64_t g) {
-    if (SD == 0)
-        return ((const float *)p)[g];
-    const uint32_t h = ((const unsigned short *)p)[g];
-    return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
-}
-
 /* copy row `row` of w (codes, scales, biases) into staged slot s (codes at
  * cb + s * rb, scales at sb_ + s * sbr, biases at bb + s * sbr): chunk
  * `part` of the row's cpr 16-byte chunks and swr 4-byte scale words, the
@@ -653,8 +645,8 @@ __device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__r
             for (int r = 0; r < 4; r++) {
                 const int64_t sl = 4 * pi + r;
                 qq[r] = *(const uint4 *)(cb + sl * rb + c * 16);
-                sc[r] = moes_sv<SD>(sb_ + sl * sbr, g);
-                bi[r] = moes_sv<SD>(bb + sl * sbr, g);
+                sc[r] = mkc_sv<SD>(sb_ + sl * sbr, g);
+                bi[r] = mkc_sv<SD>(bb + sl * sbr, g);
             }
             mkc_aff_chunk_p<BITS, 4, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
         }
@@ -719,8 +711,8 @@ __device__ __forceinline__ void down_s_load(const moe_args &a, const uint8_t *cb
             }
             const int64_t g = (c * VPC) >> gshift;
             p.qq[q] = *(const uint4 *)(cb + sl * rb + c * 16);
-            p.sc[q] = moes_sv<SD>(sb_ + sl * sbr, g);
-            p.bi[q] = moes_sv<SD>(bb + sl * sbr, g);
+            p.sc[q] = mkc_sv<SD>(sb_ + sl * sbr, g);
+            p.bi[q] = mkc_sv<SD>(bb + sl * sbr, g);
         }
     }
 }
