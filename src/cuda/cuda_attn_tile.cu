@@ -153,15 +153,9 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
 
 template <int DVQ> static bool launch(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     const size_t smem = sizeof(float) * ((size_t)(ATT_TQ + ATT_TK) * (a->dk + 4) + (size_t)ATT_TK * (a->dv + 4));
-    static bool opted; /* once per kernel: shared memory past the 48 KiB default */
-    if (!opted) {
-        if (cudaFuncSetAttribute(k_attn_tile<DVQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, 100 * 1024) !=
-            cudaSuccess) {
-            (void)cudaGetLastError();
-            return false;
-        }
-        opted = true;
-    }
+    /* shared memory past the 48 KiB default (refused: the caller's other kernel runs) */
+    if (!mkc_smem_opt_in((const void *)k_attn_tile<DVQ>, 100 * 1024))
+        return false;
     const dim3 grid((unsigned)((a->n + ATT_TQ - 1) / ATT_TQ), (unsigned)a->n_heads);
     k_attn_tile<DVQ><<<grid, ATT_TT, smem, c->s>>>(*a, ks, vs);
     mkb_launched(c, "attention (tiled prefill)");
