@@ -50,7 +50,10 @@
  * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
  * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
- * (mk_cuda_set_attn_shares).
+ * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
+ * folded into the kernels that read them (mk_cuda_set_norm_fold).
+ * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
+ * prefill_chunk; the engine's default 512).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -273,6 +276,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_GEMV_STAGED", mk_cuda_set_gemv_staged},   /* the one-token GEMV's staged weights */
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
+            {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* residual norms folded into their readers */
         };
         for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
             const char *v = getenv(sw[i].env);
@@ -329,6 +333,9 @@ int main(int argc, char **argv) {
     }
     const mk_config *c = mk_model_config(m);
     mk_engine_opts o = {.threads = threads, .max_ctx = P + D, .backend = wrap ? wrap : be};
+    const char *pc = getenv("MK_BENCH_CHUNK"); /* tokens per prefill chunk (the engine's default: 512) */
+    if (pc && *pc)
+        o.prefill_chunk = atoi(pc);
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());

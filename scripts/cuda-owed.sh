@@ -16,6 +16,10 @@
 #                                         the staged-weight GEMV / MoE kernels, prefill with each
 #                                         int8 kernel, the GEMV alone on the decode's shapes, an
 #                                         ncu breakdown (ncu_sum.log) with both switches on
+#   scripts/cuda-owed.sh fold            session 20's residual norms folded into their readers
+#                                         (MK_CUDA_NORM_FOLD) on the 8-layer cut, decode at short and
+#                                         2048-token contexts, off/on interleaved; prefill 2048 in
+#                                         chunks of 512 / 1024 / 2048 (split and int8)
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -99,7 +103,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged)
+staged | fold)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -108,6 +112,32 @@ staged)
             --force > /dev/null 2>&1
         rm -rf $W/ct8
     }
+    if [ "$what" = fold ]; then
+        {
+            for f in 0 1 0 1 0 1; do
+                echo "== 8-layer 30B cut decode, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
+            done
+            for f in 0 1 0 1; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode"
+            done
+            for g in MK_CUDA_GEMM=split MK_CUDA_GEMM=int8; do
+                for ch in 512 1024 2048 512; do
+                    echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, $g"
+                    env $g MK_BENCH_CHUNK=$ch timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 |
+                        grep -E "^prefill|rate"
+                done
+            done
+        } 2>&1 | tee "$out/fold.log"
+        if command -v ncu > /dev/null; then
+            MK_CUDA_NORM_FOLD=1 timeout 150 ncu --clock-control none --cache-control none \
+                --metrics gpu__time_duration.sum --print-summary per-kernel \
+                $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_fold.log" 2>&1
+            echo "ncu: rc $? (ncu_fold.log)"
+        fi
+        exit $rc
+    fi
     {
         for g in MK_CUDA_GEMV_STAGED=0 MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1 \
             "MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1" MK_CUDA_GEMV_STAGED=0 \

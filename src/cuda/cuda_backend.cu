@@ -522,6 +522,7 @@ static void cu_free(void *ctx) {
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);
     mk_cuda_free(c->amax);
+    mk_cuda_free(c->fold_ticket);
     if (c->s)
         (void)cudaStreamDestroy(c->s);
     free(c);
@@ -529,58 +530,71 @@ static void cu_free(void *ctx) {
 
 static void cu_host_changed(void *ctx, const void *p, size_t n);
 
+/* Every slot but add_rmsnorm (which holds a one-row step back), matmul_n
+ * and moe (which may fold it into their launch) and free first launches a
+ * held-back add_rmsnorm (mkb_fold_flush), so the queue order is the
+ * engine's call order. */
+template <auto F> struct mkb_flushed;
+template <typename R, typename... A, R (*F)(void *, A...)> struct mkb_flushed<F> {
+    static R call(void *ctx, A... a) {
+        mkb_fold_flush((mkb_ctx *)ctx);
+        return F(ctx, a...);
+    }
+};
+#define FL(f) mkb_flushed<f>::call
+
 static const mk_backend_i g_cuda = {
     .name = "cuda",
     .host_mem = false,
     .sinks_window = true, /* gpt_oss: window and sinks in mkb_attention */
-    .alloc = cu_alloc,
-    .buf_free = cu_buf_free,
-    .upload = cu_upload,
-    .download = cu_download,
-    .zero = cu_zero,
-    .sync = cu_sync,
-    .copy = cu_copy,
-    .gather = cu_gather,
-    .scatter = cu_scatter,
-    .find_nonfinite = cu_find_nonfinite,
-    .matmul = mkb_matmul,
-    .get_rows = mkb_get_rows,
-    .rmsnorm = mkb_rmsnorm,
-    .rope = mkb_rope,
-    .attention = mkb_attention,
-    .head_matmul = mkb_head_matmul,
-    .head_matmul_t = mkb_head_matmul_t,
-    .conv1d_silu = mkb_conv1d_silu,
-    .gdn = mkb_gdn,
-    .gated_rmsnorm = mkb_gated_rmsnorm,
-    .swiglu = mkb_swiglu,
-    .clamped_swiglu = mkb_clamped_swiglu,
+    .alloc = FL(cu_alloc),
+    .buf_free = FL(cu_buf_free),
+    .upload = FL(cu_upload),
+    .download = FL(cu_download),
+    .zero = FL(cu_zero),
+    .sync = FL(cu_sync),
+    .copy = FL(cu_copy),
+    .gather = FL(cu_gather),
+    .scatter = FL(cu_scatter),
+    .find_nonfinite = FL(cu_find_nonfinite),
+    .matmul = FL(mkb_matmul),
+    .get_rows = FL(mkb_get_rows),
+    .rmsnorm = FL(mkb_rmsnorm),
+    .rope = FL(mkb_rope),
+    .attention = FL(mkb_attention),
+    .head_matmul = FL(mkb_head_matmul),
+    .head_matmul_t = FL(mkb_head_matmul_t),
+    .conv1d_silu = FL(mkb_conv1d_silu),
+    .gdn = FL(mkb_gdn),
+    .gated_rmsnorm = FL(mkb_gated_rmsnorm),
+    .swiglu = FL(mkb_swiglu),
+    .clamped_swiglu = FL(mkb_clamped_swiglu),
     .expert_mlps = nullptr, /* the engine runs experts one at a time (backend.h) */
-    .layernorm = mkb_layernorm,   /* DeepSeek sparse attention (cuda_dsa.cu) */
-    .dsa_select = mkb_dsa_select,
-    .sigmoid_mul = mkb_sigmoid_mul,
-    .axpy = mkb_axpy,
-    .route = mkb_route,
-    .combine = mkb_combine,
-    .gated_add = mkb_gated_add,
+    .layernorm = FL(mkb_layernorm),   /* DeepSeek sparse attention (cuda_dsa.cu) */
+    .dsa_select = FL(mkb_dsa_select),
+    .sigmoid_mul = FL(mkb_sigmoid_mul),
+    .axpy = FL(mkb_axpy),
+    .route = FL(mkb_route),
+    .combine = FL(mkb_combine),
+    .gated_add = FL(mkb_gated_add),
     .moe = mkb_moe,
-    .moe_grouped = mkb_moe_grouped,
-    .check_finite = cu_check_finite,
-    .nonfinite_take = cu_nonfinite_take,
-    .step_begin = mkb_step_begin,
-    .step_end = mkb_step_end,
-    .step_last = mkb_step_last,
-    .step_replay = mkb_step_replay,
+    .moe_grouped = FL(mkb_moe_grouped),
+    .check_finite = FL(cu_check_finite),
+    .nonfinite_take = FL(cu_nonfinite_take),
+    .step_begin = FL(mkb_step_begin),
+    .step_end = FL(mkb_step_end),
+    .step_last = FL(mkb_step_last),
+    .step_replay = FL(mkb_step_replay),
     .add_rmsnorm = mkb_add_rmsnorm,
-    .qk_norm_rope = mkb_qk_norm_rope,
+    .qk_norm_rope = FL(mkb_qk_norm_rope),
     .matmul_n = mkb_matmul_n,
-    .argmax = mkb_argmax,
-    .matmul_each = mkb_matmul_each,
+    .argmax = FL(mkb_argmax),
+    .matmul_each = FL(mkb_matmul_each),
     .expert_mlps_each = nullptr, /* the engine runs the experts one at a time */
-    .attention_each = mkb_attention_each,
-    .conv1d_silu_each = mkb_conv1d_silu_each,
-    .gdn_each = mkb_gdn_each,
-    .host_changed = cu_host_changed, /* an expert cache reusing its host slots */
+    .attention_each = FL(mkb_attention_each),
+    .conv1d_silu_each = FL(mkb_conv1d_silu_each),
+    .gdn_each = FL(mkb_gdn_each),
+    .host_changed = FL(cu_host_changed), /* an expert cache reusing its host slots */
     .free = cu_free,
 };
 
@@ -648,6 +662,10 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
         s = mk_cuda_malloc((void **)&c->amax, sizeof *c->amax, "the argmax slot's state");
     if (s == MK_OK && (e = cudaMemsetAsync(c->amax, 0, sizeof *c->amax, c->s)) != cudaSuccess)
         s = mkc_fail(e, "initialising the argmax slot's state");
+    if (s == MK_OK)
+        s = mk_cuda_malloc((void **)&c->fold_ticket, sizeof *c->fold_ticket, "the folded residual norm's ticket");
+    if (s == MK_OK && (e = cudaMemsetAsync(c->fold_ticket, 0, sizeof *c->fold_ticket, c->s)) != cudaSuccess)
+        s = mkc_fail(e, "initialising the folded residual norm's ticket");
     if (s == MK_OK) { /* key and cand ~0 (none), ticket 0; waited for by the first sync */
         const mkb_nfl z = {~0ull, ~0ull, 0.0f, 0u};
         e = cudaMemcpyAsync(c->nfl, &z, sizeof z, cudaMemcpyHostToDevice, c->s);
@@ -666,6 +684,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
 /* Drop every copy made from host_data (waiting first: queued slots may
  * read them). */
 static void forget_host(mkb_ctx *c, const void *host_data) {
+    mkb_fold_flush(c); /* a held-back step may read a dropped norm weight */
     ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
     mkb_graph_free(c); /* a recorded step may read the dropped copies */
     mkb_moe_forget(c, host_data);
@@ -795,6 +814,12 @@ extern "C" size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
     if (!b || mk_backend_iface(b) != &g_cuda)
         return 0;
     return ((const mkb_ctx *)mk_backend_ctx(b))->bytes;
+}
+
+extern "C" int64_t mk_backend_cuda_folds(const mk_backend *b) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return 0;
+    return ((const mkb_ctx *)mk_backend_ctx(b))->folds;
 }
 
 extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed) {

@@ -17,6 +17,7 @@
 #include "cuda/mk_cuda.h"
 #include "moekit/backend.h"
 #include "moekit/backend_cuda.h"
+#include "cuda/cuda_nfl.cuh"
 
 /* Lookup tables of the 8- and 4-bit float codes, copied to the device from
  * dtype.h's scalar conversions (the CPU's definitions, so values agree bit
@@ -95,6 +96,13 @@ struct mkb_ctx {
     int nvr, capvr;
     mkb_entry *spare;
     int nspare;
+    /* a one-row add_rmsnorm held back (mk_cuda_set_norm_fold, cuda_ops.cu):
+     * the next slot folds it into its launch when it reads fold.xb and can
+     * (matmul_n, moe), every other slot launches it first (mkb_fold_flush) */
+    bool folding;
+    mk_cuda_fold fold;
+    unsigned *fold_ticket; /* device word of the GEMV's fold, 0 between launches */
+    int64_t folds;         /* taken (mk_backend_cuda_folds) */
 };
 
 struct mkb_range {
@@ -102,14 +110,6 @@ struct mkb_range {
     size_t n;
 };
 
-/* Device state of the deferred non-finite checks: `key` is the kept finding
- * (tag << 40 | index, ~0 when none) and `val` its value; `cand` and
- * `ticket` are one launch's scratch (reset by its last block). */
-struct mkb_nfl {
-    unsigned long long key, cand;
-    float val;
-    unsigned ticket;
-};
 
 /* Device scratch of one argmax launch: the best (value, index) key so far
  * and the blocks' ticket, both 0 between launches (the last block resets). */
@@ -117,6 +117,15 @@ struct mkb_amax {
     unsigned long long key;
     unsigned ticket;
 };
+
+/* Launch the held-back add_rmsnorm, if any (cuda_ops.cu). Every slot but
+ * add_rmsnorm, matmul_n and moe calls it first (the backend's table
+ * wraps them), those two when they do not fold it. */
+void mkb_fold_flush(mkb_ctx *c);
+/* The held-back add_rmsnorm when x is its xb (a slot that reads x may
+ * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */
+const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x);
+void mkb_fold_taken(mkb_ctx *c);
 
 /* Record a failure (the first one wins; sync reports it). Returns s. */
 mk_status mkb_fail(mkb_ctx *c, mk_status s);

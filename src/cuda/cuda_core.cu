@@ -87,6 +87,12 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
+static bool g_norm_fold = false;
+
+extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }
+
+extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on; }
+
 static bool g_attn_merge_fused = true;
 
 extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }

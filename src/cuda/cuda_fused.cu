@@ -330,8 +330,10 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
      * layers; it is made on a layer's second call, when the first step
      * has stacked every layer */
     if (l && l->uses >= 2 && c->expert_cache && !c->recording &&
-        (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at))
+        (c->xc ? c->xc_first == l : c->host_layers > 0 && c->host_layers != c->xc_tried_at)) {
+        mkb_fold_flush(c); /* the queue in the engine's order */
         mkb_xcache_tick(c);
+    }
     if (!l || !l->ok || a->n < 1 || a->n > MK_CUDA_MOE_TOKENS || a->k != l->m.top_k)
         return false;
     const mk_route_args *r = &a->route;
@@ -354,6 +356,20 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
     l->m.topk_group = TG;
     /* several tokens: one batched step, each row bitwise the one-token
      * step's (backend.h's contract for batched decode) */
+    /* one token whose x is a held-back residual step's xb: the step
+     * folded into the router (mk_cuda_set_norm_fold) */
+    const mk_cuda_fold *f = a->n == 1 ? mkb_fold_for(c, a->x) : NULL;
+    if (f) {
+        bool taken = false;
+        mk_status s = mk_cuda_moe_step_fold(&l->m, l->ws, f, a->y, false, c->s, &taken);
+        if (taken)
+            mkb_fold_taken(c);
+        if (s != MK_OK)
+            mkb_fail(c, mk_err_wrap(s, "CUDA backend: fused MoE step"));
+        if (taken || s != MK_OK)
+            return true;
+    }
+    mkb_fold_flush(c);
     if (a->n > 1 && a->H % 4 == 0 && !c->recording) { /* (its workspace may be allocated) */
         mk_cuda_moe_ws *ws = batch_ws(c, &l->m);
         mk_status s = ws ? mk_cuda_moe_step_n(&l->m, ws, a->x, a->y, a->n, false, c->s) : MK_OK;

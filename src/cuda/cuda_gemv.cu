@@ -136,8 +136,11 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
 }
 
 
-extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y,
-                                    void *stream) {
+/* gemv_n of x, or with f folded in (x = f's xb): *taken false when it
+ * cannot take f (nothing queued) */
+static mk_status gemv_n_launch(const mk_wt *const *w, int count, const float *x, const mk_cuda_fold *f,
+                               float *const *y, void *stream, bool *taken) {
+    *taken = false;
     if (count < 1 || count > MK_CUDA_GEMV_N)
         return mk_err(MK_E_ARG, "gemv_n: %d matrices (1 to %d)", count, MK_CUDA_GEMV_N);
     if (((uintptr_t)x & 15) != 0)
@@ -154,19 +157,36 @@ extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const floa
         warps += (w[i]->rows + GEMV_ROWS - 1) / GEMV_ROWS;
         a.wend[i] = warps;
     }
-    if (warps == 0)
+    size_t smem;
+    const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
+    if (f) { /* the fold: every block stages the normed row itself (k_gemv_n only) */
+        if (warps == 0 || !staged || f->dim != w[0]->cols || mk_cuda_gemv_staged() ||
+            !mkc_addnorm_of(f, GEMV_WARPS * 32, &a.an))
+            return MK_OK;
+    } else if (warps == 0) {
         return MK_OK;
+    }
+    *taken = true;
     mk_status st;
-    if (gemvs_launch(a, x, false, (cudaStream_t)stream, &st))
+    if (!f && gemvs_launch(a, x, false, (cudaStream_t)stream, &st))
         return st;
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);
-    size_t smem;
-    const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
     MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv_n<true> : k_gemv_n<false>, dim3((unsigned)blocks),
                        dim3(GEMV_WARPS * 32), smem, (cudaStream_t)stream, mk_cuda_step_pdl(), a, x, staged,
                        mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
-            "launching gemv_n");
+            f ? "launching gemv_n with the residual norm folded in" : "launching gemv_n");
     return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y,
+                                    void *stream) {
+    bool taken;
+    return gemv_n_launch(w, count, x, NULL, y, stream, &taken);
+}
+
+extern "C" mk_status mk_cuda_gemv_n_fold(const mk_wt *const *w, int count, const mk_cuda_fold *f, float *const *y,
+                                         void *stream, bool *taken) {
+    return gemv_n_launch(w, count, f->xb, f, y, stream, taken);
 }

@@ -5,6 +5,8 @@
 #ifndef MK_CUDA_GEMV_KERNEL_CUH
 #define MK_CUDA_GEMV_KERNEL_CUH
 
+#include "cuda/cuda_addnorm.cuh"
+
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
 
@@ -78,12 +80,15 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
 
 /* Several matrices against one x: warps are dealt out matrix by matrix
  * (wend[i]: the first warp past matrix i), each warp computing four rows
- * of its matrix exactly as k_gemv does. */
+ * of its matrix exactly as k_gemv does. With an.x set (k_gemv_n, x staged)
+ * x is the residual step's result an folds in (cuda_addnorm.cuh): every
+ * block stages rmsnorm(an.x + an.y) * an.g itself, and xg is not read. */
 struct mkc_gemv_n {
     mkc_w w[MK_CUDA_GEMV_N];
     float *y[MK_CUDA_GEMV_N];
     int64_t wend[MK_CUDA_GEMV_N];
     int count;
+    mkc_addnorm an;
 };
 
 template <bool P>
@@ -106,7 +111,9 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
     int xpad = 0;
     if (staged) { /* as k_gemv */
         xpad = staged == 2 ? 4 : 0;
-        if (xpad)
+        if (a.an.x) /* every block, live or not: the fold's ticket counts the grid */
+            mkc_addnorm_run(a.an, (float *)mkc_sm4, xpad);
+        else if (xpad)
             mkc_stage_pad((float *)mkc_sm4, xg, a.w[0].cols);
         else
             mkc_stage((float *)mkc_sm4, xg, a.w[0].cols);

@@ -206,9 +206,13 @@ __device__ __forceinline__ void mkc_prefetch_l2(const void *p, int64_t n, int la
 /* The MoE step of n tokens (rows of x and y; mk_cuda_moe_step_n) with a
  * choice of kernels (bit 0 router, 1 gate/up, 2 down) and of programmatic
  * dependent launch; mk_cuda_moe_step is (1 token, 7, mk_cuda_moe_pdl()).
+ * f: a residual step folded into the router (one token, the router
+ * launched, x f's xb; mk_cuda_moe_step_fold), *taken false and nothing
+ * queued when the router cannot take it.
  * For bench_cuda_moe's breakdown and experiments, not the public API. */
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
-                         bool accumulate, void *stream, unsigned parts, bool pdl);
+                         bool accumulate, void *stream, unsigned parts, bool pdl,
+                         const struct mk_cuda_fold *f = NULL, bool *taken = NULL);
 
 /* Kernel generation for GEMV and the MoE step (mk_cuda_kernels): 1 the
  * first kernels, 2 the pipelined ones (mkc_dot_aff_p, k_down2). Host only. */

@@ -116,6 +116,23 @@ void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, i
         one = e[i]->fast && w[i]->cols % 4 == 0 && w[i]->cols == w[0]->cols &&
               mkc_kind_of(&e[i]->dev) == mkc_kind_of(&e[0]->dev);
     }
+    const mk_cuda_fold *f = one && n == 1 ? mkb_fold_for(c, x) : NULL;
+    if (f) { /* the held-back residual step folded into this launch (x is its xb) */
+        const mk_wt *dv[MK_CUDA_GEMV_N];
+        for (int i = 0; i < count; i++)
+            dv[i] = &e[i]->dev;
+        bool taken = false;
+        mk_status s = mk_cuda_gemv_n_fold(dv, count, f, ys, c->s, &taken);
+        if (taken)
+            mkb_fold_taken(c);
+        if (s != MK_OK) {
+            mkb_fail(c, s);
+            return;
+        }
+        if (taken)
+            return;
+    }
+    mkb_fold_flush(c); /* (after the weights' uploads above: they only copy) */
     if (!one) {
         for (int i = 0; i < count; i++)
             mkb_matmul(ctx, w[i], x, n, ys[i]);

@@ -235,8 +235,26 @@ static int64_t moes_per(int64_t units, int64_t fixed, int64_t per_unit) {
     return per >= 1 && (units + per - 1) / per <= 0x7fffffff ? per : 0;
 }
 
+/* Whether k_router's blocks can stage a row of H floats beside their own
+ * shared memory without the opt-in */
+static bool router_stages(int64_t H) {
+    static int fixed = -1; /* the kernel's static shared memory, once */
+    if (fixed < 0) {
+        cudaFuncAttributes fa;
+        if (cudaFuncGetAttributes(&fa, k_router) != cudaSuccess) {
+            (void)cudaGetLastError();
+            return false;
+        }
+        fixed = (int)fa.sharedSizeBytes;
+    }
+    return H * 4 + fixed <= MKC_SMEM_MAX;
+}
+
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
-                         bool accumulate, void *stream, unsigned parts, bool pdl) {
+                         bool accumulate, void *stream, unsigned parts, bool pdl, const mk_cuda_fold *f,
+                         bool *taken) {
+    if (taken)
+        *taken = f == NULL;
     moe_args a;
     if (ws->E != m->n_experts || ws->k != m->top_k || ws->I != m->inter ||
         ws->Is != (m->has_shared ? m->shared_inter : 0))
@@ -255,10 +273,20 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     a.ga = n > 1 && a.I % (2 * MOE_WARPS) == 0;
     const unsigned nt = (unsigned)n;
     cudaStream_t s = (cudaStream_t)stream;
+    size_t srx = 0; /* the router's staged x (a fold) */
+    if (f) {
+        if (n != 1 || !(parts & 1) || f->dim != a.H || x != f->xb || !router_stages(a.H) ||
+            !mkc_addnorm_of(f, MOE_WARPS * 32, &a.an))
+            return MK_OK;
+        a.an.ticket = NULL; /* the router's own */
+        srx = (size_t)a.H * 4;
+        *taken = true;
+    }
     if (parts & 1)
-        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg) * nt, 0, s, pdl, a, x, ws->logits, ws->idx, ws->w,
+        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w,
                        ws->ticket, ws->loc),
-                "launching the router");
+                f ? "launching the router with the residual norm folded in" : "launching the router");
+    a.an = mkc_addnorm(); /* the other kernels read x = xb, which the router wrote */
     /* x and h staged in shared memory when they fit and are whole float4s
      * (h: each expert's slice must start 16-byte aligned too) */
     const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
@@ -321,6 +349,11 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
 extern "C" mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                                       bool accumulate, void *stream) {
     return mkc_moe_launch(m, ws, x, y, 1, accumulate, stream, 7u, mk_cuda_moe_pdl());
+}
+
+extern "C" mk_status mk_cuda_moe_step_fold(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const mk_cuda_fold *f, float *y,
+                                           bool accumulate, void *stream, bool *taken) {
+    return mkc_moe_launch(m, ws, f->xb, y, 1, accumulate, stream, 7u, mk_cuda_moe_pdl(), f, taken);
 }
 
 extern "C" mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,

@@ -5,6 +5,8 @@
 #ifndef MK_CUDA_MOE_KERNELS_CUH
 #define MK_CUDA_MOE_KERNELS_CUH
 
+#include "cuda/cuda_addnorm.cuh"
+
 #define MOE_WARPS 8
 
 /* ---- kernels ------------------------------------------------------------ */
@@ -32,6 +34,10 @@ struct moe_args {
      * t * hstr, hs at t * hsstr. One token: nt 1, ga 0. */
     int32_t nt, ga, ls, ks;
     int64_t hstr, hsstr;
+    /* One token: the residual step folded into k_router (an.x set; x is
+     * then an.xb, which every router block stages itself and its last
+     * block writes for k_gateup; cuda_addnorm.cuh). */
+    mkc_addnorm an;
 };
 
 /* Host: */
@@ -109,17 +115,27 @@ __device__ __forceinline__ int64_t gateup_block(const moe_args &a, int *tok) {
 #define ROUTER_U 4
 
 template <int BITS, int SD>
-__device__ __forceinline__ float router_row(const mkc_w &w, int64_t row, const float *x, int lane) {
-    mkc_primed<ROUTER_U> p;
+__device__ __forceinline__ void router_prime(const mkc_w &w, int64_t row, int lane, mkc_primed<ROUTER_U> &p) {
     mkc_prime<BITS, SD, ROUTER_U>(w, row, lane, p);
-    mkc_pdl_enter();
-    return mkc_primed_dot<BITS, ROUTER_U>(p, w.row_bytes / 16, x, lane);
+}
+
+/* x [H] of the router: as given, or (a.an.x) rmsnorm(an.x + an.y) * an.g
+ * staged in shared memory by this block (cuda_addnorm.cuh; the block
+ * that ranks, the last in, then writes x + y, its check and xb) */
+__device__ __forceinline__ const float *router_x(const moe_args &a, const float *x, float *red) {
+    if (!a.an.x)
+        return x;
+    MKC_DYN_SMEM(float, mkc_smf);
+    mkc_addnorm_stage(a.an, mkc_smf, 0, red);
+    return mkc_smf;
 }
 
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket, int32_t *loc) {
     __shared__ bool last;
+    __shared__ float red[32];
+    __shared__ unsigned long long sbad;
     const int lane = threadIdx.x & 31;
     int tok;
     const int64_t blk = moe_block(a, &tok);
@@ -130,28 +146,36 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     loc = loc ? loc + (int64_t)tok * a.ks : loc;
     ticket += tok;
     const int64_t t = blk * MOE_WARPS + (threadIdx.x >> 5);
-    if (t < a.E + a.has_sg) {
-        const mkc_w &rw = t < a.E ? a.router : a.sgw;
-        const int64_t row = t < a.E ? t : 0;
+    const bool mine = t < a.E + a.has_sg;
+    const mkc_w &rw = !mine || t < a.E ? a.router : a.sgw;
+    const int64_t row = mine && t < a.E ? t : 0;
+    /* the row's weights are loaded before waiting for x (they do not
+     * depend on the previous kernel): under programmatic dependent launch
+     * their latency overlaps the previous kernel's end */
+    const bool primed = mine && mkc_is_aff(rw.kind) && rw.row_bytes / 16 <= 32 * ROUTER_U;
+    mkc_primed<ROUTER_U> p;
+    if (primed) {
+        switch (rw.kind) {
+        case MKC_A4_F32: router_prime<4, 0>(rw, row, lane, p); break;
+        case MKC_A4_BF16: router_prime<4, 1>(rw, row, lane, p); break;
+        case MKC_A4_F16: router_prime<4, 2>(rw, row, lane, p); break;
+        case MKC_A8_F32: router_prime<8, 0>(rw, row, lane, p); break;
+        case MKC_A8_BF16: router_prime<8, 1>(rw, row, lane, p); break;
+        default: router_prime<8, 2>(rw, row, lane, p); break;
+        }
+    }
+    mkc_pdl_enter();
+    const float *xr = router_x(a, x, red); /* every block: the fold's barriers */
+    if (mine) {
         float acc = 0.0f;
-        /* the row's weights are loaded before waiting for x (they do not
-         * depend on the previous kernel): under programmatic dependent launch
-         * their latency overlaps the previous kernel's end */
-        const bool primed = mkc_is_aff(rw.kind) && rw.row_bytes / 16 <= 32 * ROUTER_U;
         if (primed) {
-            switch (rw.kind) {
-            case MKC_A4_F32: acc = router_row<4, 0>(rw, row, x, lane); break;
-            case MKC_A4_BF16: acc = router_row<4, 1>(rw, row, x, lane); break;
-            case MKC_A4_F16: acc = router_row<4, 2>(rw, row, x, lane); break;
-            case MKC_A8_F32: acc = router_row<8, 0>(rw, row, x, lane); break;
-            case MKC_A8_BF16: acc = router_row<8, 1>(rw, row, x, lane); break;
-            default: acc = router_row<8, 2>(rw, row, x, lane); break;
-            }
+            const int64_t n16 = rw.row_bytes / 16;
+            acc = rw.kind <= MKC_A4_F16 ? mkc_primed_dot<4, ROUTER_U>(p, n16, xr, lane)
+                                        : mkc_primed_dot<8, ROUTER_U>(p, n16, xr, lane);
         } else {
-            mkc_pdl_enter();
             const mkc_w *ws[1] = {&rw};
             const int64_t rows[1] = {row};
-            const float *xs[1] = {x};
+            const float *xs[1] = {xr};
             mkc_dot_rows<1, true>(ws, rows, xs, lane, &acc);
         }
         float v = mkc_warp_sum(acc);
@@ -159,8 +183,6 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
             logits[t] = v;
             __threadfence(); /* the writer publishes before the block's ticket */
         }
-    } else {
-        mkc_pdl_enter();
     }
     /* last block in: all logits are in device memory */
     __syncthreads();
@@ -170,6 +192,10 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (!last)
         return;
     __threadfence();
+    if (a.an.x) {
+        MKC_DYN_SMEM(float, mkc_smf);
+        mkc_addnorm_finish(a.an, mkc_smf, 0, &sbad);
+    }
     route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w, a.slot_of, loc, a.counts);
     if (threadIdx.x == 0)
         *ticket = 0u; /* ready for the next launch (stream order) */

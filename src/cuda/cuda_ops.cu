@@ -7,6 +7,7 @@
  * (the interleaved pairing reads the whole rotated span before writing it,
  * through shared memory), grid-stride loops for the element-wise ones. */
 #include "cuda/cuda_backend.cuh"
+#include "cuda/cuda_norm_kernel.cuh"
 
 #define OPS_THREADS 256
 
@@ -40,8 +41,7 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const fl
  * 128-wide head norms took 2.9 us with one element per thread and 3.7 us
  * with two. */
 static unsigned norm_threads(int64_t dim) {
-    int64_t t = (dim + 31) / 32 * 32;
-    return (unsigned)(t < 32 ? 32 : t > 1024 ? 1024 : t);
+    return mkc_norm_threads(dim); /* cuda_addnorm.cuh: the folded residual norm follows its order */
 }
 
 void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
@@ -158,80 +158,22 @@ void mkb_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up,
 
 /* ---- fused forms of the steps above (optional slots) -------------------- */
 
-/* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy
- * computes it (fmaf(1, y, x)); the row's lowest non-finite index goes to
- * f->cand as in k_check_finite (whose protocol this follows: nothing looked
- * at once a finding is kept; the last block by ticket keeps (tag, index,
- * value) and resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
- * loop order, so the values equal the three slots' bit for bit. */
-__global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, int64_t dim, unsigned long long tag,
-                                                      mkb_nfl *f, float *xb, const float *g, float eps) {
-    __shared__ float sh[32];
-    __shared__ bool last;
-    mkc_pdl_enter();
-    float *xr = x + blockIdx.x * dim;
-    const float *yr = y + blockIdx.x * dim;
-    float ss = 0.0f;
-    int64_t bad = -1;
-    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-        const float v = fmaf(1.0f, yr[i], xr[i]);
-        xr[i] = v;
-        if (bad < 0 && !isfinite(v))
-            bad = i; /* this thread's later indices are larger */
-        ss = fmaf(v, v, ss);
-    }
-    /* one row (a decode step): the block's lowest finding in shared memory
-     * and no ticket: the block is the launch's last (saves the L2 atomics'
-     * round trips; the same finding as the protocol below) */
-    __shared__ unsigned long long sbad;
-    const bool one = gridDim.x == 1;
-    if (one) {
-        if (threadIdx.x == 0)
-            sbad = ~0ull;
-        __syncthreads();
-        if (bad >= 0)
-            atomicMin(&sbad, (unsigned long long)bad);
-    } else if (bad >= 0 && __ldcg(&f->key) == ~0ull) {
-        atomicMin(&f->cand, (unsigned long long)(blockIdx.x * dim + bad));
-    }
-    if (xb) {
-        ss = mkb_block_sum(ss, sh);
-        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        float *br = xb + blockIdx.x * dim;
-        for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
-            float v = xr[i] * inv;
-            if (g)
-                v = v * g[i];
-            br[i] = v;
-        }
-    }
-    if (one) {
-        __syncthreads(); /* sbad final, x written */
-        if (threadIdx.x == 0 && sbad != ~0ull && f->key == ~0ull) {
-            f->val = xr[sbad];
-            f->key = tag << 40 | sbad;
-        }
-        return;
-    }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || threadIdx.x != 0)
-        return;
-    __threadfence();
-    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
-    if (cand != ~0ull && f->key == ~0ull) {
-        f->val = __ldcg(x + cand); /* written by another block of this launch */
-        f->key = tag << 40 | cand;
-    }
-    f->ticket = 0u;
+/* k_add_rmsnorm over rows of dim (one block each) */
+static void add_rmsnorm_launch(mkb_ctx *c, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag,
+                               float *xb, const float *gd, float eps) {
+    mkb_launch(c, "add_rmsnorm", k_add_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, y, dim,
+               (unsigned long long)tag, c->nfl, xb, gd, eps);
 }
 
+/* One row with xb (a decode step's residual step) and mk_cuda_norm_fold:
+ * held back for the next slot to fold into its launch (mkb_fold_for), or
+ * to launch first (mkb_fold_flush). The values are the same either way:
+ * the folded forms compute them in this kernel's order
+ * (cuda_addnorm.cuh). */
 void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag, float *xb,
                      const float *g, float eps) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    mkb_fold_flush(c);
     if (rows <= 0 || dim <= 0)
         return;
     if (tag < 0 || rows > 0x7fffffff || rows * dim >= (1ll << 40)) {
@@ -242,8 +184,38 @@ void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t 
     const float *gd = xb ? mkb_param(c, g, dim) : NULL;
     if (xb && g && !gd)
         return;
-    mkb_launch(c, "add_rmsnorm", k_add_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, y, dim,
-               (unsigned long long)tag, c->nfl, xb, gd, eps);
+    if (rows == 1 && xb && mk_cuda_norm_fold() && dim <= 0x7fffffff) {
+        c->folding = true;
+        c->fold.x = x;
+        c->fold.y = y;
+        c->fold.g = gd;
+        c->fold.xb = xb;
+        c->fold.key = &c->nfl->key;
+        c->fold.val = &c->nfl->val;
+        c->fold.ticket = c->fold_ticket;
+        c->fold.dim = dim;
+        c->fold.tag = tag;
+        c->fold.eps = eps;
+        return;
+    }
+    add_rmsnorm_launch(c, x, y, rows, dim, tag, xb, gd, eps);
+}
+
+void mkb_fold_flush(mkb_ctx *c) {
+    if (!c->folding)
+        return;
+    c->folding = false;
+    const mk_cuda_fold *f = &c->fold;
+    add_rmsnorm_launch(c, f->x, f->y, 1, f->dim, f->tag, f->xb, f->g, f->eps);
+}
+
+const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x) {
+    return c->folding && x == c->fold.xb ? &c->fold : NULL;
+}
+
+void mkb_fold_taken(mkb_ctx *c) {
+    c->folding = false;
+    c->folds++;
 }
 
 /* qk_norm_rope: one block per (token, head) of q then k, the threads of

@@ -76,6 +76,16 @@ mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate
 mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y, bool accumulate, void *stream) {
     return no_cuda();
 }
+mk_status mk_cuda_gemv_n_fold(const mk_wt *const *w, int count, const mk_cuda_fold *f, float *const *y,
+                              void *stream, bool *taken) {
+    (void)w;
+    (void)count;
+    (void)f;
+    (void)y;
+    (void)stream;
+    *taken = false;
+    return no_cuda();
+}
 mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y, void *stream) {
     return no_cuda();
 }
@@ -121,6 +131,12 @@ void mk_cuda_set_moe_staged(bool on) {
 bool mk_cuda_moe_staged(void) {
     return false;
 }
+void mk_cuda_set_norm_fold(bool on) {
+    (void)on;
+}
+bool mk_cuda_norm_fold(void) {
+    return false;
+}
 void mk_cuda_set_attn_merge_fused(bool on) {
     (void)on;
 }
@@ -157,6 +173,17 @@ mk_status mk_cuda_moe_ws_zero(mk_cuda_moe_ws *ws, void *stream) {
     return no_cuda();
 }
 void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws) {
+}
+mk_status mk_cuda_moe_step_fold(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const mk_cuda_fold *f, float *y,
+                                bool accumulate, void *stream, bool *taken) {
+    (void)m;
+    (void)ws;
+    (void)f;
+    (void)y;
+    (void)accumulate;
+    (void)stream;
+    *taken = false;
+    return no_cuda();
 }
 mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                            bool accumulate, void *stream) {
@@ -198,6 +225,10 @@ void mk_backend_cuda_forget(mk_backend *b, const void *host_data) {
     (void)host_data;
 }
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b) {
+    (void)b;
+    return 0;
+}
+int64_t mk_backend_cuda_folds(const mk_backend *b) {
     (void)b;
     return 0;
 }

@@ -89,6 +89,33 @@ mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y,
 #define MK_CUDA_GEMV_N 4
 mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y, void *stream);
 
+/* A one-row residual step folded into the kernel that reads its result
+ * (mk_cuda_set_norm_fold; docs/CUDA.md "Residual norms folded into their
+ * readers"): x += y (as axpy), the deferred non-finite check of x (the
+ * CUDA backend's: its finding `key` = tag << 40 | index, ~0 while none,
+ * and `val`), and xb = rmsnorm(x) * g (g may be NULL), each bitwise what
+ * the backend's add_rmsnorm launch gives. Device pointers; `ticket` a
+ * zeroed device word the launch leaves zeroed (the GEMV's; the MoE step
+ * uses its workspace's). */
+typedef struct mk_cuda_fold {
+    float *x;
+    const float *y;
+    const float *g;
+    float *xb;
+    unsigned long long *key;
+    float *val;
+    unsigned *ticket;
+    int64_t dim;
+    int32_t tag;
+    float eps;
+} mk_cuda_fold;
+/* mk_cuda_gemv_n of x = f's xb with f folded in: *taken false (nothing
+ * queued) when the launch cannot take it (x not staged in shared memory,
+ * the staged-weight kernel on, dim past 4096 threads' order); the caller
+ * then runs the step itself. */
+mk_status mk_cuda_gemv_n_fold(const mk_wt *const *w, int count, const mk_cuda_fold *f, float *const *y,
+                              void *stream, bool *taken);
+
 /* Kernel generation of mk_cuda_gemv and mk_cuda_moe_step (docs/CUDA.md):
  * 1 the first kernels; 2 (the default: faster on the H200, same tests) the
  * pipelined affine row loads and the down projection spread over (expert,
@@ -171,6 +198,14 @@ bool mk_cuda_attn_merge_fused(void);
  * step keeps the split it was recorded with. MK_E_ARG outside 1..32. */
 mk_status mk_cuda_set_attn_shares(int n);
 int mk_cuda_attn_shares(void);
+/* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =
+ * rmsnorm(x) * g) folded into the next launch when that launch reads xb
+ * and can take it (mk_cuda_gemv_n_fold: the q/k/v GEMV of a decode step;
+ * mk_cuda_moe_step_fold: the MoE router): one kernel fewer per residual
+ * step, the same bits. Off by default until measured; process-wide, like
+ * mk_cuda_set_kernels. */
+void mk_cuda_set_norm_fold(bool on);
+bool mk_cuda_norm_fold(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 
@@ -245,6 +280,12 @@ void mk_cuda_moe_ws_free(mk_cuda_moe_ws *ws);
  * the step can be captured in a CUDA graph. */
 mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y,
                            bool accumulate, void *stream);
+/* The step of x = f's xb with f folded into its router (f->ticket unused:
+ * the router's own): *taken false (nothing queued) when the router cannot
+ * take it (hidden not a multiple of 4 or past the shared memory, the
+ * width's norm order past 4 threads' terms each). */
+mk_status mk_cuda_moe_step_fold(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const mk_cuda_fold *f, float *y,
+                                bool accumulate, void *stream, bool *taken);
 /* The step for n tokens at once (a batched decode step: x and y [n, hidden],
  * n <= the workspace's nmax; n > 1 needs hidden % 4 == 0): the same three
  * kernels, each launched once with every token's blocks, so the weight rows

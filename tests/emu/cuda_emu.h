@@ -145,9 +145,21 @@ template <class T> inline T __ldg(const T *p) { return *p; }
 inline float atomicAdd(float *p, float v) { return std::atomic_ref<float>(*p).fetch_add(v); }
 inline unsigned atomicAdd(unsigned *p, unsigned v) { return std::atomic_ref<unsigned>(*p).fetch_add(v); }
 inline int atomicAdd(int *p, int v) { return std::atomic_ref<int>(*p).fetch_add(v); }
+inline unsigned long long atomicMin(unsigned long long *p, unsigned long long v) {
+    const unsigned long long o = *p;
+    if (v < o)
+        *p = v;
+    return o;
+}
+inline unsigned long long atomicExch(unsigned long long *p, unsigned long long v) {
+    const unsigned long long o = *p;
+    *p = v;
+    return o;
+}
 // the emulated block's dynamic shared memory (MKC_DYN_SMEM in cuda_impl.cuh)
 alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
 inline void __threadfence() {}
+using std::isfinite; /* the device's isfinite, unqualified in kernels */
 
 // The relative L2 error of n floats against a double reference: the
 // emulations' measure.

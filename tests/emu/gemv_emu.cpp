@@ -2,7 +2,11 @@
 // with cuda_impl.cuh's dot products, included as they are; views made by
 // cuda_view.cuh's mkc_view) in every weight format the device takes: affine
 // 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3, MXFP4, NVFP4; both kernel
-// generations and every way of staging x. Each y within test_cuda_gemv's
+// generations and every way of staging x. The residual step folded into
+// k_gemv_n (cuda_addnorm.cuh) against k_add_rmsnorm then k_gemv_n: x, xb, the
+// products and the check's finding bitwise, at row widths whose norm order
+// differs (one to seven terms per thread, partial warps); control: the fold
+// summing in its own block's order instead must differ. Each y within test_cuda_gemv's
 // bound of the double reference (gemv_ref.c: mk_wt_dequant_row, the CPU's
 // definition of each format); k_gemv_n's rows bitwise k_gemv's, and k_gemv
 // of 3 tokens in one launch (mk_cuda_gemv_each) each row bitwise its
@@ -19,6 +23,7 @@
 #include "cuda/cuda_impl.cuh"
 #include "gemv_ref.h"
 #include "cuda/cuda_gemv_kernel.cuh"
+#include "cuda/cuda_norm_kernel.cuh"
 
 struct gcase {
     const char *name;
@@ -41,6 +46,109 @@ static void run_gemv(const mkc_w &v, const float *x, float *y, bool P, int stage
             else
                 k_gemv<false>(v, x, y, 0, staged, nt);
         });
+}
+
+// The residual step folded into k_gemv_n, one width: rows x dim weights of
+// a kind whose kernel stages x (staged 1 or 2), two matrices, several
+// blocks. Returns the failures. vt_override: the control, the fold's sum in
+// another order: returns whether xb then differs.
+#define FOLD_DRAWS 6
+
+static int fold_case(const char *name, int kind, int bits, int group, int sd, int64_t rows, int64_t dim,
+                     int vt_override = 0) {
+    int bad = 0;
+    void *t = emu_weight(kind, rows, dim, bits, group, sd, 0, 0);
+    mkc_w v;
+    if (mkc_view(emu_view(t), name, &v) != MK_OK) {
+        printf("FAIL fold %s: %s\n", name, mk_err_msg());
+        emu_weight_free(t);
+        return 1;
+    }
+    const int staged = mkc_pads(v.kind) && dim % 32 == 0 ? 2 : 1; /* as stage_mode under generation 2 */
+    std::vector<float> x0(dim), y0(dim), g(dim);
+    const unsigned vt = mkc_norm_threads(dim);
+    /* FOLD_DRAWS finite rows (a sum's last bit: one draw alone would often agree under another
+     * order), then inf and NaN in y, then the same with a finding already kept */
+    for (int draw = 0; draw < FOLD_DRAWS + 2; draw++) {
+        const int plant = draw < FOLD_DRAWS ? 0 : draw - FOLD_DRAWS + 1;
+        if (draw < FOLD_DRAWS)
+            for (int64_t i = 0; i < dim; i++) {
+                x0[i] = emu_rand(-2.0f, 2.0f);
+                y0[i] = emu_rand(-1.0f, 1.0f);
+                g[i] = emu_rand(0.5f, 1.5f);
+            }
+        std::vector<float> xr = x0, yr = y0, xbr(dim, NAN), xf = x0, yf = y0, xbf(dim, NAN);
+        if (plant) {
+            const int64_t i1 = dim / 3 + 1, i2 = dim - 2;
+            yr[i2] = yf[i2] = NAN;
+            yr[i1] = yf[i1] = INFINITY;
+        }
+        mkb_nfl fr = {plant == 2 ? 5ull : ~0ull, ~0ull, 0.0f, 0u};
+        unsigned long long kf = fr.key;
+        float vf = 0.0f;
+        /* the reference: k_add_rmsnorm (one block of its threads), then k_gemv_n of its xb */
+        emu_block(1, 0, vt, [&] { k_add_rmsnorm(xr.data(), yr.data(), dim, 9ull, &fr, xbr.data(), g.data(), 1e-6f); });
+        mkc_gemv_n a;
+        std::memset(&a, 0, sizeof a);
+        a.count = 2;
+        std::vector<float> zr[2], zf[2];
+        int64_t warps = 0;
+        for (int i = 0; i < 2; i++) {
+            zr[i].assign(rows, NAN);
+            zf[i].assign(rows, NAN);
+            a.w[i] = v;
+            a.y[i] = zr[i].data();
+            warps += (rows + GEMV_ROWS - 1) / GEMV_ROWS;
+            a.wend[i] = warps;
+        }
+        const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_n<true>(a, xbr.data(), staged); });
+        /* folded: the blocks stage rmsnorm(x + y) * g themselves, the last writes x, xb and the finding */
+        unsigned ticket = 0;
+        mk_cuda_fold f = {xf.data(), yf.data(), g.data(), xbf.data(), &kf, &vf, &ticket, dim, 9, 1e-6f};
+        if (!mkc_addnorm_of(&f, GEMV_WARPS * 32, &a.an)) {
+            printf("FAIL fold %s: mkc_addnorm_of declined width %lld\n", name, (long long)dim);
+            emu_weight_free(t);
+            return 1;
+        }
+        if (vt_override)
+            a.an.vt = vt_override;
+        for (int i = 0; i < 2; i++)
+            a.y[i] = zf[i].data();
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_n<true>(a, xbf.data(), staged); });
+        const bool same = !std::memcmp(xr.data(), xf.data(), dim * 4) && !std::memcmp(xbr.data(), xbf.data(), dim * 4) &&
+                          !std::memcmp(zr[0].data(), zf[0].data(), rows * 4) &&
+                          !std::memcmp(zr[1].data(), zf[1].data(), rows * 4);
+        const bool check = kf == fr.key && (fr.key == ~0ull || fr.key == 5ull || !std::memcmp(&vf, &fr.val, 4));
+        if (vt_override) { /* the control: the finite case's xb differs (1) or not (0) */
+            if (plant == 0 && std::memcmp(xbr.data(), xbf.data(), dim * 4))
+                bad = 1;
+            continue;
+        }
+        if (!same || !check || ticket != 0) {
+            printf("FAIL fold %s (%s): x %s, xb %s, products %s, check key %llx (want %llx), ticket %u\n", name,
+                   plant == 0 ? "finite" : plant == 1 ? "inf and NaN" : "a finding kept",
+                   std::memcmp(xr.data(), xf.data(), dim * 4) ? "differs" : "same",
+                   std::memcmp(xbr.data(), xbf.data(), dim * 4) ? "differs" : "same",
+                   std::memcmp(zr[0].data(), zf[0].data(), rows * 4) ||
+                           std::memcmp(zr[1].data(), zf[1].data(), rows * 4)
+                       ? "differ"
+                       : "same",
+                   kf, fr.key, ticket);
+            bad++;
+        }
+        if (plant == 1 && fr.key != (9ull << 40 | (unsigned long long)(dim / 3 + 1))) {
+            printf("FAIL fold %s: k_add_rmsnorm's finding %llx is not the first non-finite index\n", name, fr.key);
+            bad++;
+        }
+    }
+    if (!vt_override)
+        printf("fold %-30s width %5lld (%u threads' order), %lld blocks: x, xb, products, check bitwise\n", name,
+               (long long)dim, vt, (long long)((2 * ((rows + GEMV_ROWS - 1) / GEMV_ROWS) + GEMV_WARPS - 1) / GEMV_WARPS));
+    emu_weight_free(t);
+    return bad;
 }
 
 int main(int argc, char **argv) {
@@ -198,6 +306,25 @@ int main(int argc, char **argv) {
                worst, staged_runs ? ", staged weights bitwise" : "");
         staged_cases += staged_runs > 0;
         emu_weight_free(t);
+    }
+    if (!only || std::strstr("fold", only)) {
+        g_bad += fold_case("affine4 g64 bf16", EMU_AFFINE, 4, 64, MK_DT_BF16, 70, 2048);
+        g_bad += fold_case("affine8 g64 f16", EMU_AFFINE, 8, 64, MK_DT_F16, 40, 4096);
+        g_bad += fold_case("affine4 g64 bf16 (DeepSeek width)", EMU_AFFINE, 4, 64, MK_DT_BF16, 9, 7168);
+        g_bad += fold_case("bf16", EMU_BF16, 0, 0, MK_DT_BF16, 33, 1000);
+        g_bad += fold_case("affine4 g32 f16", EMU_AFFINE, 4, 32, MK_DT_F16, 65, 160);
+        g_bad += fold_case("f32", EMU_F32, 0, 0, MK_DT_F32, 17, 48);
+        /* the control: summed in the GEMV block's own order (256 threads), not k_add_rmsnorm's, xb
+         * must differ in some draw at every width */
+        const int differ = fold_case("affine4 g64 bf16", EMU_AFFINE, 4, 64, MK_DT_BF16, 70, 2048, 256) +
+                           fold_case("affine8 g64 f16", EMU_AFFINE, 8, 64, MK_DT_F16, 40, 4096, 256) +
+                           fold_case("affine4 g64 bf16", EMU_AFFINE, 4, 64, MK_DT_BF16, 9, 7168, 256) +
+                           fold_case("bf16", EMU_BF16, 0, 0, MK_DT_BF16, 33, 1000, 256);
+        printf("fold control: the block's own sum order changes xb at %d of 4 widths\n", differ);
+        if (differ < 2) {
+            printf("FAIL fold control: summing in the block's own order gave k_add_rmsnorm's bits at 3 or more of the 4 widths\n");
+            g_bad++;
+        }
     }
     if (!only && staged_cases != 4) {
         printf("FAIL: the staged-weight kernel ran on %d cases, expected 4\n", staged_cases);

@@ -15,7 +15,10 @@
 // step's, with and without the cache (counts: the tokens' sum). The
 // staged-weight kernels (k_gateup_s, k_down_s) on the affine layers: y
 // bitwise generation 2's in several block sizes, and through the cache the
-// same verdicts (bitwise, and each control caught). Exit 1 on a mismatch.
+// same verdicts (bitwise, and each control caught). The residual step
+// folded into k_router (cuda_addnorm.cuh): logits, routing, x and xb
+// bitwise k_add_rmsnorm then k_router's, and a non-finite y's finding
+// k_add_rmsnorm's. Exit 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -23,6 +26,7 @@
 #include "cuda/cuda_impl.cuh"
 #include "cuda/cuda_route_block.cuh"
 #include "cuda/cuda_moe_kernels.cuh"
+#include "cuda/cuda_norm_kernel.cuh"
 #include "moe_ref.h"
 
 static int g_bad;
@@ -156,6 +160,61 @@ static void check_batch(const char *name, const moe_args &a, const float *xs, co
     }
 }
 
+// The residual step folded into the router (mk_cuda_moe_step_fold): against
+// k_add_rmsnorm, then k_router of its xb, on random rows (and one with an
+// infinity and a NaN in y): logits, idx, w, x, xb and the check's finding
+// bitwise.
+static void fold_router(const char *name, const moe_args &a, const emu_layer &L) {
+    const int64_t H = a.H;
+    const unsigned R = nblk(a.E + a.has_sg), vt = mkc_norm_threads(H);
+    for (int draw = 0; draw < 5; draw++) {
+        std::vector<float> x0(H), y0(H), g(H);
+        for (int64_t i = 0; i < H; i++) {
+            x0[i] = emu_rand(-2.0f, 2.0f);
+            y0[i] = emu_rand(-1.0f, 1.0f);
+            g[i] = emu_rand(0.5f, 1.5f);
+        }
+        if (draw == 4) {
+            y0[H / 2] = INFINITY;
+            y0[H - 1] = NAN;
+        }
+        std::vector<float> xr = x0, xbr(H, NAN), xf = x0, xbf(H, NAN);
+        mkb_nfl fr = {~0ull, ~0ull, 0.0f, 0u};
+        emu_block(1, 0, vt, [&] { k_add_rmsnorm(xr.data(), y0.data(), H, 3ull, &fr, xbr.data(), g.data(), 1e-6f); });
+        bufs B1(L), B2(L);
+        for (unsigned b = 0; b < R; b++)
+            emu_block(R, b, MOE_WARPS * 32, [&] {
+                k_router(a, xbr.data(), B1.logits.data(), B1.idx.data(), B1.w.data(), &B1.ticket, B1.loc.data());
+            });
+        unsigned long long kf = ~0ull;
+        float vf = 0.0f;
+        mk_cuda_fold f = {xf.data(), y0.data(), g.data(), xbf.data(), &kf, &vf, nullptr, H, 3, 1e-6f};
+        moe_args af = a;
+        if (!mkc_addnorm_of(&f, MOE_WARPS * 32, &af.an)) {
+            printf("FAIL %s: the router declined the fold\n", name);
+            g_bad++;
+            return;
+        }
+        for (unsigned b = 0; b < R; b++)
+            emu_block(R, b, MOE_WARPS * 32, [&] {
+                k_router(af, xbf.data(), B2.logits.data(), B2.idx.data(), B2.w.data(), &B2.ticket, B2.loc.data());
+            });
+        const bool same = !std::memcmp(B1.logits.data(), B2.logits.data(), (a.E + a.has_sg) * 4) &&
+                          !std::memcmp(B1.idx.data(), B2.idx.data(), a.k * 4) &&
+                          !std::memcmp(B1.w.data(), B2.w.data(), a.k * 4) &&
+                          !std::memcmp(xr.data(), xf.data(), H * 4) && !std::memcmp(xbr.data(), xbf.data(), H * 4);
+        const bool check = kf == fr.key && (kf == ~0ull || !std::memcmp(&vf, &fr.val, 4)) &&
+                           (draw < 4 ? kf == ~0ull : kf == (3ull << 40 | (unsigned long long)(H / 2)));
+        if (!same || !check || B2.ticket != 0) {
+            printf("FAIL %s: the folded router (draw %d) differs: logits/routing/x/xb %s, finding %llx vs %llx, "
+                   "ticket %u\n", name, draw, same ? "same" : "differ", kf, fr.key, B2.ticket);
+            g_bad++;
+            return;
+        }
+    }
+    printf("%-60s folded residual norm: router bitwise in 5 draws, the finding too\n", name);
+}
+
 static void run_case(const char *name, emu_layer L, int bits) {
     emu_layer_make(&L, bits);
     mk_cuda_moe m;
@@ -190,6 +249,7 @@ static void run_case(const char *name, emu_layer L, int bits) {
         g_bad++;
         return;
     }
+    fold_router(name, a, L);
     std::vector<float> x(L.H), y(L.H), y2(L.H);
     std::vector<double> ref(L.H);
     std::vector<int32_t> want(L.k);

@@ -1796,6 +1796,62 @@ static void ref_moe(const float *x, int64_t H, int E, int K, int64_t I, int64_t 
  * bitwise the resident one's; afterwards the general path (matmul
  * on one expert's view) reads the same device copy the slot stacked. The
  * CPU backend has no such slot (its results are the general path's). */
+/* The residual step before a fused MoE call (add_rmsnorm into the call's
+ * x, its y the call's y, as the engine queues them) with
+ * mk_cuda_set_norm_fold on: folded into the router, x, xb and y bitwise
+ * what it gives off, and an infinity planted in y reported the same way. */
+static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
+    const int64_t H = a->H;
+    float *r = rvec(H), *yv = rvec(H), *g = rvec(H);
+    for (int64_t i = 0; i < H; i++)
+        g[i] += 1.5f;
+    float *dr = dev(b, NULL, H * 4), *dg = dev(b, g, H * 4);
+    const bool fold0 = mk_cuda_norm_fold();
+    const int64_t folds0 = mk_backend_cuda_folds(b->b);
+    float *out[2][3];
+    int32_t tags[2][2];
+    int64_t ats[2][2];
+    float vals[2][2];
+    for (int on = 0; on < 2; on++) {
+        mk_cuda_set_norm_fold(on);
+        for (int plant = 0; plant < 2; plant++) {
+            if (plant)
+                yv[H / 3] = INFINITY;
+            b->i->upload(b->ctx, dr, r, H * 4);
+            b->i->upload(b->ctx, a->y, yv, H * 4);
+            b->i->add_rmsnorm(b->ctx, dr, a->y, 1, H, 7, (float *)a->x, dg, 1e-6f);
+            assert_true(b->i->moe(b->ctx, a));
+            if (!plant) {
+                out[on][0] = back(b, dr, H * 4);
+                out[on][1] = back(b, a->x, H * 4);
+                out[on][2] = back(b, a->y, H * 4);
+            }
+            assert_int_equal(b->i->sync(b->ctx), MK_OK);
+            const bool found = b->i->nonfinite_take(b->ctx, &tags[on][plant], &ats[on][plant], &vals[on][plant]);
+            assert_true(found == (plant == 1));
+        }
+        yv[H / 3] = 0.5f;
+    }
+    mk_cuda_set_norm_fold(fold0);
+    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 2); /* the router took both */
+    for (int i = 0; i < 3; i++)
+        if (memcmp(out[0][i], out[1][i], H * 4))
+            fail_msg("%s: %s: the residual norm folded into the router changes %s", b->name, what,
+                     i == 0 ? "x" : i == 1 ? "xb" : "y");
+    assert_int_equal(tags[1][1], tags[0][1]);
+    assert_int_equal(tags[0][1], 7);
+    assert_true(ats[1][1] == ats[0][1] && ats[0][1] == H / 3);
+    assert_true(isinf(vals[1][1]) && isinf(vals[0][1]));
+    for (int on = 0; on < 2; on++)
+        for (int i = 0; i < 3; i++)
+            free(out[on][i]);
+    b->i->buf_free(b->ctx, dr);
+    b->i->buf_free(b->ctx, dg);
+    free(r);
+    free(yv);
+    free(g);
+}
+
 static void test_fused_moe(void **st) {
     (void)st;
     enum { H = 256, E = 16, K = 4, I = 128, IS = 64 };
@@ -1883,6 +1939,7 @@ static void test_fused_moe(void **st) {
                 check_rel(b->name, what, y, g_ref, I, TOL_DOT);
                 free(y);
                 assert_int_equal(b->i->sync(b->ctx), MK_OK);
+                fold_into_moe(b, &a, what);
                 /* forgetting the weights leaves nothing resident */
                 for (int e = 0; e < E; e++) {
                     mk_backend_cuda_forget(b->b, gw[e].data);
@@ -2715,8 +2772,12 @@ static void test_cuda_step_pdl(void **st) {
             assert_memory_not_equal(ref[p], ref[0], sizeof(float) * PC_H);
     }
     mk_cuda_set_step_pdl(true);
-    for (int rep = 0; rep < 8; rep++) { /* queued directly, several times; the prefetches on half the time */
+    const bool fold0 = mk_cuda_norm_fold();
+    const int64_t folds0 = mk_backend_cuda_folds(b->b);
+    for (int rep = 0; rep < 8; rep++) { /* queued directly, several times; the prefetches on half the time, the
+                                          * residual norms folded into the GEMVs that read them the other half */
         mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
+        mk_cuda_set_norm_fold(rep >= 4);
         const int p = rep % PC_NP;
         pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
@@ -2725,7 +2786,9 @@ static void test_cuda_step_pdl(void **st) {
         assert_int_equal(am, am0[p]);
         free(o);
     }
-    /* recorded at the first position (prefetches on), then replayed at each */
+    /* every layer's two residual steps folded in the last four runs (the final one has no xb) */
+    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * 2 * PC_L);
+    /* recorded at the first position (prefetches and folds on), then replayed at each */
     mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
     pdl_chain_reset(b, &c, PC_P);
     assert_true(b->i->step_begin(b->ctx));
@@ -2748,6 +2811,7 @@ static void test_cuda_step_pdl(void **st) {
     }
     mk_cuda_set_step_pdl(step0);
     mk_cuda_set_step_prefetch(pf0);
+    mk_cuda_set_norm_fold(fold0);
     void *bufs[] = {c.dx,   c.dy,  c.dxb,  c.dq,   c.dk,  c.dv,  c.dat, c.dkc, c.dvc,
                     c.dg,   c.dqg, c.dcos, c.dsin, c.dlg, c.dff, c.dup, c.dpos, c.dam};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)

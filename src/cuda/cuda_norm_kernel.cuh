@@ -1,0 +1,85 @@
+/* The residual step's kernel (k_add_rmsnorm; its launch is cuda_ops.cu's
+ * add_rmsnorm slot). A
+ * header of its own so that the host emulation (tests/emu/addnorm_emu.cpp)
+ * runs this very kernel against the folded form (cuda_addnorm.cuh). The
+ * includer provides cuda_impl.cuh (or the emulation's emu_impl.h). */
+#ifndef MK_CUDA_NORM_KERNEL_CUH
+#define MK_CUDA_NORM_KERNEL_CUH
+
+#include "cuda/cuda_addnorm.cuh"
+#include "cuda/cuda_block_sum.cuh"
+#include "cuda/cuda_nfl.cuh"
+
+
+/* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy
+ * computes it (fmaf(1, y, x)); the row's lowest non-finite index goes to
+ * f->cand as in k_check_finite (whose protocol this follows: nothing looked
+ * at once a finding is kept; the last block by ticket keeps (tag, index,
+ * value) and resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
+ * loop order, so the values equal the three slots' bit for bit. */
+__global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, int64_t dim, unsigned long long tag,
+                                                      mkb_nfl *f, float *xb, const float *g, float eps) {
+    __shared__ float sh[32];
+    __shared__ bool last;
+    mkc_pdl_enter();
+    float *xr = x + blockIdx.x * dim;
+    const float *yr = y + blockIdx.x * dim;
+    float ss = 0.0f;
+    int64_t bad = -1;
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        const float v = fmaf(1.0f, yr[i], xr[i]);
+        xr[i] = v;
+        if (bad < 0 && !isfinite(v))
+            bad = i; /* this thread's later indices are larger */
+        ss = fmaf(v, v, ss);
+    }
+    /* one row (a decode step): the block's lowest finding in shared memory
+     * and no ticket: the block is the launch's last (saves the L2 atomics'
+     * round trips; the same finding as the protocol below) */
+    __shared__ unsigned long long sbad;
+    const bool one = gridDim.x == 1;
+    if (one) {
+        if (threadIdx.x == 0)
+            sbad = ~0ull;
+        __syncthreads();
+        if (bad >= 0)
+            atomicMin(&sbad, (unsigned long long)bad);
+    } else if (bad >= 0 && __ldcg(&f->key) == ~0ull) {
+        atomicMin(&f->cand, (unsigned long long)(blockIdx.x * dim + bad));
+    }
+    if (xb) {
+        ss = mkb_block_sum(ss, sh);
+        const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
+        float *br = xb + blockIdx.x * dim;
+        for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+            float v = xr[i] * inv;
+            if (g)
+                v = v * g[i];
+            br[i] = v;
+        }
+    }
+    if (one) {
+        __syncthreads(); /* sbad final, x written */
+        if (threadIdx.x == 0 && sbad != ~0ull && f->key == ~0ull) {
+            f->val = xr[sbad];
+            f->key = tag << 40 | sbad;
+        }
+        return;
+    }
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0)
+        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
+    __syncthreads();
+    if (!last || threadIdx.x != 0)
+        return;
+    __threadfence();
+    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
+    if (cand != ~0ull && f->key == ~0ull) {
+        f->val = __ldcg(x + cand); /* written by another block of this launch */
+        f->key = tag << 40 | cand;
+    }
+    f->ticket = 0u;
+}
+
+#endif
