@@ -73,33 +73,62 @@ static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
 
 template <int DVL>
 static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim3 grid, size_t smem, int64_t ks,
-                      int64_t vs, bool vec, unsigned *tickets) {
+                      int64_t vs, bool vec, unsigned *tickets, const mkc_qkfold &qf) {
     const int pf = mkc_prefetches(MK_CUDA_PREFETCH_ATTN);
     if (sq)
         mkb_launch(c, "attention of a batched step", k_attn_each<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, *sq, ks,
                    vs, vec, c->att_part, pf, tickets);
     else
-        mkb_launch(c, "attention", k_attn<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf,
-                   tickets);
+        mkb_launch(c, qf.on ? "attention with the q/k norms and RoPE folded in" : "attention", k_attn<DVL>, grid,
+                   dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf, tickets, qf);
+}
+
+/* The tickets with which the ns shares of nb blocks merge themselves
+ * (mk_cuda_attn_merge_fused), or NULL: a k_attn_merge launch merges them */
+static unsigned *share_tickets(const mkb_ctx *c, unsigned nb, unsigned ns) {
+    return ns > 1 && mk_cuda_attn_merge_fused() && nb <= c->att_tcap ? c->att_tickets : NULL;
+}
+
+/* The folded q/k norm's tickets, one per kv head (zeroed once, left zero
+ * by each launch), grown outside recordings. False: not enough of them. */
+static bool qk_tickets(mkb_ctx *c, int n_kv) {
+    if ((size_t)n_kv <= c->qk_ktcap)
+        return true;
+    if (c->recording)
+        return false;
+    mkb_graph_free(c); /* a recorded step's attention nodes point at the old tickets */
+    mk_cuda_free(c->qk_kt);
+    c->qk_kt = NULL;
+    c->qk_ktcap = 0;
+    mk_status st = mk_cuda_malloc((void **)&c->qk_kt, (size_t)n_kv * sizeof(unsigned), "the folded q/k norm's tickets");
+    if (st == MK_OK)
+        st = mk_cuda_memset(c->qk_kt, 0, (size_t)n_kv * sizeof(unsigned));
+    if (st != MK_OK) {
+        mkb_fail(c, st);
+        return false;
+    }
+    c->qk_ktcap = (size_t)n_kv;
+    return true;
 }
 
 /* nb blocks (token, head) in ns shares: k_attn, or with sq a batched
  * step's k_attn_each; the value dims per lane by dv; then the shares'
- * merge */
+ * merge. qf.on: the q/k norms and RoPE folded into k_attn. */
 static void attn_run(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, unsigned nb, unsigned ns, int64_t ks,
-                     int64_t vs, bool vec) {
-    const size_t smem = sizeof(float) * ((size_t)a.dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a.dv);
+                     int64_t vs, bool vec, const mkc_qkfold &qf = mkc_qkfold()) {
+    const size_t smem =
+        sizeof(float) * ((size_t)a.dk + 2 * ATT_WARPS + (size_t)ATT_WARPS * a.dv + (qf.on ? (size_t)a.dk : 0));
     const dim3 grid(nb, ns);
     /* the last share of each (token, head) merges them (no merge launch) when the tickets are there */
-    unsigned *tk = ns > 1 && mk_cuda_attn_merge_fused() && nb <= c->att_tcap ? c->att_tickets : NULL;
+    unsigned *tk = share_tickets(c, nb, ns);
     if (a.dv <= 128)
-        attn_grid<4>(c, a, sq, grid, smem, ks, vs, vec, tk);
+        attn_grid<4>(c, a, sq, grid, smem, ks, vs, vec, tk, qf);
     else if (a.dv <= 256)
-        attn_grid<8>(c, a, sq, grid, smem, ks, vs, vec, tk);
+        attn_grid<8>(c, a, sq, grid, smem, ks, vs, vec, tk, qf);
     else if (a.dv <= 512)
-        attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec, tk);
+        attn_grid<16>(c, a, sq, grid, smem, ks, vs, vec, tk, qf);
     else
-        attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec, tk);
+        attn_grid<32>(c, a, sq, grid, smem, ks, vs, vec, tk, qf);
     if (ns > 1 && !tk)
         mkb_launch(c, sq ? "attention of a batched step (merging the shares)" : "attention (merging the shares)",
                    k_attn_merge, dim3(nb), dim3(128), 0, a, (const float *)c->att_part, (int)ns);
@@ -124,6 +153,17 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     }
     const int64_t ks = a->k_stride ? a->k_stride : (int64_t)a->n_kv * a->dk;
     const int64_t vs = a->v_stride ? a->v_stride : (int64_t)a->n_kv * a->dv;
+    /* a held-back qk_norm_rope of this call's q and new k row (mk_cuda_norm_fold) may fold into k_attn:
+     * one token, its own new rows (packed kv heads, k and v apart), a head dim whose norm order a block
+     * emulates, the shares unsplit or merging themselves (the merging block writes q back) */
+    const int hd = c->qk.hd;
+    const bool fold = c->qk_folding && a->n == 1 && a->k_new && a->v_new && a->k_new != a->v_new && a->k != a->v &&
+                      !a->sel && a->q == c->qk.q && a->k_new == c->qk.k && a->n_heads == c->qk.nq &&
+                      a->n_kv == c->qk.nk && a->dk == hd && ks == (int64_t)a->n_kv * hd &&
+                      mkc_norm_threads(hd) <= 4 * ATT_WARPS * 32 && c->qk.rot <= hd &&
+                      sizeof(float) * ((size_t)2 * hd + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv) <= MKC_SMEM_MAX;
+    if (!fold)
+        mkb_fold_flush(c);
     /* prefill chunks: the tiled kernel (cuda_attn_tile.cu) where it takes the shape */
     if (a->n > 1 && mkb_attention_tiled(c, a, ks, vs))
         return;
@@ -136,7 +176,21 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     unsigned ns = 1;
     if (a->n == 1 && !split_scratch(c, nb, a->dv, &ns))
         return;
-    attn_run(c, *a, NULL, nb, ns, ks, vs, vec);
+    mkc_qkfold qf = mkc_qkfold();
+    if (fold && (ns == 1 || share_tickets(c, nb, ns)) && qk_tickets(c, a->n_kv)) {
+        qf.qg = c->qk.qg;
+        qf.kg = c->qk.kg;
+        qf.cos = c->qk.cos;
+        qf.sin = c->qk.sin;
+        qf.eps = c->qk.eps;
+        qf.rot = c->qk.rot;
+        qf.vt = (int)mkc_norm_threads(hd);
+        qf.on = 1;
+        qf.kt = c->qk_kt;
+        mkb_fold_taken(c);
+    }
+    mkb_fold_flush(c);
+    attn_run(c, *a, NULL, nb, ns, ks, vs, vec, qf);
 }
 
 /* A batched decode step's attention (backend.h's attention_each): one

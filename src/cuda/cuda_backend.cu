@@ -523,6 +523,7 @@ static void cu_free(void *ctx) {
     mk_cuda_free(c->nfl);
     mk_cuda_free(c->amax);
     mk_cuda_free(c->fold_ticket);
+    mk_cuda_free(c->qk_kt);
     if (c->s)
         (void)cudaStreamDestroy(c->s);
     free(c);
@@ -530,10 +531,10 @@ static void cu_free(void *ctx) {
 
 static void cu_host_changed(void *ctx, const void *p, size_t n);
 
-/* Every slot but add_rmsnorm (which holds a one-row step back), matmul_n
- * and moe (which may fold it into their launch) and free first launches a
- * held-back add_rmsnorm (mkb_fold_flush), so the queue order is the
- * engine's call order. */
+/* Every slot but add_rmsnorm and qk_norm_rope (which hold a one-token step
+ * back), matmul_n, moe and attention (which may fold it into their launch)
+ * and free first launches a held-back step (mkb_fold_flush), so the queue
+ * order is the engine's call order. */
 template <auto F> struct mkb_flushed;
 template <typename R, typename... A, R (*F)(void *, A...)> struct mkb_flushed<F> {
     static R call(void *ctx, A... a) {
@@ -561,7 +562,7 @@ static const mk_backend_i g_cuda = {
     .get_rows = FL(mkb_get_rows),
     .rmsnorm = FL(mkb_rmsnorm),
     .rope = FL(mkb_rope),
-    .attention = FL(mkb_attention),
+    .attention = mkb_attention,
     .head_matmul = FL(mkb_head_matmul),
     .head_matmul_t = FL(mkb_head_matmul_t),
     .conv1d_silu = FL(mkb_conv1d_silu),
@@ -586,7 +587,7 @@ static const mk_backend_i g_cuda = {
     .step_last = FL(mkb_step_last),
     .step_replay = FL(mkb_step_replay),
     .add_rmsnorm = mkb_add_rmsnorm,
-    .qk_norm_rope = FL(mkb_qk_norm_rope),
+    .qk_norm_rope = mkb_qk_norm_rope,
     .matmul_n = mkb_matmul_n,
     .argmax = FL(mkb_argmax),
     .matmul_each = FL(mkb_matmul_each),

@@ -102,6 +102,17 @@ struct mkb_ctx {
     bool folding;
     mk_cuda_fold fold;
     unsigned *fold_ticket; /* device word of the GEMV's fold, 0 between launches */
+    /* a one-token qk_norm_rope held back likewise: the attention of its q
+     * and new k row folds it (cuda_attn.cu) */
+    bool qk_folding;
+    struct {
+        float *q, *k;
+        int nq, nk, hd, rot;
+        const float *qg, *kg, *cos, *sin;
+        float eps;
+    } qk;
+    unsigned *qk_kt; /* device: the attention's fold's tickets, one per kv head (cuda_attn.cu) */
+    size_t qk_ktcap;
     int64_t folds;         /* taken (mk_backend_cuda_folds) */
 };
 
@@ -118,13 +129,15 @@ struct mkb_amax {
     unsigned ticket;
 };
 
-/* Launch the held-back add_rmsnorm, if any (cuda_ops.cu). Every slot but
- * add_rmsnorm, matmul_n and moe calls it first (the backend's table
- * wraps them), those two when they do not fold it. */
+/* Launch the held-back add_rmsnorm or qk_norm_rope, if any (cuda_ops.cu).
+ * Every slot but those two and their readers (matmul_n, moe, attention)
+ * calls it first (the backend's table wraps them); the readers when they
+ * do not fold it. */
 void mkb_fold_flush(mkb_ctx *c);
 /* The held-back add_rmsnorm when x is its xb (a slot that reads x may
  * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */
 const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x);
+/* A slot folded the held-back step into its launch (either kind). */
 void mkb_fold_taken(mkb_ctx *c);
 
 /* Record a failure (the first one wins; sync reports it). Returns s. */

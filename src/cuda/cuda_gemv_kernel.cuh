@@ -5,7 +5,7 @@
 #ifndef MK_CUDA_GEMV_KERNEL_CUH
 #define MK_CUDA_GEMV_KERNEL_CUH
 
-#include "cuda/cuda_addnorm.cuh"
+#include "cuda/cuda_fold.cuh"
 
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
@@ -81,7 +81,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv(mkc_w w, const float *
 /* Several matrices against one x: warps are dealt out matrix by matrix
  * (wend[i]: the first warp past matrix i), each warp computing four rows
  * of its matrix exactly as k_gemv does. With an.x set (k_gemv_n, x staged)
- * x is the residual step's result an folds in (cuda_addnorm.cuh): every
+ * x is the residual step's result an folds in (cuda_fold.cuh): every
  * block stages rmsnorm(an.x + an.y) * an.g itself, and xg is not read. */
 struct mkc_gemv_n {
     mkc_w w[MK_CUDA_GEMV_N];

@@ -5,7 +5,7 @@
 #ifndef MK_CUDA_MOE_KERNELS_CUH
 #define MK_CUDA_MOE_KERNELS_CUH
 
-#include "cuda/cuda_addnorm.cuh"
+#include "cuda/cuda_fold.cuh"
 
 #define MOE_WARPS 8
 
@@ -36,7 +36,7 @@ struct moe_args {
     int64_t hstr, hsstr;
     /* One token: the residual step folded into k_router (an.x set; x is
      * then an.xb, which every router block stages itself and its last
-     * block writes for k_gateup; cuda_addnorm.cuh). */
+     * block writes for k_gateup; cuda_fold.cuh). */
     mkc_addnorm an;
 };
 
@@ -120,7 +120,7 @@ __device__ __forceinline__ void router_prime(const mkc_w &w, int64_t row, int la
 }
 
 /* x [H] of the router: as given, or (a.an.x) rmsnorm(an.x + an.y) * an.g
- * staged in shared memory by this block (cuda_addnorm.cuh; the block
+ * staged in shared memory by this block (cuda_fold.cuh; the block
  * that ranks, the last in, then writes x + y, its check and xb) */
 __device__ __forceinline__ const float *router_x(const moe_args &a, const float *x, float *red) {
     if (!a.an.x)

@@ -1,12 +1,12 @@
-/* The residual step's kernel (k_add_rmsnorm; its launch is cuda_ops.cu's
- * add_rmsnorm slot). A
+/* The residual step's kernel (k_add_rmsnorm) and the q/k head norm + RoPE
+ * (k_qk_norm_rope; their launches are cuda_ops.cu's slots). A
  * header of its own so that the host emulation (tests/emu/addnorm_emu.cpp)
- * runs this very kernel against the folded form (cuda_addnorm.cuh). The
+ * runs these very kernels against their folded forms (cuda_fold.cuh). The
  * includer provides cuda_impl.cuh (or the emulation's emu_impl.h). */
 #ifndef MK_CUDA_NORM_KERNEL_CUH
 #define MK_CUDA_NORM_KERNEL_CUH
 
-#include "cuda/cuda_addnorm.cuh"
+#include "cuda/cuda_fold.cuh"
 #include "cuda/cuda_block_sum.cuh"
 #include "cuda/cuda_nfl.cuh"
 
@@ -80,6 +80,46 @@ __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, 
         f->key = tag << 40 | cand;
     }
     f->ticket = 0u;
+}
+
+/* qk_norm_rope: one block per (token, head) of q then k, the threads of
+ * k_rmsnorm for a row of hd (so the norm's sum has its order); the head is
+ * normed into shared memory, then rotated from there as k_rope does. */
+__global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *k, int nk, int hd, const float *qg,
+                                                       const float *kg, float eps, int rot, const float *cos,
+                                                       const float *sin) {
+    MKC_DYN_SMEM(float, tmp);
+    __shared__ float sh[32];
+    mkc_pdl_enter();
+    const int nh = nq + nk;
+    const int64_t t = blockIdx.x / nh;
+    const int h = blockIdx.x % nh, half = rot / 2;
+    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
+    const float *g = h < nq ? qg : kg;
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+        const float a = v[i];
+        tmp[i] = a;
+        ss = fmaf(a, a, ss);
+    }
+    if (g) { /* uniform over the block: qg and kg are both given or both NULL */
+        ss = mkb_block_sum(ss, sh);
+        const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
+        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+            float a = tmp[i] * inv;
+            a = a * g[i];
+            tmp[i] = a;
+        }
+    }
+    __syncthreads();
+    const float *cs = cos + t * half, *sn = sin + t * half;
+    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+        const float x0 = tmp[i], x1 = tmp[i + half];
+        mkc_rope_pair(x0, x1, cs[i], sn[i], &v[i], &v[i + half]);
+    }
+    if (g)
+        for (int i = rot + threadIdx.x; i < hd; i += blockDim.x)
+            v[i] = tmp[i];
 }
 
 #endif

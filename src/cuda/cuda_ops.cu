@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const fl
  * 128-wide head norms took 2.9 us with one element per thread and 3.7 us
  * with two. */
 static unsigned norm_threads(int64_t dim) {
-    return mkc_norm_threads(dim); /* cuda_addnorm.cuh: the folded residual norm follows its order */
+    return mkc_norm_threads(dim); /* cuda_fold.cuh: the folded residual norm follows its order */
 }
 
 void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
@@ -81,8 +81,7 @@ __global__ void k_rope(float *x, int64_t tok_stride, int n_heads, int64_t head_s
     __syncthreads();
     for (int i = threadIdx.x; i < half; i += blockDim.x) {
         const float x0 = tmp[i], x1 = tmp[i + half];
-        v[i] = x0 * cs[i] - x1 * sn[i];
-        v[i + half] = x1 * cs[i] + x0 * sn[i];
+        mkc_rope_pair(x0, x1, cs[i], sn[i], &v[i], &v[i + half]);
     }
 }
 
@@ -169,7 +168,7 @@ static void add_rmsnorm_launch(mkb_ctx *c, float *x, const float *y, int64_t row
  * held back for the next slot to fold into its launch (mkb_fold_for), or
  * to launch first (mkb_fold_flush). The values are the same either way:
  * the folded forms compute them in this kernel's order
- * (cuda_addnorm.cuh). */
+ * (cuda_fold.cuh). */
 void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag, float *xb,
                      const float *g, float eps) {
     mkb_ctx *c = (mkb_ctx *)ctx;
@@ -201,12 +200,23 @@ void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t 
     add_rmsnorm_launch(c, x, y, rows, dim, tag, xb, gd, eps);
 }
 
+static void qk_norm_rope_launch(mkb_ctx *c, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qd,
+                                const float *kd, float eps, int rot_dim, const float *cos, const float *sin) {
+    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(norm_threads(hd)),
+               (size_t)hd * sizeof(float), q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
+}
+
 void mkb_fold_flush(mkb_ctx *c) {
-    if (!c->folding)
-        return;
-    c->folding = false;
-    const mk_cuda_fold *f = &c->fold;
-    add_rmsnorm_launch(c, f->x, f->y, 1, f->dim, f->tag, f->xb, f->g, f->eps);
+    if (c->folding) {
+        c->folding = false;
+        const mk_cuda_fold *f = &c->fold;
+        add_rmsnorm_launch(c, f->x, f->y, 1, f->dim, f->tag, f->xb, f->g, f->eps);
+    }
+    if (c->qk_folding) {
+        c->qk_folding = false;
+        qk_norm_rope_launch(c, c->qk.q, c->qk.nq, c->qk.k, c->qk.nk, 1, c->qk.hd, c->qk.qg, c->qk.kg, c->qk.eps,
+                            c->qk.rot, c->qk.cos, c->qk.sin);
+    }
 }
 
 const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x) {
@@ -215,53 +225,14 @@ const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x) {
 
 void mkb_fold_taken(mkb_ctx *c) {
     c->folding = false;
+    c->qk_folding = false;
     c->folds++;
-}
-
-/* qk_norm_rope: one block per (token, head) of q then k, the threads of
- * k_rmsnorm for a row of hd (so the norm's sum has its order); the head is
- * normed into shared memory, then rotated from there as k_rope does. */
-__global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *k, int nk, int hd, const float *qg,
-                                                       const float *kg, float eps, int rot, const float *cos,
-                                                       const float *sin) {
-    extern __shared__ float tmp[];
-    __shared__ float sh[32];
-    mkc_pdl_enter();
-    const int nh = nq + nk;
-    const int64_t t = blockIdx.x / nh;
-    const int h = blockIdx.x % nh, half = rot / 2;
-    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
-    const float *g = h < nq ? qg : kg;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-        const float a = v[i];
-        tmp[i] = a;
-        ss = fmaf(a, a, ss);
-    }
-    if (g) { /* uniform over the block: qg and kg are both given or both NULL */
-        ss = mkb_block_sum(ss, sh);
-        const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-            float a = tmp[i] * inv;
-            a = a * g[i];
-            tmp[i] = a;
-        }
-    }
-    __syncthreads();
-    const float *cs = cos + t * half, *sn = sin + t * half;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
-        const float x0 = tmp[i], x1 = tmp[i + half];
-        v[i] = x0 * cs[i] - x1 * sn[i];
-        v[i + half] = x1 * cs[i] + x0 * sn[i];
-    }
-    if (g)
-        for (int i = rot + threadIdx.x; i < hd; i += blockDim.x)
-            v[i] = tmp[i];
 }
 
 void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qg,
                       const float *kg, float eps, int rot_dim, const float *cos, const float *sin) {
     mkb_ctx *c = (mkb_ctx *)ctx;
+    mkb_fold_flush(c);
     if (n <= 0 || nq + nk <= 0 || hd <= 0)
         return;
     if (!qg != !kg || rot_dim < 0 || rot_dim > hd || rot_dim % 2 || hd > 8192 || n * (nq + nk) > 0x7fffffff) {
@@ -272,6 +243,22 @@ void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, 
     const float *qd = mkb_param(c, qg, hd), *kd = mkb_param(c, kg, hd);
     if (qg && (!qd || !kd))
         return;
-    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(norm_threads(hd)),
-               (size_t)hd * sizeof(float), q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
+    /* one token under mk_cuda_norm_fold: held back for the attention of q
+     * and k to fold (cuda_attn.cu), or to launch first (mkb_fold_flush) */
+    if (n == 1 && mk_cuda_norm_fold() && nq > 0 && nk > 0) {
+        c->qk_folding = true;
+        c->qk.q = q;
+        c->qk.k = k;
+        c->qk.nq = nq;
+        c->qk.nk = nk;
+        c->qk.hd = hd;
+        c->qk.rot = rot_dim;
+        c->qk.qg = qd;
+        c->qk.kg = kd;
+        c->qk.cos = cos;
+        c->qk.sin = sin;
+        c->qk.eps = eps;
+        return;
+    }
+    qk_norm_rope_launch(c, q, nq, k, nk, n, hd, qd, kd, eps, rot_dim, cos, sin);
 }

@@ -5,7 +5,8 @@
 # over tests/emu/cuda_emu.h) for one decode token on GQA, MLA-latent,
 # sliding-window-with-sinks and wide-head shapes, split and unsplit: within
 # 1e-5 relative L2 of the softmax in double; k_attn_each bitwise k_attn per
-# sequence with the new rows written. Controls: the reference without the
+# sequence with the new rows written; the q/k norms and RoPE folded into
+# k_attn bitwise k_qk_norm_rope then k_attn. Controls: the reference without the
 # sinks must miss the bound (in the harness), and a kernel whose merge
 # drops the sinks must fail.
 # The emulations build their own code (not the build type's): they run in

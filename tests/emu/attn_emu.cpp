@@ -9,7 +9,11 @@
 // shares) bitwise k_attn_merge's, the tickets left at zero. Then a
 // batched step's k_attn_each over three sequences at other positions, each
 // writing its new rows: every output bitwise k_attn's for that sequence
-// alone, the rows in its caches. A control: the window case's reference
+// alone, the rows in its caches. The q/k norms and RoPE folded into k_attn
+// (cuda_fold.cuh) against k_qk_norm_rope then k_attn: the output and the
+// cache row written bitwise, head dims 64 / 128 / 256 (one and two terms
+// of the norm's sum per thread), full and partial rotation, with and
+// without the norms. A control: the window case's reference
 // without its sinks must miss the bound. Exit 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +23,7 @@ extern "C" {
 #include "moekit/backend.h"
 }
 #include "cuda/cuda_attn_kernel.cuh"
+#include "cuda/cuda_norm_kernel.cuh"
 
 static int g_bad;
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }
@@ -238,6 +243,131 @@ static void run_each() {
            "k_attn_each: 3 sequences at 0, 37, 100");
 }
 
+// The q/k norms and RoPE folded into k_attn against k_qk_norm_rope, then
+// k_attn: one token at position pos with its new rows, split over the
+// default shares merged by the last one (or unsplit); the output, the cache
+// row written, and q and the new k row left as k_qk_norm_rope leaves them,
+// bitwise; the tickets back at zero. Control: the fold
+// given the key norm's weights for the queries must change the output.
+static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos, unsigned ns = ATT_SPLIT) {
+    const int64_t ks = (int64_t)nk * hd, T = pos + 1;
+    std::vector<float> q((size_t)nq * hd), kn(ks), vn(ks), qg(hd), kg(hd), cs(rot / 2), sn(rot / 2);
+    std::vector<float> kc((size_t)T * ks), vc((size_t)T * ks);
+    for (auto &v : q) v = (float)(3 * rnd());
+    for (auto &v : kn) v = (float)(3 * rnd());
+    for (auto &v : vn) v = (float)rnd();
+    for (auto &v : kc) v = (float)rnd();
+    for (auto &v : vc) v = (float)rnd();
+    for (int i = 0; i < hd; i++) {
+        qg[i] = (float)(1 + 0.5 * rnd());
+        kg[i] = (float)(1 + 0.5 * rnd());
+    }
+    for (int i = 0; i < rot / 2; i++) {
+        const double th = (double)pos * pow(10000.0, -2.0 * i / rot);
+        cs[i] = (float)cos(th);
+        sn[i] = (float)sin(th);
+    }
+    std::fill(kc.begin() + pos * ks, kc.end(), NAN); /* the kernel writes the new rows */
+    std::fill(vc.begin() + pos * ks, vc.end(), NAN);
+    std::vector<float> kc2 = kc, vc2 = vc, q1 = q, k1 = kn, q2 = q, k2 = kn;
+    std::vector<float> out1((size_t)nq * hd, NAN), out2((size_t)nq * hd, NAN);
+    const unsigned vt = mkc_norm_threads(hd);
+    mk_attn_args a = {};
+    a.n = 1;
+    a.pos0 = pos;
+    a.n_heads = nq;
+    a.n_kv = nk;
+    a.dk = hd;
+    a.dv = hd;
+    a.scale = 1.0f / sqrtf((float)hd);
+    a.v_new = vn.data();
+    const unsigned nb = (unsigned)nq;
+    std::vector<float> part((size_t)nb * ATT_SPLIT * (hd + 2), NAN);
+    std::vector<unsigned> tickets(nb, 0u);
+    std::vector<unsigned> kt(nk, 0u);
+    auto walk = [&](const mkc_qkfold &f) {
+        for (unsigned y = 0; y < ns; y++)
+            for (unsigned b = 0; b < nb; b++)
+                emu_block(
+                    nb, b, ATT_WARPS * 32,
+                    [&] {
+                        unsigned *tk = ns > 1 ? tickets.data() : nullptr;
+                        if (hd <= 128)
+                            k_attn<4>(a, ks, ks, true, part.data(), 0, tk, f);
+                        else
+                            k_attn<8>(a, ks, ks, true, part.data(), 0, tk, f);
+                    },
+                    ns, y);
+    };
+    /* the reference: k_qk_norm_rope's blocks (q heads, then k heads), then the walk */
+    const unsigned nh = (unsigned)(nq + nk);
+    for (unsigned b = 0; b < nh; b++)
+        emu_block(nh, b, vt, [&] {
+            k_qk_norm_rope(q1.data(), nq, k1.data(), nk, hd, norms ? qg.data() : nullptr,
+                           norms ? kg.data() : nullptr, 1e-6f, rot, cs.data(), sn.data());
+        });
+    a.q = q1.data();
+    a.k = kc.data();
+    a.v = vc.data();
+    a.k_new = k1.data();
+    a.out = out1.data();
+    walk(mkc_qkfold());
+    /* folded: the raw rows in, each block norming and rotating what it reads */
+    mkc_qkfold f = {norms ? qg.data() : nullptr, norms ? kg.data() : nullptr, cs.data(), sn.data(), 1e-6f, rot,
+                    (int)vt, 1, kt.data()};
+    a.q = q2.data();
+    a.k = kc2.data();
+    a.v = vc2.data();
+    a.k_new = k2.data();
+    a.out = out2.data();
+    walk(f);
+    char name[96];
+    snprintf(name, sizeof name, "q/k fold: %d on %d heads, d %d, rot %d%s, pos %lld, %u shares", nq, nk, hd, rot,
+             norms ? ", norms" : "", (long long)pos, ns);
+    bool ok = true;
+    if (std::memcmp(out1.data(), out2.data(), out1.size() * 4)) {
+        printf("FAIL %s: the output differs from k_qk_norm_rope then k_attn\n", name);
+        ok = false;
+    }
+    if (std::memcmp(kc.data() + pos * ks, kc2.data() + pos * ks, ks * 4) ||
+        std::memcmp(vc.data() + pos * ks, vc2.data() + pos * ks, ks * 4)) {
+        printf("FAIL %s: the cache rows written differ\n", name);
+        ok = false;
+    }
+    if (std::memcmp(q2.data(), q1.data(), q.size() * 4) || std::memcmp(k2.data(), k1.data(), kn.size() * 4)) {
+        printf("FAIL %s: q or the new k row is not left as k_qk_norm_rope leaves it\n", name);
+        ok = false;
+    }
+    for (int j = 0; j < nk; j++)
+        ok &= kt[j] == 0;
+    if (!std::memcmp(q1.data(), q.data(), q.size() * 4)) {
+        printf("FAIL %s: k_qk_norm_rope left q as it was (nothing tested)\n", name);
+        ok = false;
+    }
+    for (unsigned b = 0; b < nb; b++)
+        ok &= tickets[b] == 0;
+    if (norms && pos > 0) { /* the control: the fold with the key norm's weights on the queries must
+                             * differ (at position 0 the one row's weight is 1 whatever q) */
+        std::vector<float> q3 = q, k3 = kn, kc3 = kc, vc3 = vc, out3((size_t)nq * hd, NAN);
+        std::fill(kc3.begin() + pos * ks, kc3.end(), NAN);
+        mkc_qkfold bad = f;
+        bad.qg = kg.data();
+        a.q = q3.data();
+        a.k = kc3.data();
+        a.v = vc3.data();
+        a.k_new = k3.data();
+        a.out = out3.data();
+        walk(bad);
+        if (!std::memcmp(out1.data(), out3.data(), out1.size() * 4)) {
+            printf("FAIL %s: the control (the key norm on the queries) gave the same output\n", name);
+            ok = false;
+        }
+    }
+    g_bad += !ok;
+    if (ok)
+        printf("%-44s output and cache rows bitwise the two launches'\n", name);
+}
+
 int main() {
     srand(11);
     const acase cases[] = {
@@ -250,5 +380,11 @@ int main() {
     for (const acase &c : cases)
         run_case(c);
     run_each();
+    run_qk_fold(8, 2, 128, 128, true, 100);
+    run_qk_fold(8, 2, 128, 128, true, 0);
+    run_qk_fold(4, 1, 256, 64, true, 77);  /* Qwen3-Next / 3.5: d 256, a quarter rotated */
+    run_qk_fold(4, 2, 64, 64, false, 50);  /* RoPE alone */
+    run_qk_fold(6, 3, 64, 32, true, 200);
+    run_qk_fold(8, 2, 128, 128, true, 100, 1);
     return g_bad ? 1 : 0;
 }

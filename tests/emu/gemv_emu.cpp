@@ -3,7 +3,7 @@
 // cuda_view.cuh's mkc_view) in every weight format the device takes: affine
 // 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3, MXFP4, NVFP4; both kernel
 // generations and every way of staging x. The residual step folded into
-// k_gemv_n (cuda_addnorm.cuh) against k_add_rmsnorm then k_gemv_n: x, xb, the
+// k_gemv_n (cuda_fold.cuh) against k_add_rmsnorm then k_gemv_n: x, xb, the
 // products and the check's finding bitwise, at row widths whose norm order
 // differs (one to seven terms per thread, partial warps); control: the fold
 // summing in its own block's order instead must differ. Each y within test_cuda_gemv's

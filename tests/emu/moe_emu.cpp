@@ -16,7 +16,7 @@
 // staged-weight kernels (k_gateup_s, k_down_s) on the affine layers: y
 // bitwise generation 2's in several block sizes, and through the cache the
 // same verdicts (bitwise, and each control caught). The residual step
-// folded into k_router (cuda_addnorm.cuh): logits, routing, x and xb
+// folded into k_router (cuda_fold.cuh): logits, routing, x and xb
 // bitwise k_add_rmsnorm then k_router's, and a non-finite y's finding
 // k_add_rmsnorm's. Exit 1 on a mismatch.
 #include <cstdio>

@@ -2673,7 +2673,8 @@ static void pdl_chain_queue(be_case *b, pdl_chain *c) {
         b->i->matmul_n(b->ctx, qkv, 3, c->dxb, 1, outs);
         b->i->qk_norm_rope(b->ctx, c->dq, PC_NQ, c->dk, PC_NK, 1, PC_HD, c->dqg, c->dqg, eps, PC_HD, c->dcos,
                            c->dsin);
-        b->i->rope(b->ctx, c->dq, 1, PC_NQ * PC_HD, PC_NQ, PC_HD, PC_HD, c->dcos, c->dsin, false);
+        if (l == 0) /* k_rope under PDL too; layers 1.. give the attention the q/k norm to fold */
+            b->i->rope(b->ctx, c->dq, 1, PC_NQ * PC_HD, PC_NQ, PC_HD, PC_HD, c->dcos, c->dsin, false);
         b->i->attention(b->ctx, &a);
         b->i->sigmoid_mul(b->ctx, c->dat, c->dq, PC_NQ * PC_HD);
         b->i->matmul(b->ctx, &c->wo.w, c->dat, 1, c->dy);
@@ -2786,8 +2787,9 @@ static void test_cuda_step_pdl(void **st) {
         assert_int_equal(am, am0[p]);
         free(o);
     }
-    /* every layer's two residual steps folded in the last four runs (the final one has no xb) */
-    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * 2 * PC_L);
+    /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
+     * q/k norms of the layers whose attention follows them directly */
+    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * (2 * PC_L + PC_L - 1));
     /* recorded at the first position (prefetches and folds on), then replayed at each */
     mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
     pdl_chain_reset(b, &c, PC_P);
