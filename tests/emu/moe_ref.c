@@ -16,7 +16,7 @@ static ct_wt mat(int bits, int64_t rows, int64_t cols) {
 }
 
 void emu_layer_make(emu_layer *L, int bits) {
-    L->router = own(ct_affine(L->E, L->H, 8, 64, MK_DT_BF16, 1.0f));
+    L->router = own(ct_affine(L->E, L->H, L->rbits ? L->rbits : 8, 64, MK_DT_BF16, 1.0f));
     L->gate = own(mat(bits, L->E * L->I, L->H));
     L->up = own(mat(bits, L->E * L->I, L->H));
     L->down = own(mat(bits, L->E * L->H, L->I));
@@ -26,7 +26,8 @@ void emu_layer_make(emu_layer *L, int bits) {
         L->su = own(mat(bits, L->Is, L->H));
         L->sd = own(mat(bits, L->H, L->Is));
         if (L->shared_gate)
-            L->sgw = own(ct_plain(1, L->H, MK_WF_BF16, 0.05f));
+            L->sgw = own(L->sgw_aff ? ct_affine(1, L->H, 8, 64, MK_DT_BF16, 0.05f)
+                                    : ct_plain(1, L->H, MK_WF_BF16, 0.05f));
     }
     L->bias = NULL;
     if (L->sigmoid) {

@@ -21,6 +21,8 @@ typedef struct emu_layer {
     int G, TG;
     float *bias; /* [E] or NULL */
     void *router, *gate, *up, *down, *sg, *su, *sd, *sgw; /* ct_wt */
+    int rbits;    /* the router's bits (0: 8) */
+    bool sgw_aff; /* the shared expert's gate row affine 8-bit (else bf16) */
 } emu_layer;
 
 void emu_layer_make(emu_layer *L, int bits);
