@@ -532,7 +532,7 @@ static void cu_free(void *ctx) {
 static void cu_host_changed(void *ctx, const void *p, size_t n);
 
 /* Every slot but add_rmsnorm and qk_norm_rope (which hold a one-token step
- * back), matmul_n, moe and attention (which may fold it into their launch)
+ * back), matmul, matmul_n, moe and attention (which may fold it into their launch)
  * and free first launches a held-back step (mkb_fold_flush), so the queue
  * order is the engine's call order. */
 template <auto F> struct mkb_flushed;
@@ -558,7 +558,7 @@ static const mk_backend_i g_cuda = {
     .gather = FL(cu_gather),
     .scatter = FL(cu_scatter),
     .find_nonfinite = FL(cu_find_nonfinite),
-    .matmul = FL(mkb_matmul),
+    .matmul = mkb_matmul,
     .get_rows = FL(mkb_get_rows),
     .rmsnorm = FL(mkb_rmsnorm),
     .rope = FL(mkb_rope),

@@ -130,7 +130,7 @@ struct mkb_amax {
 };
 
 /* Launch the held-back add_rmsnorm or qk_norm_rope, if any (cuda_ops.cu).
- * Every slot but those two and their readers (matmul_n, moe, attention)
+ * Every slot but those two and their readers (matmul, matmul_n, moe, attention)
  * calls it first (the backend's table wraps them); the readers when they
  * do not fold it. */
 void mkb_fold_flush(mkb_ctx *c);

@@ -92,8 +92,33 @@ static void matmul(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
     mkb_launched(c, "matmul");
 }
 
+/* One weight against x that may be a held-back residual step's xb (MLA's
+ * q_a / q and kv_a products read it one at a time): the step folded into
+ * that GEMV (mk_cuda_gemv_n_fold of one matrix: k_gemv_n's rows are
+ * k_gemv's bits), else launched first. */
 void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
-    matmul((mkb_ctx *)ctx, w, x, n, y, false);
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    const mk_cuda_fold *f = n == 1 ? mkb_fold_for(c, x) : NULL;
+    if (f && w->rows > 0) {
+        const mkb_entry *e = mkb_weight(c, w);
+        if (!e)
+            return;
+        if (e->fast && w->cols % 4 == 0) {
+            const mk_wt *dv = &e->dev;
+            bool taken = false;
+            mk_status s = mk_cuda_gemv_n_fold(&dv, 1, f, &y, c->s, &taken);
+            if (taken)
+                mkb_fold_taken(c);
+            if (s != MK_OK) {
+                mkb_fail(c, s);
+                return;
+            }
+            if (taken)
+                return;
+        }
+    }
+    mkb_fold_flush(c);
+    matmul(c, w, x, n, y, false);
 }
 
 void mkb_matmul_each(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {

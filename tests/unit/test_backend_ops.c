@@ -2632,9 +2632,10 @@ static void test_cuda_replay_after_growth(void **st) {
  * the same bits whether its kernels are launched under programmatic
  * dependent launch or not, queued directly, recorded or replayed at other
  * positions. Three layers of add_rmsnorm -> q/k/v matmul_n -> qk_norm_rope
- * -> rope (q once more) -> attention (device position, new rows) ->
+ * -> rope (q once more, layer 0) -> attention (device position, new rows) ->
  * sigmoid_mul (q as the gate) -> o matmul -> add_rmsnorm -> gate/up
- * matmul_n -> swiglu -> down matmul, then the final norm, a head, its
+ * matmul_n (layer 1: two matmuls) -> swiglu -> down matmul, then the final
+ * norm, a head, its
  * finite check and argmax, all queued without a wait: each kernel reads
  * what the one before it wrote, so a kernel reading before its predecessor
  * finished (a wait missing or misplaced) would change the bits (whether a
@@ -2679,7 +2680,12 @@ static void pdl_chain_queue(be_case *b, pdl_chain *c) {
         b->i->sigmoid_mul(b->ctx, c->dat, c->dq, PC_NQ * PC_HD);
         b->i->matmul(b->ctx, &c->wo.w, c->dat, 1, c->dy);
         b->i->add_rmsnorm(b->ctx, c->dx, c->dy, 1, PC_H, 2 * l + 2, c->dxb, c->dg, eps);
-        b->i->matmul_n(b->ctx, gu, 2, c->dxb, 1, ffo);
+        if (l == 1) { /* one product at a time (MLA's q_a and kv_a read xb so): the first folds the step */
+            b->i->matmul(b->ctx, &c->wg.w, c->dxb, 1, c->dff);
+            b->i->matmul(b->ctx, &c->wu.w, c->dxb, 1, c->dup);
+        } else {
+            b->i->matmul_n(b->ctx, gu, 2, c->dxb, 1, ffo);
+        }
         b->i->swiglu(b->ctx, c->dff, c->dff, c->dup, PC_FF);
         b->i->matmul(b->ctx, &c->wd.w, c->dff, 1, c->dy);
     }
