@@ -157,7 +157,11 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
      * one token, its own new rows (packed kv heads, k and v apart), a head dim whose norm order a block
      * emulates, the shares unsplit or merging themselves (the merging block writes q back) */
     const int hd = c->qk.hd;
-    const bool fold = c->qk_folding && a->n == 1 && a->k_new && a->v_new && a->k_new != a->v_new && a->k != a->v &&
+    const float *q_end = a->q + (int64_t)a->n_heads * a->dk, *o_end = a->out + (int64_t)a->n_heads * a->dv;
+    /* a replayable step's staged new rows (pos_dev: k_new is not the cache row the group's first head
+     * writes while others read it), its output apart from q (q is written back) */
+    const bool fold = c->qk_folding && a->n == 1 && a->pos_dev && a->k_new && a->v_new && a->k_new != a->v_new &&
+                      a->k != a->v && (o_end <= a->q || q_end <= a->out) &&
                       !a->sel && a->q == c->qk.q && a->k_new == c->qk.k && a->n_heads == c->qk.nq &&
                       a->n_kv == c->qk.nk && a->dk == hd && ks == (int64_t)a->n_kv * hd &&
                       mkc_norm_threads(hd) <= 4 * ATT_WARPS * 32 && c->qk.rot <= hd &&

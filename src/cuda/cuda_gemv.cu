@@ -24,15 +24,21 @@
  * 2, affine and FP4 formats, whose x offsets are whole 32-value blocks:
  * mkc_xi, mkc_pads).
  * *smem: the bytes. */
+/* static shared memory of the GEMV kernels at most (k_gemv_n's fold: its
+ * block sum and ticket flags), which the launch's 48 KB without an opt-in
+ * also holds */
+#define GEMV_STATIC_SMEM 256
+
 static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
     *smem = 0;
     if (cols % 4 != 0)
         return 0;
-    if (mkc_variant() >= 2 && mkc_pads(kind) && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= MKC_SMEM_MAX) {
+    const int64_t room = MKC_SMEM_MAX - GEMV_STATIC_SMEM;
+    if (mkc_variant() >= 2 && mkc_pads(kind) && cols % 32 == 0 && MKC_PADDED(cols) * 4 <= room) {
         *smem = (size_t)MKC_PADDED(cols) * 4;
         return 2;
     }
-    if (cols * 4 <= MKC_SMEM_MAX) {
+    if (cols * 4 <= room) {
         *smem = (size_t)cols * 4;
         return 1;
     }
@@ -160,9 +166,15 @@ static mk_status gemv_n_launch(const mk_wt *const *w, int count, const float *x,
     size_t smem;
     const int staged = stage_mode(a.w[0].kind, w[0]->cols, &smem);
     if (f) { /* the fold: every block stages the normed row itself (k_gemv_n only) */
-        if (warps == 0 || !staged || f->dim != w[0]->cols || mk_cuda_gemv_staged() ||
+        if (warps == 0 || !staged || f->dim != w[0]->cols || mk_cuda_gemv_staged() || !f->ticket ||
             !mkc_addnorm_of(f, GEMV_WARPS * 32, &a.an))
             return MK_OK;
+        /* outputs apart from x and y: blocks write them while others still stage from x and y */
+        for (int i = 0; i < count; i++) {
+            const float *y0 = y[i], *y1 = y[i] + w[i]->rows;
+            if ((y0 < f->x + f->dim && f->x < y1) || (y0 < f->y + f->dim && f->y < y1))
+                return MK_OK;
+        }
     } else if (warps == 0) {
         return MK_OK;
     }

@@ -92,30 +92,35 @@ static void matmul(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
     mkb_launched(c, "matmul");
 }
 
+/* The held-back residual step f folded into the GEMV of count resident
+ * weights e against its xb: true when taken or failed (recorded), false
+ * when the launch cannot take it (nothing queued) */
+static bool fold_gemv(mkb_ctx *c, const mkb_entry *const *e, int count, const mk_cuda_fold *f, float *const *ys) {
+    const mk_wt *dv[MK_CUDA_GEMV_N];
+    for (int i = 0; i < count; i++)
+        dv[i] = &e[i]->dev;
+    bool taken = false;
+    mk_status s = mk_cuda_gemv_n_fold(dv, count, f, ys, c->s, &taken);
+    if (taken)
+        mkb_fold_taken(c);
+    if (s != MK_OK)
+        mkb_fail(c, s);
+    return taken || s != MK_OK;
+}
+
 /* One weight against x that may be a held-back residual step's xb (MLA's
  * q_a / q and kv_a products read it one at a time): the step folded into
  * that GEMV (mk_cuda_gemv_n_fold of one matrix: k_gemv_n's rows are
  * k_gemv's bits), else launched first. */
 void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    const mk_cuda_fold *f = n == 1 ? mkb_fold_for(c, x) : NULL;
+    const mk_cuda_fold *f = n == 1 && ((uintptr_t)x & 15) == 0 ? mkb_fold_for(c, x) : NULL;
     if (f && w->rows > 0) {
         const mkb_entry *e = mkb_weight(c, w);
         if (!e)
             return;
-        if (e->fast && w->cols % 4 == 0) {
-            const mk_wt *dv = &e->dev;
-            bool taken = false;
-            mk_status s = mk_cuda_gemv_n_fold(&dv, 1, f, &y, c->s, &taken);
-            if (taken)
-                mkb_fold_taken(c);
-            if (s != MK_OK) {
-                mkb_fail(c, s);
-                return;
-            }
-            if (taken)
-                return;
-        }
+        if (e->fast && w->cols % 4 == 0 && fold_gemv(c, &e, 1, f, &y))
+            return;
     }
     mkb_fold_flush(c);
     matmul(c, w, x, n, y, false);
@@ -141,22 +146,10 @@ void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, i
         one = e[i]->fast && w[i]->cols % 4 == 0 && w[i]->cols == w[0]->cols &&
               mkc_kind_of(&e[i]->dev) == mkc_kind_of(&e[0]->dev);
     }
+    /* the held-back residual step folded into this launch (x is its xb) */
     const mk_cuda_fold *f = one && n == 1 ? mkb_fold_for(c, x) : NULL;
-    if (f) { /* the held-back residual step folded into this launch (x is its xb) */
-        const mk_wt *dv[MK_CUDA_GEMV_N];
-        for (int i = 0; i < count; i++)
-            dv[i] = &e[i]->dev;
-        bool taken = false;
-        mk_status s = mk_cuda_gemv_n_fold(dv, count, f, ys, c->s, &taken);
-        if (taken)
-            mkb_fold_taken(c);
-        if (s != MK_OK) {
-            mkb_fail(c, s);
-            return;
-        }
-        if (taken)
-            return;
-    }
+    if (f && fold_gemv(c, e, count, f, ys))
+        return;
     mkb_fold_flush(c); /* (after the weights' uploads above: they only copy) */
     if (!one) {
         for (int i = 0; i < count; i++)

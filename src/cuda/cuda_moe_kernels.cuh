@@ -119,11 +119,8 @@ __device__ __forceinline__ void router_prime(const mkc_w &w, int64_t row, int la
     mkc_prime<BITS, SD, ROUTER_U>(w, row, lane, p);
 }
 
-/* Row `row` of an affine rw of at most 32 ROUTER_U chunks against x
- * after the wait, as k_router computes it (its primed lane terms): the
- * lane's partial sum */
-__device__ __forceinline__ float router_row_dot(const mkc_w &rw, int64_t row, const float *x, int lane) {
-    mkc_primed<ROUTER_U> p;
+/* router_prime of an affine kind chosen at run time (warp-uniform) */
+__device__ __forceinline__ void router_prime_any(const mkc_w &rw, int64_t row, int lane, mkc_primed<ROUTER_U> &p) {
     switch (rw.kind) {
     case MKC_A4_F32: router_prime<4, 0>(rw, row, lane, p); break;
     case MKC_A4_BF16: router_prime<4, 1>(rw, row, lane, p); break;
@@ -132,8 +129,22 @@ __device__ __forceinline__ float router_row_dot(const mkc_w &rw, int64_t row, co
     case MKC_A8_BF16: router_prime<8, 1>(rw, row, lane, p); break;
     default: router_prime<8, 2>(rw, row, lane, p); break;
     }
+}
+
+/* The lane's partial sum of primed row p of rw against x */
+__device__ __forceinline__ float router_primed_dot(const mkc_w &rw, const mkc_primed<ROUTER_U> &p, const float *x,
+                                                   int lane) {
     return rw.kind <= MKC_A4_F16 ? mkc_primed_dot<4, ROUTER_U>(p, rw.row_bytes / 16, x, lane)
                                  : mkc_primed_dot<8, ROUTER_U>(p, rw.row_bytes / 16, x, lane);
+}
+
+/* Row `row` of an affine rw of at most 32 ROUTER_U chunks against x
+ * after the wait, as k_router computes it (its primed lane terms): the
+ * lane's partial sum */
+__device__ __forceinline__ float router_row_dot(const mkc_w &rw, int64_t row, const float *x, int lane) {
+    mkc_primed<ROUTER_U> p;
+    router_prime_any(rw, row, lane, p);
+    return router_primed_dot(rw, p, x, lane);
 }
 
 /* x [H] of the router: as given, or (a.an.x) rmsnorm(an.x + an.y) * an.g
@@ -171,24 +182,14 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
      * their latency overlaps the previous kernel's end */
     const bool primed = mine && mkc_is_aff(rw.kind) && rw.row_bytes / 16 <= 32 * ROUTER_U;
     mkc_primed<ROUTER_U> p;
-    if (primed) {
-        switch (rw.kind) {
-        case MKC_A4_F32: router_prime<4, 0>(rw, row, lane, p); break;
-        case MKC_A4_BF16: router_prime<4, 1>(rw, row, lane, p); break;
-        case MKC_A4_F16: router_prime<4, 2>(rw, row, lane, p); break;
-        case MKC_A8_F32: router_prime<8, 0>(rw, row, lane, p); break;
-        case MKC_A8_BF16: router_prime<8, 1>(rw, row, lane, p); break;
-        default: router_prime<8, 2>(rw, row, lane, p); break;
-        }
-    }
+    if (primed)
+        router_prime_any(rw, row, lane, p);
     mkc_pdl_enter();
     const float *xr = router_x(a, x, red); /* every block: the fold's barriers */
     if (mine) {
         float acc = 0.0f;
         if (primed) {
-            const int64_t n16 = rw.row_bytes / 16;
-            acc = rw.kind <= MKC_A4_F16 ? mkc_primed_dot<4, ROUTER_U>(p, n16, xr, lane)
-                                        : mkc_primed_dot<8, ROUTER_U>(p, n16, xr, lane);
+            acc = router_primed_dot(rw, p, xr, lane);
         } else {
             const mkc_w *ws[1] = {&rw};
             const int64_t rows[1] = {row};
@@ -324,6 +325,11 @@ static inline bool router1_takes(const moe_args &a) {
         return false;
     if (a.has_sg && !(mkc_is_aff(a.sgw.kind) && a.sgw.row_bytes / 16 <= 32 * ROUTER_U))
         return false; /* k_router's primed rows only */
+    /* route_block's softmax sum runs over the block's threads: past 256 experts (k_router's
+     * threads) a thread of k_router holds two terms, one of this block's holds one, and the
+     * denominators may round apart */
+    if (a.score == MK_CUDA_SCORE_SOFTMAX && a.E > MOE_WARPS * 32)
+        return false;
     return a.nt == 1 && (int64_t)mkc_norm_threads(a.H) <= 4 * ROUTER1_THREADS &&
            router1_smem(w, a.E, a.H) <= ROUTER1_BUDGET;
 }

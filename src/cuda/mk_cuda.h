@@ -111,8 +111,8 @@ typedef struct mk_cuda_fold {
 } mk_cuda_fold;
 /* mk_cuda_gemv_n of x = f's xb with f folded in: *taken false (nothing
  * queued) when the launch cannot take it (x not staged in shared memory,
- * the staged-weight kernel on, dim past 4096 threads' order); the caller
- * then runs the step itself. */
+ * the staged-weight kernel on, no ticket, an output overlapping x or y,
+ * dim past 4096 threads' order); the caller then runs the step itself. */
 mk_status mk_cuda_gemv_n_fold(const mk_wt *const *w, int count, const mk_cuda_fold *f, float *const *y,
                               void *stream, bool *taken);
 
@@ -292,8 +292,8 @@ mk_status mk_cuda_moe_step(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float
                            bool accumulate, void *stream);
 /* The step of x = f's xb with f folded into its router (f->ticket unused:
  * the router's own): *taken false (nothing queued) when the router cannot
- * take it (hidden not a multiple of 4 or past the shared memory, the
- * width's norm order past 4 threads' terms each). */
+ * take it (x of hidden floats past its shared memory, the width's norm
+ * order past 4 threads' terms each). */
 mk_status mk_cuda_moe_step_fold(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const mk_cuda_fold *f, float *y,
                                 bool accumulate, void *stream, bool *taken);
 /* The step for n tokens at once (a batched decode step: x and y [n, hidden],
