@@ -16,11 +16,12 @@
 #                                         the staged-weight GEMV / MoE kernels, prefill with each
 #                                         int8 kernel, the GEMV alone on the decode's shapes, an
 #                                         ncu breakdown (ncu_sum.log) with both switches on
-#   scripts/cuda-owed.sh fold            session 20's norm steps folded into their readers
+#   scripts/cuda-owed.sh fold [FX_TAR]   session 20's norm steps folded into their readers
 #                                         (MK_CUDA_NORM_FOLD) and the one-block router
 #                                         (MK_CUDA_ROUTER_ONE) on the 8-layer cut, decode at short and
 #                                         2048-token contexts, off/on interleaved; prefill 2048 in
-#                                         chunks of 512 / 1024 / 2048 (split and int8); ncu with both
+#                                         chunks of 512 / 1024 / 2048 (split and int8); ncu with both;
+#                                         with FX_TAR first the fixtures' _cuda cases with both on
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -114,6 +115,10 @@ staged | fold)
         rm -rf $W/ct8
     }
     if [ "$what" = fold ]; then
+        # the fixtures' _cuda cases with both switches on (FX_TAR as `tests`' argument, if given)
+        if [ -n "${2:-}" ]; then
+            MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
+        fi
         {
             for g in "MK_CUDA_NORM_FOLD=0 MK_CUDA_ROUTER_ONE=0" "MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=0" \
                 "MK_CUDA_NORM_FOLD=0 MK_CUDA_ROUTER_ONE=1" "MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1" \

@@ -21,6 +21,7 @@
 #include <string.h>
 
 #include "mk_test_util.h"
+#include "cuda/mk_cuda.h"
 #include "moekit/backend_cuda.h"
 #include "moekit/engine.h"
 #include "moekit/model.h"
@@ -465,5 +466,18 @@ int main(void) {
     const char *filter = getenv("MK_TEST_FILTER");
     if (filter && *filter)
         cmocka_set_test_filter(filter);
+    /* a device run measuring a CUDA switch that is off by default (scripts/cuda-owed.sh): the
+     * same references must hold with it on */
+    static const struct {
+        const char *env;
+        void (*set)(bool);
+    } sw[] = {{"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold}, {"MK_CUDA_ROUTER_ONE", mk_cuda_set_router_one}};
+    for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
+        const char *v = getenv(sw[i].env);
+        if (v && *v) {
+            sw[i].set(strcmp(v, "0") != 0);
+            printf("%s=%s\n", sw[i].env, v);
+        }
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
