@@ -52,8 +52,7 @@
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold).
- * MK_CUDA_ROUTER_ONE=0|1 the MoE router in one block where it fits
- * (mk_cuda_set_router_one). MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
+ * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
  * prefill_chunk; the engine's default 512).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
@@ -278,7 +277,6 @@ int main(int argc, char **argv) {
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
-            {"MK_CUDA_ROUTER_ONE", mk_cuda_set_router_one},     /* the MoE router in one block */
         };
         for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
             const char *v = getenv(sw[i].env);

@@ -17,11 +17,10 @@
 #                                         int8 kernel, the GEMV alone on the decode's shapes, an
 #                                         ncu breakdown (ncu_sum.log) with both switches on
 #   scripts/cuda-owed.sh fold [FX_TAR]   session 20's norm steps folded into their readers
-#                                         (MK_CUDA_NORM_FOLD) and the one-block router
-#                                         (MK_CUDA_ROUTER_ONE) on the 8-layer cut, decode at short and
+#                                         (MK_CUDA_NORM_FOLD) on the 8-layer cut, decode at short and
 #                                         2048-token contexts, off/on interleaved; prefill 2048 in
-#                                         chunks of 512 / 1024 / 2048 (split and int8); ncu with both;
-#                                         with FX_TAR first the fixtures' _cuda cases with both on
+#                                         chunks of 512 / 1024 / 2048 (split and int8); ncu with it;
+#                                         with FX_TAR first the fixtures' _cuda cases with it on
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -117,18 +116,16 @@ staged | fold)
     if [ "$what" = fold ]; then
         # the fixtures' _cuda cases with both switches on (FX_TAR as `tests`' argument, if given)
         if [ -n "${2:-}" ]; then
-            MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
+            MK_CUDA_NORM_FOLD=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
         fi
         {
-            for g in "MK_CUDA_NORM_FOLD=0 MK_CUDA_ROUTER_ONE=0" "MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=0" \
-                "MK_CUDA_NORM_FOLD=0 MK_CUDA_ROUTER_ONE=1" "MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1" \
-                "MK_CUDA_NORM_FOLD=0 MK_CUDA_ROUTER_ONE=0" "MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1"; do
-                echo "== 8-layer 30B cut decode, $g"
-                env $g timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
+            for f in 0 1 0 1 0 1; do
+                echo "== 8-layer 30B cut decode, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
             done
             for f in 0 1 0 1; do
-                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_NORM_FOLD=$f MK_CUDA_ROUTER_ONE=$f"
-                MK_CUDA_NORM_FOLD=$f MK_CUDA_ROUTER_ONE=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 |
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 |
                     grep -E "^decode"
             done
             for g in MK_CUDA_GEMM=split MK_CUDA_GEMM=int8; do
@@ -140,7 +137,7 @@ staged | fold)
             done
         } 2>&1 | tee "$out/fold.log"
         if command -v ncu > /dev/null; then
-            MK_CUDA_NORM_FOLD=1 MK_CUDA_ROUTER_ONE=1 timeout 150 ncu --clock-control none --cache-control none \
+            MK_CUDA_NORM_FOLD=1 timeout 150 ncu --clock-control none --cache-control none \
                 --metrics gpu__time_duration.sum --print-summary per-kernel \
                 $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_fold.log" 2>&1
             echo "ncu: rc $? (ncu_fold.log)"

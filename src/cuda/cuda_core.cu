@@ -87,18 +87,6 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
-static bool g_router_one = false;
-
-extern "C" bool mk_cuda_router_one(void) { return g_router_one; }
-
-extern "C" void mk_cuda_set_router_one(bool on) { g_router_one = on; }
-
-static int64_t g_router_one_launches = 0;
-
-extern "C" int64_t mk_cuda_router_one_launches(void) { return g_router_one_launches; }
-
-void mkc_router_one_launched(void) { g_router_one_launches++; }
-
 static bool g_norm_fold = false;
 
 extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }

@@ -210,8 +210,6 @@ __device__ __forceinline__ void mkc_prefetch_l2(const void *p, int64_t n, int la
  * launched, x f's xb; mk_cuda_moe_step_fold), *taken false and nothing
  * queued when the router cannot take it.
  * For bench_cuda_moe's breakdown and experiments, not the public API. */
-/* Count a one-block router launch (mk_cuda_router_one_launches) */
-void mkc_router_one_launched(void);
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,
                          bool accumulate, void *stream, unsigned parts, bool pdl,
                          const struct mk_cuda_fold *f = NULL, bool *taken = NULL);

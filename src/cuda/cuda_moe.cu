@@ -273,26 +273,16 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     a.ga = n > 1 && a.I % (2 * MOE_WARPS) == 0;
     const unsigned nt = (unsigned)n;
     cudaStream_t s = (cudaStream_t)stream;
-    /* the router in one block (mk_cuda_set_router_one) where it takes the layer */
-    const bool r1 = n == 1 && (parts & 1) && mk_cuda_router_one() && router1_takes(a) &&
-                    mkc_smem_opt_in((const void *)router1_kernel(a.router.kind), ROUTER1_BUDGET);
     size_t srx = 0; /* the router's staged x (a fold) */
     if (f) {
-        if (n != 1 || !(parts & 1) || f->dim != a.H || x != f->xb || (!r1 && !router_stages(a.H)) ||
-            !mkc_addnorm_of(f, r1 ? ROUTER1_THREADS : MOE_WARPS * 32, &a.an))
+        if (n != 1 || !(parts & 1) || f->dim != a.H || x != f->xb || !router_stages(a.H) ||
+            !mkc_addnorm_of(f, MOE_WARPS * 32, &a.an))
             return MK_OK;
         a.an.ticket = NULL; /* the router's own */
         srx = (size_t)a.H * 4;
         *taken = true;
     }
-    if (r1)
-        mkc_router_one_launched();
-    if (r1)
-        MKC_TRY(mkc_launch(router1_kernel(a.router.kind), dim3(1), dim3(ROUTER1_THREADS),
-                           (size_t)router1_smem(a.router, a.E, a.H), s, pdl, a, x, ws->logits, ws->idx,
-                           ws->w, ws->loc),
-                f ? "launching the one-block router with the residual norm folded in" : "launching the one-block router");
-    else if (parts & 1)
+    if (parts & 1)
         MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w,
                        ws->ticket, ws->loc),
                 f ? "launching the router with the residual norm folded in" : "launching the router");

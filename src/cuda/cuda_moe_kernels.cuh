@@ -138,15 +138,6 @@ __device__ __forceinline__ float router_primed_dot(const mkc_w &rw, const mkc_pr
                                  : mkc_primed_dot<8, ROUTER_U>(p, rw.row_bytes / 16, x, lane);
 }
 
-/* Row `row` of an affine rw of at most 32 ROUTER_U chunks against x
- * after the wait, as k_router computes it (its primed lane terms): the
- * lane's partial sum */
-__device__ __forceinline__ float router_row_dot(const mkc_w &rw, int64_t row, const float *x, int lane) {
-    mkc_primed<ROUTER_U> p;
-    router_prime_any(rw, row, lane, p);
-    return router_primed_dot(rw, p, x, lane);
-}
-
 /* x [H] of the router: as given, or (a.an.x) rmsnorm(an.x + an.y) * an.g
  * staged in shared memory by this block (cuda_fold.cuh; the block
  * that ranks, the last in, then writes x + y, its check and xb) */
@@ -217,121 +208,6 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w, a.slot_of, loc, a.counts);
     if (threadIdx.x == 0)
         *ticket = 0u; /* ready for the next launch (stream order) */
-}
-
-/* ---- the router in one block (mk_cuda_set_router_one) -------------------
- * One token whose router is affine and small enough for one block's
- * shared memory (the 30B shape's
- * 128 x 2048 4-bit router: 147 KB): one block of ROUTER1_THREADS copies
- * every row's codes, scales and biases into shared memory with cp.async
- * before it waits for the previous kernel (a shared expert's gate row is
- * read as k_router reads it, after), then stages x (or folds the
- * residual step: its norm in its own order, one block), computes the
- * logits warp by warp from shared memory with k_router's lane terms
- * (mkc_primed_dot: the same bits), and ranks them itself: no ticket, no
- * fence, no second block. Shared memory: router1_smem. */
-#define ROUTER1_THREADS 512
-#define ROUTER1_BUDGET (200 * 1024)
-
-/* Host and device: bytes of a row's scales (and of its biases) */
-__host__ __device__ __forceinline__ int64_t router1_sbr(const mkc_w &w) {
-    return w.ng * mkc_aff_sb(w.kind);
-}
-/* the block's shared memory for R rows of w and x of H floats */
-__host__ __device__ __forceinline__ int64_t router1_smem(const mkc_w &w, int64_t R, int64_t H) {
-    return R * w.row_bytes + 2 * ((R * router1_sbr(w) + 15) / 16 * 16) + H * 4;
-}
-
-template <int BITS, int SD>
-__device__ __forceinline__ float router1_dot(const mkc_w &w, const uint8_t *codes, const uint8_t *sc,
-                                             const uint8_t *bi, const float *x, int lane) {
-    constexpr int VPC = 128 / BITS;
-    const int64_t n16 = w.row_bytes / 16;
-    mkc_primed<ROUTER_U> p;
-#pragma unroll
-    for (int u = 0; u < ROUTER_U; u++) {
-        const int64_t c = lane + 32 * u;
-        if (c < n16) { /* mkc_prime's registers, from shared memory */
-            p.q[u] = *(const uint4 *)(codes + c * 16);
-            p.s[u] = mkc_sv<SD>(sc, (c * VPC) >> w.gshift);
-            p.b[u] = mkc_sv<SD>(bi, (c * VPC) >> w.gshift);
-        }
-    }
-    return mkc_primed_dot<BITS, ROUTER_U>(p, n16, x, lane);
-}
-
-template <int BITS, int SD>
-__global__ void __launch_bounds__(ROUTER1_THREADS)
-    k_router1(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w, int32_t *loc) {
-    MKC_DYN_SMEM(float4, mkc_sm4);
-    __shared__ float red[32];
-    __shared__ unsigned long long sbad;
-    const mkc_w &rw = a.router;
-    const int64_t R = a.E, rb = rw.row_bytes, sbr = router1_sbr(rw), swr = sbr / 4; /* the rows staged */
-    uint8_t *codes = (uint8_t *)mkc_sm4;
-    uint8_t *scs = codes + R * rb, *bis = scs + (R * sbr + 15) / 16 * 16;
-    float *xs = (float *)(bis + (R * sbr + 15) / 16 * 16);
-    /* every row's weights, before the wait: they do not depend on the previous kernel */
-    for (int64_t c = threadIdx.x; c < R * (rb / 16); c += blockDim.x)
-        mkc_cp_async<16>(codes + c * 16, rw.data + c * 16, true); /* rows are contiguous */
-    for (int64_t c = threadIdx.x; c < R * swr; c += blockDim.x) {
-        mkc_cp_async<4>(scs + c * 4, (const uint8_t *)rw.scales + c * 4, true);
-        mkc_cp_async<4>(bis + c * 4, (const uint8_t *)rw.biases + c * 4, true);
-    }
-    mkc_cp_commit();
-    mkc_pdl_enter();
-    if (a.an.x) {
-        mkc_addnorm_stage(a.an, xs, 0, red);
-    } else {
-        for (int64_t i = threadIdx.x; i < a.H; i += blockDim.x)
-            xs[i] = x[i];
-    }
-    mkc_cp_wait<0>();
-    __syncthreads();
-    const int lane = threadIdx.x & 31, nw = blockDim.x >> 5;
-    for (int64_t r = threadIdx.x >> 5; r < R + a.has_sg; r += nw) {
-        /* the shared expert's gate row (affine, primed) from global memory, as k_router reads it */
-        const float v = mkc_warp_sum(r < R ? router1_dot<BITS, SD>(rw, codes + r * rb, scs + r * sbr, bis + r * sbr,
-                                                                   xs, lane)
-                                           : router_row_dot(a.sgw, 0, xs, lane));
-        if (lane == 0)
-            logits[r] = v;
-    }
-    __syncthreads(); /* the logits are in global memory, visible to the block (route_block reads them) */
-    if (a.an.x)
-        mkc_addnorm_finish(a.an, xs, 0, &sbad);
-    route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, idx, w, a.slot_of, loc, a.counts);
-}
-
-/* The instance of k_router1 for an affine kind */
-static inline void (*router1_kernel(int kind))(const moe_args, const float *, float *, int32_t *, float *, int32_t *) {
-    switch (kind) {
-    case MKC_A4_F32: return k_router1<4, 0>;
-    case MKC_A4_BF16: return k_router1<4, 1>;
-    case MKC_A4_F16: return k_router1<4, 2>;
-    case MKC_A8_F32: return k_router1<8, 0>;
-    case MKC_A8_BF16: return k_router1<8, 1>;
-    default: return k_router1<8, 2>;
-    }
-}
-
-/* Host: whether k_router1 takes a's router for one token (affine rows
- * primed as k_router primes them, a shared expert's gate row too, the rows
- * and x within ROUTER1_BUDGET) */
-static inline bool router1_takes(const moe_args &a) {
-    const mkc_w &w = a.router;
-    if (!mkc_is_aff(w.kind) || w.row_bytes % 16 || w.row_bytes / 16 > 32 * ROUTER_U || router1_sbr(w) % 4 ||
-        ((uintptr_t)w.data & 15) || ((uintptr_t)w.scales & 3) || ((uintptr_t)w.biases & 3))
-        return false;
-    if (a.has_sg && !(mkc_is_aff(a.sgw.kind) && a.sgw.row_bytes / 16 <= 32 * ROUTER_U))
-        return false; /* k_router's primed rows only */
-    /* route_block's softmax sum runs over the block's threads: past 256 experts (k_router's
-     * threads) a thread of k_router holds two terms, one of this block's holds one, and the
-     * denominators may round apart */
-    if (a.score == MK_CUDA_SCORE_SOFTMAX && a.E > MOE_WARPS * 32)
-        return false;
-    return a.nt == 1 && (int64_t)mkc_norm_threads(a.H) <= 4 * ROUTER1_THREADS &&
-           router1_smem(w, a.E, a.H) <= ROUTER1_BUDGET;
 }
 
 __device__ __forceinline__ float silu_mul(float g, float u) {

@@ -131,15 +131,6 @@ void mk_cuda_set_moe_staged(bool on) {
 bool mk_cuda_moe_staged(void) {
     return false;
 }
-void mk_cuda_set_router_one(bool on) {
-    (void)on;
-}
-bool mk_cuda_router_one(void) {
-    return false;
-}
-int64_t mk_cuda_router_one_launches(void) {
-    return 0;
-}
 void mk_cuda_set_norm_fold(bool on) {
     (void)on;
 }

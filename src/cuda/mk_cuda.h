@@ -206,16 +206,6 @@ int mk_cuda_attn_shares(void);
  * mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
-/* The one-token MoE step's router in one block (cuda_moe_kernels.cuh
- * k_router1) where its rows fit the block's shared memory (the 30B
- * shape's 4-bit router; not 256 experts or an 8-bit router at H 2048):
- * every row copied in before the wait, the logits and their ranking by
- * that block, no ticket between blocks; the same bits as k_router. Off by
- * default until measured; process-wide, like mk_cuda_set_kernels. */
-void mk_cuda_set_router_one(bool on);
-bool mk_cuda_router_one(void);
-/* One-block router launches since the process started (tests). */
-int64_t mk_cuda_router_one_launches(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

@@ -2840,97 +2840,6 @@ static void test_cuda_step_pdl(void **st) {
     free(sn);
 }
 
-/* CUDA only: the fused MoE step's router in one block (mk_cuda_set_router_one,
- * k_router1) on layers whose router it takes (4-bit and 8-bit routers, one
- * with a shared expert and an 8-bit gate row), each with the residual step
- * before it (add_rmsnorm into the call's x, its y the call's y, as the
- * engine queues them) folded in and not (mk_cuda_set_norm_fold): x, xb and
- * y bitwise the multi-block router's; the one-block router ran where asked
- * (mk_cuda_router_one_launches) and each fold was taken. */
-static void test_cuda_router_one(void **st) {
-    (void)st;
-    if (g_no_cuda[0]) {
-        printf("SKIP test_cuda_router_one: no GPU: %s\n", g_no_cuda);
-        skip();
-    }
-    enum { H = 2048, E = 128, K = 8, I = 128, IS = 256 };
-    be_case *b = &g_be[1];
-    const bool one0 = mk_cuda_router_one(), fold0 = mk_cuda_norm_fold();
-    for (int variant = 0; variant < 3; variant++) {
-        const bool shared = variant == 2;
-        const int rkind = variant == 1 ? 3 : 2; /* router 4-bit g64, or 8-bit g32 */
-        wbuf rw, gw[E], uw[E], dw[E], sg, su, sd, sgw;
-        mk_expert ex[E];
-        double *G[E], *U[E], *D[E];
-        make_w(&rw, rkind, E, H);
-        make_experts(2, E, I, H, gw, uw, dw, ex, G, U, D);
-        make_w(&sg, 2, IS, H);
-        make_w(&su, 2, IS, H);
-        make_w(&sd, 2, H, IS);
-        make_w(&sgw, 3, 1, H);
-        float *r = rvec(H), *yv = rvec(H), *g = rvec(H);
-        for (int64_t i = 0; i < H; i++)
-            g[i] += 1.5f;
-        float *dr = dev(b, NULL, H * 4), *dg = dev(b, g, H * 4), *dx = dev(b, NULL, H * 4), *dy = dev(b, NULL, H * 4);
-        mk_moe_args a = {.x = dx, .y = dy, .n = 1, .H = H, .router = &rw.w, .experts = ex, .E = E, .k = K,
-                         .route = {.kind = MK_ROUTE_SOFTMAX, .norm = true, .n_group = 1, .topk_group = 1,
-                                   .scale = 1.0f}};
-        if (shared) {
-            a.sh_gate = &sg.w;
-            a.sh_up = &su.w;
-            a.sh_down = &sd.w;
-            a.sh_gate_w = &sgw.w;
-        }
-        float *out[4][3];
-        for (int c = 0; c < 4; c++) { /* (one block, fold): 00, 10, 01, 11 */
-            mk_cuda_set_router_one(c & 1);
-            mk_cuda_set_norm_fold(c >> 1);
-            const int64_t folds = mk_backend_cuda_folds(b->b), r1 = mk_cuda_router_one_launches();
-            b->i->upload(b->ctx, dr, r, H * 4);
-            b->i->upload(b->ctx, dy, yv, H * 4);
-            b->i->add_rmsnorm(b->ctx, dr, dy, 1, H, 5, dx, dg, 1e-6f);
-            assert_true(b->i->moe(b->ctx, &a));
-            out[c][0] = back(b, dr, H * 4);
-            out[c][1] = back(b, dx, H * 4);
-            out[c][2] = back(b, dy, H * 4);
-            assert_int_equal(b->i->sync(b->ctx), MK_OK);
-            assert_int_equal(mk_backend_cuda_folds(b->b) - folds, c >> 1);
-            assert_int_equal(mk_cuda_router_one_launches() - r1, c & 1); /* it ran where asked */
-            int nonzero = 0;
-            for (int64_t i = 0; i < H; i++)
-                nonzero += out[c][2][i] != 0.0f && isfinite(out[c][2][i]);
-            assert_true(nonzero > H / 2);
-        }
-        for (int c = 1; c < 4; c++)
-            for (int i = 0; i < 3; i++)
-                if (memcmp(out[c][i], out[0][i], H * 4))
-                    fail_msg("cuda: router variant %d: %s%s changes %s", variant, c & 1 ? "the one-block router" : "",
-                             c == 3 ? " with the fold" : c == 2 ? "the fold" : "", i == 0 ? "x" : i == 1 ? "xb" : "y");
-        for (int c = 0; c < 4; c++)
-            for (int i = 0; i < 3; i++)
-                free(out[c][i]);
-        for (int e = 0; e < E; e++) {
-            mk_backend_cuda_forget(b->b, gw[e].data);
-            mk_backend_cuda_forget(b->b, uw[e].data);
-            mk_backend_cuda_forget(b->b, dw[e].data);
-        }
-        wbuf *rest[] = {&rw, &sg, &su, &sd, &sgw};
-        for (size_t i = 0; i < sizeof rest / sizeof rest[0]; i++) {
-            mk_backend_cuda_forget(b->b, rest[i]->data);
-            wbuf_free(rest[i]);
-        }
-        free_experts(E, gw, uw, dw, G, U, D);
-        void *bufs[] = {dr, dg, dx, dy};
-        for (size_t i = 0; i < 4; i++)
-            b->i->buf_free(b->ctx, bufs[i]);
-        free(r);
-        free(yv);
-        free(g);
-    }
-    mk_cuda_set_router_one(one0);
-    mk_cuda_set_norm_fold(fold0);
-}
-
 /* CUDA only: a failure inside a queued slot is reported by the next sync,
  * naming it, and only once. */
 static void test_cuda_errors(void **st) {
@@ -3094,9 +3003,9 @@ int main(void) {
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
         cmocka_unit_test(test_cuda_gemm_modes),    cmocka_unit_test(test_cuda_replay_after_growth),
-        cmocka_unit_test(test_cuda_step_pdl),      cmocka_unit_test(test_cuda_router_one),
+        cmocka_unit_test(test_cuda_step_pdl),
     };
-    const size_t n_cuda_only = 6;
+    const size_t n_cuda_only = 5;
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();
