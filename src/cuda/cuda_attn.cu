@@ -78,9 +78,12 @@ static void attn_grid(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, dim
     if (sq)
         mkb_launch(c, "attention of a batched step", k_attn_each<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, *sq, ks,
                    vs, vec, c->att_part, pf, tickets);
-    else
-        mkb_launch(c, qf.on ? "attention with the q/k norms and RoPE folded in" : "attention", k_attn<DVL>, grid,
+    else if (qf.on)
+        mkb_launch(c, "attention with the q/k norms and RoPE folded in", k_attn<DVL, true>, grid,
                    dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf, tickets, qf);
+    else
+        mkb_launch(c, "attention", k_attn<DVL>, grid, dim3(ATT_WARPS * 32), smem, a, ks, vs, vec, c->att_part, pf,
+                   tickets, qf);
 }
 
 /* The tickets with which the ns shares of nb blocks merge themselves

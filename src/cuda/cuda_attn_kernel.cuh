@@ -144,14 +144,14 @@ __device__ __forceinline__ void attn_merge_row(const mk_attn_args &a, const floa
  * (a.k / a.v or the sequence's), positions 0 .. pos0 + tp (tp: t within a
  * chunk, 0 for a sequence of a batched step), the new rows kn / vn (or
  * NULL) written into row pos0 by the token's head-0 first share. With
- * qk.on (one token with its new rows, packed kv heads, unsplit or its
+ * QK (one token with its new rows, packed kv heads, unsplit or its
  * shares merged by tickets) q and the new k row are the raw projections,
  * normed and rotated here (mkc_qk_head: the query head by each block, a key
  * head by the blocks of its group that walk the new row; shared memory for
  * dk more floats) and written back normed and rotated once no block reads
  * them raw (q by the head's merging or only block, k by its group's last
  * block: qk.kt), as k_qk_norm_rope would have left them. */
-template <int DVL>
+template <int DVL, bool QK = false>
 __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, int64_t vs, bool vec, float *part,
                                            int64_t t, const float *ka, const float *va, int64_t pos0, int64_t tp,
                                            const float *kn_row, const float *vn_row, unsigned *tickets,
@@ -164,12 +164,12 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
     float *pm = q + a.dk;              /* ATT_WARPS maxima */
     float *pl = pm + ATT_WARPS;        /* ATT_WARPS sums */
     float *pacc = pl + ATT_WARPS;      /* ATT_WARPS x dv */
-    float *kq = pacc + ATT_WARPS * a.dv; /* qk.on: a key head normed and rotated (dk) */
+    float *kq = pacc + ATT_WARPS * a.dv; /* QK: a key head normed and rotated (dk) */
     __shared__ float red[32];
     const int h = blockIdx.x % a.n_heads, j = h / (a.n_heads / a.n_kv);
     const int lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
     const float *qg = a.q + (t * a.n_heads + h) * a.dk;
-    if (qk.on) {
+    if constexpr (QK) {
         mkc_qk_head(qk, qg, qk.qg, q, a.dk, red);
     } else {
         for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
@@ -195,33 +195,35 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
     int64_t B0, B1;
     att_share(S0, T, &B0, &B1);
     if (kn_row && h == 0 && blockIdx.y == 0) {
-        if (!qk.on) /* (folded: each key head by its group's first head, below) */
+        if constexpr (!QK) /* (folded: each key head by its group's first head, below) */
             for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
                 ((float *)ka)[pos0 * ks + i] = kn_row[i];
         if (vn_row != kn_row || va != ka)
             for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
                 ((float *)va)[pos0 * vs + i] = vn_row[i];
     }
-    if (qk.on && kn && B0 <= T - 1 && T - 1 < B1) {
+    if constexpr (QK) {
         /* the share that walks the new row: its key head normed and rotated, into the cache by the
          * group's first head; the group's last block to have read the raw row writes the result back
          * (qk_norm_rope's effect on k), after which none reads it (a per-kv-head ticket) */
-        __shared__ bool lastg;
-        const int G = a.n_heads / a.n_kv;
-        mkc_qk_head(qk, kn, qk.kg, kq, a.dk, red);
-        if (h % G == 0)
-            for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
-                ((float *)ka)[pos0 * ks + (int64_t)j * a.dk + i] = kq[i];
-        if (threadIdx.x == 0)
-            lastg = atomicAdd(qk.kt + j, 1u) == (unsigned)G - 1;
-        __syncthreads();
-        if (lastg) {
-            for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
-                ((float *)kn)[i] = kq[i];
+        if (kn && B0 <= T - 1 && T - 1 < B1) {
+            __shared__ bool lastg;
+            const int G = a.n_heads / a.n_kv;
+            mkc_qk_head(qk, kn, qk.kg, kq, a.dk, red);
+            if (h % G == 0)
+                for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
+                    ((float *)ka)[pos0 * ks + (int64_t)j * a.dk + i] = kq[i];
             if (threadIdx.x == 0)
-                qk.kt[j] = 0u; /* ready for the next launch (stream order) */
+                lastg = atomicAdd(qk.kt + j, 1u) == (unsigned)G - 1;
+            __syncthreads();
+            if (lastg) {
+                for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
+                    ((float *)kn)[i] = kq[i];
+                if (threadIdx.x == 0)
+                    qk.kt[j] = 0u; /* ready for the next launch (stream order) */
+            }
+            kn = kq;
         }
-        kn = kq;
     }
     float m = -INFINITY, l = 0.0f, acc[DVL];
 #pragma unroll
@@ -313,7 +315,7 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
         attn_merge_row(a, part, (int)gridDim.y, blockIdx.x);
         if (threadIdx.x == 0)
             tickets[blockIdx.x] = 0u; /* ready for the next launch (stream order) */
-        if (qk.on) /* every share of the head has read the raw q: qk_norm_rope's effect on it */
+        if constexpr (QK) /* every share of the head has read the raw q: qk_norm_rope's effect on it */
             for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
                 ((float *)qg)[i] = q[i];
         return;
@@ -336,12 +338,13 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
             v = fmaf(pacc[w * a.dv + d], f[w], v);
         o[d] = v * inv;
     }
-    if (qk.on) /* the head's one block: qk_norm_rope's effect on q */
+    if constexpr (QK) /* the head's one block: qk_norm_rope's effect on q */
         for (int i = threadIdx.x; i < a.dk; i += blockDim.x)
             ((float *)qg)[i] = q[i];
 }
 
-template <int DVL>
+/* QK: f.on (the fold's instance; the plain one is compiled without it) */
+template <int DVL, bool QK = false>
 __global__ void __launch_bounds__(ATT_WARPS * 32)
     k_attn(mk_attn_args a, int64_t ks, int64_t vs, bool vec, float *part, int pf = 0, unsigned *tickets = nullptr,
            mkc_qkfold f = mkc_qkfold()) {
@@ -354,7 +357,7 @@ __global__ void __launch_bounds__(ATT_WARPS * 32)
     if (pf)
         attn_prefetch(a, ks, vs, a.k, a.v, pos0, t);
     mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
-    attn_block<DVL>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new, tickets, f);
+    attn_block<DVL, QK>(a, ks, vs, vec, part, t, a.k, a.v, pos0, t, a.k_new, a.v_new, tickets, f);
 }
 
 /* A batched decode step: token t is sequence t's one token (s: its caches,

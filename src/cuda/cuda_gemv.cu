@@ -24,7 +24,7 @@
  * 2, affine and FP4 formats, whose x offsets are whole 32-value blocks:
  * mkc_xi, mkc_pads).
  * *smem: the bytes. */
-/* static shared memory of the GEMV kernels at most (k_gemv_n's fold: its
+/* static shared memory of the GEMV kernels at most (k_gemv_n<P, true>, the fold: its
  * block sum and ticket flags), which the launch's 48 KB without an opt-in
  * also holds */
 #define GEMV_STATIC_SMEM 256
@@ -185,7 +185,9 @@ static mk_status gemv_n_launch(const mk_wt *const *w, int count, const float *x,
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff)
         return mk_err(MK_E_UNSUPPORTED, "gemv_n: %lld warps exceed one launch", (long long)warps);
-    MKC_TRY(mkc_launch(mkc_variant() >= 2 ? k_gemv_n<true> : k_gemv_n<false>, dim3((unsigned)blocks),
+    MKC_TRY(mkc_launch(f ? (mkc_variant() >= 2 ? k_gemv_n<true, true> : k_gemv_n<false, true>)
+                         : (mkc_variant() >= 2 ? k_gemv_n<true> : k_gemv_n<false>),
+                       dim3((unsigned)blocks),
                        dim3(GEMV_WARPS * 32), smem, (cudaStream_t)stream, mk_cuda_step_pdl(), a, x, staged,
                        mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
             f ? "launching gemv_n with the residual norm folded in" : "launching gemv_n");

@@ -91,7 +91,8 @@ struct mkc_gemv_n {
     mkc_addnorm an;
 };
 
-template <bool P>
+/* F: a.an.x is set (the fold's instance; the plain one is compiled without it) */
+template <bool P, bool F = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
                                                               const float *__restrict__ xg, int staged,
                                                               int pf = 0) {
@@ -111,7 +112,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
     int xpad = 0;
     if (staged) { /* as k_gemv */
         xpad = staged == 2 ? 4 : 0;
-        if (a.an.x) /* every block, live or not: the fold's ticket counts the grid */
+        if constexpr (F) /* every block, live or not: the fold's ticket counts the grid */
             mkc_addnorm_run(a.an, (float *)mkc_sm4, xpad);
         else if (xpad)
             mkc_stage_pad((float *)mkc_sm4, xg, a.w[0].cols);

@@ -241,7 +241,7 @@ static bool router_stages(int64_t H) {
     static int fixed = -1; /* the kernel's static shared memory, once */
     if (fixed < 0) {
         cudaFuncAttributes fa;
-        if (cudaFuncGetAttributes(&fa, k_router) != cudaSuccess) {
+        if (cudaFuncGetAttributes(&fa, k_router<true>) != cudaSuccess) {
             (void)cudaGetLastError();
             return false;
         }
@@ -283,7 +283,8 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         *taken = true;
     }
     if (parts & 1)
-        MKC_TRY(launch(k_router, nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w,
+        MKC_TRY(launch(f ? k_router<true> : k_router<false>, nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x,
+                       ws->logits, ws->idx, ws->w,
                        ws->ticket, ws->loc),
                 f ? "launching the router with the residual norm folded in" : "launching the router");
     a.an = mkc_addnorm(); /* the other kernels read x = xb, which the router wrote */

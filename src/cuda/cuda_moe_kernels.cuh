@@ -149,6 +149,10 @@ __device__ __forceinline__ const float *router_x(const moe_args &a, const float 
     return mkc_smf;
 }
 
+/* ticket: the token's (the last block ranks, and finishes a fold: every
+ * block staged before it took the ticket). F: a.an.x is set (the fold's
+ * instance; the plain one is compiled without it). */
+template <bool F = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket, int32_t *loc) {
@@ -176,7 +180,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (primed)
         router_prime_any(rw, row, lane, p);
     mkc_pdl_enter();
-    const float *xr = router_x(a, x, red); /* every block: the fold's barriers */
+    const float *xr = F ? router_x(a, x, red) : x; /* every block: the fold's barriers */
     if (mine) {
         float acc = 0.0f;
         if (primed) {
@@ -201,7 +205,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (!last)
         return;
     __threadfence();
-    if (a.an.x) {
+    if constexpr (F) {
         MKC_DYN_SMEM(float, mkc_smf);
         mkc_addnorm_finish(a.an, mkc_smf, 0, &sbad);
     }

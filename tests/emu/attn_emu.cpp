@@ -293,9 +293,9 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
                     [&] {
                         unsigned *tk = ns > 1 ? tickets.data() : nullptr;
                         if (hd <= 128)
-                            k_attn<4>(a, ks, ks, true, part.data(), 0, tk, f);
+                            (f.on ? k_attn<4, true> : k_attn<4>)(a, ks, ks, true, part.data(), 0, tk, f);
                         else
-                            k_attn<8>(a, ks, ks, true, part.data(), 0, tk, f);
+                            (f.on ? k_attn<8, true> : k_attn<8>)(a, ks, ks, true, part.data(), 0, tk, f);
                     },
                     ns, y);
     };

@@ -117,7 +117,8 @@ static int fold_case(const char *name, int kind, int bits, int group, int sd, in
         for (int i = 0; i < 2; i++)
             a.y[i] = zf[i].data();
         for (int64_t b = 0; b < blocks; b++)
-            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_n<true>(a, xbf.data(), staged); });
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32,
+                      [&] { k_gemv_n<true, true>(a, xbf.data(), staged); });
         const bool same = !std::memcmp(xr.data(), xf.data(), dim * 4) && !std::memcmp(xbr.data(), xbf.data(), dim * 4) &&
                           !std::memcmp(zr[0].data(), zf[0].data(), rows * 4) &&
                           !std::memcmp(zr[1].data(), zf[1].data(), rows * 4);

@@ -73,7 +73,7 @@ static void step(const moe_args &a, const float *x, float *y, bool P, int sx, in
     const unsigned R = nblk(a.E + a.has_sg) * n, G = nblk(((int64_t)a.k * a.I + a.Is) / 2) * n, D = nblk(a.H) * n;
     for (unsigned b = 0; b < R; b++)
         emu_block(R, b, MOE_WARPS * 32,
-                  [&] { k_router(a, x, B.logits.data(), B.idx.data(), B.w.data(), tickets(B), B.loc.data()); });
+                  [&] { k_router<>(a, x, B.logits.data(), B.idx.data(), B.w.data(), tickets(B), B.loc.data()); });
     if (gper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2, GS = (npair + gper - 1) / gper;
         for (int64_t b = 0; b < GS; b++)
@@ -185,7 +185,7 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
         bufs B1(L), B2(L);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
-                k_router(a, xbr.data(), B1.logits.data(), B1.idx.data(), B1.w.data(), &B1.ticket, B1.loc.data());
+                k_router<>(a, xbr.data(), B1.logits.data(), B1.idx.data(), B1.w.data(), &B1.ticket, B1.loc.data());
             });
         unsigned long long kf = ~0ull;
         float vf = 0.0f;
@@ -198,7 +198,8 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
         }
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
-                k_router(af, xbf.data(), B2.logits.data(), B2.idx.data(), B2.w.data(), &B2.ticket, B2.loc.data());
+                k_router<true>(af, xbf.data(), B2.logits.data(), B2.idx.data(), B2.w.data(), &B2.ticket,
+                               B2.loc.data());
             });
         const bool same = !std::memcmp(B1.logits.data(), B2.logits.data(), (a.E + a.has_sg) * 4) &&
                           !std::memcmp(B1.idx.data(), B2.idx.data(), a.k * 4) &&
