@@ -40,9 +40,9 @@ mk_status mk_backend_cuda_create(int device, mk_backend **out);
 void mk_backend_cuda_forget(mk_backend *b, const void *host_data);
 /* Bytes of weights resident on the device (0 for other backends). */
 size_t mk_backend_cuda_weight_bytes(const mk_backend *b);
-/* Residual steps (add_rmsnorm of one row) folded into the launch that
- * read their result since the backend was made (mk_cuda_set_norm_fold;
- * tests and benchmarks: 0 for other backends). */
+/* Norm steps (a one-row add_rmsnorm, a one-token qk_norm_rope) folded
+ * into the launch that read their result since the backend was made
+ * (mk_cuda_set_norm_fold; tests and benchmarks: 0 for other backends). */
 int64_t mk_backend_cuda_folds(const mk_backend *b);
 /* Device bytes of copies made from host memory an expert cache reuses
  * (ranges reported by host_changed): *live in use, *spare held for the

@@ -90,7 +90,7 @@ mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n, float *y,
 mk_status mk_cuda_gemv_n(const mk_wt *const *w, int count, const float *x, float *const *y, void *stream);
 
 /* A one-row residual step folded into the kernel that reads its result
- * (mk_cuda_set_norm_fold; docs/CUDA.md "Residual norms folded into their
+ * (mk_cuda_set_norm_fold; docs/CUDA.md "Norm steps folded into their
  * readers"): x += y (as axpy), the deferred non-finite check of x (the
  * CUDA backend's: its finding `key` = tag << 40 | index, ~0 while none,
  * and `val`), and xb = rmsnorm(x) * g (g may be NULL), each bitwise what
@@ -200,10 +200,11 @@ mk_status mk_cuda_set_attn_shares(int n);
 int mk_cuda_attn_shares(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =
  * rmsnorm(x) * g) folded into the next launch when that launch reads xb
- * and can take it (mk_cuda_gemv_n_fold: the q/k/v GEMV of a decode step;
- * mk_cuda_moe_step_fold: the MoE router): one kernel fewer per residual
- * step, the same bits. Off by default until measured; process-wide, like
- * mk_cuda_set_kernels. */
+ * and can take it (mk_cuda_gemv_n_fold: the q/k/v GEMV of a decode step,
+ * or a single GEMV; mk_cuda_moe_step_fold: the MoE router), and its
+ * one-token qk_norm_rope into the attention of that q and new k row: one
+ * kernel fewer each, the same bits. Off by default until measured;
+ * process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
 
