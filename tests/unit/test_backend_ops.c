@@ -2781,8 +2781,9 @@ static void test_cuda_step_pdl(void **st) {
     mk_cuda_set_step_pdl(true);
     const bool fold0 = mk_cuda_norm_fold();
     const int64_t folds0 = mk_backend_cuda_folds(b->b);
-    for (int rep = 0; rep < 8; rep++) { /* queued directly, several times; the prefetches on half the time, the
-                                          * residual norms folded into the GEMVs that read them the other half */
+    /* queued directly, several times; the prefetches on half the time, the norm steps folded into
+     * the kernels that read them in the last four */
+    for (int rep = 0; rep < 8; rep++) {
         mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
         mk_cuda_set_norm_fold(rep >= 4);
         const int p = rep % PC_NP;
