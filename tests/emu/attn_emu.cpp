@@ -299,6 +299,16 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
                     },
                     ns, y);
     };
+    /* one walk with its own q, caches, new k row and output */
+    auto run = [&](std::vector<float> &qq, std::vector<float> &kcc, std::vector<float> &vcc, std::vector<float> &kk,
+                   std::vector<float> &out, const mkc_qkfold &f) {
+        a.q = qq.data();
+        a.k = kcc.data();
+        a.v = vcc.data();
+        a.k_new = kk.data();
+        a.out = out.data();
+        walk(f);
+    };
     /* the reference: k_qk_norm_rope's blocks (q heads, then k heads), then the walk */
     const unsigned nh = (unsigned)(nq + nk);
     for (unsigned b = 0; b < nh; b++)
@@ -306,21 +316,11 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
             k_qk_norm_rope(q1.data(), nq, k1.data(), nk, hd, norms ? qg.data() : nullptr,
                            norms ? kg.data() : nullptr, 1e-6f, rot, cs.data(), sn.data());
         });
-    a.q = q1.data();
-    a.k = kc.data();
-    a.v = vc.data();
-    a.k_new = k1.data();
-    a.out = out1.data();
-    walk(mkc_qkfold());
+    run(q1, kc, vc, k1, out1, mkc_qkfold());
     /* folded: the raw rows in, each block norming and rotating what it reads */
     mkc_qkfold f = {norms ? qg.data() : nullptr, norms ? kg.data() : nullptr, cs.data(), sn.data(), 1e-6f, rot,
                     (int)vt, 1, kt.data()};
-    a.q = q2.data();
-    a.k = kc2.data();
-    a.v = vc2.data();
-    a.k_new = k2.data();
-    a.out = out2.data();
-    walk(f);
+    run(q2, kc2, vc2, k2, out2, f);
     char name[96];
     snprintf(name, sizeof name, "q/k fold: %d on %d heads, d %d, rot %d%s, pos %lld, %u shares", nq, nk, hd, rot,
              norms ? ", norms" : "", (long long)pos, ns);
@@ -352,12 +352,7 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
         std::fill(kc3.begin() + pos * ks, kc3.end(), NAN);
         mkc_qkfold bad = f;
         bad.qg = kg.data();
-        a.q = q3.data();
-        a.k = kc3.data();
-        a.v = vc3.data();
-        a.k_new = k3.data();
-        a.out = out3.data();
-        walk(bad);
+        run(q3, kc3, vc3, k3, out3, bad);
         if (!std::memcmp(out1.data(), out3.data(), out1.size() * 4)) {
             printf("FAIL %s: the control (the key norm on the queries) gave the same output\n", name);
             ok = false;
