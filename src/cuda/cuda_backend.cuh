@@ -98,7 +98,8 @@ struct mkb_ctx {
     int nspare;
     /* a one-row add_rmsnorm held back (mk_cuda_set_norm_fold, cuda_ops.cu):
      * the next slot folds it into its launch when it reads fold.xb and can
-     * (matmul_n, moe), every other slot launches it first (mkb_fold_flush) */
+     * (matmul, matmul_n, moe), every other slot launches it first
+     * (mkb_fold_flush) */
     bool folding;
     mk_cuda_fold fold;
     unsigned *fold_ticket; /* device word of the GEMV's fold, 0 between launches */

@@ -38,8 +38,13 @@ struct mkc_addnorm {
     int32_t vt;  /* k_add_rmsnorm's threads for this width (mkc_norm_threads): its sum order */
 };
 
-/* Threads of a norm block (k_rmsnorm, k_add_rmsnorm): one element per
- * thread up to 1024 */
+/* Threads of a norm block (k_rmsnorm, k_add_rmsnorm, k_qk_norm_rope),
+ * whose sum order the folds follow: one element per thread up to 1024. A
+ * decode step's norm is one row, so its time is the chain of dependent
+ * loads each thread walks: with 256 threads the 2048-wide residual norm
+ * took 8.4 us on the H200 (ncu, bench/RESULTS.md 2026-12-03) and 4.2 us
+ * with 1024; the 128-wide head norms took 2.9 us with one element per
+ * thread and 3.7 us with two. */
 static inline unsigned mkc_norm_threads(int64_t dim) {
     int64_t t = (dim + 31) / 32 * 32;
     return (unsigned)(t < 32 ? 32 : t > 1024 ? 1024 : t);
@@ -198,9 +203,9 @@ __device__ __forceinline__ void mkc_qk_head(const mkc_qkfold &f, const float *sr
     __syncthreads();
 }
 
-/* Stage, take the launch's ticket (t: a.ticket or the kernel's own; after
- * the stage's barrier, so after every read of x and y in this block), and
- * finish when last. Every block of the launch must call it. */
+/* Stage, take the launch's ticket (a.ticket; after the stage's barrier, so
+ * after every read of x and y in this block), and finish when last. Every
+ * block of the launch must call it. */
 __device__ __forceinline__ void mkc_addnorm_run(const mkc_addnorm &a, float *dst, int xpad) {
     __shared__ float red[32];
     __shared__ unsigned long long sbad;

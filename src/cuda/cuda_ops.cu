@@ -34,16 +34,6 @@ __global__ void __launch_bounds__(1024) k_rmsnorm(float *y, int64_t ys, const fl
     }
 }
 
-/* Threads of a norm block: one element per thread up to 1024. A decode
- * step's norm is one row, so its time is the chain of dependent loads each
- * thread walks: with 256 threads the 2048-wide residual norm took 8.4 us on
- * the H200 (ncu, bench/RESULTS.md 2026-12-03) and 4.2 us with 1024; the
- * 128-wide head norms took 2.9 us with one element per thread and 3.7 us
- * with two. */
-static unsigned norm_threads(int64_t dim) {
-    return mkc_norm_threads(dim); /* cuda_fold.cuh: the folded residual norm follows its order */
-}
-
 void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t x_stride, const float *g,
                  int64_t rows, int64_t dim, float eps) {
     mkb_ctx *c = (mkb_ctx *)ctx;
@@ -52,7 +42,7 @@ void mkb_rmsnorm(void *ctx, float *y, int64_t y_stride, const float *x, int64_t 
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    mkb_launch(c, "rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, y, y_stride, x, x_stride,
+    mkb_launch(c, "rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(mkc_norm_threads(dim)), 0, y, y_stride, x, x_stride,
                gd, dim, eps, (const float *)NULL);
 }
 
@@ -63,7 +53,7 @@ void mkb_gated_rmsnorm(void *ctx, float *x, const float *z, const float *g, int6
     const float *gd = mkb_param(c, g, dim);
     if (g && !gd)
         return;
-    mkb_launch(c, "gated_rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, dim,
+    mkb_launch(c, "gated_rmsnorm", k_rmsnorm, dim3((unsigned)rows), dim3(mkc_norm_threads(dim)), 0, x, dim,
                (const float *)x, dim, gd, dim, eps, z);
 }
 
@@ -160,7 +150,7 @@ void mkb_clamped_swiglu(void *ctx, float *y, const float *gate, const float *up,
 /* k_add_rmsnorm over rows of dim (one block each) */
 static void add_rmsnorm_launch(mkb_ctx *c, float *x, const float *y, int64_t rows, int64_t dim, int32_t tag,
                                float *xb, const float *gd, float eps) {
-    mkb_launch(c, "add_rmsnorm", k_add_rmsnorm, dim3((unsigned)rows), dim3(norm_threads(dim)), 0, x, y, dim,
+    mkb_launch(c, "add_rmsnorm", k_add_rmsnorm, dim3((unsigned)rows), dim3(mkc_norm_threads(dim)), 0, x, y, dim,
                (unsigned long long)tag, c->nfl, xb, gd, eps);
 }
 
@@ -202,7 +192,7 @@ void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t 
 
 static void qk_norm_rope_launch(mkb_ctx *c, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qd,
                                 const float *kd, float eps, int rot_dim, const float *cos, const float *sin) {
-    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(norm_threads(hd)),
+    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(mkc_norm_threads(hd)),
                (size_t)hd * sizeof(float), q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
 }
 
