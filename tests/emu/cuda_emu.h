@@ -1,6 +1,6 @@
 // A host emulation of the CUDA execution model, enough to run moekit's
 // device code headers on the CPU (tests/cli/cuda_emu_*.sh): one block at a
-// time, each CUDA thread a fiber (ucontext) of one OS thread, run until it
+// time, each CUDA thread a fiber of one OS thread, run until it
 // reaches a barrier: __syncthreads waits for every live thread of the
 // block, a warp shuffle for every live lane of its warp (each lane writes,
 // waits, reads its partner's). Function-scope __shared__ arrays are
@@ -14,7 +14,12 @@
 #ifndef MK_TESTS_CUDA_EMU_H
 #define MK_TESTS_CUDA_EMU_H
 
+// EMU_UCONTEXT: ucontext switches on x86-64 too (to check the two agree)
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+#define EMU_ASM_SWITCH 1
+#else
 #include <ucontext.h>
+#endif
 
 #include <atomic>
 #include <cmath>
@@ -42,26 +47,100 @@ inline emu_dim threadIdx, blockIdx, blockDim, gridDim;
 inline float emu_wv[2][32][32]; /* a buffer per parity of the warp's shuffle count */
 inline unsigned emu_wphase[32];
 
+// Fiber switches. On x86-64 a switch is emu_switch below: glibc's
+// swapcontext makes a system call (the signal mask) and saves the whole FP
+// state on every switch, and a block of 256 threads switches 512 times per
+// barrier. The fused MoE emulation (moe_emu) ran 139 s with swapcontext,
+// 2.6 s with emu_switch (2-core x86-64, 2026-12-05). Elsewhere, ucontext.
+#if defined(EMU_ASM_SWITCH)
+// emu_switch(from, to): push the System V callee-saved registers, MXCSR
+// and the x87 control word on the running stack, store its pointer in
+// *from, load the stack pointer `to` and pop the same from it. Weak, so
+// two translation units including this header link.
+extern "C" void emu_switch(void **from, void *to);
+asm(".text\n.weak emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+    "pushq %rbp\npushq %rbx\npushq %r12\npushq %r13\npushq %r14\npushq %r15\n"
+    "subq $8, %rsp\nstmxcsr (%rsp)\nfnstcw 4(%rsp)\n"
+    "movq %rsp, (%rdi)\nmovq %rsi, %rsp\n"
+    "ldmxcsr (%rsp)\nfldcw 4(%rsp)\naddq $8, %rsp\n"
+    "popq %r15\npopq %r14\npopq %r13\npopq %r12\npopq %rbx\npopq %rbp\nret\n"
+    ".size emu_switch, .-emu_switch\n");
+#endif
+
 struct emu_fiber {
+#if defined(EMU_ASM_SWITCH)
+    void *sp = nullptr; /* the stack pointer emu_switch left */
+#else
     ucontext_t ctx;
+#endif
     char *stack = nullptr;
     int state = 0; /* 0 runnable, 1 at __syncthreads, 2 at a warp barrier, 3 done */
 };
 inline std::vector<emu_fiber> emu_f;
+#if defined(EMU_ASM_SWITCH)
+inline void *emu_main_sp;
+#else
 inline ucontext_t emu_main;
+#endif
 inline unsigned emu_cur;
 inline std::function<void()> emu_job;
 constexpr size_t EMU_STACK = 256 * 1024;
 
+inline void emu_to_main(emu_fiber &f) {
+#if defined(EMU_ASM_SWITCH)
+    emu_switch(&f.sp, emu_main_sp);
+#else
+    swapcontext(&f.ctx, &emu_main);
+#endif
+}
+inline void emu_to_fiber(emu_fiber &f) {
+#if defined(EMU_ASM_SWITCH)
+    emu_switch(&emu_main_sp, f.sp);
+#else
+    swapcontext(&emu_main, &f.ctx);
+#endif
+}
+
 // back to the scheduler, waiting at barrier kind st
 inline void emu_yield(int st) {
     emu_f[emu_cur].state = st;
-    swapcontext(&emu_f[emu_cur].ctx, &emu_main);
+    emu_to_main(emu_f[emu_cur]);
 }
-inline void emu_entry() {
+// a fiber's first frame: run the job, then leave for good (never resumed)
+[[noreturn]] inline void emu_entry() {
     emu_job();
     emu_f[emu_cur].state = 3;
-    swapcontext(&emu_f[emu_cur].ctx, &emu_main);
+    emu_to_main(emu_f[emu_cur]);
+    std::abort();
+}
+// make f start at emu_entry when next switched to
+inline void emu_fiber_start(emu_fiber &f) {
+    if (!f.stack)
+        f.stack = new char[EMU_STACK];
+#if defined(EMU_ASM_SWITCH)
+    /* the frame emu_switch pops: MXCSR and control word as they are now,
+       six zero registers, then it returns into emu_entry with the stack
+       pointer 8 past a 16-byte boundary, as a call leaves it (the zero
+       above is emu_entry's return address, never used) */
+    uint32_t mxcsr;
+    uint16_t fcw;
+    __asm__ volatile("stmxcsr %0" : "=m"(mxcsr));
+    __asm__ volatile("fnstcw %0" : "=m"(fcw));
+    uint64_t *p = (uint64_t *)(((uintptr_t)(f.stack + EMU_STACK)) & ~(uintptr_t)15);
+    *--p = 0;
+    *--p = (uint64_t)(uintptr_t)&emu_entry;
+    for (int i = 0; i < 6; i++)
+        *--p = 0;
+    *--p = (uint64_t)mxcsr | (uint64_t)fcw << 32;
+    f.sp = p;
+#else
+    getcontext(&f.ctx);
+    f.ctx.uc_stack.ss_sp = f.stack;
+    f.ctx.uc_stack.ss_size = EMU_STACK;
+    f.ctx.uc_link = nullptr;
+    makecontext(&f.ctx, (void (*)())emu_entry, 0);
+#endif
+    f.state = 0;
 }
 inline float __shfl_xor_sync(unsigned, float v, int o) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
@@ -192,23 +271,14 @@ void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1,
         emu_f.resize(n);
     for (unsigned w = 0; w < 32; w++)
         emu_wphase[w] = 0;
-    for (unsigned t = 0; t < n; t++) {
-        emu_fiber &f = emu_f[t];
-        if (!f.stack)
-            f.stack = new char[EMU_STACK];
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = f.stack;
-        f.ctx.uc_stack.ss_size = EMU_STACK;
-        f.ctx.uc_link = nullptr;
-        makecontext(&f.ctx, (void (*)())emu_entry, 0);
-        f.state = 0;
-    }
+    for (unsigned t = 0; t < n; t++)
+        emu_fiber_start(emu_f[t]);
     for (;;) {
         for (unsigned t = 0; t < n; t++)
             if (emu_f[t].state == 0) {
                 emu_cur = t;
                 threadIdx.x = t;
-                swapcontext(&emu_main, &emu_f[t].ctx);
+                emu_to_fiber(emu_f[t]);
             }
         bool live = false, released = false, all_sync = true;
         for (unsigned w = 0; w < n / 32; w++) {

@@ -1,6 +1,7 @@
 # Shared by tests/cli/cuda_emu_*.sh: build a host emulation of CUDA device
 # code (tests/emu/*.cpp over cuda_emu.h) with the host's C++20 compiler.
 #   emu_build OUT SOURCE [OVERRIDE_DIR]
+# EMU_CXXFLAGS: more compiler flags (e.g. -DEMU_UCONTEXT), word-split.
 # OVERRIDE_DIR: a folder searched before src/ (a control's edited copy of
 # a kernel header). Warnings are errors, but for those device code may
 # have and nvcc does not report there (unknown pragmas, sign comparisons
@@ -17,7 +18,8 @@ emu_build() { # OUT SOURCE [OVERRIDE_DIR [OBJECTS...]]
     [ -n "${3:-}" ] && inc=(-I"$3")
     shift 2
     [ $# -gt 0 ] && shift
-    "$CXX" -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -Wno-missing-field-initializers \
+    # shellcheck disable=SC2086
+    "$CXX" ${EMU_CXXFLAGS:-} -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -Wno-missing-field-initializers \
         -I"$ROOT/include" "${inc[@]}" -I"$ROOT/src" -I"$CUDA_INC" "$ROOT/tests/emu/$src" "$@" -o "$out" -lpthread
 }
 # C objects a harness links (its reference over the CPU's dequantizer): OUTDIR SOURCES...
