@@ -157,17 +157,25 @@ try {
     await page.fill('#temperature', '0');
     await page.fill('#max-tokens', String(maxTokens));
 
-    // every DOM state of the answer while it streams, before it is marked done
+    // every state of the answer's text while it streams, from the mutation
+    // records' old values: each appendData of an event is one record even
+    // when a loaded machine delivers all the events in one network chunk
+    // and the observer runs once at the end (the text it would read then is
+    // the whole answer; that timing, not the page, failed this check before)
     await page.evaluate(() => {
         window.__states = [];
-        new MutationObserver(() => {
+        new MutationObserver((records) => {
             const msgs = document.querySelectorAll('.msg.assistant');
-            const m = msgs[msgs.length - 1];
-            if (!m || m.dataset.done) return;
-            const t = m.querySelector('.content').textContent;
-            const s = window.__states;
-            if (t && s[s.length - 1] !== t) s.push(t);
-        }).observe(document.getElementById('log'), { childList: true, subtree: true, characterData: true });
+            const last = msgs[msgs.length - 1];
+            for (const r of records) {
+                const c = r.target.parentElement;
+                if (r.type !== 'characterData' || !c || !c.classList.contains('content') ||
+                    c.closest('.msg.assistant') !== last)
+                    continue;
+                const s = window.__states;
+                if (r.oldValue && s[s.length - 1] !== r.oldValue) s.push(r.oldValue);
+            }
+        }).observe(document.getElementById('log'), { subtree: true, characterData: true, characterDataOldValue: true });
     });
 
     async function turn(text, n) {
@@ -234,7 +242,7 @@ try {
         const q1 = 'Return the list.';
         const a1 = await turn(q1, 0);
         check(a1.done === 'ok', `turn 1 ended ${a1.done}`);
-        const states = await page.evaluate(() => window.__states);
+        const states = [...(await page.evaluate(() => window.__states)), a1.content];
         console.log(`turn 1: ${states.length} DOM states`);
         check(states.length >= 2 && states[states.length - 1] === a1.content &&
               states.every((s) => a1.content.startsWith(s)),
