@@ -1808,6 +1808,7 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
     float *dr = dev(b, NULL, H * 4), *dg = dev(b, g, H * 4);
     const bool fold0 = mk_cuda_norm_fold();
     const int64_t folds0 = mk_backend_cuda_folds(b->b);
+    const float y_kept = yv[H / 3]; /* restored after each planted run */
     float *out[2][3];
     int32_t tags[2][2];
     int64_t ats[2][2];
@@ -1830,7 +1831,7 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
             const bool found = b->i->nonfinite_take(b->ctx, &tags[on][plant], &ats[on][plant], &vals[on][plant]);
             assert_true(found == (plant == 1));
         }
-        yv[H / 3] = 0.5f;
+        yv[H / 3] = y_kept;
     }
     mk_cuda_set_norm_fold(fold0);
     assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 2); /* the router took both */
