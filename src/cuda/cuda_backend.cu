@@ -186,12 +186,11 @@ static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
 /* Deferred checks. Every block scans a grid-stride share of x unless an
  * earlier check already kept a finding (then the launch does nothing);
  * the lowest non-finite index goes to `cand`; the last block (atomic
- * ticket, as k_router) keeps (tag, cand, x[cand]) when nothing was kept and
- * resets the scratch for the next launch. x is not written before the
+ * ticket, mkb_nfl_close) keeps (tag, cand, x[cand]) when nothing was kept
+ * and resets the scratch for the next launch. x is not written before the
  * last block reads it: the next slot runs after this launch (stream
  * order). */
 __global__ void k_check_finite(const float *x, int64_t n, unsigned long long tag, mkb_nfl *f) {
-    __shared__ bool last;
     mkc_pdl_enter(); /* launched under PDL (mkb_launch) */
     if (__ldcg(&f->key) == ~0ull)
         for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x)
@@ -199,20 +198,7 @@ __global__ void k_check_finite(const float *x, int64_t n, unsigned long long tag
                 atomicMin(&f->cand, (unsigned long long)i);
                 break; /* this thread's later indices are larger */
             }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || threadIdx.x != 0)
-        return;
-    __threadfence();
-    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
-    if (cand != ~0ull && f->key == ~0ull) {
-        f->val = x[cand];
-        f->key = tag << 40 | cand;
-    }
-    f->ticket = 0u;
+    mkb_nfl_close(f, x, tag);
 }
 
 static void cu_check_finite(void *ctx, const float *x, int64_t n, int32_t tag) {

@@ -14,13 +14,12 @@
 /* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy
  * computes it (fmaf(1, y, x)); the row's lowest non-finite index goes to
  * f->cand as in k_check_finite (whose protocol this follows: nothing looked
- * at once a finding is kept; the last block by ticket keeps (tag, index,
- * value) and resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
+ * at once a finding is kept; mkb_nfl_close keeps (tag, index, value) and
+ * resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
  * loop order, so the values equal the three slots' bit for bit. */
 __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, int64_t dim, unsigned long long tag,
                                                       mkb_nfl *f, float *xb, const float *g, float eps) {
     __shared__ float sh[32];
-    __shared__ bool last;
     mkc_pdl_enter();
     float *xr = x + blockIdx.x * dim;
     const float *yr = y + blockIdx.x * dim;
@@ -66,20 +65,7 @@ __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, 
         }
         return;
     }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || threadIdx.x != 0)
-        return;
-    __threadfence();
-    const unsigned long long cand = atomicExch(&f->cand, ~0ull);
-    if (cand != ~0ull && f->key == ~0ull) {
-        f->val = __ldcg(x + cand); /* written by another block of this launch */
-        f->key = tag << 40 | cand;
-    }
-    f->ticket = 0u;
+    mkb_nfl_close(f, x, tag);
 }
 
 /* qk_norm_rope: one block per (token, head) of q then k, the threads of
