@@ -18,9 +18,10 @@
 #                                         ncu breakdown (ncu_sum.log) with both switches on
 #   scripts/cuda-owed.sh fold [FX_TAR]   session 20's norm steps folded into their readers
 #                                         (MK_CUDA_NORM_FOLD) on the 8-layer cut, decode at short and
-#                                         2048-token contexts, off/on interleaved; prefill 2048 in
-#                                         chunks of 512 / 1024 / 2048 (split and int8); ncu with it;
+#                                         2048-token contexts, off/on interleaved; ncu with it;
 #                                         with FX_TAR first the fixtures' _cuda cases with it on
+#   scripts/cuda-owed.sh chunks          prefill 2048 on the 8-layer cut in chunks of 512 / 1024 /
+#                                         2048 (split and int8 GEMM)
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -104,7 +105,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold)
+staged | fold | chunks)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -128,13 +129,6 @@ staged | fold)
                 MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 |
                     grep -E "^decode"
             done
-            for g in MK_CUDA_GEMM=split MK_CUDA_GEMM=int8; do
-                for ch in 512 1024 2048 512; do
-                    echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, $g"
-                    env $g MK_BENCH_CHUNK=$ch timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 |
-                        grep -E "^prefill|rate"
-                done
-            done
         } 2>&1 | tee "$out/fold.log"
         if command -v ncu > /dev/null; then
             MK_CUDA_NORM_FOLD=1 timeout 150 ncu --clock-control none --cache-control none \
@@ -142,6 +136,16 @@ staged | fold)
                 $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_fold.log" 2>&1
             echo "ncu: rc $? (ncu_fold.log)"
         fi
+        exit $rc
+    fi
+    if [ "$what" = chunks ]; then
+        for g in MK_CUDA_GEMM=split MK_CUDA_GEMM=int8; do
+            for ch in 512 1024 2048 512; do
+                echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, $g"
+                env $g MK_BENCH_CHUNK=$ch timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 |
+                    grep -E "^prefill|rate"
+            done
+        done 2>&1 | tee "$out/chunks.log"
         exit $rc
     fi
     {
