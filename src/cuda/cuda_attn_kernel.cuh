@@ -7,6 +7,7 @@
 #define MK_CUDA_ATTN_KERNEL_CUH
 
 #include "cuda/cuda_fold.cuh"
+#include "cuda/cuda_ticket.cuh"
 
 #define ATT_WARPS 4
 #define ATT_SPLIT 8      /* blocks per head for one token by default (mk_cuda_set_attn_shares) */
@@ -303,15 +304,8 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
             return; /* k_attn_merge combines the shares */
         /* the row's last share to finish combines them (no merge launch): each share publishes its
          * state before it takes a ticket; the last one reads them all through L2 */
-        __shared__ bool last;
-        __threadfence();
-        __syncthreads();
-        if (threadIdx.x == 0)
-            last = atomicAdd(tickets + blockIdx.x, 1u) == gridDim.y - 1;
-        __syncthreads();
-        if (!last)
+        if (!mkc_last_in(tickets + blockIdx.x, gridDim.y))
             return;
-        __threadfence();
         attn_merge_row(a, part, (int)gridDim.y, blockIdx.x);
         if (threadIdx.x == 0)
             tickets[blockIdx.x] = 0u; /* ready for the next launch (stream order) */

@@ -16,6 +16,8 @@ struct mkb_nfl {
 };
 
 #if defined(__CUDACC__) || defined(MK_CUDA_EMU)
+#include "cuda/cuda_ticket.cuh"
+
 /* The end of a checking launch of several blocks (k_check_finite,
  * k_add_rmsnorm over rows): every block has put its lowest non-finite
  * index of x into f->cand; the last block in (atomic ticket) keeps (tag,
@@ -23,15 +25,8 @@ struct mkb_nfl {
  * the next launch. Every thread of every block calls it. x[cand] is read
  * through L2: another block of the launch may have written it. */
 __device__ __forceinline__ void mkb_nfl_close(mkb_nfl *f, const float *x, unsigned long long tag) {
-    __shared__ bool last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(&f->ticket, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || threadIdx.x != 0)
+    if (!mkc_last_in(&f->ticket, gridDim.x) || threadIdx.x != 0)
         return;
-    __threadfence();
     const unsigned long long cand = atomicExch(&f->cand, ~0ull);
     if (cand != ~0ull && f->key == ~0ull) {
         f->val = __ldcg(x + cand);

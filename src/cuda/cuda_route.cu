@@ -12,6 +12,7 @@
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
+#include "cuda/cuda_ticket.cuh"
 
 #define RT_THREADS 256
 #define RT_MAX_K 64
@@ -207,10 +208,9 @@ __device__ __forceinline__ unsigned long long am_key(float v, int64_t i) {
 }
 
 /* Grid-stride: each thread's best key, a warp max, one atomicMax per warp
- * into a->key; the last block (atomic ticket, as k_check_finite) writes the
+ * into a->key; the last block (mkc_last_in) writes the
  * index and resets the scratch for the next launch. */
 __global__ void k_argmax(const float *x, int64_t n, mkb_amax *a, int32_t *out) {
-    __shared__ bool last;
     mkc_pdl_enter(); /* launched under PDL (mkb_launch) */
     unsigned long long best = 0ull;
     for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -224,14 +224,8 @@ __global__ void k_argmax(const float *x, int64_t n, mkb_amax *a, int32_t *out) {
     }
     if ((threadIdx.x & 31) == 0 && best)
         atomicMax(&a->key, best);
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(&a->ticket, 1u) == gridDim.x - 1;
-    __syncthreads();
-    if (!last || threadIdx.x != 0)
+    if (!mkc_last_in(&a->ticket, gridDim.x) || threadIdx.x != 0)
         return;
-    __threadfence();
     const unsigned long long k = atomicExch(&a->key, 0ull);
     *out = (int32_t)(0xffffffffu - (uint32_t)(k & 0xffffffffu));
     a->ticket = 0u;
