@@ -6,6 +6,7 @@
 #define MK_CUDA_MOE_KERNELS_CUH
 
 #include "cuda/cuda_fold.cuh"
+#include "cuda/cuda_ticket.cuh"
 
 #define MOE_WARPS 8
 
@@ -156,7 +157,6 @@ template <bool F = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket, int32_t *loc) {
-    __shared__ bool last;
     __shared__ float red[32];
     __shared__ unsigned long long sbad;
     const int lane = threadIdx.x & 31;
@@ -192,19 +192,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
             mkc_dot_rows<1, true>(ws, rows, xs, lane, &acc);
         }
         float v = mkc_warp_sum(acc);
-        if (lane == 0) {
+        if (lane == 0)
             logits[t] = v;
-            __threadfence(); /* the writer publishes before the block's ticket */
-        }
     }
-    /* last block in: all logits are in device memory */
-    __syncthreads();
-    if (threadIdx.x == 0)
-        last = atomicAdd(ticket, 1u) == gridDim.x / (unsigned)a.nt - 1; /* the token's blocks */
-    __syncthreads();
-    if (!last)
+    /* last block in (of the token's blocks): all logits are in device memory */
+    if (!mkc_last_in(ticket, gridDim.x / (unsigned)a.nt))
         return;
-    __threadfence();
     if constexpr (F) {
         MKC_DYN_SMEM(float, mkc_smf);
         mkc_addnorm_finish(a.an, mkc_smf, 0, &sbad);
