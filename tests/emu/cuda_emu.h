@@ -56,15 +56,18 @@ inline unsigned emu_wphase[32];
 // emu_switch(from, to): push the System V callee-saved registers, MXCSR
 // and the x87 control word on the running stack, store its pointer in
 // *from, load the stack pointer `to` and pop the same from it. Weak, so
-// two translation units including this header link.
+// two translation units including this header link; in a section of its
+// own push, so the compiler's current section is left as it was. A plain
+// `ret` into a new fiber: a host enforcing shadow stacks (CET) would need
+// EMU_UCONTEXT.
 extern "C" void emu_switch(void **from, void *to);
-asm(".text\n.weak emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+asm(".pushsection .text\n.weak emu_switch\n.type emu_switch,@function\nemu_switch:\n"
     "pushq %rbp\npushq %rbx\npushq %r12\npushq %r13\npushq %r14\npushq %r15\n"
     "subq $8, %rsp\nstmxcsr (%rsp)\nfnstcw 4(%rsp)\n"
     "movq %rsp, (%rdi)\nmovq %rsi, %rsp\n"
     "ldmxcsr (%rsp)\nfldcw 4(%rsp)\naddq $8, %rsp\n"
     "popq %r15\npopq %r14\npopq %r13\npopq %r12\npopq %rbx\npopq %rbp\nret\n"
-    ".size emu_switch, .-emu_switch\n");
+    ".size emu_switch, .-emu_switch\n.popsection\n");
 #endif
 
 struct emu_fiber {
