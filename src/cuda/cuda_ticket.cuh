@@ -8,9 +8,10 @@
 
 /* Every thread of the block calls it after its writes of the share: they
  * are fenced, the block takes one ticket of `n`, and the result (the same
- * in every thread) says whether it was the last. The last block fences
- * again before it reads the others' shares, and resets *ticket to 0 for
- * the next launch (stream order) once it no longer needs it. */
+ * in every thread) says whether it was the last; in the last block it
+ * fences again, so the others' shares can be read. The caller's last block
+ * sets *ticket back to 0 for the next launch (stream order) once it no
+ * longer needs it (each where its combine ends). */
 __device__ __forceinline__ bool mkc_last_in(unsigned *ticket, unsigned n) {
     __shared__ bool last;
     __threadfence();
