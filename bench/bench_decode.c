@@ -51,7 +51,9 @@
  * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
- * folded into the kernels that read them (mk_cuda_set_norm_fold).
+ * folded into the kernels that read them (mk_cuda_set_norm_fold);
+ * MK_CUDA_ACT_INT8=0|1 the one-token GEMVs over affine weights on int8
+ * activations (mk_cuda_set_act_int8).
  * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
  * prefill_chunk; the engine's default 512).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -277,6 +279,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
+            {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* one-token GEMVs on int8 x (the CPU's rule) */
         };
         for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
             const char *v = getenv(sw[i].env);

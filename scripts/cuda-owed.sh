@@ -22,6 +22,10 @@
 #                                         with FX_TAR first the fixtures' _cuda cases with it on
 #   scripts/cuda-owed.sh chunks          prefill 2048 on the 8-layer cut in chunks of 512 / 1024 /
 #                                         2048 (split and int8 GEMM)
+#   scripts/cuda-owed.sh q8              session 22's int8-activation GEMV (MK_CUDA_ACT_INT8): the
+#                                         GEMV alone float / int8 x (bench_cuda_moe --gemv, built with
+#                                         MK_NO_BENCH unset or in MK_TARGETS), decode on the 8-layer
+#                                         cut off/on interleaved, and with the norm fold
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -105,7 +109,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks)
+staged | fold | chunks | q8)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -140,6 +144,22 @@ staged | fold | chunks)
                 $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_fold.log" 2>&1
             echo "ncu: rc $? (ncu_fold.log)"
         fi
+        exit $rc
+    fi
+    if [ "$what" = q8 ]; then
+        {
+            echo "== the GEMV alone, float x and int8 x"
+            timeout 120 ./build-cuda/bench_cuda_moe --gemv 2>&1 | grep -E "^device|^gemv|^copy"
+            for f in 0 1 0 1; do
+                echo "== 8-layer 30B cut decode, MK_CUDA_ACT_INT8=$f"
+                MK_CUDA_ACT_INT8=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
+            done
+            for f in 0 1; do
+                echo "== 8-layer 30B cut decode, MK_CUDA_NORM_FOLD=1 MK_CUDA_ACT_INT8=$f"
+                MK_CUDA_NORM_FOLD=1 MK_CUDA_ACT_INT8=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 |
+                    grep -E "^decode|bound"
+            done
+        } 2>&1 | tee "$out/q8.log"
         exit $rc
     fi
     if [ "$what" = chunks ]; then

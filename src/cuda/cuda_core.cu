@@ -93,6 +93,12 @@ extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }
 
 extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on; }
 
+static bool g_act_int8 = false;
+
+extern "C" bool mk_cuda_act_int8(void) { return g_act_int8; }
+
+extern "C" void mk_cuda_set_act_int8(bool on) { g_act_int8 = on; }
+
 static bool g_attn_merge_fused = true;
 
 extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }

@@ -13,7 +13,9 @@
  * before it waits for the kernel that produces x (MK_CUDA_PREFETCH_GEMV).
  * With mk_cuda_set_gemv_staged, one token over MLX affine weights goes to
  * k_gemv_s instead: each block copies its rows into shared memory with
- * cp.async before that wait, then computes them (generation 2's bits). */
+ * cp.async before that wait, then computes them (generation 2's bits).
+ * With mk_cuda_set_act_int8, one token over MLX affine weights goes to
+ * k_gemv_q8 (the CPU's int8 decode rule, cuda_q8x.cuh), ahead of both. */
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -100,6 +102,40 @@ static bool gemvs_launch(const mkc_gemv_n &a, const float *x, bool accumulate, c
     return true;
 }
 
+/* ---- int8 activations (k_gemv_q8, mk_cuda_set_act_int8) ----------------- */
+
+/* Whether k_gemv_q8 takes a's matrices (one token; all of one kind and
+ * width, as gemv_n's): affine kinds, x whole 32-value blocks, groups of
+ * 32, 64 or 128 (whole blocks: the scale of a lane's chunk is one), the
+ * quantized x (and with fold the staged floats before it) in the 48 KB a
+ * launch gets. *smem: its bytes. */
+static bool q8_takes(const mkc_gemv_n &a, bool fold, size_t *smem) {
+    const mkc_w &w = a.w[0];
+    if (!mk_cuda_act_int8() || !mkc_is_aff(w.kind) || w.cols % 32 || w.gshift < 5)
+        return false;
+    for (int i = 0; i < a.count; i++)
+        if (a.w[i].gshift != w.gshift || a.w[i].row_bytes != w.row_bytes || ((uintptr_t)a.w[i].data & 15))
+            return false;
+    const int64_t need = mkc_q8s_bytes(w.cols) + (fold ? w.cols * 4 : 0);
+    if (need > MKC_SMEM_MAX - GEMV_STATIC_SMEM)
+        return false;
+    *smem = (size_t)need;
+    return true;
+}
+
+static mk_status q8_launch(const mkc_gemv_n &a, int64_t warps, const float *x, bool accumulate, bool fold,
+                           size_t smem, cudaStream_t stream) {
+    const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    if (blocks > 0x7fffffff)
+        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld warps exceed one launch", (long long)warps);
+    MKC_TRY(mkc_launch(fold ? k_gemv_q8<true> : k_gemv_q8<false>, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32),
+                       smem, stream, mk_cuda_step_pdl(), a, x, accumulate ? 1 : 0,
+                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
+            fold ? "launching the int8-activation gemv with the residual norm folded in"
+                 : "launching the int8-activation gemv");
+    return MK_OK;
+}
+
 extern "C" mk_status mk_cuda_gemv(const mk_wt *w, const float *x, float *y, bool accumulate, void *stream) {
     return mk_cuda_gemv_each(w, x, 1, y, accumulate, stream);
 }
@@ -121,6 +157,10 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
         a.count = 1;
         a.w[0] = v;
         a.y[0] = y;
+        a.wend[0] = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS; /* k_gemv_q8 deals warps by it */
+        size_t qsm;
+        if (q8_takes(a, false, &qsm))
+            return q8_launch(a, a.wend[0], x, accumulate, false, qsm, (cudaStream_t)stream);
         mk_status st;
         if (gemvs_launch(a, x, accumulate, (cudaStream_t)stream, &st))
             return st;
@@ -179,6 +219,9 @@ static mk_status gemv_n_launch(const mk_wt *const *w, int count, const float *x,
         return MK_OK;
     }
     *taken = true;
+    size_t qsm;
+    if (q8_takes(a, f != NULL, &qsm))
+        return q8_launch(a, warps, x, false, f != NULL, qsm, (cudaStream_t)stream);
     mk_status st;
     if (!f && gemvs_launch(a, x, false, (cudaStream_t)stream, &st))
         return st;

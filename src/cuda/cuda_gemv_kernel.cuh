@@ -6,6 +6,7 @@
 #define MK_CUDA_GEMV_KERNEL_CUH
 
 #include "cuda/cuda_fold.cuh"
+#include "cuda/cuda_q8x.cuh"
 
 #define GEMV_WARPS 8
 #define GEMV_ROWS 4 /* rows per warp: their loads are in flight together, x read once */
@@ -140,6 +141,58 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
         const float v = mkc_warp_sum(acc[i]);
         if (lane == 0 && r0 + i < w.rows)
             y[r0 + i] = v;
+    }
+}
+
+/* ---- int8 activations (k_gemv_q8, mk_cuda_set_act_int8) -----------------
+ * One token over MLX affine 4/8-bit weights on the CPU's int8 decode rule
+ * (cuda_q8x.cuh): every block quantizes x into its shared memory
+ * (mkc_q8s_bytes; with F, first the residual step's rmsnorm(an.x + an.y)
+ * * an.g staged in floats before it, as k_gemv_n<P, true> stages it), then
+ * each warp computes GEMV_ROWS rows of its matrix (mkc_gemv_n's dealing)
+ * with dp4a. accumulate: y += W x. */
+template <bool F = false>
+__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_constant__ mkc_gemv_n a,
+                                                               const float *__restrict__ xg, int accumulate,
+                                                               int pf = 0) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    const int lane = threadIdx.x & 31;
+    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    int m = 0;
+    while (m < a.count - 1 && warp >= a.wend[m])
+        m++;
+    const bool live = warp < a.wend[m];
+    const mkc_w &w = a.w[m];
+    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
+    if (pf && live)
+        gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
+    mkc_pdl_enter();
+    const int64_t cols = a.w[0].cols;
+    const float *x = xg;
+    uint8_t *sm = (uint8_t *)mkc_sm4;
+    if constexpr (F) { /* every block, live or not: the fold's ticket counts the grid */
+        mkc_addnorm_run(a.an, (float *)sm, 0);
+        __syncthreads();
+        x = (const float *)sm;
+        sm += cols * 4;
+    }
+    const mkc_q8s xq = mkc_q8s_at(sm, cols);
+    mkc_q8_stage_for(a.w[0], x, xq);
+    __syncthreads();
+    if (!live)
+        return;
+    int64_t rows[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) /* past the end: repeat the last row, not stored */
+        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+    float acc[GEMV_ROWS];
+    mkc_q8_dot_rows<GEMV_ROWS>(w, rows, xq, lane, acc);
+    float *y = a.y[m];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) {
+        const float v = mkc_warp_sum(acc[i]);
+        if (lane == 0 && r0 + i < w.rows)
+            y[r0 + i] = accumulate ? y[r0 + i] + v : v;
     }
 }
 

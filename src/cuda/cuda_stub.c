@@ -137,6 +137,12 @@ void mk_cuda_set_norm_fold(bool on) {
 bool mk_cuda_norm_fold(void) {
     return false;
 }
+void mk_cuda_set_act_int8(bool on) {
+    (void)on;
+}
+bool mk_cuda_act_int8(void) {
+    return false;
+}
 void mk_cuda_set_attn_merge_fused(bool on) {
     (void)on;
 }

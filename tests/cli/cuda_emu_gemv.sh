@@ -5,7 +5,9 @@
 # the device takes, affine 4/8-bit, bf16/f16/f32, block-scaled FP8 E4M3,
 # MXFP4 and NVFP4, both kernel generations and every staging of x: each y
 # within test_cuda_gemv's bound of the double reference over the CPU's
-# dequantizer, k_gemv_n bitwise k_gemv. Needs the CUDA toolkit's headers
+# dequantizer, k_gemv_n bitwise k_gemv; int8 activations (k_gemv_q8) on
+# the affine kinds: x staged to the bits of the CPU's quantizer (q8.c),
+# each y within the bound of the double product with that quantized x. Needs the CUDA toolkit's headers
 # (cuda_fp16.h, cuda_fp8.h: their host conversions); skipped without them.
 # A control: E8M0 scales decoded one power of two too high must fail.
 # The emulations build their own code (not the build type's): they run in
@@ -16,7 +18,7 @@ if [ ! -f "$CUDA_INC/cuda_fp16.h" ] || [ ! -f "$CUDA_INC/cuda_fp8.h" ]; then
     echo "skip: no CUDA headers at $CUDA_INC (set CUDA_HOME)"
     exit 77
 fi
-emu_objects "$T/obj" "$ROOT/tests/emu/gemv_ref.c" "$ROOT/src/core/wt.c" "$ROOT/src/core/dtype.c" \
+emu_objects "$T/obj" "$ROOT/tests/emu/gemv_ref.c" "$ROOT/src/kernels/q8.c" "$ROOT/src/core/wt.c" "$ROOT/src/core/dtype.c" \
     "$ROOT/src/core/status.c" || fail "the reference does not build"
 OBJ=("$T"/obj/*.o)
 emu_build "$T/emu" gemv_emu.cpp "" "${OBJ[@]}" || fail "the emulation does not build"
@@ -28,4 +30,14 @@ cmp -s "$ROOT/src/cuda/cuda_impl.cuh" "$T/src/cuda/cuda_impl.cuh" && fail "the c
 emu_build "$T/emu_bad" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the control does not build"
 if "$T/emu_bad" mxfp4 > "$T/bad.log"; then fail "the emulation passed a broken E8M0 decode"; fi
 grep -q "FAIL mxfp4" "$T/bad.log" || fail "the control failed elsewhere than MXFP4: $(head -3 "$T/bad.log")"
-echo "ok: the emulated GEMV kernels match the reference in every format; a broken E8M0 decode is caught"
+# a second control: the int8 x of 4-bit rows laid out with the codes' parity swapped (the
+# masked bytes then meet the wrong values) must fail the products, not the staging
+sed 's/(k \& 1) \* 4 + (k >> 1)/(k >> 1) * 4 + (k \& 1)/' "$ROOT/src/cuda/cuda_q8x.cuh" > "$T/src/cuda/cuda_q8x.cuh"
+cmp -s "$ROOT/src/cuda/cuda_q8x.cuh" "$T/src/cuda/cuda_q8x.cuh" && fail "the q8 control's edit did not apply"
+rm "$T/src/cuda/cuda_impl.cuh"
+emu_build "$T/emu_bad8" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the q8 control does not build"
+if "$T/emu_bad8" q8 > "$T/bad8.log"; then fail "the emulation passed int8 x in the wrong order"; fi
+grep -q "FAIL q8 affine4 g64 bf16 37x2048: matrix 0" "$T/bad8.log" ||
+    fail "the q8 control failed elsewhere: $(head -3 "$T/bad8.log")"
+grep -q "FAIL q8 affine8" "$T/bad8.log" && fail "the q8 control (4-bit layout only) failed an 8-bit case"
+echo "ok: the emulated GEMV kernels match the reference in every format; a broken E8M0 decode and int8 x in the wrong order are caught"

@@ -12,7 +12,13 @@
 // of 3 tokens in one launch (mk_cuda_gemv_each) each row bitwise its
 // one-token launch's; the staged-weight kernel k_gemv_s (affine kinds) bitwise
 // generation 2's in blocks of several sizes, accumulating, over two
-// matrices. Checks the
+// matrices. int8 activations (k_gemv_q8, cuda_q8x.cuh) on the affine
+// kinds: x quantized in shared memory to the bits of the CPU's quantizer
+// (src/kernels/q8.c, linked as it is; zero, NaN and infinity blocks too),
+// each y within the bound of the double product of W with the CPU's
+// quantized x, over two matrices, accumulating, and with the residual
+// step folded in (x, xb, the finding and the products bitwise the fold-less
+// launch after k_add_rmsnorm). Checks the
 // decoding (the E4M3 conversion is the CUDA headers' host version of the
 // same intrinsic), the scale indexing and the lanes' partition; not the
 // device's memory model or speed. Exit 1 on a mismatch.
@@ -34,6 +40,8 @@ struct gcase {
 };
 
 static int g_bad;
+
+extern "C" void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs);
 
 // y = W x on the emulated device (nt tokens: x [nt, cols], y [nt, rows]):
 // one launch of k_gemv<P>
@@ -148,6 +156,155 @@ static int fold_case(const char *name, int kind, int bits, int group, int sd, in
     if (!vt_override)
         printf("fold %-30s width %5lld (%u threads' order), %lld blocks: x, xb, products, check bitwise\n", name,
                (long long)dim, vt, (long long)((2 * ((rows + GEMV_ROWS - 1) / GEMV_ROWS) + GEMV_WARPS - 1) / GEMV_WARPS));
+    emu_weight_free(t);
+    return bad;
+}
+
+// int8 activations on one affine weight: the staging against the CPU's
+// quantizer, then k_gemv_q8 against the double product of W with the
+// CPU's quantized x (two matrices, accumulating; the fold). Returns failures.
+static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, int64_t cols) {
+    int bad = 0;
+    void *t = emu_weight(EMU_AFFINE, rows, cols, bits, group, sd, 0, 0);
+    mkc_w v;
+    if (mkc_view(emu_view(t), name, &v) != MK_OK) {
+        printf("FAIL q8 %s: %s\n", name, mk_err_msg());
+        emu_weight_free(t);
+        return 1;
+    }
+    const int64_t nb = cols / 32;
+    std::vector<float> x(cols);
+    for (int64_t j = 0; j < cols; j++)
+        x[j] = emu_rand(-1.0f, 1.0f) * (j / 32 % 3 == 1 ? 1e-3f : 1.0f);
+    /* block 1 all zero; ties (exact halves after scaling) in block 2 */
+    for (int64_t j = 32; j < 64 && j < cols; j++)
+        x[j] = 0.0f;
+    if (cols >= 96) {
+        x[64] = 127.0f;
+        x[65] = 0.5f;
+        x[66] = -1.5f;
+        x[67] = 2.5f;
+    }
+    /* the staging: q, d and xd against q8.c's (and a NaN, an infinity in two blocks) */
+    for (int plant = 0; plant < 2; plant++) {
+        std::vector<float> xs = x;
+        if (plant) {
+            xs[cols - 5] = NAN;
+            xs[cols / 2 + 3] = -INFINITY;
+        }
+        std::vector<int8_t> qc(cols);
+        std::vector<float> dc(nb), qsc(nb);
+        mk_q8_quant_blocks(xs.data(), cols, 32, qc.data(), dc.data(), qsc.data());
+        std::vector<unsigned char> buf(mkc_q8s_bytes(cols) + 16);
+        const mkc_q8s st = mkc_q8s_at(buf.data(), cols);
+        emu_block(1, 0, GEMV_WARPS * 32, [&] {
+            if (bits == 4)
+                mkc_q8_stage<4>(xs.data(), cols, st);
+            else
+                mkc_q8_stage<8>(xs.data(), cols, st);
+        });
+        for (int64_t b = 0; b < nb; b++) {
+            bool same = !std::memcmp(&st.d[b], &dc[b], 4);
+            const float xd = dc[b] * qsc[b];
+            same = same && !std::memcmp(&st.xd[b], &xd, 4);
+            for (int e = 0; e < 32; e++)
+                same = same && st.q[bits == 4 ? mkc_q8_pos<4>(b, e, nb) : mkc_q8_pos<8>(b, e, nb)] == qc[b * 32 + e];
+            if (!same) {
+                printf("FAIL q8 %s: staged block %lld (%s) differs from q8.c's: d %.9g / %.9g\n", name,
+                       (long long)b, plant ? "NaN and infinity planted" : "finite", (double)st.d[b], (double)dc[b]);
+                bad++;
+                break;
+            }
+        }
+    }
+    /* the products: two matrices of w, the second accumulating onto a ramp */
+    std::vector<int8_t> qc(cols);
+    std::vector<float> dc(nb), qsc(nb);
+    mk_q8_quant_blocks(x.data(), cols, 32, qc.data(), dc.data(), qsc.data());
+    std::vector<double> xh(cols);
+    for (int64_t j = 0; j < cols; j++)
+        xh[j] = (double)qc[j] * (double)dc[j / 32];
+    mkc_gemv_n a;
+    std::memset(&a, 0, sizeof a);
+    a.count = 2;
+    std::vector<float> z[2];
+    int64_t warps = 0;
+    for (int i = 0; i < 2; i++) {
+        z[i].assign(rows, NAN);
+        a.w[i] = v;
+        a.y[i] = z[i].data();
+        warps += (rows + GEMV_ROWS - 1) / GEMV_ROWS;
+        a.wend[i] = warps;
+    }
+    const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
+    for (int acc = 0; acc < 2; acc++) {
+        for (int i = 0; i < 2; i++)
+            for (int64_t r = 0; r < rows; r++)
+                z[i][r] = acc ? 0.25f * (float)r - 1.0f : NAN;
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<false>(a, x.data(), acc); });
+        double worst = 0.0;
+        for (int i = 0; i < 2; i++)
+            for (int64_t r = 0; r < rows; r++) {
+                double cond, ref = emu_ref(t, r, xh.data(), &cond);
+                const double base = acc ? (double)(0.25f * (float)r - 1.0f) : 0.0;
+                const double err = fabs((double)z[i][r] - base - ref), bound = 5e-6 * cond + 1e-7 * fabs(base);
+                if (!(err <= bound)) {
+                    printf("FAIL q8 %s%s: matrix %d row %lld: %.9g, reference %.9g, bound %.3g\n", name,
+                           acc ? " (accumulating)" : "", i, (long long)r, (double)z[i][r], base + ref, bound);
+                    bad++;
+                    i = 2;
+                    break;
+                }
+                worst = std::max(worst, bound > 0 ? err / bound : 0.0);
+            }
+        if (!acc)
+            printf("q8 %-30s staged x bitwise q8.c's; products worst |diff|/bound %.3g\n", name, worst);
+    }
+    /* the fold: k_add_rmsnorm then k_gemv_q8 of its xb, against k_gemv_q8<true> */
+    if ((int64_t)mkc_q8s_bytes(cols) + cols * 4 <= 48 * 1024 - 256) {
+        std::vector<float> xr(cols), yr(cols), g(cols), xbr(cols, NAN), xf, yf, xbf(cols, NAN);
+        for (int64_t i = 0; i < cols; i++) {
+            xr[i] = emu_rand(-2.0f, 2.0f);
+            yr[i] = emu_rand(-1.0f, 1.0f);
+            g[i] = emu_rand(0.5f, 1.5f);
+        }
+        xf = xr;
+        yf = yr;
+        mkb_nfl fr = {~0ull, ~0ull, 0.0f, 0u};
+        unsigned long long kf = fr.key;
+        float vf = 0.0f;
+        emu_block(1, 0, mkc_norm_threads(cols),
+                  [&] { k_add_rmsnorm(xr.data(), yr.data(), cols, 9ull, &fr, xbr.data(), g.data(), 1e-6f); });
+        std::vector<float> zr[2], zf[2];
+        for (int i = 0; i < 2; i++) {
+            zr[i].assign(rows, NAN);
+            zf[i].assign(rows, NAN);
+            a.y[i] = zr[i].data();
+        }
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<false>(a, xbr.data(), 0); });
+        unsigned ticket = 0;
+        mk_cuda_fold f = {xf.data(), yf.data(), g.data(), xbf.data(), &kf, &vf, &ticket, cols, 9, 1e-6f};
+        if (!mkc_addnorm_of(&f, GEMV_WARPS * 32, &a.an)) {
+            printf("FAIL q8 fold %s: mkc_addnorm_of declined\n", name);
+            bad++;
+        } else {
+            for (int i = 0; i < 2; i++)
+                a.y[i] = zf[i].data();
+            for (int64_t b = 0; b < blocks; b++)
+                emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<true>(a, xbf.data(), 0); });
+            if (std::memcmp(xr.data(), xf.data(), cols * 4) || std::memcmp(xbr.data(), xbf.data(), cols * 4) ||
+                std::memcmp(zr[0].data(), zf[0].data(), rows * 4) || std::memcmp(zr[1].data(), zf[1].data(), rows * 4) ||
+                kf != fr.key || ticket != 0) {
+                printf("FAIL q8 fold %s: x, xb, the products or the finding differ from k_add_rmsnorm then k_gemv_q8\n",
+                       name);
+                bad++;
+            } else {
+                printf("q8 fold %-25s x, xb, products, check bitwise\n", name);
+            }
+        }
+    }
     emu_weight_free(t);
     return bad;
 }
@@ -326,6 +483,14 @@ int main(int argc, char **argv) {
             printf("FAIL fold control: summing in the block's own order gave k_add_rmsnorm's bits at 3 or more of the 4 widths\n");
             g_bad++;
         }
+    }
+    if (!only || std::strstr("q8", only)) {
+        g_bad += q8_case("affine4 g64 bf16 37x2048", 4, 64, MK_DT_BF16, 37, 2048);
+        g_bad += q8_case("affine4 g32 f16 9x96", 4, 32, MK_DT_F16, 9, 96);
+        g_bad += q8_case("affine4 g128 f32 20x512", 4, 128, MK_DT_F32, 20, 512);
+        g_bad += q8_case("affine8 g64 bf16 13x768", 8, 64, MK_DT_BF16, 13, 768);
+        g_bad += q8_case("affine8 g32 f32 6x64", 8, 32, MK_DT_F32, 6, 64);
+        g_bad += q8_case("affine8 g128 f16 11x4096", 8, 128, MK_DT_F16, 11, 4096);
     }
     if (!only && staged_cases != 4) {
         printf("FAIL: the staged-weight kernel ran on %d cases, expected 4\n", staged_cases);

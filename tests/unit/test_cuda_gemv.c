@@ -23,8 +23,15 @@
  * that leave lanes idle or loop several times, every group size and scale
  * dtype, plain rows that are and are not whole 16-byte chunks, FP8 E4M3
  * with 128x128 and 64x32 scale blocks in every scale dtype, partial blocks
- * at the bottom and right edges, MXFP4 and NVFP4 (every E2M1 code). */
+ * at the bottom and right edges, MXFP4 and NVFP4 (every E2M1 code).
+ *
+ * With int8 activations (mk_cuda_set_act_int8: affine weights, one token)
+ * the device multiplies x as the CPU's quantizer leaves it (q8.c: q d per
+ * block of 32), so the reference's x is that (ref_x), under the same
+ * bound: the float kernels, off by the quantization (about amax / 254 a
+ * value), fail it at these widths, so the check also shows which ran. */
 #include "mk_test_util.h"
+#include "kernels/kern_impl.h"
 
 #include "cuda_test_util.h"
 
@@ -73,6 +80,26 @@ static ct_wt make(const gcase *c) {
                                   : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
 }
 
+/* The x the device multiplies, in double: x itself, or with int8
+ * activations on an affine weight, the CPU's quantized x */
+static void ref_x(const mk_wt *w, const float *x, double *xd) {
+    const int64_t C = w->cols;
+    if (!mk_cuda_act_int8() || w->fmt != MK_WF_AFFINE || C % 32) {
+        for (int64_t j = 0; j < C; j++)
+            xd[j] = x[j];
+        return;
+    }
+    int8_t *q = malloc((size_t)C);
+    float *d = malloc((size_t)(C / 32) * sizeof *d), *qs = malloc((size_t)(C / 32) * sizeof *qs);
+    assert_true(q && d && qs);
+    mk_q8_quant_blocks(x, C, 32, q, d, qs);
+    for (int64_t j = 0; j < C; j++)
+        xd[j] = (double)q[j] * (double)d[j / 32];
+    free(q);
+    free(d);
+    free(qs);
+}
+
 /* y (device results of W x, plus y0 when given) within the bound of the
  * double reference, row by row; returns the worst |diff| / bound. */
 static double check_rows(const char *name, const ct_wt *t, const double *xd, const float *y, const float *y0) {
@@ -103,7 +130,8 @@ static void run_case(const gcase *c, bool accumulate) {
     float *y0 = malloc((size_t)R * sizeof *y0);
     double *xd = malloc((size_t)C * sizeof *xd);
     for (int64_t j = 0; j < C; j++)
-        xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+        x[j] = ct_f(-1.0f, 1.0f);
+    ref_x(&t.w, x, xd);
     for (int64_t r = 0; r < R; r++)
         y0[r] = ct_f(-4.0f, 4.0f);
     mk_wt dw;
@@ -149,13 +177,14 @@ static void test_gemv_n_formats(void **state) {
         double *xd = malloc((size_t)C * sizeof *xd);
         assert_true(x && xd);
         for (int64_t j = 0; j < C; j++)
-            xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+            x[j] = ct_f(-1.0f, 1.0f);
         CT_OK(mk_cuda_malloc(&dx, (size_t)C * sizeof *x, "x"));
         CT_OK(mk_cuda_upload(dx, x, (size_t)C * sizeof *x));
         for (int i = 0; i < 3; i++) {
             gcase c = *kinds[k];
             c.rows = rows[i];
             t[i] = make(&c);
+            ref_x(&t[i].w, x, xd);
             CT_OK(mk_cuda_wt_upload(&t[i].w, &dw[i], c.name));
             dp[i] = &dw[i];
             CT_OK(mk_cuda_malloc(&dy[i], (size_t)rows[i] * 4, "y"));
@@ -358,6 +387,55 @@ static void test_gemv_staged(void **state) {
     use_kernels(1);
 }
 
+/* int8 activations (k_gemv_q8): every case of the table under the bound
+ * with the reference's x as the device multiplies it (ref_x: quantized for
+ * the affine cases, float for the rest, which keep the float kernels),
+ * accumulating, gemv_n's rows bitwise gemv's; a NaN in x reaches every row
+ * (its block's d is NaN, as on the CPU); then off again, the float
+ * kernels' bits back. */
+static void test_gemv_act_int8(void **state) {
+    CT_NEED_GPU();
+    use_kernels(2);
+    mk_cuda_set_act_int8(true);
+    assert_true(mk_cuda_act_int8());
+    printf("int8 activations\n");
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        run_case(&g_cases[i], false);
+    run_case(&g_cases[2], true);
+    run_case(&g_cases[8], true);
+    test_gemv_n_formats(state);
+    /* a NaN in x: every row NaN */
+    const gcase *c = &g_cases[2];
+    ct_wt t = make(c);
+    const int64_t R = c->rows, C = c->cols;
+    float *x = malloc((size_t)C * 4), *y = malloc((size_t)R * 4);
+    assert_true(x && y);
+    for (int64_t j = 0; j < C; j++)
+        x[j] = ct_f(-1.0f, 1.0f);
+    x[C - 7] = NAN;
+    mk_wt dw;
+    void *dx, *dy;
+    CT_OK(mk_cuda_wt_upload(&t.w, &dw, c->name));
+    CT_OK(mk_cuda_malloc(&dx, (size_t)C * 4, "x"));
+    CT_OK(mk_cuda_malloc(&dy, (size_t)R * 4, "y"));
+    CT_OK(mk_cuda_upload(dx, x, (size_t)C * 4));
+    CT_OK(mk_cuda_memset(dy, 0, (size_t)R * 4)); /* zeros, not NaN: every row must be written NaN */
+    CT_OK(mk_cuda_gemv(&dw, dx, dy, false, NULL));
+    CT_OK(mk_cuda_sync());
+    CT_OK(mk_cuda_download(y, dy, (size_t)R * 4));
+    for (int64_t r = 0; r < R; r++)
+        if (!isnan(y[r]))
+            fail_msg("int8 activations, a NaN in x: row %lld is %.9g, not NaN", (long long)r, (double)y[r]);
+    mk_cuda_wt_free(&dw);
+    mk_cuda_free(dx);
+    mk_cuda_free(dy);
+    free(x);
+    free(y);
+    ct_free(&t);
+    mk_cuda_set_act_int8(false);
+    use_kernels(1);
+}
+
 /* Only generations 1 and 2 exist; anything else is refused and changes
  * nothing (host-side: runs without a GPU when built with CUDA). */
 static void test_kernels_switch(void **state) {
@@ -433,6 +511,7 @@ int main(void) {
         cmocka_unit_test(test_gemv_n_formats),
         cmocka_unit_test(test_fp4_scale_edges),
         cmocka_unit_test(test_gemv_staged),
+        cmocka_unit_test(test_gemv_act_int8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,242 @@
+/* Decode products on int8 activations (mk_cuda_set_act_int8): the CPU's
+ * decode rule (src/kernels/kern_impl.h "int8 activations", q8.c) on the
+ * device, for one token over MLX affine 4/8-bit weights.
+ *
+ * Why: a 4-bit row in float32 costs a PRMT and an FFMA per weight (with
+ * the unpacking, about 2.6 instructions a weight), and at batch 1 the
+ * GEMV is as much an issue problem as a memory one: the 4-bit GEMV alone
+ * reached 54% of the copy rate where the 8-bit one, with half the weights
+ * per byte, reached 71% (bench/RESULTS.md, session 19). With x in int8
+ * the codes multiply four at a time (dp4a: 8 codes of a 4-bit word in two
+ * instructions and a mask each), and the scales apply once per block of
+ * 32 values.
+ *
+ * The rule, as the CPU's: x in blocks of 32 (MKC_Q8B); amax = max |x|
+ * over the block, d = amax / 127, q = nearbyint(x * (127 / amax)), one
+ * IEEE rounding each (mkc_div_rn, mkc_mul_rn, rintf: ties to even); a zero
+ * block gives d = 0 and q = 0, a block with a NaN or infinity d = NaN and
+ * q = 0. So q and d are the CPU's bits, the integer dots are exact, and a
+ * row is
+ *   y = sum_b s_g(b) d_b (q_w . q_x)_b + b_g(b) d_b (sum of the block's q_x)
+ * the CPU's y in another float order (the CPU folds a group's blocks
+ * first; here each lane folds its own blocks): the two differ by float
+ * rounding only, and both by at most sum_b d_b / 2 sum_c |W_rc| from W x.
+ *
+ * Shared memory (mkc_q8s, mkc_q8s_bytes): q [cols] int8, d [nb], xd [nb]
+ * (xd_b = d_b times the sum of block b's q). q is laid out for the
+ * weights' words so that a lane's x loads are 16 bytes, consecutive across
+ * the warp (no bank conflicts):
+ *   4-bit: a lane's 16-byte chunk is one block (32 codes, 8 a word, low
+ *     nibble first). Word j's codes masked (w & 0x0F0F0F0F) are values
+ *     8j, 8j+2, 8j+4, 8j+6 and shifted ((w >> 4) & ...) 8j+1, 8j+3, ...,
+ *     so each 8 values are stored as [0 2 4 6 1 3 5 7]; block b's first
+ *     16 values at byte 16 b, its last 16 at 16 (nb + b).
+ *   8-bit: a chunk is half a block (16 codes, 4 a word, in order): q in
+ *     natural order, chunk c's values at byte 16 c.
+ * The includer provides cuda_impl.cuh. */
+#ifndef MK_CUDA_Q8X_CUH
+#define MK_CUDA_Q8X_CUH
+
+#define MKC_Q8B 32 /* values per activation block (MK_Q8_BLOCK) */
+
+struct mkc_q8s {
+    int8_t *q;
+    float *d, *xd;
+    int64_t nb; /* blocks: cols / 32 */
+};
+
+/* Host and device: bytes of mkc_q8s for cols values (cols % 32 == 0) */
+__host__ __device__ __forceinline__ int64_t mkc_q8s_bytes(int64_t cols) {
+    return cols + 2 * (cols / MKC_Q8B) * 4;
+}
+
+/* The layout in the `cols` bytes from p (16-byte aligned) */
+__device__ __forceinline__ mkc_q8s mkc_q8s_at(void *p, int64_t cols) {
+    mkc_q8s s;
+    s.nb = cols / MKC_Q8B;
+    s.q = (int8_t *)p;
+    s.d = (float *)((uint8_t *)p + cols);
+    s.xd = s.d + s.nb;
+    return s;
+}
+
+/* Byte offset of value e (0..31) of block b in the BITS layout above */
+template <int BITS> __device__ __forceinline__ int64_t mkc_q8_pos(int64_t b, int e, int64_t nb) {
+    if (BITS == 8)
+        return b * MKC_Q8B + e;
+    const int h = e >> 4, k = e & 7;
+    return (h * nb + b) * 16 + (e & 8) + (k & 1) * 4 + (k >> 1);
+}
+
+/* Quantize x [cols] (global or shared) into s, the whole block (its warps
+ * take blocks of 32 in turn, lane l value l); the caller synchronises
+ * before reading s. */
+template <int BITS> __device__ __forceinline__ void mkc_q8_stage(const float *x, int64_t cols, const mkc_q8s &s) {
+    const int lane = threadIdx.x & 31;
+    const int64_t nw = blockDim.x >> 5;
+    for (int64_t b = threadIdx.x >> 5; b < s.nb; b += nw) {
+        const float v = x[b * MKC_Q8B + lane], a = fabsf(v);
+        const bool ok = a <= 3.40282347e38f; /* not NaN or infinity */
+        float amax = ok ? a : 0.0f, nbad = ok ? 0.0f : 1.0f;
+#pragma unroll
+        for (int m = 16; m > 0; m >>= 1) {
+            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
+            nbad = fmaxf(nbad, __shfl_xor_sync(0xffffffffu, nbad, m));
+        }
+        int qv = 0;
+        float d;
+        if (nbad > 0.0f || amax == 0.0f) {
+            d = nbad > 0.0f ? __uint_as_float(0x7fc00000u) : 0.0f;
+        } else {
+            const float id = mkc_div_rn(127.0f, amax);
+            qv = (int)rintf(mkc_mul_rn(v, id));
+            d = mkc_div_rn(amax, 127.0f);
+        }
+        s.q[mkc_q8_pos<BITS>(b, lane, s.nb)] = (int8_t)qv;
+        const float qs = mkc_warp_sum((float)qv); /* |sum| <= 32 * 127: exact */
+        if (lane == 0) {
+            s.d[b] = d;
+            s.xd[b] = mkc_mul_rn(d, qs);
+        }
+    }
+}
+
+/* c + the dot of a's 4 unsigned bytes with b's 4 signed bytes (exact) */
+__device__ __forceinline__ int mkc_dp4a_us(uint32_t a, uint32_t b, int c) {
+#ifdef MK_CUDA_EMU
+    for (int i = 0; i < 4; i++)
+        c += (int)((a >> (8 * i)) & 255u) * (int)(int8_t)(uint8_t)(b >> (8 * i));
+    return c;
+#else
+    int d;
+    asm("dp4a.u32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+#endif
+}
+
+/* The integer dot of a lane's 16-byte chunk of codes with its x values
+ * (the BITS layout: x0 the chunk's first 16 bytes, x1 its second, 4-bit
+ * only) */
+template <int BITS> __device__ __forceinline__ int mkc_q8_chunk(const uint4 &w, const int4 &x0, const int4 &x1) {
+    int s = 0;
+    if constexpr (BITS == 4) {
+        const uint32_t m = 0x0F0F0F0Fu;
+        s = mkc_dp4a_us(w.x & m, (uint32_t)x0.x, s);
+        s = mkc_dp4a_us((w.x >> 4) & m, (uint32_t)x0.y, s);
+        s = mkc_dp4a_us(w.y & m, (uint32_t)x0.z, s);
+        s = mkc_dp4a_us((w.y >> 4) & m, (uint32_t)x0.w, s);
+        s = mkc_dp4a_us(w.z & m, (uint32_t)x1.x, s);
+        s = mkc_dp4a_us((w.z >> 4) & m, (uint32_t)x1.y, s);
+        s = mkc_dp4a_us(w.w & m, (uint32_t)x1.z, s);
+        s = mkc_dp4a_us((w.w >> 4) & m, (uint32_t)x1.w, s);
+    } else {
+        s = mkc_dp4a_us(w.x, (uint32_t)x0.x, s);
+        s = mkc_dp4a_us(w.y, (uint32_t)x0.y, s);
+        s = mkc_dp4a_us(w.z, (uint32_t)x0.z, s);
+        s = mkc_dp4a_us(w.w, (uint32_t)x0.w, s);
+    }
+    return s;
+}
+
+/* Lane partial sums of NR affine rows (row r: codes q[r], scales s[r],
+ * biases b[r], the row's group arrays) against the staged x, a lane's
+ * 16-byte chunks c = lane, lane + 32, ...; the next chunk's codes, scales
+ * and biases loaded before the current one is summed (as mkc_dot_aff_p).
+ * Per chunk and row: acc += (s_g d_b) dot + b_g xd_b, the bias term once a
+ * block (8-bit: on the block's first chunk). */
+template <int BITS, int SD, int NR>
+__device__ __forceinline__ void mkc_q8_rows(const uint8_t *const *q, const void *const *s, const void *const *b,
+                                            const mkc_q8s &x, int64_t nchunk, int gshift, int lane, float *acc) {
+    constexpr int VPC = 128 / BITS; /* values per chunk */
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        acc[r] = 0.0f;
+    int64_t c = lane;
+    if (c >= nchunk)
+        return;
+    uint4 qq[NR];
+    float sc[NR], bi[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int64_t g = (c * VPC) >> gshift;
+        qq[r] = mkc_ldw((const uint4 *)q[r] + c);
+        sc[r] = mkc_lds<SD>(s[r], g);
+        bi[r] = mkc_lds<SD>(b[r], g);
+    }
+    const int4 *xq = (const int4 *)x.q;
+    for (;;) {
+        const int64_t cn = c + 32;
+        const bool more = cn < nchunk;
+        uint4 qn[NR];
+        float sn[NR], bn[NR];
+        if (more) {
+            const int64_t g = (cn * VPC) >> gshift;
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = mkc_ldw((const uint4 *)q[r] + cn);
+                sn[r] = mkc_lds<SD>(s[r], g);
+                bn[r] = mkc_lds<SD>(b[r], g);
+            }
+        } else {
+#pragma unroll
+            for (int r = 0; r < NR; r++) {
+                qn[r] = qq[r];
+                sn[r] = sc[r];
+                bn[r] = bi[r];
+            }
+        }
+        const int64_t blk = BITS == 4 ? c : c >> 1;
+        const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
+        const float db = x.d[blk], xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const int dot = mkc_q8_chunk<BITS>(qq[r], x0, x1);
+            acc[r] = fmaf(sc[r] * db, (float)dot, acc[r]);
+            acc[r] = fmaf(bi[r], xdb, acc[r]);
+        }
+        if (!more)
+            break;
+        c = cn;
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            qq[r] = qn[r];
+            sc[r] = sn[r];
+            bi[r] = bn[r];
+        }
+    }
+}
+
+/* mkc_q8_rows over the rows `rows` of w (an affine kind, chosen at run time:
+ * warp-uniform) */
+template <int NR>
+__device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *rows, const mkc_q8s &x, int lane,
+                                                float *acc) {
+    const uint8_t *q[NR];
+    const void *s[NR], *b[NR];
+    const int64_t sz = mkc_aff_sb(w.kind);
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        q[r] = w.data + rows[r] * w.row_bytes;
+        s[r] = (const uint8_t *)w.scales + rows[r] * w.ng * sz;
+        b[r] = (const uint8_t *)w.biases + rows[r] * w.ng * sz;
+    }
+    const int64_t nchunk = w.row_bytes / 16;
+    switch (w.kind) {
+    case MKC_A4_F32: mkc_q8_rows<4, 0, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    case MKC_A4_BF16: mkc_q8_rows<4, 1, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    case MKC_A4_F16: mkc_q8_rows<4, 2, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    case MKC_A8_F32: mkc_q8_rows<8, 0, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    case MKC_A8_BF16: mkc_q8_rows<8, 1, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    default: mkc_q8_rows<8, 2, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+    }
+}
+
+/* Quantize x for w's code width (4-bit kinds: the nibble layout) */
+__device__ __forceinline__ void mkc_q8_stage_for(const mkc_w &w, const float *x, const mkc_q8s &s) {
+    if (w.kind <= MKC_A4_F16)
+        mkc_q8_stage<4>(x, w.cols, s);
+    else
+        mkc_q8_stage<8>(x, w.cols, s);
+}
+
+#endif
