@@ -315,7 +315,15 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         if (dper && !mkc_smem_opt_in((const void *)(cc ? k_down_s<true> : k_down_s<false>), MOES_BUDGET))
             dper = 0;
     }
-    if ((parts & 2) && gper) {
+    /* int8 activations (mk_cuda_set_act_int8), one token: the CPU's int8 decode rule for the experts
+     * (the router keeps float x) */
+    const bool q8 = mk_cuda_act_int8() && n == 1 && !st && v2 && moe_q8_takes(a);
+    const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
+    if ((parts & 2) && q8) {
+        MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), q8x, s,
+                       pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc),
+                "launching the experts' gate/up (int8 activations)");
+    } else if ((parts & 2) && gper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
         MKC_TRY(launch(cc ? k_gateup_s<true> : k_gateup_s<false>, (unsigned)((npair + gper - 1) / gper),
                        (size_t)moes_gateup_smem(a, gper), s, pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs,
@@ -332,7 +340,12 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const bool pd = d2 && ph;
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
-    if ((parts & 4) && dper) {
+    if ((parts & 4) && q8) {
+        MKC_TRY(launch(cc ? k_down2_q8<true> : k_down2_q8<false>, nblocks(a.H), q8h, s, pdl, a,
+                       (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
+                       (const float *)ws->logits, y, accumulate ? 1 : 0, (const int32_t *)ws->loc),
+                "launching the experts' down (int8 activations)");
+    } else if ((parts & 4) && dper) {
         MKC_TRY(launch(cc ? k_down_s<true> : k_down_s<false>, (unsigned)((a.H + dper - 1) / dper),
                        (size_t)moes_down_smem(a, dper), s, pdl, a, (const int32_t *)ws->idx, (const float *)ws->w,
                        (const float *)ws->h, (const float *)ws->hs, (const float *)ws->logits, y,

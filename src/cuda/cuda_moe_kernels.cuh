@@ -7,6 +7,7 @@
 
 #include "cuda/cuda_fold.cuh"
 #include "cuda/cuda_ticket.cuh"
+#include "cuda/cuda_q8x.cuh"
 
 #define MOE_WARPS 8
 
@@ -531,6 +532,171 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     case MKC_A8_F32: down2_run<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
     case MKC_A8_BF16: down2_run<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
     default: down2_run<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, staged, blk); break;
+    }
+}
+
+/* ---- int8 activations (k_gateup_q8, k_down2_q8; mk_cuda_set_act_int8) ----
+ * One token, MLX affine experts (the shared expert of the same kind and
+ * width), the CPU's int8 decode rule (cuda_q8x.cuh): k_gateup_q8 quantizes
+ * x in every block and computes k_gateup's row pairs from it; k_down2_q8
+ * quantizes the k experts' h and the shared expert's hs as one vector (each
+ * a whole number of 32-value blocks, so each is quantized as the CPU
+ * quantizes it alone) and sums k_down2's (expert, chunk) tasks from it. */
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32)
+    k_gateup_q8(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
+                float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    mkc_pdl_enter();
+    int tok;
+    const int64_t blk = gateup_block(a, &tok);
+    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
+    if (a.gate.kind <= MKC_A4_F16)
+        mkc_q8_stage<4>(xg, a.H, xq);
+    else
+        mkc_q8_stage<8>(xg, a.H, xq);
+    __syncthreads();
+    const int lane = threadIdx.x & 31;
+    const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
+    const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
+    if (r0 >= ntot)
+        return;
+    const bool routed = r0 < nr;
+    int64_t row;
+    bool cached = false;
+    if (routed) {
+        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
+        int32_t e = __ldg(idx + j);
+        if constexpr (C) {
+            const int32_t sl = __ldg(loc + j);
+            if (sl >= 0) {
+                e = sl;
+                cached = true;
+            }
+        }
+        row = (int64_t)e * a.I + r;
+    } else {
+        row = r0 - nr;
+    }
+    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
+    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
+    const mkc_w *ws[4] = {G, U, G, U};
+    const int64_t rows[4] = {row, row, row + 1, row + 1};
+    float acc[4];
+    mkc_q8_dot_rows_w<4>(ws, rows, xq, lane, acc);
+    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+    if (lane == 0) {
+        float *out = routed ? h + r0 : hs + (r0 - nr);
+        out[0] = silu_mul(g0, u0);
+        out[1] = silu_mul(g1, u1);
+    }
+}
+
+/* Host: whether k_gateup_q8 and k_down2_q8 take a's layer (one token):
+ * affine experts, gate and up of one kind (the shared expert's as the
+ * routed ones', the cache's slots as the experts'), groups of 32 values
+ * or more, x, h and hs whole 32-value blocks, their quantized copies in
+ * the 48 KB a launch gets */
+static inline bool moe_q8_takes(const moe_args &a) {
+    const mkc_w *ws[3] = {&a.gate, &a.up, &a.down};
+    for (const mkc_w *w : ws)
+        if (!mkc_is_aff(w->kind) || w->gshift < 5 || ((uintptr_t)w->data & 15))
+            return false;
+    if (a.up.kind != a.gate.kind || a.H % 32 || a.I % 32 || a.Is % 32 ||
+        mkc_q8s_bytes(a.H) > MKC_SMEM_MAX || mkc_q8s_bytes((int64_t)a.k * a.I + a.Is) > MKC_SMEM_MAX - 512)
+        return false;
+    if (a.slot_of) {
+        const mkc_w *cs[3] = {&a.cgate, &a.cup, &a.cdown};
+        for (int i = 0; i < 3; i++)
+            if (cs[i]->kind != ws[i]->kind || cs[i]->gshift != ws[i]->gshift || ((uintptr_t)cs[i]->data & 15))
+                return false;
+    }
+    if (a.has_shared) {
+        const mkc_w *ss[3] = {&a.shg, &a.shu, &a.shd};
+        for (int i = 0; i < 3; i++)
+            if (ss[i]->kind != ws[i]->kind || ss[i]->gshift < 5 || ((uintptr_t)ss[i]->data & 15))
+                return false;
+    }
+    return true;
+}
+
+/* down2_use on the quantized activations: task i's values from offset
+ * p.xl (the shared expert's after the nh routed ones) */
+template <int BITS>
+__device__ __forceinline__ float down2_use_q8(const down2_pass &p, int ntask, int t0, int lane, const mkc_q8s &xq,
+                                              int nh, float tot) {
+    const int4 *x4 = (const int4 *)xq.q;
+#pragma unroll
+    for (int i = 0; i < DOWN2_T; i++) {
+        if (t0 + 32 * i + lane < ntask) {
+            const int off = p.sh[i] ? nh + p.xl[i] : p.xl[i], b = off >> 5;
+            int4 x0, x1;
+            float xdb;
+            if constexpr (BITS == 4) {
+                x0 = x4[b];
+                x1 = x4[xq.nb + b];
+                xdb = xq.xd[b];
+            } else {
+                x0 = x1 = x4[off >> 4];
+                xdb = (off >> 4) & 1 ? 0.0f : xq.xd[b]; /* the bias term on a block's first chunk */
+            }
+            const int dot = mkc_q8_chunk<BITS>(p.qq[i], x0, x1);
+            const float term = fmaf(p.sc[i] * xq.d[b], (float)dot, p.bi[i] * xdb);
+            tot = fmaf(p.wj[i], term, tot);
+        }
+    }
+    return tot;
+}
+
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void down2_run_q8(const moe_args &a, const int32_t *sidx, const int32_t *sloc,
+                                             const float *sw, float sg, const float *hg, const float *hsg, float *y,
+                                             int accumulate, int64_t blk) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    const int lane = threadIdx.x & 31;
+    const int64_t o = blk * MOE_WARPS + (threadIdx.x >> 5);
+    const int nc = (int)(a.down.row_bytes / 16), ncs = a.has_shared ? (int)(a.shd.row_bytes / 16) : 0;
+    const int ntask = a.k * nc + ncs, nh = a.k * a.I;
+    down2_pass p;
+    if (o < a.H)
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, 0, p);
+    mkc_pdl_enter();
+    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, (int64_t)nh + (a.has_shared ? a.Is : 0));
+    mkc_q8_stage2<BITS>(hg, nh, hsg, xq);
+    __syncthreads();
+    if (o >= a.H)
+        return;
+    float tot = 0.0f;
+    for (int t0 = 0;;) {
+        tot = down2_use_q8<BITS>(p, ntask, t0, lane, xq, nh, tot);
+        t0 += 32 * DOWN2_T;
+        if (t0 >= ntask)
+            break;
+        down2_load<BITS, SD, C>(a, sidx, sloc, sw, sg, o, lane, t0, p);
+    }
+    tot = mkc_warp_sum(tot);
+    if (lane == 0)
+        y[o] = accumulate ? y[o] + tot : tot;
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_down2_q8(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
+               const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
+               float *__restrict__ y, int accumulate, const int32_t *__restrict__ loc) {
+    __shared__ int32_t sidx[MOE_MAX_K];
+    __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
+    __shared__ float sw[MOE_MAX_K];
+    const int64_t blk = down_token(a, idx, wt, loc, hg, hsg, logits, y);
+    const float sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);
+    switch (a.down.kind) {
+    case MKC_A4_F32: down2_run_q8<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
+    case MKC_A4_BF16: down2_run_q8<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
+    case MKC_A4_F16: down2_run_q8<4, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
+    case MKC_A8_F32: down2_run_q8<8, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
+    case MKC_A8_BF16: down2_run_q8<8, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
+    default: down2_run_q8<8, 2, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
     }
 }
 

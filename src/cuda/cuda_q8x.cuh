@@ -68,14 +68,18 @@ template <int BITS> __device__ __forceinline__ int64_t mkc_q8_pos(int64_t b, int
     return (h * nb + b) * 16 + (e & 8) + (k & 1) * 4 + (k >> 1);
 }
 
-/* Quantize x [cols] (global or shared) into s, the whole block (its warps
- * take blocks of 32 in turn, lane l value l); the caller synchronises
- * before reading s. */
-template <int BITS> __device__ __forceinline__ void mkc_q8_stage(const float *x, int64_t cols, const mkc_q8s &s) {
+/* Quantize the s.nb * 32 values of x (global or shared; values from n1
+ * on from x2 instead, at x2[i - n1]: two vectors quantized as one, n1 a
+ * multiple of 32 so no block straddles them) into s, the whole block (its
+ * warps take blocks of 32 in turn, lane l value l); the caller
+ * synchronises before reading s. */
+template <int BITS>
+__device__ __forceinline__ void mkc_q8_stage2(const float *x, int64_t n1, const float *x2, const mkc_q8s &s) {
     const int lane = threadIdx.x & 31;
     const int64_t nw = blockDim.x >> 5;
     for (int64_t b = threadIdx.x >> 5; b < s.nb; b += nw) {
-        const float v = x[b * MKC_Q8B + lane], a = fabsf(v);
+        const int64_t i = b * MKC_Q8B + lane;
+        const float v = i < n1 ? x[i] : x2[i - n1], a = fabsf(v);
         const bool ok = a <= 3.40282347e38f; /* not NaN or infinity */
         float amax = ok ? a : 0.0f, nbad = ok ? 0.0f : 1.0f;
 #pragma unroll
@@ -99,6 +103,11 @@ template <int BITS> __device__ __forceinline__ void mkc_q8_stage(const float *x,
             s.xd[b] = mkc_mul_rn(d, qs);
         }
     }
+}
+
+/* mkc_q8_stage2 of one vector of cols values */
+template <int BITS> __device__ __forceinline__ void mkc_q8_stage(const float *x, int64_t cols, const mkc_q8s &s) {
+    mkc_q8_stage2<BITS>(x, cols, x, s);
 }
 
 /* c + the dot of a's 4 unsigned bytes with b's 4 signed bytes (exact) */
@@ -206,19 +215,20 @@ __device__ __forceinline__ void mkc_q8_rows(const uint8_t *const *q, const void 
     }
 }
 
-/* mkc_q8_rows over the rows `rows` of w (an affine kind, chosen at run time:
- * warp-uniform) */
+/* mkc_q8_rows over row rows[r] of *ws[r] (affine, all of one kind and
+ * width, chosen at run time: warp-uniform) */
 template <int NR>
-__device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *rows, const mkc_q8s &x, int lane,
-                                                float *acc) {
+__device__ __forceinline__ void mkc_q8_dot_rows_w(const mkc_w *const *ws, const int64_t *rows, const mkc_q8s &x,
+                                                  int lane, float *acc) {
+    const mkc_w &w = *ws[0];
     const uint8_t *q[NR];
     const void *s[NR], *b[NR];
     const int64_t sz = mkc_aff_sb(w.kind);
 #pragma unroll
     for (int r = 0; r < NR; r++) {
-        q[r] = w.data + rows[r] * w.row_bytes;
-        s[r] = (const uint8_t *)w.scales + rows[r] * w.ng * sz;
-        b[r] = (const uint8_t *)w.biases + rows[r] * w.ng * sz;
+        q[r] = ws[r]->data + rows[r] * ws[r]->row_bytes;
+        s[r] = (const uint8_t *)ws[r]->scales + rows[r] * ws[r]->ng * sz;
+        b[r] = (const uint8_t *)ws[r]->biases + rows[r] * ws[r]->ng * sz;
     }
     const int64_t nchunk = w.row_bytes / 16;
     switch (w.kind) {
@@ -229,6 +239,17 @@ __device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *r
     case MKC_A8_BF16: mkc_q8_rows<8, 1, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
     default: mkc_q8_rows<8, 2, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
     }
+}
+
+/* mkc_q8_dot_rows_w over rows of one weight */
+template <int NR>
+__device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *rows, const mkc_q8s &x, int lane,
+                                                float *acc) {
+    const mkc_w *ws[NR];
+#pragma unroll
+    for (int r = 0; r < NR; r++)
+        ws[r] = &w;
+    mkc_q8_dot_rows_w<NR>(ws, rows, x, lane, acc);
 }
 
 /* Quantize x for w's code width (4-bit kinds: the nibble layout) */

@@ -19,7 +19,12 @@
 // folded into k_router (cuda_fold.cuh): logits, routing, x and xb
 // bitwise k_add_rmsnorm then k_router's, and a non-finite y's finding
 // k_add_rmsnorm's (also on a 4-bit router and one with an 8-bit
-// shared-expert gate row). Exit 1 on a mismatch.
+// shared-expert gate row). int8 activations (k_gateup_q8, k_down2_q8;
+// cuda_q8x.cuh) on the affine layers, after the float router: h within its
+// bound of the double SwiGLU over the CPU's quantized x (q8.c, linked as
+// it is), y within the bound of the double combine over the CPU's
+// quantization of that h; through the VRAM cache bitwise; control: the
+// float k_down2 on the same h misses that bound. Exit 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -31,6 +36,19 @@
 #include "moe_ref.h"
 
 static int g_bad;
+
+extern "C" void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs);
+
+// v quantized as the CPU quantizes a decode product's x (q8.c, blocks of 32), in double
+static std::vector<double> q8_of(const float *v, int64_t n) {
+    std::vector<int8_t> q(n);
+    std::vector<float> d(n / 32), qs(n / 32);
+    mk_q8_quant_blocks(v, n, 32, q.data(), d.data(), qs.data());
+    std::vector<double> r(n);
+    for (int64_t i = 0; i < n; i++)
+        r[i] = (double)q[i] * (double)d[i / 32];
+    return r;
+}
 
 struct bufs {
     std::vector<float> logits, h, hs, w;
@@ -217,6 +235,143 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
     printf("%-60s folded residual norm: router bitwise in 5 draws, the finding too\n", name);
 }
 
+// int8 activations (k_gateup_q8, k_down2_q8) after the float router, on x:
+// h and y against the double rule, the cache bitwise, the float down kernel
+// off the rule (the control)
+static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, const mk_cuda_moe &m, const float *x) {
+    if (!moe_q8_takes(a)) {
+        printf("FAIL %s: the int8-activation kernels do not take the layer\n", name);
+        g_bad++;
+        return;
+    }
+    const unsigned R = nblk(a.E + a.has_sg), G = nblk(((int64_t)a.k * a.I + a.Is) / 2), D = nblk(a.H);
+    bufs B(L);
+    auto run = [&](const moe_args &aa, float *y, bool q8down) {
+        for (unsigned b = 0; b < R; b++)
+            emu_block(R, b, MOE_WARPS * 32,
+                      [&] { k_router<>(aa, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data()); });
+        const bool C = aa.slot_of != nullptr;
+        for (unsigned b = 0; b < G; b++)
+            emu_block(G, b, MOE_WARPS * 32, [&] {
+                (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
+                                                             B.loc.data());
+            });
+        for (unsigned b = 0; b < D; b++)
+            emu_block(D, b, MOE_WARPS * 32, [&] {
+                if (q8down)
+                    (C ? k_down2_q8<true> : k_down2_q8<false>)(aa, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(),
+                                                               B.logits.data(), y, 0, B.loc.data());
+                else
+                    k_down2<false>(aa, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(), B.logits.data(), y, 0, 0,
+                                   B.loc.data());
+            });
+    };
+    std::vector<float> y(a.H, NAN), yc(a.H, NAN), yf(a.H, NAN);
+    run(a, y.data(), true);
+    /* h: silu(g) u of the double products over the quantized x, g and u each within 5e-6 of their sums */
+    const std::vector<double> xh = q8_of(x, a.H);
+    double worst = 0.0;
+    for (int64_t j = 0; j <= a.k; j++) {
+        if (j == a.k && !a.has_shared)
+            break;
+        const int64_t nI = j < a.k ? a.I : a.Is;
+        for (int64_t r = 0; r < nI; r++) {
+            double cg, cu;
+            const int64_t row = j < a.k ? (int64_t)B.idx[j] * a.I + r : r;
+            const double g = emu_rdot_cond(j < a.k ? L.gate : L.sg, row, xh.data(), &cg);
+            const double u = emu_rdot_cond(j < a.k ? L.up : L.su, row, xh.data(), &cu);
+            const double sg = g / (1.0 + exp(-g)), ref = sg * u;
+            const double bound = 1.2 * fabs(u) * 5e-6 * cg + fabs(sg) * 5e-6 * cu + 1e-6 * fabs(ref) + 1e-30;
+            const double got = j < a.k ? B.h[j * a.I + r] : B.hs[r], err = fabs(got - ref);
+            if (!(err <= bound)) {
+                printf("FAIL %s (int8 x): h of choice %lld row %lld: %.9g, reference %.9g, bound %.3g\n", name,
+                       (long long)j, (long long)r, got, ref, bound);
+                g_bad++;
+                return;
+            }
+            worst = std::max(worst, err / bound);
+        }
+    }
+    /* y: the routing weights and shared gate as the kernels have them, the down rows over the
+     * quantized h of each choice (and hs) */
+    std::vector<std::vector<double>> hh(a.k + 1);
+    for (int64_t j = 0; j < a.k; j++)
+        hh[j] = q8_of(B.h.data() + j * a.I, a.I);
+    if (a.has_shared)
+        hh[a.k] = q8_of(B.hs.data(), a.Is);
+    const double gsh = a.has_sg ? 1.0 / (1.0 + exp(-(double)B.logits[a.E])) : 1.0;
+    double worst_y = 0.0;
+    int misses_f = 0;
+    for (int64_t o = 0; o < a.H; o++) {
+        double ref = 0.0, cond = 0.0;
+        for (int64_t j = 0; j <= a.k; j++) {
+            if (j == a.k && !a.has_shared)
+                break;
+            double c;
+            const double wj = j < a.k ? (double)B.w[j] : gsh;
+            ref += wj * emu_rdot_cond(j < a.k ? L.down : L.sd, j < a.k ? (int64_t)B.idx[j] * a.H + o : o,
+                                      hh[j].data(), &c);
+            cond += fabs(wj) * c;
+        }
+        const double bound = 5e-6 * cond + 1e-30, err = fabs((double)y[o] - ref);
+        if (!(err <= bound)) {
+            printf("FAIL %s (int8 x): y[%lld] %.9g, reference %.9g, bound %.3g\n", name, (long long)o, (double)y[o],
+                   ref, bound);
+            g_bad++;
+            return;
+        }
+        worst_y = std::max(worst_y, err / bound);
+    }
+    /* the control: the float down kernel on the same h is off the rule somewhere */
+    run(a, yf.data(), false);
+    for (int64_t o = 0; o < a.H; o++) {
+        double ref = 0.0, cond = 0.0;
+        for (int64_t j = 0; j <= a.k; j++) {
+            if (j == a.k && !a.has_shared)
+                break;
+            double c;
+            const double wj = j < a.k ? (double)B.w[j] : gsh;
+            ref += wj * emu_rdot_cond(j < a.k ? L.down : L.sd, j < a.k ? (int64_t)B.idx[j] * a.H + o : o,
+                                      hh[j].data(), &c);
+            cond += fabs(wj) * c;
+        }
+        misses_f += !(fabs((double)yf[o] - ref) <= 5e-6 * cond);
+    }
+    if (!misses_f) {
+        printf("FAIL %s (int8 x): the float down kernel met the int8 rule's bound on every row\n", name);
+        g_bad++;
+    }
+    /* the VRAM cache: the chosen experts in slots in reverse order, y bitwise */
+    std::vector<int32_t> ids(B.idx.begin(), B.idx.end());
+    std::reverse(ids.begin(), ids.end());
+    const int n = (int)ids.size();
+    std::vector<int32_t> slot(L.E, -1);
+    for (int sl = 0; sl < n; sl++)
+        slot[ids[sl]] = sl;
+    pool pg, pu, pd;
+    pool_of(pg, &m.gate, L.I, ids.data(), n);
+    pool_of(pu, &m.up, L.I, ids.data(), n);
+    pool_of(pd, &m.down, L.H, ids.data(), n);
+    mk_cuda_moe mc = m;
+    mc.slot_of = slot.data();
+    mc.cgate = pg.v;
+    mc.cup = pu.v;
+    mc.cdown = pd.v;
+    moe_args ac;
+    if (moe_args_of(&mc, &ac) != MK_OK || !moe_q8_takes(ac)) {
+        printf("FAIL %s (int8 x): the cache's views\n", name);
+        g_bad++;
+        return;
+    }
+    run(ac, yc.data(), true);
+    if (std::memcmp(y.data(), yc.data(), y.size() * 4)) {
+        printf("FAIL %s (int8 x): experts read from the cache changed y\n", name);
+        g_bad++;
+    }
+    printf("%-58s int8 x: h worst |diff|/bound %.3g, y %.3g; cache bitwise; float down off the rule at %d rows\n",
+           name, worst, worst_y, misses_f);
+}
+
 static void run_case(const char *name, emu_layer L, int bits, bool router_only = false) {
     emu_layer_make(&L, bits);
     mk_cuda_moe m;
@@ -399,6 +554,8 @@ static void run_case(const char *name, emu_layer L, int bits, bool router_only =
             }
         }
     }
+    if (aff)
+        q8_moe(name, a, L, m, x.data());
     printf("%-58s y rel L2 <= %.2e over 4 launch modes; cache bitwise in 2, counts exact, 3 controls caught; "
            "%d tokens batched bitwise; staged weights bitwise (%d runs)\n", name, worst, NT, staged_runs);
     if (aff && staged_runs != 8) {

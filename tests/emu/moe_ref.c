@@ -145,3 +145,11 @@ bool emu_layer_ref(const emu_layer *L, const float *xf, double *y, int32_t *idx)
     free(h);
     return clear;
 }
+
+double emu_rdot_cond(const void *t, int64_t r, const double *x, double *cond) {
+    const ct_wt *w = t;
+    float *row = malloc((size_t)w->w.cols * sizeof *row);
+    double s = ct_dot(w, r, x, row, cond);
+    free(row);
+    return s;
+}

@@ -33,6 +33,8 @@ const mk_wt *emu_wt(const void *t);
  * whether the choice is clear of near-ties (1e-4 relative). */
 bool emu_layer_ref(const emu_layer *L, const float *x, double *y, int32_t *idx);
 float emu_rand(float lo, float hi);
+/* Row r of weight t times x in double, and the bound's sum (cuda_test_util.h ct_dot's cond) */
+double emu_rdot_cond(const void *t, int64_t r, const double *x, double *cond);
 
 #ifdef __cplusplus
 }
