@@ -43,6 +43,7 @@
 #include "mk_test_util.h"
 
 #include "cuda_test_util.h"
+#include "kernels/kern_impl.h"
 
 typedef struct mcase {
     const char *name;
@@ -135,6 +136,16 @@ static bool top_k_clear(const double *s, int64_t n, int64_t k, int32_t *idx) {
 /* reference row dot and its error scale (cond) for a double input */
 static double rdot(const ct_wt *t, int64_t r, const double *x, float *buf, double *cond) {
     return ct_dot(t, r, x, buf, cond);
+}
+
+/* Half the int8 step of value c's block of h (blocks of 32 from h): at
+ * most (max over the block of |h| + its bound e) / 254 */
+static double qhalf(const double *h, const double *e, int64_t c) {
+    const int64_t b0 = c / 32 * 32;
+    double m = 0.0;
+    for (int64_t i = b0; i < b0 + 32; i++)
+        m = fmax(m, fabs(h[i]) + e[i]);
+    return m / 254.0 * (1.0 + 1e-6);
 }
 
 /* One step on y = dy: dy set to y0 (accumulate) or NaN first, the result
@@ -384,12 +395,31 @@ static void run_case(const mcase *c) {
         wref[j] = (c->norm ? p[sel[j]] / wsum : p[sel[j]]) * c->scale;
     const double wrel = 4.0 * dlmax + 1e-6;
 
+    /* int8 activations (mk_cuda_set_act_int8: one token, generation 2): the experts multiply x as the
+     * CPU's quantizer leaves it (q8.c), and each expert's h likewise, whose rounding (at most d_b / 2 a
+     * value, d_b = the block's max |h| / 127) the y bound below then carries; the router keeps x */
+    const bool q8 = mk_cuda_act_int8() && !c->stack && mk_cuda_kernels() == 2;
+    double *xe = malloc((size_t)H * 8);
+    assert_non_null(xe);
+    for (int64_t j = 0; j < H; j++)
+        xe[j] = xd[j];
+    if (q8) {
+        int8_t *q = malloc((size_t)H);
+        float *qd = malloc((size_t)(H / 32) * 4), *qs = malloc((size_t)(H / 32) * 4);
+        assert_true(q && qd && qs);
+        mk_q8_quant_blocks(x, H, 32, q, qd, qs);
+        for (int64_t j = 0; j < H; j++)
+            xe[j] = (double)q[j] * (double)qd[j / 32];
+        free(q);
+        free(qd);
+        free(qs);
+    }
     /* h for the selected experts and the shared expert, with error bounds */
     for (int64_t t = 0; t < k * I + Is; t++) {
         const ct_wt *G = t < k * I ? &L.gate : &L.sg, *U = t < k * I ? &L.up : &L.su;
         int64_t row = t < k * I ? (int64_t)sel[t / I] * I + t % I : t - k * I;
         double cg, cu;
-        double g = rdot(G, row, xd, buf, &cg), u = rdot(U, row, xd, buf, &cu);
+        double g = rdot(G, row, xe, buf, &cg), u = rdot(U, row, xe, buf, &cu);
         double eg = 1e-5 * cg, eu = 1e-5 * cu;
         h[t] = silu(g) * u;
         eh[t] = 1.1 * eg * (fabs(u) + eu) + (fabs(silu(g)) + 1.1 * eg) * eu + 1e-6 * fabs(h[t]);
@@ -454,7 +484,7 @@ static void run_case(const mcase *c) {
             for (int64_t cc = 0; cc < I; cc++) {
                 double D = buf[cc], hv = h[j * I + cc], ev = eh[j * I + cc];
                 d += D * hv;
-                e1 += fabs(D) * ev;
+                e1 += fabs(D) * (ev + (q8 ? qhalf(h + j * I, eh + j * I, cc) : 0.0));
                 e2 += ct_scale_of(&L.down, (int64_t)sel[j] * H + o, cc, buf[cc]) * (fabs(hv) + ev);
             }
             ref += wref[j] * d;
@@ -467,7 +497,7 @@ static void run_case(const mcase *c) {
             for (int64_t cc = 0; cc < Is; cc++) {
                 double D = buf[cc];
                 d += D * hs[cc];
-                e1 += fabs(D) * ehs[cc];
+                e1 += fabs(D) * (ehs[cc] + (q8 ? qhalf(hs, ehs, cc) : 0.0));
                 e2 += ct_scale_of(&L.sd, o, cc, buf[cc]) * (fabs(hs[cc]) + ehs[cc]);
             }
             ref += gs * d;
@@ -506,6 +536,7 @@ static void run_case(const mcase *c) {
     free(p);
     free(h);
     free(eh);
+    free(xe);
 }
 
 /* Cases under both kernel generations (mk_cuda_set_kernels), same bounds:
@@ -672,6 +703,24 @@ static void test_moe_staged(void **state) {
     use_kernels(1);
 }
 
+/* int8 activations (mk_cuda_set_act_int8: k_gateup_q8, k_down2_q8) under
+ * generation 2, every one-token case: h within its bound of the double
+ * SwiGLU over the CPU's quantized x (the float kernels, off by the
+ * quantization, miss it), y within its bound widened by h's rounding,
+ * the routing exact; the emulation (tests/cli/cuda_emu_moe.sh) holds y to
+ * the exact rule. The stack cases keep their own kernel. */
+static void test_moe_act_int8(void **state) {
+    CT_NEED_GPU();
+    use_kernels(2);
+    mk_cuda_set_act_int8(true);
+    printf("int8 activations\n");
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        if (!g_cases[i].stack)
+            run_case(&g_cases[i]);
+    mk_cuda_set_act_int8(false);
+    use_kernels(1);
+}
+
 /* Shapes and formats are checked on the host, naming the matrix (no device
  * work: runs without a GPU when built with CUDA). */
 static void test_moe_check_named(void **state) {
@@ -764,6 +813,7 @@ int main(void) {
         cmocka_unit_test(test_moe_stack_layers),
         cmocka_unit_test(test_moe_qwen3_30b_layer),
         cmocka_unit_test(test_moe_staged),
+        cmocka_unit_test(test_moe_act_int8),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
