@@ -235,6 +235,17 @@ static int64_t moes_per(int64_t units, int64_t fixed, int64_t per_unit) {
     return per >= 1 && (units + per - 1) / per <= 0x7fffffff ? per : 0;
 }
 
+/* A kernel's static shared memory (the whole 48 KB when it cannot be read,
+ * so that nothing more is asked of it) */
+static int64_t kernel_static_smem(const void *k) {
+    cudaFuncAttributes fa;
+    if (cudaFuncGetAttributes(&fa, k) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return MKC_SMEM_MAX;
+    }
+    return (int64_t)fa.sharedSizeBytes;
+}
+
 /* Whether k_router's blocks can stage a row of H floats beside their own
  * shared memory without the opt-in */
 static bool router_stages(int64_t H) {
@@ -282,10 +293,16 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         srx = (size_t)a.H * 4;
         *taken = true;
     }
+    /* int8 activations, one token: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
+    const void *rk = f ? (const void *)k_router<true, true> : (const void *)k_router<false, true>;
+    const bool rq8 = mk_cuda_act_int8() && n == 1 && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
+    if (rq8)
+        srx += (size_t)mkc_q8s_bytes(a.H);
     if (parts & 1)
-        MKC_TRY(launch(f ? k_router<true> : k_router<false>, nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x,
-                       ws->logits, ws->idx, ws->w,
-                       ws->ticket, ws->loc),
+        MKC_TRY(launch(rq8 ? (f ? k_router<true, true> : k_router<false, true>)
+                           : (f ? k_router<true> : k_router<false>),
+                       nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket,
+                       ws->loc),
                 f ? "launching the router with the residual norm folded in" : "launching the router");
     a.an = mkc_addnorm(); /* the other kernels read x = xb, which the router wrote */
     /* x and h staged in shared memory when they fit and are whole float4s
@@ -316,8 +333,8 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
             dper = 0;
     }
     /* int8 activations (mk_cuda_set_act_int8), one token: the CPU's int8 decode rule for the experts
-     * (the router keeps float x) */
-    const bool q8 = mk_cuda_act_int8() && n == 1 && !st && v2 && moe_q8_takes(a);
+     * (the router's above) */
+    const bool q8 = mk_cuda_act_int8() && n == 1 && !st && moe_q8_takes(a);
     const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
     if ((parts & 2) && q8) {
         MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), q8x, s,

@@ -153,8 +153,12 @@ __device__ __forceinline__ const float *router_x(const moe_args &a, const float 
 
 /* ticket: the token's (the last block ranks, and finishes a fold: every
  * block staged before it took the ticket). F: a.an.x is set (the fold's
- * instance; the plain one is compiled without it). */
-template <bool F = false>
+ * instance; the plain one is compiled without it). Q: int8 activations
+ * (mk_cuda_set_act_int8, one token; moe_q8_router): every block quantizes
+ * x into its shared memory after the fold's floats, and the affine rows of
+ * the router's code width are summed from it (cuda_q8x.cuh; a shared-expert
+ * gate row of another kind keeps float x). */
+template <bool F = false, bool Q = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
              unsigned *ticket, int32_t *loc) {
@@ -182,9 +186,29 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         router_prime_any(rw, row, lane, p);
     mkc_pdl_enter();
     const float *xr = F ? router_x(a, x, red) : x; /* every block: the fold's barriers */
+    mkc_q8s xq;
+    const bool r4 = a.router.kind <= MKC_A4_F16; /* the staged x's layout: the router's code width */
+    if constexpr (Q) {
+        MKC_DYN_SMEM(float4, mkc_sm4);
+        xq = mkc_q8s_at((uint8_t *)mkc_sm4 + (F ? (int64_t)a.H * 4 : 0), a.H);
+        if (r4)
+            mkc_q8_stage<4>(xr, a.H, xq);
+        else
+            mkc_q8_stage<8>(xr, a.H, xq);
+        __syncthreads();
+    }
+    /* this row on int8 x: affine, of the router's code width */
+    const bool rq = Q && mkc_is_aff(rw.kind) && (rw.kind <= MKC_A4_F16) == r4;
     if (mine) {
         float acc = 0.0f;
-        if (primed) {
+        if (rq && primed) {
+            acc = r4 ? mkc_primed_dot_q8<4, ROUTER_U>(p, rw.row_bytes / 16, xq, lane)
+                     : mkc_primed_dot_q8<8, ROUTER_U>(p, rw.row_bytes / 16, xq, lane);
+        } else if (rq) {
+            const mkc_w *ws[1] = {&rw};
+            const int64_t rows[1] = {row};
+            mkc_q8_dot_rows_w<1>(ws, rows, xq, lane, &acc);
+        } else if (primed) {
             acc = router_primed_dot(rw, p, xr, lane);
         } else {
             const mkc_w *ws[1] = {&rw};
@@ -619,6 +643,16 @@ static inline bool moe_q8_takes(const moe_args &a) {
                 return false;
     }
     return true;
+}
+
+/* Host: whether k_router takes int8 x (one token): an affine router of
+ * groups of 32 or more over whole 32-value blocks, its quantized x after
+ * the fold's floats (fold: H floats) in the 48 KB a launch gets, less
+ * static_smem */
+static inline bool moe_q8_router(const moe_args &a, bool fold, int64_t static_smem) {
+    return mkc_is_aff(a.router.kind) && a.router.gshift >= 5 && a.H % 32 == 0 && ((uintptr_t)a.router.data & 15) == 0 &&
+           (!a.has_sg || !mkc_is_aff(a.sgw.kind) || a.sgw.gshift >= 5) &&
+           (fold ? (int64_t)a.H * 4 : 0) + mkc_q8s_bytes(a.H) + static_smem <= MKC_SMEM_MAX;
 }
 
 /* down2_use on the quantized activations: task i's values from offset

@@ -252,6 +252,28 @@ __device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *r
     mkc_q8_dot_rows_w<NR>(ws, rows, x, lane, acc);
 }
 
+/* A primed affine row (mkc_prime: lane l holds chunks l + 32 u) against
+ * the staged x: the lane's partial sum, mkc_q8_rows's terms */
+template <int BITS, int U>
+__device__ __forceinline__ float mkc_primed_dot_q8(const mkc_primed<U> &p, int64_t nchunk, const mkc_q8s &x,
+                                                   int lane) {
+    const int4 *xq = (const int4 *)x.q;
+    float acc = 0.0f;
+#pragma unroll
+    for (int u = 0; u < U; u++) {
+        const int64_t c = lane + 32 * u;
+        if (c < nchunk) {
+            const int64_t blk = BITS == 4 ? c : c >> 1;
+            const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
+            const float xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
+            const int dot = mkc_q8_chunk<BITS>(p.q[u], x0, x1);
+            acc = fmaf(p.s[u] * x.d[blk], (float)dot, acc);
+            acc = fmaf(p.b[u], xdb, acc);
+        }
+    }
+    return acc;
+}
+
 /* Quantize x for w's code width (4-bit kinds: the nibble layout) */
 __device__ __forceinline__ void mkc_q8_stage_for(const mkc_w &w, const float *x, const mkc_q8s &s) {
     if (w.kind <= MKC_A4_F16)

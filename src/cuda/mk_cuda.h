@@ -207,12 +207,14 @@ int mk_cuda_attn_shares(void);
  * process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
-/* One-token GEMVs (mk_cuda_gemv, mk_cuda_gemv_n and their folds) over MLX
- * affine 4/8-bit weights on int8 activations: the CPU's decode rule
- * (kernels.h mk_kernels_set_int8; src/cuda/cuda_q8x.cuh), x quantized in
- * blocks of 32 to the CPU's bits, the codes multiplied four at a time
- * (dp4a). Within float rounding of the CPU's int8 decode products, not the
- * float kernels' bits. Off by default until measured; process-wide. */
+/* One-token products over MLX affine 4/8-bit weights on int8 activations:
+ * the CPU's decode rule (kernels.h mk_kernels_set_int8; src/cuda/
+ * cuda_q8x.cuh), x quantized in blocks of 32 to the CPU's bits, the codes
+ * multiplied four at a time (dp4a). Taken by the GEMVs (mk_cuda_gemv,
+ * mk_cuda_gemv_n and their folds) and the MoE step of one token (router,
+ * experts' gate/up over x and down over their h). Within float rounding of
+ * the CPU's int8 decode products, not the float kernels' bits. Off by
+ * default until measured; process-wide. */
 void mk_cuda_set_act_int8(bool on);
 bool mk_cuda_act_int8(void);
 

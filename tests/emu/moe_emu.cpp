@@ -19,8 +19,10 @@
 // folded into k_router (cuda_fold.cuh): logits, routing, x and xb
 // bitwise k_add_rmsnorm then k_router's, and a non-finite y's finding
 // k_add_rmsnorm's (also on a 4-bit router and one with an 8-bit
-// shared-expert gate row). int8 activations (k_gateup_q8, k_down2_q8;
-// cuda_q8x.cuh) on the affine layers, after the float router: h within its
+// shared-expert gate row). int8 activations (k_router<F, true>,
+// k_gateup_q8, k_down2_q8; cuda_q8x.cuh) on the affine layers: the router's
+// logits within 5e-6 of the double rows over the CPU's quantized x, folded
+// bitwise as above; h within its
 // bound of the double SwiGLU over the CPU's quantized x (q8.c, linked as
 // it is), y within the bound of the double combine over the CPU's
 // quantization of that h; through the VRAM cache bitwise; control: the
@@ -183,9 +185,15 @@ static void check_batch(const char *name, const moe_args &a, const float *xs, co
 // k_add_rmsnorm, then k_router of its xb, on random rows (and one with an
 // infinity and a NaN in y): logits, idx, w, x, xb and the check's finding
 // bitwise.
-static void fold_router(const char *name, const moe_args &a, const emu_layer &L) {
+// Q: both routers on int8 x (k_router<F, true>), for the affine routers
+static void fold_router(const char *name, const moe_args &a, const emu_layer &L, bool Q = false) {
     const int64_t H = a.H;
     const unsigned R = nblk(a.E + a.has_sg), vt = mkc_norm_threads(H);
+    if (Q && !moe_q8_router(a, true, 0)) {
+        printf("FAIL %s: the int8-activation router does not take the layer\n", name);
+        g_bad++;
+        return;
+    }
     for (int draw = 0; draw < 5; draw++) {
         std::vector<float> x0(H), y0(H), g(H);
         for (int64_t i = 0; i < H; i++) {
@@ -203,7 +211,8 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
         bufs B1(L), B2(L);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
-                k_router<>(a, xbr.data(), B1.logits.data(), B1.idx.data(), B1.w.data(), &B1.ticket, B1.loc.data());
+                (Q ? k_router<false, true> : k_router<false, false>)(a, xbr.data(), B1.logits.data(), B1.idx.data(),
+                                                                     B1.w.data(), &B1.ticket, B1.loc.data());
             });
         unsigned long long kf = ~0ull;
         float vf = 0.0f;
@@ -216,8 +225,8 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
         }
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
-                k_router<true>(af, xbf.data(), B2.logits.data(), B2.idx.data(), B2.w.data(), &B2.ticket,
-                               B2.loc.data());
+                (Q ? k_router<true, true> : k_router<true, false>)(af, xbf.data(), B2.logits.data(), B2.idx.data(),
+                                                                   B2.w.data(), &B2.ticket, B2.loc.data());
             });
         const bool same = !std::memcmp(B1.logits.data(), B2.logits.data(), (a.E + a.has_sg) * 4) &&
                           !std::memcmp(B1.idx.data(), B2.idx.data(), a.k * 4) &&
@@ -232,7 +241,7 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L)
             return;
         }
     }
-    printf("%-60s folded residual norm: router bitwise in 5 draws, the finding too\n", name);
+    printf("%-60s folded residual norm: router%s bitwise in 5 draws, the finding too\n", name, Q ? " on int8 x" : "");
 }
 
 // int8 activations (k_gateup_q8, k_down2_q8) after the float router, on x:
@@ -248,8 +257,9 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     bufs B(L);
     auto run = [&](const moe_args &aa, float *y, bool q8down) {
         for (unsigned b = 0; b < R; b++)
-            emu_block(R, b, MOE_WARPS * 32,
-                      [&] { k_router<>(aa, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data()); });
+            emu_block(R, b, MOE_WARPS * 32, [&] {
+                k_router<false, true>(aa, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data());
+            });
         const bool C = aa.slot_of != nullptr;
         for (unsigned b = 0; b < G; b++)
             emu_block(G, b, MOE_WARPS * 32, [&] {
@@ -268,8 +278,22 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     };
     std::vector<float> y(a.H, NAN), yc(a.H, NAN), yf(a.H, NAN);
     run(a, y.data(), true);
-    /* h: silu(g) u of the double products over the quantized x, g and u each within 5e-6 of their sums */
+    /* the router's logits: its rows over the quantized x (a bf16 shared-expert gate row over x) */
     const std::vector<double> xh = q8_of(x, a.H);
+    std::vector<double> xd(x, x + a.H);
+    for (int64_t e = 0; e < a.E + a.has_sg; e++) {
+        const bool sgr = e == a.E;
+        double c;
+        const double ref = emu_rdot_cond(sgr ? L.sgw : L.router, sgr ? 0 : e,
+                                         sgr && !mkc_is_aff(a.sgw.kind) ? xd.data() : xh.data(), &c);
+        if (!(fabs((double)B.logits[e] - ref) <= 5e-6 * c + 1e-30)) {
+            printf("FAIL %s (int8 x): router logit %lld: %.9g, reference %.9g\n", name, (long long)e,
+                   (double)B.logits[e], ref);
+            g_bad++;
+            return;
+        }
+    }
+    /* h: silu(g) u of the double products over the quantized x, g and u each within 5e-6 of their sums */
     double worst = 0.0;
     for (int64_t j = 0; j <= a.k; j++) {
         if (j == a.k && !a.has_shared)
@@ -407,6 +431,8 @@ static void run_case(const char *name, emu_layer L, int bits, bool router_only =
         return;
     }
     fold_router(name, a, L);
+    if (mkc_is_aff(a.router.kind))
+        fold_router(name, a, L, true);
     if (router_only) {
         emu_layer_free(&L);
         return;

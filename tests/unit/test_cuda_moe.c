@@ -341,15 +341,29 @@ static void run_case(const mcase *c) {
     float gw[32];
     double wref[32];
 
+    /* int8 activations (mk_cuda_set_act_int8: one token): the experts and an affine
+     * router multiply x as the CPU's quantizer leaves it (q8.c: xe), and the experts' h likewise, whose
+     * rounding (at most d_b / 2 a value, d_b = the block's max |h| / 127) the y bound below carries */
+    const bool q8 = mk_cuda_act_int8() && !c->stack;
+    double *xe = malloc((size_t)H * 8);
+    int8_t *xq = malloc((size_t)H);
+    float *xqd = malloc((size_t)(H / 32 + 1) * 4), *xqs = malloc((size_t)(H / 32 + 1) * 4);
+    assert_true(xe && xq && xqd && xqs);
+    const double *xr = q8 && L.router.w.fmt == MK_WF_AFFINE ? xe : xd;
     /* draw x until the top-k boundary is clear (see the header) */
     int tries = 0;
     for (;; tries++) {
         assert_true(tries < 50);
         for (int64_t j = 0; j < H; j++)
-            xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+            xe[j] = xd[j] = x[j] = ct_f(-1.0f, 1.0f);
+        if (q8) {
+            mk_q8_quant_blocks(x, H, 32, xq, xqd, xqs);
+            for (int64_t j = 0; j < H; j++)
+                xe[j] = (double)xq[j] * (double)xqd[j / 32];
+        }
         double mx = -INFINITY;
         for (int64_t e = 0; e < E; e++) {
-            lg[e] = rdot(&L.router, e, xd, buf, &cl[e]);
+            lg[e] = rdot(&L.router, e, xr, buf, &cl[e]);
             mx = lg[e] > mx ? lg[e] : mx;
         }
         double sum = 0.0;
@@ -395,25 +409,6 @@ static void run_case(const mcase *c) {
         wref[j] = (c->norm ? p[sel[j]] / wsum : p[sel[j]]) * c->scale;
     const double wrel = 4.0 * dlmax + 1e-6;
 
-    /* int8 activations (mk_cuda_set_act_int8: one token, generation 2): the experts multiply x as the
-     * CPU's quantizer leaves it (q8.c), and each expert's h likewise, whose rounding (at most d_b / 2 a
-     * value, d_b = the block's max |h| / 127) the y bound below then carries; the router keeps x */
-    const bool q8 = mk_cuda_act_int8() && !c->stack && mk_cuda_kernels() == 2;
-    double *xe = malloc((size_t)H * 8);
-    assert_non_null(xe);
-    for (int64_t j = 0; j < H; j++)
-        xe[j] = xd[j];
-    if (q8) {
-        int8_t *q = malloc((size_t)H);
-        float *qd = malloc((size_t)(H / 32) * 4), *qs = malloc((size_t)(H / 32) * 4);
-        assert_true(q && qd && qs);
-        mk_q8_quant_blocks(x, H, 32, q, qd, qs);
-        for (int64_t j = 0; j < H; j++)
-            xe[j] = (double)q[j] * (double)qd[j / 32];
-        free(q);
-        free(qd);
-        free(qs);
-    }
     /* h for the selected experts and the shared expert, with error bounds */
     for (int64_t t = 0; t < k * I + Is; t++) {
         const ct_wt *G = t < k * I ? &L.gate : &L.sg, *U = t < k * I ? &L.up : &L.su;
@@ -537,6 +532,9 @@ static void run_case(const mcase *c) {
     free(h);
     free(eh);
     free(xe);
+    free(xq);
+    free(xqd);
+    free(xqs);
 }
 
 /* Cases under both kernel generations (mk_cuda_set_kernels), same bounds:
@@ -703,20 +701,23 @@ static void test_moe_staged(void **state) {
     use_kernels(1);
 }
 
-/* int8 activations (mk_cuda_set_act_int8: k_gateup_q8, k_down2_q8) under
- * generation 2, every one-token case: h within its bound of the double
- * SwiGLU over the CPU's quantized x (the float kernels, off by the
- * quantization, miss it), y within its bound widened by h's rounding,
- * the routing exact; the emulation (tests/cli/cuda_emu_moe.sh) holds y to
- * the exact rule. The stack cases keep their own kernel. */
+/* int8 activations (mk_cuda_set_act_int8: k_router<F, true>, k_gateup_q8,
+ * k_down2_q8), every one-token case under both generations: the routing
+ * against the double logits of an affine router over the CPU's quantized x,
+ * h within its bound of the double SwiGLU over that x (the float kernels,
+ * off by the quantization, miss it), y within its bound widened by h's
+ * rounding; the emulation (tests/cli/cuda_emu_moe.sh) holds y to the exact
+ * rule. The stack cases keep their own kernel. */
 static void test_moe_act_int8(void **state) {
     CT_NEED_GPU();
-    use_kernels(2);
     mk_cuda_set_act_int8(true);
     printf("int8 activations\n");
-    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
-        if (!g_cases[i].stack)
-            run_case(&g_cases[i]);
+    for (int gen = 1; gen <= 2; gen++) {
+        use_kernels(gen);
+        for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+            if (!g_cases[i].stack)
+                run_case(&g_cases[i]);
+    }
     mk_cuda_set_act_int8(false);
     use_kernels(1);
 }
