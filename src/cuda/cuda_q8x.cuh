@@ -68,39 +68,77 @@ template <int BITS> __device__ __forceinline__ int64_t mkc_q8_pos(int64_t b, int
     return (h * nb + b) * 16 + (e & 8) + (k & 1) * 4 + (k >> 1);
 }
 
-/* Quantize the s.nb * 32 values of x (global or shared; values from n1
- * on from x2 instead, at x2[i - n1]: two vectors quantized as one, n1 a
- * multiple of 32 so no block straddles them) into s, the whole block (its
- * warps take blocks of 32 in turn, lane l value l); the caller
- * synchronises before reading s. */
+/* Quantize the s.nb * 32 values of x (global or shared, 16-byte aligned;
+ * values from n1 on from x2 instead, at x2[i - n1]: two vectors quantized
+ * as one, n1 a multiple of 32 so no block straddles them) into s, with the
+ * whole block (blockDim a multiple of 32); the caller synchronises before
+ * reading s. A thread takes 8 values, four consecutive lanes a block of
+ * 32: its max |x| by the bits of |x| (non-negative floats order as their
+ * bits, and a NaN's or an infinity's bits are above every finite value's,
+ * so one integer max finds the block's amax and whether it is finite) and
+ * two shuffles, its q sum by two more. The first version gave a warp a
+ * whole block per step (a lane a value: ten shuffles and two divisions
+ * per 32 values), 8x the instructions, which every block of a GEMV spends
+ * before its first product. */
 template <int BITS>
 __device__ __forceinline__ void mkc_q8_stage2(const float *x, int64_t n1, const float *x2, const mkc_q8s &s) {
-    const int lane = threadIdx.x & 31;
-    const int64_t nw = blockDim.x >> 5;
-    for (int64_t b = threadIdx.x >> 5; b < s.nb; b += nw) {
-        const int64_t i = b * MKC_Q8B + lane;
-        const float v = i < n1 ? x[i] : x2[i - n1], a = fabsf(v);
-        const bool ok = a <= 3.40282347e38f; /* not NaN or infinity */
-        float amax = ok ? a : 0.0f, nbad = ok ? 0.0f : 1.0f;
+    const int64_t nt = s.nb * 4, nt32 = (nt + 31) & ~(int64_t)31; /* whole warps at every shuffle */
+    for (int64_t i = threadIdx.x; i < nt32; i += blockDim.x) {
+        const bool live = i < nt;
+        float v[8];
+        if (live) {
+            const float4 *p = (const float4 *)(8 * i < n1 ? x + 8 * i : x2 + (8 * i - n1));
+            const float4 a = p[0], b = p[1];
+            v[0] = a.x, v[1] = a.y, v[2] = a.z, v[3] = a.w, v[4] = b.x, v[5] = b.y, v[6] = b.z, v[7] = b.w;
+        } else {
 #pragma unroll
-        for (int m = 16; m > 0; m >>= 1) {
-            amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, m));
-            nbad = fmaxf(nbad, __shfl_xor_sync(0xffffffffu, nbad, m));
+            for (int k = 0; k < 8; k++)
+                v[k] = 0.0f;
         }
-        int qv = 0;
+        uint32_t m = 0;
+#pragma unroll
+        for (int k = 0; k < 8; k++) {
+            const uint32_t u = __float_as_uint(v[k]) & 0x7fffffffu;
+            m = u > m ? u : m;
+        }
+#pragma unroll
+        for (int o = 1; o < 4; o <<= 1) {
+            const uint32_t u = __shfl_xor_sync(0xffffffffu, m, o);
+            m = u > m ? u : m;
+        }
+        int q[8] = {0, 0, 0, 0, 0, 0, 0, 0};
         float d;
-        if (nbad > 0.0f || amax == 0.0f) {
-            d = nbad > 0.0f ? __uint_as_float(0x7fc00000u) : 0.0f;
+        const float amax = __uint_as_float(m);
+        if (m > 0x7f7fffffu || m == 0) { /* a NaN or infinity (d NaN), or all zero (d 0): q 0 */
+            d = m ? __uint_as_float(0x7fc00000u) : 0.0f;
         } else {
             const float id = mkc_div_rn(127.0f, amax);
-            qv = (int)rintf(mkc_mul_rn(v, id));
+#pragma unroll
+            for (int k = 0; k < 8; k++)
+                q[k] = (int)rintf(mkc_mul_rn(v[k], id));
             d = mkc_div_rn(amax, 127.0f);
         }
-        s.q[mkc_q8_pos<BITS>(b, lane, s.nb)] = (int8_t)qv;
-        const float qs = mkc_warp_sum((float)qv); /* |sum| <= 32 * 127: exact */
-        if (lane == 0) {
+        int qs = ((q[0] + q[1]) + (q[2] + q[3])) + ((q[4] + q[5]) + (q[6] + q[7]));
+        qs += __shfl_xor_sync(0xffffffffu, qs, 1);
+        qs += __shfl_xor_sync(0xffffffffu, qs, 2); /* the block's: |sum| <= 32 * 127 */
+        if (!live)
+            continue;
+        const int64_t b = i >> 2;
+        const int e0 = (int)(i & 3) * 8; /* the thread's first value in its block */
+        auto byte = [&](int k) { return (uint32_t)(uint8_t)(int8_t)q[k]; };
+        uint2 w;
+        if (BITS == 4) { /* [0 2 4 6 | 1 3 5 7]: the masked and the shifted nibbles of a word */
+            w.x = byte(0) | byte(2) << 8 | byte(4) << 16 | byte(6) << 24;
+            w.y = byte(1) | byte(3) << 8 | byte(5) << 16 | byte(7) << 24;
+            *(uint2 *)(s.q + mkc_q8_pos<4>(b, e0, s.nb)) = w;
+        } else {
+            w.x = byte(0) | byte(1) << 8 | byte(2) << 16 | byte(3) << 24;
+            w.y = byte(4) | byte(5) << 8 | byte(6) << 16 | byte(7) << 24;
+            *(uint2 *)(s.q + mkc_q8_pos<8>(b, e0, s.nb)) = w;
+        }
+        if (e0 == 0) {
             s.d[b] = d;
-            s.xd[b] = mkc_mul_rn(d, qs);
+            s.xd[b] = mkc_mul_rn(d, (float)qs);
         }
     }
 }

@@ -30,9 +30,10 @@ cmp -s "$ROOT/src/cuda/cuda_impl.cuh" "$T/src/cuda/cuda_impl.cuh" && fail "the c
 emu_build "$T/emu_bad" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the control does not build"
 if "$T/emu_bad" mxfp4 > "$T/bad.log"; then fail "the emulation passed a broken E8M0 decode"; fi
 grep -q "FAIL mxfp4" "$T/bad.log" || fail "the control failed elsewhere than MXFP4: $(head -3 "$T/bad.log")"
-# a second control: the int8 x of 4-bit rows laid out with the codes' parity swapped (the
-# masked bytes then meet the wrong values) must fail the products, not the staging
-sed 's/(k \& 1) \* 4 + (k >> 1)/(k >> 1) * 4 + (k \& 1)/' "$ROOT/src/cuda/cuda_q8x.cuh" > "$T/src/cuda/cuda_q8x.cuh"
+# a second control: the int8 x of 4-bit rows packed with the even and odd values swapped (the
+# masked nibbles then meet the shifted ones' x) must fail the 4-bit products, no 8-bit case
+sed -e 's/w.x = byte(0) | byte(2) << 8/w.x = byte(1) | byte(3) << 8/' \
+    -e 's/w.y = byte(1) | byte(3) << 8/w.y = byte(0) | byte(2) << 8/' "$ROOT/src/cuda/cuda_q8x.cuh" > "$T/src/cuda/cuda_q8x.cuh"
 cmp -s "$ROOT/src/cuda/cuda_q8x.cuh" "$T/src/cuda/cuda_q8x.cuh" && fail "the q8 control's edit did not apply"
 rm "$T/src/cuda/cuda_impl.cuh"
 emu_build "$T/emu_bad8" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the q8 control does not build"

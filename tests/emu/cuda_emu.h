@@ -214,6 +214,13 @@ inline uint32_t __float_as_uint(float f) {
     std::memcpy(&u, &f, 4);
     return u;
 }
+// integer shuffles: the bits through the float buffer (moved, never converted)
+inline unsigned __shfl_xor_sync(unsigned m, unsigned v, int o) {
+    return __float_as_uint(__shfl_xor_sync(m, __uint_as_float(v), o));
+}
+inline int __shfl_xor_sync(unsigned m, int v, int o) {
+    return (int)__shfl_xor_sync(m, (unsigned)v, o);
+}
 // byte i of the result: byte (s >> 4i) & 7 of the 8 bytes {y:x}
 inline uint32_t __byte_perm(uint32_t x, uint32_t y, uint32_t s) {
     const uint64_t v = (uint64_t)y << 32 | x;
