@@ -123,14 +123,16 @@ static bool q8_takes(const mkc_gemv_n &a, bool fold, size_t *smem) {
     return true;
 }
 
+/* n tokens: one matrix (a.count 1), no fold */
 static mk_status q8_launch(const mkc_gemv_n &a, int64_t warps, const float *x, bool accumulate, bool fold,
-                           size_t smem, cudaStream_t stream) {
+                           size_t smem, cudaStream_t stream, int64_t n = 1) {
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
-    if (blocks > 0x7fffffff)
-        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld warps exceed one launch", (long long)warps);
-    MKC_TRY(mkc_launch(fold ? k_gemv_q8<true> : k_gemv_q8<false>, dim3((unsigned)blocks), dim3(GEMV_WARPS * 32),
+    if (blocks > 0x7fffffff / n)
+        return mk_err(MK_E_UNSUPPORTED, "gemv: %lld warps x %lld tokens exceed one launch", (long long)warps,
+                      (long long)n);
+    MKC_TRY(mkc_launch(fold ? k_gemv_q8<true> : k_gemv_q8<false>, dim3((unsigned)(blocks * n)), dim3(GEMV_WARPS * 32),
                        smem, stream, mk_cuda_step_pdl(), a, x, accumulate ? 1 : 0,
-                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV)),
+                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV), (int)n),
             fold ? "launching the int8-activation gemv with the residual norm folded in"
                  : "launching the int8-activation gemv");
     return MK_OK;
@@ -151,7 +153,7 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
                       "aligned), found %lld", (long long)n, (long long)w->cols);
     if (w->rows == 0 || n <= 0)
         return MK_OK;
-    if (n == 1) {
+    {
         mkc_gemv_n a;
         memset(&a, 0, sizeof a);
         a.count = 1;
@@ -159,8 +161,15 @@ extern "C" mk_status mk_cuda_gemv_each(const mk_wt *w, const float *x, int64_t n
         a.y[0] = y;
         a.wend[0] = (w->rows + GEMV_ROWS - 1) / GEMV_ROWS; /* k_gemv_q8 deals warps by it */
         size_t qsm;
-        if (q8_takes(a, false, &qsm))
-            return q8_launch(a, a.wend[0], x, accumulate, false, qsm, (cudaStream_t)stream);
+        if (q8_takes(a, false, &qsm)) /* every token on int8 x (the CPU's batch-invariant products too) */
+            return q8_launch(a, a.wend[0], x, accumulate, false, qsm, (cudaStream_t)stream, n);
+    }
+    if (n == 1) {
+        mkc_gemv_n a;
+        memset(&a, 0, sizeof a);
+        a.count = 1;
+        a.w[0] = v;
+        a.y[0] = y;
         mk_status st;
         if (gemvs_launch(a, x, accumulate, (cudaStream_t)stream, &st))
             return st;

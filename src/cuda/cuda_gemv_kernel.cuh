@@ -150,14 +150,19 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
  * (mkc_q8s_bytes; with F, first the residual step's rmsnorm(an.x + an.y)
  * * an.g staged in floats before it, as k_gemv_n<P, true> stages it), then
  * each warp computes GEMV_ROWS rows of its matrix (mkc_gemv_n's dealing)
- * with dp4a. accumulate: y += W x. */
+ * with dp4a. accumulate: y += W x. nt tokens (one matrix: x [nt, cols],
+ * y [nt, rows], as k_gemv's): block b does the one-token launch's block
+ * b / nt for token b % nt, quantizing that token's x, so each row is
+ * bitwise its one-token launch's (the CPU quantizes each token of a
+ * batch alike). */
 template <bool F = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_constant__ mkc_gemv_n a,
                                                                const float *__restrict__ xg, int accumulate,
-                                                               int pf = 0) {
+                                                               int pf = 0, int nt = 1) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int lane = threadIdx.x & 31;
-    const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
+    const int64_t tok = blockIdx.x % (unsigned)nt;
+    const int64_t warp = (int64_t)(blockIdx.x / (unsigned)nt) * GEMV_WARPS + (threadIdx.x >> 5);
     int m = 0;
     while (m < a.count - 1 && warp >= a.wend[m])
         m++;
@@ -168,7 +173,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_consta
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
     mkc_pdl_enter();
     const int64_t cols = a.w[0].cols;
-    const float *x = xg;
+    const float *x = xg + tok * cols;
     uint8_t *sm = (uint8_t *)mkc_sm4;
     if constexpr (F) { /* every block, live or not: the fold's ticket counts the grid */
         mkc_addnorm_run(a.an, (float *)sm, 0);
@@ -187,7 +192,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_consta
         rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
     float acc[GEMV_ROWS];
     mkc_q8_dot_rows<GEMV_ROWS>(w, rows, xq, lane, acc);
-    float *y = a.y[m];
+    float *y = a.y[m] + tok * w.rows;
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {
         const float v = mkc_warp_sum(acc[i]);

@@ -238,11 +238,22 @@ static int64_t moes_per(int64_t units, int64_t fixed, int64_t per_unit) {
 /* A kernel's static shared memory (the whole 48 KB when it cannot be read,
  * so that nothing more is asked of it) */
 static int64_t kernel_static_smem(const void *k) {
+    static const void *known[4];
+    static int64_t size[4];
+    for (int i = 0; i < 4 && known[i]; i++)
+        if (known[i] == k)
+            return size[i];
     cudaFuncAttributes fa;
     if (cudaFuncGetAttributes(&fa, k) != cudaSuccess) {
         (void)cudaGetLastError();
         return MKC_SMEM_MAX;
     }
+    for (int i = 0; i < 4; i++)
+        if (!known[i]) { /* asked once per kernel (every MoE step asks) */
+            known[i] = k;
+            size[i] = (int64_t)fa.sharedSizeBytes;
+            break;
+        }
     return (int64_t)fa.sharedSizeBytes;
 }
 
@@ -293,11 +304,11 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         srx = (size_t)a.H * 4;
         *taken = true;
     }
-    /* int8 activations, one token: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
+    /* int8 activations: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
     const void *rk = f ? (const void *)k_router<true, true> : (const void *)k_router<false, true>;
-    const bool rq8 = mk_cuda_act_int8() && n == 1 && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
+    const bool rq8 = mk_cuda_act_int8() && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
     if (rq8)
-        srx += (size_t)mkc_q8s_bytes(a.H);
+        srx = (size_t)moe_q8_router_smem(a, f != NULL);
     if (parts & 1)
         MKC_TRY(launch(rq8 ? (f ? k_router<true, true> : k_router<false, true>)
                            : (f ? k_router<true> : k_router<false>),
@@ -332,12 +343,12 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         if (dper && !mkc_smem_opt_in((const void *)(cc ? k_down_s<true> : k_down_s<false>), MOES_BUDGET))
             dper = 0;
     }
-    /* int8 activations (mk_cuda_set_act_int8), one token: the CPU's int8 decode rule for the experts
+    /* int8 activations (mk_cuda_set_act_int8): the CPU's int8 decode rule for the experts, each token's
      * (the router's above) */
-    const bool q8 = mk_cuda_act_int8() && n == 1 && !st && moe_q8_takes(a);
+    const bool q8 = mk_cuda_act_int8() && !st && moe_q8_takes(a);
     const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
     if ((parts & 2) && q8) {
-        MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2), q8x, s,
+        MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, q8x, s,
                        pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc),
                 "launching the experts' gate/up (int8 activations)");
     } else if ((parts & 2) && gper) {
@@ -358,7 +369,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
     if ((parts & 4) && q8) {
-        MKC_TRY(launch(cc ? k_down2_q8<true> : k_down2_q8<false>, nblocks(a.H), q8h, s, pdl, a,
+        MKC_TRY(launch(cc ? k_down2_q8<true> : k_down2_q8<false>, nblocks(a.H) * nt, q8h, s, pdl, a,
                        (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
                        (const float *)ws->logits, y, accumulate ? 1 : 0, (const int32_t *)ws->loc),
                 "launching the experts' down (int8 activations)");
@@ -398,6 +409,14 @@ extern "C" mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx,
     MK_TRY(mk_cuda_sync());
     MK_TRY(mk_cuda_download(idx, ws->idx, (size_t)ws->k * sizeof *idx));
     MK_TRY(mk_cuda_download(w, ws->w, (size_t)ws->k * sizeof *w));
+    return MK_OK;
+}
+
+extern "C" mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h, float *hs) {
+    MK_TRY(mk_cuda_sync());
+    MK_TRY(mk_cuda_download(h, ws->h, (size_t)(ws->k * ws->I) * sizeof *h));
+    if (ws->Is > 0 && hs)
+        MK_TRY(mk_cuda_download(hs, ws->hs, (size_t)ws->Is * sizeof *hs));
     return MK_OK;
 }
 

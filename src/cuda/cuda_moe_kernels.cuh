@@ -154,10 +154,11 @@ __device__ __forceinline__ const float *router_x(const moe_args &a, const float 
 /* ticket: the token's (the last block ranks, and finishes a fold: every
  * block staged before it took the ticket). F: a.an.x is set (the fold's
  * instance; the plain one is compiled without it). Q: int8 activations
- * (mk_cuda_set_act_int8, one token; moe_q8_router): every block quantizes
- * x into its shared memory after the fold's floats, and the affine rows of
- * the router's code width are summed from it (cuda_q8x.cuh; a shared-expert
- * gate row of another kind keeps float x). */
+ * (mk_cuda_set_act_int8; moe_q8_router): every block quantizes its token's
+ * x into its shared memory after the fold's floats, in the router's layout
+ * (and the other width's for an affine shared-expert gate row of the other
+ * code width), and the affine rows are summed from it (cuda_q8x.cuh); a
+ * bf16 shared-expert gate row keeps float x, as on the CPU. */
 template <bool F = false, bool Q = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_router(const moe_args a, const float *__restrict__ x, float *logits, int32_t *idx, float *w,
@@ -186,28 +187,35 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         router_prime_any(rw, row, lane, p);
     mkc_pdl_enter();
     const float *xr = F ? router_x(a, x, red) : x; /* every block: the fold's barriers */
-    mkc_q8s xq;
-    const bool r4 = a.router.kind <= MKC_A4_F16; /* the staged x's layout: the router's code width */
+    /* Q: x quantized in the router's layout (its code width), and in the other one too when an affine
+     * shared-expert gate row has the other width (moe_q8_router sized both) */
+    mkc_q8s xq[2];
+    const bool r4 = a.router.kind <= MKC_A4_F16;
     if constexpr (Q) {
         MKC_DYN_SMEM(float4, mkc_sm4);
-        xq = mkc_q8s_at((uint8_t *)mkc_sm4 + (F ? (int64_t)a.H * 4 : 0), a.H);
-        if (r4)
-            mkc_q8_stage<4>(xr, a.H, xq);
-        else
-            mkc_q8_stage<8>(xr, a.H, xq);
+        uint8_t *base = (uint8_t *)mkc_sm4 + (F ? (int64_t)a.H * 4 : 0);
+        const bool two = a.has_sg && mkc_is_aff(a.sgw.kind) && (a.sgw.kind <= MKC_A4_F16) != r4;
+        for (int l = 0; l < (two ? 2 : 1); l++) {
+            xq[l] = mkc_q8s_at(base + l * mkc_q8s_span(a.H), a.H);
+            if (r4 == (l == 0))
+                mkc_q8_stage<4>(xr, a.H, xq[l]);
+            else
+                mkc_q8_stage<8>(xr, a.H, xq[l]);
+        }
         __syncthreads();
     }
-    /* this row on int8 x: affine, of the router's code width */
-    const bool rq = Q && mkc_is_aff(rw.kind) && (rw.kind <= MKC_A4_F16) == r4;
+    /* this row on int8 x: affine (the CPU quantizes x for every affine product) */
+    const bool rq = Q && mkc_is_aff(rw.kind), w4 = rw.kind <= MKC_A4_F16;
     if (mine) {
         float acc = 0.0f;
         if (rq && primed) {
-            acc = r4 ? mkc_primed_dot_q8<4, ROUTER_U>(p, rw.row_bytes / 16, xq, lane)
-                     : mkc_primed_dot_q8<8, ROUTER_U>(p, rw.row_bytes / 16, xq, lane);
+            const mkc_q8s &xw = xq[w4 == r4 ? 0 : 1];
+            acc = w4 ? mkc_primed_dot_q8<4, ROUTER_U>(p, rw.row_bytes / 16, xw, lane)
+                     : mkc_primed_dot_q8<8, ROUTER_U>(p, rw.row_bytes / 16, xw, lane);
         } else if (rq) {
             const mkc_w *ws[1] = {&rw};
             const int64_t rows[1] = {row};
-            mkc_q8_dot_rows_w<1>(ws, rows, xq, lane, &acc);
+            mkc_q8_dot_rows_w<1>(ws, rows, xq[w4 == r4 ? 0 : 1], lane, &acc);
         } else if (primed) {
             acc = router_primed_dot(rw, p, xr, lane);
         } else {
@@ -560,8 +568,9 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
 }
 
 /* ---- int8 activations (k_gateup_q8, k_down2_q8; mk_cuda_set_act_int8) ----
- * One token, MLX affine experts (the shared expert of the same kind and
- * width), the CPU's int8 decode rule (cuda_q8x.cuh): k_gateup_q8 quantizes
+ * MLX affine experts (the shared expert of the same kind and width), the
+ * CPU's int8 decode rule (cuda_q8x.cuh), one token or a batched step's
+ * (each token's rows bitwise its one-token step's): k_gateup_q8 quantizes
  * x in every block and computes k_gateup's row pairs from it; k_down2_q8
  * quantizes the k experts' h and the shared expert's hs as one vector (each
  * a whole number of 32-value blocks, so each is quantized as the CPU
@@ -574,6 +583,11 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     mkc_pdl_enter();
     int tok;
     const int64_t blk = gateup_block(a, &tok);
+    xg += (int64_t)tok * a.H;
+    idx += (int64_t)tok * a.ks;
+    loc = loc ? loc + (int64_t)tok * a.ks : loc;
+    h += (int64_t)tok * a.hstr;
+    hs += (int64_t)tok * a.hsstr;
     const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
     if (a.gate.kind <= MKC_A4_F16)
         mkc_q8_stage<4>(xg, a.H, xq);
@@ -618,8 +632,8 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
 }
 
 /* Host: whether k_gateup_q8 and k_down2_q8 take a's layer (one token):
- * affine experts, gate and up of one kind (the shared expert's as the
- * routed ones', the cache's slots as the experts'), groups of 32 values
+ * affine experts, gate and up of one kind and group (the shared expert's
+ * as the routed ones', the cache's slots as the experts'), groups of 32 values
  * or more, x, h and hs whole 32-value blocks, their quantized copies in
  * the 48 KB a launch gets */
 static inline bool moe_q8_takes(const moe_args &a) {
@@ -627,7 +641,7 @@ static inline bool moe_q8_takes(const moe_args &a) {
     for (const mkc_w *w : ws)
         if (!mkc_is_aff(w->kind) || w->gshift < 5 || ((uintptr_t)w->data & 15))
             return false;
-    if (a.up.kind != a.gate.kind || a.H % 32 || a.I % 32 || a.Is % 32 ||
+    if (a.up.kind != a.gate.kind || a.up.gshift != a.gate.gshift || a.H % 32 || a.I % 32 || a.Is % 32 ||
         mkc_q8s_bytes(a.H) > MKC_SMEM_MAX || mkc_q8s_bytes((int64_t)a.k * a.I + a.Is) > MKC_SMEM_MAX - 512)
         return false;
     if (a.slot_of) {
@@ -641,18 +655,31 @@ static inline bool moe_q8_takes(const moe_args &a) {
         for (int i = 0; i < 3; i++)
             if (ss[i]->kind != ws[i]->kind || ss[i]->gshift < 5 || ((uintptr_t)ss[i]->data & 15))
                 return false;
+        if (a.shu.gshift != a.shg.gshift) /* k_gateup_q8 reads a row pair's gate and up by one group size */
+            return false;
     }
     return true;
 }
 
-/* Host: whether k_router takes int8 x (one token): an affine router of
- * groups of 32 or more over whole 32-value blocks, its quantized x after
- * the fold's floats (fold: H floats) in the 48 KB a launch gets, less
- * static_smem */
+/* Host: k_router<F, true>'s dynamic shared memory: the fold's floats, x
+ * in the router's layout, and in the other one when an affine
+ * shared-expert gate row has the other code width */
+static inline int64_t moe_q8_router_smem(const moe_args &a, bool fold) {
+    const bool two = a.has_sg && mkc_is_aff(a.sgw.kind) &&
+                     (a.sgw.kind <= MKC_A4_F16) != (a.router.kind <= MKC_A4_F16);
+    return (fold ? (int64_t)a.H * 4 : 0) + (two ? 2 : 1) * mkc_q8s_span(a.H);
+}
+
+/* Host: whether k_router takes int8 x: an affine router (and an affine
+ * shared-expert gate row) of groups of 32 or more over whole 32-value
+ * blocks, its shared memory (moe_q8_router_smem) in the 48 KB a launch
+ * gets, less static_smem. A router in another format keeps float x, its
+ * shared-expert gate row too. */
 static inline bool moe_q8_router(const moe_args &a, bool fold, int64_t static_smem) {
+    const bool sga = a.has_sg && mkc_is_aff(a.sgw.kind);
     return mkc_is_aff(a.router.kind) && a.router.gshift >= 5 && a.H % 32 == 0 && ((uintptr_t)a.router.data & 15) == 0 &&
-           (!a.has_sg || !mkc_is_aff(a.sgw.kind) || a.sgw.gshift >= 5) &&
-           (fold ? (int64_t)a.H * 4 : 0) + mkc_q8s_bytes(a.H) + static_smem <= MKC_SMEM_MAX;
+           (!sga || (a.sgw.gshift >= 5 && ((uintptr_t)a.sgw.data & 15) == 0)) &&
+           moe_q8_router_smem(a, fold) + static_smem <= MKC_SMEM_MAX;
 }
 
 /* down2_use on the quantized activations: task i's values from offset

@@ -50,7 +50,12 @@ __host__ __device__ __forceinline__ int64_t mkc_q8s_bytes(int64_t cols) {
     return cols + 2 * (cols / MKC_Q8B) * 4;
 }
 
-/* The layout in the `cols` bytes from p (16-byte aligned) */
+/* The same rounded up to 16 bytes: where a second layout may follow */
+__host__ __device__ __forceinline__ int64_t mkc_q8s_span(int64_t cols) {
+    return (mkc_q8s_bytes(cols) + 15) & ~(int64_t)15;
+}
+
+/* The layout in the mkc_q8s_bytes(cols) bytes from p (16-byte aligned) */
 __device__ __forceinline__ mkc_q8s mkc_q8s_at(void *p, int64_t cols) {
     mkc_q8s s;
     s.nb = cols / MKC_Q8B;

@@ -202,6 +202,9 @@ mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const flo
 mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) {
     return no_cuda();
 }
+mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h, float *hs) {
+    return no_cuda();
+}
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
     return 0;
 }

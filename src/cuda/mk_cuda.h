@@ -308,6 +308,10 @@ mk_status mk_cuda_moe_step_n(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const flo
 /* Copy the last step's routing to the host (tests, --verify, profiling):
  * idx[top_k] expert ids in selection order, w[top_k] their weights. Syncs. */
 mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w);
+/* Copy the last step's expert activations of token 0 to the host (tests):
+ * h[top_k * inter] (choice by choice, silu(gate x) * up x) and, with a
+ * shared expert, hs[shared_inter] (hs may be NULL otherwise). Syncs. */
+mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h, float *hs);
 /* Weight bytes one step reads: router + shared gate + k routed experts +
  * shared expert (data, scales, biases). The roofline numerator. */
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m);

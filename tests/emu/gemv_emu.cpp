@@ -261,6 +261,33 @@ static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, 
         if (!acc)
             printf("q8 %-30s staged x bitwise q8.c's; products worst |diff|/bound %.3g\n", name, worst);
     }
+    /* three tokens in one launch (mk_cuda_gemv_each): each row bitwise its one-token launch's */
+    {
+        mkc_gemv_n a1;
+        std::memset(&a1, 0, sizeof a1);
+        a1.count = 1;
+        a1.w[0] = v;
+        a1.wend[0] = (rows + GEMV_ROWS - 1) / GEMV_ROWS;
+        const int64_t b1 = (a1.wend[0] + GEMV_WARPS - 1) / GEMV_WARPS;
+        std::vector<float> x3(3 * cols), y3(3 * rows, NAN), y1(rows);
+        for (int64_t j = 0; j < 3 * cols; j++)
+            x3[j] = j < cols ? x[j] : emu_rand(-1.0f, 1.0f);
+        a1.y[0] = y3.data();
+        for (int64_t b = 0; b < 3 * b1; b++)
+            emu_block((unsigned)(3 * b1), (unsigned)b, GEMV_WARPS * 32,
+                      [&] { k_gemv_q8<false>(a1, x3.data(), 0, 0, 3); });
+        for (int tk = 0; tk < 3; tk++) {
+            std::fill(y1.begin(), y1.end(), NAN);
+            a1.y[0] = y1.data();
+            for (int64_t b = 0; b < b1; b++)
+                emu_block((unsigned)b1, (unsigned)b, GEMV_WARPS * 32,
+                          [&] { k_gemv_q8<false>(a1, x3.data() + tk * cols, 0); });
+            if (std::memcmp(y1.data(), y3.data() + tk * rows, rows * 4)) {
+                printf("FAIL q8 %s: token %d of a 3-token launch differs from its one-token launch\n", name, tk);
+                bad++;
+            }
+        }
+    }
     /* the fold: k_add_rmsnorm then k_gemv_q8 of its xb, against k_gemv_q8<true> */
     if ((int64_t)mkc_q8s_bytes(cols) + cols * 4 <= 48 * 1024 - 256) {
         std::vector<float> xr(cols), yr(cols), g(cols), xbr(cols, NAN), xf, yf, xbf(cols, NAN);

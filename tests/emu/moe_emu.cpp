@@ -232,6 +232,23 @@ static void fold_router(const char *name, const moe_args &a, const emu_layer &L,
                           !std::memcmp(B1.idx.data(), B2.idx.data(), a.k * 4) &&
                           !std::memcmp(B1.w.data(), B2.w.data(), a.k * 4) &&
                           !std::memcmp(xr.data(), xf.data(), H * 4) && !std::memcmp(xbr.data(), xbf.data(), H * 4);
+        /* the int8 router's logits (the unfolded one, finite draws) against the double rows over the
+         * quantized xb: the affine rows (the router, an affine shared-expert gate row of either width)
+         * over q8.c's quantization, a bf16 one over xb itself */
+        for (int64_t e = 0; Q && draw < 4 && e < a.E + a.has_sg; e++) {
+            const bool sgr = e == a.E;
+            const std::vector<double> xh = q8_of(xbr.data(), H);
+            std::vector<double> xd(xbr.begin(), xbr.end());
+            double c;
+            const double ref = emu_rdot_cond(sgr ? L.sgw : L.router, sgr ? 0 : e,
+                                             sgr && !mkc_is_aff(a.sgw.kind) ? xd.data() : xh.data(), &c);
+            if (!(fabs((double)B1.logits[e] - ref) <= 5e-6 * c + 1e-30)) {
+                printf("FAIL %s (int8 x): router logit %lld: %.9g, reference %.9g\n", name, (long long)e,
+                       (double)B1.logits[e], ref);
+                g_bad++;
+                return;
+            }
+        }
         const bool check = kf == fr.key && (kf == ~0ull || !std::memcmp(&vf, &fr.val, 4)) &&
                            (draw < 4 ? kf == ~0ull : kf == (3ull << 40 | (unsigned long long)(H / 2)));
         if (!same || !check || B2.ticket != 0) {
@@ -285,7 +302,7 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         const bool sgr = e == a.E;
         double c;
         const double ref = emu_rdot_cond(sgr ? L.sgw : L.router, sgr ? 0 : e,
-                                         sgr && !mkc_is_aff(a.sgw.kind) ? xd.data() : xh.data(), &c);
+                                         sgr && !mkc_is_aff(a.sgw.kind) ? xd.data() : xh.data(), &c); /* as rq */
         if (!(fabs((double)B.logits[e] - ref) <= 5e-6 * c + 1e-30)) {
             printf("FAIL %s (int8 x): router logit %lld: %.9g, reference %.9g\n", name, (long long)e,
                    (double)B.logits[e], ref);
@@ -392,8 +409,57 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         printf("FAIL %s (int8 x): experts read from the cache changed y\n", name);
         g_bad++;
     }
-    printf("%-58s int8 x: h worst |diff|/bound %.3g, y %.3g; cache bitwise; float down off the rule at %d rows\n",
-           name, worst, worst_y, misses_f);
+    /* a batched step of NT tokens (the third a copy of the first), both gate/up orders: every row
+     * bitwise its one-token int8 step's */
+    std::vector<float> xs((size_t)NT * a.H), ys((size_t)NT * a.H), yb((size_t)NT * a.H);
+    for (int t = 0; t < NT; t++)
+        for (int64_t i = 0; i < a.H; i++)
+            xs[(size_t)t * a.H + i] = t == 0 ? x[i] : t == 2 ? xs[i] : emu_rand(-1.0f, 1.0f);
+    for (int t = 0; t < NT; t++) {
+        bufs B1(L);
+        const float *xt = xs.data() + (size_t)t * a.H;
+        float *yt = ys.data() + (size_t)t * a.H;
+        for (unsigned b = 0; b < R; b++)
+            emu_block(R, b, MOE_WARPS * 32, [&] {
+                k_router<false, true>(a, xt, B1.logits.data(), B1.idx.data(), B1.w.data(), &B1.ticket, B1.loc.data());
+            });
+        for (unsigned b = 0; b < G; b++)
+            emu_block(G, b, MOE_WARPS * 32,
+                      [&] { k_gateup_q8<false>(a, xt, B1.idx.data(), B1.h.data(), B1.hs.data(), B1.loc.data()); });
+        for (unsigned b = 0; b < D; b++)
+            emu_block(D, b, MOE_WARPS * 32, [&] {
+                k_down2_q8<false>(a, B1.idx.data(), B1.w.data(), B1.h.data(), B1.hs.data(), B1.logits.data(), yt, 0,
+                                  B1.loc.data());
+            });
+    }
+    for (int ga = 0; ga < (a.I % (2 * MOE_WARPS) == 0 ? 2 : 1); ga++) {
+        bufs_n Bn(a, NT, ga);
+        std::fill(yb.begin(), yb.end(), NAN);
+        const unsigned n = NT;
+        for (unsigned b = 0; b < R * n; b++)
+            emu_block(R * n, b, MOE_WARPS * 32, [&] {
+                k_router<false, true>(Bn.a, xs.data(), Bn.logits.data(), Bn.idx.data(), Bn.w.data(), Bn.ticket.data(),
+                                      Bn.loc.data());
+            });
+        for (unsigned b = 0; b < G * n; b++)
+            emu_block(G * n, b, MOE_WARPS * 32, [&] {
+                k_gateup_q8<false>(Bn.a, xs.data(), Bn.idx.data(), Bn.h.data(), Bn.hs.data(), Bn.loc.data());
+            });
+        for (unsigned b = 0; b < D * n; b++)
+            emu_block(D * n, b, MOE_WARPS * 32, [&] {
+                k_down2_q8<false>(Bn.a, Bn.idx.data(), Bn.w.data(), Bn.h.data(), Bn.hs.data(), Bn.logits.data(),
+                                  yb.data(), 0, Bn.loc.data());
+            });
+        for (int t = 0; t < NT; t++)
+            if (std::memcmp(yb.data() + (size_t)t * a.H, ys.data() + (size_t)t * a.H, (size_t)a.H * 4)) {
+                printf("FAIL %s (int8 x, gate/up order %d): batched row %d differs from its one-token step\n", name,
+                       ga, t);
+                g_bad++;
+                break;
+            }
+    }
+    printf("%-58s int8 x: h worst |diff|/bound %.3g, y %.3g; cache bitwise; %d tokens batched bitwise; float down "
+           "off the rule at %d rows\n", name, worst, worst_y, NT, misses_f);
 }
 
 static void run_case(const char *name, emu_layer L, int bits, bool router_only = false) {

@@ -337,6 +337,8 @@ static void run_case(const mcase *c) {
     float *buf = malloc((size_t)W * 4);
     double *xd = malloc((size_t)H * 8), *lg = malloc((size_t)E * 8), *cl = malloc((size_t)E * 8);
     double *p = malloc((size_t)E * 8), *ch = malloc((size_t)E * 8), *h = malloc((size_t)(k * I + Is) * 8), *eh = malloc((size_t)(k * I + Is) * 8);
+    float *hdev = malloc((size_t)(k * I + Is) * 4);
+    assert_non_null(hdev);
     int32_t sel[32], gidx[32];
     float gw[32];
     double wref[32];
@@ -444,6 +446,7 @@ static void run_case(const mcase *c) {
     } else {
         step_once(c, &m, ws, dx, dy, y0, y, H);
         CT_OK(mk_cuda_moe_routing(ws, gidx, gw));
+        CT_OK(mk_cuda_moe_activations(ws, hdev, Is ? hdev + k * I : NULL));
         /* under programmatic dependent launch (each kernel loading weights
          * before it waits for its predecessor) the same bits come out, on
          * two runs (test_moe_stack_layers runs layers back to back with it) */
@@ -468,6 +471,14 @@ static void run_case(const mcase *c) {
         if (!(err <= bound))
             fail_msg("%s: routing weight %lld: device %.9g, reference %.9g, |diff| %.3g > %.3g", c->name, (long long)j,
                      (double)gw[j], wref[j], err, bound);
+    }
+    /* the experts' activations themselves (one-step cases): each within its bound, so the
+     * gate/up products are checked apart from the down rows that sum them */
+    for (int64_t t = 0; !c->stack && t < k * I + Is; t++) {
+        const double err = fabs((double)hdev[t] - h[t]);
+        if (!(err <= eh[t]))
+            fail_msg("%s: h[%lld] (%s): device %.9g, reference %.9g, |diff| %.3g > bound %.3g", c->name, (long long)t,
+                     t < k * I ? "routed" : "shared", (double)hdev[t], h[t], err, eh[t]);
     }
     double worst = 0.0;
     double *hs = h + k * I, *ehs = eh + k * I;
@@ -535,6 +546,7 @@ static void run_case(const mcase *c) {
     free(xq);
     free(xqd);
     free(xqs);
+    free(hdev);
 }
 
 /* Cases under both kernel generations (mk_cuda_set_kernels), same bounds:
@@ -702,12 +714,13 @@ static void test_moe_staged(void **state) {
 }
 
 /* int8 activations (mk_cuda_set_act_int8: k_router<F, true>, k_gateup_q8,
- * k_down2_q8), every one-token case under both generations: the routing
+ * k_down2_q8), every one-step case under both generations: the routing
  * against the double logits of an affine router over the CPU's quantized x,
- * h within its bound of the double SwiGLU over that x (the float kernels,
- * off by the quantization, miss it), y within its bound widened by h's
- * rounding; the emulation (tests/cli/cuda_emu_moe.sh) holds y to the exact
- * rule. The stack cases keep their own kernel. */
+ * h (downloaded, mk_cuda_moe_activations) within its bound of the double
+ * SwiGLU over that x (the float kernels, off by the quantization, miss it),
+ * y within its bound widened by h's rounding; the emulation
+ * (tests/cli/cuda_emu_moe.sh) holds y to the exact rule. The stack cases
+ * keep their own kernel. */
 static void test_moe_act_int8(void **state) {
     CT_NEED_GPU();
     mk_cuda_set_act_int8(true);
