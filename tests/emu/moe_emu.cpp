@@ -409,6 +409,31 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         printf("FAIL %s (int8 x): experts read from the cache changed y\n", name);
         g_bad++;
     }
+    /* controls: a gate, up or down slot holding another expert's bytes must change y */
+    for (int part = 0; part < 3; part++) {
+        std::vector<int32_t> other = ids;
+        other[0] = (ids[0] + 1) % (int32_t)L.E;
+        pool qg, qu, qd;
+        pool_of(qg, &m.gate, L.I, part == 0 ? other.data() : ids.data(), n);
+        pool_of(qu, &m.up, L.I, part == 1 ? other.data() : ids.data(), n);
+        pool_of(qd, &m.down, L.H, part == 2 ? other.data() : ids.data(), n);
+        mk_cuda_moe mx = m;
+        mx.slot_of = slot.data();
+        mx.cgate = qg.v;
+        mx.cup = qu.v;
+        mx.cdown = qd.v;
+        moe_args ax;
+        if (moe_args_of(&mx, &ax) != MK_OK) {
+            g_bad++;
+            return;
+        }
+        run(ax, yc.data(), true);
+        if (!std::memcmp(y.data(), yc.data(), y.size() * 4)) {
+            printf("FAIL %s (int8 x): a %s cache slot holding another expert left y unchanged\n", name,
+                   part == 0 ? "gate" : part == 1 ? "up" : "down");
+            g_bad++;
+        }
+    }
     /* a batched step of NT tokens (the third a copy of the first), both gate/up orders: every row
      * bitwise its one-token int8 step's */
     std::vector<float> xs((size_t)NT * a.H), ys((size_t)NT * a.H), yb((size_t)NT * a.H);

@@ -1809,6 +1809,9 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
     const bool fold0 = mk_cuda_norm_fold();
     const int64_t folds0 = mk_backend_cuda_folds(b->b);
     const float y_kept = yv[H / 3]; /* restored after each planted run */
+    /* the step's input and output as the caller left them, put back at the end (the caller runs the
+     * same step again after this and compares: the residual step here writes the step's x) */
+    float *x_saved = back(b, a->x, H * 4), *y_saved = back(b, a->y, H * 4);
     float *out[2][3];
     int32_t tags[2][2];
     int64_t ats[2][2];
@@ -1846,6 +1849,11 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
     for (int on = 0; on < 2; on++)
         for (int i = 0; i < 3; i++)
             free(out[on][i]);
+    b->i->upload(b->ctx, (void *)a->x, x_saved, H * 4);
+    b->i->upload(b->ctx, a->y, y_saved, H * 4);
+    assert_int_equal(b->i->sync(b->ctx), MK_OK);
+    free(x_saved);
+    free(y_saved);
     b->i->buf_free(b->ctx, dr);
     b->i->buf_free(b->ctx, dg);
     free(r);

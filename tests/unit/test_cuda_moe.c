@@ -247,7 +247,8 @@ static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk
                 fail_msg("%s: experts read from a VRAM cache changed y", c->name);
             if (control && same)
                 fail_msg("%s: a %s cache slot holding another expert's bytes left y unchanged: the kernels do "
-                         "not read the cache", c->name, control == 1 ? "gate" : control == 2 ? "up" : "down");
+                         "not read the cache (y[0] %.9g, slot 0 expert %d)", c->name,
+                         control == 1 ? "gate" : control == 2 ? "up" : "down", (double)y[0], ids[0]);
         }
         if (!control) {
             CT_OK(mk_cuda_download(cnt, dcnt, (size_t)E * 4));
@@ -461,6 +462,13 @@ static void run_case(const mcase *c) {
         }
         mk_cuda_set_moe_pdl(pdl0);
         free(y2);
+        /* the routing first (the cache's slots are the reference's choice: another choice on the
+         * device would leave its controls' slots unread and read as "the kernels do not read the
+         * cache") */
+        for (int64_t j = 0; j < k; j++)
+            if (gidx[j] != sel[j])
+                fail_msg("%s: routing slot %lld: device expert %d, reference %d (y[0] %.9g)", c->name, (long long)j,
+                         gidx[j], sel[j], (double)y[0]);
         check_cache(c, &L, &m, ws, dx, dy, y0, y, sel);
     }
 
