@@ -92,6 +92,17 @@ struct mkc_gemv_n {
     mkc_addnorm an;
 };
 
+/* Warp `warp`'s matrix *m and first row *r0 (mkc_gemv_n's dealing); false
+ * past the last matrix's warps */
+__device__ __forceinline__ bool gemv_deal(const mkc_gemv_n &a, int64_t warp, int *m, int64_t *r0) {
+    int i = 0;
+    while (i < a.count - 1 && warp >= a.wend[i])
+        i++;
+    *m = i;
+    *r0 = (warp - (i ? a.wend[i - 1] : 0)) * GEMV_ROWS;
+    return warp < a.wend[i];
+}
+
 /* F: a.an.x is set (the fold's instance; the plain one is compiled without it) */
 template <bool P, bool F = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constant__ mkc_gemv_n a,
@@ -100,12 +111,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int lane = threadIdx.x & 31;
     const int64_t warp = (int64_t)blockIdx.x * GEMV_WARPS + (threadIdx.x >> 5);
-    int m = 0;
-    while (m < a.count - 1 && warp >= a.wend[m])
-        m++;
-    const bool live = warp < a.wend[m];
+    int m;
+    int64_t r0;
+    const bool live = gemv_deal(a, warp, &m, &r0);
     const mkc_w &w = a.w[m];
-    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
     if (pf && live)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
     mkc_pdl_enter();
@@ -163,12 +172,10 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_consta
     const int lane = threadIdx.x & 31;
     const int64_t tok = blockIdx.x % (unsigned)nt;
     const int64_t warp = (int64_t)(blockIdx.x / (unsigned)nt) * GEMV_WARPS + (threadIdx.x >> 5);
-    int m = 0;
-    while (m < a.count - 1 && warp >= a.wend[m])
-        m++;
-    const bool live = warp < a.wend[m];
+    int m;
+    int64_t r0;
+    const bool live = gemv_deal(a, warp, &m, &r0);
     const mkc_w &w = a.w[m];
-    const int64_t r0 = (warp - (m ? a.wend[m - 1] : 0)) * GEMV_ROWS;
     if (pf && live)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
     mkc_pdl_enter();

@@ -244,6 +244,49 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
     return g / (1.0f + expf(-g)) * u;
 }
 
+/* The rows of k_gateup's warp (and k_gateup_q8's): intermediate rows r0
+ * and r0 + 1 of its routed expert (the choice r0 / I; with C, from the
+ * VRAM cache's slot when the expert has one) or, from nr on, of the shared
+ * expert, as {gate, up, gate, up} */
+template <bool C>
+__device__ __forceinline__ void gateup_pair(const moe_args &a, int64_t r0, int64_t nr, const int32_t *idx,
+                                            const int32_t *loc, const mkc_w **ws, int64_t *rows) {
+    const bool routed = r0 < nr;
+    int64_t row;
+    bool cached = false;
+    if (routed) {
+        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
+        int32_t e = __ldg(idx + j);
+        if constexpr (C) {
+            const int32_t sl = __ldg(loc + j);
+            if (sl >= 0) {
+                e = sl;
+                cached = true;
+            }
+        }
+        row = (int64_t)e * a.I + r;
+    } else {
+        row = r0 - nr;
+    }
+    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
+    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
+    ws[0] = ws[2] = G;
+    ws[1] = ws[3] = U;
+    rows[0] = rows[1] = row;
+    rows[2] = rows[3] = row + 1;
+}
+
+/* h (or hs past nr) of the pair: silu(gate x) * up x from the lanes' sums */
+__device__ __forceinline__ void gateup_store(const float *acc, int lane, int64_t r0, int64_t nr, float *h, float *hs) {
+    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
+    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
+    if (lane == 0) {
+        float *out = r0 < nr ? h + r0 : hs + (r0 - nr);
+        out[0] = silu_mul(g0, u0);
+        out[1] = silu_mul(g1, u1);
+    }
+}
+
 /* P (kernel generation 2): pipelined row loads (mkc_dot_aff_p). A register
  * cap for 3 blocks per SM (one wave for the 3072 warps of the Qwen3-30B-A3B
  * shape) made ptxas spill 1.3 KB per thread, so the cap stays as it was. */
@@ -280,36 +323,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if (r0 >= ntot)
         return;
     const float *xs[4] = {x, x, x, x};
-    const bool routed = r0 < nr;
-    int64_t row;
-    bool cached = false; /* C: the expert's rows from the VRAM cache (slot for expert) */
-    if (routed) {
-        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
-        int32_t e = __ldg(idx + j);
-        if constexpr (C) {
-            const int32_t sl = __ldg(loc + j);
-            if (sl >= 0) {
-                e = sl;
-                cached = true;
-            }
-        }
-        row = (int64_t)e * a.I + r;
-    } else {
-        row = r0 - nr;
-    }
-    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
-    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
-    const mkc_w *ws[4] = {G, U, G, U};
-    const int64_t rows[4] = {row, row, row + 1, row + 1};
+    const mkc_w *ws[4];
+    int64_t rows[4];
+    gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
     float acc[4];
     mkc_dot_rows<4, true, P>(ws, rows, xs, lane, acc, xpad);
-    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
-    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
-    if (lane == 0) {
-        float *out = routed ? h + r0 : hs + (r0 - nr);
-        out[0] = silu_mul(g0, u0);
-        out[1] = silu_mul(g1, u1);
-    }
+    gateup_store(acc, lane, r0, nr, h, hs);
 }
 
 /* k_down's and k_down2's one-token block; the pointers moved to its
@@ -599,36 +618,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
     if (r0 >= ntot)
         return;
-    const bool routed = r0 < nr;
-    int64_t row;
-    bool cached = false;
-    if (routed) {
-        const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
-        int32_t e = __ldg(idx + j);
-        if constexpr (C) {
-            const int32_t sl = __ldg(loc + j);
-            if (sl >= 0) {
-                e = sl;
-                cached = true;
-            }
-        }
-        row = (int64_t)e * a.I + r;
-    } else {
-        row = r0 - nr;
-    }
-    const mkc_w *G = routed ? (cached ? &a.cgate : &a.gate) : &a.shg;
-    const mkc_w *U = routed ? (cached ? &a.cup : &a.up) : &a.shu;
-    const mkc_w *ws[4] = {G, U, G, U};
-    const int64_t rows[4] = {row, row, row + 1, row + 1};
+    const mkc_w *ws[4];
+    int64_t rows[4];
+    gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
     float acc[4];
     mkc_q8_dot_rows_w<4>(ws, rows, xq, lane, acc);
-    const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
-    const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
-    if (lane == 0) {
-        float *out = routed ? h + r0 : hs + (r0 - nr);
-        out[0] = silu_mul(g0, u0);
-        out[1] = silu_mul(g1, u1);
-    }
+    gateup_store(acc, lane, r0, nr, h, hs);
 }
 
 /* Host: whether k_gateup_q8 and k_down2_q8 take a's layer (one token):

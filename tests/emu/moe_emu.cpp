@@ -343,8 +343,10 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     const double gsh = a.has_sg ? 1.0 / (1.0 + exp(-(double)B.logits[a.E])) : 1.0;
     double worst_y = 0.0;
     int misses_f = 0;
-    for (int64_t o = 0; o < a.H; o++) {
-        double ref = 0.0, cond = 0.0;
+    /* y[o] of the rule in double, and its bound's sum */
+    auto yref = [&](int64_t o, double *cond) {
+        double ref = 0.0;
+        *cond = 0.0;
         for (int64_t j = 0; j <= a.k; j++) {
             if (j == a.k && !a.has_shared)
                 break;
@@ -352,8 +354,13 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
             const double wj = j < a.k ? (double)B.w[j] : gsh;
             ref += wj * emu_rdot_cond(j < a.k ? L.down : L.sd, j < a.k ? (int64_t)B.idx[j] * a.H + o : o,
                                       hh[j].data(), &c);
-            cond += fabs(wj) * c;
+            *cond += fabs(wj) * c;
         }
+        return ref;
+    };
+    for (int64_t o = 0; o < a.H; o++) {
+        double cond;
+        const double ref = yref(o, &cond);
         const double bound = 5e-6 * cond + 1e-30, err = fabs((double)y[o] - ref);
         if (!(err <= bound)) {
             printf("FAIL %s (int8 x): y[%lld] %.9g, reference %.9g, bound %.3g\n", name, (long long)o, (double)y[o],
@@ -366,16 +373,8 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     /* the control: the float down kernel on the same h is off the rule somewhere */
     run(a, yf.data(), false);
     for (int64_t o = 0; o < a.H; o++) {
-        double ref = 0.0, cond = 0.0;
-        for (int64_t j = 0; j <= a.k; j++) {
-            if (j == a.k && !a.has_shared)
-                break;
-            double c;
-            const double wj = j < a.k ? (double)B.w[j] : gsh;
-            ref += wj * emu_rdot_cond(j < a.k ? L.down : L.sd, j < a.k ? (int64_t)B.idx[j] * a.H + o : o,
-                                      hh[j].data(), &c);
-            cond += fabs(wj) * c;
-        }
+        double cond;
+        const double ref = yref(o, &cond);
         misses_f += !(fabs((double)yf[o] - ref) <= 5e-6 * cond);
     }
     if (!misses_f) {
