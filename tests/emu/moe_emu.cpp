@@ -486,7 +486,9 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
            "off the rule at %d rows\n", name, worst, worst_y, NT, misses_f);
 }
 
-static void run_case(const char *name, emu_layer L, int bits, bool router_only = false) {
+// router_only: the routers' folds alone; q8_only: those and the int8-activation step (q8_moe) alone
+// (test_cuda_moe's first shape, whose scale rows the staged-weight kernels do not take)
+static void run_case(const char *name, emu_layer L, int bits, bool router_only = false, bool q8_only = false) {
     emu_layer_make(&L, bits);
     mk_cuda_moe m;
     std::memset(&m, 0, sizeof m);
@@ -524,6 +526,14 @@ static void run_case(const char *name, emu_layer L, int bits, bool router_only =
     if (mkc_is_aff(a.router.kind))
         fold_router(name, a, L, true);
     if (router_only) {
+        emu_layer_free(&L);
+        return;
+    }
+    if (q8_only) {
+        std::vector<float> xq(L.H);
+        for (auto &v : xq)
+            v = emu_rand(-1.0f, 1.0f);
+        q8_moe(name, a, L, m, xq.data());
         emu_layer_free(&L);
         return;
     }
@@ -689,6 +699,9 @@ int main() {
     run_case("deepseek-v3-like: sigmoid, bias, 4 groups keep 2, shared, 8-bit",
              emu_layer{128, 16, 4, 128, 128, true, true, true, false, 2.5f, 4, 2, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
              8);
+    run_case("qwen3-moe-like: softmax 20 top-4, 4-bit, H 320, I 192",
+             emu_layer{320, 20, 4, 192, 0, false, true, false, false, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
+             4, false, true);
     run_case("bf16 experts: softmax 8 top-2, not renormalised",
              emu_layer{64, 8, 2, 32, 0, false, false, false, false, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {}},
              16);
