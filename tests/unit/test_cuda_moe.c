@@ -245,10 +245,16 @@ static void check_cache(const mcase *c, const layer *L, const mk_cuda_moe *m, mk
             const bool same = memcmp(y, y3, (size_t)H * 4) == 0;
             if (!control && !same)
                 fail_msg("%s: experts read from a VRAM cache changed y", c->name);
-            if (control && same)
+            if (control && same) { /* the same step with the MoE's PDL off, to say whether it is the cause */
+                const bool pdl0 = mk_cuda_moe_pdl();
+                mk_cuda_set_moe_pdl(false);
+                step_once(c, &mc, ws, dx, dy, y0, y3, H);
+                mk_cuda_set_moe_pdl(pdl0);
                 fail_msg("%s: a %s cache slot holding another expert's bytes left y unchanged: the kernels do "
-                         "not read the cache (y[0] %.9g, slot 0 expert %d)", c->name,
-                         control == 1 ? "gate" : control == 2 ? "up" : "down", (double)y[0], ids[0]);
+                         "not read the cache (y[0] %.9g, slot 0 expert %d; with the MoE's PDL off y %s)", c->name,
+                         control == 1 ? "gate" : control == 2 ? "up" : "down", (double)y[0], ids[0],
+                         memcmp(y, y3, (size_t)H * 4) ? "changed" : "is unchanged too");
+            }
         }
         if (!control) {
             CT_OK(mk_cuda_download(cnt, dcnt, (size_t)E * 4));
