@@ -391,8 +391,7 @@ static void test_gemv_staged(void **state) {
  * with the reference's x as the device multiplies it (ref_x: quantized for
  * the affine cases, float for the rest, which keep the float kernels),
  * accumulating, gemv_n's rows bitwise gemv's; a NaN in x reaches every row
- * (its block's d is NaN, as on the CPU); then off again, the float
- * kernels' bits back. */
+ * (its block's d is NaN, as on the CPU). The switch is off again after. */
 static void test_gemv_act_int8(void **state) {
     CT_NEED_GPU();
     use_kernels(2);
