@@ -247,6 +247,16 @@ inline unsigned long long atomicExch(unsigned long long *p, unsigned long long v
 }
 // the emulated block's dynamic shared memory (MKC_DYN_SMEM in cuda_impl.cuh)
 alignas(16) inline unsigned char emu_dyn_smem[228 * 1024];
+// The dynamic shared memory the next launches ask for (emu_smem(bytes); 0:
+// the whole buffer, unchecked). With a size set, emu_block fills the rest
+// of the buffer with 0xFF bytes (NaN as floats, -1 as bytes, so a read past
+// the size spoils the results) and aborts if a block wrote there: on a GPU
+// past the launch's size is another block's memory or a fault, here it
+// would be silently there.
+inline size_t emu_smem_limit = 0;
+inline void emu_smem(size_t bytes) {
+    emu_smem_limit = bytes;
+}
 inline void __threadfence() {}
 using std::isfinite; /* the device's isfinite, unqualified in kernels */
 
@@ -281,6 +291,9 @@ void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1,
         emu_f.resize(n);
     for (unsigned w = 0; w < 32; w++)
         emu_wphase[w] = 0;
+    const size_t lim = emu_smem_limit;
+    if (lim)
+        std::memset(emu_dyn_smem + lim, 0xFF, sizeof emu_dyn_smem - lim);
     for (unsigned t = 0; t < n; t++)
         emu_fiber_start(emu_f[t]);
     for (;;) {
@@ -310,8 +323,15 @@ void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1,
                 released = true;
             }
         }
-        if (!live)
+        if (!live) {
+            for (size_t i = lim; lim && i < sizeof emu_dyn_smem; i++)
+                if (emu_dyn_smem[i] != 0xFF) {
+                    std::fprintf(stderr, "cuda_emu: block %u wrote dynamic shared memory at byte %zu, past the %zu "
+                                         "bytes its launch asked for\n", block, i, lim);
+                    std::abort();
+                }
             return;
+        }
         if (released)
             continue;
         if (!all_sync) {

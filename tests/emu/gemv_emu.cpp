@@ -241,8 +241,10 @@ static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, 
         for (int i = 0; i < 2; i++)
             for (int64_t r = 0; r < rows; r++)
                 z[i][r] = acc ? 0.25f * (float)r - 1.0f : NAN;
+        emu_smem((size_t)mkc_q8s_bytes(cols)); /* what q8_takes asks for */
         for (int64_t b = 0; b < blocks; b++)
             emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<false>(a, x.data(), acc); });
+        emu_smem(0);
         double worst = 0.0;
         for (int i = 0; i < 2; i++)
             for (int64_t r = 0; r < rows; r++) {
@@ -319,8 +321,10 @@ static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, 
         } else {
             for (int i = 0; i < 2; i++)
                 a.y[i] = zf[i].data();
+            emu_smem((size_t)mkc_q8s_bytes(cols) + (size_t)cols * 4);
             for (int64_t b = 0; b < blocks; b++)
                 emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<true>(a, xbf.data(), 0); });
+            emu_smem(0);
             if (std::memcmp(xr.data(), xf.data(), cols * 4) || std::memcmp(xbr.data(), xbf.data(), cols * 4) ||
                 std::memcmp(zr[0].data(), zf[0].data(), rows * 4) || std::memcmp(zr[1].data(), zf[1].data(), rows * 4) ||
                 kf != fr.key || ticket != 0) {

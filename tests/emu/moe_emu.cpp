@@ -272,17 +272,23 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     }
     const unsigned R = nblk(a.E + a.has_sg), G = nblk(((int64_t)a.k * a.I + a.Is) / 2), D = nblk(a.H);
     bufs B(L);
+    /* each launch with the dynamic shared memory mkc_moe_launch asks for */
+    const size_t smr = (size_t)moe_q8_router_smem(a, false), smx = (size_t)mkc_q8s_bytes(a.H),
+                 smh = (size_t)mkc_q8s_bytes((int64_t)a.k * a.I + a.Is);
     auto run = [&](const moe_args &aa, float *y, bool q8down) {
+        emu_smem(smr);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
                 k_router<false, true>(aa, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data());
             });
         const bool C = aa.slot_of != nullptr;
+        emu_smem(smx);
         for (unsigned b = 0; b < G; b++)
             emu_block(G, b, MOE_WARPS * 32, [&] {
                 (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
                                                              B.loc.data());
             });
+        emu_smem(q8down ? smh : 0); /* the float down kernel: not its size (unchecked) */
         for (unsigned b = 0; b < D; b++)
             emu_block(D, b, MOE_WARPS * 32, [&] {
                 if (q8down)
@@ -292,6 +298,7 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
                     k_down2<false>(aa, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(), B.logits.data(), y, 0, 0,
                                    B.loc.data());
             });
+        emu_smem(0);
     };
     std::vector<float> y(a.H, NAN), yc(a.H, NAN), yf(a.H, NAN);
     run(a, y.data(), true);

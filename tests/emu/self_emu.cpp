@@ -73,13 +73,30 @@ __global__ void k_diverge(int *out) {
 // starts with the launcher's MXCSR
 __global__ void k_round(const float *a, float *out) { out[threadIdx.x] = a[0] / 3.0f; }
 
+// a block's thread 0 writes byte `at` of the dynamic shared memory
+__global__ void k_smem_write(int at) {
+    if (threadIdx.x == 0)
+        emu_dyn_smem[at] = 1;
+    __syncthreads();
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && std::strcmp(argv[1], "smem_past") == 0) { /* must abort: byte 64 of a 64-byte launch */
+        emu_smem(64);
+        emu_block(1, 0, 32, [&] { k_smem_write(64); });
+        std::printf("a write past the launch's shared memory went unnoticed\n");
+        return 0;
+    }
     if (argc > 1 && std::strcmp(argv[1], "diverge") == 0) {
         int out[64] = {0};
         emu_block(1, 0, 64, [&] { k_diverge(out); });
         std::printf("the divergent block completed\n");
         return 0;
     }
+    /* the last byte of a 64-byte launch's shared memory is its own (the control above: the next is not) */
+    emu_smem(64);
+    emu_block(1, 0, 32, [&] { k_smem_write(63); });
+    emu_smem(0);
     /* block sizes 32..1024, several blocks, sums of small integers (exact in float) */
     for (unsigned n = 32; n <= 1024; n *= 2) {
         const unsigned G = 3;
