@@ -260,16 +260,7 @@ static int64_t kernel_static_smem(const void *k) {
 /* Whether k_router's blocks can stage a row of H floats beside their own
  * shared memory without the opt-in */
 static bool router_stages(int64_t H) {
-    static int fixed = -1; /* the kernel's static shared memory, once */
-    if (fixed < 0) {
-        cudaFuncAttributes fa;
-        if (cudaFuncGetAttributes(&fa, k_router<true>) != cudaSuccess) {
-            (void)cudaGetLastError();
-            return false;
-        }
-        fixed = (int)fa.sharedSizeBytes;
-    }
-    return H * 4 + fixed <= MKC_SMEM_MAX;
+    return H * 4 + kernel_static_smem((const void *)k_router<true>) <= MKC_SMEM_MAX;
 }
 
 mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *x, float *y, int64_t n,

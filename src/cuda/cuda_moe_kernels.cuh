@@ -151,6 +151,13 @@ __device__ __forceinline__ const float *router_x(const moe_args &a, const float 
     return mkc_smf;
 }
 
+/* Host and device: whether an int8 router stages x in a second layout too
+ * (an affine shared-expert gate row of the other code width than the
+ * router's: moe_q8_router_smem sizes it, k_router<F, true> fills it) */
+__host__ __device__ __forceinline__ bool moe_q8_two_layouts(const moe_args &a) {
+    return a.has_sg && mkc_is_aff(a.sgw.kind) && (a.sgw.kind <= MKC_A4_F16) != (a.router.kind <= MKC_A4_F16);
+}
+
 /* ticket: the token's (the last block ranks, and finishes a fold: every
  * block staged before it took the ticket). F: a.an.x is set (the fold's
  * instance; the plain one is compiled without it). Q: int8 activations
@@ -194,8 +201,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     if constexpr (Q) {
         MKC_DYN_SMEM(float4, mkc_sm4);
         uint8_t *base = (uint8_t *)mkc_sm4 + (F ? (int64_t)a.H * 4 : 0);
-        const bool two = a.has_sg && mkc_is_aff(a.sgw.kind) && (a.sgw.kind <= MKC_A4_F16) != r4;
-        for (int l = 0; l < (two ? 2 : 1); l++) {
+        for (int l = 0; l < (moe_q8_two_layouts(a) ? 2 : 1); l++) {
             xq[l] = mkc_q8s_at(base + l * mkc_q8s_span(a.H), a.H);
             if (r4 == (l == 0))
                 mkc_q8_stage<4>(xr, a.H, xq[l]);
@@ -608,10 +614,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     h += (int64_t)tok * a.hstr;
     hs += (int64_t)tok * a.hsstr;
     const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
-    if (a.gate.kind <= MKC_A4_F16)
-        mkc_q8_stage<4>(xg, a.H, xq);
-    else
-        mkc_q8_stage<8>(xg, a.H, xq);
+    mkc_q8_stage_for(a.gate, xg, xq); /* gate's width is H */
     __syncthreads();
     const int lane = threadIdx.x & 31;
     const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
@@ -660,9 +663,7 @@ static inline bool moe_q8_takes(const moe_args &a) {
  * in the router's layout, and in the other one when an affine
  * shared-expert gate row has the other code width */
 static inline int64_t moe_q8_router_smem(const moe_args &a, bool fold) {
-    const bool two = a.has_sg && mkc_is_aff(a.sgw.kind) &&
-                     (a.sgw.kind <= MKC_A4_F16) != (a.router.kind <= MKC_A4_F16);
-    return (fold ? (int64_t)a.H * 4 : 0) + (two ? 2 : 1) * mkc_q8s_span(a.H);
+    return (fold ? (int64_t)a.H * 4 : 0) + (moe_q8_two_layouts(a) ? 2 : 1) * mkc_q8s_span(a.H);
 }
 
 /* Host: whether k_router takes int8 x: an affine router (and an affine
