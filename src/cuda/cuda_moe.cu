@@ -411,6 +411,11 @@ extern "C" mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h,
     return MK_OK;
 }
 
+extern "C" mk_status mk_cuda_moe_cache_slots(const mk_cuda_moe_ws *ws, int32_t *loc) {
+    MK_TRY(mk_cuda_sync());
+    return mk_cuda_download(loc, ws->loc, (size_t)ws->k * sizeof *loc);
+}
+
 extern "C" size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
     size_t n = (size_t)m->n_experts * mk_cuda_wt_row_bytes_all(&m->router);
     const size_t I = (size_t)m->inter, H = (size_t)m->hidden, k = (size_t)m->top_k;

@@ -205,6 +205,9 @@ mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w) 
 mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h, float *hs) {
     return no_cuda();
 }
+mk_status mk_cuda_moe_cache_slots(const mk_cuda_moe_ws *ws, int32_t *loc) {
+    return no_cuda();
+}
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
     return 0;
 }

@@ -312,6 +312,11 @@ mk_status mk_cuda_moe_routing(const mk_cuda_moe_ws *ws, int32_t *idx, float *w);
  * h[top_k * inter] (choice by choice, silu(gate x) * up x) and, with a
  * shared expert, hs[shared_inter] (hs may be NULL otherwise). Syncs. */
 mk_status mk_cuda_moe_activations(const mk_cuda_moe_ws *ws, float *h, float *hs);
+/* Copy the last step's VRAM cache slots of token 0 to the host (tests):
+ * loc[top_k], the slot of each choice (slot_of of its expert), or -1 for
+ * an expert read from its resident stack. Meaningful only after a step
+ * with slot_of set. Syncs. */
+mk_status mk_cuda_moe_cache_slots(const mk_cuda_moe_ws *ws, int32_t *loc);
 /* Weight bytes one step reads: router + shared gate + k routed experts +
  * shared expert (data, scales, biases). The roofline numerator. */
 size_t mk_cuda_moe_bytes(const mk_cuda_moe *m);
