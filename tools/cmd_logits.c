@@ -10,6 +10,7 @@
 #include "dist_cli.h"
 #include "engine_cli.h"
 #include "moekit/crosscheck.h"
+#include "moekit/kernels.h"
 #include "io/outpath.h"
 
 static void help(FILE *f) {
@@ -34,7 +35,11 @@ static void help(FILE *f) {
             "                      attention, router logits, routed experts, ...) are compared\n"
             "                      the same way, naming the first op beyond the tolerance. The\n"
             "                      CPU reference runs float activations whatever --act-int8\n"
-            "                      says: the check is against the exact products\n"
+            "                      says: the check is against the exact products. So does the\n"
+            "                      run on --backend unless --act-int8 on (or MK_ACT_INT8=1) is\n"
+            "                      given: its int8 kernels (the default for runs) differ from the\n"
+            "                      exact products by ~2e-3 in the logits, as the CPU's do; give\n"
+            "                      --act-int8 on with a --verify-tol above that to measure them\n"
             "  --verify-tol X      relative L2 allowed per stage (default 1e-3, the fixtures' bound)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
@@ -147,6 +152,12 @@ int cmd_logits(int argc, char **argv) {
     if (n == 0) {
         free(ids);
         return mk_cli_usage("logits", "--ids is empty");
+    }
+    /* --verify without an explicit --act-int8: both runs on float activations (the help says why) */
+    if (verify && mk_kernels_int8_setting() < 0) {
+        mk_kernels_set_int8(false);
+        if (mk_kernels_prefill_int8_setting() < 0)
+            mk_kernels_set_prefill_int8(false);
     }
     mk_engine_opts eo = {.threads = (int)threads, .max_ctx = n, .prefill_chunk = (int)chunk};
     mk_model *m = NULL;

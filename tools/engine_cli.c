@@ -272,8 +272,10 @@ const char mk_ecli_mem_help[] =
     "                       approximation like llama.cpp's: x rounded to 8 bits per block\n"
     "                       of 32, logits ~2e-3 relative apart) or on float activations\n"
     "                       (off: within float32 rounding of the exact product). Default:\n"
-    "                       on with the x86 kernels (AVX2 and up), off with MK_KERNELS=ref\n"
-    "                       and on other CPUs. Other weight formats are float either way.\n"
+    "                       on with the x86 kernels (AVX2 and up) and with --backend cuda\n"
+    "                       (whose decode kernels round x to the CPU's very bits), off with\n"
+    "                       MK_KERNELS=ref and on other CPUs (the GPU stays on unless this\n"
+    "                       flag says off). Other weight formats are float either way.\n"
     "                       MK_ACT_INT8=1|0 in the environment does what this flag does\n"
     "                       (the flag wins); MK_PREFILL_INT8=1|0 forces prefill (several\n"
     "                       tokens) alone on or off\n";

@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
+#include "moekit/kernels.h"
 
 mk_status mkc_fail(cudaError_t e, const char *what) {
     mk_status s = MK_E_INTERNAL;
@@ -93,11 +94,20 @@ extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }
 
 extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on; }
 
-static bool g_act_int8 = false;
+/* -1: follow the engine's activation setting (mk_kernels_int8_setting:
+ * on unless --act-int8 off forced float; the device has its integer dot
+ * product whatever CPU kernel path is active, so MK_KERNELS=ref's float
+ * default is not followed); 0 / 1: mk_cuda_set_act_int8 */
+static int g_act_int8 = -1;
 
-extern "C" bool mk_cuda_act_int8(void) { return g_act_int8; }
+extern "C" bool mk_cuda_act_int8(void) {
+    const int v = __atomic_load_n(&g_act_int8, __ATOMIC_ACQUIRE);
+    return v < 0 ? mk_kernels_int8_setting() != 0 : v != 0;
+}
 
-extern "C" void mk_cuda_set_act_int8(bool on) { g_act_int8 = on; }
+extern "C" void mk_cuda_set_act_int8(bool on) { __atomic_store_n(&g_act_int8, on ? 1 : 0, __ATOMIC_RELEASE); }
+
+extern "C" void mk_cuda_reset_act_int8(void) { __atomic_store_n(&g_act_int8, -1, __ATOMIC_RELEASE); }
 
 static bool g_attn_merge_fused = true;
 

@@ -140,6 +140,8 @@ bool mk_cuda_norm_fold(void) {
 void mk_cuda_set_act_int8(bool on) {
     (void)on;
 }
+void mk_cuda_reset_act_int8(void) {
+}
 bool mk_cuda_act_int8(void) {
     return false;
 }

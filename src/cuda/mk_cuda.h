@@ -207,15 +207,21 @@ int mk_cuda_attn_shares(void);
  * process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
-/* One-token products over MLX affine 4/8-bit weights on int8 activations:
+/* Decode products over MLX affine 4/8-bit weights on int8 activations:
  * the CPU's decode rule (kernels.h mk_kernels_set_int8; src/cuda/
  * cuda_q8x.cuh), x quantized in blocks of 32 to the CPU's bits, the codes
  * multiplied four at a time (dp4a). Taken by the GEMVs (mk_cuda_gemv,
- * mk_cuda_gemv_n and their folds) and the MoE step of one token (router,
- * experts' gate/up over x and down over their h). Within float rounding of
- * the CPU's int8 decode products, not the float kernels' bits. Off by
- * default until measured; process-wide. */
+ * mk_cuda_gemv_n and their folds) and the MoE step (router, experts'
+ * gate/up over x and down over their h; one token or a batch, each token's
+ * rows its one-token step's). Within float rounding of the CPU's int8
+ * decode products, not the float kernels' bits. By default it follows the
+ * engine's setting (mk_kernels_int8_setting: on, as the CLI's --act-int8
+ * default, off when --act-int8 off / MK_ACT_INT8=0 forced float; measured
+ * +13% decode on an H100, bench/RESULTS.md 2026-12-06);
+ * mk_cuda_set_act_int8 forces it either way, mk_cuda_reset_act_int8
+ * returns to following. Process-wide. */
 void mk_cuda_set_act_int8(bool on);
+void mk_cuda_reset_act_int8(void);
 bool mk_cuda_act_int8(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */

@@ -85,6 +85,18 @@ case "$kern" in
     cmp -s "$T/def.f32" "$T/on.f32" || fail "default on $kern: not int8 activations" ;;
 *) fail "run --stats: [kernels] line '$kern' (want the path and its documented default)" ;;
 esac
+# --verify measures the backend against the exact products: without --act-int8 both runs compute
+# on float activations (the int8 default's ~1e-2 in the routed experts was reported as the backend's
+# divergence, at the default tolerance too); --act-int8 on puts the run under test on int8 x, which
+# the float reference must then see (exit 1)
+"$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --verify --verify-tol 1e-6 > "$T/vf" 2>&1 ||
+    fail "logits --verify (default activations) diverged: $(tail -2 "$T/vf")"
+grep -q "matches the CPU within 1e-06" "$T/vf" || fail "logits --verify: $(tail -1 "$T/vf")"
+set +e
+"$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --verify --verify-tol 1e-6 --act-int8 on > "$T/vi" 2>&1
+rc=$?
+set -e
+[ $rc = 1 ] && grep -q "DIVERGES" "$T/vi" || fail "logits --verify --act-int8 on: exit $rc, $(tail -1 "$T/vi")"
 MK_ACT_INT8=0 "$BIN" run "$T/q4" --ids 7 --max-tokens 1 --threads 2 --stats > /dev/null 2> "$T/kst"
 grep -q '^\[kernels\] [a-z0-9]*, float activations' "$T/kst" || fail "MK_ACT_INT8=0: $(grep kernels "$T/kst")"
 # MK_PREFILL_INT8=1|0: the int8 prefill GEMM (kernels.h mk_kernels_set_prefill_int8) forced on or

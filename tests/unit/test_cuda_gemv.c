@@ -452,6 +452,43 @@ static void test_kernels_switch(void **state) {
 #endif
 }
 
+/* The device's int8 activations follow the engine's setting
+ * (mk_kernels_int8_setting: on by default and when forced on, off when
+ * forced off, whatever CPU kernel path is active) until
+ * mk_cuda_set_act_int8 forces them; mk_cuda_reset_act_int8 follows again
+ * (host-side: runs without a GPU when built with CUDA). The other cases
+ * force float (main) and the int8 case forces int8. */
+static void test_act_int8_default(void **state) {
+#ifndef MK_HAVE_CUDA
+    printf("SKIP %s: moekit was built without CUDA (MK_CUDA=OFF)\n", __func__);
+    skip();
+#else
+    const int k0 = mk_kernels_int8_setting();
+    mk_cuda_reset_act_int8();
+    mk_kernels_reset_int8();
+    assert_true(mk_cuda_act_int8());
+    const mk_isa isa = mk_isa_active();
+    if (mk_isa_set(MK_ISA_REF) == MK_OK) { /* ref's CPU default is float; the device's stays int8 */
+        assert_false(mk_kernels_int8());
+        assert_true(mk_cuda_act_int8());
+        assert_int_equal(mk_isa_set(isa), MK_OK);
+    }
+    mk_kernels_set_int8(false);
+    assert_false(mk_cuda_act_int8());
+    mk_kernels_set_int8(true);
+    assert_true(mk_cuda_act_int8());
+    mk_cuda_set_act_int8(false);
+    assert_false(mk_cuda_act_int8());
+    mk_kernels_set_int8(false);
+    mk_cuda_set_act_int8(true);
+    assert_true(mk_cuda_act_int8());
+    mk_cuda_reset_act_int8();
+    assert_false(mk_cuda_act_int8());
+    mk_kernels_restore_int8(k0);
+    mk_cuda_set_act_int8(false);
+#endif
+}
+
 /* Formats the kernels do not take are refused by name, before any device
  * work (host-side: runs without a GPU when built with CUDA). */
 static void test_unsupported_named(void **state) {
@@ -502,9 +539,12 @@ static void test_unsupported_named(void **state) {
 }
 
 int main(void) {
+    /* the float kernels unless a case says otherwise (test_act_int8_default checks the default) */
+    mk_cuda_set_act_int8(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unsupported_named),
         cmocka_unit_test(test_kernels_switch),
+        cmocka_unit_test(test_act_int8_default),
         cmocka_unit_test(test_gemv_formats),
         cmocka_unit_test(test_gemv_accumulate),
         cmocka_unit_test(test_gemv_n_formats),

@@ -922,6 +922,9 @@ static void test_moe_check_named(void **state) {
 
 
 int main(void) {
+    /* the float kernels unless a case says otherwise (the device's default follows --act-int8:
+     * test_cuda_gemv's test_act_int8_default) */
+    mk_cuda_set_act_int8(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_moe_check_named),
         cmocka_unit_test(test_moe_small),
