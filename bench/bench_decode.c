@@ -52,8 +52,9 @@
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold);
- * MK_CUDA_ACT_INT8=0|1 the one-token GEMVs over affine weights on int8
- * activations (mk_cuda_set_act_int8).
+ * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on
+ * int8 or float activations (mk_cuda_set_act_int8; by default they follow
+ * MK_ACT_INT8, int8 unless it says 0).
  * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
  * prefill_chunk; the engine's default 512).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -279,7 +280,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
-            {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* one-token GEMVs on int8 x (the CPU's rule) */
+            {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* decode products on int8 x (the CPU's rule) */
         };
         for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
             const char *v = getenv(sw[i].env);
@@ -397,8 +398,9 @@ int main(int argc, char **argv) {
         mk_backend_cuda_graph_stats(be, &built, &updated, &replayed);
         if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
             printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
-                   "%d updated %d replayed\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0,
-                   built, updated, replayed);
+                   "%d updated %d replayed; decode on %s activations\n", dsc, bk,
+                   mk_backend_cuda_weight_bytes(be) / 1073741824.0, built, updated, replayed,
+                   mk_cuda_act_int8() ? "int8" : "float");
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
         size_t evr, ehost;

@@ -26,6 +26,10 @@
 #                                         GEMV alone float / int8 x (bench_cuda_moe --gemv, built with
 #                                         MK_NO_BENCH unset or in MK_TARGETS), decode on the 8-layer
 #                                         cut off/on interleaved, and with the norm fold
+#   scripts/cuda-owed.sh int8            session 23's int8 default on the full-depth 30B shape: decode
+#                                         with the default (int8 since session 23) against
+#                                         MK_CUDA_ACT_INT8=0, interleaved, short and after 2048 tokens;
+#                                         with the CLI's GPU int8 test (cli.gpu_act_int8) first
 # (one call each: a call may run 600 s, and making a model takes minutes).
 # Models are made in /tmp as bench/bench_cuda_decode.sh makes them (the
 # ct-int4 source removed after quantizing: the disk is 64 GiB). Logs go to
@@ -62,6 +66,29 @@ tests)
         echo "test_engine_batch's CUDA cases did not pass"
         rc=1
     }
+    ;;
+int8)
+    (cd build-cuda && MK_BIN=$PWD/moekit ctest -R 'cli.gpu_act_int8' --output-on-failure -V) 2>&1 |
+        grep -E "rel L2|FAIL|ok|no GPU|Passed|Failed" | tee "$out/cli_int8.log"
+    grep -q "gpu_act_int8: ok" "$out/cli_int8.log" || rc=1
+    B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
+    [ -e $m/config.json ] || {
+        $B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
+            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
+        rm -rf $m.ct
+    } > "$out/synth.log" 2>&1
+    {
+        for f in def 0 def 0; do
+            echo "== 30B decode, MK_CUDA_ACT_INT8=$f"
+            if [ $f = def ]; then timeout 90 $D $m 16 128 16 cuda; else MK_CUDA_ACT_INT8=$f timeout 90 $D $m 16 128 16 cuda; fi 2>&1 |
+                grep -E "^decode|^bound|^device"
+        done
+        for f in def 0; do
+            echo "== 30B decode after 2048 tokens, MK_CUDA_ACT_INT8=$f"
+            if [ $f = def ]; then timeout 120 $D $m 2048 64 16 cuda; else MK_CUDA_ACT_INT8=$f timeout 120 $D $m 2048 64 16 cuda; fi 2>&1 |
+                grep -E "^decode|^prefill"
+        done
+    } 2>&1 | tee "$out/int8.log"
     ;;
 bench30 | bench35)
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc)
