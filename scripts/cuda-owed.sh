@@ -68,9 +68,16 @@ tests)
     }
     ;;
 int8)
-    (cd build-cuda && MK_BIN=$PWD/moekit ctest -R 'cli.gpu_act_int8' --output-on-failure -V) 2>&1 |
-        grep -E "rel L2|FAIL|ok|no GPU|Passed|Failed" | tee "$out/cli_int8.log"
+    # FX_TAR (optional, as `tests`' argument): gptoss-a's attention layers checked too
+    fxd=
+    if [ -n "${2:-}" ]; then
+        fxd=$(mktemp -d /tmp/mk-i8fx-XXXXXX)
+        tar -xJf "$2" -C "$fxd"
+    fi
+    (cd build-cuda && MK_FIXTURES=$fxd MK_BIN=$PWD/moekit ctest -R 'cli.gpu_act_int8' --output-on-failure -V) 2>&1 |
+        grep -E "rel L2|FAIL|ok|no GPU|Passed|Failed|layer 0|  [a-z0-9-]*: " | tee "$out/cli_int8.log"
     grep -q "gpu_act_int8: ok" "$out/cli_int8.log" || rc=1
+    [ -n "${MK_OWED_NOBENCH:-}" ] && exit $rc # the test alone
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
     [ -e $m/config.json ] || {
         $B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
