@@ -26,6 +26,8 @@
 #                                         GEMV alone float / int8 x (bench_cuda_moe --gemv, built with
 #                                         MK_NO_BENCH unset or in MK_TARGETS), decode on the 8-layer
 #                                         cut off/on interleaved, and with the norm fold
+#   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
+#                                         (split and int8 GEMM)
 #   scripts/cuda-owed.sh int8            session 23's int8 default on the full-depth 30B shape: decode
 #                                         with the default (int8 since session 23) against
 #                                         MK_CUDA_ACT_INT8=0, interleaved, short and after 2048 tokens;
@@ -143,7 +145,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8)
+staged | fold | chunks | q8 | pncu)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -194,6 +196,17 @@ staged | fold | chunks | q8)
                     grep -E "^decode|bound"
             done
         } 2>&1 | tee "$out/q8.log"
+        exit $rc
+    fi
+    if [ "$what" = pncu ]; then
+        # where a 2048-token prefill of the cut goes, kernel by kernel (split and int8 GEMM; the
+        # bench's warm-up prefill is in the counts too: halve them)
+        for g in split int8; do
+            MK_CUDA_GEMM=$g timeout 200 ncu --clock-control none --cache-control none \
+                --metrics gpu__time_duration.sum --print-summary per-kernel \
+                $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_prefill_$g.log" 2>&1
+            echo "ncu $g: rc $? (ncu_prefill_$g.log)"
+        done
         exit $rc
     fi
     if [ "$what" = chunks ]; then
