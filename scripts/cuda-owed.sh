@@ -198,6 +198,18 @@ staged | fold | chunks | q8 | pncu)
         } 2>&1 | tee "$out/q8.log"
         exit $rc
     fi
+    if [ "$what" = pncu ] && [ -n "${MK_OWED_NSYS:-}" ]; then
+        # the prefill's timeline: where the wall time goes beside the kernels (API calls, waits)
+        command -v nsys || { echo "no nsys here"; exit 1; }
+        timeout 200 nsys profile -o "$out/prefill" --force-overwrite true -t cuda,nvtx,osrt \
+            $B/bench_decode $W/m8 2048 1 $nt cuda > "$out/nsys_run.log" 2>&1
+        echo "nsys: rc $?"
+        for r in cuda_api_sum cuda_gpu_kern_sum cuda_gpu_mem_time_sum osrt_sum; do
+            nsys stats --report $r --format csv "$out/prefill.nsys-rep" > "$out/nsys_$r.csv" 2>&1
+        done
+        rm -f "$out/prefill.nsys-rep" "$out/prefill.sqlite"
+        exit $rc
+    fi
     if [ "$what" = pncu ]; then
         # where a 2048-token prefill of the cut goes, kernel by kernel (split and int8 GEMM; the
         # bench's warm-up prefill is in the counts too: halve them)
