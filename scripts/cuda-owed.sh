@@ -200,6 +200,10 @@ staged | fold | chunks | q8 | pncu)
     fi
     if [ "$what" = pncu ] && [ -n "${MK_OWED_NSYS:-}" ]; then
         # the prefill's timeline: where the wall time goes beside the kernels (API calls, waits)
+        if ! command -v nsys > /dev/null; then # not on PATH: an Nsight Systems install elsewhere
+            ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
+            [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
+        fi
         command -v nsys || { echo "no nsys here"; exit 1; }
         timeout 200 nsys profile -o "$out/prefill" --force-overwrite true -t cuda,nvtx,osrt \
             $B/bench_decode $W/m8 2048 1 $nt cuda > "$out/nsys_run.log" 2>&1
