@@ -208,6 +208,12 @@ staged | fold | chunks | q8 | pncu)
         timeout 200 nsys profile -o "$out/prefill" --force-overwrite true -t cuda,nvtx,osrt \
             $B/bench_decode $W/m8 2048 1 $nt cuda > "$out/nsys_run.log" 2>&1
         echo "nsys: rc $?"
+        if [ ! -e "$out/prefill.nsys-rep" ] && [ -e "$out/prefill.qdstrm" ]; then # the raw stream: import it
+            qi=$(find /opt /usr/local -name QdstrmImporter -type f 2>/dev/null | head -1)
+            echo "importer: ${qi:-none}"
+            [ -n "$qi" ] && "$qi" -i "$out/prefill.qdstrm" > "$out/nsys_import.log" 2>&1
+        fi
+        rm -f "$out/prefill.qdstrm"
         for r in cuda_api_sum cuda_gpu_kern_sum cuda_gpu_mem_time_sum osrt_sum cuda_gpu_trace cuda_api_trace; do
             nsys stats --report $r --format csv "$out/prefill.nsys-rep" > "$out/nsys_$r.csv" 2>&1
         done
