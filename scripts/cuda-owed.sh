@@ -214,9 +214,11 @@ staged | fold | chunks | q8 | pncu)
             [ -n "$qi" ] && "$qi" -i "$out/prefill.qdstrm" > "$out/nsys_import.log" 2>&1
         fi
         rm -f "$out/prefill.qdstrm"
-        for r in cuda_api_sum cuda_gpu_kern_sum cuda_gpu_mem_time_sum osrt_sum cuda_gpu_trace cuda_api_trace; do
-            nsys stats --report $r --format csv "$out/prefill.nsys-rep" > "$out/nsys_$r.csv" 2>&1
+        for r in cuda_api_sum cuda_gpu_trace cuda_api_trace; do
+            nsys stats --force-export=true --report $r --format csv "$out/prefill.nsys-rep" > "$out/nsys_$r.csv" 2>&1
         done
+        xz -9 "$out/nsys_cuda_gpu_trace.csv" "$out/nsys_cuda_api_trace.csv"
+        rm -f "$out/nsys_run.log" "$out/build.log" "$out/configure.log"
         rm -f "$out/prefill.nsys-rep" "$out/prefill.sqlite"
         exit $rc
     fi
