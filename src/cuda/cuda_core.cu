@@ -115,6 +115,12 @@ extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
 
 extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
 
+static bool g_attn_tile2 = false;
+
+extern "C" bool mk_cuda_attn_tile2(void) { return g_attn_tile2; }
+
+extern "C" void mk_cuda_set_attn_tile2(bool on) { g_attn_tile2 = on; }
+
 static int g_attn_shares = 8; /* ATT_SPLIT (cuda_attn_kernel.cuh) */
 
 extern "C" int mk_cuda_attn_shares(void) { return g_attn_shares; }

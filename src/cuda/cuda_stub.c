@@ -151,6 +151,12 @@ void mk_cuda_set_attn_merge_fused(bool on) {
 bool mk_cuda_attn_merge_fused(void) {
     return false;
 }
+void mk_cuda_set_attn_tile2(bool on) {
+    (void)on;
+}
+bool mk_cuda_attn_tile2(void) {
+    return false;
+}
 mk_status mk_cuda_set_attn_shares(int n) {
     (void)n;
     return mk_err(MK_E_UNSUPPORTED, "cuda: moekit was built without CUDA");

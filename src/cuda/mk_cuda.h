@@ -191,6 +191,12 @@ bool mk_cuda_moe_staged(void);
  * by default; process-wide, for measuring one against the other. */
 void mk_cuda_set_attn_merge_fused(bool on);
 bool mk_cuda_attn_merge_fused(void);
+/* The tiled prefill attention's generation 2 (cuda_attn_tile.cuh
+ * k_attn_tile2: 64 queries a block, each thread 4 queries x 4 keys of a
+ * tile in registers) instead of generation 1 (k_attn_tile); the same
+ * function in another float order. Process-wide. */
+void mk_cuda_set_attn_tile2(bool on);
+bool mk_cuda_attn_tile2(void);
 /* Blocks per head a one-token (decode) attention is split over, each
  * walking a share of the cache (1 to 32; default 8): more shares, shorter
  * walks per block and more states to merge. Changes the float order of

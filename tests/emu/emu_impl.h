@@ -1,4 +1,4 @@
-// What src/cuda/cuda_impl.cuh gives the kernels (float4, mkc_warp_sum,
+// What src/cuda/cuda_impl.cuh gives the kernels (float4, make_float4, min/max, mkc_warp_sum,
 // MKC_DYN_SMEM under MK_CUDA_EMU, mkc_pdl_enter, mkc_prefetch_line), for the host emulations that run without
 // the CUDA toolkit's headers, which that header needs (attention, GDN).
 // Keep the two alike.
@@ -15,6 +15,19 @@ inline float mkc_warp_sum(float v) {
         v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+inline float4 make_float4(float x, float y, float z, float w) {
+    return float4{x, y, z, w};
+}
+/* the device's integer min and max (CUDA's overloads) */
+template <class T> inline T min(T a, T b) {
+    return a < b ? a : b;
+}
+template <class T> inline T max(T a, T b) {
+    return a < b ? b : a;
+}
+#ifndef __host__
+#define __host__
+#endif
 #define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 inline void mkc_pdl_enter() {} /* the emulation runs kernels one after another */
 inline void mkc_prefetch_line(const void *) {}
