@@ -26,6 +26,8 @@
 #                                         GEMV alone float / int8 x (bench_cuda_moe --gemv, built with
 #                                         MK_NO_BENCH unset or in MK_TARGETS), decode on the 8-layer
 #                                         cut off/on interleaved, and with the norm fold
+#   scripts/cuda-owed.sh tile2           the tiled prefill attention's generation 2 against 1: the cut's
+#                                         prefill (chunks 512 / 2048, split / int8 GEMM), ncu of both
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
 #                                         (split and int8 GEMM)
 #   scripts/cuda-owed.sh int8            session 23's int8 default on the full-depth 30B shape: decode
@@ -145,7 +147,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu)
+staged | fold | chunks | q8 | pncu | tile2)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -196,6 +198,30 @@ staged | fold | chunks | q8 | pncu)
                     grep -E "^decode|bound"
             done
         } 2>&1 | tee "$out/q8.log"
+        exit $rc
+    fi
+    if [ "$what" = tile2 ]; then
+        # session 23's tiled prefill attention, generation 2, against generation 1: the cut's
+        # 2048-token prefill in chunks of 512 and 2048 (split and int8 GEMM), interleaved; then ncu
+        # of the attention kernels alone
+        {
+            for g in split int8; do
+                for ch in 512 2048; do
+                    for t in 0 1 0 1; do
+                        echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE2=$t"
+                        MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE2=$t MK_BENCH_CHUNK=$ch timeout 100 \
+                            $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill"
+                    done
+                done
+            done
+        } 2>&1 | tee "$out/tile2.log"
+        for t in 0 1; do
+            MK_CUDA_ATTN_TILE2=$t timeout 120 ncu --clock-control none --kernel-name regex:k_attn_tile \
+                --metrics gpu__time_duration.sum --print-summary per-kernel \
+                $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_tile_$t.log" 2>&1
+            echo "ncu tile2=$t: rc $?"
+            grep -E "k_attn_tile|duration" "$out/ncu_tile_$t.log" | head -6
+        done
         exit $rc
     fi
     if [ "$what" = pncu ] && [ -n "${MK_OWED_NSYS:-}" ]; then
