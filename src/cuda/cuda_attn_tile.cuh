@@ -36,6 +36,21 @@
 #ifndef MK_CUDA_ATTN_TILE_CUH
 #define MK_CUDA_ATTN_TILE_CUH
 
+/* Rows r < R of d floats (d % 4 == 0) into dst, rows d + 4 floats apart
+ * (the pad keeps a column's float4s of different rows in different banks):
+ * row r from src + r * stride, zeros from row `have` on; the block's NT
+ * threads share the float4s */
+template <int R, int NT>
+__device__ __forceinline__ void att_stage(float *dst, const float *src, int64_t stride, int d, int64_t have) {
+    for (int i = threadIdx.x; i < R * (d / 4); i += NT) {
+        const int r = i / (d / 4), c = 4 * (i % (d / 4));
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < have)
+            v = *(const float4 *)(src + r * stride + c);
+        *(float4 *)(dst + r * (d + 4) + c) = v;
+    }
+}
+
 #define ATT_TQ 32
 #define ATT_TK 32
 #define ATT_TT 128 /* threads: 32 queries x 4 quarters */
@@ -56,13 +71,7 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
     const int64_t lo = a.window > 0 ? qp - a.window + 1 : 0; /* first row it sees */
 
     /* the tile's queries */
-    for (int i = tid; i < ATT_TQ * (dk / 4); i += ATT_TT) {
-        const int r = i / (dk / 4), c = 4 * (i % (dk / 4));
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < nq)
-            v = *(const float4 *)(a.q + ((q0 + r) * a.n_heads + h) * (int64_t)dk + c);
-        *(float4 *)(Qs + r * dkp + c) = v;
-    }
+    att_stage<ATT_TQ, ATT_TT>(Qs, a.q + (q0 * a.n_heads + h) * (int64_t)dk, (int64_t)a.n_heads * dk, dk, nq);
     float o[DVQ];
 #pragma unroll
     for (int i = 0; i < DVQ; i++)
@@ -73,20 +82,8 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
     const int64_t last = a.pos0 + q0 + nq - 1;
     for (int64_t k0 = first - first % ATT_TK; k0 <= last; k0 += ATT_TK) {
         __syncthreads(); /* the previous tile's rows are no longer read */
-        for (int i = tid; i < ATT_TK * (dk / 4); i += ATT_TT) {
-            const int r = i / (dk / 4), c = 4 * (i % (dk / 4));
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (k0 + r < T)
-                v = *(const float4 *)(a.k + (k0 + r) * ks + (int64_t)kvh * dk + c);
-            *(float4 *)(Ks + r * dkp + c) = v;
-        }
-        for (int i = tid; i < ATT_TK * (dv / 4); i += ATT_TT) {
-            const int r = i / (dv / 4), c = 4 * (i % (dv / 4));
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (k0 + r < T)
-                v = *(const float4 *)(a.v + (k0 + r) * vs + (int64_t)kvh * dv + c);
-            *(float4 *)(Vs + r * dvp + c) = v;
-        }
+        att_stage<ATT_TK, ATT_TT>(Ks, a.k + k0 * ks + (int64_t)kvh * dk, ks, dk, T - k0);
+        att_stage<ATT_TK, ATT_TT>(Vs, a.v + k0 * vs + (int64_t)kvh * dv, vs, dv, T - k0);
         __syncthreads();
         /* scores of keys kq + 4j */
         float s[ATT_TK / 4];
@@ -190,13 +187,7 @@ __global__ void __launch_bounds__(ATT2_TT) k_attn_tile2(const mk_attn_args a, in
     const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
     const int64_t q0 = (int64_t)blockIdx.x * ATT2_TQ, T = a.pos0 + a.n;
     const int64_t nq = min((int64_t)ATT2_TQ, a.n - q0); /* queries of this tile */
-    for (int i = tid; i < ATT2_TQ * (dk / 4); i += ATT2_TT) {
-        const int r = i / (dk / 4), c = 4 * (i % (dk / 4));
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < nq)
-            v = *(const float4 *)(a.q + ((q0 + r) * a.n_heads + h) * (int64_t)dk + c);
-        *(float4 *)(Qs + r * dkp + c) = v;
-    }
+    att_stage<ATT2_TQ, ATT2_TT>(Qs, a.q + (q0 * a.n_heads + h) * (int64_t)dk, (int64_t)a.n_heads * dk, dk, nq);
     /* this thread's queries qg * 4 + i: position, first row seen, whether real */
     int64_t qp[4], lo[4];
     bool live[4];
@@ -220,20 +211,8 @@ __global__ void __launch_bounds__(ATT2_TT) k_attn_tile2(const mk_attn_args a, in
     const int64_t last = a.pos0 + q0 + nq - 1;
     for (int64_t k0 = first - first % ATT2_TK; k0 <= last; k0 += ATT2_TK) {
         __syncthreads(); /* the previous tile's rows and weights are no longer read */
-        for (int i = tid; i < ATT2_TK * (dk / 4); i += ATT2_TT) {
-            const int r = i / (dk / 4), c = 4 * (i % (dk / 4));
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (k0 + r < T)
-                v = *(const float4 *)(a.k + (k0 + r) * ks + (int64_t)kvh * dk + c);
-            *(float4 *)(Ks + r * dkp + c) = v;
-        }
-        for (int i = tid; i < ATT2_TK * (dv / 4); i += ATT2_TT) {
-            const int r = i / (dv / 4), c = 4 * (i % (dv / 4));
-            float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-            if (k0 + r < T)
-                v = *(const float4 *)(a.v + (k0 + r) * vs + (int64_t)kvh * dv + c);
-            *(float4 *)(Vs + r * dvp + c) = v;
-        }
+        att_stage<ATT2_TK, ATT2_TT>(Ks, a.k + k0 * ks + (int64_t)kvh * dk, ks, dk, T - k0);
+        att_stage<ATT2_TK, ATT2_TT>(Vs, a.v + k0 * vs + (int64_t)kvh * dv, vs, dv, T - k0);
         __syncthreads();
         float s[4][4];
 #pragma unroll
