@@ -23,6 +23,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 #include <cuda_runtime.h>
+#include <mutex>
 #include <stdint.h>
 #include <string.h>
 
@@ -140,10 +141,13 @@ static inline int mkc_sm_count(void) {
 
 /* Let kernel k use up to `bytes` of dynamic shared memory (past the 48 KiB
  * a launch gets without asking), once per kernel: false when refused (the
- * caller runs another kernel). Host only. */
+ * caller runs another kernel). Host only; under a lock (engines on several
+ * host threads share the cache). */
 static inline bool mkc_smem_opt_in(const void *k, int bytes) {
+    static std::mutex mu;
     static const void *asked[32];
     static bool granted[32];
+    std::lock_guard<std::mutex> hold(mu);
     for (int i = 0; i < 32; i++) {
         if (asked[i] == k)
             return granted[i];

@@ -18,6 +18,7 @@
  *              sigmoid(shared gate logit); y = that (or y += that).
  * The routing never leaves the device; mk_cuda_moe_routing copies it out
  * for tests and --verify only. */
+#include <mutex>
 #include <stdlib.h>
 #include <string.h>
 
@@ -236,10 +237,14 @@ static int64_t moes_per(int64_t units, int64_t fixed, int64_t per_unit) {
 }
 
 /* A kernel's static shared memory (the whole 48 KB when it cannot be read,
- * so that nothing more is asked of it) */
+ * so that nothing more is asked of it). Engines on several host threads
+ * share the cache: a lock, so that no caller reads a slot whose kernel is
+ * written and its size not yet. */
 static int64_t kernel_static_smem(const void *k) {
+    static std::mutex mu;
     static const void *known[4];
     static int64_t size[4];
+    std::lock_guard<std::mutex> hold(mu);
     for (int i = 0; i < 4 && known[i]; i++)
         if (known[i] == k)
             return size[i];
