@@ -39,7 +39,8 @@ static void help(FILE *f) {
             "                      run on --backend unless --act-int8 on (or MK_ACT_INT8=1) is\n"
             "                      given: its int8 kernels (the default for runs) differ from the\n"
             "                      exact products by ~2e-3 in the logits, as the CPU's do; give\n"
-            "                      --act-int8 on with a --verify-tol above that to measure them\n"
+            "                      --act-int8 on with a --verify-tol above that to measure them.\n"
+            "                      --out's logits follow --act-int8 as without --verify\n"
             "  --verify-tol X      relative L2 allowed per stage (default 1e-3, the fixtures' bound)\n"
             "  --prefill-chunk N   tokens per forward chunk, bounding activation memory\n"
             "                      (default 512)\n"
@@ -154,9 +155,10 @@ int cmd_logits(int argc, char **argv) {
         return mk_cli_usage("logits", "--ids is empty");
     }
     /* --verify without an explicit --act-int8: both runs on float activations (the help says why) */
-    if (verify && mk_kernels_int8_setting() < 0) {
+    const int int8_was = mk_kernels_int8_setting(), pre8_was = mk_kernels_prefill_int8_setting();
+    if (verify && int8_was < 0) { /* put back after the check: --out's logits are the user's setting's */
         mk_kernels_set_int8(false);
-        if (mk_kernels_prefill_int8_setting() < 0)
+        if (pre8_was < 0)
             mk_kernels_set_prefill_int8(false);
     }
     mk_engine_opts eo = {.threads = (int)threads, .max_ctx = n, .prefill_chunk = (int)chunk};
@@ -208,6 +210,8 @@ int cmd_logits(int argc, char **argv) {
                     (long long)n);
             mk_xcheck_free(&x);
         }
+        mk_kernels_restore_int8(int8_was);
+        mk_kernels_restore_prefill_int8(pre8_was);
     }
     if (st == MK_OK && out) {
         const mk_config *c = mk_model_config(m);

@@ -23,8 +23,10 @@ template <int DVQ> static bool launch(mkb_ctx *c, const mk_attn_args *a, int64_t
 
 template <int NV> static bool launch2(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     const size_t smem = att2_smem(a->dk, a->dv);
-    /* 116 KB at head dims of 128, 212 KB at 256 (refused: generation 1 runs) */
-    if (smem > 227 * 1024 || !mkc_smem_opt_in((const void *)k_attn_tile2<NV>, 227 * 1024))
+    /* 116 KB at head dims of 128, 212 KB at 256: the device's most (227 KB on sm_90; past it,
+     * or refused, generation 1 runs) */
+    const int most = mkc_smem_optin_max();
+    if (smem > (size_t)most || !mkc_smem_opt_in((const void *)k_attn_tile2<NV>, most))
         return false;
     const dim3 grid((unsigned)((a->n + ATT2_TQ - 1) / ATT2_TQ), (unsigned)a->n_heads);
     k_attn_tile2<NV><<<grid, ATT2_TT, smem, c->s>>>(*a, ks, vs);

@@ -80,6 +80,7 @@ struct mkb_ctx {
     bool recording;
     cudaGraphExec_t exec; /* the last step's executable graph, updated in place */
     uint64_t rec_id;      /* names exec for step_replay; 0: none (dropped) */
+    uint64_t rec_sig;     /* the switches it was recorded under (cuda_graph.cu switch_sig) */
     uint64_t rec_next;    /* the next id to give */
     int graph_updates, graph_builds, graph_replays;
     /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_*, the weight tiles'

@@ -27,6 +27,22 @@
  * (mk_backend_cuda_set_graphs). */
 #include "cuda/cuda_backend.cuh"
 
+/* The process-wide switches a recorded step's kernels were chosen under
+ * (on the host, while recording). A replay under other switches would run
+ * the old choice: --act-int8 follows a setting the caller may change
+ * between steps (crosscheck's reference run, tests), so such a replay is
+ * refused, the recording dropped, and the engine records the step again. */
+static uint64_t switch_sig(void) {
+    uint64_t s = (uint64_t)mk_cuda_kernels();
+    const bool b[] = {mk_cuda_act_int8(),   mk_cuda_norm_fold(),   mk_cuda_moe_pdl(),
+                      mk_cuda_step_pdl(),   mk_cuda_gemv_staged(), mk_cuda_moe_staged(),
+                      mk_cuda_attn_merge_fused()};
+    for (bool v : b)
+        s = s << 1 | (uint64_t)v;
+    s = s << 8 | (uint64_t)(mk_cuda_step_prefetch() & 255u);
+    return s << 8 | (uint64_t)(mk_cuda_attn_shares() & 255);
+}
+
 void mkb_graph_free(mkb_ctx *c) {
     if (c->exec)
         (void)cudaGraphExecDestroy(c->exec);
@@ -40,6 +56,10 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK)
         return false;
+    if (switch_sig() != c->rec_sig) { /* recorded under other switches */
+        mkb_graph_free(c);
+        return false;
+    }
     if (c->xc) {
         mkb_xcache_tick(c); /* a step boundary: slots published, counts taken, copies started */
         if (c->err.st != MK_OK)
@@ -100,8 +120,10 @@ bool mkb_step_end(void *ctx, bool run) {
     }
     if (ok)
         ok = cudaGraphLaunch(c->exec, c->s) == cudaSuccess;
-    if (ok)
+    if (ok) {
         c->rec_id = ++c->rec_next; /* a new recording, even when updated in place */
+        c->rec_sig = switch_sig();
+    }
     if (g)
         (void)cudaGraphDestroy(g);
     if (!ok) {

@@ -140,19 +140,27 @@ static inline int mkc_sm_count(void) {
 }
 
 /* Let kernel k use up to `bytes` of dynamic shared memory (past the 48 KiB
- * a launch gets without asking), once per kernel: false when refused (the
- * caller runs another kernel). Host only; under a lock (engines on several
- * host threads share the cache). */
+ * a launch gets without asking), once per kernel and device (the attribute
+ * is the current device's): false when refused (the caller runs another
+ * kernel). Host only; under a lock (engines on several host threads, or
+ * devices, share the cache). */
 static inline bool mkc_smem_opt_in(const void *k, int bytes) {
     static std::mutex mu;
-    static const void *asked[32];
-    static bool granted[32];
+    static const void *asked[64];
+    static int dev_of[64];
+    static bool granted[64];
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return false;
+    }
     std::lock_guard<std::mutex> hold(mu);
-    for (int i = 0; i < 32; i++) {
-        if (asked[i] == k)
+    for (int i = 0; i < 64; i++) {
+        if (asked[i] == k && dev_of[i] == dev)
             return granted[i];
         if (!asked[i]) {
             asked[i] = k;
+            dev_of[i] = dev;
             granted[i] = cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes) == cudaSuccess;
             if (!granted[i])
                 (void)cudaGetLastError();
@@ -160,6 +168,18 @@ static inline bool mkc_smem_opt_in(const void *k, int bytes) {
         }
     }
     return false;
+}
+
+/* The current device's most dynamic shared memory a block may opt in to
+ * (227 KB on sm_90, 163 KB on sm_80, 99 KB on sm_86/89); 0 when unknown */
+static inline int mkc_smem_optin_max(void) {
+    int dev = 0, v = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess ||
+        cudaDeviceGetAttribute(&v, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return v;
 }
 
 /* Whether a step kernel's launch asks L2 for its reads before the wait

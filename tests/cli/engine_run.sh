@@ -92,6 +92,11 @@ esac
 "$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --verify --verify-tol 1e-6 > "$T/vf" 2>&1 ||
     fail "logits --verify (default activations) diverged: $(tail -2 "$T/vf")"
 grep -q "matches the CPU within 1e-06" "$T/vf" || fail "logits --verify: $(tail -1 "$T/vf")"
+# ... and --out's logits after the check are the user's setting's (the default: int8 here on x86), as without --verify
+"$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --out "$T/vplain.f32"
+"$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --out "$T/vout.f32" --verify > /dev/null 2>&1 ||
+    fail "logits --verify --out failed"
+cmp -s "$T/vplain.f32" "$T/vout.f32" || fail "logits --verify --out wrote other logits than logits --out"
 set +e
 "$BIN" logits "$T/q4" --ids 7,8,9 --threads 2 --verify --verify-tol 1e-6 --act-int8 on > "$T/vi" 2>&1
 rc=$?

@@ -2274,6 +2274,30 @@ static void test_step_recording(void **st) {
             free(y);
         }
         free(x2);
+#ifdef MK_HAVE_CUDA
+        /* a recording made under other switches (here --act-int8's device setting) is not
+         * replayed: it would run the kernels chosen before; refused, dropped, nothing runs */
+        if (!strcmp(b->name, "cuda")) {
+            const bool q0 = mk_cuda_act_int8();
+            mk_cuda_set_act_int8(!q0);
+            assert_false(b->i->step_replay(b->ctx, id));
+            assert_int_equal(b->i->step_last(b->ctx), 0);
+            mk_cuda_set_act_int8(q0);
+            assert_int_equal(b->i->sync(b->ctx), MK_OK);
+            float *y = back(b, dy, 2 * R * 4);
+            assert_memory_equal(y, y0, 2 * R * 4);
+            free(y);
+            /* recorded again, as the engine would: replayable */
+            assert_true(b->i->step_begin(b->ctx));
+            b->i->matmul(b->ctx, &wb.w, dx, 1, dz);
+            b->i->axpy(b->ctx, dy, 2.0f, dz, R);
+            assert_true(b->i->step_end(b->ctx, true));
+            id = b->i->step_last(b->ctx);
+            y = back(b, dy, 2 * R * 4);
+            memcpy(y0, y, R * 4);
+            free(y);
+        }
+#endif
         /* a download inside a recording: refused, nothing of the step ran */
         float junk[4];
         assert_true(b->i->step_begin(b->ctx));
