@@ -171,18 +171,25 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
 #define ATT2_TT 256 /* threads: 16 query groups x 16 key groups */
 #define ATT2_PS (ATT2_TQ + 4) /* floats between the weight rows (one per key) */
 
-/* Host and device: k_attn_tile2's dynamic shared memory for head dims dk, dv */
+/* Host and device: floats of k_attn_tile2's key region, which the weights
+ * reuse once the tile's scores are taken */
+__host__ __device__ __forceinline__ int att2_kregion(int dk) {
+    return ATT2_TK * (dk + 4) > ATT2_TK * ATT2_PS ? ATT2_TK * (dk + 4) : ATT2_TK * ATT2_PS;
+}
+/* Host and device: k_attn_tile2's dynamic shared memory for head dims dk, dv
+ * (101 KB at 128: two blocks an SM) */
 __host__ __device__ __forceinline__ size_t att2_smem(int dk, int dv) {
-    return sizeof(float) * ((size_t)(ATT2_TQ + ATT2_TK) * (dk + 4) + (size_t)ATT2_TK * (dv + 4) + (size_t)ATT2_TK * ATT2_PS);
+    return sizeof(float) * ((size_t)ATT2_TQ * (dk + 4) + (size_t)att2_kregion(dk) + (size_t)ATT2_TK * (dv + 4));
 }
 
 /* NV: value float4 columns per thread (dv <= 64 NV) */
 template <int NV>
-__global__ void __launch_bounds__(ATT2_TT) k_attn_tile2(const mk_attn_args a, int64_t ks, int64_t vs) {
+__global__ void __launch_bounds__(ATT2_TT, NV <= 2 ? 2 : 1) k_attn_tile2(const mk_attn_args a, int64_t ks, int64_t vs) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     float *sm = (float *)mkc_sm4;
     const int dk = a.dk, dv = a.dv, dkp = dk + 4, dvp = dv + 4;
-    float *Qs = sm, *Ks = Qs + ATT2_TQ * dkp, *Vs = Ks + ATT2_TK * dkp, *Pt = Vs + ATT2_TK * dvp;
+    /* the weights Pt reuse the keys' region (the scores are taken first: a barrier between) */
+    float *Qs = sm, *Ks = Qs + ATT2_TQ * dkp, *Pt = Ks, *Vs = Ks + att2_kregion(dk);
     const int tid = threadIdx.x, qg = tid >> 4, kg = tid & 15;
     const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
     const int64_t q0 = (int64_t)blockIdx.x * ATT2_TQ, T = a.pos0 + a.n;
@@ -266,6 +273,7 @@ __global__ void __launch_bounds__(ATT2_TT) k_attn_tile2(const mk_attn_args a, in
             l[i] = l[i] * corr[i] + ts;
             m[i] = mn;
         }
+        __syncthreads(); /* every thread's scores are taken: the key region becomes the weights' */
 #pragma unroll
         for (int j = 0; j < 4; j++) /* key kg + 16 j's weights for the group's 4 queries */
             *(float4 *)(Pt + (kg + 16 * j) * ATT2_PS + qg * 4) = make_float4(s[0][j], s[1][j], s[2][j], s[3][j]);
