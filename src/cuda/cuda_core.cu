@@ -115,7 +115,7 @@ extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
 
 extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
 
-static bool g_attn_tile2 = false;
+static bool g_attn_tile2 = true;
 
 extern "C" bool mk_cuda_attn_tile2(void) { return g_attn_tile2; }
 

@@ -194,7 +194,9 @@ bool mk_cuda_attn_merge_fused(void);
 /* The tiled prefill attention's generation 2 (cuda_attn_tile.cuh
  * k_attn_tile2: 64 queries a block, each thread 4 queries x 4 keys of a
  * tile in registers) instead of generation 1 (k_attn_tile); the same
- * function in another float order. Process-wide. */
+ * function in another float order. On by default (measured 449 against 727
+ * us a 512-token chunk of the 30B shape, +13-19% prefill on an H100);
+ * process-wide, for measuring one against the other. */
 void mk_cuda_set_attn_tile2(bool on);
 bool mk_cuda_attn_tile2(void);
 /* Blocks per head a one-token (decode) attention is split over, each
