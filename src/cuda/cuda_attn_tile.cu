@@ -11,7 +11,7 @@
 #include "cuda/cuda_attn_tile.cuh"
 
 template <int DVQ> static bool launch(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
-    const size_t smem = sizeof(float) * ((size_t)(ATT_TQ + ATT_TK) * (a->dk + 4) + (size_t)ATT_TK * (a->dv + 4));
+    const size_t smem = att1_smem(a->dk, a->dv);
     /* shared memory past the 48 KiB default (refused: the caller's other kernel runs) */
     if (!mkc_smem_opt_in((const void *)k_attn_tile<DVQ>, 100 * 1024))
         return false;

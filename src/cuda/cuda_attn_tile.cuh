@@ -55,6 +55,11 @@ __device__ __forceinline__ void att_stage(float *dst, const float *src, int64_t 
 #define ATT_TK 32
 #define ATT_TT 128 /* threads: 32 queries x 4 quarters */
 
+/* Host and device: k_attn_tile's dynamic shared memory for head dims dk, dv */
+__host__ __device__ __forceinline__ size_t att1_smem(int dk, int dv) {
+    return sizeof(float) * ((size_t)(ATT_TQ + ATT_TK) * (dk + 4) + (size_t)ATT_TK * (dv + 4));
+}
+
 /* DVQ: value floats per thread (dv / 4 rounded up to a multiple of 4) */
 template <int DVQ>
 __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int64_t ks, int64_t vs) {
