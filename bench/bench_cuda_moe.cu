@@ -248,10 +248,11 @@ static void gemv_bench(const char *name, mk_wt w, double roof) {
         if (w.fmt == MK_WF_AFFINE) { /* and on int8 activations (mk_cuda_set_act_int8, k_gemv_q8) */
             char nm[64];
             const bool q0 = mk_cuda_act_int8();
+            const int s0 = mk_cuda_act_int8_setting(); /* following stays following */
             mk_cuda_set_act_int8(!q0);
             snprintf(nm, sizeof nm, "%s %s", name, q0 ? "float x" : "int8 x");
             gemv_bench1(nm, w, roof);
-            mk_cuda_set_act_int8(q0);
+            mk_cuda_restore_act_int8(s0);
         }
         return;
     }

@@ -109,6 +109,12 @@ extern "C" void mk_cuda_set_act_int8(bool on) { __atomic_store_n(&g_act_int8, on
 
 extern "C" void mk_cuda_reset_act_int8(void) { __atomic_store_n(&g_act_int8, -1, __ATOMIC_RELEASE); }
 
+extern "C" int mk_cuda_act_int8_setting(void) { return __atomic_load_n(&g_act_int8, __ATOMIC_ACQUIRE); }
+
+extern "C" void mk_cuda_restore_act_int8(int setting) {
+    __atomic_store_n(&g_act_int8, setting < 0 ? -1 : setting != 0, __ATOMIC_RELEASE);
+}
+
 static bool g_attn_merge_fused = true;
 
 extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }

@@ -142,6 +142,12 @@ void mk_cuda_set_act_int8(bool on) {
 }
 void mk_cuda_reset_act_int8(void) {
 }
+int mk_cuda_act_int8_setting(void) {
+    return -1;
+}
+void mk_cuda_restore_act_int8(int setting) {
+    (void)setting;
+}
 bool mk_cuda_act_int8(void) {
     return false;
 }

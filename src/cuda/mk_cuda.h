@@ -231,6 +231,10 @@ bool mk_cuda_norm_fold(void);
 void mk_cuda_set_act_int8(bool on);
 void mk_cuda_reset_act_int8(void);
 bool mk_cuda_act_int8(void);
+/* The setting behind mk_cuda_act_int8: -1 following, 0 / 1 forced; and
+ * putting one back (a caller that forces it for a while) */
+int mk_cuda_act_int8_setting(void);
+void mk_cuda_restore_act_int8(int setting);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

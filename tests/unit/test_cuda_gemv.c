@@ -484,6 +484,12 @@ static void test_act_int8_default(void **state) {
     assert_true(mk_cuda_act_int8());
     mk_cuda_reset_act_int8();
     assert_false(mk_cuda_act_int8());
+    assert_int_equal(mk_cuda_act_int8_setting(), -1);
+    mk_cuda_set_act_int8(true);
+    assert_int_equal(mk_cuda_act_int8_setting(), 1);
+    mk_cuda_restore_act_int8(-1); /* put back as following, not forced */
+    assert_int_equal(mk_cuda_act_int8_setting(), -1);
+    assert_false(mk_cuda_act_int8());
     mk_kernels_restore_int8(k0);
     mk_cuda_set_act_int8(false);
 #endif
