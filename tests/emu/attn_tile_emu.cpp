@@ -66,42 +66,36 @@ static void reference(const mk_attn_args &a, int64_t ks, int64_t vs, bool causal
         }
 }
 
-// the kernel of generation gen over the whole grid, as cuda_attn_tile.cu launches it
-static void run(int gen, const mk_attn_args &a, int64_t ks, int64_t vs) {
-    if (gen == 1) {
-        const unsigned gx = (unsigned)((a.n + ATT_TQ - 1) / ATT_TQ);
-        emu_smem(att1_smem(a.dk, a.dv));
-        for (unsigned y = 0; y < (unsigned)a.n_heads; y++)
-            for (unsigned b = 0; b < gx; b++)
-                emu_block(
-                    gx, b, ATT_TT,
-                    [&] {
-                        if (a.dv <= 64)
-                            k_attn_tile<16>(a, ks, vs);
-                        else if (a.dv <= 128)
-                            k_attn_tile<32>(a, ks, vs);
-                        else
-                            k_attn_tile<64>(a, ks, vs);
-                    },
-                    (unsigned)a.n_heads, y);
-    } else {
-        const unsigned gx = (unsigned)((a.n + ATT2_TQ - 1) / ATT2_TQ);
-        emu_smem(att2_smem(a.dk, a.dv));
-        for (unsigned y = 0; y < (unsigned)a.n_heads; y++)
-            for (unsigned b = 0; b < gx; b++)
-                emu_block(
-                    gx, b, ATT2_TT,
-                    [&] {
-                        if (a.dv <= 64)
-                            k_attn_tile2<1>(a, ks, vs);
-                        else if (a.dv <= 128)
-                            k_attn_tile2<2>(a, ks, vs);
-                        else
-                            k_attn_tile2<4>(a, ks, vs);
-                    },
-                    (unsigned)a.n_heads, y);
-    }
+// kern over the launch's grid (blocks of tq queries by heads), nt threads, smem bytes
+template <class K> static void grid(const mk_attn_args &a, int tq, unsigned nt, size_t smem, K kern) {
+    const unsigned gx = (unsigned)((a.n + tq - 1) / tq);
+    emu_smem(smem);
+    for (unsigned y = 0; y < (unsigned)a.n_heads; y++)
+        for (unsigned b = 0; b < gx; b++)
+            emu_block(gx, b, nt, kern, (unsigned)a.n_heads, y);
     emu_smem(0);
+}
+
+// the kernel of generation gen, as cuda_attn_tile.cu launches it
+static void run(int gen, const mk_attn_args &a, int64_t ks, int64_t vs) {
+    if (gen == 1)
+        grid(a, ATT_TQ, ATT_TT, att1_smem(a.dk, a.dv), [&] {
+            if (a.dv <= 64)
+                k_attn_tile<16>(a, ks, vs);
+            else if (a.dv <= 128)
+                k_attn_tile<32>(a, ks, vs);
+            else
+                k_attn_tile<64>(a, ks, vs);
+        });
+    else
+        grid(a, ATT2_TQ, ATT2_TT, att2_smem(a.dk, a.dv), [&] {
+            if (a.dv <= 64)
+                k_attn_tile2<1>(a, ks, vs);
+            else if (a.dv <= 128)
+                k_attn_tile2<2>(a, ks, vs);
+            else
+                k_attn_tile2<4>(a, ks, vs);
+        });
 }
 
 static double rel_l2(const std::vector<float> &y, const std::vector<double> &r) {
