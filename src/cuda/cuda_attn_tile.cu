@@ -23,7 +23,7 @@ template <int DVQ> static bool launch(mkb_ctx *c, const mk_attn_args *a, int64_t
 
 template <int NV> static bool launch2(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     const size_t smem = att2_smem(a->dk, a->dv);
-    /* 116 KB at head dims of 128, 212 KB at 256: the device's most (227 KB on sm_90; past it,
+    /* 101 KB at head dims of 128, 200 KB at 256: the device's most (227 KB on sm_90; past it,
      * or refused, generation 1 runs) */
     const int most = mkc_smem_optin_max();
     if (smem > (size_t)most || !mkc_smem_opt_in((const void *)k_attn_tile2<NV>, most))

@@ -51,6 +51,46 @@ __device__ __forceinline__ void att_stage(float *dst, const float *src, int64_t 
     }
 }
 
+/* One tile's online-softmax step for one query: this thread's NS scores
+ * (scaled, -inf where the query does not see the row), shared with LANES
+ * adjacent lanes, give the tile's max and sum (xor shuffles); the scores
+ * become weights exp(s - m_new), m and l move on, and the rescale of the
+ * earlier sums, exp(m_old - m_new), is returned (nothing seen yet, m_new =
+ * -inf: no rescale, every weight 0) */
+template <int NS, int LANES>
+__device__ __forceinline__ float att_online(float *s, float &m, float &l) {
+    float tm = -INFINITY;
+#pragma unroll
+    for (int j = 0; j < NS; j++)
+        tm = fmaxf(tm, s[j]);
+#pragma unroll
+    for (int x = 1; x < LANES; x <<= 1)
+        tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, x));
+    const float mn = fmaxf(m, tm);
+    const float corr = mn == -INFINITY ? 1.0f : expf(m - mn);
+    float ts = 0.0f;
+#pragma unroll
+    for (int j = 0; j < NS; j++) {
+        s[j] = mn == -INFINITY ? 0.0f : expf(s[j] - mn);
+        ts += s[j];
+    }
+#pragma unroll
+    for (int x = 1; x < LANES; x <<= 1)
+        ts += __shfl_xor_sync(0xffffffffu, ts, x);
+    l = l * corr + ts;
+    m = mn;
+    return corr;
+}
+
+/* The factor of a query's output sums: 1 / l, or with head h's sink logit
+ * (sinks non-NULL), which joins the max and the denominator only */
+__device__ __forceinline__ float att_norm(float m, float l, const float *sinks, int h) {
+    if (!sinks)
+        return 1.0f / l;
+    const float sk = sinks[h], mf = fmaxf(m, sk), e = m == -INFINITY ? 0.0f : expf(m - mf);
+    return e / (l * e + expf(sk - mf));
+}
+
 #define ATT_TQ 32
 #define ATT_TK 32
 #define ATT_TT 128 /* threads: 32 queries x 4 quarters */
@@ -107,28 +147,12 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
                 s[j] = fmaf(q4.w, k4.w, s[j]);
             }
         }
-        float tm = -INFINITY;
 #pragma unroll
         for (int j = 0; j < ATT_TK / 4; j++) {
             const int64_t p = k0 + 4 * j + kq;
             s[j] = live && p <= qp && p >= lo ? s[j] * a.scale : -INFINITY;
-            tm = fmaxf(tm, s[j]);
         }
-        tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 1));
-        tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, 2));
-        const float mn = fmaxf(m, tm);
-        /* nothing seen yet (mn = -inf): no rescale, every weight 0 */
-        const float corr = mn == -INFINITY ? 1.0f : expf(m - mn);
-        float ts = 0.0f;
-#pragma unroll
-        for (int j = 0; j < ATT_TK / 4; j++) {
-            s[j] = mn == -INFINITY ? 0.0f : expf(s[j] - mn);
-            ts += s[j];
-        }
-        ts += __shfl_xor_sync(0xffffffffu, ts, 1);
-        ts += __shfl_xor_sync(0xffffffffu, ts, 2);
-        l = l * corr + ts;
-        m = mn;
+        const float corr = att_online<ATT_TK / 4, 4>(s, m, l); /* the query's four quarters */
 #pragma unroll
         for (int i = 0; i < DVQ; i++)
             o[i] *= corr;
@@ -152,13 +176,7 @@ __global__ void __launch_bounds__(ATT_TT) k_attn_tile(const mk_attn_args a, int6
     }
     if (!live)
         return;
-    float inv;
-    if (a.sinks) { /* the sink's logit joins the max and the denominator only */
-        const float sk = a.sinks[h], mf = fmaxf(m, sk), e = m == -INFINITY ? 0.0f : expf(m - mf);
-        inv = e / (l * e + expf(sk - mf));
-    } else {
-        inv = 1.0f / l;
-    }
+    const float inv = att_norm(m, l, a.sinks, h);
     float *out = a.out + ((q0 + qi) * a.n_heads + h) * (int64_t)dv;
 #pragma unroll
     for (int i = 0; i < DVQ / 4; i++) {
@@ -253,30 +271,12 @@ __global__ void __launch_bounds__(ATT2_TT, NV <= 2 ? 2 : 1) k_attn_tile2(const m
         float corr[4];
 #pragma unroll
         for (int i = 0; i < 4; i++) {
-            float tm = -INFINITY;
 #pragma unroll
             for (int j = 0; j < 4; j++) {
                 const int64_t p = k0 + kg + 16 * j;
                 s[i][j] = live[i] && p <= qp[i] && p >= lo[i] ? s[i][j] * a.scale : -INFINITY;
-                tm = fmaxf(tm, s[i][j]);
             }
-#pragma unroll
-            for (int x = 1; x < 16; x <<= 1) /* the 16 key groups of this query group: one half warp */
-                tm = fmaxf(tm, __shfl_xor_sync(0xffffffffu, tm, x));
-            const float mn = fmaxf(m[i], tm);
-            /* nothing seen yet (mn = -inf): no rescale, every weight 0 */
-            corr[i] = mn == -INFINITY ? 1.0f : expf(m[i] - mn);
-            float ts = 0.0f;
-#pragma unroll
-            for (int j = 0; j < 4; j++) {
-                s[i][j] = mn == -INFINITY ? 0.0f : expf(s[i][j] - mn);
-                ts += s[i][j];
-            }
-#pragma unroll
-            for (int x = 1; x < 16; x <<= 1)
-                ts += __shfl_xor_sync(0xffffffffu, ts, x);
-            l[i] = l[i] * corr[i] + ts;
-            m[i] = mn;
+            corr[i] = att_online<4, 16>(s[i], m[i], l[i]); /* the query group's 16 key groups: a half warp */
         }
         __syncthreads(); /* every thread's scores are taken: the key region becomes the weights' */
 #pragma unroll
@@ -316,13 +316,7 @@ __global__ void __launch_bounds__(ATT2_TT, NV <= 2 ? 2 : 1) k_attn_tile2(const m
     for (int i = 0; i < 4; i++) {
         if (!live[i])
             continue;
-        float inv;
-        if (a.sinks) { /* the sink's logit joins the max and the denominator only */
-            const float sk = a.sinks[h], mf = fmaxf(m[i], sk), e = m[i] == -INFINITY ? 0.0f : expf(m[i] - mf);
-            inv = e / (l[i] * e + expf(sk - mf));
-        } else {
-            inv = 1.0f / l[i];
-        }
+        const float inv = att_norm(m[i], l[i], a.sinks, h);
         float *out = a.out + ((q0 + qg * 4 + i) * a.n_heads + h) * (int64_t)dv;
 #pragma unroll
         for (int u = 0; u < NV; u++) {
