@@ -29,6 +29,9 @@
 #   scripts/cuda-owed.sh tile2           the tiled prefill attention's generation 2 against 1: the cut's
 #                                         prefill (chunks 512 / 2048, split / int8 GEMM), ncu of both
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
+#   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
+#                                         attention, router, MoE and GEMV kernels near position 64):
+#                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
 #                                         (split and int8 GEMM)
 #   scripts/cuda-owed.sh int8            session 23's int8 default on the full-depth 30B shape: decode
 #                                         with the default (int8 since session 23) against
@@ -146,7 +149,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | tile2)
+staged | fold | chunks | q8 | pncu | dncu | tile2)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -248,6 +251,18 @@ staged | fold | chunks | q8 | pncu | tile2)
         xz -9 "$out/nsys_cuda_gpu_trace.csv" "$out/nsys_cuda_api_trace.csv"
         rm -f "$out/nsys_run.log" "$out/build.log" "$out/configure.log"
         rm -f "$out/prefill.nsys-rep" "$out/prefill.sqlite"
+        exit $rc
+    fi
+    if [ "$what" = dncu ]; then
+        # one decode layer's kernels in detail: prompt 64, then decode steps; the launches past the
+        # prefill's (skip) are a decode step's (8 layers x ~6 matching kernels a layer)
+        timeout 400 ncu --set full --clock-control none --kernel-name \
+            'regex:k_attn<|k_router|k_gateup|k_down2|k_gemv_q8|k_gemv<|k_rmsnorm|k_add_rmsnorm|k_qk_norm' \
+            --launch-skip ${MK_OWED_SKIP:-160} --launch-count ${MK_OWED_COUNT:-14} \
+            $B/bench_decode $W/m8 64 4 $nt cuda-nograph > "$out/ncu_decode.log" 2>&1
+        echo "ncu decode: rc $? (ncu_decode.log)"
+        grep -E "^  [a-z_]+.*\(|Duration|Memory Throughput|Achieved Occupancy|Registers Per|Block Size|Grid Size" \
+            "$out/ncu_decode.log" | head -120
         exit $rc
     fi
     if [ "$what" = pncu ]; then
