@@ -49,8 +49,8 @@
  * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged); MK_CUDA_MOE_STAGED=0|1
  * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
  * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
- * MK_CUDA_ATTN_TILE2=0|1 the tiled prefill attention's generation 2
- * (mk_cuda_set_attn_tile2);
+ * MK_CUDA_ATTN_TILE=1|2|3 the tiled prefill attention's generation
+ * (mk_cuda_set_attn_tile_gen);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold);
@@ -281,7 +281,6 @@ int main(int argc, char **argv) {
             {"MK_CUDA_GEMV_STAGED", mk_cuda_set_gemv_staged},   /* the one-token GEMV's staged weights */
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
-            {"MK_CUDA_ATTN_TILE2", mk_cuda_set_attn_tile2},     /* the prefill attention's generation 2 */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
             {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* decode products on int8 x (the CPU's rule) */
         };
@@ -294,6 +293,12 @@ int main(int argc, char **argv) {
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)
             mk_cuda_set_step_prefetch((unsigned)strtoul(gpf, NULL, 10));
+        /* MK_CUDA_ATTN_TILE=1..3: the tiled prefill attention's generation */
+        const char *atg = getenv("MK_CUDA_ATTN_TILE");
+        if (atg && *atg && mk_cuda_set_attn_tile_gen(atoi(atg)) != MK_OK) {
+            fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
+            return 2;
+        }
         /* MK_CUDA_ATTN_SHARES=1..32: the decode attention's blocks per head */
         const char *ash = getenv("MK_CUDA_ATTN_SHARES");
         if (ash && *ash && mk_cuda_set_attn_shares(atoi(ash)) != MK_OK) {

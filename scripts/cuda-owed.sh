@@ -26,8 +26,9 @@
 #                                         GEMV alone float / int8 x (bench_cuda_moe --gemv, built with
 #                                         MK_NO_BENCH unset or in MK_TARGETS), decode on the 8-layer
 #                                         cut off/on interleaved, and with the norm fold
-#   scripts/cuda-owed.sh tile2           the tiled prefill attention's generation 2 against 1: the cut's
-#                                         prefill (chunks 512 / 2048, split / int8 GEMM), ncu of both
+#   scripts/cuda-owed.sh tile2           the tiled prefill attention's generations (MK_OWED_GENS, default
+#                                         "2 3 2 3": MK_CUDA_ATTN_TILE interleaved): the cut's prefill
+#                                         (chunks 512 / 2048, split / int8 GEMM), ncu of 2 and 3
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
@@ -203,7 +204,7 @@ staged | fold | chunks | q8 | pncu | dncu | tile2)
         exit $rc
     fi
     if [ "$what" = tile2 ]; then
-        # session 23's tiled prefill attention, generation 2, against generation 1: the cut's
+        # the tiled prefill attention's generations (session 24: 3 against 2): the cut's
         # 2048-token prefill in chunks of 512 and 2048 (split and int8 GEMM), interleaved; then ncu
         # of the attention kernels alone
         {
@@ -211,17 +212,17 @@ staged | fold | chunks | q8 | pncu | dncu | tile2)
             [ -n "${MK_OWED_QUICK:-}" ] && chs=512 # a call with little device time left
             for g in split int8; do
                 for ch in $chs; do
-                    for t in 0 1 0 1; do
-                        echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE2=$t"
-                        MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE2=$t MK_BENCH_CHUNK=$ch timeout 100 \
+                    for t in ${MK_OWED_GENS:-2 3 2 3}; do
+                        echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE=$t"
+                        MK_CUDA_GEMM=$g MK_CUDA_ATTN_TILE=$t MK_BENCH_CHUNK=$ch timeout 100 \
                             $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill"
                     done
                 done
             done
         } 2>&1 | tee "$out/tile2.log"
         [ -n "${MK_OWED_QUICK:-}" ] && exit $rc
-        for t in 0 1; do
-            MK_CUDA_ATTN_TILE2=$t timeout 120 ncu --clock-control none --kernel-name regex:k_attn_tile \
+        for t in 2 3; do
+            MK_CUDA_ATTN_TILE=$t timeout 120 ncu --clock-control none --kernel-name regex:k_attn_tile \
                 --metrics gpu__time_duration.sum --print-summary per-kernel \
                 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_tile_$t.log" 2>&1
             echo "ncu tile2=$t: rc $?"
@@ -257,7 +258,7 @@ staged | fold | chunks | q8 | pncu | dncu | tile2)
         # one decode layer's kernels in detail: prompt 64, then decode steps; the launches past the
         # prefill's (skip) are a decode step's (8 layers x ~6 matching kernels a layer)
         timeout 400 ncu --set full --clock-control none --kernel-name \
-            'regex:k_attn<|k_router|k_gateup|k_down2|k_gemv_q8|k_gemv<|k_rmsnorm|k_add_rmsnorm|k_qk_norm' \
+            'regex:^k_attn$|k_router|k_gateup|k_down2|k_gemv|k_rmsnorm|k_add_rmsnorm|k_qk_norm' \
             --launch-skip ${MK_OWED_SKIP:-160} --launch-count ${MK_OWED_COUNT:-14} \
             $B/bench_decode $W/m8 64 4 $nt cuda-nograph > "$out/ncu_decode.log" 2>&1
         echo "ncu decode: rc $? (ncu_decode.log)"

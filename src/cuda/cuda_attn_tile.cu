@@ -3,12 +3,15 @@
  * whole cache, so a 512-token chunk of 32 heads read every cache row 16384
  * times (0.7 ms per layer at positions 0-511 of the Qwen3-30B-A3B shape,
  * two thirds of a 2048-token prefill: bench/RESULTS.md session 11). The
- * kernels, two generations, are cuda_attn_tile.cuh's; here, which one runs
- * and with what shared memory. */
+ * kernels, generations 1 and 2 float32 (cuda_attn_tile.cuh), 3 on the
+ * tensor cores (cuda_attn_mma.cuh); here, which one runs and with what
+ * shared memory (mk_cuda_set_attn_tile_gen: a generation that does not
+ * take the shape leaves it to the one before). */
 #include <math.h>
 
 #include "cuda/cuda_backend.cuh"
 #include "cuda/cuda_attn_tile.cuh"
+#include "cuda/cuda_attn_mma.cuh"
 
 template <int DVQ> static bool launch(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     const size_t smem = att1_smem(a->dk, a->dv);
@@ -34,12 +37,27 @@ template <int NV> static bool launch2(mkb_ctx *c, const mk_attn_args *a, int64_t
     return true;
 }
 
+template <int DKS, int NVT> static bool launch3(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
+    const size_t smem = att3_smem(a->dk, a->dv); /* 64.5 KB at head dims of 128: two or three blocks an SM */
+    if (!mkc_smem_opt_in((const void *)k_attn_tile3<DKS, NVT>, 100 * 1024))
+        return false;
+    const dim3 grid((unsigned)((a->n + ATT3_TQ - 1) / ATT3_TQ), (unsigned)a->n_heads);
+    k_attn_tile3<DKS, NVT><<<grid, ATT3_TT, smem, c->s>>>(*a, ks, vs);
+    mkb_launched(c, "attention (tiled prefill on the tensor cores, generation 3)");
+    return true;
+}
+
 bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     if (a->n < ATT_TQ / 2 || a->sel || a->pos_dev || a->dk % 4 || a->dv % 16 || a->dk > 256 || a->dv > 256 ||
         ks % 4 || vs % 4 || (uintptr_t)a->q % 16 || (uintptr_t)a->k % 16 || (uintptr_t)a->v % 16 ||
         (uintptr_t)a->out % 16 || a->n > (int64_t)ATT_TQ * 0x7fffffff || a->n_heads > 65535)
         return false;
-    if (mk_cuda_attn_tile2()) {
+    const int gen = mk_cuda_attn_tile_gen();
+    /* generation 3: head dims of 64 or 128 (k and v alike) */
+    if (gen >= 3 && a->dk == a->dv && (a->dk == 64 || a->dk == 128) &&
+        (a->dk == 64 ? launch3<4, 8>(c, a, ks, vs) : launch3<8, 16>(c, a, ks, vs)))
+        return true;
+    if (gen >= 2) {
         if (a->dv <= 64 ? launch2<1>(c, a, ks, vs) : a->dv <= 128 ? launch2<2>(c, a, ks, vs) : launch2<4>(c, a, ks, vs))
             return true;
     }

@@ -121,11 +121,16 @@ extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
 
 extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
 
-static bool g_attn_tile2 = true;
+static int g_attn_tile_gen = 2;
 
-extern "C" bool mk_cuda_attn_tile2(void) { return g_attn_tile2; }
+extern "C" int mk_cuda_attn_tile_gen(void) { return g_attn_tile_gen; }
 
-extern "C" void mk_cuda_set_attn_tile2(bool on) { g_attn_tile2 = on; }
+extern "C" mk_status mk_cuda_set_attn_tile_gen(int gen) {
+    if (gen < 1 || gen > 3)
+        return mk_err(MK_E_ARG, "cuda: tiled prefill attention generation %d (1, 2 or 3)", gen);
+    g_attn_tile_gen = gen;
+    return MK_OK;
+}
 
 static int g_attn_shares = 8; /* ATT_SPLIT (cuda_attn_kernel.cuh) */
 

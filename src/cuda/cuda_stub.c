@@ -157,11 +157,12 @@ void mk_cuda_set_attn_merge_fused(bool on) {
 bool mk_cuda_attn_merge_fused(void) {
     return false;
 }
-void mk_cuda_set_attn_tile2(bool on) {
-    (void)on;
+mk_status mk_cuda_set_attn_tile_gen(int gen) {
+    (void)gen;
+    return mk_err(MK_E_UNSUPPORTED, "cuda: moekit was built without CUDA");
 }
-bool mk_cuda_attn_tile2(void) {
-    return false;
+int mk_cuda_attn_tile_gen(void) {
+    return 0;
 }
 mk_status mk_cuda_set_attn_shares(int n) {
     (void)n;

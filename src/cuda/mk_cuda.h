@@ -191,14 +191,16 @@ bool mk_cuda_moe_staged(void);
  * by default; process-wide, for measuring one against the other. */
 void mk_cuda_set_attn_merge_fused(bool on);
 bool mk_cuda_attn_merge_fused(void);
-/* The tiled prefill attention's generation 2 (cuda_attn_tile.cuh
- * k_attn_tile2: 64 queries a block, each thread 4 queries x 4 keys of a
- * tile in registers) instead of generation 1 (k_attn_tile); the same
- * function in another float order. On by default (measured 449 against 727
- * us a 512-token chunk of the 30B shape, +13-19% prefill on an H100);
- * process-wide, for measuring one against the other. */
-void mk_cuda_set_attn_tile2(bool on);
-bool mk_cuda_attn_tile2(void);
+/* The tiled prefill attention's generation (1 to 3; MK_E_ARG otherwise):
+ * 1 k_attn_tile (float32, 32 queries a block), 2 k_attn_tile2 (float32,
+ * 4 queries x 4 keys a thread in registers; measured 449 against 727 us a
+ * 512-token chunk of the 30B shape on an H100), 3 k_attn_tile3 (tensor
+ * cores on bf16 thirds, cuda_attn_mma.cuh; head dims of 64 or 128). A
+ * generation that does not take a shape leaves it to the one before. The
+ * same function in another float order; default 2; process-wide, for
+ * measuring one against another. */
+mk_status mk_cuda_set_attn_tile_gen(int gen);
+int mk_cuda_attn_tile_gen(void);
 /* Blocks per head a one-token (decode) attention is split over, each
  * walking a share of the cache (1 to 32; default 8): more shares, shorter
  * walks per block and more states to merge. Changes the float order of

@@ -23,6 +23,7 @@ extern "C" {
 #include "moekit/backend.h"
 }
 #include "cuda/cuda_attn_tile.cuh"
+#include "cuda/cuda_attn_mma.cuh"
 
 static int g_bad;
 static double rnd() { return (double)rand() / RAND_MAX * 2 - 1; }
@@ -87,6 +88,13 @@ static void run(int gen, const mk_attn_args &a, int64_t ks, int64_t vs) {
             else
                 k_attn_tile<64>(a, ks, vs);
         });
+    else if (gen == 3)
+        grid(a, ATT3_TQ, ATT3_TT, att3_smem(a.dk, a.dv), [&] {
+            if (a.dk == 64)
+                k_attn_tile3<4, 8>(a, ks, vs);
+            else
+                k_attn_tile3<8, 16>(a, ks, vs);
+        });
     else
         grid(a, ATT2_TQ, ATT2_TT, att2_smem(a.dk, a.dv), [&] {
             if (a.dv <= 64)
@@ -147,7 +155,9 @@ int main() {
         reference(a, ks, vs, false, true, nocausal);
         if (c.sinks)
             reference(a, ks, vs, true, false, nosink);
-        for (int gen = 1; gen <= 2; gen++) {
+        for (int gen = 1; gen <= 3; gen++) {
+            if (gen == 3 && !(c.dk == c.dv && (c.dk == 64 || c.dk == 128)))
+                continue; /* generation 3's shapes (cuda_attn_tile.cu leaves the others to generation 2) */
             std::vector<float> out(ref.size(), NAN);
             a.out = out.data();
             run(gen, a, ks, vs);

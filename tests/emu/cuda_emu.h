@@ -7,7 +7,8 @@
 // statics (one block runs at a time, so they are the block's). A barrier
 // that can never complete (threads of a block waiting at different ones)
 // aborts. Grids have x, y and z (blocks one at a time; blockDim y is 1).
-// The tensor cores' mma.sync m16n8k32 on int8 x uint8 is emulated too.
+// The tensor cores' mma.sync m16n8k32 on int8 x uint8 and m16n8k16 on bf16
+// are emulated too.
 // Checks a kernel's algebra, indexing and barriers without a GPU;
 // not the device's memory model, its math functions (host expf, not the
 // device's) or its speed.
@@ -188,6 +189,40 @@ inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
             s += (int64_t)(int8_t)(aw >> (8 * (k & 3))) * (int64_t)(uint8_t)(bw >> (8 * (k & 3)));
         }
         d[e] = (int)s;
+    }
+}
+// mma.sync m16n8k16, A bf16 (row-major 16 x 16), B bf16 (column-major 16 x
+// 8), float32 sums (src/cuda/cuda_attn_mma.cuh att3_mma): every lane
+// deposits its fragments, waits for the warp, and computes its four outputs
+// from all of them, the PTX ISA's layout. The 16 products are exact; their
+// sum here is formed in double and rounded once onto the float32
+// accumulator (the device's order of float32 additions is not emulated).
+inline float emu_bf16f(uint32_t w, unsigned half) {
+    const uint32_t u = (half ? w >> 16 : w & 0xffffu) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+}
+inline void emu_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    const unsigned ph = emu_wphase[w] & 1;
+    for (int i = 0; i < 4; i++)
+        emu_mma_a[ph][w][l][i] = a[i];
+    emu_mma_b[ph][w][l][0] = b0;
+    emu_mma_b[ph][w][l][1] = b1;
+    emu_yield(2);
+    const unsigned g = l >> 2, t = l & 3;
+    for (unsigned e = 0; e < 4; e++) {
+        const unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
+        double s = d[e];
+        for (unsigned k = 0; k < 16; k++) {
+            /* A[row][k]: lane 4 (row % 8) + (k % 8) / 2, register (row >= 8) + 2 (k >= 8), half k % 2 */
+            const uint32_t aw = emu_mma_a[ph][w][4 * (row & 7) + ((k & 7) >> 1)][(row >> 3) + 2 * (k >> 3)];
+            /* B[k][col]: lane 4 col + (k % 8) / 2, register k >= 8, half k % 2 */
+            const uint32_t bw = emu_mma_b[ph][w][4 * col + ((k & 7) >> 1)][k >> 3];
+            s += (double)emu_bf16f(aw, k & 1) * (double)emu_bf16f(bw, k & 1);
+        }
+        d[e] = (float)s;
     }
 }
 // __syncthreads that also counts the threads whose predicate is non-zero:

@@ -1173,22 +1173,29 @@ static void test_attention(void **st) {
                 attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true, what);
             }
             assert_int_equal(mk_cuda_set_attn_shares(keep), MK_OK);
-            /* the tiled prefill kernel's other generation (mk_cuda_set_attn_tile2): the same bound */
-            const bool t2 = mk_cuda_attn_tile2();
-            mk_cuda_set_attn_tile2(!t2);
-            printf("  tiled prefill attention, generation %d:\n", t2 ? 1 : 2);
-            attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 0, 70, "attention GQA prefill 70");
-            attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 100, 45, "attention GQA prefill 45 at 100");
-            attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 30, 300, "attention GQA prefill 300 at 30");
-            attn_case(&g_be[bi], 4, 4, 192, 128, 0, 0, false, 7, 33, "attention dk 192 dv 128 prefill");
-            attn_case(&g_be[bi], 4, 1, 256, 256, 0, 0, false, 3, 20, "attention dk 256 prefill");
-            attn_case(&g_be[bi], 4, 2, 64, 64, 200, 160, false, 40, 36, "attention strided caches prefill");
-            attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 40, "attention MLA latent prefill");
-            attn_case(&g_be[bi], 6, 3, 40, 20, 0, 0, false, 0, 50, "attention dv 20 prefill");
-            attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 0, 40, 16, true, false, "attention window 16 + sinks prefill");
-            attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 200, 24, 150, true, false,
-                         "attention window 150 + sinks, prefill past it");
-            mk_cuda_set_attn_tile2(t2);
+            /* the tiled prefill kernel's other generations (mk_cuda_set_attn_tile_gen): the same bound */
+            const int tg = mk_cuda_attn_tile_gen();
+            assert_int_equal(mk_cuda_set_attn_tile_gen(0), MK_E_ARG);
+            assert_int_equal(mk_cuda_set_attn_tile_gen(4), MK_E_ARG);
+            assert_int_equal(mk_cuda_attn_tile_gen(), tg);
+            for (int gen = 1; gen <= 3; gen++) {
+                if (gen == tg)
+                    continue;
+                assert_int_equal(mk_cuda_set_attn_tile_gen(gen), MK_OK);
+                printf("  tiled prefill attention, generation %d:\n", gen);
+                attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 0, 70, "attention GQA prefill 70");
+                attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 100, 45, "attention GQA prefill 45 at 100");
+                attn_case(&g_be[bi], 8, 2, 128, 128, 0, 0, false, 30, 300, "attention GQA prefill 300 at 30");
+                attn_case(&g_be[bi], 4, 4, 192, 128, 0, 0, false, 7, 33, "attention dk 192 dv 128 prefill");
+                attn_case(&g_be[bi], 4, 1, 256, 256, 0, 0, false, 3, 20, "attention dk 256 prefill");
+                attn_case(&g_be[bi], 4, 2, 64, 64, 200, 160, false, 40, 36, "attention strided caches prefill");
+                attn_case(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 40, "attention MLA latent prefill");
+                attn_case(&g_be[bi], 6, 3, 40, 20, 0, 0, false, 0, 50, "attention dv 20 prefill");
+                attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 0, 40, 16, true, false, "attention window 16 + sinks prefill");
+                attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 200, 24, 150, true, false,
+                             "attention window 150 + sinks, prefill past it");
+            }
+            assert_int_equal(mk_cuda_set_attn_tile_gen(tg), MK_OK);
         }
 #endif
     }

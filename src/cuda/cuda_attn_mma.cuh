@@ -1,0 +1,310 @@
+/* The tiled prefill attention on the tensor cores (generation 3,
+ * k_attn_tile3; cuda_attn_tile.cu launches it, tests/emu/attn_tile_emu.cpp
+ * runs this very kernel on the host).
+ *
+ * Why. Generation 2 (cuda_attn_tile.cuh) computes its scores and value sums
+ * with float32 multiply-adds at 42% of the FMA pipe: 449 us a 512-token
+ * chunk of the Qwen3-30B-A3B shape, a third of a 2048-token prefill (int8
+ * GEMM; bench/RESULTS.md, session 23). The tensor cores multiply bf16 at 16
+ * times the FMA rate, but one bf16 rounding costs up to 2^-9 relative, far
+ * outside the float32 bound the attention is held to (1e-5 relative L2
+ * against double, test_backend_ops and the emulation).
+ *
+ * Arithmetic. As the split GEMM (cuda_gemm.cu): a float32 v is the sum of
+ * three bf16 parts, v1 = bf16(v), v2 = bf16(v - v1), v3 = bf16(v - v1 -
+ * v2) (each subtraction exact; normal range), and a product of two such
+ * sums keeps the six terms of order 2^-16 and above, smallest first:
+ *   a b ~ a1 b3 + a2 b2 + a3 b1 + a1 b2 + a2 b1 + a1 b1
+ * (the dropped a2 b3, a3 b2, a3 b3 are below 2^-24 of a b). mma.sync
+ * m16n8k16 forms each term exactly and sums in float32, so a score q . k
+ * and a value sum p . v come out as float32 dot products in another order:
+ * the same function as generations 1 and 2 and the CPU's.
+ *
+ * Work. A block of 4 warps takes ATT3_TQ = 64 queries of one head (a warp
+ * 16 of them: the mma's rows) and walks the cache in tiles of ATT3_TK = 32
+ * rows. The queries' three parts are split once into registers (the A
+ * fragments, DKS = dk / 16 k-steps). Per tile the block stages the keys'
+ * parts row-major and the values' parts transposed (value column-major), in
+ * shared memory, with each 16-wide k-step's pairs permuted so that a lane's
+ * two B-fragment words are adjacent (one 64-bit load): pair i of a step
+ * (elements 2i, 2i+1) at word 2 (i & 3) + (i >> 2). Then each warp: S = Q
+ * K^T for its 16 rows x 32 keys (4 n-tiles, 6 terms each per k-step), the
+ * causal / window mask, the online softmax per row (a row's 8 scores of a
+ * lane and its quad's: att_online), the weights P, already laid out as the
+ * next product's A fragments (the mma's output layout is its input's), split
+ * in three, and O += P V over the tile's two 16-key steps (NVT = dv / 8
+ * n-tiles). A warp skips a tile none of its rows sees (past its last query,
+ * before its window). Blocks run the last query tiles first (the causal
+ * walk is longest there), so the long ones are not left for the end.
+ *
+ * Shape: dk = 16 DKS and dv = 8 NVT exactly (instances for 64 and 128),
+ * else generation 2 runs; the rest (mask, window, sinks, strides, rows
+ * past the chunk never read) as generations 1 and 2. The includer provides
+ * cuda_impl.cuh (or the emulator) and cuda_attn_tile.cuh (att_online,
+ * att_norm). */
+#ifndef MK_CUDA_ATTN_MMA_CUH
+#define MK_CUDA_ATTN_MMA_CUH
+
+#define ATT3_TQ 64
+#define ATT3_TK 32
+#define ATT3_TT 128 /* 4 warps x 16 queries */
+#define ATT3_KP 16  /* bf16 pad of a staged key row (its word stride = 32 or 96 mod 128 bytes: no conflicts) */
+#define ATT3_VW 24  /* words between the transposed value rows (32 keys + 16 of pad: 96 bytes) */
+
+/* Host and device: words of one part's key rows, value rows; the dynamic
+ * shared memory (three parts of each): 64.5 KB at head dims of 128 */
+__host__ __device__ __forceinline__ int att3_kwords(int dk) {
+    return ATT3_TK * ((dk + ATT3_KP) / 2);
+}
+__host__ __device__ __forceinline__ int att3_vwords(int dv) {
+    return dv * ATT3_VW;
+}
+__host__ __device__ __forceinline__ size_t att3_smem(int dk, int dv) {
+    return 4 * 3 * ((size_t)att3_kwords(dk) + (size_t)att3_vwords(dv));
+}
+
+/* Two floats rounded to bf16 (to nearest, ties to even) packed, a in the
+ * low half: the mma's k order within a register */
+__device__ __forceinline__ uint32_t att3_bf16x2(float a, float b) {
+#ifdef MK_CUDA_EMU
+    const float v[2] = {a, b};
+    uint32_t h[2];
+    for (int i = 0; i < 2; i++) {
+        const uint32_t u = __float_as_uint(v[i]);
+        h[i] = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u /* NaN stays NaN */
+                                               : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    }
+    return h[0] | h[1] << 16;
+#else
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
+    return r;
+#endif
+}
+
+/* a = a1 + a2 + a3 and b likewise, each part pair packed (a low) */
+__device__ __forceinline__ void att3_split(float a, float b, uint32_t *p) {
+    p[0] = att3_bf16x2(a, b);
+    const float ra = a - __uint_as_float(p[0] << 16), rb = b - __uint_as_float(p[0] & 0xffff0000u);
+    p[1] = att3_bf16x2(ra, rb);
+    p[2] = att3_bf16x2(ra - __uint_as_float(p[1] << 16), rb - __uint_as_float(p[1] & 0xffff0000u));
+}
+
+/* d += A B, one warp's mma.sync m16n8k16 (bf16 in, float32 sums). Lane l
+ * = 4 g + t: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, ..], a[2] =
+ * A[g][2t+8, ..], a[3] = A[g+8][2t+8, ..]; b0 = B[2t, 2t+1][g], b1 =
+ * B[2t+8, ..][g]; d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][..] */
+__device__ __forceinline__ void att3_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#ifdef MK_CUDA_EMU
+    emu_mma_bf16(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
+
+/* d += the six terms of A B from A's parts a[3][4] and B's parts at p, p
+ * + pl, p + 2 pl (two adjacent words each), smallest first */
+__device__ __forceinline__ void att3_mma6(float *d, const uint32_t (*a)[4], const uint32_t *p, int pl) {
+    uint32_t b[3][2];
+#pragma unroll
+    for (int i = 0; i < 3; i++) {
+#ifdef MK_CUDA_EMU
+        b[i][0] = p[i * pl];
+        b[i][1] = p[i * pl + 1];
+#else
+        const uint2 w = *(const uint2 *)(p + i * pl);
+        b[i][0] = w.x;
+        b[i][1] = w.y;
+#endif
+    }
+    att3_mma(d, a[0], b[2][0], b[2][1]);
+    att3_mma(d, a[1], b[1][0], b[1][1]);
+    att3_mma(d, a[2], b[0][0], b[0][1]);
+    att3_mma(d, a[0], b[1][0], b[1][1]);
+    att3_mma(d, a[1], b[0][0], b[0][1]);
+    att3_mma(d, a[0], b[0][0], b[0][1]);
+}
+
+/* The word of pair i (elements 2i, 2i+1) of a 16-wide step */
+__device__ __forceinline__ int att3_pw(int i) {
+    return 2 * (i & 3) + (i >> 2);
+}
+
+/* The tile's key rows r < ATT3_TK (zeros from row `have` on), three parts,
+ * row-major with the steps' pairs permuted */
+template <int DK>
+__device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src, int64_t stride, int64_t have) {
+    constexpr int RW = (DK + ATT3_KP) / 2, PL = ATT3_TK * RW;
+    for (int i = threadIdx.x; i < ATT3_TK * (DK / 4); i += ATT3_TT) {
+        const int r = i / (DK / 4), d = 4 * (i % (DK / 4));
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        if (r < have)
+            v = *(const float4 *)(src + r * stride + d);
+        uint32_t p0[3], p1[3];
+        att3_split(v.x, v.y, p0);
+        att3_split(v.z, v.w, p1);
+        /* pairs (d & 15) / 2 and the next: words w and w + 2 */
+        uint32_t *o = Ks + r * RW + (d >> 4) * 8 + att3_pw((d & 15) >> 1);
+#pragma unroll
+        for (int p = 0; p < 3; p++) {
+            o[p * PL] = p0[p];
+            o[p * PL + 2] = p1[p];
+        }
+    }
+}
+
+/* The tile's value rows, three parts, transposed: column c's 32 keys in a
+ * row of ATT3_VW words, each 16-key step's pairs permuted. A thread takes
+ * a key pair and 4 columns (consecutive threads consecutive key pairs: the
+ * words of a column row, no bank conflicts) */
+template <int DV>
+__device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src, int64_t stride, int64_t have) {
+    constexpr int PL = DV * ATT3_VW;
+    for (int i = threadIdx.x; i < (ATT3_TK / 2) * (DV / 4); i += ATT3_TT) {
+        const int kp = i % (ATT3_TK / 2), c = 4 * (i / (ATT3_TK / 2)), r = 2 * kp;
+        float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
+        if (r < have)
+            v0 = *(const float4 *)(src + r * stride + c);
+        if (r + 1 < have)
+            v1 = *(const float4 *)(src + (r + 1) * stride + c);
+        const float a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
+        uint32_t *o = Vt + c * ATT3_VW + (kp >> 3) * 8 + att3_pw(kp & 7);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            uint32_t p[3];
+            att3_split(a[j], b[j], p);
+#pragma unroll
+            for (int q = 0; q < 3; q++)
+                o[q * PL + j * ATT3_VW] = p[q];
+        }
+    }
+}
+
+/* DKS: dk / 16; NVT: dv / 8 */
+template <int DKS, int NVT>
+__global__ void __launch_bounds__(ATT3_TT, 2) k_attn_tile3(const mk_attn_args a, int64_t ks, int64_t vs) {
+    constexpr int DK = 16 * DKS, DV = 8 * NVT, KW = (DK + ATT3_KP) / 2;
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    uint32_t *Ks = (uint32_t *)mkc_sm4, *Vt = Ks + 3 * att3_kwords(DK);
+    const int kpl = att3_kwords(DK), vpl = att3_vwords(DV);
+    const int tid = threadIdx.x, wp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
+    /* the last query tiles first: their walks are the longest */
+    const int64_t q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * ATT3_TQ, T = a.pos0 + a.n;
+    const int64_t nq = min((int64_t)ATT3_TQ, a.n - q0); /* queries of this tile */
+    /* this lane's rows of its warp's 16: g and g + 8 */
+    const int r0 = wp * 16 + g;
+    bool live[2];
+    int64_t qp[2], lo[2];
+#pragma unroll
+    for (int i = 0; i < 2; i++) {
+        live[i] = r0 + 8 * i < nq;
+        qp[i] = a.pos0 + q0 + r0 + 8 * i;
+        lo[i] = a.window > 0 ? qp[i] - a.window + 1 : 0;
+    }
+    /* the queries' A fragments, three parts: qa[step][part][reg] */
+    uint32_t qa[DKS][3][4];
+#pragma unroll
+    for (int s = 0; s < DKS; s++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) { /* reg e: row g + 8 (e & 1), columns 2 t4 + 8 (e >> 1) */
+            const int hr = e & 1;
+            float x0 = 0.0f, x1 = 0.0f;
+            if (live[hr]) {
+                const float *qr = a.q + ((q0 + r0 + 8 * hr) * a.n_heads + h) * (int64_t)DK + 16 * s + 2 * t4 +
+                                  8 * (e >> 1);
+                x0 = qr[0];
+                x1 = qr[1];
+            }
+            uint32_t p[3];
+            att3_split(x0, x1, p);
+#pragma unroll
+            for (int q = 0; q < 3; q++)
+                qa[s][q][e] = p[q];
+        }
+    float o[NVT][4];
+#pragma unroll
+    for (int n = 0; n < NVT; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++)
+            o[n][e] = 0.0f;
+    float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+    /* rows the block's queries see, and this warp's: from the first query's window start to the last query */
+    const int64_t first = a.window > 0 ? max((int64_t)0, a.pos0 + q0 - a.window + 1) : 0;
+    const int64_t last = a.pos0 + q0 + nq - 1;
+    const bool wlive = wp * 16 < nq;
+    const int64_t wfirst = a.window > 0 ? a.pos0 + q0 + wp * 16 - a.window + 1 : 0;
+    const int64_t wlast = a.pos0 + q0 + min((int64_t)wp * 16 + 15, nq - 1);
+    for (int64_t k0 = first - first % ATT3_TK; k0 <= last; k0 += ATT3_TK) {
+        __syncthreads(); /* the previous tile's rows are no longer read */
+        att3_stage_k<DK>(Ks, a.k + k0 * ks + (int64_t)kvh * DK, ks, T - k0);
+        att3_stage_v<DV>(Vt, a.v + k0 * vs + (int64_t)kvh * DV, vs, T - k0);
+        __syncthreads();
+        /* warp-uniform: none of the warp's rows sees this tile */
+        if (!wlive || k0 > wlast || k0 + ATT3_TK - 1 < wfirst)
+            continue;
+        /* S = Q K^T: n-tile n holds keys 8n .. 8n + 7 of the tile */
+        float s[ATT3_TK / 8][4];
+#pragma unroll
+        for (int n = 0; n < ATT3_TK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++)
+                s[n][e] = 0.0f;
+#pragma unroll
+        for (int st = 0; st < DKS; st++)
+#pragma unroll
+            for (int n = 0; n < ATT3_TK / 8; n++)
+                att3_mma6(s[n], qa[st], Ks + (n * 8 + g) * KW + st * 8 + 2 * t4, kpl);
+        /* the rows' scores (row g: elements 0, 1 of each n-tile; row g + 8: 2, 3), masked */
+        float sr[2][ATT3_TK / 4];
+#pragma unroll
+        for (int n = 0; n < ATT3_TK / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                const int hr = e >> 1;
+                const int64_t p = k0 + 8 * n + 2 * t4 + (e & 1);
+                sr[hr][2 * n + (e & 1)] = live[hr] && p <= qp[hr] && p >= lo[hr] ? s[n][e] * a.scale : -INFINITY;
+            }
+        const float c0 = att_online<ATT3_TK / 4, 4>(sr[0], m[0], l[0]); /* a row's quad */
+        const float c1 = att_online<ATT3_TK / 4, 4>(sr[1], m[1], l[1]);
+#pragma unroll
+        for (int n = 0; n < NVT; n++) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        /* O += P V, 16 keys a step: P's A fragment from n-tiles 2j (keys 2 t4, +1) and 2j + 1 (+8) */
+#pragma unroll
+        for (int j = 0; j < ATT3_TK / 16; j++) {
+            uint32_t pa[3][4], pp[3];
+#pragma unroll
+            for (int e = 0; e < 4; e++) { /* reg e: row g + 8 (e & 1), keys 16 j + 8 (e >> 1) + 2 t4 */
+                att3_split(sr[e & 1][4 * j + 2 * (e >> 1)], sr[e & 1][4 * j + 2 * (e >> 1) + 1], pp);
+#pragma unroll
+                for (int q = 0; q < 3; q++)
+                    pa[q][e] = pp[q];
+            }
+#pragma unroll
+            for (int n = 0; n < NVT; n++)
+                att3_mma6(o[n], pa, Vt + (n * 8 + g) * ATT3_VW + j * 8 + 2 * t4, vpl);
+        }
+    }
+#pragma unroll
+    for (int hr = 0; hr < 2; hr++) {
+        if (!live[hr])
+            continue;
+        const float inv = att_norm(m[hr], l[hr], a.sinks, h);
+        float *out = a.out + ((q0 + r0 + 8 * hr) * a.n_heads + h) * (int64_t)DV + 2 * t4;
+#pragma unroll
+        for (int n = 0; n < NVT; n++) {
+            out[8 * n] = o[n][2 * hr] * inv;
+            out[8 * n + 1] = o[n][2 * hr + 1] * inv;
+        }
+    }
+}
+
+#endif
