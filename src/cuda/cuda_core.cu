@@ -121,7 +121,7 @@ extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }
 
 extern "C" void mk_cuda_set_attn_merge_fused(bool on) { g_attn_merge_fused = on; }
 
-static int g_attn_tile_gen = 2;
+static int g_attn_tile_gen = 3;
 
 extern "C" int mk_cuda_attn_tile_gen(void) { return g_attn_tile_gen; }
 
