@@ -54,6 +54,8 @@
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold);
+ * MK_CUDA_QK_FOLD=0|1 the q/k norms and RoPE alone folded into the
+ * attention (mk_cuda_set_qk_fold);
  * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on
  * int8 or float activations (mk_cuda_set_act_int8; by default they follow
  * MK_ACT_INT8, int8 unless it says 0).
@@ -282,6 +284,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
+            {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},           /* the q/k norms alone, into the attention */
             {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* decode products on int8 x (the CPU's rule) */
         };
         for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {

@@ -94,6 +94,12 @@ extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }
 
 extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on; }
 
+static bool g_qk_fold = false;
+
+extern "C" bool mk_cuda_qk_fold(void) { return g_qk_fold; }
+
+extern "C" void mk_cuda_set_qk_fold(bool on) { g_qk_fold = on; }
+
 /* -1: follow the engine's activation setting (mk_kernels_int8_setting:
  * on unless --act-int8 off forced float; the device has its integer dot
  * product whatever CPU kernel path is active, so MK_KERNELS=ref's float

@@ -137,6 +137,12 @@ void mk_cuda_set_norm_fold(bool on) {
 bool mk_cuda_norm_fold(void) {
     return false;
 }
+void mk_cuda_set_qk_fold(bool on) {
+    (void)on;
+}
+bool mk_cuda_qk_fold(void) {
+    return false;
+}
 void mk_cuda_set_act_int8(bool on) {
     (void)on;
 }

@@ -217,6 +217,14 @@ int mk_cuda_attn_shares(void);
  * process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
+/* The one-token qk_norm_rope folded into the attention alone (what
+ * mk_cuda_set_norm_fold also does), the residual steps left as their own
+ * launches: the residual folds cost more than the launches they save
+ * (every reader block norms the whole row; bench/RESULTS.md session 22),
+ * the q/k fold's blocks norm one head each. Off by default until
+ * measured; process-wide. */
+void mk_cuda_set_qk_fold(bool on);
+bool mk_cuda_qk_fold(void);
 /* Decode products over MLX affine 4/8-bit weights on int8 activations:
  * the CPU's decode rule (kernels.h mk_kernels_set_int8; src/cuda/
  * cuda_q8x.cuh), x quantized in blocks of 32 to the CPU's bits, the codes

@@ -2853,6 +2853,23 @@ static void test_cuda_step_pdl(void **st) {
     /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
      * q/k norms of the layers whose attention follows them directly */
     assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * (2 * PC_L + PC_L - 1));
+    /* the q/k norms alone (mk_cuda_set_qk_fold): bitwise too, those folds only */
+    mk_cuda_set_norm_fold(false);
+    const bool qk0 = mk_cuda_qk_fold();
+    mk_cuda_set_qk_fold(true);
+    const int64_t folds1 = mk_backend_cuda_folds(b->b);
+    for (int rep = 0; rep < 2; rep++) {
+        const int p = (rep + 1) % PC_NP;
+        pdl_chain_reset(b, &c, PC_P + p);
+        pdl_chain_queue(b, &c);
+        float *oq = pdl_chain_out(b, &c, PC_P + p, &am);
+        assert_memory_equal(oq, ref[p], sizeof(float) * PC_OUT);
+        assert_int_equal(am, am0[p]);
+        free(oq);
+    }
+    assert_int_equal(mk_backend_cuda_folds(b->b) - folds1, 2 * (PC_L - 1));
+    mk_cuda_set_qk_fold(qk0);
+    mk_cuda_set_norm_fold(true);
     /* recorded at the first position (prefetches and folds on), then replayed at each */
     mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
     pdl_chain_reset(b, &c, PC_P);
