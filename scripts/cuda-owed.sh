@@ -30,6 +30,9 @@
 #                                         "2 3 2 3": MK_CUDA_ATTN_TILE interleaved): the cut's prefill
 #                                         (chunks 512 / 2048, split / int8 GEMM), ncu of 2 and 3
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
+#   scripts/cuda-owed.sh dec             session 24's decode: the 8-layer cut and the full-depth 30B, short
+#                                         and after 2048 tokens, MK_CUDA_QK_FOLD 0/1 interleaved
+#                                         (dec.log); then ncu per kernel of the cut's decode (ncu_dec.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -150,7 +153,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | tile2)
+staged | fold | chunks | q8 | pncu | dncu | dec | tile2)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -252,6 +255,37 @@ staged | fold | chunks | q8 | pncu | dncu | tile2)
         xz -9 "$out/nsys_cuda_gpu_trace.csv" "$out/nsys_cuda_api_trace.csv"
         rm -f "$out/nsys_run.log" "$out/build.log" "$out/configure.log"
         rm -f "$out/prefill.nsys-rep" "$out/prefill.sqlite"
+        exit $rc
+    fi
+    if [ "$what" = dec ]; then
+        m=/tmp/mk-owed-30b
+        [ -e $m/config.json ] || {
+            $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
+                $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
+            rm -rf $m.ct
+        } > "$out/synth.log" 2>&1
+        {
+            for f in 0 1 0 1; do
+                echo "== 8-layer 30B cut decode, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|bound"
+            done
+            for f in 0 1; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode"
+            done
+            for f in 0 1 0 1; do
+                echo "== full-depth 30B decode, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+            done
+            for f in 0 1; do
+                echo "== full-depth 30B decode after 2048 tokens, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 120 $B/bench_decode $m 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill"
+            done
+        } 2>&1 | tee "$out/dec.log"
+        [ -n "${MK_OWED_QUICK:-}" ] && exit $rc
+        timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
+            --print-summary per-kernel $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_dec.log" 2>&1
+        echo "ncu: rc $? (ncu_dec.log)"
         exit $rc
     fi
     if [ "$what" = dncu ]; then
