@@ -38,7 +38,7 @@ template <int NV> static bool launch2(mkb_ctx *c, const mk_attn_args *a, int64_t
 }
 
 template <int DKS, int NVT> static bool launch3(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
-    const size_t smem = att3_smem(a->dk, a->dv); /* 64.5 KB at head dims of 128: two or three blocks an SM */
+    const size_t smem = att3_smem(a->dk, a->dv); /* 96 KB at head dims of 128: two blocks an SM */
     if (!mkc_smem_opt_in((const void *)k_attn_tile3<DKS, NVT>, 100 * 1024))
         return false;
     const dim3 grid((unsigned)((a->n + ATT3_TQ - 1) / ATT3_TQ), (unsigned)a->n_heads);

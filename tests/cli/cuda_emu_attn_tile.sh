@@ -27,7 +27,7 @@ grep -q "FAIL gen 2" "$T/bad.log" || { cat "$T/bad.log"; fail "the control faile
 grep -q "FAIL gen 1" "$T/bad.log" && { cat "$T/bad.log"; fail "the control broke generation 1 too"; }
 # the controls of generation 3: without the causal mask; on bf16 alone
 mkdir -p "$T/src3/cuda" "$T/src3b/cuda"
-sed 's/live\[hr\] \&\& p <= qp\[hr\] \&\& p >= lo\[hr\]/live[hr] \&\& p < T \&\& p >= lo[hr]/' \
+sed 's/live\[hr\] \&\& rel <= 0 \&\& rel >= wmin/live[hr] \&\& rel >= wmin/' \
     "$ROOT/src/cuda/cuda_attn_mma.cuh" > "$T/src3/cuda/cuda_attn_mma.cuh"
 sed '/    p\[2\] = att3_bf16x2(ra - /a\    p[1] = p[2] = 0u; /* the control: bf16 alone */' \
     "$ROOT/src/cuda/cuda_attn_mma.cuh" > "$T/src3b/cuda/cuda_attn_mma.cuh"

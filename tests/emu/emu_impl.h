@@ -1,5 +1,5 @@
 // What src/cuda/cuda_impl.cuh gives the kernels (float4, make_float4, min/max, mkc_warp_sum,
-// MKC_DYN_SMEM under MK_CUDA_EMU, mkc_pdl_enter, mkc_prefetch_line), for the host emulations that run without
+// MKC_DYN_SMEM under MK_CUDA_EMU, mkc_pdl_enter, mkc_prefetch_line, mkc_cp_async), for the host emulations that run without
 // the CUDA toolkit's headers, which that header needs (attention, GDN).
 // Keep the two alike.
 #ifndef MK_TESTS_EMU_IMPL_H
@@ -31,5 +31,14 @@ template <class T> inline T max(T a, T b) {
 #define MKC_DYN_SMEM(T, name) T *const name = (T *)emu_dyn_smem
 inline void mkc_pdl_enter() {} /* the emulation runs kernels one after another */
 inline void mkc_prefetch_line(const void *) {}
+/* cp.async: the emulation copies at once (cuda_impl.cuh's emulated form) */
+template <int BYTES> inline void mkc_cp_async(void *dst, const void *src, bool valid) {
+    if (valid)
+        std::memcpy(dst, src, BYTES);
+    else
+        std::memset(dst, 0, BYTES);
+}
+inline void mkc_cp_commit() {}
+template <int N> inline void mkc_cp_wait() {}
 
 #endif
