@@ -33,6 +33,9 @@
 #   scripts/cuda-owed.sh dec             session 24's decode: the 8-layer cut and the full-depth 30B, short
 #                                         and after 2048 tokens, MK_CUDA_QK_FOLD 0/1 interleaved
 #                                         (dec.log); then ncu per kernel of the cut's decode (ncu_dec.log)
+#   scripts/cuda-owed.sh pfull           ncu --set full of the prefill's tensor-core attention (k_attn_tile3)
+#                                         and split grouped GEMM (k_grp_mm), two launches each, at the
+#                                         cut's last 512-token chunk (ncu_pfull.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -153,7 +156,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | tile2)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -286,6 +289,17 @@ staged | fold | chunks | q8 | pncu | dncu | dec | tile2)
         timeout 150 ncu --clock-control none --cache-control none --metrics gpu__time_duration.sum \
             --print-summary per-kernel $B/bench_decode $W/m8 64 3 $nt cuda-nograph > "$out/ncu_dec.log" 2>&1
         echo "ncu: rc $? (ncu_dec.log)"
+        exit $rc
+    fi
+    if [ "$what" = pfull ]; then
+        # launches 24-25 of each kernel: layers 0-1 of the warm-up prefill's last chunk (8 layers x 4 chunks)
+        for k in k_attn_tile3 k_grp_mm; do
+            timeout 200 ncu --set full --clock-control none --kernel-name "regex:^$k\$" --launch-skip 24 \
+                --launch-count 2 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_pfull_$k.log" 2>&1
+            echo "ncu $k: rc $?"
+        done
+        cat "$out"/ncu_pfull_k_*.log | grep -E "^  [a-z_v].*\(|Duration|Throughput|Pipe|Occupancy|Registers|Eligible|Issued|Stall|Bank|Shared" \
+            > "$out/ncu_pfull.log"
         exit $rc
     fi
     if [ "$what" = dncu ]; then
