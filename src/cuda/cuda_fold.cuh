@@ -158,11 +158,20 @@ __device__ __forceinline__ void mkc_addnorm_finish(const mkc_addnorm &a, const f
     __syncthreads();
 }
 
-/* The rotation of one pair (k_rope, k_qk_norm_rope and the fold share it,
- * so the compiler forms the same products everywhere) */
+/* The rotation of one pair (k_rope, k_qk_norm_rope and the fold share it).
+ * On the device the fused products are spelled out, as the compilers had
+ * formed them from x0 c - x1 s and x1 c + x0 s in every user (x0 c fused
+ * by ptxas, x1 c by nvcc): left to them, which product is fused depends on
+ * the code around (with c and s loaded before the wait, nvcc fused x0 s
+ * in k_qk_norm_rope: other bits). */
 __device__ __forceinline__ void mkc_rope_pair(float x0, float x1, float c, float s, float *o0, float *o1) {
+#ifdef MK_CUDA_EMU
     *o0 = x0 * c - x1 * s;
     *o1 = x1 * c + x0 * s;
+#else
+    *o0 = __fmaf_rn(x0, c, -__fmul_rn(x1, s));
+    *o1 = __fmaf_rn(x1, c, __fmul_rn(x0, s));
+#endif
 }
 
 /* The q/k norm and RoPE of one head folded into the attention: the norms'

@@ -195,33 +195,39 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     mkc_pdl_enter();
     const float *xr = F ? router_x(a, x, red) : x; /* every block: the fold's barriers */
     /* Q: x quantized in the router's layout (its code width), and in the other one too when an affine
-     * shared-expert gate row has the other width (moe_q8_router sized both) */
-    mkc_q8s xq[2];
-    const bool r4 = a.router.kind <= MKC_A4_F16;
+     * shared-expert gate row has the other width (moe_q8_router sized both); xw: this warp's row's.
+     * Each layout is made where it is used, not kept in an array: one indexed by the row's width
+     * lived in local memory (a 64-byte stack frame, its loads on the way to the dot product). */
+    const bool r4 = a.router.kind <= MKC_A4_F16, w4 = rw.kind <= MKC_A4_F16;
+    mkc_q8s xw = {};
     if constexpr (Q) {
         MKC_DYN_SMEM(float4, mkc_sm4);
         uint8_t *base = (uint8_t *)mkc_sm4 + (F ? (int64_t)a.H * 4 : 0);
-        for (int l = 0; l < (moe_q8_two_layouts(a) ? 2 : 1); l++) {
-            xq[l] = mkc_q8s_at(base + l * mkc_q8s_span(a.H), a.H);
-            if (r4 == (l == 0))
-                mkc_q8_stage<4>(xr, a.H, xq[l]);
+        const int64_t span = mkc_q8s_span(a.H);
+        if (r4)
+            mkc_q8_stage<4>(xr, a.H, mkc_q8s_at(base, a.H));
+        else
+            mkc_q8_stage<8>(xr, a.H, mkc_q8s_at(base, a.H));
+        if (moe_q8_two_layouts(a)) {
+            if (r4)
+                mkc_q8_stage<8>(xr, a.H, mkc_q8s_at(base + span, a.H));
             else
-                mkc_q8_stage<8>(xr, a.H, xq[l]);
+                mkc_q8_stage<4>(xr, a.H, mkc_q8s_at(base + span, a.H));
         }
+        xw = mkc_q8s_at(base + (w4 == r4 ? 0 : span), a.H);
         __syncthreads();
     }
     /* this row on int8 x: affine (the CPU quantizes x for every affine product) */
-    const bool rq = Q && mkc_is_aff(rw.kind), w4 = rw.kind <= MKC_A4_F16;
+    const bool rq = Q && mkc_is_aff(rw.kind);
     if (mine) {
         float acc = 0.0f;
         if (rq && primed) {
-            const mkc_q8s &xw = xq[w4 == r4 ? 0 : 1];
             acc = w4 ? mkc_primed_dot_q8<4, ROUTER_U>(p, rw.row_bytes / 16, xw, lane)
                      : mkc_primed_dot_q8<8, ROUTER_U>(p, rw.row_bytes / 16, xw, lane);
         } else if (rq) {
             const mkc_w *ws[1] = {&rw};
             const int64_t rows[1] = {row};
-            mkc_q8_dot_rows_w<1>(ws, rows, xq[w4 == r4 ? 0 : 1], lane, &acc);
+            mkc_q8_dot_rows_w<1>(ws, rows, xw, lane, &acc);
         } else if (primed) {
             acc = router_primed_dot(rw, p, xr, lane);
         } else {

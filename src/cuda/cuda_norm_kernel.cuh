@@ -11,25 +11,65 @@
 #include "cuda/cuda_nfl.cuh"
 
 
+/* Elements a k_add_rmsnorm thread keeps in registers between its sum and
+ * its output: its first MKC_NORM_R (rows of up to MKC_NORM_R * blockDim
+ * values whole: the 2048 of the Qwen3-30B-A3B shape at 1024 threads); the
+ * elements of wider rows past them are read again where they were written.
+ * A decode step's norm is one row: its time is the chain of dependent
+ * loads each thread walks, so nothing is read twice and the weights come
+ * before the wait. 2 keeps 32 registers (two blocks of 1024 threads per
+ * SM, as before, for prefill's many rows); 4 took 45, 8 took 64. */
+#define MKC_NORM_R 2
+
 /* add_rmsnorm: one block per row, the threads of k_rmsnorm. x += y as axpy
  * computes it (fmaf(1, y, x)); the row's lowest non-finite index goes to
  * f->cand as in k_check_finite (whose protocol this follows: nothing looked
  * at once a finding is kept; mkb_nfl_close keeps (tag, index, value) and
  * resets the scratch); then xb = rmsnorm(x) * g with k_rmsnorm's
- * loop order, so the values equal the three slots' bit for bit. */
+ * loop order, so the values equal the three slots' bit for bit. g (a
+ * weight) is loaded before the wait for the previous kernel; x and y after
+ * it, all of a thread's at once (x and y are distinct rows or the same
+ * one: a thread's loads come before its stores either way). */
 __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, int64_t dim, unsigned long long tag,
                                                       mkb_nfl *f, float *xb, const float *g, float eps) {
     __shared__ float sh[32];
+    const int B = (int)blockDim.x;
+    /* this thread's elements in registers: i0 + r B (r < MKC_NORM_R) below dim; the rest from iw on */
+    const int64_t i0 = threadIdx.x, iw = (int64_t)MKC_NORM_R * B;
+    float gv[MKC_NORM_R], xv[MKC_NORM_R], yv[MKC_NORM_R];
+#pragma unroll
+    for (int r = 0; r < MKC_NORM_R; r++)
+        gv[r] = xb && g && i0 + (int64_t)r * B < dim ? g[i0 + r * B] : 0.0f;
     mkc_pdl_enter();
     float *xr = x + blockIdx.x * dim;
     const float *yr = y + blockIdx.x * dim;
+    float *xp = xr + i0;
+    const float *yp = yr + i0;
+#pragma unroll
+    for (int r = 0; r < MKC_NORM_R; r++)
+        if (i0 + (int64_t)r * B < dim) {
+            xv[r] = xp[r * B];
+            yv[r] = yp[r * B];
+        }
     float ss = 0.0f;
     int64_t bad = -1;
-    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+#pragma unroll
+    for (int r = 0; r < MKC_NORM_R; r++) {
+        const int64_t i = i0 + (int64_t)r * B;
+        if (i < dim) {
+            const float v = fmaf(1.0f, yv[r], xv[r]);
+            xv[r] = v;
+            xp[r * B] = v;
+            if (bad < 0 && !isfinite(v))
+                bad = i; /* this thread's later indices are larger */
+            ss = fmaf(v, v, ss);
+        }
+    }
+    for (int64_t i = i0 + iw; i < dim; i += B) {
         const float v = fmaf(1.0f, yr[i], xr[i]);
         xr[i] = v;
         if (bad < 0 && !isfinite(v))
-            bad = i; /* this thread's later indices are larger */
+            bad = i;
         ss = fmaf(v, v, ss);
     }
     /* one row (a decode step): the block's lowest finding in shared memory
@@ -49,8 +89,16 @@ __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, 
     if (xb) {
         ss = mkb_block_sum(ss, sh);
         const float inv = 1.0f / sqrtf(ss / (float)dim + eps);
-        float *br = xb + blockIdx.x * dim;
-        for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) {
+        float *br = xb + blockIdx.x * dim, *bp = br + i0;
+#pragma unroll
+        for (int r = 0; r < MKC_NORM_R; r++)
+            if (i0 + (int64_t)r * B < dim) {
+                float v = xv[r] * inv;
+                if (g)
+                    v = v * gv[r];
+                bp[r * B] = v;
+            }
+        for (int64_t i = i0 + iw; i < dim; i += B) {
             float v = xr[i] * inv;
             if (g)
                 v = v * g[i];
@@ -70,20 +118,33 @@ __global__ void __launch_bounds__(1024) k_add_rmsnorm(float *x, const float *y, 
 
 /* qk_norm_rope: one block per (token, head) of q then k, the threads of
  * k_rmsnorm for a row of hd (so the norm's sum has its order); the head is
- * normed into shared memory, then rotated from there as k_rope does. */
+ * normed, then rotated as k_rope does, through shared memory (a pair's two
+ * values are two threads'). Thread t's element t stays in its registers
+ * (hd <= blockDim: every element; wider heads keep the rest in shared
+ * memory only). Before the wait for the previous kernel: the norm's weight
+ * and the token's cos/sin (rotary tables are uploaded by a copy before the
+ * step's kernels, which follow it in the stream, and no kernel writes
+ * them: a recorded step's are uploaded before its replay). */
 __global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *k, int nk, int hd, const float *qg,
                                                        const float *kg, float eps, int rot, const float *cos,
                                                        const float *sin) {
     MKC_DYN_SMEM(float, tmp);
     __shared__ float sh[32];
-    mkc_pdl_enter();
     const int nh = nq + nk;
     const int64_t t = blockIdx.x / nh;
-    const int h = blockIdx.x % nh, half = rot / 2;
-    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
+    const int h = blockIdx.x % nh, half = rot / 2, i0 = threadIdx.x, B = blockDim.x;
     const float *g = h < nq ? qg : kg;
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < hd; i += blockDim.x) {
+    const float *cs = cos + t * half, *sn = sin + t * half;
+    const float g0 = g && i0 < hd ? g[i0] : 0.0f;
+    const float c0 = i0 < half ? cs[i0] : 0.0f, s0 = i0 < half ? sn[i0] : 0.0f;
+    mkc_pdl_enter();
+    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
+    float ss = 0.0f, a0 = 0.0f;
+    if (i0 < hd) {
+        a0 = v[i0];
+        ss = fmaf(a0, a0, ss);
+    }
+    for (int i = i0 + B; i < hd; i += B) {
         const float a = v[i];
         tmp[i] = a;
         ss = fmaf(a, a, ss);
@@ -91,21 +152,30 @@ __global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *
     if (g) { /* uniform over the block: qg and kg are both given or both NULL */
         ss = mkb_block_sum(ss, sh);
         const float inv = 1.0f / sqrtf(ss / (float)hd + eps);
-        for (int i = threadIdx.x; i < hd; i += blockDim.x) {
-            float a = tmp[i] * inv;
+        float a = a0 * inv;
+        a0 = a * g0;
+        for (int i = i0 + B; i < hd; i += B) {
+            a = tmp[i] * inv;
             a = a * g[i];
             tmp[i] = a;
         }
     }
+    if (i0 < hd)
+        tmp[i0] = a0;
     __syncthreads();
-    const float *cs = cos + t * half, *sn = sin + t * half;
-    for (int i = threadIdx.x; i < half; i += blockDim.x) {
+    if (i0 < half)
+        mkc_rope_pair(a0, tmp[i0 + half], c0, s0, &v[i0], &v[i0 + half]);
+    for (int i = i0 + B; i < half; i += B) {
         const float x0 = tmp[i], x1 = tmp[i + half];
         mkc_rope_pair(x0, x1, cs[i], sn[i], &v[i], &v[i + half]);
     }
-    if (g)
-        for (int i = rot + threadIdx.x; i < hd; i += blockDim.x)
-            v[i] = tmp[i];
+    if (g) {
+        if (i0 >= rot && i0 < hd)
+            v[i0] = a0;
+        for (int i = i0 + B; i < hd; i += B)
+            if (i >= rot)
+                v[i] = tmp[i];
+    }
 }
 
 #endif
