@@ -167,12 +167,15 @@ __device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src, int
         uint32_t p0[3], p1[3];
         att3_split(v.x, v.y, p0);
         att3_split(v.z, v.w, p1);
-        /* pairs (d & 15) / 2 and the next: words w and w + 2 */
+        /* pairs (d & 15) / 2 and the next: words w and w + 2; the upper half-warp stores its two
+         * the other way round, so that a store's 32 words fall in 32 banks (the halves' words w
+         * are 32 apart at dk 128: ncu counted 2-way conflicts on half the shared stores) */
         uint32_t *o = Ks + r * RW + (d >> 4) * 8 + att3_pw((d & 15) >> 1);
+        const bool up = threadIdx.x & 16;
 #pragma unroll
         for (int p = 0; p < 3; p++) {
-            o[p * PL] = p0[p];
-            o[p * PL + 2] = p1[p];
+            o[p * PL + (up ? 2 : 0)] = up ? p1[p] : p0[p];
+            o[p * PL + (up ? 0 : 2)] = up ? p0[p] : p1[p];
         }
     }
 }
@@ -194,13 +197,17 @@ __device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src, int
             v1 = *(const float4 *)(src + (r + 1) * stride + c);
         const float a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
         uint32_t *o = Vt + c * ATT3_VW + (kp >> 3) * 8 + att3_pw(kp & 7);
+        /* the upper half-warp (columns c + 4) takes its columns in the order 2 3 0 1, so that a
+         * store's two halves are 2 or 6 column rows apart (16 banks), not 4 (the same banks) */
+        const int rot = threadIdx.x & 16 ? 2 : 0;
 #pragma unroll
         for (int j = 0; j < 4; j++) {
+            const int jj = rot ? (j + 2) & 3 : j;
             uint32_t p[3];
-            att3_split(a[j], b[j], p);
+            att3_split(rot ? a[(j + 2) & 3] : a[j], rot ? b[(j + 2) & 3] : b[j], p);
 #pragma unroll
             for (int q = 0; q < 3; q++)
-                o[q * PL + j * ATT3_VW] = p[q];
+                o[q * PL + jj * ATT3_VW] = p[q];
         }
     }
 }

@@ -228,17 +228,26 @@ __global__ void __launch_bounds__(GRP_THREADS)
             for (int i = 0; i < 16; i++)
                 qs += xv[i];
             Xq[ar][aq] = qs;
+            /* a thread's 8 words of each part as two 16-byte stores: the 8 lanes of a store's
+             * phase (rows ar, ar + 1; quarters 0..3) then cover the 32 banks once (word stores
+             * hit each bank 4 times: ncu, 3.9-way conflicts on the shared stores) */
+            uint32_t hv[NP][8];
 #pragma unroll
             for (int i = 0; i < 8; i++) {
                 const float a = xv[2 * i], b = xv[2 * i + 1];
                 const uint32_t h0 = grp_pack(a, b);
-                As[0][ar][aq * 8 + i] = h0;
+                hv[0][i] = h0;
                 if (NP == 3) {
                     const float ra = a - grp_lo(h0), rb = b - grp_hi(h0);
                     const uint32_t h1 = grp_pack(ra, rb);
-                    As[1][ar][aq * 8 + i] = h1;
-                    As[NP - 1][ar][aq * 8 + i] = grp_pack(ra - grp_lo(h1), rb - grp_hi(h1));
+                    hv[1][i] = h1;
+                    hv[NP - 1][i] = grp_pack(ra - grp_lo(h1), rb - grp_hi(h1));
                 }
+            }
+#pragma unroll
+            for (int p = 0; p < NP; p++) {
+                *(uint4 *)&As[p][ar][aq * 8] = make_uint4(hv[p][0], hv[p][1], hv[p][2], hv[p][3]);
+                *(uint4 *)&As[p][ar][aq * 8 + 4] = make_uint4(hv[p][4], hv[p][5], hv[p][6], hv[p][7]);
             }
             uint32_t *wd = Ws[tid];
             if (BITS == 16) {
