@@ -250,60 +250,10 @@ __device__ __forceinline__ void attn_block(const mk_attn_args &a, int64_t ks, in
 #pragma unroll
     for (int d = 0; d < DVL; d++)
         acc[d] = 0.0f;
-    /* A share of at most 32 rows (every share of a decode step up to
-     * position 255 at the default 8 shares): 8 rows a warp, four lanes a
-     * row, each a quarter of the row's dims, summed by two shuffles
-     * ((q0 + q1) + (q2 + q3), the same bits in the four lanes). One lane a
-     * row (below) left three of the four warps idle there and each lane
-     * with a chain of dk / 4 float4 loads and dk multiply-adds: ncu put the
-     * attention at 12-13 us a launch near position 64 of the 30B shape,
-     * the SMs issuing one instruction in 16 cycles. */
-    const bool quad = vec && a.dk % 16 == 0 && B1 - B0 <= (int64_t)ATT_WARPS * 8;
-    if (quad && B0 + (int64_t)wp * 8 < B1) { /* warp-uniform */
-        constexpr int UQ = UB < 8 ? UB : 8;
-        const int64_t s0 = B0 + (int64_t)wp * 8, s = s0 + (lane >> 2);
-        const int w4 = a.dk / 4, qo = (lane & 3) * w4;
-        float x = -INFINITY;
-        if (s < B1)
-            x = att_dot(q + qo, (kn && s == T - 1 ? kn : kb + (sel ? sel[s] : s) * ks) + qo, w4, true);
-        x += __shfl_xor_sync(0xffffffffu, x, 1);
-        x += __shfl_xor_sync(0xffffffffu, x, 2);
-        x *= a.scale;
-        const float mn = fmaxf(m, att_warp_max(x)); /* finite: lane 0's position exists */
-        const float corr = expf(m - mn), p = s < B1 ? expf(x - mn) : 0.0f;
-        l = l * corr + mkc_warp_sum((lane & 3) == 0 ? p : 0.0f); /* each row once */
-        m = mn;
-#pragma unroll
-        for (int d = 0; d < DVL; d++)
-            acc[d] *= corr;
-        const int cnt = B1 - s0 < 8 ? (int)(B1 - s0) : 8;
-#pragma unroll
-        for (int u0 = 0; u0 < 8; u0 += UQ) {
-            float vv[UQ][DVL];
-#pragma unroll
-            for (int b = 0; b < UQ; b++) {
-                const int u = u0 + b;
-                const int64_t r = u < cnt ? (sel ? sel[s0 + u] : s0 + u) : 0;
-                const float *vr = vn && s0 + u == T - 1 ? vn : vb + r * vs;
-#pragma unroll
-                for (int d = 0; d < DVL; d++) {
-                    const int dd = lane + 32 * d;
-                    vv[b][d] = u < cnt && dd < a.dv ? vr[dd] : 0.0f;
-                }
-            }
-#pragma unroll
-            for (int b = 0; b < UQ; b++) {
-                const float pu = __shfl_sync(0xffffffffu, p, 4 * (u0 + b)); /* 0 past cnt */
-#pragma unroll
-                for (int d = 0; d < DVL; d++)
-                    acc[d] = fmaf(pu, vv[b][d], acc[d]);
-            }
-        }
-    }
     /* 32 positions per warp at a time, one per lane: the scores' loads of
      * 32 rows are in flight together (walking the cache one row per warp
      * step left a decode step latency-bound on the cache length) */
-    for (int64_t s0 = B0 + (int64_t)wp * 32; !quad && s0 < B1; s0 += ATT_WARPS * 32) {
+    for (int64_t s0 = B0 + (int64_t)wp * 32; s0 < B1; s0 += ATT_WARPS * 32) {
         const int64_t s = s0 + lane;
         float x = -INFINITY;
         if (s < B1)
