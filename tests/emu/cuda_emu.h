@@ -169,7 +169,9 @@ inline float __shfl_sync(unsigned, float v, int src) {
 // (src/cuda/cuda_impl.cuh mkc_mma_s8u8). Same parity scheme as the
 // shuffles.
 inline uint32_t emu_mma_a[2][32][32][4], emu_mma_b[2][32][32][2];
-inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+// this lane's fragments deposited, the warp waited for: the parity whose
+// buffers now hold every lane's (both mma forms)
+inline unsigned emu_mma_deposit(const uint32_t *a, uint32_t b0, uint32_t b1) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
     const unsigned ph = emu_wphase[w] & 1;
     for (int i = 0; i < 4; i++)
@@ -177,6 +179,11 @@ inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
     emu_mma_b[ph][w][l][0] = b0;
     emu_mma_b[ph][w][l][1] = b1;
     emu_yield(2);
+    return ph;
+}
+inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
+    const unsigned ph = emu_mma_deposit(a, b0, b1);
     const unsigned g = l >> 2, t = l & 3;
     for (unsigned e = 0; e < 4; e++) {
         const unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
@@ -205,12 +212,7 @@ inline float emu_bf16f(uint32_t w, unsigned half) {
 }
 inline void emu_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
-    const unsigned ph = emu_wphase[w] & 1;
-    for (int i = 0; i < 4; i++)
-        emu_mma_a[ph][w][l][i] = a[i];
-    emu_mma_b[ph][w][l][0] = b0;
-    emu_mma_b[ph][w][l][1] = b1;
-    emu_yield(2);
+    const unsigned ph = emu_mma_deposit(a, b0, b1);
     const unsigned g = l >> 2, t = l & 3;
     for (unsigned e = 0; e < 4; e++) {
         const unsigned row = g + 8 * (e >> 1), col = 2 * t + (e & 1);
