@@ -48,6 +48,8 @@
 #ifndef MK_CUDA_ATTN_MMA_CUH
 #define MK_CUDA_ATTN_MMA_CUH
 
+#include "cuda/cuda_mma.cuh"
+
 #define ATT3_TQ 64
 #define ATT3_TK 32
 #define ATT3_TT 128 /* 4 warps x 16 queries */
@@ -70,46 +72,12 @@ __host__ __device__ __forceinline__ size_t att3_smem(int dk, int dv) {
     return 4 * (3 * ((size_t)att3_kwords(dk) + (size_t)att3_vwords(dv)) + (size_t)ATT3_TK * (dk + 4 + dv + 4));
 }
 
-/* Two floats rounded to bf16 (to nearest, ties to even) packed, a in the
- * low half: the mma's k order within a register */
-__device__ __forceinline__ uint32_t att3_bf16x2(float a, float b) {
-#ifdef MK_CUDA_EMU
-    const float v[2] = {a, b};
-    uint32_t h[2];
-    for (int i = 0; i < 2; i++) {
-        const uint32_t u = __float_as_uint(v[i]);
-        h[i] = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u /* NaN stays NaN */
-                                               : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
-    }
-    return h[0] | h[1] << 16;
-#else
-    uint32_t r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(b), "f"(a));
-    return r;
-#endif
-}
-
 /* a = a1 + a2 + a3 and b likewise, each part pair packed (a low) */
 __device__ __forceinline__ void att3_split(float a, float b, uint32_t *p) {
-    p[0] = att3_bf16x2(a, b);
+    p[0] = mkc_bf16x2(a, b);
     const float ra = a - __uint_as_float(p[0] << 16), rb = b - __uint_as_float(p[0] & 0xffff0000u);
-    p[1] = att3_bf16x2(ra, rb);
-    p[2] = att3_bf16x2(ra - __uint_as_float(p[1] << 16), rb - __uint_as_float(p[1] & 0xffff0000u));
-}
-
-/* d += A B, one warp's mma.sync m16n8k16 (bf16 in, float32 sums). Lane l
- * = 4 g + t: a[0] = A[g][2t, 2t+1], a[1] = A[g+8][2t, ..], a[2] =
- * A[g][2t+8, ..], a[3] = A[g+8][2t+8, ..]; b0 = B[2t, 2t+1][g], b1 =
- * B[2t+8, ..][g]; d[0..1] = D[g][2t, 2t+1], d[2..3] = D[g+8][..] */
-__device__ __forceinline__ void att3_mma(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-#ifdef MK_CUDA_EMU
-    emu_mma_bf16(d, a, b0, b1);
-#else
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#endif
+    p[1] = mkc_bf16x2(ra, rb);
+    p[2] = mkc_bf16x2(ra - __uint_as_float(p[1] << 16), rb - __uint_as_float(p[1] & 0xffff0000u));
 }
 
 /* d += the six terms of A B from A's parts a[3][4] and B's parts at p, p
@@ -127,12 +95,12 @@ __device__ __forceinline__ void att3_mma6(float *d, const uint32_t (*a)[4], cons
         b[i][1] = w.y;
 #endif
     }
-    att3_mma(d, a[0], b[2][0], b[2][1]);
-    att3_mma(d, a[1], b[1][0], b[1][1]);
-    att3_mma(d, a[2], b[0][0], b[0][1]);
-    att3_mma(d, a[0], b[1][0], b[1][1]);
-    att3_mma(d, a[1], b[0][0], b[0][1]);
-    att3_mma(d, a[0], b[0][0], b[0][1]);
+    mkc_mma_bf16(d, a[0], b[2][0], b[2][1]);
+    mkc_mma_bf16(d, a[1], b[1][0], b[1][1]);
+    mkc_mma_bf16(d, a[2], b[0][0], b[0][1]);
+    mkc_mma_bf16(d, a[0], b[1][0], b[1][1]);
+    mkc_mma_bf16(d, a[1], b[0][0], b[0][1]);
+    mkc_mma_bf16(d, a[0], b[0][0], b[0][1]);
 }
 
 /* The word of pair i (elements 2i, 2i+1) of a 16-wide step */

@@ -29,7 +29,7 @@ grep -q "FAIL gen 1" "$T/bad.log" && { cat "$T/bad.log"; fail "the control broke
 mkdir -p "$T/src3/cuda" "$T/src3b/cuda"
 sed 's/live\[hr\] \&\& rel <= 0 \&\& rel >= wmin/live[hr] \&\& rel >= wmin/' \
     "$ROOT/src/cuda/cuda_attn_mma.cuh" > "$T/src3/cuda/cuda_attn_mma.cuh"
-sed '/    p\[2\] = att3_bf16x2(ra - /a\    p[1] = p[2] = 0u; /* the control: bf16 alone */' \
+sed '/    p\[2\] = mkc_bf16x2(ra - /a\    p[1] = p[2] = 0u; /* the control: bf16 alone */' \
     "$ROOT/src/cuda/cuda_attn_mma.cuh" > "$T/src3b/cuda/cuda_attn_mma.cuh"
 for v in src3 src3b; do
     cmp -s "$ROOT/src/cuda/cuda_attn_mma.cuh" "$T/$v/cuda/cuda_attn_mma.cuh" && fail "the control's edit ($v) did not apply"

@@ -13,12 +13,7 @@
 # the release suite only.
 # ctest-labels: slow
 . "$(dirname "$0")/../emu/emu.bash"
-if [ ! -f "$CUDA_INC/cuda_fp16.h" ] || [ ! -f "$CUDA_INC/cuda_fp8.h" ]; then
-    echo "skip: no CUDA headers at $CUDA_INC (set CUDA_HOME)"
-    exit 77
-fi
-emu_objects "$T/obj" "$ROOT/tests/emu/q8_ref.c" "$ROOT/src/kernels/kern_gemm_q8.c" "$ROOT/src/kernels/q8.c" \
-    "$ROOT/src/core/wt.c" "$ROOT/src/core/dtype.c" "$ROOT/src/core/status.c" || fail "the reference does not build"
+emu_grouped_ref "$T/obj" # skips (77) without the CUDA headers
 OBJ=("$T"/obj/*.o)
 emu_build "$T/emu" grouped_q8_emu.cpp "" "${OBJ[@]}" -lm || fail "the emulation does not build"
 "$T/emu" || fail "the emulated int8 GEMM differs from the CPU's"

@@ -199,11 +199,23 @@ inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
     }
 }
 // mma.sync m16n8k16, A bf16 (row-major 16 x 16), B bf16 (column-major 16 x
-// 8), float32 sums (src/cuda/cuda_attn_mma.cuh att3_mma): every lane
+// 8), float32 sums (src/cuda/cuda_mma.cuh mkc_mma_bf16): every lane
 // deposits its fragments, waits for the warp, and computes its four outputs
 // from all of them, the PTX ISA's layout. The 16 products are exact; their
 // sum here is formed in double and rounded once onto the float32
 // accumulator (the device's order of float32 additions is not emulated).
+// two floats rounded to bf16 (to nearest, ties to even; a NaN stays a NaN)
+// and packed, a in the low half: cvt.rn.bf16x2.f32's result
+inline uint32_t emu_bf16x2_rn(float a, float b) {
+    const float v[2] = {a, b};
+    uint32_t h[2];
+    for (int i = 0; i < 2; i++) {
+        uint32_t u;
+        std::memcpy(&u, &v[i], 4);
+        h[i] = (u & 0x7fffffffu) > 0x7f800000u ? (u >> 16) | 0x40u : (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;
+    }
+    return h[0] | h[1] << 16;
+}
 inline float emu_bf16f(uint32_t w, unsigned half) {
     const uint32_t u = (half ? w >> 16 : w & 0xffffu) << 16;
     float f;

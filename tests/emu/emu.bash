@@ -22,6 +22,17 @@ emu_build() { # OUT SOURCE [OVERRIDE_DIR [OBJECTS...]]
     "$CXX" ${EMU_CXXFLAGS:-} -std=c++20 -O1 -Wall -Wextra -Werror -Wno-unused-parameter -Wno-unknown-pragmas -Wno-sign-compare -Wno-missing-field-initializers \
         -I"$ROOT/include" "${inc[@]}" -I"$ROOT/src" -I"$CUDA_INC" "$ROOT/tests/emu/$src" "$@" -o "$out" -lpthread
 }
+# The grouped GEMM emulations' reference objects (q8_ref.c over the CPU's
+# int8 GEMM and dequantizer) into OUTDIR; exit 77 (skip) without the CUDA
+# toolkit's headers, which cuda_impl.cuh includes.
+emu_grouped_ref() {
+    if [ ! -f "$CUDA_INC/cuda_fp16.h" ] || [ ! -f "$CUDA_INC/cuda_fp8.h" ]; then
+        echo "skip: no CUDA headers at $CUDA_INC (set CUDA_HOME)"
+        exit 77
+    fi
+    emu_objects "$1" "$ROOT/tests/emu/q8_ref.c" "$ROOT/src/kernels/kern_gemm_q8.c" "$ROOT/src/kernels/q8.c" \
+        "$ROOT/src/core/wt.c" "$ROOT/src/core/dtype.c" "$ROOT/src/core/status.c" || fail "the reference does not build"
+}
 # C objects a harness links (its reference over the CPU's dequantizer): OUTDIR SOURCES...
 emu_objects() {
     local dir=$1

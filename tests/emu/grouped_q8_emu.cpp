@@ -27,6 +27,7 @@
 #include "cuda/cuda_impl.cuh"
 #include "q8_ref.h"
 #include "cuda/cuda_grouped_q8.cuh"
+#include "grouped_plan.h"
 // clang-format on
 
 static int g_bad;
@@ -153,32 +154,16 @@ static void plain(const qcase &c) {
 // three experts, 2 of 3 per token; gate and up (z = 2) gathered through
 // a_rows, then down-like rows written through c_rows
 static void grouped(const qcase &c) {
-    const int E = 3, k = 2, ab = ab_of(c.bits, c.group);
+    const int E = emu_plan::E, k = emu_plan::k, ab = ab_of(c.bits, c.group);
     const int64_t n = c.n, P = n * k;
     void *wg = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd),
          *wu = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd);
     std::vector<float> x = make_x(n, c.K, false);
-    /* routing: token t takes experts t % 3 and (t + 1 + t / 3) % 3 (never equal) */
-    std::vector<int> idx((size_t)P);
-    for (int64_t t = 0; t < n; t++) {
-        idx[(size_t)(t * k)] = (int)(t % 3);
-        idx[(size_t)(t * k + 1)] = (int)((t % 3 + 1 + (t / 3) % 2) % 3);
-    }
-    /* the plan, as k_grp_plan lays it out: each expert's run of sorted rows, tiles of up to 32 */
-    std::vector<int32_t> tok_of, pair_of;
-    std::vector<int4> tiles;
-    std::vector<int> first(E), cnt(E);
-    for (int e = 0; e < E; e++) {
-        first[e] = (int)tok_of.size();
-        for (int64_t i = 0; i < P; i++)
-            if (idx[(size_t)i] == e) {
-                tok_of.push_back((int32_t)(i / k));
-                pair_of.push_back((int32_t)i);
-            }
-        cnt[e] = (int)tok_of.size() - first[e];
-        for (int r = 0; r < cnt[e]; r += GRP_BM)
-            tiles.push_back(make_int4(e, first[e] + r, cnt[e] - r < GRP_BM ? cnt[e] - r : GRP_BM, 0));
-    }
+    /* the routing and the plan (grouped_plan.h) */
+    const emu_plan pl(n);
+    const std::vector<int32_t> &tok_of = pl.tok_of, &pair_of = pl.pair_of;
+    const std::vector<int4> &tiles = pl.tiles;
+    const int *first = pl.first, *cnt = pl.cnt;
     const int32_t nt = (int32_t)tiles.size();
     q8buf A(n, c.K, ab, c.group);
     quantize(x.data(), n, c.K, c.group, ab, A);
