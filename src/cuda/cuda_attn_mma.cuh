@@ -64,10 +64,10 @@ __host__ __device__ __forceinline__ int att3_kwords(int dk) {
 __host__ __device__ __forceinline__ int att3_vwords(int dv) {
     return dv * ATT3_VW;
 }
-/* ... and the next tile's rows as they are (96 KB in all at 128: two blocks
- * an SM) (float32, rows 4 floats apart
- * of their width: no bank conflicts where the value rows are read down a
- * column), fetched by cp.async while the current tile is multiplied */
+/* ... and the next tile's rows as they are, float32, fetched by cp.async
+ * while the current tile is multiplied (rows 4 floats longer than their
+ * width: no bank conflicts where the value rows are read down a column):
+ * 96 KB in all at 128, two blocks an SM */
 __host__ __device__ __forceinline__ size_t att3_smem(int dk, int dv) {
     return 4 * (3 * ((size_t)att3_kwords(dk) + (size_t)att3_vwords(dv)) + (size_t)ATT3_TK * (dk + 4 + dv + 4));
 }
