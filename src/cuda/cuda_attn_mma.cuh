@@ -72,6 +72,12 @@ __host__ __device__ __forceinline__ size_t att3_smem(int dk, int dv) {
     return 4 * (3 * ((size_t)att3_kwords(dk) + (size_t)att3_vwords(dv)) + (size_t)ATT3_TK * (dk + 4 + dv + 4));
 }
 
+/* Host and device: whether generation 3 takes head dims dk, dv (its
+ * instances; cuda_attn_tile.cu leaves other shapes to generation 2) */
+__host__ __device__ __forceinline__ bool att3_takes(int dk, int dv) {
+    return dk == dv && (dk == 64 || dk == 128);
+}
+
 /* a = a1 + a2 + a3 and b likewise, each part pair packed (a low) */
 __device__ __forceinline__ void att3_split(float a, float b, uint32_t *p) {
     p[0] = mkc_bf16x2(a, b);
@@ -121,17 +127,15 @@ __device__ __forceinline__ void att3_fetch(float *R, const float *src, int64_t s
     }
 }
 
-/* The tile's key rows r < ATT3_TK (zeros from row `have` on), three parts,
+/* The tile's key rows (att3_fetch's R: zeros past the cache), three parts,
  * row-major with the steps' pairs permuted */
 template <int DK>
-__device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src, int64_t stride, int64_t have) {
+__device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src) {
     constexpr int RW = (DK + ATT3_KP) / 2, PL = ATT3_TK * RW;
 #pragma unroll 1
     for (int i = threadIdx.x; i < ATT3_TK * (DK / 4); i += ATT3_TT) {
         const int r = i / (DK / 4), d = 4 * (i % (DK / 4));
-        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        if (r < have)
-            v = *(const float4 *)(src + r * stride + d);
+        const float4 v = *(const float4 *)(src + r * (DK + 4) + d);
         uint32_t p0[3], p1[3];
         att3_split(v.x, v.y, p0);
         att3_split(v.z, v.w, p1);
@@ -148,21 +152,18 @@ __device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src, int
     }
 }
 
-/* The tile's value rows, three parts, transposed: column c's 32 keys in a
+/* The tile's value rows (att3_fetch's R), three parts, transposed: column c's 32 keys in a
  * row of ATT3_VW words, each 16-key step's pairs permuted. A thread takes
  * a key pair and 4 columns (consecutive threads consecutive key pairs: the
  * words of a column row, no bank conflicts) */
 template <int DV>
-__device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src, int64_t stride, int64_t have) {
+__device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src) {
     constexpr int PL = DV * ATT3_VW;
 #pragma unroll 1
     for (int i = threadIdx.x; i < (ATT3_TK / 2) * (DV / 4); i += ATT3_TT) {
         const int kp = i % (ATT3_TK / 2), c = 4 * (i / (ATT3_TK / 2)), r = 2 * kp;
-        float4 v0 = make_float4(0.0f, 0.0f, 0.0f, 0.0f), v1 = v0;
-        if (r < have)
-            v0 = *(const float4 *)(src + r * stride + c);
-        if (r + 1 < have)
-            v1 = *(const float4 *)(src + (r + 1) * stride + c);
+        const float4 v0 = *(const float4 *)(src + r * (DV + 4) + c);
+        const float4 v1 = *(const float4 *)(src + (r + 1) * (DV + 4) + c);
         const float a[4] = {v0.x, v0.y, v0.z, v0.w}, b[4] = {v1.x, v1.y, v1.z, v1.w};
         uint32_t *o = Vt + c * ATT3_VW + (kp >> 3) * 8 + att3_pw(kp & 7);
         /* the upper half-warp (columns c + 4) takes its columns in the order 2 3 0 1, so that a
@@ -248,8 +249,8 @@ __global__ void __launch_bounds__(ATT3_TT, 2) k_attn_tile3(const mk_attn_args a,
     for (; k0 <= last; k0 += ATT3_TK) {
         mkc_cp_wait<0>();
         __syncthreads(); /* the tile's rows are in; the previous tile's parts are no longer read */
-        att3_stage_k<DK>(Ks, Rk, DK + 4, ATT3_TK);
-        att3_stage_v<DV>(Vt, Rv, DV + 4, ATT3_TK);
+        att3_stage_k<DK>(Ks, Rk);
+        att3_stage_v<DV>(Vt, Rv);
         __syncthreads(); /* the parts are staged; the raw rows are free for the next tile */
         if (k0 + ATT3_TK <= last) {
             att3_fetch<DK>(Rk, kh, ks, k0 + ATT3_TK, T);

@@ -53,8 +53,7 @@ bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t 
         (uintptr_t)a->out % 16 || a->n > (int64_t)ATT_TQ * 0x7fffffff || a->n_heads > 65535)
         return false;
     const int gen = mk_cuda_attn_tile_gen();
-    /* generation 3: head dims of 64 or 128 (k and v alike) */
-    if (gen >= 3 && a->dk == a->dv && (a->dk == 64 || a->dk == 128) &&
+    if (gen >= 3 && att3_takes(a->dk, a->dv) &&
         (a->dk == 64 ? launch3<4, 8>(c, a, ks, vs) : launch3<8, 16>(c, a, ks, vs)))
         return true;
     if (gen >= 2) {

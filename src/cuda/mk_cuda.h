@@ -197,7 +197,7 @@ bool mk_cuda_attn_merge_fused(void);
  * 512-token chunk of the 30B shape on an H100), 3 k_attn_tile3 (tensor
  * cores on bf16 thirds, cuda_attn_mma.cuh; head dims of 64 or 128). A
  * generation that does not take a shape leaves it to the one before. The
- * same function in another float order; default 2; process-wide, for
+ * same function in another float order; default 3; process-wide, for
  * measuring one against another. */
 mk_status mk_cuda_set_attn_tile_gen(int gen);
 int mk_cuda_attn_tile_gen(void);

@@ -198,12 +198,6 @@ inline void emu_mma_s8u8(int *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
         d[e] = (int)s;
     }
 }
-// mma.sync m16n8k16, A bf16 (row-major 16 x 16), B bf16 (column-major 16 x
-// 8), float32 sums (src/cuda/cuda_mma.cuh mkc_mma_bf16): every lane
-// deposits its fragments, waits for the warp, and computes its four outputs
-// from all of them, the PTX ISA's layout. The 16 products are exact; their
-// sum here is formed in double and rounded once onto the float32
-// accumulator (the device's order of float32 additions is not emulated).
 // two floats rounded to bf16 (to nearest, ties to even; a NaN stays a NaN)
 // and packed, a in the low half: cvt.rn.bf16x2.f32's result
 inline uint32_t emu_bf16x2_rn(float a, float b) {
@@ -216,12 +210,19 @@ inline uint32_t emu_bf16x2_rn(float a, float b) {
     }
     return h[0] | h[1] << 16;
 }
+// the low (half 0) or high bf16 of a word as a float
 inline float emu_bf16f(uint32_t w, unsigned half) {
     const uint32_t u = (half ? w >> 16 : w & 0xffffu) << 16;
     float f;
     std::memcpy(&f, &u, 4);
     return f;
 }
+// mma.sync m16n8k16, A bf16 (row-major 16 x 16), B bf16 (column-major 16 x
+// 8), float32 sums (src/cuda/cuda_mma.cuh mkc_mma_bf16): every lane
+// deposits its fragments, waits for the warp, and computes its four outputs
+// from all of them, the PTX ISA's layout. The 16 products are exact; their
+// sum here is formed in double and rounded once onto the float32
+// accumulator (the device's order of float32 additions is not emulated).
 inline void emu_mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;
     const unsigned ph = emu_mma_deposit(a, b0, b1);
