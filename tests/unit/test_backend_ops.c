@@ -2770,6 +2770,15 @@ static float *pdl_chain_out(be_case *b, pdl_chain *c, int64_t pos, int32_t *am) 
     return o;
 }
 
+/* the chain's results at position PC_P + p bitwise want's, its argmax want_am */
+static void pdl_chain_expect(be_case *b, pdl_chain *c, int p, const float *want, int32_t want_am) {
+    int32_t am;
+    float *o = pdl_chain_out(b, c, PC_P + p, &am);
+    assert_memory_equal(o, want, sizeof(float) * PC_OUT);
+    assert_int_equal(am, want_am);
+    free(o);
+}
+
 static void test_cuda_step_pdl(void **st) {
     (void)st;
     if (g_no_cuda[0]) {
@@ -2818,7 +2827,7 @@ static void test_cuda_step_pdl(void **st) {
     /* plain launches at each position: the references (the first run uploads every weight) */
     mk_cuda_set_step_pdl(false);
     float *ref[PC_NP];
-    int32_t am0[PC_NP], am;
+    int32_t am0[PC_NP];
     for (int p = 0; p < PC_NP; p++) {
         pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
@@ -2845,10 +2854,7 @@ static void test_cuda_step_pdl(void **st) {
         const int p = rep % PC_NP;
         pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
-        float *o = pdl_chain_out(b, &c, PC_P + p, &am);
-        assert_memory_equal(o, ref[p], sizeof(float) * PC_OUT);
-        assert_int_equal(am, am0[p]);
-        free(o);
+        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
     }
     /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
      * q/k norms of the layers whose attention follows them directly */
@@ -2862,10 +2868,7 @@ static void test_cuda_step_pdl(void **st) {
         const int p = (rep + 1) % PC_NP;
         pdl_chain_reset(b, &c, PC_P + p);
         pdl_chain_queue(b, &c);
-        float *oq = pdl_chain_out(b, &c, PC_P + p, &am);
-        assert_memory_equal(oq, ref[p], sizeof(float) * PC_OUT);
-        assert_int_equal(am, am0[p]);
-        free(oq);
+        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
     }
     assert_int_equal(mk_backend_cuda_folds(b->b) - folds1, 2 * (PC_L - 1));
     mk_cuda_set_qk_fold(qk0);
@@ -2876,20 +2879,14 @@ static void test_cuda_step_pdl(void **st) {
     assert_true(b->i->step_begin(b->ctx));
     pdl_chain_queue(b, &c);
     assert_true(b->i->step_end(b->ctx, true));
-    float *o = pdl_chain_out(b, &c, PC_P, &am);
-    assert_memory_equal(o, ref[0], sizeof(float) * PC_OUT);
-    assert_int_equal(am, am0[0]);
-    free(o);
+    pdl_chain_expect(b, &c, 0, ref[0], am0[0]);
     const uint64_t id = b->i->step_last(b->ctx);
     assert_true(id != 0);
     for (int rep = 0; rep < 2 * PC_NP; rep++) {
         const int p = (rep + 1) % PC_NP;
         pdl_chain_reset(b, &c, PC_P + p);
         assert_true(b->i->step_replay(b->ctx, id));
-        o = pdl_chain_out(b, &c, PC_P + p, &am);
-        assert_memory_equal(o, ref[p], sizeof(float) * PC_OUT);
-        assert_int_equal(am, am0[p]);
-        free(o);
+        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
     }
     mk_cuda_set_step_pdl(step0);
     mk_cuda_set_step_prefetch(pf0);
