@@ -8,8 +8,9 @@
  * device's copy bandwidth.
  *
  * usage: bench_decode MODEL [prompt_tokens=128] [decode_tokens=32] [threads=0] [backend=cpu]
- * MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni and MK_ACT_INT8=0|1 as for the
- * CLI (CPU; int8 activations are the library's default on x86 paths).
+ * MK_KERNELS=ref|avx2|avxvnni|avx512|avx512vnni, MK_ACT_INT8=0|1 and
+ * MK_PREFILL_INT8=0|1 as for the CLI (int8 activations are the library's
+ * default on x86 paths and on CUDA).
  * backend: cpu, cuda (the CUDA backend: fused MoE slot, deferred non-finite
  * checks; the bound is the device's copy bandwidth, read + write, measured
  * in the same run) or cuda-unfused (the same backend with its optional
@@ -29,8 +30,10 @@
  * GEMM, mk_cuda_bf16_gemm_rate), counting the matmul FLOPs of a prompt
  * token (2 x the non-expert matrices' and k experts' elements; attention's
  * scores, the lm_head of the last token and the split GEMM's extra passes
- * not counted). MK_CUDA_GEMM=split|bf16|generic|int8 picks how the CUDA matmul
- * multiplies batches (mk_backend_cuda_set_gemm). MK_CUDA_EXPERT_VRAM=BYTES
+ * not counted). MK_CUDA_GEMM=split|bf16|generic|int8|auto picks how the CUDA
+ * matmul multiplies batches (mk_backend_cuda_set_gemm; auto, the default:
+ * int8 where the engine's prefill is, MK_PREFILL_INT8 / MK_ACT_INT8 decide,
+ * else split). MK_CUDA_EXPERT_VRAM=BYTES
  * puts the experts of the MoE layers past that many bytes in mapped host
  * memory (mk_backend_cuda_set_expert_vram): decode is then also reported
  * against the bus bound (their bytes per token over the kernels' read rate
@@ -236,6 +239,16 @@ int main(int argc, char **argv) {
         }
         mk_kernels_set_int8(!strcmp(ai, "1"));
     }
+    /* MK_PREFILL_INT8=0|1 as for the CLI: the prefill's own setting (by
+     * default it follows MK_ACT_INT8; mk_kernels_set_prefill_int8) */
+    const char *pi = getenv("MK_PREFILL_INT8");
+    if (pi && *pi) {
+        if (strcmp(pi, "0") && strcmp(pi, "1")) {
+            fprintf(stderr, "bench_decode: MK_PREFILL_INT8: expected 0 or 1\n");
+            return 2;
+        }
+        mk_kernels_set_prefill_int8(!strcmp(pi, "1"));
+    }
     mk_isa isa;
     if (kp && *kp && (mk_isa_parse(kp, &isa) != MK_OK || mk_isa_set(isa) != MK_OK)) {
         fprintf(stderr, "bench_decode: MK_KERNELS: %s\n", mk_err_msg());
@@ -264,9 +277,10 @@ int main(int argc, char **argv) {
                                 : !strcmp(gm, "bf16") ? MK_CUDA_GEMM_BF16
                                 : !strcmp(gm, "generic") ? MK_CUDA_GEMM_GENERIC
                                 : !strcmp(gm, "int8")    ? MK_CUDA_GEMM_INT8
+                                : !strcmp(gm, "auto")    ? MK_CUDA_GEMM_AUTO
                                                          : (mk_cuda_gemm)-1;
             if ((int)mode < 0) {
-                fprintf(stderr, "bench_decode: MK_CUDA_GEMM: expected split, bf16, generic or int8\n");
+                fprintf(stderr, "bench_decode: MK_CUDA_GEMM: expected split, bf16, generic, int8 or auto\n");
                 return 2;
             }
             mk_backend_cuda_set_gemm(be, mode, 0);
@@ -445,7 +459,10 @@ int main(int argc, char **argv) {
                        xs, (unsigned long long)xcp, 100.0 * xh);
         }
         const char *gm = getenv("MK_CUDA_GEMM");
-        printf("gemm       %s; mode %s\n", mk_backend_cuda_gemm_status(), gm && *gm ? gm : "split (default)");
+        printf("gemm       %s; mode %s\n", mk_backend_cuda_gemm_status(),
+               gm && *gm && strcmp(gm, "auto")  ? gm
+               : mk_cuda_prefill_int8()         ? "auto (default): int8, as the engine's prefill"
+                                                : "auto (default): split, as the engine's float prefill");
         double tf = 0;
         if (mk_cuda_bf16_gemm_rate(8192, 8192, 8192, &tf) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());

@@ -59,7 +59,13 @@ void mk_backend_cuda_cache_stats(const mk_backend *b, size_t *live, size_t *spar
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
 /* How matmul multiplies a batch of more than 8 tokens (a prefill chunk,
  * an expert's routed rows, a large batched decode step):
- * - MK_CUDA_GEMM_SPLIT (the default): tensor-core bf16 GEMMs (cuBLAS) over
+ * - MK_CUDA_GEMM_AUTO (the default): MK_CUDA_GEMM_INT8 where the engine's
+ *   prefill runs on int8 activations as the device reads that setting
+ *   (mk_cuda_prefill_int8: MK_PREFILL_INT8 / mk_kernels_set_prefill_int8 if
+ *   forced, else the device's decode setting, on unless --act-int8 off), so
+ *   a prefill row gets the CPU's default int8 bits; else MK_CUDA_GEMM_SPLIT.
+ *   Read at each call (a setting changed between calls is followed);
+ * - MK_CUDA_GEMM_SPLIT: tensor-core bf16 GEMMs (cuBLAS) over
  *   x split exactly into three bf16 parts, and W too unless its values are
  *   bf16 already (bf16, MXFP4, MXFP8, unscaled FP8): 3 or 6 GEMMs whose
  *   products are the float32 ones, float32 sums: the float32 kernels'
@@ -72,7 +78,7 @@ void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
  *   (src/kernels/kern_gemm_q8.h, the CPU's default for prefill): exact
  *   int8 x uint8 tensor-core dots, the CPU's float folds, so each row is
  *   the CPU int8 GEMM's bits; the grouped MoE slot too. Other weights as
- *   SPLIT. Not yet measured on a device (docs/CUDA.md).
+ *   SPLIT. 1.5-1.6x SPLIT's prefill on an H100 (bench/RESULTS.md).
  * W is dequantized into bf16 tiles of at most scratch_bytes (0: 64 MiB;
  * at least one row), plus x's split (6 bytes per element of the batch) and
  * cuBLAS's 32 MiB workspace: device memory outside the engine's plan. No-op
@@ -81,7 +87,8 @@ typedef enum mk_cuda_gemm {
     MK_CUDA_GEMM_SPLIT = 0,
     MK_CUDA_GEMM_BF16 = 1,
     MK_CUDA_GEMM_GENERIC = 2,
-    MK_CUDA_GEMM_INT8 = 3
+    MK_CUDA_GEMM_INT8 = 3,
+    MK_CUDA_GEMM_AUTO = 4
 } mk_cuda_gemm;
 #define MK_CUDA_GEMM_SCRATCH_DEFAULT ((size_t)64 << 20)
 void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes);

@@ -608,7 +608,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
         return mk_err(MK_E_NOMEM, "no memory for the CUDA backend");
     c->device = device;
     c->graphs = true; /* decode steps recorded once and replayed (cuda_graph.cu) */
-    c->gemm_mode = MK_CUDA_GEMM_SPLIT;
+    c->gemm_mode = MK_CUDA_GEMM_AUTO; /* int8 where the engine's prefill is (mkb_gemm_mode) */
     c->expert_vram = SIZE_MAX; /* experts in device memory while they fit (cuda_fused.cu) */
     c->gemm_scratch = MK_CUDA_GEMM_SCRATCH_DEFAULT;
     c->nb = 1024;

@@ -83,8 +83,9 @@ struct mkb_ctx {
     uint64_t rec_sig;     /* the switches it was recorded under (cuda_graph.cu switch_sig) */
     uint64_t rec_next;    /* the next id to give */
     int graph_updates, graph_builds, graph_replays;
-    /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_*, the weight tiles'
-     * scratch bound in bytes, cuBLAS state made on first use */
+    /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_* (AUTO resolved at
+     * each call by mkb_gemm_mode), the weight tiles' scratch bound in
+     * bytes, cuBLAS state made on first use */
     int gemm_mode;
     size_t gemm_scratch;
     struct mkb_gemm *gemm;
@@ -326,6 +327,13 @@ void mkb_graph_free(mkb_ctx *c);
  * (mode GENERIC, inside a step recording, sizes past cuBLAS's int), true
  * when it queued the product or recorded a failure. */
 bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y);
+/* The mode a batch runs under now: the set one, AUTO resolved by the
+ * engine's prefill setting as the device reads it (backend_cuda.h). */
+static inline int mkb_gemm_mode(const mkb_ctx *c) {
+    if (c->gemm_mode != MK_CUDA_GEMM_AUTO)
+        return c->gemm_mode;
+    return mk_cuda_prefill_int8() ? MK_CUDA_GEMM_INT8 : MK_CUDA_GEMM_SPLIT;
+}
 /* MK_CUDA_GEMM_INT8: y [n, rows] = x [n, cols] W^T on int8 activations by
  * the CPU's int8 GEMM rule (cuda_grouped.cu; w a device view). False (nothing
  * queued): another mode, a recording, or a weight the kernel does not take. */

@@ -121,6 +121,11 @@ extern "C" void mk_cuda_restore_act_int8(int setting) {
     __atomic_store_n(&g_act_int8, setting < 0 ? -1 : setting != 0, __ATOMIC_RELEASE);
 }
 
+extern "C" bool mk_cuda_prefill_int8(void) {
+    const int v = mk_kernels_prefill_int8_setting();
+    return v < 0 ? mk_cuda_act_int8() : v != 0;
+}
+
 static bool g_attn_merge_fused = true;
 
 extern "C" bool mk_cuda_attn_merge_fused(void) { return g_attn_merge_fused; }

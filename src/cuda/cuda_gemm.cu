@@ -242,7 +242,7 @@ static cublasStatus_t gemm(mkb_gemm *g, const __nv_bfloat16 *a, int64_t lda, con
 }
 
 bool mkb_matmul_gemm(mkb_ctx *c, const mkb_entry *e, const float *x, int64_t n, float *y) {
-    const int mode = c->gemm_mode;
+    const int mode = mkb_gemm_mode(c);
     const int64_t K = e->dev.cols, R = e->dev.rows;
     if (mode == MK_CUDA_GEMM_GENERIC || c->recording || K > INT32_MAX || R > INT32_MAX || n > INT32_MAX)
         return false;

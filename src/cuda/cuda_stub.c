@@ -157,6 +157,9 @@ void mk_cuda_restore_act_int8(int setting) {
 bool mk_cuda_act_int8(void) {
     return false;
 }
+bool mk_cuda_prefill_int8(void) {
+    return false;
+}
 void mk_cuda_set_attn_merge_fused(bool on) {
     (void)on;
 }

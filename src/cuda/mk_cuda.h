@@ -245,6 +245,13 @@ bool mk_cuda_act_int8(void);
  * putting one back (a caller that forces it for a while) */
 int mk_cuda_act_int8_setting(void);
 void mk_cuda_restore_act_int8(int setting);
+/* Whether the device's batches (prefill chunks past the one-token-step
+ * sizes, the grouped MoE) run the CPU's int8 prefill rule under the
+ * backend's default GEMM mode (backend_cuda.h MK_CUDA_GEMM_AUTO): the
+ * engine's prefill setting when forced (mk_kernels_prefill_int8_setting:
+ * MK_PREFILL_INT8, --verify's float reference), else mk_cuda_act_int8, as
+ * the CPU's prefill follows its decode setting. */
+bool mk_cuda_prefill_int8(void);
 
 /* ---- one MoE block for one token ---------------------------------------- */
 

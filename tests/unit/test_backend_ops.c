@@ -2087,6 +2087,7 @@ static void test_moe_grouped(void **st) {
                 if (kind == 0) { /* f32 experts: declined */
                     assert_false(b->i->moe_grouped(b->ctx, &a, di, dw_));
                 } else {
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
                     assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
                     float *y = back(b, dy, (size_t)(n * H) * 4);
                     check_rel(b->name, what, y, ref, n * H, TOL_DOT);
@@ -2128,7 +2129,7 @@ static void test_moe_grouped(void **st) {
                     }
                     free(y2);
                     free(y3);
-                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
                     free(y);
                     mk_moe_args a1 = a;
                     a1.n = 1;
@@ -3022,6 +3023,30 @@ static void test_cuda_gemm_modes(void **st) {
         } else if (memcmp(y, ys, (size_t)(n * R) * 4)) {
             fail_msg("cuda: gemm int8 mode %s: not the split GEMM's result for a weight it does not take", wb.name);
         }
+        /* the default, MK_CUDA_GEMM_AUTO, read at each call: the int8 mode's bits where the engine's prefill
+         * runs int8 (forced, or following the device's decode setting), the split mode's where it is float */
+        {
+            static const struct {
+                int pre, dec; /* mk_kernels_prefill_int8_setting, mk_cuda_act_int8_setting */
+                bool int8;
+            } ac[] = {{1, 0, true}, {0, 1, false}, {-1, 1, true}, {-1, 0, false}};
+            const int pre = mk_kernels_prefill_int8_setting(), dec = mk_cuda_act_int8_setting();
+            mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
+            for (size_t i = 0; i < sizeof ac / sizeof ac[0]; i++) {
+                mk_kernels_restore_prefill_int8(ac[i].pre);
+                mk_cuda_restore_act_int8(ac[i].dec);
+                assert_int_equal(mk_cuda_prefill_int8(), ac[i].int8);
+                b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+                float *ya = back(b, dy, (size_t)(n * R) * 4);
+                if (memcmp(ya, ac[i].int8 ? y : ys, (size_t)(n * R) * 4))
+                    fail_msg("cuda: gemm default mode %s, prefill setting %d, device int8 setting %d: not the %s "
+                             "mode's result",
+                             wb.name, ac[i].pre, ac[i].dec, ac[i].int8 ? "int8" : "split");
+                free(ya);
+            }
+            mk_kernels_restore_prefill_int8(pre);
+            mk_cuda_restore_act_int8(dec);
+        }
         free(y);
         free(ys);
         /* the format-generic float32 kernel */
@@ -3031,7 +3056,7 @@ static void test_cuda_gemm_modes(void **st) {
         snprintf(what, sizeof what, "gemm generic %s", wb.name);
         check_rel(b->name, what, y, ref, n * R, TOL_DOT);
         free(y);
-        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_SPLIT, 0);
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
         b->i->buf_free(b->ctx, dx);
         b->i->buf_free(b->ctx, dy);
