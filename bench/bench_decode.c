@@ -63,7 +63,7 @@
  * int8 or float activations (mk_cuda_set_act_int8; by default they follow
  * MK_ACT_INT8, int8 unless it says 0).
  * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
- * prefill_chunk; the engine's default 512).
+ * prefill_chunk; default as `moekit run`'s: 512, 2048 on CUDA).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
  *   moekit synth /tmp/s --arch qwen3_moe --preset 30b-a3b --layers 4 --experts 16 */
 #include <stdint.h>
@@ -362,9 +362,11 @@ int main(int argc, char **argv) {
     }
     const mk_config *c = mk_model_config(m);
     mk_engine_opts o = {.threads = threads, .max_ctx = P + D, .backend = wrap ? wrap : be};
-    const char *pc = getenv("MK_BENCH_CHUNK"); /* tokens per prefill chunk (the engine's default: 512) */
+    const char *pc = getenv("MK_BENCH_CHUNK"); /* tokens per prefill chunk (default: run's) */
     if (pc && *pc)
         o.prefill_chunk = atoi(pc);
+    else if (cuda)
+        o.prefill_chunk = 2048;
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -412,8 +414,8 @@ int main(int argc, char **argv) {
            c->num_layers, mk_engine_arena_bytes(e) / 1048576.0);
     printf("kernels    %s, %s activations for affine 4/8-bit decode\n", mk_isa_name(mk_isa_active()),
            mk_kernels_int8() ? "int8" : "float");
-    printf("prefill    %d tokens  %.3f s  %.1f tok/s%s\n", P, t1 - t0, P / (t1 - t0),
-           cuda ? " (after an untimed warm-up prefill)" : "");
+    printf("prefill    %d tokens  %.3f s  %.1f tok/s, chunks of %d%s\n", P, t1 - t0, P / (t1 - t0),
+           o.prefill_chunk > 0 ? o.prefill_chunk : 512, cuda ? " (after an untimed warm-up prefill)" : "");
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
     double bw = 0;
