@@ -108,24 +108,12 @@ __device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntile
     return true;
 }
 
-/* The int8 dots accumulate from GQ8_DOT0, the bits of 1.5 * 2^23, not from
- * 0: a block's dot d (|d| <= 64 * 127 * 255 < 2^22) then leaves the int32
- * accumulator holding the bits of the float 1.5 * 2^23 + d exactly (floats
- * in [2^23, 2^24) are the integers), so d as a float is one exact FADD
- * (gq8_dot) instead of an I2F, which issues at a quarter of the FP32 rate
- * (16 a clock an SM on sm_90 against 64-128): 32 of them a warp every 64
- * columns bounded the int8 GEMM's issue. The same value, so the same bits. */
-#define GQ8_DOT0 0x4B400000
-__device__ __forceinline__ float gq8_dot(int acc) {
-    return mkc_add_rn(__uint_as_float((uint32_t)acc), -12582912.0f);
-}
-
 /* The int8 kernels' folds of the thread's outputs (m tile mt, n tile nt,
  * fragment element 2 h + j: row mt 16 + g + 8 h, column wp 32 + nt 8 + 2 t4
  * + j of the tile), in the CPU rule's order, one place for both kernels so
  * that they give the same bits. An activation block ends: acc +=
  * (dot * d(row)) * s(col). A group ends: acc += b(col) * xg(row). The dots
- * ci accumulated from GQ8_DOT0. */
+ * ci accumulated from MKC_DOT0 (an exact FADD each to float, no I2F). */
 template <class D, class S>
 __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int (&ci)[2][4][4], int wp, int g,
                                                int t4, D d_of, S s_of) {
@@ -139,7 +127,7 @@ __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int 
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
                     const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                    const float p = mkc_mul_rn(gq8_dot(ci[mt][nt][2 * h + j]), d);
+                    const float p = mkc_mul_rn(mkc_dotf(ci[mt][nt][2 * h + j]), d);
                     acc[mt][nt][2 * h + j] = fmaf(p, s_of(col), acc[mt][nt][2 * h + j]);
                 }
         }
@@ -339,7 +327,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                     for (int j = 0; j < 4; j++)
 #pragma unroll
                         for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = GQ8_DOT0;
+                            ci[i][j][q] = MKC_DOT0;
             }
             uint32_t b[4][2];
 #pragma unroll
@@ -533,7 +521,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                     for (int j = 0; j < 4; j++)
 #pragma unroll
                         for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = GQ8_DOT0;
+                            ci[i][j][q] = MKC_DOT0;
             }
             uint32_t b[4][2];
 #pragma unroll

@@ -705,7 +705,7 @@ __device__ __forceinline__ float down2_use_q8(const down2_pass &p, int ntask, in
                 xdb = (off >> 4) & 1 ? 0.0f : xq.xd[b]; /* the bias term on a block's first chunk */
             }
             const int dot = mkc_q8_chunk<BITS>(p.qq[i], x0, x1);
-            const float term = fmaf(p.sc[i] * xq.d[b], (float)dot, p.bi[i] * xdb);
+            const float term = fmaf(p.sc[i] * xq.d[b], mkc_dotf(dot), p.bi[i] * xdb);
             tot = fmaf(p.wj[i], term, tot);
         }
     }

@@ -168,9 +168,9 @@ __device__ __forceinline__ int mkc_dp4a_us(uint32_t a, uint32_t b, int c) {
 
 /* The integer dot of a lane's 16-byte chunk of codes with its x values
  * (the BITS layout: x0 the chunk's first 16 bytes, x1 its second, 4-bit
- * only) */
+ * only), accumulated from MKC_DOT0: mkc_dotf of it is the dot as a float */
 template <int BITS> __device__ __forceinline__ int mkc_q8_chunk(const uint4 &w, const int4 &x0, const int4 &x1) {
-    int s = 0;
+    int s = MKC_DOT0;
     if constexpr (BITS == 4) {
         const uint32_t m = 0x0F0F0F0Fu;
         s = mkc_dp4a_us(w.x & m, (uint32_t)x0.x, s);
@@ -243,7 +243,7 @@ __device__ __forceinline__ void mkc_q8_rows(const uint8_t *const *q, const void 
 #pragma unroll
         for (int r = 0; r < NR; r++) {
             const int dot = mkc_q8_chunk<BITS>(qq[r], x0, x1);
-            acc[r] = fmaf(sc[r] * db, (float)dot, acc[r]);
+            acc[r] = fmaf(sc[r] * db, mkc_dotf(dot), acc[r]);
             acc[r] = fmaf(bi[r], xdb, acc[r]);
         }
         if (!more)
@@ -310,7 +310,7 @@ __device__ __forceinline__ float mkc_primed_dot_q8(const mkc_primed<U> &p, int64
             const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
             const float xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
             const int dot = mkc_q8_chunk<BITS>(p.q[u], x0, x1);
-            acc = fmaf(p.s[u] * x.d[blk], (float)dot, acc);
+            acc = fmaf(p.s[u] * x.d[blk], mkc_dotf(dot), acc);
             acc = fmaf(p.b[u], xdb, acc);
         }
     }
