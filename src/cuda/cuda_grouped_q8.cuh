@@ -113,7 +113,9 @@ __device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntile
  * + j of the tile), in the CPU rule's order, one place for both kernels so
  * that they give the same bits. An activation block ends: acc +=
  * (dot * d(row)) * s(col). A group ends: acc += b(col) * xg(row). The dots
- * ci accumulated from MKC_DOT0 (an exact FADD each to float, no I2F). */
+ * ci from 0, each made a float by an IADD of MKC_DOT0 and an exact FADD
+ * (mkc_dotf), not an I2F (a quarter of the rate). Accumulating from MKC_DOT0
+ * instead spares the IADD but took 36 more registers in k_grp_mm_q8p. */
 template <class D, class S>
 __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int (&ci)[2][4][4], int wp, int g,
                                                int t4, D d_of, S s_of) {
@@ -127,7 +129,7 @@ __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int 
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
                     const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                    const float p = mkc_mul_rn(mkc_dotf(ci[mt][nt][2 * h + j]), d);
+                    const float p = mkc_mul_rn(mkc_dotf(ci[mt][nt][2 * h + j] + MKC_DOT0), d);
                     acc[mt][nt][2 * h + j] = fmaf(p, s_of(col), acc[mt][nt][2 * h + j]);
                 }
         }
@@ -327,7 +329,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                     for (int j = 0; j < 4; j++)
 #pragma unroll
                         for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = MKC_DOT0;
+                            ci[i][j][q] = 0;
             }
             uint32_t b[4][2];
 #pragma unroll
@@ -521,7 +523,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                     for (int j = 0; j < 4; j++)
 #pragma unroll
                         for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = MKC_DOT0;
+                            ci[i][j][q] = 0;
             }
             uint32_t b[4][2];
 #pragma unroll

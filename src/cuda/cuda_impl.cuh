@@ -279,8 +279,8 @@ __device__ __forceinline__ float mkc_div_rn(float a, float b) {
 }
 
 /* Integer dots that become floats: accumulated from MKC_DOT0, the bits of
- * 1.5 * 2^23, instead of 0, a dot d with |d| < 2^22 leaves the int32
- * holding the bits of the float 1.5 * 2^23 + d exactly (the floats in
+ * 1.5 * 2^23, instead of 0 (or with it added after), a dot d with |d| <
+ * 2^22 leaves the int32 holding the bits of the float 1.5 * 2^23 + d exactly (the floats in
  * [2^23, 2^24) are the integers), so mkc_dotf turns it into d by one exact
  * FADD instead of an I2F, which issues at a quarter of the FP32 rate on
  * sm_90 (16 a clock an SM). The same value as (float)d, so the same bits.
