@@ -35,7 +35,8 @@
 #                                         (dec.log); then ncu per kernel of the cut's decode (ncu_dec.log)
 #   scripts/cuda-owed.sh pfull           ncu --set full of the prefill's tensor-core attention (k_attn_tile3)
 #                                         and split grouped GEMM (k_grp_mm), two launches each, at the
-#                                         cut's last 512-token chunk (ncu_pfull.log)
+#                                         cut's last 512-token chunk (ncu_pfull.log); MK_OWED_KERNELS
+#                                         other kernels (k_grp_mm_q8p: the int8 GEMM's, the default)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -292,10 +293,13 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2)
         exit $rc
     fi
     if [ "$what" = pfull ]; then
-        # launches 24-25 of each kernel: layers 0-1 of the warm-up prefill's last chunk (8 layers x 4 chunks)
-        for k in k_attn_tile3 k_grp_mm; do
-            timeout 200 ncu --set full --clock-control none --kernel-name "regex:^$k\$" --launch-skip 24 \
-                --launch-count 2 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_pfull_$k.log" 2>&1
+        # launches 24-25 of each kernel: layers 0-1 of the warm-up prefill's last chunk (8 layers x 4 chunks
+        # of 512); MK_OWED_KERNELS the kernels (default k_attn_tile3 k_grp_mm: the split GEMM's; for the
+        # int8 GEMM's, k_grp_mm_q8p with MK_CUDA_GEMM=int8 or auto), MK_OWED_SKIP the launches skipped
+        for k in ${MK_OWED_KERNELS:-k_attn_tile3 k_grp_mm}; do
+            MK_BENCH_CHUNK=512 timeout 200 ncu --set full --clock-control none --kernel-name "regex:^$k\$" \
+                --launch-skip ${MK_OWED_SKIP:-24} --launch-count 2 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph \
+                > "$out/ncu_pfull_$k.log" 2>&1
             echo "ncu $k: rc $?"
         done
         cat "$out"/ncu_pfull_k_*.log | grep -E "^  [a-z_v].*\(|Duration|Throughput|Pipe|Occupancy|Registers|Eligible|Issued|Stall|Bank|Shared" \
