@@ -53,7 +53,8 @@
  * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
  * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
  * MK_CUDA_ATTN_TILE=1|2|3 the tiled prefill attention's generation
- * (mk_cuda_set_attn_tile_gen);
+ * (mk_cuda_set_attn_tile_gen); MK_CUDA_Q8P_STAGES=3|4 the pipelined int8
+ * GEMM's stages for 4-bit weights (mk_cuda_set_q8p_stages);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold);
@@ -315,6 +316,15 @@ int main(int argc, char **argv) {
         if (atg && *atg && mk_cuda_set_attn_tile_gen(atoi(atg)) != MK_OK) {
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
             return 2;
+        }
+        /* MK_CUDA_Q8P_STAGES=3|4: the pipelined int8 GEMM's stages for 4-bit weights */
+        const char *qst = getenv("MK_CUDA_Q8P_STAGES");
+        if (qst && *qst) {
+            if (strcmp(qst, "3") && strcmp(qst, "4")) {
+                fprintf(stderr, "bench_decode: MK_CUDA_Q8P_STAGES: expected 3 or 4\n");
+                return 2;
+            }
+            mk_cuda_set_q8p_stages(atoi(qst));
         }
         /* MK_CUDA_ATTN_SHARES=1..32: the decode attention's blocks per head */
         const char *ash = getenv("MK_CUDA_ATTN_SHARES");

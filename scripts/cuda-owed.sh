@@ -37,6 +37,9 @@
 #                                         and split grouped GEMM (k_grp_mm), two launches each, at the
 #                                         cut's last 512-token chunk (ncu_pfull.log); MK_OWED_KERNELS
 #                                         other kernels (k_grp_mm_q8p: the int8 GEMM's, the default)
+#   scripts/cuda-owed.sh s25             session 25's prefill: the default (int8 GEMM) against the split GEMM,
+#                                         the pipelined int8 GEMM in 4 / 3 stages, chunks of 2048 / 512
+#                                         (s25.log); ncu --set full of k_grp_mm_q8p in 4 and 3 stages
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -157,7 +160,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -208,6 +211,36 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2)
                     grep -E "^decode|bound"
             done
         } 2>&1 | tee "$out/q8.log"
+        exit $rc
+    fi
+    if [ "$what" = s25 ]; then
+        # session 25: the default prefill (auto: the int8 GEMM, as the engine's prefill) against
+        # session 24's (split GEMM, chunks of 512), the pipelined int8 GEMM in 4 and 3 stages
+        # (MK_CUDA_Q8P_STAGES), chunks of 2048 (the new CUDA default) and 512; then ncu --set full
+        # of one layer's k_grp_mm_q8p launches in 4 and 3 stages (ncu_q8p_4.log, ncu_q8p_3.log)
+        {
+            for ch in 2048 512; do
+                for st in ${MK_OWED_STAGES:-4 3 4 3}; do
+                    echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, default GEMM, MK_CUDA_Q8P_STAGES=$st"
+                    MK_CUDA_Q8P_STAGES=$st MK_BENCH_CHUNK=$ch timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 |
+                        grep -E "^prefill|^gemm"
+                done
+                echo "== 8-layer 30B cut, prefill 2048 in chunks of $ch, MK_CUDA_GEMM=split"
+                MK_CUDA_GEMM=split MK_BENCH_CHUNK=$ch timeout 100 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 |
+                    grep -E "^prefill"
+            done
+        } 2>&1 | tee "$out/s25.log"
+        [ -n "${MK_OWED_QUICK:-}" ] && exit $rc
+        for st in 4 3; do
+            # chunks of 2048: a layer's int8 GEMMs (q/k/v, o, gate/up, down) past the first two layers
+            MK_CUDA_Q8P_STAGES=$st timeout 150 ncu --set full --clock-control none --kernel-name "regex:^k_grp_mm_q8p\$" \
+                --launch-skip ${MK_OWED_SKIP:-8} --launch-count ${MK_OWED_COUNT:-4} \
+                $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_q8p_$st.raw" 2>&1
+            echo "ncu stages $st: rc $?"
+            grep -E "^  [a-z_v].*\(|Duration|Throughput|Pipe|Occupancy|Registers|Eligible|Issued|Stall|Bank|Shared|Grid Size|Warp Cycles" \
+                "$out/ncu_q8p_$st.raw" > "$out/ncu_q8p_$st.log"
+            rm -f "$out/ncu_q8p_$st.raw"
+        done
         exit $rc
     fi
     if [ "$what" = tile2 ]; then

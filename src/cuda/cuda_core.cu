@@ -76,6 +76,12 @@ extern "C" bool mk_cuda_q8_pipelined(void) { return g_q8_pipelined; }
 
 extern "C" void mk_cuda_set_q8_pipelined(bool on) { g_q8_pipelined = on; }
 
+static int g_q8p_stages = 0;
+
+extern "C" int mk_cuda_q8p_stages(void) { return g_q8p_stages; }
+
+extern "C" void mk_cuda_set_q8p_stages(int stages) { g_q8p_stages = stages == 3 || stages == 4 ? stages : 0; }
+
 static bool g_gemv_staged = false;
 
 extern "C" bool mk_cuda_gemv_staged(void) { return g_gemv_staged; }

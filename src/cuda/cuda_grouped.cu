@@ -244,10 +244,15 @@ static q8_kernel pick_q8(const mk_wt *w) {
         return q8_sd<8, 32>(w->sdtype);
     return q8_ab(w) == 64 ? q8_sd<4, 64>(w->sdtype) : q8_sd<4, 32>(w->sdtype);
 }
-template <int BITS, int AB> static q8_kernel q8p_sd(int sd) {
-    return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB>
-           : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB>
-                              : k_grp_mm_q8p<BITS, 2, AB>;
+template <int BITS, int AB, int S> static q8_kernel q8p_sd(int sd) {
+    return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB, S>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB, S>
+                              : k_grp_mm_q8p<BITS, 2, AB, S>;
+}
+/* The pipelined int8 kernel's stages for w (mk_cuda_q8p_stages: 4-bit weights) */
+static int q8p_stages(const mk_wt *w) {
+    const int s = mk_cuda_q8p_stages();
+    return w->bits == 4 && s ? s : Q8P_STAGES(w->bits);
 }
 /* The pipelined int8 kernel for w when it takes w's shape (q8p_takes)
  * and its shared memory could be granted, else NULL (k_grp_mm_q8 runs) */
@@ -255,11 +260,12 @@ static q8_kernel pick_q8p(const mk_wt *w) {
     const int sb = w->sdtype == MK_DT_F32 ? 4 : 2;
     if (!q8p_takes(w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
         return NULL;
-    const q8_kernel k = w->bits == 8 ? q8p_sd<8, 32>(w->sdtype)
-                        : q8_ab(w) == 64 ? q8p_sd<4, 64>(w->sdtype)
-                                         : q8p_sd<4, 32>(w->sdtype);
+    const bool s3 = q8p_stages(w) == 3;
+    const q8_kernel k = w->bits == 8      ? q8p_sd<8, 32, Q8P_STAGES(8)>(w->sdtype)
+                        : q8_ab(w) == 64 ? (s3 ? q8p_sd<4, 64, 3>(w->sdtype) : q8p_sd<4, 64, 4>(w->sdtype))
+                                         : (s3 ? q8p_sd<4, 32, 3>(w->sdtype) : q8p_sd<4, 32, 4>(w->sdtype));
     /* above the 48 KiB a launch gets without asking (refused: the register-staged kernel runs) */
-    return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits)) ? k : NULL;
+    return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits, q8p_stages(w))) ? k : NULL;
 }
 
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
@@ -275,7 +281,7 @@ static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, in
         q8_quant(c, A, ldx, rows, w, xq);
         const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w) : NULL;
         if (kp)
-            kp<<<grid, GRP_THREADS, q8p_smem(w->bits), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group,
+            kp<<<grid, GRP_THREADS, q8p_smem(w->bits, q8p_stages(w)), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group,
                                                                 tiles, ntiles, tiles ? 0 : (int)rows);
         else
             pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,

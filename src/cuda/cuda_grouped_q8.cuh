@@ -391,7 +391,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
 #define Q8P_LX (Q8P_KB + 16) /* bytes of a staged x row: fragment loads without bank conflicts */
 /* bytes of a staged code row: 4-bit 64 + 16, 8-bit 128 + 16 */
 #define Q8P_LW(BITS) ((BITS) * Q8P_KB / 8 + 16)
-#define Q8P_STAGES(BITS) ((BITS) == 4 ? 4 : 3)
+#define Q8P_STAGES(BITS) ((BITS) == 4 ? 4 : 3) /* the default (mk_cuda_set_q8p_stages: 4-bit 3 or 4) */
 #define Q8P_NGS 4 /* scale groups of a step at most (group 32) */
 
 /* One stage's layout in the dynamic shared memory (bytes) */
@@ -404,9 +404,11 @@ template <int BITS> struct q8p_stage {
     static constexpr int xg = d + GRP_BM * 16;             /* [GRP_BM][4] f32 group sums */
     static constexpr int size = xg + GRP_BM * 16;
 };
-/* Host: the dynamic shared memory of k_grp_mm_q8p<BITS> */
-static inline size_t q8p_smem(int bits) {
-    return bits == 4 ? (size_t)Q8P_STAGES(4) * q8p_stage<4>::size : (size_t)Q8P_STAGES(8) * q8p_stage<8>::size;
+/* Host: the dynamic shared memory of k_grp_mm_q8p<BITS, .., S> (S 0: the default) */
+static inline size_t q8p_smem(int bits, int stages = 0) {
+    if (stages <= 0)
+        stages = Q8P_STAGES(bits);
+    return (size_t)stages * (bits == 4 ? q8p_stage<4>::size : q8p_stage<8>::size);
 }
 /* Host: whether k_grp_mm_q8p takes K columns of w's rows in scale groups
  * of group (scales in bytes of sb each, ng per row), the pointers as given */
@@ -422,12 +424,12 @@ __device__ __forceinline__ uint32_t q8p_nib4(uint32_t h) {
     return __byte_perm(e, o, 0x5140);
 }
 
-template <int BITS, int SD, int AB>
+template <int BITS, int SD, int AB, int S = Q8P_STAGES(BITS)>
 __global__ void __launch_bounds__(GRP_THREADS)
     k_grp_mm_q8p(gq8_x A, const int32_t *__restrict__ a_rows, grp_mat m0, grp_mat m1, int K, int group,
                  const int4 *__restrict__ tiles, const int32_t *__restrict__ ntiles, int nrows) {
     typedef q8p_stage<BITS> L;
-    constexpr int S = Q8P_STAGES(BITS), LW = Q8P_LW(BITS);
+    constexpr int LW = Q8P_LW(BITS);
     constexpr int WB = BITS * Q8P_KB / 8 / 16; /* 16-byte chunks of a code row per stage */
     MKC_DYN_SMEM(float4, mkc_sm4);
     uint8_t *const sm = (uint8_t *)mkc_sm4;

@@ -113,6 +113,12 @@ void mk_cuda_set_step_prefetch(unsigned what) {
 unsigned mk_cuda_step_prefetch(void) {
     return 0;
 }
+void mk_cuda_set_q8p_stages(int stages) {
+    (void)stages;
+}
+int mk_cuda_q8p_stages(void) {
+    return 0;
+}
 void mk_cuda_set_q8_pipelined(bool on) {
     (void)on;
 }

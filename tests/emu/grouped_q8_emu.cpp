@@ -83,26 +83,29 @@ static void quantize(const float *x, int64_t rows, int64_t K, int group, int ab,
 }
 
 using q8k = void (*)(gq8_x, const int32_t *, grp_mat, grp_mat, int, int, const int4 *, const int32_t *, int);
-// P: the pipelined kernel (k_grp_mm_q8p), else the register-staged one
-template <int BITS, int AB, bool P> static q8k by_sd(int sd) {
+// P: the pipelined kernel (k_grp_mm_q8p) in P stages (2: its other stage count for 4-bit
+// weights, 3), else (0) the register-staged one
+template <int BITS, int AB, int P> static q8k by_sd(int sd) {
     if (P)
-        return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB>
-               : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB>
-                                  : k_grp_mm_q8p<BITS, 2, AB>;
+        return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>
+               : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>
+                                  : k_grp_mm_q8p<BITS, 2, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>;
     return sd == MK_DT_F32    ? k_grp_mm_q8<BITS, 0, AB>
            : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
                               : k_grp_mm_q8<BITS, 2, AB>;
 }
-template <bool P> static q8k pick(int bits, int group, int sd) {
+template <int P> static q8k pick(int bits, int group, int sd) {
     if (bits == 8)
         return by_sd<8, 32, P>(sd);
     return ab_of(bits, group) == 64 ? by_sd<4, 64, P>(sd) : by_sd<4, 32, P>(sd);
 }
-static q8k pick(int bits, int group, int sd, bool p) {
-    return p ? pick<true>(bits, group, sd) : pick<false>(bits, group, sd);
+static q8k pick(int bits, int group, int sd, int p) {
+    return p == 2 ? pick<2>(bits, group, sd) : p ? pick<1>(bits, group, sd) : pick<0>(bits, group, sd);
 }
-// the kernel under test (main runs each case under both where the pipelined one takes it)
-static bool g_p;
+// the kernel under test (main runs each case under every one that takes it): 0 the register-staged,
+// 1 the pipelined in its default stages, 2 the pipelined in 3 stages (4-bit weights)
+static int g_p;
+static const char *const kname[3] = {"registers", "pipelined", "pipelined 3"};
 
 static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
                    grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
@@ -137,7 +140,7 @@ static void plain(const qcase &c) {
     q8r_matmul(w, 0, c.N, x.data(), c.n, ref.data());
     const int64_t at = differ(y.data(), ref.data(), c.n * c.N);
     if (at >= 0) {
-        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? ", pipelined" : "", (long long)(at / c.N),
+        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", (long long)(at / c.N),
                (long long)(at % c.N), (double)y[(size_t)at], (double)ref[(size_t)at]);
         g_bad++;
     }
@@ -145,7 +148,7 @@ static void plain(const qcase &c) {
     for (int64_t t = 0; t < c.n; t++)
         nan_rows += std::isnan(y[(size_t)(t * c.N)]);
     if (c.n > 2 && nan_rows != 1) { /* the NaN row only */
-        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? ", pipelined" : "", nan_rows);
+        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", nan_rows);
         g_bad++;
     }
     q8r_free(w);
@@ -202,7 +205,7 @@ static void grouped(const qcase &c) {
                 const int64_t at = differ(o.got, o.want, c.N);
                 if (at >= 0) {
                     printf("FAIL %s (grouped%s, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
-                           c.name, g_p ? ", pipelined" : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
+                           c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
                     g_bad++;
                     goto next;
                 }
@@ -228,7 +231,7 @@ int main(int argc, char **argv) {
         {"affine4 g32 bf16 K768 N100 n40", 4, 32, MK_DT_BF16, 768, 100, 40},
         {"affine4 g128 bf16 K1024 N40 n7", 4, 128, MK_DT_BF16, 1024, 40, 7},
     };
-    int piped = 0;
+    int piped = 0, piped3 = 0;
     for (const qcase &c : cases) {
         if (only && !std::strstr(c.name, only))
             continue;
@@ -237,18 +240,19 @@ int main(int argc, char **argv) {
         const mk_wt *v = q8r_view(w);
         const bool takes = q8p_takes(c.K, c.group, c.sd == MK_DT_F32 ? 4 : 2, c.K / c.group, v->scales, v->biases);
         q8r_free(w);
-        for (int p = 0; p < 1 + takes; p++) {
+        for (int p = 0; p < (takes ? (c.bits == 4 ? 3 : 2) : 1); p++) {
             g_p = p;
-            piped += p;
+            piped += p == 1;
+            piped3 += p == 2;
             const int bad0 = g_bad;
             plain(c);
             grouped(c);
-            printf("%-36s %-12s %s\n", c.name, p ? "pipelined" : "registers",
+            printf("%-36s %-12s %s\n", c.name, kname[p],
                    g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
         }
     }
-    if (!only && piped < 6) {
-        printf("FAIL: the pipelined kernel ran %d cases, expected 6\n", piped);
+    if (!only && (piped < 6 || piped3 < 4)) {
+        printf("FAIL: the pipelined kernel ran %d cases (3 stages: %d), expected 6 (4)\n", piped, piped3);
         g_bad++;
     }
     if (g_bad) {
