@@ -382,8 +382,8 @@ __global__ void __launch_bounds__(GRP_THREADS)
  * columns instead of one register stage of 64: the tile's x bytes, code
  * bytes, raw scales and biases, the tokens' block scales and group sums of
  * STAGES - 1 steps are in flight while a step's products run, and the
- * per-output panel sums live in registers (the stages, not registers,
- * bound the blocks per SM). Shapes it takes (q8p_takes): K % 128 == 0 and
+ * per-output panel sums live in registers (4-bit, 3 stages: registers and
+ * stages both allow 3 blocks an SM). Shapes it takes (q8p_takes): K % 128 == 0 and
  * each row's scales of a step a whole number of 4-byte words, 4-byte
  * aligned (MLX's g64 and g32 with bf16/f16 scales, any group with f32);
  * others keep k_grp_mm_q8. */
@@ -391,7 +391,10 @@ __global__ void __launch_bounds__(GRP_THREADS)
 #define Q8P_LX (Q8P_KB + 16) /* bytes of a staged x row: fragment loads without bank conflicts */
 /* bytes of a staged code row: 4-bit 64 + 16, 8-bit 128 + 16 */
 #define Q8P_LW(BITS) ((BITS) * Q8P_KB / 8 + 16)
-#define Q8P_STAGES(BITS) ((BITS) == 4 ? 4 : 3) /* the default (mk_cuda_set_q8p_stages: 4-bit 3 or 4) */
+/* stages: 3 (4-bit: 60 KiB a block, so 3 blocks an SM at 168 registers; 8-bit: 84 KiB, 2 blocks);
+ * 4-bit weights also in 4 (mk_cuda_set_q8p_stages: 80 KiB, 2 blocks an SM, more copies in flight),
+ * the default until session 25, measured 7% slower on the 30B cut's prefill (bench/RESULTS.md) */
+#define Q8P_STAGES(BITS) 3
 #define Q8P_NGS 4 /* scale groups of a step at most (group 32) */
 
 /* One stage's layout in the dynamic shared memory (bytes) */

@@ -83,13 +83,13 @@ static void quantize(const float *x, int64_t rows, int64_t K, int group, int ab,
 }
 
 using q8k = void (*)(gq8_x, const int32_t *, grp_mat, grp_mat, int, int, const int4 *, const int32_t *, int);
-// P: the pipelined kernel (k_grp_mm_q8p) in P stages (2: its other stage count for 4-bit
-// weights, 3), else (0) the register-staged one
+// P: the pipelined kernel (k_grp_mm_q8p), 1 in its default stages, 2 in its other stage count
+// for 4-bit weights (4), else (0) the register-staged one
 template <int BITS, int AB, int P> static q8k by_sd(int sd) {
     if (P)
-        return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>
-               : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>
-                                  : k_grp_mm_q8p<BITS, 2, AB, P == 2 ? 3 : Q8P_STAGES(BITS)>;
+        return sd == MK_DT_F32    ? k_grp_mm_q8p<BITS, 0, AB, P == 2 ? 4 : Q8P_STAGES(BITS)>
+               : sd == MK_DT_BF16 ? k_grp_mm_q8p<BITS, 1, AB, P == 2 ? 4 : Q8P_STAGES(BITS)>
+                                  : k_grp_mm_q8p<BITS, 2, AB, P == 2 ? 4 : Q8P_STAGES(BITS)>;
     return sd == MK_DT_F32    ? k_grp_mm_q8<BITS, 0, AB>
            : sd == MK_DT_BF16 ? k_grp_mm_q8<BITS, 1, AB>
                               : k_grp_mm_q8<BITS, 2, AB>;
@@ -103,9 +103,9 @@ static q8k pick(int bits, int group, int sd, int p) {
     return p == 2 ? pick<2>(bits, group, sd) : p ? pick<1>(bits, group, sd) : pick<0>(bits, group, sd);
 }
 // the kernel under test (main runs each case under every one that takes it): 0 the register-staged,
-// 1 the pipelined in its default stages, 2 the pipelined in 3 stages (4-bit weights)
+// 1 the pipelined in its default stages, 2 the pipelined in 4 stages (4-bit weights)
 static int g_p;
-static const char *const kname[3] = {"registers", "pipelined", "pipelined 3"};
+static const char *const kname[3] = {"registers", "pipelined", "pipelined 4"};
 
 static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
                    grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
@@ -140,7 +140,7 @@ static void plain(const qcase &c) {
     q8r_matmul(w, 0, c.N, x.data(), c.n, ref.data());
     const int64_t at = differ(y.data(), ref.data(), c.n * c.N);
     if (at >= 0) {
-        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", (long long)(at / c.N),
+        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", (long long)(at / c.N),
                (long long)(at % c.N), (double)y[(size_t)at], (double)ref[(size_t)at]);
         g_bad++;
     }
@@ -148,7 +148,7 @@ static void plain(const qcase &c) {
     for (int64_t t = 0; t < c.n; t++)
         nan_rows += std::isnan(y[(size_t)(t * c.N)]);
     if (c.n > 2 && nan_rows != 1) { /* the NaN row only */
-        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", nan_rows);
+        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", nan_rows);
         g_bad++;
     }
     q8r_free(w);
@@ -205,7 +205,7 @@ static void grouped(const qcase &c) {
                 const int64_t at = differ(o.got, o.want, c.N);
                 if (at >= 0) {
                     printf("FAIL %s (grouped%s, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
-                           c.name, g_p ? (g_p == 2 ? ", pipelined, 3 stages" : ", pipelined") : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
+                           c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
                     g_bad++;
                     goto next;
                 }
@@ -252,7 +252,7 @@ int main(int argc, char **argv) {
         }
     }
     if (!only && (piped < 6 || piped3 < 4)) {
-        printf("FAIL: the pipelined kernel ran %d cases (3 stages: %d), expected 6 (4)\n", piped, piped3);
+        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), expected 6 (4)\n", piped, piped3);
         g_bad++;
     }
     if (g_bad) {
