@@ -281,8 +281,8 @@ static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, in
         q8_quant(c, A, ldx, rows, w, xq);
         const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w) : NULL;
         if (kp)
-            kp<<<grid, GRP_THREADS, q8p_smem(w->bits, q8p_stages(w)), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group,
-                                                                tiles, ntiles, tiles ? 0 : (int)rows);
+            kp<<<grid, GRP_THREADS, q8p_smem(w->bits, q8p_stages(w)), c->s>>>(
+                xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles, ntiles, tiles ? 0 : (int)rows);
         else
             pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
                                                       ntiles, tiles ? 0 : (int)rows);
@@ -308,7 +308,8 @@ bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
 
 bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const float *w) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (c->recording || a->n < 2 || a->n > (1 << 20) || mkb_gemm_mode(c) == MK_CUDA_GEMM_GENERIC)
+    const int mode = mkb_gemm_mode(c); /* read once: the default follows a setting */
+    if (c->recording || a->n < 2 || a->n > (1 << 20) || mode == MK_CUDA_GEMM_GENERIC)
         return false;
     const mk_cuda_moe *m = mkb_moe_layer_dev(c, a);
     if (!m || m->n_experts > GRP_PLAN_THREADS || m->top_k > 32 || !takes(&m->gate) || !takes(&m->up) ||
@@ -319,7 +320,7 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     if (tcap > 65535)
         return false;
     /* int8 mode: x and the SwiGLU rows quantized (gate and up alike, so x once) */
-    const bool q8 = mkb_gemm_mode(c) == MK_CUDA_GEMM_INT8 && takes_q8(&m->gate) && takes_q8(&m->up) &&
+    const bool q8 = mode == MK_CUDA_GEMM_INT8 && takes_q8(&m->gate) && takes_q8(&m->up) &&
                     takes_q8(&m->down) && m->up.bits == m->gate.bits && m->up.group == m->gate.group;
     /* scratch: tok_of, pair_of, perm [P]; tiles [tcap]; ntiles; G, U [P, I]; Y [P, H]; int8 mode: x's and
      * G's quantized rows */
@@ -338,7 +339,7 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
 
     k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles);
     mkb_launched(c, "grouped moe: plan");
-    const int np = mkb_gemm_mode(c) == MK_CUDA_GEMM_BF16 ? 1 : 3;
+    const int np = mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
     /* gate and up of every routed row (rows of x through tok_of) */
     const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
     const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
