@@ -354,7 +354,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
             const int jb = AB == 64 ? 0 : ks, f = group >= GRP_KB ? 0 : ks;
             gq8_fold_block(acc, ci, wp, g, t4, [&](int r) { return Dx[r][jb]; }, [&](int c) { return Ss[c][f]; });
             const int kend = k0 + ks * 32 + 32; /* columns done */
-            if (kend % group == 0)              /* the group ends: its bias times the tokens' group sums */
+            if ((kend & (group - 1)) == 0)      /* the group ends: its bias times the tokens' group sums */
                 gq8_fold_bias(acc, wp, g, t4, [&](int r) { return Xg[r][f]; }, [&](int c) { return Bs[c][f]; });
             if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */
                 const bool last = kend == K;
@@ -444,8 +444,12 @@ __global__ void __launch_bounds__(GRP_THREADS)
     if (n0 >= m.N)
         return;
     const int tid = threadIdx.x, lane = tid & 31, wp = tid >> 5, g = lane >> 2, t4 = lane & 3;
-    const int nb = K / AB, ng = K / group, nk = K / Q8P_KB;
-    const int ngs = group >= Q8P_KB ? 1 : Q8P_KB / group; /* scale groups per stage */
+    /* group is a power of two (32 .. 512: it divides the 512-column panel and 32 divides it), so
+     * are ngs and sw: shifts, not the integer divisions (~20 instructions each) the copies and
+     * folds would otherwise repeat every stage (ncu/SASS, session 25) */
+    const int gsh = __ffs(group) - 1;
+    const int nb = K / AB, ng = K >> gsh, nk = K / Q8P_KB;
+    const int ngs = group >= Q8P_KB ? 1 : Q8P_KB >> gsh; /* scale groups per stage */
     const int sb = SD == 0 ? 4 : 2, sw = ngs * sb / 4;    /* scale bytes per row per stage, in words */
     auto a_row = [&](int i) -> int64_t {
         return i < tile.z ? (a_rows ? (int64_t)a_rows[tile.y + i] : (int64_t)tile.y + i) : -1;
@@ -478,9 +482,9 @@ __global__ void __launch_bounds__(GRP_THREADS)
                              ok);
         }
         for (int c = tid; c < GRP_BN * sw; c += GRP_THREADS) {
-            const int r = c / sw, p = c % sw, wr = n0 + r;
+            const int r = sw == 1 ? c : sw == 2 ? c >> 1 : c >> 2, p = c & (sw - 1), wr = n0 + r;
             const bool ok = wr < m.N;
-            const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 / group) * sb + p * 4;
+            const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 >> gsh) * sb + p * 4;
             mkc_cp_async<4>(st + L::s + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);
             mkc_cp_async<4>(st + L::b + r * 16 + p * 4, (const uint8_t *)m.biases + off, ok);
         }
@@ -490,7 +494,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                             sr >= 0);
         if (sj < ngs)
             mkc_cp_async<4>(st + L::xg + (tid >> 2) * 16 + sj * 4,
-                            A.xg + (sr >= 0 ? sr : 0) * ng + k0 / group + sj, sr >= 0);
+                            A.xg + (sr >= 0 ? sr : 0) * ng + (k0 >> gsh) + sj, sr >= 0);
     };
 
     float acc[2][4][4], ys[2][4][4];
@@ -554,11 +558,11 @@ __global__ void __launch_bounds__(GRP_THREADS)
             if (AB == 64 && ks % 2 == 0)
                 continue; /* the block's second half */
             /* the block ends: fold its exact dots with the tokens' d and the rows' scale */
-            const int jb = ks * 32 / AB, f = group >= Q8P_KB ? 0 : ks * 32 / group;
+            const int jb = ks * 32 / AB, f = group >= Q8P_KB ? 0 : (ks * 32) >> gsh;
             gq8_fold_block(acc, ci, wp, g, t4, [&](int r) { return Dx[r * 4 + jb]; },
                            [&](int c) { return mkc_sv<SD>(Ss + c * 16, f); });
             const int kend = k0 + ks * 32 + 32; /* columns done */
-            if (kend % group == 0)              /* the group ends: its bias times the tokens' group sums */
+            if ((kend & (group - 1)) == 0)      /* the group ends: its bias times the tokens' group sums */
                 gq8_fold_bias(acc, wp, g, t4, [&](int r) { return Xg[r * 4 + f]; },
                               [&](int c) { return mkc_sv<SD>(Bs + c * 16, f); });
             if (kend % GQ8_PANEL == 0 || kend == K) { /* the panel ends: y += acc (y from +0, as the CPU's) */

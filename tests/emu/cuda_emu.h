@@ -254,6 +254,10 @@ inline int __syncthreads_count(int pred) {
     emu_yield(1);
     return r;
 }
+// the 1-based position of the lowest set bit, 0 for none (CUDA's __ffs)
+inline int __ffs(int x) {
+    return x ? __builtin_ctz((unsigned)x) + 1 : 0;
+}
 inline float __uint_as_float(uint32_t u) {
     float f;
     std::memcpy(&f, &u, 4);
