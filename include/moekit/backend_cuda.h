@@ -78,7 +78,7 @@ void mk_backend_cuda_set_graphs(mk_backend *b, bool on);
  *   (src/kernels/kern_gemm_q8.h, the CPU's default for prefill): exact
  *   int8 x uint8 tensor-core dots, the CPU's float folds, so each row is
  *   the CPU int8 GEMM's bits; the grouped MoE slot too. Other weights as
- *   SPLIT. 1.5-1.6x SPLIT's prefill on an H100 (bench/RESULTS.md).
+ *   SPLIT. 1.6-1.75x SPLIT's prefill on an H100 (bench/RESULTS.md session 25).
  * W is dequantized into bf16 tiles of at most scratch_bytes (0: 64 MiB;
  * at least one row), plus x's split (6 bytes per element of the batch) and
  * cuBLAS's 32 MiB workspace: device memory outside the engine's plan. No-op
