@@ -77,3 +77,15 @@ awk -v h="${BASH_REMATCH[3]}" 'BEGIN { exit !(h > 0) }' || fail "no routed exper
 "$BIN" logits "$M" --ids "$IDS" --backend cuda --prefill-chunk 1 --gpu-expert-vram 0 --verify --verify-tol 1e-4 > "$T/verify" 2>&1 ||
     fail "--verify with experts in host memory: $(tail -3 "$T/verify")"
 echo "ok: $(tail -1 "$T/verify")"
+# a 4-bit model's prefill of more than 64 tokens: the grouped MoE slot on the int8 GEMM (the
+# default where the engine's prefill is int8), its cp.async copies reading the experts over the bus
+# when they are in host memory: the same bytes, so the same logits as in device memory
+Q=$T/q4
+"$BIN" quantize "$M" "$Q" --bits 4 --group-size 64 --threads 2 --quiet > /dev/null || fail "quantizing the demo model"
+LONG=$(seq -s, 5 13 4000) # 308 tokens: one chunk, past the one-token steps' sizes
+"$BIN" logits "$Q" --ids "$LONG" --out "$T/q4dev.f32" --backend cuda 2> "$T/q4dev.err" ||
+    fail "4-bit logits on CUDA: $(tail -2 "$T/q4dev.err")"
+"$BIN" logits "$Q" --ids "$LONG" --out "$T/q4host.f32" --backend cuda --gpu-expert-vram 0 2> "$T/q4host.err" ||
+    fail "4-bit logits on CUDA, experts in host memory: $(tail -2 "$T/q4host.err")"
+cmp "$T/q4dev.f32" "$T/q4host.f32" || fail "4-bit prefill: experts in host memory give other logits than in device memory"
+echo "ok: a 4-bit prefill of 308 tokens gives the same logits with its experts in host memory"
