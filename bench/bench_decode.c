@@ -424,8 +424,12 @@ int main(int argc, char **argv) {
            c->num_layers, mk_engine_arena_bytes(e) / 1048576.0);
     printf("kernels    %s, %s activations for affine 4/8-bit decode\n", mk_isa_name(mk_isa_active()),
            mk_kernels_int8() ? "int8" : "float");
+    /* the engine's chunk: the option or 512, at most the context (engine.c init_sizes) */
+    const int chunk_used = (int)((o.prefill_chunk > 0 ? o.prefill_chunk : 512) < P + D
+                                     ? (o.prefill_chunk > 0 ? o.prefill_chunk : 512)
+                                     : P + D);
     printf("prefill    %d tokens  %.3f s  %.1f tok/s, chunks of %d%s\n", P, t1 - t0, P / (t1 - t0),
-           o.prefill_chunk > 0 ? o.prefill_chunk : 512, cuda ? " (after an untimed warm-up prefill)" : "");
+           chunk_used, cuda ? " (after an untimed warm-up prefill)" : "");
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
     double bw = 0;

@@ -232,7 +232,8 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25)
         } 2>&1 | tee "$out/s25.log"
         [ -n "${MK_OWED_QUICK:-}" ] && exit $rc
         for st in 4 3; do
-            # chunks of 2048: a layer's int8 GEMMs (q/k/v, o, gate/up, down) past the first two layers
+            # chunks of 2048, ~7 int8 GEMM launches a layer (q, k, v, o, the router, gate/up, down): skip 8
+            # starts inside layer 1, skip 12 at its gate/up
             MK_CUDA_Q8P_STAGES=$st timeout 150 ncu --set full --clock-control none --kernel-name "regex:^k_grp_mm_q8p\$" \
                 --launch-skip ${MK_OWED_SKIP:-8} --launch-count ${MK_OWED_COUNT:-4} \
                 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_q8p_$st.raw" 2>&1
@@ -328,9 +329,10 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25)
     if [ "$what" = pfull ]; then
         # launches 24-25 of each kernel: layers 0-1 of the warm-up prefill's last chunk (8 layers x 4 chunks
         # of 512); MK_OWED_KERNELS the kernels (default k_attn_tile3 k_grp_mm: the split GEMM's; for the
-        # int8 GEMM's, k_grp_mm_q8p with MK_CUDA_GEMM=int8 or auto), MK_OWED_SKIP the launches skipped
+        # int8 GEMM's, k_grp_mm_q8p with MK_OWED_GEMM=auto or int8; default split, as k_grp_mm needs),
+        # MK_OWED_SKIP the launches skipped
         for k in ${MK_OWED_KERNELS:-k_attn_tile3 k_grp_mm}; do
-            MK_BENCH_CHUNK=512 timeout 200 ncu --set full --clock-control none --kernel-name "regex:^$k\$" \
+            MK_CUDA_GEMM=${MK_OWED_GEMM:-split} MK_BENCH_CHUNK=512 timeout 200 ncu --set full --clock-control none --kernel-name "regex:^$k\$" \
                 --launch-skip ${MK_OWED_SKIP:-24} --launch-count 2 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph \
                 > "$out/ncu_pfull_$k.log" 2>&1
             echo "ncu $k: rc $?"

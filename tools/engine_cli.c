@@ -431,7 +431,9 @@ static uint64_t plan_arena(const mk_ecli_mem *mm, const mk_model *m) {
         ctx = mp > 0 && mp < 4096 ? mp : 4096;
     }
     mk_engine_opts o = {.max_ctx = ctx, .prefill_chunk = mm->plan_chunk};
-    return (uint64_t)mk_engine_bytes(m, &o) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) + held_extra(mm, m);
+    /* host memory: a device backend's caches and activations are the device's */
+    return (uint64_t)mk_engine_host_bytes(m, &o, mm->device_backend) * (uint64_t)(mm->engines > 1 ? mm->engines : 1) +
+           held_extra(mm, m);
 }
 
 static mk_status mem_model_open(mk_ecli_mem *mm, const char *path, const mk_model_opts *mo_in, mk_model **m) {

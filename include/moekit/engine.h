@@ -75,8 +75,9 @@ typedef struct mk_engine_opts {
     int prefill_chunk;      /* tokens per forward chunk; <= 0: 512 */
     mk_backend *backend;    /* NULL: a CPU backend the engine creates and owns; else borrowed */
     mk_expert_store *store; /* NULL: the resident store, engine-owned; else borrowed */
-    uint64_t mem_limit;     /* bytes the engine's buffers may take (KV cache, state, scratch);
-                               0: no limit. The CLI passes the memory available */
+    uint64_t mem_limit;     /* host bytes the engine's buffers may take (KV cache, state, scratch;
+                               on a device backend only the part the host keeps, the rest being
+                               the device's); 0: no limit. The CLI passes the memory available */
     int experts_per_tok;    /* <= 0 or >= the config's: the model's own top-k (always the default).
                                Fewer: each token uses only its best K experts (weights
                                renormalised as the model's router does) -- faster, but not the
@@ -152,6 +153,11 @@ size_t mk_engine_arena_bytes(const mk_engine *e);
 /* The arena an engine with these options would take, without creating one
  * (memory budgets); 0 when out of memory. */
 size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *o);
+/* The host memory of that arena: all of it on a host-memory backend (the
+ * CPU's); on a device backend (device_backend true: CUDA) only the part the
+ * host keeps (rotary rows, the routing the host reads), since the caches and
+ * activations come from the backend's memory. For host-memory budgets. */
+size_t mk_engine_host_bytes(const mk_model *m, const mk_engine_opts *o, bool device_backend);
 /* KV-cache bytes one position takes, summed over layers: 2*nKV*head_dim
  * floats per full-attention layer, kv_lora_rank + qk_rope_head_dim floats
  * per MLA layer (its latent cache) plus index_head_dim floats per layer

@@ -8,8 +8,9 @@
  * double reference, test_backend_ops) and, across dozens of layers, the
  * fixtures' logits bound. A float32 value v (24 significant bits) is
  * exactly the sum of three bf16 values (8 bits each), v = v1 + v2 + v3 with
- * v1 = bf16(v), v2 = bf16(v - v1), v3 = v - v1 - v2 (normal range). So the
- * default (MK_CUDA_GEMM_SPLIT) splits x that way and sums, in float32 with
+ * v1 = bf16(v), v2 = bf16(v - v1), v3 = v - v1 - v2 (normal range). So
+ * MK_CUDA_GEMM_SPLIT (the default where the engine's prefill is float,
+ * MK_CUDA_GEMM_AUTO) splits x that way and sums, in float32 with
  * the small terms first, the products of order 2^-16 and above:
  *
  *   W exactly bf16 (bf16 checkpoints; MXFP4 = e2m1 x 2^k, MXFP8 = e4m3 x

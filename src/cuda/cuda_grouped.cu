@@ -254,18 +254,20 @@ static int q8p_stages(const mk_wt *w) {
     const int s = mk_cuda_q8p_stages();
     return w->bits == 4 && s ? s : Q8P_STAGES(w->bits);
 }
-/* The pipelined int8 kernel for w when it takes w's shape (q8p_takes)
- * and its shared memory could be granted, else NULL (k_grp_mm_q8 runs) */
-static q8_kernel pick_q8p(const mk_wt *w) {
+/* The pipelined int8 kernel for w in `stages` stages (q8p_stages, read
+ * once by the caller: the kernel, its shared memory and the launch must
+ * agree) when it takes w's shape (q8p_takes) and its shared memory could
+ * be granted, else NULL (k_grp_mm_q8 runs) */
+static q8_kernel pick_q8p(const mk_wt *w, int stages) {
     const int sb = w->sdtype == MK_DT_F32 ? 4 : 2;
     if (!q8p_takes(w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
         return NULL;
-    const bool s3 = q8p_stages(w) == 3;
+    const bool s3 = stages == 3;
     const q8_kernel k = w->bits == 8      ? q8p_sd<8, 32, Q8P_STAGES(8)>(w->sdtype)
                         : q8_ab(w) == 64 ? (s3 ? q8p_sd<4, 64, 3>(w->sdtype) : q8p_sd<4, 64, 4>(w->sdtype))
                                          : (s3 ? q8p_sd<4, 32, 3>(w->sdtype) : q8p_sd<4, 32, 4>(w->sdtype));
     /* above the 48 KiB a launch gets without asking (refused: the register-staged kernel runs) */
-    return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits, q8p_stages(w))) ? k : NULL;
+    return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits, stages)) ? k : NULL;
 }
 
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
@@ -279,9 +281,10 @@ static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, in
     if (q8s) {
         const gq8_x xq = q8_at(q8s, rows, w->cols, w);
         q8_quant(c, A, ldx, rows, w, xq);
-        const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w) : NULL;
+        const int stages = q8p_stages(w);
+        const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w, stages) : NULL;
         if (kp)
-            kp<<<grid, GRP_THREADS, q8p_smem(w->bits, q8p_stages(w)), c->s>>>(
+            kp<<<grid, GRP_THREADS, q8p_smem(w->bits, stages), c->s>>>(
                 xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles, ntiles, tiles ? 0 : (int)rows);
         else
             pick_q8(w)<<<grid, GRP_THREADS, 0, c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,

@@ -414,10 +414,12 @@ static inline size_t q8p_smem(int bits, int stages = 0) {
     return (size_t)stages * (bits == 4 ? q8p_stage<4>::size : q8p_stage<8>::size);
 }
 /* Host: whether k_grp_mm_q8p takes K columns of w's rows in scale groups
- * of group (scales in bytes of sb each, ng per row), the pointers as given */
+ * of group (a power of two; scales in bytes of sb each, ng per row), the
+ * pointers as given */
 static inline bool q8p_takes(int64_t K, int group, int sb, int64_t ng, const void *scales, const void *biases) {
     const int ngs = group >= Q8P_KB ? 1 : Q8P_KB / group;
-    return K % Q8P_KB == 0 && ngs <= Q8P_NGS && (ngs * sb) % 4 == 0 && (ng * sb) % 4 == 0 &&
+    return group > 0 && (group & (group - 1)) == 0 && /* the kernel shifts by it */
+           K % Q8P_KB == 0 && ngs <= Q8P_NGS && (ngs * sb) % 4 == 0 && (ng * sb) % 4 == 0 &&
            ((uintptr_t)scales & 3) == 0 && ((uintptr_t)biases & 3) == 0;
 }
 

@@ -1,5 +1,5 @@
-/* The grouped GEMM on split activations (the default MoE prefill,
- * MK_CUDA_GEMM_SPLIT; the plan, the slot and the arithmetic's description
+/* The grouped GEMM on split activations (the MoE prefill of
+ * MK_CUDA_GEMM_SPLIT, the default where the engine's prefill is float; the plan, the slot and the arithmetic's description
  * are cuda_grouped.cu's): k_grp_mm, block (column tile, row tile) of one
  * expert's routed rows against that expert's weight rows, x split into NP
  * bf16 parts, the codes exact in bf16, mma.sync m16n8k16, each group's

@@ -290,32 +290,50 @@ static void init_sizes(mk_engine *e, const mk_engine_opts *o) {
                      : (int)(c->head_dim * c->rope.partial_rotary_factor);
 }
 
+/* The arena's sizes without creating an engine: *dev the part from the
+ * backend's memory, *host the host-only part; false when out of memory. */
+static bool arena_sizes(const mk_model *m, const mk_engine_opts *opts, size_t *dev, size_t *host);
+
 size_t mk_engine_bytes(const mk_model *m, const mk_engine_opts *opts) {
+    size_t dev, host;
+    return arena_sizes(m, opts, &dev, &host) ? dev + host : 0;
+}
+
+size_t mk_engine_host_bytes(const mk_model *m, const mk_engine_opts *opts, bool device_backend) {
+    size_t dev, host;
+    if (!arena_sizes(m, opts, &dev, &host))
+        return 0;
+    return device_backend ? host : dev + host;
+}
+
+static bool arena_sizes(const mk_model *m, const mk_engine_opts *opts, size_t *dev, size_t *host) {
     mk_engine_opts o = {0};
     if (opts)
         o = *opts;
-    static const mk_backend_i host = {.name = "sizing", .host_mem = true};
+    static const mk_backend_i sizing = {.name = "sizing", .host_mem = true};
     mk_engine e = {.m = m, .c = mk_model_config(m)};
     init_sizes(&e, &o);
-    e.bi = o.backend ? mk_backend_iface(o.backend) : &host;
+    e.bi = o.backend ? mk_backend_iface(o.backend) : &sizing;
     size_t L = (size_t)e.c->num_layers;
     e.kc = mk_calloc(L, sizeof(float *));
     e.vc = mk_calloc(L, sizeof(float *));
     e.conv = mk_calloc(L, sizeof(float *));
     e.ssm = mk_calloc(L, sizeof(float *));
     e.ikc = mk_calloc(L, sizeof(float *));
-    size_t bytes = 0;
-    if (e.kc && e.vc && e.conv && e.ssm && e.ikc) {
+    bool ok = e.kc && e.vc && e.conv && e.ssm && e.ikc;
+    *dev = *host = 0;
+    if (ok) {
         carver cv = {0};
         carve(&e, &cv);
-        bytes = cv.off + cv.hoff;
+        *dev = cv.off;
+        *host = cv.hoff;
     }
     free(e.kc);
     free(e.vc);
     free(e.conv);
     free(e.ssm);
     free(e.ikc);
-    return bytes;
+    return ok;
 }
 
 static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
@@ -410,13 +428,17 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     /* The arenas are zeroed whole, so every byte becomes resident: refuse a
      * context that cannot fit the caller's memory limit instead of being
      * killed (or swapping) mid-way. The library reads no /proc file: the
-     * CLI passes what the system has available (mk_engine_opts.mem_limit). */
-    if (o->mem_limit && e->arena_bytes > o->mem_limit)
+     * CLI passes what the system has available (mk_engine_opts.mem_limit).
+     * Host memory: on a device backend the backend's part (caches,
+     * activations) is the device's, whose allocation reports its own
+     * failure. */
+    const size_t host_need = e->bi->host_mem ? e->arena_bytes : cv.hoff;
+    if (o->mem_limit && host_need > o->mem_limit)
         return mk_err(MK_E_ARG,
                       "engine: a context of %lld positions needs %zu bytes (KV cache %zu bytes/token x "
                       "%lld = %llu, plus buffers and state), but only %llu bytes of memory are "
                       "available; lower --ctx (or --window, --prefill-chunk)",
-                      (long long)e->max_ctx, e->arena_bytes, e->kv_token_bytes, (long long)e->max_ctx,
+                      (long long)e->max_ctx, host_need, e->kv_token_bytes, (long long)e->max_ctx,
                       (unsigned long long)e->kv_token_bytes * (unsigned long long)e->max_ctx,
                       (unsigned long long)o->mem_limit);
     mk_status st = e->bi->alloc(e->bctx, cv.off, &e->arena);

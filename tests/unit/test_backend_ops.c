@@ -2127,9 +2127,23 @@ static void test_moe_grouped(void **st) {
                             fail_msg("%s: %s: rel L2 %.3e, not worse than split mode's %.3e", b->name, what, q8_err,
                                      split_err);
                     }
+                    /* the default (MK_CUDA_GEMM_AUTO) in the grouped slot: the int8 mode's bits where the
+                     * engine's prefill is int8, the split mode's where it is float */
+                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
+                    const int pre = mk_kernels_prefill_int8_setting();
+                    for (int on = 0; on < 2; on++) {
+                        mk_kernels_set_prefill_int8(on);
+                        assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                        float *ya = back(b, dy, (size_t)(n * H) * 4);
+                        if (memcmp(ya, on ? y2 : y, (size_t)(n * H) * 4))
+                            fail_msg("%s: grouped moe %s, %lld tokens, default mode, prefill int8 %s: not the %s "
+                                     "mode's result",
+                                     b->name, gw[0].name, (long long)n, on ? "on" : "off", on ? "int8" : "split");
+                        free(ya);
+                    }
+                    mk_kernels_restore_prefill_int8(pre);
                     free(y2);
                     free(y3);
-                    mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
                     free(y);
                     mk_moe_args a1 = a;
                     a1.n = 1;
@@ -3019,6 +3033,9 @@ static void test_cuda_gemm_modes(void **st) {
                              y[i], yc[i]);
             snprintf(what, sizeof what, "gemm int8 %s", wb.name);
             note(b->name, what, rel(y, ref, n * R), 2e-2);
+            /* so the default mode's comparisons below can tell int8 from split */
+            if (!memcmp(y, ys, (size_t)(n * R) * 4))
+                fail_msg("cuda: gemm int8 %s: bitwise the split GEMM's result", wb.name);
             free(yc);
         } else if (memcmp(y, ys, (size_t)(n * R) * 4)) {
             fail_msg("cuda: gemm int8 mode %s: not the split GEMM's result for a weight it does not take", wb.name);
@@ -3026,10 +3043,12 @@ static void test_cuda_gemm_modes(void **st) {
         /* the default, MK_CUDA_GEMM_AUTO, read at each call: the int8 mode's bits where the engine's prefill
          * runs int8 (forced, or following the device's decode setting), the split mode's where it is float */
         {
-            static const struct {
+            const struct {
                 int pre, dec; /* mk_kernels_prefill_int8_setting, mk_cuda_act_int8_setting */
                 bool int8;
-            } ac[] = {{1, 0, true}, {0, 1, false}, {-1, 1, true}, {-1, 0, false}};
+            } ac[] = {{1, 0, true}, {0, 1, false}, {-1, 1, true}, {-1, 0, false},
+                      /* both following: the engine's decode setting as this run has it */
+                      {-1, -1, mk_kernels_int8_setting() != 0}};
             const int pre = mk_kernels_prefill_int8_setting(), dec = mk_cuda_act_int8_setting();
             mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
             for (size_t i = 0; i < sizeof ac / sizeof ac[0]; i++) {

@@ -569,6 +569,27 @@ static void test_scratch_bytes(void **st) {
     synth_free(&s);
 }
 
+/* The host memory of the arena (mk_engine_host_bytes, what the CLI's memory
+ * plan counts): all of it on a host backend; on a device backend only the
+ * host-kept part, which the context does not grow (the KV cache is the
+ * device's). Before, a CUDA run's plan counted its device KV cache and
+ * activations as host memory. */
+static void test_host_bytes(void **st) {
+    (void)st;
+    synth s;
+    synth_build(&s);
+    mk_engine_opts a = {.threads = 1, .max_ctx = 512, .prefill_chunk = 256}, b = a;
+    b.max_ctx = 4096;
+    const size_t ta = mk_engine_bytes(&s.m, &a), tb = mk_engine_bytes(&s.m, &b);
+    assert_true(ta > 0 && tb > ta);
+    assert_int_equal(mk_engine_host_bytes(&s.m, &a, false), ta);
+    assert_int_equal(mk_engine_host_bytes(&s.m, &b, false), tb);
+    const size_t ha = mk_engine_host_bytes(&s.m, &a, true), hb = mk_engine_host_bytes(&s.m, &b, true);
+    assert_true(ha > 0 && ha < ta);
+    assert_int_equal(ha, hb); /* 3584 more positions of KV cache (tb - ta): none of it on the host */
+    synth_free(&s);
+}
+
 static void test_absorbed_f32(void **st) {
     (void)st;
     synth s;
@@ -593,6 +614,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_kv_bytes),
         cmocka_unit_test(test_scratch_bytes),
+        cmocka_unit_test(test_host_bytes),
         cmocka_unit_test(test_attention_slot),
         cmocka_unit_test(test_absorbed_f32),
         cmocka_unit_test(test_absorbed_affine4),
