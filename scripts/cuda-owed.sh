@@ -44,6 +44,9 @@
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
 #                                         (split and int8 GEMM)
+#   scripts/cuda-owed.sh fd              session 25's full-depth 30B prefill (default against session 24's
+#                                         split GEMM in chunks of 512) and decode; the int8 GEMM's SASS
+#                                         opcode histogram (fd.log)
 #   scripts/cuda-owed.sh int8            session 23's int8 default on the full-depth 30B shape: decode
 #                                         with the default (int8 since session 23) against
 #                                         MK_CUDA_ACT_INT8=0, interleaved, short and after 2048 tokens;
@@ -84,6 +87,39 @@ tests)
         echo "test_engine_batch's CUDA cases did not pass"
         rc=1
     }
+    ;;
+fd)
+    # session 25's full-depth prefill: the default (int8 GEMM as the engine's prefill, chunks of 2048)
+    # against session 24's (split GEMM, chunks of 512), interleaved, with the decode after the prompt;
+    # the short decode; then the SASS opcode histogram of the 4-bit g64 bf16 int8 GEMM (cuobjdump)
+    B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
+    [ -e $m/config.json ] || {
+        $B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
+            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
+        rm -rf $m.ct
+    } > /tmp/synth.log 2>&1
+    {
+        for g in def split def split; do
+            echo "== full-depth 30B, prefill 2048 then 64 decode tokens, $g"
+            if [ $g = def ]; then
+                timeout 100 $D $m 2048 64 16 cuda 2>&1 | grep -E "^prefill|^decode|^bound|^gemm"
+            else
+                MK_CUDA_GEMM=split MK_BENCH_CHUNK=512 timeout 100 $D $m 2048 64 16 cuda 2>&1 | grep -E "^prefill|^decode"
+            fi
+        done
+        echo "== full-depth 30B decode, positions 16-143"
+        timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+        echo "== SASS opcode histogram of k_grp_mm_q8p<4, 1, 64, 3>"
+        o=$(find build-cuda -name 'cuda_grouped.cu.o' | head -1)
+        command -v cuobjdump > /dev/null || PATH=$PATH:/usr/local/cuda/bin
+        cuobjdump -sass "$o" 2> /dev/null | awk '
+            /Function : / { f = ($0 ~ /k_grp_mm_q8pILi4ELi1ELi64ELi3E/) }
+            f && /\/\*[0-9a-f]+\*\// {
+                s = $0; sub(/.*\*\/ +/, "", s); sub(/^@!?P[0-9T] +/, "", s); split(s, w, /[ ;]/); op = w[1];
+                if (op != "") { n[op]++; t++ }
+            }
+            END { for (k in n) printf "%6d %s\n", n[k], k; printf "%6d total\n", t }' | sort -rn | head -45
+    } 2>&1 | tee "$out/fd.log"
     ;;
 int8)
     # FX_TAR (optional, as `tests`' argument): gptoss-a's attention layers checked too
