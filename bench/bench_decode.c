@@ -376,7 +376,7 @@ int main(int argc, char **argv) {
     if (pc && *pc)
         o.prefill_chunk = atoi(pc);
     else if (cuda)
-        o.prefill_chunk = 2048;
+        o.prefill_chunk = MK_CUDA_PREFILL_CHUNK;
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -424,12 +424,8 @@ int main(int argc, char **argv) {
            c->num_layers, mk_engine_arena_bytes(e) / 1048576.0);
     printf("kernels    %s, %s activations for affine 4/8-bit decode\n", mk_isa_name(mk_isa_active()),
            mk_kernels_int8() ? "int8" : "float");
-    /* the engine's chunk: the option or 512, at most the context (engine.c init_sizes) */
-    const int chunk_used = (int)((o.prefill_chunk > 0 ? o.prefill_chunk : 512) < P + D
-                                     ? (o.prefill_chunk > 0 ? o.prefill_chunk : 512)
-                                     : P + D);
-    printf("prefill    %d tokens  %.3f s  %.1f tok/s, chunks of %d%s\n", P, t1 - t0, P / (t1 - t0),
-           chunk_used, cuda ? " (after an untimed warm-up prefill)" : "");
+    printf("prefill    %d tokens  %.3f s  %.1f tok/s, chunks of %lld%s\n", P, t1 - t0, P / (t1 - t0),
+           (long long)mk_engine_prefill_chunk(e), cuda ? " (after an untimed warm-up prefill)" : "");
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
     double bw = 0;

@@ -480,10 +480,8 @@ static mk_status run_main(run_opts *o) {
     run_ctx r = {.o = o};
     /* the context, when known before the prompt is read: counted in the resident-or-stream choice */
     o->mm.plan_ctx = o->ctx > 0 ? o->ctx : o->chat && !o->prompt ? -1 : 0;
-    /* the GPU's default chunk: 4x the CPU's, its activations in device memory (bench/RESULTS.md
-     * session 25: the 2048-token prefill in chunks of 512 against 2048) */
     if (o->eo.prefill_chunk <= 0 && o->backend && !strcmp(o->backend, "cuda"))
-        o->eo.prefill_chunk = 2048;
+        o->eo.prefill_chunk = MK_CUDA_PREFILL_CHUNK;
     o->mm.plan_chunk = o->eo.prefill_chunk;
     o->mm.device_backend = o->backend && strcmp(o->backend, "cpu");
     mk_status st = mk_ecli_mem_model_open(&o->mm, o->model, &o->mo, &r.m);

@@ -91,6 +91,11 @@ typedef enum mk_cuda_gemm {
     MK_CUDA_GEMM_AUTO = 4
 } mk_cuda_gemm;
 #define MK_CUDA_GEMM_SCRATCH_DEFAULT ((size_t)64 << 20)
+/* The prefill chunk `moekit run --backend cuda` (and bench_decode on CUDA)
+ * takes when none is given: 4x the CPU's 512, its activations in device
+ * memory; the grouped expert GEMMs reuse each weight tile over 4x the
+ * routed rows (bench/RESULTS.md session 25: +15% on the 30B cut). */
+#define MK_CUDA_PREFILL_CHUNK 2048
 void mk_backend_cuda_set_gemm(mk_backend *b, mk_cuda_gemm mode, size_t scratch_bytes);
 /* Whether cuBLAS (loaded on first use, not linked) is there for the GEMMs,
  * or why not (batches then run the float32 kernel). Loads it. */

@@ -148,6 +148,8 @@ mk_status mk_engine_state_restore(mk_engine *e, const void *buf, int64_t pos);
 /* Tokens in the cache (the position of the next token). */
 int64_t mk_engine_pos(const mk_engine *e);
 int64_t mk_engine_max_ctx(const mk_engine *e);
+/* Tokens per forward chunk: prefill_chunk (512 when <= 0), at most max_ctx. */
+int64_t mk_engine_prefill_chunk(const mk_engine *e);
 /* Bytes of the arena (scratch + caches + state). */
 size_t mk_engine_arena_bytes(const mk_engine *e);
 /* The arena an engine with these options would take, without creating one

@@ -407,10 +407,8 @@ template <int BITS> struct q8p_stage {
     static constexpr int xg = d + GRP_BM * 16;             /* [GRP_BM][4] f32 group sums */
     static constexpr int size = xg + GRP_BM * 16;
 };
-/* Host: the dynamic shared memory of k_grp_mm_q8p<BITS, .., S> (S 0: the default) */
-static inline size_t q8p_smem(int bits, int stages = 0) {
-    if (stages <= 0)
-        stages = Q8P_STAGES(bits);
+/* Host: the dynamic shared memory of k_grp_mm_q8p<BITS, .., stages> */
+static inline size_t q8p_smem(int bits, int stages) {
     return (size_t)stages * (bits == 4 ? q8p_stage<4>::size : q8p_stage<8>::size);
 }
 /* Host: whether k_grp_mm_q8p takes K columns of w's rows in scale groups
@@ -453,6 +451,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
     const int nb = K / AB, ng = K >> gsh, nk = K / Q8P_KB;
     const int ngs = group >= Q8P_KB ? 1 : Q8P_KB >> gsh; /* scale groups per stage */
     const int sb = SD == 0 ? 4 : 2, sw = ngs * sb / 4;    /* scale bytes per row per stage, in words */
+    const int swsh = __ffs(sw) - 1;                       /* sw is 1, 2 or 4 */
     auto a_row = [&](int i) -> int64_t {
         return i < tile.z ? (a_rows ? (int64_t)a_rows[tile.y + i] : (int64_t)tile.y + i) : -1;
     };
@@ -484,7 +483,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
                              ok);
         }
         for (int c = tid; c < GRP_BN * sw; c += GRP_THREADS) {
-            const int r = sw == 1 ? c : sw == 2 ? c >> 1 : c >> 2, p = c & (sw - 1), wr = n0 + r;
+            const int r = c >> swsh, p = c & (sw - 1), wr = n0 + r;
             const bool ok = wr < m.N;
             const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 >> gsh) * sb + p * 4;
             mkc_cp_async<4>(st + L::s + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);

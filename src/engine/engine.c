@@ -532,6 +532,8 @@ mk_status mk_engine_rewind(mk_engine *e, int64_t pos) {
 
 int64_t mk_engine_pos(const mk_engine *e) { return e->pos; }
 int64_t mk_engine_max_ctx(const mk_engine *e) { return e->max_ctx; }
+
+int64_t mk_engine_prefill_chunk(const mk_engine *e) { return e->chunk; }
 size_t mk_engine_arena_bytes(const mk_engine *e) { return e->arena_bytes; }
 size_t mk_engine_kv_bytes_per_token(const mk_engine *e) { return e->kv_token_bytes; }
 const mk_model *mk_engine_model(const mk_engine *e) { return e->m; }
