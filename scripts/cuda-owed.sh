@@ -40,6 +40,8 @@
 #   scripts/cuda-owed.sh s25             session 25's prefill: the default (int8 GEMM) against the split GEMM,
 #                                         the pipelined int8 GEMM in 4 / 3 stages, chunks of 2048 / 512
 #                                         (s25.log); ncu --set full of k_grp_mm_q8p in 4 and 3 stages
+#   scripts/cuda-owed.sh base            a session's baseline: the cut's decode (short, after 2048 tokens)
+#                                         and default 2048-token prefill, twice each (base.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -196,7 +198,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -278,6 +280,20 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25)
                 "$out/ncu_q8p_$st.raw" > "$out/ncu_q8p_$st.log"
             rm -f "$out/ncu_q8p_$st.raw"
         done
+        exit $rc
+    fi
+    if [ "$what" = base ]; then
+        # a session's baseline on whatever card came: the cut's decode (short, after 2048 tokens) and
+        # its default 2048-token prefill, twice each (base.log)
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for i in 1 2; do
+                echo "== 8-layer 30B cut decode, positions 16-271"
+                timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound"
+                echo "== 8-layer 30B cut, prefill 2048 (default), then decode 64"
+                timeout 100 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^prefill|^decode|^gemm"
+            done
+        } 2>&1 | tee "$out/base.log"
         exit $rc
     fi
     if [ "$what" = tile2 ]; then
