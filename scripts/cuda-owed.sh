@@ -42,6 +42,11 @@
 #                                         (s25.log); ncu --set full of k_grp_mm_q8p in 4 and 3 stages
 #   scripts/cuda-owed.sh base            a session's baseline: the cut's decode (short, after 2048 tokens)
 #                                         and default 2048-token prefill, twice each (base.log)
+#   scripts/cuda-owed.sh dnsys           the cut's decode timeline as replayed (nsys, graph nodes traced):
+#                                         nsys_dec_trace.csv.xz for per-kernel critical-path sums
+#   scripts/cuda-owed.sh gqa [FX_TAR]     session 26's decode attention grouped by kv head (MK_CUDA_ATTN_GQA)
+#                                         against k_attn on the cut, short / 2048 / 8192 tokens (gqa.log);
+#                                         with FX_TAR first the fixtures' _cuda cases with it on
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -198,7 +203,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -294,6 +299,50 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base)
                 timeout 100 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^prefill|^decode|^gemm"
             done
         } 2>&1 | tee "$out/base.log"
+        exit $rc
+    fi
+    if [ "$what" = dnsys ]; then
+        # the decode step's timeline as replayed (graph nodes traced one by one): the cut, prompt 64,
+        # 48 decode tokens; the GPU trace as CSV (xz) for per-kernel critical-path sums on the host
+        if ! command -v nsys > /dev/null; then
+            ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
+            [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
+        fi
+        command -v nsys || { echo "no nsys here"; exit 1; }
+        timeout 200 nsys profile -o "$out/dec" --force-overwrite true -t cuda --cuda-graph-trace=node \
+            $B/bench_decode $W/m8 64 48 $nt cuda > "$out/nsys_run.log" 2>&1
+        echo "nsys: rc $?"
+        grep -E "^decode|^device" "$out/nsys_run.log"
+        nsys stats --force-export=true --report cuda_gpu_trace --format csv "$out/dec.nsys-rep" \
+            > "$out/nsys_dec_trace.csv" 2> "$out/nsys_stats.err"
+        xz -9 "$out/nsys_dec_trace.csv"
+        rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm" "$out/build.log" "$out/configure.log"
+        exit $rc
+    fi
+    if [ "$what" = gqa ]; then
+        # session 26: the decode attention grouped by kv head (MK_CUDA_ATTN_GQA) against k_attn,
+        # interleaved: the cut's decode short and after 2048 tokens (gqa.log); with FX_TAR first the
+        # fixtures' _cuda cases with it on; MK_OWED_QUICK=1: one pair each
+        if [ -n "${2:-}" ]; then
+            MK_CUDA_ATTN_GQA=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
+        fi
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            pairs="0 1 0 1"
+            [ -n "${MK_OWED_QUICK:-}" ] && pairs="0 1"
+            for f in $pairs; do
+                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_ATTN_GQA=$f"
+                MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound"
+            done
+            for f in $pairs; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
+                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill"
+            done
+            for f in 0 1; do
+                echo "== 8-layer 30B cut decode after 8192 tokens, MK_CUDA_ATTN_GQA=$f"
+                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 8192 64 16 cuda 2>&1 | grep -E "^decode|^prefill"
+            done
+        } 2>&1 | tee "$out/gqa.log"
         exit $rc
     fi
     if [ "$what" = tile2 ]; then

@@ -32,13 +32,13 @@
 
 #include "cuda/cuda_backend.cuh"
 #include "cuda/cuda_attn_kernel.cuh"
+#include "cuda/cuda_attn_gqa.cuh"
 
-/* The shares' states of nb blocks split mk_cuda_attn_shares() ways, in
+/* The shares' states of nb rows (heads of a token) split `want` ways, in
  * scratch grown outside recordings (a recorded step that would need more
  * splits nothing: it cannot grow memory there): *ns that many, or 1
  * without the scratch. False: the allocation failed (recorded for sync). */
-static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned *ns) {
-    const unsigned want = (unsigned)mk_cuda_attn_shares();
+static bool split_scratch(mkb_ctx *c, unsigned nb, int dv, unsigned want, unsigned *ns) {
     const size_t need = (size_t)nb * want * ((size_t)dv + 2) * sizeof(float);
     if (need > c->att_cap && !c->recording) {
         mkb_graph_free(c); /* a recorded step's attention nodes point at the old scratch */
@@ -137,6 +137,25 @@ static void attn_run(mkb_ctx *c, const mk_attn_args &a, const att_seqs *sq, unsi
                    k_attn_merge, dim3(nb), dim3(128), 0, a, (const float *)c->att_part, (int)ns);
 }
 
+/* k_attn_gqa over n_kv x AGQ_SHARES blocks (the scratch and tickets are there); false: its
+ * shared memory is not granted (k_attn runs) */
+template <int DVL, int HPW> static bool gqa_launch(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs) {
+    const size_t smem = agq_smem(a.n_heads / a.n_kv, a.dk, a.dv);
+    const int most = mkc_smem_optin_max();
+    if (smem > MKC_SMEM_MAX && (smem > (size_t)most || !mkc_smem_opt_in((const void *)k_attn_gqa<DVL, HPW>, most)))
+        return false;
+    mkb_launch(c, "attention (grouped by kv head)", k_attn_gqa<DVL, HPW>, dim3((unsigned)a.n_kv, AGQ_SHARES),
+               dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets);
+    return true;
+}
+
+static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs) {
+    const bool two = a.n_heads / a.n_kv > AGQ_WARPS;
+    if (a.dv <= 128)
+        return two ? gqa_launch<4, 2>(c, a, ks, vs) : gqa_launch<4, 1>(c, a, ks, vs);
+    return two ? gqa_launch<8, 2>(c, a, ks, vs) : gqa_launch<8, 1>(c, a, ks, vs);
+}
+
 void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
@@ -181,7 +200,16 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const unsigned nb = (unsigned)(a->n * a->n_heads);
     /* one token: split over the cache */
     unsigned ns = 1;
-    if (a->n == 1 && !split_scratch(c, nb, a->dv, &ns))
+    /* one token grouped by kv head (mk_cuda_set_attn_gqa): AGQ_SHARES shares a kv head, merged by
+     * their last (tickets); not with a held-back q/k norm this call can fold, which k_attn takes */
+    if (a->n == 1 && mk_cuda_attn_gqa() && !fold && agq_takes(a, ks, vs)) {
+        if (!split_scratch(c, nb, a->dv, AGQ_SHARES, &ns))
+            return;
+        if (ns == AGQ_SHARES && (unsigned)a->n_kv <= c->att_tcap && gqa_run(c, *a, ks, vs))
+            return;
+        ns = 1;
+    }
+    if (a->n == 1 && !split_scratch(c, nb, a->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         return;
     mkc_qkfold qf = mkc_qkfold();
     if (fold && (ns == 1 || share_tickets(c, nb, ns)) && qk_tickets(c, a->n_kv)) {
@@ -242,7 +270,7 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     }
     const unsigned nb = (unsigned)n * (unsigned)a0->n_heads;
     unsigned ns = 1;
-    if (split_scratch(c, nb, a0->dv, &ns))
+    if (split_scratch(c, nb, a0->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         attn_run(c, *a0, &sq, nb, ns, ks, vs, vec);
     return true; /* (a failed allocation is recorded for sync) */
 }

@@ -149,6 +149,12 @@ extern "C" mk_status mk_cuda_set_attn_tile_gen(int gen) {
     return MK_OK;
 }
 
+static bool g_attn_gqa = false;
+
+extern "C" bool mk_cuda_attn_gqa(void) { return g_attn_gqa; }
+
+extern "C" void mk_cuda_set_attn_gqa(bool on) { g_attn_gqa = on; }
+
 static int g_attn_shares = 8; /* ATT_SPLIT (cuda_attn_kernel.cuh) */
 
 extern "C" int mk_cuda_attn_shares(void) { return g_attn_shares; }

@@ -215,6 +215,17 @@ int mk_cuda_attn_tile_gen(void);
  * step keeps the split it was recorded with. MK_E_ARG outside 1..32. */
 mk_status mk_cuda_set_attn_shares(int n);
 int mk_cuda_attn_shares(void);
+/* The one-token attention grouped by kv head (k_attn_gqa,
+ * cuda_attn_gqa.cuh): a block per kv head and share of the cache for all
+ * of its query heads, the share's rows copied into shared memory (the
+ * first before the wait for the previous kernel), 32 shares a kv head
+ * merged by their last. Where it takes the call (no DSA selection, no MLA
+ * latent cache, at most 16 query heads a kv head, head dims up to 256,
+ * 16-byte rows), else k_attn. The same function in another float order.
+ * Process-wide, for measuring one against the other; a recorded step is
+ * recorded again after a change. */
+void mk_cuda_set_attn_gqa(bool on);
+bool mk_cuda_attn_gqa(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =
  * rmsnorm(x) * g) folded into the next launch when that launch reads xb
  * and can take it (mk_cuda_gemv_n_fold: the q/k/v GEMV of a decode step,

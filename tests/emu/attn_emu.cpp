@@ -13,8 +13,11 @@
 // (cuda_fold.cuh) against k_qk_norm_rope then k_attn: the output and the
 // cache row written bitwise, head dims 64 / 128 / 256 (one and two terms
 // of the norm's sum per thread), full and partial rotation, with and
-// without the norms. A control: the window case's reference
-// without its sinks must miss the bound. Exit 1 on a mismatch.
+// without the norms. The decode attention grouped by kv head (k_attn_gqa,
+// cuda_attn_gqa.cuh) against the double softmax (run_gqa; `attn_emu gqa`
+// runs two of its cases alone, for the script's control). A control: the
+// window case's reference without its sinks must miss the bound. Exit 1 on
+// a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -23,6 +26,7 @@ extern "C" {
 #include "moekit/backend.h"
 }
 #include "cuda/cuda_attn_kernel.cuh"
+#include "cuda/cuda_attn_gqa.cuh"
 #include "cuda/cuda_norm_kernel.cuh"
 
 static int g_bad;
@@ -363,8 +367,120 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
         printf("%-44s output and cache rows bitwise the two launches'\n", name);
 }
 
-int main() {
+// k_attn_gqa (the decode attention grouped by kv head) for one token at
+// position pos: nkv x AGQ_SHARES blocks of AGQ_WARPS warps, in order and in
+// reverse (another share merges), against the softmax in double: rel L2 <=
+// 1e-5; with kn (the step's new rows from k_new / v_new, the cache's row
+// pos NaN until the kernel writes it) the row written; the tickets back at
+// zero; the dynamic shared memory within agq_smem (emu_smem).
+struct gcase {
+    const char *name;
+    int nh, nkv, dk, dv;
+    int64_t pos, window;
+    bool sinks, kn;
+};
+static bool run_gqa(const gcase &c) {
+    const int64_t ks = (int64_t)c.nkv * c.dk, vs = (int64_t)c.nkv * c.dv, T = c.pos + 1;
+    std::vector<float> q((size_t)c.nh * c.dk), kc((size_t)T * ks), vc((size_t)T * vs), sk(c.nh), kn(ks), vn(vs);
+    for (auto &v : q) v = (float)(2 * rnd());
+    for (auto &v : kc) v = (float)rnd();
+    for (auto &v : vc) v = (float)rnd();
+    for (auto &v : sk) v = (float)(2 * rnd());
+    std::copy(kc.begin() + c.pos * ks, kc.end(), kn.begin());
+    std::copy(vc.begin() + c.pos * vs, vc.end(), vn.begin());
+    std::vector<float> out((size_t)c.nh * c.dv);
+    mk_attn_args a = {};
+    a.q = q.data();
+    a.k = kc.data();
+    a.v = vc.data();
+    a.out = out.data();
+    a.n = 1;
+    a.pos0 = c.pos;
+    a.n_heads = c.nh;
+    a.n_kv = c.nkv;
+    a.dk = c.dk;
+    a.dv = c.dv;
+    a.scale = 1.0f / sqrtf((float)c.dk);
+    a.window = c.window;
+    a.sinks = c.sinks ? sk.data() : nullptr;
+    std::vector<double> ref, ref_nosink;
+    reference(a, ks, vs, true, ref);
+    if (!agq_takes(&a, ks, vs)) {
+        printf("FAIL %s: agq_takes declines it\n", c.name);
+        return false;
+    }
+    const int G = c.nh / c.nkv;
+    const unsigned nb = (unsigned)c.nkv, ns = AGQ_SHARES;
+    std::vector<float> part((size_t)c.nh * ns * (c.dv + 2), NAN);
+    std::vector<unsigned> tickets(nb, 0u);
+    bool ok = true;
+    double worst = 0;
+    for (int rev = 0; rev < 2; rev++) {
+        std::fill(out.begin(), out.end(), NAN);
+        std::vector<float> kcc = kc, vcc = vc;
+        a.k = kcc.data();
+        a.v = vcc.data();
+        if (c.kn) { /* the step's new rows: the kernel writes them into row pos */
+            std::fill(kcc.begin() + c.pos * ks, kcc.end(), NAN);
+            std::fill(vcc.begin() + c.pos * vs, vcc.end(), NAN);
+            a.k_new = kn.data();
+            a.v_new = vn.data();
+        }
+        emu_smem(agq_smem(G, c.dk, c.dv));
+        for (unsigned i = 0; i < ns; i++)
+            for (unsigned b = 0; b < nb; b++)
+                emu_block(
+                    nb, b, AGQ_WARPS * 32,
+                    [&] {
+                        if (c.dv <= 128)
+                            (G > AGQ_WARPS ? k_attn_gqa<4, 2> : k_attn_gqa<4, 1>)(a, ks, vs, part.data(),
+                                                                                   tickets.data());
+                        else
+                            (G > AGQ_WARPS ? k_attn_gqa<8, 2> : k_attn_gqa<8, 1>)(a, ks, vs, part.data(),
+                                                                                   tickets.data());
+                    },
+                    ns, rev ? ns - 1 - i : i);
+        emu_smem(0);
+        const double e = rel_l2(out, ref);
+        worst = std::max(worst, e);
+        if (!(e <= 1e-5)) {
+            printf("FAIL %s%s: rel L2 %.3e\n", c.name, rev ? " (shares in reverse)" : "", e);
+            ok = false;
+        }
+        if (std::memcmp(kcc.data(), kc.data(), kc.size() * 4) || std::memcmp(vcc.data(), vc.data(), vc.size() * 4)) {
+            printf("FAIL %s: the caches do not hold the new rows (or a row changed)\n", c.name);
+            ok = false;
+        }
+        for (unsigned b = 0; b < nb; b++)
+            if (tickets[b]) {
+                printf("FAIL %s: kv head %u's ticket left at %u\n", c.name, b, tickets[b]);
+                ok = false;
+            }
+    }
+    if (c.sinks) { /* the control: a reference without the sinks is not what the kernel computes */
+        reference(a, ks, vs, false, ref_nosink);
+        if (rel_l2(out, ref_nosink) <= 1e-5) {
+            printf("FAIL %s: the output also matches the reference without sinks\n", c.name);
+            ok = false;
+        }
+    }
+    if (ok)
+        printf("%-52s rel L2 <= %.2e, %u shares either order\n", c.name, worst, ns);
+    return ok;
+}
+
+int main(int argc, char **argv) {
     srand(11);
+    if (argc > 1 && !strcmp(argv[1], "gqa")) { /* k_attn_gqa alone (the script's control) */
+        const gcase g[] = {
+            {"gqa: 8 heads on 2, d 64, position 100, new rows", 8, 2, 64, 64, 100, 0, false, true},
+            {"gqa: position 0, new rows", 8, 2, 64, 64, 0, 0, false, true},
+        };
+        int bad = 0;
+        for (const gcase &c : g)
+            bad += !run_gqa(c);
+        return bad ? 1 : 0;
+    }
     const acase cases[] = {
         {"GQA 4 heads on 2, d 64, position 100", 4, 2, 64, 64, false, 100, 0, false},
         {"GQA at position 0 (one row, empty shares)", 4, 2, 64, 64, false, 0, 0, false},
@@ -381,5 +497,22 @@ int main() {
     run_qk_fold(4, 2, 64, 64, false, 50);  /* RoPE alone */
     run_qk_fold(6, 3, 64, 32, true, 200);
     run_qk_fold(8, 2, 128, 128, true, 100, 1);
+    const gcase g[] = {
+        {"gqa: 32 heads on 4, d 128, position 100, new rows", 32, 4, 128, 128, 100, 0, false, true},
+        {"gqa: 8 heads on 2, d 64, position 0, new rows", 8, 2, 64, 64, 0, 0, false, true},
+        {"gqa: position 31 (one chunk, full)", 8, 2, 64, 64, 31, 0, false, true},
+        {"gqa: position 32 (the new row alone in its share)", 8, 2, 64, 64, 32, 0, false, true},
+        {"gqa: position 2047 (two chunks a share)", 8, 2, 64, 64, 2047, 0, false, true},
+        {"gqa: position 5000 (5 chunks a share, buffers reused)", 4, 2, 64, 64, 5000, 0, false, true},
+        {"gqa: the row already in the cache, position 70", 8, 2, 64, 64, 70, 0, false, false},
+        {"gqa: the row already in the cache, position 3000", 8, 2, 64, 64, 3000, 0, false, false},
+        {"gqa: window 128 and sinks, position 300", 16, 2, 64, 64, 300, 128, true, true},
+        {"gqa: window 32 and sinks, position 20", 16, 2, 64, 64, 20, 32, true, true},
+        {"gqa: 16 heads a kv head, d 256, position 90", 16, 1, 256, 256, 90, 0, false, true},
+        {"gqa: one head a kv head, dk 192 dv 128, position 150", 3, 3, 192, 128, 150, 0, false, true},
+        {"gqa: 12 heads a kv head, dv 20, position 45", 12, 1, 40, 20, 45, 0, false, true},
+    };
+    for (const gcase &c : g)
+        g_bad += !run_gqa(c);
     return g_bad ? 1 : 0;
 }

@@ -1173,6 +1173,26 @@ static void test_attention(void **st) {
                 attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true, what);
             }
             assert_int_equal(mk_cuda_set_attn_shares(keep), MK_OK);
+            /* the decode attention grouped by kv head (mk_cuda_set_attn_gqa), the other way than the
+             * default: the same bound */
+            const bool gq = mk_cuda_attn_gqa();
+            mk_cuda_set_attn_gqa(!gq);
+            printf("  decode attention grouped by kv head %s:\n", gq ? "off" : "on");
+            attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
+            attn_case(&g_be[bi], 32, 4, 128, 128, 0, 0, false, 2100, 1, "attention 32 on 4 heads decode at 2100");
+            attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
+                         "attention GQA decode at 1500, device position");
+            attn_case_ws(&g_be[bi], 8, 2, 40, 40, 0, 0, false, 0, 1, 0, false, true,
+                         "attention GQA decode at 0, device position");
+            attn_case_ws(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 1, 0, false, true,
+                         "attention MLA latent decode, device position");
+            attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true,
+                         "attention window 128 + sinks decode at 1500, device position");
+            attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 9, 1, 128, true, true,
+                         "attention window 128 + sinks decode at 9, device position");
+            attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, false,
+                         "attention window 16 + sinks decode");
+            mk_cuda_set_attn_gqa(gq);
             /* the tiled prefill kernel's other generations (mk_cuda_set_attn_tile_gen): the same bound */
             const int tg = mk_cuda_attn_tile_gen();
             assert_int_equal(mk_cuda_set_attn_tile_gen(0), MK_E_ARG);
