@@ -309,14 +309,18 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
         fi
         command -v nsys || { echo "no nsys here"; exit 1; }
-        timeout 200 nsys profile -o "$out/dec" --force-overwrite true -t cuda --cuda-graph-trace=node \
-            $B/bench_decode $W/m8 64 48 $nt cuda > "$out/nsys_run.log" 2>&1
-        echo "nsys: rc $?"
-        grep -E "^decode|^device" "$out/nsys_run.log"
-        nsys stats --force-export=true --report cuda_gpu_trace --format csv "$out/dec.nsys-rep" \
-            > "$out/nsys_dec_trace.csv" 2> "$out/nsys_stats.err"
-        xz -9 "$out/nsys_dec_trace.csv"
-        rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm" "$out/build.log" "$out/configure.log"
+        # MK_OWED_PROMPTS: the prompt lengths (default 64), a trace each
+        for pl in ${MK_OWED_PROMPTS:-64}; do
+            timeout 200 nsys profile -o "$out/dec" --force-overwrite true -t cuda --cuda-graph-trace=node \
+                $B/bench_decode $W/m8 $pl 48 $nt cuda > "$out/nsys_run.log" 2>&1
+            echo "nsys prompt $pl: rc $?"
+            grep -E "^decode|^device" "$out/nsys_run.log"
+            nsys stats --force-export=true --report cuda_gpu_trace --format csv "$out/dec.nsys-rep" \
+                > "$out/nsys_dec_$pl.csv" 2> "$out/nsys_stats.err"
+            xz -9 "$out/nsys_dec_$pl.csv"
+            rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm"
+        done
+        rm -f "$out/build.log" "$out/configure.log"
         exit $rc
     fi
     if [ "$what" = gqa ]; then
