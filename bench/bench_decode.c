@@ -437,9 +437,9 @@ int main(int argc, char **argv) {
         mk_backend_cuda_graph_stats(be, &built, &updated, &replayed);
         if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
             printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
-                   "%d updated %d replayed; decode on %s activations\n", dsc, bk,
-                   mk_backend_cuda_weight_bytes(be) / 1073741824.0, built, updated, replayed,
-                   mk_cuda_act_int8() ? "int8" : "float");
+                   "%d updated %d replayed; decode on %s activations; attention grouped by kv head: "
+                   "%llu launches\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built, updated,
+                   replayed, mk_cuda_act_int8() ? "int8" : "float", mk_cuda_attn_gqa_launches());
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
         size_t evr, ehost;

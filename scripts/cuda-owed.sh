@@ -336,7 +336,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             [ -n "${MK_OWED_QUICK:-}" ] && pairs="0 1"
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_ATTN_GQA=$f"
-                MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound"
+                MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
             done
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"

@@ -185,6 +185,9 @@ void mk_cuda_set_attn_gqa(bool on) {
 bool mk_cuda_attn_gqa(void) {
     return false;
 }
+unsigned long long mk_cuda_attn_gqa_launches(void) {
+    return 0;
+}
 mk_status mk_cuda_set_attn_shares(int n) {
     (void)n;
     return mk_err(MK_E_UNSUPPORTED, "cuda: moekit was built without CUDA");

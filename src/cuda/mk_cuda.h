@@ -226,6 +226,8 @@ int mk_cuda_attn_shares(void);
  * recorded again after a change. */
 void mk_cuda_set_attn_gqa(bool on);
 bool mk_cuda_attn_gqa(void);
+/* k_attn_gqa launches so far (process-wide): tests and benches check that the switch took */
+unsigned long long mk_cuda_attn_gqa_launches(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =
  * rmsnorm(x) * g) folded into the next launch when that launch reads xb
  * and can take it (mk_cuda_gemv_n_fold: the q/k/v GEMV of a decode step,

@@ -1176,6 +1176,7 @@ static void test_attention(void **st) {
             /* the decode attention grouped by kv head (mk_cuda_set_attn_gqa), the other way than the
              * default: the same bound */
             const bool gq = mk_cuda_attn_gqa();
+            const unsigned long long gl = mk_cuda_attn_gqa_launches();
             mk_cuda_set_attn_gqa(!gq);
             printf("  decode attention grouped by kv head %s:\n", gq ? "off" : "on");
             attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
@@ -1192,6 +1193,10 @@ static void test_attention(void **st) {
                          "attention window 128 + sinks decode at 9, device position");
             attn_case_ws(&g_be[bi], 4, 2, 64, 64, 0, 0, false, 300, 1, 16, true, false,
                          "attention window 16 + sinks decode");
+            /* on: it ran (the first version's shared memory opt-in was refused and every call fell
+             * back to k_attn unseen): the 7 cases it takes (not the MLA one) */
+            if (!gq)
+                assert_true(mk_cuda_attn_gqa_launches() >= gl + 7);
             mk_cuda_set_attn_gqa(gq);
             /* the tiled prefill kernel's other generations (mk_cuda_set_attn_tile_gen): the same bound */
             const int tg = mk_cuda_attn_tile_gen();
