@@ -340,7 +340,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             done
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
-                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill"
+                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device"
             done
             for f in 0 1; do
                 echo "== 8-layer 30B cut decode after 8192 tokens, MK_CUDA_ATTN_GQA=$f"

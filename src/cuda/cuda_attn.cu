@@ -150,12 +150,11 @@ template <int DVL, int HPW> static bool gqa_launch(mkb_ctx *c, const mk_attn_arg
     /* the device's most less 1 KB: the opt-in is refused past the most less the kernel's static shared
      * memory (mkc_last_in's flag), which the first version asked for and so never ran */
     const int ask = mkc_smem_optin_max() - 1024;
-    if (smem > MKC_SMEM_MAX && (ask <= 0 || smem > (size_t)ask ||
-                                !mkc_smem_opt_in((const void *)k_attn_gqa<DVL, HPW>, ask)))
-        return false;
+    if (ask <= 0 || smem > (size_t)ask || !mkc_smem_opt_in((const void *)k_attn_gqa<DVL, HPW>, ask))
+        return false; /* (always asked: near 48 KB the static flag would overflow the default) */
     mkb_launch(c, "attention (grouped by kv head)", k_attn_gqa<DVL, HPW>, dim3((unsigned)a.n_kv, AGQ_SHARES),
                dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets);
-    __atomic_add_fetch(&g_gqa_launches, 1ull, __ATOMIC_RELAXED);
+    __atomic_add_fetch(&g_gqa_launches, 1ull, __ATOMIC_RELAXED); /* host launches (a recording's once) */
     return true;
 }
 

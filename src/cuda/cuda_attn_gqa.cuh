@@ -63,7 +63,9 @@ static inline bool agq_takes(const mk_attn_args *a, int64_t ks, int64_t vs) {
     const int G = a->n_kv > 0 ? a->n_heads / a->n_kv : 0;
     return a->n == 1 && !a->sel && a->k != a->v && G >= 1 && G <= AGQ_MAX_G && a->n_heads % a->n_kv == 0 &&
            a->dk % 4 == 0 && a->dv % 4 == 0 && a->dk <= AGQ_MAX_DIM && a->dv <= AGQ_MAX_DIM && ks % 4 == 0 &&
-           vs % 4 == 0 && (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0;
+           vs % 4 == 0 && (uintptr_t)a->k % 16 == 0 && (uintptr_t)a->v % 16 == 0 &&
+           /* the new rows copied whole into the cache: packed kv heads (as k_attn assumes) */
+           (!a->k_new || (ks == (int64_t)a->n_kv * a->dk && vs == (int64_t)a->n_kv * a->dv));
 }
 
 /* DVL value dims per lane (dv <= 32 DVL), HPW query heads per warp (G <= 8 HPW) */
