@@ -407,6 +407,8 @@ int main(int argc, char **argv) {
     double t0 = now_s();
     st = host_argmax ? mk_engine_forward(e, ids, P, MK_LOGITS_LAST, lg, NULL)
                         : mk_engine_forward_argmax(e, ids, P, &id);
+    if (cuda)
+        mk_backend_cuda_time_steps(be, true); /* the replayed steps' GPU spans (two events a step) */
     double t1 = now_s();
     for (int i = 0; st == MK_OK && i < D; i++) {
         if (host_argmax) {
@@ -430,6 +432,15 @@ int main(int argc, char **argv) {
            (long long)mk_engine_prefill_chunk(e), cuda ? " (after an untimed warm-up prefill)" : "");
     printf("decode     %d tokens  %.3f s  %.2f tok/s  %.1f ms/token\n", D, t2 - t1, 1.0 / dt,
            dt * 1e3);
+    if (cuda) {
+        double gms;
+        int gn;
+        mk_backend_cuda_step_time(be, &gms, &gn);
+        if (gn > 0) /* the rest of a step's wall time is the host's round trip between steps */
+            printf("step       GPU span %.1f us a replayed step (%d timed), wall %.1f us: %.1f us (%.1f%%) "
+                   "between steps\n", gms * 1e3 / gn, gn, dt * 1e6, dt * 1e6 - gms * 1e3 / gn,
+                   100.0 * (1.0 - gms * 1e-3 / gn / dt));
+    }
     double bw = 0;
     if (cuda) {
         char dsc[160];

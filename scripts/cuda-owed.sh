@@ -115,7 +115,7 @@ fd)
             fi
         done
         echo "== full-depth 30B decode, positions 16-143"
-        timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+        timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device|^step"
         echo "== SASS opcode histogram of k_grp_mm_q8p<4, 1, 64, 3>"
         o=$(find build-cuda -name 'cuda_grouped.cu.o' | head -1)
         command -v cuobjdump > /dev/null || PATH=$PATH:/usr/local/cuda/bin
@@ -149,7 +149,7 @@ int8)
         # def: the variable empty, which bench_decode reads as unset (the default)
         for f in def 0 def 0; do
             echo "== 30B decode, MK_CUDA_ACT_INT8=$f"
-            MK_CUDA_ACT_INT8=${f#def} timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+            MK_CUDA_ACT_INT8=${f#def} timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device|^step"
         done
         for f in def 0; do
             echo "== 30B decode after 2048 tokens, MK_CUDA_ACT_INT8=$f"
@@ -336,15 +336,15 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             [ -n "${MK_OWED_QUICK:-}" ] && pairs="0 1"
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_ATTN_GQA=$f"
-                MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+                MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound|^device|^step"
             done
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
-                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device"
+                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device|^step"
             done
             for f in 0 1; do
                 echo "== 8-layer 30B cut decode after 8192 tokens, MK_CUDA_ATTN_GQA=$f"
-                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 8192 64 16 cuda 2>&1 | grep -E "^decode|^prefill"
+                MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 8192 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device|^step"
             done
         } 2>&1 | tee "$out/gqa.log"
         exit $rc
@@ -418,7 +418,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             done
             for f in 0 1 0 1; do
                 echo "== full-depth 30B decode, MK_CUDA_QK_FOLD=$f"
-                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device"
+                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^device|^step"
             done
             for f in 0 1; do
                 echo "== full-depth 30B decode after 2048 tokens, MK_CUDA_QK_FOLD=$f"

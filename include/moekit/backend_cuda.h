@@ -128,6 +128,14 @@ void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *hos
 /* Recorded steps so far: graphs instantiated, graphs updated in place,
  * and recordings replayed (step_replay) (zeros for other backends). */
 void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed);
+/* For benchmarks: time each replayed step on the GPU (an event before and
+ * after its graph; off by default, on resets the sums), and the sum of the
+ * timed steps' GPU spans in ms and their count (waits for queued work).
+ * The span is the graph's first kernel to its last: a step's wall time
+ * beyond it is the host's (the round trip between steps). No-ops (zeros)
+ * for other backends. */
+void mk_backend_cuda_time_steps(mk_backend *b, bool on);
+void mk_backend_cuda_step_time(mk_backend *b, double *ms, int *n);
 
 #ifdef __cplusplus
 }

@@ -510,6 +510,10 @@ static void cu_free(void *ctx) {
     mk_cuda_free(c->amax);
     mk_cuda_free(c->fold_ticket);
     mk_cuda_free(c->qk_kt);
+    if (c->ev[0])
+        (void)cudaEventDestroy(c->ev[0]);
+    if (c->ev[1])
+        (void)cudaEventDestroy(c->ev[1]);
     if (c->s)
         (void)cudaStreamDestroy(c->s);
     free(c);
@@ -817,6 +821,30 @@ extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int
     *built = c->graph_builds;
     *updated = c->graph_updates;
     *replayed = c->graph_replays;
+}
+
+extern "C" void mk_backend_cuda_time_steps(mk_backend *b, bool on) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
+    c->time_steps = on;
+    c->ev_pending = false;
+    c->step_ms = 0.0;
+    c->step_n = 0;
+}
+
+extern "C" void mk_backend_cuda_step_time(mk_backend *b, double *ms, int *n) {
+    *ms = 0.0;
+    *n = 0;
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return;
+    mkb_ctx *c = (mkb_ctx *)mk_backend_ctx(b);
+    if (c->time_steps) {
+        (void)cudaStreamSynchronize(c->s);
+        (void)mkb_step_time_take(c);
+    }
+    *ms = c->step_ms;
+    *n = c->step_n;
 }
 
 extern "C" void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {

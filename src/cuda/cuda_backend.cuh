@@ -83,6 +83,12 @@ struct mkb_ctx {
     uint64_t rec_sig;     /* the switches it was recorded under (cuda_graph.cu switch_sig) */
     uint64_t rec_next;    /* the next id to give */
     int graph_updates, graph_builds, graph_replays;
+    /* mk_backend_cuda_time_steps: events around each replay, the GPU's span of the replayed steps
+     * (step_ms over step_n), the last pair read at the next replay or on asking */
+    bool time_steps, ev_pending;
+    cudaEvent_t ev[2];
+    double step_ms;
+    int step_n;
     /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_* (AUTO resolved at
      * each call by mkb_gemm_mode), the weight tiles' scratch bound in
      * bytes, cuBLAS state made on first use */
@@ -137,6 +143,8 @@ struct mkb_amax {
  * calls it first (the backend's table wraps them); the readers when they
  * do not fold it. */
 void mkb_fold_flush(mkb_ctx *c);
+/* cuda_graph.cu: the last timed replay's span into step_ms (mk_backend_cuda_time_steps) */
+bool mkb_step_time_take(mkb_ctx *c);
 /* The held-back add_rmsnorm when x is its xb (a slot that reads x may
  * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */
 const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x);

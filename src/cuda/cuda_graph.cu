@@ -72,12 +72,41 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
         if (c->err.st != MK_OK || !c->exec)
             return false;
     }
+    const bool timed = c->time_steps && mkb_step_time_take(c) && c->ev[0] &&
+                       cudaEventRecord(c->ev[0], c->s) == cudaSuccess;
     if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
         (void)cudaGetLastError();
         mkb_graph_free(c);
         return false;
     }
+    if (timed)
+        c->ev_pending = cudaEventRecord(c->ev[1], c->s) == cudaSuccess;
     c->graph_replays++;
+    return true;
+}
+
+/* The last timed replay's GPU span into step_ms / step_n when its events
+ * are done (the engine synchronises each step: they are, by the next
+ * replay), the events made on first use. False: none to time with. */
+bool mkb_step_time_take(mkb_ctx *c) {
+    if (!c->ev[0]) {
+        if (cudaEventCreate(&c->ev[0]) != cudaSuccess || cudaEventCreate(&c->ev[1]) != cudaSuccess) {
+            (void)cudaGetLastError();
+            if (c->ev[0])
+                (void)cudaEventDestroy(c->ev[0]);
+            c->ev[0] = c->ev[1] = NULL;
+            return false;
+        }
+    }
+    if (c->ev_pending && cudaEventQuery(c->ev[1]) == cudaSuccess) {
+        float ms = 0.0f;
+        if (cudaEventElapsedTime(&ms, c->ev[0], c->ev[1]) == cudaSuccess) {
+            c->step_ms += ms;
+            c->step_n++;
+        }
+        c->ev_pending = false;
+    }
+    (void)cudaGetLastError(); /* a query of work not yet done */
     return true;
 }
 

@@ -301,6 +301,15 @@ void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, 
     (void)b;
     *built = *updated = *replayed = 0;
 }
+void mk_backend_cuda_time_steps(mk_backend *b, bool on) {
+    (void)b;
+    (void)on;
+}
+void mk_backend_cuda_step_time(mk_backend *b, double *ms, int *n) {
+    (void)b;
+    *ms = 0.0;
+    *n = 0;
+}
 void mk_backend_cuda_set_graphs(mk_backend *b, bool on) {
     (void)b;
     (void)on;
