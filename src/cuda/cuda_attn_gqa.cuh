@@ -218,18 +218,21 @@ __global__ void __launch_bounds__(AGQ_WARPS * 32)
         const float fi = li > 0.0f ? expf(mi - M) : 0.0f;
         const float L = mkc_warp_sum(li * fi) + (a.sinks ? expf(sink - M) : 0.0f);
         const float inv = 1.0f / L;
+        /* the shares with rows are a prefix (att_share): past them every factor is 0, so the values of
+         * the empty ones are not read (at short contexts most of the 32 are empty: fewer L2 round trips) */
+        const int nlast = (int)att_warp_max(li > 0.0f ? (float)(lane + 1) : 0.0f);
         float v[DVL];
 #pragma unroll
         for (int d = 0; d < DVL; d++)
             v[d] = 0.0f;
-        for (int i0 = 0; i0 < ns; i0 += 8) { /* 8 shares' values in flight */
+        for (int i0 = 0; i0 < nlast; i0 += 8) { /* 8 shares' values in flight */
             float pv[8][DVL];
 #pragma unroll
             for (int b = 0; b < 8; b++)
 #pragma unroll
                 for (int d = 0; d < DVL; d++) {
                     const int dd = lane + 32 * d;
-                    pv[b][d] = i0 + b < ns && dd < dv ? __ldcg(ph + (i0 + b) * st + 2 + dd) : 0.0f;
+                    pv[b][d] = i0 + b < nlast && dd < dv ? __ldcg(ph + (i0 + b) * st + 2 + dd) : 0.0f;
                 }
 #pragma unroll
             for (int b = 0; b < 8; b++) {
