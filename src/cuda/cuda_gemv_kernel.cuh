@@ -165,7 +165,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
  * bitwise its one-token launch's (the CPU quantizes each token of a
  * batch alike). */
 template <bool F = false>
-__global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_constant__ mkc_gemv_n a,
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8(const __grid_constant__ mkc_gemv_n a,
                                                                const float *__restrict__ xg, int accumulate,
                                                                int pf = 0, int nt = 1) {
     MKC_DYN_SMEM(float4, mkc_sm4);
@@ -178,6 +178,21 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_consta
     const mkc_w &w = a.w[m];
     if (pf && live)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
+    /* the warp's rows' first chunks in flight before the wait (weights: the previous kernel does not
+     * write them), so their latency overlaps its end rather than following the staging of x */
+    int64_t rows[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++) /* past the end: repeat the last row, not stored */
+        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+    mkc_q8_rowset<GEMV_ROWS> rs;
+    mkc_q8_pre<GEMV_ROWS> pre;
+    if (live) {
+        const mkc_w *ws[GEMV_ROWS];
+#pragma unroll
+        for (int i = 0; i < GEMV_ROWS; i++)
+            ws[i] = &w;
+        mkc_q8_prime_rows<GEMV_ROWS>(ws, rows, lane, rs, pre);
+    }
     mkc_pdl_enter();
     const int64_t cols = a.w[0].cols;
     const float *x = xg + tok * cols;
@@ -193,12 +208,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_q8(const __grid_consta
     __syncthreads();
     if (!live)
         return;
-    int64_t rows[GEMV_ROWS];
-#pragma unroll
-    for (int i = 0; i < GEMV_ROWS; i++) /* past the end: repeat the last row, not stored */
-        rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
     float acc[GEMV_ROWS];
-    mkc_q8_dot_rows<GEMV_ROWS>(w, rows, xq, lane, acc);
+    mkc_q8_sum_rows<GEMV_ROWS>(rs, xq, lane, pre, acc);
     float *y = a.y[m] + tok * w.rows;
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) {

@@ -619,19 +619,26 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     loc = loc ? loc + (int64_t)tok * a.ks : loc;
     h += (int64_t)tok * a.hstr;
     hs += (int64_t)tok * a.hsstr;
-    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
-    mkc_q8_stage_for(a.gate, xg, xq); /* gate's width is H */
-    __syncthreads();
     const int lane = threadIdx.x & 31;
     const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
     const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
+    /* the pair's rows (the routing read) and their first chunks in flight before x is staged: the
+     * weights' latency overlaps the staging's instead of following it */
+    mkc_q8_rowset<4> rs;
+    mkc_q8_pre<4> pre;
+    if (r0 < ntot) {
+        const mkc_w *ws[4];
+        int64_t rows[4];
+        gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
+        mkc_q8_prime_rows<4>(ws, rows, lane, rs, pre);
+    }
+    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
+    mkc_q8_stage_for(a.gate, xg, xq); /* gate's width is H */
+    __syncthreads();
     if (r0 >= ntot)
         return;
-    const mkc_w *ws[4];
-    int64_t rows[4];
-    gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
     float acc[4];
-    mkc_q8_dot_rows_w<4>(ws, rows, xq, lane, acc);
+    mkc_q8_sum_rows<4>(rs, xq, lane, pre, acc);
     gateup_store(acc, lane, r0, nr, h, hs);
 }
 

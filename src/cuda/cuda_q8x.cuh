@@ -190,98 +190,145 @@ template <int BITS> __device__ __forceinline__ int mkc_q8_chunk(const uint4 &w, 
     return s;
 }
 
+/* A lane's first 16-byte chunk of NR affine rows in flight (mkc_q8_prime),
+ * for mkc_q8_finish to sum: loaded before the lane has x, so that a kernel
+ * whose rows are known early (fixed weights before its PDL wait; routed
+ * experts once the routing is read) overlaps their latency with what comes
+ * first. One chunk, not two: two held k_gemv_q8 at 135 registers across
+ * the staging of x (one block an SM) or spilled at 128. */
+template <int NR> struct mkc_q8_pre {
+    uint4 qq[NR];
+    float sc[NR], bi[NR];
+};
+
+/* chunk c of the NR rows into (qv, sv, bv) */
+template <int BITS, int SD, int NR>
+__device__ __forceinline__ void mkc_q8_load(const uint8_t *const *q, const void *const *s, const void *const *b,
+                                            int64_t c, int gshift, uint4 *qv, float *sv, float *bv) {
+    constexpr int VPC = 128 / BITS; /* values per chunk */
+    const int64_t g = (c * VPC) >> gshift;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        qv[r] = mkc_ldw((const uint4 *)q[r] + c);
+        sv[r] = mkc_lds<SD>(s[r], g);
+        bv[r] = mkc_lds<SD>(b[r], g);
+    }
+}
+
+template <int BITS, int SD, int NR>
+__device__ __forceinline__ void mkc_q8_prime(const uint8_t *const *q, const void *const *s, const void *const *b,
+                                             int64_t nchunk, int gshift, int lane, mkc_q8_pre<NR> &p) {
+    if (lane < nchunk)
+        mkc_q8_load<BITS, SD, NR>(q, s, b, lane, gshift, p.qq, p.sc, p.bi);
+}
+
 /* Lane partial sums of NR affine rows (row r: codes q[r], scales s[r],
  * biases b[r], the row's group arrays) against the staged x, a lane's
- * 16-byte chunks c = lane, lane + 32, ...; the next chunk's codes, scales
- * and biases loaded before the current one is summed (as mkc_dot_aff_p).
- * Per chunk and row: acc += (s_g d_b) dot + b_g xd_b, the bias term once a
- * block (8-bit: on the block's first chunk). */
+ * 16-byte chunks c = lane, lane + 32, ... from mkc_q8_prime's first; the
+ * next chunk's codes, scales and biases loaded before the current one is
+ * summed (as mkc_dot_aff_p). Per chunk and row: acc += (s_g d_b) dot +
+ * b_g xd_b, the bias term once a block (8-bit: on the block's first
+ * chunk). */
 template <int BITS, int SD, int NR>
-__device__ __forceinline__ void mkc_q8_rows(const uint8_t *const *q, const void *const *s, const void *const *b,
-                                            const mkc_q8s &x, int64_t nchunk, int gshift, int lane, float *acc) {
-    constexpr int VPC = 128 / BITS; /* values per chunk */
+__device__ __forceinline__ void mkc_q8_finish(const uint8_t *const *q, const void *const *s, const void *const *b,
+                                              const mkc_q8s &x, int64_t nchunk, int gshift, int lane,
+                                              mkc_q8_pre<NR> &p, float *acc) {
 #pragma unroll
     for (int r = 0; r < NR; r++)
         acc[r] = 0.0f;
     int64_t c = lane;
     if (c >= nchunk)
         return;
-    uint4 qq[NR];
-    float sc[NR], bi[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++) {
-        const int64_t g = (c * VPC) >> gshift;
-        qq[r] = mkc_ldw((const uint4 *)q[r] + c);
-        sc[r] = mkc_lds<SD>(s[r], g);
-        bi[r] = mkc_lds<SD>(b[r], g);
-    }
     const int4 *xq = (const int4 *)x.q;
     for (;;) {
         const int64_t cn = c + 32;
         const bool more = cn < nchunk;
         uint4 qn[NR];
         float sn[NR], bn[NR];
-        if (more) {
-            const int64_t g = (cn * VPC) >> gshift;
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                qn[r] = mkc_ldw((const uint4 *)q[r] + cn);
-                sn[r] = mkc_lds<SD>(s[r], g);
-                bn[r] = mkc_lds<SD>(b[r], g);
-            }
-        } else {
-#pragma unroll
-            for (int r = 0; r < NR; r++) {
-                qn[r] = qq[r];
-                sn[r] = sc[r];
-                bn[r] = bi[r];
-            }
-        }
+        if (more)
+            mkc_q8_load<BITS, SD, NR>(q, s, b, cn, gshift, qn, sn, bn);
         const int64_t blk = BITS == 4 ? c : c >> 1;
         const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
         const float db = x.d[blk], xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
 #pragma unroll
         for (int r = 0; r < NR; r++) {
-            const int dot = mkc_q8_chunk<BITS>(qq[r], x0, x1);
-            acc[r] = fmaf(sc[r] * db, mkc_dotf(dot), acc[r]);
-            acc[r] = fmaf(bi[r], xdb, acc[r]);
+            const int dot = mkc_q8_chunk<BITS>(p.qq[r], x0, x1);
+            acc[r] = fmaf(p.sc[r] * db, mkc_dotf(dot), acc[r]);
+            acc[r] = fmaf(p.bi[r], xdb, acc[r]);
         }
         if (!more)
             break;
         c = cn;
 #pragma unroll
         for (int r = 0; r < NR; r++) {
-            qq[r] = qn[r];
-            sc[r] = sn[r];
-            bi[r] = bn[r];
+            p.qq[r] = qn[r];
+            p.sc[r] = sn[r];
+            p.bi[r] = bn[r];
         }
     }
 }
 
-/* mkc_q8_rows over row rows[r] of *ws[r] (affine, all of one kind and
- * width, chosen at run time: warp-uniform) */
+/* The row pointers of mkc_q8_prime / mkc_q8_finish for row rows[r] of *ws[r] */
 template <int NR>
-__device__ __forceinline__ void mkc_q8_dot_rows_w(const mkc_w *const *ws, const int64_t *rows, const mkc_q8s &x,
-                                                  int lane, float *acc) {
-    const mkc_w &w = *ws[0];
-    const uint8_t *q[NR];
-    const void *s[NR], *b[NR];
-    const int64_t sz = mkc_aff_sb(w.kind);
+__device__ __forceinline__ void mkc_q8_ptrs(const mkc_w *const *ws, const int64_t *rows, const uint8_t **q,
+                                            const void **s, const void **b) {
+    const int64_t sz = mkc_aff_sb(ws[0]->kind);
 #pragma unroll
     for (int r = 0; r < NR; r++) {
         q[r] = ws[r]->data + rows[r] * ws[r]->row_bytes;
         s[r] = (const uint8_t *)ws[r]->scales + rows[r] * ws[r]->ng * sz;
         b[r] = (const uint8_t *)ws[r]->biases + rows[r] * ws[r]->ng * sz;
     }
-    const int64_t nchunk = w.row_bytes / 16;
-    switch (w.kind) {
-    case MKC_A4_F32: mkc_q8_rows<4, 0, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
-    case MKC_A4_BF16: mkc_q8_rows<4, 1, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
-    case MKC_A4_F16: mkc_q8_rows<4, 2, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
-    case MKC_A8_F32: mkc_q8_rows<8, 0, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
-    case MKC_A8_BF16: mkc_q8_rows<8, 1, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
-    default: mkc_q8_rows<8, 2, NR>(q, s, b, x, nchunk, w.gshift, lane, acc); break;
+}
+
+/* The rows of mkc_q8_dot_rows_w primed now (mkc_q8_prime_rows) and summed
+ * later against x (mkc_q8_sum_rows): their pointers, width and kind (one
+ * for all, warp-uniform, chosen at run time) */
+template <int NR> struct mkc_q8_rowset {
+    const uint8_t *q[NR];
+    const void *s[NR], *b[NR];
+    int64_t nchunk;
+    int gshift, kind;
+};
+template <int NR>
+__device__ __forceinline__ void mkc_q8_prime_rows(const mkc_w *const *ws, const int64_t *rows, int lane,
+                                                  mkc_q8_rowset<NR> &rs, mkc_q8_pre<NR> &p) {
+    mkc_q8_ptrs<NR>(ws, rows, rs.q, rs.s, rs.b);
+    rs.nchunk = ws[0]->row_bytes / 16;
+    rs.gshift = ws[0]->gshift;
+    rs.kind = ws[0]->kind;
+    switch (rs.kind) {
+    case MKC_A4_F32: mkc_q8_prime<4, 0, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
+    case MKC_A4_BF16: mkc_q8_prime<4, 1, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
+    case MKC_A4_F16: mkc_q8_prime<4, 2, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
+    case MKC_A8_F32: mkc_q8_prime<8, 0, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
+    case MKC_A8_BF16: mkc_q8_prime<8, 1, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
+    default: mkc_q8_prime<8, 2, NR>(rs.q, rs.s, rs.b, rs.nchunk, rs.gshift, lane, p); break;
     }
+}
+template <int NR>
+__device__ __forceinline__ void mkc_q8_sum_rows(const mkc_q8_rowset<NR> &rs, const mkc_q8s &x, int lane,
+                                                mkc_q8_pre<NR> &p, float *acc) {
+    switch (rs.kind) {
+    case MKC_A4_F32: mkc_q8_finish<4, 0, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    case MKC_A4_BF16: mkc_q8_finish<4, 1, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    case MKC_A4_F16: mkc_q8_finish<4, 2, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    case MKC_A8_F32: mkc_q8_finish<8, 0, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    case MKC_A8_BF16: mkc_q8_finish<8, 1, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    default: mkc_q8_finish<8, 2, NR>(rs.q, rs.s, rs.b, x, rs.nchunk, rs.gshift, lane, p, acc); break;
+    }
+}
+
+/* The sums of row rows[r] of *ws[r] (affine, all of one kind and width,
+ * chosen at run time: warp-uniform) against the staged x, primed and
+ * summed at once */
+template <int NR>
+__device__ __forceinline__ void mkc_q8_dot_rows_w(const mkc_w *const *ws, const int64_t *rows, const mkc_q8s &x,
+                                                  int lane, float *acc) {
+    mkc_q8_rowset<NR> rs;
+    mkc_q8_pre<NR> p;
+    mkc_q8_prime_rows<NR>(ws, rows, lane, rs, p);
+    mkc_q8_sum_rows<NR>(rs, x, lane, p, acc);
 }
 
 /* mkc_q8_dot_rows_w over rows of one weight */
@@ -296,7 +343,7 @@ __device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *r
 }
 
 /* A primed affine row (mkc_prime: lane l holds chunks l + 32 u) against
- * the staged x: the lane's partial sum, mkc_q8_rows's terms */
+ * the staged x: the lane's partial sum, mkc_q8_finish's terms */
 template <int BITS, int U>
 __device__ __forceinline__ float mkc_primed_dot_q8(const mkc_primed<U> &p, int64_t nchunk, const mkc_q8s &x,
                                                    int lane) {
