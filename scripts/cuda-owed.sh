@@ -47,6 +47,8 @@
 #   scripts/cuda-owed.sh gqa [FX_TAR]     session 26's decode attention grouped by kv head (MK_CUDA_ATTN_GQA)
 #                                         against k_attn on the cut, short / 2048 / 8192 tokens (gqa.log);
 #                                         with FX_TAR first the fixtures' _cuda cases with it on
+#   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
+#                                         after 2048 tokens (gqafd.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -127,6 +129,27 @@ fd)
             }
             END { for (k in n) printf "%6d %s\n", n[k], k; printf "%6d total\n", t }' | sort -rn | head -45
     } 2>&1 | tee "$out/fd.log"
+    ;;
+gqafd)
+    # session 26: the full-depth 30B decode with the attention grouped by kv head (MK_CUDA_ATTN_GQA)
+    # against k_attn, interleaved, short and after 2048 tokens (gqafd.log); synth.log: the model's making
+    B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
+    [ -e $m/config.json ] || {
+        time ($B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
+            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force)
+        rm -rf $m.ct
+    } > "$out/synth.log" 2>&1
+    {
+        nvidia-smi --query-gpu=name --format=csv,noheader
+        for f in ${MK_OWED_PAIRS:-0 1 0 1}; do
+            echo "== full-depth 30B decode, positions 16-143, MK_CUDA_ATTN_GQA=$f"
+            MK_CUDA_ATTN_GQA=$f timeout 90 $D $m 16 128 16 cuda 2>&1 | grep -E "^decode|^bound|^step|^device"
+        done
+        for f in 0 1; do
+            echo "== full-depth 30B decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
+            MK_CUDA_ATTN_GQA=$f timeout 120 $D $m 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^step"
+        done
+    } 2>&1 | tee "$out/gqafd.log"
     ;;
 int8)
     # FX_TAR (optional, as `tests`' argument): gptoss-a's attention layers checked too
