@@ -1114,6 +1114,9 @@ static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, i
 
 static void test_attention(void **st) {
     (void)st;
+#ifdef MK_HAVE_CUDA
+    const unsigned long long gl0 = mk_cuda_attn_gqa_launches(); /* the grouped decode attention's, below */
+#endif
     for (int bi = 0; bi < g_nbe; bi++) {
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 0, 9, "attention GQA prefill");
         attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
@@ -1197,6 +1200,8 @@ static void test_attention(void **st) {
              * back to k_attn unseen): the 7 cases it takes (not the MLA one) */
             if (!gq)
                 assert_true(mk_cuda_attn_gqa_launches() >= gl + 7);
+            else /* on by default: the decode cases above ran it */
+                assert_true(gl > gl0);
             mk_cuda_set_attn_gqa(gq);
             /* the tiled prefill kernel's other generations (mk_cuda_set_attn_tile_gen): the same bound */
             const int tg = mk_cuda_attn_tile_gen();
