@@ -355,13 +355,13 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         fi
         {
             nvidia-smi --query-gpu=name --format=csv,noheader
-            pairs="0 1 0 1"
-            [ -n "${MK_OWED_QUICK:-}" ] && pairs="0 1"
+            pairs="0 1 0 1" long="0 1 0 1"
+            [ -n "${MK_OWED_QUICK:-}" ] && pairs="0 1" long= # a short call: the short and 8192-token pairs
             for f in $pairs; do
                 echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_ATTN_GQA=$f"
                 MK_CUDA_ATTN_GQA=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^bound|^device|^step"
             done
-            for f in $pairs; do
+            for f in $long; do
                 echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
                 MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device|^step"
             done

@@ -149,7 +149,7 @@ extern "C" mk_status mk_cuda_set_attn_tile_gen(int gen) {
     return MK_OK;
 }
 
-static bool g_attn_gqa = true; /* measured: docs/CUDA.md session 26 */
+static bool g_attn_gqa = false; /* off until run and measured on a device (docs/CUDA.md session 26) */
 
 extern "C" bool mk_cuda_attn_gqa(void) { return g_attn_gqa; }
 
