@@ -57,7 +57,8 @@
  * GEMM's stages for 4-bit weights (mk_cuda_set_q8p_stages);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_ATTN_GQA=0|1 the decode attention
- * grouped by kv head (mk_cuda_set_attn_gqa); MK_CUDA_NORM_FOLD=0|1 the residual steps
+ * grouped by kv head (mk_cuda_set_attn_gqa); MK_CUDA_Q8_EARLY=0|1 the int8
+ * decode products' rows primed early (mk_cuda_set_q8_early); MK_CUDA_NORM_FOLD=0|1 the residual steps
  * folded into the kernels that read them (mk_cuda_set_norm_fold);
  * MK_CUDA_QK_FOLD=0|1 the q/k norms and RoPE alone folded into the
  * attention (mk_cuda_set_qk_fold);
@@ -300,6 +301,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_MOE_STAGED", mk_cuda_set_moe_staged},     /* the one-token MoE step's staged weights */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},         /* decode attention grouped by kv head */
+            {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early},         /* int8 decode rows primed early */
             {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
             {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},           /* the q/k norms alone, into the attention */
             {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* decode products on int8 x (the CPU's rule) */

@@ -149,6 +149,12 @@ extern "C" mk_status mk_cuda_set_attn_tile_gen(int gen) {
     return MK_OK;
 }
 
+static bool g_q8_early = false; /* off until measured on a device (docs/CUDA.md session 26) */
+
+extern "C" bool mk_cuda_q8_early(void) { return g_q8_early; }
+
+extern "C" void mk_cuda_set_q8_early(bool on) { g_q8_early = on; }
+
 static bool g_attn_gqa = false; /* off until run and measured on a device (docs/CUDA.md session 26) */
 
 extern "C" bool mk_cuda_attn_gqa(void) { return g_attn_gqa; }

@@ -132,7 +132,7 @@ static mk_status q8_launch(const mkc_gemv_n &a, int64_t warps, const float *x, b
                       (long long)n);
     MKC_TRY(mkc_launch(fold ? k_gemv_q8<true> : k_gemv_q8<false>, dim3((unsigned)(blocks * n)), dim3(GEMV_WARPS * 32),
                        smem, stream, mk_cuda_step_pdl(), a, x, accumulate ? 1 : 0,
-                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV), (int)n),
+                       mkc_prefetches(MK_CUDA_PREFETCH_GEMV), (int)n, mk_cuda_q8_early() ? 1 : 0),
             fold ? "launching the int8-activation gemv with the residual norm folded in"
                  : "launching the int8-activation gemv");
     return MK_OK;

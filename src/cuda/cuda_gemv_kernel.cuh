@@ -167,7 +167,7 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_n(const __grid_constan
 template <bool F = false>
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8(const __grid_constant__ mkc_gemv_n a,
                                                                const float *__restrict__ xg, int accumulate,
-                                                               int pf = 0, int nt = 1) {
+                                                               int pf = 0, int nt = 1, int early = 0) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     const int lane = threadIdx.x & 31;
     const int64_t tok = blockIdx.x % (unsigned)nt;
@@ -178,21 +178,21 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8(const __grid_con
     const mkc_w &w = a.w[m];
     if (pf && live)
         gemv_prefetch(w, r0, w.rows - r0 < GEMV_ROWS ? w.rows - r0 : GEMV_ROWS, lane);
-    /* the warp's rows' first chunks in flight before the wait (weights: the previous kernel does not
-     * write them), so their latency overlaps its end rather than following the staging of x */
+    /* early (mk_cuda_set_q8_early): the warp's rows' first chunks in flight before the wait (weights:
+     * the previous kernel does not write them), so their latency overlaps its end rather than
+     * following the staging of x; else after the staging, as before. The same sums either way. */
     int64_t rows[GEMV_ROWS];
 #pragma unroll
     for (int i = 0; i < GEMV_ROWS; i++) /* past the end: repeat the last row, not stored */
         rows[i] = r0 + i < w.rows ? r0 + i : w.rows - 1;
+    const mkc_w *ws[GEMV_ROWS];
+#pragma unroll
+    for (int i = 0; i < GEMV_ROWS; i++)
+        ws[i] = &w;
     mkc_q8_rowset<GEMV_ROWS> rs;
     mkc_q8_pre<GEMV_ROWS> pre;
-    if (live) {
-        const mkc_w *ws[GEMV_ROWS];
-#pragma unroll
-        for (int i = 0; i < GEMV_ROWS; i++)
-            ws[i] = &w;
+    if (early && live)
         mkc_q8_prime_rows<GEMV_ROWS>(ws, rows, lane, rs, pre);
-    }
     mkc_pdl_enter();
     const int64_t cols = a.w[0].cols;
     const float *x = xg + tok * cols;
@@ -208,6 +208,8 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8(const __grid_con
     __syncthreads();
     if (!live)
         return;
+    if (!early)
+        mkc_q8_prime_rows<GEMV_ROWS>(ws, rows, lane, rs, pre);
     float acc[GEMV_ROWS];
     mkc_q8_sum_rows<GEMV_ROWS>(rs, xq, lane, pre, acc);
     float *y = a.y[m] + tok * w.rows;

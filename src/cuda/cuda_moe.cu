@@ -345,7 +345,8 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
     if ((parts & 2) && q8) {
         MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, q8x, s,
-                       pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc),
+                       pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc,
+                       mk_cuda_q8_early() ? 1 : 0),
                 "launching the experts' gate/up (int8 activations)");
     } else if ((parts & 2) && gper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;

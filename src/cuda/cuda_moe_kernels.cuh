@@ -609,7 +609,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
 template <bool C>
 __global__ void __launch_bounds__(MOE_WARPS * 32)
     k_gateup_q8(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
-                float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc) {
+                float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int early = 0) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     mkc_pdl_enter();
     int tok;
@@ -622,13 +622,14 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     const int lane = threadIdx.x & 31;
     const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
     const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
-    /* the pair's rows (the routing read) and their first chunks in flight before x is staged: the
-     * weights' latency overlaps the staging's instead of following it */
+    /* early (mk_cuda_set_q8_early): the pair's rows (the routing read) and their first chunks in
+     * flight before x is staged, so the weights' latency overlaps the staging's instead of following
+     * it; else after it, as before. The same sums either way. */
     mkc_q8_rowset<4> rs;
     mkc_q8_pre<4> pre;
-    if (r0 < ntot) {
-        const mkc_w *ws[4];
-        int64_t rows[4];
+    const mkc_w *ws[4];
+    int64_t rows[4];
+    if (early && r0 < ntot) {
         gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
         mkc_q8_prime_rows<4>(ws, rows, lane, rs, pre);
     }
@@ -637,6 +638,10 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     __syncthreads();
     if (r0 >= ntot)
         return;
+    if (!early) {
+        gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
+        mkc_q8_prime_rows<4>(ws, rows, lane, rs, pre);
+    }
     float acc[4];
     mkc_q8_sum_rows<4>(rs, xq, lane, pre, acc);
     gateup_store(acc, lane, r0, nr, h, hs);

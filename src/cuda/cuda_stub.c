@@ -179,6 +179,12 @@ mk_status mk_cuda_set_attn_tile_gen(int gen) {
 int mk_cuda_attn_tile_gen(void) {
     return 0;
 }
+void mk_cuda_set_q8_early(bool on) {
+    (void)on;
+}
+bool mk_cuda_q8_early(void) {
+    return false;
+}
 void mk_cuda_set_attn_gqa(bool on) {
     (void)on;
 }

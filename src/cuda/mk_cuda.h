@@ -227,6 +227,14 @@ int mk_cuda_attn_shares(void);
  * recorded again after a change. */
 void mk_cuda_set_attn_gqa(bool on);
 bool mk_cuda_attn_gqa(void);
+/* The int8 decode products' rows primed early (k_gemv_q8: before its PDL
+ * wait, the weights not depending on the previous kernel; k_gateup_q8:
+ * once the routing is read, before x is staged) instead of after x is
+ * staged: the same sums in the same order, their loads' latency overlapped
+ * with what comes first. Off by default until measured on a device;
+ * process-wide; a recorded step is recorded again after a change. */
+void mk_cuda_set_q8_early(bool on);
+bool mk_cuda_q8_early(void);
 /* k_attn_gqa launches so far (process-wide): tests and benches check that the switch took */
 unsigned long long mk_cuda_attn_gqa_launches(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =

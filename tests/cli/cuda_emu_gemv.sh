@@ -10,6 +10,8 @@
 # each y within the bound of the double product with that quantized x. Needs the CUDA toolkit's headers
 # (cuda_fp16.h, cuda_fp8.h: their host conversions); skipped without them.
 # A control: E8M0 scales decoded one power of two too high must fail.
+# k_gemv_q8 with its rows primed before the wait (mk_cuda_set_q8_early)
+# bitwise the default; a control primes the wrong chunks.
 # The emulations build their own code (not the build type's): they run in
 # the release suite only.
 # ctest-labels: slow
@@ -41,4 +43,13 @@ if "$T/emu_bad8" q8 > "$T/bad8.log"; then fail "the emulation passed int8 x in t
 grep -q "FAIL q8 affine4 g64 bf16 37x2048: matrix 0" "$T/bad8.log" ||
     fail "the q8 control failed elsewhere: $(head -3 "$T/bad8.log")"
 grep -q "FAIL q8 affine8" "$T/bad8.log" && fail "the q8 control (4-bit layout only) failed an 8-bit case"
-echo "ok: the emulated GEMV kernels match the reference in every format; a broken E8M0 decode and int8 x in the wrong order are caught"
+# a third control: the rows primed early (mk_cuda_set_q8_early) with the lanes' chunks swapped in pairs
+# must differ from the late priming (the first of k_gemv_q8's two priming calls is the early one)
+rm -f "$T/src/cuda/cuda_q8x.cuh"
+sed '0,/mkc_q8_prime_rows<GEMV_ROWS>(ws, rows, lane, rs, pre);/s//mkc_q8_prime_rows<GEMV_ROWS>(ws, rows, lane ^ 1, rs, pre);/' \
+    "$ROOT/src/cuda/cuda_gemv_kernel.cuh" > "$T/src/cuda/cuda_gemv_kernel.cuh"
+cmp -s "$ROOT/src/cuda/cuda_gemv_kernel.cuh" "$T/src/cuda/cuda_gemv_kernel.cuh" && fail "the early control's edit did not apply"
+emu_build "$T/emu_bade" gemv_emu.cpp "$T/src" "${OBJ[@]}" || fail "the early control does not build"
+if "$T/emu_bade" q8 > "$T/bade.log"; then fail "the emulation passed early-primed rows from the wrong chunks"; fi
+grep -q "differs with its rows primed early" "$T/bade.log" || fail "the early control failed elsewhere: $(head -3 "$T/bade.log")"
+echo "ok: the emulated GEMV kernels match the reference in every format; a broken E8M0 decode, int8 x in the wrong order and early-primed rows from the wrong chunks are caught"

@@ -244,7 +244,21 @@ static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, 
         emu_smem((size_t)mkc_q8s_bytes(cols)); /* what q8_takes asks for */
         for (int64_t b = 0; b < blocks; b++)
             emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32, [&] { k_gemv_q8<false>(a, x.data(), acc); });
+        /* the rows primed before the wait (mk_cuda_set_q8_early): bitwise the same */
+        std::vector<float> z0[2] = {z[0], z[1]};
+        for (int i = 0; i < 2; i++)
+            for (int64_t r = 0; r < rows; r++)
+                z[i][r] = acc ? 0.25f * (float)r - 1.0f : NAN;
+        for (int64_t b = 0; b < blocks; b++)
+            emu_block((unsigned)blocks, (unsigned)b, GEMV_WARPS * 32,
+                      [&] { k_gemv_q8<false>(a, x.data(), acc, 0, 1, 1); });
         emu_smem(0);
+        for (int i = 0; i < 2; i++)
+            if (std::memcmp(z0[i].data(), z[i].data(), sizeof(float) * rows)) {
+                printf("FAIL q8 %s%s: matrix %d differs with its rows primed early\n", name,
+                       acc ? " (accumulating)" : "", i);
+                bad++;
+            }
         double worst = 0.0;
         for (int i = 0; i < 2; i++)
             for (int64_t r = 0; r < rows; r++) {

@@ -26,7 +26,9 @@
 // bound of the double SwiGLU over the CPU's quantized x (q8.c, linked as
 // it is), y within the bound of the double combine over the CPU's
 // quantization of that h; through the VRAM cache bitwise; control: the
-// float k_down2 on the same h misses that bound. Exit 1 on a mismatch.
+// float k_down2 on the same h misses that bound; k_gateup_q8 with its
+// rows primed once the routing is read (mk_cuda_set_q8_early) bitwise the
+// default's h and y. Exit 1 on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -275,7 +277,7 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     /* each launch with the dynamic shared memory mkc_moe_launch asks for */
     const size_t smr = (size_t)moe_q8_router_smem(a, false), smx = (size_t)mkc_q8s_bytes(a.H),
                  smh = (size_t)mkc_q8s_bytes((int64_t)a.k * a.I + a.Is);
-    auto run = [&](const moe_args &aa, float *y, bool q8down) {
+    auto run = [&](const moe_args &aa, float *y, bool q8down, int early = 0) {
         emu_smem(smr);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
@@ -286,7 +288,7 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         for (unsigned b = 0; b < G; b++)
             emu_block(G, b, MOE_WARPS * 32, [&] {
                 (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
-                                                             B.loc.data());
+                                                             B.loc.data(), early);
             });
         emu_smem(q8down ? smh : 0); /* the float down kernel: not its size (unchecked) */
         for (unsigned b = 0; b < D; b++)
@@ -301,7 +303,19 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         emu_smem(0);
     };
     std::vector<float> y(a.H, NAN), yc(a.H, NAN), yf(a.H, NAN);
-    run(a, y.data(), true);
+    run(a, y.data(), true, 1);
+    /* the rows primed once the routing is read (mk_cuda_set_q8_early) against after x is staged: bitwise */
+    {
+        const std::vector<float> h1 = B.h, hs1 = B.hs, y1 = y;
+        run(a, y.data(), true);
+        if (std::memcmp(B.h.data(), h1.data(), sizeof(float) * h1.size()) ||
+            std::memcmp(B.hs.data(), hs1.data(), sizeof(float) * hs1.size()) ||
+            std::memcmp(y.data(), y1.data(), sizeof(float) * a.H)) {
+            printf("FAIL %s (int8 x): h or y differ with the gate/up rows primed early\n", name);
+            g_bad++;
+            return;
+        }
+    }
     /* the router's logits: its rows over the quantized x (a bf16 shared-expert gate row over x) */
     const std::vector<double> xh = q8_of(x, a.H);
     std::vector<double> xd(x, x + a.H);
