@@ -100,6 +100,26 @@ static void reference(const mk_attn_args &a, int64_t ks, int64_t vs, bool with_s
     }
 }
 
+// one decode token's arguments at position pos (scale 1 / sqrt(dk))
+static mk_attn_args token_args(const float *q, const float *k, const float *v, float *out, int nh, int nkv, int dk,
+                               int dv, int64_t pos, int64_t window, const float *sinks) {
+    mk_attn_args a = {};
+    a.q = q;
+    a.k = k;
+    a.v = v;
+    a.out = out;
+    a.n = 1;
+    a.pos0 = pos;
+    a.n_heads = nh;
+    a.n_kv = nkv;
+    a.dk = dk;
+    a.dv = dv;
+    a.scale = 1.0f / sqrtf((float)dk);
+    a.window = window;
+    a.sinks = sinks;
+    return a;
+}
+
 static double rel_l2(const std::vector<float> &y, const std::vector<double> &r) {
     return emu_rel_l2(y.data(), r.data(), r.size());
 }
@@ -112,22 +132,10 @@ static void run_case(const acase &c) {
     for (auto &v : vc) v = (float)rnd();
     for (auto &v : sk) v = (float)(2 * rnd());
     std::vector<float> out((size_t)c.nh * c.dv);
-    mk_attn_args a = {};
-    a.q = q.data();
-    a.k = kc.data();
-    a.v = c.lat ? kc.data() : vc.data();
-    a.out = out.data();
-    a.n = 1;
-    a.pos0 = c.pos;
-    a.n_heads = c.nh;
-    a.n_kv = c.nkv;
-    a.dk = c.dk;
-    a.dv = c.dv;
-    a.scale = 1.0f / sqrtf((float)c.dk);
+    mk_attn_args a = token_args(q.data(), kc.data(), c.lat ? kc.data() : vc.data(), out.data(), c.nh, c.nkv, c.dk,
+                                c.dv, c.pos, c.window, c.sinks ? sk.data() : nullptr);
     a.k_stride = c.lat ? ks : 0;
     a.v_stride = c.lat ? ks : 0;
-    a.window = c.window;
-    a.sinks = c.sinks ? sk.data() : nullptr;
     std::vector<double> ref, ref_nosink;
     reference(a, ks, vs, true, ref);
     std::vector<float> part;
@@ -389,20 +397,8 @@ static bool run_gqa(const gcase &c) {
     std::copy(kc.begin() + c.pos * ks, kc.end(), kn.begin());
     std::copy(vc.begin() + c.pos * vs, vc.end(), vn.begin());
     std::vector<float> out((size_t)c.nh * c.dv);
-    mk_attn_args a = {};
-    a.q = q.data();
-    a.k = kc.data();
-    a.v = vc.data();
-    a.out = out.data();
-    a.n = 1;
-    a.pos0 = c.pos;
-    a.n_heads = c.nh;
-    a.n_kv = c.nkv;
-    a.dk = c.dk;
-    a.dv = c.dv;
-    a.scale = 1.0f / sqrtf((float)c.dk);
-    a.window = c.window;
-    a.sinks = c.sinks ? sk.data() : nullptr;
+    mk_attn_args a = token_args(q.data(), kc.data(), vc.data(), out.data(), c.nh, c.nkv, c.dk, c.dv, c.pos, c.window,
+                                c.sinks ? sk.data() : nullptr);
     std::vector<double> ref, ref_nosink;
     reference(a, ks, vs, true, ref);
     if (!agq_takes(&a, ks, vs)) {

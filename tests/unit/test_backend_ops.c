@@ -1112,6 +1112,15 @@ static void attn_case(be_case *b, int nH, int nKV, int dk, int dv, int64_t ks, i
     attn_case_ws(b, nH, nKV, dk, dv, ks, vs, mla, pos0, n, 0, false, false, what);
 }
 
+/* A replayed decode step's cases: position and new rows from backend memory */
+static void attn_decode_dev_cases(be_case *b) {
+    attn_case_ws(b, 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
+                 "attention GQA decode at 1500, device position");
+    attn_case_ws(b, 8, 2, 40, 40, 0, 0, false, 0, 1, 0, false, true, "attention GQA decode at 0, device position");
+    attn_case_ws(b, 16, 1, 72, 64, 72, 72, true, 37, 1, 0, false, true,
+                 "attention MLA latent decode, device position");
+}
+
 static void test_attention(void **st) {
     (void)st;
 #ifdef MK_HAVE_CUDA
@@ -1134,13 +1143,7 @@ static void test_attention(void **st) {
          * 64 + 16, a value width that is no multiple of 16 (scalar tail) */
         attn_case(&g_be[bi], 80, 1, 48, 40, 0, 0, false, 11, 6, "attention 80 heads / 1 kv prefill");
         attn_case(&g_be[bi], 6, 3, 40, 20, 0, 0, false, 0, 50, "attention dv 20 prefill");
-        /* a replayed decode step: position and new rows from backend memory */
-        attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
-                     "attention GQA decode at 1500, device position");
-        attn_case_ws(&g_be[bi], 8, 2, 40, 40, 0, 0, false, 0, 1, 0, false, true,
-                     "attention GQA decode at 0, device position");
-        attn_case_ws(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 1, 0, false, true,
-                     "attention MLA latent decode, device position");
+        attn_decode_dev_cases(&g_be[bi]);
         /* gpt_oss: sliding window (prefill across it, decode past it) and sinks */
         if (!g_be[bi].i->sinks_window) {
             printf("  %s: attention sinks / sliding window not implemented (gpt_oss refused there)\n",
@@ -1184,12 +1187,7 @@ static void test_attention(void **st) {
             printf("  decode attention grouped by kv head %s:\n", gq ? "off" : "on");
             attn_case(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, "attention GQA decode at 1500");
             attn_case(&g_be[bi], 32, 4, 128, 128, 0, 0, false, 2100, 1, "attention 32 on 4 heads decode at 2100");
-            attn_case_ws(&g_be[bi], 4, 2, 32, 32, 0, 0, false, 1500, 1, 0, false, true,
-                         "attention GQA decode at 1500, device position");
-            attn_case_ws(&g_be[bi], 8, 2, 40, 40, 0, 0, false, 0, 1, 0, false, true,
-                         "attention GQA decode at 0, device position");
-            attn_case_ws(&g_be[bi], 16, 1, 72, 64, 72, 72, true, 37, 1, 0, false, true,
-                         "attention MLA latent decode, device position");
+            attn_decode_dev_cases(&g_be[bi]);
             attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 1500, 1, 128, true, true,
                          "attention window 128 + sinks decode at 1500, device position");
             attn_case_ws(&g_be[bi], 8, 2, 64, 64, 0, 0, false, 9, 1, 128, true, true,
