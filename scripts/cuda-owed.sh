@@ -45,8 +45,9 @@
 #   scripts/cuda-owed.sh dnsys           the cut's decode timeline as replayed (nsys, graph nodes traced):
 #                                         nsys_dec_trace.csv.xz for per-kernel critical-path sums
 #   scripts/cuda-owed.sh gqa [FX_TAR]     session 26's decode attention grouped by kv head (MK_CUDA_ATTN_GQA)
-#                                         against k_attn on the cut, short / 2048 / 8192 tokens (gqa.log);
-#                                         with FX_TAR first the fixtures' _cuda cases with it on
+#                                         against k_attn on the cut, short / 2048 / 8192 tokens, and the
+#                                         int8 rows primed early (MK_CUDA_Q8_EARLY) short (gqa.log); with
+#                                         FX_TAR first the fixtures' _cuda cases with both on
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
 #                                         after 2048 tokens (gqafd.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
@@ -351,7 +352,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         # interleaved: the cut's decode short and after 2048 tokens (gqa.log); with FX_TAR first the
         # fixtures' _cuda cases with it on; MK_OWED_QUICK=1: one pair each
         if [ -n "${2:-}" ]; then
-            MK_CUDA_ATTN_GQA=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
+            MK_CUDA_ATTN_GQA=1 MK_CUDA_Q8_EARLY=1 bash scripts/cuda-fixtures.sh test "$2" '*_cuda' || rc=1
         fi
         {
             nvidia-smi --query-gpu=name --format=csv,noheader
@@ -364,6 +365,10 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             for f in $long; do
                 echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_ATTN_GQA=$f"
                 MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device|^step"
+            done
+            for f in $pairs; do
+                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_Q8_EARLY=$f (the int8 rows primed early)"
+                MK_CUDA_Q8_EARLY=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
             done
             for f in 0 1; do
                 echo "== 8-layer 30B cut decode after 8192 tokens, MK_CUDA_ATTN_GQA=$f"

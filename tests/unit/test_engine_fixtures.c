@@ -473,7 +473,8 @@ int main(void) {
         void (*set)(bool);
     } sw[] = {{"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},
               {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},
-              {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa}};
+              {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},
+              {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early}};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
         const char *v = getenv(sw[i].env);
         if (v && *v) {
