@@ -331,17 +331,6 @@ __device__ __forceinline__ void mkc_q8_dot_rows_w(const mkc_w *const *ws, const 
     mkc_q8_sum_rows<NR>(rs, x, lane, p, acc);
 }
 
-/* mkc_q8_dot_rows_w over rows of one weight */
-template <int NR>
-__device__ __forceinline__ void mkc_q8_dot_rows(const mkc_w &w, const int64_t *rows, const mkc_q8s &x, int lane,
-                                                float *acc) {
-    const mkc_w *ws[NR];
-#pragma unroll
-    for (int r = 0; r < NR; r++)
-        ws[r] = &w;
-    mkc_q8_dot_rows_w<NR>(ws, rows, x, lane, acc);
-}
-
 /* A primed affine row (mkc_prime: lane l holds chunks l + 32 u) against
  * the staged x: the lane's partial sum, mkc_q8_finish's terms */
 template <int BITS, int U>
