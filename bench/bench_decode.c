@@ -58,8 +58,9 @@
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
  * (mk_cuda_set_attn_shares); MK_CUDA_ATTN_GQA=0|1 the decode attention
  * grouped by kv head (mk_cuda_set_attn_gqa); MK_CUDA_Q8_EARLY=0|1 the int8
- * decode products' rows primed early (mk_cuda_set_q8_early); MK_CUDA_NORM_FOLD=0|1 the residual steps
- * folded into the kernels that read them (mk_cuda_set_norm_fold);
+ * decode products' rows primed early (mk_cuda_set_q8_early);
+ * MK_CUDA_NORM_FOLD=0|1 the residual steps folded into the kernels that
+ * read them (mk_cuda_set_norm_fold);
  * MK_CUDA_QK_FOLD=0|1 the q/k norms and RoPE alone folded into the
  * attention (mk_cuda_set_qk_fold);
  * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on

@@ -72,8 +72,7 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
         if (c->err.st != MK_OK || !c->exec)
             return false;
     }
-    const bool timed = c->time_steps && mkb_step_time_take(c) && c->ev[0] &&
-                       cudaEventRecord(c->ev[0], c->s) == cudaSuccess;
+    const bool timed = c->time_steps && mkb_step_time_take(c) && cudaEventRecord(c->ev[0], c->s) == cudaSuccess;
     if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
         (void)cudaGetLastError();
         mkb_graph_free(c);
@@ -98,15 +97,18 @@ bool mkb_step_time_take(mkb_ctx *c) {
             return false;
         }
     }
-    if (c->ev_pending && cudaEventQuery(c->ev[1]) == cudaSuccess) {
+    if (c->ev_pending) {
+        const cudaError_t q = cudaEventQuery(c->ev[1]);
         float ms = 0.0f;
-        if (cudaEventElapsedTime(&ms, c->ev[0], c->ev[1]) == cudaSuccess) {
+        if (q == cudaSuccess && cudaEventElapsedTime(&ms, c->ev[0], c->ev[1]) == cudaSuccess) {
             c->step_ms += ms;
             c->step_n++;
         }
-        c->ev_pending = false;
+        if (q != cudaErrorNotReady)
+            c->ev_pending = false;
+        else
+            (void)cudaGetLastError(); /* not done yet: no error of anyone's (the next replay re-records) */
     }
-    (void)cudaGetLastError(); /* a query of work not yet done */
     return true;
 }
 
