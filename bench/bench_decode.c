@@ -66,6 +66,9 @@
  * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on
  * int8 or float activations (mk_cuda_set_act_int8; by default they follow
  * MK_ACT_INT8, int8 unless it says 0).
+ * MK_LOOKAHEAD=0 decodes one step at a time (mk_engine_opts.no_lookahead;
+ * by default greedy steps on CUDA are queued one ahead, fed by the device's
+ * argmax).
  * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
  * prefill_chunk; default as `moekit run`'s: 512, 2048 on CUDA).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -382,6 +385,8 @@ int main(int argc, char **argv) {
         o.prefill_chunk = atoi(pc);
     else if (cuda)
         o.prefill_chunk = MK_CUDA_PREFILL_CHUNK;
+    const char *la = getenv("MK_LOOKAHEAD"); /* 0: one step at a time (mk_engine_opts.no_lookahead) */
+    o.no_lookahead = la && !strcmp(la, "0");
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
@@ -451,9 +456,10 @@ int main(int argc, char **argv) {
         mk_backend_cuda_graph_stats(be, &built, &updated, &replayed);
         if (mk_cuda_describe(dsc, sizeof dsc) == MK_OK)
             printf("device     %s, backend %s, %.2f GiB of weights resident, step graphs %d built "
-                   "%d updated %d replayed; decode on %s activations; attention grouped by kv head: "
-                   "%llu launches\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built, updated,
-                   replayed, mk_cuda_act_int8() ? "int8" : "float", mk_cuda_attn_gqa_launches());
+                   "%d updated %d replayed (%d queued ahead); decode on %s activations; attention grouped "
+                   "by kv head: %llu launches\n", dsc, bk, mk_backend_cuda_weight_bytes(be) / 1073741824.0, built,
+                   updated, replayed, mk_backend_cuda_chained(be), mk_cuda_act_int8() ? "int8" : "float",
+                   mk_cuda_attn_gqa_launches());
         if (mk_cuda_copy_bandwidth((size_t)2 << 30, &bw) != MK_OK)
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());
         size_t evr, ehost;

@@ -48,6 +48,8 @@
 #                                         against k_attn on the cut, short / 2048 / 8192 tokens, and the
 #                                         int8 rows primed early (MK_CUDA_Q8_EARLY) short (gqa.log); with
 #                                         FX_TAR first the fixtures' _cuda cases with both on
+#   scripts/cuda-owed.sh la              session 27's decode lookahead (MK_LOOKAHEAD=0/1) on the cut, short
+#                                         and after 2048 tokens (la.log)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
 #                                         after 2048 tokens (gqafd.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
@@ -227,7 +229,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -375,6 +377,23 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 8192 64 16 cuda 2>&1 | grep -E "^decode|^prefill|^device|^step"
             done
         } 2>&1 | tee "$out/gqa.log"
+        exit $rc
+    fi
+    if [ "$what" = la ]; then
+        # session 27: the decode lookahead (greedy steps queued one ahead, fed by the device's
+        # argmax) against one step at a time (MK_LOOKAHEAD=0), interleaved, on the cut short and
+        # after 2048 tokens (la.log); the `step` line gives the GPU's span of a step against its wall
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for f in ${MK_OWED_PAIRS:-0 1 0 1}; do
+                echo "== 8-layer 30B cut decode, positions 16-271, MK_LOOKAHEAD=$f"
+                MK_LOOKAHEAD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^device|^step"
+            done
+            for f in 0 1; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_LOOKAHEAD=$f"
+                MK_LOOKAHEAD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+        } 2>&1 | tee "$out/la.log"
         exit $rc
     fi
     if [ "$what" = tile2 ]; then

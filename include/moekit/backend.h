@@ -184,6 +184,13 @@ typedef struct mk_moe_args {
     const mk_wt *sh_gate_w;   /* [1, H] shared-expert gate, or NULL */
 } mk_moe_args;
 
+/* One copy of host bytes into backend memory (step_chain's uploads). */
+typedef struct mk_upload {
+    void *dst;       /* backend memory */
+    const void *src; /* host memory */
+    size_t bytes;
+} mk_upload;
+
 typedef struct mk_backend_i {
     const char *name;
     /* Buffers from `alloc` are host memory: the engine may pass caller
@@ -354,6 +361,29 @@ typedef struct mk_backend_i {
      * since, else false with nothing run (the caller records again). */
     uint64_t (*step_last)(void *ctx);
     bool (*step_replay)(void *ctx, uint64_t id);
+    /* (optional, with step_replay) Decode lookahead (forward.c): the next
+     * token's step is queued before this one's result is read, so the
+     * device never waits on the host between steps. step_chain queues,
+     * after everything queued: the uploads ups[0..nup) (the host bytes are
+     * taken now, so the caller may reuse them at once), then, when link_dst
+     * is given, `link_bytes` bytes from link_src to link_dst in backend
+     * memory (the token id the previous step's argmax chose), then the
+     * recording `id` as step_replay runs it, then a copy of the `res_bytes`
+     * (<= 16) bytes at `res` and of the kept non-finite finding into result
+     * slot `slot` (0 or 1). False when the step did not run (step_replay
+     * would refuse, the slot's last step was not taken, the uploads exceed
+     * the backend's staging, or the backend must step on the host between
+     * replays); the uploads and link may then have been done. step_take
+     * waits for the slot's step and gives its result bytes and whether a
+     * non-finite finding was kept when it ended (*found, then *tag, *index,
+     * *value as nonfinite_take gives them; the finding stays kept, for
+     * nonfinite_take to clear). Returns the first failure since the last
+     * sync (cleared, as sync does), or MK_OK. Both or neither are set. */
+    bool (*step_chain)(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup,
+                       void *link_dst, const void *link_src, size_t link_bytes, const void *res,
+                       size_t res_bytes);
+    mk_status (*step_take)(void *ctx, int slot, void *res, size_t res_bytes, bool *found,
+                           int32_t *tag, int64_t *index, float *value);
     /* (optional) The residual step between blocks in one launch: x += y
      * (rows of dim), then check_finite(x, rows*dim, tag), then, when xb is
      * given, xb = rmsnorm(x) * g (rows of dim, g NULL: 1). The same values

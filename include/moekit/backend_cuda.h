@@ -128,6 +128,9 @@ void mk_backend_cuda_expert_stats(const mk_backend *b, size_t *vram, size_t *hos
 /* Recorded steps so far: graphs instantiated, graphs updated in place,
  * and recordings replayed (step_replay) (zeros for other backends). */
 void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, int *replayed);
+/* Of those replays, the steps queued through step_chain (the engine's
+ * decode lookahead: queued before the previous one's result was read). */
+int mk_backend_cuda_chained(const mk_backend *b);
 /* For benchmarks: time each replayed step on the GPU (an event before and
  * after its graph; off by default, on resets the sums), and the sum of the
  * timed steps' GPU spans in ms and their count (waits for queued work).

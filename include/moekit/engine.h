@@ -106,6 +106,11 @@ typedef struct mk_engine_opts {
                                         capture, turns off prefetch; batched decode needs its
                                         step_batch where it has a step. With
                                         moe_part too: the stage's layers split by the partition */
+    bool no_lookahead;      /* greedy decode on a backend with step_chain (CUDA) queues the next
+                               token's step, fed by the device's argmax, before this one's id is
+                               read back (mk_engine_forward_argmax), so the device never waits on
+                               the host between tokens; the results are the same. true: one step
+                               at a time (for measuring what the lookahead saves) */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

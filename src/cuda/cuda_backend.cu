@@ -499,6 +499,7 @@ static void cu_free(void *ctx) {
     free(c->vr);
     mkb_moe_free(c);
     mkb_graph_free(c);
+    mkb_chain_free(c);
     mkb_gemm_free(c);
     mkb_grp_free(c);
     mk_cuda_free(c->dsa_keys);
@@ -576,6 +577,8 @@ static const mk_backend_i g_cuda = {
     .step_end = FL(mkb_step_end),
     .step_last = FL(mkb_step_last),
     .step_replay = FL(mkb_step_replay),
+    .step_chain = FL(mkb_step_chain),
+    .step_take = FL(mkb_step_take),
     .add_rmsnorm = mkb_add_rmsnorm,
     .qk_norm_rope = mkb_qk_norm_rope,
     .matmul_n = mkb_matmul_n,
@@ -821,6 +824,12 @@ extern "C" void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int
     *built = c->graph_builds;
     *updated = c->graph_updates;
     *replayed = c->graph_replays;
+}
+
+extern "C" int mk_backend_cuda_chained(const mk_backend *b) {
+    if (!b || mk_backend_iface(b) != &g_cuda)
+        return 0;
+    return ((const mkb_ctx *)mk_backend_ctx(b))->chain_steps;
 }
 
 extern "C" void mk_backend_cuda_time_steps(mk_backend *b, bool on) {

@@ -89,6 +89,13 @@ struct mkb_ctx {
     cudaEvent_t ev[2];
     double step_ms;
     int step_n;
+    /* decode lookahead (step_chain / step_take, cuda_graph.cu): two slots of pinned host
+     * memory, each the staging of a chained step's uploads and the copy of its result and
+     * non-finite record, with an event after that copy; busy from chain to take */
+    unsigned char *chain_pin;
+    cudaEvent_t chain_ev[2];
+    bool chain_busy[2];
+    int chain_steps; /* steps queued by step_chain (mk_backend_cuda_chained) */
     /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_* (AUTO resolved at
      * each call by mkb_gemm_mode), the weight tiles' scratch bound in
      * bytes, cuBLAS state made on first use */
@@ -145,6 +152,11 @@ struct mkb_amax {
 void mkb_fold_flush(mkb_ctx *c);
 /* cuda_graph.cu: the last timed replay's span into step_ms (mk_backend_cuda_time_steps) */
 bool mkb_step_time_take(mkb_ctx *c);
+bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup, void *link_dst,
+                    const void *link_src, size_t link_bytes, const void *res, size_t res_bytes);
+mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, int32_t *tag,
+                        int64_t *index, float *value);
+void mkb_chain_free(mkb_ctx *c);
 /* The held-back add_rmsnorm when x is its xb (a slot that reads x may
  * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */
 const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x);

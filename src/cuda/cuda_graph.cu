@@ -52,6 +52,14 @@ void mkb_graph_free(mkb_ctx *c) {
 
 uint64_t mkb_step_last(void *ctx) { return ((mkb_ctx *)ctx)->rec_id; }
 
+static bool replay_launch(mkb_ctx *c);
+
+/* a runtime call's failure kept for step_take / sync to report (as cuda_backend.cu's) */
+static void ck(mkb_ctx *c, cudaError_t e, const char *what) {
+    if (e != cudaSuccess)
+        mkb_fail(c, mkc_fail(e, what));
+}
+
 bool mkb_step_replay(void *ctx, uint64_t id) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK)
@@ -72,7 +80,15 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
         if (c->err.st != MK_OK || !c->exec)
             return false;
     }
-    const bool timed = c->time_steps && mkb_step_time_take(c) && cudaEventRecord(c->ev[0], c->s) == cudaSuccess;
+    return replay_launch(c);
+}
+
+/* Launch the recording, between the timing events when steps are timed
+ * and the last timed pair is read (chained steps are queued before the
+ * previous one ends: then only every other one is timed). */
+static bool replay_launch(mkb_ctx *c) {
+    const bool timed = c->time_steps && mkb_step_time_take(c) && !c->ev_pending &&
+                       cudaEventRecord(c->ev[0], c->s) == cudaSuccess;
     if (cudaGraphLaunch(c->exec, c->s) != cudaSuccess) {
         (void)cudaGetLastError();
         mkb_graph_free(c);
@@ -82,6 +98,111 @@ bool mkb_step_replay(void *ctx, uint64_t id) {
         c->ev_pending = cudaEventRecord(c->ev[1], c->s) == cudaSuccess;
     c->graph_replays++;
     return true;
+}
+
+/* Decode lookahead. A slot of chain_pin: the uploads' staging (CHAIN_UP
+ * bytes), then the result bytes (16) and the non-finite record. */
+enum { CHAIN_UP = 16384, CHAIN_RES = 16, CHAIN_SLOT = CHAIN_UP + CHAIN_RES + 64 };
+static_assert(sizeof(mkb_nfl) <= 64, "the non-finite record fits its place in a chain slot");
+
+void mkb_chain_free(mkb_ctx *c) {
+    if (c->chain_pin)
+        (void)cudaFreeHost(c->chain_pin);
+    for (int i = 0; i < 2; i++)
+        if (c->chain_ev[i])
+            (void)cudaEventDestroy(c->chain_ev[i]);
+    c->chain_pin = NULL;
+    c->chain_ev[0] = c->chain_ev[1] = NULL;
+}
+
+static bool chain_ready(mkb_ctx *c) {
+    if (c->chain_pin)
+        return true;
+    void *p = NULL;
+    bool ok = cudaHostAlloc(&p, 2 * (size_t)CHAIN_SLOT, cudaHostAllocDefault) == cudaSuccess;
+    c->chain_pin = (unsigned char *)p;
+    for (int i = 0; ok && i < 2; i++)
+        ok = cudaEventCreateWithFlags(&c->chain_ev[i], cudaEventDisableTiming) == cudaSuccess;
+    if (!ok) { /* no lookahead: the engine steps one at a time */
+        (void)cudaGetLastError();
+        mkb_chain_free(c);
+    }
+    return ok;
+}
+
+bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup, void *link_dst,
+                    const void *link_src, size_t link_bytes, const void *res, size_t res_bytes) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (slot < 0 || slot > 1 || c->chain_busy[slot] || res_bytes > CHAIN_RES || nup < 0)
+        return false;
+    /* an expert cache in VRAM steps on the host at every replay (mkb_xcache_tick): its counts
+     * and copies follow the replays one at a time */
+    if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK || c->xc ||
+        (c->expert_cache && c->host_layers > 0))
+        return false;
+    if (switch_sig() != c->rec_sig) {
+        mkb_graph_free(c);
+        return false;
+    }
+    size_t total = 0;
+    for (int i = 0; i < nup; i++)
+        total += (ups[i].bytes + 15) & ~(size_t)15;
+    if (total > CHAIN_UP || !chain_ready(c))
+        return false;
+    unsigned char *p = c->chain_pin + (size_t)slot * CHAIN_SLOT;
+    /* pinned sources: queued without waiting for the stream (a pageable
+     * upload may wait for everything queued before it) */
+    size_t off = 0;
+    for (int i = 0; i < nup; i++) {
+        if (!ups[i].bytes)
+            continue;
+        memcpy(p + off, ups[i].src, ups[i].bytes);
+        ck(c, cudaMemcpyAsync(ups[i].dst, p + off, ups[i].bytes, cudaMemcpyHostToDevice, c->s),
+           "a chained step's upload");
+        off += (ups[i].bytes + 15) & ~(size_t)15;
+    }
+    if (link_dst && link_bytes)
+        ck(c, cudaMemcpyAsync(link_dst, link_src, link_bytes, cudaMemcpyDeviceToDevice, c->s),
+           "a chained step's token");
+    if (c->err.st != MK_OK || !replay_launch(c))
+        return false;
+    if (res_bytes)
+        ck(c, cudaMemcpyAsync(p + CHAIN_UP, res, res_bytes, cudaMemcpyDeviceToHost, c->s),
+           "a chained step's result");
+    ck(c, cudaMemcpyAsync(p + CHAIN_UP + CHAIN_RES, c->nfl, sizeof(mkb_nfl), cudaMemcpyDeviceToHost, c->s),
+       "a chained step's non-finite check");
+    ck(c, cudaEventRecord(c->chain_ev[slot], c->s), "a chained step's event");
+    c->chain_busy[slot] = true; /* even on a failure above: step_take reports it */
+    c->chain_steps++;
+    return true;
+}
+
+mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, int32_t *tag,
+                        int64_t *index, float *value) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    *found = false;
+    if (slot < 0 || slot > 1 || !c->chain_busy[slot] || res_bytes > CHAIN_RES)
+        return mk_err(MK_E_INTERNAL, "CUDA backend: step_take of slot %d, which holds no chained step", slot);
+    c->chain_busy[slot] = false;
+    if (c->err.st == MK_OK)
+        ck(c, cudaEventSynchronize(c->chain_ev[slot]), "running a chained step");
+    if (c->err.st != MK_OK) {
+        mk_status s = mk_err_slot_raise(&c->err);
+        c->err.st = MK_OK;
+        c->err.msg[0] = '\0';
+        return s;
+    }
+    const unsigned char *p = c->chain_pin + (size_t)slot * CHAIN_SLOT;
+    memcpy(res, p + CHAIN_UP, res_bytes);
+    mkb_nfl h;
+    memcpy(&h, p + CHAIN_UP + CHAIN_RES, sizeof h);
+    if (h.key != ~0ull) {
+        *found = true;
+        *tag = (int32_t)(h.key >> 40);
+        *index = (int64_t)(h.key & ((1ull << 40) - 1));
+        *value = h.val;
+    }
+    return MK_OK;
 }
 
 /* The last timed replay's GPU span into step_ms / step_n when its events

@@ -307,6 +307,10 @@ void mk_backend_cuda_graph_stats(const mk_backend *b, int *built, int *updated, 
     (void)b;
     *built = *updated = *replayed = 0;
 }
+int mk_backend_cuda_chained(const mk_backend *b) {
+    (void)b;
+    return 0;
+}
 void mk_backend_cuda_time_steps(mk_backend *b, bool on) {
     (void)b;
     (void)on;

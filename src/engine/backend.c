@@ -12,6 +12,7 @@
 struct mk_backend {
     const mk_backend_i *i;
     void *ctx;
+    void *ahead; /* the engine with a step queued ahead here (forward.c's decode lookahead) */
 };
 
 mk_status mk_backend_create(const mk_backend_i *iface, void *ctx, mk_backend **out) {
@@ -38,3 +39,4 @@ void mk_backend_free(mk_backend *b) {
 
 const mk_backend_i *mk_backend_iface(const mk_backend *b) { return b->i; }
 void *mk_backend_ctx(const mk_backend *b) { return b->ctx; }
+void **mk_backend_ahead(mk_backend *b) { return &b->ahead; }

@@ -389,6 +389,7 @@ mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids
                       "model, backend and expert store, distinct engines, at most %d and half the "
                       "prefill chunk, no routing observer, a family the batched step knows)", n,
                       MK_ENGINE_MAX_BATCH);
+    MK_TRY(mk_engine_settle(es[0])); /* any of the backend's engines' step queued ahead */
     mk_engine *e = es[0];
     const mk_config *c = e->c;
     for (int i = 0; i < n; i++) {

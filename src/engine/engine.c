@@ -456,6 +456,11 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
         if (e->m->layers[l].attn.sinks)
             e->bi->upload(e->bctx, e->sinks + (int64_t)l * c->num_heads, e->m->layers[l].attn.sinks,
                           (size_t)c->num_heads * sizeof(float));
+    /* decode lookahead (forward.c): a step queued ahead and dropped must
+     * leave nothing the next step does not overwrite */
+    e->la_ok = !o->no_lookahead && e->bi->step_chain && e->bi->step_take && e->bi->step_replay &&
+               mk_engine_rewindable(e) && !e->has_part && !e->has_pipe && !e->on_route &&
+               !e->on_select && !e->on_linear && !e->on_tap && !c->dsa;
     return e->bi->sync(e->bctx);
 }
 
@@ -481,6 +486,8 @@ mk_status mk_engine_create(const mk_model *m, const mk_engine_opts *opts, mk_eng
 void mk_engine_free(mk_engine *e) {
     if (!e)
         return;
+    if (e->be && *mk_backend_ahead(e->be) == e)
+        (void)mk_engine_settle(e); /* its step queued ahead: the backend may outlive it */
     if (e->own_store)
         mk_expert_store_free(e->store);
     if (e->arena)
@@ -500,6 +507,7 @@ void mk_engine_free(mk_engine *e) {
 
 void mk_engine_reset(mk_engine *e) {
     const mk_config *c = e->c;
+    (void)mk_engine_settle(e);
     int64_t C = 2 * (int64_t)c->lin_num_k_heads * c->lin_k_head_dim +
                 (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
     for (int l = 0; l < c->num_layers; l++)
@@ -520,6 +528,7 @@ bool mk_engine_rewindable(const mk_engine *e) {
 }
 
 mk_status mk_engine_rewind(mk_engine *e, int64_t pos) {
+    MK_TRY(mk_engine_settle(e));
     if (pos < 0 || pos > e->pos)
         return mk_err(MK_E_ARG, "engine: cannot rewind to position %lld of a sequence of %lld",
                       (long long)pos, (long long)e->pos);

@@ -79,6 +79,15 @@ struct mk_engine {
                              rows through kst/vst (a recorded step, replayable later) */
     uint64_t replay_id;   /* the backend's recording of this engine's step (step_last), 0: none */
     bool replay_argmax;   /* that recording ends with the device argmax (argmax_dev) */
+    /* decode lookahead (forward.c, the backend's step_chain / step_take): mk_engine_forward_argmax
+     * queues the step of the token its result will be, fed by the device's argmax, before it
+     * reads that result; a call with that token finds its step queued */
+    bool la_ok;           /* at create: the backend chains, no recurrent state (a step queued
+                             ahead and not taken writes only cache rows at and past pos), one
+                             process, no observers, not disabled (mk_engine_opts.no_lookahead) */
+    bool la_pending;      /* the step of token la_id at position pos is queued, result slot la_slot */
+    int32_t la_id;
+    int la_slot;
     int moe_general;      /* MoE layers that took the general path in this chunk */
     bool batch_inv;       /* a decode step over several sequences (batch.c) runs on this
                              engine's scratch: every product goes through mk_engine_mm's
@@ -206,6 +215,16 @@ static inline void mk_engine_tap(mk_engine *e, int l, const char *op, const floa
     if (e->on_tap)
         mk_engine_tap_out(e, l, op, x, rows, cols);
 }
+
+/* backend.c: where the engine with a step queued ahead on this backend is
+ * kept (NULL: none). The backend's result slots and non-finite record are
+ * shared by its engines, so another engine's step first settles that one. */
+void **mk_backend_ahead(mk_backend *b);
+/* forward.c: drop the step queued ahead on e's backend, if any (any of its
+ * engines'): wait for it and clear what it found. Every entry point that
+ * queues device work or moves the position calls it first, but the
+ * greedy call that feeds the token the step was queued for. */
+mk_status mk_engine_settle(mk_engine *e);
 
 /* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
 void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);

@@ -462,17 +462,22 @@ static mk_status check_block(const mk_engine *e, const float *x, int64_t rows, i
  * and value); MK_OK when none or when checks are not deferred. The
  * logits' check (greedy steps on the device) covers the row of position
  * `last`. */
+static mk_status nonfinite_found(const mk_engine *e, int32_t tag, int64_t i, float v, int64_t pos0,
+                                 int64_t last) {
+    int layer;
+    const char *what = block_what(e, tag, &layer);
+    if (tag >= tag_logits(e))
+        return nonfinite_at(e, i, v, e->c->vocab_size, last, -1, what);
+    return nonfinite_at(e, i, v, e->c->hidden_size, pos0, layer, what);
+}
+
 static mk_status take_nonfinite(const mk_engine *e, int64_t pos0, int64_t last) {
     int32_t tag;
     int64_t i;
     float v;
     if (!BE(e)->nonfinite_take || !BE(e)->nonfinite_take(CTX(e), &tag, &i, &v))
         return MK_OK;
-    int layer;
-    const char *what = block_what(e, tag, &layer);
-    if (tag >= tag_logits(e))
-        return nonfinite_at(e, i, v, e->c->vocab_size, last, -1, what);
-    return nonfinite_at(e, i, v, e->c->hidden_size, pos0, layer, what);
+    return nonfinite_found(e, tag, i, v, pos0, last);
 }
 
 /* The residual step after a block: x += y, the check of block `tag`, and
@@ -682,6 +687,7 @@ static mk_status forward_chunk(mk_engine *e, const int32_t *ids, int64_t n, int6
 static mk_status forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_mode mode,
                          float *logits, float *hidden) {
     const mk_config *c = e->c;
+    MK_TRY(mk_engine_settle(e));
     if (e->pos + n > e->max_ctx)
         return mk_err(MK_E_ARG, "context full: %lld tokens in cache + %lld new > max context %lld",
                       (long long)e->pos, (long long)n, (long long)e->max_ctx);
@@ -710,6 +716,103 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
     return forward(e, ids, n, mode, logits, hidden);
 }
 
+/* ---- decode lookahead ----
+ * A replayable greedy step (one token, a recording that ends with the
+ * device's argmax) runs through the backend's step_chain: the step of
+ * token t at position p, then at once the step at p + 1 whose token is the
+ * argmax the first leaves on the device (linked there, never read by the
+ * host first), then the host waits for the first's result only. The caller
+ * feeds that result back as the next token (greedy decoding does), finds
+ * its step queued, and queues the one after. So the device runs step
+ * after step while the host reads, emits and decides; a step queued for a
+ * token that is not fed (the caller stopped, sampled otherwise, or does
+ * something else) is dropped by mk_engine_settle: it wrote only cache rows
+ * at the position (la_ok rules out recurrent state), which the next step
+ * overwrites, and a non-finite finding it kept is cleared. */
+
+static bool la_can(const mk_engine *e) {
+    return e->la_ok && e->amax && e->pos_b && e->replay_id && e->replay_argmax && !e->no_graph;
+}
+
+/* Queue the recorded step at position p in result slot `slot`: its token
+ * from the host (*id) or, id NULL, the device's last argmax. */
+static bool la_queue(mk_engine *e, int64_t p, int slot, const int32_t *id) {
+    mk_engine_rope_tables(e, p, 1);
+    size_t rb = (size_t)(e->rot_dim / 2) * sizeof(float);
+    int64_t pos = p;
+    mk_upload ups[4] = {{e->cos_b, e->cos, rb}, {e->sin_b, e->sin, rb}, {e->pos_b, &pos, sizeof pos},
+                        {e->ids, id, sizeof *id}};
+    return BE(e)->step_chain(CTX(e), e->replay_id, slot, ups, id ? 4 : 3, id ? NULL : e->ids, e->amax,
+                             sizeof(int32_t), e->amax, sizeof(int32_t));
+}
+
+/* Drop e's queued step in `slot` (see above). */
+static mk_status la_drop(mk_engine *e, int slot) {
+    int32_t r, tag;
+    int64_t i;
+    float v;
+    bool found = false;
+    mk_status st = BE(e)->step_take(CTX(e), slot, &r, sizeof r, &found, &tag, &i, &v);
+    if (found) /* the finding is the dropped step's: cleared */
+        (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
+    return st;
+}
+
+mk_status mk_engine_settle(mk_engine *e) {
+    void **own = mk_backend_ahead(e->be);
+    mk_engine *o = (mk_engine *)*own;
+    if (!o)
+        return MK_OK;
+    *own = NULL;
+    o->la_pending = false;
+    return la_drop(o, o->la_slot);
+}
+
+/* One greedy step through the chain: token `id` (>= 0: queued here; -1:
+ * the pending step's, la_id) at e->pos, its outcome in *st; the step after
+ * it queued when the cache has room. False: nothing ran (the recording
+ * cannot be chained now), for the caller's usual path. */
+static bool la_run(mk_engine *e, int32_t id, int32_t *next, mk_status *st) {
+    int s;
+    if (id < 0) {
+        s = e->la_slot;
+        e->la_pending = false;
+        *mk_backend_ahead(e->be) = NULL;
+    } else {
+        s = 0;
+        if (!la_queue(e, e->pos, s, &id))
+            return false;
+    }
+    bool ahead = e->pos + 1 < e->max_ctx && la_queue(e, e->pos + 1, s ^ 1, NULL);
+    int32_t got = -1, tag = 0;
+    int64_t i = 0;
+    float v = 0.0f;
+    bool found = false;
+    *st = BE(e)->step_take(CTX(e), s, &got, sizeof got, &found, &tag, &i, &v);
+    if (*st != MK_OK || found) {
+        if (ahead)
+            (void)la_drop(e, s ^ 1);
+        if (found) {
+            int32_t t2;
+            int64_t i2;
+            float v2;
+            (void)BE(e)->nonfinite_take(CTX(e), &t2, &i2, &v2); /* cleared, as take_nonfinite does */
+            if (*st == MK_OK)
+                *st = nonfinite_found(e, tag, i, v, e->pos, e->pos);
+        }
+        return true;
+    }
+    e->pos += 1;
+    *next = got;
+    if (ahead) {
+        e->la_pending = true;
+        e->la_id = got;
+        e->la_slot = s ^ 1;
+        *mk_backend_ahead(e->be) = e;
+    }
+    return true;
+}
+
 /* Greedy: on a device backend with argmax and deferred checks, the last
  * step ends with the logits' check and their argmax queued after lm_head
  * (recorded with the step), and 4 bytes come back; otherwise the logits
@@ -717,10 +820,18 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
 mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next) {
     if (n < 1 || !ids || !next)
         return mk_err(MK_E_ARG, "engine forward_argmax: bad arguments (n %lld)", (long long)n);
+    mk_status st = MK_OK;
+    /* decode lookahead (above): the token's step queued by the last call, or queued now */
+    if (n == 1 && e->la_pending && ids[0] == e->la_id && la_run(e, -1, next, &st))
+        return st;
+    MK_TRY(mk_engine_settle(e));
+    if (n == 1 && la_can(e) && ids[0] >= 0 && ids[0] < e->c->vocab_size && e->pos < e->max_ctx &&
+        la_run(e, ids[0], next, &st))
+        return st;
     if (e->amax) {
         e->argmax_dev = true;
         e->next_id = next;
-        mk_status st = forward(e, ids, n, MK_LOGITS_LAST, e->glg, NULL);
+        st = forward(e, ids, n, MK_LOGITS_LAST, e->glg, NULL);
         e->argmax_dev = false;
         e->next_id = NULL;
         return st;

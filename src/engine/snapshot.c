@@ -59,6 +59,7 @@ mk_status mk_engine_state_save(const mk_engine *e, void *buf) {
 }
 
 mk_status mk_engine_state_restore(mk_engine *e, const void *buf, int64_t pos) {
+    MK_TRY(mk_engine_settle(e));
     if (pos < 0 || pos > e->pos)
         return mk_err(MK_E_ARG, "engine: cannot restore a snapshot of position %lld into a sequence "
                       "of %lld", (long long)pos, (long long)e->pos);

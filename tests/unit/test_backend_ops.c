@@ -2397,6 +2397,132 @@ static void test_step_recording(void **st) {
     }
 }
 
+/* step_chain / step_take (the engine's decode lookahead): a recording of
+ * matmul, check_finite and argmax chained twice with new inputs uploaded
+ * from reused host buffers: each slot's result is the argmax of W x for its
+ * own x (the host's, in double), the second step's link copied the first's
+ * argmax before the second ran; a slot not yet taken refuses another step;
+ * a take of an empty slot fails; another recording's id, uploads beyond the
+ * staging run nothing; a NaN input's finding is the slot's (tag, index),
+ * kept until nonfinite_take clears it, and the next chained step finds
+ * none. The CPU backend chains nothing. */
+static int32_t ref_argmax_wx(const double *W, const float *x, int64_t R, int64_t C) {
+    int32_t best = 0;
+    double bv = -INFINITY;
+    for (int64_t r = 0; r < R; r++) {
+        double a = 0;
+        for (int64_t c = 0; c < C; c++)
+            a += W[r * C + c] * x[c];
+        if (a > bv) {
+            bv = a;
+            best = (int32_t)r;
+        }
+    }
+    return best;
+}
+
+static void test_step_chain(void **st) {
+    (void)st;
+    enum { R = 200, C = 128, TAG = 7 };
+    for (int bi = 0; bi < g_nbe; bi++) {
+        be_case *b = &g_be[bi];
+        assert_true(!b->i->step_chain == !b->i->step_take);
+        wbuf wb;
+        make_w(&wb, 1, R, C); /* bf16: zero-mean rows */
+        double *W = deq(&wb.w);
+        /* x along one row of W: that row's product wins by far (no near ties) */
+        float *x1 = rvec(C), *x2 = rvec(C), *xh = malloc(C * 4);
+        assert_non_null(xh);
+        for (int64_t c = 0; c < C; c++) {
+            x1[c] = (float)W[37 * C + c];
+            x2[c] = (float)W[151 * C + c];
+        }
+        assert_int_equal(ref_argmax_wx(W, x1, R, C), 37);
+        assert_int_equal(ref_argmax_wx(W, x2, R, C), 151);
+        if (!b->i->step_chain) {
+            assert_string_equal(b->name, "cpu");
+            wbuf_free(&wb);
+            free(W);
+            free(x1);
+            free(x2);
+            free(xh);
+            continue;
+        }
+        assert_true(b->i->step_replay && b->i->argmax && b->i->check_finite);
+        void *dx = dev(b, x1, C * 4), *dz = dev(b, NULL, R * 4), *dam = dev(b, NULL, 64),
+             *dtok = dev(b, NULL, 64);
+        b->i->matmul(b->ctx, &wb.w, dx, 1, dz); /* the weight's upload outside the recording */
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        assert_true(b->i->step_begin(b->ctx));
+        b->i->matmul(b->ctx, &wb.w, dx, 1, dz);
+        b->i->check_finite(b->ctx, dz, R, TAG);
+        b->i->argmax(b->ctx, dz, R, dam);
+        assert_true(b->i->step_end(b->ctx, true));
+        const uint64_t id = b->i->step_last(b->ctx);
+        assert_true(id != 0);
+        int32_t r0 = -1, r1 = -1, tag = -1;
+        int64_t at = -1;
+        float v = 0;
+        bool found = true;
+        /* two steps queued before either is read; xh reused between them */
+        memcpy(xh, x1, C * 4);
+        mk_upload up = {dx, xh, C * 4};
+        assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
+        memcpy(xh, x2, C * 4);
+        assert_true(b->i->step_chain(b->ctx, id, 1, &up, 1, dtok, dam, 4, dam, 4));
+        assert_false(b->i->step_chain(b->ctx, id, 1, &up, 1, NULL, NULL, 0, dam, 4)); /* slot 1 busy */
+        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK);
+        assert_false(found);
+        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &tag, &at, &v), MK_OK);
+        assert_false(found);
+        assert_int_equal(r0, ref_argmax_wx(W, x1, R, C));
+        assert_int_equal(r1, ref_argmax_wx(W, x2, R, C));
+        int32_t linked = -1;
+        b->i->download(b->ctx, &linked, dtok, 4);
+        assert_int_equal(linked, r0); /* step 0's argmax, copied before step 1 ran */
+        assert_int_not_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK); /* empty */
+        assert_false(b->i->step_chain(b->ctx, id + 1, 0, &up, 1, NULL, NULL, 0, dam, 4)); /* not its id */
+        float *big = calloc(1 << 16, 1);
+        assert_non_null(big);
+        mk_upload ubig = {dz, big, 1 << 16}; /* past the staging: refused */
+        assert_false(b->i->step_chain(b->ctx, id, 0, &ubig, 1, NULL, NULL, 0, dam, 4));
+        free(big);
+        /* a NaN in x: every product NaN, the check keeps (TAG, 0) */
+        memcpy(xh, x1, C * 4);
+        xh[5] = NAN;
+        assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
+        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK);
+        assert_true(found);
+        assert_int_equal(tag, TAG);
+        assert_int_equal(at, 0);
+        assert_true(isnan(v));
+        int32_t t2 = -1;
+        int64_t a2 = -1;
+        float v2 = 0;
+        assert_true(b->i->nonfinite_take(b->ctx, &t2, &a2, &v2)); /* kept for it */
+        assert_int_equal(t2, TAG);
+        memcpy(xh, x2, C * 4);
+        assert_true(b->i->step_chain(b->ctx, id, 1, &up, 1, NULL, NULL, 0, dam, 4));
+        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &tag, &at, &v), MK_OK);
+        assert_false(found);
+        assert_int_equal(r1, ref_argmax_wx(W, x2, R, C));
+#ifdef MK_HAVE_CUDA
+        assert_int_equal(mk_backend_cuda_chained(b->b), 4);
+#endif
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dz);
+        b->i->buf_free(b->ctx, dam);
+        b->i->buf_free(b->ctx, dtok);
+        forget_w(b, &wb);
+        wbuf_free(&wb);
+        free(W);
+        free(x1);
+        free(x2);
+        free(xh);
+    }
+}
+
 /* ---- the launch-cutting slots (optional; the CPU backend has matmul_n only) - */
 
 /* add_rmsnorm, qk_norm_rope, matmul_n, argmax against the same references
@@ -3142,7 +3268,8 @@ int main(void) {
         cmocka_unit_test(test_conv_gdn),           cmocka_unit_test(test_route_combine),
         cmocka_unit_test(test_fused_moe),          cmocka_unit_test(test_moe_grouped),
         cmocka_unit_test(test_deferred_nonfinite),
-        cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_fused_slots),
+        cmocka_unit_test(test_step_recording),     cmocka_unit_test(test_step_chain),
+        cmocka_unit_test(test_fused_slots),
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
         cmocka_unit_test(test_cuda_gemm_modes),    cmocka_unit_test(test_cuda_replay_after_growth),

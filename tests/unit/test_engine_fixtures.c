@@ -144,6 +144,66 @@ static void check_logits(const char *dir, const char *sub, const char *ref_file,
     check_logits_tol(dir, sub, ref_file, ids_arr, chunk, fp8_bf16, TOL);
 }
 
+/* On CUDA, the decode lookahead (mk_engine_forward_argmax queues the next
+ * token's step, fed by the device's argmax, before reading this one's)
+ * against one step at a time (mk_engine_opts.no_lookahead), two engines on
+ * one backend: the same ids at every step, with a token other than the
+ * argmax fed in the middle (the step queued ahead for the argmax dropped)
+ * and the second engine's first call dropping the first's last step queued
+ * ahead; steps were queued ahead. */
+static void check_lookahead(const char *dir, const mk_model *m, const int32_t *prompt, int64_t np, int64_t ne) {
+    if (!g_cuda)
+        return;
+    if (mk_backend_cuda_create(0, &g_be) != MK_OK)
+        fail_msg("CUDA backend: %s", mk_err_msg());
+    const int32_t V = (int32_t)mk_model_config(m)->vocab_size;
+    mk_engine *es[2] = {NULL, NULL};
+    int32_t *out[2];
+    int chained[2], replayed[2];
+    for (int w = 0; w < 2; w++) { /* both alive: the second's first call drops the first's queued step */
+        mk_engine_opts o = {.threads = 2, .max_ctx = np + ne + 1, .prefill_chunk = 512, .backend = g_be,
+                            .no_lookahead = w == 1};
+        if (mk_engine_create(m, &o, &es[w]) != MK_OK)
+            fail_msg("engine: %s", mk_err_msg());
+        out[w] = malloc((size_t)(ne + 1) * sizeof(int32_t));
+        assert_non_null(out[w]);
+        const int c0 = mk_backend_cuda_chained(g_be);
+        int built, updated, r0, r1;
+        mk_backend_cuda_graph_stats(g_be, &built, &updated, &r0);
+        int32_t tok = -1;
+        assert_int_equal(mk_engine_forward_argmax(es[w], prompt, np, &tok), MK_OK);
+        out[w][0] = tok;
+        for (int64_t i = 0; i < ne; i++) {
+            int32_t feed = i == ne / 2 ? (tok + 1) % V : tok; /* not the argmax: its queued step dropped */
+            assert_int_equal(mk_engine_forward_argmax(es[w], &feed, 1, &tok), MK_OK);
+            out[w][i + 1] = tok;
+        }
+        assert_int_equal(mk_engine_pos(es[w]), np + ne);
+        chained[w] = mk_backend_cuda_chained(g_be) - c0;
+        mk_backend_cuda_graph_stats(g_be, &built, &updated, &r1);
+        replayed[w] = r1 - r0;
+    }
+    /* lookahead where steps replay (no MoE layer on the general path, no DSA) and a dropped step
+     * leaves nothing behind (no recurrent state) */
+    const bool la = replayed[1] > 0 && mk_engine_rewindable(es[0]) && !mk_model_config(m)->dsa;
+    mk_engine_free(es[0]);
+    mk_engine_free(es[1]);
+    int64_t same = 0;
+    while (same <= ne && out[0][same] == out[1][same])
+        same++;
+    printf("  cuda %-16s lookahead: %lld/%lld ids as one step at a time, %d steps queued ahead (%d without, "
+           "%d replayed)\n", dir, (long long)same, (long long)ne + 1, chained[0], chained[1], replayed[1]);
+    assert_int_equal(same, ne + 1);
+    /* one-token steps 0 and 1 run unrecorded and recorded; step 2 queues itself and the next
+     * (2), steps 3 .. ne-1 the next (ne - 3), the fed non-argmax once more itself (1) */
+    assert_int_equal(chained[0], la ? ne : 0);
+    assert_int_equal(chained[1], 0);
+    free(out[0]);
+    free(out[1]);
+    mk_backend_free(g_be);
+    g_be = NULL;
+}
+
 /* Greedy decoding with the cache: prefill the prompt, then one token at a
  * time; the tokens must equal `expect`. Twice: through the logits and
  * mk_argmax, then through mk_engine_forward_argmax (on CUDA the argmax on
@@ -185,6 +245,7 @@ static void check_greedy(const char *dir, const char *sub, json_t *prompt_arr, j
         assert_int_equal(ok, ne);
         free_engine(e);
     }
+    check_lookahead(dir, m, prompt, np, ne);
     free(lg);
     free(prompt);
     free(expect);
