@@ -459,8 +459,9 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     /* decode lookahead (forward.c): a step queued ahead and dropped must
      * leave nothing the next step does not overwrite */
     e->la_ok = !o->no_lookahead && e->bi->step_chain && e->bi->step_take && e->bi->step_replay &&
-               mk_engine_rewindable(e) && !e->has_part && !e->has_pipe && !e->on_route &&
-               !e->on_select && !e->on_linear && !e->on_tap && !c->dsa;
+               !e->has_part && !e->has_pipe && !e->on_route && !e->on_select && !e->on_linear &&
+               !e->on_tap && !c->dsa;
+    e->la_ahead = e->la_ok && mk_engine_rewindable(e);
     return e->bi->sync(e->bctx);
 }
 

@@ -82,9 +82,11 @@ struct mk_engine {
     /* decode lookahead (forward.c, the backend's step_chain / step_take): mk_engine_forward_argmax
      * queues the step of the token its result will be, fed by the device's argmax, before it
      * reads that result; a call with that token finds its step queued */
-    bool la_ok;           /* at create: the backend chains, no recurrent state (a step queued
-                             ahead and not taken writes only cache rows at and past pos), one
-                             process, no observers, not disabled (mk_engine_opts.no_lookahead) */
+    bool la_ok;           /* at create: the backend chains, one process, no observers, not
+                             disabled (mk_engine_opts.no_lookahead): replayed greedy steps go
+                             through step_chain / step_take */
+    bool la_ahead;        /* and a step may be queued ahead: no recurrent state (a step queued
+                             ahead and dropped writes only cache rows at the position) */
     bool la_pending;      /* the step of token la_id at position pos is queued, result slot la_slot */
     int32_t la_id;
     int la_slot;

@@ -727,8 +727,11 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
  * after step while the host reads, emits and decides; a step queued for a
  * token that is not fed (the caller stopped, sampled otherwise, or does
  * something else) is dropped by mk_engine_settle: it wrote only cache rows
- * at the position (la_ok rules out recurrent state), which the next step
- * overwrites, and a non-finite finding it kept is cleared. */
+ * at the position (la_ahead rules out recurrent state), which the next
+ * step overwrites, and a non-finite finding it kept is cleared. With
+ * recurrent state (la_ok, not la_ahead) a step still goes through the
+ * chain alone: its uploads from pinned staging, one wait, one readback of
+ * the token and the non-finite record together. */
 
 static bool la_can(const mk_engine *e) {
     return e->la_ok && e->amax && e->pos_b && e->replay_id && e->replay_argmax && !e->no_graph;
@@ -783,7 +786,7 @@ static bool la_run(mk_engine *e, int32_t id, int32_t *next, mk_status *st) {
         if (!la_queue(e, e->pos, s, &id))
             return false;
     }
-    bool ahead = e->pos + 1 < e->max_ctx && la_queue(e, e->pos + 1, s ^ 1, NULL);
+    bool ahead = e->la_ahead && e->pos + 1 < e->max_ctx && la_queue(e, e->pos + 1, s ^ 1, NULL);
     int32_t got = -1, tag = 0;
     int64_t i = 0;
     float v = 0.0f;
