@@ -374,16 +374,19 @@ typedef struct mk_backend_i {
      * would refuse, the slot's last step was not taken, the uploads exceed
      * the backend's staging, or the backend must step on the host between
      * replays); the uploads and link may then have been done. step_take
-     * waits for the slot's step and gives its result bytes and whether a
-     * non-finite finding was kept when it ended (*found, then *tag, *index,
-     * *value as nonfinite_take gives them; the finding stays kept, for
-     * nonfinite_take to clear). Returns the first failure since the last
+     * waits for the slot's step (also after a failure) and gives its
+     * result bytes, whether a non-finite finding was kept when it ended
+     * (*found, then *tag, *index, *value as nonfinite_take gives them; the
+     * finding stays kept, for nonfinite_take to clear), and whether it ran
+     * under other process-wide kernel settings than the backend has now
+     * (*stale: step_replay would have refused it; the caller discards its
+     * result and steps again). Returns the first failure since the last
      * sync (cleared, as sync does), or MK_OK. Both or neither are set. */
     bool (*step_chain)(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup,
                        void *link_dst, const void *link_src, size_t link_bytes, const void *res,
                        size_t res_bytes);
     mk_status (*step_take)(void *ctx, int slot, void *res, size_t res_bytes, bool *found,
-                           int32_t *tag, int64_t *index, float *value);
+                           bool *stale, int32_t *tag, int64_t *index, float *value);
     /* (optional) The residual step between blocks in one launch: x += y
      * (rows of dim), then check_finite(x, rows*dim, tag), then, when xb is
      * given, xb = rmsnorm(x) * g (rows of dim, g NULL: 1). The same values

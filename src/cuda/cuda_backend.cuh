@@ -95,6 +95,8 @@ struct mkb_ctx {
     unsigned char *chain_pin;
     cudaEvent_t chain_ev[2];
     bool chain_busy[2];
+    uint64_t chain_sig[2]; /* the switches each slot's step was queued under */
+    bool chain_failed;     /* the pinned slots could not be made: no chaining */
     int chain_steps; /* steps queued by step_chain (mk_backend_cuda_chained) */
     /* matmul of batches (cuda_gemm.cu): MK_CUDA_GEMM_* (AUTO resolved at
      * each call by mkb_gemm_mode), the weight tiles' scratch bound in
@@ -154,8 +156,8 @@ void mkb_fold_flush(mkb_ctx *c);
 bool mkb_step_time_take(mkb_ctx *c);
 bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup, void *link_dst,
                     const void *link_src, size_t link_bytes, const void *res, size_t res_bytes);
-mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, int32_t *tag,
-                        int64_t *index, float *value);
+mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, bool *stale,
+                        int32_t *tag, int64_t *index, float *value);
 void mkb_chain_free(mkb_ctx *c);
 /* The held-back add_rmsnorm when x is its xb (a slot that reads x may
  * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */

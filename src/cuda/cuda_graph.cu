@@ -118,14 +118,17 @@ void mkb_chain_free(mkb_ctx *c) {
 static bool chain_ready(mkb_ctx *c) {
     if (c->chain_pin)
         return true;
+    if (c->chain_failed)
+        return false;
     void *p = NULL;
     bool ok = cudaHostAlloc(&p, 2 * (size_t)CHAIN_SLOT, cudaHostAllocDefault) == cudaSuccess;
     c->chain_pin = (unsigned char *)p;
     for (int i = 0; ok && i < 2; i++)
         ok = cudaEventCreateWithFlags(&c->chain_ev[i], cudaEventDisableTiming) == cudaSuccess;
-    if (!ok) { /* no lookahead: the engine steps one at a time */
+    if (!ok) { /* no lookahead on this backend (a memlock limit, say): steps one at a time */
         (void)cudaGetLastError();
         mkb_chain_free(c);
+        c->chain_failed = true;
     }
     return ok;
 }
@@ -164,8 +167,11 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
     if (link_dst && link_bytes)
         ck(c, cudaMemcpyAsync(link_dst, link_src, link_bytes, cudaMemcpyDeviceToDevice, c->s),
            "a chained step's token");
-    if (c->err.st != MK_OK || !replay_launch(c))
+    if (c->err.st != MK_OK || !replay_launch(c)) {
+        /* copies queued from the slot's staging may still read it: done before it is reused */
+        (void)cudaStreamSynchronize(c->s);
         return false;
+    }
     if (res_bytes)
         ck(c, cudaMemcpyAsync(p + CHAIN_UP, res, res_bytes, cudaMemcpyDeviceToHost, c->s),
            "a chained step's result");
@@ -173,19 +179,24 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
        "a chained step's non-finite check");
     ck(c, cudaEventRecord(c->chain_ev[slot], c->s), "a chained step's event");
     c->chain_busy[slot] = true; /* even on a failure above: step_take reports it */
+    c->chain_sig[slot] = c->rec_sig;
     c->chain_steps++;
     return true;
 }
 
-mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, int32_t *tag,
-                        int64_t *index, float *value) {
+mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, bool *stale,
+                        int32_t *tag, int64_t *index, float *value) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    *found = false;
+    *found = *stale = false;
     if (slot < 0 || slot > 1 || !c->chain_busy[slot] || res_bytes > CHAIN_RES)
         return mk_err(MK_E_INTERNAL, "CUDA backend: step_take of slot %d, which holds no chained step", slot);
+    /* waited for even after a failure: its copies read and write the slot's pinned memory */
+    const cudaError_t w = cudaEventSynchronize(c->chain_ev[slot]);
+    if (w != cudaSuccess && c->err.st == MK_OK)
+        ck(c, w, "running a chained step");
+    if (w != cudaSuccess || c->err.st != MK_OK)
+        (void)cudaStreamSynchronize(c->s); /* the event may not have been recorded */
     c->chain_busy[slot] = false;
-    if (c->err.st == MK_OK)
-        ck(c, cudaEventSynchronize(c->chain_ev[slot]), "running a chained step");
     if (c->err.st != MK_OK) {
         mk_status s = mk_err_slot_raise(&c->err);
         c->err.st = MK_OK;
@@ -202,12 +213,16 @@ mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *
         *index = (int64_t)(h.key & ((1ull << 40) - 1));
         *value = h.val;
     }
+    /* queued under other process-wide switches than now (switch_sig): the kernels of the old
+     * choice ran, as a replay would not have */
+    *stale = c->chain_sig[slot] != switch_sig();
     return MK_OK;
 }
 
 /* The last timed replay's GPU span into step_ms / step_n when its events
- * are done (the engine synchronises each step: they are, by the next
- * replay), the events made on first use. False: none to time with. */
+ * are done (a step the engine waited for: by the next replay; with steps
+ * chained one ahead, not yet: kept pending, and that replay is not timed),
+ * the events made on first use. False: none to time with. */
 bool mkb_step_time_take(mkb_ctx *c) {
     if (!c->ev[0]) {
         if (cudaEventCreate(&c->ev[0]) != cudaSuccess || cudaEventCreate(&c->ev[1]) != cudaSuccess) {

@@ -13,6 +13,7 @@ struct mk_backend {
     const mk_backend_i *i;
     void *ctx;
     void *ahead; /* the engine with a step queued ahead here (forward.c's decode lookahead) */
+    void *last;  /* the engine that last ran a step here (the same) */
 };
 
 mk_status mk_backend_create(const mk_backend_i *iface, void *ctx, mk_backend **out) {
@@ -40,3 +41,4 @@ void mk_backend_free(mk_backend *b) {
 const mk_backend_i *mk_backend_iface(const mk_backend *b) { return b->i; }
 void *mk_backend_ctx(const mk_backend *b) { return b->ctx; }
 void **mk_backend_ahead(mk_backend *b) { return &b->ahead; }
+void **mk_backend_last(mk_backend *b) { return &b->last; }

@@ -390,6 +390,7 @@ mk_status mk_engine_decode_batch(mk_engine *const *es, int n, const int32_t *ids
                       "prefill chunk, no routing observer, a family the batched step knows)", n,
                       MK_ENGINE_MAX_BATCH);
     MK_TRY(mk_engine_settle(es[0])); /* any of the backend's engines' step queued ahead */
+    *mk_backend_last(es[0]->be) = NULL; /* no engine's decode loop goes on through a batched step */
     mk_engine *e = es[0];
     const mk_config *c = e->c;
     for (int i = 0; i < n; i++) {

@@ -368,6 +368,9 @@ static mk_status engine_init(mk_engine *e, const mk_engine_opts *o) {
     }
     e->bi = mk_backend_iface(e->be);
     e->bctx = mk_backend_ctx(e->be);
+    /* another engine's step queued ahead on a shared backend: settled before this engine's
+     * uploads and sync (which would take its failure) */
+    MK_TRY(mk_engine_settle(e));
     if (c->arch == MK_ARCH_GPT_OSS && (!e->bi->sinks_window || !e->bi->clamped_swiglu))
         return mk_err(MK_E_UNSUPPORTED, "backend '%s' does not implement gpt_oss's attention sinks, "
                       "sliding window and clamped SwiGLU experts; run gpt_oss on the CPU backend",
@@ -509,6 +512,7 @@ void mk_engine_free(mk_engine *e) {
 void mk_engine_reset(mk_engine *e) {
     const mk_config *c = e->c;
     (void)mk_engine_settle(e);
+    e->la_loop = false;
     int64_t C = 2 * (int64_t)c->lin_num_k_heads * c->lin_k_head_dim +
                 (int64_t)c->lin_num_v_heads * c->lin_v_head_dim;
     for (int l = 0; l < c->num_layers; l++)
@@ -530,6 +534,7 @@ bool mk_engine_rewindable(const mk_engine *e) {
 
 mk_status mk_engine_rewind(mk_engine *e, int64_t pos) {
     MK_TRY(mk_engine_settle(e));
+    e->la_loop = false;
     if (pos < 0 || pos > e->pos)
         return mk_err(MK_E_ARG, "engine: cannot rewind to position %lld of a sequence of %lld",
                       (long long)pos, (long long)e->pos);

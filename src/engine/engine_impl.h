@@ -87,6 +87,8 @@ struct mk_engine {
                              through step_chain / step_take */
     bool la_ahead;        /* and a step may be queued ahead: no recurrent state (a step queued
                              ahead and dropped writes only cache rows at the position) */
+    bool la_loop;         /* the last call was a one-token mk_engine_forward_argmax (with the
+                             backend's last user this engine: a decode loop, so a step ahead) */
     bool la_pending;      /* the step of token la_id at position pos is queued, result slot la_slot */
     int32_t la_id;
     int la_slot;
@@ -222,6 +224,9 @@ static inline void mk_engine_tap(mk_engine *e, int l, const char *op, const floa
  * kept (NULL: none). The backend's result slots and non-finite record are
  * shared by its engines, so another engine's step first settles that one. */
 void **mk_backend_ahead(mk_backend *b);
+/* backend.c: the engine that last ran a step here (forward.c: a step is
+ * queued ahead only for an engine in a decode loop of its own) */
+void **mk_backend_last(mk_backend *b);
 /* forward.c: drop the step queued ahead on e's backend, if any (any of its
  * engines'): wait for it and clear what it found. Every entry point that
  * queues device work or moves the position calls it first, but the

@@ -688,6 +688,8 @@ static mk_status forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logits_
                          float *logits, float *hidden) {
     const mk_config *c = e->c;
     MK_TRY(mk_engine_settle(e));
+    *mk_backend_last(e->be) = e; /* mk_engine_forward_argmax sets la_loop after this */
+    e->la_loop = false;
     if (e->pos + n > e->max_ctx)
         return mk_err(MK_E_ARG, "context full: %lld tokens in cache + %lld new > max context %lld",
                       (long long)e->pos, (long long)n, (long long)e->max_ctx);
@@ -749,14 +751,16 @@ static bool la_queue(mk_engine *e, int64_t p, int slot, const int32_t *id) {
                              sizeof(int32_t), e->amax, sizeof(int32_t));
 }
 
-/* Drop e's queued step in `slot` (see above). */
+/* Drop e's queued step in `slot` (see above): wait for it and clear the
+ * device's kept non-finite finding, which is the dropped step's or, after
+ * a failure, nobody's to report later. */
 static mk_status la_drop(mk_engine *e, int slot) {
     int32_t r, tag;
     int64_t i;
     float v;
-    bool found = false;
-    mk_status st = BE(e)->step_take(CTX(e), slot, &r, sizeof r, &found, &tag, &i, &v);
-    if (found) /* the finding is the dropped step's: cleared */
+    bool found = false, stale = false;
+    mk_status st = BE(e)->step_take(CTX(e), slot, &r, sizeof r, &found, &stale, &tag, &i, &v);
+    if (found || st != MK_OK)
         (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
     return st;
 }
@@ -773,9 +777,13 @@ mk_status mk_engine_settle(mk_engine *e) {
 
 /* One greedy step through the chain: token `id` (>= 0: queued here; -1:
  * the pending step's, la_id) at e->pos, its outcome in *st; the step after
- * it queued when the cache has room. False: nothing ran (the recording
- * cannot be chained now), for the caller's usual path. */
-static bool la_run(mk_engine *e, int32_t id, int32_t *next, mk_status *st) {
+ * it queued when the engine is in a decode loop (`loop`: its last call was
+ * a one-token greedy one, and no other engine used the backend since: two
+ * engines taking turns would only drop each other's) and the cache has
+ * room. False: nothing ran (the recording cannot be chained now, or the
+ * pending step ran under settings changed since), for the caller's usual
+ * path. */
+static bool la_run(mk_engine *e, int32_t id, bool loop, int32_t *next, mk_status *st) {
     int s;
     if (id < 0) {
         s = e->la_slot;
@@ -786,24 +794,24 @@ static bool la_run(mk_engine *e, int32_t id, int32_t *next, mk_status *st) {
         if (!la_queue(e, e->pos, s, &id))
             return false;
     }
-    bool ahead = e->la_ahead && e->pos + 1 < e->max_ctx && la_queue(e, e->pos + 1, s ^ 1, NULL);
+    bool ahead = e->la_ahead && loop && e->pos + 1 < e->max_ctx && la_queue(e, e->pos + 1, s ^ 1, NULL);
     int32_t got = -1, tag = 0;
     int64_t i = 0;
     float v = 0.0f;
-    bool found = false;
-    *st = BE(e)->step_take(CTX(e), s, &got, sizeof got, &found, &tag, &i, &v);
-    if (*st != MK_OK || found) {
+    bool found = false, stale = false;
+    *st = BE(e)->step_take(CTX(e), s, &got, sizeof got, &found, &stale, &tag, &i, &v);
+    if (*st != MK_OK || found || stale) {
         if (ahead)
             (void)la_drop(e, s ^ 1);
-        if (found) {
+        if (found || *st != MK_OK) { /* cleared, as forward_chunk and take_nonfinite do */
             int32_t t2;
             int64_t i2;
             float v2;
-            (void)BE(e)->nonfinite_take(CTX(e), &t2, &i2, &v2); /* cleared, as take_nonfinite does */
-            if (*st == MK_OK)
-                *st = nonfinite_found(e, tag, i, v, e->pos, e->pos);
+            (void)BE(e)->nonfinite_take(CTX(e), &t2, &i2, &v2);
         }
-        return true;
+        if (*st == MK_OK && found)
+            *st = nonfinite_found(e, tag, i, v, e->pos, e->pos);
+        return *st != MK_OK || !stale; /* stale and clean: stepped again by the caller */
     }
     e->pos += 1;
     *next = got;
@@ -820,16 +828,17 @@ static bool la_run(mk_engine *e, int32_t id, int32_t *next, mk_status *st) {
  * step ends with the logits' check and their argmax queued after lm_head
  * (recorded with the step), and 4 bytes come back; otherwise the logits
  * come to the engine's host buffer and mk_argmax picks, as a caller would. */
-mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next) {
-    if (n < 1 || !ids || !next)
-        return mk_err(MK_E_ARG, "engine forward_argmax: bad arguments (n %lld)", (long long)n);
+static mk_status forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next) {
     mk_status st = MK_OK;
     /* decode lookahead (above): the token's step queued by the last call, or queued now */
-    if (n == 1 && e->la_pending && ids[0] == e->la_id && la_run(e, -1, next, &st))
+    void **last = mk_backend_last(e->be);
+    const bool loop = e->la_loop && *last == e;
+    *last = e;
+    if (n == 1 && e->la_pending && ids[0] == e->la_id && la_run(e, -1, true, next, &st))
         return st;
     MK_TRY(mk_engine_settle(e));
     if (n == 1 && la_can(e) && ids[0] >= 0 && ids[0] < e->c->vocab_size && e->pos < e->max_ctx &&
-        la_run(e, ids[0], next, &st))
+        la_run(e, ids[0], loop, next, &st))
         return st;
     if (e->amax) {
         e->argmax_dev = true;
@@ -842,4 +851,12 @@ mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, 
     MK_TRY(forward(e, ids, n, MK_LOGITS_LAST, e->glg, NULL));
     *next = mk_argmax(e->glg, e->c->vocab_size);
     return MK_OK;
+}
+
+mk_status mk_engine_forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int32_t *next) {
+    if (n < 1 || !ids || !next)
+        return mk_err(MK_E_ARG, "engine forward_argmax: bad arguments (n %lld)", (long long)n);
+    mk_status st = forward_argmax(e, ids, n, next);
+    e->la_loop = n == 1; /* after forward(), which ends any loop */
+    return st;
 }

@@ -46,6 +46,9 @@ size_t mk_engine_state_bytes_for(const mk_model *m) {
 }
 
 mk_status mk_engine_state_save(const mk_engine *e, void *buf) {
+    /* a step queued ahead (any engine's on this backend) first: its failure is its own to report,
+     * not this sync's to swallow; the sequence itself does not change */
+    MK_TRY(mk_engine_settle((mk_engine *)e));
     size_t conv, ssm;
     gdn_sizes(e, &conv, &ssm);
     char *p = buf;

@@ -2405,7 +2405,8 @@ static void test_step_recording(void **st) {
  * a take of an empty slot fails; another recording's id, uploads beyond the
  * staging run nothing; a NaN input's finding is the slot's (tag, index),
  * kept until nonfinite_take clears it, and the next chained step finds
- * none. The CPU backend chains nothing. */
+ * none; a step taken after a process-wide switch changed is stale. The
+ * CPU backend chains nothing. */
 static int32_t ref_argmax_wx(const double *W, const float *x, int64_t R, int64_t C) {
     int32_t best = 0;
     double bv = -INFINITY;
@@ -2463,7 +2464,7 @@ static void test_step_chain(void **st) {
         int32_t r0 = -1, r1 = -1, tag = -1;
         int64_t at = -1;
         float v = 0;
-        bool found = true;
+        bool found = true, stale = true;
         /* two steps queued before either is read; xh reused between them */
         memcpy(xh, x1, C * 4);
         mk_upload up = {dx, xh, C * 4};
@@ -2471,27 +2472,30 @@ static void test_step_chain(void **st) {
         memcpy(xh, x2, C * 4);
         assert_true(b->i->step_chain(b->ctx, id, 1, &up, 1, dtok, dam, 4, dam, 4));
         assert_false(b->i->step_chain(b->ctx, id, 1, &up, 1, NULL, NULL, 0, dam, 4)); /* slot 1 busy */
-        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK);
+        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK);
         assert_false(found);
-        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &tag, &at, &v), MK_OK);
+        assert_false(stale);
+        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &stale, &tag, &at, &v), MK_OK);
         assert_false(found);
+        assert_false(stale);
         assert_int_equal(r0, ref_argmax_wx(W, x1, R, C));
         assert_int_equal(r1, ref_argmax_wx(W, x2, R, C));
         int32_t linked = -1;
         b->i->download(b->ctx, &linked, dtok, 4);
         assert_int_equal(linked, r0); /* step 0's argmax, copied before step 1 ran */
-        assert_int_not_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK); /* empty */
+        assert_int_not_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK); /* empty */
         assert_false(b->i->step_chain(b->ctx, id + 1, 0, &up, 1, NULL, NULL, 0, dam, 4)); /* not its id */
         float *big = calloc(1 << 16, 1);
         assert_non_null(big);
-        mk_upload ubig = {dz, big, 1 << 16}; /* past the staging: refused */
+        void *dbig = dev(b, NULL, 1 << 16); /* room for it, should the refusal regress */
+        mk_upload ubig = {dbig, big, 1 << 16}; /* past the staging: refused */
         assert_false(b->i->step_chain(b->ctx, id, 0, &ubig, 1, NULL, NULL, 0, dam, 4));
         free(big);
         /* a NaN in x: every product NaN, the check keeps (TAG, 0) */
         memcpy(xh, x1, C * 4);
         xh[5] = NAN;
         assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
-        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &tag, &at, &v), MK_OK);
+        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK);
         assert_true(found);
         assert_int_equal(tag, TAG);
         assert_int_equal(at, 0);
@@ -2503,17 +2507,25 @@ static void test_step_chain(void **st) {
         assert_int_equal(t2, TAG);
         memcpy(xh, x2, C * 4);
         assert_true(b->i->step_chain(b->ctx, id, 1, &up, 1, NULL, NULL, 0, dam, 4));
-        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &tag, &at, &v), MK_OK);
+        assert_int_equal(b->i->step_take(b->ctx, 1, &r1, 4, &found, &stale, &tag, &at, &v), MK_OK);
         assert_false(found);
         assert_int_equal(r1, ref_argmax_wx(W, x2, R, C));
 #ifdef MK_HAVE_CUDA
-        assert_int_equal(mk_backend_cuda_chained(b->b), 4);
+        /* queued under one setting of a process-wide switch, taken under another: stale */
+        const bool q0 = mk_cuda_act_int8();
+        assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
+        mk_cuda_set_act_int8(!q0);
+        assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK);
+        assert_true(stale);
+        mk_cuda_set_act_int8(q0);
+        assert_int_equal(mk_backend_cuda_chained(b->b), 5);
 #endif
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
         b->i->buf_free(b->ctx, dx);
         b->i->buf_free(b->ctx, dz);
         b->i->buf_free(b->ctx, dam);
         b->i->buf_free(b->ctx, dtok);
+        b->i->buf_free(b->ctx, dbig);
         forget_w(b, &wb);
         wbuf_free(&wb);
         free(W);

@@ -162,7 +162,7 @@ static void check_lookahead(const char *dir, const mk_model *m, const int32_t *p
     int32_t *out[2];
     int chained[2], replayed[2];
     for (int w = 0; w < 2; w++) { /* both alive: the second's first call drops the first's queued step */
-        mk_engine_opts o = {.threads = 2, .max_ctx = np + ne + 1, .prefill_chunk = 512, .backend = g_be,
+        mk_engine_opts o = {.threads = 2, .max_ctx = np + ne + 2, .prefill_chunk = 512, .backend = g_be,
                             .no_lookahead = w == 1};
         if (mk_engine_create(m, &o, &es[w]) != MK_OK)
             fail_msg("engine: %s", mk_err_msg());
@@ -184,6 +184,17 @@ static void check_lookahead(const char *dir, const mk_model *m, const int32_t *p
         mk_backend_cuda_graph_stats(g_be, &built, &updated, &r1);
         replayed[w] = r1 - r0;
     }
+    /* one more token on each, not the argmax: the first engine's step queued ahead for the argmax
+     * was dropped by the second engine's first call, and its cache row must be overwritten */
+    int32_t extra[2];
+    const int c1 = mk_backend_cuda_chained(g_be);
+    for (int w = 0; w < 2; w++) {
+        int32_t feed = (out[0][ne] + 2) % V;
+        assert_int_equal(mk_engine_forward_argmax(es[w], &feed, 1, &extra[w]), MK_OK);
+        if (w == 0)
+            chained[0] += mk_backend_cuda_chained(g_be) - c1;
+    }
+    assert_int_equal(extra[0], extra[1]);
     /* chained where steps replay (no MoE layer on the general path, no DSA); queued ahead where a
      * dropped step leaves nothing behind (no recurrent state) */
     const bool chain = replayed[1] > 0 && !mk_model_config(m)->dsa, ahead = chain && mk_engine_rewindable(es[0]);
@@ -197,7 +208,8 @@ static void check_lookahead(const char *dir, const mk_model *m, const int32_t *p
     assert_int_equal(same, ne + 1);
     /* one-token steps 0 and 1 run unrecorded and recorded; ahead: step 2 queues itself and the
      * next (2), steps 3 .. ne-1 the next (ne - 3), the fed non-argmax once more itself (1); not
-     * ahead: steps 2 .. ne-1 each itself */
+     * ahead: steps 2 .. ne-1 each itself; the extra step none (the backend's recording is the
+     * other engine's: it records its step again) */
     assert_int_equal(chained[0], ahead ? ne : chain ? ne - 2 : 0);
     assert_int_equal(chained[1], 0);
     free(out[0]);
