@@ -124,6 +124,16 @@ bool mk_gen_decoding(const mk_gen_seq *s);
 mk_status mk_gen_sample(mk_gen_seq *s, bool *done, int32_t *next);
 float *mk_gen_feed_buf(mk_gen_seq *s);
 void mk_gen_fed(mk_gen_seq *s, mk_status st);
+/* A plain-greedy sequence (greedy sampler, no logits or mask observer: its
+ * next token is the argmax and nothing reads its logits) may be fed with
+ * mk_engine_forward_argmax instead: the caller passes that call's status
+ * and token here in place of the logits and mk_gen_fed. On a device
+ * backend that skips the logits' download, and consecutive greedy steps
+ * queue one ahead (mk_engine_forward_argmax's decode lookahead). A
+ * sequence that is not plain-greedy, fed this way, ends (it has no logits
+ * to sample from). */
+bool mk_gen_greedy(const mk_gen_seq *s);
+void mk_gen_fed_id(mk_gen_seq *s, mk_status st, int32_t next);
 /* Prompt tokens prefilled so far (cached ones included) and tokens generated. */
 int64_t mk_gen_prefilled(const mk_gen_seq *s);
 int64_t mk_gen_generated(const mk_gen_seq *s);

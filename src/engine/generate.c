@@ -242,6 +242,18 @@ void mk_gen_fed(mk_gen_seq *s, mk_status st) {
     }
 }
 
+bool mk_gen_greedy(const mk_gen_seq *s) { return s->argmax; }
+
+void mk_gen_fed_id(mk_gen_seq *s, mk_status st, int32_t next) {
+    s->pending = false;
+    if (st == MK_OK && s->argmax)
+        s->next = next;
+    if ((st != MK_OK || !s->argmax) && !s->done) { /* not greedy: it has no logits to sample from */
+        s->done = true;
+        s->t_end = now_s();
+    }
+}
+
 void mk_gen_end(mk_gen_seq *s, mk_gen_result *r) {
     if (r)
         memset(r, 0, sizeof *r);

@@ -586,6 +586,12 @@ static void decode_step(mk_server *s) {
                 mk_gen_fed(s->b_slot[i]->seq, st);
                 s->b_st[i] = st;
             }
+        } else if (mk_gen_greedy(s->b_slot[g]->seq)) {
+            /* greedy and alone: the token, not the logits (on CUDA the argmax stays on the device
+             * and the next step is queued ahead while this one's token is streamed) */
+            int32_t nx = -1;
+            s->b_st[g] = mk_engine_forward_argmax(s->b_eng[g], &s->b_ids[g], 1, &nx);
+            mk_gen_fed_id(s->b_slot[g]->seq, s->b_st[g], nx);
         } else {
             s->b_st[g] = mk_engine_forward(s->b_eng[g], &s->b_ids[g], 1, MK_LOGITS_LAST,
                                            mk_gen_feed_buf(s->b_slot[g]->seq), NULL);

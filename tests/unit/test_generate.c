@@ -134,6 +134,56 @@ static void test_greedy_matches_reference(void **st) {
     fx_close(&f);
 }
 
+/* The two halves with the token fed by mk_engine_forward_argmax instead of
+ * logits (mk_gen_fed_id: the server's greedy single-sequence step)
+ * reproduce the reference tokens; a sequence with a logits observer is not
+ * greedy, and fed so it ends. */
+static void test_fed_by_id(void **st) {
+    (void)st;
+    fx f;
+    fx_open(&f);
+    for (int way = 0; way < 2; way++) {
+        mk_engine *e = engine(&f, f.np + f.nw);
+        int calls = 0;
+        mk_gen_opts o = {.max_tokens = f.nw, .sampler = f.smp};
+        if (way == 1) {
+            o.on_logits = count_logits;
+            o.user = &calls;
+        }
+        mk_gen_seq *s;
+        assert_int_equal(mk_gen_begin(e, f.prompt, f.np, &o, &s), MK_OK);
+        assert_int_equal(mk_gen_greedy(s), way == 0);
+        bool done = false;
+        while (!done && !mk_gen_decoding(s))
+            assert_int_equal(mk_gen_step(s, &done), MK_OK);
+        int fed = 0;
+        while (!done) {
+            int32_t next = -1, nx = -1;
+            assert_int_equal(mk_gen_sample(s, &done, &next), MK_OK);
+            if (done)
+                break;
+            mk_status r = mk_engine_forward_argmax(e, &next, 1, &nx);
+            assert_int_equal(r, MK_OK);
+            mk_gen_fed_id(s, r, nx);
+            fed++;
+        }
+        mk_gen_result r;
+        mk_gen_end(s, &r);
+        if (way == 0) {
+            assert_int_equal(r.n, f.nw);
+            assert_memory_equal(r.ids, f.want, (size_t)f.nw * sizeof(int32_t));
+            assert_int_equal(fed, f.nw - 1);
+        } else { /* the prefill's logits gave one token, then the id-fed step ended it */
+            assert_int_equal(r.n, 1);
+            assert_int_equal(r.ids[0], f.want[0]);
+            assert_int_equal(fed, 1);
+        }
+        free(r.ids);
+        mk_engine_free(e);
+    }
+    fx_close(&f);
+}
+
 /* The loop in steps (the server's scheduler): a prefill of one token per
  * step, and a prompt whose head is already in the engine (a prompt cache:
  * here the reference's prompt and its first 5 generated tokens, of which
@@ -285,6 +335,7 @@ static void test_fit_chat(void **st) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_greedy_matches_reference),
+        cmocka_unit_test(test_fed_by_id),
         cmocka_unit_test(test_steps_and_cache),
         cmocka_unit_test(test_stops),
         cmocka_unit_test(test_fit_chat),
