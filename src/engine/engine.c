@@ -492,6 +492,8 @@ void mk_engine_free(mk_engine *e) {
         return;
     if (e->be && *mk_backend_ahead(e->be) == e)
         (void)mk_engine_settle(e); /* its step queued ahead: the backend may outlive it */
+    if (e->be && *mk_backend_last(e->be) == e)
+        *mk_backend_last(e->be) = NULL;
     if (e->own_store)
         mk_expert_store_free(e->store);
     if (e->arena)
