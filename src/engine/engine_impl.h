@@ -232,6 +232,9 @@ void **mk_backend_last(mk_backend *b);
  * queues device work or moves the position calls it first, but the
  * greedy call that feeds the token the step was queued for. */
 mk_status mk_engine_settle(mk_engine *e);
+/* forward.c: the next mk_engine_forward_argmax gives the last token its
+ * caller wants (generate.c: max_tokens): no step is queued ahead of it. */
+void mk_engine_no_ahead(mk_engine *e);
 
 /* Fill e->cos/e->sin for positions pos0 .. pos0+n-1. */
 void mk_engine_rope_tables(mk_engine *e, int64_t pos0, int64_t n);

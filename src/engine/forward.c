@@ -765,6 +765,8 @@ static mk_status la_drop(mk_engine *e, int slot) {
     return st;
 }
 
+void mk_engine_no_ahead(mk_engine *e) { e->la_loop = false; }
+
 mk_status mk_engine_settle(mk_engine *e) {
     void **own = mk_backend_ahead(e->be);
     mk_engine *o = (mk_engine *)*own;
@@ -834,7 +836,7 @@ static mk_status forward_argmax(mk_engine *e, const int32_t *ids, int64_t n, int
     void **last = mk_backend_last(e->be);
     const bool loop = e->la_loop && *last == e;
     *last = e;
-    if (n == 1 && e->la_pending && ids[0] == e->la_id && la_run(e, -1, true, next, &st))
+    if (n == 1 && e->la_pending && ids[0] == e->la_id && la_run(e, -1, loop, next, &st))
         return st;
     MK_TRY(mk_engine_settle(e));
     if (n == 1 && la_can(e) && ids[0] >= 0 && ids[0] < e->c->vocab_size && e->pos < e->max_ctx &&

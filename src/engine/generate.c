@@ -9,6 +9,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "engine/engine_impl.h" /* mk_engine_no_ahead */
 #include "moekit/generate.h"
 
 static double now_s(void) {
@@ -167,11 +168,20 @@ static void sample_next(mk_gen_seq *s, int32_t *next) {
     *next = id;
 }
 
+/* The forward about to run gives the last token max_tokens allows: the
+ * engine queues no step ahead of it (its decode lookahead), which nothing
+ * would take. */
+static void last_forward(mk_gen_seq *s) {
+    if (s->argmax && s->nh - s->np + 1 >= s->o.max_tokens)
+        mk_engine_no_ahead(s->e);
+}
+
 static mk_status decode_step(mk_gen_seq *s) {
     int32_t id;
     sample_next(s, &id);
     if (s->done)
         return MK_OK;
+    last_forward(s);
     mk_status st = s->argmax ? mk_engine_forward_argmax(s->e, &id, 1, &s->next)
                              : mk_engine_forward(s->e, &id, 1, MK_LOGITS_LAST, s->logits, NULL);
     if (st != MK_OK)
@@ -189,11 +199,13 @@ mk_status mk_gen_step(mk_gen_seq *s, bool *done) {
         if (s->o.prefill_step > 0 && n > s->o.prefill_step)
             n = s->o.prefill_step;
         bool last = s->pf + n == s->np;
-        if (last && s->argmax)
+        if (last && s->argmax) {
+            last_forward(s);
             st = mk_engine_forward_argmax(s->e, s->hist + s->pf, n, &s->next);
-        else
+        } else {
             st = mk_engine_forward(s->e, s->hist + s->pf, n, last ? MK_LOGITS_LAST : MK_LOGITS_NONE,
                                    last ? s->logits : NULL, NULL);
+        }
         s->pf += n;
         if (last)
             s->t1 = now_s();
@@ -221,6 +233,8 @@ mk_status mk_gen_sample(mk_gen_seq *s, bool *done, int32_t *next) {
     if (!s->done) {
         sample_next(s, next);
         s->pending = !s->done;
+        if (s->pending)
+            last_forward(s); /* the caller's mk_engine_forward_argmax (mk_gen_fed_id) */
     }
     if (s->done && !s->t_end)
         s->t_end = now_s();
