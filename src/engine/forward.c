@@ -811,9 +811,9 @@ static bool la_run(mk_engine *e, int32_t id, bool loop, int32_t *next, mk_status
             float v2;
             (void)BE(e)->nonfinite_take(CTX(e), &t2, &i2, &v2);
         }
-        if (*st == MK_OK && found)
+        if (*st == MK_OK && found && !stale)
             *st = nonfinite_found(e, tag, i, v, e->pos, e->pos);
-        return *st != MK_OK || !stale; /* stale and clean: stepped again by the caller */
+        return *st != MK_OK || !stale; /* stale (its finding too): stepped again by the caller */
     }
     e->pos += 1;
     *next = got;
