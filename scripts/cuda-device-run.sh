@@ -11,7 +11,9 @@
 # MK_TARGETS more targets to build (e.g. moekit_cli); MK_NO_BENCH=1 skips
 # bench_cuda_moe; MK_AFTER a command run after the tests (fixture checks);
 # MK_TEST_TIMEOUT seconds per test (default 120; test_backend_ops runs its
-# table once per CPU kernel path before the CUDA one and needs more).
+# table once per CPU kernel path before the CUDA one and needs more);
+# MK_PREBUILT=DIR takes the binaries from DIR/bin.tar.xz (and DIR/*.deb)
+# instead of building (scripts/cuda-prebuilt.sh packs them; carry DIR).
 set -uo pipefail
 debs=$1 out=$2
 shift 2
@@ -31,14 +33,24 @@ PKGCFG=$(command -v pkg-config || true)
 [ -z "$PKGCFG" ] && PKGCFG=$D/usr/bin/pkgconf
 command -v cc gcc g++ ninja cmake pkg-config; echo "== host: $(uname -m), $(nproc) cores; nvcc $(nvcc --version | tail -1); cc $(cc --version | head -1); pkg-config $PKGCFG"
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
-gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
-cmake -S . -B build-cuda "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKG_CONFIG_EXECUTABLE="$PKGCFG" \
-    -DCMAKE_C_FLAGS="-I$D/usr/include" 2>&1 | tee "$out/configure.log" | grep -E "MK_CUDA|Error|error" 
 tests=${MK_TESTS:-test_cuda_gemv test_cuda_moe test_backend_ops}
 bench=bench_cuda_moe
 [ -n "${MK_NO_BENCH:-}" ] && bench=
-# shellcheck disable=SC2086
-cmake --build build-cuda -j16 --target $tests $bench ${MK_TARGETS:-} 2>&1 | tee "$out/build.log" | grep -E "error|warning" | head -30
+if [ -n "${MK_PREBUILT:-}" ]; then
+    # binaries built and packed on the session's machine (scripts/cuda-prebuilt.sh): no build
+    # here, minutes of device time saved; their extra runtime packages (.debs) beside them
+    for f in "$MK_PREBUILT"/*.deb; do [ -f "$f" ] && dpkg -x "$f" "$D"; done
+    mkdir -p build-cuda && tar -xJf "$MK_PREBUILT/bin.tar.xz" -C build-cuda || exit 1
+    echo "== prebuilt: $(tar -tJf "$MK_PREBUILT/bin.tar.xz" | tr '\n' ' ')"
+    ldd build-cuda/* 2>/dev/null | grep "not found" && echo "prebuilt binaries miss libraries"
+else
+    gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
+    cmake -S . -B build-cuda "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKG_CONFIG_EXECUTABLE="$PKGCFG" \
+        -DCMAKE_C_FLAGS="-I$D/usr/include" 2>&1 | tee "$out/configure.log" | grep -E "MK_CUDA|Error|error"
+    # shellcheck disable=SC2086
+    cmake --build build-cuda -j16 --target $tests $bench ${MK_TARGETS:-} 2>&1 | tee "$out/build.log" |
+        grep -E "error|warning" | head -30
+fi
 rc=0
 for t in $tests; do
     echo "== $t"
