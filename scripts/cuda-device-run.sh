@@ -51,14 +51,17 @@ else
     cmake --build build-cuda -j16 --target $tests $bench ${MK_TARGETS:-} 2>&1 | tee "$out/build.log" |
         grep -E "error|warning" | head -30
 fi
+echo "== time: setup and build ${SECONDS} s" | tee -a "$out/timing.log"
 rc=0
 for t in $tests; do
     echo "== $t"
     timeout ${MK_TEST_TIMEOUT:-120} ./build-cuda/$t 2>&1 | tee "$out/$t.log" | grep -vE "^\[ *(RUN|OK) " || rc=1
 done
+echo "== time: tests done at ${SECONDS} s" | tee -a "$out/timing.log"
 if [ -n "${MK_AFTER:-}" ]; then
     echo "== $MK_AFTER"
     bash -c "$MK_AFTER" || rc=1
+    echo "== time: MK_AFTER done at ${SECONDS} s" | tee -a "$out/timing.log"
 fi
 if [ -z "$bench" ]; then
     exit $rc
