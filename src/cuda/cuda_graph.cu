@@ -54,20 +54,30 @@ uint64_t mkb_step_last(void *ctx) { return ((mkb_ctx *)ctx)->rec_id; }
 
 static bool replay_launch(mkb_ctx *c);
 
-/* a runtime call's failure kept for step_take / sync to report (as cuda_backend.cu's) */
+/* a runtime call's failure kept for step_take / sync to report (cuda_backend.cu's own ck, which
+ * is static there) */
 static void ck(mkb_ctx *c, cudaError_t e, const char *what) {
     if (e != cudaSuccess)
         mkb_fail(c, mkc_fail(e, what));
 }
 
-bool mkb_step_replay(void *ctx, uint64_t id) {
-    mkb_ctx *c = (mkb_ctx *)ctx;
+/* Whether recording `id` may run now: still the backend's, nothing being
+ * recorded or failed, and recorded under the switches in force (else it is
+ * dropped: it would run the old choice of kernels). */
+static bool replayable(mkb_ctx *c, uint64_t id) {
     if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK)
         return false;
     if (switch_sig() != c->rec_sig) { /* recorded under other switches */
         mkb_graph_free(c);
         return false;
     }
+    return true;
+}
+
+bool mkb_step_replay(void *ctx, uint64_t id) {
+    mkb_ctx *c = (mkb_ctx *)ctx;
+    if (!replayable(c, id))
+        return false;
     if (c->xc) {
         mkb_xcache_tick(c); /* a step boundary: slots published, counts taken, copies started */
         if (c->err.st != MK_OK)
@@ -140,13 +150,8 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
         return false;
     /* an expert cache in VRAM steps on the host at every replay (mkb_xcache_tick): its counts
      * and copies follow the replays one at a time */
-    if (!id || id != c->rec_id || !c->exec || c->recording || c->err.st != MK_OK || c->xc ||
-        (c->expert_cache && c->host_layers > 0))
+    if (c->xc || (c->expert_cache && c->host_layers > 0) || !replayable(c, id))
         return false;
-    if (switch_sig() != c->rec_sig) {
-        mkb_graph_free(c);
-        return false;
-    }
     size_t total = 0;
     for (int i = 0; i < nup; i++)
         total += (ups[i].bytes + 15) & ~(size_t)15;

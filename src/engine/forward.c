@@ -751,9 +751,17 @@ static bool la_queue(mk_engine *e, int64_t p, int slot, const int32_t *id) {
                              sizeof(int32_t), e->amax, sizeof(int32_t));
 }
 
-/* Drop e's queued step in `slot` (see above): wait for it and clear the
- * device's kept non-finite finding, which is the dropped step's or, after
- * a failure, nobody's to report later. */
+/* Clear the device's kept non-finite finding (taken and not reported).
+ * la_drop: drop e's queued step in `slot` (see above): wait for it and
+ * clear the finding, which is the dropped step's or, after a failure,
+ * nobody's to report later. */
+static void la_clear(mk_engine *e) {
+    int32_t tag;
+    int64_t i;
+    float v;
+    (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
+}
+
 static mk_status la_drop(mk_engine *e, int slot) {
     int32_t r, tag;
     int64_t i;
@@ -761,7 +769,7 @@ static mk_status la_drop(mk_engine *e, int slot) {
     bool found = false, stale = false;
     mk_status st = BE(e)->step_take(CTX(e), slot, &r, sizeof r, &found, &stale, &tag, &i, &v);
     if (found || st != MK_OK)
-        (void)BE(e)->nonfinite_take(CTX(e), &tag, &i, &v);
+        la_clear(e);
     return st;
 }
 
@@ -805,12 +813,8 @@ static bool la_run(mk_engine *e, int32_t id, bool loop, int32_t *next, mk_status
     if (*st != MK_OK || found || stale) {
         if (ahead)
             (void)la_drop(e, s ^ 1);
-        if (found || *st != MK_OK) { /* cleared, as forward_chunk and take_nonfinite do */
-            int32_t t2;
-            int64_t i2;
-            float v2;
-            (void)BE(e)->nonfinite_take(CTX(e), &t2, &i2, &v2);
-        }
+        if (found || *st != MK_OK)
+            la_clear(e); /* as forward_chunk and take_nonfinite do */
         if (*st == MK_OK && found && !stale)
             *st = nonfinite_found(e, tag, i, v, e->pos, e->pos);
         return *st != MK_OK || !stale; /* stale (its finding too): stepped again by the caller */

@@ -284,14 +284,8 @@ static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos
     std::vector<float> kc2 = kc, vc2 = vc, q1 = q, k1 = kn, q2 = q, k2 = kn;
     std::vector<float> out1((size_t)nq * hd, NAN), out2((size_t)nq * hd, NAN);
     const unsigned vt = mkc_norm_threads(hd);
-    mk_attn_args a = {};
-    a.n = 1;
-    a.pos0 = pos;
-    a.n_heads = nq;
-    a.n_kv = nk;
-    a.dk = hd;
-    a.dv = hd;
-    a.scale = 1.0f / sqrtf((float)hd);
+    /* q, caches, new k row and output set per walk (run below) */
+    mk_attn_args a = token_args(nullptr, nullptr, nullptr, nullptr, nq, nk, hd, hd, pos, 0, nullptr);
     a.v_new = vn.data();
     const unsigned nb = (unsigned)nq;
     std::vector<float> part((size_t)nb * ATT_SPLIT * (hd + 2), NAN);
