@@ -740,6 +740,9 @@ void mk_ecli_mem_stats(const mk_ecli_mem *mm, FILE *f) {
             (unsigned long long)mk_cli_peak_rss(), mk_cli_sanitized(), mm->stream);
     if (!mm->store)
         return;
+    /* guesses still in flight end and are counted; refused only after a run that stopped
+     * mid-layer (an error), whose counts are printed as they stand */
+    (void)mk_expert_store_settle(mm->store);
     mk_expert_stats st;
     mk_expert_store_stats(mm->store, &st);
     double hit = st.uses ? (double)st.hits / (double)st.uses : 0.0;

@@ -111,6 +111,12 @@ typedef struct mk_expert_store_i {
      * made from that range: backend.h host_changed). NULL: a store whose
      * views never change (resident). */
     bool (*changed)(void *ctx, int layer, int e, const void **base, size_t *len);
+    /* (optional) Wait for every read still in flight (guesses) to end and
+     * count it, so stats afterwards account for every guess made so far (a
+     * guess's read may still be in flight when a token's forward returns).
+     * Between tokens only: MK_E_ARG while announced experts are not all
+     * taken. NULL: a store with no reads of its own in flight. */
+    mk_status (*settle)(void *ctx);
 } mk_expert_store_i;
 
 typedef struct mk_expert_store mk_expert_store;
@@ -195,6 +201,8 @@ mk_status mk_expert_store_fill(mk_expert_store *s, const mk_fill_opts *o);
 mk_status mk_expert_store_prefetch(mk_expert_store *s, int layer, const int *experts, int n);
 /* Whether the store acts on guesses. */
 bool mk_expert_store_can_prefetch(const mk_expert_store *s);
+/* The table's settle (MK_OK for a store without it). */
+mk_status mk_expert_store_settle(mk_expert_store *s);
 const char *mk_expert_store_name(const mk_expert_store *s);
 bool mk_expert_store_all_ready(const mk_expert_store *s); /* the table's all_ready */
 /* After next() handed out expert e of `layer`: whether its views' bytes

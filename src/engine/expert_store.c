@@ -64,6 +64,8 @@ mk_status mk_expert_store_fill(mk_expert_store *s, const mk_fill_opts *o) {
 
 bool mk_expert_store_can_prefetch(const mk_expert_store *s) { return s->i->prefetch != NULL; }
 
+mk_status mk_expert_store_settle(mk_expert_store *s) { return s->i->settle ? s->i->settle(s->ctx) : MK_OK; }
+
 const char *mk_expert_store_name(const mk_expert_store *s) { return s->i->name; }
 
 bool mk_expert_store_all_ready(const mk_expert_store *s) {

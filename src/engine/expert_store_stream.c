@@ -822,6 +822,25 @@ static void st_stats(void *ctx, mk_expert_stats *out) {
                           : -1.0;
 }
 
+/* Between tokens every announced expert was handed out, so what is still
+ * in flight is guesses: a failed one is dropped (and counted) by pump. */
+static mk_status st_settle(void *ctx) {
+    stream *s = ctx;
+    if (s->handed < s->n)
+        return mk_err(MK_E_ARG, "expert store: settle while %d experts of layer %d are not taken",
+                      s->n - s->handed, s->layer);
+    mk_status st = MK_OK;
+    while (s->rd && mk_reader_pending(s->rd) > 0) {
+        bool got;
+        mk_status r = pump(s, true, &got);
+        if (st == MK_OK)
+            st = r; /* the first error is the one to report; drain the rest */
+        if (!got)
+            break;
+    }
+    return st;
+}
+
 static void st_free(void *ctx) {
     stream *s = ctx;
     if (!s)
@@ -858,6 +877,7 @@ static const mk_expert_store_i g_stream = {
     .free = st_free,
     .stats = st_stats,
     .changed = st_changed,
+    .settle = st_settle,
 };
 
 mk_status mk_expert_store_stream(const mk_model *m, const mk_stream_opts *o, mk_expert_store **out) {

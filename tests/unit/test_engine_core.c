@@ -154,7 +154,7 @@ static void cnt_release(void *ctx, int layer, int e) {
 static void cnt_free(void *ctx) { (void)ctx; }
 
 static const mk_expert_store_i g_counting = {"counting", cnt_acquire, cnt_next, cnt_release,
-                                             cnt_free, NULL, NULL, false, NULL, NULL};
+                                             cnt_free, NULL, NULL, false, NULL, NULL, NULL};
 
 static void test_expert_store_seam(void **s) {
     (void)s;

@@ -1114,6 +1114,10 @@ static void test_prefetch_failures(void **st) {
             mk_status fs = MK_OK;
             for (int i = NTOK / 2; i < NTOK && fs == MK_OK; i++)
                 fs = mk_engine_forward(e, ids + i, 1, MK_LOGITS_ALL, got + (size_t)i * (size_t)c->vocab_size, NULL);
+            /* a guess may still be in flight: its read (the failing one, perhaps) ends, and is
+             * counted, under the armed fault before the counts are read */
+            if (fs == MK_OK)
+                assert_int_equal(mk_expert_store_settle(s), MK_OK);
             int reads = mk_test_fault_disarm();
             mk_expert_stats es;
             mk_expert_store_stats(s, &es);
@@ -1161,6 +1165,58 @@ static void test_prefetch_failures(void **st) {
     mk_model_free(str);
 }
 
+/* settle waits out the guesses still in flight and counts them: four guesses whose
+ * reads all fail are all counted as dropped once settle returns (before it, only an
+ * acquire that met them would have drained them); mid-layer it is refused; the
+ * store then serves those experts as ordinary misses. */
+static void test_settle(void **st) {
+    (void)st;
+    const char *dir = mk_test_fixture("tiny-qwen35moe/bf16");
+    if (!dir)
+        skip();
+    mk_model *m = NULL;
+    mk_model_opts so = {.stream_experts = true};
+    assert_int_equal(mk_model_open_ex(dir, &so, &m), MK_OK);
+    const mk_config *c = mk_model_config(m);
+    int layer = c->num_layers - 1;
+    assert_true(c->num_experts >= 4 && c->num_experts_per_tok <= 4);
+    for (int io = 1; io <= 2; io++) {
+        mk_stream_opts o = {.cache_bytes = 3 * (uint64_t)c->num_experts_per_tok * mk_expert_store_slot_bytes(m),
+                            .io = io};
+        mk_expert_store *s = NULL;
+        mk_status cs = mk_expert_store_stream(m, &o, &s);
+        if (cs == MK_E_UNSUPPORTED && io == 1)
+            continue;
+        assert_int_equal(cs, MK_OK);
+        int ex[4] = {0, 1, 2, 3};
+        mk_test_fault_arm(0, true, false); /* every read fails */
+        assert_int_equal(mk_expert_store_prefetch(s, layer, ex, 4), MK_OK);
+        assert_int_equal(mk_expert_store_settle(s), MK_OK);
+        int reads = mk_test_fault_disarm();
+        mk_expert_stats es;
+        mk_expert_store_stats(s, &es);
+        assert_int_equal(es.pf_issued, 4);
+        assert_int_equal(es.pf_failed, 4);
+        assert_true(reads >= 4);
+        /* mid-layer: refused, naming the experts not taken */
+        int n = c->num_experts_per_tok, e;
+        const mk_expert *v = NULL;
+        assert_int_equal(mk_expert_store_acquire(s, layer, ex, n), MK_OK);
+        assert_int_equal(mk_expert_store_settle(s), MK_E_ARG);
+        assert_non_null(strstr(mk_err_msg(), "not taken"));
+        for (int i = 0; i < n; i++) {
+            assert_int_equal(mk_expert_store_next(s, layer, &e, &v), MK_OK);
+            mk_expert_store_release(s, layer, e);
+        }
+        assert_int_equal(mk_expert_store_settle(s), MK_OK);
+        mk_expert_store_stats(s, &es);
+        assert_int_equal(es.uses, (uint64_t)n);
+        assert_int_equal(es.hits + es.pf_hits, 0); /* the dropped guesses served nothing */
+        mk_expert_store_free(s);
+    }
+    mk_model_free(m);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_hf_per_expert), cmocka_unit_test(test_fp8),
@@ -1169,7 +1225,7 @@ int main(void) {
         cmocka_unit_test(test_dsa),
         cmocka_unit_test(test_gptoss),
         cmocka_unit_test(test_ct_int4),       cmocka_unit_test(test_mlx_stacks),
-        cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures),
+        cmocka_unit_test(test_read_failures), cmocka_unit_test(test_prefetch_failures), cmocka_unit_test(test_settle),
         cmocka_unit_test(test_device_copies), cmocka_unit_test(test_streamed_cuda),
         cmocka_unit_test(test_packed_hf),     cmocka_unit_test(test_packed_qwen3next_mlx),
         cmocka_unit_test(test_packed_quantized), cmocka_unit_test(test_packed_fused_refused),
