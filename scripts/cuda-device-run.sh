@@ -42,8 +42,14 @@ if [ -n "${MK_PREBUILT:-}" ]; then
     for f in "$MK_PREBUILT"/*.deb; do [ -f "$f" ] && dpkg -x "$f" "$D"; done
     mkdir -p build-cuda && tar -xJf "$MK_PREBUILT/bin.tar.xz" -C build-cuda || exit 1
     echo "== prebuilt: $(tar -tJf "$MK_PREBUILT/bin.tar.xz" | tr '\n' ' ')"
-    ldd build-cuda/* 2>/dev/null | grep "not found" && echo "prebuilt binaries miss libraries"
-else
+    if ldd build-cuda/* 2>&1 | grep "not found"; then
+        # e.g. an older glibc than the session machine's: build after all (minutes, but a result)
+        echo "== prebuilt binaries miss libraries: building here instead"
+        rm -rf build-cuda
+        MK_PREBUILT=
+    fi
+fi
+if [ -z "${MK_PREBUILT:-}" ]; then
     gen=(); command -v ninja >/dev/null && gen=(-G Ninja)
     cmake -S . -B build-cuda "${gen[@]}" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPKG_CONFIG_EXECUTABLE="$PKGCFG" \
         -DCMAKE_C_FLAGS="-I$D/usr/include" 2>&1 | tee "$out/configure.log" | grep -E "MK_CUDA|Error|error"
