@@ -38,7 +38,7 @@ void mkb_launched(mkb_ctx *c, const char *what) {
         mkb_fail(c, mkc_fail(e, what));
 }
 
-static void ck(mkb_ctx *c, cudaError_t e, const char *what) {
+void mkb_ck(mkb_ctx *c, cudaError_t e, const char *what) {
     if (e != cudaSuccess)
         mkb_fail(c, mkc_fail(e, what));
 }
@@ -86,28 +86,28 @@ static void cu_upload(void *ctx, void *dst, const void *src, size_t bytes) {
     if (recording_refuses(c, "upload"))
         return;
     if (bytes) /* pageable source: returns once the source is staged */
-        ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->s), "upload to the device");
+        mkb_ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->s), "upload to the device");
 }
 
 static void cu_download(void *ctx, void *dst, const void *src, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (!bytes || recording_refuses(c, "download"))
         return;
-    ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->s), "download from the device");
-    ck(c, cudaStreamSynchronize(c->s), "download from the device");
+    mkb_ck(c, cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->s), "download from the device");
+    mkb_ck(c, cudaStreamSynchronize(c->s), "download from the device");
 }
 
 static void cu_zero(void *ctx, void *dst, size_t bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (bytes)
-        ck(c, cudaMemsetAsync(dst, 0, bytes, c->s), "zeroing device memory");
+        mkb_ck(c, cudaMemsetAsync(dst, 0, bytes, c->s), "zeroing device memory");
 }
 
 static mk_status cu_sync(void *ctx) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (recording_refuses(c, "sync"))
         return mk_err(MK_E_INTERNAL, "CUDA backend: sync while a step is being recorded");
-    ck(c, cudaStreamSynchronize(c->s), "running queued device work");
+    mkb_ck(c, cudaStreamSynchronize(c->s), "running queued device work");
     mk_status s = mk_err_slot_raise(&c->err);
     c->err.st = MK_OK;
     c->err.msg[0] = '\0';
@@ -172,14 +172,14 @@ static int64_t cu_find_nonfinite(void *ctx, const float *x, int64_t n) {
     if (n <= 0 || recording_refuses(c, "find_nonfinite"))
         return -1;
     unsigned long long first = ~0ull;
-    ck(c, cudaMemcpyAsync(c->nf, &first, sizeof first, cudaMemcpyHostToDevice, c->s), "find_nonfinite");
+    mkb_ck(c, cudaMemcpyAsync(c->nf, &first, sizeof first, cudaMemcpyHostToDevice, c->s), "find_nonfinite");
     unsigned blocks = mkb_blocks(n, 256);
     if (blocks > 4096)
         blocks = 4096; /* grid-stride loop */
     k_nonfinite<<<blocks, 256, 0, c->s>>>(x, n, c->nf);
     mkb_launched(c, "find_nonfinite");
-    ck(c, cudaMemcpyAsync(&first, c->nf, sizeof first, cudaMemcpyDeviceToHost, c->s), "find_nonfinite");
-    ck(c, cudaStreamSynchronize(c->s), "find_nonfinite");
+    mkb_ck(c, cudaMemcpyAsync(&first, c->nf, sizeof first, cudaMemcpyDeviceToHost, c->s), "find_nonfinite");
+    mkb_ck(c, cudaStreamSynchronize(c->s), "find_nonfinite");
     return c->err.st != MK_OK || first == ~0ull ? -1 : (int64_t)first;
 }
 
@@ -220,11 +220,11 @@ static bool cu_nonfinite_take(void *ctx, int32_t *tag, int64_t *index, float *va
     if (recording_refuses(c, "nonfinite_take"))
         return false;
     mkb_nfl h;
-    ck(c, cudaMemcpyAsync(&h, c->nfl, sizeof h, cudaMemcpyDeviceToHost, c->s), "reading the non-finite check");
-    ck(c, cudaStreamSynchronize(c->s), "reading the non-finite check");
+    mkb_ck(c, cudaMemcpyAsync(&h, c->nfl, sizeof h, cudaMemcpyDeviceToHost, c->s), "reading the non-finite check");
+    mkb_ck(c, cudaStreamSynchronize(c->s), "reading the non-finite check");
     if (c->err.st != MK_OK || h.key == ~0ull)
         return false; /* a recorded failure is sync's to report */
-    ck(c, cudaMemsetAsync(&c->nfl->key, 0xff, sizeof h.key, c->s), "clearing the non-finite check");
+    mkb_ck(c, cudaMemsetAsync(&c->nfl->key, 0xff, sizeof h.key, c->s), "clearing the non-finite check");
     *tag = (int32_t)(h.key >> 40);
     *index = (int64_t)(h.key & ((1ull << 40) - 1));
     *value = h.val;
@@ -679,7 +679,7 @@ extern "C" mk_status mk_backend_cuda_create(int device, mk_backend **out) {
  * read them). */
 static void forget_host(mkb_ctx *c, const void *host_data) {
     mkb_fold_flush(c); /* a held-back step may read a dropped norm weight */
-    ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
+    mkb_ck(c, cudaStreamSynchronize(c->s), "waiting before dropping a weight");
     mkb_graph_free(c); /* a recorded step may read the dropped copies */
     mkb_moe_forget(c, host_data);
     mkb_entry **pp = &c->tab[bucket(c, host_data)];
@@ -781,7 +781,7 @@ static void cu_host_changed(void *ctx, const void *p0, size_t n) {
     if (moved)
         mkb_graph_free(c); /* a recorded step may read the moved copies */
     if (c->nspare > MKB_SPARE_MAX) {
-        ck(c, cudaStreamSynchronize(c->s), "waiting before freeing spare weight copies");
+        mkb_ck(c, cudaStreamSynchronize(c->s), "waiting before freeing spare weight copies");
         for (mkb_entry *e = c->spare, *nx; e; e = nx) {
             nx = e->next;
             entry_free(e);

@@ -169,6 +169,8 @@ void mkb_fold_taken(mkb_ctx *c);
 mk_status mkb_fail(mkb_ctx *c, mk_status s);
 /* After a launch: record a launch error naming `what`. */
 void mkb_launched(mkb_ctx *c, const char *what);
+/* a runtime call's failure (e != cudaSuccess) kept like a launch's: what names the call */
+void mkb_ck(mkb_ctx *c, cudaError_t e, const char *what);
 /* Launch a kernel of the decode step on the backend's stream, under
  * programmatic dependent launch when mk_cuda_step_pdl (the kernel calls
  * mkc_pdl_enter before it touches anything but weights), and record a

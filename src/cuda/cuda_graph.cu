@@ -54,13 +54,6 @@ uint64_t mkb_step_last(void *ctx) { return ((mkb_ctx *)ctx)->rec_id; }
 
 static bool replay_launch(mkb_ctx *c);
 
-/* a runtime call's failure kept for step_take / sync to report (cuda_backend.cu's own ck, which
- * is static there) */
-static void ck(mkb_ctx *c, cudaError_t e, const char *what) {
-    if (e != cudaSuccess)
-        mkb_fail(c, mkc_fail(e, what));
-}
-
 /* Whether recording `id` may run now: still the backend's, nothing being
  * recorded or failed, and recorded under the switches in force (else it is
  * dropped: it would run the old choice of kernels). */
@@ -165,12 +158,12 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
         if (!ups[i].bytes)
             continue;
         memcpy(p + off, ups[i].src, ups[i].bytes);
-        ck(c, cudaMemcpyAsync(ups[i].dst, p + off, ups[i].bytes, cudaMemcpyHostToDevice, c->s),
+        mkb_ck(c, cudaMemcpyAsync(ups[i].dst, p + off, ups[i].bytes, cudaMemcpyHostToDevice, c->s),
            "a chained step's upload");
         off += (ups[i].bytes + 15) & ~(size_t)15;
     }
     if (link_dst && link_bytes)
-        ck(c, cudaMemcpyAsync(link_dst, link_src, link_bytes, cudaMemcpyDeviceToDevice, c->s),
+        mkb_ck(c, cudaMemcpyAsync(link_dst, link_src, link_bytes, cudaMemcpyDeviceToDevice, c->s),
            "a chained step's token");
     if (c->err.st != MK_OK || !replay_launch(c)) {
         /* copies queued from the slot's staging may still read it: done before it is reused */
@@ -178,11 +171,11 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
         return false;
     }
     if (res_bytes)
-        ck(c, cudaMemcpyAsync(p + CHAIN_UP, res, res_bytes, cudaMemcpyDeviceToHost, c->s),
+        mkb_ck(c, cudaMemcpyAsync(p + CHAIN_UP, res, res_bytes, cudaMemcpyDeviceToHost, c->s),
            "a chained step's result");
-    ck(c, cudaMemcpyAsync(p + CHAIN_UP + CHAIN_RES, c->nfl, sizeof(mkb_nfl), cudaMemcpyDeviceToHost, c->s),
+    mkb_ck(c, cudaMemcpyAsync(p + CHAIN_UP + CHAIN_RES, c->nfl, sizeof(mkb_nfl), cudaMemcpyDeviceToHost, c->s),
        "a chained step's non-finite check");
-    ck(c, cudaEventRecord(c->chain_ev[slot], c->s), "a chained step's event");
+    mkb_ck(c, cudaEventRecord(c->chain_ev[slot], c->s), "a chained step's event");
     c->chain_busy[slot] = true; /* even on a failure above: step_take reports it */
     c->chain_sig[slot] = c->rec_sig;
     c->chain_steps++;
@@ -198,7 +191,7 @@ mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *
     /* waited for even after a failure: its copies read and write the slot's pinned memory */
     const cudaError_t w = cudaEventSynchronize(c->chain_ev[slot]);
     if (w != cudaSuccess && c->err.st == MK_OK)
-        ck(c, w, "running a chained step");
+        mkb_ck(c, w, "running a chained step");
     if (w != cudaSuccess || c->err.st != MK_OK)
         (void)cudaStreamSynchronize(c->s); /* the event may not have been recorded */
     c->chain_busy[slot] = false;
