@@ -66,9 +66,9 @@
  * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on
  * int8 or float activations (mk_cuda_set_act_int8; by default they follow
  * MK_ACT_INT8, int8 unless it says 0).
- * MK_LOOKAHEAD=0 decodes one step at a time (mk_engine_opts.no_lookahead;
- * by default greedy steps on CUDA are queued one ahead, fed by the device's
- * argmax).
+ * MK_LOOKAHEAD=1 queues greedy steps on CUDA one ahead, fed by the
+ * device's argmax (mk_cuda_set_lookahead: off by default until measured on
+ * a device); 0 decodes one step at a time (mk_engine_opts.no_lookahead).
  * MK_BENCH_CHUNK=N prefills in chunks of N tokens (mk_engine_opts.
  * prefill_chunk; default as `moekit run`'s: 512, 2048 on CUDA).
  * A synthetic model of a real shape comes from `moekit synth`, e.g.
@@ -385,8 +385,12 @@ int main(int argc, char **argv) {
         o.prefill_chunk = atoi(pc);
     else if (cuda)
         o.prefill_chunk = MK_CUDA_PREFILL_CHUNK;
-    const char *la = getenv("MK_LOOKAHEAD"); /* 0: one step at a time (mk_engine_opts.no_lookahead) */
+    /* 0: one step at a time (mk_engine_opts.no_lookahead); 1: the CUDA lookahead switched on
+     * (mk_cuda_set_lookahead, off by default until measured) */
+    const char *la = getenv("MK_LOOKAHEAD");
     o.no_lookahead = la && !strcmp(la, "0");
+    if (la && !strcmp(la, "1"))
+        mk_cuda_set_lookahead(true);
     mk_engine *e = NULL;
     if (mk_engine_create(m, &o, &e) != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());

@@ -109,8 +109,9 @@ typedef struct mk_engine_opts {
     bool no_lookahead;      /* greedy decode on a backend with step_chain (CUDA) queues the next
                                token's step, fed by the device's argmax, before this one's id is
                                read back (mk_engine_forward_argmax), so the device never waits on
-                               the host between tokens; the results are the same. true: one step
-                               at a time (for measuring what the lookahead saves) */
+                               the host between tokens; the results are the same (on CUDA only
+                               while mk_cuda_set_lookahead is on: off by default until measured on
+                               a device). true: one step at a time (for measuring what it saves) */
 } mk_engine_opts;
 
 typedef enum mk_logits_mode {

@@ -155,6 +155,12 @@ extern "C" bool mk_cuda_q8_early(void) { return g_q8_early; }
 
 extern "C" void mk_cuda_set_q8_early(bool on) { g_q8_early = on; }
 
+static bool g_lookahead = false; /* off until run on a device (docs/CUDA.md sessions 27-28) */
+
+extern "C" bool mk_cuda_lookahead(void) { return g_lookahead; }
+
+extern "C" void mk_cuda_set_lookahead(bool on) { g_lookahead = on; }
+
 static bool g_attn_gqa = false; /* off until run and measured on a device (docs/CUDA.md session 26) */
 
 extern "C" bool mk_cuda_attn_gqa(void) { return g_attn_gqa; }

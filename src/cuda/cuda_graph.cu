@@ -139,8 +139,8 @@ static bool chain_ready(mkb_ctx *c) {
 bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup, void *link_dst,
                     const void *link_src, size_t link_bytes, const void *res, size_t res_bytes) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    if (slot < 0 || slot > 1 || c->chain_busy[slot] || res_bytes > CHAIN_RES || nup < 0)
-        return false;
+    if (!mk_cuda_lookahead() || slot < 0 || slot > 1 || c->chain_busy[slot] || res_bytes > CHAIN_RES || nup < 0)
+        return false; /* off (mk_cuda_set_lookahead) or a bad slot: the caller steps as before */
     /* an expert cache in VRAM steps on the host at every replay (mkb_xcache_tick): its counts
      * and copies follow the replays one at a time */
     if (c->xc || (c->expert_cache && c->host_layers > 0) || !replayable(c, id))

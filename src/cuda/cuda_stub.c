@@ -185,6 +185,12 @@ void mk_cuda_set_q8_early(bool on) {
 bool mk_cuda_q8_early(void) {
     return false;
 }
+void mk_cuda_set_lookahead(bool on) {
+    (void)on;
+}
+bool mk_cuda_lookahead(void) {
+    return false;
+}
 void mk_cuda_set_attn_gqa(bool on) {
     (void)on;
 }

@@ -235,6 +235,14 @@ bool mk_cuda_attn_gqa(void);
  * process-wide; a recorded step is recorded again after a change. */
 void mk_cuda_set_q8_early(bool on);
 bool mk_cuda_q8_early(void);
+/* The decode lookahead (the backend's step_chain / step_take: the next
+ * greedy step queued before this one's token is read, its token linked on
+ * the device; docs/CUDA.md "Decode lookahead"). Off by default until its
+ * tests have passed and it has been measured on a device: step_chain then
+ * refuses and the engine steps one at a time as before. Process-wide; read
+ * at each step_chain. */
+void mk_cuda_set_lookahead(bool on);
+bool mk_cuda_lookahead(void);
 /* k_attn_gqa launches so far (process-wide): tests and benches check that the switch took */
 unsigned long long mk_cuda_attn_gqa_launches(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =

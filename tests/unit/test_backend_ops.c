@@ -2405,8 +2405,9 @@ static void test_step_recording(void **st) {
  * a take of an empty slot fails; another recording's id, uploads beyond the
  * staging run nothing; a NaN input's finding is the slot's (tag, index),
  * kept until nonfinite_take clears it, and the next chained step finds
- * none; a step taken after a process-wide switch changed is stale. The
- * CPU backend chains nothing. */
+ * none; a step taken after a process-wide switch changed is stale; with
+ * the lookahead switched off (the default) nothing is queued. The CPU
+ * backend chains nothing. */
 static int32_t ref_argmax_wx(const double *W, const float *x, int64_t R, int64_t C) {
     int32_t best = 0;
     double bv = -INFINITY;
@@ -2468,6 +2469,14 @@ static void test_step_chain(void **st) {
         /* two steps queued before either is read; xh reused between them */
         memcpy(xh, x1, C * 4);
         mk_upload up = {dx, xh, C * 4};
+#ifdef MK_HAVE_CUDA
+        /* off by default (until measured on a device): refused, nothing queued */
+        const bool la0 = mk_cuda_lookahead();
+        mk_cuda_set_lookahead(false);
+        assert_false(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
+        assert_int_equal(mk_backend_cuda_chained(b->b), 0);
+        mk_cuda_set_lookahead(true);
+#endif
         assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
         memcpy(xh, x2, C * 4);
         assert_true(b->i->step_chain(b->ctx, id, 1, &up, 1, dtok, dam, 4, dam, 4));
@@ -2519,6 +2528,7 @@ static void test_step_chain(void **st) {
         assert_true(stale);
         mk_cuda_set_act_int8(q0);
         assert_int_equal(mk_backend_cuda_chained(b->b), 5);
+        mk_cuda_set_lookahead(la0);
 #endif
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
         b->i->buf_free(b->ctx, dx);

@@ -157,6 +157,8 @@ static void check_lookahead(const char *dir, const mk_model *m, const int32_t *p
         return;
     if (mk_backend_cuda_create(0, &g_be) != MK_OK)
         fail_msg("CUDA backend: %s", mk_err_msg());
+    const bool la0 = mk_cuda_lookahead(); /* off by default until measured: on for this check */
+    mk_cuda_set_lookahead(true);
     const int32_t V = (int32_t)mk_model_config(m)->vocab_size;
     mk_engine *es[2] = {NULL, NULL};
     int32_t *out[2];
@@ -216,6 +218,7 @@ static void check_lookahead(const char *dir, const mk_model *m, const int32_t *p
     free(out[1]);
     mk_backend_free(g_be);
     g_be = NULL;
+    mk_cuda_set_lookahead(la0);
 }
 
 /* Greedy decoding with the cache: prefill the prompt, then one token at a
@@ -549,7 +552,8 @@ int main(void) {
     } sw[] = {{"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},
               {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},
               {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},
-              {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early}};
+              {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early},
+              {"MK_CUDA_LOOKAHEAD", mk_cuda_set_lookahead}};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
         const char *v = getenv(sw[i].env);
         if (v && *v) {
