@@ -379,8 +379,9 @@ typedef struct mk_backend_i {
      * (*found, then *tag, *index, *value as nonfinite_take gives them; the
      * finding stays kept, for nonfinite_take to clear), and whether it ran
      * under other process-wide kernel settings than the backend has now
-     * (*stale: step_replay would have refused it; the caller discards its
-     * result and steps again). Returns the first failure since the last
+     * (*stale: step_replay would have refused it; the caller may discard
+     * its result and step again, where running the step twice changes
+     * nothing else). Returns the first failure since the last
      * sync (cleared, as sync does), or MK_OK. Both or neither are set. */
     bool (*step_chain)(void *ctx, uint64_t id, int slot, const mk_upload *ups, int nup,
                        void *link_dst, const void *link_src, size_t link_bytes, const void *res,

@@ -182,6 +182,10 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
     return true;
 }
 
+static int g_test_stale; /* mk_cuda_test_stale: step_take calls left to report stale */
+
+extern "C" void mk_cuda_test_stale(int n) { __atomic_store_n(&g_test_stale, n > 0 ? n : 0, __ATOMIC_RELEASE); }
+
 mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, bool *stale,
                         int32_t *tag, int64_t *index, float *value) {
     mkb_ctx *c = (mkb_ctx *)ctx;
@@ -214,6 +218,10 @@ mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *
     /* queued under other process-wide switches than now (switch_sig): the kernels of the old
      * choice ran, as a replay would not have */
     *stale = c->chain_sig[slot] != switch_sig();
+    int n = __atomic_load_n(&g_test_stale, __ATOMIC_ACQUIRE);
+    while (!*stale && n > 0)
+        if (__atomic_compare_exchange_n(&g_test_stale, &n, n - 1, false, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE))
+            *stale = true;
     return MK_OK;
 }
 

@@ -191,6 +191,9 @@ void mk_cuda_set_lookahead(bool on) {
 bool mk_cuda_lookahead(void) {
     return false;
 }
+void mk_cuda_test_stale(int n) {
+    (void)n;
+}
 void mk_cuda_set_attn_gqa(bool on) {
     (void)on;
 }

@@ -243,6 +243,11 @@ bool mk_cuda_q8_early(void);
  * at each step_chain. */
 void mk_cuda_set_lookahead(bool on);
 bool mk_cuda_lookahead(void);
+/* Tests only: the next n step_take calls (process-wide) report their step
+ * stale, as if a process-wide switch had changed while it ran, so a test can
+ * reach the engine's handling of a stale step (forward.c la_run) at a chosen
+ * step; 0 disarms. */
+void mk_cuda_test_stale(int n);
 /* k_attn_gqa launches so far (process-wide): tests and benches check that the switch took */
 unsigned long long mk_cuda_attn_gqa_launches(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =

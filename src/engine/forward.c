@@ -733,7 +733,8 @@ mk_status mk_engine_forward(mk_engine *e, const int32_t *ids, int64_t n, mk_logi
  * step overwrites, and a non-finite finding it kept is cleared. With
  * recurrent state (la_ok, not la_ahead) a step still goes through the
  * chain alone: its uploads from pinned staging, one wait, one readback of
- * the token and the non-finite record together. */
+ * the token and the non-finite record together; such a step found stale is
+ * kept, not run again (la_run). */
 
 static bool la_can(const mk_engine *e) {
     return e->la_ok && e->amax && e->pos_b && e->replay_id && e->replay_argmax && !e->no_graph;
@@ -810,6 +811,12 @@ static bool la_run(mk_engine *e, int32_t id, bool loop, int32_t *next, mk_status
     float v = 0.0f;
     bool found = false, stale = false;
     *st = BE(e)->step_take(CTX(e), s, &got, sizeof got, &found, &stale, &tag, &i, &v);
+    /* A stale step (run under kernel switches changed while it was queued) is run again, which
+     * is harmless where it wrote only cache rows at its position. With recurrent state it has
+     * advanced the state, which a second run would advance again: its result stands (the same
+     * model, computed with the kernels chosen before). */
+    if (stale && !e->la_ahead)
+        stale = false;
     if (*st != MK_OK || found || stale) {
         if (ahead)
             (void)la_drop(e, s ^ 1);

@@ -2329,10 +2329,11 @@ static void test_step_recording(void **st) {
          * replayed: it would run the kernels chosen before; refused, dropped, nothing runs */
         if (!strcmp(b->name, "cuda")) {
             const bool q0 = mk_cuda_act_int8();
+            const int q0s = mk_cuda_act_int8_setting(); /* restored as it was: following or forced */
             mk_cuda_set_act_int8(!q0);
             assert_false(b->i->step_replay(b->ctx, id));
             assert_int_equal(b->i->step_last(b->ctx), 0);
-            mk_cuda_set_act_int8(q0);
+            mk_cuda_restore_act_int8(q0s);
             assert_int_equal(b->i->sync(b->ctx), MK_OK);
             float *y = back(b, dy, 2 * R * 4);
             assert_memory_equal(y, y0, 2 * R * 4);
@@ -2522,12 +2523,21 @@ static void test_step_chain(void **st) {
 #ifdef MK_HAVE_CUDA
         /* queued under one setting of a process-wide switch, taken under another: stale */
         const bool q0 = mk_cuda_act_int8();
+        const int q0s = mk_cuda_act_int8_setting(); /* restored as it was: following or forced */
         assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
         mk_cuda_set_act_int8(!q0);
         assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK);
         assert_true(stale);
-        mk_cuda_set_act_int8(q0);
-        assert_int_equal(mk_backend_cuda_chained(b->b), 5);
+        mk_cuda_restore_act_int8(q0s);
+        /* the tests' hook (mk_cuda_test_stale): the next take stale, the one after not */
+        mk_cuda_test_stale(1);
+        for (int k = 0; k < 2; k++) {
+            assert_true(b->i->step_chain(b->ctx, id, 0, &up, 1, NULL, NULL, 0, dam, 4));
+            assert_int_equal(b->i->step_take(b->ctx, 0, &r0, 4, &found, &stale, &tag, &at, &v), MK_OK);
+            assert_int_equal(stale, k == 0);
+            assert_int_equal(r0, ref_argmax_wx(W, x2, R, C)); /* xh holds x2 since the NaN case */
+        }
+        assert_int_equal(mk_backend_cuda_chained(b->b), 7);
         mk_cuda_set_lookahead(la0);
 #endif
         assert_int_equal(b->i->sync(b->ctx), MK_OK);
