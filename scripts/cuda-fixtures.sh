@@ -8,7 +8,9 @@
 #   scripts/cuda-fixtures.sh decode TAR FIXTURE [IDS]  (device: moekit run --stats, cpu and
 #                                                    cuda; IDS default: reference.json's first 8)
 # `test` and `decode` need build-cuda/ from scripts/cuda-device-run.sh
-# (MK_TARGETS="test_engine_fixtures moekit_cli"); logs go to $OUT when set.
+# (MK_TARGETS="test_engine_fixtures moekit_cli"); logs go to $OUT when set;
+# MK_FIXTURES_BIN names another test binary in build-cuda/ for `test` (e.g.
+# one linked with a fix reverted, to show its test fails without it).
 set -uo pipefail
 cmd=${1:?usage: see the header} dir=${2:?usage: see the header}
 shift 2
@@ -32,7 +34,7 @@ test | decode)
     rc=0
     if [ "$cmd" = test ]; then
         for t in "$@"; do
-            MK_FIXTURES=$fx MK_TEST_FILTER="$t" timeout 200 ./build-cuda/test_engine_fixtures 2>&1 |
+            MK_FIXTURES=$fx MK_TEST_FILTER="$t" timeout 200 "./build-cuda/${MK_FIXTURES_BIN:-test_engine_fixtures}" 2>&1 |
                 tee -a "$out/fixtures.log" | grep -vE "^\[ *(RUN|OK) |^\[=|^$|TEST\(S\)" || rc=1
         done
         grep -E "^  (cpu|cuda) " "$out/fixtures.log"
