@@ -43,12 +43,19 @@ MPI=(mpirun --oversubscribe --bind-to none --mca pml ob1 --mca btl tcp,self)
 [ "$(id -u)" -eq 0 ] && MPI+=(--allow-run-as-root)
 # The sanitizer build runs these tests too: OpenMPI's own allocations held at exit are suppressed by
 # library name (lsan_mpi.supp, never a moekit frame), and the sanitizers' options reach every rank
-# (-x: the daemons in namespaces do not inherit this environment). fast_unwind_on_malloc=0: OpenMPI
-# has no frame pointers, so the fast unwinder stopped at the first frame inside an MCA component,
-# which is unloaded (dlclose) by report time and shows as "<unknown module>" with nothing to match;
-# the full stack reaches libmpi/libopen-rte. A leak of moekit's own (checked: a malloc left in
-# tools/dist_cli.c) is still reported on every rank and fails the run.
-LSAN_OPTIONS="suppressions=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lsan_mpi.supp:fast_unwind_on_malloc=0${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+# (-x: the daemons in namespaces do not inherit this environment). OpenMPI has no frame pointers, so
+# the fast unwinder stops at the first frame above malloc, often inside an MCA component, which
+# MPI_Finalize unloads (dlclose) before LeakSanitizer reports: "<unknown module>", nothing to match.
+# The sanitizer build's mk_mpi_keep_modules.so, preloaded into every rank, makes dlclose do nothing,
+# so that frame names its component; without it (another build), every malloc is unwound the slow
+# way (fast_unwind_on_malloc=0, 3x the job's time) to reach libmpi. A leak of moekit's own (checked
+# both ways: a malloc left in tools/dist_cli.c) is still reported on every rank and fails the run.
+LSAN_OPTIONS="suppressions=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/lsan_mpi.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+if [ -f "$MK_BUILD/libmk_mpi_keep_modules.so" ]; then
+    MPI+=(-x "LD_PRELOAD=$MK_BUILD/libmk_mpi_keep_modules.so")
+else
+    LSAN_OPTIONS="fast_unwind_on_malloc=0:$LSAN_OPTIONS"
+fi
 export LSAN_OPTIONS
 MPI+=(-x LSAN_OPTIONS)
 for v in ASAN_OPTIONS UBSAN_OPTIONS; do [ -n "${!v:-}" ] && MPI+=(-x "$v"); done
