@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # response_format (json_object, json_schema) through the official `openai` npm
 # client (tests/cli/serve_jsonschema.mjs): every supported schema feature, 100
-# sampled generations each (20 under the sanitizers), all parse and validate; a tight max_tokens still
-# closes, a too small one is reported as length; the Responses API's
+# sampled generations each (20 under the sanitizers, except the schemas with 2-5
+# instances), all parse and validate; a tight max_tokens still closes, a too
+# small one is reported as length; the Responses API's
 # text.format; unsupported keywords and combinations give 400, as do
 # Anthropic's structured outputs on /v1/messages. Then a thinking template:
 # refused unless the request turns thinking off (chat and Responses). The client is test-only (scripts/install-deps.d/openai.sh
