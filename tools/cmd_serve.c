@@ -392,6 +392,10 @@ static mk_status serve_main(serve_opts *o) {
                          .snapshots = o->snapshots && !o->dd.d ? (int)o->snapshots : -1,
                          .snap_bytes = (size_t)o->snap_mem, .snap_every = (int)o->snap_every,
                          .test_output = o->test_output, .no_webui = o->no_webui};
+#ifdef MK_TEST_HOOKS
+    /* tests/cli/serve.sh: streams read late by a whole answer (one event a token still) */
+    so.test_stream_hold = getenv("MK_SERVE_STREAM_HOLD") != NULL;
+#endif
     st = mk_server_start(&so, &z.srv);
     if (st == MK_OK) {
         fprintf(stderr, "moekit serve: listening on http://%s:%d (model id '%s'%s)\n",

@@ -62,6 +62,8 @@ typedef struct mk_server_opts {
                             ("moekit_test_output"), so output parsers are tested end to end
                             with a tiny model; never for serving */
     bool no_webui;       /* no web page at / (the paths are then unknown: 404) */
+    bool test_stream_hold; /* tests only: a stream's text waits until its answer is complete
+                            (a reader late by the whole answer); never for serving */
 } mk_server_opts;
 
 /* Bind and start answering (everything but /health is 503 until ready). */

@@ -423,9 +423,9 @@ void srv_wait_done(mk_server *s, srv_job *j, srv_alive_fn alive, void *ctx) {
 bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) {
     mk_server *s = st->s;
     srv_job *j = st->j;
-    while (j->safe <= st->sent && !j->done) {
+    while (!j->done && (j->safe <= st->sent || s->o.test_stream_hold)) {
         srv_wait_tick(s, j);
-        if (j->safe <= st->sent && !j->done && alive) {
+        if (!j->done && (j->safe <= st->sent || s->o.test_stream_hold) && alive) {
             pthread_mutex_unlock(&s->mu);
             bool a = alive(ctx);
             pthread_mutex_lock(&s->mu);
@@ -438,6 +438,19 @@ bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone) 
         }
     }
     return true;
+}
+
+size_t srv_stream_upto(const srv_stream *st) {
+    const srv_job *j = st->j;
+    size_t lo = 0, hi = j->n_marks; /* the first mark past what was sent */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (j->marks[mid] <= st->sent)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < j->n_marks && j->marks[lo] < j->safe ? j->marks[lo] : j->safe;
 }
 
 srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
@@ -669,12 +682,20 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         pthread_mutex_lock(&s->mu);
         if (!srv_stream_wait(st, alive, ctx, gone))
             return false;
+        size_t upto = srv_stream_upto(st);
         if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
             /* reasoning, content and tool calls apart; a parse may hold
              * everything new back (a marker's beginning): then wait on */
-            bool fin = j->done;
-            json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", j->safe, fin);
-            st->sent = j->safe;
+            bool fin = j->done && upto == j->safe;
+            json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
+            st->sent = upto;
+            while (d && json_object_size(d) == 0 && upto < j->safe) { /* held back: the next token too */
+                json_decref(d);
+                upto = srv_stream_upto(st);
+                fin = j->done && upto == j->safe;
+                d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
+                st->sent = upto;
+            }
             if (d && json_object_size(d) == 0 && !fin) {
                 json_decref(d);
                 pthread_mutex_unlock(&s->mu);
@@ -686,7 +707,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
                 pthread_mutex_unlock(&s->mu);
                 return next_event(st, alive, ctx, gone);
             }
-            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
+            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, upto, true) : st->lp_sent;
             json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
             st->lp_sent = to;
             pthread_mutex_unlock(&s->mu);
@@ -698,11 +719,11 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
             return false;
         }
         if (j->safe > st->sent) {
-            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, j->safe, true) : st->lp_sent;
+            size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, upto, true) : st->lp_sent;
             json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
             st->lp_sent = to;
-            json_t *c = choice_json(st->kind, true, j->text + st->sent, j->safe - st->sent, false, NULL, lp);
-            st->sent = j->safe;
+            json_t *c = choice_json(st->kind, true, j->text + st->sent, upto - st->sent, false, NULL, lp);
+            st->sent = upto;
             pthread_mutex_unlock(&s->mu);
             if (event(st, chunk(st, c), mark))
                 return true;

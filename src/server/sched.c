@@ -93,7 +93,22 @@ void srv_job_unref_locked(srv_job *j) {
     free(j->text);
     free(j->raw);
     free(j->lp);
+    free(j->marks);
     free(j);
+}
+
+bool srv_job_advance(srv_job *j, size_t safe) {
+    if (j->n_marks == j->cap_marks) {
+        size_t nc = j->cap_marks ? 2 * j->cap_marks : 64;
+        size_t *nm = mk_realloc(j->marks, nc * sizeof *nm);
+        if (!nm)
+            return false;
+        j->marks = nm;
+        j->cap_marks = nc;
+    }
+    j->marks[j->n_marks++] = safe;
+    j->safe = safe;
+    return true;
 }
 
 int srv_submit(mk_server *s, srv_job *j) {
@@ -267,8 +282,8 @@ static bool on_token(void *user, int32_t id, const char *text, size_t len) {
             memcpy(j->text + j->len, j->raw + j->len, cut - j->len);
         j->len = cut;
         j->text[cut] = 0;
-        if (safe > j->safe)
-            j->safe = safe;
+        if (safe > j->safe && !srv_job_advance(j, safe))
+            ok = false; /* out of memory: end the generation (reported as an error) */
         if (id >= 0)
             j->n_gen++;
         if (stop)
@@ -486,7 +501,10 @@ static void end_job(mk_server *s, srv_slot *sl, mk_status st) {
         if (j->finish == SRV_FIN_ERROR) /* on_token could not grow its buffers */
             snprintf(j->err, sizeof j->err, "out of memory for the generated text");
     }
-    j->safe = j->len; /* nothing more will come: a partial stop sequence is text */
+    /* nothing more will come: a partial stop sequence is text (its event unmarked
+     * if the mark finds no memory: srv_stream_upto then ends at safe) */
+    if (j->len > j->safe && !srv_job_advance(j, j->len))
+        j->safe = j->len;
     j->done = true;
     pthread_mutex_lock(&s->metrics.mu);
     s->metrics.prompt_tokens += (uint64_t)j->np;

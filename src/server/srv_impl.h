@@ -241,6 +241,9 @@ typedef struct srv_job {
     /* output, under the server mutex */
     char *text;                /* generated text with stop sequences applied */
     size_t len, cap, safe;     /* bytes; text[0..safe) can no longer change */
+    size_t *marks;             /* each value safe took, ascending: where a stream's events end
+                                  (one a token; several tokens where a stop's prefix held them) */
+    size_t n_marks, cap_marks;
     char *raw;                 /* scheduler only: everything generated */
     size_t raw_len, raw_cap;
     int64_t n_gen, n_cached;
@@ -403,6 +406,14 @@ void srv_wait_tick(mk_server *s, srv_job *j);
  * no longer change, or has ended, polling alive; false (s->mu released,
  * the job cancelled, *gone set) when the client is gone. */
 bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
+/* Server mutex held, after srv_stream_wait: where the stream's next event
+ * ends, the first of j->marks past st->sent (one event a token however late
+ * the reader comes, as OpenAI's and llama.cpp's streams send; clients count
+ * tokens by chunks), else j->safe. */
+size_t srv_stream_upto(const srv_stream *st);
+/* Server mutex held: safe advances to `safe` (> j->safe) and is marked; false
+ * when the mark could not be stored (out of memory: safe is not moved). */
+bool srv_job_advance(srv_job *j, size_t safe);
 void srv_make_id(mk_server *s, const char *prefix, char *id, size_t n);
 
 /* ---- respfmt.c ------------------------------------------------------------ */

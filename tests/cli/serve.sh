@@ -213,7 +213,8 @@ P1=$PORT
 S1=$SPID
 # (--cache-fill off: experts read on demand, which /metrics counts; the fill
 # would read all of this small model's experts before the first request)
-start_server "$T/log2" --parallel 1 --api-key "$KEY" --stream-experts --cache-fill off
+# MK_SERVE_STREAM_HOLD (a test hook): its streams read late, the whole answer there at the first read
+MK_SERVE_STREAM_HOLD=1 start_server "$T/log2" --parallel 1 --api-key "$KEY" --stream-experts --cache-fill off
 wait_ready
 r=$(api /v1/chat/completions "$turn2")
 [ "$(echo "$r" | jnum cached_tokens)" = 0 ] || fail "fresh server reused a cache: $r"
@@ -221,6 +222,19 @@ r=$(api /v1/chat/completions "$turn2")
 hr=$(metric moekit_expert_cache_hit_rate)
 [ -n "$hr" ] && awk -v h="$hr" 'BEGIN { exit !(h > 0 && h <= 1) }' || fail "expert cache hit rate: '$hr'"
 [ "$(metric moekit_expert_bytes_read_total)" -gt 0 ] || fail "no expert bytes read"
+# one event a token however late the stream is read (clients count tokens by chunks; a page shows
+# the answer growing): the held answer was sent as one event before
+r=$(api /v1/completions '{"prompt":"Return the","max_tokens":12,"temperature":0,"ignore_eos":true}')
+want=$(echo "$r" | body | jstr text)
+curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/completions" \
+    -d '{"prompt":"Return the","max_tokens":12,"temperature":0,"ignore_eos":true,"stream":true,"stream_options":{"include_usage":true}}' > "$T/sse"
+[ "$(deltas text < "$T/sse")" = "$want" ] || fail "held stream differs: $(cat "$T/sse")"
+n=$(grep -c '"text":"[^"]' "$T/sse" || true)
+grep -q '"completion_tokens":12,' "$T/sse" && [ "$n" = 12 ] || fail "held stream: $n text events for 12 tokens: $(cat "$T/sse")"
+curl -sN -H "Authorization: Bearer $KEY" "http://127.0.0.1:$PORT/v1/chat/completions" -d "${turn2%\}},\"stream\":true}" > "$T/sse"
+[ "$(deltas content < "$T/sse")" = "$t2" ] || fail "held chat stream differs from '$t2': $(cat "$T/sse")"
+n=$(grep -c '"content":"[^"]' "$T/sse" || true)
+[ "$n" -ge 6 ] || fail "held chat stream: $n content events: $(cat "$T/sse")"
 
 # ---- a full queue is 429; a client gone mid-stream frees its slot ---------------------------
 # (this server: 1 slot, queue 1; long generations via ignore_eos)
