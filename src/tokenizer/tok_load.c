@@ -24,7 +24,9 @@
 #include "core/json_err.h"
 #include "core/alloc.h"
 #include "core/str.h"
+#include "io/os.h"
 #include "tokenizer/tok_impl.h"
+#include "tokenizer/tok_json.h"
 
 #define GPT2_REGEX "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+"
 #define MAX_AFFIX 64
@@ -246,14 +248,87 @@ static mk_status arena_put(arena *a, const char *s, size_t n, tok_span *out) {
     return MK_OK;
 }
 
-static mk_status max_id(const mk_tok *t, const json_t *vocab, const json_t *added, size_t *n_ids) {
-    int32_t mx = -1, id;
+/* The vocabulary as read, from the file's bytes (tok_json.c) or, where that
+ * walk could not tell the document's shape, from jansson's DOM: the map
+ * key -> id (a duplicate key's last id, as jansson keeps), each key's bytes
+ * in the strings arena once, in the order keys first came (jansson's order
+ * of iteration, which decides the string of an id two keys share). From the
+ * bytes, a value that is no id is kept as -1 - k (bad[k] says what it was)
+ * until every key's last value is known: jansson keeps only that one. */
+typedef struct vocab_bad {
+    const char *kind; /* NULL: an integer out of range */
+    int64_t v;
+} vocab_bad;
+typedef struct vocab_in {
+    mk_tok *t;
+    arena *strs;
+    tok_span *keys;
+    size_t n, cap;
+    vocab_bad *bad;
+    size_t nbad, capbad;
+} vocab_in;
+
+static mk_status vocab_put(vocab_in *v, const char *k, size_t kl, int32_t id) {
+    bool existed;
+    MK_TRY(tok_smap_put(&v->t->vocab, k, kl, id, &existed));
+    if (existed)
+        return MK_OK;
+    MK_TRY(grow_arr((void **)&v->keys, &v->cap, v->n + 1, sizeof *v->keys));
+    return arena_put(v->strs, k, kl, &v->keys[v->n++]);
+}
+
+static mk_status vocab_put_text(void *u, const char *k, size_t kl, int64_t id, const char *bad) {
+    vocab_in *v = u;
+    if (!bad && id >= 0 && id < TOK_MAX_ID)
+        return vocab_put(v, k, kl, (int32_t)id);
+    if (v->nbad >= INT32_MAX)
+        return mk_err(MK_E_FORMAT, "%s: field 'model.vocab': too many values that are no ids", v->t->path);
+    MK_TRY(grow_arr((void **)&v->bad, &v->capbad, v->nbad + 1, sizeof *v->bad));
+    v->bad[v->nbad] = (vocab_bad){bad, id};
+    return vocab_put(v, k, kl, -1 - (int32_t)v->nbad++);
+}
+
+static mk_status vocab_from_dom(vocab_in *v, const json_t *vocab) {
+    const mk_tok *t = v->t;
     const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)vocab, k, v) {
+    json_t *x;
+    MK_TRY(tok_smap_reserve(&v->t->vocab, json_object_size(vocab), 0));
+    json_object_foreach((json_t *)vocab, k, x) {
         char where[96];
+        int32_t id;
         snprintf(where, sizeof where, "model.vocab[\"%.40s\"]", k);
-        MK_TRY(get_id(t, v, where, &id));
+        MK_TRY(get_id(t, x, where, &id));
+        MK_TRY(vocab_put(v, k, json_object_iter_key_len(json_object_key_to_iter(k)), id));
+    }
+    return MK_OK;
+}
+
+static mk_status vocab_from_text(vocab_in *v, const char *text, tok_json_range r) {
+    /* the keys' bytes are fewer than the object's (never-touched pages cost nothing) */
+    MK_TRY(tok_smap_reserve(&v->t->vocab, tok_json_count(text, r), r.end - r.at));
+    MK_TRY(grow_arr((void **)&v->strs->p, &v->strs->cap, v->strs->n + (r.end - r.at), 1));
+    MK_TRY(tok_json_vocab(v->t->path, text, r, vocab_put_text, v));
+    for (size_t i = 0; i < v->n && v->nbad; i++) { /* the first key, in jansson's order, left without an id */
+        int32_t id;
+        const char *k = v->strs->p + v->keys[i].off;
+        tok_smap_get(&v->t->vocab, k, v->keys[i].len, &id);
+        if (id >= 0)
+            continue;
+        const vocab_bad *b = &v->bad[-1 - id];
+        int kl = (int)strnlen(k, v->keys[i].len > 40 ? 40 : v->keys[i].len); /* as %.40s of the DOM's key */
+        if (b->kind)
+            return mk_err(MK_E_FORMAT, "%s: field 'model.vocab[\"%.*s\"]': expected an integer id, found %s",
+                          v->t->path, kl, k, b->kind);
+        return mk_err(MK_E_FORMAT, "%s: field 'model.vocab[\"%.*s\"]': id %lld out of range [0, %d)", v->t->path,
+                      kl, k, (long long)b->v, TOK_MAX_ID);
+    }
+    return MK_OK;
+}
+
+static mk_status max_id(const mk_tok *t, const vocab_in *v, const json_t *added, size_t *n_ids) {
+    int32_t mx = -1, id;
+    for (size_t i = 0; i < v->n; i++) {
+        tok_smap_get(&t->vocab, v->strs->p + v->keys[i].off, v->keys[i].len, &id);
         mx = id > mx ? id : mx;
     }
     for (size_t i = 0; i < json_array_size(added); i++) {
@@ -263,19 +338,6 @@ static mk_status max_id(const mk_tok *t, const json_t *vocab, const json_t *adde
         mx = id > mx ? id : mx;
     }
     *n_ids = (size_t)mx + 1;
-    return MK_OK;
-}
-
-static mk_status load_vocab(mk_tok *t, const json_t *vocab, arena *strs) {
-    const char *k;
-    json_t *v;
-    json_object_foreach((json_t *)vocab, k, v) {
-        int32_t id = (int32_t)json_integer_value(v); /* checked by max_id */
-        size_t kl = json_object_iter_key_len(json_object_key_to_iter(k));
-        MK_TRY(tok_smap_put(&t->vocab, k, kl, id, NULL));
-        MK_TRY(arena_put(strs, k, kl, &t->id_str[id]));
-        t->id_flags[id] |= TOK_ID_PRESENT;
-    }
     return MK_OK;
 }
 
@@ -300,49 +362,66 @@ static mk_status merge_parts(const mk_tok *t, const json_t *m, size_t i, const c
     return MK_OK;
 }
 
-static mk_status load_merges(mk_tok *t, const json_t *model) {
+/* One merge, index i of model.merges: both sides and their join must be
+ * tokens of the vocabulary. */
+typedef struct merge_in {
+    mk_tok *t;
+    size_t pl; /* the continuing-subword prefix's length */
+    char *buf;
+    size_t cap;
+} merge_in;
+
+static mk_status merge_one(void *u, size_t i, const char *a, size_t al, const char *b, size_t bl) {
+    merge_in *m = u;
+    mk_tok *t = m->t;
+    int32_t ia, ib, im;
+    if (!tok_smap_get(&t->vocab, a, al, &ia) || !tok_smap_get(&t->vocab, b, bl, &ib)) {
+        const char *miss = tok_smap_get(&t->vocab, a, al, &ia) ? b : a;
+        int ml = (int)(miss == a ? al : bl);
+        return mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': token \"%.*s\" is not in model.vocab",
+                      t->path, i, ml > 60 ? 60 : ml, miss);
+    }
+    /* The merged token drops the right side's subword prefix. */
+    size_t pl = m->pl, skip = (pl && bl >= pl && memcmp(b, t->cont_prefix, pl) == 0) ? pl : 0;
+    MK_TRY(grow_arr((void **)&m->buf, &m->cap, al + bl + 1, 1));
+    memcpy(m->buf, a, al);
+    memcpy(m->buf + al, b + skip, bl - skip);
+    if (!tok_smap_get(&t->vocab, m->buf, al + bl - skip, &im)) {
+        int ml = (int)(al + bl - skip);
+        return mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': merged token \"%.*s\" is not in "
+                      "model.vocab", t->path, i, ml > 60 ? 60 : ml, m->buf);
+    }
+    if (i >= INT32_MAX)
+        return mk_err(MK_E_FORMAT, "%s: field 'model.merges': too many merges", t->path);
+    return tok_pmap_put(&t->merges, ia, ib, (int32_t)i, im);
+}
+
+/* model.merges from the file's bytes at r when given (r.end), else from the DOM. */
+static mk_status load_merges(mk_tok *t, const json_t *model, const char *text, tok_json_range r) {
+    merge_in m = {t, t->cont_prefix ? strlen(t->cont_prefix) : 0, NULL, 0};
+    mk_status st = MK_OK;
+    if (r.end) {
+        st = tok_pmap_reserve(&t->merges, tok_json_count(text, r));
+        if (st == MK_OK)
+            st = tok_json_merges(t->path, text, r, merge_one, &m);
+        free(m.buf);
+        return st;
+    }
     const json_t *merges = json_object_get(model, "merges");
     if (!merges || json_is_null(merges))
         return MK_OK;
     if (!json_is_array(merges))
         return mk_err(MK_E_FORMAT, "%s: field 'model.merges': expected an array, found %s", t->path,
                       jt(merges));
-    size_t pl = t->cont_prefix ? strlen(t->cont_prefix) : 0;
-    char *buf = NULL;
-    size_t cap = 0;
-    mk_status st = MK_OK;
+    MK_TRY(tok_pmap_reserve(&t->merges, json_array_size(merges)));
     for (size_t i = 0; i < json_array_size(merges) && st == MK_OK; i++) {
         const char *a = NULL, *b = NULL;
         size_t al = 0, bl = 0;
-        int32_t ia, ib, im;
         st = merge_parts(t, json_array_get(merges, i), i, &a, &al, &b, &bl);
-        if (st != MK_OK)
-            break;
-        if (!tok_smap_get(&t->vocab, a, al, &ia) || !tok_smap_get(&t->vocab, b, bl, &ib)) {
-            const char *miss = tok_smap_get(&t->vocab, a, al, &ia) ? b : a;
-            int ml = (int)(miss == a ? al : bl);
-            st = mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': token \"%.*s\" is not in model.vocab",
-                        t->path, i, ml > 60 ? 60 : ml, miss);
-            break;
-        }
-        /* The merged token drops the right side's subword prefix. */
-        size_t skip = (pl && bl >= pl && memcmp(b, t->cont_prefix, pl) == 0) ? pl : 0;
-        if ((st = grow_arr((void **)&buf, &cap, al + bl + 1, 1)) != MK_OK)
-            break;
-        memcpy(buf, a, al);
-        memcpy(buf + al, b + skip, bl - skip);
-        if (!tok_smap_get(&t->vocab, buf, al + bl - skip, &im)) {
-            int ml = (int)(al + bl - skip);
-            st = mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': merged token \"%.*s\" is not in "
-                        "model.vocab", t->path, i, ml > 60 ? 60 : ml, buf);
-            break;
-        }
-        if (i >= INT32_MAX)
-            st = mk_err(MK_E_FORMAT, "%s: field 'model.merges': too many merges", t->path);
-        else
-            st = tok_pmap_put(&t->merges, ia, ib, (int32_t)i, im);
+        if (st == MK_OK)
+            st = merge_one(&m, i, a, al, b, bl);
     }
-    free(buf);
+    free(m.buf);
     return st;
 }
 
@@ -372,7 +451,7 @@ static mk_status load_model_flags(mk_tok *t, const json_t *model) {
     return MK_OK;
 }
 
-static mk_status load_model_tail(mk_tok *t, const json_t *model) {
+static mk_status load_model_tail(mk_tok *t, const json_t *model, const char *text, tok_json_range merges) {
     const json_t *unk;
     t->unk_id = -1;
     MK_TRY(get_str(t, model, "model", "unk_token", &unk));
@@ -385,7 +464,7 @@ static mk_status load_model_tail(mk_tok *t, const json_t *model) {
         if (!tok_smap_get(&t->vocab, name, 6, &t->byte_ids[b]))
             t->byte_ids[b] = -1;
     }
-    return load_merges(t, model);
+    return load_merges(t, model, text, merges);
 }
 
 /* ---- added_tokens -------------------------------------------------------- */
@@ -732,40 +811,91 @@ mk_status tok_load_configs(mk_tok *t, const char *dir) {
 
 /* ---- the whole file ------------------------------------------------------ */
 
-static mk_status load_tables(mk_tok *t, const json_t *model, const json_t *vocab, const json_t *added) {
-    MK_TRY(max_id(t, vocab, added, &t->n_ids));
+static mk_status load_tables(mk_tok *t, const json_t *model, const vocab_in *v, const json_t *added,
+                             const char *text, tok_json_range merges) {
+    MK_TRY(max_id(t, v, added, &t->n_ids));
     t->id_flags = mk_calloc(t->n_ids ? t->n_ids : 1, 1);
     t->id_str = mk_calloc(t->n_ids ? t->n_ids : 1, sizeof *t->id_str);
     t->added = mk_calloc(json_array_size(added) + 1, sizeof *t->added);
     if (!t->id_flags || !t->id_str || !t->added)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory for %zu ids", t->n_ids);
-    arena strs = {0};
-    mk_status st = load_vocab(t, vocab, &strs);
-    for (size_t i = 0; st == MK_OK && i < json_array_size(added); i++)
-        st = load_added_one(t, json_array_get(added, i), i, &strs);
-    t->strs = strs.p;
-    t->strs_len = strs.n;
+    for (size_t i = 0; i < v->n; i++) {
+        int32_t id;
+        tok_smap_get(&t->vocab, v->strs->p + v->keys[i].off, v->keys[i].len, &id);
+        t->id_str[id] = v->keys[i]; /* an id two keys share: the later key's, as before */
+        t->id_flags[id] |= TOK_ID_PRESENT;
+    }
+    for (size_t i = 0; i < json_array_size(added); i++)
+        MK_TRY(load_added_one(t, json_array_get(added, i), i, v->strs));
+    return load_model_tail(t, model, text, merges);
+}
+
+/* The document: jansson's DOM of the file with model.vocab and model.merges
+ * cut to {} and [] (read from `text` by tok_json.c), or of the whole file
+ * when the walk could not find them (*vocab_r, *merges_r then end 0). */
+static mk_status load_doc(const char *path, char **text, json_t **root, tok_json_range *vocab_r,
+                          tok_json_range *merges_r) {
+    size_t n = 0;
+    *root = NULL;
+    *vocab_r = *merges_r = (tok_json_range){0, 0};
+    mk_status st = mk_os_read_file(path, SIZE_MAX - 1, text, &n);
+    if (st == MK_E_NOTFOUND)
+        st = mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(ENOENT));
     MK_TRY(st);
-    return load_model_tail(t, model);
+    tok_json_range r[2];
+    tok_json_fix fix[2];
+    int nr = 0;
+    if (!tok_json_dom_only() && tok_json_locate(*text, n, vocab_r, merges_r)) {
+        if (vocab_r->end)
+            r[nr++] = *vocab_r;
+        if (merges_r->end)
+            r[nr++] = *merges_r;
+        if (nr == 2 && r[0].at > r[1].at) { /* in file order */
+            tok_json_range x = r[0];
+            r[0] = r[1];
+            r[1] = x;
+        }
+    }
+    char *dom;
+    size_t dn;
+    MK_TRY(tok_json_cut(path, *text, n, r, nr, &dom, &dn, fix));
+    json_error_t e;
+    unsigned long jmark = mk_json_mark();
+    *root = mk_json_loadb(dom, dn, 0, &e, jmark);
+    free(dom);
+    if (!*root) {
+        if (mk_json_nomem(&e, jmark)) /* not the file's fault */
+            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
+        tok_json_fix_at(fix, nr, &e.line, &e.column);
+        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,
+                      mk_json_errtext(e.text));
+    }
+    for (int k = 0; k < nr; k++)
+        MK_TRY(tok_json_check(path, *text, r[k]));
+    /* the walk and jansson agree on where the two values were (they are what was cut) */
+    const json_t *model = json_object_get(*root, "model");
+    const json_t *bv = json_object_get(model, "vocab"), *bm = json_object_get(model, "merges");
+    if ((vocab_r->end && !(json_is_object(bv) && json_object_size(bv) == 0)) ||
+        (merges_r->end && !(json_is_array(bm) && json_array_size(bm) == 0)))
+        return mk_err(MK_E_FORMAT, "%s: internal error: model.vocab / model.merges located at bytes %zu / %zu "
+                      "but not found there", path, vocab_r->at, merges_r->at);
+    return MK_OK;
 }
 
 mk_status tok_load_json(mk_tok *t, const char *path) {
-    json_error_t e;
-    unsigned long jmark = mk_json_mark();
-    json_t *root = mk_json_load_file(path, 0, &e, jmark);
-    if (!root) {
-        if (mk_json_nomem(&e, jmark)) /* not the file's fault */
-            return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
-        if (access(path, R_OK) != 0)
-            return mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(errno));
-        return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column, mk_json_errtext(e.text));
-    }
-    mk_status st = MK_OK;
+    char *text = NULL;
+    json_t *root = NULL;
+    tok_json_range vr, mr;
+    mk_status st = load_doc(path, &text, &root, &vr, &mr);
+    arena strs = {0};
+    vocab_in v = {t, &strs, NULL, 0, 0, NULL, 0, 0};
     size_t ncap = 0, pcap = 0;
     dec_chain chain = {.n = 0};
     const json_t *model = json_object_get(root, "model"), *vocab = json_object_get(model, "vocab");
     const json_t *added = json_object_get(root, "added_tokens");
-    if (!json_is_object(root))
+    if (st != MK_OK)
+        ;
+    else if (!json_is_object(root))
         st = mk_err(MK_E_FORMAT, "%s: expected a JSON object at the top level, found %s", path, jt(root));
     else if (!json_is_object(model))
         st = mk_err(MK_E_FORMAT, "%s: field 'model': expected an object, found %s", path, jt(model));
@@ -781,7 +911,13 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
     if (st == MK_OK)
         st = load_pre(t, json_object_get(root, "pre_tokenizer"), "pre_tokenizer", &pcap);
     if (st == MK_OK)
-        st = load_tables(t, model, vocab, json_is_array(added) ? added : NULL);
+        st = vr.end ? vocab_from_text(&v, text, vr) : vocab_from_dom(&v, vocab);
+    if (st == MK_OK)
+        st = load_tables(t, model, &v, json_is_array(added) ? added : NULL, text, mr);
+    t->strs = strs.p; /* (freed with t) */
+    t->strs_len = strs.n;
+    free(v.keys);
+    free(v.bad);
     if (st == MK_OK)
         st = load_post(t, json_object_get(root, "post_processor"), "post_processor", NULL);
     if (st == MK_OK)
@@ -791,9 +927,10 @@ mk_status tok_load_json(mk_tok *t, const char *path) {
         t->dec_join_space = !dec || json_is_null(dec);
         st = build_bytes(t, chain.steps, chain.n);
     }
-    if (st == MK_OK && json_object_size(vocab) == 0)
+    if (st == MK_OK && v.n == 0)
         st = mk_err(MK_E_FORMAT, "%s: field 'model.vocab' is empty: no text could be encoded", path);
     json_decref(root);
+    free(text);
     return st;
 }
 

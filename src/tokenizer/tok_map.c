@@ -30,7 +30,8 @@ static size_t sfind(const tok_smap *m, uint64_t h, const char *key, size_t n, bo
             *found = false;
             return i;
         }
-        if (s->hash == h && s->len == n && memcmp(m->keys + s->off, key, n) == 0) {
+        /* (an empty key may come before the key arena exists: no pointer arithmetic on NULL) */
+        if (s->hash == h && s->len == n && (n == 0 || memcmp(m->keys + s->off, key, n) == 0)) {
             *found = true;
             return i;
         }
@@ -38,8 +39,7 @@ static size_t sfind(const tok_smap *m, uint64_t h, const char *key, size_t n, bo
     }
 }
 
-static mk_status sgrow(tok_smap *m) {
-    size_t ncap = m->cap ? m->cap * 2 : 64;
+static mk_status sgrow(tok_smap *m, size_t ncap) {
     tok_sslot *ns = mk_calloc(ncap, sizeof *ns);
     if (!ns)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory growing a hash table to %zu slots", ncap);
@@ -63,7 +63,7 @@ mk_status tok_smap_put(tok_smap *m, const char *key, size_t n, int32_t val, bool
     if (n > UINT32_MAX)
         return mk_err(MK_E_ARG, "tokenizer: key of %zu bytes is too long", n);
     if ((m->count + 1) * 2 > m->cap)
-        MK_TRY(sgrow(m));
+        MK_TRY(sgrow(m, m->cap ? m->cap * 2 : 64));
     uint64_t h = XXH3_64bits(key, n);
     bool found;
     size_t i = sfind(m, h, key, n, &found);
@@ -93,6 +93,23 @@ mk_status tok_smap_put(tok_smap *m, const char *key, size_t n, int32_t val, bool
     return MK_OK;
 }
 
+mk_status tok_smap_reserve(tok_smap *m, size_t n, size_t key_bytes) {
+    if (key_bytes > m->keys_cap && key_bytes <= UINT32_MAX) {
+        char *nk = mk_realloc(m->keys, key_bytes);
+        if (!nk)
+            return mk_err(MK_E_NOMEM, "tokenizer: out of memory for hash-map keys (%zu bytes)", key_bytes);
+        m->keys = nk;
+        m->keys_cap = key_bytes;
+    }
+    size_t ncap = m->cap ? m->cap : 64;
+    while (ncap / 2 < n) {
+        if (ncap > SIZE_MAX / 2 / sizeof(tok_sslot))
+            return mk_err(MK_E_NOMEM, "tokenizer: a hash table of %zu entries is too large", n);
+        ncap *= 2;
+    }
+    return ncap > m->cap ? sgrow(m, ncap) : MK_OK;
+}
+
 bool tok_smap_get(const tok_smap *m, const char *key, size_t n, int32_t *val) {
     if (!m->cap)
         return false;
@@ -120,8 +137,7 @@ void tok_smap_free(tok_smap *m) {
 
 static uint64_t pkey(int32_t a, int32_t b) { return ((uint64_t)(uint32_t)a << 32) | (uint32_t)b; }
 
-static mk_status pgrow(tok_pmap *m) {
-    size_t ncap = m->cap ? m->cap * 2 : 1024;
+static mk_status pgrow(tok_pmap *m, size_t ncap) {
     tok_pslot *ns = mk_malloc(ncap * sizeof *ns);
     if (!ns)
         return mk_err(MK_E_NOMEM, "tokenizer: out of memory growing the merge table to %zu slots", ncap);
@@ -143,7 +159,7 @@ static mk_status pgrow(tok_pmap *m) {
 
 mk_status tok_pmap_put(tok_pmap *m, int32_t a, int32_t b, int32_t rank, int32_t val) {
     if ((m->count + 1) * 2 > m->cap)
-        MK_TRY(pgrow(m));
+        MK_TRY(pgrow(m, m->cap ? m->cap * 2 : 1024));
     uint64_t k = pkey(a, b);
     size_t mask = m->cap - 1, i = (size_t)mix64(k) & mask;
     while (m->slots[i].rank >= 0 && m->slots[i].key != k)
@@ -152,6 +168,16 @@ mk_status tok_pmap_put(tok_pmap *m, int32_t a, int32_t b, int32_t rank, int32_t 
         m->count++;
     m->slots[i] = (tok_pslot){k, rank, val};
     return MK_OK;
+}
+
+mk_status tok_pmap_reserve(tok_pmap *m, size_t n) {
+    size_t ncap = m->cap ? m->cap : 1024;
+    while (ncap / 2 < n) {
+        if (ncap > SIZE_MAX / 2 / sizeof(tok_pslot))
+            return mk_err(MK_E_NOMEM, "tokenizer: a merge table of %zu entries is too large", n);
+        ncap *= 2;
+    }
+    return ncap > m->cap ? pgrow(m, ncap) : MK_OK;
 }
 
 bool tok_pmap_get(const tok_pmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *val) {

@@ -31,6 +31,9 @@ typedef struct tok_smap {
 /* Insert key -> val. When the key is present its value is replaced and
  * *existed (if non-NULL) is set. */
 mk_status tok_smap_put(tok_smap *m, const char *key, size_t n, int32_t val, bool *existed);
+/* Room for n entries and key_bytes of keys without growing (a loader that
+ * knows its count: each doubling rehashes every entry so far). */
+mk_status tok_smap_reserve(tok_smap *m, size_t n, size_t key_bytes);
 /* True and *val when present. */
 bool tok_smap_get(const tok_smap *m, const char *key, size_t n, int32_t *val);
 /* Drop every entry, keep the allocation. */
@@ -49,6 +52,7 @@ typedef struct tok_pmap {
 } tok_pmap;
 
 mk_status tok_pmap_put(tok_pmap *m, int32_t a, int32_t b, int32_t rank, int32_t val);
+mk_status tok_pmap_reserve(tok_pmap *m, size_t n);
 bool tok_pmap_get(const tok_pmap *m, int32_t a, int32_t b, int32_t *rank, int32_t *val);
 void tok_pmap_free(tok_pmap *m);
 

@@ -4,7 +4,10 @@
  * Input = tokenizer JSON, then optionally a 0x00 byte and a text to encode.
  * The JSON goes through a memfd so the real file-reading path runs. Any
  * status is acceptable; crashes, leaks and UB are not, nor an encode that
- * changes its answer on a second call or yields an id outside the vocab. The library is built
+ * changes its answer on a second call or yields an id outside the vocab, nor
+ * a load whose result differs from the one through jansson's DOM alone
+ * (tok_json_test_dom: model.vocab and model.merges are read from the bytes
+ * otherwise). The library is built
  * with -fsanitize=fuzzer-no-link under MK_FUZZ, so coverage reaches it. */
 #include <stdint.h>
 #include <stdio.h>
@@ -14,6 +17,7 @@
 #include <unistd.h>
 
 #include "moekit/tokenizer.h"
+#include "tokenizer/tok_json.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -32,7 +36,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char path[64];
     snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
     mk_tok *t = NULL;
-    if (mk_tok_load(path, &t) == MK_OK) {
+    mk_status st = mk_tok_load(path, &t);
+    /* the vocab and merges read from the bytes (tokenizer/tok_json.c) agree with jansson's
+     * DOM of the same file: the same status, the same strings for every id */
+    mk_tok *ref = NULL;
+    tok_json_test_dom(true);
+    mk_status rst = mk_tok_load(path, &ref);
+    tok_json_test_dom(false);
+    if (rst != st || (st == MK_OK && mk_tok_vocab_size(ref) != mk_tok_vocab_size(t)))
+        abort();
+    for (int32_t id = 0; st == MK_OK && id < (int32_t)mk_tok_vocab_size(t); id++) {
+        size_t la = 0, lb = 0;
+        const char *a = mk_tok_token_str(t, id, &la), *b = mk_tok_token_str(ref, id, &lb);
+        if (!a != !b || la != lb || (a && memcmp(a, b, la)))
+            abort();
+    }
+    mk_tok_free(ref);
+    if (st == MK_OK) {
         /* the model-vocabulary check (run/eval/profile) at a size from the input */
         (void)mk_tok_check_model_vocab(t, (int64_t)(size ? data[size - 1] : 0) * 17);
         int32_t *ids = NULL;
