@@ -17,6 +17,10 @@
  * them, the error at the file's line and column. */
 #include "tokenizer/tok_json.h"
 
+#include <errno.h>
+#include <locale.h>
+#include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -201,7 +205,10 @@ mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json
         }
         o[j++] = s[r[k].end - 1];
         col++;
-        fix[k] = (tok_json_fix){line, col, gone};
+        size_t kept = 0; /* the cut value's bytes in o: opener, newlines, closer */
+        for (size_t i = r[k].at; i < r[k].end; i++)
+            kept += i == r[k].at || i + 1 == r[k].end || s[i] == '\n';
+        fix[k] = (tok_json_fix){line, col, gone, j, r[k].end - r[k].at - kept};
         from = r[k].end;
     }
     memcpy(o + j, s + from, n - from);
@@ -210,6 +217,14 @@ mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json
     *out = o;
     *on = j;
     return MK_OK;
+}
+
+size_t tok_json_file_pos(const tok_json_fix *fix, int nr, size_t pos) {
+    size_t p = pos;
+    for (int k = 0; k < nr; k++)
+        if (pos >= fix[k].end)
+            p += fix[k].removed;
+    return p;
 }
 
 void tok_json_fix_at(const tok_json_fix *fix, int nr, int *line, int *col) {
@@ -229,14 +244,18 @@ typedef struct tj {
     size_t len, cap;
 } tj;
 
+/* The error at byte `at`: its line and column as jansson counts them
+ * (characters, not bytes; at a newline, the start of the next line). */
 static mk_status tj_err(const tj *t, size_t at, const char *what) {
     int line = 1, col = 1;
     for (size_t i = 0; i < at; i++) {
         if (t->s[i] == '\n')
             line++, col = 1;
-        else
+        else if (((unsigned char)t->s[i] & 0xC0) != 0x80)
             col++;
     }
+    if (at < t->end && t->s[at] == '\n')
+        line++, col = 0;
     return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", t->path, line, col, what);
 }
 
@@ -278,6 +297,7 @@ static mk_status tj_string(tj *t) {
     if (i >= t->end || s[i] != '"')
         return tj_err(t, i, "expected a string");
     t->len = 0;
+    MK_TRY(tj_put(t, "", 0)); /* buf is never NULL after a string, even an empty one */
     i++;
     for (;;) {
         size_t run = i;
@@ -310,10 +330,14 @@ static mk_status tj_string(tj *t) {
             continue;
         }
         if (e != 'u')
-            return tj_err(t, i, "invalid escape in a string");
+            return tj_err(t, i + 1, "invalid escape in a string");
         int v = i + 6 <= t->end ? hex4(s + i + 2) : -1;
-        if (v < 0)
-            return tj_err(t, i, "invalid \\u escape in a string");
+        if (v < 0) {
+            size_t k = i + 2; /* the first character that is no hex digit */
+            while (k < i + 6 && k < t->end && strchr("0123456789abcdefABCDEF", s[k]) && s[k])
+                k++;
+            return tj_err(t, k, "invalid \\u escape in a string");
+        }
         i += 6;
         uint32_t cp = (uint32_t)v;
         if (cp >= 0xD800 && cp <= 0xDBFF) {
@@ -330,6 +354,33 @@ static mk_status tj_string(tj *t) {
         char u[4];
         MK_TRY(tj_put(t, u, tok_utf8_encode(cp, u)));
     }
+}
+
+/* jansson 2.14 reads one NUL byte right after a number or a literal as
+ * nothing (its lexer puts back the character after the token; a NUL put
+ * back reads as the end of its buffer, and it reads on). */
+static size_t tj_after_token(const tj *t, size_t i) {
+    return i < t->end && t->s[i] == 0 ? i + 1 : i;
+}
+
+/* Whether the real s[0..n) overflows a double (jansson refuses it: "real
+ * number overflow"); read in the C locale, as JSON spells it. */
+static locale_t g_cloc;
+static pthread_once_t g_cloc_once = PTHREAD_ONCE_INIT;
+static void cloc_init(void) { g_cloc = newlocale(LC_ALL_MASK, "C", (locale_t)0); }
+static bool real_overflows(const char *s, size_t n) {
+    char buf[64], *b = n < sizeof buf ? buf : mk_malloc(n + 1);
+    if (!b)
+        return false; /* no memory to tell: the number is taken (it is no id either way) */
+    memcpy(b, s, n);
+    b[n] = 0;
+    pthread_once(&g_cloc_once, cloc_init);
+    errno = 0;
+    double d = g_cloc ? strtod_l(b, NULL, g_cloc) : strtod(b, NULL);
+    bool over = errno == ERANGE && (d == HUGE_VAL || d == -HUGE_VAL);
+    if (b != buf)
+        free(b);
+    return over;
 }
 
 /* The number at t->i: *is_int and *v when it is an integer that fits int64. */
@@ -370,10 +421,13 @@ static mk_status tj_number(tj *t, bool *is_int, int64_t *v) {
         while (i < t->end && s[i] >= '0' && s[i] <= '9')
             i++;
     }
-    if (*is_int && (big || x > (uint64_t)INT64_MAX + (neg ? 1u : 0u)))
-        return tj_err(t, at, "too big integer"); /* as jansson: an integer past json_int_t */
+    /* (a token's error at its last character, where jansson puts it) */
+    if (*is_int && (big || x > (uint64_t)INT64_MAX + (neg ? 1u : 0u))) /* as jansson: past json_int_t */
+        return tj_err(t, i - 1, neg ? "too big negative integer" : "too big integer");
+    if (!*is_int && real_overflows(s + at, i - at))
+        return tj_err(t, i - 1, "real number overflow");
     *v = neg ? (int64_t)(0 - x) : (int64_t)x;
-    t->i = i;
+    t->i = tj_after_token(t, i);
     return MK_OK;
 }
 
@@ -456,7 +510,7 @@ static mk_status tj_value(tj *t, int depth) {
     for (int k = 0; k < 3; k++) {
         size_t l = strlen(lit[k]);
         if (t->end - t->i >= l && memcmp(t->s + t->i, lit[k], l) == 0) {
-            t->i += l;
+            t->i = tj_after_token(t, t->i + l);
             return MK_OK;
         }
     }
@@ -465,7 +519,7 @@ static mk_status tj_value(tj *t, int depth) {
 
 mk_status tok_json_check(const char *path, const char *s, tok_json_range r) {
     tj t = {path, s, r.at, r.end, NULL, 0, 0};
-    mk_status st = tj_value(&t, 1);
+    mk_status st = tj_value(&t, 3); /* its depth as jansson counts: the root 1, model 2 */
     free(t.buf);
     if (st == MK_OK && t.i != r.end) /* (the walk ended the value there) */
         st = tj_err(&t, t.i, "unexpected text after a value");
@@ -495,7 +549,7 @@ mk_status tok_json_vocab(const char *path, const char *s, tok_json_range r, tok_
                 (st = fn(u, t.buf ? t.buf : "", t.len, v, is_int ? NULL : kind)) != MK_OK)
                 break;
         } else if ((st = fn(u, t.buf ? t.buf : "", t.len, 0, kind)) != MK_OK ||
-                   (st = tj_value(&t, 2)) != MK_OK) { /* past it (the key is in t.buf until here) */
+                   (st = tj_value(&t, 4)) != MK_OK) { /* past it (the key is in t.buf until here) */
             break;
         }
         st = tj_next(&t, '}', &more);
@@ -591,7 +645,7 @@ mk_status tok_json_merges(const char *path, const char *s, tok_json_range r, tok
                             "found an array of another shape", path, i);
                 break;
             }
-            st = fn(u, i, a ? a : "", al, t.buf, t.len);
+            st = fn(u, i, a, al, t.buf, t.len);
         } else {
             st = mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': expected \"a b\" or [\"a\", \"b\"], found %s",
                         path, i, tj_kind(&t));

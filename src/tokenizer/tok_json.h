@@ -34,10 +34,13 @@ bool tok_json_locate(const char *s, size_t n, tok_json_range *vocab, tok_json_ra
  * closer on its line are `shift` characters further right in the file. */
 typedef struct tok_json_fix {
     int line, col, shift;
+    size_t end, removed; /* the cut value's end in the cut text; bytes it lost */
 } tok_json_fix;
 mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json_range *r, int nr, char **out,
                        size_t *on, tok_json_fix *fix);
 void tok_json_fix_at(const tok_json_fix *fix, int nr, int *line, int *col);
+/* The file's byte offset of offset pos of the cut text. */
+size_t tok_json_file_pos(const tok_json_fix *fix, int nr, size_t pos);
 
 /* The value at r is JSON, strictly (jansson's rules: tok_json.c): the
  * values cut out of jansson's document are checked before anything is read

@@ -866,6 +866,11 @@ static mk_status load_doc(const char *path, char **text, json_t **root, tok_json
     if (!*root) {
         if (mk_json_nomem(&e, jmark)) /* not the file's fault */
             return mk_err(MK_E_NOMEM, "%s: no memory to parse its JSON", path);
+        /* a syntax error inside a cut value before jansson's comes first, as it would have
+         * from jansson reading the whole file */
+        size_t at = tok_json_file_pos(fix, nr, (size_t)e.position);
+        for (int k = 0; k < nr && r[k].at < at; k++)
+            MK_TRY(tok_json_check(path, *text, r[k]));
         tok_json_fix_at(fix, nr, &e.line, &e.column);
         return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,
                       mk_json_errtext(e.text));

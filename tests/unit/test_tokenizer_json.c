@@ -179,6 +179,40 @@ static void test_errors(void **state) {
     assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0}, \"merges\": [\"a a\" 1]}, \"decoder\": {\"type\": "
                               "\"Nope\"}}", true),
                      MK_E_FORMAT);
+    /* found by review (each gave another status or crashed under UBSan): a syntax error in a value
+     * before one jansson finds in the rest; reals past a double (jansson: "real number overflow"),
+     * also where a later duplicate would have made the key good; one NUL right after a number or
+     * a literal, which jansson 2.14 reads as nothing; empty strings in merges */
+    assert_int_equal(SAME("{\n  \"model\": {\n    \"type\": \"BPE\",\n    \"vocab\": {\n      \"a\": 0,\n"
+                          "      \"b\" 1\n    },\n    \"merges\": []\n  },\n  \"decoder\": {\"type\": "
+                          "\"ByteLevel\",}\n}\n",
+                          true),
+                     MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\" 0}}, \"x\": tru}", true), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 1e400, \"a\": 0}}}", true), MK_E_FORMAT);
+    assert_int_equal(SAME("{\"model\": {\"type\": \"Unigram\", \"vocab\": {\"a\": -1e400}}}", true), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0}, \"merges\": [1e400]}}", true), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0\0}}}", false), MK_OK);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0, \"b\": true\0, \"b\": 1}}}", false), MK_OK);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0\0\0}}}", true), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0, \"aa\": 1}, \"merges\": [\"a a\", [1\0]]}}", false),
+                     MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0}, \"merges\": [\"\"]}}", false), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"\": 0}, \"merges\": [[\"\", \"\"]]}}", false), MK_OK);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0, \"\\\n\": 1}}}", true), MK_E_FORMAT);
+    assert_int_equal(SAME(PRE "\"vocab\": {\"a\": -99999999999999999999}}}", true), MK_E_FORMAT);
+    /* nesting at jansson's limit inside a value: 2046 levels in a key's value are one too many
+     * (root, model, vocab and the value's own), 2045 are not (and the key's last value is good) */
+    for (int levels = 2045; levels <= 2046; levels++) {
+        static char doc[8192];
+        int n = snprintf(doc, sizeof doc, PRE "\"vocab\": {\"a\": ");
+        memset(doc + n, '[', (size_t)levels);
+        memset(doc + n + levels, ']', (size_t)levels);
+        n += 2 * levels;
+        n += snprintf(doc + n, sizeof doc - (size_t)n, ", \"a\": 0}}}");
+        assert_int_equal(same(doc, (size_t)n, true, levels == 2045 ? "2045 levels" : "2046 levels"),
+                         levels == 2045 ? MK_OK : MK_E_FORMAT);
+    }
     /* merges of the wrong shape or naming unknown tokens */
     assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0}, \"merges\": [7]}}", false), MK_E_FORMAT);
     assert_int_equal(SAME(PRE "\"vocab\": {\"a\": 0}, \"merges\": [[\"a\"]]}}", false), MK_E_FORMAT);
