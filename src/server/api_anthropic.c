@@ -457,21 +457,11 @@ static bool delta_events(srv_stream *st, json_t *d, unsigned long mark) {
 bool srv_stream_content(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone, srv_delta_emit_fn emit,
                         unsigned long mark) {
     mk_server *s = st->s;
-    srv_job *j = st->j;
     pthread_mutex_lock(&s->mu);
     if (!srv_stream_wait(st, alive, ctx, gone)) /* (it unlocks) */
         return false;
-    size_t upto = srv_stream_upto(st);
-    bool fin = j->done && upto == j->safe;
-    json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
-    st->sent = upto;
-    while (d && json_object_size(d) == 0 && upto < j->safe) { /* held back: the next token too */
-        json_decref(d);
-        upto = srv_stream_upto(st);
-        fin = j->done && upto == j->safe;
-        d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
-        st->sent = upto;
-    }
+    bool fin;
+    json_t *d = srv_stream_chat_delta(st, &fin);
     pthread_mutex_unlock(&s->mu);
     if (!d) {
         st->state = 5;

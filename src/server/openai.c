@@ -453,6 +453,20 @@ size_t srv_stream_upto(const srv_stream *st) {
     return lo < j->n_marks && j->marks[lo] < j->safe ? j->marks[lo] : j->safe;
 }
 
+json_t *srv_stream_chat_delta(srv_stream *st, bool *fin) {
+    const srv_job *j = st->j;
+    json_t *d = NULL;
+    do { /* a token the parse holds back (a marker's beginning) goes with the next one */
+        if (d)
+            json_decref(d);
+        size_t upto = srv_stream_upto(st);
+        *fin = j->done && upto == j->safe;
+        d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, *fin);
+        st->sent = upto;
+    } while (d && json_object_size(d) == 0 && st->sent < j->safe);
+    return d;
+}
+
 srv_job *srv_job_start(mk_server *s, srv_params *p, srv_reply *r) {
     if (p->model && strcmp(p->model, s->alias) && strcmp(p->model, "default_model")) {
         srv_error(r, 404, "invalid_request_error", "model",
@@ -686,16 +700,9 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
             /* reasoning, content and tool calls apart; a parse may hold
              * everything new back (a marker's beginning): then wait on */
-            bool fin = j->done && upto == j->safe;
-            json_t *d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
-            st->sent = upto;
-            while (d && json_object_size(d) == 0 && upto < j->safe) { /* held back: the next token too */
-                json_decref(d);
-                upto = srv_stream_upto(st);
-                fin = j->done && upto == j->safe;
-                d = srv_chat_delta(&st->co, j->text ? j->text : "", upto, fin);
-                st->sent = upto;
-            }
+            bool fin;
+            json_t *d = srv_stream_chat_delta(st, &fin);
+            upto = st->sent;
             if (d && json_object_size(d) == 0 && !fin) {
                 json_decref(d);
                 pthread_mutex_unlock(&s->mu);

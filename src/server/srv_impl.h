@@ -411,6 +411,11 @@ bool srv_stream_wait(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone);
  * the reader comes, as OpenAI's and llama.cpp's streams send; clients count
  * tokens by chunks), else j->safe. */
 size_t srv_stream_upto(const srv_stream *st);
+/* Server mutex held, after srv_stream_wait, chat kinds: the delta of the
+ * stream's next event (srv_chat_delta up to srv_stream_upto; a token the
+ * parse holds back goes out with the next), st->sent advanced; *fin when it
+ * is the answer's last. NULL: no memory. */
+json_t *srv_stream_chat_delta(srv_stream *st, bool *fin);
 /* Server mutex held: safe advances to `safe` (> j->safe) and is marked; false
  * when the mark could not be stored (out of memory: safe is not moved). */
 bool srv_job_advance(srv_job *j, size_t safe);

@@ -86,6 +86,18 @@ static size_t skip_value(const char *s, size_t n, size_t i) {
     return 0;
 }
 
+static int hex4(const char *p) {
+    int v = 0;
+    for (int j = 0; j < 4; j++) {
+        char h = p[j];
+        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
 /* The key at s[i] (a string) equals name, escapes undone (a key may spell
  * "model" with \u escapes; jansson compares the decoded bytes). */
 static bool key_is(const char *s, size_t i, size_t end, const char *name) {
@@ -95,14 +107,8 @@ static bool key_is(const char *s, size_t i, size_t end, const char *name) {
         if (c == '\\') {
             char e = s[++i];
             if (e == 'u' && i + 4 < end) {
-                unsigned v = 0;
-                for (int j = 1; j <= 4; j++) {
-                    char h = s[i + j];
-                    v = v * 16 + (unsigned)(h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10
-                                                                 : h >= 'A' && h <= 'F' ? h - 'A' + 10
-                                                                                        : 255);
-                }
-                if (v > 0x7f) /* not ASCII: not one of our names */
+                int v = hex4(s + i + 1);
+                if (v < 0 || v > 0x7f) /* not ASCII: not one of our names */
                     return false;
                 c = (char)v;
                 i += 4;
@@ -276,18 +282,6 @@ static mk_status tj_put(tj *t, const char *p, size_t n) {
     t->len += n;
     t->buf[t->len] = 0;
     return MK_OK;
-}
-
-static int hex4(const char *p) {
-    int v = 0;
-    for (int j = 0; j < 4; j++) {
-        char h = p[j];
-        int d = h >= '0' && h <= '9' ? h - '0' : h >= 'a' && h <= 'f' ? h - 'a' + 10 : h >= 'A' && h <= 'F' ? h - 'A' + 10 : -1;
-        if (d < 0)
-            return -1;
-        v = v * 16 + d;
-    }
-    return v;
 }
 
 /* The string at t->i into t->buf / t->len. */
