@@ -696,13 +696,12 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
         pthread_mutex_lock(&s->mu);
         if (!srv_stream_wait(st, alive, ctx, gone))
             return false;
-        size_t upto = srv_stream_upto(st);
         if (st->kind == SRV_CHAT && (j->safe > st->sent || j->done)) {
             /* reasoning, content and tool calls apart; a parse may hold
              * everything new back (a marker's beginning): then wait on */
             bool fin;
             json_t *d = srv_stream_chat_delta(st, &fin);
-            upto = st->sent;
+            size_t upto = st->sent;
             if (d && json_object_size(d) == 0 && !fin) {
                 json_decref(d);
                 pthread_mutex_unlock(&s->mu);
@@ -726,6 +725,7 @@ static bool next_event(srv_stream *st, srv_alive_fn alive, void *ctx, bool *gone
             return false;
         }
         if (j->safe > st->sent) {
+            size_t upto = srv_stream_upto(st);
             size_t to = j->logprobs >= 0 ? lp_upto(j, st->lp_sent, upto, true) : st->lp_sent;
             json_t *lp = to > st->lp_sent ? lp_json(s, st->kind, j, st->lp_sent, to) : NULL;
             st->lp_sent = to;

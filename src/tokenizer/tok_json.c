@@ -10,11 +10,11 @@
  * object's last "model" member, that object's last "vocab" and "merges"
  * members, as jansson keeps the last of duplicate keys) without checking
  * what it skips; the caller then hands jansson the document with those two
- * values blanked to {} and [] (the same bytes otherwise, newlines kept, so
- * jansson's line and column numbers are the file's), which checks the rest,
- * and reads the two values here with a strict scanner: RFC 8259's grammar,
- * UTF-8 checked, control characters and \u0000 refused as jansson refuses
- * them, the error at the file's line and column. */
+ * values cut to {} and [] and their newlines (tok_json_cut: jansson's lines
+ * are the file's, its columns and positions mapped back), which checks the
+ * rest, and reads the two values here with a strict scanner: RFC 8259's
+ * grammar, UTF-8 checked, control characters and \u0000 refused as jansson
+ * refuses them, the error at the file's line and column. */
 #include "tokenizer/tok_json.h"
 
 #include <errno.h>
@@ -161,18 +161,18 @@ typedef struct walk {
 static void model_member(void *u, const char *s, size_t k, size_t ke, size_t v, size_t ve) {
     walk *w = u;
     if (key_is(s, k, ke, "vocab"))
-        w->vocab = (tok_json_range){v, ve};
+        w->vocab = (tok_json_range){.at = v, .end = ve};
     else if (key_is(s, k, ke, "merges"))
-        w->merges = (tok_json_range){v, ve};
+        w->merges = (tok_json_range){.at = v, .end = ve};
 }
 
 static void root_member(void *u, const char *s, size_t k, size_t ke, size_t v, size_t ve) {
     if (key_is(s, k, ke, "model"))
-        ((walk *)u)->model = (tok_json_range){v, ve};
+        ((walk *)u)->model = (tok_json_range){.at = v, .end = ve};
 }
 
 bool tok_json_locate(const char *s, size_t n, tok_json_range *vocab, tok_json_range *merges) {
-    walk w = {{0, 0}, {0, 0}, {0, 0}};
+    walk w = {{0}, {0}, {0}};
     size_t i = ws(s, n, 0);
     if (i >= n || s[i] != '{' || !(i = members(s, n, i, root_member, &w)) || ws(s, n, i) != n)
         return false;
@@ -180,12 +180,12 @@ bool tok_json_locate(const char *s, size_t n, tok_json_range *vocab, tok_json_ra
         return false;
     /* only an object vocab and an array of merges are read here; anything else stays in the
      * document, for the loader's messages */
-    *vocab = w.vocab.end && s[w.vocab.at] == '{' ? w.vocab : (tok_json_range){0, 0};
-    *merges = w.merges.end && s[w.merges.at] == '[' ? w.merges : (tok_json_range){0, 0};
+    *vocab = w.vocab.end && s[w.vocab.at] == '{' ? w.vocab : (tok_json_range){0};
+    *merges = w.merges.end && s[w.merges.at] == '[' ? w.merges : (tok_json_range){0};
     return true;
 }
 
-mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json_range *r, int nr, char **out,
+mk_status tok_json_cut(const char *path, const char *s, size_t n, tok_json_range *const *rp, int nr, char **out,
                        size_t *on, tok_json_fix *fix) {
     char *o = mk_malloc(n + 1); /* at most n bytes come out (pages past them are never touched) */
     if (!o)
@@ -193,7 +193,8 @@ mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json
     size_t j = 0, from = 0;
     int line = 1, col = 0; /* of the last byte written */
     for (int k = 0; k < nr; k++) {
-        for (size_t i = from; i < r[k].at + 1; i++) { /* up to and with the opener */
+        const tok_json_range r = *rp[k];
+        for (size_t i = from; i < r.at + 1; i++) { /* up to and with the opener */
             o[j++] = s[i];
             if (s[i] == '\n')
                 line++, col = 0;
@@ -201,7 +202,7 @@ mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json
                 col++;
         }
         int gone = 0; /* characters dropped on the closer's line */
-        for (size_t i = r[k].at + 1; i + 1 < r[k].end; i++) {
+        for (size_t i = r.at + 1; i + 1 < r.end; i++) {
             if (s[i] == '\n') {
                 o[j++] = '\n';
                 line++, col = 0, gone = 0;
@@ -209,13 +210,13 @@ mk_status tok_json_cut(const char *path, const char *s, size_t n, const tok_json
                 gone++;
             }
         }
-        o[j++] = s[r[k].end - 1];
+        o[j++] = s[r.end - 1];
         col++;
         size_t kept = 0; /* the cut value's bytes in o: opener, newlines, closer */
-        for (size_t i = r[k].at; i < r[k].end; i++)
-            kept += i == r[k].at || i + 1 == r[k].end || s[i] == '\n';
-        fix[k] = (tok_json_fix){line, col, gone, j, r[k].end - r[k].at - kept};
-        from = r[k].end;
+        for (size_t i = r.at; i < r.end; i++)
+            kept += i == r.at || i + 1 == r.end || s[i] == '\n';
+        fix[k] = (tok_json_fix){line, col, gone, j, r.end - r.at - kept};
+        from = r.end;
     }
     memcpy(o + j, s + from, n - from);
     j += n - from;
@@ -471,8 +472,9 @@ static bool tj_empty(tj *t, char close) {
     return false;
 }
 
-/* The value at t->i, strictly (its end into t->i). */
-static mk_status tj_value(tj *t, int depth) {
+/* The value at t->i, strictly (its end into t->i); *count (when given):
+ * the elements of the object or array it is. */
+static mk_status tj_value(tj *t, int depth, size_t *count) {
     if (depth > TOK_JSON_MAX_DEPTH)
         return tj_err(t, t->i, "too deeply nested");
     tj_ws(t);
@@ -495,7 +497,9 @@ static mk_status tj_value(tj *t, int depth) {
                     return tj_err(t, t->i, "expected ':'");
                 t->i++;
             }
-            MK_TRY(tj_value(t, depth + 1));
+            MK_TRY(tj_value(t, depth + 1, NULL));
+            if (count)
+                ++*count;
             MK_TRY(tj_next(t, close, &more));
         }
         return MK_OK;
@@ -511,11 +515,12 @@ static mk_status tj_value(tj *t, int depth) {
     return tj_err(t, t->i, "invalid token");
 }
 
-mk_status tok_json_check(const char *path, const char *s, tok_json_range r) {
-    tj t = {path, s, r.at, r.end, NULL, 0, 0};
-    mk_status st = tj_value(&t, 3); /* its depth as jansson counts: the root 1, model 2 */
+mk_status tok_json_check(const char *path, const char *s, tok_json_range *r) {
+    tj t = {path, s, r->at, r->end, NULL, 0, 0};
+    r->count = 0;
+    mk_status st = tj_value(&t, 3, &r->count); /* its depth as jansson counts: the root 1, model 2 */
     free(t.buf);
-    if (st == MK_OK && t.i != r.end) /* (the walk ended the value there) */
+    if (st == MK_OK && t.i != r->end) /* (the walk ended the value there) */
         st = tj_err(&t, t.i, "unexpected text after a value");
     return st;
 }
@@ -536,47 +541,19 @@ mk_status tok_json_vocab(const char *path, const char *s, tok_json_range r, tok_
         tj_ws(&t);
         bool is_int = false;
         int64_t v = 0;
-        const char *kind = tj_kind(&t);
         char c = t.i < t.end ? s[t.i] : 0;
         if (c == '-' || (c >= '0' && c <= '9')) {
             if ((st = tj_number(&t, &is_int, &v)) != MK_OK ||
-                (st = fn(u, t.buf ? t.buf : "", t.len, v, is_int ? NULL : kind)) != MK_OK)
+                (st = fn(u, t.buf, t.len, v, is_int ? NULL : "a number")) != MK_OK)
                 break;
-        } else if ((st = fn(u, t.buf ? t.buf : "", t.len, 0, kind)) != MK_OK ||
-                   (st = tj_value(&t, 4)) != MK_OK) { /* past it (the key is in t.buf until here) */
+        } else if ((st = fn(u, t.buf, t.len, 0, tj_kind(&t))) != MK_OK ||
+                   (st = tj_value(&t, 4, NULL)) != MK_OK) { /* past it (the key is in t.buf until here) */
             break;
         }
         st = tj_next(&t, '}', &more);
     }
     free(t.buf);
     return st;
-}
-
-size_t tok_json_count(const char *s, tok_json_range r) {
-    /* the array's top-level elements: its commas outside strings and inner containers, plus one */
-    size_t n = 0, i = r.at + 1;
-    int depth = 0;
-    bool any = false;
-    for (; i + 1 < r.end; i++) {
-        char c = s[i];
-        if (c == '"') {
-            size_t e = str_end(s, r.end, i);
-            if (!e)
-                break;
-            i = e - 1;
-            any = true;
-        } else if (c == '[' || c == '{') {
-            depth++;
-            any = true;
-        } else if (c == ']' || c == '}') {
-            depth--;
-        } else if (c == ',' && depth == 0) {
-            n++;
-        } else if (c != ' ' && c != '\n' && c != '\t' && c != '\r') {
-            any = true;
-        }
-    }
-    return any ? n + 1 : 0;
 }
 
 mk_status tok_json_merges(const char *path, const char *s, tok_json_range r, tok_json_merge_fn fn, void *u) {
@@ -600,7 +577,6 @@ mk_status tok_json_merges(const char *path, const char *s, tok_json_range r, tok
             st = fn(u, i, t.buf, (size_t)(sp - t.buf), sp + 1, t.len - (size_t)(sp - t.buf) - 1);
         } else if (c == '[') {
             /* ["a", "b"]: two strings, nothing else */
-            size_t at = t.i;
             t.i++;
             tj_ws(&t);
             bool ok = t.i < t.end && s[t.i] == '"';
@@ -634,7 +610,6 @@ mk_status tok_json_merges(const char *path, const char *s, tok_json_range r, tok
                 break;
             if (!ok) {
                 /* another shape of array: jansson's type names cannot say which; name it */
-                t.i = at;
                 st = mk_err(MK_E_FORMAT, "%s: field 'model.merges[%zu]': expected \"a b\" or [\"a\", \"b\"], "
                             "found an array of another shape", path, i);
                 break;

@@ -305,7 +305,7 @@ static mk_status vocab_from_dom(vocab_in *v, const json_t *vocab) {
 
 static mk_status vocab_from_text(vocab_in *v, const char *text, tok_json_range r) {
     /* the keys' bytes are fewer than the object's (never-touched pages cost nothing) */
-    MK_TRY(tok_smap_reserve(&v->t->vocab, tok_json_count(text, r), r.end - r.at));
+    MK_TRY(tok_smap_reserve(&v->t->vocab, r.count, r.end - r.at));
     MK_TRY(grow_arr((void **)&v->strs->p, &v->strs->cap, v->strs->n + (r.end - r.at), 1));
     MK_TRY(tok_json_vocab(v->t->path, text, r, vocab_put_text, v));
     for (size_t i = 0; i < v->n && v->nbad; i++) { /* the first key, in jansson's order, left without an id */
@@ -401,7 +401,7 @@ static mk_status load_merges(mk_tok *t, const json_t *model, const char *text, t
     merge_in m = {t, t->cont_prefix ? strlen(t->cont_prefix) : 0, NULL, 0};
     mk_status st = MK_OK;
     if (r.end) {
-        st = tok_pmap_reserve(&t->merges, tok_json_count(text, r));
+        st = tok_pmap_reserve(&t->merges, r.count);
         if (st == MK_OK)
             st = tok_json_merges(t->path, text, r, merge_one, &m);
         free(m.buf);
@@ -837,23 +837,22 @@ static mk_status load_doc(const char *path, char **text, json_t **root, tok_json
                           tok_json_range *merges_r) {
     size_t n = 0;
     *root = NULL;
-    *vocab_r = *merges_r = (tok_json_range){0, 0};
+    *vocab_r = *merges_r = (tok_json_range){0};
     mk_status st = mk_os_read_file(path, SIZE_MAX - 1, text, &n);
     if (st == MK_E_NOTFOUND)
         st = mk_err(MK_E_IO, "cannot open %s: %s", path, strerror(ENOENT));
     MK_TRY(st);
-    tok_json_range r[2];
+    tok_json_range *r[2]; /* the located values, in file order */
     tok_json_fix fix[2];
     int nr = 0;
     if (!tok_json_dom_only() && tok_json_locate(*text, n, vocab_r, merges_r)) {
         if (vocab_r->end)
-            r[nr++] = *vocab_r;
+            r[nr++] = vocab_r;
         if (merges_r->end)
-            r[nr++] = *merges_r;
-        if (nr == 2 && r[0].at > r[1].at) { /* in file order */
-            tok_json_range x = r[0];
-            r[0] = r[1];
-            r[1] = x;
+            r[nr++] = merges_r;
+        if (nr == 2 && r[0]->at > r[1]->at) {
+            r[0] = merges_r;
+            r[1] = vocab_r;
         }
     }
     char *dom;
@@ -869,7 +868,7 @@ static mk_status load_doc(const char *path, char **text, json_t **root, tok_json
         /* a syntax error inside a cut value before jansson's comes first, as it would have
          * from jansson reading the whole file */
         size_t at = tok_json_file_pos(fix, nr, (size_t)e.position);
-        for (int k = 0; k < nr && r[k].at < at; k++)
+        for (int k = 0; k < nr && r[k]->at < at; k++)
             MK_TRY(tok_json_check(path, *text, r[k]));
         tok_json_fix_at(fix, nr, &e.line, &e.column);
         return mk_err(MK_E_FORMAT, "%s: invalid JSON at line %d column %d: %s", path, e.line, e.column,

@@ -20,6 +20,18 @@ static uint64_t mix64(uint64_t x) {
     return x;
 }
 
+/* The slots a table of cap slots (first: its first size) needs for n
+ * entries at load <= 1/2, doubling; 0 when they would not fit in memory. */
+static size_t cap_for(size_t cap, size_t first, size_t n, size_t slot) {
+    size_t ncap = cap ? cap : first;
+    while (ncap / 2 < n) {
+        if (ncap > SIZE_MAX / 2 / slot)
+            return 0;
+        ncap *= 2;
+    }
+    return ncap;
+}
+
 /* ---- string map ---------------------------------------------------------- */
 
 static size_t sfind(const tok_smap *m, uint64_t h, const char *key, size_t n, bool *found) {
@@ -101,12 +113,9 @@ mk_status tok_smap_reserve(tok_smap *m, size_t n, size_t key_bytes) {
         m->keys = nk;
         m->keys_cap = key_bytes;
     }
-    size_t ncap = m->cap ? m->cap : 64;
-    while (ncap / 2 < n) {
-        if (ncap > SIZE_MAX / 2 / sizeof(tok_sslot))
-            return mk_err(MK_E_NOMEM, "tokenizer: a hash table of %zu entries is too large", n);
-        ncap *= 2;
-    }
+    size_t ncap = cap_for(m->cap, 64, n, sizeof(tok_sslot));
+    if (!ncap)
+        return mk_err(MK_E_NOMEM, "tokenizer: a hash table of %zu entries is too large", n);
     return ncap > m->cap ? sgrow(m, ncap) : MK_OK;
 }
 
@@ -171,12 +180,9 @@ mk_status tok_pmap_put(tok_pmap *m, int32_t a, int32_t b, int32_t rank, int32_t 
 }
 
 mk_status tok_pmap_reserve(tok_pmap *m, size_t n) {
-    size_t ncap = m->cap ? m->cap : 1024;
-    while (ncap / 2 < n) {
-        if (ncap > SIZE_MAX / 2 / sizeof(tok_pslot))
-            return mk_err(MK_E_NOMEM, "tokenizer: a merge table of %zu entries is too large", n);
-        ncap *= 2;
-    }
+    size_t ncap = cap_for(m->cap, 1024, n, sizeof(tok_pslot));
+    if (!ncap)
+        return mk_err(MK_E_NOMEM, "tokenizer: a merge table of %zu entries is too large", n);
     return ncap > m->cap ? pgrow(m, ncap) : MK_OK;
 }
 
