@@ -50,6 +50,10 @@
 #                                         FX_TAR first the fixtures' _cuda cases with both on
 #   scripts/cuda-owed.sh la              session 27's decode lookahead (MK_LOOKAHEAD=0/1) on the cut, short
 #                                         and after 2048 tokens (la.log)
+#   scripts/cuda-owed.sh warm            the decode timed after 4 untimed decode steps (MK_BENCH_WARM=4) against
+#                                         the old timing (0), lookahead off/on: the cut, the full-depth 30B
+#   scripts/cuda-owed.sh lansys          the cut's decode under nsys with the host's CUDA calls traced,
+#                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
 #                                         after 2048 tokens (gqafd.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
@@ -229,7 +233,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -347,6 +351,70 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm"
         done
         rm -f "$out/build.log" "$out/configure.log"
+        exit $rc
+    fi
+    if [ "$what" = warm ]; then
+        # session 31: the decode's one-off costs (eager step, recording, lazy kernel loads) kept out of
+        # the timed decode (bench_decode MK_BENCH_WARM, default 4) against the old timing (0), with the
+        # lookahead off and on: the cut short and after 2048 tokens, then the full-depth 30B (warm.log)
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for r in 1 2; do
+                for w in 0 4; do
+                    for f in 0 1; do
+                        echo "== 8-layer 30B cut decode, positions 16-271, MK_BENCH_WARM=$w MK_LOOKAHEAD=$f"
+                        MK_BENCH_WARM=$w MK_LOOKAHEAD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 |
+                            grep -E "^warm|^decode|^step|^bound"
+                    done
+                done
+            done
+            for w in 0 4; do
+                for f in 0 1; do
+                    echo "== 8-layer 30B cut decode after 2048 tokens, MK_BENCH_WARM=$w MK_LOOKAHEAD=$f"
+                    MK_BENCH_WARM=$w MK_LOOKAHEAD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 |
+                        grep -E "^warm|^decode|^step"
+                done
+            done
+            m=/tmp/mk-owed-30b
+            [ -e $m/config.json ] || {
+                $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet \
+                    --force && $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G \
+                    --quiet --force
+                rm -rf $m.ct
+            } > "$out/synth.log" 2>&1
+            for w in 0 4 4; do
+                for f in 0 1; do
+                    echo "== full-depth 30B decode, positions 16-143, MK_BENCH_WARM=$w MK_LOOKAHEAD=$f"
+                    MK_BENCH_WARM=$w MK_LOOKAHEAD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 |
+                        grep -E "^warm|^decode|^step|^bound"
+                done
+            done
+        } 2>&1 | tee "$out/warm.log"
+        exit $rc
+    fi
+    if [ "$what" = lansys ]; then
+        # session 31: why the decode lookahead does not shorten the time between steps: the cut's
+        # decode (prompt 64, 48 tokens) under nsys with the host's CUDA calls traced, MK_LOOKAHEAD 0
+        # and 1; each run's API trace and GPU trace (graphs whole) as CSV (xz): when the host queues
+        # step n+1's graph against when step n's ends, and which call blocks
+        if ! command -v nsys > /dev/null; then
+            ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
+            [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
+        fi
+        command -v nsys || { echo "no nsys here"; exit 1; }
+        for f in 1 0; do
+            MK_LOOKAHEAD=$f timeout 200 nsys profile -o "$out/la$f" --force-overwrite true -t cuda \
+                --cuda-graph-trace=graph $B/bench_decode $W/m8 64 48 $nt cuda > "$out/lansys_run$f.log" 2>&1
+            echo "nsys MK_LOOKAHEAD=$f: rc $?"
+            grep -E "^decode|^device|^step" "$out/lansys_run$f.log"
+            ls "$out"; tail -5 "$out/lansys_run$f.log"
+            for r in cuda_api_trace cuda_gpu_trace; do
+                nsys stats --force-export=true --report $r --format csv "$out/la$f.nsys-rep" \
+                    > "$out/la${f}_$r.csv" 2>> "$out/nsys_stats.err"
+                xz -9 "$out/la${f}_$r.csv"
+            done
+            rm -f "$out/la$f.nsys-rep" "$out/la$f.sqlite" "$out/la$f.qdstrm"
+        done
         exit $rc
     fi
     if [ "$what" = gqa ]; then
