@@ -64,8 +64,8 @@
  * (mk_cuda_set_attn_shares); MK_CUDA_ATTN_GQA=0|1 the decode attention
  * grouped by kv head (mk_cuda_set_attn_gqa); MK_CUDA_Q8_EARLY=0|1 the int8
  * decode products' rows primed early (mk_cuda_set_q8_early);
- * MK_CUDA_NORM_FOLD=0|1 the residual steps folded into the kernels that
- * read them (mk_cuda_set_norm_fold);
+ * MK_CUDA_NORM_FOLD=0|1|2 the residual steps folded into the kernels that
+ * read them (mk_cuda_set_norm_fold; 2: into the MoE router only, mk_cuda_set_norm_fold_mode);
  * MK_CUDA_QK_FOLD=0|1 the q/k norms and RoPE alone folded into the
  * attention (mk_cuda_set_qk_fold);
  * MK_CUDA_ACT_INT8=0|1 forces the decode products over affine weights on
@@ -320,6 +320,10 @@ int main(int argc, char **argv) {
             if (v && *v)
                 sw[i].set(strcmp(v, "0") != 0);
         }
+        /* MK_CUDA_NORM_FOLD=2: the residual step folded into the MoE router only */
+        const char *nf = getenv("MK_CUDA_NORM_FOLD");
+        if (nf && !strcmp(nf, "2"))
+            mk_cuda_set_norm_fold_mode(MK_CUDA_NORM_FOLD_ROUTER);
         /* MK_CUDA_STEP_PREFETCH=0..3: under PDL, the L2 prefetches before the wait (bits) */
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)

@@ -52,6 +52,10 @@
 #                                         and after 2048 tokens (la.log)
 #   scripts/cuda-owed.sh warm            the decode timed after 4 untimed decode steps (MK_BENCH_WARM=4) against
 #                                         the old timing (0), lookahead off/on: the cut, the full-depth 30B
+#   scripts/cuda-owed.sh s31             the residual step folded into the router only (MK_CUDA_NORM_FOLD=2) and
+#                                         the one-wave gate/up (bench_decode_gu3) against the default (s31.log)
+#   scripts/cuda-owed.sh batch           batched decode (8, 32) with the grouped attention (k_attn_gqa_each)
+#                                         against k_attn_each, interleaved (batch.log)
 #   scripts/cuda-owed.sh lansys          the cut's decode under nsys with the host's CUDA calls traced,
 #                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
@@ -233,7 +237,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -351,6 +355,53 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm"
         done
         rm -f "$out/build.log" "$out/configure.log"
+        exit $rc
+    fi
+    if [ "$what" = batch ]; then
+        # session 31: batched decode with the attention grouped by kv head (k_attn_gqa_each, the default)
+        # against k_attn_each (MK_CUDA_ATTN_GQA=0), interleaved: the cut at batch 8 and 32 (batch.log)
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for bt in 8 32; do
+                for f in 1 0 1 0; do
+                    echo "== 8-layer 30B cut, batch $bt, positions 16-143, MK_CUDA_ATTN_GQA=$f"
+                    MK_BENCH_BATCH=$bt MK_CUDA_ATTN_GQA=$f timeout 90 $B/bench_decode $W/m8 16 128 16 cuda 2>&1 |
+                        grep -E "^batch|^decode"
+                done
+            done
+        } 2>&1 | tee "$out/batch.log"
+        exit $rc
+    fi
+    if [ "$what" = s31 ]; then
+        # session 31: the residual step folded into the MoE router only (MK_CUDA_NORM_FOLD=2) and the
+        # gate/up kernel in one wave (bench_decode_gu3: launch bounds of 3 blocks an SM, relinked by
+        # scripts/cuda-relink.sh) against the default, interleaved: the cut short and after 2048
+        # tokens, then the full-depth 30B (s31.log); the decode timed after the warm-up steps
+        m=/tmp/mk-owed-30b
+        [ -e $m/config.json ] || {
+            $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet \
+                --force && $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G \
+                --quiet --force
+            rm -rf $m.ct
+        } > "$out/synth.log" 2>&1
+        run() { # LABEL MODEL P D: default, fold 2, gu3
+            for r in 1 2; do
+                for v in def fold2 gu3; do
+                    D=$B/bench_decode f=
+                    [ $v = fold2 ] && f=2
+                    [ $v = gu3 ] && D=$B/bench_decode_gu3
+                    [ -x "$D" ] || continue
+                    echo "== $1, $v"
+                    MK_CUDA_NORM_FOLD=$f timeout 90 $D $2 $3 $4 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+                done
+            done
+        }
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            run "8-layer 30B cut decode, positions 16-271" $W/m8 16 256
+            run "8-layer 30B cut decode after 2048 tokens" $W/m8 2048 64
+            run "full-depth 30B decode, positions 16-143" $m 16 128
+        } 2>&1 | tee "$out/s31.log"
         exit $rc
     fi
     if [ "$what" = warm ]; then

@@ -143,26 +143,35 @@ extern "C" unsigned long long mk_cuda_attn_gqa_launches(void) {
     return __atomic_load_n(&g_gqa_launches, __ATOMIC_RELAXED);
 }
 
-/* k_attn_gqa over n_kv x AGQ_SHARES blocks (the scratch and tickets are there); false: its
- * shared memory is not granted (k_attn runs) */
-template <int DVL, int HPW> static bool gqa_launch(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs) {
+/* k_attn_gqa over n_kv x AGQ_SHARES blocks (the scratch and tickets are there), or with sq the
+ * batched step's k_attn_gqa_each over n_kv x AGQ_SHARES x n; false: its shared memory is not
+ * granted (k_attn or k_attn_each runs) */
+template <int DVL, int HPW>
+static bool gqa_launch(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq, int n) {
     const size_t smem = agq_smem(a.n_heads / a.n_kv, a.dk, a.dv);
     /* the device's most less 1 KB: the opt-in is refused past the most less the kernel's static shared
      * memory (mkc_last_in's flag), which the first version asked for and so never ran */
     const int ask = mkc_smem_optin_max() - 1024;
-    if (ask <= 0 || smem > (size_t)ask || !mkc_smem_opt_in((const void *)k_attn_gqa<DVL, HPW>, ask))
+    const void *k = sq ? (const void *)k_attn_gqa_each<DVL, HPW> : (const void *)k_attn_gqa<DVL, HPW>;
+    if (ask <= 0 || smem > (size_t)ask || !mkc_smem_opt_in(k, ask))
         return false; /* (always asked: near 48 KB the static flag would overflow the default) */
-    mkb_launch(c, "attention (grouped by kv head)", k_attn_gqa<DVL, HPW>, dim3((unsigned)a.n_kv, AGQ_SHARES),
-               dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets);
+    if (sq)
+        mkb_launch(c, "attention of a batched step (grouped by kv head)", k_attn_gqa_each<DVL, HPW>,
+                   dim3((unsigned)a.n_kv, AGQ_SHARES, (unsigned)n), dim3(AGQ_WARPS * 32), smem, a, *sq, ks, vs,
+                   c->att_part, c->att_tickets);
+    else
+        mkb_launch(c, "attention (grouped by kv head)", k_attn_gqa<DVL, HPW>, dim3((unsigned)a.n_kv, AGQ_SHARES),
+                   dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets);
     __atomic_add_fetch(&g_gqa_launches, 1ull, __ATOMIC_RELAXED); /* host launches (a recording's once) */
     return true;
 }
 
-static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs) {
+static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq = NULL,
+                    int n = 1) {
     const bool two = a.n_heads / a.n_kv > AGQ_WARPS;
     if (a.dv <= 128)
-        return two ? gqa_launch<4, 2>(c, a, ks, vs) : gqa_launch<4, 1>(c, a, ks, vs);
-    return two ? gqa_launch<8, 2>(c, a, ks, vs) : gqa_launch<8, 1>(c, a, ks, vs);
+        return two ? gqa_launch<4, 2>(c, a, ks, vs, sq, n) : gqa_launch<4, 1>(c, a, ks, vs, sq, n);
+    return two ? gqa_launch<8, 2>(c, a, ks, vs, sq, n) : gqa_launch<8, 1>(c, a, ks, vs, sq, n);
 }
 
 void mkb_attention(void *ctx, const mk_attn_args *a) {
@@ -191,7 +200,10 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const float *q_end = a->q + (int64_t)a->n_heads * a->dk, *o_end = a->out + (int64_t)a->n_heads * a->dv;
     /* a replayable step's staged new rows (pos_dev: k_new is not the cache row the group's first head
      * writes while others read it), its output apart from q (q is written back) */
-    const bool fold = c->qk_folding && a->n == 1 && a->pos_dev && a->k_new && a->v_new && a->k_new != a->v_new &&
+    /* ... and not where the grouped attention (on by default) takes the call: k_attn_gqa has no fold, and
+     * k_attn with it would not give k_attn_gqa's bits (a fold must not change them) */
+    const bool gqa = a->n == 1 && mk_cuda_attn_gqa() && agq_takes(a, ks, vs);
+    const bool fold = !gqa && c->qk_folding && a->n == 1 && a->pos_dev && a->k_new && a->v_new && a->k_new != a->v_new &&
                       a->k != a->v && (o_end <= a->q || q_end <= a->out) &&
                       !a->sel && a->q == c->qk.q && a->k_new == c->qk.k && a->n_heads == c->qk.nq &&
                       a->n_kv == c->qk.nk && a->dk == hd && ks == (int64_t)a->n_kv * hd &&
@@ -210,8 +222,8 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     /* one token: split over the cache */
     unsigned ns = 1;
     /* one token grouped by kv head (mk_cuda_set_attn_gqa): AGQ_SHARES shares a kv head, merged by
-     * their last (tickets); not with a held-back q/k norm this call can fold, which k_attn takes */
-    if (a->n == 1 && mk_cuda_attn_gqa() && !fold && agq_takes(a, ks, vs)) {
+     * their last (tickets); a held-back q/k norm was launched first (no fold above) */
+    if (gqa) {
         if (!split_scratch(c, nb, a->dv, AGQ_SHARES, &ns))
             return;
         if (ns == AGQ_SHARES && (unsigned)a->n_kv <= c->att_tcap && gqa_run(c, *a, ks, vs))
@@ -239,7 +251,9 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
 
 /* A batched decode step's attention (backend.h's attention_each): one
  * launch of k_attn_each (and one merge) for every sequence, each block
- * exactly k_attn's for its sequence alone. Declined (false) unless the
+ * exactly k_attn's for its sequence alone; or, where mkb_attention would
+ * run each sequence grouped by kv head, one launch of k_attn_gqa_each,
+ * each sequence's blocks exactly k_attn_gqa's. Declined (false) unless the
  * calls are alike (shape, scale, strides, window, sinks), their queries and
  * outputs contiguous rows of one batch, and the float4 choice (`vec`) the
  * one every one-sequence call would make after its rows were written. */
@@ -279,6 +293,18 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     }
     const unsigned nb = (unsigned)n * (unsigned)a0->n_heads;
     unsigned ns = 1;
+    /* grouped by kv head where every sequence alone would be (mkb_attention's choice), so that each is
+     * bitwise its one-token step */
+    bool gqa = mk_cuda_attn_gqa();
+    for (int i = 0; gqa && i < n; i++)
+        gqa = agq_takes(&a[i], ks, vs);
+    if (gqa) {
+        if (!split_scratch(c, nb, a0->dv, AGQ_SHARES, &ns))
+            return true;
+        if (ns == AGQ_SHARES && (size_t)n * (size_t)a0->n_kv <= c->att_tcap && gqa_run(c, *a0, ks, vs, &sq, n))
+            return true;
+        ns = 1;
+    }
     if (split_scratch(c, nb, a0->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         attn_run(c, *a0, &sq, nb, ns, ks, vs, vec);
     return true; /* (a failed allocation is recorded for sync) */

@@ -26,7 +26,8 @@
  *   denominator.
  *
  * The shares: gridDim.y per kv head, whole 32-row steps of the positions
- * (att_share), so a replayed step splits its own length. The same
+ * (att_share), so a replayed step splits its own length. k_attn_gqa_each
+ * runs a batched step's sequences (gridDim.z), each as k_attn_gqa alone. The same
  * function as k_attn in another float32 order (within the same bounds of
  * the double softmax in the emulation). A header of its own so that the
  * host emulation (tests/emu/attn_emu.cpp) runs this very code. */
@@ -68,10 +69,11 @@ static inline bool agq_takes(const mk_attn_args *a, int64_t ks, int64_t vs) {
            (!a->k_new || (ks == (int64_t)a->n_kv * a->dk && vs == (int64_t)a->n_kv * a->dv));
 }
 
-/* DVL value dims per lane (dv <= 32 DVL), HPW query heads per warp (G <= 8 HPW) */
+/* DVL value dims per lane (dv <= 32 DVL), HPW query heads per warp (G <= 8 HPW): the body of
+ * both launches below (block (kv head, share)) */
 template <int DVL, int HPW>
-__global__ void __launch_bounds__(AGQ_WARPS * 32)
-    k_attn_gqa(mk_attn_args a, int64_t ks, int64_t vs, float *part, unsigned *tickets) {
+__device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, int64_t vs, float *part,
+                                             unsigned *tickets) {
     MKC_DYN_SMEM(float4, agq_sm4);
     float *const sm = (float *)agq_sm4;
     const int G = a.n_heads / a.n_kv, j = (int)blockIdx.x, lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
@@ -252,6 +254,34 @@ __global__ void __launch_bounds__(AGQ_WARPS * 32)
     }
     if (threadIdx.x == 0)
         tickets[j] = 0u; /* ready for the next launch (stream order) */
+}
+
+template <int DVL, int HPW>
+__global__ void __launch_bounds__(AGQ_WARPS * 32)
+    k_attn_gqa(mk_attn_args a, int64_t ks, int64_t vs, float *part, unsigned *tickets) {
+    attn_gqa_run<DVL, HPW>(a, ks, vs, part, tickets);
+}
+
+/* A batched decode step's attention (cuda_attn.cu's attention_each while
+ * the grouped attention is on): sequence blockIdx.z of s, with its own
+ * caches, new rows and position, its q and output rows the z-th of the
+ * batch, its shares' scratch and tickets the z-th of the launch's; each
+ * sequence's blocks are then exactly k_attn_gqa's for that sequence alone
+ * (the batch contract: each row bitwise its one-token step's). */
+template <int DVL, int HPW>
+__global__ void __launch_bounds__(AGQ_WARPS * 32)
+    k_attn_gqa_each(mk_attn_args a, const __grid_constant__ att_seqs s, int64_t ks, int64_t vs, float *part,
+                    unsigned *tickets) {
+    const int z = (int)blockIdx.z;
+    a.k = s.k[z];
+    a.v = s.v[z];
+    a.k_new = s.kn[z];
+    a.v_new = s.vn[z];
+    a.pos0 = s.pos0[z];
+    a.q += (int64_t)z * a.n_heads * a.dk;
+    a.out += (int64_t)z * a.n_heads * a.dv;
+    attn_gqa_run<DVL, HPW>(a, ks, vs, part + (int64_t)z * a.n_heads * gridDim.y * (a.dv + 2),
+                           tickets + (int64_t)z * a.n_kv);
 }
 
 #endif

@@ -94,11 +94,18 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
-static bool g_norm_fold = false;
+/* 0 off, 1 every reader (MK_CUDA_NORM_FOLD_ALL), 2 the MoE router only (MK_CUDA_NORM_FOLD_ROUTER) */
+static int g_norm_fold = 0;
 
-extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold; }
+extern "C" bool mk_cuda_norm_fold(void) { return g_norm_fold != 0; }
 
-extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on; }
+extern "C" int mk_cuda_norm_fold_mode(void) { return g_norm_fold; }
+
+extern "C" void mk_cuda_set_norm_fold(bool on) { g_norm_fold = on ? MK_CUDA_NORM_FOLD_ALL : 0; }
+
+extern "C" void mk_cuda_set_norm_fold_mode(int mode) {
+    g_norm_fold = mode == MK_CUDA_NORM_FOLD_ALL || mode == MK_CUDA_NORM_FOLD_ROUTER ? mode : 0;
+}
 
 static bool g_qk_fold = false;
 

@@ -39,6 +39,7 @@ static uint64_t switch_sig(void) {
                       mk_cuda_attn_merge_fused(), mk_cuda_qk_fold(), mk_cuda_attn_gqa(), mk_cuda_q8_early()};
     for (bool v : b)
         s = s << 1 | (uint64_t)v;
+    s = s << 2 | (uint64_t)(mk_cuda_norm_fold_mode() & 3);
     s = s << 8 | (uint64_t)(mk_cuda_step_prefetch() & 255u);
     return s << 8 | (uint64_t)(mk_cuda_attn_shares() & 255);
 }

@@ -606,8 +606,15 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
  * quantizes the k experts' h and the shared expert's hs as one vector (each
  * a whole number of 32-value blocks, so each is quantized as the CPU
  * quantizes it alone) and sums k_down2's (expert, chunk) tasks from it. */
+/* Blocks an SM must hold at once (the launch bounds' second argument): 1
+ * lets ptxas take 122 registers (two blocks an SM, so the 30B shape's 384
+ * blocks run in 1.45 waves); 3 caps it at 80 (one wave, with spills). A
+ * build-time choice for measuring (scripts/cuda-relink.sh). */
+#ifndef MK_CUDA_GATEUP_MINB
+#define MK_CUDA_GATEUP_MINB 1
+#endif
 template <bool C>
-__global__ void __launch_bounds__(MOE_WARPS * 32)
+__global__ void __launch_bounds__(MOE_WARPS * 32, MK_CUDA_GATEUP_MINB)
     k_gateup_q8(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
                 float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int early = 0) {
     MKC_DYN_SMEM(float4, mkc_sm4);

@@ -236,7 +236,7 @@ void mkb_qk_norm_rope(void *ctx, float *q, int nq, float *k, int nk, int64_t n, 
     /* one token under mk_cuda_norm_fold or mk_cuda_qk_fold: held back for
      * the attention of q and k to fold (cuda_attn.cu), or to launch first
      * (mkb_fold_flush) */
-    if (n == 1 && (mk_cuda_norm_fold() || mk_cuda_qk_fold()) && nq > 0 && nk > 0) {
+    if (n == 1 && (mk_cuda_norm_fold_mode() == MK_CUDA_NORM_FOLD_ALL || mk_cuda_qk_fold()) && nq > 0 && nk > 0) {
         c->qk_folding = true;
         c->qk.q = q;
         c->qk.k = k;

@@ -143,6 +143,12 @@ void mk_cuda_set_norm_fold(bool on) {
 bool mk_cuda_norm_fold(void) {
     return false;
 }
+void mk_cuda_set_norm_fold_mode(int mode) {
+    (void)mode;
+}
+int mk_cuda_norm_fold_mode(void) {
+    return 0;
+}
 void mk_cuda_set_qk_fold(bool on) {
     (void)on;
 }

@@ -259,6 +259,16 @@ unsigned long long mk_cuda_attn_gqa_launches(void);
  * process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_norm_fold(bool on);
 bool mk_cuda_norm_fold(void);
+/* Which readers take the held-back residual step: MK_CUDA_NORM_FOLD_ALL
+ * (mk_cuda_set_norm_fold(true): the GEMVs, the router, and the q/k norms
+ * into the attention), MK_CUDA_NORM_FOLD_ROUTER (the MoE router only: its
+ * 16-odd blocks norm the row in parallel, where a GEMV's hundreds of blocks
+ * each norming it cost more than the launch saved; bench/RESULTS.md
+ * session 22), 0 none. mk_cuda_norm_fold() is mode != 0. */
+#define MK_CUDA_NORM_FOLD_ALL 1
+#define MK_CUDA_NORM_FOLD_ROUTER 2
+void mk_cuda_set_norm_fold_mode(int mode);
+int mk_cuda_norm_fold_mode(void);
 /* The one-token qk_norm_rope folded into the attention alone (what
  * mk_cuda_set_norm_fold also does), the residual steps left as their own
  * launches: the residual folds cost more than the launches they save

@@ -459,6 +459,107 @@ static bool run_gqa(const gcase &c) {
     return ok;
 }
 
+// k_attn_gqa_each (a batched step's attention grouped by kv head): NS
+// sequences at their own positions in one launch (gridDim.z), shares in
+// order and in reverse; each sequence's output bitwise k_attn_gqa's for it
+// alone (the batch contract), its caches holding its new rows, the
+// tickets back at zero. Control: the outputs differ between sequences.
+static void run_gqa_each() {
+    enum { NS = 4, NH = 8, NKV = 2, D = 64 };
+    const int64_t pos[NS] = {0, 37, 100, 2047}, kw = NKV * D;
+    std::vector<float> q(NS * NH * D), kn(NS * kw), vn(NS * kw), out(NS * NH * D);
+    for (auto &v : q) v = (float)(2 * rnd());
+    for (auto &v : kn) v = (float)rnd();
+    for (auto &v : vn) v = (float)rnd();
+    std::vector<float> kr[NS], vr[NS];
+    for (int i = 0; i < NS; i++) {
+        kr[i].resize((size_t)(pos[i] + 1) * kw);
+        vr[i].resize((size_t)(pos[i] + 1) * kw);
+        for (auto &v : kr[i]) v = (float)rnd();
+        for (auto &v : vr[i]) v = (float)rnd();
+        std::copy(kn.begin() + i * kw, kn.begin() + (i + 1) * kw, kr[i].begin() + pos[i] * kw);
+        std::copy(vn.begin() + i * kw, vn.begin() + (i + 1) * kw, vr[i].begin() + pos[i] * kw);
+    }
+    mk_attn_args a = {};
+    a.n = 1;
+    a.n_heads = NH;
+    a.n_kv = NKV;
+    a.dk = D;
+    a.dv = D;
+    a.scale = 0.125f;
+    const unsigned ns = AGQ_SHARES;
+    const size_t per = (size_t)NH * ns * (D + 2);
+    bool ok = true;
+    for (int rev = 0; rev < 2; rev++) {
+        std::vector<float> kc[NS], vc[NS];
+        att_seqs sq;
+        for (int i = 0; i < NS; i++) {
+            kc[i] = kr[i];
+            vc[i] = vr[i];
+            std::fill(kc[i].begin() + pos[i] * kw, kc[i].end(), NAN); /* the kernel writes it */
+            std::fill(vc[i].begin() + pos[i] * kw, vc[i].end(), NAN);
+            sq.k[i] = kc[i].data();
+            sq.v[i] = vc[i].data();
+            sq.kn[i] = kn.data() + i * kw;
+            sq.vn[i] = vn.data() + i * kw;
+            sq.pos0[i] = pos[i];
+        }
+        a.q = q.data();
+        a.out = out.data();
+        std::fill(out.begin(), out.end(), NAN);
+        std::vector<float> part(NS * per, NAN);
+        std::vector<unsigned> tickets(NS * NKV, 0u);
+        emu_smem(agq_smem(NH / NKV, D, D));
+        for (unsigned z = 0; z < NS; z++)
+            for (unsigned i = 0; i < ns; i++)
+                for (unsigned b = 0; b < NKV; b++)
+                    emu_block(
+                        NKV, b, AGQ_WARPS * 32,
+                        [&] { k_attn_gqa_each<4, 1>(a, sq, kw, kw, part.data(), tickets.data()); }, ns,
+                        rev ? ns - 1 - i : i, NS, z);
+        for (int i = 0; i < NS; i++) {
+            /* the sequence alone: k_attn_gqa with its own caches (the new rows from k_new / v_new) */
+            std::vector<float> kc1 = kr[i], vc1 = vr[i], one((size_t)NH * D, NAN), p1(per, NAN);
+            std::vector<unsigned> t1(NKV, 0u);
+            std::fill(kc1.begin() + pos[i] * kw, kc1.end(), NAN);
+            std::fill(vc1.begin() + pos[i] * kw, vc1.end(), NAN);
+            mk_attn_args s1 = a;
+            s1.q = q.data() + i * NH * D;
+            s1.out = one.data();
+            s1.k = kc1.data();
+            s1.v = vc1.data();
+            s1.k_new = kn.data() + i * kw;
+            s1.v_new = vn.data() + i * kw;
+            s1.pos0 = pos[i];
+            for (unsigned y = 0; y < ns; y++)
+                for (unsigned b = 0; b < NKV; b++)
+                    emu_block(NKV, b, AGQ_WARPS * 32, [&] { k_attn_gqa<4, 1>(s1, kw, kw, p1.data(), t1.data()); },
+                              ns, y);
+            if (std::memcmp(one.data(), out.data() + i * NH * D, sizeof(float) * NH * D)) {
+                printf("FAIL k_attn_gqa_each%s: sequence %d (position %lld) differs from its own k_attn_gqa\n",
+                       rev ? " (shares in reverse)" : "", i, (long long)pos[i]);
+                ok = false;
+            }
+            if (std::memcmp(kc[i].data(), kr[i].data(), sizeof(float) * kr[i].size()) ||
+                std::memcmp(vc[i].data(), vr[i].data(), sizeof(float) * vr[i].size())) {
+                printf("FAIL k_attn_gqa_each: sequence %d's caches do not hold its new rows\n", i);
+                ok = false;
+            }
+        }
+        emu_smem(0);
+        for (unsigned t : tickets)
+            ok &= t == 0u;
+        for (int i = 1; i < NS; i++) /* the control: each sequence its own */
+            if (!std::memcmp(out.data(), out.data() + i * NH * D, sizeof(float) * NH * D)) {
+                printf("FAIL k_attn_gqa_each: sequences 0 and %d have the same output (nothing tested)\n", i);
+                ok = false;
+            }
+    }
+    g_bad += !ok;
+    if (ok)
+        printf("%-52s each sequence bitwise its own k_attn_gqa\n", "k_attn_gqa_each: 4 sequences at 0..2047");
+}
+
 int main(int argc, char **argv) {
     srand(11);
     if (argc > 1 && !strcmp(argv[1], "gqa")) { /* k_attn_gqa alone (the script's control) */
@@ -504,5 +605,6 @@ int main(int argc, char **argv) {
     };
     for (const gcase &c : g)
         g_bad += !run_gqa(c);
+    run_gqa_each();
     return g_bad ? 1 : 0;
 }

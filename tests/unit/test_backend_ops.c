@@ -645,7 +645,12 @@ static void test_attention_each(void **st) {
             float *k2 = back(b, kc[2], (size_t)((pos[2] + 1) * ks) * 4);
             assert_true(isnan(k2[pos[2] * ks])); /* declined: nothing written */
             free(k2);
+            const unsigned long long gl = mk_cuda_attn_gqa_launches();
             assert_true(b->i->attention_each(b->ctx, a, NS));
+            /* CUDA: the batch grouped by kv head where each sequence alone is (the GQA shape, the switch
+             * on: one launch), k_attn_each otherwise (the latent shape: k = v) */
+            if (!strcmp(b->name, "cuda"))
+                assert_true(mk_cuda_attn_gqa_launches() - gl == (mk_cuda_attn_gqa() && !lat ? 1u : 0u));
             for (int i = 0; i < NS; i++) {
                 mk_attn_args one = a[i];
                 one.k = kr[i];
@@ -1857,18 +1862,21 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
     for (int64_t i = 0; i < H; i++)
         g[i] += 1.5f;
     float *dr = dev(b, NULL, H * 4), *dg = dev(b, g, H * 4);
-    const bool fold0 = mk_cuda_norm_fold();
+    const int mode0 = mk_cuda_norm_fold_mode();
     const int64_t folds0 = mk_backend_cuda_folds(b->b);
     const float y_kept = yv[H / 3]; /* restored after each planted run */
     /* the step's input and output as the caller left them, put back at the end (the caller runs the
      * same step again after this and compares: the residual step here writes the step's x) */
     float *x_saved = back(b, a->x, H * 4), *y_saved = back(b, a->y, H * 4);
-    float *out[2][3];
-    int32_t tags[2][2];
-    int64_t ats[2][2];
-    float vals[2][2];
-    for (int on = 0; on < 2; on++) {
-        mk_cuda_set_norm_fold(on);
+    /* off, every reader (MK_CUDA_NORM_FOLD_ALL), the router only (MK_CUDA_NORM_FOLD_ROUTER) */
+    static const int modes[3] = {0, MK_CUDA_NORM_FOLD_ALL, MK_CUDA_NORM_FOLD_ROUTER};
+    float *out[3][3];
+    int32_t tags[3][2];
+    int64_t ats[3][2];
+    float vals[3][2];
+    for (int on = 0; on < 3; on++) {
+        mk_cuda_set_norm_fold_mode(modes[on]);
+        assert_int_equal(mk_cuda_norm_fold_mode(), modes[on]);
         for (int plant = 0; plant < 2; plant++) {
             if (plant)
                 yv[H / 3] = INFINITY;
@@ -1887,17 +1895,21 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
         }
         yv[H / 3] = y_kept;
     }
-    mk_cuda_set_norm_fold(fold0);
-    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 2); /* the router took both */
-    for (int i = 0; i < 3; i++)
-        if (memcmp(out[0][i], out[1][i], H * 4))
-            fail_msg("%s: %s: the residual norm folded into the router changes %s", b->name, what,
-                     i == 0 ? "x" : i == 1 ? "xb" : "y");
-    assert_int_equal(tags[1][1], tags[0][1]);
+    mk_cuda_set_norm_fold_mode(mode0);
+    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4); /* the router took both, in both modes */
+    for (int on = 1; on < 3; on++) {
+        for (int i = 0; i < 3; i++)
+            if (memcmp(out[0][i], out[on][i], H * 4))
+                fail_msg("%s: %s: the residual norm folded into the router (mode %d) changes %s", b->name, what,
+                         modes[on], i == 0 ? "x" : i == 1 ? "xb" : "y");
+        assert_int_equal(tags[on][1], tags[0][1]);
+        assert_true(ats[on][1] == ats[0][1]);
+        assert_true(isinf(vals[on][1]));
+    }
     assert_int_equal(tags[0][1], 7);
-    assert_true(ats[1][1] == ats[0][1] && ats[0][1] == H / 3);
-    assert_true(isinf(vals[1][1]) && isinf(vals[0][1]));
-    for (int on = 0; on < 2; on++)
+    assert_true(ats[0][1] == H / 3);
+    assert_true(isinf(vals[0][1]));
+    for (int on = 0; on < 3; on++)
         for (int i = 0; i < 3; i++)
             free(out[on][i]);
     b->i->upload(b->ctx, (void *)a->x, x_saved, H * 4);
@@ -3025,70 +3037,95 @@ static void test_cuda_step_pdl(void **st) {
     c.dam = dev(b, NULL, sizeof(int32_t));
     const bool step0 = mk_cuda_step_pdl();
     const unsigned pf0 = mk_cuda_step_prefetch();
-    /* plain launches at each position: the references (the first run uploads every weight) */
-    mk_cuda_set_step_pdl(false);
-    float *ref[PC_NP];
+    const bool fold0 = mk_cuda_norm_fold(), gqa0 = mk_cuda_attn_gqa();
+    float *ref[PC_NP] = {NULL};
     int32_t am0[PC_NP];
-    for (int p = 0; p < PC_NP; p++) {
-        pdl_chain_reset(b, &c, PC_P + p);
-        pdl_chain_queue(b, &c);
-        ref[p] = pdl_chain_out(b, &c, PC_P + p, &am0[p]);
-        int nonzero = 0; /* a real computation: finite, not all zero, the cache rows written */
-        for (int i = 0; i < PC_OUT; i++) {
-            assert_true(isfinite(ref[p][i]));
-            nonzero += ref[p][i] != 0.0f;
+    /* the decode attention grouped by kv head (k_attn_gqa, on by default) and k_attn: the folds must
+     * keep the bits of each (k_attn_gqa takes no q/k fold: under it those folds are declined) */
+    for (int pass = 0; pass < 2; pass++) {
+        mk_cuda_set_attn_gqa(pass == 0 ? gqa0 : !gqa0);
+        const unsigned long long gl0 = mk_cuda_attn_gqa_launches();
+        /* plain launches at each position: the references (the first run uploads every weight) */
+        mk_cuda_set_step_pdl(false);
+        mk_cuda_set_norm_fold(false);
+        mk_cuda_set_step_prefetch(0);
+        for (int p = 0; p < PC_NP; p++) {
+            free(ref[p]);
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            ref[p] = pdl_chain_out(b, &c, PC_P + p, &am0[p]);
+            int nonzero = 0; /* a real computation: finite, not all zero, the cache rows written */
+            for (int i = 0; i < PC_OUT; i++) {
+                assert_true(isfinite(ref[p][i]));
+                nonzero += ref[p][i] != 0.0f;
+            }
+            assert_true(nonzero > PC_H);
+            assert_memory_not_equal(ref[p] + PC_H, c.kc0 + (PC_P + p) * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
+            assert_true(am0[p] >= 0 && am0[p] < PC_V);
+            if (p > 0) /* the position matters */
+                assert_memory_not_equal(ref[p], ref[0], sizeof(float) * PC_H);
         }
-        assert_true(nonzero > PC_H);
-        assert_memory_not_equal(ref[p] + PC_H, c.kc0 + (PC_P + p) * PC_NK * PC_HD, sizeof(float) * PC_NK * PC_HD);
-        assert_true(am0[p] >= 0 && am0[p] < PC_V);
-        if (p > 0) /* the position matters */
-            assert_memory_not_equal(ref[p], ref[0], sizeof(float) * PC_H);
-    }
-    mk_cuda_set_step_pdl(true);
-    const bool fold0 = mk_cuda_norm_fold();
-    const int64_t folds0 = mk_backend_cuda_folds(b->b);
-    /* queued directly, several times; the prefetches on half the time, the norm steps folded into
-     * the kernels that read them in the last four */
-    for (int rep = 0; rep < 8; rep++) {
-        mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
-        mk_cuda_set_norm_fold(rep >= 4);
-        const int p = rep % PC_NP;
-        pdl_chain_reset(b, &c, PC_P + p);
+        /* the attention grouped by kv head in the references (the shape is one it takes) or not */
+        const bool gq = mk_cuda_attn_gqa_launches() > gl0;
+        assert_true(gq == mk_cuda_attn_gqa());
+        const int qkf = gq ? 0 : PC_L - 1; /* the q/k norms folded into the attention, a run */
+        mk_cuda_set_step_pdl(true);
+        const int64_t folds0 = mk_backend_cuda_folds(b->b);
+        /* queued directly, several times; the prefetches on half the time, the norm steps folded into
+         * the kernels that read them in the last four */
+        for (int rep = 0; rep < 8; rep++) {
+            mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
+            mk_cuda_set_norm_fold(rep >= 4);
+            const int p = rep % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
+        /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
+         * q/k norms of the layers whose attention follows them directly (k_attn's; none into k_attn_gqa) */
+        assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * (2 * PC_L + qkf));
+        /* the q/k norms alone (mk_cuda_set_qk_fold): bitwise too, those folds only */
+        mk_cuda_set_norm_fold(false);
+        const bool qk0 = mk_cuda_qk_fold();
+        mk_cuda_set_qk_fold(true);
+        const int64_t folds1 = mk_backend_cuda_folds(b->b);
+        for (int rep = 0; rep < 2; rep++) {
+            const int p = (rep + 1) % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
+        assert_int_equal(mk_backend_cuda_folds(b->b) - folds1, 2 * qkf);
+        mk_cuda_set_qk_fold(qk0);
+        /* the router only (MK_CUDA_NORM_FOLD_ROUTER): this chain has no MoE step, so nothing folds (the
+         * GEMVs and the attention launch the held-back steps first), bitwise as before */
+        mk_cuda_set_norm_fold_mode(MK_CUDA_NORM_FOLD_ROUTER);
+        const int64_t folds2 = mk_backend_cuda_folds(b->b);
+        for (int rep = 0; rep < 2; rep++) {
+            const int p = rep % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
+        assert_int_equal(mk_backend_cuda_folds(b->b) - folds2, 0);
+        mk_cuda_set_norm_fold(true);
+        /* recorded at the first position (prefetches and folds on), then replayed at each */
+        mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
+        pdl_chain_reset(b, &c, PC_P);
+        assert_true(b->i->step_begin(b->ctx));
         pdl_chain_queue(b, &c);
-        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        assert_true(b->i->step_end(b->ctx, true));
+        pdl_chain_expect(b, &c, 0, ref[0], am0[0]);
+        const uint64_t id = b->i->step_last(b->ctx);
+        assert_true(id != 0);
+        for (int rep = 0; rep < 2 * PC_NP; rep++) {
+            const int p = (rep + 1) % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            assert_true(b->i->step_replay(b->ctx, id));
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
     }
-    /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
-     * q/k norms of the layers whose attention follows them directly */
-    assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * (2 * PC_L + PC_L - 1));
-    /* the q/k norms alone (mk_cuda_set_qk_fold): bitwise too, those folds only */
-    mk_cuda_set_norm_fold(false);
-    const bool qk0 = mk_cuda_qk_fold();
-    mk_cuda_set_qk_fold(true);
-    const int64_t folds1 = mk_backend_cuda_folds(b->b);
-    for (int rep = 0; rep < 2; rep++) {
-        const int p = (rep + 1) % PC_NP;
-        pdl_chain_reset(b, &c, PC_P + p);
-        pdl_chain_queue(b, &c);
-        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
-    }
-    assert_int_equal(mk_backend_cuda_folds(b->b) - folds1, 2 * (PC_L - 1));
-    mk_cuda_set_qk_fold(qk0);
-    mk_cuda_set_norm_fold(true);
-    /* recorded at the first position (prefetches and folds on), then replayed at each */
-    mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
-    pdl_chain_reset(b, &c, PC_P);
-    assert_true(b->i->step_begin(b->ctx));
-    pdl_chain_queue(b, &c);
-    assert_true(b->i->step_end(b->ctx, true));
-    pdl_chain_expect(b, &c, 0, ref[0], am0[0]);
-    const uint64_t id = b->i->step_last(b->ctx);
-    assert_true(id != 0);
-    for (int rep = 0; rep < 2 * PC_NP; rep++) {
-        const int p = (rep + 1) % PC_NP;
-        pdl_chain_reset(b, &c, PC_P + p);
-        assert_true(b->i->step_replay(b->ctx, id));
-        pdl_chain_expect(b, &c, p, ref[p], am0[p]);
-    }
+    mk_cuda_set_attn_gqa(gqa0);
     mk_cuda_set_step_pdl(step0);
     mk_cuda_set_step_prefetch(pf0);
     mk_cuda_set_norm_fold(fold0);

@@ -572,5 +572,8 @@ int main(void) {
             printf("%s=%s\n", sw[i].env, v);
         }
     }
+    const char *nf = getenv("MK_CUDA_NORM_FOLD"); /* 2: the router only */
+    if (nf && !strcmp(nf, "2"))
+        mk_cuda_set_norm_fold_mode(MK_CUDA_NORM_FOLD_ROUTER);
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,193 @@
+/* What one synchronisation of a decode step costs on the device (issue 14):
+ * the floor under every kernel of the step, measured without any weights.
+ *
+ *   1. a kernel boundary: N kernels of G blocks in one CUDA graph, each
+ *      reading what blocks of the previous one wrote (a dependency through
+ *      L2, as a decode step's kernels have), launched plainly and under
+ *      programmatic dependent launch (griddepcontrol.wait, then
+ *      launch_dependents, as mkc_pdl_enter does)
+ *   2. a grid-wide barrier: one persistent cooperative kernel of G
+ *      co-resident blocks running the same N phases with a barrier between
+ *      them (an arrival counter and a generation word, k_stack's barrier)
+ *
+ * Each is timed with CUDA events over R replays after a warm-up, median
+ * printed per synchronisation. Why: a decode step of the 30B shape is ~9
+ * kernels a layer at ~50 us a layer; whether a persistent per-layer kernel
+ * can beat that depends on what a barrier costs against a boundary.
+ *
+ * usage: bench_cuda_sync [N=200] [R=20] */
+#include <algorithm>
+#include <stdio.h>
+#include <stdlib.h>
+#include <vector>
+
+#include <cuda_runtime.h>
+
+#define CK(x)                                                                                          \
+    do {                                                                                               \
+        cudaError_t e_ = (x);                                                                          \
+        if (e_ != cudaSuccess) {                                                                       \
+            fprintf(stderr, "bench_cuda_sync: %s: %s (line %d)\n", #x, cudaGetErrorString(e_), __LINE__); \
+            exit(1);                                                                                   \
+        }                                                                                              \
+    } while (0)
+
+/* Phase p of the chain: block b reads a value block (b * 7 + 3) % G wrote in
+ * phase p - 1 (through L2: another SM wrote it) and writes its own. */
+__device__ __forceinline__ void phase(float *buf, int p, int G) {
+    if (threadIdx.x == 0) {
+        const float *prev = buf + (size_t)((p + 1) & 1) * G;
+        float *cur = buf + (size_t)(p & 1) * G;
+        const float v = __ldcg(prev + (blockIdx.x * 7 + 3) % G);
+        cur[blockIdx.x] = v + 1.0f;
+    }
+}
+
+__global__ void k_step(float *buf, int p, int pdl) {
+    if (pdl) {
+        asm volatile("griddepcontrol.wait;" ::: "memory");
+        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+    }
+    phase(buf, p, gridDim.x);
+}
+
+/* k_stack's barrier (cuda_moe.cu): arrive on a counter, the last block bumps
+ * the generation, the others wait for it */
+__device__ __forceinline__ void grid_barrier(unsigned *count, unsigned *gen) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        volatile unsigned *vg = gen;
+        const unsigned g = *vg;
+        __threadfence();
+        if (atomicAdd(count, 1u) == gridDim.x - 1) {
+            *count = 0u;
+            __threadfence();
+            atomicAdd(gen, 1u);
+        } else {
+            while (*vg == g)
+                ;
+        }
+        __threadfence();
+    }
+    __syncthreads();
+}
+
+__global__ void k_persist(float *buf, int N, unsigned *bar) {
+    for (int p = 0; p < N; p++) {
+        phase(buf, p, gridDim.x);
+        grid_barrier(bar, bar + 1);
+    }
+}
+
+static float median(std::vector<float> v) {
+    std::sort(v.begin(), v.end());
+    return v[v.size() / 2];
+}
+
+/* us per kernel of a graph of N launches of G blocks */
+static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaStream_t s) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int p = 0; p < N; p++) {
+        cudaLaunchConfig_t cfg = {};
+        cfg.gridDim = dim3(G);
+        cfg.blockDim = dim3(T);
+        cfg.stream = s;
+        cudaLaunchAttribute at[1];
+        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+        at[0].val.programmaticStreamSerializationAllowed = 1;
+        cfg.attrs = at;
+        cfg.numAttrs = pdl ? 1 : 0;
+        CK(cudaLaunchKernelEx(&cfg, k_step, buf, p, pdl ? 1 : 0));
+    }
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> us;
+    for (int r = 0; r < R + 3; r++) {
+        CK(cudaEventRecord(e0, s));
+        CK(cudaGraphLaunch(ge, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 3)
+            us.push_back(ms * 1e3f / N);
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return median(us);
+}
+
+/* us per phase of one persistent kernel of N phases, or -1 when G blocks
+ * cannot all be resident */
+static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R, cudaStream_t s) {
+    int per = 0, nsm = 0, dev = 0;
+    CK(cudaGetDevice(&dev));
+    CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
+    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_persist, T, 0));
+    if (G > per * nsm)
+        return -1.0f;
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<float> us;
+    for (int r = 0; r < R + 3; r++) {
+        CK(cudaMemsetAsync(bar, 0, 2 * sizeof(unsigned), s));
+        void *args[] = {&buf, &N, &bar};
+        CK(cudaEventRecord(e0, s));
+        CK(cudaLaunchCooperativeKernel((const void *)k_persist, dim3(G), dim3(T), args, 0, s));
+        CK(cudaEventRecord(e1, s));
+        CK(cudaEventSynchronize(e1));
+        float ms = 0;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (r >= 3)
+            us.push_back(ms * 1e3f / N);
+    }
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return median(us);
+}
+
+int main(int argc, char **argv) {
+    const int N = argc > 1 ? atoi(argv[1]) : 200, R = argc > 2 ? atoi(argv[2]) : 20;
+    int n = 0;
+    if (cudaGetDeviceCount(&n) != cudaSuccess || n < 1) {
+        printf("bench_cuda_sync: no CUDA device, nothing measured\n");
+        return 0;
+    }
+    if (N < 2 || R < 1) {
+        fprintf(stderr, "usage: bench_cuda_sync [N>=2 phases] [R>=1 repeats]\n");
+        return 2;
+    }
+    cudaDeviceProp prop;
+    CK(cudaGetDeviceProperties(&prop, 0));
+    printf("device     %s, %d SMs\n", prop.name, prop.multiProcessorCount);
+    cudaStream_t s;
+    CK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+    const int nsm = prop.multiProcessorCount;
+    float *buf;
+    unsigned *bar;
+    CK(cudaMalloc(&buf, 2 * sizeof(float) * 4 * nsm));
+    CK(cudaMemset(buf, 0, 2 * sizeof(float) * 4 * nsm));
+    CK(cudaMalloc(&bar, 2 * sizeof(unsigned)));
+    const int grids[] = {nsm, 2 * nsm};
+    for (int G : grids) {
+        const int T = 256;
+        const float plain = time_chain(buf, N, G, T, false, R, s);
+        const float pdl = time_chain(buf, N, G, T, true, R, s);
+        const float bar_us = time_persist(buf, bar, N, G, T, R, s);
+        printf("sync       %d blocks of %d threads, %d phases: kernel boundary %.2f us (graph), %.2f us "
+               "(graph + PDL); grid barrier %.2f us (one persistent kernel)\n",
+               G, T, N, plain, pdl, bar_us);
+    }
+    CK(cudaFree(buf));
+    CK(cudaFree(bar));
+    CK(cudaStreamDestroy(s));
+    return 0;
+}
