@@ -221,7 +221,10 @@ int mk_cuda_attn_shares(void);
  * first before the wait for the previous kernel), 32 shares a kv head
  * merged by their last. Where it takes the call (no DSA selection, no MLA
  * latent cache, at most 16 query heads a kv head, head dims up to 256,
- * 16-byte rows), else k_attn. The same function in another float order.
+ * 16-byte rows), else k_attn; a batched step's attention_each likewise
+ * (k_attn_gqa_each, each sequence exactly k_attn_gqa's: the batch
+ * contract), and the q/k fold is not taken where it runs. The same
+ * function as k_attn in another float order.
  * On by default (session 30, an H100: the full-depth 30B decode +4%,
  * +15% after 2048 tokens; docs/CUDA.md); process-wide, for measuring one
  * against the other; a recorded step is recorded again after a change. */
@@ -248,7 +251,8 @@ bool mk_cuda_lookahead(void);
  * reach the engine's handling of a stale step (forward.c la_run) at a chosen
  * step; 0 disarms. */
 void mk_cuda_test_stale(int n);
-/* k_attn_gqa launches so far (process-wide): tests and benches check that the switch took */
+/* k_attn_gqa and k_attn_gqa_each launches so far (process-wide): tests and benches check that the
+ * switch took */
 unsigned long long mk_cuda_attn_gqa_launches(void);
 /* The CUDA backend's one-row add_rmsnorm (x += y, its check, xb =
  * rmsnorm(x) * g) folded into the next launch when that launch reads xb
