@@ -348,6 +348,20 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             timeout 200 nsys profile -o "$out/dec" --force-overwrite true -t cuda --cuda-graph-trace=node \
                 $B/bench_decode $W/m8 $pl 48 $nt cuda > "$out/nsys_run.log" 2>&1
             echo "nsys prompt $pl: rc $?"
+            # nsight-compute's bundled nsys leaves a .qdstrm when its importer cannot run: the importer
+            # (another folder) needs libdw.so.1, which the device's image lacks: MK_OWED_NSYS_DEBS=DIR
+            # (a carried folder of Debian's libdw1 and libelf1 .debs, `apt-get download libdw1 libelf1`)
+            if [ ! -f "$out/dec.nsys-rep" ] && [ -f "$out/dec.qdstrm" ]; then
+                qi=$(find /opt /usr/local -name QdstrmImporter -type f 2> /dev/null | head -1)
+                lib=
+                if [ -n "${MK_OWED_NSYS_DEBS:-}" ]; then
+                    mkdir -p /tmp/mk-nsys-libs
+                    for d in "$MK_OWED_NSYS_DEBS"/*.deb; do dpkg -x "$d" /tmp/mk-nsys-libs; done
+                    lib=/tmp/mk-nsys-libs/usr/lib/x86_64-linux-gnu
+                fi
+                [ -n "$qi" ] && LD_LIBRARY_PATH=$lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} "$qi" -i "$out/dec.qdstrm" \
+                    > "$out/importer.log" 2>&1
+            fi
             grep -E "^decode|^device" "$out/nsys_run.log"
             nsys stats --force-export=true --report cuda_gpu_trace --format csv "$out/dec.nsys-rep" \
                 > "$out/nsys_dec_$pl.csv" 2> "$out/nsys_stats.err"
