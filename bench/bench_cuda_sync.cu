@@ -4,11 +4,11 @@
  *   1. a kernel boundary: N kernels of G blocks in one CUDA graph, each
  *      reading what blocks of the previous one wrote (a dependency through
  *      L2, as a decode step's kernels have), launched plainly and under
- *      programmatic dependent launch (griddepcontrol.wait, then
- *      launch_dependents, as mkc_pdl_enter does)
+ *      programmatic dependent launch (mkc_launch, mkc_pdl_enter: the decode
+ *      step's own)
  *   2. a grid-wide barrier: one persistent cooperative kernel of G
  *      co-resident blocks running the same N phases with a barrier between
- *      them (an arrival counter and a generation word, k_stack's barrier)
+ *      them (mkc_grid_barrier, the persistent MoE stack's)
  *
  * Each is timed with CUDA events over R replays after a warm-up, median
  * printed per synchronisation. Why: a decode step of the 30B shape is ~9
@@ -22,6 +22,9 @@
 #include <vector>
 
 #include <cuda_runtime.h>
+
+#include "cuda/cuda_impl.cuh" /* mkc_launch (the product's PDL launch) */
+#include "cuda/cuda_grid_barrier.cuh"
 
 #define CK(x)                                                                                          \
     do {                                                                                               \
@@ -44,38 +47,15 @@ __device__ __forceinline__ void phase(float *buf, int p, int G) {
 }
 
 __global__ void k_step(float *buf, int p, int pdl) {
-    if (pdl) {
-        asm volatile("griddepcontrol.wait;" ::: "memory");
-        asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-    }
+    if (pdl)
+        mkc_pdl_enter(); /* as every decode-step kernel does */
     phase(buf, p, gridDim.x);
-}
-
-/* k_stack's barrier (cuda_moe.cu): arrive on a counter, the last block bumps
- * the generation, the others wait for it */
-__device__ __forceinline__ void grid_barrier(unsigned *count, unsigned *gen) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        volatile unsigned *vg = gen;
-        const unsigned g = *vg;
-        __threadfence();
-        if (atomicAdd(count, 1u) == gridDim.x - 1) {
-            *count = 0u;
-            __threadfence();
-            atomicAdd(gen, 1u);
-        } else {
-            while (*vg == g)
-                ;
-        }
-        __threadfence();
-    }
-    __syncthreads();
 }
 
 __global__ void k_persist(float *buf, int N, unsigned *bar) {
     for (int p = 0; p < N; p++) {
         phase(buf, p, gridDim.x);
-        grid_barrier(bar, bar + 1);
+        mkc_grid_barrier(bar, bar + 1); /* k_stack's (cuda_moe.cu) */
     }
 }
 
@@ -84,32 +64,16 @@ static float median(std::vector<float> v) {
     return v[v.size() / 2];
 }
 
-/* us per kernel of a graph of N launches of G blocks */
-static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaStream_t s) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int p = 0; p < N; p++) {
-        cudaLaunchConfig_t cfg = {};
-        cfg.gridDim = dim3(G);
-        cfg.blockDim = dim3(T);
-        cfg.stream = s;
-        cudaLaunchAttribute at[1];
-        at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        at[0].val.programmaticStreamSerializationAllowed = 1;
-        cfg.attrs = at;
-        cfg.numAttrs = pdl ? 1 : 0;
-        CK(cudaLaunchKernelEx(&cfg, k_step, buf, p, pdl ? 1 : 0));
-    }
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
+/* Median over R runs (after 3 untimed) of what run() queues on s, in us per
+ * phase of N */
+template <typename F> static float time_runs(cudaStream_t s, int N, int R, F run) {
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     std::vector<float> us;
     for (int r = 0; r < R + 3; r++) {
         CK(cudaEventRecord(e0, s));
-        CK(cudaGraphLaunch(ge, s));
+        run();
         CK(cudaEventRecord(e1, s));
         CK(cudaEventSynchronize(e1));
         float ms = 0;
@@ -119,9 +83,22 @@ static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaSt
     }
     CK(cudaEventDestroy(e0));
     CK(cudaEventDestroy(e1));
+    return median(us);
+}
+
+/* us per kernel of a graph of N launches of G blocks */
+static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaStream_t s) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int p = 0; p < N; p++)
+        CK(mkc_launch(k_step, dim3(G), dim3(T), 0, s, pdl, buf, p, pdl ? 1 : 0));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    const float us = time_runs(s, N, R, [&] { CK(cudaGraphLaunch(ge, s)); });
     CK(cudaGraphExecDestroy(ge));
     CK(cudaGraphDestroy(g));
-    return median(us);
+    return us;
 }
 
 /* us per phase of one persistent kernel of N phases, or -1 when G blocks
@@ -133,25 +110,13 @@ static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R,
     CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_persist, T, 0));
     if (G > per * nsm)
         return -1.0f;
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<float> us;
-    for (int r = 0; r < R + 3; r++) {
-        CK(cudaMemsetAsync(bar, 0, 2 * sizeof(unsigned), s));
+    /* the barrier's words zeroed before each run (outside the timed events: a run leaves the count at
+     * zero, the generation need not be) */
+    CK(cudaMemsetAsync(bar, 0, 2 * sizeof(unsigned), s));
+    return time_runs(s, N, R, [&] {
         void *args[] = {&buf, &N, &bar};
-        CK(cudaEventRecord(e0, s));
         CK(cudaLaunchCooperativeKernel((const void *)k_persist, dim3(G), dim3(T), args, 0, s));
-        CK(cudaEventRecord(e1, s));
-        CK(cudaEventSynchronize(e1));
-        float ms = 0;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (r >= 3)
-            us.push_back(ms * 1e3f / N);
-    }
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return median(us);
+    });
 }
 
 int main(int argc, char **argv) {

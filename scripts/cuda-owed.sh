@@ -80,6 +80,30 @@ set -uo pipefail
 what=${1:?usage: see the header}
 out=${OUT:-/tmp}
 rc=0
+# The full-depth 30B shape (MLX 4-bit g64 from a ct-int4 synth) in /tmp/mk-owed-30b, made once a
+# machine with MOEKIT (the int4 source removed after: the disk is 64 GiB); the making's output in
+# $out/synth.log
+# nsys on PATH (the device image has it only inside Nsight Compute)
+owed_nsys() {
+    if ! command -v nsys > /dev/null; then
+        local ns
+        ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2> /dev/null | head -1)
+        [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
+    fi
+    command -v nsys
+}
+owed_30b() { # MOEKIT
+    local m=/tmp/mk-owed-30b nt
+    nt=$(nproc)
+    [ -e $m/config.json ] && return 0
+    {
+        "$1" synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads "$nt" --quiet --force &&
+            "$1" quantize $m.ct $m --bits 4 --group-size 64 --threads "$nt" --max-memory 8G --quiet --force
+    } > "$out/synth.log" 2>&1
+    local r=$?
+    rm -rf $m.ct
+    return $r
+}
 case $what in
 tests)
     fx=${2:?the tar of the fixtures}
@@ -113,11 +137,7 @@ fd)
     # against session 24's (split GEMM, chunks of 512), interleaved, with the decode after the prompt;
     # the short decode; then the SASS opcode histogram of the 4-bit g64 bf16 int8 GEMM (cuobjdump)
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
-    [ -e $m/config.json ] || {
-        $B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
-            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
-        rm -rf $m.ct
-    } > /tmp/synth.log 2>&1
+    owed_30b $B
     {
         for g in def split def split; do
             echo "== full-depth 30B, prefill 2048 then 64 decode tokens, $g"
@@ -145,11 +165,7 @@ gqafd)
     # session 26: the full-depth 30B decode with the attention grouped by kv head (MK_CUDA_ATTN_GQA)
     # against k_attn, interleaved, short and after 2048 tokens (gqafd.log); synth.log: the model's making
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
-    [ -e $m/config.json ] || {
-        time ($B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
-            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force)
-        rm -rf $m.ct
-    } > "$out/synth.log" 2>&1
+    owed_30b $B
     {
         nvidia-smi --query-gpu=name --format=csv,noheader
         for f in ${MK_OWED_PAIRS:-0 1 0 1}; do
@@ -174,11 +190,7 @@ int8)
     grep -q "gpu_act_int8: ok" "$out/cli_int8.log" || rc=1
     [ -n "${MK_OWED_NOBENCH:-}" ] && exit $rc # the test alone
     B=./build-cuda/moekit D=./build-cuda/bench_decode nt=$(nproc) m=/tmp/mk-owed-30b
-    [ -e $m/config.json ] || {
-        $B synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
-            $B quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
-        rm -rf $m.ct
-    } > "$out/synth.log" 2>&1
+    owed_30b $B
     {
         # def: the variable empty, which bench_decode reads as unset (the default)
         for f in def 0 def 0; do
@@ -338,11 +350,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
     if [ "$what" = dnsys ]; then
         # the decode step's timeline as replayed (graph nodes traced one by one): the cut, prompt 64,
         # 48 decode tokens; the GPU trace as CSV (xz) for per-kernel critical-path sums on the host
-        if ! command -v nsys > /dev/null; then
-            ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
-            [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
-        fi
-        command -v nsys || { echo "no nsys here"; exit 1; }
+        owed_nsys || { echo "no nsys here"; exit 1; }
         # MK_OWED_PROMPTS: the prompt lengths (default 64), a trace each
         for pl in ${MK_OWED_PROMPTS:-64}; do
             timeout 200 nsys profile -o "$out/dec" --force-overwrite true -t cuda --cuda-graph-trace=node \
@@ -392,12 +400,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         # scripts/cuda-relink.sh) against the default, interleaved: the cut short and after 2048
         # tokens, then the full-depth 30B (s31.log); the decode timed after the warm-up steps
         m=/tmp/mk-owed-30b
-        [ -e $m/config.json ] || {
-            $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet \
-                --force && $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G \
-                --quiet --force
-            rm -rf $m.ct
-        } > "$out/synth.log" 2>&1
+        owed_30b $B/moekit
         run() { # LABEL MODEL P D: default, fold 2, gu3
             for r in 1 2; do
                 for v in def fold2 gu3; do
@@ -441,12 +444,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 done
             done
             m=/tmp/mk-owed-30b
-            [ -e $m/config.json ] || {
-                $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet \
-                    --force && $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G \
-                    --quiet --force
-                rm -rf $m.ct
-            } > "$out/synth.log" 2>&1
+            owed_30b $B/moekit
             for w in 0 4 4; do
                 for f in 0 1; do
                     echo "== full-depth 30B decode, positions 16-143, MK_BENCH_WARM=$w MK_LOOKAHEAD=$f"
@@ -462,11 +460,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         # decode (prompt 64, 48 tokens) under nsys with the host's CUDA calls traced, MK_LOOKAHEAD 0
         # and 1; each run's API trace and GPU trace (graphs whole) as CSV (xz): when the host queues
         # step n+1's graph against when step n's ends, and which call blocks
-        if ! command -v nsys > /dev/null; then
-            ns=$(find /opt /usr/local /usr/lib -name nsys -type f -perm -u+x 2>/dev/null | head -1)
-            [ -n "$ns" ] && export PATH=$PATH:$(dirname "$ns")
-        fi
-        command -v nsys || { echo "no nsys here"; exit 1; }
+        owed_nsys || { echo "no nsys here"; exit 1; }
         for f in 1 0; do
             MK_LOOKAHEAD=$f timeout 200 nsys profile -o "$out/la$f" --force-overwrite true -t cuda \
                 --cuda-graph-trace=graph $B/bench_decode $W/m8 64 48 $nt cuda > "$out/lansys_run$f.log" 2>&1
@@ -582,11 +576,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
     fi
     if [ "$what" = dec ]; then
         m=/tmp/mk-owed-30b
-        [ -e $m/config.json ] || {
-            $B/moekit synth $m.ct --arch qwen3_moe --preset 30b-a3b --format ct-int4 --threads $nt --quiet --force &&
-                $B/moekit quantize $m.ct $m --bits 4 --group-size 64 --threads $nt --max-memory 8G --quiet --force
-            rm -rf $m.ct
-        } > "$out/synth.log" 2>&1
+        owed_30b $B/moekit
         {
             for f in 0 1 0 1; do
                 echo "== 8-layer 30B cut decode, MK_CUDA_QK_FOLD=$f"

@@ -25,6 +25,7 @@
 #include "cuda/cuda_impl.cuh"
 #include "cuda/cuda_route_block.cuh"
 #include "cuda/cuda_moe_kernels.cuh"
+#include "cuda/cuda_grid_barrier.cuh"
 
 
 /* Per token (nmax of them, at moe_token_strides' strides): */
@@ -439,29 +440,6 @@ extern "C" size_t mk_cuda_moe_bytes(const mk_cuda_moe *m) {
 
 /* ---- a whole MoE stack in one persistent kernel --------------------------- */
 
-/* Grid-wide barrier for a co-resident grid (cooperative launch): arrive on
- * a counter, the last block bumps the generation; the others wait for it.
- * Fences order each block's writes before the arrival and the waiters'
- * reads after it. */
-__device__ __forceinline__ void grid_barrier(unsigned *count, unsigned *gen) {
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        volatile unsigned *vg = gen;
-        const unsigned g = *vg;
-        __threadfence();
-        if (atomicAdd(count, 1u) == gridDim.x - 1) {
-            *count = 0u;
-            __threadfence();
-            atomicAdd(gen, 1u);
-        } else {
-            while (*vg == g)
-                __nanosleep(32);
-        }
-        __threadfence();
-    }
-    __syncthreads();
-}
-
 /* Copy n floats (n % 4 == 0) into shared memory through L2 (.cg): data
  * other blocks wrote in this same kernel must not come from a stale L1. */
 __device__ __forceinline__ void stage_cg(float *dst, const float *src, int64_t n) {
@@ -505,7 +483,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2) k_stack(const stack_args s)
             if (lane == 0)
                 s.logits[t] = v;
         }
-        grid_barrier(s.bar, s.bar + 1);
+        mkc_grid_barrier(s.bar, s.bar + 1);
         /* 2. routing in every block; gate/up row pairs */
         route_block(s.logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, r_idx, r_w);
         __syncthreads();
@@ -538,7 +516,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2) k_stack(const stack_args s)
                 out[1] = silu_mul(g1, u1);
             }
         }
-        grid_barrier(s.bar, s.bar + 1);
+        mkc_grid_barrier(s.bar, s.bar + 1);
         /* 3. down rows, weighted, plus the shared expert: x += */
         stage_cg(sm, s.h, nr);
         if (a.has_shared)
@@ -577,7 +555,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2) k_stack(const stack_args s)
             if (lane == 0)
                 s.x[o] = __ldcg(s.x + o) + tot;
         }
-        grid_barrier(s.bar, s.bar + 1);
+        mkc_grid_barrier(s.bar, s.bar + 1);
     }
 }
 

@@ -175,6 +175,44 @@ static void run_case(const acase &c) {
 // k_attn_each over sequences at positions pos[i], each with its new rows:
 // outputs bitwise k_attn's per sequence (its rows already in its caches),
 // every cache's row pos0 the new row after the call
+/* Sequence i of a batch at position pos: its reference caches kr / vr
+ * (random rows, row pos its new rows from kn / vn) and the slot's kc / vc
+ * (the same with row pos NaN: the kernel writes it), entered in sq */
+static void batch_seq(int i, int64_t pos, int64_t kw, const std::vector<float> &kn, const std::vector<float> &vn,
+                      std::vector<float> &kr, std::vector<float> &vr, std::vector<float> &kc, std::vector<float> &vc,
+                      att_seqs &sq) {
+    if (kr.empty()) {
+        kr.resize((size_t)(pos + 1) * kw);
+        vr.resize((size_t)(pos + 1) * kw);
+        for (auto &v : kr) v = (float)rnd();
+        for (auto &v : vr) v = (float)rnd();
+        std::copy(kn.begin() + i * kw, kn.begin() + (i + 1) * kw, kr.begin() + pos * kw);
+        std::copy(vn.begin() + i * kw, vn.begin() + (i + 1) * kw, vr.begin() + pos * kw);
+    }
+    kc = kr;
+    vc = vr;
+    std::fill(kc.begin() + pos * kw, kc.begin() + (pos + 1) * kw, NAN);
+    std::fill(vc.begin() + pos * kw, vc.begin() + (pos + 1) * kw, NAN);
+    sq.k[i] = kc.data();
+    sq.v[i] = vc.data();
+    sq.kn[i] = kn.data() + i * kw;
+    sq.vn[i] = vn.data() + i * kw;
+    sq.pos0[i] = pos;
+}
+
+/* The arguments every sequence of a batch shares: one token, nh heads on
+ * nkv, head dims d, scale 1/8 */
+static mk_attn_args batch_args(int nh, int nkv, int d) {
+    mk_attn_args a = {};
+    a.n = 1;
+    a.n_heads = nh;
+    a.n_kv = nkv;
+    a.dk = d;
+    a.dv = d;
+    a.scale = 0.125f;
+    return a;
+}
+
 static void run_each() {
     enum { NS = 3, NH = 4, NKV = 2, D = 64 };
     const int64_t pos[NS] = {0, 37, 100}, kw = NKV * D;
@@ -184,32 +222,11 @@ static void run_each() {
     for (auto &v : vn) v = (float)rnd();
     std::vector<float> kc[NS], vc[NS], kr[NS], vr[NS];
     att_seqs sq;
-    for (int i = 0; i < NS; i++) {
-        kr[i].resize((size_t)(pos[i] + 1) * kw);
-        vr[i].resize((size_t)(pos[i] + 1) * kw);
-        for (auto &v : kr[i]) v = (float)rnd();
-        for (auto &v : vr[i]) v = (float)rnd();
-        std::copy(kn.begin() + i * kw, kn.begin() + (i + 1) * kw, kr[i].begin() + pos[i] * kw);
-        std::copy(vn.begin() + i * kw, vn.begin() + (i + 1) * kw, vr[i].begin() + pos[i] * kw);
-        kc[i] = kr[i];
-        vc[i] = vr[i];
-        std::fill(kc[i].begin() + pos[i] * kw, kc[i].begin() + (pos[i] + 1) * kw, NAN); /* the kernel writes it */
-        std::fill(vc[i].begin() + pos[i] * kw, vc[i].begin() + (pos[i] + 1) * kw, NAN);
-        sq.k[i] = kc[i].data();
-        sq.v[i] = vc[i].data();
-        sq.kn[i] = kn.data() + i * kw;
-        sq.vn[i] = vn.data() + i * kw;
-        sq.pos0[i] = pos[i];
-    }
-    mk_attn_args a = {};
+    for (int i = 0; i < NS; i++)
+        batch_seq(i, pos[i], kw, kn, vn, kr[i], vr[i], kc[i], vc[i], sq);
+    mk_attn_args a = batch_args(NH, NKV, D);
     a.q = q.data();
     a.out = out.data();
-    a.n = 1;
-    a.n_heads = NH;
-    a.n_kv = NKV;
-    a.dk = D;
-    a.dv = D;
-    a.scale = 0.125f;
     const unsigned nb = NS * NH;
     std::vector<float> part((size_t)nb * ATT_SPLIT * (D + 2), NAN);
     for (unsigned y = 0; y < ATT_SPLIT; y++)
@@ -472,38 +489,15 @@ static void run_gqa_each() {
     for (auto &v : kn) v = (float)rnd();
     for (auto &v : vn) v = (float)rnd();
     std::vector<float> kr[NS], vr[NS];
-    for (int i = 0; i < NS; i++) {
-        kr[i].resize((size_t)(pos[i] + 1) * kw);
-        vr[i].resize((size_t)(pos[i] + 1) * kw);
-        for (auto &v : kr[i]) v = (float)rnd();
-        for (auto &v : vr[i]) v = (float)rnd();
-        std::copy(kn.begin() + i * kw, kn.begin() + (i + 1) * kw, kr[i].begin() + pos[i] * kw);
-        std::copy(vn.begin() + i * kw, vn.begin() + (i + 1) * kw, vr[i].begin() + pos[i] * kw);
-    }
-    mk_attn_args a = {};
-    a.n = 1;
-    a.n_heads = NH;
-    a.n_kv = NKV;
-    a.dk = D;
-    a.dv = D;
-    a.scale = 0.125f;
+    mk_attn_args a = batch_args(NH, NKV, D);
     const unsigned ns = AGQ_SHARES;
     const size_t per = (size_t)NH * ns * (D + 2);
     bool ok = true;
     for (int rev = 0; rev < 2; rev++) {
         std::vector<float> kc[NS], vc[NS];
         att_seqs sq;
-        for (int i = 0; i < NS; i++) {
-            kc[i] = kr[i];
-            vc[i] = vr[i];
-            std::fill(kc[i].begin() + pos[i] * kw, kc[i].end(), NAN); /* the kernel writes it */
-            std::fill(vc[i].begin() + pos[i] * kw, vc[i].end(), NAN);
-            sq.k[i] = kc[i].data();
-            sq.v[i] = vc[i].data();
-            sq.kn[i] = kn.data() + i * kw;
-            sq.vn[i] = vn.data() + i * kw;
-            sq.pos0[i] = pos[i];
-        }
+        for (int i = 0; i < NS; i++) /* the references made in the first round, kept after */
+            batch_seq(i, pos[i], kw, kn, vn, kr[i], vr[i], kc[i], vc[i], sq);
         a.q = q.data();
         a.out = out.data();
         std::fill(out.begin(), out.end(), NAN);
@@ -519,10 +513,10 @@ static void run_gqa_each() {
                         rev ? ns - 1 - i : i, NS, z);
         for (int i = 0; i < NS; i++) {
             /* the sequence alone: k_attn_gqa with its own caches (the new rows from k_new / v_new) */
-            std::vector<float> kc1 = kr[i], vc1 = vr[i], one((size_t)NH * D, NAN), p1(per, NAN);
+            std::vector<float> kc1, vc1, one((size_t)NH * D, NAN), p1(per, NAN);
             std::vector<unsigned> t1(NKV, 0u);
-            std::fill(kc1.begin() + pos[i] * kw, kc1.end(), NAN);
-            std::fill(vc1.begin() + pos[i] * kw, vc1.end(), NAN);
+            att_seqs s1q;
+            batch_seq(i, pos[i], kw, kn, vn, kr[i], vr[i], kc1, vc1, s1q);
             mk_attn_args s1 = a;
             s1.q = q.data() + i * NH * D;
             s1.out = one.data();
