@@ -56,6 +56,7 @@
 #                                         the one-wave gate/up (bench_decode_gu3) against the default (s31.log)
 #   scripts/cuda-owed.sh batch           batched decode (8, 32) with the grouped attention (k_attn_gqa_each)
 #                                         against k_attn_each, interleaved (batch.log)
+#   scripts/cuda-owed.sh steady          MK_CUDA_Q8_EARLY and MK_CUDA_QK_FOLD 0/1 on the cut in steady state (steady.log)
 #   scripts/cuda-owed.sh lansys          the cut's decode under nsys with the host's CUDA calls traced,
 #                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
@@ -249,7 +250,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -377,6 +378,26 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             rm -f "$out/dec.nsys-rep" "$out/dec.sqlite" "$out/dec.qdstrm"
         done
         rm -f "$out/build.log" "$out/configure.log"
+        exit $rc
+    fi
+    if [ "$what" = steady ]; then
+        # session 31: the switches judged with the old timing (one-off costs in the decode), again in
+        # steady state: the int8 rows primed early (MK_CUDA_Q8_EARLY) and the q/k norms folded into
+        # the attention (MK_CUDA_QK_FOLD; declined where k_attn_gqa runs, so expected neutral), the cut
+        # short and after 2048 tokens, interleaved (steady.log)
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for v in MK_CUDA_Q8_EARLY MK_CUDA_QK_FOLD; do
+                for f in 0 1 0 1; do
+                    echo "== 8-layer 30B cut decode, positions 16-271, $v=$f"
+                    env "$v=$f" timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+                done
+                for f in 0 1; do
+                    echo "== 8-layer 30B cut decode after 2048 tokens, $v=$f"
+                    env "$v=$f" timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+                done
+            done
+        } 2>&1 | tee "$out/steady.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

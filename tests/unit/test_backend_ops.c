@@ -1987,6 +1987,17 @@ static void test_fused_moe(void **st) {
                     fail_msg("%s: %s: two tokens in one call differ from one-token calls", b->name, what);
                 free(y1);
                 free(y2);
+                if (!strcmp(b->name, "cuda")) { /* the int8 rows primed early (mk_cuda_set_q8_early), the
+                                                   other way than the default: the same bits */
+                    const bool e0 = mk_cuda_q8_early();
+                    mk_cuda_set_q8_early(!e0);
+                    assert_true(b->i->moe(b->ctx, &a));
+                    float *ye = back(b, dy, H * 4);
+                    mk_cuda_set_q8_early(e0);
+                    if (memcmp(ye, y, H * 4))
+                        fail_msg("%s: %s: the int8 rows primed %s change y", b->name, what, e0 ? "late" : "early");
+                    free(ye);
+                }
                 float *y0 = y; /* the resident step's output, for the host-memory one below */
                 /* declined: more tokens than the slot takes; groups of one
                  * expert (no top-2 per group) */
@@ -3108,6 +3119,18 @@ static void test_cuda_step_pdl(void **st) {
             pdl_chain_expect(b, &c, p, ref[p], am0[p]);
         }
         assert_int_equal(mk_backend_cuda_folds(b->b) - folds2, 0);
+        /* the int8 rows primed early (mk_cuda_set_q8_early), the other way than the default: the
+         * GEMVs' weights loaded before their wait, the same bits */
+        mk_cuda_set_norm_fold(false);
+        const bool early0 = mk_cuda_q8_early();
+        mk_cuda_set_q8_early(!early0);
+        for (int rep = 0; rep < 2; rep++) {
+            const int p = (rep + 2) % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
+        mk_cuda_set_q8_early(early0);
         mk_cuda_set_norm_fold(true);
         /* recorded at the first position (prefetches and folds on), then replayed at each */
         mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
