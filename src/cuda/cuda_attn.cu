@@ -174,6 +174,17 @@ static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, c
     return two ? gqa_launch<8, 2>(c, a, ks, vs, sq, n) : gqa_launch<8, 1>(c, a, ks, vs, sq, n);
 }
 
+/* The grouped attention for a call that agq_takes (one token, or with sq the n sequences of a
+ * batched step): its scratch for nb heads in AGQ_SHARES shares, then the launch. True: handled
+ * (launched, or a failed allocation recorded for sync); false: k_attn / k_attn_each runs. */
+static bool gqa_try(mkb_ctx *c, const mk_attn_args &a, unsigned nb, int64_t ks, int64_t vs,
+                    const att_seqs *sq = NULL, int n = 1) {
+    unsigned ns = 1;
+    if (!split_scratch(c, nb, a.dv, AGQ_SHARES, &ns))
+        return true;
+    return ns == AGQ_SHARES && (size_t)n * (size_t)a.n_kv <= c->att_tcap && gqa_run(c, a, ks, vs, sq, n);
+}
+
 void mkb_attention(void *ctx, const mk_attn_args *a) {
     mkb_ctx *c = (mkb_ctx *)ctx;
     if (a->n <= 0 || a->n_heads <= 0)
@@ -223,13 +234,8 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     unsigned ns = 1;
     /* one token grouped by kv head (mk_cuda_set_attn_gqa): AGQ_SHARES shares a kv head, merged by
      * their last (tickets); a held-back q/k norm was launched first (no fold above) */
-    if (gqa) {
-        if (!split_scratch(c, nb, a->dv, AGQ_SHARES, &ns))
-            return;
-        if (ns == AGQ_SHARES && (unsigned)a->n_kv <= c->att_tcap && gqa_run(c, *a, ks, vs))
-            return;
-        ns = 1;
-    }
+    if (gqa && gqa_try(c, *a, nb, ks, vs))
+        return;
     if (a->n == 1 && !split_scratch(c, nb, a->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         return;
     mkc_qkfold qf = mkc_qkfold();
@@ -298,13 +304,8 @@ bool mkb_attention_each(void *ctx, const mk_attn_args *a, int n) {
     bool gqa = mk_cuda_attn_gqa();
     for (int i = 0; gqa && i < n; i++)
         gqa = agq_takes(&a[i], ks, vs);
-    if (gqa) {
-        if (!split_scratch(c, nb, a0->dv, AGQ_SHARES, &ns))
-            return true;
-        if (ns == AGQ_SHARES && (size_t)n * (size_t)a0->n_kv <= c->att_tcap && gqa_run(c, *a0, ks, vs, &sq, n))
-            return true;
-        ns = 1;
-    }
+    if (gqa && gqa_try(c, *a0, nb, ks, vs, &sq, n))
+        return true;
     if (split_scratch(c, nb, a0->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         attn_run(c, *a0, &sq, nb, ns, ks, vs, vec);
     return true; /* (a failed allocation is recorded for sync) */

@@ -159,9 +159,11 @@ bool mkb_step_chain(void *ctx, uint64_t id, int slot, const mk_upload *ups, int 
 mk_status mkb_step_take(void *ctx, int slot, void *res, size_t res_bytes, bool *found, bool *stale,
                         int32_t *tag, int64_t *index, float *value);
 void mkb_chain_free(mkb_ctx *c);
-/* The held-back add_rmsnorm when x is its xb (a slot that reads x may
- * fold it), else NULL; a slot that folds it calls mkb_fold_taken. */
-const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x);
+/* The held-back add_rmsnorm when x is its xb and the fold mode lets this
+ * reader take it (router: the MoE router, which every mode's fold feeds;
+ * else a GEMV, only under MK_CUDA_NORM_FOLD_ALL), else NULL; a slot that
+ * folds it calls mkb_fold_taken. */
+const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x, bool router);
 /* A slot folded the held-back step into its launch (either kind). */
 void mkb_fold_taken(mkb_ctx *c);
 

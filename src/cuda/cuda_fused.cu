@@ -358,7 +358,7 @@ bool mkb_moe(void *ctx, const mk_moe_args *a) {
      * step's (backend.h's contract for batched decode) */
     /* one token whose x is a held-back residual step's xb: the step
      * folded into the router (mk_cuda_set_norm_fold) */
-    const mk_cuda_fold *f = a->n == 1 ? mkb_fold_for(c, a->x) : NULL;
+    const mk_cuda_fold *f = a->n == 1 ? mkb_fold_for(c, a->x, true) : NULL;
     if (f) {
         bool taken = false;
         mk_status s = mk_cuda_moe_step_fold(&l->m, l->ws, f, a->y, false, c->s, &taken);

@@ -114,9 +114,7 @@ static bool fold_gemv(mkb_ctx *c, const mkb_entry *const *e, int count, const mk
  * k_gemv's bits), else launched first. */
 void mkb_matmul(void *ctx, const mk_wt *w, const float *x, int64_t n, float *y) {
     mkb_ctx *c = (mkb_ctx *)ctx;
-    const mk_cuda_fold *f = n == 1 && ((uintptr_t)x & 15) == 0 && mk_cuda_norm_fold_mode() == MK_CUDA_NORM_FOLD_ALL
-                                ? mkb_fold_for(c, x)
-                                : NULL;
+    const mk_cuda_fold *f = n == 1 && ((uintptr_t)x & 15) == 0 ? mkb_fold_for(c, x, false) : NULL;
     if (f && w->rows > 0) {
         const mkb_entry *e = mkb_weight(c, w);
         if (!e)
@@ -149,8 +147,7 @@ void mkb_matmul_n(void *ctx, const mk_wt *const *w, int count, const float *x, i
               mkc_kind_of(&e[i]->dev) == mkc_kind_of(&e[0]->dev);
     }
     /* the held-back residual step folded into this launch (x is its xb) */
-    const mk_cuda_fold *f =
-        one && n == 1 && mk_cuda_norm_fold_mode() == MK_CUDA_NORM_FOLD_ALL ? mkb_fold_for(c, x) : NULL;
+    const mk_cuda_fold *f = one && n == 1 ? mkb_fold_for(c, x, false) : NULL;
     if (f && fold_gemv(c, e, count, f, ys))
         return;
     mkb_fold_flush(c); /* (after the weights' uploads above: they only copy) */

@@ -209,7 +209,9 @@ void mkb_fold_flush(mkb_ctx *c) {
     }
 }
 
-const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x) {
+const mk_cuda_fold *mkb_fold_for(mkb_ctx *c, const float *x, bool router) {
+    if (!router && mk_cuda_norm_fold_mode() != MK_CUDA_NORM_FOLD_ALL)
+        return NULL;
     return c->folding && x == c->fold.xb ? &c->fold : NULL;
 }
 
