@@ -102,6 +102,18 @@ static double now_s(void) {
 /* Bytes of a weight a product reads: packed data plus its scales and
  * biases (affine: two per group; FP8: the block grid; MX/NV: one byte per
  * 32/16), which are 11% of a 4-bit g64 model's bytes with bf16 scales. */
+/* One greedy decode step of token *id, the next token into *id: the
+ * argmax on the device (mk_engine_forward_argmax) or, host_argmax, the
+ * logits into lg and mk_argmax there (cuda-base, cuda-unfused) */
+static mk_status greedy_step(mk_engine *e, bool host_argmax, int32_t *id, float *lg, int vocab) {
+    if (!host_argmax)
+        return mk_engine_forward_argmax(e, id, 1, id);
+    mk_status st = mk_engine_forward(e, id, 1, MK_LOGITS_LAST, lg, NULL);
+    if (st == MK_OK)
+        *id = mk_argmax(lg, vocab);
+    return st;
+}
+
 static double wt_bytes(const mk_wt *w) {
     double b = (double)mk_wt_row_bytes(w) * (double)w->rows;
     double ssz = w->sdtype == MK_DT_F32 ? 4 : 2;
@@ -311,7 +323,6 @@ int main(int argc, char **argv) {
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},         /* decode attention grouped by kv head */
             {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early},         /* int8 decode rows primed early */
-            {"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},       /* norm steps folded into their readers */
             {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},           /* the q/k norms alone, into the attention */
             {"MK_CUDA_ACT_INT8", mk_cuda_set_act_int8},         /* decode products on int8 x (the CPU's rule) */
         };
@@ -320,10 +331,11 @@ int main(int argc, char **argv) {
             if (v && *v)
                 sw[i].set(strcmp(v, "0") != 0);
         }
-        /* MK_CUDA_NORM_FOLD=2: the residual step folded into the MoE router only */
+        /* MK_CUDA_NORM_FOLD=0|1|2: the residual steps folded into their readers (the mode's value:
+         * 1 MK_CUDA_NORM_FOLD_ALL, 2 MK_CUDA_NORM_FOLD_ROUTER) */
         const char *nf = getenv("MK_CUDA_NORM_FOLD");
-        if (nf && !strcmp(nf, "2"))
-            mk_cuda_set_norm_fold_mode(MK_CUDA_NORM_FOLD_ROUTER);
+        if (nf && *nf)
+            mk_cuda_set_norm_fold_mode(atoi(nf));
         /* MK_CUDA_STEP_PREFETCH=0..3: under PDL, the L2 prefetches before the wait (bits) */
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)
@@ -428,8 +440,7 @@ int main(int argc, char **argv) {
         st = mk_engine_forward_argmax(e, ids, P, &id);
         double tw = now_s();
         for (int i = 0; st == MK_OK && i < W; i++)
-            st = host_argmax ? mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, lg, NULL)
-                             : mk_engine_forward_argmax(e, &id, 1, &id);
+            st = greedy_step(e, host_argmax, &id, lg, c->vocab_size);
         warm_s = now_s() - tw;
         mk_engine_reset(e);
         if (st != MK_OK) {
@@ -443,14 +454,10 @@ int main(int argc, char **argv) {
     if (cuda)
         mk_backend_cuda_time_steps(be, true); /* the replayed steps' GPU spans (two events a step) */
     double t1 = now_s();
-    for (int i = 0; st == MK_OK && i < D; i++) {
-        if (host_argmax) {
-            id = mk_argmax(lg, c->vocab_size);
-            st = mk_engine_forward(e, &id, 1, MK_LOGITS_LAST, lg, NULL);
-        } else {
-            st = mk_engine_forward_argmax(e, &id, 1, &id);
-        }
-    }
+    if (st == MK_OK && host_argmax)
+        id = mk_argmax(lg, c->vocab_size); /* the prompt's next token (greedy_step picks the later ones) */
+    for (int i = 0; st == MK_OK && i < D; i++)
+        st = greedy_step(e, host_argmax, &id, lg, c->vocab_size);
     double t2 = now_s();
     if (st != MK_OK) {
         fprintf(stderr, "bench_decode: %s\n", mk_err_msg());

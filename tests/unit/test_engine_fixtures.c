@@ -560,8 +560,7 @@ int main(void) {
     static const struct {
         const char *env;
         void (*set)(bool);
-    } sw[] = {{"MK_CUDA_NORM_FOLD", mk_cuda_set_norm_fold},
-              {"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},
+    } sw[] = {{"MK_CUDA_QK_FOLD", mk_cuda_set_qk_fold},
               {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},
               {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early},
               {"MK_CUDA_LOOKAHEAD", mk_cuda_set_lookahead}};
@@ -572,8 +571,10 @@ int main(void) {
             printf("%s=%s\n", sw[i].env, v);
         }
     }
-    const char *nf = getenv("MK_CUDA_NORM_FOLD"); /* 2: the router only */
-    if (nf && !strcmp(nf, "2"))
-        mk_cuda_set_norm_fold_mode(MK_CUDA_NORM_FOLD_ROUTER);
+    const char *nf = getenv("MK_CUDA_NORM_FOLD"); /* the fold mode: 1 every reader, 2 the router only */
+    if (nf && *nf) {
+        mk_cuda_set_norm_fold_mode(atoi(nf));
+        printf("MK_CUDA_NORM_FOLD=%s\n", nf);
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
