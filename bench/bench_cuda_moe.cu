@@ -22,7 +22,13 @@
  * warm-up first, median of repeats. Prints one line per measurement and a
  * summary table last.
  *
- * usage: bench_cuda_moe [--quick | --gemv | --compare]
+ * usage: bench_cuda_moe [--quick | --gemv | --compare | --l2]
+ *   --l2: what L2 residency buys the decode's weight readers as the step
+ *   chains them (PDL, the product's launches): 48 q_proj/o_proj GEMV pairs
+ *   and the 48 MoE steps of the 30B shape, each layer its own weights
+ *   (read from DRAM) against layer 0 repeated (its weights stay in L2);
+ *   the ceiling of any scheme that prefetches a kernel's weights into L2
+ *   before it runs.
  *   --quick: fewer layers, for a smoke run; --gemv: GEMV only; --compare:
  *   kernel generations 1 and 2 (mk_cuda_set_kernels) side by side, GEMV and the
  *   stacks' graphs with their per-kernel breakdown and a hot (L2-resident)
@@ -353,6 +359,110 @@ static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws
     return median(v);
 }
 
+/* ms per token of a graph of the product's MoE steps (mk_cuda_moe_step: PDL
+ * and int8 x as configured), each token from the next x of the pool; hot:
+ * every layer is layer 0 (as time_graph) */
+static double time_steps(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x, const float *pool,
+                         int P, int64_t H, cudaStream_t st, bool hot, int tokens) {
+    const int L = (int)lay.size();
+    for (int l = 0; l < L; l++) /* eager first: checks every launch */
+        MK(mk_cuda_moe_step(&lay[hot ? 0 : l], ws, x, x, true, st));
+    CK(cudaStreamSynchronize(st));
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < L; l++)
+        MK(mk_cuda_moe_step(&lay[hot ? 0 : l], ws, x, x, true, st));
+    CK(cudaStreamEndCapture(st, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    cudaEvent_t e0, e1;
+    CK(cudaEventCreate(&e0));
+    CK(cudaEventCreate(&e1));
+    std::vector<double> v;
+    for (int rep = 0; rep < 6; rep++) {
+        CK(cudaEventRecord(e0, st));
+        for (int t = 0; t < tokens; t++) {
+            CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice, st));
+            CK(cudaGraphLaunch(ge, st));
+        }
+        CK(cudaEventRecord(e1, st));
+        CK(cudaEventSynchronize(e1));
+        float ms;
+        CK(cudaEventElapsedTime(&ms, e0, e1));
+        if (rep >= 1)
+            v.push_back(ms / tokens);
+    }
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    CK(cudaEventDestroy(e0));
+    CK(cudaEventDestroy(e1));
+    return median(v);
+}
+
+/* --l2: the q_proj / o_proj GEMV pairs of L layers in one graph (the
+ * product's launches, PDL as configured), us per pair: each layer's own
+ * weights (cold: 9.4 MB a pair, 450 MB in all, from DRAM) against layer 0
+ * repeated (hot: in L2) */
+static void l2_gemv(int L, double roof) {
+    std::vector<mk_wt> q(L), o(L);
+    for (int l = 0; l < L; l++) {
+        q[l] = dev_affine(4096, 2048, 4, 64, 0.01f);
+        o[l] = dev_affine(2048, 4096, 4, 64, 0.01f);
+    }
+    float *x, *h;
+    CK(cudaMalloc(&x, 2048 * 4));
+    CK(cudaMalloc(&h, 4096 * 4));
+    fill_f<<<64, 256>>>(x, 2048, 1.0f, 7);
+    CK(cudaDeviceSynchronize());
+    cudaStream_t st;
+    CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
+    const double bytes = (double)L * (4096 * mk_cuda_wt_row_bytes_all(&q[0]) + 2048 * mk_cuda_wt_row_bytes_all(&o[0]));
+    double us[2];
+    for (int hot = 0; hot < 2; hot++) {
+        cudaGraph_t g;
+        cudaGraphExec_t ge;
+        CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+        for (int l = 0; l < L; l++) {
+            MK(mk_cuda_gemv(&q[hot ? 0 : l], x, h, false, st));
+            MK(mk_cuda_gemv(&o[hot ? 0 : l], h, x, false, st));
+        }
+        CK(cudaStreamEndCapture(st, &g));
+        CK(cudaGraphInstantiate(&ge, g, 0));
+        cudaEvent_t e0, e1;
+        CK(cudaEventCreate(&e0));
+        CK(cudaEventCreate(&e1));
+        std::vector<double> v;
+        for (int rep = 0; rep < 12; rep++) {
+            CK(cudaEventRecord(e0, st));
+            for (int t = 0; t < 20; t++)
+                CK(cudaGraphLaunch(ge, st));
+            CK(cudaEventRecord(e1, st));
+            CK(cudaEventSynchronize(e1));
+            float ms;
+            CK(cudaEventElapsedTime(&ms, e0, e1));
+            if (rep >= 2)
+                v.push_back(ms / 20);
+        }
+        us[hot] = 1e3 * median(v) / L;
+        CK(cudaGraphExecDestroy(ge));
+        CK(cudaGraphDestroy(g));
+        CK(cudaEventDestroy(e0));
+        CK(cudaEventDestroy(e1));
+    }
+    printf("l2 gemv q_proj [4096 x 2048] + o_proj [2048 x 4096] 4-bit, %d pairs chained: cold %.2f us a pair "
+           "(%.1f%% of copy), hot (layer 0 repeated, in L2) %.2f us a pair; hot/cold %.3f\n",
+           L, us[0], 100 * bytes / (L * us[0] * 1e-6) / roof, us[1], us[1] / us[0]);
+    CK(cudaStreamDestroy(st));
+    CK(cudaFree(x));
+    CK(cudaFree(h));
+    for (int l = 0; l < L; l++) {
+        mk_cuda_wt_free(&q[l]);
+        mk_cuda_wt_free(&o[l]);
+    }
+}
+
+static bool g_l2 = false; /* --l2 */
+
 /* --compare: for kernel generation 1 and 2 (mk_cuda_set_kernels), the graph of
  * the whole stack, its breakdown (router; + gate/up; + down) and the hot
  * stack (layer 0 repeated), one summary row each */
@@ -428,7 +538,13 @@ static void moe_bench(const shape_t &sp, double roof) {
 
     cudaStream_t st;
     CK(cudaStreamCreateWithFlags(&st, cudaStreamNonBlocking));
-    if (g_compare) {
+    if (g_l2) {
+        const double cold = time_steps(lay, ws, x, pool, P, sp.H, st, false, 200);
+        const double hot = time_steps(lay, ws, x, pool, P, sp.H, st, true, 200);
+        printf("l2 moe %s, %d MoE steps chained (mk_cuda_moe_step): cold %.2f us a layer (%.1f%% of copy), hot "
+               "(layer 0 repeated, in L2) %.2f us a layer; hot/cold %.3f\n",
+               sp.name, L, 1e3 * cold / L, 100 * bytes / (cold * 1e-3) / roof, 1e3 * hot / L, hot / cold);
+    } else if (g_compare) {
         moe_compare(sp, lay, ws, x, pool, P, bytes, st, roof);
     } else {
     /* eager run first (checks every launch), then capture the stack */
@@ -611,6 +727,7 @@ int main(int argc, char **argv) {
     bool quick = argc > 1 && !strcmp(argv[1], "--quick");
     bool only_gemv = argc > 1 && !strcmp(argv[1], "--gemv");
     g_compare = argc > 1 && !strcmp(argv[1], "--compare");
+    g_l2 = argc > 1 && !strcmp(argv[1], "--l2");
     int n;
     if (mk_cuda_probe(&n) != MK_OK) {
         printf("bench_cuda_moe: skipped: %s\n", mk_err_msg());
@@ -637,6 +754,12 @@ int main(int argc, char **argv) {
            mk_cuda_step_pdl() ? "on" : "off", (mk_cuda_step_prefetch() & MK_CUDA_PREFETCH_GEMV) ? "on" : "off",
            mk_cuda_gemv_staged() ? "on" : "off");
     double roof = copy_bw();
+    if (g_l2) {
+        l2_gemv(48, roof);
+        shape_t q3 = {"Qwen3-30B-A3B", 48, 2048, 128, 8, 768, 0, false};
+        moe_bench(q3, roof);
+        return 0;
+    }
     {
         mk_wt w = dev_affine(32768, 8192, 4, 64, 0.01f);
         gemv_bench("affine4 g64 bf16", w, roof);

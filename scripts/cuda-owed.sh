@@ -57,6 +57,13 @@
 #   scripts/cuda-owed.sh batch           batched decode (8, 32) with the grouped attention (k_attn_gqa_each)
 #                                         against k_attn_each, interleaved (batch.log)
 #   scripts/cuda-owed.sh steady          MK_CUDA_Q8_EARLY and MK_CUDA_QK_FOLD 0/1 on the cut in steady state (steady.log)
+#   scripts/cuda-owed.sh s32             the switches judged with the old timing, in steady state: GEMV_STAGED,
+#                                         MOE_STAGED, STEP_PREFETCH (1, 2, 3), NORM_FOLD=1 against the default
+#                                         on the cut, short and after 2048 tokens; MK_CUDA_Q8_EARLY=0 against
+#                                         the default at full depth (s32.log)
+#   scripts/cuda-owed.sh fold32          the norm folds with their loads batched (session 32): MK_CUDA_NORM_FOLD
+#                                         0 / 1 / 2 interleaved, the cut short and after 2048 tokens, the
+#                                         full-depth 30B (fold32.log)
 #   scripts/cuda-owed.sh lansys          the cut's decode under nsys with the host's CUDA calls traced,
 #                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
@@ -250,7 +257,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -398,6 +405,58 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 done
             done
         } 2>&1 | tee "$out/steady.log"
+        exit $rc
+    fi
+    if [ "$what" = s32 ]; then
+        # session 32: every switch judged on the cut with the old timing (one-off costs of 27-41 ms in
+        # the decode), again in steady state against the default, interleaved (s32.log)
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        sw="def MK_CUDA_GEMV_STAGED=1 MK_CUDA_MOE_STAGED=1 MK_CUDA_STEP_PREFETCH=1 MK_CUDA_STEP_PREFETCH=2"
+        sw="$sw MK_CUDA_STEP_PREFETCH=3 MK_CUDA_NORM_FOLD=1"
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for r in 1 2; do
+                for v in $sw; do
+                    echo "== 8-layer 30B cut decode, positions 16-271, $v"
+                    [ $v = def ] && v=MK_NONE=0
+                    env "$v" timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+                done
+            done
+            for v in $sw; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, $v"
+                [ $v = def ] && v=MK_NONE=0
+                env "$v" timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for f in 0 def 0 def; do
+                echo "== full-depth 30B decode, positions 16-143, MK_CUDA_Q8_EARLY=$f"
+                v=MK_CUDA_Q8_EARLY=$f
+                [ $f = def ] && v=MK_NONE=0
+                env "$v" timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+            done
+        } 2>&1 | tee "$out/s32.log"
+        exit $rc
+    fi
+    if [ "$what" = fold32 ]; then
+        # session 32: the residual folds (mkc_addnorm_stage / _finish) with each thread's loads issued
+        # at once, against the separate k_add_rmsnorm (0), interleaved (fold32.log)
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for f in 0 1 2 0 1 2; do
+                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for f in 0 1 2; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for f in 0 1 2 0 1 2; do
+                echo "== full-depth 30B decode, positions 16-143, MK_CUDA_NORM_FOLD=$f"
+                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+            done
+        } 2>&1 | tee "$out/fold32.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then
