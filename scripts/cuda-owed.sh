@@ -64,6 +64,9 @@
 #   scripts/cuda-owed.sh fold32          the norm folds with their loads batched (session 32): MK_CUDA_NORM_FOLD
 #                                         0 / 1 / 2 interleaved, the cut short and after 2048 tokens, the
 #                                         full-depth 30B (fold32.log)
+#   scripts/cuda-owed.sh qk32            the q/k norms folded into the grouped attention (session 32's
+#                                         k_attn_gqa<.., true>): MK_CUDA_QK_FOLD 0 / 1 interleaved, the cut
+#                                         short and after 2048 tokens, the full-depth 30B (qk32.log)
 #   scripts/cuda-owed.sh lansys          the cut's decode under nsys with the host's CUDA calls traced,
 #                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
@@ -257,7 +260,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -457,6 +460,26 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
             done
         } 2>&1 | tee "$out/fold32.log"
+        exit $rc
+    fi
+    if [ "$what" = qk32 ]; then
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for f in 0 1 0 1; do
+                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for f in 0 1; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for f in 0 1 0 1; do
+                echo "== full-depth 30B decode, positions 16-143, MK_CUDA_QK_FOLD=$f"
+                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+            done
+        } 2>&1 | tee "$out/qk32.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

@@ -147,42 +147,63 @@ extern "C" unsigned long long mk_cuda_attn_gqa_launches(void) {
  * batched step's k_attn_gqa_each over n_kv x AGQ_SHARES x n; false: its shared memory is not
  * granted (k_attn or k_attn_each runs) */
 template <int DVL, int HPW>
-static bool gqa_launch(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq, int n) {
-    const size_t smem = agq_smem(a.n_heads / a.n_kv, a.dk, a.dv);
+static bool gqa_launch(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq, int n,
+                       const mkc_qkfold &qf) {
+    const size_t smem = agq_smem(a.n_heads / a.n_kv, a.dk, a.dv, qf.on != 0);
     /* the device's most less 1 KB: the opt-in is refused past the most less the kernel's static shared
      * memory (mkc_last_in's flag), which the first version asked for and so never ran */
     const int ask = mkc_smem_optin_max() - 1024;
-    const void *k = sq ? (const void *)k_attn_gqa_each<DVL, HPW> : (const void *)k_attn_gqa<DVL, HPW>;
+    const void *k = sq      ? (const void *)k_attn_gqa_each<DVL, HPW>
+                    : qf.on ? (const void *)k_attn_gqa<DVL, HPW, true>
+                            : (const void *)k_attn_gqa<DVL, HPW>;
     if (ask <= 0 || smem > (size_t)ask || !mkc_smem_opt_in(k, ask))
         return false; /* (always asked: near 48 KB the static flag would overflow the default) */
     if (sq)
         mkb_launch(c, "attention of a batched step (grouped by kv head)", k_attn_gqa_each<DVL, HPW>,
                    dim3((unsigned)a.n_kv, AGQ_SHARES, (unsigned)n), dim3(AGQ_WARPS * 32), smem, a, *sq, ks, vs,
                    c->att_part, c->att_tickets);
+    else if (qf.on)
+        mkb_launch(c, "attention (grouped by kv head, the q/k norms folded in)", k_attn_gqa<DVL, HPW, true>,
+                   dim3((unsigned)a.n_kv, AGQ_SHARES), dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part,
+                   c->att_tickets, qf);
     else
         mkb_launch(c, "attention (grouped by kv head)", k_attn_gqa<DVL, HPW>, dim3((unsigned)a.n_kv, AGQ_SHARES),
-                   dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets);
+                   dim3(AGQ_WARPS * 32), smem, a, ks, vs, c->att_part, c->att_tickets, mkc_qkfold());
     __atomic_add_fetch(&g_gqa_launches, 1ull, __ATOMIC_RELAXED); /* host launches (a recording's once) */
     return true;
 }
 
-static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq = NULL,
-                    int n = 1) {
+static bool gqa_run(mkb_ctx *c, const mk_attn_args &a, int64_t ks, int64_t vs, const att_seqs *sq, int n,
+                    const mkc_qkfold &qf) {
     const bool two = a.n_heads / a.n_kv > AGQ_WARPS;
     if (a.dv <= 128)
-        return two ? gqa_launch<4, 2>(c, a, ks, vs, sq, n) : gqa_launch<4, 1>(c, a, ks, vs, sq, n);
-    return two ? gqa_launch<8, 2>(c, a, ks, vs, sq, n) : gqa_launch<8, 1>(c, a, ks, vs, sq, n);
+        return two ? gqa_launch<4, 2>(c, a, ks, vs, sq, n, qf) : gqa_launch<4, 1>(c, a, ks, vs, sq, n, qf);
+    return two ? gqa_launch<8, 2>(c, a, ks, vs, sq, n, qf) : gqa_launch<8, 1>(c, a, ks, vs, sq, n, qf);
 }
 
 /* The grouped attention for a call that agq_takes (one token, or with sq the n sequences of a
  * batched step): its scratch for nb heads in AGQ_SHARES shares, then the launch. True: handled
  * (launched, or a failed allocation recorded for sync); false: k_attn / k_attn_each runs. */
 static bool gqa_try(mkb_ctx *c, const mk_attn_args &a, unsigned nb, int64_t ks, int64_t vs,
-                    const att_seqs *sq = NULL, int n = 1) {
+                    const att_seqs *sq = NULL, int n = 1, const mkc_qkfold &qf = mkc_qkfold()) {
     unsigned ns = 1;
     if (!split_scratch(c, nb, a.dv, AGQ_SHARES, &ns))
         return true;
-    return ns == AGQ_SHARES && (size_t)n * (size_t)a.n_kv <= c->att_tcap && gqa_run(c, a, ks, vs, sq, n);
+    return ns == AGQ_SHARES && (size_t)n * (size_t)a.n_kv <= c->att_tcap && gqa_run(c, a, ks, vs, sq, n, qf);
+}
+
+/* The held-back qk_norm_rope (c->qk) as a kernel's fold arguments */
+static mkc_qkfold qk_fold_args(const mkb_ctx *c) {
+    mkc_qkfold qf = mkc_qkfold();
+    qf.qg = c->qk.qg;
+    qf.kg = c->qk.kg;
+    qf.cos = c->qk.cos;
+    qf.sin = c->qk.sin;
+    qf.eps = c->qk.eps;
+    qf.rot = c->qk.rot;
+    qf.vt = (int)mkc_norm_threads(c->qk.hd);
+    qf.on = 1;
+    return qf;
 }
 
 void mkb_attention(void *ctx, const mk_attn_args *a) {
@@ -211,16 +232,18 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     const float *q_end = a->q + (int64_t)a->n_heads * a->dk, *o_end = a->out + (int64_t)a->n_heads * a->dv;
     /* a replayable step's staged new rows (pos_dev: k_new is not the cache row the group's first head
      * writes while others read it), its output apart from q (q is written back) */
-    /* ... and not where the grouped attention (on by default) takes the call: k_attn_gqa has no fold, and
-     * k_attn with it would not give k_attn_gqa's bits (a fold must not change them) */
+    const bool fold_any = c->qk_folding && a->n == 1 && a->pos_dev && a->k_new && a->v_new &&
+                          a->k_new != a->v_new && a->k != a->v && (o_end <= a->q || q_end <= a->out) && !a->sel &&
+                          a->q == c->qk.q && a->k_new == c->qk.k && a->n_heads == c->qk.nq && a->n_kv == c->qk.nk &&
+                          a->dk == hd && ks == (int64_t)a->n_kv * hd && c->qk.rot <= hd;
+    /* where the grouped attention (on by default) takes the call, the fold is k_attn_gqa's own (head
+     * dims up to 32 MKC_QKW_R, which agq_takes' AGQ_MAX_DIM keeps); k_attn's fold would not give
+     * k_attn_gqa's bits (a fold must not change them) */
     const bool gqa = a->n == 1 && mk_cuda_attn_gqa() && agq_takes(a, ks, vs);
-    const bool fold = !gqa && c->qk_folding && a->n == 1 && a->pos_dev && a->k_new && a->v_new && a->k_new != a->v_new &&
-                      a->k != a->v && (o_end <= a->q || q_end <= a->out) &&
-                      !a->sel && a->q == c->qk.q && a->k_new == c->qk.k && a->n_heads == c->qk.nq &&
-                      a->n_kv == c->qk.nk && a->dk == hd && ks == (int64_t)a->n_kv * hd &&
-                      mkc_norm_threads(hd) <= 4 * ATT_WARPS * 32 && c->qk.rot <= hd &&
+    const bool gfold = gqa && fold_any && hd <= 32 * MKC_QKW_R;
+    const bool fold = !gqa && fold_any && mkc_norm_threads(hd) <= 4 * ATT_WARPS * 32 &&
                       sizeof(float) * ((size_t)2 * hd + 2 * ATT_WARPS + (size_t)ATT_WARPS * a->dv) <= MKC_SMEM_MAX;
-    if (!fold)
+    if (!fold && !gfold)
         mkb_fold_flush(c);
     /* prefill chunks: the tiled kernel (cuda_attn_tile.cu) where it takes the shape */
     if (a->n > 1 && mkb_attention_tiled(c, a, ks, vs))
@@ -233,21 +256,21 @@ void mkb_attention(void *ctx, const mk_attn_args *a) {
     /* one token: split over the cache */
     unsigned ns = 1;
     /* one token grouped by kv head (mk_cuda_set_attn_gqa): AGQ_SHARES shares a kv head, merged by
-     * their last (tickets); a held-back q/k norm was launched first (no fold above) */
-    if (gqa && gqa_try(c, *a, nb, ks, vs))
-        return;
+     * their last (tickets), with a held-back q/k norm folded in (gfold) or launched first */
+    if (gqa) {
+        const mkc_qkfold gq = gfold ? qk_fold_args(c) : mkc_qkfold();
+        if (gqa_try(c, *a, nb, ks, vs, NULL, 1, gq)) {
+            if (gfold)
+                mkb_fold_taken(c);
+            return;
+        }
+        mkb_fold_flush(c); /* k_attn runs, unfolded */
+    }
     if (a->n == 1 && !split_scratch(c, nb, a->dv, (unsigned)mk_cuda_attn_shares(), &ns))
         return;
     mkc_qkfold qf = mkc_qkfold();
     if (fold && (ns == 1 || share_tickets(c, nb, ns)) && qk_tickets(c, a->n_kv)) {
-        qf.qg = c->qk.qg;
-        qf.kg = c->qk.kg;
-        qf.cos = c->qk.cos;
-        qf.sin = c->qk.sin;
-        qf.eps = c->qk.eps;
-        qf.rot = c->qk.rot;
-        qf.vt = (int)mkc_norm_threads(hd);
-        qf.on = 1;
+        qf = qk_fold_args(c);
         qf.kt = c->qk_kt;
         mkb_fold_taken(c);
     }

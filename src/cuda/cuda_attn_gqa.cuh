@@ -51,9 +51,11 @@ __host__ __device__ __forceinline__ int agq_ld(int d) {
 }
 
 /* Host: the dynamic shared memory of a launch (AGQ_BUF chunks of key and
- * value rows, then the G query heads) */
-static inline size_t agq_smem(int G, int dk, int dv) {
-    return sizeof(float) * ((size_t)AGQ_BUF * AGQ_ROWS * (size_t)(agq_ld(dk) + agq_ld(dv)) + (size_t)G * dk);
+ * value rows, then the G query heads; qk: the q/k fold's key head after
+ * them) */
+static inline size_t agq_smem(int G, int dk, int dv, bool qk = false) {
+    return sizeof(float) *
+           ((size_t)AGQ_BUF * AGQ_ROWS * (size_t)(agq_ld(dk) + agq_ld(dv)) + (size_t)(G + (qk ? 1 : 0)) * dk);
 }
 
 /* Host: whether k_attn_gqa takes a one-token call (k and v row starts
@@ -70,16 +72,26 @@ static inline bool agq_takes(const mk_attn_args *a, int64_t ks, int64_t vs) {
 }
 
 /* DVL value dims per lane (dv <= 32 DVL), HPW query heads per warp (G <= 8 HPW): the body of
- * both launches below (block (kv head, share)) */
-template <int DVL, int HPW>
+ * both launches below (block (kv head, share)).
+ * QK (one token with its new rows, packed kv heads; mkb_attention's fold of
+ * a held-back qk_norm_rope): q and the new k row are the raw projections.
+ * Every block norms and rotates its G query heads in shared memory, a warp
+ * a head (mkc_qk_head_warp, bitwise k_qk_norm_rope), and its key head into
+ * kq, with their weights and rotary rows loaded before the wait; the
+ * token's own row is walked from kq, the share that starts the kv head
+ * (blockIdx.y 0) writes kq into the cache row pos0, and the merging block
+ * (the kv head's last share: no other block of it reads them raw any more)
+ * writes q's heads and kq back, as k_qk_norm_rope would have left them. */
+template <int DVL, int HPW, bool QK = false>
 __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, int64_t vs, float *part,
-                                             unsigned *tickets) {
+                                             unsigned *tickets, const mkc_qkfold &qk = mkc_qkfold()) {
     MKC_DYN_SMEM(float4, agq_sm4);
     float *const sm = (float *)agq_sm4;
     const int G = a.n_heads / a.n_kv, j = (int)blockIdx.x, lane = threadIdx.x & 31, wp = threadIdx.x >> 5;
     const int dk = a.dk, dv = a.dv, lk = agq_ld(dk), lv = agq_ld(dv);
     const int64_t bsz = (int64_t)AGQ_ROWS * (lk + lv); /* floats of a chunk's buffer */
     float *const qs = sm + AGQ_BUF * bsz;
+    float *const kq = qs + (int64_t)G * dk; /* QK: the key head, normed and rotated */
     /* a replayed step's position from device memory (uploaded before the step's first kernel) */
     const int64_t pos0 = a.pos_dev ? *a.pos_dev : a.pos0, T = pos0 + 1;
     int64_t B0, B1;
@@ -111,19 +123,41 @@ __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, 
         issue(c, pos0);
         mkc_cp_commit(); /* a group per chunk, empty or not: the wait counts stay uniform */
     }
+    mkc_qkw qw, kw; /* QK: the lane's norm weights and rotary rows */
+    if constexpr (QK) {
+        mkc_qkw_load(qk.qg, qk, dk, lane, qw);
+        mkc_qkw_load(qk.kg, qk, dk, lane, kw);
+    }
     mkc_pdl_enter(); /* launched under PDL in a decode step (cuda_attn.cu) */
     const float *kn = a.k_new ? a.k_new + (int64_t)j * dk : NULL;
     const float *vn = a.k_new ? a.v_new + (int64_t)j * dv : NULL;
     /* the token's new rows into the cache for later steps, by one block (none of this launch reads
-     * cache row pos0: its copies stop below it, the token's row comes from k_new / v_new) */
+     * cache row pos0: its copies stop below it, the token's row comes from k_new / v_new); QK: the
+     * values only (each key head normed, below) */
     if (a.k_new && j == 0 && blockIdx.y == 0) {
-        for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
-            ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
+        if constexpr (!QK)
+            for (int64_t i = threadIdx.x; i < ks; i += blockDim.x)
+                ((float *)a.k)[pos0 * ks + i] = a.k_new[i];
         for (int64_t i = threadIdx.x; i < vs; i += blockDim.x)
             ((float *)a.v)[pos0 * vs + i] = a.v_new[i];
     }
     for (int i = (int)threadIdx.x; i < G * dk; i += (int)blockDim.x)
         qs[i] = a.q[(int64_t)j * G * dk + i];
+    if constexpr (QK) {
+        for (int i = (int)threadIdx.x; i < dk; i += (int)blockDim.x)
+            kq[i] = kn[i];
+        __syncthreads();
+        const bool norm = qk.qg != NULL;
+        for (int hl = wp; hl < G; hl += AGQ_WARPS) /* warp-uniform */
+            mkc_qk_head_warp(qs + hl * dk, dk, qk.rot, qk.eps, norm, qw, lane);
+        if (wp == (G % AGQ_WARPS)) /* a warp with one head fewer when G is not a multiple of 8 */
+            mkc_qk_head_warp(kq, dk, qk.rot, qk.eps, norm, kw, lane);
+        __syncthreads();
+        if (blockIdx.y == 0) /* the key head's row in the cache, normed and rotated */
+            for (int i = (int)threadIdx.x; i < dk; i += (int)blockDim.x)
+                ((float *)a.k)[pos0 * ks + (int64_t)j * dk + i] = kq[i];
+        kn = kq;
+    }
     const int64_t lim = a.k_new ? pos0 : T; /* the later chunks' copies */
     float m[HPW], l[HPW], acc[HPW][DVL];
 #pragma unroll
@@ -252,14 +286,22 @@ __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, 
                 o[dd] = v[d] * inv;
         }
     }
+    if constexpr (QK) { /* every share of the kv head has read q and the new k row raw: written back */
+        for (int i = (int)threadIdx.x; i < G * dk; i += (int)blockDim.x)
+            ((float *)a.q)[(int64_t)j * G * dk + i] = qs[i];
+        for (int i = (int)threadIdx.x; i < dk; i += (int)blockDim.x)
+            ((float *)a.k_new)[(int64_t)j * dk + i] = kq[i];
+    }
     if (threadIdx.x == 0)
         tickets[j] = 0u; /* ready for the next launch (stream order) */
 }
 
-template <int DVL, int HPW>
+/* QK: the q/k norms and RoPE folded in (qk; attn_gqa_run) */
+template <int DVL, int HPW, bool QK = false>
 __global__ void __launch_bounds__(AGQ_WARPS * 32)
-    k_attn_gqa(mk_attn_args a, int64_t ks, int64_t vs, float *part, unsigned *tickets) {
-    attn_gqa_run<DVL, HPW>(a, ks, vs, part, tickets);
+    k_attn_gqa(mk_attn_args a, int64_t ks, int64_t vs, float *part, unsigned *tickets,
+               mkc_qkfold qk = mkc_qkfold()) {
+    attn_gqa_run<DVL, HPW, QK>(a, ks, vs, part, tickets, qk);
 }
 
 /* A batched decode step's attention (cuda_attn.cu's attention_each while

@@ -268,6 +268,81 @@ __device__ __forceinline__ void mkc_qk_head(const mkc_qkfold &f, const float *sr
     __syncthreads();
 }
 
+/* The q/k norm and RoPE of one head by one warp (the grouped decode
+ * attention's fold, k_attn_gqa<.., true>): a lane's registers, loaded
+ * before the wait for the previous kernel (norm weights and the step's
+ * rotary rows do not depend on it): g of dims lane + 32 i, cos and sin of
+ * pairs lane + 32 i. Head dims up to 32 MKC_QKW_R (AGQ_MAX_DIM). */
+#define MKC_QKW_R 8
+struct mkc_qkw {
+    float g[MKC_QKW_R], c[MKC_QKW_R / 2], s[MKC_QKW_R / 2];
+};
+
+__device__ __forceinline__ void mkc_qkw_load(const float *g, const mkc_qkfold &f, int hd, int lane, mkc_qkw &r) {
+    const int half = f.rot / 2;
+#pragma unroll
+    for (int i = 0; i < MKC_QKW_R; i++) {
+        const int d = lane + 32 * i;
+        r.g[i] = g && d < hd ? g[d] : 0.0f;
+    }
+#pragma unroll
+    for (int i = 0; i < MKC_QKW_R / 2; i++) {
+        const int d = lane + 32 * i;
+        r.c[i] = d < half ? f.cos[d] : 0.0f;
+        r.s[i] = d < half ? f.sin[d] : 0.0f;
+    }
+}
+
+/* Head row v [hd] in shared memory (a raw q or k projection), in place, by
+ * one warp: RMS-normed with r's g when norm, then rotated; bitwise
+ * k_qk_norm_rope's head. Its block of vt = mkc_norm_threads(hd) threads
+ * sums thread t's square (t < hd), each warp's butterfly, then the warp
+ * totals' butterfly (mkb_block_sum): here lane l's dim l + 32 i is that
+ * block's thread l of warp i, so the same sums in the same order. No
+ * block barrier: the warp's own row; ends with a warp barrier. */
+__device__ __forceinline__ void mkc_qk_head_warp(float *v, int hd, int rot, float eps, bool norm, const mkc_qkw &r,
+                                                 int lane) {
+    float a[MKC_QKW_R];
+#pragma unroll
+    for (int i = 0; i < MKC_QKW_R; i++) {
+        const int d = lane + 32 * i;
+        a[i] = d < hd ? v[d] : 0.0f;
+    }
+    if (norm) { /* uniform */
+        const int nvw = (hd + 31) >> 5; /* the block's warps (mkc_norm_threads(hd) / 32) */
+        float t = 0.0f;
+#pragma unroll
+        for (int i = 0; i < MKC_QKW_R; i++) {
+            if (i >= nvw)
+                break;
+            const float s = mkc_warp_sum(lane + 32 * i < hd ? fmaf(a[i], a[i], 0.0f) : 0.0f);
+            if (lane == i)
+                t = s;
+        }
+        const float tot = mkc_warp_sum(t);
+        const float inv = 1.0f / sqrtf(tot / (float)hd + eps);
+#pragma unroll
+        for (int i = 0; i < MKC_QKW_R; i++) {
+            const int d = lane + 32 * i;
+            float x = a[i] * inv;
+            x = x * r.g[i];
+            if (d < hd)
+                v[d] = x;
+        }
+        __syncwarp();
+    }
+    const int half = rot / 2;
+#pragma unroll
+    for (int i = 0; i < MKC_QKW_R / 2; i++) {
+        const int d = lane + 32 * i;
+        if (d < half) {
+            const float x0 = v[d], x1 = v[d + half];
+            mkc_rope_pair(x0, x1, r.c[i], r.s[i], &v[d], &v[d + half]);
+        }
+    }
+    __syncwarp();
+}
+
 /* Stage, take the launch's ticket (a.ticket; after the stage's barrier, so
  * after every read of x and y in this block), and finish when last. Every
  * block of the launch must call it. */

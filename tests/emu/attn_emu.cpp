@@ -441,10 +441,10 @@ static bool run_gqa(const gcase &c) {
                     [&] {
                         if (c.dv <= 128)
                             (G > AGQ_WARPS ? k_attn_gqa<4, 2> : k_attn_gqa<4, 1>)(a, ks, vs, part.data(),
-                                                                                   tickets.data());
+                                                                                   tickets.data(), mkc_qkfold());
                         else
                             (G > AGQ_WARPS ? k_attn_gqa<8, 2> : k_attn_gqa<8, 1>)(a, ks, vs, part.data(),
-                                                                                   tickets.data());
+                                                                                   tickets.data(), mkc_qkfold());
                     },
                     ns, rev ? ns - 1 - i : i);
         emu_smem(0);
@@ -474,6 +474,126 @@ static bool run_gqa(const gcase &c) {
     if (ok)
         printf("%-52s rel L2 <= %.2e, %u shares either order\n", c.name, worst, ns);
     return ok;
+}
+
+// The q/k norms and RoPE folded into k_attn_gqa (k_attn_gqa<.., true>, a
+// warp a head: mkc_qk_head_warp) against k_qk_norm_rope, then k_attn_gqa:
+// one token at position pos with its new rows, shares in order and in
+// reverse; the output, the cache rows written, and q and the new k row
+// left as k_qk_norm_rope leaves them, bitwise; the tickets back at zero.
+// Control: the fold given the key norm's weights for the queries must
+// change the output.
+static void run_qk_fold_gqa(int nq, int nk, int hd, int rot, bool norms, int64_t pos) {
+    const int64_t ks = (int64_t)nk * hd, T = pos + 1;
+    const int G = nq / nk;
+    std::vector<float> q((size_t)nq * hd), kn(ks), vn(ks), qg(hd), kg(hd), cs(rot / 2), sn(rot / 2);
+    std::vector<float> kc((size_t)T * ks), vc((size_t)T * ks);
+    for (auto &v : q) v = (float)(3 * rnd());
+    for (auto &v : kn) v = (float)(3 * rnd());
+    for (auto &v : vn) v = (float)rnd();
+    for (auto &v : kc) v = (float)rnd();
+    for (auto &v : vc) v = (float)rnd();
+    for (int i = 0; i < hd; i++) {
+        qg[i] = (float)(1 + 0.5 * rnd());
+        kg[i] = (float)(1 + 0.5 * rnd());
+    }
+    for (int i = 0; i < rot / 2; i++) {
+        const double th = (double)pos * pow(10000.0, -2.0 * i / rot);
+        cs[i] = (float)cos(th);
+        sn[i] = (float)sin(th);
+    }
+    std::fill(kc.begin() + pos * ks, kc.end(), NAN); /* the kernel writes the new rows */
+    std::fill(vc.begin() + pos * ks, vc.end(), NAN);
+    const unsigned vt = mkc_norm_threads(hd), nb = (unsigned)nk, ns = AGQ_SHARES;
+    mk_attn_args a = token_args(nullptr, nullptr, nullptr, nullptr, nq, nk, hd, hd, pos, 0, nullptr);
+    a.v_new = vn.data();
+    std::vector<float> part((size_t)nq * ns * (hd + 2), NAN);
+    std::vector<unsigned> tickets(nb, 0u);
+    /* one walk (shares in order or in reverse) with its own q, caches, new k row and output */
+    auto run = [&](std::vector<float> &qq, std::vector<float> &kcc, std::vector<float> &vcc, std::vector<float> &kk,
+                   std::vector<float> &out, const mkc_qkfold &f, bool rev) {
+        a.q = qq.data();
+        a.k = kcc.data();
+        a.v = vcc.data();
+        a.k_new = kk.data();
+        a.out = out.data();
+        emu_smem(agq_smem(G, hd, hd, f.on != 0));
+        for (unsigned i = 0; i < ns; i++)
+            for (unsigned b = 0; b < nb; b++)
+                emu_block(
+                    nb, b, AGQ_WARPS * 32,
+                    [&] {
+                        const bool two = G > AGQ_WARPS;
+                        if (hd <= 128) {
+                            if (f.on)
+                                (two ? k_attn_gqa<4, 2, true> : k_attn_gqa<4, 1, true>)(a, ks, ks, part.data(),
+                                                                                       tickets.data(), f);
+                            else
+                                (two ? k_attn_gqa<4, 2> : k_attn_gqa<4, 1>)(a, ks, ks, part.data(), tickets.data(),
+                                                                           f);
+                        } else {
+                            if (f.on)
+                                (two ? k_attn_gqa<8, 2, true> : k_attn_gqa<8, 1, true>)(a, ks, ks, part.data(),
+                                                                                       tickets.data(), f);
+                            else
+                                (two ? k_attn_gqa<8, 2> : k_attn_gqa<8, 1>)(a, ks, ks, part.data(), tickets.data(),
+                                                                           f);
+                        }
+                    },
+                    ns, rev ? ns - 1 - i : i);
+        emu_smem(0);
+    };
+    char name[112];
+    snprintf(name, sizeof name, "gqa q/k fold: %d on %d heads, d %d, rot %d%s, pos %lld", nq, nk, hd, rot,
+             norms ? ", norms" : "", (long long)pos);
+    /* the reference: k_qk_norm_rope's blocks (q heads, then k heads), then k_attn_gqa */
+    std::vector<float> q1 = q, k1 = kn, kc1 = kc, vc1 = vc, out1((size_t)nq * hd, NAN);
+    const unsigned nh = (unsigned)(nq + nk);
+    for (unsigned b = 0; b < nh; b++)
+        emu_block(nh, b, vt, [&] {
+            k_qk_norm_rope(q1.data(), nq, k1.data(), nk, hd, norms ? qg.data() : nullptr,
+                           norms ? kg.data() : nullptr, 1e-6f, rot, cs.data(), sn.data());
+        });
+    run(q1, kc1, vc1, k1, out1, mkc_qkfold(), false);
+    bool ok = true;
+    if (!std::memcmp(q1.data(), q.data(), q.size() * 4)) {
+        printf("FAIL %s: k_qk_norm_rope left q as it was (nothing tested)\n", name);
+        ok = false;
+    }
+    const mkc_qkfold f = {norms ? qg.data() : nullptr, norms ? kg.data() : nullptr, cs.data(), sn.data(), 1e-6f, rot,
+                          (int)vt, 1, nullptr};
+    for (int rev = 0; rev < 2; rev++) { /* folded: the raw rows in */
+        std::vector<float> q2 = q, k2 = kn, kc2 = kc, vc2 = vc, out2((size_t)nq * hd, NAN);
+        run(q2, kc2, vc2, k2, out2, f, rev != 0);
+        if (std::memcmp(out1.data(), out2.data(), out1.size() * 4)) {
+            printf("FAIL %s%s: the output differs from k_qk_norm_rope then k_attn_gqa\n", name,
+                   rev ? " (shares in reverse)" : "");
+            ok = false;
+        }
+        if (std::memcmp(kc1.data(), kc2.data(), kc1.size() * 4) || std::memcmp(vc1.data(), vc2.data(), vc1.size() * 4)) {
+            printf("FAIL %s: the caches differ (the rows written or others)\n", name);
+            ok = false;
+        }
+        if (std::memcmp(q2.data(), q1.data(), q.size() * 4) || std::memcmp(k2.data(), k1.data(), kn.size() * 4)) {
+            printf("FAIL %s: q or the new k row is not left as k_qk_norm_rope leaves it\n", name);
+            ok = false;
+        }
+        for (unsigned b = 0; b < nb; b++)
+            ok &= tickets[b] == 0;
+    }
+    if (norms && pos > 0) { /* the control: the key norm's weights on the queries */
+        std::vector<float> q3 = q, k3 = kn, kc3 = kc, vc3 = vc, out3((size_t)nq * hd, NAN);
+        mkc_qkfold bad = f;
+        bad.qg = kg.data();
+        run(q3, kc3, vc3, k3, out3, bad, false);
+        if (!std::memcmp(out1.data(), out3.data(), out1.size() * 4)) {
+            printf("FAIL %s: the control (the key norm on the queries) gave the same output\n", name);
+            ok = false;
+        }
+    }
+    g_bad += !ok;
+    if (ok)
+        printf("%-52s output, caches, q and k bitwise the two launches', either share order\n", name);
 }
 
 // k_attn_gqa_each (a batched step's attention grouped by kv head): NS
@@ -600,5 +720,12 @@ int main(int argc, char **argv) {
     for (const gcase &c : g)
         g_bad += !run_gqa(c);
     run_gqa_each();
+    run_qk_fold_gqa(32, 4, 128, 128, true, 100); /* Qwen3-30B-A3B's attention */
+    run_qk_fold_gqa(8, 2, 128, 128, true, 0);
+    run_qk_fold_gqa(4, 1, 256, 64, true, 77);    /* Qwen3-Next / 3.5: d 256, a quarter rotated */
+    run_qk_fold_gqa(8, 2, 64, 64, false, 50);    /* RoPE alone */
+    run_qk_fold_gqa(6, 3, 64, 32, true, 200);    /* 2 heads a kv head: the key head by warp 2 */
+    run_qk_fold_gqa(16, 1, 128, 128, true, 2047); /* two heads a warp, two chunks a share */
+    run_qk_fold_gqa(12, 1, 40, 40, true, 45);    /* a head of 40: the norm block's second warp part empty */
     return g_bad ? 1 : 0;
 }

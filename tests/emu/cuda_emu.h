@@ -155,6 +155,10 @@ inline float __shfl_xor_sync(unsigned, float v, int o) {
     emu_yield(2);
     return emu_wv[ph][w][l ^ (unsigned)o]; /* the scheduler flipped the parity at the release */
 }
+// a warp barrier (every lane of the warp reaches it before any goes on)
+inline void __syncwarp(unsigned = 0xffffffffu) {
+    emu_yield(2);
+}
 // lane src's value (the same parity scheme as __shfl_xor_sync)
 inline float __shfl_sync(unsigned, float v, int src) {
     const unsigned w = threadIdx.x >> 5, l = threadIdx.x & 31;

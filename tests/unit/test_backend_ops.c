@@ -3056,7 +3056,7 @@ static void test_cuda_step_pdl(void **st) {
     float *ref[PC_NP] = {NULL};
     int32_t am0[PC_NP];
     /* the decode attention grouped by kv head (k_attn_gqa, on by default) and k_attn: the folds must
-     * keep the bits of each (k_attn_gqa takes no q/k fold: under it those folds are declined) */
+     * keep the bits of each (each kernel folds the q/k norms its own way: k_attn_gqa<.., true>, k_attn<.., true>) */
     for (int pass = 0; pass < 2; pass++) {
         mk_cuda_set_attn_gqa(pass == 0 ? gqa0 : !gqa0);
         const unsigned long long gl0 = mk_cuda_attn_gqa_launches();
@@ -3085,7 +3085,8 @@ static void test_cuda_step_pdl(void **st) {
         assert_true(!gq || mk_cuda_attn_gqa()); /* never with the switch off */
         if (mk_cuda_attn_gqa() && !gq) /* (its shared memory not granted on this device) */
             printf("  cuda: step_pdl: k_attn_gqa declined the chain's attention; k_attn ran both passes\n");
-        const int qkf = gq ? 0 : PC_L - 1; /* the q/k norms folded into the attention, a run */
+        /* the q/k norms folded into the attention, a run: k_attn_gqa's fold or k_attn's */
+        const int qkf = PC_L - 1;
         mk_cuda_set_step_pdl(true);
         const int64_t folds0 = mk_backend_cuda_folds(b->b);
         /* queued directly, several times; the prefetches on half the time, the norm steps folded into
@@ -3099,7 +3100,7 @@ static void test_cuda_step_pdl(void **st) {
             pdl_chain_expect(b, &c, p, ref[p], am0[p]);
         }
         /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
-         * q/k norms of the layers whose attention follows them directly (k_attn's; none into k_attn_gqa) */
+         * q/k norms of the layers whose attention follows them directly */
         assert_int_equal(mk_backend_cuda_folds(b->b) - folds0, 4 * (2 * PC_L + qkf));
         /* the q/k norms alone (mk_cuda_set_qk_fold): bitwise too, those folds only */
         mk_cuda_set_norm_fold(false);
