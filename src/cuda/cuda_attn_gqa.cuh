@@ -82,7 +82,7 @@ static inline bool agq_takes(const mk_attn_args *a, int64_t ks, int64_t vs) {
  * (blockIdx.y 0) writes kq into the cache row pos0, and the merging block
  * (the kv head's last share: no other block of it reads them raw any more)
  * writes q's heads and kq back, as k_qk_norm_rope would have left them. */
-template <int DVL, int HPW, bool QK = false, bool EARLY = false>
+template <int DVL, int HPW, bool QK = false>
 __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, int64_t vs, float *part,
                                              unsigned *tickets, const mkc_qkfold &qk = mkc_qkfold()) {
     MKC_DYN_SMEM(float4, agq_sm4);
@@ -249,22 +249,6 @@ __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, 
         const float *ph = part + (int64_t)h * ns * st;
         const float mi = lane < ns ? __ldcg(ph + lane * st) : -INFINITY;
         const float li = lane < ns ? __ldcg(ph + lane * st + 1) : 0.0f;
-        /* the first 8 shares' values in flight with the maxima and sums (every share wrote its values,
-         * zeros where it had no rows): the merge's first values do not wait for the sums' round trip.
-         * EARLY: k_attn_gqa at one head a warp and 4 value dims a lane; elsewhere (and in
-         * k_attn_gqa_each, at 128 registers already) the early values spilled or took 40-60 more
-         * registers. The same sums either way. */
-        constexpr bool early = EARLY && DVL <= 4 && HPW == 1;
-        constexpr int EB = early ? 8 : 1, ED = early ? DVL : 1;
-        float pv0[EB][ED];
-        if constexpr (early)
-#pragma unroll
-            for (int b = 0; b < EB; b++)
-#pragma unroll
-                for (int d = 0; d < ED; d++) {
-                    const int dd = lane + 32 * d;
-                    pv0[b][d] = b < ns && dd < dv ? __ldcg(ph + b * st + 2 + dd) : 0.0f;
-                }
         const float sink = a.sinks ? a.sinks[h] : -INFINITY;
         const float M = fmaxf(att_warp_max(li > 0.0f ? mi : -INFINITY), sink);
         const float fi = li > 0.0f ? expf(mi - M) : 0.0f;
@@ -277,18 +261,14 @@ __device__ __forceinline__ void attn_gqa_run(const mk_attn_args &a, int64_t ks, 
 #pragma unroll
         for (int d = 0; d < DVL; d++)
             v[d] = 0.0f;
-        for (int i0 = 0; i0 < nlast; i0 += 8) { /* 8 shares' values in flight (early: the first 8 above) */
+        for (int i0 = 0; i0 < nlast; i0 += 8) { /* 8 shares' values in flight */
             float pv[8][DVL];
 #pragma unroll
             for (int b = 0; b < 8; b++)
 #pragma unroll
                 for (int d = 0; d < DVL; d++) {
                     const int dd = lane + 32 * d;
-                    const bool in = i0 + b < nlast && dd < dv;
-                    if constexpr (early)
-                        pv[b][d] = !in ? 0.0f : i0 ? __ldcg(ph + (i0 + b) * st + 2 + dd) : pv0[b][d];
-                    else
-                        pv[b][d] = in ? __ldcg(ph + (i0 + b) * st + 2 + dd) : 0.0f;
+                    pv[b][d] = i0 + b < nlast && dd < dv ? __ldcg(ph + (i0 + b) * st + 2 + dd) : 0.0f;
                 }
 #pragma unroll
             for (int b = 0; b < 8; b++) {
@@ -321,7 +301,7 @@ template <int DVL, int HPW, bool QK = false>
 __global__ void __launch_bounds__(AGQ_WARPS * 32)
     k_attn_gqa(mk_attn_args a, int64_t ks, int64_t vs, float *part, unsigned *tickets,
                mkc_qkfold qk = mkc_qkfold()) {
-    attn_gqa_run<DVL, HPW, QK, true>(a, ks, vs, part, tickets, qk);
+    attn_gqa_run<DVL, HPW, QK>(a, ks, vs, part, tickets, qk);
 }
 
 /* A batched decode step's attention (cuda_attn.cu's attention_each while
