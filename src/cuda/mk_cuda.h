@@ -223,7 +223,8 @@ int mk_cuda_attn_shares(void);
  * latent cache, at most 16 query heads a kv head, head dims up to 256,
  * 16-byte rows), else k_attn; a batched step's attention_each likewise
  * (k_attn_gqa_each, each sequence exactly k_attn_gqa's: the batch
- * contract), and the q/k fold is not taken where it runs. The same
+ * contract); a held-back q/k norm folds into it as k_attn_gqa<.., true>
+ * (mk_cuda_set_qk_fold; the batched step does not fold). The same
  * function as k_attn in another float order.
  * On by default (session 30, an H100: the full-depth 30B decode +4%,
  * +15% after 2048 tokens; docs/CUDA.md); process-wide, for measuring one
@@ -234,8 +235,9 @@ bool mk_cuda_attn_gqa(void);
  * wait, the weights not depending on the previous kernel; k_gateup_q8:
  * once the routing is read, before x is staged) instead of after x is
  * staged: the same sums in the same order, their loads' latency overlapped
- * with what comes first. Off by default until measured on a device;
- * process-wide; a recorded step is recorded again after a change. */
+ * with what comes first. On by default since session 32 (-3.4% of the
+ * step's GPU span on an H100, docs/CUDA.md); process-wide; a recorded step
+ * is recorded again after a change. */
 void mk_cuda_set_q8_early(bool on);
 bool mk_cuda_q8_early(void);
 /* The decode lookahead (the backend's step_chain / step_take: the next
@@ -277,8 +279,9 @@ int mk_cuda_norm_fold_mode(void);
  * mk_cuda_set_norm_fold also does), the residual steps left as their own
  * launches: the residual folds cost more than the launches they save
  * (every reader block norms the whole row; bench/RESULTS.md session 22),
- * the q/k fold's blocks norm one head each. Off by default until
- * measured; process-wide. */
+ * the q/k fold's blocks norm one head each (k_attn) or their G query
+ * heads and key head, a warp a head (k_attn_gqa). Off: measured slower
+ * under both kernels (sessions 24 and 32, docs/CUDA.md); process-wide. */
 void mk_cuda_set_qk_fold(bool on);
 bool mk_cuda_qk_fold(void);
 /* Decode products over MLX affine 4/8-bit weights on int8 activations:
