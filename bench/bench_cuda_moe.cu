@@ -321,25 +321,18 @@ static void free_wt(mk_wt *w) {
     mk_cuda_wt_free(w);
 }
 
-/* ms per token of a graph of L layers' kernels (parts as mkc_moe_launch,
- * no PDL), each token starting from the next x of the pool; hot: every
- * layer is layer 0 (its ~20 MB of touched weights stay in the 60 MB L2 and
- * its pages in the TLBs: what is left is latency and launch cost) */
-static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x, const float *pool,
-                         int P, int64_t H, cudaStream_t st, unsigned parts, bool hot, int tokens) {
-    const int L = (int)lay.size();
-    cudaGraph_t g;
+/* ms per token of the captured graph g replayed `tokens` times in each of
+ * `reps` rounds (the first dropped, median of the rest), each token
+ * starting from the next x of the pool; g is destroyed */
+static double time_pool_replays(cudaGraph_t g, float *x, const float *pool, int P, int64_t H, cudaStream_t st,
+                                int reps, int tokens) {
     cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
-    for (int l = 0; l < L; l++)
-        MK(mkc_moe_launch(&lay[hot ? 0 : l], ws, x, x, 1, true, st, parts, false));
-    CK(cudaStreamEndCapture(st, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     cudaEvent_t e0, e1;
     CK(cudaEventCreate(&e0));
     CK(cudaEventCreate(&e1));
     std::vector<double> v;
-    for (int rep = 0; rep < 5; rep++) {
+    for (int rep = 0; rep < reps; rep++) {
         CK(cudaEventRecord(e0, st));
         for (int t = 0; t < tokens; t++) {
             CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice, st));
@@ -359,6 +352,21 @@ static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws
     return median(v);
 }
 
+/* ms per token of a graph of L layers' kernels (parts as mkc_moe_launch,
+ * no PDL), each token starting from the next x of the pool; hot: every
+ * layer is layer 0 (its ~20 MB of touched weights stay in the 60 MB L2 and
+ * its pages in the TLBs: what is left is latency and launch cost) */
+static double time_graph(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws, float *x, const float *pool,
+                         int P, int64_t H, cudaStream_t st, unsigned parts, bool hot, int tokens) {
+    const int L = (int)lay.size();
+    cudaGraph_t g;
+    CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
+    for (int l = 0; l < L; l++)
+        MK(mkc_moe_launch(&lay[hot ? 0 : l], ws, x, x, 1, true, st, parts, false));
+    CK(cudaStreamEndCapture(st, &g));
+    return time_pool_replays(g, x, pool, P, H, st, 5, tokens);
+}
+
 /* ms per token of a graph of the product's MoE steps (mk_cuda_moe_step: PDL
  * and int8 x as configured), each token from the next x of the pool; hot:
  * every layer is layer 0 (as time_graph) */
@@ -369,34 +377,11 @@ static double time_steps(const std::vector<mk_cuda_moe> &lay, mk_cuda_moe_ws *ws
         MK(mk_cuda_moe_step(&lay[hot ? 0 : l], ws, x, x, true, st));
     CK(cudaStreamSynchronize(st));
     cudaGraph_t g;
-    cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
     for (int l = 0; l < L; l++)
         MK(mk_cuda_moe_step(&lay[hot ? 0 : l], ws, x, x, true, st));
     CK(cudaStreamEndCapture(st, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    std::vector<double> v;
-    for (int rep = 0; rep < 6; rep++) {
-        CK(cudaEventRecord(e0, st));
-        for (int t = 0; t < tokens; t++) {
-            CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice, st));
-            CK(cudaGraphLaunch(ge, st));
-        }
-        CK(cudaEventRecord(e1, st));
-        CK(cudaEventSynchronize(e1));
-        float ms;
-        CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (rep >= 1)
-            v.push_back(ms / tokens);
-    }
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    CK(cudaEventDestroy(e0));
-    CK(cudaEventDestroy(e1));
-    return median(v);
+    return time_pool_replays(g, x, pool, P, H, st, 6, tokens);
 }
 
 /* --l2: the q_proj / o_proj GEMV pairs of L layers in one graph (the

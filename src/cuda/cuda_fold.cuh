@@ -122,6 +122,18 @@ __device__ __forceinline__ float mkc_sumsq_vt(const float *v, int64_t n, int xpa
  * folds 8-12% slower). */
 #define MKC_AN_R 8
 
+/* x and y of a thread's batch (elements i0 + r blockDim, r < MKC_AN_R,
+ * below a.dim; 0 past it), every load issued before any is used */
+__device__ __forceinline__ void mkc_an_load(const mkc_addnorm &a, int64_t i0, float *xv, float *yv) {
+    const int64_t B = blockDim.x;
+#pragma unroll
+    for (int r = 0; r < MKC_AN_R; r++) {
+        const int64_t i = i0 + r * B;
+        xv[r] = i < a.dim ? a.x[i] : 0.0f;
+        yv[r] = i < a.dim ? a.y[i] : 0.0f;
+    }
+}
+
 /* dst = rmsnorm(x + y) * g, staged by the whole block, bitwise
  * k_add_rmsnorm's xb (its a.vt threads' order: mkc_sumsq_vt). red: 32
  * floats of shared memory. Reads x and y only here; ends with a barrier. */
@@ -130,14 +142,13 @@ __device__ __forceinline__ void mkc_addnorm_stage(const mkc_addnorm &a, float *d
     float gv[MKC_AN_R] = {}; /* g of the thread's first MKC_AN_R elements, loaded with them */
     for (int64_t i0 = threadIdx.x; i0 < n; i0 += w) { /* every load of a batch before its stores */
         float xv[MKC_AN_R], yv[MKC_AN_R];
+        mkc_an_load(a, i0, xv, yv);
+        if (i0 == (int64_t)threadIdx.x)
 #pragma unroll
-        for (int r = 0; r < MKC_AN_R; r++) {
-            const int64_t i = i0 + r * B;
-            xv[r] = i < n ? a.x[i] : 0.0f;
-            yv[r] = i < n ? a.y[i] : 0.0f;
-            if (i0 == (int64_t)threadIdx.x)
+            for (int r = 0; r < MKC_AN_R; r++) {
+                const int64_t i = i0 + r * B;
                 gv[r] = i < n && a.g ? a.g[i] : 0.0f;
-        }
+            }
 #pragma unroll
         for (int r = 0; r < MKC_AN_R; r++) {
             const int64_t i = i0 + r * B;
@@ -185,12 +196,7 @@ __device__ __forceinline__ void mkc_addnorm_finish(const mkc_addnorm &a, const f
     int64_t bad = -1;
     for (int64_t i0 = threadIdx.x; i0 < n; i0 += w) {
         float xv[MKC_AN_R], yv[MKC_AN_R];
-#pragma unroll
-        for (int r = 0; r < MKC_AN_R; r++) {
-            const int64_t i = i0 + r * B;
-            xv[r] = i < n ? a.x[i] : 0.0f;
-            yv[r] = i < n ? a.y[i] : 0.0f;
-        }
+        mkc_an_load(a, i0, xv, yv);
 #pragma unroll
         for (int r = 0; r < MKC_AN_R; r++) {
             const int64_t i = i0 + r * B;

@@ -278,26 +278,39 @@ static void run_each() {
 // row written, and q and the new k row left as k_qk_norm_rope leaves them,
 // bitwise; the tickets back at zero. Control: the fold
 // given the key norm's weights for the queries must change the output.
+// A q/k fold case's inputs: raw q and new k / v rows of one token at
+// position pos, caches of pos + 1 rows (row pos NaN: the kernel writes
+// it), the norms' weights and the rotary rows
+struct qk_inputs {
+    int64_t ks, T;
+    std::vector<float> q, kn, vn, qg, kg, cs, sn, kc, vc;
+    qk_inputs(int nq, int nk, int hd, int rot, int64_t pos)
+        : ks((int64_t)nk * hd), T(pos + 1), q((size_t)nq * hd), kn(ks), vn(ks), qg(hd), kg(hd), cs(rot / 2),
+          sn(rot / 2), kc((size_t)T * ks), vc((size_t)T * ks) {
+        for (auto &v : q) v = (float)(3 * rnd());
+        for (auto &v : kn) v = (float)(3 * rnd());
+        for (auto &v : vn) v = (float)rnd();
+        for (auto &v : kc) v = (float)rnd();
+        for (auto &v : vc) v = (float)rnd();
+        for (int i = 0; i < hd; i++) {
+            qg[i] = (float)(1 + 0.5 * rnd());
+            kg[i] = (float)(1 + 0.5 * rnd());
+        }
+        for (int i = 0; i < rot / 2; i++) {
+            const double th = (double)pos * pow(10000.0, -2.0 * i / rot);
+            cs[i] = (float)cos(th);
+            sn[i] = (float)sin(th);
+        }
+        std::fill(kc.begin() + pos * ks, kc.end(), NAN);
+        std::fill(vc.begin() + pos * ks, vc.end(), NAN);
+    }
+};
+
 static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos, unsigned ns = ATT_SPLIT) {
-    const int64_t ks = (int64_t)nk * hd, T = pos + 1;
-    std::vector<float> q((size_t)nq * hd), kn(ks), vn(ks), qg(hd), kg(hd), cs(rot / 2), sn(rot / 2);
-    std::vector<float> kc((size_t)T * ks), vc((size_t)T * ks);
-    for (auto &v : q) v = (float)(3 * rnd());
-    for (auto &v : kn) v = (float)(3 * rnd());
-    for (auto &v : vn) v = (float)rnd();
-    for (auto &v : kc) v = (float)rnd();
-    for (auto &v : vc) v = (float)rnd();
-    for (int i = 0; i < hd; i++) {
-        qg[i] = (float)(1 + 0.5 * rnd());
-        kg[i] = (float)(1 + 0.5 * rnd());
-    }
-    for (int i = 0; i < rot / 2; i++) {
-        const double th = (double)pos * pow(10000.0, -2.0 * i / rot);
-        cs[i] = (float)cos(th);
-        sn[i] = (float)sin(th);
-    }
-    std::fill(kc.begin() + pos * ks, kc.end(), NAN); /* the kernel writes the new rows */
-    std::fill(vc.begin() + pos * ks, vc.end(), NAN);
+    qk_inputs in(nq, nk, hd, rot, pos);
+    const int64_t ks = in.ks;
+    std::vector<float> &q = in.q, &kn = in.kn, &vn = in.vn, &qg = in.qg, &kg = in.kg, &cs = in.cs, &sn = in.sn,
+                       &kc = in.kc, &vc = in.vc;
     std::vector<float> kc2 = kc, vc2 = vc, q1 = q, k1 = kn, q2 = q, k2 = kn;
     std::vector<float> out1((size_t)nq * hd, NAN), out2((size_t)nq * hd, NAN);
     const unsigned vt = mkc_norm_threads(hd);
@@ -484,26 +497,11 @@ static bool run_gqa(const gcase &c) {
 // Control: the fold given the key norm's weights for the queries must
 // change the output.
 static void run_qk_fold_gqa(int nq, int nk, int hd, int rot, bool norms, int64_t pos) {
-    const int64_t ks = (int64_t)nk * hd, T = pos + 1;
+    qk_inputs in(nq, nk, hd, rot, pos);
+    const int64_t ks = in.ks;
     const int G = nq / nk;
-    std::vector<float> q((size_t)nq * hd), kn(ks), vn(ks), qg(hd), kg(hd), cs(rot / 2), sn(rot / 2);
-    std::vector<float> kc((size_t)T * ks), vc((size_t)T * ks);
-    for (auto &v : q) v = (float)(3 * rnd());
-    for (auto &v : kn) v = (float)(3 * rnd());
-    for (auto &v : vn) v = (float)rnd();
-    for (auto &v : kc) v = (float)rnd();
-    for (auto &v : vc) v = (float)rnd();
-    for (int i = 0; i < hd; i++) {
-        qg[i] = (float)(1 + 0.5 * rnd());
-        kg[i] = (float)(1 + 0.5 * rnd());
-    }
-    for (int i = 0; i < rot / 2; i++) {
-        const double th = (double)pos * pow(10000.0, -2.0 * i / rot);
-        cs[i] = (float)cos(th);
-        sn[i] = (float)sin(th);
-    }
-    std::fill(kc.begin() + pos * ks, kc.end(), NAN); /* the kernel writes the new rows */
-    std::fill(vc.begin() + pos * ks, vc.end(), NAN);
+    std::vector<float> &q = in.q, &kn = in.kn, &vn = in.vn, &qg = in.qg, &kg = in.kg, &cs = in.cs, &sn = in.sn,
+                       &kc = in.kc, &vc = in.vc;
     const unsigned vt = mkc_norm_threads(hd), nb = (unsigned)nk, ns = AGQ_SHARES;
     mk_attn_args a = token_args(nullptr, nullptr, nullptr, nullptr, nq, nk, hd, hd, pos, 0, nullptr);
     a.v_new = vn.data();
