@@ -11,6 +11,12 @@
 #              test_engine_fixtures_nofix
 # OUT lands in build/ (scripts/cuda-prebuilt.sh packs only CMake targets: add it by hand, as
 # session 29 did, or tar it beside them).
+# A changed header (session 32): copy SRC into a scratch folder as NEW_SRC and the changed header
+# into a cuda/ folder beside it (NEW_SRC's own folder is first on the include path, so its
+# "cuda/x.cuh" resolves there and every other include as usual), e.g.
+#   mkdir -p /tmp/rl/cuda && cp src/cuda/cuda_attn.cu /tmp/rl/ && sed '...' src/cuda/cuda_attn_gqa.cuh \
+#       > /tmp/rl/cuda/cuda_attn_gqa.cuh && scripts/cuda-relink.sh bench_decode src/cuda/cuda_attn.cu \
+#       /tmp/rl/cuda_attn.cu bench_decode_variant
 set -euo pipefail
 target=${1:?usage: see the header} src=${2:?} new=${3:?} out=${4:?}
 b=$PWD/build
