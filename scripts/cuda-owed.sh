@@ -71,6 +71,10 @@
 #                                         MK_LOOKAHEAD 1 and 0: API and GPU traces as CSV (la*_*.csv.xz)
 #   scripts/cuda-owed.sh gqafd           the full-depth 30B decode, MK_CUDA_ATTN_GQA 0/1 interleaved, short and
 #                                         after 2048 tokens (gqafd.log)
+#   scripts/cuda-owed.sh rncu            ncu's source view of the decode's router and gate/up (session 32's
+#                                         next): per CUDA source line and SASS instruction, instructions
+#                                         executed and warp stall samples, 2 launches each at position ~64
+#                                         (ncu_src_*.csv.xz; the binaries carry -lineinfo)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -260,7 +264,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -717,6 +721,23 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         done
         cat "$out"/ncu_pfull_k_*.log | grep -E "^  [a-z_v].*\(|Duration|Throughput|Pipe|Occupancy|Registers|Eligible|Issued|Stall|Bank|Shared" \
             > "$out/ncu_pfull.log"
+        exit $rc
+    fi
+    if [ "$what" = rncu ]; then
+        # where k_router's and k_gateup_q8's time goes line by line: --page source needs the report's
+        # source counters (--set full has them); printed as CSV (SASS with its CUDA line), xz'd
+        for k in k_router k_gateup_q8; do
+            timeout 200 ncu --set full --import-source yes --clock-control none --kernel-name "regex:^$k" \
+                --launch-skip ${MK_OWED_SKIP:-24} --launch-count 2 -o "$out/ncu_$k" -f \
+                $B/bench_decode $W/m8 64 4 $nt cuda-nograph > "$out/ncu_$k.log" 2>&1
+            echo "ncu $k: rc $?"
+            ncu -i "$out/ncu_$k.ncu-rep" --page source --print-source sass,cuda --csv 2> "$out/ncu_src_$k.err" |
+                xz -6 > "$out/ncu_src_$k.csv.xz"
+            ncu -i "$out/ncu_$k.ncu-rep" --page details --section WarpStateStats --section SchedulerStats \
+                --section LaunchStats --section Occupancy 2>&1 | head -80
+            # the report kept only when the source export failed (ncu_src_*.err says why)
+            [ -s "$out/ncu_src_$k.err" ] || rm -f "$out/ncu_$k.ncu-rep"
+        done
         exit $rc
     fi
     if [ "$what" = dncu ]; then
