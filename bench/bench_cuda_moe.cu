@@ -322,10 +322,10 @@ static void free_wt(mk_wt *w) {
 }
 
 /* ms per token of the captured graph g replayed `tokens` times in each of
- * `reps` rounds (the first dropped, median of the rest), each token
- * starting from the next x of the pool; g is destroyed */
+ * `reps` rounds (the first `skip` dropped, median of the rest), each token
+ * starting from the next x of the pool (none: pool NULL); g is destroyed */
 static double time_pool_replays(cudaGraph_t g, float *x, const float *pool, int P, int64_t H, cudaStream_t st,
-                                int reps, int tokens) {
+                                int reps, int tokens, int skip = 1) {
     cudaGraphExec_t ge;
     CK(cudaGraphInstantiate(&ge, g, 0));
     cudaEvent_t e0, e1;
@@ -335,14 +335,16 @@ static double time_pool_replays(cudaGraph_t g, float *x, const float *pool, int 
     for (int rep = 0; rep < reps; rep++) {
         CK(cudaEventRecord(e0, st));
         for (int t = 0; t < tokens; t++) {
-            CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice, st));
+            if (pool)
+                CK(cudaMemcpyAsync(x, pool + (size_t)((t * 7 + rep) % P) * H, H * 4, cudaMemcpyDeviceToDevice,
+                                   st));
             CK(cudaGraphLaunch(ge, st));
         }
         CK(cudaEventRecord(e1, st));
         CK(cudaEventSynchronize(e1));
         float ms;
         CK(cudaEventElapsedTime(&ms, e0, e1));
-        if (rep >= 1)
+        if (rep >= skip)
             v.push_back(ms / tokens);
     }
     CK(cudaGraphExecDestroy(ge));
@@ -405,34 +407,14 @@ static void l2_gemv(int L, double roof) {
     double us[2];
     for (int hot = 0; hot < 2; hot++) {
         cudaGraph_t g;
-        cudaGraphExec_t ge;
         CK(cudaStreamBeginCapture(st, cudaStreamCaptureModeThreadLocal));
         for (int l = 0; l < L; l++) {
             MK(mk_cuda_gemv(&q[hot ? 0 : l], x, h, false, st));
             MK(mk_cuda_gemv(&o[hot ? 0 : l], h, x, false, st));
         }
         CK(cudaStreamEndCapture(st, &g));
-        CK(cudaGraphInstantiate(&ge, g, 0));
-        cudaEvent_t e0, e1;
-        CK(cudaEventCreate(&e0));
-        CK(cudaEventCreate(&e1));
-        std::vector<double> v;
-        for (int rep = 0; rep < 12; rep++) {
-            CK(cudaEventRecord(e0, st));
-            for (int t = 0; t < 20; t++)
-                CK(cudaGraphLaunch(ge, st));
-            CK(cudaEventRecord(e1, st));
-            CK(cudaEventSynchronize(e1));
-            float ms;
-            CK(cudaEventElapsedTime(&ms, e0, e1));
-            if (rep >= 2)
-                v.push_back(ms / 20);
-        }
-        us[hot] = 1e3 * median(v) / L;
-        CK(cudaGraphExecDestroy(ge));
-        CK(cudaGraphDestroy(g));
-        CK(cudaEventDestroy(e0));
-        CK(cudaEventDestroy(e1));
+        /* 12 rounds of 20 replays, the first 2 dropped (as session 32 measured it) */
+        us[hot] = 1e3 * time_pool_replays(g, x, NULL, 0, 0, st, 12, 20, 2) / L;
     }
     printf("l2 gemv q_proj [4096 x 2048] + o_proj [2048 x 4096] 4-bit, %d pairs chained: cold %.2f us a pair "
            "(%.1f%% of copy), hot (layer 0 repeated, in L2) %.2f us a pair; hot/cold %.3f\n",

@@ -99,9 +99,6 @@ static double now_s(void) {
     return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Bytes of a weight a product reads: packed data plus its scales and
- * biases (affine: two per group; FP8: the block grid; MX/NV: one byte per
- * 32/16), which are 11% of a 4-bit g64 model's bytes with bf16 scales. */
 /* One greedy decode step of token *id, the next token into *id: the
  * argmax on the device (mk_engine_forward_argmax) or, host_argmax, the
  * logits into lg and mk_argmax there (cuda-base, cuda-unfused) */
@@ -114,6 +111,9 @@ static mk_status greedy_step(mk_engine *e, bool host_argmax, int32_t *id, float 
     return st;
 }
 
+/* Bytes of a weight a product reads: packed data plus its scales and
+ * biases (affine: two per group; FP8: the block grid; MX/NV: one byte per
+ * 32/16), which are 11% of a 4-bit g64 model's bytes with bf16 scales. */
 static double wt_bytes(const mk_wt *w) {
     double b = (double)mk_wt_row_bytes(w) * (double)w->rows;
     double ssz = w->sdtype == MK_DT_F32 ? 4 : 2;

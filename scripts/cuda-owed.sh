@@ -119,6 +119,25 @@ owed_30b() { # MOEKIT
     rm -rf $m.ct
     return $r
 }
+# One switch's values interleaved on the three decode runs (session 32's sweeps; B, W, m set by the
+# mode): VAR "SHORT" "LONG" "FULL": the cut at positions 16-271, the cut after 2048 tokens, the
+# full-depth 30B, each with VAR=v for every v of its list in turn
+owed_sweep() { # VAR SHORT LONG FULL
+    local f
+    nvidia-smi --query-gpu=name --format=csv,noheader
+    for f in $2; do
+        echo "== 8-layer 30B cut decode, positions 16-271, $1=$f"
+        env "$1=$f" timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+    done
+    for f in $3; do
+        echo "== 8-layer 30B cut decode after 2048 tokens, $1=$f"
+        env "$1=$f" timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+    done
+    for f in $4; do
+        echo "== full-depth 30B decode, positions 16-143, $1=$f"
+        env "$1=$f" timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+    done
+}
 case $what in
 tests)
     fx=${2:?the tar of the fixtures}
@@ -449,41 +468,14 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         # at once, against the separate k_add_rmsnorm (0), interleaved (fold32.log)
         m=/tmp/mk-owed-30b
         owed_30b $B/moekit
-        {
-            nvidia-smi --query-gpu=name --format=csv,noheader
-            for f in 0 1 2 0 1 2; do
-                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_NORM_FOLD=$f"
-                MK_CUDA_NORM_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
-            for f in 0 1 2; do
-                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_NORM_FOLD=$f"
-                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
-            for f in 0 1 2 0 1 2; do
-                echo "== full-depth 30B decode, positions 16-143, MK_CUDA_NORM_FOLD=$f"
-                MK_CUDA_NORM_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
-            done
-        } 2>&1 | tee "$out/fold32.log"
+        owed_sweep MK_CUDA_NORM_FOLD "0 1 2 0 1 2" "0 1 2" "0 1 2 0 1 2" 2>&1 | tee "$out/fold32.log"
         exit $rc
     fi
     if [ "$what" = qk32 ]; then
+        # session 32: the q/k norms folded into the grouped attention, off and on interleaved (qk32.log)
         m=/tmp/mk-owed-30b
         owed_30b $B/moekit
-        {
-            nvidia-smi --query-gpu=name --format=csv,noheader
-            for f in 0 1 0 1; do
-                echo "== 8-layer 30B cut decode, positions 16-271, MK_CUDA_QK_FOLD=$f"
-                MK_CUDA_QK_FOLD=$f timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
-            for f in 0 1; do
-                echo "== 8-layer 30B cut decode after 2048 tokens, MK_CUDA_QK_FOLD=$f"
-                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
-            for f in 0 1 0 1; do
-                echo "== full-depth 30B decode, positions 16-143, MK_CUDA_QK_FOLD=$f"
-                MK_CUDA_QK_FOLD=$f timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
-            done
-        } 2>&1 | tee "$out/qk32.log"
+        owed_sweep MK_CUDA_QK_FOLD "0 1 0 1" "0 1" "0 1 0 1" 2>&1 | tee "$out/qk32.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then
