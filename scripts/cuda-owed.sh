@@ -75,6 +75,9 @@
 #                                         next): per CUDA source line and SASS instruction, instructions
 #                                         executed and warp stall samples, 2 launches each at position ~64
 #                                         (ncu_src_*.csv.xz; the binaries carry -lineinfo)
+#   scripts/cuda-owed.sh gu33            session 33's int8 gate/up with its rows staged (MK_CUDA_GATEUP_STAGED
+#                                         0 / 1 interleaved): the cut short and after 2048 tokens, the full-depth
+#                                         30B (gu33.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -283,7 +286,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | gu33)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -476,6 +479,14 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         m=/tmp/mk-owed-30b
         owed_30b $B/moekit
         owed_sweep MK_CUDA_QK_FOLD "0 1 0 1" "0 1" "0 1 0 1" 2>&1 | tee "$out/qk32.log"
+        exit $rc
+    fi
+    if [ "$what" = gu33 ]; then
+        # session 33: the int8 gate/up with its rows staged in shared memory, in one wave (k_gateup_q8s,
+        # MK_CUDA_GATEUP_STAGED), off and on interleaved (gu33.log)
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        owed_sweep MK_CUDA_GATEUP_STAGED "0 1 0 1" "0 1" "0 1 0 1" 2>&1 | tee "$out/gu33.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

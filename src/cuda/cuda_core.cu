@@ -94,6 +94,12 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
+static bool g_gateup_staged = false; /* off until measured (session 33) */
+
+extern "C" bool mk_cuda_gateup_staged(void) { return g_gateup_staged; }
+
+extern "C" void mk_cuda_set_gateup_staged(bool on) { g_gateup_staged = on; }
+
 /* 0 off, 1 every reader (MK_CUDA_NORM_FOLD_ALL), 2 the MoE router only (MK_CUDA_NORM_FOLD_ROUTER) */
 static int g_norm_fold = 0;
 

@@ -225,6 +225,12 @@ static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStre
     return mkc_launch(k, dim3(grid), dim3(MOE_WARPS * 32), smem, s, pdl, args...);
 }
 
+static unsigned long long g_q8s_launches;
+
+extern "C" unsigned long long mk_cuda_gateup_staged_launches(void) {
+    return __atomic_load_n(&g_q8s_launches, __ATOMIC_RELAXED);
+}
+
 /* The staged-weight kernels' units per block (pairs of intermediate rows
  * for k_gateup_s, output rows for k_down_s; which layers they take:
  * moes_takes): a block per half SM, fewer units when they do not fit
@@ -344,7 +350,22 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
      * (the router's above) */
     const bool q8 = mk_cuda_act_int8() && !st && moe_q8_takes(a);
     const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
-    if ((parts & 2) && q8) {
+    /* the int8 gate/up with its rows staged (mk_cuda_set_gateup_staged), one token */
+    int64_t qper = 0;
+    if ((parts & 2) && q8 && n == 1 && mk_cuda_gateup_staged() && moes_takes(a)) {
+        qper = moes_per(((int64_t)a.k * a.I + a.Is) / 2, mkc_q8s_span(a.H),
+                        4 * (a.gate.row_bytes + 2 * moes_sb(a.gate)));
+        if (qper && !mkc_smem_opt_in((const void *)(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>), MOES_BUDGET))
+            qper = 0;
+    }
+    if ((parts & 2) && qper) {
+        const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
+        MKC_TRY(launch(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>, (unsigned)((npair + qper - 1) / qper),
+                       (size_t)moes_gateup_q8_smem(a, qper), s, pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs,
+                       (const int32_t *)ws->loc, qper),
+                "launching the experts' gate/up (int8 activations, staged rows)");
+        __atomic_add_fetch(&g_q8s_launches, 1ull, __ATOMIC_RELAXED);
+    } else if ((parts & 2) && q8) {
         MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, q8x, s,
                        pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc,
                        mk_cuda_q8_early() ? 1 : 0),

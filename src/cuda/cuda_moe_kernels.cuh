@@ -955,6 +955,110 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     }
 }
 
+/* ---- k_gateup_q8s: k_gateup_q8's pairs with their rows staged ----------------
+ * (mk_cuda_set_gateup_staged; one token, int8 activations, the layers both
+ * moe_q8_takes and moes_takes take.) Why: k_gateup_q8 holds a pair's rows
+ * in registers (122 a thread), so two blocks fit an SM and the 30B shape's
+ * 384 blocks run in 1.45 waves: the second wave's rows are requested only
+ * when the first's blocks retire, one more DRAM round trip and the idx and
+ * x reads again (~10.5 us a layer for ~12.6 MB). Here a block takes `per`
+ * pairs (the host sizes it so that all blocks fit in one wave, two an SM,
+ * in MOES_BUDGET), each warp copies its own pairs' rows (codes, scales,
+ * biases: moes_copy, one cp.async group a pair) into shared memory as soon
+ * as the routing is read, the block quantizes x meanwhile, and each warp
+ * sums a pair once that pair's group has landed (no block barrier on the
+ * copies): every byte of the step in flight at once, no registers held.
+ * The sums are mkc_q8_terms' over the same chunks in the same order as
+ * k_gateup_q8's mkc_q8_finish: bitwise its h. Shared memory: x quantized
+ * (mkc_q8s_span(H)), then moes_gateup_smem's codes, scales and biases. */
+__host__ __device__ __forceinline__ int64_t moes_gateup_q8_smem(const moe_args &a, int64_t np) {
+    const int64_t rows = 4 * np;
+    return mkc_q8s_span(a.H) + rows * a.gate.row_bytes + 2 * moes_al16(rows * moes_sb(a.gate));
+}
+
+template <int BITS, int SD, bool C>
+__device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *__restrict__ xg,
+                                               const int32_t *__restrict__ idx, float *__restrict__ h,
+                                               float *__restrict__ hs, const int32_t *__restrict__ loc, int64_t per) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    constexpr int VPC = 128 / BITS;
+    const int64_t nr = (int64_t)a.k * a.I, npair = (nr + a.Is) / 2;
+    const int64_t P0 = (int64_t)blockIdx.x * per, np = npair - P0 < per ? npair - P0 : per;
+    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16, units = cpr + sbr / 4;
+    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
+    uint8_t *cb = (uint8_t *)mkc_sm4 + mkc_q8s_span(a.H);
+    uint8_t *sb_ = cb + 4 * np * rb, *bb = sb_ + moes_al16(4 * np * sbr);
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    mkc_pdl_enter(); /* the routing is the router kernel's */
+    /* the warp's pairs pi = wid, wid + nw, ...: slot 4 pi + 2 li + gu holds logical row 2 (P0 + pi) + li
+     * (a routed row j I + r, then the shared rows), gate or up; one group a pair */
+    int mine = 0;
+    for (int64_t pi = wid; pi < np; pi += nw, mine++) {
+        for (int64_t c = lane; c < 4 * units; c += 32) {
+            const int64_t q = c / units, part = c - q * units, sl = 4 * pi + q, lr = 2 * (P0 + pi) + (q >> 1);
+            const bool up = q & 1;
+            if (lr < nr) {
+                const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
+                int32_t e = __ldg(idx + j);
+                bool cached = false;
+                if constexpr (C) {
+                    const int32_t slot = __ldg(loc + j);
+                    if (slot >= 0) {
+                        e = slot;
+                        cached = true;
+                    }
+                }
+                const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
+                moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
+            } else {
+                moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
+            }
+        }
+        mkc_cp_commit();
+    }
+    mkc_q8_stage_for(a.gate, xg, xq); /* gate's width is H */
+    __syncthreads();
+    int left = mine;
+    for (int64_t pi = wid; pi < np; pi += nw) {
+        /* this pair's group landed (groups complete in order: at most `left - 1` younger ones pending;
+         * wait<1> waits for more than that when left > 2, never for less) */
+        if (--left > 0)
+            mkc_cp_wait<1>();
+        else
+            mkc_cp_wait<0>();
+        __syncwarp(); /* the other lanes' copies of the pair */
+        float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        for (int64_t c = lane; c < cpr; c += 32) {
+            const int64_t g = (c * VPC) >> a.gate.gshift;
+            uint4 qq[4];
+            float sc[4], bi[4];
+#pragma unroll
+            for (int r = 0; r < 4; r++) {
+                const int64_t sl = 4 * pi + r;
+                qq[r] = *(const uint4 *)(cb + sl * rb + c * 16);
+                sc[r] = mkc_sv<SD>(sb_ + sl * sbr, g);
+                bi[r] = mkc_sv<SD>(bb + sl * sbr, g);
+            }
+            mkc_q8_terms<BITS, 4>(qq, sc, bi, xq, c, acc);
+        }
+        gateup_store(acc, lane, 2 * (P0 + pi), nr, h, hs);
+    }
+}
+
+template <bool C>
+__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+    k_gateup_q8s(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
+                 float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int64_t per) {
+    switch (a.gate.kind) {
+    case MKC_A4_F32: gateup_q8s_run<4, 0, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A4_BF16: gateup_q8s_run<4, 1, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A4_F16: gateup_q8s_run<4, 2, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A8_F32: gateup_q8s_run<8, 0, C>(a, xg, idx, h, hs, loc, per); break;
+    case MKC_A8_BF16: gateup_q8s_run<8, 1, C>(a, xg, idx, h, hs, loc, per); break;
+    default: gateup_q8s_run<8, 2, C>(a, xg, idx, h, hs, loc, per); break;
+    }
+}
+
 /* down2_load's pass from the staged rows: output row i of the block (slots
  * i * S + j for expert choice j, i * S + k for the shared expert) */
 template <int BITS, int SD>

@@ -222,13 +222,31 @@ __device__ __forceinline__ void mkc_q8_prime(const uint8_t *const *q, const void
         mkc_q8_load<BITS, SD, NR>(q, s, b, lane, gshift, p.qq, p.sc, p.bi);
 }
 
+/* Chunk c's terms of NR rows (codes qq, the chunk's group scale sc and
+ * bias bi, one each a row) against the staged x, added to acc: acc +=
+ * (s_g d_b) dot + b_g xd_b, the bias term once a block (8-bit: on the
+ * block's first chunk). mkc_q8_finish's and k_gateup_q8s's (rows read from
+ * registers or from shared memory: the same terms in the same order). */
+template <int BITS, int NR>
+__device__ __forceinline__ void mkc_q8_terms(const uint4 *qq, const float *sc, const float *bi, const mkc_q8s &x,
+                                             int64_t c, float *acc) {
+    const int4 *xq = (const int4 *)x.q;
+    const int64_t blk = BITS == 4 ? c : c >> 1;
+    const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
+    const float db = x.d[blk], xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        const int dot = mkc_q8_chunk<BITS>(qq[r], x0, x1);
+        acc[r] = fmaf(sc[r] * db, mkc_dotf(dot), acc[r]);
+        acc[r] = fmaf(bi[r], xdb, acc[r]);
+    }
+}
+
 /* Lane partial sums of NR affine rows (row r: codes q[r], scales s[r],
  * biases b[r], the row's group arrays) against the staged x, a lane's
  * 16-byte chunks c = lane, lane + 32, ... from mkc_q8_prime's first; the
  * next chunk's codes, scales and biases loaded before the current one is
- * summed (as mkc_dot_aff_p). Per chunk and row: acc += (s_g d_b) dot +
- * b_g xd_b, the bias term once a block (8-bit: on the block's first
- * chunk). */
+ * summed (as mkc_dot_aff_p), each chunk's terms by mkc_q8_terms. */
 template <int BITS, int SD, int NR>
 __device__ __forceinline__ void mkc_q8_finish(const uint8_t *const *q, const void *const *s, const void *const *b,
                                               const mkc_q8s &x, int64_t nchunk, int gshift, int lane,
@@ -239,7 +257,6 @@ __device__ __forceinline__ void mkc_q8_finish(const uint8_t *const *q, const voi
     int64_t c = lane;
     if (c >= nchunk)
         return;
-    const int4 *xq = (const int4 *)x.q;
     for (;;) {
         const int64_t cn = c + 32;
         const bool more = cn < nchunk;
@@ -247,15 +264,7 @@ __device__ __forceinline__ void mkc_q8_finish(const uint8_t *const *q, const voi
         float sn[NR], bn[NR];
         if (more)
             mkc_q8_load<BITS, SD, NR>(q, s, b, cn, gshift, qn, sn, bn);
-        const int64_t blk = BITS == 4 ? c : c >> 1;
-        const int4 x0 = xq[c], x1 = BITS == 4 ? xq[x.nb + c] : x0;
-        const float db = x.d[blk], xdb = BITS == 4 || !(c & 1) ? x.xd[blk] : 0.0f;
-#pragma unroll
-        for (int r = 0; r < NR; r++) {
-            const int dot = mkc_q8_chunk<BITS>(p.qq[r], x0, x1);
-            acc[r] = fmaf(p.sc[r] * db, mkc_dotf(dot), acc[r]);
-            acc[r] = fmaf(p.bi[r], xdb, acc[r]);
-        }
+        mkc_q8_terms<BITS, NR>(p.qq, p.sc, p.bi, x, c, acc);
         if (!more)
             break;
         c = cn;

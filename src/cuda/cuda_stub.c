@@ -137,6 +137,15 @@ void mk_cuda_set_moe_staged(bool on) {
 bool mk_cuda_moe_staged(void) {
     return false;
 }
+void mk_cuda_set_gateup_staged(bool on) {
+    (void)on;
+}
+bool mk_cuda_gateup_staged(void) {
+    return false;
+}
+unsigned long long mk_cuda_gateup_staged_launches(void) {
+    return 0;
+}
 void mk_cuda_set_norm_fold(bool on) {
     (void)on;
 }

@@ -192,6 +192,17 @@ bool mk_cuda_gemv_staged(void);
  * measured; process-wide, like mk_cuda_set_kernels. */
 void mk_cuda_set_moe_staged(bool on);
 bool mk_cuda_moe_staged(void);
+/* The one-token MoE step's gate/up on int8 activations through
+ * k_gateup_q8s (cuda_moe_kernels.cuh: each warp's row pairs copied into
+ * shared memory with cp.async once the routing is read, the blocks sized
+ * so that they all run in one wave), bitwise k_gateup_q8's h; layers it
+ * does not take keep k_gateup_q8. mk_cuda_set_moe_staged (the float
+ * kernels) goes first. Off by default until measured on a device;
+ * process-wide; a recorded step is recorded again after a change. */
+void mk_cuda_set_gateup_staged(bool on);
+bool mk_cuda_gateup_staged(void);
+/* k_gateup_q8s launches so far (process-wide; a recording's once): tests check that the switch took */
+unsigned long long mk_cuda_gateup_staged_launches(void);
 /* A split decode attention's shares combined by the last share of each
  * (token, head) to finish (an atomic ticket), instead of a k_attn_merge
  * launch: one kernel fewer per layer, the same code, so the same bits. On

@@ -28,7 +28,10 @@
 // quantization of that h; through the VRAM cache bitwise; control: the
 // float k_down2 on the same h misses that bound; k_gateup_q8 with its
 // rows primed once the routing is read (mk_cuda_set_q8_early) bitwise the
-// default's h and y. Exit 1 on a mismatch.
+// default's h and y; k_gateup_q8s (its rows staged in shared memory,
+// mk_cuda_set_gateup_staged) bitwise too, in blocks of 1 to all pairs,
+// through the cache as well (and its gate and up controls caught). Exit 1
+// on a mismatch.
 #include <cstdio>
 #include <cstdlib>
 
@@ -40,6 +43,7 @@
 #include "moe_ref.h"
 
 static int g_bad;
+static int g_q8s; /* k_gateup_q8s's checks that ran */
 
 extern "C" void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs);
 
@@ -277,15 +281,25 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     /* each launch with the dynamic shared memory mkc_moe_launch asks for */
     const size_t smr = (size_t)moe_q8_router_smem(a, false), smx = (size_t)mkc_q8s_bytes(a.H),
                  smh = (size_t)mkc_q8s_bytes((int64_t)a.k * a.I + a.Is);
-    auto run = [&](const moe_args &aa, float *y, bool q8down, int early = 0) {
+    /* qper > 0: gate/up through k_gateup_q8s (mk_cuda_set_gateup_staged), that many pairs a block */
+    auto run = [&](const moe_args &aa, float *y, bool q8down, int early = 0, int64_t qper = 0) {
         emu_smem(smr);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
                 k_router<false, true>(aa, x, B.logits.data(), B.idx.data(), B.w.data(), &B.ticket, B.loc.data());
             });
         const bool C = aa.slot_of != nullptr;
+        if (qper) {
+            const int64_t npair = ((int64_t)aa.k * aa.I + aa.Is) / 2, GS = (npair + qper - 1) / qper;
+            emu_smem((size_t)moes_gateup_q8_smem(aa, qper));
+            for (int64_t b = 0; b < GS; b++)
+                emu_block((unsigned)GS, (unsigned)b, MOE_WARPS * 32, [&] {
+                    (C ? k_gateup_q8s<true> : k_gateup_q8s<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
+                                                                   B.loc.data(), qper);
+                });
+        }
         emu_smem(smx);
-        for (unsigned b = 0; b < G; b++)
+        for (unsigned b = 0; b < G && !qper; b++)
             emu_block(G, b, MOE_WARPS * 32, [&] {
                 (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
                                                              B.loc.data(), early);
@@ -315,6 +329,27 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
             g_bad++;
             return;
         }
+    }
+    /* the rows staged in shared memory (k_gateup_q8s) in blocks of 1, 3, 9 pairs and all of them: h and y
+     * bitwise (the layers moes_takes takes; the run counts them, main asks for some) */
+    const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
+    const bool qs = moes_takes(a);
+    for (int64_t qper : {(int64_t)1, (int64_t)3, (int64_t)9, npair}) {
+        if (!qs)
+            break;
+        const std::vector<float> h1 = B.h, hs1 = B.hs, y1 = y;
+        std::fill(B.h.begin(), B.h.end(), NAN);
+        std::fill(B.hs.begin(), B.hs.end(), NAN);
+        run(a, y.data(), true, 0, qper);
+        if (std::memcmp(B.h.data(), h1.data(), sizeof(float) * h1.size()) ||
+            std::memcmp(B.hs.data(), hs1.data(), sizeof(float) * hs1.size()) ||
+            std::memcmp(y.data(), y1.data(), sizeof(float) * a.H)) {
+            printf("FAIL %s (int8 x): h or y differ with the gate/up rows staged, %lld pairs a block\n", name,
+                   (long long)qper);
+            g_bad++;
+            return;
+        }
+        g_q8s++;
     }
     /* the router's logits: its rows over the quantized x (a bf16 shared-expert gate row over x) */
     const std::vector<double> xh = q8_of(x, a.H);
@@ -429,6 +464,15 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         printf("FAIL %s (int8 x): experts read from the cache changed y\n", name);
         g_bad++;
     }
+    if (qs && moes_takes(ac)) { /* and with the rows staged */
+        std::fill(yc.begin(), yc.end(), NAN);
+        run(ac, yc.data(), true, 0, 5);
+        if (std::memcmp(y.data(), yc.data(), y.size() * 4)) {
+            printf("FAIL %s (int8 x): experts read from the cache into staged rows changed y\n", name);
+            g_bad++;
+        }
+        g_q8s++;
+    }
     /* controls: a gate, up or down slot holding another expert's bytes must change y */
     for (int part = 0; part < 3; part++) {
         std::vector<int32_t> other = ids;
@@ -452,6 +496,14 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
             printf("FAIL %s (int8 x): a %s cache slot holding another expert left y unchanged\n", name,
                    part == 0 ? "gate" : part == 1 ? "up" : "down");
             g_bad++;
+        }
+        if (part < 2 && qs && moes_takes(ax)) { /* the staged rows read the cache's slots too */
+            run(ax, yc.data(), true, 0, 5);
+            if (!std::memcmp(y.data(), yc.data(), y.size() * 4)) {
+                printf("FAIL %s (int8 x, staged rows): a %s cache slot holding another expert left y unchanged\n",
+                       name, part == 0 ? "gate" : "up");
+                g_bad++;
+            }
         }
     }
     /* a batched step of NT tokens (the third a copy of the first), both gate/up orders: every row
@@ -735,5 +787,9 @@ int main() {
              emu_layer{128, 16, 4, 128, 128, false, true, true, true, 1.0f, 1, 1, nullptr, {}, {}, {}, {}, {}, {}, {}, {},
                        4, true},
              4, true);
+    if (!g_q8s) {
+        printf("FAIL: no layer took the int8 gate/up with staged rows (k_gateup_q8s)\n");
+        g_bad++;
+    }
     return g_bad ? 1 : 0;
 }

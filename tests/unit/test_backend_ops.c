@@ -1938,6 +1938,7 @@ static void test_fused_moe(void **st) {
             assert_string_equal(b->name, "cpu");
             continue;
         }
+        int q8s_taken = 0; /* cases whose flipped run went through k_gateup_q8s */
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
             for (int variant = 0; variant < 4; variant++) {
                 const int kind = kinds[ki];
@@ -2001,6 +2002,19 @@ static void test_fused_moe(void **st) {
                     if (memcmp(ye, y, H * 4))
                         fail_msg("%s: %s: the int8 rows primed %s change y", b->name, what, e0 ? "late" : "early");
                     free(ye);
+                    /* the int8 gate/up's rows staged in shared memory (mk_cuda_set_gateup_staged), the
+                     * other way than the default: the same bits */
+                    const bool g0 = mk_cuda_gateup_staged();
+                    const unsigned long long gl0 = mk_cuda_gateup_staged_launches();
+                    mk_cuda_set_gateup_staged(!g0);
+                    assert_true(b->i->moe(b->ctx, &a));
+                    float *yg = back(b, dy, H * 4);
+                    mk_cuda_set_gateup_staged(g0);
+                    q8s_taken += mk_cuda_gateup_staged_launches() != gl0;
+                    if (memcmp(yg, y, H * 4))
+                        fail_msg("%s: %s: the int8 gate/up's rows %s change y", b->name, what,
+                                 g0 ? "in registers" : "staged");
+                    free(yg);
                 }
                 float *y0 = y; /* the resident step's output, for the host-memory one below */
                 /* declined: more tokens than the slot takes; groups of one
@@ -2075,6 +2089,9 @@ static void test_fused_moe(void **st) {
                 b->i->buf_free(b->ctx, dy);
                 b->i->buf_free(b->ctx, dbias);
             }
+        /* the affine kinds' layers (int8 activations on by default) took the staged gate/up */
+        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !q8s_taken)
+            fail_msg("cuda: no fused MoE case ran k_gateup_q8s with mk_cuda_set_gateup_staged flipped");
     }
 }
 
