@@ -6,6 +6,12 @@
  *      L2, as a decode step's kernels have), launched plainly and under
  *      programmatic dependent launch (mkc_launch, mkc_pdl_enter: the decode
  *      step's own)
+ *   1b. the same kernels each ending in a ticket, whose last block writes
+ *      what the next kernel's blocks read (the combine step of the router,
+ *      the decode attention's merge): mkc_last_in (every thread fences, one
+ *      atomic) against one thread's acq_rel atomic after the block barrier
+ *      (what the ticket costs on top of the boundary, and whether the
+ *      fences are its cost)
  *   2. a grid-wide barrier: one persistent cooperative kernel of G
  *      co-resident blocks running the same N phases with a barrier between
  *      them (mkc_grid_barrier, the persistent MoE stack's)
@@ -25,6 +31,7 @@
 
 #include "cuda/cuda_impl.cuh" /* mkc_launch (the product's PDL launch) */
 #include "cuda/cuda_grid_barrier.cuh"
+#include "cuda/cuda_ticket.cuh"
 
 #define CK(x)                                                                                          \
     do {                                                                                               \
@@ -50,6 +57,40 @@ __global__ void k_step(float *buf, int p, int pdl) {
     if (pdl)
         mkc_pdl_enter(); /* as every decode-step kernel does */
     phase(buf, p, gridDim.x);
+}
+
+/* One thread's ticket: the block barrier orders the block's writes before
+ * thread 0's acq_rel atomic at gpu scope (release cumulative over them),
+ * whose acquire in the last block orders the others' writes before its
+ * reads (through the block barrier after it) */
+__device__ __forceinline__ bool last_in_acqrel(unsigned *ticket, unsigned n) {
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        unsigned old;
+        asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(old) : "l"(ticket) : "memory");
+        last = old == n - 1;
+    }
+    __syncthreads();
+    return last;
+}
+
+/* Phase p with a ticket: every block writes its value, the last in sums
+ * the G values (read through L2) into the slot the next phase's blocks read */
+template <int V> __global__ void k_step_ticket(float *buf, int p, int pdl, unsigned *ticket) {
+    if (pdl)
+        mkc_pdl_enter();
+    const int G = gridDim.x;
+    phase(buf, p, G);
+    const bool last = V == 0 ? mkc_last_in(ticket, G) : last_in_acqrel(ticket, G);
+    if (last && threadIdx.x == 0) {
+        float *cur = buf + (size_t)(p & 1) * G;
+        float t = 0.0f;
+        for (int b = 0; b < G; b += 16)
+            t += __ldcg(cur + b);
+        cur[(p * 5) % G] = t; /* read by the next phase's blocks */
+        *ticket = 0u;
+    }
 }
 
 __global__ void k_persist(float *buf, int N, unsigned *bar) {
@@ -101,6 +142,21 @@ static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaSt
     return us;
 }
 
+/* the same with each kernel's ticket (V 0: mkc_last_in, 1: one acq_rel atomic) */
+static float time_chain_ticket(float *buf, unsigned *ticket, int V, int N, int G, int T, int R, cudaStream_t s) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    for (int p = 0; p < N; p++)
+        CK(mkc_launch(V ? k_step_ticket<1> : k_step_ticket<0>, dim3(G), dim3(T), 0, s, true, buf, p, 1, ticket));
+    CK(cudaStreamEndCapture(s, &g));
+    CK(cudaGraphInstantiate(&ge, g, 0));
+    const float us = time_runs(s, N, R, [&] { CK(cudaGraphLaunch(ge, s)); });
+    CK(cudaGraphExecDestroy(ge));
+    CK(cudaGraphDestroy(g));
+    return us;
+}
+
 /* us per phase of one persistent kernel of N phases, or -1 when G blocks
  * cannot all be resident */
 static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R, cudaStream_t s) {
@@ -141,6 +197,9 @@ int main(int argc, char **argv) {
     CK(cudaMalloc(&buf, 2 * sizeof(float) * 4 * nsm));
     CK(cudaMemset(buf, 0, 2 * sizeof(float) * 4 * nsm));
     CK(cudaMalloc(&bar, 2 * sizeof(unsigned)));
+    unsigned *ticket;
+    CK(cudaMalloc(&ticket, sizeof(unsigned)));
+    CK(cudaMemset(ticket, 0, sizeof(unsigned)));
     const int grids[] = {nsm, 2 * nsm};
     for (int G : grids) {
         const int T = 256;
@@ -151,6 +210,16 @@ int main(int argc, char **argv) {
                "(graph + PDL); grid barrier %.2f us (one persistent kernel)\n",
                G, T, N, plain, pdl, bar_us);
     }
+    /* the router's grid (16 blocks) and the decode attention's (128), each kernel ending in a ticket */
+    for (int G : {16, 128}) {
+        const float pdl = time_chain(buf, N, G, 256, true, R, s);
+        const float t0 = time_chain_ticket(buf, ticket, 0, N, G, 256, R, s);
+        const float t1 = time_chain_ticket(buf, ticket, 1, N, G, 256, R, s);
+        const float t0b = time_chain_ticket(buf, ticket, 0, N, G, 256, R, s);
+        printf("ticket     %d blocks of 256 threads, %d phases (graph + PDL): boundary %.2f us; with a ticket: "
+               "every thread's fence %.2f / %.2f us, one acq_rel atomic %.2f us\n", G, N, pdl, t0, t0b, t1);
+    }
+    CK(cudaFree(ticket));
     CK(cudaFree(buf));
     CK(cudaFree(bar));
     CK(cudaStreamDestroy(s));
