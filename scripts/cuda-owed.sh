@@ -78,6 +78,9 @@
 #   scripts/cuda-owed.sh gu33            session 33's int8 gate/up with its rows staged (MK_CUDA_GATEUP_STAGED
 #                                         0 / 1 interleaved): the cut short and after 2048 tokens, the full-depth
 #                                         30B (gu33.log)
+#   scripts/cuda-owed.sh s33             session 33's staged int8 kernels: MK_CUDA_GATEUP_STAGED and
+#                                         MK_CUDA_GEMV_STAGED each alone and both against the default, the cut
+#                                         short (twice) and after 2048 tokens, the full-depth 30B (s33.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -286,7 +289,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | gu33)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | gu33 | s33)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -479,6 +482,33 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         m=/tmp/mk-owed-30b
         owed_30b $B/moekit
         owed_sweep MK_CUDA_QK_FOLD "0 1 0 1" "0 1" "0 1 0 1" 2>&1 | tee "$out/qk32.log"
+        exit $rc
+    fi
+    if [ "$what" = s33 ]; then
+        # session 33: the int8 gate/up's rows staged (MK_CUDA_GATEUP_STAGED, k_gateup_q8s) and the int8
+        # decode GEMVs' rows staged before their wait (MK_CUDA_GEMV_STAGED, k_gemv_q8s), each alone and
+        # both, against the default, interleaved (s33.log)
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            sets=("MK_CUDA_GATEUP_STAGED=0 MK_CUDA_GEMV_STAGED=0" "MK_CUDA_GATEUP_STAGED=1 MK_CUDA_GEMV_STAGED=0"
+                "MK_CUDA_GATEUP_STAGED=0 MK_CUDA_GEMV_STAGED=1" "MK_CUDA_GATEUP_STAGED=1 MK_CUDA_GEMV_STAGED=1")
+            for rep in 1 2; do
+                for e in "${sets[@]}"; do
+                    echo "== 8-layer 30B cut decode, positions 16-271, $e"
+                    env $e timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+                done
+            done
+            for e in "${sets[0]}" "${sets[3]}"; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, $e"
+                env $e timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for e in "${sets[0]}" "${sets[3]}" "${sets[1]}" "${sets[2]}" "${sets[0]}" "${sets[3]}"; do
+                echo "== full-depth 30B decode, positions 16-143, $e"
+                env $e timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+            done
+        } 2>&1 | tee "$out/s33.log"
         exit $rc
     fi
     if [ "$what" = gu33 ]; then

@@ -15,7 +15,9 @@
  * k_gemv_s instead: each block copies its rows into shared memory with
  * cp.async before that wait, then computes them (generation 2's bits).
  * With mk_cuda_set_act_int8, one token over MLX affine weights goes to
- * k_gemv_q8 (the CPU's int8 decode rule, cuda_q8x.cuh), ahead of both. */
+ * k_gemv_q8 (the CPU's int8 decode rule, cuda_q8x.cuh), ahead of both, or
+ * with the staged switch too to k_gemv_q8s (its rows copied before the
+ * wait, the int8 arithmetic: k_gemv_q8's bits) where one wave holds them. */
 #include <string.h>
 
 #include "cuda/cuda_impl.cuh"
@@ -123,9 +125,49 @@ static bool q8_takes(const mkc_gemv_n &a, bool fold, size_t *smem) {
     return true;
 }
 
+/* Rows per block of k_gemv_q8s for a's matrices (one token, no fold,
+ * mk_cuda_set_gemv_staged), or 0 when it does not take them: a block per
+ * half SM, and only when those blocks hold all the rows within
+ * GEMVS_BUDGET (one wave: see k_gemv_q8s); cp.async's alignments, every
+ * matrix of matrix 0's width and groups (the kernel strides by them) */
+static int64_t gemvq8s_rows(const mkc_gemv_n &a, int64_t *total) {
+    const mkc_w &w = a.w[0];
+    const int64_t sb = mkc_aff_sb(w.kind);
+    *total = 0;
+    if (!mk_cuda_gemv_staged() || !mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * sb) % 4 || w.row_bytes % 16)
+        return 0;
+    for (int i = 0; i < a.count; i++) {
+        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3) ||
+            a.w[i].ng != w.ng || a.w[i].gshift != w.gshift || a.w[i].row_bytes != w.row_bytes)
+            return 0;
+        *total += a.w[i].rows;
+    }
+    const int64_t nsm = mkc_sm_count(), rb = (*total + 2 * nsm - 1) / (2 * nsm);
+    if (*total < 1 || gemvq8s_smem(w, rb) + GEMV_STATIC_SMEM > GEMVS_BUDGET)
+        return 0;
+    if (!mkc_smem_opt_in((const void *)k_gemv_q8s, GEMVS_BUDGET))
+        return 0;
+    return rb;
+}
+
+static unsigned long long g_q8s_launches;
+
+extern "C" unsigned long long mk_cuda_gemv_staged_launches(void) {
+    return __atomic_load_n(&g_q8s_launches, __ATOMIC_RELAXED);
+}
+
 /* n tokens: one matrix (a.count 1), no fold */
 static mk_status q8_launch(const mkc_gemv_n &a, int64_t warps, const float *x, bool accumulate, bool fold,
                            size_t smem, cudaStream_t stream, int64_t n = 1) {
+    int64_t total = 0, rb = 0;
+    if (n == 1 && !fold && (rb = gemvq8s_rows(a, &total)) > 0) {
+        MKC_TRY(mkc_launch(k_gemv_q8s, dim3((unsigned)((total + rb - 1) / rb)), dim3(GEMV_WARPS * 32),
+                           (size_t)gemvq8s_smem(a.w[0], rb), stream, mk_cuda_step_pdl(), a, x, accumulate ? 1 : 0, rb,
+                           total),
+                "launching the int8-activation gemv (staged rows)");
+        __atomic_add_fetch(&g_q8s_launches, 1ull, __ATOMIC_RELAXED); /* host launches (a recording's once) */
+        return MK_OK;
+    }
     const int64_t blocks = (warps + GEMV_WARPS - 1) / GEMV_WARPS;
     if (blocks > 0x7fffffff / n)
         return mk_err(MK_E_UNSUPPORTED, "gemv: %lld warps x %lld tokens exceed one launch", (long long)warps,

@@ -258,18 +258,12 @@ __device__ __forceinline__ int gemvs_locate(const mkc_gemv_n &a, int64_t i, int6
     return m;
 }
 
-template <int BITS, int SD>
-__device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
-                                          int64_t rb, int64_t total) {
-    MKC_DYN_SMEM(float4, mkc_sm4);
-    constexpr int VPC = 128 / BITS;
-    const mkc_w &w0 = a.w[0];
-    const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
-    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2), swr = sbr / 4;
-    float *xs = (float *)mkc_sm4;
-    uint8_t *codes = (uint8_t *)mkc_sm4 + gemvs_x_bytes(w0.cols);
-    uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
-    /* the block's weights, before the wait: they do not depend on the previous kernel */
+/* The block's rows R0 .. R0 + nrow of the launch (codes, scales, biases)
+ * into shared memory by cp.async, one commit group: row i's codes at
+ * codes + i * rbytes, its scale and bias words at scs / bis + i * sbr */
+__device__ __forceinline__ void gemvs_copy(const mkc_gemv_n &a, int64_t R0, int64_t nrow, int64_t rbytes, int64_t sbr,
+                                           uint8_t *codes, uint8_t *scs, uint8_t *bis) {
+    const int64_t cpr = rbytes / 16, swr = sbr / 4;
     if (nrow > 0) {
         int64_t i0 = -1, lr = 0;
         int m = 0;
@@ -293,6 +287,29 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
         }
     }
     mkc_cp_commit();
+}
+
+/* y row i0 + r of the block (logical row R0 + i0 + r of the launch) = v, or += v */
+__device__ __forceinline__ void gemvs_store(const mkc_gemv_n &a, int64_t R0, int64_t i, float v, int accumulate) {
+    int64_t lr;
+    const int m = gemvs_locate(a, R0 + i, &lr);
+    float *y = a.y[m];
+    y[lr] = accumulate ? y[lr] + v : v;
+}
+
+template <int BITS, int SD>
+__device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
+                                          int64_t rb, int64_t total) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    constexpr int VPC = 128 / BITS;
+    const mkc_w &w0 = a.w[0];
+    const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
+    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2);
+    float *xs = (float *)mkc_sm4;
+    uint8_t *codes = (uint8_t *)mkc_sm4 + gemvs_x_bytes(w0.cols);
+    uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
+    /* the block's weights, before the wait: they do not depend on the previous kernel */
+    gemvs_copy(a, R0, nrow, rbytes, sbr, codes, scs, bis);
     mkc_pdl_enter();
     mkc_stage_pad(xs, xg, w0.cols);
     mkc_cp_wait<0>();
@@ -325,12 +342,8 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
 #pragma unroll
         for (int r = 0; r < GEMVS_NR; r++) {
             const float v = mkc_warp_sum(acc[r]);
-            if (lane == 0 && i0 + r < nrow) {
-                int64_t lr;
-                const int m = gemvs_locate(a, R0 + i0 + r, &lr);
-                float *y = a.y[m];
-                y[lr] = accumulate ? y[lr] + v : v;
-            }
+            if (lane == 0 && i0 + r < nrow)
+                gemvs_store(a, R0, i0 + r, v, accumulate);
         }
     }
 }
@@ -345,6 +358,82 @@ __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_s(const __grid_constan
     case MKC_A8_F32: gemvs_run<8, 0>(a, xg, accumulate, rb, total); break;
     case MKC_A8_BF16: gemvs_run<8, 1>(a, xg, accumulate, rb, total); break;
     default: gemvs_run<8, 2>(a, xg, accumulate, rb, total); break;
+    }
+}
+
+/* ---- the staged-weight GEMV on int8 activations (k_gemv_q8s) -------------
+ * k_gemv_s's staging with k_gemv_q8's arithmetic (mk_cuda_set_gemv_staged
+ * with int8 activations on; one token, no fold). A block copies its rb rows
+ * into shared memory before its PDL wait (gemvs_copy: the weights do not
+ * depend on the previous kernel, so under PDL they stream while that kernel
+ * runs), then quantizes x after the wait (mkc_q8_stage_for) and each warp
+ * sums GEMV_ROWS rows at a time with mkc_q8_terms over the chunks c = lane,
+ * lane + 32, ...: each row's terms in k_gemv_q8's order (mkc_q8_finish),
+ * so y is bitwise k_gemv_q8's. Taken only where every block fits in one
+ * wave (gemvq8s_rows): a block of a later wave could not copy before the
+ * wait, and would compute only after its whole share landed (session 19:
+ * a large matrix streamed that way runs at 30% of copy, against 54% for the
+ * register kernels). Shared memory: gemvq8s_smem. */
+__host__ __device__ __forceinline__ int64_t gemvq8s_smem(const mkc_w &w, int64_t rb) {
+    return mkc_q8s_span(w.cols) + rb * w.row_bytes + 2 * gemvs_sc_bytes(w, rb);
+}
+
+template <int BITS, int SD>
+__device__ __forceinline__ void gemvq8s_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
+                                            int64_t rb, int64_t total) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    constexpr int VPC = 128 / BITS;
+    const mkc_w &w0 = a.w[0];
+    const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
+    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2);
+    const mkc_q8s xq = mkc_q8s_at(mkc_sm4, w0.cols);
+    uint8_t *codes = (uint8_t *)mkc_sm4 + mkc_q8s_span(w0.cols);
+    uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
+    gemvs_copy(a, R0, nrow, rbytes, sbr, codes, scs, bis); /* before the wait */
+    mkc_pdl_enter();
+    mkc_q8_stage_for(w0, xg, xq);
+    mkc_cp_wait<0>();
+    __syncthreads();
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int64_t i0 = (int64_t)warp * GEMV_ROWS; i0 < nrow; i0 += (int64_t)nwarps * GEMV_ROWS) {
+        int64_t ri[GEMV_ROWS];
+        float acc[GEMV_ROWS];
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            ri[r] = i0 + r < nrow ? i0 + r : nrow - 1; /* past the end: repeat the last row, not stored */
+            acc[r] = 0.0f;
+        }
+        for (int64_t c = lane; c < cpr; c += 32) {
+            const int64_t g = (c * VPC) >> w0.gshift;
+            uint4 qq[GEMV_ROWS];
+            float sc[GEMV_ROWS], bi[GEMV_ROWS];
+#pragma unroll
+            for (int r = 0; r < GEMV_ROWS; r++) {
+                qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
+                sc[r] = mkc_sv<SD>(scs + ri[r] * sbr, g);
+                bi[r] = mkc_sv<SD>(bis + ri[r] * sbr, g);
+            }
+            mkc_q8_terms<BITS, GEMV_ROWS>(qq, sc, bi, xq, c, acc);
+        }
+#pragma unroll
+        for (int r = 0; r < GEMV_ROWS; r++) {
+            const float v = mkc_warp_sum(acc[r]);
+            if (lane == 0 && i0 + r < nrow)
+                gemvs_store(a, R0, i0 + r, v, accumulate);
+        }
+    }
+}
+
+__global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8s(const __grid_constant__ mkc_gemv_n a,
+                                                                const float *__restrict__ xg, int accumulate,
+                                                                int64_t rb, int64_t total) {
+    switch (a.w[0].kind) {
+    case MKC_A4_F32: gemvq8s_run<4, 0>(a, xg, accumulate, rb, total); break;
+    case MKC_A4_BF16: gemvq8s_run<4, 1>(a, xg, accumulate, rb, total); break;
+    case MKC_A4_F16: gemvq8s_run<4, 2>(a, xg, accumulate, rb, total); break;
+    case MKC_A8_F32: gemvq8s_run<8, 0>(a, xg, accumulate, rb, total); break;
+    case MKC_A8_BF16: gemvq8s_run<8, 1>(a, xg, accumulate, rb, total); break;
+    default: gemvq8s_run<8, 2>(a, xg, accumulate, rb, total); break;
     }
 }
 

@@ -146,6 +146,9 @@ bool mk_cuda_gateup_staged(void) {
 unsigned long long mk_cuda_gateup_staged_launches(void) {
     return 0;
 }
+unsigned long long mk_cuda_gemv_staged_launches(void) {
+    return 0;
+}
 void mk_cuda_set_norm_fold(bool on) {
     (void)on;
 }

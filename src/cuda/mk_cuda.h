@@ -179,7 +179,11 @@ int mk_cuda_q8p_stages(void);
  * through the staged-weight kernel (cuda_gemv_kernel.cuh k_gemv_s): each
  * block copies all its rows' codes, scales and biases into shared memory
  * with cp.async before it waits for x, then computes them with generation
- * 2's lane steps, so the results are bitwise generation 2's. Off by
+ * 2's lane steps, so the results are bitwise generation 2's. With int8
+ * activations on (the default), the same staging with k_gemv_q8's
+ * arithmetic instead (k_gemv_q8s, bitwise k_gemv_q8; session 33), where the
+ * blocks hold every row in one wave (not lm_head); before session 33 the
+ * int8 kernel went first and this switch did nothing under int8. Off by
  * default until measured on a device; process-wide, like
  * mk_cuda_set_kernels. */
 void mk_cuda_set_gemv_staged(bool on);
@@ -201,6 +205,9 @@ bool mk_cuda_moe_staged(void);
  * process-wide; a recorded step is recorded again after a change. */
 void mk_cuda_set_gateup_staged(bool on);
 bool mk_cuda_gateup_staged(void);
+/* k_gemv_q8s launches so far (mk_cuda_set_gemv_staged with int8 activations; process-wide, a
+ * recording's once): tests check that the switch took */
+unsigned long long mk_cuda_gemv_staged_launches(void);
 /* k_gateup_q8s launches so far (process-wide; a recording's once): tests check that the switch took */
 unsigned long long mk_cuda_gateup_staged_launches(void);
 /* A split decode attention's shares combined by the last share of each

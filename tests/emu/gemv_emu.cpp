@@ -163,6 +163,8 @@ static int fold_case(const char *name, int kind, int bits, int group, int sd, in
 // int8 activations on one affine weight: the staging against the CPU's
 // quantizer, then k_gemv_q8 against the double product of W with the
 // CPU's quantized x (two matrices, accumulating; the fold). Returns failures.
+static int g_q8s; /* q8_case runs (both accumulate settings) that checked k_gemv_q8s */
+
 static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, int64_t cols) {
     int bad = 0;
     void *t = emu_weight(EMU_AFFINE, rows, cols, bits, group, sd, 0, 0);
@@ -259,6 +261,28 @@ static int q8_case(const char *name, int bits, int group, int sd, int64_t rows, 
                        acc ? " (accumulating)" : "", i);
                 bad++;
             }
+        /* the rows staged in shared memory (k_gemv_q8s) in blocks of 1, 3, 8 rows and all 2 * rows: both
+         * matrices bitwise k_gemv_q8's (weights whose scale rows are whole words: cp.async's) */
+        if ((v.ng * mkc_aff_sb(v.kind)) % 4 == 0) {
+            for (int64_t rb : {(int64_t)1, (int64_t)3, (int64_t)8, 2 * rows}) {
+                for (int i = 0; i < 2; i++)
+                    for (int64_t r = 0; r < rows; r++)
+                        z[i][r] = acc ? 0.25f * (float)r - 1.0f : NAN;
+                const int64_t nb2 = (2 * rows + rb - 1) / rb;
+                emu_smem((size_t)gemvq8s_smem(v, rb));
+                for (int64_t b = 0; b < nb2; b++)
+                    emu_block((unsigned)nb2, (unsigned)b, GEMV_WARPS * 32,
+                              [&] { k_gemv_q8s(a, x.data(), acc, rb, 2 * rows); });
+                emu_smem(0);
+                for (int i = 0; i < 2; i++)
+                    if (std::memcmp(z0[i].data(), z[i].data(), sizeof(float) * rows)) {
+                        printf("FAIL q8 %s%s: matrix %d differs with its rows staged, %lld a block\n", name,
+                               acc ? " (accumulating)" : "", i, (long long)rb);
+                        bad++;
+                    }
+            }
+            g_q8s++;
+        }
         double worst = 0.0;
         for (int i = 0; i < 2; i++)
             for (int64_t r = 0; r < rows; r++) {
@@ -536,6 +560,10 @@ int main(int argc, char **argv) {
         g_bad += q8_case("affine8 g64 bf16 13x768", 8, 64, MK_DT_BF16, 13, 768);
         g_bad += q8_case("affine8 g32 f32 6x64", 8, 32, MK_DT_F32, 6, 64);
         g_bad += q8_case("affine8 g128 f16 11x4096", 8, 128, MK_DT_F16, 11, 4096);
+    }
+    if ((!only || std::strstr("q8", only)) && g_q8s != 10) {
+        printf("FAIL: the int8 staged-weight kernel ran on %d case runs, expected 10\n", g_q8s);
+        g_bad++;
     }
     if (!only && staged_cases != 4) {
         printf("FAIL: the staged-weight kernel ran on %d cases, expected 4\n", staged_cases);

@@ -3155,6 +3155,20 @@ static void test_cuda_step_pdl(void **st) {
             pdl_chain_expect(b, &c, p, ref[p], am0[p]);
         }
         mk_cuda_set_q8_early(early0);
+        /* the decode GEMVs' rows staged before their wait (mk_cuda_set_gemv_staged: k_gemv_q8s under int8
+         * activations), the other way than the default: the same bits, and the staged kernel ran */
+        const bool gs0 = mk_cuda_gemv_staged();
+        const unsigned long long gq0 = mk_cuda_gemv_staged_launches();
+        mk_cuda_set_gemv_staged(!gs0);
+        for (int rep = 0; rep < 2; rep++) {
+            const int p = (rep + 1) % PC_NP;
+            pdl_chain_reset(b, &c, PC_P + p);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+        }
+        mk_cuda_set_gemv_staged(gs0);
+        if (mk_cuda_act_int8() && !gs0)
+            assert_true(mk_cuda_gemv_staged_launches() > gq0);
         mk_cuda_set_norm_fold(true);
         /* recorded at the first position (prefetches and folds on), then replayed at each */
         mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);
