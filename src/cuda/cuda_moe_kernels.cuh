@@ -874,6 +874,33 @@ __device__ __forceinline__ void moes_copy(const mkc_w &w, int64_t row, uint8_t *
     }
 }
 
+/* part `part` of logical row lr's gate (or up) row into staged slot sl:
+ * a routed row j I + r (its expert from the routing, or with C its VRAM
+ * cache slot), then the shared expert's rows */
+template <bool C>
+__device__ __forceinline__ void gateup_s_copy(const moe_args &a, const int32_t *__restrict__ idx,
+                                              const int32_t *__restrict__ loc, int64_t lr, bool up, uint8_t *cb,
+                                              uint8_t *sb_, uint8_t *bb, int64_t sl, int64_t rb, int64_t sbr,
+                                              int64_t part) {
+    const int64_t nr = (int64_t)a.k * a.I;
+    if (lr < nr) {
+        const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
+        int32_t e = __ldg(idx + j);
+        bool cached = false;
+        if constexpr (C) {
+            const int32_t slot = __ldg(loc + j);
+            if (slot >= 0) {
+                e = slot;
+                cached = true;
+            }
+        }
+        const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
+        moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
+    } else {
+        moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
+    }
+}
+
 template <int BITS, int SD, bool C>
 __device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__restrict__ xg,
                                              const int32_t *__restrict__ idx, float *__restrict__ h,
@@ -891,22 +918,7 @@ __device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__r
     for (int64_t c = threadIdx.x; c < 4 * np * units; c += blockDim.x) {
         const int64_t sl = c / units, part = c - sl * units, lr = 2 * P0 + (sl >> 1);
         const bool up = sl & 1;
-        if (lr < nr) {
-            const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
-            int32_t e = __ldg(idx + j);
-            bool cached = false;
-            if constexpr (C) {
-                const int32_t slot = __ldg(loc + j);
-                if (slot >= 0) {
-                    e = slot;
-                    cached = true;
-                }
-            }
-            const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
-            moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
-        } else {
-            moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
-        }
+        gateup_s_copy<C>(a, idx, loc, lr, up, cb, sb_, bb, sl, rb, sbr, part);
     }
     mkc_cp_commit();
     mkc_stage_pad(xs, xg, a.H);
@@ -997,22 +1009,7 @@ __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *_
         for (int64_t c = lane; c < 4 * units; c += 32) {
             const int64_t q = c / units, part = c - q * units, sl = 4 * pi + q, lr = 2 * (P0 + pi) + (q >> 1);
             const bool up = q & 1;
-            if (lr < nr) {
-                const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
-                int32_t e = __ldg(idx + j);
-                bool cached = false;
-                if constexpr (C) {
-                    const int32_t slot = __ldg(loc + j);
-                    if (slot >= 0) {
-                        e = slot;
-                        cached = true;
-                    }
-                }
-                const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
-                moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
-            } else {
-                moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
-            }
+            gateup_s_copy<C>(a, idx, loc, lr, up, cb, sb_, bb, sl, rb, sbr, part);
         }
         mkc_cp_commit();
     }
