@@ -127,13 +127,13 @@ template <typename F> static float time_runs(cudaStream_t s, int N, int R, F run
     return median(us);
 }
 
-/* us per kernel of a graph of N launches of G blocks */
-static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaStream_t s) {
+/* us per kernel of a graph of N launches, launch(p) queueing phase p's */
+template <typename F> static float time_graph(int N, int R, cudaStream_t s, F launch) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
     for (int p = 0; p < N; p++)
-        CK(mkc_launch(k_step, dim3(G), dim3(T), 0, s, pdl, buf, p, pdl ? 1 : 0));
+        CK(launch(p));
     CK(cudaStreamEndCapture(s, &g));
     CK(cudaGraphInstantiate(&ge, g, 0));
     const float us = time_runs(s, N, R, [&] { CK(cudaGraphLaunch(ge, s)); });
@@ -142,19 +142,17 @@ static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaSt
     return us;
 }
 
-/* the same with each kernel's ticket (V 0: mkc_last_in, 1: one acq_rel atomic) */
+/* us per kernel of a graph of N launches of G blocks */
+static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaStream_t s) {
+    return time_graph(N, R, s,
+                      [&](int p) { return mkc_launch(k_step, dim3(G), dim3(T), 0, s, pdl, buf, p, pdl ? 1 : 0); });
+}
+
+/* the same under PDL with each kernel's ticket (V 0: mkc_last_in, 1: one acq_rel atomic) */
 static float time_chain_ticket(float *buf, unsigned *ticket, int V, int N, int G, int T, int R, cudaStream_t s) {
-    cudaGraph_t g;
-    cudaGraphExec_t ge;
-    CK(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
-    for (int p = 0; p < N; p++)
-        CK(mkc_launch(V ? k_step_ticket<1> : k_step_ticket<0>, dim3(G), dim3(T), 0, s, true, buf, p, 1, ticket));
-    CK(cudaStreamEndCapture(s, &g));
-    CK(cudaGraphInstantiate(&ge, g, 0));
-    const float us = time_runs(s, N, R, [&] { CK(cudaGraphLaunch(ge, s)); });
-    CK(cudaGraphExecDestroy(ge));
-    CK(cudaGraphDestroy(g));
-    return us;
+    return time_graph(N, R, s, [&](int p) {
+        return mkc_launch(V ? k_step_ticket<1> : k_step_ticket<0>, dim3(G), dim3(T), 0, s, true, buf, p, 1, ticket);
+    });
 }
 
 /* us per phase of one persistent kernel of N phases, or -1 when G blocks

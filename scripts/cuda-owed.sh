@@ -75,9 +75,6 @@
 #                                         next): per CUDA source line and SASS instruction, instructions
 #                                         executed and warp stall samples, 2 launches each at position ~64
 #                                         (ncu_src_*.csv.xz; the binaries carry -lineinfo)
-#   scripts/cuda-owed.sh gu33            session 33's int8 gate/up with its rows staged (MK_CUDA_GATEUP_STAGED
-#                                         0 / 1 interleaved): the cut short and after 2048 tokens, the full-depth
-#                                         30B (gu33.log)
 #   scripts/cuda-owed.sh s33             session 33's staged int8 kernels: MK_CUDA_GATEUP_STAGED and
 #                                         MK_CUDA_GEMV_STAGED each alone and both against the default, the cut
 #                                         short (twice) and after 2048 tokens, the full-depth 30B (s33.log)
@@ -289,7 +286,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | gu33 | s33)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -509,14 +506,6 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 env $e timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
             done
         } 2>&1 | tee "$out/s33.log"
-        exit $rc
-    fi
-    if [ "$what" = gu33 ]; then
-        # session 33: the int8 gate/up with its rows staged in shared memory, in one wave (k_gateup_q8s,
-        # MK_CUDA_GATEUP_STAGED), off and on interleaved (gu33.log)
-        m=/tmp/mk-owed-30b
-        owed_30b $B/moekit
-        owed_sweep MK_CUDA_GATEUP_STAGED "0 1 0 1" "0 1" "0 1 0 1" 2>&1 | tee "$out/gu33.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

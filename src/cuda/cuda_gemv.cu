@@ -56,14 +56,32 @@ static int stage_mode(int32_t kind, int64_t cols, size_t *smem) {
  * while two of this one run */
 #define GEMVS_BUDGET (72 * 1024)
 
-/* Rows per block for `total` rows of w's kind and width, or 0 when
- * k_gemv_s does not take them: a block per half SM when the rows fit the
+/* Whether the staged kernels (k_gemv_s, k_gemv_q8s) take a's matrices,
+ * and their rows in all (*total): affine, whole 32-value blocks, rows of
+ * whole 16-byte chunks and scale rows of whole words (cp.async), aligned
+ * for it, every matrix of matrix 0's groups and width (the kernels stride
+ * every matrix's scales by matrix 0's groups; gemv_n's matrices agree in
+ * kind and width, not always in group) */
+static bool gemvs_matrices(const mkc_gemv_n &a, int64_t *total) {
+    const mkc_w &w = a.w[0];
+    *total = 0;
+    if (!mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * mkc_aff_sb(w.kind)) % 4 || w.row_bytes % 16)
+        return false;
+    for (int i = 0; i < a.count; i++) {
+        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3) ||
+            a.w[i].ng != w.ng || a.w[i].gshift != w.gshift || a.w[i].row_bytes != w.row_bytes)
+            return false;
+        *total += a.w[i].rows;
+    }
+    return *total > 0;
+}
+
+/* Rows per block of k_gemv_s for `total` rows of w's kind and width (taken
+ * by gemvs_matrices), or 0: a block per half SM when the rows fit the
  * budget, fewer rows (more blocks) when not */
 static int64_t gemvs_rows(const mkc_w &w, int64_t total) {
     const int nsm = mkc_sm_count();
     const int64_t sb = mkc_aff_sb(w.kind);
-    if (!mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * sb) % 4 || w.row_bytes % 16)
-        return 0;
     const int64_t per_row = w.row_bytes + 2 * w.ng * sb, room = GEMVS_BUDGET - gemvs_x_bytes(w.cols) - 32;
     const int64_t fit = room > 0 ? room / per_row : 0;
     int64_t rb = (total + 2 * nsm - 1) / (2 * nsm);
@@ -80,18 +98,10 @@ static bool gemvs_launch(const mkc_gemv_n &a, const float *x, bool accumulate, c
     *st = MK_OK;
     /* generation 2's bits: under generation 1 the register kernels run, so that a row stays what
      * mk_cuda_gemv_each gives it among several tokens */
-    if (!mk_cuda_gemv_staged() || mkc_variant() < 2)
+    int64_t total;
+    if (!mk_cuda_gemv_staged() || mkc_variant() < 2 || !gemvs_matrices(a, &total))
         return false;
-    int64_t total = 0;
-    for (int i = 0; i < a.count; i++) {
-        /* cp.async: 16-byte codes, 4-byte scale words; the kernel strides every matrix's scales by
-         * matrix 0's groups (gemv_n's matrices agree in kind and width, not always in group) */
-        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3) ||
-            a.w[i].ng != a.w[0].ng || a.w[i].gshift != a.w[0].gshift || a.w[i].row_bytes != a.w[0].row_bytes)
-            return false;
-        total += a.w[i].rows;
-    }
-    const int64_t rb = total > 0 ? gemvs_rows(a.w[0], total) : 0;
+    const int64_t rb = gemvs_rows(a.w[0], total);
     if (rb < 1)
         return false;
     if (!mkc_smem_opt_in((const void *)k_gemv_s, GEMVS_BUDGET))
@@ -126,24 +136,14 @@ static bool q8_takes(const mkc_gemv_n &a, bool fold, size_t *smem) {
 }
 
 /* Rows per block of k_gemv_q8s for a's matrices (one token, no fold,
- * mk_cuda_set_gemv_staged), or 0 when it does not take them: a block per
- * half SM, and only when those blocks hold all the rows within
- * GEMVS_BUDGET (one wave: see k_gemv_q8s); cp.async's alignments, every
- * matrix of matrix 0's width and groups (the kernel strides by them) */
+ * mk_cuda_set_gemv_staged; those gemvs_matrices takes), or 0 when it does
+ * not take them: a block per half SM, and only when those blocks hold all
+ * the rows within GEMVS_BUDGET (one wave: see k_gemv_q8s) */
 static int64_t gemvq8s_rows(const mkc_gemv_n &a, int64_t *total) {
-    const mkc_w &w = a.w[0];
-    const int64_t sb = mkc_aff_sb(w.kind);
-    *total = 0;
-    if (!mk_cuda_gemv_staged() || !mkc_is_aff(w.kind) || w.cols % 32 || (w.ng * sb) % 4 || w.row_bytes % 16)
+    if (!mk_cuda_gemv_staged() || !gemvs_matrices(a, total))
         return 0;
-    for (int i = 0; i < a.count; i++) {
-        if (((uintptr_t)a.w[i].data & 15) || ((uintptr_t)a.w[i].scales & 3) || ((uintptr_t)a.w[i].biases & 3) ||
-            a.w[i].ng != w.ng || a.w[i].gshift != w.gshift || a.w[i].row_bytes != w.row_bytes)
-            return 0;
-        *total += a.w[i].rows;
-    }
     const int64_t nsm = mkc_sm_count(), rb = (*total + 2 * nsm - 1) / (2 * nsm);
-    if (*total < 1 || gemvq8s_smem(w, rb) + GEMV_STATIC_SMEM > GEMVS_BUDGET)
+    if (gemvq8s_smem(a.w[0], rb) + GEMV_STATIC_SMEM > GEMVS_BUDGET)
         return 0;
     if (!mkc_smem_opt_in((const void *)k_gemv_q8s, GEMVS_BUDGET))
         return 0;

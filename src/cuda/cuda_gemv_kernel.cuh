@@ -331,12 +331,7 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
             const int64_t g = (c * VPC) >> w0.gshift;
             uint4 qq[GEMVS_NR];
             float sc[GEMVS_NR], bi[GEMVS_NR];
-#pragma unroll
-            for (int r = 0; r < GEMVS_NR; r++) {
-                qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
-                sc[r] = mkc_sv<SD>(scs + ri[r] * sbr, g);
-                bi[r] = mkc_sv<SD>(bis + ri[r] * sbr, g);
-            }
+            mkc_staged_chunk<SD, GEMVS_NR>(codes, scs, bis, ri, rbytes, sbr, c, g, qq, sc, bi);
             mkc_aff_chunk_p<BITS, GEMVS_NR, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
         }
 #pragma unroll
@@ -407,12 +402,7 @@ __device__ __forceinline__ void gemvq8s_run(const mkc_gemv_n &a, const float *__
             const int64_t g = (c * VPC) >> w0.gshift;
             uint4 qq[GEMV_ROWS];
             float sc[GEMV_ROWS], bi[GEMV_ROWS];
-#pragma unroll
-            for (int r = 0; r < GEMV_ROWS; r++) {
-                qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
-                sc[r] = mkc_sv<SD>(scs + ri[r] * sbr, g);
-                bi[r] = mkc_sv<SD>(bis + ri[r] * sbr, g);
-            }
+            mkc_staged_chunk<SD, GEMV_ROWS>(codes, scs, bis, ri, rbytes, sbr, c, g, qq, sc, bi);
             mkc_q8_terms<BITS, GEMV_ROWS>(qq, sc, bi, xq, c, acc);
         }
 #pragma unroll

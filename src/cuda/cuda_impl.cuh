@@ -361,6 +361,21 @@ template <int SD> __device__ __forceinline__ float mkc_sv(const uint8_t *p, int6
     return SD == 1 ? __uint_as_float(h << 16) : mkc_f16f(h);
 }
 
+/* 16-byte chunk c (of group g) of NR affine rows staged in shared memory:
+ * row ri[r]'s codes at codes + ri[r] * rbytes, its raw scale and bias rows
+ * at scs / bis + ri[r] * sbr (the staged kernels' layout) */
+template <int SD, int NR>
+__device__ __forceinline__ void mkc_staged_chunk(const uint8_t *codes, const uint8_t *scs, const uint8_t *bis,
+                                                 const int64_t *ri, int64_t rbytes, int64_t sbr, int64_t c,
+                                                 int64_t g, uint4 *qq, float *sc, float *bi) {
+#pragma unroll
+    for (int r = 0; r < NR; r++) {
+        qq[r] = *(const uint4 *)(codes + ri[r] * rbytes + c * 16);
+        sc[r] = mkc_sv<SD>(scs + ri[r] * sbr, g);
+        bi[r] = mkc_sv<SD>(bis + ri[r] * sbr, g);
+    }
+}
+
 /* byte i of w as an exact float (0..255): [w.byte_i, 0, 0, 0x4B] - 2^23 */
 template <int I> __device__ __forceinline__ float mkc_byte(uint32_t w) {
     return __uint_as_float(__byte_perm(w, 0x4B000000u, 0x7440 + I)) - 8388608.0f;

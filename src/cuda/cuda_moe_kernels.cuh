@@ -928,28 +928,16 @@ __device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__r
     const float *xr[4] = {xs, xs, xs, xs};
     for (int64_t pi = threadIdx.x >> 5; pi < np; pi += blockDim.x >> 5) {
         /* rows {G0, U0, G1, U1}: slots 4 pi .. 4 pi + 3, as k_gateup's {G, U, G, U} */
+        const int64_t sl[4] = {4 * pi, 4 * pi + 1, 4 * pi + 2, 4 * pi + 3};
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t c = lane; c < cpr; c += 32) {
             const int64_t g = (c * VPC) >> a.gate.gshift;
             uint4 qq[4];
             float sc[4], bi[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int64_t sl = 4 * pi + r;
-                qq[r] = *(const uint4 *)(cb + sl * rb + c * 16);
-                sc[r] = mkc_sv<SD>(sb_ + sl * sbr, g);
-                bi[r] = mkc_sv<SD>(bb + sl * sbr, g);
-            }
+            mkc_staged_chunk<SD, 4>(cb, sb_, bb, sl, rb, sbr, c, g, qq, sc, bi);
             mkc_aff_chunk_p<BITS, 4, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
         }
-        const float g0 = mkc_warp_sum(acc[0]), u0 = mkc_warp_sum(acc[1]);
-        const float g1 = mkc_warp_sum(acc[2]), u1 = mkc_warp_sum(acc[3]);
-        if (lane == 0) {
-            const int64_t r0 = 2 * (P0 + pi);
-            float *out = r0 < nr ? h + r0 : hs + (r0 - nr);
-            out[0] = silu_mul(g0, u0);
-            out[1] = silu_mul(g1, u1);
-        }
+        gateup_store(acc, lane, 2 * (P0 + pi), nr, h, hs);
     }
 }
 
@@ -1024,18 +1012,13 @@ __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *_
         else
             mkc_cp_wait<0>();
         __syncwarp(); /* the other lanes' copies of the pair */
+        const int64_t sl[4] = {4 * pi, 4 * pi + 1, 4 * pi + 2, 4 * pi + 3}; /* {G0, U0, G1, U1} */
         float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
         for (int64_t c = lane; c < cpr; c += 32) {
             const int64_t g = (c * VPC) >> a.gate.gshift;
             uint4 qq[4];
             float sc[4], bi[4];
-#pragma unroll
-            for (int r = 0; r < 4; r++) {
-                const int64_t sl = 4 * pi + r;
-                qq[r] = *(const uint4 *)(cb + sl * rb + c * 16);
-                sc[r] = mkc_sv<SD>(sb_ + sl * sbr, g);
-                bi[r] = mkc_sv<SD>(bb + sl * sbr, g);
-            }
+            mkc_staged_chunk<SD, 4>(cb, sb_, bb, sl, rb, sbr, c, g, qq, sc, bi);
             mkc_q8_terms<BITS, 4>(qq, sc, bi, xq, c, acc);
         }
         gateup_store(acc, lane, 2 * (P0 + pi), nr, h, hs);
