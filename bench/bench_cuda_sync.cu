@@ -8,10 +8,10 @@
  *      step's own)
  *   1b. the same kernels each ending in a ticket, whose last block writes
  *      what the next kernel's blocks read (the combine step of the router,
- *      the decode attention's merge): mkc_last_in (every thread fences, one
- *      atomic) against one thread's acq_rel atomic after the block barrier
- *      (what the ticket costs on top of the boundary, and whether the
- *      fences are its cost)
+ *      the decode attention's merge): the ticket before session 34 (every
+ *      thread fences, one atomic) against mkc_last_in (one thread's acq_rel
+ *      atomic after the block barrier): what a ticket costs on top of the
+ *      boundary, and what the fences cost
  *   2. a grid-wide barrier: one persistent cooperative kernel of G
  *      co-resident blocks running the same N phases with a barrier between
  *      them (mkc_grid_barrier, the persistent MoE stack's)
@@ -59,19 +59,18 @@ __global__ void k_step(float *buf, int p, int pdl) {
     phase(buf, p, gridDim.x);
 }
 
-/* One thread's ticket: the block barrier orders the block's writes before
- * thread 0's acq_rel atomic at gpu scope (release cumulative over them),
- * whose acquire in the last block orders the others' writes before its
- * reads (through the block barrier after it) */
-__device__ __forceinline__ bool last_in_acqrel(unsigned *ticket, unsigned n) {
+/* The ticket before session 34, kept to measure against mkc_last_in:
+ * every thread fences its writes, thread 0 takes a relaxed atomic, the
+ * last block's threads fence again */
+__device__ __forceinline__ bool last_in_fences(unsigned *ticket, unsigned n) {
     __shared__ bool last;
+    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) {
-        unsigned old;
-        asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(old) : "l"(ticket) : "memory");
-        last = old == n - 1;
-    }
+    if (threadIdx.x == 0)
+        last = atomicAdd(ticket, 1u) == n - 1;
     __syncthreads();
+    if (last)
+        __threadfence();
     return last;
 }
 
@@ -82,7 +81,7 @@ template <int V> __global__ void k_step_ticket(float *buf, int p, int pdl, unsig
         mkc_pdl_enter();
     const int G = gridDim.x;
     phase(buf, p, G);
-    const bool last = V == 0 ? mkc_last_in(ticket, G) : last_in_acqrel(ticket, G);
+    const bool last = V == 0 ? last_in_fences(ticket, G) : mkc_last_in(ticket, G);
     if (last && threadIdx.x == 0) {
         float *cur = buf + (size_t)(p & 1) * G;
         float t = 0.0f;
@@ -148,7 +147,7 @@ static float time_chain(float *buf, int N, int G, int T, bool pdl, int R, cudaSt
                       [&](int p) { return mkc_launch(k_step, dim3(G), dim3(T), 0, s, pdl, buf, p, pdl ? 1 : 0); });
 }
 
-/* the same under PDL with each kernel's ticket (V 0: mkc_last_in, 1: one acq_rel atomic) */
+/* the same under PDL with each kernel's ticket (V 0: every thread's fence, 1: mkc_last_in, one acq_rel atomic) */
 static float time_chain_ticket(float *buf, unsigned *ticket, int V, int N, int G, int T, int R, cudaStream_t s) {
     return time_graph(N, R, s, [&](int p) {
         return mkc_launch(V ? k_step_ticket<1> : k_step_ticket<0>, dim3(G), dim3(T), 0, s, true, buf, p, 1, ticket);

@@ -78,6 +78,11 @@
 #   scripts/cuda-owed.sh s33             session 33's staged int8 kernels: MK_CUDA_GATEUP_STAGED and
 #                                         MK_CUDA_GEMV_STAGED each alone and both against the default, the cut
 #                                         short (twice) and after 2048 tokens, the full-depth 30B (s33.log)
+#   scripts/cuda-owed.sh ab              two builds' bench_decode interleaved: build-cuda/ against
+#                                         MK_OWED_OLD (a folder of another build's binaries, e.g. a
+#                                         .cuda-pre unpacked), each with its env MK_OWED_ENV_NEW /
+#                                         MK_OWED_ENV_OLD; the cut short (twice) and after 2048 tokens,
+#                                         the full-depth 30B twice (ab.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -286,7 +291,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33 | ab)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -506,6 +511,32 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 env $e timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
             done
         } 2>&1 | tee "$out/s33.log"
+        exit $rc
+    fi
+    if [ "$what" = ab ]; then
+        # two builds interleaved (each with its own env): what a change that is in every kernel (no
+        # switch) is worth
+        m=/tmp/mk-owed-30b
+        owed_30b $B/moekit
+        O=${MK_OWED_OLD:?MK_OWED_OLD names the other build's folder}
+        en=${MK_OWED_ENV_NEW:-} eo=${MK_OWED_ENV_OLD:-}
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for rep in 1 2; do
+                for d in "$B|$en" "$O|$eo"; do
+                    echo "== 8-layer 30B cut decode, positions 16-271, ${d%%|*} ${d#*|}"
+                    env ${d#*|} timeout 60 ${d%%|*}/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+                done
+            done
+            for d in "$B|$en" "$O|$eo"; do
+                echo "== 8-layer 30B cut decode after 2048 tokens, ${d%%|*} ${d#*|}"
+                env ${d#*|} timeout 90 ${d%%|*}/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+            done
+            for d in "$B|$en" "$O|$eo" "$B|$en" "$O|$eo"; do
+                echo "== full-depth 30B decode, positions 16-143, ${d%%|*} ${d#*|}"
+                env ${d#*|} timeout 90 ${d%%|*}/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+            done
+        } 2>&1 | tee "$out/ab.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

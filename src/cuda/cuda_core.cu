@@ -82,7 +82,11 @@ extern "C" int mk_cuda_q8p_stages(void) { return g_q8p_stages; }
 
 extern "C" void mk_cuda_set_q8p_stages(int stages) { g_q8p_stages = stages == 3 || stages == 4 ? stages : 0; }
 
-static bool g_gemv_staged = false;
+/* on since session 34: the int8 decode GEMVs with their rows copied before
+ * the wait (k_gemv_q8s) measured 1.1-1.3% off a full-depth 30B step on an
+ * H100 (bench/RESULTS.md session 34); the float path's k_gemv_s was neutral
+ * (session 19) */
+static bool g_gemv_staged = true;
 
 extern "C" bool mk_cuda_gemv_staged(void) { return g_gemv_staged; }
 
@@ -94,7 +98,9 @@ extern "C" bool mk_cuda_moe_staged(void) { return g_moe_staged; }
 
 extern "C" void mk_cuda_set_moe_staged(bool on) { g_moe_staged = on; }
 
-static bool g_gateup_staged = false; /* off until measured (session 33) */
+/* off: k_gateup_q8s measured 11-13% slower than k_gateup_q8 on a
+ * full-depth 30B step on an H100 (bench/RESULTS.md session 34) */
+static bool g_gateup_staged = false;
 
 extern "C" bool mk_cuda_gateup_staged(void) { return g_gateup_staged; }
 

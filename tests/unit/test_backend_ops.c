@@ -3167,8 +3167,15 @@ static void test_cuda_step_pdl(void **st) {
             pdl_chain_expect(b, &c, p, ref[p], am0[p]);
         }
         mk_cuda_set_gemv_staged(gs0);
-        if (mk_cuda_act_int8() && !gs0)
+        if (mk_cuda_act_int8() && !gs0) /* flipped on: the flipped runs launched it */
             assert_true(mk_cuda_gemv_staged_launches() > gq0);
+        if (mk_cuda_act_int8() && gs0) { /* on by default (session 34): a run at the default launches it */
+            const unsigned long long gq1 = mk_cuda_gemv_staged_launches();
+            pdl_chain_reset(b, &c, PC_P);
+            pdl_chain_queue(b, &c);
+            pdl_chain_expect(b, &c, 0, ref[0], am0[0]);
+            assert_true(mk_cuda_gemv_staged_launches() > gq1);
+        }
         mk_cuda_set_norm_fold(true);
         /* recorded at the first position (prefetches and folds on), then replayed at each */
         mk_cuda_set_step_prefetch(MK_CUDA_PREFETCH_GEMV | MK_CUDA_PREFETCH_ATTN);

@@ -403,6 +403,17 @@ static void test_gemv_act_int8(void **state) {
     run_case(&g_cases[2], true);
     run_case(&g_cases[8], true);
     test_gemv_n_formats(state);
+    /* the rows staged before the wait (k_gemv_q8s, where a wave of blocks holds them all): the
+     * same cases under the same bound */
+    mk_cuda_set_gemv_staged(true);
+    const unsigned long long gq0 = mk_cuda_gemv_staged_launches();
+    printf("int8 activations, rows staged\n");
+    for (size_t i = 0; i < sizeof g_cases / sizeof g_cases[0]; i++)
+        run_case(&g_cases[i], false);
+    run_case(&g_cases[2], true);
+    test_gemv_n_formats(state);
+    assert_true(mk_cuda_gemv_staged_launches() > gq0);
+    mk_cuda_set_gemv_staged(false);
     /* a NaN in x: every row NaN */
     const gcase *c = &g_cases[2];
     ct_wt t = make(c);
@@ -545,8 +556,10 @@ static void test_unsupported_named(void **state) {
 }
 
 int main(void) {
-    /* the float kernels unless a case says otherwise (test_act_int8_default checks the default) */
+    /* the float kernels unless a case says otherwise (test_act_int8_default checks the default), and
+     * the register kernels (the staged ones, on by default since session 34, have their own cases) */
     mk_cuda_set_act_int8(false);
+    mk_cuda_set_gemv_staged(false);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_unsupported_named),
         cmocka_unit_test(test_kernels_switch),
