@@ -74,7 +74,8 @@
 #   scripts/cuda-owed.sh rncu            ncu's source view of the decode's router and gate/up (session 32's
 #                                         next): per CUDA source line and SASS instruction, instructions
 #                                         executed and warp stall samples, 2 launches each at position ~64
-#                                         (ncu_src_*.csv.xz; the binaries carry -lineinfo)
+#                                         (ncu_src_*.csv.xz; the binaries carry -lineinfo); MK_OWED_KERNELS
+#                                         names others (e.g. k_gateup_q8s with MK_CUDA_GATEUP_STAGED=1)
 #   scripts/cuda-owed.sh s33             session 33's staged int8 kernels: MK_CUDA_GATEUP_STAGED and
 #                                         MK_CUDA_GEMV_STAGED each alone and both against the default, the cut
 #                                         short (twice) and after 2048 tokens, the full-depth 30B (s33.log)
@@ -779,7 +780,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
     if [ "$what" = rncu ]; then
         # where k_router's and k_gateup_q8's time goes line by line: --page source needs the report's
         # source counters (--set full has them); printed as CSV (SASS with its CUDA line), xz'd
-        for k in k_router k_gateup_q8; do
+        for k in ${MK_OWED_KERNELS:-k_router k_gateup_q8}; do
             timeout 200 ncu --set full --import-source yes --clock-control none --kernel-name "regex:^$k" \
                 --launch-skip ${MK_OWED_SKIP:-24} --launch-count 2 -o "$out/ncu_$k" -f \
                 $B/bench_decode $W/m8 64 4 $nt cuda-nograph > "$out/ncu_$k.log" 2>&1
