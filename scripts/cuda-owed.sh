@@ -519,7 +519,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         # switch) is worth
         m=/tmp/mk-owed-30b
         owed_30b $B/moekit
-        O=${MK_OWED_OLD:?MK_OWED_OLD names the other build's folder}
+        O=${MK_OWED_OLD:?MK_OWED_OLD names the folder of the other binaries}
         en=${MK_OWED_ENV_NEW:-} eo=${MK_OWED_ENV_OLD:-}
         {
             nvidia-smi --query-gpu=name --format=csv,noheader

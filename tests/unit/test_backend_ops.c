@@ -3105,6 +3105,10 @@ static void test_cuda_step_pdl(void **st) {
         /* the q/k norms folded into the attention, a run: k_attn_gqa's fold or k_attn's */
         const int qkf = PC_L - 1;
         mk_cuda_set_step_pdl(true);
+        /* the GEMVs take the fold only as k_gemv_n does (the staged kernels, on by default since session 34,
+         * decline it: mk_cuda_gemv_n), so the folds are counted with them off */
+        const bool gsf = mk_cuda_gemv_staged();
+        mk_cuda_set_gemv_staged(false);
         const int64_t folds0 = mk_backend_cuda_folds(b->b);
         /* queued directly, several times; the prefetches on half the time, the norm steps folded into
          * the kernels that read them in the last four */
@@ -3143,6 +3147,7 @@ static void test_cuda_step_pdl(void **st) {
             pdl_chain_expect(b, &c, p, ref[p], am0[p]);
         }
         assert_int_equal(mk_backend_cuda_folds(b->b) - folds2, 0);
+        mk_cuda_set_gemv_staged(gsf);
         /* the int8 rows primed early (mk_cuda_set_q8_early), the other way than the default: the
          * GEMVs' weights loaded before their wait, the same bits */
         mk_cuda_set_norm_fold(false);
