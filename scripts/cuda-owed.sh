@@ -83,7 +83,7 @@
 #                                         MK_OWED_OLD (a folder of another build's binaries, e.g. a
 #                                         .cuda-pre unpacked), each with its env MK_OWED_ENV_NEW /
 #                                         MK_OWED_ENV_OLD; the cut short (twice) and after 2048 tokens,
-#                                         the full-depth 30B twice (ab.log)
+#                                         the full-depth 30B twice (ab$MK_OWED_TAG.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -537,7 +537,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 echo "== full-depth 30B decode, positions 16-143, ${d%%|*} ${d#*|}"
                 env ${d#*|} timeout 90 ${d%%|*}/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
             done
-        } 2>&1 | tee "$out/ab.log"
+        } 2>&1 | tee "$out/ab${MK_OWED_TAG:-}.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then

@@ -874,15 +874,24 @@ __device__ __forceinline__ void moes_copy(const mkc_w &w, int64_t row, uint8_t *
     }
 }
 
-/* part `part` of logical row lr's gate (or up) row into staged slot sl:
- * a routed row j I + r (its expert from the routing, or with C its VRAM
- * cache slot), then the shared expert's rows */
+/* One pair's rows into staged slots 4 pi .. 4 pi + 3 ({G0, U0, G1, U1}:
+ * logical rows lr and lr + 1, a routed row j I + r with its expert from
+ * the routing, or with C its VRAM cache slot, then the shared expert's
+ * rows), codes, scales and biases, by the 32 lanes of one warp (the
+ * caller commits the group). The expert is read and the four rows' bases
+ * computed once a pair; a lane then issues its chunks with no division.
+ * Why: the first version dealt every 16-byte copy out by a 64-bit
+ * division and looked the expert up again for each; ncu on an H100 put
+ * k_gateup_q8s at 2.1x k_gateup_q8's instructions, most of them in that
+ * loop (bench/RESULTS.md session 34). A pair never straddles two experts
+ * (I and Is are even). */
 template <bool C>
-__device__ __forceinline__ void gateup_s_copy(const moe_args &a, const int32_t *__restrict__ idx,
-                                              const int32_t *__restrict__ loc, int64_t lr, bool up, uint8_t *cb,
-                                              uint8_t *sb_, uint8_t *bb, int64_t sl, int64_t rb, int64_t sbr,
-                                              int64_t part) {
+__device__ __forceinline__ void gateup_s_pair_copy(const moe_args &a, const int32_t *__restrict__ idx,
+                                                   const int32_t *__restrict__ loc, int64_t lr, int64_t pi,
+                                                   uint8_t *cb, uint8_t *sb_, uint8_t *bb, int lane) {
     const int64_t nr = (int64_t)a.k * a.I;
+    const mkc_w *G = &a.shg, *U = &a.shu;
+    int64_t row = lr - nr;
     if (lr < nr) {
         const int32_t j = (int32_t)(lr / a.I), r = (int32_t)(lr - (int64_t)j * a.I);
         int32_t e = __ldg(idx + j);
@@ -894,10 +903,36 @@ __device__ __forceinline__ void gateup_s_copy(const moe_args &a, const int32_t *
                 cached = true;
             }
         }
-        const mkc_w &w = cached ? (up ? a.cup : a.cgate) : (up ? a.up : a.gate);
-        moes_copy(w, (int64_t)e * a.I + r, cb, sb_, bb, sl, rb, sbr, part);
-    } else {
-        moes_copy(up ? a.shu : a.shg, lr - nr, cb, sb_, bb, sl, rb, sbr, part);
+        G = cached ? &a.cgate : &a.gate;
+        U = cached ? &a.cup : &a.up;
+        row = (int64_t)e * a.I + r;
+    }
+    /* gate and up (and the shared expert's) share the kind, width and scale layout (moes_takes) */
+    const int rb = (int)a.gate.row_bytes, sbr = (int)moes_sb(a.gate), cpr = rb / 16, swr = sbr / 4;
+    const uint8_t *gd = G->data + row * rb, *ud = U->data + row * rb;
+    uint8_t *d0 = cb + 4 * pi * rb;
+#pragma unroll 1 /* (unrolled, k_gateup_q8s took 128 registers against 64) */
+    for (int c = lane; c < cpr; c += 32) {
+        const int o = c * 16;
+        mkc_cp_async<16>(d0 + o, gd + o, true);
+        mkc_cp_async<16>(d0 + rb + o, ud + o, true);
+        mkc_cp_async<16>(d0 + 2 * rb + o, gd + rb + o, true);
+        mkc_cp_async<16>(d0 + 3 * rb + o, ud + rb + o, true);
+    }
+    const uint8_t *gs = (const uint8_t *)G->scales + row * sbr, *us = (const uint8_t *)U->scales + row * sbr;
+    const uint8_t *gb = (const uint8_t *)G->biases + row * sbr, *ub = (const uint8_t *)U->biases + row * sbr;
+    uint8_t *s0 = sb_ + 4 * pi * sbr, *b0 = bb + 4 * pi * sbr;
+#pragma unroll 1
+    for (int w = lane; w < swr; w += 32) {
+        const int o = w * 4;
+        mkc_cp_async<4>(s0 + o, gs + o, true);
+        mkc_cp_async<4>(s0 + sbr + o, us + o, true);
+        mkc_cp_async<4>(s0 + 2 * sbr + o, gs + sbr + o, true);
+        mkc_cp_async<4>(s0 + 3 * sbr + o, us + sbr + o, true);
+        mkc_cp_async<4>(b0 + o, gb + o, true);
+        mkc_cp_async<4>(b0 + sbr + o, ub + o, true);
+        mkc_cp_async<4>(b0 + 2 * sbr + o, gb + sbr + o, true);
+        mkc_cp_async<4>(b0 + 3 * sbr + o, ub + sbr + o, true);
     }
 }
 
@@ -909,17 +944,14 @@ __device__ __forceinline__ void gateup_s_run(const moe_args &a, const float *__r
     constexpr int VPC = 128 / BITS;
     const int64_t nr = (int64_t)a.k * a.I, npair = (nr + a.Is) / 2;
     const int64_t P0 = (int64_t)blockIdx.x * per, np = npair - P0 < per ? npair - P0 : per;
-    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16, units = cpr + sbr / 4;
+    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16;
     float *xs = (float *)mkc_sm4;
     uint8_t *cb = (uint8_t *)mkc_sm4 + MKC_PADDED((int64_t)a.H) * 4;
     uint8_t *sb_ = cb + 4 * np * rb, *bb = sb_ + moes_al16(4 * np * sbr);
     mkc_pdl_enter(); /* the routing is the router kernel's */
-    /* slot s = 2 li + gu: logical row 2 P0 + li (a routed row j I + r, then the shared rows), gate or up */
-    for (int64_t c = threadIdx.x; c < 4 * np * units; c += blockDim.x) {
-        const int64_t sl = c / units, part = c - sl * units, lr = 2 * P0 + (sl >> 1);
-        const bool up = sl & 1;
-        gateup_s_copy<C>(a, idx, loc, lr, up, cb, sb_, bb, sl, rb, sbr, part);
-    }
+    /* pair pi's rows (logical rows 2 (P0 + pi) and the next) by warp pi % warps, into slots 4 pi .. */
+    for (int64_t pi = threadIdx.x >> 5; pi < np; pi += blockDim.x >> 5)
+        gateup_s_pair_copy<C>(a, idx, loc, 2 * (P0 + pi), pi, cb, sb_, bb, threadIdx.x & 31);
     mkc_cp_commit();
     mkc_stage_pad(xs, xg, a.H);
     mkc_cp_wait<0>();
@@ -964,7 +996,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
  * x reads again (~10.5 us a layer for ~12.6 MB). Here a block takes `per`
  * pairs (the host sizes it so that all blocks fit in one wave, two an SM,
  * in MOES_BUDGET), each warp copies its own pairs' rows (codes, scales,
- * biases: moes_copy, one cp.async group a pair) into shared memory as soon
+ * biases: gateup_s_pair_copy, one cp.async group a pair) into shared memory as soon
  * as the routing is read, the block quantizes x meanwhile, and each warp
  * sums a pair once that pair's group has landed (no block barrier on the
  * copies): every byte of the step in flight at once, no registers held.
@@ -984,7 +1016,7 @@ __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *_
     constexpr int VPC = 128 / BITS;
     const int64_t nr = (int64_t)a.k * a.I, npair = (nr + a.Is) / 2;
     const int64_t P0 = (int64_t)blockIdx.x * per, np = npair - P0 < per ? npair - P0 : per;
-    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16, units = cpr + sbr / 4;
+    const int64_t rb = a.gate.row_bytes, sbr = moes_sb(a.gate), cpr = rb / 16;
     const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
     uint8_t *cb = (uint8_t *)mkc_sm4 + mkc_q8s_span(a.H);
     uint8_t *sb_ = cb + 4 * np * rb, *bb = sb_ + moes_al16(4 * np * sbr);
@@ -994,11 +1026,7 @@ __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *_
      * (a routed row j I + r, then the shared rows), gate or up; one group a pair */
     int mine = 0;
     for (int64_t pi = wid; pi < np; pi += nw, mine++) {
-        for (int64_t c = lane; c < 4 * units; c += 32) {
-            const int64_t q = c / units, part = c - q * units, sl = 4 * pi + q, lr = 2 * (P0 + pi) + (q >> 1);
-            const bool up = q & 1;
-            gateup_s_copy<C>(a, idx, loc, lr, up, cb, sb_, bb, sl, rb, sbr, part);
-        }
+        gateup_s_pair_copy<C>(a, idx, loc, 2 * (P0 + pi), pi, cb, sb_, bb, lane);
         mkc_cp_commit();
     }
     mkc_q8_stage_for(a.gate, xg, xq); /* gate's width is H */
