@@ -84,6 +84,9 @@
 #                                         .cuda-pre unpacked), each with its env MK_OWED_ENV_NEW /
 #                                         MK_OWED_ENV_OLD; the cut short (twice) and after 2048 tokens,
 #                                         the full-depth 30B twice (ab$MK_OWED_TAG.log)
+#   scripts/cuda-owed.sh pab             two builds' prefill of the cut interleaved (build-cuda/ against
+#                                         MK_OWED_OLD, three rounds, 2048 tokens in the default chunks;
+#                                         pab.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -292,7 +295,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33 | ab)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33 | ab | pab)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -538,6 +541,19 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 env ${d#*|} timeout 90 ${d%%|*}/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
             done
         } 2>&1 | tee "$out/ab${MK_OWED_TAG:-}.log"
+        exit $rc
+    fi
+    if [ "$what" = pab ]; then
+        O=${MK_OWED_OLD:?MK_OWED_OLD names the folder of the other binaries}
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for rep in 1 2 3; do
+                for d in $B $O; do
+                    echo "== 8-layer 30B cut prefill 2048, $d"
+                    timeout 90 $d/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill|^gemm"
+                done
+            done
+        } 2>&1 | tee "$out/pab.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then
@@ -809,7 +825,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
     if [ "$what" = pncu ]; then
         # where a 2048-token prefill of the cut goes, kernel by kernel (split and int8 GEMM; the
         # bench's warm-up prefill is in the counts too: halve them)
-        for g in split int8; do
+        for g in ${MK_OWED_GEMMS:-split int8}; do
             MK_CUDA_GEMM=$g timeout 200 ncu --clock-control none --cache-control none \
                 --metrics gpu__time_duration.sum --print-summary per-kernel \
                 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_prefill_$g.log" 2>&1

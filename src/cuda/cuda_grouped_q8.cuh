@@ -113,9 +113,11 @@ __device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntile
  * + j of the tile), in the CPU rule's order, one place for both kernels so
  * that they give the same bits. An activation block ends: acc +=
  * (dot * d(row)) * s(col). A group ends: acc += b(col) * xg(row). The dots
- * ci from 0, each made a float by an IADD of MKC_DOT0 and an exact FADD
- * (mkc_dotf), not an I2F (a quarter of the rate). Accumulating from MKC_DOT0
- * instead spares the IADD but took 36 more registers in k_grp_mm_q8p. */
+ * ci are accumulated from MKC_DOT0 (the block's first mma adds its products
+ * to it: mkc_mma_s8u8_from), each made a float by one exact FADD (mkc_dotf),
+ * not an I2F (a quarter of the rate). (Setting ci to MKC_DOT0 before the
+ * first mma instead took 36 more registers in k_grp_mm_q8p: a register a
+ * constant; the mma's C operand takes one quad for all.) */
 template <class D, class S>
 __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int (&ci)[2][4][4], int wp, int g,
                                                int t4, D d_of, S s_of) {
@@ -129,7 +131,7 @@ __device__ __forceinline__ void gq8_fold_block(float (&acc)[2][4][4], const int 
 #pragma unroll
                 for (int j = 0; j < 2; j++) {
                     const int col = wp * 32 + nt * 8 + 2 * t4 + j;
-                    const float p = mkc_mul_rn(mkc_dotf(ci[mt][nt][2 * h + j] + MKC_DOT0), d);
+                    const float p = mkc_mul_rn(mkc_dotf(ci[mt][nt][2 * h + j]), d);
                     acc[mt][nt][2 * h + j] = fmaf(p, s_of(col), acc[mt][nt][2 * h + j]);
                 }
         }
@@ -322,15 +324,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
         int ci[2][4][4];
 #pragma unroll
         for (int ks = 0; ks < GRP_KB / 32; ks++) {
-            if (AB == 32 || ks == 0) {
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-#pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = 0;
-            }
+            const bool fresh = AB == 32 || ks == 0; /* an activation block starts: its dots from MKC_DOT0 */
             uint32_t b[4][2];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
@@ -345,8 +339,12 @@ __global__ void __launch_bounds__(GRP_THREADS)
                 const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1,
                                        *(const uint32_t *)(r0 + 16), *(const uint32_t *)(r1 + 16)};
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++)
-                    mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < 4; nt++) {
+                    if (fresh)
+                        mkc_mma_s8u8_from(ci[mt][nt], a, b[nt][0], b[nt][1], MKC_DOT0);
+                    else
+                        mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+                }
             }
             if (AB == 64 && ks == 0)
                 continue; /* the block's second half */
@@ -526,15 +524,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
         const int k0 = it * Q8P_KB;
 #pragma unroll
         for (int ks = 0; ks < Q8P_KB / 32; ks++) {
-            if (AB == 32 || ks % 2 == 0) {
-#pragma unroll
-                for (int i = 0; i < 2; i++)
-#pragma unroll
-                    for (int j = 0; j < 4; j++)
-#pragma unroll
-                        for (int q = 0; q < 4; q++)
-                            ci[i][j][q] = 0;
-            }
+            const bool fresh = AB == 32 || ks % 2 == 0; /* an activation block starts: its dots from MKC_DOT0 */
             uint32_t b[4][2];
 #pragma unroll
             for (int nt = 0; nt < 4; nt++) {
@@ -553,8 +543,12 @@ __global__ void __launch_bounds__(GRP_THREADS)
                 const uint32_t a[4] = {*(const uint32_t *)r0, *(const uint32_t *)r1, *(const uint32_t *)(r0 + 16),
                                        *(const uint32_t *)(r1 + 16)};
 #pragma unroll
-                for (int nt = 0; nt < 4; nt++)
-                    mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+                for (int nt = 0; nt < 4; nt++) {
+                    if (fresh)
+                        mkc_mma_s8u8_from(ci[mt][nt], a, b[nt][0], b[nt][1], MKC_DOT0);
+                    else
+                        mkc_mma_s8u8(ci[mt][nt], a, b[nt][0], b[nt][1]);
+                }
             }
             if (AB == 64 && ks % 2 == 0)
                 continue; /* the block's second half */

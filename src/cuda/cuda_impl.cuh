@@ -306,6 +306,24 @@ __device__ __forceinline__ void mkc_mma_s8u8(int *d, const uint32_t *a, uint32_t
 #endif
 }
 
+/* d = A B + c, each of the four from c (the same shapes as mkc_mma_s8u8):
+ * the first mma of an activation block, its sums started from MKC_DOT0 so
+ * that mkc_dotf reads them with no reset of d before and no add after
+ * (32 of each a thread and block step in k_grp_mm_q8p's tile: ~6 of the
+ * ~40 instructions an mma there, which is bound by its instruction count).
+ * The C operand is c four times, one register quad for every mma. */
+__device__ __forceinline__ void mkc_mma_s8u8_from(int *d, const uint32_t *a, uint32_t b0, uint32_t b1, int c) {
+#ifdef MK_CUDA_EMU
+    d[0] = d[1] = d[2] = d[3] = c;
+    emu_mma_s8u8(d, a, b0, b1);
+#else
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.u8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%10,%10,%10,%10};"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(c));
+#endif
+}
+
 /* cp.async (sm_80+): BYTES (4, 8 or 16) from global src to shared dst
  * without passing through registers, or zeros when !valid (src is then
  * not read); the copies of a thread are grouped by mkc_cp_commit and
