@@ -874,6 +874,23 @@ __device__ __forceinline__ void moes_copy(const mkc_w &w, int64_t row, uint8_t *
     }
 }
 
+/* n units of BYTES of the rows {g, u, g + stride, u + stride} (a pair's
+ * gate and up rows, or their scale or bias rows) into dst, dst + stride,
+ * dst + 2 stride and dst + 3 stride, a warp's lanes taking every 32nd
+ * unit. Not unrolled: unrolled, k_gateup_q8s took 128 registers against 64. */
+template <int BYTES>
+__device__ __forceinline__ void gateup_s_rows4(uint8_t *dst, const uint8_t *g, const uint8_t *u, int stride, int n,
+                                               int lane) {
+#pragma unroll 1
+    for (int c = lane; c < n; c += 32) {
+        const int o = c * BYTES;
+        mkc_cp_async<BYTES>(dst + o, g + o, true);
+        mkc_cp_async<BYTES>(dst + stride + o, u + o, true);
+        mkc_cp_async<BYTES>(dst + 2 * stride + o, g + stride + o, true);
+        mkc_cp_async<BYTES>(dst + 3 * stride + o, u + stride + o, true);
+    }
+}
+
 /* One pair's rows into staged slots 4 pi .. 4 pi + 3 ({G0, U0, G1, U1}:
  * logical rows lr and lr + 1, a routed row j I + r with its expert from
  * the routing, or with C its VRAM cache slot, then the shared expert's
@@ -909,31 +926,11 @@ __device__ __forceinline__ void gateup_s_pair_copy(const moe_args &a, const int3
     }
     /* gate and up (and the shared expert's) share the kind, width and scale layout (moes_takes) */
     const int rb = (int)a.gate.row_bytes, sbr = (int)moes_sb(a.gate), cpr = rb / 16, swr = sbr / 4;
-    const uint8_t *gd = G->data + row * rb, *ud = U->data + row * rb;
-    uint8_t *d0 = cb + 4 * pi * rb;
-#pragma unroll 1 /* (unrolled, k_gateup_q8s took 128 registers against 64) */
-    for (int c = lane; c < cpr; c += 32) {
-        const int o = c * 16;
-        mkc_cp_async<16>(d0 + o, gd + o, true);
-        mkc_cp_async<16>(d0 + rb + o, ud + o, true);
-        mkc_cp_async<16>(d0 + 2 * rb + o, gd + rb + o, true);
-        mkc_cp_async<16>(d0 + 3 * rb + o, ud + rb + o, true);
-    }
     const uint8_t *gs = (const uint8_t *)G->scales + row * sbr, *us = (const uint8_t *)U->scales + row * sbr;
     const uint8_t *gb = (const uint8_t *)G->biases + row * sbr, *ub = (const uint8_t *)U->biases + row * sbr;
-    uint8_t *s0 = sb_ + 4 * pi * sbr, *b0 = bb + 4 * pi * sbr;
-#pragma unroll 1
-    for (int w = lane; w < swr; w += 32) {
-        const int o = w * 4;
-        mkc_cp_async<4>(s0 + o, gs + o, true);
-        mkc_cp_async<4>(s0 + sbr + o, us + o, true);
-        mkc_cp_async<4>(s0 + 2 * sbr + o, gs + sbr + o, true);
-        mkc_cp_async<4>(s0 + 3 * sbr + o, us + sbr + o, true);
-        mkc_cp_async<4>(b0 + o, gb + o, true);
-        mkc_cp_async<4>(b0 + sbr + o, ub + o, true);
-        mkc_cp_async<4>(b0 + 2 * sbr + o, gb + sbr + o, true);
-        mkc_cp_async<4>(b0 + 3 * sbr + o, ub + sbr + o, true);
-    }
+    gateup_s_rows4<16>(cb + 4 * pi * rb, G->data + row * rb, U->data + row * rb, rb, cpr, lane);
+    gateup_s_rows4<4>(sb_ + 4 * pi * sbr, gs, us, sbr, swr, lane);
+    gateup_s_rows4<4>(bb + 4 * pi * sbr, gb, ub, sbr, swr, lane);
 }
 
 template <int BITS, int SD, bool C>
