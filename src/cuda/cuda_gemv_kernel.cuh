@@ -22,8 +22,8 @@ __device__ __forceinline__ void gemv_prefetch(const mkc_w &w, int64_t r0, int64_
         const int64_t gb = w.ng * mkc_aff_sb(w.kind);
         mkc_prefetch_l2((const uint8_t *)w.scales + r0 * gb, nr * gb, lane);
         mkc_prefetch_l2((const uint8_t *)w.biases + r0 * gb, nr * gb, lane);
-    } else if (w.kind == MKC_MX4 || w.kind == MKC_NV4) {
-        const int64_t sb = w.cols / (w.kind == MKC_MX4 ? 32 : 16);
+    } else if (w.kind == MKC_MX4 || w.kind == MKC_NV4 || w.kind == MKC_MX8) {
+        const int64_t sb = w.cols / (w.kind == MKC_NV4 ? 16 : 32);
         mkc_prefetch_l2((const uint8_t *)w.scales + r0 * sb, nr * sb, lane);
     }
 }

@@ -13,7 +13,8 @@
  * trick (a byte placed in a float's mantissa by PRMT, minus 2^23, exact),
  * 4-bit codes as 0.5 + q/32 (one PRMT, see mkc_nibf). FP8 E4M3 with block
  * scales: 16 codes per chunk, converted exactly by the hardware's
- * e4m3x2 -> f16x2 conversion and widened to f32 (mkc_dot_fp8). MXFP4 and
+ * e4m3x2 -> f16x2 conversion and widened to f32 (mkc_dot_fp8; MXFP8 the
+ * same codes under an E8M0 scale per 32). MXFP4 and
  * NVFP4: 32 E2M1 codes per chunk, twice their magnitudes looked up as
  * bytes by PRMT from the table {0, 1, 2, 3, 4, 6, 8, 12}, made floats by
  * the 2^23 trick and signed by one XOR (mkc_dot_fp4). */
@@ -54,6 +55,7 @@ enum mkc_kind {
     MKC_E4_F16,
     MKC_MX4, /* MXFP4: E2M1 codes, an E8M0 scale per 32 */
     MKC_NV4, /* NVFP4: E2M1 codes, an E4M3 scale per 16, times a global scale */
+    MKC_MX8, /* MXFP8: E4M3 codes, an E8M0 scale per 32 */
     MKC_KIND_COUNT
 };
 
@@ -541,6 +543,11 @@ __device__ __forceinline__ void mkc_dot_aff(const uint8_t *const *q, const void 
     }
 }
 
+/* E8M0 scale bytes as floats (2^(b-127), 0xff NaN), exact */
+__device__ __forceinline__ float mkc_e8m0f(uint32_t b) {
+    return b == 0xffu ? __uint_as_float(0x7fc00000u) : b == 0u ? __uint_as_float(0x00400000u) : __uint_as_float(b << 23);
+}
+
 /* acc[i] += e4m3 code i * x[i] for the 4 codes of one word, each code
  * converted exactly (f16 holds every E4M3 value, NaN included) */
 __device__ __forceinline__ void mkc_dot_e4(uint32_t w, const float *x, float *a) {
@@ -559,7 +566,8 @@ __device__ __forceinline__ void mkc_dot_e4(uint32_t w, const float *x, float *a)
  * the row's block row of scales; a 16-byte chunk is 16 codes inside one
  * column block (block_c % 16 == 0: cpb chunks a block), so its term is
  * s * sum(f(q) x) with f exact. Two chunks per lane step, loads first, as
- * mkc_dot_aff. */
+ * mkc_dot_aff. SD 3: MXFP8, the row's E8M0 scale bytes, one per 32 codes
+ * (cpb 2). */
 template <int SD, int NR, bool SX>
 __device__ __forceinline__ void mkc_dot_fp8(const uint8_t *const *q, const void *const *s, const float *const *x,
                                             int64_t nchunk, int cpb, int lane, float *acc) {
@@ -583,7 +591,12 @@ __device__ __forceinline__ void mkc_dot_fp8(const uint8_t *const *q, const void 
 #pragma unroll
                 for (int j = 0; j < 4; j++)
                     mkc_dot_e4(wd[j], xv + 4 * j, a);
-                acc[r] += mkc_lds<SD>(s[r], g) * ((a[0] + a[1]) + (a[2] + a[3]));
+                float sc;
+                if constexpr (SD == 3)
+                    sc = mkc_e8m0f(__ldg((const uint8_t *)s[r] + g));
+                else
+                    sc = mkc_lds<SD>(s[r], g);
+                acc[r] += sc * ((a[0] + a[1]) + (a[2] + a[3]));
             }
         }
     }
@@ -612,10 +625,7 @@ __device__ __forceinline__ void mkc_dot_e2m1(uint32_t w, const float *x, float *
 #undef MKC_E2M1
 }
 
-/* E8M0 (2^(b-127), 0xff NaN) and E4M3 scale bytes as floats, exact */
-__device__ __forceinline__ float mkc_e8m0f(uint32_t b) {
-    return b == 0xffu ? __uint_as_float(0x7fc00000u) : b == 0u ? __uint_as_float(0x00400000u) : __uint_as_float(b << 23);
-}
+/* E4M3 scale bytes as floats, exact (E8M0's: mkc_e8m0f) */
 __device__ __forceinline__ float2 mkc_e4m3x2f(uint32_t two) {
     __half2_raw h = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)(two & 0xffffu), __NV_E4M3);
     return __half22float2(*reinterpret_cast<const __half2 *>(&h));
@@ -917,8 +927,8 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
             const int64_t sz = w0.kind == MKC_E4_F32 ? 4 : 2;
             s[r] = (const uint8_t *)w[r]->scales + (rows[r] / w0.br) * w0.nbc * sz;
             b[r] = nullptr;
-        } else if (w0.kind == MKC_MX4 || w0.kind == MKC_NV4) { /* a scale byte per 32 / 16 values */
-            s[r] = (const uint8_t *)w[r]->scales + rows[r] * (w0.cols / (w0.kind == MKC_MX4 ? 32 : 16));
+        } else if (w0.kind == MKC_MX4 || w0.kind == MKC_NV4 || w0.kind == MKC_MX8) { /* a scale byte per 32 / 16 */
+            s[r] = (const uint8_t *)w[r]->scales + rows[r] * (w0.cols / (w0.kind == MKC_NV4 ? 16 : 32));
             b[r] = nullptr;
         } else {
             s[r] = b[r] = nullptr;
@@ -962,6 +972,10 @@ __device__ __forceinline__ void mkc_dot_rows(const mkc_w *const *w, const int64_
     case MKC_NV4:
         if constexpr (LOWP)
             mkc_dot_fp4<true, NR, SX>(q, s, x, nchunk, w0.gs, lane, acc, xpad);
+        break;
+    case MKC_MX8: /* 16 codes a chunk, two chunks a scale */
+        if constexpr (LOWP)
+            mkc_dot_fp8<3, NR, SX>(q, s, x, nchunk, 2, lane, acc);
         break;
     default: break;
     }

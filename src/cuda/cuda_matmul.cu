@@ -2,11 +2,11 @@
  * products, for every mk_wt format.
  *
  * matmul: formats the GEMV kernels take (f32, bf16, f16, affine 4/8-bit,
- * FP8 block, MXFP4, NVFP4: mkc_kind_of; mk_cuda_gemv_each, cuda_gemv.cu)
+ * FP8 block, MXFP4, NVFP4, MXFP8: mkc_kind_of; mk_cuda_gemv_each, cuda_gemv.cu)
  * run one GEMV launch for the n <= MM_GEMV_MAX tokens of a decode step,
  * each row as one token alone gets it; batches of more than MM_GEMV_MAX
  * tokens, in every format, run tensor-core GEMMs over split bf16 operands
- * (cuda_gemm.cu); the rest (small batches of affine 2/3/5/6-bit, MXFP8;
+ * (cuda_gemm.cu); the rest (small batches of affine 2/3/5/6-bit;
  * batches inside a step recording or with MK_CUDA_GEMM_GENERIC) runs the
  * format-generic kernel below: one warp per weight row and block of MM_TB
  * tokens, each lane dequantizing its columns with mkb_wel and accumulating

@@ -61,7 +61,7 @@ static mk_status want_kind(const mk_wt *w, const char *name, const mk_wt *ref) {
     if (k > MKC_F16 && !mkc_is_aff(k)) /* the GEMV takes FP8 and FP4; the step's kernels do not (yet) */
         return mk_err(MK_E_UNSUPPORTED, "moe: %s: the fused step takes f32, bf16, f16 and affine 4/8-bit "
                       "weights, found %s (the backend's general path runs it)", name,
-                      mkc_is_fp8(k) ? "FP8 E4M3" : k == MKC_MX4 ? "MXFP4" : "NVFP4");
+                      mkc_is_fp8(k) ? "FP8 E4M3" : k == MKC_MX4 ? "MXFP4" : k == MKC_MX8 ? "MXFP8" : "NVFP4");
     if (ref && k != mkc_kind_of(ref))
         return mk_err(MK_E_UNSUPPORTED,
                       "moe: %s must have the routed experts' format (format %d, bits %d, group %d, scale dtype "

@@ -35,6 +35,8 @@ static inline int mkc_kind_of(const mk_wt *w) {
         return w->scales && w->cols % 32 == 0 ? MKC_MX4 : -1;
     case MK_WF_NVFP4: /* 32 codes under two E4M3 scales */
         return w->scales && w->cols % 32 == 0 && w->global_scale > 0.0f ? MKC_NV4 : -1;
+    case MK_WF_MXFP8: /* a 16-byte chunk: 16 codes, half of an E8M0 scale's 32 */
+        return w->scales && w->cols % 32 == 0 ? MKC_MX8 : -1;
     default: return -1;
     }
 }
@@ -45,7 +47,7 @@ static inline mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
         return mk_err(MK_E_UNSUPPORTED,
                       "%s: the CUDA kernels take f32, bf16, f16, affine 4/8-bit (group 32/64/128, "
                       "f32/bf16/f16 scales), block-scaled FP8 E4M3 (block columns a multiple of 16) "
-                      "and MXFP4/NVFP4 (columns a multiple of 32) weights, found format %d bits %d group %d",
+                      "and MXFP4/NVFP4/MXFP8 (columns a multiple of 32) weights, found format %d bits %d group %d",
                       what, (int)w->fmt, w->bits, w->group);
     memset(out, 0, sizeof *out);
     out->data = (const uint8_t *)w->data;
@@ -67,7 +69,8 @@ static inline mk_status mkc_view(const mk_wt *w, const char *what, mkc_w *out) {
     /* 16-byte chunks: affine rows are always whole chunks (cols % 32 == 0 at
      * 4 and 8 bits), FP8 ones too (cols % 16 == 0); plain rows when the row
      * length is a multiple of 16 B */
-    out->vec = w->fmt == MK_WF_AFFINE || mkc_is_fp8(k) || k == MKC_MX4 || k == MKC_NV4 || out->row_bytes % 16 == 0;
+    out->vec = w->fmt == MK_WF_AFFINE || mkc_is_fp8(k) || k == MKC_MX4 || k == MKC_NV4 || k == MKC_MX8 ||
+               out->row_bytes % 16 == 0;
     if (((uintptr_t)w->data & 15) != 0)
         return mk_err(MK_E_ARG, "%s: device weight data must be 16-byte aligned", what);
     return MK_OK;

@@ -17,6 +17,7 @@ void *emu_weight(int kind, int64_t rows, int64_t cols, int bits, int group, int 
     case EMU_F32: *t = ct_plain(rows, cols, MK_WF_F32, 0.1f); break;
     case EMU_FP8: *t = ct_fp8(rows, cols, br, bc, (mk_dtype)sd, 1.0f); break;
     case EMU_MXFP4: *t = ct_fp4(rows, cols, false, 1.0f); break;
+    case EMU_MXFP8: *t = ct_mx8(rows, cols); break;
     default: *t = ct_fp4(rows, cols, true, 1.0f); break;
     }
     return t;
@@ -41,3 +42,5 @@ void emu_weight_free(void *t) {
 }
 
 float emu_rand(float lo, float hi) { return ct_f(lo, hi); }
+
+void emu_seed(uint64_t s) { ct_rng = s; }

@@ -166,6 +166,33 @@ static inline ct_wt ct_fp4(int64_t rows, int64_t cols, bool nv, float amp) {
     return t;
 }
 
+/* Random MXFP8 weight: E4M3 codes (every finite one: 0x7f and 0xff are
+ * NaN), an E8M0 scale per 32 (2^-9..2^-5, so that |W| stays below ~14). */
+static inline ct_wt ct_mx8(int64_t rows, int64_t cols) {
+    ct_wt t;
+    memset(&t, 0, sizeof t);
+    t.w.fmt = MK_WF_MXFP8;
+    t.w.rows = rows;
+    t.w.cols = cols;
+    t.w.bits = 8;
+    t.w.group = 32;
+    t.w.global_scale = 1.0f;
+    size_t nd = (size_t)(rows * cols), ns = (size_t)(rows * (cols / 32));
+    uint8_t *d = malloc(nd), *sc = malloc(ns);
+    for (size_t i = 0; i < nd; i++) {
+        uint8_t b;
+        do
+            b = (uint8_t)ct_u32();
+        while ((b & 0x7f) == 0x7f);
+        d[i] = b;
+    }
+    for (size_t i = 0; i < ns; i++)
+        sc[i] = (uint8_t)(118 + ct_u32() % 5);
+    t.w.data = d;
+    t.w.scales = sc;
+    return t;
+}
+
 static inline void ct_free(ct_wt *t) {
     free((void *)t->w.data);
     free((void *)t->w.scales);

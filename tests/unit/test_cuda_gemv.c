@@ -23,7 +23,8 @@
  * that leave lanes idle or loop several times, every group size and scale
  * dtype, plain rows that are and are not whole 16-byte chunks, FP8 E4M3
  * with 128x128 and 64x32 scale blocks in every scale dtype, partial blocks
- * at the bottom and right edges, MXFP4 and NVFP4 (every E2M1 code).
+ * at the bottom and right edges, MXFP4 and NVFP4 (every E2M1 code), MXFP8
+ * (every finite E4M3 code).
  *
  * With int8 activations (mk_cuda_set_act_int8: affine weights, one token)
  * the device multiplies x as the CPU's quantizer leaves it (q8.c: q d per
@@ -67,6 +68,8 @@ static const gcase g_cases[] = {
     {"fp8 e4m3 128x128 f32 1x7168", MK_WF_FP8_E4M3, 0, 0, MK_DT_F32, 1, 7168, 128, 128},
     {"mxfp4 37x320", MK_WF_MXFP4, 4, 32, MK_DT_U8, 37, 320, 0, 0},
     {"mxfp4 129x2880 (gpt-oss width)", MK_WF_MXFP4, 4, 32, MK_DT_U8, 129, 2880, 0, 0},
+    {"mxfp8 37x320", MK_WF_MXFP8, 8, 32, MK_DT_U8, 37, 320, 0, 0},
+    {"mxfp8 129x2048", MK_WF_MXFP8, 8, 32, MK_DT_U8, 129, 2048, 0, 0},
     {"nvfp4 33x96", MK_WF_NVFP4, 4, 16, MK_DT_U8, 33, 96, 0, 0},
     {"nvfp4 65x2048", MK_WF_NVFP4, 4, 16, MK_DT_U8, 65, 2048, 0, 0},
 };
@@ -76,6 +79,8 @@ static ct_wt make(const gcase *c) {
         return ct_fp8(c->rows, c->cols, c->br, c->bc, c->sd, 1.0f);
     if (c->fmt == MK_WF_MXFP4 || c->fmt == MK_WF_NVFP4)
         return ct_fp4(c->rows, c->cols, c->fmt == MK_WF_NVFP4, 1.0f);
+    if (c->fmt == MK_WF_MXFP8)
+        return ct_mx8(c->rows, c->cols);
     return c->fmt == MK_WF_AFFINE ? ct_affine(c->rows, c->cols, c->bits, c->group, c->sd, 1.0f)
                                   : ct_plain(c->rows, c->cols, c->fmt, 0.1f);
 }
@@ -551,6 +556,14 @@ static void test_unsupported_named(void **state) {
     assert_true(mk_cuda_wt_supported(&t.w));
     t.w.global_scale = 0.0f;
     assert_false(mk_cuda_wt_supported(&t.w));
+    ct_free(&t);
+    /* MXFP8: with its scales, 16 codes a chunk under one scale of 32 */
+    t = ct_mx8(4, 64);
+    assert_true(mk_cuda_wt_supported(&t.w));
+    const void *s8 = t.w.scales;
+    t.w.scales = NULL;
+    assert_false(mk_cuda_wt_supported(&t.w));
+    t.w.scales = s8;
     ct_free(&t);
 #endif
 }
