@@ -360,9 +360,9 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     }
     if ((parts & 2) && qper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
-        MKC_TRY(launch(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>, (unsigned)((npair + qper - 1) / qper),
-                       (size_t)moes_gateup_q8_smem(a, qper), s, pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs,
-                       (const int32_t *)ws->loc, qper),
+        MKC_TRY(mkc_launch(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>, dim3((unsigned)((npair + qper - 1) / qper)),
+                           dim3(moes_q8s_threads(qper)), (size_t)moes_gateup_q8_smem(a, qper), s, pdl, a, x,
+                           (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc, qper),
                 "launching the experts' gate/up (int8 activations, staged rows)");
         __atomic_add_fetch(&g_q8s_launches, 1ull, __ATOMIC_RELAXED);
     } else if ((parts & 2) && q8) {

@@ -1005,6 +1005,17 @@ __host__ __device__ __forceinline__ int64_t moes_gateup_q8_smem(const moe_args &
     return mkc_q8s_span(a.H) + rows * a.gate.row_bytes + 2 * moes_al16(rows * moes_sb(a.gate));
 }
 
+/* Host and emulation: k_gateup_q8s's threads for blocks of `per` pairs: a
+ * warp a pair, from MOE_WARPS up to MOES_Q8S_WARPS warps (more pairs than
+ * that: some warps take two or more). Why: with 8 warps, the 30B shape's 12
+ * pairs a block left half the warps two pairs each and the block waited on
+ * them (session 34); 12 warps of 64 registers, two blocks an SM, take one
+ * pair each. */
+#define MOES_Q8S_WARPS 16
+__host__ __device__ __forceinline__ unsigned moes_q8s_threads(int64_t per) {
+    return 32u * (unsigned)(per < MOE_WARPS ? MOE_WARPS : per > MOES_Q8S_WARPS ? MOES_Q8S_WARPS : per);
+}
+
 template <int BITS, int SD, bool C>
 __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *__restrict__ xg,
                                                const int32_t *__restrict__ idx, float *__restrict__ h,
@@ -1051,7 +1062,7 @@ __device__ __forceinline__ void gateup_q8s_run(const moe_args &a, const float *_
 }
 
 template <bool C>
-__global__ void __launch_bounds__(MOE_WARPS * 32, 2)
+__global__ void __launch_bounds__(MOES_Q8S_WARPS * 32, 2)
     k_gateup_q8s(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
                  float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int64_t per) {
     switch (a.gate.kind) {

@@ -293,7 +293,7 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
             const int64_t npair = ((int64_t)aa.k * aa.I + aa.Is) / 2, GS = (npair + qper - 1) / qper;
             emu_smem((size_t)moes_gateup_q8_smem(aa, qper));
             for (int64_t b = 0; b < GS; b++)
-                emu_block((unsigned)GS, (unsigned)b, MOE_WARPS * 32, [&] {
+                emu_block((unsigned)GS, (unsigned)b, moes_q8s_threads(qper), [&] {
                     (C ? k_gateup_q8s<true> : k_gateup_q8s<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
                                                                    B.loc.data(), qper);
                 });
