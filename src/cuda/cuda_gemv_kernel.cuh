@@ -297,6 +297,42 @@ __device__ __forceinline__ void gemvs_store(const mkc_gemv_n &a, int64_t R0, int
     y[lr] = accumulate ? y[lr] + v : v;
 }
 
+/* The staged kernels' sums (k_gemv_s, k_gemv_q8s): each warp takes NR of
+ * the block's nrow staged rows at a time (past the end: the last row
+ * again, not stored), its lanes the chunks c = lane, lane + 32, ... of
+ * them, terms(qq, sc, bi, c, acc) adds a chunk's terms in the kernel's
+ * arithmetic (float or int8 x), and lane 0 stores each row's warp sum. */
+template <int BITS, int SD, int NR, class T>
+__device__ __forceinline__ void gemvs_rows(const mkc_gemv_n &a, int64_t R0, int64_t nrow, const uint8_t *codes,
+                                           const uint8_t *scs, const uint8_t *bis, int accumulate, T terms) {
+    constexpr int VPC = 128 / BITS;
+    const mkc_w &w0 = a.w[0];
+    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    for (int64_t i0 = (int64_t)warp * NR; i0 < nrow; i0 += (int64_t)nwarps * NR) {
+        int64_t ri[NR];
+        float acc[NR];
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            ri[r] = i0 + r < nrow ? i0 + r : nrow - 1;
+            acc[r] = 0.0f;
+        }
+        for (int64_t c = lane; c < cpr; c += 32) {
+            const int64_t g = (c * VPC) >> w0.gshift;
+            uint4 qq[NR];
+            float sc[NR], bi[NR];
+            mkc_staged_chunk<SD, NR>(codes, scs, bis, ri, rbytes, sbr, c, g, qq, sc, bi);
+            terms(qq, sc, bi, c, acc);
+        }
+#pragma unroll
+        for (int r = 0; r < NR; r++) {
+            const float v = mkc_warp_sum(acc[r]);
+            if (lane == 0 && i0 + r < nrow)
+                gemvs_store(a, R0, i0 + r, v, accumulate);
+        }
+    }
+}
+
 template <int BITS, int SD>
 __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
                                           int64_t rb, int64_t total) {
@@ -304,7 +340,7 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
     constexpr int VPC = 128 / BITS;
     const mkc_w &w0 = a.w[0];
     const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
-    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2);
+    const int64_t rbytes = w0.row_bytes, sbr = w0.ng * (SD == 0 ? 4 : 2);
     float *xs = (float *)mkc_sm4;
     uint8_t *codes = (uint8_t *)mkc_sm4 + gemvs_x_bytes(w0.cols);
     uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
@@ -314,33 +350,14 @@ __device__ __forceinline__ void gemvs_run(const mkc_gemv_n &a, const float *__re
     mkc_stage_pad(xs, xg, w0.cols);
     mkc_cp_wait<0>();
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const float *xr[GEMVS_NR];
 #pragma unroll
     for (int r = 0; r < GEMVS_NR; r++)
         xr[r] = xs;
-    for (int64_t i0 = (int64_t)warp * GEMVS_NR; i0 < nrow; i0 += (int64_t)nwarps * GEMVS_NR) {
-        int64_t ri[GEMVS_NR];
-        float acc[GEMVS_NR];
-#pragma unroll
-        for (int r = 0; r < GEMVS_NR; r++) {
-            ri[r] = i0 + r < nrow ? i0 + r : nrow - 1; /* past the end: repeat the last row, not stored */
-            acc[r] = 0.0f;
-        }
-        for (int64_t c = lane; c < cpr; c += 32) {
-            const int64_t g = (c * VPC) >> w0.gshift;
-            uint4 qq[GEMVS_NR];
-            float sc[GEMVS_NR], bi[GEMVS_NR];
-            mkc_staged_chunk<SD, GEMVS_NR>(codes, scs, bis, ri, rbytes, sbr, c, g, qq, sc, bi);
-            mkc_aff_chunk_p<BITS, GEMVS_NR, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
-        }
-#pragma unroll
-        for (int r = 0; r < GEMVS_NR; r++) {
-            const float v = mkc_warp_sum(acc[r]);
-            if (lane == 0 && i0 + r < nrow)
-                gemvs_store(a, R0, i0 + r, v, accumulate);
-        }
-    }
+    gemvs_rows<BITS, SD, GEMVS_NR>(a, R0, nrow, codes, scs, bis, accumulate,
+                                   [&](const uint4 *qq, const float *sc, const float *bi, int64_t c, float *acc) {
+                                       mkc_aff_chunk_p<BITS, GEMVS_NR, true>(qq, sc, bi, xr, mkc_xi(c * VPC, 4), acc);
+                                   });
 }
 
 __global__ void __launch_bounds__(GEMV_WARPS * 32) k_gemv_s(const __grid_constant__ mkc_gemv_n a,
@@ -377,10 +394,9 @@ template <int BITS, int SD>
 __device__ __forceinline__ void gemvq8s_run(const mkc_gemv_n &a, const float *__restrict__ xg, int accumulate,
                                             int64_t rb, int64_t total) {
     MKC_DYN_SMEM(float4, mkc_sm4);
-    constexpr int VPC = 128 / BITS;
     const mkc_w &w0 = a.w[0];
     const int64_t R0 = (int64_t)blockIdx.x * rb, nrow = total - R0 < rb ? total - R0 : rb;
-    const int64_t rbytes = w0.row_bytes, cpr = rbytes / 16, sbr = w0.ng * (SD == 0 ? 4 : 2);
+    const int64_t rbytes = w0.row_bytes, sbr = w0.ng * (SD == 0 ? 4 : 2);
     const mkc_q8s xq = mkc_q8s_at(mkc_sm4, w0.cols);
     uint8_t *codes = (uint8_t *)mkc_sm4 + mkc_q8s_span(w0.cols);
     uint8_t *scs = codes + rb * rbytes, *bis = scs + gemvs_sc_bytes(w0, rb);
@@ -389,29 +405,10 @@ __device__ __forceinline__ void gemvq8s_run(const mkc_gemv_n &a, const float *__
     mkc_q8_stage_for(w0, xg, xq);
     mkc_cp_wait<0>();
     __syncthreads();
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
-    for (int64_t i0 = (int64_t)warp * GEMV_ROWS; i0 < nrow; i0 += (int64_t)nwarps * GEMV_ROWS) {
-        int64_t ri[GEMV_ROWS];
-        float acc[GEMV_ROWS];
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) {
-            ri[r] = i0 + r < nrow ? i0 + r : nrow - 1; /* past the end: repeat the last row, not stored */
-            acc[r] = 0.0f;
-        }
-        for (int64_t c = lane; c < cpr; c += 32) {
-            const int64_t g = (c * VPC) >> w0.gshift;
-            uint4 qq[GEMV_ROWS];
-            float sc[GEMV_ROWS], bi[GEMV_ROWS];
-            mkc_staged_chunk<SD, GEMV_ROWS>(codes, scs, bis, ri, rbytes, sbr, c, g, qq, sc, bi);
-            mkc_q8_terms<BITS, GEMV_ROWS>(qq, sc, bi, xq, c, acc);
-        }
-#pragma unroll
-        for (int r = 0; r < GEMV_ROWS; r++) {
-            const float v = mkc_warp_sum(acc[r]);
-            if (lane == 0 && i0 + r < nrow)
-                gemvs_store(a, R0, i0 + r, v, accumulate);
-        }
-    }
+    gemvs_rows<BITS, SD, GEMV_ROWS>(a, R0, nrow, codes, scs, bis, accumulate,
+                                    [&](const uint4 *qq, const float *sc, const float *bi, int64_t c, float *acc) {
+                                        mkc_q8_terms<BITS, GEMV_ROWS>(qq, sc, bi, xq, c, acc);
+                                    });
 }
 
 __global__ void __launch_bounds__(GEMV_WARPS * 32, 2) k_gemv_q8s(const __grid_constant__ mkc_gemv_n a,
