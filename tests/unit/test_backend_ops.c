@@ -3024,6 +3024,13 @@ static void pdl_chain_expect(be_case *b, pdl_chain *c, int p, const float *want,
     free(o);
 }
 
+/* the chain reset to position PC_P + p, queued directly, its results bitwise want's */
+static void pdl_chain_check(be_case *b, pdl_chain *c, int p, const float *want, int32_t want_am) {
+    pdl_chain_reset(b, c, PC_P + p);
+    pdl_chain_queue(b, c);
+    pdl_chain_expect(b, c, p, want, want_am);
+}
+
 static void test_cuda_step_pdl(void **st) {
     (void)st;
     if (g_no_cuda[0]) {
@@ -3116,9 +3123,7 @@ static void test_cuda_step_pdl(void **st) {
             mk_cuda_set_step_prefetch((unsigned)rep % 4); /* none, GEMV, attention, both */
             mk_cuda_set_norm_fold(rep >= 4);
             const int p = rep % PC_NP;
-            pdl_chain_reset(b, &c, PC_P + p);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+            pdl_chain_check(b, &c, p, ref[p], am0[p]);
         }
         /* in the last four runs every layer's two residual steps folded (the final one has no xb), and the
          * q/k norms of the layers whose attention follows them directly */
@@ -3130,9 +3135,7 @@ static void test_cuda_step_pdl(void **st) {
         const int64_t folds1 = mk_backend_cuda_folds(b->b);
         for (int rep = 0; rep < 2; rep++) {
             const int p = (rep + 1) % PC_NP;
-            pdl_chain_reset(b, &c, PC_P + p);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+            pdl_chain_check(b, &c, p, ref[p], am0[p]);
         }
         assert_int_equal(mk_backend_cuda_folds(b->b) - folds1, 2 * qkf);
         mk_cuda_set_qk_fold(qk0);
@@ -3142,9 +3145,7 @@ static void test_cuda_step_pdl(void **st) {
         const int64_t folds2 = mk_backend_cuda_folds(b->b);
         for (int rep = 0; rep < 2; rep++) {
             const int p = rep % PC_NP;
-            pdl_chain_reset(b, &c, PC_P + p);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+            pdl_chain_check(b, &c, p, ref[p], am0[p]);
         }
         assert_int_equal(mk_backend_cuda_folds(b->b) - folds2, 0);
         mk_cuda_set_gemv_staged(gsf);
@@ -3155,9 +3156,7 @@ static void test_cuda_step_pdl(void **st) {
         mk_cuda_set_q8_early(!early0);
         for (int rep = 0; rep < 2; rep++) {
             const int p = (rep + 2) % PC_NP;
-            pdl_chain_reset(b, &c, PC_P + p);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+            pdl_chain_check(b, &c, p, ref[p], am0[p]);
         }
         mk_cuda_set_q8_early(early0);
         /* the decode GEMVs' rows staged before their wait (mk_cuda_set_gemv_staged: k_gemv_q8s under int8
@@ -3167,18 +3166,14 @@ static void test_cuda_step_pdl(void **st) {
         mk_cuda_set_gemv_staged(!gs0);
         for (int rep = 0; rep < 2; rep++) {
             const int p = (rep + 1) % PC_NP;
-            pdl_chain_reset(b, &c, PC_P + p);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, p, ref[p], am0[p]);
+            pdl_chain_check(b, &c, p, ref[p], am0[p]);
         }
         mk_cuda_set_gemv_staged(gs0);
         if (mk_cuda_act_int8() && !gs0) /* flipped on: the flipped runs launched it */
             assert_true(mk_cuda_gemv_staged_launches() > gq0);
         if (mk_cuda_act_int8() && gs0) { /* on by default (session 34): a run at the default launches it */
             const unsigned long long gq1 = mk_cuda_gemv_staged_launches();
-            pdl_chain_reset(b, &c, PC_P);
-            pdl_chain_queue(b, &c);
-            pdl_chain_expect(b, &c, 0, ref[0], am0[0]);
+            pdl_chain_check(b, &c, 0, ref[0], am0[0]);
             assert_true(mk_cuda_gemv_staged_launches() > gq1);
         }
         mk_cuda_set_norm_fold(true);
