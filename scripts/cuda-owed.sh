@@ -134,21 +134,30 @@ owed_30b() { # MOEKIT
 # One switch's values interleaved on the three decode runs (session 32's sweeps; B, W, m set by the
 # mode): VAR "SHORT" "LONG" "FULL": the cut at positions 16-271, the cut after 2048 tokens, the
 # full-depth 30B, each with VAR=v for every v of its list in turn
+owed_dec() { # WHERE BIN ENV LABEL: one bench_decode run of BIN/ under ENV (assignments), WHERE
+    # cut (positions 16-271 of the 8-layer cut), cut2048 (after a 2048-token prompt) or full (the
+    # full-depth 30B in $m, positions 16-143)
+    case $1 in
+    cut)
+        echo "== 8-layer 30B cut decode, positions 16-271, $4"
+        env $3 timeout 60 "$2"/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
+        ;;
+    cut2048)
+        echo "== 8-layer 30B cut decode after 2048 tokens, $4"
+        env $3 timeout 90 "$2"/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
+        ;;
+    full)
+        echo "== full-depth 30B decode, positions 16-143, $4"
+        env $3 timeout 90 "$2"/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+        ;;
+    esac
+}
 owed_sweep() { # VAR SHORT LONG FULL
     local f
     nvidia-smi --query-gpu=name --format=csv,noheader
-    for f in $2; do
-        echo "== 8-layer 30B cut decode, positions 16-271, $1=$f"
-        env "$1=$f" timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
-    done
-    for f in $3; do
-        echo "== 8-layer 30B cut decode after 2048 tokens, $1=$f"
-        env "$1=$f" timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
-    done
-    for f in $4; do
-        echo "== full-depth 30B decode, positions 16-143, $1=$f"
-        env "$1=$f" timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
-    done
+    for f in $2; do owed_dec cut $B "$1=$f" "$1=$f"; done
+    for f in $3; do owed_dec cut2048 $B "$1=$f" "$1=$f"; done
+    for f in $4; do owed_dec full $B "$1=$f" "$1=$f"; done
 }
 case $what in
 tests)
@@ -501,18 +510,11 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             sets=("MK_CUDA_GATEUP_STAGED=0 MK_CUDA_GEMV_STAGED=0" "MK_CUDA_GATEUP_STAGED=1 MK_CUDA_GEMV_STAGED=0"
                 "MK_CUDA_GATEUP_STAGED=0 MK_CUDA_GEMV_STAGED=1" "MK_CUDA_GATEUP_STAGED=1 MK_CUDA_GEMV_STAGED=1")
             for rep in 1 2; do
-                for e in "${sets[@]}"; do
-                    echo "== 8-layer 30B cut decode, positions 16-271, $e"
-                    env $e timeout 60 $B/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
-                done
+                for e in "${sets[@]}"; do owed_dec cut $B "$e" "$e"; done
             done
-            for e in "${sets[0]}" "${sets[3]}"; do
-                echo "== 8-layer 30B cut decode after 2048 tokens, $e"
-                env $e timeout 90 $B/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
+            for e in "${sets[0]}" "${sets[3]}"; do owed_dec cut2048 $B "$e" "$e"; done
             for e in "${sets[0]}" "${sets[3]}" "${sets[1]}" "${sets[2]}" "${sets[0]}" "${sets[3]}"; do
-                echo "== full-depth 30B decode, positions 16-143, $e"
-                env $e timeout 90 $B/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+                owed_dec full $B "$e" "$e"
             done
         } 2>&1 | tee "$out/s33.log"
         exit $rc
@@ -527,18 +529,11 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
         {
             nvidia-smi --query-gpu=name --format=csv,noheader
             for rep in 1 2; do
-                for d in "$B|$en" "$O|$eo"; do
-                    echo "== 8-layer 30B cut decode, positions 16-271, ${d%%|*} ${d#*|}"
-                    env ${d#*|} timeout 60 ${d%%|*}/bench_decode $W/m8 16 256 16 cuda 2>&1 | grep -E "^decode|^step"
-                done
+                for d in "$B|$en" "$O|$eo"; do owed_dec cut "${d%%|*}" "${d#*|}" "${d%%|*} ${d#*|}"; done
             done
-            for d in "$B|$en" "$O|$eo"; do
-                echo "== 8-layer 30B cut decode after 2048 tokens, ${d%%|*} ${d#*|}"
-                env ${d#*|} timeout 90 ${d%%|*}/bench_decode $W/m8 2048 64 16 cuda 2>&1 | grep -E "^decode|^step"
-            done
+            for d in "$B|$en" "$O|$eo"; do owed_dec cut2048 "${d%%|*}" "${d#*|}" "${d%%|*} ${d#*|}"; done
             for d in "$B|$en" "$O|$eo" "$B|$en" "$O|$eo"; do
-                echo "== full-depth 30B decode, positions 16-143, ${d%%|*} ${d#*|}"
-                env ${d#*|} timeout 90 ${d%%|*}/bench_decode $m 16 128 16 cuda 2>&1 | grep -E "^decode|^step|^bound"
+                owed_dec full "${d%%|*}" "${d#*|}" "${d%%|*} ${d#*|}"
             done
         } 2>&1 | tee "$out/ab${MK_OWED_TAG:-}.log"
         exit $rc
