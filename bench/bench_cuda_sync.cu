@@ -14,7 +14,9 @@
  *      boundary, and what the fences cost
  *   2. a grid-wide barrier: one persistent cooperative kernel of G
  *      co-resident blocks running the same N phases with a barrier between
- *      them (mkc_grid_barrier, the persistent MoE stack's)
+ *      them (mkc_grid_barrier, the persistent MoE stack's), and the same
+ *      with a barrier of one round trip (grid_sync_mono: a release add on a
+ *      count that only grows, acquire polls)
  *
  * Each is timed with CUDA events over R replays after a warm-up, median
  * printed per synchronisation. Why: a decode step of the 30B shape is ~9
@@ -99,6 +101,32 @@ __global__ void k_persist(float *buf, int N, unsigned *bar) {
     }
 }
 
+/* A barrier of one round trip: every block's thread 0 adds 1 with release
+ * semantics (no value returned: a reduction, which the L2 takes without
+ * answering) and polls the count with acquire loads until it reaches the
+ * phase's target, (p + 1) G; the count only grows (zeroed before each run),
+ * so there is no generation word, no reset and no second atomic by a last
+ * block on the critical path. What a persistent decode step's barrier could
+ * cost, against mkc_grid_barrier's two serial atomics and fences. */
+__device__ __forceinline__ void grid_sync_mono(unsigned *count, unsigned target) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(count) : "memory");
+        unsigned v;
+        do {
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(count) : "memory");
+        } while ((int)(v - target) < 0);
+    }
+    __syncthreads();
+}
+
+__global__ void k_persist_mono(float *buf, int N, unsigned *bar, unsigned base) {
+    for (int p = 0; p < N; p++) {
+        phase(buf, p, gridDim.x);
+        grid_sync_mono(bar, base + (unsigned)(p + 1) * gridDim.x);
+    }
+}
+
 static float median(std::vector<float> v) {
     std::sort(v.begin(), v.end());
     return v[v.size() / 2];
@@ -156,19 +184,29 @@ static float time_chain_ticket(float *buf, unsigned *ticket, int V, int N, int G
 
 /* us per phase of one persistent kernel of N phases, or -1 when G blocks
  * cannot all be resident */
-static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R, cudaStream_t s) {
+static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R, cudaStream_t s, bool mono = false) {
     int per = 0, nsm = 0, dev = 0;
     CK(cudaGetDevice(&dev));
     CK(cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, dev));
-    CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_persist, T, 0));
+    if (mono)
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_persist_mono, T, 0));
+    else
+        CK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per, k_persist, T, 0));
     if (G > per * nsm)
         return -1.0f;
     /* the barrier's words zeroed before each run (outside the timed events: a run leaves the count at
      * zero, the generation need not be) */
     CK(cudaMemsetAsync(bar, 0, 2 * sizeof(unsigned), s));
+    unsigned base = 0; /* mono: the count of the runs before (it is never reset within a timing) */
     return time_runs(s, N, R, [&] {
-        void *args[] = {&buf, &N, &bar};
-        CK(cudaLaunchCooperativeKernel((const void *)k_persist, dim3(G), dim3(T), args, 0, s));
+        if (mono) {
+            void *args[] = {&buf, &N, &bar, &base};
+            CK(cudaLaunchCooperativeKernel((const void *)k_persist_mono, dim3(G), dim3(T), args, 0, s));
+            base += (unsigned)N * (unsigned)G;
+        } else {
+            void *args[] = {&buf, &N, &bar};
+            CK(cudaLaunchCooperativeKernel((const void *)k_persist, dim3(G), dim3(T), args, 0, s));
+        }
     });
 }
 
@@ -203,9 +241,11 @@ int main(int argc, char **argv) {
         const float plain = time_chain(buf, N, G, T, false, R, s);
         const float pdl = time_chain(buf, N, G, T, true, R, s);
         const float bar_us = time_persist(buf, bar, N, G, T, R, s);
+        const float mono_us = time_persist(buf, bar, N, G, T, R, s, true);
         printf("sync       %d blocks of %d threads, %d phases: kernel boundary %.2f us (graph), %.2f us "
-               "(graph + PDL); grid barrier %.2f us (one persistent kernel)\n",
-               G, T, N, plain, pdl, bar_us);
+               "(graph + PDL); grid barrier %.2f us (one persistent kernel), %.2f us (one release add, "
+               "acquire polls)\n",
+               G, T, N, plain, pdl, bar_us, mono_us);
     }
     /* the router's grid (16 blocks) and the decode attention's (128), each kernel ending in a ticket */
     for (int G : {16, 128}) {

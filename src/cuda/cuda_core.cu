@@ -106,6 +106,13 @@ extern "C" bool mk_cuda_gateup_staged(void) { return g_gateup_staged; }
 
 extern "C" void mk_cuda_set_gateup_staged(bool on) { g_gateup_staged = on; }
 
+/* off until measured on a device (written in session 35) */
+static bool g_route_late = false;
+
+extern "C" bool mk_cuda_route_late(void) { return g_route_late; }
+
+extern "C" void mk_cuda_set_route_late(bool on) { g_route_late = on; }
+
 /* 0 off, 1 every reader (MK_CUDA_NORM_FOLD_ALL), 2 the MoE router only (MK_CUDA_NORM_FOLD_ROUTER) */
 static int g_norm_fold = 0;
 

@@ -225,10 +225,14 @@ static cudaError_t launch(void (*k)(KA...), unsigned grid, size_t smem, cudaStre
     return mkc_launch(k, dim3(grid), dim3(MOE_WARPS * 32), smem, s, pdl, args...);
 }
 
-static unsigned long long g_q8s_launches;
+static unsigned long long g_q8s_launches, g_late_launches;
 
 extern "C" unsigned long long mk_cuda_gateup_staged_launches(void) {
     return __atomic_load_n(&g_q8s_launches, __ATOMIC_RELAXED);
+}
+
+extern "C" unsigned long long mk_cuda_route_late_launches(void) {
+    return __atomic_load_n(&g_late_launches, __ATOMIC_RELAXED);
 }
 
 /* The staged-weight kernels' units per block (pairs of intermediate rows
@@ -310,6 +314,12 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     /* int8 activations: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
     const void *rk = f ? (const void *)k_router<true, true> : (const void *)k_router<false, true>;
     const bool rq8 = mk_cuda_act_int8() && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
+    /* the routing ranked by its readers (mk_cuda_set_route_late): one token, all three kernels, no fold
+     * into the router, the int8 experts' kernels (k_gateup_q8, k_down2_q8: not the staged ones, which the
+     * switches below would pick) */
+    const bool late = mk_cuda_route_late() && n == 1 && !f && parts == 7u && mk_cuda_act_int8() &&
+                      !mk_cuda_moe_staged() && !mk_cuda_gateup_staged() && moe_q8_takes(a);
+    a.late = late ? 1 : 0;
     if (rq8)
         srx = (size_t)moe_q8_router_smem(a, f != NULL);
     if (parts & 1)
@@ -366,10 +376,15 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
                 "launching the experts' gate/up (int8 activations, staged rows)");
         __atomic_add_fetch(&g_q8s_launches, 1ull, __ATOMIC_RELAXED);
     } else if ((parts & 2) && q8) {
-        MKC_TRY(launch(cc ? k_gateup_q8<true> : k_gateup_q8<false>, nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, q8x, s,
-                       pdl, a, x, (const int32_t *)ws->idx, ws->h, ws->hs, (const int32_t *)ws->loc,
-                       mk_cuda_q8_early() ? 1 : 0),
-                "launching the experts' gate/up (int8 activations)");
+        if (late)
+            __atomic_add_fetch(&g_late_launches, 1ull, __ATOMIC_RELAXED);
+        MKC_TRY(launch(late ? (cc ? k_gateup_q8<true, true> : k_gateup_q8<false, true>)
+                            : (cc ? k_gateup_q8<true> : k_gateup_q8<false>),
+                       nblocks(((int64_t)a.k * a.I + a.Is) / 2) * nt, q8x, s, pdl, a, x, (const int32_t *)ws->idx,
+                       ws->h, ws->hs, (const int32_t *)ws->loc, mk_cuda_q8_early() ? 1 : 0, (const float *)ws->logits,
+                       ws->idx, ws->w, ws->loc),
+                late ? "launching the experts' gate/up (int8 activations, ranking the routing)"
+                     : "launching the experts' gate/up (int8 activations)");
     } else if ((parts & 2) && gper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
         MKC_TRY(launch(cc ? k_gateup_s<true> : k_gateup_s<false>, (unsigned)((npair + gper - 1) / gper),
@@ -388,7 +403,9 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
     const size_t smh = pd ? (size_t)(MKC_PADDED((int64_t)a.k * a.I) + MKC_PADDED((int64_t)a.Is)) * 4
                           : sh ? (size_t)nh * 4 : 0;
     if ((parts & 4) && q8) {
-        MKC_TRY(launch(cc ? k_down2_q8<true> : k_down2_q8<false>, nblocks(a.H) * nt, q8h, s, pdl, a,
+        MKC_TRY(launch(late ? (cc ? k_down2_q8<true, true> : k_down2_q8<false, true>)
+                            : (cc ? k_down2_q8<true> : k_down2_q8<false>),
+                       nblocks(a.H) * nt, q8h, s, pdl, a,
                        (const int32_t *)ws->idx, (const float *)ws->w, (const float *)ws->h, (const float *)ws->hs,
                        (const float *)ws->logits, y, accumulate ? 1 : 0, (const int32_t *)ws->loc),
                 "launching the experts' down (int8 activations)");

@@ -40,6 +40,10 @@ struct moe_args {
      * then an.xb, which every router block stages itself and its last
      * block writes for k_gateup; cuda_fold.cuh). */
     mkc_addnorm an;
+    /* One token: the routing ranked where it is read (mk_cuda_set_route_late):
+     * k_router writes the logits and stops; k_gateup_q8<C, true> and
+     * k_down2_q8<C, true> rank them themselves. */
+    int32_t late;
 };
 
 /* Host: */
@@ -240,6 +244,8 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
         if (lane == 0)
             logits[t] = v;
     }
+    if (a.late) /* the readers rank (mk_cuda_set_route_late): no ticket; never with F (the host's rule) */
+        return;
     /* last block in (of the token's blocks): all logits are in device memory */
     if (!mkc_last_in(ticket, gridDim.x / (unsigned)a.nt))
         return;
@@ -259,8 +265,10 @@ __device__ __forceinline__ float silu_mul(float g, float u) {
 /* The rows of k_gateup's warp (and k_gateup_q8's): intermediate rows r0
  * and r0 + 1 of its routed expert (the choice r0 / I; with C, from the
  * VRAM cache's slot when the expert has one) or, from nr on, of the shared
- * expert, as {gate, up, gate, up} */
-template <bool C>
+ * expert, as {gate, up, gate, up}. S: idx and loc are the block's own
+ * routing in shared memory (mk_cuda_set_route_late), read plainly; else
+ * the router kernel's in device memory. */
+template <bool C, bool S = false>
 __device__ __forceinline__ void gateup_pair(const moe_args &a, int64_t r0, int64_t nr, const int32_t *idx,
                                             const int32_t *loc, const mkc_w **ws, int64_t *rows) {
     const bool routed = r0 < nr;
@@ -268,9 +276,9 @@ __device__ __forceinline__ void gateup_pair(const moe_args &a, int64_t r0, int64
     bool cached = false;
     if (routed) {
         const int32_t j = (int32_t)r0 / a.I, r = (int32_t)r0 - j * a.I;
-        int32_t e = __ldg(idx + j);
+        int32_t e = S ? idx[j] : __ldg(idx + j);
         if constexpr (C) {
-            const int32_t sl = __ldg(loc + j);
+            const int32_t sl = S ? loc[j] : __ldg(loc + j);
             if (sl >= 0) {
                 e = sl;
                 cached = true;
@@ -613,10 +621,17 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
 #ifndef MK_CUDA_GATEUP_MINB
 #define MK_CUDA_GATEUP_MINB 1
 #endif
-template <bool C>
+/* L (mk_cuda_set_route_late; one token): the block ranks the router's
+ * logits itself after the wait (route_block into shared memory: the
+ * routing the router's last block would have written) and its pairs read
+ * that; block 0 also writes it to ridx / rw / rloc (the workspace's, for
+ * the routing's readers after the step) and adds it to the counts. */
+template <bool C, bool L = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32, MK_CUDA_GATEUP_MINB)
     k_gateup_q8(const moe_args a, const float *__restrict__ xg, const int32_t *__restrict__ idx,
-                float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int early = 0) {
+                float *__restrict__ h, float *__restrict__ hs, const int32_t *__restrict__ loc, int early = 0,
+                const float *__restrict__ logits = nullptr, int32_t *__restrict__ ridx = nullptr,
+                float *__restrict__ rw = nullptr, int32_t *__restrict__ rloc = nullptr) {
     MKC_DYN_SMEM(float4, mkc_sm4);
     mkc_pdl_enter();
     int tok;
@@ -626,6 +641,22 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, MK_CUDA_GATEUP_MINB)
     loc = loc ? loc + (int64_t)tok * a.ks : loc;
     h += (int64_t)tok * a.hstr;
     hs += (int64_t)tok * a.hsstr;
+    if constexpr (L) {
+        __shared__ int32_t lidx[MOE_MAX_K];
+        __shared__ int32_t lloc[C ? MOE_MAX_K : 1];
+        __shared__ float lw[MOE_MAX_K];
+        route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, lidx, lw, a.slot_of, lloc,
+                    blockIdx.x == 0 ? a.counts : nullptr);
+        __syncthreads();
+        if (blockIdx.x == 0 && threadIdx.x < a.k) {
+            ridx[threadIdx.x] = lidx[threadIdx.x];
+            rw[threadIdx.x] = lw[threadIdx.x];
+            if constexpr (C)
+                rloc[threadIdx.x] = lloc[threadIdx.x];
+        }
+        idx = lidx;
+        loc = lloc;
+    }
     const int lane = threadIdx.x & 31;
     const int64_t r0 = 2 * (blk * MOE_WARPS + (threadIdx.x >> 5));
     const int64_t nr = (int64_t)a.k * a.I, ntot = nr + (a.has_shared ? a.Is : 0);
@@ -637,7 +668,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, MK_CUDA_GATEUP_MINB)
     const mkc_w *ws[4];
     int64_t rows[4];
     if (early && r0 < ntot) {
-        gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
+        gateup_pair<C, L>(a, r0, nr, idx, loc, ws, rows);
         mkc_q8_prime_rows<4>(ws, rows, lane, rs, pre);
     }
     const mkc_q8s xq = mkc_q8s_at(mkc_sm4, a.H);
@@ -646,7 +677,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, MK_CUDA_GATEUP_MINB)
     if (r0 >= ntot)
         return;
     if (!early) {
-        gateup_pair<C>(a, r0, nr, idx, loc, ws, rows);
+        gateup_pair<C, L>(a, r0, nr, idx, loc, ws, rows);
         mkc_q8_prime_rows<4>(ws, rows, lane, rs, pre);
     }
     float acc[4];
@@ -762,7 +793,11 @@ __device__ __forceinline__ void down2_run_q8(const moe_args &a, const int32_t *s
         y[o] = accumulate ? y[o] + tot : tot;
 }
 
-template <bool C>
+/* L (mk_cuda_set_route_late; one token): the block ranks the router's
+ * logits itself before its wait, as the gate/up blocks did after theirs
+ * (the router finished before any of them passed it, and this grid starts
+ * only once they all have): the same routing, off the critical path. */
+template <bool C, bool L = false>
 __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     k_down2_q8(const moe_args a, const int32_t *__restrict__ idx, const float *__restrict__ wt,
                const float *__restrict__ hg, const float *__restrict__ hsg, const float *__restrict__ logits,
@@ -771,7 +806,14 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     __shared__ int32_t sloc[C ? MOE_MAX_K : 1];
     __shared__ float sw[MOE_MAX_K];
     const int64_t blk = down_token(a, idx, wt, loc, hg, hsg, logits, y);
-    const float sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);
+    float sg;
+    if constexpr (L) {
+        route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, sidx, sw, a.slot_of, sloc);
+        sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f; /* as down_routing */
+        __syncthreads();
+    } else {
+        sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);
+    }
     switch (a.down.kind) {
     case MKC_A4_F32: down2_run_q8<4, 0, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;
     case MKC_A4_BF16: down2_run_q8<4, 1, C>(a, sidx, sloc, sw, sg, hg, hsg, y, accumulate, blk); break;

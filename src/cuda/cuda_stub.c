@@ -146,6 +146,15 @@ bool mk_cuda_gateup_staged(void) {
 unsigned long long mk_cuda_gateup_staged_launches(void) {
     return 0;
 }
+void mk_cuda_set_route_late(bool on) {
+    (void)on;
+}
+bool mk_cuda_route_late(void) {
+    return false;
+}
+unsigned long long mk_cuda_route_late_launches(void) {
+    return 0;
+}
 unsigned long long mk_cuda_gemv_staged_launches(void) {
     return 0;
 }

@@ -205,6 +205,24 @@ bool mk_cuda_moe_staged(void);
  * process-wide; a recorded step is recorded again after a change. */
 void mk_cuda_set_gateup_staged(bool on);
 bool mk_cuda_gateup_staged(void);
+/* The one-token MoE step's routing ranked where it is read (session 35):
+ * k_router only writes the logits (no ticket, no last block ranking them),
+ * every k_gateup_q8 block ranks them after its wait (block 0 writes the
+ * routing out to the workspace and adds to the routing counts) and every
+ * k_down2_q8 block before its wait (the router finished before the gate/up
+ * blocks passed theirs). Why: a ticket costs about what a kernel boundary
+ * does (bench_cuda_sync, ~0.9 us), and the router's last block read the
+ * logits back through L2 before ranking them, all on the step's critical
+ * path; the gate/up blocks read the routing through L2 anyway. The same
+ * route_block over the same logits: the same routing, h and y. Taken for
+ * one token on the int8 experts (k_gateup_q8, k_down2_q8) without a
+ * residual fold into the router; elsewhere the router ranks as before.
+ * Off by default until measured on a device; process-wide; a recorded step
+ * is recorded again after a change. */
+void mk_cuda_set_route_late(bool on);
+bool mk_cuda_route_late(void);
+/* MoE steps launched with the routing ranked late so far (process-wide; a recording's once) */
+unsigned long long mk_cuda_route_late_launches(void);
 /* k_gemv_q8s launches so far (mk_cuda_set_gemv_staged with int8 activations; process-wide, a
  * recording's once): tests check that the switch took */
 unsigned long long mk_cuda_gemv_staged_launches(void);

@@ -43,7 +43,8 @@
 #include "moe_ref.h"
 
 static int g_bad;
-static int g_q8s; /* k_gateup_q8s's checks that ran */
+static int g_q8s;  /* k_gateup_q8s's checks that ran */
+static int g_late; /* the late routing's checks that ran (mk_cuda_set_route_late) */
 
 extern "C" void mk_q8_quant_blocks(const float *x, int64_t n, int blk, int8_t *q, float *d, float *qs);
 
@@ -281,8 +282,12 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     /* each launch with the dynamic shared memory mkc_moe_launch asks for */
     const size_t smr = (size_t)moe_q8_router_smem(a, false), smx = (size_t)mkc_q8s_bytes(a.H),
                  smh = (size_t)mkc_q8s_bytes((int64_t)a.k * a.I + a.Is);
-    /* qper > 0: gate/up through k_gateup_q8s (mk_cuda_set_gateup_staged), that many pairs a block */
-    auto run = [&](const moe_args &aa, float *y, bool q8down, int early = 0, int64_t qper = 0) {
+    /* qper > 0: gate/up through k_gateup_q8s (mk_cuda_set_gateup_staged), that many pairs a block;
+     * late: the routing ranked by the gate/up and down blocks (mk_cuda_set_route_late), the router
+     * writing only the logits */
+    auto run = [&](const moe_args &a0, float *y, bool q8down, int early = 0, int64_t qper = 0, bool late = false) {
+        moe_args aa = a0;
+        aa.late = late ? 1 : 0;
         emu_smem(smr);
         for (unsigned b = 0; b < R; b++)
             emu_block(R, b, MOE_WARPS * 32, [&] {
@@ -301,13 +306,23 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
         emu_smem(smx);
         for (unsigned b = 0; b < G && !qper; b++)
             emu_block(G, b, MOE_WARPS * 32, [&] {
-                (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
-                                                             B.loc.data(), early);
+                if (late)
+                    (C ? k_gateup_q8<true, true> : k_gateup_q8<false, true>)(
+                        aa, x, B.idx.data(), B.h.data(), B.hs.data(), B.loc.data(), early, B.logits.data(),
+                        B.idx.data(), B.w.data(), B.loc.data());
+                else
+                    (C ? k_gateup_q8<true> : k_gateup_q8<false>)(aa, x, B.idx.data(), B.h.data(), B.hs.data(),
+                                                                 B.loc.data(), early, nullptr, nullptr, nullptr,
+                                                                 nullptr);
             });
         emu_smem(q8down ? smh : 0); /* the float down kernel: not its size (unchecked) */
         for (unsigned b = 0; b < D; b++)
             emu_block(D, b, MOE_WARPS * 32, [&] {
-                if (q8down)
+                if (q8down && late)
+                    (C ? k_down2_q8<true, true> : k_down2_q8<false, true>)(aa, B.idx.data(), B.w.data(), B.h.data(),
+                                                                         B.hs.data(), B.logits.data(), y, 0,
+                                                                         B.loc.data());
+                else if (q8down)
                     (C ? k_down2_q8<true> : k_down2_q8<false>)(aa, B.idx.data(), B.w.data(), B.h.data(), B.hs.data(),
                                                                B.logits.data(), y, 0, B.loc.data());
                 else
@@ -329,6 +344,31 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
             g_bad++;
             return;
         }
+    }
+    /* the routing ranked by its readers (mk_cuda_set_route_late), rows primed early and not: h, y and the
+     * routing gate/up block 0 writes out bitwise the router's; the router took no ticket */
+    for (int early : {1, 0}) {
+        const std::vector<float> h1 = B.h, hs1 = B.hs, y1 = y, w1 = B.w;
+        const std::vector<int32_t> i1 = B.idx;
+        std::fill(B.h.begin(), B.h.end(), NAN);
+        if (a.has_shared) /* else hs is a placeholder no kernel writes */
+            std::fill(B.hs.begin(), B.hs.end(), NAN);
+        std::fill(B.w.begin(), B.w.end(), NAN);
+        std::fill(B.idx.begin(), B.idx.end(), -7);
+        B.ticket = 5; /* a router that took the ticket would leave 0 */
+        run(a, y.data(), true, early, 0, true);
+        const bool tk = B.ticket != 5;
+        B.ticket = 0;
+        if (tk || std::memcmp(B.h.data(), h1.data(), sizeof(float) * h1.size()) ||
+            std::memcmp(B.hs.data(), hs1.data(), sizeof(float) * hs1.size()) ||
+            std::memcmp(y.data(), y1.data(), sizeof(float) * a.H) || B.idx != i1 ||
+            std::memcmp(B.w.data(), w1.data(), sizeof(float) * w1.size())) {
+            printf("FAIL %s (int8 x): the routing ranked by its readers (early %d) changed %s\n", name, early,
+                   tk ? "the router's ticket" : "h, y or the routing written out");
+            g_bad++;
+            return;
+        }
+        g_late++;
     }
     /* the rows staged in shared memory (k_gateup_q8s) in blocks of 1, 3, 9 pairs and all of them: h and y
      * bitwise (the layers moes_takes takes; the run counts them, main asks for some) */
@@ -463,6 +503,26 @@ static void q8_moe(const char *name, const moe_args &a, const emu_layer &L, cons
     if (std::memcmp(y.data(), yc.data(), y.size() * 4)) {
         printf("FAIL %s (int8 x): experts read from the cache changed y\n", name);
         g_bad++;
+    }
+    { /* and with the routing ranked by its readers: y bitwise, each choice's slot written out, the
+         routing counted once (by gate/up block 0, not by every block or the down kernel) */
+        std::vector<int32_t> counts(L.E, 0);
+        moe_args al = ac;
+        al.counts = counts.data();
+        std::fill(yc.begin(), yc.end(), NAN);
+        std::fill(B.loc.begin(), B.loc.end(), -7);
+        run(al, yc.data(), true, 1, 0, true);
+        bool ok = !std::memcmp(y.data(), yc.data(), y.size() * 4);
+        for (int j = 0; j < n && ok; j++)
+            ok = B.loc[j] == slot[B.idx[j]];
+        for (int32_t e = 0; e < L.E && ok; e++)
+            ok = counts[e] == (slot[e] >= 0 ? 1 : 0);
+        if (!ok) {
+            printf("FAIL %s (int8 x): the routing ranked by its readers through the cache changed y, the slots "
+                   "written out or the counts\n", name);
+            g_bad++;
+        }
+        g_late++;
     }
     if (qs && moes_takes(ac)) { /* and with the rows staged */
         std::fill(yc.begin(), yc.end(), NAN);
@@ -791,5 +851,10 @@ int main() {
         printf("FAIL: no layer took the int8 gate/up with staged rows (k_gateup_q8s)\n");
         g_bad++;
     }
+    if (!g_late) {
+        printf("FAIL: no layer ran the routing ranked by its readers (mk_cuda_set_route_late)\n");
+        g_bad++;
+    }
+    printf("routing ranked by its readers: %d checks bitwise\n", g_late);
     return g_bad ? 1 : 0;
 }

@@ -1938,7 +1938,8 @@ static void test_fused_moe(void **st) {
             assert_string_equal(b->name, "cpu");
             continue;
         }
-        int q8s_taken = 0; /* cases whose flipped run went through k_gateup_q8s */
+        int q8s_taken = 0;  /* cases whose flipped run went through k_gateup_q8s */
+        int late_taken = 0; /* cases whose flipped run ranked the routing in its readers (or, on, every run) */
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
             for (int variant = 0; variant < 4; variant++) {
                 const int kind = kinds[ki];
@@ -2015,6 +2016,19 @@ static void test_fused_moe(void **st) {
                         fail_msg("%s: %s: the int8 gate/up's rows %s change y", b->name, what,
                                  g0 ? "in registers" : "staged");
                     free(yg);
+                    /* the routing ranked by its readers (mk_cuda_set_route_late), the other way than the
+                     * default: the same bits */
+                    const bool l0 = mk_cuda_route_late();
+                    const unsigned long long ll0 = mk_cuda_route_late_launches();
+                    mk_cuda_set_route_late(!l0);
+                    assert_true(b->i->moe(b->ctx, &a));
+                    float *yl = back(b, dy, H * 4);
+                    mk_cuda_set_route_late(l0);
+                    late_taken += mk_cuda_route_late_launches() != ll0;
+                    if (memcmp(yl, y, H * 4))
+                        fail_msg("%s: %s: the routing ranked %s changes y", b->name, what,
+                                 l0 ? "by the router" : "by its readers");
+                    free(yl);
                 }
                 float *y0 = y; /* the resident step's output, for the host-memory one below */
                 /* declined: more tokens than the slot takes; groups of one
@@ -2092,6 +2106,8 @@ static void test_fused_moe(void **st) {
         /* the affine kinds' layers (int8 activations on by default) took the staged gate/up */
         if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !q8s_taken)
             fail_msg("cuda: no fused MoE case ran k_gateup_q8s with mk_cuda_set_gateup_staged flipped");
+        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !late_taken && !mk_cuda_route_late())
+            fail_msg("cuda: no fused MoE case ranked the routing in its readers with mk_cuda_set_route_late on");
     }
 }
 
