@@ -34,6 +34,7 @@
 #include "cuda/cuda_impl.cuh" /* mkc_launch (the product's PDL launch) */
 #include "cuda/cuda_grid_barrier.cuh"
 #include "cuda/cuda_ticket.cuh"
+#include "cuda/cuda_route_block.cuh" /* route_block: the router's last block's ranking */
 
 #define CK(x)                                                                                          \
     do {                                                                                               \
@@ -92,6 +93,37 @@ template <int V> __global__ void k_step_ticket(float *buf, int p, int pdl, unsig
         cur[(p * 5) % G] = t; /* read by the next phase's blocks */
         *ticket = 0u;
     }
+}
+
+/* Phase p as the MoE router's combine: every block writes its share of
+ * 128 logits, and the last in either ranks them as the router's last block
+ * does (R: route_block, softmax top-8 renormalised) or only sums a few (the
+ * ticket alone), then writes the value the next phase's blocks read: the
+ * difference is what the ranking adds to the decode step's critical path. */
+template <bool R>
+__global__ void k_step_route(float *buf, int p, unsigned *ticket, float *lg, int32_t *idx, float *w) {
+    mkc_pdl_enter();
+    const int G = gridDim.x, per = 128 / G;
+    phase(buf, p, G);
+    if ((int)threadIdx.x < per) {
+        const int i = (int)blockIdx.x * per + (int)threadIdx.x;
+        lg[i] = __sinf(0.37f * (float)i + 0.11f * (float)p);
+    }
+    if (!mkc_last_in(ticket, G))
+        return;
+    float *cur = buf + (size_t)(p & 1) * G;
+    if (R) {
+        route_block(lg, 128, 8, MK_CUDA_SCORE_SOFTMAX, 1, 1.0f, nullptr, 1, 1, idx, w);
+        if (threadIdx.x == 0)
+            cur[(p * 5) % G] = w[0] + (float)idx[0];
+    } else if (threadIdx.x == 0) {
+        float t = 0.0f;
+        for (int b = 0; b < 128; b += 16)
+            t += __ldcg(lg + b);
+        cur[(p * 5) % G] = t;
+    }
+    if (threadIdx.x == 0)
+        *ticket = 0u;
 }
 
 __global__ void k_persist(float *buf, int N, unsigned *bar) {
@@ -182,6 +214,15 @@ static float time_chain_ticket(float *buf, unsigned *ticket, int V, int N, int G
     });
 }
 
+/* the same with the router's combine (R: its ranking; else the ticket alone), G = 16 blocks */
+static float time_chain_route(float *buf, unsigned *ticket, bool R, int N, int R_, cudaStream_t s, float *lg,
+                              int32_t *idx, float *w) {
+    return time_graph(N, R_, s, [&](int p) {
+        return mkc_launch(R ? k_step_route<true> : k_step_route<false>, dim3(16), dim3(256), 0, s, true, buf, p,
+                          ticket, lg, idx, w);
+    });
+}
+
 /* us per phase of one persistent kernel of N phases, or -1 when G blocks
  * cannot all be resident */
 static float time_persist(float *buf, unsigned *bar, int N, int G, int T, int R, cudaStream_t s, bool mono = false) {
@@ -255,6 +296,21 @@ int main(int argc, char **argv) {
         const float t0b = time_chain_ticket(buf, ticket, 0, N, G, 256, R, s);
         printf("ticket     %d blocks of 256 threads, %d phases (graph + PDL): boundary %.2f us; with a ticket: "
                "every thread's fence %.2f / %.2f us, one acq_rel atomic %.2f us\n", G, N, pdl, t0, t0b, t1);
+    }
+    { /* the router's ranking (route_block) on the chain, 16 blocks, 128 logits, top 8 */
+        float *lg, *w;
+        int32_t *idx;
+        CK(cudaMalloc(&lg, 128 * sizeof(float)));
+        CK(cudaMalloc(&w, 8 * sizeof(float)));
+        CK(cudaMalloc(&idx, 8 * sizeof(int32_t)));
+        const float t0 = time_chain_route(buf, ticket, false, N, R, s, lg, idx, w);
+        const float t1 = time_chain_route(buf, ticket, true, N, R, s, lg, idx, w);
+        const float t0b = time_chain_route(buf, ticket, false, N, R, s, lg, idx, w);
+        printf("route      16 blocks, 128 logits, top 8, %d phases (graph + PDL): ticket and a sum %.2f / %.2f us, "
+               "ticket and route_block %.2f us\n", N, t0, t0b, t1);
+        CK(cudaFree(lg));
+        CK(cudaFree(w));
+        CK(cudaFree(idx));
     }
     CK(cudaFree(ticket));
     CK(cudaFree(buf));

@@ -28,7 +28,7 @@
 #                                         cut off/on interleaved, and with the norm fold
 #   scripts/cuda-owed.sh tile2           the tiled prefill attention's generations (MK_OWED_GENS, default
 #                                         "2 3 2 3": MK_CUDA_ATTN_TILE interleaved): the cut's prefill
-#                                         (chunks 512 / 2048, split / int8 GEMM), ncu of 2 and 3
+#                                         (chunks 512 / 2048, split / int8 GEMM), ncu of each generation
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
 #   scripts/cuda-owed.sh dec             session 24's decode: the 8-layer cut and the full-depth 30B, short
 #                                         and after 2048 tokens, MK_CUDA_QK_FOLD 0/1 interleaved
@@ -713,7 +713,7 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             done
         } 2>&1 | tee "$out/tile2.log"
         [ -n "${MK_OWED_QUICK:-}" ] && exit $rc
-        for t in 2 3; do
+        for t in $(printf '%s\n' ${MK_OWED_GENS:-2 3} | sort -u); do
             MK_CUDA_ATTN_TILE=$t timeout 120 ncu --clock-control none --kernel-name regex:k_attn_tile \
                 --metrics gpu__time_duration.sum --print-summary per-kernel \
                 $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_tile_$t.log" 2>&1

@@ -50,7 +50,7 @@
 
 #include "cuda/cuda_mma.cuh"
 
-#define ATT3_TQ 64
+#define ATT3_TQ 64 /* the queries of a block of 4 warps (generation 4: of W warps, 16 W) */
 #define ATT3_TK 32
 #define ATT3_TT 128 /* 4 warps x 16 queries */
 #define ATT3_KP 16  /* bf16 pad of a staged key row (its word stride = 32 or 96 mod 128 bytes: no conflicts) */
@@ -117,10 +117,10 @@ __device__ __forceinline__ int att3_pw(int i) {
 /* The tile's rows k0 .. k0 + ATT3_TK - 1 of one head (D floats each, from
  * src + row * stride; zeros from row T on, which are not read) into R,
  * rows D + 4 floats apart, by cp.async (the caller commits the group) */
-template <int D>
+template <int D, int TT = ATT3_TT>
 __device__ __forceinline__ void att3_fetch(float *R, const float *src, int64_t stride, int64_t k0, int64_t T) {
 #pragma unroll 1
-    for (int i = threadIdx.x; i < ATT3_TK * (D / 4); i += ATT3_TT) {
+    for (int i = threadIdx.x; i < ATT3_TK * (D / 4); i += TT) {
         const int r = i / (D / 4), d = 4 * (i % (D / 4));
         const bool ok = k0 + r < T;
         mkc_cp_async<16>(R + r * (D + 4) + d, ok ? src + (k0 + r) * stride + d : src, ok);
@@ -129,11 +129,11 @@ __device__ __forceinline__ void att3_fetch(float *R, const float *src, int64_t s
 
 /* The tile's key rows (att3_fetch's R: zeros past the cache), three parts,
  * row-major with the steps' pairs permuted */
-template <int DK>
+template <int DK, int TT = ATT3_TT>
 __device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src) {
     constexpr int RW = (DK + ATT3_KP) / 2, PL = ATT3_TK * RW;
 #pragma unroll 1
-    for (int i = threadIdx.x; i < ATT3_TK * (DK / 4); i += ATT3_TT) {
+    for (int i = threadIdx.x; i < ATT3_TK * (DK / 4); i += TT) {
         const int r = i / (DK / 4), d = 4 * (i % (DK / 4));
         const float4 v = *(const float4 *)(src + r * (DK + 4) + d);
         uint32_t p0[3], p1[3];
@@ -156,11 +156,11 @@ __device__ __forceinline__ void att3_stage_k(uint32_t *Ks, const float *src) {
  * row of ATT3_VW words, each 16-key step's pairs permuted. A thread takes
  * a key pair and 4 columns (consecutive threads consecutive key pairs: the
  * words of a column row, no bank conflicts) */
-template <int DV>
+template <int DV, int TT = ATT3_TT>
 __device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src) {
     constexpr int PL = DV * ATT3_VW;
 #pragma unroll 1
-    for (int i = threadIdx.x; i < (ATT3_TK / 2) * (DV / 4); i += ATT3_TT) {
+    for (int i = threadIdx.x; i < (ATT3_TK / 2) * (DV / 4); i += TT) {
         const int kp = i % (ATT3_TK / 2), c = 4 * (i / (ATT3_TK / 2)), r = 2 * kp;
         const float4 v0 = *(const float4 *)(src + r * (DV + 4) + c);
         const float4 v1 = *(const float4 *)(src + (r + 1) * (DV + 4) + c);
@@ -181,18 +181,24 @@ __device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src) {
     }
 }
 
-/* DKS: dk / 16; NVT: dv / 8 */
-template <int DKS, int NVT>
-__global__ void __launch_bounds__(ATT3_TT, 2) k_attn_tile3(const mk_attn_args a, int64_t ks, int64_t vs) {
-    constexpr int DK = 16 * DKS, DV = 8 * NVT, KW = (DK + ATT3_KP) / 2;
+/* DKS: dk / 16; NVT: dv / 8; W: warps (4: generation 3, two blocks an SM;
+ * 8: generation 4, one block an SM of 16 W = 128 queries). Why W = 8: a
+ * tile's split into three parts (att3_stage_k / _v, ~500 instructions a
+ * thread of 4 warps) is a third of a block's instructions a tile, and it
+ * serves the block's 16 W queries: twice the queries, half of it per
+ * product, at the same warps an SM. A warp walks the same tiles in the
+ * same order either way (those its rows see), so each row is bitwise. */
+template <int DKS, int NVT, int W = 4>
+__global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) k_attn_tile3(const mk_attn_args a, int64_t ks, int64_t vs) {
+    constexpr int DK = 16 * DKS, DV = 8 * NVT, KW = (DK + ATT3_KP) / 2, TQ = 16 * W, TT = 32 * W;
     MKC_DYN_SMEM(float4, mkc_sm4);
     uint32_t *Ks = (uint32_t *)mkc_sm4, *Vt = Ks + 3 * att3_kwords(DK);
     const int kpl = att3_kwords(DK), vpl = att3_vwords(DV);
     const int tid = threadIdx.x, wp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
     /* the last query tiles first: their walks are the longest */
-    const int64_t q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * ATT3_TQ, T = a.pos0 + a.n;
-    const int64_t nq = min((int64_t)ATT3_TQ, a.n - q0); /* queries of this tile */
+    const int64_t q0 = (int64_t)(gridDim.x - 1 - blockIdx.x) * TQ, T = a.pos0 + a.n;
+    const int64_t nq = min((int64_t)TQ, a.n - q0); /* queries of this tile */
     /* this lane's rows of its warp's 16: g and g + 8 */
     const int r0 = wp * 16 + g;
     bool live[2];
@@ -242,19 +248,19 @@ __global__ void __launch_bounds__(ATT3_TT, 2) k_attn_tile3(const mk_attn_args a,
     const float *kh = a.k + (int64_t)kvh * DK, *vh = a.v + (int64_t)kvh * DV;
     int64_t k0 = first - first % ATT3_TK;
     if (k0 <= last) {
-        att3_fetch<DK>(Rk, kh, ks, k0, T);
-        att3_fetch<DV>(Rv, vh, vs, k0, T);
+        att3_fetch<DK, TT>(Rk, kh, ks, k0, T);
+        att3_fetch<DV, TT>(Rv, vh, vs, k0, T);
         mkc_cp_commit();
     }
     for (; k0 <= last; k0 += ATT3_TK) {
         mkc_cp_wait<0>();
         __syncthreads(); /* the tile's rows are in; the previous tile's parts are no longer read */
-        att3_stage_k<DK>(Ks, Rk);
-        att3_stage_v<DV>(Vt, Rv);
+        att3_stage_k<DK, TT>(Ks, Rk);
+        att3_stage_v<DV, TT>(Vt, Rv);
         __syncthreads(); /* the parts are staged; the raw rows are free for the next tile */
         if (k0 + ATT3_TK <= last) {
-            att3_fetch<DK>(Rk, kh, ks, k0 + ATT3_TK, T);
-            att3_fetch<DV>(Rv, vh, vs, k0 + ATT3_TK, T);
+            att3_fetch<DK, TT>(Rk, kh, ks, k0 + ATT3_TK, T);
+            att3_fetch<DV, TT>(Rv, vh, vs, k0 + ATT3_TK, T);
             mkc_cp_commit();
         }
         /* warp-uniform: none of the warp's rows sees this tile */

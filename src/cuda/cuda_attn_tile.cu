@@ -37,13 +37,15 @@ template <int NV> static bool launch2(mkb_ctx *c, const mk_attn_args *a, int64_t
     return true;
 }
 
-template <int DKS, int NVT> static bool launch3(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
-    const size_t smem = att3_smem(a->dk, a->dv); /* 96 KB at head dims of 128: two blocks an SM */
-    if (!mkc_smem_opt_in((const void *)k_attn_tile3<DKS, NVT>, 100 * 1024))
+/* W: warps a block (4: generation 3, two blocks an SM; 8: generation 4, one) */
+template <int DKS, int NVT, int W> static bool launch3(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
+    const size_t smem = att3_smem(a->dk, a->dv); /* 96 KB at head dims of 128 */
+    if (!mkc_smem_opt_in((const void *)k_attn_tile3<DKS, NVT, W>, 100 * 1024))
         return false;
-    const dim3 grid((unsigned)((a->n + ATT3_TQ - 1) / ATT3_TQ), (unsigned)a->n_heads);
-    k_attn_tile3<DKS, NVT><<<grid, ATT3_TT, smem, c->s>>>(*a, ks, vs);
-    mkb_launched(c, "attention (tiled prefill on the tensor cores, generation 3)");
+    const dim3 grid((unsigned)((a->n + 16 * W - 1) / (16 * W)), (unsigned)a->n_heads);
+    k_attn_tile3<DKS, NVT, W><<<grid, 32 * W, smem, c->s>>>(*a, ks, vs);
+    mkb_launched(c, W == 4 ? "attention (tiled prefill on the tensor cores, generation 3)"
+                           : "attention (tiled prefill on the tensor cores, generation 4: blocks of 8 warps)");
     return true;
 }
 
@@ -53,8 +55,11 @@ bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t 
         (uintptr_t)a->out % 16 || a->n > (int64_t)ATT_TQ * 0x7fffffff || a->n_heads > 65535)
         return false;
     const int gen = mk_cuda_attn_tile_gen();
+    if (gen >= 4 && att3_takes(a->dk, a->dv) &&
+        (a->dk == 64 ? launch3<4, 8, 8>(c, a, ks, vs) : launch3<8, 16, 8>(c, a, ks, vs)))
+        return true;
     if (gen >= 3 && att3_takes(a->dk, a->dv) &&
-        (a->dk == 64 ? launch3<4, 8>(c, a, ks, vs) : launch3<8, 16>(c, a, ks, vs)))
+        (a->dk == 64 ? launch3<4, 8, 4>(c, a, ks, vs) : launch3<8, 16, 4>(c, a, ks, vs)))
         return true;
     if (gen >= 2) {
         if (a->dv <= 64 ? launch2<1>(c, a, ks, vs) : a->dv <= 128 ? launch2<2>(c, a, ks, vs) : launch2<4>(c, a, ks, vs))
