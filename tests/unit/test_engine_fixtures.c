@@ -578,5 +578,13 @@ int main(void) {
         mk_cuda_set_norm_fold_mode(atoi(nf));
         printf("MK_CUDA_NORM_FOLD=%s\n", nf);
     }
+    const char *atg = getenv("MK_CUDA_ATTN_TILE"); /* the tiled prefill attention's generation */
+    if (atg && *atg) {
+        if (mk_cuda_set_attn_tile_gen(atoi(atg)) != MK_OK) {
+            fprintf(stderr, "MK_CUDA_ATTN_TILE=%s: %s\n", atg, mk_err_msg());
+            return 2;
+        }
+        printf("MK_CUDA_ATTN_TILE=%s\n", atg);
+    }
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
