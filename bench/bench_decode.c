@@ -57,7 +57,7 @@
  * GEMV's staged-weight kernel (mk_cuda_set_gemv_staged); MK_CUDA_MOE_STAGED=0|1
  * the one-token MoE step's (mk_cuda_set_moe_staged); MK_CUDA_ATTN_MERGE=0|1
  * the split attention merged by its last share (mk_cuda_set_attn_merge_fused);
- * MK_CUDA_ATTN_TILE=1|2|3|4 the tiled prefill attention's generation
+ * MK_CUDA_ATTN_TILE=1..5 the tiled prefill attention's generation
  * (mk_cuda_set_attn_tile_gen); MK_CUDA_Q8P_STAGES=3|4 the pipelined int8
  * GEMM's stages for 4-bit weights (mk_cuda_set_q8p_stages);
  * MK_CUDA_ATTN_SHARES=1..32 the decode attention's blocks per head
@@ -345,7 +345,7 @@ int main(int argc, char **argv) {
         const char *gpf = getenv("MK_CUDA_STEP_PREFETCH");
         if (gpf && *gpf)
             mk_cuda_set_step_prefetch((unsigned)strtoul(gpf, NULL, 10));
-        /* MK_CUDA_ATTN_TILE=1..4: the tiled prefill attention's generation */
+        /* MK_CUDA_ATTN_TILE=1..5: the tiled prefill attention's generation */
         const char *atg = getenv("MK_CUDA_ATTN_TILE");
         if (atg && *atg && mk_cuda_set_attn_tile_gen(atoi(atg)) != MK_OK) {
             fprintf(stderr, "bench_decode: %s\n", mk_err_msg());

@@ -58,10 +58,10 @@
 
 /* Host and device: words of one part's key rows, value rows; the dynamic
  * shared memory: three parts of each (64.5 KB at head dims of 128) ... */
-__host__ __device__ __forceinline__ int att3_kwords(int dk) {
+__host__ __device__ __forceinline__ constexpr int att3_kwords(int dk) {
     return ATT3_TK * ((dk + ATT3_KP) / 2);
 }
-__host__ __device__ __forceinline__ int att3_vwords(int dv) {
+__host__ __device__ __forceinline__ constexpr int att3_vwords(int dv) {
     return dv * ATT3_VW;
 }
 /* ... and the next tile's rows as they are, float32, fetched by cp.async
@@ -181,18 +181,66 @@ __device__ __forceinline__ void att3_stage_v(uint32_t *Vt, const float *src) {
     }
 }
 
+/* ---- generation 5: the tiles' parts split once per chunk ---------------------
+ * Generations 3 and 4 split every tile's rows into their three bf16 parts in
+ * every block that reads the tile (all the query tiles of all the heads of
+ * a kv head: 8 x 16 blocks for one tile of the 30B shape's 2048-token
+ * chunk). k_att3_planes splits each tile once, into global memory in the
+ * very layout a block stages (keys' parts row-major, values' transposed,
+ * pairs permuted, pads left unwritten and never read): PW words a tile,
+ * tiles t0 .. t0 + ntile - 1 of each kv head. k_attn_tile3<.., 8, true>
+ * then copies a tile's parts with cp.async into one half of its shared
+ * memory while it multiplies the other half: no split, one barrier a tile.
+ * The same parts, the same products in the same order: bitwise generations
+ * 3 and 4. */
+__host__ __device__ __forceinline__ constexpr int att3_pwords(int dk, int dv) {
+    return 3 * (att3_kwords(dk) + att3_vwords(dv));
+}
+/* k_attn_tile3<.., true>'s shared memory: two tiles of parts (126 KB at head dims of 128) */
+__host__ __device__ __forceinline__ size_t att3_smem_pl(int dk, int dv) {
+    return 2 * 4 * (size_t)att3_pwords(dk, dv);
+}
+/* k_att3_planes' shared memory: one tile's raw rows */
+__host__ __device__ __forceinline__ size_t att3_planes_smem(int dk, int dv) {
+    return 4 * (size_t)ATT3_TK * (dk + 4 + dv + 4);
+}
+
+/* Block (tile t0 + blockIdx.x, kv head blockIdx.y), ATT3_TT threads: that
+ * tile's rows (zeros past the cache, as att3_fetch) split into their parts
+ * at planes + (kv head * ntile + blockIdx.x) * PW, ntile = gridDim.x */
+template <int DK, int DV>
+__global__ void __launch_bounds__(ATT3_TT) k_att3_planes(const mk_attn_args a, int64_t ks, int64_t vs, int64_t t0,
+                                                          uint32_t *__restrict__ planes) {
+    MKC_DYN_SMEM(float4, mkc_sm4);
+    float *Rk = (float *)mkc_sm4, *Rv = Rk + ATT3_TK * (DK + 4);
+    const int kvh = blockIdx.y;
+    const int64_t k0 = (t0 + blockIdx.x) * ATT3_TK, T = a.pos0 + a.n;
+    att3_fetch<DK>(Rk, a.k + (int64_t)kvh * DK, ks, k0, T);
+    att3_fetch<DV>(Rv, a.v + (int64_t)kvh * DV, vs, k0, T);
+    mkc_cp_commit();
+    mkc_cp_wait<0>();
+    __syncthreads();
+    uint32_t *P = planes + ((size_t)kvh * gridDim.x + blockIdx.x) * (size_t)att3_pwords(DK, DV);
+    att3_stage_k<DK>(P, Rk);
+    att3_stage_v<DV>(P + 3 * att3_kwords(DK), Rv);
+}
+
 /* DKS: dk / 16; NVT: dv / 8; W: warps (4: generation 3, two blocks an SM;
- * 8: generation 4, one block an SM of 16 W = 128 queries). Why W = 8: a
+ * 8: generation 4, one block an SM of 16 W = 128 queries); PL (W = 8:
+ * generation 5): the tiles' parts from planes (k_att3_planes': tiles t0 ..
+ * t0 + ntile - 1 of each kv head) instead of split here. Why W = 8: a
  * tile's split into three parts (att3_stage_k / _v, ~500 instructions a
  * thread of 4 warps) is a third of a block's instructions a tile, and it
  * serves the block's 16 W queries: twice the queries, half of it per
  * product, at the same warps an SM. A warp walks the same tiles in the
  * same order either way (those its rows see), so each row is bitwise. */
-template <int DKS, int NVT, int W = 4>
-__global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) k_attn_tile3(const mk_attn_args a, int64_t ks, int64_t vs) {
+template <int DKS, int NVT, int W = 4, bool PL = false>
+__global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1)
+    k_attn_tile3(const mk_attn_args a, int64_t ks, int64_t vs, const uint32_t *__restrict__ planes = nullptr,
+                 int64_t t0 = 0, int64_t ntile = 0) {
     constexpr int DK = 16 * DKS, DV = 8 * NVT, KW = (DK + ATT3_KP) / 2, TQ = 16 * W, TT = 32 * W;
     MKC_DYN_SMEM(float4, mkc_sm4);
-    uint32_t *Ks = (uint32_t *)mkc_sm4, *Vt = Ks + 3 * att3_kwords(DK);
+    uint32_t *Ks0 = (uint32_t *)mkc_sm4, *Vt0 = Ks0 + 3 * att3_kwords(DK); /* generations 3 and 4 */
     const int kpl = att3_kwords(DK), vpl = att3_vwords(DV);
     const int tid = threadIdx.x, wp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     const int h = blockIdx.y, kvh = h / (a.n_heads / a.n_kv);
@@ -243,29 +291,12 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) k_attn_tile3(const mk_
     const bool wlive = wp * 16 < nq;
     const int64_t wfirst = a.window > 0 ? a.pos0 + q0 + wp * 16 - a.window + 1 : 0;
     const int64_t wlast = a.pos0 + q0 + min((int64_t)wp * 16 + 15, nq - 1);
-    /* the raw rows of the next tile (cp.async) while this one is multiplied */
-    float *Rk = (float *)(Vt + 3 * vpl), *Rv = Rk + ATT3_TK * (DK + 4);
-    const float *kh = a.k + (int64_t)kvh * DK, *vh = a.v + (int64_t)kvh * DV;
-    int64_t k0 = first - first % ATT3_TK;
-    if (k0 <= last) {
-        att3_fetch<DK, TT>(Rk, kh, ks, k0, T);
-        att3_fetch<DV, TT>(Rv, vh, vs, k0, T);
-        mkc_cp_commit();
-    }
-    for (; k0 <= last; k0 += ATT3_TK) {
-        mkc_cp_wait<0>();
-        __syncthreads(); /* the tile's rows are in; the previous tile's parts are no longer read */
-        att3_stage_k<DK, TT>(Ks, Rk);
-        att3_stage_v<DV, TT>(Vt, Rv);
-        __syncthreads(); /* the parts are staged; the raw rows are free for the next tile */
-        if (k0 + ATT3_TK <= last) {
-            att3_fetch<DK, TT>(Rk, kh, ks, k0 + ATT3_TK, T);
-            att3_fetch<DV, TT>(Rv, vh, vs, k0 + ATT3_TK, T);
-            mkc_cp_commit();
-        }
+    /* the tile's products (its parts staged at Ks and Vt) for this warp's rows: S = Q K^T, the mask,
+     * the online softmax, O += P V */
+    auto tile = [&](int64_t k0, const uint32_t *Ks, const uint32_t *Vt) {
         /* warp-uniform: none of the warp's rows sees this tile */
         if (!wlive || k0 > wlast || k0 + ATT3_TK - 1 < wfirst)
-            continue;
+            return;
         /* S = Q K^T: n-tile n holds keys 8n .. 8n + 7 of the tile */
         float s[ATT3_TK / 8][4];
 #pragma unroll
@@ -312,6 +343,54 @@ __global__ void __launch_bounds__(32 * W, W == 4 ? 2 : 1) k_attn_tile3(const mk_
 #pragma unroll
             for (int n = 0; n < NVT; n++)
                 att3_mma6(o[n], pa, Vt + (n * 8 + g) * ATT3_VW + j * 8 + 2 * t4, vpl);
+        }
+    };
+    int64_t k0 = first - first % ATT3_TK;
+    if constexpr (PL) {
+        /* generation 5: the tiles' parts were split once for the chunk (k_att3_planes, in this very
+         * layout), so a tile is one copy: the next tile's parts come by cp.async into the other half
+         * while this one is multiplied, one barrier a tile */
+        constexpr int PW = 3 * (att3_kwords(DK) + att3_vwords(DV));
+        uint32_t *buf = (uint32_t *)mkc_sm4;
+        const uint32_t *ph = planes + (size_t)kvh * (size_t)ntile * PW;
+        auto fetch = [&](int64_t kk, uint32_t *dst) {
+            const uint32_t *src = ph + (size_t)(kk / ATT3_TK - t0) * PW;
+#pragma unroll 1
+            for (int i = tid; i < PW / 4; i += TT)
+                mkc_cp_async<16>(dst + 4 * i, src + 4 * i, true);
+            mkc_cp_commit();
+        };
+        if (k0 <= last)
+            fetch(k0, buf);
+        for (int it = 0; k0 <= last; k0 += ATT3_TK, it++) {
+            mkc_cp_wait<0>();
+            __syncthreads(); /* the tile's parts are in; the other half is no longer read */
+            const uint32_t *cur = buf + (it & 1) * PW;
+            if (k0 + ATT3_TK <= last)
+                fetch(k0 + ATT3_TK, buf + ((it + 1) & 1) * PW);
+            tile(k0, cur, cur + 3 * att3_kwords(DK));
+        }
+    } else {
+        /* the raw rows of the next tile (cp.async) while this one is multiplied */
+        float *Rk = (float *)(Vt0 + 3 * vpl), *Rv = Rk + ATT3_TK * (DK + 4);
+        const float *kh = a.k + (int64_t)kvh * DK, *vh = a.v + (int64_t)kvh * DV;
+        if (k0 <= last) {
+            att3_fetch<DK, TT>(Rk, kh, ks, k0, T);
+            att3_fetch<DV, TT>(Rv, vh, vs, k0, T);
+            mkc_cp_commit();
+        }
+        for (; k0 <= last; k0 += ATT3_TK) {
+            mkc_cp_wait<0>();
+            __syncthreads(); /* the tile's rows are in; the previous tile's parts are no longer read */
+            att3_stage_k<DK, TT>(Ks0, Rk);
+            att3_stage_v<DV, TT>(Vt0, Rv);
+            __syncthreads(); /* the parts are staged; the raw rows are free for the next tile */
+            if (k0 + ATT3_TK <= last) {
+                att3_fetch<DK, TT>(Rk, kh, ks, k0 + ATT3_TK, T);
+                att3_fetch<DV, TT>(Rv, vh, vs, k0 + ATT3_TK, T);
+                mkc_cp_commit();
+            }
+            tile(k0, Ks0, Vt0);
         }
     }
 #pragma unroll

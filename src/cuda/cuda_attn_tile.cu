@@ -49,12 +49,52 @@ template <int DKS, int NVT, int W> static bool launch3(mkb_ctx *c, const mk_attn
     return true;
 }
 
+/* Generation 5: the chunk's tiles split once (k_att3_planes into c->att3_planes, grown as needed),
+ * then generation 4's blocks copy them. False (generation 4 runs, the same bits): inside a recorded
+ * step, no memory for the parts, or the shared memory refused. */
+template <int DKS, int NVT> static bool launch5(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
+    constexpr int DK = 16 * DKS, DV = 8 * NVT;
+    if (c->recording)
+        return false;
+    const int64_t T = a->pos0 + a->n;
+    /* the tiles any block reads: from the first query's window start */
+    const int64_t first = a->window > 0 && a->pos0 - a->window + 1 > 0 ? a->pos0 - a->window + 1 : 0;
+    const int64_t t0 = first / ATT3_TK, ntile = (T + ATT3_TK - 1) / ATT3_TK - t0;
+    if (ntile < 1 || ntile > 0x7fffffff || a->n_kv > 65535)
+        return false;
+    const size_t need = (size_t)a->n_kv * (size_t)ntile * (size_t)att3_pwords(DK, DV) * 4;
+    if (need > c->att3_pcap) {
+        mk_cuda_free(c->att3_planes);
+        c->att3_planes = NULL;
+        c->att3_pcap = 0;
+        if (mk_cuda_malloc((void **)&c->att3_planes, need, "tiled attention's split parts") != MK_OK) {
+            mk_err_clear(); /* generation 4 computes the same without them */
+            return false;
+        }
+        c->att3_pcap = need;
+    }
+    const size_t smem = att3_smem_pl(DK, DV); /* 126 KB at head dims of 128: one block an SM */
+    if (smem > (size_t)mkc_smem_optin_max() ||
+        !mkc_smem_opt_in((const void *)k_attn_tile3<DKS, NVT, 8, true>, (int)smem))
+        return false;
+    k_att3_planes<DK, DV><<<dim3((unsigned)ntile, (unsigned)a->n_kv), ATT3_TT, att3_planes_smem(DK, DV), c->s>>>(
+        *a, ks, vs, t0, c->att3_planes);
+    mkb_launched(c, "attention (tiled prefill, generation 5: the tiles' parts)");
+    const dim3 grid((unsigned)((a->n + 127) / 128), (unsigned)a->n_heads);
+    k_attn_tile3<DKS, NVT, 8, true><<<grid, 256, smem, c->s>>>(*a, ks, vs, c->att3_planes, t0, ntile);
+    mkb_launched(c, "attention (tiled prefill on the tensor cores, generation 5)");
+    return true;
+}
+
 bool mkb_attention_tiled(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     if (a->n < ATT_TQ / 2 || a->sel || a->pos_dev || a->dk % 4 || a->dv % 16 || a->dk > 256 || a->dv > 256 ||
         ks % 4 || vs % 4 || (uintptr_t)a->q % 16 || (uintptr_t)a->k % 16 || (uintptr_t)a->v % 16 ||
         (uintptr_t)a->out % 16 || a->n > (int64_t)ATT_TQ * 0x7fffffff || a->n_heads > 65535)
         return false;
     const int gen = mk_cuda_attn_tile_gen();
+    if (gen >= 5 && att3_takes(a->dk, a->dv) &&
+        (a->dk == 64 ? launch5<4, 8>(c, a, ks, vs) : launch5<8, 16>(c, a, ks, vs)))
+        return true;
     if (gen >= 4 && att3_takes(a->dk, a->dv) &&
         (a->dk == 64 ? launch3<4, 8, 8>(c, a, ks, vs) : launch3<8, 16, 8>(c, a, ks, vs)))
         return true;

@@ -505,6 +505,7 @@ static void cu_free(void *ctx) {
     mk_cuda_free(c->dsa_keys);
     mk_cuda_free(c->att_part);
     mk_cuda_free(c->att_tickets);
+    mk_cuda_free(c->att3_planes);
     mk_cuda_free(c->luts);
     mk_cuda_free(c->nf);
     mk_cuda_free(c->nfl);

@@ -63,6 +63,8 @@ struct mkb_ctx {
     size_t att_cap;
     unsigned *att_tickets;        /* its shares' tickets, one per (token, head), zero between launches */
     size_t att_tcap;              /* tickets allocated */
+    uint32_t *att3_planes;        /* the tiled prefill attention's split parts (generation 5, cuda_attn_tile.cu) */
+    size_t att3_pcap;             /* bytes allocated */
     size_t dsa_cap;
     struct mkb_moe_layer *moe_layers; /* the fused MoE slot's per-layer state (cuda_fused.cu) */
     mk_cuda_moe_ws *moe_bws;  /* the batched steps' workspace, for layers of shape bws_shape */

@@ -169,8 +169,8 @@ static int g_attn_tile_gen = 3;
 extern "C" int mk_cuda_attn_tile_gen(void) { return g_attn_tile_gen; }
 
 extern "C" mk_status mk_cuda_set_attn_tile_gen(int gen) {
-    if (gen < 1 || gen > 4)
-        return mk_err(MK_E_ARG, "cuda: tiled prefill attention generation %d (1 to 4)", gen);
+    if (gen < 1 || gen > 5)
+        return mk_err(MK_E_ARG, "cuda: tiled prefill attention generation %d (1 to 5)", gen);
     g_attn_tile_gen = gen;
     return MK_OK;
 }

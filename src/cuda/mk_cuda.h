@@ -234,13 +234,16 @@ unsigned long long mk_cuda_gateup_staged_launches(void);
  * by default; process-wide, for measuring one against the other. */
 void mk_cuda_set_attn_merge_fused(bool on);
 bool mk_cuda_attn_merge_fused(void);
-/* The tiled prefill attention's generation (1 to 4; MK_E_ARG otherwise):
+/* The tiled prefill attention's generation (1 to 5; MK_E_ARG otherwise):
  * 1 k_attn_tile (float32, 32 queries a block), 2 k_attn_tile2 (float32,
  * 4 queries x 4 keys a thread in registers; measured 449 against 727 us a
  * 512-token chunk of the 30B shape on an H100), 3 k_attn_tile3 (tensor
  * cores on bf16 thirds, cuda_attn_mma.cuh; head dims of 64 or 128, blocks
  * of 4 warps and 64 queries), 4 the same kernel in blocks of 8 warps and
- * 128 queries (each tile's split serves twice the queries; bitwise 3's).
+ * 128 queries (each tile's split serves twice the queries; bitwise 3's),
+ * 5 generation 4 on tiles split once per chunk into device memory
+ * (k_att3_planes; bitwise 3's; where that memory or the shared memory is
+ * refused, generation 4 runs).
  * A generation that does not take a shape leaves it to the one before.
  * Generations 1-3 are the same function in another float order; default
  * 3; process-wide, for measuring one against another. */

@@ -1213,9 +1213,9 @@ static void test_attention(void **st) {
             /* the tiled prefill kernel's other generations (mk_cuda_set_attn_tile_gen): the same bound */
             const int tg = mk_cuda_attn_tile_gen();
             assert_int_equal(mk_cuda_set_attn_tile_gen(0), MK_E_ARG);
-            assert_int_equal(mk_cuda_set_attn_tile_gen(5), MK_E_ARG);
+            assert_int_equal(mk_cuda_set_attn_tile_gen(6), MK_E_ARG);
             assert_int_equal(mk_cuda_attn_tile_gen(), tg);
-            for (int gen = 1; gen <= 4; gen++) {
+            for (int gen = 1; gen <= 5; gen++) {
                 if (gen == tg)
                     continue;
                 assert_int_equal(mk_cuda_set_attn_tile_gen(gen), MK_OK);
