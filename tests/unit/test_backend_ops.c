@@ -1928,6 +1928,25 @@ static void fold_into_moe(be_case *b, const mk_moe_args *a, const char *what) {
     free(g);
 }
 
+/* The CUDA switches the fused MoE step's y must not depend on: each is
+ * flipped from its default for one call, which must give the default's y
+ * bitwise; `launches` (where the switch counts its kernels) shows the
+ * flipped call took the other path */
+typedef struct {
+    bool (*get)(void);
+    void (*set)(bool);
+    unsigned long long (*launches)(void);
+    const char *on, *off; /* the flipped setting, named for a failure */
+} moe_flip;
+static const moe_flip k_moe_flips[] = {
+    {mk_cuda_q8_early, mk_cuda_set_q8_early, NULL, "the int8 rows primed early", "the int8 rows primed late"},
+    {mk_cuda_gateup_staged, mk_cuda_set_gateup_staged, mk_cuda_gateup_staged_launches,
+     "the int8 gate/up's rows staged", "the int8 gate/up's rows in registers"},
+    {mk_cuda_route_late, mk_cuda_set_route_late, mk_cuda_route_late_launches, "the routing ranked by its readers",
+     "the routing ranked by the router"},
+};
+enum { MOE_FLIPS = sizeof k_moe_flips / sizeof k_moe_flips[0], FLIP_STAGED = 1, FLIP_LATE = 2 };
+
 static void test_fused_moe(void **st) {
     (void)st;
     enum { H = 256, E = 16, K = 4, I = 128, IS = 64 };
@@ -1938,8 +1957,7 @@ static void test_fused_moe(void **st) {
             assert_string_equal(b->name, "cpu");
             continue;
         }
-        int q8s_taken = 0;  /* cases whose flipped run went through k_gateup_q8s */
-        int late_taken = 0; /* cases whose flipped run ranked the routing in its readers (or, on, every run) */
+        int taken[MOE_FLIPS] = {0}; /* cases whose flipped call went the other way (k_moe_flips' launches) */
         for (size_t ki = 0; ki < sizeof kinds / sizeof kinds[0]; ki++)
             for (int variant = 0; variant < 4; variant++) {
                 const int kind = kinds[ki];
@@ -1993,42 +2011,18 @@ static void test_fused_moe(void **st) {
                     fail_msg("%s: %s: two tokens in one call differ from one-token calls", b->name, what);
                 free(y1);
                 free(y2);
-                if (!strcmp(b->name, "cuda")) { /* the int8 rows primed early (mk_cuda_set_q8_early), the
-                                                   other way than the default: the same bits */
-                    const bool e0 = mk_cuda_q8_early();
-                    mk_cuda_set_q8_early(!e0);
+                for (int f = 0; f < MOE_FLIPS && !strcmp(b->name, "cuda"); f++) { /* the same bits */
+                    const moe_flip *sw = &k_moe_flips[f];
+                    const bool v0 = sw->get();
+                    const unsigned long long l0 = sw->launches ? sw->launches() : 0;
+                    sw->set(!v0);
                     assert_true(b->i->moe(b->ctx, &a));
-                    float *ye = back(b, dy, H * 4);
-                    mk_cuda_set_q8_early(e0);
-                    if (memcmp(ye, y, H * 4))
-                        fail_msg("%s: %s: the int8 rows primed %s change y", b->name, what, e0 ? "late" : "early");
-                    free(ye);
-                    /* the int8 gate/up's rows staged in shared memory (mk_cuda_set_gateup_staged), the
-                     * other way than the default: the same bits */
-                    const bool g0 = mk_cuda_gateup_staged();
-                    const unsigned long long gl0 = mk_cuda_gateup_staged_launches();
-                    mk_cuda_set_gateup_staged(!g0);
-                    assert_true(b->i->moe(b->ctx, &a));
-                    float *yg = back(b, dy, H * 4);
-                    mk_cuda_set_gateup_staged(g0);
-                    q8s_taken += mk_cuda_gateup_staged_launches() != gl0;
-                    if (memcmp(yg, y, H * 4))
-                        fail_msg("%s: %s: the int8 gate/up's rows %s change y", b->name, what,
-                                 g0 ? "in registers" : "staged");
-                    free(yg);
-                    /* the routing ranked by its readers (mk_cuda_set_route_late), the other way than the
-                     * default: the same bits */
-                    const bool l0 = mk_cuda_route_late();
-                    const unsigned long long ll0 = mk_cuda_route_late_launches();
-                    mk_cuda_set_route_late(!l0);
-                    assert_true(b->i->moe(b->ctx, &a));
-                    float *yl = back(b, dy, H * 4);
-                    mk_cuda_set_route_late(l0);
-                    late_taken += mk_cuda_route_late_launches() != ll0;
-                    if (memcmp(yl, y, H * 4))
-                        fail_msg("%s: %s: the routing ranked %s changes y", b->name, what,
-                                 l0 ? "by the router" : "by its readers");
-                    free(yl);
+                    float *yf = back(b, dy, H * 4);
+                    sw->set(v0);
+                    taken[f] += sw->launches && sw->launches() != l0;
+                    if (memcmp(yf, y, H * 4))
+                        fail_msg("%s: %s: %s changes y", b->name, what, v0 ? sw->off : sw->on);
+                    free(yf);
                 }
                 float *y0 = y; /* the resident step's output, for the host-memory one below */
                 /* declined: more tokens than the slot takes; groups of one
@@ -2104,9 +2098,9 @@ static void test_fused_moe(void **st) {
                 b->i->buf_free(b->ctx, dbias);
             }
         /* the affine kinds' layers (int8 activations on by default) took the staged gate/up */
-        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !q8s_taken)
+        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !taken[FLIP_STAGED])
             fail_msg("cuda: no fused MoE case ran k_gateup_q8s with mk_cuda_set_gateup_staged flipped");
-        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !late_taken && !mk_cuda_route_late())
+        if (!strcmp(b->name, "cuda") && mk_cuda_act_int8() && !taken[FLIP_LATE] && !mk_cuda_route_late())
             fail_msg("cuda: no fused MoE case ranked the routing in its readers with mk_cuda_set_route_late on");
     }
 }
