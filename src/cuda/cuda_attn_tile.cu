@@ -49,9 +49,14 @@ template <int DKS, int NVT, int W> static bool launch3(mkb_ctx *c, const mk_attn
     return true;
 }
 
+/* The most device memory generation 5's parts may take: 63 KB a tile of 32 rows of a kv head at
+ * head dims of 128 (16 MB for the 30B shape's 2048-token chunk, 250 MB at 32k tokens of context);
+ * past it, generation 4 (no scratch) takes the call rather than the memory the experts could use */
+#define ATT3_PLANES_MAX ((size_t)256 << 20)
+
 /* Generation 5: the chunk's tiles split once (k_att3_planes into c->att3_planes, grown as needed),
  * then generation 4's blocks copy them. False (generation 4 runs, the same bits): inside a recorded
- * step, no memory for the parts, or the shared memory refused. */
+ * step, parts past ATT3_PLANES_MAX, no memory for them, or the shared memory refused. */
 template <int DKS, int NVT> static bool launch5(mkb_ctx *c, const mk_attn_args *a, int64_t ks, int64_t vs) {
     constexpr int DK = 16 * DKS, DV = 8 * NVT;
     if (c->recording)
@@ -63,6 +68,8 @@ template <int DKS, int NVT> static bool launch5(mkb_ctx *c, const mk_attn_args *
     if (ntile < 1 || ntile > 0x7fffffff || a->n_kv > 65535)
         return false;
     const size_t need = (size_t)a->n_kv * (size_t)ntile * (size_t)att3_pwords(DK, DV) * 4;
+    if (need > ATT3_PLANES_MAX)
+        return false;
     if (need > c->att3_pcap) {
         mk_cuda_free(c->att3_planes);
         c->att3_planes = NULL;
