@@ -108,6 +108,11 @@ extern "C" void mk_cuda_set_gateup_staged(bool on) { g_gateup_staged = on; }
 
 /* off until measured on a device (written in session 35) */
 static bool g_route_late = false;
+static bool g_qk_rows_warp = false;
+
+extern "C" bool mk_cuda_qk_rows_warp(void) { return g_qk_rows_warp; }
+
+extern "C" void mk_cuda_set_qk_rows_warp(bool on) { g_qk_rows_warp = on; }
 
 extern "C" bool mk_cuda_route_late(void) { return g_route_late; }
 

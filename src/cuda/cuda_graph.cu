@@ -37,7 +37,7 @@ static uint64_t switch_sig(void) {
     const bool b[] = {mk_cuda_act_int8(),   mk_cuda_norm_fold(),   mk_cuda_moe_pdl(),
                       mk_cuda_step_pdl(),   mk_cuda_gemv_staged(), mk_cuda_moe_staged(),
                       mk_cuda_attn_merge_fused(), mk_cuda_qk_fold(), mk_cuda_attn_gqa(), mk_cuda_q8_early(),
-                      mk_cuda_gateup_staged(), mk_cuda_route_late()};
+                      mk_cuda_gateup_staged(), mk_cuda_route_late(), mk_cuda_qk_rows_warp()};
     for (bool v : b)
         s = s << 1 | (uint64_t)v;
     s = s << 2 | (uint64_t)(mk_cuda_norm_fold_mode() & 3);

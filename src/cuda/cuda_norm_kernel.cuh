@@ -178,4 +178,34 @@ __global__ void __launch_bounds__(1024) k_qk_norm_rope(float *q, int nq, float *
     }
 }
 
+/* k_qk_norm_rope's rows a warp each, 8 a block (mk_cuda_set_qk_rows_warp;
+ * rows = n (nq + nk), head dims up to 32 MKC_QKW_R): mkc_qk_head_warp on
+ * the row in place (global memory; its warp barriers order the lanes'
+ * stores and loads), bitwise k_qk_norm_rope's head (the attention fold's
+ * proof, cli.cuda_emu_attn). Why: a prefill chunk's rows as one block each
+ * (73728 blocks for 2048 tokens of the 30B shape) ran at ~400 GB/s, 91 us a
+ * layer (ncu, session 35); a warp a row has no block barrier and 1/8 of
+ * the blocks. The row's norm weights, cos and sin are loaded before the
+ * wait (weights; the rotary rows were uploaded before the step). */
+__global__ void __launch_bounds__(256) k_qk_norm_rope_w(float *q, int nq, float *k, int nk, int64_t rows, int hd,
+                                                        const float *qg, const float *kg, float eps, int rot,
+                                                        const float *cos, const float *sin) {
+    const int lane = threadIdx.x & 31, nh = nq + nk;
+    const int64_t row = (int64_t)blockIdx.x * 8 + (threadIdx.x >> 5);
+    const bool live = row < rows;
+    const int64_t t = live ? row / nh : 0;
+    const int h = live ? (int)(row % nh) : 0;
+    mkc_qkfold f = mkc_qkfold();
+    f.cos = cos + t * (rot / 2);
+    f.sin = sin + t * (rot / 2);
+    f.rot = rot;
+    mkc_qkw r;
+    mkc_qkw_load(h < nq ? qg : kg, f, hd, lane, r);
+    mkc_pdl_enter();
+    if (!live)
+        return;
+    float *v = h < nq ? q + (t * nq + h) * hd : k + (t * nk + (h - nq)) * hd;
+    mkc_qk_head_warp(v, hd, rot, eps, qg != nullptr, r, lane);
+}
+
 #endif

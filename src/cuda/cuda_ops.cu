@@ -192,7 +192,14 @@ void mkb_add_rmsnorm(void *ctx, float *x, const float *y, int64_t rows, int64_t 
 
 static void qk_norm_rope_launch(mkb_ctx *c, float *q, int nq, float *k, int nk, int64_t n, int hd, const float *qd,
                                 const float *kd, float eps, int rot_dim, const float *cos, const float *sin) {
-    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)(n * (nq + nk))), dim3(mkc_norm_threads(hd)),
+    /* several tokens' rows a warp each (mk_cuda_set_qk_rows_warp; the same bits) */
+    const int64_t rows = n * (nq + nk);
+    if (n > 1 && mk_cuda_qk_rows_warp() && hd <= 32 * MKC_QKW_R) {
+        mkb_launch(c, "qk_norm_rope (a warp a row)", k_qk_norm_rope_w, dim3((unsigned)((rows + 7) / 8)), dim3(256),
+                   (size_t)0, q, nq, k, nk, rows, hd, qd, kd, eps, rot_dim, cos, sin);
+        return;
+    }
+    mkb_launch(c, "qk_norm_rope", k_qk_norm_rope, dim3((unsigned)rows), dim3(mkc_norm_threads(hd)),
                (size_t)hd * sizeof(float), q, nq, k, nk, hd, qd, kd, eps, rot_dim, cos, sin);
 }
 

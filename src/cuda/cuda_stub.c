@@ -149,6 +149,12 @@ unsigned long long mk_cuda_gateup_staged_launches(void) {
 void mk_cuda_set_route_late(bool on) {
     (void)on;
 }
+void mk_cuda_set_qk_rows_warp(bool on) {
+    (void)on;
+}
+bool mk_cuda_qk_rows_warp(void) {
+    return false;
+}
 bool mk_cuda_route_late(void) {
     return false;
 }

@@ -221,6 +221,13 @@ bool mk_cuda_gateup_staged(void);
  * is recorded again after a change. */
 void mk_cuda_set_route_late(bool on);
 bool mk_cuda_route_late(void);
+/* qk_norm_rope over several tokens (prefill chunks, batched steps) with a
+ * warp a head row, 8 rows a block (k_qk_norm_rope_w, cuda_norm_kernel.cuh:
+ * bitwise k_qk_norm_rope's one block a row) for head dims up to 256. Off by
+ * default until measured on a device (written in session 35);
+ * process-wide; a recorded step is recorded again after a change. */
+void mk_cuda_set_qk_rows_warp(bool on);
+bool mk_cuda_qk_rows_warp(void);
 /* MoE steps launched with the routing ranked late so far (process-wide; a recording's once) */
 unsigned long long mk_cuda_route_late_launches(void);
 /* k_gemv_q8s launches so far (mk_cuda_set_gemv_staged with int8 activations; process-wide, a

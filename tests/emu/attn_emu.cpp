@@ -306,6 +306,36 @@ struct qk_inputs {
     }
 };
 
+// k_qk_norm_rope_w (a warp a row, 8 rows a block; mk_cuda_set_qk_rows_warp) over n tokens against
+// k_qk_norm_rope (a block a row): q and k bitwise
+static void run_qk_rows(int nq, int nk, int hd, int rot, bool norms, int64_t n) {
+    std::vector<float> q((size_t)(n * nq * hd)), k((size_t)(n * nk * hd)), qg(hd), kg(hd), cs((size_t)(n * rot / 2)),
+        sn((size_t)(n * rot / 2));
+    for (auto *v : {&q, &k, &qg, &kg, &cs, &sn})
+        for (auto &x : *v)
+            x = (float)rnd();
+    std::vector<float> q1 = q, k1 = k, q2 = q, k2 = k;
+    const unsigned rows = (unsigned)(n * (nq + nk)), vt = mkc_norm_threads(hd), nb = (rows + 7) / 8;
+    emu_smem((size_t)hd * sizeof(float));
+    for (unsigned b = 0; b < rows; b++)
+        emu_block(rows, b, vt, [&] {
+            k_qk_norm_rope(q1.data(), nq, k1.data(), nk, hd, norms ? qg.data() : nullptr, norms ? kg.data() : nullptr,
+                           1e-6f, rot, cs.data(), sn.data());
+        });
+    emu_smem(0);
+    for (unsigned b = 0; b < nb; b++)
+        emu_block(nb, b, 256, [&] {
+            k_qk_norm_rope_w(q2.data(), nq, k2.data(), nk, (int64_t)rows, hd, norms ? qg.data() : nullptr,
+                             norms ? kg.data() : nullptr, 1e-6f, rot, cs.data(), sn.data());
+        });
+    const bool same = !std::memcmp(q1.data(), q2.data(), q1.size() * 4) && !std::memcmp(k1.data(), k2.data(), k1.size() * 4);
+    const bool moved = std::memcmp(q1.data(), q.data(), q1.size() * 4) != 0;
+    printf("%s q/k norms a warp a row: %d on %d heads, d %d, rot %d%s, %lld tokens%s\n", same && moved ? "ok  " : "FAIL",
+           nq, nk, hd, rot, norms ? ", norms" : "", (long long)n,
+           same ? (moved ? ": bitwise k_qk_norm_rope" : ": q unchanged") : ": differs from k_qk_norm_rope");
+    g_bad += !(same && moved);
+}
+
 static void run_qk_fold(int nq, int nk, int hd, int rot, bool norms, int64_t pos, unsigned ns = ATT_SPLIT) {
     qk_inputs in(nq, nk, hd, rot, pos);
     const int64_t ks = in.ks;
@@ -700,6 +730,11 @@ int main(int argc, char **argv) {
     run_qk_fold(4, 2, 64, 64, false, 50);  /* RoPE alone */
     run_qk_fold(6, 3, 64, 32, true, 200);
     run_qk_fold(8, 2, 128, 128, true, 100, 1);
+    run_qk_rows(32, 4, 128, 128, true, 5); /* the 30B shape: 180 rows, not a whole number of blocks */
+    run_qk_rows(4, 1, 256, 64, true, 3);   /* d 256, a quarter rotated */
+    run_qk_rows(4, 2, 64, 64, false, 7);   /* RoPE alone */
+    run_qk_rows(6, 3, 64, 32, true, 9);
+    run_qk_rows(3, 1, 40, 40, true, 5); /* a head of 40: the norm block's second warp part empty */
     const gcase g[] = {
         {"gqa: 32 heads on 4, d 128, position 100, new rows", 32, 4, 128, 128, 100, 0, false, true},
         {"gqa: 8 heads on 2, d 64, position 0, new rows", 8, 2, 64, 64, 0, 0, false, true},

@@ -2813,6 +2813,21 @@ static void test_fused_slots(void **st) {
                 check_rel(b->name, what, oq, rq, T * NQ * HD, TOL_ELT);
                 snprintf(what, sizeof what, "qk_norm_rope k%s rot %d", normed ? " normed" : "", rot);
                 check_rel(b->name, what, ok, rk, T * NK * HD, TOL_ELT);
+                if (!strcmp(b->name, "cuda")) { /* a warp a row (mk_cuda_set_qk_rows_warp) flipped: the same bits */
+                    const bool w0 = mk_cuda_qk_rows_warp();
+                    b->i->upload(b->ctx, dq, q, sizeof(float) * T * NQ * HD);
+                    b->i->upload(b->ctx, dk, k, sizeof(float) * T * NK * HD);
+                    mk_cuda_set_qk_rows_warp(!w0);
+                    b->i->qk_norm_rope(b->ctx, dq, NQ, dk, NK, T, HD, normed ? dqg : NULL, normed ? dkg : NULL, eps,
+                                       rot, dc, ds);
+                    mk_cuda_set_qk_rows_warp(w0);
+                    float *wq = back(b, dq, sizeof(float) * T * NQ * HD), *wk = back(b, dk, sizeof(float) * T * NK * HD);
+                    if (memcmp(wq, oq, sizeof(float) * T * NQ * HD) || memcmp(wk, ok, sizeof(float) * T * NK * HD))
+                        fail_msg("cuda: qk_norm_rope%s rot %d: a warp a row %s changes q or k", normed ? " normed" : "",
+                                 rot, w0 ? "off" : "on");
+                    free(wq);
+                    free(wk);
+                }
                 free(oq);
                 free(ok);
                 void *bufs[] = {dq, dk, dqg, dkg, dc, ds};
