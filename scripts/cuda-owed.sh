@@ -85,8 +85,9 @@
 #                                         MK_OWED_ENV_OLD; the cut short (twice) and after 2048 tokens,
 #                                         the full-depth 30B twice (ab$MK_OWED_TAG.log)
 #   scripts/cuda-owed.sh pab             two builds' prefill of the cut interleaved (build-cuda/ against
-#                                         MK_OWED_OLD, three rounds, 2048 tokens in the default chunks;
-#                                         pab.log)
+#                                         MK_OWED_OLD, each with its env MK_OWED_ENV_NEW / MK_OWED_ENV_OLD
+#                                         as in ab; three rounds, 2048 tokens in the default chunks;
+#                                         pab$MK_OWED_TAG.log)
 #   scripts/cuda-owed.sh dncu            ncu --set full of one decode layer's kernels of the cut (the
 #                                         attention, router, MoE and GEMV kernels near position 64):
 #                                         stall reasons, occupancy, memory throughput (ncu_decode.log)
@@ -540,15 +541,16 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
     fi
     if [ "$what" = pab ]; then
         O=${MK_OWED_OLD:?MK_OWED_OLD names the folder of the other binaries}
+        en=${MK_OWED_ENV_NEW:-} eo=${MK_OWED_ENV_OLD:-}
         {
             nvidia-smi --query-gpu=name --format=csv,noheader
             for rep in 1 2 3; do
-                for d in $B $O; do
-                    echo "== 8-layer 30B cut prefill 2048, $d"
-                    timeout 90 $d/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill|^gemm"
+                for d in "$B|$en" "$O|$eo"; do
+                    echo "== 8-layer 30B cut prefill 2048, ${d%%|*} ${d#*|}"
+                    env ${d#*|} timeout 90 "${d%%|*}"/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill|^gemm"
                 done
             done
-        } 2>&1 | tee "$out/pab.log"
+        } 2>&1 | tee "$out/pab${MK_OWED_TAG:-}.log"
         exit $rc
     fi
     if [ "$what" = batch ]; then
