@@ -200,6 +200,13 @@ __host__ __device__ __forceinline__ constexpr int att3_pwords(int dk, int dv) {
 __host__ __device__ __forceinline__ size_t att3_smem_pl(int dk, int dv) {
     return 2 * 4 * (size_t)att3_pwords(dk, dv);
 }
+/* Host and emulation: the tiles a chunk's blocks read, from the first
+ * query's window start to the chunk's last row: *t0 and the count */
+static inline int64_t att3_tiles(const mk_attn_args &a, int64_t *t0) {
+    const int64_t first = a.window > 0 && a.pos0 - a.window + 1 > 0 ? a.pos0 - a.window + 1 : 0;
+    *t0 = first / ATT3_TK;
+    return (a.pos0 + a.n + ATT3_TK - 1) / ATT3_TK - *t0;
+}
 /* k_att3_planes' shared memory: one tile's raw rows */
 __host__ __device__ __forceinline__ size_t att3_planes_smem(int dk, int dv) {
     return 4 * (size_t)ATT3_TK * (dk + 4 + dv + 4);

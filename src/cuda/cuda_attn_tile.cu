@@ -61,10 +61,8 @@ template <int DKS, int NVT> static bool launch5(mkb_ctx *c, const mk_attn_args *
     constexpr int DK = 16 * DKS, DV = 8 * NVT;
     if (c->recording)
         return false;
-    const int64_t T = a->pos0 + a->n;
-    /* the tiles any block reads: from the first query's window start */
-    const int64_t first = a->window > 0 && a->pos0 - a->window + 1 > 0 ? a->pos0 - a->window + 1 : 0;
-    const int64_t t0 = first / ATT3_TK, ntile = (T + ATT3_TK - 1) / ATT3_TK - t0;
+    int64_t t0;
+    const int64_t ntile = att3_tiles(*a, &t0); /* the tiles any block reads */
     if (ntile < 1 || ntile > 0x7fffffff || a->n_kv > 65535)
         return false;
     const size_t need = (size_t)a->n_kv * (size_t)ntile * (size_t)att3_pwords(DK, DV) * 4;

@@ -311,24 +311,6 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         srx = (size_t)a.H * 4;
         *taken = true;
     }
-    /* int8 activations: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
-    const void *rk = f ? (const void *)k_router<true, true> : (const void *)k_router<false, true>;
-    const bool rq8 = mk_cuda_act_int8() && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
-    /* the routing ranked by its readers (mk_cuda_set_route_late): one token, all three kernels, no fold
-     * into the router, the int8 experts' kernels (k_gateup_q8, k_down2_q8: not the staged ones, which the
-     * switches below would pick) */
-    const bool late = mk_cuda_route_late() && n == 1 && !f && parts == 7u && mk_cuda_act_int8() &&
-                      !mk_cuda_moe_staged() && !mk_cuda_gateup_staged() && moe_q8_takes(a);
-    a.late = late ? 1 : 0;
-    if (rq8)
-        srx = (size_t)moe_q8_router_smem(a, f != NULL);
-    if (parts & 1)
-        MKC_TRY(launch(rq8 ? (f ? k_router<true, true> : k_router<false, true>)
-                           : (f ? k_router<true> : k_router<false>),
-                       nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket,
-                       ws->loc),
-                f ? "launching the router with the residual norm folded in" : "launching the router");
-    a.an = mkc_addnorm(); /* the other kernels read x = xb, which the router wrote */
     /* x and h staged in shared memory when they fit and are whole float4s
      * (h: each expert's slice must start 16-byte aligned too) */
     const bool sx = a.H % 4 == 0 && (int64_t)a.H * 4 <= MKC_SMEM_MAX;
@@ -357,7 +339,7 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
             dper = 0;
     }
     /* int8 activations (mk_cuda_set_act_int8): the CPU's int8 decode rule for the experts, each token's
-     * (the router's above) */
+     * (the router's below) */
     const bool q8 = mk_cuda_act_int8() && !st && moe_q8_takes(a);
     const size_t q8x = q8 ? (size_t)mkc_q8s_bytes(a.H) : 0, q8h = q8 ? (size_t)mkc_q8s_bytes(nh) : 0;
     /* the int8 gate/up with its rows staged (mk_cuda_set_gateup_staged), one token */
@@ -368,6 +350,23 @@ mk_status mkc_moe_launch(const mk_cuda_moe *m, mk_cuda_moe_ws *ws, const float *
         if (qper && !mkc_smem_opt_in((const void *)(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>), MOES_BUDGET))
             qper = 0;
     }
+    /* the routing ranked by its readers (mk_cuda_set_route_late): one token, all three kernels, no fold
+     * into the router, where the int8 experts' k_gateup_q8 and k_down2_q8 run (not the staged gate/up) */
+    const bool late = mk_cuda_route_late() && n == 1 && !f && parts == 7u && q8 && !qper;
+    a.late = late ? 1 : 0;
+    /* the router, first in the stream (its launch needs a.late; the choices above launch nothing). int8
+     * activations: the router's affine rows on the CPU's int8 rule too (moe_q8_router) */
+    const void *rk = f ? (const void *)k_router<true, true> : (const void *)k_router<false, true>;
+    const bool rq8 = mk_cuda_act_int8() && moe_q8_router(a, f != NULL, kernel_static_smem(rk));
+    if (rq8)
+        srx = (size_t)moe_q8_router_smem(a, f != NULL);
+    if (parts & 1)
+        MKC_TRY(launch(rq8 ? (f ? k_router<true, true> : k_router<false, true>)
+                           : (f ? k_router<true> : k_router<false>),
+                       nblocks(a.E + a.has_sg) * nt, srx, s, pdl, a, x, ws->logits, ws->idx, ws->w, ws->ticket,
+                       ws->loc),
+                f ? "launching the router with the residual norm folded in" : "launching the router");
+    a.an = mkc_addnorm(); /* the other kernels read x = xb, which the router wrote */
     if ((parts & 2) && qper) {
         const int64_t npair = ((int64_t)a.k * a.I + a.Is) / 2;
         MKC_TRY(mkc_launch(cc ? k_gateup_q8s<true> : k_gateup_q8s<false>, dim3((unsigned)((npair + qper - 1) / qper)),

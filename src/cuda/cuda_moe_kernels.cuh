@@ -351,6 +351,12 @@ __global__ void __launch_bounds__(MOE_WARPS * 32)
     gateup_store(acc, lane, r0, nr, h, hs);
 }
 
+/* The shared expert's factor: sigmoid of the shared-expert gate's logit
+ * (logits[E], the token's), or 1 without a gate */
+__device__ __forceinline__ float moe_shared_gate(const moe_args &a, const float *__restrict__ logits) {
+    return a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+}
+
 /* k_down's and k_down2's one-token block; the pointers moved to its
  * token's routing, activations, shared-gate logit and output row */
 __device__ __forceinline__ int64_t down_token(const moe_args &a, const int32_t *__restrict__ &idx,
@@ -425,8 +431,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
         const float *xs[1] = {hs};
         float acc[1];
         mkc_dot_rows<1, false>(ws, rows, xs, lane, acc);
-        const float g = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
-        tot = fmaf(g, acc[0], tot);
+        tot = fmaf(moe_shared_gate(a, logits), acc[0], tot);
     }
     tot = mkc_warp_sum(tot);
     if (lane == 0)
@@ -581,7 +586,7 @@ __device__ __forceinline__ float down_routing(const moe_args &a, const int32_t *
         if constexpr (C)
             sloc[threadIdx.x] = __ldg(loc + threadIdx.x);
     }
-    const float sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f;
+    const float sg = moe_shared_gate(a, logits);
     __syncthreads();
     return sg;
 }
@@ -809,7 +814,7 @@ __global__ void __launch_bounds__(MOE_WARPS * 32, 2)
     float sg;
     if constexpr (L) {
         route_block(logits, a.E, a.k, a.score, a.norm, a.scale, a.bias, a.G, a.TG, sidx, sw, a.slot_of, sloc);
-        sg = a.has_sg ? 1.0f / (1.0f + expf(-__ldg(logits + a.E))) : 1.0f; /* as down_routing */
+        sg = moe_shared_gate(a, logits);
         __syncthreads();
     } else {
         sg = down_routing<C>(a, idx, wt, loc, logits, sidx, sloc, sw);

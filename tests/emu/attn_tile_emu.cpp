@@ -104,8 +104,8 @@ static void run(int gen, const mk_attn_args &a, int64_t ks, int64_t vs) {
                 k_attn_tile3<8, 16, 8>(a, ks, vs);
         });
     else if (gen == 5) { /* the tiles' parts split once (k_att3_planes), then generation 4 copying them */
-        const int64_t T = a.pos0 + a.n, first = a.window > 0 && a.pos0 - a.window + 1 > 0 ? a.pos0 - a.window + 1 : 0;
-        const int64_t t0 = first / ATT3_TK, nt = (T + ATT3_TK - 1) / ATT3_TK - t0;
+        int64_t t0;
+        const int64_t nt = att3_tiles(a, &t0); /* as cuda_attn_tile.cu's launch */
         /* a poison every word, the pads included: the kernel must never read a word the split did not write */
         std::vector<uint32_t> planes((size_t)a.n_kv * nt * att3_pwords(a.dk, a.dv), 0x7fc00001u);
         emu_smem(att3_planes_smem(a.dk, a.dv));
