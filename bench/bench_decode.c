@@ -68,6 +68,7 @@
  * memory, in one wave (mk_cuda_set_gateup_staged); MK_CUDA_ROUTE_LATE=0|1
  * the MoE routing ranked by the gate/up and down blocks (mk_cuda_set_route_late);
  * MK_CUDA_QK_ROWS_WARP=0|1 a prefill's q/k norms a warp a row (mk_cuda_set_qk_rows_warp);
+ * MK_CUDA_Q8_WGMMA=0|1 the int8 prefill GEMMs on wgmma (mk_cuda_set_q8_wgmma);
  * MK_CUDA_NORM_FOLD=0|1|2 the residual steps folded into the kernels that
  * read them (mk_cuda_set_norm_fold; 2: into the MoE router only, mk_cuda_set_norm_fold_mode);
  * MK_CUDA_QK_FOLD=0|1 the q/k norms and RoPE alone folded into the
@@ -327,6 +328,7 @@ int main(int argc, char **argv) {
             {"MK_CUDA_GATEUP_STAGED", mk_cuda_set_gateup_staged}, /* the int8 gate/up's rows staged */
             {"MK_CUDA_ROUTE_LATE", mk_cuda_set_route_late},     /* the routing ranked by its readers */
             {"MK_CUDA_QK_ROWS_WARP", mk_cuda_set_qk_rows_warp}, /* qk_norm_rope a warp a row */
+            {"MK_CUDA_Q8_WGMMA", mk_cuda_set_q8_wgmma},         /* the int8 GEMMs on wgmma */
             {"MK_CUDA_ATTN_MERGE", mk_cuda_set_attn_merge_fused}, /* attention merged by its last share */
             {"MK_CUDA_ATTN_GQA", mk_cuda_set_attn_gqa},         /* decode attention grouped by kv head */
             {"MK_CUDA_Q8_EARLY", mk_cuda_set_q8_early},         /* int8 decode rows primed early */

@@ -116,6 +116,13 @@ extern "C" void mk_cuda_set_qk_rows_warp(bool on) { g_qk_rows_warp = on; }
 
 extern "C" bool mk_cuda_route_late(void) { return g_route_late; }
 
+/* off until measured on a device (written in session 36) */
+static bool g_q8_wgmma = false;
+
+extern "C" bool mk_cuda_q8_wgmma(void) { return g_q8_wgmma; }
+
+extern "C" void mk_cuda_set_q8_wgmma(bool on) { g_q8_wgmma = on; }
+
 extern "C" void mk_cuda_set_route_late(bool on) { g_route_late = on; }
 
 /* 0 off, 1 every reader (MK_CUDA_NORM_FOLD_ALL), 2 the MoE router only (MK_CUDA_NORM_FOLD_ROUTER) */

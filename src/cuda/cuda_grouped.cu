@@ -5,7 +5,8 @@
  *   k_grp_plan  one block: counts the chunk's (token, slot) pairs per
  *               expert, scans them into each expert's run of sorted rows,
  *               places every pair in its expert's run (tok_of, pair_of),
- *               cuts the runs into row tiles of GRP_BM (tiles, ntiles) and
+ *               cuts the runs into row tiles of bm (GRP_BM; Q8W_BM for the
+ *               wgmma kernel) rows (tiles, ntiles) and
  *               orders each token's k slots by ascending expert (perm, the
  *               order `combine` sums in, as the CPU engine's general path).
  *   k_grp_mm    gate and up (grid.z 2), then down: block (column tile,
@@ -44,6 +45,7 @@
 
 #include "cuda/cuda_backend.cuh"
 #include "cuda/cuda_grouped_q8.cuh" /* GRP_BM .. GRP_THREADS, grp_mat, grp_lds; the int8 kernels */
+#include "cuda/cuda_grouped_q8w.cuh" /* the int8 kernel on wgmma (tiles of Q8W_BM rows) */
 #include "cuda/cuda_grouped_split.cuh" /* k_grp_mm */
 
 #define GRP_PLAN_THREADS 1024
@@ -89,7 +91,7 @@ __device__ int2 grp_scan(int2 v, int2 *ws, int2 *tot) {
 __global__ void __launch_bounds__(GRP_PLAN_THREADS)
     k_grp_plan(const int32_t *__restrict__ idx, int n, int k, int E, int32_t *__restrict__ tok_of,
                int32_t *__restrict__ pair_of, int32_t *__restrict__ perm, int4 *__restrict__ tiles,
-               int32_t *__restrict__ ntiles) {
+               int32_t *__restrict__ ntiles, int bm) {
     __shared__ int cnt[GRP_PLAN_THREADS], off[GRP_PLAN_THREADS];
     __shared__ int2 ws[32];
     const int P = n * k, tid = threadIdx.x;
@@ -98,11 +100,11 @@ __global__ void __launch_bounds__(GRP_PLAN_THREADS)
     for (int i = tid; i < P; i += blockDim.x)
         atomicAdd(&cnt[min(max(idx[i], 0), E - 1)], 1);
     __syncthreads();
-    const int c = tid < E ? cnt[tid] : 0, nt = (c + GRP_BM - 1) / GRP_BM;
+    const int c = tid < E ? cnt[tid] : 0, nt = (c + bm - 1) / bm;
     int2 tot;
     const int2 o = grp_scan(make_int2(c, nt), ws, &tot);
     for (int r = 0; r < nt; r++)
-        tiles[o.y + r] = make_int4(tid, o.x + r * GRP_BM, min(GRP_BM, c - r * GRP_BM), 0);
+        tiles[o.y + r] = make_int4(tid, o.x + r * bm, min(bm, c - r * bm), 0);
     if (tid == 0)
         *ntiles = tot.y;
     off[tid] = o.x; /* the run's next free row */
@@ -270,20 +272,38 @@ static q8_kernel pick_q8p(const mk_wt *w, int stages) {
     return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits, stages)) ? k : NULL;
 }
 
+/* The wgmma int8 kernel for w (mk_cuda_q8_wgmma on, the device runs
+ * sm_90a code, q8w_takes w's shape, its shared memory granted), else NULL.
+ * Its tiles are Q8W_BM rows: the caller's plan and grid must be cut so. */
+static q8_kernel pick_q8w(const mk_wt *w) {
+    const int sb = w->sdtype == MK_DT_F32 ? 4 : 2;
+    if (!mk_cuda_q8_wgmma() || !mk_cuda_wgmma_available() || w->fmt != MK_WF_AFFINE ||
+        !q8w_takes(w->bits, w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
+        return NULL;
+    const q8_kernel k = w->sdtype == MK_DT_F32    ? k_grp_mm_q8w<0>
+                        : w->sdtype == MK_DT_BF16 ? k_grp_mm_q8w<1>
+                                                  : k_grp_mm_q8w<2>;
+    return mkc_smem_opt_in((const void *)k, (int)q8w_smem()) ? k : NULL;
+}
+
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
  * when given) by the weight w of m0 (and of m1 on grid z 1: gate and up,
  * alike), in the plan's tiles or, tiles NULL, the rows in order. With q8s
  * (scratch of q8_size(rows, w->cols, w) bytes) A is first quantized to int8
- * and the int8 kernel runs; else the split kernel with np parts of x. */
+ * and the int8 kernel runs (kw, the wgmma kernel, when given: grid and
+ * tiles then in rows of Q8W_BM); else the split kernel with np parts of x. */
 static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, int64_t rows, const int32_t *a_rows,
                      grp_mat m0, grp_mat m1, dim3 grid, const int4 *tiles, const int32_t *ntiles, char *q8s, int np,
-                     const char *what) {
+                     q8_kernel kw, const char *what) {
     if (q8s) {
         const gq8_x xq = q8_at(q8s, rows, w->cols, w);
         q8_quant(c, A, ldx, rows, w, xq);
         const int stages = q8p_stages(w);
-        const q8_kernel kp = mk_cuda_q8_pipelined() ? pick_q8p(w, stages) : NULL;
-        if (kp)
+        const q8_kernel kp = kw || !mk_cuda_q8_pipelined() ? NULL : pick_q8p(w, stages);
+        if (kw)
+            kw<<<grid, Q8W_THREADS, q8w_smem(), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
+                                                       ntiles, tiles ? 0 : (int)rows);
+        else if (kp)
             kp<<<grid, GRP_THREADS, q8p_smem(w->bits, stages), c->s>>>(
                 xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles, ntiles, tiles ? 0 : (int)rows);
         else
@@ -304,8 +324,11 @@ bool mkb_matmul_q8(mkb_ctx *c, const mk_wt *w, const float *x, int64_t n, float 
     if (!base)
         return false;
     const grp_mat m = grp_mat_of(w, w->rows, y, w->rows, NULL);
-    const dim3 grid((unsigned)((w->rows + GRP_BN - 1) / GRP_BN), (unsigned)((n + GRP_BM - 1) / GRP_BM), 1);
-    grp_gemm(c, w, x, w->cols, n, NULL, m, m, grid, NULL, NULL, base, 0, "matmul (int8 activations)");
+    const q8_kernel kw = pick_q8w(w);
+    const int bm = kw ? Q8W_BM : GRP_BM, bn = kw ? Q8W_BN : GRP_BN;
+    const dim3 grid((unsigned)((w->rows + bn - 1) / bn), (unsigned)((n + bm - 1) / bm), 1);
+    grp_gemm(c, w, x, w->cols, n, NULL, m, m, grid, NULL, NULL, base, 0, kw,
+             kw ? "matmul (int8 activations, wgmma)" : "matmul (int8 activations)");
     return true;
 }
 
@@ -319,12 +342,16 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
         !takes(&m->down) || m->gate.fmt != m->down.fmt)
         return false;
     const int64_t n = a->n, k = m->top_k, E = m->n_experts, H = m->hidden, I = m->inter, P = n * k;
-    const int64_t tcap = P / GRP_BM + E + 1;
-    if (tcap > 65535)
-        return false;
     /* int8 mode: x and the SwiGLU rows quantized (gate and up alike, so x once) */
     const bool q8 = mode == MK_CUDA_GEMM_INT8 && takes_q8(&m->gate) && takes_q8(&m->up) &&
                     takes_q8(&m->down) && m->up.bits == m->gate.bits && m->up.group == m->gate.group;
+    /* the wgmma kernel for all three or for none: the plan's tiles are its 64 rows or the others' 32 */
+    const q8_kernel kwg = q8 ? pick_q8w(&m->gate) : NULL, kwd = kwg ? pick_q8w(&m->down) : NULL;
+    const bool wg = kwg && kwd && m->up.sdtype == m->gate.sdtype && pick_q8w(&m->up) == kwg;
+    const int bm = wg ? Q8W_BM : GRP_BM, bn = wg ? Q8W_BN : GRP_BN;
+    const int64_t tcap = P / bm + E + 1;
+    if (tcap > 65535)
+        return false;
     /* scratch: tok_of, pair_of, perm [P]; tiles [tcap]; ntiles; G, U [P, I]; Y [P, H]; int8 mode: x's and
      * G's quantized rows */
     const size_t o_pair = al256((size_t)P * 4), o_perm = o_pair + al256((size_t)P * 4),
@@ -340,20 +367,24 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     int4 *tiles = (int4 *)(base + o_tiles);
     float *G = (float *)(base + o_g), *U = (float *)(base + o_u), *Y = (float *)(base + o_y);
 
-    k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles);
+    k_grp_plan<<<1, GRP_PLAN_THREADS, 0, c->s>>>(idx, (int)n, (int)k, (int)E, tok_of, pair_of, perm, tiles, ntiles,
+                                                 bm);
     mkb_launched(c, "grouped moe: plan");
     const int np = mode == MK_CUDA_GEMM_BF16 ? 1 : 3;
     /* gate and up of every routed row (rows of x through tok_of) */
     const grp_mat mg = grp_mat_of(&m->gate, I, G, I, NULL), mu = grp_mat_of(&m->up, I, U, I, NULL);
-    const dim3 ggu((unsigned)((I + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 2);
+    const dim3 ggu((unsigned)((I + bn - 1) / bn), (unsigned)tcap, 2);
     grp_gemm(c, &m->gate, a->x, H, n, tok_of, mg, mu, ggu, tiles, ntiles, q8 ? base + o_xq : NULL, np,
-             q8 ? "grouped moe: gate/up (int8 activations)" : "grouped moe: gate/up");
+             wg ? kwg : NULL,
+             wg ? "grouped moe: gate/up (int8, wgmma)" : q8 ? "grouped moe: gate/up (int8 activations)"
+                                                         : "grouped moe: gate/up");
     mkb_swiglu(c, G, G, U, P * I);
     /* down, each output row to its pair's row for combine */
     const grp_mat md = grp_mat_of(&m->down, H, Y, H, pair_of);
-    const dim3 gd((unsigned)((H + GRP_BN - 1) / GRP_BN), (unsigned)tcap, 1);
-    grp_gemm(c, &m->down, G, I, P, NULL, md, md, gd, tiles, ntiles, q8 ? base + o_gq : NULL, np,
-             q8 ? "grouped moe: down (int8 activations)" : "grouped moe: down");
+    const dim3 gd((unsigned)((H + bn - 1) / bn), (unsigned)tcap, 1);
+    grp_gemm(c, &m->down, G, I, P, NULL, md, md, gd, tiles, ntiles, q8 ? base + o_gq : NULL, np, wg ? kwd : NULL,
+             wg ? "grouped moe: down (int8, wgmma)" : q8 ? "grouped moe: down (int8 activations)"
+                                                     : "grouped moe: down");
     mkb_combine(c, a->y, Y, w, perm, n, (int)k, H);
     return true;
 }

@@ -152,6 +152,21 @@ void mk_cuda_set_route_late(bool on) {
 void mk_cuda_set_qk_rows_warp(bool on) {
     (void)on;
 }
+void mk_cuda_set_q8_wgmma(bool on) {
+    (void)on;
+}
+bool mk_cuda_q8_wgmma(void) {
+    return false;
+}
+bool mk_cuda_wgmma_available(void) {
+    return false;
+}
+mk_status mk_cuda_wgmma_probe(const int8_t *A, const uint8_t *B, int32_t *frag) {
+    (void)A;
+    (void)B;
+    (void)frag;
+    return mk_err(MK_E_UNSUPPORTED, "cuda: moekit was built without CUDA");
+}
 bool mk_cuda_qk_rows_warp(void) {
     return false;
 }

@@ -228,6 +228,23 @@ bool mk_cuda_route_late(void);
  * process-wide; a recorded step is recorded again after a change. */
 void mk_cuda_set_qk_rows_warp(bool on);
 bool mk_cuda_qk_rows_warp(void);
+/* MK_CUDA_GEMM_INT8's GEMMs (the grouped MoE slot and the plain matmul) on
+ * Hopper's warpgroup MMA (k_grp_mm_q8w, cuda_grouped_q8w.cuh: the same
+ * bits, the CPU's int8 rule) where the device runs this build's sm_90a code
+ * and the kernel takes the weight (4-bit affine in activation blocks of
+ * 64); elsewhere the kernels as before. Off by default until measured on a
+ * device (written in session 36); process-wide. */
+void mk_cuda_set_q8_wgmma(bool on);
+bool mk_cuda_q8_wgmma(void);
+/* Whether this build's sm_90a code (wgmma) runs on the current device: a
+ * one-off probe kernel, cached per device; false without one. */
+bool mk_cuda_wgmma_available(void);
+/* One wgmma m64n128k32 (s8 x u8) on the device, for checking the layout
+ * cuda_wgmma.cuh assumes: A [64][32] int8 and B [128][32] uint8 (row r of
+ * B: output column r) placed in shared memory as the kernels place them,
+ * and each thread's 64 accumulators written out, thread t's at frag + 64 t
+ * (128 threads). MK_OK, or an error when the device cannot run it. */
+mk_status mk_cuda_wgmma_probe(const int8_t *A, const uint8_t *B, int32_t *frag);
 /* MoE steps launched with the routing ranked late so far (process-wide; a recording's once) */
 unsigned long long mk_cuda_route_late_launches(void);
 /* k_gemv_q8s launches so far (mk_cuda_set_gemv_staged with int8 activations; process-wide, a

@@ -316,6 +316,81 @@ inline void emu_smem(size_t bytes) {
     emu_smem_limit = bytes;
 }
 inline void __threadfence() {}
+
+// wgmma.mma_async m64nNk32, A int8 and B uint8 from shared memory through
+// descriptors (src/cuda/cuda_wgmma.cuh: K-major, no swizzle; element (r, k)
+// at start + (r / 8) SBO + (k / 16) LBO + 16 (r % 8) + k % 16, the three
+// fields in units of 16 bytes), int32. Each thread computes its own
+// accumulators at the issue (d[4 i + 2 h + j] = D[16 w + 8 h + g][8 i + 2 t4
+// + j], w its warp in the warpgroup, lane 4 g + t4) and records the sums;
+// the wait that covers the op recomputes them from shared memory as it is
+// then and aborts if they differ: on the device the tensor cores may read
+// the tiles at any time up to that wait. A swizzled descriptor, or one
+// reaching past the buffer, aborts.
+struct emu_wg_op {
+    uint64_t da, db;
+    int n;
+    unsigned group;
+    std::vector<int> sums;
+};
+inline std::vector<emu_wg_op> emu_wg_ops[1024];
+inline unsigned emu_wg_groups[1024]; /* commit groups a thread closed */
+inline unsigned char emu_wg_byte(uint64_t desc, int r, int k) {
+    if (desc >> 62) {
+        std::fprintf(stderr, "cuda_emu: wgmma descriptor with a swizzle mode (%llx)\n", (unsigned long long)desc);
+        std::abort();
+    }
+    const size_t start = (size_t)(desc & 0x3FFFu) << 4, lbo = (size_t)((desc >> 16) & 0x3FFFu) << 4,
+                 sbo = (size_t)((desc >> 32) & 0x3FFFu) << 4;
+    const size_t at = start + (size_t)(r >> 3) * sbo + (size_t)(k >> 4) * lbo + 16 * (size_t)(r & 7) + (size_t)(k & 15);
+    if (at >= sizeof emu_dyn_smem) {
+        std::fprintf(stderr, "cuda_emu: wgmma operand byte %zu outside shared memory\n", at);
+        std::abort();
+    }
+    return emu_dyn_smem[at];
+}
+inline void emu_wg_sums(uint64_t da, uint64_t db, int n, std::vector<int> &s) {
+    const unsigned w = (threadIdx.x >> 5) & 3, l = threadIdx.x & 31, g = l >> 2, t4 = l & 3;
+    s.assign((size_t)(n / 2), 0);
+    for (int i = 0; i < n / 8; i++)
+        for (int h = 0; h < 2; h++)
+            for (int j = 0; j < 2; j++) {
+                const int row = (int)(16 * w + 8 * h + g), col = 8 * i + 2 * (int)t4 + j;
+                int64_t v = 0;
+                for (int k = 0; k < 32; k++)
+                    v += (int64_t)(int8_t)emu_wg_byte(da, row, k) * (int64_t)emu_wg_byte(db, col, k);
+                s[(size_t)(4 * i + 2 * h + j)] = (int)v;
+            }
+}
+inline void emu_wgmma_s8u8(int *d, int n, uint64_t da, uint64_t db, bool acc) {
+    emu_wg_op op{da, db, n, emu_wg_groups[threadIdx.x], {}};
+    emu_wg_sums(da, db, n, op.sums);
+    for (int e = 0; e < n / 2; e++)
+        d[e] = (int)((uint32_t)(acc ? d[e] : 0) + (uint32_t)op.sums[(size_t)e]);
+    emu_wg_ops[threadIdx.x].push_back(std::move(op));
+}
+inline void emu_wg_commit(void) {
+    emu_wg_groups[threadIdx.x]++;
+}
+inline void emu_wg_wait(int pending) {
+    std::vector<emu_wg_op> &ops = emu_wg_ops[threadIdx.x];
+    const unsigned closed = emu_wg_groups[threadIdx.x];
+    std::vector<emu_wg_op> keep;
+    std::vector<int> now;
+    for (emu_wg_op &op : ops) {
+        if (op.group + (unsigned)pending >= closed) { /* still allowed in flight */
+            keep.push_back(std::move(op));
+            continue;
+        }
+        emu_wg_sums(op.da, op.db, op.n, now);
+        if (now != op.sums) {
+            std::fprintf(stderr, "cuda_emu: thread %u: a wgmma's shared-memory tiles changed before the wait "
+                                 "that covers it\n", threadIdx.x);
+            std::abort();
+        }
+    }
+    ops = std::move(keep);
+}
 using std::isfinite; /* the device's isfinite, unqualified in kernels */
 
 // The relative L2 error of n floats against a double reference: the
@@ -382,6 +457,11 @@ void emu_block(unsigned grid, unsigned block, unsigned n, F fn, unsigned gy = 1,
             }
         }
         if (!live) {
+            for (unsigned t = 0; t < n; t++)
+                if (!emu_wg_ops[t].empty()) {
+                    std::fprintf(stderr, "cuda_emu: block %u thread %u ended with a wgmma not waited for\n", block, t);
+                    std::abort();
+                }
             for (size_t i = lim; lim && i < sizeof emu_dyn_smem; i++)
                 if (emu_dyn_smem[i] != 0xFF) {
                     std::fprintf(stderr, "cuda_emu: block %u wrote dynamic shared memory at byte %zu, past the %zu "

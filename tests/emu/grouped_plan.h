@@ -3,7 +3,8 @@
 // and (t % 3 + 1 + (t / 3) % 2) % 3, never equal), laid out as k_grp_plan
 // lays them out: each expert's run of sorted rows (tok_of: the token of a
 // sorted row, pair_of: its (token, slot) pair), cut into tiles of up to
-// GRP_BM rows. The includer provides GRP_BM and int4 / make_int4.
+// bm rows (GRP_BM unless given). The includer provides GRP_BM and int4 /
+// make_int4.
 #ifndef MK_TESTS_EMU_GROUPED_PLAN_H
 #define MK_TESTS_EMU_GROUPED_PLAN_H
 
@@ -15,7 +16,7 @@ struct emu_plan {
     std::vector<int32_t> tok_of, pair_of;
     std::vector<int4> tiles;
     int first[E], cnt[E];
-    explicit emu_plan(int64_t n) {
+    explicit emu_plan(int64_t n, int bm = GRP_BM) {
         const int64_t P = n * k;
         std::vector<int> idx((size_t)P);
         for (int64_t t = 0; t < n; t++) {
@@ -30,8 +31,8 @@ struct emu_plan {
                     pair_of.push_back((int32_t)i);
                 }
             cnt[e] = (int)tok_of.size() - first[e];
-            for (int r = 0; r < cnt[e]; r += GRP_BM)
-                tiles.push_back(make_int4(e, first[e] + r, cnt[e] - r < GRP_BM ? cnt[e] - r : GRP_BM, 0));
+            for (int r = 0; r < cnt[e]; r += bm)
+                tiles.push_back(make_int4(e, first[e] + r, cnt[e] - r < bm ? cnt[e] - r : bm, 0));
         }
     }
 };

@@ -1,6 +1,7 @@
-// Host emulation (cuda_emu.h, with its mma.sync m16n8k32 int8 x uint8) of
-// the int8 grouped GEMM (src/cuda/cuda_grouped_q8.cuh, included as it is:
-// k_q8x, k_grp_mm_q8) against the CPU's int8 prefill GEMM (q8_ref.c:
+// Host emulation (cuda_emu.h, with its mma.sync m16n8k32 int8 x uint8 and
+// wgmma m64nNk32) of the int8 grouped GEMMs (src/cuda/cuda_grouped_q8.cuh
+// and cuda_grouped_q8w.cuh, included as they are: k_q8x, k_grp_mm_q8,
+// k_grp_mm_q8p, k_grp_mm_q8w) against the CPU's int8 prefill GEMM (q8_ref.c:
 // mk_gq8_matmul on its portable table, linked as it is). The device kernel
 // exists to give a row the CPU's bits, so every output must be bitwise the
 // CPU's (NaN rows NaN):
@@ -27,6 +28,7 @@
 #include "cuda/cuda_impl.cuh"
 #include "q8_ref.h"
 #include "cuda/cuda_grouped_q8.cuh"
+#include "cuda/cuda_grouped_q8w.cuh"
 #include "grouped_plan.h"
 // clang-format on
 
@@ -100,22 +102,34 @@ template <int P> static q8k pick(int bits, int group, int sd) {
     return ab_of(bits, group) == 64 ? by_sd<4, 64, P>(sd) : by_sd<4, 32, P>(sd);
 }
 static q8k pick(int bits, int group, int sd, int p) {
+    if (p == 3)
+        return sd == MK_DT_F32 ? k_grp_mm_q8w<0> : sd == MK_DT_BF16 ? k_grp_mm_q8w<1> : k_grp_mm_q8w<2>;
     return p == 2 ? pick<2>(bits, group, sd) : p ? pick<1>(bits, group, sd) : pick<0>(bits, group, sd);
 }
 // the kernel under test (main runs each case under every one that takes it): 0 the register-staged,
-// 1 the pipelined in its default stages, 2 the pipelined in 4 stages (4-bit weights)
+// 1 the pipelined in its default stages, 2 the pipelined in 4 stages (4-bit weights), 3 the wgmma
+// kernel (tiles of Q8W_BM rows, blocks of Q8W_BN columns, its shared memory bounded: emu_smem)
 static int g_p;
-static const char *const kname[3] = {"registers", "pipelined", "pipelined 4"};
+static const char *const kname[4] = {"registers", "pipelined", "pipelined 4", "wgmma"};
+static const char *const ktag[4] = {"", ", pipelined", ", pipelined, 4 stages", ", wgmma"};
+static int tile_rows(void) {
+    return g_p == 3 ? Q8W_BM : GRP_BM;
+}
+static int tile_cols(void) {
+    return g_p == 3 ? Q8W_BN : GRP_BN;
+}
 
 static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
                    grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
                    int nrows) {
+    emu_smem(g_p == 3 ? q8w_smem() : 0);
     for (unsigned z = 0; z < gz; z++)
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++)
                 emu_block(
-                    gx, x, GRP_THREADS, [&] { k(A.v, a_rows, m0, m1, K, group, tiles, ntiles, nrows); }, gy,
-                    y, gz, z);
+                    gx, x, g_p == 3 ? Q8W_THREADS : GRP_THREADS,
+                    [&] { k(A.v, a_rows, m0, m1, K, group, tiles, ntiles, nrows); }, gy, y, gz, z);
+    emu_smem(0);
 }
 
 // outputs bitwise (both NaN counts as equal)
@@ -134,13 +148,13 @@ static void plain(const qcase &c) {
     q8buf A(c.n, c.K, ab, c.group);
     quantize(x.data(), c.n, c.K, c.group, ab, A);
     const grp_mat m = grp_mat_of(v, c.N, y.data(), c.N, nullptr);
-    launch(pick(c.bits, c.group, c.sd, g_p), (unsigned)((c.N + GRP_BN - 1) / GRP_BN),
-           (unsigned)((c.n + GRP_BM - 1) / GRP_BM), 1, A, nullptr, m, m, (int)c.K, c.group, nullptr, nullptr,
-           (int)c.n);
+    launch(pick(c.bits, c.group, c.sd, g_p), (unsigned)((c.N + tile_cols() - 1) / tile_cols()),
+           (unsigned)((c.n + tile_rows() - 1) / tile_rows()), 1, A, nullptr, m, m, (int)c.K, c.group, nullptr,
+           nullptr, (int)c.n);
     q8r_matmul(w, 0, c.N, x.data(), c.n, ref.data());
     const int64_t at = differ(y.data(), ref.data(), c.n * c.N);
     if (at >= 0) {
-        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", (long long)(at / c.N),
+        printf("FAIL %s (plain%s): token %lld row %lld: %.9g, the CPU's %.9g\n", c.name, ktag[g_p], (long long)(at / c.N),
                (long long)(at % c.N), (double)y[(size_t)at], (double)ref[(size_t)at]);
         g_bad++;
     }
@@ -148,7 +162,7 @@ static void plain(const qcase &c) {
     for (int64_t t = 0; t < c.n; t++)
         nan_rows += std::isnan(y[(size_t)(t * c.N)]);
     if (c.n > 2 && nan_rows != 1) { /* the NaN row only */
-        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", nan_rows);
+        printf("FAIL %s (plain%s): %d rows NaN, expected 1\n", c.name, ktag[g_p], nan_rows);
         g_bad++;
     }
     q8r_free(w);
@@ -163,7 +177,7 @@ static void grouped(const qcase &c) {
          *wu = q8r_weight(E * c.N, c.K, c.bits, c.group, c.sd);
     std::vector<float> x = make_x(n, c.K, false);
     /* the routing and the plan (grouped_plan.h) */
-    const emu_plan pl(n);
+    const emu_plan pl(n, tile_rows());
     const std::vector<int32_t> &tok_of = pl.tok_of, &pair_of = pl.pair_of;
     const std::vector<int4> &tiles = pl.tiles;
     const int *first = pl.first, *cnt = pl.cnt;
@@ -174,7 +188,7 @@ static void grouped(const qcase &c) {
     const grp_mat mg = grp_mat_of(q8r_view(wg), c.N, G.data(), c.N, nullptr),
                   mu = grp_mat_of(q8r_view(wu), c.N, U.data(), c.N, nullptr);
     const q8k kern = pick(c.bits, c.group, c.sd, g_p);
-    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt + 2, 2, A, tok_of.data(), mg, mu,
+    launch(kern, (unsigned)((c.N + tile_cols() - 1) / tile_cols()), (unsigned)nt + 2, 2, A, tok_of.data(), mg, mu,
            (int)c.K, c.group, tiles.data(), &nt, 0); /* two blocks past ntiles: they must return */
     /* down-like: the sorted rows of x (a_rows NULL: x gathered first) to their pairs' rows */
     std::vector<float> xs((size_t)(P * c.K));
@@ -183,7 +197,7 @@ static void grouped(const qcase &c) {
     q8buf As(P, c.K, ab, c.group);
     quantize(xs.data(), P, c.K, c.group, ab, As);
     const grp_mat md = grp_mat_of(q8r_view(wg), c.N, Y.data(), c.N, pair_of.data());
-    launch(kern, (unsigned)((c.N + GRP_BN - 1) / GRP_BN), (unsigned)nt, 1, As, nullptr, md, md, (int)c.K,
+    launch(kern, (unsigned)((c.N + tile_cols() - 1) / tile_cols()), (unsigned)nt, 1, As, nullptr, md, md, (int)c.K,
            c.group, tiles.data(), &nt, 0);
     for (int e = 0; e < E; e++) {
         std::vector<float> xe((size_t)(cnt[e] * c.K)), rg((size_t)(cnt[e] * c.N)), ru((size_t)(cnt[e] * c.N));
@@ -205,7 +219,7 @@ static void grouped(const qcase &c) {
                 const int64_t at = differ(o.got, o.want, c.N);
                 if (at >= 0) {
                     printf("FAIL %s (grouped%s, %s): expert %d row %d column %lld: %.9g, the CPU's %.9g\n",
-                           c.name, g_p ? (g_p == 2 ? ", pipelined, 4 stages" : ", pipelined") : "", o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
+                           c.name, ktag[g_p], o.what, e, r, (long long)at, (double)o.got[at], (double)o.want[at]);
                     g_bad++;
                     goto next;
                 }
@@ -230,18 +244,28 @@ int main(int argc, char **argv) {
         {"affine4 g64 f16 K128 N64 n5", 4, 64, MK_DT_F16, 128, 64, 5},
         {"affine4 g32 bf16 K768 N100 n40", 4, 32, MK_DT_BF16, 768, 100, 40},
         {"affine4 g128 bf16 K1024 N40 n7", 4, 128, MK_DT_BF16, 1024, 40, 7},
+        /* the wgmma kernel's own edges: more than one tile of 64 rows and of 128 columns, a partial
+         * panel (K 640), groups of 256 spanning stages (f32 scales), a single stage */
+        {"affine4 g64 bf16 K640 N300 n150", 4, 64, MK_DT_BF16, 640, 300, 150},
+        {"affine4 g256 f32 K1024 N136 n70", 4, 256, MK_DT_F32, 1024, 136, 70},
+        {"affine4 g64 f32 K128 N129 n65", 4, 64, MK_DT_F32, 128, 129, 65},
     };
-    int piped = 0, piped3 = 0;
+    int piped = 0, piped3 = 0, wgmma = 0;
     for (const qcase &c : cases) {
         if (only && !std::strstr(c.name, only))
             continue;
         /* the pipelined kernel where the backend would pick it (q8p_takes, on the case's own weight) */
         void *w = q8r_weight(c.N, c.K, c.bits, c.group, c.sd);
         const mk_wt *v = q8r_view(w);
-        const bool takes = q8p_takes(c.K, c.group, c.sd == MK_DT_F32 ? 4 : 2, c.K / c.group, v->scales, v->biases);
+        const int sb = c.sd == MK_DT_F32 ? 4 : 2;
+        const bool takes = q8p_takes(c.K, c.group, sb, c.K / c.group, v->scales, v->biases);
+        const bool takes_w = q8w_takes(c.bits, c.K, c.group, sb, c.K / c.group, v->scales, v->biases);
         q8r_free(w);
-        for (int p = 0; p < (takes ? (c.bits == 4 ? 3 : 2) : 1); p++) {
+        for (int p = 0; p < 4; p++) {
+            if (p == 3 ? !takes_w : p > 0 && (!takes || (p == 2 && c.bits != 4)))
+                continue;
             g_p = p;
+            wgmma += p == 3;
             piped += p == 1;
             piped3 += p == 2;
             const int bad0 = g_bad;
@@ -251,8 +275,9 @@ int main(int argc, char **argv) {
                    g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
         }
     }
-    if (!only && (piped < 6 || piped3 < 4)) {
-        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), expected 6 (4)\n", piped, piped3);
+    if (!only && (piped < 9 || piped3 < 7 || wgmma < 5)) {
+        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), the wgmma kernel %d; expected 9 (7), 5\n",
+               piped, piped3, wgmma);
         g_bad++;
     }
     if (g_bad) {

@@ -566,6 +566,7 @@ int main(void) {
               {"MK_CUDA_GATEUP_STAGED", mk_cuda_set_gateup_staged},
               {"MK_CUDA_ROUTE_LATE", mk_cuda_set_route_late},
               {"MK_CUDA_QK_ROWS_WARP", mk_cuda_set_qk_rows_warp},
+              {"MK_CUDA_Q8_WGMMA", mk_cuda_set_q8_wgmma},
               {"MK_CUDA_LOOKAHEAD", mk_cuda_set_lookahead}};
     for (size_t i = 0; i < sizeof sw / sizeof sw[0]; i++) {
         const char *v = getenv(sw[i].env);
