@@ -30,6 +30,10 @@
 #                                         "2 3 2 3": MK_CUDA_ATTN_TILE interleaved): the cut's prefill
 #                                         (chunks 512 / 2048, split / int8 GEMM), ncu of each generation
 #   scripts/cuda-owed.sh pncu            ncu of a 2048-token prefill of the 8-layer cut, per kernel
+#   scripts/cuda-owed.sh s36             session 36: the cut's prefill under the tiled attention's
+#                                         generations 4 and 5, the q/k norms a warp a row, the int8
+#                                         GEMMs on wgmma, and all, interleaved (s36.log); ncu of the
+#                                         int8 GEMM kernels
 #   scripts/cuda-owed.sh dec             session 24's decode: the 8-layer cut and the full-depth 30B, short
 #                                         and after 2048 tokens, MK_CUDA_QK_FOLD 0/1 interleaved
 #                                         (dec.log); then ncu per kernel of the cut's decode (ncu_dec.log)
@@ -305,7 +309,7 @@ bench30 | bench35)
         ./build-cuda/bench_cuda_moe --gemv 2>&1 | tee "$out/bench_cuda_moe.log"
     fi
     ;;
-staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33 | ab | pab)
+staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | dnsys | gqa | la | lansys | warm | s31 | batch | steady | s32 | fold32 | qk32 | rncu | s33 | ab | pab | s36)
     B=./build-cuda W=/tmp/mk-owed-cut nt=$(nproc)
     mkdir -p $W
     [ -e $W/m8/config.json ] || {
@@ -537,6 +541,32 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
                 owed_dec full "${d%%|*}" "${d#*|}" "${d%%|*} ${d#*|}"
             done
         } 2>&1 | tee "$out/ab${MK_OWED_TAG:-}.log"
+        exit $rc
+    fi
+    if [ "$what" = s36 ]; then
+        # session 36: the cut's 2048-token prefill (chunks of 2048, int8 GEMM) under each switch written in
+        # sessions 35-36 and all of them, three interleaved rounds (s36.log); then ncu of the int8 GEMMs
+        # (k_grp_mm_q8p against k_grp_mm_q8w), one prefill each
+        cfgs=("" "MK_CUDA_ATTN_TILE=4" "MK_CUDA_ATTN_TILE=5" "MK_CUDA_QK_ROWS_WARP=1" "MK_CUDA_Q8_WGMMA=1"
+            "MK_CUDA_ATTN_TILE=5 MK_CUDA_QK_ROWS_WARP=1 MK_CUDA_Q8_WGMMA=1")
+        {
+            nvidia-smi --query-gpu=name --format=csv,noheader
+            for rep in 1 2 3; do
+                for cf in "${cfgs[@]}"; do
+                    echo "== 8-layer 30B cut prefill 2048, ${cf:-defaults}"
+                    env $cf timeout 60 $B/bench_decode $W/m8 2048 4 16 cuda 2>&1 | grep -E "^prefill"
+                done
+            done
+        } 2>&1 | tee "$out/s36.log"
+        if command -v ncu > /dev/null; then
+            for cf in "MK_CUDA_Q8_WGMMA=0" "MK_CUDA_Q8_WGMMA=1"; do
+                env $cf timeout 90 ncu --clock-control none --kernel-name regex:k_grp_mm_q8 \
+                    --metrics gpu__time_duration.sum --print-summary per-kernel \
+                    $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_s36_$cf.log" 2>&1
+                echo "ncu $cf: rc $?"
+                grep -E "k_grp_mm|duration" "$out/ncu_s36_$cf.log" | head -12
+            done
+        fi
         exit $rc
     fi
     if [ "$what" = pab ]; then

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # The int8 grouped GEMM (src/cuda/cuda_grouped_q8.cuh: k_q8x, k_grp_mm_q8
-# and the pipelined k_grp_mm_q8p; MK_CUDA_GEMM_INT8) run on the CPU by a host emulation (tests/emu/
+# and the pipelined k_grp_mm_q8p; cuda_grouped_q8w.cuh: k_grp_mm_q8w on
+# wgmma; MK_CUDA_GEMM_INT8) run on the CPU by a host emulation (tests/emu/
 # grouped_q8_emu.cpp over tests/emu/cuda_emu.h, whose mma.sync m16n8k32
-# int8 x uint8 follows the PTX ISA's fragments): every output bitwise the
+# int8 x uint8 and wgmma m64nNk32 follow the PTX ISA's fragments and
+# descriptors as cuda_wgmma.cuh reads them): every output bitwise the
 # CPU's own int8 prefill GEMM (src/kernels/kern_gemm_q8.c, linked as it is,
 # portable table), as a plain matmul and grouped (gathered rows, gate and
 # up in one launch, rows written through c_rows), over MLX affine 4/8-bit
@@ -27,4 +29,20 @@ if "$T/emu_bad" "affine4 g64" > "$T/bad.log"; then fail "the emulation passed sw
 grep -q "FAIL affine4 g64.*(plain)" "$T/bad.log" || fail "the control failed elsewhere: $(head -3 "$T/bad.log")"
 grep -q "FAIL affine4 g64.*(plain, pipelined)" "$T/bad.log" ||
     fail "the control's swapped nibbles passed the pipelined kernel: $(head -3 "$T/bad.log")"
-echo "ok: the emulated int8 GEMM is bitwise the CPU's in every case; swapped nibbles are caught"
+grep -q "FAIL affine4 g64.*(plain, wgmma)" "$T/bad.log" ||
+    fail "the control's swapped nibbles passed the wgmma kernel: $(head -3 "$T/bad.log")"
+# the wgmma kernel's own controls: its two rows' block scales exchanged (the accumulator fragment's rows),
+# and its weight tile described with twice the stride between row groups
+for m in 's/const float d = h ? d1 : d0;/const float d = h ? d0 : d1;/' \
+         's/mkc_wg_desc(Wu + (2 \* jb + h) \* 256, 128, Q8W_SBO)/mkc_wg_desc(Wu + (2 * jb + h) * 256, 128, 2 * Q8W_SBO)/'; do
+    rm -rf "$T/src"
+    mkdir -p "$T/src/cuda"
+    sed -e "$m" "$ROOT/src/cuda/cuda_grouped_q8w.cuh" > "$T/src/cuda/cuda_grouped_q8w.cuh"
+    cmp -s "$ROOT/src/cuda/cuda_grouped_q8w.cuh" "$T/src/cuda/cuda_grouped_q8w.cuh" && fail "the control's edit did not apply: $m"
+    emu_build "$T/emu_bad" grouped_q8_emu.cpp "$T/src" "${OBJ[@]}" -lm || fail "the control does not build: $m"
+    if "$T/emu_bad" "K640 N300" > "$T/bad.log" 2>&1; then fail "the emulation passed a mutated wgmma kernel: $m"; fi
+    grep -q "FAIL affine4 g64.*(plain, wgmma)" "$T/bad.log" || grep -q "cuda_emu: wgmma" "$T/bad.log" ||
+        fail "the control ($m) failed elsewhere: $(head -3 "$T/bad.log")"
+    grep -q "FAIL.*(plain)\|FAIL.*pipelined" "$T/bad.log" && fail "the control ($m) failed another kernel"
+done
+echo "ok: the emulated int8 GEMM is bitwise the CPU's in every case; swapped nibbles and two mutations of the wgmma kernel are caught"

@@ -2199,6 +2199,18 @@ static void test_moe_grouped(void **st) {
                     if (memcmp(y2, y3, (size_t)(n * H) * 4))
                         fail_msg("%s: %s: two int8 runs of the same call differ", b->name, what);
                     snprintf(what, sizeof what, "grouped moe int8 mode %s, %lld tokens", gw[0].name, (long long)n);
+                    if (kind == 2 && mk_cuda_wgmma_available()) { /* the wgmma kernel: the same bits */
+                        const bool w0 = mk_cuda_q8_wgmma();
+                        mk_cuda_set_q8_wgmma(true);
+                        assert_true(b->i->moe_grouped(b->ctx, &a, di, dw_));
+                        mk_cuda_set_q8_wgmma(w0);
+                        float *yw = back(b, dy, (size_t)(n * H) * 4);
+                        for (int64_t i = 0; i < n * H; i++)
+                            if (memcmp(&yw[i], &y2[i], 4))
+                                fail_msg("%s: %s, wgmma: element %lld: %.9g, the int8 kernels' %.9g", b->name, what,
+                                         (long long)i, yw[i], y2[i]);
+                        free(yw);
+                    }
                     if (kind == 1) {
                         if (memcmp(y2, y, (size_t)(n * H) * 4))
                             fail_msg("%s: %s: bf16 experts not as in split mode", b->name, what);
@@ -3404,6 +3416,159 @@ static void test_cuda_gemm_modes(void **st) {
     }
 }
 
+/* CUDA only: Hopper's warpgroup MMA (cuda_wgmma.cuh), which the int8 GEMMs
+ * can run on (mk_cuda_set_q8_wgmma). On a device of compute capability 9.0
+ * this build's sm_90a code must run (mk_cuda_wgmma_available); elsewhere the
+ * wgmma cases skip, saying so. The layout probe's accumulators are checked
+ * against A B (integers, exact) in the fragment layout the kernels assume;
+ * on a mismatch the test names which of the layout's assumptions the
+ * device's result fits instead (the core matrices' two strides swapped, B's
+ * rows and columns swapped, the fragment's rows or columns ordered
+ * otherwise), so one device run tells what to fix. Then the int8 GEMM
+ * (plain matmul and the grouped MoE slot) with the wgmma kernel on must give
+ * the CPU's int8 GEMM's bits, as test_cuda_gemm_modes and test_moe_grouped
+ * hold the other kernels to. */
+static void test_cuda_wgmma(void **st) {
+    (void)st;
+    if (g_no_cuda[0]) {
+        printf("SKIP test_cuda_wgmma: no GPU: %s\n", g_no_cuda);
+        skip();
+    }
+    char desc[256] = "";
+    assert_int_equal(mk_cuda_describe(desc, sizeof desc), MK_OK);
+    const bool hopper = strstr(desc, ", sm_90,") != NULL;
+    if (!mk_cuda_wgmma_available()) {
+        if (hopper)
+            fail_msg("cuda: %s: the build's sm_90a (wgmma) code does not run on it", desc);
+        printf("SKIP test_cuda_wgmma: %s does not run sm_90a code\n", desc);
+        skip();
+    }
+    /* the layout probe */
+    int8_t A[64 * 32];
+    uint8_t B[128 * 32];
+    for (int i = 0; i < 64 * 32; i++)
+        A[i] = (int8_t)((int)(rnd() % 255) - 127);
+    for (int i = 0; i < 128 * 32; i++)
+        B[i] = (uint8_t)(rnd() % 256);
+    int32_t *frag = malloc(128 * 64 * sizeof *frag);
+    assert_non_null(frag);
+    assert_int_equal(mk_cuda_wgmma_probe(A, B, frag), MK_OK);
+    /* hypotheses: 0 as documented; 1 the strides swapped (element (r, k) read at (k / 16) 256 + (r / 8) 128 +
+     * ..., i.e. r / 8 and k / 16 exchanged within 32 columns: A's rows 8 q + s for q < 4 mixed with their
+     * columns' halves); 2 B read as [32][128] (columns major); 3 the fragment's rows as g + 8 h + 16 w
+     * swapped for 8 w + g + 32 h; 4 its columns as 8 i + 2 t4 + j read as 2 i + ... (none of these fit: a
+     * dump of the first mismatches follows) */
+    int fits = -1;
+    for (int hyp = 0; hyp < 4 && fits < 0; hyp++) {
+        bool ok = true;
+        for (int t = 0; t < 128 && ok; t++) {
+            const int w = t / 32, g = (t % 32) / 4, t4 = t % 4;
+            for (int i = 0; i < 16 && ok; i++)
+                for (int h = 0; h < 2 && ok; h++)
+                    for (int j = 0; j < 2 && ok; j++) {
+                        int row = 16 * w + 8 * h + g;
+                        const int col = 8 * i + 2 * t4 + j;
+                        if (hyp == 3)
+                            row = 8 * w + g + 32 * h;
+                        int64_t v = 0;
+                        for (int k = 0; k < 32; k++) {
+                            int ra = row, ka = k, rb = col, kb = k;
+                            if (hyp == 1) { /* byte (r, k) fetched from where (r', k') was placed: r'/8 = k/16 .. */
+                                const int oa = (ra >> 3) * 128 + (ka >> 4) * 256 + (ra & 7) * 16 + (ka & 15);
+                                ra = (oa / 256) * 8 + (oa % 128) / 16;
+                                ka = ((oa / 128) % 2) * 16 + oa % 16;
+                                const int ob = (rb >> 3) * 128 + (kb >> 4) * 256 + (rb & 7) * 16 + (kb & 15);
+                                rb = (ob / 256) * 8 + (ob % 128) / 16;
+                                kb = ((ob / 128) % 2) * 16 + ob % 16;
+                                if (ra >= 64 || rb >= 128) {
+                                    ok = false;
+                                    break;
+                                }
+                            }
+                            const int bv = hyp == 2 ? B[(k * 128 + col) % (128 * 32)] : B[rb * 32 + kb];
+                            v += (int64_t)A[ra * 32 + ka] * bv;
+                        }
+                        ok = ok && frag[t * 64 + 4 * i + 2 * h + j] == (int32_t)v;
+                    }
+        }
+        if (ok)
+            fits = hyp;
+    }
+    if (fits != 0) {
+        static const char *const what[] = {"", "the core matrices' strides swapped (LBO / SBO)",
+                                           "B read as [32][128]", "the fragment's rows ordered 8 w + g + 32 h"};
+        int shown = 0;
+        for (int t = 0; t < 128 && shown < 6; t++)
+            for (int e = 0; e < 64 && shown < 6; e++) {
+                const int w = t / 32, g = (t % 32) / 4, t4 = t % 4, i = e / 4, h = (e / 2) % 2, j = e % 2;
+                const int row = 16 * w + 8 * h + g, col = 8 * i + 2 * t4 + j;
+                int64_t v = 0;
+                for (int k = 0; k < 32; k++)
+                    v += (int64_t)A[row * 32 + k] * B[col * 32 + k];
+                if (frag[t * 64 + e] != (int32_t)v) {
+                    printf("  wgmma probe: thread %d register %d: %d, A B[%d][%d] = %lld\n", t, e, frag[t * 64 + e],
+                           row, col, (long long)v);
+                    shown++;
+                }
+            }
+        free(frag);
+        if (fits > 0)
+            fail_msg("cuda: the wgmma probe's accumulators fit %s, not the layout cuda_wgmma.cuh assumes", what[fits]);
+        fail_msg("cuda: the wgmma probe's accumulators are not A B in the assumed layout (nor in a known variant)");
+    }
+    free(frag);
+    printf("  wgmma probe: m64n128k32 s8.u8 in the assumed layout (%s)\n", desc);
+    /* the int8 GEMM on wgmma: the CPU's int8 GEMM's bits (4-bit g64, bf16 and f32 scales; 70 rows: two tiles) */
+    be_case *b = &g_be[1];
+    const int64_t R = 200, C = 640, n = 70;
+    for (int sd = 0; sd < 2; sd++) {
+        wbuf wb;
+        make_w(&wb, 2, R, C); /* affine 4-bit g64, bf16 scales */
+        if (sd) {             /* the same with f32 scales */
+            wbuf_free(&wb);
+            memset(&wb, 0, sizeof wb);
+            wb.w.rows = R;
+            wb.w.cols = C;
+            wb.w.global_scale = 1.0f;
+            affine_w(&wb, 4, 64, MK_DT_F32);
+            wb.w.data = wb.data; /* as make_w ends */
+            wb.w.scales = wb.scales;
+            wb.w.biases = wb.biases;
+        }
+        if (!(wb.w.fmt == MK_WF_AFFINE && wb.w.bits == 4 && wb.w.group == 64))
+            fail_msg("cuda: test_cuda_wgmma: %s is not affine 4-bit g64", wb.name);
+        float *x = rvec(n * C);
+        void *dx = dev(b, x, (size_t)(n * C) * 4), *dy = dev(b, NULL, (size_t)(n * R) * 4);
+        const mk_wt *wq[1] = {&wb.w};
+        assert_true(mk_gq8_suits(&wb.w) && mk_gq8_fits(wq, 1, n));
+        float *yc = malloc((size_t)(n * R) * 4);
+        float *ycs[1] = {yc};
+        assert_non_null(yc);
+        mk_gq8_matmul(NULL, wq, 1, x, n, ycs);
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_INT8, 0);
+        const bool w0 = mk_cuda_q8_wgmma();
+        for (int on = 0; on < 2; on++) {
+            mk_cuda_set_q8_wgmma(on);
+            b->i->matmul(b->ctx, &wb.w, dx, n, dy);
+            float *y = back(b, dy, (size_t)(n * R) * 4);
+            for (int64_t i = 0; i < n * R; i++)
+                if (memcmp(&y[i], &yc[i], 4))
+                    fail_msg("cuda: gemm int8 %s, wgmma %s: element %lld: %.9g, the CPU's int8 GEMM %.9g", wb.name,
+                             on ? "on" : "off", (long long)i, y[i], yc[i]);
+            free(y);
+        }
+        mk_cuda_set_q8_wgmma(w0);
+        mk_backend_cuda_set_gemm(b->b, MK_CUDA_GEMM_AUTO, 0);
+        assert_int_equal(b->i->sync(b->ctx), MK_OK);
+        b->i->buf_free(b->ctx, dx);
+        b->i->buf_free(b->ctx, dy);
+        free(x);
+        free(yc);
+        forget_w(b, &wb);
+        wbuf_free(&wb);
+    }
+}
+
 static int teardown(void **st) {
     (void)st;
     printf("worst rel L2 per check (bound):\n");
@@ -3435,9 +3600,9 @@ int main(void) {
         /* (optional slots above: CUDA has them, CPU skips) */
         cmocka_unit_test(test_cuda_present),       cmocka_unit_test(test_cuda_errors),
         cmocka_unit_test(test_cuda_gemm_modes),    cmocka_unit_test(test_cuda_replay_after_growth),
-        cmocka_unit_test(test_cuda_step_pdl),
+        cmocka_unit_test(test_cuda_step_pdl),      cmocka_unit_test(test_cuda_wgmma),
     };
-    const size_t n_cuda_only = 5;
+    const size_t n_cuda_only = 6;
     /* the whole table once per CPU kernel path this machine has (ref, avx2,
      * avx512: mk_isa_set), the default path last and with CUDA */
     const mk_isa def = mk_isa_active();
