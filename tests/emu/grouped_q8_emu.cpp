@@ -261,7 +261,9 @@ int main(int argc, char **argv) {
         const bool takes = q8p_takes(c.K, c.group, sb, c.K / c.group, v->scales, v->biases);
         const bool takes_w = q8w_takes(c.bits, c.K, c.group, sb, c.K / c.group, v->scales, v->biases);
         q8r_free(w);
-        for (int p = 0; p < 4; p++) {
+        /* the wgmma kernel's own edges (the last cases) run under it alone: the others' are above */
+        const bool wg_only = &c >= &cases[sizeof cases / sizeof cases[0] - 3];
+        for (int p = wg_only ? 3 : 0; p < 4; p++) {
             if (p == 3 ? !takes_w : p > 0 && (!takes || (p == 2 && c.bits != 4)))
                 continue;
             g_p = p;
@@ -275,8 +277,8 @@ int main(int argc, char **argv) {
                    g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
         }
     }
-    if (!only && (piped < 9 || piped3 < 7 || wgmma < 5)) {
-        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), the wgmma kernel %d; expected 9 (7), 5\n",
+    if (!only && (piped < 6 || piped3 < 4 || wgmma < 5)) {
+        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), the wgmma kernel %d; expected 6 (4), 5\n",
                piped, piped3, wgmma);
         g_bad++;
     }
