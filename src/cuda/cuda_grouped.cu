@@ -272,6 +272,11 @@ static q8_kernel pick_q8p(const mk_wt *w, int stages) {
     return mkc_smem_opt_in((const void *)k, (int)q8p_smem(w->bits, stages)) ? k : NULL;
 }
 
+template <int BITS, int AB> static q8_kernel q8w_sd(int sd) {
+    return sd == MK_DT_F32    ? k_grp_mm_q8w<BITS, 0, AB>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8w<BITS, 1, AB>
+                              : k_grp_mm_q8w<BITS, 2, AB>;
+}
 /* The wgmma int8 kernel for w (mk_cuda_q8_wgmma on, the device runs
  * sm_90a code, q8w_takes w's shape, its shared memory granted), else NULL.
  * Its tiles are Q8W_BM rows: the caller's plan and grid must be cut so. */
@@ -280,10 +285,10 @@ static q8_kernel pick_q8w(const mk_wt *w) {
     if (!mk_cuda_q8_wgmma() || !mk_cuda_wgmma_available() || w->fmt != MK_WF_AFFINE ||
         !q8w_takes(w->bits, w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
         return NULL;
-    const q8_kernel k = w->sdtype == MK_DT_F32    ? k_grp_mm_q8w<0>
-                        : w->sdtype == MK_DT_BF16 ? k_grp_mm_q8w<1>
-                                                  : k_grp_mm_q8w<2>;
-    return mkc_smem_opt_in((const void *)k, (int)q8w_smem()) ? k : NULL;
+    const q8_kernel k = w->bits == 8 ? q8w_sd<8, 32>(w->sdtype)
+                        : q8w_ab(4, (int)w->group) == 64 ? q8w_sd<4, 64>(w->sdtype)
+                                                          : q8w_sd<4, 32>(w->sdtype);
+    return mkc_smem_opt_in((const void *)k, (int)q8w_smem(w->bits)) ? k : NULL;
 }
 
 /* One grouped GEMM launch: rows of A [rows, ldx] (gathered through a_rows
@@ -301,7 +306,7 @@ static void grp_gemm(mkb_ctx *c, const mk_wt *w, const float *A, int64_t ldx, in
         const int stages = q8p_stages(w);
         const q8_kernel kp = kw || !mk_cuda_q8_pipelined() ? NULL : pick_q8p(w, stages);
         if (kw)
-            kw<<<grid, Q8W_THREADS, q8w_smem(), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
+            kw<<<grid, Q8W_THREADS, q8w_smem(w->bits), c->s>>>(xq, a_rows, m0, m1, (int)w->cols, (int)w->group, tiles,
                                                        ntiles, tiles ? 0 : (int)rows);
         else if (kp)
             kp<<<grid, GRP_THREADS, q8p_smem(w->bits, stages), c->s>>>(

@@ -101,15 +101,22 @@ template <int P> static q8k pick(int bits, int group, int sd) {
         return by_sd<8, 32, P>(sd);
     return ab_of(bits, group) == 64 ? by_sd<4, 64, P>(sd) : by_sd<4, 32, P>(sd);
 }
+template <int BITS, int AB> static q8k q8w_by_sd(int sd) {
+    return sd == MK_DT_F32    ? k_grp_mm_q8w<BITS, 0, AB>
+           : sd == MK_DT_BF16 ? k_grp_mm_q8w<BITS, 1, AB>
+                              : k_grp_mm_q8w<BITS, 2, AB>;
+}
 static q8k pick(int bits, int group, int sd, int p) {
     if (p == 3)
-        return sd == MK_DT_F32 ? k_grp_mm_q8w<0> : sd == MK_DT_BF16 ? k_grp_mm_q8w<1> : k_grp_mm_q8w<2>;
+        return bits == 8                   ? q8w_by_sd<8, 32>(sd)
+               : q8w_ab(bits, group) == 64 ? q8w_by_sd<4, 64>(sd)
+                                           : q8w_by_sd<4, 32>(sd);
     return p == 2 ? pick<2>(bits, group, sd) : p ? pick<1>(bits, group, sd) : pick<0>(bits, group, sd);
 }
 // the kernel under test (main runs each case under every one that takes it): 0 the register-staged,
 // 1 the pipelined in its default stages, 2 the pipelined in 4 stages (4-bit weights), 3 the wgmma
 // kernel (tiles of Q8W_BM rows, blocks of Q8W_BN columns, its shared memory bounded: emu_smem)
-static int g_p;
+static int g_p, g_bits;
 static const char *const kname[4] = {"registers", "pipelined", "pipelined 4", "wgmma"};
 static const char *const ktag[4] = {"", ", pipelined", ", pipelined, 4 stages", ", wgmma"};
 static int tile_rows(void) {
@@ -122,7 +129,7 @@ static int tile_cols(void) {
 static void launch(q8k k, unsigned gx, unsigned gy, unsigned gz, const q8buf &A, const int32_t *a_rows,
                    grp_mat m0, grp_mat m1, int K, int group, const int4 *tiles, const int32_t *ntiles,
                    int nrows) {
-    emu_smem(g_p == 3 ? q8w_smem() : 0);
+    emu_smem(g_p == 3 ? q8w_smem(g_bits) : 0);
     for (unsigned z = 0; z < gz; z++)
         for (unsigned y = 0; y < gy; y++)
             for (unsigned x = 0; x < gx; x++)
@@ -245,10 +252,12 @@ int main(int argc, char **argv) {
         {"affine4 g32 bf16 K768 N100 n40", 4, 32, MK_DT_BF16, 768, 100, 40},
         {"affine4 g128 bf16 K1024 N40 n7", 4, 128, MK_DT_BF16, 1024, 40, 7},
         /* the wgmma kernel's own edges: more than one tile of 64 rows and of 128 columns, a partial
-         * panel (K 640), groups of 256 spanning stages (f32 scales), a single stage */
+         * panel (K 640), groups of 256 spanning stages (f32 scales), a single stage, 8-bit codes over
+         * two tiles each way */
         {"affine4 g64 bf16 K640 N300 n150", 4, 64, MK_DT_BF16, 640, 300, 150},
         {"affine4 g256 f32 K1024 N136 n70", 4, 256, MK_DT_F32, 1024, 136, 70},
         {"affine4 g64 f32 K128 N129 n65", 4, 64, MK_DT_F32, 128, 129, 65},
+        {"affine8 g32 bf16 K640 N200 n100", 8, 32, MK_DT_BF16, 640, 200, 100},
     };
     int piped = 0, piped3 = 0, wgmma = 0;
     for (const qcase &c : cases) {
@@ -262,11 +271,12 @@ int main(int argc, char **argv) {
         const bool takes_w = q8w_takes(c.bits, c.K, c.group, sb, c.K / c.group, v->scales, v->biases);
         q8r_free(w);
         /* the wgmma kernel's own edges (the last cases) run under it alone: the others' are above */
-        const bool wg_only = &c >= &cases[sizeof cases / sizeof cases[0] - 3];
+        const bool wg_only = &c >= &cases[sizeof cases / sizeof cases[0] - 4];
         for (int p = wg_only ? 3 : 0; p < 4; p++) {
             if (p == 3 ? !takes_w : p > 0 && (!takes || (p == 2 && c.bits != 4)))
                 continue;
             g_p = p;
+            g_bits = c.bits;
             wgmma += p == 3;
             piped += p == 1;
             piped3 += p == 2;
@@ -277,8 +287,8 @@ int main(int argc, char **argv) {
                    g_bad == bad0 ? "bitwise the CPU's int8 GEMM (plain and grouped)" : "FAILED");
         }
     }
-    if (!only && (piped < 6 || piped3 < 4 || wgmma < 5)) {
-        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), the wgmma kernel %d; expected 6 (4), 5\n",
+    if (!only && (piped < 6 || piped3 < 4 || wgmma < 10)) {
+        printf("FAIL: the pipelined kernel ran %d cases (4 stages: %d), the wgmma kernel %d; expected 6 (4), 10\n",
                piped, piped3, wgmma);
         g_bad++;
     }
