@@ -559,12 +559,13 @@ staged | fold | chunks | q8 | pncu | dncu | dec | pfull | tile2 | s25 | base | d
             done
         } 2>&1 | tee "$out/s36.log"
         if command -v ncu > /dev/null; then
-            for cf in "MK_CUDA_Q8_WGMMA=0" "MK_CUDA_Q8_WGMMA=1"; do
-                env $cf timeout 90 ncu --clock-control none --kernel-name regex:k_grp_mm_q8 \
+            # (bench_decode's exit status under ncu is 1 after the profiled prefill; the summary is whole)
+            for wg in 0 1; do
+                MK_CUDA_Q8_WGMMA=$wg timeout 90 ncu --clock-control none --kernel-name regex:k_grp_mm_q8 \
                     --metrics gpu__time_duration.sum --print-summary per-kernel \
-                    $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_s36_$cf.log" 2>&1
-                echo "ncu $cf: rc $?"
-                grep -E "k_grp_mm|duration" "$out/ncu_s36_$cf.log" | head -12
+                    $B/bench_decode $W/m8 2048 1 $nt cuda-nograph > "$out/ncu_s36_wg$wg.log" 2>&1
+                echo "ncu MK_CUDA_Q8_WGMMA=$wg: rc $?"
+                grep -E "k_grp_mm|duration" "$out/ncu_s36_wg$wg.log" | head -12
             done
         fi
         exit $rc

@@ -92,8 +92,10 @@ template <int SD> __device__ __forceinline__ float grp_lds(const void *p, int64_
 }
 
 /* The tile of this block (blockIdx.y): the plan's (expert, first sorted
- * row, rows) when tiles are given, else rows 32 y .. 32 y + 31 of a plain
- * matmul of nrows rows, expert 0. False: no tile (the block returns). */
+ * row, rows) when tiles are given, else rows BM y .. BM y + BM - 1 of a
+ * plain matmul of nrows rows, expert 0. False: no tile (the block
+ * returns). BM: the kernel's tile rows (GRP_BM; the wgmma kernel's 64). */
+template <int BM = GRP_BM>
 __device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntiles, int nrows, int4 *tile) {
     if (tiles) {
         if ((int)blockIdx.y >= *ntiles)
@@ -101,10 +103,10 @@ __device__ __forceinline__ bool gq8_tile(const int4 *tiles, const int32_t *ntile
         *tile = tiles[blockIdx.y];
         return true;
     }
-    const int r0 = (int)blockIdx.y * GRP_BM;
+    const int r0 = (int)blockIdx.y * BM;
     if (r0 >= nrows)
         return false;
-    *tile = make_int4(0, r0, nrows - r0 < GRP_BM ? nrows - r0 : GRP_BM, 0);
+    *tile = make_int4(0, r0, nrows - r0 < BM ? nrows - r0 : BM, 0);
     return true;
 }
 

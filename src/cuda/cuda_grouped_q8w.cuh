@@ -83,23 +83,6 @@ static inline int q8w_ab(int bits, int group) {
     return bits == 4 && group >= 64 ? 64 : 32;
 }
 
-/* The tile of this block (blockIdx.y): the plan's (expert, first sorted
- * row, rows) when tiles are given, else rows 64 y .. 64 y + 63 of a plain
- * matmul of nrows rows, expert 0. False: no tile (the block returns). */
-__device__ __forceinline__ bool q8w_tile(const int4 *tiles, const int32_t *ntiles, int nrows, int4 *tile) {
-    if (tiles) {
-        if ((int)blockIdx.y >= *ntiles)
-            return false;
-        *tile = tiles[blockIdx.y];
-        return true;
-    }
-    const int r0 = (int)blockIdx.y * Q8W_BM;
-    if (r0 >= nrows)
-        return false;
-    *tile = make_int4(0, r0, nrows - r0 < Q8W_BM ? nrows - r0 : Q8W_BM, 0);
-    return true;
-}
-
 /* BITS 4 or 8, scales of dtype SD (0 f32, 1 bf16, 2 f16), AB the activation block (q8w_ab) */
 template <int BITS, int SD, int AB>
 __global__ void __launch_bounds__(Q8W_THREADS)
@@ -113,7 +96,7 @@ __global__ void __launch_bounds__(Q8W_THREADS)
     uint8_t *const Wu = sm + S * L::size;
     float *const Sf = (float *)(Wu + (BITS == 4 ? Q8W_WU : 0)), *const Bf = Sf + Q8W_NGS * Q8W_BN;
     int4 tile;
-    if (!q8w_tile(tiles, ntiles, nrows, &tile))
+    if (!gq8_tile<Q8W_BM>(tiles, ntiles, nrows, &tile))
         return;
     const grp_mat m = blockIdx.z ? m1 : m0;
     const int n0 = blockIdx.x * Q8W_BN;
