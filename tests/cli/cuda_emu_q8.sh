@@ -34,7 +34,7 @@ grep -q "FAIL affine4 g64.*(plain, wgmma)" "$T/bad.log" ||
 # the wgmma kernel's own controls: its two rows' block scales exchanged (the accumulator fragment's rows),
 # and its weight tile described with twice the stride between row groups
 for m in 's/const float d = h ? d1 : d0;/const float d = h ? d0 : d1;/' \
-         's/mkc_wg_desc(Wu + (2 \* jb + h) \* 256, 128, Q8W_SBO)/mkc_wg_desc(Wu + (2 * jb + h) * 256, 128, 2 * Q8W_SBO)/'; do
+         's/mkc_wg_desc(Ws + ks \* 256, 128, Q8W_SBO)/mkc_wg_desc(Ws + ks * 256, 128, 2 * Q8W_SBO)/'; do
     rm -rf "$T/src"
     mkdir -p "$T/src/cuda"
     sed -e "$m" "$ROOT/src/cuda/cuda_grouped_q8w.cuh" > "$T/src/cuda/cuda_grouped_q8w.cuh"
