@@ -421,6 +421,22 @@ static inline bool q8p_takes(int64_t K, int group, int sb, int64_t ng, const voi
            ((uintptr_t)scales & 3) == 0 && ((uintptr_t)biases & 3) == 0;
 }
 
+/* The staged int8 kernels' copy of a stage's raw scales and biases (k_grp_mm_q8p, k_grp_mm_q8w):
+ * weight rows n0 .. n0 + 127 of expert e, the scale words from column k0's group on (sw words a
+ * row: sw = 2^swsh; ng groups a row, sb bytes each, gsh = log2 group), row r's at s_dst / b_dst + 16
+ * r; rows past m.N zero-filled. By the block's 128 threads. */
+__device__ __forceinline__ void gq8_stage_scales(uint8_t *s_dst, uint8_t *b_dst, const grp_mat &m, int e, int n0,
+                                                 int k0, int gsh, int ng, int sb, int sw, int swsh) {
+    for (int c = threadIdx.x; c < 128 * sw; c += 128) {
+        const int r = c >> swsh, p = c & (sw - 1), wr = n0 + r;
+        const bool ok = wr < m.N;
+        const int64_t off = ((int64_t)e * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 >> gsh) * sb + p * 4;
+        mkc_cp_async<4>(s_dst + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);
+        mkc_cp_async<4>(b_dst + r * 16 + p * 4, (const uint8_t *)m.biases + off, ok);
+    }
+}
+static_assert(GRP_BN == 128 && GRP_THREADS == 128, "gq8_stage_scales: 128 rows by 128 threads");
+
 /* 4 codes (2 bytes, low nibble first) as 4 bytes, natural order */
 __device__ __forceinline__ uint32_t q8p_nib4(uint32_t h) {
     const uint32_t e = h & 0x0F0Fu, o = (h >> 4) & 0x0F0Fu;
@@ -482,13 +498,7 @@ __global__ void __launch_bounds__(GRP_THREADS)
             mkc_cp_async<16>(st + L::w + r * LW + p * 16, m.data + grow * m.row_bytes + (int64_t)k0 * BITS / 8 + p * 16,
                              ok);
         }
-        for (int c = tid; c < GRP_BN * sw; c += GRP_THREADS) {
-            const int r = c >> swsh, p = c & (sw - 1), wr = n0 + r;
-            const bool ok = wr < m.N;
-            const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 >> gsh) * sb + p * 4;
-            mkc_cp_async<4>(st + L::s + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);
-            mkc_cp_async<4>(st + L::b + r * 16 + p * 4, (const uint8_t *)m.biases + off, ok);
-        }
+        gq8_stage_scales(st + L::s, st + L::b, m, tile.x, n0, k0, gsh, ng, sb, sw, swsh);
         /* the tokens' block scales (slot j: block k0 / AB + j) and group sums (slot j: group k0 / group + j) */
         if (sj < Q8P_KB / AB)
             mkc_cp_async<4>(st + L::d + (tid >> 2) * 16 + sj * 4, A.d + (sr >= 0 ? sr : 0) * nb + k0 / AB + sj,

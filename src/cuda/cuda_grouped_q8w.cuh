@@ -47,6 +47,7 @@
 #define Q8W_STAGES 3
 #define Q8W_LR 80       /* bytes of a staged row of codes (64 + 16: the unpack's reads without bank conflicts) */
 #define Q8W_SBO 1024    /* bytes between core matrices along the rows: 8 of them along a stage's 128 columns */
+static_assert(Q8W_BN == 128 && Q8W_THREADS == 128, "gq8_stage_scales: 128 rows by 128 threads");
 
 /* One stage in the dynamic shared memory (bytes); BITS 4: the codes raw, rows Q8W_LR apart; 8: the codes
  * in core matrices, as x */
@@ -147,13 +148,7 @@ __global__ void __launch_bounds__(Q8W_THREADS)
                                  wbase + (r < wrows ? r : 0) * m.row_bytes + k0 + p * 16, r < wrows);
             }
         }
-        for (int c = tid; c < Q8W_BN * sw; c += Q8W_THREADS) {
-            const int r = c >> swsh, p = c & (sw - 1), wr = n0 + r;
-            const bool ok = wr < m.N;
-            const int64_t off = ((int64_t)tile.x * m.N + (ok ? wr : 0)) * ng * sb + (int64_t)(k0 >> gsh) * sb + p * 4;
-            mkc_cp_async<4>(st + L::s + r * 16 + p * 4, (const uint8_t *)m.scales + off, ok);
-            mkc_cp_async<4>(st + L::b + r * 16 + p * 4, (const uint8_t *)m.biases + off, ok);
-        }
+        gq8_stage_scales(st + L::s, st + L::b, m, tile.x, n0, k0, gsh, ng, sb, sw, swsh);
         /* the tokens' block scales (slot j: block k0 / AB + j) and group sums (slot j: group k0 / group + j) */
 #pragma unroll
         for (int q = 0; q < NB / 2; q++)
