@@ -106,24 +106,26 @@ extern "C" bool mk_cuda_gateup_staged(void) { return g_gateup_staged; }
 
 extern "C" void mk_cuda_set_gateup_staged(bool on) { g_gateup_staged = on; }
 
-/* off until measured on a device (written in session 35) */
+/* off: +2.8 us a layer on a full-depth 30B step (bench/RESULTS.md session 35) */
 static bool g_route_late = false;
+
+extern "C" bool mk_cuda_route_late(void) { return g_route_late; }
+
+extern "C" void mk_cuda_set_route_late(bool on) { g_route_late = on; }
+
+/* off: neutral on the 30B cut's prefill (+0.6%, inside the rounds' spread; session 36) */
 static bool g_qk_rows_warp = false;
 
 extern "C" bool mk_cuda_qk_rows_warp(void) { return g_qk_rows_warp; }
 
 extern "C" void mk_cuda_set_qk_rows_warp(bool on) { g_qk_rows_warp = on; }
 
-extern "C" bool mk_cuda_route_late(void) { return g_route_late; }
-
-/* off until measured on a device (written in session 36) */
+/* off: right on the device but 9% slower on the 30B cut's prefill (session 36) */
 static bool g_q8_wgmma = false;
 
 extern "C" bool mk_cuda_q8_wgmma(void) { return g_q8_wgmma; }
 
 extern "C" void mk_cuda_set_q8_wgmma(bool on) { g_q8_wgmma = on; }
-
-extern "C" void mk_cuda_set_route_late(bool on) { g_route_late = on; }
 
 /* 0 off, 1 every reader (MK_CUDA_NORM_FOLD_ALL), 2 the MoE router only (MK_CUDA_NORM_FOLD_ROUTER) */
 static int g_norm_fold = 0;

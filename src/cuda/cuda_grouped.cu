@@ -285,9 +285,9 @@ static q8_kernel pick_q8w(const mk_wt *w) {
     if (!mk_cuda_q8_wgmma() || !mk_cuda_wgmma_available() || w->fmt != MK_WF_AFFINE ||
         !q8w_takes(w->bits, w->cols, (int)w->group, sb, w->cols / w->group, w->scales, w->biases))
         return NULL;
-    const q8_kernel k = w->bits == 8 ? q8w_sd<8, 32>(w->sdtype)
-                        : q8w_ab(4, (int)w->group) == 64 ? q8w_sd<4, 64>(w->sdtype)
-                                                          : q8w_sd<4, 32>(w->sdtype);
+    const q8_kernel k = w->bits == 8      ? q8w_sd<8, 32>(w->sdtype)
+                        : q8_ab(w) == 64 ? q8w_sd<4, 64>(w->sdtype)
+                                         : q8w_sd<4, 32>(w->sdtype);
     return mkc_smem_opt_in((const void *)k, (int)q8w_smem(w->bits)) ? k : NULL;
 }
 
@@ -350,9 +350,10 @@ bool mkb_moe_grouped(void *ctx, const mk_moe_args *a, const int32_t *idx, const 
     /* int8 mode: x and the SwiGLU rows quantized (gate and up alike, so x once) */
     const bool q8 = mode == MK_CUDA_GEMM_INT8 && takes_q8(&m->gate) && takes_q8(&m->up) &&
                     takes_q8(&m->down) && m->up.bits == m->gate.bits && m->up.group == m->gate.group;
-    /* the wgmma kernel for all three or for none: the plan's tiles are its 64 rows or the others' 32 */
+    /* the wgmma kernel for all three or for none: the plan's tiles are its 64 rows or the others' 32 (gate
+     * and up share one launch, so one kernel: the same instance) */
     const q8_kernel kwg = q8 ? pick_q8w(&m->gate) : NULL, kwd = kwg ? pick_q8w(&m->down) : NULL;
-    const bool wg = kwg && kwd && m->up.sdtype == m->gate.sdtype && pick_q8w(&m->up) == kwg;
+    const bool wg = kwg && kwd && pick_q8w(&m->up) == kwg;
     const int bm = wg ? Q8W_BM : GRP_BM, bn = wg ? Q8W_BN : GRP_BN;
     const int64_t tcap = P / bm + E + 1;
     if (tcap > 65535)

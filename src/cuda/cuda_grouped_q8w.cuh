@@ -79,12 +79,8 @@ static inline bool q8w_takes(int bits, int64_t K, int group, int sb, int64_t ng,
     const int ngs = group >= Q8W_KB ? 1 : Q8W_KB / group;
     return (ngs * sb) % 4 == 0 && (ng * sb) % 4 == 0 && ((uintptr_t)scales & 3) == 0 && ((uintptr_t)biases & 3) == 0;
 }
-/* Host: the activation block of the CPU rule for these weights (mk_gq8_ab) */
-static inline int q8w_ab(int bits, int group) {
-    return bits == 4 && group >= 64 ? 64 : 32;
-}
-
-/* BITS 4 or 8, scales of dtype SD (0 f32, 1 bf16, 2 f16), AB the activation block (q8w_ab) */
+/* BITS 4 or 8, scales of dtype SD (0 f32, 1 bf16, 2 f16), AB the activation block (the CPU rule's
+ * mk_gq8_ab: the backend's q8_ab) */
 template <int BITS, int SD, int AB>
 __global__ void __launch_bounds__(Q8W_THREADS)
     k_grp_mm_q8w(gq8_x A, const int32_t *__restrict__ a_rows, grp_mat m0, grp_mat m1, int K, int group,

@@ -217,23 +217,23 @@ bool mk_cuda_gateup_staged(void);
  * route_block over the same logits: the same routing, h and y. Taken for
  * one token on the int8 experts (k_gateup_q8, k_down2_q8) without a
  * residual fold into the router; elsewhere the router ranks as before.
- * Off by default until measured on a device; process-wide; a recorded step
- * is recorded again after a change. */
+ * Off: measured 2.8 us a layer slower (session 35); process-wide; a
+ * recorded step is recorded again after a change. */
 void mk_cuda_set_route_late(bool on);
 bool mk_cuda_route_late(void);
 /* qk_norm_rope over several tokens (prefill chunks, batched steps) with a
  * warp a head row, 8 rows a block (k_qk_norm_rope_w, cuda_norm_kernel.cuh:
- * bitwise k_qk_norm_rope's one block a row) for head dims up to 256. Off by
- * default until measured on a device (written in session 35);
- * process-wide; a recorded step is recorded again after a change. */
+ * bitwise k_qk_norm_rope's one block a row) for head dims up to 256. Off:
+ * measured neutral on the 30B cut's prefill (session 36); process-wide; a
+ * recorded step is recorded again after a change. */
 void mk_cuda_set_qk_rows_warp(bool on);
 bool mk_cuda_qk_rows_warp(void);
 /* MK_CUDA_GEMM_INT8's GEMMs (the grouped MoE slot and the plain matmul) on
  * Hopper's warpgroup MMA (k_grp_mm_q8w, cuda_grouped_q8w.cuh: the same
  * bits, the CPU's int8 rule) where the device runs this build's sm_90a code
- * and the kernel takes the weight (4-bit affine in activation blocks of
- * 64); elsewhere the kernels as before. Off by default until measured on a
- * device (written in session 36); process-wide. */
+ * and the kernel takes the weight (q8w_takes: affine 4 or 8-bit, groups of
+ * 32 to 512); elsewhere the kernels as before. Off: measured 9% slower on
+ * the 30B cut's prefill (session 36, docs/CUDA.md); process-wide. */
 void mk_cuda_set_q8_wgmma(bool on);
 bool mk_cuda_q8_wgmma(void);
 /* Whether this build's sm_90a code (wgmma) runs on the current device: a

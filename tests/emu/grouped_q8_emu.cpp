@@ -109,8 +109,8 @@ template <int BITS, int AB> static q8k q8w_by_sd(int sd) {
 static q8k pick(int bits, int group, int sd, int p) {
     if (p == 3)
         return bits == 8                   ? q8w_by_sd<8, 32>(sd)
-               : q8w_ab(bits, group) == 64 ? q8w_by_sd<4, 64>(sd)
-                                           : q8w_by_sd<4, 32>(sd);
+               : ab_of(bits, group) == 64 ? q8w_by_sd<4, 64>(sd)
+                                          : q8w_by_sd<4, 32>(sd);
     return p == 2 ? pick<2>(bits, group, sd) : p ? pick<1>(bits, group, sd) : pick<0>(bits, group, sd);
 }
 // the kernel under test (main runs each case under every one that takes it): 0 the register-staged,

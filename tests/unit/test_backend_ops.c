@@ -3422,9 +3422,9 @@ static void test_cuda_gemm_modes(void **st) {
  * wgmma cases skip, saying so. The layout probe's accumulators are checked
  * against A B (integers, exact) in the fragment layout the kernels assume;
  * on a mismatch the test names which of the layout's assumptions the
- * device's result fits instead (the core matrices' two strides swapped, B's
- * rows and columns swapped, the fragment's rows or columns ordered
- * otherwise), so one device run tells what to fix. Then the int8 GEMM
+ * device's result fits instead (the core matrices' two strides swapped,
+ * the fragment's rows ordered otherwise), so one device run tells what to
+ * fix. Then the int8 GEMM
  * (plain matmul and the grouped MoE slot) with the wgmma kernel on must give
  * the CPU's int8 GEMM's bits, as test_cuda_gemm_modes and test_moe_grouped
  * hold the other kernels to. */
@@ -3453,13 +3453,12 @@ static void test_cuda_wgmma(void **st) {
     int32_t *frag = malloc(128 * 64 * sizeof *frag);
     assert_non_null(frag);
     assert_int_equal(mk_cuda_wgmma_probe(A, B, frag), MK_OK);
-    /* hypotheses: 0 as documented; 1 the strides swapped (element (r, k) read at (k / 16) 256 + (r / 8) 128 +
-     * ..., i.e. r / 8 and k / 16 exchanged within 32 columns: A's rows 8 q + s for q < 4 mixed with their
-     * columns' halves); 2 B read as [32][128] (columns major); 3 the fragment's rows as g + 8 h + 16 w
-     * swapped for 8 w + g + 32 h; 4 its columns as 8 i + 2 t4 + j read as 2 i + ... (none of these fit: a
-     * dump of the first mismatches follows) */
+    /* hypotheses: 0 as documented; 1 the descriptor's two strides swapped (element (r, k) read at (r / 8)
+     * 128 + (k / 16) 256 + ..., where the probe placed (r', k') with r' / 8 and k' / 16 exchanged); 2 the
+     * fragment's rows ordered 8 w + g + 32 h instead of 16 w + 8 h + g (none fits: the first mismatches
+     * are printed) */
     int fits = -1;
-    for (int hyp = 0; hyp < 4 && fits < 0; hyp++) {
+    for (int hyp = 0; hyp < 3 && fits < 0; hyp++) {
         bool ok = true;
         for (int t = 0; t < 128 && ok; t++) {
             const int w = t / 32, g = (t % 32) / 4, t4 = t % 4;
@@ -3468,7 +3467,7 @@ static void test_cuda_wgmma(void **st) {
                     for (int j = 0; j < 2 && ok; j++) {
                         int row = 16 * w + 8 * h + g;
                         const int col = 8 * i + 2 * t4 + j;
-                        if (hyp == 3)
+                        if (hyp == 2)
                             row = 8 * w + g + 32 * h;
                         int64_t v = 0;
                         for (int k = 0; k < 32; k++) {
@@ -3485,8 +3484,7 @@ static void test_cuda_wgmma(void **st) {
                                     break;
                                 }
                             }
-                            const int bv = hyp == 2 ? B[(k * 128 + col) % (128 * 32)] : B[rb * 32 + kb];
-                            v += (int64_t)A[ra * 32 + ka] * bv;
+                            v += (int64_t)A[ra * 32 + ka] * B[rb * 32 + kb];
                         }
                         ok = ok && frag[t * 64 + 4 * i + 2 * h + j] == (int32_t)v;
                     }
@@ -3496,7 +3494,7 @@ static void test_cuda_wgmma(void **st) {
     }
     if (fits != 0) {
         static const char *const what[] = {"", "the core matrices' strides swapped (LBO / SBO)",
-                                           "B read as [32][128]", "the fragment's rows ordered 8 w + g + 32 h"};
+                                           "the fragment's rows ordered 8 w + g + 32 h"};
         int shown = 0;
         for (int t = 0; t < 128 && shown < 6; t++)
             for (int e = 0; e < 64 && shown < 6; e++) {
